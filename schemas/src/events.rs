@@ -1,0 +1,458 @@
+//! Every event of the lifecycle (SPEC §3–§11), past tense, each with a type
+//! name and a schema version declared once, in the table below. The type name
+//! is the serde tag; `berth-gen-schemas` writes one JSON Schema file per entry.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{
+    ApiKeyId, CredentialId, CronRunId, DeployId, InstanceId, NodeId, OwnerId, ServiceId,
+};
+use crate::model::{
+    DeployStatus, DeployTrigger, EnvVars, NotifySetting, OverlapPolicy, Plan, PullFailureReason,
+    RegistryKind, ResolvedImage, Sealed, ServiceType,
+};
+
+/// Declares the event structs, the `Event` enum and the table of types and
+/// versions, all from one list.
+macro_rules! events {
+    ($( $(#[$doc:meta])* $variant:ident = $name:literal v $ver:literal { $($body:tt)* } )*) => {
+        $(
+            $(#[$doc])*
+            #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+            #[serde(rename_all = "camelCase")]
+            pub struct $variant { $($body)* }
+
+            impl From<$variant> for Event {
+                fn from(e: $variant) -> Event {
+                    Event::$variant(e)
+                }
+            }
+        )*
+
+        /// Any event; `type` is the tag, `data` the body.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+        #[serde(tag = "type", content = "data")]
+        pub enum Event {
+            $( #[serde(rename = $name)] $variant($variant), )*
+        }
+
+        impl Event {
+            /// The type name on the wire.
+            pub fn type_name(&self) -> &'static str {
+                match self { $( Event::$variant(_) => $name, )* }
+            }
+
+            /// The current schema version of this event's type.
+            pub fn version(&self) -> u16 {
+                match self { $( Event::$variant(_) => $ver, )* }
+            }
+        }
+
+        /// Type name, version and JSON Schema of every event type.
+        pub fn event_types() -> Vec<(&'static str, u16, schemars::Schema)> {
+            vec![ $( ($name, $ver, schemars::schema_for!($variant)), )* ]
+        }
+    };
+}
+
+/// Why a deploy ended `canceled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelReason {
+    /// Someone canceled it.
+    Explicit,
+    /// A newer queued deploy replaced it (overlap policy `wait`).
+    Superseded,
+    /// A newer deploy request canceled it (overlap policy `cancel`).
+    OverlapCancel,
+    /// The service was suspended or deleted while it ran.
+    ServiceStopped,
+}
+
+/// Settings of a service that an update may change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSettings {
+    /// New name (unique per owner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// New image reference, normalised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// New credential; `Some(None)` detaches the credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<Option<CredentialId>>,
+    /// New instance type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
+    /// New custom command; `Some(None)` returns to the image's CMD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_command: Option<Option<String>>,
+    /// Replaces all environment variables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_vars: Option<EnvVars>,
+    /// New pre-deploy command; `Some(None)` removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_deploy_command: Option<Option<String>>,
+    /// New health check path (web services).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_path: Option<String>,
+    /// New cron schedule (cron jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// New per-service notification override; `Some(None)` uses the owner default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Option<NotifySetting>>,
+    /// New overlap policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap_policy: Option<OverlapPolicy>,
+    /// New shutdown delay in seconds (1–300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_delay_secs: Option<u16>,
+}
+
+events! {
+    // ---- owner: API keys, service names, notification defaults ----
+
+    /// An owner (user or team) was created.
+    OwnerCreated = "owner_created" v 1 {
+        pub owner: OwnerId,
+        pub name: String,
+    }
+    /// An API key was issued; only its SHA-256 is kept.
+    ApiKeyCreated = "api_key_created" v 1 {
+        pub key: ApiKeyId,
+        pub label: String,
+        pub sha256: String,
+    }
+    /// An API key was revoked.
+    ApiKeyRevoked = "api_key_revoked" v 1 {
+        pub key: ApiKeyId,
+    }
+    /// A service name was taken within the owner (names are unique per owner).
+    ServiceNameClaimed = "service_name_claimed" v 1 {
+        pub name: String,
+        pub service: ServiceId,
+    }
+    /// A service name was given back (rename or delete).
+    ServiceNameReleased = "service_name_released" v 1 {
+        pub name: String,
+        pub service: ServiceId,
+    }
+    /// The owner's default notification setting and channels changed.
+    NotificationSettingsChanged = "notification_settings_changed" v 1 {
+        pub notify: NotifySetting,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub email: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub slack_webhook_url: Option<Sealed>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub webhook_url: Option<Sealed>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub webhook_secret: Option<Sealed>,
+    }
+
+    // ---- registry credential ----
+
+    /// A registry credential was added.
+    CredentialCreated = "credential_created" v 1 {
+        pub owner: OwnerId,
+        pub name: String,
+        pub registry: RegistryKind,
+        /// Registry host, for `GENERIC` credentials.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub host: Option<String>,
+        pub username: String,
+        pub token: Sealed,
+    }
+    /// The credential's token (and maybe username or name) was replaced.
+    CredentialRotated = "credential_rotated" v 1 {
+        pub token: Sealed,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub username: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub name: Option<String>,
+    }
+    /// A service started using the credential.
+    CredentialAttached = "credential_attached" v 1 {
+        pub service: ServiceId,
+    }
+    /// A service stopped using the credential.
+    CredentialDetached = "credential_detached" v 1 {
+        pub service: ServiceId,
+    }
+    /// The credential was removed (only possible while no service uses it).
+    CredentialRemoved = "credential_removed" v 1 {}
+
+    // ---- service settings ----
+
+    /// A service was created (after its image was verified accessible).
+    ServiceCreated = "service_created" v 1 {
+        pub owner: OwnerId,
+        pub name: String,
+        pub service_type: ServiceType,
+        /// Normalised image reference as configured.
+        pub image: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub credential: Option<CredentialId>,
+        pub region: String,
+        pub plan: Plan,
+        pub num_instances: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub docker_command: Option<String>,
+        #[serde(default)]
+        pub env_vars: EnvVars,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub pre_deploy_command: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub health_check_path: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub schedule: Option<String>,
+        /// Per-service override of the owner's notification default.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub notify: Option<NotifySetting>,
+        #[serde(default)]
+        pub overlap_policy: OverlapPolicy,
+        pub shutdown_delay_secs: u16,
+        /// The deploy hook's secret key.
+        pub hook_key: Sealed,
+    }
+    /// Some settings of a service changed.
+    ServiceUpdated = "service_updated" v 1 {
+        pub settings: ServiceSettings,
+    }
+    /// The deploy hook key was replaced; the old URL stops working.
+    DeployHookKeyRegenerated = "deploy_hook_key_regenerated" v 1 {
+        pub hook_key: Sealed,
+    }
+    /// The service was suspended: instances stop, deploys are refused.
+    ServiceSuspended = "service_suspended" v 1 {}
+    /// The service was resumed.
+    ServiceResumed = "service_resumed" v 1 {}
+    /// The service was deleted.
+    ServiceDeleted = "service_deleted" v 1 {}
+    /// The desired number of instances changed.
+    InstanceCountChanged = "instance_count_changed" v 1 {
+        pub from: u32,
+        pub to: u32,
+    }
+    /// A restart of all instances was requested.
+    RestartRequested = "restart_requested" v 1 {}
+
+    // ---- deploys (on the service's subject: one deploy at a time is a rule of the service) ----
+
+    /// A deploy was requested (status `created`).
+    DeployCreated = "deploy_created" v 1 {
+        pub deploy: DeployId,
+        pub trigger: DeployTrigger,
+        /// The image reference as requested (tag or digest).
+        pub image: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub credential: Option<CredentialId>,
+        /// For rollbacks: the deploy whose recorded digest is redeployed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub rollback_of: Option<DeployId>,
+    }
+    /// The deploy waits for the running one to end.
+    DeployQueued = "deploy_queued" v 1 {
+        pub deploy: DeployId,
+    }
+    /// The deploy began (status `update_in_progress`, resolving first).
+    DeployStarted = "deploy_started" v 1 {
+        pub deploy: DeployId,
+    }
+    /// The image reference was resolved to the digest that will run.
+    ImageResolved = "image_resolved" v 1 {
+        pub deploy: DeployId,
+        pub image: ResolvedImage,
+    }
+    /// An image could not be resolved or pulled.
+    ImagePullFailed = "image_pull_failed" v 1 {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub deploy: Option<DeployId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub node: Option<NodeId>,
+        pub image: String,
+        pub reason: PullFailureReason,
+        pub message: String,
+    }
+    /// Progress of a pull on a node (rate-limited by the puller).
+    ImagePullProgressed = "image_pull_progressed" v 1 {
+        pub deploy: DeployId,
+        pub node: NodeId,
+        pub bytes_done: u64,
+        pub bytes_total: u64,
+    }
+    /// A node holds every blob of the digest, verified.
+    ImagePulled = "image_pulled" v 1 {
+        pub deploy: DeployId,
+        pub node: NodeId,
+        pub digest: String,
+    }
+    /// The pre-deploy command started (status `pre_deploy_in_progress`).
+    PreDeployStarted = "pre_deploy_started" v 1 {
+        pub deploy: DeployId,
+    }
+    /// The pre-deploy command ended; a failure ends the deploy `pre_deploy_failed`.
+    PreDeployEnded = "pre_deploy_ended" v 1 {
+        pub deploy: DeployId,
+        pub success: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub exit_code: Option<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub reason: Option<String>,
+    }
+    /// New instances are being started and health-checked.
+    UpdateStarted = "update_started" v 1 {
+        pub deploy: DeployId,
+    }
+    /// The deploy is live: traffic moved, the digest verified on every instance.
+    DeployLive = "deploy_live" v 1 {
+        pub deploy: DeployId,
+        pub digest: String,
+    }
+    /// The deploy failed; the previous live deploy keeps serving.
+    DeployFailed = "deploy_failed" v 1 {
+        pub deploy: DeployId,
+        /// `update_failed` or `pre_deploy_failed`.
+        pub status: DeployStatus,
+        pub reason: String,
+    }
+    /// The deploy was canceled.
+    DeployCanceled = "deploy_canceled" v 1 {
+        pub deploy: DeployId,
+        pub reason: CancelReason,
+        /// The deploy that superseded or canceled it, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub by: Option<DeployId>,
+    }
+    /// A once-live deploy was replaced by a newer live one.
+    DeployDeactivated = "deploy_deactivated" v 1 {
+        pub deploy: DeployId,
+        pub by: DeployId,
+    }
+    /// A rollback target's digest is gone from the registry (warning).
+    RollbackTargetMissing = "rollback_target_missing" v 1 {
+        pub deploy: DeployId,
+        pub digest: String,
+    }
+
+    // ---- instances ----
+
+    /// An instance was placed on a node.
+    InstanceScheduled = "instance_scheduled" v 1 {
+        pub instance: InstanceId,
+        pub deploy: DeployId,
+        pub node: NodeId,
+        pub digest: String,
+    }
+    /// The instance's process is running.
+    InstanceStarted = "instance_started" v 1 {
+        pub instance: InstanceId,
+        pub node: NodeId,
+        pub digest: String,
+    }
+    /// The instance passes its health check.
+    InstanceHealthy = "instance_healthy" v 1 {
+        pub instance: InstanceId,
+    }
+    /// The instance fails its health check.
+    InstanceUnhealthy = "instance_unhealthy" v 1 {
+        pub instance: InstanceId,
+        pub reason: String,
+    }
+    /// The instance's process exited.
+    InstanceExited = "instance_exited" v 1 {
+        pub instance: InstanceId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub exit_code: Option<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub signal: Option<i32>,
+    }
+    /// The instance was restarted in place by the agent.
+    ServerRestarted = "server_restarted" v 1 {
+        pub instance: InstanceId,
+        pub attempt: u32,
+    }
+    /// The instance was stopped on purpose.
+    InstanceStopped = "instance_stopped" v 1 {
+        pub instance: InstanceId,
+    }
+    /// The node under some instances was lost.
+    ServerFailed = "server_failed" v 1 {
+        pub node: NodeId,
+        pub instances: Vec<InstanceId>,
+    }
+    /// A lost instance was replaced on another node.
+    InstanceRescheduled = "instance_rescheduled" v 1 {
+        pub instance: InstanceId,
+        pub replacement: InstanceId,
+        pub from_node: NodeId,
+        pub to_node: NodeId,
+    }
+
+    // ---- cron runs ----
+
+    /// A cron run started.
+    CronJobRunStarted = "cron_job_run_started" v 1 {
+        pub run: CronRunId,
+        pub digest: String,
+        /// Whether a person triggered it rather than the schedule.
+        pub manual: bool,
+    }
+    /// A cron run ended.
+    CronJobRunEnded = "cron_job_run_ended" v 1 {
+        pub run: CronRunId,
+        /// `succeeded`, `failed`, `canceled` or `timed_out`.
+        pub status: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub exit_code: Option<i32>,
+    }
+    /// A scheduled run was skipped because one was still active.
+    CronJobRunSkipped = "cron_job_run_skipped" v 1 {
+        pub scheduled_for: DateTime<Utc>,
+        pub active_run: CronRunId,
+    }
+
+    // ---- nodes ----
+
+    /// A node joined with its capacity.
+    NodeRegistered = "node_registered" v 1 {
+        pub name: String,
+        pub cpu_millis: u32,
+        pub memory_mib: u32,
+    }
+    /// A node stopped heart-beating and was declared lost.
+    NodeLost = "node_lost" v 1 {
+        pub last_heartbeat: DateTime<Utc>,
+    }
+    /// A lost node came back.
+    NodeRecovered = "node_recovered" v 1 {}
+
+    // ---- notification deliveries ----
+
+    /// A notification is to be delivered once to one channel.
+    NotificationQueued = "notification_queued" v 1 {
+        pub owner: OwnerId,
+        pub service: ServiceId,
+        /// `email`, `slack` or `webhook`.
+        pub channel: String,
+        /// The event that caused it.
+        pub source_event: String,
+    }
+    /// One delivery attempt failed; it will be retried with the same id.
+    NotificationAttemptFailed = "notification_attempt_failed" v 1 {
+        pub attempt: u32,
+        pub error: String,
+    }
+    /// The notification was delivered.
+    NotificationDelivered = "notification_delivered" v 1 {
+        pub attempt: u32,
+    }
+    /// Retries ran out.
+    NotificationAbandoned = "notification_abandoned" v 1 {
+        pub attempts: u32,
+    }
+}

@@ -1,0 +1,209 @@
+//! The vocabulary shared by events, commands and the API: Render's enum
+//! values and field names (snake_case values, camelCase fields).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The four kinds of service (SPEC §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceType {
+    /// Public HTTP, routed at `<name>.<base-domain>`.
+    WebService,
+    /// Reachable only by the owner's other services.
+    PrivateService,
+    /// No inbound traffic.
+    BackgroundWorker,
+    /// Runs its command on a schedule.
+    CronJob,
+}
+
+/// Deploy statuses, Render's values (SPEC §6, §14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployStatus {
+    /// Recorded, not yet admitted.
+    Created,
+    /// Waiting for the service's running deploy to end.
+    Queued,
+    /// Resolving and pulling, then starting new instances and health checks.
+    UpdateInProgress,
+    /// Serving.
+    Live,
+    /// Was live; replaced by a newer live deploy.
+    Deactivated,
+    /// Failed to resolve, pull, start or pass health checks.
+    UpdateFailed,
+    /// Canceled explicitly, by the `cancel` overlap policy, or superseded.
+    Canceled,
+    /// The pre-deploy command is running.
+    PreDeployInProgress,
+    /// The pre-deploy command failed or timed out.
+    PreDeployFailed,
+}
+
+impl DeployStatus {
+    /// A deploy in this status will not change again (except live → deactivated).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            DeployStatus::Deactivated
+                | DeployStatus::UpdateFailed
+                | DeployStatus::Canceled
+                | DeployStatus::PreDeployFailed
+        )
+    }
+}
+
+/// The finer phase of a deploy in progress (berth's own, beside Render's status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployPhase {
+    /// Tag → digest, platform, size.
+    Resolving,
+    /// Fetching layers onto nodes.
+    Pulling,
+    /// Running the pre-deploy command.
+    PreDeploy,
+    /// Starting new instances and waiting for health checks.
+    Updating,
+}
+
+/// What started a deploy: Render's trigger names, plus `service_created`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployTrigger {
+    /// The initial deploy of a new service.
+    ServiceCreated,
+    /// A CI pipeline called the deploy hook.
+    DeployHook,
+    /// "Deploy latest reference" from the CLI.
+    Manual,
+    /// `POST /v1/services/{id}/deploys` or a bus `deploy` command.
+    Api,
+    /// A rollback to an earlier deploy's digest.
+    Rollback,
+    /// The service's settings changed.
+    ServiceUpdated,
+    /// The service was resumed.
+    ServiceResumed,
+}
+
+/// What to do with a deploy request while another deploy runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OverlapPolicy {
+    /// Queue it; when the running deploy ends only the newest queued one runs.
+    #[default]
+    Wait,
+    /// Cancel the running deploy at once and start the new one.
+    Cancel,
+}
+
+/// Which deploy notifications a service sends (Render's values).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifySetting {
+    /// Every deploy outcome.
+    All,
+    /// Failures only.
+    #[default]
+    Failure,
+    /// Nothing.
+    None,
+}
+
+/// Why an image could not be resolved or pulled (SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PullFailureReason {
+    /// Deleted, or unknown tag or digest.
+    ImageNotFound,
+    /// Credential missing, invalid or revoked.
+    Unauthorized,
+    /// Unreachable, timeout or 5xx after bounded retries.
+    RegistryUnavailable,
+    /// No linux/amd64 variant.
+    UnsupportedPlatform,
+    /// Compressed size over the limit.
+    ImageTooLarge,
+    /// A blob's bytes do not match its digest or size.
+    DigestMismatch,
+}
+
+impl fmt::Display for PullFailureReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            PullFailureReason::ImageNotFound => "image_not_found",
+            PullFailureReason::Unauthorized => "unauthorized",
+            PullFailureReason::RegistryUnavailable => "registry_unavailable",
+            PullFailureReason::UnsupportedPlatform => "unsupported_platform",
+            PullFailureReason::ImageTooLarge => "image_too_large",
+            PullFailureReason::DigestMismatch => "digest_mismatch",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Registries a credential can be for (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RegistryKind {
+    /// Docker Hub (token or account password).
+    Docker,
+    /// GitHub Container Registry.
+    Github,
+    /// GitLab Container Registry.
+    Gitlab,
+    /// Google Artifact Registry.
+    GoogleArtifact,
+    /// Any other registry host, e.g. a self-hosted one.
+    Generic,
+}
+
+/// A secret sealed with the operator's key (AEAD). Only the ciphertext ever
+/// travels; the `Debug` form shows nothing of it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Sealed {
+    /// Key id, so keys can be rotated.
+    pub kid: String,
+    /// Nonce ‖ ciphertext ‖ tag, base64.
+    pub ciphertext: String,
+}
+
+impl fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sealed(kid={}, …)", self.kid)
+    }
+}
+
+/// An instance type: CPU and memory limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    /// Render's plan name (`starter`, `standard`, …).
+    pub name: String,
+    /// CPU limit in millicores.
+    pub cpu_millis: u32,
+    /// Memory limit in MiB.
+    pub memory_mib: u32,
+}
+
+/// Environment variables; values may be secrets, so they are sealed.
+pub type EnvVars = BTreeMap<String, Sealed>;
+
+/// An image as resolved: what will actually run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedImage {
+    /// The linux/amd64 manifest digest (`sha256:…`): what instances run.
+    pub digest: String,
+    /// The index digest when the reference named a multi-platform index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_digest: Option<String>,
+    /// Config plus layers, compressed, as listed in the manifest.
+    pub compressed_size: u64,
+}

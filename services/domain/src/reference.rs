@@ -1,0 +1,1 @@
+//! Docker image references (filled in by the reference work).
