@@ -26,8 +26,8 @@
 //!
 //! `oci_client::Reference` (oci-spec 0.10) is *not* this grammar: it has no
 //! IPv6 hosts, does not treat an uppercase first component as a host, accepts
-//! uppercase digest hex and bare 64-hex names, and maps `docker.io` to
-//! `index.docker.io`. Convert with `Display` (`r.to_string().parse()`) or its
+//! uppercase digest hex, bare 64-hex names and non-ASCII tags, and maps
+//! `docker.io` to `index.docker.io`. Convert with `Display` (`r.to_string().parse()`) or its
 //! `with_tag`/`with_digest` constructors from [`Reference::domain`] and
 //! [`Reference::path`]; `tests/reference_oci.rs` lists where the two disagree.
 
