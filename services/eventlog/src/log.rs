@@ -1,0 +1,451 @@
+//! Appending to and loading one aggregate, and the load → decide → append
+//! loop. One decision is one NATS message (a [`Commit`]) published with the
+//! expected per-subject sequence and the idempotency key as `Nats-Msg-Id`,
+//! so it is atomic, ordered and deduplicated on every server version.
+
+use std::time::Duration;
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::{PublishMessage, StreamMessage};
+use async_nats::jetstream::stream::DirectGetErrorKind;
+use berth_schemas::ids::{DeployId, EventId};
+use berth_schemas::{Actor, AggregateId, Commit, Envelope, Event};
+use futures::StreamExt;
+
+use crate::{AppendError, EventStore, ExecuteError, StoreError};
+
+/// Where an aggregate stands: what an append must name as expected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version {
+    /// Stream sequence of the aggregate's last commit; 0 for a new aggregate.
+    pub stream_seq: u64,
+    /// Events the aggregate holds so far (the last envelope's `sequence`).
+    pub events: u64,
+}
+
+impl Version {
+    /// An aggregate with no events yet.
+    pub const NEW: Version = Version {
+        stream_seq: 0,
+        events: 0,
+    };
+}
+
+/// One event to append, with who caused it and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// The fact.
+    pub event: Event,
+    /// Who caused it.
+    pub actor: Actor,
+    /// The deploy it belongs to, if any.
+    pub correlation_id: Option<DeployId>,
+    /// The event or command id that caused it.
+    pub causation_id: Option<String>,
+}
+
+impl NewEvent {
+    /// An event caused by `actor`, with no correlation or causation.
+    pub fn new(event: impl Into<Event>, actor: Actor) -> Self {
+        Self {
+            event: event.into(),
+            actor,
+            correlation_id: None,
+            causation_id: None,
+        }
+    }
+
+    /// Sets the deploy this event belongs to.
+    pub fn correlated(mut self, deploy: DeployId) -> Self {
+        self.correlation_id = Some(deploy);
+        self
+    }
+
+    /// Sets the event or command id that caused this one.
+    pub fn caused_by(mut self, cause: impl Into<String>) -> Self {
+        self.causation_id = Some(cause.into());
+        self
+    }
+}
+
+/// A successful append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Appended {
+    /// The aggregate's version after the append: expect this next time.
+    pub version: Version,
+    /// The envelopes as stored (for a duplicate: those of the original append).
+    pub events: Vec<Envelope>,
+    /// True when the idempotency key had been used already: nothing new was
+    /// written and `version`/`events` describe the original append.
+    pub duplicate: bool,
+}
+
+/// An aggregate's events and its version.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Loaded {
+    /// Every event, in order.
+    pub events: Vec<Envelope>,
+    /// Where the aggregate stands.
+    pub version: Version,
+}
+
+/// What [`EventStore::execute`] did.
+#[derive(Debug, Clone)]
+pub struct Executed<S> {
+    /// The state after the new events (the loaded state when nothing was appended).
+    pub state: S,
+    /// The append, or `None` when the decision produced no events.
+    pub appended: Option<Appended>,
+    /// Load-decide-append rounds it took (1 without contention).
+    pub attempts: u32,
+}
+
+/// Above this many commits a load streams through an ordered consumer
+/// instead of one direct get per commit.
+const DIRECT_GET_MAX_COMMITS: u64 = 32;
+
+impl EventStore {
+    /// Appends the events of one decision as one message, if and only if the
+    /// aggregate is still at `expected`. Envelope sequences continue from
+    /// `expected.events + 1`. A repeated `idempotency_key` (within the
+    /// duplicate window) appends nothing and reports the original append.
+    pub async fn append(
+        &self,
+        aggregate: &AggregateId,
+        expected: Version,
+        events: Vec<NewEvent>,
+        idempotency_key: &str,
+    ) -> Result<Appended, AppendError> {
+        if events.is_empty() {
+            return Err(AppendError::Empty);
+        }
+        if idempotency_key.is_empty()
+            || idempotency_key.len() > 256
+            || !idempotency_key.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(AppendError::BadIdempotencyKey);
+        }
+        let time = chrono::Utc::now();
+        let commit = Commit {
+            events: events
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| Envelope {
+                    id: EventId::generate(),
+                    version: e.event.version(),
+                    aggregate: aggregate.clone(),
+                    sequence: expected.events + 1 + i as u64,
+                    time,
+                    actor: e.actor,
+                    correlation_id: e.correlation_id,
+                    causation_id: e.causation_id,
+                    event: e.event,
+                })
+                .collect(),
+        };
+        let payload = commit.encode()?;
+        let subject = self.subjects.aggregate(aggregate);
+        let msg = PublishMessage::build()
+            .payload(payload.into())
+            .message_id(idempotency_key)
+            .expected_last_subject_sequence(expected.stream_seq);
+        let unknown = |reason: String| AppendError::OutcomeUnknown {
+            aggregate: aggregate.clone(),
+            reason,
+        };
+        let refused = |reason: String| AppendError::Refused {
+            aggregate: aggregate.clone(),
+            reason,
+        };
+        let ack_future = match self.js.send_publish(subject, msg).await {
+            Ok(f) => f,
+            Err(e) => {
+                return Err(match e.kind() {
+                    PublishErrorKind::MaxPayloadExceeded => refused(e.to_string()),
+                    _ => unknown(e.to_string()),
+                })
+            }
+        };
+        let ack = match ack_future.await {
+            Ok(ack) => ack,
+            Err(e) => {
+                return Err(match e.kind() {
+                    PublishErrorKind::WrongLastSequence => AppendError::Conflict {
+                        aggregate: aggregate.clone(),
+                        expected,
+                    },
+                    PublishErrorKind::StreamNotFound
+                    | PublishErrorKind::MaxPayloadExceeded
+                    | PublishErrorKind::WrongLastMessageId => refused(e.to_string()),
+                    // Timeouts, broken pipes, and server errors we cannot
+                    // classify: the retry-with-the-same-key path is safe for all.
+                    _ => unknown(e.to_string()),
+                });
+            }
+        };
+        if ack.duplicate {
+            // Report what the original append stored, not what we just built.
+            if let Ok(original) = self.get_commit(ack.sequence).await {
+                let events_count = original.events.last().map_or(0, |e| e.sequence);
+                return Ok(Appended {
+                    version: Version {
+                        stream_seq: ack.sequence,
+                        events: events_count,
+                    },
+                    events: original.events,
+                    duplicate: true,
+                });
+            }
+            tracing::warn!(
+                aggregate = %aggregate,
+                stream.seq = ack.sequence,
+                "duplicate append: original commit unreadable, reporting this one"
+            );
+        }
+        let events_count = commit.events.last().map_or(expected.events, |e| e.sequence);
+        Ok(Appended {
+            version: Version {
+                stream_seq: ack.sequence,
+                events: events_count,
+            },
+            events: commit.events,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    /// Every event of one aggregate and its current version.
+    pub async fn load(&self, aggregate: &AggregateId) -> Result<Loaded, StoreError> {
+        let subject = self.subjects.aggregate(aggregate);
+        let Some(last) = self.get_last_for_subject(&subject).await? else {
+            return Ok(Loaded::default());
+        };
+        let last_seq = last.sequence;
+        let last_commit = Commit::decode(&last.payload).map_err(|source| StoreError::Decode {
+            stream_seq: last_seq,
+            source,
+        })?;
+        let events_total = last_commit.events.last().map_or(0, |e| e.sequence);
+        let version = Version {
+            stream_seq: last_seq,
+            events: events_total,
+        };
+        let first_of_last = last_commit.events.first().map_or(1, |e| e.sequence);
+        if first_of_last == 1 {
+            // The whole aggregate is in its last commit: one round trip.
+            return Ok(Loaded {
+                events: last_commit.events,
+                version,
+            });
+        }
+        let mut events = Vec::with_capacity(events_total as usize);
+        if events_total > DIRECT_GET_MAX_COMMITS {
+            self.load_streamed(&subject, last_seq, &mut events).await?;
+        } else {
+            let mut from = 1;
+            loop {
+                let Some(msg) = self.get_next_for_subject(&subject, from).await? else {
+                    break;
+                };
+                if msg.sequence >= last_seq {
+                    break;
+                }
+                from = msg.sequence + 1;
+                let commit = Commit::decode(&msg.payload).map_err(|source| StoreError::Decode {
+                    stream_seq: msg.sequence,
+                    source,
+                })?;
+                events.extend(commit.events);
+            }
+        }
+        events.extend(last_commit.events);
+        Ok(Loaded { events, version })
+    }
+
+    /// Reads the commits before `last_seq` through an ordered consumer.
+    async fn load_streamed(
+        &self,
+        subject: &str,
+        last_seq: u64,
+        out: &mut Vec<Envelope>,
+    ) -> Result<(), StoreError> {
+        use async_nats::jetstream::consumer::pull::OrderedConfig;
+        let req = |e: &dyn std::fmt::Display| StoreError::Request(e.to_string());
+        let consumer = self
+            .events
+            .create_consumer(OrderedConfig {
+                filter_subject: subject.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| req(&e))?;
+        let mut messages = consumer.messages().await.map_err(|e| req(&e))?;
+        while let Some(msg) = messages.next().await {
+            let msg = msg.map_err(|e| req(&e))?;
+            let seq = msg.info().map_err(|e| req(&e))?.stream_sequence;
+            if seq >= last_seq {
+                break;
+            }
+            let commit = Commit::decode(&msg.payload).map_err(|source| StoreError::Decode {
+                stream_seq: seq,
+                source,
+            })?;
+            out.extend(commit.events);
+        }
+        Ok(())
+    }
+
+    /// Load, fold, decide, append; on a conflict load again and decide again
+    /// (never a blind overwrite), up to `max_execute_attempts` rounds. An
+    /// unknown outcome is retried as-is with the same key, which is safe.
+    pub async fn execute<S, E, F, D>(
+        &self,
+        aggregate: &AggregateId,
+        idempotency_key: &str,
+        fold: F,
+        decide: D,
+    ) -> Result<Executed<S>, ExecuteError<E>>
+    where
+        S: Default,
+        F: Fn(S, &Envelope) -> S,
+        D: Fn(&S) -> Result<Vec<NewEvent>, E>,
+    {
+        let max = self.cfg.max_execute_attempts.max(1);
+        for attempt in 1..=max {
+            let loaded = self.load(aggregate).await?;
+            let state = loaded.events.iter().fold(S::default(), &fold);
+            let new = decide(&state).map_err(ExecuteError::Rejected)?;
+            if new.is_empty() {
+                return Ok(Executed {
+                    state,
+                    appended: None,
+                    attempts: attempt,
+                });
+            }
+            match self
+                .append_retrying_unknown(aggregate, loaded.version, new, idempotency_key)
+                .await
+            {
+                Ok(appended) => {
+                    let state = if appended.duplicate {
+                        // Someone (an earlier try of this command) already
+                        // appended: the fresh state is the truth.
+                        self.load(aggregate)
+                            .await?
+                            .events
+                            .iter()
+                            .fold(S::default(), &fold)
+                    } else {
+                        appended.events.iter().fold(state, &fold)
+                    };
+                    return Ok(Executed {
+                        state,
+                        appended: Some(appended),
+                        attempts: attempt,
+                    });
+                }
+                Err(e) if e.is_conflict() => {
+                    tracing::debug!(aggregate = %aggregate, attempt, "append conflict, deciding again");
+                }
+                Err(e) => return Err(ExecuteError::Append(e)),
+            }
+        }
+        Err(ExecuteError::TooContended {
+            aggregate: aggregate.clone(),
+            attempts: max,
+        })
+    }
+
+    async fn append_retrying_unknown(
+        &self,
+        aggregate: &AggregateId,
+        expected: Version,
+        events: Vec<NewEvent>,
+        key: &str,
+    ) -> Result<Appended, AppendError> {
+        let mut delay = Duration::from_millis(100);
+        let mut tries = 0;
+        loop {
+            match self.append(aggregate, expected, events.clone(), key).await {
+                Err(e) if e.is_outcome_unknown() && tries < 3 => {
+                    tries += 1;
+                    tracing::warn!(aggregate = %aggregate, error = %e, tries, "append outcome unknown, retrying with the same key");
+                    tokio::time::sleep(delay).await;
+                    delay *= 4;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Decodes the commit stored at one stream sequence.
+    pub async fn get_commit(&self, stream_seq: u64) -> Result<Commit, StoreError> {
+        let msg = if self.direct_reads() {
+            self.events
+                .direct_get(stream_seq)
+                .await
+                .map_err(|e| StoreError::Request(e.to_string()))?
+        } else {
+            self.events
+                .get_raw_message(stream_seq)
+                .await
+                .map_err(|e| StoreError::Request(e.to_string()))?
+        };
+        Commit::decode(&msg.payload).map_err(|source| StoreError::Decode { stream_seq, source })
+    }
+
+    /// Direct gets may be answered by a lagging replica; on replicated
+    /// streams reads go to the leader so a load is never older than an ack.
+    fn direct_reads(&self) -> bool {
+        self.direct && self.cfg.replicas == 1
+    }
+
+    async fn get_last_for_subject(
+        &self,
+        subject: &str,
+    ) -> Result<Option<StreamMessage>, StoreError> {
+        if self.direct_reads() {
+            match self.events.direct_get_last_for_subject(subject).await {
+                Ok(m) => Ok(Some(m)),
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+                Err(e) => Err(StoreError::Request(e.to_string())),
+            }
+        } else {
+            match self.events.get_last_raw_message_by_subject(subject).await {
+                Ok(m) => Ok(Some(m)),
+                Err(e) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                Err(e) => Err(StoreError::Request(e.to_string())),
+            }
+        }
+    }
+
+    async fn get_next_for_subject(
+        &self,
+        subject: &str,
+        from: u64,
+    ) -> Result<Option<StreamMessage>, StoreError> {
+        if self.direct_reads() {
+            match self
+                .events
+                .direct_get_next_for_subject(subject, Some(from))
+                .await
+            {
+                Ok(m) => Ok(Some(m)),
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+                Err(e) => Err(StoreError::Request(e.to_string())),
+            }
+        } else {
+            match self
+                .events
+                .raw_message_builder()
+                .next_by_subject(subject)
+                .sequence(from)
+                .send()
+                .await
+            {
+                Ok(m) => Ok(Some(m)),
+                Err(e) if e.to_string().contains("not found") => Ok(None),
+                Err(e) => Err(StoreError::Request(e.to_string())),
+            }
+        }
+    }
+}

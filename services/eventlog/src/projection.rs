@@ -1,0 +1,426 @@
+//! Read models rebuilt from the log. A [`ProjectionRunner`] restores the last
+//! snapshot (state + the stream sequence it covers) from the snapshot bucket,
+//! replays only the tail after it through an ordered consumer, then follows
+//! the log live, snapshotting every N events or T seconds, so start-up time
+//! does not grow with history.
+//!
+//! A message that is not a usable commit (garbage bytes, an event version
+//! newer than this build) is reported with its stream sequence, through
+//! tracing and the `on_bad_event` callback, then skipped or halts the runner
+//! according to [`BadEventPolicy`]. Nothing panics.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::pull::OrderedConfig;
+use async_nats::jetstream::consumer::DeliverPolicy;
+use berth_schemas::{Commit, Envelope};
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::EventStore;
+
+/// A read model folded from the log.
+pub trait Projection: Send + Sync + 'static {
+    /// What is stored in a snapshot.
+    type Snapshot: Serialize + DeserializeOwned + Send;
+
+    /// Applies one event; `stream_seq` is the position of its commit.
+    fn apply(&mut self, stream_seq: u64, env: &Envelope);
+
+    /// The state to persist.
+    fn snapshot(&self) -> Self::Snapshot;
+
+    /// Replaces the state with a persisted one.
+    fn restore(&mut self, snapshot: Self::Snapshot);
+}
+
+/// What to do with a message that is not a usable commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BadEventPolicy {
+    /// Report it and go on (the projection misses that commit).
+    #[default]
+    Skip,
+    /// Report it and stop the runner with [`ProjectionError::Halted`].
+    Halt,
+}
+
+/// A message the projection could not use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadEvent {
+    /// Its position in the stream.
+    pub stream_seq: u64,
+    /// Its subject.
+    pub subject: String,
+    /// Why it is unusable.
+    pub reason: String,
+    /// True when it is a newer event version than this build knows.
+    pub unknown_version: bool,
+}
+
+/// Called for every bad event (e.g. to count it in a metric).
+pub type BadEventHook = Arc<dyn Fn(&BadEvent) + Send + Sync>;
+
+/// How a runner reads, snapshots and reacts to bad events.
+#[derive(Clone)]
+pub struct ProjectionOptions {
+    /// Snapshot key in the bucket (`[A-Za-z0-9_-]`); `None` disables snapshots.
+    pub snapshot_key: Option<String>,
+    /// Snapshot after this many commits applied since the last one.
+    pub snapshot_every_commits: u64,
+    /// … or after this long, if anything was applied.
+    pub snapshot_every: Duration,
+    /// Subject filter; defaults to the whole event log.
+    pub filter: Option<String>,
+    /// What to do with unusable messages.
+    pub policy: BadEventPolicy,
+    /// Called for each unusable message.
+    pub on_bad_event: Option<BadEventHook>,
+}
+
+impl std::fmt::Debug for ProjectionOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProjectionOptions")
+            .field("snapshot_key", &self.snapshot_key)
+            .field("snapshot_every_commits", &self.snapshot_every_commits)
+            .field("snapshot_every", &self.snapshot_every)
+            .field("filter", &self.filter)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ProjectionOptions {
+    fn default() -> Self {
+        Self {
+            snapshot_key: None,
+            snapshot_every_commits: 10_000,
+            snapshot_every: Duration::from_secs(30),
+            filter: None,
+            policy: BadEventPolicy::Skip,
+            on_bad_event: None,
+        }
+    }
+}
+
+/// Why a runner stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    /// A bad event under [`BadEventPolicy::Halt`].
+    #[error("projection halted at stream sequence {stream_seq}: {reason}")]
+    Halted {
+        /// Where.
+        stream_seq: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The snapshot exists but cannot be read back (not retried: rebuilding
+    /// silently from scratch could hide a bug; delete the key to rebuild).
+    #[error("snapshot {key} unreadable: {reason}")]
+    Snapshot {
+        /// The key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server could not be reached while catching up.
+    #[error("catching up failed: {0}")]
+    Request(String),
+}
+
+/// What a catch-up did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CatchUp {
+    /// Stream sequence the snapshot covered (0 without one).
+    pub restored_seq: u64,
+    /// Commits read from the stream after the snapshot.
+    pub commits: u64,
+    /// Events applied.
+    pub events: u64,
+    /// Stream sequence applied up to.
+    pub applied_seq: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotRecord<S> {
+    seq: u64,
+    state: S,
+}
+
+/// Keeps one projection up to date with the log.
+#[derive(Debug)]
+pub struct ProjectionRunner<P: Projection> {
+    store: EventStore,
+    state: Arc<RwLock<P>>,
+    applied: watch::Sender<u64>,
+    opts: ProjectionOptions,
+    since_snapshot: u64,
+    last_snapshot: Instant,
+}
+
+impl<P: Projection + std::fmt::Debug> ProjectionRunner<P> {
+    /// A runner over `projection` (its starting state, usually empty).
+    pub fn new(store: &EventStore, projection: P, opts: ProjectionOptions) -> Self {
+        Self {
+            store: store.clone(),
+            state: Arc::new(RwLock::new(projection)),
+            applied: watch::channel(0).0,
+            opts,
+            since_snapshot: 0,
+            last_snapshot: Instant::now(),
+        }
+    }
+
+    /// Shared read access to the projection.
+    pub fn state(&self) -> Arc<RwLock<P>> {
+        Arc::clone(&self.state)
+    }
+
+    /// The last stream sequence applied; wait on it for read-your-writes
+    /// (`rx.wait_for(|s| *s >= appended.version.stream_seq)`).
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    fn applied_seq(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// Restores the snapshot, if any; returns the stream sequence it covers.
+    pub async fn restore(&mut self) -> Result<u64, ProjectionError> {
+        let Some(key) = self.opts.snapshot_key.clone() else {
+            return Ok(0);
+        };
+        let snap_err = |reason: String| ProjectionError::Snapshot {
+            key: key.clone(),
+            reason,
+        };
+        let bytes = match self.store.snapshots.get(&key).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(0),
+            Err(e) => return Err(ProjectionError::Request(e.to_string())),
+        };
+        let record: SnapshotRecord<P::Snapshot> =
+            rmp_serde::from_slice(&bytes).map_err(|e| snap_err(e.to_string()))?;
+        self.state
+            .write()
+            .map_err(|_| snap_err("state lock poisoned".to_owned()))?
+            .restore(record.state);
+        self.applied.send_replace(record.seq);
+        tracing::info!(snapshot = %key, stream.seq = record.seq, "projection restored from snapshot");
+        Ok(record.seq)
+    }
+
+    /// Writes a snapshot now. Failures are logged, not fatal: the log is the
+    /// truth and the next snapshot will try again.
+    pub async fn snapshot_now(&mut self) {
+        let Some(key) = self.opts.snapshot_key.clone() else {
+            return;
+        };
+        let seq = self.applied_seq();
+        let bytes = match self.state.read() {
+            Ok(state) => rmp_serde::to_vec_named(&SnapshotRecord {
+                seq,
+                state: state.snapshot(),
+            }),
+            Err(_) => return,
+        };
+        match bytes {
+            Ok(bytes) => {
+                if let Err(e) = self.store.snapshots.put(&key, bytes.into()).await {
+                    tracing::warn!(snapshot = %key, error = %e, "snapshot not written");
+                    return;
+                }
+                tracing::debug!(snapshot = %key, stream.seq = seq, "snapshot written");
+            }
+            Err(e) => tracing::warn!(snapshot = %key, error = %e, "snapshot not encodable"),
+        }
+        self.since_snapshot = 0;
+        self.last_snapshot = Instant::now();
+    }
+
+    /// Restores the snapshot and applies everything up to the current end
+    /// of the log.
+    pub async fn catch_up(&mut self) -> Result<CatchUp, ProjectionError> {
+        let restored_seq = self.restore().await?;
+        let target = self
+            .store
+            .last_stream_seq()
+            .await
+            .map_err(|e| ProjectionError::Request(e.to_string()))?;
+        let mut stats = CatchUp {
+            restored_seq,
+            ..Default::default()
+        };
+        if target > self.applied_seq() {
+            self.consume(Some(target), &CancellationToken::new(), &mut stats)
+                .await?;
+        }
+        stats.applied_seq = self.applied_seq();
+        Ok(stats)
+    }
+
+    /// Catches up, then follows the log until `shutdown`, snapshotting as
+    /// configured and once more on the way out.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), ProjectionError> {
+        let mut stats = self.catch_up().await?;
+        let result = self.consume(None, &shutdown, &mut stats).await;
+        if self.since_snapshot > 0 {
+            self.snapshot_now().await;
+        }
+        result
+    }
+
+    /// Reads from `applied + 1` until `until` (or forever), recreating the
+    /// ordered consumer from the last applied sequence after any error: after
+    /// a server restart the client's own recovery takes ~20 s (NOTES.md).
+    async fn consume(
+        &mut self,
+        until: Option<u64>,
+        shutdown: &CancellationToken,
+        stats: &mut CatchUp,
+    ) -> Result<(), ProjectionError> {
+        let mut backoff = Duration::from_millis(100);
+        let mut tick =
+            tokio::time::interval(self.opts.snapshot_every.max(Duration::from_millis(100)));
+        loop {
+            if until.is_some_and(|t| self.applied_seq() >= t) || shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let start = self.applied_seq() + 1;
+            let config = OrderedConfig {
+                filter_subject: self
+                    .opts
+                    .filter
+                    .clone()
+                    .unwrap_or_else(|| self.store.subjects.events_all()),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                ..Default::default()
+            };
+            let messages = match self.store.events.create_consumer(config).await {
+                Ok(c) => {
+                    if until.is_some() && c.cached_info().num_pending == 0 {
+                        // Nothing matching the filter is left before the target.
+                        if let Some(t) = until {
+                            self.applied.send_replace(t.max(self.applied_seq()));
+                        }
+                        return Ok(());
+                    }
+                    c.messages().await
+                }
+                Err(e) => Err(async_nats::jetstream::consumer::StreamError::with_source(
+                    async_nats::jetstream::consumer::StreamErrorKind::Other,
+                    e,
+                )),
+            };
+            let mut messages = match messages {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, stream.seq = start, "projection consumer not created, retrying");
+                    if sleep_or_cancel(backoff, shutdown).await {
+                        return Ok(());
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tick.tick() => {
+                        if self.since_snapshot > 0 && self.last_snapshot.elapsed() >= self.opts.snapshot_every {
+                            self.snapshot_now().await;
+                        }
+                        continue;
+                    }
+                    next = messages.next() => next,
+                };
+                let msg = match next {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, stream.seq = self.applied_seq(), "projection consumer failed; recreating from last applied");
+                        break;
+                    }
+                    None => break,
+                };
+                backoff = Duration::from_millis(100);
+                let Ok(info) = msg.info() else {
+                    break;
+                };
+                let (seq, pending) = (info.stream_sequence, info.pending);
+                self.handle(seq, msg.subject.as_str(), &msg.payload, stats)?;
+                if self.opts.snapshot_key.is_some()
+                    && self.since_snapshot >= self.opts.snapshot_every_commits
+                {
+                    self.snapshot_now().await;
+                }
+                if until.is_some_and(|t| seq >= t || pending == 0) {
+                    if let Some(t) = until {
+                        self.applied.send_replace(t.max(seq));
+                    }
+                    return Ok(());
+                }
+            }
+            if sleep_or_cancel(backoff, shutdown).await {
+                return Ok(());
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    fn handle(
+        &mut self,
+        seq: u64,
+        subject: &str,
+        payload: &[u8],
+        stats: &mut CatchUp,
+    ) -> Result<(), ProjectionError> {
+        match Commit::decode(payload) {
+            Ok(commit) => {
+                let mut state = self.state.write().map_err(|_| ProjectionError::Halted {
+                    stream_seq: seq,
+                    reason: "state lock poisoned".to_owned(),
+                })?;
+                for env in &commit.events {
+                    state.apply(seq, env);
+                }
+                stats.events += commit.events.len() as u64;
+            }
+            Err(e) => {
+                let bad = BadEvent {
+                    stream_seq: seq,
+                    subject: subject.to_owned(),
+                    reason: e.to_string(),
+                    unknown_version: matches!(e, berth_schemas::DecodeError::UnknownVersion { .. }),
+                };
+                tracing::error!(stream.seq = seq, subject = %subject, error = %e, policy = ?self.opts.policy, "unusable event in the log");
+                if let Some(hook) = &self.opts.on_bad_event {
+                    hook(&bad);
+                }
+                if self.opts.policy == BadEventPolicy::Halt {
+                    return Err(ProjectionError::Halted {
+                        stream_seq: seq,
+                        reason: bad.reason,
+                    });
+                }
+            }
+        }
+        stats.commits += 1;
+        self.since_snapshot += 1;
+        self.applied.send_replace(seq);
+        Ok(())
+    }
+}
+
+/// Sleeps; true when cancelled first.
+async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}

@@ -1,0 +1,1 @@
+//! Durable pull workers on the work stream (implementation in progress).
