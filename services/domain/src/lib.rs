@@ -6,4 +6,12 @@
 //! (registry, runc, SMTP) append what they found as events, and these rules
 //! decide what follows.
 
+pub mod aggregate;
+pub mod credential;
+pub mod error;
+pub mod owner;
 pub mod reference;
+pub mod service;
+
+pub use aggregate::{Aggregate, Ctx};
+pub use error::{DomainError, ErrorKind};

@@ -1,0 +1,464 @@
+//! The owner aggregate (a user or a team): API keys, the per-owner namespace
+//! of service names, and the default notification settings.
+//!
+//! Service names are unique per owner (SPEC §4), so a name is claimed here,
+//! on the owner's subject, before the service is created or renamed; two
+//! concurrent claims of one name are decided one after the other and the
+//! second is refused.
+
+use std::collections::BTreeMap;
+
+use berth_schemas::events::{
+    ApiKeyCreated, ApiKeyRevoked, NotificationSettingsChanged, OwnerCreated, ServiceNameClaimed,
+    ServiceNameReleased,
+};
+use berth_schemas::ids::{ApiKeyId, OwnerId, ServiceId};
+use berth_schemas::model::{NotifySetting, Sealed};
+use berth_schemas::{Envelope, Event};
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::{Aggregate, Ctx};
+use crate::error::DomainError;
+use crate::service::validate;
+
+const LABEL_MAX: usize = 100;
+
+/// An issued API key; only its SHA-256 is known.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKey {
+    pub label: String,
+    /// Lowercase hex SHA-256 of the secret.
+    pub sha256: String,
+    pub revoked: bool,
+}
+
+/// Default deploy notification setting and channels (SPEC §9).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationSettings {
+    pub notify: NotifySetting,
+    pub email: Option<String>,
+    pub slack_webhook_url: Option<Sealed>,
+    pub webhook_url: Option<Sealed>,
+    pub webhook_secret: Option<Sealed>,
+}
+
+/// An owner's state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerState {
+    /// `None` until `owner_created`.
+    pub owner: Option<OwnerId>,
+    pub name: String,
+    pub api_keys: BTreeMap<ApiKeyId, ApiKey>,
+    /// Service name → the service holding it.
+    pub service_names: BTreeMap<String, ServiceId>,
+    pub notifications: NotificationSettings,
+}
+
+impl OwnerState {
+    /// The unrevoked key with this SHA-256, for authenticating a request.
+    pub fn key_by_sha256(&self, sha256: &str) -> Option<&ApiKeyId> {
+        self.api_keys
+            .iter()
+            .find(|(_, k)| !k.revoked && k.sha256 == sha256)
+            .map(|(id, _)| id)
+    }
+
+    /// The service holding a name.
+    pub fn service_named(&self, name: &str) -> Option<&ServiceId> {
+        self.service_names.get(name)
+    }
+}
+
+/// What callers ask of an owner.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Create {
+        owner: OwnerId,
+        name: String,
+    },
+    /// Record a new key by its hash (the secret is shown once, by the caller).
+    CreateApiKey {
+        key: ApiKeyId,
+        label: String,
+        sha256: String,
+    },
+    RevokeApiKey {
+        key: ApiKeyId,
+    },
+    /// Take a name for a service (create or rename).
+    ClaimServiceName {
+        name: String,
+        service: ServiceId,
+    },
+    /// Give a name back (rename or delete).
+    ReleaseServiceName {
+        name: String,
+        service: ServiceId,
+    },
+    SetNotificationSettings(NotificationSettings),
+}
+
+/// Applies one event.
+pub fn apply(mut s: OwnerState, event: &Event) -> OwnerState {
+    match event {
+        Event::OwnerCreated(e) if s.owner.is_none() => {
+            s.owner = Some(e.owner.clone());
+            s.name = e.name.clone();
+        }
+        Event::ApiKeyCreated(e) => {
+            s.api_keys.entry(e.key.clone()).or_insert_with(|| ApiKey {
+                label: e.label.clone(),
+                sha256: e.sha256.clone(),
+                revoked: false,
+            });
+        }
+        Event::ApiKeyRevoked(e) => {
+            if let Some(k) = s.api_keys.get_mut(&e.key) {
+                k.revoked = true;
+            }
+        }
+        Event::ServiceNameClaimed(e) => {
+            s.service_names
+                .entry(e.name.clone())
+                .or_insert_with(|| e.service.clone());
+        }
+        Event::ServiceNameReleased(e) if s.service_names.get(&e.name) == Some(&e.service) => {
+            s.service_names.remove(&e.name);
+        }
+        Event::NotificationSettingsChanged(e) => {
+            s.notifications = NotificationSettings {
+                notify: e.notify,
+                email: e.email.clone(),
+                slack_webhook_url: e.slack_webhook_url.clone(),
+                webhook_url: e.webhook_url.clone(),
+                webhook_secret: e.webhook_secret.clone(),
+            };
+        }
+        _ => {}
+    }
+    s
+}
+
+/// Folds an envelope.
+pub fn fold(state: OwnerState, envelope: &Envelope) -> OwnerState {
+    apply(state, &envelope.event)
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Decides what a command means for the owner.
+pub fn decide(state: &OwnerState, command: Command, _ctx: &Ctx) -> Result<Vec<Event>, DomainError> {
+    if let Command::Create { owner, name } = command {
+        if state.owner.is_some() {
+            return Err(DomainError::conflict("owner already exists"));
+        }
+        if name.trim().is_empty() || name.chars().count() > LABEL_MAX {
+            return Err(DomainError::invalid(
+                "name",
+                format!("must be 1–{LABEL_MAX} characters, not blank"),
+            ));
+        }
+        return Ok(vec![OwnerCreated { owner, name }.into()]);
+    }
+    if state.owner.is_none() {
+        return Err(DomainError::not_found("owner", ""));
+    }
+    match command {
+        Command::Create { .. } => Err(DomainError::conflict("owner already exists")),
+        Command::CreateApiKey { key, label, sha256 } => {
+            if !is_sha256_hex(&sha256) {
+                return Err(DomainError::invalid(
+                    "sha256",
+                    "must be 64 lowercase hex digits",
+                ));
+            }
+            if label.chars().count() > LABEL_MAX {
+                return Err(DomainError::invalid(
+                    "label",
+                    format!("must be at most {LABEL_MAX} characters"),
+                ));
+            }
+            if let Some(existing) = state.api_keys.get(&key) {
+                return if existing.sha256 == sha256 {
+                    Ok(vec![])
+                } else {
+                    Err(DomainError::conflict(format!(
+                        "API key id {key} is already used"
+                    )))
+                };
+            }
+            if state.api_keys.values().any(|k| k.sha256 == sha256) {
+                return Err(DomainError::conflict("an API key with this secret exists"));
+            }
+            Ok(vec![ApiKeyCreated { key, label, sha256 }.into()])
+        }
+        Command::RevokeApiKey { key } => match state.api_keys.get(&key) {
+            None => Err(DomainError::not_found("API key", &key)),
+            Some(k) if k.revoked => Ok(vec![]),
+            Some(_) => Ok(vec![ApiKeyRevoked { key }.into()]),
+        },
+        Command::ClaimServiceName { name, service } => {
+            validate::name(&name)?;
+            match state.service_names.get(&name) {
+                Some(holder) if *holder == service => Ok(vec![]),
+                Some(holder) => Err(DomainError::NameTaken {
+                    name,
+                    by: holder.clone(),
+                }),
+                None => Ok(vec![ServiceNameClaimed { name, service }.into()]),
+            }
+        }
+        Command::ReleaseServiceName { name, service } => match state.service_names.get(&name) {
+            Some(holder) if *holder == service => {
+                Ok(vec![ServiceNameReleased { name, service }.into()])
+            }
+            // Not held by this service: nothing to give back.
+            _ => Ok(vec![]),
+        },
+        Command::SetNotificationSettings(settings) => {
+            if let Some(email) = &settings.email {
+                let ok = email.len() <= 254
+                    && !email.contains(char::is_whitespace)
+                    && email
+                        .split_once('@')
+                        .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'));
+                if !ok {
+                    return Err(DomainError::invalid("email", "is not an email address"));
+                }
+            }
+            if settings == state.notifications {
+                return Ok(vec![]);
+            }
+            Ok(vec![NotificationSettingsChanged {
+                notify: settings.notify,
+                email: settings.email,
+                slack_webhook_url: settings.slack_webhook_url,
+                webhook_url: settings.webhook_url,
+                webhook_secret: settings.webhook_secret,
+            }
+            .into()])
+        }
+    }
+}
+
+/// The owner aggregate.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Owner;
+
+impl Aggregate for Owner {
+    type State = OwnerState;
+    type Command = Command;
+
+    fn apply(state: OwnerState, event: &Event) -> OwnerState {
+        apply(state, event)
+    }
+
+    fn decide(state: &OwnerState, command: Command, ctx: &Ctx) -> Result<Vec<Event>, DomainError> {
+        decide(state, command, ctx)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use berth_schemas::ids::TeamId;
+
+    fn owner() -> OwnerId {
+        OwnerId::Team("tea-aaaaaaaaaaaaaaaaaaaa".parse::<TeamId>().unwrap())
+    }
+    fn srv(c: char) -> ServiceId {
+        format!("srv-{}", c.to_string().repeat(20)).parse().unwrap()
+    }
+    fn created() -> Event {
+        OwnerCreated {
+            owner: owner(),
+            name: "acme".into(),
+        }
+        .into()
+    }
+    fn when(s: &OwnerState, c: Command) -> Result<Vec<Event>, DomainError> {
+        decide(s, c, &Ctx::default())
+    }
+
+    #[test]
+    fn service_names_are_unique_per_owner() {
+        let s = Owner::replay(&[
+            created(),
+            ServiceNameClaimed {
+                name: "web".into(),
+                service: srv('a'),
+            }
+            .into(),
+        ]);
+        let err = when(
+            &s,
+            Command::ClaimServiceName {
+                name: "web".into(),
+                service: srv('b'),
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            DomainError::NameTaken {
+                name: "web".into(),
+                by: srv('a')
+            }
+        );
+        assert_eq!(err.kind(), ErrorKind::Conflict);
+        // The holder claiming again is a no-op; another name is free.
+        assert_eq!(
+            when(
+                &s,
+                Command::ClaimServiceName {
+                    name: "web".into(),
+                    service: srv('a')
+                }
+            )
+            .unwrap(),
+            vec![]
+        );
+        assert_eq!(
+            when(
+                &s,
+                Command::ClaimServiceName {
+                    name: "api".into(),
+                    service: srv('b')
+                }
+            )
+            .unwrap(),
+            vec![ServiceNameClaimed {
+                name: "api".into(),
+                service: srv('b')
+            }
+            .into()]
+        );
+        // Invalid names are refused before uniqueness.
+        assert_eq!(
+            when(
+                &s,
+                Command::ClaimServiceName {
+                    name: "Web".into(),
+                    service: srv('b')
+                }
+            )
+            .unwrap_err()
+            .kind(),
+            ErrorKind::Invalid
+        );
+        // Only the holder can release; then the name is free again.
+        assert_eq!(
+            when(
+                &s,
+                Command::ReleaseServiceName {
+                    name: "web".into(),
+                    service: srv('b')
+                }
+            )
+            .unwrap(),
+            vec![]
+        );
+        let released = when(
+            &s,
+            Command::ReleaseServiceName {
+                name: "web".into(),
+                service: srv('a'),
+            },
+        )
+        .unwrap();
+        let s = Owner::apply_all(s, &released);
+        assert!(s.service_named("web").is_none());
+        assert_eq!(
+            when(
+                &s,
+                Command::ClaimServiceName {
+                    name: "web".into(),
+                    service: srv('b')
+                }
+            )
+            .unwrap()
+            .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn api_keys_are_created_found_and_revoked() {
+        let s = Owner::replay(&[created()]);
+        let key: ApiKeyId = "key-aaaaaaaaaaaaaaaaaaaa".parse().unwrap();
+        let sha = "ab".repeat(32);
+        let bad = when(
+            &s,
+            Command::CreateApiKey {
+                key: key.clone(),
+                label: "ci".into(),
+                sha256: "xyz".into(),
+            },
+        );
+        assert_eq!(bad.unwrap_err().kind(), ErrorKind::Invalid);
+        let events = when(
+            &s,
+            Command::CreateApiKey {
+                key: key.clone(),
+                label: "ci".into(),
+                sha256: sha.clone(),
+            },
+        )
+        .unwrap();
+        let s = Owner::apply_all(s, &events);
+        assert_eq!(s.key_by_sha256(&sha), Some(&key));
+        let events = when(&s, Command::RevokeApiKey { key: key.clone() }).unwrap();
+        let s = Owner::apply_all(s, &events);
+        assert_eq!(s.key_by_sha256(&sha), None);
+        assert_eq!(when(&s, Command::RevokeApiKey { key }).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn commands_need_an_owner_and_settings_validate_email() {
+        let empty = OwnerState::default();
+        assert_eq!(
+            when(
+                &empty,
+                Command::ClaimServiceName {
+                    name: "web".into(),
+                    service: srv('a')
+                }
+            )
+            .unwrap_err()
+            .kind(),
+            ErrorKind::NotFound
+        );
+        let s = Owner::replay(&[created()]);
+        let bad = NotificationSettings {
+            email: Some("nope".into()),
+            ..NotificationSettings::default()
+        };
+        assert_eq!(
+            when(&s, Command::SetNotificationSettings(bad))
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Invalid
+        );
+        let good = NotificationSettings {
+            notify: NotifySetting::All,
+            email: Some("ops@example.com".into()),
+            ..NotificationSettings::default()
+        };
+        let events = when(&s, Command::SetNotificationSettings(good.clone())).unwrap();
+        let s = Owner::apply_all(s, &events);
+        assert_eq!(s.notifications, good);
+        assert_eq!(
+            when(&s, Command::SetNotificationSettings(good)).unwrap(),
+            vec![]
+        );
+    }
+}

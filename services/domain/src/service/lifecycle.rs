@@ -1,0 +1,397 @@
+//! Service lifecycle decisions: create, update, suspend/resume, delete,
+//! scale, restart, and cron runs (SPEC §4, §10, §11).
+
+use berth_schemas::events::{
+    CronJobRunEnded, CronJobRunSkipped, CronJobRunStarted, DeployCreated, InstanceCountChanged,
+    RestartRequested, ServiceCreated, ServiceDeleted, ServiceResumed, ServiceSettings,
+    ServiceSuspended, ServiceUpdated,
+};
+use berth_schemas::ids::{CronRunId, DeployId};
+use berth_schemas::model::{DeployTrigger, ServiceType};
+use berth_schemas::Event;
+use chrono::{DateTime, Utc};
+
+use super::deploys::{self, config};
+use super::state::{ServiceState, ServiceStatus};
+use super::validate;
+use super::CreateService;
+use crate::aggregate::Ctx;
+use crate::error::DomainError;
+
+type Decision = Result<Vec<Event>, DomainError>;
+
+/// How a cron run may end.
+pub const CRON_RUN_STATUSES: [&str; 4] = ["succeeded", "failed", "canceled", "timed_out"];
+
+pub(super) fn create(state: &ServiceState, c: CreateService, ctx: &Ctx) -> Decision {
+    if state.status != ServiceStatus::NotCreated {
+        return Err(DomainError::conflict("service already exists"));
+    }
+    validate::name(&c.name)?;
+    let image = validate::image(&c.image)?.to_string();
+    validate::region(&c.region)?;
+    validate::plan(&c.plan)?;
+    let num_instances = c.num_instances.unwrap_or(1);
+    validate::num_instances(num_instances, ctx.max_instances)?;
+    if c.service_type == ServiceType::CronJob && num_instances != 1 {
+        return Err(DomainError::invalid(
+            "numInstances",
+            "a cron job runs one container per run; numInstances must be 1",
+        ));
+    }
+    if let Some(cmd) = &c.docker_command {
+        validate::command("dockerCommand", cmd)?;
+    }
+    if let Some(cmd) = &c.pre_deploy_command {
+        validate::command("preDeployCommand", cmd)?;
+    }
+    if let Some(path) = &c.health_check_path {
+        validate::health_check_path(path)?;
+    }
+    validate::type_fields(
+        c.service_type,
+        c.health_check_path.as_deref(),
+        c.schedule.as_deref(),
+        c.pre_deploy_command.as_deref(),
+    )?;
+    match (&c.schedule, c.service_type) {
+        (Some(s), _) => validate::schedule(s)?,
+        (None, ServiceType::CronJob) => {
+            return Err(DomainError::invalid(
+                "schedule",
+                "a cron job needs a schedule",
+            ))
+        }
+        (None, _) => {}
+    }
+    validate::env_vars(&c.env_vars)?;
+    let shutdown_delay_secs = c
+        .shutdown_delay_secs
+        .unwrap_or(validate::SHUTDOWN_DELAY_DEFAULT);
+    validate::shutdown_delay(shutdown_delay_secs)?;
+    let overlap_policy = c.overlap_policy.unwrap_or_default();
+
+    let mut out: Vec<Event> = vec![ServiceCreated {
+        owner: c.owner,
+        name: c.name,
+        service_type: c.service_type,
+        image: image.clone(),
+        credential: c.credential.clone(),
+        region: c.region,
+        plan: c.plan,
+        num_instances,
+        docker_command: c.docker_command,
+        env_vars: c.env_vars,
+        pre_deploy_command: c.pre_deploy_command,
+        health_check_path: c.health_check_path,
+        schedule: c.schedule,
+        notify: c.notify,
+        overlap_policy,
+        shutdown_delay_secs,
+        hook_key: c.hook_key,
+    }
+    .into()];
+    out.extend(deploys::admit(
+        state,
+        overlap_policy,
+        DeployCreated {
+            deploy: c.deploy,
+            trigger: DeployTrigger::ServiceCreated,
+            image,
+            credential: c.credential,
+            rollback_of: None,
+        },
+    ));
+    Ok(out)
+}
+
+/// Keeps only the settings that change something, validated for the type.
+fn effective_changes(
+    state: &ServiceState,
+    s: ServiceSettings,
+) -> Result<ServiceSettings, DomainError> {
+    let cfg = config(state)?;
+    let ty = cfg.service_type;
+    let mut diff = ServiceSettings::default();
+    if let Some(name) = s.name {
+        validate::name(&name)?;
+        diff.name = (name != cfg.name).then_some(name);
+    }
+    if let Some(image) = s.image {
+        let image = validate::image(&image)?.to_string();
+        diff.image = (image != cfg.image).then_some(image);
+    }
+    if let Some(credential) = s.credential {
+        diff.credential = (credential != cfg.credential).then_some(credential);
+    }
+    if let Some(plan) = s.plan {
+        validate::plan(&plan)?;
+        diff.plan = (plan != cfg.plan).then_some(plan);
+    }
+    if let Some(cmd) = s.docker_command {
+        if let Some(c) = &cmd {
+            validate::command("dockerCommand", c)?;
+        }
+        diff.docker_command = (cmd != cfg.docker_command).then_some(cmd);
+    }
+    if let Some(vars) = s.env_vars {
+        validate::env_vars(&vars)?;
+        diff.env_vars = (vars != cfg.env_vars).then_some(vars);
+    }
+    if let Some(cmd) = s.pre_deploy_command {
+        if let Some(c) = &cmd {
+            validate::command("preDeployCommand", c)?;
+            validate::type_fields(ty, None, None, Some(c))?;
+        }
+        diff.pre_deploy_command = (cmd != cfg.pre_deploy_command).then_some(cmd);
+    }
+    if let Some(path) = s.health_check_path {
+        validate::type_fields(ty, Some(&path), None, None)?;
+        validate::health_check_path(&path)?;
+        diff.health_check_path = (Some(&path) != cfg.health_check_path.as_ref()).then_some(path);
+    }
+    if let Some(schedule) = s.schedule {
+        validate::type_fields(ty, None, Some(&schedule), None)?;
+        validate::schedule(&schedule)?;
+        diff.schedule = (Some(&schedule) != cfg.schedule.as_ref()).then_some(schedule);
+    }
+    if let Some(notify) = s.notify {
+        diff.notify = (notify != cfg.notify).then_some(notify);
+    }
+    if let Some(policy) = s.overlap_policy {
+        diff.overlap_policy = (policy != cfg.overlap_policy).then_some(policy);
+    }
+    if let Some(secs) = s.shutdown_delay_secs {
+        validate::shutdown_delay(secs)?;
+        diff.shutdown_delay_secs = (secs != cfg.shutdown_delay_secs).then_some(secs);
+    }
+    Ok(diff)
+}
+
+/// Whether changed settings alter what the instances run (Render redeploys then).
+pub fn needs_redeploy(changes: &ServiceSettings) -> bool {
+    changes.image.is_some()
+        || changes.credential.is_some()
+        || changes.plan.is_some()
+        || changes.docker_command.is_some()
+        || changes.env_vars.is_some()
+}
+
+pub(super) fn update(
+    state: &ServiceState,
+    settings: ServiceSettings,
+    deploy: DeployId,
+    _ctx: &Ctx,
+) -> Decision {
+    let diff = effective_changes(state, settings)?;
+    if diff == ServiceSettings::default() {
+        return Ok(vec![]);
+    }
+    let mut out: Vec<Event> = vec![ServiceUpdated {
+        settings: diff.clone(),
+    }
+    .into()];
+    // A suspended service redeploys when resumed, with whatever it has then.
+    if needs_redeploy(&diff) && state.status == ServiceStatus::Active {
+        let mut cfg = config(state)?.clone();
+        cfg.merge(&diff);
+        out.extend(deploys::deploy_of_config(
+            state,
+            &cfg,
+            deploy,
+            DeployTrigger::ServiceUpdated,
+        )?);
+    }
+    Ok(out)
+}
+
+/// Cancels running and queued deploys and the active cron run.
+fn stop_everything(state: &ServiceState) -> Vec<Event> {
+    let mut out = deploys::stop_all(state);
+    if let Some(run) = &state.cron.active {
+        out.push(
+            CronJobRunEnded {
+                run: run.id.clone(),
+                status: "canceled".to_owned(),
+                exit_code: None,
+            }
+            .into(),
+        );
+    }
+    out
+}
+
+pub(super) fn suspend(state: &ServiceState) -> Vec<Event> {
+    if state.status == ServiceStatus::Suspended {
+        return vec![];
+    }
+    let mut out = stop_everything(state);
+    out.push(ServiceSuspended {}.into());
+    out
+}
+
+pub(super) fn resume(state: &ServiceState, deploy: DeployId) -> Decision {
+    if state.status != ServiceStatus::Suspended {
+        return Ok(vec![]);
+    }
+    let cfg = config(state)?;
+    let mut out: Vec<Event> = vec![ServiceResumed {}.into()];
+    out.extend(deploys::deploy_of_config(
+        state,
+        cfg,
+        deploy,
+        DeployTrigger::ServiceResumed,
+    )?);
+    Ok(out)
+}
+
+pub(super) fn delete(state: &ServiceState) -> Vec<Event> {
+    let mut out = stop_everything(state);
+    out.push(ServiceDeleted {}.into());
+    out
+}
+
+pub(super) fn scale(state: &ServiceState, to: u32, ctx: &Ctx) -> Decision {
+    let cfg = config(state)?;
+    if cfg.service_type == ServiceType::CronJob {
+        return Err(DomainError::invalid(
+            "numInstances",
+            "cron jobs have no instances to scale",
+        ));
+    }
+    validate::num_instances(to, ctx.max_instances)?;
+    if state.status == ServiceStatus::Suspended {
+        return Err(DomainError::conflict(
+            "service is suspended; resume it to scale",
+        ));
+    }
+    if to == cfg.num_instances {
+        return Ok(vec![]);
+    }
+    Ok(vec![InstanceCountChanged {
+        from: cfg.num_instances,
+        to,
+    }
+    .into()])
+}
+
+pub(super) fn restart(state: &ServiceState) -> Decision {
+    let cfg = config(state)?;
+    if cfg.service_type == ServiceType::CronJob {
+        return Err(DomainError::invalid(
+            "type",
+            "cron jobs have no instances to restart",
+        ));
+    }
+    if state.status == ServiceStatus::Suspended {
+        return Err(DomainError::conflict(
+            "service is suspended; resume it instead",
+        ));
+    }
+    if state.live.is_none() {
+        return Err(DomainError::conflict(
+            "service has no live deploy, so no instances to restart",
+        ));
+    }
+    Ok(vec![RestartRequested {}.into()])
+}
+
+fn require_cron(state: &ServiceState) -> Result<(), DomainError> {
+    if config(state)?.service_type != ServiceType::CronJob {
+        return Err(DomainError::invalid("type", "only cron jobs have runs"));
+    }
+    Ok(())
+}
+
+pub(super) fn start_cron_run(
+    state: &ServiceState,
+    run: CronRunId,
+    manual: bool,
+    scheduled_for: Option<DateTime<Utc>>,
+) -> Decision {
+    require_cron(state)?;
+    let cron = &state.cron;
+    if cron.active.as_ref().map(|r| &r.id) == Some(&run) || cron.last_ended.as_ref() == Some(&run) {
+        return Ok(vec![]);
+    }
+    if !manual && scheduled_for.is_none() {
+        return Err(DomainError::invalid(
+            "scheduledFor",
+            "a scheduled run needs the time it was scheduled for",
+        ));
+    }
+    if state.status == ServiceStatus::Suspended {
+        return Err(DomainError::conflict("cron job is suspended"));
+    }
+    let Some(digest) = state.current_digest() else {
+        return Err(DomainError::conflict(
+            "cron job has no live deploy yet, so no image to run",
+        ));
+    };
+    let started: Event = CronJobRunStarted {
+        run,
+        digest: digest.to_owned(),
+        manual,
+    }
+    .into();
+    match (&cron.active, scheduled_for) {
+        (None, _) => Ok(vec![started]),
+        // "Trigger run" cancels the active run and starts a new one (SPEC §10).
+        (Some(active), _) if manual => Ok(vec![
+            CronJobRunEnded {
+                run: active.id.clone(),
+                status: "canceled".to_owned(),
+                exit_code: None,
+            }
+            .into(),
+            started,
+        ]),
+        (Some(_), Some(at)) if cron.last_skipped == Some(at) => Ok(vec![]),
+        (Some(active), Some(at)) => Ok(vec![CronJobRunSkipped {
+            scheduled_for: at,
+            active_run: active.id.clone(),
+        }
+        .into()]),
+        (Some(_), None) => Ok(vec![]),
+    }
+}
+
+pub(super) fn cancel_cron_run(state: &ServiceState, run: &CronRunId) -> Decision {
+    require_cron(state)?;
+    match &state.cron.active {
+        Some(active) if &active.id == run => Ok(vec![CronJobRunEnded {
+            run: run.clone(),
+            status: "canceled".to_owned(),
+            exit_code: None,
+        }
+        .into()]),
+        _ if state.cron.last_ended.as_ref() == Some(run) => Ok(vec![]),
+        _ => Err(DomainError::not_found("cron run", run)),
+    }
+}
+
+pub(super) fn cron_run_ended(
+    state: &ServiceState,
+    run: &CronRunId,
+    status: String,
+    exit_code: Option<i32>,
+) -> Decision {
+    require_cron(state)?;
+    if !CRON_RUN_STATUSES.contains(&status.as_str()) {
+        return Err(DomainError::invalid(
+            "status",
+            format!("must be one of {}", CRON_RUN_STATUSES.join(", ")),
+        ));
+    }
+    // Only the active run can end; a report about an earlier one (canceled,
+    // replaced by a manual trigger) is late and changes nothing.
+    match &state.cron.active {
+        Some(active) if &active.id == run => Ok(vec![CronJobRunEnded {
+            run: run.clone(),
+            status,
+            exit_code,
+        }
+        .into()]),
+        _ => Ok(vec![]),
+    }
+}

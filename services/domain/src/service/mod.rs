@@ -1,0 +1,378 @@
+//! The service aggregate: a service's settings, its deploys (the state
+//! machine of SPEC §6, one running deploy at a time), its instance count and
+//! its cron runs. All of them live on the service's own subject, so every
+//! rule about "one deploy at a time" is decided against one consistent state.
+//!
+//! - [`apply`] / [`apply_at`] fold events into a [`ServiceState`];
+//! - [`decide`] turns a [`Command`] into the events to append, atomically.
+//!
+//! Decisions and the deploy state machine:
+//!
+//! ```text
+//! request ─► created ─┬─► update_in_progress (resolving → pulling)   no deploy running
+//!                     │     ├─► pre_deploy_in_progress ─► update_in_progress (updating) ─► live
+//!                     │     └─► update_in_progress (updating) ─► live   (no pre-deploy)
+//!                     └─► queued                                      one running, policy `wait`
+//! running ─► update_failed | pre_deploy_failed | canceled             the previous live keeps serving
+//! live ─► deactivated                                                 only when a newer one goes live
+//! ```
+//!
+//! When the running deploy ends (live, failed or canceled) the same decision
+//! starts the newest queued deploy and cancels the older queued ones as
+//! `superseded`. Under policy `cancel` a request cancels the running deploy
+//! (`overlap_cancel`) and starts at once.
+//!
+//! Render's rules this follows where SPEC is silent:
+//! - a suspended service refuses deploy requests (409) and resuming it starts
+//!   a deploy with trigger `service_resumed`; suspending or deleting cancels
+//!   the running and queued deploys (`service_stopped`) and the active cron
+//!   run, but the live deploy stays `live` (it is what resume replaces);
+//! - an update redeploys (trigger `service_updated`) when it changes what the
+//!   instances run: image, credential, plan, custom command or environment;
+//!   names, health check path, schedule, notifications, overlap policy,
+//!   shutdown delay and the pre-deploy command apply from the next deploy;
+//! - a deploy always pulls with the service's current credential: that is the
+//!   credential attached to the service, the only one that cannot be removed
+//!   under it.
+
+mod deploys;
+mod lifecycle;
+mod state;
+pub mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use berth_schemas::events::ServiceSettings;
+use berth_schemas::ids::{CronRunId, DeployId, NodeId, OwnerId};
+use berth_schemas::model::{
+    DeployStatus, DeployTrigger, EnvVars, NotifySetting, OverlapPolicy, Plan, PullFailureReason,
+    ResolvedImage, Sealed, ServiceType,
+};
+use berth_schemas::{Envelope, Event};
+use chrono::{DateTime, Utc};
+
+pub use lifecycle::{needs_redeploy, CRON_RUN_STATUSES};
+pub use state::{
+    apply, apply_at, CronRun, CronState, Deploy, PreDeployOutcome, ServiceConfig, ServiceState,
+    ServiceStatus,
+};
+
+use crate::aggregate::{Aggregate, Ctx};
+use crate::error::DomainError;
+
+/// Render's default region.
+pub const DEFAULT_REGION: &str = "oregon";
+
+/// Everything needed to create a service. The caller has already verified
+/// that the image is accessible (SPEC §4) and attached the credential.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateService {
+    pub owner: OwnerId,
+    pub name: String,
+    pub service_type: ServiceType,
+    /// As typed; normalised by the rules.
+    pub image: String,
+    pub credential: Option<berth_schemas::ids::CredentialId>,
+    pub region: String,
+    pub plan: Plan,
+    /// Default 1. Cron jobs take only 1.
+    pub num_instances: Option<u32>,
+    pub docker_command: Option<String>,
+    pub env_vars: EnvVars,
+    pub pre_deploy_command: Option<String>,
+    /// Web services only.
+    pub health_check_path: Option<String>,
+    /// Cron jobs only, and required for them.
+    pub schedule: Option<String>,
+    pub notify: Option<NotifySetting>,
+    /// Default `wait`.
+    pub overlap_policy: Option<OverlapPolicy>,
+    /// Default 30 s, 1–300.
+    pub shutdown_delay_secs: Option<u16>,
+    /// The deploy hook's key, generated and sealed by the caller.
+    pub hook_key: Sealed,
+    /// Id of the initial deploy (trigger `service_created`).
+    pub deploy: DeployId,
+}
+
+impl CreateService {
+    /// A service with defaults for everything optional: region `oregon`, the
+    /// `starter` plan (0.5 CPU, 512 MiB), one instance, no command overrides.
+    pub fn new(
+        owner: OwnerId,
+        name: &str,
+        service_type: ServiceType,
+        image: &str,
+        hook_key: Sealed,
+        deploy: DeployId,
+    ) -> Self {
+        CreateService {
+            owner,
+            name: name.to_owned(),
+            service_type,
+            image: image.to_owned(),
+            credential: None,
+            region: DEFAULT_REGION.to_owned(),
+            plan: Plan {
+                name: "starter".to_owned(),
+                cpu_millis: 500,
+                memory_mib: 512,
+            },
+            num_instances: None,
+            docker_command: None,
+            env_vars: EnvVars::new(),
+            pre_deploy_command: None,
+            health_check_path: None,
+            schedule: None,
+            notify: None,
+            overlap_policy: None,
+            shutdown_delay_secs: None,
+            hook_key,
+            deploy,
+        }
+    }
+}
+
+/// A request for a new deploy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployRequest {
+    /// The new deploy's id (fresh, from the caller).
+    pub deploy: DeployId,
+    pub trigger: DeployTrigger,
+    /// A tag or digest of the service's repository (deploy hook `imgURL`, API
+    /// `imageUrl`); `None` deploys the service's configured image. Must be
+    /// `None` for rollbacks, which deploy the target's recorded digest.
+    pub image: Option<String>,
+    /// For trigger `rollback` (and only then): the deploy to roll back to.
+    pub rollback_of: Option<DeployId>,
+}
+
+impl DeployRequest {
+    /// Deploy the service's configured image.
+    pub fn new(deploy: DeployId, trigger: DeployTrigger) -> Self {
+        DeployRequest {
+            deploy,
+            trigger,
+            image: None,
+            rollback_of: None,
+        }
+    }
+
+    /// Deploy another tag or digest of the service's repository.
+    pub fn with_image(deploy: DeployId, trigger: DeployTrigger, image: &str) -> Self {
+        DeployRequest {
+            image: Some(image.to_owned()),
+            ..DeployRequest::new(deploy, trigger)
+        }
+    }
+
+    /// Roll back to `target`'s recorded digest.
+    pub fn rollback(deploy: DeployId, target: DeployId) -> Self {
+        DeployRequest {
+            deploy,
+            trigger: DeployTrigger::Rollback,
+            image: None,
+            rollback_of: Some(target),
+        }
+    }
+}
+
+/// What a caller (API, bus command, worker) asks of a service.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Create the service and start its initial deploy.
+    Create(Box<CreateService>),
+    /// Change settings; `deploy` is used if the change needs a redeploy.
+    Update {
+        settings: ServiceSettings,
+        deploy: DeployId,
+    },
+    Suspend,
+    /// Resume and deploy (trigger `service_resumed`) as `deploy`.
+    Resume {
+        deploy: DeployId,
+    },
+    Delete,
+    Scale {
+        num_instances: u32,
+    },
+    Restart,
+    RegenerateHookKey {
+        hook_key: Sealed,
+    },
+    RequestDeploy(DeployRequest),
+    CancelDeploy {
+        deploy: DeployId,
+    },
+
+    // ---- facts reported by the workers about the running deploy ----
+    /// The resolver turned the reference into a digest.
+    RecordResolved {
+        deploy: DeployId,
+        image: ResolvedImage,
+    },
+    /// A resolve or pull failed. `deploy: None` (or the live deploy) is a
+    /// failure outside a deploy (restart, scale-out, cron run): recorded only.
+    RecordPullFailed {
+        deploy: Option<DeployId>,
+        node: Option<NodeId>,
+        image: String,
+        reason: PullFailureReason,
+        message: String,
+    },
+    /// A node holds the digest.
+    RecordPulled {
+        deploy: DeployId,
+        node: NodeId,
+        digest: String,
+    },
+    RecordPreDeployStarted {
+        deploy: DeployId,
+    },
+    RecordPreDeployEnded {
+        deploy: DeployId,
+        success: bool,
+        exit_code: Option<i32>,
+        reason: Option<String>,
+    },
+    RecordUpdateStarted {
+        deploy: DeployId,
+    },
+    /// New instances are healthy, traffic moved, digest verified.
+    RecordLive {
+        deploy: DeployId,
+        digest: String,
+    },
+    /// `status` is `update_failed` or `pre_deploy_failed`.
+    RecordFailed {
+        deploy: DeployId,
+        status: DeployStatus,
+        reason: String,
+    },
+    /// The registry no longer holds a deploy's digest.
+    MarkRollbackTargetMissing {
+        deploy: DeployId,
+        digest: String,
+    },
+
+    // ---- cron runs ----
+    /// Start a run of the live digest. `manual` runs cancel an active run;
+    /// scheduled ones (`scheduled_for` required) are skipped while one is active.
+    StartCronRun {
+        run: CronRunId,
+        manual: bool,
+        scheduled_for: Option<DateTime<Utc>>,
+    },
+    CancelCronRun {
+        run: CronRunId,
+    },
+    /// `status`: `succeeded`, `failed`, `canceled` or `timed_out`.
+    RecordCronRunEnded {
+        run: CronRunId,
+        status: String,
+        exit_code: Option<i32>,
+    },
+}
+
+/// The service aggregate.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Service;
+
+impl Aggregate for Service {
+    type State = ServiceState;
+    type Command = Command;
+
+    fn apply(state: ServiceState, event: &Event) -> ServiceState {
+        apply(state, event)
+    }
+
+    fn fold(state: ServiceState, envelope: &Envelope) -> ServiceState {
+        apply_at(state, &envelope.event, Some(envelope.time))
+    }
+
+    fn decide(
+        state: &ServiceState,
+        command: Command,
+        ctx: &Ctx,
+    ) -> Result<Vec<Event>, DomainError> {
+        decide(state, command, ctx)
+    }
+}
+
+/// Folds an envelope (records its time): `fold(S, &Envelope) -> S` for the store.
+pub fn fold(state: ServiceState, envelope: &Envelope) -> ServiceState {
+    apply_at(state, &envelope.event, Some(envelope.time))
+}
+
+/// Decides what a command means for the service.
+pub fn decide(
+    state: &ServiceState,
+    command: Command,
+    ctx: &Ctx,
+) -> Result<Vec<Event>, DomainError> {
+    if let Command::Create(c) = command {
+        return lifecycle::create(state, *c, ctx);
+    }
+    if !state.exists() {
+        return Err(DomainError::not_found("service", ""));
+    }
+    match command {
+        Command::Create(_) => Err(DomainError::conflict("service already exists")),
+        Command::Update { settings, deploy } => lifecycle::update(state, settings, deploy, ctx),
+        Command::Suspend => Ok(lifecycle::suspend(state)),
+        Command::Resume { deploy } => lifecycle::resume(state, deploy),
+        Command::Delete => Ok(lifecycle::delete(state)),
+        Command::Scale { num_instances } => lifecycle::scale(state, num_instances, ctx),
+        Command::Restart => lifecycle::restart(state),
+        Command::RegenerateHookKey { hook_key } => {
+            Ok(vec![berth_schemas::events::DeployHookKeyRegenerated {
+                hook_key,
+            }
+            .into()])
+        }
+        Command::RequestDeploy(req) => deploys::request(state, req),
+        Command::CancelDeploy { deploy } => deploys::cancel(state, &deploy),
+        Command::RecordResolved { deploy, image } => deploys::resolved(state, deploy, image),
+        Command::RecordPullFailed {
+            deploy,
+            node,
+            image,
+            reason,
+            message,
+        } => deploys::pull_failed(state, deploy, node, image, reason, message),
+        Command::RecordPulled {
+            deploy,
+            node,
+            digest,
+        } => deploys::pulled(state, deploy, node, digest),
+        Command::RecordPreDeployStarted { deploy } => deploys::pre_deploy_started(state, deploy),
+        Command::RecordPreDeployEnded {
+            deploy,
+            success,
+            exit_code,
+            reason,
+        } => deploys::pre_deploy_ended(state, deploy, success, exit_code, reason),
+        Command::RecordUpdateStarted { deploy } => deploys::update_started(state, deploy),
+        Command::RecordLive { deploy, digest } => deploys::live(state, deploy, digest),
+        Command::RecordFailed {
+            deploy,
+            status,
+            reason,
+        } => deploys::failed(state, deploy, status, reason),
+        Command::MarkRollbackTargetMissing { deploy, digest } => {
+            deploys::rollback_target_missing(state, deploy, digest)
+        }
+        Command::StartCronRun {
+            run,
+            manual,
+            scheduled_for,
+        } => lifecycle::start_cron_run(state, run, manual, scheduled_for),
+        Command::CancelCronRun { run } => lifecycle::cancel_cron_run(state, &run),
+        Command::RecordCronRunEnded {
+            run,
+            status,
+            exit_code,
+        } => lifecycle::cron_run_ended(state, &run, status, exit_code),
+    }
+}

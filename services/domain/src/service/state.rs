@@ -1,0 +1,480 @@
+//! The state of one service (settings, deploys, cron runs) and the pure
+//! `apply` that builds it from the service's events. `apply` never fails:
+//! an event that does not fit the state (an unknown deploy, a second
+//! `service_created`) leaves it unchanged, so a replay cannot go wrong.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use berth_schemas::events::{CancelReason, ServiceCreated, ServiceSettings};
+use berth_schemas::ids::{CredentialId, CronRunId, DeployId, NodeId, OwnerId};
+use berth_schemas::model::{
+    DeployPhase, DeployStatus, DeployTrigger, EnvVars, NotifySetting, OverlapPolicy, Plan,
+    ResolvedImage, Sealed, ServiceType,
+};
+use berth_schemas::Event;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Where a service is in its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceStatus {
+    /// No `service_created` yet.
+    #[default]
+    NotCreated,
+    /// Created and not suspended.
+    Active,
+    /// Suspended: instances stopped, deploys refused until resumed.
+    Suspended,
+    /// Deleted: every command is refused as not found.
+    Deleted,
+}
+
+/// A service's settings, as created and then updated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceConfig {
+    pub owner: OwnerId,
+    pub name: String,
+    pub service_type: ServiceType,
+    /// Normalised image reference.
+    pub image: String,
+    pub credential: Option<CredentialId>,
+    pub region: String,
+    pub plan: Plan,
+    /// Desired number of instances (1 for cron jobs, which have none running).
+    pub num_instances: u32,
+    pub docker_command: Option<String>,
+    pub env_vars: EnvVars,
+    pub pre_deploy_command: Option<String>,
+    pub health_check_path: Option<String>,
+    pub schedule: Option<String>,
+    pub notify: Option<NotifySetting>,
+    pub overlap_policy: OverlapPolicy,
+    pub shutdown_delay_secs: u16,
+    pub hook_key: Sealed,
+}
+
+impl ServiceConfig {
+    fn from_created(e: &ServiceCreated) -> Self {
+        ServiceConfig {
+            owner: e.owner.clone(),
+            name: e.name.clone(),
+            service_type: e.service_type,
+            image: e.image.clone(),
+            credential: e.credential.clone(),
+            region: e.region.clone(),
+            plan: e.plan.clone(),
+            num_instances: e.num_instances,
+            docker_command: e.docker_command.clone(),
+            env_vars: e.env_vars.clone(),
+            pre_deploy_command: e.pre_deploy_command.clone(),
+            health_check_path: e.health_check_path.clone(),
+            schedule: e.schedule.clone(),
+            notify: e.notify,
+            overlap_policy: e.overlap_policy,
+            shutdown_delay_secs: e.shutdown_delay_secs,
+            hook_key: e.hook_key.clone(),
+        }
+    }
+
+    pub(super) fn merge(&mut self, s: &ServiceSettings) {
+        fn set<T: Clone>(field: &mut T, value: &Option<T>) {
+            if let Some(v) = value {
+                *field = v.clone();
+            }
+        }
+        set(&mut self.name, &s.name);
+        set(&mut self.image, &s.image);
+        set(&mut self.credential, &s.credential);
+        set(&mut self.plan, &s.plan);
+        set(&mut self.docker_command, &s.docker_command);
+        set(&mut self.env_vars, &s.env_vars);
+        set(&mut self.pre_deploy_command, &s.pre_deploy_command);
+        if let Some(p) = &s.health_check_path {
+            self.health_check_path = Some(p.clone());
+        }
+        if let Some(p) = &s.schedule {
+            self.schedule = Some(p.clone());
+        }
+        set(&mut self.notify, &s.notify);
+        set(&mut self.overlap_policy, &s.overlap_policy);
+        set(&mut self.shutdown_delay_secs, &s.shutdown_delay_secs);
+    }
+}
+
+/// How a pre-deploy command ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreDeployOutcome {
+    pub success: bool,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+}
+
+/// One deploy of the service, with everything SPEC §6 says it records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deploy {
+    pub id: DeployId,
+    pub trigger: DeployTrigger,
+    /// The image reference as requested (for rollbacks: `repo@digest`).
+    pub image: String,
+    /// The credential the pull uses: the service's at request time.
+    pub credential: Option<CredentialId>,
+    pub rollback_of: Option<DeployId>,
+    /// Render's status.
+    pub status: DeployStatus,
+    /// berth's finer phase while the deploy runs; `None` otherwise.
+    pub phase: Option<DeployPhase>,
+    /// What the reference resolved to: the digest that runs.
+    pub resolved: Option<ResolvedImage>,
+    /// Nodes that hold the digest, verified.
+    pub pulled_on: BTreeSet<NodeId>,
+    pub pre_deploy: Option<PreDeployOutcome>,
+    /// Why it failed or was canceled.
+    pub reason: Option<String>,
+    pub cancel_reason: Option<CancelReason>,
+    /// The deploy that canceled, superseded or deactivated this one.
+    pub ended_by: Option<DeployId>,
+    /// False once the registry no longer holds its digest (SPEC §7).
+    pub rollback_eligible: bool,
+    pub created_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl Deploy {
+    /// The recorded digest, once resolved.
+    pub fn digest(&self) -> Option<&str> {
+        self.resolved.as_ref().map(|r| r.digest.as_str())
+    }
+
+    /// Running: admitted and not yet ended (the one deploy workers act on).
+    pub fn is_running(&self) -> bool {
+        matches!(
+            self.status,
+            DeployStatus::UpdateInProgress | DeployStatus::PreDeployInProgress
+        )
+    }
+
+    /// Ended: it will never run again (live deploys are not ended).
+    pub fn is_ended(&self) -> bool {
+        self.status.is_final()
+    }
+}
+
+/// A cron run in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CronRun {
+    pub id: CronRunId,
+    pub digest: String,
+    pub manual: bool,
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+/// A cron job's runs. Only the active run and the most recent ended one are
+/// kept: a job running every minute would otherwise grow its state without
+/// bound; the full history is in the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CronState {
+    pub active: Option<CronRun>,
+    pub last_ended: Option<CronRunId>,
+    /// The most recent skipped schedule time, so a repeated skip is not
+    /// recorded twice.
+    pub last_skipped: Option<DateTime<Utc>>,
+    pub runs_started: u64,
+}
+
+/// Everything the service's rules need, folded from its events.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceState {
+    pub status: ServiceStatus,
+    /// `None` until `service_created`.
+    pub config: Option<ServiceConfig>,
+    /// Every deploy, in request order.
+    pub deploys: Vec<Deploy>,
+    /// Position of each deploy in `deploys`.
+    index: BTreeMap<DeployId, usize>,
+    /// The running deploy (at most one: SPEC §6).
+    pub active: Option<DeployId>,
+    /// Queued deploys, oldest first.
+    pub queue: Vec<DeployId>,
+    /// The deploy serving now.
+    pub live: Option<DeployId>,
+    pub cron: CronState,
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl ServiceState {
+    /// A deploy by id.
+    pub fn deploy(&self, id: &DeployId) -> Option<&Deploy> {
+        self.index.get(id).and_then(|&i| self.deploys.get(i))
+    }
+
+    fn deploy_mut(&mut self, id: &DeployId) -> Option<&mut Deploy> {
+        match self.index.get(id) {
+            Some(&i) => self.deploys.get_mut(i),
+            None => None,
+        }
+    }
+
+    /// The running deploy, if any.
+    pub fn active_deploy(&self) -> Option<&Deploy> {
+        self.active.as_ref().and_then(|id| self.deploy(id))
+    }
+
+    /// The live deploy, if any.
+    pub fn live_deploy(&self) -> Option<&Deploy> {
+        self.live.as_ref().and_then(|id| self.deploy(id))
+    }
+
+    /// The digest instances should run: the live deploy's.
+    pub fn current_digest(&self) -> Option<&str> {
+        self.live_deploy().and_then(Deploy::digest)
+    }
+
+    /// True once created and not deleted.
+    pub fn exists(&self) -> bool {
+        matches!(
+            self.status,
+            ServiceStatus::Active | ServiceStatus::Suspended
+        )
+    }
+
+    fn end(&mut self, id: &DeployId) {
+        if self.active.as_ref() == Some(id) {
+            self.active = None;
+        }
+        self.queue.retain(|q| q != id);
+    }
+}
+
+/// Applies one event without a timestamp.
+pub fn apply(state: ServiceState, event: &Event) -> ServiceState {
+    apply_at(state, event, None)
+}
+
+/// Applies one event, recording `time` (the envelope's) where a timestamp is kept.
+pub fn apply_at(mut s: ServiceState, event: &Event, time: Option<DateTime<Utc>>) -> ServiceState {
+    match event {
+        Event::ServiceCreated(e) if s.status == ServiceStatus::NotCreated => {
+            s.status = ServiceStatus::Active;
+            s.config = Some(ServiceConfig::from_created(e));
+            s.created_at = time;
+            s.updated_at = time;
+        }
+        Event::ServiceUpdated(e) => {
+            if let Some(c) = s.config.as_mut() {
+                c.merge(&e.settings);
+                s.updated_at = time;
+            }
+        }
+        Event::DeployHookKeyRegenerated(e) => {
+            if let Some(c) = s.config.as_mut() {
+                c.hook_key = e.hook_key.clone();
+            }
+        }
+        Event::InstanceCountChanged(e) => {
+            if let Some(c) = s.config.as_mut() {
+                c.num_instances = e.to;
+                s.updated_at = time;
+            }
+        }
+        Event::ServiceSuspended(_) if s.status == ServiceStatus::Active => {
+            s.status = ServiceStatus::Suspended;
+            s.updated_at = time;
+        }
+        Event::ServiceResumed(_) if s.status == ServiceStatus::Suspended => {
+            s.status = ServiceStatus::Active;
+            s.updated_at = time;
+        }
+        Event::ServiceDeleted(_) if s.exists() => {
+            s.status = ServiceStatus::Deleted;
+            s.updated_at = time;
+        }
+        Event::DeployCreated(e) if !s.index.contains_key(&e.deploy) => {
+            s.index.insert(e.deploy.clone(), s.deploys.len());
+            s.deploys.push(Deploy {
+                id: e.deploy.clone(),
+                trigger: e.trigger,
+                image: e.image.clone(),
+                credential: e.credential.clone(),
+                rollback_of: e.rollback_of.clone(),
+                status: DeployStatus::Created,
+                phase: None,
+                resolved: None,
+                pulled_on: BTreeSet::new(),
+                pre_deploy: None,
+                reason: None,
+                cancel_reason: None,
+                ended_by: None,
+                rollback_eligible: true,
+                created_at: time,
+                started_at: None,
+                finished_at: None,
+            });
+        }
+        Event::DeployQueued(e) => {
+            let queued = match s.deploy_mut(&e.deploy) {
+                Some(d) if d.status == DeployStatus::Created => {
+                    d.status = DeployStatus::Queued;
+                    true
+                }
+                _ => false,
+            };
+            if queued {
+                s.queue.push(e.deploy.clone());
+            }
+        }
+        Event::DeployStarted(e) => {
+            let started = match s.deploy_mut(&e.deploy) {
+                Some(d) if matches!(d.status, DeployStatus::Created | DeployStatus::Queued) => {
+                    d.status = DeployStatus::UpdateInProgress;
+                    d.phase = Some(DeployPhase::Resolving);
+                    d.started_at = time;
+                    true
+                }
+                _ => false,
+            };
+            if started {
+                s.queue.retain(|q| q != &e.deploy);
+                s.active = Some(e.deploy.clone());
+            }
+        }
+        Event::ImageResolved(e) => {
+            if let Some(d) = s.deploy_mut(&e.deploy) {
+                if d.is_running() && d.resolved.is_none() {
+                    d.resolved = Some(e.image.clone());
+                    d.phase = Some(DeployPhase::Pulling);
+                }
+            }
+        }
+        Event::ImagePulled(e) => {
+            if let Some(d) = s.deploy_mut(&e.deploy) {
+                if d.digest() == Some(e.digest.as_str()) {
+                    d.pulled_on.insert(e.node.clone());
+                }
+            }
+        }
+        Event::PreDeployStarted(e) => {
+            if let Some(d) = s.deploy_mut(&e.deploy) {
+                if d.is_running() {
+                    d.status = DeployStatus::PreDeployInProgress;
+                    d.phase = Some(DeployPhase::PreDeploy);
+                }
+            }
+        }
+        Event::PreDeployEnded(e) => {
+            if let Some(d) = s.deploy_mut(&e.deploy) {
+                if d.status == DeployStatus::PreDeployInProgress {
+                    d.pre_deploy = Some(PreDeployOutcome {
+                        success: e.success,
+                        exit_code: e.exit_code,
+                        reason: e.reason.clone(),
+                    });
+                    // A failure is ended by the `deploy_failed` that follows it.
+                    if e.success {
+                        d.status = DeployStatus::UpdateInProgress;
+                    }
+                }
+            }
+        }
+        Event::UpdateStarted(e) => {
+            if let Some(d) = s.deploy_mut(&e.deploy) {
+                if d.is_running() {
+                    d.status = DeployStatus::UpdateInProgress;
+                    d.phase = Some(DeployPhase::Updating);
+                }
+            }
+        }
+        Event::DeployLive(e) => {
+            let went_live = match s.deploy_mut(&e.deploy) {
+                Some(d) if d.is_running() => {
+                    d.status = DeployStatus::Live;
+                    d.phase = None;
+                    d.finished_at = time;
+                    true
+                }
+                _ => false,
+            };
+            if went_live {
+                s.end(&e.deploy);
+                s.live = Some(e.deploy.clone());
+            }
+        }
+        Event::DeployFailed(e) => {
+            let failed = match s.deploy_mut(&e.deploy) {
+                Some(d) if d.is_running() => {
+                    d.status = e.status;
+                    d.phase = None;
+                    d.reason = Some(e.reason.clone());
+                    d.finished_at = time;
+                    true
+                }
+                _ => false,
+            };
+            if failed {
+                s.end(&e.deploy);
+            }
+        }
+        Event::DeployCanceled(e) => {
+            let canceled = match s.deploy_mut(&e.deploy) {
+                Some(d) if !d.is_ended() && d.status != DeployStatus::Live => {
+                    d.status = DeployStatus::Canceled;
+                    d.phase = None;
+                    d.cancel_reason = Some(e.reason);
+                    d.ended_by = e.by.clone();
+                    d.finished_at = time;
+                    true
+                }
+                _ => false,
+            };
+            if canceled {
+                s.end(&e.deploy);
+            }
+        }
+        Event::DeployDeactivated(e) => {
+            if let Some(d) = s.deploy_mut(&e.deploy) {
+                if d.status == DeployStatus::Live {
+                    d.status = DeployStatus::Deactivated;
+                    d.ended_by = Some(e.by.clone());
+                }
+            }
+            if s.live.as_ref() == Some(&e.deploy) {
+                s.live = None;
+            }
+        }
+        Event::RollbackTargetMissing(e) => {
+            if let Some(d) = s.deploy_mut(&e.deploy) {
+                if d.digest() == Some(e.digest.as_str()) {
+                    d.rollback_eligible = false;
+                }
+            }
+        }
+        Event::CronJobRunStarted(e) if s.cron.active.is_none() => {
+            s.cron.active = Some(CronRun {
+                id: e.run.clone(),
+                digest: e.digest.clone(),
+                manual: e.manual,
+                started_at: time,
+            });
+            s.cron.runs_started += 1;
+        }
+        Event::CronJobRunEnded(e) if s.cron.active.as_ref().map(|r| &r.id) == Some(&e.run) => {
+            s.cron.active = None;
+            s.cron.last_ended = Some(e.run.clone());
+        }
+        Event::CronJobRunSkipped(e) => {
+            s.cron.last_skipped = Some(e.scheduled_for);
+        }
+        // Instance, pull-progress and restart facts are for the scheduler's
+        // and the API's projections; no rule here depends on them.
+        _ => {}
+    }
+    s
+}

@@ -1,0 +1,313 @@
+//! Field rules for creating and updating services (SPEC §4, §10, §14).
+//! Each check names the field in the API's camelCase so the 400 says which
+//! part of the body is wrong.
+
+use berth_schemas::model::{EnvVars, Plan, ServiceType};
+
+use crate::error::DomainError;
+use crate::reference::Reference;
+
+/// Longest service name: it is a DNS label (`<name>.<base-domain>`, `<name>:<port>`).
+pub const NAME_MAX: usize = 63;
+/// Shutdown delay bounds in seconds, and the default (SPEC §6).
+pub const SHUTDOWN_DELAY_MIN: u16 = 1;
+pub const SHUTDOWN_DELAY_MAX: u16 = 300;
+pub const SHUTDOWN_DELAY_DEFAULT: u16 = 30;
+/// Longest command line, health check path or region we accept.
+const TEXT_MAX: usize = 4096;
+const ENV_NAME_MAX: usize = 256;
+
+type Result<T> = std::result::Result<T, DomainError>;
+
+/// A service name: a DNS label, since it names the route and the internal host.
+pub fn name(name: &str) -> Result<()> {
+    let bad = |why: &str| Err(DomainError::invalid("name", format!("{name:?} {why}")));
+    if name.is_empty() {
+        return bad("is empty");
+    }
+    if name.len() > NAME_MAX {
+        return bad(&format!("is longer than {NAME_MAX} characters"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return bad("may contain only lowercase letters, digits and '-'");
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return bad("may not start or end with '-'");
+    }
+    Ok(())
+}
+
+/// Parses and normalises an image reference; the message says which part is wrong.
+pub fn image(image: &str) -> Result<Reference> {
+    Reference::parse(image).map_err(|e| DomainError::invalid("imagePath", e.to_string()))
+}
+
+/// Region: a short lowercase slug such as `oregon`.
+pub fn region(region: &str) -> Result<()> {
+    if region.is_empty()
+        || region.len() > 64
+        || !region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(DomainError::invalid(
+            "region",
+            "must be 1–64 lowercase letters, digits or '-'",
+        ));
+    }
+    Ok(())
+}
+
+/// An instance type must have a name and non-zero limits.
+pub fn plan(plan: &Plan) -> Result<()> {
+    if plan.name.is_empty() || plan.cpu_millis == 0 || plan.memory_mib == 0 {
+        return Err(DomainError::invalid(
+            "plan",
+            "needs a name and non-zero CPU and memory",
+        ));
+    }
+    Ok(())
+}
+
+/// Instance count: at least one, at most the operator's cap.
+pub fn num_instances(n: u32, max: u32) -> Result<()> {
+    if n == 0 || n > max {
+        return Err(DomainError::invalid(
+            "numInstances",
+            format!("must be between 1 and {max}, got {n}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Shutdown delay: 1–300 seconds.
+pub fn shutdown_delay(secs: u16) -> Result<()> {
+    if !(SHUTDOWN_DELAY_MIN..=SHUTDOWN_DELAY_MAX).contains(&secs) {
+        return Err(DomainError::invalid(
+            "maxShutdownDelaySeconds",
+            format!("must be between {SHUTDOWN_DELAY_MIN} and {SHUTDOWN_DELAY_MAX}, got {secs}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A command line (custom command, pre-deploy command): not blank, bounded.
+pub fn command(field: &'static str, cmd: &str) -> Result<()> {
+    if cmd.trim().is_empty() {
+        return Err(DomainError::invalid(field, "is blank"));
+    }
+    if cmd.len() > TEXT_MAX || cmd.contains('\0') {
+        return Err(DomainError::invalid(
+            field,
+            format!("must be at most {TEXT_MAX} bytes without NUL"),
+        ));
+    }
+    Ok(())
+}
+
+/// Health check path: an absolute URL path without whitespace.
+pub fn health_check_path(path: &str) -> Result<()> {
+    if !path.starts_with('/')
+        || path.len() > TEXT_MAX
+        || path.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(DomainError::invalid(
+            "healthCheckPath",
+            "must be an absolute path such as /healthz, without spaces",
+        ));
+    }
+    Ok(())
+}
+
+/// Environment variable names: `[A-Za-z_][A-Za-z0-9_]*`, as shells accept.
+pub fn env_vars(vars: &EnvVars) -> Result<()> {
+    for key in vars.keys() {
+        let mut bytes = key.bytes();
+        let first_ok = bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+        if !first_ok
+            || key.len() > ENV_NAME_MAX
+            || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            let shown: String = key.chars().take(40).collect();
+            return Err(DomainError::invalid(
+                "envVars",
+                format!("{shown:?} is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Which type-specific fields a service type accepts.
+pub fn type_fields(
+    service_type: ServiceType,
+    health_check_path: Option<&str>,
+    schedule: Option<&str>,
+    pre_deploy_command: Option<&str>,
+) -> Result<()> {
+    if health_check_path.is_some() && service_type != ServiceType::WebService {
+        return Err(DomainError::invalid(
+            "healthCheckPath",
+            "only web services have a health check path",
+        ));
+    }
+    if schedule.is_some() && service_type != ServiceType::CronJob {
+        return Err(DomainError::invalid(
+            "schedule",
+            "only cron jobs have a schedule",
+        ));
+    }
+    if pre_deploy_command.is_some() && service_type == ServiceType::CronJob {
+        return Err(DomainError::invalid(
+            "preDeployCommand",
+            "cron jobs have no pre-deploy command",
+        ));
+    }
+    Ok(())
+}
+
+/// A 5-field cron schedule in UTC: minute hour day-of-month month day-of-week.
+/// Each field is a list of `*`, `N`, `N-M`, each optionally `/STEP`; months
+/// and weekdays also take English three-letter names; weekday 7 is Sunday.
+pub fn schedule(schedule: &str) -> Result<()> {
+    const FIELDS: [(&str, u32, u32, &[&str]); 5] = [
+        ("minute", 0, 59, &[]),
+        ("hour", 0, 23, &[]),
+        ("day of month", 1, 31, &[]),
+        (
+            "month",
+            1,
+            12,
+            &[
+                "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+            ],
+        ),
+        (
+            "day of week",
+            0,
+            7,
+            &["sun", "mon", "tue", "wed", "thu", "fri", "sat"],
+        ),
+    ];
+    let parts: Vec<&str> = schedule.split_whitespace().collect();
+    if parts.len() != FIELDS.len() {
+        return Err(DomainError::invalid(
+            "schedule",
+            format!(
+                "needs 5 fields (minute hour day-of-month month day-of-week), got {}",
+                parts.len()
+            ),
+        ));
+    }
+    for (part, &(what, min, max, names)) in parts.iter().zip(FIELDS.iter()) {
+        for item in part.split(',') {
+            cron_item(item, min, max, names).map_err(|why| {
+                let shown: String = item.chars().take(20).collect();
+                DomainError::invalid("schedule", format!("{what} {shown:?}: {why}"))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn cron_item(item: &str, min: u32, max: u32, names: &[&str]) -> std::result::Result<(), String> {
+    let (range, step) = match item.split_once('/') {
+        Some((r, s)) => (r, Some(s)),
+        None => (item, None),
+    };
+    if let Some(step) = step {
+        match step.parse::<u32>() {
+            Ok(n) if n >= 1 && n <= max => {}
+            _ => return Err(format!("step must be a number from 1 to {max}")),
+        }
+    }
+    if range == "*" {
+        return Ok(());
+    }
+    let value = |s: &str| -> std::result::Result<u32, String> {
+        let lower = s.to_ascii_lowercase();
+        if let Some(i) = names.iter().position(|n| *n == lower) {
+            // Month names start at 1, weekday names at 0 (Sunday).
+            return Ok(i as u32 + min);
+        }
+        match s.parse::<u32>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(format!("must be a number from {min} to {max}")),
+        }
+    };
+    match range.split_once('-') {
+        Some((a, b)) => {
+            let (a, b) = (value(a)?, value(b)?);
+            if a > b {
+                return Err("range start is after its end".to_owned());
+            }
+        }
+        None => {
+            value(range)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_dns_labels() {
+        for ok in ["a", "web-1", "x".repeat(63).as_str()] {
+            assert!(name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Web", "a_b", "-a", "a-", "a.b", &"x".repeat(64)] {
+            assert!(name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cron_schedules() {
+        for ok in [
+            "* * * * *",
+            "*/5 * * * *",
+            "0 3 * * mon-fri",
+            "15,45 0-23/2 1 JAN,jul 0",
+            "0 0 * * 7",
+        ] {
+            assert!(schedule(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "* * * *",
+            "* * * * * *",
+            "60 * * * *",
+            "* 24 * * *",
+            "* * 0 * *",
+            "* * * 13 *",
+            "* * * * 8",
+            "*/0 * * * *",
+            "5-1 * * * *",
+            "@daily",
+            "a * * * *",
+        ] {
+            assert!(schedule(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn env_var_names() {
+        let mut vars = EnvVars::new();
+        let sealed = berth_schemas::model::Sealed {
+            kid: "k".into(),
+            ciphertext: "c".into(),
+        };
+        vars.insert("DATABASE_URL".into(), sealed.clone());
+        vars.insert("_x1".into(), sealed.clone());
+        assert!(env_vars(&vars).is_ok());
+        vars.insert("1BAD".into(), sealed);
+        assert!(env_vars(&vars).is_err());
+    }
+}
