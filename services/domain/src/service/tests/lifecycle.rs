@@ -1,0 +1,479 @@
+//! Create, update, suspend/resume, delete, scale, restart, hook keys and
+//! cron runs.
+
+use berth_schemas::events::{
+    CancelReason, CronJobRunEnded, CronJobRunSkipped, CronJobRunStarted, DeployCanceled,
+    DeployHookKeyRegenerated, InstanceCountChanged, RestartRequested, ServiceResumed,
+    ServiceSettings, ServiceSuspended, ServiceUpdated,
+};
+use berth_schemas::ids::{CronRunId, DeployId};
+use berth_schemas::model::{DeployStatus, DeployTrigger, OverlapPolicy, ServiceType};
+use berth_schemas::Event;
+use chrono::{TimeZone, Utc};
+
+use super::{create, digest, sealed, Scenario};
+use crate::error::ErrorKind;
+use crate::service::{Command, ServiceStatus};
+
+type Edit = Box<dyn FnOnce(&mut crate::service::CreateService)>;
+
+fn create_err(f: impl FnOnce(&mut crate::service::CreateService)) -> (ErrorKind, String) {
+    let mut c = create(ServiceType::WebService, &DeployId::generate());
+    f(&mut c);
+    let err = Scenario::given(vec![])
+        .when(Command::Create(Box::new(c)))
+        .unwrap_err();
+    (err.kind(), err.to_string())
+}
+
+#[test]
+fn create_validates_fields_for_the_service_type() {
+    let cases: Vec<(&str, Edit)> = vec![
+        ("name", Box::new(|c| c.name = "My App".into())),
+        ("name", Box::new(|c| c.name = String::new())),
+        (
+            "imagePath",
+            Box::new(|c| c.image = "Ghcr.io/Acme/App:v1".into()),
+        ),
+        ("imagePath", Box::new(|c| c.image = String::new())),
+        ("numInstances", Box::new(|c| c.num_instances = Some(0))),
+        ("numInstances", Box::new(|c| c.num_instances = Some(101))),
+        (
+            "maxShutdownDelaySeconds",
+            Box::new(|c| c.shutdown_delay_secs = Some(0)),
+        ),
+        (
+            "maxShutdownDelaySeconds",
+            Box::new(|c| c.shutdown_delay_secs = Some(301)),
+        ),
+        (
+            "schedule",
+            Box::new(|c| c.schedule = Some("* * * * *".into())),
+        ),
+        (
+            "healthCheckPath",
+            Box::new(|c| c.health_check_path = Some("healthz".into())),
+        ),
+        (
+            "healthCheckPath",
+            Box::new(|c| {
+                c.service_type = ServiceType::BackgroundWorker;
+                c.health_check_path = Some("/healthz".into());
+            }),
+        ),
+        (
+            "schedule",
+            Box::new(|c| c.service_type = ServiceType::CronJob),
+        ),
+        (
+            "schedule",
+            Box::new(|c| {
+                c.service_type = ServiceType::CronJob;
+                c.schedule = Some("every minute".into());
+            }),
+        ),
+        (
+            "numInstances",
+            Box::new(|c| {
+                c.service_type = ServiceType::CronJob;
+                c.schedule = Some("0 * * * *".into());
+                c.num_instances = Some(2);
+            }),
+        ),
+        (
+            "preDeployCommand",
+            Box::new(|c| {
+                c.service_type = ServiceType::CronJob;
+                c.schedule = Some("0 * * * *".into());
+                c.pre_deploy_command = Some("migrate".into());
+            }),
+        ),
+        (
+            "dockerCommand",
+            Box::new(|c| c.docker_command = Some("  ".into())),
+        ),
+        ("region", Box::new(|c| c.region = "US East".into())),
+    ];
+    for (field, f) in cases {
+        let (kind, msg) = create_err(f);
+        assert_eq!(kind, ErrorKind::Invalid, "{field}: {msg}");
+        assert!(msg.contains(field), "expected {field} in {msg:?}");
+    }
+}
+
+#[test]
+fn create_applies_defaults_and_refuses_a_second_create() {
+    let d0 = DeployId::generate();
+    let s = Scenario::created(ServiceType::WebService, &d0);
+    let cfg = s.state.config.as_ref().unwrap();
+    assert_eq!(cfg.num_instances, 1);
+    assert_eq!(cfg.shutdown_delay_secs, 30);
+    assert_eq!(cfg.overlap_policy, OverlapPolicy::Wait);
+    assert_eq!(cfg.image, "ghcr.io/acme/app:v1");
+    assert_eq!(s.state.status, ServiceStatus::Active);
+
+    let mut c = create(ServiceType::WebService, &DeployId::generate());
+    c.image = "alpine".into();
+    let events = Scenario::given(vec![])
+        .when(Command::Create(Box::new(c.clone())))
+        .unwrap();
+    assert!(
+        matches!(&events[0], Event::ServiceCreated(e) if e.image == "docker.io/library/alpine:latest")
+    );
+    assert_eq!(
+        s.when(Command::Create(Box::new(c))).unwrap_err().kind(),
+        ErrorKind::Conflict
+    );
+    // Nothing but create works on a service that does not exist.
+    assert_eq!(
+        Scenario::given(vec![])
+            .when(Command::Suspend)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+    // Cron jobs are created with their schedule.
+    let cron = Scenario::created(ServiceType::CronJob, &DeployId::generate());
+    assert_eq!(
+        cron.state.config.as_ref().unwrap().schedule.as_deref(),
+        Some("*/5 * * * *")
+    );
+}
+
+#[test]
+fn updates_redeploy_only_when_what_runs_changes() {
+    let d0 = DeployId::generate();
+    let mut s = Scenario::live_web(&d0);
+
+    // Name and health check: recorded, no deploy.
+    let events = s.run(Command::Update {
+        settings: ServiceSettings {
+            name: Some("app2".into()),
+            health_check_path: Some("/healthz".into()),
+            ..Default::default()
+        },
+        deploy: DeployId::generate(),
+    });
+    assert_eq!(events.len(), 1);
+    assert_eq!(s.state.config.as_ref().unwrap().name, "app2");
+
+    // Unchanged values: nothing at all; only changed fields are recorded.
+    let same = ServiceSettings {
+        name: Some("app2".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        s.run(Command::Update {
+            settings: same,
+            deploy: DeployId::generate()
+        }),
+        vec![]
+    );
+
+    // Image: recorded and redeployed with trigger service_updated.
+    let d1 = DeployId::generate();
+    let events = s.run(Command::Update {
+        settings: ServiceSettings {
+            name: Some("app2".into()),
+            image: Some("ghcr.io/acme/app:v2".into()),
+            ..Default::default()
+        },
+        deploy: d1.clone(),
+    });
+    assert_eq!(
+        events[0],
+        ServiceUpdated {
+            settings: ServiceSettings {
+                image: Some("ghcr.io/acme/app:v2".into()),
+                ..Default::default()
+            }
+        }
+        .into()
+    );
+    let d = s.deploy(&d1);
+    assert_eq!(d.trigger, DeployTrigger::ServiceUpdated);
+    assert_eq!(d.image, "ghcr.io/acme/app:v2");
+    assert_eq!(d.status, DeployStatus::UpdateInProgress);
+
+    // Type-specific fields are checked against the service's type.
+    for bad in [
+        ServiceSettings {
+            schedule: Some("* * * * *".into()),
+            ..Default::default()
+        },
+        ServiceSettings {
+            shutdown_delay_secs: Some(0),
+            ..Default::default()
+        },
+        ServiceSettings {
+            image: Some("not a ref".into()),
+            ..Default::default()
+        },
+    ] {
+        assert_eq!(
+            s.when(Command::Update {
+                settings: bad,
+                deploy: DeployId::generate()
+            })
+            .unwrap_err()
+            .kind(),
+            ErrorKind::Invalid
+        );
+    }
+}
+
+#[test]
+fn suspend_cancels_deploys_refuses_new_ones_and_resume_redeploys() {
+    let d0 = DeployId::generate();
+    let mut s = Scenario::live_web(&d0);
+    let (d1, _) = s.request(DeployTrigger::Api);
+    let (d2, _) = s.request(DeployTrigger::Api);
+    let events = s.run(Command::Suspend);
+    let stopped = |d: &DeployId| -> Event {
+        DeployCanceled {
+            deploy: d.clone(),
+            reason: CancelReason::ServiceStopped,
+            by: None,
+        }
+        .into()
+    };
+    assert_eq!(
+        events,
+        vec![stopped(&d1), stopped(&d2), ServiceSuspended {}.into()]
+    );
+    assert_eq!(s.state.status, ServiceStatus::Suspended);
+    assert_eq!(s.run(Command::Suspend), vec![]);
+
+    let refused = s.when(Command::RequestDeploy(crate::service::DeployRequest::new(
+        DeployId::generate(),
+        DeployTrigger::DeployHook,
+    )));
+    assert_eq!(refused.unwrap_err().kind(), ErrorKind::Conflict);
+    assert_eq!(
+        s.when(Command::Scale { num_instances: 3 })
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Conflict
+    );
+    assert_eq!(
+        s.when(Command::Restart).unwrap_err().kind(),
+        ErrorKind::Conflict
+    );
+    // An update while suspended is recorded but deploys only on resume.
+    let events = s.run(Command::Update {
+        settings: ServiceSettings {
+            docker_command: Some(Some("serve --fast".into())),
+            ..Default::default()
+        },
+        deploy: DeployId::generate(),
+    });
+    assert_eq!(events.len(), 1);
+
+    let d3 = DeployId::generate();
+    let events = s.run(Command::Resume { deploy: d3.clone() });
+    assert_eq!(events[0], ServiceResumed {}.into());
+    assert_eq!(s.deploy(&d3).trigger, DeployTrigger::ServiceResumed);
+    assert_eq!(s.status(&d3), DeployStatus::UpdateInProgress);
+    assert_eq!(s.state.status, ServiceStatus::Active);
+    // The old live deploy serves until the resumed one replaces it.
+    assert_eq!(s.status(&d0), DeployStatus::Live);
+    assert_eq!(
+        s.run(Command::Resume {
+            deploy: DeployId::generate()
+        }),
+        vec![]
+    );
+}
+
+#[test]
+fn delete_stops_everything_and_then_the_service_is_gone() {
+    let d0 = DeployId::generate();
+    let mut s = Scenario::created(ServiceType::WebService, &d0);
+    let events = s.run(Command::Delete);
+    assert_eq!(events.len(), 2);
+    assert_eq!(s.status(&d0), DeployStatus::Canceled);
+    assert_eq!(s.state.status, ServiceStatus::Deleted);
+    for cmd in [
+        Command::Delete,
+        Command::Restart,
+        Command::Scale { num_instances: 2 },
+        Command::CancelDeploy { deploy: d0 },
+    ] {
+        assert_eq!(s.when(cmd).unwrap_err().kind(), ErrorKind::NotFound);
+    }
+}
+
+#[test]
+fn scale_and_restart() {
+    let d0 = DeployId::generate();
+    let mut s = Scenario::created(ServiceType::WebService, &d0);
+    // Nothing live yet: nothing to restart.
+    assert_eq!(
+        s.when(Command::Restart).unwrap_err().kind(),
+        ErrorKind::Conflict
+    );
+    s.go_live(&d0, &digest(1));
+    assert_eq!(
+        s.run(Command::Scale { num_instances: 3 }),
+        vec![InstanceCountChanged { from: 1, to: 3 }.into()]
+    );
+    assert_eq!(s.state.config.as_ref().unwrap().num_instances, 3);
+    assert_eq!(s.run(Command::Scale { num_instances: 3 }), vec![]);
+    for n in [0, 101] {
+        assert_eq!(
+            s.when(Command::Scale { num_instances: n })
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Invalid
+        );
+    }
+    assert_eq!(s.run(Command::Restart), vec![RestartRequested {}.into()]);
+    assert_eq!(
+        s.run(Command::RegenerateHookKey {
+            hook_key: sealed("new")
+        }),
+        vec![DeployHookKeyRegenerated {
+            hook_key: sealed("new")
+        }
+        .into()]
+    );
+    assert_eq!(s.state.config.as_ref().unwrap().hook_key, sealed("new"));
+
+    let cron = Scenario::created(ServiceType::CronJob, &DeployId::generate());
+    assert_eq!(
+        cron.when(Command::Scale { num_instances: 2 })
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Invalid
+    );
+    assert_eq!(
+        cron.when(Command::Restart).unwrap_err().kind(),
+        ErrorKind::Invalid
+    );
+}
+
+#[test]
+fn cron_runs_one_at_a_time_skip_while_active_and_manual_runs_replace() {
+    let d0 = DeployId::generate();
+    let mut s = Scenario::created(ServiceType::CronJob, &d0);
+    let at = |m: u32| Utc.with_ymd_and_hms(2025, 1, 1, 0, m, 0).single();
+    let r1 = CronRunId::generate();
+    // No live deploy yet: no digest to run.
+    assert_eq!(
+        s.when(Command::StartCronRun {
+            run: r1.clone(),
+            manual: false,
+            scheduled_for: at(0)
+        })
+        .unwrap_err()
+        .kind(),
+        ErrorKind::Conflict
+    );
+    s.go_live(&d0, &digest(1));
+    let start = |run: &CronRunId, manual: bool, m: u32| Command::StartCronRun {
+        run: run.clone(),
+        manual,
+        scheduled_for: if manual { None } else { at(m) },
+    };
+    assert_eq!(
+        s.run(start(&r1, false, 0)),
+        vec![CronJobRunStarted {
+            run: r1.clone(),
+            digest: digest(1),
+            manual: false
+        }
+        .into()]
+    );
+    assert_eq!(s.run(start(&r1, false, 0)), vec![]);
+    // Next schedule while r1 runs: skipped, once.
+    let r2 = CronRunId::generate();
+    let skipped = s.run(start(&r2, false, 5));
+    assert_eq!(
+        skipped,
+        vec![CronJobRunSkipped {
+            scheduled_for: at(5).unwrap(),
+            active_run: r1.clone()
+        }
+        .into()]
+    );
+    assert_eq!(s.run(start(&r2, false, 5)), vec![]);
+    // Manual trigger: cancels r1, starts r3.
+    let r3 = CronRunId::generate();
+    let events = s.run(start(&r3, true, 0));
+    assert_eq!(
+        events[0],
+        CronJobRunEnded {
+            run: r1.clone(),
+            status: "canceled".into(),
+            exit_code: None
+        }
+        .into()
+    );
+    assert_eq!(s.state.cron.active.as_ref().map(|r| &r.id), Some(&r3));
+    // r1's agent reports its end late: ignored.
+    assert_eq!(
+        s.run(Command::RecordCronRunEnded {
+            run: r1,
+            status: "failed".into(),
+            exit_code: Some(137)
+        }),
+        vec![]
+    );
+    assert_eq!(
+        s.when(Command::RecordCronRunEnded {
+            run: r3.clone(),
+            status: "exploded".into(),
+            exit_code: None
+        })
+        .unwrap_err()
+        .kind(),
+        ErrorKind::Invalid
+    );
+    assert_eq!(
+        s.run(Command::RecordCronRunEnded {
+            run: r3.clone(),
+            status: "succeeded".into(),
+            exit_code: Some(0)
+        })
+        .len(),
+        1
+    );
+    assert_eq!(s.state.cron.active, None);
+    assert_eq!(s.run(Command::CancelCronRun { run: r3 }), vec![]);
+    assert_eq!(
+        s.when(Command::CancelCronRun {
+            run: CronRunId::generate()
+        })
+        .unwrap_err()
+        .kind(),
+        ErrorKind::NotFound
+    );
+    // Suspending ends the active run.
+    let r4 = CronRunId::generate();
+    s.run(start(&r4, true, 0));
+    let events = s.run(Command::Suspend);
+    assert!(events.contains(
+        &CronJobRunEnded {
+            run: r4.clone(),
+            status: "canceled".into(),
+            exit_code: None
+        }
+        .into()
+    ));
+    assert_eq!(s.state.cron.runs_started, 3);
+}
+
+#[test]
+fn cron_commands_on_other_types_are_invalid() {
+    let s = Scenario::live_web(&DeployId::generate());
+    assert_eq!(
+        s.when(Command::StartCronRun {
+            run: CronRunId::generate(),
+            manual: true,
+            scheduled_for: None
+        })
+        .unwrap_err()
+        .kind(),
+        ErrorKind::Invalid
+    );
+}
