@@ -1,1 +1,48 @@
-fn main() {}
+//! # berth: the CLI and the all-in-one `berth up`
+//!
+//! A thin main: parse the command line (usage errors exit 2), hand the
+//! subcommand its arguments, and turn the outcome into an exit code:
+//! 0 ok, 1 other failures, 2 usage or input errors, 64 bad configuration.
+
+mod bench;
+mod cli;
+mod components;
+mod exit;
+mod image;
+mod projector;
+mod secret;
+mod up;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{BenchCommand, Cli, Command, ImageCommand};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Image(ImageCommand::Normalize { reference }) => image::normalize(&reference),
+        Command::Up(args) => with_runtime(up::up(args)),
+        Command::Run(args) => with_runtime(up::run_one(args)),
+        Command::Bench(BenchCommand::Eventlog(args)) => with_runtime(bench::eventlog(args)),
+    };
+    outcome.report()
+}
+
+fn with_runtime(fut: impl std::future::Future<Output = exit::Outcome>) -> exit::Outcome {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => {
+            let outcome = rt.block_on(fut);
+            // Everything we own has been awaited by now (tracked tasks, the
+            // drained client, the nats-server child); do not let a stray
+            // blocking-pool thread hold the exit up.
+            rt.shutdown_timeout(std::time::Duration::from_millis(200));
+            outcome
+        }
+        Err(e) => exit::Outcome::Failed(anyhow::anyhow!("cannot start the async runtime: {e}")),
+    }
+}

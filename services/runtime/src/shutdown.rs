@@ -6,9 +6,13 @@
 //!    at most the grace period (a second signal cuts the wait short).
 //! 3. The NATS client is flushed and drained, so nothing published is lost.
 //!
-//! Nothing is fire-and-forget: [`Shutdown::spawn`] is the only way to start a task.
+//! Nothing is fire-and-forget: [`Shutdown::spawn`] is the only way to start a
+//! task. The one exception is the signal listener, which must outlive the
+//! tracker wait (a second signal cuts it short); it is owned here and aborted
+//! when the wait ends.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
@@ -23,6 +27,7 @@ pub struct Shutdown {
     forced: CancellationToken,
     tracker: TaskTracker,
     grace: Duration,
+    signals: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 /// How the wait for tracked tasks ended.
@@ -45,6 +50,7 @@ impl Shutdown {
             forced: CancellationToken::new(),
             tracker: TaskTracker::new(),
             grace,
+            signals: Arc::default(),
         }
     }
 
@@ -97,15 +103,12 @@ impl Shutdown {
         let mut term = signal(SignalKind::terminate())?;
         let token = self.token.clone();
         let forced = self.forced.clone();
-        self.spawn("signals", async move {
+        let listener = tokio::spawn(async move {
             let mut seen = 0u32;
             loop {
                 let name = tokio::select! {
                     _ = int.recv() => "SIGINT",
                     _ = term.recv() => "SIGTERM",
-                    // The tracker waits on this task too: leave once the
-                    // grace wait is over so it never holds shutdown up.
-                    _ = forced.cancelled() => return,
                 };
                 seen += 1;
                 if seen == 1 {
@@ -118,6 +121,11 @@ impl Shutdown {
                 }
             }
         });
+        if let Ok(mut slot) = self.signals.lock() {
+            if let Some(old) = slot.replace(listener) {
+                old.abort();
+            }
+        }
         Ok(())
     }
 
@@ -132,8 +140,9 @@ impl Shutdown {
             _ = tokio::time::sleep(self.grace) => Drained::TimedOut { remaining: self.tracker.len() },
             _ = self.forced.cancelled() => Drained::TimedOut { remaining: self.tracker.len() },
         };
-        // Lets the signal task leave if it is the only one left.
-        self.forced.cancel();
+        if let Some(listener) = self.signals.lock().ok().and_then(|mut s| s.take()) {
+            listener.abort();
+        }
         match result {
             Drained::Clean => {
                 tracing::info!(
@@ -165,8 +174,10 @@ pub async fn drain_nats(client: &async_nats::Client, limit: Duration) {
             tracing::warn!(error = %e, "drain failed");
             return;
         }
-        // drain() only queues the request; wait for the connection to close.
-        while client.connection_state() == async_nats::connection::State::Connected {
+        // drain() only queues the request. The connection state does not
+        // change when the drained client closes, but its command channel
+        // does: a flush fails once the connection handler has exited.
+        while client.flush().await.is_ok() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };

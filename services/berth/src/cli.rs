@@ -1,0 +1,99 @@
+//! The command line. Every option also reads a `BERTH_*` variable; the
+//! shared ones live in [`berth_runtime::RawConfig`].
+
+use std::path::PathBuf;
+
+use berth_runtime::RawConfig;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "berth",
+    version,
+    about = "Deploy prebuilt container images on your own machines"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every component in one process (starts a local nats-server if none answers).
+    Up(UpArgs),
+    /// Run one component alone.
+    Run(RunArgs),
+    /// Image reference tools.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Benchmarks against a fresh local nats-server.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub common: RawConfig,
+
+    /// Key (base64 of 32 bytes) sealing secrets at rest; when unset it is read
+    /// from, or created in, `$BERTH_DATA_DIR/secret.key`.
+    #[arg(long, env = "BERTH_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Which component (see `berth up` for the list).
+    pub component: String,
+
+    #[command(flatten)]
+    pub up: UpArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Print the fully qualified form of an image reference.
+    Normalize {
+        /// e.g. `alpine`, `ghcr.io/org/app:1.2`, `host:5000/x@sha256:…`
+        reference: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Append, load and rebuild throughput of the event store.
+    Eventlog(BenchEventlogArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchEventlogArgs {
+    /// Events appended in the pipelined phase [default: 100000].
+    #[arg(long, env = "BERTH_BENCH_EVENTS")]
+    pub events: Option<u64>,
+
+    /// Aggregates those events are spread over [default: 1000].
+    #[arg(long, env = "BERTH_BENCH_AGGREGATES")]
+    pub aggregates: Option<u64>,
+
+    /// Sequential appends to one aggregate, for latency [default: 5000].
+    #[arg(long, env = "BERTH_BENCH_SEQUENTIAL")]
+    pub sequential: Option<u64>,
+
+    /// Events in the log for the rebuild and restart phases [default: 1000000].
+    #[arg(long, env = "BERTH_BENCH_REBUILD")]
+    pub rebuild: Option<u64>,
+
+    /// nats-server binary to start (default: `nats-server` on PATH), e.g.
+    /// `/usr/sbin/nats-server` for Debian's 2.9.10.
+    #[arg(long, env = "BERTH_BENCH_NATS_SERVER")]
+    pub nats_server: Option<PathBuf>,
+
+    /// Use a running server at this URL instead of starting one.
+    #[arg(long, env = "BERTH_BENCH_NATS_URL", conflicts_with = "nats_server")]
+    pub nats_url: Option<String>,
+
+    /// Log filter.
+    #[arg(long, env = "BERTH_LOG", default_value = "warn")]
+    pub log: String,
+}

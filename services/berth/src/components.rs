@@ -1,0 +1,48 @@
+//! The components berth runs, in start order. `berth up` runs all of them;
+//! `berth run <name>` one. Adding a component (ingress, resolver, puller,
+//! scheduler, agent, notifier, router arrive with later issues) means one
+//! line in [`NAMES`] and one arm in [`build`].
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use berth_eventlog::{EventStore, StoreConfig};
+use berth_runtime::{Component, Config};
+
+use crate::projector::Projector;
+
+/// Every component name, in start order.
+pub const NAMES: &[&str] = &["projector"];
+
+/// What components are built from: opened once per process and shared.
+#[derive(Debug, Clone)]
+pub struct ComponentDeps {
+    pub store: Arc<EventStore>,
+}
+
+impl ComponentDeps {
+    /// Opens (and provisions, idempotently) the event store.
+    pub async fn open(client: async_nats::Client, config: &Config) -> anyhow::Result<Self> {
+        let store = EventStore::open(client, config.subjects.clone(), StoreConfig::default())
+            .await
+            .context("opening the event store")?;
+        Ok(Self {
+            store: Arc::new(store),
+        })
+    }
+}
+
+/// Builds the named component, or all of them when `only` is `None`.
+/// Names were validated against [`NAMES`] with the rest of the config.
+pub fn build(deps: &ComponentDeps, only: Option<&str>) -> Vec<Box<dyn Component>> {
+    NAMES
+        .iter()
+        .filter(|n| only.is_none_or(|o| o == **n))
+        .filter_map(|name| -> Option<Box<dyn Component>> {
+            match *name {
+                "projector" => Some(Box::new(Projector::new(deps.store.clone()))),
+                _ => None,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,181 @@
+//! `berth up` (every component in one process) and `berth run <component>`
+//! (one alone). Both follow the thin-main order: validate all config → init
+//! tracing → data dir and secret key → bind the health/metrics port → make
+//! sure NATS answers (starting a local nats-server if needed) → connect →
+//! open the event store → run components until SIGINT/SIGTERM → drain →
+//! stop the nats-server we started.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use berth_runtime::config::Problems;
+use berth_runtime::{
+    install_metrics, run_components, Config, HttpServer, LocalNats, RunDeps, Shutdown,
+};
+
+use crate::cli::{RunArgs, UpArgs};
+use crate::components::{self, ComponentDeps};
+use crate::exit::Outcome;
+use crate::secret::{self, KeySource};
+
+/// How long a nats-server we started gets to stop after SIGTERM.
+const NATS_STOP_PATIENCE: Duration = Duration::from_secs(5);
+
+pub async fn up(args: UpArgs) -> Outcome {
+    start(args, None).await
+}
+
+pub async fn run_one(args: RunArgs) -> Outcome {
+    start(args.up, Some(args.component)).await
+}
+
+struct Validated {
+    config: Config,
+    secret_key: Option<String>,
+    only: Option<&'static str>,
+}
+
+/// Every check on the command line and environment, reported together.
+fn validate(args: UpArgs, only: Option<String>) -> Result<Validated, berth_runtime::ConfigError> {
+    let mut problems = Problems::default();
+    let config = args.common.validate_into(&mut problems);
+    if let Some(key) = &args.secret_key {
+        if let Err(m) = secret::decode(key) {
+            problems.add("BERTH_SECRET_KEY", m);
+        }
+    }
+    let only = match only {
+        None => None,
+        Some(name) => match components::NAMES.iter().find(|n| **n == name) {
+            Some(n) => Some(*n),
+            None => {
+                problems.add(
+                    "component",
+                    format!(
+                        "unknown component {name:?}; known: {}",
+                        components::NAMES.join(", ")
+                    ),
+                );
+                None
+            }
+        },
+    };
+    problems.finish(config).map(|config| Validated {
+        config,
+        secret_key: args.secret_key,
+        only,
+    })
+}
+
+async fn start(args: UpArgs, only: Option<String>) -> Outcome {
+    let v = match validate(args, only) {
+        Ok(v) => v,
+        Err(e) => return Outcome::Config(e),
+    };
+    if let Err(e) = berth_runtime::init_tracing(&v.config) {
+        return Outcome::Failed(e.into());
+    }
+    let shutdown = Shutdown::new(v.config.shutdown_grace);
+    if let Err(e) = shutdown.listen_for_signals() {
+        return Outcome::Failed(anyhow::anyhow!("cannot install signal handlers: {e}"));
+    }
+    let mut local = None;
+    let result = serve(v, &shutdown, &mut local).await;
+    if let Some(nats) = local {
+        if let Err(e) = nats.stop(NATS_STOP_PATIENCE).await {
+            tracing::warn!(error = %e, "stopping nats-server failed");
+        }
+    }
+    if let Err(e) = &result {
+        tracing::error!(error = %format!("{e:#}"), "berth stopped with an error");
+    }
+    result.into()
+}
+
+async fn serve(
+    v: Validated,
+    shutdown: &Shutdown,
+    local: &mut Option<LocalNats>,
+) -> anyhow::Result<()> {
+    let config = Arc::new(v.config);
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&config.data_dir)
+        .with_context(|| format!("resolving {}", config.data_dir.display()))?;
+    let key = secret::load_or_create(v.secret_key.as_deref(), &data_dir)?;
+
+    let http = HttpServer::bind(config.http_addr).await.with_context(|| {
+        format!(
+            "binding the health/metrics listener on {}",
+            config.http_addr
+        )
+    })?;
+    let metrics = install_metrics()?;
+
+    *local = LocalNats::ensure(&config).await?;
+    let client = async_nats::ConnectOptions::new()
+        .name(v.only.unwrap_or("berth up"))
+        .connection_timeout(Duration::from_secs(5))
+        .connect(config.nats_servers.clone())
+        .await
+        .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+
+    let deps = ComponentDeps::open(client.clone(), &config).await?;
+    let selected = components::build(&deps, v.only);
+    let names: Vec<_> = selected.iter().map(|c| c.name()).collect();
+
+    let http_addr = http.local_addr();
+    print_where_things_are(
+        &data_dir,
+        &key.source,
+        &config,
+        local.as_ref(),
+        http_addr,
+        &names,
+    );
+    tracing::info!(components = ?names, http.addr = %http_addr, nats.url = %config.nats_url, "berth running");
+
+    let deps = RunDeps {
+        config,
+        client,
+        http,
+        metrics,
+    };
+    run_components(deps, selected, shutdown.clone()).await?;
+    tracing::info!("berth stopped cleanly");
+    Ok(())
+}
+
+fn print_where_things_are(
+    data_dir: &std::path::Path,
+    key: &KeySource,
+    config: &Config,
+    local: Option<&LocalNats>,
+    http: std::net::SocketAddr,
+    names: &[&'static str],
+) {
+    let key = match key {
+        KeySource::Env => "from BERTH_SECRET_KEY".to_owned(),
+        KeySource::File(p) => p.display().to_string(),
+        KeySource::Created(p) => format!("{} (created)", p.display()),
+    };
+    let nats = match local {
+        Some(n) => format!(
+            "{} (nats-server started by berth: pid {}, store {}, log {})",
+            n.url(),
+            n.pid().map(|p| p.to_string()).unwrap_or_default(),
+            n.spec().store_dir.display(),
+            n.spec().log_file.display()
+        ),
+        None => format!("{} (existing server)", config.nats_url),
+    };
+    println!("berth is up");
+    println!("  data dir:   {}", data_dir.display());
+    println!("  secret key: {key}");
+    println!("  nats:       {nats}");
+    println!("  subjects:   {}.*", config.subjects.prefix());
+    println!("  health:     http://{http}/healthz");
+    println!("  metrics:    http://{http}/metrics");
+    println!("  components: {}", names.join(", "));
+}
