@@ -16,6 +16,8 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 mod nats;
+pub mod image;
+pub mod registry;
 
 pub use nats::{nats_binary, NatsCluster, NatsServer, NatsVersion};
 

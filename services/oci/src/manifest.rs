@@ -191,7 +191,7 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Manifest, Resolv
                 .to_ascii_lowercase()
         })
         .unwrap_or_default();
-    if ct.contains("manifest.v1") || ct.ends_with("+prettyjws") {
+    if ct.starts_with("application/vnd.docker.distribution.manifest.v1") {
         return Err(ResolveError::UnsupportedMediaType(format!(
             "{ct} (Docker schema 1 is not supported; push the image again with a current client)"
         )));
@@ -336,6 +336,9 @@ mod tests {
         let m = format!(
             r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"{D1}","size":10}},"layers":[{{"digest":"{D2}","size":5}}]}}"#
         );
+        for ct in [OCI_MANIFEST, DOCKER_MANIFEST] {
+            assert!(matches!(parse(Some(ct), m.as_bytes()), Ok(Manifest::Image { .. })), "{ct}");
+        }
         match parse(Some("application/json"), m.as_bytes()) {
             Ok(Manifest::Image { config, layers }) => {
                 assert_eq!(compressed_size(&config, &layers), 15);
