@@ -5,6 +5,14 @@
 //! reference grammar. Replays are deterministic; workers that talk to the world
 //! (registry, runc, SMTP) append what they found as events, and these rules
 //! decide what follows.
+//!
+//! - [`service`]: a service with its deploys (the SPEC §6 state machine),
+//!   instance count and cron runs;
+//! - [`credential`]: a registry credential and the services attached to it;
+//! - [`owner`]: API keys, unique service names, notification defaults;
+//! - [`aggregate`]: the [`Aggregate`] trait the event store drives, and
+//!   [`Ctx`]; [`error`]: [`DomainError`], every variant the caller's fault;
+//! - [`reference`](mod@reference): image references (SPEC §2).
 
 pub mod aggregate;
 pub mod credential;

@@ -408,8 +408,12 @@ pub fn apply_at(mut s: ServiceState, event: &Event, time: Option<DateTime<Utc>>)
             }
         }
         Event::DeployFailed(e) => {
+            let failure = matches!(
+                e.status,
+                DeployStatus::UpdateFailed | DeployStatus::PreDeployFailed
+            );
             let failed = match s.deploy_mut(&e.deploy) {
-                Some(d) if d.is_running() => {
+                Some(d) if failure && d.is_running() => {
                     d.status = e.status;
                     d.phase = None;
                     d.reason = Some(e.reason.clone());

@@ -212,3 +212,39 @@ impl Scenario {
         });
     }
 }
+
+#[test]
+fn a_busy_state_round_trips_through_a_messagepack_snapshot() {
+    let d0 = DeployId::generate();
+    let mut s = Scenario::live_web(&d0);
+    s.request(DeployTrigger::Api);
+    s.request(DeployTrigger::Api);
+    let bytes = rmp_serde::to_vec_named(&s.state).unwrap();
+    let back: ServiceState = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(back, s.state);
+    // The index survives: lookups and further decisions work on the copy.
+    assert_eq!(back.deploy(&d0).map(|d| d.status), Some(DeployStatus::Live));
+    let created: Event = berth_schemas::events::CredentialCreated {
+        owner: owner(),
+        name: "ci".into(),
+        registry: berth_schemas::model::RegistryKind::Docker,
+        host: None,
+        username: "bot".into(),
+        token: sealed("t"),
+    }
+    .into();
+    let active = crate::credential::apply(Default::default(), &created);
+    for credential in [active, crate::credential::CredentialState::Removed] {
+        let bytes = rmp_serde::to_vec_named(&credential).unwrap();
+        let back: crate::credential::CredentialState = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back, credential);
+    }
+}
+
+#[test]
+fn events_name_the_deploy_they_belong_to() {
+    let d0 = DeployId::generate();
+    let s = Scenario::created(ServiceType::WebService, &d0);
+    let named: Vec<_> = s.history.iter().map(super::deploy_of).collect();
+    assert_eq!(named, vec![None, Some(&d0), Some(&d0)]);
+}
