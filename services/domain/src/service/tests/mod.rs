@@ -8,6 +8,7 @@
 mod deploys;
 mod lifecycle;
 mod props;
+mod rollback;
 
 use berth_schemas::ids::{DeployId, NodeId, OwnerId, UserId};
 use berth_schemas::model::{
