@@ -20,6 +20,7 @@
 //! plain functions, so this crate does not depend on `berth-domain`.
 
 pub mod bench;
+mod cache;
 mod error;
 mod log;
 pub mod projection;

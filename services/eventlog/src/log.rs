@@ -10,7 +10,6 @@ use async_nats::jetstream::message::{PublishMessage, StreamMessage};
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use berth_schemas::ids::{DeployId, EventId};
 use berth_schemas::{Actor, AggregateId, Commit, Envelope, Event};
-use futures::StreamExt;
 
 use crate::{AppendError, EventStore, ExecuteError, StoreError};
 
@@ -100,10 +99,6 @@ pub struct Executed<S> {
     pub attempts: u32,
 }
 
-/// Above this many commits a load streams through an ordered consumer
-/// instead of one direct get per commit.
-const DIRECT_GET_MAX_COMMITS: u64 = 32;
-
 impl EventStore {
     /// Appends the events of one decision as one message, if and only if the
     /// aggregate is still at `expected`. Envelope sequences continue from
@@ -157,7 +152,7 @@ impl EventStore {
             aggregate: aggregate.clone(),
             reason,
         };
-        let ack_future = match self.js.send_publish(subject, msg).await {
+        let ack_future = match self.js.send_publish(subject.clone(), msg).await {
             Ok(f) => f,
             Err(e) => {
                 return Err(match e.kind() {
@@ -169,18 +164,36 @@ impl EventStore {
         let ack = match ack_future.await {
             Ok(ack) => ack,
             Err(e) => {
-                return Err(match e.kind() {
-                    PublishErrorKind::WrongLastSequence => AppendError::Conflict {
-                        aggregate: aggregate.clone(),
-                        expected,
-                    },
+                return match e.kind() {
+                    PublishErrorKind::WrongLastSequence => {
+                        match self
+                            .landed_already(&subject, expected, idempotency_key)
+                            .await
+                        {
+                            Ok(Some((seq, original))) => Ok(Appended {
+                                version: Version {
+                                    stream_seq: seq,
+                                    events: original.events.last().map_or(0, |e| e.sequence),
+                                },
+                                events: original.events,
+                                duplicate: true,
+                            }),
+                            Ok(None) => Err(AppendError::Conflict {
+                                aggregate: aggregate.clone(),
+                                expected,
+                            }),
+                            Err(e) => Err(unknown(format!(
+                                "conflict, and checking whether this key landed failed: {e}"
+                            ))),
+                        }
+                    }
                     PublishErrorKind::StreamNotFound
                     | PublishErrorKind::MaxPayloadExceeded
-                    | PublishErrorKind::WrongLastMessageId => refused(e.to_string()),
+                    | PublishErrorKind::WrongLastMessageId => Err(refused(e.to_string())),
                     // Timeouts, broken pipes, and server errors we cannot
                     // classify: the retry-with-the-same-key path is safe for all.
-                    _ => unknown(e.to_string()),
-                });
+                    _ => Err(unknown(e.to_string())),
+                };
             }
         };
         if ack.duplicate {
@@ -203,23 +216,42 @@ impl EventStore {
             );
         }
         let events_count = commit.events.last().map_or(expected.events, |e| e.sequence);
+        let version = Version {
+            stream_seq: ack.sequence,
+            events: events_count,
+        };
+        if !ack.duplicate {
+            self.cache
+                .extend(aggregate, expected, version, &commit.events);
+        }
         Ok(Appended {
-            version: Version {
-                stream_seq: ack.sequence,
-                events: events_count,
-            },
+            version,
             events: commit.events,
             duplicate: ack.duplicate,
         })
     }
 
     /// Every event of one aggregate and its current version.
+    ///
+    /// One direct get of the subject's last message tells the version; the
+    /// events before it come from the store's cache of aggregates (the log
+    /// is append-only, so a cached prefix stays true) plus one direct get
+    /// per commit not cached yet. An ordered consumer per load was tried and
+    /// dropped: ephemeral consumers linger after use and a busy writer hits
+    /// the server's consumer limit (error 10026).
     pub async fn load(&self, aggregate: &AggregateId) -> Result<Loaded, StoreError> {
         let subject = self.subjects.aggregate(aggregate);
         let Some(last) = self.get_last_for_subject(&subject).await? else {
+            self.cache.forget(aggregate);
             return Ok(Loaded::default());
         };
         let last_seq = last.sequence;
+        let cached = self.cache.get(aggregate);
+        if let Some(c) = &cached {
+            if c.version.stream_seq == last_seq {
+                return Ok(c.clone());
+            }
+        }
         let last_commit = Commit::decode(&last.payload).map_err(|source| StoreError::Decode {
             stream_seq: last_seq,
             source,
@@ -230,18 +262,14 @@ impl EventStore {
             events: events_total,
         };
         let first_of_last = last_commit.events.first().map_or(1, |e| e.sequence);
-        if first_of_last == 1 {
-            // The whole aggregate is in its last commit: one round trip.
-            return Ok(Loaded {
-                events: last_commit.events,
-                version,
-            });
-        }
-        let mut events = Vec::with_capacity(events_total as usize);
-        if events_total > DIRECT_GET_MAX_COMMITS {
-            self.load_streamed(&subject, last_seq, &mut events).await?;
-        } else {
-            let mut from = 1;
+        let mut loaded = match cached {
+            // The whole aggregate is in its last commit: nothing before it.
+            _ if first_of_last == 1 => Loaded::default(),
+            Some(c) if c.version.stream_seq < last_seq => c,
+            _ => Loaded::default(),
+        };
+        if first_of_last > 1 {
+            let mut from = loaded.version.stream_seq + 1;
             loop {
                 let Some(msg) = self.get_next_for_subject(&subject, from).await? else {
                     break;
@@ -254,44 +282,45 @@ impl EventStore {
                     stream_seq: msg.sequence,
                     source,
                 })?;
-                events.extend(commit.events);
+                loaded.events.extend(commit.events);
             }
         }
-        events.extend(last_commit.events);
-        Ok(Loaded { events, version })
+        loaded.events.extend(last_commit.events);
+        loaded.version = version;
+        self.cache.put(aggregate, &loaded);
+        Ok(loaded)
     }
 
-    /// Reads the commits before `last_seq` through an ordered consumer.
-    async fn load_streamed(
+    /// After a conflict: did this very command land already (an earlier try
+    /// whose ack was lost)? If it did, it passed the expected-sequence check,
+    /// so it is the subject's first message after `expected`; its
+    /// `Nats-Msg-Id` tells. The server checks the expected sequence before
+    /// the duplicate window (seen on 2.9), so such a retry gets a conflict,
+    /// not a duplicate ack.
+    async fn landed_already(
         &self,
         subject: &str,
-        last_seq: u64,
-        out: &mut Vec<Envelope>,
-    ) -> Result<(), StoreError> {
-        use async_nats::jetstream::consumer::pull::OrderedConfig;
-        let req = |e: &dyn std::fmt::Display| StoreError::Request(e.to_string());
-        let consumer = self
-            .events
-            .create_consumer(OrderedConfig {
-                filter_subject: subject.to_owned(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| req(&e))?;
-        let mut messages = consumer.messages().await.map_err(|e| req(&e))?;
-        while let Some(msg) = messages.next().await {
-            let msg = msg.map_err(|e| req(&e))?;
-            let seq = msg.info().map_err(|e| req(&e))?.stream_sequence;
-            if seq >= last_seq {
-                break;
-            }
-            let commit = Commit::decode(&msg.payload).map_err(|source| StoreError::Decode {
-                stream_seq: seq,
-                source,
-            })?;
-            out.extend(commit.events);
+        expected: Version,
+        key: &str,
+    ) -> Result<Option<(u64, Commit)>, StoreError> {
+        let Some(msg) = self
+            .get_next_for_subject(subject, expected.stream_seq + 1)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let id = msg
+            .headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .map(|v| v.as_str().to_owned());
+        if id.as_deref() != Some(key) {
+            return Ok(None);
         }
-        Ok(())
+        let commit = Commit::decode(&msg.payload).map_err(|source| StoreError::Decode {
+            stream_seq: msg.sequence,
+            source,
+        })?;
+        Ok(Some((msg.sequence, commit)))
     }
 
     /// Load, fold, decide, append; on a conflict load again and decide again

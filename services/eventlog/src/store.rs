@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, stream};
 use berth_schemas::Subjects;
 
+use crate::cache::AggregateCache;
 use crate::StoreError;
 
 /// How the store's streams are provisioned.
@@ -24,6 +25,8 @@ pub struct StoreConfig {
     pub max_execute_attempts: u32,
     /// Publish acknowledgements allowed in flight on this connection.
     pub max_ack_inflight: usize,
+    /// Aggregates kept in memory so loads fetch only new commits (0 disables).
+    pub cached_aggregates: usize,
 }
 
 impl Default for StoreConfig {
@@ -34,6 +37,7 @@ impl Default for StoreConfig {
             request_timeout: Duration::from_secs(5),
             max_execute_attempts: 16,
             max_ack_inflight: 10_000,
+            cached_aggregates: 10_000,
         }
     }
 }
@@ -94,6 +98,7 @@ pub struct EventStore {
     pub(crate) snapshots: kv::Store,
     pub(crate) server_version: ServerVersion,
     pub(crate) direct: bool,
+    pub(crate) cache: AggregateCache,
 }
 
 impl EventStore {
@@ -187,6 +192,7 @@ impl EventStore {
             client,
             js,
             subjects,
+            cache: AggregateCache::new(cfg.cached_aggregates),
             cfg,
             events,
             snapshots,
