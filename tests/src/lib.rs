@@ -10,13 +10,15 @@
 //!   `kill9()` and `restart()` on the same port and store.
 //! - [`NatsCluster`]: N routed servers for replicated streams.
 //! - [`unique_prefix`] / [`unique_subjects`]: names no other test uses.
+//! - [`eventlog`]: scenarios shared by the event-store tests.
 //!
 //! Later issues add registry and runc helpers here.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-mod nats;
+pub mod eventlog;
 pub mod image;
+mod nats;
 pub mod registry;
 
 pub use nats::{nats_binary, NatsCluster, NatsServer, NatsVersion};

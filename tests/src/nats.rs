@@ -43,13 +43,16 @@ pub fn nats_binary(version: NatsVersion) -> Result<PathBuf> {
             }
         },
     };
-    let out = Command::new(&path).arg("--version").output().with_context(|| {
-        format!(
+    let out = Command::new(&path)
+        .arg("--version")
+        .output()
+        .with_context(|| {
+            format!(
             "{version:?} nats-server not runnable at {} (install it, or set BERTH_NATS_SERVER_{})",
             path.display(),
             if version == NatsVersion::Legacy { "LEGACY" } else { "MODERN" }
         )
-    })?;
+        })?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let v = text.trim().trim_start_matches("nats-server: v");
     let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
@@ -179,12 +182,8 @@ impl NatsCluster {
         let mut servers = Vec::with_capacity(n);
         for (i, (port, cport)) in ports.iter().enumerate() {
             let dir = tempfile::tempdir()?;
-            let config = write_config(
-                dir.path(),
-                &format!("n{i}"),
-                *port,
-                Some((*cport, &routes)),
-            )?;
+            let config =
+                write_config(dir.path(), &format!("n{i}"), *port, Some((*cport, &routes)))?;
             let mut server = NatsServer {
                 binary: binary.clone(),
                 config,
