@@ -1,1 +1,373 @@
-//! Durable pull workers on the work stream (implementation in progress).
+//! Durable pull workers on the work stream (STYLE.md §7): explicit acks,
+//! `ack_wait` with progress acks while a job runs or waits, bounded
+//! redelivery and then a dead-letter subject, bounded concurrency, one job
+//! per key (e.g. per service) at a time, and one shutdown story: stop
+//! fetching, let in-flight jobs finish within the grace period, nak the rest.
+//!
+//! A worker killed mid-job loses nothing: the job was not acked, so the
+//! server redelivers it after `ack_wait`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::AckKind;
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::{EventStore, StoreError};
+
+/// Header naming the key jobs are serialised on.
+pub const KEY_HEADER: &str = "Berth-Work-Key";
+
+/// One work item handed to a handler.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Subject it was enqueued on.
+    pub subject: String,
+    /// The serialisation key (the `Berth-Work-Key` header, else the subject).
+    pub key: String,
+    /// The payload.
+    pub payload: Bytes,
+    /// Headers as enqueued.
+    pub headers: Option<HeaderMap>,
+    /// Which delivery this is (1 on the first).
+    pub delivered: i64,
+    /// Position in the work stream.
+    pub stream_seq: u64,
+}
+
+/// Why a handler did not complete a job.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WorkError {
+    /// Try again later (redelivered until `max_deliver`, then dead-lettered).
+    #[error("retryable: {0}")]
+    Retry(String),
+    /// Retrying cannot help: dead-letter now.
+    #[error("fatal: {0}")]
+    Fatal(String),
+}
+
+/// Handles jobs of one queue.
+pub trait WorkHandler: Send + Sync + 'static {
+    /// Does the work. Must be idempotent: a job may be redelivered after a crash.
+    fn handle(&self, job: Job) -> impl Future<Output = Result<(), WorkError>> + Send;
+}
+
+/// How a worker consumes its queue.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Queue name: the subject is `subjects.work(queue)`.
+    pub queue: String,
+    /// Durable consumer name (shared by every copy of the worker).
+    pub consumer: String,
+    /// How long a delivery may go unacknowledged before redelivery.
+    pub ack_wait: Duration,
+    /// Deliveries before a job is dead-lettered.
+    pub max_deliver: i64,
+    /// Jobs handled at once.
+    pub concurrency: usize,
+    /// Delay before a failed job is redelivered (times the delivery count).
+    pub retry_delay: Duration,
+    /// How long in-flight jobs may run after shutdown before they are nak'ed.
+    pub grace: Duration,
+}
+
+impl WorkerConfig {
+    /// Defaults for `queue`, with a consumer of the same name.
+    pub fn new(queue: &str) -> Self {
+        Self {
+            queue: queue.to_owned(),
+            consumer: queue.to_owned(),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            concurrency: 8,
+            retry_delay: Duration::from_secs(1),
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl EventStore {
+    /// Puts a job on `queue`, serialised with other jobs of `key`;
+    /// `idempotency_key` dedupes repeated enqueues. Returns the stream sequence.
+    pub async fn enqueue(
+        &self,
+        queue: &str,
+        key: &str,
+        payload: Bytes,
+        idempotency_key: &str,
+    ) -> Result<u64, StoreError> {
+        let msg = PublishMessage::build()
+            .payload(payload)
+            .message_id(idempotency_key)
+            .header(KEY_HEADER, key);
+        let ack = self
+            .js
+            .send_publish(self.subjects.work(queue), msg)
+            .await
+            .map_err(|e| StoreError::Request(e.to_string()))?
+            .await
+            .map_err(|e| StoreError::Request(e.to_string()))?;
+        Ok(ack.sequence)
+    }
+
+    /// Runs a worker until `shutdown`; returns once in-flight jobs are done
+    /// or nak'ed.
+    pub async fn run_worker<H: WorkHandler>(
+        &self,
+        cfg: WorkerConfig,
+        handler: Arc<H>,
+        shutdown: CancellationToken,
+    ) -> Result<(), StoreError> {
+        let consumer = self
+            .js
+            .create_consumer_on_stream(
+                pull::Config {
+                    durable_name: Some(cfg.consumer.clone()),
+                    filter_subject: self.subjects.work(&cfg.queue),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: cfg.ack_wait,
+                    max_deliver: cfg.max_deliver,
+                    max_ack_pending: (cfg.concurrency as i64).max(1) * 4,
+                    ..Default::default()
+                },
+                self.subjects.work_stream(),
+            )
+            .await
+            .map_err(|e| StoreError::Provision {
+                what: format!("consumer {}", cfg.consumer),
+                reason: e.to_string(),
+            })?;
+        let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
+        let keys = KeyLocks::default();
+        let hard_stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let cfg = Arc::new(cfg);
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            while tasks.try_join_next().is_some() {}
+            // Fetch only what we can start now, so nothing waits unprocessed
+            // in our buffer while its ack_wait runs out.
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let free = permits.available_permits() + 1;
+            let batch = consumer
+                .batch()
+                .max_messages(free)
+                .expires(Duration::from_millis(500))
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    drop(first);
+                    tracing::warn!(consumer = %cfg.consumer, error = %e, "fetch failed, retrying");
+                    tokio::select! { _ = shutdown.cancelled() => break, _ = tokio::time::sleep(backoff) => {} }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            let mut first = Some(first);
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => None,
+                    n = batch.next() => n,
+                };
+                let msg = match next {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        tracing::warn!(consumer = %cfg.consumer, error = %e, "fetch interrupted");
+                        break;
+                    }
+                    None => break,
+                };
+                backoff = Duration::from_millis(100);
+                let permit = match first.take() {
+                    Some(p) => p,
+                    None => match Arc::clone(&permits).acquire_owned().await {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                };
+                let (handler, cfg, keys, hard_stop, store) = (
+                    Arc::clone(&handler),
+                    Arc::clone(&cfg),
+                    keys.clone(),
+                    hard_stop.clone(),
+                    self.clone(),
+                );
+                tasks.spawn(async move {
+                    run_job(&store, &*handler, &cfg, &keys, msg, &hard_stop).await;
+                    drop(permit);
+                });
+            }
+        }
+        // Shutdown: no more fetching; give in-flight jobs the grace period.
+        let drained = tokio::time::timeout(cfg.grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            hard_stop.cancel();
+            while tasks.join_next().await.is_some() {}
+        }
+        Ok(())
+    }
+}
+
+/// One lock per key; entries go away when nobody holds or waits for them.
+#[derive(Debug, Clone, Default)]
+struct KeyLocks(Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
+
+impl KeyLocks {
+    fn lock_for(&self, key: &str) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        let mut map = self.0.lock().ok()?;
+        Some(Arc::clone(map.entry(key.to_owned()).or_default()))
+    }
+
+    fn release(&self, key: &str) {
+        if let Ok(mut map) = self.0.lock() {
+            if map.get(key).is_some_and(|l| Arc::strong_count(l) == 1) {
+                map.remove(key);
+            }
+        }
+    }
+}
+
+async fn run_job<H: WorkHandler>(
+    store: &EventStore,
+    handler: &H,
+    cfg: &WorkerConfig,
+    keys: &KeyLocks,
+    msg: async_nats::jetstream::Message,
+    hard_stop: &CancellationToken,
+) {
+    let (stream_seq, delivered) = match msg.info() {
+        Ok(i) => (i.stream_sequence, i.delivered),
+        Err(_) => (0, 1),
+    };
+    let key = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(KEY_HEADER))
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_else(|| msg.subject.to_string());
+    let job = Job {
+        subject: msg.subject.to_string(),
+        key: key.clone(),
+        payload: msg.payload.clone(),
+        headers: msg.headers.clone(),
+        delivered,
+        stream_seq,
+    };
+    let span = tracing::info_span!("job", consumer = %cfg.consumer, job.key = %key, stream.seq = stream_seq, delivered);
+
+    // Progress acks keep the job ours while it waits for its key and runs.
+    let progress_every = (cfg.ack_wait / 3).max(Duration::from_millis(100));
+    let work = async {
+        let lock = keys.lock_for(&key);
+        let _guard = match &lock {
+            Some(l) => Some(l.lock().await),
+            None => None,
+        };
+        let outcome = handler.handle(job).await;
+        drop(_guard);
+        drop(lock);
+        keys.release(&key);
+        outcome
+    };
+    tokio::pin!(work);
+    let mut ticker =
+        tokio::time::interval_at(tokio::time::Instant::now() + progress_every, progress_every);
+    let outcome = loop {
+        tokio::select! {
+            out = &mut work => break Some(out),
+            _ = ticker.tick() => {
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                    tracing::warn!(parent: &span, error = %e, "progress ack failed");
+                }
+            }
+            _ = hard_stop.cancelled() => break None,
+        }
+    };
+    match outcome {
+        Some(Ok(())) => {
+            // Double ack: the job is done only once the server confirms it.
+            if let Err(e) = msg.double_ack().await {
+                tracing::warn!(parent: &span, error = %e, "ack not confirmed; the job may run again");
+            }
+        }
+        Some(Err(err)) => {
+            let last = matches!(err, WorkError::Fatal(_)) || delivered >= cfg.max_deliver;
+            if last {
+                dead_letter(store, cfg, &msg, stream_seq, delivered, &err, &span).await;
+            } else {
+                tracing::warn!(parent: &span, error = %err, "job failed, will be redelivered");
+                let delay = cfg.retry_delay * u32::try_from(delivered.max(1)).unwrap_or(1);
+                let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+            }
+        }
+        None => {
+            tracing::info!(parent: &span, "shutdown grace over: job handed back");
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
+        }
+    }
+}
+
+async fn dead_letter(
+    store: &EventStore,
+    cfg: &WorkerConfig,
+    msg: &async_nats::jetstream::Message,
+    stream_seq: u64,
+    delivered: i64,
+    err: &WorkError,
+    span: &tracing::Span,
+) {
+    let mut headers = msg.headers.clone().unwrap_or_default();
+    headers.insert("Berth-Dead-Subject", msg.subject.as_str());
+    headers.insert("Berth-Dead-Stream-Seq", stream_seq.to_string().as_str());
+    headers.insert("Berth-Dead-Deliveries", delivered.to_string().as_str());
+    headers.insert(
+        "Berth-Dead-Reason",
+        err.to_string().replace(['\r', '\n'], " ").as_str(),
+    );
+    // Dedupe the dead letter itself in case we crash between publish and term.
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        format!("dlq-{}-{stream_seq}", cfg.consumer).as_str(),
+    );
+    let publish = PublishMessage::build()
+        .payload(msg.payload.clone())
+        .headers(headers);
+    let sent = match store
+        .js
+        .send_publish(store.subjects.dead_letter(&cfg.consumer), publish)
+        .await
+    {
+        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match sent {
+        Ok(()) => {
+            tracing::error!(parent: span, error = %err, "job dead-lettered");
+            if let Err(e) = msg.ack_with(AckKind::Term).await {
+                tracing::warn!(parent: span, error = %e, "term failed");
+            }
+        }
+        Err(e) => {
+            // Never drop a job we could not park: hand it back.
+            tracing::error!(parent: span, error = %e, "dead-letter publish failed; nak");
+            let _ = msg.ack_with(AckKind::Nak(Some(cfg.retry_delay))).await;
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Work-queue consumers: bounded redelivery then the dead-letter subject, a
+//! worker killed mid-job loses nothing, one job per key at a time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_eventlog::worker::{Job, WorkError, WorkHandler, WorkerConfig};
+use berth_tests::eventlog::open_store;
+use berth_tests::{init_tracing, NatsServer, NatsVersion};
+use futures::StreamExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Default)]
+struct Recorder {
+    /// payload → deliveries seen (the `delivered` of each call).
+    calls: Mutex<HashMap<String, Vec<i64>>>,
+    running: Mutex<HashMap<String, usize>>,
+    overlap_same_key: Mutex<bool>,
+    max_running: Mutex<usize>,
+    started: Notify,
+    /// Payload that never finishes (until the worker is killed).
+    hang_on: Option<String>,
+}
+
+impl WorkHandler for Recorder {
+    async fn handle(&self, job: Job) -> Result<(), WorkError> {
+        let body = String::from_utf8_lossy(&job.payload).to_string();
+        self.calls
+            .lock()
+            .unwrap()
+            .entry(body.clone())
+            .or_default()
+            .push(job.delivered);
+        {
+            let mut running = self.running.lock().unwrap();
+            let n = running.entry(job.key.clone()).or_default();
+            *n += 1;
+            if *n > 1 {
+                *self.overlap_same_key.lock().unwrap() = true;
+            }
+            let total: usize = running.values().sum();
+            let mut max = self.max_running.lock().unwrap();
+            *max = (*max).max(total);
+        }
+        self.started.notify_one();
+        if self.hang_on.as_deref() == Some(body.as_str()) && job.delivered == 1 {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        *self.running.lock().unwrap().get_mut(&job.key).unwrap() -= 1;
+        if body.starts_with("fail") {
+            return Err(WorkError::Retry(format!("{body} always fails")));
+        }
+        Ok(())
+    }
+}
+
+fn config() -> WorkerConfig {
+    WorkerConfig {
+        ack_wait: Duration::from_secs(1),
+        max_deliver: 3,
+        retry_delay: Duration::from_millis(50),
+        concurrency: 4,
+        grace: Duration::from_secs(2),
+        ..WorkerConfig::new("resolve")
+    }
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_job_is_redelivered_then_dead_lettered() {
+    init_tracing();
+    for version in NatsVersion::BOTH {
+        let server = NatsServer::start(version).unwrap();
+        let client = server.connect().await.unwrap();
+        let store = open_store(&client, 1).await.unwrap();
+        let cfg = config();
+        let mut dlq = client
+            .subscribe(store.subjects().dead_letter(&cfg.consumer))
+            .await
+            .unwrap();
+
+        store
+            .enqueue("resolve", "srv-a", "fail-1".into(), "j-fail")
+            .await
+            .unwrap();
+        for i in 0..6 {
+            // Two keys: jobs of one key run one at a time, the keys in parallel.
+            let key = if i % 2 == 0 { "srv-a" } else { "srv-b" };
+            store
+                .enqueue("resolve", key, format!("ok-{i}").into(), &format!("j-{i}"))
+                .await
+                .unwrap();
+        }
+        let handler = Arc::new(Recorder::default());
+        let shutdown = CancellationToken::new();
+        let worker = tokio::spawn({
+            let (store, handler, shutdown) = (store.clone(), handler.clone(), shutdown.clone());
+            async move { store.run_worker(cfg, handler, shutdown).await }
+        });
+
+        let dead = tokio::time::timeout(Duration::from_secs(20), dlq.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&dead.payload[..], b"fail-1");
+        let headers = dead.headers.clone().unwrap();
+        assert_eq!(headers.get("Berth-Dead-Deliveries").unwrap().as_str(), "3");
+        assert!(headers
+            .get("Berth-Dead-Reason")
+            .unwrap()
+            .as_str()
+            .contains("always fails"));
+        assert_eq!(
+            handler.calls.lock().unwrap()["fail-1"],
+            vec![1, 2, 3],
+            "{version:?}"
+        );
+        wait_until("ok jobs", || {
+            let calls = handler.calls.lock().unwrap();
+            (0..6).all(|i| calls.contains_key(&format!("ok-{i}")))
+        })
+        .await;
+        // Not delivered a fourth time after dead-lettering.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let calls = handler.calls.lock().unwrap().clone();
+        assert_eq!(calls["fail-1"].len(), 3, "{version:?}");
+        for i in 0..6 {
+            assert_eq!(
+                calls[&format!("ok-{i}")],
+                vec![1],
+                "{version:?}: ok-{i} ran more than once"
+            );
+        }
+        assert!(
+            !*handler.overlap_same_key.lock().unwrap(),
+            "{version:?}: two jobs of one key ran at once"
+        );
+        assert!(
+            *handler.max_running.lock().unwrap() >= 2,
+            "{version:?}: keys never ran in parallel"
+        );
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), worker)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_mid_job_loses_nothing() {
+    init_tracing();
+    for version in NatsVersion::BOTH {
+        let server = NatsServer::start(version).unwrap();
+        let client = server.connect().await.unwrap();
+        let store = open_store(&client, 1).await.unwrap();
+        store
+            .enqueue("resolve", "srv-a", "crash-me".into(), "j-crash")
+            .await
+            .unwrap();
+
+        let first = Arc::new(Recorder {
+            hang_on: Some("crash-me".to_owned()),
+            ..Recorder::default()
+        });
+        let killed = tokio::spawn({
+            let (store, handler) = (store.clone(), first.clone());
+            async move {
+                store
+                    .run_worker(config(), handler, CancellationToken::new())
+                    .await
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), first.started.notified())
+            .await
+            .unwrap();
+        // Kill: abort the worker with the job in its hands, no ack, no nak.
+        killed.abort();
+        let _ = killed.await;
+
+        let second = Arc::new(Recorder::default());
+        let shutdown = CancellationToken::new();
+        let worker = tokio::spawn({
+            let (store, handler, shutdown) = (store.clone(), second.clone(), shutdown.clone());
+            async move { store.run_worker(config(), handler, shutdown).await }
+        });
+        wait_until("redelivery", || {
+            second.calls.lock().unwrap().contains_key("crash-me")
+        })
+        .await;
+        assert_eq!(
+            second.calls.lock().unwrap()["crash-me"],
+            vec![2],
+            "{version:?}"
+        );
+        // Acked on a work-queue stream: the job is gone, done exactly once more.
+        let mut stream = store
+            .jetstream()
+            .get_stream(store.subjects().work_stream())
+            .await
+            .unwrap();
+        let mut empty = false;
+        for _ in 0..40 {
+            if stream.info().await.unwrap().state.messages == 0 {
+                empty = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            empty,
+            "{version:?}: job still in the work stream after its ack"
+        );
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), worker)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
