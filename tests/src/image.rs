@@ -140,7 +140,8 @@ pub fn build_image(opts: &ImageOptions, layers: Vec<Layer>) -> Result<Image> {
         manifest["mediaType"] = json!(mt);
     }
     let manifest = serde_json::to_vec_pretty(&manifest)?;
-    let compressed_size = config.len() as u64 + layers.iter().map(|l| l.blob.len() as u64).sum::<u64>();
+    let compressed_size =
+        config.len() as u64 + layers.iter().map(|l| l.blob.len() as u64).sum::<u64>();
     Ok(Image {
         digest: sha256(&manifest),
         config_digest,
@@ -199,7 +200,11 @@ fn absolute(reg: &Registry, location: &str) -> String {
 }
 
 impl Registry {
-    async fn authed(&self, req: reqwest::RequestBuilder, repo: &str) -> Result<reqwest::RequestBuilder> {
+    async fn authed(
+        &self,
+        req: reqwest::RequestBuilder,
+        repo: &str,
+    ) -> Result<reqwest::RequestBuilder> {
         Ok(match self.admin_authorization(repo).await? {
             Some(a) => req.header("authorization", a),
             None => req,
@@ -209,10 +214,16 @@ impl Registry {
     /// Upload one blob (monolithic POST + PUT); returns its digest.
     pub async fn push_blob(&self, repo: &str, bytes: &[u8]) -> Result<String> {
         let digest = sha256(bytes);
-        let start = self.http.post(format!("{}/v2/{repo}/blobs/uploads/", self.url()));
+        let start = self
+            .http
+            .post(format!("{}/v2/{repo}/blobs/uploads/", self.url()));
         let resp = self.authed(start, repo).await?.send().await?;
         if resp.status().as_u16() != 202 {
-            bail!("blob upload start answered {}: {}", resp.status(), resp.text().await.unwrap_or_default());
+            bail!(
+                "blob upload start answered {}: {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            );
         }
         let location = resp
             .headers()
@@ -230,13 +241,23 @@ impl Registry {
             .body(bytes.to_vec());
         let resp = self.authed(put, repo).await?.send().await?;
         if resp.status().as_u16() != 201 {
-            bail!("blob upload answered {}: {}", resp.status(), resp.text().await.unwrap_or_default());
+            bail!(
+                "blob upload answered {}: {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            );
         }
         Ok(digest)
     }
 
     /// PUT manifest bytes under `reference` (tag or digest).
-    pub async fn push_manifest(&self, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) -> Result<String> {
+    pub async fn push_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<String> {
         let put = self
             .http
             .put(format!("{}/v2/{repo}/manifests/{reference}", self.url()))
@@ -244,7 +265,11 @@ impl Registry {
             .body(bytes.to_vec());
         let resp = self.authed(put, repo).await?.send().await?;
         if resp.status().as_u16() != 201 {
-            bail!("manifest PUT answered {}: {}", resp.status(), resp.text().await.unwrap_or_default());
+            bail!(
+                "manifest PUT answered {}: {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            );
         }
         Ok(sha256(bytes))
     }
@@ -256,11 +281,18 @@ impl Registry {
         for l in &image.layers {
             self.push_blob(repo, &l.blob).await?;
         }
-        self.push_manifest(repo, tag, image.media_type, &image.manifest).await
+        self.push_manifest(repo, tag, image.media_type, &image.manifest)
+            .await
     }
 
     /// Push each image by digest, then an index over them tagged `tag`.
-    pub async fn push_index(&self, repo: &str, tag: &str, entries: &[(Platform, &Image)], docker: bool) -> Result<PushedIndex> {
+    pub async fn push_index(
+        &self,
+        repo: &str,
+        tag: &str,
+        entries: &[(Platform, &Image)],
+        docker: bool,
+    ) -> Result<PushedIndex> {
         let mut manifests = Vec::new();
         for (p, img) in entries {
             self.push_image(repo, &img.digest, img).await?;
@@ -287,10 +319,16 @@ impl Registry {
 
     /// DELETE a manifest by digest (the registry answers 202).
     pub async fn delete_manifest(&self, repo: &str, digest: &str) -> Result<()> {
-        let del = self.http.delete(format!("{}/v2/{repo}/manifests/{digest}", self.url()));
+        let del = self
+            .http
+            .delete(format!("{}/v2/{repo}/manifests/{digest}", self.url()));
         let resp = self.authed(del, repo).await?.send().await?;
         if resp.status().as_u16() != 202 {
-            bail!("manifest DELETE answered {}: {}", resp.status(), resp.text().await.unwrap_or_default());
+            bail!(
+                "manifest DELETE answered {}: {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            );
         }
         Ok(())
     }
@@ -299,7 +337,8 @@ impl Registry {
     /// its digest.
     pub fn corrupt_blob(&self, digest: &str) -> Result<()> {
         let path = self.blob_path(digest)?;
-        let mut data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let mut data =
+            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let mid = data.len() / 2;
         match data.get_mut(mid) {
             Some(b) => *b ^= 0xff,

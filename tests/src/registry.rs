@@ -170,7 +170,8 @@ impl Registry {
             if let Some(status) = child.try_wait()? {
                 bail!(
                     "docker-registry exited with {status}: {}",
-                    std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+                    std::fs::read_to_string(self.dir.path().join("registry.log"))
+                        .unwrap_or_default()
                 );
             }
             if self.http.get(&url).send().await.is_ok() {

@@ -22,8 +22,20 @@ async fn anonymous_tag_resolves_to_the_pushed_manifest_digest_and_size() {
     let c = client();
     for (repo, opts) in [
         ("team/oci", ImageOptions::linux("amd64")),
-        ("team/docker", ImageOptions { docker: true, ..ImageOptions::linux("amd64") }),
-        ("team/nomediatype", ImageOptions { omit_media_type: true, ..ImageOptions::linux("amd64") }),
+        (
+            "team/docker",
+            ImageOptions {
+                docker: true,
+                ..ImageOptions::linux("amd64")
+            },
+        ),
+        (
+            "team/nomediatype",
+            ImageOptions {
+                omit_media_type: true,
+                ..ImageOptions::linux("amd64")
+            },
+        ),
     ] {
         let layers = vec![
             Layer::from_files(&[("a.txt", b"alpha")]).unwrap(),
@@ -40,7 +52,10 @@ async fn anonymous_tag_resolves_to_the_pushed_manifest_digest_and_size() {
         assert_eq!(r.compressed_size, img.compressed_size, "{repo}");
         // Second resolve comes from the summary cache after one HEAD and
         // must agree.
-        let again = c.resolve(&ImageRef::new(&reg.host, repo, "v1").unwrap(), None).await.unwrap();
+        let again = c
+            .resolve(&ImageRef::new(&reg.host, repo, "v1").unwrap(), None)
+            .await
+            .unwrap();
         assert_eq!(again, r);
     }
 }
@@ -53,7 +68,11 @@ async fn moving_a_tag_is_seen_by_the_next_resolve() {
     let one = small_image("amd64").unwrap();
     reg.push_image("app", "latest", &one).await.unwrap();
     assert_eq!(c.resolve(&r, None).await.unwrap().digest, one.digest);
-    let two = build_image(&ImageOptions::linux("amd64"), vec![Layer::random(100).unwrap()]).unwrap();
+    let two = build_image(
+        &ImageOptions::linux("amd64"),
+        vec![Layer::random(100).unwrap()],
+    )
+    .unwrap();
     reg.push_image("app", "latest", &two).await.unwrap();
     assert_eq!(c.resolve(&r, None).await.unwrap().digest, two.digest);
 }
@@ -64,10 +83,16 @@ async fn pinned_digest_resolves_and_a_wrong_digest_is_not_found() {
     let img = small_image("amd64").unwrap();
     reg.push_image("pin", "v1", &img).await.unwrap();
     let c = client();
-    let r = c.resolve(&ImageRef::new(&reg.host, "pin", &img.digest).unwrap(), None).await.unwrap();
+    let r = c
+        .resolve(&ImageRef::new(&reg.host, "pin", &img.digest).unwrap(), None)
+        .await
+        .unwrap();
     assert_eq!(r.digest, img.digest);
     let other = format!("sha256:{}", "0".repeat(64));
-    let e = c.resolve(&ImageRef::new(&reg.host, "pin", &other).unwrap(), None).await.unwrap_err();
+    let e = c
+        .resolve(&ImageRef::new(&reg.host, "pin", &other).unwrap(), None)
+        .await
+        .unwrap_err();
     assert_eq!(e.reason(), PullFailureReason::ImageNotFound, "{e}");
 }
 
@@ -79,29 +104,53 @@ async fn deleted_manifest_and_unknown_names_are_image_not_found() {
     let c = client();
     let r = ImageRef::new(&reg.host, "gone", "v1").unwrap();
     c.resolve(&r, None).await.unwrap();
-    assert!(c.head_digest_exists(&reg.host, "gone", &img.digest, None).await.unwrap());
+    assert!(c
+        .head_digest_exists(&reg.host, "gone", &img.digest, None)
+        .await
+        .unwrap());
 
     reg.delete_manifest("gone", &img.digest).await.unwrap();
     let e = c.resolve(&r, None).await.unwrap_err();
     assert_eq!(e.reason(), PullFailureReason::ImageNotFound, "{e}");
-    assert!(!c.head_digest_exists(&reg.host, "gone", &img.digest, None).await.unwrap());
+    assert!(!c
+        .head_digest_exists(&reg.host, "gone", &img.digest, None)
+        .await
+        .unwrap());
 
     for (repo, tag) in [("gone", "nope"), ("never/pushed", "v1")] {
-        let e = c.resolve(&ImageRef::new(&reg.host, repo, tag).unwrap(), None).await.unwrap_err();
-        assert_eq!(e.reason(), PullFailureReason::ImageNotFound, "{repo}:{tag}: {e}");
+        let e = c
+            .resolve(&ImageRef::new(&reg.host, repo, tag).unwrap(), None)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.reason(),
+            PullFailureReason::ImageNotFound,
+            "{repo}:{tag}: {e}"
+        );
     }
 }
 
 #[tokio::test]
 async fn blob_stream_verifies_digest_and_size() {
     let reg = Registry::start(RegistryAuth::None).await.unwrap();
-    let img = build_image(&ImageOptions::linux("amd64"), vec![Layer::random(300_000).unwrap()]).unwrap();
+    let img = build_image(
+        &ImageOptions::linux("amd64"),
+        vec![Layer::random(300_000).unwrap()],
+    )
+    .unwrap();
     reg.push_image("blobs", "v1", &img).await.unwrap();
     let c = client();
     let layer = &img.layers[0];
     let mut out = Vec::new();
     let n = c
-        .fetch_blob(&reg.host, "blobs", &layer.digest, layer.blob.len() as u64, None, &mut out)
+        .fetch_blob(
+            &reg.host,
+            "blobs",
+            &layer.digest,
+            layer.blob.len() as u64,
+            None,
+            &mut out,
+        )
         .await
         .unwrap();
     assert_eq!(n as usize, layer.blob.len());
@@ -109,7 +158,14 @@ async fn blob_stream_verifies_digest_and_size() {
 
     // A listed size that disagrees is caught before trusting the bytes.
     let e = c
-        .fetch_blob(&reg.host, "blobs", &layer.digest, layer.blob.len() as u64 - 1, None, &mut Vec::new())
+        .fetch_blob(
+            &reg.host,
+            "blobs",
+            &layer.digest,
+            layer.blob.len() as u64 - 1,
+            None,
+            &mut Vec::new(),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.reason(), PullFailureReason::DigestMismatch, "{e}");
@@ -117,7 +173,14 @@ async fn blob_stream_verifies_digest_and_size() {
     // Stored bytes that no longer hash to the digest.
     reg.corrupt_blob(&layer.digest).unwrap();
     let e = c
-        .fetch_blob(&reg.host, "blobs", &layer.digest, layer.blob.len() as u64, None, &mut Vec::new())
+        .fetch_blob(
+            &reg.host,
+            "blobs",
+            &layer.digest,
+            layer.blob.len() as u64,
+            None,
+            &mut Vec::new(),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.reason(), PullFailureReason::DigestMismatch, "{e}");

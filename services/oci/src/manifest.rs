@@ -337,7 +337,10 @@ mod tests {
             r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"{D1}","size":10}},"layers":[{{"digest":"{D2}","size":5}}]}}"#
         );
         for ct in [OCI_MANIFEST, DOCKER_MANIFEST] {
-            assert!(matches!(parse(Some(ct), m.as_bytes()), Ok(Manifest::Image { .. })), "{ct}");
+            assert!(
+                matches!(parse(Some(ct), m.as_bytes()), Ok(Manifest::Image { .. })),
+                "{ct}"
+            );
         }
         match parse(Some("application/json"), m.as_bytes()) {
             Ok(Manifest::Image { config, layers }) => {

@@ -31,7 +31,9 @@ pub struct FlakyProxy {
 
 impl std::fmt::Debug for FlakyProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FlakyProxy").field("host", &self.host).finish()
+        f.debug_struct("FlakyProxy")
+            .field("host", &self.host)
+            .finish()
     }
 }
 
@@ -71,7 +73,11 @@ impl FlakyProxy {
 
     /// Arrival time and the status answered, per request so far.
     pub fn requests(&self) -> Vec<(Instant, u16)> {
-        self.inner.seen.lock().map(|v| v.clone()).unwrap_or_default()
+        self.inner
+            .seen
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -99,9 +105,10 @@ async fn forward(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
-    let mut up = inner
-        .http
-        .request(req.method().clone(), format!("http://{}{path}", inner.upstream));
+    let mut up = inner.http.request(
+        req.method().clone(),
+        format!("http://{}{path}", inner.upstream),
+    );
     for name in ["accept", "authorization"] {
         if let Some(v) = req.headers().get(name) {
             up = up.header(name, v.clone());

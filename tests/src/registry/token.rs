@@ -43,7 +43,9 @@ pub struct TokenIssuer {
 
 impl std::fmt::Debug for TokenIssuer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenIssuer").field("addr", &self.addr).finish()
+        f.debug_struct("TokenIssuer")
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
@@ -61,7 +63,8 @@ impl TokenIssuer {
     /// Generate a P-256 key and self-signed certificate and start serving.
     pub async fn start(user: &str, pass: &str) -> Result<Self> {
         let key_pair = rcgen::KeyPair::generate()?;
-        let cert = rcgen::CertificateParams::new(vec![ISSUER.to_string()])?.self_signed(&key_pair)?;
+        let cert =
+            rcgen::CertificateParams::new(vec![ISSUER.to_string()])?.self_signed(&key_pair)?;
         let rng = SystemRandom::new();
         let key = EcdsaKeyPair::from_pkcs8(
             &ECDSA_P256_SHA256_FIXED_SIGNING,
@@ -110,7 +113,10 @@ impl TokenIssuer {
 
     /// Mint a token directly (the harness's own push rights).
     pub async fn token_for(&self, user: &str, pass: &str, scope: &str) -> Result<String> {
-        anyhow::ensure!(user == self.inner.user && pass == self.inner.pass, "wrong admin credentials");
+        anyhow::ensure!(
+            user == self.inner.user && pass == self.inner.pass,
+            "wrong admin credentials"
+        );
         self.inner.mint(user, &[scope.to_string()])
     }
 }
