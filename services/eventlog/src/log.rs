@@ -165,7 +165,7 @@ impl EventStore {
             Ok(ack) => ack,
             Err(e) => {
                 return match e.kind() {
-                    PublishErrorKind::WrongLastSequence => {
+                    _ if is_wrong_last_sequence(&e) => {
                         match self
                             .landed_already(&subject, expected, idempotency_key)
                             .await
@@ -472,9 +472,29 @@ impl EventStore {
                 .await
             {
                 Ok(m) => Ok(Some(m)),
-                Err(e) if e.to_string().contains("not found") => Ok(None),
+                Err(e)
+                    if e.kind()
+                        == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
+                    Ok(None)
+                }
                 Err(e) => Err(StoreError::Request(e.to_string())),
             }
         }
     }
+}
+
+/// The expected-sequence check failed. async-nats maps only code 10071; a
+/// clustered 2.11+ leader answers 10164 ("wrong last sequence", no number).
+fn is_wrong_last_sequence(e: &async_nats::jetstream::context::PublishError) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    if e.kind() == PublishErrorKind::WrongLastSequence {
+        return true;
+    }
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+        .is_some_and(|js| {
+            js.error_code() == ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+                || js.error_code() == ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+        })
 }

@@ -1,0 +1,232 @@
+//! Projections: a rebuild from scratch equals the live one, with and without
+//! a snapshot; unusable messages are reported with their stream sequence and
+//! handled by policy, never a panic.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_eventlog::projection::{
+    BadEvent, BadEventPolicy, Projection, ProjectionError, ProjectionOptions, ProjectionRunner,
+};
+use berth_eventlog::{StoreError, Version};
+use berth_schemas::ids::EventId;
+use berth_schemas::{Actor, Commit, Envelope};
+use berth_tests::eventlog::{new_aggregate, open_store, step};
+use berth_tests::{init_tracing, NatsServer, NatsVersion};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// Per aggregate: events seen, last counter value, and the commit positions.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+struct Counters {
+    by_aggregate: BTreeMap<String, (u64, u32)>,
+    last_seq: u64,
+    events: u64,
+}
+
+impl Projection for Counters {
+    type Snapshot = Counters;
+    fn apply(&mut self, stream_seq: u64, env: &Envelope) {
+        let entry = self
+            .by_aggregate
+            .entry(env.aggregate.to_string())
+            .or_default();
+        entry.0 += 1;
+        entry.1 = berth_tests::eventlog::count(entry.1, env);
+        self.last_seq = stream_seq;
+        self.events += 1;
+    }
+    fn snapshot(&self) -> Counters {
+        self.clone()
+    }
+    fn restore(&mut self, snapshot: Counters) {
+        *self = snapshot;
+    }
+}
+
+async fn write_events(
+    store: &berth_eventlog::EventStore,
+    aggregates: usize,
+    commits: usize,
+) -> u64 {
+    let aggs: Vec<_> = (0..aggregates).map(|_| new_aggregate()).collect();
+    let mut versions = vec![Version::NEW; aggregates];
+    let mut last = 0;
+    for c in 0..commits {
+        let a = c % aggregates;
+        let n = versions[a].events as u32;
+        // Every third commit carries two events: commits, not events, are the unit.
+        let events = if c % 3 == 0 {
+            vec![step(n, "x"), step(n + 1, "y")]
+        } else {
+            vec![step(n, "x")]
+        };
+        let done = store
+            .append(&aggs[a], versions[a], events, &format!("{}-{c}", aggs[a]))
+            .await
+            .unwrap();
+        versions[a] = done.version;
+        last = done.version.stream_seq;
+    }
+    last
+}
+
+fn opts(key: Option<&str>) -> ProjectionOptions {
+    ProjectionOptions {
+        snapshot_key: key.map(str::to_owned),
+        snapshot_every_commits: 100,
+        snapshot_every: Duration::from_millis(300),
+        ..ProjectionOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuilt_projection_equals_live_with_and_without_snapshot() {
+    init_tracing();
+    for version in NatsVersion::BOTH {
+        let server = NatsServer::start(version).unwrap();
+        let client = server.connect().await.unwrap();
+        let store = open_store(&client, 1).await.unwrap();
+        write_events(&store, 20, 300).await;
+
+        // Live: catches up, then follows what is appended while it runs.
+        let live = ProjectionRunner::new(&store, Counters::default(), opts(Some("live")));
+        let (state, mut applied) = (live.state(), live.applied());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(live.run(shutdown.clone()));
+        let last = write_events(&store, 20, 300).await;
+        tokio::time::timeout(Duration::from_secs(20), applied.wait_for(|s| *s >= last))
+            .await
+            .unwrap()
+            .unwrap();
+        let live_state = state.read().unwrap().clone();
+        assert_eq!(live_state.last_seq, last);
+        assert_eq!(live_state.events, 800, "{version:?}");
+        shutdown.cancel();
+        task.await.unwrap().unwrap();
+
+        // From scratch, no snapshot.
+        let mut scratch = ProjectionRunner::new(&store, Counters::default(), opts(None));
+        let stats = scratch.catch_up().await.unwrap();
+        assert_eq!((stats.restored_seq, stats.commits), (0, 600));
+        assert_eq!(
+            *scratch.state().read().unwrap(),
+            live_state,
+            "{version:?}: rebuild differs"
+        );
+
+        // From the live runner's snapshot: only the tail is read.
+        let mut snap = ProjectionRunner::new(&store, Counters::default(), opts(Some("live")));
+        let stats = snap.catch_up().await.unwrap();
+        assert!(
+            stats.restored_seq > 0,
+            "{version:?}: no snapshot was written"
+        );
+        assert!(
+            stats.commits < 600,
+            "{version:?}: snapshot restore re-read everything"
+        );
+        assert_eq!(
+            *snap.state().read().unwrap(),
+            live_state,
+            "{version:?}: snapshot rebuild differs"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_events_are_reported_and_handled_by_policy() {
+    init_tracing();
+    for version in NatsVersion::BOTH {
+        let server = NatsServer::start(version).unwrap();
+        let client = server.connect().await.unwrap();
+        let store = open_store(&client, 1).await.unwrap();
+        write_events(&store, 3, 10).await;
+
+        // Garbage bytes on an aggregate subject.
+        let garbage_agg = new_aggregate();
+        let js = store.jetstream();
+        let garbage = js
+            .publish(
+                store.subjects().aggregate(&garbage_agg),
+                "\u{1}not msgpack".into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .sequence;
+        // A well-formed commit from a newer berth (event version 99).
+        let newer_agg = new_aggregate();
+        let mut env = Envelope {
+            id: EventId::generate(),
+            version: 99,
+            aggregate: newer_agg.clone(),
+            sequence: 1,
+            time: chrono_now(),
+            actor: Actor::system("future"),
+            correlation_id: None,
+            causation_id: None,
+            event: step(0, "z").event,
+        };
+        env.version = 99;
+        let bytes = Commit { events: vec![env] }.encode().unwrap();
+        let newer = js
+            .publish(store.subjects().aggregate(&newer_agg), bytes.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .sequence;
+        write_events(&store, 3, 10).await;
+
+        // Skip: both reported with their sequence, everything else applied.
+        let seen: Arc<Mutex<Vec<BadEvent>>> = Arc::default();
+        let hook_seen = seen.clone();
+        let mut skip = ProjectionRunner::new(
+            &store,
+            Counters::default(),
+            ProjectionOptions {
+                on_bad_event: Some(Arc::new(move |b: &BadEvent| {
+                    hook_seen.lock().unwrap().push(b.clone())
+                })),
+                ..opts(None)
+            },
+        );
+        skip.catch_up().await.unwrap();
+        let bad = seen.lock().unwrap().clone();
+        assert_eq!(
+            bad.iter().map(|b| b.stream_seq).collect::<Vec<_>>(),
+            vec![garbage, newer],
+            "{version:?}"
+        );
+        assert!(!bad[0].unknown_version && bad[1].unknown_version);
+        assert_eq!(skip.state().read().unwrap().events, 2 * 14, "{version:?}");
+
+        // Halt: stops at the first one, with its sequence.
+        let mut halt = ProjectionRunner::new(
+            &store,
+            Counters::default(),
+            ProjectionOptions {
+                policy: BadEventPolicy::Halt,
+                ..opts(None)
+            },
+        );
+        match halt.catch_up().await {
+            Err(ProjectionError::Halted { stream_seq, .. }) => assert_eq!(stream_seq, garbage),
+            other => panic!("{version:?}: expected a halt, got {other:?}"),
+        }
+        // Loading the broken aggregate is a typed error naming the sequence.
+        match store.load(&garbage_agg).await {
+            Err(StoreError::Decode { stream_seq, .. }) => assert_eq!(stream_seq, garbage),
+            other => panic!("{version:?}: {other:?}"),
+        }
+    }
+}
+
+fn chrono_now() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
+}
