@@ -15,8 +15,8 @@ use crate::error::{AttemptError, ResolveError};
 use crate::resolve::SummaryCache;
 
 /// Where an image lives: the API host (with port), the repository path and
-/// a tag or digest. Built from `berth_domain::reference::Reference` by the
-/// resolver service (`registry_host()`, `path()`, `manifest_reference()`).
+/// a tag or digest. Built from a parsed `berth_domain::reference::Reference`
+/// with `ImageRef::try_from(&reference)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageRef {
     /// API host incl. port, e.g. `registry-1.docker.io`, `127.0.0.1:5000`.
@@ -74,6 +74,16 @@ impl ImageRef {
     /// The digest, when the reference is one.
     pub fn digest(&self) -> Option<crate::manifest::Digest> {
         crate::manifest::Digest::parse(&self.reference)
+    }
+}
+
+impl TryFrom<&berth_domain::reference::Reference> for ImageRef {
+    type Error = ResolveError;
+
+    /// The API host (Docker Hub → `registry-1.docker.io`), path, and the
+    /// digest when there is one (it wins over a tag), else the tag.
+    fn try_from(r: &berth_domain::reference::Reference) -> Result<Self, ResolveError> {
+        ImageRef::new(r.registry_host(), r.path(), r.manifest_reference())
     }
 }
 
@@ -566,6 +576,38 @@ mod tests {
         assert!(ImageRef::new("h/x", "a", "t").is_err());
         assert!(ImageRef::new("h", "a", "t?x=1").is_err());
         assert!(ImageRef::new("h@evil", "a", "t").is_err());
+    }
+
+    #[test]
+    fn converts_domain_references() {
+        use berth_domain::reference::Reference;
+        let cases = [
+            ("alpine", "registry-1.docker.io", "library/alpine", "latest"),
+            (
+                "localhost:5000/team/app:v1",
+                "localhost:5000",
+                "team/app",
+                "v1",
+            ),
+            (
+                "[::1]:5000/a_b/c__d:T_1.x",
+                "[::1]:5000",
+                "a_b/c__d",
+                "T_1.x",
+            ),
+        ];
+        for (input, host, repo, reference) in cases {
+            let r = ImageRef::try_from(&Reference::parse(input).unwrap()).unwrap();
+            assert_eq!(
+                (r.host.as_str(), r.repository.as_str(), r.reference.as_str()),
+                (host, repo, reference),
+                "{input}"
+            );
+        }
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r =
+            ImageRef::try_from(&Reference::parse(&format!("ghcr.io/o/r:v1@{d}")).unwrap()).unwrap();
+        assert_eq!(r.reference, d);
     }
 
     #[test]
