@@ -185,3 +185,31 @@ async fn blob_stream_verifies_digest_and_size() {
         .unwrap_err();
     assert_eq!(e.reason(), PullFailureReason::DigestMismatch, "{e}");
 }
+
+#[tokio::test]
+async fn manifest_bytes_that_do_not_match_their_digest_are_digest_mismatch() {
+    let reg = Registry::start(RegistryAuth::None).await.unwrap();
+    let img = build_image(
+        &ImageOptions::linux("amd64"),
+        vec![Layer::random(100).unwrap()],
+    )
+    .unwrap();
+    reg.push_image("tampered", "v1", &img).await.unwrap();
+    // Rewrite one hex digit of the layer digest inside the stored manifest:
+    // still valid JSON, no longer the bytes the digest names.
+    let path = reg.blob_path(&img.digest).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let hex = img.layers[0].digest.strip_prefix("sha256:").unwrap();
+    let swapped = if hex.ends_with('0') {
+        format!("{}1", &hex[..63])
+    } else {
+        format!("{}0", &hex[..63])
+    };
+    std::fs::write(&path, text.replace(hex, &swapped)).unwrap();
+
+    let e = client()
+        .resolve(&ImageRef::new(&reg.host, "tampered", "v1").unwrap(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.reason(), PullFailureReason::DigestMismatch, "{e}");
+}
