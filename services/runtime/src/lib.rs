@@ -12,6 +12,7 @@ pub mod config;
 pub mod http;
 pub mod local_nats;
 pub mod run;
+pub mod secrets;
 pub mod shutdown;
 pub mod telemetry;
 
@@ -20,5 +21,6 @@ pub use config::{Config, ConfigError, RawConfig};
 pub use http::{install_metrics, Health, HttpServer, ReadyFlag};
 pub use local_nats::{LocalNats, LocalNatsError, NatsServerSpec};
 pub use run::{run_components, RunDeps, RunError};
+pub use secrets::{Secret, SecretError, SecretKey};
 pub use shutdown::{drain_nats, Drained, Shutdown};
 pub use telemetry::init_tracing;

@@ -1,0 +1,1 @@
+//! berth-resolver (in progress).
