@@ -1,9 +1,19 @@
 //! `berth bench eventlog`: berth's store measured against raw async-nats in
 //! the same run, on the same server, with the same payload sizes.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
-use berth_schemas::Subjects;
+use async_nats::jetstream::consumer::pull::OrderedConfig;
+use berth_schemas::events::InstanceCountChanged;
+use berth_schemas::ids::{EventId, ServiceId};
+use berth_schemas::{Actor, AggregateId, Commit, Envelope, Subjects};
+use bytes::Bytes;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+
+use crate::projection::{Projection, ProjectionOptions, ProjectionRunner};
+use crate::{EventStore, NewEvent, StoreConfig, Version};
 
 /// Sizes of one bench run (defaults are the issue's figures).
 #[derive(Debug, Clone)]
@@ -73,18 +83,334 @@ pub enum BenchError {
     },
 }
 
-/// Runs every phase against the server `client` is connected to, under a
-/// fresh prefix derived from `subjects` (its streams are deleted afterwards).
+/// Runs every phase against the server `client` is connected to, under
+/// prefixes derived from `subjects` (their streams are deleted afterwards).
 pub async fn eventlog(
     client: async_nats::Client,
     subjects: Subjects,
     opts: BenchOptions,
 ) -> Result<Report, BenchError> {
-    let _ = (client, subjects, opts);
-    Err(BenchError::Step {
-        step: "all",
-        reason: "not implemented yet".to_owned(),
+    let started = Instant::now();
+    let store = EventStore::open(client.clone(), subjects.clone(), StoreConfig::default()).await?;
+    let mut rows = Vec::new();
+    let result = async {
+        let (raw, berth) = pipelined(&store, &opts).await?;
+        rows.push(Row {
+            name: "pipelined appends",
+            unit: "events/s",
+            berth,
+            raw: Some(raw),
+            target: ">= 70% of raw",
+            met: berth >= 0.7 * raw,
+        });
+        let (raw_p50, p50, p99, raw_p99) = sequential(&store, &opts).await?;
+        rows.push(Row {
+            name: "sequential append p50",
+            unit: "us",
+            berth: p50,
+            raw: Some(raw_p50),
+            target: "<= 1.3x raw",
+            met: p50 <= 1.3 * raw_p50,
+        });
+        rows.push(Row {
+            name: "sequential append p99",
+            unit: "us",
+            berth: p99,
+            raw: Some(raw_p99),
+            target: "(reported)",
+            met: true,
+        });
+        // A log of its own so the rebuild reads exactly `rebuild_events`.
+        let rsubjects = Subjects::new(&format!("{}-r", subjects.prefix()))
+            .map_err(|e| step("rebuild prefix", e))?;
+        let rstore = EventStore::open(client.clone(), rsubjects, StoreConfig::default()).await?;
+        let rebuilt = rebuild(&rstore, &opts).await;
+        let _ = delete_all(&rstore).await;
+        let (raw_read, rebuild_rate, restart) = rebuilt?;
+        rows.push(Row {
+            name: "projection rebuild",
+            unit: "events/s",
+            berth: rebuild_rate,
+            raw: Some(raw_read),
+            target: ">= 50% of raw read",
+            met: rebuild_rate >= 0.5 * raw_read,
+        });
+        rows.push(Row {
+            name: "restart with snapshot",
+            unit: "ms",
+            berth: restart,
+            raw: None,
+            target: "< 1000 ms",
+            met: restart < 1000.0,
+        });
+        Ok::<_, BenchError>(())
+    }
+    .await;
+    let _ = delete_all(&store).await;
+    result?;
+    Ok(Report {
+        server_version: store.server_version().to_string(),
+        rows,
+        elapsed: started.elapsed(),
     })
+}
+
+fn step(step: &'static str, e: impl std::fmt::Display) -> BenchError {
+    BenchError::Step {
+        step,
+        reason: e.to_string(),
+    }
+}
+
+fn one_event(from: u32) -> NewEvent {
+    NewEvent::new(
+        InstanceCountChanged { from, to: from + 1 },
+        Actor::system("bench"),
+    )
+}
+
+/// The bytes berth publishes for one single-event commit, for raw runs of
+/// the same size.
+fn sample_payload(agg: &AggregateId, seq: u64) -> Result<Vec<u8>, BenchError> {
+    let event = one_event(seq as u32);
+    Commit {
+        events: vec![Envelope {
+            id: EventId::generate(),
+            version: event.event.version(),
+            aggregate: agg.clone(),
+            sequence: seq,
+            time: chrono::Utc::now(),
+            actor: event.actor,
+            correlation_id: None,
+            causation_id: None,
+            event: event.event,
+        }],
+    }
+    .encode()
+    .map_err(|e| step("encode", e))
+}
+
+fn aggregates(n: u64) -> Vec<AggregateId> {
+    (0..n.max(1))
+        .map(|_| AggregateId::Service(ServiceId::generate()))
+        .collect()
+}
+
+/// Raw: publishes with up to `WINDOW` acks in flight. Berth: every aggregate
+/// appends sequentially with its expected version, all aggregates at once.
+async fn pipelined(store: &EventStore, opts: &BenchOptions) -> Result<(f64, f64), BenchError> {
+    const WINDOW: usize = 4096;
+    let n = opts.pipelined_events;
+    let aggs = aggregates(opts.aggregates);
+    let payload = Bytes::from(sample_payload(&aggs[0], 1)?);
+    let raw_subjects: Vec<String> = (0..aggs.len())
+        .map(|i| format!("{}.evt.rawbench.r{i}", store.subjects().prefix()))
+        .collect();
+    let js = store.jetstream().clone();
+    let t = Instant::now();
+    let mut acks = futures::stream::iter(0..n)
+        .map(|i| {
+            let (js, subject, payload) = (
+                js.clone(),
+                raw_subjects[(i as usize) % raw_subjects.len()].clone(),
+                payload.clone(),
+            );
+            async move { js.publish(subject, payload).await?.await }
+        })
+        .buffer_unordered(WINDOW);
+    while let Some(ack) = acks.next().await {
+        ack.map_err(|e| step("raw publish", e))?;
+    }
+    let raw = n as f64 / t.elapsed().as_secs_f64();
+
+    let per = (n / aggs.len() as u64).max(1);
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for agg in aggs {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let mut version = Version::NEW;
+            for i in 0..per {
+                let key = format!("{agg}-{i}");
+                version = store
+                    .append(&agg, version, vec![one_event(i as u32)], &key)
+                    .await?
+                    .version;
+            }
+            Ok::<_, crate::AppendError>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| step("join", e))?
+            .map_err(|e| step("berth append", e))?;
+    }
+    let berth = (per * opts.aggregates.max(1)) as f64 / t.elapsed().as_secs_f64();
+    Ok((raw, berth))
+}
+
+/// Returns (raw p50, berth p50, berth p99, raw p99) in microseconds.
+async fn sequential(
+    store: &EventStore,
+    opts: &BenchOptions,
+) -> Result<(f64, f64, f64, f64), BenchError> {
+    let n = opts.sequential_appends.max(1);
+    let agg = AggregateId::Service(ServiceId::generate());
+    let payload = Bytes::from(sample_payload(&agg, 1)?);
+    let subject = format!("{}.evt.rawbench.seq", store.subjects().prefix());
+    let hist = || Histogram::<u64>::new(3).map_err(|e| step("histogram", e));
+    let (mut raw, mut berth) = (hist()?, hist()?);
+    let js = store.jetstream();
+    for _ in 0..n {
+        let t = Instant::now();
+        js.publish(subject.clone(), payload.clone())
+            .await
+            .map_err(|e| step("raw publish", e))?
+            .await
+            .map_err(|e| step("raw ack", e))?;
+        let _ = raw.record(t.elapsed().as_micros() as u64);
+    }
+    let mut version = Version::NEW;
+    for i in 0..n {
+        let t = Instant::now();
+        version = store
+            .append(
+                &agg,
+                version,
+                vec![one_event(i as u32)],
+                &format!("seq-{agg}-{i}"),
+            )
+            .await
+            .map_err(|e| step("berth append", e))?
+            .version;
+        let _ = berth.record(t.elapsed().as_micros() as u64);
+    }
+    Ok((
+        raw.value_at_quantile(0.5) as f64,
+        berth.value_at_quantile(0.5) as f64,
+        berth.value_at_quantile(0.99) as f64,
+        raw.value_at_quantile(0.99) as f64,
+    ))
+}
+
+/// What the bench projection keeps: events per aggregate.
+#[derive(Debug, Default)]
+struct PerAggregate {
+    counts: HashMap<String, u64>,
+    events: u64,
+}
+
+impl Projection for PerAggregate {
+    type Snapshot = HashMap<String, u64>;
+    fn apply(&mut self, _stream_seq: u64, env: &Envelope) {
+        self.events += 1;
+        match self.counts.get_mut(env.aggregate.id()) {
+            Some(c) => *c += 1,
+            None => {
+                self.counts.insert(env.aggregate.id().to_owned(), 1);
+            }
+        }
+    }
+    fn snapshot(&self) -> Self::Snapshot {
+        self.counts.clone()
+    }
+    fn restore(&mut self, snapshot: Self::Snapshot) {
+        self.counts = snapshot;
+    }
+}
+
+/// Fills the log with `rebuild_events` single-event commits, then returns
+/// (raw ordered-consumer read events/s, projection rebuild events/s,
+/// restart-with-snapshot ms).
+async fn rebuild(store: &EventStore, opts: &BenchOptions) -> Result<(f64, f64, f64), BenchError> {
+    let n = opts.rebuild_events.max(1);
+    let aggs = aggregates(opts.aggregates);
+    let js = store.jetstream().clone();
+    // Valid commits, published raw and pipelined: filling is not measured.
+    let mut acks = futures::stream::iter(0..n)
+        .map(|i| {
+            let a = (i as usize) % aggs.len();
+            let seq = i / aggs.len() as u64 + 1;
+            let agg = aggs[a].clone();
+            let subject = store.subjects().aggregate(&agg);
+            let js = js.clone();
+            async move {
+                let payload = sample_payload(&agg, seq)?;
+                js.publish(subject, payload.into())
+                    .await
+                    .map_err(|e| step("fill", e))?
+                    .await
+                    .map_err(|e| step("fill ack", e))
+            }
+        })
+        .buffer_unordered(4096);
+    while let Some(ack) = acks.next().await {
+        ack?;
+    }
+
+    // Raw: an ordered consumer over the whole stream, counting messages.
+    let stream = js
+        .get_stream(store.subjects().events_stream())
+        .await
+        .map_err(|e| step("stream", e))?;
+    let t = Instant::now();
+    let consumer = stream
+        .create_consumer(OrderedConfig::default())
+        .await
+        .map_err(|e| step("ordered consumer", e))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| step("ordered consumer", e))?;
+    let mut read = 0u64;
+    while let Some(m) = messages.next().await {
+        let m = m.map_err(|e| step("raw read", e))?;
+        read += 1;
+        if m.info().map(|i| i.pending == 0).unwrap_or(false) {
+            break;
+        }
+    }
+    let raw = read as f64 / t.elapsed().as_secs_f64();
+    drop(messages);
+
+    let opts_with = |key: Option<&str>| ProjectionOptions {
+        snapshot_key: key.map(str::to_owned),
+        snapshot_every_commits: u64::MAX,
+        snapshot_every: Duration::from_secs(3600),
+        ..ProjectionOptions::default()
+    };
+    let t = Instant::now();
+    let mut runner =
+        ProjectionRunner::new(store, PerAggregate::default(), opts_with(Some("bench")));
+    let stats = runner.catch_up().await.map_err(|e| step("rebuild", e))?;
+    let rate = stats.events as f64 / t.elapsed().as_secs_f64();
+    runner.snapshot_now().await;
+
+    let t = Instant::now();
+    let mut restarted =
+        ProjectionRunner::new(store, PerAggregate::default(), opts_with(Some("bench")));
+    let again = restarted.catch_up().await.map_err(|e| step("restart", e))?;
+    let restart_ms = t.elapsed().as_secs_f64() * 1000.0;
+    if again.restored_seq == 0 {
+        return Err(step("restart", "snapshot was not restored"));
+    }
+    Ok((raw, rate, restart_ms))
+}
+
+/// Deletes the streams and bucket a bench run created.
+async fn delete_all(store: &EventStore) -> Result<(), BenchError> {
+    let js = store.jetstream();
+    let s = store.subjects();
+    for name in [
+        s.events_stream(),
+        s.work_stream(),
+        s.dead_letter_stream(),
+        format!("KV_{}", s.snapshot_bucket()),
+    ] {
+        js.delete_stream(&name)
+            .await
+            .map_err(|e| step("cleanup", e))?;
+    }
+    Ok(())
 }
 
 impl std::fmt::Display for Report {
