@@ -157,6 +157,11 @@ impl Subjects {
         format!("{}.logs.{}.{}", self.prefix, service, instance)
     }
 
+    /// Image access checks answered by the resolver (core NATS request/reply).
+    pub fn resolver_check(&self) -> String {
+        format!("{}.resolver.check", self.prefix)
+    }
+
     /// Node heartbeats (core NATS, not the log: they are not facts worth keeping).
     pub fn heartbeat(&self) -> String {
         format!("{}.heartbeat", self.prefix)
