@@ -180,6 +180,29 @@ impl fmt::Debug for Sealed {
     }
 }
 
+/// The associated data each kind of sealed value is bound to (see
+/// `berth_runtime::secrets`): a ciphertext copied into another aggregate or
+/// field does not open. Writers and readers of a sealed field must agree on
+/// these, so they live in the contract.
+pub mod seal_context {
+    use crate::ids::{CredentialId, ServiceId};
+
+    /// A registry credential's token.
+    pub fn credential_token(id: &CredentialId) -> String {
+        format!("credential:{id}:token")
+    }
+
+    /// A service's deploy hook key.
+    pub fn hook_key(service: &ServiceId) -> String {
+        format!("service:{service}:hook_key")
+    }
+
+    /// The value of one of a service's environment variables.
+    pub fn env_var(service: &ServiceId, name: &str) -> String {
+        format!("service:{service}:env:{name}")
+    }
+}
+
 /// An instance type: CPU and memory limits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
