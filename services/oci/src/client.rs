@@ -2,17 +2,17 @@
 //! follows challenges, status classification, bounded body reads and the
 //! retry loop shared by every operation.
 
-use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
-use reqwest::header::{HeaderMap, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::header::{HeaderMap, AUTHORIZATION, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode};
 
 use crate::auth::{parse_challenge, AuthState, Challenge, Credential, HostAuth, TokenResponse};
 use crate::config::ClientConfig;
 use crate::error::{AttemptError, ResolveError};
 use crate::resolve::SummaryCache;
+use crate::retry::{is_transient, retry_after};
 
 /// Where an image lives: the API host (with port), the repository path and
 /// a tag or digest. Built from a parsed `berth_domain::reference::Reference`
@@ -356,51 +356,6 @@ impl RegistryClient {
             .put_token(host, repo, cred, token.clone(), lifetime);
         Ok(token)
     }
-
-    /// Run `attempt` until it succeeds, fails for good, or the retry budget
-    /// (backoff doubling, `Retry-After` honoured, bounded total) runs out.
-    pub(crate) async fn retrying<T, F, Fut>(
-        &self,
-        what: &str,
-        mut attempt: F,
-    ) -> Result<T, ResolveError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, AttemptError>>,
-    {
-        let policy = &self.cfg.retry;
-        let start = Instant::now();
-        let mut backoff = policy.initial_backoff;
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            match attempt().await {
-                Ok(v) => return Ok(v),
-                Err(AttemptError::Fatal(e)) => return Err(e),
-                Err(AttemptError::Transient {
-                    message,
-                    retry_after,
-                }) => {
-                    let wait = backoff.max(retry_after.unwrap_or_default());
-                    if start.elapsed() + wait > policy.max_total {
-                        return Err(ResolveError::Unavailable(format!(
-                            "{what}: {message}; gave up after {attempts} attempt(s) in {:.1}s",
-                            start.elapsed().as_secs_f64()
-                        )));
-                    }
-                    tracing::warn!(
-                        operation = what,
-                        error = %message,
-                        attempt = attempts,
-                        wait_ms = wait.as_millis() as u64,
-                        "transient registry failure, retrying"
-                    );
-                    tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(policy.max_backoff);
-                }
-            }
-        }
-    }
 }
 
 fn challenge_of(headers: &HeaderMap) -> Option<Challenge> {
@@ -435,22 +390,6 @@ fn transport_error(what: &str, e: &reqwest::Error) -> AttemptError {
         src = s.source();
     }
     AttemptError::transient(msg)
-}
-
-pub(crate) fn is_transient(status: StatusCode) -> bool {
-    status.is_server_error()
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status == StatusCode::REQUEST_TIMEOUT
-}
-
-/// `Retry-After` as seconds or an HTTP date.
-pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = httpdate::parse_http_date(v).ok()?;
-    Some(when.duration_since(SystemTime::now()).unwrap_or_default())
 }
 
 /// Read at most `cap` bytes of body; more is an error (hostile input).
@@ -552,22 +491,6 @@ fn error_codes(body: &[u8]) -> Vec<String> {
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_after_seconds_and_dates() {
-        let mut h = HeaderMap::new();
-        h.insert(RETRY_AFTER, "3".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
-        let later = SystemTime::now() + Duration::from_secs(120);
-        h.insert(RETRY_AFTER, httpdate::fmt_http_date(later).parse().unwrap());
-        let d = retry_after(&h).unwrap();
-        assert!(
-            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
-            "{d:?}"
-        );
-        h.insert(RETRY_AFTER, "soon".parse().unwrap());
-        assert_eq!(retry_after(&h), None);
-    }
 
     #[test]
     fn image_refs_refuse_url_injection() {

@@ -26,6 +26,7 @@ mod config;
 mod error;
 pub mod manifest;
 mod resolve;
+mod retry;
 
 pub use auth::Credential;
 pub use berth_schemas::model::{PullFailureReason, ResolvedImage};
