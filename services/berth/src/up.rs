@@ -98,11 +98,14 @@ async fn serve(
     shutdown: &Shutdown,
     local: &mut Option<LocalNats>,
 ) -> anyhow::Result<()> {
-    let config = Arc::new(v.config);
+    let mut config = v.config;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let data_dir = std::fs::canonicalize(&config.data_dir)
+    // Absolute from here on: it is printed, and handed to nats-server.
+    config.data_dir = std::fs::canonicalize(&config.data_dir)
         .with_context(|| format!("resolving {}", config.data_dir.display()))?;
+    let config = Arc::new(config);
+    let data_dir = config.data_dir.clone();
     let key = secret::load_or_create(v.secret_key.as_deref(), &data_dir)?;
 
     let http = HttpServer::bind(config.http_addr).await.with_context(|| {
