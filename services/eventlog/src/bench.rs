@@ -94,7 +94,7 @@ pub async fn eventlog(
     let store = EventStore::open(client.clone(), subjects.clone(), StoreConfig::default()).await?;
     let mut rows = Vec::new();
     let result = async {
-        let (raw, berth) = pipelined(&store, &opts).await?;
+        let (raw, berth, raw_occ) = pipelined(&store, &opts).await?;
         rows.push(Row {
             name: "pipelined appends",
             unit: "events/s",
@@ -102,6 +102,14 @@ pub async fn eventlog(
             raw: Some(raw),
             target: ">= 70% of raw",
             met: berth >= 0.7 * raw,
+        });
+        rows.push(Row {
+            name: "pipelined, raw with the same headers",
+            unit: "events/s",
+            berth,
+            raw: Some(raw_occ),
+            target: "(diagnostic)",
+            met: true,
         });
         let (raw_p50, p50, p99, raw_p99) = sequential(&store, &opts).await?;
         rows.push(Row {
@@ -198,7 +206,7 @@ fn aggregates(n: u64) -> Vec<AggregateId> {
 
 /// Raw: publishes with up to `WINDOW` acks in flight. Berth: every aggregate
 /// appends sequentially with its expected version, all aggregates at once.
-async fn pipelined(store: &EventStore, opts: &BenchOptions) -> Result<(f64, f64), BenchError> {
+async fn pipelined(store: &EventStore, opts: &BenchOptions) -> Result<(f64, f64, f64), BenchError> {
     const WINDOW: usize = 4096;
     let n = opts.pipelined_events;
     let aggs = aggregates(opts.aggregates);
@@ -223,7 +231,34 @@ async fn pipelined(store: &EventStore, opts: &BenchOptions) -> Result<(f64, f64)
     }
     let raw = n as f64 / t.elapsed().as_secs_f64();
 
+    // Raw again, shaped like berth: per subject sequential with the expected
+    // subject sequence and a message id, all subjects at once. The gap
+    // between this and the first raw figure is the server's price for
+    // optimistic concurrency and dedupe, not berth's.
     let per = (n / aggs.len() as u64).max(1);
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, subject) in raw_subjects.iter().enumerate() {
+        let (js, payload) = (js.clone(), payload.clone());
+        let subject = format!("{subject}-occ");
+        tasks.spawn(async move {
+            let mut last = 0;
+            for k in 0..per {
+                let msg = async_nats::jetstream::message::PublishMessage::build()
+                    .payload(payload.clone())
+                    .message_id(format!("occ-{i}-{k}"))
+                    .expected_last_subject_sequence(last);
+                last = js.send_publish(subject.clone(), msg).await?.await?.sequence;
+            }
+            Ok::<_, async_nats::jetstream::context::PublishError>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| step("join", e))?
+            .map_err(|e| step("raw occ publish", e))?;
+    }
+    let raw_occ = (per * raw_subjects.len() as u64) as f64 / t.elapsed().as_secs_f64();
+
     let t = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for agg in aggs {
@@ -245,7 +280,7 @@ async fn pipelined(store: &EventStore, opts: &BenchOptions) -> Result<(f64, f64)
             .map_err(|e| step("berth append", e))?;
     }
     let berth = (per * opts.aggregates.max(1)) as f64 / t.elapsed().as_secs_f64();
-    Ok((raw, berth))
+    Ok((raw, berth, raw_occ))
 }
 
 /// Returns (raw p50, berth p50, berth p99, raw p99) in microseconds.
