@@ -1,1 +1,194 @@
-//! berth-ingress (in progress).
+//! # berth-ingress: the application layer under the HTTP API
+//!
+//! Every write an operator (API, CLI) makes goes through here: a command is
+//! checked by the pure rules of `berth-domain`, then decided and appended on
+//! its aggregate's subject with [`EventStore::execute`] (load → fold →
+//! decide → append with the expected version; a conflict re-decides). The
+//! HTTP routes of issue 6 sit on top and only map [`IngressError`] to status
+//! codes with [`IngressError::http_status`].
+//!
+//! - [`credentials`]: registry credentials (SPEC §3) — add, list, show,
+//!   rotate, remove; tokens sealed with the operator's key, never returned;
+//! - [`services`]: service creation with image verification by the resolver
+//!   before anything is appended (SPEC §4), and deletion;
+//! - [`check`]: the request/reply client of the resolver's image check;
+//! - [`projection`]: the read model behind credential listings.
+//!
+//! Everything is owner-scoped: a handler is always called for one
+//! [`Caller`], and another owner's credential or service is "not found".
+
+pub mod check;
+pub mod credentials;
+mod error;
+mod exec;
+pub mod projection;
+pub mod services;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use berth_domain::owner::{self, OwnerState};
+use berth_eventlog::projection::{ProjectionOptions, ProjectionRunner};
+use berth_eventlog::EventStore;
+use berth_runtime::SecretKey;
+use berth_schemas::ids::{ApiKeyId, OwnerId};
+use berth_schemas::{Actor, AggregateId};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use check::{CheckError, ImageChecker};
+pub use credentials::{CredentialView, NewCredential, Rotation};
+pub use error::IngressError;
+pub use projection::CredentialIndex;
+pub use services::{CreatedService, NewService};
+
+/// Who is asking: the owner every command is scoped to, and the actor
+/// recorded on the events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The owner (user or team) the request acts for.
+    pub owner: OwnerId,
+    /// Recorded as the events' actor.
+    pub actor: Actor,
+}
+
+impl Caller {
+    /// A caller authenticated by an API key of `owner`.
+    pub fn api_key(owner: OwnerId, key: ApiKeyId) -> Self {
+        Self {
+            owner,
+            actor: Actor::ApiKey { key },
+        }
+    }
+}
+
+/// Knobs of the application layer.
+#[derive(Debug, Clone)]
+pub struct IngressOptions {
+    /// How long service creation waits for the resolver's image check. It
+    /// must exceed the resolver's check retry budget.
+    pub check_timeout: Duration,
+    /// How long a listing waits for its read model to reach the log's end
+    /// (read-your-writes).
+    pub read_timeout: Duration,
+}
+
+impl Default for IngressOptions {
+    fn default() -> Self {
+        Self {
+            check_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The application layer: the event store, the operator's sealing key, the
+/// resolver client and the read models. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Ingress {
+    pub(crate) store: EventStore,
+    pub(crate) key: SecretKey,
+    pub(crate) checker: ImageChecker,
+    pub(crate) opts: IngressOptions,
+    pub(crate) credentials: Arc<RwLock<CredentialIndex>>,
+    pub(crate) applied: watch::Receiver<u64>,
+}
+
+impl Ingress {
+    /// Builds the read models from the log (snapshot + tail), then keeps
+    /// them following the log on a task that ends when `shutdown` fires.
+    pub async fn start(
+        store: EventStore,
+        key: SecretKey,
+        opts: IngressOptions,
+        shutdown: CancellationToken,
+    ) -> Result<Self, IngressError> {
+        let mut runner = ProjectionRunner::new(
+            &store,
+            CredentialIndex::default(),
+            ProjectionOptions {
+                // The whole log, not only credential subjects: `applied`
+                // must reach the log's last sequence for read-your-writes.
+                filter: None,
+                ..ProjectionOptions::default()
+            },
+        );
+        runner
+            .catch_up()
+            .await
+            .map_err(|e| IngressError::Store(e.to_string()))?;
+        let credentials = runner.state();
+        let applied = runner.applied();
+        tokio::spawn(async move {
+            if let Err(e) = runner.run(shutdown).await {
+                tracing::error!(error = %e, "ingress read model stopped");
+            }
+        });
+        let checker =
+            ImageChecker::new(store.client().clone(), store.subjects(), opts.check_timeout);
+        Ok(Self {
+            store,
+            key,
+            checker,
+            opts,
+            credentials,
+            applied,
+        })
+    }
+
+    /// The event store.
+    pub fn store(&self) -> &EventStore {
+        &self.store
+    }
+
+    /// Creates the owner (user or team) if it does not exist yet.
+    pub async fn ensure_owner(&self, owner: &OwnerId, name: &str) -> Result<(), IngressError> {
+        let id = AggregateId::Owner(owner.clone());
+        let actor = Actor::system("ingress");
+        let key = format!("owner-create-{owner}");
+        exec::run::<OwnerState, _, _>(
+            &self.store,
+            &id,
+            &key,
+            &actor,
+            owner::fold,
+            |state: &OwnerState| {
+                if state.owner.is_some() {
+                    return Ok(vec![]);
+                }
+                owner::decide(
+                    state,
+                    owner::Command::Create {
+                        owner: owner.clone(),
+                        name: name.to_owned(),
+                    },
+                    &berth_domain::Ctx::default(),
+                )
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Waits until the read models include everything in the log now.
+    pub(crate) async fn caught_up(&self) -> Result<(), IngressError> {
+        let target = self
+            .store
+            .last_stream_seq()
+            .await
+            .map_err(|e| IngressError::Store(e.to_string()))?;
+        let mut rx = self.applied.clone();
+        let reached = tokio::time::timeout(self.opts.read_timeout, async {
+            rx.wait_for(|s| *s >= target).await.map(|_| ())
+        })
+        .await;
+        match reached {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(IngressError::Store("read model stopped".to_owned())),
+            Err(_) => Err(IngressError::Store(format!(
+                "read model did not reach stream sequence {target} within {:?}",
+                self.opts.read_timeout
+            ))),
+        }
+    }
+}

@@ -1,1 +1,128 @@
-//! berth-resolver (in progress).
+//! # berth-resolver: from image reference to the digest that will run
+//!
+//! Sits between ingress and the pullers in the event flow (SPEC §4–§6, §9):
+//!
+//! - [`check`]: answers ingress's image checks (core NATS request/reply,
+//!   queue group) before a service is created, so a service whose image
+//!   cannot be pulled is never created;
+//! - [`deploys`](mod@deploys): follows the event log's service subjects with a durable
+//!   pull consumer; every `deploy_started` gets its image resolved (tag →
+//!   linux/amd64 manifest digest, size limit) and the outcome appended as
+//!   `image_resolved` or `image_pull_failed` with SPEC §9's reason.
+//!
+//! Credentials travel as ids; the resolver opens the sealed token with the
+//! operator's key only in memory, for the registry request. The registry
+//! work itself (auth flows, retries, classification) is `berth-oci`.
+
+mod access;
+pub mod check;
+mod config;
+mod deploys;
+
+use std::sync::Arc;
+
+use berth_eventlog::EventStore;
+use berth_oci::RegistryClient;
+use berth_runtime::{BoxError, Component, ComponentContext, ReadyFlag, SecretKey};
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ResolverArgs, ResolverOptions};
+
+/// Why the resolver could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolverError {
+    /// The registry client could not be built (TLS setup).
+    #[error(transparent)]
+    Client(#[from] berth_oci::BuildError),
+    /// Subscribing or creating the consumer failed.
+    #[error("nats: {0}")]
+    Nats(String),
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: EventStore,
+    pub(crate) key: SecretKey,
+    pub(crate) opts: ResolverOptions,
+    pub(crate) deploy_client: RegistryClient,
+    pub(crate) check_client: RegistryClient,
+}
+
+/// The resolver component.
+pub struct Resolver {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver")
+            .field("opts", &self.inner.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Resolver {
+    /// A resolver over `store`, opening credentials with `key`.
+    pub fn new(
+        store: EventStore,
+        key: SecretKey,
+        opts: ResolverOptions,
+    ) -> Result<Self, ResolverError> {
+        let deploy_client = RegistryClient::new(opts.deploy_client.clone())?;
+        let check_client = RegistryClient::new(opts.check_client.clone())?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                key,
+                opts,
+                deploy_client,
+                check_client,
+            }),
+        })
+    }
+
+    /// Answers image checks and resolves deploys until `shutdown`; sets
+    /// `ready` once both are subscribed.
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+        ready: Option<ReadyFlag>,
+    ) -> Result<(), ResolverError> {
+        let sub = check::subscribe(&self.inner).await?;
+        let consumer = deploys::consumer(&self.inner).await?;
+        // Make sure the subscription reached the server before saying ready.
+        self.inner
+            .store
+            .client()
+            .flush()
+            .await
+            .map_err(|e| ResolverError::Nats(e.to_string()))?;
+        if let Some(r) = &ready {
+            r.set(true);
+        }
+        tracing::info!(consumer = %self.inner.opts.consumer, "resolver running");
+        let checks = tokio::spawn(check::serve(Arc::clone(&self.inner), sub, shutdown.clone()));
+        deploys::serve(Arc::clone(&self.inner), consumer, shutdown).await;
+        let _ = checks.await;
+        if let Some(r) = &ready {
+            r.set(false);
+        }
+        tracing::info!("resolver stopped");
+        Ok(())
+    }
+}
+
+impl Component for Resolver {
+    fn name(&self) -> &'static str {
+        "resolver"
+    }
+
+    fn run(self: Box<Self>, ctx: ComponentContext) -> BoxFuture<'static, Result<(), BoxError>> {
+        Box::pin(async move {
+            (*self)
+                .run(ctx.shutdown.clone(), Some(ctx.ready.clone()))
+                .await
+                .map_err(|e| Box::new(e) as BoxError)
+        })
+    }
+}

@@ -1,0 +1,430 @@
+//! Creating and deleting services (SPEC §4).
+//!
+//! Creation never appends anything before the image is known to be
+//! accessible: the command is validated by the service rules as a dry run,
+//! the image normalised, the credential checked to be the caller's, and the
+//! resolver asked (request/reply) to resolve the image with it. Only then,
+//! three decisions, each on its own aggregate with optimistic concurrency:
+//!
+//! 1. claim the name on the owner (unique per owner);
+//! 2. attach the credential on the credential's subject — the same subject
+//!    removal decides on, so "create with X" and "remove X" cannot both win;
+//! 3. create the service with its initial deploy (trigger `service_created`).
+//!
+//! A later step's refusal or failure undoes the earlier ones (detach,
+//! release the name), so a lost race leaks nothing.
+
+use std::collections::BTreeMap;
+
+use berth_domain::credential::{self, CredentialState};
+use berth_domain::owner::{self, OwnerState};
+use berth_domain::service::{self, CreateService, ServiceState, DEFAULT_REGION};
+use berth_domain::{Aggregate, Ctx, DomainError};
+use berth_runtime::Secret;
+use berth_schemas::commands::{ImageCheckReply, ImageCheckRequest};
+use berth_schemas::ids::{CredentialId, DeployId, ServiceId};
+use berth_schemas::model::{
+    seal_context, EnvVars, NotifySetting, OverlapPolicy, Plan, ResolvedImage, ServiceType,
+};
+use berth_schemas::AggregateId;
+use rand::RngCore;
+
+use crate::{exec, Caller, CheckError, Ingress, IngressError};
+
+/// A service to create, as the API's create body gives it.
+#[derive(Debug, Clone)]
+pub struct NewService {
+    pub name: String,
+    pub service_type: ServiceType,
+    /// As typed; normalised here.
+    pub image: String,
+    pub credential: Option<CredentialId>,
+    /// Default `oregon`.
+    pub region: Option<String>,
+    /// Default `starter` (0.5 CPU, 512 MiB).
+    pub plan: Option<Plan>,
+    pub num_instances: Option<u32>,
+    pub docker_command: Option<String>,
+    /// Values in clear; sealed here, bound to the service and the name.
+    pub env_vars: BTreeMap<String, Secret>,
+    pub pre_deploy_command: Option<String>,
+    pub health_check_path: Option<String>,
+    pub schedule: Option<String>,
+    pub notify: Option<NotifySetting>,
+    pub overlap_policy: Option<OverlapPolicy>,
+    pub shutdown_delay_secs: Option<u16>,
+}
+
+impl NewService {
+    /// A service with defaults for everything optional.
+    pub fn new(name: &str, service_type: ServiceType, image: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            service_type,
+            image: image.to_owned(),
+            credential: None,
+            region: None,
+            plan: None,
+            num_instances: None,
+            docker_command: None,
+            env_vars: BTreeMap::new(),
+            pre_deploy_command: None,
+            health_check_path: None,
+            schedule: None,
+            notify: None,
+            overlap_policy: None,
+            shutdown_delay_secs: None,
+        }
+    }
+}
+
+/// A created service.
+#[derive(Debug, Clone)]
+pub struct CreatedService {
+    pub id: ServiceId,
+    /// The initial deploy (trigger `service_created`).
+    pub deploy: DeployId,
+    /// The normalised image reference.
+    pub image: String,
+    /// What the image resolved to when it was verified (the deploy resolves
+    /// again: the tag may move in between).
+    pub verified: ResolvedImage,
+    /// The deploy hook key, in clear for the caller to show once.
+    pub hook_key: Secret,
+    /// The service's state after creation.
+    pub state: ServiceState,
+}
+
+fn hook_key() -> Secret {
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    Secret::new(data_encoding::BASE64URL_NOPAD.encode(&bytes))
+}
+
+impl Ingress {
+    fn seal_command(
+        &self,
+        caller: &Caller,
+        id: &ServiceId,
+        new: &NewService,
+    ) -> Result<(CreateService, Secret), IngressError> {
+        let hook = hook_key();
+        let sealed_hook = self.key.seal(&hook, &seal_context::hook_key(id))?;
+        let mut env_vars = EnvVars::new();
+        for (name, value) in &new.env_vars {
+            let sealed = self.key.seal(value, &seal_context::env_var(id, name))?;
+            env_vars.insert(name.clone(), sealed);
+        }
+        let mut c = CreateService::new(
+            caller.owner.clone(),
+            &new.name,
+            new.service_type,
+            &new.image,
+            sealed_hook,
+            DeployId::generate(),
+        );
+        c.credential = new.credential.clone();
+        c.region = new
+            .region
+            .clone()
+            .unwrap_or_else(|| DEFAULT_REGION.to_owned());
+        if let Some(plan) = &new.plan {
+            c.plan = plan.clone();
+        }
+        c.num_instances = new.num_instances;
+        c.docker_command = new.docker_command.clone();
+        c.env_vars = env_vars;
+        c.pre_deploy_command = new.pre_deploy_command.clone();
+        c.health_check_path = new.health_check_path.clone();
+        c.schedule = new.schedule.clone();
+        c.notify = new.notify;
+        c.overlap_policy = new.overlap_policy;
+        c.shutdown_delay_secs = new.shutdown_delay_secs;
+        Ok((c, hook))
+    }
+
+    async fn load_fold<S: Default>(
+        &self,
+        id: &AggregateId,
+        fold: impl Fn(S, &berth_schemas::Envelope) -> S,
+    ) -> Result<S, IngressError> {
+        let loaded = self
+            .store
+            .load(id)
+            .await
+            .map_err(|e| IngressError::Store(e.to_string()))?;
+        Ok(loaded.events.iter().fold(S::default(), fold))
+    }
+
+    /// Verifies the image, then creates the service and starts its initial
+    /// deploy. On any refusal nothing stays appended.
+    pub async fn create_service(
+        &self,
+        caller: &Caller,
+        new: NewService,
+    ) -> Result<CreatedService, IngressError> {
+        let id = ServiceId::generate();
+        let (mut command, hook) = self.seal_command(caller, &id, &new)?;
+        let ctx = Ctx::default();
+
+        // Dry run of every field rule; this also normalises the image.
+        let dry = service::decide(
+            &ServiceState::default(),
+            service::Command::Create(Box::new(command.clone())),
+            &ctx,
+        )?;
+        let created = service::Service::apply_all(ServiceState::default(), &dry);
+        let image = created
+            .config
+            .as_ref()
+            .map(|c| c.image.clone())
+            .ok_or_else(|| IngressError::Store("dry run created no service".to_owned()))?;
+        command.image = image.clone();
+
+        // Cheap refusals before asking a registry anything.
+        let owner_id = AggregateId::Owner(caller.owner.clone());
+        let owner_state: OwnerState = self.load_fold(&owner_id, owner::fold).await?;
+        if owner_state.owner.is_none() {
+            return Err(IngressError::not_found("owner", &caller.owner));
+        }
+        if let Some(by) = owner_state.service_named(&new.name) {
+            return Err(DomainError::NameTaken {
+                name: new.name.clone(),
+                by: by.clone(),
+            }
+            .into());
+        }
+        if let Some(cred) = &new.credential {
+            let state: CredentialState = self
+                .load_fold(&AggregateId::Credential(cred.clone()), credential::fold)
+                .await?;
+            if state.active().is_none_or(|c| c.owner != caller.owner) {
+                return Err(IngressError::not_found("registry credential", cred));
+            }
+        }
+
+        // Verify access (SPEC §4) before anything is appended.
+        let verified = self.verify(caller, &image, new.credential.clone()).await?;
+
+        // 1. The name.
+        let claim = owner::Command::ClaimServiceName {
+            name: new.name.clone(),
+            service: id.clone(),
+        };
+        exec::run(
+            &self.store,
+            &owner_id,
+            &format!("service-create-{id}-name"),
+            &caller.actor,
+            owner::fold,
+            |s: &OwnerState| owner::decide(s, claim.clone(), &ctx),
+        )
+        .await?;
+
+        // 2. The credential.
+        if let Some(cred) = &new.credential {
+            if let Err(e) = self.attach(caller, &id, cred).await {
+                self.undo_create(caller, &id, &new.name, None).await;
+                return Err(e);
+            }
+        }
+
+        // 3. The service and its initial deploy.
+        let deploy = command.deploy.clone();
+        let create = service::Command::Create(Box::new(command));
+        let done = exec::run(
+            &self.store,
+            &AggregateId::Service(id.clone()),
+            &format!("service-create-{id}"),
+            &caller.actor,
+            service::fold,
+            |s: &ServiceState| service::decide(s, create.clone(), &ctx),
+        )
+        .await;
+        let done = match done {
+            Ok(d) => d,
+            Err(e) => {
+                self.undo_create(caller, &id, &new.name, new.credential.as_ref())
+                    .await;
+                return Err(e);
+            }
+        };
+        tracing::info!(service.id = %id, deploy.id = %deploy, owner = %caller.owner, image = %image, "service created");
+        Ok(CreatedService {
+            id,
+            deploy,
+            image,
+            verified,
+            hook_key: hook,
+            state: done.state,
+        })
+    }
+
+    async fn verify(
+        &self,
+        caller: &Caller,
+        image: &str,
+        credential: Option<CredentialId>,
+    ) -> Result<ResolvedImage, IngressError> {
+        let request = ImageCheckRequest {
+            owner: caller.owner.clone(),
+            image: image.to_owned(),
+            credential,
+        };
+        match self.checker.check(&request).await {
+            Ok(ImageCheckReply::Accessible { image }) => Ok(image),
+            Ok(ImageCheckReply::Failed { reason, message }) => {
+                tracing::info!(image = %image, reason = %reason, "image check failed; nothing created");
+                Err(IngressError::ImageInaccessible {
+                    image: image.to_owned(),
+                    reason,
+                    message,
+                })
+            }
+            Err(
+                e @ (CheckError::NoResolver | CheckError::Timeout(_) | CheckError::Transport(_)),
+            ) => Err(IngressError::CheckUnavailable(e.to_string())),
+            Err(e @ CheckError::BadReply(_)) => Err(IngressError::CheckUnavailable(e.to_string())),
+        }
+    }
+
+    async fn attach(
+        &self,
+        caller: &Caller,
+        service: &ServiceId,
+        cred: &CredentialId,
+    ) -> Result<(), IngressError> {
+        let attach = credential::Command::Attach {
+            service: service.clone(),
+            owner: caller.owner.clone(),
+        };
+        exec::run(
+            &self.store,
+            &AggregateId::Credential(cred.clone()),
+            &format!("service-create-{service}-attach"),
+            &caller.actor,
+            credential::fold,
+            |s: &CredentialState| credential::decide(s, attach.clone(), &Ctx::default()),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn detach(
+        &self,
+        caller: &Caller,
+        service: &ServiceId,
+        cred: &CredentialId,
+        why: &str,
+    ) -> Result<(), IngressError> {
+        let detach = credential::Command::Detach {
+            service: service.clone(),
+        };
+        exec::run(
+            &self.store,
+            &AggregateId::Credential(cred.clone()),
+            &format!("service-{why}-{service}-detach"),
+            &caller.actor,
+            credential::fold,
+            |s: &CredentialState| match credential::decide(s, detach.clone(), &Ctx::default()) {
+                // A removed credential has nothing attached any more.
+                Err(DomainError::NotFound { .. }) => Ok(vec![]),
+                other => other,
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn release_name(
+        &self,
+        caller: &Caller,
+        service: &ServiceId,
+        name: &str,
+        why: &str,
+    ) -> Result<(), IngressError> {
+        let release = owner::Command::ReleaseServiceName {
+            name: name.to_owned(),
+            service: service.clone(),
+        };
+        exec::run(
+            &self.store,
+            &AggregateId::Owner(caller.owner.clone()),
+            &format!("service-{why}-{service}-release"),
+            &caller.actor,
+            owner::fold,
+            |s: &OwnerState| owner::decide(s, release.clone(), &Ctx::default()),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Compensation after a failed creation step: best effort, logged; a
+    /// leftover (e.g. the store went away) is named in the log for repair.
+    async fn undo_create(
+        &self,
+        caller: &Caller,
+        service: &ServiceId,
+        name: &str,
+        credential: Option<&CredentialId>,
+    ) {
+        if let Some(cred) = credential {
+            if let Err(e) = self.detach(caller, service, cred, "undo").await {
+                tracing::error!(service.id = %service, credential.id = %cred, error = %e, "could not detach after a failed create");
+            }
+        }
+        if let Err(e) = self.release_name(caller, service, name, "undo").await {
+            tracing::error!(service.id = %service, name, error = %e, "could not release the name after a failed create");
+        }
+    }
+
+    /// The caller's service.
+    pub async fn show_service(
+        &self,
+        caller: &Caller,
+        id: &ServiceId,
+    ) -> Result<ServiceState, IngressError> {
+        let state: ServiceState = self
+            .load_fold(&AggregateId::Service(id.clone()), service::fold)
+            .await?;
+        match &state.config {
+            Some(c) if c.owner == caller.owner && state.exists() => Ok(state),
+            _ => Err(IngressError::not_found("service", id)),
+        }
+    }
+
+    /// Deletes the caller's service, then gives back its name and detaches
+    /// its credential.
+    pub async fn delete_service(
+        &self,
+        caller: &Caller,
+        id: &ServiceId,
+    ) -> Result<(), IngressError> {
+        let done = exec::run(
+            &self.store,
+            &AggregateId::Service(id.clone()),
+            &format!("service-delete-{id}"),
+            &caller.actor,
+            service::fold,
+            |s: &ServiceState| match &s.config {
+                Some(c) if c.owner == caller.owner => {
+                    service::decide(s, service::Command::Delete, &Ctx::default())
+                }
+                _ => Err(DomainError::NotFound {
+                    what: "service",
+                    id: String::new(),
+                }),
+            },
+        )
+        .await?;
+        let Some(cfg) = done.state.config else {
+            return Ok(());
+        };
+        self.release_name(caller, id, &cfg.name, "delete").await?;
+        if let Some(cred) = &cfg.credential {
+            self.detach(caller, id, cred, "delete").await?;
+        }
+        tracing::info!(service.id = %id, "service deleted");
+        Ok(())
+    }
+}
