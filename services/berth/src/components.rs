@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use berth_eventlog::{EventStore, StoreConfig};
+use berth_runtime::secrets::SecretKey;
 use berth_runtime::{Component, Config};
 
 use crate::projector::Projector;
@@ -18,16 +19,24 @@ pub const NAMES: &[&str] = &["projector"];
 #[derive(Debug, Clone)]
 pub struct ComponentDeps {
     pub store: Arc<EventStore>,
+    /// Seals and opens secrets (ingress and resolver, later issues).
+    #[allow(dead_code)]
+    pub secret_key: Arc<SecretKey>,
 }
 
 impl ComponentDeps {
     /// Opens (and provisions, idempotently) the event store.
-    pub async fn open(client: async_nats::Client, config: &Config) -> anyhow::Result<Self> {
+    pub async fn open(
+        client: async_nats::Client,
+        config: &Config,
+        secret_key: SecretKey,
+    ) -> anyhow::Result<Self> {
         let store = EventStore::open(client, config.subjects.clone(), StoreConfig::default())
             .await
             .context("opening the event store")?;
         Ok(Self {
             store: Arc::new(store),
+            secret_key: Arc::new(secret_key),
         })
     }
 }

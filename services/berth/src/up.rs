@@ -41,7 +41,7 @@ fn validate(args: UpArgs, only: Option<String>) -> Result<Validated, berth_runti
     let mut problems = Problems::default();
     let config = args.common.validate_into(&mut problems);
     if let Some(key) = &args.secret_key {
-        if let Err(m) = secret::decode(key) {
+        if let Err(m) = secret::check(key) {
             problems.add("BERTH_SECRET_KEY", m);
         }
     }
@@ -106,7 +106,7 @@ async fn serve(
         .with_context(|| format!("resolving {}", config.data_dir.display()))?;
     let config = Arc::new(config);
     let data_dir = config.data_dir.clone();
-    let key = secret::load_or_create(v.secret_key.as_deref(), &data_dir)?;
+    let (secret_key, key_source) = secret::load_or_create(v.secret_key.as_deref(), &data_dir)?;
 
     let http = HttpServer::bind(config.http_addr).await.with_context(|| {
         format!(
@@ -124,14 +124,14 @@ async fn serve(
         .await
         .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
 
-    let deps = ComponentDeps::open(client.clone(), &config).await?;
+    let deps = ComponentDeps::open(client.clone(), &config, secret_key).await?;
     let selected = components::build(&deps, v.only);
     let names: Vec<_> = selected.iter().map(|c| c.name()).collect();
 
     let http_addr = http.local_addr();
     print_where_things_are(
         &data_dir,
-        &key.source,
+        &key_source,
         &config,
         local.as_ref(),
         http_addr,
