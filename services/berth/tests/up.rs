@@ -398,3 +398,33 @@ async fn image_normalize_prints_or_rejects() {
     let out = Command::new(BERTH).args(["image"]).output().await.unwrap();
     assert_eq!(out.status.code(), Some(2), "usage error");
 }
+
+#[tokio::test]
+async fn bench_eventlog_runs_against_a_fresh_server() {
+    let out = Command::new(BERTH)
+        .args(["bench", "eventlog", "--events", "200", "--aggregates", "10"])
+        .args(["--sequential", "50", "--rebuild", "500"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("pipelined appends"), "{stdout}");
+    assert!(stdout.contains("restart with snapshot"), "{stdout}");
+
+    let out = Command::new(BERTH)
+        .args(["bench", "eventlog", "--events", "5", "--aggregates", "10"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "more aggregates than events is a usage error"
+    );
+}
