@@ -31,7 +31,11 @@ impl ComponentDeps {
         config: &Config,
         secret_key: SecretKey,
     ) -> anyhow::Result<Self> {
-        let store = EventStore::open(client, config.subjects.clone(), StoreConfig::default())
+        let store_config = StoreConfig {
+            replicas: config.replicas,
+            ..StoreConfig::default()
+        };
+        let store = EventStore::open(client, config.subjects.clone(), store_config)
             .await
             .context("opening the event store")?;
         Ok(Self {

@@ -36,6 +36,11 @@ pub struct RawConfig {
     #[arg(long, env = "BERTH_SHUTDOWN_GRACE_SECS", default_value = "30")]
     pub shutdown_grace_secs: String,
 
+    /// Replicas of berth's streams: 1 on a single server, 3 on a cluster
+    /// (replicated streams need nats-server 2.11 or newer).
+    #[arg(long, env = "BERTH_REPLICAS", default_value = "1")]
+    pub replicas: String,
+
     /// Log format: `pretty` or `json`.
     #[arg(long, env = "BERTH_LOG_FORMAT", default_value = "pretty")]
     pub log_format: String,
@@ -69,6 +74,8 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// Grace period for shutdown.
     pub shutdown_grace: Duration,
+    /// Stream replicas (1, 3 or 5).
+    pub replicas: usize,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter directive, if given (`BERTH_LOG`, else `RUST_LOG`, else `info`).
@@ -179,6 +186,16 @@ impl RawConfig {
                 None
             }
         };
+        let replicas = match self.replicas.trim().parse::<usize>() {
+            Ok(r @ (1 | 3 | 5)) => Some(r),
+            _ => {
+                problems.add(
+                    "BERTH_REPLICAS",
+                    format!("{:?} is not one of: 1, 3, 5", self.replicas),
+                );
+                None
+            }
+        };
         let log_format = match self.log_format.trim() {
             "pretty" | "text" => Some(LogFormat::Pretty),
             "json" => Some(LogFormat::Json),
@@ -210,6 +227,7 @@ impl RawConfig {
             subjects: subjects?,
             http_addr: http_addr?,
             shutdown_grace: shutdown_grace?,
+            replicas: replicas?,
             log_format: log_format?,
             log_filter,
         })
@@ -277,6 +295,8 @@ mod tests {
             "UP",
             "--shutdown-grace-secs",
             "0",
+            "--replicas",
+            "2",
             "--log-format",
             "xml",
         ]);
@@ -291,6 +311,7 @@ mod tests {
                 "BERTH_SUBJECT_PREFIX",
                 "BERTH_HTTP_ADDR",
                 "BERTH_SHUTDOWN_GRACE_SECS",
+                "BERTH_REPLICAS",
                 "BERTH_LOG_FORMAT"
             ]
         );
