@@ -18,13 +18,14 @@ use std::collections::BTreeMap;
 
 use berth_domain::credential::{self, CredentialState};
 use berth_domain::owner::{self, OwnerState};
-use berth_domain::service::{self, CreateService, ServiceState, DEFAULT_REGION};
+use berth_domain::service::{self, CreateService, DeployRequest, ServiceState, DEFAULT_REGION};
 use berth_domain::{Aggregate, Ctx, DomainError};
 use berth_runtime::Secret;
 use berth_schemas::commands::{ImageCheckReply, ImageCheckRequest};
 use berth_schemas::ids::{CredentialId, DeployId, ServiceId};
 use berth_schemas::model::{
-    seal_context, EnvVars, NotifySetting, OverlapPolicy, Plan, ResolvedImage, ServiceType,
+    seal_context, DeployTrigger, EnvVars, NotifySetting, OverlapPolicy, Plan, ResolvedImage,
+    ServiceType,
 };
 use berth_schemas::AggregateId;
 use rand::RngCore;
@@ -391,6 +392,42 @@ impl Ingress {
             Some(c) if c.owner == caller.owner && state.exists() => Ok(state),
             _ => Err(IngressError::not_found("service", id)),
         }
+    }
+
+    /// Requests a deploy (trigger `api`) of the service's image, or of
+    /// another tag or digest of its repository (`image`). Returns its id.
+    pub async fn request_deploy(
+        &self,
+        caller: &Caller,
+        id: &ServiceId,
+        image: Option<&str>,
+    ) -> Result<DeployId, IngressError> {
+        let deploy = DeployId::generate();
+        let request = match image {
+            Some(i) => DeployRequest::with_image(deploy.clone(), DeployTrigger::Api, i),
+            None => DeployRequest::new(deploy.clone(), DeployTrigger::Api),
+        };
+        exec::run(
+            &self.store,
+            &AggregateId::Service(id.clone()),
+            &format!("deploy-{deploy}"),
+            &caller.actor,
+            service::fold,
+            |s: &ServiceState| match &s.config {
+                Some(c) if c.owner == caller.owner => service::decide(
+                    s,
+                    service::Command::RequestDeploy(request.clone()),
+                    &Ctx::default(),
+                ),
+                _ => Err(DomainError::NotFound {
+                    what: "service",
+                    id: String::new(),
+                }),
+            },
+        )
+        .await?;
+        tracing::info!(service.id = %id, deploy.id = %deploy, "deploy requested");
+        Ok(deploy)
     }
 
     /// Deletes the caller's service, then gives back its name and detaches

@@ -1,0 +1,206 @@
+//! Shared setup of the credential, create-service and resolver tests: a real
+//! nats-server with the event store under a unique prefix, a resolver
+//! component and the ingress application layer, plus helpers to read the
+//! log. Included with `mod resolver_support;` by each test file.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use berth_domain::service::ServiceState;
+use berth_eventlog::EventStore;
+use berth_ingress::{Caller, Ingress, IngressOptions, NewCredential};
+use berth_oci::RetryPolicy;
+use berth_resolver::{Resolver, ResolverOptions};
+use berth_runtime::{Secret, SecretKey};
+use berth_schemas::ids::{ApiKeyId, DeployId, OwnerId, ServiceId, UserId};
+use berth_schemas::model::{DeployStatus, RegistryKind};
+use berth_schemas::{AggregateId, Commit, Envelope};
+use berth_tests::eventlog::open_store;
+use berth_tests::{NatsServer, NatsVersion};
+use tokio_util::sync::CancellationToken;
+
+/// Resolver options for tests: millisecond retries, a small size limit.
+pub fn fast_options() -> ResolverOptions {
+    let mut o = ResolverOptions::default();
+    for c in [&mut o.deploy_client, &mut o.check_client] {
+        c.retry = RetryPolicy::fast();
+        c.max_image_size = 1_000_000;
+    }
+    o.ack_wait = Duration::from_secs(5);
+    o.retry_delay = Duration::from_millis(100);
+    o
+}
+
+/// One berth installation for a test: NATS, store, resolver, ingress.
+pub struct App {
+    pub nats: NatsServer,
+    pub store: EventStore,
+    pub key: SecretKey,
+    pub ingress: Ingress,
+    pub shutdown: CancellationToken,
+    pub resolver: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl App {
+    /// Everything running, the resolver with [`fast_options`].
+    pub async fn start() -> App {
+        Self::start_with(NatsVersion::Modern, Some(fast_options())).await
+    }
+
+    /// `resolver: None` starts no resolver (checks then find no responder).
+    pub async fn start_with(version: NatsVersion, resolver: Option<ResolverOptions>) -> App {
+        let nats = NatsServer::start(version).unwrap();
+        let client = nats.connect().await.unwrap();
+        let store = open_store(&client, 1).await.unwrap();
+        let key = SecretKey::from_base64(&SecretKey::generate_base64()).unwrap();
+        let shutdown = CancellationToken::new();
+        let resolver = match resolver {
+            Some(opts) => {
+                let r = Resolver::new(store.clone(), key.clone(), opts).unwrap();
+                let ready = berth_runtime::ReadyFlag::default();
+                let (sd, rd) = (shutdown.clone(), ready.clone());
+                let handle = tokio::spawn(async move {
+                    r.run(sd, Some(rd)).await.unwrap();
+                });
+                let t0 = std::time::Instant::now();
+                while !ready.get() {
+                    assert!(t0.elapsed() < Duration::from_secs(10), "resolver not ready");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Some(handle)
+            }
+            None => None,
+        };
+        let ingress = Ingress::start(
+            store.clone(),
+            key.clone(),
+            IngressOptions {
+                check_timeout: Duration::from_secs(10),
+                ..IngressOptions::default()
+            },
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        App {
+            nats,
+            store,
+            key,
+            ingress,
+            shutdown,
+            resolver,
+        }
+    }
+
+    /// A new owner (created in the log) and a caller acting for it.
+    pub async fn owner(&self) -> Caller {
+        let owner = OwnerId::User(UserId::generate());
+        self.ingress.ensure_owner(&owner, "test owner").await.unwrap();
+        Caller::api_key(owner, ApiKeyId::generate())
+    }
+
+    /// A `GENERIC` credential for `host`.
+    pub async fn credential(
+        &self,
+        caller: &Caller,
+        host: &str,
+        user: &str,
+        token: &str,
+    ) -> berth_schemas::ids::CredentialId {
+        self.ingress
+            .add_credential(
+                caller,
+                NewCredential {
+                    name: format!("{user} at {host}"),
+                    registry: RegistryKind::Generic,
+                    host: Some(host.to_owned()),
+                    username: user.to_owned(),
+                    token: Secret::new(token),
+                },
+            )
+            .await
+            .unwrap()
+            .id
+    }
+
+    /// The last sequence of the event stream.
+    pub async fn last_seq(&self) -> u64 {
+        self.store.last_stream_seq().await.unwrap()
+    }
+
+    /// Every raw message of the event stream: subject, payload, and the
+    /// headers flattened to bytes.
+    pub async fn raw_log(&self) -> Vec<(String, Vec<u8>, Vec<u8>)> {
+        let stream = self
+            .store
+            .jetstream()
+            .get_stream(self.store.subjects().events_stream())
+            .await
+            .unwrap();
+        let last = self.last_seq().await;
+        let mut out = Vec::new();
+        for seq in 1..=last {
+            if let Ok(m) = stream.get_raw_message(seq).await {
+                let mut bytes = Vec::new();
+                for (k, vs) in m.headers.iter() {
+                    bytes.extend_from_slice(k.to_string().as_bytes());
+                    for v in vs {
+                        bytes.extend_from_slice(v.as_str().as_bytes());
+                    }
+                }
+                out.push((m.subject.to_string(), m.payload.to_vec(), bytes));
+            }
+        }
+        out
+    }
+
+    /// Every envelope in the log, in order.
+    pub async fn envelopes(&self) -> Vec<Envelope> {
+        self.raw_log()
+            .await
+            .iter()
+            .filter_map(|(_, payload, _)| Commit::decode(payload).ok())
+            .flat_map(|c| c.events)
+            .collect()
+    }
+
+    /// The events of one aggregate.
+    pub async fn events_of(&self, id: &AggregateId) -> Vec<Envelope> {
+        self.store.load(id).await.unwrap().events
+    }
+
+    /// Waits until the deploy is no longer waiting for its digest (resolved
+    /// or failed); returns the service state then.
+    pub async fn await_deploy(
+        &self,
+        caller: &Caller,
+        service: &ServiceId,
+        deploy: &DeployId,
+    ) -> ServiceState {
+        let t0 = std::time::Instant::now();
+        loop {
+            let s = self.ingress.show_service(caller, service).await.unwrap();
+            let d = s.deploy(deploy).unwrap();
+            if d.resolved.is_some() || d.status != DeployStatus::UpdateInProgress {
+                return s;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "deploy {deploy} still waits for its digest: {d:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// True when `needle` occurs in `hay`.
+pub fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
