@@ -40,7 +40,9 @@ async fn credentials_are_listed_shown_rotated_and_owner_scoped() {
     assert_eq!(a.name, "ci bot");
     assert_eq!(a.registry, RegistryKind::Github);
     assert!(a.updated_at.is_some());
-    let b = app.credential(&bob, "registry.example.com", "bob", "bobs-token").await;
+    let b = app
+        .credential(&bob, "registry.example.com", "bob", "bobs-token")
+        .await;
 
     // Lists are per owner and read-your-writes.
     let listed = app.ingress.list_credentials(&alice).await.unwrap();
@@ -73,7 +75,10 @@ async fn credentials_are_listed_shown_rotated_and_owner_scoped() {
             )
             .await
             .unwrap_err(),
-        app.ingress.remove_credential(&bob, &a.id).await.unwrap_err(),
+        app.ingress
+            .remove_credential(&bob, &a.id)
+            .await
+            .unwrap_err(),
         app.ingress
             .show_credential(&alice, &CredentialId::generate())
             .await
@@ -105,7 +110,10 @@ async fn credentials_are_listed_shown_rotated_and_owner_scoped() {
     assert!(rotated.updated_at >= a.updated_at);
     let events = app.events_of(&AggregateId::Credential(a.id.clone())).await;
     assert_eq!(events.len(), before + 1);
-    assert_eq!(events.last().unwrap().event.type_name(), "credential_rotated");
+    assert_eq!(
+        events.last().unwrap().event.type_name(),
+        "credential_rotated"
+    );
     assert_eq!(
         app.ingress.list_credentials(&alice).await.unwrap(),
         vec![rotated]
@@ -132,7 +140,12 @@ async fn credentials_are_listed_shown_rotated_and_owner_scoped() {
 
     // Removal of an unused credential; it is gone for everyone.
     app.ingress.remove_credential(&alice, &a.id).await.unwrap();
-    assert!(app.ingress.list_credentials(&alice).await.unwrap().is_empty());
+    assert!(app
+        .ingress
+        .list_credentials(&alice)
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(
         app.ingress
             .show_credential(&alice, &a.id)
@@ -158,7 +171,9 @@ async fn removal_is_refused_while_in_use_and_allowed_after_the_service_is_delete
     let app = App::start().await;
     let alice = app.owner().await;
     let bob = app.owner().await;
-    let cred = app.credential(&alice, &reg.host, "ci", "right-password").await;
+    let cred = app
+        .credential(&alice, &reg.host, "ci", "right-password")
+        .await;
 
     let mut new = NewService::new(
         "api",
@@ -166,7 +181,11 @@ async fn removal_is_refused_while_in_use_and_allowed_after_the_service_is_delete
         &format!("{}/team/app:v1", reg.host),
     );
     new.credential = Some(cred.clone());
-    let created = app.ingress.create_service(&alice, new.clone()).await.unwrap();
+    let created = app
+        .ingress
+        .create_service(&alice, new.clone())
+        .await
+        .unwrap();
 
     // Bob cannot attach alice's credential: not found, nothing appended.
     let seq = app.last_seq().await;
@@ -177,7 +196,11 @@ async fn removal_is_refused_while_in_use_and_allowed_after_the_service_is_delete
     assert_eq!(app.last_seq().await, seq);
 
     // In use: 409 naming the service; nothing appended.
-    let err = app.ingress.remove_credential(&alice, &cred).await.unwrap_err();
+    let err = app
+        .ingress
+        .remove_credential(&alice, &cred)
+        .await
+        .unwrap_err();
     assert_eq!(err.http_status(), 409, "{err}");
     match &err {
         IngressError::Rejected(DomainError::CredentialInUse { services }) => {
@@ -189,7 +212,10 @@ async fn removal_is_refused_while_in_use_and_allowed_after_the_service_is_delete
     assert_eq!(app.last_seq().await, seq);
 
     // Delete the service: name released, credential detached, removal allowed.
-    app.ingress.delete_service(&alice, &created.id).await.unwrap();
+    app.ingress
+        .delete_service(&alice, &created.id)
+        .await
+        .unwrap();
     app.ingress.remove_credential(&alice, &cred).await.unwrap();
     let types: Vec<_> = app
         .events_of(&AggregateId::Credential(cred.clone()))

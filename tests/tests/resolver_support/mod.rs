@@ -102,7 +102,10 @@ impl App {
     /// A new owner (created in the log) and a caller acting for it.
     pub async fn owner(&self) -> Caller {
         let owner = OwnerId::User(UserId::generate());
-        self.ingress.ensure_owner(&owner, "test owner").await.unwrap();
+        self.ingress
+            .ensure_owner(&owner, "test owner")
+            .await
+            .unwrap();
         Caller::api_key(owner, ApiKeyId::generate())
     }
 
