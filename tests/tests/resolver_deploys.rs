@@ -1,0 +1,317 @@
+//! The resolver end to end: a service's initial deploy gets `image_resolved`
+//! with the pushed digest (and the index digest for a multi-platform
+//! index); a deploy of a deleted tag records `image_pull_failed` with
+//! `image_not_found` and fails the deploy; a pinned digest resolves to
+//! itself; a rotated token is what the next resolve uses; redelivered events
+//! append nothing new.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod resolver_support;
+
+use std::time::Duration;
+
+use berth_ingress::{NewService, Rotation};
+use berth_runtime::Secret;
+use berth_schemas::model::{DeployStatus, OverlapPolicy, PullFailureReason, ServiceType};
+use berth_schemas::{Actor, AggregateId, Event};
+use berth_tests::image::{small_image, Platform};
+use berth_tests::registry::{Registry, RegistryAuth};
+use berth_tests::NatsVersion;
+use resolver_support::{fast_options, App};
+
+fn worker(name: &str, image: &str) -> NewService {
+    let mut s = NewService::new(name, ServiceType::BackgroundWorker, image);
+    // A new deploy replaces the running one at once: there is no puller in
+    // these tests to move deploys past "pulling".
+    s.overlap_policy = Some(OverlapPolicy::Cancel);
+    s
+}
+
+async fn initial_deploys_resolve(version: NatsVersion) {
+    let reg = Registry::start(RegistryAuth::None).await.unwrap();
+    let amd = small_image("amd64").unwrap();
+    let arm = small_image("arm64").unwrap();
+    reg.push_image("team/app", "v1", &amd).await.unwrap();
+    let index = reg
+        .push_index(
+            "team/multi",
+            "v1",
+            &[
+                (Platform::linux("arm64"), &arm),
+                (Platform::linux("amd64"), &amd),
+            ],
+            false,
+        )
+        .await
+        .unwrap();
+    let app = App::start_with(version, Some(fast_options())).await;
+    let alice = app.owner().await;
+
+    let single = app
+        .ingress
+        .create_service(
+            &alice,
+            worker("single", &format!("{}/team/app:v1", reg.host)),
+        )
+        .await
+        .unwrap();
+    let multi = app
+        .ingress
+        .create_service(
+            &alice,
+            worker("multi", &format!("{}/team/multi:v1", reg.host)),
+        )
+        .await
+        .unwrap();
+    let pinned = app
+        .ingress
+        .create_service(
+            &alice,
+            worker("pinned", &format!("{}/team/app@{}", reg.host, amd.digest)),
+        )
+        .await
+        .unwrap();
+
+    let s = app.await_deploy(&alice, &single.id, &single.deploy).await;
+    let r = s.deploy(&single.deploy).unwrap().resolved.clone().unwrap();
+    assert_eq!(r.digest, amd.digest);
+    assert_eq!(r.index_digest, None);
+    assert_eq!(r.compressed_size, amd.compressed_size);
+
+    let s = app.await_deploy(&alice, &multi.id, &multi.deploy).await;
+    let r = s.deploy(&multi.deploy).unwrap().resolved.clone().unwrap();
+    assert_eq!(r.digest, amd.digest, "the linux/amd64 manifest is chosen");
+    assert_eq!(r.index_digest.as_deref(), Some(index.digest.as_str()));
+
+    let s = app.await_deploy(&alice, &pinned.id, &pinned.deploy).await;
+    assert_eq!(
+        s.deploy(&pinned.deploy).unwrap().digest(),
+        Some(amd.digest.as_str())
+    );
+
+    // The event as recorded: by the resolver, correlated with the deploy,
+    // caused by the deploy_started event.
+    let events = app
+        .events_of(&AggregateId::Service(single.id.clone()))
+        .await;
+    let started = events
+        .iter()
+        .find(|e| matches!(e.event, Event::DeployStarted(_)))
+        .unwrap();
+    let resolved = events
+        .iter()
+        .filter(|e| matches!(e.event, Event::ImageResolved(_)))
+        .collect::<Vec<_>>();
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(resolved[0].actor, Actor::system("resolver"));
+    assert_eq!(resolved[0].correlation_id.as_ref(), Some(&single.deploy));
+    assert_eq!(
+        resolved[0].causation_id.as_deref(),
+        Some(started.id.as_str())
+    );
+}
+
+#[tokio::test]
+async fn initial_deploys_resolve_on_modern_nats() {
+    initial_deploys_resolve(NatsVersion::Modern).await;
+}
+
+#[tokio::test]
+async fn initial_deploys_resolve_on_legacy_nats() {
+    initial_deploys_resolve(NatsVersion::Legacy).await;
+}
+
+#[tokio::test]
+async fn a_deleted_tag_fails_the_deploy_with_image_not_found() {
+    let reg = Registry::start(RegistryAuth::None).await.unwrap();
+    let img = small_image("amd64").unwrap();
+    reg.push_image("team/app", "v1", &img).await.unwrap();
+    let app = App::start().await;
+    let alice = app.owner().await;
+    let image = format!("{}/team/app:v1", reg.host);
+    let svc = app
+        .ingress
+        .create_service(&alice, worker("app", &image))
+        .await
+        .unwrap();
+    app.await_deploy(&alice, &svc.id, &svc.deploy).await;
+
+    reg.delete_manifest("team/app", &img.digest).await.unwrap();
+    let deploy = app
+        .ingress
+        .request_deploy(&alice, &svc.id, None)
+        .await
+        .unwrap();
+    let s = app.await_deploy(&alice, &svc.id, &deploy).await;
+    let d = s.deploy(&deploy).unwrap();
+    assert_eq!(d.status, DeployStatus::UpdateFailed, "{d:?}");
+    assert!(d.resolved.is_none());
+    let events = app.events_of(&AggregateId::Service(svc.id.clone())).await;
+    let failed: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::ImagePullFailed(f) => Some(f.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].reason, PullFailureReason::ImageNotFound);
+    assert_eq!(failed[0].image, image);
+    assert_eq!(failed[0].deploy.as_ref(), Some(&deploy));
+    assert!(events
+        .iter()
+        .any(|e| matches!(&e.event, Event::DeployFailed(f) if f.deploy == deploy)));
+}
+
+#[tokio::test]
+async fn a_rotated_token_is_used_by_the_next_resolve() {
+    let reg = Registry::start(RegistryAuth::Htpasswd {
+        user: "ci".into(),
+        pass: "right".into(),
+    })
+    .await
+    .unwrap();
+    let img = small_image("amd64").unwrap();
+    reg.push_image("team/app", "v1", &img).await.unwrap();
+    let app = App::start().await;
+    let alice = app.owner().await;
+    let cred = app.credential(&alice, &reg.host, "ci", "right").await;
+    let mut new = worker("app", &format!("{}/team/app:v1", reg.host));
+    new.credential = Some(cred.clone());
+    let svc = app.ingress.create_service(&alice, new).await.unwrap();
+    let s = app.await_deploy(&alice, &svc.id, &svc.deploy).await;
+    assert_eq!(
+        s.deploy(&svc.deploy).unwrap().digest(),
+        Some(img.digest.as_str())
+    );
+
+    let rotate = |token: &str| Rotation {
+        token: Secret::new(token),
+        username: None,
+        name: None,
+    };
+    // Rotated to a wrong token: the next deploy is unauthorized.
+    app.ingress
+        .rotate_credential(&alice, &cred, rotate("wrong"))
+        .await
+        .unwrap();
+    let d1 = app
+        .ingress
+        .request_deploy(&alice, &svc.id, None)
+        .await
+        .unwrap();
+    let s = app.await_deploy(&alice, &svc.id, &d1).await;
+    assert_eq!(s.deploy(&d1).unwrap().status, DeployStatus::UpdateFailed);
+    let events = app.events_of(&AggregateId::Service(svc.id.clone())).await;
+    assert!(events.iter().any(|e| matches!(&e.event,
+        Event::ImagePullFailed(f) if f.deploy.as_ref() == Some(&d1) && f.reason == PullFailureReason::Unauthorized)));
+
+    // Rotated back to the right one: the next deploy resolves.
+    app.ingress
+        .rotate_credential(&alice, &cred, rotate("right"))
+        .await
+        .unwrap();
+    let d2 = app
+        .ingress
+        .request_deploy(&alice, &svc.id, None)
+        .await
+        .unwrap();
+    let s = app.await_deploy(&alice, &svc.id, &d2).await;
+    assert_eq!(s.deploy(&d2).unwrap().digest(), Some(img.digest.as_str()));
+}
+
+#[tokio::test]
+async fn a_restarted_resolver_handles_what_it_missed_and_appends_nothing_twice() {
+    let reg = Registry::start(RegistryAuth::None).await.unwrap();
+    let img = small_image("amd64").unwrap();
+    reg.push_image("team/app", "v1", &img).await.unwrap();
+    let mut app = App::start().await;
+    let alice = app.owner().await;
+    let svc = app
+        .ingress
+        .create_service(&alice, worker("app", &format!("{}/team/app:v1", reg.host)))
+        .await
+        .unwrap();
+    app.await_deploy(&alice, &svc.id, &svc.deploy).await;
+
+    // Stop the resolver; request a deploy while it is away.
+    let old_shutdown = std::mem::take(&mut app.shutdown);
+    old_shutdown.cancel();
+    app.resolver.take().unwrap().await.unwrap();
+    let deploy = app
+        .ingress
+        .request_deploy(&alice, &svc.id, None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = app.ingress.show_service(&alice, &svc.id).await;
+    // The ingress read model stopped with the old token; show reads the log.
+    let s = s.unwrap();
+    assert!(s.deploy(&deploy).unwrap().resolved.is_none());
+
+    // A new resolver on the same durable consumer picks it up.
+    let r =
+        berth_resolver::Resolver::new(app.store.clone(), app.key.clone(), fast_options()).unwrap();
+    let shutdown = app.shutdown.clone();
+    app.resolver = Some(tokio::spawn(
+        async move { r.run(shutdown, None).await.unwrap() },
+    ));
+    let s = app.await_deploy(&alice, &svc.id, &deploy).await;
+    assert_eq!(
+        s.deploy(&deploy).unwrap().digest(),
+        Some(img.digest.as_str())
+    );
+
+    // Every deploy_started was handled once: one image_resolved per deploy.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = app.events_of(&AggregateId::Service(svc.id.clone())).await;
+    let resolved = events
+        .iter()
+        .filter(|e| matches!(e.event, Event::ImageResolved(_)))
+        .count();
+    assert_eq!(resolved, 2, "{events:#?}");
+
+    // Every event delivered again (a second durable consumer replays the
+    // whole log): each decision is re-made against current state and
+    // appends nothing.
+    let before = app.last_seq().await;
+    let mut opts = fast_options();
+    opts.consumer = "replay".into();
+    let r = berth_resolver::Resolver::new(app.store.clone(), app.key.clone(), opts).unwrap();
+    let shutdown = app.shutdown.clone();
+    let replay = tokio::spawn(async move { r.run(shutdown, None).await.unwrap() });
+    let stream = app
+        .store
+        .jetstream()
+        .get_stream(app.store.subjects().events_stream())
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Ok(mut c) = stream
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>("replay")
+            .await
+        {
+            let info = c.info().await.unwrap();
+            if info.num_pending == 0
+                && info.num_ack_pending == 0
+                && info.delivered.stream_sequence >= before
+            {
+                break;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "replay did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        app.last_seq().await,
+        before,
+        "a replayed event appended something"
+    );
+    app.shutdown.cancel();
+    replay.await.unwrap();
+}
