@@ -1,0 +1,1 @@
+//! Pull and unpack benchmark (issue 4's performance bars).
