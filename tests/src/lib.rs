@@ -18,6 +18,7 @@
 
 pub mod eventlog;
 pub mod image;
+pub mod layers;
 mod nats;
 pub mod registry;
 

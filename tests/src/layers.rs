@@ -1,0 +1,264 @@
+//! Tar layers with everything the unpacker must handle — directories with
+//! modes and owners, symlinks, hard links, OCI whiteouts and opaque
+//! markers, device nodes, and hostile names (`..`, absolute paths) written
+//! with raw headers (the `tar` crate's path setters refuse those) — plus
+//! gzip/zstd/plain compression and images with per-layer media types,
+//! pushable with [`crate::registry::Registry::push_image`].
+
+use std::io::Write as _;
+
+use anyhow::Result;
+use serde_json::json;
+use tar::{EntryType, Header};
+
+use crate::image::{sha256, Image, Layer};
+
+/// One tar entry.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Entry type.
+    pub kind: EntryType,
+    /// Name bytes exactly as written (may be hostile).
+    pub name: Vec<u8>,
+    /// Link target for symlinks and hard links.
+    pub link: Vec<u8>,
+    /// File content.
+    pub data: Vec<u8>,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u64,
+    /// Group.
+    pub gid: u64,
+    /// Extra PAX records (e.g. `SCHILY.xattr.user.x`).
+    pub pax: Vec<(String, Vec<u8>)>,
+}
+
+impl Entry {
+    fn new(kind: EntryType, name: &str) -> Self {
+        Self {
+            kind,
+            name: name.as_bytes().to_vec(),
+            link: Vec::new(),
+            data: Vec::new(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            pax: Vec::new(),
+        }
+    }
+
+    /// A directory, mode 0755.
+    pub fn dir(name: &str) -> Self {
+        Self::new(EntryType::Directory, name).mode(0o755)
+    }
+
+    /// A regular file, mode 0644.
+    pub fn file(name: &str, data: &[u8]) -> Self {
+        let mut e = Self::new(EntryType::Regular, name);
+        e.data = data.to_vec();
+        e
+    }
+
+    /// A symlink `name -> target` (stored as-is).
+    pub fn symlink(name: &str, target: &str) -> Self {
+        let mut e = Self::new(EntryType::Symlink, name).mode(0o777);
+        e.link = target.as_bytes().to_vec();
+        e
+    }
+
+    /// A hard link `name` to `target`.
+    pub fn hardlink(name: &str, target: &str) -> Self {
+        let mut e = Self::new(EntryType::Link, name);
+        e.link = target.as_bytes().to_vec();
+        e
+    }
+
+    /// `dir/.wh.name`: deletes `dir/name` of lower layers.
+    pub fn whiteout(path: &str) -> Self {
+        let (dir, name) = match path.rsplit_once('/') {
+            Some((d, n)) => (format!("{d}/"), n),
+            None => (String::new(), path),
+        };
+        Self::file(&format!("{dir}.wh.{name}"), b"")
+    }
+
+    /// `dir/.wh..wh..opq`: `dir` is opaque.
+    pub fn opaque(dir: &str) -> Self {
+        Self::file(&format!("{}/.wh..wh..opq", dir.trim_end_matches('/')), b"")
+    }
+
+    /// A character device node.
+    pub fn char_device(name: &str) -> Self {
+        Self::new(EntryType::Char, name)
+    }
+
+    /// A fifo.
+    pub fn fifo(name: &str) -> Self {
+        Self::new(EntryType::Fifo, name)
+    }
+
+    /// Any entry type with raw name/link bytes.
+    pub fn raw(kind: EntryType, name: &[u8], link: &[u8], data: &[u8]) -> Self {
+        Self {
+            kind,
+            name: name.to_vec(),
+            link: link.to_vec(),
+            data: data.to_vec(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            pax: Vec::new(),
+        }
+    }
+
+    /// With permission bits.
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// With owner.
+    pub fn owner(mut self, uid: u64, gid: u64) -> Self {
+        self.uid = uid;
+        self.gid = gid;
+        self
+    }
+
+    /// With an extended attribute (PAX `SCHILY.xattr.<name>`).
+    pub fn xattr(mut self, name: &str, value: &[u8]) -> Self {
+        self.pax
+            .push((format!("SCHILY.xattr.{name}"), value.to_vec()));
+        self
+    }
+}
+
+fn long_entry(b: &mut tar::Builder<Vec<u8>>, kind: EntryType, value: &[u8]) -> Result<()> {
+    let mut h = Header::new_gnu();
+    h.set_entry_type(kind);
+    h.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+    let mut data = value.to_vec();
+    data.push(0);
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append(&h, data.as_slice())?;
+    Ok(())
+}
+
+/// The uncompressed tar of `entries`, headers written raw (names are not
+/// validated or cleaned).
+pub fn tar_bytes(entries: &[Entry]) -> Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        if !e.pax.is_empty() {
+            b.append_pax_extensions(e.pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+        }
+        if e.name.len() > 100 {
+            long_entry(&mut b, EntryType::GNULongName, &e.name)?;
+        }
+        if e.link.len() > 100 {
+            long_entry(&mut b, EntryType::GNULongLink, &e.link)?;
+        }
+        let mut h = Header::new_gnu();
+        h.set_entry_type(e.kind);
+        let n = e.name.len().min(100);
+        h.as_old_mut().name[..n].copy_from_slice(&e.name[..n]);
+        let l = e.link.len().min(100);
+        h.as_old_mut().linkname[..l].copy_from_slice(&e.link[..l]);
+        h.set_size(e.data.len() as u64);
+        h.set_mode(e.mode);
+        h.set_uid(e.uid);
+        h.set_gid(e.gid);
+        h.set_mtime(1_600_000_000);
+        if matches!(e.kind, EntryType::Char | EntryType::Block) {
+            h.set_device_major(1)?;
+            h.set_device_minor(3)?;
+        }
+        h.set_cksum();
+        b.append(&h, e.data.as_slice())?;
+    }
+    Ok(b.into_inner()?)
+}
+
+/// Layer compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comp {
+    /// Plain tar.
+    None,
+    /// gzip.
+    Gzip,
+    /// zstd.
+    Zstd,
+}
+
+impl Comp {
+    /// The OCI media type.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Comp::None => "application/vnd.oci.image.layer.v1.tar",
+            Comp::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            Comp::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        }
+    }
+
+    /// Compress `raw`.
+    pub fn compress(self, raw: &[u8]) -> Result<Vec<u8>> {
+        Ok(match self {
+            Comp::None => raw.to_vec(),
+            Comp::Gzip => {
+                let mut gz =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                gz.write_all(raw)?;
+                gz.finish()?
+            }
+            Comp::Zstd => {
+                ruzstd::encoding::compress_to_vec(raw, ruzstd::encoding::CompressionLevel::Fastest)
+            }
+        })
+    }
+}
+
+/// A layer of `entries` compressed with `comp`.
+pub fn layer(entries: &[Entry], comp: Comp) -> Result<(Layer, Comp)> {
+    let raw = tar_bytes(entries)?;
+    let blob = comp.compress(&raw)?;
+    Ok((
+        Layer {
+            digest: sha256(&blob),
+            diff_id: sha256(&raw),
+            blob,
+        },
+        comp,
+    ))
+}
+
+/// A linux/amd64 OCI image whose layers carry their own media types.
+pub fn image(layers: Vec<(Layer, Comp)>) -> Result<Image> {
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": { "Cmd": ["/bin/sh"] },
+        "rootfs": { "type": "layers", "diff_ids": layers.iter().map(|(l, _)| l.diff_id.clone()).collect::<Vec<_>>() },
+    }))?;
+    let config_digest = sha256(&config);
+    let manifest = serde_json::to_vec_pretty(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len() },
+        "layers": layers.iter().map(|(l, c)| json!({
+            "mediaType": c.media_type(), "digest": l.digest, "size": l.blob.len(),
+        })).collect::<Vec<_>>(),
+    }))?;
+    let compressed_size =
+        config.len() as u64 + layers.iter().map(|(l, _)| l.blob.len() as u64).sum::<u64>();
+    Ok(Image {
+        digest: sha256(&manifest),
+        config_digest,
+        config,
+        layers: layers.into_iter().map(|(l, _)| l).collect(),
+        manifest,
+        media_type: "application/vnd.oci.image.manifest.v1+json",
+        compressed_size,
+    })
+}
