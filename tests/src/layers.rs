@@ -207,8 +207,7 @@ impl Comp {
         Ok(match self {
             Comp::None => raw.to_vec(),
             Comp::Gzip => {
-                let mut gz =
-                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                 gz.write_all(raw)?;
                 gz.finish()?
             }

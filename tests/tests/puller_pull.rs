@@ -60,7 +60,11 @@ fn assert_store_consistent(root: &Path) {
             let e = e.unwrap();
             let bytes = std::fs::read(e.path()).unwrap();
             let want = format!("sha256:{}", e.file_name().to_string_lossy());
-            assert_eq!(berth_tests::image::sha256(&bytes), want, "bad blob in store");
+            assert_eq!(
+                berth_tests::image::sha256(&bytes),
+                want,
+                "bad blob in store"
+            );
         }
     }
 }
@@ -116,7 +120,11 @@ async fn cold_warm_then_deleted() {
 
     reg.delete_manifest("app/web", &img.digest).await.unwrap();
     let err = p.pull(&req, &noop).await.unwrap_err();
-    assert_eq!(err.reason(), Some(PullFailureReason::ImageNotFound), "{err}");
+    assert_eq!(
+        err.reason(),
+        Some(PullFailureReason::ImageNotFound),
+        "{err}"
+    );
     // The layers are still cached: the failure came from the registry.
     for l in &img.layers {
         let d = Digest::parse(&l.digest).unwrap();
@@ -140,12 +148,25 @@ async fn corrupted_blob_is_digest_mismatch_and_nothing_committed() {
         credential: None,
     };
     let err = p.pull(&req, &noop).await.unwrap_err();
-    assert_eq!(err.reason(), Some(PullFailureReason::DigestMismatch), "{err}");
+    assert_eq!(
+        err.reason(),
+        Some(PullFailureReason::DigestMismatch),
+        "{err}"
+    );
     assert!(!dir.path().join("blobs/sha256").join(&bad[7..]).exists());
-    assert_eq!(std::fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("ingest"))
+            .unwrap()
+            .count(),
+        0
+    );
     assert_store_consistent(dir.path());
     // Nothing to unpack either.
-    let e = unpack_image(p.store(), &Digest::parse(&img.digest).unwrap(), &UnpackOptions::default());
+    let e = unpack_image(
+        p.store(),
+        &Digest::parse(&img.digest).unwrap(),
+        &UnpackOptions::default(),
+    );
     assert!(e.is_err());
 }
 
@@ -218,7 +239,10 @@ async fn pull_and_unpack_gzip_zstd_and_plain_layers() {
         )
         .unwrap(),
         layers::layer(
-            &[Entry::whiteout("etc/old"), Entry::file("bin/tool", b"#!").mode(0o755)],
+            &[
+                Entry::whiteout("etc/old"),
+                Entry::file("bin/tool", b"#!").mode(0o755),
+            ],
             Comp::Zstd,
         )
         .unwrap(),
@@ -249,13 +273,19 @@ async fn pull_and_unpack_gzip_zstd_and_plain_layers() {
     .unwrap()
     .unwrap();
     assert_eq!(rootfs, p.store().tree_path(&pulled.digest));
-    assert_eq!(std::fs::read(rootfs.join("etc/os-release")).unwrap(), b"berth");
+    assert_eq!(
+        std::fs::read(rootfs.join("etc/os-release")).unwrap(),
+        b"berth"
+    );
     assert!(!rootfs.join("etc/old").exists());
     assert_eq!(std::fs::read(rootfs.join("bin/tool")).unwrap(), b"#!");
     assert!(!rootfs.join("var/cache/x").exists());
     assert_eq!(std::fs::read(rootfs.join("var/cache/y")).unwrap(), b"y");
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(rootfs.join("bin/tool")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(rootfs.join("bin/tool"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o7777, 0o755);
     assert_eq!(
         std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
@@ -283,7 +313,10 @@ async fn wrong_diff_id_is_refused_and_leaves_no_tree() {
     let e = unpack_image(p.store(), &pulled.digest, &UnpackOptions::default()).unwrap_err();
     assert!(matches!(e, UnpackError::DiffIdMismatch { .. }), "{e}");
     assert!(!p.store().has_tree(&pulled.digest));
-    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -321,9 +354,12 @@ async fn gc_keeps_referenced_and_drops_the_rest() {
     assert!(p.store().has_tree(&da));
     assert!(!p.store().has_tree(&db));
     for l in &a.layers {
-        assert!(p.store().has(&Digest::parse(&l.digest).unwrap(), l.blob.len() as u64));
+        assert!(p
+            .store()
+            .has(&Digest::parse(&l.digest).unwrap(), l.blob.len() as u64));
     }
-    assert!(!p
-        .store()
-        .has(&Digest::parse(&b.layers[0].digest).unwrap(), b.layers[0].blob.len() as u64));
+    assert!(!p.store().has(
+        &Digest::parse(&b.layers[0].digest).unwrap(),
+        b.layers[0].blob.len() as u64
+    ));
 }

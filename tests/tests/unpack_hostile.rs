@@ -77,7 +77,11 @@ fn apply(s: &Scene, entries: &[Entry], limits: UnpackLimits) -> Result<(), Unpac
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(names.len(), 2, "something appeared beside the target: {names:?}");
+    assert_eq!(
+        names.len(),
+        2,
+        "something appeared beside the target: {names:?}"
+    );
     r
 }
 
@@ -93,7 +97,11 @@ fn traversal_is_refused() {
     let s = scene();
     let e = refused(&s, &[Entry::file("../canary/keep", b"pwned")], "traversal");
     assert!(matches!(e, UnpackError::UnsafePath { .. }));
-    refused(&s, &[Entry::file("a/../../canary/x", b"pwned")], "traversal");
+    refused(
+        &s,
+        &[Entry::file("a/../../canary/x", b"pwned")],
+        "traversal",
+    );
     refused(&s, &[Entry::dir("..")], "traversal");
 }
 
@@ -111,7 +119,10 @@ fn symlink_escape_is_refused() {
     let abs = s.canary.display().to_string();
     let e = refused(
         &s,
-        &[Entry::symlink("link", &abs), Entry::file("link/file", b"pwned")],
+        &[
+            Entry::symlink("link", &abs),
+            Entry::file("link/file", b"pwned"),
+        ],
         "symlink",
     );
     assert!(matches!(e, UnpackError::SymlinkParent { .. }), "{e:?}");
@@ -147,7 +158,11 @@ fn hard_link_escape_is_refused() {
     let e = refused(&s, &[Entry::hardlink("pw", "/etc/passwd")], "hard link");
     assert!(matches!(e, UnpackError::HardLink { .. }), "{e:?}");
     let s = scene();
-    refused(&s, &[Entry::hardlink("k", "../canary/keep")], "outside the rootfs");
+    refused(
+        &s,
+        &[Entry::hardlink("k", "../canary/keep")],
+        "outside the rootfs",
+    );
     let s = scene();
     refused(
         &s,
@@ -171,7 +186,13 @@ fn expansion_bomb_is_refused() {
     };
     let e = apply(&s, &[Entry::file("bomb", &zeros)], limits).unwrap_err();
     assert!(
-        matches!(e, UnpackError::Limit { what: "expanded size", .. }),
+        matches!(
+            e,
+            UnpackError::Limit {
+                what: "expanded size",
+                ..
+            }
+        ),
         "{e:?}"
     );
     assert!(e.to_string().contains("exceeds the limit"), "{e}");
@@ -206,7 +227,14 @@ fn too_many_entries_are_refused() {
     };
     let e = apply(&s, &entries, limits).unwrap_err();
     assert!(
-        matches!(e, UnpackError::Limit { what: "entry count", limit: 100, .. }),
+        matches!(
+            e,
+            UnpackError::Limit {
+                what: "entry count",
+                limit: 100,
+                ..
+            }
+        ),
         "{e:?}"
     );
 }
@@ -217,7 +245,11 @@ fn over_long_paths_are_refused() {
     let long = vec!["d"; 2100].join("/");
     refused(&s, &[Entry::file(&long, b"x")], "longer than the limit");
     let s = scene();
-    refused(&s, &[Entry::file(&"n".repeat(300), b"x")], "longer than 255");
+    refused(
+        &s,
+        &[Entry::file(&"n".repeat(300), b"x")],
+        "longer than 255",
+    );
 }
 
 #[test]
