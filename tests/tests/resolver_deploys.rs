@@ -315,3 +315,54 @@ async fn a_restarted_resolver_handles_what_it_missed_and_appends_nothing_twice()
     app.shutdown.cancel();
     replay.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_stopped_registry_is_registry_unavailable_after_bounded_retries() {
+    let mut reg = Registry::start(RegistryAuth::None).await.unwrap();
+    let img = small_image("amd64").unwrap();
+    reg.push_image("team/app", "v1", &img).await.unwrap();
+    let app = App::start().await;
+    let alice = app.owner().await;
+    let svc = app
+        .ingress
+        .create_service(&alice, worker("app", &format!("{}/team/app:v1", reg.host)))
+        .await
+        .unwrap();
+    app.await_deploy(&alice, &svc.id, &svc.deploy).await;
+
+    // Creation checks see it too, and append nothing.
+    reg.stop();
+    let before = app.last_seq().await;
+    let e = app
+        .ingress
+        .create_service(
+            &alice,
+            worker("other", &format!("{}/team/app:v1", reg.host)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.pull_failure(),
+        Some(PullFailureReason::RegistryUnavailable),
+        "{e}"
+    );
+    assert_eq!(app.last_seq().await, before);
+
+    let t0 = std::time::Instant::now();
+    let deploy = app
+        .ingress
+        .request_deploy(&alice, &svc.id, None)
+        .await
+        .unwrap();
+    let s = app.await_deploy(&alice, &svc.id, &deploy).await;
+    assert_eq!(
+        s.deploy(&deploy).unwrap().status,
+        DeployStatus::UpdateFailed
+    );
+    // fast_options(): 20 ms doubling to 200 ms within 2 s.
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    let events = app.events_of(&AggregateId::Service(svc.id.clone())).await;
+    assert!(events.iter().any(|e| matches!(&e.event,
+        Event::ImagePullFailed(f) if f.deploy.as_ref() == Some(&deploy)
+            && f.reason == PullFailureReason::RegistryUnavailable)));
+}

@@ -35,6 +35,7 @@ use berth_schemas::ids::{ApiKeyId, OwnerId};
 use berth_schemas::{Actor, AggregateId};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use check::{CheckError, ImageChecker};
 pub use credentials::{CredentialView, NewCredential, Rotation};
@@ -96,12 +97,14 @@ pub struct Ingress {
 
 impl Ingress {
     /// Builds the read models from the log (snapshot + tail), then keeps
-    /// them following the log on a task that ends when `shutdown` fires.
+    /// them following the log on a task of `tracker` that ends when
+    /// `shutdown` fires.
     pub async fn start(
         store: EventStore,
         key: SecretKey,
         opts: IngressOptions,
         shutdown: CancellationToken,
+        tracker: &TaskTracker,
     ) -> Result<Self, IngressError> {
         let mut runner = ProjectionRunner::new(
             &store,
@@ -119,7 +122,7 @@ impl Ingress {
             .map_err(|e| IngressError::Store(e.to_string()))?;
         let credentials = runner.state();
         let applied = runner.applied();
-        tokio::spawn(async move {
+        tracker.spawn(async move {
             if let Err(e) = runner.run(shutdown).await {
                 tracing::error!(error = %e, "ingress read model stopped");
             }

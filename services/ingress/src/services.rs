@@ -225,7 +225,10 @@ impl Ingress {
         // 2. The credential.
         if let Some(cred) = &new.credential {
             if let Err(e) = self.attach(caller, &id, cred).await {
-                self.undo_create(caller, &id, &new.name, None).await;
+                // A refusal appended nothing; any other failure may have
+                // landed the attach, so take it back too.
+                let landed = (!matches!(e, IngressError::Rejected(_))).then_some(cred);
+                self.undo_create(caller, &id, &new.name, landed).await;
                 return Err(e);
             }
         }

@@ -86,6 +86,7 @@ impl App {
                 ..IngressOptions::default()
             },
             shutdown.clone(),
+            &tokio_util::task::TaskTracker::new(),
         )
         .await
         .unwrap();
