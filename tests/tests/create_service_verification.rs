@@ -52,6 +52,10 @@ async fn inaccessible_images_are_refused_and_append_nothing(version: NatsVersion
     let alice = app.owner().await;
     let right = app.credential(&alice, &reg.host, "ci", "right").await;
     let wrong = app.credential(&alice, &reg.host, "ci", "wrong").await;
+    // The right password, but made for another registry: never sent here.
+    let elsewhere = app
+        .credential(&alice, "registry.example.com", "ci", "right")
+        .await;
     let h = &reg.host;
 
     let cases = [
@@ -71,6 +75,12 @@ async fn inaccessible_images_are_refused_and_append_nothing(version: NatsVersion
             "wrong password",
             format!("{h}/team/app:v1"),
             Some(&wrong),
+            PullFailureReason::Unauthorized,
+        ),
+        (
+            "credential for another registry",
+            format!("{h}/team/app:v1"),
+            Some(&elsewhere),
             PullFailureReason::Unauthorized,
         ),
         (
