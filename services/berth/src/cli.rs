@@ -40,6 +40,9 @@ pub struct UpArgs {
     /// from, or created in, `$BERTH_DATA_DIR/secret.key`.
     #[arg(long, env = "BERTH_SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<String>,
+
+    #[command(flatten)]
+    pub resolver: berth_resolver::ResolverArgs,
 }
 
 #[derive(Debug, Args)]

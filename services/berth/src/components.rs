@@ -13,15 +13,16 @@ use berth_runtime::{Component, Config};
 use crate::projector::Projector;
 
 /// Every component name, in start order.
-pub const NAMES: &[&str] = &["projector"];
+pub const NAMES: &[&str] = &["projector", "resolver"];
 
 /// What components are built from: opened once per process and shared.
 #[derive(Debug, Clone)]
 pub struct ComponentDeps {
     pub store: Arc<EventStore>,
-    /// Seals and opens secrets (ingress and resolver, later issues).
-    #[allow(dead_code)]
+    /// Seals and opens secrets (registry tokens, hook keys).
     pub secret_key: Arc<SecretKey>,
+    /// The resolver's validated settings.
+    pub resolver: berth_resolver::ResolverOptions,
 }
 
 impl ComponentDeps {
@@ -30,6 +31,7 @@ impl ComponentDeps {
         client: async_nats::Client,
         config: &Config,
         secret_key: SecretKey,
+        resolver: berth_resolver::ResolverOptions,
     ) -> anyhow::Result<Self> {
         let store_config = StoreConfig {
             replicas: config.replicas,
@@ -41,20 +43,31 @@ impl ComponentDeps {
         Ok(Self {
             store: Arc::new(store),
             secret_key: Arc::new(secret_key),
+            resolver,
         })
     }
 }
 
 /// Builds the named component, or all of them when `only` is `None`.
 /// Names were validated against [`NAMES`] with the rest of the config.
-pub fn build(deps: &ComponentDeps, only: Option<&str>) -> Vec<Box<dyn Component>> {
+pub fn build(deps: &ComponentDeps, only: Option<&str>) -> anyhow::Result<Vec<Box<dyn Component>>> {
     NAMES
         .iter()
         .filter(|n| only.is_none_or(|o| o == **n))
-        .filter_map(|name| -> Option<Box<dyn Component>> {
+        .map(|name| -> anyhow::Result<Box<dyn Component>> {
             match *name {
-                "projector" => Some(Box::new(Projector::new(deps.store.clone()))),
-                _ => None,
+                "projector" => Ok(Box::new(Projector::new(deps.store.clone()))),
+                "resolver" => Ok(Box::new(
+                    berth_resolver::Resolver::new(
+                        (*deps.store).clone(),
+                        (*deps.secret_key).clone(),
+                        deps.resolver.clone(),
+                    )
+                    .context("building the resolver")?,
+                )),
+                other => Err(anyhow::anyhow!(
+                    "component {other:?} is listed but not built"
+                )),
             }
         })
         .collect()

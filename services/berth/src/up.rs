@@ -32,6 +32,7 @@ pub async fn run_one(args: RunArgs) -> Outcome {
 
 struct Validated {
     config: Config,
+    resolver: berth_resolver::ResolverOptions,
     secret_key: Option<String>,
     only: Option<&'static str>,
 }
@@ -40,6 +41,15 @@ struct Validated {
 fn validate(args: UpArgs, only: Option<String>) -> Result<Validated, berth_runtime::ConfigError> {
     let mut problems = Problems::default();
     let config = args.common.validate_into(&mut problems);
+    let resolver = args
+        .resolver
+        .validate()
+        .map_err(|errors| {
+            for e in errors {
+                problems.add("BERTH_RESOLVER_*", e);
+            }
+        })
+        .ok();
     if let Some(key) = &args.secret_key {
         if let Err(m) = secret::check(key) {
             problems.add("BERTH_SECRET_KEY", m);
@@ -61,11 +71,14 @@ fn validate(args: UpArgs, only: Option<String>) -> Result<Validated, berth_runti
             }
         },
     };
-    problems.finish(config).map(|config| Validated {
-        config,
-        secret_key: args.secret_key,
-        only,
-    })
+    problems
+        .finish(config.zip(resolver))
+        .map(|(config, resolver)| Validated {
+            config,
+            resolver,
+            secret_key: args.secret_key,
+            only,
+        })
 }
 
 async fn start(args: UpArgs, only: Option<String>) -> Outcome {
@@ -124,8 +137,8 @@ async fn serve(
         .await
         .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
 
-    let deps = ComponentDeps::open(client.clone(), &config, secret_key).await?;
-    let selected = components::build(&deps, v.only);
+    let deps = ComponentDeps::open(client.clone(), &config, secret_key, v.resolver).await?;
+    let selected = components::build(&deps, v.only)?;
     let names: Vec<_> = selected.iter().map(|c| c.name()).collect();
 
     let http_addr = http.local_addr();
