@@ -22,8 +22,9 @@ struct Recorder {
     overlap_same_key: Mutex<bool>,
     max_running: Mutex<usize>,
     started: Notify,
-    /// Payload that never finishes (until the worker is killed).
-    hang_on: Option<String>,
+    /// Payload and delivery on which the handler never finishes (until
+    /// the worker is killed).
+    hang_on: Option<(String, i64)>,
 }
 
 impl WorkHandler for Recorder {
@@ -47,7 +48,11 @@ impl WorkHandler for Recorder {
             *max = (*max).max(total);
         }
         self.started.notify_one();
-        if self.hang_on.as_deref() == Some(body.as_str()) && job.delivered == 1 {
+        if self
+            .hang_on
+            .as_ref()
+            .is_some_and(|(b, d)| *b == body && *d == job.delivered)
+        {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -175,7 +180,7 @@ async fn worker_killed_mid_job_loses_nothing() {
             .unwrap();
 
         let first = Arc::new(Recorder {
-            hang_on: Some("crash-me".to_owned()),
+            hang_on: Some(("crash-me".to_owned(), 1)),
             ..Recorder::default()
         });
         let killed = tokio::spawn({
@@ -225,6 +230,126 @@ async fn worker_killed_mid_job_loses_nothing() {
         assert!(
             empty,
             "{version:?}: job still in the work stream after its ack"
+        );
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), worker)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_on_the_last_delivery_still_dead_letters() {
+    init_tracing();
+    for version in NatsVersion::BOTH {
+        let server = NatsServer::start(version).unwrap();
+        let client = server.connect().await.unwrap();
+        let store = open_store(&client, 1).await.unwrap();
+        let cfg = config();
+        let work_seq = store
+            .enqueue("resolve", "srv-a", "fail-then-hang".into(), "j-last")
+            .await
+            .unwrap();
+
+        // Fails on deliveries 1 and 2, hangs on the last (3rd) one.
+        let first = Arc::new(Recorder {
+            hang_on: Some(("fail-then-hang".to_owned(), cfg.max_deliver)),
+            ..Recorder::default()
+        });
+        let killed = tokio::spawn({
+            let (store, handler, cfg) = (store.clone(), first.clone(), cfg.clone());
+            async move {
+                store
+                    .run_worker(cfg, handler, CancellationToken::new())
+                    .await
+            }
+        });
+        wait_until("the last delivery", || {
+            first
+                .calls
+                .lock()
+                .unwrap()
+                .get("fail-then-hang")
+                .is_some_and(|d| d.contains(&cfg.max_deliver))
+        })
+        .await;
+        // Kill during the last delivery: no ack, no nak, no dead letter.
+        killed.abort();
+        let _ = killed.await;
+        // Let ack_wait run out while no worker runs: the server gives up on
+        // the job now, and its advisory must not be lost for lack of a
+        // listener.
+        tokio::time::sleep(cfg.ack_wait * 3).await;
+        let dlq = store
+            .jetstream()
+            .get_stream(store.subjects().dead_letter_stream())
+            .await
+            .unwrap();
+        assert!(
+            dlq.get_last_raw_message_by_subject(&store.subjects().dead_letter(&cfg.consumer))
+                .await
+                .is_err(),
+            "{version:?}: dead-lettered before any worker ran again"
+        );
+
+        let second = Arc::new(Recorder::default());
+        let shutdown = CancellationToken::new();
+        let worker = tokio::spawn({
+            let (store, handler, shutdown, cfg) =
+                (store.clone(), second.clone(), shutdown.clone(), cfg.clone());
+            async move { store.run_worker(cfg, handler, shutdown).await }
+        });
+        let mut dead = None;
+        for _ in 0..200 {
+            if let Ok(m) = dlq
+                .get_last_raw_message_by_subject(&store.subjects().dead_letter(&cfg.consumer))
+                .await
+            {
+                dead = Some(m);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let dead = dead.unwrap_or_else(|| panic!("{version:?}: job never dead-lettered"));
+        assert_eq!(&dead.payload[..], b"fail-then-hang", "{version:?}");
+        assert_eq!(
+            dead.headers.get("Berth-Dead-Stream-Seq").unwrap().as_str(),
+            work_seq.to_string(),
+            "{version:?}"
+        );
+        assert_eq!(
+            dead.headers.get("Berth-Dead-Deliveries").unwrap().as_str(),
+            cfg.max_deliver.to_string(),
+            "{version:?}"
+        );
+        assert_eq!(
+            dead.headers.get("Berth-Work-Key").unwrap().as_str(),
+            "srv-a",
+            "{version:?}: the job's own headers travel with it"
+        );
+        // Parked once, gone from the work stream, never run a fourth time.
+        let mut work = store
+            .jetstream()
+            .get_stream(store.subjects().work_stream())
+            .await
+            .unwrap();
+        let mut empty = false;
+        for _ in 0..40 {
+            if work.info().await.unwrap().state.messages == 0 {
+                empty = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(empty, "{version:?}: exhausted job left in the work stream");
+        tokio::time::sleep(cfg.ack_wait * 2).await;
+        let mut dlq = dlq;
+        assert_eq!(dlq.info().await.unwrap().state.messages, 1, "{version:?}");
+        assert!(
+            second.calls.lock().unwrap().is_empty(),
+            "{version:?}: exhausted job delivered again"
         );
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(5), worker)

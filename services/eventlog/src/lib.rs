@@ -21,6 +21,7 @@
 
 pub mod bench;
 mod cache;
+mod dead_letter;
 mod error;
 mod log;
 pub mod projection;

@@ -180,6 +180,11 @@ impl EventStore {
             },
         )
         .await?;
+        ensure_stream(
+            &js,
+            crate::dead_letter::advisory_stream_config(&subjects, cfg.replicas),
+        )
+        .await?;
         let snapshots =
             ensure_bucket(&js, &subjects.snapshot_bucket(), cfg.replicas, direct).await?;
         tracing::info!(

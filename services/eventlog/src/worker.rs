@@ -5,7 +5,9 @@
 //! fetching, let in-flight jobs finish within the grace period, nak the rest.
 //!
 //! A worker killed mid-job loses nothing: the job was not acked, so the
-//! server redelivers it after `ack_wait`.
+//! server redelivers it after `ack_wait`; killed during the last allowed
+//! delivery, the job reaches the dead-letter subject through the server's
+//! max-deliveries advisory (see `dead_letter`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,6 +23,7 @@ use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::{EventStore, StoreError};
 
@@ -146,6 +149,14 @@ impl EventStore {
                 what: format!("consumer {}", cfg.consumer),
                 reason: e.to_string(),
             })?;
+        // Jobs exhausted without a verdict (worker lost on the last
+        // delivery) reach the dead-letter subject through their advisories.
+        // Aborted with the worker: a killed worker takes it along.
+        let advisories = AbortOnDropHandle::new(tokio::spawn(crate::dead_letter::run_advisories(
+            self.clone(),
+            cfg.consumer.clone(),
+            shutdown.clone(),
+        )));
         let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
         let keys = KeyLocks::default();
         let hard_stop = CancellationToken::new();
@@ -221,7 +232,10 @@ impl EventStore {
             hard_stop.cancel();
             while tasks.join_next().await.is_some() {}
         }
-        Ok(())
+        match advisories.await {
+            Ok(result) => result,
+            Err(e) => Err(StoreError::Request(format!("advisory task: {e}"))),
+        }
     }
 }
 
@@ -333,31 +347,15 @@ async fn dead_letter(
     err: &WorkError,
     span: &tracing::Span,
 ) {
-    let mut headers = msg.headers.clone().unwrap_or_default();
-    headers.insert("Berth-Dead-Subject", msg.subject.as_str());
-    headers.insert("Berth-Dead-Stream-Seq", stream_seq.to_string().as_str());
-    headers.insert("Berth-Dead-Deliveries", delivered.to_string().as_str());
-    headers.insert(
-        "Berth-Dead-Reason",
-        err.to_string().replace(['\r', '\n'], " ").as_str(),
-    );
-    // Dedupe the dead letter itself in case we crash between publish and term.
-    headers.insert(
-        async_nats::header::NATS_MESSAGE_ID,
-        format!("dlq-{}-{stream_seq}", cfg.consumer).as_str(),
-    );
-    let publish = PublishMessage::build()
-        .payload(msg.payload.clone())
-        .headers(headers);
-    let sent = match store
-        .js
-        .send_publish(store.subjects.dead_letter(&cfg.consumer), publish)
-        .await
-    {
-        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+    let dead = crate::dead_letter::DeadLetter {
+        consumer: &cfg.consumer,
+        subject: msg.subject.as_str(),
+        stream_seq,
+        deliveries: delivered,
+        reason: &err.to_string(),
     };
-    match sent {
+    match crate::dead_letter::publish(store, &dead, msg.headers.clone(), msg.payload.clone()).await
+    {
         Ok(()) => {
             tracing::error!(parent: span, error = %err, "job dead-lettered");
             if let Err(e) = msg.ack_with(AckKind::Term).await {
@@ -365,7 +363,9 @@ async fn dead_letter(
             }
         }
         Err(e) => {
-            // Never drop a job we could not park: hand it back.
+            // Never drop a job we could not park: hand it back. On the last
+            // delivery the server then announces max deliveries and the
+            // advisory road parks it.
             tracing::error!(parent: span, error = %e, "dead-letter publish failed; nak");
             let _ = msg.ack_with(AckKind::Nak(Some(cfg.retry_delay))).await;
         }
