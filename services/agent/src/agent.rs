@@ -1,0 +1,556 @@
+//! The agent: runs instances and one-off containers on this node, reports
+//! what happens to them, heart-beats, and on start adopts or cleans up
+//! whatever a previous agent process left in its runc root.
+//!
+//! Outcomes go to the caller through an [`AgentEvent`] channel (the
+//! scheduler turns them into log events); log lines and heartbeats go
+//! straight to core NATS.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use berth_schemas::ids::{InstanceId, NodeId, ServiceId};
+use berth_schemas::Subjects;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bundle::{self, InstanceDir, InstanceSpec, RootfsKind};
+use crate::error::{agent_io, AgentError};
+use crate::process::{ExitStatus, RestartPolicy};
+use crate::runtime::{Runtime, Signal};
+use crate::supervise::{self, Ended, Running};
+
+/// Agent settings.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// This node.
+    pub node: NodeId,
+    /// Instance dirs and state files live here.
+    pub state_dir: PathBuf,
+    /// Crash restarts.
+    pub restart: RestartPolicy,
+    /// How often a heartbeat is published.
+    pub heartbeat_interval: Duration,
+    /// Liveness poll for processes the agent cannot reap.
+    pub exit_poll: Duration,
+    /// How long to wait for a killed container to be gone.
+    pub kill_wait: Duration,
+}
+
+impl AgentConfig {
+    /// Defaults for `node` under `state_dir`.
+    pub fn new(node: NodeId, state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            node,
+            state_dir: state_dir.into(),
+            restart: RestartPolicy::default(),
+            heartbeat_interval: Duration::from_secs(5),
+            exit_poll: Duration::from_millis(200),
+            kill_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Long-running service instance or a one-off run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Restarted when it crashes; stopped on request.
+    Service,
+    /// Runs once (pre-deploy command, cron run) with a timeout.
+    OneOff,
+}
+
+/// How a stop went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopOutcome {
+    /// The last signal needed: `Term` when it exited within the delay.
+    pub escalated_to_kill: bool,
+    /// How the process ended (`None`: it was not running).
+    pub status: Option<ExitStatus>,
+    /// From the stop request to the process gone.
+    pub elapsed: Duration,
+}
+
+/// How a one-off run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OneOffOutcome {
+    /// The process exited by itself.
+    Exited(ExitStatus),
+    /// The timeout passed and it was stopped.
+    TimedOut(StopOutcome),
+}
+
+/// What happened to an instance; sent on the agent's event channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentEvent {
+    /// The process runs (after a start or a restart).
+    Started {
+        /// Service.
+        service: ServiceId,
+        /// Instance.
+        instance: InstanceId,
+        /// Host pid.
+        pid: u32,
+        /// 0 for the first start, then counts restarts.
+        restarts: u32,
+        /// Request (or restart) to process running.
+        startup: Duration,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Creating or starting the container failed.
+    StartFailed {
+        /// Service.
+        service: ServiceId,
+        /// Instance.
+        instance: InstanceId,
+        /// Why.
+        error: String,
+    },
+    /// The process ended by itself.
+    Exited {
+        /// Service.
+        service: ServiceId,
+        /// Instance.
+        instance: InstanceId,
+        /// How.
+        status: ExitStatus,
+        /// How long it ran.
+        ran: Duration,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// A crashed instance will be started again after `after`.
+    RestartScheduled {
+        /// Service.
+        service: ServiceId,
+        /// Instance.
+        instance: InstanceId,
+        /// Backoff.
+        after: Duration,
+    },
+    /// Stopped on request (or by a one-off's timeout).
+    Stopped {
+        /// Service.
+        service: ServiceId,
+        /// Instance.
+        instance: InstanceId,
+        /// How.
+        outcome: StopOutcome,
+    },
+    /// A running container left by a previous agent process is supervised again.
+    Adopted {
+        /// Service.
+        service: ServiceId,
+        /// Instance.
+        instance: InstanceId,
+        /// Host pid.
+        pid: u32,
+    },
+    /// A container or instance dir with no live owner was removed.
+    CleanedUp {
+        /// The container id / instance dir name.
+        container: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The agent's record of one instance (`instance.json`), enough to adopt
+/// or restart it after the agent itself restarts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Record {
+    pub spec: InstanceSpec,
+    pub kind: Kind,
+    pub rootfs: RootfsKind,
+    pub pid: Option<u32>,
+    pub pid_start: Option<u64>,
+    pub restarts: u32,
+}
+
+/// A heartbeat (JSON on `subjects.heartbeat()`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The node.
+    pub node: NodeId,
+    /// When.
+    pub time: DateTime<Utc>,
+    /// Instances supervised here.
+    pub instances: Vec<InstanceId>,
+}
+
+struct Supervised {
+    stop: CancellationToken,
+    task: Option<JoinHandle<Ended>>,
+}
+
+pub(crate) struct Inner {
+    pub cfg: AgentConfig,
+    pub runtime: Arc<dyn Runtime>,
+    pub client: async_nats::Client,
+    pub subjects: Subjects,
+    pub events: mpsc::UnboundedSender<AgentEvent>,
+    instances: Mutex<HashMap<InstanceId, Supervised>>,
+    pub detach: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Inner {
+    pub fn report(&self, e: AgentEvent) {
+        tracing::info!(event = ?e, "agent event");
+        let _ = self.events.send(e);
+    }
+
+    fn table(&self) -> MutexGuard<'_, HashMap<InstanceId, Supervised>> {
+        self.instances.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn dir(&self, i: &InstanceId) -> InstanceDir {
+        InstanceDir::new(&self.cfg.state_dir, i)
+    }
+
+    pub fn forget(&self, i: &InstanceId) {
+        self.table().remove(i);
+    }
+}
+
+/// The node agent. Cheap to clone.
+#[derive(Clone)]
+pub struct Agent {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("node", &self.inner.cfg.node)
+            .field("state_dir", &self.inner.cfg.state_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// Start the agent: become the child subreaper (so container exit
+    /// codes come back to this process), adopt or clean up what a
+    /// previous agent left, and start heart-beating.
+    pub async fn start(
+        cfg: AgentConfig,
+        runtime: Arc<dyn Runtime>,
+        client: async_nats::Client,
+        subjects: Subjects,
+        events: mpsc::UnboundedSender<AgentEvent>,
+    ) -> Result<Agent, AgentError> {
+        let instances_dir = cfg.state_dir.join("instances");
+        std::fs::create_dir_all(&instances_dir).map_err(agent_io(&instances_dir))?;
+        nix::sys::prctl::set_child_subreaper(true)
+            .map_err(|e| agent_io("prctl(PR_SET_CHILD_SUBREAPER)")(e.into()))?;
+        let agent = Agent {
+            inner: Arc::new(Inner {
+                cfg,
+                runtime,
+                client,
+                subjects,
+                events,
+                instances: Mutex::new(HashMap::new()),
+                detach: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+            }),
+        };
+        agent.recover().await?;
+        let me = agent.clone();
+        agent
+            .inner
+            .tracker
+            .spawn(async move { me.heartbeats().await });
+        Ok(agent)
+    }
+
+    /// Instances supervised now.
+    pub fn instances(&self) -> Vec<InstanceId> {
+        let mut v: Vec<_> = self.inner.table().keys().cloned().collect();
+        v.sort_by_key(|i| i.to_string());
+        v
+    }
+
+    /// Start a service instance; returns once its process runs (restarts
+    /// after crashes follow by themselves). Returns the host pid.
+    pub async fn run_instance(&self, spec: InstanceSpec) -> Result<u32, AgentError> {
+        let (pid, _) = self.launch_new(spec, Kind::Service).await?;
+        Ok(pid)
+    }
+
+    /// Run a one-off container to completion, stopping it (SIGTERM, then
+    /// SIGKILL after the spec's shutdown delay) when `timeout` passes.
+    pub async fn run_once(
+        &self,
+        spec: InstanceSpec,
+        timeout: Duration,
+    ) -> Result<OneOffOutcome, AgentError> {
+        let instance = spec.instance.clone();
+        let (_, task) = self.launch_new(spec, Kind::OneOff).await?;
+        let Some(mut task) = task else {
+            return Err(AgentError::ShuttingDown);
+        };
+        let ended = match tokio::time::timeout(timeout, &mut task).await {
+            Ok(r) => r,
+            Err(_) => {
+                if let Some(s) = self.inner.table().get(&instance) {
+                    s.stop.cancel();
+                }
+                task.await
+            }
+        };
+        match ended {
+            Ok(Ended::Exited(s)) => Ok(OneOffOutcome::Exited(s)),
+            Ok(Ended::Stopped(o)) => Ok(OneOffOutcome::TimedOut(o)),
+            Ok(Ended::Detached) | Err(_) => Err(AgentError::ShuttingDown),
+        }
+    }
+
+    /// Stop an instance: SIGTERM, SIGKILL after its shutdown delay; its
+    /// container and files are removed.
+    pub async fn stop_instance(&self, instance: &InstanceId) -> Result<StopOutcome, AgentError> {
+        let task = {
+            let mut t = self.inner.table();
+            let s = t
+                .get_mut(instance)
+                .ok_or_else(|| AgentError::UnknownInstance(instance.to_string()))?;
+            s.stop.cancel();
+            s.task.take()
+        };
+        let Some(task) = task else {
+            return Err(AgentError::UnknownInstance(instance.to_string()));
+        };
+        match task.await {
+            Ok(Ended::Stopped(o)) => Ok(o),
+            Ok(Ended::Exited(s)) => Ok(StopOutcome {
+                escalated_to_kill: false,
+                status: Some(s),
+                elapsed: Duration::ZERO,
+            }),
+            Ok(Ended::Detached) | Err(_) => Err(AgentError::ShuttingDown),
+        }
+    }
+
+    /// Stop every instance (node drain).
+    pub async fn stop_all(&self) {
+        let ids = self.instances();
+        let stops = ids.iter().map(|i| self.stop_instance(i));
+        for (i, r) in ids.iter().zip(futures::future::join_all(stops).await) {
+            if let Err(e) = r {
+                tracing::warn!(instance = %i, error = %e, "stop failed");
+            }
+        }
+    }
+
+    /// Stop supervising and return, leaving containers running and their
+    /// records in place for the next agent process to adopt (what happens
+    /// when the agent is upgraded or crashes).
+    pub async fn detach(&self) {
+        self.inner.detach.cancel();
+        self.inner.tracker.close();
+        let tasks: Vec<_> = self
+            .inner
+            .table()
+            .values_mut()
+            .filter_map(|s| s.task.take())
+            .collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+        self.inner.tracker.wait().await;
+    }
+
+    async fn launch_new(
+        &self,
+        spec: InstanceSpec,
+        kind: Kind,
+    ) -> Result<(u32, Option<JoinHandle<Ended>>), AgentError> {
+        if self.inner.detach.is_cancelled() {
+            return Err(AgentError::ShuttingDown);
+        }
+        let instance = spec.instance.clone();
+        let stop = CancellationToken::new();
+        {
+            let mut t = self.inner.table();
+            if t.contains_key(&instance) {
+                return Err(AgentError::Duplicate(instance.to_string()));
+            }
+            t.insert(
+                instance.clone(),
+                Supervised {
+                    stop: stop.clone(),
+                    task: None,
+                },
+            );
+        }
+        let requested = Instant::now();
+        let running = match supervise::launch(&self.inner, &spec, kind, 0).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.inner.forget(&instance);
+                let _ = self.inner.runtime.delete(&instance.to_string()).await;
+                bundle::remove_instance(&self.inner.dir(&instance));
+                self.inner.report(AgentEvent::StartFailed {
+                    service: spec.service.clone(),
+                    instance,
+                    error: e.to_string(),
+                });
+                return Err(e);
+            }
+        };
+        let pid = running.pid;
+        self.inner.report(AgentEvent::Started {
+            service: spec.service.clone(),
+            instance: instance.clone(),
+            pid,
+            restarts: 0,
+            startup: requested.elapsed(),
+            at: Utc::now(),
+        });
+        let task = self.spawn_supervisor(spec, kind, Some(running), 0, stop);
+        // A one-off's handle goes to run_once (which owns its timeout); a
+        // service's lives in the table for stop_instance and detach.
+        if kind == Kind::OneOff {
+            return Ok((pid, Some(task)));
+        }
+        if let Some(s) = self.inner.table().get_mut(&instance) {
+            s.task = Some(task);
+        }
+        Ok((pid, None))
+    }
+
+    fn spawn_supervisor(
+        &self,
+        spec: InstanceSpec,
+        kind: Kind,
+        running: Option<Running>,
+        restarts: u32,
+        stop: CancellationToken,
+    ) -> JoinHandle<Ended> {
+        let inner = self.inner.clone();
+        self.inner.tracker.spawn(async move {
+            let instance = spec.instance.clone();
+            let ended = supervise::supervise(&inner, spec, kind, running, restarts, stop).await;
+            if !matches!(ended, Ended::Detached) {
+                inner.forget(&instance);
+            }
+            ended
+        })
+    }
+
+    async fn heartbeats(&self) {
+        let mut tick = tokio::time::interval(self.inner.cfg.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.inner.detach.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let hb = Heartbeat {
+                node: self.inner.cfg.node.clone(),
+                time: Utc::now(),
+                instances: self.instances(),
+            };
+            if let Ok(p) = serde_json::to_vec(&hb) {
+                if let Err(e) = self
+                    .inner
+                    .client
+                    .publish(self.inner.subjects.heartbeat(), p.into())
+                    .await
+                {
+                    tracing::warn!(error = %e, "heartbeat not published");
+                }
+            }
+        }
+    }
+
+    /// Adopt running service containers recorded by a previous agent;
+    /// restart recorded ones that died meanwhile; remove everything else
+    /// (containers without a record, interrupted one-offs, stray dirs).
+    async fn recover(&self) -> Result<(), AgentError> {
+        let inner = &self.inner;
+        let dir = inner.cfg.state_dir.join("instances");
+        let mut records: HashMap<String, Record> = HashMap::new();
+        for entry in std::fs::read_dir(&dir).map_err(agent_io(&dir))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            match supervise::read_record(&entry.path().join("instance.json")) {
+                Some(r) if r.spec.instance.to_string() == name => {
+                    records.insert(name, r);
+                }
+                _ => {
+                    let _ = inner.runtime.delete(&name).await;
+                    bundle::remove_instance(&InstanceDir { root: entry.path() });
+                    inner.report(AgentEvent::CleanedUp {
+                        container: name,
+                        reason: "instance dir without a record".into(),
+                    });
+                }
+            }
+        }
+        for c in inner.runtime.list().await? {
+            if !records.contains_key(&c.id) {
+                if c.status.can_kill() {
+                    let _ = inner.runtime.kill(&c.id, Signal::Kill).await;
+                }
+                inner.runtime.delete(&c.id).await?;
+                inner.report(AgentEvent::CleanedUp {
+                    container: c.id,
+                    reason: "container without a record".into(),
+                });
+            }
+        }
+        for (id, rec) in records {
+            let idir = inner.dir(&rec.spec.instance);
+            if rec.kind == Kind::OneOff {
+                inner.runtime.delete(&id).await?;
+                bundle::remove_instance(&idir);
+                inner.report(AgentEvent::CleanedUp {
+                    container: id,
+                    reason: "one-off interrupted by an agent restart".into(),
+                });
+                continue;
+            }
+            let stop = CancellationToken::new();
+            inner.table().insert(
+                rec.spec.instance.clone(),
+                Supervised {
+                    stop: stop.clone(),
+                    task: None,
+                },
+            );
+            let running = supervise::adopt(inner, &rec).await;
+            match &running {
+                Some(r) => inner.report(AgentEvent::Adopted {
+                    service: rec.spec.service.clone(),
+                    instance: rec.spec.instance.clone(),
+                    pid: r.pid,
+                }),
+                None => {
+                    inner.runtime.delete(&id).await?;
+                    inner.report(AgentEvent::Exited {
+                        service: rec.spec.service.clone(),
+                        instance: rec.spec.instance.clone(),
+                        status: ExitStatus::Unknown,
+                        ran: Duration::ZERO,
+                        at: Utc::now(),
+                    });
+                }
+            }
+            let instance = rec.spec.instance.clone();
+            let task = self.spawn_supervisor(rec.spec, rec.kind, running, rec.restarts, stop);
+            if let Some(s) = inner.table().get_mut(&instance) {
+                s.task = Some(task);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,38 @@
+//! # berth-agent: the node side of running a service (SPEC §6, §10, §11)
+//!
+//! The puller hands the agent an unpacked, verified rootfs and the image
+//! config of the exact digest to run; the agent turns them into OCI
+//! bundles and runs them with runc, and reports what happens back to the
+//! scheduler through an [`AgentEvent`] channel:
+//!
+//! - [`image`]: Entrypoint/Cmd/custom command (Docker's rules), `User`
+//!   resolved against the image's own passwd/group files.
+//! - [`bundle`]: `config.json` (env = image Env + `PORT` + service env,
+//!   WorkingDir, limits, runc's default mounts and capabilities, no new
+//!   privileges, host networking) and an overlayfs rootfs per instance.
+//! - [`runtime`]: the narrow [`Runtime`] trait (create, start, kill,
+//!   delete, state, list) with [`ContainerStatus`] guards, and [`Runc`].
+//! - [`logs`]: stdout/stderr through FIFOs, line by line onto
+//!   `subjects.logs(service, instance)`.
+//! - [`Agent`]: instances (restarted after crashes with backoff), stop
+//!   (SIGTERM, SIGKILL after the delay), one-off runs with a timeout,
+//!   heartbeats on `subjects.heartbeat()`, and on start adoption of the
+//!   containers a previous agent process left (anything unrecorded is
+//!   killed and deleted: no orphans).
+
+pub mod agent;
+pub mod bundle;
+mod error;
+pub mod image;
+pub mod logs;
+pub mod process;
+pub mod runtime;
+mod supervise;
+
+pub use agent::{Agent, AgentConfig, AgentEvent, Heartbeat, Kind, OneOffOutcome, StopOutcome};
+pub use bundle::{ImageRoot, InstanceSpec, Limits};
+pub use error::{AgentError, BundleError, RuntimeError};
+pub use image::ImageConfig;
+pub use logs::{LogLine, Stream};
+pub use process::{ExitStatus, RestartPolicy};
+pub use runtime::{ContainerState, ContainerStatus, Runc, Runtime, Signal};

@@ -1,0 +1,351 @@
+//! One instance's life on this node: launch (bundle → FIFOs → `create` →
+//! `start` → log pumps → record), wait for its exit, stop on request
+//! (SIGTERM, SIGKILL after the delay), restart crashes with backoff, and
+//! adopt a container a previous agent process left running.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::{pin, Pin};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{AgentEvent, Inner, Kind, Record, StopOutcome};
+use crate::bundle::{self, InstanceSpec};
+use crate::error::{agent_io, AgentError};
+use crate::logs::{self, LogSink, Stream};
+use crate::process::{self, ExitStatus};
+use crate::runtime::{ContainerIo, ContainerStatus, Signal};
+
+/// How a supervisor ended.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    /// The process exited by itself (one-offs only; services restart).
+    Exited(ExitStatus),
+    /// Stopped on request.
+    Stopped(StopOutcome),
+    /// The agent detached; the container was left running.
+    Detached,
+}
+
+/// A process the supervisor watches.
+#[derive(Debug)]
+pub(crate) struct Running {
+    pub pid: u32,
+    pid_start: Option<u64>,
+    pumps: Vec<JoinHandle<u64>>,
+    started: Instant,
+}
+
+impl Running {
+    /// Let the log pumps read to EOF (the process is gone, so it comes
+    /// unless a stray process kept the FIFO open), bounded.
+    async fn flush(self) {
+        for p in self.pumps {
+            let abort = p.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), p)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+
+    fn abandon(self) {
+        for p in self.pumps {
+            p.abort();
+        }
+    }
+}
+
+fn sink(inner: &Inner, spec: &InstanceSpec) -> LogSink {
+    LogSink {
+        client: inner.client.clone(),
+        subject: inner.subjects.logs(&spec.service, &spec.instance),
+        service: spec.service.clone(),
+        instance: spec.instance.clone(),
+    }
+}
+
+fn pumps(inner: &Inner, spec: &InstanceSpec) -> Result<Vec<JoinHandle<u64>>, AgentError> {
+    let dir = inner.dir(&spec.instance);
+    let mut v = Vec::new();
+    for s in [Stream::Stdout, Stream::Stderr] {
+        let reader = logs::open_reader(&dir.fifo(s.name()))?;
+        v.push(tokio::spawn(logs::pump(reader, s, sink(inner, spec))));
+    }
+    Ok(v)
+}
+
+pub(crate) fn read_record(path: &Path) -> Option<Record> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn write_record(path: &Path, rec: &Record) -> Result<(), AgentError> {
+    let bytes = serde_json::to_vec_pretty(rec).map_err(|e| AgentError::State {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, bytes).map_err(agent_io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(agent_io(path))
+}
+
+/// Build the bundle and run the container; returns once its process runs.
+/// On error the caller deletes the container and files.
+pub(crate) async fn launch(
+    inner: &Inner,
+    spec: &InstanceSpec,
+    kind: Kind,
+    restarts: u32,
+) -> Result<Running, AgentError> {
+    let dir = inner.dir(&spec.instance);
+    let id = spec.instance.to_string();
+    let (d, s) = (dir.clone(), spec.clone());
+    let rootfs = tokio::task::spawn_blocking(move || {
+        let b = d.bundle();
+        std::fs::create_dir_all(&b).map_err(agent_io(&b))?;
+        let k = bundle::prepare_rootfs(&d, &s.image.rootfs)?;
+        bundle::write_bundle(&d, &s)?;
+        Ok::<_, AgentError>(k)
+    })
+    .await
+    .map_err(|e| AgentError::Io {
+        path: dir.root.clone(),
+        source: std::io::Error::other(e),
+    })??;
+    let mut readers = Vec::new();
+    let mut writers = Vec::new();
+    for s in [Stream::Stdout, Stream::Stderr] {
+        let fifo = dir.fifo(s.name());
+        logs::ensure_fifo(&fifo)?;
+        // Reader first: it keeps the pipe (and an early exit's output) alive.
+        readers.push((s, logs::open_reader(&fifo)?));
+        writers.push(logs::open_writer(&fifo)?);
+    }
+    let (Some(stderr), Some(stdout)) = (writers.pop(), writers.pop()) else {
+        return Err(AgentError::ShuttingDown);
+    };
+    let io = ContainerIo { stdout, stderr };
+    let pid = inner.runtime.create(&id, &dir.bundle(), io).await?;
+    let pid_start = process::start_time(pid);
+    inner.runtime.start(&id).await?;
+    let started = Instant::now();
+    let pumps = readers
+        .into_iter()
+        .map(|(s, r)| tokio::spawn(logs::pump(r, s, sink(inner, spec))))
+        .collect();
+    write_record(
+        &dir.state_file(),
+        &Record {
+            spec: spec.clone(),
+            kind,
+            rootfs,
+            pid: Some(pid),
+            pid_start,
+            restarts,
+        },
+    )?;
+    Ok(Running {
+        pid,
+        pid_start,
+        pumps,
+        started,
+    })
+}
+
+/// A recorded container still running as recorded → watched again.
+pub(crate) async fn adopt(inner: &Inner, rec: &Record) -> Option<Running> {
+    let id = rec.spec.instance.to_string();
+    let state = inner.runtime.state(&id).await.ok().flatten()?;
+    if state.status != ContainerStatus::Running || !process::alive(state.pid, rec.pid_start) {
+        return None;
+    }
+    let pumps = pumps(inner, &rec.spec).ok()?;
+    Some(Running {
+        pid: state.pid,
+        pid_start: rec.pid_start,
+        pumps,
+        started: Instant::now(),
+    })
+}
+
+/// SIGTERM (when the container can take signals), then SIGKILL once
+/// `delay` passes without an exit.
+async fn stop_container(
+    inner: &Inner,
+    id: &str,
+    delay: Duration,
+    mut exit: Pin<&mut impl Future<Output = ExitStatus>>,
+) -> StopOutcome {
+    let t0 = Instant::now();
+    let can_kill = matches!(inner.runtime.state(id).await, Ok(Some(s)) if s.status.can_kill());
+    if can_kill {
+        if let Err(e) = inner.runtime.kill(id, Signal::Term).await {
+            tracing::debug!(container = id, error = %e, "SIGTERM not delivered");
+        }
+    }
+    if let Ok(s) = tokio::time::timeout(delay, exit.as_mut()).await {
+        return StopOutcome {
+            escalated_to_kill: false,
+            status: Some(s),
+            elapsed: t0.elapsed(),
+        };
+    }
+    tracing::info!(
+        container = id,
+        delay_ms = delay.as_millis() as u64,
+        "no exit after SIGTERM; SIGKILL"
+    );
+    if let Err(e) = inner.runtime.kill(id, Signal::Kill).await {
+        tracing::warn!(container = id, error = %e, "SIGKILL not delivered");
+    }
+    let status = tokio::time::timeout(inner.cfg.kill_wait, exit).await.ok();
+    StopOutcome {
+        escalated_to_kill: true,
+        status,
+        elapsed: t0.elapsed(),
+    }
+}
+
+/// Remove the container and the instance's files.
+async fn cleanup(inner: &Inner, spec: &InstanceSpec) {
+    if let Err(e) = inner.runtime.delete(&spec.instance.to_string()).await {
+        tracing::warn!(instance = %spec.instance, error = %e, "runc delete failed");
+    }
+    let dir = inner.dir(&spec.instance);
+    let _ = tokio::task::spawn_blocking(move || bundle::remove_instance(&dir)).await;
+}
+
+/// Sleep `d` unless stopped or detached first.
+async fn backoff(
+    inner: &Inner,
+    spec: &InstanceSpec,
+    stop: &CancellationToken,
+    d: Duration,
+) -> Option<Ended> {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => None,
+        _ = inner.detach.cancelled() => Some(Ended::Detached),
+        _ = stop.cancelled() => {
+            cleanup(inner, spec).await;
+            let outcome = StopOutcome { escalated_to_kill: false, status: None, elapsed: Duration::ZERO };
+            inner.report(AgentEvent::Stopped {
+                service: spec.service.clone(),
+                instance: spec.instance.clone(),
+                outcome,
+            });
+            Some(Ended::Stopped(outcome))
+        }
+    }
+}
+
+/// Watch, restart and finally stop one instance.
+pub(crate) async fn supervise(
+    inner: &Inner,
+    spec: InstanceSpec,
+    kind: Kind,
+    mut running: Option<Running>,
+    mut restarts: u32,
+    stop: CancellationToken,
+) -> Ended {
+    let id = spec.instance.to_string();
+    let policy = inner.cfg.restart;
+    let mut delay: Option<Duration> = None;
+    loop {
+        let run = match running.take() {
+            Some(r) => r,
+            None => {
+                let t0 = Instant::now();
+                match launch(inner, &spec, kind, restarts).await {
+                    Ok(r) => {
+                        inner.report(AgentEvent::Started {
+                            service: spec.service.clone(),
+                            instance: spec.instance.clone(),
+                            pid: r.pid,
+                            restarts,
+                            startup: t0.elapsed(),
+                            at: Utc::now(),
+                        });
+                        r
+                    }
+                    Err(e) => {
+                        let _ = inner.runtime.delete(&id).await;
+                        inner.report(AgentEvent::StartFailed {
+                            service: spec.service.clone(),
+                            instance: spec.instance.clone(),
+                            error: e.to_string(),
+                        });
+                        let d = policy.next(delay, Duration::ZERO);
+                        delay = Some(d);
+                        inner.report(AgentEvent::RestartScheduled {
+                            service: spec.service.clone(),
+                            instance: spec.instance.clone(),
+                            after: d,
+                        });
+                        if let Some(end) = backoff(inner, &spec, &stop, d).await {
+                            return end;
+                        }
+                        restarts += 1;
+                        continue;
+                    }
+                }
+            }
+        };
+        let mut exit = pin!(process::wait_exit(
+            run.pid,
+            run.pid_start,
+            inner.cfg.exit_poll
+        ));
+        let status = tokio::select! {
+            biased;
+            _ = inner.detach.cancelled() => {
+                run.abandon();
+                return Ended::Detached;
+            }
+            _ = stop.cancelled() => {
+                let outcome = stop_container(inner, &id, spec.shutdown_delay, exit.as_mut()).await;
+                run.flush().await;
+                cleanup(inner, &spec).await;
+                inner.report(AgentEvent::Stopped {
+                    service: spec.service.clone(),
+                    instance: spec.instance.clone(),
+                    outcome,
+                });
+                return Ended::Stopped(outcome);
+            }
+            s = exit.as_mut() => s,
+        };
+        let ran = run.started.elapsed();
+        run.flush().await;
+        if let Err(e) = inner.runtime.delete(&id).await {
+            tracing::warn!(instance = %id, error = %e, "runc delete after exit failed");
+        }
+        inner.report(AgentEvent::Exited {
+            service: spec.service.clone(),
+            instance: spec.instance.clone(),
+            status,
+            ran,
+            at: Utc::now(),
+        });
+        if kind == Kind::OneOff {
+            cleanup(inner, &spec).await;
+            return Ended::Exited(status);
+        }
+        let d = policy.next(delay, ran);
+        delay = Some(d);
+        inner.report(AgentEvent::RestartScheduled {
+            service: spec.service.clone(),
+            instance: spec.instance.clone(),
+            after: d,
+        });
+        if let Some(end) = backoff(inner, &spec, &stop, d).await {
+            return end;
+        }
+        restarts += 1;
+    }
+}
