@@ -2,8 +2,9 @@
 //! latency, each beside raw async-nats publishes of the same payload.
 //!
 //! Other agents share these machines, so a single pass swings by ±30%: the
-//! shapes are interleaved (raw, berth, raw with headers, again) for
-//! `ROUNDS` rounds and the median of each is reported.
+//! shapes are interleaved (raw, deep raw, raw with headers, berth, again,
+//! each round starting one shape later) for `ROUNDS` rounds and the median
+//! of each is reported.
 
 use std::time::Instant;
 
@@ -17,7 +18,7 @@ use super::{aggregates, one_event, sample_payload, step, BenchError, BenchOption
 use crate::{EventStore, Version};
 
 /// Interleaved rounds of the pipelined phase.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 4;
 
 /// Acks in flight in the deep raw run (the raw figure the issue quotes).
 const DEEP_WINDOW: usize = 4096;
@@ -54,22 +55,20 @@ pub(super) async fn pipelined(
         let raw_subjects: Vec<String> = (0..aggs)
             .map(|i| format!("{}.evt.rawbench.p{round}.r{i}", store.subjects().prefix()))
             .collect();
-        let t = Instant::now();
-        raw_window(store, &raw_subjects, &payload, n, aggs).await?;
-        runs[0].push(n as f64 / t.elapsed().as_secs_f64());
-
-        let t = Instant::now();
-        berth_appends(store, aggs, per).await?;
-        runs[3].push(n as f64 / t.elapsed().as_secs_f64());
-
-        let t = Instant::now();
-        raw_with_headers(store, &raw_subjects, &payload, per, round).await?;
-        runs[2].push(n as f64 / t.elapsed().as_secs_f64());
-
         let deep: Vec<String> = raw_subjects.iter().map(|s| format!("{s}d")).collect();
-        let t = Instant::now();
-        raw_window(store, &deep, &payload, n, DEEP_WINDOW).await?;
-        runs[1].push(n as f64 / t.elapsed().as_secs_f64());
+        // Each round starts with another shape, so none is always the one
+        // measured on the emptiest stream.
+        for k in 0..runs.len() {
+            let shape = (k + round) % runs.len();
+            let t = Instant::now();
+            match shape {
+                0 => raw_window(store, &raw_subjects, &payload, n, aggs).await?,
+                1 => raw_window(store, &deep, &payload, n, DEEP_WINDOW).await?,
+                2 => raw_with_headers(store, &raw_subjects, &payload, per, round).await?,
+                _ => berth_appends(store, aggs, per).await?,
+            }
+            runs[shape].push(n as f64 / t.elapsed().as_secs_f64());
+        }
     }
     let [raw, raw_deep, raw_headers, berth] = runs.map(median);
     Ok(Pipelined {
