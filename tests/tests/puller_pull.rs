@@ -345,10 +345,10 @@ async fn gc_keeps_referenced_and_drops_the_rest() {
     let da = Digest::parse(&a.digest).unwrap();
     let db = Digest::parse(&b.digest).unwrap();
     // A generous budget deletes nothing.
-    let r = p.store().gc(&[da.clone()], u64::MAX).unwrap();
+    let r = p.store().gc(std::slice::from_ref(&da), u64::MAX).unwrap();
     assert_eq!((r.blobs_removed, r.trees_removed), (0, 0));
     // Budget 0: everything not reachable from image a goes.
-    let r = p.store().gc(&[da.clone()], 0).unwrap();
+    let r = p.store().gc(std::slice::from_ref(&da), 0).unwrap();
     assert_eq!(r.trees_removed, 1);
     assert_eq!(r.blobs_removed, 3, "b's manifest, config and layer");
     assert!(p.store().has_tree(&da));
