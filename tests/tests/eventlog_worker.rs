@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_eventlog::worker::{Job, WorkError, WorkHandler, WorkerConfig};
+use berth_eventlog::{EventStore, StoreConfig};
 use berth_tests::eventlog::open_store;
 use berth_tests::{init_tracing, NatsServer, NatsVersion};
 use futures::StreamExt;
@@ -351,6 +352,109 @@ async fn worker_killed_on_the_last_delivery_still_dead_letters() {
             second.calls.lock().unwrap().is_empty(),
             "{version:?}: exhausted job delivered again"
         );
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), worker)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_publish_failing_on_the_last_delivery_is_retried() {
+    init_tracing();
+    for version in NatsVersion::BOTH {
+        let server = NatsServer::start(version).unwrap();
+        let client = server.connect().await.unwrap();
+        let store = open_store(&client, 1).await.unwrap();
+        let cfg = config();
+        let dead_subject = store.subjects().dead_letter(&cfg.consumer);
+        let work_seq = store
+            .enqueue("resolve", "srv-a", "fail-unparkable".into(), "j-unparkable")
+            .await
+            .unwrap();
+        // No dead-letter stream: parking fails on the last delivery.
+        store
+            .jetstream()
+            .delete_stream(store.subjects().dead_letter_stream())
+            .await
+            .unwrap();
+
+        let handler = Arc::new(Recorder::default());
+        let shutdown = CancellationToken::new();
+        let worker = tokio::spawn({
+            let (store, handler, shutdown, cfg) = (
+                store.clone(),
+                handler.clone(),
+                shutdown.clone(),
+                cfg.clone(),
+            );
+            async move { store.run_worker(cfg, handler, shutdown).await }
+        });
+        wait_until("the last delivery", || {
+            handler
+                .calls
+                .lock()
+                .unwrap()
+                .get("fail-unparkable")
+                .is_some_and(|d| d.contains(&cfg.max_deliver))
+        })
+        .await;
+        tokio::time::sleep(cfg.ack_wait * 3).await;
+        // The server is done with it, yet the job is still retrievable.
+        let work = store
+            .jetstream()
+            .get_stream(store.subjects().work_stream())
+            .await
+            .unwrap();
+        let kept = work.get_raw_message(work_seq).await.unwrap();
+        assert_eq!(&kept.payload[..], b"fail-unparkable", "{version:?}");
+
+        // The dead-letter stream comes back (any binary's start-up
+        // provisions it): the job gets parked without another delivery.
+        let again = EventStore::open(
+            client.clone(),
+            store.subjects().clone(),
+            StoreConfig::default(),
+        )
+        .await
+        .unwrap();
+        let dlq = again
+            .jetstream()
+            .get_stream(again.subjects().dead_letter_stream())
+            .await
+            .unwrap();
+        let mut dead = None;
+        for _ in 0..200 {
+            if let Ok(m) = dlq.get_last_raw_message_by_subject(&dead_subject).await {
+                dead = Some(m);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let dead = dead.unwrap_or_else(|| panic!("{version:?}: job never dead-lettered"));
+        assert_eq!(&dead.payload[..], b"fail-unparkable", "{version:?}");
+        assert_eq!(
+            dead.headers.get("Berth-Dead-Stream-Seq").unwrap().as_str(),
+            work_seq.to_string(),
+            "{version:?}"
+        );
+        assert_eq!(
+            handler.calls.lock().unwrap()["fail-unparkable"],
+            vec![1, 2, 3],
+            "{version:?}: delivered again after its last delivery"
+        );
+        let mut work = work;
+        let mut empty = false;
+        for _ in 0..40 {
+            if work.info().await.unwrap().state.messages == 0 {
+                empty = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(empty, "{version:?}: parked job left in the work stream");
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(5), worker)
             .await
