@@ -134,6 +134,7 @@ pub(crate) async fn launch(
     let pid = inner.runtime.create(&id, &dir.bundle(), io).await?;
     let pid_start = process::start_time(pid);
     inner.runtime.start(&id).await?;
+    exec_done(pid).await;
     let started = Instant::now();
     let pumps = readers
         .into_iter()
@@ -156,6 +157,24 @@ pub(crate) async fn launch(
         pumps,
         started,
     })
+}
+
+/// `runc start` returns once runc init is released, a moment before it
+/// execs the user's program: wait for the exec so "started" means the
+/// program runs (bounded; a process that already exited ends the wait).
+async fn exec_done(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        match std::fs::read(format!("/proc/{pid}/cmdline")) {
+            Ok(c) if !c.is_empty() && !c.starts_with(b"runc\0init") => return,
+            Ok(_) => {}
+            Err(_) => return,
+        }
+        if process::start_time(pid).is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// A recorded container still running as recorded → watched again.

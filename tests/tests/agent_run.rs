@@ -1,0 +1,189 @@
+//! The agent against real runc (as root), nats-server and registry: output
+//! on the logs subject in order with the exit code recorded; Docker's
+//! Entrypoint/Cmd/command rules, env layering, WorkingDir and User;
+//! heartbeats; and the start latency from a cached image to a running
+//! process.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod agent_support;
+
+use std::time::{Duration, Instant};
+
+use agent_support::{busybox_image, collect_logs, default_config, processes_of, spec, Node};
+use berth_agent::{AgentEvent, ExitStatus, Heartbeat, OneOffOutcome, RestartPolicy, Stream};
+use futures::StreamExt;
+use serde_json::json;
+
+#[tokio::test]
+async fn output_reaches_logs_in_order_and_exit_code_is_recorded() {
+    // A long backoff: the instance crashes once and is then stopped.
+    let mut node = Node::start_with(RestartPolicy {
+        initial: Duration::from_secs(60),
+        ..agent_support::fast_restarts()
+    })
+    .await;
+    let image = node.image(&busybox_image(default_config())).await;
+    let mut s = spec(
+        &image,
+        "sh -c 'for i in $(seq 1 50); do echo out-$i; echo err-$i >&2; done; exit 3'",
+    );
+    s.shutdown_delay = Duration::from_secs(1);
+    let mut sub = node.logs(&s).await;
+    node.agent.run_instance(s.clone()).await.unwrap();
+    let exited = node
+        .event(Duration::from_secs(10), |e| {
+            matches!(e, AgentEvent::Exited { .. })
+        })
+        .await;
+    let AgentEvent::Exited {
+        status, instance, ..
+    } = exited
+    else {
+        unreachable!()
+    };
+    assert_eq!(instance, s.instance);
+    assert_eq!(status, ExitStatus::Code(3));
+    let lines = collect_logs(&mut sub, Duration::from_secs(2), |_| false).await;
+    let of = |st: Stream| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l.stream == st)
+            .map(|l| l.line.clone())
+            .collect()
+    };
+    let want = |p: &str| -> Vec<String> { (1..=50).map(|i| format!("{p}-{i}")).collect() };
+    assert_eq!(of(Stream::Stdout), want("out"), "stdout lines in order");
+    assert_eq!(of(Stream::Stderr), want("err"), "stderr lines in order");
+    assert!(lines
+        .iter()
+        .all(|l| l.service == s.service && l.instance == s.instance));
+    // Stopping it during its restart backoff removes everything.
+    node.agent.stop_instance(&s.instance).await.unwrap();
+    assert!(agent_support::runc_list(&node.runc_root()).is_empty());
+    assert!(processes_of(&[&s.instance]).is_empty());
+}
+
+#[tokio::test]
+async fn command_replaces_cmd_keeps_entrypoint_env_workdir_user() {
+    let node = Node::start().await;
+    let image = node
+        .image(&busybox_image(json!({
+            "Entrypoint": ["/bin/busybox"],
+            "Cmd": ["echo", "from-cmd"],
+            "Env": ["PATH=/bin", "IMAGE_VAR=img", "SHARED=image"],
+            "WorkingDir": "/work",
+            "User": "app",
+        })))
+        .await;
+    let mut s = spec(
+        &image,
+        r#"sh -c 'echo "cwd=$(pwd)"; echo "ids=$(id -u):$(id -g)"; env | sort; cat /app/hello.txt'"#,
+    );
+    s.env.insert("SERVICE_VAR".into(), "svc value".into());
+    s.env.insert("SHARED".into(), "service".into());
+    s.port = Some(12345);
+    let mut sub = node.logs(&s).await;
+    let out = node
+        .agent
+        .run_once(s.clone(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(out, OneOffOutcome::Exited(ExitStatus::Code(0)));
+    let lines: Vec<String> = collect_logs(&mut sub, Duration::from_secs(2), |l| l.line == "hello")
+        .await
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    for want in [
+        "cwd=/work",
+        "ids=1000:1000",
+        "IMAGE_VAR=img",
+        "SERVICE_VAR=svc value",
+        "SHARED=service",
+        "PORT=12345",
+        "PATH=/bin",
+        "hello",
+    ] {
+        assert!(
+            lines.iter().any(|l| l == want),
+            "missing {want:?} in {lines:?}"
+        );
+    }
+    assert!(
+        !lines.iter().any(|l| l.contains("from-cmd")),
+        "Cmd must be replaced"
+    );
+    assert!(!lines.iter().any(|l| l == "SHARED=image"));
+
+    // Without a custom command: Entrypoint + Cmd.
+    let mut s2 = spec(&image, "");
+    s2.command = None;
+    let mut sub = node.logs(&s2).await;
+    let out = node
+        .agent
+        .run_once(s2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(out, OneOffOutcome::Exited(ExitStatus::Code(0)));
+    let lines = collect_logs(&mut sub, Duration::from_secs(2), |l| l.line == "from-cmd").await;
+    assert_eq!(lines.last().map(|l| l.line.as_str()), Some("from-cmd"));
+}
+
+#[tokio::test]
+async fn start_latency_from_cached_image_and_heartbeats() {
+    let node = Node::start().await;
+    let image = node.image(&busybox_image(default_config())).await;
+    let mut hb = node
+        .client
+        .subscribe(node.subjects.heartbeat())
+        .await
+        .unwrap();
+    // Warm-up (first overlay mount, runc binary in page cache).
+    let warm = spec(&image, "sleep 60");
+    node.agent.run_instance(warm.clone()).await.unwrap();
+    node.agent.stop_instance(&warm.instance).await.unwrap();
+    let mut took = Vec::new();
+    let mut specs = Vec::new();
+    for _ in 0..10 {
+        let mut s = spec(&image, "sleep 60");
+        s.shutdown_delay = Duration::from_millis(100);
+        let t0 = Instant::now();
+        let pid = node.agent.run_instance(s.clone()).await.unwrap();
+        took.push(t0.elapsed());
+        // Running means the user's process, not runc init.
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+        assert!(comm.starts_with("sleep"), "pid {pid} runs {comm:?}");
+        specs.push(s);
+    }
+    // A heartbeat lists them.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = tokio::time::timeout_at(deadline.into(), hb.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let h: Heartbeat = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(h.node, node.cfg.node);
+        if specs.iter().all(|s| h.instances.contains(&s.instance)) {
+            break;
+        }
+    }
+    node.agent.stop_all().await;
+    took.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "agent start latency (cached image → process running, 10 starts): min {:.1} ms, median {:.1} ms, max {:.1} ms",
+        ms(took[0]),
+        ms(took[5]),
+        ms(took[9])
+    );
+    assert!(
+        took[5] < Duration::from_millis(300),
+        "median start {:?}",
+        took[5]
+    );
+    let ids: Vec<_> = specs.iter().map(|s| &s.instance).collect();
+    assert!(processes_of(&ids).is_empty(), "containers left running");
+    assert!(agent_support::runc_list(&node.runc_root()).is_empty());
+}

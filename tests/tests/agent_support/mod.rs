@@ -1,0 +1,334 @@
+//! Shared setup for the agent tests (real runc as root, real nats-server,
+//! real registry): a busybox image built from the host's static busybox,
+//! pushed, pulled and unpacked with berth-puller, and an [`Agent`] with a
+//! private state dir and runc root.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_agent::{
+    Agent, AgentConfig, AgentEvent, ImageConfig, ImageRoot, InstanceSpec, Limits, LogLine,
+    RestartPolicy, Runc,
+};
+use berth_oci::{ClientConfig, RegistryClient, RetryPolicy};
+use berth_puller::{
+    unpack_image, ContentStore, PullConfig, PullRequest, Puller, UnpackOptions, VerifyPolicy,
+};
+use berth_schemas::ids::{InstanceId, NodeId, ServiceId};
+use berth_schemas::Subjects;
+use berth_tests::image::{sha256, Image};
+use berth_tests::layers::{self, Comp, Entry};
+use berth_tests::registry::{Registry, RegistryAuth};
+use berth_tests::{NatsServer, NatsVersion};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+/// Fails (never skips) when the machine cannot run the suite, saying why.
+pub fn require_root_and_runc() {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        })
+        .unwrap_or_default();
+    assert_eq!(uid, "0", "the agent tests run real runc containers and must run as root (uid 0); run them as root as CI does");
+    let ok = std::process::Command::new("runc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "runc is not installed or not on PATH: run scripts/install-deps"
+    );
+    assert!(
+        Path::new("/bin/busybox").is_file(),
+        "/bin/busybox missing: apt-get install busybox-static (scripts/install-deps)"
+    );
+}
+
+const APPLETS: &[&str] = &[
+    "sh", "echo", "sleep", "env", "pwd", "id", "cat", "true", "false", "seq", "printf", "ls",
+];
+
+/// A two-layer linux/amd64 image: busybox + applet links + passwd/group,
+/// then an app layer; `config` is the image config's `config` object.
+pub fn busybox_image(config: Value) -> Image {
+    let bb = std::fs::read("/bin/busybox").unwrap();
+    let mut base = vec![
+        Entry::dir("bin"),
+        Entry::file("bin/busybox", &bb).mode(0o755),
+        Entry::dir("etc"),
+        Entry::file(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/work:/bin/sh\n",
+        ),
+        Entry::file("etc/group", b"root:x:0:\napp:x:1000:\n"),
+        Entry::dir("tmp").mode(0o1777),
+        Entry::dir("work"),
+    ];
+    for a in APPLETS {
+        base.push(Entry::symlink(&format!("bin/{a}"), "busybox"));
+    }
+    let app = vec![Entry::dir("app"), Entry::file("app/hello.txt", b"hello\n")];
+    let layers = vec![
+        layers::layer(&base, Comp::Gzip).unwrap(),
+        layers::layer(&app, Comp::Gzip).unwrap(),
+    ];
+    let cfg = serde_json::to_vec(&json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": config,
+        "rootfs": { "type": "layers", "diff_ids": layers.iter().map(|(l, _)| l.diff_id.clone()).collect::<Vec<_>>() },
+    }))
+    .unwrap();
+    let config_digest = sha256(&cfg);
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": cfg.len() },
+        "layers": layers.iter().map(|(l, c)| json!({
+            "mediaType": c.media_type(), "digest": l.digest, "size": l.blob.len(),
+        })).collect::<Vec<_>>(),
+    }))
+    .unwrap();
+    let compressed_size =
+        cfg.len() as u64 + layers.iter().map(|(l, _)| l.blob.len() as u64).sum::<u64>();
+    Image {
+        digest: sha256(&manifest),
+        config_digest,
+        config: cfg,
+        layers: layers.into_iter().map(|(l, _)| l).collect(),
+        manifest,
+        media_type: "application/vnd.oci.image.manifest.v1+json",
+        compressed_size,
+    }
+}
+
+/// The default test image: Cmd is a shell.
+pub fn default_config() -> Value {
+    json!({ "Cmd": ["/bin/sh"], "Env": ["PATH=/bin"] })
+}
+
+/// One node: nats, registry, store, agent.
+pub struct Node {
+    pub nats: NatsServer,
+    pub client: async_nats::Client,
+    pub subjects: Subjects,
+    pub registry: Registry,
+    pub dir: tempfile::TempDir,
+    pub agent: Agent,
+    pub events: mpsc::UnboundedReceiver<AgentEvent>,
+    pub cfg: AgentConfig,
+}
+
+/// Fast test policy: 300 ms doubling to 5 s.
+pub fn fast_restarts() -> RestartPolicy {
+    RestartPolicy {
+        initial: Duration::from_millis(300),
+        max: Duration::from_secs(5),
+        healthy_after: Duration::from_secs(60),
+    }
+}
+
+impl Node {
+    pub async fn start() -> Node {
+        Self::start_with(fast_restarts()).await
+    }
+
+    pub async fn start_with(restart: RestartPolicy) -> Node {
+        require_root_and_runc();
+        berth_tests::init_tracing();
+        let nats = NatsServer::start(NatsVersion::Legacy).unwrap();
+        let client = nats.connect().await.unwrap();
+        let subjects = berth_tests::unique_subjects();
+        let registry = Registry::start(RegistryAuth::None).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = AgentConfig::new(NodeId::generate(), dir.path().join("agent"));
+        cfg.restart = restart;
+        cfg.heartbeat_interval = Duration::from_millis(200);
+        cfg.exit_poll = Duration::from_millis(50);
+        let (agent, events) = start_agent(&cfg, &client, &subjects).await;
+        Node {
+            nats,
+            client,
+            subjects,
+            registry,
+            dir,
+            agent,
+            events,
+            cfg,
+        }
+    }
+
+    /// Push `image` and pull + unpack it like a node does.
+    pub async fn image(&self, image: &Image) -> ImageRoot {
+        self.registry
+            .push_image("app/svc", "v1", image)
+            .await
+            .unwrap();
+        let client = RegistryClient::new(ClientConfig {
+            retry: RetryPolicy::fast(),
+            ..ClientConfig::default()
+        })
+        .unwrap();
+        let store = ContentStore::open(self.dir.path().join("store"), VerifyPolicy::Size).unwrap();
+        let puller = Puller::new(client, store.clone(), PullConfig::default());
+        let pulled = puller
+            .pull(
+                &PullRequest {
+                    host: &self.registry.host,
+                    repository: "app/svc",
+                    digest: &image.digest,
+                    credential: None,
+                },
+                &|_| {},
+            )
+            .await
+            .unwrap();
+        let rootfs = unpack_image(&store, &pulled.digest, &UnpackOptions::default()).unwrap();
+        let config = ImageConfig::from_json(&store.read(&pulled.config, 1 << 20).unwrap()).unwrap();
+        ImageRoot {
+            digest: pulled.digest.to_string(),
+            rootfs,
+            config,
+        }
+    }
+
+    pub fn runc_root(&self) -> PathBuf {
+        self.cfg.state_dir.join("runc")
+    }
+
+    /// Subscribe to an instance's log lines (before it starts).
+    pub async fn logs(&self, spec: &InstanceSpec) -> async_nats::Subscriber {
+        let s = self
+            .client
+            .subscribe(self.subjects.logs(&spec.service, &spec.instance))
+            .await
+            .unwrap();
+        self.client.flush().await.unwrap();
+        s
+    }
+
+    /// The next event matching `pred` within `within`.
+    pub async fn event(
+        &mut self,
+        within: Duration,
+        pred: impl Fn(&AgentEvent) -> bool,
+    ) -> AgentEvent {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.events.recv()).await {
+                Ok(Some(e)) if pred(&e) => return e,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("agent event channel closed"),
+                Err(_) => panic!("no matching agent event within {within:?}"),
+            }
+        }
+    }
+}
+
+pub async fn start_agent(
+    cfg: &AgentConfig,
+    client: &async_nats::Client,
+    subjects: &Subjects,
+) -> (Agent, mpsc::UnboundedReceiver<AgentEvent>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let runc = Runc::new("runc", cfg.state_dir.join("runc"));
+    let agent = Agent::start(
+        cfg.clone(),
+        Arc::new(runc),
+        client.clone(),
+        subjects.clone(),
+        tx,
+    )
+    .await
+    .unwrap();
+    (agent, rx)
+}
+
+/// An instance spec for `image` with a custom command.
+pub fn spec(image: &ImageRoot, command: &str) -> InstanceSpec {
+    InstanceSpec {
+        service: ServiceId::generate(),
+        instance: InstanceId::generate(),
+        image: image.clone(),
+        command: Some(command.to_string()),
+        env: BTreeMap::new(),
+        port: Some(10000),
+        limits: Limits {
+            cpu_millis: Some(500),
+            memory_mib: Some(128),
+        },
+        shutdown_delay: Duration::from_secs(5),
+    }
+}
+
+/// Log lines received until `until` matches one (inclusive) or `within` passes.
+pub async fn collect_logs(
+    sub: &mut async_nats::Subscriber,
+    within: Duration,
+    until: impl Fn(&LogLine) -> bool,
+) -> Vec<LogLine> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, sub.next()).await {
+            Ok(Some(m)) => {
+                let l: LogLine = serde_json::from_slice(&m.payload).unwrap();
+                let done = until(&l);
+                out.push(l);
+                if done {
+                    return out;
+                }
+            }
+            _ => return out,
+        }
+    }
+}
+
+/// Host pids of processes in any of `instances`' cgroups (runc puts each
+/// container in `/berth/<instance>`).
+pub fn processes_of(instances: &[&InstanceId]) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cg = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
+        if instances
+            .iter()
+            .any(|i| cg.contains(&format!("/berth/{i}")))
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Container ids `runc --root <root> list` shows.
+pub fn runc_list(root: &Path) -> Vec<String> {
+    let out = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(root)
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "runc list: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
