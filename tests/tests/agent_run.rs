@@ -61,6 +61,10 @@ async fn output_reaches_logs_in_order_and_exit_code_is_recorded() {
     // Stopping it during its restart backoff removes everything.
     node.agent.stop_instance(&s.instance).await.unwrap();
     assert!(agent_support::runc_list(&node.runc_root()).is_empty());
+    assert!(
+        agent_support::mounts_under(node.dir.path()).is_empty(),
+        "rootfs mounts left"
+    );
     assert!(processes_of(&[&s.instance]).is_empty());
 }
 
@@ -186,4 +190,8 @@ async fn start_latency_from_cached_image_and_heartbeats() {
     let ids: Vec<_> = specs.iter().map(|s| &s.instance).collect();
     assert!(processes_of(&ids).is_empty(), "containers left running");
     assert!(agent_support::runc_list(&node.runc_root()).is_empty());
+    assert!(
+        agent_support::mounts_under(node.dir.path()).is_empty(),
+        "rootfs mounts left"
+    );
 }

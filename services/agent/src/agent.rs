@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::bundle::{self, InstanceDir, InstanceSpec, RootfsKind};
 use crate::error::{agent_io, AgentError};
-use crate::process::{ExitStatus, RestartPolicy};
+use crate::process::{self, ExitStatus, RestartPolicy};
 use crate::runtime::{Runtime, Signal};
 use crate::supervise::{self, Ended, Running};
 
@@ -473,6 +473,23 @@ impl Agent {
         }
     }
 
+    /// Wait (bounded) for a killed container's process to be gone, reaping
+    /// it when this process is its subreaper — the previous agent may have
+    /// been this same process (an in-process restart), and a zombie would
+    /// otherwise outlive its container.
+    async fn reap(&self, pid: u32, started: Option<u64>) {
+        if pid == 0 {
+            return;
+        }
+        let wait = process::wait_exit(pid, started, self.inner.cfg.exit_poll);
+        if tokio::time::timeout(self.inner.cfg.kill_wait, wait)
+            .await
+            .is_err()
+        {
+            tracing::warn!(pid, "killed container process still present");
+        }
+    }
+
     /// Adopt running service containers recorded by a previous agent;
     /// restart recorded ones that died meanwhile; remove everything else
     /// (containers without a record, interrupted one-offs, stray dirs).
@@ -480,20 +497,14 @@ impl Agent {
         let inner = &self.inner;
         let dir = inner.cfg.state_dir.join("instances");
         let mut records: HashMap<String, Record> = HashMap::new();
+        let mut stray: Vec<String> = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(agent_io(&dir))?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             match supervise::read_record(&entry.path().join("instance.json")) {
                 Some(r) if r.spec.instance.to_string() == name => {
                     records.insert(name, r);
                 }
-                _ => {
-                    let _ = inner.runtime.delete(&name).await;
-                    bundle::remove_instance(&InstanceDir { root: entry.path() });
-                    inner.report(AgentEvent::CleanedUp {
-                        container: name,
-                        reason: "instance dir without a record".into(),
-                    });
-                }
+                _ => stray.push(name),
             }
         }
         for c in inner.runtime.list().await? {
@@ -502,16 +513,33 @@ impl Agent {
                     let _ = inner.runtime.kill(&c.id, Signal::Kill).await;
                 }
                 inner.runtime.delete(&c.id).await?;
+                self.reap(c.pid, None).await;
+                stray.retain(|s| *s != c.id);
+                bundle::remove_instance(&InstanceDir {
+                    root: dir.join(&c.id),
+                });
                 inner.report(AgentEvent::CleanedUp {
                     container: c.id,
                     reason: "container without a record".into(),
                 });
             }
         }
+        for name in stray {
+            bundle::remove_instance(&InstanceDir {
+                root: dir.join(&name),
+            });
+            inner.report(AgentEvent::CleanedUp {
+                container: name,
+                reason: "instance dir without a record or container".into(),
+            });
+        }
         for (id, rec) in records {
             let idir = inner.dir(&rec.spec.instance);
             if rec.kind == Kind::OneOff {
                 inner.runtime.delete(&id).await?;
+                if let Some(pid) = rec.pid {
+                    self.reap(pid, rec.pid_start).await;
+                }
                 bundle::remove_instance(&idir);
                 inner.report(AgentEvent::CleanedUp {
                     container: id,
@@ -536,6 +564,9 @@ impl Agent {
                 }),
                 None => {
                     inner.runtime.delete(&id).await?;
+                    if let Some(pid) = rec.pid {
+                        self.reap(pid, rec.pid_start).await;
+                    }
                     inner.report(AgentEvent::Exited {
                         service: rec.spec.service.clone(),
                         instance: rec.spec.instance.clone(),

@@ -235,6 +235,41 @@ impl Node {
     }
 }
 
+/// A failed test must not leak containers or mounts onto the machine:
+/// delete whatever is left in this node's runc root and unmount its
+/// instance rootfs mounts (the tempdir is removed after this).
+impl Drop for Node {
+    fn drop(&mut self) {
+        let root = self.runc_root();
+        if root.exists() {
+            for id in runc_list(&root) {
+                let _ = std::process::Command::new("runc")
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["delete", "--force", &id])
+                    .status();
+            }
+        }
+        for m in mounts_under(self.dir.path()) {
+            let _ = std::process::Command::new("umount")
+                .args(["-l", &m])
+                .status();
+        }
+    }
+}
+
+/// Mount points under `dir` (instance rootfs overlays).
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
 pub async fn start_agent(
     cfg: &AgentConfig,
     client: &async_nats::Client,

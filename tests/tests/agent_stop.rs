@@ -1,0 +1,125 @@
+//! Stopping on real runc: a process that handles SIGTERM exits within the
+//! delay; one that ignores it is SIGKILLed once the delay passes (both
+//! timed); a one-off past its timeout is stopped and reported as timed out.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod agent_support;
+
+use std::time::{Duration, Instant};
+
+use agent_support::{
+    busybox_image, collect_logs, default_config, processes_of, runc_list, spec, Node,
+};
+use berth_agent::{AgentEvent, ExitStatus, OneOffOutcome};
+
+#[tokio::test]
+async fn sigterm_then_sigkill_after_the_delay() {
+    let mut node = Node::start().await;
+    let image = node.image(&busybox_image(default_config())).await;
+
+    // Handles SIGTERM: exits 0 at once.
+    let mut polite = spec(
+        &image,
+        r#"sh -c 'trap "echo got-term; exit 0" TERM; echo ready; sleep 60 & wait'"#,
+    );
+    polite.shutdown_delay = Duration::from_secs(5);
+    let mut sub = node.logs(&polite).await;
+    node.agent.run_instance(polite.clone()).await.unwrap();
+    let seen = collect_logs(&mut sub, Duration::from_secs(5), |l| l.line == "ready").await;
+    assert_eq!(seen.last().map(|l| l.line.as_str()), Some("ready"));
+    let t0 = Instant::now();
+    let out = node.agent.stop_instance(&polite.instance).await.unwrap();
+    let polite_took = t0.elapsed();
+    assert!(!out.escalated_to_kill, "{out:?}");
+    assert_eq!(out.status, Some(ExitStatus::Code(0)));
+    assert!(polite_took < Duration::from_secs(2), "took {polite_took:?}");
+    let seen = collect_logs(&mut sub, Duration::from_secs(2), |l| l.line == "got-term").await;
+    assert_eq!(seen.last().map(|l| l.line.as_str()), Some("got-term"));
+    node.event(
+        Duration::from_secs(1),
+        |e| matches!(e, AgentEvent::Stopped { instance, .. } if *instance == polite.instance),
+    )
+    .await;
+
+    // Ignores SIGTERM: killed once the delay passes.
+    let mut stubborn = spec(
+        &image,
+        r#"sh -c 'trap "" TERM; echo ready; while true; do sleep 1; done'"#,
+    );
+    stubborn.shutdown_delay = Duration::from_millis(1500);
+    let mut sub = node.logs(&stubborn).await;
+    node.agent.run_instance(stubborn.clone()).await.unwrap();
+    collect_logs(&mut sub, Duration::from_secs(5), |l| l.line == "ready").await;
+    let t0 = Instant::now();
+    let out = node.agent.stop_instance(&stubborn.instance).await.unwrap();
+    let stubborn_took = t0.elapsed();
+    assert!(out.escalated_to_kill, "{out:?}");
+    assert_eq!(out.status, Some(ExitStatus::Signal(9)));
+    assert!(
+        stubborn_took >= Duration::from_millis(1500) && stubborn_took < Duration::from_millis(3500),
+        "took {stubborn_took:?}"
+    );
+    println!(
+        "stop timings: SIGTERM handled in {:.0} ms; SIGTERM ignored → SIGKILL after the 1500 ms delay, gone in {:.0} ms",
+        polite_took.as_secs_f64() * 1000.0,
+        stubborn_took.as_secs_f64() * 1000.0
+    );
+    assert!(runc_list(&node.runc_root()).is_empty());
+    assert!(
+        agent_support::mounts_under(node.dir.path()).is_empty(),
+        "rootfs mounts left"
+    );
+    assert!(processes_of(&[&polite.instance, &stubborn.instance]).is_empty());
+    assert!(
+        std::fs::read_dir(node.cfg.state_dir.join("instances"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "instance dirs removed"
+    );
+}
+
+#[tokio::test]
+async fn one_off_past_its_timeout_is_stopped() {
+    let node = Node::start().await;
+    let image = node.image(&busybox_image(default_config())).await;
+    let mut s = spec(&image, "sleep 60");
+    s.shutdown_delay = Duration::from_millis(500);
+    let t0 = Instant::now();
+    let out = node
+        .agent
+        .run_once(s.clone(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    let took = t0.elapsed();
+    // `sleep` as pid 1 ignores SIGTERM (no handler): SIGKILL after 500 ms.
+    let OneOffOutcome::TimedOut(stop) = out else {
+        panic!("expected a timeout, got {out:?}")
+    };
+    assert!(stop.escalated_to_kill);
+    assert_eq!(stop.status, Some(ExitStatus::Signal(9)));
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(4),
+        "took {took:?}"
+    );
+    println!(
+        "one-off sleep 60 with a 1 s timeout: reported timed out after {:.0} ms",
+        took.as_secs_f64() * 1000.0
+    );
+    assert!(runc_list(&node.runc_root()).is_empty());
+    assert!(
+        agent_support::mounts_under(node.dir.path()).is_empty(),
+        "rootfs mounts left"
+    );
+    assert!(processes_of(&[&s.instance]).is_empty());
+
+    // A one-off that finishes in time reports its code.
+    let s = spec(&image, "sh -c 'exit 7'");
+    let out = node
+        .agent
+        .run_once(s, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(out, OneOffOutcome::Exited(ExitStatus::Code(7)));
+}
