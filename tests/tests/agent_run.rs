@@ -160,6 +160,20 @@ async fn start_latency_from_cached_image_and_heartbeats() {
         assert!(comm.starts_with("sleep"), "pid {pid} runs {comm:?}");
         specs.push(s);
     }
+    // The plan's limits reach the kernel (cgroup v1 here: 500 millicores,
+    // 128 MiB from agent_support::spec).
+    let id = specs[0].instance.to_string();
+    let read = |p: String| std::fs::read_to_string(p).unwrap().trim().to_string();
+    assert_eq!(
+        read(format!(
+            "/sys/fs/cgroup/memory/berth/{id}/memory.limit_in_bytes"
+        )),
+        (128u64 << 20).to_string()
+    );
+    assert_eq!(
+        read(format!("/sys/fs/cgroup/cpu/berth/{id}/cpu.cfs_quota_us")),
+        "50000"
+    );
     // A heartbeat lists them.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
