@@ -230,3 +230,67 @@ async fn unusable_events_are_reported_and_handled_by_policy() {
 fn chrono_now() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now()
 }
+
+/// A read model whose snapshot is several times what one message holds.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+struct Padded {
+    blobs: Vec<String>,
+    last_seq: u64,
+}
+
+impl Projection for Padded {
+    type Snapshot = Padded;
+    fn apply(&mut self, stream_seq: u64, env: &Envelope) {
+        // 8 KB per event, different for every event.
+        self.blobs.push(env.id.to_string().repeat(8 * 1024 / 24));
+        self.last_seq = stream_seq;
+    }
+    fn snapshot(&self) -> Padded {
+        self.clone()
+    }
+    fn restore(&mut self, snapshot: Padded) {
+        *self = snapshot;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_bigger_than_a_message_is_chunked_and_restored() {
+    init_tracing();
+    for version in NatsVersion::BOTH {
+        let server = NatsServer::start(version).unwrap();
+        let client = server.connect().await.unwrap();
+        let store = open_store(&client, 1).await.unwrap();
+        let opts = || ProjectionOptions {
+            snapshot_every_commits: u64::MAX,
+            snapshot_every: Duration::from_secs(3600),
+            ..opts(Some("big"))
+        };
+        for round in 0..2 {
+            // 300 commits, 400 events: ~3.3 MB of state, then ~6.6 MB.
+            let last = write_events(&store, 5, 300).await;
+            let mut first = ProjectionRunner::new(&store, Padded::default(), opts());
+            first.catch_up().await.unwrap();
+            let state = first.state().read().unwrap().clone();
+            assert_eq!(state.blobs.len(), 400 * (round + 1), "{version:?}");
+            assert!(
+                state.blobs.iter().map(String::len).sum::<usize>()
+                    > 2 * client.server_info().max_payload,
+                "{version:?}: the snapshot must not fit in one message"
+            );
+            first.snapshot_now().await;
+
+            let mut restarted = ProjectionRunner::new(&store, Padded::default(), opts());
+            let stats = restarted.catch_up().await.unwrap();
+            assert_eq!(
+                (stats.restored_seq, stats.commits),
+                (last, 0),
+                "{version:?} round {round}: not restored from the chunked snapshot"
+            );
+            assert_eq!(
+                *restarted.state().read().unwrap(),
+                state,
+                "{version:?} round {round}: restored state differs"
+            );
+        }
+    }
+}

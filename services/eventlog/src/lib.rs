@@ -25,6 +25,7 @@ mod dead_letter;
 mod error;
 mod log;
 pub mod projection;
+mod snapshots;
 mod store;
 pub mod worker;
 

@@ -198,10 +198,13 @@ impl<P: Projection + std::fmt::Debug> ProjectionRunner<P> {
             key: key.clone(),
             reason,
         };
-        let bytes = match self.store.snapshots.get(&key).await {
+        let bytes = match crate::snapshots::read(&self.store.snapshots, &key).await {
             Ok(Some(b)) => b,
             Ok(None) => return Ok(0),
-            Err(e) => return Err(ProjectionError::Request(e.to_string())),
+            Err(crate::snapshots::ReadError::Request(e)) => {
+                return Err(ProjectionError::Request(e))
+            }
+            Err(crate::snapshots::ReadError::Broken(e)) => return Err(snap_err(e)),
         };
         let record: SnapshotRecord<P::Snapshot> =
             rmp_serde::from_slice(&bytes).map_err(|e| snap_err(e.to_string()))?;
@@ -230,7 +233,14 @@ impl<P: Projection + std::fmt::Debug> ProjectionRunner<P> {
         };
         match bytes {
             Ok(bytes) => {
-                if let Err(e) = self.store.snapshots.put(&key, bytes.into()).await {
+                let chunk =
+                    crate::snapshots::chunk_size(self.store.client.server_info().max_payload);
+                // Distinct per write, so chunks of two writers never mix.
+                let generation = seq ^ chrono::Utc::now().timestamp_micros().unsigned_abs();
+                let written =
+                    crate::snapshots::write(&self.store.snapshots, &key, bytes, chunk, generation)
+                        .await;
+                if let Err(e) = written {
                     tracing::warn!(snapshot = %key, error = %e, "snapshot not written");
                     return;
                 }
