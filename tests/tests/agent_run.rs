@@ -196,11 +196,8 @@ async fn start_latency_from_cached_image_and_heartbeats() {
         ms(took[5]),
         ms(took[9])
     );
-    assert!(
-        took[5] < Duration::from_millis(300),
-        "median start {:?}",
-        took[5]
-    );
+    // Reported, not asserted: performance bars are measured by benchmark
+    // commands, never by timed tests in CI (BENCHMARKS.md records this figure).
     let ids: Vec<_> = specs.iter().map(|s| &s.instance).collect();
     assert!(processes_of(&ids).is_empty(), "containers left running");
     assert!(agent_support::runc_list(&node.runc_root()).is_empty());
