@@ -6,8 +6,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{CredentialId, OwnerId, ServiceId};
-use crate::model::{PullFailureReason, ResolvedImage};
+use crate::ids::{CredentialId, DeployId, InstanceId, OwnerId, ServiceId};
+use crate::model::{EnvVars, Plan, PullFailureReason, ResolvedImage};
 
 /// Scale a service to a number of instances.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -63,6 +63,55 @@ pub enum ImageCheckReply {
     },
 }
 
+/// What a node needs to run one container of a service: the exact digest
+/// to pull, how to reach it, and the service's process settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeRunSpec {
+    pub service: ServiceId,
+    /// The deploy this run belongs to (the events' correlation id).
+    pub deploy: DeployId,
+    /// The instance (also the container id).
+    pub instance: InstanceId,
+    /// Registry host and repository, e.g. `registry.example.com/team/app`.
+    pub image: String,
+    /// The resolved linux/amd64 manifest digest: exactly what runs.
+    pub digest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<CredentialId>,
+    /// Sealed with `seal_context::env_var(service, name)`; the node opens them.
+    #[serde(default)]
+    pub env: EnvVars,
+    /// Replaces the image's Cmd (shell words), Entrypoint kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
+    /// SIGTERM → SIGKILL delay on stop, seconds (SPEC §6: 1–300).
+    pub shutdown_delay_secs: u32,
+}
+
+/// Work for one node, on the durable queue `work.node.<node id>`
+/// (MessagePack). Redelivery is expected: a node acts on each at most once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum NodeWork {
+    /// Pull the digest (manifest always fetched) and start a service instance.
+    RunInstance(NodeRunSpec),
+    /// Stop an instance (SIGTERM, then SIGKILL after its shutdown delay).
+    StopInstance {
+        service: ServiceId,
+        instance: InstanceId,
+    },
+    /// Pull and run a one-off container (pre-deploy command, cron run).
+    RunOnce {
+        spec: NodeRunSpec,
+        timeout_secs: u32,
+    },
+}
+
 /// Name and JSON Schema of every command.
 pub fn command_types() -> Vec<(&'static str, schemars::Schema)> {
     vec![
@@ -74,5 +123,6 @@ pub fn command_types() -> Vec<(&'static str, schemars::Schema)> {
             schemars::schema_for!(ImageCheckRequest),
         ),
         ("image_check_reply", schemars::schema_for!(ImageCheckReply)),
+        ("node_work", schemars::schema_for!(NodeWork)),
     ]
 }

@@ -43,6 +43,9 @@ pub struct UpArgs {
 
     #[command(flatten)]
     pub resolver: berth_resolver::ResolverArgs,
+
+    #[command(flatten)]
+    pub node: berth_node::NodeArgs,
 }
 
 #[derive(Debug, Args)]

@@ -13,7 +13,7 @@ use berth_runtime::{Component, Config};
 use crate::projector::Projector;
 
 /// Every component name, in start order.
-pub const NAMES: &[&str] = &["projector", "resolver"];
+pub const NAMES: &[&str] = &["projector", "resolver", "node"];
 
 /// What components are built from: opened once per process and shared.
 #[derive(Debug, Clone)]
@@ -23,6 +23,8 @@ pub struct ComponentDeps {
     pub secret_key: Arc<SecretKey>,
     /// The resolver's validated settings.
     pub resolver: berth_resolver::ResolverOptions,
+    /// The node's validated settings.
+    pub node: berth_node::NodeOptions,
 }
 
 impl ComponentDeps {
@@ -32,6 +34,7 @@ impl ComponentDeps {
         config: &Config,
         secret_key: SecretKey,
         resolver: berth_resolver::ResolverOptions,
+        node: berth_node::NodeOptions,
     ) -> anyhow::Result<Self> {
         let store_config = StoreConfig {
             replicas: config.replicas,
@@ -44,6 +47,7 @@ impl ComponentDeps {
             store: Arc::new(store),
             secret_key: Arc::new(secret_key),
             resolver,
+            node,
         })
     }
 }
@@ -65,6 +69,11 @@ pub fn build(deps: &ComponentDeps, only: Option<&str>) -> anyhow::Result<Vec<Box
                     )
                     .context("building the resolver")?,
                 )),
+                "node" => Ok(Box::new(berth_node::Node::new(
+                    (*deps.store).clone(),
+                    (*deps.secret_key).clone(),
+                    deps.node.clone(),
+                ))),
                 other => Err(anyhow::anyhow!(
                     "component {other:?} is listed but not built"
                 )),

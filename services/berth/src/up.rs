@@ -33,6 +33,7 @@ pub async fn run_one(args: RunArgs) -> Outcome {
 struct Validated {
     config: Config,
     resolver: berth_resolver::ResolverOptions,
+    node: berth_node::NodeOptions,
     secret_key: Option<String>,
     only: Option<&'static str>,
 }
@@ -47,6 +48,15 @@ fn validate(args: UpArgs, only: Option<String>) -> Result<Validated, berth_runti
         .map_err(|errors| {
             for e in errors {
                 problems.add("BERTH_RESOLVER_*", e);
+            }
+        })
+        .ok();
+    let node = args
+        .node
+        .validate()
+        .map_err(|errors| {
+            for e in errors {
+                problems.add("BERTH_NODE_*", e);
             }
         })
         .ok();
@@ -72,10 +82,11 @@ fn validate(args: UpArgs, only: Option<String>) -> Result<Validated, berth_runti
         },
     };
     problems
-        .finish(config.zip(resolver))
-        .map(|(config, resolver)| Validated {
+        .finish(config.zip(resolver).zip(node))
+        .map(|((config, resolver), node)| Validated {
             config,
             resolver,
+            node,
             secret_key: args.secret_key,
             only,
         })
@@ -137,7 +148,7 @@ async fn serve(
         .await
         .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
 
-    let deps = ComponentDeps::open(client.clone(), &config, secret_key, v.resolver).await?;
+    let deps = ComponentDeps::open(client.clone(), &config, secret_key, v.resolver, v.node).await?;
     let selected = components::build(&deps, v.only)?;
     let names: Vec<_> = selected.iter().map(|c| c.name()).collect();
 

@@ -9,6 +9,7 @@
 //! - [`service`]: a service with its deploys (the SPEC §6 state machine),
 //!   instance count and cron runs;
 //! - [`credential`]: a registry credential and the services attached to it;
+//! - [`node`]: a node's registration and the instance facts nodes report;
 //! - [`owner`]: API keys, unique service names, notification defaults;
 //! - [`aggregate`]: the [`Aggregate`] trait the event store drives, and
 //!   [`Ctx`]; [`error`]: [`DomainError`], every variant the caller's fault;
@@ -17,6 +18,7 @@
 pub mod aggregate;
 pub mod credential;
 pub mod error;
+pub mod node;
 pub mod owner;
 pub mod reference;
 pub mod service;

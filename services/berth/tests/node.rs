@@ -1,0 +1,343 @@
+//! The real `berth run node` process (as root, real runc, nats-server and
+//! registry): it registers, runs an instance from its work queue, is
+//! `kill -9`ed, and the next process adopts the still-running instance
+//! (its log lines continue, in order), leaves no orphan container, keeps its
+//! identity, and stops the instance on request. Everything it started is
+//! removed at the end, also when the test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use berth_eventlog::{EventStore, StoreConfig};
+use berth_schemas::commands::{NodeRunSpec, NodeWork};
+use berth_schemas::ids::{DeployId, InstanceId, NodeId, ServiceId};
+use berth_schemas::{AggregateId, Envelope, Event, Subjects};
+use berth_tests::layers::{self, Comp, Entry};
+use berth_tests::registry::{Registry, RegistryAuth};
+use berth_tests::{NatsServer, NatsVersion};
+use futures::StreamExt;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+fn require_root_and_runc() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")),
+        "this test runs real runc containers and must run as root"
+    );
+    assert!(
+        std::process::Command::new("runc")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "runc must be installed (scripts/install-deps)"
+    );
+    assert!(
+        Path::new("/bin/busybox").is_file(),
+        "/bin/busybox missing (busybox-static)"
+    );
+}
+
+/// One layer: static busybox and the applets the test's command uses.
+fn busybox_image() -> berth_tests::image::Image {
+    let bb = std::fs::read("/bin/busybox").unwrap();
+    let mut entries = vec![
+        Entry::dir("bin"),
+        Entry::file("bin/busybox", &bb).mode(0o755),
+        Entry::dir("tmp").mode(0o1777),
+    ];
+    for a in ["sh", "echo", "sleep"] {
+        entries.push(Entry::symlink(&format!("bin/{a}"), "busybox"));
+    }
+    layers::image(vec![layers::layer(&entries, Comp::Gzip).unwrap()]).unwrap()
+}
+
+/// Removes containers and mounts left under `data` and kills a running
+/// berth (kill_on_drop), whatever happened.
+struct Cleanup {
+    runc_root: PathBuf,
+    data: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for id in runc_list(&self.runc_root) {
+            let _ = std::process::Command::new("runc")
+                .arg("--root")
+                .arg(&self.runc_root)
+                .args(["delete", "--force", &id])
+                .status();
+        }
+        let prefix = self.data.to_string_lossy().into_owned();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for m in mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&prefix))
+        {
+            let _ = std::process::Command::new("umount")
+                .args(["-l", m])
+                .status();
+        }
+    }
+}
+
+fn runc_list(root: &Path) -> Vec<String> {
+    if !root.exists() {
+        return vec![];
+    }
+    let out = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(root)
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn spawn_node(data: &Path, nats_url: &str, prefix: &str) -> Child {
+    let mut child = Command::new(BERTH)
+        .args(["run", "node"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("BERTH_DATA_DIR", data)
+        .env("BERTH_NATS_URL", nats_url)
+        .env("BERTH_HTTP_ADDR", "127.0.0.1:0")
+        .env("BERTH_SUBJECT_PREFIX", prefix)
+        .env("BERTH_NODE_NAME", "proc-node")
+        .env("BERTH_NODE_CPU_MILLIS", "2000")
+        .env("BERTH_NODE_MEMORY_MIB", "1024")
+        .env("BERTH_NODE_HEARTBEAT_MS", "200")
+        .env("BERTH_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
+    child
+}
+
+async fn events_of(store: &EventStore, id: AggregateId) -> Vec<Envelope> {
+    store.load(&id).await.unwrap().events
+}
+
+async fn wait_for(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what} not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn count(events: &[Envelope], type_name: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| e.event.type_name() == type_name)
+        .count()
+}
+
+/// The next `tick-N` numbers on the logs subject until `n` were seen.
+async fn ticks(sub: &mut async_nats::Subscriber, n: usize) -> Vec<u64> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("log lines within 10 s")
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        let line = v["line"].as_str().unwrap_or_default();
+        if let Some(t) = line.strip_prefix("tick-") {
+            out.push(t.parse().unwrap());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn kill_9_then_restart_adopts_the_instance_with_no_orphans() {
+    require_root_and_runc();
+    let nats = NatsServer::start(NatsVersion::Legacy).unwrap();
+    let client = nats.connect().await.unwrap();
+    let prefix = berth_tests::unique_prefix();
+    let subjects = Subjects::new(&prefix).unwrap();
+    let store = EventStore::open(client.clone(), subjects.clone(), StoreConfig::default())
+        .await
+        .unwrap();
+    let registry = Registry::start(RegistryAuth::None).await.unwrap();
+    let image = busybox_image();
+    registry.push_image("app/proc", "v1", &image).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let runc_root = data.join("node/agent/runc");
+    let _cleanup = Cleanup {
+        runc_root: runc_root.clone(),
+        data: data.clone(),
+    };
+
+    let mut berth = spawn_node(&data, &nats.url(), &prefix);
+    let id_file = data.join("node/node-id");
+    wait_for("node id file", Duration::from_secs(30), async || {
+        id_file.exists()
+    })
+    .await;
+    let node: NodeId = std::fs::read_to_string(&id_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_for("node registered", Duration::from_secs(30), async || {
+        count(
+            &events_of(&store, AggregateId::Node(node.clone())).await,
+            "node_registered",
+        ) == 1
+    })
+    .await;
+
+    let spec = NodeRunSpec {
+        service: ServiceId::generate(),
+        deploy: DeployId::generate(),
+        instance: InstanceId::generate(),
+        image: format!("{}/app/proc", registry.host),
+        digest: image.digest.clone(),
+        credential: None,
+        env: Default::default(),
+        command: Some(
+            "sh -c 'i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.1; done'".into(),
+        ),
+        port: None,
+        plan: None,
+        shutdown_delay_secs: 2,
+    };
+    let mut logs = client
+        .subscribe(subjects.logs(&spec.service, &spec.instance))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    store
+        .enqueue(
+            &berth_node::queue(&node),
+            spec.service.as_str(),
+            rmp_serde::to_vec_named(&NodeWork::RunInstance(spec.clone()))
+                .unwrap()
+                .into(),
+            "run-1",
+        )
+        .await
+        .unwrap();
+    let service = AggregateId::Service(spec.service.clone());
+    wait_for("instance started", Duration::from_secs(30), async || {
+        count(
+            &events_of(&store, service.clone()).await,
+            "instance_started",
+        ) == 1
+    })
+    .await;
+    let before = ticks(&mut logs, 5).await;
+    assert_eq!(runc_list(&runc_root), vec![spec.instance.to_string()]);
+
+    // kill -9: no shutdown code runs at all.
+    kill(Pid::from_raw(berth.id().unwrap() as i32), Signal::SIGKILL).unwrap();
+    berth.wait().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        runc_list(&runc_root),
+        vec![spec.instance.to_string()],
+        "the instance outlives the node process"
+    );
+
+    // Start again: same identity, the instance adopted, logs continue.
+    let mut heartbeats = client.subscribe(subjects.heartbeat()).await.unwrap();
+    client.flush().await.unwrap();
+    let mut berth = spawn_node(&data, &nats.url(), &prefix);
+    let hb = loop {
+        let m = tokio::time::timeout(Duration::from_secs(30), heartbeats.next())
+            .await
+            .expect("heartbeat within 30 s")
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        if v["node"] == node.as_str() && !v["instances"].as_array().unwrap().is_empty() {
+            break v;
+        }
+    };
+    assert_eq!(hb["instances"][0], spec.instance.as_str(), "{hb}");
+    let after = ticks(&mut logs, 10).await;
+    assert!(
+        after.windows(2).all(|w| w[1] == w[0] + 1),
+        "consecutive after adoption: {after:?}"
+    );
+    assert!(
+        after[0] > *before.last().unwrap(),
+        "{before:?} then {after:?}"
+    );
+    assert_eq!(
+        runc_list(&runc_root),
+        vec![spec.instance.to_string()],
+        "no orphan containers"
+    );
+    let node_events = events_of(&store, AggregateId::Node(node.clone())).await;
+    assert_eq!(
+        count(&node_events, "node_registered"),
+        1,
+        "same identity, nothing new"
+    );
+    let svc = events_of(&store, service.clone()).await;
+    assert_eq!(count(&svc, "instance_started"), 1);
+    assert_eq!(count(&svc, "instance_exited"), 0);
+
+    // Stop it through the queue.
+    store
+        .enqueue(
+            &berth_node::queue(&node),
+            spec.service.as_str(),
+            rmp_serde::to_vec_named(&NodeWork::StopInstance {
+                service: spec.service.clone(),
+                instance: spec.instance.clone(),
+            })
+            .unwrap()
+            .into(),
+            "stop-1",
+        )
+        .await
+        .unwrap();
+    wait_for("instance stopped", Duration::from_secs(30), async || {
+        count(
+            &events_of(&store, service.clone()).await,
+            "instance_stopped",
+        ) == 1
+    })
+    .await;
+    let svc = events_of(&store, service.clone()).await;
+    let stopped = svc
+        .iter()
+        .find(|e| matches!(e.event, Event::InstanceStopped(_)))
+        .unwrap();
+    assert_eq!(
+        stopped.correlation_id.as_ref(),
+        Some(&spec.deploy),
+        "the deploy is known to the restarted node"
+    );
+    assert!(runc_list(&runc_root).is_empty());
+
+    // A clean stop.
+    kill(Pid::from_raw(berth.id().unwrap() as i32), Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), berth.wait())
+        .await
+        .expect("berth exits within 20 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}

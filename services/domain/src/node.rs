@@ -1,0 +1,203 @@
+//! The node aggregate (SPEC §11, §13) and the rules for the facts a node
+//! reports about the instances it runs.
+//!
+//! A node registers once with its capacity and registers again only when
+//! its name or capacity changed, so a node restarting with the same
+//! identity appends nothing. Instance facts (pulled, started, exited,
+//! restarted, stopped) are what a node *saw*; they go onto the service's
+//! subject as they are — refusing a fact would only lose it — but only
+//! facts of those kinds, and never onto a deleted service.
+
+use berth_schemas::events::NodeRegistered;
+use berth_schemas::{Envelope, Event};
+use serde::{Deserialize, Serialize};
+
+use crate::error::DomainError;
+use crate::service::{ServiceState, ServiceStatus};
+
+/// A node as registered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeState {
+    /// Name and capacity, once registered.
+    pub registered: Option<Capacity>,
+    /// Declared lost and not recovered since.
+    pub lost: bool,
+}
+
+/// What a node offers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Capacity {
+    pub name: String,
+    pub cpu_millis: u32,
+    pub memory_mib: u32,
+}
+
+/// What a node asks of its own aggregate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Register (on every start).
+    Register(Capacity),
+}
+
+/// Applies one event; events of other aggregates leave the state unchanged.
+pub fn apply(mut state: NodeState, event: &Event) -> NodeState {
+    match event {
+        Event::NodeRegistered(e) => {
+            state.registered = Some(Capacity {
+                name: e.name.clone(),
+                cpu_millis: e.cpu_millis,
+                memory_mib: e.memory_mib,
+            });
+        }
+        Event::NodeLost(_) => state.lost = true,
+        Event::NodeRecovered(_) => state.lost = false,
+        _ => {}
+    }
+    state
+}
+
+/// Folds an envelope.
+pub fn fold(state: NodeState, envelope: &Envelope) -> NodeState {
+    apply(state, &envelope.event)
+}
+
+/// The rules: a registration is recorded when it says something new.
+pub fn decide(state: &NodeState, command: Command) -> Result<Vec<Event>, DomainError> {
+    match command {
+        Command::Register(c) => {
+            if c.name.trim().is_empty() || c.name.len() > 100 {
+                return Err(DomainError::Invalid {
+                    field: "name",
+                    reason: "a node name is 1-100 characters".to_owned(),
+                });
+            }
+            if c.cpu_millis == 0 || c.memory_mib == 0 {
+                return Err(DomainError::Invalid {
+                    field: "capacity",
+                    reason: "a node offers some CPU and memory".to_owned(),
+                });
+            }
+            if state.registered.as_ref() == Some(&c) {
+                return Ok(vec![]);
+            }
+            Ok(vec![Event::NodeRegistered(NodeRegistered {
+                name: c.name,
+                cpu_millis: c.cpu_millis,
+                memory_mib: c.memory_mib,
+            })])
+        }
+    }
+}
+
+/// Whether `event` is a fact a node may report about a service's instances.
+pub fn is_instance_fact(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::ImagePullProgressed(_)
+            | Event::ImagePulled(_)
+            | Event::ImagePullFailed(_)
+            | Event::InstanceStarted(_)
+            | Event::InstanceExited(_)
+            | Event::ServerRestarted(_)
+            | Event::InstanceStopped(_)
+    )
+}
+
+/// A node reports `fact` about a service in `state`.
+pub fn report(state: &ServiceState, fact: Event) -> Result<Vec<Event>, DomainError> {
+    if !is_instance_fact(&fact) {
+        return Err(DomainError::Invalid {
+            field: "event",
+            reason: format!("{} is not an instance fact", fact.type_name()),
+        });
+    }
+    if state.status == ServiceStatus::Deleted {
+        return Err(DomainError::NotFound {
+            what: "service",
+            id: String::new(),
+        });
+    }
+    Ok(vec![fact])
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use berth_schemas::events::{InstanceStarted, NodeLost, NodeRecovered};
+    use berth_schemas::ids::{InstanceId, NodeId};
+
+    use super::*;
+
+    fn cap(name: &str, cpu: u32) -> Capacity {
+        Capacity {
+            name: name.into(),
+            cpu_millis: cpu,
+            memory_mib: 1024,
+        }
+    }
+
+    fn given(events: &[Event]) -> NodeState {
+        events.iter().fold(NodeState::default(), apply)
+    }
+
+    #[test]
+    fn first_registration_is_recorded() {
+        let out = decide(&given(&[]), Command::Register(cap("n1", 2000))).unwrap();
+        assert_eq!(
+            out,
+            vec![Event::NodeRegistered(NodeRegistered {
+                name: "n1".into(),
+                cpu_millis: 2000,
+                memory_mib: 1024
+            })]
+        );
+    }
+
+    #[test]
+    fn same_registration_again_appends_nothing_changed_capacity_does() {
+        let first = decide(&given(&[]), Command::Register(cap("n1", 2000))).unwrap();
+        let s = given(&first);
+        assert!(decide(&s, Command::Register(cap("n1", 2000)))
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            decide(&s, Command::Register(cap("n1", 4000)))
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn empty_name_or_capacity_is_invalid() {
+        assert!(decide(&given(&[]), Command::Register(cap(" ", 1))).is_err());
+        assert!(decide(&given(&[]), Command::Register(cap("n", 0))).is_err());
+    }
+
+    #[test]
+    fn lost_and_recovered() {
+        let s = given(&[Event::NodeLost(NodeLost {
+            last_heartbeat: chrono::Utc::now(),
+        })]);
+        assert!(s.lost);
+        assert!(!apply(s, &Event::NodeRecovered(NodeRecovered {})).lost);
+    }
+
+    #[test]
+    fn only_instance_facts_are_reported_and_not_on_deleted_services() {
+        let fact = Event::InstanceStarted(InstanceStarted {
+            instance: InstanceId::generate(),
+            node: NodeId::generate(),
+            digest: "sha256:00".into(),
+        });
+        let live = ServiceState::default();
+        assert_eq!(report(&live, fact.clone()).unwrap(), vec![fact.clone()]);
+        let mut deleted = ServiceState::default();
+        deleted.status = ServiceStatus::Deleted;
+        assert!(report(&deleted, fact).is_err());
+        let not_a_fact = Event::NodeRecovered(NodeRecovered {});
+        assert!(report(&live, not_a_fact).is_err());
+    }
+}

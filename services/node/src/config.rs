@@ -1,0 +1,177 @@
+//! The node's settings (`BERTH_NODE_*`), validated with the rest of the
+//! configuration before anything starts (exit 64 on a problem).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use berth_oci::ClientConfig;
+
+/// Node options as given on the command line or in the environment.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// Where the node keeps its id, content store and agent state
+    /// [default: `$BERTH_DATA_DIR/node`].
+    #[arg(long, env = "BERTH_NODE_DIR")]
+    pub node_dir: Option<PathBuf>,
+
+    /// The node's name [default: the host name].
+    #[arg(long, env = "BERTH_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// CPU offered to instances, in millicores [default: 1000 per core].
+    #[arg(long, env = "BERTH_NODE_CPU_MILLIS")]
+    pub node_cpu_millis: Option<u32>,
+
+    /// Memory offered to instances, in MiB [default: the machine's memory].
+    #[arg(long, env = "BERTH_NODE_MEMORY_MIB")]
+    pub node_memory_mib: Option<u32>,
+
+    /// The runc binary.
+    #[arg(long, env = "BERTH_NODE_RUNC", default_value = "runc")]
+    pub node_runc: PathBuf,
+
+    /// Work items (pulls, starts, stops) handled at once.
+    #[arg(long, env = "BERTH_NODE_CONCURRENCY", default_value_t = 4)]
+    pub node_concurrency: usize,
+
+    /// Seconds a work item may go unacknowledged before redelivery
+    /// (progress acks extend it during long pulls).
+    #[arg(long, env = "BERTH_NODE_ACK_WAIT_SECS", default_value_t = 30)]
+    pub node_ack_wait_secs: u64,
+
+    /// Deliveries of one work item before it is dead-lettered.
+    #[arg(long, env = "BERTH_NODE_MAX_DELIVER", default_value_t = 5)]
+    pub node_max_deliver: i64,
+
+    /// Milliseconds between heartbeats.
+    #[arg(long, env = "BERTH_NODE_HEARTBEAT_MS", default_value_t = 5000)]
+    pub node_heartbeat_ms: u64,
+
+    /// Milliseconds between pull progress events of one pull.
+    #[arg(long, env = "BERTH_NODE_PROGRESS_MS", default_value_t = 1000)]
+    pub node_progress_ms: u64,
+
+    /// Registry hosts (`host[:port]`, comma separated) spoken to over plain
+    /// http; loopback hosts always are.
+    #[arg(
+        long,
+        env = "BERTH_NODE_INSECURE_REGISTRIES",
+        default_value = "",
+        value_delimiter = ','
+    )]
+    pub node_insecure_registries: Vec<String>,
+}
+
+/// Validated node options.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// State dir; `None`: `$BERTH_DATA_DIR/node`.
+    pub dir: Option<PathBuf>,
+    pub name: String,
+    pub cpu_millis: u32,
+    pub memory_mib: u32,
+    pub runc: PathBuf,
+    pub concurrency: usize,
+    pub ack_wait: Duration,
+    pub max_deliver: i64,
+    pub heartbeat: Duration,
+    pub progress_interval: Duration,
+    /// Registry client settings for pulls.
+    pub client: ClientConfig,
+}
+
+impl NodeArgs {
+    /// Checks every option; returns all problems at once.
+    pub fn validate(&self) -> Result<NodeOptions, Vec<String>> {
+        let mut problems = Vec::new();
+        let name = self.node_name.clone().unwrap_or_else(host_name);
+        if name.trim().is_empty() || name.len() > 100 {
+            problems.push("BERTH_NODE_NAME must be 1-100 characters".to_owned());
+        }
+        let cpu_millis = self.node_cpu_millis.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| n.get() as u32) * 1000
+        });
+        if cpu_millis == 0 {
+            problems.push("BERTH_NODE_CPU_MILLIS must be > 0".to_owned());
+        }
+        let memory_mib = self.node_memory_mib.unwrap_or_else(machine_memory_mib);
+        if memory_mib == 0 {
+            problems.push("BERTH_NODE_MEMORY_MIB must be > 0".to_owned());
+        }
+        if self.node_concurrency == 0 || self.node_concurrency > 256 {
+            problems.push("BERTH_NODE_CONCURRENCY must be 1-256".to_owned());
+        }
+        if self.node_ack_wait_secs == 0 {
+            problems.push("BERTH_NODE_ACK_WAIT_SECS must be > 0".to_owned());
+        }
+        if self.node_max_deliver < 1 {
+            problems.push("BERTH_NODE_MAX_DELIVER must be >= 1".to_owned());
+        }
+        if self.node_heartbeat_ms < 50 {
+            problems.push("BERTH_NODE_HEARTBEAT_MS must be >= 50".to_owned());
+        }
+        if self.node_progress_ms < 50 {
+            problems.push("BERTH_NODE_PROGRESS_MS must be >= 50".to_owned());
+        }
+        if self
+            .node_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            problems.push("BERTH_NODE_DIR must not be empty".to_owned());
+        }
+        let insecure: Vec<String> = self
+            .node_insecure_registries
+            .iter()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .collect();
+        if let Some(bad) = insecure
+            .iter()
+            .find(|h| h.contains('/') || h.contains(char::is_whitespace))
+        {
+            problems.push(format!(
+                "BERTH_NODE_INSECURE_REGISTRIES: {bad:?} is not a host[:port]"
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(NodeOptions {
+            dir: self.node_dir.clone(),
+            name,
+            cpu_millis,
+            memory_mib,
+            runc: self.node_runc.clone(),
+            concurrency: self.node_concurrency,
+            ack_wait: Duration::from_secs(self.node_ack_wait_secs),
+            max_deliver: self.node_max_deliver,
+            heartbeat: Duration::from_millis(self.node_heartbeat_ms),
+            progress_interval: Duration::from_millis(self.node_progress_ms),
+            client: ClientConfig {
+                insecure_hosts: insecure,
+                ..ClientConfig::default()
+            },
+        })
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "node".to_owned())
+}
+
+fn machine_memory_mib() -> u32 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(1024, |kb| u32::try_from(kb / 1024).unwrap_or(u32::MAX))
+}

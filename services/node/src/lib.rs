@@ -1,0 +1,298 @@
+//! berth-node: the `node` component — the puller and the agent of one
+//! machine behind one durable work queue (SPEC §8, §9, §11, §12).
+//!
+//! On start the node takes its identity from its data dir (created once, so
+//! a restarted node is the same node), registers its capacity on its node
+//! aggregate, starts the agent (which adopts or cleans up the containers a
+//! previous process left and heart-beats), and consumes
+//! `work.node.<node id>`: [`NodeWork`](berth_schemas::commands::NodeWork)
+//! items the scheduler enqueues. What happens to instances becomes events on
+//! the service's subject, correlated with the deploy.
+//!
+//! On shutdown the node stops taking work, lets in-flight items finish or
+//! naks them, and detaches from its containers: they keep running and the
+//! next node process adopts them (an upgrade or crash never kills
+//! workloads; stopping an instance is an explicit work item).
+
+mod config;
+mod report;
+mod work;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use berth_agent::{Agent, AgentConfig, Runc};
+use berth_domain::node::{self as rules, Capacity, Command};
+use berth_eventlog::worker::WorkerConfig;
+use berth_eventlog::{EventStore, NewEvent};
+use berth_oci::RegistryClient;
+use berth_puller::{ContentStore, PullConfig, Puller, VerifyPolicy};
+use berth_runtime::secrets::SecretKey;
+use berth_runtime::{BoxError, Component, ComponentContext};
+use berth_schemas::ids::NodeId;
+use berth_schemas::{Actor, AggregateId};
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{NodeArgs, NodeOptions};
+pub use report::{Placement, Reporter};
+pub use work::NodeHandler;
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("node state dir {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("node id file {path} is corrupt: {reason}")]
+    BadId { path: PathBuf, reason: String },
+    #[error("content store: {0}")]
+    Store(#[from] berth_puller::StoreError),
+    #[error("registry client: {0}")]
+    Client(String),
+    #[error("agent: {0}")]
+    Agent(#[from] berth_agent::AgentError),
+    #[error("registering the node: {0}")]
+    Register(String),
+    #[error("work queue: {0}")]
+    Queue(#[from] berth_eventlog::StoreError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
+    move |source| NodeError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The node's id, created in `dir/node-id` on the first start.
+pub fn load_or_create_id(dir: &Path) -> Result<NodeId, NodeError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let path = dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => s.trim().parse().map_err(|e| NodeError::BadId {
+            path: path.clone(),
+            reason: format!("{e}"),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = NodeId::generate();
+            let tmp = dir.join("node-id.tmp");
+            std::fs::write(&tmp, format!("{id}\n")).map_err(io(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io(&path))?;
+            Ok(id)
+        }
+        Err(e) => Err(NodeError::Io { path, source: e }),
+    }
+}
+
+/// How long facts still in flight at shutdown may take to be recorded.
+const FORWARD_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The work queue of a node.
+pub fn queue(node: &NodeId) -> String {
+    format!("node.{node}")
+}
+
+/// The `node` component.
+#[derive(Debug)]
+pub struct Node {
+    store: EventStore,
+    key: Arc<SecretKey>,
+    opts: NodeOptions,
+}
+
+impl Node {
+    pub fn new(store: EventStore, key: SecretKey, opts: NodeOptions) -> Self {
+        Self {
+            store,
+            key: Arc::new(key),
+            opts,
+        }
+    }
+
+    /// Runs the node until `ctx.shutdown`.
+    pub async fn run(self, ctx: ComponentContext) -> Result<(), NodeError> {
+        let dir = self
+            .opts
+            .dir
+            .clone()
+            .unwrap_or_else(|| ctx.config.data_dir.join("node"));
+        let ready = ctx.ready.clone();
+        self.serve(ctx.client, dir, ctx.shutdown, move |r| ready.set(r))
+            .await
+    }
+
+    /// Runs the node with its state in `dir` until `shutdown`; `ready` is
+    /// told when work intake starts and stops.
+    pub async fn serve(
+        self,
+        client: async_nats::Client,
+        dir: PathBuf,
+        shutdown: CancellationToken,
+        ready: impl Fn(bool),
+    ) -> Result<(), NodeError> {
+        let subjects = self.store.subjects().clone();
+        let id = load_or_create_id(&dir)?;
+        self.register(&id).await?;
+
+        let content = ContentStore::open(dir.join("store"), VerifyPolicy::Size)?;
+        let registry = RegistryClient::new(self.opts.client.clone())
+            .map_err(|e| NodeError::Client(e.to_string()))?;
+        let puller = Puller::new(
+            registry,
+            content,
+            PullConfig {
+                progress_interval: self.opts.progress_interval,
+                ..PullConfig::default()
+            },
+        );
+        let agent_dir = dir.join("agent");
+        let mut agent_cfg = AgentConfig::new(id.clone(), &agent_dir);
+        agent_cfg.heartbeat_interval = self.opts.heartbeat;
+        let runc = Runc::new(&self.opts.runc, agent_dir.join("runc"));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        // The forwarder starts before the agent so adoption reports are kept.
+        let reporter = Reporter::new(self.store.clone(), id.clone(), dir.join("placements"))
+            .map_err(io(&dir))?;
+        let forward_stop = CancellationToken::new();
+        let mut forwarder = tokio::spawn(reporter.clone().forward(rx, forward_stop.clone()));
+        let agent = Agent::start(agent_cfg, Arc::new(runc), client, subjects, tx).await?;
+        tracing::info!(node.id = %id, node.name = %self.opts.name, dir = %dir.display(), "node running");
+
+        let handler = Arc::new(NodeHandler {
+            agent: agent.clone(),
+            puller,
+            reporter,
+            key: self.key.clone(),
+        });
+        let q = queue(&id);
+        let cfg = WorkerConfig {
+            ack_wait: self.opts.ack_wait,
+            max_deliver: self.opts.max_deliver,
+            concurrency: self.opts.concurrency,
+            // Consumer names cannot contain dots.
+            consumer: format!("node-{id}"),
+            ..WorkerConfig::new(&q)
+        };
+        ready(true);
+        let worked = self.store.run_worker(cfg, handler, shutdown).await;
+        ready(false);
+        // Containers keep running; the next node process adopts them.
+        agent.detach().await;
+        // The channel closes with the last agent handle: facts reported
+        // until then still reach the log, within a bound.
+        drop(agent);
+        if tokio::time::timeout(FORWARD_DRAIN, &mut forwarder)
+            .await
+            .is_err()
+        {
+            forward_stop.cancel();
+            let _ = forwarder.await;
+        }
+        if let Err(e) = &worked {
+            tracing::error!(node.id = %id, error = %e, "work intake failed");
+        }
+        worked?;
+        tracing::info!(node.id = %id, "node stopped");
+        Ok(())
+    }
+
+    async fn register(&self, id: &NodeId) -> Result<(), NodeError> {
+        let cap = Capacity {
+            name: self.opts.name.clone(),
+            cpu_millis: self.opts.cpu_millis,
+            memory_mib: self.opts.memory_mib,
+        };
+        let key = format!(
+            "{id}:registered:{}:{}:{}",
+            cap.name, cap.cpu_millis, cap.memory_mib
+        );
+        let actor = Actor::system("node");
+        self.store
+            .execute(&AggregateId::Node(id.clone()), &key, rules::fold, |s| {
+                Ok::<_, berth_domain::DomainError>(
+                    rules::decide(s, Command::Register(cap.clone()))?
+                        .into_iter()
+                        .map(|e| NewEvent::new(e, actor.clone()))
+                        .collect(),
+                )
+            })
+            .await
+            .map_err(|e| NodeError::Register(e.to_string()))?;
+        Ok(())
+    }
+}
+
+impl Component for Node {
+    fn name(&self) -> &'static str {
+        "node"
+    }
+
+    fn run(self: Box<Self>, ctx: ComponentContext) -> BoxFuture<'static, Result<(), BoxError>> {
+        Box::pin(async move { (*self).run(ctx).await.map_err(BoxError::from) })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        node: NodeArgs,
+    }
+
+    #[test]
+    fn node_id_is_created_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create_id(dir.path()).unwrap();
+        let b = load_or_create_id(dir.path()).unwrap();
+        assert_eq!(a, b);
+        std::fs::write(dir.path().join("node-id"), "garbage").unwrap();
+        assert!(matches!(
+            load_or_create_id(dir.path()),
+            Err(NodeError::BadId { .. })
+        ));
+    }
+
+    #[test]
+    fn every_bad_setting_is_reported_together() {
+        let cli = Cli::parse_from([
+            "x",
+            "--node-name",
+            " ",
+            "--node-cpu-millis",
+            "0",
+            "--node-concurrency",
+            "0",
+            "--node-insecure-registries",
+            "a/b",
+        ]);
+        let errors = cli.node.validate().unwrap_err();
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        let ok = Cli::parse_from(["x", "--node-name", "n1"])
+            .node
+            .validate()
+            .unwrap();
+        assert_eq!(ok.name, "n1");
+        assert!(ok.cpu_millis >= 1000 && ok.memory_mib > 0);
+    }
+
+    #[test]
+    fn work_items_round_trip_as_messagepack() {
+        use berth_schemas::commands::NodeWork;
+        use berth_schemas::ids::{InstanceId, ServiceId};
+        let w = NodeWork::StopInstance {
+            service: ServiceId::generate(),
+            instance: InstanceId::generate(),
+        };
+        let bytes = rmp_serde::to_vec_named(&w).unwrap();
+        assert_eq!(rmp_serde::from_slice::<NodeWork>(&bytes).unwrap(), w);
+    }
+}

@@ -1,0 +1,205 @@
+//! What the node saw, onto the service's subject: every fact is appended
+//! with `Store::execute` (load → `berth_domain::node::report` → append with
+//! the expected sequence), correlated with the deploy, under an
+//! idempotency key derived from the instance and the fact, so a redelivered
+//! work item or a restarted node never records the same fact twice.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use berth_agent::{AgentEvent, ExitStatus};
+use berth_domain::{node, service, DomainError};
+use berth_eventlog::{EventStore, ExecuteError, NewEvent};
+use berth_schemas::events::{InstanceExited, InstanceStarted, InstanceStopped, ServerRestarted};
+use berth_schemas::ids::{DeployId, InstanceId, NodeId, ServiceId};
+use berth_schemas::{Actor, AggregateId, Event};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Appends facts; remembers which deploy each instance belongs to (on
+/// disk, so facts about adopted instances stay correlated after a restart).
+#[derive(Debug, Clone)]
+pub struct Reporter {
+    pub(crate) store: EventStore,
+    pub(crate) node: NodeId,
+    dir: PathBuf,
+    deploys: Arc<Mutex<HashMap<InstanceId, Placement>>>,
+}
+
+/// An instance's service, deploy and digest, kept in `<dir>/<instance>.json`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Placement {
+    pub service: ServiceId,
+    pub deploy: DeployId,
+    pub digest: String,
+}
+
+impl Reporter {
+    /// A reporter keeping placements under `dir`.
+    pub fn new(store: EventStore, node: NodeId, dir: PathBuf) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self {
+            store,
+            node,
+            dir,
+            deploys: Arc::default(),
+        })
+    }
+
+    /// Records where `instance` belongs before it starts.
+    pub fn place(&self, instance: &InstanceId, p: Placement) -> std::io::Result<()> {
+        let path = self.dir.join(format!("{instance}.json"));
+        let tmp = self.dir.join(format!("{instance}.json.tmp"));
+        let bytes = serde_json::to_vec(&p).map_err(std::io::Error::other)?;
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, &path)?;
+        self.lock().insert(instance.clone(), p);
+        Ok(())
+    }
+
+    /// Where `instance` belongs, if this node placed it.
+    pub fn placement(&self, instance: &InstanceId) -> Option<Placement> {
+        if let Some(p) = self.lock().get(instance) {
+            return Some(p.clone());
+        }
+        let bytes = std::fs::read(self.dir.join(format!("{instance}.json"))).ok()?;
+        let p: Placement = serde_json::from_slice(&bytes).ok()?;
+        self.lock().insert(instance.clone(), p.clone());
+        Some(p)
+    }
+
+    fn forget(&self, instance: &InstanceId) {
+        self.lock().remove(instance);
+        let _ = std::fs::remove_file(self.dir.join(format!("{instance}.json")));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Placement>> {
+        self.deploys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends `fact` on `service`'s subject, once per `key`.
+    pub async fn fact(
+        &self,
+        service: &ServiceId,
+        deploy: Option<&DeployId>,
+        fact: Event,
+        key: &str,
+    ) -> Result<(), ExecuteError<DomainError>> {
+        let actor = Actor::system("node");
+        self.store
+            .execute(
+                &AggregateId::Service(service.clone()),
+                key,
+                service::fold,
+                |s| {
+                    Ok(node::report(s, fact.clone())?
+                        .into_iter()
+                        .map(|e| {
+                            let n = NewEvent::new(e, actor.clone())
+                                .caused_by(format!("node:{}", self.node));
+                            match deploy {
+                                Some(d) => n.correlated(d.clone()),
+                                None => n,
+                            }
+                        })
+                        .collect())
+                },
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Turns the agent's events into service events until `shutdown`.
+    pub async fn forward(
+        self,
+        mut events: mpsc::UnboundedReceiver<AgentEvent>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let e = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                e = events.recv() => match e { Some(e) => e, None => return },
+            };
+            if let Err(err) = self.forward_one(&e).await {
+                tracing::warn!(error = %err, event = ?e, "recording an agent event failed");
+            }
+        }
+    }
+
+    async fn forward_one(&self, e: &AgentEvent) -> Result<(), ExecuteError<DomainError>> {
+        let (service, instance, fact, key) = match e {
+            AgentEvent::Started {
+                service,
+                instance,
+                restarts,
+                ..
+            } if *restarts > 0 => (
+                service,
+                instance,
+                Event::ServerRestarted(ServerRestarted {
+                    instance: instance.clone(),
+                    attempt: *restarts,
+                }),
+                format!("{instance}:restarted:{restarts}"),
+            ),
+            AgentEvent::Exited {
+                service,
+                instance,
+                status,
+                at,
+                ..
+            } => {
+                let (exit_code, signal) = match status {
+                    ExitStatus::Code(c) => (Some(*c), None),
+                    ExitStatus::Signal(s) => (None, Some(*s)),
+                    ExitStatus::Unknown => (None, None),
+                };
+                (
+                    service,
+                    instance,
+                    Event::InstanceExited(InstanceExited {
+                        instance: instance.clone(),
+                        exit_code,
+                        signal,
+                    }),
+                    format!("{instance}:exited:{}", at.timestamp_micros()),
+                )
+            }
+            AgentEvent::Stopped {
+                service, instance, ..
+            } => {
+                let key = format!("{instance}:stopped");
+                let p = self.placement(instance);
+                let fact = Event::InstanceStopped(InstanceStopped {
+                    instance: instance.clone(),
+                });
+                self.fact(service, p.as_ref().map(|p| &p.deploy), fact, &key)
+                    .await?;
+                self.forget(instance);
+                return Ok(());
+            }
+            _ => return Ok(()),
+        };
+        let p = self.placement(instance);
+        self.fact(service, p.as_ref().map(|p| &p.deploy), fact, &key)
+            .await
+    }
+
+    /// `InstanceStarted` for a first start (restarts are `ServerRestarted`).
+    pub async fn started(
+        &self,
+        service: &ServiceId,
+        instance: &InstanceId,
+        deploy: &DeployId,
+        digest: &str,
+    ) -> Result<(), ExecuteError<DomainError>> {
+        let fact = Event::InstanceStarted(InstanceStarted {
+            instance: instance.clone(),
+            node: self.node.clone(),
+            digest: digest.to_owned(),
+        });
+        self.fact(service, Some(deploy), fact, &format!("{instance}:started"))
+            .await
+    }
+}

@@ -1,0 +1,307 @@
+//! The node's work queue handler: `RunInstance` (pull → unpack → start →
+//! `InstanceStarted`), `StopInstance` and `RunOnce`, each safe to receive
+//! twice (a redelivery after a crash or a lost ack).
+//!
+//! Verdicts: a pull failure that is the image's fault (SPEC §9) is recorded
+//! as `ImagePullFailed` and the job is done — retrying cannot fix a deleted
+//! image; a failure of this node (disk, runc) is retried and, after the
+//! queue's bounded redelivery, dead-lettered.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_agent::{Agent, AgentError, ImageConfig, ImageRoot, InstanceSpec, Limits};
+use berth_domain::credential::{self, CredentialState};
+use berth_eventlog::worker::{Job, WorkError, WorkHandler};
+use berth_oci::Credential;
+use berth_puller::{unpack_image, Progress, PullRequest, Puller, UnpackOptions};
+use berth_runtime::secrets::SecretKey;
+use berth_schemas::commands::{NodeRunSpec, NodeWork};
+use berth_schemas::events::{ImagePullFailed, ImagePullProgressed, ImagePulled};
+use berth_schemas::model::{seal_context, PullFailureReason};
+use berth_schemas::{AggregateId, Event};
+use tokio::sync::watch;
+
+use crate::report::{Placement, Reporter};
+
+/// Handles one node's work items.
+#[derive(Debug)]
+pub struct NodeHandler {
+    pub(crate) agent: Agent,
+    pub(crate) puller: Puller,
+    pub(crate) reporter: Reporter,
+    pub(crate) key: Arc<SecretKey>,
+}
+
+fn retry(what: &str, e: impl std::fmt::Display) -> WorkError {
+    WorkError::Retry(format!("{what}: {e}"))
+}
+
+/// A pull that failed because of the image (recorded, not retried).
+struct ImageFault {
+    reason: PullFailureReason,
+    message: String,
+}
+
+impl WorkHandler for NodeHandler {
+    async fn handle(&self, job: Job) -> Result<(), WorkError> {
+        let work: NodeWork = rmp_serde::from_slice(&job.payload)
+            .map_err(|e| WorkError::Fatal(format!("not a NodeWork item: {e}")))?;
+        match work {
+            NodeWork::RunInstance(spec) => self.run_instance(spec).await,
+            NodeWork::StopInstance { service, instance } => {
+                match self.agent.stop_instance(&instance).await {
+                    Ok(_) => Ok(()),
+                    // Already stopped (a redelivery) or never here: the
+                    // stop's fact was recorded when it happened.
+                    Err(AgentError::UnknownInstance(_)) => {
+                        tracing::info!(service.id = %service, instance.id = %instance, "stop: instance not running here");
+                        Ok(())
+                    }
+                    Err(e) => Err(retry("stopping", e)),
+                }
+            }
+            NodeWork::RunOnce { spec, timeout_secs } => {
+                let Some(image) = self.prepare(&spec).await? else {
+                    return Ok(());
+                };
+                let s = self.instance_spec(&spec, image)?;
+                let out = self
+                    .agent
+                    .run_once(s, Duration::from_secs(u64::from(timeout_secs)))
+                    .await
+                    .map_err(|e| retry("one-off run", e))?;
+                tracing::info!(service.id = %spec.service, instance.id = %spec.instance, outcome = ?out, "one-off run ended");
+                Ok(())
+            }
+        }
+    }
+}
+
+impl NodeHandler {
+    async fn run_instance(&self, spec: NodeRunSpec) -> Result<(), WorkError> {
+        if self.agent.instances().contains(&spec.instance) {
+            // A redelivery of a start that went through: make sure the fact
+            // is recorded (same key → appended at most once), nothing else.
+            tracing::info!(instance.id = %spec.instance, "already running here");
+            return self
+                .reporter
+                .started(&spec.service, &spec.instance, &spec.deploy, &spec.digest)
+                .await
+                .map_err(|e| retry("recording start", e));
+        }
+        let Some(image) = self.prepare(&spec).await? else {
+            return Ok(());
+        };
+        self.reporter
+            .place(
+                &spec.instance,
+                Placement {
+                    service: spec.service.clone(),
+                    deploy: spec.deploy.clone(),
+                    digest: spec.digest.clone(),
+                },
+            )
+            .map_err(|e| retry("recording placement", e))?;
+        let s = self.instance_spec(&spec, image)?;
+        self.agent
+            .run_instance(s)
+            .await
+            .map_err(|e| retry("starting", e))?;
+        self.reporter
+            .started(&spec.service, &spec.instance, &spec.deploy, &spec.digest)
+            .await
+            .map_err(|e| retry("recording start", e))
+    }
+
+    /// Pull and unpack; `None` when the image is at fault (recorded).
+    async fn prepare(&self, spec: &NodeRunSpec) -> Result<Option<ImageRoot>, WorkError> {
+        match self.pull(spec).await {
+            Ok(image) => Ok(Some(image)),
+            Err(Ok(fault)) => {
+                tracing::warn!(service.id = %spec.service, deploy.id = %spec.deploy, reason = ?fault.reason, message = %fault.message, "image pull failed");
+                let fact = Event::ImagePullFailed(ImagePullFailed {
+                    deploy: Some(spec.deploy.clone()),
+                    node: Some(self.reporter.node.clone()),
+                    image: format!("{}@{}", spec.image, spec.digest),
+                    reason: fault.reason,
+                    message: fault.message,
+                });
+                self.reporter
+                    .fact(
+                        &spec.service,
+                        Some(&spec.deploy),
+                        fact,
+                        &format!("{}:pull_failed", spec.instance),
+                    )
+                    .await
+                    .map_err(|e| retry("recording pull failure", e))?;
+                Ok(None)
+            }
+            Err(Err(e)) => Err(e),
+        }
+    }
+
+    async fn pull(&self, spec: &NodeRunSpec) -> Result<ImageRoot, Result<ImageFault, WorkError>> {
+        let fault = |reason, message: String| Err(Ok(ImageFault { reason, message }));
+        let Some((host, repository)) = spec.image.split_once('/') else {
+            return fault(
+                PullFailureReason::ImageNotFound,
+                format!("{:?} names no registry host and repository", spec.image),
+            );
+        };
+        let credential = match &spec.credential {
+            None => None,
+            Some(id) => match self.credential(id).await? {
+                Ok(c) => Some(c),
+                Err(message) => return fault(PullFailureReason::Unauthorized, message),
+            },
+        };
+        let req = PullRequest {
+            host,
+            repository,
+            digest: &spec.digest,
+            credential: credential.as_ref(),
+        };
+        // Progress goes through a watch: the pull never waits on the event
+        // log, and only the newest figure is appended (the puller already
+        // bounds the rate).
+        let (tx, mut rx) = watch::channel(None::<Progress>);
+        let on_progress = move |p: Progress| {
+            let _ = tx.send(Some(p));
+        };
+        let pull = self.puller.pull(&req, &on_progress);
+        tokio::pin!(pull);
+        let result = loop {
+            tokio::select! {
+                r = &mut pull => break r,
+                changed = rx.changed() => {
+                    if changed.is_err() { continue; }
+                    let p = *rx.borrow_and_update();
+                    if let Some(p) = p {
+                        self.progress(spec, p).await;
+                    }
+                }
+            }
+        };
+        let pulled = match result {
+            Ok(p) => p,
+            Err(e) => {
+                return match e.reason() {
+                    Some(reason) => fault(reason, e.to_string()),
+                    None => Err(Err(retry("pulling", e))),
+                }
+            }
+        };
+        let fact = Event::ImagePulled(ImagePulled {
+            deploy: spec.deploy.clone(),
+            node: self.reporter.node.clone(),
+            digest: pulled.digest.to_string(),
+        });
+        self.reporter
+            .fact(
+                &spec.service,
+                Some(&spec.deploy),
+                fact,
+                &format!("{}:pulled", spec.instance),
+            )
+            .await
+            .map_err(|e| Err(retry("recording pull", e)))?;
+        let store = self.puller.store().clone();
+        let digest = pulled.digest.clone();
+        let unpacked = tokio::task::spawn_blocking(move || {
+            let rootfs = unpack_image(&store, &digest, &UnpackOptions::default())?;
+            let config = store.read(&pulled.config, 1 << 20)?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((rootfs, config))
+        })
+        .await
+        .map_err(|e| Err(retry("unpacking", e)))?;
+        let (rootfs, config) = match unpacked {
+            Ok(x) => x,
+            Err(e) => return fault(PullFailureReason::DigestMismatch, e.to_string()),
+        };
+        let config = match ImageConfig::from_json(&config) {
+            Ok(c) => c,
+            Err(e) => return fault(PullFailureReason::UnsupportedPlatform, e.to_string()),
+        };
+        Ok(ImageRoot {
+            digest: pulled.digest.to_string(),
+            rootfs,
+            config,
+        })
+    }
+
+    async fn progress(&self, spec: &NodeRunSpec, p: Progress) {
+        let fact = Event::ImagePullProgressed(ImagePullProgressed {
+            deploy: spec.deploy.clone(),
+            node: self.reporter.node.clone(),
+            bytes_done: p.done,
+            bytes_total: p.total,
+        });
+        let key = format!("{}:progress:{}:{}", spec.instance, p.done, p.total);
+        if let Err(e) = self
+            .reporter
+            .fact(&spec.service, Some(&spec.deploy), fact, &key)
+            .await
+        {
+            // Progress is informational: a lost figure is replaced by the next.
+            tracing::debug!(error = %e, "recording pull progress failed");
+        }
+    }
+
+    /// The registry login of a credential: `Ok(Err(message))` when it is
+    /// gone or cannot be opened (the pull is unauthorized).
+    async fn credential(
+        &self,
+        id: &berth_schemas::ids::CredentialId,
+    ) -> Result<Result<Credential, String>, Result<ImageFault, WorkError>> {
+        let loaded = self
+            .reporter
+            .store
+            .load(&AggregateId::Credential(id.clone()))
+            .await
+            .map_err(|e| Err(retry("loading credential", e)))?;
+        let state = loaded
+            .events
+            .iter()
+            .fold(CredentialState::default(), credential::fold);
+        let Some(c) = state.active() else {
+            return Ok(Err(format!("registry credential {id} does not exist")));
+        };
+        Ok(
+            match self.key.open(&c.token, &seal_context::credential_token(id)) {
+                Ok(token) => Ok(Credential::new(c.username.clone(), token.expose())),
+                Err(e) => Err(format!("registry credential {id} cannot be opened: {e}")),
+            },
+        )
+    }
+
+    fn instance_spec(
+        &self,
+        spec: &NodeRunSpec,
+        image: ImageRoot,
+    ) -> Result<InstanceSpec, WorkError> {
+        let mut env = BTreeMap::new();
+        for (name, sealed) in &spec.env {
+            let v = self
+                .key
+                .open(sealed, &seal_context::env_var(&spec.service, name))
+                .map_err(|e| WorkError::Fatal(format!("env {name} cannot be opened: {e}")))?;
+            env.insert(name.clone(), v.expose().to_owned());
+        }
+        Ok(InstanceSpec {
+            service: spec.service.clone(),
+            instance: spec.instance.clone(),
+            image,
+            command: spec.command.clone(),
+            env,
+            port: spec.port,
+            limits: Limits {
+                cpu_millis: spec.plan.as_ref().map(|p| p.cpu_millis),
+                memory_mib: spec.plan.as_ref().map(|p| p.memory_mib),
+            },
+            shutdown_delay: Duration::from_secs(u64::from(spec.shutdown_delay_secs.clamp(1, 300))),
+        })
+    }
+}

@@ -1,0 +1,251 @@
+//! The node component in-process against real nats-server, registry and
+//! runc (as root): registration with a persisted identity; a `RunInstance`
+//! work item pulls (ImagePulled), starts (InstanceStarted) and the
+//! instance's output reaches the logs subject; a redelivered `RunInstance`
+//! does nothing new; `StopInstance` → InstanceStopped and no container
+//! left; a deleted image → ImagePullFailed `image_not_found` and nothing
+//! runs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod agent_support;
+mod node_support;
+
+use std::time::Duration;
+
+use berth_agent::LogLine;
+use berth_node::{Node, NodeOptions};
+use berth_oci::{ClientConfig, RetryPolicy};
+use berth_runtime::secrets::{Secret, SecretKey};
+use berth_schemas::commands::NodeWork;
+use berth_schemas::ids::NodeId;
+use berth_schemas::model::{seal_context, PullFailureReason};
+use berth_schemas::{AggregateId, Event};
+use futures::StreamExt;
+use node_support::{count, first, types, World};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+fn options() -> NodeOptions {
+    NodeOptions {
+        dir: None,
+        name: "test-node".into(),
+        cpu_millis: 2000,
+        memory_mib: 2048,
+        runc: "runc".into(),
+        concurrency: 4,
+        ack_wait: Duration::from_secs(10),
+        max_deliver: 3,
+        heartbeat: Duration::from_millis(200),
+        progress_interval: Duration::from_millis(100),
+        client: ClientConfig {
+            retry: RetryPolicy::fast(),
+            ..ClientConfig::default()
+        },
+    }
+}
+
+struct Running {
+    id: NodeId,
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), berth_node::NodeError>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("node stops within 30 s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+async fn start_node(w: &World, key: &SecretKey) -> Running {
+    let id = berth_node::load_or_create_id(&w.node_dir()).unwrap();
+    let node = Node::new(w.store.clone(), key.clone(), options());
+    let stop = CancellationToken::new();
+    let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(
+        node.serve(w.client.clone(), w.node_dir(), stop.clone(), move |r| {
+            let _ = ready_tx.send(r);
+        }),
+    );
+    tokio::time::timeout(Duration::from_secs(20), ready_rx.wait_for(|r| *r))
+        .await
+        .expect("node ready within 20 s")
+        .unwrap();
+    Running { id, stop, task }
+}
+
+fn key() -> SecretKey {
+    SecretKey::from_base64(&SecretKey::generate_base64()).unwrap()
+}
+
+#[tokio::test]
+async fn run_instance_pulls_starts_logs_is_idempotent_and_stops() {
+    let w = World::start().await;
+    let key = key();
+    let node = start_node(&w, &key).await;
+
+    // Registered once, under the id kept in its dir.
+    let reg = w
+        .store
+        .load(&AggregateId::Node(node.id.clone()))
+        .await
+        .unwrap()
+        .events;
+    assert_eq!(types(&reg), vec!["node_registered"]);
+    let Event::NodeRegistered(r) = &reg[0].event else {
+        unreachable!()
+    };
+    assert_eq!(
+        (r.name.as_str(), r.cpu_millis, r.memory_mib),
+        ("test-node", 2000, 2048)
+    );
+
+    let mut spec = w.spec(
+        "sh -c 'echo hello-$GREETING; i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.1; done'",
+    );
+    spec.env.insert(
+        "GREETING".into(),
+        key.seal(
+            &Secret::new("sealed-world"),
+            &seal_context::env_var(&spec.service, "GREETING"),
+        )
+        .unwrap(),
+    );
+    let mut logs = w
+        .client
+        .subscribe(w.store.subjects().logs(&spec.service, &spec.instance))
+        .await
+        .unwrap();
+    w.client.flush().await.unwrap();
+    let work = NodeWork::RunInstance(spec.clone());
+    w.enqueue(&node.id, &work, "run-1").await;
+
+    let events = w
+        .wait_events(&spec.service, Duration::from_secs(30), |e| {
+            count(e, "instance_started") == 1
+        })
+        .await;
+    let t = types(&events);
+    let pulled = t
+        .iter()
+        .position(|x| *x == "image_pulled")
+        .expect("image_pulled");
+    let started = t.iter().position(|x| *x == "instance_started").unwrap();
+    assert!(pulled < started, "pulled before started: {t:?}");
+    for e in &events {
+        assert_eq!(e.correlation_id.as_ref(), Some(&spec.deploy), "{e:?}");
+    }
+    let Event::ImagePulled(p) = &first(&events, "image_pulled").unwrap().event else {
+        unreachable!()
+    };
+    assert_eq!(
+        (p.node.clone(), p.digest.as_str()),
+        (node.id.clone(), w.digest.as_str())
+    );
+    let Event::InstanceStarted(s) = &first(&events, "instance_started").unwrap().event else {
+        unreachable!()
+    };
+    assert_eq!(s.instance, spec.instance);
+
+    // Its output, with the env value the node unsealed.
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l == "tick-3") {
+        let m = tokio::time::timeout(Duration::from_secs(10), logs.next())
+            .await
+            .expect("log lines within 10 s")
+            .unwrap();
+        lines.push(serde_json::from_slice::<LogLine>(&m.payload).unwrap().line);
+    }
+    assert_eq!(lines[0], "hello-sealed-world");
+
+    // A redelivery (the same item enqueued again) starts nothing new.
+    w.enqueue(&node.id, &work, "run-1-again").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let events = w
+        .wait_events(&spec.service, Duration::from_secs(1), |_| true)
+        .await;
+    assert_eq!(
+        count(&events, "instance_started"),
+        1,
+        "{:?}",
+        types(&events)
+    );
+    assert_eq!(
+        node_support::count(&events, "image_pulled"),
+        1,
+        "no second pull for a running instance"
+    );
+    assert_eq!(
+        agent_support::runc_list(&w.runc_root()),
+        vec![spec.instance.to_string()]
+    );
+
+    // Stop.
+    w.enqueue(
+        &node.id,
+        &NodeWork::StopInstance {
+            service: spec.service.clone(),
+            instance: spec.instance.clone(),
+        },
+        "stop-1",
+    )
+    .await;
+    let events = w
+        .wait_events(&spec.service, Duration::from_secs(20), |e| {
+            count(e, "instance_stopped") == 1
+        })
+        .await;
+    assert_eq!(count(&events, "instance_exited"), 0, "{:?}", types(&events));
+    assert!(agent_support::runc_list(&w.runc_root()).is_empty());
+    assert!(agent_support::processes_of(&[&spec.instance]).is_empty());
+
+    // A restarted node keeps its identity and registers nothing new.
+    node.stop().await;
+    let again = start_node(&w, &key).await;
+    let reg = w
+        .store
+        .load(&AggregateId::Node(again.id.clone()))
+        .await
+        .unwrap()
+        .events;
+    assert_eq!(types(&reg), vec!["node_registered"]);
+    again.stop().await;
+}
+
+#[tokio::test]
+async fn deleted_image_fails_image_not_found_and_nothing_runs() {
+    let w = World::start().await;
+    let node = start_node(&w, &key()).await;
+    w.registry
+        .delete_manifest(node_support::REPO, &w.digest)
+        .await
+        .unwrap();
+    let spec = w.spec("echo never");
+    w.enqueue(&node.id, &NodeWork::RunInstance(spec.clone()), "run")
+        .await;
+    let events = w
+        .wait_events(&spec.service, Duration::from_secs(30), |e| {
+            count(e, "image_pull_failed") == 1
+        })
+        .await;
+    let Event::ImagePullFailed(f) = &first(&events, "image_pull_failed").unwrap().event else {
+        unreachable!()
+    };
+    assert_eq!(f.reason, PullFailureReason::ImageNotFound, "{f:?}");
+    assert_eq!(f.node.as_ref(), Some(&node.id));
+    assert_eq!(f.deploy.as_ref(), Some(&spec.deploy));
+    assert!(f.image.contains(&w.digest), "{}", f.image);
+    // The job was acked (not retried into a second failure) and nothing ran.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let events = w
+        .wait_events(&spec.service, Duration::from_secs(1), |_| true)
+        .await;
+    assert_eq!(types(&events), vec!["image_pull_failed"]);
+    assert!(agent_support::runc_list(&w.runc_root()).is_empty());
+    node.stop().await;
+}

@@ -1,0 +1,178 @@
+//! Shared setup for the node tests (real runc as root, real nats-server,
+//! real registry): an event store under a fresh prefix, a registry holding
+//! the agent tests' busybox image, helpers to enqueue [`NodeWork`] and to
+//! wait for facts on a service's subject, and cleanup of any container a
+//! failed test leaves behind.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_eventlog::{EventStore, StoreConfig};
+use berth_schemas::commands::{NodeRunSpec, NodeWork};
+use berth_schemas::ids::{DeployId, InstanceId, NodeId, ServiceId};
+use berth_schemas::{AggregateId, Envelope, Event};
+use berth_tests::registry::{Registry, RegistryAuth};
+use berth_tests::{NatsServer, NatsVersion};
+
+use crate::agent_support::{busybox_image, default_config, mounts_under, runc_list};
+
+/// Everything but the node: nats, store, registry with one image.
+pub struct World {
+    pub nats: NatsServer,
+    pub client: async_nats::Client,
+    pub store: EventStore,
+    pub registry: Registry,
+    pub digest: String,
+    pub dir: tempfile::TempDir,
+}
+
+pub const REPO: &str = "app/svc";
+
+impl World {
+    pub async fn start() -> World {
+        crate::agent_support::require_root_and_runc();
+        berth_tests::init_tracing();
+        let nats = NatsServer::start(NatsVersion::Legacy).unwrap();
+        let client = nats.connect().await.unwrap();
+        let store = EventStore::open(
+            client.clone(),
+            berth_tests::unique_subjects(),
+            StoreConfig::default(),
+        )
+        .await
+        .unwrap();
+        let registry = Registry::start(RegistryAuth::None).await.unwrap();
+        let image = busybox_image(default_config());
+        registry.push_image(REPO, "v1", &image).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        World {
+            nats,
+            client,
+            store,
+            registry,
+            digest: image.digest,
+            dir,
+        }
+    }
+
+    /// The node's state dir.
+    pub fn node_dir(&self) -> PathBuf {
+        self.dir.path().join("node")
+    }
+
+    pub fn runc_root(&self) -> PathBuf {
+        self.node_dir().join("agent").join("runc")
+    }
+
+    /// A run spec for the pushed image.
+    pub fn spec(&self, command: &str) -> NodeRunSpec {
+        NodeRunSpec {
+            service: ServiceId::generate(),
+            deploy: DeployId::generate(),
+            instance: InstanceId::generate(),
+            image: format!("{}/{REPO}", self.registry.host),
+            digest: self.digest.clone(),
+            credential: None,
+            env: Default::default(),
+            command: Some(command.to_owned()),
+            port: Some(10000),
+            plan: None,
+            shutdown_delay_secs: 2,
+        }
+    }
+
+    /// Enqueue `work` for `node` (idempotency key `key`).
+    pub async fn enqueue(&self, node: &NodeId, work: &NodeWork, key: &str) {
+        let service = match work {
+            NodeWork::RunInstance(s) | NodeWork::RunOnce { spec: s, .. } => &s.service,
+            NodeWork::StopInstance { service, .. } => service,
+        };
+        self.store
+            .enqueue(
+                &berth_node::queue(node),
+                service.as_str(),
+                rmp_serde::to_vec_named(work).unwrap().into(),
+                key,
+            )
+            .await
+            .unwrap();
+    }
+
+    /// The service's events once `pred` holds for them (polls the log).
+    pub async fn wait_events(
+        &self,
+        service: &ServiceId,
+        within: Duration,
+        pred: impl Fn(&[Envelope]) -> bool,
+    ) -> Vec<Envelope> {
+        let deadline = Instant::now() + within;
+        loop {
+            let events = self
+                .store
+                .load(&AggregateId::Service(service.clone()))
+                .await
+                .unwrap()
+                .events;
+            if pred(&events) {
+                return events;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "events not as expected within {within:?}: {:?}",
+                    types(&events)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Event type names, in order.
+pub fn types(events: &[Envelope]) -> Vec<&'static str> {
+    events.iter().map(|e| e.event.type_name()).collect()
+}
+
+/// How many events of `type_name`.
+pub fn count(events: &[Envelope], type_name: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| e.event.type_name() == type_name)
+        .count()
+}
+
+/// The first event of `type_name`.
+pub fn first<'a>(events: &'a [Envelope], type_name: &str) -> Option<&'a Envelope> {
+    events.iter().find(|e| e.event.type_name() == type_name)
+}
+
+/// Is `e` a fact of this type?
+pub fn is(e: &Event, type_name: &str) -> bool {
+    e.type_name() == type_name
+}
+
+/// Removes whatever containers and mounts a (failed) test left under
+/// `root` / `dir`.
+pub fn cleanup(runc_root: &Path, dir: &Path) {
+    if runc_root.exists() {
+        for id in runc_list(runc_root) {
+            let _ = std::process::Command::new("runc")
+                .arg("--root")
+                .arg(runc_root)
+                .args(["delete", "--force", &id])
+                .status();
+        }
+    }
+    for m in mounts_under(dir) {
+        let _ = std::process::Command::new("umount")
+            .args(["-l", &m])
+            .status();
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        cleanup(&self.runc_root(), self.dir.path());
+    }
+}
