@@ -12,8 +12,9 @@
 //!   the load → decide → append loop that re-decides on conflicts;
 //! - [`projection`] rebuilds read models from a snapshot plus the tail of the
 //!   log and follows it live;
-//! - [`worker`] runs durable pull consumers on the work stream with explicit
-//!   acks, progress acks, bounded redelivery and a dead-letter subject;
+//! - [`worker`] runs durable pull consumers on the work stream (or, filtered,
+//!   on any other stream such as the log itself) with explicit acks, progress
+//!   acks, bounded redelivery and a dead-letter subject;
 //! - [`bench`] measures all of this against raw async-nats figures.
 //!
 //! Domain rules are not here: they plug into `execute` and projections as

@@ -1,20 +1,28 @@
-//! Durable pull workers on the work stream (STYLE.md §7): explicit acks,
+//! Durable pull workers (STYLE.md §7): explicit acks,
 //! `ack_wait` with progress acks while a job runs or waits, bounded
 //! redelivery and then a dead-letter subject, bounded concurrency, one job
 //! per key (e.g. per service) at a time, and one shutdown story: stop
 //! fetching, let in-flight jobs finish within the grace period, nak the rest.
 //!
+//! A worker consumes one [`WorkSource`]: a queue on the work stream (the
+//! default, [`WorkerConfig::new`]), or any other stream through a filter
+//! subject ([`WorkerConfig::on_stream`]), e.g. the event log itself when a
+//! fact is the job (the resolver follows `deploy_started` this way).
+//!
 //! A worker killed mid-job loses nothing: the job was not acked, so the
-//! server redelivers it after `ack_wait`; killed during the last allowed
-//! delivery, the job reaches the dead-letter subject through the server's
-//! max-deliveries advisory (see `dead_letter`).
+//! server redelivers it after `ack_wait`. Killed during the last allowed
+//! delivery, a work-stream job reaches the dead-letter subject through the
+//! server's max-deliveries advisory (see `dead_letter`). That advisory road
+//! is work-stream only: a message of another stream exhausted that way is
+//! not parked, and it is never deleted (the event log is not a work queue
+//! and keeps every message); the consumer simply moves past it.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, AckPolicy};
+use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer, DeliverPolicy};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::AckKind;
 use async_nats::HeaderMap;
@@ -43,8 +51,47 @@ pub struct Job {
     pub headers: Option<HeaderMap>,
     /// Which delivery this is (1 on the first).
     pub delivered: i64,
-    /// Position in the work stream.
+    /// Position in the consumed stream.
     pub stream_seq: u64,
+    /// Keeps the job ours a while longer (the worker already does so every
+    /// `ack_wait / 3`; a handler may add its own before a long step).
+    pub progress: Progress,
+}
+
+/// Progress acks for one delivery.
+#[derive(Debug, Clone)]
+pub struct Progress(Arc<async_nats::jetstream::Message>);
+
+impl Progress {
+    /// Resets the delivery's `ack_wait` on the server.
+    pub async fn touch(&self) -> Result<(), StoreError> {
+        self.0
+            .ack_with(AckKind::Progress)
+            .await
+            .map_err(|e| StoreError::Request(format!("progress ack: {e}")))
+    }
+}
+
+/// Where a worker's jobs come from.
+#[derive(Debug, Clone)]
+pub enum WorkSource {
+    /// `subjects.work(queue)` on the work stream (work-queue retention: an
+    /// acked or parked job leaves the stream). Exhausted jobs are also
+    /// parked through the max-deliveries advisories.
+    Queue(String),
+    /// Messages of `stream` matching `filter_subject`, from `deliver_policy`
+    /// on. The stream keeps them (it need not, and for the event log must
+    /// not, be a work queue): dead-lettering copies the message to the
+    /// dead-letter subject and terminates the delivery, nothing is deleted.
+    /// No advisory road (see the module docs).
+    Stream {
+        /// Stream name.
+        stream: String,
+        /// Subject filter (wildcards allowed).
+        filter_subject: String,
+        /// Where a new consumer starts.
+        deliver_policy: DeliverPolicy,
+    },
 }
 
 /// Why a handler did not complete a job.
@@ -64,13 +111,16 @@ pub trait WorkHandler: Send + Sync + 'static {
     fn handle(&self, job: Job) -> impl Future<Output = Result<(), WorkError>> + Send;
 }
 
-/// How a worker consumes its queue.
+/// How a worker consumes its source.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Queue name: the subject is `subjects.work(queue)`.
-    pub queue: String,
-    /// Durable consumer name (shared by every copy of the worker).
+    /// What is consumed.
+    pub source: WorkSource,
+    /// Durable consumer name (shared by every copy of the worker); also
+    /// names its dead-letter subject.
     pub consumer: String,
+    /// Consumer description shown by the server.
+    pub description: Option<String>,
     /// How long a delivery may go unacknowledged before redelivery.
     pub ack_wait: Duration,
     /// Deliveries before a job is dead-lettered.
@@ -79,16 +129,38 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// Delay before a failed job is redelivered (times the delivery count).
     pub retry_delay: Duration,
-    /// How long in-flight jobs may run after shutdown before they are nak'ed.
+    /// How long in-flight jobs may run after shutdown before they are
+    /// nak'ed (`Duration::MAX`: wait for them however long they take).
     pub grace: Duration,
 }
 
 impl WorkerConfig {
-    /// Defaults for `queue`, with a consumer of the same name.
+    /// Defaults for `queue` on the work stream, with a consumer of the same name.
     pub fn new(queue: &str) -> Self {
+        Self::with_source(WorkSource::Queue(queue.to_owned()), queue)
+    }
+
+    /// Defaults for consumer `consumer` on `stream`, filtered to
+    /// `filter_subject`, starting at `deliver_policy`.
+    pub fn on_stream(
+        consumer: &str,
+        stream: &str,
+        filter_subject: &str,
+        deliver_policy: DeliverPolicy,
+    ) -> Self {
+        let source = WorkSource::Stream {
+            stream: stream.to_owned(),
+            filter_subject: filter_subject.to_owned(),
+            deliver_policy,
+        };
+        Self::with_source(source, consumer)
+    }
+
+    fn with_source(source: WorkSource, consumer: &str) -> Self {
         Self {
-            queue: queue.to_owned(),
-            consumer: queue.to_owned(),
+            source,
+            consumer: consumer.to_owned(),
+            description: None,
             ack_wait: Duration::from_secs(30),
             max_deliver: 5,
             concurrency: 8,
@@ -123,40 +195,94 @@ impl EventStore {
     }
 
     /// Runs a worker until `shutdown`; returns once in-flight jobs are done
-    /// or nak'ed.
+    /// or nak'ed. Same as [`EventStore::worker`] then [`Worker::run`].
     pub async fn run_worker<H: WorkHandler>(
         &self,
         cfg: WorkerConfig,
         handler: Arc<H>,
         shutdown: CancellationToken,
     ) -> Result<(), StoreError> {
+        self.worker(cfg).await?.run(handler, shutdown).await
+    }
+
+    /// Creates (or finds) the worker's durable consumer without consuming
+    /// yet, so a caller can report ready once the consumer exists.
+    pub async fn worker(&self, cfg: WorkerConfig) -> Result<Worker, StoreError> {
+        let (stream, filter_subject, deliver_policy) = match &cfg.source {
+            WorkSource::Queue(queue) => (
+                self.subjects.work_stream(),
+                self.subjects.work(queue),
+                DeliverPolicy::All,
+            ),
+            WorkSource::Stream {
+                stream,
+                filter_subject,
+                deliver_policy,
+            } => (stream.clone(), filter_subject.clone(), *deliver_policy),
+        };
         let consumer = self
             .js
             .create_consumer_on_stream(
                 pull::Config {
                     durable_name: Some(cfg.consumer.clone()),
-                    filter_subject: self.subjects.work(&cfg.queue),
+                    description: cfg.description.clone(),
+                    filter_subject,
+                    deliver_policy,
                     ack_policy: AckPolicy::Explicit,
                     ack_wait: cfg.ack_wait,
                     max_deliver: cfg.max_deliver,
                     max_ack_pending: (cfg.concurrency as i64).max(1) * 4,
                     ..Default::default()
                 },
-                self.subjects.work_stream(),
+                stream,
             )
             .await
             .map_err(|e| StoreError::Provision {
                 what: format!("consumer {}", cfg.consumer),
                 reason: e.to_string(),
             })?;
+        Ok(Worker {
+            store: self.clone(),
+            cfg,
+            consumer,
+        })
+    }
+}
+
+/// A worker whose consumer exists; [`Worker::run`] consumes.
+#[derive(Debug)]
+pub struct Worker {
+    store: EventStore,
+    cfg: WorkerConfig,
+    consumer: Consumer<pull::Config>,
+}
+
+impl Worker {
+    /// Runs until `shutdown`; returns once in-flight jobs are done or nak'ed.
+    pub async fn run<H: WorkHandler>(
+        self,
+        handler: Arc<H>,
+        shutdown: CancellationToken,
+    ) -> Result<(), StoreError> {
+        let Worker {
+            store,
+            cfg,
+            consumer,
+        } = self;
         // Jobs exhausted without a verdict (worker lost on the last
         // delivery) reach the dead-letter subject through their advisories.
-        // Aborted with the worker: a killed worker takes it along.
-        let advisories = AbortOnDropHandle::new(tokio::spawn(crate::dead_letter::run_advisories(
-            self.clone(),
-            cfg.consumer.clone(),
-            shutdown.clone(),
-        )));
+        // Aborted with the worker: a killed worker takes it along. Work
+        // stream only: the advisory stream captures nothing else.
+        let advisories = match cfg.source {
+            WorkSource::Queue(_) => Some(AbortOnDropHandle::new(tokio::spawn(
+                crate::dead_letter::run_advisories(
+                    store.clone(),
+                    cfg.consumer.clone(),
+                    shutdown.clone(),
+                ),
+            ))),
+            WorkSource::Stream { .. } => None,
+        };
         let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
         let keys = KeyLocks::default();
         let hard_stop = CancellationToken::new();
@@ -215,7 +341,7 @@ impl EventStore {
                     Arc::clone(&cfg),
                     keys.clone(),
                     hard_stop.clone(),
-                    self.clone(),
+                    store.clone(),
                 );
                 tasks.spawn(async move {
                     run_job(&store, &*handler, &cfg, &keys, msg, &hard_stop).await;
@@ -232,9 +358,12 @@ impl EventStore {
             hard_stop.cancel();
             while tasks.join_next().await.is_some() {}
         }
-        match advisories.await {
-            Ok(result) => result,
-            Err(e) => Err(StoreError::Request(format!("advisory task: {e}"))),
+        match advisories {
+            None => Ok(()),
+            Some(task) => match task.await {
+                Ok(result) => result,
+                Err(e) => Err(StoreError::Request(format!("advisory task: {e}"))),
+            },
         }
     }
 }
@@ -276,6 +405,7 @@ async fn run_job<H: WorkHandler>(
         .and_then(|h| h.get(KEY_HEADER))
         .map(|v| v.as_str().to_owned())
         .unwrap_or_else(|| msg.subject.to_string());
+    let msg = Arc::new(msg);
     let job = Job {
         subject: msg.subject.to_string(),
         key: key.clone(),
@@ -283,6 +413,7 @@ async fn run_job<H: WorkHandler>(
         headers: msg.headers.clone(),
         delivered,
         stream_seq,
+        progress: Progress(Arc::clone(&msg)),
     };
     let span = tracing::info_span!("job", consumer = %cfg.consumer, job.key = %key, stream.seq = stream_seq, delivered);
 
@@ -354,8 +485,15 @@ async fn dead_letter(
         deliveries: delivered,
         reason: &err.to_string(),
     };
-    match crate::dead_letter::publish(store, &dead, msg.headers.clone(), msg.payload.clone()).await
-    {
+    // A work item's own headers travel with it (its key). A message of
+    // another stream goes without: the event log's carry publish
+    // expectations (`Nats-Expected-Last-Subject-Sequence`) that would make
+    // the dead-letter publish fail.
+    let headers = match cfg.source {
+        WorkSource::Queue(_) => msg.headers.clone(),
+        WorkSource::Stream { .. } => None,
+    };
+    match crate::dead_letter::publish(store, &dead, headers, msg.payload.clone()).await {
         Ok(()) => {
             tracing::error!(parent: span, error = %err, "job dead-lettered");
             if let Err(e) = msg.ack_with(AckKind::Term).await {

@@ -11,191 +11,79 @@
 //! concurrency. Redelivery is harmless: the decision re-checks the state and
 //! appends nothing new.
 //!
-//! Explicit acks (double ack), progress acks while a resolve runs (it may
-//! retry for minutes), bounded redelivery with growing delay, then the event
-//! is copied to the `…dlq.resolver` subject and terminated; bounded
-//! concurrency and one resolution per service at a time.
+//! The consuming is `berth_eventlog::worker` on a stream source: explicit
+//! acks (double ack), progress acks while a resolve runs (it may retry for
+//! minutes), bounded redelivery with growing delay, then the event is copied
+//! to the `…dlq.resolver` subject and terminated (the log keeps it); bounded
+//! concurrency and one resolution per service (subject) at a time.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::DeliverPolicy;
 use berth_domain::service::{self, Deploy, ServiceState};
 use berth_domain::Ctx;
+use berth_eventlog::worker::{Job, WorkError, WorkHandler, Worker, WorkerConfig};
 use berth_eventlog::{ExecuteError, NewEvent};
 use berth_schemas::ids::{DeployId, ServiceId};
 use berth_schemas::model::DeployPhase;
 use berth_schemas::{Actor, AggregateId, Commit, Event};
-use futures::StreamExt;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::access::{self, AccessError};
 use crate::{Inner, ResolverError};
 
-/// Why handling one event did not complete.
-#[derive(Debug)]
-enum Outcome {
-    /// Try again on a later delivery.
-    Retry(String),
-    /// Retrying cannot help: dead-letter now.
-    Fatal(String),
-}
-
-pub(crate) async fn consumer(
-    inner: &Inner,
-) -> Result<async_nats::jetstream::consumer::Consumer<pull::Config>, ResolverError> {
+/// The worker over the log's service subjects, from the start of the log;
+/// its durable consumer exists once this returns.
+pub(crate) async fn worker(inner: &Inner) -> Result<Worker, ResolverError> {
     let subjects = inner.store.subjects();
+    let opts = &inner.opts;
+    let cfg = WorkerConfig {
+        description: Some(
+            "berth resolver: deploy_started → image_resolved / image_pull_failed".to_owned(),
+        ),
+        ack_wait: opts.ack_wait,
+        max_deliver: opts.max_deliver,
+        concurrency: opts.concurrency,
+        retry_delay: opts.retry_delay,
+        // In-flight resolutions finish however long they take; the ack
+        // wait hands anything unfinished to the next resolver anyway.
+        grace: std::time::Duration::MAX,
+        ..WorkerConfig::on_stream(
+            &opts.consumer,
+            &subjects.events_stream(),
+            &subjects.aggregate_kind("service"),
+            DeliverPolicy::All,
+        )
+    };
     inner
         .store
-        .jetstream()
-        .create_consumer_on_stream(
-            pull::Config {
-                durable_name: Some(inner.opts.consumer.clone()),
-                description: Some(
-                    "berth resolver: deploy_started → image_resolved / image_pull_failed"
-                        .to_owned(),
-                ),
-                filter_subject: subjects.aggregate_kind("service"),
-                deliver_policy: DeliverPolicy::All,
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: inner.opts.ack_wait,
-                max_deliver: inner.opts.max_deliver,
-                max_ack_pending: (inner.opts.concurrency as i64).max(1) * 4,
-                ..Default::default()
-            },
-            subjects.events_stream(),
-        )
+        .worker(cfg)
         .await
-        .map_err(|e| ResolverError::Nats(format!("consumer {}: {e}", inner.opts.consumer)))
+        .map_err(|e| ResolverError::Nats(e.to_string()))
 }
 
-/// Runs the consumer until `shutdown`; in-flight events finish (or are
-/// handed back) before it returns.
-pub(crate) async fn serve(
-    inner: Arc<Inner>,
-    consumer: async_nats::jetstream::consumer::Consumer<pull::Config>,
-    shutdown: CancellationToken,
-) {
-    let permits = Arc::new(Semaphore::new(inner.opts.concurrency.max(1)));
-    let locks = KeyLocks::default();
-    let mut tasks = JoinSet::new();
-    let mut backoff = Duration::from_millis(100);
-    while !shutdown.is_cancelled() {
-        while tasks.try_join_next().is_some() {}
-        // Fetch only what can start now: nothing waits in a buffer while
-        // its ack_wait runs out.
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let batch = consumer
-            .batch()
-            .max_messages(permits.available_permits() + 1)
-            .expires(Duration::from_millis(500))
-            .messages()
-            .await;
-        let mut batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                drop(first);
-                tracing::warn!(error = %e, "resolver fetch failed, retrying");
-                tokio::select! { _ = shutdown.cancelled() => break, _ = tokio::time::sleep(backoff) => {} }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        let mut first = Some(first);
-        loop {
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => None,
-                n = batch.next() => n,
-            };
-            let msg = match next {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "resolver fetch interrupted");
-                    break;
-                }
-                None => break,
-            };
-            backoff = Duration::from_millis(100);
-            let permit = match first.take() {
-                Some(p) => p,
-                None => match Arc::clone(&permits).acquire_owned().await {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
-            let (inner, locks) = (Arc::clone(&inner), locks.clone());
-            tasks.spawn(async move {
-                delivery(&inner, &locks, msg).await;
-                drop(permit);
-            });
-        }
-    }
-    // In-flight resolutions are short against the grace period only when
-    // the registry answers; the ack wait hands anything unfinished to the
-    // next resolver.
-    while tasks.join_next().await.is_some() {}
-}
-
-async fn delivery(inner: &Inner, locks: &KeyLocks, msg: async_nats::jetstream::Message) {
-    let (stream_seq, delivered) = msg
-        .info()
-        .map(|i| (i.stream_sequence, i.delivered))
-        .unwrap_or((0, 1));
-    let subject = msg.subject.to_string();
-    let span = tracing::info_span!("resolve_event", stream.seq = stream_seq, delivered, subject = %subject);
-    let work = async {
-        let lock = locks.lock_for(&subject);
-        let guard = match &lock {
-            Some(l) => Some(l.lock().await),
-            None => None,
-        };
-        let out = handle_commit(inner, &msg.payload).await;
-        drop(guard);
-        drop(lock);
-        locks.release(&subject);
-        out
-    };
-    tokio::pin!(work);
-    let every = (inner.opts.ack_wait / 3).max(Duration::from_millis(100));
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    let outcome = loop {
-        tokio::select! {
-            out = &mut work => break out,
-            _ = ticker.tick() => {
-                if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                    tracing::warn!(parent: &span, error = %e, "progress ack failed");
-                }
-            }
-        }
-    };
-    match outcome {
-        Ok(()) => {
-            if let Err(e) = msg.double_ack().await {
-                tracing::warn!(parent: &span, error = %e, "ack not confirmed; the event may be handled again (harmless)");
-            }
-        }
-        Err(Outcome::Retry(why)) if delivered < inner.opts.max_deliver => {
-            tracing::warn!(parent: &span, error = %why, "resolution failed, will be redelivered");
-            let delay = inner.opts.retry_delay * u32::try_from(delivered.max(1)).unwrap_or(1);
-            let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
-        }
-        Err(Outcome::Retry(why) | Outcome::Fatal(why)) => {
-            dead_letter(inner, &msg, stream_seq, delivered, &why, &span).await;
-        }
+/// Runs the worker until `shutdown`; in-flight events finish before it
+/// returns.
+pub(crate) async fn serve(inner: Arc<Inner>, worker: Worker, shutdown: CancellationToken) {
+    if let Err(e) = worker.run(Arc::new(Deploys(inner)), shutdown).await {
+        tracing::error!(error = %e, "resolver worker stopped with an error");
     }
 }
 
-async fn handle_commit(inner: &Inner, payload: &[u8]) -> Result<(), Outcome> {
-    let commit = Commit::decode(payload).map_err(|e| Outcome::Fatal(e.to_string()))?;
+/// Handles one commit of a service subject.
+struct Deploys(Arc<Inner>);
+
+impl WorkHandler for Deploys {
+    async fn handle(&self, job: Job) -> Result<(), WorkError> {
+        handle_commit(&self.0, &job.payload)
+            .instrument(tracing::info_span!("resolve_event", stream.seq = job.stream_seq, delivered = job.delivered, subject = %job.subject))
+            .await
+    }
+}
+
+async fn handle_commit(inner: &Inner, payload: &[u8]) -> Result<(), WorkError> {
+    let commit = Commit::decode(payload).map_err(|e| WorkError::Fatal(e.to_string()))?;
     for env in &commit.events {
         let (AggregateId::Service(service), Event::DeployStarted(started)) =
             (&env.aggregate, &env.event)
@@ -219,13 +107,13 @@ async fn resolve_deploy(
     service: &ServiceId,
     deploy: &DeployId,
     cause: &str,
-) -> Result<(), Outcome> {
+) -> Result<(), WorkError> {
     let aggregate = AggregateId::Service(service.clone());
     let loaded = inner
         .store
         .load(&aggregate)
         .await
-        .map_err(|e| Outcome::Retry(e.to_string()))?;
+        .map_err(|e| WorkError::Retry(e.to_string()))?;
     let state = loaded
         .events
         .iter()
@@ -264,7 +152,7 @@ async fn resolve_deploy(
                 message,
             }
         }
-        Err(AccessError::Store(e)) => return Err(Outcome::Retry(e)),
+        Err(AccessError::Store(e)) => return Err(WorkError::Retry(e)),
     };
     let actor = Actor::system("resolver");
     let done = inner
@@ -303,67 +191,7 @@ async fn resolve_deploy(
             tracing::warn!(error = %e, "resolution outcome refused by the service rules");
             Ok(())
         }
-        Err(e) if e.is_retryable() => Err(Outcome::Retry(e.to_string())),
-        Err(e) => Err(Outcome::Fatal(e.to_string())),
-    }
-}
-
-async fn dead_letter(
-    inner: &Inner,
-    msg: &async_nats::jetstream::Message,
-    stream_seq: u64,
-    delivered: i64,
-    why: &str,
-    span: &tracing::Span,
-) {
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Berth-Dead-Subject", msg.subject.as_str());
-    headers.insert("Berth-Dead-Stream-Seq", stream_seq.to_string().as_str());
-    headers.insert("Berth-Dead-Deliveries", delivered.to_string().as_str());
-    headers.insert("Berth-Dead-Reason", why.replace(['\r', '\n'], " ").as_str());
-    headers.insert(
-        async_nats::header::NATS_MESSAGE_ID,
-        format!("dlq-{}-{stream_seq}", inner.opts.consumer).as_str(),
-    );
-    let publish = PublishMessage::build()
-        .payload(msg.payload.clone())
-        .headers(headers);
-    let subject = inner.store.subjects().dead_letter(&inner.opts.consumer);
-    let sent = match inner.store.jetstream().send_publish(subject, publish).await {
-        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    match sent {
-        Ok(()) => {
-            tracing::error!(parent: span, error = %why, "event dead-lettered");
-            if let Err(e) = msg.ack_with(AckKind::Term).await {
-                tracing::warn!(parent: span, error = %e, "term failed");
-            }
-        }
-        Err(e) => {
-            tracing::error!(parent: span, error = %e, "dead-letter publish failed; nak");
-            let _ = msg
-                .ack_with(AckKind::Nak(Some(inner.opts.retry_delay)))
-                .await;
-        }
-    }
-}
-
-/// One lock per service subject; entries go when nobody holds or waits.
-#[derive(Debug, Clone, Default)]
-struct KeyLocks(Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
-
-impl KeyLocks {
-    fn lock_for(&self, key: &str) -> Option<Arc<tokio::sync::Mutex<()>>> {
-        let mut map = self.0.lock().ok()?;
-        Some(Arc::clone(map.entry(key.to_owned()).or_default()))
-    }
-
-    fn release(&self, key: &str) {
-        if let Ok(mut map) = self.0.lock() {
-            if map.get(key).is_some_and(|l| Arc::strong_count(l) == 1) {
-                map.remove(key);
-            }
-        }
+        Err(e) if e.is_retryable() => Err(WorkError::Retry(e.to_string())),
+        Err(e) => Err(WorkError::Fatal(e.to_string())),
     }
 }

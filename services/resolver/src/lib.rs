@@ -89,7 +89,7 @@ impl Resolver {
         ready: Option<ReadyFlag>,
     ) -> Result<(), ResolverError> {
         let sub = check::subscribe(&self.inner).await?;
-        let consumer = deploys::consumer(&self.inner).await?;
+        let worker = deploys::worker(&self.inner).await?;
         // Make sure the subscription reached the server before saying ready.
         self.inner
             .store
@@ -102,7 +102,7 @@ impl Resolver {
         }
         tracing::info!(consumer = %self.inner.opts.consumer, "resolver running");
         let checks = tokio::spawn(check::serve(Arc::clone(&self.inner), sub, shutdown.clone()));
-        deploys::serve(Arc::clone(&self.inner), consumer, shutdown).await;
+        deploys::serve(Arc::clone(&self.inner), worker, shutdown).await;
         let _ = checks.await;
         if let Some(r) = &ready {
             r.set(false);
