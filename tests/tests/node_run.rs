@@ -38,6 +38,7 @@ fn options() -> NodeOptions {
         max_deliver: 3,
         heartbeat: Duration::from_millis(200),
         progress_interval: Duration::from_millis(100),
+        restart: agent_support::fast_restarts(),
         client: ClientConfig {
             retry: RetryPolicy::fast(),
             ..ClientConfig::default()
@@ -140,6 +141,22 @@ async fn run_instance_pulls_starts_logs_is_idempotent_and_stops() {
     for e in &events {
         assert_eq!(e.correlation_id.as_ref(), Some(&spec.deploy), "{e:?}");
     }
+    // Progress before the pull's end, its last figure complete.
+    let progressed: Vec<_> = events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match &e.event {
+            Event::ImagePullProgressed(p) => Some((i, p.clone())),
+            _ => None,
+        })
+        .collect();
+    let (at, last) = progressed.last().expect("image_pull_progressed");
+    assert!(*at < pulled, "{t:?}");
+    assert!(
+        last.bytes_total > 0 && last.bytes_done == last.bytes_total,
+        "{last:?}"
+    );
+    assert_eq!(last.node, node.id);
     let Event::ImagePulled(p) = &first(&events, "image_pulled").unwrap().event else {
         unreachable!()
     };
@@ -204,6 +221,20 @@ async fn run_instance_pulls_starts_logs_is_idempotent_and_stops() {
     assert!(agent_support::runc_list(&w.runc_root()).is_empty());
     assert!(agent_support::processes_of(&[&spec.instance]).is_empty());
 
+    // A late redelivery of the start does not bring a stopped instance back.
+    w.enqueue(&node.id, &work, "run-1-late").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let events = w
+        .wait_events(&spec.service, Duration::from_secs(1), |_| true)
+        .await;
+    assert_eq!(
+        count(&events, "instance_started"),
+        1,
+        "{:?}",
+        types(&events)
+    );
+    assert!(agent_support::runc_list(&w.runc_root()).is_empty());
+
     // A restarted node keeps its identity and registers nothing new.
     node.stop().await;
     let again = start_node(&w, &key).await;
@@ -246,6 +277,89 @@ async fn deleted_image_fails_image_not_found_and_nothing_runs() {
         .wait_events(&spec.service, Duration::from_secs(1), |_| true)
         .await;
     assert_eq!(types(&events), vec!["image_pull_failed"]);
+    assert!(agent_support::runc_list(&w.runc_root()).is_empty());
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn crashes_are_recorded_as_exited_and_restarted_one_offs_run_once() {
+    let w = World::start().await;
+    let node = start_node(&w, &key()).await;
+    let spec = w.spec("sh -c 'echo crashing; exit 3'");
+    w.enqueue(&node.id, &NodeWork::RunInstance(spec.clone()), "run")
+        .await;
+    let events = w
+        .wait_events(&spec.service, Duration::from_secs(30), |e| {
+            count(e, "server_restarted") >= 1 && count(e, "instance_exited") >= 2
+        })
+        .await;
+    let exited: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::InstanceExited(x) => Some(x.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(exited
+        .iter()
+        .all(|x| x.exit_code == Some(3) && x.instance == spec.instance));
+    let Event::ServerRestarted(r) = &first(&events, "server_restarted").unwrap().event else {
+        unreachable!()
+    };
+    assert_eq!(r.attempt, 1);
+    for e in &events {
+        assert_eq!(e.correlation_id.as_ref(), Some(&spec.deploy), "{e:?}");
+    }
+    w.enqueue(
+        &node.id,
+        &NodeWork::StopInstance {
+            service: spec.service.clone(),
+            instance: spec.instance.clone(),
+        },
+        "stop",
+    )
+    .await;
+    w.wait_events(&spec.service, Duration::from_secs(20), |e| {
+        count(e, "instance_stopped") == 1
+    })
+    .await;
+
+    // A one-off: runs to completion once, even when its item comes again.
+    let once = w.spec("sh -c 'echo once-ran'");
+    let mut logs = w
+        .client
+        .subscribe(w.store.subjects().logs(&once.service, &once.instance))
+        .await
+        .unwrap();
+    w.client.flush().await.unwrap();
+    let work = NodeWork::RunOnce {
+        spec: once.clone(),
+        timeout_secs: 20,
+    };
+    w.enqueue(&node.id, &work, "once-1").await;
+    let line = |m: async_nats::Message| serde_json::from_slice::<LogLine>(&m.payload).unwrap().line;
+    let first_line = tokio::time::timeout(Duration::from_secs(30), logs.next())
+        .await
+        .expect("the one-off's output within 30 s")
+        .unwrap();
+    let mut seen = vec![line(first_line)];
+    // Enqueued again after it ran: it must not run a second time.
+    w.enqueue(&node.id, &work, "once-2").await;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(3), logs.next()).await {
+        seen.push(line(m));
+    }
+    assert_eq!(seen, vec!["once-ran".to_string()]);
+    let events = w
+        .wait_events(&once.service, Duration::from_secs(1), |_| true)
+        .await;
+    assert_eq!(count(&events, "image_pulled"), 1, "{:?}", types(&events));
+    assert_eq!(
+        count(&events, "instance_started"),
+        0,
+        "{:?}",
+        types(&events)
+    );
+    assert_eq!(count(&events, "instance_exited"), 0, "{:?}", types(&events));
     assert!(agent_support::runc_list(&w.runc_root()).is_empty());
     node.stop().await;
 }

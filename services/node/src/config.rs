@@ -76,6 +76,8 @@ pub struct NodeOptions {
     pub max_deliver: i64,
     pub heartbeat: Duration,
     pub progress_interval: Duration,
+    /// Crash restarts (SPEC §11: 10 s doubling to 5 min).
+    pub restart: berth_agent::RestartPolicy,
     /// Registry client settings for pulls.
     pub client: ClientConfig,
 }
@@ -148,6 +150,7 @@ impl NodeArgs {
             max_deliver: self.node_max_deliver,
             heartbeat: Duration::from_millis(self.node_heartbeat_ms),
             progress_interval: Duration::from_millis(self.node_progress_ms),
+            restart: berth_agent::RestartPolicy::default(),
             client: ClientConfig {
                 insecure_hosts: insecure,
                 ..ClientConfig::default()

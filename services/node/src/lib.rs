@@ -151,6 +151,7 @@ impl Node {
         let agent_dir = dir.join("agent");
         let mut agent_cfg = AgentConfig::new(id.clone(), &agent_dir);
         agent_cfg.heartbeat_interval = self.opts.heartbeat;
+        agent_cfg.restart = self.opts.restart;
         let runc = Runc::new(&self.opts.runc, agent_dir.join("runc"));
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         // The forwarder starts before the agent so adoption reports are kept.

@@ -69,7 +69,21 @@ impl Reporter {
         Some(p)
     }
 
+    /// Marks `instance` as ended for good (stopped, or a one-off that ran),
+    /// so a late redelivery of its work item does not run it again.
+    pub fn mark_done(&self, instance: &InstanceId) -> std::io::Result<()> {
+        std::fs::write(self.dir.join(format!("{instance}.done")), b"")
+    }
+
+    /// Whether `instance` ended for good on this node.
+    pub fn is_done(&self, instance: &InstanceId) -> bool {
+        self.dir.join(format!("{instance}.done")).exists()
+    }
+
     fn forget(&self, instance: &InstanceId) {
+        if let Err(e) = self.mark_done(instance) {
+            tracing::warn!(instance.id = %instance, error = %e, "cannot record the stop");
+        }
         self.lock().remove(instance);
         let _ = std::fs::remove_file(self.dir.join(format!("{instance}.json")));
     }
@@ -169,21 +183,25 @@ impl Reporter {
             AgentEvent::Stopped {
                 service, instance, ..
             } => {
-                let key = format!("{instance}:stopped");
-                let p = self.placement(instance);
+                let Some(p) = self.placement(instance) else {
+                    return Ok(());
+                };
                 let fact = Event::InstanceStopped(InstanceStopped {
                     instance: instance.clone(),
                 });
-                self.fact(service, p.as_ref().map(|p| &p.deploy), fact, &key)
-                    .await?;
+                let key = format!("{instance}:stopped");
+                self.fact(service, Some(&p.deploy), fact, &key).await?;
                 self.forget(instance);
                 return Ok(());
             }
             _ => return Ok(()),
         };
-        let p = self.placement(instance);
-        self.fact(service, p.as_ref().map(|p| &p.deploy), fact, &key)
-            .await
+        // Only service instances this node placed have a placement; one-off
+        // runs report their outcome through their own work item.
+        let Some(p) = self.placement(instance) else {
+            return Ok(());
+        };
+        self.fact(service, Some(&p.deploy), fact, &key).await
     }
 
     /// `InstanceStarted` for a first start (restarts are `ServerRestarted`).

@@ -51,6 +51,11 @@ impl WorkHandler for NodeHandler {
         match work {
             NodeWork::RunInstance(spec) => self.run_instance(spec).await,
             NodeWork::StopInstance { service, instance } => {
+                // First: a RunInstance redelivered after this stop must not
+                // bring the instance back.
+                self.reporter
+                    .mark_done(&instance)
+                    .map_err(|e| retry("recording the stop", e))?;
                 match self.agent.stop_instance(&instance).await {
                     Ok(_) => Ok(()),
                     // Already stopped (a redelivery) or never here: the
@@ -63,6 +68,10 @@ impl WorkHandler for NodeHandler {
                 }
             }
             NodeWork::RunOnce { spec, timeout_secs } => {
+                if self.reporter.is_done(&spec.instance) {
+                    tracing::info!(instance.id = %spec.instance, "one-off already ran here");
+                    return Ok(());
+                }
                 let Some(image) = self.prepare(&spec).await? else {
                     return Ok(());
                 };
@@ -73,7 +82,9 @@ impl WorkHandler for NodeHandler {
                     .await
                     .map_err(|e| retry("one-off run", e))?;
                 tracing::info!(service.id = %spec.service, instance.id = %spec.instance, outcome = ?out, "one-off run ended");
-                Ok(())
+                self.reporter
+                    .mark_done(&spec.instance)
+                    .map_err(|e| retry("recording the one-off's end", e))
             }
         }
     }
@@ -81,6 +92,11 @@ impl WorkHandler for NodeHandler {
 
 impl NodeHandler {
     async fn run_instance(&self, spec: NodeRunSpec) -> Result<(), WorkError> {
+        if self.reporter.is_done(&spec.instance) {
+            // Stopped already: a late redelivery must not bring it back.
+            tracing::info!(instance.id = %spec.instance, "instance already ended here; not started again");
+            return Ok(());
+        }
         if self.agent.instances().contains(&spec.instance) {
             // A redelivery of a start that went through: make sure the fact
             // is recorded (same key → appended at most once), nothing else.
@@ -185,6 +201,13 @@ impl NodeHandler {
                 }
             }
         };
+        // The puller's final figure may land just as the pull completes.
+        if result.is_ok() && rx.has_changed().unwrap_or(false) {
+            let p = *rx.borrow_and_update();
+            if let Some(p) = p {
+                self.progress(spec, p).await;
+            }
+        }
         let pulled = match result {
             Ok(p) => p,
             Err(e) => {
