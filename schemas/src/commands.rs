@@ -6,7 +6,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{CredentialId, DeployId, InstanceId, OwnerId, ServiceId};
+use crate::ids::{CredentialId, CronRunId, DeployId, InstanceId, OwnerId, ServiceId};
 use crate::model::{EnvVars, Plan, PullFailureReason, ResolvedImage};
 
 /// Scale a service to a number of instances.
@@ -109,7 +109,20 @@ pub enum NodeWork {
     RunOnce {
         spec: NodeRunSpec,
         timeout_secs: u32,
+        /// What the run's outcome is recorded as; `None`: only logged.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        purpose: Option<OneOffPurpose>,
     },
+}
+
+/// Why a one-off container runs, which decides the fact its end becomes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OneOffPurpose {
+    /// The deploy's pre-deploy command → `pre_deploy_ended`.
+    PreDeploy,
+    /// A cron job run → `cron_job_run_ended`.
+    CronRun { run: CronRunId },
 }
 
 /// Name and JSON Schema of every command.

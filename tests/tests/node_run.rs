@@ -17,7 +17,7 @@ use berth_agent::LogLine;
 use berth_node::{Node, NodeOptions};
 use berth_oci::{ClientConfig, RetryPolicy};
 use berth_runtime::secrets::{Secret, SecretKey};
-use berth_schemas::commands::NodeWork;
+use berth_schemas::commands::{NodeWork, OneOffPurpose};
 use berth_schemas::ids::NodeId;
 use berth_schemas::model::{seal_context, PullFailureReason};
 use berth_schemas::{AggregateId, Event};
@@ -80,6 +80,14 @@ async fn start_node(w: &World, key: &SecretKey) -> Running {
     Running { id, stop, task }
 }
 
+/// The events the node appended.
+fn by_node(events: &[berth_schemas::Envelope]) -> Vec<&berth_schemas::Envelope> {
+    events
+        .iter()
+        .filter(|e| e.actor == berth_schemas::Actor::system("node"))
+        .collect()
+}
+
 fn key() -> SecretKey {
     SecretKey::from_base64(&SecretKey::generate_base64()).unwrap()
 }
@@ -106,9 +114,10 @@ async fn run_instance_pulls_starts_logs_is_idempotent_and_stops() {
         ("test-node", 2000, 2048)
     );
 
-    let mut spec = w.spec(
+    let mut spec = w
+        .spec(
         "sh -c 'echo hello-$GREETING; i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.1; done'",
-    );
+    ).await;
     spec.env.insert(
         "GREETING".into(),
         key.seal(
@@ -138,7 +147,7 @@ async fn run_instance_pulls_starts_logs_is_idempotent_and_stops() {
         .expect("image_pulled");
     let started = t.iter().position(|x| *x == "instance_started").unwrap();
     assert!(pulled < started, "pulled before started: {t:?}");
-    for e in &events {
+    for e in by_node(&events) {
         assert_eq!(e.correlation_id.as_ref(), Some(&spec.deploy), "{e:?}");
     }
     // Progress before the pull's end, its last figure complete.
@@ -256,7 +265,7 @@ async fn deleted_image_fails_image_not_found_and_nothing_runs() {
         .delete_manifest(node_support::REPO, &w.digest)
         .await
         .unwrap();
-    let spec = w.spec("echo never");
+    let spec = w.spec("echo never").await;
     w.enqueue(&node.id, &NodeWork::RunInstance(spec.clone()), "run")
         .await;
     let events = w
@@ -276,7 +285,20 @@ async fn deleted_image_fails_image_not_found_and_nothing_runs() {
     let events = w
         .wait_events(&spec.service, Duration::from_secs(1), |_| true)
         .await;
-    assert_eq!(types(&events), vec!["image_pull_failed"]);
+    assert_eq!(
+        count(&events, "image_pull_failed"),
+        1,
+        "{:?}",
+        types(&events)
+    );
+    assert_eq!(
+        count(&events, "instance_started"),
+        0,
+        "{:?}",
+        types(&events)
+    );
+    // The service's rules ended the deploy.
+    assert_eq!(count(&events, "deploy_failed"), 1, "{:?}", types(&events));
     assert!(agent_support::runc_list(&w.runc_root()).is_empty());
     node.stop().await;
 }
@@ -285,7 +307,7 @@ async fn deleted_image_fails_image_not_found_and_nothing_runs() {
 async fn crashes_are_recorded_as_exited_and_restarted_one_offs_run_once() {
     let w = World::start().await;
     let node = start_node(&w, &key()).await;
-    let spec = w.spec("sh -c 'echo crashing; exit 3'");
+    let spec = w.spec("sh -c 'echo crashing; exit 3'").await;
     w.enqueue(&node.id, &NodeWork::RunInstance(spec.clone()), "run")
         .await;
     let events = w
@@ -307,7 +329,7 @@ async fn crashes_are_recorded_as_exited_and_restarted_one_offs_run_once() {
         unreachable!()
     };
     assert_eq!(r.attempt, 1);
-    for e in &events {
+    for e in by_node(&events) {
         assert_eq!(e.correlation_id.as_ref(), Some(&spec.deploy), "{e:?}");
     }
     w.enqueue(
@@ -324,8 +346,16 @@ async fn crashes_are_recorded_as_exited_and_restarted_one_offs_run_once() {
     })
     .await;
 
-    // A one-off: runs to completion once, even when its item comes again.
-    let once = w.spec("sh -c 'echo once-ran'");
+    // A pre-deploy one-off: runs to completion once, even when its item
+    // comes again, and its exit code ends the pre-deploy.
+    let once = w.spec("sh -c 'echo once-ran; exit 3'").await;
+    w.command(
+        &once.service,
+        berth_domain::service::Command::RecordPreDeployStarted {
+            deploy: once.deploy.clone(),
+        },
+    )
+    .await;
     let mut logs = w
         .client
         .subscribe(w.store.subjects().logs(&once.service, &once.instance))
@@ -335,6 +365,7 @@ async fn crashes_are_recorded_as_exited_and_restarted_one_offs_run_once() {
     let work = NodeWork::RunOnce {
         spec: once.clone(),
         timeout_secs: 20,
+        purpose: Some(OneOffPurpose::PreDeploy),
     };
     w.enqueue(&node.id, &work, "once-1").await;
     let line = |m: async_nats::Message| serde_json::from_slice::<LogLine>(&m.payload).unwrap().line;
@@ -360,6 +391,17 @@ async fn crashes_are_recorded_as_exited_and_restarted_one_offs_run_once() {
         types(&events)
     );
     assert_eq!(count(&events, "instance_exited"), 0, "{:?}", types(&events));
+    assert_eq!(
+        count(&events, "pre_deploy_ended"),
+        1,
+        "{:?}",
+        types(&events)
+    );
+    let Event::PreDeployEnded(end) = &first(&events, "pre_deploy_ended").unwrap().event else {
+        unreachable!()
+    };
+    assert_eq!((end.success, end.exit_code), (false, Some(3)));
+    assert_eq!(count(&events, "deploy_failed"), 1, "{:?}", types(&events));
     assert!(agent_support::runc_list(&w.runc_root()).is_empty());
     node.stop().await;
 }

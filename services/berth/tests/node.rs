@@ -10,9 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use berth_eventlog::{EventStore, StoreConfig};
+use berth_domain::service::{self, CreateService};
+use berth_domain::Ctx;
+use berth_eventlog::{EventStore, NewEvent, StoreConfig};
 use berth_schemas::commands::{NodeRunSpec, NodeWork};
 use berth_schemas::ids::{DeployId, InstanceId, NodeId, ServiceId};
+use berth_schemas::ids::{OwnerId, UserId};
+use berth_schemas::model::{ResolvedImage, Sealed, ServiceType};
+use berth_schemas::Actor;
 use berth_schemas::{AggregateId, Envelope, Event, Subjects};
 use berth_tests::layers::{self, Comp, Entry};
 use berth_tests::registry::{Registry, RegistryAuth};
@@ -208,9 +213,52 @@ async fn kill_9_then_restart_adopts_the_instance_with_no_orphans() {
     })
     .await;
 
+    // The service and its resolved first deploy, as ingress and the
+    // resolver leave them.
+    let (service_id, deploy) = (ServiceId::generate(), DeployId::generate());
+    let create = CreateService::new(
+        OwnerId::User(UserId::generate()),
+        "proc",
+        ServiceType::BackgroundWorker,
+        &format!("{}/app/proc:v1", registry.host),
+        Sealed {
+            kid: "k".into(),
+            ciphertext: "x".into(),
+        },
+        deploy.clone(),
+    );
+    let resolved = service::Command::RecordResolved {
+        deploy: deploy.clone(),
+        image: ResolvedImage {
+            digest: image.digest.clone(),
+            index_digest: None,
+            compressed_size: 1,
+        },
+    };
+    for (i, c) in [service::Command::Create(Box::new(create)), resolved]
+        .into_iter()
+        .enumerate()
+    {
+        store
+            .execute(
+                &AggregateId::Service(service_id.clone()),
+                &format!("setup-{i}"),
+                service::fold,
+                |s| {
+                    Ok::<_, berth_domain::DomainError>(
+                        service::decide(s, c.clone(), &Ctx::default())?
+                            .into_iter()
+                            .map(|e| NewEvent::new(e, Actor::system("test")))
+                            .collect(),
+                    )
+                },
+            )
+            .await
+            .unwrap();
+    }
     let spec = NodeRunSpec {
-        service: ServiceId::generate(),
-        deploy: DeployId::generate(),
+        service: service_id,
+        deploy,
         instance: InstanceId::generate(),
         image: format!("{}/app/proc", registry.host),
         digest: image.digest.clone(),

@@ -3,10 +3,12 @@
 //!
 //! A node registers once with its capacity and registers again only when
 //! its name or capacity changed, so a node restarting with the same
-//! identity appends nothing. Instance facts (pulled, started, exited,
-//! restarted, stopped) are what a node *saw*; they go onto the service's
-//! subject as they are — refusing a fact would only lose it — but only
-//! facts of those kinds, and never onto a deleted service.
+//! identity appends nothing. Instance facts (pull progress, started,
+//! exited, restarted, stopped) are what a node *saw* and no deploy rule
+//! depends on them yet; they go onto the service's subject as they are —
+//! refusing a fact would only lose it — but only facts of those kinds, and
+//! never onto a deleted service. Facts with rules (pulled, pull failed,
+//! pre-deploy or cron run ended) go through the service's own decide.
 
 use berth_schemas::events::NodeRegistered;
 use berth_schemas::{Envelope, Event};
@@ -96,8 +98,6 @@ pub fn is_instance_fact(event: &Event) -> bool {
     matches!(
         event,
         Event::ImagePullProgressed(_)
-            | Event::ImagePulled(_)
-            | Event::ImagePullFailed(_)
             | Event::InstanceStarted(_)
             | Event::InstanceExited(_)
             | Event::ServerRestarted(_)

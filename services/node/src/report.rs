@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use berth_agent::{AgentEvent, ExitStatus};
-use berth_domain::{node, service, DomainError};
+use berth_domain::{node, service, Ctx, DomainError};
 use berth_eventlog::{EventStore, ExecuteError, NewEvent};
 use berth_schemas::events::{InstanceExited, InstanceStarted, InstanceStopped, ServerRestarted};
 use berth_schemas::ids::{DeployId, InstanceId, NodeId, ServiceId};
@@ -114,6 +114,42 @@ impl Reporter {
                                 .caused_by(format!("node:{}", self.node));
                             match deploy {
                                 Some(d) => n.correlated(d.clone()),
+                                None => n,
+                            }
+                        })
+                        .collect())
+                },
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Runs a service command (a fact with rules attached: pulled, pull
+    /// failed, pre-deploy or cron run ended) through the service's decide,
+    /// once per `key`.
+    pub async fn decide(
+        &self,
+        service: &ServiceId,
+        deploy: Option<&DeployId>,
+        command: service::Command,
+        key: &str,
+    ) -> Result<(), ExecuteError<DomainError>> {
+        let actor = Actor::system("node");
+        let ctx = Ctx::default();
+        self.store
+            .execute(
+                &AggregateId::Service(service.clone()),
+                key,
+                service::fold,
+                |s| {
+                    Ok(service::decide(s, command.clone(), &ctx)?
+                        .into_iter()
+                        .map(|e| {
+                            let d = service::deploy_of(&e).cloned().or_else(|| deploy.cloned());
+                            let n = NewEvent::new(e, actor.clone())
+                                .caused_by(format!("node:{}", self.node));
+                            match d {
+                                Some(d) => n.correlated(d),
                                 None => n,
                             }
                         })

@@ -12,13 +12,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_agent::{Agent, AgentError, ImageConfig, ImageRoot, InstanceSpec, Limits};
+use berth_agent::{ExitStatus, OneOffOutcome};
 use berth_domain::credential::{self, CredentialState};
+use berth_domain::{service, DomainError};
 use berth_eventlog::worker::{Job, WorkError, WorkHandler};
+use berth_eventlog::ExecuteError;
 use berth_oci::Credential;
 use berth_puller::{unpack_image, Progress, PullRequest, Puller, UnpackOptions};
 use berth_runtime::secrets::SecretKey;
-use berth_schemas::commands::{NodeRunSpec, NodeWork};
-use berth_schemas::events::{ImagePullFailed, ImagePullProgressed, ImagePulled};
+use berth_schemas::commands::{NodeRunSpec, NodeWork, OneOffPurpose};
+use berth_schemas::events::ImagePullProgressed;
 use berth_schemas::model::{seal_context, PullFailureReason};
 use berth_schemas::{AggregateId, Event};
 use tokio::sync::watch;
@@ -36,6 +39,15 @@ pub struct NodeHandler {
 
 fn retry(what: &str, e: impl std::fmt::Display) -> WorkError {
     WorkError::Retry(format!("{what}: {e}"))
+}
+
+/// A refusal by the service's rules (unknown service or deploy, another
+/// digest) cannot change on retry: the item is dead-lettered for a person.
+fn verdict(what: &str, e: ExecuteError<DomainError>) -> WorkError {
+    match e {
+        ExecuteError::Rejected(r) => WorkError::Fatal(format!("{what}: refused: {r}")),
+        other => retry(what, other),
+    }
 }
 
 /// A pull that failed because of the image (recorded, not retried).
@@ -67,7 +79,11 @@ impl WorkHandler for NodeHandler {
                     Err(e) => Err(retry("stopping", e)),
                 }
             }
-            NodeWork::RunOnce { spec, timeout_secs } => {
+            NodeWork::RunOnce {
+                spec,
+                timeout_secs,
+                purpose,
+            } => {
                 if self.reporter.is_done(&spec.instance) {
                     tracing::info!(instance.id = %spec.instance, "one-off already ran here");
                     return Ok(());
@@ -82,6 +98,18 @@ impl WorkHandler for NodeHandler {
                     .await
                     .map_err(|e| retry("one-off run", e))?;
                 tracing::info!(service.id = %spec.service, instance.id = %spec.instance, outcome = ?out, "one-off run ended");
+                if let Some(purpose) = purpose {
+                    let command = ended(&spec, purpose, out, timeout_secs);
+                    self.reporter
+                        .decide(
+                            &spec.service,
+                            Some(&spec.deploy),
+                            command,
+                            &format!("{}:ended", spec.instance),
+                        )
+                        .await
+                        .map_err(|e| verdict("recording the one-off's end", e))?;
+                }
                 self.reporter
                     .mark_done(&spec.instance)
                     .map_err(|e| retry("recording the one-off's end", e))
@@ -137,22 +165,22 @@ impl NodeHandler {
             Ok(image) => Ok(Some(image)),
             Err(Ok(fault)) => {
                 tracing::warn!(service.id = %spec.service, deploy.id = %spec.deploy, reason = ?fault.reason, message = %fault.message, "image pull failed");
-                let fact = Event::ImagePullFailed(ImagePullFailed {
+                let command = service::Command::RecordPullFailed {
                     deploy: Some(spec.deploy.clone()),
                     node: Some(self.reporter.node.clone()),
                     image: format!("{}@{}", spec.image, spec.digest),
                     reason: fault.reason,
                     message: fault.message,
-                });
+                };
                 self.reporter
-                    .fact(
+                    .decide(
                         &spec.service,
                         Some(&spec.deploy),
-                        fact,
+                        command,
                         &format!("{}:pull_failed", spec.instance),
                     )
                     .await
-                    .map_err(|e| retry("recording pull failure", e))?;
+                    .map_err(|e| verdict("recording pull failure", e))?;
                 Ok(None)
             }
             Err(Err(e)) => Err(e),
@@ -217,20 +245,20 @@ impl NodeHandler {
                 }
             }
         };
-        let fact = Event::ImagePulled(ImagePulled {
+        let command = service::Command::RecordPulled {
             deploy: spec.deploy.clone(),
             node: self.reporter.node.clone(),
             digest: pulled.digest.to_string(),
-        });
+        };
         self.reporter
-            .fact(
+            .decide(
                 &spec.service,
                 Some(&spec.deploy),
-                fact,
+                command,
                 &format!("{}:pulled", spec.instance),
             )
             .await
-            .map_err(|e| Err(retry("recording pull", e)))?;
+            .map_err(|e| Err(verdict("recording pull", e)))?;
         let store = self.puller.store().clone();
         let digest = pulled.digest.clone();
         let unpacked = tokio::task::spawn_blocking(move || {
@@ -326,5 +354,46 @@ impl NodeHandler {
             },
             shutdown_delay: Duration::from_secs(u64::from(spec.shutdown_delay_secs.clamp(1, 300))),
         })
+    }
+}
+
+/// The service command a one-off's end becomes.
+fn ended(
+    spec: &NodeRunSpec,
+    purpose: OneOffPurpose,
+    out: OneOffOutcome,
+    timeout_secs: u32,
+) -> service::Command {
+    let (success, exit_code, reason, status) = match out {
+        OneOffOutcome::Exited(ExitStatus::Code(0)) => (true, Some(0), None, "succeeded"),
+        OneOffOutcome::Exited(ExitStatus::Code(c)) => (false, Some(c), None, "failed"),
+        OneOffOutcome::Exited(ExitStatus::Signal(s)) => {
+            (false, None, Some(format!("killed by signal {s}")), "failed")
+        }
+        OneOffOutcome::Exited(ExitStatus::Unknown) => (
+            false,
+            None,
+            Some("ended with an unknown status".to_owned()),
+            "failed",
+        ),
+        OneOffOutcome::TimedOut(_) => (
+            false,
+            None,
+            Some(format!("timed out after {timeout_secs} s")),
+            "timed_out",
+        ),
+    };
+    match purpose {
+        OneOffPurpose::PreDeploy => service::Command::RecordPreDeployEnded {
+            deploy: spec.deploy.clone(),
+            success,
+            exit_code,
+            reason,
+        },
+        OneOffPurpose::CronRun { run } => service::Command::RecordCronRunEnded {
+            run,
+            status: status.to_owned(),
+            exit_code,
+        },
     }
 }

@@ -9,9 +9,14 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use berth_eventlog::{EventStore, StoreConfig};
+use berth_domain::service::{Command, CreateService};
+use berth_domain::Ctx;
+use berth_eventlog::{EventStore, NewEvent, StoreConfig};
 use berth_schemas::commands::{NodeRunSpec, NodeWork};
 use berth_schemas::ids::{DeployId, InstanceId, NodeId, ServiceId};
+use berth_schemas::ids::{OwnerId, UserId};
+use berth_schemas::model::{ResolvedImage, Sealed, ServiceType};
+use berth_schemas::Actor;
 use berth_schemas::{AggregateId, Envelope, Event};
 use berth_tests::registry::{Registry, RegistryAuth};
 use berth_tests::{NatsServer, NatsVersion};
@@ -66,11 +71,65 @@ impl World {
         self.node_dir().join("agent").join("runc")
     }
 
-    /// A run spec for the pushed image.
-    pub fn spec(&self, command: &str) -> NodeRunSpec {
+    /// A web service of the pushed image whose first deploy resolved to
+    /// its digest (what the scheduler sees before it places instances).
+    pub async fn service(&self) -> (ServiceId, DeployId) {
+        let service = ServiceId::generate();
+        let deploy = DeployId::generate();
+        let create = CreateService::new(
+            OwnerId::User(UserId::generate()),
+            &format!("svc-{}", &service.as_str()[4..12]),
+            ServiceType::WebService,
+            &format!("{}/{REPO}:v1", self.registry.host),
+            Sealed {
+                kid: "k".into(),
+                ciphertext: "x".into(),
+            },
+            deploy.clone(),
+        );
+        self.command(&service, Command::Create(Box::new(create)))
+            .await;
+        self.command(
+            &service,
+            Command::RecordResolved {
+                deploy: deploy.clone(),
+                image: ResolvedImage {
+                    digest: self.digest.clone(),
+                    index_digest: None,
+                    compressed_size: 1,
+                },
+            },
+        )
+        .await;
+        (service, deploy)
+    }
+
+    /// Runs a service command (test setup, as ingress/scheduler would).
+    pub async fn command(&self, service: &ServiceId, command: Command) {
+        self.store
+            .execute(
+                &AggregateId::Service(service.clone()),
+                &format!("{service}:{}", InstanceId::generate()),
+                berth_domain::service::fold,
+                |s| {
+                    Ok::<_, berth_domain::DomainError>(
+                        berth_domain::service::decide(s, command.clone(), &Ctx::default())?
+                            .into_iter()
+                            .map(|e| NewEvent::new(e, Actor::system("test")))
+                            .collect(),
+                    )
+                },
+            )
+            .await
+            .unwrap();
+    }
+
+    /// A run spec for the pushed image, for a fresh service and deploy.
+    pub async fn spec(&self, command: &str) -> NodeRunSpec {
+        let (service, deploy) = self.service().await;
         NodeRunSpec {
-            service: ServiceId::generate(),
-            deploy: DeployId::generate(),
+            service,
+            deploy,
             instance: InstanceId::generate(),
             image: format!("{}/{REPO}", self.registry.host),
             digest: self.digest.clone(),
