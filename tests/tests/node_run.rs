@@ -14,13 +14,18 @@ mod node_support;
 use std::time::Duration;
 
 use berth_agent::LogLine;
+use berth_domain::{credential, Ctx};
+use berth_eventlog::NewEvent;
 use berth_node::{Node, NodeOptions};
 use berth_oci::{ClientConfig, RetryPolicy};
 use berth_runtime::secrets::{Secret, SecretKey};
 use berth_schemas::commands::{NodeWork, OneOffPurpose};
-use berth_schemas::ids::NodeId;
+use berth_schemas::ids::{CredentialId, NodeId, OwnerId, UserId};
+use berth_schemas::model::RegistryKind;
 use berth_schemas::model::{seal_context, PullFailureReason};
+use berth_schemas::Actor;
 use berth_schemas::{AggregateId, Event};
+use berth_tests::registry::RegistryAuth;
 use futures::StreamExt;
 use node_support::{count, first, types, World};
 use tokio::task::JoinHandle;
@@ -402,6 +407,98 @@ async fn crashes_are_recorded_as_exited_and_restarted_one_offs_run_once() {
     };
     assert_eq!((end.success, end.exit_code), (false, Some(3)));
     assert_eq!(count(&events, "deploy_failed"), 1, "{:?}", types(&events));
+    assert!(agent_support::runc_list(&w.runc_root()).is_empty());
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn private_registry_pulls_with_the_sealed_credential_only() {
+    let w = World::start_with(RegistryAuth::Htpasswd {
+        user: "puller".into(),
+        pass: "s3cret-pass".into(),
+    })
+    .await;
+    let key = key();
+    let node = start_node(&w, &key).await;
+
+    // A credential as ingress stores it: the token sealed for its id.
+    let cred = CredentialId::generate();
+    let token = key
+        .seal(
+            &Secret::new("s3cret-pass"),
+            &seal_context::credential_token(&cred),
+        )
+        .unwrap();
+    let create = credential::Command::Create {
+        owner: OwnerId::User(UserId::generate()),
+        name: "reg".into(),
+        registry: RegistryKind::Generic,
+        host: Some(w.registry.host.clone()),
+        username: "puller".into(),
+        token,
+    };
+    w.store
+        .execute(
+            &AggregateId::Credential(cred.clone()),
+            "create",
+            credential::fold,
+            |s| {
+                Ok::<_, berth_domain::DomainError>(
+                    credential::decide(s, create.clone(), &Ctx::default())?
+                        .into_iter()
+                        .map(|e| NewEvent::new(e, Actor::system("test")))
+                        .collect(),
+                )
+            },
+        )
+        .await
+        .unwrap();
+
+    // Without a credential, and with one that does not exist: unauthorized.
+    let anonymous = w.spec("echo never").await;
+    let mut unknown = w.spec("echo never").await;
+    unknown.credential = Some(CredentialId::generate());
+    for s in [&anonymous, &unknown] {
+        w.enqueue(
+            &node.id,
+            &NodeWork::RunInstance(s.clone()),
+            s.instance.as_str(),
+        )
+        .await;
+        let events = w
+            .wait_events(&s.service, Duration::from_secs(30), |e| {
+                count(e, "image_pull_failed") == 1
+            })
+            .await;
+        let Event::ImagePullFailed(f) = &first(&events, "image_pull_failed").unwrap().event else {
+            unreachable!()
+        };
+        assert_eq!(f.reason, PullFailureReason::Unauthorized, "{f:?}");
+        assert!(!f.message.contains("s3cret"), "{}", f.message);
+    }
+
+    // With it: pulled and started.
+    let mut good = w.spec("sh -c 'echo authorized; sleep 60'").await;
+    good.credential = Some(cred);
+    w.enqueue(&node.id, &NodeWork::RunInstance(good.clone()), "good")
+        .await;
+    w.wait_events(&good.service, Duration::from_secs(30), |e| {
+        count(e, "instance_started") == 1
+    })
+    .await;
+    w.enqueue(
+        &node.id,
+        &NodeWork::StopInstance {
+            service: good.service.clone(),
+            instance: good.instance.clone(),
+        },
+        "stop-good",
+    )
+    .await;
+    w.wait_events(&good.service, Duration::from_secs(20), |e| {
+        count(e, "instance_stopped") == 1
+    })
+    .await;
     assert!(agent_support::runc_list(&w.runc_root()).is_empty());
     node.stop().await;
 }

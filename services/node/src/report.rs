@@ -17,6 +17,9 @@ use berth_schemas::{Actor, AggregateId, Event};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// Tries per agent event before its fact is given up (logged).
+const FORWARD_ATTEMPTS: u32 = 8;
+
 /// Appends facts; remembers which deploy each instance belongs to (on
 /// disk, so facts about adopted instances stay correlated after a restart).
 #[derive(Debug, Clone)]
@@ -171,8 +174,25 @@ impl Reporter {
                 _ = shutdown.cancelled() => return,
                 e = events.recv() => match e { Some(e) => e, None => return },
             };
-            if let Err(err) = self.forward_one(&e).await {
-                tracing::warn!(error = %err, event = ?e, "recording an agent event failed");
+            // Retried with the same idempotency key, so a retry after an
+            // append of unknown outcome cannot record the fact twice.
+            let mut delay = std::time::Duration::from_millis(200);
+            for attempt in 1..=FORWARD_ATTEMPTS {
+                match self.forward_one(&e).await {
+                    Ok(()) => break,
+                    Err(err) if err.is_retryable() && attempt < FORWARD_ATTEMPTS => {
+                        tracing::warn!(error = %err, attempt, "recording an agent event failed, retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, event = ?e, "recording an agent event failed; the fact is lost");
+                        break;
+                    }
+                }
             }
         }
     }

@@ -37,6 +37,10 @@ pub const REPO: &str = "app/svc";
 
 impl World {
     pub async fn start() -> World {
+        Self::start_with(RegistryAuth::None).await
+    }
+
+    pub async fn start_with(auth: RegistryAuth) -> World {
         crate::agent_support::require_root_and_runc();
         berth_tests::init_tracing();
         let nats = NatsServer::start(NatsVersion::Legacy).unwrap();
@@ -48,7 +52,7 @@ impl World {
         )
         .await
         .unwrap();
-        let registry = Registry::start(RegistryAuth::None).await.unwrap();
+        let registry = Registry::start(auth).await.unwrap();
         let image = busybox_image(default_config());
         registry.push_image(REPO, "v1", &image).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
