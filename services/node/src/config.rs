@@ -122,20 +122,14 @@ impl NodeArgs {
         {
             problems.push("BERTH_NODE_DIR must not be empty".to_owned());
         }
-        let insecure: Vec<String> = self
-            .node_insecure_registries
-            .iter()
-            .map(|h| h.trim().to_owned())
-            .filter(|h| !h.is_empty())
-            .collect();
-        if let Some(bad) = insecure
-            .iter()
-            .find(|h| h.contains('/') || h.contains(char::is_whitespace))
-        {
-            problems.push(format!(
-                "BERTH_NODE_INSECURE_REGISTRIES: {bad:?} is not a host[:port]"
-            ));
-        }
+        let insecure = berth_oci::parse_insecure_hosts(
+            &self.node_insecure_registries,
+            "BERTH_NODE_INSECURE_REGISTRIES",
+        )
+        .unwrap_or_else(|e| {
+            problems.push(e);
+            Vec::new()
+        });
         if !problems.is_empty() {
             return Err(problems);
         }

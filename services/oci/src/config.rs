@@ -95,6 +95,23 @@ impl ClientConfig {
     }
 }
 
+/// Parses a configured list of plain-http registry hosts (`host[:port]`
+/// each), dropping blanks; `setting` names the option in the error.
+pub fn parse_insecure_hosts(hosts: &[String], setting: &str) -> Result<Vec<String>, String> {
+    let hosts: Vec<String> = hosts
+        .iter()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .collect();
+    match hosts
+        .iter()
+        .find(|h| h.contains('/') || h.contains(char::is_whitespace))
+    {
+        Some(bad) => Err(format!("{setting}: {bad:?} is not a host[:port]")),
+        None => Ok(hosts),
+    }
+}
+
 /// `host:port` → `host`, `[::1]:5000` → `[::1]`.
 fn host_without_port(host: &str) -> &str {
     if let Some(end) = host.find(']') {

@@ -32,6 +32,6 @@ mod retry;
 pub use auth::Credential;
 pub use berth_schemas::model::{PullFailureReason, ResolvedImage};
 pub use client::{BuildError, ImageRef, RegistryClient};
-pub use config::{ClientConfig, RetryPolicy};
+pub use config::{parse_insecure_hosts, ClientConfig, RetryPolicy};
 pub use error::ResolveError;
 pub use fetch::FetchedManifest;

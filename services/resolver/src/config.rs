@@ -126,20 +126,14 @@ impl ResolverArgs {
         if self.resolver_max_deliver < 1 {
             problems.push("BERTH_RESOLVER_MAX_DELIVER must be >= 1".to_owned());
         }
-        let insecure: Vec<String> = self
-            .resolver_insecure_registries
-            .iter()
-            .map(|h| h.trim().to_owned())
-            .filter(|h| !h.is_empty())
-            .collect();
-        if let Some(bad) = insecure
-            .iter()
-            .find(|h| h.contains('/') || h.contains(char::is_whitespace))
-        {
-            problems.push(format!(
-                "BERTH_RESOLVER_INSECURE_REGISTRIES: {bad:?} is not a host[:port]"
-            ));
-        }
+        let insecure = berth_oci::parse_insecure_hosts(
+            &self.resolver_insecure_registries,
+            "BERTH_RESOLVER_INSECURE_REGISTRIES",
+        )
+        .unwrap_or_else(|e| {
+            problems.push(e);
+            Vec::new()
+        });
         if !problems.is_empty() {
             return Err(problems);
         }
