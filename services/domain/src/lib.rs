@@ -13,7 +13,8 @@
 //! - [`owner`]: API keys, unique service names, notification defaults;
 //! - [`aggregate`]: the [`Aggregate`] trait the event store drives, and
 //!   [`Ctx`]; [`error`]: [`DomainError`], every variant the caller's fault;
-//! - [`reference`](mod@reference): image references (SPEC §2).
+//! - [`reference`](mod@reference): image references (SPEC §2);
+//! - [`scheduler`]: what runs where: reconcile, placement, lost nodes.
 
 pub mod aggregate;
 pub mod credential;
@@ -21,6 +22,7 @@ pub mod error;
 pub mod node;
 pub mod owner;
 pub mod reference;
+pub mod scheduler;
 pub mod service;
 
 pub use aggregate::{Aggregate, Ctx};

@@ -36,6 +36,7 @@
 //!   under it.
 
 mod deploys;
+pub mod instances;
 mod lifecycle;
 mod state;
 pub mod validate;
@@ -52,6 +53,7 @@ use berth_schemas::model::{
 use berth_schemas::{Envelope, Event};
 use chrono::{DateTime, Utc};
 
+pub use instances::{Instance, InstancePhase, Instances};
 pub use lifecycle::{needs_redeploy, CRON_RUN_STATUSES};
 pub use state::{
     apply, apply_at, CronRun, CronState, Deploy, PreDeployOutcome, ServiceConfig, ServiceState,

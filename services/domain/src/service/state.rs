@@ -15,6 +15,8 @@ use berth_schemas::Event;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::instances::Instances;
+
 /// Where a service is in its life.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -206,6 +208,9 @@ pub struct ServiceState {
     /// The deploy serving now.
     pub live: Option<DeployId>,
     pub cron: CronState,
+    /// The instances on nodes now (absent in snapshots taken before it existed).
+    #[serde(default)]
+    pub instances: Instances,
     pub created_at: Option<DateTime<Utc>>,
     pub updated_at: Option<DateTime<Utc>>,
 }
@@ -476,9 +481,9 @@ pub fn apply_at(mut s: ServiceState, event: &Event, time: Option<DateTime<Utc>>)
         Event::CronJobRunSkipped(e) => {
             s.cron.last_skipped = Some(e.scheduled_for);
         }
-        // Instance, pull-progress and restart facts are for the scheduler's
-        // and the API's projections; no rule here depends on them.
-        _ => {}
+        // Instance facts feed the scheduler's view; pull progress is for
+        // the API's projections.
+        _ => s.instances.apply(event),
     }
     s
 }

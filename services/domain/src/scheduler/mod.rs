@@ -1,0 +1,395 @@
+//! The scheduler's pure core: what should run where, decided from one
+//! service's state and a snapshot of the cluster. [`reconcile`] returns a
+//! [`Plan`] of actions and when to look again; the worker that carries it
+//! out appends the resulting facts, and the next reconcile sees them. It is
+//! level-triggered: the same state and view always give the same plan, and
+//! a state where everything is in place gives no actions.
+//!
+//! Rules (SPEC §6, §10, §11):
+//! - a suspended or deleted service runs nothing: every instance is stopped;
+//! - the deploy being rolled out (status `update_in_progress`, phase
+//!   `updating`, digest resolved) gets `numInstances` instances of its
+//!   digest; once all of them are healthy it is marked live; if that has not
+//!   happened within the readiness window counted from the deploy's start it
+//!   fails `update_failed`;
+//! - the live deploy keeps `numInstances` instances of exactly its recorded
+//!   digest: missing ones are scheduled, extras stopped (unhealthy first), an
+//!   instance running another digest is replaced;
+//! - zero downtime: a healthy instance that is not wanted (an old live
+//!   deploy's, a wrong digest's) is stopped only once its group has
+//!   `numInstances` healthy instances of the right digest; unhealthy ones go
+//!   at once, so the old live deploy serves until the new one is live;
+//! - an instance on a lost node (or on a node missing from the view) is
+//!   rescheduled on another node when it is still wanted, else stopped;
+//! - placement never uses a lost node (see [`place`]).
+
+mod place;
+
+#[cfg(test)]
+mod props;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use berth_schemas::events::{
+    DeployFailed, DeployLive, InstanceRescheduled, InstanceScheduled, InstanceStopped,
+};
+use berth_schemas::ids::{DeployId, InstanceId, NodeId};
+use berth_schemas::model::{DeployPhase, DeployStatus, Plan as Size, ServiceType};
+use berth_schemas::Event;
+use chrono::{DateTime, TimeDelta, Utc};
+
+pub use place::{lost_nodes, place, NodeCapacity, PlacementError};
+
+use crate::service::{Deploy, Instance, InstancePhase, ServiceState, ServiceStatus};
+use place::{place_one, Spread};
+
+/// SPEC §6: new instances must be healthy within this window (default 15 min).
+pub const DEFAULT_READINESS_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// How soon to try again when some instance could not be placed.
+pub const PLACEMENT_RETRY: Duration = Duration::from_secs(10);
+
+/// The cluster as the scheduler sees it for one decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterView {
+    pub nodes: Vec<NodeCapacity>,
+    /// How long a deploy's new instances have to become healthy.
+    pub readiness_window: Duration,
+}
+
+impl ClusterView {
+    /// A view over `nodes` with the default readiness window.
+    pub fn new(nodes: Vec<NodeCapacity>) -> Self {
+        ClusterView {
+            nodes,
+            readiness_window: DEFAULT_READINESS_WINDOW,
+        }
+    }
+
+    /// True when `node` may hold running instances: known and not lost.
+    fn is_up(&self, node: &NodeId) -> bool {
+        self.nodes.iter().any(|n| &n.id == node && !n.lost)
+    }
+
+    /// True when the instance is on a node that is up and was not itself
+    /// reported lost (`server_failed`).
+    fn holds(&self, i: &Instance) -> bool {
+        i.phase != InstancePhase::Lost && self.is_up(&i.node)
+    }
+}
+
+/// Where new instance ids come from, so decisions can be replayed in tests.
+pub trait IdSource {
+    fn next_instance(&mut self) -> InstanceId;
+}
+
+/// Fresh random ids, for the running scheduler.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RandomIds;
+
+impl IdSource for RandomIds {
+    fn next_instance(&mut self) -> InstanceId {
+        InstanceId::generate()
+    }
+}
+
+/// Ids counted up from a number: `ins-aaaa…`, `ins-aaa…b`, … (deterministic).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SequentialIds(pub u64);
+
+impl IdSource for SequentialIds {
+    fn next_instance(&mut self) -> InstanceId {
+        const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+        let mut n = self.0;
+        self.0 = self.0.wrapping_add(1);
+        let mut body = [b'a'; 20];
+        for c in body.iter_mut().rev() {
+            *c = ALPHABET[(n % 32) as usize];
+            n /= 32;
+        }
+        let body: String = body.iter().map(|&b| char::from(b)).collect();
+        match format!("ins-{body}").parse() {
+            Ok(id) => id,
+            // Unreachable: the body is 20 base32 characters.
+            Err(_) => InstanceId::generate(),
+        }
+    }
+}
+
+/// One thing the scheduler wants done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start a new instance of `deploy` running `digest` on `node`.
+    Schedule {
+        instance: InstanceId,
+        deploy: DeployId,
+        node: NodeId,
+        digest: String,
+    },
+    /// Replace an instance on a lost node by a new one on `to_node`.
+    Reschedule {
+        instance: InstanceId,
+        replacement: InstanceId,
+        deploy: DeployId,
+        digest: String,
+        from_node: NodeId,
+        to_node: NodeId,
+    },
+    /// Stop an instance (SIGTERM, then SIGKILL after the shutdown delay).
+    Stop { instance: InstanceId },
+    /// All new instances are healthy and run the recorded digest.
+    MarkLive { deploy: DeployId, digest: String },
+    /// The deploy cannot complete; the previous live deploy keeps serving.
+    FailDeploy { deploy: DeployId, reason: String },
+}
+
+impl Action {
+    /// The fact recorded once the action is carried out. `MarkLive` and
+    /// `FailDeploy` go through the service's `decide` in the real worker
+    /// (which also deactivates the previous live deploy and starts the next
+    /// queued one); this is the event at their core.
+    pub fn event(&self) -> Event {
+        match self {
+            Action::Schedule {
+                instance,
+                deploy,
+                node,
+                digest,
+            } => Event::InstanceScheduled(InstanceScheduled {
+                instance: instance.clone(),
+                deploy: deploy.clone(),
+                node: node.clone(),
+                digest: digest.clone(),
+            }),
+            Action::Reschedule {
+                instance,
+                replacement,
+                from_node,
+                to_node,
+                ..
+            } => Event::InstanceRescheduled(InstanceRescheduled {
+                instance: instance.clone(),
+                replacement: replacement.clone(),
+                from_node: from_node.clone(),
+                to_node: to_node.clone(),
+            }),
+            Action::Stop { instance } => Event::InstanceStopped(InstanceStopped {
+                instance: instance.clone(),
+            }),
+            Action::MarkLive { deploy, digest } => Event::DeployLive(DeployLive {
+                deploy: deploy.clone(),
+                digest: digest.clone(),
+            }),
+            Action::FailDeploy { deploy, reason } => Event::DeployFailed(DeployFailed {
+                deploy: deploy.clone(),
+                status: DeployStatus::UpdateFailed,
+                reason: reason.clone(),
+            }),
+        }
+    }
+}
+
+/// What to do now, and when to look again even if nothing happens.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub requeue_after: Option<Duration>,
+}
+
+impl Plan {
+    fn requeue(&mut self, after: Duration) {
+        self.requeue_after = Some(self.requeue_after.map_or(after, |d| d.min(after)));
+    }
+}
+
+/// The deploy being rolled out now, if it is at the stage where its
+/// instances start: running, phase `updating`, digest resolved.
+pub fn rolling_out(state: &ServiceState) -> Option<&Deploy> {
+    state.active_deploy().filter(|d| {
+        d.status == DeployStatus::UpdateInProgress
+            && d.phase == Some(DeployPhase::Updating)
+            && d.digest().is_some()
+    })
+}
+
+/// Decides what should change for one service. Pure: the same inputs give
+/// the same plan (ids come from `ids` in order).
+pub fn reconcile(
+    state: &ServiceState,
+    view: &ClusterView,
+    now: DateTime<Utc>,
+    ids: &mut dyn IdSource,
+) -> Plan {
+    let mut plan = Plan::default();
+    let Some(cfg) = state.config.as_ref() else {
+        return plan;
+    };
+    if state.status != ServiceStatus::Active || cfg.service_type == ServiceType::CronJob {
+        // Suspended, deleted, or a cron job (whose runs are not instances).
+        for i in state.instances.iter() {
+            plan.actions.push(Action::Stop {
+                instance: i.id.clone(),
+            });
+        }
+        return plan;
+    }
+    let want = cfg.num_instances as usize;
+    let mut ctx = Planner {
+        nodes: view.nodes.clone(),
+        spread: Spread::new(
+            &state
+                .instances
+                .iter()
+                .filter(|i| view.holds(i))
+                .map(|i| i.node.clone())
+                .collect::<Vec<_>>(),
+        ),
+        size: cfg.plan.clone(),
+        view,
+        ids,
+        plan,
+        handled: BTreeSet::new(),
+    };
+
+    let live = state.live_deploy().filter(|d| d.digest().is_some());
+    let rollout = rolling_out(state).filter(|d| Some(&d.id) != live.map(|l| &l.id));
+
+    let live_healthy = live.map_or(0, |d| ctx.group(state, d, want));
+    if let Some(d) = rollout {
+        let healthy = ctx.group(state, d, want);
+        if healthy >= want {
+            if let Some(digest) = d.digest() {
+                ctx.plan.actions.push(Action::MarkLive {
+                    deploy: d.id.clone(),
+                    digest: digest.to_owned(),
+                });
+            }
+        } else if let Some(started) = d.started_at {
+            let window = TimeDelta::from_std(view.readiness_window).unwrap_or(TimeDelta::MAX);
+            let deadline = started.checked_add_signed(window);
+            match deadline {
+                Some(deadline) if now >= deadline => ctx.plan.actions.push(Action::FailDeploy {
+                    deploy: d.id.clone(),
+                    reason: format!(
+                        "{healthy} of {want} new instances healthy within the readiness window"
+                    ),
+                }),
+                Some(deadline) => {
+                    let left = (deadline - now).to_std().unwrap_or(Duration::ZERO);
+                    ctx.plan.requeue(left);
+                }
+                None => {}
+            }
+        }
+    }
+
+    // Everything else is left over from an older or failed deploy: it goes,
+    // but a healthy one only once the live deploy serves in full.
+    let serving = live.is_some() && live_healthy >= want;
+    for i in state.instances.iter() {
+        if ctx.handled.contains(&i.id) {
+            continue;
+        }
+        if !i.is_healthy() || !ctx.view.holds(i) || serving || live.is_none() {
+            ctx.stop(i);
+        }
+    }
+    ctx.plan
+}
+
+/// The working state of one reconcile.
+struct Planner<'a> {
+    nodes: Vec<NodeCapacity>,
+    spread: Spread,
+    size: Size,
+    view: &'a ClusterView,
+    ids: &'a mut dyn IdSource,
+    plan: Plan,
+    /// Instances a rule has already decided about.
+    handled: BTreeSet<InstanceId>,
+}
+
+impl Planner<'_> {
+    fn stop(&mut self, i: &Instance) {
+        self.handled.insert(i.id.clone());
+        self.plan.actions.push(Action::Stop {
+            instance: i.id.clone(),
+        });
+    }
+
+    fn place(&mut self) -> Option<NodeId> {
+        let node = place_one(&mut self.nodes, &self.size, &mut self.spread);
+        if node.is_none() {
+            self.plan.requeue(PLACEMENT_RETRY);
+        }
+        node
+    }
+
+    /// Brings deploy `d` to `want` instances of its digest; returns how many
+    /// of them are healthy (before this plan is carried out).
+    fn group(&mut self, state: &ServiceState, d: &Deploy, want: usize) -> usize {
+        let Some(digest) = d.digest() else {
+            return 0;
+        };
+        let mine: Vec<&Instance> = state.instances.of_deploy(&d.id).collect();
+        for i in &mine {
+            self.handled.insert(i.id.clone());
+        }
+        let (right, wrong): (Vec<&Instance>, Vec<&Instance>) =
+            mine.into_iter().partition(|i| i.digest == digest);
+        let (mut up, down): (Vec<&Instance>, Vec<&Instance>) =
+            right.into_iter().partition(|i| self.view.holds(i));
+
+        // Extras go, unhealthy and then newest first, so healthy ones stay.
+        up.sort_by(|a, b| b.is_healthy().cmp(&a.is_healthy()).then(a.id.cmp(&b.id)));
+        for extra in up.iter().skip(want) {
+            self.stop(extra);
+        }
+        up.truncate(want);
+        let healthy = up.iter().filter(|i| i.is_healthy()).count();
+        let mut count = up.len();
+
+        // Instances on lost nodes move while they are still needed.
+        for lost in down {
+            if count < want {
+                if let Some(to) = self.place() {
+                    let replacement = self.ids.next_instance();
+                    self.plan.actions.push(Action::Reschedule {
+                        instance: lost.id.clone(),
+                        replacement,
+                        deploy: d.id.clone(),
+                        digest: digest.to_owned(),
+                        from_node: lost.node.clone(),
+                        to_node: to,
+                    });
+                    count += 1;
+                }
+                // Not placeable: it stays recorded until a node has room.
+            } else {
+                self.stop(lost);
+            }
+        }
+        while count < want {
+            let Some(node) = self.place() else { break };
+            let instance = self.ids.next_instance();
+            self.plan.actions.push(Action::Schedule {
+                instance,
+                deploy: d.id.clone(),
+                node,
+                digest: digest.to_owned(),
+            });
+            count += 1;
+        }
+
+        // After live, every instance runs exactly the recorded digest.
+        for bad in wrong {
+            if !bad.is_healthy() || !self.view.holds(bad) || healthy >= want {
+                self.stop(bad);
+            }
+        }
+        healthy
+    }
+}

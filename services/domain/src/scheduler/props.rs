@@ -1,0 +1,221 @@
+//! Random services against the scheduler: whatever instances exist, in
+//! whatever phases and on whichever nodes, reconcile never places on a lost
+//! node, never leaves a service with a healthy instance without one (zero
+//! downtime), decides the same way twice, and, carried out again and again,
+//! reaches a fixed point where the live deploy runs exactly `numInstances`
+//! instances of its recorded digest and nothing else runs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+
+use berth_schemas::events::{InstanceHealthy, ServerFailed};
+use berth_schemas::Event;
+use proptest::prelude::*;
+
+use super::tests::{deploy_id, digest, node, node_id, Svc};
+use super::*;
+use crate::service::Command;
+
+const NODES: u8 = 4;
+
+#[derive(Debug, Clone)]
+struct Inst {
+    node: u8,
+    healthy: bool,
+    wrong_digest: bool,
+}
+
+fn inst() -> impl Strategy<Value = Inst> {
+    (0..NODES, any::<bool>(), prop::bool::weighted(0.2)).prop_map(|(node, healthy, wrong)| Inst {
+        node,
+        healthy,
+        wrong_digest: wrong,
+    })
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    first_n: u32,
+    n: u32,
+    live: Vec<Inst>,
+    rollout: Option<Vec<Inst>>,
+    lost: Vec<bool>,
+    server_failed: bool,
+    suspended: bool,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        1u32..4,
+        1u32..4,
+        prop::collection::vec(inst(), 0..5),
+        prop::option::of(prop::collection::vec(inst(), 0..4)),
+        prop::collection::vec(any::<bool>(), 2),
+        any::<bool>(),
+        prop::bool::weighted(0.1),
+    )
+        .prop_map(
+            |(first_n, n, live, rollout, lost, server_failed, suspended)| Case {
+                first_n,
+                n,
+                live,
+                rollout,
+                lost,
+                server_failed,
+                suspended,
+            },
+        )
+}
+
+/// Nodes 0 and 1 never fail; 2 and 3 are lost as the case says. Used
+/// capacity is what the service's instances reserve.
+fn view(s: &Svc, lost: &[bool]) -> ClusterView {
+    let nodes = (0..NODES)
+        .map(|i| {
+            let mut n = node(i, 8000, 16384);
+            n.lost = i >= 2 && lost[usize::from(i - 2)];
+            let here = s.state.instances.on_node(&n.id).count() as u32;
+            n.used_cpu = here * 500;
+            n.used_mem = here * 512;
+            n
+        })
+        .collect();
+    ClusterView::new(nodes)
+}
+
+fn build(c: &Case) -> Svc {
+    let mut s = Svc::web(c.first_n);
+    s.updating(&deploy_id(0), &digest(1));
+    let add = |s: &mut Svc, deploy: &DeployId, good: &str, list: &[Inst]| {
+        for i in list {
+            let d = if i.wrong_digest {
+                digest(9)
+            } else {
+                good.to_owned()
+            };
+            s.instance(deploy, i.node, &d, i.healthy);
+        }
+    };
+    add(&mut s, &deploy_id(0), &digest(1), &c.live);
+    s.run(Command::RecordLive {
+        deploy: deploy_id(0),
+        digest: digest(1),
+    });
+    if c.n != c.first_n {
+        s.run(Command::Scale { num_instances: c.n });
+    }
+    if let Some(list) = &c.rollout {
+        let d = s.request(1);
+        s.updating(&d, &digest(2));
+        add(&mut s, &d, &digest(2), list);
+    }
+    if c.server_failed {
+        for n in 2..NODES {
+            if c.lost[usize::from(n - 2)] {
+                let on: Vec<_> = s
+                    .state
+                    .instances
+                    .on_node(&node_id(n))
+                    .map(|i| i.id.clone())
+                    .collect();
+                s.apply(&[Event::ServerFailed(ServerFailed {
+                    node: node_id(n),
+                    instances: on,
+                })]);
+            }
+        }
+    }
+    if c.suspended {
+        s.run(Command::Suspend);
+    }
+    s.now += chrono::TimeDelta::minutes(1);
+    s
+}
+
+fn serving(s: &Svc, v: &ClusterView) -> BTreeSet<InstanceId> {
+    s.state
+        .instances
+        .iter()
+        .filter(|i| i.is_healthy() && v.holds(i))
+        .map(|i| i.id.clone())
+        .collect()
+}
+
+/// Reconciles and carries out until no action is left, checking every plan.
+fn run_to_fixed_point(s: &mut Svc, c: &Case) {
+    for _ in 0..40 {
+        let v = view(s, &c.lost);
+        let mut again = s.ids;
+        let plan = s.reconcile(&v);
+        assert_eq!(
+            reconcile(&s.state, &v, s.now, &mut again),
+            plan,
+            "not deterministic"
+        );
+        for a in &plan.actions {
+            if let Action::Schedule { node, .. } | Action::Reschedule { to_node: node, .. } = a {
+                assert!(v.is_up(node), "placed on lost node {node}: {plan:?}");
+            }
+        }
+        let before = serving(s, &v);
+        if !c.suspended && !before.is_empty() {
+            let stopped: BTreeSet<_> = plan
+                .actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Stop { instance } => Some(instance.clone()),
+                    _ => None,
+                })
+                .collect();
+            assert!(
+                before.iter().any(|i| !stopped.contains(i)),
+                "stopped every healthy instance: {plan:?}"
+            );
+        }
+        if plan.actions.is_empty() {
+            match plan.requeue_after {
+                // Waiting on the readiness window: let it pass.
+                Some(d) => s.now += chrono::TimeDelta::from_std(d).unwrap(),
+                None => return,
+            }
+            continue;
+        }
+        s.carry_out(&plan);
+    }
+    panic!("no fixed point: {:?}", s.state.instances);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn reconcile_is_safe_and_converges(c in case()) {
+        let mut s = build(&c);
+        run_to_fixed_point(&mut s, &c);
+        // Instances that were unhealthy recover (the node agent restarts
+        // them); then the scheduler finishes the job.
+        let v = view(&s, &c.lost);
+        let heal: Vec<Event> = s.state.instances.iter().filter(|i| v.holds(i)).map(|i| {
+            Event::InstanceHealthy(InstanceHealthy { instance: i.id.clone() })
+        }).collect();
+        s.apply(&heal);
+        run_to_fixed_point(&mut s, &c);
+
+        if c.suspended {
+            prop_assert!(s.state.instances.is_empty());
+            return Ok(());
+        }
+        let live = s.state.live_deploy().unwrap();
+        prop_assert!(s.state.active.is_none(), "the rollout ended");
+        let digest = live.digest().unwrap();
+        let v = view(&s, &c.lost);
+        let all: Vec<_> = s.state.instances.iter().collect();
+        prop_assert_eq!(all.len(), c.n as usize, "{:?}", all);
+        for i in all {
+            prop_assert_eq!(&i.deploy, &live.id);
+            prop_assert_eq!(i.digest.as_str(), digest);
+            prop_assert!(i.is_healthy() && v.holds(i));
+        }
+    }
+}

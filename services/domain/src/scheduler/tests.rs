@@ -1,0 +1,619 @@
+//! Given/when/then tests of the scheduler's rules, over service states built
+//! through the service aggregate's own `decide` and the instance facts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use berth_schemas::events::{
+    InstanceHealthy, InstanceScheduled, InstanceStarted, InstanceUnhealthy, ServerFailed,
+};
+use berth_schemas::ids::{DeployId, InstanceId, NodeId, OwnerId, UserId};
+use berth_schemas::model::{
+    DeployStatus, DeployTrigger, Plan as Size, ResolvedImage, Sealed, ServiceType,
+};
+use berth_schemas::Event;
+use chrono::{DateTime, TimeZone, Utc};
+
+use super::*;
+use crate::aggregate::Ctx;
+use crate::service::{apply_at, decide, Command, CreateService, DeployRequest};
+
+pub(super) fn digest(n: u8) -> String {
+    format!("sha256:{}", format!("{n:02x}").repeat(32))
+}
+
+fn id_body(n: u8) -> String {
+    format!("{}{}", "a".repeat(19), char::from(b'a' + n))
+}
+
+pub(super) fn node_id(n: u8) -> NodeId {
+    format!("nod-{}", id_body(n)).parse().unwrap()
+}
+
+pub(super) fn deploy_id(n: u8) -> DeployId {
+    format!("dep-{}", id_body(n)).parse().unwrap()
+}
+
+pub(super) fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+}
+
+pub(super) fn node(n: u8, cpu: u32, mem: u32) -> NodeCapacity {
+    NodeCapacity {
+        id: node_id(n),
+        cpu_millis: cpu,
+        memory_mib: mem,
+        used_cpu: 0,
+        used_mem: 0,
+        lost: false,
+    }
+}
+
+/// A service, the clock, and the ids the scheduler will hand out.
+pub(super) struct Svc {
+    pub state: ServiceState,
+    pub now: DateTime<Utc>,
+    pub ids: SequentialIds,
+}
+
+impl Svc {
+    /// A web service with `n` instances whose first deploy (`deploy_id(0)`)
+    /// has started at `t0`.
+    pub fn web(n: u32) -> Self {
+        let owner = OwnerId::User("usr-aaaaaaaaaaaaaaaaaaaa".parse::<UserId>().unwrap());
+        let sealed = Sealed {
+            kid: "k1".into(),
+            ciphertext: "hook".into(),
+        };
+        let mut c = CreateService::new(
+            owner,
+            "app",
+            ServiceType::WebService,
+            "ghcr.io/acme/app:v1",
+            sealed,
+            deploy_id(0),
+        );
+        c.num_instances = Some(n);
+        let mut s = Svc {
+            state: ServiceState::default(),
+            now: t0(),
+            ids: SequentialIds(0),
+        };
+        s.run(Command::Create(Box::new(c)));
+        s
+    }
+
+    pub fn run(&mut self, command: Command) {
+        let c = format!("{command:?}");
+        let events = decide(&self.state, command, &Ctx::default())
+            .unwrap_or_else(|e| panic!("{c} refused: {e}"));
+        self.apply(&events);
+    }
+
+    pub fn apply(&mut self, events: &[Event]) {
+        for e in events {
+            self.state = apply_at(std::mem::take(&mut self.state), e, Some(self.now));
+        }
+    }
+
+    /// Resolved to `d`, pulled, update started: the instances may start.
+    pub fn updating(&mut self, deploy: &DeployId, d: &str) {
+        self.run(Command::RecordResolved {
+            deploy: deploy.clone(),
+            image: ResolvedImage {
+                digest: d.to_owned(),
+                index_digest: None,
+                compressed_size: 1,
+            },
+        });
+        self.run(Command::RecordUpdateStarted {
+            deploy: deploy.clone(),
+        });
+    }
+
+    pub fn request(&mut self, n: u8) -> DeployId {
+        let id = deploy_id(n);
+        self.run(Command::RequestDeploy(DeployRequest::new(
+            id.clone(),
+            DeployTrigger::Api,
+        )));
+        id
+    }
+
+    /// An instance of `deploy` placed, started and (if `healthy`) healthy.
+    pub fn instance(&mut self, deploy: &DeployId, node: u8, d: &str, healthy: bool) -> InstanceId {
+        let instance = self.ids.next_instance();
+        let mut events = vec![
+            Event::InstanceScheduled(InstanceScheduled {
+                instance: instance.clone(),
+                deploy: deploy.clone(),
+                node: node_id(node),
+                digest: d.to_owned(),
+            }),
+            Event::InstanceStarted(InstanceStarted {
+                instance: instance.clone(),
+                node: node_id(node),
+                digest: d.to_owned(),
+            }),
+        ];
+        if healthy {
+            events.push(Event::InstanceHealthy(InstanceHealthy {
+                instance: instance.clone(),
+            }));
+        }
+        self.apply(&events);
+        instance
+    }
+
+    pub fn reconcile(&mut self, view: &ClusterView) -> Plan {
+        reconcile(&self.state, view, self.now, &mut self.ids)
+    }
+
+    /// Carries a plan out in a world where every new instance comes up
+    /// healthy on its node at once.
+    pub fn carry_out(&mut self, plan: &Plan) {
+        for a in &plan.actions {
+            match a {
+                Action::MarkLive { deploy, digest } => self.run(Command::RecordLive {
+                    deploy: deploy.clone(),
+                    digest: digest.clone(),
+                }),
+                Action::FailDeploy { deploy, reason } => self.run(Command::RecordFailed {
+                    deploy: deploy.clone(),
+                    status: DeployStatus::UpdateFailed,
+                    reason: reason.clone(),
+                }),
+                Action::Schedule {
+                    instance,
+                    node,
+                    digest,
+                    ..
+                }
+                | Action::Reschedule {
+                    replacement: instance,
+                    to_node: node,
+                    digest,
+                    ..
+                } => {
+                    let started = Event::InstanceStarted(InstanceStarted {
+                        instance: instance.clone(),
+                        node: node.clone(),
+                        digest: digest.clone(),
+                    });
+                    let healthy = Event::InstanceHealthy(InstanceHealthy {
+                        instance: instance.clone(),
+                    });
+                    self.apply(&[a.event(), started, healthy]);
+                }
+                Action::Stop { .. } => self.apply(&[a.event()]),
+            }
+        }
+    }
+}
+
+fn two_nodes() -> ClusterView {
+    ClusterView::new(vec![node(1, 4000, 8192), node(2, 4000, 8192)])
+}
+
+fn schedules(plan: &Plan) -> Vec<(&DeployId, &NodeId, &str)> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Schedule {
+                deploy,
+                node,
+                digest,
+                ..
+            } => Some((deploy, node, digest.as_str())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn stops(plan: &Plan) -> Vec<&InstanceId> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Stop { instance } => Some(instance),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A web service with `n` healthy instances of `deploy_id(0)` live on `digest(1)`.
+fn live(n: u32) -> (Svc, Vec<InstanceId>) {
+    let mut s = Svc::web(n);
+    s.updating(&deploy_id(0), &digest(1));
+    let ids = (0..n)
+        .map(|i| s.instance(&deploy_id(0), 1 + (i % 2) as u8, &digest(1), true))
+        .collect();
+    s.run(Command::RecordLive {
+        deploy: deploy_id(0),
+        digest: digest(1),
+    });
+    (s, ids)
+}
+
+// ---- instance tracking ----
+
+#[test]
+fn instance_facts_track_deploy_node_digest_and_phase() {
+    let mut s = Svc::web(2);
+    let a = s.instance(&deploy_id(0), 1, &digest(1), true);
+    let b = s.instance(&deploy_id(0), 2, &digest(1), false);
+    s.apply(&[Event::InstanceUnhealthy(InstanceUnhealthy {
+        instance: a.clone(),
+        reason: "503".into(),
+    })]);
+    let inst = &s.state.instances;
+    assert_eq!(inst.of_deploy(&deploy_id(0)).count(), 2);
+    assert_eq!(inst.healthy_count(&deploy_id(0)), 0);
+    assert_eq!(inst.get(&a).unwrap().phase, InstancePhase::Unhealthy);
+    assert_eq!(inst.get(&b).unwrap().phase, InstancePhase::Running);
+    assert_eq!(
+        inst.on_node(&node_id(2)).map(|i| &i.id).collect::<Vec<_>>(),
+        vec![&b]
+    );
+    s.apply(&[Event::InstanceStopped(
+        berth_schemas::events::InstanceStopped { instance: a },
+    )]);
+    assert_eq!(s.state.instances.len(), 1);
+}
+
+#[test]
+fn server_failed_marks_instances_lost_and_rescheduled_moves_them() {
+    let mut s = Svc::web(1);
+    let a = s.instance(&deploy_id(0), 1, &digest(1), true);
+    s.apply(&[Event::ServerFailed(ServerFailed {
+        node: node_id(1),
+        instances: vec![a.clone()],
+    })]);
+    assert_eq!(
+        s.state.instances.get(&a).unwrap().phase,
+        InstancePhase::Lost
+    );
+    let r = s.ids.next_instance();
+    s.apply(&[Event::InstanceRescheduled(
+        berth_schemas::events::InstanceRescheduled {
+            instance: a.clone(),
+            replacement: r.clone(),
+            from_node: node_id(1),
+            to_node: node_id(2),
+        },
+    )]);
+    assert!(s.state.instances.get(&a).is_none());
+    let moved = s.state.instances.get(&r).unwrap();
+    assert_eq!(
+        (&moved.deploy, &moved.node, moved.digest.as_str()),
+        (&deploy_id(0), &node_id(2), digest(1).as_str())
+    );
+}
+
+// ---- rolling out ----
+
+#[test]
+fn nothing_starts_before_the_update_phase() {
+    let mut s = Svc::web(2);
+    let plan = s.reconcile(&two_nodes());
+    assert_eq!(plan, Plan::default());
+}
+
+#[test]
+fn a_rolling_out_deploy_gets_its_instances_spread_over_nodes() {
+    let mut s = Svc::web(2);
+    s.updating(&deploy_id(0), &digest(1));
+    let plan = s.reconcile(&two_nodes());
+    let mut placed = schedules(&plan);
+    placed.sort();
+    assert_eq!(
+        placed,
+        vec![
+            (&deploy_id(0), &node_id(1), digest(1).as_str()),
+            (&deploy_id(0), &node_id(2), digest(1).as_str())
+        ]
+    );
+    assert_eq!(plan.actions.len(), 2);
+}
+
+#[test]
+fn while_new_instances_are_not_healthy_it_waits_for_the_readiness_window() {
+    let mut s = Svc::web(2);
+    s.updating(&deploy_id(0), &digest(1));
+    s.instance(&deploy_id(0), 1, &digest(1), true);
+    s.instance(&deploy_id(0), 2, &digest(1), false);
+    s.now = t0() + chrono::TimeDelta::minutes(5);
+    let plan = s.reconcile(&two_nodes());
+    assert!(plan.actions.is_empty(), "{plan:?}");
+    assert_eq!(plan.requeue_after, Some(Duration::from_secs(10 * 60)));
+}
+
+#[test]
+fn all_new_instances_healthy_marks_the_deploy_live() {
+    let mut s = Svc::web(2);
+    s.updating(&deploy_id(0), &digest(1));
+    s.instance(&deploy_id(0), 1, &digest(1), true);
+    s.instance(&deploy_id(0), 2, &digest(1), true);
+    let plan = s.reconcile(&two_nodes());
+    assert_eq!(
+        plan.actions,
+        vec![Action::MarkLive {
+            deploy: deploy_id(0),
+            digest: digest(1)
+        }]
+    );
+}
+
+#[test]
+fn not_healthy_within_the_window_fails_and_the_old_version_keeps_serving() {
+    let (mut s, old) = live(2);
+    let new = s.request(1);
+    s.updating(&new, &digest(2));
+    let a = s.instance(&new, 1, &digest(2), true);
+    let b = s.instance(&new, 2, &digest(2), false);
+    s.now = t0() + chrono::TimeDelta::minutes(15);
+    let plan = s.reconcile(&two_nodes());
+    assert!(matches!(
+        plan.actions.as_slice(),
+        [Action::FailDeploy { deploy, .. }] if deploy == &new
+    ));
+    s.carry_out(&plan);
+    assert_eq!(
+        s.state.deploy(&new).unwrap().status,
+        DeployStatus::UpdateFailed
+    );
+    // The failed deploy's instances go; the live ones stay.
+    let plan = s.reconcile(&two_nodes());
+    let mut stopped = stops(&plan);
+    stopped.sort();
+    let mut expected = vec![&a, &b];
+    expected.sort();
+    assert_eq!(stopped, expected);
+    assert!(old.iter().all(|o| !stopped.contains(&o)));
+}
+
+// ---- zero downtime ----
+
+#[test]
+fn old_live_instances_stop_only_after_the_new_deploy_is_live() {
+    let (mut s, old) = live(2);
+    let new = s.request(1);
+    s.updating(&new, &digest(2));
+    // New instances are scheduled; the old ones are not touched.
+    let plan = s.reconcile(&two_nodes());
+    assert_eq!(schedules(&plan).len(), 2);
+    assert!(stops(&plan).is_empty());
+    s.carry_out(&plan);
+    // All healthy: live, still no stop in the same plan.
+    let plan = s.reconcile(&two_nodes());
+    assert_eq!(
+        plan.actions,
+        vec![Action::MarkLive {
+            deploy: new.clone(),
+            digest: digest(2)
+        }]
+    );
+    s.carry_out(&plan);
+    assert_eq!(s.state.live.as_ref(), Some(&new));
+    // Now the old instances drain.
+    let plan = s.reconcile(&two_nodes());
+    let mut stopped = stops(&plan);
+    stopped.sort();
+    assert_eq!(stopped, old.iter().collect::<Vec<_>>());
+    s.carry_out(&plan);
+    assert_eq!(s.reconcile(&two_nodes()), Plan::default());
+}
+
+#[test]
+fn a_healthy_old_instance_waits_while_the_live_deploy_is_not_fully_healthy() {
+    let (mut s, old) = live(1);
+    let new = s.request(1);
+    s.updating(&new, &digest(2));
+    let n = s.instance(&new, 2, &digest(2), true);
+    s.run(Command::RecordLive {
+        deploy: new.clone(),
+        digest: digest(2),
+    });
+    s.apply(&[Event::InstanceUnhealthy(InstanceUnhealthy {
+        instance: n,
+        reason: "timeout".into(),
+    })]);
+    let plan = s.reconcile(&two_nodes());
+    assert!(!stops(&plan).contains(&&old[0]), "{plan:?}");
+}
+
+// ---- the live deploy ----
+
+#[test]
+fn the_live_deploy_scales_up_and_down() {
+    let (mut s, _) = live(2);
+    s.run(Command::Scale { num_instances: 4 });
+    let plan = s.reconcile(&two_nodes());
+    assert_eq!(schedules(&plan).len(), 2);
+    s.carry_out(&plan);
+    assert_eq!(s.state.instances.healthy_count(&deploy_id(0)), 4);
+    s.run(Command::Scale { num_instances: 1 });
+    let plan = s.reconcile(&two_nodes());
+    assert_eq!(stops(&plan).len(), 3);
+    s.carry_out(&plan);
+    assert_eq!(s.reconcile(&two_nodes()), Plan::default());
+}
+
+#[test]
+fn scaling_down_stops_unhealthy_instances_first() {
+    let (mut s, ids) = live(2);
+    s.apply(&[Event::InstanceUnhealthy(InstanceUnhealthy {
+        instance: ids[1].clone(),
+        reason: "503".into(),
+    })]);
+    s.run(Command::Scale { num_instances: 1 });
+    let plan = s.reconcile(&two_nodes());
+    assert_eq!(stops(&plan), vec![&ids[1]]);
+}
+
+#[test]
+fn an_instance_running_another_digest_is_replaced_then_stopped() {
+    let (mut s, ids) = live(1);
+    // The node reports it started another digest (a floating tag moved).
+    s.apply(&[Event::InstanceStarted(InstanceStarted {
+        instance: ids[0].clone(),
+        node: node_id(1),
+        digest: digest(9),
+    })]);
+    s.apply(&[Event::InstanceHealthy(InstanceHealthy {
+        instance: ids[0].clone(),
+    })]);
+    let plan = s.reconcile(&two_nodes());
+    assert_eq!(
+        schedules(&plan),
+        vec![(&deploy_id(0), &node_id(2), digest(1).as_str())]
+    );
+    assert!(stops(&plan).is_empty(), "the only healthy instance stays");
+    s.carry_out(&plan);
+    let plan = s.reconcile(&two_nodes());
+    assert_eq!(stops(&plan), vec![&ids[0]]);
+    assert!(schedules(&plan).is_empty());
+}
+
+#[test]
+fn a_suspended_service_stops_everything() {
+    let (mut s, ids) = live(2);
+    s.run(Command::Suspend);
+    let plan = s.reconcile(&two_nodes());
+    let mut stopped = stops(&plan);
+    stopped.sort();
+    assert_eq!(stopped, ids.iter().collect::<Vec<_>>());
+    assert_eq!(plan.actions.len(), 2);
+}
+
+// ---- lost nodes ----
+
+#[test]
+fn instances_on_a_lost_node_are_rescheduled_elsewhere() {
+    let (mut s, ids) = live(2);
+    let mut view = ClusterView::new(vec![
+        node(1, 4000, 8192),
+        node(2, 4000, 8192),
+        node(3, 4000, 8192),
+    ]);
+    view.nodes[0].lost = true;
+    let plan = s.reconcile(&view);
+    let lost = s.state.instances.get(&ids[0]).unwrap();
+    assert_eq!(lost.node, node_id(1));
+    match plan.actions.as_slice() {
+        [Action::Reschedule {
+            instance,
+            from_node,
+            to_node,
+            deploy,
+            digest: d,
+            ..
+        }] => {
+            assert_eq!(instance, &ids[0]);
+            assert_eq!(from_node, &node_id(1));
+            // Node 2 already holds one instance: spread onto node 3.
+            assert_eq!(to_node, &node_id(3));
+            assert_eq!((deploy, d), (&deploy_id(0), &digest(1)));
+        }
+        other => panic!("{other:?}"),
+    }
+    s.carry_out(&plan);
+    assert_eq!(s.reconcile(&view), Plan::default());
+}
+
+#[test]
+fn with_no_room_left_a_lost_instance_waits_and_requeues() {
+    let (mut s, _) = live(2);
+    let mut view = ClusterView::new(vec![node(1, 4000, 8192), node(2, 500, 512)]);
+    view.nodes[0].lost = true;
+    view.nodes[1].used_cpu = 500;
+    let plan = s.reconcile(&view);
+    assert!(plan.actions.is_empty(), "{plan:?}");
+    assert_eq!(plan.requeue_after, Some(PLACEMENT_RETRY));
+}
+
+// ---- placement ----
+
+fn size(cpu: u32, mem: u32) -> Size {
+    Size {
+        name: "t".into(),
+        cpu_millis: cpu,
+        memory_mib: mem,
+    }
+}
+
+#[test]
+fn place_prefers_the_node_with_most_free_capacity() {
+    let mut a = node(1, 4000, 8192);
+    a.used_cpu = 3000;
+    let b = node(2, 2000, 8192);
+    assert_eq!(
+        place(&[a, b], &size(500, 512), 1, &[]).unwrap(),
+        vec![node_id(2)]
+    );
+}
+
+#[test]
+fn place_spreads_instances_of_the_service() {
+    let a = node(1, 8000, 8192);
+    let b = node(2, 1000, 1024);
+    // Node 1 has far more room but already holds one of the instances.
+    assert_eq!(
+        place(&[a.clone(), b.clone()], &size(500, 512), 1, &[node_id(1)]).unwrap(),
+        vec![node_id(2)]
+    );
+    assert_eq!(
+        place(&[a, b], &size(500, 512), 3, &[]).unwrap(),
+        vec![node_id(1), node_id(2), node_id(1)]
+    );
+}
+
+#[test]
+fn place_never_uses_a_lost_node_and_fails_when_nothing_fits() {
+    let mut a = node(1, 8000, 8192);
+    a.lost = true;
+    let b = node(2, 1000, 1024);
+    assert_eq!(
+        place(&[a.clone(), b.clone()], &size(500, 512), 2, &[]).unwrap(),
+        vec![node_id(2), node_id(2)]
+    );
+    assert_eq!(
+        place(&[a, b], &size(500, 512), 3, &[]),
+        Err(PlacementError::NoCapacity {
+            requested: 3,
+            placeable: 2
+        })
+    );
+    assert!(place(&[node(3, 100, 8192)], &size(500, 512), 1, &[]).is_err());
+}
+
+#[test]
+fn lost_nodes_are_those_silent_for_longer_than_the_timeout() {
+    let hb: BTreeMap<NodeId, DateTime<Utc>> = [
+        (node_id(1), t0()),
+        (node_id(2), t0() + chrono::TimeDelta::seconds(20)),
+        (node_id(3), t0() + chrono::TimeDelta::seconds(25)),
+    ]
+    .into();
+    let now = t0() + chrono::TimeDelta::seconds(35);
+    assert_eq!(
+        lost_nodes(&hb, now, Duration::from_secs(10)),
+        vec![node_id(1), node_id(2)]
+    );
+    assert_eq!(
+        lost_nodes(&hb, now, Duration::from_secs(15)),
+        vec![node_id(1)]
+    );
+    assert!(lost_nodes(&hb, now, Duration::MAX).is_empty());
+}
+
+#[test]
+fn sequential_ids_are_valid_and_distinct() {
+    let mut ids = SequentialIds(0);
+    let a = ids.next_instance();
+    let b = ids.next_instance();
+    assert_ne!(a, b);
+    assert!(a.as_str().starts_with("ins-"));
+    assert_eq!(SequentialIds(0).next_instance(), a);
+}

@@ -1,0 +1,150 @@
+//! The service's instances as the scheduler needs them: which deploy each
+//! belongs to, its node, the digest it runs and its phase, folded from the
+//! instance facts nodes report. Stopped and rescheduled-away instances are
+//! dropped, so the map holds only what occupies a node now.
+
+use std::collections::BTreeMap;
+
+use berth_schemas::ids::{DeployId, InstanceId, NodeId};
+use berth_schemas::Event;
+use serde::{Deserialize, Serialize};
+
+/// Where an instance is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstancePhase {
+    /// Placed on a node, not yet running.
+    Scheduled,
+    /// Process running, health not yet known (or restarted in place).
+    Running,
+    /// Passes its health check: it may serve traffic.
+    Healthy,
+    /// Fails its health check.
+    Unhealthy,
+    /// Process exited; the node agent restarts it in place.
+    Exited,
+    /// Its node was declared lost.
+    Lost,
+}
+
+/// One instance of the service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Instance {
+    pub id: InstanceId,
+    pub deploy: DeployId,
+    pub node: NodeId,
+    /// The digest it runs: as scheduled, then as the node reports it started.
+    pub digest: String,
+    pub phase: InstancePhase,
+}
+
+impl Instance {
+    /// True when it passes its health check.
+    pub fn is_healthy(&self) -> bool {
+        self.phase == InstancePhase::Healthy
+    }
+}
+
+/// The instances of one service, by id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Instances(BTreeMap<InstanceId, Instance>);
+
+impl Instances {
+    /// One instance by id.
+    pub fn get(&self, id: &InstanceId) -> Option<&Instance> {
+        self.0.get(id)
+    }
+
+    /// Every instance, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = &Instance> {
+        self.0.values()
+    }
+
+    /// How many instances exist.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The instances of one deploy.
+    pub fn of_deploy<'a>(&'a self, deploy: &'a DeployId) -> impl Iterator<Item = &'a Instance> {
+        self.0.values().filter(move |i| &i.deploy == deploy)
+    }
+
+    /// How many instances of `deploy` are healthy.
+    pub fn healthy_count(&self, deploy: &DeployId) -> usize {
+        self.of_deploy(deploy).filter(|i| i.is_healthy()).count()
+    }
+
+    /// The instances placed on `node`.
+    pub fn on_node<'a>(&'a self, node: &'a NodeId) -> impl Iterator<Item = &'a Instance> {
+        self.0.values().filter(move |i| &i.node == node)
+    }
+
+    fn set_phase(&mut self, id: &InstanceId, phase: InstancePhase) {
+        if let Some(i) = self.0.get_mut(id) {
+            i.phase = phase;
+        }
+    }
+
+    /// Folds one event; any other event leaves the instances unchanged.
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::InstanceScheduled(e) => {
+                self.0
+                    .entry(e.instance.clone())
+                    .or_insert_with(|| Instance {
+                        id: e.instance.clone(),
+                        deploy: e.deploy.clone(),
+                        node: e.node.clone(),
+                        digest: e.digest.clone(),
+                        phase: InstancePhase::Scheduled,
+                    });
+            }
+            Event::InstanceStarted(e) => {
+                if let Some(i) = self.0.get_mut(&e.instance) {
+                    // What the node says runs is what counts for digest checks.
+                    i.node = e.node.clone();
+                    i.digest = e.digest.clone();
+                    i.phase = InstancePhase::Running;
+                }
+            }
+            Event::InstanceHealthy(e) => self.set_phase(&e.instance, InstancePhase::Healthy),
+            Event::InstanceUnhealthy(e) => self.set_phase(&e.instance, InstancePhase::Unhealthy),
+            Event::InstanceExited(e) => self.set_phase(&e.instance, InstancePhase::Exited),
+            Event::ServerRestarted(e) => self.set_phase(&e.instance, InstancePhase::Running),
+            Event::InstanceStopped(e) => {
+                self.0.remove(&e.instance);
+            }
+            Event::ServerFailed(e) => {
+                for id in &e.instances {
+                    if self.0.get(id).is_some_and(|i| i.node == e.node) {
+                        self.set_phase(id, InstancePhase::Lost);
+                    }
+                }
+            }
+            Event::InstanceRescheduled(e) => {
+                // The replacement inherits deploy and digest; a later
+                // `instance_scheduled` for it is then a no-op.
+                if let Some(old) = self.0.remove(&e.instance) {
+                    self.0
+                        .entry(e.replacement.clone())
+                        .or_insert_with(|| Instance {
+                            id: e.replacement.clone(),
+                            deploy: old.deploy,
+                            node: e.to_node.clone(),
+                            digest: old.digest,
+                            phase: InstancePhase::Scheduled,
+                        });
+                }
+            }
+            _ => {}
+        }
+    }
+}
