@@ -10,7 +10,7 @@
 //! - the deploy being rolled out (status `update_in_progress`, phase
 //!   `updating`, digest resolved) gets `numInstances` instances of its
 //!   digest; once all of them are healthy it is marked live; if that has not
-//!   happened within the readiness window counted from the deploy's start it
+//!   happened within the readiness window, counted from `update_started`, it
 //!   fails `update_failed`;
 //! - the live deploy keeps `numInstances` instances of exactly its recorded
 //!   digest: missing ones are scheduled, extras stopped (unhealthy first), an
@@ -27,6 +27,8 @@ mod place;
 
 #[cfg(test)]
 mod props;
+#[cfg(test)]
+mod sim;
 #[cfg(test)]
 mod tests;
 
@@ -267,7 +269,7 @@ pub fn reconcile(
                     digest: digest.to_owned(),
                 });
             }
-        } else if let Some(started) = d.started_at {
+        } else if let Some(started) = d.update_started_at.or(d.started_at) {
             let window = TimeDelta::from_std(view.readiness_window).unwrap_or(TimeDelta::MAX);
             let deadline = started.checked_add_signed(window);
             match deadline {

@@ -13,7 +13,7 @@ use berth_schemas::events::{InstanceHealthy, ServerFailed};
 use berth_schemas::Event;
 use proptest::prelude::*;
 
-use super::tests::{deploy_id, digest, node, node_id, Svc};
+use super::sim::{deploy_id, digest, node, node_id, Svc};
 use super::*;
 use crate::service::Command;
 

@@ -143,6 +143,10 @@ pub struct Deploy {
     pub rollback_eligible: bool,
     pub created_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
+    /// When its new instances began to start (`update_started`): the
+    /// readiness window counts from here.
+    #[serde(default)]
+    pub update_started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
 }
 
@@ -321,6 +325,7 @@ pub fn apply_at(mut s: ServiceState, event: &Event, time: Option<DateTime<Utc>>)
                 rollback_eligible: true,
                 created_at: time,
                 started_at: None,
+                update_started_at: None,
                 finished_at: None,
             });
         }
@@ -394,6 +399,7 @@ pub fn apply_at(mut s: ServiceState, event: &Event, time: Option<DateTime<Utc>>)
                 if d.is_running() {
                     d.status = DeployStatus::UpdateInProgress;
                     d.phase = Some(DeployPhase::Updating);
+                    d.update_started_at = time;
                 }
             }
         }
