@@ -19,6 +19,8 @@
 //!   deploy's, a wrong digest's) is stopped only once its group has
 //!   `numInstances` healthy instances of the right digest; unhealthy ones go
 //!   at once, so the old live deploy serves until the new one is live;
+//! - a restart (`restart_requested`) replaces every live instance placed
+//!   before it the same way: new ones first, old ones once they serve;
 //! - an instance on a lost node (or on a node missing from the view) is
 //!   rescheduled on another node when it is still wanted, else stopped;
 //! - placement never uses a lost node (see [`place`]).
@@ -259,9 +261,10 @@ pub fn reconcile(
     let live = state.live_deploy().filter(|d| d.digest().is_some());
     let rollout = rolling_out(state).filter(|d| Some(&d.id) != live.map(|l| &l.id));
 
-    let live_healthy = live.map_or(0, |d| ctx.group(state, d, want));
+    let restart = state.restart_requested_at;
+    let live_healthy = live.map_or(0, |d| ctx.group(state, d, want, restart));
     if let Some(d) = rollout {
-        let healthy = ctx.group(state, d, want);
+        let healthy = ctx.group(state, d, want, None);
         if healthy >= want {
             if let Some(digest) = d.digest() {
                 ctx.plan.actions.push(Action::MarkLive {
@@ -330,9 +333,16 @@ impl Planner<'_> {
         node
     }
 
-    /// Brings deploy `d` to `want` instances of its digest; returns how many
-    /// of them are healthy (before this plan is carried out).
-    fn group(&mut self, state: &ServiceState, d: &Deploy, want: usize) -> usize {
+    /// Brings deploy `d` to `want` instances of its digest, placed after
+    /// `restart` if given; returns how many of them are healthy (before this
+    /// plan is carried out).
+    fn group(
+        &mut self,
+        state: &ServiceState,
+        d: &Deploy,
+        want: usize,
+        restart: Option<DateTime<Utc>>,
+    ) -> usize {
         let Some(digest) = d.digest() else {
             return 0;
         };
@@ -340,8 +350,10 @@ impl Planner<'_> {
         for i in &mine {
             self.handled.insert(i.id.clone());
         }
-        let (right, wrong): (Vec<&Instance>, Vec<&Instance>) =
-            mine.into_iter().partition(|i| i.digest == digest);
+        let (right, wrong): (Vec<&Instance>, Vec<&Instance>) = mine.into_iter().partition(|i| {
+            let stale = matches!((i.scheduled_at, restart), (Some(t), Some(r)) if t < r);
+            i.digest == digest && !stale
+        });
         let (mut up, down): (Vec<&Instance>, Vec<&Instance>) =
             right.into_iter().partition(|i| self.view.holds(i));
 
@@ -386,7 +398,8 @@ impl Planner<'_> {
             count += 1;
         }
 
-        // After live, every instance runs exactly the recorded digest.
+        // After live, every instance runs exactly the recorded digest; and a
+        // restart replaces every instance placed before it, the same way.
         for bad in wrong {
             if !bad.is_healthy() || !self.view.holds(bad) || healthy >= want {
                 self.stop(bad);

@@ -43,6 +43,7 @@ struct Case {
     lost: Vec<bool>,
     server_failed: bool,
     suspended: bool,
+    restart: bool,
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -54,9 +55,10 @@ fn case() -> impl Strategy<Value = Case> {
         prop::collection::vec(any::<bool>(), 2),
         any::<bool>(),
         prop::bool::weighted(0.1),
+        any::<bool>(),
     )
         .prop_map(
-            |(first_n, n, live, rollout, lost, server_failed, suspended)| Case {
+            |(first_n, n, live, rollout, lost, server_failed, suspended, restart)| Case {
                 first_n,
                 n,
                 live,
@@ -64,6 +66,7 @@ fn case() -> impl Strategy<Value = Case> {
                 lost,
                 server_failed,
                 suspended,
+                restart,
             },
         )
 }
@@ -126,10 +129,13 @@ fn build(c: &Case) -> Svc {
             }
         }
     }
+    s.now += chrono::TimeDelta::minutes(1);
+    if c.restart {
+        s.run(Command::Restart);
+    }
     if c.suspended {
         s.run(Command::Suspend);
     }
-    s.now += chrono::TimeDelta::minutes(1);
     s
 }
 
@@ -216,6 +222,9 @@ proptest! {
             prop_assert_eq!(&i.deploy, &live.id);
             prop_assert_eq!(i.digest.as_str(), digest);
             prop_assert!(i.is_healthy() && v.holds(i));
+            if let (true, Some(r)) = (c.restart, s.state.restart_requested_at) {
+                prop_assert!(i.scheduled_at.unwrap() >= r, "placed before the restart");
+            }
         }
     }
 }

@@ -459,3 +459,21 @@ fn the_readiness_window_counts_from_update_started() {
         [Action::FailDeploy { deploy, .. }] if deploy == &deploy_id(0)
     ));
 }
+
+#[test]
+fn a_restart_replaces_every_instance_without_downtime() {
+    let (mut s, old) = live(2);
+    s.now += chrono::TimeDelta::minutes(1);
+    s.run(Command::Restart);
+    let plan = s.reconcile(&two_nodes());
+    assert_eq!(schedules(&plan).len(), 2);
+    assert!(stops(&plan).is_empty(), "{plan:?}");
+    s.carry_out(&plan);
+    let plan = s.reconcile(&two_nodes());
+    let mut stopped = stops(&plan);
+    stopped.sort();
+    assert_eq!(stopped, old.iter().collect::<Vec<_>>());
+    assert!(schedules(&plan).is_empty());
+    s.carry_out(&plan);
+    assert_eq!(s.reconcile(&two_nodes()), Plan::default());
+}

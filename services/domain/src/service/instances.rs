@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use berth_schemas::ids::{DeployId, InstanceId, NodeId};
 use berth_schemas::Event;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Where an instance is in its life.
@@ -37,6 +38,10 @@ pub struct Instance {
     /// The digest it runs: as scheduled, then as the node reports it started.
     pub digest: String,
     pub phase: InstancePhase,
+    /// When it was placed (the envelope's time), so a restart can tell the
+    /// instances that predate it.
+    #[serde(default)]
+    pub scheduled_at: Option<DateTime<Utc>>,
 }
 
 impl Instance {
@@ -93,8 +98,9 @@ impl Instances {
         }
     }
 
-    /// Folds one event; any other event leaves the instances unchanged.
-    pub fn apply(&mut self, event: &Event) {
+    /// Folds one event recorded at `time`; any other event leaves the
+    /// instances unchanged.
+    pub fn apply(&mut self, event: &Event, time: Option<DateTime<Utc>>) {
         match event {
             Event::InstanceScheduled(e) => {
                 self.0
@@ -105,6 +111,7 @@ impl Instances {
                         node: e.node.clone(),
                         digest: e.digest.clone(),
                         phase: InstancePhase::Scheduled,
+                        scheduled_at: time,
                     });
             }
             Event::InstanceStarted(e) => {
@@ -141,6 +148,7 @@ impl Instances {
                             node: e.to_node.clone(),
                             digest: old.digest,
                             phase: InstancePhase::Scheduled,
+                            scheduled_at: time,
                         });
                 }
             }

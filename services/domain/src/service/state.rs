@@ -215,6 +215,9 @@ pub struct ServiceState {
     /// The instances on nodes now (absent in snapshots taken before it existed).
     #[serde(default)]
     pub instances: Instances,
+    /// The latest `restart_requested`: instances placed before it are replaced.
+    #[serde(default)]
+    pub restart_requested_at: Option<DateTime<Utc>>,
     pub created_at: Option<DateTime<Utc>>,
     pub updated_at: Option<DateTime<Utc>>,
 }
@@ -484,12 +487,15 @@ pub fn apply_at(mut s: ServiceState, event: &Event, time: Option<DateTime<Utc>>)
             s.cron.active = None;
             s.cron.last_ended = Some(e.run.clone());
         }
+        Event::RestartRequested(_) => {
+            s.restart_requested_at = time;
+        }
         Event::CronJobRunSkipped(e) => {
             s.cron.last_skipped = Some(e.scheduled_for);
         }
         // Instance facts feed the scheduler's view; pull progress is for
         // the API's projections.
-        _ => s.instances.apply(event),
+        _ => s.instances.apply(event, time),
     }
     s
 }
