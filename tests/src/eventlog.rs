@@ -177,3 +177,19 @@ fn check_chain_loose(loaded: &Loaded, n: u64) -> Result<()> {
     }
     Ok(())
 }
+
+/// Waits up to 2 s for the store's work stream to hold no message; whether it
+/// emptied.
+pub async fn work_stream_drains(store: &EventStore) -> Result<bool> {
+    let mut stream = store
+        .jetstream()
+        .get_stream(store.subjects().work_stream())
+        .await?;
+    for _ in 0..40 {
+        if stream.info().await?.state.messages == 0 {
+            return Ok(true);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Ok(false)
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use berth_eventlog::worker::{Job, WorkError, WorkHandler, WorkerConfig};
 use berth_eventlog::{EventStore, StoreConfig};
-use berth_tests::eventlog::open_store;
+use berth_tests::eventlog::{open_store, work_stream_drains};
 use berth_tests::{init_tracing, NatsServer, NatsVersion};
 use futures::StreamExt;
 use tokio::sync::Notify;
@@ -215,19 +215,7 @@ async fn worker_killed_mid_job_loses_nothing() {
             "{version:?}"
         );
         // Acked on a work-queue stream: the job is gone, done exactly once more.
-        let mut stream = store
-            .jetstream()
-            .get_stream(store.subjects().work_stream())
-            .await
-            .unwrap();
-        let mut empty = false;
-        for _ in 0..40 {
-            if stream.info().await.unwrap().state.messages == 0 {
-                empty = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let empty = work_stream_drains(&store).await.unwrap();
         assert!(
             empty,
             "{version:?}: job still in the work stream after its ack"
@@ -331,19 +319,7 @@ async fn worker_killed_on_the_last_delivery_still_dead_letters() {
             "{version:?}: the job's own headers travel with it"
         );
         // Parked once, gone from the work stream, never run a fourth time.
-        let mut work = store
-            .jetstream()
-            .get_stream(store.subjects().work_stream())
-            .await
-            .unwrap();
-        let mut empty = false;
-        for _ in 0..40 {
-            if work.info().await.unwrap().state.messages == 0 {
-                empty = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let empty = work_stream_drains(&store).await.unwrap();
         assert!(empty, "{version:?}: exhausted job left in the work stream");
         tokio::time::sleep(cfg.ack_wait * 2).await;
         let mut dlq = dlq;
@@ -445,15 +421,7 @@ async fn dead_letter_publish_failing_on_the_last_delivery_is_retried() {
             vec![1, 2, 3],
             "{version:?}: delivered again after its last delivery"
         );
-        let mut work = work;
-        let mut empty = false;
-        for _ in 0..40 {
-            if work.info().await.unwrap().state.messages == 0 {
-                empty = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let empty = work_stream_drains(&store).await.unwrap();
         assert!(empty, "{version:?}: parked job left in the work stream");
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(5), worker)
