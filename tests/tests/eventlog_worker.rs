@@ -8,11 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_eventlog::worker::{Job, WorkError, WorkHandler, WorkerConfig};
-use berth_eventlog::{EventStore, StoreConfig};
+use berth_eventlog::{EventStore, StoreConfig, StoreError};
 use berth_tests::eventlog::{open_store, work_stream_drains};
 use berth_tests::{init_tracing, NatsServer, NatsVersion};
 use futures::StreamExt;
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Default)]
@@ -86,6 +87,54 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// A worker running in its own task.
+struct Running {
+    task: JoinHandle<Result<(), StoreError>>,
+    shutdown: CancellationToken,
+}
+
+fn spawn_worker(store: &EventStore, cfg: WorkerConfig, handler: &Arc<Recorder>) -> Running {
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let (store, handler, shutdown) = (store.clone(), handler.clone(), shutdown.clone());
+        async move { store.run_worker(cfg, handler, shutdown).await }
+    });
+    Running { task, shutdown }
+}
+
+impl Running {
+    /// Kill: abort the worker with whatever job is in its hands, no ack, no nak.
+    async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
+    /// Graceful shutdown, which must end the worker cleanly and promptly.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Polls the dead-letter stream (up to 20 s) for the last message on `subject`.
+async fn wait_dead_letter(
+    dlq: &async_nats::jetstream::stream::Stream,
+    subject: &str,
+    what: &str,
+) -> async_nats::jetstream::message::StreamMessage {
+    for _ in 0..200 {
+        if let Ok(m) = dlq.get_last_raw_message_by_subject(subject).await {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: job never dead-lettered");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_job_is_redelivered_then_dead_lettered() {
     init_tracing();
@@ -112,11 +161,7 @@ async fn failing_job_is_redelivered_then_dead_lettered() {
                 .unwrap();
         }
         let handler = Arc::new(Recorder::default());
-        let shutdown = CancellationToken::new();
-        let worker = tokio::spawn({
-            let (store, handler, shutdown) = (store.clone(), handler.clone(), shutdown.clone());
-            async move { store.run_worker(cfg, handler, shutdown).await }
-        });
+        let worker = spawn_worker(&store, cfg, &handler);
 
         let dead = tokio::time::timeout(Duration::from_secs(20), dlq.next())
             .await
@@ -159,12 +204,7 @@ async fn failing_job_is_redelivered_then_dead_lettered() {
             *handler.max_running.lock().unwrap() >= 2,
             "{version:?}: keys never ran in parallel"
         );
-        shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(5), worker)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        worker.stop().await;
     }
 }
 
@@ -184,27 +224,15 @@ async fn worker_killed_mid_job_loses_nothing() {
             hang_on: Some(("crash-me".to_owned(), 1)),
             ..Recorder::default()
         });
-        let killed = tokio::spawn({
-            let (store, handler) = (store.clone(), first.clone());
-            async move {
-                store
-                    .run_worker(config(), handler, CancellationToken::new())
-                    .await
-            }
-        });
+        let killed = spawn_worker(&store, config(), &first);
         tokio::time::timeout(Duration::from_secs(10), first.started.notified())
             .await
             .unwrap();
         // Kill: abort the worker with the job in its hands, no ack, no nak.
-        killed.abort();
-        let _ = killed.await;
+        killed.kill().await;
 
         let second = Arc::new(Recorder::default());
-        let shutdown = CancellationToken::new();
-        let worker = tokio::spawn({
-            let (store, handler, shutdown) = (store.clone(), second.clone(), shutdown.clone());
-            async move { store.run_worker(config(), handler, shutdown).await }
-        });
+        let worker = spawn_worker(&store, config(), &second);
         wait_until("redelivery", || {
             second.calls.lock().unwrap().contains_key("crash-me")
         })
@@ -220,12 +248,7 @@ async fn worker_killed_mid_job_loses_nothing() {
             empty,
             "{version:?}: job still in the work stream after its ack"
         );
-        shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(5), worker)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        worker.stop().await;
     }
 }
 
@@ -247,14 +270,7 @@ async fn worker_killed_on_the_last_delivery_still_dead_letters() {
             hang_on: Some(("fail-then-hang".to_owned(), cfg.max_deliver)),
             ..Recorder::default()
         });
-        let killed = tokio::spawn({
-            let (store, handler, cfg) = (store.clone(), first.clone(), cfg.clone());
-            async move {
-                store
-                    .run_worker(cfg, handler, CancellationToken::new())
-                    .await
-            }
-        });
+        let killed = spawn_worker(&store, cfg.clone(), &first);
         wait_until("the last delivery", || {
             first
                 .calls
@@ -265,8 +281,7 @@ async fn worker_killed_on_the_last_delivery_still_dead_letters() {
         })
         .await;
         // Kill during the last delivery: no ack, no nak, no dead letter.
-        killed.abort();
-        let _ = killed.await;
+        killed.kill().await;
         // Let ack_wait run out while no worker runs: the server gives up on
         // the job now, and its advisory must not be lost for lack of a
         // listener.
@@ -284,24 +299,13 @@ async fn worker_killed_on_the_last_delivery_still_dead_letters() {
         );
 
         let second = Arc::new(Recorder::default());
-        let shutdown = CancellationToken::new();
-        let worker = tokio::spawn({
-            let (store, handler, shutdown, cfg) =
-                (store.clone(), second.clone(), shutdown.clone(), cfg.clone());
-            async move { store.run_worker(cfg, handler, shutdown).await }
-        });
-        let mut dead = None;
-        for _ in 0..200 {
-            if let Ok(m) = dlq
-                .get_last_raw_message_by_subject(&store.subjects().dead_letter(&cfg.consumer))
-                .await
-            {
-                dead = Some(m);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let dead = dead.unwrap_or_else(|| panic!("{version:?}: job never dead-lettered"));
+        let worker = spawn_worker(&store, cfg.clone(), &second);
+        let dead = wait_dead_letter(
+            &dlq,
+            &store.subjects().dead_letter(&cfg.consumer),
+            &format!("{version:?}"),
+        )
+        .await;
         assert_eq!(&dead.payload[..], b"fail-then-hang", "{version:?}");
         assert_eq!(
             dead.headers.get("Berth-Dead-Stream-Seq").unwrap().as_str(),
@@ -328,12 +332,7 @@ async fn worker_killed_on_the_last_delivery_still_dead_letters() {
             second.calls.lock().unwrap().is_empty(),
             "{version:?}: exhausted job delivered again"
         );
-        shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(5), worker)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        worker.stop().await;
     }
 }
 
@@ -358,16 +357,7 @@ async fn dead_letter_publish_failing_on_the_last_delivery_is_retried() {
             .unwrap();
 
         let handler = Arc::new(Recorder::default());
-        let shutdown = CancellationToken::new();
-        let worker = tokio::spawn({
-            let (store, handler, shutdown, cfg) = (
-                store.clone(),
-                handler.clone(),
-                shutdown.clone(),
-                cfg.clone(),
-            );
-            async move { store.run_worker(cfg, handler, shutdown).await }
-        });
+        let worker = spawn_worker(&store, cfg.clone(), &handler);
         wait_until("the last delivery", || {
             handler
                 .calls
@@ -401,15 +391,7 @@ async fn dead_letter_publish_failing_on_the_last_delivery_is_retried() {
             .get_stream(again.subjects().dead_letter_stream())
             .await
             .unwrap();
-        let mut dead = None;
-        for _ in 0..200 {
-            if let Ok(m) = dlq.get_last_raw_message_by_subject(&dead_subject).await {
-                dead = Some(m);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let dead = dead.unwrap_or_else(|| panic!("{version:?}: job never dead-lettered"));
+        let dead = wait_dead_letter(&dlq, &dead_subject, &format!("{version:?}")).await;
         assert_eq!(&dead.payload[..], b"fail-unparkable", "{version:?}");
         assert_eq!(
             dead.headers.get("Berth-Dead-Stream-Seq").unwrap().as_str(),
@@ -423,11 +405,6 @@ async fn dead_letter_publish_failing_on_the_last_delivery_is_retried() {
         );
         let empty = work_stream_drains(&store).await.unwrap();
         assert!(empty, "{version:?}: parked job left in the work stream");
-        shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(5), worker)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        worker.stop().await;
     }
 }
