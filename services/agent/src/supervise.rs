@@ -240,13 +240,19 @@ async fn cleanup(inner: &Inner, spec: &InstanceSpec) {
     let _ = tokio::task::spawn_blocking(move || bundle::remove_instance(&dir)).await;
 }
 
-/// Sleep `d` unless stopped or detached first.
+/// Announce the restart after `d`, then sleep `d` unless stopped or
+/// detached first.
 async fn backoff(
     inner: &Inner,
     spec: &InstanceSpec,
     stop: &CancellationToken,
     d: Duration,
 ) -> Option<Ended> {
+    inner.report(AgentEvent::RestartScheduled {
+        service: spec.service.clone(),
+        instance: spec.instance.clone(),
+        after: d,
+    });
     tokio::select! {
         _ = tokio::time::sleep(d) => None,
         _ = inner.detach.cancelled() => Some(Ended::Detached),
@@ -301,11 +307,6 @@ pub(crate) async fn supervise(
                         });
                         let d = policy.next(delay, Duration::ZERO);
                         delay = Some(d);
-                        inner.report(AgentEvent::RestartScheduled {
-                            service: spec.service.clone(),
-                            instance: spec.instance.clone(),
-                            after: d,
-                        });
                         if let Some(end) = backoff(inner, &spec, &stop, d).await {
                             return end;
                         }
@@ -357,11 +358,6 @@ pub(crate) async fn supervise(
         }
         let d = policy.next(delay, ran);
         delay = Some(d);
-        inner.report(AgentEvent::RestartScheduled {
-            service: spec.service.clone(),
-            instance: spec.instance.clone(),
-            after: d,
-        });
         if let Some(end) = backoff(inner, &spec, &stop, d).await {
             return end;
         }
