@@ -196,10 +196,7 @@ async fn run_instance_pulls_starts_logs_is_idempotent_and_stops() {
 
     // A redelivery (the same item enqueued again) starts nothing new.
     w.enqueue(&node.id, &work, "run-1-again").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let events = w
-        .wait_events(&spec.service, Duration::from_secs(1), |_| true)
-        .await;
+    let events = w.events_after(&spec.service, Duration::from_secs(2)).await;
     assert_eq!(
         count(&events, "instance_started"),
         1,
@@ -237,10 +234,7 @@ async fn run_instance_pulls_starts_logs_is_idempotent_and_stops() {
 
     // A late redelivery of the start does not bring a stopped instance back.
     w.enqueue(&node.id, &work, "run-1-late").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let events = w
-        .wait_events(&spec.service, Duration::from_secs(1), |_| true)
-        .await;
+    let events = w.events_after(&spec.service, Duration::from_secs(2)).await;
     assert_eq!(
         count(&events, "instance_started"),
         1,
@@ -286,10 +280,7 @@ async fn deleted_image_fails_image_not_found_and_nothing_runs() {
     assert_eq!(f.deploy.as_ref(), Some(&spec.deploy));
     assert!(f.image.contains(&w.digest), "{}", f.image);
     // The job was acked (not retried into a second failure) and nothing ran.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let events = w
-        .wait_events(&spec.service, Duration::from_secs(1), |_| true)
-        .await;
+    let events = w.events_after(&spec.service, Duration::from_secs(2)).await;
     assert_eq!(
         count(&events, "image_pull_failed"),
         1,
@@ -385,9 +376,7 @@ async fn crashes_are_recorded_as_exited_and_restarted_one_offs_run_once() {
         seen.push(line(m));
     }
     assert_eq!(seen, vec!["once-ran".to_string()]);
-    let events = w
-        .wait_events(&once.service, Duration::from_secs(1), |_| true)
-        .await;
+    let events = w.events_after(&once.service, Duration::ZERO).await;
     assert_eq!(count(&events, "image_pulled"), 1, "{:?}", types(&events));
     assert_eq!(
         count(&events, "instance_started"),

@@ -163,6 +163,17 @@ impl World {
             .unwrap();
     }
 
+    /// The service's events after `quiet` has passed: for checking that
+    /// something did NOT happen (a redelivery started nothing, …).
+    pub async fn events_after(&self, service: &ServiceId, quiet: Duration) -> Vec<Envelope> {
+        tokio::time::sleep(quiet).await;
+        self.store
+            .load(&AggregateId::Service(service.clone()))
+            .await
+            .unwrap()
+            .events
+    }
+
     /// The service's events once `pred` holds for them (polls the log).
     pub async fn wait_events(
         &self,
