@@ -6,27 +6,9 @@
 
 use berth_domain::reference::{normalize_cli, Reference};
 
-const DATA: &str = include_str!("data/reference_cases.tsv");
+mod common;
 
-/// Expands `{X*N}` (X repeated N times) and `{sp}` (a space).
-fn expand(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let close = rest[open..].find('}').expect("unclosed {") + open;
-        let inner = &rest[open + 1..close];
-        if inner == "sp" {
-            out.push(' ');
-        } else {
-            let (unit, count) = inner.rsplit_once('*').expect("{X*N}");
-            out.push_str(&unit.repeat(count.parse().expect("count")));
-        }
-        rest = &rest[close + 1..];
-    }
-    out.push_str(rest);
-    out
-}
+use common::{expand, rows};
 
 fn opt(col: &str) -> Option<String> {
     (col != "-").then(|| expand(col))
@@ -49,15 +31,13 @@ enum Case {
 
 fn cases() -> Vec<(usize, Case)> {
     let mut out = Vec::new();
-    for (n, line) in DATA.lines().enumerate() {
-        if line.trim().is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let line = line.split("\t# ").next().unwrap();
-        let cols: Vec<&str> = line.split('\t').collect();
+    for (line_no, cols) in rows() {
         let case = match cols[0] {
             "ok" => {
-                assert!(cols.len() == 6 || cols.len() == 7, "line {}: {line}", n + 1);
+                assert!(
+                    cols.len() == 6 || cols.len() == 7,
+                    "line {line_no}: {cols:?}"
+                );
                 Case::Ok {
                     input: expand(cols[1]),
                     domain: expand(cols[2]),
@@ -68,15 +48,15 @@ fn cases() -> Vec<(usize, Case)> {
                 }
             }
             "err" => {
-                assert_eq!(cols.len(), 3, "line {}: {line}", n + 1);
+                assert_eq!(cols.len(), 3, "line {line_no}: {cols:?}");
                 Case::Err {
                     input: expand(cols[1]),
                     code: cols[2].to_owned(),
                 }
             }
-            other => panic!("line {}: unknown kind {other:?}", n + 1),
+            other => panic!("line {line_no}: unknown kind {other:?}"),
         };
-        out.push((n + 1, case));
+        out.push((line_no, case));
     }
     out
 }

@@ -23,26 +23,9 @@
 use berth_domain::reference::Reference;
 use oci_spec::distribution::Reference as OciReference;
 
-const DATA: &str = include_str!("data/reference_cases.tsv");
+mod common;
 
-fn expand(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let close = rest[open..].find('}').unwrap() + open;
-        let inner = &rest[open + 1..close];
-        if inner == "sp" {
-            out.push(' ');
-        } else {
-            let (unit, count) = inner.rsplit_once('*').unwrap();
-            out.push_str(&unit.repeat(count.parse().unwrap()));
-        }
-        rest = &rest[close + 1..];
-    }
-    out.push_str(rest);
-    out
-}
+use common::{expand, rows};
 
 /// Inputs on which the two parsers disagree today, as (input, short reason).
 /// Long inputs are named by their data-file spelling.
@@ -116,11 +99,8 @@ fn berth_parts(s: &str) -> Option<(String, String, Option<String>, Option<String
 #[test]
 fn oci_client_disagreements_are_exactly_the_known_ones() {
     let mut disagree = Vec::new();
-    for line in DATA.lines() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let raw = line.split('\t').nth(1).unwrap();
+    for (_, cols) in rows() {
+        let raw = cols[1];
         let input = expand(raw);
         let (ours, theirs) = (berth_parts(&input), oci_parts(&input));
         if ours != theirs {
