@@ -75,6 +75,21 @@ impl ImageRef {
     pub fn digest(&self) -> Option<crate::manifest::Digest> {
         crate::manifest::Digest::parse(&self.reference)
     }
+
+    /// `repository@digest` on `host` with its parsed digest, refusing a
+    /// `digest` that is not one (manifests fetched or checked for presence
+    /// are always addressed by digest).
+    pub(crate) fn by_digest(
+        host: &str,
+        repository: &str,
+        digest: &str,
+    ) -> Result<(Self, crate::manifest::Digest), ResolveError> {
+        let image = Self::new(host, repository, digest)?;
+        let digest = image
+            .digest()
+            .ok_or_else(|| ResolveError::NotFound(format!("{digest:?} is not a digest")))?;
+        Ok((image, digest))
+    }
 }
 
 impl TryFrom<&berth_domain::reference::Reference> for ImageRef {

@@ -34,12 +34,9 @@ impl RegistryClient {
         digest: &str,
         cred: Option<&Credential>,
     ) -> Result<FetchedManifest, ResolveError> {
-        let image = ImageRef::new(host, repository, digest)?;
-        let digest = image
-            .digest()
-            .ok_or_else(|| ResolveError::NotFound(format!("{digest:?} is not a digest")))?;
+        let (image, digest) = ImageRef::by_digest(host, repository, digest)?;
         let what = format!("manifest {image}");
-        let url = self.url(host, &format!("/v2/{repository}/manifests/{digest}"));
+        let url = self.manifest_url(&image, &image.reference);
         self.retrying(&what, || async {
             let resp = self
                 .send(

@@ -90,12 +90,7 @@ impl RegistryClient {
         digest: &str,
         cred: Option<&Credential>,
     ) -> Result<bool, ResolveError> {
-        let image = ImageRef::new(host, repository, digest)?;
-        if image.digest().is_none() {
-            return Err(ResolveError::NotFound(format!(
-                "{digest:?} is not a digest"
-            )));
-        }
+        let (image, _) = ImageRef::by_digest(host, repository, digest)?;
         let url = self.manifest_url(&image, &image.reference);
         self.retrying(&format!("checking {image}"), || async {
             let resp = self
@@ -117,7 +112,7 @@ impl RegistryClient {
         .await
     }
 
-    fn manifest_url(&self, image: &ImageRef, reference: &str) -> String {
+    pub(crate) fn manifest_url(&self, image: &ImageRef, reference: &str) -> String {
         self.url(
             &image.host,
             &format!("/v2/{}/manifests/{}", image.repository, reference),
