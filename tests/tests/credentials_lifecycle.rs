@@ -13,9 +13,7 @@ use berth_runtime::Secret;
 use berth_schemas::ids::CredentialId;
 use berth_schemas::model::{RegistryKind, ServiceType};
 use berth_schemas::AggregateId;
-use berth_tests::image::small_image;
-use berth_tests::registry::{Registry, RegistryAuth};
-use resolver_support::App;
+use resolver_support::{basic, registry_with_app, App};
 
 #[tokio::test]
 async fn credentials_are_listed_shown_rotated_and_owner_scoped() {
@@ -159,14 +157,7 @@ async fn credentials_are_listed_shown_rotated_and_owner_scoped() {
 
 #[tokio::test]
 async fn removal_is_refused_while_in_use_and_allowed_after_the_service_is_deleted() {
-    let reg = Registry::start(RegistryAuth::Htpasswd {
-        user: "ci".into(),
-        pass: "right-password".into(),
-    })
-    .await
-    .unwrap();
-    let img = small_image("amd64").unwrap();
-    reg.push_image("team/app", "v1", &img).await.unwrap();
+    let (reg, _) = registry_with_app(basic("ci", "right-password")).await;
 
     let app = App::start().await;
     let alice = app.owner().await;

@@ -17,23 +17,14 @@ use berth_domain::owner::{self, OwnerState};
 use berth_ingress::{IngressError, NewService};
 use berth_schemas::model::ServiceType;
 use berth_schemas::AggregateId;
-use berth_tests::image::small_image;
-use berth_tests::registry::{Registry, RegistryAuth};
 use rand::Rng;
-use resolver_support::App;
+use resolver_support::{basic, registry_with_app, App};
 
 const TRIALS: usize = 60;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn create_with_x_and_remove_x_have_exactly_one_winner() {
-    let reg = Registry::start(RegistryAuth::Htpasswd {
-        user: "ci".into(),
-        pass: "pw".into(),
-    })
-    .await
-    .unwrap();
-    let img = small_image("amd64").unwrap();
-    reg.push_image("team/app", "v1", &img).await.unwrap();
+    let (reg, _) = registry_with_app(basic("ci", "pw")).await;
     let app = App::start().await;
     let alice = app.owner().await;
     let image = format!("{}/team/app:v1", reg.host);

@@ -16,9 +16,9 @@ use berth_runtime::Secret;
 use berth_schemas::model::{DeployStatus, OverlapPolicy, PullFailureReason, ServiceType};
 use berth_schemas::{Actor, AggregateId, Event};
 use berth_tests::image::{small_image, Platform};
-use berth_tests::registry::{Registry, RegistryAuth};
+use berth_tests::registry::RegistryAuth;
 use berth_tests::NatsVersion;
-use resolver_support::{fast_options, App};
+use resolver_support::{basic, fast_options, registry_with_app, App};
 
 fn worker(name: &str, image: &str) -> NewService {
     let mut s = NewService::new(name, ServiceType::BackgroundWorker, image);
@@ -29,10 +29,8 @@ fn worker(name: &str, image: &str) -> NewService {
 }
 
 async fn initial_deploys_resolve(version: NatsVersion) {
-    let reg = Registry::start(RegistryAuth::None).await.unwrap();
-    let amd = small_image("amd64").unwrap();
+    let (reg, amd) = registry_with_app(RegistryAuth::None).await;
     let arm = small_image("arm64").unwrap();
-    reg.push_image("team/app", "v1", &amd).await.unwrap();
     let index = reg
         .push_index(
             "team/multi",
@@ -124,9 +122,7 @@ async fn initial_deploys_resolve_on_legacy_nats() {
 
 #[tokio::test]
 async fn a_deleted_tag_fails_the_deploy_with_image_not_found() {
-    let reg = Registry::start(RegistryAuth::None).await.unwrap();
-    let img = small_image("amd64").unwrap();
-    reg.push_image("team/app", "v1", &img).await.unwrap();
+    let (reg, img) = registry_with_app(RegistryAuth::None).await;
     let app = App::start().await;
     let alice = app.owner().await;
     let image = format!("{}/team/app:v1", reg.host);
@@ -166,14 +162,7 @@ async fn a_deleted_tag_fails_the_deploy_with_image_not_found() {
 
 #[tokio::test]
 async fn a_rotated_token_is_used_by_the_next_resolve() {
-    let reg = Registry::start(RegistryAuth::Htpasswd {
-        user: "ci".into(),
-        pass: "right".into(),
-    })
-    .await
-    .unwrap();
-    let img = small_image("amd64").unwrap();
-    reg.push_image("team/app", "v1", &img).await.unwrap();
+    let (reg, img) = registry_with_app(basic("ci", "right")).await;
     let app = App::start().await;
     let alice = app.owner().await;
     let cred = app.credential(&alice, &reg.host, "ci", "right").await;
@@ -223,9 +212,7 @@ async fn a_rotated_token_is_used_by_the_next_resolve() {
 
 #[tokio::test]
 async fn a_restarted_resolver_handles_what_it_missed_and_appends_nothing_twice() {
-    let reg = Registry::start(RegistryAuth::None).await.unwrap();
-    let img = small_image("amd64").unwrap();
-    reg.push_image("team/app", "v1", &img).await.unwrap();
+    let (reg, img) = registry_with_app(RegistryAuth::None).await;
     let mut app = App::start().await;
     let alice = app.owner().await;
     let svc = app
@@ -318,9 +305,7 @@ async fn a_restarted_resolver_handles_what_it_missed_and_appends_nothing_twice()
 
 #[tokio::test]
 async fn a_stopped_registry_is_registry_unavailable_after_bounded_retries() {
-    let mut reg = Registry::start(RegistryAuth::None).await.unwrap();
-    let img = small_image("amd64").unwrap();
-    reg.push_image("team/app", "v1", &img).await.unwrap();
+    let (mut reg, _) = registry_with_app(RegistryAuth::None).await;
     let app = App::start().await;
     let alice = app.owner().await;
     let svc = app

@@ -17,8 +17,27 @@ use berth_schemas::ids::{ApiKeyId, DeployId, OwnerId, ServiceId, UserId};
 use berth_schemas::model::{DeployStatus, RegistryKind};
 use berth_schemas::{AggregateId, Commit, Envelope};
 use berth_tests::eventlog::open_store;
+use berth_tests::image::{small_image, Image};
+use berth_tests::registry::{Registry, RegistryAuth};
 use berth_tests::{NatsServer, NatsVersion};
 use tokio_util::sync::CancellationToken;
+
+/// htpasswd auth with one user.
+pub fn basic(user: &str, pass: &str) -> RegistryAuth {
+    RegistryAuth::Htpasswd {
+        user: user.into(),
+        pass: pass.into(),
+    }
+}
+
+/// A registry with `auth` serving `small_image("amd64")` as `team/app:v1`,
+/// the fixture most of these tests start from.
+pub async fn registry_with_app(auth: RegistryAuth) -> (Registry, Image) {
+    let reg = Registry::start(auth).await.unwrap();
+    let img = small_image("amd64").unwrap();
+    reg.push_image("team/app", "v1", &img).await.unwrap();
+    (reg, img)
+}
 
 /// Resolver options for tests: millisecond retries, a small size limit.
 pub fn fast_options() -> ResolverOptions {
