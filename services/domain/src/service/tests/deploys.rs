@@ -422,17 +422,13 @@ fn explicit_cancel_of_the_running_deploy_starts_the_newest_queued() {
 
     // Live and failed deploys cannot be canceled; unknown ones are not found.
     assert_eq!(
-        s.when(Command::CancelDeploy { deploy: d0 })
-            .unwrap_err()
-            .kind(),
+        s.refused(Command::CancelDeploy { deploy: d0 }),
         ErrorKind::Conflict
     );
     assert_eq!(
-        s.when(Command::CancelDeploy {
+        s.refused(Command::CancelDeploy {
             deploy: DeployId::generate()
-        })
-        .unwrap_err()
-        .kind(),
+        }),
         ErrorKind::NotFound
     );
 }
@@ -450,12 +446,10 @@ fn a_repeated_request_is_a_no_op_and_a_reused_id_a_conflict() {
         vec![]
     );
     assert_eq!(
-        s.when(Command::RequestDeploy(DeployRequest::new(
+        s.refused(Command::RequestDeploy(DeployRequest::new(
             d1,
             DeployTrigger::Manual
-        )))
-        .unwrap_err()
-        .kind(),
+        ))),
         ErrorKind::Conflict
     );
 }
@@ -486,26 +480,22 @@ fn worker_facts_repeated_late_or_out_of_order_never_corrupt_state() {
             reason: None,
         },
     ] {
-        assert_eq!(s.when(cmd).unwrap_err().kind(), ErrorKind::Conflict);
+        assert_eq!(s.refused(cmd), ErrorKind::Conflict);
     }
     // Facts about a queued deploy: conflicts (no worker can know it yet).
     assert_eq!(
-        s.when(Command::RecordFailed {
+        s.refused(Command::RecordFailed {
             deploy: q.clone(),
             status: DeployStatus::UpdateFailed,
             reason: "x".into()
-        })
-        .unwrap_err()
-        .kind(),
+        }),
         ErrorKind::Conflict
     );
     // Unknown deploy: not found.
     assert_eq!(
-        s.when(Command::RecordUpdateStarted {
+        s.refused(Command::RecordUpdateStarted {
             deploy: DeployId::generate()
-        })
-        .unwrap_err()
-        .kind(),
+        }),
         ErrorKind::NotFound
     );
 
@@ -541,12 +531,10 @@ fn worker_facts_repeated_late_or_out_of_order_never_corrupt_state() {
     );
     // Live with another digest than resolved: refused.
     assert_eq!(
-        s.when(Command::RecordLive {
+        s.refused(Command::RecordLive {
             deploy: d0.clone(),
             digest: digest(2)
-        })
-        .unwrap_err()
-        .kind(),
+        }),
         ErrorKind::Conflict
     );
 
@@ -589,13 +577,11 @@ fn worker_facts_repeated_late_or_out_of_order_never_corrupt_state() {
     );
     // A failure status that is not a failure is invalid.
     assert_eq!(
-        s.when(Command::RecordFailed {
+        s.refused(Command::RecordFailed {
             deploy: q,
             status: DeployStatus::Live,
             reason: "x".into()
-        })
-        .unwrap_err()
-        .kind(),
+        }),
         ErrorKind::Invalid
     );
 }

@@ -120,16 +120,10 @@ fn create_applies_defaults_and_refuses_a_second_create() {
     assert!(
         matches!(&events[0], Event::ServiceCreated(e) if e.image == "docker.io/library/alpine:latest")
     );
-    assert_eq!(
-        s.when(Command::Create(Box::new(c))).unwrap_err().kind(),
-        ErrorKind::Conflict
-    );
+    assert_eq!(s.refused(Command::Create(Box::new(c))), ErrorKind::Conflict);
     // Nothing but create works on a service that does not exist.
     assert_eq!(
-        Scenario::given(vec![])
-            .when(Command::Suspend)
-            .unwrap_err()
-            .kind(),
+        Scenario::given(vec![]).refused(Command::Suspend),
         ErrorKind::NotFound
     );
     // Cron jobs are created with their schedule.
@@ -211,12 +205,10 @@ fn updates_redeploy_only_when_what_runs_changes() {
         },
     ] {
         assert_eq!(
-            s.when(Command::Update {
+            s.refused(Command::Update {
                 settings: bad,
                 deploy: DeployId::generate()
-            })
-            .unwrap_err()
-            .kind(),
+            }),
             ErrorKind::Invalid
         );
     }
@@ -250,15 +242,10 @@ fn suspend_cancels_deploys_refuses_new_ones_and_resume_redeploys() {
     )));
     assert_eq!(refused.unwrap_err().kind(), ErrorKind::Conflict);
     assert_eq!(
-        s.when(Command::Scale { num_instances: 3 })
-            .unwrap_err()
-            .kind(),
+        s.refused(Command::Scale { num_instances: 3 }),
         ErrorKind::Conflict
     );
-    assert_eq!(
-        s.when(Command::Restart).unwrap_err().kind(),
-        ErrorKind::Conflict
-    );
+    assert_eq!(s.refused(Command::Restart), ErrorKind::Conflict);
     // An update while suspended is recorded but deploys only on resume.
     let events = s.run(Command::Update {
         settings: ServiceSettings {
@@ -299,7 +286,7 @@ fn delete_stops_everything_and_then_the_service_is_gone() {
         Command::Scale { num_instances: 2 },
         Command::CancelDeploy { deploy: d0 },
     ] {
-        assert_eq!(s.when(cmd).unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(s.refused(cmd), ErrorKind::NotFound);
     }
 }
 
@@ -308,10 +295,7 @@ fn scale_and_restart() {
     let d0 = DeployId::generate();
     let mut s = Scenario::created(ServiceType::WebService, &d0);
     // Nothing live yet: nothing to restart.
-    assert_eq!(
-        s.when(Command::Restart).unwrap_err().kind(),
-        ErrorKind::Conflict
-    );
+    assert_eq!(s.refused(Command::Restart), ErrorKind::Conflict);
     s.go_live(&d0, &digest(1));
     assert_eq!(
         s.run(Command::Scale { num_instances: 3 }),
@@ -321,9 +305,7 @@ fn scale_and_restart() {
     assert_eq!(s.run(Command::Scale { num_instances: 3 }), vec![]);
     for n in [0, 101] {
         assert_eq!(
-            s.when(Command::Scale { num_instances: n })
-                .unwrap_err()
-                .kind(),
+            s.refused(Command::Scale { num_instances: n }),
             ErrorKind::Invalid
         );
     }
@@ -341,15 +323,10 @@ fn scale_and_restart() {
 
     let cron = Scenario::created(ServiceType::CronJob, &DeployId::generate());
     assert_eq!(
-        cron.when(Command::Scale { num_instances: 2 })
-            .unwrap_err()
-            .kind(),
+        cron.refused(Command::Scale { num_instances: 2 }),
         ErrorKind::Invalid
     );
-    assert_eq!(
-        cron.when(Command::Restart).unwrap_err().kind(),
-        ErrorKind::Invalid
-    );
+    assert_eq!(cron.refused(Command::Restart), ErrorKind::Invalid);
 }
 
 #[test]
@@ -360,13 +337,11 @@ fn cron_runs_one_at_a_time_skip_while_active_and_manual_runs_replace() {
     let r1 = CronRunId::generate();
     // No live deploy yet: no digest to run.
     assert_eq!(
-        s.when(Command::StartCronRun {
+        s.refused(Command::StartCronRun {
             run: r1.clone(),
             manual: false,
             scheduled_for: at(0)
-        })
-        .unwrap_err()
-        .kind(),
+        }),
         ErrorKind::Conflict
     );
     s.go_live(&d0, &digest(1));
@@ -420,13 +395,11 @@ fn cron_runs_one_at_a_time_skip_while_active_and_manual_runs_replace() {
         vec![]
     );
     assert_eq!(
-        s.when(Command::RecordCronRunEnded {
+        s.refused(Command::RecordCronRunEnded {
             run: r3.clone(),
             status: "exploded".into(),
             exit_code: None
-        })
-        .unwrap_err()
-        .kind(),
+        }),
         ErrorKind::Invalid
     );
     assert_eq!(
@@ -441,11 +414,9 @@ fn cron_runs_one_at_a_time_skip_while_active_and_manual_runs_replace() {
     assert_eq!(s.state.cron.active, None);
     assert_eq!(s.run(Command::CancelCronRun { run: r3 }), vec![]);
     assert_eq!(
-        s.when(Command::CancelCronRun {
+        s.refused(Command::CancelCronRun {
             run: CronRunId::generate()
-        })
-        .unwrap_err()
-        .kind(),
+        }),
         ErrorKind::NotFound
     );
     // Suspending ends the active run.
@@ -467,13 +438,11 @@ fn cron_runs_one_at_a_time_skip_while_active_and_manual_runs_replace() {
 fn cron_commands_on_other_types_are_invalid() {
     let s = Scenario::live_web(&DeployId::generate());
     assert_eq!(
-        s.when(Command::StartCronRun {
+        s.refused(Command::StartCronRun {
             run: CronRunId::generate(),
             manual: true,
             scheduled_for: None
-        })
-        .unwrap_err()
-        .kind(),
+        }),
         ErrorKind::Invalid
     );
 }

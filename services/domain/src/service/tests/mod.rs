@@ -18,7 +18,7 @@ use berth_schemas::Event;
 
 use super::{decide, Command, CreateService, Deploy, DeployRequest, Service, ServiceState};
 use crate::aggregate::{Aggregate, Ctx};
-use crate::error::DomainError;
+use crate::error::{DomainError, ErrorKind};
 
 pub(super) const IMAGE: &str = "ghcr.io/acme/app:v1";
 
@@ -131,6 +131,15 @@ impl Scenario {
 
     pub fn when(&self, command: Command) -> Result<Vec<Event>, DomainError> {
         decide(&self.state, command, &self.ctx)
+    }
+
+    /// Why the rules refuse `command`; fails the test if they accept it.
+    pub fn refused(&self, command: Command) -> ErrorKind {
+        let c = format!("{command:?}");
+        match self.when(command) {
+            Ok(events) => panic!("{c} accepted: {events:?}"),
+            Err(e) => e.kind(),
+        }
     }
 
     /// Decides, applies, and checks replay determinism and the invariants.

@@ -165,7 +165,7 @@ fn image_overrides_must_stay_in_the_services_repository() {
     ] {
         let req = DeployRequest::with_image(DeployId::generate(), DeployTrigger::DeployHook, bad);
         assert_eq!(
-            s.when(Command::RequestDeploy(req)).unwrap_err().kind(),
+            s.refused(Command::RequestDeploy(req)),
             ErrorKind::Invalid,
             "{bad}"
         );
