@@ -95,6 +95,15 @@ impl Reporter {
         self.deploys.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// `e` as appended by this node, correlated with `deploy` if any.
+    fn new_event(&self, e: Event, actor: &Actor, deploy: Option<DeployId>) -> NewEvent {
+        let n = NewEvent::new(e, actor.clone()).caused_by(format!("node:{}", self.node));
+        match deploy {
+            Some(d) => n.correlated(d),
+            None => n,
+        }
+    }
+
     /// Appends `fact` on `service`'s subject, once per `key`.
     pub async fn fact(
         &self,
@@ -112,14 +121,7 @@ impl Reporter {
                 |s| {
                     Ok(node::report(s, fact.clone())?
                         .into_iter()
-                        .map(|e| {
-                            let n = NewEvent::new(e, actor.clone())
-                                .caused_by(format!("node:{}", self.node));
-                            match deploy {
-                                Some(d) => n.correlated(d.clone()),
-                                None => n,
-                            }
-                        })
+                        .map(|e| self.new_event(e, &actor, deploy.cloned()))
                         .collect())
                 },
             )
@@ -149,12 +151,7 @@ impl Reporter {
                         .into_iter()
                         .map(|e| {
                             let d = service::deploy_of(&e).cloned().or_else(|| deploy.cloned());
-                            let n = NewEvent::new(e, actor.clone())
-                                .caused_by(format!("node:{}", self.node));
-                            match d {
-                                Some(d) => n.correlated(d),
-                                None => n,
-                            }
+                            self.new_event(e, &actor, d)
                         })
                         .collect())
                 },
