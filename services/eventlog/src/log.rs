@@ -79,6 +79,20 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
+impl Appended {
+    /// What an earlier append with the same key stored, at `stream_seq`.
+    fn duplicate_of(stream_seq: u64, original: Commit) -> Self {
+        Self {
+            version: Version {
+                stream_seq,
+                events: original.events.last().map_or(0, |e| e.sequence),
+            },
+            events: original.events,
+            duplicate: true,
+        }
+    }
+}
+
 /// An aggregate's events and its version.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Loaded {
@@ -171,14 +185,7 @@ impl EventStore {
                             .landed_already(&subject, expected, idempotency_key)
                             .await
                         {
-                            Ok(Some((seq, original))) => Ok(Appended {
-                                version: Version {
-                                    stream_seq: seq,
-                                    events: original.events.last().map_or(0, |e| e.sequence),
-                                },
-                                events: original.events,
-                                duplicate: true,
-                            }),
+                            Ok(Some((seq, original))) => Ok(Appended::duplicate_of(seq, original)),
                             Ok(None) => Err(AppendError::Conflict {
                                 aggregate: aggregate.clone(),
                                 expected,
@@ -200,15 +207,7 @@ impl EventStore {
         if ack.duplicate {
             // Report what the original append stored, not what we just built.
             if let Ok(original) = self.get_commit(ack.sequence).await {
-                let events_count = original.events.last().map_or(0, |e| e.sequence);
-                return Ok(Appended {
-                    version: Version {
-                        stream_seq: ack.sequence,
-                        events: events_count,
-                    },
-                    events: original.events,
-                    duplicate: true,
-                });
+                return Ok(Appended::duplicate_of(ack.sequence, original));
             }
             tracing::warn!(
                 aggregate = %aggregate,
@@ -253,10 +252,7 @@ impl EventStore {
                 return Ok(c.clone());
             }
         }
-        let last_commit = Commit::decode(&last.payload).map_err(|source| StoreError::Decode {
-            stream_seq: last_seq,
-            source,
-        })?;
+        let last_commit = decode_commit(&last)?;
         let events_total = last_commit.events.last().map_or(0, |e| e.sequence);
         let version = Version {
             stream_seq: last_seq,
@@ -279,10 +275,7 @@ impl EventStore {
                     break;
                 }
                 from = msg.sequence + 1;
-                let commit = Commit::decode(&msg.payload).map_err(|source| StoreError::Decode {
-                    stream_seq: msg.sequence,
-                    source,
-                })?;
+                let commit = decode_commit(&msg)?;
                 loaded.events.extend(commit.events);
             }
         }
@@ -317,11 +310,7 @@ impl EventStore {
         if id.as_deref() != Some(key) {
             return Ok(None);
         }
-        let commit = Commit::decode(&msg.payload).map_err(|source| StoreError::Decode {
-            stream_seq: msg.sequence,
-            source,
-        })?;
-        Ok(Some((msg.sequence, commit)))
+        Ok(Some((msg.sequence, decode_commit(&msg)?)))
     }
 
     /// Load, fold, decide, append; on a conflict load again and decide again
@@ -420,7 +409,7 @@ impl EventStore {
                 .await
                 .map_err(|e| StoreError::Request(e.to_string()))?
         };
-        Commit::decode(&msg.payload).map_err(|source| StoreError::Decode { stream_seq, source })
+        decode_commit(&msg)
     }
 
     /// Direct gets may be answered by a lagging replica; on replicated
@@ -483,6 +472,14 @@ impl EventStore {
             }
         }
     }
+}
+
+/// The commit a stored message carries; a decode error names its sequence.
+fn decode_commit(msg: &StreamMessage) -> Result<Commit, StoreError> {
+    Commit::decode(&msg.payload).map_err(|source| StoreError::Decode {
+        stream_seq: msg.sequence,
+        source,
+    })
 }
 
 /// The bytes of [`Commit::encode`] (MessagePack, named fields), written
