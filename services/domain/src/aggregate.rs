@@ -1,11 +1,13 @@
 //! What every aggregate offers the event store: a state folded from its
 //! events and a pure decision that turns a command into new events.
 //!
-//! The store (services/eventlog) loads an aggregate's envelopes, folds them
-//! with [`Aggregate::fold`], calls [`Aggregate::decide`] and appends the
-//! resulting events as one commit with the expected subject sequence; on a
-//! conflict it reloads and decides again. Both functions are pure, so a retry
-//! against fresh state is always safe.
+//! The store (services/eventlog `execute`) takes a fold and a decision as
+//! plain functions — callers pass each aggregate module's free `fold` and
+//! `decide`, which the impls of this trait delegate to. It loads the
+//! aggregate's envelopes, folds them, decides and appends the resulting
+//! events as one commit with the expected subject sequence; on a conflict it
+//! reloads and decides again. Both functions are pure, so a retry against
+//! fresh state is always safe.
 
 use berth_schemas::{Envelope, Event};
 

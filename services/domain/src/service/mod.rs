@@ -290,7 +290,7 @@ impl Aggregate for Service {
     }
 
     fn fold(state: ServiceState, envelope: &Envelope) -> ServiceState {
-        apply_at(state, &envelope.event, Some(envelope.time))
+        fold(state, envelope)
     }
 
     fn decide(
