@@ -105,6 +105,12 @@ fn runc_list(root: &Path) -> Vec<String> {
         .args(["list", "-q"])
         .output()
         .unwrap();
+    // A failing `runc list` must not read as "no containers".
+    assert!(
+        out.status.success(),
+        "runc list: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_string)
