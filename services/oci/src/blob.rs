@@ -28,10 +28,7 @@ impl RegistryClient {
         cred: Option<&Credential>,
         out: &mut W,
     ) -> Result<u64, ResolveError> {
-        let image = ImageRef::new(host, repository, digest)?;
-        let digest = image
-            .digest()
-            .ok_or_else(|| ResolveError::NotFound(format!("{digest:?} is not a digest")))?;
+        let (_, digest) = ImageRef::by_digest(host, repository, digest)?;
         let what = format!("blob {host}/{repository}@{digest}");
         let url = self.url(host, &format!("/v2/{repository}/blobs/{digest}"));
         let mut resp = self
