@@ -106,12 +106,7 @@ pub(crate) async fn resolve(
             format!("invalid image reference: {e}"),
         )
     })?;
-    let target = ImageRef::new(
-        reference.registry_host(),
-        reference.path(),
-        reference.manifest_reference(),
-    )
-    .map_err(|e| failed(e.reason(), e.to_string()))?;
+    let target = ImageRef::try_from(&reference).map_err(|e| failed(e.reason(), e.to_string()))?;
     let login = match credential_id {
         Some(id) => Some(credential(store, key, owner, id, reference.domain()).await?),
         None => None,
