@@ -70,16 +70,16 @@ pub fn decide(state: &NodeState, command: Command) -> Result<Vec<Event>, DomainE
     match command {
         Command::Register(c) => {
             if c.name.trim().is_empty() || c.name.len() > 100 {
-                return Err(DomainError::Invalid {
-                    field: "name",
-                    reason: "a node name is 1-100 characters".to_owned(),
-                });
+                return Err(DomainError::invalid(
+                    "name",
+                    "a node name is 1-100 characters",
+                ));
             }
             if c.cpu_millis == 0 || c.memory_mib == 0 {
-                return Err(DomainError::Invalid {
-                    field: "capacity",
-                    reason: "a node offers some CPU and memory".to_owned(),
-                });
+                return Err(DomainError::invalid(
+                    "capacity",
+                    "a node offers some CPU and memory",
+                ));
             }
             if state.registered.as_ref() == Some(&c) {
                 return Ok(vec![]);
@@ -108,16 +108,13 @@ pub fn is_instance_fact(event: &Event) -> bool {
 /// A node reports `fact` about a service in `state`.
 pub fn report(state: &ServiceState, fact: Event) -> Result<Vec<Event>, DomainError> {
     if !is_instance_fact(&fact) {
-        return Err(DomainError::Invalid {
-            field: "event",
-            reason: format!("{} is not an instance fact", fact.type_name()),
-        });
+        return Err(DomainError::invalid(
+            "event",
+            format!("{} is not an instance fact", fact.type_name()),
+        ));
     }
     if state.status == ServiceStatus::Deleted {
-        return Err(DomainError::NotFound {
-            what: "service",
-            id: String::new(),
-        });
+        return Err(DomainError::not_found("service", ""));
     }
     Ok(vec![fact])
 }
@@ -129,6 +126,7 @@ mod tests {
     use berth_schemas::ids::{InstanceId, NodeId};
 
     use super::*;
+    use crate::error::ErrorKind;
 
     fn cap(name: &str, cpu: u32) -> Capacity {
         Capacity {
@@ -172,8 +170,15 @@ mod tests {
 
     #[test]
     fn empty_name_or_capacity_is_invalid() {
-        assert!(decide(&given(&[]), Command::Register(cap(" ", 1))).is_err());
-        assert!(decide(&given(&[]), Command::Register(cap("n", 0))).is_err());
+        let refused = |c| decide(&given(&[]), Command::Register(c)).unwrap_err();
+        assert_eq!(
+            refused(cap(" ", 1)),
+            DomainError::invalid("name", "a node name is 1-100 characters")
+        );
+        assert_eq!(refused(cap("n", 0)).kind(), ErrorKind::Invalid);
+        let mut no_memory = cap("n", 1);
+        no_memory.memory_mib = 0;
+        assert_eq!(refused(no_memory).kind(), ErrorKind::Invalid);
     }
 
     #[test]
@@ -196,8 +201,14 @@ mod tests {
         assert_eq!(report(&live, fact.clone()).unwrap(), vec![fact.clone()]);
         let mut deleted = ServiceState::default();
         deleted.status = ServiceStatus::Deleted;
-        assert!(report(&deleted, fact).is_err());
+        assert_eq!(
+            report(&deleted, fact).unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
         let not_a_fact = Event::NodeRecovered(NodeRecovered {});
-        assert!(report(&live, not_a_fact).is_err());
+        assert_eq!(
+            report(&live, not_a_fact).unwrap_err().kind(),
+            ErrorKind::Invalid
+        );
     }
 }
