@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use berth_eventlog::{AppendError, Version};
 use berth_tests::eventlog::{
@@ -121,12 +121,14 @@ async fn kill9_mid_stream_loses_nothing_acknowledged() {
                 let agg = new_aggregate();
                 let mut version = Version::NEW;
                 let (mut acked, mut failed) = (Vec::new(), 0u64);
+                let mut last_ack = None;
                 let mut i = 0u32;
                 while !stop.is_cancelled() {
                     let key = format!("w{w}-c{i}");
                     match store.append(&agg, version, vec![step(i, &key)], &key).await {
                         Ok(a) => {
                             acked.push((key, a.events[0].id.clone()));
+                            last_ack = Some(Instant::now());
                             version = a.version;
                             i += 1;
                         }
@@ -139,20 +141,21 @@ async fn kill9_mid_stream_loses_nothing_acknowledged() {
                         Err(e) => panic!("w{w}: unexpected {e}"),
                     }
                 }
-                (agg, acked, failed)
+                (agg, acked, failed, last_ack)
             }));
         }
         tokio::time::sleep(Duration::from_millis(400)).await;
         server.kill9().unwrap();
         tokio::time::sleep(Duration::from_millis(2000)).await;
         server.restart().unwrap();
+        let restarted = Instant::now();
         // Let the client reconnect and the writers carry on for a while.
         tokio::time::sleep(Duration::from_millis(3000)).await;
         stop.cancel();
 
         let mut total_failed = 0;
         for w in writers {
-            let (agg, acked, failed) = w.await.unwrap();
+            let (agg, acked, failed, last_ack) = w.await.unwrap();
             total_failed += failed;
             let loaded = store.load(&agg).await.unwrap();
             // Exactly the acknowledged commands, in order, none twice.
@@ -171,7 +174,7 @@ async fn kill9_mid_stream_loses_nothing_acknowledged() {
                 );
             }
             assert!(
-                acked.len() > 10,
+                acked.len() > 10 && last_ack.is_some_and(|t| t > restarted),
                 "{version:?}: writer made no progress after restart"
             );
         }
