@@ -144,15 +144,7 @@ impl Ingress {
         caller: &Caller,
         id: &CredentialId,
     ) -> Result<CredentialView, IngressError> {
-        let loaded = self
-            .store
-            .load(&aggregate(id))
-            .await
-            .map_err(|e| IngressError::Store(e.to_string()))?;
-        let state = loaded
-            .events
-            .iter()
-            .fold(CredentialState::default(), credential::fold);
+        let state: CredentialState = self.load_fold(&aggregate(id), credential::fold).await?;
         owned(&state, &caller.owner)?;
         view(id, &state)
     }

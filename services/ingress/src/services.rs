@@ -144,7 +144,8 @@ impl Ingress {
         Ok((c, hook))
     }
 
-    async fn load_fold<S: Default>(
+    /// `id`'s current state: its events folded from the default.
+    pub(crate) async fn load_fold<S: Default>(
         &self,
         id: &AggregateId,
         fold: impl Fn(S, &berth_schemas::Envelope) -> S,
