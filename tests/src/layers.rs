@@ -234,10 +234,16 @@ pub fn layer(entries: &[Entry], comp: Comp) -> Result<(Layer, Comp)> {
 
 /// A linux/amd64 OCI image whose layers carry their own media types.
 pub fn image(layers: Vec<(Layer, Comp)>) -> Result<Image> {
+    image_with_config(layers, json!({ "Cmd": ["/bin/sh"] }))
+}
+
+/// [`image`] with `config` as the image config's `config` object
+/// (Cmd, Env, User, WorkingDir, …).
+pub fn image_with_config(layers: Vec<(Layer, Comp)>, config: serde_json::Value) -> Result<Image> {
     let config = serde_json::to_vec(&json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": { "Cmd": ["/bin/sh"] },
+        "config": config,
         "rootfs": { "type": "layers", "diff_ids": layers.iter().map(|(l, _)| l.diff_id.clone()).collect::<Vec<_>>() },
     }))?;
     let config_digest = sha256(&config);

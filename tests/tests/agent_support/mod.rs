@@ -20,7 +20,7 @@ use berth_puller::{
 };
 use berth_schemas::ids::{InstanceId, NodeId, ServiceId};
 use berth_schemas::Subjects;
-use berth_tests::image::{sha256, Image};
+use berth_tests::image::Image;
 use berth_tests::layers::{self, Comp, Entry};
 use berth_tests::registry::{Registry, RegistryAuth};
 use berth_tests::{NatsServer, NatsVersion};
@@ -81,34 +81,7 @@ pub fn busybox_image(config: Value) -> Image {
         layers::layer(&base, Comp::Gzip).unwrap(),
         layers::layer(&app, Comp::Gzip).unwrap(),
     ];
-    let cfg = serde_json::to_vec(&json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": config,
-        "rootfs": { "type": "layers", "diff_ids": layers.iter().map(|(l, _)| l.diff_id.clone()).collect::<Vec<_>>() },
-    }))
-    .unwrap();
-    let config_digest = sha256(&cfg);
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": cfg.len() },
-        "layers": layers.iter().map(|(l, c)| json!({
-            "mediaType": c.media_type(), "digest": l.digest, "size": l.blob.len(),
-        })).collect::<Vec<_>>(),
-    }))
-    .unwrap();
-    let compressed_size =
-        cfg.len() as u64 + layers.iter().map(|(l, _)| l.blob.len() as u64).sum::<u64>();
-    Image {
-        digest: sha256(&manifest),
-        config_digest,
-        config: cfg,
-        layers: layers.into_iter().map(|(l, _)| l).collect(),
-        manifest,
-        media_type: "application/vnd.oci.image.manifest.v1+json",
-        compressed_size,
-    }
+    layers::image_with_config(layers, config).unwrap()
 }
 
 /// The default test image: Cmd is a shell.
