@@ -6,6 +6,7 @@
 
 use berth_oci::{ClientConfig, ImageRef, PullFailureReason, RegistryClient, RetryPolicy};
 use berth_tests::image::{build_image, small_image, ImageOptions, Layer};
+use berth_tests::registry::flaky::FlakyProxy;
 use berth_tests::registry::{Registry, RegistryAuth};
 
 fn client() -> RegistryClient {
@@ -19,6 +20,8 @@ fn client() -> RegistryClient {
 #[tokio::test]
 async fn anonymous_tag_resolves_to_the_pushed_manifest_digest_and_size() {
     let reg = Registry::start(RegistryAuth::None).await.unwrap();
+    // Resolves go through a pass-through proxy that counts requests.
+    let proxy = FlakyProxy::start(&reg.host, 0, 503, None).await.unwrap();
     let c = client();
     for (repo, opts) in [
         ("team/oci", ImageOptions::linux("amd64")),
@@ -44,7 +47,7 @@ async fn anonymous_tag_resolves_to_the_pushed_manifest_digest_and_size() {
         let img = build_image(&opts, layers).unwrap();
         reg.push_image(repo, "v1", &img).await.unwrap();
         let r = c
-            .resolve(&ImageRef::new(&reg.host, repo, "v1").unwrap(), None)
+            .resolve(&ImageRef::new(&proxy.host, repo, "v1").unwrap(), None)
             .await
             .unwrap_or_else(|e| panic!("{repo}: {e}"));
         assert_eq!(r.digest, img.digest, "{repo}");
@@ -52,11 +55,13 @@ async fn anonymous_tag_resolves_to_the_pushed_manifest_digest_and_size() {
         assert_eq!(r.compressed_size, img.compressed_size, "{repo}");
         // Second resolve comes from the summary cache after one HEAD and
         // must agree.
+        let before = proxy.requests().len();
         let again = c
-            .resolve(&ImageRef::new(&reg.host, repo, "v1").unwrap(), None)
+            .resolve(&ImageRef::new(&proxy.host, repo, "v1").unwrap(), None)
             .await
             .unwrap();
         assert_eq!(again, r);
+        assert_eq!(proxy.requests().len() - before, 1, "{repo}: one HEAD");
     }
 }
 
