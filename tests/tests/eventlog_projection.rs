@@ -161,18 +161,17 @@ async fn unusable_events_are_reported_and_handled_by_policy() {
             .sequence;
         // A well-formed commit from a newer berth (event version 99).
         let newer_agg = new_aggregate();
-        let mut env = Envelope {
+        let env = Envelope {
             id: EventId::generate(),
             version: 99,
             aggregate: newer_agg.clone(),
             sequence: 1,
-            time: chrono_now(),
+            time: chrono::Utc::now(),
             actor: Actor::system("future"),
             correlation_id: None,
             causation_id: None,
             event: step(0, "z").event,
         };
-        env.version = 99;
         let bytes = Commit { events: vec![env] }.encode().unwrap();
         let newer = js
             .publish(store.subjects().aggregate(&newer_agg), bytes.into())
@@ -225,10 +224,6 @@ async fn unusable_events_are_reported_and_handled_by_policy() {
             other => panic!("{version:?}: {other:?}"),
         }
     }
-}
-
-fn chrono_now() -> chrono::DateTime<chrono::Utc> {
-    chrono::Utc::now()
 }
 
 /// A read model whose snapshot is several times what one message holds.
