@@ -12,7 +12,7 @@ use berth_schemas::Event;
 use chrono::{DateTime, Utc};
 
 use super::deploys::{self, config};
-use super::state::{ServiceState, ServiceStatus};
+use super::state::{merge, ServiceState, ServiceStatus};
 use super::validate;
 use super::CreateService;
 use crate::aggregate::Ctx;
@@ -194,7 +194,7 @@ pub(super) fn update(
     // A suspended service redeploys when resumed, with whatever it has then.
     if needs_redeploy(&diff) && state.status == ServiceStatus::Active {
         let mut cfg = config(state)?.clone();
-        cfg.merge(&diff);
+        merge(&mut cfg, &diff);
         out.extend(deploys::deploy_of_config(
             state,
             &cfg,

@@ -6,11 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use berth_schemas::events::{CancelReason, ServiceCreated, ServiceSettings};
-use berth_schemas::ids::{CredentialId, CronRunId, DeployId, NodeId, OwnerId};
-use berth_schemas::model::{
-    DeployPhase, DeployStatus, DeployTrigger, EnvVars, NotifySetting, OverlapPolicy, Plan,
-    ResolvedImage, Sealed, ServiceType,
-};
+use berth_schemas::ids::{CredentialId, CronRunId, DeployId, NodeId};
+use berth_schemas::model::{DeployPhase, DeployStatus, DeployTrigger, ResolvedImage};
 use berth_schemas::Event;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -32,77 +29,34 @@ pub enum ServiceStatus {
     Deleted,
 }
 
-/// A service's settings, as created and then updated.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ServiceConfig {
-    pub owner: OwnerId,
-    pub name: String,
-    pub service_type: ServiceType,
-    /// Normalised image reference.
-    pub image: String,
-    pub credential: Option<CredentialId>,
-    pub region: String,
-    pub plan: Plan,
-    /// Desired number of instances (1 for cron jobs, which have none running).
-    pub num_instances: u32,
-    pub docker_command: Option<String>,
-    pub env_vars: EnvVars,
-    pub pre_deploy_command: Option<String>,
-    pub health_check_path: Option<String>,
-    pub schedule: Option<String>,
-    pub notify: Option<NotifySetting>,
-    pub overlap_policy: OverlapPolicy,
-    pub shutdown_delay_secs: u16,
-    pub hook_key: Sealed,
-}
+/// A service's settings, as created and then updated: the fields of its
+/// `service_created` event (image normalised; `num_instances` is 1 for cron
+/// jobs, which have none running), with every `service_updated` merged in.
+pub type ServiceConfig = ServiceCreated;
 
-impl ServiceConfig {
-    fn from_created(e: &ServiceCreated) -> Self {
-        ServiceConfig {
-            owner: e.owner.clone(),
-            name: e.name.clone(),
-            service_type: e.service_type,
-            image: e.image.clone(),
-            credential: e.credential.clone(),
-            region: e.region.clone(),
-            plan: e.plan.clone(),
-            num_instances: e.num_instances,
-            docker_command: e.docker_command.clone(),
-            env_vars: e.env_vars.clone(),
-            pre_deploy_command: e.pre_deploy_command.clone(),
-            health_check_path: e.health_check_path.clone(),
-            schedule: e.schedule.clone(),
-            notify: e.notify,
-            overlap_policy: e.overlap_policy,
-            shutdown_delay_secs: e.shutdown_delay_secs,
-            hook_key: e.hook_key.clone(),
+/// Merges the settings an update changed into `cfg`.
+pub(super) fn merge(cfg: &mut ServiceConfig, s: &ServiceSettings) {
+    fn set<T: Clone>(field: &mut T, value: &Option<T>) {
+        if let Some(v) = value {
+            *field = v.clone();
         }
     }
-
-    pub(super) fn merge(&mut self, s: &ServiceSettings) {
-        fn set<T: Clone>(field: &mut T, value: &Option<T>) {
-            if let Some(v) = value {
-                *field = v.clone();
-            }
-        }
-        set(&mut self.name, &s.name);
-        set(&mut self.image, &s.image);
-        set(&mut self.credential, &s.credential);
-        set(&mut self.plan, &s.plan);
-        set(&mut self.docker_command, &s.docker_command);
-        set(&mut self.env_vars, &s.env_vars);
-        set(&mut self.pre_deploy_command, &s.pre_deploy_command);
-        if let Some(p) = &s.health_check_path {
-            self.health_check_path = Some(p.clone());
-        }
-        if let Some(p) = &s.schedule {
-            self.schedule = Some(p.clone());
-        }
-        set(&mut self.notify, &s.notify);
-        set(&mut self.overlap_policy, &s.overlap_policy);
-        set(&mut self.shutdown_delay_secs, &s.shutdown_delay_secs);
+    set(&mut cfg.name, &s.name);
+    set(&mut cfg.image, &s.image);
+    set(&mut cfg.credential, &s.credential);
+    set(&mut cfg.plan, &s.plan);
+    set(&mut cfg.docker_command, &s.docker_command);
+    set(&mut cfg.env_vars, &s.env_vars);
+    set(&mut cfg.pre_deploy_command, &s.pre_deploy_command);
+    if let Some(p) = &s.health_check_path {
+        cfg.health_check_path = Some(p.clone());
     }
+    if let Some(p) = &s.schedule {
+        cfg.schedule = Some(p.clone());
+    }
+    set(&mut cfg.notify, &s.notify);
+    set(&mut cfg.overlap_policy, &s.overlap_policy);
+    set(&mut cfg.shutdown_delay_secs, &s.shutdown_delay_secs);
 }
 
 /// How a pre-deploy command ended.
@@ -276,13 +230,13 @@ pub fn apply_at(mut s: ServiceState, event: &Event, time: Option<DateTime<Utc>>)
     match event {
         Event::ServiceCreated(e) if s.status == ServiceStatus::NotCreated => {
             s.status = ServiceStatus::Active;
-            s.config = Some(ServiceConfig::from_created(e));
+            s.config = Some(e.clone());
             s.created_at = time;
             s.updated_at = time;
         }
         Event::ServiceUpdated(e) => {
             if let Some(c) = s.config.as_mut() {
-                c.merge(&e.settings);
+                merge(c, &e.settings);
                 s.updated_at = time;
             }
         }
