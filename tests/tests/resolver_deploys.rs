@@ -11,7 +11,7 @@ mod resolver_support;
 
 use std::time::Duration;
 
-use berth_ingress::{NewService, Rotation};
+use berth_ingress::{Caller, CreatedService, NewService, Rotation};
 use berth_runtime::Secret;
 use berth_schemas::model::{DeployStatus, OverlapPolicy, PullFailureReason, ServiceType};
 use berth_schemas::{Actor, AggregateId, Event};
@@ -26,6 +26,14 @@ fn worker(name: &str, image: &str) -> NewService {
     // these tests to move deploys past "pulling".
     s.overlap_policy = Some(OverlapPolicy::Cancel);
     s
+}
+
+/// Creates worker `name` running `image`; creation must succeed.
+async fn create(app: &App, owner: &Caller, name: &str, image: &str) -> CreatedService {
+    app.ingress
+        .create_service(owner, worker(name, image))
+        .await
+        .unwrap()
 }
 
 async fn initial_deploys_resolve(version: NatsVersion) {
@@ -46,30 +54,16 @@ async fn initial_deploys_resolve(version: NatsVersion) {
     let app = App::start_with(version, Some(fast_options())).await;
     let alice = app.owner().await;
 
-    let single = app
-        .ingress
-        .create_service(
-            &alice,
-            worker("single", &format!("{}/team/app:v1", reg.host)),
-        )
-        .await
-        .unwrap();
-    let multi = app
-        .ingress
-        .create_service(
-            &alice,
-            worker("multi", &format!("{}/team/multi:v1", reg.host)),
-        )
-        .await
-        .unwrap();
-    let pinned = app
-        .ingress
-        .create_service(
-            &alice,
-            worker("pinned", &format!("{}/team/app@{}", reg.host, amd.digest)),
-        )
-        .await
-        .unwrap();
+    let h = &reg.host;
+    let single = create(&app, &alice, "single", &format!("{h}/team/app:v1")).await;
+    let multi = create(&app, &alice, "multi", &format!("{h}/team/multi:v1")).await;
+    let pinned = create(
+        &app,
+        &alice,
+        "pinned",
+        &format!("{h}/team/app@{}", amd.digest),
+    )
+    .await;
 
     let s = app.await_deploy(&alice, &single.id, &single.deploy).await;
     let r = s.deploy(&single.deploy).unwrap().resolved.clone().unwrap();
@@ -126,11 +120,7 @@ async fn a_deleted_tag_fails_the_deploy_with_image_not_found() {
     let app = App::start().await;
     let alice = app.owner().await;
     let image = format!("{}/team/app:v1", reg.host);
-    let svc = app
-        .ingress
-        .create_service(&alice, worker("app", &image))
-        .await
-        .unwrap();
+    let svc = create(&app, &alice, "app", &image).await;
     app.await_deploy(&alice, &svc.id, &svc.deploy).await;
 
     reg.delete_manifest("team/app", &img.digest).await.unwrap();
@@ -215,11 +205,7 @@ async fn a_restarted_resolver_handles_what_it_missed_and_appends_nothing_twice()
     let (reg, img) = registry_with_app(RegistryAuth::None).await;
     let mut app = App::start().await;
     let alice = app.owner().await;
-    let svc = app
-        .ingress
-        .create_service(&alice, worker("app", &format!("{}/team/app:v1", reg.host)))
-        .await
-        .unwrap();
+    let svc = create(&app, &alice, "app", &format!("{}/team/app:v1", reg.host)).await;
     app.await_deploy(&alice, &svc.id, &svc.deploy).await;
 
     // Stop the resolver; request a deploy while it is away.
@@ -308,11 +294,7 @@ async fn a_stopped_registry_is_registry_unavailable_after_bounded_retries() {
     let (mut reg, _) = registry_with_app(RegistryAuth::None).await;
     let app = App::start().await;
     let alice = app.owner().await;
-    let svc = app
-        .ingress
-        .create_service(&alice, worker("app", &format!("{}/team/app:v1", reg.host)))
-        .await
-        .unwrap();
+    let svc = create(&app, &alice, "app", &format!("{}/team/app:v1", reg.host)).await;
     app.await_deploy(&alice, &svc.id, &svc.deploy).await;
 
     // Creation checks see it too, and append nothing.
