@@ -287,9 +287,11 @@ impl Ingress {
                 })
             }
             Err(
-                e @ (CheckError::NoResolver | CheckError::Timeout(_) | CheckError::Transport(_)),
+                e @ (CheckError::NoResolver
+                | CheckError::Timeout(_)
+                | CheckError::Transport(_)
+                | CheckError::BadReply(_)),
             ) => Err(IngressError::CheckUnavailable(e.to_string())),
-            Err(e @ CheckError::BadReply(_)) => Err(IngressError::CheckUnavailable(e.to_string())),
         }
     }
 
