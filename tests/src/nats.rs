@@ -81,10 +81,19 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a single server on a free port with a fresh store.
     pub fn start(version: NatsVersion) -> Result<NatsServer> {
-        let binary = nats_binary(version)?;
+        Self::launch(nats_binary(version)?, "n0", free_port(), None)
+    }
+
+    /// Spawns server `name` on `port` with a fresh store dir, routed to
+    /// `cluster`'s routes when given.
+    fn launch(
+        binary: PathBuf,
+        name: &str,
+        port: u16,
+        cluster: Option<(u16, &[String])>,
+    ) -> Result<NatsServer> {
         let dir = tempfile::tempdir()?;
-        let port = free_port();
-        let config = write_config(dir.path(), "n0", port, None)?;
+        let config = write_config(dir.path(), name, port, cluster)?;
         let mut server = NatsServer {
             binary,
             config,
@@ -181,19 +190,12 @@ impl NatsCluster {
             .collect();
         let mut servers = Vec::with_capacity(n);
         for (i, (port, cport)) in ports.iter().enumerate() {
-            let dir = tempfile::tempdir()?;
-            let config =
-                write_config(dir.path(), &format!("n{i}"), *port, Some((*cport, &routes)))?;
-            let mut server = NatsServer {
-                binary: binary.clone(),
-                config,
-                port: *port,
-                child: None,
-                log: dir.path().join("server.log"),
-                _dir: dir,
-            };
-            server.spawn()?;
-            servers.push(server);
+            servers.push(NatsServer::launch(
+                binary.clone(),
+                &format!("n{i}"),
+                *port,
+                Some((*cport, &routes)),
+            )?);
         }
         let cluster = NatsCluster { servers };
         // Creating a stream needs a meta leader; $JS.API.INFO answers only then.
