@@ -314,11 +314,9 @@ impl<P: Projection + std::fmt::Debug> ProjectionRunner<P> {
             };
             let messages = match self.store.events.create_consumer(config).await {
                 Ok(c) => {
-                    if until.is_some() && c.cached_info().num_pending == 0 {
-                        // Nothing matching the filter is left before the target.
-                        if let Some(t) = until {
-                            self.applied.send_replace(t.max(self.applied_seq()));
-                        }
+                    // Nothing matching the filter is left before the target.
+                    if let Some(t) = until.filter(|_| c.cached_info().num_pending == 0) {
+                        self.applied.send_replace(t.max(self.applied_seq()));
                         return Ok(());
                     }
                     c.messages().await
@@ -369,10 +367,8 @@ impl<P: Projection + std::fmt::Debug> ProjectionRunner<P> {
                 {
                     self.snapshot_now().await;
                 }
-                if until.is_some_and(|t| seq >= t || pending == 0) {
-                    if let Some(t) = until {
-                        self.applied.send_replace(t.max(seq));
-                    }
+                if let Some(t) = until.filter(|&t| seq >= t || pending == 0) {
+                    self.applied.send_replace(t.max(seq));
                     return Ok(());
                 }
             }
