@@ -96,6 +96,22 @@ pub struct CreatedService {
     pub state: ServiceState,
 }
 
+/// Decides `command` on a service of the caller's; anyone else's, or none,
+/// is not found.
+fn decide_owned(
+    s: &ServiceState,
+    caller: &Caller,
+    command: service::Command,
+) -> Result<Vec<berth_schemas::Event>, DomainError> {
+    match &s.config {
+        Some(c) if c.owner == caller.owner => service::decide(s, command, &Ctx::default()),
+        _ => Err(DomainError::NotFound {
+            what: "service",
+            id: String::new(),
+        }),
+    }
+}
+
 fn hook_key() -> Secret {
     let mut bytes = [0u8; 24];
     rand::rng().fill_bytes(&mut bytes);
@@ -419,16 +435,8 @@ impl Ingress {
             &format!("deploy-{deploy}"),
             &caller.actor,
             service::fold,
-            |s: &ServiceState| match &s.config {
-                Some(c) if c.owner == caller.owner => service::decide(
-                    s,
-                    service::Command::RequestDeploy(request.clone()),
-                    &Ctx::default(),
-                ),
-                _ => Err(DomainError::NotFound {
-                    what: "service",
-                    id: String::new(),
-                }),
+            |s: &ServiceState| {
+                decide_owned(s, caller, service::Command::RequestDeploy(request.clone()))
             },
         )
         .await?;
@@ -449,15 +457,7 @@ impl Ingress {
             &format!("service-delete-{id}"),
             &caller.actor,
             service::fold,
-            |s: &ServiceState| match &s.config {
-                Some(c) if c.owner == caller.owner => {
-                    service::decide(s, service::Command::Delete, &Ctx::default())
-                }
-                _ => Err(DomainError::NotFound {
-                    what: "service",
-                    id: String::new(),
-                }),
-            },
+            |s: &ServiceState| decide_owned(s, caller, service::Command::Delete),
         )
         .await?;
         let Some(cfg) = done.state.config else {
