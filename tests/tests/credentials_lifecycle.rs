@@ -185,6 +185,20 @@ async fn removal_is_refused_while_in_use_and_allowed_after_the_service_is_delete
     let err = app.ingress.create_service(&bob, stolen).await.unwrap_err();
     assert_eq!(err.http_status(), 404, "{err}");
     assert_eq!(app.last_seq().await, seq);
+    // Nor delete or deploy alice's service.
+    let err = app
+        .ingress
+        .delete_service(&bob, &created.id)
+        .await
+        .unwrap_err();
+    assert_eq!(err.http_status(), 404, "{err}");
+    let err = app
+        .ingress
+        .request_deploy(&bob, &created.id, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.http_status(), 404, "{err}");
+    assert_eq!(app.last_seq().await, seq);
 
     // In use: 409 naming the service; nothing appended.
     let err = app
