@@ -12,7 +12,6 @@ use reqwest::Method;
 use crate::auth::Credential;
 use crate::client::{read_capped, status_error, ImageRef, RegistryClient};
 use crate::error::ResolveError;
-use crate::manifest::ACCEPT;
 
 /// A manifest (or index) body whose digest has been checked.
 #[derive(Debug, Clone)]
@@ -36,17 +35,9 @@ impl RegistryClient {
     ) -> Result<FetchedManifest, ResolveError> {
         let (image, digest) = ImageRef::by_digest(host, repository, digest)?;
         let what = format!("manifest {image}");
-        let url = self.manifest_url(&image, &image.reference);
         self.retrying(&what, || async {
             let resp = self
-                .send(
-                    Method::GET,
-                    (host, repository),
-                    &url,
-                    Some(ACCEPT),
-                    cred,
-                    Some(self.cfg.request_timeout),
-                )
+                .send_manifest(Method::GET, &image, &image.reference, cred)
                 .await?;
             if !resp.status().is_success() {
                 return Err(status_error(resp, &what).await);

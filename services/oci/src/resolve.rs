@@ -91,17 +91,9 @@ impl RegistryClient {
         cred: Option<&Credential>,
     ) -> Result<bool, ResolveError> {
         let (image, _) = ImageRef::by_digest(host, repository, digest)?;
-        let url = self.manifest_url(&image, &image.reference);
         self.retrying(&format!("checking {image}"), || async {
             let resp = self
-                .send(
-                    Method::HEAD,
-                    (host, repository),
-                    &url,
-                    Some(ACCEPT),
-                    cred,
-                    Some(self.cfg.request_timeout),
-                )
+                .send_manifest(Method::HEAD, &image, &image.reference, cred)
                 .await?;
             match resp.status() {
                 s if s.is_success() => Ok(true),
@@ -112,11 +104,28 @@ impl RegistryClient {
         .await
     }
 
-    pub(crate) fn manifest_url(&self, image: &ImageRef, reference: &str) -> String {
-        self.url(
+    /// One manifest request for `reference` of `image`, accepting every
+    /// manifest type, within the per-request timeout.
+    pub(crate) async fn send_manifest(
+        &self,
+        method: Method,
+        image: &ImageRef,
+        reference: &str,
+        cred: Option<&Credential>,
+    ) -> Result<reqwest::Response, AttemptError> {
+        let url = self.url(
             &image.host,
             &format!("/v2/{}/manifests/{}", image.repository, reference),
+        );
+        self.send(
+            method,
+            (&image.host, &image.repository),
+            &url,
+            Some(ACCEPT),
+            cred,
+            Some(self.cfg.request_timeout),
         )
+        .await
     }
 
     fn summary(&self, d: &Digest) -> Option<Summary> {
@@ -235,16 +244,8 @@ impl RegistryClient {
         reference: &str,
         cred: Option<&Credential>,
     ) -> Result<Option<Digest>, AttemptError> {
-        let url = self.manifest_url(image, reference);
         let resp = self
-            .send(
-                Method::HEAD,
-                (&image.host, &image.repository),
-                &url,
-                Some(ACCEPT),
-                cred,
-                Some(self.cfg.request_timeout),
-            )
+            .send_manifest(Method::HEAD, image, reference, cred)
             .await?;
         let status = resp.status();
         if status.is_success() {
@@ -277,16 +278,8 @@ impl RegistryClient {
         cred: Option<&Credential>,
     ) -> Result<Fetched, AttemptError> {
         let reference = digest.map(Digest::as_str).unwrap_or(&image.reference);
-        let url = self.manifest_url(image, reference);
         let resp = self
-            .send(
-                Method::GET,
-                (&image.host, &image.repository),
-                &url,
-                Some(ACCEPT),
-                cred,
-                Some(self.cfg.request_timeout),
-            )
+            .send_manifest(Method::GET, image, reference, cred)
             .await?;
         let what = format!("manifest {}/{}@{reference}", image.host, image.repository);
         if !resp.status().is_success() {
