@@ -62,3 +62,35 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// The environment variable set for a test that [`run_alone`] runs in its
+/// own process.
+pub const ALONE_ENV: &str = "BERTH_TEST_ALONE";
+
+/// Whether this process is the child [`run_alone`] started.
+pub fn is_alone() -> bool {
+    std::env::var_os(ALONE_ENV).is_some()
+}
+
+/// Runs the ignored test `path` (module path inside this test binary, e.g.
+/// `credentials_secrecy::child`) in a process of its own and asserts that it
+/// passed. For tests that own process-global state, such as the tracing
+/// subscriber, which the other tests in the same binary would share.
+pub fn run_alone(path: &str) {
+    let exe = std::env::current_exe().expect("test binary path");
+    let status = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            path,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ALONE_ENV, "1")
+        .status()
+        .expect("start the test binary");
+    assert!(
+        status.success(),
+        "{path} failed in its own process: {status}"
+    );
+}

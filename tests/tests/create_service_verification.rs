@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod resolver_support;
+use crate::resolver_support;
 
 use berth_ingress::{IngressError, NewService};
 use berth_schemas::ids::CredentialId;

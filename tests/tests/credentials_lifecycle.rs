@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod resolver_support;
+use crate::resolver_support;
 
 use berth_domain::DomainError;
 use berth_ingress::{IngressError, NewService, Rotation};

@@ -8,7 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod resolver_support;
+use crate::resolver_support;
 
 use std::time::{Duration, Instant};
 

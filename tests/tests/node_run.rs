@@ -8,8 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod agent_support;
-mod node_support;
+use crate::agent_support;
+use crate::node_support;
 
 use std::time::Duration;
 

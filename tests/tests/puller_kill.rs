@@ -194,7 +194,12 @@ async fn kill9_mid_download_then_restart_completes() {
     let root: PathBuf = dir.path().to_path_buf();
     let watcher = Watcher::start(&root, &img);
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "kill9_child", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "puller_kill::kill9_child",
+            "--ignored",
+            "--nocapture",
+        ])
         .env("BERTH_KILL_STORE", &root)
         .env("BERTH_KILL_HOST", &reg.host)
         .env("BERTH_KILL_DIGEST", &img.digest)

@@ -6,7 +6,7 @@
 
 use berth_domain::reference::{normalize_cli, Reference};
 
-mod common;
+use crate::common;
 
 use common::{expand, rows};
 

@@ -23,7 +23,7 @@
 use berth_domain::reference::Reference;
 use oci_spec::distribution::Reference as OciReference;
 
-mod common;
+use crate::common;
 
 use common::{expand, rows};
 

@@ -1,0 +1,5 @@
+//! Black-box tests of the real `berth` binary, one test binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod node;
+mod up;

@@ -1,0 +1,32 @@
+//! End-to-end tests of berth against real nats-server, registry and runc,
+//! one binary (one link) for all of them; each module owns its servers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod agent_support;
+mod node_support;
+mod resolver_support;
+
+mod agent_restart;
+mod agent_run;
+mod agent_stop;
+mod create_service_verification;
+mod credentials_lifecycle;
+mod credentials_race;
+mod credentials_secrecy;
+mod eventlog_append;
+mod eventlog_cluster;
+mod eventlog_projection;
+mod eventlog_worker;
+mod node_run;
+mod puller_kill;
+mod puller_pull;
+mod puller_store;
+mod resolve_auth;
+mod resolve_basic;
+mod resolve_bench;
+mod resolve_platform;
+mod resolve_retry;
+mod resolver_deploys;
+mod unpack_fuzz;
+mod unpack_hostile;
+mod unpack_umoci;
