@@ -353,6 +353,10 @@ events! {
         pub instance: InstanceId,
         pub node: NodeId,
         pub digest: String,
+        /// `ip:port` where the instance listens (web and private services),
+        /// for health checks and the router.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub addr: Option<String>,
     }
     /// The instance passes its health check.
     InstanceHealthy = "instance_healthy" v 1 {

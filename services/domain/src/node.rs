@@ -196,6 +196,7 @@ mod tests {
             instance: InstanceId::generate(),
             node: NodeId::generate(),
             digest: "sha256:00".into(),
+            addr: None,
         });
         let live = ServiceState::default();
         assert_eq!(report(&live, fact.clone()).unwrap(), vec![fact.clone()]);

@@ -269,6 +269,7 @@ impl Reporter {
             instance: instance.clone(),
             node: self.node.clone(),
             digest: digest.to_owned(),
+            addr: None,
         });
         self.fact(service, Some(deploy), fact, &format!("{instance}:started"))
             .await

@@ -130,6 +130,7 @@ impl Svc {
                 instance: instance.clone(),
                 node: node_id(node),
                 digest: d.to_owned(),
+                addr: None,
             }),
         ];
         if healthy {
@@ -175,6 +176,7 @@ impl Svc {
                         instance: instance.clone(),
                         node: node.clone(),
                         digest: digest.clone(),
+                        addr: None,
                     });
                     let healthy = Event::InstanceHealthy(InstanceHealthy {
                         instance: instance.clone(),

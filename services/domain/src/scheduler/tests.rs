@@ -283,6 +283,7 @@ fn an_instance_running_another_digest_is_replaced_then_stopped() {
         instance: ids[0].clone(),
         node: node_id(1),
         digest: digest(9),
+        addr: None,
     })]);
     s.apply(&[Event::InstanceHealthy(InstanceHealthy {
         instance: ids[0].clone(),
