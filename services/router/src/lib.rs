@@ -1,0 +1,3 @@
+//! berth's router: http://<service>.<base-domain> to healthy instances of web services
+//!
+//! (skeleton: being built)
