@@ -10,8 +10,9 @@
 //! never onto a deleted service. Facts with rules (pulled, pull failed,
 //! pre-deploy or cron run ended) go through the service's own decide.
 
-use berth_schemas::events::NodeRegistered;
+use berth_schemas::events::{NodeLost, NodeRecovered, NodeRegistered};
 use berth_schemas::{Envelope, Event};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::DomainError;
@@ -41,6 +42,10 @@ pub struct Capacity {
 pub enum Command {
     /// Register (on every start).
     Register(Capacity),
+    /// The scheduler heard no heartbeat since `last_heartbeat` for too long.
+    DeclareLost { last_heartbeat: DateTime<Utc> },
+    /// A lost node heart-beats again.
+    Recover,
 }
 
 /// Applies one event; events of other aggregates leave the state unchanged.
@@ -90,6 +95,23 @@ pub fn decide(state: &NodeState, command: Command) -> Result<Vec<Event>, DomainE
                 memory_mib: c.memory_mib,
             })])
         }
+        // Repeats (several scheduler copies noticing the same silence)
+        // append nothing.
+        Command::DeclareLost { last_heartbeat } => {
+            if state.registered.is_none() {
+                return Err(DomainError::not_found("node", ""));
+            }
+            if state.lost {
+                return Ok(vec![]);
+            }
+            Ok(vec![NodeLost { last_heartbeat }.into()])
+        }
+        Command::Recover => {
+            if !state.lost {
+                return Ok(vec![]);
+            }
+            Ok(vec![NodeRecovered {}.into()])
+        }
     }
 }
 
@@ -122,7 +144,7 @@ pub fn report(state: &ServiceState, fact: Event) -> Result<Vec<Event>, DomainErr
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use berth_schemas::events::{InstanceStarted, NodeLost, NodeRecovered};
+    use berth_schemas::events::InstanceStarted;
     use berth_schemas::ids::{InstanceId, NodeId};
 
     use super::*;
@@ -188,6 +210,29 @@ mod tests {
         })]);
         assert!(s.lost);
         assert!(!apply(s, &Event::NodeRecovered(NodeRecovered {})).lost);
+    }
+
+    #[test]
+    fn lost_once_then_recovered_once() {
+        let reg = decide(&given(&[]), Command::Register(cap("n1", 2000))).unwrap();
+        let s = given(&reg);
+        let t = chrono::Utc::now();
+        let lost = decide(&s, Command::DeclareLost { last_heartbeat: t }).unwrap();
+        assert_eq!(lost, vec![Event::NodeLost(NodeLost { last_heartbeat: t })]);
+        let s = lost.iter().fold(s, apply);
+        assert!(decide(&s, Command::DeclareLost { last_heartbeat: t })
+            .unwrap()
+            .is_empty());
+        let back = decide(&s, Command::Recover).unwrap();
+        assert_eq!(back, vec![Event::NodeRecovered(NodeRecovered {})]);
+        let s = back.iter().fold(s, apply);
+        assert!(decide(&s, Command::Recover).unwrap().is_empty());
+        assert_eq!(
+            decide(&given(&[]), Command::DeclareLost { last_heartbeat: t })
+                .unwrap_err()
+                .kind(),
+            ErrorKind::NotFound
+        );
     }
 
     #[test]

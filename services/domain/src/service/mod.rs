@@ -38,14 +38,15 @@
 mod deploys;
 pub mod instances;
 mod lifecycle;
+mod placement;
 mod state;
 pub mod validate;
 
 #[cfg(test)]
 mod tests;
 
-use berth_schemas::events::ServiceSettings;
-use berth_schemas::ids::{CronRunId, DeployId, NodeId, OwnerId};
+use berth_schemas::events::{InstanceRescheduled, InstanceScheduled, ServiceSettings};
+use berth_schemas::ids::{CronRunId, DeployId, InstanceId, NodeId, OwnerId};
 use berth_schemas::model::{
     DeployStatus, DeployTrigger, EnvVars, NotifySetting, OverlapPolicy, Plan, PullFailureReason,
     ResolvedImage, Sealed, ServiceType,
@@ -258,6 +259,21 @@ pub enum Command {
         digest: String,
     },
 
+    // ---- placement, decided by the scheduler ----
+    /// Place new instances and move instances off lost nodes, as one decision.
+    Place {
+        scheduled: Vec<InstanceScheduled>,
+        rescheduled: Vec<InstanceRescheduled>,
+    },
+    /// `node` was lost: the service's instances there are marked lost.
+    RecordServerFailed {
+        node: NodeId,
+    },
+    /// Lost instances no longer wanted are recorded stopped (their node is gone).
+    ReleaseLost {
+        instances: Vec<InstanceId>,
+    },
+
     // ---- cron runs ----
     /// Start a run of the live digest. `manual` runs cancel an active run;
     /// scheduled ones (`scheduled_for` required) are skipped while one is active.
@@ -388,6 +404,12 @@ pub fn decide(
         Command::MarkRollbackTargetMissing { deploy, digest } => {
             deploys::rollback_target_missing(state, deploy, digest)
         }
+        Command::Place {
+            scheduled,
+            rescheduled,
+        } => placement::place(state, scheduled, rescheduled),
+        Command::RecordServerFailed { node } => Ok(placement::server_failed(state, node)),
+        Command::ReleaseLost { instances } => placement::release_lost(state, instances),
         Command::StartCronRun {
             run,
             manual,

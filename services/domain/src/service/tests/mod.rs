@@ -7,6 +7,7 @@
 
 mod deploys;
 mod lifecycle;
+mod placement;
 mod props;
 mod rollback;
 

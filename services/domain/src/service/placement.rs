@@ -1,0 +1,108 @@
+//! Placement facts the scheduler decides about a service's instances: new
+//! instances placed, instances moved off a lost node, a node's instances
+//! marked lost, and lost instances that are no longer wanted let go.
+//!
+//! Each is checked against the service so a stale plan (decided on an older
+//! state by another scheduler copy) cannot place instances of a deploy that
+//! ended or runs another digest; a repeat of a fact already applied yields
+//! no events, so a retried decision is harmless.
+
+use berth_schemas::events::{
+    InstanceRescheduled, InstanceScheduled, InstanceStopped, ServerFailed,
+};
+use berth_schemas::ids::{InstanceId, NodeId};
+use berth_schemas::model::DeployStatus;
+use berth_schemas::Event;
+
+use super::instances::InstancePhase;
+use super::state::{ServiceState, ServiceStatus};
+use crate::error::DomainError;
+
+type Decision = Result<Vec<Event>, DomainError>;
+
+/// New instances and replacements of lost ones, as one decision.
+pub(super) fn place(
+    state: &ServiceState,
+    scheduled: Vec<InstanceScheduled>,
+    rescheduled: Vec<InstanceRescheduled>,
+) -> Decision {
+    if state.status != ServiceStatus::Active {
+        return Err(DomainError::conflict(
+            "service is not active; nothing is placed",
+        ));
+    }
+    let mut out: Vec<Event> = Vec::new();
+    for s in scheduled {
+        if let Some(existing) = state.instances.get(&s.instance) {
+            if existing.deploy == s.deploy && existing.node == s.node {
+                continue;
+            }
+            return Err(DomainError::conflict(format!(
+                "instance id {} is already used",
+                s.instance
+            )));
+        }
+        let Some(d) = state.deploy(&s.deploy) else {
+            return Err(DomainError::not_found("deploy", &s.deploy));
+        };
+        let wanted = d.is_running() || d.status == DeployStatus::Live;
+        if !wanted || d.digest() != Some(s.digest.as_str()) {
+            return Err(DomainError::conflict(format!(
+                "deploy {} does not run {} now; no instance of it is placed",
+                s.deploy, s.digest
+            )));
+        }
+        out.push(s.into());
+    }
+    for r in rescheduled {
+        match (
+            state.instances.get(&r.instance),
+            state.instances.get(&r.replacement),
+        ) {
+            (Some(old), None) if old.node == r.from_node => out.push(r.into()),
+            // Already moved by this same decision.
+            (None, Some(_)) => {}
+            _ => {
+                return Err(DomainError::conflict(format!(
+                    "instance {} cannot be moved from {}",
+                    r.instance, r.from_node
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `node` was lost: the service's instances there are marked lost.
+pub(super) fn server_failed(state: &ServiceState, node: NodeId) -> Vec<Event> {
+    let instances: Vec<InstanceId> = state
+        .instances
+        .on_node(&node)
+        .filter(|i| i.phase != InstancePhase::Lost)
+        .map(|i| i.id.clone())
+        .collect();
+    if instances.is_empty() {
+        return vec![];
+    }
+    vec![ServerFailed { node, instances }.into()]
+}
+
+/// Lost instances nobody needs any more: their node is gone, so no node will
+/// report them stopped; they are recorded stopped here.
+pub(super) fn release_lost(state: &ServiceState, instances: Vec<InstanceId>) -> Decision {
+    let mut out: Vec<Event> = Vec::new();
+    for id in instances {
+        match state.instances.get(&id) {
+            None => {}
+            Some(i) if i.phase == InstancePhase::Lost => {
+                out.push(InstanceStopped { instance: id }.into())
+            }
+            Some(_) => {
+                return Err(DomainError::conflict(format!(
+                    "instance {id} is not on a lost node; its node stops it"
+                )))
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,126 @@
+//! Placement decisions: instances of the running or live digest only, moves
+//! off lost nodes, lost nodes' instances marked and let go, repeats no-ops.
+
+use berth_schemas::events::{InstanceRescheduled, InstanceScheduled};
+use berth_schemas::ids::{DeployId, InstanceId, NodeId};
+use berth_schemas::Event;
+
+use super::{digest, node, Command, Scenario};
+use crate::error::ErrorKind;
+use crate::service::InstancePhase;
+
+fn other_node() -> NodeId {
+    "nod-bbbbbbbbbbbbbbbbbbbb".parse().unwrap()
+}
+
+fn sched(i: &InstanceId, d: &DeployId, n: NodeId, dg: &str) -> InstanceScheduled {
+    InstanceScheduled {
+        instance: i.clone(),
+        deploy: d.clone(),
+        node: n,
+        digest: dg.to_owned(),
+    }
+}
+
+fn place(s: Vec<InstanceScheduled>) -> Command {
+    Command::Place {
+        scheduled: s,
+        rescheduled: vec![],
+    }
+}
+
+#[test]
+fn instances_of_the_live_digest_are_placed_once() {
+    let d = DeployId::generate();
+    let mut s = Scenario::live_web(&d);
+    let i = InstanceId::generate();
+    let out = s.run(place(vec![sched(&i, &d, node(), &digest(1))]));
+    assert_eq!(out.len(), 1);
+    assert!(s.state.instances.get(&i).is_some());
+    // The same decision again appends nothing.
+    assert!(s
+        .run(place(vec![sched(&i, &d, node(), &digest(1))]))
+        .is_empty());
+    // Another digest, or a deploy that is neither running nor live: refused.
+    let j = InstanceId::generate();
+    assert_eq!(
+        s.refused(place(vec![sched(&j, &d, node(), &digest(2))])),
+        ErrorKind::Conflict
+    );
+    assert_eq!(
+        s.refused(place(vec![sched(
+            &j,
+            &DeployId::generate(),
+            node(),
+            &digest(1)
+        )])),
+        ErrorKind::NotFound
+    );
+}
+
+#[test]
+fn a_lost_node_marks_instances_lost_once_then_they_move_or_go() {
+    let d = DeployId::generate();
+    let mut s = Scenario::live_web(&d);
+    let (a, b) = (InstanceId::generate(), InstanceId::generate());
+    s.run(place(vec![
+        sched(&a, &d, node(), &digest(1)),
+        sched(&b, &d, node(), &digest(1)),
+    ]));
+    // Releasing an instance whose node is up is the node's business.
+    assert_eq!(
+        s.refused(Command::ReleaseLost {
+            instances: vec![a.clone()]
+        }),
+        ErrorKind::Conflict
+    );
+    let failed = s.run(Command::RecordServerFailed { node: node() });
+    assert!(matches!(&failed[..], [Event::ServerFailed(f)] if f.instances.len() == 2));
+    assert!(s
+        .run(Command::RecordServerFailed { node: node() })
+        .is_empty());
+    assert_eq!(
+        s.state.instances.get(&a).unwrap().phase,
+        InstancePhase::Lost
+    );
+    let r = InstanceId::generate();
+    let moved = InstanceRescheduled {
+        instance: a.clone(),
+        replacement: r.clone(),
+        from_node: node(),
+        to_node: other_node(),
+    };
+    s.run(Command::Place {
+        scheduled: vec![],
+        rescheduled: vec![moved.clone()],
+    });
+    assert_eq!(s.state.instances.get(&r).unwrap().node, other_node());
+    assert!(s
+        .run(Command::Place {
+            scheduled: vec![],
+            rescheduled: vec![moved],
+        })
+        .is_empty());
+    let released = s.run(Command::ReleaseLost {
+        instances: vec![b.clone()],
+    });
+    assert_eq!(released.len(), 1);
+    assert!(s.state.instances.get(&b).is_none());
+    assert_eq!(s.state.instances.len(), 1);
+}
+
+#[test]
+fn nothing_is_placed_on_a_suspended_service() {
+    let d = DeployId::generate();
+    let mut s = Scenario::live_web(&d);
+    s.run(Command::Suspend);
+    assert_eq!(
+        s.refused(place(vec![sched(
+            &InstanceId::generate(),
+            &d,
+            node(),
+            &digest(1)
+        )])),
+        ErrorKind::Conflict
+    );
+}
