@@ -269,8 +269,9 @@ pub enum Command {
     RecordServerFailed {
         node: NodeId,
     },
-    /// Lost instances no longer wanted are recorded stopped (their node is gone).
-    ReleaseLost {
+    /// Unwanted instances no node will report stopped (on a lost node, or
+    /// never started) are recorded stopped.
+    Release {
         instances: Vec<InstanceId>,
     },
 
@@ -409,7 +410,7 @@ pub fn decide(
             rescheduled,
         } => placement::place(state, scheduled, rescheduled),
         Command::RecordServerFailed { node } => Ok(placement::server_failed(state, node)),
-        Command::ReleaseLost { instances } => placement::release_lost(state, instances),
+        Command::Release { instances } => placement::release(state, instances),
         Command::StartCronRun {
             run,
             manual,

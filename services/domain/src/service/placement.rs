@@ -1,6 +1,7 @@
 //! Placement facts the scheduler decides about a service's instances: new
 //! instances placed, instances moved off a lost node, a node's instances
-//! marked lost, and lost instances that are no longer wanted let go.
+//! marked lost, and instances no node will report stopped (on a lost node,
+//! or never started) let go.
 //!
 //! Each is checked against the service so a stale plan (decided on an older
 //! state by another scheduler copy) cannot place instances of a deploy that
@@ -87,19 +88,20 @@ pub(super) fn server_failed(state: &ServiceState, node: NodeId) -> Vec<Event> {
     vec![ServerFailed { node, instances }.into()]
 }
 
-/// Lost instances nobody needs any more: their node is gone, so no node will
-/// report them stopped; they are recorded stopped here.
-pub(super) fn release_lost(state: &ServiceState, instances: Vec<InstanceId>) -> Decision {
+/// Instances nobody needs any more that no node will report stopped: on a
+/// lost node, or never started (a node that does start one later is sent a
+/// stop as well, and its report of that is a harmless repeat).
+pub(super) fn release(state: &ServiceState, instances: Vec<InstanceId>) -> Decision {
     let mut out: Vec<Event> = Vec::new();
     for id in instances {
         match state.instances.get(&id) {
             None => {}
-            Some(i) if i.phase == InstancePhase::Lost => {
+            Some(i) if matches!(i.phase, InstancePhase::Lost | InstancePhase::Scheduled) => {
                 out.push(InstanceStopped { instance: id }.into())
             }
             Some(_) => {
                 return Err(DomainError::conflict(format!(
-                    "instance {id} is not on a lost node; its node stops it"
+                    "instance {id} runs on a node that is up; that node reports its stop"
                 )))
             }
         }

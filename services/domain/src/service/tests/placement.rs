@@ -59,7 +59,7 @@ fn instances_of_the_live_digest_are_placed_once() {
 }
 
 #[test]
-fn a_lost_node_marks_instances_lost_once_then_they_move_or_go() {
+fn a_lost_node_marks_instances_lost_once_then_they_move_or_are_released() {
     let d = DeployId::generate();
     let mut s = Scenario::live_web(&d);
     let (a, b) = (InstanceId::generate(), InstanceId::generate());
@@ -67,9 +67,17 @@ fn a_lost_node_marks_instances_lost_once_then_they_move_or_go() {
         sched(&a, &d, node(), &digest(1)),
         sched(&b, &d, node(), &digest(1)),
     ]));
-    // Releasing an instance whose node is up is the node's business.
+    // Releasing a started instance whose node is up is the node's business.
+    s.append(&[Event::InstanceStarted(
+        berth_schemas::events::InstanceStarted {
+            instance: a.clone(),
+            node: node(),
+            digest: digest(1),
+            addr: None,
+        },
+    )]);
     assert_eq!(
-        s.refused(Command::ReleaseLost {
+        s.refused(Command::Release {
             instances: vec![a.clone()]
         }),
         ErrorKind::Conflict
@@ -101,7 +109,7 @@ fn a_lost_node_marks_instances_lost_once_then_they_move_or_go() {
             rescheduled: vec![moved],
         })
         .is_empty());
-    let released = s.run(Command::ReleaseLost {
+    let released = s.run(Command::Release {
         instances: vec![b.clone()],
     });
     assert_eq!(released.len(), 1);
@@ -123,4 +131,19 @@ fn nothing_is_placed_on_a_suspended_service() {
         )])),
         ErrorKind::Conflict
     );
+}
+
+#[test]
+fn a_never_started_instance_may_be_released() {
+    let d = DeployId::generate();
+    let mut s = Scenario::live_web(&d);
+    let a = InstanceId::generate();
+    s.run(place(vec![sched(&a, &d, node(), &digest(1))]));
+    let out = s.run(Command::Release {
+        instances: vec![a.clone()],
+    });
+    assert_eq!(out.len(), 1);
+    assert!(s.state.instances.is_empty());
+    // Gone already: a repeat appends nothing.
+    assert!(s.run(Command::Release { instances: vec![a] }).is_empty());
 }
