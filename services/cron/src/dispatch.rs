@@ -1,0 +1,264 @@
+//! From the log's cron facts to node work, through a durable consumer on
+//! the service subjects (explicit acks, bounded redelivery, dead letters:
+//! `berth_eventlog::worker`). Per commit:
+//!
+//! - `cron_job_run_started` of a run that is still active → the run's
+//!   `RunOnce{purpose: CronRun}` on a placed node, `Nats-Msg-Id` = the run
+//!   id, so a redelivered commit (a crash between enqueue and ack) does not
+//!   enqueue it twice within the server's duplicate window;
+//! - `cron_job_run_ended` `canceled` (cancel, manual trigger, suspend,
+//!   delete) → `StopInstance` of the run's container on every live node
+//!   (which node runs it is not in the log; the others answer "not running
+//!   here"). Only for cancels younger than [`STOP_HORIZON`], so a new
+//!   consumer replaying an old log sends no flood of stale stops;
+//! - `image_pull_failed` reported by a node for the active run's digest →
+//!   the run ends `failed` (a cron job has no instances and no pre-deploy,
+//!   so a node pulling its image is pulling for its active run).
+
+use std::sync::{Arc, RwLock};
+
+use async_nats::jetstream::consumer::DeliverPolicy;
+use berth_domain::reference::Reference;
+use berth_domain::scheduler::place;
+use berth_domain::service::{self, ServiceState};
+use berth_eventlog::worker::{Job, WorkError, WorkHandler, Worker, WorkerConfig};
+use berth_eventlog::EventStore;
+use berth_schemas::commands::{NodeRunSpec, NodeWork, OneOffPurpose};
+use berth_schemas::ids::{CronRunId, NodeId, ServiceId};
+use berth_schemas::model::ServiceType;
+use berth_schemas::{Actor, AggregateId, Commit, Envelope, Event};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::view::CronView;
+use crate::{decide, run_instance, CronError, CronOptions};
+
+/// Cancels older than this are not turned into stops.
+pub const STOP_HORIZON: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+/// The node work queue of `node` (the node component's naming).
+pub fn node_queue(node: &NodeId) -> String {
+    format!("node.{node}")
+}
+
+/// The dispatch worker; its durable consumer exists once this returns.
+pub(crate) async fn worker(store: &EventStore, opts: &CronOptions) -> Result<Worker, CronError> {
+    let subjects = store.subjects();
+    let cfg = WorkerConfig {
+        description: Some(
+            "berth cron: cron_job_run_started → RunOnce, canceled → StopInstance".to_owned(),
+        ),
+        ack_wait: opts.ack_wait,
+        max_deliver: opts.max_deliver,
+        concurrency: opts.concurrency,
+        ..WorkerConfig::on_stream(
+            &opts.consumer,
+            &subjects.events_stream(),
+            &subjects.aggregate_kind("service"),
+            DeliverPolicy::All,
+        )
+    };
+    store
+        .worker(cfg)
+        .await
+        .map_err(|e| CronError::Store(e.to_string()))
+}
+
+/// Runs the worker until `shutdown`.
+pub(crate) async fn serve(
+    store: EventStore,
+    view: Arc<RwLock<CronView>>,
+    opts: CronOptions,
+    worker: Worker,
+    shutdown: CancellationToken,
+) {
+    let handler = Arc::new(Dispatch { store, view, opts });
+    if let Err(e) = worker.run(handler, shutdown).await {
+        tracing::error!(error = %e, "cron dispatch stopped with an error");
+    }
+}
+
+struct Dispatch {
+    store: EventStore,
+    view: Arc<RwLock<CronView>>,
+    opts: CronOptions,
+}
+
+fn retry(what: &str, e: impl std::fmt::Display) -> WorkError {
+    WorkError::Retry(format!("{what}: {e}"))
+}
+
+impl WorkHandler for Dispatch {
+    async fn handle(&self, job: Job) -> Result<(), WorkError> {
+        let commit = Commit::decode(&job.payload).map_err(|e| WorkError::Fatal(e.to_string()))?;
+        for env in &commit.events {
+            let AggregateId::Service(service) = &env.aggregate else {
+                continue;
+            };
+            let span = tracing::info_span!("cron_dispatch", service.id = %service, stream.seq = job.stream_seq, event = env.event.type_name());
+            self.event(service, env).instrument(span).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Dispatch {
+    async fn event(&self, service: &ServiceId, env: &Envelope) -> Result<(), WorkError> {
+        match &env.event {
+            Event::CronJobRunStarted(e) => self.start(service, &e.run).await,
+            Event::CronJobRunEnded(e) if e.status == "canceled" => {
+                if chrono::Utc::now() - env.time > STOP_HORIZON {
+                    return Ok(());
+                }
+                self.stop(service, &e.run).await
+            }
+            Event::ImagePullFailed(e) if e.node.is_some() => {
+                self.pull_failed(service, &e.image).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn load(&self, service: &ServiceId) -> Result<ServiceState, WorkError> {
+        let loaded = self
+            .store
+            .load(&AggregateId::Service(service.clone()))
+            .await
+            .map_err(|e| retry("loading the service", e))?;
+        Ok(loaded
+            .events
+            .iter()
+            .fold(ServiceState::default(), service::fold))
+    }
+
+    async fn start(&self, service: &ServiceId, run: &CronRunId) -> Result<(), WorkError> {
+        let state = self.load(service).await?;
+        let (Some(active), Some(cfg), Some(live)) =
+            (&state.cron.active, &state.config, state.live_deploy())
+        else {
+            return Ok(());
+        };
+        if &active.id != run {
+            tracing::debug!(run.id = %run, "run no longer active; not dispatched");
+            return Ok(());
+        }
+        let instance = run_instance(run).map_err(|e| WorkError::Fatal(e.to_string()))?;
+        let reference = Reference::parse(&live.image)
+            .map_err(|e| WorkError::Fatal(format!("live image {}: {e}", live.image)))?;
+        let spec = NodeRunSpec {
+            service: service.clone(),
+            deploy: live.id.clone(),
+            instance: instance.clone(),
+            image: format!("{}/{}", reference.registry_host(), reference.path()),
+            digest: active.digest.clone(),
+            credential: cfg.credential.clone(),
+            env: cfg.env_vars.clone(),
+            command: cfg.docker_command.clone(),
+            port: None,
+            plan: Some(cfg.plan.clone()),
+            shutdown_delay_secs: u32::from(cfg.shutdown_delay_secs),
+        };
+        let nodes = self
+            .view
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .capacities();
+        let node = match place(&nodes, &cfg.plan, 1, &[]) {
+            Ok(n) => n.into_iter().next(),
+            Err(e) => {
+                // Redelivered with growing delay; a node may join meanwhile.
+                return Err(retry("placing the run", e));
+            }
+        };
+        let Some(node) = node else {
+            return Err(retry("placing the run", "no node"));
+        };
+        let timeout_secs = u32::try_from(self.opts.run_timeout.as_secs()).unwrap_or(u32::MAX);
+        let work = NodeWork::RunOnce {
+            spec,
+            timeout_secs,
+            purpose: Some(OneOffPurpose::CronRun { run: run.clone() }),
+        };
+        let payload =
+            rmp_serde::to_vec_named(&work).map_err(|e| WorkError::Fatal(e.to_string()))?;
+        self.store
+            .enqueue(
+                &node_queue(&node),
+                instance.as_str(),
+                payload.into(),
+                run.as_str(),
+            )
+            .await
+            .map_err(|e| retry("enqueueing the run", e))?;
+        tracing::info!(run.id = %run, node.id = %node, digest = %active.digest, "cron run dispatched");
+        Ok(())
+    }
+
+    async fn stop(&self, service: &ServiceId, run: &CronRunId) -> Result<(), WorkError> {
+        let instance = run_instance(run).map_err(|e| WorkError::Fatal(e.to_string()))?;
+        let nodes = self
+            .view
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .live_nodes();
+        let work = NodeWork::StopInstance {
+            service: service.clone(),
+            instance: instance.clone(),
+        };
+        let payload =
+            rmp_serde::to_vec_named(&work).map_err(|e| WorkError::Fatal(e.to_string()))?;
+        for node in nodes {
+            // Its own key: the run's RunOnce holds the instance's key on the
+            // node until it ends, and the stop must not wait behind it.
+            self.store
+                .enqueue(
+                    &node_queue(&node),
+                    &format!("stop-{instance}"),
+                    payload.clone().into(),
+                    &format!("stop-{instance}-{node}"),
+                )
+                .await
+                .map_err(|e| retry("enqueueing the stop", e))?;
+        }
+        tracing::info!(run.id = %run, "cron run canceled; its container is being stopped");
+        Ok(())
+    }
+
+    async fn pull_failed(&self, service: &ServiceId, image: &str) -> Result<(), WorkError> {
+        let state = self.load(service).await?;
+        let is_cron = state
+            .config
+            .as_ref()
+            .is_some_and(|c| c.service_type == ServiceType::CronJob);
+        let Some(active) = state.cron.active.as_ref().filter(|_| is_cron) else {
+            return Ok(());
+        };
+        if !image.ends_with(&format!("@{}", active.digest)) {
+            return Ok(());
+        }
+        let command = service::Command::RecordCronRunEnded {
+            run: active.id.clone(),
+            status: "failed".to_owned(),
+            exit_code: None,
+        };
+        let key = format!("cron-pull-failed:{}", active.id);
+        tracing::info!(run.id = %active.id, image, "cron run's image pull failed; run failed");
+        match decide(
+            &self.store,
+            service,
+            &key,
+            command,
+            &Actor::system("cron"),
+            &key,
+        )
+        .await
+        {
+            Ok(()) => Ok(()),
+            Err(CronError::Refused(e)) => {
+                tracing::warn!(error = %e, "ending the run refused");
+                Ok(())
+            }
+            Err(e) => Err(retry("ending the run", e)),
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The cron component's read model: every cron job's service state and the
+//! latest schedule time already handled for it, plus every node's capacity
+//! (for placing runs). Folded from the whole log by a `ProjectionRunner`;
+//! services of other types are not kept.
+//!
+//! "Handled" means a run was started or a skip recorded for that due time:
+//! a scheduled start carries `cron-schedule:<time>` as its causation id
+//! (the `cron_job_run_started` event itself has no schedule time), a skip
+//! names it in `scheduled_for`.
+
+use std::collections::BTreeMap;
+
+use berth_domain::node::{self, NodeState};
+use berth_domain::scheduler::NodeCapacity;
+use berth_domain::service::{self, ServiceState};
+use berth_eventlog::projection::Projection;
+use berth_schemas::ids::{NodeId, ServiceId};
+use berth_schemas::model::ServiceType;
+use berth_schemas::{AggregateId, Envelope, Event};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Causation id prefix of scheduled starts.
+pub const SCHEDULE_CAUSE: &str = "cron-schedule:";
+
+/// One cron job as the component sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Job {
+    pub state: ServiceState,
+    /// The latest due time a run was started or skipped for.
+    pub last_scheduled: Option<DateTime<Utc>>,
+}
+
+/// Every cron job and node.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CronView {
+    pub jobs: BTreeMap<ServiceId, Job>,
+    pub nodes: BTreeMap<NodeId, NodeState>,
+}
+
+impl CronView {
+    /// Registered nodes as placement sees them. Usage by other services'
+    /// instances is not tracked here: runs go to the node with the most
+    /// capacity that fits the plan.
+    pub fn capacities(&self) -> Vec<NodeCapacity> {
+        self.nodes
+            .iter()
+            .filter_map(|(id, n)| {
+                n.registered.as_ref().map(|c| NodeCapacity {
+                    id: id.clone(),
+                    cpu_millis: c.cpu_millis,
+                    memory_mib: c.memory_mib,
+                    used_cpu: 0,
+                    used_mem: 0,
+                    lost: n.lost,
+                })
+            })
+            .collect()
+    }
+
+    /// Nodes that are registered and not lost.
+    pub fn live_nodes(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.registered.is_some() && !n.lost)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+}
+
+fn scheduled_time(env: &Envelope) -> Option<DateTime<Utc>> {
+    let cause = env.causation_id.as_deref()?.strip_prefix(SCHEDULE_CAUSE)?;
+    DateTime::parse_from_rfc3339(cause)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+impl Projection for CronView {
+    type Snapshot = CronView;
+
+    fn apply(&mut self, _stream_seq: u64, env: &Envelope) {
+        match &env.aggregate {
+            AggregateId::Service(id) => {
+                if let Event::ServiceCreated(c) = &env.event {
+                    if c.service_type == ServiceType::CronJob {
+                        self.jobs.entry(id.clone()).or_default();
+                    }
+                }
+                let Some(job) = self.jobs.get_mut(id) else {
+                    return;
+                };
+                job.state = service::fold(std::mem::take(&mut job.state), env);
+                let handled = match &env.event {
+                    Event::CronJobRunStarted(_) => scheduled_time(env),
+                    Event::CronJobRunSkipped(e) => Some(e.scheduled_for),
+                    _ => None,
+                };
+                if handled.is_some() && handled > job.last_scheduled {
+                    job.last_scheduled = handled;
+                }
+                if matches!(env.event, Event::ServiceDeleted(_)) {
+                    self.jobs.remove(id);
+                }
+            }
+            AggregateId::Node(id) => {
+                let n = self.nodes.entry(id.clone()).or_default();
+                *n = node::fold(std::mem::take(n), env);
+            }
+            _ => {}
+        }
+    }
+
+    fn snapshot(&self) -> CronView {
+        self.clone()
+    }
+
+    fn restore(&mut self, snapshot: CronView) {
+        *self = snapshot;
+    }
+}
