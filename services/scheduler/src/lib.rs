@@ -1,3 +1,364 @@
-//! berth's scheduler: drives deploys through their pipeline and keeps every service's instances placed, healthy and on the recorded digest
+//! # berth-scheduler: drives deploys through their pipeline and keeps every
+//! service's instances placed, healthy and on the recorded digest
 //!
-//! (skeleton: being built)
+//! Sits after the resolver in the event flow (SPEC §6, §10, §11, §12): the
+//! resolver turns `deploy_started` into `image_resolved`; from there the
+//! scheduler runs the pre-deploy command, starts the update, places
+//! instances on nodes (`work.node.<id>` queues, which `berth-node`
+//! consumes), marks the deploy live once every new instance is healthy and
+//! retires the old ones. The rules are the domain's pure
+//! [`reconcile`](berth_domain::scheduler::reconcile); this crate feeds it
+//! the log and the cluster and carries out its plans ([`drive`](mod@drive)).
+//!
+//! Triggers, all level-triggered (a pass reads the log, never a message's
+//! content), so any of them may be lost or repeated:
+//! - a durable pull consumer on the log's service subjects (shared by every
+//!   scheduler copy, one service at a time per copy): each commit drives
+//!   its service;
+//! - the plan's `requeue_after` (readiness windows, placement retries);
+//! - a sweep over every service at start and every `sweep_interval`;
+//! - heartbeats (core NATS): a node silent for `heartbeat_timeout` gets
+//!   `node_lost`, and the services with instances there are driven, which
+//!   records `server_failed` and moves the instances.
+//!
+//! Several copies may run: appends name the version they were decided on,
+//! so two copies never both place the instances one decision wanted.
+
+mod cluster;
+mod config;
+mod drive;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::DeliverPolicy;
+use berth_domain::node::Command as NodeCommand;
+use berth_eventlog::worker::{Job, WorkError, WorkHandler, WorkerConfig};
+use berth_eventlog::EventStore;
+use berth_runtime::{BoxError, Component, ComponentContext, ReadyFlag};
+use berth_schemas::ids::{NodeId, ServiceId};
+use berth_schemas::{AggregateId, Commit};
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use cluster::Cluster;
+pub use config::{SchedulerArgs, SchedulerOptions};
+
+/// Why the scheduler could not start or a pass could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    /// Reading or writing the log or the work queue failed (retryable).
+    #[error("store: {0}")]
+    Store(String),
+    /// A NATS request (stream info, subscribe, consumer) failed.
+    #[error("nats: {0}")]
+    Nats(String),
+}
+
+impl SchedulerError {
+    fn store(e: impl std::fmt::Display) -> Self {
+        Self::Store(e.to_string())
+    }
+
+    fn nats(e: impl std::fmt::Display) -> Self {
+        Self::Nats(e.to_string())
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: EventStore,
+    pub(crate) opts: SchedulerOptions,
+    pub(crate) cluster: Cluster,
+    locks: Mutex<HashMap<ServiceId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Services with a timer pending, and when it fires.
+    timers: Mutex<HashMap<ServiceId, tokio::time::Instant>>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    me: std::sync::Weak<Inner>,
+}
+
+impl Inner {
+    /// One pass at a time per service in this copy.
+    pub(crate) fn service_lock(&self, service: &ServiceId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(service.clone()).or_default().clone()
+    }
+
+    /// Drives `service` again after `after`, unless an earlier timer is
+    /// already pending for it.
+    pub(crate) fn requeue(&self, service: &ServiceId, after: Duration) {
+        let at = tokio::time::Instant::now() + after;
+        {
+            let mut timers = self.timers.lock().unwrap_or_else(|p| p.into_inner());
+            match timers.get(service) {
+                Some(pending) if *pending <= at => return,
+                _ => {
+                    timers.insert(service.clone(), at);
+                }
+            }
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        let service = service.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = me.shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(at) => {}
+            }
+            {
+                let mut timers = me.timers.lock().unwrap_or_else(|p| p.into_inner());
+                if timers.get(&service) == Some(&at) {
+                    timers.remove(&service);
+                }
+            }
+            if let Err(e) = drive::drive(&me, &service).await {
+                tracing::warn!(service.id = %service, error = %e, "timed pass failed; retrying");
+                me.requeue(&service, Duration::from_secs(1));
+            }
+        });
+    }
+}
+
+/// The scheduler component.
+pub struct Scheduler {
+    store: EventStore,
+    opts: SchedulerOptions,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The scheduler as a component of `berth up` / `berth run scheduler`.
+pub fn component(store: EventStore, opts: SchedulerOptions) -> Scheduler {
+    Scheduler::new(store, opts)
+}
+
+impl Scheduler {
+    pub fn new(store: EventStore, opts: SchedulerOptions) -> Self {
+        Self { store, opts }
+    }
+
+    /// Schedules until `shutdown`; `ready` is set once the consumer exists
+    /// and the first sweep is done.
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+        ready: Option<ReadyFlag>,
+    ) -> Result<(), SchedulerError> {
+        let subjects = self.store.subjects().clone();
+        let inner = Arc::new_cyclic(|me| Inner {
+            cluster: Cluster::new(
+                self.store.clone(),
+                self.opts.heartbeat_timeout,
+                self.opts.readiness_window,
+            ),
+            store: self.store.clone(),
+            opts: self.opts.clone(),
+            locks: Mutex::default(),
+            timers: Mutex::default(),
+            tasks: TaskTracker::new(),
+            shutdown: shutdown.clone(),
+            me: me.clone(),
+        });
+        let heartbeats = self
+            .store
+            .client()
+            .subscribe(subjects.heartbeat())
+            .await
+            .map_err(SchedulerError::nats)?;
+        inner.cluster.refresh_nodes().await?;
+        let cfg = WorkerConfig {
+            description: Some("berth scheduler: every service commit drives its service".into()),
+            ack_wait: self.opts.ack_wait,
+            max_deliver: self.opts.max_deliver,
+            concurrency: self.opts.concurrency,
+            retry_delay: self.opts.retry_delay,
+            ..WorkerConfig::on_stream(
+                &self.opts.consumer,
+                &subjects.events_stream(),
+                &subjects.aggregate_kind("service"),
+                // What happened before the consumer existed is the sweep's.
+                DeliverPolicy::New,
+            )
+        };
+        let worker = self
+            .store
+            .worker(cfg)
+            .await
+            .map_err(SchedulerError::store)?;
+        sweep(&inner).await;
+        if let Some(r) = &ready {
+            r.set(true);
+        }
+        tracing::info!(consumer = %self.opts.consumer, "scheduler running");
+
+        let hb = tokio::spawn(listen(inner.clone(), heartbeats, shutdown.clone()));
+        let periodic = tokio::spawn(periodic(inner.clone(), shutdown.clone()));
+        if let Err(e) = worker.run(Arc::new(Commits(inner.clone())), shutdown).await {
+            tracing::error!(error = %e, "scheduler consumer stopped with an error");
+        }
+        let _ = hb.await;
+        let _ = periodic.await;
+        inner.tasks.close();
+        inner.tasks.wait().await;
+        if let Some(r) = &ready {
+            r.set(false);
+        }
+        tracing::info!("scheduler stopped");
+        Ok(())
+    }
+}
+
+impl Component for Scheduler {
+    fn name(&self) -> &'static str {
+        "scheduler"
+    }
+
+    fn run(self: Box<Self>, ctx: ComponentContext) -> BoxFuture<'static, Result<(), BoxError>> {
+        Box::pin(async move {
+            (*self)
+                .run(ctx.shutdown.clone(), Some(ctx.ready.clone()))
+                .await
+                .map_err(|e| Box::new(e) as BoxError)
+        })
+    }
+}
+
+/// Each commit on a service subject drives that service.
+struct Commits(Arc<Inner>);
+
+impl WorkHandler for Commits {
+    async fn handle(&self, job: Job) -> Result<(), WorkError> {
+        let commit = Commit::decode(&job.payload).map_err(|e| WorkError::Fatal(e.to_string()))?;
+        let Some(AggregateId::Service(service)) = commit.events.first().map(|e| &e.aggregate)
+        else {
+            return Ok(());
+        };
+        drive::drive(&self.0, service)
+            .instrument(
+                tracing::info_span!("drive", service.id = %service, stream.seq = job.stream_seq),
+            )
+            .await
+            .map_err(|e| WorkError::Retry(e.to_string()))
+    }
+}
+
+/// Drives every service (and reloads every node).
+async fn sweep(inner: &Arc<Inner>) {
+    if let Err(e) = inner.cluster.refresh_nodes().await {
+        tracing::warn!(error = %e, "sweep: nodes not reloaded");
+    }
+    let services = match inner.cluster.list("service").await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "sweep: services not listed");
+            return;
+        }
+    };
+    let ids: Vec<ServiceId> = services
+        .into_iter()
+        .filter_map(|a| match a {
+            AggregateId::Service(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    drive_all(inner, ids).await;
+}
+
+async fn drive_all(inner: &Arc<Inner>, services: Vec<ServiceId>) {
+    futures::stream::iter(services)
+        .for_each_concurrent(inner.opts.concurrency, |s| async move {
+            if let Err(e) = drive::drive(inner, &s).await {
+                tracing::warn!(service.id = %s, error = %e, "pass failed; retrying");
+                inner.requeue(&s, Duration::from_secs(1));
+            }
+        })
+        .await;
+}
+
+/// Sweeps every `sweep_interval`; checks for silent nodes more often.
+async fn periodic(inner: Arc<Inner>, shutdown: CancellationToken) {
+    let check_every = (inner.opts.heartbeat_timeout / 4).max(Duration::from_millis(50));
+    let mut check = tokio::time::interval(check_every);
+    let mut sweeps = tokio::time::interval(inner.opts.sweep_interval);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick of each fires at once; the start-up sweep already ran.
+    sweeps.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = sweeps.tick() => sweep(&inner).await,
+            _ = check.tick() => lost_check(&inner).await,
+        }
+    }
+}
+
+/// Declares silent nodes lost and drives the services that had instances there.
+async fn lost_check(inner: &Arc<Inner>) {
+    for (node, last) in inner.cluster.newly_silent() {
+        tracing::warn!(node.id = %node, last_heartbeat = %last, "node silent; declaring it lost");
+        let key = format!("lost-{node}-{}", last.timestamp_millis());
+        if let Err(e) = inner
+            .cluster
+            .decide_node(
+                &node,
+                NodeCommand::DeclareLost {
+                    last_heartbeat: last,
+                },
+                &key,
+            )
+            .await
+        {
+            tracing::warn!(node.id = %node, error = %e, "node_lost not recorded");
+            continue;
+        }
+        drive_all(inner, inner.cluster.services_on(&node)).await;
+    }
+}
+
+/// Follows heartbeats: unknown nodes are loaded, lost ones recover.
+async fn listen(inner: Arc<Inner>, mut sub: async_nats::Subscriber, shutdown: CancellationToken) {
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            m = sub.next() => match m { Some(m) => m, None => return },
+        };
+        let hb: berth_agent::Heartbeat = match serde_json::from_slice(&msg.payload) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(error = %e, "not a heartbeat");
+                continue;
+            }
+        };
+        if inner.cluster.heard(&hb.node) {
+            recover_or_load(&inner, &hb.node).await;
+        }
+    }
+}
+
+async fn recover_or_load(inner: &Arc<Inner>, node: &NodeId) {
+    if let Err(e) = inner.cluster.refresh_node(node).await {
+        tracing::warn!(node.id = %node, error = %e, "node not loaded");
+        return;
+    }
+    if inner.cluster.is_recorded_lost(node) {
+        tracing::info!(node.id = %node, "lost node heart-beats again");
+        let key = format!("recovered-{node}-{}", chrono::Utc::now().timestamp_millis());
+        if let Err(e) = inner
+            .cluster
+            .decide_node(node, NodeCommand::Recover, &key)
+            .await
+        {
+            tracing::warn!(node.id = %node, error = %e, "node_recovered not recorded");
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The cluster as this scheduler copy sees it: registered nodes (from their
+//! aggregates), when each was last heard (heartbeats on core NATS), and how
+//! much of each node the services' instances reserve (from the service
+//! states this copy last loaded). [`Cluster::view`] turns that into the
+//! domain's [`ClusterView`] for one decision.
+//!
+//! A node counts as lost once its aggregate says so, or once it has been
+//! silent for longer than the heartbeat timeout (then the lost check appends
+//! `node_lost`; several copies noticing the same silence append it once).
+//! Silence is measured from this copy's start for nodes it has not heard
+//! yet, so a restarted scheduler does not declare every node lost at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use berth_domain::node::{self as node_rules, NodeState};
+use berth_domain::scheduler::{ClusterView, NodeCapacity};
+use berth_domain::service::ServiceState;
+use berth_eventlog::{EventStore, NewEvent};
+use berth_schemas::ids::{NodeId, ServiceId};
+use berth_schemas::{Actor, AggregateId};
+use chrono::{DateTime, TimeDelta, Utc};
+use futures::StreamExt;
+
+use crate::SchedulerError;
+
+/// Reserved CPU and memory of one service's instances, per node.
+type Usage = Vec<(NodeId, u32, u32)>;
+
+#[derive(Debug)]
+pub(crate) struct Cluster {
+    store: EventStore,
+    timeout: Duration,
+    readiness_window: Duration,
+    started: DateTime<Utc>,
+    inner: Mutex<Known>,
+}
+
+#[derive(Debug, Default)]
+struct Known {
+    nodes: BTreeMap<NodeId, NodeState>,
+    heard: BTreeMap<NodeId, DateTime<Utc>>,
+    usage: HashMap<ServiceId, Usage>,
+}
+
+impl Cluster {
+    pub(crate) fn new(store: EventStore, timeout: Duration, readiness_window: Duration) -> Self {
+        Self {
+            store,
+            timeout,
+            readiness_window,
+            started: Utc::now(),
+            inner: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Known> {
+        // A panic while holding the lock cannot leave the maps half-updated
+        // in a way that matters: every entry is replaced whole.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The ids of every aggregate of `kind` in the log.
+    pub(crate) async fn list(&self, kind: &str) -> Result<Vec<AggregateId>, SchedulerError> {
+        let subjects = self.store.subjects();
+        let stream = self
+            .store
+            .jetstream()
+            .get_stream(subjects.events_stream())
+            .await
+            .map_err(SchedulerError::nats)?;
+        let mut listing = stream
+            .info_with_subjects(subjects.aggregate_kind(kind))
+            .await
+            .map_err(SchedulerError::nats)?;
+        let mut out = Vec::new();
+        while let Some(item) = listing.next().await {
+            let (subject, _) = item.map_err(SchedulerError::nats)?;
+            if let Some(id) = subject.rsplit('.').next().and_then(|s| s.parse().ok()) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reloads one node's aggregate.
+    pub(crate) async fn refresh_node(&self, node: &NodeId) -> Result<(), SchedulerError> {
+        let loaded = self
+            .store
+            .load(&AggregateId::Node(node.clone()))
+            .await
+            .map_err(SchedulerError::store)?;
+        let state = loaded
+            .events
+            .iter()
+            .fold(NodeState::default(), node_rules::fold);
+        self.lock().nodes.insert(node.clone(), state);
+        Ok(())
+    }
+
+    /// Reloads every node's aggregate.
+    pub(crate) async fn refresh_nodes(&self) -> Result<(), SchedulerError> {
+        for id in self.list("node").await? {
+            if let AggregateId::Node(n) = id {
+                self.refresh_node(&n).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A heartbeat from `node` arrived; true when the node is not known yet
+    /// or is recorded lost (the caller then reloads or recovers it).
+    pub(crate) fn heard(&self, node: &NodeId) -> bool {
+        let mut k = self.lock();
+        // Timed by the local clock: the node's own may be off.
+        k.heard.insert(node.clone(), Utc::now());
+        k.nodes.get(node).is_none_or(|s| s.lost)
+    }
+
+    /// True when the node's aggregate records it lost.
+    pub(crate) fn is_recorded_lost(&self, node: &NodeId) -> bool {
+        self.lock().nodes.get(node).is_some_and(|s| s.lost)
+    }
+
+    /// Remembers what `service`'s instances reserve.
+    pub(crate) fn record_service(&self, service: &ServiceId, state: &ServiceState) {
+        let usage: Usage = match &state.config {
+            Some(cfg) => state
+                .instances
+                .iter()
+                .map(|i| (i.node.clone(), cfg.plan.cpu_millis, cfg.plan.memory_mib))
+                .collect(),
+            None => Vec::new(),
+        };
+        self.lock().usage.insert(service.clone(), usage);
+    }
+
+    fn silent(&self, k: &Known, node: &NodeId, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let last = k.heard.get(node).copied().unwrap_or(self.started);
+        let timeout = TimeDelta::from_std(self.timeout).unwrap_or(TimeDelta::MAX);
+        (now.signed_duration_since(last) > timeout).then_some(last)
+    }
+
+    /// The cluster for one decision about `service` (its own instances are
+    /// not counted as reserved: the decision sees them itself).
+    pub(crate) fn view(&self, service: &ServiceId) -> ClusterView {
+        let now = Utc::now();
+        let k = self.lock();
+        let mut used: BTreeMap<&NodeId, (u32, u32)> = BTreeMap::new();
+        for (svc, usage) in &k.usage {
+            if svc == service {
+                continue;
+            }
+            for (n, cpu, mem) in usage {
+                let e = used.entry(n).or_default();
+                e.0 = e.0.saturating_add(*cpu);
+                e.1 = e.1.saturating_add(*mem);
+            }
+        }
+        let nodes = k
+            .nodes
+            .iter()
+            .filter_map(|(id, s)| {
+                let cap = s.registered.as_ref()?;
+                let (used_cpu, used_mem) = used.get(id).copied().unwrap_or_default();
+                Some(NodeCapacity {
+                    id: id.clone(),
+                    cpu_millis: cap.cpu_millis,
+                    memory_mib: cap.memory_mib,
+                    used_cpu,
+                    used_mem,
+                    lost: s.lost || self.silent(&k, id, now).is_some(),
+                })
+            })
+            .collect();
+        ClusterView {
+            nodes,
+            readiness_window: self.readiness_window,
+        }
+    }
+
+    /// Nodes silent for too long that are not recorded lost yet, with when
+    /// they were last heard.
+    pub(crate) fn newly_silent(&self) -> Vec<(NodeId, DateTime<Utc>)> {
+        let now = Utc::now();
+        let k = self.lock();
+        k.nodes
+            .iter()
+            .filter(|(_, s)| !s.lost && s.registered.is_some())
+            .filter_map(|(id, _)| self.silent(&k, id, now).map(|t| (id.clone(), t)))
+            .collect()
+    }
+
+    /// Every service whose last loaded state has an instance on `node`.
+    pub(crate) fn services_on(&self, node: &NodeId) -> Vec<ServiceId> {
+        self.lock()
+            .usage
+            .iter()
+            .filter(|(_, u)| u.iter().any(|(n, _, _)| n == node))
+            .map(|(s, _)| s.clone())
+            .collect()
+    }
+
+    /// Appends `command` on the node's aggregate and reloads it.
+    pub(crate) async fn decide_node(
+        &self,
+        node: &NodeId,
+        command: node_rules::Command,
+        key: &str,
+    ) -> Result<(), SchedulerError> {
+        let actor = Actor::system("scheduler");
+        self.store
+            .execute(
+                &AggregateId::Node(node.clone()),
+                key,
+                node_rules::fold,
+                |s: &NodeState| {
+                    node_rules::decide(s, command.clone()).map(|events| {
+                        events
+                            .into_iter()
+                            .map(|e| NewEvent::new(e, actor.clone()))
+                            .collect()
+                    })
+                },
+            )
+            .await
+            .map_err(|e| SchedulerError::Store(e.to_string()))?;
+        self.refresh_node(node).await
+    }
+}

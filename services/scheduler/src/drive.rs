@@ -1,0 +1,466 @@
+//! One service, one pass: load its state, move its running deploy along the
+//! pipeline, reconcile, and carry out the plan. Level-triggered and
+//! idempotent: every pass starts from the log, so a pass after a crash (or
+//! by another scheduler copy) finishes what an interrupted one began.
+//!
+//! Order of a pass; each append names the version the decision was made on
+//! (a conflict means someone else moved the service: load and decide again):
+//! 1. instances on a node recorded lost → `server_failed`;
+//! 2. the running deploy, once resolved: `pre_deploy_started` (then the
+//!    one-off is enqueued on a node, again on every pass until it ended —
+//!    the work queue dedupes by `Nats-Msg-Id`) or `update_started`; after a
+//!    successful pre-deploy, `update_started`; a cron job's deploy goes live
+//!    once updating (it has no instances);
+//! 3. [`reconcile`]: new and moved instances are appended in one decision
+//!    *before* any node hears of them; then every instance still only
+//!    scheduled gets its `RunInstance` enqueued with the instance id as
+//!    message id (so the enqueue a crash skipped is made up, and a repeat is
+//!    dropped by the queue); stops are enqueued the same way, or recorded
+//!    directly for instances no node will report (lost node, never
+//!    started); `MarkLive` / `FailDeploy` go through the service's rules.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use berth_domain::reference::Reference;
+use berth_domain::scheduler::{place, reconcile, Action, ClusterView, RandomIds, PLACEMENT_RETRY};
+use berth_domain::service::{self, Command, Deploy, InstancePhase, ServiceConfig, ServiceState};
+use berth_domain::Ctx;
+use berth_eventlog::{NewEvent, Version};
+use berth_schemas::commands::{NodeRunSpec, NodeWork, OneOffPurpose};
+use berth_schemas::events::{InstanceRescheduled, InstanceScheduled};
+use berth_schemas::ids::{DeployId, InstanceId, NodeId, ServiceId};
+use berth_schemas::model::{DeployPhase, DeployStatus, ServiceType};
+use berth_schemas::{Actor, AggregateId};
+use chrono::Utc;
+
+use crate::{Inner, SchedulerError};
+
+/// Passes of one drive before giving up (each after a conflict or a step).
+const MAX_ROUNDS: usize = 12;
+
+/// What a pass leaves to do.
+enum Next {
+    /// Nothing until the next event, or until `requeue`.
+    Done(Option<Duration>),
+    /// State moved (our append or someone else's): pass again.
+    Again,
+}
+
+/// Drives `service` until a pass has nothing left to do.
+pub(crate) async fn drive(inner: &Inner, service: &ServiceId) -> Result<(), SchedulerError> {
+    let lock = inner.service_lock(service);
+    let _held = lock.lock().await;
+    for _ in 0..MAX_ROUNDS {
+        match pass(inner, service).await? {
+            Next::Done(requeue) => {
+                if let Some(after) = requeue {
+                    inner.requeue(service, after);
+                }
+                return Ok(());
+            }
+            Next::Again => {}
+        }
+    }
+    // Busy, not broken: try again soon rather than fail the event.
+    inner.requeue(service, Duration::from_millis(200));
+    Ok(())
+}
+
+/// One decision on one loaded state.
+struct Pass<'a> {
+    inner: &'a Inner,
+    service: &'a ServiceId,
+    aggregate: AggregateId,
+    version: Version,
+    state: ServiceState,
+}
+
+impl Pass<'_> {
+    /// Decides `command` on the loaded state and appends the outcome at the
+    /// loaded version. True when something was appended (or someone else
+    /// changed the service): the caller passes again.
+    async fn decide(&self, command: Command, key: &str) -> Result<bool, SchedulerError> {
+        let what = format!("{command:?}");
+        let events = match service::decide(&self.state, command, &Ctx::default()) {
+            Ok(e) => e,
+            Err(e) => {
+                // The plan was made on this very state, so a refusal is a
+                // rule this scheduler disagrees with: log it, do not loop.
+                tracing::warn!(service.id = %self.service, command = %what, error = %e, "decision refused by the service rules");
+                return Ok(false);
+            }
+        };
+        if events.is_empty() {
+            return Ok(false);
+        }
+        let actor = Actor::system("scheduler");
+        let new: Vec<NewEvent> = events
+            .into_iter()
+            .map(|e| {
+                let corr = service::deploy_of(&e).cloned();
+                let n = NewEvent::new(e, actor.clone());
+                match corr {
+                    Some(d) => n.correlated(d),
+                    None => n,
+                }
+            })
+            .collect();
+        match self
+            .inner
+            .store
+            .append(&self.aggregate, self.version, new, key)
+            .await
+        {
+            Ok(a) => {
+                tracing::debug!(service.id = %self.service, key, duplicate = a.duplicate, "appended");
+                Ok(true)
+            }
+            Err(e) if e.is_conflict() => Ok(true),
+            Err(e) => Err(SchedulerError::Store(e.to_string())),
+        }
+    }
+
+    async fn enqueue(
+        &self,
+        node: &NodeId,
+        work: &NodeWork,
+        id: &str,
+    ) -> Result<(), SchedulerError> {
+        let payload = rmp_serde::to_vec_named(work)
+            .map_err(|e| SchedulerError::Store(format!("encoding work: {e}")))?;
+        self.inner
+            .store
+            .enqueue(
+                &berth_node::queue(node),
+                self.service.as_str(),
+                payload.into(),
+                id,
+            )
+            .await
+            .map_err(SchedulerError::store)?;
+        Ok(())
+    }
+
+    fn run_spec(
+        &self,
+        cfg: &ServiceConfig,
+        d: &Deploy,
+        instance: &InstanceId,
+        digest: &str,
+    ) -> Option<NodeRunSpec> {
+        let image = match Reference::parse(&d.image) {
+            Ok(r) => r.name(),
+            Err(e) => {
+                tracing::warn!(service.id = %self.service, deploy.id = %d.id, error = %e, "deploy image unparsable");
+                return None;
+            }
+        };
+        let port = match cfg.service_type {
+            ServiceType::WebService | ServiceType::PrivateService => {
+                Some(self.inner.opts.default_port)
+            }
+            _ => None,
+        };
+        Some(NodeRunSpec {
+            service: self.service.clone(),
+            deploy: d.id.clone(),
+            instance: instance.clone(),
+            image,
+            digest: digest.to_owned(),
+            credential: d.credential.clone(),
+            env: cfg.env_vars.clone(),
+            command: cfg.docker_command.clone(),
+            port,
+            plan: Some(cfg.plan.clone()),
+            shutdown_delay_secs: u32::from(cfg.shutdown_delay_secs),
+        })
+    }
+}
+
+/// The pre-deploy run of a deploy has a fixed id, so every pass enqueues
+/// the same one-off (and a node runs it at most once).
+fn pre_deploy_instance(deploy: &DeployId) -> Option<InstanceId> {
+    let body = deploy.as_str().split_once('-')?.1;
+    format!("ins-{body}").parse().ok()
+}
+
+async fn pass(inner: &Inner, service: &ServiceId) -> Result<Next, SchedulerError> {
+    let aggregate = AggregateId::Service(service.clone());
+    let loaded = inner
+        .store
+        .load(&aggregate)
+        .await
+        .map_err(SchedulerError::store)?;
+    let state = loaded
+        .events
+        .iter()
+        .fold(ServiceState::default(), service::fold);
+    inner.cluster.record_service(service, &state);
+    let Some(cfg) = state.config.clone() else {
+        return Ok(Next::Done(None));
+    };
+    let p = Pass {
+        inner,
+        service,
+        aggregate,
+        version: loaded.version,
+        state,
+    };
+    let view = inner.cluster.view(service);
+
+    // 1. Instances on a node recorded lost.
+    let lost: BTreeSet<NodeId> = p
+        .state
+        .instances
+        .iter()
+        .filter(|i| i.phase != InstancePhase::Lost && inner.cluster.is_recorded_lost(&i.node))
+        .map(|i| i.node.clone())
+        .collect();
+    if let Some(node) = lost.into_iter().next() {
+        let key = format!("server-failed-{node}-{}", p.version.stream_seq);
+        if p.decide(Command::RecordServerFailed { node }, &key).await? {
+            return Ok(Next::Again);
+        }
+    }
+
+    // 2. The running deploy's pipeline.
+    let mut requeue: Option<Duration> = None;
+    if let Some(d) = p.state.active_deploy().filter(|d| d.is_running()).cloned() {
+        match pipeline(&p, &cfg, &d, &view).await? {
+            Step::Moved => return Ok(Next::Again),
+            Step::Retry(after) => requeue = Some(after),
+            Step::Stay => {}
+        }
+    }
+
+    // 3. Reconcile and carry out.
+    let plan = reconcile(&p.state, &view, Utc::now(), &mut RandomIds);
+    let mut scheduled = Vec::new();
+    let mut rescheduled = Vec::new();
+    let mut stops = Vec::new();
+    let mut verdicts = Vec::new();
+    for a in plan.actions {
+        match a {
+            Action::Schedule {
+                instance,
+                deploy,
+                node,
+                digest,
+            } => scheduled.push(InstanceScheduled {
+                instance,
+                deploy,
+                node,
+                digest,
+            }),
+            Action::Reschedule {
+                instance,
+                replacement,
+                from_node,
+                to_node,
+                ..
+            } => rescheduled.push(InstanceRescheduled {
+                instance,
+                replacement,
+                from_node,
+                to_node,
+            }),
+            Action::Stop { instance } => stops.push(instance),
+            other => verdicts.push(other),
+        }
+    }
+    if let Some(first) = scheduled
+        .first()
+        .map(|s| s.instance.clone())
+        .or_else(|| rescheduled.first().map(|r| r.replacement.clone()))
+    {
+        let n = scheduled.len() + rescheduled.len();
+        tracing::info!(service.id = %service, new = scheduled.len(), moved = rescheduled.len(), "placing instances");
+        let key = format!("place-{first}-{n}");
+        if p.decide(
+            Command::Place {
+                scheduled,
+                rescheduled,
+            },
+            &key,
+        )
+        .await?
+        {
+            return Ok(Next::Again);
+        }
+    }
+
+    // Every instance placed but not started hears about it (again).
+    for i in p.state.instances.iter() {
+        if i.phase != InstancePhase::Scheduled || inner.cluster.is_recorded_lost(&i.node) {
+            continue;
+        }
+        if stops.contains(&i.id) {
+            continue;
+        }
+        let Some(d) = p.state.deploy(&i.deploy) else {
+            continue;
+        };
+        if let Some(spec) = p.run_spec(&cfg, d, &i.id, &i.digest) {
+            p.enqueue(&i.node, &NodeWork::RunInstance(spec), i.id.as_str())
+                .await?;
+        }
+    }
+
+    let mut release = Vec::new();
+    for id in stops {
+        let Some(i) = p.state.instances.get(&id) else {
+            continue;
+        };
+        let node_gone = i.phase == InstancePhase::Lost || inner.cluster.is_recorded_lost(&i.node);
+        if !node_gone {
+            let work = NodeWork::StopInstance {
+                service: service.clone(),
+                instance: id.clone(),
+            };
+            p.enqueue(&i.node, &work, &format!("stop-{id}")).await?;
+        }
+        if node_gone || i.phase == InstancePhase::Scheduled {
+            release.push(id);
+        }
+    }
+    if let Some(first) = release.first() {
+        let key = format!("release-{first}-{}", release.len());
+        if p.decide(Command::Release { instances: release }, &key)
+            .await?
+        {
+            return Ok(Next::Again);
+        }
+    }
+
+    for v in verdicts {
+        let (command, key) = match v {
+            Action::MarkLive { deploy, digest } => {
+                tracing::info!(service.id = %service, deploy.id = %deploy, "deploy live");
+                let key = format!("live-{deploy}");
+                (Command::RecordLive { deploy, digest }, key)
+            }
+            Action::FailDeploy { deploy, reason } => {
+                tracing::info!(service.id = %service, deploy.id = %deploy, reason = %reason, "deploy failed");
+                let key = format!("failed-{deploy}");
+                (
+                    Command::RecordFailed {
+                        deploy,
+                        status: DeployStatus::UpdateFailed,
+                        reason,
+                    },
+                    key,
+                )
+            }
+            _ => continue,
+        };
+        if p.decide(command, &key).await? {
+            return Ok(Next::Again);
+        }
+    }
+    let requeue = match (requeue, plan.requeue_after) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Ok(Next::Done(requeue))
+}
+
+/// What the pipeline step did.
+enum Step {
+    /// Appended: pass again.
+    Moved,
+    /// Waiting for something this pass cannot do; look again after this.
+    Retry(Duration),
+    /// Nothing to do at this stage.
+    Stay,
+}
+
+async fn pipeline(
+    p: &Pass<'_>,
+    cfg: &ServiceConfig,
+    d: &Deploy,
+    view: &ClusterView,
+) -> Result<Step, SchedulerError> {
+    let Some(digest) = d.digest().map(str::to_owned) else {
+        return Ok(Step::Stay);
+    };
+    let id = d.id.clone();
+    let moved = |b: bool| if b { Step::Moved } else { Step::Stay };
+    match (d.status, d.phase) {
+        (DeployStatus::UpdateInProgress, Some(DeployPhase::Pulling)) => {
+            if cfg.pre_deploy_command.is_some() {
+                let key = format!("pre-deploy-started-{id}");
+                Ok(moved(
+                    p.decide(Command::RecordPreDeployStarted { deploy: id }, &key)
+                        .await?,
+                ))
+            } else {
+                let key = format!("update-started-{id}");
+                Ok(moved(
+                    p.decide(Command::RecordUpdateStarted { deploy: id }, &key)
+                        .await?,
+                ))
+            }
+        }
+        (DeployStatus::PreDeployInProgress, _) => {
+            let (Some(instance), Some(command)) =
+                (pre_deploy_instance(&id), cfg.pre_deploy_command.clone())
+            else {
+                return Ok(Step::Stay);
+            };
+            // Any node with room; the queue's dedupe (same message id on
+            // every node's queue of the one work stream) keeps it one run.
+            let Some(node) = place(&view.nodes, &cfg.plan, 1, &[])
+                .ok()
+                .and_then(|v| v.into_iter().next())
+            else {
+                return Ok(Step::Retry(PLACEMENT_RETRY));
+            };
+            let Some(mut spec) = p.run_spec(cfg, d, &instance, &digest) else {
+                return Ok(Step::Stay);
+            };
+            spec.command = Some(command);
+            let work = NodeWork::RunOnce {
+                spec,
+                timeout_secs: p.inner.opts.pre_deploy_timeout_secs,
+                purpose: Some(OneOffPurpose::PreDeploy),
+            };
+            p.enqueue(&node, &work, &format!("pre-deploy-{id}")).await?;
+            Ok(Step::Stay)
+        }
+        (DeployStatus::UpdateInProgress, Some(DeployPhase::PreDeploy))
+            if d.pre_deploy.as_ref().is_some_and(|o| o.success) =>
+        {
+            let key = format!("update-started-{id}");
+            Ok(moved(
+                p.decide(Command::RecordUpdateStarted { deploy: id }, &key)
+                    .await?,
+            ))
+        }
+        (DeployStatus::UpdateInProgress, Some(DeployPhase::Updating))
+            if cfg.service_type == ServiceType::CronJob =>
+        {
+            // A cron job runs nothing between runs: resolved is ready.
+            let key = format!("live-{id}");
+            Ok(moved(
+                p.decide(Command::RecordLive { deploy: id, digest }, &key)
+                    .await?,
+            ))
+        }
+        _ => Ok(Step::Stay),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pre_deploy_run_id_is_fixed_per_deploy() {
+        let d = DeployId::generate();
+        let a = pre_deploy_instance(&d).unwrap();
+        assert_eq!(Some(a.clone()), pre_deploy_instance(&d));
+        assert_ne!(Some(a), pre_deploy_instance(&DeployId::generate()));
+    }
+}
