@@ -1,0 +1,427 @@
+//! The cron component end to end: real nats-server, registry, runc (as
+//! root) and the node component. A cron job's live deploy is set up with
+//! the service commands the resolver and scheduler would issue; runs are
+//! then started by the cron component's schedule (on a clock running 30–60×
+//! faster, so `* * * * *` fires every one or two seconds) or by
+//! `trigger_run`, dispatched to the node, pulled and run.
+
+use std::time::Duration;
+
+use berth_cron::{Clock, Cron, CronOptions};
+use berth_domain::service::{Command, CreateService, ServiceState};
+use berth_node::{Node, NodeOptions};
+use berth_oci::{ClientConfig, RetryPolicy};
+use berth_runtime::secrets::SecretKey;
+use berth_schemas::ids::{CronRunId, DeployId, NodeId, OwnerId, ServiceId, UserId};
+use berth_schemas::model::{PullFailureReason, ResolvedImage, Sealed, ServiceType};
+use berth_schemas::{Actor, AggregateId, Envelope, Event};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent_support;
+use crate::node_support::{types, World, REPO};
+
+fn node_options() -> NodeOptions {
+    NodeOptions {
+        dir: None,
+        name: "cron-node".into(),
+        cpu_millis: 4000,
+        memory_mib: 4096,
+        runc: "runc".into(),
+        concurrency: 4,
+        ack_wait: Duration::from_secs(10),
+        max_deliver: 3,
+        heartbeat: Duration::from_millis(500),
+        progress_interval: Duration::from_millis(200),
+        restart: agent_support::fast_restarts(),
+        client: ClientConfig {
+            retry: RetryPolicy::fast(),
+            ..ClientConfig::default()
+        },
+    }
+}
+
+/// A node and a cron component running in-process; stopped on drop.
+struct Running {
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    node: NodeId,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn start(w: &World, opts: CronOptions) -> Running {
+    let key = SecretKey::from_base64(&SecretKey::generate_base64()).unwrap();
+    let stop = CancellationToken::new();
+    let node_id = berth_node::load_or_create_id(&w.node_dir()).unwrap();
+    let node = Node::new(w.store.clone(), key, node_options());
+    let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
+    let (client, dir, s) = (w.client.clone(), w.node_dir(), stop.clone());
+    let node_task = tokio::spawn(async move {
+        node.serve(client, dir, s, move |r| {
+            let _ = ready_tx.send(r);
+        })
+        .await
+        .unwrap();
+    });
+    tokio::time::timeout(Duration::from_secs(20), ready_rx.wait_for(|r| *r))
+        .await
+        .expect("node ready within 20 s")
+        .unwrap();
+    let cron = Cron::new(w.store.clone(), opts);
+    let ready = berth_runtime::ReadyFlag::default();
+    let (r, s) = (ready.clone(), stop.clone());
+    let cron_task = tokio::spawn(async move {
+        cron.run(s, Some(r)).await.unwrap();
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !ready.get() {
+        assert!(std::time::Instant::now() < deadline, "cron not ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Running {
+        stop,
+        tasks: vec![node_task, cron_task],
+        node: node_id,
+    }
+}
+
+fn options(clock: Clock) -> CronOptions {
+    CronOptions {
+        tick: Duration::from_millis(100),
+        clock,
+        ..CronOptions::default()
+    }
+}
+
+/// A cron job of the registry's image, its first deploy live, as the
+/// resolver and the scheduler would have recorded it.
+async fn cron_job(w: &World, schedule: &str, command: &str) -> ServiceId {
+    let service = ServiceId::generate();
+    let deploy = DeployId::generate();
+    let mut create = CreateService::new(
+        OwnerId::User(UserId::generate()),
+        &format!("cron-{}", &service.as_str()[4..12]),
+        ServiceType::CronJob,
+        &format!("{}/{REPO}:v1", w.registry.host),
+        Sealed {
+            kid: "k".into(),
+            ciphertext: "x".into(),
+        },
+        deploy.clone(),
+    );
+    create.schedule = Some(schedule.to_owned());
+    create.docker_command = Some(command.to_owned());
+    create.shutdown_delay_secs = Some(1);
+    w.command(&service, Command::Create(Box::new(create))).await;
+    w.command(
+        &service,
+        Command::RecordResolved {
+            deploy: deploy.clone(),
+            image: ResolvedImage {
+                digest: w.digest.clone(),
+                index_digest: None,
+                compressed_size: 1,
+            },
+        },
+    )
+    .await;
+    w.command(
+        &service,
+        Command::RecordPulled {
+            deploy: deploy.clone(),
+            node: NodeId::generate(),
+            digest: w.digest.clone(),
+        },
+    )
+    .await;
+    w.command(
+        &service,
+        Command::RecordUpdateStarted {
+            deploy: deploy.clone(),
+        },
+    )
+    .await;
+    w.command(
+        &service,
+        Command::RecordLive {
+            deploy,
+            digest: w.digest.clone(),
+        },
+    )
+    .await;
+    service
+}
+
+/// Runs started, in order: (run, digest, manual, causation).
+fn started(events: &[Envelope]) -> Vec<(CronRunId, String, bool, Option<String>)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::CronJobRunStarted(s) => Some((
+                s.run.clone(),
+                s.digest.clone(),
+                s.manual,
+                e.causation_id.clone(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs ended: (run, status, exit code).
+fn ended(events: &[Envelope]) -> Vec<(CronRunId, String, Option<i32>)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::CronJobRunEnded(s) => Some((s.run.clone(), s.status.clone(), s.exit_code)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ended_count(events: &[Envelope]) -> usize {
+    ended(events).len()
+}
+
+async fn state(w: &World, service: &ServiceId) -> ServiceState {
+    w.store
+        .load(&AggregateId::Service(service.clone()))
+        .await
+        .unwrap()
+        .events
+        .iter()
+        .fold(ServiceState::default(), berth_domain::service::fold)
+}
+
+/// Containers the node's runc knows now.
+fn containers(w: &World) -> Vec<String> {
+    if !w.runc_root().exists() {
+        return vec![];
+    }
+    agent_support::runc_list(&w.runc_root())
+}
+
+async fn wait_containers(w: &World, within: Duration, pred: impl Fn(&[String]) -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let c = containers(w);
+        if pred(&c) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "containers not as expected within {within:?}: {c:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn instance_of(run: &CronRunId) -> String {
+    berth_cron::run_instance(run).unwrap().to_string()
+}
+
+#[tokio::test]
+async fn runs_on_schedule_each_recording_digest_and_exit_code() {
+    let w = World::start().await;
+    // 30× faster: `* * * * *` is due every 2 s of real time.
+    let _r = start(&w, options(Clock::accelerated(30))).await;
+    let service = cron_job(&w, "* * * * *", "sh -c 'echo ran; exit 3'").await;
+
+    let events = w
+        .wait_events(&service, Duration::from_secs(60), |e| ended_count(e) >= 2)
+        .await;
+    let s = started(&events);
+    let e = ended(&events);
+    assert!(s.len() >= 2, "{:?}", types(&events));
+    for i in 0..2 {
+        let (run, digest, manual, cause) = &s[i];
+        assert_eq!(digest, &w.digest, "run {i} ran the live digest");
+        assert!(!manual);
+        assert!(
+            cause
+                .as_deref()
+                .is_some_and(|c| c.starts_with("cron-schedule:")),
+            "{cause:?}"
+        );
+        assert_eq!(
+            e[i],
+            (run.clone(), "failed".to_owned(), Some(3)),
+            "run {i} ended with the command's exit code"
+        );
+    }
+    // Two different due times, one schedule minute apart (or more, if one
+    // was skipped while the first ran).
+    let at = |i: usize| {
+        let c = s[i].3.as_deref().unwrap();
+        chrono::DateTime::parse_from_rfc3339(c.strip_prefix("cron-schedule:").unwrap()).unwrap()
+    };
+    assert!((at(1) - at(0)).num_seconds() >= 60, "{} {}", at(0), at(1));
+    assert_eq!((at(1) - at(0)).num_seconds() % 60, 0);
+    // Each run pulled on the node: manifest fetched per run (pull facts).
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(&e.event, Event::ImagePulled(p) if p.digest == w.digest)),
+        "{:?}",
+        types(&events)
+    );
+    // Nothing left running.
+    wait_containers(&w, Duration::from_secs(10), |c| c.is_empty()).await;
+}
+
+#[tokio::test]
+async fn a_due_time_during_an_active_run_is_skipped_and_recorded() {
+    let w = World::start().await;
+    // 60×: due every second; each run sleeps 4 s.
+    let _r = start(&w, options(Clock::accelerated(60))).await;
+    let service = cron_job(&w, "* * * * *", "sleep 4").await;
+
+    let events = w
+        .wait_events(&service, Duration::from_secs(60), |e| {
+            ended_count(e) >= 1
+                && e.iter()
+                    .any(|x| matches!(x.event, Event::CronJobRunSkipped(_)))
+        })
+        .await;
+    let first = &started(&events)[0].0;
+    let skip = events
+        .iter()
+        .find_map(|e| match &e.event {
+            Event::CronJobRunSkipped(s) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        &skip.active_run, first,
+        "skipped because the first was active"
+    );
+    let (run, status, code) = &ended(&events)[0];
+    assert_eq!((run, status.as_str(), *code), (first, "succeeded", Some(0)));
+    // Never two runs active: every start after the first comes after an end.
+    let mut active = 0i32;
+    for e in &events {
+        match &e.event {
+            Event::CronJobRunStarted(_) => active += 1,
+            Event::CronJobRunEnded(_) => active -= 1,
+            _ => {}
+        }
+        assert!(active <= 1, "two runs active: {:?}", types(&events));
+    }
+}
+
+#[tokio::test]
+async fn manual_trigger_cancels_the_active_run_and_cancel_stops_it() {
+    let w = World::start().await;
+    // A schedule that is never due during the test.
+    let _r = start(&w, options(Clock::System)).await;
+    let service = cron_job(&w, "0 0 1 1 *", "sleep 60").await;
+    let actor = Actor::system("test");
+
+    let run1 = berth_cron::trigger_run(&w.store, &service, &actor)
+        .await
+        .unwrap();
+    let i1 = instance_of(&run1);
+    wait_containers(&w, Duration::from_secs(30), |c| c.contains(&i1)).await;
+
+    let run2 = berth_cron::trigger_run(&w.store, &service, &actor)
+        .await
+        .unwrap();
+    let i2 = instance_of(&run2);
+    // The first run is recorded canceled at once and its container stops;
+    // the second runs.
+    let events = w
+        .wait_events(&service, Duration::from_secs(5), |e| ended_count(e) >= 1)
+        .await;
+    assert_eq!(
+        ended(&events)[0],
+        (run1.clone(), "canceled".to_owned(), None)
+    );
+    wait_containers(&w, Duration::from_secs(30), |c| {
+        c.contains(&i2) && !c.contains(&i1)
+    })
+    .await;
+    let s = state(&w, &service).await;
+    assert_eq!(s.cron.active.as_ref().map(|r| &r.id), Some(&run2));
+    assert!(s.cron.active.as_ref().unwrap().manual);
+
+    // Cancel: recorded, container gone, nothing else ends later.
+    berth_cron::cancel_run(&w.store, &service, &run2, &actor)
+        .await
+        .unwrap();
+    wait_containers(&w, Duration::from_secs(30), |c| !c.contains(&i2)).await;
+    let events = w.events_after(&service, Duration::from_secs(2)).await;
+    assert_eq!(
+        ended(&events),
+        vec![
+            (run1, "canceled".to_owned(), None),
+            (run2, "canceled".to_owned(), None)
+        ],
+        "{:?}",
+        types(&events)
+    );
+    assert_eq!(state(&w, &service).await.cron.active, None);
+}
+
+#[tokio::test]
+async fn a_deleted_image_fails_the_run_with_image_pull_failed() {
+    let w = World::start().await;
+    let r = start(&w, options(Clock::System)).await;
+    let service = cron_job(&w, "0 0 1 1 *", "true").await;
+    w.registry.delete_manifest(REPO, &w.digest).await.unwrap();
+
+    let run = berth_cron::trigger_run(&w.store, &service, &Actor::system("test"))
+        .await
+        .unwrap();
+    let events = w
+        .wait_events(&service, Duration::from_secs(60), |e| ended_count(e) >= 1)
+        .await;
+    let failed = events
+        .iter()
+        .find_map(|e| match &e.event {
+            Event::ImagePullFailed(f) => Some(f.clone()),
+            _ => None,
+        })
+        .expect("image_pull_failed recorded");
+    assert_eq!(failed.reason, PullFailureReason::ImageNotFound);
+    assert_eq!(failed.node.as_ref(), Some(&r.node));
+    assert!(failed.image.ends_with(&w.digest), "{}", failed.image);
+    assert_eq!(ended(&events), vec![(run, "failed".to_owned(), None)]);
+    // The live deploy is untouched.
+    let s = state(&w, &service).await;
+    assert_eq!(s.current_digest(), Some(w.digest.as_str()));
+    assert!(containers(&w).is_empty());
+}
+
+#[tokio::test]
+async fn a_run_past_its_cap_is_stopped_as_timed_out() {
+    let w = World::start().await;
+    let opts = CronOptions {
+        run_timeout: Duration::from_secs(2),
+        ..options(Clock::System)
+    };
+    let _r = start(&w, opts).await;
+    let service = cron_job(&w, "0 0 1 1 *", "sleep 60").await;
+    let run = berth_cron::trigger_run(&w.store, &service, &Actor::system("test"))
+        .await
+        .unwrap();
+    let began = std::time::Instant::now();
+    let events = w
+        .wait_events(&service, Duration::from_secs(40), |e| ended_count(e) >= 1)
+        .await;
+    assert_eq!(ended(&events), vec![(run, "timed_out".to_owned(), None)]);
+    // Cap (2 s) + pull + SIGTERM→SIGKILL delay (1 s): far below the sleep.
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        began.elapsed()
+    );
+    wait_containers(&w, Duration::from_secs(10), |c| c.is_empty()).await;
+}
