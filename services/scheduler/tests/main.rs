@@ -1,2 +1,11 @@
-//! Integration tests of berth-scheduler against real servers, one binary.
+//! Integration tests of berth-scheduler against real servers, one binary:
+//! real nats-server, registry and runc; two node components, the resolver
+//! and the scheduler per test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+// The agent tests' busybox image and runc helpers, shared as they are.
+#[path = "../../../tests/tests/agent_support/mod.rs"]
+mod agent_support;
+mod support;
+
+mod deploys;

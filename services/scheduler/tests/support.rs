@@ -1,0 +1,439 @@
+//! Setup for the scheduler tests: a real nats-server with the event store
+//! under a unique prefix, a registry holding two versions of a busybox
+//! image, the resolver component, node components (each with its own data
+//! dir, node id and runc root) and the scheduler, plus helpers to create and
+//! deploy services and to wait for facts in the log.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_domain::service::{self, Command, CreateService, DeployRequest, ServiceState};
+use berth_domain::Ctx;
+use berth_eventlog::{EventStore, NewEvent, StoreConfig};
+use berth_node::{Node, NodeOptions};
+use berth_oci::{ClientConfig, RetryPolicy};
+use berth_resolver::{Resolver, ResolverOptions};
+use berth_runtime::secrets::SecretKey;
+use berth_scheduler::{Scheduler, SchedulerOptions};
+use berth_schemas::events::InstanceHealthy;
+use berth_schemas::ids::{DeployId, InstanceId, NodeId, OwnerId, ServiceId, UserId};
+use berth_schemas::model::{DeployTrigger, Sealed, ServiceType};
+use berth_schemas::{Actor, AggregateId, Envelope, Event, Subjects};
+use berth_tests::registry::{Registry, RegistryAuth};
+use berth_tests::{NatsServer, NatsVersion};
+use serde_json::json;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent_support::{busybox_image, mounts_under, runc_list};
+
+pub const REPO: &str = "app/web";
+
+/// Until the node reports health itself (issue S2), the tests mark every
+/// started instance healthy shortly after `instance_started`, as the
+/// node's grace-period check for workers would. Set to false once the node
+/// appends `instance_healthy` on its own.
+pub const HEALTH_STAND_IN: bool = true;
+
+/// Scheduler options for tests: quick lost-node detection and sweeps.
+pub fn scheduler_options() -> SchedulerOptions {
+    SchedulerOptions {
+        heartbeat_timeout: Duration::from_secs(3),
+        sweep_interval: Duration::from_secs(2),
+        readiness_window: Duration::from_secs(60),
+        ack_wait: Duration::from_secs(5),
+        ..SchedulerOptions::default()
+    }
+}
+
+pub fn node_options(name: &str, dir: &Path) -> NodeOptions {
+    NodeOptions {
+        dir: Some(dir.to_owned()),
+        name: name.into(),
+        cpu_millis: 8000,
+        memory_mib: 8192,
+        runc: "runc".into(),
+        concurrency: 4,
+        ack_wait: Duration::from_secs(10),
+        max_deliver: 3,
+        heartbeat: Duration::from_millis(200),
+        progress_interval: Duration::from_millis(100),
+        restart: crate::agent_support::fast_restarts(),
+        client: ClientConfig {
+            retry: RetryPolicy::fast(),
+            ..ClientConfig::default()
+        },
+    }
+}
+
+fn resolver_options() -> ResolverOptions {
+    let mut o = ResolverOptions::default();
+    for c in [&mut o.deploy_client, &mut o.check_client] {
+        c.retry = RetryPolicy::fast();
+    }
+    o.ack_wait = Duration::from_secs(5);
+    o.retry_delay = Duration::from_millis(100);
+    o
+}
+
+/// A running node component.
+pub struct RunningNode {
+    pub id: NodeId,
+    pub dir: PathBuf,
+    pub stop: CancellationToken,
+    pub task: Option<JoinHandle<Result<(), berth_node::NodeError>>>,
+}
+
+impl RunningNode {
+    pub fn runc_root(&self) -> PathBuf {
+        self.dir.join("agent").join("runc")
+    }
+
+    /// Container ids runc shows for this node.
+    pub fn containers(&self) -> Vec<String> {
+        if self.runc_root().exists() {
+            runc_list(&self.runc_root())
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Stops the component (containers keep running: they are detached).
+    pub async fn stop(&mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .expect("node stops within 30 s")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    /// Kills every container of this node, as a machine dying would.
+    pub fn kill_containers(&self) {
+        for id in self.containers() {
+            let _ = std::process::Command::new("runc")
+                .arg("--root")
+                .arg(self.runc_root())
+                .args(["delete", "--force", &id])
+                .status();
+        }
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.kill_containers();
+        for m in mounts_under(&self.dir) {
+            let _ = std::process::Command::new("umount")
+                .args(["-l", &m])
+                .status();
+        }
+    }
+}
+
+/// NATS, store, registry with two image versions, resolver.
+pub struct World {
+    pub nats: NatsServer,
+    pub client: async_nats::Client,
+    pub store: EventStore,
+    pub registry: Registry,
+    /// Digests of `:v1` and `:v2`.
+    pub v1: String,
+    pub v2: String,
+    pub key: SecretKey,
+    pub dir: tempfile::TempDir,
+    pub shutdown: CancellationToken,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl World {
+    pub async fn start() -> World {
+        crate::agent_support::require_root_and_runc();
+        berth_tests::init_tracing();
+        let nats = NatsServer::start(NatsVersion::Modern).unwrap();
+        let client = nats.connect().await.unwrap();
+        let store = EventStore::open(
+            client.clone(),
+            berth_tests::unique_subjects(),
+            StoreConfig::default(),
+        )
+        .await
+        .unwrap();
+        let registry = Registry::start(RegistryAuth::None).await.unwrap();
+        let cfg = |v: &str| json!({ "Cmd": ["/bin/sh"], "Env": ["PATH=/bin", format!("V={v}")] });
+        let v1 = busybox_image(cfg("1"));
+        let v2 = busybox_image(cfg("2"));
+        registry.push_image(REPO, "v1", &v1).await.unwrap();
+        registry.push_image(REPO, "v2", &v2).await.unwrap();
+        let key = SecretKey::from_base64(&SecretKey::generate_base64()).unwrap();
+        let w = World {
+            nats,
+            client,
+            store,
+            registry,
+            v1: v1.digest,
+            v2: v2.digest,
+            key,
+            dir: tempfile::tempdir().unwrap(),
+            shutdown: CancellationToken::new(),
+        };
+        let resolver = Resolver::new(w.store.clone(), w.key.clone(), resolver_options()).unwrap();
+        let sd = w.shutdown.clone();
+        tokio::spawn(async move { resolver.run(sd, None).await.unwrap() });
+        if HEALTH_STAND_IN {
+            tokio::spawn(health_stand_in(w.store.clone(), w.shutdown.clone()));
+        }
+        w
+    }
+
+    pub fn subjects(&self) -> &Subjects {
+        self.store.subjects()
+    }
+
+    pub async fn start_node(&self, name: &str) -> RunningNode {
+        let dir = self.dir.path().join(name);
+        let id = berth_node::load_or_create_id(&dir).unwrap();
+        let node = Node::new(
+            self.store.clone(),
+            self.key.clone(),
+            node_options(name, &dir),
+        );
+        let stop = self.shutdown.child_token();
+        let (tx, mut rx) = tokio::sync::watch::channel(false);
+        let task =
+            tokio::spawn(
+                node.serve(self.client.clone(), dir.clone(), stop.clone(), move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+        tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|r| *r))
+            .await
+            .expect("node ready within 20 s")
+            .unwrap();
+        RunningNode {
+            id,
+            dir,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// A scheduler in this process; cancel the token to stop it.
+    pub async fn start_scheduler(&self) -> (CancellationToken, JoinHandle<()>) {
+        let stop = self.shutdown.child_token();
+        let ready = berth_runtime::ReadyFlag::default();
+        let s = Scheduler::new(self.store.clone(), scheduler_options());
+        let (sd, rd) = (stop.clone(), ready.clone());
+        let task = tokio::spawn(async move { s.run(sd, Some(rd)).await.unwrap() });
+        let t0 = Instant::now();
+        while !ready.get() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "scheduler not ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (stop, task)
+    }
+
+    pub fn image(&self, tag: &str) -> String {
+        format!("{}/{REPO}:{tag}", self.registry.host)
+    }
+
+    /// Creates a service of `:v1`; `edit` adjusts the creation first.
+    pub async fn create(
+        &self,
+        service_type: ServiceType,
+        edit: impl FnOnce(&mut CreateService),
+    ) -> (ServiceId, DeployId) {
+        let service = ServiceId::generate();
+        let deploy = DeployId::generate();
+        let mut c = CreateService::new(
+            OwnerId::User(UserId::generate()),
+            &format!("svc-{}", &service.as_str()[4..12]),
+            service_type,
+            &self.image("v1"),
+            Sealed {
+                kid: "k".into(),
+                ciphertext: "x".into(),
+            },
+            deploy.clone(),
+        );
+        c.docker_command = Some("sleep 600".into());
+        c.shutdown_delay_secs = Some(1);
+        edit(&mut c);
+        self.command(&service, Command::Create(Box::new(c))).await;
+        (service, deploy)
+    }
+
+    /// Requests a deploy of `:tag`.
+    pub async fn deploy(&self, service: &ServiceId, tag: &str) -> DeployId {
+        let d = DeployId::generate();
+        self.command(
+            service,
+            Command::RequestDeploy(DeployRequest::with_image(
+                d.clone(),
+                DeployTrigger::Api,
+                &self.image(tag),
+            )),
+        )
+        .await;
+        d
+    }
+
+    /// Runs a service command as the API would.
+    pub async fn command(&self, service: &ServiceId, command: Command) {
+        self.store
+            .execute(
+                &AggregateId::Service(service.clone()),
+                &format!("test-{}", InstanceId::generate()),
+                service::fold,
+                |s| {
+                    Ok::<_, berth_domain::DomainError>(
+                        service::decide(s, command.clone(), &Ctx::default())?
+                            .into_iter()
+                            .map(|e| NewEvent::new(e, Actor::system("test")))
+                            .collect(),
+                    )
+                },
+            )
+            .await
+            .unwrap();
+    }
+
+    pub async fn events(&self, service: &ServiceId) -> Vec<Envelope> {
+        self.store
+            .load(&AggregateId::Service(service.clone()))
+            .await
+            .unwrap()
+            .events
+    }
+
+    pub async fn state(&self, service: &ServiceId) -> ServiceState {
+        self.events(service)
+            .await
+            .iter()
+            .fold(ServiceState::default(), service::fold)
+    }
+
+    /// The service's events once `pred` holds (polls the log).
+    pub async fn wait_events(
+        &self,
+        service: &ServiceId,
+        within: Duration,
+        what: &str,
+        pred: impl Fn(&[Envelope]) -> bool,
+    ) -> Vec<Envelope> {
+        let deadline = Instant::now() + within;
+        loop {
+            let events = self.events(service).await;
+            if pred(&events) {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {within:?}; events: {:?}",
+                types(&events)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `deploy` is live.
+    pub async fn wait_live(&self, service: &ServiceId, deploy: &DeployId) -> Vec<Envelope> {
+        self.wait_events(service, Duration::from_secs(90), "deploy live", |ev| {
+            ev.iter()
+                .any(|e| matches!(&e.event, Event::DeployLive(l) if &l.deploy == deploy))
+        })
+        .await
+    }
+}
+
+/// Event type names, in order.
+pub fn types(events: &[Envelope]) -> Vec<&'static str> {
+    events.iter().map(|e| e.event.type_name()).collect()
+}
+
+pub fn count(events: &[Envelope], type_name: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| e.event.type_name() == type_name)
+        .count()
+}
+
+/// Position of the first event of `type_name`.
+pub fn pos(events: &[Envelope], type_name: &str) -> Option<usize> {
+    events.iter().position(|e| e.event.type_name() == type_name)
+}
+
+/// Every container of every node.
+pub fn containers(nodes: &[&RunningNode]) -> Vec<String> {
+    let mut all: Vec<String> = nodes.iter().flat_map(|n| n.containers()).collect();
+    all.sort();
+    all
+}
+
+/// Marks started instances healthy (see [`HEALTH_STAND_IN`]).
+async fn health_stand_in(store: EventStore, shutdown: CancellationToken) {
+    use futures::StreamExt;
+    let subjects = store.subjects().clone();
+    let Ok(mut sub) = store
+        .client()
+        .subscribe(subjects.aggregate_kind("service"))
+        .await
+    else {
+        return;
+    };
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            m = sub.next() => match m { Some(m) => m, None => return },
+        };
+        let Ok(commit) = berth_schemas::Commit::decode(&msg.payload) else {
+            continue;
+        };
+        for env in commit.events {
+            let Event::InstanceStarted(started) = &env.event else {
+                continue;
+            };
+            let instance = started.instance.clone();
+            let aggregate = env.aggregate.clone();
+            let store = store.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = store
+                    .execute(
+                        &aggregate,
+                        &format!("stand-in-healthy-{instance}"),
+                        service::fold,
+                        |s: &ServiceState| {
+                            let running = s.instances.get(&instance).is_some_and(|i| {
+                                i.phase == berth_domain::service::InstancePhase::Running
+                            });
+                            Ok::<_, berth_domain::DomainError>(if running {
+                                vec![NewEvent::new(
+                                    InstanceHealthy {
+                                        instance: instance.clone(),
+                                    },
+                                    Actor::system("test-health"),
+                                )]
+                            } else {
+                                vec![]
+                            })
+                        },
+                    )
+                    .await;
+            });
+        }
+    }
+}
