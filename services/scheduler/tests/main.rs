@@ -9,3 +9,5 @@ mod agent_support;
 mod support;
 
 mod deploys;
+mod pre_deploy;
+mod scale;
