@@ -8,6 +8,8 @@
 mod agent_support;
 mod support;
 
+mod crash;
 mod deploys;
+mod lost_node;
 mod pre_deploy;
 mod scale;

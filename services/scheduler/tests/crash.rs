@@ -1,0 +1,127 @@
+//! Crashes and copies: a scheduler killed with SIGKILL mid-deploy and
+//! started again finishes the deploy exactly once with exactly the wanted
+//! containers; two copies at once place each instance once.
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use berth_eventlog::{EventStore, StoreConfig};
+use berth_scheduler::Scheduler;
+use berth_schemas::model::ServiceType;
+use berth_schemas::{Event, Subjects};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{containers, count, scheduler_options, types, World};
+
+const URL_ENV: &str = "BERTH_TEST_NATS_URL";
+const PREFIX_ENV: &str = "BERTH_TEST_PREFIX";
+
+/// The scheduler in a child process (this test binary, re-executed).
+#[tokio::test]
+#[ignore = "run by scheduler_killed_mid_deploy in a child process"]
+async fn child_scheduler() {
+    if !berth_tests::is_alone() {
+        return;
+    }
+    berth_tests::init_tracing();
+    let client = async_nats::connect(std::env::var(URL_ENV).unwrap())
+        .await
+        .unwrap();
+    let subjects = Subjects::new(&std::env::var(PREFIX_ENV).unwrap()).unwrap();
+    let store = EventStore::open(client, subjects, StoreConfig::default())
+        .await
+        .unwrap();
+    Scheduler::new(store, scheduler_options())
+        .run(CancellationToken::new(), None)
+        .await
+        .unwrap();
+}
+
+fn spawn_child(w: &World) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "crash::child_scheduler",
+            "--nocapture",
+        ])
+        .env(berth_tests::ALONE_ENV, "1")
+        .env(URL_ENV, w.nats.url())
+        .env(PREFIX_ENV, w.subjects().prefix())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scheduler_killed_mid_deploy_finishes_it_exactly_once() {
+    let w = World::start().await;
+    let n1 = w.start_node("n1").await;
+    let n2 = w.start_node("n2").await;
+    let mut child = spawn_child(&w);
+    let (svc, d1) = w
+        .create(ServiceType::BackgroundWorker, |c| c.num_instances = Some(3))
+        .await;
+    // Kill as soon as the update has begun: instances being placed.
+    let t0 = Instant::now();
+    loop {
+        let ev = w.events(&svc).await;
+        if count(&ev, "update_started") + count(&ev, "instance_scheduled") > 0 {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            assert_eq!(
+                count(&w.events(&svc).await, "deploy_live"),
+                0,
+                "killed too late to be mid-deploy"
+            );
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", types(&ev));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let mut again = spawn_child(&w);
+    w.wait_live(&svc, &d1).await;
+    // Let a restarted copy do anything wrong it would do.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ev = w.events(&svc).await;
+    let t = types(&ev);
+    assert_eq!(count(&ev, "deploy_live"), 1, "{t:?}");
+    assert_eq!(count(&ev, "instance_scheduled"), 3, "{t:?}");
+    assert_eq!(count(&ev, "instance_stopped"), 0, "{t:?}");
+    let s = w.state(&svc).await;
+    let ids: Vec<String> = s.instances.iter().map(|i| i.id.to_string()).collect();
+    assert_eq!(ids.len(), 3);
+    assert!(s.instances.iter().all(|i| i.is_healthy()));
+    assert_eq!(
+        containers(&[&n1, &n2]),
+        ids,
+        "orphaned or missing containers"
+    );
+    again.kill().unwrap();
+    again.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_scheduler_copies_place_each_instance_once() {
+    let w = World::start().await;
+    let n1 = w.start_node("n1").await;
+    let n2 = w.start_node("n2").await;
+    let _a = w.start_scheduler().await;
+    let _b = w.start_scheduler().await;
+    let (svc, d1) = w
+        .create(ServiceType::BackgroundWorker, |c| c.num_instances = Some(4))
+        .await;
+    w.wait_live(&svc, &d1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ev = w.events(&svc).await;
+    let t = types(&ev);
+    assert_eq!(count(&ev, "instance_scheduled"), 4, "{t:?}");
+    assert_eq!(count(&ev, "update_started"), 1, "{t:?}");
+    assert_eq!(count(&ev, "deploy_live"), 1, "{t:?}");
+    let s = w.state(&svc).await;
+    let ids: Vec<String> = s.instances.iter().map(|i| i.id.to_string()).collect();
+    assert_eq!(containers(&[&n1, &n2]), ids);
+    assert!(ev
+        .iter()
+        .all(|e| !matches!(e.event, Event::InstanceStopped(_))));
+}
