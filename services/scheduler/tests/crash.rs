@@ -37,8 +37,25 @@ async fn child_scheduler() {
         .unwrap();
 }
 
-fn spawn_child(w: &World) -> Child {
-    Command::new(std::env::current_exe().unwrap())
+/// A child scheduler process, SIGKILLed (and reaped) on drop at the latest.
+struct ChildScheduler(Child);
+
+impl ChildScheduler {
+    fn kill9(&mut self) {
+        // `Child::kill` is SIGKILL on unix.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ChildScheduler {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn spawn_child(w: &World) -> ChildScheduler {
+    let child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--ignored",
             "--exact",
@@ -49,7 +66,8 @@ fn spawn_child(w: &World) -> Child {
         .env(URL_ENV, w.nats.url())
         .env(PREFIX_ENV, w.subjects().prefix())
         .spawn()
-        .unwrap()
+        .unwrap();
+    ChildScheduler(child)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -66,8 +84,7 @@ async fn scheduler_killed_mid_deploy_finishes_it_exactly_once() {
     loop {
         let ev = w.events(&svc).await;
         if count(&ev, "update_started") + count(&ev, "instance_scheduled") > 0 {
-            child.kill().unwrap();
-            child.wait().unwrap();
+            child.kill9();
             assert_eq!(
                 count(&w.events(&svc).await, "deploy_live"),
                 0,
@@ -97,8 +114,7 @@ async fn scheduler_killed_mid_deploy_finishes_it_exactly_once() {
         ids,
         "orphaned or missing containers"
     );
-    again.kill().unwrap();
-    again.wait().unwrap();
+    again.kill9();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
