@@ -11,6 +11,9 @@
 //!   rotate, remove; tokens sealed with the operator's key, never returned;
 //! - [`services`]: service creation with image verification by the resolver
 //!   before anything is appended (SPEC §4), and deletion;
+//! - [`ops`]: operations on a service (scale, restart, deploy, rollback,
+//!   cancel, suspend/resume, update, hook keys, cron runs, the deploy hook);
+//! - [`owners`]: API keys and notification defaults;
 //! - [`check`]: the request/reply client of the resolver's image check;
 //! - [`projection`]: the read model behind credential listings.
 //!
@@ -21,6 +24,8 @@ pub mod check;
 pub mod credentials;
 mod error;
 mod exec;
+pub mod ops;
+pub mod owners;
 pub mod projection;
 pub mod services;
 
@@ -40,6 +45,8 @@ use tokio_util::task::TaskTracker;
 pub use check::{CheckError, ImageChecker};
 pub use credentials::{CredentialView, NewCredential, Rotation};
 pub use error::IngressError;
+pub use ops::{HookError, Scope};
+pub use owners::{api_key_sha256, ApiKeyView, OwnerNotifications, API_KEY_PREFIX};
 pub use projection::CredentialIndex;
 pub use services::{CreatedService, NewService};
 

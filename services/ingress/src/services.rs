@@ -112,7 +112,7 @@ fn decide_owned(
     }
 }
 
-fn hook_key() -> Secret {
+pub(crate) fn hook_key() -> Secret {
     let mut bytes = [0u8; 24];
     rand::rng().fill_bytes(&mut bytes);
     Secret::new(data_encoding::BASE64URL_NOPAD.encode(&bytes))

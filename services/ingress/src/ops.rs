@@ -1,0 +1,442 @@
+//! Operations on an existing service, shared by the HTTP API and the bus
+//! commands (SPEC §6, §7, §11, §12): update, scale, restart, suspend,
+//! resume, deploy, cancel, rollback, hook-key regeneration, cron runs, and
+//! the deploy hook itself.
+//!
+//! Each is one decision on the service's subject. The owner check happens
+//! inside that decision (against the state the append is conditional on),
+//! so another owner's service is "not found" and nothing is appended.
+//! Bus commands come from trusted internal services and carry no owner:
+//! they act with [`Scope::Bus`].
+
+use berth_domain::reference::Reference;
+use berth_domain::service::{self, DeployRequest, ServiceState};
+use berth_domain::{Ctx, DomainError};
+use berth_runtime::Secret;
+use berth_schemas::events::ServiceSettings;
+use berth_schemas::ids::{CronRunId, DeployId, OwnerId, ServiceId};
+use berth_schemas::model::{seal_context, DeployTrigger};
+use berth_schemas::{Actor, AggregateId};
+
+use crate::{exec, Caller, Ingress, IngressError};
+
+/// On whose behalf an operation runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// An operator (API key): only the owner's services exist for it.
+    Owner(&'a Caller),
+    /// An internal service on the bus: any service, actor `bus`.
+    Bus,
+}
+
+impl Scope<'_> {
+    fn owner(&self) -> Option<&OwnerId> {
+        match self {
+            Scope::Owner(c) => Some(&c.owner),
+            Scope::Bus => None,
+        }
+    }
+
+    fn actor(&self) -> Actor {
+        match self {
+            Scope::Owner(c) => c.actor.clone(),
+            Scope::Bus => Actor::Bus,
+        }
+    }
+}
+
+/// Why a deploy hook call was refused. The API answers 404 for all but
+/// `Store` (SPEC §6: do not reveal which services exist).
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    /// Unknown or deleted service, or a wrong key.
+    #[error("no such deploy hook")]
+    NotFound,
+    /// `imgURL` broke SPEC §6's rule (message for logs only).
+    #[error("invalid imgURL: {0}")]
+    BadImage(String),
+    /// The service refused the deploy (suspended).
+    #[error(transparent)]
+    Rejected(DomainError),
+    /// Retry later (503).
+    #[error("event store unavailable: {0}")]
+    Store(String),
+}
+
+fn not_found() -> DomainError {
+    DomainError::NotFound {
+        what: "service",
+        id: String::new(),
+    }
+}
+
+/// Constant-time equality of two byte strings (the length is not secret:
+/// every hook key has the same length).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Ingress {
+    /// Decides `command` on a service in `scope` with `idempotency_key`;
+    /// returns the state after it.
+    pub async fn service_command(
+        &self,
+        scope: Scope<'_>,
+        id: &ServiceId,
+        idempotency_key: &str,
+        command: service::Command,
+    ) -> Result<ServiceState, IngressError> {
+        let owner = scope.owner();
+        let done = exec::run(
+            &self.store,
+            &AggregateId::Service(id.clone()),
+            idempotency_key,
+            &scope.actor(),
+            service::fold,
+            |s: &ServiceState| match &s.config {
+                Some(c) if owner.is_none_or(|o| *o == c.owner) => {
+                    service::decide(s, command.clone(), &Ctx::default())
+                }
+                _ => Err(not_found()),
+            },
+        )
+        .await?;
+        Ok(done.state)
+    }
+
+    /// Scales to `num_instances`.
+    pub async fn scale(
+        &self,
+        scope: Scope<'_>,
+        id: &ServiceId,
+        num_instances: u32,
+        request: &str,
+    ) -> Result<ServiceState, IngressError> {
+        let key = format!("scale-{id}-{request}");
+        let state = self
+            .service_command(scope, id, &key, service::Command::Scale { num_instances })
+            .await?;
+        tracing::info!(service.id = %id, num_instances, "service scaled");
+        Ok(state)
+    }
+
+    /// Restarts every instance.
+    pub async fn restart(
+        &self,
+        scope: Scope<'_>,
+        id: &ServiceId,
+        request: &str,
+    ) -> Result<ServiceState, IngressError> {
+        let key = format!("restart-{id}-{request}");
+        self.service_command(scope, id, &key, service::Command::Restart)
+            .await
+    }
+
+    /// Suspends the service.
+    pub async fn suspend(&self, caller: &Caller, id: &ServiceId) -> Result<(), IngressError> {
+        let key = format!("suspend-{id}-{}", DeployId::generate());
+        self.service_command(Scope::Owner(caller), id, &key, service::Command::Suspend)
+            .await
+            .map(|_| ())
+    }
+
+    /// Resumes the service; its deploy (trigger `service_resumed`) starts.
+    pub async fn resume(&self, caller: &Caller, id: &ServiceId) -> Result<(), IngressError> {
+        let deploy = DeployId::generate();
+        let key = format!("resume-{id}-{deploy}");
+        self.service_command(
+            Scope::Owner(caller),
+            id,
+            &key,
+            service::Command::Resume { deploy },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Requests a deploy in `scope` (trigger `api`), optionally of another
+    /// tag or digest of the service's repository.
+    pub async fn deploy(
+        &self,
+        scope: Scope<'_>,
+        id: &ServiceId,
+        image: Option<&str>,
+        request: Option<&str>,
+    ) -> Result<DeployId, IngressError> {
+        let deploy = DeployId::generate();
+        let req = match image {
+            Some(i) => DeployRequest::with_image(deploy.clone(), DeployTrigger::Api, i),
+            None => DeployRequest::new(deploy.clone(), DeployTrigger::Api),
+        };
+        // A bus request id makes a republished command act once.
+        let key = match request {
+            Some(r) => format!("deploy-{id}-{r}"),
+            None => format!("deploy-{deploy}"),
+        };
+        let state = self
+            .service_command(scope, id, &key, service::Command::RequestDeploy(req))
+            .await?;
+        // A duplicate returns the deploy the first try created.
+        let created = if state.deploy(&deploy).is_some() {
+            deploy
+        } else {
+            state
+                .deploys
+                .last()
+                .map(|d| d.id.clone())
+                .ok_or_else(|| IngressError::Store("deploy vanished".to_owned()))?
+        };
+        tracing::info!(service.id = %id, deploy.id = %created, "deploy requested");
+        Ok(created)
+    }
+
+    /// Cancels a deploy of the caller's service.
+    pub async fn cancel_deploy(
+        &self,
+        caller: &Caller,
+        id: &ServiceId,
+        deploy: &DeployId,
+    ) -> Result<ServiceState, IngressError> {
+        let key = format!("cancel-{deploy}");
+        self.service_command(
+            Scope::Owner(caller),
+            id,
+            &key,
+            service::Command::CancelDeploy {
+                deploy: deploy.clone(),
+            },
+        )
+        .await
+    }
+
+    /// Rolls back to `target`'s recorded digest (trigger `rollback`).
+    pub async fn rollback(
+        &self,
+        caller: &Caller,
+        id: &ServiceId,
+        target: &DeployId,
+    ) -> Result<DeployId, IngressError> {
+        let deploy = DeployId::generate();
+        let key = format!("deploy-{deploy}");
+        let req = DeployRequest::rollback(deploy.clone(), target.clone());
+        self.service_command(
+            Scope::Owner(caller),
+            id,
+            &key,
+            service::Command::RequestDeploy(req),
+        )
+        .await?;
+        tracing::info!(service.id = %id, deploy.id = %deploy, rollback_of = %target, "rollback requested");
+        Ok(deploy)
+    }
+
+    /// Changes settings that live on the service alone (not its name or
+    /// credential, which are claimed on other aggregates); `env_vars` in
+    /// clear are sealed here. A change that needs a redeploy starts one.
+    pub async fn update_service(
+        &self,
+        caller: &Caller,
+        id: &ServiceId,
+        mut settings: ServiceSettings,
+        env_vars: Option<std::collections::BTreeMap<String, Secret>>,
+    ) -> Result<ServiceState, IngressError> {
+        if settings.name.is_some() || settings.credential.is_some() {
+            return Err(DomainError::Invalid {
+                field: "name",
+                reason: "renaming a service or changing its credential is not supported by \
+                         update yet"
+                    .to_owned(),
+            }
+            .into());
+        }
+        if let Some(vars) = env_vars {
+            let mut sealed = berth_schemas::model::EnvVars::new();
+            for (name, value) in &vars {
+                sealed.insert(
+                    name.clone(),
+                    self.key.seal(value, &seal_context::env_var(id, name))?,
+                );
+            }
+            settings.env_vars = Some(sealed);
+        }
+        let deploy = DeployId::generate();
+        let key = format!("update-{id}-{deploy}");
+        self.service_command(
+            Scope::Owner(caller),
+            id,
+            &key,
+            service::Command::Update { settings, deploy },
+        )
+        .await
+    }
+
+    /// Replaces the deploy hook key; the old URL stops working. Returns the
+    /// new key in clear, to be shown once.
+    pub async fn regenerate_hook_key(
+        &self,
+        caller: &Caller,
+        id: &ServiceId,
+    ) -> Result<Secret, IngressError> {
+        let hook = crate::services::hook_key();
+        let sealed = self.key.seal(&hook, &seal_context::hook_key(id))?;
+        let key = format!(
+            "hook-key-{id}-{}",
+            sealed
+                .ciphertext
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .take(32)
+                .collect::<String>()
+        );
+        self.service_command(
+            Scope::Owner(caller),
+            id,
+            &key,
+            service::Command::RegenerateHookKey { hook_key: sealed },
+        )
+        .await?;
+        tracing::info!(service.id = %id, "deploy hook key regenerated");
+        Ok(hook)
+    }
+
+    /// The service's current hook key in clear (for `berth hook url`).
+    pub async fn hook_key(&self, caller: &Caller, id: &ServiceId) -> Result<Secret, IngressError> {
+        let state = self.show_service(caller, id).await?;
+        let sealed = state
+            .config
+            .as_ref()
+            .map(|c| c.hook_key.clone())
+            .ok_or_else(|| IngressError::not_found("service", id))?;
+        Ok(self.key.open(&sealed, &seal_context::hook_key(id))?)
+    }
+
+    /// Starts a manual cron run (an active run is canceled first).
+    pub async fn trigger_cron_run(
+        &self,
+        caller: &Caller,
+        id: &ServiceId,
+    ) -> Result<CronRunId, IngressError> {
+        let run = CronRunId::generate();
+        let key = format!("cron-trigger:{run}");
+        self.service_command(
+            Scope::Owner(caller),
+            id,
+            &key,
+            service::Command::StartCronRun {
+                run: run.clone(),
+                manual: true,
+                scheduled_for: None,
+            },
+        )
+        .await?;
+        Ok(run)
+    }
+
+    /// Cancels the active cron run, if any; returns it.
+    pub async fn cancel_cron_run(
+        &self,
+        caller: &Caller,
+        id: &ServiceId,
+    ) -> Result<Option<CronRunId>, IngressError> {
+        let state = self.show_service(caller, id).await?;
+        let Some(run) = state.cron.active.map(|r| r.id) else {
+            return Ok(None);
+        };
+        let key = format!("cron-cancel:{run}");
+        self.service_command(
+            Scope::Owner(caller),
+            id,
+            &key,
+            service::Command::CancelCronRun { run: run.clone() },
+        )
+        .await?;
+        Ok(Some(run))
+    }
+
+    /// The deploy hook (SPEC §6): checks `key` in constant time against the
+    /// service's sealed hook key and `img_url` against its repository
+    /// inside the decision, and returns the new deploy's id once its
+    /// `deploy_created` is appended.
+    pub async fn hook_deploy(
+        &self,
+        id: &ServiceId,
+        key: &str,
+        img_url: Option<&str>,
+    ) -> Result<DeployId, HookError> {
+        let deploy = DeployId::generate();
+        let context = seal_context::hook_key(id);
+        let decided = self
+            .store
+            .execute(
+                &AggregateId::Service(id.clone()),
+                &format!("deploy-{deploy}"),
+                service::fold,
+                |s: &ServiceState| -> Result<_, HookError> {
+                    let cfg = match &s.config {
+                        Some(c) if s.exists() => c,
+                        _ => return Err(HookError::NotFound),
+                    };
+                    let right = self
+                        .key
+                        .open(&cfg.hook_key, &context)
+                        .map_err(|_| HookError::NotFound)?;
+                    if !same_secret(right.expose().as_bytes(), key.as_bytes()) {
+                        return Err(HookError::NotFound);
+                    }
+                    let image = match img_url {
+                        None => None,
+                        Some(u) => {
+                            let own = Reference::parse(&cfg.image)
+                                .map_err(|e| HookError::BadImage(e.to_string()))?;
+                            let wanted = Reference::hook_override(&own, u)
+                                .map_err(|e| HookError::BadImage(e.to_string()))?;
+                            Some(wanted.to_string())
+                        }
+                    };
+                    let req = DeployRequest {
+                        deploy: deploy.clone(),
+                        trigger: DeployTrigger::DeployHook,
+                        image,
+                        rollback_of: None,
+                    };
+                    let events =
+                        service::decide(s, service::Command::RequestDeploy(req), &Ctx::default())
+                            .map_err(HookError::Rejected)?;
+                    Ok(events
+                        .into_iter()
+                        .map(|e| {
+                            let d = service::deploy_of(&e).cloned();
+                            let n = berth_eventlog::NewEvent::new(e, Actor::DeployHook);
+                            match d {
+                                Some(d) => n.correlated(d),
+                                None => n,
+                            }
+                        })
+                        .collect())
+                },
+            )
+            .await;
+        match decided {
+            Ok(_) => {
+                tracing::info!(service.id = %id, deploy.id = %deploy, "deploy hook called");
+                Ok(deploy)
+            }
+            Err(berth_eventlog::ExecuteError::Rejected(e)) => Err(e),
+            Err(e) => Err(HookError::Store(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn same_secret_compares_whole_strings() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"ab"));
+        assert!(!same_secret(b"", b"a"));
+        assert!(same_secret(b"", b""));
+    }
+}
