@@ -4,9 +4,9 @@
 //! states this copy last loaded). [`Cluster::view`] turns that into the
 //! domain's [`ClusterView`] for one decision.
 //!
-//! A node counts as lost once its aggregate says so, or once it has been
-//! silent for longer than the heartbeat timeout (then the lost check appends
-//! `node_lost`; several copies noticing the same silence append it once).
+//! A node counts as lost once its aggregate says so; a node silent for
+//! longer than the heartbeat timeout gets `node_lost` appended by the lost
+//! check (several copies noticing the same silence append it once).
 //! Silence is measured from this copy's start for nodes it has not heard
 //! yet, so a restarted scheduler does not declare every node lost at once.
 
@@ -145,7 +145,6 @@ impl Cluster {
     /// The cluster for one decision about `service` (its own instances are
     /// not counted as reserved: the decision sees them itself).
     pub(crate) fn view(&self, service: &ServiceId) -> ClusterView {
-        let now = Utc::now();
         let k = self.lock();
         let mut used: BTreeMap<&NodeId, (u32, u32)> = BTreeMap::new();
         for (svc, usage) in &k.usage {
@@ -170,7 +169,10 @@ impl Cluster {
                     memory_mib: cap.memory_mib,
                     used_cpu,
                     used_mem,
-                    lost: s.lost || self.silent(&k, id, now).is_some(),
+                    // Only once recorded: instances on a node that is
+                    // merely silent move after `node_lost` and
+                    // `server_failed` are in the log, never before.
+                    lost: s.lost,
                 })
             })
             .collect();

@@ -10,6 +10,7 @@ mod support;
 
 mod crash;
 mod deploys;
+mod lifecycle;
 mod lost_node;
 mod pre_deploy;
 mod scale;

@@ -1,0 +1,88 @@
+//! Restart, suspend and resume carried out on the nodes: a restart replaces
+//! every instance (new ones healthy before old ones stop), suspend stops
+//! everything, resume deploys again.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use berth_domain::service::Command;
+use berth_schemas::ids::{DeployId, ServiceId};
+use berth_schemas::model::ServiceType;
+use berth_schemas::Event;
+
+use crate::support::{containers, types, RunningNode, World};
+
+/// Waits until the service has `n` healthy instances, matching the
+/// containers on the nodes; returns their ids.
+async fn settled(w: &World, svc: &ServiceId, nodes: &[&RunningNode], n: usize) -> Vec<String> {
+    let t0 = Instant::now();
+    loop {
+        let s = w.state(svc).await;
+        let ids: Vec<String> = s.instances.iter().map(|i| i.id.to_string()).collect();
+        let healthy = s.instances.iter().all(|i| i.is_healthy());
+        if ids.len() == n && healthy && containers(nodes) == ids {
+            return ids;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "not settled at {n}: {:?} vs containers {:?}",
+            s.instances,
+            containers(nodes)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restart_replaces_every_instance_suspend_stops_all_resume_deploys_again() {
+    let w = World::start().await;
+    let n1 = w.start_node("n1").await;
+    let n2 = w.start_node("n2").await;
+    let _scheduler = w.start_scheduler().await;
+    let nodes = [&n1, &n2];
+    let (svc, d1) = w
+        .create(ServiceType::BackgroundWorker, |c| c.num_instances = Some(2))
+        .await;
+    w.wait_live(&svc, &d1).await;
+    let before: BTreeSet<String> = settled(&w, &svc, &nodes, 2).await.into_iter().collect();
+
+    w.command(&svc, Command::Restart).await;
+    let t0 = Instant::now();
+    let after = loop {
+        let ids: BTreeSet<String> = settled(&w, &svc, &nodes, 2).await.into_iter().collect();
+        if ids.is_disjoint(&before) {
+            break ids;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "not replaced");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ev = w.events(&svc).await;
+    let t = types(&ev);
+    // Old ones stopped only once both new ones were healthy.
+    let first_old_stop = ev
+        .iter()
+        .position(|e| matches!(&e.event, Event::InstanceStopped(s) if before.contains(s.instance.as_str())))
+        .unwrap();
+    let new_healthy = ev
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| matches!(&e.event, Event::InstanceHealthy(h) if after.contains(h.instance.as_str())))
+        .map(|(i, _)| i)
+        .collect::<Vec<_>>();
+    assert_eq!(new_healthy.len(), 2, "{t:?}");
+    assert!(new_healthy.iter().all(|&h| h < first_old_stop), "{t:?}");
+
+    w.command(&svc, Command::Suspend).await;
+    settled(&w, &svc, &nodes, 0).await;
+
+    let d3 = DeployId::generate();
+    w.command(&svc, Command::Resume { deploy: d3.clone() })
+        .await;
+    w.wait_live(&svc, &d3).await;
+    let resumed = settled(&w, &svc, &nodes, 2).await;
+    let s = w.state(&svc).await;
+    assert!(s.instances.iter().all(|i| i.deploy == d3));
+    assert!(resumed
+        .iter()
+        .all(|i| !after.contains(i) && !before.contains(i)));
+}
