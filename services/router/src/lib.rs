@@ -1,3 +1,236 @@
-//! berth's router: http://<service>.<base-domain> to healthy instances of web services
+//! # berth-router: `http://<service>.<base-domain>` to healthy instances
 //!
-//! (skeleton: being built)
+//! The router is the public edge of web services (SPEC §6, §10). It reads
+//! the event log and writes nothing:
+//!
+//! - [`table`]: a projection of the service subjects into an immutable
+//!   routing table — each web service's name → the healthy instances of its
+//!   live deploy — replaced whole after every applied commit, so a deploy
+//!   going live switches all traffic at once;
+//! - [`proxy`]: the HTTP/1 server that forwards by `Host`, round robin, with
+//!   connect retries on another instance and streaming bodies;
+//! - [`Router`]: the `router` component — catch up with the log, then serve;
+//!   on shutdown stop accepting and let in-flight requests finish.
+//!
+//! Private services, workers and cron jobs are never in the table.
+
+mod body;
+mod config;
+pub mod proxy;
+pub mod table;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use berth_eventlog::projection::{ProjectionError, ProjectionOptions, ProjectionRunner};
+use berth_eventlog::EventStore;
+use berth_runtime::{BoxError, Component, ComponentContext, ReadyFlag};
+use futures::future::BoxFuture;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{RouterArgs, RouterOptions};
+pub use proxy::Proxy;
+pub use table::{Route, RouteProjection, RouteState, Routes, RoutingTable, Target};
+
+/// Why the router could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// The listen address could not be bound (in use, no permission).
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// Reading the log failed (retryable: the server may be back soon).
+    #[error("following the event log: {0}")]
+    Log(#[from] ProjectionError),
+}
+
+/// The router component.
+#[derive(Debug)]
+pub struct Router {
+    store: EventStore,
+    opts: RouterOptions,
+    routes: Routes,
+}
+
+/// The router as a component for `berth up` / `berth run router`.
+pub fn component(store: EventStore, opts: RouterOptions) -> Box<dyn Component> {
+    Box::new(Router::new(store, opts))
+}
+
+impl Router {
+    /// A router over the log in `store`.
+    pub fn new(store: EventStore, opts: RouterOptions) -> Self {
+        Router {
+            store,
+            opts,
+            routes: Routes::default(),
+        }
+    }
+
+    /// The live routing table (for tests and diagnostics).
+    pub fn routes(&self) -> Routes {
+        self.routes.clone()
+    }
+
+    /// Binds the configured address and serves until `shutdown`.
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+        ready: Option<ReadyFlag>,
+    ) -> Result<(), RouterError> {
+        let addr = self.opts.addr;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| RouterError::Bind { addr, source })?;
+        self.run_on(listener, shutdown, ready).await
+    }
+
+    /// Catches up with the log, then serves on `listener` until `shutdown`;
+    /// `ready` is set once the table reflects the log as of the start.
+    pub async fn run_on(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        ready: Option<ReadyFlag>,
+    ) -> Result<(), RouterError> {
+        let opts = ProjectionOptions {
+            filter: Some(self.store.subjects().aggregate_kind("service")),
+            ..ProjectionOptions::default()
+        };
+        let mut runner = ProjectionRunner::new(&self.store, RouteProjection::default(), opts);
+        let caught = runner.catch_up().await?;
+        let state = runner.state();
+        publish(&state, &self.routes);
+        tracing::info!(
+            stream.seq = caught.applied_seq,
+            services = self.routes.load().len(),
+            "routing table caught up"
+        );
+
+        // Our own token, so an early return never cancels the caller's.
+        let inner = shutdown.child_token();
+        let tasks = TaskTracker::new();
+        let mut applied = runner.applied();
+        let routes = self.routes.clone();
+        let stop = inner.clone();
+        // Republish after every applied commit (the runner holds the state's
+        // write lock for a whole commit, so a table is never half a commit).
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    changed = applied.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                    }
+                }
+                publish(&state, &routes);
+            }
+        });
+        let follow = tasks.spawn(runner.run(inner.clone()));
+
+        if let Some(r) = &ready {
+            r.set(true);
+        }
+        let local = listener.local_addr().ok();
+        tracing::info!(addr = ?local, base_domain = %self.opts.base_domain, "router listening");
+        let proxy = Arc::new(Proxy::new(self.routes.clone(), self.opts.clone()));
+        serve(listener, proxy, &shutdown, self.opts.drain).await;
+        if let Some(r) = &ready {
+            r.set(false);
+        }
+        inner.cancel();
+        tasks.close();
+        tasks.wait().await;
+        tracing::info!("router stopped");
+        match follow.await {
+            Ok(Err(e)) => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn publish(state: &std::sync::RwLock<RouteProjection>, routes: &Routes) {
+    let table = match state.write() {
+        Ok(mut p) if p.is_dirty() => p.publish(),
+        Ok(_) => return,
+        Err(_) => {
+            tracing::error!("routing state lock poisoned; table not updated");
+            return;
+        }
+    };
+    tracing::debug!(
+        stream.seq = table.applied_seq,
+        services = table.len(),
+        "routing table swapped"
+    );
+    routes.store(table);
+}
+
+/// Accepts connections until `shutdown`, then lets open requests finish for
+/// up to `drain`.
+async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: &CancellationToken,
+    drain: std::time::Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(proxy::HEADER_READ_TIMEOUT);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = Arc::clone(&proxy);
+        let svc = service_fn(move |req| Arc::clone(&proxy).handle(req, peer));
+        let conn = http.serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, client = %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?drain, "in-flight requests still open after the grace period");
+    }
+}
+
+impl Component for Router {
+    fn name(&self) -> &'static str {
+        "router"
+    }
+
+    fn run(self: Box<Self>, ctx: ComponentContext) -> BoxFuture<'static, Result<(), BoxError>> {
+        Box::pin(async move {
+            (*self)
+                .run(ctx.shutdown.clone(), Some(ctx.ready.clone()))
+                .await
+                .map_err(|e| Box::new(e) as BoxError)
+        })
+    }
+}

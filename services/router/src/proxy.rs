@@ -1,0 +1,388 @@
+//! The public HTTP side: `Host: <name>.<base-domain>` → one healthy instance
+//! of that web service, streamed both ways through a pooled HTTP/1 client.
+//!
+//! - round robin over the route's targets; a failed connect moves on to the
+//!   next instance (the unread body comes back, see [`crate::body`]); a
+//!   GET/HEAD whose empty body was sent is retried on any error before a
+//!   response, other requests are not (the instance may have acted on them);
+//! - every attempt reads the table afresh, and when the instances tried are
+//!   all unreachable the request waits briefly for the next table: the old
+//!   instances of a rollout may go down a moment before this router has
+//!   applied the `deploy_live` that moved traffic off them;
+//! - answers of its own are short pages (404 unknown host, 502 no healthy
+//!   instance, 503 suspended) that name nothing internal.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::Returnable;
+use crate::config::RouterOptions;
+use crate::table::{Route, RouteState, Routes};
+
+/// What the router answers with.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Forwards requests by host name.
+#[derive(Debug)]
+pub struct Proxy {
+    routes: Routes,
+    opts: RouterOptions,
+    client: Client<HttpConnector, Returnable>,
+}
+
+impl Proxy {
+    /// A proxy over `routes`.
+    pub fn new(routes: Routes, opts: RouterOptions) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(opts.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(opts.pool_idle)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Proxy {
+            routes,
+            opts,
+            client,
+        }
+    }
+
+    /// Answers one request from `peer`.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let Some(name) = host_of(&req).and_then(|h| service_name(&h, &self.opts.base_domain))
+        else {
+            return Ok(page(StatusCode::NOT_FOUND, "Not found", NOT_FOUND));
+        };
+        let table = self.routes.load();
+        let Some(route) = table.get(&name).cloned() else {
+            return Ok(page(StatusCode::NOT_FOUND, "Not found", NOT_FOUND));
+        };
+        drop(table);
+        if route.state == RouteState::Suspended {
+            return Ok(page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service suspended",
+                &format!("{} is suspended by its owner.", route.name),
+            ));
+        }
+        Ok(self.forward(route, req, peer).await)
+    }
+
+    async fn forward(
+        &self,
+        first: Arc<Route>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let (parts, body) = req.into_parts();
+        let headers = forwarded_headers(&parts.headers, peer);
+        let method = parts.method;
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let retry_any = method == Method::GET || method == Method::HEAD;
+        let name = first.name.clone();
+
+        let mut body = Some(body);
+        let mut tried: Vec<String> = Vec::new();
+        let mut budget = self.opts.max_attempts;
+        let mut route = first;
+        let mut waited = false;
+        loop {
+            let next = if tried.len() < budget {
+                pick(&route, &tried)
+            } else {
+                None
+            };
+            let Some(target) = next else {
+                // Everything tried failed to connect: the next table may
+                // have moved the service elsewhere. Wait for it once.
+                if waited || tried.is_empty() {
+                    break;
+                }
+                waited = true;
+                budget = tried.len() + self.opts.max_attempts;
+                match self.next_route(&name, &route).await {
+                    Some(r) => route = r,
+                    None => break,
+                }
+                continue;
+            };
+            let Some(b) = body.take() else { break };
+            let (wrapped, mut back) = Returnable::new(b);
+            let out = match build_request(&method, &target, &path, &headers, wrapped) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(service.name = %name, error = %e, "request not forwardable");
+                    return page(StatusCode::BAD_REQUEST, "Bad request", "Bad request.");
+                }
+            };
+            match self.client.request(out).await {
+                Ok(resp) => return response(resp),
+                Err(e) => {
+                    let connect = e.is_connect();
+                    tracing::debug!(service.name = %name, instance.addr = %target, connect, error = %e, "instance attempt failed");
+                    tried.push(target);
+                    match back.try_recv() {
+                        Ok(b) if connect || retry_any => body = Some(b),
+                        _ => {
+                            tracing::warn!(service.name = %name, error = %e, "request failed after it was sent; not retried");
+                            return bad_gateway(&name);
+                        }
+                    }
+                }
+            }
+            if let Some(r) = self.routes.load().get(&name) {
+                route = Arc::clone(r);
+            }
+        }
+        if !tried.is_empty() {
+            tracing::warn!(service.name = %name, attempts = tried.len(), "no instance reachable");
+        }
+        bad_gateway(&name)
+    }
+
+    /// Waits (up to the connect timeout) for a table whose route for `name`
+    /// differs from `current`.
+    async fn next_route(&self, name: &str, current: &Arc<Route>) -> Option<Arc<Route>> {
+        let mut swaps = self.routes.swaps();
+        let deadline = tokio::time::Instant::now() + self.opts.connect_timeout;
+        loop {
+            if let Some(r) = self.routes.load().get(name) {
+                if !Arc::ptr_eq(r, current) {
+                    return Some(Arc::clone(r));
+                }
+            }
+            match tokio::time::timeout_at(deadline, swaps.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// The next target in round-robin order not tried yet for this request.
+fn pick(route: &Route, tried: &[String]) -> Option<String> {
+    let targets = route.targets();
+    if targets.is_empty() {
+        return None;
+    }
+    let start = route.next_start();
+    (0..targets.len())
+        .map(|k| &targets[(start + k) % targets.len()].addr)
+        .find(|a| !tried.contains(a))
+        .cloned()
+}
+
+fn build_request(
+    method: &Method,
+    addr: &str,
+    path: &str,
+    headers: &HeaderMap,
+    body: Returnable,
+) -> Result<Request<Returnable>, http::Error> {
+    let uri: Uri = format!("http://{addr}{path}").parse()?;
+    let mut req = Request::builder()
+        .method(method.clone())
+        .uri(uri)
+        .version(Version::HTTP_11)
+        .body(body)?;
+    *req.headers_mut() = headers.clone();
+    Ok(req)
+}
+
+/// The request's headers as the instance gets them: hop-by-hop ones
+/// dropped, `X-Forwarded-*` added (the client's address appended to any
+/// chain it sent; the original Host kept, so apps see their public name).
+fn forwarded_headers(original: &HeaderMap, peer: SocketAddr) -> HeaderMap {
+    let mut h = original.clone();
+    strip_hop_by_hop(&mut h);
+    let host = h.get(header::HOST).cloned();
+    let chain = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&chain) {
+        h.insert(X_FORWARDED_FOR, v);
+    }
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if let Some(host) = host {
+        h.insert(X_FORWARDED_HOST, host);
+    }
+    h
+}
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Headers the Connection header names are hop-by-hop too.
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in HOP_BY_HOP.iter().chain(named.iter()) {
+        h.remove(n);
+    }
+    h.remove("keep-alive");
+    h.remove("proxy-connection");
+}
+
+fn response(resp: Response<Incoming>) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body.boxed())
+}
+
+/// The host the client asked for: the absolute-form URI's, else `Host`.
+fn host_of<B>(req: &Request<B>) -> Option<String> {
+    if let Some(h) = req.uri().host() {
+        return Some(h.to_owned());
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// `name.base[:port]` → `name` (lower case), for a single DNS label.
+pub fn service_name(host: &str, base_domain: &str) -> Option<String> {
+    let host = host.trim().to_ascii_lowercase();
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h.to_owned(),
+        _ => host,
+    };
+    let host = host.strip_suffix('.').unwrap_or(&host);
+    let name = host.strip_suffix(base_domain)?.strip_suffix('.')?;
+    let label = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    label.then(|| name.to_owned())
+}
+
+const NOT_FOUND: &str = "There is no service at this address.";
+
+fn bad_gateway(name: &str) -> Response<ProxyBody> {
+    page(
+        StatusCode::BAD_GATEWAY,
+        "No healthy instance",
+        &format!("{name} has no healthy instance to answer right now. Try again in a moment."),
+    )
+}
+
+/// A short HTML page. `text` is a service name (a DNS label) or fixed text,
+/// so nothing needs escaping.
+fn page(status: StatusCode, title: &str, text: &str) -> Response<ProxyBody> {
+    let html = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{code} {title}</title></head>\
+         <body><h1>{code} {title}</h1><p>{text}</p></body></html>\n",
+        code = status.as_u16()
+    );
+    let mut resp = Response::new(
+        Full::new(Bytes::from(html))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// How long a request may take to send its headers (slow clients).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_names_from_hosts() {
+        let cases = [
+            ("web.localhost", Some("web")),
+            ("WEB.Localhost:8080", Some("web")),
+            ("web.localhost.", Some("web")),
+            ("a-b-1.apps.example.com", None),
+            ("localhost", None),
+            (".localhost", None),
+            ("a.b.localhost", None),
+            ("web.localhostx", None),
+            ("weblocalhost", None),
+            ("we_b.localhost", None),
+            ("web.localhost:port", None),
+        ];
+        for (host, want) in cases {
+            assert_eq!(service_name(host, "localhost").as_deref(), want, "{host}");
+        }
+        assert_eq!(
+            service_name("a-b-1.apps.example.com:80", "apps.example.com").as_deref(),
+            Some("a-b-1")
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped_and_forwarded_added() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("web.localhost"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.insert("x-app", HeaderValue::from_static("kept"));
+        let out = forwarded_headers(
+            &h,
+            "192.0.2.7:5555".parse().unwrap_or_else(|_| unreachable!()),
+        );
+        for gone in ["connection", "x-secret-hop", "keep-alive", "te"] {
+            assert!(out.get(gone).is_none(), "{gone} forwarded");
+        }
+        assert_eq!(out["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(out["x-forwarded-proto"], "http");
+        assert_eq!(out["x-forwarded-host"], "web.localhost");
+        assert_eq!(out["host"], "web.localhost");
+        assert_eq!(out["x-app"], "kept");
+    }
+}

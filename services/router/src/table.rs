@@ -1,0 +1,308 @@
+//! The routing table: which instance addresses serve each web service's
+//! host name, folded from the service subjects of the event log.
+//!
+//! Each web service's events go through the service aggregate's own fold
+//! (`berth_domain::service::fold`), so "which deploy is live" and "which
+//! instances are healthy" mean exactly what they mean to the scheduler; the
+//! router adds only what that fold leaves out, the address each instance
+//! reported in `instance_started`.
+//!
+//! Who gets traffic: the healthy instances of the **live** deploy that run
+//! its recorded digest. During a rollout the new deploy's instances become
+//! healthy while the old live deploy still serves; the scheduler marks the
+//! new deploy live only once all of them are healthy, and `deploy_live` (with
+//! the `deploy_deactivated` of the old one, in the same commit) moves the
+//! whole route at once. The old instances are stopped only after that, so
+//! there is no moment without targets and no moment serving both versions.
+//!
+//! The table is immutable and replaced whole after each applied commit
+//! ([`RouteProjection::publish`]), never while a commit is half applied.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::watch;
+
+use berth_domain::service::{self, ServiceState, ServiceStatus};
+use berth_schemas::ids::{InstanceId, ServiceId};
+use berth_schemas::model::ServiceType;
+use berth_schemas::{AggregateId, Envelope, Event};
+
+/// One instance that may receive traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub instance: InstanceId,
+    /// `ip:port`, as the node reported it.
+    pub addr: String,
+}
+
+/// What a host name leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteState {
+    /// Active: these targets (possibly none yet → 502).
+    Serving(Vec<Target>),
+    /// Suspended by its owner (→ 503).
+    Suspended,
+}
+
+/// The route of one web service.
+#[derive(Debug)]
+pub struct Route {
+    pub service: ServiceId,
+    pub name: String,
+    pub state: RouteState,
+    /// Round-robin position; starts over when the route is rebuilt.
+    next: AtomicUsize,
+}
+
+impl Route {
+    fn new(service: ServiceId, name: String, state: RouteState) -> Self {
+        Route {
+            service,
+            name,
+            state,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The targets, if serving.
+    pub fn targets(&self) -> &[Target] {
+        match &self.state {
+            RouteState::Serving(t) => t,
+            RouteState::Suspended => &[],
+        }
+    }
+
+    /// Where the next request starts in [`Route::targets`] (round robin).
+    pub fn next_start(&self) -> usize {
+        let n = self.targets().len().max(1);
+        self.next.fetch_add(1, Ordering::Relaxed) % n
+    }
+}
+
+/// Host name (the service name) → route. Immutable once published.
+#[derive(Debug, Default)]
+pub struct RoutingTable {
+    routes: HashMap<String, Arc<Route>>,
+    /// Stream sequence the table reflects.
+    pub applied_seq: u64,
+}
+
+impl RoutingTable {
+    /// The route for a service name.
+    pub fn get(&self, name: &str) -> Option<&Arc<Route>> {
+        self.routes.get(name)
+    }
+
+    /// How many services are routed.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// True when nothing is routed.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+/// The current table, swapped whole: readers clone the `Arc` and never
+/// see a table change under them.
+#[derive(Debug, Clone)]
+pub struct Routes(Arc<RoutesInner>);
+
+#[derive(Debug)]
+struct RoutesInner {
+    current: RwLock<Arc<RoutingTable>>,
+    /// Counts swaps, so a request can wait for the next table.
+    swaps: watch::Sender<u64>,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Routes(Arc::new(RoutesInner {
+            current: RwLock::new(Arc::new(RoutingTable::default())),
+            swaps: watch::channel(0).0,
+        }))
+    }
+}
+
+impl Routes {
+    /// The table now.
+    pub fn load(&self) -> Arc<RoutingTable> {
+        match self.0.current.read() {
+            Ok(t) => Arc::clone(&t),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Replaces the table.
+    pub fn store(&self, table: RoutingTable) {
+        let table = Arc::new(table);
+        match self.0.current.write() {
+            Ok(mut t) => *t = table,
+            Err(poisoned) => *poisoned.into_inner() = table,
+        }
+        self.0.swaps.send_modify(|n| *n += 1);
+    }
+
+    /// Notified on every swap.
+    pub fn swaps(&self) -> watch::Receiver<u64> {
+        self.0.swaps.subscribe()
+    }
+}
+
+/// A web service as the router follows it.
+#[derive(Debug, Default)]
+struct Tracked {
+    state: ServiceState,
+    /// Listen address of each instance, from its latest `instance_started`.
+    addrs: HashMap<InstanceId, String>,
+    /// Stream sequence of `service_created`: the older service keeps a name
+    /// two owners both use.
+    created_seq: u64,
+}
+
+/// The read model behind the table. Only web services are kept: private
+/// services, workers and cron jobs are never routed publicly, so their
+/// events are skipped.
+#[derive(Debug, Default)]
+pub struct RouteProjection {
+    services: HashMap<ServiceId, Tracked>,
+    /// Services whose route may have changed since the last publish.
+    dirty: HashSet<ServiceId>,
+    /// The last built route of each routed service.
+    built: HashMap<ServiceId, Arc<Route>>,
+    applied_seq: u64,
+}
+
+impl RouteProjection {
+    /// Applies one event of the log.
+    pub fn apply_envelope(&mut self, stream_seq: u64, env: &Envelope) {
+        self.applied_seq = self.applied_seq.max(stream_seq);
+        let AggregateId::Service(id) = &env.aggregate else {
+            return;
+        };
+        if let Event::ServiceCreated(e) = &env.event {
+            if e.service_type == ServiceType::WebService && !self.services.contains_key(id) {
+                self.services.insert(
+                    id.clone(),
+                    Tracked {
+                        created_seq: stream_seq,
+                        ..Tracked::default()
+                    },
+                );
+            }
+        }
+        let Some(t) = self.services.get_mut(id) else {
+            return;
+        };
+        t.state = service::fold(std::mem::take(&mut t.state), env);
+        match &env.event {
+            Event::InstanceStarted(e) => {
+                if let Some(addr) = &e.addr {
+                    t.addrs.insert(e.instance.clone(), addr.clone());
+                }
+            }
+            Event::InstanceStopped(e) => {
+                t.addrs.remove(&e.instance);
+            }
+            Event::InstanceRescheduled(e) => {
+                t.addrs.remove(&e.instance);
+            }
+            _ => {}
+        }
+        if t.state.status == ServiceStatus::Deleted {
+            // Nothing about it matters any more; free it.
+            self.services.remove(id);
+        }
+        self.dirty.insert(id.clone());
+    }
+
+    /// True when something changed since the last [`publish`](Self::publish).
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Builds the table as of everything applied so far.
+    pub fn publish(&mut self) -> RoutingTable {
+        for id in std::mem::take(&mut self.dirty) {
+            match self.services.get(&id).and_then(|t| build_route(&id, t)) {
+                Some(route) => {
+                    self.built.insert(id, Arc::new(route));
+                }
+                None => {
+                    self.built.remove(&id);
+                }
+            }
+        }
+        // Names are unique per owner, not globally: the oldest service keeps
+        // a name in use twice, and the clash is logged.
+        let mut by_name: BTreeMap<&str, (u64, &Arc<Route>)> = BTreeMap::new();
+        for (id, route) in &self.built {
+            let seq = self.services.get(id).map_or(u64::MAX, |t| t.created_seq);
+            match by_name.get(route.name.as_str()) {
+                Some((held, holder)) if *held <= seq => {
+                    tracing::warn!(service.id = %id, service.name = %route.name, held_by = %holder.service, "service name already routed to an older service; not routed");
+                }
+                _ => {
+                    by_name.insert(route.name.as_str(), (seq, route));
+                }
+            }
+        }
+        RoutingTable {
+            routes: by_name
+                .into_iter()
+                .map(|(name, (_, r))| (name.to_owned(), Arc::clone(r)))
+                .collect(),
+            applied_seq: self.applied_seq,
+        }
+    }
+}
+
+impl berth_eventlog::projection::Projection for RouteProjection {
+    /// The router rebuilds from the log on start; no snapshots (a restore
+    /// in the middle of following would briefly publish an older table).
+    type Snapshot = ();
+
+    fn apply(&mut self, stream_seq: u64, env: &Envelope) {
+        self.apply_envelope(stream_seq, env);
+    }
+
+    fn snapshot(&self) -> Self::Snapshot {}
+
+    fn restore(&mut self, _snapshot: Self::Snapshot) {}
+}
+
+/// The route of one service now, or `None` when it is not routable (not
+/// created, deleted).
+fn build_route(id: &ServiceId, t: &Tracked) -> Option<Route> {
+    let cfg = t.state.config.as_ref()?;
+    let state = match t.state.status {
+        ServiceStatus::Active => RouteState::Serving(targets(t)),
+        ServiceStatus::Suspended => RouteState::Suspended,
+        ServiceStatus::NotCreated | ServiceStatus::Deleted => return None,
+    };
+    Some(Route::new(id.clone(), cfg.name.to_ascii_lowercase(), state))
+}
+
+/// Healthy instances of the live deploy running its digest, in id order.
+fn targets(t: &Tracked) -> Vec<Target> {
+    let Some(live) = t.state.live_deploy() else {
+        return Vec::new();
+    };
+    let Some(digest) = live.digest() else {
+        return Vec::new();
+    };
+    t.state
+        .instances
+        .of_deploy(&live.id)
+        .filter(|i| i.is_healthy() && i.digest == digest)
+        .filter_map(|i| {
+            t.addrs.get(&i.id).map(|addr| Target {
+                instance: i.id.clone(),
+                addr: addr.clone(),
+            })
+        })
+        .collect()
+}
