@@ -121,6 +121,8 @@ pub fn is_instance_fact(event: &Event) -> bool {
         event,
         Event::ImagePullProgressed(_)
             | Event::InstanceStarted(_)
+            | Event::InstanceHealthy(_)
+            | Event::InstanceUnhealthy(_)
             | Event::InstanceExited(_)
             | Event::ServerRestarted(_)
             | Event::InstanceStopped(_)
