@@ -32,8 +32,8 @@ use crate::agent_support::{busybox_image, mounts_under, runc_list};
 pub const REPO: &str = "app/web";
 
 /// Until the node reports health itself (issue S2), the tests mark every
-/// started instance healthy shortly after `instance_started`, as the
-/// node's grace-period check for workers would. Set to false once the node
+/// started instance healthy right after `instance_started`, as a node's
+/// passing first check would. Set to false once the node
 /// appends `instance_healthy` on its own.
 pub const HEALTH_STAND_IN: bool = true;
 
@@ -158,9 +158,13 @@ impl Drop for World {
 
 impl World {
     pub async fn start() -> World {
+        Self::start_on(NatsVersion::Modern).await
+    }
+
+    pub async fn start_on(version: NatsVersion) -> World {
         crate::agent_support::require_root_and_runc();
         berth_tests::init_tracing();
-        let nats = NatsServer::start(NatsVersion::Modern).unwrap();
+        let nats = NatsServer::start(version).unwrap();
         let client = nats.connect().await.unwrap();
         let store = EventStore::open(
             client.clone(),
@@ -202,12 +206,13 @@ impl World {
 
     pub async fn start_node(&self, name: &str) -> RunningNode {
         let dir = self.dir.path().join(name);
+        self.start_node_with(node_options(name, &dir)).await
+    }
+
+    pub async fn start_node_with(&self, opts: NodeOptions) -> RunningNode {
+        let dir = opts.dir.clone().unwrap();
         let id = berth_node::load_or_create_id(&dir).unwrap();
-        let node = Node::new(
-            self.store.clone(),
-            self.key.clone(),
-            node_options(name, &dir),
-        );
+        let node = Node::new(self.store.clone(), self.key.clone(), opts);
         let stop = self.shutdown.child_token();
         let (tx, mut rx) = tokio::sync::watch::channel(false);
         let task =
@@ -230,9 +235,16 @@ impl World {
 
     /// A scheduler in this process; cancel the token to stop it.
     pub async fn start_scheduler(&self) -> (CancellationToken, JoinHandle<()>) {
+        self.start_scheduler_with(scheduler_options()).await
+    }
+
+    pub async fn start_scheduler_with(
+        &self,
+        opts: SchedulerOptions,
+    ) -> (CancellationToken, JoinHandle<()>) {
         let stop = self.shutdown.child_token();
         let ready = berth_runtime::ReadyFlag::default();
-        let s = Scheduler::new(self.store.clone(), scheduler_options());
+        let s = Scheduler::new(self.store.clone(), opts);
         let (sd, rd) = (stop.clone(), ready.clone());
         let task = tokio::spawn(async move { s.run(sd, Some(rd)).await.unwrap() });
         let t0 = Instant::now();
@@ -410,7 +422,6 @@ async fn health_stand_in(store: EventStore, shutdown: CancellationToken) {
             let aggregate = env.aggregate.clone();
             let store = store.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(300)).await;
                 let _ = store
                     .execute(
                         &aggregate,

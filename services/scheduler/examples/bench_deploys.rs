@@ -1,0 +1,173 @@
+//! Deploy latency through the whole pipeline on this machine: real
+//! nats-server, registry, resolver, two node components on runc, the
+//! scheduler. Run as root:
+//!
+//! ```text
+//! cargo run --release -p berth-scheduler --example bench_deploys -- [deploys] [services]
+//! ```
+//!
+//! 1. hook → live: one web service, `deploys` (default 50) deploys one after
+//!    another, alternating two tags so every deploy replaces the instance
+//!    (both digests already on both nodes after the first two: warm cache);
+//!    the time from the deploy request's append to `deploy_live` as seen on
+//!    the service's subject.
+//! 2. burst: `services` (default 200) services created at once; per-service
+//!    create → live, and the time until all are live.
+//!
+//! Health is the tests' stand-in (healthy right after `instance_started`)
+//! until the node reports it; numbers therefore exclude health-check time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../../../tests/tests/agent_support/mod.rs"]
+mod agent_support;
+#[path = "../tests/support.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use berth_schemas::ids::{DeployId, ServiceId};
+use berth_schemas::model::ServiceType;
+use berth_schemas::{AggregateId, Commit, Event};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use support::{node_options, World};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn report(name: &str, mut d: Vec<Duration>) {
+    d.sort();
+    println!(
+        "{name}: n={} p50={:?} p90={:?} p99={:?} max={:?}",
+        d.len(),
+        percentile(&d, 0.5),
+        percentile(&d, 0.9),
+        percentile(&d, 0.99),
+        d.last().copied().unwrap_or_default()
+    );
+}
+
+/// `deploy_live` events as they are appended: (deploy, when seen).
+async fn live_feed(w: &World) -> mpsc::UnboundedReceiver<(DeployId, Instant)> {
+    let mut sub = w
+        .client
+        .subscribe(w.subjects().aggregate_kind("service"))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            let Ok(c) = Commit::decode(&m.payload) else {
+                continue;
+            };
+            for e in c.events {
+                if let Event::DeployLive(l) = e.event {
+                    let _ = tx.send((l.deploy, Instant::now()));
+                }
+            }
+        }
+    });
+    rx
+}
+
+async fn wait_for(
+    rx: &mut mpsc::UnboundedReceiver<(DeployId, Instant)>,
+    seen: &mut HashMap<DeployId, Instant>,
+    d: &DeployId,
+) -> Instant {
+    loop {
+        if let Some(t) = seen.get(d) {
+            return *t;
+        }
+        let (id, t) = tokio::time::timeout(Duration::from_secs(120), rx.recv())
+            .await
+            .expect("deploy live within 120 s")
+            .expect("feed open");
+        seen.insert(id, t);
+    }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let deploys: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(50);
+    let services: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
+
+    let w = World::start().await;
+    let mut nodes = Vec::new();
+    for name in ["n1", "n2"] {
+        let mut o = node_options(name, &w.dir.path().join(name));
+        // Room for the burst: 200 starter instances are 100 CPUs.
+        o.cpu_millis = 1_000_000;
+        o.memory_mib = 1_000_000;
+        o.concurrency = 16;
+        nodes.push(w.start_node_with(o).await);
+    }
+    let _scheduler = w.start_scheduler().await;
+    let mut feed = live_feed(&w).await;
+    let mut seen = HashMap::new();
+
+    // 1. hook → live, sequential.
+    // Exits on SIGTERM: a stop is quick, so a node's next start for the
+    // service (its jobs run one at a time per service) does not wait out
+    // the shutdown delay.
+    let (svc, d0) = w
+        .create(ServiceType::WebService, |c| {
+            c.docker_command = Some("sh -c 'trap \"exit 0\" TERM; sleep 600 & wait'".into())
+        })
+        .await;
+    wait_for(&mut feed, &mut seen, &d0).await;
+    let mut latencies = Vec::new();
+    for i in 0..deploys + 2 {
+        let tag = if i % 2 == 0 { "v2" } else { "v1" };
+        let t0 = Instant::now();
+        let d = w.deploy(&svc, tag).await;
+        let live = wait_for(&mut feed, &mut seen, &d).await;
+        // The first two pull their digest on a node: not warm.
+        if i >= 2 {
+            latencies.push(live - t0);
+        }
+    }
+    report("hook→live (warm cache, sequential)", latencies);
+
+    // 2. a burst of services at once.
+    let t0 = Instant::now();
+    let created: Vec<(ServiceId, DeployId, Instant)> = futures::stream::iter(0..services)
+        .map(|_| async {
+            let t = Instant::now();
+            let (s, d) = w.create(ServiceType::BackgroundWorker, |_| {}).await;
+            (s, d, t)
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let mut each = Vec::new();
+    for (_, d, t) in &created {
+        let live = wait_for(&mut feed, &mut seen, d).await;
+        each.push(live - *t);
+    }
+    let all = t0.elapsed();
+    report(&format!("create→live ({services} services at once)"), each);
+    println!("all {services} live after {all:?}");
+    let running: usize = nodes.iter().map(|n| n.containers().len()).sum();
+    println!("containers running: {running}");
+    let mut total = 0;
+    for (s, _, _) in &created {
+        total += w
+            .store
+            .load(&AggregateId::Service(s.clone()))
+            .await
+            .unwrap()
+            .events
+            .len();
+    }
+    println!("events in the burst's services: {total}");
+}
