@@ -1,0 +1,249 @@
+//! The router alone against a real event log and real HTTP backends: which
+//! host goes where, what it answers when it cannot forward, round robin,
+//! connect retries and what the instance sees of the request.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use berth_domain::service::Command;
+use berth_schemas::model::ServiceType;
+use bytes::Bytes;
+use http::StatusCode;
+
+use crate::support::{Backend, Env, HttpClient, Svc};
+
+#[tokio::test]
+async fn routes_by_host_and_refuses_what_it_cannot_route() -> Result<()> {
+    let env = Env::start().await?;
+    let http = HttpClient::new(env.addr);
+    let a1 = Backend::start("a", 1).await?;
+    let b1 = Backend::start("b", 1).await?;
+    let p1 = Backend::start("p", 1).await?;
+
+    let mut a = Svc::create(&env.store, "alpha", ServiceType::WebService).await?;
+    a.first_deploy(1, &[a1.addr]).await?;
+    let mut b = Svc::create(&env.store, "beta", ServiceType::WebService).await?;
+    b.first_deploy(1, &[b1.addr]).await?;
+    let mut p = Svc::create(&env.store, "secret", ServiceType::PrivateService).await?;
+    p.first_deploy(1, &[p1.addr]).await?;
+    // Created, not live yet: nothing healthy to send traffic to.
+    let mut c = Svc::create(&env.store, "gamma", ServiceType::WebService).await?;
+    c.resolve_and_update(1).await?;
+    let last = env.store.last_stream_seq().await?;
+    env.synced(last).await?;
+
+    assert_eq!(
+        http.get("alpha.localhost", "/").await?,
+        (StatusCode::OK, "a 1".into())
+    );
+    assert_eq!(
+        http.get("beta.localhost:8080", "/x?y=1").await?,
+        (StatusCode::OK, "b 1".into())
+    );
+    assert_eq!(http.get("ALPHA.LOCALHOST", "/").await?.1, "a 1");
+
+    // A private service is never routed publicly, even by its exact name.
+    let (status, body) = http.get("secret.localhost", "/").await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        !body.contains("secret"),
+        "404 page names the service: {body}"
+    );
+    assert_eq!(p1.hits(), 0, "the private backend was reached");
+
+    for host in [
+        "nope.localhost",
+        "localhost",
+        "alpha.example.com",
+        "x.alpha.localhost",
+    ] {
+        let (status, body) = http.get(host, "/").await?;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{host}");
+        assert!(!body.contains("127.0.0.1"), "{body}");
+    }
+
+    let (status, body) = http.get("gamma.localhost", "/").await?;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(body.contains("gamma has no healthy instance"), "{body}");
+
+    // Suspended: 503 with a page saying so; resume keeps it off until a
+    // deploy is live again (here the old one is still live: served again).
+    a.cmd(Command::Suspend).await?;
+    env.synced(env.store.last_stream_seq().await?).await?;
+    let (status, body) = http.get("alpha.localhost", "/").await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("alpha is suspended"), "{body}");
+
+    // Deleted: gone (404), the name no longer answers.
+    b.cmd(Command::Delete).await?;
+    env.synced(env.store.last_stream_seq().await?).await?;
+    assert_eq!(
+        http.get("beta.localhost", "/").await?.0,
+        StatusCode::NOT_FOUND
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn unhealthy_and_exited_instances_leave_routing_renames_move_the_host() -> Result<()> {
+    let env = Env::start().await?;
+    let http = HttpClient::new(env.addr);
+    let b1 = Backend::start("v1", 1).await?;
+    let b2 = Backend::start("v1", 2).await?;
+    let mut s = Svc::create(&env.store, "web", ServiceType::WebService).await?;
+    let ids = s.first_deploy(1, &[b1.addr, b2.addr]).await?;
+
+    let seq = s
+        .append(vec![berth_schemas::events::InstanceUnhealthy {
+            instance: ids[0].clone(),
+            reason: "GET / timed out".into(),
+        }
+        .into()])
+        .await?;
+    env.synced(seq).await?;
+    for _ in 0..6 {
+        assert_eq!(http.get("web.localhost", "/").await?.1, "v1 2");
+    }
+    let seq = s
+        .append(vec![berth_schemas::events::InstanceExited {
+            instance: ids[1].clone(),
+            exit_code: Some(1),
+            signal: None,
+        }
+        .into()])
+        .await?;
+    env.synced(seq).await?;
+    assert_eq!(
+        http.get("web.localhost", "/").await?.0,
+        StatusCode::BAD_GATEWAY
+    );
+    let seq = s.healthy(&ids).await?;
+    env.synced(seq).await?;
+    assert_eq!(http.get("web.localhost", "/").await?.0, StatusCode::OK);
+
+    let settings = berth_schemas::events::ServiceSettings {
+        name: Some("site".into()),
+        ..Default::default()
+    };
+    let seq = s
+        .cmd(Command::Update {
+            settings,
+            deploy: berth_schemas::ids::DeployId::generate(),
+        })
+        .await?;
+    env.synced(seq).await?;
+    assert_eq!(
+        http.get("web.localhost", "/").await?.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(http.get("site.localhost", "/").await?.0, StatusCode::OK);
+    Ok(())
+}
+
+#[tokio::test]
+async fn round_robin_over_three_and_a_dead_instance_is_skipped() -> Result<()> {
+    let env = Env::start().await?;
+    let http = HttpClient::new(env.addr);
+    let mut backends = Vec::new();
+    for i in 1..=3 {
+        backends.push(Backend::start("v1", i).await?);
+    }
+    // A fourth instance whose port is closed (the process died, no event yet).
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?
+    };
+    let mut addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let mut s = Svc::create(&env.store, "rr", ServiceType::WebService).await?;
+    s.first_deploy(1, &addrs).await?;
+    env.synced(env.store.last_stream_seq().await?).await?;
+
+    let mut seen = BTreeMap::new();
+    for _ in 0..30 {
+        let (status, body) = http.get("rr.localhost", "/").await?;
+        assert_eq!(status, StatusCode::OK);
+        *seen.entry(body).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen.values().all(|&n| n == 10), "not round robin: {seen:?}");
+
+    // Redeploy onto the three live backends plus the dead address.
+    addrs.push(dead);
+    let deploy = s.request_deploy().await?;
+    s.resolve_and_update(2).await?;
+    let ids = s.start_instances(&deploy, 2, &addrs).await?;
+    s.healthy(&ids).await?;
+    let seq = s.live(&deploy, 2).await?;
+    env.synced(seq).await?;
+
+    let before: u64 = backends.iter().map(Backend::hits).sum();
+    let mut failures = 0;
+    for _ in 0..40 {
+        let (status, _) = http.get("rr.localhost", "/").await?;
+        if status != StatusCode::OK {
+            failures += 1;
+        }
+    }
+    // A POST whose connect fails is retried too: its body was never read.
+    for _ in 0..8 {
+        let (status, body) = http
+            .send(
+                "POST",
+                "rr.localhost",
+                "/upload",
+                Bytes::from(vec![7u8; 5000]),
+            )
+            .await?;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "5000"));
+    }
+    assert_eq!(failures, 0);
+    let after: u64 = backends.iter().map(Backend::hits).sum();
+    assert_eq!(
+        after - before,
+        48,
+        "every request answered by a live backend"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_instance_sees_forwarded_headers_and_streamed_bodies() -> Result<()> {
+    let env = Env::start().await?;
+    let http = HttpClient::new(env.addr);
+    let b = Backend::start("v1", 1).await?;
+    let mut s = Svc::create(&env.store, "hdr", ServiceType::WebService).await?;
+    s.first_deploy(1, &[b.addr]).await?;
+    env.synced(env.store.last_stream_seq().await?).await?;
+
+    let (status, echo) = http.get("hdr.localhost:8080", "/echo").await?;
+    assert_eq!(status, StatusCode::OK);
+    assert!(echo.contains("x-forwarded-for: 127.0.0.1\n"), "{echo}");
+    assert!(echo.contains("x-forwarded-proto: http\n"), "{echo}");
+    assert!(
+        echo.contains("x-forwarded-host: hdr.localhost:8080\n"),
+        "{echo}"
+    );
+    assert!(echo.contains("host: hdr.localhost:8080\n"), "{echo}");
+
+    let big = Bytes::from(vec![1u8; 8 << 20]);
+    let (status, n) = http.send("PUT", "hdr.localhost", "/upload", big).await?;
+    assert_eq!((status, n.as_str()), (StatusCode::OK, "8388608"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restarted_router_rebuilds_the_table_from_the_log() -> Result<()> {
+    let mut env = Env::start().await?;
+    let b = Backend::start("v1", 1).await?;
+    let mut s = Svc::create(&env.store, "again", ServiceType::WebService).await?;
+    s.first_deploy(1, &[b.addr]).await?;
+    env.synced(env.store.last_stream_seq().await?).await?;
+    env.restart_router().await?;
+    // Ready means caught up: no waiting needed.
+    let http = HttpClient::new(env.addr);
+    assert_eq!(
+        http.get("again.localhost", "/").await?,
+        (StatusCode::OK, "v1 1".into())
+    );
+    Ok(())
+}
