@@ -59,6 +59,19 @@ pub struct ResolverArgs {
     /// Deliveries of one event before it is dead-lettered.
     #[arg(long, env = "BERTH_RESOLVER_MAX_DELIVER", default_value_t = 5)]
     pub resolver_max_deliver: i64,
+
+    /// Seconds between rollback-eligibility probes (HEAD of every service's
+    /// live digest and last rollback targets); 0 turns them off.
+    #[arg(
+        long,
+        env = "BERTH_RESOLVER_PROBE_INTERVAL_SECS",
+        default_value_t = 600
+    )]
+    pub resolver_probe_interval_secs: u64,
+
+    /// Earlier deploys per service probed besides the live one.
+    #[arg(long, env = "BERTH_RESOLVER_PROBE_TARGETS", default_value_t = 5)]
+    pub resolver_probe_targets: usize,
 }
 
 /// Validated resolver options.
@@ -78,6 +91,10 @@ pub struct ResolverOptions {
     pub retry_delay: Duration,
     /// Durable consumer name on the event stream.
     pub consumer: String,
+    /// Time between rollback-eligibility probe passes; `None`: no probes.
+    pub probe_interval: Option<Duration>,
+    /// Earlier (deactivated) deploys probed per service besides the live one.
+    pub probe_targets: usize,
 }
 
 impl Default for ResolverOptions {
@@ -98,6 +115,8 @@ impl Default for ResolverOptions {
             max_deliver: 5,
             retry_delay: Duration::from_secs(1),
             consumer: "resolver".to_owned(),
+            probe_interval: Some(Duration::from_secs(600)),
+            probe_targets: 5,
         }
     }
 }
@@ -162,6 +181,9 @@ impl ResolverArgs {
             concurrency: self.resolver_concurrency,
             ack_wait: Duration::from_secs(self.resolver_ack_wait_secs),
             max_deliver: self.resolver_max_deliver,
+            probe_interval: (self.resolver_probe_interval_secs > 0)
+                .then(|| Duration::from_secs(self.resolver_probe_interval_secs)),
+            probe_targets: self.resolver_probe_targets,
             ..ResolverOptions::default()
         })
     }
@@ -191,6 +213,10 @@ mod tests {
         assert!(o.check_client.retry.max_total < o.deploy_client.retry.max_total);
         assert!(o.deploy_client.is_insecure("127.0.0.1:5000"));
         assert!(!o.deploy_client.is_insecure("registry.lan:5000"));
+        assert_eq!(o.probe_interval, Some(Duration::from_secs(600)));
+        assert_eq!(o.probe_targets, 5);
+        let off = Cli::parse_from(["x", "--resolver-probe-interval-secs", "0"]);
+        assert_eq!(off.args.validate().unwrap().probe_interval, None);
     }
 
     #[test]

@@ -8,7 +8,13 @@
 //! - [`deploys`](mod@deploys): follows the event log's service subjects with a durable
 //!   pull consumer; every `deploy_started` gets its image resolved (tag →
 //!   linux/amd64 manifest digest, size limit) and the outcome appended as
-//!   `image_resolved` or `image_pull_failed` with SPEC §9's reason.
+//!   `image_resolved` or `image_pull_failed` with SPEC §9's reason. A
+//!   rollback's deploy names `repo@digest` (the target's recorded digest,
+//!   never its tag), so it is resolved by a HEAD of that digest and ends
+//!   `image_not_found` when the registry lost it;
+//! - [`probe`](mod@probe): every `probe_interval`, HEADs of each service's
+//!   live digest and last rollback targets; a lost one is recorded as
+//!   `rollback_target_missing` (not rollback-eligible any more).
 //!
 //! Credentials travel as ids; the resolver opens the sealed token with the
 //! operator's key only in memory, for the registry request. The registry
@@ -18,6 +24,7 @@ mod access;
 pub mod check;
 mod config;
 mod deploys;
+mod probe;
 
 use std::sync::Arc;
 
@@ -102,8 +109,10 @@ impl Resolver {
         }
         tracing::info!(consumer = %self.inner.opts.consumer, "resolver running");
         let checks = tokio::spawn(check::serve(Arc::clone(&self.inner), sub, shutdown.clone()));
+        let probes = tokio::spawn(probe::run(Arc::clone(&self.inner), shutdown.clone()));
         deploys::serve(Arc::clone(&self.inner), worker, shutdown).await;
         let _ = checks.await;
+        let _ = probes.await;
         if let Some(r) = &ready {
             r.set(false);
         }

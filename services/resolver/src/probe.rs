@@ -1,0 +1,262 @@
+//! Rollback-eligibility probes (SPEC §7): every `probe_interval`, HEAD the
+//! live digest and the last `probe_targets` rollback targets of every
+//! service; a digest the registry no longer holds is recorded with
+//! `MarkRollbackTargetMissing` (event `rollback_target_missing`: the deploy
+//! is no longer rollback-eligible), before a restart, scale-out, cron run or
+//! rollback trips over it.
+//!
+//! Only HEAD requests by digest: registries do not count them against pull
+//! limits. A deploy already marked is not probed again, and the rules
+//! append nothing for a second mark, so the warning is raised once per
+//! deploy. A probe that cannot tell (registry down, credential revoked) marks
+//! nothing; the next pass tries again.
+//!
+//! The services come from a projection of the log's service subjects kept
+//! by this loop (each resolver copy probes on its own; the marks are
+//! idempotent).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use berth_domain::reference::Reference;
+use berth_domain::service::{self, ServiceState};
+use berth_domain::Ctx;
+use berth_eventlog::projection::{Projection, ProjectionOptions, ProjectionRunner};
+use berth_eventlog::NewEvent;
+use berth_schemas::ids::{CredentialId, DeployId, OwnerId, ServiceId};
+use berth_schemas::model::DeployStatus;
+use berth_schemas::{Actor, AggregateId, Envelope};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::access::{self, AccessError};
+use crate::Inner;
+
+/// Every service's state, folded from the service subjects.
+#[derive(Debug, Default)]
+pub(crate) struct Services(BTreeMap<ServiceId, ServiceState>);
+
+impl Projection for Services {
+    type Snapshot = BTreeMap<ServiceId, ServiceState>;
+
+    fn apply(&mut self, _stream_seq: u64, env: &Envelope) {
+        if let AggregateId::Service(id) = &env.aggregate {
+            let s = self.0.entry(id.clone()).or_default();
+            *s = service::fold(std::mem::take(s), env);
+            if !s.exists() {
+                // Deleted (or never created): nothing to probe.
+                self.0.remove(id);
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Self::Snapshot {
+        self.0.clone()
+    }
+
+    fn restore(&mut self, snapshot: Self::Snapshot) {
+        self.0 = snapshot;
+    }
+}
+
+/// One digest to check for one deploy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    pub service: ServiceId,
+    pub deploy: DeployId,
+    pub image: String,
+    pub digest: String,
+}
+
+/// What a pass checks for `state`: the live deploy, then the newest
+/// `limit` earlier deploys that served (deactivated), each only while it is
+/// still rollback-eligible.
+pub(crate) fn targets(id: &ServiceId, state: &ServiceState, limit: usize) -> Vec<Target> {
+    let live = state.live_deploy().into_iter();
+    let earlier = state
+        .deploys
+        .iter()
+        .rev()
+        .filter(|d| d.status == DeployStatus::Deactivated)
+        .take(limit);
+    live.chain(earlier)
+        .filter(|d| d.rollback_eligible)
+        .filter_map(|d| {
+            d.digest().map(|digest| Target {
+                service: id.clone(),
+                deploy: d.id.clone(),
+                image: d.image.clone(),
+                digest: digest.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// A target with what its HEAD needs: the service's current credential
+/// (what a rollback would pull with) and owner.
+type Due = (Target, Option<CredentialId>, OwnerId);
+
+/// The registry key a HEAD is made for: (API host, repository, digest).
+type Head = (String, String, String);
+
+/// Follows the services and probes every interval until `shutdown`.
+pub(crate) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
+    let Some(every) = inner.opts.probe_interval else {
+        return;
+    };
+    let runner = ProjectionRunner::new(
+        &inner.store,
+        Services::default(),
+        ProjectionOptions {
+            filter: Some(inner.store.subjects().aggregate_kind("service")),
+            ..ProjectionOptions::default()
+        },
+    );
+    let view: Arc<RwLock<Services>> = runner.state();
+    let follow = tokio::spawn(runner.run(shutdown.clone()));
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick fires at once: skip it so the view has caught up.
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        let due: Vec<Due> = {
+            let v = view.read().unwrap_or_else(|p| p.into_inner());
+            v.0.iter()
+                .filter_map(|(id, s)| s.config.as_ref().map(|c| (id, s, c)))
+                .flat_map(|(id, s, c)| {
+                    targets(id, s, inner.opts.probe_targets)
+                        .into_iter()
+                        .map(move |t| (t, c.credential.clone(), c.owner.clone()))
+                })
+                .collect()
+        };
+        probe_pass(&inner, due).await;
+    }
+    match follow.await {
+        Ok(Err(e)) => tracing::error!(error = %e, "probe view stopped with an error"),
+        Err(e) => tracing::error!(error = %e, "probe view task failed"),
+        Ok(Ok(())) => {}
+    }
+}
+
+/// HEADs each distinct digest once, then marks the deploys whose digest
+/// the registry no longer holds.
+async fn probe_pass(inner: &Inner, due: Vec<Due>) {
+    let started = std::time::Instant::now();
+    let mut planned: Vec<(Target, Head)> = Vec::new();
+    let mut distinct: BTreeMap<Head, (Option<CredentialId>, OwnerId, String)> = BTreeMap::new();
+    for (t, cred, owner) in due {
+        let Ok(r) = Reference::parse(&t.image) else {
+            tracing::warn!(service.id = %t.service, deploy.id = %t.deploy, image = %t.image, "probe: unparsable image");
+            continue;
+        };
+        let key = (
+            r.registry_host().to_owned(),
+            r.path().to_owned(),
+            t.digest.clone(),
+        );
+        distinct
+            .entry(key.clone())
+            .or_insert_with(|| (cred, owner, r.domain().to_owned()));
+        planned.push((t, key));
+    }
+    let heads = distinct.len();
+    let answers: HashMap<Head, bool> = futures::stream::iter(distinct)
+        .map(|(key, (cred, owner, domain))| async move {
+            let present = head(inner, &key, cred.as_ref(), &owner, &domain).await;
+            (key, present)
+        })
+        .buffer_unordered(8)
+        .filter_map(|(key, present)| async move { present.map(|p| (key, p)) })
+        .collect()
+        .await;
+    let mut missing = 0usize;
+    for (t, key) in &planned {
+        if answers.get(key) == Some(&false) {
+            missing += 1;
+            mark_missing(inner, t).await;
+        }
+    }
+    tracing::debug!(
+        targets = planned.len(),
+        heads,
+        missing,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "probe pass done"
+    );
+}
+
+/// `Some(present)` when the registry answered; `None` when it could not tell.
+async fn head(
+    inner: &Inner,
+    (host, repo, digest): &Head,
+    cred: Option<&CredentialId>,
+    owner: &OwnerId,
+    domain: &str,
+) -> Option<bool> {
+    let login = match cred {
+        Some(id) => match access::credential(&inner.store, &inner.key, owner, id, domain).await {
+            Ok(c) => Some(c),
+            Err(AccessError::Failed { message, .. }) => {
+                tracing::warn!(host, repo, message = %message, "probe: credential unusable; not probed");
+                return None;
+            }
+            Err(AccessError::Store(e)) => {
+                tracing::warn!(error = %e, "probe: credential not loaded");
+                return None;
+            }
+        },
+        None => None,
+    };
+    match inner
+        .check_client
+        .head_digest_exists(host, repo, digest, login.as_ref())
+        .await
+    {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(host, repo, digest, error = %e, "probe: registry did not answer; not marked");
+            None
+        }
+    }
+}
+
+async fn mark_missing(inner: &Inner, t: &Target) {
+    let command = service::Command::MarkRollbackTargetMissing {
+        deploy: t.deploy.clone(),
+        digest: t.digest.clone(),
+    };
+    let actor = Actor::system("resolver");
+    let done = inner
+        .store
+        .execute(
+            &AggregateId::Service(t.service.clone()),
+            &format!("probe-missing-{}", t.deploy),
+            service::fold,
+            |s: &ServiceState| {
+                service::decide(s, command.clone(), &Ctx::default()).map(|events| {
+                    events
+                        .into_iter()
+                        .map(|e| {
+                            NewEvent::new(e, actor.clone())
+                                .correlated(t.deploy.clone())
+                                .caused_by("rollback-probe")
+                        })
+                        .collect()
+                })
+            },
+        )
+        .await;
+    match done {
+        Ok(_) => {
+            tracing::warn!(service.id = %t.service, deploy.id = %t.deploy, digest = %t.digest, "registry no longer holds the digest: deploy is not rollback-eligible")
+        }
+        Err(e) => {
+            tracing::warn!(service.id = %t.service, deploy.id = %t.deploy, error = %e, "probe: marking the missing digest failed")
+        }
+    }
+}
