@@ -1,3 +1,280 @@
-//! berth's HTTP API (Render-shaped), deploy hooks and bus commands
+//! # berth-api: the HTTP front door, deploy hooks and bus commands
 //!
-//! (skeleton: being built)
+//! Operators, CI pipelines and internal services reach berth here (SPEC §6,
+//! §12, §14). Every write goes through the `berth-ingress` application
+//! layer (pure decision on one aggregate, appended with optimistic
+//! concurrency); reads come from the aggregate itself or from this crate's
+//! read model ([`index`]) folded from the log.
+//!
+//! - [`router`]: the Render-shaped JSON API under `/v1` (bearer API keys,
+//!   owner isolation: another owner's resource is 404), the deploy hook
+//!   under `/deploy/srv-…` and the OpenAPI document;
+//! - [`hooks`]: deploy hooks, answered 200 only once the deploy is durable;
+//! - [`bus`]: `scale` / `restart` / `deploy` commands on the bus, validated
+//!   by the same functions as the API, answered with errors as data;
+//! - [`bootstrap`]: the first owner and API key of a fresh installation;
+//! - [`Api`]: the `api` component of `berth up`.
+
+pub mod app;
+pub mod bootstrap;
+pub mod bus;
+pub mod error;
+pub mod hooks;
+pub mod index;
+pub mod openapi;
+mod routes;
+pub mod views;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use berth_eventlog::EventStore;
+use berth_ingress::{Ingress, IngressError, IngressOptions};
+use berth_runtime::{BoxError, Component, ComponentContext, SecretKey};
+use futures::future::BoxFuture;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use app::AppState;
+pub use bootstrap::{bootstrap, Bootstrapped};
+pub use error::ApiError;
+
+/// The API's settings (flags or `BERTH_API_*` variables).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiArgs {
+    /// Address the HTTP API and deploy hooks listen on.
+    #[arg(long, env = "BERTH_API_ADDR", default_value = "127.0.0.1:7000")]
+    pub api_addr: SocketAddr,
+    /// URL clients reach the API at (written to credentials.json); default
+    /// `http://<api addr>`.
+    #[arg(long, env = "BERTH_API_PUBLIC_URL")]
+    pub api_public_url: Option<String>,
+    /// How long service creation waits for the resolver's image check, in seconds.
+    #[arg(long, env = "BERTH_API_CHECK_TIMEOUT_SECS", default_value_t = 30)]
+    pub api_check_timeout_secs: u64,
+}
+
+impl ApiArgs {
+    /// The URL clients use.
+    pub fn public_url(&self) -> String {
+        self.api_public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.api_addr))
+    }
+
+    /// Checks the settings; returns every problem.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if !(1..=600).contains(&self.api_check_timeout_secs) {
+            problems.push("BERTH_API_CHECK_TIMEOUT_SECS must be 1–600".to_owned());
+        }
+        if let Some(u) = &self.api_public_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                problems
+                    .push("BERTH_API_PUBLIC_URL must start with http:// or https://".to_owned());
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The application layer's options.
+    pub fn ingress_options(&self) -> IngressOptions {
+        IngressOptions {
+            check_timeout: Duration::from_secs(self.api_check_timeout_secs),
+            ..IngressOptions::default()
+        }
+    }
+}
+
+/// Every route of the API.
+pub fn router(state: AppState) -> Router {
+    use routes::{deploys, owner, services};
+    Router::new()
+        .route("/v1/openapi.json", get(openapi::serve))
+        .route("/v1/services", get(services::list).post(services::create))
+        .route(
+            "/v1/services/{id}",
+            get(services::get)
+                .patch(services::update)
+                .delete(services::delete),
+        )
+        .route(
+            "/v1/services/{id}/deploys",
+            get(deploys::list).post(deploys::create),
+        )
+        .route("/v1/services/{id}/deploys/{deploy}", get(deploys::get))
+        .route(
+            "/v1/services/{id}/deploys/{deploy}/cancel",
+            post(deploys::cancel),
+        )
+        .route("/v1/services/{id}/rollback", post(deploys::rollback))
+        .route("/v1/services/{id}/scale", post(services::scale))
+        .route("/v1/services/{id}/restart", post(services::restart))
+        .route("/v1/services/{id}/suspend", post(services::suspend))
+        .route("/v1/services/{id}/resume", post(services::resume))
+        .route("/v1/services/{id}/deploy-hook", get(services::hook))
+        .route(
+            "/v1/services/{id}/deploy-hook/regenerate",
+            post(services::regenerate_hook),
+        )
+        .route(
+            "/v1/cron-jobs/{id}/runs",
+            post(services::trigger_cron).delete(services::cancel_cron),
+        )
+        .route(
+            "/v1/registrycredentials",
+            get(owner::list_credentials).post(owner::create_credential),
+        )
+        .route(
+            "/v1/registrycredentials/{id}",
+            get(owner::get_credential)
+                .patch(owner::update_credential)
+                .delete(owner::delete_credential),
+        )
+        .route(
+            "/v1/api-keys",
+            get(owner::list_api_keys).post(owner::create_api_key),
+        )
+        .route(
+            "/v1/api-keys/{id}",
+            axum::routing::delete(owner::revoke_api_key),
+        )
+        .route(
+            "/v1/notification-settings/owners/{owner}",
+            get(owner::get_notifications).patch(owner::set_notifications),
+        )
+        .route(
+            "/v1/notification-settings/overrides/services/{id}",
+            get(services::get_override).patch(services::set_override),
+        )
+        .route(
+            "/deploy/{id}",
+            get(hooks::deploy_hook).post(hooks::deploy_hook),
+        )
+        .fallback(|| async { ApiError::not_found("route") })
+        .layer(DefaultBodyLimit::max(app::MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves `state`'s API on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// Why the API could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiStartError {
+    /// The read models could not be built.
+    #[error(transparent)]
+    Ingress(#[from] IngressError),
+    /// The listener could not be bound or failed.
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The bus command subscription failed.
+    #[error("bus commands: {0}")]
+    Bus(String),
+}
+
+/// The `api` component: HTTP API, deploy hooks, bus commands.
+#[derive(Debug)]
+pub struct Api {
+    store: EventStore,
+    key: SecretKey,
+    args: ApiArgs,
+}
+
+impl Api {
+    /// An API over `store`, sealing secrets with `key`.
+    pub fn new(store: EventStore, key: SecretKey, args: ApiArgs) -> Self {
+        Self { store, key, args }
+    }
+
+    /// Runs until `shutdown`; sets `ready` once listening.
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+        ready: Option<berth_runtime::ReadyFlag>,
+    ) -> Result<(), ApiStartError> {
+        let ingress = Ingress::start(
+            self.store.clone(),
+            self.key.clone(),
+            self.args.ingress_options(),
+            shutdown.clone(),
+            &tracker,
+        )
+        .await?;
+        let state = AppState::start(ingress.clone(), shutdown.clone(), &tracker).await?;
+        let bus = bus::subscribe(&ingress)
+            .await
+            .map_err(|e| ApiStartError::Bus(e.to_string()))?;
+        tracker.spawn(bus::serve(ingress, bus, shutdown.clone()));
+        let addr = self.args.api_addr;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ApiStartError::Listen { addr, source })?;
+        tracing::info!(addr = %addr, "API listening");
+        if let Some(r) = &ready {
+            r.set(true);
+        }
+        let served = serve(listener, state, shutdown).await;
+        if let Some(r) = &ready {
+            r.set(false);
+        }
+        served.map_err(|source| ApiStartError::Listen { addr, source })
+    }
+}
+
+impl Component for Api {
+    fn name(&self) -> &'static str {
+        "api"
+    }
+
+    fn run(self: Box<Self>, ctx: ComponentContext) -> BoxFuture<'static, Result<(), BoxError>> {
+        Box::pin(async move {
+            (*self)
+                .run(
+                    ctx.shutdown.clone(),
+                    ctx.tracker.clone(),
+                    Some(ctx.ready.clone()),
+                )
+                .await
+                .map_err(|e| Box::new(e) as BoxError)
+        })
+    }
+}
+
+/// The `api` component for `berth up` / `berth run api`.
+pub fn component(store: EventStore, key: SecretKey, args: ApiArgs) -> Box<dyn Component> {
+    Box::new(Api::new(store, key, args))
+}
+
+/// Starts the read models and returns the state the router needs, for
+/// callers (tests, benchmarks) that serve the router themselves.
+pub async fn start_state(
+    store: EventStore,
+    key: SecretKey,
+    opts: IngressOptions,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<AppState, IngressError> {
+    let ingress = Ingress::start(store, key, opts, shutdown.clone(), tracker).await?;
+    AppState::start(ingress, shutdown, tracker).await
+}

@@ -1,0 +1,232 @@
+//! The shared state of every handler and the extractors that turn a
+//! request into typed input or a 400/401 — never a 500 on bad input.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
+use berth_eventlog::projection::{ProjectionOptions, ProjectionRunner};
+use berth_ingress::{api_key_sha256, Caller, Ingress, IngressError};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::ApiError;
+use crate::index::{ApiIndex, SharedIndex};
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub ingress: Ingress,
+    pub index: SharedIndex,
+    applied: watch::Receiver<u64>,
+    read_timeout: Duration,
+}
+
+impl AppState {
+    /// Builds the read model from the log, then keeps it following the log
+    /// on a task of `tracker` until `shutdown`.
+    pub async fn start(
+        ingress: Ingress,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Result<Self, IngressError> {
+        let mut runner = ProjectionRunner::new(
+            ingress.store(),
+            ApiIndex::default(),
+            ProjectionOptions::default(),
+        );
+        runner
+            .catch_up()
+            .await
+            .map_err(|e| IngressError::Store(e.to_string()))?;
+        let index = runner.state();
+        let applied = runner.applied();
+        tracker.spawn(async move {
+            if let Err(e) = runner.run(shutdown).await {
+                tracing::error!(error = %e, "API read model stopped");
+            }
+        });
+        Ok(Self {
+            ingress,
+            index,
+            applied,
+            read_timeout: Duration::from_secs(5),
+        })
+    }
+
+    /// Waits until the read model includes everything in the log now
+    /// (read-your-writes for listings and fresh API keys).
+    pub async fn caught_up(&self) -> Result<(), ApiError> {
+        let target = self
+            .ingress
+            .store()
+            .last_stream_seq()
+            .await
+            .map_err(|e| ApiError::from(IngressError::Store(e.to_string())))?;
+        let mut rx = self.applied.clone();
+        let reached = tokio::time::timeout(self.read_timeout, async {
+            rx.wait_for(|s| *s >= target).await.map(|_| ())
+        })
+        .await;
+        match reached {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(IngressError::Store("read model is behind the log".to_owned()).into()),
+        }
+    }
+
+    /// Reads the index.
+    pub fn read<T>(&self, f: impl FnOnce(&ApiIndex) -> T) -> Result<T, ApiError> {
+        let guard = self
+            .index
+            .read()
+            .map_err(|_| ApiError::from(IngressError::Store("read model poisoned".to_owned())))?;
+        Ok(f(&guard))
+    }
+}
+
+/// The caller an `Authorization: Bearer <key>` header authenticates.
+#[derive(Debug, Clone)]
+pub struct Authed(pub Caller);
+
+impl FromRequestParts<AppState> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= 256)
+            .ok_or_else(ApiError::unauthorized)?;
+        let sha = api_key_sha256(token);
+        let found = match state.read(|i| i.key(&sha))? {
+            Some(k) => Some(k),
+            // A key created a moment ago may not be in the read model yet.
+            None => {
+                state.caught_up().await?;
+                state.read(|i| i.key(&sha))?
+            }
+        };
+        let (owner, key) = found.ok_or_else(ApiError::unauthorized)?;
+        Ok(Authed(Caller::api_key(owner, key)))
+    }
+}
+
+/// Removes quoted values from a parser message, so a secret put in the
+/// wrong field is never echoed back.
+fn scrub(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(300));
+    let mut quoted = false;
+    for c in message.chars() {
+        if c == '"' {
+            if !quoted {
+                out.push_str("\"…");
+            } else {
+                out.push('"');
+            }
+            quoted = !quoted;
+        } else if !quoted {
+            out.push(c);
+        }
+        if out.len() > 300 {
+            break;
+        }
+    }
+    out
+}
+
+/// A JSON body (unknown fields refused by the types), at most
+/// [`MAX_BODY_BYTES`]; any problem is a 400 saying what.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("unreadable body: {e}")))?;
+        if bytes.len() > MAX_BODY_BYTES {
+            return Err(ApiError::bad_request(format!(
+                "body larger than {MAX_BODY_BYTES} bytes"
+            )));
+        }
+        let body: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(body).map(JsonBody).map_err(|e| {
+            ApiError::bad_request(format!("invalid JSON body: {}", scrub(&e.to_string())))
+        })
+    }
+}
+
+/// Query parameters; a parse problem is a 400.
+#[derive(Debug)]
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| QueryParams(q.0))
+            .map_err(|e| ApiError::bad_request(format!("invalid query: {}", scrub(&e.body_text()))))
+    }
+}
+
+/// `limit` and `cursor` of a listing (Render's pagination).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+impl Page {
+    /// Applies the page to `items` (already in listing order), each with
+    /// its cursor (its id). An unknown cursor is a 400.
+    pub fn apply<T>(&self, items: Vec<(String, T)>) -> Result<Vec<(String, T)>, ApiError> {
+        let limit = match &self.limit {
+            None => 20,
+            Some(l) => match l.parse::<usize>() {
+                Ok(n) if (1..=100).contains(&n) => n,
+                _ => return Err(ApiError::field("limit", "must be an integer from 1 to 100")),
+            },
+        };
+        let start =
+            match &self.cursor {
+                None => 0,
+                Some(c) => {
+                    items.iter().position(|(id, _)| id == c).ok_or_else(|| {
+                        ApiError::field("cursor", "is not a cursor of this listing")
+                    })? + 1
+                }
+            };
+        Ok(items.into_iter().skip(start).take(limit).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scrub;
+
+    #[test]
+    fn scrub_drops_quoted_values() {
+        assert_eq!(
+            scrub("invalid type: string \"hunter2\", expected u32"),
+            "invalid type: string \"…\", expected u32"
+        );
+        assert!(!scrub("unknown field `a`, value \"s3cret").contains("s3cret"));
+    }
+}

@@ -1,0 +1,110 @@
+//! First start of an installation: if `$BERTH_DATA_DIR/credentials.json`
+//! does not exist, create an owner and an API key and write
+//! `{ownerId, apiKey, apiUrl}` there, readable by the operator only (0600).
+//! `berth up` prints where. The file is created exclusively, so two
+//! starts at once cannot both write one.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use berth_ingress::{Ingress, IngressError};
+use berth_schemas::ids::{OwnerId, UserId};
+use berth_schemas::Actor;
+use serde::{Deserialize, Serialize};
+
+/// The file's name in the data directory.
+pub const CREDENTIALS_FILE: &str = "credentials.json";
+
+/// What the file holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsFile {
+    pub owner_id: String,
+    pub api_key: String,
+    pub api_url: String,
+}
+
+/// The outcome of [`bootstrap`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bootstrapped {
+    /// Where the credentials are.
+    pub path: PathBuf,
+    /// True when this call created them (first start).
+    pub created: bool,
+}
+
+/// Why bootstrapping failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("writing {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Ingress(#[from] IngressError),
+}
+
+/// Creates the first owner, its API key and the credentials file, unless
+/// the file exists.
+pub async fn bootstrap(
+    ingress: &Ingress,
+    data_dir: &Path,
+    api_url: &str,
+) -> Result<Bootstrapped, BootstrapError> {
+    let path = data_dir.join(CREDENTIALS_FILE);
+    if path.exists() {
+        return Ok(Bootstrapped {
+            path,
+            created: false,
+        });
+    }
+    let io = |source| BootstrapError::Io {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(data_dir).map_err(io)?;
+    // Claim the file first, so a second start at the same time backs off.
+    let mut file = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Ok(Bootstrapped {
+                path,
+                created: false,
+            })
+        }
+        Err(e) => return Err(io(e)),
+    };
+    let written: Result<(), BootstrapError> = async {
+        let owner = OwnerId::User(UserId::generate());
+        ingress.ensure_owner(&owner, "admin").await?;
+        let actor = Actor::system("bootstrap");
+        let (_, key) = ingress.create_api_key(&owner, "bootstrap", &actor).await?;
+        let body = CredentialsFile {
+            owner_id: owner.to_string(),
+            api_key: key.expose().to_owned(),
+            api_url: api_url.to_owned(),
+        };
+        let json = serde_json::to_vec_pretty(&body).map_err(|e| io(e.into()))?;
+        file.write_all(&json).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        tracing::info!(owner = %owner, path = %path.display(), "created the first owner and API key");
+        Ok(())
+    }
+    .await;
+    if let Err(e) = written {
+        // Leave no half-written file behind: the next start tries again.
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(Bootstrapped {
+        path,
+        created: true,
+    })
+}

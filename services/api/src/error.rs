@@ -1,0 +1,116 @@
+//! The API's error answer: Render's `{"id", "message"}` with the right
+//! status, plus `fields` listing each invalid field on a 400. Built from
+//! [`IngressError`] by its own status mapping, so no message is parsed.
+//! Nothing here ever carries a secret: domain and ingress messages name
+//! fields and ids only.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use berth_domain::DomainError;
+use berth_ingress::IngressError;
+use serde::Serialize;
+
+/// One invalid field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// The field, in the API's camelCase (`serviceDetails.numInstances`).
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// An error answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    pub status: StatusCode,
+    /// Stable machine-readable kind (`invalid_input`, `not_found`, …).
+    pub id: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldError>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, id: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            id,
+            message: message.into(),
+            fields: Vec::new(),
+        }
+    }
+
+    /// 400 naming one field.
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        let (field, message) = (field.into(), message.into());
+        Self::fields(vec![FieldError { field, message }])
+    }
+
+    /// 400 naming every invalid field.
+    pub fn fields(fields: Vec<FieldError>) -> Self {
+        let message = fields
+            .iter()
+            .map(|f| format!("{}: {}", f.field, f.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Self {
+            fields,
+            ..Self::new(StatusCode::BAD_REQUEST, "invalid_input", message)
+        }
+    }
+
+    /// 400 for a body or query that does not parse.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_input", message)
+    }
+
+    /// 401.
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid API key is required: Authorization: Bearer <key>",
+        )
+    }
+
+    /// 404 with a generic message (also for other owners' resources).
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+}
+
+impl From<IngressError> for ApiError {
+    fn from(e: IngressError) -> Self {
+        let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+        match &e {
+            IngressError::Rejected(DomainError::Invalid { field, reason }) => {
+                Self::field(*field, reason.clone())
+            }
+            IngressError::Rejected(DomainError::NotFound { what, .. }) => Self::not_found(what),
+            IngressError::Rejected(_) => Self::new(status, "conflict", e.to_string()),
+            IngressError::ImageInaccessible { .. } => {
+                Self::new(status, "image_not_accessible", e.to_string())
+            }
+            IngressError::CheckUnavailable(_) | IngressError::Store(_) => {
+                tracing::warn!(error = %e, "request failed, retryable");
+                Self::new(status, "unavailable", e.to_string())
+            }
+            IngressError::Secret(_) => {
+                tracing::error!(error = %e, "sealing failed");
+                Self::new(status, "internal", "the server cannot seal secrets")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(&self)).into_response()
+    }
+}

@@ -1,0 +1,94 @@
+//! The API's read model, folded from the whole log: API keys by SHA-256
+//! (to authenticate a request without loading an owner) and every service's
+//! state (for listings). Writes never consult it: they decide on the
+//! aggregate itself.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use berth_domain::service::{self, ServiceState};
+use berth_eventlog::projection::Projection;
+use berth_schemas::ids::{ApiKeyId, OwnerId, ServiceId};
+use berth_schemas::{AggregateId, Envelope, Event};
+use serde::{Deserialize, Serialize};
+
+/// A service in the index: when it was created (stream position, for
+/// newest-first listings) and its state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Indexed {
+    pub created_seq: u64,
+    pub state: ServiceState,
+}
+
+/// Keys and services.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ApiIndex {
+    /// SHA-256 hex → (owner, key), unrevoked keys only.
+    keys: HashMap<String, (OwnerId, ApiKeyId)>,
+    /// Key id → its SHA-256, to forget it on revocation.
+    key_hashes: HashMap<ApiKeyId, String>,
+    services: BTreeMap<ServiceId, Indexed>,
+}
+
+/// Shared handle on the index.
+pub type SharedIndex = Arc<RwLock<ApiIndex>>;
+
+impl ApiIndex {
+    /// The owner and key a bearer token's SHA-256 belongs to.
+    pub fn key(&self, sha256: &str) -> Option<(OwnerId, ApiKeyId)> {
+        self.keys.get(sha256).cloned()
+    }
+
+    /// The owner's live services, newest first.
+    pub fn services_of(&self, owner: &OwnerId) -> Vec<(ServiceId, Indexed)> {
+        let mut out: Vec<(ServiceId, Indexed)> = self
+            .services
+            .iter()
+            .filter(|(_, i)| {
+                i.state.exists() && i.state.config.as_ref().is_some_and(|c| &c.owner == owner)
+            })
+            .map(|(id, i)| (id.clone(), i.clone()))
+            .collect();
+        out.sort_by(|a, b| b.1.created_seq.cmp(&a.1.created_seq));
+        out
+    }
+}
+
+impl Projection for ApiIndex {
+    type Snapshot = ApiIndex;
+
+    fn apply(&mut self, stream_seq: u64, env: &Envelope) {
+        match (&env.aggregate, &env.event) {
+            (AggregateId::Owner(owner), Event::ApiKeyCreated(e)) => {
+                self.key_hashes.insert(e.key.clone(), e.sha256.clone());
+                self.keys
+                    .entry(e.sha256.clone())
+                    .or_insert_with(|| (owner.clone(), e.key.clone()));
+            }
+            (AggregateId::Owner(_), Event::ApiKeyRevoked(e)) => {
+                if let Some(sha) = self.key_hashes.get(&e.key) {
+                    if self.keys.get(sha).is_some_and(|(_, k)| *k == e.key) {
+                        self.keys.remove(sha);
+                    }
+                }
+            }
+            (AggregateId::Service(id), _) => {
+                let entry = self.services.entry(id.clone()).or_insert_with(|| Indexed {
+                    created_seq: stream_seq,
+                    state: ServiceState::default(),
+                });
+                let state = std::mem::take(&mut entry.state);
+                entry.state = service::fold(state, env);
+            }
+            _ => {}
+        }
+    }
+
+    fn snapshot(&self) -> Self::Snapshot {
+        self.clone()
+    }
+
+    fn restore(&mut self, snapshot: Self::Snapshot) {
+        *self = snapshot;
+    }
+}

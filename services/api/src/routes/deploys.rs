@@ -1,0 +1,143 @@
+//! `/v1/services/{id}/deploys…` and `/rollback`: list, get, create (the
+//! service's image or another tag/digest of its repository), cancel, and
+//! roll back to an earlier deploy's recorded digest (SPEC §6, §7).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use berth_ingress::Scope;
+use berth_schemas::ids::DeployId;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::services::service_id;
+use crate::app::{AppState, Authed, JsonBody, Page, QueryParams};
+use crate::error::ApiError;
+use crate::views::DeployView;
+
+fn deploy_id(s: &str) -> Result<DeployId, ApiError> {
+    s.parse().map_err(|_| ApiError::not_found("deploy"))
+}
+
+/// GET /v1/services/{id}/deploys, newest first.
+pub async fn list(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    QueryParams(page): QueryParams<Page>,
+) -> Result<Json<Value>, ApiError> {
+    let id = service_id(&id)?;
+    let state = st.ingress.show_service(&caller, &id).await?;
+    let items = state
+        .deploys
+        .iter()
+        .rev()
+        .map(|d| (d.id.to_string(), DeployView::of(d)))
+        .collect();
+    Ok(Json(Value::Array(
+        page.apply(items)?
+            .into_iter()
+            .map(|(cursor, deploy)| json!({ "cursor": cursor, "deploy": deploy }))
+            .collect(),
+    )))
+}
+
+/// GET /v1/services/{id}/deploys/{deployId}
+pub async fn get(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Path((id, deploy)): Path<(String, String)>,
+) -> Result<Json<DeployView>, ApiError> {
+    let id = service_id(&id)?;
+    let deploy = deploy_id(&deploy)?;
+    let state = st.ingress.show_service(&caller, &id).await?;
+    state
+        .deploy(&deploy)
+        .map(|d| Json(DeployView::of(d)))
+        .ok_or_else(|| ApiError::not_found("deploy"))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateBody {
+    pub image_url: Option<String>,
+    /// Render's field; berth keeps no build cache, so it changes nothing.
+    pub clear_cache: Option<String>,
+}
+
+async fn answer(
+    st: &AppState,
+    caller: &berth_ingress::Caller,
+    id: &berth_schemas::ids::ServiceId,
+    deploy: &DeployId,
+) -> Result<Response, ApiError> {
+    let state = st.ingress.show_service(caller, id).await?;
+    let view = state
+        .deploy(deploy)
+        .map(DeployView::of)
+        .ok_or_else(|| ApiError::not_found("deploy"))?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// POST /v1/services/{id}/deploys
+pub async fn create(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<CreateBody>,
+) -> Result<Response, ApiError> {
+    let id = service_id(&id)?;
+    if let Some(c) = body.clear_cache.as_deref() {
+        if c != "clear" && c != "do_not_clear" {
+            return Err(ApiError::field(
+                "clearCache",
+                "must be clear or do_not_clear",
+            ));
+        }
+    }
+    let deploy = st
+        .ingress
+        .deploy(Scope::Owner(&caller), &id, body.image_url.as_deref(), None)
+        .await?;
+    answer(&st, &caller, &id, &deploy).await
+}
+
+/// POST /v1/services/{id}/deploys/{deployId}/cancel
+pub async fn cancel(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Path((id, deploy)): Path<(String, String)>,
+) -> Result<Json<DeployView>, ApiError> {
+    let id = service_id(&id)?;
+    let deploy = deploy_id(&deploy)?;
+    let state = st.ingress.cancel_deploy(&caller, &id, &deploy).await?;
+    state
+        .deploy(&deploy)
+        .map(|d| Json(DeployView::of(d)))
+        .ok_or_else(|| ApiError::not_found("deploy"))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RollbackBody {
+    pub deploy_id: Option<String>,
+}
+
+/// POST /v1/services/{id}/rollback `{deployId}`
+pub async fn rollback(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<RollbackBody>,
+) -> Result<Response, ApiError> {
+    let id = service_id(&id)?;
+    let target = body
+        .deploy_id
+        .ok_or_else(|| ApiError::field("deployId", "is required"))?;
+    let target: DeployId = target
+        .parse()
+        .map_err(|_| ApiError::field("deployId", "is not a deploy id (dep-…)"))?;
+    let deploy = st.ingress.rollback(&caller, &id, &target).await?;
+    answer(&st, &caller, &id, &deploy).await
+}
