@@ -332,6 +332,7 @@ fn page(status: StatusCode, title: &str, text: &str) -> Response<ProxyBody> {
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

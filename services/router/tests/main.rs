@@ -3,3 +3,4 @@
 
 mod routing;
 mod support;
+mod switch;
