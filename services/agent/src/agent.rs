@@ -15,7 +15,7 @@ use berth_schemas::ids::{InstanceId, NodeId, ServiceId};
 use berth_schemas::Subjects;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -189,6 +189,8 @@ pub struct Heartbeat {
 
 struct Supervised {
     stop: CancellationToken,
+    /// Kill the process and start it again at once (a failing health check).
+    restart: Arc<Notify>,
     task: Option<JoinHandle<Ended>>,
 }
 
@@ -340,6 +342,22 @@ impl Agent {
         }
     }
 
+    /// Restart a service instance in place: its process is stopped
+    /// (SIGTERM, SIGKILL after the shutdown delay) and started again at
+    /// once, without the crash backoff; the new start is reported as
+    /// `Started` with `restarts` counted up. Used when a live instance
+    /// keeps failing its health check (SPEC §6).
+    pub fn restart_instance(&self, instance: &InstanceId) -> Result<(), AgentError> {
+        let t = self.inner.table();
+        let s = t
+            .get(instance)
+            .ok_or_else(|| AgentError::UnknownInstance(instance.to_string()))?;
+        // A stored permit: a request made while the supervisor is busy
+        // (e.g. relaunching) is acted on when it next waits.
+        s.restart.notify_one();
+        Ok(())
+    }
+
     /// Stop every instance (node drain).
     pub async fn stop_all(&self) {
         let ids = self.instances();
@@ -379,6 +397,7 @@ impl Agent {
         }
         let instance = spec.instance.clone();
         let stop = CancellationToken::new();
+        let restart = Arc::new(Notify::new());
         {
             let mut t = self.inner.table();
             if t.contains_key(&instance) {
@@ -388,6 +407,7 @@ impl Agent {
                 instance.clone(),
                 Supervised {
                     stop: stop.clone(),
+                    restart: restart.clone(),
                     task: None,
                 },
             );
@@ -416,7 +436,7 @@ impl Agent {
             startup: requested.elapsed(),
             at: Utc::now(),
         });
-        let task = self.spawn_supervisor(spec, kind, Some(running), 0, stop);
+        let task = self.spawn_supervisor(spec, kind, Some(running), 0, stop, restart);
         // A one-off's handle goes to run_once (which owns its timeout); a
         // service's lives in the table for stop_instance and detach.
         if kind == Kind::OneOff {
@@ -435,11 +455,13 @@ impl Agent {
         running: Option<Running>,
         restarts: u32,
         stop: CancellationToken,
+        restart: Arc<Notify>,
     ) -> JoinHandle<Ended> {
         let inner = self.inner.clone();
         self.inner.tracker.spawn(async move {
             let instance = spec.instance.clone();
-            let ended = supervise::supervise(&inner, spec, kind, running, restarts, stop).await;
+            let ended =
+                supervise::supervise(&inner, spec, kind, running, restarts, stop, restart).await;
             if !matches!(ended, Ended::Detached) {
                 inner.forget(&instance);
             }
@@ -548,10 +570,12 @@ impl Agent {
                 continue;
             }
             let stop = CancellationToken::new();
+            let restart = Arc::new(Notify::new());
             inner.table().insert(
                 rec.spec.instance.clone(),
                 Supervised {
                     stop: stop.clone(),
+                    restart: restart.clone(),
                     task: None,
                 },
             );
@@ -577,7 +601,8 @@ impl Agent {
                 }
             }
             let instance = rec.spec.instance.clone();
-            let task = self.spawn_supervisor(rec.spec, rec.kind, running, rec.restarts, stop);
+            let task =
+                self.spawn_supervisor(rec.spec, rec.kind, running, rec.restarts, stop, restart);
             if let Some(s) = inner.table().get_mut(&instance) {
                 s.task = Some(task);
             }

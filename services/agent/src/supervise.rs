@@ -6,9 +6,11 @@
 use std::future::Future;
 use std::path::Path;
 use std::pin::{pin, Pin};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -277,6 +279,7 @@ pub(crate) async fn supervise(
     mut running: Option<Running>,
     mut restarts: u32,
     stop: CancellationToken,
+    restart: Arc<Notify>,
 ) -> Ended {
     let id = spec.instance.to_string();
     let policy = inner.cfg.restart;
@@ -337,6 +340,27 @@ pub(crate) async fn supervise(
                     outcome,
                 });
                 return Ended::Stopped(outcome);
+            }
+            _ = restart.notified(), if kind == Kind::Service => {
+                // Restart in place: stop as on request, then launch again
+                // at once (no crash backoff: the process did not crash).
+                let outcome = stop_container(inner, &id, spec.shutdown_delay, exit.as_mut()).await;
+                let ran = run.started.elapsed();
+                run.flush().await;
+                if let Err(e) = inner.runtime.delete(&id).await {
+                    tracing::warn!(instance = %id, error = %e, "runc delete before restart failed");
+                }
+                tracing::info!(instance = %id, ran_ms = ran.as_millis() as u64, "restarting in place");
+                inner.report(AgentEvent::Exited {
+                    service: spec.service.clone(),
+                    instance: spec.instance.clone(),
+                    status: outcome.status.unwrap_or(ExitStatus::Unknown),
+                    ran,
+                    at: Utc::now(),
+                });
+                delay = None;
+                restarts += 1;
+                continue;
             }
             s = exit.as_mut() => s,
         };

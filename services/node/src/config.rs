@@ -1,10 +1,14 @@
 //! The node's settings (`BERTH_NODE_*`), validated with the rest of the
 //! configuration before anything starts (exit 64 on a problem).
 
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use berth_oci::ClientConfig;
+
+use crate::health::HealthOptions;
 
 /// Node options as given on the command line or in the environment.
 #[derive(Debug, Clone, clap::Args)]
@@ -60,6 +64,75 @@ pub struct NodeArgs {
         value_delimiter = ','
     )]
     pub node_insecure_registries: Vec<String>,
+
+    /// The address other machines reach this node's instances at; an
+    /// instance's `addr` is `<this>:<its PORT>`.
+    #[arg(long, env = "BERTH_NODE_ADVERTISE_ADDR", default_value = "127.0.0.1")]
+    pub node_advertise_addr: IpAddr,
+
+    /// Ports handed to web and private service instances (`first-last`):
+    /// instances share the host's network, so each gets its own `PORT`.
+    #[arg(long, env = "BERTH_NODE_PORTS", default_value = "20000-29999")]
+    pub node_ports: String,
+
+    /// Milliseconds between health checks of an instance not passing yet.
+    #[arg(long, env = "BERTH_NODE_HEALTH_INTERVAL_MS", default_value_t = 1000)]
+    pub node_health_interval_ms: u64,
+
+    /// Milliseconds between health checks of a healthy instance.
+    #[arg(
+        long,
+        env = "BERTH_NODE_HEALTH_LIVE_INTERVAL_MS",
+        default_value_t = 5000
+    )]
+    pub node_health_live_interval_ms: u64,
+
+    /// Milliseconds a health check may take (HTTP answer, TCP connect).
+    #[arg(long, env = "BERTH_NODE_HEALTH_TIMEOUT_MS", default_value_t = 5000)]
+    pub node_health_timeout_ms: u64,
+
+    /// Milliseconds of failing checks before a live instance is reported
+    /// unhealthy (and leaves routing).
+    #[arg(long, env = "BERTH_NODE_UNHEALTHY_AFTER_MS", default_value_t = 15000)]
+    pub node_unhealthy_after_ms: u64,
+
+    /// Milliseconds of failing checks before a live instance is restarted.
+    #[arg(
+        long,
+        env = "BERTH_NODE_HEALTH_RESTART_AFTER_MS",
+        default_value_t = 60000
+    )]
+    pub node_health_restart_after_ms: u64,
+
+    /// Milliseconds a worker must stay up to count as healthy.
+    #[arg(long, env = "BERTH_NODE_WORKER_GRACE_MS", default_value_t = 5000)]
+    pub node_worker_grace_ms: u64,
+}
+
+/// How the node addresses and health-checks its instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeChecks {
+    /// The ip in every instance's `addr`.
+    pub advertise: IpAddr,
+    /// Ports handed out to web and private instances.
+    pub ports: RangeInclusive<u16>,
+    pub health: HealthOptions,
+}
+
+impl Default for NodeChecks {
+    fn default() -> Self {
+        Self {
+            advertise: IpAddr::from([127, 0, 0, 1]),
+            ports: 20000..=29999,
+            health: HealthOptions::default(),
+        }
+    }
+}
+
+fn parse_ports(s: &str) -> Option<RangeInclusive<u16>> {
+    let (a, b) = s.split_once('-')?;
+    let (a, b) = (a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?);
+    (a > 0 && a <= b).then_some(a..=b)
 }
 
 /// Validated node options.
@@ -130,6 +203,9 @@ impl NodeArgs {
             problems.push(e);
             Vec::new()
         });
+        if let Err(mut p) = self.checks() {
+            problems.append(&mut p);
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -149,6 +225,62 @@ impl NodeArgs {
                 insecure_hosts: insecure,
                 ..ClientConfig::default()
             },
+        })
+    }
+}
+
+impl NodeArgs {
+    /// The instance address and health check settings (checked by
+    /// [`NodeArgs::validate`] too).
+    pub fn checks(&self) -> Result<NodeChecks, Vec<String>> {
+        let mut problems = Vec::new();
+        let ports = parse_ports(&self.node_ports).unwrap_or_else(|| {
+            problems
+                .push("BERTH_NODE_PORTS must be `first-last` with 0 < first <= last".to_owned());
+            20000..=29999
+        });
+        let ms = Duration::from_millis;
+        let health = HealthOptions {
+            starting_interval: ms(self.node_health_interval_ms),
+            healthy_interval: ms(self.node_health_live_interval_ms),
+            timeout: ms(self.node_health_timeout_ms),
+            unhealthy_after: ms(self.node_unhealthy_after_ms),
+            restart_after: ms(self.node_health_restart_after_ms),
+            worker_grace: ms(self.node_worker_grace_ms),
+        };
+        for (name, v) in [
+            (
+                "BERTH_NODE_HEALTH_INTERVAL_MS",
+                self.node_health_interval_ms,
+            ),
+            (
+                "BERTH_NODE_HEALTH_LIVE_INTERVAL_MS",
+                self.node_health_live_interval_ms,
+            ),
+            ("BERTH_NODE_HEALTH_TIMEOUT_MS", self.node_health_timeout_ms),
+        ] {
+            if v < 10 {
+                problems.push(format!("{name} must be >= 10"));
+            }
+        }
+        if health.restart_after < health.unhealthy_after {
+            problems.push(
+                "BERTH_NODE_HEALTH_RESTART_AFTER_MS must be >= BERTH_NODE_UNHEALTHY_AFTER_MS"
+                    .to_owned(),
+            );
+        }
+        if self.node_advertise_addr.is_unspecified() {
+            problems.push(
+                "BERTH_NODE_ADVERTISE_ADDR must be a reachable address, not 0.0.0.0".to_owned(),
+            );
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(NodeChecks {
+            advertise: self.node_advertise_addr,
+            ports,
+            health,
         })
     }
 }

@@ -9,12 +9,22 @@
 //! items the scheduler enqueues. What happens to instances becomes events on
 //! the service's subject, correlated with the deploy.
 //!
+//! Instances share the host's network (no network namespace), so two
+//! instances on one node cannot listen on the same port: the node hands
+//! each web and private service instance its own port from
+//! `BERTH_NODE_PORTS` as `PORT` (unless the service's env pins `PORT`),
+//! so **`PORT` differs per instance** and is not always 10000. The
+//! instance's `addr` in `instance_started` is
+//! `<BERTH_NODE_ADVERTISE_ADDR>:<PORT>`, where the node health-checks it
+//! ([`health`]) and the router sends it traffic.
+//!
 //! On shutdown the node stops taking work, lets in-flight items finish or
 //! naks them, and detaches from its containers: they keep running and the
 //! next node process adopts them (an upgrade or crash never kills
 //! workloads; stopping an instance is an explicit work item).
 
 mod config;
+pub mod health;
 mod report;
 mod work;
 
@@ -34,7 +44,8 @@ use berth_schemas::{Actor, AggregateId};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{NodeArgs, NodeOptions};
+pub use config::{NodeArgs, NodeChecks, NodeOptions};
+pub use health::{Check, Health, HealthOptions};
 pub use report::{Placement, Reporter};
 pub use work::NodeHandler;
 
@@ -101,15 +112,25 @@ pub struct Node {
     store: EventStore,
     key: Arc<SecretKey>,
     opts: NodeOptions,
+    checks: NodeChecks,
 }
 
 impl Node {
+    /// A node with the default instance addresses and health checks.
     pub fn new(store: EventStore, key: SecretKey, opts: NodeOptions) -> Self {
         Self {
             store,
             key: Arc::new(key),
             opts,
+            checks: NodeChecks::default(),
         }
+    }
+
+    /// Sets how instances are addressed and health-checked
+    /// ([`NodeArgs::checks`]).
+    pub fn with_checks(mut self, checks: NodeChecks) -> Self {
+        self.checks = checks;
+        self
     }
 
     /// Runs the node until `ctx.shutdown`.
@@ -153,20 +174,43 @@ impl Node {
         agent_cfg.heartbeat_interval = self.opts.heartbeat;
         agent_cfg.restart = self.opts.restart;
         let runc = Runc::new(&self.opts.runc, agent_dir.join("runc"));
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         // The forwarder starts before the agent so adoption reports are kept.
-        let reporter = Reporter::new(self.store.clone(), id.clone(), dir.join("placements"))
-            .map_err(io(&dir))?;
+        let placements = dir.join("placements");
+        let reporter =
+            Reporter::new(self.store.clone(), id.clone(), placements.clone()).map_err(io(&dir))?;
+        let health = Health::new(self.checks.health, reporter.clone(), placements);
+        // The health checker sees every agent event (is the process up?)
+        // before it is recorded; the relay ends when the agent is gone.
+        let (relay_tx, relay_rx) = tokio::sync::mpsc::unbounded_channel();
+        let observer = health.clone();
+        tokio::spawn(async move {
+            while let Some(e) = rx.recv().await {
+                observer.observe(&e);
+                if relay_tx.send(e).is_err() {
+                    return;
+                }
+            }
+        });
         let forward_stop = CancellationToken::new();
-        let mut forwarder = tokio::spawn(reporter.clone().forward(rx, forward_stop.clone()));
+        let mut forwarder = tokio::spawn(reporter.clone().forward(relay_rx, forward_stop.clone()));
         let agent = Agent::start(agent_cfg, Arc::new(runc), client, subjects, tx).await?;
         tracing::info!(node.id = %id, node.name = %self.opts.name, dir = %dir.display(), "node running");
+        // Adopted instances are probed again where their checks left off.
+        for instance in agent.instances() {
+            if let Some(p) = reporter.placement(&instance) {
+                health.watch(&agent, &instance, &p);
+            }
+        }
 
         let handler = Arc::new(NodeHandler {
             agent: agent.clone(),
             puller,
             reporter,
             key: self.key.clone(),
+            health: health.clone(),
+            checks: self.checks.clone(),
+            ports: std::sync::Mutex::new(()),
         });
         let q = queue(&id);
         let cfg = WorkerConfig {
@@ -180,6 +224,7 @@ impl Node {
         ready(true);
         let worked = self.store.run_worker(cfg, handler, shutdown).await;
         ready(false);
+        health.shutdown();
         // Containers keep running; the next node process adopts them.
         agent.detach().await;
         // The channel closes with the last agent handle: facts reported

@@ -15,6 +15,8 @@ use berth_schemas::events::{InstanceExited, InstanceStarted, InstanceStopped, Se
 use berth_schemas::ids::{DeployId, InstanceId, NodeId, ServiceId};
 use berth_schemas::{Actor, AggregateId, Event};
 use tokio::sync::mpsc;
+
+use crate::health::Check;
 use tokio_util::sync::CancellationToken;
 
 /// Tries per agent event before its fact is given up (logged).
@@ -36,6 +38,15 @@ pub struct Placement {
     pub service: ServiceId,
     pub deploy: DeployId,
     pub digest: String,
+    /// `ip:port` the instance listens on (web and private services).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    /// The port allocated to it on this node (its `PORT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// How it is health-checked (`None`: not at all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<Check>,
 }
 
 impl Reporter {
@@ -70,6 +81,41 @@ impl Reporter {
         let p: Placement = serde_json::from_slice(&bytes).ok()?;
         self.lock().insert(instance.clone(), p.clone());
         Some(p)
+    }
+
+    /// Ports allocated to instances placed on this node and not stopped.
+    pub fn ports_in_use(&self) -> std::collections::HashSet<u16> {
+        let mut ports: std::collections::HashSet<u16> =
+            self.lock().values().filter_map(|p| p.port).collect();
+        // Placements of adopted instances not looked at since the start.
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                let path = e.path();
+                if path.extension().is_some_and(|x| x == "json") {
+                    if let Some(p) = std::fs::read(&path)
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<Placement>(&b).ok())
+                    {
+                        ports.extend(p.port);
+                    }
+                }
+            }
+        }
+        ports
+    }
+
+    /// Instances with a placement on disk (started here, not stopped).
+    pub fn placed(&self) -> Vec<InstanceId> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_suffix(".json").and_then(|i| i.parse().ok())
+            })
+            .collect()
     }
 
     /// Marks `instance` as ended for good (stopped, or a one-off that ran),
@@ -257,21 +303,25 @@ impl Reporter {
         self.fact(service, Some(&p.deploy), fact, &key).await
     }
 
-    /// `InstanceStarted` for a first start (restarts are `ServerRestarted`).
+    /// `InstanceStarted` for a first start (restarts are `ServerRestarted`),
+    /// with the address it listens on.
     pub async fn started(
         &self,
-        service: &ServiceId,
         instance: &InstanceId,
-        deploy: &DeployId,
-        digest: &str,
+        p: &Placement,
     ) -> Result<(), ExecuteError<DomainError>> {
         let fact = Event::InstanceStarted(InstanceStarted {
             instance: instance.clone(),
             node: self.node.clone(),
-            digest: digest.to_owned(),
-            addr: None,
+            digest: p.digest.clone(),
+            addr: p.addr.clone(),
         });
-        self.fact(service, Some(deploy), fact, &format!("{instance}:started"))
-            .await
+        self.fact(
+            &p.service,
+            Some(&p.deploy),
+            fact,
+            &format!("{instance}:started"),
+        )
+        .await
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use berth_agent::{Agent, AgentError, ImageConfig, ImageRoot, InstanceSpec, Limits};
 use berth_agent::{ExitStatus, OneOffOutcome};
 use berth_domain::credential::{self, CredentialState};
+use berth_domain::service::{ServiceConfig, ServiceState};
 use berth_domain::{service, DomainError};
 use berth_eventlog::worker::{Job, WorkError, WorkHandler};
 use berth_eventlog::ExecuteError;
@@ -22,10 +23,13 @@ use berth_puller::{unpack_image, Progress, PullRequest, Puller, UnpackOptions};
 use berth_runtime::secrets::SecretKey;
 use berth_schemas::commands::{NodeRunSpec, NodeWork, OneOffPurpose};
 use berth_schemas::events::ImagePullProgressed;
-use berth_schemas::model::{seal_context, PullFailureReason};
+
+use berth_schemas::model::{seal_context, PullFailureReason, ServiceType};
 use berth_schemas::{AggregateId, Event};
 use tokio::sync::watch;
 
+use crate::config::NodeChecks;
+use crate::health::{Check, Health};
 use crate::report::{Placement, Reporter};
 
 /// Handles one node's work items.
@@ -35,6 +39,11 @@ pub struct NodeHandler {
     pub(crate) puller: Puller,
     pub(crate) reporter: Reporter,
     pub(crate) key: Arc<SecretKey>,
+    pub(crate) health: Health,
+    pub(crate) checks: NodeChecks,
+    /// Held from picking a port to recording it in the placement, so two
+    /// starts never pick the same one.
+    pub(crate) ports: std::sync::Mutex<()>,
 }
 
 fn retry(what: &str, e: impl std::fmt::Display) -> WorkError {
@@ -63,6 +72,8 @@ impl WorkHandler for NodeHandler {
         match work {
             NodeWork::RunInstance(spec) => self.run_instance(spec).await,
             NodeWork::StopInstance { service, instance } => {
+                // A draining instance is not reported unhealthy.
+                self.health.unwatch(&instance);
                 // First: a RunInstance redelivered after this stop must not
                 // bring the instance back.
                 self.reporter
@@ -129,34 +140,110 @@ impl NodeHandler {
             // A redelivery of a start that went through: make sure the fact
             // is recorded (same key → appended at most once), nothing else.
             tracing::info!(instance.id = %spec.instance, "already running here");
-            return self
+            let p = self
                 .reporter
-                .started(&spec.service, &spec.instance, &spec.deploy, &spec.digest)
+                .placement(&spec.instance)
+                .unwrap_or(Placement {
+                    service: spec.service.clone(),
+                    deploy: spec.deploy.clone(),
+                    digest: spec.digest.clone(),
+                    addr: None,
+                    port: None,
+                    check: None,
+                });
+            self.reporter
+                .started(&spec.instance, &p)
                 .await
-                .map_err(|e| retry("recording start", e));
+                .map_err(|e| retry("recording start", e))?;
+            self.health.watch(&self.agent, &spec.instance, &p);
+            return Ok(());
         }
         let Some(image) = self.prepare(&spec).await? else {
             return Ok(());
         };
-        self.reporter
-            .place(
-                &spec.instance,
-                Placement {
-                    service: spec.service.clone(),
-                    deploy: spec.deploy.clone(),
-                    digest: spec.digest.clone(),
-                },
-            )
-            .map_err(|e| retry("recording placement", e))?;
-        let s = self.instance_spec(&spec, image)?;
+        let config = self.service_config(&spec).await?;
+        let mut s = self.instance_spec(&spec, image)?;
+        let placement = self.place(&spec, config.as_ref(), &mut s)?;
         self.agent
             .run_instance(s)
             .await
             .map_err(|e| retry("starting", e))?;
         self.reporter
-            .started(&spec.service, &spec.instance, &spec.deploy, &spec.digest)
+            .started(&spec.instance, &placement)
             .await
-            .map_err(|e| retry("recording start", e))
+            .map_err(|e| retry("recording start", e))?;
+        self.health.watch(&self.agent, &spec.instance, &placement);
+        Ok(())
+    }
+
+    /// The service's type and health check path as the log has them now.
+    async fn service_config(&self, spec: &NodeRunSpec) -> Result<Option<ServiceConfig>, WorkError> {
+        let loaded = self
+            .reporter
+            .store
+            .load(&AggregateId::Service(spec.service.clone()))
+            .await
+            .map_err(|e| retry("loading the service", e))?;
+        Ok(loaded
+            .events
+            .iter()
+            .fold(ServiceState::default(), service::fold)
+            .config)
+    }
+
+    /// Gives a web or private instance its port and address, picks its
+    /// check, and records the placement (before the start, so a node
+    /// restart finds it).
+    fn place(
+        &self,
+        spec: &NodeRunSpec,
+        config: Option<&ServiceConfig>,
+        s: &mut InstanceSpec,
+    ) -> Result<Placement, WorkError> {
+        let ty = config.map(|c| c.service_type);
+        let listens = match ty {
+            Some(t) => matches!(t, ServiceType::WebService | ServiceType::PrivateService),
+            None => spec.port.is_some(),
+        };
+        let _held = self.ports.lock().unwrap_or_else(|p| p.into_inner());
+        let (port, addr, check) = if listens {
+            // A PORT the service pins in its env is the one it listens on.
+            let port = match s.env.get("PORT").and_then(|p| p.trim().parse::<u16>().ok()) {
+                Some(p) => p,
+                None => free_port(&self.checks.ports, &self.reporter.ports_in_use()).ok_or_else(
+                    || retry("allocating a port", "no free port in BERTH_NODE_PORTS"),
+                )?,
+            };
+            s.port = Some(port);
+            let addr = std::net::SocketAddr::new(self.checks.advertise, port).to_string();
+            let check = match ty {
+                Some(ServiceType::PrivateService) => Check::Tcp { addr: addr.clone() },
+                _ => Check::Http {
+                    addr: addr.clone(),
+                    path: config
+                        .and_then(|c| c.health_check_path.clone())
+                        .filter(|p| p.starts_with('/'))
+                        .unwrap_or_else(|| "/".to_owned()),
+                },
+            };
+            (Some(port), Some(addr), Some(check))
+        } else if ty == Some(ServiceType::BackgroundWorker) {
+            (None, None, Some(Check::Uptime))
+        } else {
+            (None, None, None)
+        };
+        let placement = Placement {
+            service: spec.service.clone(),
+            deploy: spec.deploy.clone(),
+            digest: spec.digest.clone(),
+            addr,
+            port,
+            check,
+        };
+        self.reporter
+            .place(&spec.instance, placement.clone())
+            .map_err(|e| retry("recording placement", e))?;
+        Ok(placement)
     }
 
     /// Pull and unpack; `None` when the image is at fault (recorded).
@@ -355,6 +442,23 @@ impl NodeHandler {
             shutdown_delay: Duration::from_secs(u64::from(spec.shutdown_delay_secs.clamp(1, 300))),
         })
     }
+}
+
+/// A port of `range` not handed to another instance here and free now,
+/// starting at a random point (nodes sharing a machine in tests, and a
+/// port just freed, are less likely to be picked twice).
+fn free_port(
+    range: &std::ops::RangeInclusive<u16>,
+    taken: &std::collections::HashSet<u16>,
+) -> Option<u16> {
+    let (lo, hi) = (u32::from(*range.start()), u32::from(*range.end()));
+    let span = hi - lo + 1;
+    let start = rand::random_range(0..span);
+    (0..span)
+        .map(|i| (lo + (start + i) % span) as u16)
+        .filter(|p| !taken.contains(p))
+        // Free on every address now: instances usually bind 0.0.0.0.
+        .find(|p| std::net::TcpListener::bind(("0.0.0.0", *p)).is_ok())
 }
 
 /// The service command a one-off's end becomes.

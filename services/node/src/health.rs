@@ -1,0 +1,426 @@
+//! Health checks of the instances running on this node, like a kubelet's
+//! probes (SPEC §6): web services answer an HTTP GET of their health check
+//! path with 2xx/3xx within the timeout, private services accept a TCP
+//! connection, workers count as healthy once they have stayed up for a
+//! grace period; one-off runs and cron jobs are not checked.
+//!
+//! Only transitions become events on the service's subject:
+//! `instance_healthy` on the first pass (and on every recovery), and
+//! `instance_unhealthy{reason}` once a healthy instance has failed its
+//! checks for `unhealthy_after` (it then leaves routing). A live instance
+//! failing for `restart_after` is restarted in place by the agent (the
+//! restart is the agent's `server_restarted`), and is then probed as a
+//! starting instance again. Before its first pass an instance is just
+//! probed: the scheduler owns the readiness window.
+//!
+//! Each transition's idempotency key counts transitions
+//! (`<instance>:healthy:<n>`), and the count and last state are kept on
+//! disk next to the placement: a redelivered work item or a restarted node
+//! (which resumes probing its adopted instances) never records a fact
+//! twice, and a recovery after a restart is still recorded.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use berth_agent::{Agent, AgentEvent};
+use berth_schemas::events::{InstanceHealthy, InstanceUnhealthy};
+use berth_schemas::ids::InstanceId;
+use berth_schemas::Event;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::report::{Placement, Reporter};
+
+/// Probe timing (`BERTH_NODE_HEALTH_*`; short values in tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthOptions {
+    /// Between probes of an instance not (or no longer) passing.
+    pub starting_interval: Duration,
+    /// Between probes of a healthy instance.
+    pub healthy_interval: Duration,
+    /// An HTTP check must be answered (or a TCP connect accepted) within this.
+    pub timeout: Duration,
+    /// Failing this long, a healthy instance is reported unhealthy.
+    pub unhealthy_after: Duration,
+    /// Failing this long, a live instance is restarted in place.
+    pub restart_after: Duration,
+    /// A worker is healthy once it has been up this long.
+    pub worker_grace: Duration,
+}
+
+impl Default for HealthOptions {
+    fn default() -> Self {
+        Self {
+            starting_interval: Duration::from_secs(1),
+            healthy_interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
+            unhealthy_after: Duration::from_secs(15),
+            restart_after: Duration::from_secs(60),
+            worker_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What passing means for one instance (kept in its placement).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Check {
+    /// GET `http://<addr><path>` answered 2xx/3xx.
+    Http { addr: String, path: String },
+    /// A TCP connection to `addr` accepted.
+    Tcp { addr: String },
+    /// The process has been up for the worker grace period.
+    Uptime,
+}
+
+/// The last reported transition and how many there were (`<instance>.health`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Reported {
+    transitions: u32,
+    /// `None`: never reported; `Some(true)`: healthy; `Some(false)`: unhealthy.
+    healthy: Option<bool>,
+}
+
+struct Monitor {
+    stop: CancellationToken,
+}
+
+#[derive(Default)]
+struct Table {
+    monitors: HashMap<InstanceId, Monitor>,
+    /// Since when each instance's process has been running (`None`: it is
+    /// not, e.g. between a crash and its restart), from the agent's events.
+    up: HashMap<InstanceId, Option<Instant>>,
+}
+
+/// The node's health checker. Cheap to clone.
+#[derive(Clone)]
+pub struct Health {
+    opts: HealthOptions,
+    reporter: Reporter,
+    dir: PathBuf,
+    table: Arc<Mutex<Table>>,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Health {
+    /// A checker reporting through `reporter`, keeping its counts in `dir`.
+    pub fn new(opts: HealthOptions, reporter: Reporter, dir: PathBuf) -> Self {
+        Self {
+            opts,
+            reporter,
+            dir,
+            table: Arc::default(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Follows the agent's view of whether a process runs (called for
+    /// every agent event, in order, before it is recorded).
+    pub fn observe(&self, e: &AgentEvent) {
+        let mut t = self.lock();
+        match e {
+            AgentEvent::Started { instance, .. } | AgentEvent::Adopted { instance, .. } => {
+                t.up.insert(instance.clone(), Some(Instant::now()));
+            }
+            AgentEvent::Exited { instance, .. }
+            | AgentEvent::StartFailed { instance, .. }
+            | AgentEvent::RestartScheduled { instance, .. } => {
+                t.up.insert(instance.clone(), None);
+            }
+            AgentEvent::Stopped { instance, .. } => {
+                t.up.remove(instance);
+                if let Some(m) = t.monitors.remove(instance) {
+                    m.stop.cancel();
+                }
+                let _ = std::fs::remove_file(self.state_path(instance));
+            }
+            AgentEvent::CleanedUp { .. } => {}
+        }
+    }
+
+    /// Starts probing `instance` (no-op when it is probed already or its
+    /// placement has no check).
+    pub fn watch(&self, agent: &Agent, instance: &InstanceId, placement: &Placement) {
+        let Some(check) = placement.check.clone() else {
+            return;
+        };
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        let stop = self.shutdown.child_token();
+        {
+            let mut t = self.lock();
+            if t.monitors.contains_key(instance) {
+                return;
+            }
+            t.monitors
+                .insert(instance.clone(), Monitor { stop: stop.clone() });
+        }
+        tracing::info!(instance.id = %instance, check = ?check, "health checks start");
+        let run = Probe {
+            health: self.clone(),
+            agent: agent.clone(),
+            instance: instance.clone(),
+            placement: placement.clone(),
+            check,
+        };
+        tokio::spawn(run.run(stop));
+    }
+
+    /// Stops probing `instance` and forgets its counts (it was stopped).
+    pub fn unwatch(&self, instance: &InstanceId) {
+        if let Some(m) = self.lock().monitors.remove(instance) {
+            m.stop.cancel();
+        }
+        let _ = std::fs::remove_file(self.state_path(instance));
+    }
+
+    /// Stops every probe (the node detaches; the next process resumes).
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+        self.lock().monitors.clear();
+    }
+
+    fn up_since(&self, instance: &InstanceId) -> Option<Instant> {
+        self.lock().up.get(instance).copied().flatten()
+    }
+
+    fn state_path(&self, instance: &InstanceId) -> PathBuf {
+        self.dir.join(format!("{instance}.health"))
+    }
+
+    fn load(&self, instance: &InstanceId) -> Reported {
+        std::fs::read(self.state_path(instance))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn save(&self, instance: &InstanceId, r: Reported) -> std::io::Result<()> {
+        let path = self.state_path(instance);
+        let tmp = path.with_extension("health.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&r).map_err(std::io::Error::other)?)?;
+        std::fs::rename(&tmp, &path)
+    }
+}
+
+/// One instance's probe loop.
+struct Probe {
+    health: Health,
+    agent: Agent,
+    instance: InstanceId,
+    placement: Placement,
+    check: Check,
+}
+
+impl Probe {
+    async fn run(self, stop: CancellationToken) {
+        let opts = self.health.opts;
+        let mut reported = self.health.load(&self.instance);
+        // An instance reported before a node restart resumes where it was:
+        // healthy stays healthy (no second fact), unhealthy keeps counting
+        // towards its restart.
+        let mut live = reported.healthy.is_some();
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            let interval = if live && failing_since.is_none() {
+                opts.healthy_interval
+            } else {
+                opts.starting_interval
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            match self.probe().await {
+                Ok(()) => {
+                    failing_since = None;
+                    if reported.healthy == Some(true) {
+                        live = true;
+                    } else {
+                        let fact = Event::InstanceHealthy(InstanceHealthy {
+                            instance: self.instance.clone(),
+                        });
+                        live = self.transition(&mut reported, true, fact).await;
+                    }
+                }
+                Err(reason) if live => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    let failing = since.elapsed();
+                    tracing::debug!(instance.id = %self.instance, reason = %reason, failing_ms = failing.as_millis() as u64, "health check failed");
+                    if failing >= opts.unhealthy_after && reported.healthy != Some(false) {
+                        let fact = Event::InstanceUnhealthy(InstanceUnhealthy {
+                            instance: self.instance.clone(),
+                            reason: reason.clone(),
+                        });
+                        self.transition(&mut reported, false, fact).await;
+                    }
+                    if failing >= opts.restart_after {
+                        tracing::warn!(instance.id = %self.instance, reason = %reason, failing_ms = failing.as_millis() as u64, "failing health checks; restarting in place");
+                        match self.agent.restart_instance(&self.instance) {
+                            Ok(()) => {
+                                // Probed as a starting instance again.
+                                live = false;
+                                failing_since = None;
+                            }
+                            Err(e) => {
+                                tracing::warn!(instance.id = %self.instance, error = %e, "restart not possible");
+                                return;
+                            }
+                        }
+                    }
+                }
+                Err(reason) => {
+                    tracing::trace!(instance.id = %self.instance, reason = %reason, "not healthy yet");
+                }
+            }
+        }
+    }
+
+    /// Records a transition; `false` when it could not be (retried on
+    /// the next probe under the same key).
+    async fn transition(&self, reported: &mut Reported, healthy: bool, fact: Event) -> bool {
+        let word = if healthy { "healthy" } else { "unhealthy" };
+        let key = format!("{}:{word}:{}", self.instance, reported.transitions);
+        let p = &self.placement;
+        match self
+            .health
+            .reporter
+            .fact(&p.service, Some(&p.deploy), fact, &key)
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(instance.id = %self.instance, service.id = %p.service, healthy, "health transition recorded");
+                reported.transitions += 1;
+                reported.healthy = Some(healthy);
+                if let Err(e) = self.health.save(&self.instance, *reported) {
+                    tracing::warn!(instance.id = %self.instance, error = %e, "cannot keep the health state");
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(instance.id = %self.instance, error = %e, "recording a health transition failed");
+                false
+            }
+        }
+    }
+
+    async fn probe(&self) -> Result<(), String> {
+        let opts = self.health.opts;
+        match &self.check {
+            Check::Uptime => match self.health.up_since(&self.instance) {
+                Some(t) if t.elapsed() >= opts.worker_grace => Ok(()),
+                Some(t) => Err(format!("up for {} ms only", t.elapsed().as_millis())),
+                None => Err("not running".to_owned()),
+            },
+            Check::Tcp { addr } => {
+                match tokio::time::timeout(opts.timeout, TcpStream::connect(addr.as_str())).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(format!("tcp connect {addr}: {e}")),
+                    Err(_) => Err(format!("tcp connect {addr}: timed out")),
+                }
+            }
+            Check::Http { addr, path } => {
+                match tokio::time::timeout(opts.timeout, http_status(addr, path)).await {
+                    Ok(Ok(code)) if (200..400).contains(&code) => Ok(()),
+                    Ok(Ok(code)) => Err(format!("GET {path}: HTTP {code}")),
+                    Ok(Err(e)) => Err(format!("GET {path}: {e}")),
+                    Err(_) => Err(format!(
+                        "GET {path}: no answer within {} ms",
+                        opts.timeout.as_millis()
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// The status code of `GET http://addr/path` (HTTP/1.1, connection closed
+/// after it; only the status line is read).
+async fn http_status(addr: &str, path: &str) -> std::io::Result<u16> {
+    let mut s = TcpStream::connect(addr).await?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: berth-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 256];
+    while !buf.windows(2).any(|w| w == b"\r\n") && buf.len() < 4096 {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let line = String::from_utf8_lossy(&buf);
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP response");
+    let mut parts = line.split_whitespace();
+    match parts.next() {
+        Some(v) if v.starts_with("HTTP/") => {}
+        _ => return Err(bad()),
+    }
+    parts
+        .next()
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(bad)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    async fn serve_once(answer: &'static [u8]) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(buf[..n].starts_with(b"GET /healthz HTTP/1.1\r\n"));
+            s.write_all(answer).await.unwrap();
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn http_status_reads_the_status_line() {
+        let a = serve_once(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        assert_eq!(http_status(&a, "/healthz").await.unwrap(), 204);
+        let a = serve_once(b"HTTP/1.0 503 Service Unavailable\r\nX: y\r\n\r\n").await;
+        assert_eq!(http_status(&a, "/healthz").await.unwrap(), 503);
+        let a = serve_once(b"SSH-2.0-OpenSSH\r\n").await;
+        assert!(http_status(&a, "/healthz").await.is_err());
+    }
+
+    #[test]
+    fn checks_round_trip_in_placements() {
+        let c = Check::Http {
+            addr: "127.0.0.1:4000".into(),
+            path: "/".into(),
+        };
+        let j = serde_json::to_string(&c).unwrap();
+        assert_eq!(j, r#"{"kind":"http","addr":"127.0.0.1:4000","path":"/"}"#);
+        assert_eq!(serde_json::from_str::<Check>(&j).unwrap(), c);
+    }
+}
