@@ -306,3 +306,7 @@ fn targets(t: &Tracked) -> Vec<Target> {
         })
         .collect()
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests;
