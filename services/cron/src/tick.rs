@@ -112,11 +112,16 @@ pub async fn run(
             due_actions(&v, &tried, &opts, opts.clock.now(), Utc::now())
         };
         for action in actions {
-            if let Action::Start { service, due } = &action {
-                tried.insert(service.clone(), *due);
-            }
-            if let Err(e) = carry_out(&store, &action).await {
+            let outcome = carry_out(&store, &action).await;
+            if let Err(e) = &outcome {
                 tracing::warn!(action = ?action, error = %e, "cron action not done");
+            }
+            // A due time the rules refused (no live deploy yet, suspended)
+            // is not tried again; one the store did not take is.
+            if let (Action::Start { service, due }, Ok(()) | Err(CronError::Refused(_))) =
+                (&action, &outcome)
+            {
+                tried.insert(service.clone(), *due);
             }
         }
     }
@@ -162,5 +167,167 @@ async fn carry_out(store: &EventStore, action: &Action) -> Result<(), CronError>
             )
             .await
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::view::Job;
+    use berth_domain::service::{apply_at, decide, Command, CreateService};
+    use berth_domain::Ctx;
+    use berth_schemas::ids::{DeployId, NodeId, OwnerId, UserId};
+    use berth_schemas::model::{ResolvedImage, Sealed, ServiceType};
+    use chrono::TimeZone;
+
+    const DIGEST: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    fn t(h: u32, m: u32, s: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 2, h, m, s).unwrap()
+    }
+
+    fn run(state: ServiceState, c: Command, at: DateTime<Utc>) -> ServiceState {
+        decide(&state, c, &Ctx::default())
+            .unwrap()
+            .iter()
+            .fold(state, |s, e| apply_at(s, e, Some(at)))
+    }
+
+    use berth_domain::service::ServiceState;
+
+    /// A cron job created and live at 10:00:30, schedule `*/10 * * * *`.
+    fn live_job() -> ServiceState {
+        let d = DeployId::generate();
+        let mut c = CreateService::new(
+            OwnerId::User(UserId::generate()),
+            "job",
+            ServiceType::CronJob,
+            "registry.example.com/team/job:v1",
+            Sealed {
+                kid: "k".into(),
+                ciphertext: "x".into(),
+            },
+            d.clone(),
+        );
+        c.schedule = Some("*/10 * * * *".into());
+        let at = t(10, 0, 30);
+        let mut s = run(ServiceState::default(), Command::Create(Box::new(c)), at);
+        s = run(
+            s,
+            Command::RecordResolved {
+                deploy: d.clone(),
+                image: ResolvedImage {
+                    digest: DIGEST.into(),
+                    index_digest: None,
+                    compressed_size: 1,
+                },
+            },
+            at,
+        );
+        s = run(
+            s,
+            Command::RecordPulled {
+                deploy: d.clone(),
+                node: NodeId::generate(),
+                digest: DIGEST.into(),
+            },
+            at,
+        );
+        s = run(s, Command::RecordUpdateStarted { deploy: d.clone() }, at);
+        run(
+            s,
+            Command::RecordLive {
+                deploy: d,
+                digest: DIGEST.into(),
+            },
+            at,
+        )
+    }
+
+    fn view(state: ServiceState, last: Option<DateTime<Utc>>) -> (CronView, ServiceId) {
+        let id = ServiceId::generate();
+        let mut v = CronView::default();
+        v.jobs.insert(
+            id.clone(),
+            Job {
+                state,
+                last_scheduled: last,
+            },
+        );
+        (v, id)
+    }
+
+    fn starts(
+        v: &CronView,
+        tried: &HashMap<ServiceId, DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Vec<DateTime<Utc>> {
+        due_actions(v, tried, &CronOptions::default(), now, now)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Start { due, .. } => Some(due),
+                Action::Expire { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_latest_unhandled_due_time_starts_once() {
+        let (v, id) = view(live_job(), None);
+        let mut tried = HashMap::new();
+        assert!(starts(&v, &tried, t(10, 9, 59)).is_empty());
+        assert_eq!(starts(&v, &tried, t(10, 10, 0)), vec![t(10, 10, 0)]);
+        // Down from 10:10 to 10:45: only 10:40 runs, not 10:20 and 10:30.
+        assert_eq!(starts(&v, &tried, t(10, 45, 0)), vec![t(10, 40, 0)]);
+        tried.insert(id, t(10, 40, 0));
+        assert!(starts(&v, &tried, t(10, 45, 0)).is_empty());
+        // Handled in the log (another copy, or before a restart).
+        let (v, _) = view(live_job(), Some(t(10, 40, 0)));
+        assert!(starts(&v, &HashMap::new(), t(10, 49, 0)).is_empty());
+        assert_eq!(
+            starts(&v, &HashMap::new(), t(10, 50, 0)),
+            vec![t(10, 50, 0)]
+        );
+    }
+
+    #[test]
+    fn suspended_jobs_and_jobs_without_a_live_digest_are_not_started() {
+        let s = run(live_job(), Command::Suspend, t(10, 1, 0));
+        let (v, _) = view(s, None);
+        assert!(starts(&v, &HashMap::new(), t(10, 30, 0)).is_empty());
+        let mut s = live_job();
+        s.live = None;
+        let (v, _) = view(s, None);
+        assert!(starts(&v, &HashMap::new(), t(10, 30, 0)).is_empty());
+    }
+
+    #[test]
+    fn a_run_past_cap_and_grace_is_expired() {
+        let run_id = CronRunId::generate();
+        let s = run(
+            live_job(),
+            Command::StartCronRun {
+                run: run_id.clone(),
+                manual: true,
+                scheduled_for: None,
+            },
+            t(10, 1, 0),
+        );
+        let (v, id) = view(s, Some(t(23, 0, 0)));
+        let opts = CronOptions::default();
+        let expire = |wall| {
+            due_actions(&v, &HashMap::new(), &opts, t(23, 0, 0), wall)
+                .into_iter()
+                .any(|a| {
+                    a == Action::Expire {
+                        service: id.clone(),
+                        run: run_id.clone(),
+                    }
+                })
+        };
+        // 12 h cap + 5 min grace from 10:01.
+        assert!(!expire(t(22, 5, 59)));
+        assert!(expire(t(22, 6, 1)));
     }
 }

@@ -425,3 +425,44 @@ async fn a_run_past_its_cap_is_stopped_as_timed_out() {
     );
     wait_containers(&w, Duration::from_secs(10), |c| c.is_empty()).await;
 }
+
+#[tokio::test]
+async fn two_cron_copies_start_each_due_time_once() {
+    let w = World::start().await;
+    // Both copies on one clock (as two machines on NTP would be).
+    let clock = Clock::accelerated(30);
+    let r = start(&w, options(clock)).await;
+    let second = Cron::new(w.store.clone(), options(clock));
+    let s = r.stop.clone();
+    let copy = tokio::spawn(async move { second.run(s, None).await.unwrap() });
+    let service = cron_job(&w, "* * * * *", "true").await;
+
+    let events = w
+        .wait_events(&service, Duration::from_secs(60), |e| ended_count(e) >= 3)
+        .await;
+    let s = started(&events);
+    let mut due: Vec<&str> = s.iter().filter_map(|x| x.3.as_deref()).collect();
+    let all = due.len();
+    due.sort();
+    due.dedup();
+    assert_eq!(due.len(), all, "a due time started twice: {s:?}");
+    let mut runs: Vec<&CronRunId> = s.iter().map(|x| &x.0).collect();
+    runs.sort();
+    runs.dedup();
+    assert_eq!(runs.len(), s.len());
+    // No due time both started and skipped (the second copy's append of a
+    // started due time must not turn into a skip).
+    for e in &events {
+        if let Event::CronJobRunSkipped(k) = &e.event {
+            let at = format!("cron-schedule:{}", k.scheduled_for.to_rfc3339());
+            assert!(!due.contains(&at.as_str()), "{at} started and skipped");
+        }
+    }
+    // Every run was executed once: one end per start.
+    let e = ended(&events);
+    for (run, ..) in &s[..3] {
+        assert_eq!(e.iter().filter(|x| &x.0 == run).count(), 1, "{run}");
+    }
+    drop(r);
+    let _ = copy.await;
+}
