@@ -1,2 +1,5 @@
 //! Integration tests of berth-api against real servers, one binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod routes;
+mod support;

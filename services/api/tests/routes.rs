@@ -1,0 +1,669 @@
+//! Every `/v1` route against a real NATS, registry and resolver: the happy
+//! path, the errors (400 with field errors, 401, 404, 409, 422), and owner
+//! isolation (another owner's key sees nothing and changes nothing).
+
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use berth_schemas::ids::ServiceId;
+use berth_schemas::AggregateId;
+use serde_json::{json, Value};
+
+use crate::support::App;
+
+async fn wait_resolved(app: &App, o: &crate::support::Owner, svc: &str, dep: &str) -> Value {
+    let t0 = std::time::Instant::now();
+    loop {
+        let (s, d) = app
+            .get(&format!("/v1/services/{svc}/deploys/{dep}"), o)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{d}");
+        if !d["image"]["sha"].is_null() {
+            return d;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "not resolved: {d}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_is_required_and_checked() {
+    let app = App::start(false).await;
+    let alice = app.owner().await;
+    for key in [None, Some("berth_nope"), Some("")] {
+        let (s, v) = app.call(Method::GET, "/v1/services", key, None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{key:?}");
+        assert_eq!(v["id"], "unauthorized");
+        assert!(v["message"].is_string());
+    }
+    let (s, _) = app.get("/v1/services", &alice).await;
+    assert_eq!(s, StatusCode::OK);
+    // A key made through the API works at once; revoked, it stops working.
+    let (s, k) = app
+        .post("/v1/api-keys", &alice, json!({"label": "ci"}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{k}");
+    let new_key = k["key"].as_str().unwrap().to_owned();
+    let (s, _) = app
+        .call(Method::GET, "/v1/services", Some(&new_key), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, list) = app.get("/v1/api-keys", &alice).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert!(
+        !list.to_string().contains(&new_key),
+        "a key is listed in clear"
+    );
+    let (s, _) = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/api-keys/{}", k["id"].as_str().unwrap()),
+            Some(&alice.key),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let t0 = std::time::Instant::now();
+    loop {
+        let (s, _) = app
+            .call(Method::GET, "/v1/services", Some(&new_key), None)
+            .await;
+        if s == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "revoked key still works"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Unknown routes are 404 in the error shape.
+    let (s, v) = app.get("/v1/nothing", &alice).await;
+    assert_eq!(
+        (s, v["id"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_and_deploys_routes() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+
+    // 400 with every field error listed; nothing appended.
+    let before = app.last_seq().await;
+    let (s, v) = app
+        .post(
+            "/v1/services",
+            &alice,
+            json!({"type": "spaceship", "image": {}, "serviceDetails": {"plan": "huge"},
+                   "envVars": [{"key": "1BAD", "value": "x"}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let fields: Vec<&str> = v["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    for f in [
+        "type",
+        "name",
+        "image.imagePath",
+        "serviceDetails.plan",
+        "envVars.key",
+    ] {
+        assert!(fields.contains(&f), "{f} missing in {v}");
+    }
+    // Unknown fields and domain rules are 400 too.
+    let (s, v) = app
+        .post("/v1/services", &alice, json!({"type": "background_worker", "name": "a", "image": {"imagePath": app.image("v1")}, "colour": "red"}))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("colour"), "{v}");
+    let (s, v) = app
+        .post("/v1/services", &alice, json!({"type": "background_worker", "name": "Bad Name", "image": {"imagePath": app.image("v1")}}))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["fields"][0]["field"], "name");
+    // 422: the image is not accessible.
+    let (s, v) = app
+        .post("/v1/services", &alice, json!({"type": "background_worker", "name": "gone", "image": {"imagePath": app.image("nope")}}))
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["id"], "image_not_accessible");
+    assert!(
+        v["message"].as_str().unwrap().contains("image_not_found"),
+        "{v}"
+    );
+    assert_eq!(app.last_seq().await, before, "a refused create appended");
+
+    // Create, then 409 for the same name.
+    let (s, v) = app
+        .post(
+            "/v1/services",
+            &alice,
+            json!({"type": "web_service", "name": "web", "ownerId": alice.id.to_string(),
+                   "image": {"imagePath": app.image("v1")},
+                   "envVars": [{"key": "SECRET", "value": "hunter2-value"}],
+                   "serviceDetails": {"plan": "standard", "numInstances": 2, "healthCheckPath": "/health"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert!(!v.to_string().contains("hunter2-value"), "env value echoed");
+    let svc = v["service"]["id"].as_str().unwrap().to_owned();
+    let first = v["deployId"].as_str().unwrap().to_owned();
+    assert_eq!(v["service"]["type"], "web_service");
+    assert_eq!(v["service"]["serviceDetails"]["plan"], "standard");
+    assert_eq!(v["service"]["serviceDetails"]["numInstances"], 2);
+    assert_eq!(v["service"]["suspended"], "not_suspended");
+    let (s, v) = app
+        .post("/v1/services", &alice, json!({"type": "background_worker", "name": "web", "image": {"imagePath": app.image("v1")}}))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+
+    // List (Render's {cursor, service}) with pagination, and get.
+    let (_, _) = app.service(&alice, "second").await;
+    let (s, page1) = app.get("/v1/services?limit=1", &alice).await;
+    assert_eq!(s, StatusCode::OK, "{page1}");
+    assert_eq!(page1.as_array().unwrap().len(), 1);
+    assert_eq!(page1[0]["service"]["name"], "second", "newest first");
+    let cursor = page1[0]["cursor"].as_str().unwrap();
+    let (_, page2) = app
+        .get(&format!("/v1/services?limit=1&cursor={cursor}"), &alice)
+        .await;
+    assert_eq!(page2[0]["service"]["id"], svc.as_str());
+    for bad in [
+        "/v1/services?limit=0",
+        "/v1/services?limit=x",
+        "/v1/services?cursor=zzz",
+        "/v1/services?foo=1",
+    ] {
+        let (s, v) = app.get(bad, &alice).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+    }
+    let (s, v) = app.get(&format!("/v1/services/{svc}"), &alice).await;
+    assert_eq!((s, v["name"].as_str()), (StatusCode::OK, Some("web")));
+
+    // PATCH: a setting, and field errors.
+    let (s, v) = app
+        .call(
+            Method::PATCH,
+            &format!("/v1/services/{svc}"),
+            Some(&alice.key),
+            Some(json!({"serviceDetails": {"healthCheckPath": "/ready"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["serviceDetails"]["healthCheckPath"], "/ready");
+    let (s, v) = app
+        .call(
+            Method::PATCH,
+            &format!("/v1/services/{svc}"),
+            Some(&alice.key),
+            Some(json!({"serviceDetails": {"plan": "nope", "region": "frankfurt"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["fields"].as_array().unwrap().len(), 2, "{v}");
+
+    // Deploys: the initial one resolves; a new one by tag; list; cancel.
+    let d0 = wait_resolved(&app, &alice, &svc, &first).await;
+    assert_eq!(d0["trigger"], "service_created");
+    let (s, d1) = app
+        .post(
+            &format!("/v1/services/{svc}/deploys"),
+            &alice,
+            json!({"imageUrl": app.image("v2")}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{d1}");
+    assert_eq!(d1["trigger"], "api");
+    assert_eq!(d1["status"], "queued", "one deploy runs at a time");
+    let (s, v) = app
+        .post(
+            &format!("/v1/services/{svc}/deploys"),
+            &alice,
+            json!({"imageUrl": "docker.io/library/other:v1"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["fields"][0]["field"], "imageUrl");
+    let (s, list) = app
+        .get(&format!("/v1/services/{svc}/deploys"), &alice)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(list[0]["deploy"]["id"], d1["id"], "newest first");
+    let d1id = d1["id"].as_str().unwrap();
+    let (s, v) = app
+        .post(
+            &format!("/v1/services/{svc}/deploys/{d1id}/cancel"),
+            &alice,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["status"].as_str()),
+        (StatusCode::OK, Some("canceled")),
+        "{v}"
+    );
+    let (s, _) = app
+        .get(
+            &format!("/v1/services/{svc}/deploys/dep-aaaaaaaaaaaaaaaaaaaa"),
+            &alice,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Rollback to the initial deploy's digest; errors.
+    let (s, r) = app
+        .post(
+            &format!("/v1/services/{svc}/rollback"),
+            &alice,
+            json!({"deployId": first}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    assert_eq!(r["trigger"], "rollback");
+    let sha = d0["image"]["sha"].as_str().unwrap();
+    assert!(r["image"]["ref"].as_str().unwrap().ends_with(sha), "{r}");
+    let (s, _) = app
+        .post(&format!("/v1/services/{svc}/rollback"), &alice, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = app
+        .post(
+            &format!("/v1/services/{svc}/rollback"),
+            &alice,
+            json!({"deployId": d1id}),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::CONFLICT,
+        "a canceled, never resolved deploy is no rollback target"
+    );
+
+    // Scale, restart, suspend (deploys refused), resume.
+    let (s, _) = app
+        .post(
+            &format!("/v1/services/{svc}/scale"),
+            &alice,
+            json!({"numInstances": 3}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let (_, v) = app.get(&format!("/v1/services/{svc}"), &alice).await;
+    assert_eq!(v["serviceDetails"]["numInstances"], 3);
+    let (s, v) = app
+        .post(
+            &format!("/v1/services/{svc}/scale"),
+            &alice,
+            json!({"numInstances": 0}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["fields"][0]["field"], "numInstances");
+    let (s, _) = app
+        .post(
+            &format!("/v1/services/{svc}/scale"),
+            &alice,
+            json!({"numInstances": "3"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // Nothing is live here (no scheduler), so there is nothing to restart.
+    let (s, v) = app
+        .post(&format!("/v1/services/{svc}/restart"), &alice, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("no live deploy"),
+        "{v}"
+    );
+    let (s, _) = app
+        .post(&format!("/v1/services/{svc}/suspend"), &alice, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let (_, v) = app.get(&format!("/v1/services/{svc}"), &alice).await;
+    assert_eq!(v["suspended"], "suspended");
+    let (s, _) = app
+        .post(&format!("/v1/services/{svc}/deploys"), &alice, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (s, _) = app
+        .post(&format!("/v1/services/{svc}/resume"), &alice, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let (_, list) = app
+        .get(&format!("/v1/services/{svc}/deploys?limit=1"), &alice)
+        .await;
+    assert_eq!(list[0]["deploy"]["trigger"], "service_resumed");
+
+    // Cron runs on a non-cron service are refused.
+    let (s, v) = app
+        .post(&format!("/v1/cron-jobs/{svc}/runs"), &alice, json!({}))
+        .await;
+    assert!(
+        s == StatusCode::CONFLICT || s == StatusCode::BAD_REQUEST,
+        "{s} {v}"
+    );
+
+    // Notification settings: owner default and service override.
+    let owner_path = format!("/v1/notification-settings/owners/{}", alice.id);
+    let (s, v) = app.get(&owner_path, &alice).await;
+    assert_eq!(
+        (s, v["notificationsToSend"].as_str()),
+        (StatusCode::OK, Some("failure")),
+        "{v}"
+    );
+    let (s, v) = app
+        .call(
+            Method::PATCH,
+            &owner_path,
+            Some(&alice.key),
+            Some(json!({"notificationsToSend": "all", "email": "ops@example.com"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["notificationsToSend"].as_str()),
+        (StatusCode::OK, Some("all")),
+        "{v}"
+    );
+    let (s, v) = app
+        .call(
+            Method::PATCH,
+            &owner_path,
+            Some(&alice.key),
+            Some(json!({"email": "nope"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let ov = format!("/v1/notification-settings/overrides/services/{svc}");
+    let (s, v) = app
+        .call(
+            Method::PATCH,
+            &ov,
+            Some(&alice.key),
+            Some(json!({"notifyOnFail": "none"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["notifyOnFail"].as_str()),
+        (StatusCode::OK, Some("none")),
+        "{v}"
+    );
+    let (_, v) = app.get(&ov, &alice).await;
+    assert_eq!(v["notifyOnFail"], "none");
+
+    // Hook URL and regeneration.
+    let (s, h) = app
+        .get(&format!("/v1/services/{svc}/deploy-hook"), &alice)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let old = h["url"].as_str().unwrap().to_owned();
+    let (s, h) = app
+        .post(
+            &format!("/v1/services/{svc}/deploy-hook/regenerate"),
+            &alice,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_ne!(h["url"].as_str().unwrap(), old);
+    let (s, _) = app.call(Method::GET, &old, None, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "the old hook URL still works");
+    let (s, v) = app
+        .call(Method::POST, h["url"].as_str().unwrap(), None, None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    // Delete: gone for every route, the name is free again.
+    let (s, _) = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/services/{svc}"),
+            Some(&alice.key),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = app.get(&format!("/v1/services/{svc}"), &alice).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    app.service(&alice, "web").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_routes() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let host = app.registry.as_ref().unwrap().host.clone();
+    let (s, v) = app
+        .post(
+            "/v1/registrycredentials",
+            &alice,
+            json!({"name": "ci", "registry": "GENERIC"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["fields"].as_array().unwrap().len(), 2, "{v}");
+    let (s, v) = app
+        .post(
+            "/v1/registrycredentials",
+            &alice,
+            json!({"name": "ci", "registry": "QUAY", "username": "u", "authToken": "t"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, c) = app
+        .post("/v1/registrycredentials", &alice,
+              json!({"name": "ci", "registry": "GENERIC", "host": host, "username": "ci", "authToken": "tok-SECRET-1"}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{c}");
+    assert!(!c.to_string().contains("tok-SECRET-1"));
+    let id = c["id"].as_str().unwrap().to_owned();
+    let (s, list) = app.get("/v1/registrycredentials", &alice).await;
+    assert_eq!((s, list.as_array().unwrap().len()), (StatusCode::OK, 1));
+    let (s, v) = app
+        .call(
+            Method::PATCH,
+            &format!("/v1/registrycredentials/{id}"),
+            Some(&alice.key),
+            Some(json!({"authToken": "tok-SECRET-2", "username": "ci2"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["username"].as_str()),
+        (StatusCode::OK, Some("ci2")),
+        "{v}"
+    );
+    assert!(!v.to_string().contains("tok-SECRET-2"));
+    // In use → 409 naming the service; after the service is gone → 204.
+    let (s, v) = app
+        .post("/v1/services", &alice,
+              json!({"type": "background_worker", "name": "w", "image": {"imagePath": app.image("v1"), "registryCredentialId": id}}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let svc = v["service"]["id"].as_str().unwrap().to_owned();
+    let (s, v) = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/registrycredentials/{id}"),
+            Some(&alice.key),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(v["message"].as_str().unwrap().contains(&svc), "{v}");
+    app.call(
+        Method::DELETE,
+        &format!("/v1/services/{svc}"),
+        Some(&alice.key),
+        None,
+    )
+    .await;
+    let (s, _) = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/registrycredentials/{id}"),
+            Some(&alice.key),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = app
+        .get(&format!("/v1/registrycredentials/{id}"), &alice)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // The token never reached the log in clear.
+    let log = format!("{:?}", app.envelopes().await);
+    assert!(!log.contains("tok-SECRET"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_owner_never_sees_another_owners_resources() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let bob = app.owner().await;
+    let (svc, hook) = app.service(&alice, "mine").await;
+    let (_, c) = app
+        .post(
+            "/v1/registrycredentials",
+            &alice,
+            json!({"name": "ci", "registry": "DOCKER", "username": "ci", "authToken": "t"}),
+        )
+        .await;
+    let cred = c["id"].as_str().unwrap().to_owned();
+    let (_, deploys) = app
+        .get(&format!("/v1/services/{svc}/deploys"), &alice)
+        .await;
+    let dep = deploys[0]["deploy"]["id"].as_str().unwrap().to_owned();
+    // Let the resolver finish, so the log of the service is at rest.
+    wait_resolved(&app, &alice, &svc, &dep).await;
+    let before = app
+        .events_of(&AggregateId::Service(svc.parse::<ServiceId>().unwrap()))
+        .await
+        .len();
+
+    let (s, list) = app.get("/v1/services", &bob).await;
+    assert_eq!((s, list), (StatusCode::OK, json!([])));
+    let (s, list) = app.get("/v1/registrycredentials", &bob).await;
+    assert_eq!((s, list), (StatusCode::OK, json!([])));
+    let calls: Vec<(Method, String, Option<Value>)> = vec![
+        (Method::GET, format!("/v1/services/{svc}"), None),
+        (
+            Method::PATCH,
+            format!("/v1/services/{svc}"),
+            Some(json!({"serviceDetails": {"healthCheckPath": "/x"}})),
+        ),
+        (Method::DELETE, format!("/v1/services/{svc}"), None),
+        (Method::GET, format!("/v1/services/{svc}/deploys"), None),
+        (
+            Method::POST,
+            format!("/v1/services/{svc}/deploys"),
+            Some(json!({})),
+        ),
+        (
+            Method::GET,
+            format!("/v1/services/{svc}/deploys/{dep}"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/v1/services/{svc}/deploys/{dep}/cancel"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/v1/services/{svc}/rollback"),
+            Some(json!({"deployId": dep})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/services/{svc}/scale"),
+            Some(json!({"numInstances": 5})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/services/{svc}/restart"),
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/services/{svc}/suspend"),
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/services/{svc}/resume"),
+            Some(json!({})),
+        ),
+        (Method::GET, format!("/v1/services/{svc}/deploy-hook"), None),
+        (
+            Method::POST,
+            format!("/v1/services/{svc}/deploy-hook/regenerate"),
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/cron-jobs/{svc}/runs"),
+            Some(json!({})),
+        ),
+        (Method::DELETE, format!("/v1/cron-jobs/{svc}/runs"), None),
+        (
+            Method::GET,
+            format!("/v1/notification-settings/overrides/services/{svc}"),
+            None,
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/notification-settings/overrides/services/{svc}"),
+            Some(json!({"notifyOnFail": "all"})),
+        ),
+        (
+            Method::GET,
+            format!("/v1/notification-settings/owners/{}", alice.id),
+            None,
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/notification-settings/owners/{}", alice.id),
+            Some(json!({"notificationsToSend": "none"})),
+        ),
+        (Method::GET, format!("/v1/registrycredentials/{cred}"), None),
+        (
+            Method::PATCH,
+            format!("/v1/registrycredentials/{cred}"),
+            Some(json!({"authToken": "x"})),
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/registrycredentials/{cred}"),
+            None,
+        ),
+    ];
+    for (m, path, body) in calls {
+        let (s, v) = app.call(m.clone(), &path, Some(&bob.key), body).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{m} {path}: {v}");
+        assert!(!v.to_string().contains("mine"), "{m} {path} leaked: {v}");
+    }
+    // Bob creating with Alice's credential: 404, nothing created.
+    let (s, _) = app
+        .post("/v1/services", &bob,
+              json!({"type": "background_worker", "name": "x", "image": {"imagePath": app.image("v1"), "registryCredentialId": cred}}))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let after = app
+        .events_of(&AggregateId::Service(svc.parse::<ServiceId>().unwrap()))
+        .await
+        .len();
+    assert_eq!(before, after, "another owner changed the service");
+    // Alice still sees everything; her hook still works.
+    let (s, _) = app.get(&format!("/v1/services/{svc}"), &alice).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app.call(Method::GET, &hook, None, None).await;
+    assert_eq!(s, StatusCode::OK);
+}

@@ -1,0 +1,239 @@
+//! Shared setup of the API tests: a real nats-server, the event store, a
+//! resolver (for create's image check) against a real registry, and the
+//! API router called in-process (`oneshot`), plus owners with API keys.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use axum::Router;
+use berth_api::AppState;
+use berth_eventlog::EventStore;
+use berth_ingress::IngressOptions;
+use berth_oci::RetryPolicy;
+use berth_resolver::{Resolver, ResolverOptions};
+use berth_runtime::SecretKey;
+use berth_schemas::ids::{OwnerId, UserId};
+use berth_schemas::{Actor, AggregateId, Commit, Envelope};
+use berth_tests::eventlog::open_store;
+use berth_tests::image::small_image;
+use berth_tests::registry::{Registry, RegistryAuth};
+use berth_tests::{NatsServer, NatsVersion};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+/// One installation for a test.
+pub struct App {
+    pub nats: NatsServer,
+    pub store: EventStore,
+    pub key: SecretKey,
+    pub state: AppState,
+    pub router: Router,
+    pub registry: Option<Registry>,
+    pub shutdown: CancellationToken,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// An owner and its API key.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub id: OwnerId,
+    pub key: String,
+}
+
+fn resolver_options() -> ResolverOptions {
+    let mut o = ResolverOptions::default();
+    for c in [&mut o.deploy_client, &mut o.check_client] {
+        c.retry = RetryPolicy::fast();
+        c.max_image_size = 1_000_000;
+    }
+    o.retry_delay = Duration::from_millis(100);
+    o
+}
+
+impl App {
+    /// NATS, store, API; with `registry`, a registry serving `team/app:v1`
+    /// (anonymous) and a resolver.
+    pub async fn start(registry: bool) -> App {
+        let nats = NatsServer::start(NatsVersion::Modern).unwrap();
+        let client = nats.connect().await.unwrap();
+        let store = open_store(&client, 1).await.unwrap();
+        let key = SecretKey::from_base64(&SecretKey::generate_base64()).unwrap();
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let registry = if registry {
+            let reg = Registry::start(RegistryAuth::None).await.unwrap();
+            let img = small_image("amd64").unwrap();
+            reg.push_image("team/app", "v1", &img).await.unwrap();
+            reg.push_image("team/app", "v2", &img).await.unwrap();
+            let r = Resolver::new(store.clone(), key.clone(), resolver_options()).unwrap();
+            let ready = berth_runtime::ReadyFlag::default();
+            let (sd, rd) = (shutdown.clone(), ready.clone());
+            tokio::spawn(async move {
+                let _ = r.run(sd, Some(rd)).await;
+            });
+            let t0 = std::time::Instant::now();
+            while !ready.get() {
+                assert!(t0.elapsed() < Duration::from_secs(10), "resolver not ready");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Some(reg)
+        } else {
+            None
+        };
+        let state = berth_api::start_state(
+            store.clone(),
+            key.clone(),
+            IngressOptions {
+                check_timeout: Duration::from_secs(10),
+                ..IngressOptions::default()
+            },
+            shutdown.clone(),
+            &tracker,
+        )
+        .await
+        .unwrap();
+        let router = berth_api::router(state.clone());
+        App {
+            nats,
+            store,
+            key,
+            state,
+            router,
+            registry,
+            shutdown,
+        }
+    }
+
+    /// `host/team/app:tag` on the test registry.
+    pub fn image(&self, tag: &str) -> String {
+        format!("{}/team/app:{tag}", self.registry.as_ref().unwrap().host)
+    }
+
+    /// A new owner with an API key.
+    pub async fn owner(&self) -> Owner {
+        let id = OwnerId::User(UserId::generate());
+        self.state.ingress.ensure_owner(&id, "test").await.unwrap();
+        let (_, key) = self
+            .state
+            .ingress
+            .create_api_key(&id, "test", &Actor::system("test"))
+            .await
+            .unwrap();
+        Owner {
+            id,
+            key: key.expose().to_owned(),
+        }
+    }
+
+    /// One request; the answer's status and JSON body (`Null` if empty).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let raw = body.map(|b| b.to_string());
+        self.call_raw(method, path, key, raw).await
+    }
+
+    /// One request with a raw body.
+    pub async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<String>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(k) = key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req.body(Body::from(body.unwrap_or_default())).unwrap();
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        (status, json)
+    }
+
+    /// GET with a key.
+    pub async fn get(&self, path: &str, o: &Owner) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(&o.key), None).await
+    }
+
+    /// POST with a key.
+    pub async fn post(&self, path: &str, o: &Owner, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(&o.key), Some(body))
+            .await
+    }
+
+    /// Creates a background worker of `team/app:v1`; returns (id, hook path).
+    pub async fn service(&self, o: &Owner, name: &str) -> (String, String) {
+        let (s, v) = self
+            .post(
+                "/v1/services",
+                o,
+                serde_json::json!({
+                    "type": "background_worker",
+                    "name": name,
+                    "image": {"imagePath": self.image("v1")},
+                }),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        (
+            v["service"]["id"].as_str().unwrap().to_owned(),
+            v["deployHookUrl"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// The last sequence of the event stream.
+    pub async fn last_seq(&self) -> u64 {
+        self.store.last_stream_seq().await.unwrap()
+    }
+
+    /// The events of one aggregate.
+    pub async fn events_of(&self, id: &AggregateId) -> Vec<Envelope> {
+        self.store.load(id).await.unwrap().events
+    }
+
+    /// Every envelope in the log.
+    pub async fn envelopes(&self) -> Vec<Envelope> {
+        let stream = self
+            .store
+            .jetstream()
+            .get_stream(self.store.subjects().events_stream())
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for seq in 1..=self.last_seq().await {
+            if let Ok(m) = stream.get_raw_message(seq).await {
+                if let Ok(c) = Commit::decode(&m.payload) {
+                    out.extend(c.events);
+                }
+            }
+        }
+        out
+    }
+}
