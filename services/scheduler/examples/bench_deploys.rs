@@ -14,8 +14,9 @@
 //! 2. burst: `services` (default 200) services created at once; per-service
 //!    create → live, and the time until all are live.
 //!
-//! Health is the tests' stand-in (healthy right after `instance_started`)
-//! until the node reports it; numbers therefore exclude health-check time.
+//! Health is the node's own: the web service's busybox httpd answers its
+//! health check path (probed every 100 ms while starting), workers count
+//! after 300 ms up (the tests' probe timing, see `support::health_options`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -118,6 +118,14 @@ impl Cluster {
         k.nodes.get(node).is_none_or(|s| s.lost)
     }
 
+    /// True when the node's aggregate has been loaded and is registered.
+    pub(crate) fn knows(&self, node: &NodeId) -> bool {
+        self.lock()
+            .nodes
+            .get(node)
+            .is_some_and(|s| s.registered.is_some())
+    }
+
     /// True when the node's aggregate records it lost.
     pub(crate) fn is_recorded_lost(&self, node: &NodeId) -> bool {
         self.lock().nodes.get(node).is_some_and(|s| s.lost)

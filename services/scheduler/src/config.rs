@@ -50,6 +50,9 @@ pub struct SchedulerOptions {
     pub sweep_interval: Duration,
     pub readiness_window: Duration,
     pub pre_deploy_timeout_secs: u32,
+    /// How long past its timeout a pre-deploy run may take to be reported
+    /// before its node is assumed to have died with it.
+    pub pre_deploy_grace: Duration,
     pub concurrency: usize,
     /// Ack wait of the event consumer.
     pub ack_wait: Duration,
@@ -70,6 +73,7 @@ impl Default for SchedulerOptions {
             sweep_interval: Duration::from_secs(30),
             readiness_window: DEFAULT_READINESS_WINDOW,
             pre_deploy_timeout_secs: 1800,
+            pre_deploy_grace: Duration::from_secs(60),
             concurrency: 8,
             ack_wait: Duration::from_secs(30),
             max_deliver: 10,

@@ -9,7 +9,9 @@
 //! 2. the running deploy, once resolved: `pre_deploy_started` (then the
 //!    one-off is enqueued on a node, again on every pass until it ended —
 //!    the work queue dedupes by `Nats-Msg-Id`) or `update_started`; after a
-//!    successful pre-deploy, `update_started`; a cron job's deploy goes live
+//!    successful pre-deploy, `update_started`; a pre-deploy that has not
+//!    reported back by its timeout plus a grace (its node died with it)
+//!    fails the deploy `pre_deploy_failed`; a cron job's deploy goes live
 //!    once updating (it has no instances);
 //! 3. [`reconcile`]: new and moved instances are appended in one decision
 //!    *before* any node hears of them; then every instance still only
@@ -31,8 +33,8 @@ use berth_schemas::commands::{NodeRunSpec, NodeWork, OneOffPurpose};
 use berth_schemas::events::{InstanceRescheduled, InstanceScheduled};
 use berth_schemas::ids::{DeployId, InstanceId, NodeId, ServiceId};
 use berth_schemas::model::{DeployPhase, DeployStatus, ServiceType};
-use berth_schemas::{Actor, AggregateId};
-use chrono::Utc;
+use berth_schemas::{Actor, AggregateId, Event};
+use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::{Inner, SchedulerError};
 
@@ -74,6 +76,7 @@ struct Pass<'a> {
     aggregate: AggregateId,
     version: Version,
     state: ServiceState,
+    pre_deploy_since: Option<DateTime<Utc>>,
 }
 
 impl Pass<'_> {
@@ -200,13 +203,33 @@ async fn pass(inner: &Inner, service: &ServiceId) -> Result<Next, SchedulerError
     let Some(cfg) = state.config.clone() else {
         return Ok(Next::Done(None));
     };
+    // When the running deploy's pre-deploy command started, if it did.
+    let pre_deploy_since = state.active.as_ref().and_then(|id| {
+        loaded.events.iter().rev().find_map(|e| match &e.event {
+            Event::PreDeployStarted(s) if &s.deploy == id => Some(e.time),
+            _ => None,
+        })
+    });
     let p = Pass {
         inner,
         service,
         aggregate,
         version: loaded.version,
         state,
+        pre_deploy_since,
     };
+    // A node another copy placed on that this copy has not loaded yet
+    // would look gone: load it first, so nothing is placed twice.
+    let unknown: BTreeSet<NodeId> = p
+        .state
+        .instances
+        .iter()
+        .filter(|i| !inner.cluster.knows(&i.node))
+        .map(|i| i.node.clone())
+        .collect();
+    for node in unknown {
+        inner.cluster.refresh_node(&node).await?;
+    }
     let view = inner.cluster.view(service);
 
     // 1. Instances on a node recorded lost.
@@ -253,6 +276,13 @@ async fn pass(inner: &Inner, service: &ServiceId) -> Result<Next, SchedulerError
                 node,
                 digest,
             }),
+            // Only instances recorded lost move (see the domain's `Place`);
+            // one on a node this copy has not loaded yet stays put.
+            Action::Reschedule { instance, .. }
+                if p.state
+                    .instances
+                    .get(&instance)
+                    .is_none_or(|i| i.phase != InstancePhase::Lost) => {}
             Action::Reschedule {
                 instance,
                 replacement,
@@ -403,6 +433,30 @@ async fn pipeline(
             }
         }
         (DeployStatus::PreDeployInProgress, _) => {
+            // The node reports a timed-out run itself; this catches a node
+            // that died with the run, which nobody else would report.
+            let limit = Duration::from_secs(u64::from(p.inner.opts.pre_deploy_timeout_secs))
+                + p.inner.opts.pre_deploy_grace;
+            if let Some(since) = p.pre_deploy_since {
+                let deadline = TimeDelta::from_std(limit)
+                    .ok()
+                    .and_then(|l| since.checked_add_signed(l));
+                if let Some(deadline) = deadline {
+                    let now = Utc::now();
+                    if now >= deadline {
+                        let key = format!("pre-deploy-lost-{id}");
+                        let command = Command::RecordFailed {
+                            deploy: id,
+                            status: DeployStatus::PreDeployFailed,
+                            reason: format!(
+                                "the pre-deploy command did not report back within {}s",
+                                limit.as_secs()
+                            ),
+                        };
+                        return Ok(moved(p.decide(command, &key).await?));
+                    }
+                }
+            }
             let (Some(instance), Some(command)) =
                 (pre_deploy_instance(&id), cfg.pre_deploy_command.clone())
             else {
@@ -426,7 +480,8 @@ async fn pipeline(
                 purpose: Some(OneOffPurpose::PreDeploy),
             };
             p.enqueue(&node, &work, &format!("pre-deploy-{id}")).await?;
-            Ok(Step::Stay)
+            // Look again when the run should have reported at the latest.
+            Ok(Step::Retry(limit))
         }
         (DeployStatus::UpdateInProgress, Some(DeployPhase::PreDeploy))
             if d.pre_deploy.as_ref().is_some_and(|o| o.success) =>

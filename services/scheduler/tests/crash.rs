@@ -79,7 +79,8 @@ async fn scheduler_killed_mid_deploy_finishes_it_exactly_once() {
     let (svc, d1) = w
         .create(ServiceType::BackgroundWorker, |c| c.num_instances = Some(3))
         .await;
-    // Kill as soon as the update has begun: instances being placed.
+    // Kill as soon as the update has begun (instances being placed), then
+    // again in the next copy as soon as an instance started.
     let t0 = Instant::now();
     loop {
         let ev = w.events(&svc).await;
@@ -93,6 +94,16 @@ async fn scheduler_killed_mid_deploy_finishes_it_exactly_once() {
             break;
         }
         assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", types(&ev));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut second = spawn_child(&w);
+    loop {
+        let ev = w.events(&svc).await;
+        if count(&ev, "instance_started") > 0 || count(&ev, "deploy_live") > 0 {
+            second.kill9();
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", types(&ev));
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 

@@ -10,7 +10,9 @@ use berth_schemas::ids::DeployId;
 use berth_schemas::model::{DeployStatus, ServiceType};
 use berth_schemas::Event;
 
-use crate::support::{containers, count, pos, types, World};
+use berth_scheduler::SchedulerOptions;
+
+use crate::support::{containers, count, pos, scheduler_options, types, World};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pre_deploy_runs_before_the_update_and_a_failing_one_keeps_the_old_deploy_serving() {
@@ -95,4 +97,45 @@ async fn pre_deploy_runs_before_the_update_and_a_failing_one_keeps_the_old_deplo
     );
     assert_eq!(count(&ev, "instance_stopped"), 0, "{:?}", types(&ev));
     assert_eq!(containers(&[&n1, &n2]), live);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pre_deploy_whose_node_dies_fails_after_its_timeout() {
+    let w = World::start().await;
+    let mut n1 = w.start_node("n1").await;
+    let _scheduler = w
+        .start_scheduler_with(SchedulerOptions {
+            pre_deploy_timeout_secs: 3,
+            pre_deploy_grace: Duration::from_secs(1),
+            ..scheduler_options()
+        })
+        .await;
+    let (svc, d1) = w
+        .create(ServiceType::WebService, |c| {
+            c.pre_deploy_command = Some("sleep 30".into())
+        })
+        .await;
+    w.wait_events(&svc, Duration::from_secs(30), "pre-deploy started", |ev| {
+        count(ev, "pre_deploy_started") == 1
+    })
+    .await;
+    // The only node dies with the run.
+    n1.stop().await;
+    n1.kill_containers();
+    let ev = w
+        .wait_events(&svc, Duration::from_secs(30), "pre-deploy given up", |ev| {
+            ev.iter()
+                .any(|e| matches!(&e.event, Event::DeployFailed(f) if f.deploy == d1))
+        })
+        .await;
+    let failed = ev
+        .iter()
+        .find_map(|e| match &e.event {
+            Event::DeployFailed(f) => Some(f.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(failed.status, DeployStatus::PreDeployFailed);
+    assert!(failed.reason.contains("did not report back"), "{failed:?}");
+    assert_eq!(count(&ev, "update_started"), 0, "{:?}", types(&ev));
 }

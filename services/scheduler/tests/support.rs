@@ -7,17 +7,17 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use berth_domain::service::{self, Command, CreateService, DeployRequest, ServiceState};
 use berth_domain::Ctx;
 use berth_eventlog::{EventStore, NewEvent, StoreConfig};
-use berth_node::{Node, NodeOptions};
+use berth_node::{HealthOptions, Node, NodeChecks, NodeOptions};
 use berth_oci::{ClientConfig, RetryPolicy};
 use berth_resolver::{Resolver, ResolverOptions};
 use berth_runtime::secrets::SecretKey;
 use berth_scheduler::{Scheduler, SchedulerOptions};
-use berth_schemas::events::InstanceHealthy;
 use berth_schemas::ids::{DeployId, InstanceId, NodeId, OwnerId, ServiceId, UserId};
 use berth_schemas::model::{DeployTrigger, Sealed, ServiceType};
 use berth_schemas::{Actor, AggregateId, Envelope, Event, Subjects};
@@ -30,12 +30,6 @@ use tokio_util::sync::CancellationToken;
 use crate::agent_support::{busybox_image, mounts_under, runc_list};
 
 pub const REPO: &str = "app/web";
-
-/// Until the node reports health itself (issue S2), the tests mark every
-/// started instance healthy right after `instance_started`, as a node's
-/// passing first check would. Set to false once the node
-/// appends `instance_healthy` on its own.
-pub const HEALTH_STAND_IN: bool = true;
 
 /// Scheduler options for tests: quick lost-node detection and sweeps.
 pub fn scheduler_options() -> SchedulerOptions {
@@ -65,6 +59,28 @@ pub fn node_options(name: &str, dir: &Path) -> NodeOptions {
             retry: RetryPolicy::fast(),
             ..ClientConfig::default()
         },
+    }
+}
+
+/// Quick probes: a worker is healthy after 300 ms up, a web instance once
+/// it answers its health check path.
+pub fn health_options() -> HealthOptions {
+    HealthOptions {
+        starting_interval: Duration::from_millis(100),
+        healthy_interval: Duration::from_millis(500),
+        timeout: Duration::from_secs(2),
+        unhealthy_after: Duration::from_secs(3),
+        restart_after: Duration::from_secs(30),
+        worker_grace: Duration::from_millis(300),
+    }
+}
+
+/// What a service's containers run: a web server on `$PORT` serving the
+/// image's `/app` (health check path `/hello.txt`), else a sleeper.
+pub fn command_for(service_type: ServiceType) -> &'static str {
+    match service_type {
+        ServiceType::WebService => "sh -c 'exec busybox httpd -f -p $PORT -h /app'",
+        _ => "sleep 600",
     }
 }
 
@@ -148,6 +164,8 @@ pub struct World {
     pub key: SecretKey,
     pub dir: tempfile::TempDir,
     pub shutdown: CancellationToken,
+    /// Nodes started so far (for their port ranges).
+    nodes: AtomicU16,
 }
 
 impl Drop for World {
@@ -190,13 +208,11 @@ impl World {
             key,
             dir: tempfile::tempdir().unwrap(),
             shutdown: CancellationToken::new(),
+            nodes: AtomicU16::new(0),
         };
         let resolver = Resolver::new(w.store.clone(), w.key.clone(), resolver_options()).unwrap();
         let sd = w.shutdown.clone();
         tokio::spawn(async move { resolver.run(sd, None).await.unwrap() });
-        if HEALTH_STAND_IN {
-            tokio::spawn(health_stand_in(w.store.clone(), w.shutdown.clone()));
-        }
         w
     }
 
@@ -212,7 +228,14 @@ impl World {
     pub async fn start_node_with(&self, opts: NodeOptions) -> RunningNode {
         let dir = opts.dir.clone().unwrap();
         let id = berth_node::load_or_create_id(&dir).unwrap();
-        let node = Node::new(self.store.clone(), self.key.clone(), opts);
+        // Nodes share this machine's network: each hands out its own ports.
+        let first = 20000 + 1000 * self.nodes.fetch_add(1, Ordering::Relaxed);
+        let checks = NodeChecks {
+            ports: first..=first + 999,
+            health: health_options(),
+            ..NodeChecks::default()
+        };
+        let node = Node::new(self.store.clone(), self.key.clone(), opts).with_checks(checks);
         let stop = self.shutdown.child_token();
         let (tx, mut rx) = tokio::sync::watch::channel(false);
         let task =
@@ -281,7 +304,10 @@ impl World {
             },
             deploy.clone(),
         );
-        c.docker_command = Some("sleep 600".into());
+        c.docker_command = Some(command_for(service_type).into());
+        if service_type == ServiceType::WebService {
+            c.health_check_path = Some("/hello.txt".into());
+        }
         c.shutdown_delay_secs = Some(1);
         edit(&mut c);
         self.command(&service, Command::Create(Box::new(c))).await;
@@ -393,58 +419,4 @@ pub fn containers(nodes: &[&RunningNode]) -> Vec<String> {
     let mut all: Vec<String> = nodes.iter().flat_map(|n| n.containers()).collect();
     all.sort();
     all
-}
-
-/// Marks started instances healthy (see [`HEALTH_STAND_IN`]).
-async fn health_stand_in(store: EventStore, shutdown: CancellationToken) {
-    use futures::StreamExt;
-    let subjects = store.subjects().clone();
-    let Ok(mut sub) = store
-        .client()
-        .subscribe(subjects.aggregate_kind("service"))
-        .await
-    else {
-        return;
-    };
-    loop {
-        let msg = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            m = sub.next() => match m { Some(m) => m, None => return },
-        };
-        let Ok(commit) = berth_schemas::Commit::decode(&msg.payload) else {
-            continue;
-        };
-        for env in commit.events {
-            let Event::InstanceStarted(started) = &env.event else {
-                continue;
-            };
-            let instance = started.instance.clone();
-            let aggregate = env.aggregate.clone();
-            let store = store.clone();
-            tokio::spawn(async move {
-                let _ = store
-                    .execute(
-                        &aggregate,
-                        &format!("stand-in-healthy-{instance}"),
-                        service::fold,
-                        |s: &ServiceState| {
-                            let running = s.instances.get(&instance).is_some_and(|i| {
-                                i.phase == berth_domain::service::InstancePhase::Running
-                            });
-                            Ok::<_, berth_domain::DomainError>(if running {
-                                vec![NewEvent::new(
-                                    InstanceHealthy {
-                                        instance: instance.clone(),
-                                    },
-                                    Actor::system("test-health"),
-                                )]
-                            } else {
-                                vec![]
-                            })
-                        },
-                    )
-                    .await;
-            });
-        }
-    }
 }

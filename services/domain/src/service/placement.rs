@@ -60,7 +60,11 @@ pub(super) fn place(
             state.instances.get(&r.instance),
             state.instances.get(&r.replacement),
         ) {
-            (Some(old), None) if old.node == r.from_node => out.push(r.into()),
+            // Only instances recorded lost move: one on a node this
+            // scheduler merely does not know yet is still running there.
+            (Some(old), None) if old.node == r.from_node && old.phase == InstancePhase::Lost => {
+                out.push(r.into())
+            }
             // Already moved by this same decision.
             (None, Some(_)) => {}
             _ => {

@@ -82,6 +82,20 @@ fn a_lost_node_marks_instances_lost_once_then_they_move_or_are_released() {
         }),
         ErrorKind::Conflict
     );
+    // Not recorded lost yet: it stays where it is.
+    let early = InstanceRescheduled {
+        instance: a.clone(),
+        replacement: InstanceId::generate(),
+        from_node: node(),
+        to_node: other_node(),
+    };
+    assert_eq!(
+        s.refused(Command::Place {
+            scheduled: vec![],
+            rescheduled: vec![early],
+        }),
+        ErrorKind::Conflict
+    );
     let failed = s.run(Command::RecordServerFailed { node: node() });
     assert!(matches!(&failed[..], [Event::ServerFailed(f)] if f.instances.len() == 2));
     assert!(s
