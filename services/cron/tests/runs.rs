@@ -58,14 +58,24 @@ impl Drop for Running {
 }
 
 async fn start(w: &World, opts: CronOptions) -> Running {
-    let key = SecretKey::from_base64(&SecretKey::generate_base64()).unwrap();
     let stop = CancellationToken::new();
+    let (node, node_task) = start_node(w, stop.clone()).await;
+    let cron_task = start_cron(w, opts, stop.clone()).await;
+    Running {
+        stop,
+        tasks: vec![node_task, cron_task],
+        node,
+    }
+}
+
+async fn start_node(w: &World, stop: CancellationToken) -> (NodeId, JoinHandle<()>) {
+    let key = SecretKey::from_base64(&SecretKey::generate_base64()).unwrap();
     let node_id = berth_node::load_or_create_id(&w.node_dir()).unwrap();
     let node = Node::new(w.store.clone(), key, node_options());
     let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
-    let (client, dir, s) = (w.client.clone(), w.node_dir(), stop.clone());
+    let (client, dir) = (w.client.clone(), w.node_dir());
     let node_task = tokio::spawn(async move {
-        node.serve(client, dir, s, move |r| {
+        node.serve(client, dir, stop, move |r| {
             let _ = ready_tx.send(r);
         })
         .await
@@ -75,22 +85,22 @@ async fn start(w: &World, opts: CronOptions) -> Running {
         .await
         .expect("node ready within 20 s")
         .unwrap();
+    (node_id, node_task)
+}
+
+async fn start_cron(w: &World, opts: CronOptions, stop: CancellationToken) -> JoinHandle<()> {
     let cron = Cron::new(w.store.clone(), opts);
     let ready = berth_runtime::ReadyFlag::default();
-    let (r, s) = (ready.clone(), stop.clone());
+    let r = ready.clone();
     let cron_task = tokio::spawn(async move {
-        cron.run(s, Some(r)).await.unwrap();
+        cron.run(stop, Some(r)).await.unwrap();
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !ready.get() {
         assert!(std::time::Instant::now() < deadline, "cron not ready");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Running {
-        stop,
-        tasks: vec![node_task, cron_task],
-        node: node_id,
-    }
+    cron_task
 }
 
 fn options(clock: Clock) -> CronOptions {
@@ -465,4 +475,59 @@ async fn two_cron_copies_start_each_due_time_once() {
     }
     drop(r);
     let _ = copy.await;
+}
+
+#[tokio::test]
+async fn after_a_restart_only_the_latest_missed_due_time_runs() {
+    let w = World::start().await;
+    let node_stop = CancellationToken::new();
+    let (_node, node_task) = start_node(&w, node_stop.clone()).await;
+    let _guard = Running {
+        stop: node_stop,
+        tasks: vec![node_task],
+        node: NodeId::generate(),
+    };
+    // One clock across the restart; 30×: due every 2 s.
+    let clock = Clock::accelerated(30);
+    let first = CancellationToken::new();
+    let task = start_cron(&w, options(clock), first.clone()).await;
+    let service = cron_job(&w, "* * * * *", "true").await;
+    w.wait_events(&service, Duration::from_secs(60), |e| ended_count(e) >= 1)
+        .await;
+    first.cancel();
+    task.await.unwrap();
+    let before = started(&w.events_after(&service, Duration::from_millis(300)).await).len();
+
+    // Down for ~7 s: three or four due times pass.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let events = w.events_after(&service, Duration::ZERO).await;
+    assert_eq!(started(&events).len(), before, "nothing starts while down");
+    let restarted_at = clock.now();
+    let second = CancellationToken::new();
+    let task = start_cron(&w, options(clock), second.clone()).await;
+    let events = w
+        .wait_events(&service, Duration::from_secs(30), |e| {
+            started(e).len() > before
+        })
+        .await;
+    second.cancel();
+    task.await.unwrap();
+    let s = started(&events);
+    let due = |i: usize| {
+        let c = s[i].3.as_deref().unwrap();
+        chrono::DateTime::parse_from_rfc3339(c.strip_prefix("cron-schedule:").unwrap())
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    // The first start after the restart is the latest due time (not the
+    // oldest missed one), and the ones missed in between never ran.
+    let (last_before, first_after) = (due(before - 1), due(before));
+    assert!(
+        first_after > restarted_at - chrono::Duration::seconds(60),
+        "{first_after} vs restart at {restarted_at}"
+    );
+    assert!(
+        (first_after - last_before).num_seconds() >= 180,
+        "missed due times were caught up one by one: {last_before} → {first_after}"
+    );
 }
