@@ -1,0 +1,251 @@
+//! Node-side health checks with real runc, nats-server and registry:
+//! web instances get their own port and `addr` and pass an HTTP check of
+//! their health check path; private services a TCP check; workers once up
+//! for the grace period (never when they keep exiting); a live instance
+//! whose endpoint starts failing is reported unhealthy, restarted in place
+//! and healthy again; a restarted node resumes probing its adopted
+//! instances without repeating facts.
+
+use std::time::Duration;
+
+use berth_schemas::model::ServiceType;
+use berth_schemas::Event;
+
+use crate::node_support::World;
+use crate::support::{
+    addr_of, count_of, fast_checks, http_get, key, kinds, of, run, service, spec, start_node,
+};
+
+/// busybox httpd serving `dir` on `$PORT`, in the foreground.
+fn httpd(prepare: &str, dir: &str) -> String {
+    format!("/bin/sh -c '{prepare} exec /bin/busybox httpd -f -p $PORT -h {dir}'")
+}
+
+#[tokio::test]
+async fn web_instances_get_own_ports_and_pass_http_checks() {
+    let w = World::start().await;
+    let key = key();
+    let node = start_node(&w, &key, fast_checks()).await;
+
+    // Two instances of one web service on one node; the scheduler sends
+    // the same PORT for both, the node must give each its own.
+    let (svc, deploy) = service(&w, ServiceType::WebService, Some("/hello.txt")).await;
+    let a = spec(&w, &svc, &deploy, &httpd("", "/app"), Some(10000));
+    let b = spec(&w, &svc, &deploy, &httpd("", "/app"), Some(10000));
+    run(&w, &node.id, &a).await;
+    run(&w, &node.id, &b).await;
+    // A web service whose health check path is missing never passes.
+    let (bad_svc, bad_deploy) = service(&w, ServiceType::WebService, Some("/missing")).await;
+    let bad = spec(&w, &bad_svc, &bad_deploy, &httpd("", "/app"), Some(10000));
+    run(&w, &node.id, &bad).await;
+
+    let events = w
+        .wait_events(&svc, Duration::from_secs(60), |ev| {
+            count_of(ev, &a.instance, "instance_healthy") == 1
+                && count_of(ev, &b.instance, "instance_healthy") == 1
+        })
+        .await;
+    for s in [&a, &b] {
+        assert_eq!(
+            kinds(&events, &s.instance),
+            vec!["instance_started", "instance_healthy"],
+            "started, then healthy"
+        );
+    }
+    let (addr_a, addr_b) = (
+        addr_of(&events, &a.instance).expect("addr in instance_started"),
+        addr_of(&events, &b.instance).expect("addr in instance_started"),
+    );
+    assert_ne!(addr_a, addr_b, "each instance has its own port");
+    for addr in [&addr_a, &addr_b] {
+        assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+        assert!(!addr.ends_with(":10000"), "node-allocated, not the default");
+        let (status, body) = http_get(addr, "/hello.txt").await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "hello\n"), "{addr}");
+    }
+
+    // The missing path: started and answering, but never healthy.
+    let bad_events = w
+        .wait_events(&bad_svc, Duration::from_secs(30), |ev| {
+            count_of(ev, &bad.instance, "instance_started") == 1
+        })
+        .await;
+    let bad_addr = addr_of(&bad_events, &bad.instance).unwrap();
+    let (status, _) = http_get(&bad_addr, "/missing").await.unwrap();
+    assert_eq!(status, 404);
+    let bad_events = w.events_after(&bad_svc, Duration::from_secs(2)).await;
+    assert_eq!(kinds(&bad_events, &bad.instance), vec!["instance_started"]);
+
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn private_services_pass_tcp_and_workers_pass_after_grace() {
+    let w = World::start().await;
+    let key = key();
+    let node = start_node(&w, &key, fast_checks()).await;
+
+    // A TCP server that answers nothing: an HTTP check would never pass.
+    let (private, p_deploy) = service(&w, ServiceType::PrivateService, None).await;
+    let tcp = spec(
+        &w,
+        &private,
+        &p_deploy,
+        "/bin/sh -c 'exec /bin/busybox nc -ll -p $PORT -e /bin/true'",
+        Some(10000),
+    );
+    run(&w, &node.id, &tcp).await;
+
+    let (worker, wk_deploy) = service(&w, ServiceType::BackgroundWorker, None).await;
+    let steady = spec(&w, &worker, &wk_deploy, "/bin/sleep 1000", None);
+    let crashing = spec(&w, &worker, &wk_deploy, "/bin/false", None);
+    run(&w, &node.id, &steady).await;
+    run(&w, &node.id, &crashing).await;
+
+    let events = w
+        .wait_events(&private, Duration::from_secs(60), |ev| {
+            count_of(ev, &tcp.instance, "instance_healthy") == 1
+        })
+        .await;
+    let addr = addr_of(&events, &tcp.instance).expect("private services have an addr");
+    tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("the addr accepts connections");
+
+    let events = w
+        .wait_events(&worker, Duration::from_secs(60), |ev| {
+            count_of(ev, &steady.instance, "instance_healthy") == 1
+        })
+        .await;
+    let mine = of(&events, &steady.instance);
+    assert_eq!(
+        kinds(&events, &steady.instance),
+        vec!["instance_started", "instance_healthy"]
+    );
+    assert_eq!(
+        addr_of(&events, &steady.instance),
+        None,
+        "workers listen nowhere"
+    );
+    let up_for = (mine[1].time - mine[0].time).to_std().unwrap();
+    assert!(
+        up_for >= Duration::from_millis(900),
+        "healthy only after the 1 s grace, was {up_for:?}"
+    );
+
+    // The worker that exits at once has been started and restarted a few
+    // times by now (300 ms backoff doubling) and never passed.
+    let events = w.events_after(&worker, Duration::from_secs(3)).await;
+    let k = kinds(&events, &crashing.instance);
+    assert!(k.contains(&"instance_exited"), "{k:?}");
+    assert_eq!(
+        count_of(&events, &crashing.instance, "instance_healthy"),
+        0,
+        "{k:?}"
+    );
+
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn failing_live_instance_is_unhealthy_then_restarted_and_healthy_again() {
+    let w = World::start().await;
+    let key = key();
+    let node = start_node(&w, &key, fast_checks()).await;
+
+    // Healthy for ~3 s after each start, then its health file is removed.
+    let (svc, deploy) = service(&w, ServiceType::WebService, Some("/h/ok")).await;
+    let prepare = "mkdir -p /tmp/w/h; echo ok > /tmp/w/h/ok; (sleep 3; rm /tmp/w/h/ok) &";
+    let s = spec(&w, &svc, &deploy, &httpd(prepare, "/tmp/w"), Some(10000));
+    run(&w, &node.id, &s).await;
+
+    let events = w
+        .wait_events(&svc, Duration::from_secs(90), |ev| {
+            count_of(ev, &s.instance, "instance_healthy") >= 2
+        })
+        .await;
+    let mine = of(&events, &s.instance);
+    let k: Vec<_> = mine.iter().map(|e| e.event.type_name()).collect();
+    let pos = |name: &str, nth: usize| {
+        k.iter()
+            .enumerate()
+            .filter(|(_, t)| **t == name)
+            .nth(nth)
+            .map(|(i, _)| i)
+            .unwrap_or_else(|| panic!("no {name} #{nth} in {k:?}"))
+    };
+    let (healthy, unhealthy, restarted, healthy_again) = (
+        pos("instance_healthy", 0),
+        pos("instance_unhealthy", 0),
+        pos("server_restarted", 0),
+        pos("instance_healthy", 1),
+    );
+    assert!(
+        pos("instance_started", 0) < healthy
+            && healthy < unhealthy
+            && unhealthy < restarted
+            && restarted < healthy_again,
+        "{k:?}"
+    );
+    let Event::InstanceUnhealthy(u) = &mine[unhealthy].event else {
+        unreachable!()
+    };
+    assert!(u.reason.contains("404"), "reason says why: {}", u.reason);
+    // Failing ~3 s after start; unhealthy 1.5 s later; restart 6 s after
+    // the first failure.
+    let t = |i: usize| mine[i].time;
+    let to_unhealthy = (t(unhealthy) - t(healthy)).to_std().unwrap();
+    let to_restart = (t(restarted) - t(unhealthy)).to_std().unwrap();
+    assert!(
+        to_unhealthy >= Duration::from_millis(1500) + Duration::from_secs(2),
+        "unhealthy only after failing 1.5 s: {to_unhealthy:?}"
+    );
+    assert!(
+        to_restart >= Duration::from_secs(4),
+        "restarted only after failing 6 s: {to_restart:?}"
+    );
+    // Only once: no second restart was needed before it passed again.
+    assert_eq!(count_of(&events, &s.instance, "server_restarted"), 1);
+    // Same address after the restart in place.
+    let addr = addr_of(&events, &s.instance).unwrap();
+    let (status, body) = http_get(&addr, "/h/ok").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn restarted_node_resumes_probing_without_repeating_facts() {
+    let w = World::start().await;
+    let key = key();
+    let mut checks = fast_checks();
+    // No restart in place during this test: only the report matters.
+    checks.health.restart_after = Duration::from_secs(600);
+    let node = start_node(&w, &key, checks.clone()).await;
+
+    let (svc, deploy) = service(&w, ServiceType::WebService, Some("/h/ok")).await;
+    let prepare = "mkdir -p /tmp/w/h; echo ok > /tmp/w/h/ok; (sleep 6; rm /tmp/w/h/ok) &";
+    let s = spec(&w, &svc, &deploy, &httpd(prepare, "/tmp/w"), None);
+    run(&w, &node.id, &s).await;
+    w.wait_events(&svc, Duration::from_secs(60), |ev| {
+        count_of(ev, &s.instance, "instance_healthy") == 1
+    })
+    .await;
+    // The node process goes away; the container keeps running.
+    node.stop().await;
+    let node = start_node(&w, &key, checks).await;
+
+    // Only the new process can notice the failure.
+    let events = w
+        .wait_events(&svc, Duration::from_secs(30), |ev| {
+            count_of(ev, &s.instance, "instance_unhealthy") == 1
+        })
+        .await;
+    assert_eq!(
+        kinds(&events, &s.instance),
+        vec!["instance_started", "instance_healthy", "instance_unhealthy"],
+        "healthy recorded once across the node restart"
+    );
+
+    node.stop().await;
+}

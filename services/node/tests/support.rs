@@ -1,0 +1,226 @@
+//! Setup for the health check tests on top of the shared node world: a
+//! service of any type (with a health check path), run specs for it, a
+//! node component with test-speed health checks, and small probes of an
+//! instance's address from the outside.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use berth_domain::service::{Command, CreateService};
+use berth_node::{HealthOptions, Node, NodeChecks, NodeOptions};
+use berth_oci::{ClientConfig, RetryPolicy};
+use berth_runtime::secrets::SecretKey;
+use berth_schemas::commands::{NodeRunSpec, NodeWork};
+use berth_schemas::ids::{DeployId, InstanceId, NodeId, OwnerId, ServiceId, UserId};
+use berth_schemas::model::{ResolvedImage, Sealed, ServiceType};
+use berth_schemas::{Envelope, Event};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::node_support::{World, REPO};
+
+/// Test-speed checks: probes every 200 ms, unhealthy after 1.5 s of
+/// failing, restarted after 6 s, workers healthy after 1 s up.
+pub fn fast_checks() -> NodeChecks {
+    NodeChecks {
+        health: HealthOptions {
+            starting_interval: Duration::from_millis(200),
+            healthy_interval: Duration::from_millis(300),
+            timeout: Duration::from_secs(2),
+            unhealthy_after: Duration::from_millis(1500),
+            restart_after: Duration::from_secs(6),
+            worker_grace: Duration::from_secs(1),
+        },
+        ..NodeChecks::default()
+    }
+}
+
+pub fn options() -> NodeOptions {
+    NodeOptions {
+        dir: None,
+        name: "health-node".into(),
+        cpu_millis: 4000,
+        memory_mib: 4096,
+        runc: "runc".into(),
+        concurrency: 4,
+        ack_wait: Duration::from_secs(10),
+        max_deliver: 3,
+        heartbeat: Duration::from_millis(200),
+        progress_interval: Duration::from_millis(100),
+        restart: crate::agent_support::fast_restarts(),
+        client: ClientConfig {
+            retry: RetryPolicy::fast(),
+            ..ClientConfig::default()
+        },
+    }
+}
+
+pub fn key() -> SecretKey {
+    SecretKey::from_base64(&SecretKey::generate_base64()).unwrap()
+}
+
+/// A node component running in-process.
+pub struct Running {
+    pub id: NodeId,
+    pub stop: CancellationToken,
+    pub task: JoinHandle<Result<(), berth_node::NodeError>>,
+}
+
+impl Running {
+    /// Stops the component; its containers keep running (detached).
+    pub async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("node stops within 30 s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+pub async fn start_node(w: &World, key: &SecretKey, checks: NodeChecks) -> Running {
+    let dir: PathBuf = w.node_dir();
+    let id = berth_node::load_or_create_id(&dir).unwrap();
+    let node = Node::new(w.store.clone(), key.clone(), options()).with_checks(checks);
+    let stop = CancellationToken::new();
+    let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(node.serve(w.client.clone(), dir, stop.clone(), move |r| {
+        let _ = ready_tx.send(r);
+    }));
+    tokio::time::timeout(Duration::from_secs(20), ready_rx.wait_for(|r| *r))
+        .await
+        .expect("node ready within 20 s")
+        .unwrap();
+    Running { id, stop, task }
+}
+
+/// A service of type `ty` (web: with `health_path`) whose first deploy
+/// resolved to the pushed image's digest.
+pub async fn service(
+    w: &World,
+    ty: ServiceType,
+    health_path: Option<&str>,
+) -> (ServiceId, DeployId) {
+    let service = ServiceId::generate();
+    let deploy = DeployId::generate();
+    let mut create = CreateService::new(
+        OwnerId::User(UserId::generate()),
+        &format!("svc-{}", &service.as_str()[4..12].to_lowercase()),
+        ty,
+        &format!("{}/{REPO}:v1", w.registry.host),
+        Sealed {
+            kid: "k".into(),
+            ciphertext: "x".into(),
+        },
+        deploy.clone(),
+    );
+    create.health_check_path = health_path.map(str::to_owned);
+    w.command(&service, Command::Create(Box::new(create))).await;
+    w.command(
+        &service,
+        Command::RecordResolved {
+            deploy: deploy.clone(),
+            image: ResolvedImage {
+                digest: w.digest.clone(),
+                index_digest: None,
+                compressed_size: 1,
+            },
+        },
+    )
+    .await;
+    (service, deploy)
+}
+
+/// A run spec for a new instance of `service` running `command`; `port`
+/// as the scheduler sends it (it is replaced by the node's own).
+pub fn spec(
+    w: &World,
+    service: &ServiceId,
+    deploy: &DeployId,
+    command: &str,
+    port: Option<u16>,
+) -> NodeRunSpec {
+    NodeRunSpec {
+        service: service.clone(),
+        deploy: deploy.clone(),
+        instance: InstanceId::generate(),
+        image: format!("{}/{REPO}", w.registry.host),
+        digest: w.digest.clone(),
+        credential: None,
+        env: Default::default(),
+        command: Some(command.to_owned()),
+        port,
+        plan: None,
+        shutdown_delay_secs: 1,
+    }
+}
+
+/// Enqueues a `RunInstance` of `spec` on `node`.
+pub async fn run(w: &World, node: &NodeId, spec: &NodeRunSpec) {
+    let work = NodeWork::RunInstance(spec.clone());
+    w.enqueue(node, &work, &format!("run:{}", spec.instance))
+        .await;
+}
+
+/// The events about `instance`, in order.
+pub fn of<'a>(events: &'a [Envelope], instance: &InstanceId) -> Vec<&'a Envelope> {
+    events
+        .iter()
+        .filter(|e| match &e.event {
+            Event::InstanceStarted(x) => &x.instance == instance,
+            Event::InstanceHealthy(x) => &x.instance == instance,
+            Event::InstanceUnhealthy(x) => &x.instance == instance,
+            Event::InstanceExited(x) => &x.instance == instance,
+            Event::ServerRestarted(x) => &x.instance == instance,
+            Event::InstanceStopped(x) => &x.instance == instance,
+            _ => false,
+        })
+        .collect()
+}
+
+/// Type names of the events about `instance`.
+pub fn kinds(events: &[Envelope], instance: &InstanceId) -> Vec<&'static str> {
+    of(events, instance)
+        .iter()
+        .map(|e| e.event.type_name())
+        .collect()
+}
+
+/// How many events of `type_name` about `instance`.
+pub fn count_of(events: &[Envelope], instance: &InstanceId, type_name: &str) -> usize {
+    kinds(events, instance)
+        .into_iter()
+        .filter(|k| *k == type_name)
+        .count()
+}
+
+/// The `addr` of `instance`'s `instance_started`.
+pub fn addr_of(events: &[Envelope], instance: &InstanceId) -> Option<String> {
+    events.iter().find_map(|e| match &e.event {
+        Event::InstanceStarted(s) if &s.instance == instance => s.addr.clone(),
+        _ => None,
+    })
+}
+
+/// `GET path` on `addr` from the outside: (status, body).
+pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await??;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("not HTTP: {text:?}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
