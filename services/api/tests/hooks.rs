@@ -1,0 +1,189 @@
+//! Deploy hooks (SPEC §6): GET and POST, `imgURL` rules, wrong key and
+//! unknown service all 404 with one body, and under concurrent load every
+//! 200 matches exactly one `deploy_created` event (and no hook event lacks
+//! its 200).
+
+use std::collections::BTreeMap;
+
+use axum::http::{Method, StatusCode};
+use berth_schemas::ids::ServiceId;
+use berth_schemas::model::DeployTrigger;
+use berth_schemas::{Actor, AggregateId, Event};
+use serde_json::Value;
+
+use crate::support::App;
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// deploy id → (trigger, image, actor) of every deploy_created of `svc`.
+async fn created(app: &App, svc: &str) -> BTreeMap<String, (DeployTrigger, String, Actor)> {
+    let id = AggregateId::Service(svc.parse::<ServiceId>().unwrap());
+    let mut out = BTreeMap::new();
+    for env in app.events_of(&id).await {
+        if let Event::DeployCreated(e) = &env.event {
+            let dup = out.insert(
+                e.deploy.to_string(),
+                (e.trigger, e.image.clone(), env.actor.clone()),
+            );
+            assert!(dup.is_none(), "deploy {} created twice", e.deploy);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_deploy_on_get_and_post_and_hide_everything_else() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let (svc, hook) = app.service(&alice, "hooked").await;
+    let host = app.registry.as_ref().unwrap().host.clone();
+
+    let (s, get) = app.call(Method::GET, &hook, None, None).await;
+    assert_eq!(s, StatusCode::OK, "{get}");
+    let (s, post) = app.call(Method::POST, &hook, None, None).await;
+    assert_eq!(s, StatusCode::OK, "{post}");
+    let v2 = format!("{hook}&imgURL={}", encode(&format!("{host}/team/app:v2")));
+    let (s, over) = app.call(Method::POST, &v2, None, None).await;
+    assert_eq!(s, StatusCode::OK, "{over}");
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let by_digest = format!(
+        "{hook}&imgURL={}",
+        encode(&format!("{host}/team/app@{digest}"))
+    );
+    let (s, pinned) = app.call(Method::GET, &by_digest, None, None).await;
+    assert_eq!(s, StatusCode::OK, "{pinned}");
+
+    let events = created(&app, &svc).await;
+    for (v, image) in [
+        (&get, format!("{host}/team/app:v1")),
+        (&post, format!("{host}/team/app:v1")),
+        (&over, format!("{host}/team/app:v2")),
+        (&pinned, format!("{host}/team/app@{digest}")),
+    ] {
+        let id = v["deploy"]["id"].as_str().unwrap();
+        assert!(id.starts_with("dep-"));
+        let (trigger, img, actor) = &events[id];
+        assert_eq!(*trigger, DeployTrigger::DeployHook);
+        assert_eq!(*img, image);
+        assert_eq!(*actor, Actor::DeployHook);
+    }
+    // The override did not change the service's image.
+    let (_, v) = app.get(&format!("/v1/services/{svc}"), &alice).await;
+    assert_eq!(v["imagePath"], format!("{host}/team/app:v1"));
+
+    // Everything refused is the same 404, and appends nothing.
+    let before = app.last_seq().await;
+    let path = hook.split('?').next().unwrap().to_owned();
+    let key = hook.split("key=").nth(1).unwrap().to_owned();
+    let mut wrong_key = key.clone();
+    wrong_key.replace_range(0..1, if key.starts_with('A') { "B" } else { "A" });
+    let refused = [
+        format!("{path}?key={wrong_key}"),
+        format!("{path}?key="),
+        path.clone(),
+        format!("{path}?key={key}x"),
+        format!("/deploy/srv-aaaaaaaaaaaaaaaaaaaa?key={key}"),
+        format!("/deploy/not-a-service?key={key}"),
+        // nginx@1.26: a tag written as a digest.
+        format!("{hook}&imgURL={}", encode(&format!("{host}/team/app@1.26"))),
+        format!("{hook}&imgURL={}", encode(&format!("{host}/team/other:v1"))),
+        format!("{hook}&imgURL={}", encode("docker.io/library/nginx:1.26")),
+        format!(
+            "{hook}&imgURL={}",
+            encode(&format!("{host}/team/app:v1@{digest}"))
+        ),
+        format!("{hook}&imgURL={}", encode("UPPER/case:x")),
+        format!("{hook}&imgURL="),
+        format!("{hook}&imgURL={}", "a".repeat(5000)),
+        format!("{path}?key=%ZZ"),
+    ];
+    let mut bodies = Vec::new();
+    for url in &refused {
+        for m in [Method::GET, Method::POST] {
+            let (s, v) = app.call(m.clone(), url, None, None).await;
+            assert_eq!(s, StatusCode::NOT_FOUND, "{m} {url}: {v}");
+            bodies.push(v);
+        }
+    }
+    assert!(
+        bodies.windows(2).all(|w| w[0] == w[1]),
+        "404 bodies differ: {bodies:?}"
+    );
+    assert_eq!(app.last_seq().await, before, "a refused hook appended");
+
+    // A deleted service's hook is 404 as well.
+    app.call(
+        Method::DELETE,
+        &format!("/v1/services/{svc}"),
+        Some(&alice.key),
+        None,
+    )
+    .await;
+    let (s, v) = app.call(Method::GET, &hook, None, None).await;
+    assert_eq!((s, v), (StatusCode::NOT_FOUND, bodies[0].clone()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_hooks_each_200_is_exactly_one_deploy_created() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let (svc, hook) = app.service(&alice, "busy").await;
+    let (svc2, hook2) = app.service(&alice, "busy2").await;
+    let wrong = format!("{}?key=wrong", hook.split('?').next().unwrap());
+    let app = std::sync::Arc::new(app);
+    let mut tasks = Vec::new();
+    for i in 0..240 {
+        let app = app.clone();
+        let url = match i % 6 {
+            0 => wrong.clone(),
+            1 | 2 => hook2.clone(),
+            _ => hook.clone(),
+        };
+        tasks.push(tokio::spawn(async move {
+            let m = if i % 2 == 0 {
+                Method::GET
+            } else {
+                Method::POST
+            };
+            let (s, v): (StatusCode, Value) = app.call(m, &url, None, None).await;
+            (url, s, v)
+        }));
+    }
+    let mut ok: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for t in tasks {
+        let (url, s, v) = t.await.unwrap();
+        if url == wrong {
+            assert_eq!(s, StatusCode::NOT_FOUND);
+            continue;
+        }
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let svc = if url == hook { &svc } else { &svc2 };
+        ok.entry(svc.clone())
+            .or_default()
+            .push(v["deploy"]["id"].as_str().unwrap().to_owned());
+    }
+    for (svc, expected) in [(&svc, 120), (&svc2, 80)] {
+        let answered = &ok[svc];
+        assert_eq!(answered.len(), expected);
+        let events = created(&app, svc).await;
+        let hooked: Vec<&String> = events
+            .iter()
+            .filter(|(_, (t, _, _))| *t == DeployTrigger::DeployHook)
+            .map(|(id, _)| id)
+            .collect();
+        let mut a = answered.clone();
+        a.sort();
+        let mut h: Vec<String> = hooked.into_iter().cloned().collect();
+        h.sort();
+        assert_eq!(a, h, "200s and deploy_created events differ for {svc}");
+    }
+}
