@@ -7,13 +7,16 @@
 //!   id, so a redelivered commit (a crash between enqueue and ack) does not
 //!   enqueue it twice within the server's duplicate window;
 //! - `cron_job_run_ended` `canceled` (cancel, manual trigger, suspend,
-//!   delete) → `StopInstance` of the run's container on every live node
+//!   delete) or `timed_out` → `StopInstance` of the run's container on every live node
 //!   (which node runs it is not in the log; the others answer "not running
 //!   here"). Only for cancels younger than [`STOP_HORIZON`], so a new
 //!   consumer replaying an old log sends no flood of stale stops;
 //! - `image_pull_failed` reported by a node for the active run's digest →
 //!   the run ends `failed` (a cron job has no instances and no pre-deploy,
-//!   so a node pulling its image is pulling for its active run).
+//!   so a node pulling its image is pulling for its active run; a late
+//!   failure of a run canceled mid-pull could be taken for the next run's —
+//!   the node reports no run id with a pull failure);
+//! - a run no live node has room for ends `failed` at once.
 
 use std::sync::{Arc, RwLock};
 
@@ -106,7 +109,9 @@ impl Dispatch {
     async fn event(&self, service: &ServiceId, env: &Envelope) -> Result<(), WorkError> {
         match &env.event {
             Event::CronJobRunStarted(e) => self.start(service, &e.run).await,
-            Event::CronJobRunEnded(e) if e.status == "canceled" => {
+            // A cancel, or a cap the cron component enforced because the
+            // node never reported: the container may still run.
+            Event::CronJobRunEnded(e) if e.status == "canceled" || e.status == "timed_out" => {
                 if chrono::Utc::now() - env.time > STOP_HORIZON {
                     return Ok(());
                 }
@@ -163,15 +168,15 @@ impl Dispatch {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .capacities();
-        let node = match place(&nodes, &cfg.plan, 1, &[]) {
-            Ok(n) => n.into_iter().next(),
-            Err(e) => {
-                // Redelivered with growing delay; a node may join meanwhile.
-                return Err(retry("placing the run", e));
-            }
-        };
-        let Some(node) = node else {
-            return Err(retry("placing the run", "no node"));
+        let Some(node) = place(&nodes, &cfg.plan, 1, &[])
+            .ok()
+            .and_then(|n| n.into_iter().next())
+        else {
+            // Nodes register once and stay known, so no room now means no
+            // node can take it: the run fails rather than blocking every
+            // later due time until the cap.
+            tracing::warn!(run.id = %run, nodes = nodes.len(), "no live node has room for the cron run; run failed");
+            return self.end_run(service, run, "cron-unplaced").await;
         };
         let timeout_secs = u32::try_from(self.opts.run_timeout.as_secs()).unwrap_or(u32::MAX);
         let work = NodeWork::RunOnce {
@@ -236,13 +241,23 @@ impl Dispatch {
         if !image.ends_with(&format!("@{}", active.digest)) {
             return Ok(());
         }
+        tracing::info!(run.id = %active.id, image, "cron run's image pull failed; run failed");
+        self.end_run(service, &active.id, "cron-pull-failed").await
+    }
+
+    /// Ends `run` `failed` (once per `why`).
+    async fn end_run(
+        &self,
+        service: &ServiceId,
+        run: &CronRunId,
+        why: &str,
+    ) -> Result<(), WorkError> {
         let command = service::Command::RecordCronRunEnded {
-            run: active.id.clone(),
+            run: run.clone(),
             status: "failed".to_owned(),
             exit_code: None,
         };
-        let key = format!("cron-pull-failed:{}", active.id);
-        tracing::info!(run.id = %active.id, image, "cron run's image pull failed; run failed");
+        let key = format!("{why}:{run}");
         match decide(
             &self.store,
             service,

@@ -531,3 +531,21 @@ async fn after_a_restart_only_the_latest_missed_due_time_runs() {
         "missed due times were caught up one by one: {last_before} → {first_after}"
     );
 }
+
+#[tokio::test]
+async fn a_run_no_node_can_take_fails_instead_of_blocking_the_job() {
+    let w = World::start().await;
+    let stop = CancellationToken::new();
+    let task = start_cron(&w, options(Clock::System), stop.clone()).await;
+    let service = cron_job(&w, "0 0 1 1 *", "true").await;
+    let run = berth_cron::trigger_run(&w.store, &service, &Actor::system("test"))
+        .await
+        .unwrap();
+    let events = w
+        .wait_events(&service, Duration::from_secs(20), |e| ended_count(e) >= 1)
+        .await;
+    assert_eq!(ended(&events), vec![(run, "failed".to_owned(), None)]);
+    assert_eq!(state(&w, &service).await.cron.active, None);
+    stop.cancel();
+    task.await.unwrap();
+}
