@@ -201,6 +201,12 @@ pub mod seal_context {
     pub fn env_var(service: &ServiceId, name: &str) -> String {
         format!("service:{service}:env:{name}")
     }
+
+    /// One of an owner's notification channel secrets (`slack_webhook_url`,
+    /// `webhook_url`, `webhook_secret`).
+    pub fn notification(owner: &crate::ids::OwnerId, field: &str) -> String {
+        format!("owner:{owner}:notify:{field}")
+    }
 }
 
 /// An instance type: CPU and memory limits.

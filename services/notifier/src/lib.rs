@@ -1,3 +1,153 @@
-//! berth's notifier and service events timeline: failure notifications by email, Slack and signed webhooks
+//! # berth-notifier: service events timeline, integration stream, notifications
 //!
-//! (skeleton: being built)
+//! Reads the service facts of the log (SPEC §9, §12, §14) three ways:
+//!
+//! - [`timeline`]: the pure mapping to Render's service event types and a
+//!   queryable read model, which the API serves at `/v1/services/{id}/events`;
+//! - [`stream`]: the integration stream, each timeline event as JSON on
+//!   `<prefix>.events.<service id>` for notification bridges (at least once);
+//! - [`notify`]: failure (or all) notifications by email, Slack and signed
+//!   webhooks, per the owner's default and the service's override, one
+//!   Delivery aggregate per (event, channel) worked off a durable queue.
+//!
+//! [`component`] builds the `notifier` component running the last two.
+
+pub mod channels;
+mod config;
+pub mod notify;
+pub mod settings;
+pub mod stream;
+pub mod timeline;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::DeliverPolicy;
+use berth_eventlog::worker::WorkerConfig;
+use berth_eventlog::EventStore;
+use berth_runtime::{BoxError, Component, ComponentContext, ReadyFlag, SecretKey};
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{NotifierArgs, NotifierOptions};
+
+/// Why the notifier could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifierError {
+    /// Creating a consumer failed.
+    #[error("nats: {0}")]
+    Nats(String),
+    /// The HTTP client could not be built.
+    #[error("http client: {0}")]
+    Client(String),
+}
+
+/// The notifier component.
+#[derive(Debug)]
+pub struct Notifier {
+    store: EventStore,
+    key: SecretKey,
+    opts: NotifierOptions,
+}
+
+/// The `notifier` component over `store`, opening channel secrets with `key`.
+pub fn component(store: EventStore, key: SecretKey, opts: NotifierOptions) -> Notifier {
+    Notifier { store, key, opts }
+}
+
+impl Notifier {
+    /// Publishes the integration stream, decides and delivers notifications
+    /// until `shutdown`; `ready` once all three consumers exist.
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+        ready: Option<ReadyFlag>,
+    ) -> Result<(), NotifierError> {
+        let o = &self.opts;
+        let publisher = Arc::new(stream::Publisher::new(self.store.clone()));
+        let stream_worker = publisher
+            .worker(&format!("{}-stream", o.consumer), o.ack_wait)
+            .await?;
+
+        let s = self.store.subjects();
+        let mut decide_cfg = WorkerConfig::on_stream(
+            &format!("{}-decide", o.consumer),
+            &s.events_stream(),
+            &s.aggregate_kind("service"),
+            DeliverPolicy::All,
+        );
+        decide_cfg.ack_wait = o.ack_wait;
+        decide_cfg.max_deliver = 20;
+        decide_cfg.concurrency = 4;
+        decide_cfg.description = Some("berth notifier: decides notifications".to_owned());
+        let decide_worker = self
+            .store
+            .worker(decide_cfg)
+            .await
+            .map_err(|e| NotifierError::Nats(e.to_string()))?;
+
+        let mut deliver_cfg = WorkerConfig::new(notify::QUEUE);
+        deliver_cfg.consumer = format!("{}-deliver", o.consumer);
+        deliver_cfg.ack_wait = o.ack_wait;
+        deliver_cfg.max_deliver = o.max_attempts;
+        deliver_cfg.concurrency = o.concurrency;
+        deliver_cfg.retry_delay = o.retry_delay;
+        deliver_cfg.description = Some("berth notifier: delivers notifications".to_owned());
+        let deliver_worker = self
+            .store
+            .worker(deliver_cfg)
+            .await
+            .map_err(|e| NotifierError::Nats(e.to_string()))?;
+        let senders = channels::Senders::new(o.smtp.clone(), o.send_timeout)
+            .map_err(|e| NotifierError::Client(e.0))?;
+        let deliverer = Arc::new(notify::Deliverer::new(
+            self.store.clone(),
+            self.key.clone(),
+            senders,
+            o.max_attempts,
+        ));
+        let decider = Arc::new(notify::Decider::new(self.store.clone()));
+
+        if let Some(r) = &ready {
+            r.set(true);
+        }
+        tracing::info!(consumer = %o.consumer, "notifier running");
+        let a = tokio::spawn(stream::run(publisher, stream_worker, shutdown.clone()));
+        let b = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                if let Err(e) = decide_worker.run(decider, shutdown).await {
+                    tracing::error!(error = %e, "notification decider stopped");
+                }
+            }
+        });
+        if let Err(e) = deliver_worker.run(deliverer, shutdown).await {
+            tracing::error!(error = %e, "notification deliverer stopped");
+        }
+        let _ = a.await;
+        let _ = b.await;
+        if let Some(r) = &ready {
+            r.set(false);
+        }
+        tracing::info!("notifier stopped");
+        Ok(())
+    }
+}
+
+impl Component for Notifier {
+    fn name(&self) -> &'static str {
+        "notifier"
+    }
+
+    fn run(self: Box<Self>, ctx: ComponentContext) -> BoxFuture<'static, Result<(), BoxError>> {
+        Box::pin(async move {
+            (*self)
+                .run(ctx.shutdown.clone(), Some(ctx.ready.clone()))
+                .await
+                .map_err(|e| Box::new(e) as BoxError)
+        })
+    }
+}
+
+/// How long a delivery attempt may take before it counts as failed.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(10);

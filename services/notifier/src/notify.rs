@@ -1,0 +1,339 @@
+//! Deciding and delivering notifications (SPEC §9).
+//!
+//! [`Decider`] follows the log's service subjects with a durable consumer.
+//! For each notable timeline event it reads the service's override and the
+//! owner's default and channels; for each channel the setting allows it
+//! records `notification_queued` on a Delivery aggregate whose id is derived
+//! from (event id, channel) — so a redelivered event queues nothing new —
+//! and puts a job keyed by that id on the `notify` work queue.
+//!
+//! [`Deliverer`] works that queue with explicit acks, many deliveries at
+//! once and one key per delivery, so a dead endpoint holds only its own
+//! deliveries. Each attempt opens the channel's secrets in memory, sends
+//! with the delivery id as `webhook-id` / Message-ID, and records the
+//! outcome (`notification_delivered`, `notification_attempt_failed`, and
+//! `notification_abandoned` after the last). A crash between send and ack
+//! sends again with the same id: receivers see one delivery or the same id
+//! twice (docs/integration.md).
+
+use berth_eventlog::worker::{Job, WorkError, WorkHandler};
+use berth_eventlog::{EventStore, NewEvent, Version};
+use berth_runtime::SecretKey;
+use berth_schemas::events::{
+    NotificationAbandoned, NotificationAttemptFailed, NotificationDelivered, NotificationQueued,
+};
+use berth_schemas::ids::{DeliveryId, OwnerId, ServiceId};
+use berth_schemas::{Actor, AggregateId, Commit, Event};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::channels::Senders;
+use crate::settings::{self, Channel, OwnerNotify, ServiceNotify};
+use crate::timeline::TimelineEvent;
+
+/// The work queue deliveries go through.
+pub const QUEUE: &str = "notify";
+
+fn actor() -> Actor {
+    Actor::system("notifier")
+}
+
+/// The stable id of the delivery of `event` to `channel`.
+pub fn delivery_id(event_id: &str, channel: Channel) -> Option<DeliveryId> {
+    let hash = Sha256::digest(format!("{event_id}:{}", channel.as_str()).as_bytes());
+    let body = data_encoding::BASE32_NOPAD
+        .encode(&hash)
+        .to_ascii_lowercase();
+    format!("ntf-{}", body.get(..20)?).parse().ok()
+}
+
+/// A delivery job: what to send; never a secret (those are read at send time).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryJob {
+    /// The delivery (and `webhook-id`).
+    pub delivery: DeliveryId,
+    /// `email`, `slack` or `webhook`.
+    pub channel: String,
+    /// Whose channels.
+    pub owner: OwnerId,
+    /// What happened.
+    pub event: TimelineEvent,
+}
+
+/// Decides which notifications a service event causes.
+#[derive(Debug, Clone)]
+pub struct Decider {
+    store: EventStore,
+}
+
+impl Decider {
+    /// A decider on `store`.
+    pub fn new(store: EventStore) -> Self {
+        Self { store }
+    }
+
+    async fn load_service(&self, service: &ServiceId) -> Result<ServiceNotify, WorkError> {
+        let loaded = self
+            .store
+            .load(&AggregateId::Service(service.clone()))
+            .await
+            .map_err(|e| WorkError::Retry(e.to_string()))?;
+        Ok(loaded
+            .events
+            .iter()
+            .fold(ServiceNotify::default(), ServiceNotify::fold))
+    }
+
+    /// Queues the deliveries for one timeline event; returns how many.
+    pub async fn decide(&self, event: &TimelineEvent) -> Result<usize, WorkError> {
+        if !event.is_notable() {
+            return Ok(0);
+        }
+        let Ok(service) = event.service_id.parse::<ServiceId>() else {
+            return Ok(0);
+        };
+        let svc = self.load_service(&service).await?;
+        let Some(owner_id) = svc.owner.clone() else {
+            return Ok(0);
+        };
+        let owner = load_owner(&self.store, &owner_id).await?;
+        let setting = settings::effective(&svc, &owner);
+        if !settings::sends(setting, event.is_failure()) {
+            tracing::debug!(service = %service, event_type = %event.kind, ?setting, "not notified");
+            return Ok(0);
+        }
+        let mut queued = 0;
+        for channel in owner.channels() {
+            let Some(delivery) = delivery_id(&event.id, channel) else {
+                continue;
+            };
+            let queued_event = NotificationQueued {
+                owner: owner_id.clone(),
+                service: service.clone(),
+                channel: channel.as_str().to_owned(),
+                source_event: event.id.clone(),
+            };
+            let aggregate = AggregateId::Delivery(delivery.clone());
+            match self
+                .store
+                .append(
+                    &aggregate,
+                    Version::NEW,
+                    vec![NewEvent::new(queued_event, actor()).caused_by(event.id.clone())],
+                    &format!("queue:{delivery}"),
+                )
+                .await
+            {
+                Ok(_) => {}
+                // Queued before (this event redelivered): enqueue again below,
+                // the delivery's own history keeps it to one success.
+                Err(e) if e.is_conflict() => {}
+                Err(e) => return Err(WorkError::Retry(e.to_string())),
+            }
+            let job = DeliveryJob {
+                delivery: delivery.clone(),
+                channel: channel.as_str().to_owned(),
+                owner: owner_id.clone(),
+                event: event.clone(),
+            };
+            let payload = serde_json::to_vec(&job).map_err(|e| WorkError::Fatal(e.to_string()))?;
+            self.store
+                .enqueue(QUEUE, delivery.as_str(), payload.into(), delivery.as_str())
+                .await
+                .map_err(|e| WorkError::Retry(e.to_string()))?;
+            tracing::info!(delivery = %delivery, channel = channel.as_str(), service = %service, event_type = %event.kind, "notification queued");
+            queued += 1;
+        }
+        Ok(queued)
+    }
+}
+
+impl WorkHandler for Decider {
+    async fn handle(&self, job: Job) -> Result<(), WorkError> {
+        let Ok(commit) = Commit::decode(&job.payload) else {
+            return Ok(());
+        };
+        for env in &commit.events {
+            if let Some(t) = TimelineEvent::from_envelope(env) {
+                self.decide(&t).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn load_owner(store: &EventStore, owner: &OwnerId) -> Result<OwnerNotify, WorkError> {
+    let loaded = store
+        .load(&AggregateId::Owner(owner.clone()))
+        .await
+        .map_err(|e| WorkError::Retry(e.to_string()))?;
+    Ok(loaded
+        .events
+        .iter()
+        .fold(OwnerNotify::default(), OwnerNotify::fold))
+}
+
+/// Where a delivery stands, from its own events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct DeliveryState {
+    done: bool,
+    failed_attempts: u32,
+}
+
+/// Sends queued deliveries.
+#[derive(Debug)]
+pub struct Deliverer {
+    store: EventStore,
+    key: SecretKey,
+    senders: Senders,
+    max_attempts: i64,
+}
+
+impl Deliverer {
+    /// A deliverer giving up after `max_attempts` deliveries of a job.
+    pub fn new(store: EventStore, key: SecretKey, senders: Senders, max_attempts: i64) -> Self {
+        Self {
+            store,
+            key,
+            senders,
+            max_attempts,
+        }
+    }
+
+    async fn record(&self, delivery: &DeliveryId, expected: Version, event: Event, key: String) {
+        let aggregate = AggregateId::Delivery(delivery.clone());
+        if let Err(e) = self
+            .store
+            .append(
+                &aggregate,
+                expected,
+                vec![NewEvent::new(event, actor())],
+                &key,
+            )
+            .await
+        {
+            // The send's outcome is what matters; a lost record only makes
+            // the history shorter (a redelivery records it again).
+            tracing::warn!(delivery = %delivery, error = %e, "could not record the delivery outcome");
+        }
+    }
+
+    async fn send(&self, job: &DeliveryJob) -> Result<(), crate::channels::SendError> {
+        use crate::channels::SendError;
+        let owner = load_owner(&self.store, &job.owner)
+            .await
+            .map_err(|e| SendError(e.to_string()))?;
+        let open = |sealed: &Option<berth_schemas::model::Sealed>, field: &str| {
+            sealed
+                .as_ref()
+                .map(|s| self.key.open(s, &settings::context(&job.owner, field)))
+                .transpose()
+                .map_err(|_| SendError(format!("cannot open the sealed {field}")))
+        };
+        match Channel::parse(&job.channel) {
+            Some(Channel::Email) => {
+                let to = owner
+                    .email
+                    .ok_or_else(|| SendError("email channel removed".to_owned()))?;
+                self.senders
+                    .email(&to, job.delivery.as_str(), &job.event)
+                    .await
+            }
+            Some(Channel::Slack) => {
+                let url = open(&owner.slack_webhook_url, "slack_webhook_url")?
+                    .ok_or_else(|| SendError("slack channel removed".to_owned()))?;
+                self.senders.slack(&url, &job.event).await
+            }
+            Some(Channel::Webhook) => {
+                let url = open(&owner.webhook_url, "webhook_url")?
+                    .ok_or_else(|| SendError("webhook channel removed".to_owned()))?;
+                let secret = open(&owner.webhook_secret, "webhook_secret")?;
+                self.senders
+                    .webhook(&url, secret.as_ref(), job.delivery.as_str(), &job.event)
+                    .await
+            }
+            None => Err(SendError(format!("unknown channel {}", job.channel))),
+        }
+    }
+}
+
+impl WorkHandler for Deliverer {
+    async fn handle(&self, job: Job) -> Result<(), WorkError> {
+        let dj: DeliveryJob = match serde_json::from_slice(&job.payload) {
+            Ok(j) => j,
+            Err(e) => return Err(WorkError::Fatal(format!("bad delivery job: {e}"))),
+        };
+        let aggregate = AggregateId::Delivery(dj.delivery.clone());
+        let loaded = self
+            .store
+            .load(&aggregate)
+            .await
+            .map_err(|e| WorkError::Retry(e.to_string()))?;
+        let state = loaded
+            .events
+            .iter()
+            .fold(DeliveryState::default(), |mut s, env| {
+                match &env.event {
+                    Event::NotificationDelivered(_) | Event::NotificationAbandoned(_) => {
+                        s.done = true
+                    }
+                    Event::NotificationAttemptFailed(_) => s.failed_attempts += 1,
+                    _ => {}
+                }
+                s
+            });
+        if state.done {
+            return Ok(());
+        }
+        let attempt = state.failed_attempts + 1;
+        let started = std::time::Instant::now();
+        match self.send(&dj).await {
+            Ok(()) => {
+                tracing::info!(delivery = %dj.delivery, channel = %dj.channel, attempt, elapsed_ms = started.elapsed().as_millis() as u64, "notification delivered");
+                self.record(
+                    &dj.delivery,
+                    loaded.version,
+                    NotificationDelivered { attempt }.into(),
+                    format!("delivered:{}", dj.delivery),
+                )
+                .await;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(delivery = %dj.delivery, channel = %dj.channel, attempt, error = %e, "notification attempt failed");
+                let mut events = vec![NewEvent::new(
+                    NotificationAttemptFailed {
+                        attempt,
+                        error: e.0.clone(),
+                    },
+                    actor(),
+                )];
+                let last = job.delivered >= self.max_attempts;
+                if last {
+                    events.push(NewEvent::new(
+                        NotificationAbandoned { attempts: attempt },
+                        actor(),
+                    ));
+                }
+                if let Err(err) = self
+                    .store
+                    .append(
+                        &aggregate,
+                        loaded.version,
+                        events,
+                        &format!("failed:{}:{}", dj.delivery, job.delivered),
+                    )
+                    .await
+                {
+                    tracing::warn!(delivery = %dj.delivery, error = %err, "could not record the failed attempt");
+                }
+                if last {
+                    Err(WorkError::Fatal(e.0))
+                } else {
+                    Err(WorkError::Retry(e.0))
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! The integration stream (SPEC §14, docs/integration.md): every timeline
+//! event published as JSON on `<prefix>.events.<service id>` for
+//! notification bridges. A durable consumer on the log's service subjects
+//! drives it, one commit at a time in log order, acknowledged only after the
+//! server has the publications (flush), so a crash republishes rather than
+//! skips: at least once, with `Nats-Msg-Id` = the event id for dedupe.
+
+use std::sync::Arc;
+
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::HeaderMap;
+use berth_eventlog::worker::{Job, WorkError, WorkHandler, Worker, WorkerConfig};
+use berth_eventlog::EventStore;
+use berth_schemas::Commit;
+
+use crate::timeline::TimelineEvent;
+
+/// Publishes the timeline events of each commit it is handed.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    store: EventStore,
+}
+
+impl Publisher {
+    /// A publisher on `store`'s connection and prefix.
+    pub fn new(store: EventStore) -> Self {
+        Self { store }
+    }
+
+    /// The durable consumer (`consumer`) on the log's service subjects; one
+    /// at a time so each service's events go out in log order.
+    pub async fn worker(
+        &self,
+        consumer: &str,
+        ack_wait: std::time::Duration,
+    ) -> Result<Worker, crate::NotifierError> {
+        let s = self.store.subjects();
+        let mut cfg = WorkerConfig::on_stream(
+            consumer,
+            &s.events_stream(),
+            &s.aggregate_kind("service"),
+            DeliverPolicy::All,
+        );
+        cfg.concurrency = 1;
+        cfg.ack_wait = ack_wait;
+        cfg.max_deliver = -1;
+        cfg.description = Some("berth notifier: integration stream".to_owned());
+        self.store
+            .worker(cfg)
+            .await
+            .map_err(|e| crate::NotifierError::Nats(e.to_string()))
+    }
+
+    /// Publishes the timeline events of one encoded commit and waits until
+    /// the server has them.
+    pub async fn publish_commit(&self, payload: &[u8]) -> Result<usize, WorkError> {
+        let commit = match Commit::decode(payload) {
+            Ok(c) => c,
+            Err(e) => {
+                // Not ours to repair; the projections report it too.
+                tracing::warn!(error = %e, "skipping an undecodable commit");
+                return Ok(0);
+            }
+        };
+        let client = self.store.client();
+        let mut sent = 0;
+        for env in &commit.events {
+            let Some(t) = TimelineEvent::from_envelope(env) else {
+                continue;
+            };
+            let Ok(service) = t.service_id.parse() else {
+                continue;
+            };
+            let subject = self.store.subjects().service_events(&service);
+            let body = serde_json::to_vec(&t).map_err(|e| WorkError::Fatal(e.to_string()))?;
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", t.id.as_str());
+            client
+                .publish_with_headers(subject, headers, body.into())
+                .await
+                .map_err(|e| WorkError::Retry(e.to_string()))?;
+            sent += 1;
+        }
+        if sent > 0 {
+            client
+                .flush()
+                .await
+                .map_err(|e| WorkError::Retry(e.to_string()))?;
+        }
+        Ok(sent)
+    }
+}
+
+impl WorkHandler for Publisher {
+    async fn handle(&self, job: Job) -> Result<(), WorkError> {
+        let n = self.publish_commit(&job.payload).await?;
+        tracing::debug!(
+            stream_seq = job.stream_seq,
+            published = n,
+            "integration stream"
+        );
+        Ok(())
+    }
+}
+
+/// Runs the publisher until `shutdown`.
+pub async fn run(
+    publisher: Arc<Publisher>,
+    worker: Worker,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    if let Err(e) = worker.run(publisher, shutdown).await {
+        tracing::error!(error = %e, "integration stream publisher stopped");
+    }
+}

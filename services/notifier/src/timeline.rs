@@ -1,0 +1,285 @@
+//! The service events timeline (SPEC §14): the log's service facts mapped to
+//! Render's service event types as JSON with camelCase fields, and a
+//! queryable read model of them per service. The mapping is pure
+//! ([`TimelineEvent::from_envelope`]); the same values are published on the
+//! integration stream (`crate::stream`) and served by the API.
+//!
+//! Only facts a user cares about become timeline events; bookkeeping
+//! (placements, pull progress, settings) does not. The timeline event's id is
+//! the log event's id, so a consumer of both can match them and dedupe.
+
+use std::collections::{BTreeSet, HashMap};
+
+use berth_eventlog::projection::Projection;
+use berth_schemas::ids::ServiceId;
+use berth_schemas::{AggregateId, Envelope, Event};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// One entry of a service's timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimelineEvent {
+    /// `evt-…`: the id of the log event it comes from.
+    pub id: String,
+    /// When it happened.
+    pub timestamp: DateTime<Utc>,
+    /// The service it belongs to.
+    pub service_id: String,
+    /// Render's event type (`deploy_ended`, …) or berth's own.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Type-specific fields, camelCase.
+    pub details: Value,
+}
+
+/// Every type the timeline can hold, for filters and docs.
+pub const TYPES: &[&str] = &[
+    "deploy_started",
+    "deploy_ended",
+    "pre_deploy_started",
+    "pre_deploy_ended",
+    "image_pull_failed",
+    "server_failed",
+    "server_restarted",
+    "instance_count_changed",
+    "cron_job_run_started",
+    "cron_job_run_ended",
+    "cron_job_run_skipped",
+    "rollback_target_missing",
+    "suspended",
+    "service_resumed",
+];
+
+fn snake<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+impl TimelineEvent {
+    /// The timeline entry for one logged event, if it is one users see.
+    pub fn from_envelope(env: &Envelope) -> Option<Self> {
+        let AggregateId::Service(service) = &env.aggregate else {
+            return None;
+        };
+        let (kind, details) = match &env.event {
+            Event::DeployStarted(e) => ("deploy_started", json!({ "deployId": e.deploy })),
+            Event::DeployLive(e) => (
+                "deploy_ended",
+                json!({ "deployId": e.deploy, "status": "live", "digest": e.digest }),
+            ),
+            Event::DeployFailed(e) => (
+                "deploy_ended",
+                json!({ "deployId": e.deploy, "status": snake(&e.status), "reason": e.reason }),
+            ),
+            Event::DeployCanceled(e) => (
+                "deploy_ended",
+                json!({ "deployId": e.deploy, "status": "canceled", "reason": snake(&e.reason) }),
+            ),
+            Event::PreDeployStarted(e) => ("pre_deploy_started", json!({ "deployId": e.deploy })),
+            Event::PreDeployEnded(e) => (
+                "pre_deploy_ended",
+                json!({
+                    "deployId": e.deploy,
+                    "status": if e.success { "succeeded" } else { "failed" },
+                    "exitCode": e.exit_code,
+                    "reason": e.reason,
+                }),
+            ),
+            Event::ImagePullFailed(e) => (
+                "image_pull_failed",
+                json!({
+                    "deployId": e.deploy,
+                    "nodeId": e.node,
+                    "imageUrl": e.image,
+                    "reason": snake(&e.reason),
+                    "message": e.message,
+                }),
+            ),
+            Event::ServerFailed(e) => (
+                "server_failed",
+                json!({ "nodeId": e.node, "instanceIds": e.instances, "reason": "node_lost" }),
+            ),
+            Event::ServerRestarted(e) => (
+                "server_restarted",
+                json!({ "instanceId": e.instance, "attempt": e.attempt }),
+            ),
+            Event::InstanceCountChanged(e) => (
+                "instance_count_changed",
+                json!({ "fromInstances": e.from, "toInstances": e.to }),
+            ),
+            Event::CronJobRunStarted(e) => (
+                "cron_job_run_started",
+                json!({ "cronJobRunId": e.run, "digest": e.digest, "manual": e.manual }),
+            ),
+            Event::CronJobRunEnded(e) => (
+                "cron_job_run_ended",
+                json!({ "cronJobRunId": e.run, "status": e.status, "exitCode": e.exit_code }),
+            ),
+            Event::CronJobRunSkipped(e) => (
+                "cron_job_run_skipped",
+                json!({ "scheduledFor": e.scheduled_for, "activeRunId": e.active_run }),
+            ),
+            Event::RollbackTargetMissing(e) => (
+                "rollback_target_missing",
+                json!({ "deployId": e.deploy, "digest": e.digest }),
+            ),
+            Event::ServiceSuspended(_) => ("suspended", json!({})),
+            Event::ServiceResumed(_) => ("service_resumed", json!({})),
+            _ => return None,
+        };
+        Some(Self {
+            id: env.id.to_string(),
+            timestamp: env.time,
+            service_id: service.to_string(),
+            kind: kind.to_owned(),
+            details: strip_nulls(details),
+        })
+    }
+
+    /// Whether this entry reports something that went wrong (what the
+    /// `failure` notification setting sends).
+    pub fn is_failure(&self) -> bool {
+        let status = self.details.get("status").and_then(Value::as_str);
+        match self.kind.as_str() {
+            "deploy_ended" => matches!(status, Some("update_failed" | "pre_deploy_failed")),
+            "cron_job_run_ended" => matches!(status, Some("failed" | "timed_out")),
+            "image_pull_failed" | "server_failed" => true,
+            _ => false,
+        }
+    }
+
+    /// Whether a notification is ever sent for this entry (`all` sends
+    /// these, `failure` only the failures among them).
+    pub fn is_notable(&self) -> bool {
+        self.is_failure()
+            || self.kind == "deploy_ended"
+            || (self.kind == "cron_job_run_ended"
+                && self.details.get("status").and_then(Value::as_str) == Some("succeeded"))
+    }
+}
+
+/// Absent optional fields are left out rather than sent as `null`.
+fn strip_nulls(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).collect()),
+        other => other,
+    }
+}
+
+/// A timeline query: one service, optional filters, a page.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Query {
+    /// Only these types (empty: all).
+    #[serde(default)]
+    pub types: BTreeSet<String>,
+    /// At or after this time.
+    #[serde(default)]
+    pub start_time: Option<DateTime<Utc>>,
+    /// At or before this time.
+    #[serde(default)]
+    pub end_time: Option<DateTime<Utc>>,
+    /// Continue after the entry with this cursor (from the previous page).
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Page size (default 20, at most 100).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// One page of a query's answer, newest first (as Render lists them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page {
+    /// The entries.
+    pub events: Vec<TimelineEvent>,
+    /// Pass as `cursor` for the next page; `None` on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// The read model: each service's timeline in log order.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Timeline {
+    services: HashMap<String, Vec<TimelineEvent>>,
+}
+
+impl Timeline {
+    /// An empty timeline.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the entry for `env`, if any (a redelivered event is ignored).
+    pub fn push(&mut self, env: &Envelope) {
+        if let Some(t) = TimelineEvent::from_envelope(env) {
+            let list = self.services.entry(t.service_id.clone()).or_default();
+            // Commits arrive in order; a replay of the same event keeps one copy.
+            if list.last().is_some_and(|last| last.id == t.id) {
+                return;
+            }
+            list.push(t);
+        }
+    }
+
+    /// Every entry of `service`, oldest first.
+    pub fn all(&self, service: &ServiceId) -> &[TimelineEvent] {
+        self.services
+            .get(service.as_str())
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// Answers `q` for `service`: newest first, filtered, one page. The
+    /// cursor is the id of the last entry of the previous page.
+    pub fn query(&self, service: &ServiceId, q: &Query) -> Page {
+        let limit = q.limit.unwrap_or(20).clamp(1, 100);
+        let mut iter = self.all(service).iter().rev().peekable();
+        if let Some(cursor) = &q.cursor {
+            for t in iter.by_ref() {
+                if &t.id == cursor {
+                    break;
+                }
+            }
+        }
+        let matching = iter.filter(|t| {
+            (q.types.is_empty() || q.types.contains(&t.kind))
+                && q.start_time.is_none_or(|s| t.timestamp >= s)
+                && q.end_time.is_none_or(|e| t.timestamp <= e)
+        });
+        let mut events: Vec<TimelineEvent> = matching.take(limit + 1).cloned().collect();
+        let next_cursor = if events.len() > limit {
+            events.truncate(limit);
+            events.last().map(|t| t.id.clone())
+        } else {
+            None
+        };
+        Page {
+            events,
+            next_cursor,
+        }
+    }
+}
+
+impl Projection for Timeline {
+    type Snapshot = Timeline;
+
+    fn apply(&mut self, _stream_seq: u64, env: &Envelope) {
+        self.push(env);
+    }
+
+    fn snapshot(&self) -> Timeline {
+        self.clone()
+    }
+
+    fn restore(&mut self, snapshot: Timeline) {
+        *self = snapshot;
+    }
+}
+
+/// Answers `q` for `service` on a shared timeline (as a projection runner holds it).
+pub fn query(timeline: &std::sync::RwLock<Timeline>, service: &ServiceId, q: &Query) -> Page {
+    match timeline.read() {
+        Ok(t) => t.query(service, q),
+        Err(poisoned) => poisoned.into_inner().query(service, q),
+    }
+}
