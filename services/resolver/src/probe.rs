@@ -260,3 +260,112 @@ async fn mark_missing(inner: &Inner, t: &Target) {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use berth_domain::service::{apply, decide, Command, CreateService, DeployRequest};
+    use berth_schemas::ids::{NodeId, UserId};
+    use berth_schemas::model::{DeployTrigger, OverlapPolicy, ResolvedImage, Sealed, ServiceType};
+
+    fn run(s: ServiceState, c: Command) -> ServiceState {
+        decide(&s, c, &Ctx::default())
+            .unwrap()
+            .iter()
+            .fold(s, apply)
+    }
+
+    fn digest(n: u8) -> String {
+        format!("sha256:{}", format!("{n:x}").repeat(64))
+    }
+
+    fn live(mut s: ServiceState, d: &DeployId, n: u8) -> ServiceState {
+        s = run(
+            s,
+            Command::RecordResolved {
+                deploy: d.clone(),
+                image: ResolvedImage {
+                    digest: digest(n),
+                    index_digest: None,
+                    compressed_size: 1,
+                },
+            },
+        );
+        s = run(
+            s,
+            Command::RecordPulled {
+                deploy: d.clone(),
+                node: NodeId::generate(),
+                digest: digest(n),
+            },
+        );
+        s = run(s, Command::RecordUpdateStarted { deploy: d.clone() });
+        run(
+            s,
+            Command::RecordLive {
+                deploy: d.clone(),
+                digest: digest(n),
+            },
+        )
+    }
+
+    #[test]
+    fn the_live_deploy_then_the_newest_eligible_earlier_ones() {
+        let ds: Vec<DeployId> = (0..4).map(|_| DeployId::generate()).collect();
+        let mut c = CreateService::new(
+            OwnerId::User(UserId::generate()),
+            "app",
+            ServiceType::BackgroundWorker,
+            "registry.example.com/team/app:v1",
+            Sealed {
+                kid: "k".into(),
+                ciphertext: "x".into(),
+            },
+            ds[0].clone(),
+        );
+        c.overlap_policy = Some(OverlapPolicy::Cancel);
+        let mut s = run(ServiceState::default(), Command::Create(Box::new(c)));
+        s = live(s, &ds[0], 1);
+        for (i, d) in ds.iter().enumerate().skip(1) {
+            s = run(
+                s,
+                Command::RequestDeploy(DeployRequest::new(d.clone(), DeployTrigger::Api)),
+            );
+            s = live(s, d, i as u8 + 1);
+        }
+        // A deploy that never went live is no rollback target.
+        s = run(
+            s,
+            Command::RequestDeploy(DeployRequest::new(DeployId::generate(), DeployTrigger::Api)),
+        );
+        let id = ServiceId::generate();
+        let ids = |limit| -> Vec<DeployId> {
+            targets(&id, &s, limit)
+                .into_iter()
+                .map(|t| t.deploy)
+                .collect()
+        };
+        assert_eq!(ids(1), vec![ds[3].clone(), ds[2].clone()]);
+        assert_eq!(
+            ids(5),
+            vec![ds[3].clone(), ds[2].clone(), ds[1].clone(), ds[0].clone()]
+        );
+        assert_eq!(targets(&id, &s, 1)[1].digest, digest(3));
+        // Marked missing: not probed again.
+        s = run(
+            s,
+            Command::MarkRollbackTargetMissing {
+                deploy: ds[2].clone(),
+                digest: digest(3),
+            },
+        );
+        let ids = |limit| -> Vec<DeployId> {
+            targets(&id, &s, limit)
+                .into_iter()
+                .map(|t| t.deploy)
+                .collect()
+        };
+        assert_eq!(ids(2), vec![ds[3].clone(), ds[1].clone()]);
+    }
+}
