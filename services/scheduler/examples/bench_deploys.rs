@@ -117,12 +117,17 @@ async fn main() {
     let mut seen = HashMap::new();
 
     // 1. hook → live, sequential.
-    // Exits on SIGTERM: a stop is quick, so a node's next start for the
-    // service (its jobs run one at a time per service) does not wait out
-    // the shutdown delay.
+    // As PID 1 httpd would ignore SIGTERM; this shell exits on it, so a stop
+    // is quick and a node's next start for the service (its jobs run one at
+    // a time per service) does not wait out the shutdown delay.
+    let quick_stop = std::env::var_os("BENCH_SLOW_STOP").is_none();
     let (svc, d0) = w
         .create(ServiceType::WebService, |c| {
-            c.docker_command = Some("sh -c 'trap \"exit 0\" TERM; sleep 600 & wait'".into())
+            if quick_stop {
+                c.docker_command = Some(
+                    "sh -c 'trap \"exit 0\" TERM; busybox httpd -f -p $PORT -h /app & wait'".into(),
+                );
+            }
         })
         .await;
     wait_for(&mut feed, &mut seen, &d0).await;
