@@ -243,11 +243,13 @@ async fn cleanup(inner: &Inner, spec: &InstanceSpec) {
 }
 
 /// Announce the restart after `d`, then sleep `d` unless stopped or
-/// detached first.
+/// detached first; a restart request cuts the wait short (and is used up
+/// here, so it does not kill the process this restart starts).
 async fn backoff(
     inner: &Inner,
     spec: &InstanceSpec,
     stop: &CancellationToken,
+    restart: &Notify,
     d: Duration,
 ) -> Option<Ended> {
     inner.report(AgentEvent::RestartScheduled {
@@ -257,6 +259,7 @@ async fn backoff(
     });
     tokio::select! {
         _ = tokio::time::sleep(d) => None,
+        _ = restart.notified() => None,
         _ = inner.detach.cancelled() => Some(Ended::Detached),
         _ = stop.cancelled() => {
             cleanup(inner, spec).await;
@@ -310,7 +313,7 @@ pub(crate) async fn supervise(
                         });
                         let d = policy.next(delay, Duration::ZERO);
                         delay = Some(d);
-                        if let Some(end) = backoff(inner, &spec, &stop, d).await {
+                        if let Some(end) = backoff(inner, &spec, &stop, &restart, d).await {
                             return end;
                         }
                         restarts += 1;
@@ -382,7 +385,7 @@ pub(crate) async fn supervise(
         }
         let d = policy.next(delay, ran);
         delay = Some(d);
-        if let Some(end) = backoff(inner, &spec, &stop, d).await {
+        if let Some(end) = backoff(inner, &spec, &stop, &restart, d).await {
             return end;
         }
         restarts += 1;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use berth_oci::ClientConfig;
 
+use crate::gc::GcOptions;
 use crate::health::HealthOptions;
 
 /// Node options as given on the command line or in the environment.
@@ -103,6 +104,15 @@ pub struct NodeArgs {
         default_value_t = 60000
     )]
     pub node_health_restart_after_ms: u64,
+
+    /// Seconds between content store collections (0: never).
+    #[arg(long, env = "BERTH_NODE_GC_INTERVAL_SECS", default_value_t = 600)]
+    pub node_gc_interval_secs: u64,
+
+    /// MiB the content store is shrunk to by a collection (content of
+    /// instances here is kept even above it).
+    #[arg(long, env = "BERTH_NODE_STORE_BUDGET_MIB", default_value_t = 10240)]
+    pub node_store_budget_mib: u64,
 
     /// Milliseconds a worker must stay up to count as healthy.
     #[arg(long, env = "BERTH_NODE_WORKER_GRACE_MS", default_value_t = 5000)]
@@ -282,6 +292,17 @@ impl NodeArgs {
             ports,
             health,
         })
+    }
+}
+
+impl NodeArgs {
+    /// Content store collection settings.
+    pub fn gc(&self) -> GcOptions {
+        GcOptions {
+            interval: (self.node_gc_interval_secs > 0)
+                .then(|| Duration::from_secs(self.node_gc_interval_secs)),
+            budget_bytes: self.node_store_budget_mib.saturating_mul(1 << 20),
+        }
     }
 }
 

@@ -24,6 +24,7 @@
 //! workloads; stopping an instance is an explicit work item).
 
 mod config;
+mod gc;
 pub mod health;
 mod report;
 mod work;
@@ -45,6 +46,7 @@ use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{NodeArgs, NodeChecks, NodeOptions};
+pub use gc::GcOptions;
 pub use health::{Check, Health, HealthOptions};
 pub use report::{Placement, Reporter};
 pub use work::NodeHandler;
@@ -113,6 +115,7 @@ pub struct Node {
     key: Arc<SecretKey>,
     opts: NodeOptions,
     checks: NodeChecks,
+    gc: GcOptions,
 }
 
 impl Node {
@@ -123,7 +126,15 @@ impl Node {
             key: Arc::new(key),
             opts,
             checks: NodeChecks::default(),
+            gc: GcOptions::default(),
         }
+    }
+
+    /// Sets when and how far the content store is collected
+    /// ([`NodeArgs::gc`]).
+    pub fn with_gc(mut self, gc: GcOptions) -> Self {
+        self.gc = gc;
+        self
     }
 
     /// Sets how instances are addressed and health-checked
@@ -203,6 +214,14 @@ impl Node {
             }
         }
 
+        let gc = Arc::new(gc::Gc::default());
+        let gc_stop = CancellationToken::new();
+        let collector = tokio::spawn(gc.clone().run(
+            self.gc,
+            puller.store().clone(),
+            reporter.clone(),
+            gc_stop.clone(),
+        ));
         let handler = Arc::new(NodeHandler {
             agent: agent.clone(),
             puller,
@@ -211,6 +230,7 @@ impl Node {
             health: health.clone(),
             checks: self.checks.clone(),
             ports: std::sync::Mutex::new(()),
+            gc,
         });
         let q = queue(&id);
         let cfg = WorkerConfig {
@@ -224,6 +244,8 @@ impl Node {
         ready(true);
         let worked = self.store.run_worker(cfg, handler, shutdown).await;
         ready(false);
+        gc_stop.cancel();
+        let _ = collector.await;
         health.shutdown();
         // Containers keep running; the next node process adopts them.
         agent.detach().await;

@@ -104,6 +104,15 @@ impl Reporter {
         ports
     }
 
+    /// Digests of the instances placed here and not stopped.
+    pub fn placed_digests(&self) -> Vec<String> {
+        self.placed()
+            .iter()
+            .filter_map(|i| self.placement(i))
+            .map(|p| p.digest)
+            .collect()
+    }
+
     /// Instances with a placement on disk (started here, not stopped).
     pub fn placed(&self) -> Vec<InstanceId> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {

@@ -29,6 +29,7 @@ use berth_schemas::{AggregateId, Event};
 use tokio::sync::watch;
 
 use crate::config::NodeChecks;
+use crate::gc::Gc;
 use crate::health::{Check, Health};
 use crate::report::{Placement, Reporter};
 
@@ -44,6 +45,7 @@ pub struct NodeHandler {
     /// Held from picking a port to recording it in the placement, so two
     /// starts never pick the same one.
     pub(crate) ports: std::sync::Mutex<()>,
+    pub(crate) gc: Arc<Gc>,
 }
 
 fn retry(what: &str, e: impl std::fmt::Display) -> WorkError {
@@ -99,7 +101,13 @@ impl WorkHandler for NodeHandler {
                     tracing::info!(instance.id = %spec.instance, "one-off already ran here");
                     return Ok(());
                 }
-                let Some(image) = self.prepare(&spec).await? else {
+                // Its tree stays until the run ends.
+                let _keep = self.gc.protect(&spec.digest);
+                let prepared = {
+                    let _pulling = self.gc.pulling().await;
+                    self.prepare(&spec).await?
+                };
+                let Some(image) = prepared else {
                     return Ok(());
                 };
                 let s = self.instance_spec(&spec, image)?;
@@ -158,7 +166,13 @@ impl NodeHandler {
             self.health.watch(&self.agent, &spec.instance, &p);
             return Ok(());
         }
-        let Some(image) = self.prepare(&spec).await? else {
+        // Kept from the collector until the placement protects it.
+        let _keep = self.gc.protect(&spec.digest);
+        let prepared = {
+            let _pulling = self.gc.pulling().await;
+            self.prepare(&spec).await?
+        };
+        let Some(image) = prepared else {
             return Ok(());
         };
         let config = self.service_config(&spec).await?;

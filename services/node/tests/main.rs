@@ -10,4 +10,5 @@ mod agent_support;
 mod node_support;
 mod support;
 
+mod gc;
 mod health;

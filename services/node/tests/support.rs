@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use berth_domain::service::{Command, CreateService};
-use berth_node::{HealthOptions, Node, NodeChecks, NodeOptions};
+use berth_node::{GcOptions, HealthOptions, Node, NodeChecks, NodeOptions};
 use berth_oci::{ClientConfig, RetryPolicy};
 use berth_runtime::secrets::SecretKey;
 use berth_schemas::commands::{NodeRunSpec, NodeWork};
@@ -82,9 +82,20 @@ impl Running {
 }
 
 pub async fn start_node(w: &World, key: &SecretKey, checks: NodeChecks) -> Running {
+    start_node_with(w, key, checks, GcOptions::default()).await
+}
+
+pub async fn start_node_with(
+    w: &World,
+    key: &SecretKey,
+    checks: NodeChecks,
+    gc: GcOptions,
+) -> Running {
     let dir: PathBuf = w.node_dir();
     let id = berth_node::load_or_create_id(&dir).unwrap();
-    let node = Node::new(w.store.clone(), key.clone(), options()).with_checks(checks);
+    let node = Node::new(w.store.clone(), key.clone(), options())
+        .with_checks(checks)
+        .with_gc(gc);
     let stop = CancellationToken::new();
     let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(node.serve(w.client.clone(), dir, stop.clone(), move |r| {
@@ -103,6 +114,16 @@ pub async fn service(
     w: &World,
     ty: ServiceType,
     health_path: Option<&str>,
+) -> (ServiceId, DeployId) {
+    service_at(w, ty, health_path, &w.digest.clone()).await
+}
+
+/// [`service`] resolved to `digest` (another image in the registry).
+pub async fn service_at(
+    w: &World,
+    ty: ServiceType,
+    health_path: Option<&str>,
+    digest: &str,
 ) -> (ServiceId, DeployId) {
     let service = ServiceId::generate();
     let deploy = DeployId::generate();
@@ -124,7 +145,7 @@ pub async fn service(
         Command::RecordResolved {
             deploy: deploy.clone(),
             image: ResolvedImage {
-                digest: w.digest.clone(),
+                digest: digest.to_owned(),
                 index_digest: None,
                 compressed_size: 1,
             },
