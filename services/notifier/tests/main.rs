@@ -1,2 +1,5 @@
 //! Integration tests of berth-notifier against real servers, one binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod notify;
+mod support;
