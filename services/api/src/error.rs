@@ -75,6 +75,15 @@ impl ApiError {
         )
     }
 
+    /// 405: the route exists, not with this method.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not take this method",
+        )
+    }
+
     /// 404 with a generic message (also for other owners' resources).
     pub fn not_found(what: &str) -> Self {
         Self::new(
@@ -107,6 +116,27 @@ impl From<IngressError> for ApiError {
             }
         }
     }
+}
+
+/// Turns the framework's own plain-text rejections (a path segment that
+/// is not UTF-8, a wrong content type, …) into the `{id, message}` shape.
+pub async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let (id, message) = match status {
+        StatusCode::NOT_FOUND => ("not_found", "not found"),
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed"),
+        StatusCode::PAYLOAD_TOO_LARGE => ("invalid_input", "request body too large"),
+        s if s.is_client_error() => ("invalid_input", "the request is malformed"),
+        _ => ("internal", "internal error"),
+    };
+    ApiError::new(status, id, message).into_response()
 }
 
 impl IntoResponse for ApiError {

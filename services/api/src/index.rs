@@ -49,7 +49,7 @@ impl ApiIndex {
             })
             .map(|(id, i)| (id.clone(), i.clone()))
             .collect();
-        out.sort_by(|a, b| b.1.created_seq.cmp(&a.1.created_seq));
+        out.sort_by_key(|(_, i)| std::cmp::Reverse(i.created_seq));
         out
     }
 }

@@ -160,7 +160,9 @@ pub fn router(state: AppState) -> Router {
             get(hooks::deploy_hook).post(hooks::deploy_hook),
         )
         .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(app::MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(error::json_errors))
         .with_state(state)
 }
 

@@ -1,6 +1,9 @@
 //! Integration tests of berth-api against real servers, one binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod bus;
+mod docs;
+mod fuzz;
 mod hooks;
 mod routes;
 mod support;

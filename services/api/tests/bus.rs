@@ -1,0 +1,173 @@
+//! Bus commands (SPEC §12): a valid `scale` changes the instance count; an
+//! invalid command (bad count, unknown service, garbage, bad request id)
+//! is answered with the reason as data and appends nothing; a `deploy`
+//! republished with the same request id creates one deploy.
+
+use std::time::Duration;
+
+use berth_api::bus::CommandReply;
+use berth_schemas::commands::{DeployCommand, RestartCommand, ScaleCommand};
+use berth_schemas::ids::ServiceId;
+use berth_schemas::subjects::CommandKind;
+use berth_schemas::{AggregateId, Event};
+
+use crate::support::App;
+
+async fn ask<T: serde::Serialize>(app: &App, kind: CommandKind, cmd: &T) -> CommandReply {
+    ask_raw(app, kind, rmp_serde::to_vec_named(cmd).unwrap()).await
+}
+
+async fn ask_raw(app: &App, kind: CommandKind, payload: Vec<u8>) -> CommandReply {
+    let subject = app.store.subjects().command(kind);
+    let msg = tokio::time::timeout(
+        Duration::from_secs(10),
+        app.store.client().request(subject, payload.into()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    rmp_serde::from_slice(&msg.payload).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_restart_and_deploy_commands() {
+    let app = App::start(true).await;
+    let subs = berth_api::bus::subscribe(&app.state.ingress).await.unwrap();
+    tokio::spawn(berth_api::bus::serve(
+        app.state.ingress.clone(),
+        subs,
+        app.shutdown.clone(),
+    ));
+    let alice = app.owner().await;
+    let (svc, _) = app.service(&alice, "scaled").await;
+    let service: ServiceId = svc.parse().unwrap();
+    let id = AggregateId::Service(service.clone());
+    // Let the resolver finish so the log is at rest.
+    let t0 = std::time::Instant::now();
+    loop {
+        let (_, d) = app
+            .get(&format!("/v1/services/{svc}/deploys"), &alice)
+            .await;
+        if !d[0]["deploy"]["image"]["sha"].is_null() {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "not resolved: {d}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let r = ask(
+        &app,
+        CommandKind::Scale,
+        &ScaleCommand {
+            request_id: "req-1".into(),
+            service: service.clone(),
+            num_instances: 4,
+        },
+    )
+    .await;
+    assert!(r.ok, "{r:?}");
+    let (_, v) = app.get(&format!("/v1/services/{svc}"), &alice).await;
+    assert_eq!(v["serviceDetails"]["numInstances"], 4);
+    let changed = app
+        .events_of(&id)
+        .await
+        .into_iter()
+        .filter(|e| matches!(&e.event, Event::InstanceCountChanged(c) if c.from == 1 && c.to == 4))
+        .count();
+    assert_eq!(changed, 1);
+
+    // Invalid commands: reason as data, nothing appended.
+    let before = app.last_seq().await;
+    let r = ask(
+        &app,
+        CommandKind::Scale,
+        &ScaleCommand {
+            request_id: "req-2".into(),
+            service: service.clone(),
+            num_instances: 0,
+        },
+    )
+    .await;
+    assert!(!r.ok);
+    assert_eq!(r.status, 400);
+    assert!(
+        r.message.as_deref().unwrap().contains("numInstances"),
+        "{r:?}"
+    );
+    let r = ask(
+        &app,
+        CommandKind::Scale,
+        &ScaleCommand {
+            request_id: "req-3".into(),
+            service: ServiceId::generate(),
+            num_instances: 2,
+        },
+    )
+    .await;
+    assert_eq!((r.ok, r.status), (false, 404), "{r:?}");
+    let r = ask(
+        &app,
+        CommandKind::Scale,
+        &ScaleCommand {
+            request_id: String::new(),
+            service: service.clone(),
+            num_instances: 2,
+        },
+    )
+    .await;
+    assert_eq!((r.ok, r.status), (false, 400), "{r:?}");
+    assert!(r.message.as_deref().unwrap().contains("requestId"), "{r:?}");
+    let r = ask_raw(&app, CommandKind::Scale, b"\xc1garbage".to_vec()).await;
+    assert_eq!((r.ok, r.status), (false, 400), "{r:?}");
+    // Unknown fields are refused like the API refuses them.
+    let r = ask_raw(
+        &app,
+        CommandKind::Restart,
+        rmp_serde::to_vec_named(
+            &serde_json::json!({"requestId": "r", "service": svc, "force": true}),
+        )
+        .unwrap(),
+    )
+    .await;
+    assert_eq!((r.ok, r.status), (false, 400), "{r:?}");
+    let r = ask(
+        &app,
+        CommandKind::Deploy,
+        &DeployCommand {
+            request_id: "dep-x".into(),
+            service: service.clone(),
+            image_url: Some("docker.io/library/other:1".into()),
+        },
+    )
+    .await;
+    assert_eq!((r.ok, r.status), (false, 400), "{r:?}");
+    // Nothing live: a restart is a conflict.
+    let r = ask(
+        &app,
+        CommandKind::Restart,
+        &RestartCommand {
+            request_id: "r-1".into(),
+            service: service.clone(),
+        },
+    )
+    .await;
+    assert_eq!((r.ok, r.status), (false, 409), "{r:?}");
+    assert_eq!(app.last_seq().await, before, "a refused command appended");
+    let (_, v) = app.get(&format!("/v1/services/{svc}"), &alice).await;
+    assert_eq!(v["serviceDetails"]["numInstances"], 4);
+
+    // Deploy, republished with the same request id: one deploy.
+    let cmd = DeployCommand {
+        request_id: "ci-42".into(),
+        service: service.clone(),
+        image_url: None,
+    };
+    let a = ask(&app, CommandKind::Deploy, &cmd).await;
+    let b = ask(&app, CommandKind::Deploy, &cmd).await;
+    assert!(a.ok && b.ok, "{a:?} {b:?}");
+    assert_eq!(a.deploy, b.deploy);
+    let (_, list) = app
+        .get(&format!("/v1/services/{svc}/deploys"), &alice)
+        .await;
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+}
