@@ -136,8 +136,16 @@ impl Health {
     pub fn observe(&self, e: &AgentEvent) {
         let mut t = self.lock();
         match e {
-            AgentEvent::Started { instance, .. } | AgentEvent::Adopted { instance, .. } => {
+            AgentEvent::Started { instance, .. } => {
                 t.up.insert(instance.clone(), Some(Instant::now()));
+            }
+            AgentEvent::Adopted { instance, .. } => {
+                // It ran before this process (at least as long as it took
+                // to notice): a worker does not serve its grace again.
+                let since = Instant::now()
+                    .checked_sub(self.opts.worker_grace)
+                    .unwrap_or_else(Instant::now);
+                t.up.insert(instance.clone(), Some(since));
             }
             AgentEvent::Exited { instance, .. }
             | AgentEvent::StartFailed { instance, .. }
