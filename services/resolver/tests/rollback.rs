@@ -252,3 +252,82 @@ async fn the_probe_warns_once_before_a_rollback_to_a_lost_digest_is_attempted() 
         vec![(d1, v1.digest.clone()), (d2, v2.digest.clone())]
     );
 }
+
+/// A TCP proxy in front of `upstream` recording the request line of every
+/// HTTP request (the registry's own access log is off in the harness).
+async fn recording_proxy(
+    upstream: String,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = lines.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                // Requests carry no bodies here (HEAD/GET): each one ends
+                // with an empty line.
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut pending = Vec::new();
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    pending.extend_from_slice(&buf[..n]);
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&pending[..end]).to_string();
+                        if let Some(line) = head.lines().next() {
+                            seen.lock().unwrap().push(line.to_owned());
+                        }
+                        pending.drain(..end + 4);
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut sr, &mut cw).await;
+            });
+        }
+    });
+    (addr, lines)
+}
+
+#[tokio::test]
+async fn probes_send_only_head_requests_by_digest() {
+    let (reg, v1) = registry_with_app(RegistryAuth::None).await;
+    let (host, lines) = recording_proxy(reg.host.clone()).await;
+    let mut opts = fast_options();
+    opts.probe_interval = Some(Duration::from_millis(200));
+    let app = App::start_with(NatsVersion::Legacy, Some(opts)).await;
+    let owner = app.owner().await;
+    let created = app
+        .ingress
+        .create_service(
+            &owner,
+            NewService::new(
+                "app",
+                ServiceType::BackgroundWorker,
+                &format!("{host}/team/app:v1"),
+            ),
+        )
+        .await
+        .unwrap();
+    go_live(&app, &owner, &created.id, &created.deploy, &v1.digest).await;
+    let from = lines.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let probes: Vec<String> = lines.lock().unwrap()[from..].to_vec();
+    assert!(
+        probes.len() >= 3,
+        "probes did not reach the registry: {probes:?}"
+    );
+    let want = format!("HEAD /v2/team/app/manifests/{} HTTP/1.1", v1.digest);
+    for l in &probes {
+        assert_eq!(l, &want);
+    }
+}
