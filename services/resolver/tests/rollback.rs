@@ -11,7 +11,8 @@
 //!   a rollback target's digest is gone, before any rollback is attempted;
 //!   the rollback attempted after that warning is refused by the rules with
 //!   that reason, nothing appended, the live deploy untouched; a lost live
-//!   digest is warned about too.
+//!   digest is warned about too;
+//! - probes reach the registry only as `HEAD …/manifests/<digest>`.
 
 use std::time::Duration;
 
