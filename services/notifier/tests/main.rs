@@ -3,3 +3,4 @@
 
 mod notify;
 mod support;
+mod timeline;

@@ -1,0 +1,277 @@
+//! The timeline: log events become Render's types in order, the read model
+//! answers type/time filters and pages, and the integration stream carries
+//! the same JSON on `<prefix>.events.<service>`, published again (same ids)
+//! after a restart rather than skipped.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use berth_eventlog::projection::{ProjectionOptions, ProjectionRunner};
+use berth_notifier::timeline::{Query, Timeline, TimelineEvent};
+use berth_runtime::SecretKey;
+use berth_schemas::events::CancelReason;
+use berth_schemas::events::{
+    CronJobRunEnded, CronJobRunStarted, DeployCanceled, DeployCreated, DeployFailed, DeployLive,
+    DeployStarted, ImagePullFailed, InstanceCountChanged, InstanceScheduled, PreDeployEnded,
+    PreDeployStarted, RollbackTargetMissing, ServerFailed, ServerRestarted,
+};
+use berth_schemas::ids::{CronRunId, DeployId, InstanceId, NodeId};
+use berth_schemas::model::{DeployStatus, DeployTrigger, NotifySetting, PullFailureReason};
+use berth_schemas::Event;
+use berth_tests::eventlog::open_store;
+use berth_tests::{init_tracing, NatsServer, NatsVersion};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::*;
+
+fn history() -> (Vec<Event>, Vec<(&'static str, Option<&'static str>)>) {
+    let (d1, d2, d3) = (
+        DeployId::generate(),
+        DeployId::generate(),
+        DeployId::generate(),
+    );
+    let (i1, n1) = (InstanceId::generate(), NodeId::generate());
+    let run = CronRunId::generate();
+    let events: Vec<Event> = vec![
+        DeployCreated {
+            deploy: d1.clone(),
+            trigger: DeployTrigger::Api,
+            image: "app:1".to_owned(),
+            credential: None,
+            rollback_of: None,
+        }
+        .into(),
+        DeployStarted { deploy: d1.clone() }.into(),
+        PreDeployStarted { deploy: d1.clone() }.into(),
+        PreDeployEnded {
+            deploy: d1.clone(),
+            success: true,
+            exit_code: Some(0),
+            reason: None,
+        }
+        .into(),
+        InstanceScheduled {
+            instance: i1.clone(),
+            deploy: d1.clone(),
+            node: n1.clone(),
+            digest: "sha256:1".to_owned(),
+        }
+        .into(),
+        DeployLive {
+            deploy: d1.clone(),
+            digest: "sha256:1".to_owned(),
+        }
+        .into(),
+        InstanceCountChanged { from: 1, to: 3 }.into(),
+        ServerRestarted {
+            instance: i1.clone(),
+            attempt: 1,
+        }
+        .into(),
+        ServerFailed {
+            node: n1.clone(),
+            instances: vec![i1.clone()],
+        }
+        .into(),
+        DeployStarted { deploy: d2.clone() }.into(),
+        ImagePullFailed {
+            deploy: Some(d2.clone()),
+            node: None,
+            image: "app:2".to_owned(),
+            reason: PullFailureReason::Unauthorized,
+            message: "401".to_owned(),
+        }
+        .into(),
+        DeployFailed {
+            deploy: d2.clone(),
+            status: DeployStatus::UpdateFailed,
+            reason: "image".to_owned(),
+        }
+        .into(),
+        DeployCanceled {
+            deploy: d3.clone(),
+            reason: CancelReason::Explicit,
+            by: None,
+        }
+        .into(),
+        RollbackTargetMissing {
+            deploy: d1.clone(),
+            digest: "sha256:1".to_owned(),
+        }
+        .into(),
+        CronJobRunStarted {
+            run: run.clone(),
+            digest: "sha256:1".to_owned(),
+            manual: true,
+        }
+        .into(),
+        CronJobRunEnded {
+            run,
+            status: "timed_out".to_owned(),
+            exit_code: None,
+        }
+        .into(),
+    ];
+    let expected = vec![
+        ("deploy_started", None),
+        ("pre_deploy_started", None),
+        ("pre_deploy_ended", Some("succeeded")),
+        ("deploy_ended", Some("live")),
+        ("instance_count_changed", None),
+        ("server_restarted", None),
+        ("server_failed", None),
+        ("deploy_started", None),
+        ("image_pull_failed", None),
+        ("deploy_ended", Some("update_failed")),
+        ("deploy_ended", Some("canceled")),
+        ("rollback_target_missing", None),
+        ("cron_job_run_started", None),
+        ("cron_job_run_ended", Some("timed_out")),
+    ];
+    (events, expected)
+}
+
+fn shape(events: &[TimelineEvent]) -> Vec<(String, Option<String>)> {
+    events
+        .iter()
+        .map(|t| {
+            (
+                t.kind.clone(),
+                t.details["status"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn timeline_in_order_with_filters_and_on_the_integration_stream() -> Result<()> {
+    init_tracing();
+    let nats = NatsServer::start(NatsVersion::Legacy)?;
+    let client = nats.connect().await?;
+    let store = open_store(&client, 1).await?;
+    let key = SecretKey::from_base64(&SecretKey::generate_base64())?;
+    let owner = owner(&store, &key, NotifySetting::None, &Channels::default()).await?;
+    let (svc, v) = service(&store, &key, &owner, None).await?;
+    let (other, ov) = service(&store, &key, &owner, None).await?;
+    let mut sub = client
+        .subscribe(format!("{}.events.>", store.subjects().prefix()))
+        .await?;
+    client.flush().await?;
+
+    let (events, expected) = history();
+    let expected: Vec<(String, Option<String>)> = expected
+        .into_iter()
+        .map(|(k, s)| (k.to_owned(), s.map(str::to_owned)))
+        .collect();
+    append(&store, &svc, v, events).await?;
+    append(
+        &store,
+        &other,
+        ov,
+        vec![InstanceCountChanged { from: 1, to: 2 }.into()],
+    )
+    .await?;
+
+    // The read model.
+    let mut runner = ProjectionRunner::new(&store, Timeline::new(), ProjectionOptions::default());
+    runner.catch_up().await?;
+    let timeline = runner.state();
+    let all = timeline.read().unwrap().all(&svc).to_vec();
+    assert_eq!(shape(&all), expected);
+    assert!(all
+        .iter()
+        .all(|t| t.id.starts_with("evt-") && t.service_id == svc.as_str()));
+    assert!(all.windows(2).all(|w| w[0].timestamp <= w[1].timestamp));
+    let pull = all.iter().find(|t| t.kind == "image_pull_failed").unwrap();
+    assert_eq!(pull.details["imageUrl"], "app:2");
+    assert_eq!(pull.details["reason"], "unauthorized");
+    assert_eq!(pull.details["message"], "401");
+    let json = serde_json::to_value(pull)?;
+    for field in ["id", "timestamp", "serviceId", "type", "details"] {
+        assert!(json.get(field).is_some(), "{field} missing in {json}");
+    }
+
+    // Type filter, newest first, pages with a cursor.
+    let q = Query {
+        types: ["deploy_ended".to_owned()].into(),
+        limit: Some(2),
+        ..Query::default()
+    };
+    let p1 = berth_notifier::timeline::query(&timeline, &svc, &q);
+    assert_eq!(
+        shape(&p1.events),
+        vec![
+            ("deploy_ended".to_owned(), Some("canceled".to_owned())),
+            ("deploy_ended".to_owned(), Some("update_failed".to_owned()))
+        ]
+    );
+    let p2 = berth_notifier::timeline::query(
+        &timeline,
+        &svc,
+        &Query {
+            cursor: p1.next_cursor.clone(),
+            ..q.clone()
+        },
+    );
+    assert_eq!(
+        shape(&p2.events),
+        vec![("deploy_ended".to_owned(), Some("live".to_owned()))]
+    );
+    assert_eq!(p2.next_cursor, None);
+    // Time range: only what happened after the 10th event.
+    let cut = all[9].timestamp;
+    let later = berth_notifier::timeline::query(
+        &timeline,
+        &svc,
+        &Query {
+            start_time: Some(cut),
+            limit: Some(100),
+            ..Query::default()
+        },
+    );
+    assert!(later.events.iter().all(|t| t.timestamp >= cut));
+    assert!(later.events.len() >= 4 && later.events.len() < all.len());
+    let empty = berth_notifier::timeline::query(
+        &timeline,
+        &svc,
+        &Query {
+            end_time: Some(all[0].timestamp - chrono::Duration::seconds(1)),
+            ..Query::default()
+        },
+    );
+    assert!(empty.events.is_empty());
+    // The other service's timeline is its own.
+    assert_eq!(timeline.read().unwrap().all(&other).len(), 1);
+
+    // The integration stream carries the same JSON, per service subject, in order.
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(
+        berth_notifier::component(store.clone(), key.clone(), crate::notify::test_options())
+            .run(shutdown.clone(), None),
+    );
+    let mut got = Vec::new();
+    let mut subjects = Vec::new();
+    while got.len() < all.len() + 1 {
+        let msg = tokio::time::timeout(Duration::from_secs(15), sub.next())
+            .await?
+            .unwrap();
+        subjects.push(msg.subject.to_string());
+        got.push(serde_json::from_slice::<TimelineEvent>(&msg.payload)?);
+    }
+    let mine: Vec<TimelineEvent> = got
+        .iter()
+        .filter(|t| t.service_id == svc.as_str())
+        .cloned()
+        .collect();
+    assert_eq!(mine, all);
+    let want = store.subjects().service_events(&svc);
+    assert_eq!(subjects.iter().filter(|s| **s == want).count(), all.len());
+    shutdown.cancel();
+    task.await??;
+    // Nothing more than once while running.
+    assert!(tokio::time::timeout(Duration::from_millis(500), sub.next())
+        .await
+        .is_err());
+    Ok(())
+}
