@@ -18,15 +18,15 @@ use berth_domain::node::{self as node_rules, NodeState};
 use berth_domain::scheduler::{ClusterView, NodeCapacity};
 use berth_domain::service::ServiceState;
 use berth_eventlog::{EventStore, NewEvent};
-use berth_schemas::ids::{NodeId, ServiceId};
+use berth_schemas::ids::{InstanceId, NodeId, ServiceId};
 use berth_schemas::{Actor, AggregateId};
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt;
 
 use crate::SchedulerError;
 
-/// Reserved CPU and memory of one service's instances, per node.
-type Usage = Vec<(NodeId, u32, u32)>;
+/// One service's instances: where each runs and the CPU and memory it reserves.
+type Usage = Vec<(InstanceId, NodeId, u32, u32)>;
 
 #[derive(Debug)]
 pub(crate) struct Cluster {
@@ -42,6 +42,10 @@ struct Known {
     nodes: BTreeMap<NodeId, NodeState>,
     heard: BTreeMap<NodeId, DateTime<Utc>>,
     usage: HashMap<ServiceId, Usage>,
+    /// Instances that left the log while their node was recorded lost
+    /// (moved or released): if that node comes back still running them,
+    /// they are stopped there.
+    retired: HashMap<InstanceId, (ServiceId, NodeId)>,
 }
 
 impl Cluster {
@@ -131,17 +135,51 @@ impl Cluster {
         self.lock().nodes.get(node).is_some_and(|s| s.lost)
     }
 
-    /// Remembers what `service`'s instances reserve.
+    /// Remembers what `service`'s instances reserve, and which of its
+    /// instances left the log from a node recorded lost.
     pub(crate) fn record_service(&self, service: &ServiceId, state: &ServiceState) {
         let usage: Usage = match &state.config {
             Some(cfg) => state
                 .instances
                 .iter()
-                .map(|i| (i.node.clone(), cfg.plan.cpu_millis, cfg.plan.memory_mib))
+                .map(|i| {
+                    let p = &cfg.plan;
+                    (i.id.clone(), i.node.clone(), p.cpu_millis, p.memory_mib)
+                })
                 .collect(),
             None => Vec::new(),
         };
-        self.lock().usage.insert(service.clone(), usage);
+        let mut k = self.lock();
+        let gone: Vec<(InstanceId, NodeId)> = k
+            .usage
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter(|(id, _, _, _)| state.instances.get(id).is_none())
+            .filter(|(_, node, _, _)| k.nodes.get(node).is_some_and(|s| s.lost))
+            .map(|(id, node, _, _)| (id.clone(), node.clone()))
+            .collect();
+        for (id, node) in gone {
+            k.retired.insert(id, (service.clone(), node));
+        }
+        k.usage.insert(service.clone(), usage);
+    }
+
+    /// Instances `node` says it runs that left the log while it was lost;
+    /// forgets the retired ones it no longer runs.
+    pub(crate) fn orphans(
+        &self,
+        node: &NodeId,
+        running: &[InstanceId],
+    ) -> Vec<(ServiceId, InstanceId)> {
+        let mut k = self.lock();
+        k.retired
+            .retain(|id, (_, n)| n != node || running.contains(id));
+        k.retired
+            .iter()
+            .filter(|(_, (_, n))| n == node)
+            .map(|(id, (svc, _))| (svc.clone(), id.clone()))
+            .collect()
     }
 
     fn silent(&self, k: &Known, node: &NodeId, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
@@ -159,7 +197,7 @@ impl Cluster {
             if svc == service {
                 continue;
             }
-            for (n, cpu, mem) in usage {
+            for (_, n, cpu, mem) in usage {
                 let e = used.entry(n).or_default();
                 e.0 = e.0.saturating_add(*cpu);
                 e.1 = e.1.saturating_add(*mem);
@@ -207,7 +245,7 @@ impl Cluster {
         self.lock()
             .usage
             .iter()
-            .filter(|(_, u)| u.iter().any(|(n, _, _)| n == node))
+            .filter(|(_, u)| u.iter().any(|(_, n, _, _)| n == node))
             .map(|(s, _)| s.clone())
             .collect()
     }

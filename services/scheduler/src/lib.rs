@@ -19,7 +19,9 @@
 //! - a sweep over every service at start and every `sweep_interval`;
 //! - heartbeats (core NATS): a node silent for `heartbeat_timeout` gets
 //!   `node_lost`, and the services with instances there are driven, which
-//!   records `server_failed` and moves the instances.
+//!   records `server_failed` and moves the instances; a lost node that
+//!   heart-beats again gets `node_recovered`, and the instances it still
+//!   runs that were moved away meanwhile are stopped on it.
 //!
 //! Several copies may run: appends name the version they were decided on,
 //! so two copies never both place the instances one decision wanted.
@@ -37,7 +39,7 @@ use berth_domain::node::Command as NodeCommand;
 use berth_eventlog::worker::{Job, WorkError, WorkHandler, WorkerConfig};
 use berth_eventlog::EventStore;
 use berth_runtime::{BoxError, Component, ComponentContext, ReadyFlag};
-use berth_schemas::ids::{NodeId, ServiceId};
+use berth_schemas::ids::{InstanceId, NodeId, ServiceId};
 use berth_schemas::{AggregateId, Commit};
 use futures::future::BoxFuture;
 use futures::StreamExt;
@@ -342,6 +344,38 @@ async fn listen(inner: Arc<Inner>, mut sub: async_nats::Subscriber, shutdown: Ca
         if inner.cluster.heard(&hb.node) {
             recover_or_load(&inner, &hb.node).await;
         }
+        for (service, instance) in inner.cluster.orphans(&hb.node, &hb.instances) {
+            stop_orphan(&inner, &hb.node, service, instance).await;
+        }
+    }
+}
+
+/// A node that was lost came back still running an instance the log moved
+/// elsewhere (or let go): it is stopped there.
+async fn stop_orphan(inner: &Inner, node: &NodeId, service: ServiceId, instance: InstanceId) {
+    tracing::info!(node.id = %node, service.id = %service, instance.id = %instance, "stopping an instance a recovered node still runs");
+    let work = berth_schemas::commands::NodeWork::StopInstance {
+        service: service.clone(),
+        instance: instance.clone(),
+    };
+    let payload = match rmp_serde::to_vec_named(&work) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "stop not encoded");
+            return;
+        }
+    };
+    if let Err(e) = inner
+        .store
+        .enqueue(
+            &berth_node::queue(node),
+            service.as_str(),
+            payload.into(),
+            &format!("stop-{instance}"),
+        )
+        .await
+    {
+        tracing::warn!(node.id = %node, instance.id = %instance, error = %e, "stop not enqueued");
     }
 }
 

@@ -94,3 +94,78 @@ async fn a_lost_nodes_instance_moves_to_the_other_node() {
     }
     assert!(dead.containers().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_node_that_comes_back_recovers_and_stops_what_moved_away() {
+    let w = World::start().await;
+    let mut n1 = w.start_node("n1").await;
+    let n2 = w.start_node("n2").await;
+    let _scheduler = w.start_scheduler().await;
+    // Two instances: one on each node.
+    let (svc, d1) = w
+        .create(ServiceType::BackgroundWorker, |c| c.num_instances = Some(2))
+        .await;
+    w.wait_live(&svc, &d1).await;
+    let s = w.state(&svc).await;
+    let old = s
+        .instances
+        .iter()
+        .find(|i| i.node == n1.id)
+        .unwrap()
+        .clone();
+
+    // n1's process hangs up (a partition): its container keeps running.
+    n1.stop().await;
+    assert_eq!(n1.containers(), vec![old.id.to_string()]);
+    let ev = w
+        .wait_events(&svc, Duration::from_secs(60), "replacement started", |ev| {
+            let Some(moved) = ev.iter().find_map(|e| match &e.event {
+                Event::InstanceRescheduled(r) if r.instance == old.id => {
+                    Some(r.replacement.clone())
+                }
+                _ => None,
+            }) else {
+                return false;
+            };
+            ev.iter()
+                .any(|e| matches!(&e.event, Event::InstanceHealthy(h) if h.instance == moved))
+        })
+        .await;
+    assert!(
+        ev.iter()
+            .any(|e| matches!(&e.event, Event::ServerFailed(f) if f.node == n1.id)),
+        "{:?}",
+        types(&ev)
+    );
+
+    // n1 comes back (same data dir, same id) and adopts its container.
+    let back = w.start_node("n1").await;
+    assert_eq!(back.id, n1.id);
+    let t0 = std::time::Instant::now();
+    loop {
+        let node_events = w
+            .store
+            .load(&AggregateId::Node(n1.id.clone()))
+            .await
+            .unwrap()
+            .events;
+        let recovered = node_events
+            .iter()
+            .any(|e| matches!(e.event, Event::NodeRecovered(_)));
+        if recovered && back.containers().is_empty() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "recovered: {recovered}, n1 still runs {:?}",
+            back.containers()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = w.state(&svc).await;
+    assert_eq!(s.instances.len(), 2);
+    assert!(s.instances.get(&old.id).is_none());
+    let mut ids: Vec<String> = s.instances.iter().map(|i| i.id.to_string()).collect();
+    ids.sort();
+    assert_eq!(crate::support::containers(&[&back, &n2]), ids);
+}
