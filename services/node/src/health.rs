@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use berth_agent::{Agent, AgentEvent};
+use berth_eventlog::ExecuteError;
 use berth_schemas::events::{InstanceHealthy, InstanceUnhealthy};
 use berth_schemas::ids::InstanceId;
 use berth_schemas::Event;
@@ -150,7 +151,13 @@ impl Health {
             AgentEvent::Exited { instance, .. }
             | AgentEvent::StartFailed { instance, .. }
             | AgentEvent::RestartScheduled { instance, .. } => {
-                t.up.insert(instance.clone(), None);
+                // Unprobed ones (one-off runs) are forgotten, so the table
+                // does not grow with every cron run.
+                if t.monitors.contains_key(instance) {
+                    t.up.insert(instance.clone(), None);
+                } else {
+                    t.up.remove(instance);
+                }
             }
             AgentEvent::Stopped { instance, .. } => {
                 t.up.remove(instance);
@@ -266,7 +273,10 @@ impl Probe {
                         let fact = Event::InstanceHealthy(InstanceHealthy {
                             instance: self.instance.clone(),
                         });
-                        live = self.transition(&mut reported, true, fact).await;
+                        match self.transition(&mut reported, true, fact).await {
+                            Some(recorded) => live = recorded,
+                            None => return,
+                        }
                     }
                 }
                 Err(reason) if live => {
@@ -278,7 +288,9 @@ impl Probe {
                             instance: self.instance.clone(),
                             reason: reason.clone(),
                         });
-                        self.transition(&mut reported, false, fact).await;
+                        if self.transition(&mut reported, false, fact).await.is_none() {
+                            return;
+                        }
                     }
                     if failing >= opts.restart_after {
                         tracing::warn!(instance.id = %self.instance, reason = %reason, failing_ms = failing.as_millis() as u64, "failing health checks; restarting in place");
@@ -302,9 +314,15 @@ impl Probe {
         }
     }
 
-    /// Records a transition; `false` when it could not be (retried on
-    /// the next probe under the same key).
-    async fn transition(&self, reported: &mut Reported, healthy: bool, fact: Event) -> bool {
+    /// Records a transition: `Some(true)` recorded, `Some(false)` not now
+    /// (retried on the next probe under the same key), `None` refused for
+    /// good (the service is gone: probing ends).
+    async fn transition(
+        &self,
+        reported: &mut Reported,
+        healthy: bool,
+        fact: Event,
+    ) -> Option<bool> {
         let word = if healthy { "healthy" } else { "unhealthy" };
         let key = format!("{}:{word}:{}", self.instance, reported.transitions);
         let p = &self.placement;
@@ -321,11 +339,15 @@ impl Probe {
                 if let Err(e) = self.health.save(&self.instance, *reported) {
                     tracing::warn!(instance.id = %self.instance, error = %e, "cannot keep the health state");
                 }
-                true
+                Some(true)
+            }
+            Err(ExecuteError::Rejected(e)) => {
+                tracing::warn!(instance.id = %self.instance, error = %e, "health transition refused; probing ends");
+                None
             }
             Err(e) => {
                 tracing::warn!(instance.id = %self.instance, error = %e, "recording a health transition failed");
-                false
+                Some(false)
             }
         }
     }
