@@ -1,6 +1,7 @@
 //! Integration tests of berth-notifier against real servers, one binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod kill;
 mod notify;
 mod support;
 mod timeline;
