@@ -6,23 +6,14 @@
 //! gives no failed request, and every client's answers go from v1 to v2
 //! and never back.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use berth_schemas::model::ServiceType;
-use http::StatusCode;
 
-use crate::support::{Backend, Env, HttpClient, Svc};
+use crate::support::{assert_switched_once, Backend, Env, Load, Svc};
 
 const CLIENTS: usize = 8;
-
-#[derive(Default)]
-struct Seen {
-    versions: Vec<String>,
-    failures: Vec<String>,
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_failed_requests_through_a_switch() -> Result<()> {
@@ -52,35 +43,16 @@ async fn rollout_under_load(lag: Option<Duration>) -> Result<()> {
         .await?;
     env.synced(env.store.last_stream_seq().await?).await?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for c in 0..CLIENTS {
-        let http = HttpClient::new(env.addr);
-        let stop = Arc::clone(&stop);
-        clients.push(tokio::spawn(async move {
-            let mut seen = Seen::default();
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                // Every fourth request is slow, so some are in flight on the
-                // old instances when they are told to stop.
-                let path = if (n + c as u64).is_multiple_of(16) {
-                    "/slow"
-                } else {
-                    "/"
-                };
-                match http.get("zd.localhost", path).await {
-                    Ok((StatusCode::OK, body)) => {
-                        let version = body.split(' ').next().unwrap_or("").to_owned();
-                        seen.versions.push(version);
-                    }
-                    Ok((status, body)) => seen.failures.push(format!("{status}: {body}")),
-                    Err(e) => seen.failures.push(format!("{e:#}")),
-                }
-            }
-            seen
-        }));
-    }
+    // Every 16th request is slow, so some are in flight on the old
+    // instances when they are told to stop.
+    let load = Load::start(
+        env.addr,
+        "zd.localhost",
+        CLIENTS,
+        "/",
+        Some(("/slow", 16)),
+        Duration::ZERO,
+    );
     let started = Instant::now();
     tokio::time::sleep(Duration::from_millis(700)).await;
 
@@ -123,35 +95,12 @@ async fn rollout_under_load(lag: Option<Duration>) -> Result<()> {
 
     let remaining = Duration::from_millis(2500).saturating_sub(started.elapsed());
     tokio::time::sleep(remaining.max(Duration::from_millis(1000))).await;
-    stop.store(true, Ordering::Relaxed);
-
-    let mut total = 0;
-    let mut failures = Vec::new();
-    for (c, h) in clients.into_iter().enumerate() {
-        let seen = h.await?;
-        total += seen.versions.len() + seen.failures.len();
-        failures.extend(seen.failures.iter().map(|f| format!("client {c}: {f}")));
-        // v1 … v1 v2 … v2: once switched, never back.
-        let first_v2 = seen.versions.iter().position(|v| v == "v2");
-        let first_v2 = first_v2.unwrap_or_else(|| panic!("client {c} never got v2"));
-        assert!(first_v2 > 0, "client {c} never got v1");
-        assert!(
-            seen.versions[first_v2..].iter().all(|v| v == "v2"),
-            "client {c} went back to v1 after v2"
-        );
-        assert!(seen.versions[..first_v2].iter().all(|v| v == "v1"));
-    }
+    let seen = load.finish().await?;
+    let total = assert_switched_once(&seen, "v1", "v2");
     let v2_hits: u64 = v2.iter().map(Backend::hits).sum();
     println!(
-        "switch (lag {lag:?}): {total} requests by {CLIENTS} clients in {:?}, {} failed; v1 answered {v1_hits_at_stop} before its stop, v2 {v2_hits}",
+        "switch (lag {lag:?}): {total} requests by {CLIENTS} clients in {:?}, 0 failed; v1 answered {v1_hits_at_stop} before its stop, v2 {v2_hits}",
         started.elapsed(),
-        failures.len()
-    );
-    assert!(
-        failures.is_empty(),
-        "{} failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
     );
     assert!(total > 200, "too little load to mean anything: {total}");
     for b in &v2 {
