@@ -353,6 +353,49 @@ mod tests {
     }
 
     #[test]
+    fn instance_address_and_check_settings_are_validated() {
+        let ok = Cli::parse_from(["x"]).node.checks().unwrap();
+        assert_eq!(ok, NodeChecks::default());
+        let gc = Cli::parse_from(["x", "--node-gc-interval-secs", "0"])
+            .node
+            .gc();
+        assert_eq!(gc.interval, None, "0 turns collection off");
+        let custom = Cli::parse_from([
+            "x",
+            "--node-advertise-addr",
+            "10.0.0.7",
+            "--node-ports",
+            "31000-31009",
+            "--node-unhealthy-after-ms",
+            "1500",
+            "--node-health-restart-after-ms",
+            "6000",
+        ])
+        .node
+        .checks()
+        .unwrap();
+        assert_eq!(custom.advertise.to_string(), "10.0.0.7");
+        assert_eq!(custom.ports, 31000..=31009);
+        assert_eq!(custom.health.unhealthy_after.as_millis(), 1500);
+        let bad = Cli::parse_from([
+            "x",
+            "--node-advertise-addr",
+            "0.0.0.0",
+            "--node-ports",
+            "9-3",
+            "--node-health-interval-ms",
+            "0",
+            "--node-unhealthy-after-ms",
+            "20000",
+            "--node-health-restart-after-ms",
+            "10000",
+        ]);
+        assert_eq!(bad.node.checks().unwrap_err().len(), 4);
+        // The same problems stop the node's settings from validating.
+        assert!(bad.node.validate().unwrap_err().len() >= 4);
+    }
+
+    #[test]
     fn work_items_round_trip_as_messagepack() {
         use berth_schemas::commands::NodeWork;
         use berth_schemas::ids::{InstanceId, ServiceId};
