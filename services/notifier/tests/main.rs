@@ -3,5 +3,6 @@
 
 mod kill;
 mod notify;
+mod permissions;
 mod support;
 mod timeline;
