@@ -12,10 +12,11 @@
 //! - answers of its own are short pages (404 unknown host, 502 no healthy
 //!   instance, 503 suspended) that name nothing internal.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -49,12 +50,39 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// How long an instance that refused or timed out a connect is passed over
+/// (unless every instance is): a dead address costs one failed connect,
+/// not one per request, until the log says it is gone.
+pub const EJECT_FOR: Duration = Duration::from_secs(5);
+
 /// Forwards requests by host name.
 #[derive(Debug)]
 pub struct Proxy {
     routes: Routes,
     opts: RouterOptions,
     client: Client<HttpConnector, Returnable>,
+    ejected: Ejected,
+}
+
+/// Addresses whose last connect failed, until when.
+#[derive(Debug, Default)]
+struct Ejected(Mutex<HashMap<String, Instant>>);
+
+impl Ejected {
+    fn eject(&self, addr: &str, now: Instant) {
+        if let Ok(mut m) = self.0.lock() {
+            // Forget expired entries so the map stays small.
+            m.retain(|_, until| *until > now);
+            m.insert(addr.to_owned(), now + EJECT_FOR);
+        }
+    }
+
+    fn is_ejected(&self, addr: &str, now: Instant) -> bool {
+        match self.0.lock() {
+            Ok(m) => !m.is_empty() && m.get(addr).is_some_and(|until| *until > now),
+            Err(_) => false,
+        }
+    }
 }
 
 impl Proxy {
@@ -71,6 +99,7 @@ impl Proxy {
             routes,
             opts,
             client,
+            ejected: Ejected::default(),
         }
     }
 
@@ -106,7 +135,7 @@ impl Proxy {
         peer: SocketAddr,
     ) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
-        let headers = forwarded_headers(&parts.headers, peer);
+        let headers = forwarded_headers(parts.headers, peer);
         let method = parts.method;
         let path = parts
             .uri
@@ -123,7 +152,7 @@ impl Proxy {
         let mut waited = false;
         loop {
             let next = if tried.len() < budget {
-                pick(&route, &tried)
+                pick(&route, &tried, &self.ejected)
             } else {
                 None
             };
@@ -154,6 +183,9 @@ impl Proxy {
                 Ok(resp) => return response(resp),
                 Err(e) => {
                     let connect = e.is_connect();
+                    if connect {
+                        self.ejected.eject(&target, Instant::now());
+                    }
                     tracing::debug!(service.name = %name, instance.addr = %target, connect, error = %e, "instance attempt failed");
                     tried.push(target);
                     match back.try_recv() {
@@ -194,17 +226,27 @@ impl Proxy {
     }
 }
 
-/// The next target in round-robin order not tried yet for this request.
-fn pick(route: &Route, tried: &[String]) -> Option<String> {
+/// The next target in round-robin order not tried yet for this request,
+/// passing over ejected ones unless nothing else is left.
+fn pick(route: &Route, tried: &[String], ejected: &Ejected) -> Option<String> {
     let targets = route.targets();
     if targets.is_empty() {
         return None;
     }
     let start = route.next_start();
-    (0..targets.len())
-        .map(|k| &targets[(start + k) % targets.len()].addr)
-        .find(|a| !tried.contains(a))
-        .cloned()
+    let now = Instant::now();
+    let mut fallback = None;
+    for k in 0..targets.len() {
+        let addr = &targets[(start + k) % targets.len()].addr;
+        if tried.contains(addr) {
+            continue;
+        }
+        if !ejected.is_ejected(addr, now) {
+            return Some(addr.clone());
+        }
+        fallback.get_or_insert(addr);
+    }
+    fallback.cloned()
 }
 
 fn build_request(
@@ -227,8 +269,7 @@ fn build_request(
 /// The request's headers as the instance gets them: hop-by-hop ones
 /// dropped, `X-Forwarded-*` added (the client's address appended to any
 /// chain it sent; the original Host kept, so apps see their public name).
-fn forwarded_headers(original: &HeaderMap, peer: SocketAddr) -> HeaderMap {
-    let mut h = original.clone();
+fn forwarded_headers(mut h: HeaderMap, peer: SocketAddr) -> HeaderMap {
     strip_hop_by_hop(&mut h);
     let host = h.get(header::HOST).cloned();
     let chain = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -361,6 +402,42 @@ mod tests {
     }
 
     #[test]
+    fn pick_goes_round_and_passes_over_ejected_instances() {
+        use crate::table::Target;
+        use berth_schemas::ids::{InstanceId, ServiceId};
+        let targets = (1..=3)
+            .map(|i| Target {
+                instance: InstanceId::generate(),
+                addr: format!("127.0.0.1:{i}"),
+            })
+            .collect();
+        let route = Route::new(
+            ServiceId::generate(),
+            "web".into(),
+            RouteState::Serving(targets),
+        );
+        let none = Ejected::default();
+        let picks: Vec<String> = (0..6).map(|_| pick(&route, &[], &none).unwrap()).collect();
+        assert_eq!(
+            picks,
+            ["1", "2", "3", "1", "2", "3"].map(|p| format!("127.0.0.1:{p}"))
+        );
+
+        let ejected = Ejected::default();
+        ejected.eject("127.0.0.1:2", Instant::now());
+        for _ in 0..6 {
+            assert_ne!(pick(&route, &[], &ejected).unwrap(), "127.0.0.1:2");
+        }
+        // Tried the others already: the ejected one is still better than 502.
+        let tried = ["127.0.0.1:1".to_owned(), "127.0.0.1:3".to_owned()];
+        assert_eq!(pick(&route, &tried, &ejected).unwrap(), "127.0.0.1:2");
+        let all = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"].map(String::from);
+        assert_eq!(pick(&route, &all, &ejected), None);
+        // Ejection ends.
+        assert!(!ejected.is_ejected("127.0.0.1:2", Instant::now() + EJECT_FOR));
+    }
+
+    #[test]
     fn hop_by_hop_headers_are_dropped_and_forwarded_added() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("web.localhost"));
@@ -374,7 +451,7 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.insert("x-app", HeaderValue::from_static("kept"));
         let out = forwarded_headers(
-            &h,
+            h,
             "192.0.2.7:5555".parse().unwrap_or_else(|_| unreachable!()),
         );
         for gone in ["connection", "x-secret-hop", "keep-alive", "te"] {

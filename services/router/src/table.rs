@@ -57,7 +57,7 @@ pub struct Route {
 }
 
 impl Route {
-    fn new(service: ServiceId, name: String, state: RouteState) -> Self {
+    pub(crate) fn new(service: ServiceId, name: String, state: RouteState) -> Self {
         Route {
             service,
             name,

@@ -247,3 +247,28 @@ async fn a_restarted_router_rebuilds_the_table_from_the_log() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn on_shutdown_in_flight_requests_finish() -> Result<()> {
+    let mut env = Env::start().await?;
+    let b = Backend::start("v1", 1).await?;
+    let mut s = Svc::create(&env.store, "drain", ServiceType::WebService).await?;
+    s.first_deploy(1, &[b.addr]).await?;
+    env.synced(env.store.last_stream_seq().await?).await?;
+
+    let http = HttpClient::new(env.addr);
+    let slow = tokio::spawn(async move { http.get("drain.localhost", "/slow").await });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let t = std::time::Instant::now();
+    env.stop().await;
+    // The router waited for the answer (300 ms after the request) to stop.
+    assert!(
+        t.elapsed() >= std::time::Duration::from_millis(150),
+        "router stopped before its request ended ({:?})",
+        t.elapsed()
+    );
+    assert_eq!(slow.await??, (StatusCode::OK, "v1 1".into()));
+    // And it no longer accepts.
+    assert!(tokio::net::TcpStream::connect(env.addr).await.is_err());
+    Ok(())
+}
