@@ -109,23 +109,36 @@ impl Proxy {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<ProxyBody>, Infallible> {
+        let resp = self.answer(req, peer).await;
+        let class = match resp.status().as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        metrics::counter!("berth_router_requests_total", "class" => class).increment(1);
+        Ok(resp)
+    }
+
+    async fn answer(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let Some(name) = host_of(&req).and_then(|h| service_name(&h, &self.opts.base_domain))
         else {
-            return Ok(page(StatusCode::NOT_FOUND, "Not found", NOT_FOUND));
+            return page(StatusCode::NOT_FOUND, "Not found", NOT_FOUND);
         };
         let table = self.routes.load();
         let Some(route) = table.get(&name).cloned() else {
-            return Ok(page(StatusCode::NOT_FOUND, "Not found", NOT_FOUND));
+            return page(StatusCode::NOT_FOUND, "Not found", NOT_FOUND);
         };
         drop(table);
         if route.state == RouteState::Suspended {
-            return Ok(page(
+            return page(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Service suspended",
                 &format!("{} is suspended by its owner.", route.name),
-            ));
+            );
         }
-        Ok(self.forward(route, req, peer).await)
+        self.forward(route, req, peer).await
     }
 
     async fn forward(
@@ -188,6 +201,7 @@ impl Proxy {
                     }
                     tracing::debug!(service.name = %name, instance.addr = %target, connect, error = %e, "instance attempt failed");
                     tried.push(target);
+                    metrics::counter!("berth_router_failed_attempts_total", "connect" => if connect { "true" } else { "false" }).increment(1);
                     match back.try_recv() {
                         Ok(b) if connect || retry_any => body = Some(b),
                         _ => {
