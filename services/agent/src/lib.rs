@@ -14,7 +14,8 @@
 //!   delete, state, list) with [`ContainerStatus`] guards, and [`Runc`].
 //! - [`logs`]: stdout/stderr through FIFOs, line by line onto
 //!   `subjects.logs(service, instance)`.
-//! - [`Agent`]: instances (restarted after crashes with backoff), stop
+//! - [`Agent`]: instances (restarted after crashes with backoff, or in
+//!   place on request when they fail their health checks), stop
 //!   (SIGTERM, SIGKILL after the delay), one-off runs with a timeout,
 //!   heartbeats on `subjects.heartbeat()`, and on start adoption of the
 //!   containers a previous agent process left (anything unrecorded is
