@@ -45,6 +45,14 @@ pub struct NotifierArgs {
     /// Deliveries in flight at once.
     #[arg(long, env = "BERTH_NOTIFIER_CONCURRENCY", default_value_t = 32)]
     pub notifier_concurrency: usize,
+    /// Events older than this many seconds are not notified about (a first
+    /// start on an existing log, a long outage).
+    #[arg(
+        long,
+        env = "BERTH_NOTIFIER_MAX_EVENT_AGE_SECS",
+        default_value_t = 3600
+    )]
+    pub notifier_max_event_age_secs: u64,
 }
 
 /// Validated notifier options.
@@ -64,6 +72,8 @@ pub struct NotifierOptions {
     pub send_timeout: Duration,
     /// Deliveries at once.
     pub concurrency: usize,
+    /// Older events are not notified about.
+    pub max_event_age: Duration,
 }
 
 impl Default for NotifierOptions {
@@ -76,6 +86,7 @@ impl Default for NotifierOptions {
             retry_delay: Duration::from_secs(2),
             send_timeout: crate::DEFAULT_SEND_TIMEOUT,
             concurrency: 32,
+            max_event_age: Duration::from_secs(3600),
         }
     }
 }
@@ -98,6 +109,7 @@ impl NotifierArgs {
             retry_delay: Duration::from_millis(self.notifier_retry_ms),
             send_timeout: Duration::from_secs(self.notifier_send_timeout_secs.max(1)),
             concurrency: self.notifier_concurrency.max(1),
+            max_event_age: Duration::from_secs(self.notifier_max_event_age_secs),
         }
     }
 }

@@ -106,7 +106,7 @@ impl Notifier {
             senders,
             o.max_attempts,
         ));
-        let decider = Arc::new(notify::Decider::new(self.store.clone()));
+        let decider = Arc::new(notify::Decider::new(self.store.clone(), o.max_event_age));
 
         if let Some(r) = &ready {
             r.set(true);

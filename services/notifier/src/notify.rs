@@ -65,12 +65,25 @@ pub struct DeliveryJob {
 #[derive(Debug, Clone)]
 pub struct Decider {
     store: EventStore,
+    max_age: chrono::Duration,
+}
+
+/// Whether an event is too old to notify about: a notifier started on an
+/// installation with history, or back after a long outage, does not page
+/// anyone about the distant past (the timeline still has it).
+pub fn too_old(
+    event: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+    max_age: chrono::Duration,
+) -> bool {
+    now - event > max_age
 }
 
 impl Decider {
-    /// A decider on `store`.
-    pub fn new(store: EventStore) -> Self {
-        Self { store }
+    /// A decider on `store`, ignoring events older than `max_age`.
+    pub fn new(store: EventStore, max_age: std::time::Duration) -> Self {
+        let max_age = chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
+        Self { store, max_age }
     }
 
     async fn load_service(&self, service: &ServiceId) -> Result<ServiceNotify, WorkError> {
@@ -88,6 +101,10 @@ impl Decider {
     /// Queues the deliveries for one timeline event; returns how many.
     pub async fn decide(&self, event: &TimelineEvent) -> Result<usize, WorkError> {
         if !event.is_notable() {
+            return Ok(0);
+        }
+        if too_old(event.timestamp, chrono::Utc::now(), self.max_age) {
+            tracing::info!(event = %event.id, event_type = %event.kind, "too old to notify about");
             return Ok(0);
         }
         let Ok(service) = event.service_id.parse::<ServiceId>() else {
@@ -335,5 +352,27 @@ impl WorkHandler for Deliverer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_ids_are_stable_per_event_and_channel() {
+        let a = delivery_id("evt-aaaaaaaaaaaaaaaaaaaa", Channel::Webhook);
+        assert!(a.is_some());
+        assert_eq!(a, delivery_id("evt-aaaaaaaaaaaaaaaaaaaa", Channel::Webhook));
+        assert_ne!(a, delivery_id("evt-aaaaaaaaaaaaaaaaaaaa", Channel::Slack));
+        assert_ne!(a, delivery_id("evt-aaaaaaaaaaaaaaaaaaab", Channel::Webhook));
+    }
+
+    #[test]
+    fn old_events_are_not_notified() {
+        let now = chrono::Utc::now();
+        let hour = chrono::Duration::hours(1);
+        assert!(!too_old(now - chrono::Duration::minutes(59), now, hour));
+        assert!(too_old(now - chrono::Duration::minutes(61), now, hour));
     }
 }

@@ -283,3 +283,73 @@ pub fn query(timeline: &std::sync::RwLock<Timeline>, service: &ServiceId, q: &Qu
         Err(poisoned) => poisoned.into_inner().query(service, q),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_schemas::events::{DeployFailed, ImagePullFailed};
+    use berth_schemas::ids::{DeployId, EventId};
+    use berth_schemas::model::{DeployStatus, PullFailureReason};
+    use berth_schemas::Actor;
+
+    fn env(service: &ServiceId, seq: u64, event: Event) -> Envelope {
+        Envelope {
+            id: EventId::generate(),
+            version: event.version(),
+            aggregate: AggregateId::Service(service.clone()),
+            sequence: seq,
+            time: Utc::now(),
+            actor: Actor::system("test"),
+            correlation_id: None,
+            causation_id: None,
+            event,
+        }
+    }
+
+    #[test]
+    fn failures_and_snapshots() {
+        let svc = ServiceId::generate();
+        let failed = env(
+            &svc,
+            1,
+            DeployFailed {
+                deploy: DeployId::generate(),
+                status: DeployStatus::PreDeployFailed,
+                reason: "exit 1".to_owned(),
+            }
+            .into(),
+        );
+        let pull = env(
+            &svc,
+            2,
+            ImagePullFailed {
+                deploy: None,
+                node: None,
+                image: "app:1".to_owned(),
+                reason: PullFailureReason::RegistryUnavailable,
+                message: "timeout".to_owned(),
+            }
+            .into(),
+        );
+        let t = TimelineEvent::from_envelope(&failed).unwrap_or_else(|| unreachable!());
+        assert_eq!(t.kind, "deploy_ended");
+        assert_eq!(t.details["status"], "pre_deploy_failed");
+        assert!(t.is_failure() && t.is_notable());
+        let p = TimelineEvent::from_envelope(&pull).unwrap_or_else(|| unreachable!());
+        assert_eq!(p.details["reason"], "registry_unavailable");
+        assert!(
+            p.details.get("deployId").is_none(),
+            "absent fields are left out"
+        );
+
+        let mut tl = Timeline::new();
+        tl.apply(1, &failed);
+        tl.apply(2, &pull);
+        tl.apply(2, &pull); // a replayed commit
+                            // Snapshots go through MessagePack (the projection runner's format).
+        let bytes = rmp_serde::to_vec_named(&tl.snapshot()).unwrap_or_default();
+        let back: Timeline = rmp_serde::from_slice(&bytes).unwrap_or_default();
+        assert_eq!(back.all(&svc), tl.all(&svc));
+        assert_eq!(back.all(&svc).len(), 2);
+    }
+}

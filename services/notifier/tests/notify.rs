@@ -92,6 +92,7 @@ async fn every_channel_delivers_once_signed_and_without_secrets() -> Result<()> 
         message: "manifest unknown".to_owned(),
     }
     .into();
+    let t0 = std::time::Instant::now();
     append(
         &store,
         &svc,
@@ -115,6 +116,10 @@ async fn every_channel_delivers_once_signed_and_without_secrets() -> Result<()> 
     let hooks = http
         .wait_for(1, Duration::from_secs(20), |p| p["path"] == "/hook")
         .await?;
+    eprintln!(
+        "measured: event appended -> email, Slack and webhook all received in {:?}",
+        t0.elapsed()
+    );
 
     // Email: to the owner, about the pull failure of this service.
     assert_eq!(mails.len(), 1);
@@ -352,6 +357,7 @@ async fn a_dead_endpoint_delays_no_other_delivery() -> Result<()> {
     http.wait_for(1, Duration::from_secs(10), |p| p["path"] == "/hook/b")
         .await?;
     let took = t0.elapsed();
+    eprintln!("measured: B's webhook {took:?} after its event, with A's endpoint hanging");
     assert!(
         took < Duration::from_secs(2),
         "B waited {took:?} behind A's dead endpoint"
