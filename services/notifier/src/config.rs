@@ -36,8 +36,9 @@ pub struct NotifierArgs {
     /// Attempts per delivery before it is abandoned.
     #[arg(long, env = "BERTH_NOTIFIER_MAX_ATTEMPTS", default_value_t = 8)]
     pub notifier_max_attempts: i64,
-    /// First retry delay in milliseconds (grows with each attempt).
-    #[arg(long, env = "BERTH_NOTIFIER_RETRY_MS", default_value_t = 2_000)]
+    /// Retry delay in milliseconds, times the attempt number (15 s: the
+    /// eight default attempts span about seven minutes).
+    #[arg(long, env = "BERTH_NOTIFIER_RETRY_MS", default_value_t = 15_000)]
     pub notifier_retry_ms: u64,
     /// Seconds one send may take.
     #[arg(long, env = "BERTH_NOTIFIER_SEND_TIMEOUT_SECS", default_value_t = 10)]
@@ -83,7 +84,7 @@ impl Default for NotifierOptions {
             smtp: None,
             ack_wait: Duration::from_secs(30),
             max_attempts: 8,
-            retry_delay: Duration::from_secs(2),
+            retry_delay: Duration::from_secs(15),
             send_timeout: crate::DEFAULT_SEND_TIMEOUT,
             concurrency: 32,
             max_event_age: Duration::from_secs(3600),

@@ -384,3 +384,89 @@ async fn a_dead_endpoint_delays_no_other_delivery() -> Result<()> {
     task.await??;
     Ok(())
 }
+
+#[tokio::test]
+async fn failed_attempts_retry_with_the_same_id_and_growing_delays_then_abandon() -> Result<()> {
+    init_tracing();
+    let nats = NatsServer::start(NatsVersion::Legacy)?;
+    let client = nats.connect().await?;
+    let store = open_store(&client, 1).await?;
+    let key = SecretKey::from_base64(&SecretKey::generate_base64())?;
+    let http = HttpSink::start(0.0)?;
+    let secret = webhook_secret();
+    // One owner whose webhook always fails, one whose webhook fails twice.
+    let mk = |path: &str| Channels {
+        webhook: Some(http.url(path)),
+        webhook_secret: Some(secret.clone()),
+        ..Channels::default()
+    };
+    let dead = owner(&store, &key, NotifySetting::Failure, &mk("/fail/x")).await?;
+    let flaky = owner(&store, &key, NotifySetting::Failure, &mk("/flaky/y")).await?;
+    let (sd, vd) = service(&store, &key, &dead, None).await?;
+    let (sf, vf) = service(&store, &key, &flaky, None).await?;
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(
+        berth_notifier::component(store.clone(), key.clone(), test_options())
+            .run(shutdown.clone(), None),
+    );
+    append(&store, &sd, vd, vec![failed(&DeployId::generate())]).await?;
+    append(&store, &sf, vf, vec![failed(&DeployId::generate())]).await?;
+
+    // test_options: 4 attempts, retry delay 200 ms × attempt.
+    let fails = http
+        .wait_for(4, Duration::from_secs(20), |p| p["path"] == "/fail/x")
+        .await?;
+    let flakes = http
+        .wait_for(3, Duration::from_secs(20), |p| p["path"] == "/flaky/y")
+        .await?;
+    for posts in [&fails, &flakes] {
+        let id = &posts[0]["headers"]["webhook-id"];
+        assert!(posts.iter().all(|p| &p["headers"]["webhook-id"] == id));
+        for p in posts.iter() {
+            verify_webhook(&secret, p)?;
+        }
+    }
+    let at: Vec<f64> = fails.iter().map(|p| p["at"].as_f64().unwrap()).collect();
+    let gaps: Vec<f64> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    eprintln!("measured: retry gaps {gaps:?} s (200 ms × attempt)");
+    assert!(
+        gaps[0] >= 0.15 && gaps[1] >= 0.35 && gaps[2] >= 0.55,
+        "{gaps:?}"
+    );
+    assert!(gaps[2] > gaps[0], "delays grow: {gaps:?}");
+
+    let id_of = |p: &serde_json::Value| {
+        let body: serde_json::Value = serde_json::from_str(p["body"].as_str().unwrap()).unwrap();
+        delivery_id(body["data"]["id"].as_str().unwrap(), Channel::Webhook).unwrap()
+    };
+    let (d_dead, d_flaky) = (id_of(&fails[0]), id_of(&flakes[0]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = delivery_events(&store, &d_dead).await?;
+        let b = delivery_events(&store, &d_flaky).await?;
+        let a_done = a.last() == Some(&"notification_abandoned");
+        let b_done = b.last() == Some(&"notification_delivered");
+        if a_done && b_done {
+            let f = "notification_attempt_failed";
+            assert_eq!(
+                a,
+                ["notification_queued", f, f, f, f, "notification_abandoned"]
+            );
+            assert_eq!(b, ["notification_queued", f, f, "notification_delivered"]);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{a:?} {b:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Abandoned means abandoned: no fifth attempt.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let n = http
+        .posts()
+        .iter()
+        .filter(|p| p["path"] == "/fail/x")
+        .count();
+    assert_eq!(n, 4);
+    shutdown.cancel();
+    task.await??;
+    Ok(())
+}

@@ -2,11 +2,13 @@
 """HTTP sink for the notifier tests: records every POST (path, headers, body)
 as one JSON line in OUT *when it arrives*, then answers. Paths:
 /slow/... answers after DELAY seconds, /hang/... never answers in time,
-/fail/... answers 500, anything else 200 at once."""
+/fail/... answers 500, /flaky/... answers 503 to its first two posts,
+anything else 200 at once."""
 import json, sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 port, out, delay = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+seen = {}
 
 class H(BaseHTTPRequestHandler):
     def do_POST(self):
@@ -20,7 +22,12 @@ class H(BaseHTTPRequestHandler):
             time.sleep(delay)
         if self.path.startswith("/hang"):
             time.sleep(600)
-        code = 500 if self.path.startswith("/fail") else 200
+        seen[self.path] = seen.get(self.path, 0) + 1
+        code = 200
+        if self.path.startswith("/fail"):
+            code = 500
+        elif self.path.startswith("/flaky") and seen[self.path] <= 2:
+            code = 503
         self.send_response(code)
         self.send_header("content-length", "2")
         self.end_headers()
