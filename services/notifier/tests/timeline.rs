@@ -275,3 +275,62 @@ async fn timeline_in_order_with_filters_and_on_the_integration_stream() -> Resul
         .is_err());
     Ok(())
 }
+
+#[tokio::test]
+async fn the_integration_stream_resumes_after_a_restart_without_loss() -> Result<()> {
+    init_tracing();
+    let nats = NatsServer::start(NatsVersion::Legacy)?;
+    let client = nats.connect().await?;
+    let store = open_store(&client, 1).await?;
+    let key = SecretKey::from_base64(&SecretKey::generate_base64())?;
+    let owner = owner(&store, &key, NotifySetting::None, &Channels::default()).await?;
+    let (svc, mut v) = service(&store, &key, &owner, None).await?;
+    let mut sub = client
+        .subscribe(store.subjects().service_events(&svc))
+        .await?;
+    client.flush().await?;
+    let start = || {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(
+            berth_notifier::component(store.clone(), key.clone(), crate::notify::test_options())
+                .run(shutdown.clone(), None),
+        );
+        (shutdown, task)
+    };
+    let counts = |from: u32| -> Vec<Event> {
+        (from..from + 3)
+            .map(|n| InstanceCountChanged { from: n, to: n + 1 }.into())
+            .collect()
+    };
+    let mut recv = async |n: usize| -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let m = tokio::time::timeout(Duration::from_secs(15), sub.next())
+                .await?
+                .unwrap();
+            let t: TimelineEvent = serde_json::from_slice(&m.payload)?;
+            out.push(t.details["fromInstances"].as_u64().unwrap());
+        }
+        Ok(out)
+    };
+
+    let (shutdown, task) = start();
+    v = append(&store, &svc, v, counts(1)).await?;
+    assert_eq!(recv(3).await?, [1, 2, 3]);
+    shutdown.cancel();
+    task.await??;
+    // Written while no notifier runs: published once it is back, in order,
+    // and nothing from before is sent again after a clean stop.
+    append(&store, &svc, v, counts(4)).await?;
+    let (shutdown, task) = start();
+    assert_eq!(recv(3).await?, [4, 5, 6]);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), sub.next())
+            .await
+            .is_err(),
+        "republished after a clean restart"
+    );
+    shutdown.cancel();
+    task.await??;
+    Ok(())
+}
