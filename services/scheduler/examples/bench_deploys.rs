@@ -96,6 +96,69 @@ async fn wait_for(
     }
 }
 
+/// Median time between the pipeline's stages over the service's deploys,
+/// from the events' own timestamps.
+async fn stages(w: &World, svc: &ServiceId) {
+    const NAMES: [&str; 8] = [
+        "deploy_created",
+        "image_resolved",
+        "update_started",
+        "instance_scheduled",
+        "image_pulled",
+        "instance_started",
+        "instance_healthy",
+        "deploy_live",
+    ];
+    let events = w
+        .store
+        .load(&AggregateId::Service(svc.clone()))
+        .await
+        .unwrap()
+        .events;
+    let mut deploy_of = HashMap::new();
+    let mut at: HashMap<DeployId, [Option<chrono::DateTime<chrono::Utc>>; 8]> = HashMap::new();
+    for e in &events {
+        let (d, stage) = match &e.event {
+            Event::DeployCreated(x) => (x.deploy.clone(), 0),
+            Event::ImageResolved(x) => (x.deploy.clone(), 1),
+            Event::UpdateStarted(x) => (x.deploy.clone(), 2),
+            Event::InstanceScheduled(x) => {
+                deploy_of.insert(x.instance.clone(), x.deploy.clone());
+                (x.deploy.clone(), 3)
+            }
+            Event::ImagePulled(x) => (x.deploy.clone(), 4),
+            Event::InstanceStarted(x) => match deploy_of.get(&x.instance) {
+                Some(d) => (d.clone(), 5),
+                None => continue,
+            },
+            Event::InstanceHealthy(x) => match deploy_of.get(&x.instance) {
+                Some(d) => (d.clone(), 6),
+                None => continue,
+            },
+            Event::DeployLive(x) => (x.deploy.clone(), 7),
+            _ => continue,
+        };
+        let slot = &mut at.entry(d).or_default()[stage];
+        if slot.is_none() {
+            *slot = Some(e.time);
+        }
+    }
+    for i in 1..NAMES.len() {
+        let mut gaps: Vec<Duration> = at
+            .values()
+            .filter_map(|t| Some((t[i]? - t[i - 1]?).to_std().unwrap_or_default()))
+            .collect();
+        gaps.sort();
+        println!(
+            "  {} → {}: median {:?} (n={})",
+            NAMES[i - 1],
+            NAMES[i],
+            percentile(&gaps, 0.5),
+            gaps.len()
+        );
+    }
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let mut args = std::env::args().skip(1);
@@ -121,7 +184,7 @@ async fn main() {
     // is quick and a node's next start for the service (its jobs run one at
     // a time per service) does not wait out the shutdown delay.
     let quick_stop = std::env::var_os("BENCH_SLOW_STOP").is_none();
-    let (svc, d0) = w
+    let (svc, d0): (ServiceId, DeployId) = w
         .create(ServiceType::WebService, |c| {
             if quick_stop {
                 c.docker_command = Some(
@@ -143,6 +206,7 @@ async fn main() {
         }
     }
     report("hook→live (warm cache, sequential)", latencies);
+    stages(&w, &svc).await;
 
     // 2. a burst of services at once.
     let t0 = Instant::now();
