@@ -272,3 +272,49 @@ async fn on_shutdown_in_flight_requests_finish() -> Result<()> {
     assert!(tokio::net::TcpStream::connect(env.addr).await.is_err());
     Ok(())
 }
+
+/// The table is in memory: a NATS outage does not stop routing, and once
+/// the server is back the router follows the log again.
+#[tokio::test]
+async fn routing_survives_a_nats_outage_and_catches_up_after() -> Result<()> {
+    let mut env = Env::start().await?;
+    let http = HttpClient::new(env.addr);
+    let b1 = Backend::start("v1", 1).await?;
+    let b2 = Backend::start("v2", 1).await?;
+    let mut s = Svc::create(&env.store, "steady", ServiceType::WebService).await?;
+    s.first_deploy(1, &[b1.addr]).await?;
+    env.synced(env.store.last_stream_seq().await?).await?;
+
+    env.nats.kill9()?;
+    for _ in 0..5 {
+        assert_eq!(http.get("steady.localhost", "/").await?.1, "v1 1");
+    }
+    env.nats.restart()?;
+
+    // A deploy recorded after the restart reaches the router's table.
+    // The client reconnects by itself; wait for it before appending.
+    let t = std::time::Instant::now();
+    while env.store.last_stream_seq().await.is_err() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(30),
+            "no reconnect"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let deploy = s.request_deploy().await?;
+    s.resolve_and_update(2).await?;
+    let ids = s.start_instances(&deploy, 2, &[b2.addr]).await?;
+    s.healthy(&ids).await?;
+    let seq = s.live(&deploy, 2).await?;
+    let t = std::time::Instant::now();
+    while env.routes.load().applied_seq < seq {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(60),
+            "router did not follow the log after the restart"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    println!("router caught up {:?} after the last append", t.elapsed());
+    assert_eq!(http.get("steady.localhost", "/").await?.1, "v2 1");
+    Ok(())
+}
