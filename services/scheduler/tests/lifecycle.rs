@@ -85,4 +85,44 @@ async fn restart_replaces_every_instance_suspend_stops_all_resume_deploys_again(
     assert!(resumed
         .iter()
         .all(|i| !after.contains(i) && !before.contains(i)));
+
+    // Deleted: every container goes (the log cannot record facts about a
+    // deleted service any more, so only the nodes show it).
+    w.command(&svc, Command::Delete).await;
+    let t0 = Instant::now();
+    while !containers(&nodes).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "deleted service still runs {:?}",
+            containers(&nodes)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rollback_runs_the_recorded_digest_again() {
+    let w = World::start().await;
+    let n1 = w.start_node("n1").await;
+    let n2 = w.start_node("n2").await;
+    let _scheduler = w.start_scheduler().await;
+    let (svc, d1) = w.create(ServiceType::WebService, |_| {}).await;
+    w.wait_live(&svc, &d1).await;
+    let d2 = w.deploy(&svc, "v2").await;
+    w.wait_live(&svc, &d2).await;
+    let d3 = DeployId::generate();
+    w.command(
+        &svc,
+        Command::RequestDeploy(berth_domain::service::DeployRequest::rollback(
+            d3.clone(),
+            d1.clone(),
+        )),
+    )
+    .await;
+    w.wait_live(&svc, &d3).await;
+    let ids = settled(&w, &svc, &[&n1, &n2], 1).await;
+    let s = w.state(&svc).await;
+    let i = s.instances.iter().next().unwrap();
+    assert_eq!(ids, vec![i.id.to_string()]);
+    assert_eq!((&i.deploy, &i.digest), (&d3, &w.v1));
 }
