@@ -7,8 +7,9 @@
 //! exited, restarted, stopped) are what a node *saw* and no deploy rule
 //! depends on them yet; they go onto the service's subject as they are —
 //! refusing a fact would only lose it — but only facts of those kinds, and
-//! never onto a deleted service. Facts with rules (pulled, pull failed,
-//! pre-deploy or cron run ended) go through the service's own decide.
+//! onto a deleted service only its instances' stops. Facts with rules
+//! (pulled, pull failed, pre-deploy or cron run ended) go through the
+//! service's own decide.
 
 use berth_schemas::events::{NodeLost, NodeRecovered, NodeRegistered};
 use berth_schemas::{Envelope, Event};
@@ -137,7 +138,10 @@ pub fn report(state: &ServiceState, fact: Event) -> Result<Vec<Event>, DomainErr
             format!("{} is not an instance fact", fact.type_name()),
         ));
     }
-    if state.status == ServiceStatus::Deleted {
+    // A deleted service's instances are stopped by the scheduler; those
+    // stops are still recorded, so its instance list empties and nothing
+    // keeps asking nodes to stop them.
+    if state.status == ServiceStatus::Deleted && !matches!(fact, Event::InstanceStopped(_)) {
         return Err(DomainError::not_found("service", ""));
     }
     Ok(vec![fact])
@@ -253,6 +257,10 @@ mod tests {
             report(&deleted, fact).unwrap_err().kind(),
             ErrorKind::NotFound
         );
+        let stopped = Event::InstanceStopped(berth_schemas::events::InstanceStopped {
+            instance: InstanceId::generate(),
+        });
+        assert_eq!(report(&deleted, stopped.clone()).unwrap(), vec![stopped]);
         let not_a_fact = Event::NodeRecovered(NodeRecovered {});
         assert_eq!(
             report(&live, not_a_fact).unwrap_err().kind(),

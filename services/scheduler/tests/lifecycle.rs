@@ -86,11 +86,10 @@ async fn restart_replaces_every_instance_suspend_stops_all_resume_deploys_again(
         .iter()
         .all(|i| !after.contains(i) && !before.contains(i)));
 
-    // Deleted: every container goes (the log cannot record facts about a
-    // deleted service any more, so only the nodes show it).
+    // Deleted: every container goes, and its stop is recorded.
     w.command(&svc, Command::Delete).await;
     let t0 = Instant::now();
-    while !containers(&nodes).is_empty() {
+    while !containers(&nodes).is_empty() || !w.state(&svc).await.instances.is_empty() {
         assert!(
             t0.elapsed() < Duration::from_secs(30),
             "deleted service still runs {:?}",
