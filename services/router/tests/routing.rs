@@ -258,12 +258,14 @@ async fn on_shutdown_in_flight_requests_finish() -> Result<()> {
 
     let http = HttpClient::new(env.addr);
     let slow = tokio::spawn(async move { http.get("drain.localhost", "/slow").await });
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // Stop once the request is at the instance (which answers 300 ms later).
+    while b.hits() == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     let t = std::time::Instant::now();
     env.stop().await;
-    // The router waited for the answer (300 ms after the request) to stop.
     assert!(
-        t.elapsed() >= std::time::Duration::from_millis(150),
+        t.elapsed() >= std::time::Duration::from_millis(100),
         "router stopped before its request ended ({:?})",
         t.elapsed()
     );
