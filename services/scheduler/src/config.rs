@@ -53,6 +53,9 @@ pub struct SchedulerOptions {
     /// How long past its timeout a pre-deploy run may take to be reported
     /// before its node is assumed to have died with it.
     pub pre_deploy_grace: Duration,
+    /// After a node failed to pull the live deploy's image, no more of its
+    /// instances are placed for this long.
+    pub pull_backoff: Duration,
     pub concurrency: usize,
     /// Ack wait of the event consumer.
     pub ack_wait: Duration,
@@ -74,6 +77,7 @@ impl Default for SchedulerOptions {
             readiness_window: DEFAULT_READINESS_WINDOW,
             pre_deploy_timeout_secs: 1800,
             pre_deploy_grace: Duration::from_secs(60),
+            pull_backoff: Duration::from_secs(60),
             concurrency: 8,
             ack_wait: Duration::from_secs(30),
             max_deliver: 10,

@@ -210,6 +210,15 @@ async fn pass(inner: &Inner, service: &ServiceId) -> Result<Next, SchedulerError
             _ => None,
         })
     });
+    // Pull failures on nodes: (deploy, node, when).
+    let pull_failures: Vec<(DeployId, NodeId, DateTime<Utc>)> = loaded
+        .events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::ImagePullFailed(f) => Some((f.deploy.clone()?, f.node.clone()?, e.time)),
+            _ => None,
+        })
+        .collect();
     let p = Pass {
         inner,
         service,
@@ -258,7 +267,26 @@ async fn pass(inner: &Inner, service: &ServiceId) -> Result<Next, SchedulerError
     }
 
     // 3. Reconcile and carry out.
-    let plan = reconcile(&p.state, &view, Utc::now(), &mut RandomIds);
+    // An instance of the live deploy whose node could not pull it (the
+    // registry lost the image, say) will never start: it is let go, and no
+    // new instance of that deploy is placed for a back-off after the last
+    // such failure, so a lost image is retried, not hammered.
+    let now = Utc::now();
+    let failed_pull = |i: &service::Instance| {
+        pull_failures.iter().any(|(d, n, t)| {
+            d == &i.deploy && n == &i.node && i.scheduled_at.is_none_or(|s| *t >= s)
+        })
+    };
+    let backoff_until = p.state.live.as_ref().and_then(|live| {
+        let last = pull_failures
+            .iter()
+            .filter(|(d, _, _)| d == live)
+            .map(|(_, _, t)| *t)
+            .max()?;
+        let until = last.checked_add_signed(TimeDelta::from_std(inner.opts.pull_backoff).ok()?)?;
+        (until > now).then_some((live.clone(), until))
+    });
+    let plan = reconcile(&p.state, &view, now, &mut RandomIds);
     let mut scheduled = Vec::new();
     let mut rescheduled = Vec::new();
     let mut stops = Vec::new();
@@ -299,6 +327,15 @@ async fn pass(inner: &Inner, service: &ServiceId) -> Result<Next, SchedulerError
             other => verdicts.push(other),
         }
     }
+    if let Some((live, until)) = &backoff_until {
+        let before = scheduled.len();
+        scheduled.retain(|s| &s.deploy != live);
+        if scheduled.len() < before {
+            let wait = (*until - now).to_std().unwrap_or(Duration::ZERO);
+            tracing::info!(service.id = %service, deploy.id = %live, wait_ms = wait.as_millis() as u64, "pull failed recently; not placing more instances yet");
+            requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
+        }
+    }
     if let Some(first) = scheduled
         .first()
         .map(|s| s.instance.clone())
@@ -326,6 +363,10 @@ async fn pass(inner: &Inner, service: &ServiceId) -> Result<Next, SchedulerError
             continue;
         }
         if stops.contains(&i.id) {
+            continue;
+        }
+        if failed_pull(i) {
+            stops.push(i.id.clone());
             continue;
         }
         let Some(d) = p.state.deploy(&i.deploy) else {
