@@ -320,3 +320,19 @@ async fn routing_survives_a_nats_outage_and_catches_up_after() -> Result<()> {
     assert_eq!(http.get("steady.localhost", "/").await?.1, "v2 1");
     Ok(())
 }
+
+/// Debian's nats-server 2.9 (one filter subject, ordered consumer) works too.
+#[tokio::test]
+async fn routes_on_nats_2_9() -> Result<()> {
+    let env = Env::start_on(berth_tests::NatsVersion::Legacy).await?;
+    let b = Backend::start("v1", 1).await?;
+    let mut s = Svc::create(&env.store, "old", ServiceType::WebService).await?;
+    s.first_deploy(1, &[b.addr]).await?;
+    env.synced(env.store.last_stream_seq().await?).await?;
+    let http = HttpClient::new(env.addr);
+    assert_eq!(
+        http.get("old.localhost", "/").await?,
+        (StatusCode::OK, "v1 1".into())
+    );
+    Ok(())
+}

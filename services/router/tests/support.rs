@@ -47,8 +47,12 @@ pub struct Env {
 
 impl Env {
     pub async fn start() -> Result<Env> {
+        Self::start_on(NatsVersion::Modern).await
+    }
+
+    pub async fn start_on(version: NatsVersion) -> Result<Env> {
         berth_tests::init_tracing();
-        let nats = NatsServer::start(NatsVersion::Modern)?;
+        let nats = NatsServer::start(version)?;
         let client = nats.connect().await?;
         let store = EventStore::open(
             client,
