@@ -86,3 +86,76 @@ async fn zero_failed_requests_through_a_real_deploy() {
     );
     assert!(total > 100, "too little load: {total}");
 }
+
+/// A restart replaces every instance (new ones first, old ones once the new
+/// serve): under load nothing fails and every answer is still v1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn zero_failed_requests_through_a_restart() {
+    let w = World::start().await;
+    let _n1 = w.start_node("n1").await;
+    let _n2 = w.start_node("n2").await;
+    let _scheduler = w.start_scheduler().await;
+    let (_routes, router, stop_router, _task) = spawn_router(&w.store).await.unwrap();
+    let _stop = stop_router.drop_guard();
+
+    let (svc, d1) = w
+        .create(ServiceType::WebService, |c| {
+            c.num_instances = Some(2);
+            c.docker_command = Some(HTTPD.into());
+        })
+        .await;
+    let host = format!("{}.localhost", w.state(&svc).await.config.unwrap().name);
+    w.wait_live(&svc, &d1).await;
+    let http = HttpClient::new(router);
+    let t0 = Instant::now();
+    while !matches!(http.get(&host, "/version").await, Ok((StatusCode::OK, _))) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "router never served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let old: Vec<String> = w
+        .state(&svc)
+        .await
+        .instances
+        .iter()
+        .map(|i| i.id.to_string())
+        .collect();
+
+    let load = Load::start(router, &host, 8, "/version", None, Duration::from_millis(5));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    w.command(&svc, berth_domain::service::Command::Restart)
+        .await;
+    w.wait_events(&svc, Duration::from_secs(90), "old instances stopped", |ev| {
+        ev.iter()
+            .filter(|e| matches!(&e.event, Event::InstanceStopped(s) if old.contains(&s.instance.to_string())))
+            .count()
+            == old.len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let seen = load.finish().await.unwrap();
+    let mut total = 0;
+    for (c, s) in seen.iter().enumerate() {
+        total += s.versions.len();
+        assert!(
+            s.failures.is_empty(),
+            "client {c}: {:?}",
+            &s.failures[..s.failures.len().min(3)]
+        );
+        assert!(s.versions.iter().all(|v| v == "v1"), "client {c}");
+    }
+    let now: Vec<String> = w
+        .state(&svc)
+        .await
+        .instances
+        .iter()
+        .map(|i| i.id.to_string())
+        .collect();
+    assert!(
+        now.iter().all(|i| !old.contains(i)),
+        "an old instance survived the restart"
+    );
+    println!("e2e restart: {total} requests by 8 clients, 0 failed");
+}
