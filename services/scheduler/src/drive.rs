@@ -54,7 +54,10 @@ pub(crate) async fn drive(inner: &Inner, service: &ServiceId) -> Result<(), Sche
     let lock = inner.service_lock(service);
     let _held = lock.lock().await;
     for _ in 0..MAX_ROUNDS {
-        match pass(inner, service).await? {
+        let t0 = std::time::Instant::now();
+        let next = pass(inner, service).await;
+        metrics::histogram!("berth_scheduler_pass_seconds").record(t0.elapsed().as_secs_f64());
+        match next? {
             Next::Done(requeue) => {
                 if let Some(after) = requeue {
                     inner.requeue(service, after);
@@ -342,6 +345,7 @@ async fn pass(inner: &Inner, service: &ServiceId) -> Result<Next, SchedulerError
         .or_else(|| rescheduled.first().map(|r| r.replacement.clone()))
     {
         let n = scheduled.len() + rescheduled.len();
+        metrics::counter!("berth_scheduler_instances_placed_total").increment(n as u64);
         tracing::info!(service.id = %service, new = scheduled.len(), moved = rescheduled.len(), "placing instances");
         let key = format!("place-{first}-{n}");
         if p.decide(
@@ -408,11 +412,15 @@ async fn pass(inner: &Inner, service: &ServiceId) -> Result<Next, SchedulerError
         let (command, key) = match v {
             Action::MarkLive { deploy, digest } => {
                 tracing::info!(service.id = %service, deploy.id = %deploy, "deploy live");
+                metrics::counter!("berth_scheduler_verdicts_total", "verdict" => "live")
+                    .increment(1);
                 let key = format!("live-{deploy}");
                 (Command::RecordLive { deploy, digest }, key)
             }
             Action::FailDeploy { deploy, reason } => {
                 tracing::info!(service.id = %service, deploy.id = %deploy, reason = %reason, "deploy failed");
+                metrics::counter!("berth_scheduler_verdicts_total", "verdict" => "update_failed")
+                    .increment(1);
                 let key = format!("failed-{deploy}");
                 (
                     Command::RecordFailed {

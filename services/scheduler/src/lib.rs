@@ -25,6 +25,11 @@
 //!
 //! Several copies may run: appends name the version they were decided on,
 //! so two copies never both place the instances one decision wanted.
+//!
+//! Metrics: `berth_scheduler_pass_seconds` (histogram),
+//! `berth_scheduler_instances_placed_total`,
+//! `berth_scheduler_verdicts_total{verdict=live|update_failed}` (the
+//! decisions this copy made), `berth_scheduler_nodes_declared_lost_total`.
 
 mod cluster;
 mod config;
@@ -308,6 +313,7 @@ async fn periodic(inner: Arc<Inner>, shutdown: CancellationToken) {
 async fn lost_check(inner: &Arc<Inner>) {
     for (node, last) in inner.cluster.newly_silent() {
         tracing::warn!(node.id = %node, last_heartbeat = %last, "node silent; declaring it lost");
+        metrics::counter!("berth_scheduler_nodes_declared_lost_total").increment(1);
         let key = format!("lost-{node}-{}", last.timestamp_millis());
         if let Err(e) = inner
             .cluster
