@@ -152,3 +152,53 @@ async fn two_scheduler_copies_place_each_instance_once() {
         .iter()
         .all(|e| !matches!(e.event, Event::InstanceStopped(_))));
 }
+
+/// The exact crash window: instances appended, the scheduler dies before
+/// enqueueing a thing. The next scheduler starts them, places no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_appended_but_never_enqueued_are_started_by_the_next_scheduler() {
+    use berth_domain::service::Command;
+    use berth_schemas::events::InstanceScheduled;
+    use berth_schemas::ids::InstanceId;
+
+    let w = World::start().await;
+    let n1 = w.start_node("n1").await;
+    let n2 = w.start_node("n2").await;
+    let (svc, d1) = w
+        .create(ServiceType::BackgroundWorker, |c| c.num_instances = Some(2))
+        .await;
+    w.wait_events(&svc, Duration::from_secs(30), "resolved", |ev| {
+        count(ev, "image_resolved") == 1
+    })
+    .await;
+    // What a scheduler did before it was killed.
+    w.command(&svc, Command::RecordUpdateStarted { deploy: d1.clone() })
+        .await;
+    let placed: Vec<InstanceScheduled> = [&n1, &n2]
+        .iter()
+        .map(|n| InstanceScheduled {
+            instance: InstanceId::generate(),
+            deploy: d1.clone(),
+            node: n.id.clone(),
+            digest: w.v1.clone(),
+        })
+        .collect();
+    w.command(
+        &svc,
+        Command::Place {
+            scheduled: placed.clone(),
+            rescheduled: vec![],
+        },
+    )
+    .await;
+    assert!(containers(&[&n1, &n2]).is_empty());
+
+    let _scheduler = w.start_scheduler().await;
+    w.wait_live(&svc, &d1).await;
+    let ev = w.events(&svc).await;
+    assert_eq!(count(&ev, "instance_scheduled"), 2, "{:?}", types(&ev));
+    let mut want: Vec<String> = placed.iter().map(|p| p.instance.to_string()).collect();
+    want.sort();
+    assert_eq!(n1.containers(), vec![placed[0].instance.to_string()]);
+    assert_eq!(containers(&[&n1, &n2]), want);
+}
