@@ -102,3 +102,34 @@ async fn web_service_goes_live_then_a_second_deploy_replaces_it_after_it_is_heal
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The same pipeline on Debian's nats-server 2.9 (stream listing by
+/// subject filter, durable consumers, dedupe all work there too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn goes_live_and_scales_on_nats_server_2_9() {
+    let w = World::start_on(berth_tests::NatsVersion::Legacy).await;
+    let n1 = w.start_node("n1").await;
+    let n2 = w.start_node("n2").await;
+    // A service created before the scheduler runs is found by its sweep.
+    let (svc, d1) = w.create(ServiceType::BackgroundWorker, |_| {}).await;
+    let _scheduler = w.start_scheduler().await;
+    w.wait_live(&svc, &d1).await;
+    w.command(
+        &svc,
+        berth_domain::service::Command::Scale { num_instances: 2 },
+    )
+    .await;
+    let t0 = std::time::Instant::now();
+    loop {
+        let s = w.state(&svc).await;
+        let ids: Vec<String> = s.instances.iter().map(|i| i.id.to_string()).collect();
+        if ids.len() == 2
+            && s.instances.iter().all(|i| i.is_healthy())
+            && containers(&[&n1, &n2]) == ids
+        {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", s.instances);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
