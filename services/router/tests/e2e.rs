@@ -13,8 +13,9 @@ use berth_schemas::Event;
 use http::StatusCode;
 use tokio_util::sync::DropGuard;
 
+use crate::load::{assert_switched_once, Load};
 use crate::sched::{types, RunningNode, World};
-use crate::support::{assert_switched_once, spawn_router, HttpClient, Load};
+use crate::support::{spawn_router, HttpClient};
 
 /// Serves `/version` (`v1` or `v2`, from the image's `V`) and the health
 /// check path on `$PORT`.

@@ -5,6 +5,7 @@
 // world (store, registry, resolver, nodes, scheduler), shared as they are.
 #[path = "../../../tests/tests/agent_support/mod.rs"]
 mod agent_support;
+mod load;
 #[path = "../../scheduler/tests/support.rs"]
 mod sched;
 mod support;

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use berth_schemas::model::ServiceType;
 
-use crate::support::{assert_switched_once, Backend, Env, Load, Svc};
+use crate::load::{assert_switched_once, Load};
+use crate::support::{Backend, Env, Svc};
 
 const CLIENTS: usize = 8;
 
