@@ -25,24 +25,24 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use berth_domain::reference::Reference;
-use berth_domain::scheduler::{place, reconcile, Action, ClusterView, RandomIds, PLACEMENT_RETRY};
+use berth_domain::scheduler::{place, reconcile, ClusterView, RandomIds, PLACEMENT_RETRY};
 use berth_domain::service::{self, Command, Deploy, InstancePhase, ServiceConfig, ServiceState};
 use berth_domain::Ctx;
 use berth_eventlog::{NewEvent, Version};
 use berth_schemas::commands::{NodeRunSpec, NodeWork, OneOffPurpose};
-use berth_schemas::events::{InstanceRescheduled, InstanceScheduled};
 use berth_schemas::ids::{DeployId, InstanceId, NodeId, ServiceId};
 use berth_schemas::model::{DeployPhase, DeployStatus, ServiceType};
 use berth_schemas::{Actor, AggregateId, Event};
 use chrono::{DateTime, TimeDelta, Utc};
 
+use crate::carry::{self, PullFailures};
 use crate::{Inner, SchedulerError};
 
 /// Passes of one drive before giving up (each after a conflict or a step).
 const MAX_ROUNDS: usize = 12;
 
 /// What a pass leaves to do.
-enum Next {
+pub(crate) enum Next {
     /// Nothing until the next event, or until `requeue`.
     Done(Option<Duration>),
     /// State moved (our append or someone else's): pass again.
@@ -73,12 +73,12 @@ pub(crate) async fn drive(inner: &Inner, service: &ServiceId) -> Result<(), Sche
 }
 
 /// One decision on one loaded state.
-struct Pass<'a> {
-    inner: &'a Inner,
-    service: &'a ServiceId,
+pub(crate) struct Pass<'a> {
+    pub(crate) inner: &'a Inner,
+    pub(crate) service: &'a ServiceId,
     aggregate: AggregateId,
     version: Version,
-    state: ServiceState,
+    pub(crate) state: ServiceState,
     pre_deploy_since: Option<DateTime<Utc>>,
 }
 
@@ -86,7 +86,7 @@ impl Pass<'_> {
     /// Decides `command` on the loaded state and appends the outcome at the
     /// loaded version. True when something was appended (or someone else
     /// changed the service): the caller passes again.
-    async fn decide(&self, command: Command, key: &str) -> Result<bool, SchedulerError> {
+    pub(crate) async fn decide(&self, command: Command, key: &str) -> Result<bool, SchedulerError> {
         let what = format!("{command:?}");
         let events = match service::decide(&self.state, command, &Ctx::default()) {
             Ok(e) => e,
@@ -127,7 +127,7 @@ impl Pass<'_> {
         }
     }
 
-    async fn enqueue(
+    pub(crate) async fn enqueue(
         &self,
         node: &NodeId,
         work: &NodeWork,
@@ -148,7 +148,7 @@ impl Pass<'_> {
         Ok(())
     }
 
-    fn run_spec(
+    pub(crate) fn run_spec(
         &self,
         cfg: &ServiceConfig,
         d: &Deploy,
@@ -213,15 +213,7 @@ async fn pass(inner: &Inner, service: &ServiceId) -> Result<Next, SchedulerError
             _ => None,
         })
     });
-    // Pull failures on nodes: (deploy, node, when).
-    let pull_failures: Vec<(DeployId, NodeId, DateTime<Utc>)> = loaded
-        .events
-        .iter()
-        .filter_map(|e| match &e.event {
-            Event::ImagePullFailed(f) => Some((f.deploy.clone()?, f.node.clone()?, e.time)),
-            _ => None,
-        })
-        .collect();
+    let pull_failures = PullFailures::from_events(&loaded.events);
     let p = Pass {
         inner,
         service,
@@ -269,179 +261,10 @@ async fn pass(inner: &Inner, service: &ServiceId) -> Result<Next, SchedulerError
         }
     }
 
-    // 3. Reconcile and carry out.
-    // An instance of the live deploy whose node could not pull it (the
-    // registry lost the image, say) will never start: it is let go, and no
-    // new instance of that deploy is placed for a back-off after the last
-    // such failure, so a lost image is retried, not hammered.
+    // 3. Reconcile and carry out the plan.
     let now = Utc::now();
-    let failed_pull = |i: &service::Instance| {
-        pull_failures.iter().any(|(d, n, t)| {
-            d == &i.deploy && n == &i.node && i.scheduled_at.is_none_or(|s| *t >= s)
-        })
-    };
-    let backoff_until = p.state.live.as_ref().and_then(|live| {
-        let last = pull_failures
-            .iter()
-            .filter(|(d, _, _)| d == live)
-            .map(|(_, _, t)| *t)
-            .max()?;
-        let until = last.checked_add_signed(TimeDelta::from_std(inner.opts.pull_backoff).ok()?)?;
-        (until > now).then_some((live.clone(), until))
-    });
     let plan = reconcile(&p.state, &view, now, &mut RandomIds);
-    let mut scheduled = Vec::new();
-    let mut rescheduled = Vec::new();
-    let mut stops = Vec::new();
-    let mut verdicts = Vec::new();
-    for a in plan.actions {
-        match a {
-            Action::Schedule {
-                instance,
-                deploy,
-                node,
-                digest,
-            } => scheduled.push(InstanceScheduled {
-                instance,
-                deploy,
-                node,
-                digest,
-            }),
-            // Only instances recorded lost move (see the domain's `Place`);
-            // one on a node this copy has not loaded yet stays put.
-            Action::Reschedule { instance, .. }
-                if p.state
-                    .instances
-                    .get(&instance)
-                    .is_none_or(|i| i.phase != InstancePhase::Lost) => {}
-            Action::Reschedule {
-                instance,
-                replacement,
-                from_node,
-                to_node,
-                ..
-            } => rescheduled.push(InstanceRescheduled {
-                instance,
-                replacement,
-                from_node,
-                to_node,
-            }),
-            Action::Stop { instance } => stops.push(instance),
-            other => verdicts.push(other),
-        }
-    }
-    if let Some((live, until)) = &backoff_until {
-        let before = scheduled.len();
-        scheduled.retain(|s| &s.deploy != live);
-        if scheduled.len() < before {
-            let wait = (*until - now).to_std().unwrap_or(Duration::ZERO);
-            tracing::info!(service.id = %service, deploy.id = %live, wait_ms = wait.as_millis() as u64, "pull failed recently; not placing more instances yet");
-            requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
-        }
-    }
-    if let Some(first) = scheduled
-        .first()
-        .map(|s| s.instance.clone())
-        .or_else(|| rescheduled.first().map(|r| r.replacement.clone()))
-    {
-        let n = scheduled.len() + rescheduled.len();
-        metrics::counter!("berth_scheduler_instances_placed_total").increment(n as u64);
-        tracing::info!(service.id = %service, new = scheduled.len(), moved = rescheduled.len(), "placing instances");
-        let key = format!("place-{first}-{n}");
-        if p.decide(
-            Command::Place {
-                scheduled,
-                rescheduled,
-            },
-            &key,
-        )
-        .await?
-        {
-            return Ok(Next::Again);
-        }
-    }
-
-    // Every instance placed but not started hears about it (again).
-    for i in p.state.instances.iter() {
-        if i.phase != InstancePhase::Scheduled || inner.cluster.is_recorded_lost(&i.node) {
-            continue;
-        }
-        if stops.contains(&i.id) {
-            continue;
-        }
-        if failed_pull(i) {
-            stops.push(i.id.clone());
-            continue;
-        }
-        let Some(d) = p.state.deploy(&i.deploy) else {
-            continue;
-        };
-        if let Some(spec) = p.run_spec(&cfg, d, &i.id, &i.digest) {
-            p.enqueue(&i.node, &NodeWork::RunInstance(spec), i.id.as_str())
-                .await?;
-        }
-    }
-
-    let mut release = Vec::new();
-    for id in stops {
-        let Some(i) = p.state.instances.get(&id) else {
-            continue;
-        };
-        let node_gone = i.phase == InstancePhase::Lost || inner.cluster.is_recorded_lost(&i.node);
-        if !node_gone {
-            let work = NodeWork::StopInstance {
-                service: service.clone(),
-                instance: id.clone(),
-            };
-            p.enqueue(&i.node, &work, &format!("stop-{id}")).await?;
-        }
-        if node_gone || i.phase == InstancePhase::Scheduled {
-            release.push(id);
-        }
-    }
-    if let Some(first) = release.first() {
-        let key = format!("release-{first}-{}", release.len());
-        if p.decide(Command::Release { instances: release }, &key)
-            .await?
-        {
-            return Ok(Next::Again);
-        }
-    }
-
-    for v in verdicts {
-        let (command, key) = match v {
-            Action::MarkLive { deploy, digest } => {
-                tracing::info!(service.id = %service, deploy.id = %deploy, "deploy live");
-                metrics::counter!("berth_scheduler_verdicts_total", "verdict" => "live")
-                    .increment(1);
-                let key = format!("live-{deploy}");
-                (Command::RecordLive { deploy, digest }, key)
-            }
-            Action::FailDeploy { deploy, reason } => {
-                tracing::info!(service.id = %service, deploy.id = %deploy, reason = %reason, "deploy failed");
-                metrics::counter!("berth_scheduler_verdicts_total", "verdict" => "update_failed")
-                    .increment(1);
-                let key = format!("failed-{deploy}");
-                (
-                    Command::RecordFailed {
-                        deploy,
-                        status: DeployStatus::UpdateFailed,
-                        reason,
-                    },
-                    key,
-                )
-            }
-            _ => continue,
-        };
-        if p.decide(command, &key).await? {
-            return Ok(Next::Again);
-        }
-    }
-    let requeue = match (requeue, plan.requeue_after) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    Ok(Next::Done(requeue))
+    carry::carry_out(&p, &cfg, plan, &pull_failures, now, requeue).await
 }
 
 /// What the pipeline step did.

@@ -31,6 +31,7 @@
 //! `berth_scheduler_verdicts_total{verdict=live|update_failed}` (the
 //! decisions this copy made), `berth_scheduler_nodes_declared_lost_total`.
 
+mod carry;
 mod cluster;
 mod config;
 mod drive;

@@ -1,0 +1,274 @@
+//! Carrying out one reconcile plan (step 3 of a pass, see [`drive`](crate::drive)):
+//! new and moved instances appended in one decision before any node hears
+//! of them, `RunInstance` (again) for every instance still only scheduled,
+//! stops enqueued or recorded, then the deploy's verdict.
+
+use std::time::Duration;
+
+use berth_domain::scheduler::{Action, Plan};
+use berth_domain::service::{Command, Instance, InstancePhase, ServiceConfig};
+use berth_schemas::commands::NodeWork;
+use berth_schemas::events::{InstanceRescheduled, InstanceScheduled};
+use berth_schemas::ids::{DeployId, InstanceId, NodeId};
+use berth_schemas::model::DeployStatus;
+use berth_schemas::{Envelope, Event};
+use chrono::{DateTime, TimeDelta, Utc};
+
+use crate::drive::{Next, Pass};
+use crate::SchedulerError;
+
+/// Where nodes failed to pull a deploy's image: (deploy, node, when).
+pub(crate) struct PullFailures(Vec<(DeployId, NodeId, DateTime<Utc>)>);
+
+impl PullFailures {
+    pub(crate) fn from_events(events: &[Envelope]) -> Self {
+        Self(
+            events
+                .iter()
+                .filter_map(|e| match &e.event {
+                    Event::ImagePullFailed(f) => Some((f.deploy.clone()?, f.node.clone()?, e.time)),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+
+    /// The instance's node could not pull it after it was placed: it will
+    /// never start.
+    fn stranded(&self, i: &Instance) -> bool {
+        self.0.iter().any(|(d, n, t)| {
+            d == &i.deploy && n == &i.node && i.scheduled_at.is_none_or(|s| *t >= s)
+        })
+    }
+
+    /// Until when no new instance of `live` is placed: `backoff` after the
+    /// last failed pull of it (a lost image is retried, not hammered).
+    fn backoff_until(
+        &self,
+        live: &DeployId,
+        backoff: Duration,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let last = self
+            .0
+            .iter()
+            .filter(|(d, _, _)| d == live)
+            .map(|(_, _, t)| *t)
+            .max()?;
+        let until = last.checked_add_signed(TimeDelta::from_std(backoff).ok()?)?;
+        (until > now).then_some(until)
+    }
+}
+
+/// The plan's actions by kind.
+#[derive(Default)]
+struct Sorted {
+    scheduled: Vec<InstanceScheduled>,
+    rescheduled: Vec<InstanceRescheduled>,
+    stops: Vec<InstanceId>,
+    verdicts: Vec<Action>,
+}
+
+fn sort(p: &Pass<'_>, actions: Vec<Action>) -> Sorted {
+    let mut s = Sorted::default();
+    for a in actions {
+        match a {
+            Action::Schedule {
+                instance,
+                deploy,
+                node,
+                digest,
+            } => s.scheduled.push(InstanceScheduled {
+                instance,
+                deploy,
+                node,
+                digest,
+            }),
+            // Only instances recorded lost move (see the domain's `Place`);
+            // one on a node this copy has not loaded yet stays put.
+            Action::Reschedule { instance, .. }
+                if p.state
+                    .instances
+                    .get(&instance)
+                    .is_none_or(|i| i.phase != InstancePhase::Lost) => {}
+            Action::Reschedule {
+                instance,
+                replacement,
+                from_node,
+                to_node,
+                ..
+            } => s.rescheduled.push(InstanceRescheduled {
+                instance,
+                replacement,
+                from_node,
+                to_node,
+            }),
+            Action::Stop { instance } => s.stops.push(instance),
+            other => s.verdicts.push(other),
+        }
+    }
+    s
+}
+
+/// Carries out `plan`; `requeue` is what the pipeline step asked for.
+pub(crate) async fn carry_out(
+    p: &Pass<'_>,
+    cfg: &ServiceConfig,
+    plan: Plan,
+    failures: &PullFailures,
+    now: DateTime<Utc>,
+    mut requeue: Option<Duration>,
+) -> Result<Next, SchedulerError> {
+    let service = p.service;
+    let mut s = sort(p, plan.actions);
+
+    let backoff = p.state.live.as_ref().and_then(|live| {
+        failures
+            .backoff_until(live, p.inner.opts.pull_backoff, now)
+            .map(|until| (live.clone(), until))
+    });
+    if let Some((live, until)) = &backoff {
+        let before = s.scheduled.len();
+        s.scheduled.retain(|i| &i.deploy != live);
+        if s.scheduled.len() < before {
+            let wait = (*until - now).to_std().unwrap_or(Duration::ZERO);
+            tracing::info!(service.id = %service, deploy.id = %live, wait_ms = wait.as_millis() as u64, "pull failed recently; not placing more instances yet");
+            requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
+        }
+    }
+
+    if place(p, &mut s).await? {
+        return Ok(Next::Again);
+    }
+    start_pending(p, cfg, failures, &mut s.stops).await?;
+    if stop(p, s.stops).await? {
+        return Ok(Next::Again);
+    }
+    if verdicts(p, s.verdicts).await? {
+        return Ok(Next::Again);
+    }
+    let requeue = match (requeue, plan.requeue_after) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Ok(Next::Done(requeue))
+}
+
+/// New and moved instances, one decision. True when the service moved.
+async fn place(p: &Pass<'_>, s: &mut Sorted) -> Result<bool, SchedulerError> {
+    let scheduled = std::mem::take(&mut s.scheduled);
+    let rescheduled = std::mem::take(&mut s.rescheduled);
+    let Some(first) = scheduled
+        .first()
+        .map(|i| i.instance.clone())
+        .or_else(|| rescheduled.first().map(|r| r.replacement.clone()))
+    else {
+        return Ok(false);
+    };
+    let n = scheduled.len() + rescheduled.len();
+    metrics::counter!("berth_scheduler_instances_placed_total").increment(n as u64);
+    tracing::info!(service.id = %p.service, new = scheduled.len(), moved = rescheduled.len(), "placing instances");
+    // The first new id makes the key unique to this decision.
+    let key = format!("place-{first}-{n}");
+    p.decide(
+        Command::Place {
+            scheduled,
+            rescheduled,
+        },
+        &key,
+    )
+    .await
+}
+
+/// Every instance placed but not started hears about it (again); one
+/// whose node could not pull it is stopped instead.
+async fn start_pending(
+    p: &Pass<'_>,
+    cfg: &ServiceConfig,
+    failures: &PullFailures,
+    stops: &mut Vec<InstanceId>,
+) -> Result<(), SchedulerError> {
+    for i in p.state.instances.iter() {
+        if i.phase != InstancePhase::Scheduled
+            || p.inner.cluster.is_recorded_lost(&i.node)
+            || stops.contains(&i.id)
+        {
+            continue;
+        }
+        if failures.stranded(i) {
+            stops.push(i.id.clone());
+            continue;
+        }
+        let Some(d) = p.state.deploy(&i.deploy) else {
+            continue;
+        };
+        if let Some(spec) = p.run_spec(cfg, d, &i.id, &i.digest) {
+            p.enqueue(&i.node, &NodeWork::RunInstance(spec), i.id.as_str())
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Stops go to the instance's node; an instance no node will report
+/// stopped (on a lost node, or never started) is recorded stopped here.
+/// True when the service moved.
+async fn stop(p: &Pass<'_>, stops: Vec<InstanceId>) -> Result<bool, SchedulerError> {
+    let mut release = Vec::new();
+    for id in stops {
+        let Some(i) = p.state.instances.get(&id) else {
+            continue;
+        };
+        let node_gone = i.phase == InstancePhase::Lost || p.inner.cluster.is_recorded_lost(&i.node);
+        if !node_gone {
+            let work = NodeWork::StopInstance {
+                service: p.service.clone(),
+                instance: id.clone(),
+            };
+            p.enqueue(&i.node, &work, &format!("stop-{id}")).await?;
+        }
+        if node_gone || i.phase == InstancePhase::Scheduled {
+            release.push(id);
+        }
+    }
+    let Some(first) = release.first() else {
+        return Ok(false);
+    };
+    let key = format!("release-{first}-{}", release.len());
+    p.decide(Command::Release { instances: release }, &key)
+        .await
+}
+
+/// `MarkLive` / `FailDeploy` through the service's rules (which also
+/// deactivate the previous live deploy and start the next queued one).
+async fn verdicts(p: &Pass<'_>, verdicts: Vec<Action>) -> Result<bool, SchedulerError> {
+    let service = p.service;
+    for v in verdicts {
+        let (command, key) = match v {
+            Action::MarkLive { deploy, digest } => {
+                tracing::info!(service.id = %service, deploy.id = %deploy, "deploy live");
+                metrics::counter!("berth_scheduler_verdicts_total", "verdict" => "live")
+                    .increment(1);
+                let key = format!("live-{deploy}");
+                (Command::RecordLive { deploy, digest }, key)
+            }
+            Action::FailDeploy { deploy, reason } => {
+                tracing::info!(service.id = %service, deploy.id = %deploy, reason = %reason, "deploy failed");
+                metrics::counter!("berth_scheduler_verdicts_total", "verdict" => "update_failed")
+                    .increment(1);
+                let key = format!("failed-{deploy}");
+                let command = Command::RecordFailed {
+                    deploy,
+                    status: DeployStatus::UpdateFailed,
+                    reason,
+                };
+                (command, key)
+            }
+            _ => continue,
+        };
+        if p.decide(command, &key).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
