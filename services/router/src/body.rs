@@ -38,6 +38,17 @@ impl Returnable {
     }
 }
 
+impl Returnable {
+    /// An empty body: nothing to give back, any number of copies.
+    pub fn empty() -> Self {
+        Returnable {
+            inner: None,
+            read: false,
+            back: None,
+        }
+    }
+}
+
 impl Body for Returnable {
     type Data = Bytes;
     type Error = hyper::Error;

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -158,6 +159,9 @@ impl Proxy {
         let retry_any = method == Method::GET || method == Method::HEAD;
         let name = first.name.clone();
 
+        // A request without a body can be sent again as often as needed,
+        // even when the client does not hand the (empty) body back.
+        let empty = body.is_end_stream();
         let mut body = Some(body);
         let mut tried: Vec<String> = Vec::new();
         let mut budget = self.opts.max_attempts;
@@ -183,8 +187,13 @@ impl Proxy {
                 }
                 continue;
             };
-            let Some(b) = body.take() else { break };
-            let (wrapped, mut back) = Returnable::new(b);
+            let (wrapped, mut back) = if empty {
+                (Returnable::empty(), None)
+            } else {
+                let Some(b) = body.take() else { break };
+                let (wrapped, back) = Returnable::new(b);
+                (wrapped, Some(back))
+            };
             let out = match build_request(&method, &target, &path, &headers, wrapped) {
                 Ok(r) => r,
                 Err(e) => {
@@ -202,12 +211,18 @@ impl Proxy {
                     tracing::debug!(service.name = %name, instance.addr = %target, connect, error = %e, "instance attempt failed");
                     tried.push(target);
                     metrics::counter!("berth_router_failed_attempts_total", "connect" => if connect { "true" } else { "false" }).increment(1);
-                    match back.try_recv() {
-                        Ok(b) if connect || retry_any => body = Some(b),
-                        _ => {
-                            tracing::warn!(service.name = %name, error = %e, "request failed after it was sent; not retried");
-                            return bad_gateway(&name);
-                        }
+                    let again = (connect || retry_any)
+                        && match back.as_mut().map(|b| b.try_recv()) {
+                            None => true,
+                            Some(Ok(b)) => {
+                                body = Some(b);
+                                true
+                            }
+                            Some(Err(_)) => false,
+                        };
+                    if !again {
+                        tracing::warn!(service.name = %name, error = %e, "request failed after it was sent; not retried");
+                        return bad_gateway(&name);
                     }
                 }
             }

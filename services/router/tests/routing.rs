@@ -336,3 +336,68 @@ async fn routes_on_nats_2_9() -> Result<()> {
     );
     Ok(())
 }
+
+/// An instance that takes the request and closes without answering: a
+/// GET goes to another instance; a POST is not sent twice (the instance
+/// may have acted on it) and gets a 502.
+#[tokio::test]
+async fn get_is_retried_after_a_dropped_connection_post_is_not() -> Result<()> {
+    let env = Env::start().await?;
+    let http = HttpClient::new(env.addr);
+    let closer = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let closer_addr = closer.local_addr()?;
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = std::sync::Arc::clone(&taken);
+    let _closer = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        while let Ok((mut s, _)) = closer.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            drop(s);
+        }
+    });
+    let good = Backend::start("v1", 1).await?;
+    let mut s = Svc::create(&env.store, "flaky", ServiceType::WebService).await?;
+    s.first_deploy(1, &[closer_addr, good.addr]).await?;
+    env.synced(env.store.last_stream_seq().await?).await?;
+
+    for _ in 0..10 {
+        assert_eq!(
+            http.get("flaky.localhost", "/").await?,
+            (StatusCode::OK, "v1 1".into())
+        );
+    }
+    let reached = taken.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        reached >= 4,
+        "the closing instance was hardly tried: {reached}"
+    );
+    assert_eq!(good.hits(), 10);
+
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let (status, _) = http
+            .send(
+                "POST",
+                "flaky.localhost",
+                "/upload",
+                Bytes::from_static(b"once"),
+            )
+            .await?;
+        statuses.push(status);
+    }
+    // Round robin alternates: two POSTs reach the closer and fail, two succeed.
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::BAD_GATEWAY,
+            StatusCode::BAD_GATEWAY
+        ]
+    );
+    assert_eq!(good.hits(), 12, "a failed POST was sent again");
+    Ok(())
+}
