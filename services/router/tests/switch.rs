@@ -85,7 +85,15 @@ async fn rollout_under_load(lag: Option<Duration>) -> Result<()> {
         s.stopped(&old).await?;
         hits
     } else {
-        s.live(&deploy, 2).await?;
+        let t = Instant::now();
+        let seq = s.live(&deploy, 2).await?;
+        while env.routes.load().applied_seq < seq {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        println!(
+            "deploy_live appended and applied by the router in {:?}",
+            t.elapsed()
+        );
         s.stopped(&old).await?;
         let hits: u64 = v1.iter().map(Backend::hits).sum();
         for b in &mut v1 {
