@@ -226,7 +226,9 @@ impl RouteProjection {
 
     /// Builds the table as of everything applied so far.
     pub fn publish(&mut self) -> RoutingTable {
-        for id in std::mem::take(&mut self.dirty) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for id in &dirty {
+            let id = id.clone();
             match self.services.get(&id).and_then(|t| build_route(&id, t)) {
                 Some(route) => {
                     self.built.insert(id, Arc::new(route));
@@ -241,13 +243,20 @@ impl RouteProjection {
         let mut by_name: BTreeMap<&str, (u64, &Arc<Route>)> = BTreeMap::new();
         for (id, route) in &self.built {
             let seq = self.services.get(id).map_or(u64::MAX, |t| t.created_seq);
-            match by_name.get(route.name.as_str()) {
-                Some((held, holder)) if *held <= seq => {
-                    tracing::warn!(service.id = %id, service.name = %route.name, held_by = %holder.service, "service name already routed to an older service; not routed");
-                }
-                _ => {
+            let (loser, holder) = match by_name.get(route.name.as_str()) {
+                None => {
                     by_name.insert(route.name.as_str(), (seq, route));
+                    continue;
                 }
+                Some(&(held, holder)) if held <= seq => (route, holder),
+                Some(&(_, newer)) => {
+                    by_name.insert(route.name.as_str(), (seq, route));
+                    (newer, route)
+                }
+            };
+            // Said once per change of either service, not on every commit.
+            if dirty.contains(&loser.service) || dirty.contains(&holder.service) {
+                tracing::warn!(service.id = %loser.service, service.name = %loser.name, held_by = %holder.service, "service name already routed to an older service; not routed");
             }
         }
         RoutingTable {
