@@ -28,6 +28,16 @@ pub struct RouterArgs {
     #[arg(long, env = "BERTH_ROUTER_POOL_IDLE_SECS", default_value_t = 30)]
     pub router_pool_idle_secs: u64,
 
+    /// Seconds an instance has to start answering a request (status and
+    /// headers; the body may then stream for as long as it takes) before
+    /// the client gets a 504. 0: no limit.
+    #[arg(
+        long,
+        env = "BERTH_ROUTER_RESPONSE_TIMEOUT_SECS",
+        default_value_t = 300
+    )]
+    pub router_response_timeout_secs: u64,
+
     /// Seconds in-flight requests get to finish on shutdown.
     #[arg(long, env = "BERTH_ROUTER_DRAIN_SECS", default_value_t = 30)]
     pub router_drain_secs: u64,
@@ -41,6 +51,7 @@ impl Default for RouterArgs {
             router_connect_timeout_ms: 2000,
             router_max_attempts: 3,
             router_pool_idle_secs: 30,
+            router_response_timeout_secs: 300,
             router_drain_secs: 30,
         }
     }
@@ -59,6 +70,8 @@ pub struct RouterOptions {
     pub max_attempts: usize,
     /// Idle time of pooled connections.
     pub pool_idle: Duration,
+    /// Time an instance has to start answering; `None`: no limit.
+    pub response_timeout: Option<Duration>,
     /// Grace period for in-flight requests on shutdown.
     pub drain: Duration,
 }
@@ -107,6 +120,8 @@ impl RouterArgs {
                 connect_timeout: Duration::from_millis(self.router_connect_timeout_ms),
                 max_attempts: self.router_max_attempts,
                 pool_idle: Duration::from_secs(self.router_pool_idle_secs),
+                response_timeout: (self.router_response_timeout_secs > 0)
+                    .then(|| Duration::from_secs(self.router_response_timeout_secs)),
                 drain: Duration::from_secs(self.router_drain_secs),
             }),
             _ => Err(problems),

@@ -201,7 +201,23 @@ impl Proxy {
                     return page(StatusCode::BAD_REQUEST, "Bad request", "Bad request.");
                 }
             };
-            match self.client.request(out).await {
+            let sent = self.client.request(out);
+            let answered = match self.opts.response_timeout {
+                Some(limit) => match tokio::time::timeout(limit, sent).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        // Not retried: the instance may be acting on it.
+                        tracing::warn!(service.name = %name, instance.addr = %target, timeout = ?limit, "instance did not answer in time");
+                        return page(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "Timed out",
+                            &format!("{name} did not answer in time."),
+                        );
+                    }
+                },
+                None => sent.await,
+            };
+            match answered {
                 Ok(resp) => return response(resp),
                 Err(e) => {
                     let connect = e.is_connect();

@@ -401,3 +401,37 @@ async fn get_is_retried_after_a_dropped_connection_post_is_not() -> Result<()> {
     assert_eq!(good.hits(), 12, "a failed POST was sent again");
     Ok(())
 }
+
+/// An instance that takes too long to start answering: 504, not a hang.
+#[tokio::test]
+async fn a_slow_instance_gets_a_504_after_the_response_timeout() -> Result<()> {
+    let env = Env::start_with(crate::support::RouterArgs {
+        router_response_timeout_secs: 1,
+        ..crate::support::test_args()
+    })
+    .await?;
+    let http = HttpClient::new(env.addr);
+    // Accepts, reads the request, never answers.
+    let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let mute_addr = mute.local_addr()?;
+    let _mute = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = mute.accept().await {
+            held.push(s);
+        }
+    });
+    let mut s = Svc::create(&env.store, "mute", ServiceType::WebService).await?;
+    s.first_deploy(1, &[mute_addr]).await?;
+    env.synced(env.store.last_stream_seq().await?).await?;
+
+    let t = std::time::Instant::now();
+    let (status, body) = http.get("mute.localhost", "/").await?;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(body.contains("mute did not answer in time"), "{body}");
+    let took = t.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(900) && took < std::time::Duration::from_secs(5),
+        "{took:?}"
+    );
+    Ok(())
+}

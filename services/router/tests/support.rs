@@ -16,7 +16,8 @@ use anyhow::{anyhow, Context, Result};
 use berth_domain::service::{self, Command, CreateService, DeployRequest, ServiceState};
 use berth_domain::Ctx;
 use berth_eventlog::{EventStore, NewEvent, StoreConfig, Version};
-use berth_router::{Router, RouterArgs, Routes};
+pub use berth_router::RouterArgs;
+use berth_router::{Router, Routes};
 use berth_schemas::events::{InstanceHealthy, InstanceScheduled, InstanceStarted, InstanceStopped};
 use berth_schemas::ids::{DeployId, InstanceId, NodeId, OwnerId, ServiceId, UserId};
 use berth_schemas::model::{DeployTrigger, ResolvedImage, Sealed, ServiceType};
@@ -51,6 +52,15 @@ impl Env {
     }
 
     pub async fn start_on(version: NatsVersion) -> Result<Env> {
+        Self::start_full(version, test_args()).await
+    }
+
+    /// A router with other settings.
+    pub async fn start_with(args: RouterArgs) -> Result<Env> {
+        Self::start_full(NatsVersion::Modern, args).await
+    }
+
+    async fn start_full(version: NatsVersion, args: RouterArgs) -> Result<Env> {
         berth_tests::init_tracing();
         let nats = NatsServer::start(version)?;
         let client = nats.connect().await?;
@@ -60,7 +70,15 @@ impl Env {
             StoreConfig::default(),
         )
         .await?;
-        Self::with_store(nats, store).await
+        let (routes, addr, shutdown, task) = spawn_router_with(&store, args).await?;
+        Ok(Env {
+            nats,
+            store,
+            routes,
+            addr,
+            shutdown,
+            task: Some(task),
+        })
     }
 
     /// Starts a router over `store` (which may already hold events).
@@ -116,17 +134,27 @@ impl Drop for Env {
     }
 }
 
-pub async fn spawn_router(
-    store: &EventStore,
-) -> Result<(Routes, SocketAddr, CancellationToken, JoinHandle<()>)> {
-    let opts = RouterArgs {
+/// The router's settings in these tests.
+pub fn test_args() -> RouterArgs {
+    RouterArgs {
         router_addr: "127.0.0.1:0".into(),
         router_connect_timeout_ms: 1000,
         router_drain_secs: 5,
         ..RouterArgs::default()
     }
-    .validate()
-    .map_err(|p| anyhow!("{p:?}"))?;
+}
+
+pub async fn spawn_router(
+    store: &EventStore,
+) -> Result<(Routes, SocketAddr, CancellationToken, JoinHandle<()>)> {
+    spawn_router_with(store, test_args()).await
+}
+
+pub async fn spawn_router_with(
+    store: &EventStore,
+    args: RouterArgs,
+) -> Result<(Routes, SocketAddr, CancellationToken, JoinHandle<()>)> {
+    let opts = args.validate().map_err(|p| anyhow!("{p:?}"))?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let router = Router::new(store.clone(), opts);
