@@ -35,6 +35,8 @@ pub struct App {
     pub router: Router,
     pub registry: Option<Registry>,
     pub shutdown: CancellationToken,
+    /// Stops only the resolver (a child of `shutdown`).
+    pub resolver_stop: CancellationToken,
 }
 
 impl Drop for App {
@@ -70,6 +72,7 @@ impl App {
         let key = SecretKey::from_base64(&SecretKey::generate_base64()).unwrap();
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let resolver_stop = shutdown.child_token();
         let registry = if registry {
             let reg = Registry::start(RegistryAuth::None).await.unwrap();
             let img = small_image("amd64").unwrap();
@@ -77,7 +80,7 @@ impl App {
             reg.push_image("team/app", "v2", &img).await.unwrap();
             let r = Resolver::new(store.clone(), key.clone(), resolver_options()).unwrap();
             let ready = berth_runtime::ReadyFlag::default();
-            let (sd, rd) = (shutdown.clone(), ready.clone());
+            let (sd, rd) = (resolver_stop.clone(), ready.clone());
             tokio::spawn(async move {
                 let _ = r.run(sd, Some(rd)).await;
             });
@@ -111,6 +114,7 @@ impl App {
             router,
             registry,
             shutdown,
+            resolver_stop,
         }
     }
 

@@ -24,6 +24,7 @@ pub mod check;
 pub mod credentials;
 mod error;
 mod exec;
+pub mod hooks;
 pub mod ops;
 pub mod owners;
 pub mod projection;
@@ -45,7 +46,8 @@ use tokio_util::task::TaskTracker;
 pub use check::{CheckError, ImageChecker};
 pub use credentials::{CredentialView, NewCredential, Rotation};
 pub use error::IngressError;
-pub use ops::{HookError, Scope};
+pub use hooks::HookError;
+pub use ops::Scope;
 pub use owners::{api_key_sha256, ApiKeyView, OwnerNotifications, API_KEY_PREFIX};
 pub use projection::CredentialIndex;
 pub use services::{CreatedService, NewService};
@@ -100,6 +102,7 @@ pub struct Ingress {
     pub(crate) opts: IngressOptions,
     pub(crate) credentials: Arc<RwLock<CredentialIndex>>,
     pub(crate) applied: watch::Receiver<u64>,
+    pub(crate) hooks: hooks::HookDesks,
 }
 
 impl Ingress {
@@ -129,13 +132,15 @@ impl Ingress {
             .map_err(|e| IngressError::Store(e.to_string()))?;
         let credentials = runner.state();
         let applied = runner.applied();
+        let stop = shutdown.clone();
         tracker.spawn(async move {
-            if let Err(e) = runner.run(shutdown).await {
+            if let Err(e) = runner.run(stop).await {
                 tracing::error!(error = %e, "ingress read model stopped");
             }
         });
         let checker =
             ImageChecker::new(store.client().clone(), store.subjects(), opts.check_timeout);
+        let hooks = hooks::HookDesks::new(store.clone(), key.clone(), tracker.clone(), shutdown);
         Ok(Self {
             store,
             key,
@@ -143,6 +148,7 @@ impl Ingress {
             opts,
             credentials,
             applied,
+            hooks,
         })
     }
 

@@ -1,7 +1,7 @@
 //! Operations on an existing service, shared by the HTTP API and the bus
 //! commands (SPEC §6, §7, §11, §12): update, scale, restart, suspend,
 //! resume, deploy, cancel, rollback, hook-key regeneration, cron runs, and
-//! the deploy hook itself.
+//! the entry of the deploy hook (whose write path is [`crate::hooks`]).
 //!
 //! Each is one decision on the service's subject. The owner check happens
 //! inside that decision (against the state the append is conditional on),
@@ -9,7 +9,6 @@
 //! Bus commands come from trusted internal services and carry no owner:
 //! they act with [`Scope::Bus`].
 
-use berth_domain::reference::Reference;
 use berth_domain::service::{self, DeployRequest, ServiceState};
 use berth_domain::{Ctx, DomainError};
 use berth_runtime::Secret;
@@ -18,6 +17,7 @@ use berth_schemas::ids::{CronRunId, DeployId, OwnerId, ServiceId};
 use berth_schemas::model::{seal_context, DeployTrigger};
 use berth_schemas::{Actor, AggregateId};
 
+use crate::hooks::HookError;
 use crate::{exec, Caller, Ingress, IngressError};
 
 /// On whose behalf an operation runs.
@@ -45,35 +45,11 @@ impl Scope<'_> {
     }
 }
 
-/// Why a deploy hook call was refused. The API answers 404 for all but
-/// `Store` (SPEC §6: do not reveal which services exist).
-#[derive(Debug, thiserror::Error)]
-pub enum HookError {
-    /// Unknown or deleted service, or a wrong key.
-    #[error("no such deploy hook")]
-    NotFound,
-    /// `imgURL` broke SPEC §6's rule (message for logs only).
-    #[error("invalid imgURL: {0}")]
-    BadImage(String),
-    /// The service refused the deploy (suspended).
-    #[error(transparent)]
-    Rejected(DomainError),
-    /// Retry later (503).
-    #[error("event store unavailable: {0}")]
-    Store(String),
-}
-
 fn not_found() -> DomainError {
     DomainError::NotFound {
         what: "service",
         id: String::new(),
     }
-}
-
-/// Constant-time equality of two byte strings (the length is not secret:
-/// every hook key has the same length).
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Ingress {
@@ -353,90 +329,16 @@ impl Ingress {
         Ok(Some(run))
     }
 
-    /// The deploy hook (SPEC §6): checks `key` in constant time against the
-    /// service's sealed hook key and `img_url` against its repository
-    /// inside the decision, and returns the new deploy's id once its
-    /// `deploy_created` is appended.
+    /// The deploy hook (SPEC §6): the new deploy's id, once its
+    /// `deploy_created` is appended; see [`crate::hooks`].
     pub async fn hook_deploy(
         &self,
         id: &ServiceId,
         key: &str,
         img_url: Option<&str>,
     ) -> Result<DeployId, HookError> {
-        let deploy = DeployId::generate();
-        let context = seal_context::hook_key(id);
-        let decided = self
-            .store
-            .execute(
-                &AggregateId::Service(id.clone()),
-                &format!("deploy-{deploy}"),
-                service::fold,
-                |s: &ServiceState| -> Result<_, HookError> {
-                    let cfg = match &s.config {
-                        Some(c) if s.exists() => c,
-                        _ => return Err(HookError::NotFound),
-                    };
-                    let right = self
-                        .key
-                        .open(&cfg.hook_key, &context)
-                        .map_err(|_| HookError::NotFound)?;
-                    if !same_secret(right.expose().as_bytes(), key.as_bytes()) {
-                        return Err(HookError::NotFound);
-                    }
-                    let image = match img_url {
-                        None => None,
-                        Some(u) => {
-                            let own = Reference::parse(&cfg.image)
-                                .map_err(|e| HookError::BadImage(e.to_string()))?;
-                            let wanted = Reference::hook_override(&own, u)
-                                .map_err(|e| HookError::BadImage(e.to_string()))?;
-                            Some(wanted.to_string())
-                        }
-                    };
-                    let req = DeployRequest {
-                        deploy: deploy.clone(),
-                        trigger: DeployTrigger::DeployHook,
-                        image,
-                        rollback_of: None,
-                    };
-                    let events =
-                        service::decide(s, service::Command::RequestDeploy(req), &Ctx::default())
-                            .map_err(HookError::Rejected)?;
-                    Ok(events
-                        .into_iter()
-                        .map(|e| {
-                            let d = service::deploy_of(&e).cloned();
-                            let n = berth_eventlog::NewEvent::new(e, Actor::DeployHook);
-                            match d {
-                                Some(d) => n.correlated(d),
-                                None => n,
-                            }
-                        })
-                        .collect())
-                },
-            )
-            .await;
-        match decided {
-            Ok(_) => {
-                tracing::info!(service.id = %id, deploy.id = %deploy, "deploy hook called");
-                Ok(deploy)
-            }
-            Err(berth_eventlog::ExecuteError::Rejected(e)) => Err(e),
-            Err(e) => Err(HookError::Store(e.to_string())),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::same_secret;
-
-    #[test]
-    fn same_secret_compares_whole_strings() {
-        assert!(same_secret(b"abc", b"abc"));
-        assert!(!same_secret(b"abc", b"abd"));
-        assert!(!same_secret(b"abc", b"ab"));
-        assert!(!same_secret(b"", b"a"));
-        assert!(same_secret(b"", b""));
+        let deploy = self.hooks.call(id, key, img_url).await?;
+        tracing::debug!(service.id = %id, deploy.id = %deploy, "deploy hook called");
+        Ok(deploy)
     }
 }

@@ -1,0 +1,180 @@
+//! Deploy hook throughput against a baseline, in the same run, on loopback:
+//!
+//! ```text
+//! cargo run --release -p berth-api --example bench_hooks -- [seconds] [connections] [services]
+//! ```
+//!
+//! - baseline: a minimal axum handler doing one JetStream publish + ack
+//!   (its own stream on the same server, 200-byte payload);
+//! - hooks: `GET /deploy/srv-…?key=…` spread over `services` services
+//!   (default 64; CI pipelines hook their own service), each call a real
+//!   decision: load the service, open the sealed hook key, compare, append
+//!   `deploy_created` (+ `deploy_queued`) with the expected sequence;
+//! - hooks on one service: every call contends for one subject.
+//!
+//! wrk (`-t2 -c<connections> --latency`) drives each for `seconds` (default
+//! 10); the bar is hooks ≥ 50 % of the baseline's requests/s with p99 < 25 ms.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../tests/support.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use async_nats::jetstream;
+use axum::extract::State;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+
+#[derive(Debug)]
+struct Run {
+    rps: f64,
+    p99_ms: f64,
+}
+
+fn ms(s: &str) -> f64 {
+    let s = s.trim();
+    if let Some(v) = s.strip_suffix("us") {
+        v.parse::<f64>().unwrap() / 1000.0
+    } else if let Some(v) = s.strip_suffix("ms") {
+        v.parse().unwrap()
+    } else if let Some(v) = s.strip_suffix('s') {
+        v.parse::<f64>().unwrap() * 1000.0
+    } else {
+        panic!("unknown latency {s}")
+    }
+}
+
+fn wrk(name: &str, addr: SocketAddr, paths: &[String], secs: u32, conns: u32) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("paths.lua");
+    let list = paths
+        .iter()
+        .map(|p| format!("{p:?}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    std::fs::write(
+        &script,
+        format!(
+            "paths = {{{list}}}\ni = 0\nrequest = function()\n  i = i + 1\n  \
+             return wrk.format(\"GET\", paths[(i % #paths) + 1])\nend\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{conns}"),
+            &format!("-d{secs}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(&script)
+        .arg(format!("http://{addr}"))
+        .output()
+        .expect("wrk is installed");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .map(|v| v.trim().parse::<f64>().unwrap())
+        .unwrap_or_else(|| panic!("no Requests/sec in wrk output:\n{text}"));
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(ms)
+        .unwrap();
+    if text.contains("Non-2xx") {
+        panic!("{name}: non-2xx answers:\n{text}");
+    }
+    println!("{name}: {rps:.0} req/s, p99 {p99:.2} ms");
+    Run { rps, p99_ms: p99 }
+}
+
+async fn serve(router: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    addr
+}
+
+async fn publish(State((js, payload)): State<(jetstream::Context, bytes::Bytes)>) -> &'static str {
+    js.publish("bench.hook", payload)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    "{\"ok\":true}"
+}
+
+fn main() {
+    let args: Vec<u32> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let secs = args.first().copied().unwrap_or(10);
+    let conns = args.get(1).copied().unwrap_or(32);
+    let services = args.get(2).copied().unwrap_or(64);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (app, base, api, hooks, one) = rt.block_on(async {
+        let app = support::App::start(true).await;
+        let owner = app.owner().await;
+        let mut hooks = Vec::new();
+        for i in 0..services {
+            hooks.push(app.service(&owner, &format!("bench-{i}")).await.1);
+        }
+        // The resolver was needed to create the services; it is not part of
+        // the hook path, so it does not compete for the two cores.
+        app.resolver_stop.cancel();
+        let js = app.store.jetstream().clone();
+        js.create_stream(jetstream::stream::Config {
+            name: "BENCH".into(),
+            subjects: vec!["bench.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let payload = bytes::Bytes::from(vec![b'x'; 200]);
+        let base = serve(
+            Router::new()
+                .route("/", get(publish))
+                .with_state((js, payload)),
+        )
+        .await;
+        let api = serve(berth_api::router(app.state.clone())).await;
+        let one = vec![hooks[0].clone()];
+        (app, base, api, hooks, one)
+    });
+    let baseline = wrk("baseline publish+ack", base, &["/".to_owned()], secs, conns);
+    let spread = wrk(
+        &format!("hooks over {services} services"),
+        api,
+        &hooks,
+        secs,
+        conns,
+    );
+    let single = wrk("hooks on one service", api, &one, secs, conns);
+    let ratio = spread.rps / baseline.rps;
+    println!(
+        "ratio hooks/baseline: {:.0} % (bar >= 50 %), hooks p99 {:.2} ms (bar < 25 ms): {}",
+        ratio * 100.0,
+        spread.p99_ms,
+        if ratio >= 0.5 && spread.p99_ms < 25.0 {
+            "PASS"
+        } else {
+            "FAIL"
+        }
+    );
+    println!(
+        "one service: {:.0} % of baseline, p99 {:.2} ms",
+        single.rps / baseline.rps * 100.0,
+        single.p99_ms
+    );
+    drop(app);
+}
