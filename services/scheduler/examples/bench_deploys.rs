@@ -143,6 +143,16 @@ async fn stages(w: &World, svc: &ServiceId) {
             *slot = Some(e.time);
         }
     }
+    let mut total: Vec<Duration> = at
+        .values()
+        .filter_map(|t| Some((t[7]? - t[0]?).to_std().unwrap_or_default()))
+        .collect();
+    total.sort();
+    println!(
+        "  deploy_created → deploy_live: median {:?} (n={})",
+        percentile(&total, 0.5),
+        total.len()
+    );
     for i in 1..NAMES.len() {
         let mut gaps: Vec<Duration> = at
             .values()
@@ -150,10 +160,11 @@ async fn stages(w: &World, svc: &ServiceId) {
             .collect();
         gaps.sort();
         println!(
-            "  {} → {}: median {:?} (n={})",
+            "  {} → {}: median {:?} p90 {:?} (n={})",
             NAMES[i - 1],
             NAMES[i],
             percentile(&gaps, 0.5),
+            percentile(&gaps, 0.9),
             gaps.len()
         );
     }
