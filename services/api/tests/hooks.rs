@@ -192,3 +192,42 @@ async fn concurrent_hooks_each_200_is_exactly_one_deploy_created() {
         assert_eq!(a, h, "200s and deploy_created events differ for {svc}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_follow_key_regeneration_and_suspension_at_once() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let (svc, hook) = app.service(&alice, "regen").await;
+    // The service's hook desk now holds the state with the first key.
+    let (s, _) = app.call(Method::GET, &hook, None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, h) = app
+        .post(
+            &format!("/v1/services/{svc}/deploy-hook/regenerate"),
+            &alice,
+            serde_json::json!({}),
+        )
+        .await;
+    let new = h["url"].as_str().unwrap().to_owned();
+    let (s, v) = app.call(Method::GET, &new, None, None).await;
+    assert_eq!(s, StatusCode::OK, "the new key was refused: {v}");
+    let (s, _) = app.call(Method::GET, &hook, None, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "the old key still deploys");
+    // Suspended: refused (the key is right, so the reason is given).
+    app.post(
+        &format!("/v1/services/{svc}/suspend"),
+        &alice,
+        serde_json::json!({}),
+    )
+    .await;
+    let (s, v) = app.call(Method::POST, &new, None, None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    app.post(
+        &format!("/v1/services/{svc}/resume"),
+        &alice,
+        serde_json::json!({}),
+    )
+    .await;
+    let (s, v) = app.call(Method::POST, &new, None, None).await;
+    assert_eq!(s, StatusCode::OK, "refused after resume: {v}");
+}

@@ -17,6 +17,10 @@
 //! deploy id is in the state after a reload) is done and not decided twice,
 //! so a lost ack never creates a second deploy.
 //!
+//! A refusal (wrong key, suspended service) is only answered after deciding
+//! against a freshly loaded state, so a regenerated key or a resume written
+//! by another path is never missed.
+//!
 //! Desks end after a few idle seconds; a call for a service id that does
 //! not exist costs one load and then is answered "not found".
 
@@ -222,9 +226,11 @@ impl Desk {
         }
     }
 
-    async fn load(&mut self) -> Result<(ServiceState, Version), HookError> {
-        if let Some(c) = self.cached.take() {
-            return Ok(c);
+    /// The state to decide on, and whether it was just loaded (a cached
+    /// one may be behind the log).
+    async fn load(&mut self) -> Result<(ServiceState, Version, bool), HookError> {
+        if let Some((s, v)) = self.cached.take() {
+            return Ok((s, v, false));
         }
         let loaded = self
             .store
@@ -235,7 +241,7 @@ impl Desk {
             .events
             .iter()
             .fold(ServiceState::default(), service::fold);
-        Ok((state, loaded.version))
+        Ok((state, loaded.version, true))
     }
 
     /// One call against `s`: the events it appends (none when it was
@@ -285,7 +291,7 @@ impl Desk {
             // Decided on the state itself, not a copy: a service with a long
             // history makes copying it the most expensive part of a call. A
             // failed round drops it and reloads.
-            let (mut s, version) = match self.load().await {
+            let (mut s, version, fresh) = match self.load().await {
                 Ok(x) => x,
                 Err(e) => return vec![Err(e); batch.len()],
             };
@@ -312,6 +318,12 @@ impl Desk {
                     }
                     Err(e) => outcomes.push(Err(e)),
                 }
+            }
+            // A refusal is only final against the log's latest state: the
+            // key may have been regenerated, or the service resumed, since
+            // the cached copy.
+            if !fresh && outcomes.iter().any(Result::is_err) {
+                continue;
             }
             if events.is_empty() {
                 self.cached = Some((s, version));
