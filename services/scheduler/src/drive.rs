@@ -329,13 +329,28 @@ async fn pipeline(
                     }
                 }
             }
+            // Enqueued again only while the queue's dedupe (same message id
+            // on every node's queue of the one work stream) still holds the
+            // first enqueue: later, a repeat could reach another node and
+            // run it twice. A run never enqueued by then (a scheduler down
+            // that long) ends at the deadline above.
+            // Well inside the work stream's duplicate window.
+            let reenqueue = p.inner.store.config().duplicate_window.mul_f64(0.75);
+            let enqueued_long_ago = p.pre_deploy_since.is_some_and(|since| {
+                TimeDelta::from_std(reenqueue)
+                    .ok()
+                    .and_then(|w| since.checked_add_signed(w))
+                    .is_some_and(|until| Utc::now() > until)
+            });
+            if enqueued_long_ago {
+                return Ok(Step::Retry(limit));
+            }
             let (Some(instance), Some(command)) =
                 (pre_deploy_instance(&id), cfg.pre_deploy_command.clone())
             else {
                 return Ok(Step::Stay);
             };
-            // Any node with room; the queue's dedupe (same message id on
-            // every node's queue of the one work stream) keeps it one run.
+            // Any node with room.
             let Some(node) = place(&view.nodes, &cfg.plan, 1, &[])
                 .ok()
                 .and_then(|v| v.into_iter().next())
