@@ -1,6 +1,6 @@
 //! The API's read model, folded from the whole log: API keys by SHA-256
-//! (to authenticate a request without loading an owner) and every service's
-//! state (for listings). Writes never consult it: they decide on the
+//! (to authenticate a request without loading an owner), every service's
+//! state (for listings) and every service's events timeline. Writes never consult it: they decide on the
 //! aggregate itself.
 
 use std::collections::{BTreeMap, HashMap};
@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use berth_domain::service::{self, ServiceState};
 use berth_eventlog::projection::Projection;
+use berth_notifier::timeline::{Page, Query, Timeline};
 use berth_schemas::ids::{ApiKeyId, OwnerId, ServiceId};
 use berth_schemas::{AggregateId, Envelope, Event};
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,8 @@ pub struct ApiIndex {
     /// Key id → its SHA-256, to forget it on revocation.
     key_hashes: HashMap<ApiKeyId, String>,
     services: BTreeMap<ServiceId, Indexed>,
+    /// Every service's events timeline (SPEC §14), the notifier's mapping.
+    timeline: Timeline,
 }
 
 /// Shared handle on the index.
@@ -37,6 +40,11 @@ impl ApiIndex {
     /// The owner and key a bearer token's SHA-256 belongs to.
     pub fn key(&self, sha256: &str) -> Option<(OwnerId, ApiKeyId)> {
         self.keys.get(sha256).cloned()
+    }
+
+    /// One page of a service's timeline, newest first.
+    pub fn timeline(&self, service: &ServiceId, q: &Query) -> Page {
+        self.timeline.query(service, q)
     }
 
     /// The owner's live services, newest first.
@@ -58,6 +66,7 @@ impl Projection for ApiIndex {
     type Snapshot = ApiIndex;
 
     fn apply(&mut self, stream_seq: u64, env: &Envelope) {
+        self.timeline.push(env);
         match (&env.aggregate, &env.event) {
             (AggregateId::Owner(owner), Event::ApiKeyCreated(e)) => {
                 self.key_hashes.insert(e.key.clone(), e.sha256.clone());

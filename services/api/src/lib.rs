@@ -116,6 +116,7 @@ pub fn router(state: AppState) -> Router {
             post(deploys::cancel),
         )
         .route("/v1/services/{id}/rollback", post(deploys::rollback))
+        .route("/v1/services/{id}/events", get(services::events))
         .route("/v1/services/{id}/scale", post(services::scale))
         .route("/v1/services/{id}/restart", post(services::restart))
         .route("/v1/services/{id}/suspend", post(services::suspend))

@@ -561,6 +561,7 @@ async fn one_owner_never_sees_another_owners_resources() {
         ),
         (Method::DELETE, format!("/v1/services/{svc}"), None),
         (Method::GET, format!("/v1/services/{svc}/deploys"), None),
+        (Method::GET, format!("/v1/services/{svc}/events"), None),
         (
             Method::POST,
             format!("/v1/services/{svc}/deploys"),

@@ -509,3 +509,73 @@ pub async fn set_override(
         json!({ "serviceId": id.to_string(), "notifyOnFail": notify }),
     ))
 }
+
+/// Query of `GET /v1/services/{id}/events`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventsQuery {
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+    /// Comma-separated event types (`deploy_ended,image_pull_failed`).
+    #[serde(rename = "type")]
+    pub types: Option<String>,
+    pub start_time: Option<String>,
+    pub end_time: Option<String>,
+}
+
+fn time(field: &str, v: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    v.map(|t| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .map_err(|_| ApiError::field(field, "must be an RFC 3339 time"))
+    })
+    .transpose()
+}
+
+/// GET /v1/services/{id}/events: the service's timeline (Render's event
+/// types), newest first, as `[{cursor, event}]`.
+pub async fn events(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    QueryParams(q): QueryParams<EventsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let id = service_id(&id)?;
+    let limit = match q.limit.as_deref() {
+        None => None,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=100).contains(&n) => Some(n),
+            _ => return Err(ApiError::field("limit", "must be an integer from 1 to 100")),
+        },
+    };
+    let mut types = std::collections::BTreeSet::new();
+    for t in q.types.as_deref().unwrap_or_default().split(',') {
+        let t = t.trim();
+        if t.is_empty() {
+            continue;
+        }
+        if !berth_notifier::timeline::TYPES.contains(&t) {
+            return Err(ApiError::field("type", "is not a service event type"));
+        }
+        types.insert(t.to_owned());
+    }
+    let query = berth_notifier::timeline::Query {
+        types,
+        start_time: time("startTime", q.start_time.as_deref())?,
+        end_time: time("endTime", q.end_time.as_deref())?,
+        cursor: q.cursor,
+        limit,
+    };
+    st.caught_up().await?;
+    let page = st.read(|i| {
+        let owned = i.services_of(&caller.owner).iter().any(|(s, _)| *s == id);
+        owned.then(|| i.timeline(&id, &query))
+    })?;
+    let page = page.ok_or_else(|| ApiError::not_found("service"))?;
+    Ok(Json(Value::Array(
+        page.events
+            .into_iter()
+            .map(|e| json!({ "cursor": e.id.clone(), "event": e }))
+            .collect(),
+    )))
+}
