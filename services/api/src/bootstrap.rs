@@ -46,6 +46,39 @@ pub enum BootstrapError {
     Ingress(#[from] IngressError),
 }
 
+/// [`bootstrap`] for callers that hold only the store and the key (the
+/// `berth up` wiring, before the components start): a short-lived
+/// application layer is started for it and stopped after.
+pub async fn bootstrap_store(
+    store: &berth_eventlog::EventStore,
+    key: &berth_runtime::SecretKey,
+    data_dir: &Path,
+    api_url: &str,
+) -> Result<Bootstrapped, BootstrapError> {
+    let path = data_dir.join(CREDENTIALS_FILE);
+    if path.exists() {
+        return Ok(Bootstrapped {
+            path,
+            created: false,
+        });
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let ingress = Ingress::start(
+        store.clone(),
+        key.clone(),
+        berth_ingress::IngressOptions::default(),
+        stop.clone(),
+        &tracker,
+    )
+    .await?;
+    let done = bootstrap(&ingress, data_dir, api_url).await;
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    done
+}
+
 /// Creates the first owner, its API key and the credentials file, unless
 /// the file exists.
 pub async fn bootstrap(

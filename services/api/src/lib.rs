@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use app::AppState;
-pub use bootstrap::{bootstrap, Bootstrapped};
+pub use bootstrap::{bootstrap, bootstrap_store, Bootstrapped};
 pub use error::ApiError;
 
 /// The API's settings (flags or `BERTH_API_*` variables).

@@ -47,6 +47,22 @@ async fn openapi_is_served_committed_and_complete() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_from_the_store_alone() {
+    let app = App::start(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let b = berth_api::bootstrap_store(&app.store, &app.key, dir.path(), "http://api")
+        .await
+        .unwrap();
+    assert!(b.created);
+    let creds: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&b.path).unwrap()).unwrap();
+    let (s, _) = app
+        .call(Method::GET, "/v1/services", creds["apiKey"].as_str(), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_start_writes_credentials_that_work() {
     let app = App::start(false).await;
     let dir = tempfile::tempdir().unwrap();
@@ -78,7 +94,7 @@ async fn first_start_writes_credentials_that_work() {
     assert_eq!(s, StatusCode::OK);
     // The second start keeps the file and creates nothing.
     let before = app.last_seq().await;
-    let again = berth_api::bootstrap(&app.state.ingress, &data, "http://x")
+    let again = berth_api::bootstrap_store(&app.store, &app.key, &data, "http://x")
         .await
         .unwrap();
     assert!(!again.created);
