@@ -7,7 +7,9 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
 use berth_eventlog::projection::{ProjectionOptions, ProjectionRunner};
-use berth_ingress::{api_key_sha256, Caller, Ingress, IngressError};
+use berth_eventlog::EventStore;
+use berth_ingress::{api_key_sha256, Caller, Ingress, IngressError, IngressOptions, ReadModel};
+use berth_runtime::SecretKey;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -29,29 +31,36 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Builds the read model from the log, then keeps it following the log
-    /// on a task of `tracker` until `shutdown`.
+    /// Builds the read model from the log, then the application layer on
+    /// it; the read model keeps following the log on a task of `tracker`
+    /// until `shutdown`.
     pub async fn start(
-        ingress: Ingress,
+        store: EventStore,
+        key: SecretKey,
+        opts: IngressOptions,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<Self, IngressError> {
-        let mut runner = ProjectionRunner::new(
-            ingress.store(),
-            ApiIndex::default(),
-            ProjectionOptions::default(),
-        );
+        let mut runner =
+            ProjectionRunner::new(&store, ApiIndex::default(), ProjectionOptions::default());
         runner
             .catch_up()
             .await
             .map_err(|e| IngressError::Store(e.to_string()))?;
         let index = runner.state();
         let applied = runner.applied();
+        let stop = shutdown.clone();
         tracker.spawn(async move {
-            if let Err(e) = runner.run(shutdown).await {
+            if let Err(e) = runner.run(stop).await {
                 tracing::error!(error = %e, "API read model stopped");
             }
         });
+        let shared = index.clone();
+        let read_model = ReadModel::new(
+            move |o| shared.read().ok().map(|i| i.credentials(o)),
+            applied.clone(),
+        );
+        let ingress = Ingress::with_read_model(store, key, opts, read_model, shutdown, tracker);
         Ok(Self {
             ingress,
             index,

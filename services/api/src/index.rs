@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use berth_domain::service::{self, ServiceState};
 use berth_eventlog::projection::Projection;
+use berth_ingress::{CredentialIndex, CredentialView};
 use berth_notifier::timeline::{Page, Query, Timeline};
 use berth_schemas::ids::{ApiKeyId, OwnerId, ServiceId};
 use berth_schemas::{AggregateId, Envelope, Event};
@@ -31,6 +32,9 @@ pub struct ApiIndex {
     services: BTreeMap<ServiceId, Indexed>,
     /// Every service's events timeline (SPEC §14), the notifier's mapping.
     timeline: Timeline,
+    /// Registry credentials, for the application layer's listings (one
+    /// runner per process instead of two).
+    credentials: CredentialIndex,
 }
 
 /// Shared handle on the index.
@@ -40,6 +44,11 @@ impl ApiIndex {
     /// The owner and key a bearer token's SHA-256 belongs to.
     pub fn key(&self, sha256: &str) -> Option<(OwnerId, ApiKeyId)> {
         self.keys.get(sha256).cloned()
+    }
+
+    /// The owner's live credentials.
+    pub fn credentials(&self, owner: &OwnerId) -> Vec<CredentialView> {
+        self.credentials.list(owner)
     }
 
     /// One page of a service's timeline, newest first.
@@ -67,6 +76,9 @@ impl Projection for ApiIndex {
 
     fn apply(&mut self, stream_seq: u64, env: &Envelope) {
         self.timeline.push(env);
+        if let AggregateId::Credential(_) = &env.aggregate {
+            self.credentials.apply(stream_seq, env);
+        }
         match (&env.aggregate, &env.event) {
             (AggregateId::Owner(owner), Event::ApiKeyCreated(e)) => {
                 self.key_hashes.insert(e.key.clone(), e.sha256.clone());

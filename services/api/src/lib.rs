@@ -32,7 +32,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use berth_eventlog::EventStore;
-use berth_ingress::{Ingress, IngressError, IngressOptions};
+use berth_ingress::{IngressError, IngressOptions};
 use berth_runtime::{BoxError, Component, ComponentContext, SecretKey};
 use futures::future::BoxFuture;
 use tokio::net::TcpListener;
@@ -216,7 +216,7 @@ impl Api {
         tracker: TaskTracker,
         ready: Option<berth_runtime::ReadyFlag>,
     ) -> Result<(), ApiStartError> {
-        let ingress = Ingress::start(
+        let state = AppState::start(
             self.store.clone(),
             self.key.clone(),
             self.args.ingress_options(),
@@ -224,7 +224,7 @@ impl Api {
             &tracker,
         )
         .await?;
-        let state = AppState::start(ingress.clone(), shutdown.clone(), &tracker).await?;
+        let ingress = state.ingress.clone();
         let bus = bus::subscribe(&ingress)
             .await
             .map_err(|e| ApiStartError::Bus(e.to_string()))?;
@@ -278,6 +278,5 @@ pub async fn start_state(
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<AppState, IngressError> {
-    let ingress = Ingress::start(store, key, opts, shutdown.clone(), tracker).await?;
-    AppState::start(ingress, shutdown, tracker).await
+    AppState::start(store, key, opts, shutdown, tracker).await
 }

@@ -131,11 +131,8 @@ impl Ingress {
         caller: &Caller,
     ) -> Result<Vec<CredentialView>, IngressError> {
         self.caught_up().await?;
-        let index = self
-            .credentials
-            .read()
-            .map_err(|_| IngressError::Store("read model lock poisoned".to_owned()))?;
-        Ok(index.list(&caller.owner))
+        (self.read_model.list)(&caller.owner)
+            .ok_or_else(|| IngressError::Store("read model lock poisoned".to_owned()))
     }
 
     /// One of the caller's credentials.

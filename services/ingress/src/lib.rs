@@ -50,6 +50,7 @@ pub use hooks::HookError;
 pub use ops::Scope;
 pub use owners::{api_key_sha256, ApiKeyView, OwnerNotifications, API_KEY_PREFIX};
 pub use projection::CredentialIndex;
+
 pub use services::{CreatedService, NewService};
 
 /// Who is asking: the owner every command is scoped to, and the actor
@@ -100,9 +101,47 @@ pub struct Ingress {
     pub(crate) key: SecretKey,
     pub(crate) checker: ImageChecker,
     pub(crate) opts: IngressOptions,
-    pub(crate) credentials: Arc<RwLock<CredentialIndex>>,
-    pub(crate) applied: watch::Receiver<u64>,
+    pub(crate) read_model: ReadModel,
     pub(crate) hooks: hooks::HookDesks,
+}
+
+/// The read model behind credential listings: a lister over a projection
+/// that follows the whole log, and how far it has applied the log (for
+/// read-your-writes). [`Ingress::start`] runs its own; a caller that
+/// already folds the log (the HTTP API) shares its runner instead, so each
+/// commit is delivered and decoded once per process.
+#[derive(Clone)]
+pub struct ReadModel {
+    list: Arc<ListFn>,
+    applied: watch::Receiver<u64>,
+}
+
+type ListFn = dyn Fn(&OwnerId) -> Option<Vec<CredentialView>> + Send + Sync;
+
+impl ReadModel {
+    /// `list` answers an owner's credentials (`None`: the model is broken).
+    pub fn new(
+        list: impl Fn(&OwnerId) -> Option<Vec<CredentialView>> + Send + Sync + 'static,
+        applied: watch::Receiver<u64>,
+    ) -> Self {
+        Self {
+            list: Arc::new(list),
+            applied,
+        }
+    }
+
+    /// A read model over a shared [`CredentialIndex`].
+    pub fn of_index(index: Arc<RwLock<CredentialIndex>>, applied: watch::Receiver<u64>) -> Self {
+        Self::new(move |o| index.read().ok().map(|i| i.list(o)), applied)
+    }
+}
+
+impl std::fmt::Debug for ReadModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadModel")
+            .field("applied", &*self.applied.borrow())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Ingress {
@@ -130,26 +169,39 @@ impl Ingress {
             .catch_up()
             .await
             .map_err(|e| IngressError::Store(e.to_string()))?;
-        let credentials = runner.state();
-        let applied = runner.applied();
+        let read_model = ReadModel::of_index(runner.state(), runner.applied());
         let stop = shutdown.clone();
         tracker.spawn(async move {
             if let Err(e) = runner.run(stop).await {
                 tracing::error!(error = %e, "ingress read model stopped");
             }
         });
+        Ok(Self::with_read_model(
+            store, key, opts, read_model, shutdown, tracker,
+        ))
+    }
+
+    /// The application layer over a read model the caller keeps following
+    /// the log (it must have caught up already).
+    pub fn with_read_model(
+        store: EventStore,
+        key: SecretKey,
+        opts: IngressOptions,
+        read_model: ReadModel,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Self {
         let checker =
             ImageChecker::new(store.client().clone(), store.subjects(), opts.check_timeout);
         let hooks = hooks::HookDesks::new(store.clone(), key.clone(), tracker.clone(), shutdown);
-        Ok(Self {
+        Self {
             store,
             key,
             checker,
             opts,
-            credentials,
-            applied,
+            read_model,
             hooks,
-        })
+        }
     }
 
     /// The event store.
@@ -193,7 +245,7 @@ impl Ingress {
             .last_stream_seq()
             .await
             .map_err(|e| IngressError::Store(e.to_string()))?;
-        let mut rx = self.applied.clone();
+        let mut rx = self.read_model.applied.clone();
         let reached = tokio::time::timeout(self.opts.read_timeout, async {
             rx.wait_for(|s| *s >= target).await.map(|_| ())
         })

@@ -12,7 +12,7 @@ use berth_schemas::{AggregateId, Envelope};
 use crate::credentials::CredentialView;
 
 /// Every credential ever created, by id (removed ones as `Removed`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct CredentialIndex {
     credentials: BTreeMap<CredentialId, CredentialState>,
 }
