@@ -5,5 +5,6 @@ mod bus;
 mod docs;
 mod fuzz;
 mod hooks;
+mod isolation;
 mod routes;
 mod support;
