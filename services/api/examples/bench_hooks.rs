@@ -10,7 +10,9 @@
 //!   (default 64; CI pipelines hook their own service), each call a real
 //!   decision: load the service, open the sealed hook key, compare, append
 //!   `deploy_created` (+ `deploy_queued`) with the expected sequence;
-//! - hooks on one service: every call contends for one subject.
+//! - hooks on one service: every call contends for one subject;
+//! - the store's floor: one bare `EventStore::append` per request (new
+//!   aggregate, no decision), to tell the store's cost from the hook's.
 //!
 //! wrk (`-t2 -c<connections> --latency`) drives each for `seconds` (default
 //! 10); the bar is hooks ≥ 50 % of the baseline's requests/s with p99 < 25 ms.
@@ -110,6 +112,30 @@ async fn publish(State((js, payload)): State<(jetstream::Context, bytes::Bytes)>
     "{\"ok\":true}"
 }
 
+/// The store's floor: one `EventStore::append` (expected sequence, message
+/// id, MessagePack commit, followed by the API's read model) per request,
+/// with no decision and no hook desk.
+async fn append_only(State(store): State<berth_eventlog::EventStore>) -> &'static str {
+    use berth_schemas::ids::{OwnerId, UserId};
+    let owner = OwnerId::User(UserId::generate());
+    let event = berth_schemas::events::OwnerCreated {
+        owner: owner.clone(),
+        name: "bench".into(),
+    };
+    let new = berth_eventlog::NewEvent::new(event, berth_schemas::Actor::DeployHook);
+    let key = format!("bench-{owner}");
+    store
+        .append(
+            &berth_schemas::AggregateId::Owner(owner),
+            berth_eventlog::Version::NEW,
+            vec![new],
+            &key,
+        )
+        .await
+        .unwrap();
+    "{\"ok\":true}"
+}
+
 fn main() {
     let args: Vec<u32> = std::env::args()
         .skip(1)
@@ -122,7 +148,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (app, base, api, hooks, one) = rt.block_on(async {
+    let (app, base, api, hooks, one, floor) = rt.block_on(async {
         let app = support::App::start(true).await;
         let owner = app.owner().await;
         let mut hooks = Vec::new();
@@ -148,8 +174,14 @@ fn main() {
         )
         .await;
         let api = serve(berth_api::router(app.state.clone())).await;
+        let floor = serve(
+            Router::new()
+                .route("/", get(append_only))
+                .with_state(app.store.clone()),
+        )
+        .await;
         let one = vec![hooks[0].clone()];
-        (app, base, api, hooks, one)
+        (app, base, api, hooks, one, floor)
     });
     let baseline = wrk("baseline publish+ack", base, &["/".to_owned()], secs, conns);
     let spread = wrk(
@@ -160,6 +192,13 @@ fn main() {
         conns,
     );
     let single = wrk("hooks on one service", api, &one, secs, conns);
+    let store = wrk(
+        "store.append only (no decision)",
+        floor,
+        &["/".to_owned()],
+        secs,
+        conns,
+    );
     let ratio = spread.rps / baseline.rps;
     println!(
         "ratio hooks/baseline: {:.0} % (bar >= 50 %), hooks p99 {:.2} ms (bar < 25 ms): {}",
@@ -175,6 +214,11 @@ fn main() {
         "one service: {:.0} % of baseline, p99 {:.2} ms",
         single.rps / baseline.rps * 100.0,
         single.p99_ms
+    );
+    println!(
+        "store.append floor: {:.0} % of baseline; hooks: {:.0} % of that floor",
+        store.rps / baseline.rps * 100.0,
+        spread.rps / store.rps * 100.0
     );
     drop(app);
 }
