@@ -46,6 +46,21 @@ pub struct UpArgs {
 
     #[command(flatten)]
     pub node: berth_node::NodeArgs,
+
+    #[command(flatten)]
+    pub scheduler: berth_scheduler::SchedulerArgs,
+
+    #[command(flatten)]
+    pub cron: berth_cron::CronArgs,
+
+    #[command(flatten)]
+    pub notifier: berth_notifier::NotifierArgs,
+
+    #[command(flatten)]
+    pub router: berth_router::RouterArgs,
+
+    #[command(flatten)]
+    pub api: berth_api::ApiArgs,
 }
 
 #[derive(Debug, Args)]

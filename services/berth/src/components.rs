@@ -1,7 +1,6 @@
 //! The components berth runs, in start order. `berth up` runs all of them;
-//! `berth run <name>` one. Adding a component (ingress, resolver, puller,
-//! scheduler, agent, notifier, router arrive with later issues) means one
-//! line in [`NAMES`] and one arm in [`build`].
+//! `berth run <name>` one. Adding a component means one line in [`NAMES`],
+//! its validated options in [`Options`] and one arm in [`build`].
 
 use std::sync::Arc;
 
@@ -13,7 +12,16 @@ use berth_runtime::{Component, Config};
 use crate::projector::Projector;
 
 /// Every component name, in start order.
-pub const NAMES: &[&str] = &["projector", "resolver", "node"];
+pub const NAMES: &[&str] = &[
+    "projector",
+    "resolver",
+    "scheduler",
+    "cron",
+    "notifier",
+    "node",
+    "router",
+    "api",
+];
 
 /// What components are built from: opened once per process and shared.
 #[derive(Debug, Clone)]
@@ -21,10 +29,22 @@ pub struct ComponentDeps {
     pub store: Arc<EventStore>,
     /// Seals and opens secrets (registry tokens, hook keys).
     pub secret_key: Arc<SecretKey>,
-    /// The resolver's validated settings.
+    /// Every component's validated settings.
+    pub options: Options,
+}
+
+/// The validated settings of every component.
+#[derive(Debug, Clone)]
+pub struct Options {
     pub resolver: berth_resolver::ResolverOptions,
-    /// The node's validated settings.
     pub node: berth_node::NodeOptions,
+    pub node_checks: berth_node::NodeChecks,
+    pub node_gc: berth_node::GcOptions,
+    pub scheduler: berth_scheduler::SchedulerOptions,
+    pub cron: berth_cron::CronOptions,
+    pub notifier: berth_notifier::NotifierOptions,
+    pub router: berth_router::RouterOptions,
+    pub api: berth_api::ApiArgs,
 }
 
 impl ComponentDeps {
@@ -33,8 +53,7 @@ impl ComponentDeps {
         client: async_nats::Client,
         config: &Config,
         secret_key: SecretKey,
-        resolver: berth_resolver::ResolverOptions,
-        node: berth_node::NodeOptions,
+        options: Options,
     ) -> anyhow::Result<Self> {
         let store_config = StoreConfig {
             replicas: config.replicas,
@@ -46,8 +65,7 @@ impl ComponentDeps {
         Ok(Self {
             store: Arc::new(store),
             secret_key: Arc::new(secret_key),
-            resolver,
-            node,
+            options,
         })
     }
 }
@@ -55,6 +73,7 @@ impl ComponentDeps {
 /// Builds the named component, or all of them when `only` is `None`.
 /// Names were validated against [`NAMES`] with the rest of the config.
 pub fn build(deps: &ComponentDeps, only: Option<&str>) -> anyhow::Result<Vec<Box<dyn Component>>> {
+    let store = || (*deps.store).clone();
     NAMES
         .iter()
         .filter(|n| only.is_none_or(|o| o == **n))
@@ -65,15 +84,41 @@ pub fn build(deps: &ComponentDeps, only: Option<&str>) -> anyhow::Result<Vec<Box
                     berth_resolver::Resolver::new(
                         (*deps.store).clone(),
                         (*deps.secret_key).clone(),
-                        deps.resolver.clone(),
+                        deps.options.resolver.clone(),
                     )
                     .context("building the resolver")?,
                 )),
-                "node" => Ok(Box::new(berth_node::Node::new(
-                    (*deps.store).clone(),
-                    (*deps.secret_key).clone(),
-                    deps.node.clone(),
+                "node" => Ok(Box::new(
+                    berth_node::Node::new(
+                        store(),
+                        (*deps.secret_key).clone(),
+                        deps.options.node.clone(),
+                    )
+                    .with_checks(deps.options.node_checks.clone())
+                    .with_gc(deps.options.node_gc.clone()),
+                )),
+                "scheduler" => Ok(Box::new(berth_scheduler::component(
+                    store(),
+                    deps.options.scheduler.clone(),
                 ))),
+                "cron" => Ok(Box::new(berth_cron::component(
+                    store(),
+                    deps.options.cron.clone(),
+                ))),
+                "notifier" => Ok(Box::new(berth_notifier::component(
+                    store(),
+                    (*deps.secret_key).clone(),
+                    deps.options.notifier.clone(),
+                ))),
+                "router" => Ok(berth_router::component(
+                    store(),
+                    deps.options.router.clone(),
+                )),
+                "api" => Ok(berth_api::component(
+                    store(),
+                    (*deps.secret_key).clone(),
+                    deps.options.api.clone(),
+                )),
                 other => Err(anyhow::anyhow!(
                     "component {other:?} is listed but not built"
                 )),

@@ -15,7 +15,7 @@ use berth_runtime::{
 };
 
 use crate::cli::{RunArgs, UpArgs};
-use crate::components::{self, ComponentDeps};
+use crate::components::{self, ComponentDeps, Options};
 use crate::exit::Outcome;
 use crate::secret::{self, KeySource};
 
@@ -32,34 +32,46 @@ pub async fn run_one(args: RunArgs) -> Outcome {
 
 struct Validated {
     config: Config,
-    resolver: berth_resolver::ResolverOptions,
-    node: berth_node::NodeOptions,
+    options: Options,
     secret_key: Option<String>,
     only: Option<&'static str>,
+}
+
+/// Records a component's problems under its variables' prefix.
+fn checked<T>(problems: &mut Problems, vars: &'static str, r: Result<T, Vec<String>>) -> Option<T> {
+    r.map_err(|errors| {
+        for e in errors {
+            problems.add(vars, e);
+        }
+    })
+    .ok()
 }
 
 /// Every check on the command line and environment, reported together.
 fn validate(args: UpArgs, only: Option<String>) -> Result<Validated, berth_runtime::ConfigError> {
     let mut problems = Problems::default();
     let config = args.common.validate_into(&mut problems);
-    let resolver = args
-        .resolver
-        .validate()
-        .map_err(|errors| {
-            for e in errors {
-                problems.add("BERTH_RESOLVER_*", e);
-            }
+    let p = &mut problems;
+    let resolver = checked(p, "BERTH_RESOLVER_*", args.resolver.validate());
+    let node = checked(p, "BERTH_NODE_*", args.node.validate());
+    let node_checks = checked(p, "BERTH_NODE_*", args.node.checks());
+    let scheduler = checked(p, "BERTH_SCHEDULER_*", args.scheduler.validate());
+    let cron = checked(p, "BERTH_CRON_*", args.cron.validate());
+    let router = checked(p, "BERTH_ROUTER_*", args.router.validate());
+    let api = checked(p, "BERTH_API_*", args.api.validate()).map(|()| args.api.clone());
+    let options = (|| {
+        Some(Options {
+            resolver: resolver?,
+            node: node?,
+            node_checks: node_checks?,
+            node_gc: args.node.gc(),
+            scheduler: scheduler?,
+            cron: cron?,
+            notifier: args.notifier.options(),
+            router: router?,
+            api: api?,
         })
-        .ok();
-    let node = args
-        .node
-        .validate()
-        .map_err(|errors| {
-            for e in errors {
-                problems.add("BERTH_NODE_*", e);
-            }
-        })
-        .ok();
+    })();
     if let Some(key) = &args.secret_key {
         if let Err(m) = secret::check(key) {
             problems.add("BERTH_SECRET_KEY", m);
@@ -82,11 +94,10 @@ fn validate(args: UpArgs, only: Option<String>) -> Result<Validated, berth_runti
         },
     };
     problems
-        .finish(config.zip(resolver).zip(node))
-        .map(|((config, resolver), node)| Validated {
+        .finish(config.zip(options))
+        .map(|(config, options)| Validated {
             config,
-            resolver,
-            node,
+            options,
             secret_key: args.secret_key,
             only,
         })
@@ -148,7 +159,18 @@ async fn serve(
         .await
         .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
 
-    let deps = ComponentDeps::open(client.clone(), &config, secret_key, v.resolver, v.node).await?;
+    let api_url = v.options.api.public_url();
+    let deps = ComponentDeps::open(client.clone(), &config, secret_key, v.options).await?;
+    // The first owner and API key, written where the CLI finds them; only
+    // where the API runs.
+    let credentials = if v.only.is_none_or(|c| c == "api") {
+        let b = berth_api::bootstrap_store(&deps.store, &deps.secret_key, &data_dir, &api_url)
+            .await
+            .context("creating the first owner and API key")?;
+        Some(b)
+    } else {
+        None
+    };
     let selected = components::build(&deps, v.only)?;
     let names: Vec<_> = selected.iter().map(|c| c.name()).collect();
 
@@ -161,6 +183,15 @@ async fn serve(
         http_addr,
         &names,
     );
+    if let Some(b) = &credentials {
+        let note = if b.created {
+            " (created: owner id and API key, mode 0600)"
+        } else {
+            ""
+        };
+        println!("  api:        {api_url}");
+        println!("  api key:    {}{note}", b.path.display());
+    }
     tracing::info!(components = ?names, http.addr = %http_addr, nats.url = %config.nats_url, "berth running");
 
     let deps = RunDeps {

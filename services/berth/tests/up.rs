@@ -25,6 +25,14 @@ fn berth(data_dir: &Path, nats_port: u16, prefix: &str) -> Command {
         .env("BERTH_DATA_DIR", data_dir)
         .env("BERTH_NATS_URL", format!("nats://127.0.0.1:{nats_port}"))
         .env("BERTH_HTTP_ADDR", "127.0.0.1:0")
+        .env(
+            "BERTH_API_ADDR",
+            format!("127.0.0.1:{}", free_port().unwrap()),
+        )
+        .env(
+            "BERTH_ROUTER_ADDR",
+            format!("127.0.0.1:{}", free_port().unwrap()),
+        )
         .env("BERTH_SUBJECT_PREFIX", prefix)
         .env("BERTH_SHUTDOWN_GRACE_SECS", "10")
         .env("BERTH_LOG", "info")
