@@ -95,7 +95,7 @@ pub fn build(deps: &ComponentDeps, only: Option<&str>) -> anyhow::Result<Vec<Box
                         deps.options.node.clone(),
                     )
                     .with_checks(deps.options.node_checks.clone())
-                    .with_gc(deps.options.node_gc.clone()),
+                    .with_gc(deps.options.node_gc),
                 )),
                 "scheduler" => Ok(Box::new(berth_scheduler::component(
                     store(),
