@@ -186,7 +186,7 @@ async fn main() {
         o.concurrency = 16;
         nodes.push(w.start_node_with(o).await);
     }
-    let _scheduler = w.start_scheduler().await;
+    let scheduler = SchedulerThread::start(&w);
     let mut feed = live_feed(&w).await;
     let mut seen = HashMap::new();
 
@@ -220,6 +220,7 @@ async fn main() {
     stages(&w, &svc).await;
 
     // 2. a burst of services at once.
+    let cpu0 = scheduler.cpu();
     let t0 = Instant::now();
     let created: Vec<(ServiceId, DeployId, Instant)> = futures::stream::iter(0..services)
         .map(|_| async {
@@ -236,8 +237,13 @@ async fn main() {
         each.push(live - *t);
     }
     let all = t0.elapsed();
+    let cpu = scheduler.cpu().saturating_sub(cpu0);
     report(&format!("create→live ({services} services at once)"), each);
     println!("all {services} live after {all:?}");
+    println!(
+        "scheduler CPU during the burst: {cpu:?} ({:.0} % of one core over {all:?})",
+        100.0 * cpu.as_secs_f64() / all.as_secs_f64()
+    );
     let running: usize = nodes.iter().map(|n| n.containers().len()).sum();
     println!("containers running: {running}");
     let mut total = 0;
@@ -251,4 +257,74 @@ async fn main() {
             .len();
     }
     println!("events in the burst's services: {total}");
+}
+
+/// The scheduler on a thread of its own (a current-thread runtime with its
+/// own NATS connection), so its CPU time can be read apart from the nodes,
+/// the resolver and the registry that share this process.
+struct SchedulerThread {
+    tid: String,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl SchedulerThread {
+    fn start(w: &World) -> SchedulerThread {
+        let url = w.nats.url();
+        let subjects = w.store.subjects().clone();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let token = stop.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let tid = std::fs::read_link("/proc/thread-self").unwrap();
+            let tid = tid.file_name().unwrap().to_string_lossy().into_owned();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let client = async_nats::connect(url).await.unwrap();
+                let store = berth_eventlog::EventStore::open(
+                    client,
+                    subjects,
+                    berth_eventlog::StoreConfig::default(),
+                )
+                .await
+                .unwrap();
+                let ready = berth_runtime::ReadyFlag::default();
+                let s = berth_scheduler::Scheduler::new(store, support::scheduler_options());
+                let run = s.run(token, Some(ready.clone()));
+                tokio::pin!(run);
+                let mut sent = false;
+                loop {
+                    tokio::select! {
+                        r = &mut run => { r.unwrap(); break; }
+                        _ = tokio::time::sleep(Duration::from_millis(20)), if !sent => {
+                            if ready.get() {
+                                tx.send(tid.clone()).unwrap();
+                                sent = true;
+                            }
+                        }
+                    }
+                }
+            });
+        });
+        let tid = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("scheduler ready");
+        SchedulerThread {
+            tid,
+            _stop: stop.drop_guard(),
+        }
+    }
+
+    /// utime + stime of the scheduler's thread.
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{}/stat", self.tid)).unwrap();
+        // Fields after the parenthesised command: state is field 3, utime 14, stime 15.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        let hz = 100; // USER_HZ on Linux
+        Duration::from_millis(ticks * 1000 / hz)
+    }
 }
