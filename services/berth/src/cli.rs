@@ -29,6 +29,9 @@ pub enum Command {
     /// Benchmarks against a fresh local nats-server.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// API client commands (service, credential, hook, cron, apikey).
+    #[command(flatten)]
+    Client(crate::client::ClientCommand),
 }
 
 #[derive(Debug, Args)]

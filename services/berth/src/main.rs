@@ -6,6 +6,7 @@
 
 mod bench;
 mod cli;
+mod client;
 mod components;
 mod exit;
 mod image;
@@ -26,6 +27,8 @@ fn main() -> ExitCode {
         Command::Up(args) => with_runtime(up::up(args)),
         Command::Run(args) => with_runtime(up::run_one(args)),
         Command::Bench(BenchCommand::Eventlog(args)) => with_runtime(bench::eventlog(args)),
+        // Client commands have their own exit codes (1 refused, 64 usage, 69 unreachable).
+        Command::Client(cmd) => return client::main(cmd),
     };
     outcome.report()
 }

@@ -1,0 +1,207 @@
+//! `berth credential …`: registry credentials for private images. The
+//! token is read from stdin or a file, never from argv, and no answer of
+//! the API ever holds it.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Map, Value};
+
+use super::http::enc;
+use super::output::{self, s};
+use super::{Api, ClientError, ClientOpts};
+
+#[derive(Debug, Args)]
+pub struct CredentialArgs {
+    #[command(flatten)]
+    pub opts: ClientOpts,
+    #[command(subcommand)]
+    pub cmd: CredentialCommand,
+}
+
+/// Where the token comes from (one of them).
+#[derive(Debug, Args)]
+pub struct TokenSource {
+    /// Read the token (or password) from stdin.
+    #[arg(long, conflicts_with = "token_file")]
+    pub token_stdin: bool,
+    /// Read the token (or password) from this file.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl TokenSource {
+    fn given(&self) -> bool {
+        self.token_stdin || self.token_file.is_some()
+    }
+
+    /// The token, without a trailing newline.
+    fn read(&self) -> Result<String, ClientError> {
+        let mut raw = String::new();
+        if self.token_stdin {
+            std::io::stdin().read_to_string(&mut raw).map_err(|e| {
+                ClientError::Usage(format!("cannot read the token from stdin: {e}"))
+            })?;
+        } else if let Some(p) = &self.token_file {
+            raw = std::fs::read_to_string(p).map_err(|e| {
+                ClientError::Usage(format!("cannot read the token file {}: {e}", p.display()))
+            })?;
+        } else {
+            return Err(ClientError::Usage(
+                "give the token with --token-stdin or --token-file PATH (never on the command line)"
+                    .to_owned(),
+            ));
+        }
+        let token = raw.trim_end_matches(['\n', '\r']).to_owned();
+        if token.is_empty() {
+            return Err(ClientError::Usage("the token is empty".to_owned()));
+        }
+        Ok(token)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CredentialCommand {
+    /// Add a credential.
+    Add {
+        /// A name to recognise it by.
+        #[arg(long)]
+        name: String,
+        /// docker, github, gitlab, google_artifact or generic.
+        #[arg(long, default_value = "generic")]
+        registry: String,
+        /// Registry host (for generic registries), e.g. `registry.example.com:5000`.
+        #[arg(long)]
+        host: Option<String>,
+        /// User name at the registry.
+        #[arg(long)]
+        username: String,
+        #[command(flatten)]
+        token: TokenSource,
+    },
+    /// List credentials.
+    List,
+    /// Show one credential (never its token).
+    Show { credential: String },
+    /// Replace a credential's token (and optionally its user name or name).
+    Rotate {
+        credential: String,
+        #[arg(long)]
+        username: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        token: TokenSource,
+    },
+    /// Delete a credential.
+    Rm { credential: String },
+}
+
+const HEADER: &[&str] = &["ID", "NAME", "REGISTRY", "HOST", "USERNAME", "UPDATED"];
+
+fn row(c: &Value) -> Vec<String> {
+    vec![
+        s(c, "id"),
+        s(c, "name"),
+        s(c, "registry"),
+        s(c, "host"),
+        s(c, "username"),
+        output::time(c, "updatedAt"),
+    ]
+}
+
+fn print_one(api: &Api, c: &Value) {
+    if api.json {
+        output::json(c);
+    } else {
+        output::table(HEADER, &[row(c)], "");
+    }
+}
+
+/// Runs one `berth credential` command.
+pub async fn run(args: CredentialArgs) -> Result<(), ClientError> {
+    let api = Api::from_opts(&args.opts)?;
+    match args.cmd {
+        CredentialCommand::Add {
+            name,
+            registry,
+            host,
+            username,
+            token,
+        } => {
+            // Read the secret before any network call so a usage error costs nothing.
+            let token = token.read()?;
+            let mut body = json!({
+                "name": name,
+                "registry": registry.to_ascii_uppercase().replace('-', "_"),
+                "username": username,
+                "authToken": token,
+            });
+            if let (Some(h), Some(m)) = (host, body.as_object_mut()) {
+                m.insert("host".into(), json!(h));
+            }
+            let c = api.post("/v1/registrycredentials", Some(body)).await?;
+            print_one(&api, &c);
+            Ok(())
+        }
+        CredentialCommand::List => {
+            let all = api.get("/v1/registrycredentials?limit=100").await?;
+            if api.json {
+                output::json(&all);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = all.as_array().into_iter().flatten().map(row).collect();
+            output::table(HEADER, &rows, "no registry credentials");
+            Ok(())
+        }
+        CredentialCommand::Show { credential } => {
+            let c = api
+                .get(&format!("/v1/registrycredentials/{}", enc(&credential)))
+                .await?;
+            print_one(&api, &c);
+            Ok(())
+        }
+        CredentialCommand::Rotate {
+            credential,
+            username,
+            name,
+            token,
+        } => {
+            let mut body = Map::new();
+            if token.given() {
+                body.insert("authToken".into(), json!(token.read()?));
+            }
+            if let Some(u) = username {
+                body.insert("username".into(), json!(u));
+            }
+            if let Some(n) = name {
+                body.insert("name".into(), json!(n));
+            }
+            if body.is_empty() {
+                return Err(ClientError::Usage(
+                    "nothing to change: give --token-stdin, --token-file, --username or --name"
+                        .to_owned(),
+                ));
+            }
+            let c = api
+                .patch(
+                    &format!("/v1/registrycredentials/{}", enc(&credential)),
+                    Value::Object(body),
+                )
+                .await?;
+            print_one(&api, &c);
+            Ok(())
+        }
+        CredentialCommand::Rm { credential } => {
+            api.delete(&format!("/v1/registrycredentials/{}", enc(&credential)))
+                .await?;
+            if api.json {
+                output::json(&json!({ "ok": true, "deleted": credential }));
+            } else {
+                println!("deleted {credential}");
+            }
+            Ok(())
+        }
+    }
+}

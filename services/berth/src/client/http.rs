@@ -1,0 +1,298 @@
+//! The HTTP side of the client: finds the API and its key, sends JSON, and
+//! turns every failure into a [`ClientError`] that says what to do next.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_api::bootstrap::{CredentialsFile, CREDENTIALS_FILE};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use super::ClientOpts;
+
+/// Where the API listens when nothing says otherwise (`berth up`'s default).
+pub const DEFAULT_API_URL: &str = "http://127.0.0.1:7000";
+
+/// Why a client command failed; each maps to an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The API answered with an error (exit 1).
+    #[error("{message}")]
+    Api {
+        status: u16,
+        message: String,
+        hint: Option<String>,
+    },
+    /// Something else went wrong after the command started, e.g. a deploy
+    /// that was followed and failed (exit 1).
+    #[error("{0}")]
+    Failed(String),
+    /// The command line or configuration is unusable (exit 64).
+    #[error("{0}")]
+    Usage(String),
+    /// The API could not be reached (exit 69).
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+impl ClientError {
+    /// Prints the error (stderr) and returns its exit code.
+    pub fn report(self) -> ExitCode {
+        let code = match &self {
+            ClientError::Api { .. } | ClientError::Failed(_) => 1,
+            ClientError::Usage(_) => 64,
+            ClientError::Unreachable(_) => 69,
+        };
+        eprintln!("berth: error: {self}");
+        if let ClientError::Api {
+            hint: Some(hint), ..
+        } = &self
+        {
+            eprintln!("berth: {hint}");
+        }
+        ExitCode::from(code)
+    }
+}
+
+/// An API connection: base URL, key, and where the key came from (for hints).
+#[derive(Debug, Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: Arc<str>,
+    key: Arc<str>,
+    key_from: Arc<str>,
+    /// Print JSON instead of tables.
+    pub json: bool,
+}
+
+fn read_credentials(path: &Path) -> Result<Option<CredentialsFile>, ClientError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            ClientError::Usage(format!(
+                "{} is not a berth credentials file ({e}); set BERTH_API_KEY instead",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ClientError::Usage(format!(
+            "cannot read {}: {e}; set BERTH_API_KEY instead",
+            path.display()
+        ))),
+    }
+}
+
+impl Api {
+    /// Builds the connection from the options, `BERTH_API_KEY` and the
+    /// credentials file.
+    pub fn from_opts(opts: &ClientOpts) -> Result<Self, ClientError> {
+        let file_path: PathBuf = opts.data_dir.join(CREDENTIALS_FILE);
+        let env_key = std::env::var("BERTH_API_KEY")
+            .ok()
+            .filter(|k| !k.trim().is_empty());
+        // Only read the file when something is still missing.
+        let file = if env_key.is_none() || opts.api_url.is_none() {
+            read_credentials(&file_path)?
+        } else {
+            None
+        };
+        let (key, key_from) = match (env_key, &file) {
+            (Some(k), _) => (k, "BERTH_API_KEY".to_owned()),
+            (None, Some(f)) => (f.api_key.clone(), file_path.display().to_string()),
+            (None, None) => {
+                return Err(ClientError::Usage(format!(
+                    "no API key: set BERTH_API_KEY, or point BERTH_DATA_DIR at the data \
+                     directory of `berth up` (looked for {})",
+                    file_path.display()
+                )))
+            }
+        };
+        let base = opts
+            .api_url
+            .clone()
+            .or_else(|| file.map(|f| f.api_url))
+            .unwrap_or_else(|| DEFAULT_API_URL.to_owned());
+        let base = base.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::Usage(format!(
+                "API URL {base:?} must start with http:// or https://"
+            )));
+        }
+        Ok(Self {
+            http: build_http()?,
+            base: base.into(),
+            key: key.trim().into(),
+            key_from: key_from.into(),
+            json: opts.json,
+        })
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:7000`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// GET `path`, the answer's JSON.
+    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.send(Method::GET, path, None).await
+    }
+
+    /// POST `body` to `path` (`{}` when `None`), the answer's JSON (`null` if empty).
+    pub async fn post(&self, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+        let body = body.unwrap_or_else(|| Value::Object(Default::default()));
+        self.send(Method::POST, path, Some(body)).await
+    }
+
+    /// PATCH `path` with `body`.
+    pub async fn patch(&self, path: &str, body: Value) -> Result<Value, ClientError> {
+        self.send(Method::PATCH, path, Some(body)).await
+    }
+
+    /// DELETE `path`.
+    pub async fn delete(&self, path: &str) -> Result<Value, ClientError> {
+        self.send(Method::DELETE, path, None).await
+    }
+
+    /// Every item of a cursor-paginated listing (`[{cursor, <item>}]`).
+    pub async fn list_all(&self, path: &str) -> Result<Vec<Value>, ClientError> {
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let page_path = match &cursor {
+                None => format!("{path}{sep}limit=100"),
+                Some(c) => format!("{path}{sep}limit=100&cursor={c}"),
+            };
+            let page = match self.get(&page_path).await? {
+                Value::Array(items) => items,
+                other => {
+                    return Err(ClientError::Failed(format!(
+                        "GET {path}: expected a list, got {other}"
+                    )))
+                }
+            };
+            let n = page.len();
+            cursor = page
+                .last()
+                .and_then(|i| i.get("cursor"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            all.extend(page);
+            if n < 100 || cursor.is_none() {
+                return Ok(all);
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self
+            .http
+            .request(method.clone(), &url)
+            .bearer_auth(&self.key)
+            .header("accept", "application/json");
+        if let Some(body) = &body {
+            req = req
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
+        let json: Option<Value> = if bytes.is_empty() {
+            None
+        } else {
+            serde_json::from_slice(&bytes).ok()
+        };
+        if status.is_success() {
+            return Ok(json.unwrap_or(Value::Null));
+        }
+        Err(self.refused(&method, path, status, json, &bytes))
+    }
+
+    fn unreachable(&self, e: &reqwest::Error) -> ClientError {
+        // The innermost cause says it best ("Connection refused").
+        let mut cause = e.to_string();
+        let mut src = std::error::Error::source(e);
+        while let Some(s) = src {
+            cause = s.to_string();
+            src = s.source();
+        }
+        ClientError::Unreachable(format!(
+            "cannot reach the berth API ({cause}); is `berth up` running? tried {} \
+             (set BERTH_API_URL or --api-url)",
+            self.base
+        ))
+    }
+
+    fn refused(
+        &self,
+        method: &Method,
+        path: &str,
+        status: StatusCode,
+        json: Option<Value>,
+        raw: &[u8],
+    ) -> ClientError {
+        let api_message = json
+            .as_ref()
+            .and_then(|j| j.get("message"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| String::from_utf8_lossy(raw).chars().take(300).collect());
+        let hint = match status {
+            StatusCode::UNAUTHORIZED => Some(format!(
+                "the API refused the key: check BERTH_API_KEY or the apiKey in credentials.json \
+                 (this key came from {})",
+                self.key_from
+            )),
+            StatusCode::NOT_FOUND => {
+                Some("check the id (`berth service list`, `berth credential list`)".to_owned())
+            }
+            _ => None,
+        };
+        ClientError::Api {
+            status: status.as_u16(),
+            message: format!("{method} {path}: {} {api_message}", status.as_u16()),
+            hint,
+        }
+    }
+}
+
+/// One client for http and https (rustls with ring, platform roots).
+fn build_http() -> Result<reqwest::Client, ClientError> {
+    use rustls_platform_verifier::BuilderVerifierExt;
+    let fail = |e: String| ClientError::Failed(format!("cannot set up HTTPS: {e}"));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(e.to_string()))?
+        .with_platform_verifier()
+        .map_err(|e| fail(e.to_string()))?
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(60))
+        .user_agent(concat!("berth-cli/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| fail(e.to_string()))
+}
+
+/// Percent-encodes one path or query component.
+pub fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
