@@ -1,5 +1,6 @@
 //! Black-box tests of the real `berth` binary, one test binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod cli;
 mod node;
 mod up;

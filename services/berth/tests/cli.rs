@@ -1,0 +1,496 @@
+//! End to end: the `berth` client commands against a real `berth up`
+//! (its own API port, data dir and prefix, a real nats-server, a real
+//! docker-registry with basic auth, real runc instances). Asserts on what
+//! the commands print, not only on exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use berth_runtime::local_nats::free_port;
+use berth_tests::layers::{self, Comp, Entry};
+use berth_tests::registry::{Registry, RegistryAuth};
+use berth_tests::{NatsServer, NatsVersion};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+fn require_root_and_runc() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")),
+        "this test runs real runc containers and must run as root"
+    );
+    assert!(
+        Path::new("/bin/busybox").is_file(),
+        "/bin/busybox missing (busybox-static)"
+    );
+}
+
+fn busybox_image() -> berth_tests::image::Image {
+    let bb = std::fs::read("/bin/busybox").unwrap();
+    let mut entries = vec![
+        Entry::dir("bin"),
+        Entry::file("bin/busybox", &bb).mode(0o755),
+        Entry::dir("tmp").mode(0o1777),
+    ];
+    for a in ["sh", "echo", "sleep", "true"] {
+        entries.push(Entry::symlink(&format!("bin/{a}"), "busybox"));
+    }
+    layers::image(vec![layers::layer(&entries, Comp::Gzip).unwrap()]).unwrap()
+}
+
+/// Stops `berth up` and removes any container or mount it left under `data`.
+struct Cleanup {
+    child: Option<Child>,
+    data: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(id) = self.child.as_ref().and_then(Child::id) {
+            let _ = kill(Pid::from_raw(id as i32), Signal::SIGKILL);
+        }
+        let root = self.data.join("node/agent/runc");
+        if root.exists() {
+            let out = std::process::Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["list", "-q"])
+                .output();
+            for id in out
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+                .lines()
+            {
+                let _ = std::process::Command::new("runc")
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["delete", "--force", id])
+                    .status();
+            }
+        }
+        let prefix = self.data.to_string_lossy().into_owned();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for m in mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&prefix))
+        {
+            let _ = std::process::Command::new("umount")
+                .args(["-l", m])
+                .status();
+        }
+    }
+}
+
+/// How to run the CLI against this installation.
+#[derive(Clone)]
+struct Cli {
+    data: PathBuf,
+    nats_url: String,
+    prefix: String,
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Cli {
+    async fn run_with(&self, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Out {
+        let mut c = Command::new(BERTH);
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("BERTH_DATA_DIR", &self.data)
+            .env("BERTH_NATS_URL", &self.nats_url)
+            .env("BERTH_SUBJECT_PREFIX", &self.prefix)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().unwrap();
+        if let Some(input) = stdin {
+            let mut w = child.stdin.take().unwrap();
+            w.write_all(input.as_bytes()).await.unwrap();
+            drop(w);
+        }
+        let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("berth {args:?} did not finish in 180 s"))
+            .unwrap();
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    async fn run(&self, args: &[&str]) -> Out {
+        self.run_with(args, &[], None).await
+    }
+
+    /// Runs and expects exit 0.
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        assert_eq!(out.code, 0, "berth {args:?}: {out:?}");
+        out.stdout
+    }
+
+    async fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let text = self.ok(&a).await;
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?} --json: {e}: {text}"))
+    }
+}
+
+async fn start_up(data: &Path, nats_url: &str, prefix: &str, api_port: u16) -> Child {
+    let mut child = Command::new(BERTH)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("BERTH_DATA_DIR", data)
+        .env("BERTH_NATS_URL", nats_url)
+        .env("BERTH_HTTP_ADDR", "127.0.0.1:0")
+        .env("BERTH_API_ADDR", format!("127.0.0.1:{api_port}"))
+        .env(
+            "BERTH_ROUTER_ADDR",
+            format!("127.0.0.1:{}", free_port().unwrap()),
+        )
+        .env("BERTH_SUBJECT_PREFIX", prefix)
+        .env("BERTH_NODE_NAME", "cli-node")
+        .env("BERTH_NODE_CPU_MILLIS", "4000")
+        .env("BERTH_NODE_MEMORY_MIB", "4096")
+        .env("BERTH_NODE_HEARTBEAT_MS", "200")
+        .env("BERTH_SHUTDOWN_GRACE_SECS", "10")
+        .env("BERTH_LOG", "warn")
+        .arg("up")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = out.next_line().await.unwrap() {
+            if line.trim().starts_with("components:") {
+                return;
+            }
+        }
+        panic!("berth up exited before printing its summary");
+    })
+    .await
+    .expect("berth up did not start in 60 s");
+    tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
+    // The summary can come before the API listens.
+    eventually("the API to listen", Duration::from_secs(30), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", api_port))
+            .await
+            .is_ok()
+    })
+    .await;
+    child
+}
+
+/// Polls `check` until it holds or `within` passes.
+async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn cli_drives_a_real_installation() {
+    require_root_and_runc();
+    let nats = NatsServer::start(NatsVersion::Legacy).unwrap();
+    let prefix = berth_tests::unique_prefix();
+    let (user, pass) = ("cliuser", "s3cret-registry-pass");
+    let registry = Registry::start(RegistryAuth::Htpasswd {
+        user: user.into(),
+        pass: pass.into(),
+    })
+    .await
+    .unwrap();
+    registry
+        .push_image("app/ticker", "v1", &busybox_image())
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let api_port = free_port().unwrap();
+    let mut cleanup = Cleanup {
+        child: None,
+        data: data.clone(),
+    };
+    cleanup.child = Some(start_up(&data, &nats.url(), &prefix, api_port).await);
+    let api_url = format!("http://127.0.0.1:{api_port}");
+    let cli = Cli {
+        data: data.clone(),
+        nats_url: nats.url(),
+        prefix: prefix.clone(),
+    };
+
+    // Credentials: the token only through stdin, never echoed back.
+    let refused = cli
+        .run(&["credential", "add", "--name", "reg", "--username", user])
+        .await;
+    assert_eq!(refused.code, 64, "{refused:?}");
+    assert!(refused.stderr.contains("--token-stdin"), "{refused:?}");
+    let added = cli
+        .run_with(
+            &[
+                "credential",
+                "add",
+                "--name",
+                "reg",
+                "--registry",
+                "generic",
+                "--host",
+                &registry.host,
+                "--username",
+                user,
+                "--token-stdin",
+            ],
+            &[],
+            Some(&format!("{pass}\n")),
+        )
+        .await;
+    assert_eq!(added.code, 0, "{added:?}");
+    assert!(added.stdout.contains("GENERIC"), "{added:?}");
+    assert!(!added.stdout.contains(pass), "token echoed: {added:?}");
+    let creds = cli.json(&["credential", "list"]).await;
+    let cred = creds.as_array().unwrap();
+    assert_eq!(cred.len(), 1, "{creds}");
+    let cred_id = cred[0]["id"].as_str().unwrap().to_owned();
+    assert!(cred_id.starts_with("rgc-"), "{creds}");
+    assert!(!creds.to_string().contains(pass), "{creds}");
+    let table = cli.ok(&["credential", "list"]).await;
+    assert!(table.starts_with("ID "), "{table}");
+    assert!(table.contains(&cred_id) && table.contains(user), "{table}");
+
+    // A service from the private image, followed until live.
+    let image = format!("{}/app/ticker:v1", registry.host);
+    let created = cli
+        .run(&[
+            "service",
+            "create",
+            "ticker",
+            "--type",
+            "background_worker",
+            "--image",
+            &image,
+            "--credential",
+            &cred_id,
+            "--command",
+            "sh -c 'while true; do echo tick-tock; sleep 1; done'",
+            "--wait",
+        ])
+        .await;
+    assert_eq!(created.code, 0, "{created:?}");
+    assert!(created.stdout.contains("created:"), "{created:?}");
+    assert!(created.stdout.contains(" live"), "{created:?}");
+    assert!(
+        created.stdout.contains(&format!("{api_url}/deploy/srv-")),
+        "{created:?}"
+    );
+
+    let list = cli.json(&["service", "list"]).await;
+    let svc = &list[0]["service"];
+    assert_eq!(svc["name"], "ticker", "{list}");
+    let id = svc["id"].as_str().unwrap().to_owned();
+    let table = cli.ok(&["service", "list"]).await;
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        row.contains("ticker") && row.contains("background_worker"),
+        "{table}"
+    );
+    assert!(row.contains(&image) && row.contains("active"), "{table}");
+
+    let shown = cli.json(&["service", "show", "ticker"]).await;
+    assert_eq!(shown["id"], id.as_str(), "{shown}");
+    assert_eq!(shown["image"]["registryCredentialId"], cred_id.as_str());
+    let live = shown["liveDeployId"].as_str().unwrap().to_owned();
+    let table = cli.ok(&["service", "show", &id]).await;
+    assert!(table.contains(&format!("live deploy:  {live}")), "{table}");
+    assert!(
+        table.contains("DEPLOY") && table.contains("live"),
+        "{table}"
+    );
+
+    // Live logs from the running instance.
+    let logs = cli.run(&["service", "logs", "ticker", "--for", "4"]).await;
+    assert_eq!(logs.code, 0, "{logs:?}");
+    assert!(logs.stdout.contains("| tick-tock"), "{logs:?}");
+    assert!(logs.stderr.contains("live only"), "{logs:?}");
+
+    // Scale, and watch the service and its timeline show it.
+    let scaled = cli.ok(&["service", "scale", "ticker", "2"]).await;
+    assert!(scaled.contains("scaling to 2"), "{scaled}");
+    eventually("numInstances 2", Duration::from_secs(30), || async {
+        cli.json(&["service", "show", &id]).await["serviceDetails"]["numInstances"] == 2
+    })
+    .await;
+    eventually(
+        "instance_count_changed event",
+        Duration::from_secs(30),
+        || async {
+            cli.ok(&["service", "events", "ticker"])
+                .await
+                .contains("instance_count_changed")
+        },
+    )
+    .await;
+    let events = cli.ok(&["service", "events", "ticker"]).await;
+    assert!(events.starts_with("TIME"), "{events}");
+    assert!(events.contains("deploy_ended"), "{events}");
+    let filtered = cli
+        .json(&["service", "events", "ticker", "--type", "deploy_started"])
+        .await;
+    let types: Vec<&str> = filtered
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"]["type"].as_str().unwrap())
+        .collect();
+    assert!(
+        !types.is_empty() && types.iter().all(|t| *t == "deploy_started"),
+        "{filtered}"
+    );
+
+    // A second deploy, followed to the end.
+    let deployed = cli.run(&["service", "deploy", "ticker"]).await;
+    assert_eq!(deployed.code, 0, "{deployed:?}");
+    assert!(deployed.stdout.contains(" live"), "{deployed:?}");
+    assert!(
+        deployed.stdout.contains("event deploy_started"),
+        "{deployed:?}"
+    );
+
+    // Hook URL, and a regenerated one that differs.
+    let hook = cli.ok(&["hook", "url", "ticker"]).await;
+    assert!(
+        hook.trim()
+            .starts_with(&format!("{api_url}/deploy/{id}?key=")),
+        "{hook}"
+    );
+    let again = cli.ok(&["hook", "regenerate", &id]).await;
+    assert!(again
+        .trim()
+        .starts_with(&format!("{api_url}/deploy/{id}?key=")));
+    assert_ne!(hook.trim(), again.trim());
+
+    // API keys: a new key works until it is revoked.
+    let made = cli.json(&["apikey", "create", "--label", "ci"]).await;
+    let (key_id, key) = (
+        made["id"].as_str().unwrap().to_owned(),
+        made["key"].as_str().unwrap().to_owned(),
+    );
+    let with_key = cli
+        .run_with(&["service", "list"], &[("BERTH_API_KEY", &key)], None)
+        .await;
+    assert_eq!(with_key.code, 0, "{with_key:?}");
+    assert!(with_key.stdout.contains("ticker"), "{with_key:?}");
+    let keys = cli.ok(&["apikey", "list"]).await;
+    let row = keys
+        .lines()
+        .find(|l| l.starts_with(&key_id))
+        .unwrap_or_else(|| panic!("{keys}"));
+    assert!(row.contains("ci") && row.contains("active"), "{keys}");
+    assert!(!keys.contains(&key), "key shown again: {keys}");
+    assert!(cli
+        .ok(&["apikey", "revoke", &key_id])
+        .await
+        .contains("revoked"));
+    let keys = cli.ok(&["apikey", "list"]).await;
+    let row = keys.lines().find(|l| l.starts_with(&key_id)).unwrap();
+    assert!(row.contains("revoked"), "{keys}");
+    let revoked = cli
+        .run_with(&["service", "list"], &[("BERTH_API_KEY", &key)], None)
+        .await;
+    assert_eq!(revoked.code, 1, "{revoked:?}");
+    assert!(revoked.stderr.contains("401"), "{revoked:?}");
+    assert!(
+        revoked.stderr.contains("check BERTH_API_KEY"),
+        "{revoked:?}"
+    );
+
+    // Errors: unknown service by name and by id, unreachable API, usage.
+    let unknown = cli.run(&["service", "show", "nosuch"]).await;
+    assert_eq!(unknown.code, 1, "{unknown:?}");
+    assert!(
+        unknown.stderr.contains("no service named \"nosuch\""),
+        "{unknown:?}"
+    );
+    let missing = berth_schemas::ids::ServiceId::generate().to_string();
+    let unknown = cli.run(&["service", "scale", &missing, "3"]).await;
+    assert_eq!(unknown.code, 1, "{unknown:?}");
+    assert!(unknown.stderr.contains("404"), "{unknown:?}");
+    assert!(unknown.stdout.is_empty(), "{unknown:?}");
+    let dead = format!("http://127.0.0.1:{}", free_port().unwrap());
+    let unreachable = cli
+        .run_with(&["service", "list"], &[("BERTH_API_URL", &dead)], None)
+        .await;
+    assert_eq!(unreachable.code, 69, "{unreachable:?}");
+    assert!(
+        unreachable.stderr.contains("is `berth up` running?"),
+        "{unreachable:?}"
+    );
+    assert!(unreachable.stderr.contains(&dead), "{unreachable:?}");
+    let no_yes = cli.run(&["service", "delete", "ticker"]).await;
+    assert_eq!(no_yes.code, 64, "{no_yes:?}");
+    assert!(no_yes.stderr.contains("--yes"), "{no_yes:?}");
+
+    // Delete, then it is gone from the listing.
+    assert!(cli
+        .ok(&["service", "delete", "ticker", "--yes"])
+        .await
+        .contains("deleted"));
+    let gone = cli.ok(&["service", "list"]).await;
+    assert!(gone.contains("no services"), "{gone}");
+    assert!(cli
+        .ok(&["credential", "rm", &cred_id])
+        .await
+        .contains(&format!("deleted {cred_id}")));
+
+    if let Some(mut child) = cleanup.child.take() {
+        let pid = child.id().unwrap() as i32;
+        kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+    }
+}
