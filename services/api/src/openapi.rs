@@ -213,7 +213,13 @@ pub const ROUTES: &[Route] = &[
         "patch",
         "/v1/notification-settings/owners/{ownerId}",
         "Update owner notification settings",
-        &["notificationsToSend", "email"],
+        &[
+            "notificationsToSend",
+            "email",
+            "slackWebhookUrl",
+            "webhookUrl",
+            "webhookSecret",
+        ],
         200,
     ),
     (

@@ -48,7 +48,7 @@ pub use credentials::{CredentialView, NewCredential, Rotation};
 pub use error::IngressError;
 pub use hooks::HookError;
 pub use ops::Scope;
-pub use owners::{api_key_sha256, ApiKeyView, OwnerNotifications, API_KEY_PREFIX};
+pub use owners::{api_key_sha256, ApiKeyView, ChannelSecrets, OwnerNotifications, API_KEY_PREFIX};
 pub use projection::CredentialIndex;
 
 pub use services::{CreatedService, NewService};

@@ -5,10 +5,10 @@
 //! hashed to and looked up by.
 
 use berth_domain::owner::{self, NotificationSettings, OwnerState};
-use berth_domain::Ctx;
+use berth_domain::{Ctx, DomainError};
 use berth_runtime::Secret;
 use berth_schemas::ids::{ApiKeyId, OwnerId};
-use berth_schemas::model::NotifySetting;
+use berth_schemas::model::{seal_context, NotifySetting, Sealed};
 use berth_schemas::{Actor, AggregateId};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -35,6 +35,64 @@ pub struct OwnerNotifications {
     pub notify: NotifySetting,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+    /// Whether a Slack incoming webhook is set (the URL itself is a secret
+    /// and never shown).
+    #[serde(default)]
+    pub slack_configured: bool,
+    /// Whether a generic webhook (URL and signing secret) is set.
+    #[serde(default)]
+    pub webhook_configured: bool,
+}
+
+impl OwnerNotifications {
+    fn of(n: &NotificationSettings) -> Self {
+        OwnerNotifications {
+            notify: n.notify,
+            email: n.email.clone(),
+            slack_configured: n.slack_webhook_url.is_some(),
+            webhook_configured: n.webhook_url.is_some() && n.webhook_secret.is_some(),
+        }
+    }
+}
+
+/// New values for the secret channels: `None` keeps what is set, an empty
+/// secret removes it. Sealed before anything is appended; never echoed.
+#[derive(Debug, Default)]
+pub struct ChannelSecrets {
+    /// Slack incoming-webhook URL (`https://hooks.slack.com/…`).
+    pub slack_webhook_url: Option<Secret>,
+    /// Generic webhook endpoint URL.
+    pub webhook_url: Option<Secret>,
+    /// Standard-Webhooks signing secret, `whsec_` + base64.
+    pub webhook_secret: Option<Secret>,
+}
+
+/// Which change a channel gets: keep, remove, or set to a sealed value.
+type Change = Option<Option<Sealed>>;
+
+fn check_url(field: &'static str, url: &str) -> Result<(), DomainError> {
+    let ok = (url.starts_with("https://") || url.starts_with("http://"))
+        && url.len() <= 2048
+        && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(DomainError::Invalid {
+            field,
+            reason: "must be an http(s) URL without spaces, at most 2048 characters".to_owned(),
+        })
+    }
+}
+
+fn check_webhook_secret(secret: &str) -> Result<(), DomainError> {
+    let raw = secret.strip_prefix("whsec_").unwrap_or(secret);
+    match data_encoding::BASE64.decode(raw.as_bytes()) {
+        Ok(bytes) if bytes.len() >= 16 && bytes.len() <= 128 => Ok(()),
+        _ => Err(DomainError::Invalid {
+            field: "webhookSecret",
+            reason: "must be whsec_ followed by the base64 of 16–128 bytes".to_owned(),
+        }),
+    }
 }
 
 /// Lowercase hex SHA-256 of an API key, as stored on the owner.
@@ -139,20 +197,52 @@ impl Ingress {
         if state.owner.is_none() {
             return Err(IngressError::not_found("owner", owner));
         }
-        Ok(OwnerNotifications {
-            notify: state.notifications.notify,
-            email: state.notifications.email,
-        })
+        Ok(OwnerNotifications::of(&state.notifications))
     }
 
-    /// Sets the owner's notification default (setting and email; the
-    /// Slack and webhook channels are kept as they are).
+    /// Seals a channel change after checking it (`check` sees the clear value).
+    fn channel(
+        &self,
+        owner: &OwnerId,
+        name: &str,
+        value: Option<&Secret>,
+        check: impl Fn(&str) -> Result<(), DomainError>,
+    ) -> Result<Change, IngressError> {
+        let Some(v) = value else { return Ok(None) };
+        if v.expose().is_empty() {
+            return Ok(Some(None));
+        }
+        check(v.expose())?;
+        Ok(Some(Some(
+            self.key.seal(v, &seal_context::notification(owner, name))?,
+        )))
+    }
+
+    /// Sets the owner's notification default: the setting, the email and,
+    /// where `channels` says so, the Slack and webhook channels (the others
+    /// are kept as they are).
     pub async fn set_owner_notifications(
         &self,
         owner: &OwnerId,
         settings: OwnerNotifications,
+        channels: ChannelSecrets,
         actor: &Actor,
     ) -> Result<OwnerNotifications, IngressError> {
+        let slack = self.channel(
+            owner,
+            "slack_webhook_url",
+            channels.slack_webhook_url.as_ref(),
+            |u| check_url("slackWebhookUrl", u),
+        )?;
+        let hook_url = self.channel(owner, "webhook_url", channels.webhook_url.as_ref(), |u| {
+            check_url("webhookUrl", u)
+        })?;
+        let hook_secret = self.channel(
+            owner,
+            "webhook_secret",
+            channels.webhook_secret.as_ref(),
+            check_webhook_secret,
+        )?;
         let key = format!("owner-notify-{owner}-{}", ApiKeyId::generate());
         // Merged inside the decision, so a concurrent change of the other
         // channels is not overwritten with a stale copy.
@@ -163,10 +253,17 @@ impl Ingress {
             actor,
             owner::fold,
             |s: &OwnerState| {
+                let old = &s.notifications;
+                let pick = |c: &Change, old: &Option<Sealed>| match c {
+                    None => old.clone(),
+                    Some(v) => v.clone(),
+                };
                 let wanted = NotificationSettings {
                     notify: settings.notify,
                     email: settings.email.clone(),
-                    ..s.notifications.clone()
+                    slack_webhook_url: pick(&slack, &old.slack_webhook_url),
+                    webhook_url: pick(&hook_url, &old.webhook_url),
+                    webhook_secret: pick(&hook_secret, &old.webhook_secret),
                 };
                 owner::decide(
                     s,
@@ -177,9 +274,6 @@ impl Ingress {
         )
         .await?
         .state;
-        Ok(OwnerNotifications {
-            notify: state.notifications.notify,
-            email: state.notifications.email,
-        })
+        Ok(OwnerNotifications::of(&state.notifications))
     }
 }

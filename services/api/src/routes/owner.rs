@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use berth_ingress::{CredentialView, NewCredential, OwnerNotifications, Rotation};
+use berth_ingress::{ChannelSecrets, CredentialView, NewCredential, OwnerNotifications, Rotation};
 use berth_runtime::Secret;
 use berth_schemas::ids::{ApiKeyId, CredentialId};
 use berth_schemas::model::{NotifySetting, RegistryKind};
@@ -250,7 +250,13 @@ pub async fn get_notifications(
 }
 
 fn notifications(owner: &str, n: &OwnerNotifications) -> Value {
-    json!({ "ownerId": owner, "notificationsToSend": n.notify, "email": n.email })
+    json!({
+        "ownerId": owner,
+        "notificationsToSend": n.notify,
+        "email": n.email,
+        "slackConfigured": n.slack_configured,
+        "webhookConfigured": n.webhook_configured,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -258,6 +264,12 @@ fn notifications(owner: &str, n: &OwnerNotifications) -> Value {
 pub struct NotificationsBody {
     pub notifications_to_send: Option<NotifySetting>,
     pub email: Option<String>,
+    /// Write-only: a Slack incoming-webhook URL ("" removes it).
+    pub slack_webhook_url: Option<String>,
+    /// Write-only: a generic webhook URL ("" removes it).
+    pub webhook_url: Option<String>,
+    /// Write-only: its Standard-Webhooks secret, `whsec_…` ("" removes it).
+    pub webhook_secret: Option<String>,
 }
 
 /// PATCH /v1/notification-settings/owners/{ownerId}
@@ -269,13 +281,19 @@ pub async fn set_notifications(
 ) -> Result<Json<Value>, ApiError> {
     own(&caller, &owner)?;
     let current = st.ingress.owner_notifications(&caller.owner).await?;
+    let channels = ChannelSecrets {
+        slack_webhook_url: body.slack_webhook_url.map(Secret::new),
+        webhook_url: body.webhook_url.map(Secret::new),
+        webhook_secret: body.webhook_secret.map(Secret::new),
+    };
     let wanted = OwnerNotifications {
         notify: body.notifications_to_send.unwrap_or(current.notify),
         email: body.email.or(current.email),
+        ..current
     };
     let n = st
         .ingress
-        .set_owner_notifications(&caller.owner, wanted, &caller.actor)
+        .set_owner_notifications(&caller.owner, wanted, channels, &caller.actor)
         .await?;
     Ok(Json(notifications(&owner, &n)))
 }
