@@ -3,6 +3,8 @@
 //! A thin main: parse the command line (usage errors exit 2), hand the
 //! subcommand its arguments, and turn the outcome into an exit code:
 //! 0 ok, 1 other failures, 2 usage or input errors, 64 bad configuration.
+//! The API client commands (`client/`) have their own: 0 ok, 1 refused,
+//! 64 usage (clap's errors included), 69 API unreachable.
 
 mod bench;
 mod cli;
@@ -21,7 +23,10 @@ use clap::Parser;
 use crate::cli::{BenchCommand, Cli, Command, ImageCommand};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return client::parse_failed(e),
+    };
     let outcome = match cli.command {
         Command::Image(ImageCommand::Normalize { reference }) => image::normalize(&reference),
         Command::Up(args) => with_runtime(up::up(args)),

@@ -1,10 +1,19 @@
 //! Following a deploy: poll the deploy and the service's timeline, print
 //! each status change and each new timeline event as it appears, and end
 //! with the deploy's verdict (an error unless it went live).
+//!
+//! Pull progress (bytes per node) is not in the API; when the
+//! installation's NATS server answers, the service's own event subject is
+//! watched for `image_pull_progressed`/`image_pulled` (a JetStream append
+//! is an ordinary publish, so a core subscription sees it). Without NATS
+//! the deploy is still followed, just without byte counts.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use berth_schemas::ids::ServiceId;
+use berth_schemas::{AggregateId, Commit, Event, Subjects};
+use futures::StreamExt;
 use serde_json::Value;
 
 use super::http::enc;
@@ -44,6 +53,7 @@ pub async fn follow(api: &Api, id: &str, dep: &str, timeout_secs: u64) -> Result
     let mut last_status = String::new();
     let mut seen: HashSet<String> = HashSet::new();
     let mut since: Option<String> = None;
+    let mut pulls = Pulls::watch(api, id, dep).await;
     loop {
         let d = api.get(&path).await?;
         let status = s(&d, "status");
@@ -122,6 +132,88 @@ pub async fn follow(api: &Api, id: &str, dep: &str, timeout_secs: u64) -> Result
                  (`berth service show {id}`)"
             )));
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        pulls
+            .for_a_while(Duration::from_millis(500), api.json)
+            .await;
     }
+}
+
+/// Pull progress of one deploy, from the service's event subject.
+struct Pulls {
+    sub: Option<async_nats::Subscriber>,
+    dep: String,
+    /// Last percentage printed per node (printing every 10 %).
+    shown: HashMap<String, u64>,
+}
+
+impl Pulls {
+    async fn watch(api: &Api, id: &str, dep: &str) -> Self {
+        let sub = async {
+            let service: ServiceId = id.parse().ok()?;
+            let subjects = Subjects::new(&api.opts.subject_prefix).ok()?;
+            let subject = subjects.aggregate(&AggregateId::Service(service));
+            let client = tokio::time::timeout(
+                Duration::from_secs(2),
+                async_nats::connect(api.opts.nats_url.as_str()),
+            )
+            .await
+            .ok()?
+            .ok()?;
+            client.subscribe(subject).await.ok()
+        }
+        .await;
+        Self {
+            sub,
+            dep: dep.to_owned(),
+            shown: HashMap::new(),
+        }
+    }
+
+    /// Prints pull progress arriving within `wait` (just sleeps without NATS).
+    async fn for_a_while(&mut self, wait: Duration, json: bool) {
+        let Some(sub) = self.sub.as_mut() else {
+            tokio::time::sleep(wait).await;
+            return;
+        };
+        let until = tokio::time::Instant::now() + wait;
+        while let Ok(Some(msg)) = tokio::time::timeout_at(until, sub.next()).await {
+            let Ok(commit) = Commit::decode(&msg.payload) else {
+                continue;
+            };
+            for env in commit.events {
+                let line = match &env.event {
+                    Event::ImagePullProgressed(p) if p.deploy.to_string() == self.dep => {
+                        let pct = (p.bytes_done * 100)
+                            .checked_div(p.bytes_total)
+                            .unwrap_or(0)
+                            .min(100);
+                        let node = p.node.to_string();
+                        let last = self.shown.get(&node).copied();
+                        if last.is_some_and(|l| pct < l + 10 && pct < 100) {
+                            continue;
+                        }
+                        self.shown.insert(node.clone(), pct);
+                        format!(
+                            "  pulling on {node}: {} / {} ({pct}%)",
+                            mb(p.bytes_done),
+                            mb(p.bytes_total)
+                        )
+                    }
+                    Event::ImagePulled(p) if p.deploy.to_string() == self.dep => {
+                        format!("  pulled on {}: {}", p.node, p.digest)
+                    }
+                    _ => continue,
+                };
+                if json {
+                    eprintln!("{line}");
+                } else {
+                    println!("{line}");
+                }
+            }
+        }
+    }
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1_000_000.0)
 }

@@ -65,6 +65,8 @@ pub struct Api {
     key_from: Arc<str>,
     /// Print JSON instead of tables.
     pub json: bool,
+    /// The options it was built from (NATS URL and prefix for logs and progress).
+    pub opts: ClientOpts,
 }
 
 fn read_credentials(path: &Path) -> Result<Option<CredentialsFile>, ClientError> {
@@ -125,6 +127,7 @@ impl Api {
             key: key.trim().into(),
             key_from: key_from.into(),
             json: opts.json,
+            opts: opts.clone(),
         })
     }
 

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use serde_json::Value;
 
 use super::output;
-use super::ClientError;
+use super::{ClientError, ClientOpts};
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
@@ -26,12 +26,6 @@ pub struct LogsArgs {
     /// Only this instance (`ins-…`).
     #[arg(long)]
     pub instance: Option<String>,
-    /// The NATS server the installation uses.
-    #[arg(long, env = "BERTH_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-    /// The installation's subject prefix.
-    #[arg(long, env = "BERTH_SUBJECT_PREFIX", default_value = "berth")]
-    pub subject_prefix: String,
 }
 
 /// One printable line of a log message (`--json`: the message as sent).
@@ -50,8 +44,9 @@ fn render(payload: &[u8], json: bool) -> String {
 }
 
 /// Prints the logs of service `id` as they arrive.
-pub async fn run(id: &str, args: LogsArgs, json: bool) -> Result<(), ClientError> {
-    let subjects = Subjects::new(&args.subject_prefix)
+pub async fn run(id: &str, args: LogsArgs, opts: &ClientOpts) -> Result<(), ClientError> {
+    let json = opts.json;
+    let subjects = Subjects::new(&opts.subject_prefix)
         .map_err(|e| ClientError::Usage(format!("BERTH_SUBJECT_PREFIX: {e}")))?;
     let instance = args.instance.as_deref().unwrap_or("*");
     if instance.contains(['.', ' ', '>']) {
@@ -64,15 +59,15 @@ pub async fn run(id: &str, args: LogsArgs, json: bool) -> Result<(), ClientError
         Duration::from_secs(5),
         async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
-            .connect(args.nats_url.as_str()),
+            .connect(opts.nats_url.as_str()),
     )
     .await
-    .map_err(|_| unreachable_nats(&args.nats_url, "timed out"))?
-    .map_err(|e| unreachable_nats(&args.nats_url, &e.to_string()))?;
+    .map_err(|_| unreachable_nats(&opts.nats_url, "timed out"))?
+    .map_err(|e| unreachable_nats(&opts.nats_url, &e.to_string()))?;
     let mut sub = client
         .subscribe(subject.clone())
         .await
-        .map_err(|e| unreachable_nats(&args.nats_url, &e.to_string()))?;
+        .map_err(|e| unreachable_nats(&opts.nats_url, &e.to_string()))?;
     if !json {
         if args.follow {
             eprintln!("following {subject} (live only; Ctrl-C to stop)");
@@ -100,7 +95,7 @@ pub async fn run(id: &str, args: LogsArgs, json: bool) -> Result<(), ClientError
                     count += 1;
                     println!("{}", render(&m.payload, json));
                 }
-                None => return Err(unreachable_nats(&args.nats_url, "connection closed")),
+                None => return Err(unreachable_nats(&opts.nats_url, "connection closed")),
             },
         }
     }

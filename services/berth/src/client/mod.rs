@@ -47,6 +47,26 @@ pub struct ClientOpts {
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+
+    /// The installation's NATS server, for `service logs` and the pull
+    /// progress `service deploy` shows (optional there: without it the
+    /// deploy is followed through the API alone).
+    #[arg(
+        long,
+        env = "BERTH_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true
+    )]
+    pub nats_url: String,
+
+    /// The installation's subject prefix (as given to `berth up`).
+    #[arg(
+        long,
+        env = "BERTH_SUBJECT_PREFIX",
+        default_value = "berth",
+        global = true
+    )]
+    pub subject_prefix: String,
 }
 
 /// The client subcommands, flattened into the top-level command line.
@@ -87,5 +107,26 @@ pub fn main(cmd: ClientCommand) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => e.report(),
+    }
+}
+
+/// The top-level names of the client commands (for [`parse_failed`]).
+const CLIENT_COMMANDS: &[&str] = &["service", "credential", "hook", "cron", "apikey"];
+
+/// Reports a command line clap refused. Help and version print and exit 0;
+/// a bad client command line exits 64 (the client's usage code); any other
+/// keeps clap's own code, as before.
+pub fn parse_failed(e: clap::Error) -> ExitCode {
+    let _ = e.print();
+    if !e.use_stderr() {
+        return ExitCode::SUCCESS;
+    }
+    let client = std::env::args()
+        .nth(1)
+        .is_some_and(|a| CLIENT_COMMANDS.contains(&a.as_str()));
+    if client {
+        ExitCode::from(64)
+    } else {
+        ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
     }
 }

@@ -208,8 +208,7 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
         } => events(&api, &service, types, limit).await,
         ServiceCommand::Logs(a) => {
             let id = resolve(&api, &a.service).await?;
-            let json = api.json;
-            logs::run(&id, a, json).await
+            logs::run(&id, a, &args.opts).await
         }
     }
 }
