@@ -380,6 +380,12 @@ events! {
         pub instance: InstanceId,
         pub attempt: u32,
     }
+    /// The instance leaves routing before it is stopped (scale-down,
+    /// restart, replacement): the router sends it no new requests, and the
+    /// scheduler sends the stop once the drain delay has passed.
+    InstanceDraining = "instance_draining" v 1 {
+        pub instance: InstanceId,
+    }
     /// The instance was stopped on purpose.
     InstanceStopped = "instance_stopped" v 1 {
         pub instance: InstanceId,

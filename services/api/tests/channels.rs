@@ -23,8 +23,10 @@ async fn slack_and_webhook_channels_are_sealed_never_shown_and_validated() {
             Method::PATCH,
             &path,
             Some(&alice.key),
-            Some(json!({"notificationsToSend": "all", "slackWebhookUrl": slack,
-                        "webhookUrl": hook, "webhookSecret": secret})),
+            Some(
+                json!({"notificationsToSend": "all", "slackWebhookUrl": slack,
+                        "webhookUrl": hook, "webhookSecret": secret}),
+            ),
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");

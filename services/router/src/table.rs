@@ -295,7 +295,8 @@ fn build_route(id: &ServiceId, t: &Tracked) -> Option<Route> {
     Some(Route::new(id.clone(), cfg.name.to_ascii_lowercase(), state))
 }
 
-/// Healthy instances of the live deploy running its digest, in id order.
+/// Healthy instances of the live deploy running its digest, in id order;
+/// not one that is draining (the scheduler stops it next).
 fn targets(t: &Tracked) -> Vec<Target> {
     let Some(live) = t.state.live_deploy() else {
         return Vec::new();
@@ -306,7 +307,7 @@ fn targets(t: &Tracked) -> Vec<Target> {
     t.state
         .instances
         .of_deploy(&live.id)
-        .filter(|i| i.is_healthy() && i.digest == digest)
+        .filter(|i| i.is_healthy() && i.draining_since.is_none() && i.digest == digest)
         .filter_map(|i| {
             t.addrs.get(&i.id).map(|addr| Target {
                 instance: i.id.clone(),

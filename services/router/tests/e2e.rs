@@ -144,7 +144,27 @@ async fn zero_failed_requests_through_a_restart() {
     let load = live.load();
     tokio::time::sleep(Duration::from_secs(1)).await;
     live.w.command(&live.svc, Command::Restart).await;
-    live.old_stopped().await;
+    let ev = live.old_stopped().await;
+    // Each old instance left routing (instance_draining) before its stop.
+    for old in &live.old {
+        let at = |want: fn(&Event) -> Option<String>| {
+            ev.iter()
+                .position(|e| want(&e.event).as_deref() == Some(old.as_str()))
+        };
+        let drained = at(|e| match e {
+            Event::InstanceDraining(d) => Some(d.instance.to_string()),
+            _ => None,
+        });
+        let stopped = at(|e| match e {
+            Event::InstanceStopped(d) => Some(d.instance.to_string()),
+            _ => None,
+        });
+        assert!(
+            matches!((drained, stopped), (Some(d), Some(s)) if d < s),
+            "{old}: draining at {drained:?}, stopped at {stopped:?}: {:?}",
+            types(&ev)
+        );
+    }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let seen = load.finish().await.unwrap();
     let mut total = 0;

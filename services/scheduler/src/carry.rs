@@ -10,7 +10,7 @@ use berth_domain::service::{Command, Instance, InstancePhase, ServiceConfig};
 use berth_schemas::commands::NodeWork;
 use berth_schemas::events::{InstanceRescheduled, InstanceScheduled};
 use berth_schemas::ids::{DeployId, InstanceId, NodeId};
-use berth_schemas::model::DeployStatus;
+use berth_schemas::model::{DeployStatus, ServiceType};
 use berth_schemas::{Envelope, Event};
 use chrono::{DateTime, TimeDelta, Utc};
 
@@ -141,8 +141,19 @@ pub(crate) async fn carry_out(
         return Ok(Next::Again);
     }
     start_pending(p, cfg, failures, &mut s.stops).await?;
-    if stop(p, s.stops).await? {
+    // A draining instance always goes, even if the plan wants it again
+    // (a quick scale-down and up): the router no longer sends it traffic.
+    for i in p.state.instances.iter() {
+        if i.draining_since.is_some() && !s.stops.contains(&i.id) {
+            s.stops.push(i.id.clone());
+        }
+    }
+    let (moved, drain_wait) = stop(p, cfg, s.stops, now).await?;
+    if moved {
         return Ok(Next::Again);
+    }
+    if let Some(wait) = drain_wait {
+        requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
     }
     if verdicts(p, s.verdicts).await? {
         return Ok(Next::Again);
@@ -212,14 +223,42 @@ async fn start_pending(
 
 /// Stops go to the instance's node; an instance no node will report
 /// stopped (on a lost node, or never started) is recorded stopped here.
-/// True when the service moved.
-async fn stop(p: &Pass<'_>, stops: Vec<InstanceId>) -> Result<bool, SchedulerError> {
+/// A healthy web instance (one the router may send requests to) is first
+/// marked draining and stopped only once the drain delay has passed, so no
+/// new request reaches a process that got SIGTERM. Returns whether the
+/// service moved, and how soon a drain ends.
+async fn stop(
+    p: &Pass<'_>,
+    cfg: &ServiceConfig,
+    stops: Vec<InstanceId>,
+    now: DateTime<Utc>,
+) -> Result<(bool, Option<Duration>), SchedulerError> {
+    let delay = p.inner.opts.drain_delay;
     let mut release = Vec::new();
+    let mut drain = Vec::new();
+    let mut wait: Option<Duration> = None;
     for id in stops {
         let Some(i) = p.state.instances.get(&id) else {
             continue;
         };
         let node_gone = i.phase == InstancePhase::Lost || p.inner.cluster.is_recorded_lost(&i.node);
+        let routed = cfg.service_type == ServiceType::WebService && i.is_healthy();
+        if !node_gone && !delay.is_zero() {
+            match i.draining_since {
+                None if routed => {
+                    drain.push(id);
+                    continue;
+                }
+                Some(since) => {
+                    let left = (since + delay - now).to_std().unwrap_or(Duration::ZERO);
+                    if !left.is_zero() {
+                        wait = Some(wait.map_or(left, |w| w.min(left)));
+                        continue;
+                    }
+                }
+                None => {}
+            }
+        }
         if !node_gone {
             let work = NodeWork::StopInstance {
                 service: p.service.clone(),
@@ -231,12 +270,23 @@ async fn stop(p: &Pass<'_>, stops: Vec<InstanceId>) -> Result<bool, SchedulerErr
             release.push(id);
         }
     }
+    if let Some(first) = drain.first() {
+        tracing::info!(service.id = %p.service, instances = drain.len(), "draining instances before stopping them");
+        let key = format!("drain-{first}-{}", drain.len());
+        return Ok((
+            p.decide(Command::Drain { instances: drain }, &key).await?,
+            wait,
+        ));
+    }
     let Some(first) = release.first() else {
-        return Ok(false);
+        return Ok((false, wait));
     };
     let key = format!("release-{first}-{}", release.len());
-    p.decide(Command::Release { instances: release }, &key)
-        .await
+    Ok((
+        p.decide(Command::Release { instances: release }, &key)
+            .await?,
+        wait,
+    ))
 }
 
 /// `MarkLive` / `FailDeploy` through the service's rules (which also

@@ -41,6 +41,11 @@ pub struct SchedulerArgs {
     /// Services reconciled at once.
     #[arg(long, env = "BERTH_SCHEDULER_CONCURRENCY", default_value_t = 8)]
     pub scheduler_concurrency: usize,
+
+    /// Milliseconds a healthy web instance is out of routing before it is
+    /// sent its stop (0: stop at once).
+    #[arg(long, env = "BERTH_SCHEDULER_DRAIN_MS", default_value_t = 1000)]
+    pub scheduler_drain_ms: u64,
 }
 
 /// Validated scheduler options.
@@ -67,6 +72,8 @@ pub struct SchedulerOptions {
     pub consumer: String,
     /// The `PORT` web and private services listen on (SPEC §10).
     pub default_port: u16,
+    /// How long a healthy web instance is out of routing before its stop.
+    pub drain_delay: Duration,
 }
 
 impl Default for SchedulerOptions {
@@ -84,6 +91,7 @@ impl Default for SchedulerOptions {
             retry_delay: Duration::from_millis(500),
             consumer: "scheduler".to_owned(),
             default_port: 10000,
+            drain_delay: Duration::from_secs(1),
         }
     }
 }
@@ -107,10 +115,14 @@ impl SchedulerArgs {
         if self.scheduler_concurrency == 0 || self.scheduler_concurrency > 1024 {
             problems.push("BERTH_SCHEDULER_CONCURRENCY must be 1-1024".to_owned());
         }
+        if self.scheduler_drain_ms > 60_000 {
+            problems.push("BERTH_SCHEDULER_DRAIN_MS must be 0-60000".to_owned());
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
         Ok(SchedulerOptions {
+            drain_delay: Duration::from_millis(self.scheduler_drain_ms),
             heartbeat_timeout: Duration::from_millis(self.scheduler_heartbeat_timeout_ms),
             sweep_interval: Duration::from_millis(self.scheduler_sweep_ms),
             readiness_window: Duration::from_secs(self.scheduler_readiness_window_secs),

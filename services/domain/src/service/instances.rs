@@ -42,6 +42,9 @@ pub struct Instance {
     /// instances that predate it.
     #[serde(default)]
     pub scheduled_at: Option<DateTime<Utc>>,
+    /// Since when it is out of routing, waiting to be stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining_since: Option<DateTime<Utc>>,
 }
 
 impl Instance {
@@ -112,7 +115,16 @@ impl Instances {
                         digest: e.digest.clone(),
                         phase: InstancePhase::Scheduled,
                         scheduled_at: time,
+                        draining_since: None,
                     });
+            }
+            Event::InstanceDraining(e) => {
+                if let Some(i) = self.0.get_mut(&e.instance) {
+                    // Without a recorded time (a bare apply) it counts from
+                    // the epoch: already drained.
+                    i.draining_since
+                        .get_or_insert(time.unwrap_or(DateTime::<Utc>::UNIX_EPOCH));
+                }
             }
             Event::InstanceStarted(e) => {
                 if let Some(i) = self.0.get_mut(&e.instance) {
@@ -149,6 +161,7 @@ impl Instances {
                             digest: old.digest,
                             phase: InstancePhase::Scheduled,
                             scheduled_at: time,
+                            draining_since: None,
                         });
                 }
             }

@@ -274,6 +274,10 @@ pub enum Command {
     Release {
         instances: Vec<InstanceId>,
     },
+    /// Take running instances out of routing before they are stopped.
+    Drain {
+        instances: Vec<InstanceId>,
+    },
 
     // ---- cron runs ----
     /// Start a run of the live digest. `manual` runs cancel an active run;
@@ -411,6 +415,7 @@ pub fn decide(
         } => placement::place(state, scheduled, rescheduled),
         Command::RecordServerFailed { node } => Ok(placement::server_failed(state, node)),
         Command::Release { instances } => placement::release(state, instances),
+        Command::Drain { instances } => Ok(placement::drain(state, instances)),
         Command::StartCronRun {
             run,
             manual,

@@ -9,7 +9,7 @@
 //! no events, so a retried decision is harmless.
 
 use berth_schemas::events::{
-    InstanceRescheduled, InstanceScheduled, InstanceStopped, ServerFailed,
+    InstanceDraining, InstanceRescheduled, InstanceScheduled, InstanceStopped, ServerFailed,
 };
 use berth_schemas::ids::{InstanceId, NodeId};
 use berth_schemas::model::DeployStatus;
@@ -90,6 +90,21 @@ pub(super) fn server_failed(state: &ServiceState, node: NodeId) -> Vec<Event> {
         return vec![];
     }
     vec![ServerFailed { node, instances }.into()]
+}
+
+/// Marks instances as leaving routing. Unknown, already draining and
+/// not-yet-started ones are skipped, so a repeat appends nothing.
+pub(super) fn drain(state: &ServiceState, instances: Vec<InstanceId>) -> Vec<Event> {
+    instances
+        .into_iter()
+        .filter(|id| {
+            state.instances.get(id).is_some_and(|i| {
+                i.draining_since.is_none()
+                    && !matches!(i.phase, InstancePhase::Scheduled | InstancePhase::Lost)
+            })
+        })
+        .map(|instance| InstanceDraining { instance }.into())
+        .collect()
 }
 
 /// Instances nobody needs any more that no node will report stopped: on a

@@ -5,7 +5,8 @@
 use berth_domain::service::{self, Command, CreateService, DeployRequest};
 use berth_domain::Ctx;
 use berth_schemas::events::{
-    InstanceHealthy, InstanceScheduled, InstanceStarted, InstanceStopped, InstanceUnhealthy,
+    InstanceDraining, InstanceHealthy, InstanceScheduled, InstanceStarted, InstanceStopped,
+    InstanceUnhealthy,
 };
 use berth_schemas::ids::{DeployId, EventId, InstanceId, NodeId, OwnerId, ServiceId, UserId};
 use berth_schemas::model::{DeployTrigger, ResolvedImage, Sealed, ServiceType};
@@ -241,6 +242,20 @@ fn unhealthy_instances_and_other_kinds_of_service_are_not_targets() {
         w.live(&mut p, &d, 1);
         assert_eq!(w.ports("inner"), None, "{kind:?} routed");
     }
+}
+
+#[test]
+fn a_draining_instance_gets_no_new_requests() {
+    let mut w = World::new();
+    let mut f = w.create("web", ServiceType::WebService);
+    let (d1, ids) = w.roll_out(&mut f, 1, &[1001, 1002]);
+    w.live(&mut f, &d1, 1);
+    assert_eq!(w.ports("web"), Some(vec![1001, 1002]));
+    let draining = InstanceDraining {
+        instance: ids[1].clone(),
+    };
+    w.commit(&mut f, vec![draining.into()]);
+    assert_eq!(w.ports("web"), Some(vec![1001]));
 }
 
 #[test]

@@ -161,3 +161,30 @@ fn a_never_started_instance_may_be_released() {
     // Gone already: a repeat appends nothing.
     assert!(s.run(Command::Release { instances: vec![a] }).is_empty());
 }
+
+#[test]
+fn only_started_instances_drain_and_only_once() {
+    let d = DeployId::generate();
+    let mut s = Scenario::live_web(&d);
+    let (a, b) = (InstanceId::generate(), InstanceId::generate());
+    s.run(place(vec![
+        sched(&a, &d, node(), &digest(1)),
+        sched(&b, &d, node(), &digest(1)),
+    ]));
+    s.append(&[Event::InstanceStarted(
+        berth_schemas::events::InstanceStarted {
+            instance: a.clone(),
+            node: node(),
+            digest: digest(1),
+            addr: Some("127.0.0.1:1".into()),
+        },
+    )]);
+    // `b` never started: nothing to take out of routing.
+    let out = s.run(Command::Drain {
+        instances: vec![a.clone(), b.clone(), InstanceId::generate()],
+    });
+    assert!(matches!(&out[..], [Event::InstanceDraining(e)] if e.instance == a));
+    assert!(s.state.instances.get(&a).unwrap().draining_since.is_some());
+    assert!(s.state.instances.get(&b).unwrap().draining_since.is_none());
+    assert!(s.run(Command::Drain { instances: vec![a] }).is_empty());
+}
