@@ -14,3 +14,4 @@ mod lifecycle;
 mod lost_node;
 mod pre_deploy;
 mod scale;
+mod triggers;
