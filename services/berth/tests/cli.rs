@@ -134,6 +134,7 @@ impl Cli {
         for (k, v) in env {
             c.env(k, v);
         }
+        let t0 = Instant::now();
         let mut child = c.spawn().unwrap();
         if let Some(input) = stdin {
             let mut w = child.stdin.take().unwrap();
@@ -144,6 +145,9 @@ impl Cli {
             .await
             .unwrap_or_else(|_| panic!("berth {args:?} did not finish in 180 s"))
             .unwrap();
+        if t0.elapsed() > Duration::from_secs(3) {
+            println!("(berth {args:?} took {:.1?})", t0.elapsed());
+        }
         Out {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -315,13 +319,18 @@ async fn cli_drives_a_real_installation() {
             "--credential",
             &cred_id,
             "--command",
-            "sh -c 'while true; do echo tick-tock; sleep 1; done'",
+            // PID 1 ignores SIGTERM unless it traps it; without the trap every
+            // stop waits for the kill timeout and delays the next deploy.
+            "sh -c 'trap \"exit 0\" TERM; while true; do echo tick-tock; sleep 1; done'",
             "--wait",
         ])
         .await;
     assert_eq!(created.code, 0, "{created:?}");
+    println!("$ berth service create …\n{}", created.stdout);
     assert!(created.stdout.contains("created:"), "{created:?}");
     assert!(created.stdout.contains(" live"), "{created:?}");
+    // Pull progress comes from the service's event subject over NATS.
+    assert!(created.stdout.contains("pulled on nod-"), "{created:?}");
     assert!(
         created.stdout.contains(&format!("{api_url}/deploy/srv-")),
         "{created:?}"
@@ -347,6 +356,7 @@ async fn cli_drives_a_real_installation() {
     assert_eq!(shown["image"]["registryCredentialId"], cred_id.as_str());
     let live = shown["liveDeployId"].as_str().unwrap().to_owned();
     let table = cli.ok(&["service", "show", &id]).await;
+    println!("$ berth service show {id}\n{table}");
     assert!(table.contains(&format!("live deploy:  {live}")), "{table}");
     assert!(
         table.contains("DEPLOY") && table.contains("live"),
@@ -355,13 +365,18 @@ async fn cli_drives_a_real_installation() {
 
     // Live logs from the running instance.
     let logs = cli.run(&["service", "logs", "ticker", "--for", "4"]).await;
+    println!("$ berth service logs ticker --for 4\n{}", logs.stdout);
     assert_eq!(logs.code, 0, "{logs:?}");
     assert!(logs.stdout.contains("| tick-tock"), "{logs:?}");
     assert!(logs.stderr.contains("live only"), "{logs:?}");
 
     // Scale, and watch the service and its timeline show it.
-    let scaled = cli.ok(&["service", "scale", "ticker", "2"]).await;
-    assert!(scaled.contains("scaling to 2"), "{scaled}");
+    let scaled = cli.json(&["service", "scale", "ticker", "2"]).await;
+    assert_eq!(scaled["ok"], true, "{scaled}");
+    assert!(
+        scaled["message"].as_str().unwrap().contains("scaling to 2"),
+        "{scaled}"
+    );
     eventually("numInstances 2", Duration::from_secs(30), || async {
         cli.json(&["service", "show", &id]).await["serviceDetails"]["numInstances"] == 2
     })
@@ -377,6 +392,7 @@ async fn cli_drives_a_real_installation() {
     )
     .await;
     let events = cli.ok(&["service", "events", "ticker"]).await;
+    println!("$ berth service events ticker\n{events}");
     assert!(events.starts_with("TIME"), "{events}");
     assert!(events.contains("deploy_ended"), "{events}");
     let filtered = cli
@@ -393,14 +409,26 @@ async fn cli_drives_a_real_installation() {
         "{filtered}"
     );
 
-    // A second deploy, followed to the end.
+    // A second deploy, followed to the end: progress on stdout, or on
+    // stderr with --json so stdout is one JSON document.
     let deployed = cli.run(&["service", "deploy", "ticker"]).await;
     assert_eq!(deployed.code, 0, "{deployed:?}");
+    println!("$ berth service deploy ticker\n{}", deployed.stdout);
     assert!(deployed.stdout.contains(" live"), "{deployed:?}");
     assert!(
         deployed.stdout.contains("event deploy_started"),
         "{deployed:?}"
     );
+    let deployed = cli.run(&["service", "deploy", "ticker", "--json"]).await;
+    assert_eq!(deployed.code, 0, "{deployed:?}");
+    let last: Value = serde_json::from_str(&deployed.stdout).unwrap();
+    assert_eq!(last["status"], "live", "{deployed:?}");
+    assert!(
+        deployed.stderr.contains(" update_in_progress"),
+        "{deployed:?}"
+    );
+    let shown = cli.json(&["service", "show", "ticker"]).await;
+    assert_eq!(shown["liveDeployId"], last["id"], "{shown}");
 
     // Hook URL, and a regenerated one that differs.
     let hook = cli.ok(&["hook", "url", "ticker"]).await;
@@ -472,6 +500,9 @@ async fn cli_drives_a_real_installation() {
         "{unreachable:?}"
     );
     assert!(unreachable.stderr.contains(&dead), "{unreachable:?}");
+    let bad = cli.run(&["service", "scale", "ticker"]).await;
+    assert_eq!(bad.code, 64, "{bad:?}");
+    assert!(bad.stderr.contains("<INSTANCES>"), "{bad:?}");
     let no_yes = cli.run(&["service", "delete", "ticker"]).await;
     assert_eq!(no_yes.code, 64, "{no_yes:?}");
     assert!(no_yes.stderr.contains("--yes"), "{no_yes:?}");

@@ -45,8 +45,15 @@ fn finished(status: &str) -> bool {
     )
 }
 
-/// Follows deploy `dep` of service `id` until it ends or `timeout_secs` pass.
-pub async fn follow(api: &Api, id: &str, dep: &str, timeout_secs: u64) -> Result<(), ClientError> {
+/// Follows deploy `dep` of service `id` until it ends or `timeout_secs`
+/// pass; the deploy as it ended if it went live. Progress goes to stdout,
+/// or to stderr with `--json` (the caller prints the JSON).
+pub async fn follow(
+    api: &Api,
+    id: &str,
+    dep: &str,
+    timeout_secs: u64,
+) -> Result<Value, ClientError> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(timeout_secs);
     let path = format!("/v1/services/{}/deploys/{}", enc(id), enc(dep));
@@ -62,6 +69,15 @@ pub async fn follow(api: &Api, id: &str, dep: &str, timeout_secs: u64) -> Result
                 .get("createdAt")
                 .and_then(Value::as_str)
                 .map(str::to_owned);
+        }
+        if status != last_status {
+            let line = format!("[{:>5.1}s] {dep} {status}", started.elapsed().as_secs_f64());
+            if api.json {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
+            last_status = status.clone();
         }
         // Timeline events since the deploy was created, oldest first.
         if let Some(t) = &since {
@@ -94,21 +110,9 @@ pub async fn follow(api: &Api, id: &str, dep: &str, timeout_secs: u64) -> Result
                 }
             }
         }
-        if status != last_status {
-            let line = format!("[{:>5.1}s] {dep} {status}", started.elapsed().as_secs_f64());
-            if api.json {
-                eprintln!("{line}");
-            } else {
-                println!("{line}");
-            }
-            last_status = status.clone();
-        }
         if finished(&status) {
-            if api.json {
-                output::json(&d);
-            }
             return match status.as_str() {
-                "live" => Ok(()),
+                "live" => Ok(d),
                 _ => {
                     let reason = d
                         .get("reason")
@@ -182,7 +186,10 @@ impl Pulls {
             };
             for env in commit.events {
                 let line = match &env.event {
-                    Event::ImagePullProgressed(p) if p.deploy.to_string() == self.dep => {
+                    // A total of 0 means nothing to fetch (all blobs already there).
+                    Event::ImagePullProgressed(p)
+                        if p.deploy.to_string() == self.dep && p.bytes_total > 0 =>
+                    {
                         let pct = (p.bytes_done * 100)
                             .checked_div(p.bytes_total)
                             .unwrap_or(0)

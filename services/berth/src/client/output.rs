@@ -57,6 +57,7 @@ pub fn s(v: &Value, pointer: &str) -> String {
     match v.pointer(&format!("/{pointer}")) {
         None | Some(Value::Null) => "-".to_owned(),
         Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(a)) if a.is_empty() => "-".to_owned(),
         Some(Value::Array(a)) => a
             .iter()
             .map(|x| {

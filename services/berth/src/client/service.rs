@@ -344,7 +344,9 @@ async fn create(
     let id = s(&svc, "id");
     let dep = s(&created, "deployId");
     if api.json {
-        output::json(&created);
+        if !wait {
+            output::json(&created);
+        }
     } else {
         output::fields(&[
             ("created", format!("{} ({})", s(&svc, "name"), id)),
@@ -362,7 +364,15 @@ async fn create(
         );
     }
     if wait {
-        deploy::follow(api, &id, &dep, 600).await?;
+        let done = deploy::follow(api, &id, &dep, 600).await?;
+        if api.json {
+            // One JSON document: the creation answer with the deploy as it ended.
+            let mut all = created;
+            if let Some(m) = all.as_object_mut() {
+                m.insert("deploy".into(), done);
+            }
+            output::json(&all);
+        }
     }
     Ok(())
 }
@@ -428,7 +438,14 @@ async fn show(api: &Api, service: &str) -> Result<(), ClientError> {
         ("type", s(&svc, "type")),
         ("image", s(&svc, "image/imagePath")),
         ("credential", s(&svc, "image/registryCredentialId")),
-        ("state", s(&svc, "suspended")),
+        (
+            "state",
+            if s(&svc, "suspended") == "suspended" {
+                "suspended".to_owned()
+            } else {
+                "active".to_owned()
+            },
+        ),
         ("instances", s(&svc, "serviceDetails/numInstances")),
         ("plan", s(&svc, "serviceDetails/plan")),
         ("region", s(&svc, "serviceDetails/region")),
@@ -476,6 +493,8 @@ async fn update(api: &Api, service: &str, settings: Settings) -> Result<(), Clie
     Ok(())
 }
 
+/// Prints an accepted deploy, or follows it to its end (then `--json`
+/// prints only the final deploy, so stdout stays one JSON document).
 async fn finish_deploy(
     api: &Api,
     id: &str,
@@ -484,21 +503,23 @@ async fn finish_deploy(
     timeout: u64,
 ) -> Result<(), ClientError> {
     let dep_id = s(dep, "id");
-    if !follow || api.json {
+    if follow {
+        let done = deploy::follow(api, id, &dep_id, timeout).await?;
         if api.json {
-            output::json(dep);
-        } else {
-            println!(
-                "{id}: deploy {dep_id} {} ({})",
-                s(dep, "status"),
-                s(dep, "image/ref")
-            );
+            output::json(&done);
         }
-        if !follow {
-            return Ok(());
-        }
+        return Ok(());
     }
-    deploy::follow(api, id, &dep_id, timeout).await
+    if api.json {
+        output::json(dep);
+    } else {
+        println!(
+            "{id}: deploy {dep_id} {} ({})",
+            s(dep, "status"),
+            s(dep, "image/ref")
+        );
+    }
+    Ok(())
 }
 
 async fn events(
