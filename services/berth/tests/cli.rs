@@ -3,237 +3,18 @@
 //! docker-registry with basic auth, real runc instances). Asserts on what
 //! the commands print, not only on exit codes.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_runtime::local_nats::free_port;
-use berth_tests::layers::{self, Comp, Entry};
 use berth_tests::registry::{Registry, RegistryAuth};
 use berth_tests::{NatsServer, NatsVersion};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
 
-const BERTH: &str = env!("CARGO_BIN_EXE_berth");
-
-fn require_root_and_runc() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    assert!(
-        status
-            .lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")),
-        "this test runs real runc containers and must run as root"
-    );
-    assert!(
-        Path::new("/bin/busybox").is_file(),
-        "/bin/busybox missing (busybox-static)"
-    );
-}
-
-fn busybox_image() -> berth_tests::image::Image {
-    let bb = std::fs::read("/bin/busybox").unwrap();
-    let mut entries = vec![
-        Entry::dir("bin"),
-        Entry::file("bin/busybox", &bb).mode(0o755),
-        Entry::dir("tmp").mode(0o1777),
-    ];
-    for a in ["sh", "echo", "sleep", "true"] {
-        entries.push(Entry::symlink(&format!("bin/{a}"), "busybox"));
-    }
-    layers::image(vec![layers::layer(&entries, Comp::Gzip).unwrap()]).unwrap()
-}
-
-/// Stops `berth up` and removes any container or mount it left under `data`.
-struct Cleanup {
-    child: Option<Child>,
-    data: PathBuf,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let Some(id) = self.child.as_ref().and_then(Child::id) {
-            let _ = kill(Pid::from_raw(id as i32), Signal::SIGKILL);
-        }
-        let root = self.data.join("node/agent/runc");
-        if root.exists() {
-            let out = std::process::Command::new("runc")
-                .arg("--root")
-                .arg(&root)
-                .args(["list", "-q"])
-                .output();
-            for id in out
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default()
-                .lines()
-            {
-                let _ = std::process::Command::new("runc")
-                    .arg("--root")
-                    .arg(&root)
-                    .args(["delete", "--force", id])
-                    .status();
-            }
-        }
-        let prefix = self.data.to_string_lossy().into_owned();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for m in mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&prefix))
-        {
-            let _ = std::process::Command::new("umount")
-                .args(["-l", m])
-                .status();
-        }
-    }
-}
-
-/// How to run the CLI against this installation.
-#[derive(Clone)]
-struct Cli {
-    data: PathBuf,
-    nats_url: String,
-    prefix: String,
-}
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Out {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-impl Cli {
-    async fn run_with(&self, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Out {
-        let mut c = Command::new(BERTH);
-        c.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("BERTH_DATA_DIR", &self.data)
-            .env("BERTH_NATS_URL", &self.nats_url)
-            .env("BERTH_SUBJECT_PREFIX", &self.prefix)
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let t0 = Instant::now();
-        let mut child = c.spawn().unwrap();
-        if let Some(input) = stdin {
-            let mut w = child.stdin.take().unwrap();
-            w.write_all(input.as_bytes()).await.unwrap();
-            drop(w);
-        }
-        let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
-            .await
-            .unwrap_or_else(|_| panic!("berth {args:?} did not finish in 180 s"))
-            .unwrap();
-        if t0.elapsed() > Duration::from_secs(3) {
-            println!("(berth {args:?} took {:.1?})", t0.elapsed());
-        }
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    async fn run(&self, args: &[&str]) -> Out {
-        self.run_with(args, &[], None).await
-    }
-
-    /// Runs and expects exit 0.
-    async fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args).await;
-        assert_eq!(out.code, 0, "berth {args:?}: {out:?}");
-        out.stdout
-    }
-
-    async fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.push("--json");
-        let text = self.ok(&a).await;
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?} --json: {e}: {text}"))
-    }
-}
-
-async fn start_up(data: &Path, nats_url: &str, prefix: &str, api_port: u16) -> Child {
-    let mut child = Command::new(BERTH)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("BERTH_DATA_DIR", data)
-        .env("BERTH_NATS_URL", nats_url)
-        .env("BERTH_HTTP_ADDR", "127.0.0.1:0")
-        .env("BERTH_API_ADDR", format!("127.0.0.1:{api_port}"))
-        .env(
-            "BERTH_ROUTER_ADDR",
-            format!("127.0.0.1:{}", free_port().unwrap()),
-        )
-        .env("BERTH_SUBJECT_PREFIX", prefix)
-        .env("BERTH_NODE_NAME", "cli-node")
-        .env("BERTH_NODE_CPU_MILLIS", "4000")
-        .env("BERTH_NODE_MEMORY_MIB", "4096")
-        .env("BERTH_NODE_HEARTBEAT_MS", "200")
-        .env("BERTH_SHUTDOWN_GRACE_SECS", "10")
-        .env("BERTH_LOG", "warn")
-        .arg("up")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = out.next_line().await.unwrap() {
-            if line.trim().starts_with("components:") {
-                return;
-            }
-        }
-        panic!("berth up exited before printing its summary");
-    })
-    .await
-    .expect("berth up did not start in 60 s");
-    tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
-    // The summary can come before the API listens.
-    eventually("the API to listen", Duration::from_secs(30), || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", api_port))
-            .await
-            .is_ok()
-    })
-    .await;
-    child
-}
-
-/// Polls `check` until it holds or `within` passes.
-async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
+use crate::cli_support::{
+    busybox_image, eventually, require_root_and_runc, start_up, Cleanup, Cli,
+};
 
 #[tokio::test]
 async fn cli_drives_a_real_installation() {
@@ -248,7 +29,7 @@ async fn cli_drives_a_real_installation() {
     .await
     .unwrap();
     registry
-        .push_image("app/ticker", "v1", &busybox_image())
+        .push_image("app/ticker", "v1", &busybox_image("v1"))
         .await
         .unwrap();
 

@@ -2,5 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod cli;
+mod cli_lifecycle;
+mod cli_support;
 mod node;
 mod up;

@@ -1,0 +1,247 @@
+//! End to end, second part: the client commands that change a running
+//! service (update, rollback, suspend/resume, restart), credential
+//! show/rotate with the token from a file and from stdin, env vars from a
+//! file, and cron jobs — against a real `berth up`.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::cli_support::{busybox_image, eventually, Setup};
+
+const LOOP: &str = "sh -c 'trap \"exit 0\" TERM; while true; do echo up; sleep 1; done'";
+
+#[tokio::test]
+async fn cli_changes_a_running_service() {
+    let mut setup = Setup::start().await;
+    let cli = setup.cli.clone();
+    let reg = &setup.registry;
+    reg.push_image("app/w", "v1", &busybox_image("v1"))
+        .await
+        .unwrap();
+    reg.push_image("app/w", "v2", &busybox_image("v2"))
+        .await
+        .unwrap();
+    let (v1, v2) = (
+        format!("{}/app/w:v1", reg.host),
+        format!("{}/app/w:v2", reg.host),
+    );
+    let tmp = tempfile::tempdir().unwrap();
+
+    // Credential: token from a file, then rotated from stdin; never shown.
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, "first-token\n").unwrap();
+    let added = cli
+        .json(&[
+            "credential",
+            "add",
+            "--name",
+            "hub",
+            "--registry",
+            "docker",
+            "--username",
+            "me",
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ])
+        .await;
+    let cred = added["id"].as_str().unwrap().to_owned();
+    assert_eq!(added["registry"], "DOCKER", "{added}");
+    let rotated = cli
+        .run_with(
+            &[
+                "credential",
+                "rotate",
+                &cred,
+                "--token-stdin",
+                "--username",
+                "me2",
+            ],
+            &[],
+            Some("second-token"),
+        )
+        .await;
+    assert_eq!(rotated.code, 0, "{rotated:?}");
+    assert!(rotated.stdout.contains("me2"), "{rotated:?}");
+    let shown = cli.ok(&["credential", "show", &cred]).await;
+    assert!(shown.contains(&cred) && shown.contains("me2"), "{shown}");
+    assert!(!shown.contains("token"), "{shown}");
+    let nothing = cli.run(&["credential", "rotate", &cred]).await;
+    assert_eq!(nothing.code, 64, "{nothing:?}");
+    assert!(cli
+        .ok(&["credential", "rm", &cred])
+        .await
+        .contains("deleted"));
+    let gone = cli.run(&["credential", "show", &cred]).await;
+    assert_eq!(gone.code, 1, "{gone:?}");
+
+    // A worker with env vars from a file (values never shown, keys are).
+    let env_file = tmp.path().join("env");
+    std::fs::write(
+        &env_file,
+        "# comment\nGREETING=hello\n\nSECRET_TOKEN=abc123\n",
+    )
+    .unwrap();
+    let created = cli
+        .run(&[
+            "service",
+            "create",
+            "w",
+            "--type",
+            "background_worker",
+            "--image",
+            &v1,
+            "--command",
+            LOOP,
+            "--env-file",
+            env_file.to_str().unwrap(),
+            "--wait",
+        ])
+        .await;
+    assert_eq!(created.code, 0, "{created:?}");
+    let svc = cli.json(&["service", "show", "w"]).await;
+    let id = svc["id"].as_str().unwrap().to_owned();
+    let first = svc["liveDeployId"].as_str().unwrap().to_owned();
+    assert_eq!(
+        svc["envVarKeys"],
+        serde_json::json!(["GREETING", "SECRET_TOKEN"])
+    );
+    let table = cli.ok(&["service", "show", "w"]).await;
+    assert!(table.contains("GREETING,SECRET_TOKEN"), "{table}");
+    assert!(!table.contains("abc123"), "{table}");
+
+    // Update the image: a new deploy goes live with v2.
+    let updated = cli.ok(&["service", "update", "w", "--image", &v2]).await;
+    assert!(updated.contains(&v2), "{updated}");
+    // The live deploy's row in `service show` holds all of `want`.
+    let live_row = |want: Vec<String>| {
+        let cli = cli.clone();
+        let id = id.clone();
+        async move {
+            let live = cli.json(&["service", "show", &id]).await["liveDeployId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let table = cli.ok(&["service", "show", &id]).await;
+            table.lines().any(|l| {
+                l.starts_with(&live)
+                    && l.contains(" live ")
+                    && want.iter().all(|w| l.contains(w.as_str()))
+            })
+        }
+    };
+    eventually("v2 live", Duration::from_secs(60), || {
+        live_row(vec![v2.clone(), "service_updated".into()])
+    })
+    .await;
+
+    // Roll back to the first deploy: its digest again, in a new deploy.
+    let ended = cli
+        .json(&[
+            "service",
+            "events",
+            "w",
+            "--type",
+            "deploy_ended",
+            "--limit",
+            "100",
+        ])
+        .await;
+    let first_digest = ended
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"]["details"]["deployId"] == first.as_str())
+        .and_then(|e| e["event"]["details"]["digest"].as_str())
+        .unwrap_or_else(|| panic!("no deploy_ended for {first}: {ended}"))
+        .to_owned();
+    let rolled = cli.ok(&["service", "rollback", "w", &first]).await;
+    assert!(
+        rolled.contains(&id) && rolled.contains("deploy dep-"),
+        "{rolled}"
+    );
+    eventually("the rollback live", Duration::from_secs(60), || {
+        live_row(vec![first_digest.clone(), "rollback".into()])
+    })
+    .await;
+    let now = cli.json(&["service", "show", "w"]).await;
+    assert_ne!(now["liveDeployId"], Value::from(first.as_str()), "{now}");
+
+    // Suspend and resume.
+    assert!(cli
+        .ok(&["service", "suspend", "w"])
+        .await
+        .contains("suspending"));
+    eventually("suspended", Duration::from_secs(30), || async {
+        cli.ok(&["service", "show", "w"])
+            .await
+            .contains("state:        suspended")
+    })
+    .await;
+    let list = cli.ok(&["service", "list"]).await;
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&id) && l.contains("suspended")),
+        "{list}"
+    );
+    assert!(cli
+        .ok(&["service", "resume", "w"])
+        .await
+        .contains("resuming"));
+    eventually("active", Duration::from_secs(30), || async {
+        cli.ok(&["service", "show", "w"])
+            .await
+            .contains("state:        active")
+    })
+    .await;
+    assert!(cli
+        .ok(&["service", "restart", "w"])
+        .await
+        .contains("restarting"));
+
+    // A cron job, run now from the CLI.
+    let cron = cli
+        .run(&[
+            "service",
+            "create",
+            "nightly",
+            "--type",
+            "cron_job",
+            "--image",
+            &v1,
+            "--schedule",
+            "0 3 * * *",
+            "--command",
+            "echo ran",
+        ])
+        .await;
+    assert_eq!(cron.code, 0, "{cron:?}");
+    eventually("cron job deployed", Duration::from_secs(60), || async {
+        cli.json(&["service", "show", "nightly"]).await["liveDeployId"].is_string()
+    })
+    .await;
+    let run = cli.ok(&["cron", "run", "nightly"]).await;
+    assert!(run.contains("run ") && run.contains(" started"), "{run}");
+    eventually(
+        "cron run in the timeline",
+        Duration::from_secs(60),
+        || async {
+            cli.ok(&["service", "events", "nightly"])
+                .await
+                .contains("cron_job_run_started")
+        },
+    )
+    .await;
+    // Not a cron job: the API refuses, the CLI says so and exits 1.
+    let wrong = cli.run(&["cron", "run", "w"]).await;
+    assert_eq!(wrong.code, 1, "{wrong:?}");
+    assert!(!wrong.stderr.is_empty(), "{wrong:?}");
+
+    let hook = cli.ok(&["hook", "url", "nightly"]).await;
+    assert!(
+        hook.starts_with(&format!("{}/deploy/srv-", setup.api_url)),
+        "{hook}"
+    );
+
+    setup.stop().await;
+}
