@@ -11,11 +11,8 @@
 //!   (which node runs it is not in the log; the others answer "not running
 //!   here"). Only for cancels younger than [`STOP_HORIZON`], so a new
 //!   consumer replaying an old log sends no flood of stale stops;
-//! - `image_pull_failed` reported by a node for the active run's digest →
-//!   the run ends `failed` (a cron job has no instances and no pre-deploy,
-//!   so a node pulling its image is pulling for its active run; a late
-//!   failure of a run canceled mid-pull could be taken for the next run's —
-//!   the node reports no run id with a pull failure);
+//! - a pull failure ends the run `failed`: the node records that itself,
+//!   by the run's id (so a late failure of a canceled run changes nothing);
 //! - a run no live node has room for ends `failed` at once.
 
 use std::sync::{Arc, RwLock};
@@ -28,7 +25,6 @@ use berth_eventlog::worker::{Job, WorkError, WorkHandler, Worker, WorkerConfig};
 use berth_eventlog::EventStore;
 use berth_schemas::commands::{NodeRunSpec, NodeWork, OneOffPurpose};
 use berth_schemas::ids::{CronRunId, NodeId, ServiceId};
-use berth_schemas::model::ServiceType;
 use berth_schemas::{Actor, AggregateId, Commit, Envelope, Event};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -116,9 +112,6 @@ impl Dispatch {
                     return Ok(());
                 }
                 self.stop(service, &e.run).await
-            }
-            Event::ImagePullFailed(e) if e.node.is_some() => {
-                self.pull_failed(service, &e.image).await
             }
             _ => Ok(()),
         }
@@ -227,22 +220,6 @@ impl Dispatch {
         }
         tracing::info!(run.id = %run, "cron run canceled; its container is being stopped");
         Ok(())
-    }
-
-    async fn pull_failed(&self, service: &ServiceId, image: &str) -> Result<(), WorkError> {
-        let state = self.load(service).await?;
-        let is_cron = state
-            .config
-            .as_ref()
-            .is_some_and(|c| c.service_type == ServiceType::CronJob);
-        let Some(active) = state.cron.active.as_ref().filter(|_| is_cron) else {
-            return Ok(());
-        };
-        if !image.ends_with(&format!("@{}", active.digest)) {
-            return Ok(());
-        }
-        tracing::info!(run.id = %active.id, image, "cron run's image pull failed; run failed");
-        self.end_run(service, &active.id, "cron-pull-failed").await
     }
 
     /// Ends `run` `failed` (once per `why`).

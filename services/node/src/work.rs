@@ -23,6 +23,7 @@ use berth_puller::{unpack_image, Progress, PullRequest, Puller, UnpackOptions};
 use berth_runtime::secrets::SecretKey;
 use berth_schemas::commands::{NodeRunSpec, NodeWork, OneOffPurpose};
 use berth_schemas::events::ImagePullProgressed;
+use berth_schemas::ids::{CronRunId, ServiceId};
 
 use berth_schemas::model::{seal_context, PullFailureReason, ServiceType};
 use berth_schemas::{AggregateId, Event};
@@ -108,8 +109,38 @@ impl WorkHandler for NodeHandler {
                     self.prepare(&spec).await?
                 };
                 let Some(image) = prepared else {
+                    // The pull failure is recorded; a cron run it was for
+                    // ends `failed` here, by its own id (a late failure of a
+                    // canceled run changes nothing).
+                    if let Some(OneOffPurpose::CronRun { run }) = purpose {
+                        let command = service::Command::RecordCronRunEnded {
+                            run,
+                            status: "failed".to_owned(),
+                            exit_code: None,
+                        };
+                        self.reporter
+                            .decide(
+                                &spec.service,
+                                Some(&spec.deploy),
+                                command,
+                                &format!("{}:ended", spec.instance),
+                            )
+                            .await
+                            .map_err(|e| verdict("recording the cron run's end", e))?;
+                    }
                     return Ok(());
                 };
+                // A cron run canceled (or replaced) while its image was
+                // pulled is not started.
+                if let Some(OneOffPurpose::CronRun { run }) = &purpose {
+                    if !self.cron_run_active(&spec.service, run).await? {
+                        tracing::info!(instance.id = %spec.instance, run.id = %run, "cron run no longer active; not started");
+                        return self
+                            .reporter
+                            .mark_done(&spec.instance)
+                            .map_err(|e| retry("recording the one-off's end", e));
+                    }
+                }
                 let s = self.instance_spec(&spec, image)?;
                 let out = self
                     .agent
@@ -258,6 +289,25 @@ impl NodeHandler {
             .place(&spec.instance, placement.clone())
             .map_err(|e| retry("recording placement", e))?;
         Ok(placement)
+    }
+
+    /// Whether `run` is still the service's active cron run.
+    async fn cron_run_active(
+        &self,
+        service: &ServiceId,
+        run: &CronRunId,
+    ) -> Result<bool, WorkError> {
+        let loaded = self
+            .reporter
+            .store
+            .load(&AggregateId::Service(service.clone()))
+            .await
+            .map_err(|e| retry("loading the service", e))?;
+        let state = loaded
+            .events
+            .iter()
+            .fold(ServiceState::default(), service::fold);
+        Ok(state.cron.active.as_ref().is_some_and(|a| &a.id == run))
     }
 
     /// Pull and unpack; `None` when the image is at fault (recorded).
