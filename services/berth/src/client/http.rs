@@ -299,3 +299,63 @@ pub fn enc(s: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_are_percent_encoded() {
+        assert_eq!(enc("srv-abc_1.~"), "srv-abc_1.~");
+        assert_eq!(enc("a b/c?d&e"), "a%20b%2Fc%3Fd%26e");
+        assert_eq!(
+            enc("2026-11-27T07:00:00+00:00"),
+            "2026-11-27T07%3A00%3A00%2B00%3A00"
+        );
+    }
+
+    #[test]
+    fn exit_codes_follow_the_kind_of_failure() {
+        let api = ClientError::Api {
+            status: 404,
+            message: "m".into(),
+            hint: None,
+        };
+        assert_eq!(api.report(), ExitCode::from(1));
+        assert_eq!(ClientError::Usage("u".into()).report(), ExitCode::from(64));
+        assert_eq!(
+            ClientError::Unreachable("x".into()).report(),
+            ExitCode::from(69)
+        );
+    }
+
+    #[test]
+    fn missing_key_is_a_usage_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = ClientOpts {
+            api_url: None,
+            data_dir: dir.path().to_path_buf(),
+            json: false,
+            nats_url: String::new(),
+            subject_prefix: "berth".into(),
+        };
+        // Only when the variable is unset; the test process may have it.
+        if std::env::var_os("BERTH_API_KEY").is_none() {
+            let err = Api::from_opts(&opts).unwrap_err();
+            assert!(matches!(&err, ClientError::Usage(m) if m.contains("credentials.json")));
+        }
+        std::fs::write(
+            dir.path().join(CREDENTIALS_FILE),
+            r#"{"ownerId":"own-x","apiKey":"k1","apiUrl":"http://h:1/"}"#,
+        )
+        .unwrap();
+        let api = Api::from_opts(&opts).unwrap();
+        assert_eq!(api.base(), "http://h:1");
+        let opts = ClientOpts {
+            api_url: Some("ftp://nope".into()),
+            ..opts
+        };
+        assert!(matches!(Api::from_opts(&opts), Err(ClientError::Usage(_))));
+    }
+}

@@ -97,3 +97,38 @@ pub fn details(v: &Value) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn fields_render_as_table_cells() {
+        let v = json!({
+            "a": {"b": 3},
+            "t": "2026-11-27T07:04:29.123Z",
+            "keys": ["X", "Y"],
+            "none": [],
+            "n": null,
+            "yes": true,
+        });
+        assert_eq!(s(&v, "a/b"), "3");
+        assert_eq!(s(&v, "keys"), "X,Y");
+        assert_eq!(s(&v, "none"), "-");
+        assert_eq!(s(&v, "n"), "-");
+        assert_eq!(s(&v, "missing/deep"), "-");
+        assert_eq!(s(&v, "yes"), "true");
+        assert_eq!(time(&v, "t"), "2026-11-27 07:04:29");
+        assert_eq!(time(&v, "keys"), "X,Y");
+    }
+
+    #[test]
+    fn details_skip_nulls() {
+        let d = json!({"deployId": "dep-1", "status": "live", "reason": null, "n": 2});
+        assert_eq!(details(&d), "deployId=dep-1 n=2 status=live");
+        assert_eq!(details(&Value::Null), "");
+    }
+}

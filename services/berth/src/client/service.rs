@@ -554,3 +554,65 @@ async fn events(
     output::table(&["TIME", "TYPE", "DETAILS"], &rows, "no events");
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn settings(env: &[&str], file: Option<std::path::PathBuf>) -> Settings {
+        Settings {
+            image: None,
+            credential: None,
+            instances: None,
+            plan: None,
+            region: None,
+            health_check_path: None,
+            pre_deploy_command: None,
+            schedule: None,
+            docker_command: None,
+            env: env.iter().map(|s| s.to_string()).collect(),
+            env_file: file,
+        }
+    }
+
+    #[test]
+    fn env_vars_from_flags_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("env");
+        std::fs::write(&f, "# c\n\nB=2=two\n").unwrap();
+        let vars = env_vars(&settings(&["A=1"], Some(f))).unwrap().unwrap();
+        assert_eq!(
+            Value::Array(vars),
+            json!([{"key": "A", "value": "1"}, {"key": "B", "value": "2=two"}])
+        );
+        assert!(env_vars(&settings(&[], None)).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_bad_env_line_is_refused_without_echoing_it() {
+        let err = env_vars(&settings(&["NOEQUALS-secretvalue"], None)).unwrap_err();
+        assert!(matches!(&err, ClientError::Usage(m) if !m.contains("secretvalue")));
+        assert!(env_vars(&settings(&["=x"], None)).is_err());
+    }
+
+    #[test]
+    fn settings_become_the_api_body() {
+        let mut st = settings(&[], None);
+        st.image = Some("img:1".into());
+        st.instances = Some(3);
+        st.docker_command = Some("sh -c x".into());
+        let mut body = Map::new();
+        settings_body(&st, &mut body).unwrap();
+        assert_eq!(
+            Value::Object(body),
+            json!({
+                "image": {"imagePath": "img:1"},
+                "serviceDetails": {
+                    "numInstances": 3,
+                    "envSpecificDetails": {"dockerCommand": "sh -c x"},
+                },
+            })
+        );
+    }
+}
