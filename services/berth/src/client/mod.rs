@@ -18,6 +18,7 @@ pub mod http;
 pub mod logs;
 pub mod output;
 pub mod service;
+pub mod settings;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

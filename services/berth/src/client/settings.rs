@@ -1,0 +1,186 @@
+//! The service settings `create` and `update` share, as flags and as the
+//! `image`/`serviceDetails`/`envVars` parts of the API's request body.
+//! Env var values may be secrets: a bad line is refused without echoing it.
+
+use clap::Args;
+use serde_json::{json, Map, Value};
+
+use super::ClientError;
+
+/// Settings shared by `create` and `update`.
+#[derive(Debug, Args)]
+pub struct Settings {
+    /// Image reference, e.g. `ghcr.io/org/app:1.2`.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Registry credential (`rgc-…`) for a private image.
+    #[arg(long)]
+    pub credential: Option<String>,
+    /// Number of instances.
+    #[arg(long)]
+    pub instances: Option<u32>,
+    /// Instance type: free, starter, standard, pro, pro_plus, pro_max, pro_ultra.
+    #[arg(long)]
+    pub plan: Option<String>,
+    /// Region label.
+    #[arg(long)]
+    pub region: Option<String>,
+    /// HTTP path polled before an instance counts as up (web services).
+    #[arg(long)]
+    pub health_check_path: Option<String>,
+    /// Command run once before each deploy goes live.
+    #[arg(long)]
+    pub pre_deploy_command: Option<String>,
+    /// Cron schedule (cron jobs), e.g. `*/5 * * * *`.
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Command replacing the image's entrypoint and arguments.
+    #[arg(long = "command")]
+    pub docker_command: Option<String>,
+    /// Environment variable `KEY=VALUE` (repeatable). For secret values use
+    /// --env-file, which keeps them out of the process list.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// File of `KEY=VALUE` lines (blank lines and `#` comments skipped).
+    #[arg(long)]
+    pub env_file: Option<std::path::PathBuf>,
+}
+
+pub(crate) fn env_vars(settings: &Settings) -> Result<Option<Vec<Value>>, ClientError> {
+    let mut lines: Vec<String> = settings.env.clone();
+    if let Some(path) = &settings.env_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ClientError::Usage(format!("cannot read env file {}: {e}", path.display()))
+        })?;
+        lines.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+    }
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    lines
+        .iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok(json!({ "key": k, "value": v })),
+            // Never echo the line: it may hold a secret value.
+            _ => Err(ClientError::Usage(
+                "an env var must be KEY=VALUE (one was not)".to_owned(),
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// The `image` and `serviceDetails` parts of a create/update body.
+pub(crate) fn settings_body(
+    st: &Settings,
+    body: &mut Map<String, Value>,
+) -> Result<(), ClientError> {
+    let mut image = Map::new();
+    if let Some(i) = &st.image {
+        image.insert("imagePath".into(), json!(i));
+    }
+    if let Some(c) = &st.credential {
+        image.insert("registryCredentialId".into(), json!(c));
+    }
+    if !image.is_empty() {
+        body.insert("image".into(), Value::Object(image));
+    }
+    let mut d = Map::new();
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            d.insert(k.into(), v);
+        }
+    };
+    put("numInstances", st.instances.map(|n| json!(n)));
+    put("plan", st.plan.as_ref().map(|v| json!(v)));
+    put("region", st.region.as_ref().map(|v| json!(v)));
+    put(
+        "healthCheckPath",
+        st.health_check_path.as_ref().map(|v| json!(v)),
+    );
+    put(
+        "preDeployCommand",
+        st.pre_deploy_command.as_ref().map(|v| json!(v)),
+    );
+    put("schedule", st.schedule.as_ref().map(|v| json!(v)));
+    put(
+        "envSpecificDetails",
+        st.docker_command
+            .as_ref()
+            .map(|c| json!({ "dockerCommand": c })),
+    );
+    if !d.is_empty() {
+        body.insert("serviceDetails".into(), Value::Object(d));
+    }
+    if let Some(env) = env_vars(st)? {
+        body.insert("envVars".into(), Value::Array(env));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn settings(env: &[&str], file: Option<std::path::PathBuf>) -> Settings {
+        Settings {
+            image: None,
+            credential: None,
+            instances: None,
+            plan: None,
+            region: None,
+            health_check_path: None,
+            pre_deploy_command: None,
+            schedule: None,
+            docker_command: None,
+            env: env.iter().map(|s| s.to_string()).collect(),
+            env_file: file,
+        }
+    }
+
+    #[test]
+    fn env_vars_from_flags_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("env");
+        std::fs::write(&f, "# c\n\nB=2=two\n").unwrap();
+        let vars = env_vars(&settings(&["A=1"], Some(f))).unwrap().unwrap();
+        assert_eq!(
+            Value::Array(vars),
+            json!([{"key": "A", "value": "1"}, {"key": "B", "value": "2=two"}])
+        );
+        assert!(env_vars(&settings(&[], None)).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_bad_env_line_is_refused_without_echoing_it() {
+        let err = env_vars(&settings(&["NOEQUALS-secretvalue"], None)).unwrap_err();
+        assert!(matches!(&err, ClientError::Usage(m) if !m.contains("secretvalue")));
+        assert!(env_vars(&settings(&["=x"], None)).is_err());
+    }
+
+    #[test]
+    fn settings_become_the_api_body() {
+        let mut st = settings(&[], None);
+        st.image = Some("img:1".into());
+        st.instances = Some(3);
+        st.docker_command = Some("sh -c x".into());
+        let mut body = Map::new();
+        settings_body(&st, &mut body).unwrap();
+        assert_eq!(
+            Value::Object(body),
+            json!({
+                "image": {"imagePath": "img:1"},
+                "serviceDetails": {
+                    "numInstances": 3,
+                    "envSpecificDetails": {"dockerCommand": "sh -c x"},
+                },
+            })
+        );
+    }
+}
