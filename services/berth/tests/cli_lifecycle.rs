@@ -237,6 +237,40 @@ async fn cli_changes_a_running_service() {
     assert_eq!(wrong.code, 1, "{wrong:?}");
     assert!(!wrong.stderr.is_empty(), "{wrong:?}");
 
+    // A deploy that cannot go live (its instance exits at once): following
+    // gives up at --timeout with exit 1 and says where things stand. (The
+    // scheduler keeps retrying such a deploy for minutes, so its final
+    // verdict is not waited for here.)
+    let crash = cli
+        .run(&[
+            "service",
+            "create",
+            "crash",
+            "--type",
+            "background_worker",
+            "--image",
+            &v1,
+            "--command",
+            "sh -c 'exit 3'",
+        ])
+        .await;
+    assert_eq!(crash.code, 0, "{crash:?}");
+    let stuck = cli
+        .run(&["service", "deploy", "crash", "--timeout", "6"])
+        .await;
+    assert_eq!(stuck.code, 1, "{stuck:?}");
+    assert!(stuck.stderr.contains("after 6 s"), "{stuck:?}");
+    // Queued behind the first (still retrying) deploy, or in progress.
+    assert!(stuck.stdout.contains("] dep-"), "{stuck:?}");
+    assert!(stuck.stderr.contains(" still "), "{stuck:?}");
+
+    // Logs need the installation's NATS: unreachable is exit 69.
+    let no_nats = cli
+        .run(&["service", "logs", "w", "--nats-url", "nats://127.0.0.1:1"])
+        .await;
+    assert_eq!(no_nats.code, 69, "{no_nats:?}");
+    assert!(no_nats.stderr.contains("cannot reach NATS"), "{no_nats:?}");
+
     let hook = cli.ok(&["hook", "url", "nightly"]).await;
     assert!(
         hook.starts_with(&format!("{}/deploy/srv-", setup.api_url)),

@@ -57,9 +57,9 @@ pub async fn run(id: &str, args: LogsArgs, opts: &ClientOpts) -> Result<(), Clie
     let subject = format!("{}.logs.{id}.{instance}", subjects.prefix());
     let client = tokio::time::timeout(
         Duration::from_secs(5),
-        async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .connect(opts.nats_url.as_str()),
+        // No retry on the first connect: an unreachable server must fail
+        // here, not leave us listening to nothing.
+        async_nats::connect(opts.nats_url.as_str()),
     )
     .await
     .map_err(|_| unreachable_nats(&opts.nats_url, "timed out"))?
