@@ -15,3 +15,4 @@ mod lost_node;
 mod pre_deploy;
 mod scale;
 mod triggers;
+mod update_failed;

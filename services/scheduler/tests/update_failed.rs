@@ -1,0 +1,94 @@
+//! A deploy whose new instances never pass their health check ends
+//! `update_failed` when the readiness window closes; the live deploy keeps
+//! serving and the failed deploy's instances are removed.
+
+use std::time::Duration;
+
+use berth_domain::service::Command;
+use berth_schemas::events::ServiceSettings;
+use berth_schemas::ids::DeployId;
+use berth_schemas::model::{DeployStatus, ServiceType};
+use berth_schemas::Event;
+
+use crate::support::{scheduler_options, types, World};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn new_instances_that_never_get_healthy_fail_the_update_and_the_live_deploy_serves_on() {
+    let w = World::start().await;
+    let _n1 = w.start_node("n1").await;
+    let _n2 = w.start_node("n2").await;
+    let mut opts = scheduler_options();
+    opts.readiness_window = Duration::from_secs(4);
+    let _scheduler = w.start_scheduler_with(opts).await;
+    let (svc, d1) = w.create(ServiceType::WebService, |_| {}).await;
+    w.wait_live(&svc, &d1).await;
+    let serving: Vec<_> = w
+        .state(&svc)
+        .await
+        .instances
+        .iter()
+        .map(|i| i.id.clone())
+        .collect();
+    assert_eq!(serving.len(), 1);
+
+    // The new command never listens on $PORT: its health check never passes.
+    let d2 = DeployId::generate();
+    let settings = ServiceSettings {
+        docker_command: Some(Some("sleep 600".into())),
+        ..ServiceSettings::default()
+    };
+    w.command(
+        &svc,
+        Command::Update {
+            settings,
+            deploy: d2.clone(),
+        },
+    )
+    .await;
+    let ev = w
+        .wait_events(&svc, Duration::from_secs(60), "update failed", |ev| {
+            ev.iter()
+                .any(|e| matches!(&e.event, Event::DeployFailed(f) if f.deploy == d2))
+        })
+        .await;
+    let t = types(&ev);
+    let failed = ev
+        .iter()
+        .find_map(|e| match &e.event {
+            Event::DeployFailed(f) if f.deploy == d2 => Some(f.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(failed.status, DeployStatus::UpdateFailed, "{t:?}");
+    assert!(
+        ev.iter()
+            .any(|e| matches!(&e.event, Event::UpdateStarted(u) if u.deploy == d2)),
+        "{t:?}"
+    );
+
+    // The live deploy is still d1 with its instance, and only it remains.
+    let s = w
+        .wait_events(
+            &svc,
+            Duration::from_secs(30),
+            "failed instances gone",
+            |ev| {
+                let s = ev.iter().fold(
+                    berth_domain::service::ServiceState::default(),
+                    berth_domain::service::fold,
+                );
+                let only_d1 = s.instances.iter().all(|i| i.deploy == d1);
+                only_d1
+            },
+        )
+        .await
+        .iter()
+        .fold(
+            berth_domain::service::ServiceState::default(),
+            berth_domain::service::fold,
+        );
+    assert_eq!(s.live.as_ref(), Some(&d1), "{t:?}");
+    let now: Vec<_> = s.instances.iter().map(|i| i.id.clone()).collect();
+    assert_eq!(now, serving, "the live deploy's instance was touched");
+    assert!(s.instances.iter().all(|i| i.is_healthy()));
+}
