@@ -7,5 +7,6 @@ mod docs;
 mod fuzz;
 mod hooks;
 mod isolation;
+mod rename;
 mod routes;
 mod support;

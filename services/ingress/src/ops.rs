@@ -9,6 +9,7 @@
 //! Bus commands come from trusted internal services and carry no owner:
 //! they act with [`Scope::Bus`].
 
+use berth_domain::owner::{self, OwnerState};
 use berth_domain::service::{self, DeployRequest, ServiceState};
 use berth_domain::{Ctx, DomainError};
 use berth_runtime::Secret;
@@ -206,9 +207,10 @@ impl Ingress {
         Ok(deploy)
     }
 
-    /// Changes settings that live on the service alone (not its name or
-    /// credential, which are claimed on other aggregates); `env_vars` in
-    /// clear are sealed here. A change that needs a redeploy starts one.
+    /// Changes a service's settings; `env_vars` in clear are sealed here. A
+    /// change that needs a redeploy starts one. A new name is claimed on the
+    /// owner first (409 when taken) and the old one released after the
+    /// service took the new one; the credential cannot be changed here yet.
     pub async fn update_service(
         &self,
         caller: &Caller,
@@ -216,15 +218,79 @@ impl Ingress {
         mut settings: ServiceSettings,
         env_vars: Option<std::collections::BTreeMap<String, Secret>>,
     ) -> Result<ServiceState, IngressError> {
-        if settings.name.is_some() || settings.credential.is_some() {
+        if settings.credential.is_some() {
             return Err(DomainError::Invalid {
-                field: "name",
-                reason: "renaming a service or changing its credential is not supported by \
-                         update yet"
+                field: "registryCredentialId",
+                reason: "changing a service's credential is not supported by update yet; \
+                         create the service again with the new credential"
                     .to_owned(),
             }
             .into());
         }
+        let rename = match settings.name.take() {
+            None => None,
+            Some(new) => {
+                let current = self.show_service(caller, id).await?;
+                let old = current.config.map(|c| c.name).unwrap_or_default();
+                (new != old).then_some((old, new))
+            }
+        };
+        let Some((old, new)) = rename else {
+            return self.update_settings(caller, id, settings, env_vars).await;
+        };
+        // Every field rule (the name's grammar among them) before the claim.
+        let mut with_name = settings.clone();
+        with_name.name = Some(new.clone());
+        let dry = self.show_service(caller, id).await?;
+        service::decide(
+            &dry,
+            service::Command::Update {
+                settings: with_name.clone(),
+                deploy: DeployId::generate(),
+            },
+            &Ctx::default(),
+        )?;
+        let tag = DeployId::generate();
+        let claim = owner::Command::ClaimServiceName {
+            name: new.clone(),
+            service: id.clone(),
+        };
+        exec::run(
+            &self.store,
+            &AggregateId::Owner(caller.owner.clone()),
+            &format!("service-rename-{id}-{tag}-claim"),
+            &caller.actor,
+            owner::fold,
+            |s: &OwnerState| owner::decide(s, claim.clone(), &Ctx::default()),
+        )
+        .await?;
+        match self.update_settings(caller, id, with_name, env_vars).await {
+            Ok(state) => {
+                let why = format!("rename-{tag}");
+                if let Err(e) = self.release_name(caller, id, &old, &why).await {
+                    tracing::error!(service.id = %id, name = %old, error = %e, "renamed, but the old name could not be released");
+                }
+                tracing::info!(service.id = %id, from = %old, to = %new, "service renamed");
+                Ok(state)
+            }
+            Err(e) => {
+                let why = format!("rename-undo-{tag}");
+                if let Err(u) = self.release_name(caller, id, &new, &why).await {
+                    tracing::error!(service.id = %id, name = %new, error = %u, "could not release the new name after a failed rename");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Ingress::update_service`] for settings on the service alone.
+    async fn update_settings(
+        &self,
+        caller: &Caller,
+        id: &ServiceId,
+        mut settings: ServiceSettings,
+        env_vars: Option<std::collections::BTreeMap<String, Secret>>,
+    ) -> Result<ServiceState, IngressError> {
         if let Some(vars) = env_vars {
             let mut sealed = berth_schemas::model::EnvVars::new();
             for (name, value) in &vars {

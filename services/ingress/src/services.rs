@@ -359,7 +359,7 @@ impl Ingress {
         .map(|_| ())
     }
 
-    async fn release_name(
+    pub(crate) async fn release_name(
         &self,
         caller: &Caller,
         service: &ServiceId,
