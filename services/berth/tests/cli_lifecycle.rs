@@ -271,6 +271,16 @@ async fn cli_changes_a_running_service() {
     assert_eq!(no_nats.code, 69, "{no_nats:?}");
     assert!(no_nats.stderr.contains("cannot reach NATS"), "{no_nats:?}");
 
+    // A rename: the service answers to its new name, the old one is gone.
+    let renamed = cli
+        .ok(&["service", "update", "w", "--rename", "w-renamed"])
+        .await;
+    assert!(renamed.contains("w-renamed"), "{renamed}");
+    let shown = cli.ok(&["service", "show", "w-renamed"]).await;
+    assert!(shown.contains(&id), "{shown}");
+    let old = cli.run(&["service", "show", "w"]).await;
+    assert_eq!(old.code, 1, "{old:?}");
+
     let hook = cli.ok(&["hook", "url", "nightly"]).await;
     assert!(
         hook.starts_with(&format!("{}/deploy/srv-", setup.api_url)),

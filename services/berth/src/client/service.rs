@@ -41,6 +41,9 @@ pub enum ServiceCommand {
     /// affect instances starts a deploy).
     Update {
         service: String,
+        /// A new name (its URL at the router changes with it).
+        #[arg(long = "rename", value_name = "NEW_NAME")]
+        rename: Option<String>,
         #[command(flatten)]
         settings: Settings,
     },
@@ -108,7 +111,11 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
         } => create(&api, name, service_type, settings, wait).await,
         ServiceCommand::List => list(&api).await,
         ServiceCommand::Show { service } => show(&api, &service).await,
-        ServiceCommand::Update { service, settings } => update(&api, &service, settings).await,
+        ServiceCommand::Update {
+            service,
+            rename,
+            settings,
+        } => update(&api, &service, rename, settings).await,
         ServiceCommand::Delete { service, yes } => {
             if !yes {
                 return Err(ClientError::Usage(format!(
@@ -361,10 +368,18 @@ async fn show(api: &Api, service: &str) -> Result<(), ClientError> {
     Ok(())
 }
 
-async fn update(api: &Api, service: &str, settings: Settings) -> Result<(), ClientError> {
+async fn update(
+    api: &Api,
+    service: &str,
+    rename: Option<String>,
+    settings: Settings,
+) -> Result<(), ClientError> {
     let id = resolve(api, service).await?;
     let mut body = Map::new();
     settings_body(&settings, &mut body)?;
+    if let Some(name) = rename {
+        body.insert("name".to_owned(), Value::String(name));
+    }
     if body.is_empty() {
         return Err(ClientError::Usage(
             "nothing to change: give at least one setting (see --help)".to_owned(),
