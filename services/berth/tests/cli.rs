@@ -189,6 +189,18 @@ async fn cli_drives_a_real_installation() {
         !types.is_empty() && types.iter().all(|t| *t == "deploy_started"),
         "{filtered}"
     );
+    // A time window: everything so far is before a time in the future, and
+    // nothing is at or after it.
+    let later = (chrono::Utc::now() + chrono::TimeDelta::hours(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let before = cli
+        .json(&["service", "events", "ticker", "--until", &later])
+        .await;
+    assert!(!before.as_array().unwrap().is_empty(), "{before}");
+    let after = cli
+        .json(&["service", "events", "ticker", "--since", &later])
+        .await;
+    assert!(after.as_array().unwrap().is_empty(), "{after}");
 
     // A second deploy, followed to the end: progress on stdout, or on
     // stderr with --json so stdout is one JSON document.

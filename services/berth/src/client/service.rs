@@ -90,6 +90,12 @@ pub enum ServiceCommand {
         /// At most this many events (1–100).
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// Only events at or after this time (RFC 3339, e.g. 2026-11-27T08:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
     },
     /// Instance logs (live only: berth keeps no log history).
     ///
@@ -174,7 +180,9 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
             service,
             types,
             limit,
-        } => events(&api, &service, types, limit).await,
+            since,
+            until,
+        } => events(&api, &service, types, limit, [since, until]).await,
         ServiceCommand::Logs(a) => {
             let id = resolve(&api, &a.service).await?;
             logs::run(&id, a, &args.opts).await
@@ -430,11 +438,18 @@ async fn events(
     service: &str,
     types: Option<String>,
     limit: u32,
+    [since, until]: [Option<String>; 2],
 ) -> Result<(), ClientError> {
     let id = resolve(api, service).await?;
     let mut path = format!("/v1/services/{}/events?limit={limit}", enc(&id));
     if let Some(t) = types {
         path.push_str(&format!("&type={}", enc(&t)));
+    }
+    if let Some(t) = since {
+        path.push_str(&format!("&startTime={}", enc(&t)));
+    }
+    if let Some(t) = until {
+        path.push_str(&format!("&endTime={}", enc(&t)));
     }
     let evs = api.get(&path).await?;
     if api.json {
