@@ -111,6 +111,11 @@ pub async fn run_components(
     let mut first_error = None;
     for (name, handle) in handles {
         if !handle.is_finished() {
+            // Named here: the grace-period error only counts tasks.
+            tracing::warn!(
+                component = name,
+                "component still running after the grace period; aborted"
+            );
             handle.abort();
             continue;
         }
