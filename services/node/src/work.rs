@@ -118,15 +118,8 @@ impl WorkHandler for NodeHandler {
                             status: "failed".to_owned(),
                             exit_code: None,
                         };
-                        self.reporter
-                            .decide(
-                                &spec.service,
-                                Some(&spec.deploy),
-                                command,
-                                &format!("{}:ended", spec.instance),
-                            )
-                            .await
-                            .map_err(|e| verdict("recording the cron run's end", e))?;
+                        self.record_end(&spec, command, "recording the cron run's end")
+                            .await?;
                     }
                     return Ok(());
                 };
@@ -150,15 +143,8 @@ impl WorkHandler for NodeHandler {
                 tracing::info!(service.id = %spec.service, instance.id = %spec.instance, outcome = ?out, "one-off run ended");
                 if let Some(purpose) = purpose {
                     let command = ended(&spec, purpose, out, timeout_secs);
-                    self.reporter
-                        .decide(
-                            &spec.service,
-                            Some(&spec.deploy),
-                            command,
-                            &format!("{}:ended", spec.instance),
-                        )
-                        .await
-                        .map_err(|e| verdict("recording the one-off's end", e))?;
+                    self.record_end(&spec, command, "recording the one-off's end")
+                        .await?;
                 }
                 self.reporter
                     .mark_done(&spec.instance)
@@ -221,19 +207,42 @@ impl NodeHandler {
         Ok(())
     }
 
-    /// The service's type and health check path as the log has them now.
-    async fn service_config(&self, spec: &NodeRunSpec) -> Result<Option<ServiceConfig>, WorkError> {
+    /// A one-off's end (`command`), recorded once per instance whichever
+    /// way the run ended.
+    async fn record_end(
+        &self,
+        spec: &NodeRunSpec,
+        command: service::Command,
+        what: &str,
+    ) -> Result<(), WorkError> {
+        self.reporter
+            .decide(
+                &spec.service,
+                Some(&spec.deploy),
+                command,
+                &format!("{}:ended", spec.instance),
+            )
+            .await
+            .map_err(|e| verdict(what, e))
+    }
+
+    /// The service as the log has it now.
+    async fn service_state(&self, service: &ServiceId) -> Result<ServiceState, WorkError> {
         let loaded = self
             .reporter
             .store
-            .load(&AggregateId::Service(spec.service.clone()))
+            .load(&AggregateId::Service(service.clone()))
             .await
             .map_err(|e| retry("loading the service", e))?;
         Ok(loaded
             .events
             .iter()
-            .fold(ServiceState::default(), service::fold)
-            .config)
+            .fold(ServiceState::default(), service::fold))
+    }
+
+    /// The service's type and health check path as the log has them now.
+    async fn service_config(&self, spec: &NodeRunSpec) -> Result<Option<ServiceConfig>, WorkError> {
+        Ok(self.service_state(&spec.service).await?.config)
     }
 
     /// Gives a web or private instance its port and address, picks its
@@ -297,16 +306,7 @@ impl NodeHandler {
         service: &ServiceId,
         run: &CronRunId,
     ) -> Result<bool, WorkError> {
-        let loaded = self
-            .reporter
-            .store
-            .load(&AggregateId::Service(service.clone()))
-            .await
-            .map_err(|e| retry("loading the service", e))?;
-        let state = loaded
-            .events
-            .iter()
-            .fold(ServiceState::default(), service::fold);
+        let state = self.service_state(service).await?;
         Ok(state.cron.active.as_ref().is_some_and(|a| &a.id == run))
     }
 
