@@ -327,7 +327,9 @@ pub(crate) async fn supervise(
             run.pid_start,
             inner.cfg.exit_poll
         ));
-        let status = tokio::select! {
+        // `in_place`: stopped for a restart in place, which then ends like
+        // an exit (flush, delete, `Exited`).
+        let (status, in_place) = tokio::select! {
             biased;
             _ = inner.detach.cancelled() => {
                 run.abandon();
@@ -345,32 +347,18 @@ pub(crate) async fn supervise(
                 return Ended::Stopped(outcome);
             }
             _ = restart.notified(), if kind == Kind::Service => {
-                // Restart in place: stop as on request, then launch again
-                // at once (no crash backoff: the process did not crash).
                 let outcome = stop_container(inner, &id, spec.shutdown_delay, exit.as_mut()).await;
-                let ran = run.started.elapsed();
-                run.flush().await;
-                if let Err(e) = inner.runtime.delete(&id).await {
-                    tracing::warn!(instance = %id, error = %e, "runc delete before restart failed");
-                }
-                tracing::info!(instance = %id, ran_ms = ran.as_millis() as u64, "restarting in place");
-                inner.report(AgentEvent::Exited {
-                    service: spec.service.clone(),
-                    instance: spec.instance.clone(),
-                    status: outcome.status.unwrap_or(ExitStatus::Unknown),
-                    ran,
-                    at: Utc::now(),
-                });
-                delay = None;
-                restarts += 1;
-                continue;
+                (outcome.status.unwrap_or(ExitStatus::Unknown), true)
             }
-            s = exit.as_mut() => s,
+            s = exit.as_mut() => (s, false),
         };
         let ran = run.started.elapsed();
         run.flush().await;
         if let Err(e) = inner.runtime.delete(&id).await {
             tracing::warn!(instance = %id, error = %e, "runc delete after exit failed");
+        }
+        if in_place {
+            tracing::info!(instance = %id, ran_ms = ran.as_millis() as u64, "restarting in place");
         }
         inner.report(AgentEvent::Exited {
             service: spec.service.clone(),
@@ -379,6 +367,13 @@ pub(crate) async fn supervise(
             ran,
             at: Utc::now(),
         });
+        if in_place {
+            // Launched again at once: no crash backoff, the process did
+            // not crash.
+            delay = None;
+            restarts += 1;
+            continue;
+        }
         if kind == Kind::OneOff {
             cleanup(inner, &spec).await;
             return Ended::Exited(status);
