@@ -6,7 +6,7 @@
 //! `notification_delivered`, and no secret shows in the child's debug log.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 use berth_eventlog::{EventStore, StoreConfig};
@@ -113,21 +113,16 @@ async fn redelivery_after_kill_9_reuses_the_webhook_id() -> Result<()> {
     assert_eq!(delivery_events(&store, &d).await?, ["notification_queued"]);
 
     // A new notifier takes over the unacknowledged delivery.
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(
-        berth_notifier::component(store.clone(), key.clone(), crate::notify::test_options())
-            .run(shutdown.clone(), None),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let evs = delivery_events(&store, &d).await?;
-        if evs.contains(&"notification_delivered") {
-            assert_eq!(evs, ["notification_queued", "notification_delivered"]);
-            break;
-        }
-        assert!(Instant::now() < deadline, "{evs:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let notifier = Running::spawn(&store, &key, crate::notify::test_options());
+    let evs = wait_delivery(
+        &store,
+        &d,
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        |evs| evs.contains(&"notification_delivered"),
+    )
+    .await?;
+    assert_eq!(evs, ["notification_queued", "notification_delivered"]);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let posts = http.posts();
     // The contract: one delivery, or the same webhook-id twice. The kill
@@ -137,8 +132,7 @@ async fn redelivery_after_kill_9_reuses_the_webhook_id() -> Result<()> {
         assert_eq!(p["headers"]["webhook-id"], webhook_id.as_str());
         verify_webhook(&secret, p)?;
     }
-    shutdown.cancel();
-    task.await??;
+    notifier.stop().await?;
 
     // The child's debug log names the delivery but holds no secret.
     let text = std::fs::read_to_string(&log_path)?;

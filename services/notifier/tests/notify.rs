@@ -7,22 +7,21 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use berth_notifier::notify::delivery_id;
 use berth_notifier::settings::Channel;
 use berth_notifier::NotifierOptions;
-use berth_runtime::SecretKey;
 use berth_schemas::events::{
     CronJobRunEnded, DeployFailed, DeployLive, DeployStarted, ImagePullFailed,
 };
 use berth_schemas::ids::{CronRunId, DeployId};
 use berth_schemas::model::{DeployStatus, NotifySetting, PullFailureReason};
 use berth_schemas::Event;
-use berth_tests::eventlog::open_store;
-use berth_tests::{init_tracing, NatsServer, NatsVersion};
-use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
+
+/// How often a test re-reads a delivery's events.
+const POLL: Duration = Duration::from_millis(100);
 
 pub fn test_options() -> NotifierOptions {
     NotifierOptions {
@@ -53,11 +52,8 @@ fn live(deploy: &DeployId) -> Event {
 
 #[tokio::test]
 async fn every_channel_delivers_once_signed_and_without_secrets() -> Result<()> {
-    init_tracing();
-    let nats = NatsServer::start(NatsVersion::Legacy)?;
-    let client = nats.connect().await?;
-    let store = open_store(&client, 1).await?;
-    let key = SecretKey::from_base64(&SecretKey::generate_base64())?;
+    let w = World::start().await?;
+    let (store, key) = (&w.store, &w.key);
     let smtp = SmtpSink::start()?;
     let http = HttpSink::start(0.0)?;
     let secret = webhook_secret();
@@ -68,10 +64,9 @@ async fn every_channel_delivers_once_signed_and_without_secrets() -> Result<()> 
         webhook: Some(http.url("/hook")),
         webhook_secret: Some(secret.clone()),
     };
-    let owner = owner(&store, &key, NotifySetting::Failure, &ch).await?;
-    let (svc, v) = service(&store, &key, &owner, None).await?;
+    let owner = owner(store, key, NotifySetting::Failure, &ch).await?;
+    let (svc, v) = service(store, key, &owner, None).await?;
 
-    let shutdown = CancellationToken::new();
     let mut opts = test_options();
     opts.smtp = Some(berth_notifier::channels::SmtpConfig {
         host: "127.0.0.1".to_owned(),
@@ -80,8 +75,7 @@ async fn every_channel_delivers_once_signed_and_without_secrets() -> Result<()> 
         username: None,
         password: None,
     });
-    let notifier = berth_notifier::component(store.clone(), key.clone(), opts);
-    let task = tokio::spawn(notifier.run(shutdown.clone(), None));
+    let notifier = w.notifier(opts);
 
     let deploy = DeployId::generate();
     let pull_failed: Event = ImagePullFailed {
@@ -94,7 +88,7 @@ async fn every_channel_delivers_once_signed_and_without_secrets() -> Result<()> 
     .into();
     let t0 = std::time::Instant::now();
     append(
-        &store,
+        store,
         &svc,
         v,
         vec![
@@ -152,15 +146,11 @@ async fn every_channel_delivers_once_signed_and_without_secrets() -> Result<()> 
     // Outcomes recorded on each delivery aggregate.
     for ch in [Channel::Email, Channel::Slack, Channel::Webhook] {
         let d = delivery_id(&event_id, ch).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let evs = delivery_events(&store, &d).await?;
-            if evs == ["notification_queued", "notification_delivered"] {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "{ch:?}: {evs:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_delivery(store, &d, Duration::from_secs(10), POLL, |evs| {
+            evs == ["notification_queued", "notification_delivered"]
+        })
+        .await
+        .with_context(|| format!("{ch:?}"))?;
     }
     // Exactly one of each, also after a while (no duplicate sends).
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -168,47 +158,40 @@ async fn every_channel_delivers_once_signed_and_without_secrets() -> Result<()> 
     assert_eq!(http.posts().len(), 2, "{:?}", http.posts());
 
     // No secret anywhere: captured payloads, emails, and the whole log.
-    let log = all_log_bytes(&store).await?;
-    let captured = format!("{:?}{:?}", http.posts(), smtp.mails());
+    let log = String::from_utf8_lossy(&all_log_bytes(store).await?).into_owned();
+    // The slack token is in the URL the sink was posted to (that is the
+    // channel itself), never in a body or header.
+    let bodies: String = http
+        .posts()
+        .iter()
+        .map(|p| format!("{}{}", p["body"], p["headers"]))
+        .collect();
+    let mails = smtp.mails().concat();
+    assert!(!bodies.is_empty() && !mails.is_empty() && !log.is_empty());
     let secret_body = secret.trim_start_matches("whsec_");
     for s in [secret_body, slack_token, "hook-secret-value"] {
-        // The slack token is in the URL the sink was posted to (that is the
-        // channel itself), never in a body or header.
-        let bodies: String = http
-            .posts()
-            .iter()
-            .map(|p| format!("{}{}", p["body"], p["headers"]))
-            .collect();
         assert!(!bodies.contains(s), "secret {s} in a post");
-        assert!(!smtp.mails().concat().contains(s), "secret {s} in an email");
-        assert!(
-            !String::from_utf8_lossy(&log).contains(s),
-            "secret {s} in the log"
-        );
+        assert!(!mails.contains(s), "secret {s} in an email");
+        assert!(!log.contains(s), "secret {s} in the log");
     }
-    assert!(!captured.is_empty());
 
-    shutdown.cancel();
-    task.await??;
+    notifier.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn settings_none_failure_all_and_the_override_wins() -> Result<()> {
-    init_tracing();
-    let nats = NatsServer::start(NatsVersion::Legacy)?;
-    let client = nats.connect().await?;
-    let store = open_store(&client, 1).await?;
-    let key = SecretKey::from_base64(&SecretKey::generate_base64())?;
+    let w = World::start().await?;
+    let (store, key) = (&w.store, &w.key);
     let http = HttpSink::start(0.0)?;
     let ch = Channels {
         webhook: Some(http.url("/hook")),
         webhook_secret: Some(webhook_secret()),
         ..Channels::default()
     };
-    let failure_owner = owner(&store, &key, NotifySetting::Failure, &ch).await?;
-    let none_owner = owner(&store, &key, NotifySetting::None, &ch).await?;
-    let all_owner = owner(&store, &key, NotifySetting::All, &ch).await?;
+    let failure_owner = owner(store, key, NotifySetting::Failure, &ch).await?;
+    let none_owner = owner(store, key, NotifySetting::None, &ch).await?;
+    let all_owner = owner(store, key, NotifySetting::All, &ch).await?;
 
     // (owner, override) → which of (live, failed, cron failed, cron ok) notify.
     let cases = [
@@ -224,7 +207,7 @@ async fn settings_none_failure_all_and_the_override_wins() -> Result<()> {
     let mut names = std::collections::HashMap::new();
     let mut services = Vec::new();
     for (owner, over, name) in cases {
-        let (svc, v) = service(&store, &key, owner, over).await?;
+        let (svc, v) = service(store, key, owner, over).await?;
         names.insert(svc.to_string(), name);
         let effective = over.unwrap_or(if owner == &failure_owner {
             NotifySetting::Failure
@@ -247,11 +230,7 @@ async fn settings_none_failure_all_and_the_override_wins() -> Result<()> {
         }
         services.push((svc, v));
     }
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(
-        berth_notifier::component(store.clone(), key.clone(), test_options())
-            .run(shutdown.clone(), None),
-    );
+    let notifier = w.notifier(test_options());
     for (svc, v) in &services {
         let (d1, d2) = (DeployId::generate(), DeployId::generate());
         let cron = |status: &str| -> Event {
@@ -263,7 +242,7 @@ async fn settings_none_failure_all_and_the_override_wins() -> Result<()> {
             .into()
         };
         append(
-            &store,
+            store,
             svc,
             *v,
             vec![live(&d1), failed(&d2), cron("failed"), cron("succeeded")],
@@ -303,23 +282,19 @@ async fn settings_none_failure_all_and_the_override_wins() -> Result<()> {
     assert_eq!(posts.len(), expected.len(), "one post per notification");
     assert_eq!(got, expected);
 
-    shutdown.cancel();
-    task.await??;
+    notifier.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn a_dead_endpoint_delays_no_other_delivery() -> Result<()> {
-    init_tracing();
-    let nats = NatsServer::start(NatsVersion::Legacy)?;
-    let client = nats.connect().await?;
-    let store = open_store(&client, 1).await?;
-    let key = SecretKey::from_base64(&SecretKey::generate_base64())?;
+    let w = World::start().await?;
+    let (store, key) = (&w.store, &w.key);
     let http = HttpSink::start(0.0)?;
     // Owner A's webhook hangs; owner B's and A's Slack answer at once.
     let a = owner(
-        &store,
-        &key,
+        store,
+        key,
         NotifySetting::Failure,
         &Channels {
             webhook: Some(http.url("/hang/a")),
@@ -329,8 +304,8 @@ async fn a_dead_endpoint_delays_no_other_delivery() -> Result<()> {
     )
     .await?;
     let b = owner(
-        &store,
-        &key,
+        store,
+        key,
         NotifySetting::Failure,
         &Channels {
             webhook: Some(http.url("/hook/b")),
@@ -338,22 +313,18 @@ async fn a_dead_endpoint_delays_no_other_delivery() -> Result<()> {
         },
     )
     .await?;
-    let (sa, va) = service(&store, &key, &a, None).await?;
-    let (sb, vb) = service(&store, &key, &b, None).await?;
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(
-        berth_notifier::component(store.clone(), key.clone(), test_options())
-            .run(shutdown.clone(), None),
-    );
+    let (sa, va) = service(store, key, &a, None).await?;
+    let (sb, vb) = service(store, key, &b, None).await?;
+    let notifier = w.notifier(test_options());
     // Several failures on A first, so its hanging deliveries are in flight.
     let mut failures = Vec::new();
     for _ in 0..5 {
         failures.push(failed(&DeployId::generate()));
     }
-    append(&store, &sa, va, failures).await?;
+    append(store, &sa, va, failures).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t0 = std::time::Instant::now();
-    append(&store, &sb, vb, vec![failed(&DeployId::generate())]).await?;
+    append(store, &sb, vb, vec![failed(&DeployId::generate())]).await?;
     http.wait_for(1, Duration::from_secs(10), |p| p["path"] == "/hook/b")
         .await?;
     let took = t0.elapsed();
@@ -370,28 +341,19 @@ async fn a_dead_endpoint_delays_no_other_delivery() -> Result<()> {
     assert!(!hung.is_empty());
     let body: serde_json::Value = serde_json::from_str(hung[0]["body"].as_str().unwrap())?;
     let d = delivery_id(body["data"]["id"].as_str().unwrap(), Channel::Webhook).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let evs = delivery_events(&store, &d).await?;
-        if evs.contains(&"notification_attempt_failed") {
-            assert!(!evs.contains(&"notification_delivered"));
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{evs:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    shutdown.cancel();
-    task.await??;
+    let evs = wait_delivery(store, &d, Duration::from_secs(15), POLL, |evs| {
+        evs.contains(&"notification_attempt_failed")
+    })
+    .await?;
+    assert!(!evs.contains(&"notification_delivered"), "{evs:?}");
+    notifier.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn failed_attempts_retry_with_the_same_id_and_growing_delays_then_abandon() -> Result<()> {
-    init_tracing();
-    let nats = NatsServer::start(NatsVersion::Legacy)?;
-    let client = nats.connect().await?;
-    let store = open_store(&client, 1).await?;
-    let key = SecretKey::from_base64(&SecretKey::generate_base64())?;
+    let w = World::start().await?;
+    let (store, key) = (&w.store, &w.key);
     let http = HttpSink::start(0.0)?;
     let secret = webhook_secret();
     // One owner whose webhook always fails, one whose webhook fails twice.
@@ -400,17 +362,13 @@ async fn failed_attempts_retry_with_the_same_id_and_growing_delays_then_abandon(
         webhook_secret: Some(secret.clone()),
         ..Channels::default()
     };
-    let dead = owner(&store, &key, NotifySetting::Failure, &mk("/fail/x")).await?;
-    let flaky = owner(&store, &key, NotifySetting::Failure, &mk("/flaky/y")).await?;
-    let (sd, vd) = service(&store, &key, &dead, None).await?;
-    let (sf, vf) = service(&store, &key, &flaky, None).await?;
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(
-        berth_notifier::component(store.clone(), key.clone(), test_options())
-            .run(shutdown.clone(), None),
-    );
-    append(&store, &sd, vd, vec![failed(&DeployId::generate())]).await?;
-    append(&store, &sf, vf, vec![failed(&DeployId::generate())]).await?;
+    let dead = owner(store, key, NotifySetting::Failure, &mk("/fail/x")).await?;
+    let flaky = owner(store, key, NotifySetting::Failure, &mk("/flaky/y")).await?;
+    let (sd, vd) = service(store, key, &dead, None).await?;
+    let (sf, vf) = service(store, key, &flaky, None).await?;
+    let notifier = w.notifier(test_options());
+    append(store, &sd, vd, vec![failed(&DeployId::generate())]).await?;
+    append(store, &sf, vf, vec![failed(&DeployId::generate())]).await?;
 
     // test_options: 4 attempts, retry delay 200 ms × attempt.
     let fails = http
@@ -440,24 +398,20 @@ async fn failed_attempts_retry_with_the_same_id_and_growing_delays_then_abandon(
         delivery_id(body["data"]["id"].as_str().unwrap(), Channel::Webhook).unwrap()
     };
     let (d_dead, d_flaky) = (id_of(&fails[0]), id_of(&flakes[0]));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let a = delivery_events(&store, &d_dead).await?;
-        let b = delivery_events(&store, &d_flaky).await?;
-        let a_done = a.last() == Some(&"notification_abandoned");
-        let b_done = b.last() == Some(&"notification_delivered");
-        if a_done && b_done {
-            let f = "notification_attempt_failed";
-            assert_eq!(
-                a,
-                ["notification_queued", f, f, f, f, "notification_abandoned"]
-            );
-            assert_eq!(b, ["notification_queued", f, f, "notification_delivered"]);
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{a:?} {b:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let a = wait_delivery(store, &d_dead, Duration::from_secs(10), POLL, |evs| {
+        evs.last() == Some(&"notification_abandoned")
+    })
+    .await?;
+    let b = wait_delivery(store, &d_flaky, Duration::from_secs(10), POLL, |evs| {
+        evs.last() == Some(&"notification_delivered")
+    })
+    .await?;
+    let f = "notification_attempt_failed";
+    assert_eq!(
+        a,
+        ["notification_queued", f, f, f, f, "notification_abandoned"]
+    );
+    assert_eq!(b, ["notification_queued", f, f, "notification_delivered"]);
     // Abandoned means abandoned: no fifth attempt.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let n = http
@@ -466,7 +420,6 @@ async fn failed_attempts_retry_with_the_same_id_and_growing_delays_then_abandon(
         .filter(|p| p["path"] == "/fail/x")
         .count();
     assert_eq!(n, 4);
-    shutdown.cancel();
-    task.await??;
+    notifier.stop().await?;
     Ok(())
 }

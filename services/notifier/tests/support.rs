@@ -14,7 +14,70 @@ use berth_schemas::events::{NotificationSettingsChanged, OwnerCreated, ServiceCr
 use berth_schemas::ids::{OwnerId, ServiceId, UserId};
 use berth_schemas::model::{seal_context, NotifySetting, OverlapPolicy, Plan, ServiceType};
 use berth_schemas::{Actor, AggregateId, Event};
-use berth_tests::free_port;
+use berth_tests::eventlog::open_store;
+use berth_tests::{free_port, init_tracing, NatsServer, NatsVersion};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// One test's own world: a nats-server (killed on drop), a client, an event
+/// store under a unique prefix and a fresh sealing key.
+pub struct World {
+    /// Held so the server lives as long as the test.
+    _nats: NatsServer,
+    pub client: async_nats::Client,
+    pub store: EventStore,
+    pub key: SecretKey,
+}
+
+impl World {
+    /// Starts the server and opens the store.
+    pub async fn start() -> Result<Self> {
+        init_tracing();
+        let nats = NatsServer::start(NatsVersion::Legacy)?;
+        let client = nats.connect().await?;
+        let store = open_store(&client, 1).await?;
+        let key = SecretKey::from_base64(&SecretKey::generate_base64())?;
+        Ok(World {
+            _nats: nats,
+            client,
+            store,
+            key,
+        })
+    }
+
+    /// The notifier component with `opts` over this world, running in a task.
+    pub fn notifier(&self, opts: berth_notifier::NotifierOptions) -> Running {
+        Running::spawn(&self.store, &self.key, opts)
+    }
+}
+
+/// A notifier running in a task until [`Running::stop`].
+pub struct Running {
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), berth_notifier::NotifierError>>,
+}
+
+impl Running {
+    /// Runs the notifier component over `store` with `opts`.
+    pub fn spawn(
+        store: &EventStore,
+        key: &SecretKey,
+        opts: berth_notifier::NotifierOptions,
+    ) -> Self {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(
+            berth_notifier::component(store.clone(), key.clone(), opts).run(shutdown.clone(), None),
+        );
+        Running { shutdown, task }
+    }
+
+    /// Stops it and fails if it ended with an error.
+    pub async fn stop(self) -> Result<()> {
+        self.shutdown.cancel();
+        self.task.await??;
+        Ok(())
+    }
+}
 
 /// A child process killed (SIGKILL) and reaped on drop.
 #[derive(Debug)]
@@ -335,6 +398,28 @@ pub async fn delivery_events(
 ) -> Result<Vec<&'static str>> {
     let loaded = store.load(&AggregateId::Delivery(delivery.clone())).await?;
     Ok(loaded.events.iter().map(|e| e.event.type_name()).collect())
+}
+
+/// Polls the delivery's events until `done` holds for them (every
+/// `poll`); fails with the last seen events after `timeout`.
+pub async fn wait_delivery(
+    store: &EventStore,
+    delivery: &berth_schemas::ids::DeliveryId,
+    timeout: Duration,
+    poll: Duration,
+    done: impl Fn(&[&'static str]) -> bool,
+) -> Result<Vec<&'static str>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let evs = delivery_events(store, delivery).await?;
+        if done(&evs) {
+            return Ok(evs);
+        }
+        if Instant::now() > deadline {
+            bail!("delivery {delivery} after {timeout:?}: {evs:?}");
+        }
+        tokio::time::sleep(poll).await;
+    }
 }
 
 /// Every message of the whole event stream, raw, for secret searches.

@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::Result;
 use berth_eventlog::projection::{ProjectionOptions, ProjectionRunner};
 use berth_notifier::timeline::{Query, Timeline, TimelineEvent};
-use berth_runtime::SecretKey;
 use berth_schemas::events::CancelReason;
 use berth_schemas::events::{
     CronJobRunEnded, CronJobRunStarted, DeployCanceled, DeployCreated, DeployFailed, DeployLive,
@@ -18,10 +17,7 @@ use berth_schemas::events::{
 use berth_schemas::ids::{CronRunId, DeployId, InstanceId, NodeId};
 use berth_schemas::model::{DeployStatus, DeployTrigger, NotifySetting, PullFailureReason};
 use berth_schemas::Event;
-use berth_tests::eventlog::open_store;
-use berth_tests::{init_tracing, NatsServer, NatsVersion};
 use futures::StreamExt;
-use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
 
@@ -146,14 +142,11 @@ fn shape(events: &[TimelineEvent]) -> Vec<(String, Option<String>)> {
 
 #[tokio::test]
 async fn timeline_in_order_with_filters_and_on_the_integration_stream() -> Result<()> {
-    init_tracing();
-    let nats = NatsServer::start(NatsVersion::Legacy)?;
-    let client = nats.connect().await?;
-    let store = open_store(&client, 1).await?;
-    let key = SecretKey::from_base64(&SecretKey::generate_base64())?;
-    let owner = owner(&store, &key, NotifySetting::None, &Channels::default()).await?;
-    let (svc, v) = service(&store, &key, &owner, None).await?;
-    let (other, ov) = service(&store, &key, &owner, None).await?;
+    let w = World::start().await?;
+    let (client, store, key) = (&w.client, &w.store, &w.key);
+    let owner = owner(store, key, NotifySetting::None, &Channels::default()).await?;
+    let (svc, v) = service(store, key, &owner, None).await?;
+    let (other, ov) = service(store, key, &owner, None).await?;
     let mut sub = client
         .subscribe(format!("{}.events.>", store.subjects().prefix()))
         .await?;
@@ -164,9 +157,9 @@ async fn timeline_in_order_with_filters_and_on_the_integration_stream() -> Resul
         .into_iter()
         .map(|(k, s)| (k.to_owned(), s.map(str::to_owned)))
         .collect();
-    append(&store, &svc, v, events).await?;
+    append(store, &svc, v, events).await?;
     append(
-        &store,
+        store,
         &other,
         ov,
         vec![InstanceCountChanged { from: 1, to: 2 }.into()],
@@ -174,7 +167,7 @@ async fn timeline_in_order_with_filters_and_on_the_integration_stream() -> Resul
     .await?;
 
     // The read model.
-    let mut runner = ProjectionRunner::new(&store, Timeline::new(), ProjectionOptions::default());
+    let mut runner = ProjectionRunner::new(store, Timeline::new(), ProjectionOptions::default());
     runner.catch_up().await?;
     let timeline = runner.state();
     let all = timeline.read().unwrap().all(&svc).to_vec();
@@ -245,11 +238,7 @@ async fn timeline_in_order_with_filters_and_on_the_integration_stream() -> Resul
     assert_eq!(timeline.read().unwrap().all(&other).len(), 1);
 
     // The integration stream carries the same JSON, per service subject, in order.
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(
-        berth_notifier::component(store.clone(), key.clone(), crate::notify::test_options())
-            .run(shutdown.clone(), None),
-    );
+    let notifier = w.notifier(crate::notify::test_options());
     let mut got = Vec::new();
     let mut subjects = Vec::new();
     while got.len() < all.len() + 1 {
@@ -267,8 +256,7 @@ async fn timeline_in_order_with_filters_and_on_the_integration_stream() -> Resul
     assert_eq!(mine, all);
     let want = store.subjects().service_events(&svc);
     assert_eq!(subjects.iter().filter(|s| **s == want).count(), all.len());
-    shutdown.cancel();
-    task.await??;
+    notifier.stop().await?;
     // Nothing more than once while running.
     assert!(tokio::time::timeout(Duration::from_millis(500), sub.next())
         .await
@@ -278,25 +266,15 @@ async fn timeline_in_order_with_filters_and_on_the_integration_stream() -> Resul
 
 #[tokio::test]
 async fn the_integration_stream_resumes_after_a_restart_without_loss() -> Result<()> {
-    init_tracing();
-    let nats = NatsServer::start(NatsVersion::Legacy)?;
-    let client = nats.connect().await?;
-    let store = open_store(&client, 1).await?;
-    let key = SecretKey::from_base64(&SecretKey::generate_base64())?;
-    let owner = owner(&store, &key, NotifySetting::None, &Channels::default()).await?;
-    let (svc, mut v) = service(&store, &key, &owner, None).await?;
+    let w = World::start().await?;
+    let (client, store, key) = (&w.client, &w.store, &w.key);
+    let owner = owner(store, key, NotifySetting::None, &Channels::default()).await?;
+    let (svc, mut v) = service(store, key, &owner, None).await?;
     let mut sub = client
         .subscribe(store.subjects().service_events(&svc))
         .await?;
     client.flush().await?;
-    let start = || {
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(
-            berth_notifier::component(store.clone(), key.clone(), crate::notify::test_options())
-                .run(shutdown.clone(), None),
-        );
-        (shutdown, task)
-    };
+    let start = || w.notifier(crate::notify::test_options());
     let counts = |from: u32| -> Vec<Event> {
         (from..from + 3)
             .map(|n| InstanceCountChanged { from: n, to: n + 1 }.into())
@@ -314,15 +292,14 @@ async fn the_integration_stream_resumes_after_a_restart_without_loss() -> Result
         Ok(out)
     };
 
-    let (shutdown, task) = start();
-    v = append(&store, &svc, v, counts(1)).await?;
+    let notifier = start();
+    v = append(store, &svc, v, counts(1)).await?;
     assert_eq!(recv(3).await?, [1, 2, 3]);
-    shutdown.cancel();
-    task.await??;
+    notifier.stop().await?;
     // Written while no notifier runs: published once it is back, in order,
     // and nothing from before is sent again after a clean stop.
-    append(&store, &svc, v, counts(4)).await?;
-    let (shutdown, task) = start();
+    append(store, &svc, v, counts(4)).await?;
+    let notifier = start();
     assert_eq!(recv(3).await?, [4, 5, 6]);
     assert!(
         tokio::time::timeout(Duration::from_secs(1), sub.next())
@@ -330,7 +307,6 @@ async fn the_integration_stream_resumes_after_a_restart_without_loss() -> Result
             .is_err(),
         "republished after a clean restart"
     );
-    shutdown.cancel();
-    task.await??;
+    notifier.stop().await?;
     Ok(())
 }
