@@ -6,47 +6,28 @@
 use std::time::Duration;
 
 use berth_runtime::local_nats::free_port;
-use berth_tests::registry::{Registry, RegistryAuth};
-use berth_tests::{NatsServer, NatsVersion};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use berth_tests::registry::RegistryAuth;
+use berth_tests::NatsVersion;
 use serde_json::Value;
 
-use crate::cli_support::{
-    busybox_image, eventually, require_root_and_runc, start_up, Cleanup, Cli,
-};
+use crate::cli_support::{busybox_image, eventually, Setup};
 
 #[tokio::test]
 async fn cli_drives_a_real_installation() {
-    require_root_and_runc();
-    let nats = NatsServer::start(NatsVersion::Legacy).unwrap();
-    let prefix = berth_tests::unique_prefix();
     let (user, pass) = ("cliuser", "s3cret-registry-pass");
-    let registry = Registry::start(RegistryAuth::Htpasswd {
-        user: user.into(),
-        pass: pass.into(),
-    })
-    .await
-    .unwrap();
+    let mut setup = Setup::start_with(
+        NatsVersion::Legacy,
+        RegistryAuth::Htpasswd {
+            user: user.into(),
+            pass: pass.into(),
+        },
+    )
+    .await;
+    let (cli, api_url, registry) = (setup.cli.clone(), setup.api_url.clone(), &setup.registry);
     registry
         .push_image("app/ticker", "v1", &busybox_image("v1"))
         .await
         .unwrap();
-
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let api_port = free_port().unwrap();
-    let mut cleanup = Cleanup {
-        child: None,
-        data: data.clone(),
-    };
-    cleanup.child = Some(start_up(&data, &nats.url(), &prefix, api_port).await);
-    let api_url = format!("http://127.0.0.1:{api_port}");
-    let cli = Cli {
-        data: data.clone(),
-        nats_url: nats.url(),
-        prefix: prefix.clone(),
-    };
 
     // Credentials: the token only through stdin, never echoed back.
     let refused = cli
@@ -312,9 +293,5 @@ async fn cli_drives_a_real_installation() {
         .await
         .contains(&format!("deleted {cred_id}")));
 
-    if let Some(mut child) = cleanup.child.take() {
-        let pid = child.id().unwrap() as i32;
-        kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
-        let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
-    }
+    setup.stop().await;
 }

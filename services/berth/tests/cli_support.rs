@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use berth_runtime::local_nats::free_port;
 use berth_tests::layers::{self, Comp, Entry};
+use berth_tests::registry::RegistryAuth;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -23,6 +24,13 @@ pub(crate) fn require_root_and_runc() {
             .lines()
             .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")),
         "this test runs real runc containers and must run as root"
+    );
+    assert!(
+        std::process::Command::new("runc")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "runc must be installed (scripts/install-deps)"
     );
     assert!(
         Path::new("/bin/busybox").is_file(),
@@ -53,29 +61,49 @@ pub(crate) struct Cleanup {
     pub(crate) data: PathBuf,
 }
 
+/// Where the node under `data` keeps its runc state.
+pub(crate) fn runc_root(data: &Path) -> PathBuf {
+    data.join("node/agent/runc")
+}
+
+/// The container ids under runc `root`; `None` when `runc list` failed.
+fn try_runc_list(root: &Path) -> Option<Vec<String>> {
+    if !root.exists() {
+        return Some(vec![]);
+    }
+    let out = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(root)
+        .args(["list", "-q"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+/// The container ids under runc `root`; a failing `runc list` must not
+/// read as "no containers", so it fails the test.
+pub(crate) fn runc_list(root: &Path) -> Vec<String> {
+    try_runc_list(root).unwrap_or_else(|| panic!("runc list --root {} failed", root.display()))
+}
+
 impl Drop for Cleanup {
     fn drop(&mut self) {
         if let Some(id) = self.child.as_ref().and_then(Child::id) {
             let _ = kill(Pid::from_raw(id as i32), Signal::SIGKILL);
         }
-        let root = self.data.join("node/agent/runc");
-        if root.exists() {
-            let out = std::process::Command::new("runc")
+        let root = runc_root(&self.data);
+        for id in try_runc_list(&root).unwrap_or_default() {
+            let _ = std::process::Command::new("runc")
                 .arg("--root")
                 .arg(&root)
-                .args(["list", "-q"])
-                .output();
-            for id in out
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default()
-                .lines()
-            {
-                let _ = std::process::Command::new("runc")
-                    .arg("--root")
-                    .arg(&root)
-                    .args(["delete", "--force", id])
-                    .status();
-            }
+                .args(["delete", "--force", &id])
+                .status();
         }
         let prefix = self.data.to_string_lossy().into_owned();
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -253,14 +281,16 @@ pub(crate) struct Setup {
 }
 
 impl Setup {
+    /// Modern nats-server, anonymous registry.
     pub(crate) async fn start() -> Self {
+        Self::start_with(berth_tests::NatsVersion::Modern, RegistryAuth::None).await
+    }
+
+    pub(crate) async fn start_with(version: berth_tests::NatsVersion, auth: RegistryAuth) -> Self {
         require_root_and_runc();
-        let nats = berth_tests::NatsServer::start(berth_tests::NatsVersion::Modern).unwrap();
+        let nats = berth_tests::NatsServer::start(version).unwrap();
         let prefix = berth_tests::unique_prefix();
-        let registry =
-            berth_tests::registry::Registry::start(berth_tests::registry::RegistryAuth::None)
-                .await
-                .unwrap();
+        let registry = berth_tests::registry::Registry::start(auth).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let api_port = berth_runtime::local_nats::free_port().unwrap();

@@ -6,7 +6,7 @@
 //! removed at the end, also when the test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,6 @@ use berth_schemas::ids::{OwnerId, UserId};
 use berth_schemas::model::{ResolvedImage, Sealed, ServiceType};
 use berth_schemas::Actor;
 use berth_schemas::{AggregateId, Envelope, Event, Subjects};
-use berth_tests::layers::{self, Comp, Entry};
 use berth_tests::registry::{Registry, RegistryAuth};
 use berth_tests::{NatsServer, NatsVersion};
 use futures::StreamExt;
@@ -28,94 +27,9 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::cli_support::{busybox_image, require_root_and_runc, runc_list, runc_root, Cleanup};
+
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
-
-fn require_root_and_runc() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    assert!(
-        status
-            .lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")),
-        "this test runs real runc containers and must run as root"
-    );
-    assert!(
-        std::process::Command::new("runc")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success()),
-        "runc must be installed (scripts/install-deps)"
-    );
-    assert!(
-        Path::new("/bin/busybox").is_file(),
-        "/bin/busybox missing (busybox-static)"
-    );
-}
-
-/// One layer: static busybox and the applets the test's command uses.
-fn busybox_image() -> berth_tests::image::Image {
-    let bb = std::fs::read("/bin/busybox").unwrap();
-    let mut entries = vec![
-        Entry::dir("bin"),
-        Entry::file("bin/busybox", &bb).mode(0o755),
-        Entry::dir("tmp").mode(0o1777),
-    ];
-    for a in ["sh", "echo", "sleep"] {
-        entries.push(Entry::symlink(&format!("bin/{a}"), "busybox"));
-    }
-    layers::image(vec![layers::layer(&entries, Comp::Gzip).unwrap()]).unwrap()
-}
-
-/// Removes containers and mounts left under `data` and kills a running
-/// berth (kill_on_drop), whatever happened.
-struct Cleanup {
-    runc_root: PathBuf,
-    data: PathBuf,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for id in runc_list(&self.runc_root) {
-            let _ = std::process::Command::new("runc")
-                .arg("--root")
-                .arg(&self.runc_root)
-                .args(["delete", "--force", &id])
-                .status();
-        }
-        let prefix = self.data.to_string_lossy().into_owned();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for m in mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&prefix))
-        {
-            let _ = std::process::Command::new("umount")
-                .args(["-l", m])
-                .status();
-        }
-    }
-}
-
-fn runc_list(root: &Path) -> Vec<String> {
-    if !root.exists() {
-        return vec![];
-    }
-    let out = std::process::Command::new("runc")
-        .arg("--root")
-        .arg(root)
-        .args(["list", "-q"])
-        .output()
-        .unwrap();
-    // A failing `runc list` must not read as "no containers".
-    assert!(
-        out.status.success(),
-        "runc list: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
 
 fn spawn_node(data: &Path, nats_url: &str, prefix: &str) -> Child {
     let mut child = Command::new(BERTH)
@@ -189,14 +103,14 @@ async fn kill_9_then_restart_adopts_the_instance_with_no_orphans() {
         .await
         .unwrap();
     let registry = Registry::start(RegistryAuth::None).await.unwrap();
-    let image = busybox_image();
+    let image = busybox_image("proc");
     registry.push_image("app/proc", "v1", &image).await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let runc_root = data.join("node/agent/runc");
+    let runc_root = runc_root(&data);
     let _cleanup = Cleanup {
-        runc_root: runc_root.clone(),
+        child: None,
         data: data.clone(),
     };
 
