@@ -280,6 +280,15 @@ async fn create(
     Ok(())
 }
 
+/// `suspended` or `active`, from the API's `suspended` field.
+fn state(v: &Value) -> String {
+    if s(v, "suspended") == "suspended" {
+        "suspended".to_owned()
+    } else {
+        "active".to_owned()
+    }
+}
+
 fn service_row(v: &Value) -> Vec<String> {
     vec![
         s(v, "id"),
@@ -287,11 +296,7 @@ fn service_row(v: &Value) -> Vec<String> {
         s(v, "type"),
         s(v, "image/imagePath"),
         s(v, "serviceDetails/numInstances"),
-        if s(v, "suspended") == "suspended" {
-            "suspended".to_owned()
-        } else {
-            "active".to_owned()
-        },
+        state(v),
         s(v, "liveDeployId"),
     ]
 }
@@ -328,27 +333,21 @@ async fn list(api: &Api) -> Result<(), ClientError> {
 async fn show(api: &Api, service: &str) -> Result<(), ClientError> {
     let id = resolve(api, service).await?;
     let svc = api.get(&format!("/v1/services/{}", enc(&id))).await?;
-    let deploys = api
-        .get(&format!("/v1/services/{}/deploys?limit=5", enc(&id)))
-        .await?;
     if api.json {
         output::json(&svc);
         return Ok(());
     }
+    // Only the table shows the recent deploys.
+    let deploys = api
+        .get(&format!("/v1/services/{}/deploys?limit=5", enc(&id)))
+        .await?;
     output::fields(&[
         ("id", s(&svc, "id")),
         ("name", s(&svc, "name")),
         ("type", s(&svc, "type")),
         ("image", s(&svc, "image/imagePath")),
         ("credential", s(&svc, "image/registryCredentialId")),
-        (
-            "state",
-            if s(&svc, "suspended") == "suspended" {
-                "suspended".to_owned()
-            } else {
-                "active".to_owned()
-            },
-        ),
+        ("state", state(&svc)),
         ("instances", s(&svc, "serviceDetails/numInstances")),
         ("plan", s(&svc, "serviceDetails/plan")),
         ("region", s(&svc, "serviceDetails/region")),
