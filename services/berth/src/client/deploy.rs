@@ -37,6 +37,16 @@ pub fn row(d: &Value) -> Vec<String> {
     ]
 }
 
+/// A progress line: stdout, or stderr with `--json` (stdout is then kept
+/// for the one JSON document).
+fn progress(json: bool, line: &str) {
+    if json {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+}
+
 /// Statuses a deploy never leaves.
 fn finished(status: &str) -> bool {
     matches!(
@@ -72,11 +82,7 @@ pub async fn follow(
         }
         if status != last_status {
             let line = format!("[{:>5.1}s] {dep} {status}", started.elapsed().as_secs_f64());
-            if api.json {
-                eprintln!("{line}");
-            } else {
-                println!("{line}");
-            }
+            progress(api.json, &line);
             last_status = status.clone();
         }
         // Timeline events since the deploy was created, oldest first.
@@ -103,11 +109,7 @@ pub async fn follow(
                     s(e, "type"),
                     output::details(e.get("details").unwrap_or(&Value::Null))
                 );
-                if api.json {
-                    eprintln!("{line}");
-                } else {
-                    println!("{line}");
-                }
+                progress(api.json, &line);
             }
         }
         if finished(&status) {
@@ -211,11 +213,7 @@ impl Pulls {
                     }
                     _ => continue,
                 };
-                if json {
-                    eprintln!("{line}");
-                } else {
-                    println!("{line}");
-                }
+                progress(json, &line);
             }
         }
     }
