@@ -18,19 +18,18 @@ use std::collections::BTreeMap;
 
 use berth_domain::credential::{self, CredentialState};
 use berth_domain::owner::{self, OwnerState};
-use berth_domain::service::{self, CreateService, DeployRequest, ServiceState, DEFAULT_REGION};
+use berth_domain::service::{self, CreateService, ServiceState, DEFAULT_REGION};
 use berth_domain::{Aggregate, Ctx, DomainError};
 use berth_runtime::Secret;
 use berth_schemas::commands::{ImageCheckReply, ImageCheckRequest};
 use berth_schemas::ids::{CredentialId, DeployId, ServiceId};
 use berth_schemas::model::{
-    seal_context, DeployTrigger, EnvVars, NotifySetting, OverlapPolicy, Plan, ResolvedImage,
-    ServiceType,
+    seal_context, EnvVars, NotifySetting, OverlapPolicy, Plan, ResolvedImage, ServiceType,
 };
 use berth_schemas::AggregateId;
 use rand::RngCore;
 
-use crate::{exec, Caller, CheckError, Ingress, IngressError};
+use crate::{exec, Caller, CheckError, Ingress, IngressError, Scope};
 
 /// A service to create, as the API's create body gives it.
 #[derive(Debug, Clone)]
@@ -94,22 +93,6 @@ pub struct CreatedService {
     pub hook_key: Secret,
     /// The service's state after creation.
     pub state: ServiceState,
-}
-
-/// Decides `command` on a service of the caller's; anyone else's, or none,
-/// is not found.
-fn decide_owned(
-    s: &ServiceState,
-    caller: &Caller,
-    command: service::Command,
-) -> Result<Vec<berth_schemas::Event>, DomainError> {
-    match &s.config {
-        Some(c) if c.owner == caller.owner => service::decide(s, command, &Ctx::default()),
-        _ => Err(DomainError::NotFound {
-            what: "service",
-            id: String::new(),
-        }),
-    }
 }
 
 pub(crate) fn hook_key() -> Secret {
@@ -424,24 +407,7 @@ impl Ingress {
         id: &ServiceId,
         image: Option<&str>,
     ) -> Result<DeployId, IngressError> {
-        let deploy = DeployId::generate();
-        let request = match image {
-            Some(i) => DeployRequest::with_image(deploy.clone(), DeployTrigger::Api, i),
-            None => DeployRequest::new(deploy.clone(), DeployTrigger::Api),
-        };
-        exec::run(
-            &self.store,
-            &AggregateId::Service(id.clone()),
-            &format!("deploy-{deploy}"),
-            &caller.actor,
-            service::fold,
-            |s: &ServiceState| {
-                decide_owned(s, caller, service::Command::RequestDeploy(request.clone()))
-            },
-        )
-        .await?;
-        tracing::info!(service.id = %id, deploy.id = %deploy, "deploy requested");
-        Ok(deploy)
+        self.deploy(Scope::Owner(caller), id, image, None).await
     }
 
     /// Deletes the caller's service, then gives back its name and detaches
@@ -451,16 +417,15 @@ impl Ingress {
         caller: &Caller,
         id: &ServiceId,
     ) -> Result<(), IngressError> {
-        let done = exec::run(
-            &self.store,
-            &AggregateId::Service(id.clone()),
-            &format!("service-delete-{id}"),
-            &caller.actor,
-            service::fold,
-            |s: &ServiceState| decide_owned(s, caller, service::Command::Delete),
-        )
-        .await?;
-        let Some(cfg) = done.state.config else {
+        let state = self
+            .service_command(
+                Scope::Owner(caller),
+                id,
+                &format!("service-delete-{id}"),
+                service::Command::Delete,
+            )
+            .await?;
+        let Some(cfg) = state.config else {
             return Ok(());
         };
         self.release_name(caller, id, &cfg.name, "delete").await?;
