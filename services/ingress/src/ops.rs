@@ -231,21 +231,23 @@ impl Ingress {
             None => None,
             Some(new) => {
                 let current = self.show_service(caller, id).await?;
-                let old = current.config.map(|c| c.name).unwrap_or_default();
-                (new != old).then_some((old, new))
+                let old = current
+                    .config
+                    .as_ref()
+                    .map(|c| c.name.clone())
+                    .unwrap_or_default();
+                (new != old).then_some((current, old, new))
             }
         };
-        let Some((old, new)) = rename else {
+        let Some((current, old, new)) = rename else {
             return self.update_settings(caller, id, settings, env_vars).await;
         };
         // Every field rule (the name's grammar among them) before the claim.
-        let mut with_name = settings.clone();
-        with_name.name = Some(new.clone());
-        let dry = self.show_service(caller, id).await?;
+        settings.name = Some(new.clone());
         service::decide(
-            &dry,
+            &current,
             service::Command::Update {
-                settings: with_name.clone(),
+                settings: settings.clone(),
                 deploy: DeployId::generate(),
             },
             &Ctx::default(),
@@ -264,7 +266,7 @@ impl Ingress {
             |s: &OwnerState| owner::decide(s, claim.clone(), &Ctx::default()),
         )
         .await?;
-        match self.update_settings(caller, id, with_name, env_vars).await {
+        match self.update_settings(caller, id, settings, env_vars).await {
             Ok(state) => {
                 let why = format!("rename-{tag}");
                 if let Err(e) = self.release_name(caller, id, &old, &why).await {
