@@ -1,8 +1,6 @@
 //! The shared state of every handler and the extractors that turn a
 //! request into typed input or a 400/401 — never a 500 on bad input.
 
-use std::time::Duration;
-
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
@@ -11,7 +9,6 @@ use berth_eventlog::EventStore;
 use berth_ingress::{api_key_sha256, Caller, Ingress, IngressError, IngressOptions, ReadModel};
 use berth_runtime::SecretKey;
 use serde::de::DeserializeOwned;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -26,8 +23,6 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct AppState {
     pub ingress: Ingress,
     pub index: SharedIndex,
-    applied: watch::Receiver<u64>,
-    read_timeout: Duration,
 }
 
 impl AppState {
@@ -58,35 +53,17 @@ impl AppState {
         let shared = index.clone();
         let read_model = ReadModel::new(
             move |o| shared.read().ok().map(|i| i.credentials(o)),
-            applied.clone(),
+            applied,
         );
         let ingress = Ingress::with_read_model(store, key, opts, read_model, shutdown, tracker);
-        Ok(Self {
-            ingress,
-            index,
-            applied,
-            read_timeout: Duration::from_secs(5),
-        })
+        Ok(Self { ingress, index })
     }
 
     /// Waits until the read model includes everything in the log now
-    /// (read-your-writes for listings and fresh API keys).
+    /// (read-your-writes for listings and fresh API keys); the application
+    /// layer shares this read model, so it knows how far it has applied.
     pub async fn caught_up(&self) -> Result<(), ApiError> {
-        let target = self
-            .ingress
-            .store()
-            .last_stream_seq()
-            .await
-            .map_err(|e| ApiError::from(IngressError::Store(e.to_string())))?;
-        let mut rx = self.applied.clone();
-        let reached = tokio::time::timeout(self.read_timeout, async {
-            rx.wait_for(|s| *s >= target).await.map(|_| ())
-        })
-        .await;
-        match reached {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(IngressError::Store("read model is behind the log".to_owned()).into()),
-        }
+        Ok(self.ingress.caught_up().await?)
     }
 
     /// Reads the index.

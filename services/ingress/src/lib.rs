@@ -238,8 +238,10 @@ impl Ingress {
         .map(|_| ())
     }
 
-    /// Waits until the read models include everything in the log now.
-    pub(crate) async fn caught_up(&self) -> Result<(), IngressError> {
+    /// Waits until the read models include everything in the log now
+    /// (read-your-writes, for this layer and for callers sharing its
+    /// [`ReadModel`]).
+    pub async fn caught_up(&self) -> Result<(), IngressError> {
         let target = self
             .store
             .last_stream_seq()
