@@ -7,7 +7,7 @@
 //! are data (the status the API would answer, and why), and a refused
 //! command changes nothing.
 
-use berth_ingress::{Ingress, IngressError, Scope};
+use berth_ingress::{Ingress, Scope};
 use berth_schemas::commands::{DeployCommand, RestartCommand, ScaleCommand};
 use berth_schemas::subjects::CommandKind;
 use futures::StreamExt;
@@ -171,10 +171,4 @@ pub async fn serve(ingress: Ingress, subs: BusSubscriptions, shutdown: Cancellat
     }
     tasks.close();
     tasks.wait().await;
-}
-
-impl From<IngressError> for CommandReply {
-    fn from(e: IngressError) -> Self {
-        Self::err(ApiError::from(e))
-    }
 }

@@ -268,15 +268,3 @@ impl Component for Api {
 pub fn component(store: EventStore, key: SecretKey, args: ApiArgs) -> Box<dyn Component> {
     Box::new(Api::new(store, key, args))
 }
-
-/// Starts the read models and returns the state the router needs, for
-/// callers (tests, benchmarks) that serve the router themselves.
-pub async fn start_state(
-    store: EventStore,
-    key: SecretKey,
-    opts: IngressOptions,
-    shutdown: CancellationToken,
-    tracker: &TaskTracker,
-) -> Result<AppState, IngressError> {
-    AppState::start(store, key, opts, shutdown, tracker).await
-}

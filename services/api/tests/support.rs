@@ -93,7 +93,7 @@ impl App {
         } else {
             None
         };
-        let state = berth_api::start_state(
+        let state = AppState::start(
             store.clone(),
             key.clone(),
             IngressOptions {
