@@ -288,6 +288,7 @@ fn item_mask(item: &str, f: &Field) -> Result<u64, String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use berth_domain::service::validate;
     use proptest::prelude::*;
 
     fn at(s: &str) -> DateTime<Utc> {
@@ -402,6 +403,8 @@ mod tests {
             "1,,2 * * * *",
         ] {
             assert!(Schedule::parse(bad).is_err(), "{bad:?} parsed");
+            // Nor can it be stored: the service's validation agrees.
+            assert!(validate::schedule(bad).is_err(), "{bad:?} validated");
         }
     }
 
@@ -478,6 +481,9 @@ mod tests {
         ) {
             let text = format!("{minute} {hour} {dom} {month} {dow}");
             let s = Schedule::parse(&text).unwrap();
+            // Stored schedules are checked by the domain's validation: it
+            // accepts the same grammar.
+            prop_assert!(validate::schedule(&text).is_ok(), "{}", text);
             let after = at("2025-01-01T00:00:00Z")
                 + Duration::minutes(start)
                 + Duration::seconds(i64::from(second));

@@ -453,6 +453,8 @@ async fn two_cron_copies_start_each_due_time_once() {
     let s = started(&events);
     let mut due: Vec<&str> = s.iter().filter_map(|x| x.3.as_deref()).collect();
     let all = due.len();
+    // Every start names its due time, so the check below sees them all.
+    assert_eq!(all, s.len(), "a start without its due time: {s:?}");
     due.sort();
     due.dedup();
     assert_eq!(due.len(), all, "a due time started twice: {s:?}");
