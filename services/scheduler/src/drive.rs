@@ -28,7 +28,7 @@ use berth_domain::reference::Reference;
 use berth_domain::scheduler::{place, reconcile, ClusterView, RandomIds, PLACEMENT_RETRY};
 use berth_domain::service::{self, Command, Deploy, InstancePhase, ServiceConfig, ServiceState};
 use berth_domain::Ctx;
-use berth_eventlog::{NewEvent, Version};
+use berth_eventlog::{EventStore, NewEvent, Version};
 use berth_schemas::commands::{NodeRunSpec, NodeWork, OneOffPurpose};
 use berth_schemas::ids::{DeployId, InstanceId, NodeId, ServiceId};
 use berth_schemas::model::{DeployPhase, DeployStatus, ServiceType};
@@ -133,19 +133,7 @@ impl Pass<'_> {
         work: &NodeWork,
         id: &str,
     ) -> Result<(), SchedulerError> {
-        let payload = rmp_serde::to_vec_named(work)
-            .map_err(|e| SchedulerError::Store(format!("encoding work: {e}")))?;
-        self.inner
-            .store
-            .enqueue(
-                &berth_node::queue(node),
-                self.service.as_str(),
-                payload.into(),
-                id,
-            )
-            .await
-            .map_err(SchedulerError::store)?;
-        Ok(())
+        enqueue(&self.inner.store, node, self.service, work, id).await
     }
 
     pub(crate) fn run_spec(
@@ -182,6 +170,28 @@ impl Pass<'_> {
             shutdown_delay_secs: u32::from(cfg.shutdown_delay_secs),
         })
     }
+}
+
+/// Puts `work` on `node`'s queue, keyed by `service`; `id` dedupes repeats.
+pub(crate) async fn enqueue(
+    store: &EventStore,
+    node: &NodeId,
+    service: &ServiceId,
+    work: &NodeWork,
+    id: &str,
+) -> Result<(), SchedulerError> {
+    let payload = rmp_serde::to_vec_named(work)
+        .map_err(|e| SchedulerError::Store(format!("encoding work: {e}")))?;
+    store
+        .enqueue(
+            &berth_node::queue(node),
+            service.as_str(),
+            payload.into(),
+            id,
+        )
+        .await
+        .map_err(SchedulerError::store)?;
+    Ok(())
 }
 
 /// The pre-deploy run of a deploy has a fixed id, so every pass enqueues

@@ -365,23 +365,8 @@ async fn stop_orphan(inner: &Inner, node: &NodeId, service: ServiceId, instance:
         service: service.clone(),
         instance: instance.clone(),
     };
-    let payload = match rmp_serde::to_vec_named(&work) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(error = %e, "stop not encoded");
-            return;
-        }
-    };
-    if let Err(e) = inner
-        .store
-        .enqueue(
-            &berth_node::queue(node),
-            service.as_str(),
-            payload.into(),
-            &format!("stop-{instance}"),
-        )
-        .await
-    {
+    let id = format!("stop-{instance}");
+    if let Err(e) = drive::enqueue(&inner.store, node, &service, &work, &id).await {
         tracing::warn!(node.id = %node, instance.id = %instance, error = %e, "stop not enqueued");
     }
 }
