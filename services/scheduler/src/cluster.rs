@@ -15,12 +15,12 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use berth_domain::node::{self as node_rules, NodeState};
-use berth_domain::scheduler::{ClusterView, NodeCapacity};
+use berth_domain::scheduler::{lost_nodes, ClusterView, NodeCapacity};
 use berth_domain::service::ServiceState;
 use berth_eventlog::{EventStore, NewEvent};
 use berth_schemas::ids::{InstanceId, NodeId, ServiceId};
 use berth_schemas::{Actor, AggregateId};
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
 use crate::SchedulerError;
@@ -182,12 +182,6 @@ impl Cluster {
             .collect()
     }
 
-    fn silent(&self, k: &Known, node: &NodeId, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let last = k.heard.get(node).copied().unwrap_or(self.started);
-        let timeout = TimeDelta::from_std(self.timeout).unwrap_or(TimeDelta::MAX);
-        (now.signed_duration_since(last) > timeout).then_some(last)
-    }
-
     /// The cluster for one decision about `service` (its own instances are
     /// not counted as reserved: the decision sees them itself).
     pub(crate) fn view(&self, service: &ServiceId) -> ClusterView {
@@ -231,12 +225,17 @@ impl Cluster {
     /// Nodes silent for too long that are not recorded lost yet, with when
     /// they were last heard.
     pub(crate) fn newly_silent(&self) -> Vec<(NodeId, DateTime<Utc>)> {
-        let now = Utc::now();
-        let k = self.lock();
-        k.nodes
-            .iter()
-            .filter(|(_, s)| !s.lost && s.registered.is_some())
-            .filter_map(|(id, _)| self.silent(&k, id, now).map(|t| (id.clone(), t)))
+        let last: BTreeMap<NodeId, DateTime<Utc>> = {
+            let k = self.lock();
+            k.nodes
+                .iter()
+                .filter(|(_, s)| !s.lost && s.registered.is_some())
+                .map(|(id, _)| (id.clone(), k.heard.get(id).copied().unwrap_or(self.started)))
+                .collect()
+        };
+        lost_nodes(&last, Utc::now(), self.timeout)
+            .into_iter()
+            .filter_map(|id| last.get(&id).map(|t| (id, *t)))
             .collect()
     }
 
