@@ -7,7 +7,7 @@ use std::time::Duration;
 use berth_schemas::model::ServiceType;
 use berth_schemas::Event;
 
-use crate::support::{containers, count, pos, types, World};
+use crate::support::{assert_in_order, containers, count, types, World};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn web_service_goes_live_then_a_second_deploy_replaces_it_after_it_is_healthy() {
@@ -21,21 +21,19 @@ async fn web_service_goes_live_then_a_second_deploy_replaces_it_after_it_is_heal
         .await;
     let ev = w.wait_live(&svc, &d1).await;
     let t = types(&ev);
-    let order = [
-        "deploy_created",
-        "deploy_started",
-        "image_resolved",
-        "update_started",
-        "instance_scheduled",
-        "instance_started",
-        "instance_healthy",
-        "deploy_live",
-    ];
-    let at: Vec<usize> = order
-        .iter()
-        .map(|n| pos(&ev, n).unwrap_or_else(|| panic!("no {n} in {t:?}")))
-        .collect();
-    assert!(at.windows(2).all(|p| p[0] < p[1]), "out of order: {t:?}");
+    assert_in_order(
+        &ev,
+        &[
+            "deploy_created",
+            "deploy_started",
+            "image_resolved",
+            "update_started",
+            "instance_scheduled",
+            "instance_started",
+            "instance_healthy",
+            "deploy_live",
+        ],
+    );
     assert_eq!(count(&ev, "instance_scheduled"), 2, "{t:?}");
     assert_eq!(count(&ev, "deploy_live"), 1, "{t:?}");
     assert!(count(&ev, "image_pulled") >= 1, "{t:?}");

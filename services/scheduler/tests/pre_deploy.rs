@@ -12,7 +12,7 @@ use berth_schemas::Event;
 
 use berth_scheduler::SchedulerOptions;
 
-use crate::support::{containers, count, pos, scheduler_options, types, World};
+use crate::support::{assert_in_order, containers, count, scheduler_options, types, World};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pre_deploy_runs_before_the_update_and_a_failing_one_keeps_the_old_deploy_serving() {
@@ -28,19 +28,17 @@ async fn pre_deploy_runs_before_the_update_and_a_failing_one_keeps_the_old_deplo
         .await;
     let ev = w.wait_live(&svc, &d1).await;
     let t = types(&ev);
-    let order = [
-        "image_resolved",
-        "pre_deploy_started",
-        "pre_deploy_ended",
-        "update_started",
-        "instance_scheduled",
-        "deploy_live",
-    ];
-    let at: Vec<usize> = order
-        .iter()
-        .map(|n| pos(&ev, n).unwrap_or_else(|| panic!("no {n} in {t:?}")))
-        .collect();
-    assert!(at.windows(2).all(|p| p[0] < p[1]), "out of order: {t:?}");
+    assert_in_order(
+        &ev,
+        &[
+            "image_resolved",
+            "pre_deploy_started",
+            "pre_deploy_ended",
+            "update_started",
+            "instance_scheduled",
+            "deploy_live",
+        ],
+    );
     assert_eq!(count(&ev, "pre_deploy_started"), 1, "{t:?}");
     assert_eq!(count(&ev, "pre_deploy_ended"), 1, "{t:?}");
     let live: Vec<String> = w

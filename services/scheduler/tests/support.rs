@@ -414,6 +414,16 @@ pub fn pos(events: &[Envelope], type_name: &str) -> Option<usize> {
     events.iter().position(|e| e.event.type_name() == type_name)
 }
 
+/// Asserts that the first event of each of `order` is there, in that order.
+pub fn assert_in_order(events: &[Envelope], order: &[&str]) {
+    let t = types(events);
+    let at: Vec<usize> = order
+        .iter()
+        .map(|n| pos(events, n).unwrap_or_else(|| panic!("no {n} in {t:?}")))
+        .collect();
+    assert!(at.windows(2).all(|p| p[0] < p[1]), "out of order: {t:?}");
+}
+
 /// Every container of every node.
 pub fn containers(nodes: &[&RunningNode]) -> Vec<String> {
     let mut all: Vec<String> = nodes.iter().flat_map(|n| n.containers()).collect();
