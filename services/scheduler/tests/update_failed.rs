@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use berth_domain::service::Command;
+use berth_domain::service::{self, Command, ServiceState};
 use berth_schemas::events::ServiceSettings;
 use berth_schemas::ids::DeployId;
 use berth_schemas::model::{DeployStatus, ServiceType};
-use berth_schemas::Event;
+use berth_schemas::{Envelope, Event};
 
 use crate::support::{scheduler_options, types, World};
 
@@ -65,28 +65,24 @@ async fn new_instances_that_never_get_healthy_fail_the_update_and_the_live_deplo
             .any(|e| matches!(&e.event, Event::UpdateStarted(u) if u.deploy == d2)),
         "{t:?}"
     );
+    // The failed deploy did get instances, so their removal below is checked.
+    assert!(
+        ev.iter()
+            .any(|e| matches!(&e.event, Event::InstanceScheduled(i) if i.deploy == d2)),
+        "{t:?}"
+    );
 
     // The live deploy is still d1 with its instance, and only it remains.
-    let s = w
-        .wait_events(
+    let state = |ev: &[Envelope]| ev.iter().fold(ServiceState::default(), service::fold);
+    let s = state(
+        &w.wait_events(
             &svc,
             Duration::from_secs(30),
             "failed instances gone",
-            |ev| {
-                let s = ev.iter().fold(
-                    berth_domain::service::ServiceState::default(),
-                    berth_domain::service::fold,
-                );
-                let only_d1 = s.instances.iter().all(|i| i.deploy == d1);
-                only_d1
-            },
+            |ev| state(ev).instances.iter().all(|i| i.deploy == d1),
         )
-        .await
-        .iter()
-        .fold(
-            berth_domain::service::ServiceState::default(),
-            berth_domain::service::fold,
-        );
+        .await,
+    );
     assert_eq!(s.live.as_ref(), Some(&d1), "{t:?}");
     let now: Vec<_> = s.instances.iter().map(|i| i.id.clone()).collect();
     assert_eq!(now, serving, "the live deploy's instance was touched");
