@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
-use berth_eventlog::worker::WorkerConfig;
+use berth_eventlog::worker::{Worker, WorkerConfig};
 use berth_eventlog::EventStore;
 use berth_runtime::{BoxError, Component, ComponentContext, ReadyFlag, SecretKey};
 use futures::future::BoxFuture;
@@ -69,22 +69,15 @@ impl Notifier {
             .worker(&format!("{}-stream", o.consumer), o.ack_wait)
             .await?;
 
-        let s = self.store.subjects();
-        let mut decide_cfg = WorkerConfig::on_stream(
+        let mut decide_cfg = on_service_facts(
+            &self.store,
             &format!("{}-decide", o.consumer),
-            &s.events_stream(),
-            &s.aggregate_kind("service"),
-            DeliverPolicy::All,
+            "berth notifier: decides notifications",
         );
         decide_cfg.ack_wait = o.ack_wait;
         decide_cfg.max_deliver = 20;
         decide_cfg.concurrency = 4;
-        decide_cfg.description = Some("berth notifier: decides notifications".to_owned());
-        let decide_worker = self
-            .store
-            .worker(decide_cfg)
-            .await
-            .map_err(|e| NotifierError::Nats(e.to_string()))?;
+        let decide_worker = start_worker(&self.store, decide_cfg).await?;
 
         let mut deliver_cfg = WorkerConfig::new(notify::QUEUE);
         deliver_cfg.consumer = format!("{}-deliver", o.consumer);
@@ -93,11 +86,7 @@ impl Notifier {
         deliver_cfg.concurrency = o.concurrency;
         deliver_cfg.retry_delay = o.retry_delay;
         deliver_cfg.description = Some("berth notifier: delivers notifications".to_owned());
-        let deliver_worker = self
-            .store
-            .worker(deliver_cfg)
-            .await
-            .map_err(|e| NotifierError::Nats(e.to_string()))?;
+        let deliver_worker = start_worker(&self.store, deliver_cfg).await?;
         let senders = channels::Senders::new(o.smtp.clone(), o.send_timeout)
             .map_err(|e| NotifierError::Client(e.0))?;
         let deliverer = Arc::new(notify::Deliverer::new(
@@ -132,6 +121,28 @@ impl Notifier {
         tracing::info!("notifier stopped");
         Ok(())
     }
+}
+
+/// A durable consumer `consumer` on every service fact of the log, from
+/// the first: the integration stream and the decider read the same facts.
+fn on_service_facts(store: &EventStore, consumer: &str, description: &str) -> WorkerConfig {
+    let s = store.subjects();
+    let mut cfg = WorkerConfig::on_stream(
+        consumer,
+        &s.events_stream(),
+        &s.aggregate_kind("service"),
+        DeliverPolicy::All,
+    );
+    cfg.description = Some(description.to_owned());
+    cfg
+}
+
+/// Creates (or binds to) the consumer of `cfg`.
+async fn start_worker(store: &EventStore, cfg: WorkerConfig) -> Result<Worker, NotifierError> {
+    store
+        .worker(cfg)
+        .await
+        .map_err(|e| NotifierError::Nats(e.to_string()))
 }
 
 impl Component for Notifier {

@@ -7,9 +7,8 @@
 
 use std::sync::Arc;
 
-use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::HeaderMap;
-use berth_eventlog::worker::{Job, WorkError, WorkHandler, Worker, WorkerConfig};
+use berth_eventlog::worker::{Job, WorkError, WorkHandler, Worker};
 use berth_eventlog::EventStore;
 use berth_schemas::Commit;
 
@@ -34,21 +33,12 @@ impl Publisher {
         consumer: &str,
         ack_wait: std::time::Duration,
     ) -> Result<Worker, crate::NotifierError> {
-        let s = self.store.subjects();
-        let mut cfg = WorkerConfig::on_stream(
-            consumer,
-            &s.events_stream(),
-            &s.aggregate_kind("service"),
-            DeliverPolicy::All,
-        );
+        let mut cfg =
+            crate::on_service_facts(&self.store, consumer, "berth notifier: integration stream");
         cfg.concurrency = 1;
         cfg.ack_wait = ack_wait;
         cfg.max_deliver = -1;
-        cfg.description = Some("berth notifier: integration stream".to_owned());
-        self.store
-            .worker(cfg)
-            .await
-            .map_err(|e| crate::NotifierError::Nats(e.to_string()))
+        crate::start_worker(&self.store, cfg).await
     }
 
     /// Publishes the timeline events of one encoded commit and waits until
