@@ -23,7 +23,7 @@ use berth_schemas::events::{
     NotificationAbandoned, NotificationAttemptFailed, NotificationDelivered, NotificationQueued,
 };
 use berth_schemas::ids::{DeliveryId, OwnerId, ServiceId};
-use berth_schemas::{Actor, AggregateId, Commit, Event};
+use berth_schemas::{Actor, AggregateId, Commit, Envelope, Event};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -86,18 +86,6 @@ impl Decider {
         Self { store, max_age }
     }
 
-    async fn load_service(&self, service: &ServiceId) -> Result<ServiceNotify, WorkError> {
-        let loaded = self
-            .store
-            .load(&AggregateId::Service(service.clone()))
-            .await
-            .map_err(|e| WorkError::Retry(e.to_string()))?;
-        Ok(loaded
-            .events
-            .iter()
-            .fold(ServiceNotify::default(), ServiceNotify::fold))
-    }
-
     /// Queues the deliveries for one timeline event; returns how many.
     pub async fn decide(&self, event: &TimelineEvent) -> Result<usize, WorkError> {
         if !event.is_notable() {
@@ -110,7 +98,12 @@ impl Decider {
         let Ok(service) = event.service_id.parse::<ServiceId>() else {
             return Ok(0);
         };
-        let svc = self.load_service(&service).await?;
+        let svc = load_fold(
+            &self.store,
+            AggregateId::Service(service.clone()),
+            ServiceNotify::fold,
+        )
+        .await?;
         let Some(owner_id) = svc.owner.clone() else {
             return Ok(0);
         };
@@ -181,14 +174,21 @@ impl WorkHandler for Decider {
 }
 
 async fn load_owner(store: &EventStore, owner: &OwnerId) -> Result<OwnerNotify, WorkError> {
+    load_fold(store, AggregateId::Owner(owner.clone()), OwnerNotify::fold).await
+}
+
+/// `aggregate`'s events folded by `fold` from the default (a failed read is
+/// retried: the server may be back soon).
+async fn load_fold<S: Default>(
+    store: &EventStore,
+    aggregate: AggregateId,
+    fold: impl Fn(S, &Envelope) -> S,
+) -> Result<S, WorkError> {
     let loaded = store
-        .load(&AggregateId::Owner(owner.clone()))
+        .load(&aggregate)
         .await
         .map_err(|e| WorkError::Retry(e.to_string()))?;
-    Ok(loaded
-        .events
-        .iter()
-        .fold(OwnerNotify::default(), OwnerNotify::fold))
+    Ok(loaded.events.iter().fold(S::default(), fold))
 }
 
 /// Where a delivery stands, from its own events.
@@ -218,18 +218,15 @@ impl Deliverer {
         }
     }
 
-    async fn record(&self, delivery: &DeliveryId, expected: Version, event: Event, key: String) {
+    async fn record(
+        &self,
+        delivery: &DeliveryId,
+        expected: Version,
+        events: Vec<NewEvent>,
+        key: String,
+    ) {
         let aggregate = AggregateId::Delivery(delivery.clone());
-        if let Err(e) = self
-            .store
-            .append(
-                &aggregate,
-                expected,
-                vec![NewEvent::new(event, actor())],
-                &key,
-            )
-            .await
-        {
+        if let Err(e) = self.store.append(&aggregate, expected, events, &key).await {
             // The send's outcome is what matters; a lost record only makes
             // the history shorter (a redelivery records it again).
             tracing::warn!(delivery = %delivery, error = %e, "could not record the delivery outcome");
@@ -311,7 +308,7 @@ impl WorkHandler for Deliverer {
                 self.record(
                     &dj.delivery,
                     loaded.version,
-                    NotificationDelivered { attempt }.into(),
+                    vec![NewEvent::new(NotificationDelivered { attempt }, actor())],
                     format!("delivered:{}", dj.delivery),
                 )
                 .await;
@@ -333,18 +330,13 @@ impl WorkHandler for Deliverer {
                         actor(),
                     ));
                 }
-                if let Err(err) = self
-                    .store
-                    .append(
-                        &aggregate,
-                        loaded.version,
-                        events,
-                        &format!("failed:{}:{}", dj.delivery, job.delivered),
-                    )
-                    .await
-                {
-                    tracing::warn!(delivery = %dj.delivery, error = %err, "could not record the failed attempt");
-                }
+                self.record(
+                    &dj.delivery,
+                    loaded.version,
+                    events,
+                    format!("failed:{}:{}", dj.delivery, job.delivered),
+                )
+                .await;
                 if last {
                     Err(WorkError::Fatal(e.0))
                 } else {
