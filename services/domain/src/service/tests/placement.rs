@@ -1,7 +1,7 @@
 //! Placement decisions: instances of the running or live digest only, moves
 //! off lost nodes, lost nodes' instances marked and let go, repeats no-ops.
 
-use berth_schemas::events::{InstanceRescheduled, InstanceScheduled};
+use berth_schemas::events::{InstanceRescheduled, InstanceScheduled, InstanceStarted};
 use berth_schemas::ids::{DeployId, InstanceId, NodeId};
 use berth_schemas::Event;
 
@@ -27,6 +27,20 @@ fn place(s: Vec<InstanceScheduled>) -> Command {
         scheduled: s,
         rescheduled: vec![],
     }
+}
+
+/// Places `a` and `b` of `d` on [`node`]; only `a` starts.
+fn place_two_start_first(s: &mut Scenario, d: &DeployId, a: &InstanceId, b: &InstanceId) {
+    s.run(place(vec![
+        sched(a, d, node(), &digest(1)),
+        sched(b, d, node(), &digest(1)),
+    ]));
+    s.append(&[Event::InstanceStarted(InstanceStarted {
+        instance: a.clone(),
+        node: node(),
+        digest: digest(1),
+        addr: Some("127.0.0.1:1".into()),
+    })]);
 }
 
 #[test]
@@ -63,19 +77,8 @@ fn a_lost_node_marks_instances_lost_once_then_they_move_or_are_released() {
     let d = DeployId::generate();
     let mut s = Scenario::live_web(&d);
     let (a, b) = (InstanceId::generate(), InstanceId::generate());
-    s.run(place(vec![
-        sched(&a, &d, node(), &digest(1)),
-        sched(&b, &d, node(), &digest(1)),
-    ]));
+    place_two_start_first(&mut s, &d, &a, &b);
     // Releasing a started instance whose node is up is the node's business.
-    s.append(&[Event::InstanceStarted(
-        berth_schemas::events::InstanceStarted {
-            instance: a.clone(),
-            node: node(),
-            digest: digest(1),
-            addr: None,
-        },
-    )]);
     assert_eq!(
         s.refused(Command::Release {
             instances: vec![a.clone()]
@@ -167,18 +170,7 @@ fn only_started_instances_drain_and_only_once() {
     let d = DeployId::generate();
     let mut s = Scenario::live_web(&d);
     let (a, b) = (InstanceId::generate(), InstanceId::generate());
-    s.run(place(vec![
-        sched(&a, &d, node(), &digest(1)),
-        sched(&b, &d, node(), &digest(1)),
-    ]));
-    s.append(&[Event::InstanceStarted(
-        berth_schemas::events::InstanceStarted {
-            instance: a.clone(),
-            node: node(),
-            digest: digest(1),
-            addr: Some("127.0.0.1:1".into()),
-        },
-    )]);
+    place_two_start_first(&mut s, &d, &a, &b);
     // `b` never started: nothing to take out of routing.
     let out = s.run(Command::Drain {
         instances: vec![a.clone(), b.clone(), InstanceId::generate()],
