@@ -24,7 +24,7 @@ use berth_domain::service::{self, ServiceState};
 use berth_eventlog::worker::{Job, WorkError, WorkHandler, Worker, WorkerConfig};
 use berth_eventlog::EventStore;
 use berth_schemas::commands::{NodeRunSpec, NodeWork, OneOffPurpose};
-use berth_schemas::ids::{CronRunId, NodeId, ServiceId};
+use berth_schemas::ids::{CronRunId, ServiceId};
 use berth_schemas::{Actor, AggregateId, Commit, Envelope, Event};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -34,11 +34,6 @@ use crate::{decide, run_instance, CronError, CronOptions};
 
 /// Cancels older than this are not turned into stops.
 pub const STOP_HORIZON: chrono::TimeDelta = chrono::TimeDelta::hours(1);
-
-/// The node work queue of `node` (the node component's naming).
-pub fn node_queue(node: &NodeId) -> String {
-    format!("node.{node}")
-}
 
 /// The dispatch worker; its durable consumer exists once this returns.
 pub(crate) async fn worker(store: &EventStore, opts: &CronOptions) -> Result<Worker, CronError> {
@@ -181,7 +176,7 @@ impl Dispatch {
             rmp_serde::to_vec_named(&work).map_err(|e| WorkError::Fatal(e.to_string()))?;
         self.store
             .enqueue(
-                &node_queue(&node),
+                &berth_node::queue(&node),
                 instance.as_str(),
                 payload.into(),
                 run.as_str(),
@@ -210,7 +205,7 @@ impl Dispatch {
             // node until it ends, and the stop must not wait behind it.
             self.store
                 .enqueue(
-                    &node_queue(&node),
+                    &berth_node::queue(&node),
                     &format!("stop-{instance}"),
                     payload.clone().into(),
                     &format!("stop-{instance}-{node}"),
