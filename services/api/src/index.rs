@@ -22,6 +22,18 @@ pub struct Indexed {
     pub state: ServiceState,
 }
 
+impl Indexed {
+    /// Whether the service exists and belongs to `owner`.
+    fn live_of(&self, owner: &OwnerId) -> bool {
+        self.state.exists()
+            && self
+                .state
+                .config
+                .as_ref()
+                .is_some_and(|c| &c.owner == owner)
+    }
+}
+
 /// Keys and services.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ApiIndex {
@@ -56,14 +68,17 @@ impl ApiIndex {
         self.timeline.query(service, q)
     }
 
+    /// Whether `service` is one of the owner's live services.
+    pub fn owns(&self, owner: &OwnerId, service: &ServiceId) -> bool {
+        self.services.get(service).is_some_and(|i| i.live_of(owner))
+    }
+
     /// The owner's live services, newest first.
     pub fn services_of(&self, owner: &OwnerId) -> Vec<(ServiceId, Indexed)> {
         let mut out: Vec<(ServiceId, Indexed)> = self
             .services
             .iter()
-            .filter(|(_, i)| {
-                i.state.exists() && i.state.config.as_ref().is_some_and(|c| &c.owner == owner)
-            })
+            .filter(|(_, i)| i.live_of(owner))
             .map(|(id, i)| (id.clone(), i.clone()))
             .collect();
         out.sort_by_key(|(_, i)| std::cmp::Reverse(i.created_seq));

@@ -567,10 +567,7 @@ pub async fn events(
         limit,
     };
     st.caught_up().await?;
-    let page = st.read(|i| {
-        let owned = i.services_of(&caller.owner).iter().any(|(s, _)| *s == id);
-        owned.then(|| i.timeline(&id, &query))
-    })?;
+    let page = st.read(|i| i.owns(&caller.owner, &id).then(|| i.timeline(&id, &query)))?;
     let page = page.ok_or_else(|| ApiError::not_found("service"))?;
     Ok(Json(Value::Array(
         page.events
