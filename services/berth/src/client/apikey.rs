@@ -38,7 +38,7 @@ pub async fn run(args: ApiKeyArgs) -> Result<(), ClientError> {
             let k = api
                 .post("/v1/api-keys", Some(json!({ "label": label })))
                 .await?;
-            if api.json {
+            if api.json() {
                 output::json(&k);
             } else {
                 output::fields(&[
@@ -51,7 +51,7 @@ pub async fn run(args: ApiKeyArgs) -> Result<(), ClientError> {
         }
         ApiKeyCommand::List => {
             let all = api.get("/v1/api-keys").await?;
-            if api.json {
+            if api.json() {
                 output::json(&all);
                 return Ok(());
             }
@@ -72,7 +72,7 @@ pub async fn run(args: ApiKeyArgs) -> Result<(), ClientError> {
         }
         ApiKeyCommand::Revoke { key_id } => {
             api.delete(&format!("/v1/api-keys/{}", enc(key_id))).await?;
-            if api.json {
+            if api.json() {
                 output::json(&json!({ "ok": true, "revoked": key_id }));
             } else {
                 println!("revoked {key_id}");

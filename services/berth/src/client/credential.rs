@@ -112,7 +112,7 @@ fn row(c: &Value) -> Vec<String> {
 }
 
 fn print_one(api: &Api, c: &Value) {
-    if api.json {
+    if api.json() {
         output::json(c);
     } else {
         output::table(HEADER, &[row(c)], "");
@@ -147,7 +147,7 @@ pub async fn run(args: CredentialArgs) -> Result<(), ClientError> {
         }
         CredentialCommand::List => {
             let all = api.get("/v1/registrycredentials?limit=100").await?;
-            if api.json {
+            if api.json() {
                 output::json(&all);
                 return Ok(());
             }
@@ -196,7 +196,7 @@ pub async fn run(args: CredentialArgs) -> Result<(), ClientError> {
         CredentialCommand::Rm { credential } => {
             api.delete(&format!("/v1/registrycredentials/{}", enc(&credential)))
                 .await?;
-            if api.json {
+            if api.json() {
                 output::json(&json!({ "ok": true, "deleted": credential }));
             } else {
                 println!("deleted {credential}");

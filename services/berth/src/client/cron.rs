@@ -33,7 +33,7 @@ pub async fn run(args: CronArgs) -> Result<(), ClientError> {
             let run = api
                 .post(&format!("/v1/cron-jobs/{}/runs", enc(&id)), None)
                 .await?;
-            if api.json {
+            if api.json() {
                 output::json(&run);
             } else {
                 println!("{id}: run {} started", s(&run, "id"));
@@ -43,7 +43,7 @@ pub async fn run(args: CronArgs) -> Result<(), ClientError> {
             let id = resolve(&api, service).await?;
             api.delete(&format!("/v1/cron-jobs/{}/runs", enc(&id)))
                 .await?;
-            if api.json {
+            if api.json() {
                 output::json(&json!({ "ok": true, "serviceId": id }));
             } else {
                 println!("{id}: run cancel requested");

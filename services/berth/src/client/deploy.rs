@@ -82,7 +82,7 @@ pub async fn follow(
         }
         if status != last_status {
             let line = format!("[{:>5.1}s] {dep} {status}", started.elapsed().as_secs_f64());
-            progress(api.json, &line);
+            progress(api.json(), &line);
             last_status = status.clone();
         }
         // Timeline events since the deploy was created, oldest first.
@@ -109,7 +109,7 @@ pub async fn follow(
                     s(e, "type"),
                     output::details(e.get("details").unwrap_or(&Value::Null))
                 );
-                progress(api.json, &line);
+                progress(api.json(), &line);
             }
         }
         if finished(&status) {
@@ -139,7 +139,7 @@ pub async fn follow(
             )));
         }
         pulls
-            .for_a_while(Duration::from_millis(500), api.json)
+            .for_a_while(Duration::from_millis(500), api.json())
             .await;
     }
 }

@@ -40,7 +40,7 @@ pub async fn run(args: HookArgs) -> Result<(), ClientError> {
         api.get(&path).await?
     };
     let url = format!("{}{}", api.base(), s(&answer, "url"));
-    if api.json {
+    if api.json() {
         output::json(&json!({ "serviceId": id, "url": url, "path": answer.get("url") }));
     } else {
         println!("{url}");

@@ -63,8 +63,6 @@ pub struct Api {
     base: Arc<str>,
     key: Arc<str>,
     key_from: Arc<str>,
-    /// Print JSON instead of tables.
-    pub json: bool,
     /// The options it was built from (NATS URL and prefix for logs and progress).
     pub opts: ClientOpts,
 }
@@ -126,9 +124,13 @@ impl Api {
             base: base.into(),
             key: key.trim().into(),
             key_from: key_from.into(),
-            json: opts.json,
             opts: opts.clone(),
         })
+    }
+
+    /// Print JSON instead of tables (`--json`).
+    pub fn json(&self) -> bool {
+        self.opts.json
     }
 
     /// The base URL, e.g. `http://127.0.0.1:7000`.
@@ -165,7 +167,7 @@ impl Api {
             let sep = if path.contains('?') { '&' } else { '?' };
             let page_path = match &cursor {
                 None => format!("{path}{sep}limit=100"),
-                Some(c) => format!("{path}{sep}limit=100&cursor={c}"),
+                Some(c) => format!("{path}{sep}limit=100&cursor={}", enc(c)),
             };
             let page = match self.get(&page_path).await? {
                 Value::Array(items) => items,

@@ -193,7 +193,7 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
 /// In `--json` mode an action with no body prints `{"ok": …}` so scripts
 /// always get JSON; otherwise the sentence.
 fn done(api: &Api, sentence: &str) {
-    if api.json {
+    if api.json() {
         output::json(&json!({ "ok": true, "message": sentence }));
     } else {
         println!("{sentence}");
@@ -246,7 +246,7 @@ async fn create(
     let svc = created.get("service").cloned().unwrap_or(Value::Null);
     let id = s(&svc, "id");
     let dep = s(&created, "deployId");
-    if api.json {
+    if api.json() {
         if !wait {
             output::json(&created);
         }
@@ -268,7 +268,7 @@ async fn create(
     }
     if wait {
         let done = deploy::follow(api, &id, &dep, 600).await?;
-        if api.json {
+        if api.json() {
             // One JSON document: the creation answer with the deploy as it ended.
             let mut all = created;
             if let Some(m) = all.as_object_mut() {
@@ -313,7 +313,7 @@ const SERVICE_HEADER: &[&str] = &[
 
 async fn list(api: &Api) -> Result<(), ClientError> {
     let all = api.list_all("/v1/services").await?;
-    if api.json {
+    if api.json() {
         output::json(&Value::Array(all));
         return Ok(());
     }
@@ -333,7 +333,7 @@ async fn list(api: &Api) -> Result<(), ClientError> {
 async fn show(api: &Api, service: &str) -> Result<(), ClientError> {
     let id = resolve(api, service).await?;
     let svc = api.get(&format!("/v1/services/{}", enc(&id))).await?;
-    if api.json {
+    if api.json() {
         output::json(&svc);
         return Ok(());
     }
@@ -395,7 +395,7 @@ async fn update(
     let svc = api
         .patch(&format!("/v1/services/{}", enc(&id)), Value::Object(body))
         .await?;
-    if api.json {
+    if api.json() {
         output::json(&svc);
     } else {
         output::table(SERVICE_HEADER, &[service_row(&svc)], "");
@@ -415,12 +415,12 @@ async fn finish_deploy(
     let dep_id = s(dep, "id");
     if follow {
         let done = deploy::follow(api, id, &dep_id, timeout).await?;
-        if api.json {
+        if api.json() {
             output::json(&done);
         }
         return Ok(());
     }
-    if api.json {
+    if api.json() {
         output::json(dep);
     } else {
         println!(
@@ -451,7 +451,7 @@ async fn events(
         path.push_str(&format!("&endTime={}", enc(&t)));
     }
     let evs = api.get(&path).await?;
-    if api.json {
+    if api.json() {
         output::json(&evs);
         return Ok(());
     }
