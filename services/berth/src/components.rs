@@ -74,6 +74,7 @@ impl ComponentDeps {
 /// Names were validated against [`NAMES`] with the rest of the config.
 pub fn build(deps: &ComponentDeps, only: Option<&str>) -> anyhow::Result<Vec<Box<dyn Component>>> {
     let store = || (*deps.store).clone();
+    let key = || (*deps.secret_key).clone();
     NAMES
         .iter()
         .filter(|n| only.is_none_or(|o| o == **n))
@@ -81,21 +82,13 @@ pub fn build(deps: &ComponentDeps, only: Option<&str>) -> anyhow::Result<Vec<Box
             match *name {
                 "projector" => Ok(Box::new(Projector::new(deps.store.clone()))),
                 "resolver" => Ok(Box::new(
-                    berth_resolver::Resolver::new(
-                        (*deps.store).clone(),
-                        (*deps.secret_key).clone(),
-                        deps.options.resolver.clone(),
-                    )
-                    .context("building the resolver")?,
+                    berth_resolver::Resolver::new(store(), key(), deps.options.resolver.clone())
+                        .context("building the resolver")?,
                 )),
                 "node" => Ok(Box::new(
-                    berth_node::Node::new(
-                        store(),
-                        (*deps.secret_key).clone(),
-                        deps.options.node.clone(),
-                    )
-                    .with_checks(deps.options.node_checks.clone())
-                    .with_gc(deps.options.node_gc),
+                    berth_node::Node::new(store(), key(), deps.options.node.clone())
+                        .with_checks(deps.options.node_checks.clone())
+                        .with_gc(deps.options.node_gc),
                 )),
                 "scheduler" => Ok(Box::new(berth_scheduler::component(
                     store(),
@@ -107,7 +100,7 @@ pub fn build(deps: &ComponentDeps, only: Option<&str>) -> anyhow::Result<Vec<Box
                 ))),
                 "notifier" => Ok(Box::new(berth_notifier::component(
                     store(),
-                    (*deps.secret_key).clone(),
+                    key(),
                     deps.options.notifier.clone(),
                 ))),
                 "router" => Ok(berth_router::component(
@@ -116,7 +109,7 @@ pub fn build(deps: &ComponentDeps, only: Option<&str>) -> anyhow::Result<Vec<Box
                 )),
                 "api" => Ok(berth_api::component(
                     store(),
-                    (*deps.secret_key).clone(),
+                    key(),
                     deps.options.api.clone(),
                 )),
                 other => Err(anyhow::anyhow!(
