@@ -171,6 +171,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T>
     }
 }
 
+/// A listing's `limit` parameter: 1 to 100 (`None` when absent).
+pub fn limit(given: Option<&str>) -> Result<Option<usize>, ApiError> {
+    given
+        .map(|l| match l.parse::<usize>() {
+            Ok(n) if (1..=100).contains(&n) => Ok(n),
+            _ => Err(ApiError::field("limit", "must be an integer from 1 to 100")),
+        })
+        .transpose()
+}
+
 /// `limit` and `cursor` of a listing (Render's pagination).
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -183,13 +193,7 @@ impl Page {
     /// Applies the page to `items` (already in listing order), each with
     /// its cursor (its id). An unknown cursor is a 400.
     pub fn apply<T>(&self, items: Vec<(String, T)>) -> Result<Vec<(String, T)>, ApiError> {
-        let limit = match &self.limit {
-            None => 20,
-            Some(l) => match l.parse::<usize>() {
-                Ok(n) if (1..=100).contains(&n) => n,
-                _ => return Err(ApiError::field("limit", "must be an integer from 1 to 100")),
-            },
-        };
+        let limit = limit(self.limit.as_deref())?.unwrap_or(20);
         let start =
             match &self.cursor {
                 None => 0,

@@ -17,7 +17,7 @@ use berth_schemas::model::{NotifySetting, OverlapPolicy, ServiceType};
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 
-use crate::app::{AppState, Authed, JsonBody, Page, QueryParams};
+use crate::app::{self, AppState, Authed, JsonBody, Page, QueryParams};
 use crate::error::{ApiError, FieldError};
 use crate::views;
 
@@ -541,13 +541,7 @@ pub async fn events(
     QueryParams(q): QueryParams<EventsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let id = service_id(&id)?;
-    let limit = match q.limit.as_deref() {
-        None => None,
-        Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=100).contains(&n) => Some(n),
-            _ => return Err(ApiError::field("limit", "must be an integer from 1 to 100")),
-        },
-    };
+    let limit = app::limit(q.limit.as_deref())?;
     let mut types = std::collections::BTreeSet::new();
     for t in q.types.as_deref().unwrap_or_default().split(',') {
         let t = t.trim();
