@@ -3,3 +3,22 @@
 pub mod deploys;
 pub mod owner;
 pub mod services;
+
+use crate::error::{ApiError, FieldError};
+
+/// Adds one invalid field to a request's list.
+fn field(fields: &mut Vec<FieldError>, f: &str, m: &str) {
+    fields.push(FieldError {
+        field: f.to_owned(),
+        message: m.to_owned(),
+    });
+}
+
+/// An `ownerId` a body gives (Render sends it) must be the caller's; any
+/// other owner does not exist for it.
+fn owner_matches(given: Option<&str>, caller_owner: &str) -> Result<(), ApiError> {
+    match given {
+        Some(o) if o != caller_owner => Err(ApiError::not_found("owner")),
+        _ => Ok(()),
+    }
+}

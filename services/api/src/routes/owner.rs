@@ -13,6 +13,7 @@ use berth_schemas::model::{NotifySetting, RegistryKind};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::{field, owner_matches};
 use crate::app::{AppState, Authed, JsonBody, Page, QueryParams};
 use crate::error::{ApiError, FieldError};
 
@@ -37,10 +38,13 @@ pub struct CredentialBody {
 
 fn required(fields: &mut Vec<FieldError>, name: &str, v: &Option<String>) {
     if v.as_deref().is_none_or(str::is_empty) {
-        fields.push(FieldError {
-            field: name.to_owned(),
-            message: "is required".to_owned(),
-        });
+        field(fields, name, "is required");
+    }
+}
+
+fn token_size(fields: &mut Vec<FieldError>, token: &Option<String>) {
+    if token.as_ref().is_some_and(|t| t.len() > MAX_TOKEN) {
+        field(fields, "authToken", "must be at most 8 KiB");
     }
 }
 
@@ -50,33 +54,15 @@ pub async fn create_credential(
     Authed(caller): Authed,
     JsonBody(body): JsonBody<CredentialBody>,
 ) -> Result<Response, ApiError> {
-    if body
-        .owner_id
-        .as_deref()
-        .is_some_and(|o| o != caller.owner.as_str())
-    {
-        return Err(ApiError::not_found("owner"));
-    }
+    owner_matches(body.owner_id.as_deref(), caller.owner.as_str())?;
     let mut fields = Vec::new();
     required(&mut fields, "name", &body.name);
     required(&mut fields, "username", &body.username);
     required(&mut fields, "authToken", &body.auth_token);
     if body.registry.is_none() {
-        fields.push(FieldError {
-            field: "registry".to_owned(),
-            message: "is required".to_owned(),
-        });
+        field(&mut fields, "registry", "is required");
     }
-    if body
-        .auth_token
-        .as_ref()
-        .is_some_and(|t| t.len() > MAX_TOKEN)
-    {
-        fields.push(FieldError {
-            field: "authToken".to_owned(),
-            message: "must be at most 8 KiB".to_owned(),
-        });
-    }
+    token_size(&mut fields, &body.auth_token);
     let (Some(name), Some(registry), Some(username), Some(token), true) = (
         body.name,
         body.registry,
@@ -141,21 +127,13 @@ pub async fn update_credential(
     let mut fields = Vec::new();
     required(&mut fields, "authToken", &body.auth_token);
     if body.registry.is_some() || body.host.is_some() {
-        fields.push(FieldError {
-            field: "registry".to_owned(),
-            message: "cannot be changed; add a new credential".to_owned(),
-        });
+        field(
+            &mut fields,
+            "registry",
+            "cannot be changed; add a new credential",
+        );
     }
-    if body
-        .auth_token
-        .as_ref()
-        .is_some_and(|t| t.len() > MAX_TOKEN)
-    {
-        fields.push(FieldError {
-            field: "authToken".to_owned(),
-            message: "must be at most 8 KiB".to_owned(),
-        });
-    }
+    token_size(&mut fields, &body.auth_token);
     let (Some(token), true) = (body.auth_token, fields.is_empty()) else {
         return Err(ApiError::fields(fields));
     };

@@ -17,6 +17,7 @@ use berth_schemas::model::{NotifySetting, OverlapPolicy, ServiceType};
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 
+use super::{field, owner_matches};
 use crate::app::{self, AppState, Authed, JsonBody, Page, QueryParams};
 use crate::error::{ApiError, FieldError};
 use crate::views;
@@ -89,13 +90,6 @@ pub struct CreateBody {
     pub notify_on_fail: Option<NotifySetting>,
 }
 
-fn field(fields: &mut Vec<FieldError>, f: &str, m: &str) {
-    fields.push(FieldError {
-        field: f.to_owned(),
-        message: m.to_owned(),
-    });
-}
-
 fn env_vars(vars: Vec<EnvVarBody>, fields: &mut Vec<FieldError>) -> BTreeMap<String, Secret> {
     if vars.len() > MAX_ENV_VARS {
         field(fields, "envVars", "too many variables (at most 200)");
@@ -121,13 +115,6 @@ fn env_vars(vars: Vec<EnvVarBody>, fields: &mut Vec<FieldError>) -> BTreeMap<Str
         }
     }
     out
-}
-
-fn owner_matches(given: Option<&str>, state_owner: &str) -> Result<(), ApiError> {
-    match given {
-        Some(o) if o != state_owner => Err(ApiError::not_found("owner")),
-        _ => Ok(()),
-    }
 }
 
 /// POST /v1/services
