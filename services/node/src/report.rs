@@ -83,25 +83,14 @@ impl Reporter {
         Some(p)
     }
 
-    /// Ports allocated to instances placed on this node and not stopped.
+    /// Ports allocated to instances placed on this node and not stopped
+    /// (adopted ones included: their placements are read once, then kept).
     pub fn ports_in_use(&self) -> std::collections::HashSet<u16> {
-        let mut ports: std::collections::HashSet<u16> =
-            self.lock().values().filter_map(|p| p.port).collect();
-        // Placements of adopted instances not looked at since the start.
-        if let Ok(entries) = std::fs::read_dir(&self.dir) {
-            for e in entries.flatten() {
-                let path = e.path();
-                if path.extension().is_some_and(|x| x == "json") {
-                    if let Some(p) = std::fs::read(&path)
-                        .ok()
-                        .and_then(|b| serde_json::from_slice::<Placement>(&b).ok())
-                    {
-                        ports.extend(p.port);
-                    }
-                }
-            }
-        }
-        ports
+        self.placed()
+            .iter()
+            .filter_map(|i| self.placement(i))
+            .filter_map(|p| p.port)
+            .collect()
     }
 
     /// Digests of the instances placed here and not stopped.
