@@ -32,8 +32,8 @@ use berth_eventlog::{EventStore, NewEvent, Version};
 use berth_schemas::commands::{NodeRunSpec, NodeWork, OneOffPurpose};
 use berth_schemas::ids::{DeployId, InstanceId, NodeId, ServiceId};
 use berth_schemas::model::{DeployPhase, DeployStatus, ServiceType};
-use berth_schemas::{Actor, AggregateId, Event};
-use chrono::{DateTime, TimeDelta, Utc};
+use berth_schemas::{Actor, AggregateId};
+use chrono::{TimeDelta, Utc};
 
 use crate::carry::{self, PullFailures};
 use crate::{Inner, SchedulerError};
@@ -79,7 +79,6 @@ pub(crate) struct Pass<'a> {
     aggregate: AggregateId,
     version: Version,
     pub(crate) state: ServiceState,
-    pre_deploy_since: Option<DateTime<Utc>>,
 }
 
 impl Pass<'_> {
@@ -216,13 +215,6 @@ async fn pass(inner: &Inner, service: &ServiceId) -> Result<Next, SchedulerError
     let Some(cfg) = state.config.clone() else {
         return Ok(Next::Done(None));
     };
-    // When the running deploy's pre-deploy command started, if it did.
-    let pre_deploy_since = state.active.as_ref().and_then(|id| {
-        loaded.events.iter().rev().find_map(|e| match &e.event {
-            Event::PreDeployStarted(s) if &s.deploy == id => Some(e.time),
-            _ => None,
-        })
-    });
     let pull_failures = PullFailures::from_events(&loaded.events);
     let p = Pass {
         inner,
@@ -230,7 +222,6 @@ async fn pass(inner: &Inner, service: &ServiceId) -> Result<Next, SchedulerError
         aggregate,
         version: loaded.version,
         state,
-        pre_deploy_since,
     };
     // A node another copy placed on that this copy has not loaded yet
     // would look gone: load it first, so nothing is placed twice.
@@ -319,7 +310,7 @@ async fn pipeline(
             // that died with the run, which nobody else would report.
             let limit = Duration::from_secs(u64::from(p.inner.opts.pre_deploy_timeout_secs))
                 + p.inner.opts.pre_deploy_grace;
-            if let Some(since) = p.pre_deploy_since {
+            if let Some(since) = d.pre_deploy_started_at {
                 let deadline = TimeDelta::from_std(limit)
                     .ok()
                     .and_then(|l| since.checked_add_signed(l));
@@ -346,7 +337,7 @@ async fn pipeline(
             // that long) ends at the deadline above.
             // Well inside the work stream's duplicate window.
             let reenqueue = p.inner.store.config().duplicate_window.mul_f64(0.75);
-            let enqueued_long_ago = p.pre_deploy_since.is_some_and(|since| {
+            let enqueued_long_ago = d.pre_deploy_started_at.is_some_and(|since| {
                 TimeDelta::from_std(reenqueue)
                     .ok()
                     .and_then(|w| since.checked_add_signed(w))

@@ -97,6 +97,10 @@ pub struct Deploy {
     pub rollback_eligible: bool,
     pub created_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
+    /// When its pre-deploy command was started (`pre_deploy_started`): its
+    /// timeout counts from here.
+    #[serde(default)]
+    pub pre_deploy_started_at: Option<DateTime<Utc>>,
     /// When its new instances began to start (`update_started`): the
     /// readiness window counts from here.
     #[serde(default)]
@@ -282,6 +286,7 @@ pub fn apply_at(mut s: ServiceState, event: &Event, time: Option<DateTime<Utc>>)
                 rollback_eligible: true,
                 created_at: time,
                 started_at: None,
+                pre_deploy_started_at: None,
                 update_started_at: None,
                 finished_at: None,
             });
@@ -333,6 +338,7 @@ pub fn apply_at(mut s: ServiceState, event: &Event, time: Option<DateTime<Utc>>)
                 if d.is_running() {
                     d.status = DeployStatus::PreDeployInProgress;
                     d.phase = Some(DeployPhase::PreDeploy);
+                    d.pre_deploy_started_at = time;
                 }
             }
         }
