@@ -43,17 +43,8 @@ async fn scale_restart_and_deploy_commands() {
     let service: ServiceId = svc.parse().unwrap();
     let id = AggregateId::Service(service.clone());
     // Let the resolver finish so the log is at rest.
-    let t0 = std::time::Instant::now();
-    loop {
-        let (_, d) = app
-            .get(&format!("/v1/services/{svc}/deploys"), &alice)
-            .await;
-        if !d[0]["deploy"]["image"]["sha"].is_null() {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(20), "not resolved: {d}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let first = app.latest_deploy(&alice, &svc).await;
+    app.wait_resolved(&alice, &svc, &first).await;
 
     let r = ask(
         &app,

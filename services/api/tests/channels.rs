@@ -3,7 +3,7 @@
 //! notifier's context), never shown back, validated (a bad value changes
 //! nothing), and removable.
 
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use berth_schemas::model::seal_context;
 use berth_schemas::{AggregateId, Event};
 use serde_json::json;
@@ -19,14 +19,11 @@ async fn slack_and_webhook_channels_are_sealed_never_shown_and_validated() {
     let hook = "http://127.0.0.1:9/hook?token=sekrethookquery";
     let secret = "whsec_c2VrcmV0LXNpZ25pbmcta2V5LTAxMjM0NQ==";
     let (s, v) = app
-        .call(
-            Method::PATCH,
+        .patch(
             &path,
-            Some(&alice.key),
-            Some(
-                json!({"notificationsToSend": "all", "slackWebhookUrl": slack,
+            &alice,
+            json!({"notificationsToSend": "all", "slackWebhookUrl": slack,
                         "webhookUrl": hook, "webhookSecret": secret}),
-            ),
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
@@ -75,9 +72,7 @@ async fn slack_and_webhook_channels_are_sealed_never_shown_and_validated() {
         (json!({"slackWebhookUrl": "ftp://x"}), "slackWebhookUrl"),
         (json!({"webhookUrl": "http://a b"}), "webhookUrl"),
     ] {
-        let (s, v) = app
-            .call(Method::PATCH, &path, Some(&alice.key), Some(body))
-            .await;
+        let (s, v) = app.patch(&path, &alice, body).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
         assert!(v.to_string().contains(field), "{v}");
         assert!(!v.to_string().contains("YWJj"), "the value is echoed: {v}");
@@ -86,12 +81,7 @@ async fn slack_and_webhook_channels_are_sealed_never_shown_and_validated() {
 
     // "" removes a channel; the others stay.
     let (s, v) = app
-        .call(
-            Method::PATCH,
-            &path,
-            Some(&alice.key),
-            Some(json!({"slackWebhookUrl": ""})),
-        )
+        .patch(&path, &alice, json!({"slackWebhookUrl": ""}))
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["slackConfigured"], false, "{v}");

@@ -137,10 +137,7 @@ fn any_request_gets_an_answer_never_a_500() {
         let app = App::start(true).await;
         let owner = app.owner().await;
         let (svc, _) = app.service(&owner, "fuzzed").await;
-        let (_, d) = app
-            .get(&format!("/v1/services/{svc}/deploys"), &owner)
-            .await;
-        let dep = d[0]["deploy"]["id"].as_str().unwrap().to_owned();
+        let dep = app.latest_deploy(&owner, &svc).await;
         let real = vec![svc, dep, owner.id.to_string()];
         (app, owner, real)
     });

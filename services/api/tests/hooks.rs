@@ -126,13 +126,8 @@ async fn hooks_deploy_on_get_and_post_and_hide_everything_else() {
     );
 
     // A deleted service's hook is 404 as well.
-    app.call(
-        Method::DELETE,
-        &format!("/v1/services/{svc}"),
-        Some(&alice.key),
-        None,
-    )
-    .await;
+    let (s, _) = app.delete(&format!("/v1/services/{svc}"), &alice).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, v) = app.call(Method::GET, &hook, None, None).await;
     assert_eq!((s, v), (StatusCode::NOT_FOUND, bodies[0].clone()));
 }

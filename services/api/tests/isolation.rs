@@ -6,7 +6,6 @@ use berth_schemas::ids::ServiceId;
 use berth_schemas::AggregateId;
 use serde_json::{json, Value};
 
-use crate::routes::wait_resolved;
 use crate::support::App;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,11 +40,10 @@ async fn credentials_routes() {
     let (s, list) = app.get("/v1/registrycredentials", &alice).await;
     assert_eq!((s, list.as_array().unwrap().len()), (StatusCode::OK, 1));
     let (s, v) = app
-        .call(
-            Method::PATCH,
+        .patch(
             &format!("/v1/registrycredentials/{id}"),
-            Some(&alice.key),
-            Some(json!({"authToken": "tok-SECRET-2", "username": "ci2"})),
+            &alice,
+            json!({"authToken": "tok-SECRET-2", "username": "ci2"}),
         )
         .await;
     assert_eq!(
@@ -62,29 +60,14 @@ async fn credentials_routes() {
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let svc = v["service"]["id"].as_str().unwrap().to_owned();
     let (s, v) = app
-        .call(
-            Method::DELETE,
-            &format!("/v1/registrycredentials/{id}"),
-            Some(&alice.key),
-            None,
-        )
+        .delete(&format!("/v1/registrycredentials/{id}"), &alice)
         .await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     assert!(v["message"].as_str().unwrap().contains(&svc), "{v}");
-    app.call(
-        Method::DELETE,
-        &format!("/v1/services/{svc}"),
-        Some(&alice.key),
-        None,
-    )
-    .await;
+    let (s, _) = app.delete(&format!("/v1/services/{svc}"), &alice).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _) = app
-        .call(
-            Method::DELETE,
-            &format!("/v1/registrycredentials/{id}"),
-            Some(&alice.key),
-            None,
-        )
+        .delete(&format!("/v1/registrycredentials/{id}"), &alice)
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _) = app
@@ -110,12 +93,9 @@ async fn one_owner_never_sees_another_owners_resources() {
         )
         .await;
     let cred = c["id"].as_str().unwrap().to_owned();
-    let (_, deploys) = app
-        .get(&format!("/v1/services/{svc}/deploys"), &alice)
-        .await;
-    let dep = deploys[0]["deploy"]["id"].as_str().unwrap().to_owned();
+    let dep = app.latest_deploy(&alice, &svc).await;
     // Let the resolver finish, so the log of the service is at rest.
-    wait_resolved(&app, &alice, &svc, &dep).await;
+    app.wait_resolved(&alice, &svc, &dep).await;
     let before = app
         .events_of(&AggregateId::Service(svc.parse::<ServiceId>().unwrap()))
         .await

@@ -2,7 +2,7 @@
 //! (409 when another service holds it, nothing changed), the old one is
 //! released for reuse, and the credential still cannot be changed there.
 
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use serde_json::json;
 
 use crate::support::App;
@@ -19,14 +19,7 @@ async fn a_rename_claims_the_new_name_and_frees_the_old_one() {
     // resolver keeps appending deploy facts to the services meanwhile).
     let owner = berth_schemas::AggregateId::Owner(alice.id.clone());
     let before = app.events_of(&owner).await.len();
-    let (s, v) = app
-        .call(
-            Method::PATCH,
-            &path,
-            Some(&alice.key),
-            Some(json!({"name": "beta"})),
-        )
-        .await;
+    let (s, v) = app.patch(&path, &alice, json!({"name": "beta"})).await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     assert_eq!(
         app.events_of(&owner).await.len(),
@@ -34,14 +27,7 @@ async fn a_rename_claims_the_new_name_and_frees_the_old_one() {
         "a refused rename appended"
     );
     // A name the rules refuse: 400, nothing appended.
-    let (s, v) = app
-        .call(
-            Method::PATCH,
-            &path,
-            Some(&alice.key),
-            Some(json!({"name": "Bad Name"})),
-        )
-        .await;
+    let (s, v) = app.patch(&path, &alice, json!({"name": "Bad Name"})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert_eq!(
         app.events_of(&owner).await.len(),
@@ -51,14 +37,7 @@ async fn a_rename_claims_the_new_name_and_frees_the_old_one() {
     let (_, shown) = app.get(&path, &alice).await;
     assert_eq!(shown["name"], "alpha", "{shown}");
 
-    let (s, v) = app
-        .call(
-            Method::PATCH,
-            &path,
-            Some(&alice.key),
-            Some(json!({"name": "gamma"})),
-        )
-        .await;
+    let (s, v) = app.patch(&path, &alice, json!({"name": "gamma"})).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let (_, shown) = app.get(&path, &alice).await;
     assert_eq!(shown["name"], "gamma", "{shown}");

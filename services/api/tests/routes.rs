@@ -6,29 +6,9 @@
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::support::App;
-
-pub(crate) async fn wait_resolved(
-    app: &App,
-    o: &crate::support::Owner,
-    svc: &str,
-    dep: &str,
-) -> Value {
-    let t0 = std::time::Instant::now();
-    loop {
-        let (s, d) = app
-            .get(&format!("/v1/services/{svc}/deploys/{dep}"), o)
-            .await;
-        assert_eq!(s, StatusCode::OK, "{d}");
-        if !d["image"]["sha"].is_null() {
-            return d;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(20), "not resolved: {d}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authentication_is_required_and_checked() {
@@ -60,11 +40,9 @@ async fn authentication_is_required_and_checked() {
         "a key is listed in clear"
     );
     let (s, _) = app
-        .call(
-            Method::DELETE,
+        .delete(
             &format!("/v1/api-keys/{}", k["id"].as_str().unwrap()),
-            Some(&alice.key),
-            None,
+            &alice,
         )
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
@@ -193,28 +171,26 @@ async fn services_and_deploys_routes() {
 
     // PATCH: a setting, and field errors.
     let (s, v) = app
-        .call(
-            Method::PATCH,
+        .patch(
             &format!("/v1/services/{svc}"),
-            Some(&alice.key),
-            Some(json!({"serviceDetails": {"healthCheckPath": "/ready"}})),
+            &alice,
+            json!({"serviceDetails": {"healthCheckPath": "/ready"}}),
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["serviceDetails"]["healthCheckPath"], "/ready");
     let (s, v) = app
-        .call(
-            Method::PATCH,
+        .patch(
             &format!("/v1/services/{svc}"),
-            Some(&alice.key),
-            Some(json!({"serviceDetails": {"plan": "nope", "region": "frankfurt"}})),
+            &alice,
+            json!({"serviceDetails": {"plan": "nope", "region": "frankfurt"}}),
         )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert_eq!(v["fields"].as_array().unwrap().len(), 2, "{v}");
 
     // Deploys: the initial one resolves; a new one by tag; list; cancel.
-    let d0 = wait_resolved(&app, &alice, &svc, &first).await;
+    let d0 = app.wait_resolved(&alice, &svc, &first).await;
     assert_eq!(d0["trigger"], "service_created");
     let (s, d1) = app
         .post(
@@ -365,11 +341,10 @@ async fn services_and_deploys_routes() {
         "{v}"
     );
     let (s, v) = app
-        .call(
-            Method::PATCH,
+        .patch(
             &owner_path,
-            Some(&alice.key),
-            Some(json!({"notificationsToSend": "all", "email": "ops@example.com"})),
+            &alice,
+            json!({"notificationsToSend": "all", "email": "ops@example.com"}),
         )
         .await;
     assert_eq!(
@@ -378,22 +353,12 @@ async fn services_and_deploys_routes() {
         "{v}"
     );
     let (s, v) = app
-        .call(
-            Method::PATCH,
-            &owner_path,
-            Some(&alice.key),
-            Some(json!({"email": "nope"})),
-        )
+        .patch(&owner_path, &alice, json!({"email": "nope"}))
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     let ov = format!("/v1/notification-settings/overrides/services/{svc}");
     let (s, v) = app
-        .call(
-            Method::PATCH,
-            &ov,
-            Some(&alice.key),
-            Some(json!({"notifyOnFail": "none"})),
-        )
+        .patch(&ov, &alice, json!({"notifyOnFail": "none"}))
         .await;
     assert_eq!(
         (s, v["notifyOnFail"].as_str()),
@@ -426,14 +391,7 @@ async fn services_and_deploys_routes() {
     assert_eq!(s, StatusCode::OK, "{v}");
 
     // Delete: gone for every route, the name is free again.
-    let (s, _) = app
-        .call(
-            Method::DELETE,
-            &format!("/v1/services/{svc}"),
-            Some(&alice.key),
-            None,
-        )
-        .await;
+    let (s, _) = app.delete(&format!("/v1/services/{svc}"), &alice).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _) = app.get(&format!("/v1/services/{svc}"), &alice).await;
     assert_eq!(s, StatusCode::NOT_FOUND);

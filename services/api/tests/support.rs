@@ -192,6 +192,41 @@ impl App {
             .await
     }
 
+    /// PATCH with a key.
+    pub async fn patch(&self, path: &str, o: &Owner, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PATCH, path, Some(&o.key), Some(body))
+            .await
+    }
+
+    /// DELETE with a key.
+    pub async fn delete(&self, path: &str, o: &Owner) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, Some(&o.key), None).await
+    }
+
+    /// The id of `svc`'s newest deploy.
+    pub async fn latest_deploy(&self, o: &Owner, svc: &str) -> String {
+        let (s, list) = self.get(&format!("/v1/services/{svc}/deploys"), o).await;
+        assert_eq!(s, StatusCode::OK, "{list}");
+        list[0]["deploy"]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits until the resolver recorded deploy `dep`'s digest; returns
+    /// the deploy.
+    pub async fn wait_resolved(&self, o: &Owner, svc: &str, dep: &str) -> Value {
+        let t0 = std::time::Instant::now();
+        loop {
+            let (s, d) = self
+                .get(&format!("/v1/services/{svc}/deploys/{dep}"), o)
+                .await;
+            assert_eq!(s, StatusCode::OK, "{d}");
+            if !d["image"]["sha"].is_null() {
+                return d;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "not resolved: {d}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Creates a background worker of `team/app:v1`; returns (id, hook path).
     pub async fn service(&self, o: &Owner, name: &str) -> (String, String) {
         let (s, v) = self
