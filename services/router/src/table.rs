@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use tokio::sync::watch;
 
@@ -107,48 +107,31 @@ impl RoutingTable {
 }
 
 /// The current table, swapped whole: readers clone the `Arc` and never
-/// see a table change under them.
+/// see a table change under them. A watch channel, so a request can also
+/// wait for the next table.
 #[derive(Debug, Clone)]
-pub struct Routes(Arc<RoutesInner>);
-
-#[derive(Debug)]
-struct RoutesInner {
-    current: RwLock<Arc<RoutingTable>>,
-    /// Counts swaps, so a request can wait for the next table.
-    swaps: watch::Sender<u64>,
-}
+pub struct Routes(watch::Sender<Arc<RoutingTable>>);
 
 impl Default for Routes {
     fn default() -> Self {
-        Routes(Arc::new(RoutesInner {
-            current: RwLock::new(Arc::new(RoutingTable::default())),
-            swaps: watch::channel(0).0,
-        }))
+        Routes(watch::Sender::new(Arc::new(RoutingTable::default())))
     }
 }
 
 impl Routes {
     /// The table now.
     pub fn load(&self) -> Arc<RoutingTable> {
-        match self.0.current.read() {
-            Ok(t) => Arc::clone(&t),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
+        Arc::clone(&self.0.borrow())
     }
 
     /// Replaces the table.
     pub fn store(&self, table: RoutingTable) {
-        let table = Arc::new(table);
-        match self.0.current.write() {
-            Ok(mut t) => *t = table,
-            Err(poisoned) => *poisoned.into_inner() = table,
-        }
-        self.0.swaps.send_modify(|n| *n += 1);
+        self.0.send_replace(Arc::new(table));
     }
 
     /// Notified on every swap.
-    pub fn swaps(&self) -> watch::Receiver<u64> {
-        self.0.swaps.subscribe()
+    pub fn swaps(&self) -> watch::Receiver<Arc<RoutingTable>> {
+        self.0.subscribe()
     }
 }
 
