@@ -81,19 +81,6 @@ impl Env {
         })
     }
 
-    /// Starts a router over `store` (which may already hold events).
-    pub async fn with_store(nats: NatsServer, store: EventStore) -> Result<Env> {
-        let (routes, addr, shutdown, task) = spawn_router(&store).await?;
-        Ok(Env {
-            nats,
-            store,
-            routes,
-            addr,
-            shutdown,
-            task: Some(task),
-        })
-    }
-
     /// Stops the router and starts a fresh one on a new port (it rebuilds
     /// its table from the log).
     pub async fn restart_router(&mut self) -> Result<()> {
