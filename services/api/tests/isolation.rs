@@ -2,7 +2,7 @@
 //! owner's key sees nothing and changes nothing.
 
 use axum::http::{Method, StatusCode};
-use berth_schemas::ids::ServiceId;
+use berth_schemas::ids::{CredentialId, ServiceId};
 use berth_schemas::AggregateId;
 use serde_json::{json, Value};
 
@@ -96,10 +96,17 @@ async fn one_owner_never_sees_another_owners_resources() {
     let dep = app.latest_deploy(&alice, &svc).await;
     // Let the resolver finish, so the log of the service is at rest.
     app.wait_resolved(&alice, &svc, &dep).await;
-    let before = app
-        .events_of(&AggregateId::Service(svc.parse::<ServiceId>().unwrap()))
-        .await
-        .len();
+    // Bob's calls name Alice's service, owner and credential: none of the
+    // three may change.
+    let alices = [
+        AggregateId::Service(svc.parse::<ServiceId>().unwrap()),
+        AggregateId::Owner(alice.id.clone()),
+        AggregateId::Credential(cred.parse::<CredentialId>().unwrap()),
+    ];
+    let mut before = Vec::new();
+    for id in &alices {
+        before.push(app.events_of(id).await.len());
+    }
 
     let (s, list) = app.get("/v1/services", &bob).await;
     assert_eq!((s, list), (StatusCode::OK, json!([])));
@@ -210,11 +217,14 @@ async fn one_owner_never_sees_another_owners_resources() {
               json!({"type": "background_worker", "name": "x", "image": {"imagePath": app.image("v1"), "registryCredentialId": cred}}))
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let after = app
-        .events_of(&AggregateId::Service(svc.parse::<ServiceId>().unwrap()))
-        .await
-        .len();
-    assert_eq!(before, after, "another owner changed the service");
+    let mut after = Vec::new();
+    for id in &alices {
+        after.push(app.events_of(id).await.len());
+    }
+    assert_eq!(
+        before, after,
+        "another owner changed Alice's service, owner or credential"
+    );
     // Alice still sees everything; her hook still works.
     let (s, _) = app.get(&format!("/v1/services/{svc}"), &alice).await;
     assert_eq!(s, StatusCode::OK);

@@ -52,6 +52,19 @@ async fn a_rename_claims_the_new_name_and_frees_the_old_one() {
         .await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
 
+    // The credential cannot be changed by an update: 400, name kept.
+    let (s, v) = app
+        .patch(
+            &path,
+            &alice,
+            json!({"name": "delta", "image": {"registryCredentialId": "rgc-aaaaaaaaaaaaaaaaaaaa"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["fields"][0]["field"], "image.registryCredentialId", "{v}");
+    let (_, shown) = app.get(&path, &alice).await;
+    assert_eq!(shown["name"], "gamma", "{shown}");
+
     // Another owner may use any of these names: names are per owner.
     let bob = app.owner().await;
     let (_, _) = app.service(&bob, "gamma").await;
