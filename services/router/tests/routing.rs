@@ -73,6 +73,16 @@ async fn routes_by_host_and_refuses_what_it_cannot_route() -> Result<()> {
     let (status, body) = http.get("alpha.localhost", "/").await?;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(body.contains("alpha is suspended"), "{body}");
+    a.cmd(Command::Resume {
+        deploy: berth_schemas::ids::DeployId::generate(),
+    })
+    .await?;
+    env.synced(env.store.last_stream_seq().await?).await?;
+    assert_eq!(
+        http.get("alpha.localhost", "/").await?,
+        (StatusCode::OK, "a 1".into()),
+        "resumed with its old deploy still live: served again"
+    );
 
     // Deleted: gone (404), the name no longer answers.
     b.cmd(Command::Delete).await?;
