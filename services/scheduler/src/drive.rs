@@ -310,25 +310,23 @@ async fn pipeline(
             // that died with the run, which nobody else would report.
             let limit = Duration::from_secs(u64::from(p.inner.opts.pre_deploy_timeout_secs))
                 + p.inner.opts.pre_deploy_grace;
-            if let Some(since) = d.pre_deploy_started_at {
-                let deadline = TimeDelta::from_std(limit)
-                    .ok()
-                    .and_then(|l| since.checked_add_signed(l));
-                if let Some(deadline) = deadline {
-                    let now = Utc::now();
-                    if now >= deadline {
-                        let key = format!("pre-deploy-lost-{id}");
-                        let command = Command::RecordFailed {
-                            deploy: id,
-                            status: DeployStatus::PreDeployFailed,
-                            reason: format!(
-                                "the pre-deploy command did not report back within {}s",
-                                limit.as_secs()
-                            ),
-                        };
-                        return Ok(moved(p.decide(command, &key).await?));
-                    }
-                }
+            let now = Utc::now();
+            // When the run has been going for `after`, if representable.
+            let since_plus = |after: Duration| {
+                let since = d.pre_deploy_started_at?;
+                since.checked_add_signed(TimeDelta::from_std(after).ok()?)
+            };
+            if since_plus(limit).is_some_and(|deadline| now >= deadline) {
+                let key = format!("pre-deploy-lost-{id}");
+                let command = Command::RecordFailed {
+                    deploy: id,
+                    status: DeployStatus::PreDeployFailed,
+                    reason: format!(
+                        "the pre-deploy command did not report back within {}s",
+                        limit.as_secs()
+                    ),
+                };
+                return Ok(moved(p.decide(command, &key).await?));
             }
             // Enqueued again only while the queue's dedupe (same message id
             // on every node's queue of the one work stream) still holds the
@@ -337,12 +335,7 @@ async fn pipeline(
             // that long) ends at the deadline above.
             // Well inside the work stream's duplicate window.
             let reenqueue = p.inner.store.config().duplicate_window.mul_f64(0.75);
-            let enqueued_long_ago = d.pre_deploy_started_at.is_some_and(|since| {
-                TimeDelta::from_std(reenqueue)
-                    .ok()
-                    .and_then(|w| since.checked_add_signed(w))
-                    .is_some_and(|until| Utc::now() > until)
-            });
+            let enqueued_long_ago = since_plus(reenqueue).is_some_and(|until| now > until);
             if enqueued_long_ago {
                 return Ok(Step::Retry(limit));
             }
