@@ -6,6 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use berth_domain::service::ServiceState;
 use berth_ingress::Scope;
 use berth_schemas::ids::DeployId;
 use serde::Deserialize;
@@ -18,6 +19,14 @@ use crate::views::DeployView;
 
 fn deploy_id(s: &str) -> Result<DeployId, ApiError> {
     s.parse().map_err(|_| ApiError::not_found("deploy"))
+}
+
+/// `deploy` of the service as the API shows it.
+fn view(state: &ServiceState, deploy: &DeployId) -> Result<DeployView, ApiError> {
+    state
+        .deploy(deploy)
+        .map(DeployView::of)
+        .ok_or_else(|| ApiError::not_found("deploy"))
 }
 
 /// GET /v1/services/{id}/deploys, newest first.
@@ -52,10 +61,7 @@ pub async fn get(
     let id = service_id(&id)?;
     let deploy = deploy_id(&deploy)?;
     let state = st.ingress.show_service(&caller, &id).await?;
-    state
-        .deploy(&deploy)
-        .map(|d| Json(DeployView::of(d)))
-        .ok_or_else(|| ApiError::not_found("deploy"))
+    view(&state, &deploy).map(Json)
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,11 +79,7 @@ async fn answer(
     deploy: &DeployId,
 ) -> Result<Response, ApiError> {
     let state = st.ingress.show_service(caller, id).await?;
-    let view = state
-        .deploy(deploy)
-        .map(DeployView::of)
-        .ok_or_else(|| ApiError::not_found("deploy"))?;
-    Ok((StatusCode::CREATED, Json(view)).into_response())
+    Ok((StatusCode::CREATED, Json(view(&state, deploy)?)).into_response())
 }
 
 /// POST /v1/services/{id}/deploys
@@ -112,10 +114,7 @@ pub async fn cancel(
     let id = service_id(&id)?;
     let deploy = deploy_id(&deploy)?;
     let state = st.ingress.cancel_deploy(&caller, &id, &deploy).await?;
-    state
-        .deploy(&deploy)
-        .map(|d| Json(DeployView::of(d)))
-        .ok_or_else(|| ApiError::not_found("deploy"))
+    view(&state, &deploy).map(Json)
 }
 
 #[derive(Debug, Deserialize)]

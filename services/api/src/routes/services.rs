@@ -9,6 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use berth_domain::service::ServiceState;
 use berth_ingress::{NewService, Scope};
 use berth_runtime::Secret;
 use berth_schemas::events::ServiceSettings;
@@ -454,6 +455,12 @@ pub struct OverrideBody {
     pub notify_on_fail: Option<Option<NotifySetting>>,
 }
 
+/// A service's notification override as the API shows it.
+fn override_view(id: &ServiceId, state: &ServiceState) -> Value {
+    let notify = state.config.as_ref().and_then(|c| c.notify);
+    json!({ "serviceId": id.to_string(), "notifyOnFail": notify })
+}
+
 /// GET /v1/notification-settings/overrides/services/{id}
 pub async fn get_override(
     State(st): State<AppState>,
@@ -462,10 +469,7 @@ pub async fn get_override(
 ) -> Result<Json<Value>, ApiError> {
     let id = service_id(&id)?;
     let state = st.ingress.show_service(&caller, &id).await?;
-    let notify = state.config.and_then(|c| c.notify);
-    Ok(Json(
-        json!({ "serviceId": id.to_string(), "notifyOnFail": notify }),
-    ))
+    Ok(Json(override_view(&id, &state)))
 }
 
 /// PATCH /v1/notification-settings/overrides/services/{id} (`null` returns
@@ -491,10 +495,7 @@ pub async fn set_override(
         .ingress
         .update_service(&caller, &id, settings, None)
         .await?;
-    let notify = state.config.and_then(|c| c.notify);
-    Ok(Json(
-        json!({ "serviceId": id.to_string(), "notifyOnFail": notify }),
-    ))
+    Ok(Json(override_view(&id, &state)))
 }
 
 /// Query of `GET /v1/services/{id}/events`.
