@@ -115,7 +115,7 @@ pub async fn handle(ingress: &Ingress, kind: CommandKind, payload: &[u8]) -> Com
             CommandKind::Deploy => {
                 let c: DeployCommand = decode(payload)?;
                 request_id(&c.request_id)?;
-                let d = ingress
+                let (d, _) = ingress
                     .deploy(
                         Scope::Bus,
                         &c.service,

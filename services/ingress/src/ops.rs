@@ -132,14 +132,15 @@ impl Ingress {
     }
 
     /// Requests a deploy in `scope` (trigger `api`), optionally of another
-    /// tag or digest of the service's repository.
+    /// tag or digest of the service's repository. Returns the deploy and
+    /// the service's state after it (what the API shows, without a reload).
     pub async fn deploy(
         &self,
         scope: Scope<'_>,
         id: &ServiceId,
         image: Option<&str>,
         request: Option<&str>,
-    ) -> Result<DeployId, IngressError> {
+    ) -> Result<(DeployId, ServiceState), IngressError> {
         let deploy = DeployId::generate();
         let req = match image {
             Some(i) => DeployRequest::with_image(deploy.clone(), DeployTrigger::Api, i),
@@ -164,7 +165,7 @@ impl Ingress {
                 .ok_or_else(|| IngressError::Store("deploy vanished".to_owned()))?
         };
         tracing::info!(service.id = %id, deploy.id = %created, "deploy requested");
-        Ok(created)
+        Ok((created, state))
     }
 
     /// Cancels a deploy of the caller's service.
@@ -187,24 +188,26 @@ impl Ingress {
     }
 
     /// Rolls back to `target`'s recorded digest (trigger `rollback`).
+    /// Returns the new deploy and the service's state after it.
     pub async fn rollback(
         &self,
         caller: &Caller,
         id: &ServiceId,
         target: &DeployId,
-    ) -> Result<DeployId, IngressError> {
+    ) -> Result<(DeployId, ServiceState), IngressError> {
         let deploy = DeployId::generate();
         let key = format!("deploy-{deploy}");
         let req = DeployRequest::rollback(deploy.clone(), target.clone());
-        self.service_command(
-            Scope::Owner(caller),
-            id,
-            &key,
-            service::Command::RequestDeploy(req),
-        )
-        .await?;
+        let state = self
+            .service_command(
+                Scope::Owner(caller),
+                id,
+                &key,
+                service::Command::RequestDeploy(req),
+            )
+            .await?;
         tracing::info!(service.id = %id, deploy.id = %deploy, rollback_of = %target, "rollback requested");
-        Ok(deploy)
+        Ok((deploy, state))
     }
 
     /// Changes a service's settings; `env_vars` in clear are sealed here. A

@@ -407,7 +407,8 @@ impl Ingress {
         id: &ServiceId,
         image: Option<&str>,
     ) -> Result<DeployId, IngressError> {
-        self.deploy(Scope::Owner(caller), id, image, None).await
+        let (deploy, _) = self.deploy(Scope::Owner(caller), id, image, None).await?;
+        Ok(deploy)
     }
 
     /// Deletes the caller's service, then gives back its name and detaches

@@ -72,14 +72,9 @@ pub struct CreateBody {
     pub clear_cache: Option<String>,
 }
 
-async fn answer(
-    st: &AppState,
-    caller: &berth_ingress::Caller,
-    id: &berth_schemas::ids::ServiceId,
-    deploy: &DeployId,
-) -> Result<Response, ApiError> {
-    let state = st.ingress.show_service(caller, id).await?;
-    Ok((StatusCode::CREATED, Json(view(&state, deploy)?)).into_response())
+/// 201 with the deploy a create or rollback just appended.
+fn created(state: &ServiceState, deploy: &DeployId) -> Result<Response, ApiError> {
+    Ok((StatusCode::CREATED, Json(view(state, deploy)?)).into_response())
 }
 
 /// POST /v1/services/{id}/deploys
@@ -98,11 +93,11 @@ pub async fn create(
             ));
         }
     }
-    let deploy = st
+    let (deploy, state) = st
         .ingress
         .deploy(Scope::Owner(&caller), &id, body.image_url.as_deref(), None)
         .await?;
-    answer(&st, &caller, &id, &deploy).await
+    created(&state, &deploy)
 }
 
 /// POST /v1/services/{id}/deploys/{deployId}/cancel
@@ -137,6 +132,6 @@ pub async fn rollback(
     let target: DeployId = target
         .parse()
         .map_err(|_| ApiError::field("deployId", "is not a deploy id (dep-…)"))?;
-    let deploy = st.ingress.rollback(&caller, &id, &target).await?;
-    answer(&st, &caller, &id, &deploy).await
+    let (deploy, state) = st.ingress.rollback(&caller, &id, &target).await?;
+    created(&state, &deploy)
 }
