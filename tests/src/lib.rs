@@ -11,8 +11,8 @@
 //! - [`NatsCluster`]: N routed servers for replicated streams.
 //! - [`unique_prefix`] / [`unique_subjects`]: names no other test uses.
 //! - [`eventlog`]: scenarios shared by the event-store tests.
-//!
-//! Later issues add registry and runc helpers here.
+//! - [`registry`], [`image`], [`layers`]: a real registry and images for it.
+//! - [`runc`]: root/runc checks and cleanup of what real containers leave.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -21,6 +21,7 @@ pub mod image;
 pub mod layers;
 mod nats;
 pub mod registry;
+pub mod runc;
 
 pub use nats::{nats_binary, NatsCluster, NatsServer, NatsVersion};
 

@@ -17,26 +17,7 @@ use tokio::process::{Child, Command};
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
-pub(crate) fn require_root_and_runc() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    assert!(
-        status
-            .lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")),
-        "this test runs real runc containers and must run as root"
-    );
-    assert!(
-        std::process::Command::new("runc")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success()),
-        "runc must be installed (scripts/install-deps)"
-    );
-    assert!(
-        Path::new("/bin/busybox").is_file(),
-        "/bin/busybox missing (busybox-static)"
-    );
-}
+pub(crate) use berth_tests::runc::{require_root_and_runc, runc_list};
 
 /// Static busybox and a few applets; `marker` (in /etc/marker) makes
 /// images with different digests.
@@ -66,56 +47,12 @@ pub(crate) fn runc_root(data: &Path) -> PathBuf {
     data.join("node/agent/runc")
 }
 
-/// The container ids under runc `root`; `None` when `runc list` failed.
-fn try_runc_list(root: &Path) -> Option<Vec<String>> {
-    if !root.exists() {
-        return Some(vec![]);
-    }
-    let out = std::process::Command::new("runc")
-        .arg("--root")
-        .arg(root)
-        .args(["list", "-q"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())?;
-    Some(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect(),
-    )
-}
-
-/// The container ids under runc `root`; a failing `runc list` must not
-/// read as "no containers", so it fails the test.
-pub(crate) fn runc_list(root: &Path) -> Vec<String> {
-    try_runc_list(root).unwrap_or_else(|| panic!("runc list --root {} failed", root.display()))
-}
-
 impl Drop for Cleanup {
     fn drop(&mut self) {
         if let Some(id) = self.child.as_ref().and_then(Child::id) {
             let _ = kill(Pid::from_raw(id as i32), Signal::SIGKILL);
         }
-        let root = runc_root(&self.data);
-        for id in try_runc_list(&root).unwrap_or_default() {
-            let _ = std::process::Command::new("runc")
-                .arg("--root")
-                .arg(&root)
-                .args(["delete", "--force", &id])
-                .status();
-        }
-        let prefix = self.data.to_string_lossy().into_owned();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for m in mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&prefix))
-        {
-            let _ = std::process::Command::new("umount")
-                .args(["-l", m])
-                .status();
-        }
+        berth_tests::runc::remove_leftovers(&runc_root(&self.data), &self.data);
     }
 }
 

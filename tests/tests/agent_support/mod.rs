@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,30 +28,9 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-/// Fails (never skips) when the machine cannot run the suite, saying why.
-pub fn require_root_and_runc() {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
-        })
-        .unwrap_or_default();
-    assert_eq!(uid, "0", "the agent tests run real runc containers and must run as root (uid 0); run them as root as CI does");
-    let ok = std::process::Command::new("runc")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "runc is not installed or not on PATH: run scripts/install-deps"
-    );
-    assert!(
-        Path::new("/bin/busybox").is_file(),
-        "/bin/busybox missing: apt-get install busybox-static (scripts/install-deps)"
-    );
-}
+// Kept here under their old names for the many tests that use them.
+#[allow(unused_imports)]
+pub use berth_tests::runc::{mounts_under, require_root_and_runc, runc_list};
 
 const APPLETS: &[&str] = &[
     "sh", "echo", "sleep", "env", "pwd", "id", "cat", "true", "false", "seq", "printf", "ls",
@@ -213,34 +192,8 @@ impl Node {
 /// instance rootfs mounts (the tempdir is removed after this).
 impl Drop for Node {
     fn drop(&mut self) {
-        let root = self.runc_root();
-        if root.exists() {
-            for id in runc_list(&root) {
-                let _ = std::process::Command::new("runc")
-                    .arg("--root")
-                    .arg(&root)
-                    .args(["delete", "--force", &id])
-                    .status();
-            }
-        }
-        for m in mounts_under(self.dir.path()) {
-            let _ = std::process::Command::new("umount")
-                .args(["-l", &m])
-                .status();
-        }
+        berth_tests::runc::remove_leftovers(&self.runc_root(), self.dir.path());
     }
-}
-
-/// Mount points under `dir` (instance rootfs overlays).
-pub fn mounts_under(dir: &Path) -> Vec<String> {
-    let prefix = dir.to_string_lossy().into_owned();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(&prefix))
-        .map(str::to_string)
-        .collect()
 }
 
 pub async fn start_agent(
@@ -320,23 +273,4 @@ pub fn processes_of(instances: &[&InstanceId]) -> Vec<u32> {
         }
     }
     pids
-}
-
-/// Container ids `runc --root <root> list` shows.
-pub fn runc_list(root: &Path) -> Vec<String> {
-    let out = std::process::Command::new("runc")
-        .arg("--root")
-        .arg(root)
-        .args(["list", "-q"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "runc list: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
 }

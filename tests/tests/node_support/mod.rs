@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use berth_domain::service::{Command, CreateService};
@@ -21,7 +21,7 @@ use berth_schemas::{AggregateId, Envelope, Event};
 use berth_tests::registry::{Registry, RegistryAuth};
 use berth_tests::{NatsServer, NatsVersion};
 
-use crate::agent_support::{busybox_image, default_config, mounts_under, runc_list};
+use crate::agent_support::{busybox_image, default_config};
 
 /// Everything but the node: nats, store, registry with one image.
 pub struct World {
@@ -226,27 +226,8 @@ pub fn is(e: &Event, type_name: &str) -> bool {
     e.type_name() == type_name
 }
 
-/// Removes whatever containers and mounts a (failed) test left under
-/// `root` / `dir`.
-pub fn cleanup(runc_root: &Path, dir: &Path) {
-    if runc_root.exists() {
-        for id in runc_list(runc_root) {
-            let _ = std::process::Command::new("runc")
-                .arg("--root")
-                .arg(runc_root)
-                .args(["delete", "--force", &id])
-                .status();
-        }
-    }
-    for m in mounts_under(dir) {
-        let _ = std::process::Command::new("umount")
-            .args(["-l", &m])
-            .status();
-    }
-}
-
 impl Drop for World {
     fn drop(&mut self) {
-        cleanup(&self.runc_root(), self.dir.path());
+        berth_tests::runc::remove_leftovers(&self.runc_root(), self.dir.path());
     }
 }
