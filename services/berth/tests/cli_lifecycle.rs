@@ -235,7 +235,11 @@ async fn cli_changes_a_running_service() {
     // Not a cron job: the API refuses, the CLI says so and exits 1.
     let wrong = cli.run(&["cron", "run", "w"]).await;
     assert_eq!(wrong.code, 1, "{wrong:?}");
-    assert!(!wrong.stderr.is_empty(), "{wrong:?}");
+    assert!(
+        wrong.stderr.contains("/v1/cron-jobs/")
+            && wrong.stderr.contains("only cron jobs have runs"),
+        "{wrong:?}"
+    );
 
     // A deploy that cannot go live (its instance exits at once): following
     // gives up at --timeout with exit 1 and says where things stand. (The
