@@ -23,6 +23,7 @@ use berth_schemas::events::{
     NotificationAbandoned, NotificationAttemptFailed, NotificationDelivered, NotificationQueued,
 };
 use berth_schemas::ids::{DeliveryId, OwnerId, ServiceId};
+use berth_schemas::model::seal_context;
 use berth_schemas::{Actor, AggregateId, Commit, Envelope, Event};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -241,7 +242,10 @@ impl Deliverer {
         let open = |sealed: &Option<berth_schemas::model::Sealed>, field: &str| {
             sealed
                 .as_ref()
-                .map(|s| self.key.open(s, &settings::context(&job.owner, field)))
+                .map(|s| {
+                    self.key
+                        .open(s, &seal_context::notification(&job.owner, field))
+                })
                 .transpose()
                 .map_err(|_| SendError(format!("cannot open the sealed {field}")))
         };

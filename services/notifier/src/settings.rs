@@ -4,7 +4,7 @@
 //! webhook secret applies to the next attempt without a cache to go stale).
 
 use berth_schemas::ids::OwnerId;
-use berth_schemas::model::{seal_context, NotifySetting, Sealed};
+use berth_schemas::model::{NotifySetting, Sealed};
 use berth_schemas::{Envelope, Event};
 
 /// A service's notification facts.
@@ -125,9 +125,4 @@ impl Channel {
             _ => None,
         }
     }
-}
-
-/// Seal contexts of the owner's channel secrets.
-pub fn context(owner: &OwnerId, field: &str) -> String {
-    seal_context::notification(owner, field)
 }

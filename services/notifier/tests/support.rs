@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use berth_eventlog::{EventStore, NewEvent, Version};
-use berth_notifier::settings;
 use berth_runtime::{Secret, SecretKey};
 use berth_schemas::events::{NotificationSettingsChanged, OwnerCreated, ServiceCreated};
 use berth_schemas::ids::{OwnerId, ServiceId, UserId};
@@ -287,7 +286,12 @@ pub async fn owner(
     let owner = OwnerId::User(UserId::generate());
     let seal = |v: &Option<String>, field: &str| -> Result<_> {
         v.as_ref()
-            .map(|v| key.seal(&Secret::new(v.clone()), &settings::context(&owner, field)))
+            .map(|v| {
+                key.seal(
+                    &Secret::new(v.clone()),
+                    &seal_context::notification(&owner, field),
+                )
+            })
             .transpose()
             .map_err(|e| anyhow::anyhow!("{e}"))
     };
