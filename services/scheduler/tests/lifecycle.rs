@@ -6,32 +6,11 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use berth_domain::service::Command;
-use berth_schemas::ids::{DeployId, ServiceId};
+use berth_schemas::ids::DeployId;
 use berth_schemas::model::ServiceType;
 use berth_schemas::Event;
 
-use crate::support::{containers, types, RunningNode, World};
-
-/// Waits until the service has `n` healthy instances, matching the
-/// containers on the nodes; returns their ids.
-async fn settled(w: &World, svc: &ServiceId, nodes: &[&RunningNode], n: usize) -> Vec<String> {
-    let t0 = Instant::now();
-    loop {
-        let s = w.state(svc).await;
-        let ids: Vec<String> = s.instances.iter().map(|i| i.id.to_string()).collect();
-        let healthy = s.instances.iter().all(|i| i.is_healthy());
-        if ids.len() == n && healthy && containers(nodes) == ids {
-            return ids;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "not settled at {n}: {:?} vs containers {:?}",
-            s.instances,
-            containers(nodes)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use crate::support::{containers, settled, types, World};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restart_replaces_every_instance_suspend_stops_all_resume_deploys_again() {

@@ -1,33 +1,14 @@
 //! Scaling out and in: new instances pull and start on their node, extras
 //! are stopped, the containers on the nodes follow.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_domain::service::Command;
 use berth_schemas::model::ServiceType;
 
 use berth_scheduler::SchedulerOptions;
 
-use crate::support::{containers, count, scheduler_options, types, RunningNode, World, REPO};
-
-async fn settle(w: &World, svc: &berth_schemas::ids::ServiceId, nodes: &[&RunningNode], n: usize) {
-    let t0 = Instant::now();
-    loop {
-        let s = w.state(svc).await;
-        let healthy = s.instances.iter().filter(|i| i.is_healthy()).count();
-        let ids: Vec<String> = s.instances.iter().map(|i| i.id.to_string()).collect();
-        if s.instances.len() == n && healthy == n && containers(nodes) == ids {
-            return;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "not {n} healthy instances with matching containers: {} instances, {healthy} healthy, containers {:?}",
-            s.instances.len(),
-            containers(nodes)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use crate::support::{containers, count, scheduler_options, settled, types, World, REPO};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scale_one_to_three_to_one() {
@@ -37,10 +18,10 @@ async fn scale_one_to_three_to_one() {
     let _scheduler = w.start_scheduler().await;
     let (svc, d1) = w.create(ServiceType::BackgroundWorker, |_| {}).await;
     w.wait_live(&svc, &d1).await;
-    settle(&w, &svc, &[&n1, &n2], 1).await;
+    settled(&w, &svc, &[&n1, &n2], 1).await;
 
     w.command(&svc, Command::Scale { num_instances: 3 }).await;
-    settle(&w, &svc, &[&n1, &n2], 3).await;
+    settled(&w, &svc, &[&n1, &n2], 3).await;
     let s = w.state(&svc).await;
     assert!(s
         .instances
@@ -52,7 +33,7 @@ async fn scale_one_to_three_to_one() {
     assert_eq!(count(&ev, "image_pulled"), 2, "{:?}", types(&ev));
 
     w.command(&svc, Command::Scale { num_instances: 1 }).await;
-    settle(&w, &svc, &[&n1, &n2], 1).await;
+    settled(&w, &svc, &[&n1, &n2], 1).await;
     let ev = w.events(&svc).await;
     assert_eq!(count(&ev, "instance_stopped"), 2, "{:?}", types(&ev));
     assert_eq!(count(&ev, "instance_scheduled"), 3, "{:?}", types(&ev));
@@ -71,7 +52,7 @@ async fn scaling_out_after_the_image_is_gone_backs_off_and_keeps_the_running_one
         .await;
     let (svc, d1) = w.create(ServiceType::BackgroundWorker, |_| {}).await;
     w.wait_live(&svc, &d1).await;
-    settle(&w, &svc, &[&n1, &n2], 1).await;
+    settled(&w, &svc, &[&n1, &n2], 1).await;
     let running = w
         .state(&svc)
         .await

@@ -424,6 +424,27 @@ pub fn assert_in_order(events: &[Envelope], order: &[&str]) {
     assert!(at.windows(2).all(|p| p[0] < p[1]), "out of order: {t:?}");
 }
 
+/// Waits until the service has `n` healthy instances, matching the
+/// containers on the nodes; returns their ids.
+pub async fn settled(w: &World, svc: &ServiceId, nodes: &[&RunningNode], n: usize) -> Vec<String> {
+    let t0 = Instant::now();
+    loop {
+        let s = w.state(svc).await;
+        let ids: Vec<String> = s.instances.iter().map(|i| i.id.to_string()).collect();
+        let healthy = s.instances.iter().all(|i| i.is_healthy());
+        if ids.len() == n && healthy && containers(nodes) == ids {
+            return ids;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "not settled at {n}: {:?} vs containers {:?}",
+            s.instances,
+            containers(nodes)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Every container of every node.
 pub fn containers(nodes: &[&RunningNode]) -> Vec<String> {
     let mut all: Vec<String> = nodes.iter().flat_map(|n| n.containers()).collect();
