@@ -346,7 +346,8 @@ mod tests {
         tl.apply(1, &failed);
         tl.apply(2, &pull);
         tl.apply(2, &pull); // a replayed commit
-                            // Snapshots go through MessagePack (the projection runner's format).
+
+        // Snapshots go through MessagePack (the projection runner's format).
         let bytes = rmp_serde::to_vec_named(&tl.snapshot()).unwrap_or_default();
         let back: Timeline = rmp_serde::from_slice(&bytes).unwrap_or_default();
         assert_eq!(back.all(&svc), tl.all(&svc));
