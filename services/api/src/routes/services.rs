@@ -40,7 +40,7 @@ pub fn service_id(s: &str) -> Result<ServiceId, ApiError> {
     s.parse().map_err(|_| ApiError::not_found("service"))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ImageBody {
     pub image_path: Option<String>,
@@ -147,11 +147,7 @@ pub async fn create(
     if body.name.as_deref().is_none_or(str::is_empty) {
         field(&mut fields, "name", "is required");
     }
-    let image = body.image.unwrap_or(ImageBody {
-        image_path: None,
-        registry_credential_id: None,
-        owner_id: None,
-    });
+    let image = body.image.unwrap_or_default();
     owner_matches(image.owner_id.as_deref(), &owner)?;
     if image.image_path.as_deref().is_none_or(str::is_empty) {
         field(&mut fields, "image.imagePath", "is required");
