@@ -4,10 +4,11 @@
 //! A node registers once with its capacity and registers again only when
 //! its name or capacity changed, so a node restarting with the same
 //! identity appends nothing. Instance facts (pull progress, started,
-//! exited, restarted, stopped) are what a node *saw* and no deploy rule
-//! depends on them yet; they go onto the service's subject as they are —
-//! refusing a fact would only lose it — but only facts of those kinds, and
-//! onto a deleted service only its instances' stops. Facts with rules
+//! exited, restarted, stopped) are what a node *saw*; they feed the
+//! service's instance list the scheduler reconciles from, and they go onto
+//! the service's subject as they are — refusing a fact would only lose
+//! it — but only facts of those kinds, and onto a deleted service only its
+//! instances' stops. Facts with rules
 //! (pulled, pull failed, pre-deploy or cron run ended) go through the
 //! service's own decide.
 
