@@ -129,6 +129,17 @@ impl Ingress {
         Ok(done.state)
     }
 
+    /// The owner's current state; one that was never created is not found.
+    async fn load_owner(&self, owner: &OwnerId) -> Result<OwnerState, IngressError> {
+        let state: OwnerState = self
+            .load_fold(&AggregateId::Owner(owner.clone()), owner::fold)
+            .await?;
+        if state.owner.is_none() {
+            return Err(IngressError::not_found("owner", owner));
+        }
+        Ok(state)
+    }
+
     /// Issues an API key for `owner`; returns its id and the secret (shown once).
     pub async fn create_api_key(
         &self,
@@ -151,12 +162,7 @@ impl Ingress {
 
     /// The owner's API keys (revoked ones included, marked).
     pub async fn list_api_keys(&self, owner: &OwnerId) -> Result<Vec<ApiKeyView>, IngressError> {
-        let state: OwnerState = self
-            .load_fold(&AggregateId::Owner(owner.clone()), owner::fold)
-            .await?;
-        if state.owner.is_none() {
-            return Err(IngressError::not_found("owner", owner));
-        }
+        let state = self.load_owner(owner).await?;
         Ok(state
             .api_keys
             .iter()
@@ -191,12 +197,7 @@ impl Ingress {
         &self,
         owner: &OwnerId,
     ) -> Result<OwnerNotifications, IngressError> {
-        let state: OwnerState = self
-            .load_fold(&AggregateId::Owner(owner.clone()), owner::fold)
-            .await?;
-        if state.owner.is_none() {
-            return Err(IngressError::not_found("owner", owner));
-        }
+        let state = self.load_owner(owner).await?;
         Ok(OwnerNotifications::of(&state.notifications))
     }
 
