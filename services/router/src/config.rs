@@ -94,13 +94,8 @@ impl RouterArgs {
             .router_base_domain
             .trim_matches('.')
             .to_ascii_lowercase();
-        let label_ok = |l: &str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        };
+        // Lower-cased above, so each label must pass as a service name does.
+        let label_ok = |l: &str| berth_domain::service::validate::name(l).is_ok();
         if base_domain.is_empty() || !base_domain.split('.').all(label_ok) {
             problems.push(format!(
                 "BERTH_ROUTER_BASE_DOMAIN must be a DNS name, got {:?}",

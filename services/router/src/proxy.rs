@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use berth_domain::service::validate;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -364,7 +365,8 @@ fn host_of<B>(req: &Request<B>) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// `name.base[:port]` → `name` (lower case), for a single DNS label.
+/// `name.base[:port]` → `name` (lower case), when it is a valid service
+/// name (a single DNS label).
 pub fn service_name(host: &str, base_domain: &str) -> Option<String> {
     let host = host.trim().to_ascii_lowercase();
     let host = match host.rsplit_once(':') {
@@ -373,12 +375,7 @@ pub fn service_name(host: &str, base_domain: &str) -> Option<String> {
     };
     let host = host.strip_suffix('.').unwrap_or(&host);
     let name = host.strip_suffix(base_domain)?.strip_suffix('.')?;
-    let label = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    label.then(|| name.to_owned())
+    validate::name(name).is_ok().then(|| name.to_owned())
 }
 
 const NOT_FOUND: &str = "There is no service at this address.";
@@ -436,6 +433,8 @@ mod tests {
             ("weblocalhost", None),
             ("we_b.localhost", None),
             ("web.localhost:port", None),
+            ("-web.localhost", None),
+            ("web-.localhost", None),
         ];
         for (host, want) in cases {
             assert_eq!(service_name(host, "localhost").as_deref(), want, "{host}");
