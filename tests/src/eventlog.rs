@@ -6,9 +6,11 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use berth_eventlog::{EventStore, Loaded, NewEvent, StoreConfig};
+use berth_domain::service::{self, Command};
+use berth_domain::{Ctx, DomainError};
+use berth_eventlog::{EventStore, ExecuteError, Loaded, NewEvent, StoreConfig};
 use berth_schemas::events::InstanceCountChanged;
-use berth_schemas::ids::ServiceId;
+use berth_schemas::ids::{EventId, ServiceId};
 use berth_schemas::{Actor, AggregateId, Envelope, Event};
 
 use crate::unique_subjects;
@@ -192,4 +194,28 @@ pub async fn work_stream_drains(store: &EventStore) -> Result<bool> {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     Ok(false)
+}
+
+/// Runs service `command` against the log as ingress, the resolver or the
+/// scheduler would (actor `test`, a fresh idempotency key): test setup that
+/// goes through the real service rules.
+pub async fn service_command(
+    store: &EventStore,
+    service: &ServiceId,
+    command: Command,
+) -> std::result::Result<(), ExecuteError<DomainError>> {
+    store
+        .execute(
+            &AggregateId::Service(service.clone()),
+            &format!("test-{}", EventId::generate()),
+            service::fold,
+            |s| {
+                Ok(service::decide(s, command.clone(), &Ctx::default())?
+                    .into_iter()
+                    .map(|e| NewEvent::new(e, Actor::system("test")))
+                    .collect())
+            },
+        )
+        .await
+        .map(|_| ())
 }

@@ -11,13 +11,11 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use berth_domain::service::{self, CreateService};
-use berth_domain::Ctx;
-use berth_eventlog::{EventStore, NewEvent, StoreConfig};
+use berth_eventlog::{EventStore, StoreConfig};
 use berth_schemas::commands::{NodeRunSpec, NodeWork};
 use berth_schemas::ids::{DeployId, InstanceId, NodeId, ServiceId};
 use berth_schemas::ids::{OwnerId, UserId};
 use berth_schemas::model::{ResolvedImage, Sealed, ServiceType};
-use berth_schemas::Actor;
 use berth_schemas::{AggregateId, Envelope, Event, Subjects};
 use berth_tests::registry::{Registry, RegistryAuth};
 use berth_tests::{NatsServer, NatsVersion};
@@ -155,24 +153,8 @@ async fn kill_9_then_restart_adopts_the_instance_with_no_orphans() {
             compressed_size: 1,
         },
     };
-    for (i, c) in [service::Command::Create(Box::new(create)), resolved]
-        .into_iter()
-        .enumerate()
-    {
-        store
-            .execute(
-                &AggregateId::Service(service_id.clone()),
-                &format!("setup-{i}"),
-                service::fold,
-                |s| {
-                    Ok::<_, berth_domain::DomainError>(
-                        service::decide(s, c.clone(), &Ctx::default())?
-                            .into_iter()
-                            .map(|e| NewEvent::new(e, Actor::system("test")))
-                            .collect(),
-                    )
-                },
-            )
+    for c in [service::Command::Create(Box::new(create)), resolved] {
+        berth_tests::eventlog::service_command(&store, &service_id, c)
             .await
             .unwrap();
     }

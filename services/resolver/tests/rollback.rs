@@ -16,13 +16,13 @@
 
 use std::time::Duration;
 
-use berth_domain::service::{self, Command, DeployRequest, ServiceState};
-use berth_domain::{Ctx, DomainError, ErrorKind};
-use berth_eventlog::{ExecuteError, NewEvent};
+use berth_domain::service::{Command, DeployRequest};
+use berth_domain::{DomainError, ErrorKind};
+use berth_eventlog::ExecuteError;
 use berth_ingress::{Caller, NewService};
 use berth_schemas::ids::{DeployId, NodeId, ServiceId};
 use berth_schemas::model::{DeployStatus, OverlapPolicy, PullFailureReason, ServiceType};
-use berth_schemas::{Actor, AggregateId, Envelope, Event};
+use berth_schemas::{AggregateId, Envelope, Event};
 use berth_tests::image::{build_image, Image, ImageOptions, Layer};
 use berth_tests::registry::{Registry, RegistryAuth};
 use berth_tests::NatsVersion;
@@ -35,20 +35,7 @@ async fn command(
     service: &ServiceId,
     command: Command,
 ) -> Result<(), ExecuteError<DomainError>> {
-    app.store
-        .execute(
-            &AggregateId::Service(service.clone()),
-            &format!("test-{}", DeployId::generate()),
-            service::fold,
-            |s: &ServiceState| {
-                Ok(service::decide(s, command.clone(), &Ctx::default())?
-                    .into_iter()
-                    .map(|e| NewEvent::new(e, Actor::system("test")))
-                    .collect())
-            },
-        )
-        .await
-        .map(|_| ())
+    berth_tests::eventlog::service_command(&app.store, service, command).await
 }
 
 /// After the resolver resolved `deploy` to `digest`: pulled, updated, live.

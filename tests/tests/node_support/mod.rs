@@ -10,13 +10,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use berth_domain::service::{Command, CreateService};
-use berth_domain::Ctx;
-use berth_eventlog::{EventStore, NewEvent, StoreConfig};
+use berth_eventlog::{EventStore, StoreConfig};
 use berth_schemas::commands::{NodeRunSpec, NodeWork};
 use berth_schemas::ids::{DeployId, InstanceId, NodeId, ServiceId};
 use berth_schemas::ids::{OwnerId, UserId};
 use berth_schemas::model::{ResolvedImage, Sealed, ServiceType};
-use berth_schemas::Actor;
 use berth_schemas::{AggregateId, Envelope, Event};
 use berth_tests::registry::{Registry, RegistryAuth};
 use berth_tests::{NatsServer, NatsVersion};
@@ -110,20 +108,7 @@ impl World {
 
     /// Runs a service command (test setup, as ingress/scheduler would).
     pub async fn command(&self, service: &ServiceId, command: Command) {
-        self.store
-            .execute(
-                &AggregateId::Service(service.clone()),
-                &format!("{service}:{}", InstanceId::generate()),
-                berth_domain::service::fold,
-                |s| {
-                    Ok::<_, berth_domain::DomainError>(
-                        berth_domain::service::decide(s, command.clone(), &Ctx::default())?
-                            .into_iter()
-                            .map(|e| NewEvent::new(e, Actor::system("test")))
-                            .collect(),
-                    )
-                },
-            )
+        berth_tests::eventlog::service_command(&self.store, service, command)
             .await
             .unwrap();
     }
