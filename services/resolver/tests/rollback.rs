@@ -20,14 +20,14 @@ use berth_domain::service::{Command, DeployRequest};
 use berth_domain::{DomainError, ErrorKind};
 use berth_eventlog::ExecuteError;
 use berth_ingress::{Caller, NewService};
-use berth_schemas::ids::{DeployId, NodeId, ServiceId};
+use berth_schemas::ids::{CredentialId, DeployId, NodeId, ServiceId};
 use berth_schemas::model::{DeployStatus, OverlapPolicy, PullFailureReason, ServiceType};
 use berth_schemas::{AggregateId, Envelope, Event};
 use berth_tests::image::{build_image, Image, ImageOptions, Layer};
 use berth_tests::registry::{Registry, RegistryAuth};
 use berth_tests::NatsVersion;
 
-use crate::resolver_support::{fast_options, registry_with_app, App};
+use crate::resolver_support::{basic, fast_options, registry_with_app, App};
 
 /// Runs a service command as the scheduler / API would.
 async fn command(
@@ -66,14 +66,14 @@ fn second_image() -> Image {
     build_image(&ImageOptions::linux("amd64"), vec![layer]).unwrap()
 }
 
-/// A worker whose v1 deploy was live and was replaced by a live v2 deploy:
-/// (service, v1 deploy, v2 deploy).
+/// A worker (pulling with `credential`) whose v1 deploy was live and was
+/// replaced by a live v2 deploy: (service, v1 deploy, v2 deploy).
 async fn two_live_deploys(
     app: &App,
     reg: &Registry,
     owner: &Caller,
-    v1: &Image,
-    v2: &Image,
+    (v1, v2): (&Image, &Image),
+    credential: Option<CredentialId>,
 ) -> (ServiceId, DeployId, DeployId) {
     reg.push_image("team/app", "v2", v2).await.unwrap();
     let mut new = NewService::new(
@@ -82,6 +82,7 @@ async fn two_live_deploys(
         &format!("{}/team/app:v1", reg.host),
     );
     new.overlap_policy = Some(OverlapPolicy::Cancel);
+    new.credential = credential;
     let created = app.ingress.create_service(owner, new).await.unwrap();
     go_live(app, owner, &created.id, &created.deploy, &v1.digest).await;
     let d2 = app
@@ -135,7 +136,7 @@ async fn a_rollback_deploys_the_recorded_digest_and_fails_cleanly_once_it_is_gon
     opts.probe_interval = None;
     let app = App::start_with(NatsVersion::Legacy, Some(opts)).await;
     let owner = app.owner().await;
-    let (service, d1, d2) = two_live_deploys(&app, &reg, &owner, &v1, &v2).await;
+    let (service, d1, d2) = two_live_deploys(&app, &reg, &owner, (&v1, &v2), None).await;
 
     // The tag moves: a rollback must still deploy what d1 ran.
     reg.push_image("team/app", "v1", &v2).await.unwrap();
@@ -190,7 +191,7 @@ async fn the_probe_warns_once_before_a_rollback_to_a_lost_digest_is_attempted() 
     opts.probe_interval = Some(Duration::from_millis(300));
     let app = App::start_with(NatsVersion::Legacy, Some(opts)).await;
     let owner = app.owner().await;
-    let (service, d1, d2) = two_live_deploys(&app, &reg, &owner, &v1, &v2).await;
+    let (service, d1, d2) = two_live_deploys(&app, &reg, &owner, (&v1, &v2), None).await;
     let agg = AggregateId::Service(service.clone());
 
     // Several passes with everything present: no warning.
@@ -239,6 +240,34 @@ async fn the_probe_warns_once_before_a_rollback_to_a_lost_digest_is_attempted() 
         missing_marks(&app.events_of(&agg).await),
         vec![(d1, v1.digest.clone()), (d2, v2.digest.clone())]
     );
+}
+
+#[tokio::test]
+async fn probes_of_a_private_image_use_the_service_credential() {
+    let (reg, v1) = registry_with_app(basic("ci", "probe-pass")).await;
+    let v2 = second_image();
+    let mut opts = fast_options();
+    opts.probe_interval = Some(Duration::from_millis(300));
+    let app = App::start_with(NatsVersion::Legacy, Some(opts)).await;
+    let owner = app.owner().await;
+    let cred = app.credential(&owner, &reg.host, "ci", "probe-pass").await;
+    let (service, d1, d2) = two_live_deploys(&app, &reg, &owner, (&v1, &v2), Some(cred)).await;
+    let agg = AggregateId::Service(service.clone());
+
+    // Without the credential every HEAD is a 401: nothing would be marked.
+    reg.delete_manifest("team/app", &v1.digest).await.unwrap();
+    let t0 = std::time::Instant::now();
+    while missing_marks(&app.events_of(&agg).await).is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(15), "no probe warning");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        missing_marks(&app.events_of(&agg).await),
+        vec![(d1, v1.digest.clone())]
+    );
+    let s = app.ingress.show_service(&owner, &service).await.unwrap();
+    assert!(s.deploy(&d2).unwrap().rollback_eligible);
 }
 
 /// A TCP proxy in front of `upstream` recording the request line of every
