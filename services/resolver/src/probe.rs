@@ -15,6 +15,7 @@
 //! by this loop (each resolver copy probes on its own; the marks are
 //! idempotent).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
@@ -23,6 +24,7 @@ use berth_domain::service::{self, ServiceState};
 use berth_domain::Ctx;
 use berth_eventlog::projection::{Projection, ProjectionOptions, ProjectionRunner};
 use berth_eventlog::NewEvent;
+use berth_oci::Credential;
 use berth_schemas::ids::{CredentialId, DeployId, OwnerId, ServiceId};
 use berth_schemas::model::DeployStatus;
 use berth_schemas::{Actor, AggregateId, Envelope};
@@ -99,6 +101,9 @@ type Due = (Target, Option<CredentialId>, OwnerId);
 /// The registry key a HEAD is made for: (API host, repository, digest).
 type Head = (String, String, String);
 
+/// A credential as one pass uses it: (owner, credential, registry domain).
+type Login = (OwnerId, CredentialId, String);
+
 /// Follows the services and probes every interval until `shutdown`.
 pub(crate) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
     let Some(every) = inner.opts.probe_interval else {
@@ -148,7 +153,8 @@ pub(crate) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
 async fn probe_pass(inner: &Inner, due: Vec<Due>) {
     let started = std::time::Instant::now();
     let mut planned: Vec<(Target, Head)> = Vec::new();
-    let mut distinct: BTreeMap<Head, (Option<CredentialId>, OwnerId, String)> = BTreeMap::new();
+    // Each distinct digest, with the login its HEAD needs (if any).
+    let mut distinct: BTreeMap<Head, Option<Login>> = BTreeMap::new();
     for (t, cred, owner) in due {
         let Ok(r) = Reference::parse(&t.image) else {
             tracing::warn!(service.id = %t.service, deploy.id = %t.deploy, image = %t.image, "probe: unparsable image");
@@ -161,13 +167,30 @@ async fn probe_pass(inner: &Inner, due: Vec<Due>) {
         );
         distinct
             .entry(key.clone())
-            .or_insert_with(|| (cred, owner, r.domain().to_owned()));
+            .or_insert_with(|| cred.map(|id| (owner, id, r.domain().to_owned())));
         planned.push((t, key));
     }
     let heads = distinct.len();
+    // Each credential is loaded and opened once per pass, however many
+    // digests it is used for.
+    let mut logins: HashMap<Login, Option<Credential>> = HashMap::new();
+    for login in distinct.values().flatten() {
+        if let Entry::Vacant(slot) = logins.entry(login.clone()) {
+            let opened = open_login(inner, slot.key()).await;
+            slot.insert(opened);
+        }
+    }
     let answers: HashMap<Head, bool> = futures::stream::iter(distinct)
-        .map(|(key, (cred, owner, domain))| async move {
-            let present = head(inner, &key, cred.as_ref(), &owner, &domain).await;
+        .filter_map(|(key, login)| {
+            // `None`: the credential is unusable, the digest is not probed.
+            let login = match login {
+                None => Some(None),
+                Some(l) => logins.get(&l).cloned().flatten().map(Some),
+            };
+            async move { login.map(|l| (key, l)) }
+        })
+        .map(|(key, login)| async move {
+            let present = head(inner, &key, login.as_ref()).await;
             (key, present)
         })
         .buffer_unordered(8)
@@ -190,31 +213,31 @@ async fn probe_pass(inner: &Inner, due: Vec<Due>) {
     );
 }
 
+/// The login of credential `id` of `owner` for registry `domain`; `None`
+/// when it cannot be used (its digests are then not probed this pass).
+async fn open_login(inner: &Inner, (owner, id, domain): &Login) -> Option<Credential> {
+    match access::credential(&inner.store, &inner.key, owner, id, domain).await {
+        Ok(c) => Some(c),
+        Err(AccessError::Failed { message, .. }) => {
+            tracing::warn!(credential.id = %id, domain, message = %message, "probe: credential unusable; not probed");
+            None
+        }
+        Err(AccessError::Store(e)) => {
+            tracing::warn!(credential.id = %id, error = %e, "probe: credential not loaded");
+            None
+        }
+    }
+}
+
 /// `Some(present)` when the registry answered; `None` when it could not tell.
 async fn head(
     inner: &Inner,
     (host, repo, digest): &Head,
-    cred: Option<&CredentialId>,
-    owner: &OwnerId,
-    domain: &str,
+    login: Option<&Credential>,
 ) -> Option<bool> {
-    let login = match cred {
-        Some(id) => match access::credential(&inner.store, &inner.key, owner, id, domain).await {
-            Ok(c) => Some(c),
-            Err(AccessError::Failed { message, .. }) => {
-                tracing::warn!(host, repo, message = %message, "probe: credential unusable; not probed");
-                return None;
-            }
-            Err(AccessError::Store(e)) => {
-                tracing::warn!(error = %e, "probe: credential not loaded");
-                return None;
-            }
-        },
-        None => None,
-    };
     match inner
         .check_client
-        .head_digest_exists(host, repo, digest, login.as_ref())
+        .head_digest_exists(host, repo, digest, login)
         .await
     {
         Ok(p) => Some(p),
