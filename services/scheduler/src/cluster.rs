@@ -25,8 +25,14 @@ use futures::StreamExt;
 
 use crate::SchedulerError;
 
-/// One service's instances: where each runs and the CPU and memory it reserves.
-type Usage = Vec<(InstanceId, NodeId, u32, u32)>;
+/// One service's instances: where each runs, and the CPU and memory each
+/// reserves (the service's plan).
+#[derive(Debug, Default)]
+struct Usage {
+    cpu: u32,
+    mem: u32,
+    at: Vec<(InstanceId, NodeId)>,
+}
 
 #[derive(Debug)]
 pub(crate) struct Cluster {
@@ -138,26 +144,27 @@ impl Cluster {
     /// Remembers what `service`'s instances reserve, and which of its
     /// instances left the log from a node recorded lost.
     pub(crate) fn record_service(&self, service: &ServiceId, state: &ServiceState) {
-        let usage: Usage = match &state.config {
-            Some(cfg) => state
-                .instances
-                .iter()
-                .map(|i| {
-                    let p = &cfg.plan;
-                    (i.id.clone(), i.node.clone(), p.cpu_millis, p.memory_mib)
-                })
-                .collect(),
-            None => Vec::new(),
+        let usage = match &state.config {
+            Some(cfg) => Usage {
+                cpu: cfg.plan.cpu_millis,
+                mem: cfg.plan.memory_mib,
+                at: state
+                    .instances
+                    .iter()
+                    .map(|i| (i.id.clone(), i.node.clone()))
+                    .collect(),
+            },
+            None => Usage::default(),
         };
         let mut k = self.lock();
         let gone: Vec<(InstanceId, NodeId)> = k
             .usage
             .get(service)
             .into_iter()
-            .flatten()
-            .filter(|(id, _, _, _)| state.instances.get(id).is_none())
-            .filter(|(_, node, _, _)| k.nodes.get(node).is_some_and(|s| s.lost))
-            .map(|(id, node, _, _)| (id.clone(), node.clone()))
+            .flat_map(|u| &u.at)
+            .filter(|(id, _)| state.instances.get(id).is_none())
+            .filter(|(_, node)| k.nodes.get(node).is_some_and(|s| s.lost))
+            .cloned()
             .collect();
         for (id, node) in gone {
             k.retired.insert(id, (service.clone(), node));
@@ -191,10 +198,10 @@ impl Cluster {
             if svc == service {
                 continue;
             }
-            for (_, n, cpu, mem) in usage {
+            for (_, n) in &usage.at {
                 let e = used.entry(n).or_default();
-                e.0 = e.0.saturating_add(*cpu);
-                e.1 = e.1.saturating_add(*mem);
+                e.0 = e.0.saturating_add(usage.cpu);
+                e.1 = e.1.saturating_add(usage.mem);
             }
         }
         let nodes = k
@@ -244,7 +251,7 @@ impl Cluster {
         self.lock()
             .usage
             .iter()
-            .filter(|(_, u)| u.iter().any(|(_, n, _, _)| n == node))
+            .filter(|(_, u)| u.at.iter().any(|(_, n)| n == node))
             .map(|(s, _)| s.clone())
             .collect()
     }
