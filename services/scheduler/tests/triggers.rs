@@ -3,7 +3,7 @@
 //! newest queued deploy runs, older queued ones end canceled as superseded)
 //! and an explicit cancel.
 
-use berth_domain::service::{Command, DeployRequest};
+use berth_domain::service::{deploy_of, Command, DeployRequest};
 use berth_schemas::events::{CancelReason, ServiceSettings};
 use berth_schemas::ids::DeployId;
 use berth_schemas::model::{DeployTrigger, ServiceType};
@@ -11,22 +11,24 @@ use berth_schemas::{Envelope, Event};
 
 use crate::support::{types, World};
 
-/// The events of one deploy (by correlation), as type names.
+/// The deploy lifecycle events of one deploy (`service::deploy_of`), as
+/// type names; instance and pull facts left out.
 fn of(ev: &[Envelope], d: &DeployId) -> Vec<&'static str> {
+    const LIFECYCLE: [&str; 9] = [
+        "deploy_created",
+        "deploy_queued",
+        "deploy_started",
+        "image_resolved",
+        "update_started",
+        "deploy_live",
+        "deploy_failed",
+        "deploy_canceled",
+        "deploy_deactivated",
+    ];
     ev.iter()
-        .filter(|e| match &e.event {
-            Event::DeployCreated(x) => &x.deploy == d,
-            Event::DeployQueued(x) => &x.deploy == d,
-            Event::DeployStarted(x) => &x.deploy == d,
-            Event::ImageResolved(x) => &x.deploy == d,
-            Event::UpdateStarted(x) => &x.deploy == d,
-            Event::DeployLive(x) => &x.deploy == d,
-            Event::DeployFailed(x) => &x.deploy == d,
-            Event::DeployCanceled(x) => &x.deploy == d,
-            Event::DeployDeactivated(x) => &x.deploy == d,
-            _ => false,
-        })
+        .filter(|e| deploy_of(&e.event) == Some(d))
         .map(|e| e.event.type_name())
+        .filter(|t| LIFECYCLE.contains(t))
         .collect()
 }
 
@@ -175,9 +177,8 @@ async fn every_trigger_goes_live_in_order_and_overlapping_deploys_wait_or_are_ca
     let a_end = ["deploy_live", "deploy_failed", "deploy_canceled"]
         .iter()
         .filter_map(|n| {
-            ev.iter().position(|e| {
-                e.event.type_name() == *n && berth_domain::service::deploy_of(&e.event) == Some(&a)
-            })
+            ev.iter()
+                .position(|e| e.event.type_name() == *n && deploy_of(&e.event) == Some(&a))
         })
         .min()
         .expect("the first deploy ended");
