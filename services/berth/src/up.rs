@@ -54,7 +54,8 @@ fn validate(args: UpArgs, only: Option<String>) -> Result<Validated, berth_runti
     let p = &mut problems;
     let resolver = checked(p, "BERTH_RESOLVER_*", args.resolver.validate());
     let node = checked(p, "BERTH_NODE_*", args.node.validate());
-    let node_checks = checked(p, "BERTH_NODE_*", args.node.checks());
+    // `validate` already reported any problem with the checks.
+    let node_checks = args.node.checks().ok();
     let scheduler = checked(p, "BERTH_SCHEDULER_*", args.scheduler.validate());
     let cron = checked(p, "BERTH_CRON_*", args.cron.validate());
     let router = checked(p, "BERTH_ROUTER_*", args.router.validate());
