@@ -64,6 +64,29 @@ async fn receives(sub: &mut async_nats::Subscriber) -> bool {
         .is_ok()
 }
 
+/// Publishes on `subject` from `from` every 100 ms until `sub` (another
+/// connection's) gets a message, for up to 5 s. async-nats' `flush` only
+/// writes the socket; it does not wait for the server, so the first
+/// publish may be routed before that other connection's SUB is in place
+/// (seen here under load: PUB processed 1 ms before the SUB).
+async fn delivered(
+    from: &async_nats::Client,
+    subject: &'static str,
+    sub: &mut async_nats::Subscriber,
+) -> Result<bool> {
+    for _ in 0..50 {
+        from.publish(subject, "{}".into()).await?;
+        from.flush().await?;
+        if tokio::time::timeout(Duration::from_millis(100), sub.next())
+            .await
+            .is_ok()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 async fn stays_silent(sub: &mut async_nats::Subscriber) -> bool {
     tokio::time::timeout(Duration::from_secs(1), sub.next())
         .await
@@ -124,13 +147,13 @@ async fn each_role_is_allowed_its_subjects_and_refused_the_rest() -> Result<()> 
     // Bridge: reads the integration stream.
     let mut bridge_events = bridge.client.subscribe("berth.events.>").await?;
     bridge.client.flush().await?;
-    control
-        .client
-        .publish("berth.events.srv-abcdefghijklmnopqrst", "{}".into())
-        .await?;
-    control.client.flush().await?;
     assert!(
-        receives(&mut bridge_events).await,
+        delivered(
+            &control.client,
+            "berth.events.srv-abcdefghijklmnopqrst",
+            &mut bridge_events
+        )
+        .await?,
         "bridge must read events"
     );
 
