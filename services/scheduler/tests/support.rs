@@ -11,16 +11,15 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use berth_domain::service::{self, Command, CreateService, DeployRequest, ServiceState};
-use berth_domain::Ctx;
-use berth_eventlog::{EventStore, NewEvent, StoreConfig};
+use berth_eventlog::{EventStore, StoreConfig};
 use berth_node::{HealthOptions, Node, NodeChecks, NodeOptions};
 use berth_oci::{ClientConfig, RetryPolicy};
 use berth_resolver::{Resolver, ResolverOptions};
 use berth_runtime::secrets::SecretKey;
 use berth_scheduler::{Scheduler, SchedulerOptions};
-use berth_schemas::ids::{DeployId, InstanceId, NodeId, OwnerId, ServiceId, UserId};
+use berth_schemas::ids::{DeployId, NodeId, OwnerId, ServiceId, UserId};
 use berth_schemas::model::{DeployTrigger, Sealed, ServiceType};
-use berth_schemas::{Actor, AggregateId, Envelope, Event, Subjects};
+use berth_schemas::{AggregateId, Envelope, Event, Subjects};
 use berth_tests::registry::{Registry, RegistryAuth};
 use berth_tests::{NatsServer, NatsVersion};
 use serde_json::json;
@@ -331,20 +330,7 @@ impl World {
 
     /// Runs a service command as the API would.
     pub async fn command(&self, service: &ServiceId, command: Command) {
-        self.store
-            .execute(
-                &AggregateId::Service(service.clone()),
-                &format!("test-{}", InstanceId::generate()),
-                service::fold,
-                |s| {
-                    Ok::<_, berth_domain::DomainError>(
-                        service::decide(s, command.clone(), &Ctx::default())?
-                            .into_iter()
-                            .map(|e| NewEvent::new(e, Actor::system("test")))
-                            .collect(),
-                    )
-                },
-            )
+        berth_tests::eventlog::service_command(&self.store, service, command)
             .await
             .unwrap();
     }
