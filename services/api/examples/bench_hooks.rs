@@ -31,6 +31,10 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 
+/// The berth binary's allocator, so the figures are what `berth up` gives.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug)]
 struct Run {
     rps: f64,

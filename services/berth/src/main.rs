@@ -22,6 +22,13 @@ use clap::Parser;
 
 use crate::cli::{BenchCommand, Cli, Command, ImageCommand};
 
+/// mimalloc rather than glibc's malloc: the event store's append path makes
+/// many small, short-lived allocations across tokio's threads, where glibc
+/// fragments (`malloc_consolidate` in profiles) and cost ~2 µs of client
+/// CPU per append (BENCHMARKS.md, event log).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -5,6 +5,10 @@
 use anyhow::Context;
 use berth_eventlog::bench::{eventlog, BenchOptions};
 
+/// The berth binary's allocator, so figures match `berth bench eventlog`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);

@@ -19,6 +19,10 @@ use berth_schemas::ids::ServiceId;
 use berth_schemas::{Actor, AggregateId};
 use bytes::Bytes;
 
+/// The berth binary's allocator, so client CPU matches what `berth` spends.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SUBJECTS: u64 = 1_000;
 const PER_SUBJECT: u64 = 100;
 

@@ -11,6 +11,7 @@ use std::time::Instant;
 use async_nats::jetstream::context::PublishError;
 use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
+use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 
@@ -111,7 +112,8 @@ async fn raw_window(
 
 /// Per subject sequential with the expected subject sequence and a message
 /// id, all subjects at once: the server's price for optimistic concurrency
-/// and dedupe, without any of berth's work.
+/// and dedupe, without any of berth's work. Driven like the raw runs: one
+/// task polling every subject's chain.
 async fn raw_with_headers(
     store: &EventStore,
     subjects: &[String],
@@ -119,11 +121,12 @@ async fn raw_with_headers(
     per: u64,
     round: usize,
 ) -> Result<(), BenchError> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, subject) in subjects.iter().enumerate() {
-        let (js, payload) = (store.jetstream().clone(), payload.clone());
-        let subject = format!("{subject}-occ");
-        tasks.spawn(async move {
+    let js = store.jetstream();
+    let mut chains: FuturesUnordered<_> = subjects
+        .iter()
+        .enumerate()
+        .map(|(i, subject)| async move {
+            let subject = format!("{subject}-occ");
             let mut last = 0;
             for k in 0..per {
                 let msg = PublishMessage::build()
@@ -133,22 +136,21 @@ async fn raw_with_headers(
                 last = js.send_publish(subject.clone(), msg).await?.await?.sequence;
             }
             Ok::<_, PublishError>(())
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.map_err(|e| step("join", e))?
-            .map_err(|e| step("raw occ publish", e))?;
+        })
+        .collect();
+    while let Some(done) = chains.next().await {
+        done.map_err(|e| step("raw occ publish", e))?;
     }
     Ok(())
 }
 
 /// Every aggregate appends `per` single-event commits, each naming the
-/// version the previous append returned; all aggregates at once.
+/// version the previous append returned; all aggregates at once, polled by
+/// one task as the raw runs are.
 async fn berth_appends(store: &EventStore, aggs: usize, per: u64) -> Result<(), BenchError> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for agg in aggregates(aggs as u64) {
-        let store = store.clone();
-        tasks.spawn(async move {
+    let mut chains: FuturesUnordered<_> = aggregates(aggs as u64)
+        .into_iter()
+        .map(|agg| async move {
             let mut version = Version::NEW;
             for i in 0..per {
                 let key = format!("{agg}-{i}");
@@ -158,11 +160,10 @@ async fn berth_appends(store: &EventStore, aggs: usize, per: u64) -> Result<(), 
                     .version;
             }
             Ok::<_, crate::AppendError>(())
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.map_err(|e| step("join", e))?
-            .map_err(|e| step("berth append", e))?;
+        })
+        .collect();
+    while let Some(done) = chains.next().await {
+        done.map_err(|e| step("berth append", e))?;
     }
     Ok(())
 }
