@@ -1,6 +1,8 @@
 //! The shared state of every handler and the extractors that turn a
 //! request into typed input or a 400/401 — never a 500 on bad input.
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
@@ -18,10 +20,11 @@ use crate::index::{ApiIndex, SharedIndex};
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// Everything a handler needs. Cheap to clone.
+/// Everything a handler needs. Cheap to clone (axum clones it per request):
+/// two reference counts.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    pub ingress: Ingress,
+    pub ingress: Arc<Ingress>,
     pub index: SharedIndex,
 }
 
@@ -56,7 +59,10 @@ impl AppState {
             applied,
         );
         let ingress = Ingress::with_read_model(store, key, opts, read_model, shutdown, tracker);
-        Ok(Self { ingress, index })
+        Ok(Self {
+            ingress: Arc::new(ingress),
+            index,
+        })
     }
 
     /// Waits until the read model includes everything in the log now

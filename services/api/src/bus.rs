@@ -7,6 +7,8 @@
 //! are data (the status the API would answer, and why), and a refused
 //! command changes nothing.
 
+use std::sync::Arc;
+
 use berth_ingress::{Ingress, Scope};
 use berth_schemas::commands::{DeployCommand, RestartCommand, ScaleCommand};
 use berth_schemas::subjects::CommandKind;
@@ -140,7 +142,7 @@ pub async fn handle(ingress: &Ingress, kind: CommandKind, payload: &[u8]) -> Com
 
 /// Answers commands until `shutdown`; each message is handled on its own
 /// task so a slow decision does not hold up the others.
-pub async fn serve(ingress: Ingress, subs: BusSubscriptions, shutdown: CancellationToken) {
+pub async fn serve(ingress: Arc<Ingress>, subs: BusSubscriptions, shutdown: CancellationToken) {
     let streams = subs
         .0
         .into_iter()

@@ -103,7 +103,7 @@ impl AggregateCache {
         id: &AggregateId,
         expected: Version,
         version: Version,
-        events: &[Envelope],
+        events: &Arc<[Envelope]>,
     ) {
         if self.per_shard == 0 {
             return;
@@ -114,7 +114,7 @@ impl AggregateCache {
         // Made against another version: the entry stays a true prefix and
         // the next load fetches what it lacks.
         if let Some(c) = map.get_mut(id).filter(|c| c.version == expected) {
-            c.commits.push(Arc::from(events));
+            c.commits.push(Arc::clone(events));
             c.version = version;
         }
     }
@@ -156,7 +156,7 @@ mod tests {
         let cache = AggregateCache::new(100);
         let a = AggregateId::Service(ServiceId::generate());
         // Never loaded: appends alone do not fill the cache.
-        cache.extend(&a, Version::NEW, v(3, 1), &[env(&a, 1)]);
+        cache.extend(&a, Version::NEW, v(3, 1), &[env(&a, 1)].into());
         assert!(cache.get(&a).is_none());
         cache.put(
             &a,
@@ -165,9 +165,9 @@ mod tests {
                 version: v(3, 1),
             },
         );
-        cache.extend(&a, v(3, 1), v(9, 3), &[env(&a, 2), env(&a, 3)]);
+        cache.extend(&a, v(3, 1), v(9, 3), &[env(&a, 2), env(&a, 3)].into());
         // Made against a stale version: ignored, the cache stays true.
-        cache.extend(&a, v(3, 1), v(12, 2), &[env(&a, 2)]);
+        cache.extend(&a, v(3, 1), v(12, 2), &[env(&a, 2)].into());
         let got = cache.get(&a).unwrap();
         assert_eq!(got.version, v(9, 3));
         let seqs: Vec<u64> = got.events.iter().map(|e| e.sequence).collect();
@@ -180,7 +180,7 @@ mod tests {
     fn zero_capacity_caches_nothing() {
         let cache = AggregateCache::new(0);
         let a = AggregateId::Service(ServiceId::generate());
-        cache.extend(&a, Version::NEW, v(1, 1), &[env(&a, 1)]);
+        cache.extend(&a, Version::NEW, v(1, 1), &[env(&a, 1)].into());
         cache.put(
             &a,
             &Loaded {

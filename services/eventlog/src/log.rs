@@ -3,6 +3,7 @@
 //! expected per-subject sequence and the idempotency key as `Nats-Msg-Id`,
 //! so it is atomic, ordered and deduplicated on every server version.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
@@ -72,8 +73,9 @@ impl NewEvent {
 pub struct Appended {
     /// The aggregate's version after the append: expect this next time.
     pub version: Version,
-    /// The envelopes as stored (for a duplicate: those of the original append).
-    pub events: Vec<Envelope>,
+    /// The envelopes as stored (for a duplicate: those of the original
+    /// append); shared with the store's cache of the aggregate, not copied.
+    pub events: Arc<[Envelope]>,
     /// True when the idempotency key had been used already: nothing new was
     /// written and `version`/`events` describe the original append.
     pub duplicate: bool,
@@ -87,7 +89,7 @@ impl Appended {
                 stream_seq,
                 events: original.events.last().map_or(0, |e| e.sequence),
             },
-            events: original.events,
+            events: original.events.into(),
             duplicate: true,
         }
     }
@@ -220,13 +222,13 @@ impl EventStore {
             stream_seq: ack.sequence,
             events: events_count,
         };
+        let events: Arc<[Envelope]> = commit.events.into();
         if !ack.duplicate {
-            self.cache
-                .extend(aggregate, expected, version, &commit.events);
+            self.cache.extend(aggregate, expected, version, &events);
         }
         Ok(Appended {
             version,
-            events: commit.events,
+            events,
             duplicate: ack.duplicate,
         })
     }

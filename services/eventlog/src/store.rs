@@ -2,6 +2,7 @@
 //! the event stream, the work stream, the dead-letter stream and the snapshot
 //! bucket. Everything else in this crate goes through an [`EventStore`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
@@ -87,9 +88,24 @@ impl std::fmt::Display for ServerVersion {
 }
 
 /// The event store of one berth installation: one NATS connection, the
-/// names under one prefix, handles on the provisioned streams.
+/// names under one prefix, handles on the provisioned streams. Cheap to
+/// clone (one shared allocation): handlers clone it per request.
 #[derive(Debug, Clone)]
 pub struct EventStore {
+    inner: Arc<StoreInner>,
+}
+
+impl std::ops::Deref for EventStore {
+    type Target = StoreInner;
+
+    fn deref(&self) -> &StoreInner {
+        &self.inner
+    }
+}
+
+/// What an [`EventStore`] shares between its clones.
+#[derive(Debug)]
+pub struct StoreInner {
     pub(crate) client: async_nats::Client,
     pub(crate) js: jetstream::Context,
     pub(crate) subjects: Subjects,
@@ -99,6 +115,14 @@ pub struct EventStore {
     pub(crate) server_version: ServerVersion,
     pub(crate) direct: bool,
     pub(crate) cache: AggregateCache,
+}
+
+impl From<StoreInner> for EventStore {
+    fn from(inner: StoreInner) -> Self {
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
 }
 
 impl EventStore {
@@ -193,7 +217,7 @@ impl EventStore {
             replicas = cfg.replicas,
             "event store open"
         );
-        Ok(EventStore {
+        Ok(EventStore::from(StoreInner {
             client,
             js,
             subjects,
@@ -203,7 +227,7 @@ impl EventStore {
             snapshots,
             server_version,
             direct,
-        })
+        }))
     }
 
     /// The subject names this store uses.

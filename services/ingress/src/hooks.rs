@@ -32,9 +32,9 @@ use berth_domain::reference::Reference;
 use berth_domain::service::{self, DeployRequest, ServiceState};
 use berth_domain::{Ctx, DomainError};
 use berth_eventlog::{EventStore, NewEvent, Version};
-use berth_runtime::SecretKey;
+use berth_runtime::{Secret, SecretKey};
 use berth_schemas::ids::{DeployId, ServiceId};
-use berth_schemas::model::{seal_context, DeployTrigger};
+use berth_schemas::model::{seal_context, DeployTrigger, Sealed};
 use berth_schemas::{Actor, AggregateId};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -161,6 +161,7 @@ impl HookDesks {
             store: self.store.clone(),
             key: self.key.clone(),
             cached: None,
+            opened: None,
         };
         let (all, shutdown) = (self.desks.clone(), self.shutdown.clone());
         self.tracker.spawn(desk.run(rx, all, shutdown));
@@ -177,6 +178,10 @@ struct Desk {
     key: SecretKey,
     /// The state and version as of this desk's last load or append.
     cached: Option<(ServiceState, Version)>,
+    /// The hook key last opened and what it was sealed as: opening (an AEAD
+    /// decryption) once per key rather than once per call. A regenerated key
+    /// has another sealed form, so it is opened afresh.
+    opened: Option<(Sealed, Secret)>,
 }
 
 impl Desk {
@@ -247,7 +252,7 @@ impl Desk {
     /// One call against `s`: the events it appends (none when it was
     /// decided already).
     fn decide(
-        &self,
+        &mut self,
         s: &ServiceState,
         call: &Call,
     ) -> Result<Vec<berth_schemas::Event>, HookError> {
@@ -255,10 +260,16 @@ impl Desk {
             Some(c) if s.exists() => c,
             _ => return Err(HookError::NotFound),
         };
-        let right = self
-            .key
-            .open(&cfg.hook_key, &self.context)
-            .map_err(|_| HookError::NotFound)?;
+        let right = match &self.opened {
+            Some((sealed, open)) if *sealed == cfg.hook_key => open,
+            _ => {
+                let open = self
+                    .key
+                    .open(&cfg.hook_key, &self.context)
+                    .map_err(|_| HookError::NotFound)?;
+                &self.opened.insert((cfg.hook_key.clone(), open)).1
+            }
+        };
         if !same_secret(right.expose().as_bytes(), call.key.as_bytes()) {
             return Err(HookError::NotFound);
         }

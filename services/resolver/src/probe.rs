@@ -78,6 +78,7 @@ pub(crate) fn targets(id: &ServiceId, state: &ServiceState, limit: usize) -> Vec
     let earlier = state
         .deploys
         .iter()
+        .map(|d| &**d)
         .rev()
         .filter(|d| d.status == DeployStatus::Deactivated)
         .take(limit);

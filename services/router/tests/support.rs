@@ -384,7 +384,7 @@ impl Svc {
                 &key,
             )
             .await?;
-        for env in &appended.events {
+        for env in appended.events.iter() {
             self.state = service::fold(std::mem::take(&mut self.state), env);
         }
         self.version = appended.version;

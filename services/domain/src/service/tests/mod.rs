@@ -59,7 +59,12 @@ pub(super) fn create(service_type: ServiceType, deploy: &DeployId) -> CreateServ
 
 /// Checks that hold after every decision.
 pub(super) fn check_invariants(s: &ServiceState) {
-    let running: Vec<&Deploy> = s.deploys.iter().filter(|d| d.is_running()).collect();
+    let running: Vec<&Deploy> = s
+        .deploys
+        .iter()
+        .map(|d| &**d)
+        .filter(|d| d.is_running())
+        .collect();
     assert!(running.len() <= 1, "two deploys running: {running:?}");
     assert_eq!(
         running.first().map(|d| &d.id),
@@ -69,6 +74,7 @@ pub(super) fn check_invariants(s: &ServiceState) {
     let live: Vec<&Deploy> = s
         .deploys
         .iter()
+        .map(|d| &**d)
         .filter(|d| d.status == DeployStatus::Live)
         .collect();
     assert!(live.len() <= 1, "two live deploys: {live:?}");
