@@ -39,6 +39,18 @@ async fn authentication_is_required_and_checked() {
         !list.to_string().contains(&new_key),
         "a key is listed in clear"
     );
+    // Paginated like credentials: plain objects, the last id is the cursor.
+    let (s, page1) = app.get("/v1/api-keys?limit=1", &alice).await;
+    assert_eq!(s, StatusCode::OK, "{page1}");
+    assert_eq!(page1.as_array().unwrap().len(), 1);
+    let cursor = page1[0]["id"].as_str().unwrap();
+    let (_, page2) = app
+        .get(&format!("/v1/api-keys?limit=1&cursor={cursor}"), &alice)
+        .await;
+    assert_eq!(page2.as_array().unwrap().len(), 1, "{page2}");
+    assert_ne!(page2[0]["id"], page1[0]["id"]);
+    let (s, v) = app.get("/v1/api-keys?cursor=zzz", &alice).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     let (s, _) = app
         .delete(
             &format!("/v1/api-keys/{}", k["id"].as_str().unwrap()),

@@ -187,12 +187,21 @@ pub async fn create_api_key(
         .into_response())
 }
 
-/// GET /v1/api-keys
+/// GET /v1/api-keys: plain objects, paginated like registry credentials
+/// (`limit`, `cursor` = the last key id seen).
 pub async fn list_api_keys(
     State(st): State<AppState>,
     Authed(caller): Authed,
+    QueryParams(page): QueryParams<Page>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(st.ingress.list_api_keys(&caller.owner).await?)))
+    let all = st.ingress.list_api_keys(&caller.owner).await?;
+    let items = all.into_iter().map(|k| (k.id.to_string(), k)).collect();
+    Ok(Json(Value::Array(
+        page.apply(items)?
+            .into_iter()
+            .map(|(_, k)| json!(k))
+            .collect(),
+    )))
 }
 
 /// DELETE /v1/api-keys/{id}

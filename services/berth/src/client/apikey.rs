@@ -50,7 +50,7 @@ pub async fn run(args: ApiKeyArgs) -> Result<(), ClientError> {
             }
         }
         ApiKeyCommand::List => {
-            let all = api.get("/v1/api-keys").await?;
+            let all = Value::Array(api.list_all("/v1/api-keys").await?);
             if api.json() {
                 output::json(&all);
                 return Ok(());

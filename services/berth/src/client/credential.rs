@@ -146,7 +146,7 @@ pub async fn run(args: CredentialArgs) -> Result<(), ClientError> {
             Ok(())
         }
         CredentialCommand::List => {
-            let all = api.get("/v1/registrycredentials?limit=100").await?;
+            let all = Value::Array(api.list_all("/v1/registrycredentials").await?);
             if api.json() {
                 output::json(&all);
                 return Ok(());

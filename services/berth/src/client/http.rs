@@ -159,7 +159,9 @@ impl Api {
         self.send(Method::DELETE, path, None).await
     }
 
-    /// Every item of a cursor-paginated listing (`[{cursor, <item>}]`).
+    /// Every item of a cursor-paginated listing: `[{cursor, <item>}]`, or
+    /// plain objects whose `id` is the cursor (registry credentials and API
+    /// keys, as Render lists credentials).
     pub async fn list_all(&self, path: &str) -> Result<Vec<Value>, ClientError> {
         let mut all = Vec::new();
         let mut cursor: Option<String> = None;
@@ -180,7 +182,7 @@ impl Api {
             let n = page.len();
             cursor = page
                 .last()
-                .and_then(|i| i.get("cursor"))
+                .and_then(|i| i.get("cursor").or_else(|| i.get("id")))
                 .and_then(Value::as_str)
                 .map(str::to_owned);
             all.extend(page);
