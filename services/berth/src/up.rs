@@ -59,6 +59,7 @@ fn validate(args: UpArgs, only: Option<String>) -> Result<Validated, berth_runti
     let scheduler = checked(p, "BERTH_SCHEDULER_*", args.scheduler.validate());
     let cron = checked(p, "BERTH_CRON_*", args.cron.validate());
     let router = checked(p, "BERTH_ROUTER_*", args.router.validate());
+    let notifier = checked(p, "BERTH_NOTIFIER_*", args.notifier.validate());
     let api = checked(p, "BERTH_API_*", args.api.validate()).map(|()| args.api.clone());
     let options = (|| {
         Some(Options {
@@ -68,7 +69,7 @@ fn validate(args: UpArgs, only: Option<String>) -> Result<Validated, berth_runti
             node_gc: args.node.gc(),
             scheduler: scheduler?,
             cron: cron?,
-            notifier: args.notifier.options(),
+            notifier: notifier?,
             router: router?,
             api: api?,
         })
