@@ -12,3 +12,4 @@ mod support;
 
 mod gc;
 mod health;
+mod ports;
