@@ -73,7 +73,8 @@ pub async fn subscribe(ingress: &Ingress) -> Result<BusSubscriptions, async_nats
         let subject = ingress.store().subjects().command(kind);
         subs.push((kind, client.queue_subscribe(subject, "api".into()).await?));
     }
-    client.flush().await?;
+    // Subscribed once the server says so, not when our buffer is written.
+    ingress.store().server_round_trip().await?;
     Ok(BusSubscriptions(subs))
 }
 

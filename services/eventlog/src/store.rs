@@ -255,6 +255,15 @@ impl EventStore {
         &self.cfg
     }
 
+    /// Returns once the server has processed everything this connection sent
+    /// before the call (subscriptions, publications). `Client::flush` only
+    /// empties the client's buffer; a request the server answers is ordered
+    /// after them on the connection, so its answer proves they arrived.
+    /// (A stream info request: `query_account` cannot parse 2.9's answer.)
+    pub async fn server_round_trip(&self) -> Result<(), StoreError> {
+        self.last_stream_seq().await.map(drop)
+    }
+
     /// The sequence of the last message in the event stream (0 when empty).
     pub async fn last_stream_seq(&self) -> Result<u64, StoreError> {
         let info = self

@@ -2,7 +2,7 @@
 //! event published as JSON on `<prefix>.events.<service id>` for
 //! notification bridges. A durable consumer on the log's service subjects
 //! drives it, one commit at a time in log order, acknowledged only after the
-//! server has the publications (flush), so a crash republishes rather than
+//! server has the publications (a round trip), so a crash republishes rather than
 //! skips: at least once, with `Nats-Msg-Id` = the event id for dedupe.
 
 use std::sync::Arc;
@@ -72,8 +72,10 @@ impl Publisher {
             sent += 1;
         }
         if sent > 0 {
-            client
-                .flush()
+            // The job is acked after this: the server must have them, not
+            // just our socket buffer.
+            self.store
+                .server_round_trip()
                 .await
                 .map_err(|e| WorkError::Retry(e.to_string()))?;
         }

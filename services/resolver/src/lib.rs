@@ -100,8 +100,7 @@ impl Resolver {
         // Make sure the subscription reached the server before saying ready.
         self.inner
             .store
-            .client()
-            .flush()
+            .server_round_trip()
             .await
             .map_err(|e| ResolverError::Nats(e.to_string()))?;
         if let Some(r) = &ready {

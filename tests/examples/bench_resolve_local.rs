@@ -1,4 +1,4 @@
-//! `cargo run --release -p berth-tests --example bench_resolve [ROUNDS]`
+//! `cargo run --release -p berth-tests --example bench_resolve_local [ROUNDS]`
 //!
 //! Starts a throwaway `docker-registry` on loopback, pushes a small image and
 //! prints [`berth_oci::bench::resolve`]'s table: berth's tag → digest resolve
