@@ -30,7 +30,8 @@
 
 mod config;
 pub mod dispatch;
-pub mod schedule;
+/// The schedule grammar lives in the domain, which validates it at create.
+pub use berth_domain::schedule;
 pub mod tick;
 pub mod view;
 

@@ -22,6 +22,7 @@ pub mod error;
 pub mod node;
 pub mod owner;
 pub mod reference;
+pub mod schedule;
 pub mod scheduler;
 pub mod service;
 
