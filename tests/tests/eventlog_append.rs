@@ -12,6 +12,46 @@ use berth_tests::eventlog::{
 };
 use berth_tests::{init_tracing, NatsServer, NatsVersion};
 
+/// `load_after` hands back exactly the commits after a version (and the
+/// version now), on both server versions; nothing after the latest.
+#[tokio::test]
+async fn load_after_returns_only_newer_commits() {
+    for version in NatsVersion::BOTH {
+        let server = NatsServer::start(version).unwrap();
+        let store = open_store(&server.connect().await.unwrap(), 1)
+            .await
+            .unwrap();
+        let agg = new_aggregate();
+        let other = new_aggregate();
+        let (mut versions, mut other_v) = (vec![Version::NEW], Version::NEW);
+        for i in 0..3u32 {
+            let v = *versions.last().unwrap();
+            let events = vec![step(2 * i, "a"), step(2 * i + 1, "b")];
+            let appended = store
+                .append(&agg, v, events, &format!("k{i}"))
+                .await
+                .unwrap();
+            versions.push(appended.version);
+            // Another aggregate's commits in between are not its business.
+            other_v = store
+                .append(&other, other_v, vec![step(i, "x")], &format!("o{i}"))
+                .await
+                .unwrap()
+                .version;
+        }
+        let after_first = store.load_after(&agg, versions[1]).await.unwrap();
+        let seqs: Vec<u64> = after_first.events.iter().map(|e| e.sequence).collect();
+        assert_eq!(seqs, vec![3, 4, 5, 6], "{version:?}");
+        assert_eq!(after_first.version, versions[3], "{version:?}");
+        let none = store.load_after(&agg, versions[3]).await.unwrap();
+        assert!(none.events.is_empty(), "{version:?}");
+        assert_eq!(none.version, versions[3]);
+        let all = store.load_after(&agg, Version::NEW).await.unwrap();
+        assert_eq!(all.events.len(), 6, "{version:?}");
+        assert_eq!(all.events, store.load(&agg).await.unwrap().events);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contended_aggregate_every_version_won_once() {
     init_tracing();

@@ -226,3 +226,53 @@ async fn hooks_follow_key_regeneration_and_suspension_at_once() {
     let (s, v) = app.call(Method::POST, &new, None, None).await;
     assert_eq!(s, StatusCode::OK, "refused after resume: {v}");
 }
+
+/// A desk that went idle leaves its state for the next one, which catches
+/// up with what was written meanwhile: a key regenerated and a suspension
+/// made while no desk ran are both seen by the next call.
+#[tokio::test]
+async fn a_desk_started_after_idle_sees_what_changed_meanwhile() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let (svc, hook) = app.service(&alice, "parked").await;
+    let (s, _) = app.call(Method::GET, &hook, None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    // Past the desk's idle time (5 s): it ends and parks its state.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let (_, h) = app
+        .post(
+            &format!("/v1/services/{svc}/deploy-hook/regenerate"),
+            &alice,
+            serde_json::json!({}),
+        )
+        .await;
+    let new = h["url"].as_str().unwrap().to_owned();
+    let (s, _) = app.call(Method::GET, &hook, None, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "the old key deploys after a park");
+    let (s, v) = app.call(Method::GET, &new, None, None).await;
+    assert_eq!(s, StatusCode::OK, "the new key was refused: {v}");
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    app.post(
+        &format!("/v1/services/{svc}/suspend"),
+        &alice,
+        serde_json::json!({}),
+    )
+    .await;
+    let (s, v) = app.call(Method::POST, &new, None, None).await;
+    assert_eq!(
+        s,
+        StatusCode::CONFLICT,
+        "a parked desk missed the suspension: {v}"
+    );
+    // Every 200 above is a deploy in the log, and no other.
+    let (_, deploys) = app
+        .get(&format!("/v1/services/{svc}/deploys?limit=100"), &alice)
+        .await;
+    let hooked = deploys
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["deploy"]["trigger"] == "deploy_hook")
+        .count();
+    assert_eq!(hooked, 2, "{deploys}");
+}

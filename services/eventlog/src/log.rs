@@ -287,6 +287,36 @@ impl EventStore {
         Ok(loaded)
     }
 
+    /// The events appended to `aggregate` after `after`, and the version
+    /// now: what a caller holding state folded up to `after` needs to catch
+    /// up, without reading (or copying) the history before it. One direct
+    /// get per newer commit.
+    pub async fn load_after(
+        &self,
+        aggregate: &AggregateId,
+        after: Version,
+    ) -> Result<Loaded, StoreError> {
+        let subject = self.subjects.aggregate(aggregate);
+        let mut loaded = Loaded {
+            events: Vec::new(),
+            version: after,
+        };
+        let mut from = after.stream_seq + 1;
+        while let Some(msg) = self.get_next_for_subject(&subject, from).await? {
+            from = msg.sequence + 1;
+            let commit = decode_commit(&msg)?;
+            loaded.version = Version {
+                stream_seq: msg.sequence,
+                events: commit
+                    .events
+                    .last()
+                    .map_or(loaded.version.events, |e| e.sequence),
+            };
+            loaded.events.extend(commit.events);
+        }
+        Ok(loaded)
+    }
+
     /// After a conflict: did this very command land already (an earlier try
     /// whose ack was lost)? If it did, it passed the expected-sequence check,
     /// so it is the subject's first message after `expected`; its
