@@ -3,6 +3,7 @@
 
 mod bus;
 mod channels;
+mod credential_change;
 mod docs;
 mod fuzz;
 mod hooks;

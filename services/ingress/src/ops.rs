@@ -9,16 +9,20 @@
 //! Bus commands come from trusted internal services and carry no owner:
 //! they act with [`Scope::Bus`].
 
+use berth_domain::credential::{self, CredentialState};
 use berth_domain::owner::{self, OwnerState};
 use berth_domain::service::{self, DeployRequest, ServiceState};
 use berth_domain::{Ctx, DomainError};
 use berth_runtime::Secret;
 use berth_schemas::events::ServiceSettings;
-use berth_schemas::ids::{CronRunId, DeployId, OwnerId, ServiceId};
+use berth_schemas::ids::{CredentialId, CronRunId, DeployId, OwnerId, ServiceId};
 use berth_schemas::model::{seal_context, DeployTrigger};
 use berth_schemas::{Actor, AggregateId};
 
 use crate::hooks::HookError;
+
+/// Environment variables of an update, in clear until sealed here.
+type ClearEnv = Option<std::collections::BTreeMap<String, Secret>>;
 use crate::{exec, Caller, Ingress, IngressError};
 
 /// On whose behalf an operation runs.
@@ -213,23 +217,83 @@ impl Ingress {
     /// Changes a service's settings; `env_vars` in clear are sealed here. A
     /// change that needs a redeploy starts one. A new name is claimed on the
     /// owner first (409 when taken) and the old one released after the
-    /// service took the new one; the credential cannot be changed here yet.
+    /// service took the new one. A new credential must be the caller's and
+    /// the image reachable with it (422 otherwise, SPEC §4); it is attached
+    /// before the service names it and the old one detached after, so a
+    /// credential in use can never be removed.
     pub async fn update_service(
         &self,
         caller: &Caller,
         id: &ServiceId,
         mut settings: ServiceSettings,
-        env_vars: Option<std::collections::BTreeMap<String, Secret>>,
+        env_vars: ClearEnv,
     ) -> Result<ServiceState, IngressError> {
-        if settings.credential.is_some() {
-            return Err(DomainError::Invalid {
-                field: "registryCredentialId",
-                reason: "changing a service's credential is not supported by update yet; \
-                         create the service again with the new credential"
-                    .to_owned(),
-            }
-            .into());
+        let Some(wanted) = settings.credential.take() else {
+            return self.update_named(caller, id, settings, env_vars).await;
+        };
+        let current = self.show_service(caller, id).await?;
+        let Some(cfg) = current.config.as_ref() else {
+            return Err(IngressError::not_found("service", id));
+        };
+        if wanted == cfg.credential {
+            return self.update_named(caller, id, settings, env_vars).await;
         }
+        if let Some(new) = &wanted {
+            let state: CredentialState = self
+                .load_fold(&AggregateId::Credential(new.clone()), credential::fold)
+                .await?;
+            if state.active().is_none_or(|c| c.owner != caller.owner) {
+                return Err(IngressError::not_found("registry credential", new));
+            }
+        }
+        let image = settings.image.clone().unwrap_or_else(|| cfg.image.clone());
+        self.verify(caller, &image, wanted.clone()).await?;
+        let (old, tag) = (cfg.credential.clone(), DeployId::generate());
+        if let Some(new) = &wanted {
+            if let Err(e) = self.attach(caller, id, new, &format!("update-{tag}")).await {
+                // A refusal appended nothing; anything else may have landed.
+                if !matches!(e, IngressError::Rejected(_)) {
+                    self.detach_logged(caller, id, new, &format!("update-undo-{tag}"))
+                        .await;
+                }
+                return Err(e);
+            }
+        }
+        settings.credential = Some(wanted.clone());
+        match self.update_named(caller, id, settings, env_vars).await {
+            Ok(state) => {
+                if let Some(old) = &old {
+                    self.detach_logged(caller, id, old, &format!("update-{tag}"))
+                        .await;
+                }
+                tracing::info!(service.id = %id, "service credential changed");
+                Ok(state)
+            }
+            Err(e) => {
+                if let Some(new) = &wanted {
+                    self.detach_logged(caller, id, new, &format!("update-undo-{tag}"))
+                        .await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn detach_logged(&self, caller: &Caller, id: &ServiceId, cred: &CredentialId, why: &str) {
+        if let Err(e) = self.detach(caller, id, cred, why).await {
+            tracing::error!(service.id = %id, credential.id = %cred, error = %e, "could not detach the credential");
+        }
+    }
+
+    /// [`Ingress::update_service`] past the credential: a rename claims the
+    /// new name first.
+    async fn update_named(
+        &self,
+        caller: &Caller,
+        id: &ServiceId,
+        mut settings: ServiceSettings,
+        env_vars: ClearEnv,
+    ) -> Result<ServiceState, IngressError> {
         let rename = match settings.name.take() {
             None => None,
             Some(new) => {
@@ -294,7 +358,7 @@ impl Ingress {
         caller: &Caller,
         id: &ServiceId,
         mut settings: ServiceSettings,
-        env_vars: Option<std::collections::BTreeMap<String, Secret>>,
+        env_vars: ClearEnv,
     ) -> Result<ServiceState, IngressError> {
         if let Some(vars) = env_vars {
             let mut sealed = berth_schemas::model::EnvVars::new();

@@ -224,7 +224,7 @@ impl Ingress {
 
         // 2. The credential.
         if let Some(cred) = &new.credential {
-            if let Err(e) = self.attach(caller, &id, cred).await {
+            if let Err(e) = self.attach(caller, &id, cred, "create").await {
                 // A refusal appended nothing; any other failure may have
                 // landed the attach, so take it back too.
                 let landed = (!matches!(e, IngressError::Rejected(_))).then_some(cred);
@@ -264,7 +264,7 @@ impl Ingress {
         })
     }
 
-    async fn verify(
+    pub(crate) async fn verify(
         &self,
         caller: &Caller,
         image: &str,
@@ -294,11 +294,15 @@ impl Ingress {
         }
     }
 
-    async fn attach(
+    /// Attaches `cred` to `service` on the credential's subject; `why`
+    /// makes the idempotency key unique to this operation (message ids are
+    /// deduplicated stream-wide).
+    pub(crate) async fn attach(
         &self,
         caller: &Caller,
         service: &ServiceId,
         cred: &CredentialId,
+        why: &str,
     ) -> Result<(), IngressError> {
         let attach = credential::Command::Attach {
             service: service.clone(),
@@ -307,7 +311,7 @@ impl Ingress {
         exec::run(
             &self.store,
             &AggregateId::Credential(cred.clone()),
-            &format!("service-create-{service}-attach"),
+            &format!("service-{why}-{service}-attach"),
             &caller.actor,
             credential::fold,
             |s: &CredentialState| credential::decide(s, attach.clone(), &Ctx::default()),
@@ -316,7 +320,7 @@ impl Ingress {
         .map(|_| ())
     }
 
-    async fn detach(
+    pub(crate) async fn detach(
         &self,
         caller: &Caller,
         service: &ServiceId,

@@ -273,13 +273,23 @@ pub async fn update(
     };
     if let Some(image) = body.image {
         owner_matches(image.owner_id.as_deref(), caller.owner.as_str())?;
-        if image.registry_credential_id.is_some() {
-            field(
-                &mut fields,
-                "image.registryCredentialId",
-                "changing the credential is not supported by update yet",
-            );
-        }
+        // A credential id replaces the service's credential; "" removes it
+        // (the image must then be public).
+        settings.credential = match image.registry_credential_id.as_deref() {
+            None => None,
+            Some("") => Some(None),
+            Some(c) => match c.parse::<CredentialId>() {
+                Ok(c) => Some(Some(c)),
+                Err(_) => {
+                    field(
+                        &mut fields,
+                        "image.registryCredentialId",
+                        "is not a registry credential id (rgc-…), or \"\" to remove it",
+                    );
+                    None
+                }
+            },
+        };
         settings.image = image.image_path;
     }
     if let Some(d) = body.service_details {

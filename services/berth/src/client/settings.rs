@@ -13,7 +13,7 @@ pub struct Settings {
     /// Image reference, e.g. `ghcr.io/org/app:1.2`.
     #[arg(long)]
     pub image: Option<String>,
-    /// Registry credential (`rgc-…`) for a private image.
+    /// Registry credential (`rgc-…`) for a private image; on update, "" removes it.
     #[arg(long)]
     pub credential: Option<String>,
     /// Number of instances.
