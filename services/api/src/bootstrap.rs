@@ -46,6 +46,15 @@ pub enum BootstrapError {
     Ingress(#[from] IngressError),
 }
 
+/// The credentials file, when an earlier start wrote it.
+fn existing(data_dir: &Path) -> Option<Bootstrapped> {
+    let path = data_dir.join(CREDENTIALS_FILE);
+    path.exists().then_some(Bootstrapped {
+        path,
+        created: false,
+    })
+}
+
 /// [`bootstrap`] for callers that hold only the store and the key (the
 /// `berth up` wiring, before the components start): a short-lived
 /// application layer is started for it and stopped after.
@@ -55,12 +64,10 @@ pub async fn bootstrap_store(
     data_dir: &Path,
     api_url: &str,
 ) -> Result<Bootstrapped, BootstrapError> {
-    let path = data_dir.join(CREDENTIALS_FILE);
-    if path.exists() {
-        return Ok(Bootstrapped {
-            path,
-            created: false,
-        });
+    // Checked here too, so a later start does not start an application
+    // layer for nothing.
+    if let Some(done) = existing(data_dir) {
+        return Ok(done);
     }
     let stop = tokio_util::sync::CancellationToken::new();
     let tracker = tokio_util::task::TaskTracker::new();
@@ -86,13 +93,10 @@ pub async fn bootstrap(
     data_dir: &Path,
     api_url: &str,
 ) -> Result<Bootstrapped, BootstrapError> {
-    let path = data_dir.join(CREDENTIALS_FILE);
-    if path.exists() {
-        return Ok(Bootstrapped {
-            path,
-            created: false,
-        });
+    if let Some(done) = existing(data_dir) {
+        return Ok(done);
     }
+    let path = data_dir.join(CREDENTIALS_FILE);
     let io = |source| BootstrapError::Io {
         path: path.clone(),
         source,
