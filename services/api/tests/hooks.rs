@@ -11,7 +11,7 @@ use berth_schemas::model::DeployTrigger;
 use berth_schemas::{Actor, AggregateId, Event};
 use serde_json::Value;
 
-use crate::support::App;
+use crate::support::{App, Owner};
 
 fn encode(s: &str) -> String {
     s.bytes()
@@ -188,6 +188,21 @@ async fn concurrent_hooks_each_200_is_exactly_one_deploy_created() {
     }
 }
 
+/// Regenerates the service's hook key; returns the new hook URL.
+async fn regenerate(app: &App, o: &Owner, svc: &str) -> String {
+    let path = format!("/v1/services/{svc}/deploy-hook/regenerate");
+    let (s, h) = app.post(&path, o, serde_json::json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{h}");
+    h["url"].as_str().unwrap().to_owned()
+}
+
+/// Suspends or resumes (`action`) the service.
+async fn lifecycle(app: &App, o: &Owner, svc: &str, action: &str) {
+    let path = format!("/v1/services/{svc}/{action}");
+    let (s, v) = app.post(&path, o, serde_json::json!({})).await;
+    assert!(s.is_success(), "{action}: {s} {v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hooks_follow_key_regeneration_and_suspension_at_once() {
     let app = App::start(true).await;
@@ -196,33 +211,16 @@ async fn hooks_follow_key_regeneration_and_suspension_at_once() {
     // The service's hook desk now holds the state with the first key.
     let (s, _) = app.call(Method::GET, &hook, None, None).await;
     assert_eq!(s, StatusCode::OK);
-    let (_, h) = app
-        .post(
-            &format!("/v1/services/{svc}/deploy-hook/regenerate"),
-            &alice,
-            serde_json::json!({}),
-        )
-        .await;
-    let new = h["url"].as_str().unwrap().to_owned();
+    let new = regenerate(&app, &alice, &svc).await;
     let (s, v) = app.call(Method::GET, &new, None, None).await;
     assert_eq!(s, StatusCode::OK, "the new key was refused: {v}");
     let (s, _) = app.call(Method::GET, &hook, None, None).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "the old key still deploys");
     // Suspended: refused (the key is right, so the reason is given).
-    app.post(
-        &format!("/v1/services/{svc}/suspend"),
-        &alice,
-        serde_json::json!({}),
-    )
-    .await;
+    lifecycle(&app, &alice, &svc, "suspend").await;
     let (s, v) = app.call(Method::POST, &new, None, None).await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
-    app.post(
-        &format!("/v1/services/{svc}/resume"),
-        &alice,
-        serde_json::json!({}),
-    )
-    .await;
+    lifecycle(&app, &alice, &svc, "resume").await;
     let (s, v) = app.call(Method::POST, &new, None, None).await;
     assert_eq!(s, StatusCode::OK, "refused after resume: {v}");
 }
@@ -239,25 +237,13 @@ async fn a_desk_started_after_idle_sees_what_changed_meanwhile() {
     assert_eq!(s, StatusCode::OK);
     // Past the desk's idle time (5 s): it ends and parks its state.
     tokio::time::sleep(std::time::Duration::from_secs(6)).await;
-    let (_, h) = app
-        .post(
-            &format!("/v1/services/{svc}/deploy-hook/regenerate"),
-            &alice,
-            serde_json::json!({}),
-        )
-        .await;
-    let new = h["url"].as_str().unwrap().to_owned();
+    let new = regenerate(&app, &alice, &svc).await;
     let (s, _) = app.call(Method::GET, &hook, None, None).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "the old key deploys after a park");
     let (s, v) = app.call(Method::GET, &new, None, None).await;
     assert_eq!(s, StatusCode::OK, "the new key was refused: {v}");
     tokio::time::sleep(std::time::Duration::from_secs(6)).await;
-    app.post(
-        &format!("/v1/services/{svc}/suspend"),
-        &alice,
-        serde_json::json!({}),
-    )
-    .await;
+    lifecycle(&app, &alice, &svc, "suspend").await;
     let (s, v) = app.call(Method::POST, &new, None, None).await;
     assert_eq!(
         s,
