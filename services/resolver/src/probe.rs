@@ -173,23 +173,28 @@ async fn probe_pass(inner: &Inner, due: Vec<Due>) {
     }
     let heads = distinct.len();
     // Each credential is loaded and opened once per pass, however many
-    // digests it is used for.
+    // digests it is used for; a digest whose credential is unusable is not
+    // probed.
     let mut logins: HashMap<Login, Option<Credential>> = HashMap::new();
-    for login in distinct.values().flatten() {
-        if let Entry::Vacant(slot) = logins.entry(login.clone()) {
-            let opened = open_login(inner, slot.key()).await;
-            slot.insert(opened);
-        }
+    let mut probes: Vec<(Head, Option<Credential>)> = Vec::with_capacity(heads);
+    for (key, login) in distinct {
+        let opened = match login {
+            None => None,
+            Some(l) => {
+                let opened = match logins.entry(l) {
+                    Entry::Occupied(o) => o.get().clone(),
+                    Entry::Vacant(slot) => {
+                        let opened = open_login(inner, slot.key()).await;
+                        slot.insert(opened).clone()
+                    }
+                };
+                let Some(c) = opened else { continue };
+                Some(c)
+            }
+        };
+        probes.push((key, opened));
     }
-    let answers: HashMap<Head, bool> = futures::stream::iter(distinct)
-        .filter_map(|(key, login)| {
-            // `None`: the credential is unusable, the digest is not probed.
-            let login = match login {
-                None => Some(None),
-                Some(l) => logins.get(&l).cloned().flatten().map(Some),
-            };
-            async move { login.map(|l| (key, l)) }
-        })
+    let answers: HashMap<Head, bool> = futures::stream::iter(probes)
         .map(|(key, login)| async move {
             let present = head(inner, &key, login.as_ref()).await;
             (key, present)
