@@ -5,6 +5,7 @@ mod bus;
 mod channels;
 mod credential_change;
 mod docs;
+mod events;
 mod fuzz;
 mod hooks;
 mod isolation;
