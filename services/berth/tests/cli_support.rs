@@ -12,8 +12,8 @@ use berth_tests::registry::RegistryAuth;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
@@ -87,21 +87,15 @@ impl Cli {
         env: &[(&str, &str)],
         stdin: Option<&str>,
     ) -> Out {
-        let mut c = Command::new(BERTH);
-        c.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("BERTH_DATA_DIR", &self.data)
-            .env("BERTH_NATS_URL", &self.nats_url)
-            .env("BERTH_SUBJECT_PREFIX", &self.prefix)
-            .args(args)
+        let mut c = berth(&self.data, &self.nats_url, &self.prefix);
+        c.args(args)
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
                 Stdio::null()
             })
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .stderr(Stdio::piped());
         for (k, v) in env {
             c.env(k, v);
         }
@@ -145,33 +139,48 @@ impl Cli {
     }
 }
 
-pub(crate) async fn start_up(data: &Path, nats_url: &str, prefix: &str, api_port: u16) -> Child {
-    let mut child = Command::new(BERTH)
-        .env_clear()
+/// `berth` with a clean environment aimed at one installation (data dir,
+/// NATS server, subject prefix), killed when dropped.
+pub(crate) fn berth(data: &Path, nats_url: &str, prefix: &str) -> Command {
+    let mut c = Command::new(BERTH);
+    c.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("BERTH_DATA_DIR", data)
         .env("BERTH_NATS_URL", nats_url)
-        .env("BERTH_HTTP_ADDR", "127.0.0.1:0")
+        .env("BERTH_SUBJECT_PREFIX", prefix)
+        .kill_on_drop(true);
+    c
+}
+
+/// Spawns a long-running `berth` (`up`, `run node`) with its stderr on the
+/// test's; the caller reads (or drains) its stdout lines.
+pub(crate) fn spawn_server(mut c: Command) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, out)
+}
+
+pub(crate) async fn start_up(data: &Path, nats_url: &str, prefix: &str, api_port: u16) -> Child {
+    let mut c = berth(data, nats_url, prefix);
+    c.env("BERTH_HTTP_ADDR", "127.0.0.1:0")
         .env("BERTH_API_ADDR", format!("127.0.0.1:{api_port}"))
         .env(
             "BERTH_ROUTER_ADDR",
             format!("127.0.0.1:{}", free_port().unwrap()),
         )
-        .env("BERTH_SUBJECT_PREFIX", prefix)
         .env("BERTH_NODE_NAME", "cli-node")
         .env("BERTH_NODE_CPU_MILLIS", "4000")
         .env("BERTH_NODE_MEMORY_MIB", "4096")
         .env("BERTH_NODE_HEARTBEAT_MS", "200")
         .env("BERTH_SHUTDOWN_GRACE_SECS", "10")
         .env("BERTH_LOG", "warn")
-        .arg("up")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        .arg("up");
+    let (child, mut out) = spawn_server(c);
     tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = out.next_line().await.unwrap() {
             if line.trim().starts_with("components:") {

@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use berth_domain::service::{self, CreateService};
@@ -22,34 +21,22 @@ use berth_tests::{NatsServer, NatsVersion};
 use futures::StreamExt;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-use crate::cli_support::{busybox_image, require_root_and_runc, runc_list, runc_root, Cleanup};
-
-const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+use crate::cli_support::{
+    berth, busybox_image, require_root_and_runc, runc_list, runc_root, spawn_server, Cleanup,
+};
 
 fn spawn_node(data: &Path, nats_url: &str, prefix: &str) -> Child {
-    let mut child = Command::new(BERTH)
-        .args(["run", "node"])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("BERTH_DATA_DIR", data)
-        .env("BERTH_NATS_URL", nats_url)
+    let mut c = berth(data, nats_url, prefix);
+    c.args(["run", "node"])
         .env("BERTH_HTTP_ADDR", "127.0.0.1:0")
-        .env("BERTH_SUBJECT_PREFIX", prefix)
         .env("BERTH_NODE_NAME", "proc-node")
         .env("BERTH_NODE_CPU_MILLIS", "2000")
         .env("BERTH_NODE_MEMORY_MIB", "1024")
         .env("BERTH_NODE_HEARTBEAT_MS", "200")
-        .env("BERTH_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        .env("BERTH_LOG", "info");
+    let (child, mut out) = spawn_server(c);
     tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
     child
 }
