@@ -268,18 +268,7 @@ impl EventStore {
             _ => Loaded::default(),
         };
         if first_of_last > 1 {
-            let mut from = loaded.version.stream_seq + 1;
-            loop {
-                let Some(msg) = self.get_next_for_subject(&subject, from).await? else {
-                    break;
-                };
-                if msg.sequence >= last_seq {
-                    break;
-                }
-                from = msg.sequence + 1;
-                let commit = decode_commit(&msg)?;
-                loaded.events.extend(commit.events);
-            }
+            self.read_commits(&subject, &mut loaded, last_seq).await?;
         }
         loaded.events.extend(last_commit.events);
         loaded.version = version;
@@ -296,25 +285,40 @@ impl EventStore {
         aggregate: &AggregateId,
         after: Version,
     ) -> Result<Loaded, StoreError> {
-        let subject = self.subjects.aggregate(aggregate);
         let mut loaded = Loaded {
             events: Vec::new(),
             version: after,
         };
-        let mut from = after.stream_seq + 1;
-        while let Some(msg) = self.get_next_for_subject(&subject, from).await? {
+        let subject = self.subjects.aggregate(aggregate);
+        self.read_commits(&subject, &mut loaded, u64::MAX).await?;
+        Ok(loaded)
+    }
+
+    /// Adds to `loaded` every commit on `subject` after `loaded.version` and
+    /// before stream sequence `before`, one direct get each, moving the
+    /// version along.
+    async fn read_commits(
+        &self,
+        subject: &str,
+        loaded: &mut Loaded,
+        before: u64,
+    ) -> Result<(), StoreError> {
+        let mut from = loaded.version.stream_seq + 1;
+        while let Some(msg) = self.get_next_for_subject(subject, from).await? {
+            if msg.sequence >= before {
+                break;
+            }
             from = msg.sequence + 1;
             let commit = decode_commit(&msg)?;
-            loaded.version = Version {
-                stream_seq: msg.sequence,
-                events: commit
-                    .events
-                    .last()
-                    .map_or(loaded.version.events, |e| e.sequence),
-            };
+            if let Some(last) = commit.events.last() {
+                loaded.version = Version {
+                    stream_seq: msg.sequence,
+                    events: last.sequence,
+                };
+            }
             loaded.events.extend(commit.events);
         }
-        Ok(loaded)
+        Ok(())
     }
 
     /// After a conflict: did this very command land already (an earlier try

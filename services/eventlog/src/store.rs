@@ -117,14 +117,6 @@ pub struct StoreInner {
     pub(crate) cache: AggregateCache,
 }
 
-impl From<StoreInner> for EventStore {
-    fn from(inner: StoreInner) -> Self {
-        Self {
-            inner: Arc::new(inner),
-        }
-    }
-}
-
 impl EventStore {
     /// Checks the server and provisions every stream and bucket (idempotent:
     /// safe to call from every binary at start-up).
@@ -217,7 +209,7 @@ impl EventStore {
             replicas = cfg.replicas,
             "event store open"
         );
-        Ok(EventStore::from(StoreInner {
+        let inner = Arc::new(StoreInner {
             client,
             js,
             subjects,
@@ -227,7 +219,8 @@ impl EventStore {
             snapshots,
             server_version,
             direct,
-        }))
+        });
+        Ok(EventStore { inner })
     }
 
     /// The subject names this store uses.
