@@ -1,7 +1,8 @@
 //! The API's read model, folded from the whole log: API keys by SHA-256
 //! (to authenticate a request without loading an owner), every service's
-//! state (for listings) and every service's events timeline. Writes never consult it: they decide on the
-//! aggregate itself.
+//! state (for listings), every service's events timeline and registry
+//! credentials (for their listings). Writes never consult it: they decide
+//! on the aggregate itself.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
