@@ -133,7 +133,7 @@ pub(crate) async fn carry_out(
         if s.scheduled.len() < before {
             let wait = (*until - now).to_std().unwrap_or(Duration::ZERO);
             tracing::info!(service.id = %service, deploy.id = %live, wait_ms = wait.as_millis() as u64, "pull failed recently; not placing more instances yet");
-            requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
+            requeue = sooner(requeue, Some(wait));
         }
     }
 
@@ -152,17 +152,19 @@ pub(crate) async fn carry_out(
     if moved {
         return Ok(Next::Again);
     }
-    if let Some(wait) = drain_wait {
-        requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
-    }
+    requeue = sooner(requeue, drain_wait);
     if verdicts(p, s.verdicts).await? {
         return Ok(Next::Again);
     }
-    let requeue = match (requeue, plan.requeue_after) {
+    Ok(Next::Done(sooner(requeue, plan.requeue_after)))
+}
+
+/// The sooner of two optional waits (`None`: no wait asked).
+fn sooner(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
-    };
-    Ok(Next::Done(requeue))
+    }
 }
 
 /// New and moved instances, one decision. True when the service moved.
@@ -252,7 +254,7 @@ async fn stop(
                 Some(since) => {
                     let left = (since + delay - now).to_std().unwrap_or(Duration::ZERO);
                     if !left.is_zero() {
-                        wait = Some(wait.map_or(left, |w| w.min(left)));
+                        wait = sooner(wait, Some(left));
                         continue;
                     }
                 }
