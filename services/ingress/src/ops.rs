@@ -9,7 +9,6 @@
 //! Bus commands come from trusted internal services and carry no owner:
 //! they act with [`Scope::Bus`].
 
-use berth_domain::credential::{self, CredentialState};
 use berth_domain::owner::{self, OwnerState};
 use berth_domain::service::{self, DeployRequest, ServiceState};
 use berth_domain::{Ctx, DomainError};
@@ -239,12 +238,8 @@ impl Ingress {
             return self.update_named(caller, id, settings, env_vars).await;
         }
         if let Some(new) = &wanted {
-            let state: CredentialState = self
-                .load_fold(&AggregateId::Credential(new.clone()), credential::fold)
-                .await?;
-            if state.active().is_none_or(|c| c.owner != caller.owner) {
-                return Err(IngressError::not_found("registry credential", new));
-            }
+            // The caller's own, or 404.
+            self.show_credential(caller, new).await?;
         }
         let image = settings.image.clone().unwrap_or_else(|| cfg.image.clone());
         self.verify(caller, &image, wanted.clone()).await?;

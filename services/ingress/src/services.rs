@@ -196,12 +196,8 @@ impl Ingress {
             .into());
         }
         if let Some(cred) = &new.credential {
-            let state: CredentialState = self
-                .load_fold(&AggregateId::Credential(cred.clone()), credential::fold)
-                .await?;
-            if state.active().is_none_or(|c| c.owner != caller.owner) {
-                return Err(IngressError::not_found("registry credential", cred));
-            }
+            // The caller's own, or 404.
+            self.show_credential(caller, cred).await?;
         }
 
         // Verify access (SPEC §4) before anything is appended.
