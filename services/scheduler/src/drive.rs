@@ -332,8 +332,8 @@ async fn pipeline(
             // on every node's queue of the one work stream) still holds the
             // first enqueue: later, a repeat could reach another node and
             // run it twice. A run never enqueued by then (a scheduler down
-            // that long) ends at the deadline above.
-            // Well inside the work stream's duplicate window.
+            // that long) ends at the deadline above. Three quarters of the
+            // work stream's duplicate window: well inside it.
             let reenqueue = p.inner.store.config().duplicate_window.mul_f64(0.75);
             let enqueued_long_ago = since_plus(reenqueue).is_some_and(|until| now > until);
             if enqueued_long_ago {
