@@ -230,19 +230,24 @@ async fn hooks_follow_key_regeneration_and_suspension_at_once() {
 /// made while no desk ran are both seen by the next call.
 #[tokio::test]
 async fn a_desk_started_after_idle_sees_what_changed_meanwhile() {
-    let app = App::start(true).await;
+    let idle = std::time::Duration::from_millis(300);
+    let opts = berth_ingress::IngressOptions {
+        hook_desk_idle: idle,
+        ..Default::default()
+    };
+    let app = App::start_with(true, opts).await;
     let alice = app.owner().await;
     let (svc, hook) = app.service(&alice, "parked").await;
     let (s, _) = app.call(Method::GET, &hook, None, None).await;
     assert_eq!(s, StatusCode::OK);
-    // Past the desk's idle time (5 s): it ends and parks its state.
-    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    // Past the desk's idle time: it ends and parks its state.
+    tokio::time::sleep(idle * 3).await;
     let new = regenerate(&app, &alice, &svc).await;
     let (s, _) = app.call(Method::GET, &hook, None, None).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "the old key deploys after a park");
     let (s, v) = app.call(Method::GET, &new, None, None).await;
     assert_eq!(s, StatusCode::OK, "the new key was refused: {v}");
-    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    tokio::time::sleep(idle * 3).await;
     lifecycle(&app, &alice, &svc, "suspend").await;
     let (s, v) = app.call(Method::POST, &new, None, None).await;
     assert_eq!(

@@ -66,6 +66,12 @@ impl App {
     /// NATS, store, API; with `registry`, a registry serving `team/app:v1`
     /// (anonymous) and a resolver.
     pub async fn start(registry: bool) -> App {
+        Self::start_with(registry, IngressOptions::default()).await
+    }
+
+    /// [`App::start`] with the application layer's options (the image
+    /// check timeout is always the tests' 10 s).
+    pub async fn start_with(registry: bool, opts: IngressOptions) -> App {
         let nats = NatsServer::start(NatsVersion::Modern).unwrap();
         let client = nats.connect().await.unwrap();
         let store = open_store(&client, 1).await.unwrap();
@@ -98,7 +104,7 @@ impl App {
             key.clone(),
             IngressOptions {
                 check_timeout: Duration::from_secs(10),
-                ..IngressOptions::default()
+                ..opts
             },
             shutdown.clone(),
             &tracker,

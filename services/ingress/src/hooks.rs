@@ -45,8 +45,6 @@ use tokio_util::task::TaskTracker;
 const MAX_BATCH: usize = 64;
 /// Calls waiting per service before callers wait for room.
 const QUEUE: usize = 1024;
-/// A desk with nothing to do for this long ends.
-const IDLE: Duration = Duration::from_secs(5);
 /// Conflict rounds before a batch is answered "try again".
 const MAX_ROUNDS: usize = 50;
 /// Services whose state an ended desk leaves for the next one.
@@ -93,6 +91,8 @@ pub(crate) struct HookDesks {
     key: SecretKey,
     desks: Desks,
     parked: Parked,
+    /// A desk with nothing to do for this long ends.
+    idle: Duration,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -113,6 +113,7 @@ impl HookDesks {
     pub(crate) fn new(
         store: EventStore,
         key: SecretKey,
+        idle: Duration,
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
@@ -121,6 +122,7 @@ impl HookDesks {
             key,
             desks: Arc::default(),
             parked: Arc::default(),
+            idle,
             tracker,
             shutdown,
         }
@@ -178,7 +180,7 @@ impl HookDesks {
             opened: None,
         };
         let (all, shutdown) = (self.desks.clone(), self.shutdown.clone());
-        self.tracker.spawn(desk.run(rx, all, shutdown));
+        self.tracker.spawn(desk.run(rx, all, self.idle, shutdown));
         Ok(tx)
     }
 }
@@ -207,12 +209,13 @@ impl Desk {
         mut self,
         mut rx: mpsc::Receiver<Call>,
         desks: Desks,
+        idle: Duration,
         shutdown: CancellationToken,
     ) {
         loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => None,
-                c = tokio::time::timeout(IDLE, rx.recv()) => match c {
+                c = tokio::time::timeout(idle, rx.recv()) => match c {
                     Ok(Some(c)) => Some(c),
                     Ok(None) => None,
                     Err(_) => {

@@ -82,6 +82,9 @@ pub struct IngressOptions {
     /// How long a listing waits for its read model to reach the log's end
     /// (read-your-writes).
     pub read_timeout: Duration,
+    /// How long a service's deploy hook desk stays with nothing to do
+    /// before it ends (parking its state for the next one).
+    pub hook_desk_idle: Duration,
 }
 
 impl Default for IngressOptions {
@@ -89,6 +92,7 @@ impl Default for IngressOptions {
         Self {
             check_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(5),
+            hook_desk_idle: Duration::from_secs(5),
         }
     }
 }
@@ -193,7 +197,13 @@ impl Ingress {
     ) -> Self {
         let checker =
             ImageChecker::new(store.client().clone(), store.subjects(), opts.check_timeout);
-        let hooks = hooks::HookDesks::new(store.clone(), key.clone(), tracker.clone(), shutdown);
+        let hooks = hooks::HookDesks::new(
+            store.clone(),
+            key.clone(),
+            opts.hook_desk_idle,
+            tracker.clone(),
+            shutdown,
+        );
         Self {
             store,
             key,
