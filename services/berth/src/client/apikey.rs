@@ -50,15 +50,13 @@ pub async fn run(args: ApiKeyArgs) -> Result<(), ClientError> {
             }
         }
         ApiKeyCommand::List => {
-            let all = Value::Array(api.list_all("/v1/api-keys").await?);
+            let all = api.list_all("/v1/api-keys").await?;
             if api.json() {
-                output::json(&all);
+                output::json(&Value::Array(all));
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = all
-                .as_array()
-                .into_iter()
-                .flatten()
+                .iter()
                 .map(|k| {
                     let state = if k.get("revoked").and_then(Value::as_bool) == Some(true) {
                         "revoked"

@@ -146,12 +146,12 @@ pub async fn run(args: CredentialArgs) -> Result<(), ClientError> {
             Ok(())
         }
         CredentialCommand::List => {
-            let all = Value::Array(api.list_all("/v1/registrycredentials").await?);
+            let all = api.list_all("/v1/registrycredentials").await?;
             if api.json() {
-                output::json(&all);
+                output::json(&Value::Array(all));
                 return Ok(());
             }
-            let rows: Vec<Vec<String>> = all.as_array().into_iter().flatten().map(row).collect();
+            let rows: Vec<Vec<String>> = all.iter().map(row).collect();
             output::table(HEADER, &rows, "no registry credentials");
             Ok(())
         }
