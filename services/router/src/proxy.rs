@@ -259,10 +259,11 @@ impl Proxy {
         let mut swaps = self.routes.swaps();
         let deadline = tokio::time::Instant::now() + self.opts.connect_timeout;
         loop {
-            if let Some(r) = self.routes.load().get(name) {
-                if !Arc::ptr_eq(r, current) {
-                    return Some(Arc::clone(r));
-                }
+            // The receiver holds the table itself; marking it seen makes
+            // `changed` wait for the next one.
+            let latest = swaps.borrow_and_update().get(name).cloned();
+            if let Some(r) = latest.filter(|r| !Arc::ptr_eq(r, current)) {
+                return Some(r);
             }
             match tokio::time::timeout_at(deadline, swaps.changed()).await {
                 Ok(Ok(())) => {}
