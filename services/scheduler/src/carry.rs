@@ -272,23 +272,19 @@ async fn stop(
             release.push(id);
         }
     }
-    if let Some(first) = drain.first() {
+    // Drains first; the releases come again on the next pass.
+    let moved = if let Some(first) = drain.first() {
         tracing::info!(service.id = %p.service, instances = drain.len(), "draining instances before stopping them");
         let key = format!("drain-{first}-{}", drain.len());
-        return Ok((
-            p.decide(Command::Drain { instances: drain }, &key).await?,
-            wait,
-        ));
-    }
-    let Some(first) = release.first() else {
-        return Ok((false, wait));
-    };
-    let key = format!("release-{first}-{}", release.len());
-    Ok((
+        p.decide(Command::Drain { instances: drain }, &key).await?
+    } else if let Some(first) = release.first() {
+        let key = format!("release-{first}-{}", release.len());
         p.decide(Command::Release { instances: release }, &key)
-            .await?,
-        wait,
-    ))
+            .await?
+    } else {
+        false
+    };
+    Ok((moved, wait))
 }
 
 /// `MarkLive` / `FailDeploy` through the service's rules (which also
