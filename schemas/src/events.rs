@@ -402,6 +402,30 @@ events! {
         pub from_node: NodeId,
         pub to_node: NodeId,
     }
+    /// Some instances of a deploy (or its pre-deploy run) found no node
+    /// with room for them (CPU and memory reserved by instances on it,
+    /// stopping ones included until their stop is reported). Placement is
+    /// retried; recorded again only when the shortfall changes.
+    PlacementBlocked = "placement_blocked" v 1 {
+        pub deploy: DeployId,
+        /// Instances (or runs) still without a node.
+        pub unplaced: u32,
+        /// CPU one instance reserves, in millicores.
+        pub cpu_millis: u32,
+        /// Memory one instance reserves, in MiB.
+        pub memory_mib: u32,
+        /// The up node that comes closest to fitting one; absent when no
+        /// node is up.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub node: Option<NodeId>,
+        /// That node's free CPU in millicores (0 without a node).
+        pub free_cpu_millis: u32,
+        /// That node's free memory in MiB (0 without a node).
+        pub free_memory_mib: u32,
+        /// The same in words, e.g. `no node has room: needs 0.5 CPU /
+        /// 512 MiB, largest free 0.2 CPU / 300 MiB on nod-…`.
+        pub reason: String,
+    }
 
     // ---- cron runs ----
 

@@ -43,6 +43,7 @@ pub const TYPES: &[&str] = &[
     "image_pull_failed",
     "server_failed",
     "server_restarted",
+    "placement_blocked",
     "instance_count_changed",
     "cron_job_run_started",
     "cron_job_run_ended",
@@ -103,6 +104,19 @@ impl TimelineEvent {
             Event::ServerRestarted(e) => (
                 "server_restarted",
                 json!({ "instanceId": e.instance, "attempt": e.attempt }),
+            ),
+            Event::PlacementBlocked(e) => (
+                "placement_blocked",
+                json!({
+                    "deployId": e.deploy,
+                    "unplaced": e.unplaced,
+                    "cpuMillis": e.cpu_millis,
+                    "memoryMib": e.memory_mib,
+                    "nodeId": e.node,
+                    "freeCpuMillis": e.free_cpu_millis,
+                    "freeMemoryMib": e.free_memory_mib,
+                    "reason": e.reason,
+                }),
             ),
             Event::InstanceCountChanged(e) => (
                 "instance_count_changed",
@@ -287,7 +301,7 @@ pub fn query(timeline: &std::sync::RwLock<Timeline>, service: &ServiceId, q: &Qu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use berth_schemas::events::{DeployFailed, ImagePullFailed};
+    use berth_schemas::events::{DeployFailed, ImagePullFailed, PlacementBlocked};
     use berth_schemas::ids::{DeployId, EventId};
     use berth_schemas::model::{DeployStatus, PullFailureReason};
     use berth_schemas::Actor;
@@ -352,5 +366,34 @@ mod tests {
         let back: Timeline = rmp_serde::from_slice(&bytes).unwrap_or_default();
         assert_eq!(back.all(&svc), tl.all(&svc));
         assert_eq!(back.all(&svc).len(), 2);
+    }
+
+    #[test]
+    fn blocked_placement_is_on_the_timeline_with_its_reason() {
+        let svc = ServiceId::generate();
+        let reason = "no node has room: needs 0.5 CPU / 512 MiB, largest free 0.2 CPU / \
+                      300 MiB on nod-aaaaaaaaaaaaaaaaaaab";
+        let blocked = env(
+            &svc,
+            1,
+            PlacementBlocked {
+                deploy: DeployId::generate(),
+                unplaced: 1,
+                cpu_millis: 500,
+                memory_mib: 512,
+                node: None,
+                free_cpu_millis: 200,
+                free_memory_mib: 300,
+                reason: reason.to_owned(),
+            }
+            .into(),
+        );
+        let t = TimelineEvent::from_envelope(&blocked).unwrap_or_else(|| unreachable!());
+        assert_eq!(t.kind, "placement_blocked");
+        assert!(TYPES.contains(&t.kind.as_str()));
+        assert_eq!(t.details["reason"], reason);
+        assert_eq!(t.details["freeCpuMillis"], 200);
+        // A wait, not a failure: the deploy's end says whether it failed.
+        assert!(!t.is_failure() && !t.is_notable());
     }
 }

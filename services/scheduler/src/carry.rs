@@ -1,14 +1,15 @@
 //! Carrying out one reconcile plan (step 3 of a pass, see [`drive`](crate::drive)):
 //! new and moved instances appended in one decision before any node hears
-//! of them, `RunInstance` (again) for every instance still only scheduled,
-//! stops enqueued or recorded, then the deploy's verdict.
+//! of them, instances that found no room reported, `RunInstance` (again)
+//! for every instance still only scheduled, stops enqueued or recorded,
+//! then the deploy's verdict.
 
 use std::time::Duration;
 
 use berth_domain::scheduler::{Action, Plan};
 use berth_domain::service::{Command, Instance, InstancePhase, ServiceConfig};
 use berth_schemas::commands::NodeWork;
-use berth_schemas::events::{InstanceRescheduled, InstanceScheduled};
+use berth_schemas::events::{InstanceRescheduled, InstanceScheduled, PlacementBlocked};
 use berth_schemas::ids::{DeployId, InstanceId, NodeId};
 use berth_schemas::model::{DeployStatus, ServiceType};
 use berth_schemas::{Envelope, Event};
@@ -66,6 +67,7 @@ struct Sorted {
     scheduled: Vec<InstanceScheduled>,
     rescheduled: Vec<InstanceRescheduled>,
     stops: Vec<InstanceId>,
+    blocked: Vec<PlacementBlocked>,
     verdicts: Vec<Action>,
 }
 
@@ -104,6 +106,7 @@ fn sort(p: &Pass<'_>, actions: Vec<Action>) -> Sorted {
                 to_node,
             }),
             Action::Stop { instance } => s.stops.push(instance),
+            Action::ReportBlocked(b) => s.blocked.push(b),
             other => s.verdicts.push(other),
         }
     }
@@ -137,7 +140,7 @@ pub(crate) async fn carry_out(
         }
     }
 
-    if place(p, &mut s).await? {
+    if place(p, &mut s).await? || blocked(p, std::mem::take(&mut s.blocked)).await? {
         return Ok(Next::Again);
     }
     start_pending(p, cfg, failures, &mut s.stops).await?;
@@ -191,6 +194,20 @@ async fn place(p: &Pass<'_>, s: &mut Sorted) -> Result<bool, SchedulerError> {
         &key,
     )
     .await
+}
+
+/// Instances that found no room, on the service's timeline. The service's
+/// rules record each shortfall once, so the retry every few seconds adds
+/// nothing while it lasts. True when the service moved.
+async fn blocked(p: &Pass<'_>, blocked: Vec<PlacementBlocked>) -> Result<bool, SchedulerError> {
+    for b in blocked {
+        tracing::info!(service.id = %p.service, deploy.id = %b.deploy, unplaced = b.unplaced, reason = %b.reason, "instances wait for room");
+        let key = format!("blocked-{}-{}", b.deploy, p.seq());
+        if p.decide(Command::RecordPlacementBlocked(b), &key).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Every instance placed but not started hears about it (again); one

@@ -14,7 +14,8 @@
 //!    fails the deploy `pre_deploy_failed`; a cron job's deploy goes live
 //!    once updating (it has no instances);
 //! 3. [`reconcile`]: new and moved instances are appended in one decision
-//!    *before* any node hears of them; then every instance still only
+//!    *before* any node hears of them, and instances no node has room for
+//!    are reported (`placement_blocked`); then every instance still only
 //!    scheduled gets its `RunInstance` enqueued with the instance id as
 //!    message id (so the enqueue a crash skipped is made up, and a repeat is
 //!    dropped by the queue); stops are enqueued the same way, or recorded
@@ -25,7 +26,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use berth_domain::reference::Reference;
-use berth_domain::scheduler::{place, reconcile, ClusterView, RandomIds, PLACEMENT_RETRY};
+use berth_domain::scheduler::{
+    place, reconcile, shortfall, ClusterView, RandomIds, PLACEMENT_RETRY,
+};
 use berth_domain::service::{self, Command, Deploy, InstancePhase, ServiceConfig, ServiceState};
 use berth_domain::Ctx;
 use berth_eventlog::{EventStore, NewEvent, Version};
@@ -82,6 +85,12 @@ pub(crate) struct Pass<'a> {
 }
 
 impl Pass<'_> {
+    /// The stream sequence the state was loaded at: a key made with it is
+    /// unique to a decision on this state.
+    pub(crate) fn seq(&self) -> u64 {
+        self.version.stream_seq
+    }
+
     /// Decides `command` on the loaded state and appends the outcome at the
     /// loaded version. True when something was appended (or someone else
     /// changed the service): the caller passes again.
@@ -246,7 +255,7 @@ async fn pass(inner: &Inner, service: &ServiceId) -> Result<Next, SchedulerError
         .map(|i| i.node.clone())
         .collect();
     if let Some(node) = lost.into_iter().next() {
-        let key = format!("server-failed-{node}-{}", p.version.stream_seq);
+        let key = format!("server-failed-{node}-{}", p.seq());
         if p.decide(Command::RecordServerFailed { node }, &key).await? {
             return Ok(Next::Again);
         }
@@ -344,11 +353,19 @@ async fn pipeline(
             else {
                 return Ok(Step::Stay);
             };
-            // Any node with room.
+            // Any node with room; none is said on the timeline (once per
+            // shortfall), or the deploy would just sit until its deadline.
             let Some(node) = place(&view.nodes, &cfg.plan, 1, &[])
                 .ok()
                 .and_then(|v| v.into_iter().next())
             else {
+                let blocked = shortfall(&view.nodes, &cfg.plan, &id, 1);
+                let key = format!("blocked-{id}-{}", p.seq());
+                if p.decide(Command::RecordPlacementBlocked(blocked), &key)
+                    .await?
+                {
+                    return Ok(Step::Moved);
+                }
                 return Ok(Step::Retry(PLACEMENT_RETRY));
             };
             let Some(mut spec) = p.run_spec(cfg, d, &instance, &digest) else {

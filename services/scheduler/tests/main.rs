@@ -13,6 +13,7 @@ mod deploys;
 mod lifecycle;
 mod lost_node;
 mod pre_deploy;
+mod room;
 mod scale;
 mod triggers;
 mod update_failed;

@@ -23,7 +23,16 @@
 //!   before it the same way: new ones first, old ones once they serve;
 //! - an instance on a lost node (or on a node missing from the view) is
 //!   rescheduled on another node when it is still wanted, else stopped;
-//! - placement never uses a lost node (see [`place`]).
+//! - placement never uses a lost node (see [`place`]), and a node's room is
+//!   what every instance on it leaves, the service's own included (the view
+//!   counts the other services'), until its stop is reported;
+//! - the deploy being rolled out is placed before anything of the live
+//!   deploy; while it rolls out, the live deploy gets no new instances for a
+//!   scale-up or a restart (they would be replaced as soon as the rollout is
+//!   live, and they would take the room it needs), only moves off lost nodes;
+//! - instances that find no room are reported (`placement_blocked`, with
+//!   the node that comes closest), and a deploy that fails for want of room
+//!   says so in its reason.
 
 mod place;
 
@@ -39,16 +48,17 @@ use std::time::Duration;
 
 use berth_schemas::events::{
     DeployFailed, DeployLive, InstanceRescheduled, InstanceScheduled, InstanceStopped,
+    PlacementBlocked,
 };
 use berth_schemas::ids::{DeployId, InstanceId, NodeId};
 use berth_schemas::model::{DeployPhase, DeployStatus, Plan as Size, ServiceType};
 use berth_schemas::Event;
 use chrono::{DateTime, TimeDelta, Utc};
 
-pub use place::{lost_nodes, place, NodeCapacity, PlacementError};
+pub use place::{lost_nodes, place, shortfall, NodeCapacity, PlacementError};
 
 use crate::service::{Deploy, Instance, InstancePhase, ServiceState, ServiceStatus};
-use place::{place_one, Spread};
+use place::{place_one, reserve_at, Spread};
 
 /// SPEC §6: new instances must be healthy within this window (default 15 min).
 pub const DEFAULT_READINESS_WINDOW: Duration = Duration::from_secs(15 * 60);
@@ -124,7 +134,7 @@ impl IdSource for SequentialIds {
 }
 
 /// One thing the scheduler wants done.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Start a new instance of `deploy` running `digest` on `node`.
     Schedule {
@@ -148,6 +158,9 @@ pub enum Action {
     MarkLive { deploy: DeployId, digest: String },
     /// The deploy cannot complete; the previous live deploy keeps serving.
     FailDeploy { deploy: DeployId, reason: String },
+    /// Some instances of a deploy found no node with room (recorded through
+    /// the service's `decide`, which keeps repeats out of the log).
+    ReportBlocked(PlacementBlocked),
 }
 
 impl Action {
@@ -192,12 +205,13 @@ impl Action {
                 status: DeployStatus::UpdateFailed,
                 reason: reason.clone(),
             }),
+            Action::ReportBlocked(b) => Event::PlacementBlocked(b.clone()),
         }
     }
 }
 
 /// What to do now, and when to look again even if nothing happens.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
     pub actions: Vec<Action>,
     pub requeue_after: Option<Duration>,
@@ -241,8 +255,15 @@ pub fn reconcile(
         return plan;
     }
     let want = cfg.num_instances as usize;
+    // The view reserves what other services' instances take; ours take
+    // theirs wherever they are, stopping ones too until the node reports
+    // the stop (the process holds its CPU and memory until then).
+    let mut nodes = view.nodes.clone();
+    for i in state.instances.iter() {
+        reserve_at(&mut nodes, &i.node, &cfg.plan);
+    }
     let mut ctx = Planner {
-        nodes: view.nodes.clone(),
+        nodes,
         spread: Spread::new(
             &state
                 .instances
@@ -261,10 +282,15 @@ pub fn reconcile(
     let live = state.live_deploy().filter(|d| d.digest().is_some());
     let rollout = rolling_out(state).filter(|d| Some(&d.id) != live.map(|l| &l.id));
 
-    let restart = state.restart_requested_at;
-    let live_healthy = live.map_or(0, |d| ctx.group(state, d, want, restart));
-    if let Some(d) = rollout {
-        let healthy = ctx.group(state, d, want, None);
+    // The rollout first: it is what will serve, so it gets the room. Until
+    // it ends the live deploy only keeps what it has (see the module doc).
+    let rolled = rollout.map(|d| (d, ctx.group(state, d, want, None, true)));
+    let restart = state.restart_requested_at.filter(|_| rollout.is_none());
+    let live_healthy = live.map_or(0, |d| {
+        ctx.group(state, d, want, restart, rollout.is_none())
+            .healthy
+    });
+    if let Some((d, Group { healthy, blocked })) = rolled {
         if healthy >= want {
             if let Some(digest) = d.digest() {
                 ctx.plan.actions.push(Action::MarkLive {
@@ -276,12 +302,18 @@ pub fn reconcile(
             let window = TimeDelta::from_std(view.readiness_window).unwrap_or(TimeDelta::MAX);
             let deadline = started.checked_add_signed(window);
             match deadline {
-                Some(deadline) if now >= deadline => ctx.plan.actions.push(Action::FailDeploy {
-                    deploy: d.id.clone(),
-                    reason: format!(
+                Some(deadline) if now >= deadline => {
+                    let mut reason = format!(
                         "{healthy} of {want} new instances healthy within the readiness window"
-                    ),
-                }),
+                    );
+                    if let Some(b) = &blocked {
+                        reason.push_str(&format!("; {} not placed: {}", b.unplaced, b.reason));
+                    }
+                    ctx.plan.actions.push(Action::FailDeploy {
+                        deploy: d.id.clone(),
+                        reason,
+                    });
+                }
                 Some(deadline) => {
                     let left = (deadline - now).to_std().unwrap_or(Duration::ZERO);
                     ctx.plan.requeue(left);
@@ -303,6 +335,14 @@ pub fn reconcile(
         }
     }
     ctx.plan
+}
+
+/// What [`Planner::group`] found about one deploy's instances.
+struct Group {
+    /// How many are healthy (before the plan is carried out).
+    healthy: usize,
+    /// Set when some found no room.
+    blocked: Option<PlacementBlocked>,
 }
 
 /// The working state of one reconcile.
@@ -334,17 +374,22 @@ impl Planner<'_> {
     }
 
     /// Brings deploy `d` to `want` instances of its digest, placed after
-    /// `restart` if given; returns how many of them are healthy (before this
-    /// plan is carried out).
+    /// `restart` if given; without `grow` it only moves instances off lost
+    /// nodes and starts none for missing ones. Reports instances that found
+    /// no room.
     fn group(
         &mut self,
         state: &ServiceState,
         d: &Deploy,
         want: usize,
         restart: Option<DateTime<Utc>>,
-    ) -> usize {
+        grow: bool,
+    ) -> Group {
         let Some(digest) = d.digest() else {
-            return 0;
+            return Group {
+                healthy: 0,
+                blocked: None,
+            };
         };
         let mine: Vec<&Instance> = state.instances.of_deploy(&d.id).collect();
         for i in &mine {
@@ -367,6 +412,7 @@ impl Planner<'_> {
         let mut count = up.len();
 
         // Instances on lost nodes move while they are still needed.
+        let mut unplaced = 0;
         for lost in down {
             if count < want {
                 if let Some(to) = self.place() {
@@ -380,14 +426,19 @@ impl Planner<'_> {
                         to_node: to,
                     });
                     count += 1;
+                } else {
+                    // Not placeable: it stays recorded until a node has room.
+                    unplaced += 1;
                 }
-                // Not placeable: it stays recorded until a node has room.
             } else {
                 self.stop(lost);
             }
         }
-        while count < want {
-            let Some(node) = self.place() else { break };
+        while grow && count + unplaced < want {
+            let Some(node) = self.place() else {
+                unplaced = want - count;
+                break;
+            };
             let instance = self.ids.next_instance();
             self.plan.actions.push(Action::Schedule {
                 instance,
@@ -405,6 +456,10 @@ impl Planner<'_> {
                 self.stop(bad);
             }
         }
-        healthy
+        let blocked = (unplaced > 0).then(|| shortfall(&self.nodes, &self.size, &d.id, unplaced));
+        if let Some(b) = &blocked {
+            self.plan.actions.push(Action::ReportBlocked(b.clone()));
+        }
+        Group { healthy, blocked }
     }
 }

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use berth_schemas::ids::NodeId;
+use berth_schemas::events::PlacementBlocked;
+use berth_schemas::ids::{DeployId, NodeId};
 use berth_schemas::model::Plan as Size;
 use chrono::{DateTime, TimeDelta, Utc};
 
@@ -16,9 +17,10 @@ pub struct NodeCapacity {
     pub cpu_millis: u32,
     /// Total memory in MiB.
     pub memory_mib: u32,
-    /// CPU already reserved by instances on it.
+    /// CPU already reserved by instances on it. For [`reconcile`](super::reconcile):
+    /// other services' instances; it adds the service's own itself.
     pub used_cpu: u32,
-    /// Memory already reserved by instances on it.
+    /// Memory already reserved by instances on it (as `used_cpu`).
     pub used_mem: u32,
     /// Declared lost: nothing is ever placed on it.
     pub lost: bool,
@@ -118,6 +120,73 @@ pub(crate) fn place_one(
     best.reserve(size);
     spread.add(&best.id);
     Some(best.id.clone())
+}
+
+/// Reserves `size` on `node` for an instance already there (if the node is
+/// in the view at all).
+pub(crate) fn reserve_at(nodes: &mut [NodeCapacity], node: &NodeId, size: &Size) {
+    if let Some(n) = nodes.iter_mut().find(|n| &n.id == node) {
+        n.reserve(size);
+    }
+}
+
+/// Why `unplaced` instances of `size` found no room: the up node that
+/// comes closest to fitting one (the largest share of the CPU and of the
+/// memory one needs, whichever is smaller), and what it has free.
+pub fn shortfall(
+    nodes: &[NodeCapacity],
+    size: &Size,
+    deploy: &DeployId,
+    unplaced: usize,
+) -> PlacementBlocked {
+    // Per mille of one instance's need that is free; a need of zero is
+    // always met.
+    let share = |free: u32, need: u32| {
+        (u64::from(free) * 1000)
+            .checked_div(u64::from(need))
+            .unwrap_or(u64::MAX)
+    };
+    let closest = nodes.iter().filter(|n| !n.lost).max_by(|a, b| {
+        let fit = |n: &NodeCapacity| {
+            share(n.free_cpu(), size.cpu_millis).min(share(n.free_mem(), size.memory_mib))
+        };
+        fit(a).cmp(&fit(b)).then(b.id.cmp(&a.id))
+    });
+    let needs = format!(
+        "needs {} CPU / {} MiB",
+        cpus(size.cpu_millis),
+        size.memory_mib
+    );
+    let reason = match closest {
+        Some(n) => format!(
+            "no node has room: {needs}, largest free {} CPU / {} MiB on {}",
+            cpus(n.free_cpu()),
+            n.free_mem(),
+            n.id
+        ),
+        None => format!("no node has room: {needs}, and no node is up"),
+    };
+    PlacementBlocked {
+        deploy: deploy.clone(),
+        unplaced: u32::try_from(unplaced).unwrap_or(u32::MAX),
+        cpu_millis: size.cpu_millis,
+        memory_mib: size.memory_mib,
+        node: closest.map(|n| n.id.clone()),
+        free_cpu_millis: closest.map_or(0, NodeCapacity::free_cpu),
+        free_memory_mib: closest.map_or(0, NodeCapacity::free_mem),
+        reason,
+    }
+}
+
+/// Millicores as CPUs the way plans are written: `500` → `0.5`, `2000` → `2`.
+fn cpus(millis: u32) -> String {
+    let whole = millis / 1000;
+    let frac = millis % 1000;
+    if frac == 0 {
+        return whole.to_string();
+    }
+    let frac = format!("{frac:03}");
+    format!("{whole}.{}", frac.trim_end_matches('0'))
 }
 
 /// The nodes whose last heartbeat is more than `timeout` before `now`.

@@ -184,6 +184,7 @@ impl Svc {
                     self.apply(&[a.event(), started, healthy]);
                 }
                 Action::Stop { .. } => self.apply(&[a.event()]),
+                Action::ReportBlocked(b) => self.run(Command::RecordPlacementBlocked(b.clone())),
             }
         }
     }

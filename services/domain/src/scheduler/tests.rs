@@ -347,13 +347,25 @@ fn instances_on_a_lost_node_are_rescheduled_elsewhere() {
 }
 
 #[test]
-fn with_no_room_left_a_lost_instance_waits_and_requeues() {
+fn with_no_room_left_a_lost_instance_waits_requeues_and_says_why() {
     let (mut s, _) = live(2);
+    // Node 2 holds the other instance, which takes all of its room.
     let mut view = ClusterView::new(vec![node(1, 4000, 8192), node(2, 500, 512)]);
     view.nodes[0].lost = true;
-    view.nodes[1].used_cpu = 500;
     let plan = s.reconcile(&view);
-    assert!(plan.actions.is_empty(), "{plan:?}");
+    match plan.actions.as_slice() {
+        [Action::ReportBlocked(b)] => {
+            assert_eq!((&b.deploy, b.unplaced), (&deploy_id(0), 1));
+            assert_eq!(
+                b.reason,
+                format!(
+                    "no node has room: needs 0.5 CPU / 512 MiB, largest free 0 CPU / 0 MiB on {}",
+                    node_id(2)
+                )
+            );
+        }
+        other => panic!("{other:?}"),
+    }
     assert_eq!(plan.requeue_after, Some(PLACEMENT_RETRY));
 }
 
@@ -477,4 +489,206 @@ fn a_restart_replaces_every_instance_without_downtime() {
     assert!(schedules(&plan).is_empty());
     s.carry_out(&plan);
     assert_eq!(s.reconcile(&two_nodes()), Plan::default());
+}
+
+// ---- room ----
+
+/// Nodes `1` and `2`, each with room for `per_node` starter instances
+/// (0.5 CPU, 512 MiB) and nothing of other services on them.
+fn room_for(per_node: u32) -> ClusterView {
+    ClusterView::new(vec![
+        node(1, 500 * per_node, 512 * per_node),
+        node(2, 500 * per_node, 512 * per_node),
+    ])
+}
+
+/// No node holds more of the service's instances than it has room for.
+fn assert_fits(s: &Svc, view: &ClusterView) {
+    let size = &s.state.config.as_ref().unwrap().plan;
+    for n in &view.nodes {
+        let here = s.state.instances.on_node(&n.id).count() as u32;
+        assert!(
+            n.used_cpu + here * size.cpu_millis <= n.cpu_millis
+                && n.used_mem + here * size.memory_mib <= n.memory_mib,
+            "{} holds {here} instances: {:?}",
+            n.id,
+            s.state.instances
+        );
+    }
+}
+
+fn blocked(plan: &Plan) -> Vec<&berth_schemas::events::PlacementBlocked> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::ReportBlocked(b) => Some(b),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_deploy_requested_with_a_scale_up_gets_the_room_first_and_goes_live() {
+    // One instance live, room for four: the scale to three and the deploy
+    // arrive before the scheduler's next pass.
+    let (mut s, old) = live(1);
+    let view = room_for(2);
+    s.run(Command::Scale { num_instances: 3 });
+    let new = s.request(1);
+    s.updating(&new, &digest(2));
+    let plan = s.reconcile(&view);
+    // The three free places go to the deploy; the live deploy, which it
+    // replaces, does not grow meanwhile.
+    assert_eq!(schedules(&plan).len(), 3, "{plan:?}");
+    assert!(schedules(&plan).iter().all(|(d, _, _)| *d == &new));
+    s.carry_out(&plan);
+    assert_fits(&s, &view);
+    let plan = s.reconcile(&view);
+    assert_eq!(
+        plan.actions,
+        vec![Action::MarkLive {
+            deploy: new.clone(),
+            digest: digest(2)
+        }]
+    );
+    s.carry_out(&plan);
+    let plan = s.reconcile(&view);
+    assert_eq!(stops(&plan), vec![&old[0]]);
+    s.carry_out(&plan);
+    assert_eq!(s.reconcile(&view), Plan::default());
+}
+
+#[test]
+fn a_deploy_requested_with_a_restart_is_not_held_up_by_the_restart() {
+    // Three live, room for six: a restart and a deploy arrive together.
+    let (mut s, old) = live(3);
+    let view = room_for(3);
+    s.now += chrono::TimeDelta::minutes(1);
+    s.run(Command::Restart);
+    let new = s.request(1);
+    s.updating(&new, &digest(2));
+    let plan = s.reconcile(&view);
+    // The deploy replaces every instance anyway: no restart replacements
+    // take its room.
+    assert_eq!(schedules(&plan).len(), 3, "{plan:?}");
+    assert!(schedules(&plan).iter().all(|(d, _, _)| *d == &new));
+    assert!(stops(&plan).is_empty());
+    s.carry_out(&plan);
+    assert_fits(&s, &view);
+    let plan = s.reconcile(&view);
+    assert!(matches!(plan.actions.as_slice(), [Action::MarkLive { deploy, .. }] if deploy == &new));
+    s.carry_out(&plan);
+    // Live, and placed after the restart: the old ones go, nothing else.
+    let plan = s.reconcile(&view);
+    let mut stopped = stops(&plan);
+    stopped.sort();
+    assert_eq!(stopped, old.iter().collect::<Vec<_>>());
+    assert!(schedules(&plan).is_empty());
+}
+
+#[test]
+fn a_deploy_without_room_beside_the_instances_it_replaces_fails_saying_so() {
+    // The scale-up went through first and filled the nodes; the deploy's
+    // new instances need room beside the old ones until they serve.
+    let (mut s, _) = live(1);
+    let view = room_for(2);
+    s.run(Command::Scale { num_instances: 3 });
+    let plan = s.reconcile(&view);
+    s.carry_out(&plan);
+    let new = s.request(1);
+    s.updating(&new, &digest(2));
+    let plan = s.reconcile(&view);
+    assert_eq!(schedules(&plan).len(), 1, "{plan:?}");
+    let reason = format!(
+        "no node has room: needs 0.5 CPU / 512 MiB, largest free 0 CPU / 0 MiB on {}",
+        node_id(1)
+    );
+    match blocked(&plan).as_slice() {
+        [b] => assert_eq!((&b.deploy, b.unplaced, &b.reason), (&new, 2, &reason)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(plan.requeue_after, Some(PLACEMENT_RETRY));
+    s.carry_out(&plan);
+    assert_fits(&s, &view);
+    assert!(s.state.deploy(&new).unwrap().placement_blocked.is_some());
+    s.now = t0() + chrono::TimeDelta::minutes(15);
+    let plan = s.reconcile(&view);
+    let fail = plan.actions.iter().find_map(|a| match a {
+        Action::FailDeploy { deploy, reason } if deploy == &new => Some(reason.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        fail,
+        Some(format!(
+            "1 of 3 new instances healthy within the readiness window; 2 not placed: {reason}"
+        ))
+    );
+}
+
+#[test]
+fn a_service_blocked_by_other_services_instances_is_told_why_and_placed_once_they_stop() {
+    // Another service's instances take most of the only node, stopping or
+    // not: they hold their room until the node reports them stopped.
+    let mut s = Svc::web(1);
+    s.updating(&deploy_id(0), &digest(1));
+    let mut view = ClusterView::new(vec![node(1, 1000, 812)]);
+    view.nodes[0].used_cpu = 800;
+    view.nodes[0].used_mem = 512;
+    let plan = s.reconcile(&view);
+    assert!(schedules(&plan).is_empty());
+    let reason = format!(
+        "no node has room: needs 0.5 CPU / 512 MiB, largest free 0.2 CPU / 300 MiB on {}",
+        node_id(1)
+    );
+    match blocked(&plan).as_slice() {
+        [b] => assert_eq!(
+            (b.unplaced, b.free_cpu_millis, b.free_memory_mib, &b.reason),
+            (1, 200, 300, &reason)
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(plan.requeue_after, Some(PLACEMENT_RETRY));
+    s.carry_out(&plan);
+    // Retried: the same shortfall, recorded once.
+    let plan = s.reconcile(&view);
+    let before = s.state.clone();
+    s.carry_out(&plan);
+    assert_eq!(s.state, before);
+    // Had they never stopped, the deploy would fail at the end of its
+    // readiness window naming the shortfall (plans are pure: this one is
+    // not carried out).
+    s.now = t0() + chrono::TimeDelta::minutes(15);
+    let plan = s.reconcile(&view);
+    let expected =
+        format!("0 of 1 new instances healthy within the readiness window; 1 not placed: {reason}");
+    assert!(
+        plan.actions
+            .iter()
+            .any(|a| matches!(a, Action::FailDeploy { reason: r, .. } if *r == expected)),
+        "{plan:?}"
+    );
+    // Their stops are reported within the window: the retry places it.
+    s.now = t0() + chrono::TimeDelta::seconds(30);
+    view.nodes[0].used_cpu = 0;
+    view.nodes[0].used_mem = 0;
+    let plan = s.reconcile(&view);
+    assert_eq!(schedules(&plan).len(), 1);
+    assert!(blocked(&plan).is_empty());
+}
+
+#[test]
+fn cpus_read_as_plans_are_written() {
+    let size = |cpu| Size {
+        name: "t".into(),
+        cpu_millis: cpu,
+        memory_mib: 64,
+    };
+    let d = deploy_id(0);
+    for (cpu, text) in [(500, "0.5"), (2000, "2"), (1250, "1.25"), (5, "0.005")] {
+        let b = place::shortfall(&[], &size(cpu), &d, 1);
+        assert_eq!(
+            b.reason,
+            format!("no node has room: needs {text} CPU / 64 MiB, and no node is up")
+        );
+    }
 }

@@ -45,7 +45,9 @@ pub mod validate;
 #[cfg(test)]
 mod tests;
 
-use berth_schemas::events::{InstanceRescheduled, InstanceScheduled, ServiceSettings};
+use berth_schemas::events::{
+    InstanceRescheduled, InstanceScheduled, PlacementBlocked, ServiceSettings,
+};
 use berth_schemas::ids::{CronRunId, DeployId, InstanceId, NodeId, OwnerId};
 use berth_schemas::model::{
     DeployStatus, DeployTrigger, EnvVars, NotifySetting, OverlapPolicy, Plan, PullFailureReason,
@@ -278,6 +280,8 @@ pub enum Command {
     Drain {
         instances: Vec<InstanceId>,
     },
+    /// Some of a deploy's instances found no node with room.
+    RecordPlacementBlocked(PlacementBlocked),
 
     // ---- cron runs ----
     /// Start a run of the live digest. `manual` runs cancel an active run;
@@ -347,6 +351,7 @@ pub fn deploy_of(event: &Event) -> Option<&DeployId> {
         Event::DeployDeactivated(e) => Some(&e.deploy),
         Event::RollbackTargetMissing(e) => Some(&e.deploy),
         Event::InstanceScheduled(e) => Some(&e.deploy),
+        Event::PlacementBlocked(e) => Some(&e.deploy),
         _ => None,
     }
 }
@@ -360,7 +365,12 @@ pub fn decide(
     if let Command::Create(c) = command {
         return lifecycle::create(state, *c, ctx);
     }
-    if !state.exists() {
+    // A deleted service's instances are still taken out of routing and let
+    // go by the scheduler: refused, they would run on and hold their
+    // nodes' CPU and memory for good.
+    let stopping = matches!(command, Command::Drain { .. } | Command::Release { .. });
+    let known = state.exists() || (stopping && state.status == ServiceStatus::Deleted);
+    if !known {
         return Err(DomainError::not_found("service", ""));
     }
     match command {
@@ -416,6 +426,7 @@ pub fn decide(
         Command::RecordServerFailed { node } => Ok(placement::server_failed(state, node)),
         Command::Release { instances } => placement::release(state, instances),
         Command::Drain { instances } => Ok(placement::drain(state, instances)),
+        Command::RecordPlacementBlocked(blocked) => placement::blocked(state, blocked),
         Command::StartCronRun {
             run,
             manual,

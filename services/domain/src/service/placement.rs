@@ -1,7 +1,7 @@
 //! Placement facts the scheduler decides about a service's instances: new
 //! instances placed, instances moved off a lost node, a node's instances
-//! marked lost, and instances no node will report stopped (on a lost node,
-//! or never started) let go.
+//! marked lost, instances no node will report stopped (on a lost node, or
+//! never started) let go, and instances no node has room for.
 //!
 //! Each is checked against the service so a stale plan (decided on an older
 //! state by another scheduler copy) cannot place instances of a deploy that
@@ -9,7 +9,8 @@
 //! no events, so a retried decision is harmless.
 
 use berth_schemas::events::{
-    InstanceDraining, InstanceRescheduled, InstanceScheduled, InstanceStopped, ServerFailed,
+    InstanceDraining, InstanceRescheduled, InstanceScheduled, InstanceStopped, PlacementBlocked,
+    ServerFailed,
 };
 use berth_schemas::ids::{InstanceId, NodeId};
 use berth_schemas::model::DeployStatus;
@@ -126,4 +127,19 @@ pub(super) fn release(state: &ServiceState, instances: Vec<InstanceId>) -> Decis
         }
     }
     Ok(out)
+}
+
+/// Some of a deploy's instances found no node with room. Recorded once per
+/// shortfall: the scheduler retries every few seconds and finds the same
+/// one each time until something changes, which says nothing new.
+pub(super) fn blocked(state: &ServiceState, e: PlacementBlocked) -> Decision {
+    let Some(d) = state.deploy(&e.deploy) else {
+        return Err(DomainError::not_found("deploy", &e.deploy));
+    };
+    // A plan decided before the deploy ended: nothing waits for room now.
+    let placing = d.is_running() || d.status == DeployStatus::Live;
+    if !placing || d.placement_blocked.as_ref() == Some(&e) {
+        return Ok(vec![]);
+    }
+    Ok(vec![e.into()])
 }

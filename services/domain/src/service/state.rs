@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use berth_schemas::events::{CancelReason, ServiceCreated, ServiceSettings};
+use berth_schemas::events::{CancelReason, PlacementBlocked, ServiceCreated, ServiceSettings};
 use berth_schemas::ids::{CredentialId, CronRunId, DeployId, NodeId};
 use berth_schemas::model::{DeployPhase, DeployStatus, DeployTrigger, ResolvedImage};
 use berth_schemas::Event;
@@ -106,6 +106,10 @@ pub struct Deploy {
     #[serde(default)]
     pub update_started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The last `placement_blocked` about it, until one of its instances
+    /// is placed again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement_blocked: Option<PlacementBlocked>,
 }
 
 impl Deploy {
@@ -297,6 +301,7 @@ pub fn apply_at(mut s: ServiceState, event: &Event, time: Option<DateTime<Utc>>)
                 pre_deploy_started_at: None,
                 update_started_at: None,
                 finished_at: None,
+                placement_blocked: None,
             }));
         }
         Event::DeployQueued(e) => {
@@ -460,6 +465,18 @@ pub fn apply_at(mut s: ServiceState, event: &Event, time: Option<DateTime<Utc>>)
         }
         Event::CronJobRunSkipped(e) => {
             s.cron.last_skipped = Some(e.scheduled_for);
+        }
+        Event::PlacementBlocked(e) => {
+            if let Some(d) = s.deploy_mut(&e.deploy) {
+                d.placement_blocked = Some(e.clone());
+            }
+        }
+        Event::InstanceScheduled(e) => {
+            // Room was found: a later shortfall is news again.
+            if let Some(d) = s.deploy_mut(&e.deploy) {
+                d.placement_blocked = None;
+            }
+            s.instances.apply(event, time);
         }
         // Instance facts feed the scheduler's view; pull progress is for
         // the API's projections.

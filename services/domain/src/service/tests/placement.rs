@@ -1,8 +1,11 @@
 //! Placement decisions: instances of the running or live digest only, moves
 //! off lost nodes, lost nodes' instances marked and let go, repeats no-ops.
 
-use berth_schemas::events::{InstanceRescheduled, InstanceScheduled, InstanceStarted};
+use berth_schemas::events::{
+    InstanceRescheduled, InstanceScheduled, InstanceStarted, PlacementBlocked,
+};
 use berth_schemas::ids::{DeployId, InstanceId, NodeId};
+use berth_schemas::model::DeployTrigger;
 use berth_schemas::Event;
 
 use super::{digest, node, Command, Scenario};
@@ -179,4 +182,84 @@ fn only_started_instances_drain_and_only_once() {
     assert!(s.state.instances.get(&a).unwrap().draining_since.is_some());
     assert!(s.state.instances.get(&b).unwrap().draining_since.is_none());
     assert!(s.run(Command::Drain { instances: vec![a] }).is_empty());
+}
+
+#[test]
+fn a_deleted_services_instances_are_still_drained_and_let_go() {
+    let d = DeployId::generate();
+    let mut s = Scenario::live_web(&d);
+    let (a, b) = (InstanceId::generate(), InstanceId::generate());
+    place_two_start_first(&mut s, &d, &a, &b);
+    s.run(Command::Delete);
+    // Everything else about it is gone...
+    assert_eq!(s.refused(Command::Restart), ErrorKind::NotFound);
+    // ...but its instances must still stop, or they hold their node's room
+    // for good: the running one leaves routing first, the one that never
+    // started is let go.
+    let out = s.run(Command::Drain {
+        instances: vec![a.clone()],
+    });
+    assert!(matches!(&out[..], [Event::InstanceDraining(e)] if e.instance == a));
+    let out = s.run(Command::Release {
+        instances: vec![b.clone()],
+    });
+    assert!(matches!(&out[..], [Event::InstanceStopped(e)] if e.instance == b));
+    assert_eq!(
+        s.state.instances.iter().map(|i| &i.id).collect::<Vec<_>>(),
+        vec![&a]
+    );
+}
+
+fn blocked(d: &DeployId, unplaced: u32) -> PlacementBlocked {
+    PlacementBlocked {
+        deploy: d.clone(),
+        unplaced,
+        cpu_millis: 500,
+        memory_mib: 512,
+        node: Some(node()),
+        free_cpu_millis: 200,
+        free_memory_mib: 300,
+        reason: format!(
+            "no node has room: needs 0.5 CPU / 512 MiB, largest free 0.2 CPU / 300 MiB on {}",
+            node()
+        ),
+    }
+}
+
+#[test]
+fn a_shortfall_is_recorded_once_until_room_is_found_or_it_changes() {
+    let d = DeployId::generate();
+    let mut s = Scenario::live_web(&d);
+    let out = s.run(Command::RecordPlacementBlocked(blocked(&d, 2)));
+    assert!(matches!(&out[..], [Event::PlacementBlocked(b)] if b.unplaced == 2));
+    // The retry finds the same shortfall: nothing new to say.
+    assert!(s
+        .run(Command::RecordPlacementBlocked(blocked(&d, 2)))
+        .is_empty());
+    // One instance found room: what is left is news.
+    s.run(place(vec![sched(
+        &InstanceId::generate(),
+        &d,
+        node(),
+        &digest(1),
+    )]));
+    assert!(s.deploy(&d).placement_blocked.is_none());
+    assert_eq!(
+        s.run(Command::RecordPlacementBlocked(blocked(&d, 1))).len(),
+        1
+    );
+    assert_eq!(s.deploy(&d).placement_blocked, Some(blocked(&d, 1)));
+    // About a deploy that has ended (a stale plan): nothing.
+    let (next, _) = s.request(DeployTrigger::Api);
+    s.go_live(&next, &digest(2));
+    assert!(s
+        .run(Command::RecordPlacementBlocked(blocked(&d, 3)))
+        .is_empty());
+    assert_eq!(
+        s.refused(Command::RecordPlacementBlocked(blocked(
+            &DeployId::generate(),
+            1
+        ))),
+        ErrorKind::NotFound
+    );
 }
