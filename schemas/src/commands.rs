@@ -85,12 +85,14 @@ pub struct NodeRunSpec {
     /// Replaces the image's Cmd (shell words), Entrypoint kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
-    /// Set: the instance listens (web and private services). The node
-    /// gives every such instance its own `PORT` (host networking: two
-    /// instances on one node cannot share one) unless the service's env
-    /// pins `PORT`, and reports `ip:port` as `instance_started.addr`; the
-    /// service's type and health check path, which choose the node's
-    /// health check, are read from the service's own log.
+    /// Set: the instance listens (web and private services), on this
+    /// port in its own network namespace unless the service's env sets
+    /// `PORT` or the image exposes exactly one TCP port. The node
+    /// publishes a web instance's port on a host port and reports
+    /// `<advertise addr>:<host port>` as `instance_started.addr` (a
+    /// private instance: its own address); the service's type and health
+    /// check path, which choose the node's health check, are read from
+    /// the service's own log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -132,6 +132,9 @@ pub enum PullFailureReason {
     ImageTooLarge,
     /// A blob's bytes do not match its digest or size.
     DigestMismatch,
+    /// A layer or the config refused as unsafe or malformed (path escape,
+    /// device node, oversized header, expansion bomb, unreadable archive).
+    InvalidImage,
 }
 
 impl fmt::Display for PullFailureReason {
@@ -143,6 +146,7 @@ impl fmt::Display for PullFailureReason {
             PullFailureReason::UnsupportedPlatform => "unsupported_platform",
             PullFailureReason::ImageTooLarge => "image_too_large",
             PullFailureReason::DigestMismatch => "digest_mismatch",
+            PullFailureReason::InvalidImage => "invalid_image",
         };
         f.write_str(s)
     }

@@ -13,6 +13,7 @@
 //! - [`eventlog`]: scenarios shared by the event-store tests.
 //! - [`registry`], [`image`], [`layers`]: a real registry and images for it.
 //! - [`runc`]: root/runc checks and cleanup of what real containers leave.
+//! - [`net`]: test subnets no other test holds; what a node network leaves.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -20,6 +21,7 @@ pub mod eventlog;
 pub mod image;
 pub mod layers;
 mod nats;
+pub mod net;
 pub mod registry;
 pub mod runc;
 

@@ -84,7 +84,9 @@ async fn sigterm_then_sigkill_after_the_delay() {
 async fn one_off_past_its_timeout_is_stopped() {
     let node = Node::start().await;
     let image = node.image(&busybox_image(default_config())).await;
-    let mut s = spec(&image, "sleep 60");
+    // SIGTERM ignored (and inherited ignored by `sleep`): SIGKILL after
+    // 500 ms, which kills the init and with it the whole container.
+    let mut s = spec(&image, r#"sh -c 'trap "" TERM; sleep 60'"#);
     s.shutdown_delay = Duration::from_millis(500);
     let t0 = Instant::now();
     let out = node
@@ -93,7 +95,6 @@ async fn one_off_past_its_timeout_is_stopped() {
         .await
         .unwrap();
     let took = t0.elapsed();
-    // `sleep` as pid 1 ignores SIGTERM (no handler): SIGKILL after 500 ms.
     let OneOffOutcome::TimedOut(stop) = out else {
         panic!("expected a timeout, got {out:?}")
     };
@@ -112,6 +113,25 @@ async fn one_off_past_its_timeout_is_stopped() {
         agent_support::mounts_under(node.dir.path()).is_empty(),
         "rootfs mounts left"
     );
+    assert!(processes_of(&[&s.instance]).is_empty());
+
+    // A plain `sleep` without a handler is not PID 1 (the init is), so
+    // SIGTERM ends it at once; the init reports it as 128 + 15.
+    let mut s = spec(&image, "sleep 60");
+    s.shutdown_delay = Duration::from_secs(20);
+    let t0 = Instant::now();
+    let out = node
+        .agent
+        .run_once(s.clone(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    let took = t0.elapsed();
+    let OneOffOutcome::TimedOut(stop) = out else {
+        panic!("expected a timeout, got {out:?}")
+    };
+    assert!(!stop.escalated_to_kill, "{stop:?}");
+    assert_eq!(stop.status, Some(ExitStatus::Code(143)));
+    assert!(took < Duration::from_secs(3), "took {took:?}");
     assert!(processes_of(&[&s.instance]).is_empty());
 
     // A one-off that finishes in time reports its code.

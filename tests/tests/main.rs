@@ -8,6 +8,7 @@ mod resolver_support;
 
 mod agent_restart;
 mod agent_run;
+mod agent_sandbox;
 mod agent_stop;
 mod create_service_verification;
 mod credentials_lifecycle;

@@ -38,6 +38,7 @@ fn options() -> NodeOptions {
         cpu_millis: 2000,
         memory_mib: 2048,
         runc: "runc".into(),
+        cni_path: "/usr/lib/cni".into(),
         concurrency: 4,
         ack_wait: Duration::from_secs(10),
         max_deliver: 3,
@@ -70,7 +71,11 @@ impl Running {
 
 async fn start_node(w: &World, key: &SecretKey) -> Running {
     let id = berth_node::load_or_create_id(&w.node_dir()).unwrap();
-    let node = Node::new(w.store.clone(), key.clone(), options());
+    let node =
+        Node::new(w.store.clone(), key.clone(), options()).with_checks(berth_node::NodeChecks {
+            subnet: w.subnet.parsed(),
+            ..berth_node::NodeChecks::default()
+        });
     let stop = CancellationToken::new();
     let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(

@@ -22,9 +22,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::bundle::{self, InstanceDir, InstanceSpec, RootfsKind};
 use crate::error::{agent_io, AgentError};
+use crate::net::{Cni, NetworkConfig};
 use crate::process::{self, ExitStatus, RestartPolicy};
 use crate::runtime::{Runtime, Signal};
 use crate::supervise::{self, Ended, Running};
+
+/// Debian's `tini` package's static build: it runs in any image, with or
+/// without a libc.
+const DEFAULT_INIT: &str = "/usr/bin/tini-static";
 
 /// Agent settings.
 #[derive(Debug, Clone)]
@@ -41,6 +46,13 @@ pub struct AgentConfig {
     pub exit_poll: Duration,
     /// How long to wait for a killed container to be gone.
     pub kill_wait: Duration,
+    /// The static init run as every container's PID 1 (`tini`); `None`:
+    /// the app is PID 1 (it then ignores SIGTERM unless it handles it, and
+    /// orphans it does not reap stay zombies).
+    pub init: Option<PathBuf>,
+    /// The node's instance network; `None`: instances that ask for one
+    /// fail to start (agents in tests run without).
+    pub network: Option<NetworkConfig>,
 }
 
 impl AgentConfig {
@@ -53,6 +65,8 @@ impl AgentConfig {
             heartbeat_interval: Duration::from_secs(5),
             exit_poll: Duration::from_millis(200),
             kill_wait: Duration::from_secs(10),
+            init: Some(PathBuf::from(DEFAULT_INIT)).filter(|p| p.is_file()),
+            network: None,
         }
     }
 }
@@ -201,6 +215,10 @@ pub(crate) struct Inner {
     pub subjects: Subjects,
     pub events: mpsc::UnboundedSender<AgentEvent>,
     instances: Mutex<HashMap<InstanceId, Supervised>>,
+    /// What every container's sandbox gets on this node.
+    pub sandbox: bundle::Sandbox,
+    /// The node's instance network, when configured.
+    pub net: Option<Cni>,
     pub detach: CancellationToken,
     tracker: TaskTracker,
 }
@@ -221,6 +239,16 @@ impl Inner {
 
     pub fn forget(&self, i: &InstanceId) {
         self.table().remove(i);
+    }
+
+    /// Remove an instance's network, if it has one (logged, not fatal: the
+    /// next start deletes what is left).
+    pub async fn release_network(&self, i: &InstanceId) {
+        if let Some(net) = &self.net {
+            if let Err(e) = net.detach(i).await {
+                tracing::warn!(instance = %i, error = %e, "network not fully removed");
+            }
+        }
     }
 }
 
@@ -250,10 +278,34 @@ impl Agent {
         subjects: Subjects,
         events: mpsc::UnboundedSender<AgentEvent>,
     ) -> Result<Agent, AgentError> {
+        // Root only: instance rootfs trees hold the images' setuid files,
+        // which a host user must not reach and run.
         let instances_dir = cfg.state_dir.join("instances");
-        std::fs::create_dir_all(&instances_dir).map_err(agent_io(&instances_dir))?;
+        for d in [&cfg.state_dir, &instances_dir] {
+            bundle::private_dir(d).map_err(agent_io(d))?;
+        }
+        if let Some(init) = cfg.init.as_ref().filter(|p| !p.is_file()) {
+            return Err(AgentError::Io {
+                path: init.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the container init is not a file",
+                ),
+            });
+        }
+        let sandbox = bundle::Sandbox::detect(cfg.init.clone());
+        tracing::info!(
+            init = ?sandbox.init,
+            swap_limit = sandbox.swap_limit,
+            open_files_max = sandbox.open_files_max,
+            "container sandbox"
+        );
         nix::sys::prctl::set_child_subreaper(true)
             .map_err(|e| agent_io("prctl(PR_SET_CHILD_SUBREAPER)")(e.into()))?;
+        let net = match &cfg.network {
+            Some(n) => Some(Cni::open(n.clone()).await?),
+            None => None,
+        };
         let agent = Agent {
             inner: Arc::new(Inner {
                 cfg,
@@ -262,6 +314,8 @@ impl Agent {
                 subjects,
                 events,
                 instances: Mutex::new(HashMap::new()),
+                sandbox,
+                net,
                 detach: CancellationToken::new(),
                 tracker: TaskTracker::new(),
             }),
@@ -280,6 +334,11 @@ impl Agent {
         let mut v: Vec<_> = self.inner.table().keys().cloned().collect();
         v.sort_by_key(|i| i.to_string());
         v
+    }
+
+    /// The address of an instance on the node's bridge.
+    pub fn address(&self, instance: &InstanceId) -> Option<std::net::Ipv4Addr> {
+        Some(self.inner.net.as_ref()?.attachment(instance)?.ip)
     }
 
     /// Start a service instance; returns once its process runs (restarts
@@ -315,6 +374,30 @@ impl Agent {
             Ok(Ended::Stopped(o)) => Ok(OneOffOutcome::TimedOut(o)),
             Ok(Ended::Detached) | Err(_) => Err(AgentError::ShuttingDown),
         }
+    }
+
+    /// Give `spec`'s instance its network before it starts (a no-op for an
+    /// instance without one, or one already attached); its address. The
+    /// network goes with the instance, or, if it never starts, at the next
+    /// agent start.
+    pub async fn attach_network(
+        &self,
+        spec: &InstanceSpec,
+    ) -> Result<Option<std::net::Ipv4Addr>, AgentError> {
+        Ok(supervise::network(&self.inner, spec).await?.map(|a| a.ip))
+    }
+
+    /// Begin stopping an instance and return at once: SIGTERM, SIGKILL
+    /// after its shutdown delay, then its container, files and network are
+    /// removed and `Stopped` is reported, while other work goes on (a slow
+    /// stop never holds up a start).
+    pub fn begin_stop(&self, instance: &InstanceId) -> Result<(), AgentError> {
+        let t = self.inner.table();
+        let s = t
+            .get(instance)
+            .ok_or_else(|| AgentError::UnknownInstance(instance.to_string()))?;
+        s.stop.cancel();
+        Ok(())
     }
 
     /// Stop an instance: SIGTERM, SIGKILL after its shutdown delay; its
@@ -385,6 +468,14 @@ impl Agent {
             let _ = t.await;
         }
         self.inner.tracker.wait().await;
+        // With nothing left running, nothing of the network is left either.
+        if let Some(net) = &self.inner.net {
+            if self.inner.table().is_empty() {
+                if let Err(e) = net.close().await {
+                    tracing::warn!(error = %e, "node network not removed");
+                }
+            }
+        }
     }
 
     async fn launch_new(
@@ -419,6 +510,7 @@ impl Agent {
                 self.inner.forget(&instance);
                 let _ = self.inner.runtime.delete(&instance.to_string()).await;
                 bundle::remove_instance(&self.inner.dir(&instance));
+                self.inner.release_network(&instance).await;
                 self.inner.report(AgentEvent::StartFailed {
                     service: spec.service.clone(),
                     instance,
@@ -554,6 +646,17 @@ impl Agent {
                 container: name,
                 reason: "instance dir without a record or container".into(),
             });
+        }
+        // Networks before any supervisor (re)launches: recorded service
+        // instances keep theirs (checked, rules restored); every other
+        // network state left here is deleted.
+        if let Some(net) = &inner.net {
+            let keep = records
+                .values()
+                .filter(|r| r.kind == Kind::Service)
+                .map(|r| r.spec.instance.clone())
+                .collect();
+            net.recover(&keep).await?;
         }
         for (id, rec) in records {
             let idir = inner.dir(&rec.spec.instance);

@@ -3,10 +3,14 @@
 //! the unpacked image as its read-only lower layer (starting an instance
 //! copies nothing), or a copy where overlayfs is unavailable.
 //!
-//! The runtime spec follows what `runc spec` generates (mounts, masked and
-//! read-only paths, the three default capabilities, `RLIMIT_NOFILE`), minus
-//! the network namespace: instances use host networking and listen on the
-//! `PORT` the agent sets.
+//! The runtime spec sandboxes every container as `docker run --init` does:
+//! Docker's default capabilities, seccomp profile ([`crate::seccomp`]) and
+//! masked and read-only paths, no new privileges, a pids limit and no swap
+//! beyond the memory limit, and `tini` as PID 1 in front of the app. Every
+//! container has a network namespace of its own: the one the node attached
+//! to its bridge ([`crate::net`]), with that network's `/etc/hosts` and
+//! `/etc/resolv.conf` mounted read-only, or, for an instance without a
+//! network, a fresh namespace with only loopback.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,19 +22,133 @@ use serde_json::{json, Value};
 
 use crate::error::{io_err, BundleError};
 use crate::image::{resolve_user, ImageConfig};
+use crate::net::{Attachment, NetworkSpec};
+use crate::seccomp;
 
 /// The default PATH Docker gives images whose config sets none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// CFS period for CPU limits (the kernel's default).
 const CPU_PERIOD_US: u64 = 100_000;
 
-/// CPU and memory limits (from the service's plan).
+/// Processes and threads an instance may have when its limits set none:
+/// far above what a service needs, low enough that a fork bomb stops
+/// there instead of exhausting the node's pid space.
+pub const DEFAULT_PIDS_LIMIT: u32 = 4096;
+
+/// Docker's default capabilities (`docker run` without `--cap-add` or
+/// `--cap-drop`): what images built for Docker expect to have as root.
+pub const DEFAULT_CAPS: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Docker's masked paths: kernel state that leaks host details or is an
+/// attack surface, hidden (an empty file or directory in its place).
+const MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Docker's read-only paths: kernel settings a container must not change.
+const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Where the init is mounted inside the container: `/dev` is a tmpfs of
+/// the container's own (and not `noexec`), so nothing of the image's
+/// rootfs is touched or shadowed.
+pub const INIT_PATH: &str = "/dev/init";
+
+/// CPU, memory and process limits (from the service's plan).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// CPU limit in millicores.
     pub cpu_millis: Option<u32>,
     /// Memory limit in MiB.
     pub memory_mib: Option<u32>,
+    /// Processes and threads; `None`: [`DEFAULT_PIDS_LIMIT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+}
+
+/// Open files a container starts with (its soft limit): what programs
+/// that still use select() can handle.
+const OPEN_FILES_SOFT: u64 = 1024;
+/// The most open files a container may raise its own limit to: Docker's
+/// (containerd's) hard limit.
+const OPEN_FILES_HARD: u64 = 524_288;
+
+/// What the node gives every container's sandbox, settled when the agent
+/// starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandbox {
+    /// A static init (`tini`) run as PID 1 in front of the app, mounted
+    /// read-only at [`INIT_PATH`]: it forwards signals to the app (which,
+    /// not being PID 1, no longer ignores an unhandled SIGTERM) and reaps
+    /// orphaned processes. `None`: the app is PID 1.
+    pub init: Option<PathBuf>,
+    /// Whether the memory controller limits memory+swap: cgroup v2, or
+    /// v1 with swap accounting (`memory.memsw.*`; runc fails to create a
+    /// container whose swap limit it cannot write).
+    pub swap_limit: bool,
+    /// The hard limit of open files (a server raises its soft limit of
+    /// 1024 up to it; Go does so by itself): Docker's, or the agent's own
+    /// where that is lower, as runc cannot go above it without
+    /// `CAP_SYS_RESOURCE`.
+    pub open_files_max: u64,
+}
+
+impl Default for Sandbox {
+    /// No init, no swap limit, 1024 open files.
+    fn default() -> Self {
+        Self {
+            init: None,
+            swap_limit: false,
+            open_files_max: OPEN_FILES_SOFT,
+        }
+    }
+}
+
+impl Sandbox {
+    /// The sandbox with `init`, swap limits and open files as this host
+    /// allows.
+    pub fn detect(init: Option<PathBuf>) -> Self {
+        let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        let v1_memsw = Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists();
+        let own = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(OPEN_FILES_SOFT, |(_, hard)| hard);
+        Self {
+            init,
+            swap_limit: v2 || v1_memsw,
+            open_files_max: own.min(OPEN_FILES_HARD),
+        }
+    }
 }
 
 /// The image an instance runs: an unpacked rootfs and its config.
@@ -63,6 +181,10 @@ pub struct InstanceSpec {
     pub limits: Limits,
     /// SIGTERM → SIGKILL delay on stop.
     pub shutdown_delay: Duration,
+    /// How the instance joins the node's network; `None`: a namespace of
+    /// its own with only loopback (no traffic in or out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSpec>,
 }
 
 /// The process environment: image Env, then `PORT`, then the service's env
@@ -93,24 +215,55 @@ pub fn environment(spec: &InstanceSpec) -> Result<Vec<String>, BundleError> {
 }
 
 /// The OCI runtime spec (`config.json`) for `spec` with its rootfs at
-/// `rootfs` (used to resolve `User` by name).
-pub fn runtime_spec(spec: &InstanceSpec, rootfs: &Path) -> Result<Value, BundleError> {
+/// `rootfs` (used to resolve `User` by name), joining `net` when attached,
+/// sandboxed as `sandbox` says.
+pub fn runtime_spec(
+    spec: &InstanceSpec,
+    rootfs: &Path,
+    net: Option<&Attachment>,
+    sandbox: &Sandbox,
+) -> Result<Value, BundleError> {
     let cfg = &spec.image.config;
-    let args = cfg.args(spec.command.as_deref())?;
+    let mut args = cfg.args(spec.command.as_deref())?;
+    if sandbox.init.is_some() {
+        args.splice(0..0, [INIT_PATH.to_string(), "--".to_string()]);
+    }
     let user = resolve_user(cfg.user.as_deref(), rootfs)?;
     let cwd = cfg
         .working_dir
         .as_deref()
         .filter(|d| d.starts_with('/'))
         .unwrap_or("/");
-    let caps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"];
-    let mut resources = json!({ "devices": [{ "allow": false, "access": "rwm" }] });
+    // As Docker does: root gets the capabilities; any other user has them
+    // in its bounding set only, which is all execve leaves a non-root
+    // process anyway. Neither gets inheritable or ambient ones, which
+    // would carry over into programs the app runs.
+    let capabilities = if user.uid == 0 {
+        json!({ "bounding": DEFAULT_CAPS, "effective": DEFAULT_CAPS, "permitted": DEFAULT_CAPS })
+    } else {
+        json!({ "bounding": DEFAULT_CAPS })
+    };
+    let pids = spec.limits.pids.unwrap_or(DEFAULT_PIDS_LIMIT);
+    let mut resources = json!({
+        "devices": [{ "allow": false, "access": "rwm" }],
+        "pids": { "limit": pids },
+    });
     if let Some(m) = spec.limits.cpu_millis {
         let quota = u64::from(m) * CPU_PERIOD_US / 1000;
         resources["cpu"] = json!({ "quota": quota.max(1000), "period": CPU_PERIOD_US });
     }
     if let Some(mib) = spec.limits.memory_mib {
-        resources["memory"] = json!({ "limit": u64::from(mib) << 20 });
+        let limit = u64::from(mib) << 20;
+        resources["memory"] = json!({ "limit": limit });
+        // memory+swap = memory: no swap. Docker's `--memory` alone allows
+        // as much swap again, which turns the plan's memory into a soft
+        // number and lets one instance slow the node down paging; an
+        // instance over its memory is OOM-killed instead, as on any host
+        // without swap. Left out where the kernel cannot account swap
+        // (runc would refuse the container).
+        if sandbox.swap_limit {
+            resources["memory"]["swap"] = json!(limit);
+        }
     }
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc"}),
@@ -121,10 +274,16 @@ pub fn runtime_spec(spec: &InstanceSpec, rootfs: &Path) -> Result<Value, BundleE
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
         json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
     ];
-    // Host networking: the host's resolver and hosts file, read-only.
-    for f in ["/etc/resolv.conf", "/etc/hosts"] {
-        if Path::new(f).is_file() {
-            mounts.push(json!({"destination": f, "type": "bind", "source": f, "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}));
+    if let Some(init) = &sandbox.init {
+        mounts.push(json!({"destination": INIT_PATH, "type": "bind", "source": init, "options": ["bind", "ro", "nosuid", "nodev"]}));
+    }
+    // The network's resolver and hosts file (names of the owner's private
+    // services), kept current by the node, read-only inside.
+    let mut network = json!({ "type": "network" });
+    if let Some(a) = net {
+        network["path"] = json!(a.netns);
+        for (dest, src) in [("/etc/hosts", &a.hosts), ("/etc/resolv.conf", &a.resolv)] {
+            mounts.push(json!({"destination": dest, "type": "bind", "source": src, "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}));
         }
     }
     Ok(json!({
@@ -135,10 +294,12 @@ pub fn runtime_spec(spec: &InstanceSpec, rootfs: &Path) -> Result<Value, BundleE
             "args": args,
             "env": environment(spec)?,
             "cwd": cwd,
-            "capabilities": {
-                "bounding": caps, "effective": caps, "permitted": caps, "ambient": caps,
-            },
-            "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024 }],
+            "capabilities": capabilities,
+            "rlimits": [{
+                "type": "RLIMIT_NOFILE",
+                "hard": sandbox.open_files_max,
+                "soft": OPEN_FILES_SOFT.min(sandbox.open_files_max),
+            }],
             "noNewPrivileges": true,
         },
         "root": { "path": "rootfs", "readonly": false },
@@ -149,15 +310,11 @@ pub fn runtime_spec(spec: &InstanceSpec, rootfs: &Path) -> Result<Value, BundleE
             "resources": resources,
             "namespaces": [
                 { "type": "pid" }, { "type": "ipc" }, { "type": "uts" }, { "type": "mount" },
+                network,
             ],
-            "maskedPaths": [
-                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
-                "/proc/scsi",
-            ],
-            "readonlyPaths": [
-                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
-            ],
+            "maskedPaths": MASKED_PATHS,
+            "readonlyPaths": READONLY_PATHS,
+            "seccomp": seccomp::profile(),
         },
     }))
 }
@@ -202,6 +359,14 @@ impl InstanceDir {
     pub fn fifo(&self, stream: &str) -> PathBuf {
         self.root.join(format!("{stream}.fifo"))
     }
+}
+
+/// Create `dir` (and its parents) readable by its owner only (mode 0700),
+/// whatever mode the umask or an older version left it with.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 /// Whether `path` is a mount point (its device differs from its parent's).
@@ -264,8 +429,13 @@ pub fn prepare_rootfs(dir: &InstanceDir, image: &Path) -> Result<RootfsKind, Bun
 }
 
 /// Write `config.json` for `spec` into the instance's bundle.
-pub fn write_bundle(dir: &InstanceDir, spec: &InstanceSpec) -> Result<(), BundleError> {
-    let value = runtime_spec(spec, &dir.rootfs())?;
+pub fn write_bundle(
+    dir: &InstanceDir,
+    spec: &InstanceSpec,
+    net: Option<&Attachment>,
+    sandbox: &Sandbox,
+) -> Result<(), BundleError> {
+    let value = runtime_spec(spec, &dir.rootfs(), net, sandbox)?;
     let path = dir.bundle().join("config.json");
     let bytes = serde_json::to_vec_pretty(&value).map_err(|e| BundleError::Io {
         path: path.clone(),
@@ -307,6 +477,7 @@ mod tests {
                     env: Some(vec!["A=image".into(), "B=image".into(), "PATH=/bin".into()]),
                     working_dir: Some("/srv".into()),
                     user: Some("12:34".into()),
+                    exposed_ports: None,
                 },
             },
             command: Some("migrate --all".into()),
@@ -315,15 +486,17 @@ mod tests {
             limits: Limits {
                 cpu_millis: Some(500),
                 memory_mib: Some(256),
+                pids: None,
             },
             shutdown_delay: Duration::from_secs(30),
+            network: None,
         }
     }
 
     #[test]
     fn spec_from_image_and_service() {
         let s = spec();
-        let v = runtime_spec(&s, Path::new("/nonexistent")).unwrap();
+        let v = runtime_spec(&s, Path::new("/nonexistent"), None, &Sandbox::default()).unwrap();
         assert_eq!(
             v["process"]["args"],
             json!(["/bin/app", "migrate", "--all"])
@@ -342,9 +515,31 @@ mod tests {
         assert_eq!(v["linux"]["resources"]["memory"]["limit"], 256u64 << 20);
         let ns = v["linux"]["namespaces"].as_array().unwrap();
         assert!(
-            !ns.iter().any(|n| n["type"] == "network"),
-            "host networking"
+            ns.iter()
+                .any(|n| n["type"] == "network" && n.get("path").is_none()),
+            "a network namespace of its own, never the host's"
         );
+        let attached = Attachment {
+            netns: PathBuf::from("/run/netns/x"),
+            hosts: PathBuf::from("/state/net/x.hosts"),
+            resolv: PathBuf::from("/state/net/x.resolv"),
+            ip: std::net::Ipv4Addr::new(10, 1, 2, 3),
+        };
+        let v = runtime_spec(
+            &s,
+            Path::new("/nonexistent"),
+            Some(&attached),
+            &Sandbox::default(),
+        )
+        .unwrap();
+        let ns = v["linux"]["namespaces"].as_array().unwrap();
+        assert!(ns
+            .iter()
+            .any(|n| n["type"] == "network" && n["path"] == "/run/netns/x"));
+        let mounts = v["mounts"].as_array().unwrap();
+        assert!(mounts
+            .iter()
+            .any(|m| m["destination"] == "/etc/hosts" && m["source"] == "/state/net/x.hosts"));
     }
 
     #[test]
@@ -358,15 +553,100 @@ mod tests {
         s.env.clear();
         s.port = None;
         s.limits = Limits::default();
-        let v = runtime_spec(&s, Path::new("/nonexistent")).unwrap();
+        let v = runtime_spec(&s, Path::new("/nonexistent"), None, &Sandbox::default()).unwrap();
         assert_eq!(v["process"]["cwd"], "/");
         assert_eq!(v["process"]["env"], json!([format!("PATH={DEFAULT_PATH}")]));
         assert_eq!(v["process"]["user"], json!({"uid": 0, "gid": 0}));
         assert!(v["linux"]["resources"].get("memory").is_none());
         s.env.insert("BAD=NAME".into(), "x".into());
         assert!(matches!(
-            runtime_spec(&s, Path::new("/x")),
+            runtime_spec(&s, Path::new("/x"), None, &Sandbox::default()),
             Err(BundleError::EnvName(_))
         ));
+    }
+
+    #[test]
+    fn sandbox_of_every_container() {
+        let mut s = spec();
+        s.limits.pids = Some(64);
+        let sandbox = Sandbox {
+            init: Some(PathBuf::from("/usr/bin/tini-static")),
+            swap_limit: true,
+            open_files_max: 524_288,
+        };
+        let v = runtime_spec(&s, Path::new("/nonexistent"), None, &sandbox).unwrap();
+        // The init runs the app, mounted read-only after /dev.
+        assert_eq!(
+            v["process"]["args"],
+            json!([INIT_PATH, "--", "/bin/app", "migrate", "--all"])
+        );
+        let mounts = v["mounts"].as_array().unwrap();
+        let dev = mounts.iter().position(|m| m["destination"] == "/dev");
+        let init = mounts.iter().position(|m| m["destination"] == INIT_PATH);
+        assert!(dev < init, "{mounts:?}");
+        let init = &mounts[init.unwrap()];
+        assert_eq!(init["source"], "/usr/bin/tini-static");
+        assert!(init["options"].as_array().unwrap().contains(&json!("ro")));
+        // A non-root user keeps the capabilities only in its bounding set.
+        let caps = &v["process"]["capabilities"];
+        assert_eq!(caps["bounding"], json!(DEFAULT_CAPS));
+        for set in ["effective", "permitted", "inheritable", "ambient"] {
+            assert!(caps.get(set).is_none(), "{set}: {caps}");
+        }
+        assert_eq!(v["process"]["noNewPrivileges"], true);
+        let seccomp = &v["linux"]["seccomp"];
+        assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(seccomp["defaultErrnoRet"], 1);
+        let allowed = |name: &str| {
+            seccomp["syscalls"].as_array().unwrap().iter().any(|r| {
+                r["action"] == "SCMP_ACT_ALLOW"
+                    && r["names"].as_array().unwrap().iter().any(|n| n == name)
+            })
+        };
+        for name in ["read", "write", "clone", "execve"] {
+            assert!(allowed(name), "{name} allowed");
+        }
+        for name in ["ptrace", "mount", "kexec_load", "bpf", "unshare", "clone3"] {
+            assert!(!allowed(name), "{name} denied");
+        }
+        let resources = &v["linux"]["resources"];
+        assert_eq!(resources["pids"]["limit"], 64);
+        assert_eq!(
+            v["process"]["rlimits"],
+            json!([{ "type": "RLIMIT_NOFILE", "hard": 524_288, "soft": 1024 }])
+        );
+        assert_eq!(resources["memory"]["swap"], 256u64 << 20, "no swap");
+        let masked = v["linux"]["maskedPaths"].as_array().unwrap();
+        for p in [
+            "/proc/kcore",
+            "/proc/keys",
+            "/sys/firmware",
+            "/sys/devices/virtual/powercap",
+        ] {
+            assert!(masked.contains(&json!(p)), "{p} masked");
+        }
+        assert!(v["linux"]["readonlyPaths"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("/proc/sys")));
+
+        // Root gets Docker's capabilities; no init and no swap accounting
+        // leave the args and the memory limit alone.
+        s.image.config.user = None;
+        s.limits.pids = None;
+        let v = runtime_spec(&s, Path::new("/nonexistent"), None, &Sandbox::default()).unwrap();
+        let caps = &v["process"]["capabilities"];
+        for set in ["bounding", "effective", "permitted"] {
+            assert_eq!(caps[set], json!(DEFAULT_CAPS), "{set}");
+        }
+        assert!(caps.get("ambient").is_none());
+        assert_eq!(v["process"]["args"][0], "/bin/app");
+        assert!(!v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["destination"] == INIT_PATH));
+        assert!(v["linux"]["resources"]["memory"].get("swap").is_none());
+        assert_eq!(v["linux"]["resources"]["pids"]["limit"], DEFAULT_PIDS_LIMIT);
     }
 }

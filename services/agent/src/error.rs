@@ -99,6 +99,12 @@ pub enum AgentError {
     /// The agent is shutting down or detached.
     #[error("the agent is shutting down")]
     ShuttingDown,
+    /// The instance's network could not be set up or removed.
+    #[error("network: {0}")]
+    Network(#[from] crate::net::NetError),
+    /// The instance asks for a network and the agent has none.
+    #[error("instance {0} needs a network and this agent has none configured")]
+    NoNetwork(String),
     /// Node filesystem or process-level failure.
     #[error("{path}: {source}")]
     Io {

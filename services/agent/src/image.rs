@@ -26,6 +26,13 @@ pub struct ImageConfig {
     /// `User` (`uid`, `uid:gid`, `name`, `name:group`).
     #[serde(default, rename = "User")]
     pub user: Option<String>,
+    /// `ExposedPorts` (`"8080/tcp": {}`).
+    #[serde(
+        default,
+        rename = "ExposedPorts",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub exposed_ports: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -40,6 +47,21 @@ impl ImageConfig {
         let raw: RawImage =
             serde_json::from_slice(bytes).map_err(|e| BundleError::ImageConfig(e.to_string()))?;
         Ok(raw.config.unwrap_or_default())
+    }
+
+    /// The one TCP port the image exposes (`EXPOSE 8080`), if it exposes
+    /// exactly one: the port its server listens on when `PORT` is unset.
+    pub fn single_tcp_port(&self) -> Option<u16> {
+        let mut tcp = self.exposed_ports.iter().flatten().filter_map(|(k, _)| {
+            let (port, proto) = k.split_once('/').unwrap_or((k.as_str(), "tcp"));
+            proto
+                .eq_ignore_ascii_case("tcp")
+                .then(|| port.parse::<u16>().ok())?
+        });
+        match (tcp.next(), tcp.next()) {
+            (Some(p), None) if p > 0 => Some(p),
+            _ => None,
+        }
     }
 
     /// The process arguments Docker would run: Entrypoint followed by the
@@ -201,6 +223,29 @@ mod tests {
             cmd: cmd.map(v),
             ..ImageConfig::default()
         }
+    }
+
+    #[test]
+    fn one_exposed_tcp_port_is_the_served_port() {
+        let with = |ports: &[&str]| {
+            let c: ImageConfig = serde_json::from_value(serde_json::json!({
+                "ExposedPorts": ports.iter().map(|p| (p.to_string(), serde_json::json!({})))
+                    .collect::<serde_json::Map<_, _>>(),
+            }))
+            .unwrap();
+            c.single_tcp_port()
+        };
+        assert_eq!(with(&["8080/tcp"]), Some(8080));
+        assert_eq!(with(&["8080"]), Some(8080), "no protocol means tcp");
+        assert_eq!(
+            with(&["8080/tcp", "53/udp"]),
+            Some(8080),
+            "udp is not served"
+        );
+        assert_eq!(with(&["8080/tcp", "9090/tcp"]), None, "two: PORT decides");
+        assert_eq!(with(&["53/udp"]), None);
+        assert_eq!(with(&["x/tcp"]), None);
+        assert_eq!(ImageConfig::default().single_tcp_port(), None);
     }
 
     #[test]

@@ -8,8 +8,13 @@
 //! - [`image`]: Entrypoint/Cmd/custom command (Docker's rules), `User`
 //!   resolved against the image's own passwd/group files.
 //! - [`bundle`]: `config.json` (env = image Env + `PORT` + service env,
-//!   WorkingDir, limits, runc's default mounts and capabilities, no new
-//!   privileges, host networking) and an overlayfs rootfs per instance.
+//!   WorkingDir, limits, Docker's sandbox: capabilities, seccomp, masked
+//!   paths, `tini` as PID 1, no new privileges; the instance's network
+//!   namespace) and an overlayfs rootfs per instance.
+//! - [`net`]: a network namespace per instance on the node's bridge (the
+//!   standard CNI plugins), a published port for web instances, berth's
+//!   isolation rules, and the hosts file naming the owner's private
+//!   services.
 //! - [`runtime`]: the narrow [`Runtime`] trait (create, start, kill,
 //!   delete, state, list) with [`ContainerStatus`] guards, and [`Runc`].
 //! - [`logs`]: stdout/stderr through FIFOs, line by line onto
@@ -26,14 +31,17 @@ pub mod bundle;
 mod error;
 pub mod image;
 pub mod logs;
+pub mod net;
 pub mod process;
 pub mod runtime;
+mod seccomp;
 mod supervise;
 
 pub use agent::{Agent, AgentConfig, AgentEvent, Heartbeat, Kind, OneOffOutcome, StopOutcome};
-pub use bundle::{ImageRoot, InstanceSpec, Limits};
+pub use bundle::{ImageRoot, InstanceSpec, Limits, Sandbox};
 pub use error::{AgentError, BundleError, RuntimeError};
 pub use image::ImageConfig;
 pub use logs::{LogLine, Stream};
+pub use net::{Attachment, NetworkSpec, Publish};
 pub use process::{ExitStatus, RestartPolicy};
 pub use runtime::{ContainerState, ContainerStatus, Runc, Runtime, Signal};

@@ -18,6 +18,7 @@ use crate::agent::{AgentEvent, Inner, Kind, Record, StopOutcome};
 use crate::bundle::{self, InstanceSpec};
 use crate::error::{agent_io, AgentError};
 use crate::logs::{self, LogSink, Stream};
+use crate::net::Attachment;
 use crate::process::{self, ExitStatus};
 use crate::runtime::{ContainerIo, ContainerStatus, Signal};
 
@@ -97,6 +98,26 @@ fn write_record(path: &Path, rec: &Record) -> Result<(), AgentError> {
     std::fs::rename(&tmp, path).map_err(agent_io(path))
 }
 
+/// The instance's network: the one it has (a restart after a crash keeps
+/// its address), or a new one. The namespace outlives the container
+/// process; it goes when the instance does.
+pub(crate) async fn network(
+    inner: &Inner,
+    spec: &InstanceSpec,
+) -> Result<Option<Attachment>, AgentError> {
+    let Some(want) = &spec.network else {
+        return Ok(None);
+    };
+    let net = inner
+        .net
+        .as_ref()
+        .ok_or_else(|| AgentError::NoNetwork(spec.instance.to_string()))?;
+    Ok(Some(match net.attachment(&spec.instance) {
+        Some(a) => a,
+        None => net.attach(&spec.instance, want).await?,
+    }))
+}
+
 /// Build the bundle and run the container; returns once its process runs.
 /// On error the caller deletes the container and files.
 pub(crate) async fn launch(
@@ -107,12 +128,14 @@ pub(crate) async fn launch(
 ) -> Result<Running, AgentError> {
     let dir = inner.dir(&spec.instance);
     let id = spec.instance.to_string();
-    let (d, s) = (dir.clone(), spec.clone());
+    let net = network(inner, spec).await?;
+    let (d, s, sandbox) = (dir.clone(), spec.clone(), inner.sandbox.clone());
     let rootfs = tokio::task::spawn_blocking(move || {
+        bundle::private_dir(&d.root).map_err(agent_io(&d.root))?;
         let b = d.bundle();
         std::fs::create_dir_all(&b).map_err(agent_io(&b))?;
         let k = bundle::prepare_rootfs(&d, &s.image.rootfs)?;
-        bundle::write_bundle(&d, &s)?;
+        bundle::write_bundle(&d, &s, net.as_ref(), &sandbox)?;
         Ok::<_, AgentError>(k)
     })
     .await
@@ -240,6 +263,7 @@ async fn cleanup(inner: &Inner, spec: &InstanceSpec) {
     }
     let dir = inner.dir(&spec.instance);
     let _ = tokio::task::spawn_blocking(move || bundle::remove_instance(&dir)).await;
+    inner.release_network(&spec.instance).await;
 }
 
 /// Announce the restart after `d`, then sleep `d` unless stopped or

@@ -13,6 +13,10 @@ pub enum Outcome {
     Usage(String),
     /// Bad configuration, found before anything started (exit 64).
     Config(ConfigError),
+    /// The machine lacks what the component needs (the node without root or
+    /// runc), found before anything started (exit 64: like bad
+    /// configuration, starting again unchanged cannot help).
+    Unfit(String),
     /// Anything else (exit 1).
     Failed(anyhow::Error),
 }
@@ -28,6 +32,10 @@ impl Outcome {
             }
             Outcome::Config(e) => {
                 eprintln!("berth: {e}");
+                ExitCode::from(64)
+            }
+            Outcome::Unfit(msg) => {
+                eprintln!("berth: {msg}");
                 ExitCode::from(64)
             }
             Outcome::Failed(e) => {

@@ -2,7 +2,8 @@
 //!
 //! A thin main: parse the command line (usage errors exit 2), hand the
 //! subcommand its arguments, and turn the outcome into an exit code:
-//! 0 ok, 1 other failures, 2 usage or input errors, 64 bad configuration.
+//! 0 ok, 1 other failures, 2 usage or input errors, 64 bad configuration
+//! (or a machine the node cannot run on, for `berth run node`).
 //! The API client commands (`client/`) have their own: 0 ok, 1 refused,
 //! 64 usage (clap's errors included), 69 API unreachable.
 

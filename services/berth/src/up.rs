@@ -1,14 +1,20 @@
 //! `berth up` (every component in one process) and `berth run <component>`
 //! (one alone). Both follow the thin-main order: validate all config → init
-//! tracing → data dir and secret key → bind the health/metrics port → make
-//! sure NATS answers (starting a local nats-server if needed) → connect →
-//! open the event store → run components until SIGINT/SIGTERM → drain →
-//! stop the nats-server we started.
+//! tracing → check that the node can run on this machine → data dir and
+//! secret key → bind the health/metrics port → make sure NATS answers
+//! (starting a local nats-server if needed) → connect → open the event
+//! store → run components until SIGINT/SIGTERM → drain → stop the
+//! nats-server we started.
+//!
+//! A machine the node cannot run on (not root, no runc, …) stops `berth run
+//! node` at once (exit 64); `berth up` says so and runs everything else, so
+//! the control plane still works and deploys wait for a node.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use berth_node::preflight::{self, Verdict};
 use berth_runtime::config::Problems;
 use berth_runtime::{
     install_metrics, run_components, Config, HttpServer, LocalNats, RunDeps, Shutdown,
@@ -117,8 +123,26 @@ async fn start(args: UpArgs, only: Option<String>) -> Outcome {
     if let Err(e) = shutdown.listen_for_signals() {
         return Outcome::Failed(anyhow::anyhow!("cannot install signal handlers: {e}"));
     }
+    let node_refused = match node_preflight(v.only, &v.options).await {
+        Ok(None) => None,
+        Ok(Some((verdict, sentence))) if v.only == Some("node") => {
+            let hint = if verdict.needs_root() {
+                " (run `berth run node` as root)"
+            } else {
+                ""
+            };
+            return Outcome::Unfit(format!("{sentence}{hint}"));
+        }
+        Ok(Some((verdict, sentence))) => {
+            let note = node_not_started(&verdict, &sentence);
+            // At once, before the summary: the rest takes a while to start.
+            eprintln!("berth: {note}");
+            Some(note)
+        }
+        Err(e) => return Outcome::Failed(e),
+    };
     let mut local = None;
-    let result = serve(v, &shutdown, &mut local).await;
+    let result = serve(v, node_refused.as_deref(), &shutdown, &mut local).await;
     if let Some(nats) = local {
         if let Err(e) = nats.stop(NATS_STOP_PATIENCE).await {
             tracing::warn!(error = %e, "stopping nats-server failed");
@@ -130,8 +154,36 @@ async fn start(args: UpArgs, only: Option<String>) -> Outcome {
     result.into()
 }
 
+/// The node's verdict on this machine and its refusal, when the node is
+/// among the components to run and something it needs is missing.
+async fn node_preflight(
+    only: Option<&'static str>,
+    options: &Options,
+) -> anyhow::Result<Option<(Verdict, String)>> {
+    if only.is_some_and(|c| c != "node") {
+        return Ok(None);
+    }
+    let opts = options.node.clone();
+    // Blocking: it runs `runc --version`.
+    let verdict = tokio::task::spawn_blocking(move || preflight::check_machine(&opts))
+        .await
+        .context("checking this machine for the node")?;
+    Ok(verdict.refusal().map(|sentence| (verdict, sentence)))
+}
+
+/// What `berth up` says when it runs without the node.
+fn node_not_started(verdict: &Verdict, sentence: &str) -> String {
+    let fix = if verdict.needs_root() {
+        "run `berth up` as root, or run `berth run node` as root on this machine"
+    } else {
+        "install what is missing and start berth again, or run `berth run node` on a machine that has it"
+    };
+    format!("node not started: {sentence} ({fix}); deploys will wait for a node")
+}
+
 async fn serve(
     v: Validated,
+    node_refused: Option<&str>,
     shutdown: &Shutdown,
     local: &mut Option<LocalNats>,
 ) -> anyhow::Result<()> {
@@ -173,7 +225,10 @@ async fn serve(
     } else {
         None
     };
-    let selected = components::build(&deps, v.only)?;
+    let mut selected = components::build(&deps, v.only)?;
+    if node_refused.is_some() {
+        selected.retain(|c| c.name() != "node");
+    }
     let names: Vec<_> = selected.iter().map(|c| c.name()).collect();
 
     let http_addr = http.local_addr();
@@ -184,6 +239,7 @@ async fn serve(
         local.as_ref(),
         http_addr,
         &names,
+        node_refused,
     );
     if let Some(b) = &credentials {
         let note = if b.created {
@@ -214,6 +270,7 @@ fn print_where_things_are(
     local: Option<&LocalNats>,
     http: std::net::SocketAddr,
     names: &[&'static str],
+    node_refused: Option<&str>,
 ) {
     let key = match key {
         KeySource::Env => "from BERTH_SECRET_KEY".to_owned(),
@@ -237,5 +294,8 @@ fn print_where_things_are(
     println!("  subjects:   {}.*", config.subjects.prefix());
     println!("  health:     http://{http}/healthz");
     println!("  metrics:    http://{http}/metrics");
+    if let Some(note) = node_refused {
+        println!("  node:       {note}");
+    }
     println!("  components: {}", names.join(", "));
 }

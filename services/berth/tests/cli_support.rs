@@ -53,6 +53,10 @@ impl Drop for Cleanup {
             let _ = kill(Pid::from_raw(id as i32), Signal::SIGKILL);
         }
         berth_tests::runc::remove_leftovers(&runc_root(&self.data), &self.data);
+        berth_tests::net::remove_network(
+            &berth_tests::net::subnet_for(&self.data),
+            Some(&self.data.join("node/agent/net")),
+        );
     }
 }
 
@@ -148,6 +152,7 @@ pub(crate) fn berth(data: &Path, nats_url: &str, prefix: &str) -> Command {
         .env("BERTH_DATA_DIR", data)
         .env("BERTH_NATS_URL", nats_url)
         .env("BERTH_SUBJECT_PREFIX", prefix)
+        .env("BERTH_NODE_SUBNET", berth_tests::net::subnet_for(data))
         .kill_on_drop(true);
     c
 }

@@ -5,4 +5,5 @@ mod cli;
 mod cli_lifecycle;
 mod cli_support;
 mod node;
+mod preflight;
 mod up;

@@ -226,6 +226,26 @@ async fn kill_9_then_restart_adopts_the_instance_with_no_orphans() {
         vec![spec.instance.to_string()],
         "no orphan containers"
     );
+    // Adopted with its network: the same namespace and address.
+    let subnet = berth_tests::net::subnet_for(&data);
+    let prefix24 = subnet.rsplit_once('.').unwrap().0.to_owned();
+    let addr = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(&runc_root)
+        .args([
+            "exec",
+            spec.instance.as_str(),
+            "/bin/busybox",
+            "ip",
+            "-4",
+            "addr",
+            "show",
+            "eth0",
+        ])
+        .output()
+        .unwrap();
+    let addr = String::from_utf8_lossy(&addr.stdout).into_owned();
+    assert!(addr.contains(&format!("inet {prefix24}.")), "{addr}");
     let node_events = events_of(&store, AggregateId::Node(node.clone())).await;
     assert_eq!(
         count(&node_events, "node_registered"),
@@ -277,4 +297,9 @@ async fn kill_9_then_restart_adopts_the_instance_with_no_orphans() {
         .expect("berth exits within 20 s of SIGTERM")
         .unwrap();
     assert!(status.success(), "{status:?}");
+    assert_eq!(
+        berth_tests::net::leftovers(&subnet, &[spec.instance.to_string()]),
+        Vec::<String>::new(),
+        "no namespace, veth or rule of the network is left"
+    );
 }

@@ -34,6 +34,7 @@ fn berth(data_dir: &Path, nats_port: u16, prefix: &str) -> Command {
             format!("127.0.0.1:{}", free_port().unwrap()),
         )
         .env("BERTH_SUBJECT_PREFIX", prefix)
+        .env("BERTH_NODE_SUBNET", berth_tests::net::subnet_for(data_dir))
         .env("BERTH_SHUTDOWN_GRACE_SECS", "10")
         .env("BERTH_LOG", "info")
         .stdin(Stdio::null())

@@ -28,6 +28,7 @@ fn node_options() -> NodeOptions {
         cpu_millis: 4000,
         memory_mib: 4096,
         runc: "runc".into(),
+        cni_path: "/usr/lib/cni".into(),
         concurrency: 4,
         ack_wait: Duration::from_secs(10),
         max_deliver: 3,
@@ -71,7 +72,11 @@ async fn start(w: &World, opts: CronOptions) -> Running {
 async fn start_node(w: &World, stop: CancellationToken) -> (NodeId, JoinHandle<()>) {
     let key = SecretKey::from_base64(&SecretKey::generate_base64()).unwrap();
     let node_id = berth_node::load_or_create_id(&w.node_dir()).unwrap();
-    let node = Node::new(w.store.clone(), key, node_options());
+    let node =
+        Node::new(w.store.clone(), key, node_options()).with_checks(berth_node::NodeChecks {
+            subnet: w.subnet.parsed(),
+            ..berth_node::NodeChecks::default()
+        });
     let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
     let (client, dir) = (w.client.clone(), w.node_dir());
     let node_task = tokio::spawn(async move {

@@ -6,6 +6,7 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use berth_agent::net::Subnet;
 use berth_oci::ClientConfig;
 
 use crate::gc::GcOptions;
@@ -34,6 +35,11 @@ pub struct NodeArgs {
     /// The runc binary.
     #[arg(long, env = "BERTH_NODE_RUNC", default_value = "runc")]
     pub node_runc: PathBuf,
+
+    /// The directory holding the CNI plugins instance networks are built
+    /// with (bridge, host-local, portmap, firewall, loopback).
+    #[arg(long, env = "BERTH_NODE_CNI_PATH", default_value = "/usr/lib/cni")]
+    pub node_cni_path: PathBuf,
 
     /// Work items (pulls, starts, stops) handled at once.
     #[arg(long, env = "BERTH_NODE_CONCURRENCY", default_value_t = 4)]
@@ -71,10 +77,17 @@ pub struct NodeArgs {
     #[arg(long, env = "BERTH_NODE_ADVERTISE_ADDR", default_value = "127.0.0.1")]
     pub node_advertise_addr: IpAddr,
 
-    /// Ports handed to web and private service instances (`first-last`):
-    /// instances share the host's network, so each gets its own `PORT`.
+    /// Host ports web service instances are published on (`first-last`):
+    /// the router on any machine reaches an instance at
+    /// `<BERTH_NODE_ADVERTISE_ADDR>:<host port>`.
     #[arg(long, env = "BERTH_NODE_PORTS", default_value = "20000-29999")]
     pub node_ports: String,
+
+    /// The node's instance subnet (IPv4 CIDR, /8 to /28): every instance
+    /// gets an address from it in a network namespace of its own, on a
+    /// bridge named after it. Nodes on one machine need different subnets.
+    #[arg(long, env = "BERTH_NODE_SUBNET", default_value = "10.77.0.0/16")]
+    pub node_subnet: String,
 
     /// Milliseconds between health checks of an instance not passing yet.
     #[arg(long, env = "BERTH_NODE_HEALTH_INTERVAL_MS", default_value_t = 1000)]
@@ -122,18 +135,27 @@ pub struct NodeArgs {
 /// How the node addresses and health-checks its instances.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeChecks {
-    /// The ip in every instance's `addr`.
+    /// The ip in every web instance's `addr`.
     pub advertise: IpAddr,
-    /// Ports handed out to web and private instances.
+    /// Host ports web instances are published on.
     pub ports: RangeInclusive<u16>,
+    /// Instance addresses come from here.
+    pub subnet: Subnet,
     pub health: HealthOptions,
 }
+
+/// The default instance subnet.
+pub const DEFAULT_SUBNET: Subnet = Subnet {
+    addr: std::net::Ipv4Addr::new(10, 77, 0, 0),
+    prefix: 16,
+};
 
 impl Default for NodeChecks {
     fn default() -> Self {
         Self {
             advertise: IpAddr::from([127, 0, 0, 1]),
             ports: 20000..=29999,
+            subnet: DEFAULT_SUBNET,
             health: HealthOptions::default(),
         }
     }
@@ -154,6 +176,8 @@ pub struct NodeOptions {
     pub cpu_millis: u32,
     pub memory_mib: u32,
     pub runc: PathBuf,
+    /// The CNI plugin directory (absolute).
+    pub cni_path: PathBuf,
     pub concurrency: usize,
     pub ack_wait: Duration,
     pub max_deliver: i64,
@@ -205,6 +229,10 @@ impl NodeArgs {
         {
             problems.push("BERTH_NODE_DIR must not be empty".to_owned());
         }
+        // Relative, it would depend on the directory berth was started in.
+        if !self.node_cni_path.is_absolute() {
+            problems.push("BERTH_NODE_CNI_PATH must be an absolute directory".to_owned());
+        }
         let insecure = berth_oci::parse_insecure_hosts(
             &self.node_insecure_registries,
             "BERTH_NODE_INSECURE_REGISTRIES",
@@ -225,6 +253,7 @@ impl NodeArgs {
             cpu_millis,
             memory_mib,
             runc: self.node_runc.clone(),
+            cni_path: self.node_cni_path.clone(),
             concurrency: self.node_concurrency,
             ack_wait: Duration::from_secs(self.node_ack_wait_secs),
             max_deliver: self.node_max_deliver,
@@ -284,12 +313,17 @@ impl NodeArgs {
                 "BERTH_NODE_ADVERTISE_ADDR must be a reachable address, not 0.0.0.0".to_owned(),
             );
         }
+        let subnet = self.node_subnet.parse::<Subnet>().unwrap_or_else(|e| {
+            problems.push(format!("BERTH_NODE_SUBNET: {e}"));
+            DEFAULT_SUBNET
+        });
         if !problems.is_empty() {
             return Err(problems);
         }
         Ok(NodeChecks {
             advertise: self.node_advertise_addr,
             ports,
+            subnet,
             health,
         })
     }

@@ -9,14 +9,17 @@
 //! items the scheduler enqueues. What happens to instances becomes events on
 //! the service's subject, correlated with the deploy.
 //!
-//! Instances share the host's network (no network namespace), so two
-//! instances on one node cannot listen on the same port: the node hands
-//! each web and private service instance its own port from
-//! `BERTH_NODE_PORTS` as `PORT` (unless the service's env pins `PORT`),
-//! so **`PORT` differs per instance** and is not always 10000. The
-//! instance's `addr` in `instance_started` is
-//! `<BERTH_NODE_ADVERTISE_ADDR>:<PORT>`, where the node health-checks it
-//! ([`health`]) and the router sends it traffic.
+//! Every instance has a network namespace of its own on the node's bridge
+//! (an address from `BERTH_NODE_SUBNET`; see `berth_agent::net`), so every
+//! instance of a service listens on the same port, as on Render: the
+//! service's `PORT`, else the one TCP port its image exposes, else 10000.
+//! A web instance's port is published on a host port from
+//! `BERTH_NODE_PORTS`; its `addr` in `instance_started` is
+//! `<BERTH_NODE_ADVERTISE_ADDR>:<host port>`, where the router on any
+//! machine sends it traffic. A private instance is not published: its
+//! `addr` is its own address, and its owner's instances reach it by the
+//! service's name. Health checks ([`health`]) go to the instance's own
+//! address, which no other instance can answer.
 //!
 //! On shutdown the node stops taking work, lets in-flight items finish or
 //! naks them, and detaches from its containers: they keep running and the
@@ -26,12 +29,14 @@
 mod config;
 mod gc;
 pub mod health;
+pub mod preflight;
 mod report;
 mod work;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use berth_agent::net::NetworkConfig;
 use berth_agent::{Agent, AgentConfig, Runc};
 use berth_domain::node::{self as rules, Capacity, Command};
 use berth_eventlog::worker::WorkerConfig;
@@ -71,6 +76,10 @@ pub enum NodeError {
     Register(String),
     #[error("work queue: {0}")]
     Queue(#[from] berth_eventlog::StoreError),
+    /// The machine lacks what running containers takes (root, runc, CNI
+    /// plugins, …): one sentence naming all of it ([`preflight`]).
+    #[error("{0}")]
+    Preflight(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
@@ -165,6 +174,15 @@ impl Node {
         shutdown: CancellationToken,
         ready: impl Fn(bool),
     ) -> Result<(), NodeError> {
+        // Before registering: a node that cannot run containers must not
+        // offer capacity the scheduler would place instances on.
+        let opts = self.opts.clone();
+        let verdict = tokio::task::spawn_blocking(move || preflight::check_machine(&opts))
+            .await
+            .map_err(|e| NodeError::Preflight(format!("checking this machine failed: {e}")))?;
+        for warning in verdict.into_result()? {
+            tracing::warn!(warning = %warning, "node preflight");
+        }
         let subjects = self.store.subjects().clone();
         let id = load_or_create_id(&dir)?;
         self.register(&id).await?;
@@ -184,6 +202,11 @@ impl Node {
         let mut agent_cfg = AgentConfig::new(id.clone(), &agent_dir);
         agent_cfg.heartbeat_interval = self.opts.heartbeat;
         agent_cfg.restart = self.opts.restart;
+        agent_cfg.network = Some(NetworkConfig {
+            subnet: self.checks.subnet,
+            cni_path: self.opts.cni_path.clone(),
+            state_dir: agent_dir.join("net"),
+        });
         let runc = Runc::new(&self.opts.runc, agent_dir.join("runc"));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         // The forwarder starts before the agent so adoption reports are kept.
@@ -207,9 +230,14 @@ impl Node {
         let mut forwarder = tokio::spawn(reporter.clone().forward(relay_rx, forward_stop.clone()));
         let agent = Agent::start(agent_cfg, Arc::new(runc), client, subjects, tx).await?;
         tracing::info!(node.id = %id, node.name = %self.opts.name, dir = %dir.display(), "node running");
-        // Adopted instances are probed again where their checks left off.
+        // Adopted instances are probed again where their checks left off;
+        // those whose stop had begun when the node went down are stopped.
         for instance in agent.instances() {
-            if let Some(p) = reporter.placement(&instance) {
+            if reporter.is_done(&instance) {
+                if let Err(e) = agent.begin_stop(&instance) {
+                    tracing::warn!(instance.id = %instance, error = %e, "stop not resumed");
+                }
+            } else if let Some(p) = reporter.placement(&instance) {
                 health.watch(&agent, &instance, &p);
             }
         }
@@ -341,14 +369,17 @@ mod tests {
             "0",
             "--node-insecure-registries",
             "a/b",
+            "--node-cni-path",
+            "lib/cni",
         ]);
         let errors = cli.node.validate().unwrap_err();
-        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert_eq!(errors.len(), 5, "{errors:?}");
         let ok = Cli::parse_from(["x", "--node-name", "n1"])
             .node
             .validate()
             .unwrap();
         assert_eq!(ok.name, "n1");
+        assert_eq!(ok.cni_path, PathBuf::from("/usr/lib/cni"));
         assert!(ok.cpu_millis >= 1000 && ok.memory_mib > 0);
     }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use berth_agent::{Agent, AgentError, ImageConfig, ImageRoot, InstanceSpec, Limits};
 use berth_agent::{ExitStatus, OneOffOutcome};
+use berth_agent::{NetworkSpec, Publish};
 use berth_domain::credential::{self, CredentialState};
 use berth_domain::service::{ServiceConfig, ServiceState};
 use berth_domain::{service, DomainError};
@@ -82,8 +83,13 @@ impl WorkHandler for NodeHandler {
                 self.reporter
                     .mark_done(&instance)
                     .map_err(|e| retry("recording the stop", e))?;
-                match self.agent.stop_instance(&instance).await {
-                    Ok(_) => Ok(()),
+                // The stop goes on in the agent (SIGTERM, the shutdown
+                // delay, SIGKILL) and its fact is recorded when it ends; the
+                // item is done now, so stops never hold the queue's slots
+                // and run side by side. After a node restart, instances
+                // marked done are stopped again (`Node::serve`).
+                match self.agent.begin_stop(&instance) {
+                    Ok(()) => Ok(()),
                     // Already stopped (a redelivery) or never here: the
                     // stop's fact was recorded when it happened.
                     Err(AgentError::UnknownInstance(_)) => {
@@ -134,7 +140,9 @@ impl WorkHandler for NodeHandler {
                             .map_err(|e| retry("recording the one-off's end", e));
                     }
                 }
-                let s = self.instance_spec(&spec, image)?;
+                let mut s = self.instance_spec(&spec, image)?;
+                let state = self.service_state(&spec.service).await?;
+                s.network = Some(network(&spec.service, state.config.as_ref(), None));
                 let out = self
                     .agent
                     .run_once(s, Duration::from_secs(u64::from(timeout_secs)))
@@ -194,7 +202,7 @@ impl NodeHandler {
         };
         let config = self.service_config(&spec).await?;
         let mut s = self.instance_spec(&spec, image)?;
-        let placement = self.place(&spec, config.as_ref(), &mut s)?;
+        let placement = self.place(&spec, config.as_ref(), &mut s).await?;
         self.agent
             .run_instance(s)
             .await
@@ -245,10 +253,11 @@ impl NodeHandler {
         Ok(self.service_state(&spec.service).await?.config)
     }
 
-    /// Gives a web or private instance its port and address, picks its
-    /// check, and records the placement (before the start, so a node
-    /// restart finds it).
-    fn place(
+    /// Gives an instance its network (a web instance also a published
+    /// host port), picks its check, and records the placement (before the
+    /// start, so a node restart finds it; first with the host port alone,
+    /// which reserves it, then with the address the network gave).
+    async fn place(
         &self,
         spec: &NodeRunSpec,
         config: Option<&ServiceConfig>,
@@ -259,40 +268,61 @@ impl NodeHandler {
             Some(t) => matches!(t, ServiceType::WebService | ServiceType::PrivateService),
             None => spec.port.is_some(),
         };
-        let _held = self.ports.lock().unwrap_or_else(|p| p.into_inner());
-        let (port, addr, check) = if listens {
-            // A PORT the service pins in its env is the one it listens on.
-            let port = match s.env.get("PORT").and_then(|p| p.trim().parse::<u16>().ok()) {
-                Some(p) => p,
-                None => free_port(&self.checks.ports, &self.reporter.ports_in_use()).ok_or_else(
-                    || retry("allocating a port", "no free port in BERTH_NODE_PORTS"),
-                )?,
-            };
-            s.port = Some(port);
-            let addr = std::net::SocketAddr::new(self.checks.advertise, port).to_string();
-            let check = match ty {
-                Some(ServiceType::PrivateService) => Check::Tcp { addr: addr.clone() },
-                _ => Check::Http {
-                    addr: addr.clone(),
-                    path: config
-                        .and_then(|c| c.health_check_path.clone())
-                        .filter(|p| p.starts_with('/'))
-                        .unwrap_or_else(|| "/".to_owned()),
-                },
-            };
-            (Some(port), Some(addr), Some(check))
-        } else if ty == Some(ServiceType::BackgroundWorker) {
-            (None, None, Some(Check::Uptime))
-        } else {
-            (None, None, None)
-        };
-        let placement = Placement {
+        let port = listens.then(|| listen_port(s, spec.port));
+        s.port = port;
+        let public = listens && ty != Some(ServiceType::PrivateService);
+        let mut placement = Placement {
             service: spec.service.clone(),
             deploy: spec.deploy.clone(),
             digest: spec.digest.clone(),
-            addr,
-            port,
-            check,
+            addr: None,
+            port: None,
+            check: None,
+        };
+        {
+            let _held = self.ports.lock().unwrap_or_else(|p| p.into_inner());
+            if public {
+                let host = free_port(&self.checks.ports, &self.reporter.ports_in_use())
+                    .ok_or_else(|| {
+                        retry("allocating a port", "no free port in BERTH_NODE_PORTS")
+                    })?;
+                placement.port = Some(host);
+                placement.addr =
+                    Some(std::net::SocketAddr::new(self.checks.advertise, host).to_string());
+            }
+            self.reporter
+                .place(&spec.instance, placement.clone())
+                .map_err(|e| retry("recording placement", e))?;
+        }
+        let publish = port.zip(placement.port).map(|(c, h)| Publish {
+            container_port: c,
+            host_port: h,
+        });
+        s.network = Some(network(&spec.service, config, publish));
+        let ip = self
+            .agent
+            .attach_network(s)
+            .await
+            .map_err(|e| retry("attaching the instance network", e))?;
+        // Checks go to this instance's own address: no other instance can
+        // answer them.
+        let own = port
+            .zip(ip)
+            .map(|(p, ip)| std::net::SocketAddr::from((ip, p)).to_string());
+        placement.check = match (ty, own) {
+            (Some(ServiceType::PrivateService), Some(addr)) => {
+                placement.addr = Some(addr.clone());
+                Some(Check::Tcp { addr })
+            }
+            (_, Some(addr)) => Some(Check::Http {
+                addr,
+                path: config
+                    .and_then(|c| c.health_check_path.clone())
+                    .filter(|p| p.starts_with('/'))
+                    .unwrap_or_else(|| "/".to_owned()),
+            }),
+            (Some(ServiceType::BackgroundWorker), None) => Some(Check::Uptime),
+            _ => None,
         };
         self.reporter
             .place(&spec.instance, placement.clone())
@@ -415,13 +445,20 @@ impl NodeHandler {
         let unpacked = tokio::task::spawn_blocking(move || {
             let rootfs = unpack_image(&store, &digest, &UnpackOptions::default())?;
             let config = store.read(&pulled.config, 1 << 20)?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((rootfs, config))
+            Ok::<_, berth_puller::UnpackError>((rootfs, config))
         })
         .await
         .map_err(|e| Err(retry("unpacking", e)))?;
         let (rootfs, config) = match unpacked {
             Ok(x) => x,
-            Err(e) => return fault(PullFailureReason::DigestMismatch, e.to_string()),
+            // A local disk or permission failure says nothing about the
+            // image: it is this node's, retried, never recorded against it.
+            Err(e) => {
+                return match e.reason() {
+                    Some(reason) => fault(reason, e.to_string()),
+                    None => Err(Err(retry("unpacking", e))),
+                }
+            }
         };
         let config = match ImageConfig::from_json(&config) {
             Ok(c) => c,
@@ -502,9 +539,40 @@ impl NodeHandler {
             limits: Limits {
                 cpu_millis: spec.plan.as_ref().map(|p| p.cpu_millis),
                 memory_mib: spec.plan.as_ref().map(|p| p.memory_mib),
+                pids: None,
             },
             shutdown_delay: Duration::from_secs(u64::from(spec.shutdown_delay_secs.clamp(1, 300))),
+            network: None,
         })
+    }
+}
+
+/// The port an instance listens on inside its namespace, as on Render: the
+/// service's `PORT`, else the one TCP port the image exposes (`EXPOSE
+/// 8080`), else `default` (the scheduler's, 10000).
+fn listen_port(s: &InstanceSpec, default: Option<u16>) -> u16 {
+    s.env
+        .get("PORT")
+        .and_then(|p| p.trim().parse::<u16>().ok())
+        .filter(|p| *p > 0)
+        .or_else(|| s.image.config.single_tcp_port())
+        .or(default)
+        .unwrap_or(10000)
+}
+
+/// How an instance of `service` joins the node's network: with its owner's
+/// instances; a private service's under its name.
+fn network(
+    service: &ServiceId,
+    config: Option<&ServiceConfig>,
+    publish: Option<Publish>,
+) -> NetworkSpec {
+    NetworkSpec {
+        group: config.map_or_else(|| service.to_string(), |c| c.owner.to_string()),
+        name: config
+            .filter(|c| c.service_type == ServiceType::PrivateService)
+            .map(|c| c.name.clone()),
+        publish,
     }
 }
 

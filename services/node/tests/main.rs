@@ -12,4 +12,6 @@ mod support;
 
 mod gc;
 mod health;
+mod network;
 mod ports;
+mod stops;

@@ -45,6 +45,7 @@ pub fn options() -> NodeOptions {
         cpu_millis: 4000,
         memory_mib: 4096,
         runc: "runc".into(),
+        cni_path: "/usr/lib/cni".into(),
         concurrency: 4,
         ack_wait: Duration::from_secs(10),
         max_deliver: 3,
@@ -93,6 +94,10 @@ pub async fn start_node_with(
 ) -> Running {
     let dir: PathBuf = w.node_dir();
     let id = berth_node::load_or_create_id(&dir).unwrap();
+    let checks = NodeChecks {
+        subnet: w.subnet.parsed(),
+        ..checks
+    };
     let node = Node::new(w.store.clone(), key.clone(), options())
         .with_checks(checks)
         .with_gc(gc);
@@ -125,11 +130,29 @@ pub async fn service_at(
     health_path: Option<&str>,
     digest: &str,
 ) -> (ServiceId, DeployId) {
+    let owner = OwnerId::User(UserId::generate());
+    let name = format!(
+        "svc-{}",
+        &ServiceId::generate().as_str()[4..12].to_lowercase()
+    );
+    service_of(w, &owner, &name, ty, health_path, digest).await
+}
+
+/// A service of `owner` named `name` whose first deploy resolved to
+/// `digest`.
+pub async fn service_of(
+    w: &World,
+    owner: &OwnerId,
+    name: &str,
+    ty: ServiceType,
+    health_path: Option<&str>,
+    digest: &str,
+) -> (ServiceId, DeployId) {
     let service = ServiceId::generate();
     let deploy = DeployId::generate();
     let mut create = CreateService::new(
-        OwnerId::User(UserId::generate()),
-        &format!("svc-{}", &service.as_str()[4..12].to_lowercase()),
+        owner.clone(),
+        name,
         ty,
         &format!("{}/{REPO}:v1", w.registry.host),
         Sealed {

@@ -165,15 +165,47 @@ pub enum UnpackError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Reading the layer's bytes failed (the blob file, or the caller's
+    /// reader), as opposed to the bytes being wrong.
+    #[error("layer {layer}: reading the layer failed: {source}")]
+    Read {
+        /// Layer index.
+        layer: usize,
+        /// The reader's error.
+        source: std::io::Error,
+    },
     /// The content store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 impl UnpackError {
+    /// The SPEC §9 reason for the Image Pull Failed event, or `None` when
+    /// the node failed (disk full, permission denied, a blob gone from the
+    /// store): that says nothing about the image, so the caller retries
+    /// rather than report the image as broken. A refused or malformed layer
+    /// is `invalid_image`: it fails the same way on every node.
+    pub fn reason(&self) -> Option<PullFailureReason> {
+        match self {
+            UnpackError::UnsafePath { .. }
+            | UnpackError::SymlinkParent { .. }
+            | UnpackError::HardLink { .. }
+            | UnpackError::Special { .. }
+            | UnpackError::Limit { .. }
+            | UnpackError::Malformed { .. }
+            | UnpackError::MediaType { .. }
+            | UnpackError::Image(_) => Some(PullFailureReason::InvalidImage),
+            UnpackError::DiffIdMismatch { .. }
+            | UnpackError::Store(StoreError::DigestMismatch(_)) => {
+                Some(PullFailureReason::DigestMismatch)
+            }
+            UnpackError::Io { .. } | UnpackError::Read { .. } | UnpackError::Store(_) => None,
+        }
+    }
+
     /// Whether the image (rather than the node) is at fault: a refused or
     /// malformed layer will fail the same way everywhere.
     pub fn is_image_fault(&self) -> bool {
-        !matches!(self, UnpackError::Io { .. } | UnpackError::Store(_))
+        self.reason().is_some()
     }
 }

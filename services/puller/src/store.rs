@@ -89,6 +89,13 @@ impl ContentStore {
             let p = root.join(d);
             std::fs::create_dir_all(&p).map_err(io(&p))?;
         }
+        // Owner only: unpacked trees keep the images' setuid files, which
+        // a host user must not reach and run.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
+                .map_err(io(&root))?;
+        }
         for d in ["ingest", "tmp"] {
             let p = root.join(d);
             if p.exists() {

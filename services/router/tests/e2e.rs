@@ -1,8 +1,12 @@
-//! Zero downtime end to end (issue #5): the real scheduler, two real nodes
-//! running busybox httpd under runc with their own health checks, the real
-//! resolver and registry, and the router in front. Continuous load through
-//! a second deploy sees no failed request and switches from v1 to v2 once;
-//! through a restart (every instance replaced) no failed request either.
+//! Zero downtime end to end: the real scheduler, real nodes running
+//! busybox httpd under runc in network namespaces of their own, with their
+//! own health checks, the real resolver and registry, and the router in
+//! front. The server listens on 10000 whatever `PORT` says, as most images
+//! do. Continuous load through a second deploy sees no failed request and
+//! switches from v1 to v2 once, with both instances on one node as well as
+//! on two; a deploy whose instances never become healthy never goes live
+//! and the load never notices; through a restart (every instance replaced)
+//! no failed request either.
 
 use std::time::{Duration, Instant};
 
@@ -18,9 +22,10 @@ use crate::sched::{types, RunningNode, World};
 use crate::support::{spawn_router, HttpClient};
 
 /// Serves `/version` (`v1` or `v2`, from the image's `V`) and the health
-/// check path on `$PORT`.
-const HTTPD: &str = "sh -c 'mkdir -p /www && cp /app/hello.txt /www/ && echo v$V > /www/version \
-                     && exec busybox httpd -f -p $PORT -h /www'";
+/// check path on port 10000, fixed (it reads no `PORT`); image `v3` exits
+/// at once (a broken release).
+const HTTPD: &str = "sh -c 'test \"$V\" != 3 && mkdir -p /www && cp /app/hello.txt /www/ \
+                     && echo v$V > /www/version && exec busybox httpd -f -p 10000 -h /www'";
 
 /// Everything running, with a web service of two instances live on v1 and
 /// the router answering for it.
@@ -31,7 +36,7 @@ struct Live {
     router: std::net::SocketAddr,
     /// Ids of the instances serving now.
     old: Vec<String>,
-    _nodes: (RunningNode, RunningNode),
+    _nodes: Vec<RunningNode>,
     _scheduler: (
         tokio_util::sync::CancellationToken,
         tokio::task::JoinHandle<()>,
@@ -40,9 +45,13 @@ struct Live {
 }
 
 impl Live {
-    async fn start() -> Live {
+    /// Two instances live on v1, on `nodes` nodes.
+    async fn start(nodes: usize) -> Live {
         let w = World::start().await;
-        let nodes = (w.start_node("n1").await, w.start_node("n2").await);
+        let mut started = Vec::new();
+        for n in 0..nodes {
+            started.push(w.start_node(&format!("n{}", n + 1)).await);
+        }
         let scheduler = w.start_scheduler().await;
         let (_routes, router, stop_router, _task) = spawn_router(&w.store).await.unwrap();
         let (svc, d1) = w
@@ -75,7 +84,7 @@ impl Live {
             host,
             router,
             old,
-            _nodes: nodes,
+            _nodes: started,
             _scheduler: scheduler,
             _router: stop_router.drop_guard(),
         }
@@ -117,7 +126,7 @@ async fn instance_ids(w: &World, svc: &ServiceId) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn zero_failed_requests_through_a_real_deploy() {
-    let live = Live::start().await;
+    let live = Live::start(2).await;
     let load = live.load();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let d2 = live.w.deploy(&live.svc, "v2").await;
@@ -136,11 +145,62 @@ async fn zero_failed_requests_through_a_real_deploy() {
     assert!(total > 100, "too little load: {total}");
 }
 
+/// Both instances on one node, both on port 10000 (each in its own
+/// namespace): v1 → v2 under load fails no request; a broken v3 whose
+/// instances never pass their check fails and v2 goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fixed_port_image_on_one_node_deploys_without_a_failed_request() {
+    let live = Live::start(1).await;
+    let load = live.load();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let d2 = live.w.deploy(&live.svc, "v2").await;
+    live.old_stopped().await;
+    live.w.wait_live(&live.svc, &d2).await;
+    let serving = instance_ids(&live.w, &live.svc).await;
+
+    let v3 = crate::agent_support::busybox_image(
+        serde_json::json!({ "Cmd": ["/bin/sh"], "Env": ["PATH=/bin", "V=3"] }),
+    );
+    live.w
+        .registry
+        .push_image(crate::sched::REPO, "v3", &v3)
+        .await
+        .unwrap();
+    let d3 = live.w.deploy(&live.svc, "v3").await;
+    let ev = live
+        .w
+        .wait_events(&live.svc, Duration::from_secs(120), "v3 failed", |ev| {
+            ev.iter()
+                .any(|e| matches!(&e.event, Event::DeployFailed(f) if f.deploy == d3))
+        })
+        .await;
+    assert!(
+        !ev.iter()
+            .any(|e| matches!(&e.event, Event::DeployLive(l) if l.deploy == d3)),
+        "a deploy that never became healthy went live: {:?}",
+        types(&ev)
+    );
+    // v3's instances are stopped; v2's serve on.
+    let t0 = std::time::Instant::now();
+    while instance_ids(&live.w, &live.svc).await != serving {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "instances of the failed deploy still placed: {:?} (serving: {serving:?})",
+            instance_ids(&live.w, &live.svc).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen = load.finish().await.unwrap();
+    let total = assert_switched_once(&seen, "v1", "v2");
+    println!("e2e one node, fixed port: {total} requests by 8 clients, 0 failed");
+    assert!(total > 100, "too little load: {total}");
+}
+
 /// A restart replaces every instance (new ones first, old ones once the new
 /// serve): under load nothing fails and every answer is still v1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn zero_failed_requests_through_a_restart() {
-    let live = Live::start().await;
+    let live = Live::start(2).await;
     let load = live.load();
     tokio::time::sleep(Duration::from_secs(1)).await;
     live.w.command(&live.svc, Command::Restart).await;

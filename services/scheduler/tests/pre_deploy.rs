@@ -108,9 +108,11 @@ async fn a_pre_deploy_whose_node_dies_fails_after_its_timeout() {
             ..scheduler_options()
         })
         .await;
+    // Deaf to SIGTERM: when its timeout passes the run is still in its
+    // shutdown delay, so the node cannot report it before it goes.
     let (svc, d1) = w
         .create(ServiceType::WebService, |c| {
-            c.pre_deploy_command = Some("sleep 30".into())
+            c.pre_deploy_command = Some("sh -c 'trap \"\" TERM; sleep 30'".into())
         })
         .await;
     w.wait_events(&svc, Duration::from_secs(30), "pre-deploy started", |ev| {

@@ -48,6 +48,7 @@ pub fn node_options(name: &str, dir: &Path) -> NodeOptions {
         cpu_millis: 8000,
         memory_mib: 8192,
         runc: "runc".into(),
+        cni_path: "/usr/lib/cni".into(),
         concurrency: 4,
         ack_wait: Duration::from_secs(10),
         max_deliver: 3,
@@ -161,6 +162,9 @@ pub struct World {
     pub v1: String,
     pub v2: String,
     pub key: SecretKey,
+    /// Each node dir's subnet (dropped before `dir`: each removes what of
+    /// its network is left, reading the node's network state in `dir`).
+    subnets: std::sync::Mutex<std::collections::HashMap<PathBuf, berth_tests::net::SubnetLease>>,
     pub dir: tempfile::TempDir,
     pub shutdown: CancellationToken,
     /// Nodes started so far (for their port ranges).
@@ -205,6 +209,7 @@ impl World {
             v1: v1.digest,
             v2: v2.digest,
             key,
+            subnets: Default::default(),
             dir: tempfile::tempdir().unwrap(),
             shutdown: CancellationToken::new(),
             nodes: AtomicU16::new(0),
@@ -229,8 +234,19 @@ impl World {
         let id = berth_node::load_or_create_id(&dir).unwrap();
         // Nodes share this machine's network: each hands out its own ports.
         let first = 20000 + 1000 * self.nodes.fetch_add(1, Ordering::Relaxed);
+        // A node restarted on the same dir keeps its subnet.
+        let subnet = {
+            let mut leases = self.subnets.lock().unwrap();
+            let lease = leases.entry(dir.clone()).or_insert_with(|| {
+                let mut l = berth_tests::net::lease_subnet();
+                l.net_dir = Some(dir.join("agent").join("net"));
+                l
+            });
+            lease.parsed()
+        };
         let checks = NodeChecks {
             ports: first..=first + 999,
+            subnet,
             health: health_options(),
             ..NodeChecks::default()
         };

@@ -74,6 +74,9 @@ pub struct Node {
     pub client: async_nats::Client,
     pub subjects: Subjects,
     pub registry: Registry,
+    /// The agent's instance network (dropped before `dir`: it removes what
+    /// of the network is left, reading the agent's state in `dir`).
+    pub subnet: berth_tests::net::SubnetLease,
     pub dir: tempfile::TempDir,
     pub agent: Agent,
     pub events: mpsc::UnboundedReceiver<AgentEvent>,
@@ -106,12 +109,21 @@ impl Node {
         cfg.restart = restart;
         cfg.heartbeat_interval = Duration::from_millis(200);
         cfg.exit_poll = Duration::from_millis(50);
+        let mut subnet = berth_tests::net::lease_subnet();
+        let net_dir = dir.path().join("agent").join("net");
+        cfg.network = Some(berth_agent::net::NetworkConfig {
+            subnet: subnet.parsed(),
+            cni_path: "/usr/lib/cni".into(),
+            state_dir: net_dir.clone(),
+        });
+        subnet.net_dir = Some(net_dir);
         let (agent, events) = start_agent(&cfg, &client, &subjects).await;
         Node {
             nats,
             client,
             subjects,
             registry,
+            subnet,
             dir,
             agent,
             events,
@@ -227,8 +239,10 @@ pub fn spec(image: &ImageRoot, command: &str) -> InstanceSpec {
         limits: Limits {
             cpu_millis: Some(500),
             memory_mib: Some(128),
+            pids: None,
         },
         shutdown_delay: Duration::from_secs(5),
+        network: None,
     }
 }
 

@@ -28,6 +28,9 @@ pub struct World {
     pub store: EventStore,
     pub registry: Registry,
     pub digest: String,
+    /// The node's subnet (dropped before `dir`: it removes what of the
+    /// network is left, reading the node's network state in `dir`).
+    pub subnet: berth_tests::net::SubnetLease,
     pub dir: tempfile::TempDir,
 }
 
@@ -54,12 +57,15 @@ impl World {
         let image = busybox_image(default_config());
         registry.push_image(REPO, "v1", &image).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
+        let mut subnet = berth_tests::net::lease_subnet();
+        subnet.net_dir = Some(dir.path().join("node").join("agent").join("net"));
         World {
             nats,
             client,
             store,
             registry,
             digest: image.digest,
+            subnet,
             dir,
         }
     }

@@ -75,6 +75,33 @@ impl<R: Read> Read for Metered<R> {
     }
 }
 
+/// Keeps a failure of the raw layer reader (the blob file): the
+/// decompressor and the tar reader pass it on like any garbled byte, and
+/// only this tells a failing disk from a malformed layer.
+pub(super) struct Source<R> {
+    inner: R,
+    failed: Rc<Cell<Option<std::io::Error>>>,
+}
+
+impl<R: Read> Source<R> {
+    pub(super) fn new(inner: R, failed: Rc<Cell<Option<std::io::Error>>>) -> Self {
+        Self { inner, failed }
+    }
+}
+
+impl<R: Read> Read for Source<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                // The error itself travels up through the readers; this
+                // copy only records where it came from.
+                let copy = std::io::Error::new(e.kind(), e.to_string());
+                self.failed.set(Some(copy));
+            }
+        })
+    }
+}
+
 /// Metadata applied to directories once the layer is done (writing
 /// children would change their mtimes; a read-only mode would block them).
 struct DirMeta {
@@ -244,9 +271,15 @@ impl<'a> Applier<'a> {
                     .mode(0o600)
                     .open(&abs)
                     .map_err(self.io(&abs))?;
-                let n = copy(entry, &mut f, &mut self.buf).map_err(|e| UnpackError::Malformed {
-                    layer: self.layer,
-                    detail: format!("reading {}: {e}", shown(&raw)),
+                let n = copy(entry, &mut f, &mut self.buf).map_err(|e| match e {
+                    CopyError::Read(e) => UnpackError::Malformed {
+                        layer: self.layer,
+                        detail: format!("reading {}: {e}", shown(&raw)),
+                    },
+                    CopyError::Write(source) => UnpackError::Io {
+                        path: abs.clone(),
+                        source,
+                    },
                 })?;
                 totals.file_bytes += n;
                 // chown before chmod: chown clears setuid/setgid bits.
@@ -456,18 +489,26 @@ impl Meta {
     }
 }
 
+/// Which side of a copy failed: reading the layer says something about the
+/// layer, writing the file (a full disk) only about this node.
+enum CopyError {
+    Read(std::io::Error),
+    Write(std::io::Error),
+}
+
 /// Copy an entry's data with a large buffer (the default 8 KiB costs
 /// measurably on big layers).
-fn copy<R: Read>(r: &mut R, w: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<u64> {
+fn copy<R: Read>(r: &mut R, w: &mut std::fs::File, buf: &mut [u8]) -> Result<u64, CopyError> {
     let mut total = 0u64;
     loop {
         let n = match r.read(buf) {
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(CopyError::Read(e)),
         };
-        w.write_all(buf.get(..n).unwrap_or(buf))?;
+        w.write_all(buf.get(..n).unwrap_or(buf))
+            .map_err(CopyError::Write)?;
         total += n as u64;
     }
 }

@@ -13,6 +13,8 @@
 //! This is blocking file-system work: call it from `spawn_blocking`.
 
 mod layer;
+#[cfg(test)]
+mod tests;
 
 use std::cell::Cell;
 use std::io::{BufReader, Read};
@@ -142,14 +144,24 @@ fn apply<R: Read>(
     opts: &UnpackOptions,
     totals: &mut Totals,
 ) -> Result<LayerStats, UnpackError> {
-    let reader = BufReader::with_capacity(1 << 20, reader);
+    let read_failed = Rc::new(Cell::new(None));
+    // A failed read of the layer's bytes is this node's problem (a disk
+    // error), not a malformed layer, however the readers above report it.
+    let read_failure = || {
+        read_failed
+            .take()
+            .map(|source| UnpackError::Read { layer, source })
+    };
+    let reader = BufReader::with_capacity(1 << 20, layer::Source::new(reader, read_failed.clone()));
     let decoded: Box<dyn Read> = match compression {
         Compression::None => Box::new(reader),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
         Compression::Zstd => Box::new(ruzstd::decoding::StreamingDecoder::new(reader).map_err(
-            |e| UnpackError::Malformed {
-                layer,
-                detail: format!("zstd: {e}"),
+            |e| {
+                read_failure().unwrap_or_else(|| UnpackError::Malformed {
+                    layer,
+                    detail: format!("zstd: {e}"),
+                })
             },
         )?),
     };
@@ -165,7 +177,9 @@ fn apply<R: Read>(
         limit: opts.limits.max_expanded_bytes,
     };
     let malformed = |e: std::io::Error| {
-        if exceeded.get() {
+        if let Some(failed) = read_failure() {
+            failed
+        } else if exceeded.get() {
             limit_err()
         } else {
             UnpackError::Malformed {
@@ -181,6 +195,7 @@ fn apply<R: Read>(
         let mut entry = entry.map_err(malformed)?;
         match applier.entry(&mut entry, totals) {
             Err(UnpackError::Malformed { .. }) if exceeded.get() => return Err(limit_err()),
+            Err(e @ UnpackError::Malformed { .. }) => return Err(read_failure().unwrap_or(e)),
             r => r?,
         }
     }

@@ -1,0 +1,899 @@
+//! Instance networks: every instance in a network namespace of its own,
+//! attached to the node's bridge by the standard CNI plugins, driven as the
+//! CNI spec says (ADD before the container starts, CHECK when a restarted
+//! agent adopts it, DEL when it is gone, DEL for leftovers at start).
+//!
+//! The chain is `bridge` (veth into the node bridge, host-local addresses
+//! from the node's subnet, masquerading for outbound traffic), `portmap`
+//! (a web instance's port published on a host port) and `firewall` (lets
+//! the instance's traffic through `FORWARD`). On top, berth's own iptables
+//! chains, named after the bridge:
+//!
+//! - `<tag>-IN`, jumped from `INPUT` for packets from the bridge: only
+//!   replies reach the host, so an instance cannot open a connection to any
+//!   listener of the node (NATS, the API, metrics, the node's health port),
+//!   whichever host address it tries.
+//! - `<tag>-FWD`, jumped from the firewall plugin's `CNI-ADMIN` chain (the
+//!   place the plugin keeps for administrator rules, consulted before its
+//!   own accepts): link-local addresses (cloud metadata) are dropped, and a
+//!   connection into the subnet passes only to an instance of the same
+//!   group (owner): one rule per instance sends its traffic to its group's
+//!   chain `<tag>-<hash>`, which accepts the group's addresses; anything
+//!   else into the subnet is dropped. Bridged traffic passes `FORWARD`
+//!   only with `br_netfilter`, which [`Cni::open`] turns on.
+//!
+//! Names: each instance's `/etc/hosts` lists the addresses of its group's
+//! instances that carry a name (private services), rewritten in place as
+//! instances come and go; `/etc/resolv.conf` is the host's without loopback
+//! resolvers, which an instance cannot reach.
+//!
+//! State per instance is a file under the network's state dir, written
+//! before anything is created, so whatever a crash leaves is found and
+//! deleted at the next start.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Mutex, MutexGuard};
+
+use berth_schemas::ids::InstanceId;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// How an instance joins the node's network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    /// Instances of one group (an owner) reach each other, no one else's.
+    pub group: String,
+    /// The name the group's other instances reach this one by (a private
+    /// service's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The port the instance listens on, published on a host port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<Publish>,
+}
+
+/// A published port: `host_port` on the node's addresses reaches
+/// `container_port` in the instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publish {
+    /// The port the instance listens on.
+    pub container_port: u16,
+    /// The node's port.
+    pub host_port: u16,
+}
+
+/// An attached instance: its namespace and address, and the files mounted
+/// as its `/etc/hosts` and `/etc/resolv.conf`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The network namespace (`/run/netns/<instance>`).
+    pub netns: PathBuf,
+    /// Mounted as `/etc/hosts`.
+    pub hosts: PathBuf,
+    /// Mounted as `/etc/resolv.conf`.
+    pub resolv: PathBuf,
+    /// The instance's address on the bridge.
+    pub ip: Ipv4Addr,
+}
+
+/// An IPv4 subnet (`10.77.0.0/16`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    /// The network address (host bits zero).
+    pub addr: Ipv4Addr,
+    /// Prefix length, 8–28.
+    pub prefix: u8,
+}
+
+impl Subnet {
+    /// Whether `ip` is inside.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX << (32 - u32::from(self.prefix));
+        u32::from(ip) & mask == u32::from(self.addr)
+    }
+
+    /// The bridge named after the subnet, so two nodes on one machine (with
+    /// different subnets) never share one.
+    pub fn bridge_name(&self) -> String {
+        format!("bth{:08x}", u32::from(self.addr))
+    }
+}
+
+impl FromStr for Subnet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a.b.c.d/prefix"))?;
+        let addr: Ipv4Addr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("{a:?} is not an IPv4 address"))?;
+        let prefix: u8 = p
+            .trim()
+            .parse()
+            .map_err(|_| format!("{p:?} is not a prefix length"))?;
+        if !(8..=28).contains(&prefix) {
+            return Err(format!("prefix /{prefix} must be /8 to /28"));
+        }
+        let mask = u32::MAX << (32 - u32::from(prefix));
+        if u32::from(addr) & !mask != 0 {
+            return Err(format!("{s} has host bits set"));
+        }
+        if addr.is_loopback() || addr.is_link_local() || addr.is_multicast() {
+            return Err(format!("{s} is a loopback, link-local or multicast range"));
+        }
+        Ok(Subnet { addr, prefix })
+    }
+}
+
+impl fmt::Display for Subnet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Where and how the node's instance network is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// Instance addresses come from here; the bridge is its first address.
+    pub subnet: Subnet,
+    /// The CNI plugin binaries.
+    pub cni_path: PathBuf,
+    /// Per-instance state, hosts and resolv files, address leases.
+    pub state_dir: PathBuf,
+}
+
+/// A network operation failed (the node's fault: retried, not the image's).
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A CNI plugin refused or could not run.
+    #[error("CNI {plugin} {op}: {message}")]
+    Plugin {
+        /// `bridge`, `portmap`, `firewall`.
+        plugin: &'static str,
+        /// `ADD`, `CHECK`, `DEL`.
+        op: &'static str,
+        /// The plugin's message.
+        message: String,
+    },
+    /// `ip` or `iptables` failed.
+    #[error("{command}: {message}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its error output.
+        message: String,
+    },
+    /// Files of the network state.
+    #[error("{path}: {source}")]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The instance is not attached here.
+    #[error("instance {0} has no network here")]
+    Unknown(String),
+}
+
+fn net_io(path: &Path) -> impl FnOnce(std::io::Error) -> NetError + '_ {
+    move |source| NetError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What is kept per instance (`<id>.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    spec: NetworkSpec,
+    /// The chain's result once ADD succeeded (DEL and CHECK need it).
+    #[serde(default)]
+    result: Option<Value>,
+}
+
+/// An attached instance as the rules and hosts files see it.
+#[derive(Debug, Clone)]
+struct Member {
+    group: String,
+    name: Option<String>,
+    ip: Ipv4Addr,
+}
+
+/// The CNI plugins of the chain, in ADD order.
+const CHAIN: [&str; 3] = ["bridge", "portmap", "firewall"];
+const CNI_VERSION: &str = "1.0.0";
+const IFNAME: &str = "eth0";
+
+/// The node's instance network.
+#[derive(Debug)]
+pub struct Cni {
+    cfg: NetworkConfig,
+    bridge: String,
+    /// Prefix of berth's own chains (`BTH-<subnet hex>`).
+    tag: String,
+    members: Mutex<HashMap<InstanceId, Member>>,
+    /// Serialises rule changes: a group chain is created by its first
+    /// member and removed with its last.
+    rules: tokio::sync::Mutex<()>,
+}
+
+impl Cni {
+    /// Prepare the node's network: state dirs, `br_netfilter` on, berth's
+    /// base chains (rebuilt empty; [`Cni::recover`] adds the instances
+    /// that are kept).
+    pub async fn open(cfg: NetworkConfig) -> Result<Cni, NetError> {
+        for d in [cfg.state_dir.clone(), cfg.state_dir.join("ipam")] {
+            std::fs::create_dir_all(&d).map_err(net_io(&d))?;
+            set_private(&d)?;
+        }
+        bridge_netfilter().await?;
+        let bridge = cfg.subnet.bridge_name();
+        let tag = format!("BTH-{:08x}", u32::from(cfg.subnet.addr));
+        let cni = Cni {
+            bridge,
+            tag,
+            cfg,
+            members: Mutex::default(),
+            rules: tokio::sync::Mutex::new(()),
+        };
+        cni.base_rules().await?;
+        Ok(cni)
+    }
+
+    /// The bridge's name.
+    pub fn bridge(&self) -> &str {
+        &self.bridge
+    }
+
+    /// The prefix of berth's iptables chains for this network.
+    pub fn chain_prefix(&self) -> &str {
+        &self.tag
+    }
+
+    fn members(&self) -> MutexGuard<'_, HashMap<InstanceId, Member>> {
+        self.members.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn state_file(&self, id: &InstanceId) -> PathBuf {
+        self.cfg.state_dir.join(format!("{id}.json"))
+    }
+
+    fn paths(&self, id: &InstanceId) -> (PathBuf, PathBuf, PathBuf) {
+        (
+            PathBuf::from(format!("/run/netns/{id}")),
+            self.cfg.state_dir.join(format!("{id}.hosts")),
+            self.cfg.state_dir.join(format!("{id}.resolv")),
+        )
+    }
+
+    /// The attachment of an attached instance.
+    pub fn attachment(&self, id: &InstanceId) -> Option<Attachment> {
+        let ip = self.members().get(id)?.ip;
+        let (netns, hosts, resolv) = self.paths(id);
+        Some(Attachment {
+            netns,
+            hosts,
+            resolv,
+            ip,
+        })
+    }
+
+    /// Give `id` its namespace, address, published port, rules and name
+    /// files. On failure nothing of it is left.
+    pub async fn attach(
+        &self,
+        id: &InstanceId,
+        spec: &NetworkSpec,
+    ) -> Result<Attachment, NetError> {
+        let state = State {
+            spec: spec.clone(),
+            result: None,
+        };
+        // First: a crash from here on leaves a file the next start finds.
+        self.save(id, &state)?;
+        match self.try_attach(id, state).await {
+            Ok(a) => Ok(a),
+            Err(e) => {
+                if let Err(undo) = self.detach(id).await {
+                    tracing::warn!(instance = %id, error = %undo, "undoing a failed attach");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn try_attach(&self, id: &InstanceId, mut state: State) -> Result<Attachment, NetError> {
+        let (netns, hosts, resolv) = self.paths(id);
+        let name = id.to_string();
+        if !netns.exists() {
+            run("ip", &["netns", "add", &name]).await?;
+        }
+        run("ip", &["-n", &name, "link", "set", "lo", "up"]).await?;
+        let mut prev: Option<Value> = None;
+        for plugin in CHAIN {
+            let conf = self.conf(plugin, &state.spec, prev.as_ref());
+            prev = self.plugin(plugin, "ADD", id, &netns, &conf).await?;
+        }
+        let result = prev.ok_or_else(|| NetError::Plugin {
+            plugin: "firewall",
+            op: "ADD",
+            message: "no result".into(),
+        })?;
+        let ip = result_ip(&result).ok_or_else(|| NetError::Plugin {
+            plugin: "bridge",
+            op: "ADD",
+            message: format!("no IPv4 address in the result {result}"),
+        })?;
+        state.result = Some(result);
+        self.save(id, &state)?;
+        write_in_place(&resolv, &resolv_conf())?;
+        write_in_place(&hosts, "")?;
+        self.join(id, &state.spec, ip).await?;
+        Ok(Attachment {
+            netns,
+            hosts,
+            resolv,
+            ip,
+        })
+    }
+
+    /// Registers a member, adds its rules and rewrites its group's hosts
+    /// files.
+    async fn join(
+        &self,
+        id: &InstanceId,
+        spec: &NetworkSpec,
+        ip: Ipv4Addr,
+    ) -> Result<(), NetError> {
+        let member = Member {
+            group: spec.group.clone(),
+            name: spec.name.clone(),
+            ip,
+        };
+        {
+            let _rules = self.rules.lock().await;
+            let chain = self.group_chain(&member.group);
+            let fresh = !self.members().values().any(|m| m.group == member.group);
+            if fresh {
+                iptables_new_chain(&chain).await?;
+            }
+            let ip = ip.to_string();
+            let subnet = self.cfg.subnet.to_string();
+            iptables(&["-A", &chain, "-d", &ip, "-j", "ACCEPT"]).await?;
+            // Before the closing DROP of the subnet (rules 1-2 are fixed).
+            iptables(&[
+                "-I",
+                &self.fwd(),
+                "3",
+                "-s",
+                &ip,
+                "-d",
+                &subnet,
+                "-j",
+                &chain,
+            ])
+            .await?;
+            self.members().insert(id.clone(), member.clone());
+        }
+        self.write_hosts(&member.group)
+    }
+
+    /// Remove `id`'s network: rules, DEL through the chain in reverse, the
+    /// namespace and files. Idempotent; what it cannot remove is reported.
+    pub async fn detach(&self, id: &InstanceId) -> Result<(), NetError> {
+        let path = self.state_file(id);
+        let state: Option<State> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let mut first_err: Option<NetError> = None;
+        let mut keep = |r: Result<(), NetError>| {
+            if let Err(e) = r {
+                tracing::warn!(instance = %id, error = %e, "network cleanup");
+                first_err.get_or_insert(e);
+            }
+        };
+        let left = {
+            let _rules = self.rules.lock().await;
+            let m = self.members().remove(id);
+            match m {
+                Some(m) => {
+                    keep(self.leave_rules(&m).await);
+                    Some(m.group)
+                }
+                None => None,
+            }
+        };
+        let (netns, hosts, resolv) = self.paths(id);
+        if let Some(state) = &state {
+            for plugin in CHAIN.iter().rev() {
+                let conf = self.conf(plugin, &state.spec, state.result.as_ref());
+                keep(
+                    self.plugin(plugin, "DEL", id, &netns, &conf)
+                        .await
+                        .map(|_| ()),
+                );
+            }
+        }
+        if netns.exists() {
+            keep(run("ip", &["netns", "del", &id.to_string()]).await);
+        }
+        for f in [&hosts, &resolv] {
+            if let Err(e) = std::fs::remove_file(f) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    keep(Err(NetError::Io {
+                        path: f.clone(),
+                        source: e,
+                    }));
+                }
+            }
+        }
+        if let Some(group) = left {
+            keep(self.write_hosts(&group));
+        }
+        // Last: while anything above failed, the next start retries it.
+        match first_err {
+            Some(e) => Err(e),
+            None => {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(NetError::Io { path, source: e });
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn leave_rules(&self, m: &Member) -> Result<(), NetError> {
+        let chain = self.group_chain(&m.group);
+        let ip = m.ip.to_string();
+        let subnet = self.cfg.subnet.to_string();
+        iptables(&["-D", &self.fwd(), "-s", &ip, "-d", &subnet, "-j", &chain]).await?;
+        iptables(&["-D", &chain, "-d", &ip, "-j", "ACCEPT"]).await?;
+        if !self.members().values().any(|x| x.group == m.group) {
+            iptables(&["-F", &chain]).await?;
+            iptables(&["-X", &chain]).await?;
+        }
+        Ok(())
+    }
+
+    /// After an agent restart: `keep` are the instances adopted (their
+    /// networks are checked and their rules restored); every other network
+    /// state left here is deleted.
+    pub async fn recover(&self, keep: &BTreeSet<InstanceId>) -> Result<(), NetError> {
+        let dir = &self.cfg.state_dir;
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(net_io(dir))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(".json").and_then(|s| s.parse().ok()) {
+                found.push(id);
+            }
+        }
+        for id in found {
+            let adopted = keep.contains(&id) && self.readopt(&id).await;
+            if !adopted {
+                tracing::info!(instance = %id, "removing a network left behind");
+                self.detach(&id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// CHECK an adopted instance's network and restore its rules; `false`
+    /// when it has no usable network (it is then deleted).
+    async fn readopt(&self, id: &InstanceId) -> bool {
+        let Some(state) = std::fs::read(self.state_file(id))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<State>(&b).ok())
+        else {
+            return false;
+        };
+        let Some(ip) = state.result.as_ref().and_then(result_ip) else {
+            return false;
+        };
+        let (netns, ..) = self.paths(id);
+        for plugin in CHAIN {
+            let conf = self.conf(plugin, &state.spec, state.result.as_ref());
+            if let Err(e) = self.plugin(plugin, "CHECK", id, &netns, &conf).await {
+                tracing::warn!(instance = %id, error = %e, "adopted instance's network fails CHECK");
+                return false;
+            }
+        }
+        match self.join(id, &state.spec, ip).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(instance = %id, error = %e, "adopted instance's rules not restored");
+                false
+            }
+        }
+    }
+
+    /// Remove berth's chains and the bridge when no instance is attached
+    /// (the node stops with nothing running): nothing of berth's is left
+    /// on the machine. With instances left, everything stays for the next
+    /// agent to adopt.
+    pub async fn close(&self) -> Result<(), NetError> {
+        let dir = &self.cfg.state_dir;
+        let left = std::fs::read_dir(dir)
+            .map_err(net_io(dir))?
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".json"));
+        if left || !self.members().is_empty() {
+            return Ok(());
+        }
+        let _rules = self.rules.lock().await;
+        let (fwd, input) = (self.fwd(), format!("{}-IN", self.tag));
+        let _ = iptables(&["-D", "CNI-ADMIN", "-i", &self.bridge, "-j", &fwd]).await;
+        let _ = iptables(&["-D", "INPUT", "-i", &self.bridge, "-j", &input]).await;
+        for chain in [&fwd, &input] {
+            let _ = iptables(&["-F", chain]).await;
+            let _ = iptables(&["-X", chain]).await;
+        }
+        if Path::new("/sys/class/net").join(&self.bridge).exists() {
+            run("ip", &["link", "del", &self.bridge]).await?;
+        }
+        Ok(())
+    }
+
+    fn fwd(&self) -> String {
+        format!("{}-FWD", self.tag)
+    }
+
+    fn group_chain(&self, group: &str) -> String {
+        format!("{}-{:08x}", self.tag, fnv1a(group))
+    }
+
+    /// Base chains, rebuilt empty: replies only into the host; into the
+    /// subnet only what a group chain accepts; never link-local.
+    async fn base_rules(&self) -> Result<(), NetError> {
+        let _rules = self.rules.lock().await;
+        let (fwd, input) = (self.fwd(), format!("{}-IN", self.tag));
+        let subnet = self.cfg.subnet.to_string();
+        // Group chains a previous process left (their members are re-added
+        // by recover).
+        let listed = run_output("iptables", &["-w", "-S"]).await?;
+        let prefix = format!("-N {}-", self.tag);
+        for line in listed.lines() {
+            if let Some(rest) = line.strip_prefix(&prefix) {
+                let chain = format!("{}-{rest}", self.tag);
+                if chain != fwd && chain != input {
+                    let _ = iptables(&["-F", &chain]).await;
+                }
+            }
+        }
+        for chain in [&fwd, &input] {
+            iptables_new_chain(chain).await?;
+            iptables(&["-F", chain]).await?;
+        }
+        for line in listed.lines() {
+            if let Some(rest) = line.strip_prefix(&prefix) {
+                let chain = format!("{}-{rest}", self.tag);
+                if chain != fwd && chain != input {
+                    let _ = iptables(&["-X", &chain]).await;
+                }
+            }
+        }
+        let established = ["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"];
+        let mut rule = vec!["-A", input.as_str()];
+        rule.extend(established);
+        rule.extend(["-j", "RETURN"]);
+        iptables(&rule).await?;
+        iptables(&["-A", &input, "-j", "DROP"]).await?;
+        let mut rule = vec!["-A", fwd.as_str()];
+        rule.extend(established);
+        rule.extend(["-j", "RETURN"]);
+        iptables(&rule).await?;
+        iptables(&["-A", &fwd, "-d", "169.254.0.0/16", "-j", "DROP"]).await?;
+        iptables(&["-A", &fwd, "-d", &subnet, "-j", "DROP"]).await?;
+        iptables_new_chain("CNI-ADMIN").await?;
+        let jump = ["CNI-ADMIN", "-i", self.bridge.as_str(), "-j", fwd.as_str()];
+        ensure_rule(&jump, false).await?;
+        let jump = ["INPUT", "-i", self.bridge.as_str(), "-j", input.as_str()];
+        ensure_rule(&jump, true).await
+    }
+
+    /// One plugin's network configuration, with the previous result and
+    /// the published port.
+    fn conf(&self, plugin: &str, spec: &NetworkSpec, prev: Option<&Value>) -> Value {
+        let mut conf = match plugin {
+            "bridge" => json!({
+                "type": "bridge",
+                "bridge": self.bridge,
+                "isGateway": true,
+                "ipMasq": true,
+                "hairpinMode": true,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{ "subnet": self.cfg.subnet.to_string() }]],
+                    "routes": [{ "dst": "0.0.0.0/0" }],
+                    "dataDir": self.cfg.state_dir.join("ipam"),
+                },
+            }),
+            "portmap" => {
+                let maps: Vec<Value> = spec
+                    .publish
+                    .iter()
+                    .map(|p| json!({"hostPort": p.host_port, "containerPort": p.container_port, "protocol": "tcp"}))
+                    .collect();
+                json!({
+                    "type": "portmap",
+                    "snat": true,
+                    "capabilities": { "portMappings": true },
+                    "runtimeConfig": { "portMappings": maps },
+                })
+            }
+            _ => json!({ "type": "firewall", "backend": "iptables" }),
+        };
+        conf["cniVersion"] = json!(CNI_VERSION);
+        conf["name"] = json!(self.bridge);
+        if let Some(p) = prev {
+            conf["prevResult"] = p.clone();
+        }
+        conf
+    }
+
+    /// Run one plugin (`CNI_COMMAND=op`); its result on ADD.
+    async fn plugin(
+        &self,
+        plugin: &'static str,
+        op: &'static str,
+        id: &InstanceId,
+        netns: &Path,
+        conf: &Value,
+    ) -> Result<Option<Value>, NetError> {
+        use tokio::io::AsyncWriteExt;
+        let fail = |message: String| NetError::Plugin {
+            plugin,
+            op,
+            message,
+        };
+        let mut child = tokio::process::Command::new(self.cfg.cni_path.join(plugin))
+            .env("CNI_COMMAND", op)
+            .env("CNI_CONTAINERID", id.to_string())
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", IFNAME)
+            .env("CNI_PATH", &self.cfg.cni_path)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| fail(e.to_string()))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let bytes = serde_json::to_vec(conf).map_err(|e| fail(e.to_string()))?;
+            stdin
+                .write_all(&bytes)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        if !out.status.success() {
+            // The plugin's error is JSON on stdout ({code, msg, details}).
+            let msg = serde_json::from_slice::<Value>(&out.stdout)
+                .ok()
+                .and_then(|v| {
+                    let m = v["msg"].as_str()?.to_owned();
+                    Some(match v["details"].as_str() {
+                        Some(d) if !d.is_empty() => format!("{m}: {d}"),
+                        _ => m,
+                    })
+                })
+                .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_owned());
+            return Err(fail(msg));
+        }
+        if op != "ADD" {
+            return Ok(None);
+        }
+        serde_json::from_slice(&out.stdout)
+            .map(Some)
+            .map_err(|e| fail(format!("result is not JSON: {e}")))
+    }
+
+    /// Rewrite the hosts file of every member of `group` (in place: the
+    /// file is bind-mounted, a rename would not be seen).
+    fn write_hosts(&self, group: &str) -> Result<(), NetError> {
+        let members: Vec<(InstanceId, Member)> = self
+            .members()
+            .iter()
+            .filter(|(_, m)| m.group == group)
+            .map(|(i, m)| (i.clone(), m.clone()))
+            .collect();
+        let mut named: Vec<(&str, Ipv4Addr)> = members
+            .iter()
+            .filter_map(|(_, m)| Some((m.name.as_deref()?, m.ip)))
+            .collect();
+        named.sort();
+        for (id, m) in &members {
+            let mut text = format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{id}\n",
+                m.ip
+            );
+            for (name, ip) in &named {
+                text.push_str(&format!("{ip}\t{name}\n"));
+            }
+            write_in_place(&self.paths(id).1, &text)?;
+        }
+        Ok(())
+    }
+
+    /// Save the state file (atomically).
+    fn save(&self, id: &InstanceId, state: &State) -> Result<(), NetError> {
+        let path = self.state_file(id);
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(state).map_err(|e| NetError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        std::fs::write(&tmp, bytes).map_err(net_io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(net_io(&path))
+    }
+}
+
+/// The first IPv4 address of a CNI result.
+fn result_ip(result: &Value) -> Option<Ipv4Addr> {
+    result["ips"].as_array()?.iter().find_map(|ip| {
+        let a = ip["address"].as_str()?;
+        a.split('/').next()?.parse().ok()
+    })
+}
+
+/// The host's resolver without loopback nameservers (unreachable from an
+/// instance's namespace); Docker's public fallback when none is left.
+fn resolv_conf() -> String {
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut out = String::new();
+    let mut servers = 0;
+    for line in host.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("nameserver"), Some(ip)) => {
+                let local = ip
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|a| a.is_loopback());
+                if !local {
+                    servers += 1;
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+            (Some("search" | "options" | "domain"), _) => {
+                out.push_str(line);
+                out.push('\n');
+            }
+            _ => {}
+        }
+    }
+    if servers == 0 {
+        out.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
+    }
+    out
+}
+
+fn write_in_place(path: &Path, text: &str) -> Result<(), NetError> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(net_io(path))?;
+    f.write_all(text.as_bytes()).map_err(net_io(path))
+}
+
+fn set_private(dir: &Path) -> Result<(), NetError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(net_io(dir))
+}
+
+/// Bridged traffic must pass iptables, or instances on one bridge would
+/// reach each other whatever the rules say.
+async fn bridge_netfilter() -> Result<(), NetError> {
+    let knob = Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables");
+    if !knob.exists() {
+        // Loaded on demand where it is a module.
+        let _ = run("modprobe", &["br_netfilter"]).await;
+    }
+    std::fs::write(knob, b"1").map_err(net_io(knob))
+}
+
+fn fnv1a(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+async fn run(cmd: &str, args: &[&str]) -> Result<(), NetError> {
+    run_output(cmd, args).await.map(|_| ())
+}
+
+async fn run_output(cmd: &str, args: &[&str]) -> Result<String, NetError> {
+    let command = || format!("{cmd} {}", args.join(" "));
+    let out = tokio::process::Command::new(cmd)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| NetError::Command {
+            command: command(),
+            message: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(NetError::Command {
+            command: command(),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn iptables(args: &[&str]) -> Result<(), NetError> {
+    let mut all = vec!["-w"];
+    all.extend_from_slice(args);
+    run("iptables", &all).await
+}
+
+async fn iptables_new_chain(chain: &str) -> Result<(), NetError> {
+    match iptables(&["-N", chain]).await {
+        Err(NetError::Command { message, .. }) if message.contains("exists") => Ok(()),
+        r => r,
+    }
+}
+
+/// Add `rule` (`chain, spec…`) unless present; `first`: at the top.
+async fn ensure_rule(rule: &[&str], first: bool) -> Result<(), NetError> {
+    let mut check = vec!["-C"];
+    check.extend_from_slice(rule);
+    if iptables(&check).await.is_ok() {
+        return Ok(());
+    }
+    let mut add = if first { vec!["-I"] } else { vec!["-A"] };
+    add.push(rule[0]);
+    if first {
+        add.push("1");
+    }
+    add.extend_from_slice(&rule[1..]);
+    iptables(&add).await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn subnets_parse_and_name_their_bridge() {
+        let s: Subnet = "10.77.0.0/16".parse().unwrap();
+        assert!(s.contains(Ipv4Addr::new(10, 77, 3, 4)));
+        assert!(!s.contains(Ipv4Addr::new(10, 78, 0, 1)));
+        assert_eq!(s.bridge_name(), "bth0a4d0000");
+        assert!(s.bridge_name().len() <= 15, "interface names are 15 bytes");
+        assert_eq!(s.to_string(), "10.77.0.0/16");
+        for bad in [
+            "10.77.0.1/16",
+            "10.77.0.0",
+            "10.77.0.0/30",
+            "127.0.0.0/8",
+            "169.254.0.0/16",
+            "x/16",
+        ] {
+            assert!(bad.parse::<Subnet>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn results_give_the_address() {
+        let r = json!({"ips": [{"address": "10.77.0.5/16", "gateway": "10.77.0.1"}]});
+        assert_eq!(result_ip(&r), Some(Ipv4Addr::new(10, 77, 0, 5)));
+        assert_eq!(result_ip(&json!({})), None);
+    }
+}

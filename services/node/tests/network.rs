@@ -1,0 +1,295 @@
+//! Instance networks against real runc and the real CNI plugins (as root):
+//! images that listen on a port of their own choosing, one namespace per
+//! instance, what an instance can and cannot reach, and that nothing of a
+//! network is left once its instances are gone.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use berth_schemas::commands::NodeWork;
+use berth_schemas::ids::{DeployId, InstanceId, OwnerId, ServiceId, UserId};
+use berth_schemas::model::ServiceType;
+use serde_json::json;
+
+use crate::agent_support::busybox_image;
+use crate::node_support::{World, REPO};
+use crate::support::{self, addr_of, count_of, fast_checks, http_get, key, run, spec, start_node};
+
+/// A server that listens on 10000 whatever `PORT` says, as most images do.
+const FIXED_10000: &str = "/bin/busybox httpd -f -p 10000 -h /app";
+
+/// A service of `owner` named `name`, resolved to `digest`; a web
+/// service checked on `/hello.txt`.
+async fn service_of(
+    w: &World,
+    owner: &OwnerId,
+    name: &str,
+    ty: ServiceType,
+    digest: &str,
+) -> (ServiceId, DeployId) {
+    let path = (ty == ServiceType::WebService).then_some("/hello.txt");
+    support::service_of(w, owner, name, ty, path, digest).await
+}
+
+/// Waits until every instance of `ids` of `service` is healthy; their
+/// `instance_started` addresses.
+async fn healthy(w: &World, service: &ServiceId, ids: &[&InstanceId]) -> Vec<String> {
+    let events = w
+        .wait_events(service, Duration::from_secs(60), |ev| {
+            ids.iter().all(|i| count_of(ev, i, "instance_healthy") == 1)
+        })
+        .await;
+    ids.iter().map(|i| addr_of(&events, i).unwrap()).collect()
+}
+
+/// Runs `args` inside the running container `id` (its namespaces):
+/// (exit code, output).
+fn exec(w: &World, id: &InstanceId, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(w.runc_root())
+        .args(["exec", id.as_str()])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// `wget` from inside `id`, given 3 s (busybox's own `-T` crashes).
+fn wget(w: &World, id: &InstanceId, url: &str) -> (i32, String) {
+    let bb = "/bin/busybox";
+    exec(
+        w,
+        id,
+        &[bb, "timeout", "3", bb, "wget", "-q", "-O", "-", url],
+    )
+}
+
+/// Stops every instance of `ids` and waits for their `instance_stopped`.
+async fn stop_all(w: &World, node: &berth_schemas::ids::NodeId, ids: &[(&ServiceId, &InstanceId)]) {
+    for (svc, i) in ids {
+        let work = NodeWork::StopInstance {
+            service: (*svc).clone(),
+            instance: (*i).clone(),
+        };
+        w.enqueue(node, &work, &format!("stop:{i}")).await;
+    }
+    for (svc, i) in ids {
+        w.wait_events(svc, Duration::from_secs(30), |ev| {
+            count_of(ev, i, "instance_stopped") == 1
+        })
+        .await;
+    }
+}
+
+/// Leases (host-local's files named after addresses) still held.
+fn leases(w: &World) -> Vec<String> {
+    let dir = w.node_dir().join("agent/net/ipam");
+    walk(&dir)
+        .into_iter()
+        .filter(|f| {
+            f.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.parse::<Ipv4Addr>().is_ok())
+        })
+        .map(|f| f.display().to_string())
+        .collect()
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn fixed_port_and_exposed_port_images_are_served_with_two_instances_on_one_node() {
+    let w = World::start().await;
+    let key = key();
+    let node = start_node(&w, &key, fast_checks()).await;
+    let baseline = berth_tests::net::leftovers(&w.subnet.subnet, &[]);
+    let owner = OwnerId::User(UserId::generate());
+
+    // Listens on 10000, reads no PORT: two instances on this one node.
+    let (svc, dep) = service_of(&w, &owner, "fixed", ServiceType::WebService, &w.digest).await;
+    let a = spec(&w, &svc, &dep, FIXED_10000, Some(10000));
+    let b = spec(&w, &svc, &dep, FIXED_10000, Some(10000));
+    run(&w, &node.id, &a).await;
+    run(&w, &node.id, &b).await;
+
+    // `EXPOSE 8080`, no PORT set: 8080 is served and checked.
+    let exposed = busybox_image(json!({
+        "Cmd": ["/bin/sh"],
+        "Env": ["PATH=/bin"],
+        "ExposedPorts": { "8080/tcp": {} },
+    }));
+    w.registry
+        .push_image(REPO, "exposed", &exposed)
+        .await
+        .unwrap();
+    let (esvc, edep) = service_of(
+        &w,
+        &owner,
+        "exposed",
+        ServiceType::WebService,
+        &exposed.digest,
+    )
+    .await;
+    let mut e = spec(
+        &w,
+        &esvc,
+        &edep,
+        "/bin/sh -c 'echo PORT=$PORT; exec /bin/busybox httpd -f -p 8080 -h /app'",
+        Some(10000),
+    );
+    e.digest = exposed.digest.clone();
+    run(&w, &node.id, &e).await;
+
+    let addrs = healthy(&w, &svc, &[&a.instance, &b.instance]).await;
+    assert_ne!(
+        addrs[0], addrs[1],
+        "each instance is published on its own host port"
+    );
+    for addr in &addrs {
+        assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+        let (status, body) = http_get(addr, "/hello.txt").await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "hello\n"), "{addr}");
+    }
+    // Each in its own namespace: both bound 10000, and each sees `PORT`.
+    for i in [&a.instance, &b.instance] {
+        let (code, env) = exec(&w, i, &["/bin/busybox", "env"]);
+        assert_eq!(code, 0, "{env}");
+        assert!(env.lines().any(|l| l == "PORT=10000"), "{env}");
+    }
+    let eaddr = healthy(&w, &esvc, &[&e.instance]).await.remove(0);
+    let (status, _) = http_get(&eaddr, "/hello.txt").await.unwrap();
+    assert_eq!(status, 200, "the exposed port is the one published");
+    let (_, env) = exec(&w, &e.instance, &["/bin/busybox", "env"]);
+    assert!(env.lines().any(|l| l == "PORT=8080"), "{env}");
+
+    // Gone with their instances: rules, veths, namespaces, leases.
+    let ids = [
+        (&svc, &a.instance),
+        (&svc, &b.instance),
+        (&esvc, &e.instance),
+    ];
+    assert_eq!(leases(&w).len(), 3, "{:?}", leases(&w));
+    stop_all(&w, &node.id, &ids).await;
+    let names: Vec<String> = ids.iter().map(|(_, i)| i.to_string()).collect();
+    assert_eq!(
+        berth_tests::net::leftovers(&w.subnet.subnet, &names),
+        baseline,
+        "only the node's own chains are left while it runs"
+    );
+    assert!(leases(&w).is_empty(), "{:?}", leases(&w));
+    node.stop().await;
+    assert!(
+        berth_tests::net::leftovers(&w.subnet.subnet, &names).is_empty(),
+        "a node stopping with nothing running leaves nothing"
+    );
+}
+
+#[tokio::test]
+async fn instances_reach_their_owners_private_services_by_name_and_nothing_else() {
+    let w = World::start().await;
+    let key = key();
+    let node = start_node(&w, &key, fast_checks()).await;
+    let (mine, theirs) = (
+        OwnerId::User(UserId::generate()),
+        OwnerId::User(UserId::generate()),
+    );
+    let (db, db_dep) = service_of(&w, &mine, "db", ServiceType::PrivateService, &w.digest).await;
+    let (app, app_dep) = service_of(&w, &mine, "app", ServiceType::WebService, &w.digest).await;
+    let (other, other_dep) =
+        service_of(&w, &theirs, "other", ServiceType::PrivateService, &w.digest).await;
+    let d = spec(&w, &db, &db_dep, FIXED_10000, Some(10000));
+    let a = spec(&w, &app, &app_dep, FIXED_10000, Some(10000));
+    let o = spec(&w, &other, &other_dep, FIXED_10000, Some(10000));
+    for s in [&d, &a, &o] {
+        run(&w, &node.id, s).await;
+    }
+    let db_addr = healthy(&w, &db, &[&d.instance]).await.remove(0);
+    healthy(&w, &app, &[&a.instance]).await;
+    let other_addr = healthy(&w, &other, &[&o.instance]).await.remove(0);
+    assert!(
+        !db_addr.starts_with("127.0.0.1:"),
+        "a private instance is not published: {db_addr}"
+    );
+
+    // The same owner's private service answers by name.
+    let (code, body) = wget(&w, &a.instance, "http://db:10000/hello.txt");
+    assert_eq!((code, body.as_str()), (0, "hello\n"));
+
+    // Another owner's private instance is up (the node reaches it) but
+    // not from here, by address or by name.
+    let (status, _) = http_get(&other_addr, "/hello.txt").await.unwrap();
+    assert_eq!(status, 200);
+    let (code, out) = wget(&w, &a.instance, &format!("http://{other_addr}/hello.txt"));
+    assert_ne!(code, 0, "another owner's instance answered: {out}");
+    let (code, out) = wget(&w, &o.instance, "http://db:10000/hello.txt");
+    assert_ne!(code, 0, "another owner's private service answered: {out}");
+
+    // The host's listeners: one on every address, and NATS.
+    let host = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = host.local_addr().unwrap().port();
+    let serving = tokio::spawn(async move {
+        loop {
+            if let Ok((mut s, _)) = host.accept().await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(n) if n > 0 => req.extend_from_slice(&buf[..n]),
+                        _ => break,
+                    }
+                }
+                let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nhost\n").await;
+            }
+        }
+    });
+    let subnet: berth_agent::net::Subnet = w.subnet.parsed();
+    let gateway = Ipv4Addr::from(u32::from(subnet.addr) + 1);
+    let (status, body) = http_get(&format!("{gateway}:{port}"), "/").await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "host\n"),
+        "the host listener answers the host"
+    );
+    let nats_port = w.nats.url().rsplit(':').next().unwrap().to_owned();
+    for url in [
+        format!("http://{gateway}:{port}/"),
+        format!("http://127.0.0.1:{port}/"),
+        format!("http://{gateway}:{nats_port}/"),
+        format!("http://127.0.0.1:{nats_port}/"),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+    ] {
+        let t0 = Instant::now();
+        let (code, out) = wget(&w, &a.instance, &url);
+        assert_ne!(code, 0, "{url} answered from inside an instance: {out}");
+        assert!(t0.elapsed() < Duration::from_secs(10));
+    }
+    serving.abort();
+
+    let ids = [
+        (&db, &d.instance),
+        (&app, &a.instance),
+        (&other, &o.instance),
+    ];
+    stop_all(&w, &node.id, &ids).await;
+    node.stop().await;
+    let names: Vec<String> = ids.iter().map(|(_, i)| i.to_string()).collect();
+    assert!(berth_tests::net::leftovers(&w.subnet.subnet, &names).is_empty());
+}

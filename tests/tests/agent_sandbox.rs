@@ -1,0 +1,219 @@
+//! Every container's sandbox on real runc (as root), seen from inside and
+//! from the host: Docker's capabilities, the seccomp filter refusing what
+//! Docker refuses, no new privileges, masked kernel files; `tini` as PID 1,
+//! so a shell app stops on SIGTERM and orphans are reaped; the pids limit
+//! stopping a fork loop; memory without swap; and the agent's state and
+//! the content store readable by root only.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use crate::agent_support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use agent_support::{busybox_image, collect_logs, default_config, processes_of, spec, Node};
+use berth_agent::{ExitStatus, InstanceSpec, OneOffOutcome};
+use serde_json::json;
+
+/// Docker's 14 default capabilities as `/proc/<pid>/status` prints them.
+const DOCKER_CAPS: &str = "00000000a80425fb";
+const NO_CAPS: &str = "0000000000000000";
+
+/// Run `s` once; how it ended and its output lines (both streams). The
+/// output is all published once `run_once` returns (the log pumps are
+/// flushed before the container is removed); the wait lets it arrive.
+async fn run(node: &Node, s: InstanceSpec) -> (OneOffOutcome, Vec<String>) {
+    let mut sub = node.logs(&s).await;
+    let out = node
+        .agent
+        .run_once(s, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let lines = collect_logs(&mut sub, Duration::from_millis(500), |_| false).await;
+    (out, lines.into_iter().map(|l| l.line).collect())
+}
+
+/// The value of `field` in `/proc/<pid>/status` output.
+fn status_field<'a>(lines: &'a [String], field: &str) -> &'a str {
+    let prefix = format!("{field}:\t");
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {field} in {lines:?}"))
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+#[tokio::test]
+async fn docker_capabilities_seccomp_no_new_privileges_and_init() {
+    let node = Node::start().await;
+    let image = node.image(&busybox_image(default_config())).await;
+
+    // As root: Docker's capabilities, in a seccomp filter (mode 2), no new
+    // privileges; PID 1 is the init running the command.
+    let s = spec(
+        &image,
+        r#"sh -c 'cat /proc/self/status; busybox tr "\0" " " < /proc/1/cmdline; echo'"#,
+    );
+    let (out, lines) = run(&node, s).await;
+    assert_eq!(out, OneOffOutcome::Exited(ExitStatus::Code(0)), "{lines:?}");
+    for field in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(status_field(&lines, field), DOCKER_CAPS, "{field}");
+    }
+    assert_eq!(status_field(&lines, "CapInh"), NO_CAPS);
+    assert_eq!(status_field(&lines, "CapAmb"), NO_CAPS);
+    assert_eq!(status_field(&lines, "Seccomp"), "2");
+    assert_eq!(status_field(&lines, "NoNewPrivs"), "1");
+    assert!(
+        lines.iter().any(|l| l.starts_with("/dev/init -- sh -c ")),
+        "PID 1 is the init: {lines:?}"
+    );
+    // Mounted on the container's own /dev: the image is untouched.
+    assert!(!image.rootfs.join("dev").exists());
+
+    // What the filter refuses fails with EPERM: a user namespace (which
+    // the kernel itself would let any process create) and a mount.
+    // `linux32` shows a call allowed for some arguments only.
+    let s = spec(
+        &image,
+        r#"sh -c 'busybox unshare -U true || echo unshare-refused; busybox mount -t tmpfs none /tmp || echo mount-refused; busybox linux32 true && echo linux32-ok; echo "keys=$(busybox wc -c < /proc/keys)"'"#,
+    );
+    let (out, lines) = run(&node, s).await;
+    assert_eq!(out, OneOffOutcome::Exited(ExitStatus::Code(0)), "{lines:?}");
+    for want in ["unshare-refused", "mount-refused", "linux32-ok", "keys=0"] {
+        assert!(lines.iter().any(|l| l == want), "{want} in {lines:?}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("unshare:") && l.ends_with("Operation not permitted")),
+        "{lines:?}"
+    );
+
+    // Another user keeps the capabilities in its bounding set only.
+    let app = node
+        .image(&busybox_image(json!({
+            "Cmd": ["/bin/sh"], "Env": ["PATH=/bin"], "User": "app",
+        })))
+        .await;
+    let (out, lines) = run(&node, spec(&app, "cat /proc/self/status")).await;
+    assert_eq!(out, OneOffOutcome::Exited(ExitStatus::Code(0)), "{lines:?}");
+    assert_eq!(status_field(&lines, "Uid").split('\t').next(), Some("1000"));
+    assert_eq!(status_field(&lines, "CapEff"), NO_CAPS);
+    assert_eq!(status_field(&lines, "CapPrm"), NO_CAPS);
+    assert_eq!(status_field(&lines, "CapBnd"), DOCKER_CAPS);
+    assert_eq!(status_field(&lines, "Seccomp"), "2");
+}
+
+#[tokio::test]
+async fn a_shell_app_stops_on_sigterm_and_orphans_are_reaped() {
+    let node = Node::start().await;
+    let image = node.image(&busybox_image(default_config())).await;
+
+    // A shell loop handles no signal; as PID 1 it ignored SIGTERM and was
+    // only SIGKILLed after the delay. Behind the init it ends at once.
+    let mut s = spec(&image, "sh -c 'echo ready; while true; do sleep 1; done'");
+    s.shutdown_delay = Duration::from_secs(20);
+    let mut sub = node.logs(&s).await;
+    node.agent.run_instance(s.clone()).await.unwrap();
+    let seen = collect_logs(&mut sub, Duration::from_secs(5), |l| l.line == "ready").await;
+    assert_eq!(seen.last().map(|l| l.line.as_str()), Some("ready"));
+    let t0 = Instant::now();
+    let stop = node.agent.stop_instance(&s.instance).await.unwrap();
+    let took = t0.elapsed();
+    assert!(!stop.escalated_to_kill, "{stop:?}");
+    assert_eq!(stop.status, Some(ExitStatus::Code(128 + 15)));
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    println!(
+        "shell app, SIGTERM with a 20 s shutdown delay: stopped in {:.0} ms",
+        took.as_secs_f64() * 1000.0
+    );
+    assert!(processes_of(&[&s.instance]).is_empty());
+
+    // The subshell's `sleep` is orphaned and ends while the app (exec'd
+    // into `sleep 30`, which reaps nothing) runs on: the init reaps it.
+    let s = spec(&image, "sh -c '(sleep 0.1 &); echo forked; exec sleep 30'");
+    let mut sub = node.logs(&s).await;
+    node.agent.run_instance(s.clone()).await.unwrap();
+    collect_logs(&mut sub, Duration::from_secs(5), |l| l.line == "forked").await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let states: Vec<(u32, String)> = processes_of(&[&s.instance])
+        .into_iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat.rsplit(") ").next().unwrap_or("").chars().take(1);
+            (pid, state.collect())
+        })
+        .collect();
+    assert_eq!(states.len(), 2, "the init and `sleep 30`: {states:?}");
+    assert!(states.iter().all(|(_, st)| st != "Z"), "{states:?}");
+    node.agent.stop_instance(&s.instance).await.unwrap();
+}
+
+#[tokio::test]
+async fn pids_and_memory_limits_and_root_only_files() {
+    let node = Node::start().await;
+    let image = node.image(&busybox_image(default_config())).await;
+
+    // A fork loop of 100 background sleeps under a limit of 32: the shell
+    // cannot fork past it and gives up.
+    let mut s = spec(
+        &image,
+        "sh -c 'for i in $(seq 1 100); do sleep 30 & echo $i; done; echo all-forked'",
+    );
+    s.limits.pids = Some(32);
+    let t0 = Instant::now();
+    let (out, lines) = run(&node, s.clone()).await;
+    assert!(
+        matches!(out, OneOffOutcome::Exited(ExitStatus::Code(c)) if c != 0),
+        "{out:?} {lines:?}"
+    );
+    assert!(!lines.iter().any(|l| l == "all-forked"), "{lines:?}");
+    let forked = lines.iter().filter_map(|l| l.parse::<u32>().ok()).max();
+    assert!(
+        forked.is_some_and(|n| (20..32).contains(&n)),
+        "{forked:?} background processes"
+    );
+    assert!(lines.iter().any(|l| l.contains("can't fork")), "{lines:?}");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert!(processes_of(&[&s.instance]).is_empty());
+
+    // The limits reach the kernel (cgroup v1 here): the default pids
+    // limit, and memory+swap equal to memory (no swap).
+    let s = spec(&image, "sleep 60");
+    node.agent.run_instance(s.clone()).await.unwrap();
+    let id = s.instance.to_string();
+    let read = |p: String| std::fs::read_to_string(p).unwrap().trim().to_string();
+    assert_eq!(
+        read(format!("/sys/fs/cgroup/pids/berth/{id}/pids.max")),
+        berth_agent::bundle::DEFAULT_PIDS_LIMIT.to_string()
+    );
+    let memory = read(format!(
+        "/sys/fs/cgroup/memory/berth/{id}/memory.limit_in_bytes"
+    ));
+    assert_eq!(memory, (128u64 << 20).to_string());
+    let memsw = format!("/sys/fs/cgroup/memory/berth/{id}/memory.memsw.limit_in_bytes");
+    if Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists() {
+        assert_eq!(read(memsw), memory);
+    }
+
+    // Root only: the agent's state (instance dirs, rootfs mounts, runc
+    // root) and the content store with the unpacked images.
+    let state = &node.cfg.state_dir;
+    let instance = state.join("instances").join(&id);
+    for d in [
+        state.clone(),
+        state.join("instances"),
+        instance,
+        node.dir.path().join("store"),
+    ] {
+        assert_eq!(mode(&d), 0o700, "{}", d.display());
+    }
+    let runc_root = node.runc_root();
+    assert_eq!(mode(&runc_root) & 0o077, 0, "{}", runc_root.display());
+    node.agent.stop_instance(&s.instance).await.unwrap();
+}
