@@ -88,6 +88,10 @@ struct Reported {
 
 struct Monitor {
     stop: CancellationToken,
+    /// How often its process has ended (crashes, restarts in place): a
+    /// process started again must be reported healthy again, as the log
+    /// marks it merely running after `instance_exited`.
+    exits: u64,
 }
 
 #[derive(Default)]
@@ -153,7 +157,10 @@ impl Health {
             | AgentEvent::RestartScheduled { instance, .. } => {
                 // Unprobed ones (one-off runs) are forgotten, so the table
                 // does not grow with every cron run.
-                if t.monitors.contains_key(instance) {
+                if let Some(m) = t.monitors.get_mut(instance) {
+                    if matches!(e, AgentEvent::Exited { .. }) {
+                        m.exits += 1;
+                    }
                     t.up.insert(instance.clone(), None);
                 } else {
                     t.up.remove(instance);
@@ -185,8 +192,13 @@ impl Health {
             if t.monitors.contains_key(instance) {
                 return;
             }
-            t.monitors
-                .insert(instance.clone(), Monitor { stop: stop.clone() });
+            t.monitors.insert(
+                instance.clone(),
+                Monitor {
+                    stop: stop.clone(),
+                    exits: 0,
+                },
+            );
         }
         tracing::info!(instance.id = %instance, check = ?check, "health checks start");
         let run = Probe {
@@ -197,6 +209,11 @@ impl Health {
             check,
         };
         tokio::spawn(run.run(stop));
+    }
+
+    /// How often `instance`'s process has ended while probed.
+    fn exits(&self, instance: &InstanceId) -> u64 {
+        self.lock().monitors.get(instance).map_or(0, |m| m.exits)
     }
 
     /// Stops probing `instance` and forgets its counts (it was stopped).
@@ -254,7 +271,20 @@ impl Probe {
         // towards its restart.
         let mut live = reported.healthy.is_some();
         let mut failing_since: Option<Instant> = None;
+        let mut exits = self.health.exits(&self.instance);
         loop {
+            // Its process ended and was started again: the log has it
+            // exited, then running; it is probed as a starting instance
+            // and reported healthy anew (under the next transition's key).
+            let now = self.health.exits(&self.instance);
+            if now != exits {
+                exits = now;
+                if reported.healthy == Some(true) {
+                    reported.healthy = None;
+                }
+                live = false;
+                failing_since = None;
+            }
             let interval = if live && failing_since.is_none() {
                 opts.healthy_interval
             } else {

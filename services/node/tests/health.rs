@@ -27,8 +27,8 @@ async fn web_instances_get_own_ports_and_pass_http_checks() {
     let key = key();
     let node = start_node(&w, &key, fast_checks()).await;
 
-    // Two instances of one web service on one node; the scheduler sends
-    // the same PORT for both, the node must give each its own.
+    // Two instances of one web service on one node, both on PORT 10000 in
+    // their own namespaces; the node publishes each on its own host port.
     let (svc, deploy) = service(&w, ServiceType::WebService, Some("/hello.txt")).await;
     let a = spec(&w, &svc, &deploy, &httpd("", "/app"), Some(10000));
     let b = spec(&w, &svc, &deploy, &httpd("", "/app"), Some(10000));
@@ -56,10 +56,10 @@ async fn web_instances_get_own_ports_and_pass_http_checks() {
         addr_of(&events, &a.instance).expect("addr in instance_started"),
         addr_of(&events, &b.instance).expect("addr in instance_started"),
     );
-    assert_ne!(addr_a, addr_b, "each instance has its own port");
+    assert_ne!(addr_a, addr_b, "each instance has its own host port");
     for addr in [&addr_a, &addr_b] {
         assert!(addr.starts_with("127.0.0.1:"), "{addr}");
-        assert!(!addr.ends_with(":10000"), "node-allocated, not the default");
+        assert!(!addr.ends_with(":10000"), "a host port, not the instance's");
         let (status, body) = http_get(addr, "/hello.txt").await.unwrap();
         assert_eq!((status, body.as_str()), (200, "hello\n"), "{addr}");
     }
@@ -218,6 +218,46 @@ async fn failing_live_instance_is_unhealthy_then_restarted_and_healthy_again() {
     let (status, body) = http_get(&addr, "/h/ok").await.unwrap();
     assert_eq!((status, body.as_str()), (200, "ok\n"));
 
+    node.stop().await;
+}
+
+/// A process that crashes and is started again by the agent is reported
+/// healthy again: the log has it exited, then merely running.
+#[tokio::test]
+async fn a_crashed_instance_is_reported_healthy_again_after_its_restart() {
+    let w = World::start().await;
+    let key = key();
+    let node = start_node(&w, &key, fast_checks()).await;
+    let (svc, deploy) = service(&w, ServiceType::WebService, Some("/hello.txt")).await;
+    let s = spec(&w, &svc, &deploy, &httpd("", "/app"), Some(10000));
+    run(&w, &node.id, &s).await;
+    w.wait_events(&svc, Duration::from_secs(60), |ev| {
+        count_of(ev, &s.instance, "instance_healthy") == 1
+    })
+    .await;
+    // The whole container dies (its init killed), as in a crash.
+    let killed = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(w.runc_root())
+        .args(["kill", s.instance.as_str(), "KILL"])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let events = w
+        .wait_events(&svc, Duration::from_secs(60), |ev| {
+            count_of(ev, &s.instance, "instance_healthy") == 2
+        })
+        .await;
+    assert_eq!(
+        kinds(&events, &s.instance),
+        vec![
+            "instance_started",
+            "instance_healthy",
+            "instance_exited",
+            "server_restarted",
+            "instance_healthy"
+        ]
+    );
     node.stop().await;
 }
 
