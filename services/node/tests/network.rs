@@ -114,6 +114,77 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// A host outside the node: a network namespace behind a veth from the
+/// node (a /30 of its own, no route to any instance subnet) serving
+/// `/hello.txt` on 8080. Removed on drop.
+struct Outside {
+    _lease: berth_tests::net::SubnetLease,
+    ns: String,
+    addr: String,
+    _www: tempfile::TempDir,
+}
+
+impl Outside {
+    fn start() -> Outside {
+        let n = berth_tests::net::lease_subnet();
+        // 10.2xx.b.0/24 leased → 10.255.b.0/30 here, unique like the lease.
+        let b: u8 = n.subnet.split('.').nth(2).unwrap().parse().unwrap();
+        let tag = format!("{:x}{b:02x}", std::process::id() % 0xfff);
+        let (ns, host_if, peer) = (
+            format!("bthout{tag}"),
+            format!("bo{tag}"),
+            format!("bi{tag}"),
+        );
+        let (host_ip, addr) = (format!("10.255.{b}.1"), format!("10.255.{b}.2"));
+        let www = tempfile::tempdir().unwrap();
+        std::fs::write(www.path().join("hello.txt"), "outside\n").unwrap();
+        let sh = |c: &str| {
+            let ok = std::process::Command::new("sh")
+                .args(["-c", c])
+                .status()
+                .unwrap();
+            assert!(ok.success(), "{c}");
+        };
+        sh(&format!("ip netns add {ns}"));
+        let o = Outside {
+            _lease: n,
+            ns: ns.clone(),
+            addr: addr.clone(),
+            _www: www,
+        };
+        sh(&format!(
+            "ip link add {host_if} type veth peer name {peer} netns {ns}"
+        ));
+        sh(&format!(
+            "ip addr add {host_ip}/30 dev {host_if} && ip link set {host_if} up"
+        ));
+        sh(&format!(
+            "ip -n {ns} addr add {addr}/30 dev {peer} && ip -n {ns} link set {peer} up && ip -n {ns} link set lo up"
+        ));
+        sh(&format!(
+            "ip netns exec {ns} /bin/busybox httpd -p 8080 -h {}",
+            o._www.path().display()
+        ));
+        o
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        // The httpd dies with the namespace's last process gone; the veth
+        // pair goes with the namespace.
+        let _ = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "ip netns pids {ns} | xargs -r kill -9; ip netns del {ns}",
+                    ns = self.ns
+                ),
+            ])
+            .status();
+    }
+}
+
 #[tokio::test]
 async fn fixed_port_and_exposed_port_images_are_served_with_two_instances_on_one_node() {
     let w = World::start().await;
@@ -282,6 +353,21 @@ async fn instances_reach_their_owners_private_services_by_name_and_nothing_else(
         assert!(t0.elapsed() < Duration::from_secs(10));
     }
     serving.abort();
+
+    // The rest of the network: a host of its own behind a link from the
+    // node, with no route back to the instance subnet, so an answer
+    // proves the instance's traffic left with the node's address.
+    let outside = Outside::start();
+    let (code, body) = wget(
+        &w,
+        &a.instance,
+        &format!("http://{}:8080/hello.txt", outside.addr),
+    );
+    assert_eq!(
+        (code, body.as_str()),
+        (0, "outside\n"),
+        "outbound through NAT"
+    );
 
     let ids = [
         (&db, &d.instance),
