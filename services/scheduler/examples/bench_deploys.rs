@@ -191,17 +191,19 @@ async fn main() {
     let mut seen = HashMap::new();
 
     // 1. hook → live, sequential.
-    // As PID 1 httpd would ignore SIGTERM; this shell exits on it, so a stop
-    // is quick and a node's next start for the service (its jobs run one at
-    // a time per service) does not wait out the shutdown delay.
-    let quick_stop = std::env::var_os("BENCH_SLOW_STOP").is_none();
+    // The shell exits on SIGTERM, so a stop is quick; with
+    // BENCH_SLOW_STOP=1 it is deaf to it and every stop waits out the
+    // shutdown delay (a deploy must not wait behind that).
+    let trap = if std::env::var_os("BENCH_SLOW_STOP").is_some() {
+        "trap \"\" TERM"
+    } else {
+        "trap \"exit 0\" TERM"
+    };
     let (svc, d0): (ServiceId, DeployId) = w
         .create(ServiceType::WebService, |c| {
-            if quick_stop {
-                c.docker_command = Some(
-                    "sh -c 'trap \"exit 0\" TERM; busybox httpd -f -p $PORT -h /app & wait'".into(),
-                );
-            }
+            c.docker_command = Some(format!(
+                "sh -c '{trap}; busybox httpd -f -p $PORT -h /app & wait'"
+            ));
         })
         .await;
     wait_for(&mut feed, &mut seen, &d0).await;
