@@ -751,9 +751,16 @@ impl Cni {
             .filter(|(_, m)| m.group == group)
             .map(|(i, m)| (i.clone(), m.clone()))
             .collect();
+        // Names are DNS labels by the service's rules; anything else (a
+        // line break, a space) would forge entries, so it is left out.
+        let label = |n: &&str| {
+            !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        };
         let mut named: Vec<(&str, Ipv4Addr)> = members
             .iter()
-            .filter_map(|(_, m)| Some((m.name.as_deref()?, m.ip)))
+            .filter_map(|(_, m)| Some((m.name.as_deref().filter(label)?, m.ip)))
             .collect();
         named.sort();
         for (id, m) in &members {
