@@ -1,11 +1,13 @@
 //! Bus commands (SPEC §12): internal services publish `scale`, `restart`
-//! and `deploy` commands (MessagePack, [`berth_schemas::commands`]) on
+//! and `deploy` commands (MessagePack with named fields,
+//! [`berth_schemas::commands`], or the same object as JSON) on
 //! `…cmd.<kind>`, as core-NATS requests answered by any API instance of the
 //! queue group `api`. Each is validated by the same functions as the HTTP
 //! API and decided with its `requestId` in the idempotency key, so a
-//! republished command acts once. The reply is a [`CommandReply`]: errors
-//! are data (the status the API would answer, and why), and a refused
-//! command changes nothing.
+//! republished command acts once. The reply is a [`CommandReply`] as JSON
+//! (what integrators in any language read without a MessagePack schema):
+//! errors are data (the status the API would answer, and why), and a
+//! refused command changes nothing.
 
 use std::sync::Arc;
 
@@ -88,9 +90,19 @@ fn request_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A command body: a JSON object (it starts with `{`, which MessagePack
+/// never uses for a map) or MessagePack with named fields.
 fn decode<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, ApiError> {
-    rmp_serde::from_slice(payload)
-        .map_err(|e| ApiError::bad_request(format!("undecodable command: {e}")))
+    let json = payload
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'{');
+    let decoded = if json {
+        serde_json::from_slice(payload).map_err(|e| e.to_string())
+    } else {
+        rmp_serde::from_slice(payload).map_err(|e| e.to_string())
+    };
+    decoded.map_err(|e| ApiError::bad_request(format!("undecodable command: {e}")))
 }
 
 /// Handles one command.
@@ -162,7 +174,7 @@ pub async fn serve(ingress: Arc<Ingress>, subs: BusSubscriptions, shutdown: Canc
             let Some(to) = msg.reply else {
                 return;
             };
-            match rmp_serde::to_vec_named(&reply) {
+            match serde_json::to_vec(&reply) {
                 Ok(bytes) => {
                     if let Err(e) = ingress.store().client().publish(to, bytes.into()).await {
                         tracing::warn!(error = %e, "could not answer a bus command");

@@ -26,7 +26,9 @@ async fn ask_raw(app: &App, kind: CommandKind, payload: Vec<u8>) -> CommandReply
     .await
     .unwrap()
     .unwrap();
-    rmp_serde::from_slice(&msg.payload).unwrap()
+    // The documented contract: a JSON object.
+    serde_json::from_slice(&msg.payload)
+        .unwrap_or_else(|e| panic!("reply is not JSON ({e}): {:?}", msg.payload))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,4 +163,75 @@ async fn scale_restart_and_deploy_commands() {
         .get(&format!("/v1/services/{svc}/deploys"), &alice)
         .await;
     assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+}
+
+/// The documented contract, spoken by a client no one here wrote: Python's
+/// `nats-py` sends MessagePack (named fields, as `docs/integration.md`
+/// says) and JSON bodies and reads the JSON replies; the same request id
+/// twice acts once; a refusal is data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outside_client_scales_with_msgpack_and_json_and_reads_json_replies() {
+    let app = App::start(true).await;
+    let subs = berth_api::bus::subscribe(&app.state.ingress).await.unwrap();
+    tokio::spawn(berth_api::bus::serve(
+        app.state.ingress.clone(),
+        subs,
+        app.shutdown.clone(),
+    ));
+    let alice = app.owner().await;
+    let (svc, _) = app.service(&alice, "outside").await;
+    let first = app.latest_deploy(&alice, &svc).await;
+    app.wait_resolved(&alice, &svc, &first).await;
+    let subject = app.store.subjects().command(CommandKind::Scale);
+    const SCRIPT: &str = r#"
+import asyncio, json, sys
+import msgpack, nats
+
+async def main(url, subject, service):
+    nc = await nats.connect(url)
+    out = []
+    bodies = [
+        msgpack.packb({"requestId": "py-1", "service": service, "numInstances": 3}),
+        msgpack.packb({"requestId": "py-1", "service": service, "numInstances": 3}),
+        json.dumps({"requestId": "py-2", "service": service, "numInstances": 2}).encode(),
+        json.dumps({"requestId": "py-3", "service": service, "numInstances": -1}).encode(),
+    ]
+    for body in bodies:
+        msg = await nc.request(subject, body, timeout=10)
+        out.append(json.loads(msg.data))
+    await nc.close()
+    print(json.dumps(out))
+
+asyncio.run(main(*sys.argv[1:]))
+"#;
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", SCRIPT, &app.nats.url(), &subject, &svc])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python client failed (scripts/install-deps installs nats-py and msgpack): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replies: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(replies[0], serde_json::json!({"ok": true, "status": 200}));
+    assert_eq!(replies[1], replies[0], "the same request id acts once");
+    assert_eq!(replies[2], serde_json::json!({"ok": true, "status": 200}));
+    assert_eq!(replies[3]["ok"], false);
+    assert_eq!(replies[3]["status"], 400);
+    assert!(replies[3]["message"].is_string(), "{}", replies[3]);
+    let (_, v) = app.get(&format!("/v1/services/{svc}"), &alice).await;
+    assert_eq!(v["serviceDetails"]["numInstances"], 2, "{v}");
+    let events = app
+        .store
+        .load(&AggregateId::Service(svc.parse().unwrap()))
+        .await
+        .unwrap()
+        .events;
+    let changes = events
+        .iter()
+        .filter(|e| matches!(e.event, Event::InstanceCountChanged(_)))
+        .count();
+    assert_eq!(changes, 2, "py-1 once, py-2 once, the refused one never");
 }
