@@ -28,6 +28,7 @@ mod resolve_bench;
 mod resolve_platform;
 mod resolve_retry;
 mod resolver_deploys;
+mod unpack_bombs;
 mod unpack_fuzz;
 mod unpack_hostile;
 mod unpack_umoci;

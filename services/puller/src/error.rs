@@ -128,6 +128,34 @@ pub enum UnpackError {
         /// The limit.
         limit: u64,
     },
+    /// The image expands to more than its compressed size allows (an
+    /// expansion bomb): past `max(expansion_floor, ratio × compressed)`.
+    #[error("layer {layer}: refused: the image expands past {limit} bytes, more than {ratio} times its {compressed} compressed bytes allow (an expansion bomb)")]
+    ExpansionRatio {
+        /// Layer index.
+        layer: usize,
+        /// The bound, in uncompressed bytes.
+        limit: u64,
+        /// The configured ratio.
+        ratio: u64,
+        /// The compressed bytes it was computed from (the image's size,
+        /// or what had been read of the layer when that is not known).
+        compressed: u64,
+    },
+    /// Going on would leave less than the reserve free on the node's disk.
+    /// The node is short of space, not the image at fault: another node,
+    /// or this one after a collection, may have room.
+    #[error("layer {layer}: stopped: going on would leave less than the {reserve}-byte reserve free on the filesystem of {path} ({free} bytes free)")]
+    DiskReserve {
+        /// Layer index.
+        layer: usize,
+        /// The directory being unpacked into.
+        path: PathBuf,
+        /// Bytes free at the last look.
+        free: u64,
+        /// The configured reserve.
+        reserve: u64,
+    },
     /// The layer is not a readable tar stream in the declared compression.
     #[error("layer {layer}: malformed archive: {detail}")]
     Malformed {
@@ -192,6 +220,7 @@ impl UnpackError {
             | UnpackError::HardLink { .. }
             | UnpackError::Special { .. }
             | UnpackError::Limit { .. }
+            | UnpackError::ExpansionRatio { .. }
             | UnpackError::Malformed { .. }
             | UnpackError::MediaType { .. }
             | UnpackError::Image(_) => Some(PullFailureReason::InvalidImage),
@@ -199,7 +228,10 @@ impl UnpackError {
             | UnpackError::Store(StoreError::DigestMismatch(_)) => {
                 Some(PullFailureReason::DigestMismatch)
             }
-            UnpackError::Io { .. } | UnpackError::Read { .. } | UnpackError::Store(_) => None,
+            UnpackError::Io { .. }
+            | UnpackError::Read { .. }
+            | UnpackError::DiskReserve { .. }
+            | UnpackError::Store(_) => None,
         }
     }
 

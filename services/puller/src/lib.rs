@@ -19,7 +19,9 @@
 //!   rootfs per image digest with OCI whiteouts, hard links, symlinks,
 //!   modes, ownership, mtimes and xattrs — writing every entry itself with
 //!   no-follow path resolution, so nothing in a hostile layer can escape
-//!   the target.
+//!   the target — and bounding what a layer can take: header sizes before
+//!   they are read, expanded bytes (a compression ratio) and the node's
+//!   free disk as the layer streams.
 //! - [`bench`]: the performance comparison against skopeo/umoci.
 
 pub mod bench;

@@ -1,106 +1,38 @@
 //! Applying one layer's tar stream onto a root directory.
 //!
-//! The `tar` crate parses headers (GNU long names, PAX records); every
-//! write is done here, never with its `unpack_in`, so the rules are ours:
-//! names normalised by [`crate::walk::normalize`], parents walked with
-//! no-follow checks, existing entries removed (never written through)
-//! before a new one is created with `O_EXCL`, symlinks created as-is and
-//! never followed, hard links only to entries already inside the root,
-//! device nodes and fifos refused, and the expanded byte and entry counts
-//! bounded.
+//! [`super::archive`] frames the entries (GNU long names, PAX records,
+//! each extension header's size bounded before it is read); every write
+//! is done here, never with the `tar` crate's `unpack_in`, so the rules
+//! are ours: names normalised by [`crate::walk::normalize`], parents
+//! walked with no-follow checks, existing entries removed (never written
+//! through) before a new one is created with `O_EXCL`, symlinks created
+//! as-is and never followed, hard links only to entries already inside the
+//! root, device nodes and fifos refused, the entry count bounded, and a
+//! file whose declared size would cross an expanded-bytes limit refused
+//! before it is created ([`super::meter`] holds the stream itself to the
+//! limits as it comes out of the decompressor).
 //!
 //! Whiteouts follow the OCI image spec: `.wh.<name>` removes `<name>` from
 //! lower layers, `.wh..wh..opq` removes every lower-layer entry of its
 //! directory; neither touches what this same layer wrote.
 
-use std::cell::Cell;
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use tar::EntryType;
 
+use super::archive::Entry;
 use super::{Totals, UnpackOptions};
 use crate::error::UnpackError;
 use crate::walk::{self, ParentError};
 
 const WHITEOUT: &[u8] = b".wh.";
 const OPAQUE: &[u8] = b".wh..wh..opq";
-
-/// Counts and hashes the uncompressed stream (the `diff_id`) and stops it
-/// once the image's expanded-bytes budget is spent.
-pub(super) struct Metered<R> {
-    inner: R,
-    ctx: ring::digest::Context,
-    read: u64,
-    limit: u64,
-    exceeded: Rc<Cell<bool>>,
-}
-
-impl<R: Read> Metered<R> {
-    pub(super) fn new(inner: R, limit: u64, exceeded: Rc<Cell<bool>>) -> Self {
-        Self {
-            inner,
-            ctx: ring::digest::Context::new(&ring::digest::SHA256),
-            read: 0,
-            limit,
-            exceeded,
-        }
-    }
-
-    pub(super) fn finish(self) -> (u64, String) {
-        let d = self.ctx.finish();
-        (
-            self.read,
-            format!("sha256:{}", crate::store::hex(d.as_ref())),
-        )
-    }
-}
-
-impl<R: Read> Read for Metered<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.read += n as u64;
-        if self.read > self.limit {
-            self.exceeded.set(true);
-            return Err(std::io::Error::other("expanded size limit exceeded"));
-        }
-        self.ctx.update(buf.get(..n).unwrap_or(buf));
-        Ok(n)
-    }
-}
-
-/// Keeps a failure of the raw layer reader (the blob file): the
-/// decompressor and the tar reader pass it on like any garbled byte, and
-/// only this tells a failing disk from a malformed layer.
-pub(super) struct Source<R> {
-    inner: R,
-    failed: Rc<Cell<Option<std::io::Error>>>,
-}
-
-impl<R: Read> Source<R> {
-    pub(super) fn new(inner: R, failed: Rc<Cell<Option<std::io::Error>>>) -> Self {
-        Self { inner, failed }
-    }
-}
-
-impl<R: Read> Read for Source<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.inner.read(buf).inspect_err(|e| {
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                // The error itself travels up through the readers; this
-                // copy only records where it came from.
-                let copy = std::io::Error::new(e.kind(), e.to_string());
-                self.failed.set(Some(copy));
-            }
-        })
-    }
-}
 
 /// Metadata applied to directories once the layer is done (writing
 /// children would change their mtimes; a read-only mode would block them).
@@ -115,6 +47,10 @@ pub(super) struct Applier<'a> {
     pub(super) root: &'a Path,
     pub(super) layer: usize,
     pub(super) opts: &'a UnpackOptions,
+    /// The compression-ratio bound when the image's compressed size is
+    /// known up front, and that size: a header declaring more is refused
+    /// before its data is written.
+    ratio_limit: Option<(u64, u64)>,
     /// Paths (relative) written by this layer, with all their ancestors:
     /// whiteouts in this layer must not remove them.
     written: HashSet<PathBuf>,
@@ -123,11 +59,17 @@ pub(super) struct Applier<'a> {
 }
 
 impl<'a> Applier<'a> {
-    pub(super) fn new(root: &'a Path, layer: usize, opts: &'a UnpackOptions) -> Self {
+    pub(super) fn new(
+        root: &'a Path,
+        layer: usize,
+        opts: &'a UnpackOptions,
+        ratio_limit: Option<(u64, u64)>,
+    ) -> Self {
         Self {
             root,
             layer,
             opts,
+            ratio_limit,
             written: HashSet::new(),
             dirs: Vec::new(),
             buf: vec![0u8; 256 * 1024],
@@ -172,13 +114,10 @@ impl<'a> Applier<'a> {
     /// Apply one tar entry.
     pub(super) fn entry<R: Read>(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        entry: &mut Entry<'_, R>,
         totals: &mut Totals,
     ) -> Result<(), UnpackError> {
         let kind = entry.header().entry_type();
-        if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader) {
-            return Ok(());
-        }
         totals.entries += 1;
         if totals.entries > self.opts.limits.max_entries {
             return Err(UnpackError::Limit {
@@ -191,12 +130,23 @@ impl<'a> Applier<'a> {
         let rel = walk::normalize(&raw, self.opts.limits.max_path_len)
             .map_err(|why| self.unsafe_path(&raw, why))?;
         let size = entry.size();
-        if totals.file_bytes.saturating_add(size) > self.opts.limits.max_expanded_bytes {
+        let declared = totals.file_bytes.saturating_add(size);
+        if declared > self.opts.limits.max_expanded_bytes {
             return Err(UnpackError::Limit {
                 layer: self.layer,
                 what: "expanded size",
                 limit: self.opts.limits.max_expanded_bytes,
             });
+        }
+        if let Some((limit, compressed)) = self.ratio_limit {
+            if declared > limit {
+                return Err(UnpackError::ExpansionRatio {
+                    layer: self.layer,
+                    limit,
+                    ratio: self.opts.limits.max_expansion_ratio,
+                    compressed,
+                });
+            }
         }
         let name = rel.file_name().map(OsStr::as_bytes).unwrap_or(b"");
         if name.starts_with(WHITEOUT) {
@@ -309,7 +259,7 @@ impl<'a> Applier<'a> {
 
     fn hard_link<R: Read>(
         &mut self,
-        entry: &tar::Entry<'_, R>,
+        entry: &Entry<'_, R>,
         raw: &[u8],
         abs: &Path,
     ) -> Result<(), UnpackError> {
@@ -430,14 +380,14 @@ struct Meta {
 }
 
 impl Meta {
-    fn of<R: Read>(entry: &mut tar::Entry<'_, R>, ownership: bool) -> Result<Self, UnpackError> {
+    fn of<R: Read>(entry: &Entry<'_, R>, ownership: bool) -> Result<Self, UnpackError> {
         let h = entry.header();
         let mode = h.mode().unwrap_or(0o644) & 0o7777;
         let mut uid = h.uid().ok().and_then(|u| u32::try_from(u).ok());
         let mut gid = h.gid().ok().and_then(|g| u32::try_from(g).ok());
         let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(h.mtime().unwrap_or(0));
         let mut xattrs = Vec::new();
-        if let Ok(Some(pax)) = entry.pax_extensions() {
+        if let Some(pax) = entry.pax_extensions() {
             for ext in pax.flatten() {
                 let Ok(key) = ext.key() else { continue };
                 match key {

@@ -12,7 +12,9 @@
 //!
 //! This is blocking file-system work: call it from `spawn_blocking`.
 
+mod archive;
 mod layer;
+mod meter;
 #[cfg(test)]
 mod tests;
 
@@ -23,11 +25,15 @@ use std::rc::Rc;
 
 use berth_oci::manifest::Digest;
 
+use self::archive::ArchiveError;
+use self::meter::Stop;
 use crate::error::UnpackError;
 use crate::pull::{parse_config_diff_ids, parse_image_manifest};
 use crate::store::ContentStore;
 
-/// Bounds on what one image may expand to (hostile-input safety).
+/// Bounds on what one image may expand to (hostile-input safety). The
+/// expanded-byte bounds are checked as bytes come out of the decompressor:
+/// the bytes that would cross one are never written.
 #[derive(Debug, Clone, Copy)]
 pub struct UnpackLimits {
     /// Entries across all layers.
@@ -36,6 +42,27 @@ pub struct UnpackLimits {
     pub max_expanded_bytes: u64,
     /// Longest entry name or link target, in bytes.
     pub max_path_len: usize,
+    /// Largest GNU long name or link header and PAX header, in bytes.
+    /// These are held in memory whole, so the size their header declares
+    /// is refused before any of it is read. A name is at most
+    /// `max_path_len`; a file's PAX records (path, link, a few xattrs of
+    /// at most 64 KiB each) stay far below the default 1 MiB.
+    pub max_header_bytes: u64,
+    /// Uncompressed bytes allowed per compressed byte, over the whole
+    /// image: an expansion bomb (4 GiB of zeros is 4 MB of gzip, less in
+    /// zstd) is refused once it passes `max(expansion_floor, ratio ×
+    /// compressed size)`. Real layers compress 2–5×, text-heavy ones
+    /// about 10×; the default 100 leaves ten times that.
+    pub max_expansion_ratio: u64,
+    /// Uncompressed bytes an image may reach whatever its ratio, so a
+    /// small image with a large zero-filled file still unpacks. The
+    /// default 1 GiB is also the most a bomb can make a node write, once
+    /// per image, and matches the default disk reserve.
+    pub expansion_floor: u64,
+    /// Bytes to keep free on the target's filesystem (read with
+    /// `statvfs` as the layer streams): an image that would go below
+    /// stops there, rather than filling the node's disk. 0 does not look.
+    pub min_free_disk: u64,
 }
 
 impl Default for UnpackLimits {
@@ -44,6 +71,10 @@ impl Default for UnpackLimits {
             max_entries: 2_000_000,
             max_expanded_bytes: 64 << 30,
             max_path_len: 4096,
+            max_header_bytes: 1 << 20,
+            max_expansion_ratio: 100,
+            expansion_floor: 1 << 30,
+            min_free_disk: 1 << 30,
         }
     }
 }
@@ -125,6 +156,8 @@ pub struct LayerStats {
 
 /// Apply one layer (compressed tar stream) onto `root`, counting against
 /// the limits in `opts` from zero. `layer` numbers the layer in errors.
+/// The stream's length is not known up front, so the compression ratio is
+/// measured against the compressed bytes read so far.
 pub fn unpack_layer<R: Read>(
     reader: R,
     compression: Compression,
@@ -133,9 +166,11 @@ pub fn unpack_layer<R: Read>(
     opts: &UnpackOptions,
 ) -> Result<LayerStats, UnpackError> {
     let mut totals = Totals::default();
-    apply(reader, compression, root, layer, opts, &mut totals)
+    apply(reader, compression, root, layer, opts, &mut totals, None)
 }
 
+/// Apply one layer of an image whose compressed size is `compressed`
+/// (all layers), when known.
 fn apply<R: Read>(
     reader: R,
     compression: Compression,
@@ -143,59 +178,64 @@ fn apply<R: Read>(
     layer: usize,
     opts: &UnpackOptions,
     totals: &mut Totals,
+    compressed: Option<u64>,
 ) -> Result<LayerStats, UnpackError> {
+    let limits = &opts.limits;
     let read_failed = Rc::new(Cell::new(None));
-    // A failed read of the layer's bytes is this node's problem (a disk
-    // error), not a malformed layer, however the readers above report it.
-    let read_failure = || {
+    let compressed_read = Rc::new(Cell::new(0));
+    let stop = Rc::new(Cell::new(None));
+    // The readers above the raw layer and the metered stream pass their
+    // errors on as any I/O error; these say what really happened. A failed
+    // read of the layer's bytes is this node's problem (a disk error), not
+    // a malformed layer; a stopped stream names the limit it hit.
+    let explain = || {
         read_failed
             .take()
             .map(|source| UnpackError::Read { layer, source })
+            .or_else(|| stop.take().map(|s| stopped(s, layer, root, opts)))
     };
-    let reader = BufReader::with_capacity(1 << 20, layer::Source::new(reader, read_failed.clone()));
+    let reader = BufReader::with_capacity(
+        1 << 20,
+        meter::Source::new(reader, read_failed.clone(), compressed_read.clone()),
+    );
     let decoded: Box<dyn Read> = match compression {
         Compression::None => Box::new(reader),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
         Compression::Zstd => Box::new(ruzstd::decoding::StreamingDecoder::new(reader).map_err(
             |e| {
-                read_failure().unwrap_or_else(|| UnpackError::Malformed {
+                explain().unwrap_or_else(|| UnpackError::Malformed {
                     layer,
                     detail: format!("zstd: {e}"),
                 })
             },
         )?),
     };
-    let exceeded = Rc::new(Cell::new(false));
-    let budget = opts
-        .limits
-        .max_expanded_bytes
-        .saturating_sub(totals.expanded);
-    let metered = layer::Metered::new(decoded, budget, exceeded.clone());
-    let limit_err = || UnpackError::Limit {
-        layer,
-        what: "expanded size",
-        limit: opts.limits.max_expanded_bytes,
+    let budget = meter::Budget {
+        total_left: limits.max_expanded_bytes.saturating_sub(totals.expanded),
+        before: totals.expanded,
+        ratio: limits.max_expansion_ratio,
+        floor: limits.expansion_floor,
+        compressed_known: compressed.unwrap_or(0),
+        compressed_read,
+        disk: (limits.min_free_disk > 0).then(|| meter::DiskWatch::new(root, limits.min_free_disk)),
     };
-    let malformed = |e: std::io::Error| {
-        if let Some(failed) = read_failure() {
-            failed
-        } else if exceeded.get() {
-            limit_err()
-        } else {
-            UnpackError::Malformed {
-                layer,
-                detail: e.to_string(),
-            }
-        }
-    };
-    let mut archive = tar::Archive::new(metered);
+    let ratio_limit = compressed.map(|_| budget.ratio_limit());
+    let metered = meter::Metered::new(decoded, budget, stop.clone());
+    let malformed = |detail: String| explain().unwrap_or(UnpackError::Malformed { layer, detail });
+    let mut archive = archive::Archive::new(metered, limits.max_header_bytes);
     let before = totals.entries;
-    let mut applier = layer::Applier::new(root, layer, opts);
-    for entry in archive.entries().map_err(malformed)? {
-        let mut entry = entry.map_err(malformed)?;
+    let mut applier = layer::Applier::new(root, layer, opts, ratio_limit);
+    while let Some(mut entry) = archive.next().map_err(|e| match e {
+        ArchiveError::Io(e) => malformed(e.to_string()),
+        ArchiveError::Malformed(detail) => malformed(detail),
+        ArchiveError::HeaderTooLarge { what } => UnpackError::Limit {
+            layer,
+            what,
+            limit: limits.max_header_bytes,
+        },
+    })? {
         match applier.entry(&mut entry, totals) {
-            Err(UnpackError::Malformed { .. }) if exceeded.get() => return Err(limit_err()),
-            Err(e @ UnpackError::Malformed { .. }) => return Err(read_failure().unwrap_or(e)),
+            Err(e @ UnpackError::Malformed { .. }) => return Err(explain().unwrap_or(e)),
             r => r?,
         }
     }
@@ -203,7 +243,7 @@ fn apply<R: Read>(
     let mut metered = archive.into_inner();
     // The tar reader stops at the end-of-archive marker; the diff_id
     // covers the whole stream, padding included.
-    std::io::copy(&mut metered, &mut std::io::sink()).map_err(malformed)?;
+    std::io::copy(&mut metered, &mut std::io::sink()).map_err(|e| malformed(e.to_string()))?;
     let (expanded, diff_id) = metered.finish();
     totals.expanded += expanded;
     Ok(LayerStats {
@@ -211,6 +251,33 @@ fn apply<R: Read>(
         expanded_bytes: expanded,
         diff_id,
     })
+}
+
+/// The error for a metered stream stopped at a limit.
+fn stopped(stop: Stop, layer: usize, root: &Path, opts: &UnpackOptions) -> UnpackError {
+    match stop {
+        Stop::Total => UnpackError::Limit {
+            layer,
+            what: "expanded size",
+            limit: opts.limits.max_expanded_bytes,
+        },
+        Stop::Ratio { limit, compressed } => UnpackError::ExpansionRatio {
+            layer,
+            limit,
+            ratio: opts.limits.max_expansion_ratio,
+            compressed,
+        },
+        Stop::Disk { free } => UnpackError::DiskReserve {
+            layer,
+            path: root.to_path_buf(),
+            free,
+            reserve: opts.limits.min_free_disk,
+        },
+        Stop::Statvfs(source) => UnpackError::Io {
+            path: root.to_path_buf(),
+            source,
+        },
+    }
 }
 
 /// Unpack image `image` (a manifest digest whose manifest, config and
@@ -242,6 +309,18 @@ pub fn unpack_image(
             path: rootfs.clone(),
             source,
         })?;
+        // The ratio bound is over the image's compressed bytes, known
+        // before the first layer: a header declaring more than it allows
+        // is refused before its data is written.
+        let mut compressed = 0u64;
+        for l in &parsed.layers {
+            let path = store.blob_path(&l.digest);
+            let meta = std::fs::metadata(&path).map_err(|source| UnpackError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            compressed = compressed.saturating_add(meta.len());
+        }
         let mut totals = Totals::default();
         for (i, l) in parsed.layers.iter().enumerate() {
             let compression = Compression::from_media_type(&l.media_type).ok_or_else(|| {
@@ -255,7 +334,15 @@ pub fn unpack_image(
                 path: path.clone(),
                 source,
             })?;
-            let stats = apply(file, compression, &rootfs, i, opts, &mut totals)?;
+            let stats = apply(
+                file,
+                compression,
+                &rootfs,
+                i,
+                opts,
+                &mut totals,
+                Some(compressed),
+            )?;
             if opts.verify_diff_ids {
                 let expected = diff_ids.get(i).cloned().unwrap_or_default();
                 if stats.diff_id != expected {
