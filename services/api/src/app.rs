@@ -1,10 +1,11 @@
 //! The shared state of every handler and the extractors that turn a
 //! request into typed input or a 400/401 — never a 500 on bad input.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
 use berth_eventlog::projection::{ProjectionOptions, ProjectionRunner};
 use berth_eventlog::EventStore;
@@ -15,17 +16,23 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::ApiError;
+use crate::guard::{AuthGuard, FailureLimits, Fingerprint};
+use crate::hooks::OpenedHookKeys;
 use crate::index::{ApiIndex, SharedIndex};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Everything a handler needs. Cheap to clone (axum clones it per request):
-/// two reference counts.
+/// four reference counts.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub ingress: Arc<Ingress>,
     pub index: SharedIndex,
+    /// Refused credentials and failing addresses ([`crate::guard`]).
+    pub guard: Arc<AuthGuard>,
+    /// Deploy-hook keys opened from the read model ([`crate::hooks`]).
+    pub hook_keys: Arc<OpenedHookKeys>,
 }
 
 impl AppState {
@@ -62,7 +69,25 @@ impl AppState {
         Ok(Self {
             ingress: Arc::new(ingress),
             index,
+            guard: Arc::default(),
+            hook_keys: Arc::default(),
         })
+    }
+
+    /// The same state, allowing each client address `limits` failed
+    /// authentications (a fresh guard: nothing refused yet).
+    pub fn with_failure_limits(mut self, limits: FailureLimits) -> Self {
+        self.guard = Arc::new(AuthGuard::new(limits));
+        self
+    }
+
+    /// `refusal`, or a 429 when `client` has used up its failures; either
+    /// way the failure is counted.
+    pub fn refuse(&self, client: Option<IpAddr>, refusal: ApiError) -> ApiError {
+        match self.guard.failed(client) {
+            Ok(()) => refusal,
+            Err(wait) => ApiError::too_many_failures(wait),
+        }
     }
 
     /// Waits until the read model includes everything in the log now
@@ -82,7 +107,31 @@ impl AppState {
     }
 }
 
+/// The address the request came from: the peer of its connection, which
+/// the API's listener records ([`crate::serve`]); `None` for a router
+/// served otherwise (in-process tests).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
 /// The caller an `Authorization: Bearer <key>` header authenticates.
+///
+/// A token the read model does not hold is checked once more after the read
+/// model has caught up with the log (a key created a moment ago), unless it
+/// was refused in the last seconds or its address has used up its failures:
+/// then it is refused with no bus work ([`crate::guard`]).
 #[derive(Debug, Clone)]
 pub struct Authed(pub Caller);
 
@@ -90,25 +139,35 @@ impl FromRequestParts<AppState> for Authed {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ClientAddr(client) = ClientAddr::from_request_parts(parts, state)
+            .await
+            .unwrap_or(ClientAddr(None));
         let token = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
-            .filter(|t| !t.is_empty() && t.len() <= 256)
-            .ok_or_else(ApiError::unauthorized)?;
-        let sha = api_key_sha256(token);
-        let found = match state.read(|i| i.key(&sha))? {
-            Some(k) => Some(k),
-            // A key created a moment ago may not be in the read model yet.
-            None => {
-                state.caught_up().await?;
-                state.read(|i| i.key(&sha))?
-            }
+            .filter(|t| !t.is_empty() && t.len() <= 256);
+        let Some(token) = token else {
+            return Err(state.refuse(client, ApiError::unauthorized()));
         };
-        let (owner, key) = found.ok_or_else(ApiError::unauthorized)?;
-        Ok(Authed(Caller::api_key(owner, key)))
+        let sha = api_key_sha256(token);
+        if let Some((owner, key)) = state.read(|i| i.key(&sha))? {
+            return Ok(Authed(Caller::api_key(owner, key)));
+        }
+        let print = Fingerprint::bearer(token);
+        if !state.guard.recently_refused(&print) {
+            if let Some(wait) = state.guard.blocked(client) {
+                return Err(ApiError::too_many_failures(wait));
+            }
+            state.caught_up().await?;
+            if let Some((owner, key)) = state.read(|i| i.key(&sha))? {
+                return Ok(Authed(Caller::api_key(owner, key)));
+            }
+            state.guard.remember_refused(print);
+        }
+        Err(state.refuse(client, ApiError::unauthorized()))
     }
 }
 

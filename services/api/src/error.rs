@@ -30,6 +30,9 @@ pub struct ApiError {
     pub message: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<FieldError>,
+    /// Sent as `Retry-After` (whole seconds, rounded up) with a 429.
+    #[serde(skip)]
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -39,6 +42,7 @@ impl ApiError {
             id,
             message: message.into(),
             fields: Vec::new(),
+            retry_after: None,
         }
     }
 
@@ -73,6 +77,19 @@ impl ApiError {
             "unauthorized",
             "a valid API key is required: Authorization: Bearer <key>",
         )
+    }
+
+    /// 429: too many refused credentials from this address lately; `wait`
+    /// until the next attempt is counted.
+    pub fn too_many_failures(wait: std::time::Duration) -> Self {
+        Self {
+            retry_after: Some(wait),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "too many failed authentications from this address; retry later",
+            )
+        }
     }
 
     /// 405: the route exists, not with this method.
@@ -141,6 +158,14 @@ pub async fn json_errors(resp: Response) -> Response {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(&self)).into_response()
+        let mut resp = (self.status, Json(&self)).into_response();
+        if let Some(wait) = self.retry_after {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs.max(1)),
+            );
+        }
+        resp
     }
 }

@@ -12,6 +12,7 @@ use berth_eventlog::projection::Projection;
 use berth_ingress::{CredentialIndex, CredentialView};
 use berth_notifier::timeline::{Page, Query, Timeline};
 use berth_schemas::ids::{ApiKeyId, OwnerId, ServiceId};
+use berth_schemas::model::Sealed;
 use berth_schemas::{AggregateId, Envelope, Event};
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +68,17 @@ impl ApiIndex {
     /// One page of a service's timeline, newest first.
     pub fn timeline(&self, service: &ServiceId, q: &Query) -> Page {
         self.timeline.query(service, q)
+    }
+
+    /// A live service's sealed deploy-hook key (`None`: no such service,
+    /// as far as this read model knows).
+    pub fn hook_key(&self, service: &ServiceId) -> Option<&Sealed> {
+        let i = self.services.get(service)?;
+        i.state
+            .config
+            .as_ref()
+            .filter(|_| i.state.exists())
+            .map(|c| &c.hook_key)
     }
 
     /// Whether `service` is one of the owner's live services.

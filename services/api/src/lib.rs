@@ -13,12 +13,15 @@
 //! - [`bus`]: `scale` / `restart` / `deploy` commands on the bus, validated
 //!   by the same functions as the API, answered with errors as data;
 //! - [`bootstrap`]: the first owner and API key of a fresh installation;
+//! - [`guard`]: refused credentials answered from memory, failed
+//!   authentication limited per client address;
 //! - [`Api`]: the `api` component of `berth up`.
 
 pub mod app;
 pub mod bootstrap;
 pub mod bus;
 pub mod error;
+pub mod guard;
 pub mod hooks;
 pub mod index;
 pub mod openapi;
@@ -28,20 +31,24 @@ pub mod views;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{ConnectInfo, DefaultBodyLimit};
 use axum::routing::{get, post};
 use axum::Router;
 use berth_eventlog::EventStore;
 use berth_ingress::{IngressError, IngressOptions};
 use berth_runtime::{BoxError, Component, ComponentContext, SecretKey};
 use futures::future::BoxFuture;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 pub use app::AppState;
 pub use bootstrap::{bootstrap, bootstrap_store, Bootstrapped};
 pub use error::ApiError;
+pub use guard::FailureLimits;
 
 /// The API's settings (flags or `BERTH_API_*` variables).
 #[derive(Debug, Clone, clap::Args)]
@@ -56,6 +63,19 @@ pub struct ApiArgs {
     /// How long service creation waits for the resolver's image check, in seconds.
     #[arg(long, env = "BERTH_API_CHECK_TIMEOUT_SECS", default_value_t = 30)]
     pub api_check_timeout_secs: u64,
+    /// Seconds a client gets to send a request's headers before its
+    /// connection is closed (slow clients holding connections open); a
+    /// kept-alive connection idle that long is closed too.
+    #[arg(long, env = "BERTH_API_HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub api_header_read_timeout_secs: u64,
+    /// Failed authentications (bad API keys, bad deploy-hook calls) a client
+    /// address may make at once before it is answered 429.
+    #[arg(long, env = "BERTH_API_AUTH_FAILURE_BURST", default_value_t = 20)]
+    pub api_auth_failure_burst: u32,
+    /// Failed authentications a client address may make per minute after
+    /// its burst.
+    #[arg(long, env = "BERTH_API_AUTH_FAILURES_PER_MINUTE", default_value_t = 10)]
+    pub api_auth_failures_per_minute: u32,
 }
 
 impl ApiArgs {
@@ -72,6 +92,15 @@ impl ApiArgs {
         if !(1..=600).contains(&self.api_check_timeout_secs) {
             problems.push("BERTH_API_CHECK_TIMEOUT_SECS must be 1–600".to_owned());
         }
+        if !(1..=300).contains(&self.api_header_read_timeout_secs) {
+            problems.push("BERTH_API_HEADER_READ_TIMEOUT_SECS must be 1–300".to_owned());
+        }
+        if !(1..=10_000).contains(&self.api_auth_failure_burst) {
+            problems.push("BERTH_API_AUTH_FAILURE_BURST must be 1–10000".to_owned());
+        }
+        if !(1..=60_000).contains(&self.api_auth_failures_per_minute) {
+            problems.push("BERTH_API_AUTH_FAILURES_PER_MINUTE must be 1–60000".to_owned());
+        }
         if let Some(u) = &self.api_public_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
                 problems
@@ -83,6 +112,19 @@ impl ApiArgs {
         } else {
             Err(problems)
         }
+    }
+
+    /// How many failed authentications each client address may make.
+    pub fn failure_limits(&self) -> FailureLimits {
+        FailureLimits {
+            burst: self.api_auth_failure_burst,
+            per_minute: self.api_auth_failures_per_minute,
+        }
+    }
+
+    /// How long a client may take to send a request's headers.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.api_header_read_timeout_secs)
     }
 
     /// The application layer's options.
@@ -167,15 +209,56 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `state`'s API on `listener` until `shutdown`.
+/// Serves `state`'s API on `listener` until `shutdown`, then waits for the
+/// requests in flight.
+///
+/// hyper's HTTP/1 connection rather than `axum::serve`, which offers no
+/// header read timeout: a client gets `header_read_timeout` to send each
+/// request's headers, so slow clients cannot hold connections open for
+/// free. Each request carries its peer address ([`ConnectInfo`]), which
+/// the failure limits are keyed by ([`guard`]).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: CancellationToken,
+    header_read_timeout: Duration,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let app = router(state);
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let mut req = req.map(axum::body::Body::new);
+            req.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(req)
+        });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+        // Watched by `graceful`, which the shutdown below waits on.
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, client = %peer, "API connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// Why the API could not start or stopped.
@@ -223,7 +306,8 @@ impl Api {
             shutdown.clone(),
             &tracker,
         )
-        .await?;
+        .await?
+        .with_failure_limits(self.args.failure_limits());
         let ingress = state.ingress.clone();
         let bus = bus::subscribe(&ingress)
             .await
@@ -237,7 +321,7 @@ impl Api {
         if let Some(r) = &ready {
             r.set(true);
         }
-        let served = serve(listener, state, shutdown).await;
+        let served = serve(listener, state, shutdown, self.args.header_read_timeout()).await;
         if let Some(r) = &ready {
             r.set(false);
         }

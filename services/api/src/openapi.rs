@@ -268,6 +268,7 @@ fn operation(path: &str, summary: &str, body: &[&str], status: u16) -> Value {
             "401": {"$ref": "#/components/responses/Error"},
             "404": {"$ref": "#/components/responses/Error"},
             "409": {"$ref": "#/components/responses/Error"},
+            "429": {"$ref": "#/components/responses/TooManyFailures"},
             "503": {"$ref": "#/components/responses/Error"},
         },
     });
@@ -300,16 +301,24 @@ pub fn document() -> Value {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "responses": {"Error": {
                 "description": "an error",
-                "content": {"application/json": {"schema": {
-                    "type": "object",
-                    "required": ["id", "message"],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "message": {"type": "string"},
-                        "fields": {"type": "array", "items": {"type": "object", "properties": {
-                            "field": {"type": "string"}, "message": {"type": "string"}}}},
-                    },
-                }}},
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            }, "TooManyFailures": {
+                "description": "too many failed authentications from this client address",
+                "headers": {"Retry-After": {
+                    "description": "seconds until the next attempt is counted",
+                    "schema": {"type": "integer"},
+                }},
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            }},
+            "schemas": {"Error": {
+                "type": "object",
+                "required": ["id", "message"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "message": {"type": "string"},
+                    "fields": {"type": "array", "items": {"type": "object", "properties": {
+                        "field": {"type": "string"}, "message": {"type": "string"}}}},
+                },
             }},
         },
         "paths": paths,

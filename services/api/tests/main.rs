@@ -1,6 +1,7 @@
 //! Integration tests of berth-api against real servers, one binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod auth;
 mod bus;
 mod channels;
 mod credential_change;

@@ -110,7 +110,13 @@ impl App {
             &tracker,
         )
         .await
-        .unwrap();
+        .unwrap()
+        // The tests share one in-process "address" and refuse credentials
+        // on purpose; `auth.rs` tests the limits.
+        .with_failure_limits(berth_api::FailureLimits {
+            burst: 10_000,
+            per_minute: 60_000,
+        });
         let router = berth_api::router(state.clone());
         App {
             nats,
@@ -185,6 +191,52 @@ impl App {
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
         };
         (status, json)
+    }
+
+    /// The same installation allowing each address `limits` failures.
+    pub fn limit_failures(&mut self, limits: berth_api::FailureLimits) {
+        self.state = self.state.clone().with_failure_limits(limits);
+        self.router = berth_api::router(self.state.clone());
+    }
+
+    /// Messages this installation's NATS client has sent so far: every
+    /// request on the bus (store loads, appends, stream info) counts.
+    pub fn bus_messages(&self) -> u64 {
+        self.store
+            .client()
+            .statistics()
+            .out_messages
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// One GET as if from `client` (the peer address the listener records);
+    /// status, `Retry-After` in seconds, body.
+    pub async fn get_from(
+        &self,
+        client: Option<std::net::SocketAddr>,
+        path: &str,
+        key: Option<&str>,
+    ) -> (StatusCode, Option<u64>, Value) {
+        let mut req = Request::builder().method(Method::GET).uri(path);
+        if let Some(k) = key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        let mut req = req.body(Body::empty()).unwrap();
+        if let Some(addr) = client {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(addr));
+        }
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let retry = resp
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().parse().unwrap());
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, retry, json)
     }
 
     /// GET with a key.

@@ -103,9 +103,21 @@ impl std::fmt::Debug for HookDesks {
     }
 }
 
+/// Length of every hook key berth makes: 24 random bytes, unpadded base64url.
+pub const HOOK_KEY_LEN: usize = 32;
+
+/// Whether `key` has the shape of a hook key berth makes. Anything else
+/// cannot be one, so a caller refuses it before any work on the bus.
+pub fn is_hook_key_shaped(key: &str) -> bool {
+    key.len() == HOOK_KEY_LEN
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// Constant-time equality of two byte strings (the length is not secret:
 /// every hook key has the same length).
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -402,7 +414,24 @@ impl Desk {
 
 #[cfg(test)]
 mod tests {
-    use super::same_secret;
+    use super::{is_hook_key_shaped, same_secret};
+
+    #[test]
+    fn made_hook_keys_have_the_shape_checked_before_any_io() {
+        for _ in 0..100 {
+            let key = crate::services::hook_key();
+            assert!(is_hook_key_shaped(key.expose()), "{}", key.expose());
+        }
+        for bad in [
+            "",
+            "short",
+            &"a".repeat(33),
+            &format!("{}=", "a".repeat(31)),
+        ] {
+            assert!(!is_hook_key_shaped(bad), "{bad:?}");
+        }
+        assert!(!is_hook_key_shaped(&format!("{}é", "a".repeat(30))));
+    }
 
     #[test]
     fn same_secret_compares_whole_strings() {

@@ -46,7 +46,7 @@ use tokio_util::task::TaskTracker;
 pub use check::{CheckError, ImageChecker};
 pub use credentials::{CredentialView, NewCredential, Rotation};
 pub use error::IngressError;
-pub use hooks::HookError;
+pub use hooks::{is_hook_key_shaped, same_secret, HookError};
 pub use ops::Scope;
 pub use owners::{api_key_sha256, ApiKeyView, ChannelSecrets, OwnerNotifications, API_KEY_PREFIX};
 pub use projection::CredentialIndex;

@@ -15,7 +15,7 @@ use berth_domain::{Ctx, DomainError};
 use berth_runtime::Secret;
 use berth_schemas::events::ServiceSettings;
 use berth_schemas::ids::{CredentialId, CronRunId, DeployId, OwnerId, ServiceId};
-use berth_schemas::model::{seal_context, DeployTrigger};
+use berth_schemas::model::{seal_context, DeployTrigger, Sealed};
 use berth_schemas::{Actor, AggregateId};
 
 use crate::hooks::HookError;
@@ -457,6 +457,15 @@ impl Ingress {
         )
         .await?;
         Ok(Some(run))
+    }
+
+    /// Opens the hook key `sealed` holds for service `id`, where `sealed`
+    /// comes from a read model: for turning wrong keys away with no bus
+    /// work. A read model may be a moment behind (a key regenerated just
+    /// now), so only the desk's check against the log is final
+    /// ([`Ingress::hook_deploy`]). `None` when it does not open.
+    pub fn open_hook_key(&self, id: &ServiceId, sealed: &Sealed) -> Option<Secret> {
+        self.key.open(sealed, &seal_context::hook_key(id)).ok()
     }
 
     /// The deploy hook (SPEC §6): the new deploy's id, once its
