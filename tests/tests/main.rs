@@ -27,6 +27,7 @@ mod resolve_basic;
 mod resolve_bench;
 mod resolve_platform;
 mod resolve_retry;
+mod resolve_targets;
 mod resolver_deploys;
 mod unpack_bombs;
 mod unpack_fuzz;

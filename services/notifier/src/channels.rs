@@ -6,10 +6,16 @@
 //!
 //! Errors never carry a URL (Slack's URL is itself a secret) nor any secret:
 //! they end up in `notification_attempt_failed` events and logs.
+//!
+//! Slack and webhook URLs are the owner's: a host on an internal address
+//! the operator has not allowed (`BERTH_ALLOW_TARGETS`) is refused before
+//! connecting, and the refusal names the host only. The SMTP relay is the
+//! operator's own setting and is not checked.
 
 use std::time::Duration;
 
 use base64::Engine;
+use berth_runtime::egress::{self, AddressPolicy, TargetGuard};
 use berth_runtime::Secret;
 use hmac::{Hmac, Mac};
 use lettre::transport::smtp::authentication::Credentials;
@@ -96,13 +102,19 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<Strin
 #[derive(Debug, Clone)]
 pub struct Senders {
     http: reqwest::Client,
+    guard: TargetGuard,
     smtp: Option<SmtpConfig>,
     timeout: Duration,
 }
 
 impl Senders {
-    /// Senders giving up on any one send after `timeout`.
-    pub fn new(smtp: Option<SmtpConfig>, timeout: Duration) -> Result<Self, SendError> {
+    /// Senders giving up on any one send after `timeout`, posting only to
+    /// the internal addresses `targets` allows.
+    pub fn new(
+        smtp: Option<SmtpConfig>,
+        timeout: Duration,
+        targets: AddressPolicy,
+    ) -> Result<Self, SendError> {
         use rustls_platform_verifier::BuilderVerifierExt;
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -111,7 +123,9 @@ impl Senders {
             .with_platform_verifier()
             .map_err(|e| SendError(e.to_string()))?
             .with_no_client_auth();
-        let http = reqwest::Client::builder()
+        let guard = TargetGuard::new(targets, "webhook");
+        let http = guard
+            .install(reqwest::Client::builder())
             .tls_backend_preconfigured(tls)
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -120,6 +134,7 @@ impl Senders {
             .map_err(|e| SendError(e.to_string()))?;
         Ok(Self {
             http,
+            guard,
             smtp,
             timeout,
         })
@@ -139,10 +154,15 @@ impl Senders {
         for (k, v) in headers {
             req = req.header(*k, v);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| SendError(format!("post failed: {}", e.without_url())))?;
+        let failed = |e: reqwest::Error| match egress::refusal(&e) {
+            Some(refused) => SendError(refused.to_string()),
+            None => SendError(format!("post failed: {}", e.without_url())),
+        };
+        let req = req.build().map_err(failed)?;
+        self.guard
+            .check_url(req.url())
+            .map_err(|refused| SendError(refused.to_string()))?;
+        let resp = self.http.execute(req).await.map_err(failed)?;
         if resp.status().is_success() {
             Ok(())
         } else {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use berth_runtime::Secret;
+use berth_runtime::{AddressPolicy, Secret};
 
 use crate::channels::SmtpConfig;
 
@@ -75,6 +75,10 @@ pub struct NotifierOptions {
     pub concurrency: usize,
     /// Older events are not notified about.
     pub max_event_age: Duration,
+    /// Internal addresses Slack and webhook URLs may be. Loopback unless
+    /// the binary applies `BERTH_ALLOW_TARGETS` (a setting shared by every
+    /// component, so not one of the notifier's own).
+    pub targets: AddressPolicy,
 }
 
 impl Default for NotifierOptions {
@@ -88,6 +92,7 @@ impl Default for NotifierOptions {
             send_timeout: crate::DEFAULT_SEND_TIMEOUT,
             concurrency: 32,
             max_event_age: Duration::from_secs(3600),
+            targets: AddressPolicy::LOOPBACK,
         }
     }
 }
@@ -154,6 +159,7 @@ impl NotifierArgs {
             send_timeout: Duration::from_secs(self.notifier_send_timeout_secs),
             concurrency: self.notifier_concurrency,
             max_event_age: Duration::from_secs(self.notifier_max_event_age_secs),
+            targets: NotifierOptions::default().targets,
         })
     }
 }

@@ -87,7 +87,7 @@ impl Notifier {
         deliver_cfg.retry_delay = o.retry_delay;
         deliver_cfg.description = Some("berth notifier: delivers notifications".to_owned());
         let deliver_worker = start_worker(&self.store, deliver_cfg).await?;
-        let senders = channels::Senders::new(o.smtp.clone(), o.send_timeout)
+        let senders = channels::Senders::new(o.smtp.clone(), o.send_timeout, o.targets)
             .map_err(|e| NotifierError::Client(e.0))?;
         let deliverer = Arc::new(notify::Deliverer::new(
             self.store.clone(),

@@ -5,4 +5,5 @@ mod kill;
 mod notify;
 mod permissions;
 mod support;
+mod targets;
 mod timeline;

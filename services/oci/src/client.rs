@@ -1,10 +1,13 @@
 //! The HTTP core: one `reqwest` client with rustls, authorization that
 //! follows challenges, status classification, bounded body reads and the
-//! retry loop shared by every operation.
+//! retry loop shared by every operation. Every request goes through the
+//! address policy: IP-literal URLs are checked here before sending, names
+//! and redirects by the guard installed in the client.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use berth_runtime::egress::{self, TargetGuard};
 use reqwest::header::{HeaderMap, AUTHORIZATION, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode};
 
@@ -119,6 +122,7 @@ impl std::fmt::Display for ImageRef {
 pub struct RegistryClient {
     pub(crate) http: reqwest::Client,
     pub(crate) cfg: Arc<ClientConfig>,
+    guard: TargetGuard,
     auth: Arc<Mutex<AuthState>>,
     pub(crate) summaries: Arc<Mutex<SummaryCache>>,
 }
@@ -139,7 +143,9 @@ impl RegistryClient {
             .with_platform_verifier()
             .map_err(|e| BuildError(e.to_string()))?
             .with_no_client_auth();
-        let http = reqwest::Client::builder()
+        let guard = TargetGuard::new(cfg.targets, "registry");
+        let http = guard
+            .install(reqwest::Client::builder())
             .tls_backend_preconfigured(tls)
             .connect_timeout(cfg.connect_timeout)
             .user_agent(cfg.user_agent.clone())
@@ -150,6 +156,7 @@ impl RegistryClient {
         Ok(Self {
             http,
             cfg: Arc::new(cfg),
+            guard,
             auth: Arc::new(Mutex::new(AuthState::default())),
             summaries: Arc::new(Mutex::new(SummaryCache::default())),
         })
@@ -298,7 +305,14 @@ impl RegistryClient {
         if let Some(a) = authz {
             req = req.header(AUTHORIZATION, a);
         }
-        req.send().await.map_err(|e| transport_error(url, &e))
+        let req = req.build().map_err(|e| transport_error(url, &e))?;
+        self.guard
+            .check_url(req.url())
+            .map_err(ResolveError::TargetRefused)?;
+        self.http
+            .execute(req)
+            .await
+            .map_err(|e| transport_error(url, &e))
     }
 
     /// The bearer-token leg: GET the realm with service and scope, basic
@@ -329,6 +343,9 @@ impl RegistryClient {
             ))
             .into());
         }
+        TargetGuard::new(self.cfg.targets, "registry token service")
+            .check_url(&url)
+            .map_err(ResolveError::TargetRefused)?;
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -386,8 +403,13 @@ fn challenge_of(headers: &HeaderMap) -> Option<Challenge> {
         .cloned()
 }
 
-/// Connect errors, timeouts and broken connections are worth retrying.
+/// Connect errors, timeouts and broken connections are worth retrying; a
+/// refused address is not (and its message is ours, never a connection
+/// error from an internal host).
 fn transport_error(what: &str, e: &reqwest::Error) -> AttemptError {
+    if let Some(refused) = egress::refusal(e) {
+        return ResolveError::TargetRefused(refused.clone()).into();
+    }
     let kind = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use berth_runtime::egress::AddressPolicy;
+
 /// Retry policy for transient registry failures (connect errors, timeouts,
 /// 5xx, 429): wait `initial_backoff`, doubling up to `max_backoff`, or longer
 /// when the registry sends `Retry-After`; give up once the next wait would
@@ -60,6 +62,11 @@ pub struct ClientConfig {
     pub stall_timeout: Duration,
     /// Sent as `User-Agent`.
     pub user_agent: String,
+    /// Internal addresses registry hosts (and the token services and
+    /// redirects they name) may be. The default allows loopback only: local
+    /// test registries work, the metadata service and private networks do
+    /// not; the binary sets what `BERTH_ALLOW_TARGETS` says.
+    pub targets: AddressPolicy,
 }
 
 impl Default for ClientConfig {
@@ -73,6 +80,7 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(60),
             user_agent: concat!("berth/", env!("CARGO_PKG_VERSION")).to_string(),
+            targets: AddressPolicy::LOOPBACK,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! credentials only travel in request headers, which are not part of any
 //! error), so they can go straight into events and logs.
 
+use berth_runtime::egress::TargetRefused;
 use berth_schemas::model::PullFailureReason;
 
 /// A failed resolve, probe or blob fetch.
@@ -41,6 +42,10 @@ pub enum ResolveError {
     /// Bytes from the registry do not hash or measure to what was promised.
     #[error("digest mismatch: {0}")]
     DigestMismatch(String),
+    /// The registry host, its token service or a redirect is an internal
+    /// address the operator has not allowed. Not retried; nothing was sent.
+    #[error("{0}")]
+    TargetRefused(TargetRefused),
 }
 
 impl ResolveError {
@@ -48,14 +53,15 @@ impl ResolveError {
     ///
     /// A garbled registry answer counts as the registry being unavailable
     /// (it is not serving a usable image); an unsupported manifest type is
-    /// an image requirement failure like a missing platform (SPEC §5).
+    /// an image requirement failure like a missing platform (SPEC §5). A
+    /// registry on a refused address is unavailable to berth.
     pub fn reason(&self) -> PullFailureReason {
         match self {
             ResolveError::NotFound(_) => PullFailureReason::ImageNotFound,
             ResolveError::Unauthorized(_) => PullFailureReason::Unauthorized,
-            ResolveError::Unavailable(_) | ResolveError::InvalidResponse(_) => {
-                PullFailureReason::RegistryUnavailable
-            }
+            ResolveError::Unavailable(_)
+            | ResolveError::InvalidResponse(_)
+            | ResolveError::TargetRefused(_) => PullFailureReason::RegistryUnavailable,
             ResolveError::UnsupportedPlatform(_) | ResolveError::UnsupportedMediaType(_) => {
                 PullFailureReason::UnsupportedPlatform
             }

@@ -17,6 +17,9 @@
 //! oci-spec's, for tolerance of omitted `mediaType` and strict digest checks.
 //! TLS is rustls with the ring provider (no aws-lc/cmake build) and the
 //! platform certificate verifier; loopback registries are plain http.
+//! Registry hosts are owner-supplied: internal addresses the operator has
+//! not allowed ([`ClientConfig::targets`]) are refused before connecting
+//! ([`ResolveError::TargetRefused`]).
 
 mod auth;
 pub mod bench;
@@ -30,6 +33,7 @@ mod resolve;
 mod retry;
 
 pub use auth::Credential;
+pub use berth_runtime::egress::{AddressPolicy, TargetRefused};
 pub use berth_schemas::model::{PullFailureReason, ResolvedImage};
 pub use client::{BuildError, ImageRef, RegistryClient};
 pub use config::{parse_insecure_hosts, ClientConfig, RetryPolicy};
