@@ -2,6 +2,8 @@
 //! started just for the run (fresh store dir, free port), so numbers from
 //! different server builds compare: `--nats-server /usr/sbin/nats-server`
 //! (Debian 2.9.10) vs the 2.15.1 on PATH. `--nats-url` uses a running one.
+//! `--sync-interval always,default` runs the whole bench once per fsync
+//! policy, each on a fresh server, so their cost compares within one run.
 
 use std::time::Duration;
 
@@ -9,7 +11,7 @@ use anyhow::Context;
 use berth_eventlog::bench::BenchOptions;
 use berth_runtime::config::{parse_nats_urls, LogFormat};
 use berth_runtime::local_nats::{find_on_path, free_port, INSTALL_HINT};
-use berth_runtime::{drain_nats, LocalNats, NatsServerSpec};
+use berth_runtime::{drain_nats, LocalNats, NatsServerSpec, SyncInterval};
 use berth_schemas::Subjects;
 
 use crate::cli::BenchEventlogArgs;
@@ -34,43 +36,62 @@ pub async fn eventlog(args: BenchEventlogArgs) -> Outcome {
         Ok(s) => s,
         Err(m) => return Outcome::Usage(format!("--nats-url: {m}")),
     };
+    let syncs = match parse_syncs(&args.sync_interval) {
+        Ok(s) => s,
+        Err(m) => return Outcome::Usage(format!("--sync-interval: {m}")),
+    };
     if let Err(e) = berth_runtime::telemetry::init_with(&args.log, LogFormat::Pretty) {
         return Outcome::Usage(format!("--log: {e}"));
     }
-    run(args, servers, opts).await.into()
+    let result = match servers {
+        Some(servers) => bench(servers, opts).await,
+        None => run_each(args, &syncs, opts).await,
+    };
+    result.into()
 }
 
-async fn run(
+/// `always`, an interval or `default` (`None`: the server's own), comma separated.
+fn parse_syncs(list: &str) -> Result<Vec<Option<SyncInterval>>, String> {
+    list.split(',')
+        .map(str::trim)
+        .map(|s| match s {
+            "default" => Ok(None),
+            s => SyncInterval::parse(s).map(Some),
+        })
+        .collect()
+}
+
+/// One bench per fsync policy, each on a server of its own.
+async fn run_each(
     args: BenchEventlogArgs,
-    servers: Option<Vec<async_nats::ServerAddr>>,
+    syncs: &[Option<SyncInterval>],
     opts: BenchOptions,
 ) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir().context("creating a temp dir for the nats-server store")?;
-    let (local, servers) = match servers {
-        Some(s) => (None, s),
-        None => {
-            let binary = match args.nats_server.clone() {
-                Some(b) => b,
-                None => find_on_path("nats-server")
-                    .with_context(|| format!("`nats-server` is not on PATH: {INSTALL_HINT}"))?,
-            };
-            let spec = NatsServerSpec {
-                binary,
-                host: "127.0.0.1".to_owned(),
-                port: free_port().context("finding a free port")?,
-                store_dir: dir.path().join("store"),
-                log_file: dir.path().join("nats-server.log"),
-            };
-            let nats = LocalNats::start(spec).await?;
-            let url = parse_nats_urls(nats.url()).map_err(anyhow::Error::msg)?;
-            (Some(nats), url)
-        }
+    let binary = match args.nats_server.clone() {
+        Some(b) => b,
+        None => find_on_path("nats-server")
+            .with_context(|| format!("`nats-server` is not on PATH: {INSTALL_HINT}"))?,
     };
-    let result = bench(servers, opts).await;
-    if let Some(nats) = local {
+    for sync in syncs {
+        let label = sync.map_or("default (the server's own)".to_owned(), |s| s.to_string());
+        println!("== sync_interval: {label}");
+        let dir = tempfile::tempdir().context("creating a temp dir for the nats-server store")?;
+        let spec = NatsServerSpec {
+            binary: binary.clone(),
+            host: "127.0.0.1".to_owned(),
+            port: free_port().context("finding a free port")?,
+            store_dir: dir.path().join("store"),
+            log_file: dir.path().join("nats-server.log"),
+            config_file: dir.path().join("nats-server.conf"),
+            sync: *sync,
+        };
+        let nats = LocalNats::start(spec).await?;
+        let url = parse_nats_urls(nats.url()).map_err(anyhow::Error::msg)?;
+        let result = bench(url, opts.clone()).await;
         nats.stop(Duration::from_secs(5)).await.ok();
+        result?;
     }
-    result
+    Ok(())
 }
 
 async fn bench(servers: Vec<async_nats::ServerAddr>, opts: BenchOptions) -> anyhow::Result<()> {

@@ -114,8 +114,14 @@ pub struct BenchEventlogArgs {
     pub nats_server: Option<PathBuf>,
 
     /// Use a running server at this URL instead of starting one.
-    #[arg(long, env = "BERTH_BENCH_NATS_URL", conflicts_with = "nats_server")]
+    #[arg(long, env = "BERTH_BENCH_NATS_URL", conflicts_with_all = ["nats_server", "sync_interval"])]
     pub nats_url: Option<String>,
+
+    /// JetStream fsync policies to compare, comma separated, each on a fresh
+    /// server in this run: `always`, an interval such as `2m`, or `default`
+    /// (the server's own: every 2 minutes from 2.10).
+    #[arg(long, env = "BERTH_BENCH_SYNC_INTERVAL", default_value = "default")]
+    pub sync_interval: String,
 
     /// Log filter.
     #[arg(long, env = "BERTH_LOG", default_value = "warn")]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use berth_eventlog::{EventStore, StoreConfig};
 use berth_runtime::secrets::SecretKey;
-use berth_runtime::{Component, Config};
+use berth_runtime::{AddressPolicy, Component, Config};
 
 use crate::projector::Projector;
 
@@ -45,6 +45,19 @@ pub struct Options {
     pub notifier: berth_notifier::NotifierOptions,
     pub router: berth_router::RouterOptions,
     pub api: berth_api::ApiArgs,
+}
+
+impl Options {
+    /// Which internal addresses owner-supplied URLs may reach, for every
+    /// component that dials them: the resolver (deploys, and the image check
+    /// behind the API's 422), the node's puller and the notifier. One
+    /// setting for all, so they cannot disagree about a registry.
+    pub fn allow_targets(&mut self, policy: AddressPolicy) {
+        self.resolver.deploy_client.targets = policy;
+        self.resolver.check_client.targets = policy;
+        self.node.client.targets = policy;
+        self.notifier.targets = policy;
+    }
 }
 
 impl ComponentDeps {

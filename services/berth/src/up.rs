@@ -16,8 +16,10 @@ use std::time::Duration;
 use anyhow::Context;
 use berth_node::preflight::{self, Verdict};
 use berth_runtime::config::Problems;
+use berth_runtime::egress::AddressPolicy;
 use berth_runtime::{
-    install_metrics, run_components, Config, HttpServer, LocalNats, RunDeps, Shutdown,
+    install_metrics, run_components, Config, HttpServer, LocalNats, LocalNatsError, RunDeps,
+    Shutdown,
 };
 
 use crate::cli::{RunArgs, UpArgs};
@@ -41,6 +43,37 @@ struct Validated {
     options: Options,
     secret_key: Option<String>,
     only: Option<&'static str>,
+    /// What owner-supplied URLs may reach, as applied to `options`.
+    targets: AddressPolicy,
+}
+
+/// `BERTH_ALLOW_TARGETS`, else the product default: loopback for `berth
+/// up` (one machine, where a local registry is normal), nothing internal
+/// for `berth run` (many machines: loopback is whichever machine the
+/// component landed on, private ranges are the operator's network).
+fn allowed_targets(config: &Config, only: Option<&str>) -> AddressPolicy {
+    config.allow_targets.unwrap_or(match only {
+        None => AddressPolicy::LOOPBACK,
+        Some(_) => AddressPolicy::PUBLIC_ONLY,
+    })
+}
+
+/// The startup summary's line on what owner-supplied URLs may reach.
+fn targets_summary(targets: AddressPolicy, set: bool, only: Option<&str>) -> String {
+    let allowed = if targets == AddressPolicy::PUBLIC_ONLY {
+        "public addresses only".to_owned()
+    } else {
+        format!(
+            "public addresses and {}",
+            targets.to_string().replace(',', ", ")
+        )
+    };
+    let source = match (set, only) {
+        (true, _) => "BERTH_ALLOW_TARGETS",
+        (false, None) => "default of berth up; set BERTH_ALLOW_TARGETS to change",
+        (false, Some(_)) => "default of berth run; set BERTH_ALLOW_TARGETS to allow more",
+    };
+    format!("registries and webhooks at {allowed} ({source})")
 }
 
 /// Records a component's problems under its variables' prefix.
@@ -103,11 +136,16 @@ fn validate(args: UpArgs, only: Option<String>) -> Result<Validated, berth_runti
     };
     problems
         .finish(config.zip(options))
-        .map(|(config, options)| Validated {
-            config,
-            options,
-            secret_key: args.secret_key,
-            only,
+        .map(|(config, mut options)| {
+            let targets = allowed_targets(&config, only);
+            options.allow_targets(targets);
+            Validated {
+                config,
+                options,
+                secret_key: args.secret_key,
+                only,
+                targets,
+            }
         })
 }
 
@@ -149,6 +187,11 @@ async fn start(args: UpArgs, only: Option<String>) -> Outcome {
         }
     }
     if let Err(e) = &result {
+        // A nats-server too old for the fsync policy asked for: like a
+        // machine the node cannot run on, starting again unchanged cannot help.
+        if let Some(unfit @ LocalNatsError::SyncUnsupported { .. }) = e.downcast_ref() {
+            return Outcome::Unfit(unfit.to_string());
+        }
         tracing::error!(error = %format!("{e:#}"), "berth stopped with an error");
     }
     result.into()
@@ -206,6 +249,12 @@ async fn serve(
     let metrics = install_metrics()?;
 
     *local = LocalNats::ensure(&config).await?;
+    if local.is_none() {
+        tracing::info!(
+            nats.url = %config.nats_url,
+            "using a running nats-server: its own sync_interval applies, not BERTH_NATS_SYNC_INTERVAL"
+        );
+    }
     let client = async_nats::ConnectOptions::new()
         .name(v.only.unwrap_or("berth up"))
         .connection_timeout(Duration::from_secs(5))
@@ -240,6 +289,7 @@ async fn serve(
         http_addr,
         &names,
         node_refused,
+        &targets_summary(v.targets, config.allow_targets.is_some(), v.only),
     );
     if let Some(b) = &credentials {
         let note = if b.created {
@@ -263,6 +313,8 @@ async fn serve(
     Ok(())
 }
 
+// One summary line per argument; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 fn print_where_things_are(
     data_dir: &std::path::Path,
     key: &KeySource,
@@ -271,6 +323,7 @@ fn print_where_things_are(
     http: std::net::SocketAddr,
     names: &[&'static str],
     node_refused: Option<&str>,
+    targets: &str,
 ) {
     let key = match key {
         KeySource::Env => "from BERTH_SECRET_KEY".to_owned(),
@@ -279,11 +332,16 @@ fn print_where_things_are(
     };
     let nats = match local {
         Some(n) => format!(
-            "{} (nats-server started by berth: pid {}, store {}, log {})",
+            "{} (nats-server started by berth: pid {}, store {}, log {}, fsync {})",
             n.url(),
             n.pid().map(|p| p.to_string()).unwrap_or_default(),
             n.spec().store_dir.display(),
-            n.spec().log_file.display()
+            n.spec().log_file.display(),
+            match n.sync() {
+                Some(s @ berth_runtime::SyncInterval::Always) => s.to_string(),
+                Some(s) => format!("every {s}"),
+                None => "every 60 s (nats-server before 2.10)".to_owned(),
+            }
         ),
         None => format!("{} (existing server)", config.nats_url),
     };
@@ -297,5 +355,88 @@ fn print_where_things_are(
     if let Some(note) = node_refused {
         println!("  node:       {note}");
     }
+    println!("  targets:    {targets}");
     println!("  components: {}", names.join(", "));
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn validated(argv: &[&str]) -> Result<Validated, berth_runtime::ConfigError> {
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Up(args) => validate(args, None),
+            Command::Run(args) => validate(args.up, Some(args.component)),
+            _ => unreachable!("not up or run"),
+        }
+    }
+
+    /// The policy of every client that dials owner-supplied URLs.
+    fn applied(argv: &[&str]) -> Vec<AddressPolicy> {
+        let Ok(v) = validated(argv) else {
+            panic!("{argv:?} refused")
+        };
+        let o = &v.options;
+        let all = vec![
+            o.resolver.deploy_client.targets,
+            o.resolver.check_client.targets,
+            o.node.client.targets,
+            o.notifier.targets,
+        ];
+        assert!(all.iter().all(|t| *t == v.targets), "{all:?}");
+        all
+    }
+
+    #[test]
+    fn up_allows_loopback_and_run_nothing_internal_unless_the_operator_says() {
+        assert_eq!(applied(&["berth", "up"]), [AddressPolicy::LOOPBACK; 4]);
+        for component in ["resolver", "node", "notifier", "api"] {
+            assert_eq!(
+                applied(&["berth", "run", component]),
+                [AddressPolicy::PUBLIC_ONLY; 4],
+                "{component}"
+            );
+        }
+        let private = AddressPolicy {
+            allow_private: true,
+            ..AddressPolicy::PUBLIC_ONLY
+        };
+        assert_eq!(
+            applied(&["berth", "run", "resolver", "--allow-targets", "private"]),
+            [private; 4]
+        );
+        assert_eq!(
+            applied(&["berth", "up", "--allow-targets", "none"]),
+            [AddressPolicy::PUBLIC_ONLY; 4]
+        );
+    }
+
+    #[test]
+    fn an_unknown_target_class_is_a_configuration_error() {
+        let Err(e) = validated(&["berth", "run", "resolver", "--allow-targets", "metadata"]) else {
+            panic!("accepted")
+        };
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert_eq!(e.problems[0].setting, "BERTH_ALLOW_TARGETS");
+    }
+
+    #[test]
+    fn the_summary_says_what_is_allowed_and_why() {
+        let up = targets_summary(AddressPolicy::LOOPBACK, false, None);
+        assert_eq!(
+            up,
+            "registries and webhooks at public addresses and loopback \
+             (default of berth up; set BERTH_ALLOW_TARGETS to change)"
+        );
+        let run = targets_summary(AddressPolicy::PUBLIC_ONLY, false, Some("resolver"));
+        assert!(run.contains("public addresses only"), "{run}");
+        let set = AddressPolicy::parse("loopback,private").unwrap();
+        assert!(
+            targets_summary(set, true, None).contains("loopback, private (BERTH_ALLOW_TARGETS)")
+        );
+    }
 }

@@ -4,6 +4,7 @@
 mod cli;
 mod cli_lifecycle;
 mod cli_support;
+mod deploy_config;
 mod node;
 mod preflight;
 mod up;

@@ -35,6 +35,8 @@ fn spawn_node(data: &Path, nats_url: &str, prefix: &str) -> Child {
         .env("BERTH_NODE_CPU_MILLIS", "2000")
         .env("BERTH_NODE_MEMORY_MIB", "1024")
         .env("BERTH_NODE_HEARTBEAT_MS", "200")
+        // The test registry is on loopback, which `berth run` refuses by default.
+        .env("BERTH_ALLOW_TARGETS", "loopback")
         .env("BERTH_LOG", "info");
     let (child, mut out) = spawn_server(c);
     tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });

