@@ -31,8 +31,8 @@ async fn ask_raw(app: &App, kind: CommandKind, payload: Vec<u8>) -> CommandReply
         .unwrap_or_else(|e| panic!("reply is not JSON ({e}): {:?}", msg.payload))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scale_restart_and_deploy_commands() {
+/// An API answering bus commands until the test ends.
+async fn serving() -> App {
     let app = App::start(true).await;
     let subs = berth_api::bus::subscribe(&app.state.ingress).await.unwrap();
     tokio::spawn(berth_api::bus::serve(
@@ -40,6 +40,12 @@ async fn scale_restart_and_deploy_commands() {
         subs,
         app.shutdown.clone(),
     ));
+    app
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_restart_and_deploy_commands() {
+    let app = serving().await;
     let alice = app.owner().await;
     let (svc, _) = app.service(&alice, "scaled").await;
     let service: ServiceId = svc.parse().unwrap();
@@ -171,13 +177,7 @@ async fn scale_restart_and_deploy_commands() {
 /// twice acts once; a refusal is data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outside_client_scales_with_msgpack_and_json_and_reads_json_replies() {
-    let app = App::start(true).await;
-    let subs = berth_api::bus::subscribe(&app.state.ingress).await.unwrap();
-    tokio::spawn(berth_api::bus::serve(
-        app.state.ingress.clone(),
-        subs,
-        app.shutdown.clone(),
-    ));
+    let app = serving().await;
     let alice = app.owner().await;
     let (svc, _) = app.service(&alice, "outside").await;
     let first = app.latest_deploy(&alice, &svc).await;
