@@ -38,8 +38,6 @@ use berth_eventlog::EventStore;
 use berth_ingress::{IngressError, IngressOptions};
 use berth_runtime::{BoxError, Component, ComponentContext, SecretKey};
 use futures::future::BoxFuture;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -224,40 +222,22 @@ pub async fn serve(
     header_read_timeout: Duration,
 ) -> std::io::Result<()> {
     let app = router(state);
-    let graceful = GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, go on.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let mut req = req.map(axum::body::Body::new);
-            req.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(req)
-        });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
-        // Watched by `graceful`, which the shutdown below waits on.
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, client = %peer, "API connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
+    berth_runtime::http1::serve(
+        listener,
+        &shutdown,
+        header_read_timeout,
+        None,
+        "api",
+        move |peer| {
+            let app = app.clone();
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let mut req = req.map(axum::body::Body::new);
+                req.extensions_mut().insert(ConnectInfo(peer));
+                app.clone().oneshot(req)
+            })
+        },
+    )
+    .await;
     Ok(())
 }
 

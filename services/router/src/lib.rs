@@ -27,8 +27,6 @@ use berth_eventlog::EventStore;
 use berth_runtime::{BoxError, Component, ComponentContext, ReadyFlag};
 use futures::future::BoxFuture;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -183,41 +181,18 @@ async fn serve(
     shutdown: &CancellationToken,
     drain: std::time::Duration,
 ) {
-    let graceful = GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(proxy::HEADER_READ_TIMEOUT);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, go on.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let proxy = Arc::clone(&proxy);
-        let svc = service_fn(move |req| Arc::clone(&proxy).handle(req, peer));
-        let conn = http.serve_connection(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, client = %peer, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(grace = ?drain, "in-flight requests still open after the grace period");
-    }
+    berth_runtime::http1::serve(
+        listener,
+        shutdown,
+        proxy::HEADER_READ_TIMEOUT,
+        Some(drain),
+        "router",
+        move |peer| {
+            let proxy = Arc::clone(&proxy);
+            service_fn(move |req| Arc::clone(&proxy).handle(req, peer))
+        },
+    )
+    .await;
 }
 
 impl Component for Router {

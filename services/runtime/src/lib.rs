@@ -12,6 +12,7 @@ pub mod component;
 pub mod config;
 pub mod egress;
 pub mod http;
+pub mod http1;
 pub mod local_nats;
 pub mod run;
 pub mod secrets;
