@@ -41,6 +41,15 @@ fn refusal(e: ResolveError) -> berth_oci::TargetRefused {
     }
 }
 
+/// Resolving `host`'s `team/app:v1` is refused: the message and the refusal.
+async fn refused(c: &RegistryClient, host: &str) -> (String, berth_oci::TargetRefused) {
+    let e = c
+        .resolve(&ImageRef::new(host, "team/app", "v1").unwrap(), None)
+        .await
+        .unwrap_err();
+    (e.to_string(), refusal(e))
+}
+
 #[tokio::test]
 async fn a_loopback_registry_is_refused_unless_loopback_is_allowed() {
     let reg = Registry::start(RegistryAuth::None).await.unwrap();
@@ -51,12 +60,7 @@ async fn a_loopback_registry_is_refused_unless_loopback_is_allowed() {
     // `berth run`'s default: nothing internal.
     let strict = client(AddressPolicy::PUBLIC_ONLY);
     let started = Instant::now();
-    let e = strict
-        .resolve(&ImageRef::new(&reg.host, "team/app", "v1").unwrap(), None)
-        .await
-        .unwrap_err();
-    let message = e.to_string();
-    let r = refusal(e);
+    let (message, r) = refused(&strict, &reg.host).await;
     assert_eq!((r.class, r.via), (AddressClass::Loopback, Via::Literal));
     assert_eq!(
         message,
@@ -66,12 +70,7 @@ async fn a_loopback_registry_is_refused_unless_loopback_is_allowed() {
     // By name the resolver drops the addresses; the answer names the host
     // only, not what it resolved to.
     let by_name = format!("localhost:{port}");
-    let e = strict
-        .resolve(&ImageRef::new(&by_name, "team/app", "v1").unwrap(), None)
-        .await
-        .unwrap_err();
-    let message = e.to_string();
-    let r = refusal(e);
+    let (message, r) = refused(&strict, &by_name).await;
     assert_eq!((r.class, r.via), (AddressClass::Loopback, Via::Resolved));
     assert!(
         message.starts_with("registry host localhost resolves only to loopback addresses"),
@@ -192,12 +191,7 @@ async fn a_token_realm_on_an_internal_address_is_refused() {
         ),
     )
     .await;
-    let e = c
-        .resolve(&ImageRef::new(&registry, "team/app", "v1").unwrap(), None)
-        .await
-        .unwrap_err();
-    let message = e.to_string();
-    let r = refusal(e);
+    let (message, r) = refused(&c, &registry).await;
     assert_eq!((r.class, r.via), (AddressClass::LinkLocal, Via::Literal));
     assert!(
         message.starts_with("registry token service host 169.254.169.254 is a link-local"),
