@@ -24,7 +24,7 @@ use berth_puller::{unpack_image, Progress, PullRequest, Puller, UnpackOptions};
 use berth_runtime::secrets::SecretKey;
 use berth_schemas::commands::{NodeRunSpec, NodeWork, OneOffPurpose};
 use berth_schemas::events::ImagePullProgressed;
-use berth_schemas::ids::{CronRunId, ServiceId};
+use berth_schemas::ids::ServiceId;
 
 use berth_schemas::model::{seal_context, PullFailureReason, ServiceType};
 use berth_schemas::{AggregateId, Event};
@@ -129,10 +129,12 @@ impl WorkHandler for NodeHandler {
                     }
                     return Ok(());
                 };
-                // A cron run canceled (or replaced) while its image was
-                // pulled is not started.
+                // The service as it is now: a cron run canceled (or
+                // replaced) while its image was pulled is not started; the
+                // run joins its owner's network.
+                let state = self.service_state(&spec.service).await?;
                 if let Some(OneOffPurpose::CronRun { run }) = &purpose {
-                    if !self.cron_run_active(&spec.service, run).await? {
+                    if !state.cron.active.as_ref().is_some_and(|a| &a.id == run) {
                         tracing::info!(instance.id = %spec.instance, run.id = %run, "cron run no longer active; not started");
                         return self
                             .reporter
@@ -141,7 +143,6 @@ impl WorkHandler for NodeHandler {
                     }
                 }
                 let mut s = self.instance_spec(&spec, image)?;
-                let state = self.service_state(&spec.service).await?;
                 s.network = Some(network(&spec.service, state.config.as_ref(), None));
                 let out = self
                     .agent
@@ -328,16 +329,6 @@ impl NodeHandler {
             .place(&spec.instance, placement.clone())
             .map_err(|e| retry("recording placement", e))?;
         Ok(placement)
-    }
-
-    /// Whether `run` is still the service's active cron run.
-    async fn cron_run_active(
-        &self,
-        service: &ServiceId,
-        run: &CronRunId,
-    ) -> Result<bool, WorkError> {
-        let state = self.service_state(service).await?;
-        Ok(state.cron.active.as_ref().is_some_and(|a| &a.id == run))
     }
 
     /// Pull and unpack; `None` when the image is at fault (recorded).
