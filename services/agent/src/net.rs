@@ -576,25 +576,23 @@ impl Cni {
         // by recover).
         let listed = run_output("iptables", &["-w", "-S"]).await?;
         let prefix = format!("-N {}-", self.tag);
-        for line in listed.lines() {
-            if let Some(rest) = line.strip_prefix(&prefix) {
-                let chain = format!("{}-{rest}", self.tag);
-                if chain != fwd && chain != input {
-                    let _ = iptables(&["-F", &chain]).await;
-                }
-            }
+        let groups: Vec<String> = listed
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .map(|rest| format!("{}-{rest}", self.tag))
+            .filter(|c| *c != fwd && *c != input)
+            .collect();
+        // Flushed first: the base chains jump to them, so they can only be
+        // deleted once those are flushed too.
+        for chain in &groups {
+            let _ = iptables(&["-F", chain]).await;
         }
         for chain in [&fwd, &input] {
             iptables_new_chain(chain).await?;
             iptables(&["-F", chain]).await?;
         }
-        for line in listed.lines() {
-            if let Some(rest) = line.strip_prefix(&prefix) {
-                let chain = format!("{}-{rest}", self.tag);
-                if chain != fwd && chain != input {
-                    let _ = iptables(&["-X", &chain]).await;
-                }
-            }
+        for chain in &groups {
+            let _ = iptables(&["-X", chain]).await;
         }
         let established = ["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"];
         let mut rule = vec!["-A", input.as_str()];
