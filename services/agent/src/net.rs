@@ -495,7 +495,12 @@ impl Cni {
             let adopted = keep.contains(&id) && self.readopt(&id).await;
             if !adopted {
                 tracing::info!(instance = %id, "removing a network left behind");
-                self.detach(&id).await?;
+                // What cannot be removed now keeps its state file and is
+                // tried again at the next start: one stuck leftover must
+                // not keep the node from starting.
+                if let Err(e) = self.detach(&id).await {
+                    tracing::warn!(instance = %id, error = %e, "network left behind not fully removed");
+                }
             }
         }
         Ok(())
