@@ -134,7 +134,7 @@ impl WorkHandler for NodeHandler {
                 // run joins its owner's network.
                 let state = self.service_state(&spec.service).await?;
                 if let Some(OneOffPurpose::CronRun { run }) = &purpose {
-                    if !state.cron.active.as_ref().is_some_and(|a| &a.id == run) {
+                    if state.cron.active.as_ref().is_none_or(|a| &a.id != run) {
                         tracing::info!(instance.id = %spec.instance, run.id = %run, "cron run no longer active; not started");
                         return self
                             .reporter
