@@ -171,10 +171,14 @@ async fn invalid_commands_and_taken_names_are_refused_before_the_registry_is_ask
     let app = App::start().await;
     let alice = app.owner().await;
     let image = format!("{}/app:v1", reg.host);
-    app.ingress
+    let taken = app
+        .ingress
         .create_service(&alice, service("taken", image.clone(), None))
         .await
         .unwrap();
+    // The resolver appends the first deploy's digest on its own time: the
+    // log is at rest only once that is in.
+    app.await_deploy(&alice, &taken.id, &taken.deploy).await;
 
     let before = app.last_seq().await;
     let bad_image = app
