@@ -177,6 +177,9 @@ async fn removal_is_refused_while_in_use_and_allowed_after_the_service_is_delete
         .create_service(&alice, new.clone())
         .await
         .unwrap();
+    // The resolver appends the first deploy's digest on its own time: the
+    // log is at rest only once that is in.
+    app.await_deploy(&alice, &created.id, &created.deploy).await;
 
     // Bob cannot attach alice's credential: not found, nothing appended.
     let seq = app.last_seq().await;
