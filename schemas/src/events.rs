@@ -7,7 +7,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{
-    ApiKeyId, CredentialId, CronRunId, DeployId, InstanceId, NodeId, OwnerId, ServiceId,
+    ApiKeyId, CredentialId, CronRunId, DeployId, InstanceId, IntegrationId, NodeId, OwnerId,
+    ServiceId,
 };
 use crate::model::{
     DeployStatus, DeployTrigger, EnvVars, NotifySetting, OverlapPolicy, Plan, PullFailureReason,
@@ -152,6 +153,20 @@ events! {
         pub webhook_url: Option<Sealed>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub webhook_secret: Option<Sealed>,
+    }
+
+    /// An integration was created: NATS credentials bound to this owner.
+    /// Only the bcrypt hash of its password is kept.
+    IntegrationCreated = "integration_created" v 1 {
+        pub integration: IntegrationId,
+        pub name: String,
+        /// The NATS user.
+        pub user: String,
+        pub password_bcrypt: String,
+    }
+    /// An integration was revoked: its NATS user is removed.
+    IntegrationRevoked = "integration_revoked" v 1 {
+        pub integration: IntegrationId,
     }
 
     // ---- registry credential ----

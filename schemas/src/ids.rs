@@ -173,6 +173,10 @@ id_type!(
 id_type!(
     /// One notification delivery (stable across retries; the `webhook-id`).
     DeliveryId, "ntf");
+id_type!(
+    /// An integration: NATS credentials bound to one owner, for programs
+    /// that send bus commands and read that owner's service events.
+    IntegrationId, "itg");
 
 /// An owner of services and credentials: a user or a team.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]

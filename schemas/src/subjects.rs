@@ -5,16 +5,16 @@
 use std::fmt;
 
 use crate::envelope::AggregateId;
-use crate::ids::{InstanceId, ServiceId};
+use crate::ids::{InstanceId, NodeId, OwnerId, ServiceId};
 
 /// The kind of command an internal service may publish on the bus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommandKind {
-    /// `…cmd.scale`
+    /// `…cmd.<owner>.scale`
     Scale,
-    /// `…cmd.restart`
+    /// `…cmd.<owner>.restart`
     Restart,
-    /// `…cmd.deploy`
+    /// `…cmd.<owner>.deploy`
     Deploy,
 }
 
@@ -26,7 +26,8 @@ impl CommandKind {
         CommandKind::Deploy,
     ];
 
-    fn token(self) -> &'static str {
+    /// The subject's last token.
+    pub fn token(self) -> &'static str {
         match self {
             CommandKind::Scale => "scale",
             CommandKind::Restart => "restart",
@@ -122,6 +123,22 @@ impl Subjects {
         format!("{}.work.>", self.prefix)
     }
 
+    /// The work queue of one node: `node.nod-…` (`subjects.work` of it is
+    /// the subject).
+    pub fn node_queue(node: &NodeId) -> String {
+        format!("node.{node}")
+    }
+
+    /// The durable consumer of one node's work queue (no dots allowed).
+    pub fn node_consumer(node: &NodeId) -> String {
+        format!("node-{node}")
+    }
+
+    /// The stream capturing the work stream's max-deliveries advisories.
+    pub fn work_advisory_stream(&self) -> String {
+        format!("{}_MAXDELIVER", self.work_stream())
+    }
+
     /// Where a work item goes after its last failed delivery.
     pub fn dead_letter(&self, consumer: &str) -> String {
         format!("{}.dlq.{}", self.prefix, consumer)
@@ -142,14 +159,39 @@ impl Subjects {
         format!("{}_snapshots", self.prefix.replace('-', "_"))
     }
 
-    /// Commands from internal services: `berth.cmd.scale`.
-    pub fn command(&self, kind: CommandKind) -> String {
-        format!("{}.cmd.{}", self.prefix, kind.token())
+    /// The stream behind the snapshot bucket.
+    pub fn snapshot_stream(&self) -> String {
+        format!("KV_{}", self.snapshot_bucket())
     }
 
-    /// Service events for notification bridges (JSON): `berth.events.srv-…`.
-    pub fn service_events(&self, service: &ServiceId) -> String {
-        format!("{}.events.{}", self.prefix, service)
+    /// A command from an integration of `owner`: `berth.cmd.usr-….scale`.
+    /// The owner in the subject is what NATS permissions bind an
+    /// integration to; the command acts on that owner's services only.
+    pub fn command(&self, owner: &OwnerId, kind: CommandKind) -> String {
+        format!("{}.cmd.{}.{}", self.prefix, owner, kind.token())
+    }
+
+    /// One kind of command for every owner (what the API subscribes to).
+    pub fn command_any_owner(&self, kind: CommandKind) -> String {
+        format!("{}.cmd.*.{}", self.prefix, kind.token())
+    }
+
+    /// The owner token of a command subject (`None` if it is not one).
+    pub fn command_owner<'s>(&self, subject: &'s str) -> Option<&'s str> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".cmd.")?;
+        let (owner, _kind) = rest.split_once('.')?;
+        Some(owner)
+    }
+
+    /// Service events for integrations and notification bridges (JSON):
+    /// `berth.events.usr-….srv-…`.
+    pub fn service_events(&self, owner: &OwnerId, service: &ServiceId) -> String {
+        format!("{}.events.{}.{}", self.prefix, owner, service)
+    }
+
+    /// Every service event of one owner.
+    pub fn owner_events(&self, owner: &OwnerId) -> String {
+        format!("{}.events.{}.>", self.prefix, owner)
     }
 
     /// Log lines of one instance: `berth.logs.srv-….ins-…`.
@@ -182,7 +224,17 @@ mod tests {
             s.aggregate(&AggregateId::Service(srv.clone())),
             format!("t-42.evt.service.{srv}")
         );
-        assert_eq!(s.command(CommandKind::Scale), "t-42.cmd.scale");
+        let owner: OwnerId = "usr-aaaaaaaaaaaaaaaaaaaa"
+            .parse()
+            .unwrap_or_else(|_| unreachable!());
+        let cmd = s.command(&owner, CommandKind::Scale);
+        assert_eq!(cmd, "t-42.cmd.usr-aaaaaaaaaaaaaaaaaaaa.scale");
+        assert_eq!(s.command_owner(&cmd), Some("usr-aaaaaaaaaaaaaaaaaaaa"));
+        assert_eq!(s.command_owner("t-42.evt.x"), None);
+        assert_eq!(
+            s.command_any_owner(CommandKind::Deploy),
+            "t-42.cmd.*.deploy"
+        );
     }
 
     #[test]

@@ -84,6 +84,15 @@ impl NatsServer {
         Self::launch(nats_binary(version)?, "n0", free_port(), None)
     }
 
+    /// Starts a single server whose config also has `extra` (e.g. an
+    /// `authorization` block: then anonymous clients are refused, and
+    /// [`NatsServer::connect`] no longer works).
+    pub fn start_with(version: NatsVersion, extra: &str) -> Result<NatsServer> {
+        let server =
+            Self::launch_with(nats_binary(version)?, "n0", free_port(), None, Some(extra))?;
+        Ok(server)
+    }
+
     /// Spawns server `name` on `port` with a fresh store dir, routed to
     /// `cluster`'s routes when given.
     fn launch(
@@ -92,8 +101,24 @@ impl NatsServer {
         port: u16,
         cluster: Option<(u16, &[String])>,
     ) -> Result<NatsServer> {
+        Self::launch_with(binary, name, port, cluster, None)
+    }
+
+    fn launch_with(
+        binary: PathBuf,
+        name: &str,
+        port: u16,
+        cluster: Option<(u16, &[String])>,
+        extra: Option<&str>,
+    ) -> Result<NatsServer> {
         let dir = tempfile::tempdir()?;
         let config = write_config(dir.path(), name, port, cluster)?;
+        if let Some(extra) = extra {
+            let mut text = std::fs::read_to_string(&config)?;
+            text.push('\n');
+            text.push_str(extra);
+            std::fs::write(&config, text)?;
+        }
         let mut server = NatsServer {
             binary,
             config,

@@ -18,6 +18,7 @@ mod eventlog_append;
 mod eventlog_cluster;
 mod eventlog_projection;
 mod eventlog_worker;
+mod nats_roles;
 mod node_run;
 mod puller_kill;
 mod puller_pull;

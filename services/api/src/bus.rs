@@ -1,8 +1,10 @@
-//! Bus commands (SPEC §12): internal services publish `scale`, `restart`
-//! and `deploy` commands (MessagePack with named fields,
-//! [`berth_schemas::commands`], or the same object as JSON) on
-//! `…cmd.<kind>`, as core-NATS requests answered by any API instance of the
-//! queue group `api`. Each is validated by the same functions as the HTTP
+//! Bus commands: integrations publish `scale`, `restart` and `deploy`
+//! commands (MessagePack with named fields, [`berth_schemas::commands`], or
+//! the same object as JSON) on `…cmd.<owner>.<kind>`, as core-NATS requests
+//! answered by any API instance of the queue group `api`. An integration's
+//! NATS credentials let it publish under its own owner only, and a command
+//! acts on that owner's services only: another owner's service is not found
+//! and nothing is appended. Each is validated by the same functions as the HTTP
 //! API and decided with its `requestId` in the idempotency key, so a
 //! republished command acts once. The reply is a [`CommandReply`] as JSON
 //! (what integrators in any language read without a MessagePack schema):
@@ -13,6 +15,7 @@ use std::sync::Arc;
 
 use berth_ingress::{Ingress, Scope};
 use berth_schemas::commands::{DeployCommand, RestartCommand, ScaleCommand};
+use berth_schemas::ids::OwnerId;
 use berth_schemas::subjects::CommandKind;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -72,7 +75,7 @@ pub async fn subscribe(ingress: &Ingress) -> Result<BusSubscriptions, async_nats
     let client = ingress.store().client();
     let mut subs = Vec::new();
     for kind in CommandKind::ALL {
-        let subject = ingress.store().subjects().command(kind);
+        let subject = ingress.store().subjects().command_any_owner(kind);
         subs.push((kind, client.queue_subscribe(subject, "api".into()).await?));
     }
     // Subscribed once the server says so, not when our buffer is written.
@@ -105,15 +108,27 @@ fn decode<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, ApiError> {
     decoded.map_err(|e| ApiError::bad_request(format!("undecodable command: {e}")))
 }
 
-/// Handles one command.
-pub async fn handle(ingress: &Ingress, kind: CommandKind, payload: &[u8]) -> CommandReply {
+/// Handles one command received on `subject`.
+pub async fn handle(
+    ingress: &Ingress,
+    kind: CommandKind,
+    subject: &str,
+    payload: &[u8],
+) -> CommandReply {
     let outcome: Result<Option<String>, ApiError> = async {
+        let owner: OwnerId = ingress
+            .store()
+            .subjects()
+            .command_owner(subject)
+            .and_then(|o| o.parse().ok())
+            .ok_or_else(|| ApiError::bad_request("the subject names no owner"))?;
+        let scope = Scope::Bus(&owner);
         match kind {
             CommandKind::Scale => {
                 let c: ScaleCommand = decode(payload)?;
                 request_id(&c.request_id)?;
                 ingress
-                    .scale(Scope::Bus, &c.service, c.num_instances, &c.request_id)
+                    .scale(scope, &c.service, c.num_instances, &c.request_id)
                     .await
                     .map_err(ApiError::from)?;
                 Ok(None)
@@ -122,7 +137,7 @@ pub async fn handle(ingress: &Ingress, kind: CommandKind, payload: &[u8]) -> Com
                 let c: RestartCommand = decode(payload)?;
                 request_id(&c.request_id)?;
                 ingress
-                    .restart(Scope::Bus, &c.service, &c.request_id)
+                    .restart(scope, &c.service, &c.request_id)
                     .await
                     .map_err(ApiError::from)?;
                 Ok(None)
@@ -132,7 +147,7 @@ pub async fn handle(ingress: &Ingress, kind: CommandKind, payload: &[u8]) -> Com
                 request_id(&c.request_id)?;
                 let (d, _) = ingress
                     .deploy(
-                        Scope::Bus,
+                        scope,
                         &c.service,
                         c.image_url.as_deref(),
                         Some(&c.request_id),
@@ -170,7 +185,7 @@ pub async fn serve(ingress: Arc<Ingress>, subs: BusSubscriptions, shutdown: Canc
         let Some((kind, msg)) = next else { break };
         let ingress = ingress.clone();
         tasks.spawn(async move {
-            let reply = handle(&ingress, kind, &msg.payload).await;
+            let reply = handle(&ingress, kind, &msg.subject, &msg.payload).await;
             let Some(to) = msg.reply else {
                 return;
             };

@@ -189,6 +189,14 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(owner::revoke_api_key),
         )
         .route(
+            "/v1/integrations",
+            get(owner::list_integrations).post(owner::create_integration),
+        )
+        .route(
+            "/v1/integrations/{id}",
+            axum::routing::delete(owner::revoke_integration),
+        )
+        .route(
             "/v1/notification-settings/owners/{owner}",
             get(owner::get_notifications).patch(owner::set_notifications),
         )

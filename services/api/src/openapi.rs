@@ -202,6 +202,21 @@ pub const ROUTES: &[Route] = &[
         &[],
         204,
     ),
+    ("get", "/v1/integrations", "List integrations", &[], 200),
+    (
+        "post",
+        "/v1/integrations",
+        "Create an integration: NATS credentials bound to your owner (shown once)",
+        &["name"],
+        201,
+    ),
+    (
+        "delete",
+        "/v1/integrations/{integrationId}",
+        "Revoke an integration",
+        &[],
+        204,
+    ),
     (
         "get",
         "/v1/notification-settings/owners/{ownerId}",

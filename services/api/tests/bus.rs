@@ -7,18 +7,23 @@ use std::time::Duration;
 
 use berth_api::bus::CommandReply;
 use berth_schemas::commands::{DeployCommand, RestartCommand, ScaleCommand};
-use berth_schemas::ids::ServiceId;
+use berth_schemas::ids::{OwnerId, ServiceId};
 use berth_schemas::subjects::CommandKind;
 use berth_schemas::{AggregateId, Event};
 
 use crate::support::App;
 
-async fn ask<T: serde::Serialize>(app: &App, kind: CommandKind, cmd: &T) -> CommandReply {
-    ask_raw(app, kind, rmp_serde::to_vec_named(cmd).unwrap()).await
+async fn ask<T: serde::Serialize>(
+    app: &App,
+    owner: &OwnerId,
+    kind: CommandKind,
+    cmd: &T,
+) -> CommandReply {
+    ask_raw(app, owner, kind, rmp_serde::to_vec_named(cmd).unwrap()).await
 }
 
-async fn ask_raw(app: &App, kind: CommandKind, payload: Vec<u8>) -> CommandReply {
-    let subject = app.store.subjects().command(kind);
+async fn ask_raw(app: &App, owner: &OwnerId, kind: CommandKind, payload: Vec<u8>) -> CommandReply {
+    let subject = app.store.subjects().command(owner, kind);
     let msg = tokio::time::timeout(
         Duration::from_secs(10),
         app.store.client().request(subject, payload.into()),
@@ -56,6 +61,7 @@ async fn scale_restart_and_deploy_commands() {
 
     let r = ask(
         &app,
+        &alice.id,
         CommandKind::Scale,
         &ScaleCommand {
             request_id: "req-1".into(),
@@ -79,6 +85,7 @@ async fn scale_restart_and_deploy_commands() {
     let before = app.last_seq().await;
     let r = ask(
         &app,
+        &alice.id,
         CommandKind::Scale,
         &ScaleCommand {
             request_id: "req-2".into(),
@@ -95,6 +102,7 @@ async fn scale_restart_and_deploy_commands() {
     );
     let r = ask(
         &app,
+        &alice.id,
         CommandKind::Scale,
         &ScaleCommand {
             request_id: "req-3".into(),
@@ -106,6 +114,7 @@ async fn scale_restart_and_deploy_commands() {
     assert_eq!((r.ok, r.status), (false, 404), "{r:?}");
     let r = ask(
         &app,
+        &alice.id,
         CommandKind::Scale,
         &ScaleCommand {
             request_id: String::new(),
@@ -116,11 +125,12 @@ async fn scale_restart_and_deploy_commands() {
     .await;
     assert_eq!((r.ok, r.status), (false, 400), "{r:?}");
     assert!(r.message.as_deref().unwrap().contains("requestId"), "{r:?}");
-    let r = ask_raw(&app, CommandKind::Scale, b"\xc1garbage".to_vec()).await;
+    let r = ask_raw(&app, &alice.id, CommandKind::Scale, b"\xc1garbage".to_vec()).await;
     assert_eq!((r.ok, r.status), (false, 400), "{r:?}");
     // Unknown fields are refused like the API refuses them.
     let r = ask_raw(
         &app,
+        &alice.id,
         CommandKind::Restart,
         rmp_serde::to_vec_named(
             &serde_json::json!({"requestId": "r", "service": svc, "force": true}),
@@ -131,6 +141,7 @@ async fn scale_restart_and_deploy_commands() {
     assert_eq!((r.ok, r.status), (false, 400), "{r:?}");
     let r = ask(
         &app,
+        &alice.id,
         CommandKind::Deploy,
         &DeployCommand {
             request_id: "dep-x".into(),
@@ -143,6 +154,7 @@ async fn scale_restart_and_deploy_commands() {
     // Nothing live: a restart is a conflict.
     let r = ask(
         &app,
+        &alice.id,
         CommandKind::Restart,
         &RestartCommand {
             request_id: "r-1".into(),
@@ -161,8 +173,8 @@ async fn scale_restart_and_deploy_commands() {
         service: service.clone(),
         image_url: None,
     };
-    let a = ask(&app, CommandKind::Deploy, &cmd).await;
-    let b = ask(&app, CommandKind::Deploy, &cmd).await;
+    let a = ask(&app, &alice.id, CommandKind::Deploy, &cmd).await;
+    let b = ask(&app, &alice.id, CommandKind::Deploy, &cmd).await;
     assert!(a.ok && b.ok, "{a:?} {b:?}");
     assert_eq!(a.deploy, b.deploy);
     let (_, list) = app
@@ -182,7 +194,7 @@ async fn an_outside_client_scales_with_msgpack_and_json_and_reads_json_replies()
     let (svc, _) = app.service(&alice, "outside").await;
     let first = app.latest_deploy(&alice, &svc).await;
     app.wait_resolved(&alice, &svc, &first).await;
-    let subject = app.store.subjects().command(CommandKind::Scale);
+    let subject = app.store.subjects().command(&alice.id, CommandKind::Scale);
     const SCRIPT: &str = r#"
 import asyncio, json, sys
 import msgpack, nats
@@ -234,4 +246,50 @@ asyncio.run(main(*sys.argv[1:]))
         .filter(|e| matches!(e.event, Event::InstanceCountChanged(_)))
         .count();
     assert_eq!(changes, 2, "py-1 once, py-2 once, the refused one never");
+}
+
+/// A command on one owner's subject acts on that owner's services only:
+/// another owner's service is not found and nothing is appended (an
+/// integration's NATS credentials let it publish under its own owner only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_under_one_owner_cannot_touch_another_owners_service() {
+    let app = serving().await;
+    let alice = app.owner().await;
+    let bob = app.owner().await;
+    let (svc, _) = app.service(&bob, "bobs").await;
+    let first = app.latest_deploy(&bob, &svc).await;
+    app.wait_resolved(&bob, &svc, &first).await;
+    let service: ServiceId = svc.parse().unwrap();
+    let id = AggregateId::Service(service.clone());
+    let before = app.store.load(&id).await.unwrap().events.len();
+    let scale = ScaleCommand {
+        request_id: "cross-1".into(),
+        service: service.clone(),
+        num_instances: 3,
+    };
+    let restart = RestartCommand {
+        request_id: "cross-2".into(),
+        service: service.clone(),
+    };
+    let deploy = DeployCommand {
+        request_id: "cross-3".into(),
+        service: service.clone(),
+        image_url: None,
+    };
+    for r in [
+        ask(&app, &alice.id, CommandKind::Scale, &scale).await,
+        ask(&app, &alice.id, CommandKind::Restart, &restart).await,
+        ask(&app, &alice.id, CommandKind::Deploy, &deploy).await,
+    ] {
+        assert!(!r.ok, "{r:?}");
+        assert_eq!(r.status, 404, "{r:?}");
+    }
+    assert_eq!(
+        app.store.load(&id).await.unwrap().events.len(),
+        before,
+        "a refused command appended"
+    );
+    // Under its own owner the same command acts.
+    let r = ask(&app, &bob.id, CommandKind::Scale, &scale).await;
+    assert!(r.ok, "{r:?}");
 }

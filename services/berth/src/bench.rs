@@ -84,6 +84,8 @@ async fn run_each(
             log_file: dir.path().join("nats-server.log"),
             config_file: dir.path().join("nats-server.conf"),
             sync: *sync,
+            // A throwaway server on loopback for this run only.
+            authorization: None,
         };
         let nats = LocalNats::start(spec).await?;
         let url = parse_nats_urls(nats.url()).map_err(anyhow::Error::msg)?;

@@ -27,6 +27,11 @@ pub const NAMES: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct ComponentDeps {
     pub store: Arc<EventStore>,
+    /// The node's own store (its own NATS user) when it has one; else the
+    /// node shares `store`.
+    pub node_store: Option<Arc<EventStore>>,
+    /// The id the node's NATS credentials are bound to.
+    pub node_id: Option<berth_schemas::ids::NodeId>,
     /// Seals and opens secrets (registry tokens, hook keys).
     pub secret_key: Arc<SecretKey>,
     /// Every component's validated settings.
@@ -77,9 +82,29 @@ impl ComponentDeps {
             .context("opening the event store")?;
         Ok(Self {
             store: Arc::new(store),
+            node_store: None,
+            node_id: None,
             secret_key: Arc::new(secret_key),
             options,
         })
+    }
+
+    /// Opens the node's store on its own client (the streams exist: the
+    /// control plane's store provisioned them, and a node may not).
+    pub async fn open_node_store(
+        &mut self,
+        client: async_nats::Client,
+        config: &Config,
+    ) -> anyhow::Result<()> {
+        let store_config = StoreConfig {
+            replicas: config.replicas,
+            ..StoreConfig::default()
+        };
+        let store = EventStore::open(client, config.subjects.clone(), store_config)
+            .await
+            .context("opening the node's event store")?;
+        self.node_store = Some(Arc::new(store));
+        Ok(())
     }
 }
 
@@ -99,9 +124,18 @@ pub fn build(deps: &ComponentDeps, only: Option<&str>) -> anyhow::Result<Vec<Box
                         .context("building the resolver")?,
                 )),
                 "node" => Ok(Box::new(
-                    berth_node::Node::new(store(), key(), deps.options.node.clone())
-                        .with_checks(deps.options.node_checks.clone())
-                        .with_gc(deps.options.node_gc),
+                    berth_node::Node::new(
+                        (*deps
+                            .node_store
+                            .clone()
+                            .unwrap_or_else(|| deps.store.clone()))
+                        .clone(),
+                        key(),
+                        deps.options.node.clone(),
+                    )
+                    .with_checks(deps.options.node_checks.clone())
+                    .with_gc(deps.options.node_gc)
+                    .with_bound_id(deps.node_id.clone()),
                 )),
                 "scheduler" => Ok(Box::new(berth_scheduler::component(
                     store(),

@@ -10,13 +10,14 @@
 //! node` at once (exit 64); `berth up` says so and runs everything else, so
 //! the control plane still works and deploys wait for a node.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use berth_node::preflight::{self, Verdict};
 use berth_runtime::config::Problems;
 use berth_runtime::egress::AddressPolicy;
+use berth_runtime::nats_auth::{self, Creds};
 use berth_runtime::{
     install_metrics, run_components, Config, HttpServer, LocalNats, LocalNatsError, RunDeps,
     Shutdown,
@@ -25,6 +26,7 @@ use berth_runtime::{
 use crate::cli::{RunArgs, UpArgs};
 use crate::components::{self, ComponentDeps, Options};
 use crate::exit::Outcome;
+use crate::nats_users::{self, LocalUsers};
 use crate::secret::{self, KeySource};
 
 /// How long a nats-server we started gets to stop after SIGTERM.
@@ -179,8 +181,9 @@ async fn start(args: UpArgs, only: Option<String>) -> Outcome {
         }
         Err(e) => return Outcome::Failed(e),
     };
-    let mut local = None;
-    let result = serve(v, node_refused.as_deref(), &shutdown, &mut local).await;
+    let local = Arc::new(Mutex::new(None));
+    let result = serve(v, node_refused.as_deref(), &shutdown, &local).await;
+    let local = local.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(nats) = local {
         if let Err(e) = nats.stop(NATS_STOP_PATIENCE).await {
             tracing::warn!(error = %e, "stopping nats-server failed");
@@ -228,7 +231,7 @@ async fn serve(
     v: Validated,
     node_refused: Option<&str>,
     shutdown: &Shutdown,
-    local: &mut Option<LocalNats>,
+    local: &Arc<Mutex<Option<LocalNats>>>,
 ) -> anyhow::Result<()> {
     let mut config = v.config;
     std::fs::create_dir_all(&config.data_dir)
@@ -248,22 +251,69 @@ async fn serve(
     })?;
     let metrics = install_metrics()?;
 
-    *local = LocalNats::ensure(&config).await?;
-    if local.is_none() {
+    // Who connects as whom: BERTH_NATS_CREDS for a server berth did not
+    // start; for one it starts, the users it generates (the node with its
+    // own, the rest as the control plane).
+    let given = match &config.nats_creds {
+        Some(path) => Some(Creds::read(path)?),
+        None => None,
+    };
+    let node_runs = v.only.is_none_or(|c| c == "node") && node_refused.is_none();
+    let node_dir = nats_users::node_dir(&config, v.options.node.dir.as_deref());
+    let users = if given.is_none() && !berth_runtime::local_nats::any_answers(&config).await {
+        let node = node_runs
+            .then(|| berth_node::load_or_create_id(&node_dir))
+            .transpose()
+            .context("the node's id")?;
+        Some(Arc::new(LocalUsers::prepare(&config, node)?))
+    } else {
+        None
+    };
+    let authorization = users
+        .as_ref()
+        .map(|u| u.authorization(&u.saved_integrations()));
+    let started = LocalNats::ensure(&config, authorization).await?;
+    if started.is_none() {
         tracing::info!(
             nats.url = %config.nats_url,
             "using a running nats-server: its own sync_interval applies, not BERTH_NATS_SYNC_INTERVAL"
         );
     }
-    let client = async_nats::ConnectOptions::new()
-        .name(v.only.unwrap_or("berth up"))
-        .connection_timeout(Duration::from_secs(5))
-        .connect(config.nats_servers.clone())
+    let users = users.filter(|_| started.is_some());
+    *local.lock().unwrap_or_else(|p| p.into_inner()) = started;
+    let creds = given
+        .clone()
+        .or_else(|| users.as_ref().map(|u| u.control.clone()));
+    let name = v.only.unwrap_or("berth up");
+    let client = nats_auth::connect(config.nats_servers.clone(), name, creds.as_ref())
         .await
         .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
 
     let api_url = v.options.api.public_url();
-    let deps = ComponentDeps::open(client.clone(), &config, secret_key, v.options).await?;
+    let mut deps = ComponentDeps::open(client.clone(), &config, secret_key, v.options).await?;
+    // The node presents its own credentials, bound to its id.
+    let node_creds = users
+        .as_ref()
+        .and_then(|u| u.node.clone())
+        .or_else(|| given.filter(|c| c.node_id.is_some()));
+    if let Some(node_creds) = node_creds.filter(|_| node_runs) {
+        deps.node_id = node_creds.node_id.clone();
+        if users.is_some() {
+            let node_client =
+                nats_auth::connect(config.nats_servers.clone(), "berth node", Some(&node_creds))
+                    .await
+                    .context("connecting the node to NATS")?;
+            deps.open_node_store(node_client, &config).await?;
+        }
+    }
+    if let Some(users) = users.clone() {
+        let store = (*deps.store).clone();
+        let server = local.clone();
+        let token = shutdown.token();
+        shutdown.spawn("nats users", async move {
+            nats_users::follow_integrations(store, users, server, token).await;
+        });
+    }
     // The first owner and API key, written where the CLI finds them; only
     // where the API runs.
     let credentials = if v.only.is_none_or(|c| c == "api") {
@@ -285,7 +335,7 @@ async fn serve(
         &data_dir,
         &key_source,
         &config,
-        local.as_ref(),
+        local.lock().unwrap_or_else(|p| p.into_inner()).as_ref(),
         http_addr,
         &names,
         node_refused,
@@ -345,10 +395,19 @@ fn print_where_things_are(
         ),
         None => format!("{} (existing server)", config.nats_url),
     };
+    let creds = match (local, &config.nats_creds) {
+        (Some(_), _) => format!(
+            "{} (a user per role; anonymous clients refused)",
+            config.data_dir.join(nats_auth::CREDS_DIR).display()
+        ),
+        (None, Some(p)) => format!("{} (BERTH_NATS_CREDS)", p.display()),
+        (None, None) => "none (anonymous; set BERTH_NATS_CREDS for a server with users)".to_owned(),
+    };
     println!("berth is up");
     println!("  data dir:   {}", data_dir.display());
     println!("  secret key: {key}");
     println!("  nats:       {nats}");
+    println!("  nats creds: {creds}");
     println!("  subjects:   {}.*", config.subjects.prefix());
     println!("  health:     http://{http}/healthz");
     println!("  metrics:    http://{http}/metrics");

@@ -227,19 +227,35 @@ pub(crate) struct Setup {
     pub(crate) api_url: String,
     // Dropped in this order: berth up and its containers, then the dirs.
     pub(crate) cleanup: Cleanup,
-    _nats: berth_tests::NatsServer,
+    /// A server the test started; `None` when `berth up` started its own
+    /// (with a NATS user per role; it stops it on the way out).
+    _nats: Option<berth_tests::NatsServer>,
     _dir: tempfile::TempDir,
 }
 
 impl Setup {
-    /// Modern nats-server, anonymous registry.
+    /// `berth up` as a new user runs it: it starts its own nats-server
+    /// (the modern one on PATH) with users and permissions; anonymous
+    /// registry.
     pub(crate) async fn start() -> Self {
-        Self::start_with(berth_tests::NatsVersion::Modern, RegistryAuth::None).await
+        Self::start_on(None, RegistryAuth::None).await
     }
 
+    /// `berth up` on a running, anonymous nats-server of `version`.
     pub(crate) async fn start_with(version: berth_tests::NatsVersion, auth: RegistryAuth) -> Self {
-        require_root_and_runc();
         let nats = berth_tests::NatsServer::start(version).unwrap();
+        Self::start_on(Some(nats), auth).await
+    }
+
+    async fn start_on(nats: Option<berth_tests::NatsServer>, auth: RegistryAuth) -> Self {
+        require_root_and_runc();
+        let nats_url = match &nats {
+            Some(n) => n.url(),
+            None => format!(
+                "nats://127.0.0.1:{}",
+                berth_runtime::local_nats::free_port().unwrap()
+            ),
+        };
         let prefix = berth_tests::unique_prefix();
         let registry = berth_tests::registry::Registry::start(auth).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -249,12 +265,12 @@ impl Setup {
             child: None,
             data: data.clone(),
         };
-        cleanup.child = Some(start_up(&data, &nats.url(), &prefix, api_port).await);
+        cleanup.child = Some(start_up(&data, &nats_url, &prefix, api_port).await);
         Self {
             registry,
             cli: Cli {
                 data,
-                nats_url: nats.url(),
+                nats_url,
                 prefix,
             },
             api_url: format!("http://127.0.0.1:{api_port}"),
@@ -264,13 +280,31 @@ impl Setup {
         }
     }
 
-    /// SIGTERM to `berth up`, waiting for it to exit.
+    /// SIGTERM to `berth up`, waiting for it to exit. On a server `berth
+    /// up` started, no component may have been refused anything: each
+    /// role's permissions cover all it does.
     pub(crate) async fn stop(&mut self) {
         if let Some(mut child) = self.cleanup.child.take() {
             if let Some(pid) = child.id() {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
             }
             let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+        }
+        if self._nats.is_none() {
+            let log =
+                std::fs::read_to_string(self.cli.data.join("nats-server.log")).unwrap_or_default();
+            let refused: Vec<&str> = log
+                .lines()
+                // `Publish Violation`, `Subscription Violation`.
+                .filter(|l| l.contains(" Violation - "))
+                // Integrations are refused on purpose by the tests.
+                .filter(|l| !l.contains("user:int-"))
+                .collect();
+            assert!(
+                refused.is_empty(),
+                "berth's own components were refused:\n{}",
+                refused.join("\n")
+            );
         }
     }
 }

@@ -5,6 +5,7 @@ mod cli;
 mod cli_lifecycle;
 mod cli_support;
 mod deploy_config;
+mod integrations;
 mod node;
 mod preflight;
 mod up;

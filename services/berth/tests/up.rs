@@ -227,6 +227,7 @@ async fn up_uses_a_running_server_and_leaves_it_running() {
         log_file: dir.path().join("nats.log"),
         config_file: dir.path().join("nats.conf"),
         sync: None,
+        authorization: None,
     })
     .await
     .unwrap();

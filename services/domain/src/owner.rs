@@ -9,10 +9,10 @@
 use std::collections::BTreeMap;
 
 use berth_schemas::events::{
-    ApiKeyCreated, ApiKeyRevoked, NotificationSettingsChanged, OwnerCreated, ServiceNameClaimed,
-    ServiceNameReleased,
+    ApiKeyCreated, ApiKeyRevoked, IntegrationCreated, IntegrationRevoked,
+    NotificationSettingsChanged, OwnerCreated, ServiceNameClaimed, ServiceNameReleased,
 };
-use berth_schemas::ids::{ApiKeyId, OwnerId, ServiceId};
+use berth_schemas::ids::{ApiKeyId, IntegrationId, OwnerId, ServiceId};
 use berth_schemas::model::{NotifySetting, Sealed};
 use berth_schemas::{Envelope, Event};
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,22 @@ pub struct ApiKey {
     pub sha256: String,
     pub revoked: bool,
 }
+
+/// An integration: NATS credentials bound to this owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Integration {
+    pub name: String,
+    /// The NATS user.
+    pub user: String,
+    /// bcrypt hash of its password.
+    pub password_bcrypt: String,
+    pub revoked: bool,
+}
+
+/// Integrations an owner may have at once (each is a NATS user every
+/// server holds in memory).
+pub const MAX_INTEGRATIONS: usize = 50;
 
 /// Default deploy notification setting and channels (SPEC §9).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +71,8 @@ pub struct OwnerState {
     /// Service name → the service holding it.
     pub service_names: BTreeMap<String, ServiceId>,
     pub notifications: NotificationSettings,
+    #[serde(default)]
+    pub integrations: BTreeMap<IntegrationId, Integration>,
 }
 
 impl OwnerState {
@@ -88,6 +106,17 @@ pub enum Command {
     RevokeApiKey {
         key: ApiKeyId,
     },
+    /// Record a new integration by its user and password hash (the
+    /// password is shown once, by the caller).
+    CreateIntegration {
+        integration: IntegrationId,
+        name: String,
+        user: String,
+        password_bcrypt: String,
+    },
+    RevokeIntegration {
+        integration: IntegrationId,
+    },
     /// Take a name for a service (create or rename).
     ClaimServiceName {
         name: String,
@@ -118,6 +147,21 @@ pub fn apply(mut s: OwnerState, event: &Event) -> OwnerState {
         Event::ApiKeyRevoked(e) => {
             if let Some(k) = s.api_keys.get_mut(&e.key) {
                 k.revoked = true;
+            }
+        }
+        Event::IntegrationCreated(e) => {
+            s.integrations
+                .entry(e.integration.clone())
+                .or_insert_with(|| Integration {
+                    name: e.name.clone(),
+                    user: e.user.clone(),
+                    password_bcrypt: e.password_bcrypt.clone(),
+                    revoked: false,
+                });
+        }
+        Event::IntegrationRevoked(e) => {
+            if let Some(i) = s.integrations.get_mut(&e.integration) {
+                i.revoked = true;
             }
         }
         Event::ServiceNameClaimed(e) => {
@@ -203,6 +247,57 @@ pub fn decide(state: &OwnerState, command: Command, _ctx: &Ctx) -> Result<Vec<Ev
             None => Err(DomainError::not_found("API key", &key)),
             Some(k) if k.revoked => Ok(vec![]),
             Some(_) => Ok(vec![ApiKeyRevoked { key }.into()]),
+        },
+        Command::CreateIntegration {
+            integration,
+            name,
+            user,
+            password_bcrypt,
+        } => {
+            if name.trim().is_empty() || name.chars().count() > LABEL_MAX {
+                return Err(DomainError::invalid(
+                    "name",
+                    format!("must be 1–{LABEL_MAX} characters, not blank"),
+                ));
+            }
+            if let Some(existing) = state.integrations.get(&integration) {
+                return if existing.user == user && existing.password_bcrypt == password_bcrypt {
+                    Ok(vec![])
+                } else {
+                    Err(DomainError::conflict(format!(
+                        "integration id {integration} is already used"
+                    )))
+                };
+            }
+            let active: Vec<_> = state.integrations.values().filter(|i| !i.revoked).collect();
+            if active.iter().any(|i| i.name == name) {
+                return Err(DomainError::conflict(format!(
+                    "an integration named {name:?} exists"
+                )));
+            }
+            if active.len() >= MAX_INTEGRATIONS {
+                return Err(DomainError::conflict(format!(
+                    "an owner may have at most {MAX_INTEGRATIONS} integrations; revoke one first"
+                )));
+            }
+            if !password_bcrypt.starts_with("$2") {
+                return Err(DomainError::invalid(
+                    "passwordBcrypt",
+                    "must be a bcrypt hash",
+                ));
+            }
+            Ok(vec![IntegrationCreated {
+                integration,
+                name,
+                user,
+                password_bcrypt,
+            }
+            .into()])
+        }
+        Command::RevokeIntegration { integration } => match state.integrations.get(&integration) {
+            None => Err(DomainError::not_found("integration", &integration)),
+            Some(i) if i.revoked => Ok(vec![]),
+            Some(_) => Ok(vec![IntegrationRevoked { integration }.into()]),
         },
         Command::ClaimServiceName { name, service } => {
             validate::name(&name)?;

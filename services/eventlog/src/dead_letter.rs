@@ -31,7 +31,7 @@ use crate::{EventStore, StoreError};
 
 /// The stream that keeps the work stream's max-deliveries advisories.
 pub(crate) fn advisory_stream(subjects: &Subjects) -> String {
-    format!("{}_MAXDELIVER", subjects.work_stream())
+    subjects.work_advisory_stream()
 }
 
 /// Advisory subject for one consumer of the work stream (`*` for all).

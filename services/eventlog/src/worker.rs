@@ -132,6 +132,12 @@ pub struct WorkerConfig {
     /// How long in-flight jobs may run after shutdown before they are
     /// nak'ed (`Duration::MAX`: wait for them however long they take).
     pub grace: Duration,
+    /// Whether this worker parks its own exhausted jobs from the
+    /// max-deliveries advisories (work-stream queues only). A node does not:
+    /// that road reads work-stream messages by sequence, which would let it
+    /// read any queue; the control plane drains a node's advisories for it
+    /// ([`EventStore::drain_advisories`]).
+    pub park_by_advisory: bool,
 }
 
 impl WorkerConfig {
@@ -166,11 +172,23 @@ impl WorkerConfig {
             concurrency: 8,
             retry_delay: Duration::from_secs(1),
             grace: Duration::from_secs(10),
+            park_by_advisory: true,
         }
     }
 }
 
 impl EventStore {
+    /// Parks the exhausted jobs of another process's work-stream consumer
+    /// (one that runs with `park_by_advisory: false`, like a node's) until
+    /// `shutdown`: the same road that worker would take itself.
+    pub async fn drain_advisories(
+        &self,
+        consumer: &str,
+        shutdown: CancellationToken,
+    ) -> Result<(), StoreError> {
+        crate::dead_letter::run_advisories(self.clone(), consumer.to_owned(), shutdown).await
+    }
+
     /// Puts a job on `queue`, serialised with other jobs of `key`;
     /// `idempotency_key` dedupes repeated enqueues. Returns the stream sequence.
     pub async fn enqueue(
@@ -274,14 +292,14 @@ impl Worker {
         // Aborted with the worker: a killed worker takes it along. Work
         // stream only: the advisory stream captures nothing else.
         let advisories = match cfg.source {
-            WorkSource::Queue(_) => Some(AbortOnDropHandle::new(tokio::spawn(
-                crate::dead_letter::run_advisories(
+            WorkSource::Queue(_) if cfg.park_by_advisory => Some(AbortOnDropHandle::new(
+                tokio::spawn(crate::dead_letter::run_advisories(
                     store.clone(),
                     cfg.consumer.clone(),
                     shutdown.clone(),
-                ),
-            ))),
-            WorkSource::Stream { .. } => None,
+                )),
+            )),
+            WorkSource::Queue(_) | WorkSource::Stream { .. } => None,
         };
         let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
         let keys = KeyLocks::default();

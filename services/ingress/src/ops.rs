@@ -6,8 +6,8 @@
 //! Each is one decision on the service's subject. The owner check happens
 //! inside that decision (against the state the append is conditional on),
 //! so another owner's service is "not found" and nothing is appended.
-//! Bus commands come from trusted internal services and carry no owner:
-//! they act with [`Scope::Bus`].
+//! Bus commands come from integrations bound to one owner: they act with
+//! [`Scope::Bus`] of that owner, and another owner's service is not found.
 
 use berth_domain::owner::{self, OwnerState};
 use berth_domain::service::{self, DeployRequest, ServiceState};
@@ -29,22 +29,24 @@ use crate::{exec, Caller, Ingress, IngressError};
 pub enum Scope<'a> {
     /// An operator (API key): only the owner's services exist for it.
     Owner(&'a Caller),
-    /// An internal service on the bus: any service, actor `bus`.
-    Bus,
+    /// An integration on the bus, bound to one owner by its NATS
+    /// credentials (the owner is in the command's subject): only that
+    /// owner's services exist for it; actor `bus`.
+    Bus(&'a OwnerId),
 }
 
 impl Scope<'_> {
     fn owner(&self) -> Option<&OwnerId> {
         match self {
             Scope::Owner(c) => Some(&c.owner),
-            Scope::Bus => None,
+            Scope::Bus(o) => Some(o),
         }
     }
 
     fn actor(&self) -> Actor {
         match self {
             Scope::Owner(c) => c.actor.clone(),
-            Scope::Bus => Actor::Bus,
+            Scope::Bus(_) => Actor::Bus,
         }
     }
 }

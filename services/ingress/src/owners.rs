@@ -110,7 +110,7 @@ fn new_api_key() -> Secret {
 }
 
 impl Ingress {
-    async fn owner_decide(
+    pub(crate) async fn owner_decide(
         &self,
         owner: &OwnerId,
         key: &str,
@@ -130,7 +130,7 @@ impl Ingress {
     }
 
     /// The owner's current state; one that was never created is not found.
-    async fn load_owner(&self, owner: &OwnerId) -> Result<OwnerState, IngressError> {
+    pub(crate) async fn load_owner(&self, owner: &OwnerId) -> Result<OwnerState, IngressError> {
         let state: OwnerState = self
             .load_fold(&AggregateId::Owner(owner.clone()), owner::fold)
             .await?;

@@ -91,15 +91,34 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
 
 /// The node's id, created in `dir/node-id` on the first start.
 pub fn load_or_create_id(dir: &Path) -> Result<NodeId, NodeError> {
+    load_or_adopt_id(dir, None)
+}
+
+/// The node's id in `dir`; a node without one takes `given` (the id its
+/// NATS credentials are bound to), else a fresh one. A node whose id is not
+/// `given` is refused: its credentials would not let it take its own work.
+pub fn load_or_adopt_id(dir: &Path, given: Option<&NodeId>) -> Result<NodeId, NodeError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let path = dir.join("node-id");
     match std::fs::read_to_string(&path) {
-        Ok(s) => s.trim().parse().map_err(|e| NodeError::BadId {
-            path: path.clone(),
-            reason: format!("{e}"),
-        }),
+        Ok(s) => {
+            let id: NodeId = s.trim().parse().map_err(|e| NodeError::BadId {
+                path: path.clone(),
+                reason: format!("{e}"),
+            })?;
+            match given {
+                Some(g) if *g != id => Err(NodeError::BadId {
+                    path: path.clone(),
+                    reason: format!(
+                        "this node is {id} but its NATS credentials are for {g}: use that node's \
+                         credentials, or another BERTH_NODE_DIR"
+                    ),
+                }),
+                _ => Ok(id),
+            }
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let id = NodeId::generate();
+            let id = given.cloned().unwrap_or_else(NodeId::generate);
             let tmp = dir.join("node-id.tmp");
             std::fs::write(&tmp, format!("{id}\n")).map_err(io(&tmp))?;
             std::fs::rename(&tmp, &path).map_err(io(&path))?;
@@ -114,7 +133,7 @@ const FORWARD_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The work queue of a node.
 pub fn queue(node: &NodeId) -> String {
-    format!("node.{node}")
+    berth_schemas::Subjects::node_queue(node)
 }
 
 /// The `node` component.
@@ -125,6 +144,8 @@ pub struct Node {
     opts: NodeOptions,
     checks: NodeChecks,
     gc: GcOptions,
+    /// The id the node's NATS credentials are bound to, if any.
+    bound_id: Option<NodeId>,
 }
 
 impl Node {
@@ -136,7 +157,15 @@ impl Node {
             opts,
             checks: NodeChecks::default(),
             gc: GcOptions::default(),
+            bound_id: None,
         }
+    }
+
+    /// Binds the node to the id its NATS credentials name: a node dir
+    /// without an id takes it, one with another id is refused at start.
+    pub fn with_bound_id(mut self, id: Option<NodeId>) -> Self {
+        self.bound_id = id;
+        self
     }
 
     /// Sets when and how far the content store is collected
@@ -161,7 +190,11 @@ impl Node {
             .clone()
             .unwrap_or_else(|| ctx.config.data_dir.join("node"));
         let ready = ctx.ready.clone();
-        self.serve(ctx.client, dir, ctx.shutdown, move |r| ready.set(r))
+        // The store's client: it presents the node's own credentials, which
+        // may not be the process's (`berth up` runs the control plane
+        // beside the node).
+        let client = self.store.client().clone();
+        self.serve(client, dir, ctx.shutdown, move |r| ready.set(r))
             .await
     }
 
@@ -184,7 +217,7 @@ impl Node {
             tracing::warn!(warning = %warning, "node preflight");
         }
         let subjects = self.store.subjects().clone();
-        let id = load_or_create_id(&dir)?;
+        let id = load_or_adopt_id(&dir, self.bound_id.as_ref())?;
         self.register(&id).await?;
 
         let content = ContentStore::open(dir.join("store"), VerifyPolicy::Size)?;
@@ -266,7 +299,10 @@ impl Node {
             max_deliver: self.opts.max_deliver,
             concurrency: self.opts.concurrency,
             // Consumer names cannot contain dots.
-            consumer: format!("node-{id}"),
+            consumer: berth_schemas::Subjects::node_consumer(&id),
+            // The scheduler parks what this queue exhausts: that road reads
+            // the work stream by sequence, which a node may not.
+            park_by_advisory: false,
             ..WorkerConfig::new(&q)
         };
         ready(true);

@@ -1,16 +1,20 @@
 //! The integration stream (SPEC §14, docs/integration.md): every timeline
-//! event published as JSON on `<prefix>.events.<service id>` for
-//! notification bridges. A durable consumer on the log's service subjects
+//! event published as JSON on `<prefix>.events.<owner id>.<service id>`
+//! for integrations and notification bridges (the owner in the subject is
+//! what an integration's NATS permissions bind it to). A durable consumer on the log's service subjects
 //! drives it, one commit at a time in log order, acknowledged only after the
 //! server has the publications (a round trip), so a crash republishes rather than
 //! skips: at least once, with `Nats-Msg-Id` = the event id for dedupe.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use async_nats::HeaderMap;
+use berth_domain::service::{self, ServiceState};
 use berth_eventlog::worker::{Job, WorkError, WorkHandler, Worker};
 use berth_eventlog::EventStore;
-use berth_schemas::Commit;
+use berth_schemas::ids::{OwnerId, ServiceId};
+use berth_schemas::{AggregateId, Commit, Event};
 
 use crate::timeline::TimelineEvent;
 
@@ -18,12 +22,62 @@ use crate::timeline::TimelineEvent;
 #[derive(Debug, Clone)]
 pub struct Publisher {
     store: EventStore,
+    /// Each service's owner (it never changes), bounded.
+    owners: Arc<Mutex<HashMap<ServiceId, OwnerId>>>,
 }
+
+/// Services whose owner is remembered; beyond it the map starts over.
+const OWNERS_CACHED: usize = 10_000;
 
 impl Publisher {
     /// A publisher on `store`'s connection and prefix.
     pub fn new(store: EventStore) -> Self {
-        Self { store }
+        Self {
+            store,
+            owners: Arc::default(),
+        }
+    }
+
+    /// The owner of `service`: from the commit when it creates the service,
+    /// else remembered, else from the service's aggregate.
+    async fn owner(
+        &self,
+        service: &ServiceId,
+        commit: &Commit,
+    ) -> Result<Option<OwnerId>, WorkError> {
+        let created = commit.events.iter().find_map(|e| match &e.event {
+            Event::ServiceCreated(c) => Some(c.owner.clone()),
+            _ => None,
+        });
+        let known = self
+            .owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(service)
+            .cloned();
+        let owner = match created.or(known) {
+            Some(o) => Some(o),
+            None => {
+                let loaded = self
+                    .store
+                    .load(&AggregateId::Service(service.clone()))
+                    .await
+                    .map_err(|e| WorkError::Retry(e.to_string()))?;
+                let state = loaded
+                    .events
+                    .iter()
+                    .fold(ServiceState::default(), service::fold);
+                state.config.map(|c| c.owner)
+            }
+        };
+        if let Some(o) = &owner {
+            let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+            if owners.len() >= OWNERS_CACHED {
+                owners.clear();
+            }
+            owners.insert(service.clone(), o.clone());
+        }
+        Ok(owner)
     }
 
     /// The durable consumer (`consumer`) on the log's service subjects; one
@@ -58,10 +112,14 @@ impl Publisher {
             let Some(t) = TimelineEvent::from_envelope(env) else {
                 continue;
             };
-            let Ok(service) = t.service_id.parse() else {
+            let Ok(service) = t.service_id.parse::<ServiceId>() else {
                 continue;
             };
-            let subject = self.store.subjects().service_events(&service);
+            let Some(owner) = self.owner(&service, &commit).await? else {
+                tracing::warn!(service.id = %service, "service has no owner in the log; its event is not published");
+                continue;
+            };
+            let subject = self.store.subjects().service_events(&owner, &service);
             let body = serde_json::to_vec(&t).map_err(|e| WorkError::Fatal(e.to_string()))?;
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", t.id.as_str());

@@ -254,7 +254,7 @@ async fn timeline_in_order_with_filters_and_on_the_integration_stream() -> Resul
         .cloned()
         .collect();
     assert_eq!(mine, all);
-    let want = store.subjects().service_events(&svc);
+    let want = store.subjects().service_events(&owner, &svc);
     assert_eq!(subjects.iter().filter(|s| **s == want).count(), all.len());
     notifier.stop().await?;
     // Nothing more than once while running.
@@ -271,7 +271,7 @@ async fn the_integration_stream_resumes_after_a_restart_without_loss() -> Result
     let owner = owner(store, key, NotifySetting::None, &Channels::default()).await?;
     let (svc, mut v) = service(store, key, &owner, None).await?;
     let mut sub = client
-        .subscribe(store.subjects().service_events(&svc))
+        .subscribe(store.subjects().service_events(&owner, &svc))
         .await?;
     client.flush().await?;
     let start = || w.notifier(crate::notify::test_options());

@@ -23,6 +23,12 @@ pub struct RawConfig {
     #[arg(long, env = "BERTH_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
 
+    /// File with this process's NATS credentials (JSON: user, password,
+    /// inbox prefix; mode 0600). `berth up` generates one per role under
+    /// `<data dir>/nats-creds/` for a nats-server it starts.
+    #[arg(long, env = "BERTH_NATS_CREDS")]
+    pub nats_creds: Option<String>,
+
     /// Directory for local state: the secret key, a local nats-server's store.
     #[arg(long, env = "BERTH_DATA_DIR", default_value = "./.berth")]
     pub data_dir: String,
@@ -83,6 +89,8 @@ pub struct Config {
     pub nats_servers: Vec<ServerAddr>,
     /// The URL as given, for messages.
     pub nats_url: String,
+    /// `BERTH_NATS_CREDS`: the credentials file to connect with.
+    pub nats_creds: Option<PathBuf>,
     /// Local state directory.
     pub data_dir: PathBuf,
     /// Subject and stream names.
@@ -256,6 +264,12 @@ impl RawConfig {
         Some(Config {
             nats_servers: nats_servers?,
             nats_url: self.nats_url.clone(),
+            nats_creds: self
+                .nats_creds
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
             data_dir: data_dir?,
             subjects: subjects?,
             http_addr: http_addr?,
@@ -281,6 +295,17 @@ pub fn parse_nats_urls(s: &str) -> Result<Vec<ServerAddr>, String> {
             return Err(format!(
                 "{part:?} is not a NATS URL (expected nats://host:port)"
             ));
+        }
+        if part
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.split('/').next().unwrap_or_default().contains('@'))
+        {
+            // Never echoed: the part holds a password.
+            return Err(
+                "a NATS URL must not carry a user or password: put them in a \
+                        credentials file named by BERTH_NATS_CREDS"
+                    .to_owned(),
+            );
         }
         let addr: ServerAddr = part
             .parse()
@@ -384,6 +409,11 @@ mod tests {
             Ok(2)
         );
         assert!(parse_nats_urls("garbage").is_err());
+        let err = parse_nats_urls("nats://u:s3cret@h:1").err();
+        assert!(
+            err.as_ref().is_some_and(|e| !e.contains("s3cret")),
+            "{err:?}"
+        );
         assert!(parse_nats_urls("http://x:1").is_err());
         assert!(parse_nats_urls("nats://a:1,").is_err());
     }

@@ -14,6 +14,7 @@ pub mod egress;
 pub mod http;
 pub mod http1;
 pub mod local_nats;
+pub mod nats_auth;
 pub mod run;
 pub mod secrets;
 pub mod shutdown;

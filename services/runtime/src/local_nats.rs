@@ -145,6 +145,16 @@ fn is_executable(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether a NATS server answers at any of `config`'s URLs.
+pub async fn any_answers(config: &Config) -> bool {
+    for addr in &config.nats_servers {
+        if probe(addr.host(), addr.port()).await == Probe::Nats {
+            return true;
+        }
+    }
+    false
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> std::io::Result<u16> {
     let l = std::net::TcpListener::bind(("127.0.0.1", 0))?;
@@ -179,6 +189,10 @@ pub struct NatsServerSpec {
     /// JetStream's fsync policy; `None` leaves the server's own default
     /// (2 minutes from 2.10; 60 s before), for comparisons only.
     pub sync: Option<SyncInterval>,
+    /// The `authorization` block (users and permissions,
+    /// [`crate::nats_auth::authorization_block`]); `None` lets anonymous
+    /// clients do anything (benchmarks only).
+    pub authorization: Option<String>,
 }
 
 impl NatsServerSpec {
@@ -193,6 +207,7 @@ impl NatsServerSpec {
             log_file: config.data_dir.join("nats-server.log"),
             config_file: config.data_dir.join("nats-server.conf"),
             sync: Some(config.nats_sync),
+            authorization: None,
         }
     }
 }
@@ -211,7 +226,10 @@ pub struct LocalNats {
 impl LocalNats {
     /// Makes sure a NATS server answers at `config`'s URL: `None` when one
     /// already does, else a server we started (loopback URLs only).
-    pub async fn ensure(config: &Config) -> Result<Option<LocalNats>, LocalNatsError> {
+    pub async fn ensure(
+        config: &Config,
+        authorization: Option<String>,
+    ) -> Result<Option<LocalNats>, LocalNatsError> {
         let url = config.nats_url.clone();
         let mut not_nats = false;
         for addr in &config.nats_servers {
@@ -231,9 +249,11 @@ impl LocalNats {
             return Err(LocalNatsError::NotLoopback { url });
         }
         let binary = find_on_path("nats-server").ok_or(LocalNatsError::NotInstalled { url })?;
-        Self::start(NatsServerSpec::for_config(config, binary, addr))
-            .await
-            .map(Some)
+        let spec = NatsServerSpec {
+            authorization,
+            ..NatsServerSpec::for_config(config, binary, addr)
+        };
+        Self::start(spec).await.map(Some)
     }
 
     /// Writes `spec`'s config file, starts the server from it and waits (up
@@ -253,7 +273,9 @@ impl LocalNats {
         };
         let text = config_text(&spec, sync)
             .ok_or_else(|| config_err("a path or host has a control character".to_owned()))?;
-        std::fs::write(&spec.config_file, text).map_err(|e| config_err(e.to_string()))?;
+        // 0600: it holds the users' password hashes.
+        crate::nats_auth::write_private(&spec.config_file, text.as_bytes())
+            .map_err(|e| config_err(e.to_string()))?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -330,6 +352,31 @@ impl LocalNats {
         &self.spec
     }
 
+    /// Rewrites the config file with another `authorization` block and
+    /// tells the server to reload it (SIGHUP): users added or removed take
+    /// effect without a restart; connections of removed users are closed.
+    pub fn reload_authorization(&mut self, authorization: String) -> Result<(), LocalNatsError> {
+        let config_err = |reason: String| LocalNatsError::Config {
+            path: self.spec.config_file.clone(),
+            reason,
+        };
+        self.spec.authorization = Some(authorization);
+        let text = config_text(&self.spec, self.sync)
+            .ok_or_else(|| config_err("a path or host has a control character".to_owned()))?;
+        crate::nats_auth::write_private(&self.spec.config_file, text.as_bytes())
+            .map_err(|e| config_err(e.to_string()))?;
+        let pid = self
+            .child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| config_err("nats-server is not running".to_owned()))?;
+        use nix::sys::signal::{kill, Signal};
+        kill(nix::unistd::Pid::from_raw(pid), Signal::SIGHUP)
+            .map_err(|e| config_err(format!("SIGHUP to nats-server: {e}")))?;
+        tracing::info!(config = %self.spec.config_file.display(), "nats-server users reloaded");
+        Ok(())
+    }
+
     /// The `sync_interval` the server runs with; `None` for its own default
     /// (asked for, or met by a pre-2.10 server's fixed 60 s).
     pub fn sync(&self) -> Option<SyncInterval> {
@@ -397,6 +444,7 @@ mod tests {
             log_file: dir.path().join("log"),
             config_file: dir.path().join("nats.conf"),
             sync: None,
+            authorization: None,
         })
         .await
         .unwrap();

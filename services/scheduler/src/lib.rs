@@ -84,6 +84,9 @@ pub(crate) struct Inner {
     locks: Mutex<HashMap<ServiceId, Arc<tokio::sync::Mutex<()>>>>,
     /// Services with a timer pending, and when it fires.
     timers: Mutex<HashMap<ServiceId, tokio::time::Instant>>,
+    /// Nodes whose exhausted work this copy parks (a node may not read the
+    /// work stream by sequence, so it does not park its own).
+    parking: Mutex<std::collections::HashSet<NodeId>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
     me: std::sync::Weak<Inner>,
@@ -172,6 +175,7 @@ impl Scheduler {
             opts: self.opts.clone(),
             locks: Mutex::default(),
             timers: Mutex::default(),
+            parking: Mutex::default(),
             tasks: TaskTracker::new(),
             shutdown: shutdown.clone(),
             me: me.clone(),
@@ -348,6 +352,7 @@ async fn listen(inner: Arc<Inner>, mut sub: async_nats::Subscriber, shutdown: Ca
                 continue;
             }
         };
+        park_exhausted_work(&inner, &hb.node);
         if inner.cluster.heard(&hb.node) {
             recover_or_load(&inner, &hb.node).await;
         }
@@ -355,6 +360,28 @@ async fn listen(inner: Arc<Inner>, mut sub: async_nats::Subscriber, shutdown: Ca
             stop_orphan(&inner, &hb.node, service, instance).await;
         }
     }
+}
+
+/// Parks the work `node` ran out of deliveries for, from the first
+/// heartbeat on (once per node in this copy; copies share the consumer).
+fn park_exhausted_work(inner: &Arc<Inner>, node: &NodeId) {
+    let first = inner
+        .parking
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(node.clone());
+    if !first {
+        return;
+    }
+    let store = inner.store.clone();
+    let consumer = berth_schemas::Subjects::node_consumer(node);
+    let shutdown = inner.shutdown.clone();
+    let node = node.clone();
+    inner.tasks.spawn(async move {
+        if let Err(e) = store.drain_advisories(&consumer, shutdown).await {
+            tracing::warn!(node.id = %node, error = %e, "exhausted work of this node is not parked");
+        }
+    });
 }
 
 /// A node that was lost came back still running an instance the log moved

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use berth_ingress::{ChannelSecrets, CredentialView, NewCredential, OwnerNotifications, Rotation};
 use berth_runtime::Secret;
-use berth_schemas::ids::{ApiKeyId, CredentialId};
+use berth_schemas::ids::{ApiKeyId, CredentialId, IntegrationId};
 use berth_schemas::model::{NotifySetting, RegistryKind};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -213,6 +213,58 @@ pub async fn revoke_api_key(
     let key: ApiKeyId = id.parse().map_err(|_| ApiError::not_found("API key"))?;
     st.ingress
         .revoke_api_key(&caller.owner, &key, &caller.actor)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IntegrationBody {
+    pub name: String,
+}
+
+/// POST /v1/integrations: NATS credentials bound to the caller's owner,
+/// shown once (the `credentials` object is the file an integration
+/// connects with).
+pub async fn create_integration(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    JsonBody(body): JsonBody<IntegrationBody>,
+) -> Result<Response, ApiError> {
+    let (view, creds) = st
+        .ingress
+        .create_integration(&caller.owner, &body.name, &caller.actor)
+        .await?;
+    let mut out = json!(view);
+    out["credentials"] = json!(creds);
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+/// GET /v1/integrations (`limit`, `cursor` = the last integration id seen).
+pub async fn list_integrations(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    QueryParams(page): QueryParams<Page>,
+) -> Result<Json<Value>, ApiError> {
+    let all = st.ingress.list_integrations(&caller.owner).await?;
+    let items = all.into_iter().map(|i| (i.id.to_string(), i)).collect();
+    Ok(Json(Value::Array(
+        page.apply(items)?
+            .into_iter()
+            .map(|(_, i)| json!(i))
+            .collect(),
+    )))
+}
+
+/// DELETE /v1/integrations/{id}
+pub async fn revoke_integration(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id: IntegrationId = id.parse().map_err(|_| ApiError::not_found("integration"))?;
+    st.ingress
+        .revoke_integration(&caller.owner, &id, &caller.actor)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

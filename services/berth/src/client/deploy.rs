@@ -158,13 +158,7 @@ impl Pulls {
             let service: ServiceId = id.parse().ok()?;
             let subjects = Subjects::new(&api.opts.subject_prefix).ok()?;
             let subject = subjects.aggregate(&AggregateId::Service(service));
-            let client = tokio::time::timeout(
-                Duration::from_secs(2),
-                async_nats::connect(api.opts.nats_url.as_str()),
-            )
-            .await
-            .ok()?
-            .ok()?;
+            let client = api.opts.nats().await.ok()?;
             client.subscribe(subject).await.ok()
         }
         .await;

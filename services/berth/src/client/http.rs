@@ -342,6 +342,7 @@ mod tests {
             data_dir: dir.path().to_path_buf(),
             json: false,
             nats_url: String::new(),
+            nats_creds: None,
             subject_prefix: "berth".into(),
         };
         // Only when the variable is unset; the test process may have it.

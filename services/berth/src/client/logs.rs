@@ -55,15 +55,12 @@ pub async fn run(id: &str, args: LogsArgs, opts: &ClientOpts) -> Result<(), Clie
         )));
     }
     let subject = format!("{}.logs.{id}.{instance}", subjects.prefix());
-    let client = tokio::time::timeout(
-        Duration::from_secs(5),
-        // No retry on the first connect: an unreachable server must fail
-        // here, not leave us listening to nothing.
-        async_nats::connect(opts.nats_url.as_str()),
-    )
-    .await
-    .map_err(|_| unreachable_nats(&opts.nats_url, "timed out"))?
-    .map_err(|e| unreachable_nats(&opts.nats_url, &e.to_string()))?;
+    // No retry on the first connect: an unreachable server must fail here,
+    // not leave us listening to nothing.
+    let client = opts
+        .nats()
+        .await
+        .map_err(|e| unreachable_nats(&opts.nats_url, &e))?;
     let mut sub = client
         .subscribe(subject.clone())
         .await

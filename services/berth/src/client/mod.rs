@@ -15,6 +15,7 @@ pub mod cron;
 pub mod deploy;
 pub mod hook;
 pub mod http;
+pub mod integration;
 pub mod logs;
 pub mod output;
 pub mod service;
@@ -60,6 +61,11 @@ pub struct ClientOpts {
     )]
     pub nats_url: String,
 
+    /// NATS credentials for `service logs` and pull progress [default:
+    /// the operator credentials `berth up` keeps in its data dir].
+    #[arg(long, env = "BERTH_NATS_CREDS", global = true)]
+    pub nats_creds: Option<PathBuf>,
+
     /// The installation's subject prefix (as given to `berth up`).
     #[arg(
         long,
@@ -68,6 +74,35 @@ pub struct ClientOpts {
         global = true
     )]
     pub subject_prefix: String,
+}
+
+impl ClientOpts {
+    /// Connects to the installation's NATS server as the operator: with
+    /// `BERTH_NATS_CREDS`, else the operator credentials `berth up` keeps in
+    /// the data dir, else anonymously (a server without users).
+    pub async fn nats(&self) -> Result<async_nats::Client, String> {
+        use berth_runtime::nats_auth::{self, Creds, Role};
+        let servers = berth_runtime::config::parse_nats_urls(&self.nats_url)?;
+        let path = self
+            .nats_creds
+            .clone()
+            .unwrap_or_else(|| nats_auth::creds_path(&self.data_dir, &Role::Operator));
+        let creds = match Creds::read(&path) {
+            Ok(c) => Some(c),
+            Err(nats_auth::CredsError::Io { source, .. })
+                if self.nats_creds.is_none() && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                None
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        let connect = nats_auth::connect(servers, "berth cli", creds.as_ref());
+        match tokio::time::timeout(std::time::Duration::from_secs(5), connect).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".to_owned()),
+        }
+    }
 }
 
 /// The client subcommands, flattened into the top-level command line.
@@ -83,6 +118,9 @@ pub enum ClientCommand {
     Cron(cron::CronArgs),
     /// API keys of your owner.
     Apikey(apikey::ApiKeyArgs),
+    /// NATS credentials for programs that send bus commands and read your
+    /// service events.
+    Integration(integration::IntegrationArgs),
 }
 
 /// Runs one client command and returns its exit code.
@@ -103,6 +141,7 @@ pub fn main(cmd: ClientCommand) -> ExitCode {
             ClientCommand::Hook(a) => hook::run(a).await,
             ClientCommand::Cron(a) => cron::run(a).await,
             ClientCommand::Apikey(a) => apikey::run(a).await,
+            ClientCommand::Integration(a) => integration::run(a).await,
         }
     });
     match result {
@@ -112,7 +151,14 @@ pub fn main(cmd: ClientCommand) -> ExitCode {
 }
 
 /// The top-level names of the client commands (for [`parse_failed`]).
-const CLIENT_COMMANDS: &[&str] = &["service", "credential", "hook", "cron", "apikey"];
+const CLIENT_COMMANDS: &[&str] = &[
+    "service",
+    "credential",
+    "hook",
+    "cron",
+    "apikey",
+    "integration",
+];
 
 /// Reports a command line clap refused. Help and version print and exit 0;
 /// a bad client command line exits 64 (the client's usage code); any other

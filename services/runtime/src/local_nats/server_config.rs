@@ -175,8 +175,13 @@ pub(super) fn config_text(spec: &NatsServerSpec, sync: Option<SyncInterval>) -> 
          jetstream {{\n\
          \x20 store_dir: {store}\n\
          {sync}\
-         }}\n",
+         }}\n\
+         {auth}",
         port = spec.port,
+        auth = spec
+            .authorization
+            .as_deref()
+            .unwrap_or("# No authorization block: anonymous clients may do anything.\n"),
     ))
 }
 

@@ -1,0 +1,409 @@
+//! The NATS users berth generates, on a real nats-server of each version the
+//! suite uses: an anonymous client is refused, each role can do its job, and
+//! each forbidden action is refused by the server (a permissions violation
+//! reported to the client) with no effect.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use berth_eventlog::{EventStore, NewEvent, StoreConfig, Version};
+use berth_runtime::nats_auth::{authorization_block, Creds, Role};
+use berth_schemas::events::{ApiKeyCreated, InstanceCountChanged};
+use berth_schemas::ids::{ApiKeyId, IntegrationId, NodeId, OwnerId, ServiceId, UserId};
+use berth_schemas::subjects::CommandKind;
+use berth_schemas::{Actor, AggregateId, Subjects};
+use berth_tests::{NatsServer, NatsVersion};
+use futures::StreamExt;
+
+/// A client that records the errors the server reports to it.
+struct Client {
+    nats: async_nats::Client,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl Client {
+    async fn connect(url: &str, creds: &Creds) -> Client {
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let seen = errors.clone();
+        let options = creds
+            .connect_options(async_nats::ConnectOptions::new())
+            .request_timeout(Some(Duration::from_secs(2)))
+            .event_callback(move |event| {
+                let seen = seen.clone();
+                async move {
+                    if let async_nats::Event::ServerError(e) = event {
+                        seen.lock().unwrap().push(e.to_string());
+                    }
+                }
+            });
+        let nats = options.connect(url).await.unwrap();
+        Client { nats, errors }
+    }
+
+    /// Waits for the server to report a permissions violation naming `subject`.
+    async fn refused(&self, subject: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let found = self.errors.lock().unwrap().iter().any(|e| {
+                let e = e.to_lowercase();
+                e.contains("permissions violation") && e.contains(&subject.to_lowercase())
+            });
+            if found {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no permissions violation for {subject}; errors: {:?}",
+                self.errors.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn js(&self) -> jetstream::Context {
+        jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(2))
+            .build(self.nats.clone())
+    }
+}
+
+struct Installation {
+    server: NatsServer,
+    subjects: Subjects,
+    control: Creds,
+    operator: Creds,
+    node_a: Creds,
+    node_b: Creds,
+    integration: Creds,
+    owner_a: OwnerId,
+    owner_b: OwnerId,
+}
+
+impl Installation {
+    fn start(version: NatsVersion) -> Installation {
+        let subjects = Subjects::new(&berth_tests::unique_prefix()).unwrap();
+        let owner_a = OwnerId::User(UserId::generate());
+        let owner_b = OwnerId::User(UserId::generate());
+        let control = Creds::generate(&Role::Control, &subjects);
+        let operator = Creds::generate(&Role::Operator, &subjects);
+        let node_a = Creds::generate(&Role::Node(NodeId::generate()), &subjects);
+        let node_b = Creds::generate(&Role::Node(NodeId::generate()), &subjects);
+        let integration = Creds::generate(
+            &Role::Integration {
+                id: IntegrationId::generate(),
+                owner: owner_a.clone(),
+            },
+            &subjects,
+        );
+        let users: Vec<_> = [&control, &operator, &node_a, &node_b, &integration]
+            .iter()
+            .map(|c| c.server_user(&subjects).unwrap())
+            .collect();
+        let server = NatsServer::start_with(version, &authorization_block(&users)).unwrap();
+        Installation {
+            server,
+            subjects,
+            control,
+            operator,
+            node_a,
+            node_b,
+            integration,
+            owner_a,
+            owner_b,
+        }
+    }
+
+    async fn client(&self, creds: &Creds) -> Client {
+        Client::connect(&self.server.url(), creds).await
+    }
+
+    async fn store(&self, client: &Client) -> EventStore {
+        EventStore::open(
+            client.nats.clone(),
+            self.subjects.clone(),
+            StoreConfig::default(),
+        )
+        .await
+        .unwrap()
+    }
+}
+
+fn node_of(creds: &Creds) -> NodeId {
+    creds.node_id.clone().unwrap()
+}
+
+async fn anonymous_is_refused(i: &Installation) {
+    let anonymous = async_nats::ConnectOptions::new()
+        .connect(i.server.url())
+        .await;
+    assert!(anonymous.is_err(), "an anonymous client connected");
+    let mut wrong = i.control.clone();
+    wrong.password.push('x');
+    let wrong = wrong
+        .connect_options(async_nats::ConnectOptions::new())
+        .connect(i.server.url())
+        .await;
+    assert!(wrong.is_err(), "a wrong password connected");
+}
+
+async fn scenario(version: NatsVersion) {
+    let i = Installation::start(version);
+    anonymous_is_refused(&i).await;
+
+    // The control plane provisions and uses the log, queues and snapshots.
+    let control = i.client(&i.control).await;
+    let store = i.store(&control).await;
+    let service = ServiceId::generate();
+    let node_a = node_of(&i.node_a);
+    let node_b = node_of(&i.node_b);
+    let queue_b = Subjects::node_queue(&node_b);
+    store
+        .enqueue(&queue_b, "k", "work of b".into(), "w1")
+        .await
+        .unwrap();
+
+    // A node opens the store (stream infos only), appends facts to a
+    // service, and takes work from its own queue only.
+    let node = i.client(&i.node_a).await;
+    let node_store = i.store(&node).await;
+    let fact = NewEvent::new(
+        InstanceCountChanged { from: 1, to: 1 },
+        Actor::system("node"),
+    );
+    node_store
+        .append(
+            &AggregateId::Service(service.clone()),
+            Version::NEW,
+            vec![fact],
+            "fact-1",
+        )
+        .await
+        .expect("a node appends facts to a service");
+    let queue_a = i.subjects.work(&Subjects::node_queue(&node_a));
+    let own = node
+        .js()
+        .create_consumer_on_stream(
+            jetstream::consumer::pull::Config {
+                durable_name: Some(Subjects::node_consumer(&node_a)),
+                filter_subject: queue_a.clone(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ..Default::default()
+            },
+            i.subjects.work_stream(),
+        )
+        .await;
+    assert!(own.is_ok(), "a node creates its own consumer: {own:?}");
+
+    // ... and nothing else.
+    let owner_event = NewEvent::new(
+        ApiKeyCreated {
+            key: ApiKeyId::generate(),
+            label: "x".into(),
+            sha256: "0".repeat(64),
+        },
+        Actor::system("node"),
+    );
+    let owner_id = AggregateId::Owner(i.owner_a.clone());
+    let forged = node_store
+        .append(
+            &owner_id,
+            Version::NEW,
+            vec![owner_event.clone()],
+            "forged-1",
+        )
+        .await;
+    assert!(forged.is_err(), "a node appended an owner event");
+    node.refused(&i.subjects.aggregate(&owner_id)).await;
+    let cred = format!("{}.evt.credential.rgc-x", i.subjects.prefix());
+    node.nats.publish(cred.clone(), "x".into()).await.unwrap();
+    node.refused(&cred).await;
+
+    let consumer_b = Subjects::node_consumer(&node_b);
+    let other = node
+        .js()
+        .create_consumer_on_stream(
+            jetstream::consumer::pull::Config {
+                durable_name: Some(consumer_b.clone()),
+                filter_subject: i.subjects.work(&queue_b),
+                ..Default::default()
+            },
+            i.subjects.work_stream(),
+        )
+        .await;
+    assert!(other.is_err(), "a node created another node's consumer");
+    node.refused(&format!(
+        "CONSUMER.CREATE.{}.{consumer_b}",
+        i.subjects.work_stream()
+    ))
+    .await;
+    let get = node
+        .js()
+        .get_stream_no_info(i.subjects.work_stream())
+        .await
+        .unwrap()
+        .get_raw_message(1)
+        .await;
+    assert!(get.is_err(), "a node read the work stream by sequence");
+    node.refused(&format!("STREAM.MSG.GET.{}", i.subjects.work_stream()))
+        .await;
+    let live = node
+        .nats
+        .subscribe(format!("{}.work.>", i.subjects.prefix()))
+        .await;
+    drop(live);
+    node.refused(&format!("{}.work.>", i.subjects.prefix()))
+        .await;
+    for stream in [i.subjects.events_stream(), i.subjects.work_stream()] {
+        assert!(node.js().delete_stream(&stream).await.is_err());
+        node.refused(&format!("STREAM.DELETE.{stream}")).await;
+        let purge = node
+            .nats
+            .request(format!("$JS.API.STREAM.PURGE.{stream}"), "".into())
+            .await;
+        assert!(purge.is_err());
+        node.refused(&format!("STREAM.PURGE.{stream}")).await;
+    }
+    node.nats
+        .publish(
+            i.subjects.command(&i.owner_a, CommandKind::Scale),
+            "{}".into(),
+        )
+        .await
+        .unwrap();
+    node.refused(&i.subjects.command(&i.owner_a, CommandKind::Scale))
+        .await;
+
+    // The control plane may not delete or purge streams either.
+    for stream in [i.subjects.events_stream(), i.subjects.work_stream()] {
+        assert!(control.js().delete_stream(&stream).await.is_err());
+        control.refused(&format!("STREAM.DELETE.{stream}")).await;
+        let purge = control
+            .nats
+            .request(format!("$JS.API.STREAM.PURGE.{stream}"), "".into())
+            .await;
+        assert!(purge.is_err());
+        control.refused(&format!("STREAM.PURGE.{stream}")).await;
+    }
+    // Everything is still there: B's work item and the node's fact.
+    let mut work = control
+        .js()
+        .get_stream(i.subjects.work_stream())
+        .await
+        .unwrap();
+    assert_eq!(work.info().await.unwrap().state.messages, 1);
+    let mut events = control
+        .js()
+        .get_stream(i.subjects.events_stream())
+        .await
+        .unwrap();
+    assert_eq!(events.info().await.unwrap().state.messages, 1);
+
+    // An integration: its owner's commands and events, nothing else.
+    let integration = i.client(&i.integration).await;
+    let mut commands = control
+        .nats
+        .subscribe(format!("{}.cmd.*.*", i.subjects.prefix()))
+        .await
+        .unwrap();
+    let mut events_a = integration
+        .nats
+        .subscribe(i.subjects.owner_events(&i.owner_a))
+        .await
+        .unwrap();
+    let events_b = integration
+        .nats
+        .subscribe(i.subjects.owner_events(&i.owner_b))
+        .await
+        .unwrap();
+    drop(events_b);
+    integration
+        .refused(&i.subjects.owner_events(&i.owner_b))
+        .await;
+    integration.nats.flush().await.unwrap();
+    let theirs = i.subjects.command(&i.owner_b, CommandKind::Scale);
+    integration
+        .nats
+        .publish(theirs.clone(), "b".into())
+        .await
+        .unwrap();
+    integration.refused(&theirs).await;
+    let mine = i.subjects.command(&i.owner_a, CommandKind::Restart);
+    integration
+        .nats
+        .publish(mine.clone(), "a".into())
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), commands.next())
+        .await
+        .unwrap()
+        .unwrap();
+    // B's command never arrived; A's did.
+    assert_eq!(got.subject.as_str(), mine);
+    let other_service = ServiceId::generate();
+    control
+        .nats
+        .publish(
+            i.subjects.service_events(&i.owner_a, &other_service),
+            "for a".into(),
+        )
+        .await
+        .unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(5), events_a.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&seen.payload[..], b"for a");
+    assert!(integration
+        .js()
+        .delete_stream(i.subjects.events_stream())
+        .await
+        .is_err());
+    integration
+        .refused(&format!("STREAM.DELETE.{}", i.subjects.events_stream()))
+        .await;
+    integration
+        .nats
+        .publish(i.subjects.aggregate(&owner_id), "x".into())
+        .await
+        .unwrap();
+    integration.refused(&i.subjects.aggregate(&owner_id)).await;
+    let replies = integration.nats.subscribe("_INBOX.>").await;
+    drop(replies);
+    integration.refused("_INBOX.>").await;
+
+    // The operator reads logs; it publishes nothing.
+    let operator = i.client(&i.operator).await;
+    let _logs = operator
+        .nats
+        .subscribe(format!("{}.logs.*.*", i.subjects.prefix()))
+        .await
+        .unwrap();
+    operator
+        .nats
+        .publish(
+            i.subjects.command(&i.owner_a, CommandKind::Deploy),
+            "x".into(),
+        )
+        .await
+        .unwrap();
+    operator
+        .refused(&i.subjects.command(&i.owner_a, CommandKind::Deploy))
+        .await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), commands.next())
+            .await
+            .is_err(),
+        "a refused command reached the API"
+    );
+}
+
+#[tokio::test]
+async fn roles_are_enforced_on_nats_2_9() {
+    scenario(NatsVersion::Legacy).await;
+}
+
+#[tokio::test]
+async fn roles_are_enforced_on_current_nats() {
+    scenario(NatsVersion::Modern).await;
+}
