@@ -248,6 +248,11 @@ events! {
     ServiceResumed = "service_resumed" v 1 {}
     /// The service was deleted.
     ServiceDeleted = "service_deleted" v 1 {}
+    /// A creation that claimed a name (and maybe attached a credential) but
+    /// never appended `service_created` was given up, by the process that
+    /// finishes or undoes interrupted operations: the service id can never
+    /// be created any more, so what the creation took can be given back.
+    ServiceCreationAbandoned = "service_creation_abandoned" v 1 {}
     /// The desired number of instances changed.
     InstanceCountChanged = "instance_count_changed" v 1 {
         pub from: u32,

@@ -9,7 +9,9 @@ use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
 use berth_eventlog::projection::{ProjectionOptions, ProjectionRunner};
 use berth_eventlog::EventStore;
-use berth_ingress::{api_key_sha256, Caller, Ingress, IngressError, IngressOptions, ReadModel};
+use berth_ingress::{
+    api_key_sha256, Caller, Ingress, IngressError, IngressOptions, ReadModel, Repairer,
+};
 use berth_runtime::SecretKey;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
@@ -37,8 +39,9 @@ pub struct AppState {
 
 impl AppState {
     /// Builds the read model from the log, then the application layer on
-    /// it; the read model keeps following the log on a task of `tracker`
-    /// until `shutdown`.
+    /// it; the read model keeps following the log, and the repairer
+    /// (`berth_ingress::repair`) works from it, on tasks of `tracker` until
+    /// `shutdown`.
     pub async fn start(
         store: EventStore,
         key: SecretKey,
@@ -65,7 +68,13 @@ impl AppState {
             move |o| shared.read().ok().map(|i| i.credentials(o)),
             applied,
         );
-        let ingress = Ingress::with_read_model(store, key, opts, read_model, shutdown, tracker);
+        let ingress =
+            Ingress::with_read_model(store, key, opts, read_model, shutdown.clone(), tracker);
+        let links = index.clone();
+        let repairer = Repairer::new(ingress.clone(), move |now, grace| {
+            links.read().ok().map(|i| i.repairs(now, grace))
+        });
+        tracker.spawn(repairer.run(shutdown));
         Ok(Self {
             ingress: Arc::new(ingress),
             index,

@@ -1,19 +1,22 @@
 //! The API's read model, folded from the whole log: API keys by SHA-256
 //! (to authenticate a request without loading an owner), every service's
-//! state (for listings), every service's events timeline and registry
-//! credentials (for their listings). Writes never consult it: they decide
-//! on the aggregate itself.
+//! state (for listings), every service's events timeline, registry
+//! credentials (for their listings) and the name claims and credential
+//! attachments the repairer keeps in line with the services. Writes never
+//! consult it: they decide on the aggregate itself.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use berth_domain::service::{self, ServiceState};
 use berth_eventlog::projection::Projection;
-use berth_ingress::{CredentialIndex, CredentialView};
+use berth_ingress::{CredentialIndex, CredentialView, Links, Repair};
 use berth_notifier::timeline::{Page, Query, Timeline};
 use berth_schemas::ids::{ApiKeyId, OwnerId, ServiceId};
 use berth_schemas::model::Sealed;
 use berth_schemas::{AggregateId, Envelope, Event};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// A service in the index: when it was created (stream position, for
@@ -49,6 +52,8 @@ pub struct ApiIndex {
     /// Registry credentials, for the application layer's listings (one
     /// runner per process instead of two).
     credentials: CredentialIndex,
+    /// Name claims and credential attachments, for the repairer.
+    links: Links,
 }
 
 /// Shared handle on the index.
@@ -63,6 +68,11 @@ impl ApiIndex {
     /// The owner's live credentials.
     pub fn credentials(&self, owner: &OwnerId) -> Vec<CredentialView> {
         self.credentials.list(owner)
+    }
+
+    /// The repairs due at `now` (see `berth_ingress::repair`).
+    pub fn repairs(&self, now: DateTime<Utc>, grace: Duration) -> Vec<Repair> {
+        self.links.repairs(now, grace)
     }
 
     /// One page of a service's timeline, newest first.
@@ -104,6 +114,7 @@ impl Projection for ApiIndex {
 
     fn apply(&mut self, stream_seq: u64, env: &Envelope) {
         self.timeline.push(env);
+        self.links.apply(stream_seq, env);
         if let AggregateId::Credential(_) = &env.aggregate {
             self.credentials.apply(stream_seq, env);
         }

@@ -74,6 +74,11 @@ pub struct ApiArgs {
     /// its burst.
     #[arg(long, env = "BERTH_API_AUTH_FAILURES_PER_MINUTE", default_value_t = 10)]
     pub api_auth_failures_per_minute: u32,
+    /// Seconds a name claim or credential attachment that no service backs
+    /// (left by an operation a crash interrupted) is left alone before it
+    /// is given back: longer than any operation takes.
+    #[arg(long, env = "BERTH_API_REPAIR_GRACE_SECS", default_value_t = 30)]
+    pub api_repair_grace_secs: u64,
 }
 
 impl ApiArgs {
@@ -98,6 +103,9 @@ impl ApiArgs {
         }
         if !(1..=60_000).contains(&self.api_auth_failures_per_minute) {
             problems.push("BERTH_API_AUTH_FAILURES_PER_MINUTE must be 1–60000".to_owned());
+        }
+        if !(1..=3600).contains(&self.api_repair_grace_secs) {
+            problems.push("BERTH_API_REPAIR_GRACE_SECS must be 1–3600".to_owned());
         }
         if let Some(u) = &self.api_public_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
@@ -129,6 +137,7 @@ impl ApiArgs {
     pub fn ingress_options(&self) -> IngressOptions {
         IngressOptions {
             check_timeout: Duration::from_secs(self.api_check_timeout_secs),
+            repair_grace: Duration::from_secs(self.api_repair_grace_secs),
             ..IngressOptions::default()
         }
     }

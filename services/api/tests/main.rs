@@ -11,5 +11,6 @@ mod fuzz;
 mod hooks;
 mod isolation;
 mod rename;
+mod repair;
 mod routes;
 mod support;

@@ -4,6 +4,7 @@
 mod cli;
 mod cli_lifecycle;
 mod cli_support;
+mod crash;
 mod deploy_config;
 mod integrations;
 mod node;

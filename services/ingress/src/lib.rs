@@ -15,7 +15,11 @@
 //!   cancel, suspend/resume, update, hook keys, cron runs, the deploy hook);
 //! - [`owners`]: API keys and notification defaults;
 //! - [`check`]: the request/reply client of the resolver's image check;
-//! - [`projection`]: the read model behind credential listings.
+//! - [`projection`]: the read model behind credential listings;
+//! - [`links`] and [`repair`]: name claims and credential attachments kept
+//!   in line with the services, finishing or undoing what an operation
+//!   interrupted by a crash left half done;
+//! - [`failpoint`]: crash points for the tests of that.
 //!
 //! Everything is owner-scoped: a handler is always called for one
 //! [`Caller`], and another owner's credential or service is "not found".
@@ -24,11 +28,14 @@ pub mod check;
 pub mod credentials;
 mod error;
 mod exec;
+pub mod failpoint;
 pub mod hooks;
 pub mod integrations;
+pub mod links;
 pub mod ops;
 pub mod owners;
 pub mod projection;
+pub mod repair;
 pub mod services;
 
 use std::sync::{Arc, RwLock};
@@ -49,9 +56,11 @@ pub use credentials::{CredentialView, NewCredential, Rotation};
 pub use error::IngressError;
 pub use hooks::{is_hook_key_shaped, same_secret, HookError};
 pub use integrations::IntegrationView;
+pub use links::{Links, Repair};
 pub use ops::Scope;
 pub use owners::{api_key_sha256, ApiKeyView, ChannelSecrets, OwnerNotifications, API_KEY_PREFIX};
 pub use projection::CredentialIndex;
+pub use repair::Repairer;
 
 pub use services::{CreatedService, NewService};
 
@@ -87,6 +96,19 @@ pub struct IngressOptions {
     /// How long a service's deploy hook desk stays with nothing to do
     /// before it ends (parking its state for the next one).
     pub hook_desk_idle: Duration,
+    /// How old a name claim or credential attachment the service does not
+    /// back must be before [`repair`] gives it back: an operation still in
+    /// flight must not be undone under its feet. Far above the time between
+    /// two appends of one operation.
+    pub repair_grace: Duration,
+}
+
+impl IngressOptions {
+    /// How often the repairer looks for disagreements: half the grace
+    /// period, between 250 ms and 10 s.
+    pub fn repair_every(&self) -> Duration {
+        (self.repair_grace / 2).clamp(Duration::from_millis(250), Duration::from_secs(10))
+    }
 }
 
 impl Default for IngressOptions {
@@ -95,6 +117,7 @@ impl Default for IngressOptions {
             check_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(5),
             hook_desk_idle: Duration::from_secs(5),
+            repair_grace: Duration::from_secs(30),
         }
     }
 }

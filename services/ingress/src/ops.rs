@@ -18,6 +18,7 @@ use berth_schemas::ids::{CredentialId, CronRunId, DeployId, OwnerId, ServiceId};
 use berth_schemas::model::{seal_context, DeployTrigger, Sealed};
 use berth_schemas::{Actor, AggregateId};
 
+use crate::failpoint::failpoint;
 use crate::hooks::HookError;
 
 /// Environment variables of an update, in clear until sealed here.
@@ -221,7 +222,8 @@ impl Ingress {
     /// service took the new one. A new credential must be the caller's and
     /// the image reachable with it (422 otherwise, SPEC §4); it is attached
     /// before the service names it and the old one detached after, so a
-    /// credential in use can never be removed.
+    /// credential in use can never be removed. A crash between those steps
+    /// is finished or undone by [`crate::repair`].
     pub async fn update_service(
         &self,
         caller: &Caller,
@@ -256,9 +258,11 @@ impl Ingress {
                 return Err(e);
             }
         }
+        failpoint("service-credential:after-attach");
         settings.credential = Some(wanted.clone());
         match self.update_named(caller, id, settings, env_vars).await {
             Ok(state) => {
+                failpoint("service-credential:after-update");
                 if let Some(old) = &old {
                     self.detach_logged(caller, id, old, &format!("update-{tag}"))
                         .await;
@@ -330,8 +334,10 @@ impl Ingress {
             |s: &OwnerState| owner::decide(s, claim.clone(), &Ctx::default()),
         )
         .await?;
+        failpoint("service-rename:after-claim");
         match self.update_settings(caller, id, settings, env_vars).await {
             Ok(state) => {
+                failpoint("service-rename:after-update");
                 let why = format!("rename-{tag}");
                 if let Err(e) = self.release_name(caller, id, &old, &why).await {
                     tracing::error!(service.id = %id, name = %old, error = %e, "renamed, but the old name could not be released");

@@ -12,7 +12,9 @@
 //! 3. create the service with its initial deploy (trigger `service_created`).
 //!
 //! A later step's refusal or failure undoes the earlier ones (detach,
-//! release the name), so a lost race leaks nothing.
+//! release the name), so a lost race leaks nothing. A crash between two
+//! steps leaves that undo (or, for a deletion, the rest of it) to
+//! [`crate::repair`], which finds the leftover in the log.
 
 use std::collections::BTreeMap;
 
@@ -29,6 +31,7 @@ use berth_schemas::model::{
 use berth_schemas::AggregateId;
 use rand::RngCore;
 
+use crate::failpoint::failpoint;
 use crate::{exec, Caller, CheckError, Ingress, IngressError, Scope};
 
 /// A service to create, as the API's create body gives it.
@@ -217,6 +220,7 @@ impl Ingress {
             |s: &OwnerState| owner::decide(s, claim.clone(), &ctx),
         )
         .await?;
+        failpoint("service-create:after-name");
 
         // 2. The credential.
         if let Some(cred) = &new.credential {
@@ -228,6 +232,7 @@ impl Ingress {
                 return Err(e);
             }
         }
+        failpoint("service-create:after-credential");
 
         // 3. The service and its initial deploy.
         let deploy = command.deploy.clone();
@@ -249,6 +254,7 @@ impl Ingress {
                 return Err(e);
             }
         };
+        failpoint("service-create:after-service");
         tracing::info!(service.id = %id, deploy.id = %deploy, owner = %caller.owner, image = %image, "service created");
         Ok(CreatedService {
             id,
@@ -366,7 +372,8 @@ impl Ingress {
     }
 
     /// Compensation after a failed creation step: best effort, logged; a
-    /// leftover (e.g. the store went away) is named in the log for repair.
+    /// leftover (e.g. the store went away) is given back by
+    /// [`crate::repair`] after its grace period.
     async fn undo_create(
         &self,
         caller: &Caller,
@@ -429,7 +436,9 @@ impl Ingress {
         let Some(cfg) = state.config else {
             return Ok(());
         };
+        failpoint("service-delete:after-service");
         self.release_name(caller, id, &cfg.name, "delete").await?;
+        failpoint("service-delete:after-name");
         if let Some(cred) = &cfg.credential {
             self.detach(caller, id, cred, "delete").await?;
         }

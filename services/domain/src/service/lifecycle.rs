@@ -3,8 +3,8 @@
 
 use berth_schemas::events::{
     CronJobRunEnded, CronJobRunSkipped, CronJobRunStarted, DeployCreated, InstanceCountChanged,
-    RestartRequested, ServiceCreated, ServiceDeleted, ServiceResumed, ServiceSettings,
-    ServiceSuspended, ServiceUpdated,
+    RestartRequested, ServiceCreated, ServiceCreationAbandoned, ServiceDeleted, ServiceResumed,
+    ServiceSettings, ServiceSuspended, ServiceUpdated,
 };
 use berth_schemas::ids::{CronRunId, DeployId};
 use berth_schemas::model::{DeployTrigger, ServiceType};
@@ -24,6 +24,11 @@ type Decision = Result<Vec<Event>, DomainError>;
 pub const CRON_RUN_STATUSES: [&str; 4] = ["succeeded", "failed", "canceled", "timed_out"];
 
 pub(super) fn create(state: &ServiceState, c: CreateService, ctx: &Ctx) -> Decision {
+    if state.status == ServiceStatus::Deleted && state.config.is_none() {
+        return Err(DomainError::conflict(
+            "the creation of this service took too long and was given up; create it again",
+        ));
+    }
     if state.status != ServiceStatus::NotCreated {
         return Err(DomainError::conflict("service already exists"));
     }
@@ -175,6 +180,15 @@ pub fn needs_redeploy(changes: &ServiceSettings) -> bool {
         || changes.plan.is_some()
         || changes.docker_command.is_some()
         || changes.env_vars.is_some()
+}
+
+/// Gives up a creation that never appended `service_created`.
+pub(super) fn abandon_creation(state: &ServiceState) -> Vec<Event> {
+    if state.status == ServiceStatus::NotCreated {
+        vec![ServiceCreationAbandoned {}.into()]
+    } else {
+        vec![]
+    }
 }
 
 pub(super) fn update(

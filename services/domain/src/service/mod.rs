@@ -188,6 +188,10 @@ impl DeployRequest {
 pub enum Command {
     /// Create the service and start its initial deploy.
     Create(Box<CreateService>),
+    /// Give up a creation that was never finished: a service id that has
+    /// no `service_created` can never be created afterwards. Nothing when
+    /// the service was created (or given up) already.
+    AbandonCreation,
     /// Change settings; `deploy` is used if the change needs a redeploy.
     Update {
         settings: ServiceSettings,
@@ -365,6 +369,9 @@ pub fn decide(
     if let Command::Create(c) = command {
         return lifecycle::create(state, *c, ctx);
     }
+    if let Command::AbandonCreation = command {
+        return Ok(lifecycle::abandon_creation(state));
+    }
     // A deleted service's instances are still taken out of routing and let
     // go by the scheduler: refused, they would run on and hold their
     // nodes' CPU and memory for good.
@@ -375,6 +382,7 @@ pub fn decide(
     }
     match command {
         Command::Create(_) => Err(DomainError::conflict("service already exists")),
+        Command::AbandonCreation => Ok(vec![]),
         Command::Update { settings, deploy } => lifecycle::update(state, settings, deploy, ctx),
         Command::Suspend => Ok(lifecycle::suspend(state)),
         Command::Resume { deploy } => lifecycle::resume(state, deploy),

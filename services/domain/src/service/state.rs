@@ -25,7 +25,8 @@ pub enum ServiceStatus {
     Active,
     /// Suspended: instances stopped, deploys refused until resumed.
     Suspended,
-    /// Deleted: every command is refused as not found.
+    /// Deleted (or its creation given up before it was created): every
+    /// command is refused as not found.
     Deleted,
 }
 
@@ -276,6 +277,10 @@ pub fn apply_at(mut s: ServiceState, event: &Event, time: Option<DateTime<Utc>>)
             s.updated_at = time;
         }
         Event::ServiceDeleted(_) if s.exists() => {
+            s.status = ServiceStatus::Deleted;
+            s.updated_at = time;
+        }
+        Event::ServiceCreationAbandoned(_) if s.status == ServiceStatus::NotCreated => {
             s.status = ServiceStatus::Deleted;
             s.updated_at = time;
         }

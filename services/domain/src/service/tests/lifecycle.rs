@@ -446,3 +446,32 @@ fn cron_commands_on_other_types_are_invalid() {
         ErrorKind::Invalid
     );
 }
+
+#[test]
+fn an_abandoned_creation_can_never_be_created_and_a_created_service_is_not_abandoned() {
+    use berth_schemas::events::ServiceCreationAbandoned;
+
+    let first = DeployId::generate();
+    let fresh = Scenario::given(vec![]);
+    assert_eq!(
+        fresh.when(Command::AbandonCreation).unwrap(),
+        vec![ServiceCreationAbandoned {}.into()]
+    );
+
+    // Given up: the late create is refused, everything else is not found.
+    let given_up = Scenario::given(vec![ServiceCreationAbandoned {}.into()]);
+    assert_eq!(given_up.state.status, ServiceStatus::Deleted);
+    assert!(!given_up.state.exists());
+    let late = create(ServiceType::WebService, &first);
+    let err = given_up.when(Command::Create(Box::new(late))).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert!(err.to_string().contains("given up"), "{err}");
+    assert_eq!(given_up.refused(Command::Restart), ErrorKind::NotFound);
+    assert_eq!(given_up.when(Command::AbandonCreation).unwrap(), vec![]);
+
+    // Created first: abandoning is nothing, and so for a deleted one.
+    let mut created = Scenario::created(ServiceType::WebService, &first);
+    assert_eq!(created.when(Command::AbandonCreation).unwrap(), vec![]);
+    created.run(Command::Delete);
+    assert_eq!(created.when(Command::AbandonCreation).unwrap(), vec![]);
+}
