@@ -29,9 +29,53 @@ pub enum Command {
     /// Benchmarks against a fresh local nats-server.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// NATS users for a server berth does not start (a cluster, compose).
+    #[command(subcommand)]
+    Nats(NatsCommand),
     /// API client commands (service, credential, hook, cron, apikey).
     #[command(flatten)]
     Client(crate::client::ClientCommand),
+}
+
+/// `berth nats …`: credentials per role and the server's users.
+#[derive(Debug, Subcommand)]
+pub enum NatsCommand {
+    /// Write credentials for a role (kept if FILE already holds that role's).
+    Creds {
+        /// `control` (every control-plane component), `node` (one per
+        /// node: bound to its id) or `operator` (the CLI's logs).
+        role: String,
+        /// Where to write them (mode 0600).
+        #[arg(long, short)]
+        out: std::path::PathBuf,
+        /// The node's id (`nod-…`) for `node`; a new one when not given.
+        #[arg(long)]
+        node_id: Option<String>,
+        /// The installation's subject prefix.
+        #[arg(long, env = "BERTH_SUBJECT_PREFIX", default_value = "berth")]
+        subject_prefix: String,
+    },
+    /// Write the server's `authorization` block for credentials files (and
+    /// the integrations in the log); include it from every server's config
+    /// and reload the servers (`nats-server --signal reload`).
+    Auth {
+        /// Credentials files, one user each.
+        #[arg(required = true)]
+        creds: Vec<std::path::PathBuf>,
+        /// Where to write the block (mode 0600).
+        #[arg(long, short)]
+        out: std::path::PathBuf,
+        /// Also the integrations owners created, read from the log with
+        /// the control credentials given here (`BERTH_NATS_URL` names the servers).
+        #[arg(long)]
+        integrations_with: Option<std::path::PathBuf>,
+        /// NATS server URL(s), for `--integrations-with`.
+        #[arg(long, env = "BERTH_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        nats_url: String,
+        /// The installation's subject prefix.
+        #[arg(long, env = "BERTH_SUBJECT_PREFIX", default_value = "berth")]
+        subject_prefix: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -22,7 +22,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{BenchCommand, Cli, Command, ImageCommand};
+use crate::cli::{BenchCommand, Cli, Command, ImageCommand, NatsCommand};
 
 /// mimalloc rather than glibc's malloc: the event store's append path makes
 /// many small, short-lived allocations across tokio's threads, where glibc
@@ -41,10 +41,56 @@ fn main() -> ExitCode {
         Command::Up(args) => with_runtime(up::up(args)),
         Command::Run(args) => with_runtime(up::run_one(args)),
         Command::Bench(BenchCommand::Eventlog(args)) => with_runtime(bench::eventlog(args)),
+        Command::Nats(cmd) => with_runtime(nats(cmd)),
         // Client commands have their own exit codes (1 refused, 64 usage, 69 unreachable).
         Command::Client(cmd) => return client::main(cmd),
     };
     outcome.report()
+}
+
+async fn nats(cmd: NatsCommand) -> exit::Outcome {
+    match cmd {
+        NatsCommand::Creds {
+            role,
+            out,
+            node_id,
+            subject_prefix,
+        } => {
+            let node = match node_id.map(|n| n.parse()).transpose() {
+                Ok(n) => n,
+                Err(e) => return exit::Outcome::Usage(format!("--node-id: {e}")),
+            };
+            match nats_users::write_creds(&role, node, &subject_prefix, &out) {
+                Ok(c) => {
+                    println!("{} ({}): {}", c.user, c.role, out.display());
+                    exit::Outcome::Ok
+                }
+                Err(e) => exit::Outcome::Failed(e),
+            }
+        }
+        NatsCommand::Auth {
+            creds,
+            out,
+            integrations_with,
+            nats_url,
+            subject_prefix,
+        } => {
+            let integrations = match integrations_with {
+                None => None,
+                Some(control) => match berth_runtime::config::parse_nats_urls(&nats_url) {
+                    Ok(servers) => Some((servers, control)),
+                    Err(e) => return exit::Outcome::Usage(format!("BERTH_NATS_URL: {e}")),
+                },
+            };
+            match nats_users::write_auth(&creds, &subject_prefix, integrations, &out).await {
+                Ok(n) => {
+                    println!("{n} NATS users: {}", out.display());
+                    exit::Outcome::Ok
+                }
+                Err(e) => exit::Outcome::Failed(e),
+            }
+        }
+    }
 }
 
 fn with_runtime(fut: impl std::future::Future<Output = exit::Outcome>) -> exit::Outcome {

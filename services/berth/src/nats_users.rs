@@ -112,20 +112,28 @@ impl LocalUsers {
     /// The server's `authorization` block: the role users and `integrations`.
     pub fn authorization(&self, integrations: &Integrations) -> String {
         let mut users = self.fixed.clone();
-        users.extend(integrations.iter().map(|(id, i)| ServerUser {
-            user: i.user.clone(),
-            password_hash: i.password_bcrypt.clone(),
-            permissions: Permissions::for_role(
-                &Role::Integration {
-                    id: id.clone(),
-                    owner: i.owner.clone(),
-                },
-                &self.subjects,
-                &inbox_prefix(&i.user),
-            ),
-        }));
+        users.extend(integration_users(integrations, &self.subjects));
         authorization_block(&users)
     }
+}
+
+/// The server users of `integrations`.
+fn integration_users<'a>(
+    integrations: &'a Integrations,
+    subjects: &'a Subjects,
+) -> impl Iterator<Item = ServerUser> + 'a {
+    integrations.iter().map(|(id, i)| ServerUser {
+        user: i.user.clone(),
+        password_hash: i.password_bcrypt.clone(),
+        permissions: Permissions::for_role(
+            &Role::Integration {
+                id: id.clone(),
+                owner: i.owner.clone(),
+            },
+            subjects,
+            &inbox_prefix(&i.user),
+        ),
+    })
 }
 
 /// The active integrations in the log.
@@ -225,4 +233,75 @@ pub fn node_dir(config: &Config, configured: Option<&Path>) -> PathBuf {
     configured
         .map(Path::to_path_buf)
         .unwrap_or_else(|| config.data_dir.join("node"))
+}
+
+/// `berth nats creds ROLE --out FILE`: credentials for a server berth does
+/// not start (a cluster, `docker-compose.yml`). A file already holding
+/// credentials of that role is kept, so the command can run at every start.
+pub fn write_creds(
+    role: &str,
+    node: Option<NodeId>,
+    prefix: &str,
+    out: &Path,
+) -> anyhow::Result<Creds> {
+    let subjects = Subjects::new(prefix).map_err(|e| anyhow::anyhow!("--subject-prefix: {e}"))?;
+    let role = match role {
+        "control" => Role::Control,
+        "operator" => Role::Operator,
+        "node" => {
+            // A node file that exists keeps its id.
+            let existing = Creds::read(out).ok().and_then(|c| c.node_id);
+            Role::Node(node.or(existing).unwrap_or_else(NodeId::generate))
+        }
+        other => anyhow::bail!("{other:?} is not a role berth generates: control, operator, node"),
+    };
+    Ok(load_or_create(out, &role, &subjects)?)
+}
+
+/// `berth nats auth --out FILE CREDS...`: the server's `authorization`
+/// block for these credentials files, and with `integrations` the
+/// integrations the log holds (read with `control`'s credentials at
+/// `servers`). Written with mode 0600; include it from every server's
+/// config and reload the servers after each change.
+pub async fn write_auth(
+    files: &[PathBuf],
+    prefix: &str,
+    integrations: Option<(Vec<async_nats::ServerAddr>, PathBuf)>,
+    out: &Path,
+) -> anyhow::Result<usize> {
+    let subjects = Subjects::new(prefix).map_err(|e| anyhow::anyhow!("--subject-prefix: {e}"))?;
+    let mut users = Vec::new();
+    for file in files {
+        let creds = Creds::read(file)?;
+        users.push(
+            creds
+                .server_user(&subjects)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?,
+        );
+    }
+    if let Some((servers, control)) = integrations {
+        let creds = Creds::read(&control)?;
+        let client = berth_runtime::nats_auth::connect(servers, "berth nats auth", Some(&creds))
+            .await
+            .context("connecting to read integrations from the log")?;
+        let store = EventStore::open(client, subjects.clone(), Default::default())
+            .await
+            .context("opening the event log")?;
+        let opts = ProjectionOptions {
+            filter: Some(subjects.aggregate_kind("owner")),
+            ..ProjectionOptions::default()
+        };
+        let mut runner = ProjectionRunner::new(&store, IntegrationsInLog::default(), opts);
+        runner.catch_up().await.context("reading integrations")?;
+        let state = runner.state();
+        let found = state
+            .read()
+            .map_err(|_| anyhow::anyhow!("integrations state poisoned"))?
+            .0
+            .clone();
+        users.extend(integration_users(&found, &subjects));
+    }
+    write_private(out, authorization_block(&users).as_bytes())
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(users.len())
 }

@@ -3,7 +3,6 @@
 
 mod kill;
 mod notify;
-mod permissions;
 mod support;
 mod targets;
 mod timeline;
