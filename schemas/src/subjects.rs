@@ -199,6 +199,14 @@ impl Subjects {
         format!("{}.logs.{}.{}", self.prefix, service, instance)
     }
 
+    /// Log lines of one service: every instance's, or one instance's.
+    pub fn service_logs(&self, service: &ServiceId, instance: Option<&InstanceId>) -> String {
+        match instance {
+            Some(i) => self.logs(service, i),
+            None => format!("{}.logs.{}.*", self.prefix, service),
+        }
+    }
+
     /// Image access checks answered by the resolver (core NATS request/reply).
     pub fn resolver_check(&self) -> String {
         format!("{}.resolver.check", self.prefix)

@@ -76,7 +76,11 @@ impl ApiIndex {
     }
 
     /// One page of a service's timeline, newest first.
-    pub fn timeline(&self, service: &ServiceId, q: &Query) -> Page {
+    pub fn timeline(
+        &self,
+        service: &ServiceId,
+        q: &Query,
+    ) -> Result<Page, berth_notifier::timeline::UnknownCursor> {
         self.timeline.query(service, q)
     }
 

@@ -1,5 +1,6 @@
 //! `GET /v1/services/{id}/events` at the API: the owner's timeline, its
-//! filters, and 400 naming the field for a bad `type`, `limit` or time.
+//! filters, and 400 naming the field for a bad `type`, `limit`, time or
+//! cursor.
 
 use axum::http::StatusCode;
 
@@ -52,6 +53,7 @@ async fn a_service_timeline_is_filtered_and_its_query_validated() {
         ("limit=101", "limit"),
         ("startTime=yesterday", "startTime"),
         ("endTime=2026-13-01", "endTime"),
+        ("cursor=evt-aaaaaaaaaaaaaaaaaaaa", "cursor"),
     ] {
         let (s, v) = app.get(&format!("{path}?{query}"), &alice).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{query}: {v}");

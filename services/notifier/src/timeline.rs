@@ -244,15 +244,15 @@ impl Timeline {
     }
 
     /// Answers `q` for `service`: newest first, filtered, one page. The
-    /// cursor is the id of the last entry of the previous page.
-    pub fn query(&self, service: &ServiceId, q: &Query) -> Page {
+    /// cursor is the id of the last entry of the previous page; one that is
+    /// not an entry of this service's timeline is refused, as on every
+    /// other listing.
+    pub fn query(&self, service: &ServiceId, q: &Query) -> Result<Page, UnknownCursor> {
         let limit = q.limit.unwrap_or(20).clamp(1, 100);
         let mut iter = self.all(service).iter().rev().peekable();
         if let Some(cursor) = &q.cursor {
-            for t in iter.by_ref() {
-                if &t.id == cursor {
-                    break;
-                }
+            if !iter.by_ref().any(|t| &t.id == cursor) {
+                return Err(UnknownCursor);
             }
         }
         let matching = iter.filter(|t| {
@@ -267,12 +267,17 @@ impl Timeline {
         } else {
             None
         };
-        Page {
+        Ok(Page {
             events,
             next_cursor,
-        }
+        })
     }
 }
+
+/// A cursor that is not an entry of the timeline asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("is not a cursor of this listing")]
+pub struct UnknownCursor;
 
 impl Projection for Timeline {
     type Snapshot = Timeline;
@@ -291,7 +296,11 @@ impl Projection for Timeline {
 }
 
 /// Answers `q` for `service` on a shared timeline (as a projection runner holds it).
-pub fn query(timeline: &std::sync::RwLock<Timeline>, service: &ServiceId, q: &Query) -> Page {
+pub fn query(
+    timeline: &std::sync::RwLock<Timeline>,
+    service: &ServiceId,
+    q: &Query,
+) -> Result<Page, UnknownCursor> {
     match timeline.read() {
         Ok(t) => t.query(service, q),
         Err(poisoned) => poisoned.into_inner().query(service, q),

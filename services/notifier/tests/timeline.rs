@@ -191,7 +191,7 @@ async fn timeline_in_order_with_filters_and_on_the_integration_stream() -> Resul
         limit: Some(2),
         ..Query::default()
     };
-    let p1 = berth_notifier::timeline::query(&timeline, &svc, &q);
+    let p1 = berth_notifier::timeline::query(&timeline, &svc, &q)?;
     assert_eq!(
         shape(&p1.events),
         vec![
@@ -206,7 +206,7 @@ async fn timeline_in_order_with_filters_and_on_the_integration_stream() -> Resul
             cursor: p1.next_cursor.clone(),
             ..q.clone()
         },
-    );
+    )?;
     assert_eq!(
         shape(&p2.events),
         vec![("deploy_ended".to_owned(), Some("live".to_owned()))]
@@ -222,7 +222,7 @@ async fn timeline_in_order_with_filters_and_on_the_integration_stream() -> Resul
             limit: Some(100),
             ..Query::default()
         },
-    );
+    )?;
     assert!(later.events.iter().all(|t| t.timestamp >= cut));
     assert!(later.events.len() >= 4 && later.events.len() < all.len());
     let empty = berth_notifier::timeline::query(
@@ -232,8 +232,18 @@ async fn timeline_in_order_with_filters_and_on_the_integration_stream() -> Resul
             end_time: Some(all[0].timestamp - chrono::Duration::seconds(1)),
             ..Query::default()
         },
-    );
+    )?;
     assert!(empty.events.is_empty());
+    // A cursor that is not an entry of this timeline is refused.
+    let unknown = berth_notifier::timeline::query(
+        &timeline,
+        &svc,
+        &Query {
+            cursor: Some("evt-aaaaaaaaaaaaaaaaaaaa".to_owned()),
+            ..Query::default()
+        },
+    );
+    assert!(unknown.is_err());
     // The other service's timeline is its own.
     assert_eq!(timeline.read().unwrap().all(&other).len(), 1);
 

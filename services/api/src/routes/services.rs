@@ -556,7 +556,9 @@ pub async fn events(
     };
     st.caught_up().await?;
     let page = st.read(|i| i.owns(&caller.owner, &id).then(|| i.timeline(&id, &query)))?;
-    let page = page.ok_or_else(|| ApiError::not_found("service"))?;
+    let page = page
+        .ok_or_else(|| ApiError::not_found("service"))?
+        .map_err(|e| ApiError::field("cursor", e.to_string()))?;
     Ok(Json(Value::Array(
         page.events
             .into_iter()

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use berth_schemas::ids::{InstanceId, ServiceId};
 use berth_schemas::Subjects;
 use clap::Args;
 use futures::StreamExt;
@@ -48,13 +49,18 @@ pub async fn run(id: &str, args: LogsArgs, opts: &ClientOpts) -> Result<(), Clie
     let json = opts.json;
     let subjects = Subjects::new(&opts.subject_prefix)
         .map_err(|e| ClientError::Usage(format!("BERTH_SUBJECT_PREFIX: {e}")))?;
-    let instance = args.instance.as_deref().unwrap_or("*");
-    if instance.contains(['.', ' ', '>']) {
-        return Err(ClientError::Usage(format!(
-            "{instance:?} is not an instance id"
-        )));
-    }
-    let subject = format!("{}.logs.{id}.{instance}", subjects.prefix());
+    let instance = args
+        .instance
+        .as_deref()
+        .map(|i| {
+            i.parse::<InstanceId>()
+                .map_err(|_| ClientError::Usage(format!("{i:?} is not an instance id (ins-…)")))
+        })
+        .transpose()?;
+    let service: ServiceId = id
+        .parse()
+        .map_err(|_| ClientError::Usage(format!("{id:?} is not a service id")))?;
+    let subject = subjects.service_logs(&service, instance.as_ref());
     // No retry on the first connect: an unreachable server must fail here,
     // not leave us listening to nothing.
     let client = opts
