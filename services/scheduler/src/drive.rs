@@ -325,6 +325,12 @@ async fn pipeline(
                 let since = d.pre_deploy_started_at?;
                 since.checked_add_signed(TimeDelta::from_std(after).ok()?)
             };
+            // Look again when the run must have reported at the latest:
+            // what is left of the limit, not a whole limit from now.
+            let left = since_plus(limit)
+                .and_then(|deadline| (deadline - now).to_std().ok())
+                .unwrap_or(limit)
+                .max(Duration::from_millis(100));
             if since_plus(limit).is_some_and(|deadline| now >= deadline) {
                 let key = format!("pre-deploy-lost-{id}");
                 let command = Command::RecordFailed {
@@ -346,7 +352,7 @@ async fn pipeline(
             let reenqueue = p.inner.store.config().duplicate_window.mul_f64(0.75);
             let enqueued_long_ago = since_plus(reenqueue).is_some_and(|until| now > until);
             if enqueued_long_ago {
-                return Ok(Step::Retry(limit));
+                return Ok(Step::Retry(left));
             }
             let (Some(instance), Some(command)) =
                 (pre_deploy_instance(&id), cfg.pre_deploy_command.clone())
@@ -378,8 +384,7 @@ async fn pipeline(
                 purpose: Some(OneOffPurpose::PreDeploy),
             };
             p.enqueue(&node, &work, &format!("pre-deploy-{id}")).await?;
-            // Look again when the run should have reported at the latest.
-            Ok(Step::Retry(limit))
+            Ok(Step::Retry(left))
         }
         (DeployStatus::UpdateInProgress, Some(DeployPhase::PreDeploy))
             if d.pre_deploy.as_ref().is_some_and(|o| o.success) =>
