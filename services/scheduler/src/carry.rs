@@ -144,13 +144,6 @@ pub(crate) async fn carry_out(
         return Ok(Next::Again);
     }
     start_pending(p, cfg, failures, &mut s.stops).await?;
-    // A draining instance always goes, even if the plan wants it again
-    // (a quick scale-down and up): the router no longer sends it traffic.
-    for i in p.state.instances.iter() {
-        if i.draining_since.is_some() && !s.stops.contains(&i.id) {
-            s.stops.push(i.id.clone());
-        }
-    }
     let (moved, drain_wait) = stop(p, cfg, s.stops, now).await?;
     if moved {
         return Ok(Next::Again);

@@ -334,6 +334,20 @@ pub fn reconcile(
             ctx.stop(i);
         }
     }
+    // A draining instance always goes, even if the plan wants it again (a
+    // quick scale-down and up): the router no longer sends it traffic.
+    for i in state.instances.iter() {
+        let stopped = ctx
+            .plan
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Stop { instance } if *instance == i.id));
+        if i.draining_since.is_some() && !stopped {
+            ctx.plan.actions.push(Action::Stop {
+                instance: i.id.clone(),
+            });
+        }
+    }
     ctx.plan
 }
 

@@ -692,3 +692,28 @@ fn cpus_read_as_plans_are_written() {
         );
     }
 }
+
+#[test]
+fn a_draining_instance_goes_even_when_the_plan_would_keep_it() {
+    // Two healthy live instances, both wanted; one was told to drain (a
+    // scale-down the owner took back before it stopped).
+    let (mut s, ids) = live(2);
+    s.apply(&[Event::InstanceDraining(
+        berth_schemas::events::InstanceDraining {
+            instance: ids[0].clone(),
+        },
+    )]);
+    let plan = s.reconcile(&two_nodes());
+    assert_eq!(stops(&plan), vec![&ids[0]], "{plan:?}");
+    // Stopped once, not twice.
+    let (s, ids) = live(1);
+    let mut s = s;
+    s.apply(&[Event::InstanceDraining(
+        berth_schemas::events::InstanceDraining {
+            instance: ids[0].clone(),
+        },
+    )]);
+    s.run(Command::Suspend);
+    let plan = s.reconcile(&two_nodes());
+    assert_eq!(stops(&plan), vec![&ids[0]], "{plan:?}");
+}
