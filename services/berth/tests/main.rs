@@ -6,5 +6,6 @@ mod cli_lifecycle;
 mod cli_support;
 mod deploy_config;
 mod node;
+mod node_seal;
 mod preflight;
 mod up;
