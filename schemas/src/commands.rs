@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{CredentialId, CronRunId, DeployId, InstanceId, OwnerId, ServiceId};
-use crate::model::{EnvVars, Plan, PullFailureReason, ResolvedImage};
+use crate::model::{EnvVars, Plan, PullFailureReason, ResolvedImage, Sealed};
 
 /// Scale a service to a number of instances.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -73,13 +73,26 @@ pub struct NodeRunSpec {
     pub deploy: DeployId,
     /// The instance (also the container id).
     pub instance: InstanceId,
-    /// Registry host and repository, e.g. `registry.example.com/team/app`.
+    /// The image's normalised name without tag or digest, e.g.
+    /// `registry.example.com/team/app` or `docker.io/library/alpine`; the
+    /// node pulls from that registry's API host.
     pub image: String,
     /// The resolved linux/amd64 manifest digest: exactly what runs.
     pub digest: String,
+    /// The registry credential the pull uses. The node checks it is live,
+    /// the service owner's and made for the image's registry, as the
+    /// resolver does, and pulls with `login`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<CredentialId>,
-    /// Sealed with `seal_context::env_var(service, name)`; the node opens them.
+    /// The credential's username and token, sealed to the node's public key
+    /// with `seal_context::node_login(node, service, instance, credential)`.
+    /// Absent when the composer could not open the credential; the pull is
+    /// then `unauthorized`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<Sealed>,
+    /// Each value sealed to the node's public key with
+    /// `seal_context::node_env_var(node, service, instance, name)`: only
+    /// the node the item is for opens them, and only for this instance.
     #[serde(default)]
     pub env: EnvVars,
     /// Replaces the image's Cmd (shell words), Entrypoint kept.
@@ -103,6 +116,8 @@ pub struct NodeRunSpec {
 
 /// Work for one node, on the durable queue `work.node.<node id>`
 /// (MessagePack). Redelivery is expected: a node acts on each at most once.
+/// The secrets an item carries are sealed to that node's key, never to the
+/// installation's: a node holds only what its work needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum NodeWork {

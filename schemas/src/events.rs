@@ -472,11 +472,17 @@ events! {
 
     // ---- nodes ----
 
-    /// A node joined with its capacity.
+    /// A node joined with its capacity (and again when its name, capacity
+    /// or public key changed).
     NodeRegistered = "node_registered" v 1 {
         pub name: String,
         pub cpu_millis: u32,
         pub memory_mib: u32,
+        /// The node's X25519 public key (base64 of 32 bytes): what its work
+        /// items' secrets are sealed to. Its private part never leaves the
+        /// node. Absent in registrations by nodes that held no key pair.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub public_key: Option<String>,
     }
     /// A node stopped heart-beating and was declared lost.
     NodeLost = "node_lost" v 1 {

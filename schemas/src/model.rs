@@ -168,7 +168,8 @@ pub enum RegistryKind {
     Generic,
 }
 
-/// A secret sealed with the operator's key (AEAD). Only the ciphertext ever
+/// A secret sealed with the operator's key, or to one node's public key
+/// (AEAD either way; `kid` says which key). Only the ciphertext ever
 /// travels; the `Debug` form shows nothing of it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Sealed {
@@ -189,7 +190,7 @@ impl fmt::Debug for Sealed {
 /// field does not open. Writers and readers of a sealed field must agree on
 /// these, so they live in the contract.
 pub mod seal_context {
-    use crate::ids::{CredentialId, ServiceId};
+    use crate::ids::{CredentialId, InstanceId, NodeId, ServiceId};
 
     /// A registry credential's token.
     pub fn credential_token(id: &CredentialId) -> String {
@@ -210,6 +211,28 @@ pub mod seal_context {
     /// `webhook_url`, `webhook_secret`).
     pub fn notification(owner: &crate::ids::OwnerId, field: &str) -> String {
         format!("owner:{owner}:notify:{field}")
+    }
+
+    /// An environment variable's value in a work item for `node`, sealed
+    /// to that node's key: it opens on that node, for that instance only.
+    pub fn node_env_var(
+        node: &NodeId,
+        service: &ServiceId,
+        instance: &InstanceId,
+        name: &str,
+    ) -> String {
+        format!("node:{node}:service:{service}:instance:{instance}:env:{name}")
+    }
+
+    /// The registry login (username and token) of `credential` in a work
+    /// item for `node`, sealed to that node's key.
+    pub fn node_login(
+        node: &NodeId,
+        service: &ServiceId,
+        instance: &InstanceId,
+        credential: &CredentialId,
+    ) -> String {
+        format!("node:{node}:service:{service}:instance:{instance}:login:{credential}")
     }
 }
 

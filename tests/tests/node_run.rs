@@ -18,11 +18,12 @@ use berth_domain::{credential, Ctx};
 use berth_eventlog::NewEvent;
 use berth_node::{Node, NodeOptions};
 use berth_oci::{ClientConfig, RetryPolicy};
+use berth_runtime::node_key::ForNode;
 use berth_runtime::secrets::{Secret, SecretKey};
-use berth_schemas::commands::{NodeWork, OneOffPurpose};
+use berth_schemas::commands::{NodeRunSpec, NodeWork, OneOffPurpose};
 use berth_schemas::ids::{CredentialId, NodeId, OwnerId, UserId};
-use berth_schemas::model::RegistryKind;
 use berth_schemas::model::{seal_context, PullFailureReason};
+use berth_schemas::model::{EnvVars, RegistryKind};
 use berth_schemas::Actor;
 use berth_schemas::{AggregateId, Event};
 use berth_tests::registry::RegistryAuth;
@@ -69,13 +70,12 @@ impl Running {
     }
 }
 
-async fn start_node(w: &World, key: &SecretKey) -> Running {
+async fn start_node(w: &World) -> Running {
     let id = berth_node::load_or_create_id(&w.node_dir()).unwrap();
-    let node =
-        Node::new(w.store.clone(), key.clone(), options()).with_checks(berth_node::NodeChecks {
-            subnet: w.subnet.parsed(),
-            ..berth_node::NodeChecks::default()
-        });
+    let node = Node::new(w.store.clone(), options()).with_checks(berth_node::NodeChecks {
+        subnet: w.subnet.parsed(),
+        ..berth_node::NodeChecks::default()
+    });
     let stop = CancellationToken::new();
     let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(
@@ -98,6 +98,8 @@ fn by_node(events: &[berth_schemas::Envelope]) -> Vec<&berth_schemas::Envelope> 
         .collect()
 }
 
+/// The installation's key, which the node never sees: the test seals with
+/// it as ingress does, and reseals to the node as the scheduler does.
 fn key() -> SecretKey {
     SecretKey::from_base64(&SecretKey::generate_base64()).unwrap()
 }
@@ -106,9 +108,10 @@ fn key() -> SecretKey {
 async fn run_instance_pulls_starts_logs_is_idempotent_and_stops() {
     let w = World::start().await;
     let key = key();
-    let node = start_node(&w, &key).await;
+    let node = start_node(&w).await;
 
-    // Registered once, under the id kept in its dir.
+    // Registered once, under the id kept in its dir, with the public key of
+    // the key pair kept beside it.
     let reg = w
         .store
         .load(&AggregateId::Node(node.id.clone()))
@@ -123,12 +126,16 @@ async fn run_instance_pulls_starts_logs_is_idempotent_and_stops() {
         (r.name.as_str(), r.cpu_millis, r.memory_mib),
         ("test-node", 2000, 2048)
     );
+    let pair = berth_node::load_or_create_key(&w.node_dir()).unwrap();
+    assert_eq!(r.public_key, Some(pair.public().to_base64()));
 
     let mut spec = w
         .spec(
         "sh -c 'echo hello-$GREETING; i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.1; done'",
     ).await;
-    spec.env.insert(
+    // The service's value as the log keeps it, resealed to this node.
+    let mut env = EnvVars::new();
+    env.insert(
         "GREETING".into(),
         key.seal(
             &Secret::new("sealed-world"),
@@ -136,6 +143,13 @@ async fn run_instance_pulls_starts_logs_is_idempotent_and_stops() {
         )
         .unwrap(),
     );
+    let to = w.node_key(&node.id).await;
+    let seal = ForNode {
+        key: &key,
+        node: &node.id,
+        to: &to,
+    };
+    spec.env = seal.seal_env(&spec.service, &spec.instance, &env).unwrap();
     let mut logs = w
         .client
         .subscribe(w.store.subjects().logs(&spec.service, &spec.instance))
@@ -250,7 +264,7 @@ async fn run_instance_pulls_starts_logs_is_idempotent_and_stops() {
 
     // A restarted node keeps its identity and registers nothing new.
     node.stop().await;
-    let again = start_node(&w, &key).await;
+    let again = start_node(&w).await;
     let reg = w
         .store
         .load(&AggregateId::Node(again.id.clone()))
@@ -264,7 +278,7 @@ async fn run_instance_pulls_starts_logs_is_idempotent_and_stops() {
 #[tokio::test]
 async fn deleted_image_fails_image_not_found_and_nothing_runs() {
     let w = World::start().await;
-    let node = start_node(&w, &key()).await;
+    let node = start_node(&w).await;
     w.registry
         .delete_manifest(node_support::REPO, &w.digest)
         .await
@@ -307,7 +321,7 @@ async fn deleted_image_fails_image_not_found_and_nothing_runs() {
 #[tokio::test]
 async fn crashes_are_recorded_as_exited_and_restarted_one_offs_run_once() {
     let w = World::start().await;
-    let node = start_node(&w, &key()).await;
+    let node = start_node(&w).await;
     let spec = w.spec("sh -c 'echo crashing; exit 3'").await;
     w.enqueue(&node.id, &NodeWork::RunInstance(spec.clone()), "run")
         .await;
@@ -413,7 +427,14 @@ async fn private_registry_pulls_with_the_sealed_credential_only() {
     })
     .await;
     let key = key();
-    let node = start_node(&w, &key).await;
+    let node = start_node(&w).await;
+    let to = w.node_key(&node.id).await;
+    let seal = ForNode {
+        key: &key,
+        node: &node.id,
+        to: &to,
+    };
+    let owner = OwnerId::User(UserId::generate());
 
     // A credential as ingress stores it: the token sealed for its id.
     let cred = CredentialId::generate();
@@ -424,12 +445,12 @@ async fn private_registry_pulls_with_the_sealed_credential_only() {
         )
         .unwrap();
     let create = credential::Command::Create {
-        owner: OwnerId::User(UserId::generate()),
+        owner: owner.clone(),
         name: "reg".into(),
         registry: RegistryKind::Generic,
         host: Some(w.registry.host.clone()),
         username: "puller".into(),
-        token,
+        token: token.clone(),
     };
     w.store
         .execute(
@@ -448,11 +469,36 @@ async fn private_registry_pulls_with_the_sealed_credential_only() {
         .await
         .unwrap();
 
-    // Without a credential, and with one that does not exist: unauthorized.
+    // The credential's login sealed to this node for `spec`, as the
+    // scheduler composes it.
+    let with_login = |mut spec: NodeRunSpec| {
+        spec.credential = Some(cred.clone());
+        spec.login = Some(
+            seal.seal_login(&spec.service, &spec.instance, &cred, "puller", &token)
+                .unwrap(),
+        );
+        spec
+    };
+
+    // Unauthorized, each with its reason: no credential; one that does not
+    // exist; a live one of another owner (its login even sealed to this
+    // node); the owner's, but the item carries no login for this node; the
+    // owner's, with a login sealed for another instance.
     let anonymous = w.spec("echo never").await;
     let mut unknown = w.spec("echo never").await;
     unknown.credential = Some(CredentialId::generate());
-    for s in [&anonymous, &unknown] {
+    let strangers = with_login(w.spec("echo never").await);
+    let mut bare = with_login(w.spec_of(&owner, "echo never").await);
+    bare.login = None;
+    let mut elsewhere = with_login(w.spec_of(&owner, "echo never").await);
+    elsewhere.login = with_login(w.spec_of(&owner, "echo never").await).login;
+    for (s, why) in [
+        (&anonymous, "requires credentials"),
+        (&unknown, "does not exist"),
+        (&strangers, "not this owner's"),
+        (&bare, "carries no login"),
+        (&elsewhere, "cannot be opened on this node"),
+    ] {
         w.enqueue(
             &node.id,
             &NodeWork::RunInstance(s.clone()),
@@ -468,12 +514,12 @@ async fn private_registry_pulls_with_the_sealed_credential_only() {
             unreachable!()
         };
         assert_eq!(f.reason, PullFailureReason::Unauthorized, "{f:?}");
+        assert!(f.message.contains(why), "{why}: {}", f.message);
         assert!(!f.message.contains("s3cret"), "{}", f.message);
     }
 
     // With it: pulled and started.
-    let mut good = w.spec("sh -c 'echo authorized; sleep 60'").await;
-    good.credential = Some(cred);
+    let good = with_login(w.spec_of(&owner, "sh -c 'echo authorized; sleep 60'").await);
     w.enqueue(&node.id, &NodeWork::RunInstance(good.clone()), "good")
         .await;
     w.wait_events(&good.service, Duration::from_secs(30), |e| {

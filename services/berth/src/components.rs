@@ -32,8 +32,10 @@ pub struct ComponentDeps {
     pub node_store: Option<Arc<EventStore>>,
     /// The id the node's NATS credentials are bound to.
     pub node_id: Option<berth_schemas::ids::NodeId>,
-    /// Seals and opens secrets (registry tokens, hook keys).
-    pub secret_key: Arc<SecretKey>,
+    /// Seals and opens secrets (registry tokens, hook keys, env values).
+    /// `None` in a process that runs only the node: a node never holds the
+    /// installation key; its work items come sealed to its own key.
+    pub secret_key: Option<Arc<SecretKey>>,
     /// Every component's validated settings.
     pub options: Options,
 }
@@ -70,7 +72,7 @@ impl ComponentDeps {
     pub async fn open(
         client: async_nats::Client,
         config: &Config,
-        secret_key: SecretKey,
+        secret_key: Option<SecretKey>,
         options: Options,
     ) -> anyhow::Result<Self> {
         let store_config = StoreConfig {
@@ -84,7 +86,7 @@ impl ComponentDeps {
             store: Arc::new(store),
             node_store: None,
             node_id: None,
-            secret_key: Arc::new(secret_key),
+            secret_key: secret_key.map(Arc::new),
             options,
         })
     }
@@ -112,17 +114,24 @@ impl ComponentDeps {
 /// Names were validated against [`NAMES`] with the rest of the config.
 pub fn build(deps: &ComponentDeps, only: Option<&str>) -> anyhow::Result<Vec<Box<dyn Component>>> {
     let store = || (*deps.store).clone();
-    let key = || (*deps.secret_key).clone();
     NAMES
         .iter()
         .filter(|n| only.is_none_or(|o| o == **n))
         .map(|name| -> anyhow::Result<Box<dyn Component>> {
+            let key = || {
+                deps.secret_key
+                    .as_deref()
+                    .cloned()
+                    .with_context(|| format!("the {name} needs the installation's secret key"))
+            };
             match *name {
                 "projector" => Ok(Box::new(Projector::new(deps.store.clone()))),
                 "resolver" => Ok(Box::new(
-                    berth_resolver::Resolver::new(store(), key(), deps.options.resolver.clone())
+                    berth_resolver::Resolver::new(store(), key()?, deps.options.resolver.clone())
                         .context("building the resolver")?,
                 )),
+                // The node alone gets no key: what its work needs comes
+                // sealed to the node's own key pair.
                 "node" => Ok(Box::new(
                     berth_node::Node::new(
                         (*deps
@@ -130,7 +139,6 @@ pub fn build(deps: &ComponentDeps, only: Option<&str>) -> anyhow::Result<Vec<Box
                             .clone()
                             .unwrap_or_else(|| deps.store.clone()))
                         .clone(),
-                        key(),
                         deps.options.node.clone(),
                     )
                     .with_checks(deps.options.node_checks.clone())
@@ -139,15 +147,17 @@ pub fn build(deps: &ComponentDeps, only: Option<&str>) -> anyhow::Result<Vec<Box
                 )),
                 "scheduler" => Ok(Box::new(berth_scheduler::component(
                     store(),
+                    key()?,
                     deps.options.scheduler.clone(),
                 ))),
                 "cron" => Ok(Box::new(berth_cron::component(
                     store(),
+                    key()?,
                     deps.options.cron.clone(),
                 ))),
                 "notifier" => Ok(Box::new(berth_notifier::component(
                     store(),
-                    key(),
+                    key()?,
                     deps.options.notifier.clone(),
                 ))),
                 "router" => Ok(berth_router::component(
@@ -156,7 +166,7 @@ pub fn build(deps: &ComponentDeps, only: Option<&str>) -> anyhow::Result<Vec<Box
                 )),
                 "api" => Ok(berth_api::component(
                     store(),
-                    key(),
+                    key()?,
                     deps.options.api.clone(),
                 )),
                 other => Err(anyhow::anyhow!(

@@ -1,7 +1,8 @@
 //! `berth up` (every component in one process) and `berth run <component>`
 //! (one alone). Both follow the thin-main order: validate all config → init
 //! tracing → check that the node can run on this machine → data dir and
-//! secret key → bind the health/metrics port → make sure NATS answers
+//! secret key (not for `berth run node`: a node never holds the
+//! installation key) → bind the health/metrics port → make sure NATS answers
 //! (starting a local nats-server if needed) → connect → open the event
 //! store → run components until SIGINT/SIGTERM → drain → stop the
 //! nats-server we started.
@@ -28,6 +29,10 @@ use crate::components::{self, ComponentDeps, Options};
 use crate::exit::Outcome;
 use crate::nats_users::{self, LocalUsers};
 use crate::secret::{self, KeySource};
+
+/// Why `berth run node` refuses `BERTH_SECRET_KEY`.
+const NODE_HOLDS_NO_KEY: &str = "a node never holds the installation's secret key \
+     (its work comes sealed to the node's own key); unset it for `berth run node`";
 
 /// How long a nats-server we started gets to stop after SIGTERM.
 const NATS_STOP_PATIENCE: Duration = Duration::from_secs(5);
@@ -116,7 +121,10 @@ fn validate(args: UpArgs, only: Option<String>) -> Result<Validated, berth_runti
         })
     })();
     if let Some(key) = &args.secret_key {
-        if let Err(m) = secret::check(key) {
+        if only.as_deref() == Some("node") {
+            // Not even checked: a node is not to be handed the key at all.
+            problems.add("BERTH_SECRET_KEY", NODE_HOLDS_NO_KEY);
+        } else if let Err(m) = secret::check(key) {
             problems.add("BERTH_SECRET_KEY", m);
         }
     }
@@ -241,7 +249,13 @@ async fn serve(
         .with_context(|| format!("resolving {}", config.data_dir.display()))?;
     let config = Arc::new(config);
     let data_dir = config.data_dir.clone();
-    let (secret_key, key_source) = secret::load_or_create(v.secret_key.as_deref(), &data_dir)?;
+    // A node alone neither reads nor creates the key file.
+    let (secret_key, key_source) = if v.only == Some("node") {
+        (None, None)
+    } else {
+        let (key, source) = secret::load_or_create(v.secret_key.as_deref(), &data_dir)?;
+        (Some(key), Some(source))
+    };
 
     let http = HttpServer::bind(config.http_addr).await.with_context(|| {
         format!(
@@ -316,13 +330,14 @@ async fn serve(
     }
     // The first owner and API key, written where the CLI finds them; only
     // where the API runs.
-    let credentials = if v.only.is_none_or(|c| c == "api") {
-        let b = berth_api::bootstrap_store(&deps.store, &deps.secret_key, &data_dir, &api_url)
-            .await
-            .context("creating the first owner and API key")?;
-        Some(b)
-    } else {
-        None
+    let credentials = match &deps.secret_key {
+        Some(key) if v.only.is_none_or(|c| c == "api") => {
+            let b = berth_api::bootstrap_store(&deps.store, key, &data_dir, &api_url)
+                .await
+                .context("creating the first owner and API key")?;
+            Some(b)
+        }
+        _ => None,
     };
     let mut selected = components::build(&deps, v.only)?;
     if node_refused.is_some() {
@@ -333,7 +348,7 @@ async fn serve(
     let http_addr = http.local_addr();
     print_where_things_are(
         &data_dir,
-        &key_source,
+        key_source.as_ref(),
         &config,
         local.lock().unwrap_or_else(|p| p.into_inner()).as_ref(),
         http_addr,
@@ -367,7 +382,7 @@ async fn serve(
 #[allow(clippy::too_many_arguments)]
 fn print_where_things_are(
     data_dir: &std::path::Path,
-    key: &KeySource,
+    key: Option<&KeySource>,
     config: &Config,
     local: Option<&LocalNats>,
     http: std::net::SocketAddr,
@@ -376,9 +391,10 @@ fn print_where_things_are(
     targets: &str,
 ) {
     let key = match key {
-        KeySource::Env => "from BERTH_SECRET_KEY".to_owned(),
-        KeySource::File(p) => p.display().to_string(),
-        KeySource::Created(p) => format!("{} (created)", p.display()),
+        Some(KeySource::Env) => "from BERTH_SECRET_KEY".to_owned(),
+        Some(KeySource::File(p)) => p.display().to_string(),
+        Some(KeySource::Created(p)) => format!("{} (created)", p.display()),
+        None => "none (a node holds only its own key pair, in the node dir)".to_owned(),
     };
     let nats = match local {
         Some(n) => format!(
@@ -472,6 +488,21 @@ mod tests {
             applied(&["berth", "up", "--allow-targets", "none"]),
             [AddressPolicy::PUBLIC_ONLY; 4]
         );
+    }
+
+    #[test]
+    fn a_node_alone_refuses_the_installation_key() {
+        let key = berth_runtime::SecretKey::generate_base64();
+        let Err(e) = validated(&["berth", "run", "node", "--secret-key", &key]) else {
+            panic!("accepted")
+        };
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert_eq!(e.problems[0].setting, "BERTH_SECRET_KEY");
+        assert!(!e.to_string().contains(&key), "{e}");
+        // Every other component, and `berth up`, takes it.
+        assert!(validated(&["berth", "run", "scheduler", "--secret-key", &key]).is_ok());
+        assert!(validated(&["berth", "up", "--secret-key", &key]).is_ok());
+        assert!(validated(&["berth", "run", "node"]).is_ok());
     }
 
     #[test]

@@ -8,5 +8,6 @@ mod crash;
 mod deploy_config;
 mod integrations;
 mod node;
+mod node_seal;
 mod preflight;
 mod up;

@@ -154,6 +154,7 @@ async fn kill_9_then_restart_adopts_the_instance_with_no_orphans() {
         image: format!("{}/app/proc", registry.host),
         digest: image.digest.clone(),
         credential: None,
+        login: None,
         env: Default::default(),
         command: Some(
             "sh -c 'i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.1; done'".into(),

@@ -123,6 +123,17 @@ fn pid_alive(pid: i32) -> bool {
     kill(Pid::from_raw(pid), None).is_ok()
 }
 
+/// A client with the control plane's credentials `berth up` generated.
+async fn control_client(data: &Path, port: u16) -> async_nats::Client {
+    let creds =
+        berth_runtime::nats_auth::Creds::read(&data.join("nats-creds/control.json")).unwrap();
+    creds
+        .connect_options(async_nats::ConnectOptions::new())
+        .connect(format!("nats://127.0.0.1:{port}"))
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn up_starts_its_own_nats_server_and_stops_it_on_sigterm() {
     if find_on_path("nats-server").is_none() {
@@ -154,10 +165,25 @@ async fn up_starts_its_own_nats_server_and_stops_it_on_sigterm() {
     assert!(body.contains("\"projector\":true"), "{body}");
     assert!(body.contains("\"nats\":true"), "{body}");
 
-    // A JetStream connection works at the URL, and berth provisioned its log there.
-    let client = async_nats::connect(format!("nats://127.0.0.1:{port}"))
-        .await
-        .unwrap();
+    // Anonymous clients are refused; the control plane's credentials (mode
+    // 0600, in the data dir) connect, and berth provisioned its log there.
+    assert!(
+        async_nats::connect(format!("nats://127.0.0.1:{port}"))
+            .await
+            .is_err(),
+        "an anonymous client connected"
+    );
+    for role in ["control.json", "operator.json", "node.json"] {
+        let path = data.join("nats-creds").join(role);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{role}");
+    }
+    assert!(!conf.contains(
+        &berth_runtime::nats_auth::Creds::read(&data.join("nats-creds/control.json"))
+            .unwrap()
+            .password
+    ));
+    let client = control_client(&data, port).await;
     let js = async_nats::jetstream::new(client.clone());
     let stream = js.get_stream("UPOWN_EVENTS").await;
     assert!(stream.is_ok(), "event stream missing: {:?}", stream.err());
@@ -286,9 +312,7 @@ async fn projector_follows_events_appended_while_running() {
     .await;
     wait_healthy(up.health).await;
 
-    let client = async_nats::connect(format!("nats://127.0.0.1:{port}"))
-        .await
-        .unwrap();
+    let client = control_client(&dir.path().join("data"), port).await;
     let store = EventStore::open(
         client,
         Subjects::new("follow").unwrap(),

@@ -14,17 +14,26 @@
 //! - a pull failure ends the run `failed`: the node records that itself,
 //!   by the run's id (so a late failure of a canceled run changes nothing);
 //! - a run no live node has room for ends `failed` at once.
+//!
+//! The run's env values and registry login are opened with the
+//! installation key and sealed to the node it goes to
+//! (`berth_runtime::node_key`); a node that has published no public key
+//! yet gets nothing: the commit is retried, never sealed otherwise.
 
 use std::sync::{Arc, RwLock};
 
 use async_nats::jetstream::consumer::DeliverPolicy;
+use berth_domain::credential::{self, CredentialState};
 use berth_domain::reference::Reference;
 use berth_domain::scheduler::place;
 use berth_domain::service::{self, ServiceState};
 use berth_eventlog::worker::{Job, WorkError, WorkHandler, Worker, WorkerConfig};
 use berth_eventlog::EventStore;
+use berth_runtime::node_key::{ForNode, NodePublicKey};
+use berth_runtime::SecretKey;
 use berth_schemas::commands::{NodeRunSpec, NodeWork, OneOffPurpose};
-use berth_schemas::ids::{CronRunId, ServiceId};
+use berth_schemas::ids::{CredentialId, CronRunId, InstanceId, NodeId, OwnerId, ServiceId};
+use berth_schemas::model::Sealed;
 use berth_schemas::{Actor, AggregateId, Commit, Envelope, Event};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -61,12 +70,18 @@ pub(crate) async fn worker(store: &EventStore, opts: &CronOptions) -> Result<Wor
 /// Runs the worker until `shutdown`.
 pub(crate) async fn serve(
     store: EventStore,
+    key: Arc<SecretKey>,
     view: Arc<RwLock<CronView>>,
     opts: CronOptions,
     worker: Worker,
     shutdown: CancellationToken,
 ) {
-    let handler = Arc::new(Dispatch { store, view, opts });
+    let handler = Arc::new(Dispatch {
+        store,
+        key,
+        view,
+        opts,
+    });
     if let Err(e) = worker.run(handler, shutdown).await {
         tracing::error!(error = %e, "cron dispatch stopped with an error");
     }
@@ -74,6 +89,8 @@ pub(crate) async fn serve(
 
 struct Dispatch {
     store: EventStore,
+    /// Opens the service's secrets to seal them to the run's node.
+    key: Arc<SecretKey>,
     view: Arc<RwLock<CronView>>,
     opts: CronOptions,
 }
@@ -138,19 +155,6 @@ impl Dispatch {
         let instance = run_instance(run).map_err(|e| WorkError::Fatal(e.to_string()))?;
         let reference = Reference::parse(&live.image)
             .map_err(|e| WorkError::Fatal(format!("live image {}: {e}", live.image)))?;
-        let spec = NodeRunSpec {
-            service: service.clone(),
-            deploy: live.id.clone(),
-            instance: instance.clone(),
-            image: format!("{}/{}", reference.registry_host(), reference.path()),
-            digest: active.digest.clone(),
-            credential: cfg.credential.clone(),
-            env: cfg.env_vars.clone(),
-            command: cfg.docker_command.clone(),
-            port: None,
-            plan: Some(cfg.plan.clone()),
-            shutdown_delay_secs: u32::from(cfg.shutdown_delay_secs),
-        };
         let nodes = self
             .view
             .read()
@@ -165,6 +169,47 @@ impl Dispatch {
             // later due time until the cap.
             tracing::warn!(run.id = %run, nodes = nodes.len(), "no live node has room for the cron run; run failed");
             return self.end_run(service, run, "cron-unplaced").await;
+        };
+        let Some(to) = self.node_key(&node) else {
+            return Err(WorkError::Retry(format!(
+                "node {node} has published no public key yet; the run waits for it"
+            )));
+        };
+        let seal = ForNode {
+            key: &self.key,
+            node: &node,
+            to: &to,
+        };
+        let env = seal
+            .seal_env(service, &instance, &cfg.env_vars)
+            .map_err(|e| retry("sealing the run's env to its node", e))?;
+        let login = match &cfg.credential {
+            None => None,
+            Some(id) => {
+                self.sealed_login(
+                    &seal,
+                    service,
+                    &instance,
+                    id,
+                    &cfg.owner,
+                    reference.domain(),
+                )
+                .await?
+            }
+        };
+        let spec = NodeRunSpec {
+            service: service.clone(),
+            deploy: live.id.clone(),
+            instance: instance.clone(),
+            image: reference.name(),
+            digest: active.digest.clone(),
+            credential: cfg.credential.clone(),
+            login,
+            env,
+            command: cfg.docker_command.clone(),
+            port: None,
+            plan: Some(cfg.plan.clone()),
+            shutdown_delay_secs: u32::from(cfg.shutdown_delay_secs),
         };
         let timeout_secs = u32::try_from(self.opts.run_timeout.as_secs()).unwrap_or(u32::MAX);
         let work = NodeWork::RunOnce {
@@ -185,6 +230,57 @@ impl Dispatch {
             .map_err(|e| retry("enqueueing the run", e))?;
         tracing::info!(run.id = %run, node.id = %node, digest = %active.digest, "cron run dispatched");
         Ok(())
+    }
+
+    /// The public key `node` registered, as the view has it.
+    fn node_key(&self, node: &NodeId) -> Option<NodePublicKey> {
+        let view = self.view.read().unwrap_or_else(|p| p.into_inner());
+        let text = view.nodes.get(node)?.public_key.as_deref()?;
+        match NodePublicKey::from_base64(text) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                tracing::warn!(node.id = %node, error = %e, "node registered an unusable public key");
+                None
+            }
+        }
+    }
+
+    /// The login of credential `id` sealed to the run's node; `None` when
+    /// `owner` may not use it for the registry `domain` or its token does
+    /// not open (the node, checking the same, records the pull
+    /// `unauthorized`).
+    async fn sealed_login(
+        &self,
+        seal: &ForNode<'_>,
+        service: &ServiceId,
+        instance: &InstanceId,
+        id: &CredentialId,
+        owner: &OwnerId,
+        domain: &str,
+    ) -> Result<Option<Sealed>, WorkError> {
+        let loaded = self
+            .store
+            .load(&AggregateId::Credential(id.clone()))
+            .await
+            .map_err(|e| retry("loading the credential", e))?;
+        let state = loaded
+            .events
+            .iter()
+            .fold(CredentialState::default(), credential::fold);
+        let c = match state.usable(id, owner, domain) {
+            Ok(c) => c,
+            Err(reason) => {
+                tracing::info!(credential.id = %id, reason = %reason, "credential not usable; the node will report the pull unauthorized");
+                return Ok(None);
+            }
+        };
+        match seal.seal_login(service, instance, id, &c.username, &c.token) {
+            Ok(login) => Ok(Some(login)),
+            Err(e) => {
+                tracing::error!(credential.id = %id, error = %e, "credential token cannot be opened; the pull will be unauthorized");
+                Ok(None)
+            }
+        }
     }
 
     async fn stop(&self, service: &ServiceId, run: &CronRunId) -> Result<(), WorkError> {

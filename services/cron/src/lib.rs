@@ -18,9 +18,10 @@
 //!   of the log (the log is the work queue, as for the resolver): every
 //!   `cron_job_run_started` (scheduled or manual, from any process) becomes a
 //!   `RunOnce{purpose: CronRun}` on a placed node with `Nats-Msg-Id` = the
-//!   run id; every `cron_job_run_ended` `canceled` becomes a `StopInstance`
-//!   of the run's container on every node; an `image_pull_failed` reported
-//!   by a node for the active run's digest ends that run `failed`.
+//!   run id, its env values and registry login sealed to that node; every
+//!   `cron_job_run_ended` `canceled` becomes a `StopInstance` of the run's
+//!   container on every node; an `image_pull_failed` reported by a node for
+//!   the active run's digest ends that run `failed`.
 //!
 //! The node pulls (manifest fetched on every run, SPEC §8), runs with the
 //! timeout (12 h by default) and records the end with the exit code.
@@ -41,7 +42,7 @@ use berth_domain::service::{self, ServiceState};
 use berth_domain::{Ctx, DomainError};
 use berth_eventlog::projection::{ProjectionOptions, ProjectionRunner};
 use berth_eventlog::{EventStore, ExecuteError, NewEvent};
-use berth_runtime::{BoxError, Component, ComponentContext, ReadyFlag};
+use berth_runtime::{BoxError, Component, ComponentContext, ReadyFlag, SecretKey};
 use berth_schemas::ids::{CronRunId, InstanceId, ServiceId};
 use berth_schemas::{Actor, AggregateId};
 use futures::future::BoxFuture;
@@ -185,17 +186,24 @@ pub async fn cancel_run(
 #[derive(Debug)]
 pub struct Cron {
     store: EventStore,
+    key: Arc<SecretKey>,
     opts: CronOptions,
 }
 
 /// The component, as `berth` builds it.
-pub fn component(store: EventStore, opts: CronOptions) -> Cron {
-    Cron::new(store, opts)
+pub fn component(store: EventStore, key: SecretKey, opts: CronOptions) -> Cron {
+    Cron::new(store, key, opts)
 }
 
 impl Cron {
-    pub fn new(store: EventStore, opts: CronOptions) -> Self {
-        Self { store, opts }
+    /// A cron component sealing each run's secrets with the installation
+    /// `key` opened and sealed again to the run's node.
+    pub fn new(store: EventStore, key: SecretKey, opts: CronOptions) -> Self {
+        Self {
+            store,
+            key: Arc::new(key),
+            opts,
+        }
     }
 
     /// Catches up with the log, then runs the schedule and dispatch until
@@ -242,6 +250,7 @@ impl Cron {
         tracing::info!(consumer = %self.opts.consumer, "cron running");
         dispatch::serve(
             self.store.clone(),
+            self.key.clone(),
             view,
             self.opts.clone(),
             worker,

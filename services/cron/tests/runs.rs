@@ -11,9 +11,9 @@ use berth_cron::{Clock, Cron, CronOptions};
 use berth_domain::service::{Command, CreateService, ServiceState};
 use berth_node::{Node, NodeOptions};
 use berth_oci::{ClientConfig, RetryPolicy};
-use berth_runtime::secrets::SecretKey;
+use berth_runtime::secrets::{Secret, SecretKey};
 use berth_schemas::ids::{CronRunId, DeployId, NodeId, OwnerId, ServiceId, UserId};
-use berth_schemas::model::{PullFailureReason, ResolvedImage, Sealed, ServiceType};
+use berth_schemas::model::{seal_context, PullFailureReason, ResolvedImage, Sealed, ServiceType};
 use berth_schemas::{Actor, AggregateId, Envelope, Event};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -59,9 +59,14 @@ impl Drop for Running {
 }
 
 async fn start(w: &World, opts: CronOptions) -> Running {
+    start_keyed(w, opts, key()).await
+}
+
+/// [`start`] with the cron component holding the installation key `key`.
+async fn start_keyed(w: &World, opts: CronOptions, key: SecretKey) -> Running {
     let stop = CancellationToken::new();
     let (node, node_task) = start_node(w, stop.clone()).await;
-    let cron_task = start_cron(w, opts, stop.clone()).await;
+    let cron_task = start_cron(w, opts, key, stop.clone()).await;
     Running {
         stop,
         tasks: vec![node_task, cron_task],
@@ -70,13 +75,11 @@ async fn start(w: &World, opts: CronOptions) -> Running {
 }
 
 async fn start_node(w: &World, stop: CancellationToken) -> (NodeId, JoinHandle<()>) {
-    let key = SecretKey::from_base64(&SecretKey::generate_base64()).unwrap();
     let node_id = berth_node::load_or_create_id(&w.node_dir()).unwrap();
-    let node =
-        Node::new(w.store.clone(), key, node_options()).with_checks(berth_node::NodeChecks {
-            subnet: w.subnet.parsed(),
-            ..berth_node::NodeChecks::default()
-        });
+    let node = Node::new(w.store.clone(), node_options()).with_checks(berth_node::NodeChecks {
+        subnet: w.subnet.parsed(),
+        ..berth_node::NodeChecks::default()
+    });
     let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
     let (client, dir) = (w.client.clone(), w.node_dir());
     let node_task = tokio::spawn(async move {
@@ -93,8 +96,13 @@ async fn start_node(w: &World, stop: CancellationToken) -> (NodeId, JoinHandle<(
     (node_id, node_task)
 }
 
-async fn start_cron(w: &World, opts: CronOptions, stop: CancellationToken) -> JoinHandle<()> {
-    let cron = Cron::new(w.store.clone(), opts);
+async fn start_cron(
+    w: &World,
+    opts: CronOptions,
+    key: SecretKey,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    let cron = Cron::new(w.store.clone(), key, opts);
     let ready = berth_runtime::ReadyFlag::default();
     let r = ready.clone();
     let cron_task = tokio::spawn(async move {
@@ -108,6 +116,12 @@ async fn start_cron(w: &World, opts: CronOptions, stop: CancellationToken) -> Jo
     cron_task
 }
 
+/// An installation key for the cron component to open the jobs' secrets
+/// with.
+fn key() -> SecretKey {
+    SecretKey::from_base64(&SecretKey::generate_base64()).unwrap()
+}
+
 fn options(clock: Clock) -> CronOptions {
     CronOptions {
         tick: Duration::from_millis(100),
@@ -119,6 +133,17 @@ fn options(clock: Clock) -> CronOptions {
 /// A cron job of the registry's image, its first deploy live, as the
 /// resolver and the scheduler would have recorded it.
 async fn cron_job(w: &World, schedule: &str, command: &str) -> ServiceId {
+    cron_job_with_env(w, &key(), schedule, command, &[]).await
+}
+
+/// [`cron_job`] with env vars, sealed with `key` as ingress seals them.
+async fn cron_job_with_env(
+    w: &World,
+    key: &SecretKey,
+    schedule: &str,
+    command: &str,
+    env: &[(&str, &str)],
+) -> ServiceId {
     let service = ServiceId::generate();
     let deploy = DeployId::generate();
     let mut create = CreateService::new(
@@ -134,6 +159,12 @@ async fn cron_job(w: &World, schedule: &str, command: &str) -> ServiceId {
     );
     create.schedule = Some(schedule.to_owned());
     create.docker_command = Some(command.to_owned());
+    for (name, value) in env {
+        let sealed = key
+            .seal(&Secret::new(*value), &seal_context::env_var(&service, name))
+            .unwrap();
+        create.env_vars.insert((*name).to_owned(), sealed);
+    }
     create.shutdown_delay_secs = Some(1);
     w.command(&service, Command::Create(Box::new(create))).await;
     w.command(
@@ -293,6 +324,31 @@ async fn runs_on_schedule_each_recording_digest_and_exit_code() {
 }
 
 #[tokio::test]
+async fn a_run_sees_its_env_sealed_to_the_node_it_runs_on() {
+    let w = World::start().await;
+    let key = key();
+    let _r = start_keyed(&w, options(Clock::accelerated(30)), key.clone()).await;
+    let service = cron_job_with_env(
+        &w,
+        &key,
+        "* * * * *",
+        "sh -c 'test \"$GREETING\" = sealed-hello'",
+        &[("GREETING", "sealed-hello")],
+    )
+    .await;
+    let events = w
+        .wait_events(&service, Duration::from_secs(60), |e| ended_count(e) >= 1)
+        .await;
+    let (_, status, code) = ended(&events).remove(0);
+    assert_eq!(
+        (status.as_str(), code),
+        ("succeeded", Some(0)),
+        "{:?}",
+        types(&events)
+    );
+}
+
+#[tokio::test]
 async fn a_due_time_during_an_active_run_is_skipped_and_recorded() {
     let w = World::start().await;
     // 60×: due every second; each run sleeps 4 s.
@@ -447,7 +503,7 @@ async fn two_cron_copies_start_each_due_time_once() {
     // Both copies on one clock (as two machines on NTP would be).
     let clock = Clock::accelerated(30);
     let r = start(&w, options(clock)).await;
-    let second = Cron::new(w.store.clone(), options(clock));
+    let second = Cron::new(w.store.clone(), key(), options(clock));
     let s = r.stop.clone();
     let copy = tokio::spawn(async move { second.run(s, None).await.unwrap() });
     let service = cron_job(&w, "* * * * *", "true").await;
@@ -497,7 +553,7 @@ async fn after_a_restart_only_the_latest_missed_due_time_runs() {
     // One clock across the restart; 30×: due every 2 s.
     let clock = Clock::accelerated(30);
     let first = CancellationToken::new();
-    let task = start_cron(&w, options(clock), first.clone()).await;
+    let task = start_cron(&w, options(clock), key(), first.clone()).await;
     let service = cron_job(&w, "* * * * *", "true").await;
     w.wait_events(&service, Duration::from_secs(60), |e| ended_count(e) >= 1)
         .await;
@@ -511,7 +567,7 @@ async fn after_a_restart_only_the_latest_missed_due_time_runs() {
     assert_eq!(started(&events).len(), before, "nothing starts while down");
     let restarted_at = clock.now();
     let second = CancellationToken::new();
-    let task = start_cron(&w, options(clock), second.clone()).await;
+    let task = start_cron(&w, options(clock), key(), second.clone()).await;
     let events = w
         .wait_events(&service, Duration::from_secs(30), |e| {
             started(e).len() > before
@@ -543,7 +599,7 @@ async fn after_a_restart_only_the_latest_missed_due_time_runs() {
 async fn a_run_no_node_can_take_fails_instead_of_blocking_the_job() {
     let w = World::start().await;
     let stop = CancellationToken::new();
-    let task = start_cron(&w, options(Clock::System), stop.clone()).await;
+    let task = start_cron(&w, options(Clock::System), key(), stop.clone()).await;
     let service = cron_job(&w, "0 0 1 1 *", "true").await;
     let run = berth_cron::trigger_run(&w.store, &service, &Actor::system("test"))
         .await

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use berth_schemas::events::{
     CredentialAttached, CredentialCreated, CredentialDetached, CredentialRemoved, CredentialRotated,
 };
-use berth_schemas::ids::{OwnerId, ServiceId};
+use berth_schemas::ids::{CredentialId, OwnerId, ServiceId};
 use berth_schemas::model::{RegistryKind, Sealed};
 use berth_schemas::{Envelope, Event};
 use chrono::{DateTime, Utc};
@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Aggregate, Ctx};
 use crate::error::DomainError;
-use crate::reference::Reference;
+use crate::reference::{Reference, DOCKER_HUB};
 
 const NAME_MAX: usize = 100;
 const USERNAME_MAX: usize = 256;
@@ -59,6 +59,50 @@ impl CredentialState {
             CredentialState::Active(c) => Some(c),
             _ => None,
         }
+    }
+
+    /// The live credential `id` (this state) if `owner` may pull from the
+    /// registry `domain` with it: it is `owner`'s and made for that
+    /// registry. Otherwise why not, naming no secret. Every place that
+    /// sends a token (the resolver's checks, a node's pulls) asks this.
+    pub fn usable(
+        &self,
+        id: &CredentialId,
+        owner: &OwnerId,
+        domain: &str,
+    ) -> Result<&Credential, String> {
+        let Some(c) = self.active().filter(|c| &c.owner == owner) else {
+            return Err(format!(
+                "registry credential {id} does not exist (removed, or not this owner's)"
+            ));
+        };
+        if !serves(c.registry, c.host.as_deref(), domain) {
+            return Err(format!(
+                "registry credential {id} is for {}, not for {domain}",
+                c.host
+                    .clone()
+                    .unwrap_or_else(|| format!("{:?}", c.registry).to_uppercase())
+            ));
+        }
+        Ok(c)
+    }
+}
+
+/// Whether a credential for `registry` (and `host`, if set) may be sent to
+/// the registry `domain` of an image reference. A token is never sent to a
+/// registry it was not made for.
+pub fn serves(registry: RegistryKind, host: Option<&str>, domain: &str) -> bool {
+    if let Some(h) = host {
+        return h == domain;
+    }
+    match registry {
+        RegistryKind::Docker => domain == DOCKER_HUB,
+        RegistryKind::Github => domain == "ghcr.io",
+        RegistryKind::Gitlab => domain == "registry.gitlab.com",
+        RegistryKind::GoogleArtifact => {
+            domain.ends_with("-docker.pkg.dev") || domain == "gcr.io" || domain.ends_with(".gcr.io")
+        }
+        RegistryKind::Generic => false,
     }
 }
 
@@ -504,5 +548,75 @@ mod tests {
         assert_eq!(c.token, sealed("t2"));
         assert_eq!(c.name, "renamed");
         assert_eq!(c.username, "bot");
+    }
+
+    #[test]
+    fn tokens_go_only_to_the_registry_they_are_for() {
+        assert!(serves(RegistryKind::Docker, None, "docker.io"));
+        assert!(!serves(RegistryKind::Docker, None, "ghcr.io"));
+        assert!(serves(RegistryKind::Github, None, "ghcr.io"));
+        assert!(!serves(RegistryKind::Github, None, "evil.example.com"));
+        assert!(serves(RegistryKind::Gitlab, None, "registry.gitlab.com"));
+        assert!(serves(
+            RegistryKind::GoogleArtifact,
+            None,
+            "europe-west1-docker.pkg.dev"
+        ));
+        assert!(serves(RegistryKind::GoogleArtifact, None, "eu.gcr.io"));
+        assert!(!serves(
+            RegistryKind::GoogleArtifact,
+            None,
+            "pkg.dev.evil.io"
+        ));
+        assert!(serves(
+            RegistryKind::Generic,
+            Some("127.0.0.1:5000"),
+            "127.0.0.1:5000"
+        ));
+        assert!(!serves(
+            RegistryKind::Generic,
+            Some("127.0.0.1:5000"),
+            "127.0.0.1:5001"
+        ));
+        assert!(!serves(RegistryKind::Generic, None, "127.0.0.1:5000"));
+        // An explicit host wins over the kind's default.
+        assert!(serves(
+            RegistryKind::Github,
+            Some("ghcr.example.com"),
+            "ghcr.example.com"
+        ));
+        assert!(!serves(
+            RegistryKind::Github,
+            Some("ghcr.example.com"),
+            "ghcr.io"
+        ));
+    }
+
+    #[test]
+    fn usable_only_by_its_owner_for_its_registry_while_live() {
+        let id: CredentialId = "rgc-aaaaaaaaaaaaaaaaaaaa".parse().unwrap();
+        let live = given(&[created(RegistryKind::Generic, Some("reg.example.com:5000"))]);
+        let c = live.usable(&id, &owner(), "reg.example.com:5000").unwrap();
+        assert_eq!(c.username, "bot");
+        let stranger = OwnerId::User("usr-bbbbbbbbbbbbbbbbbbbb".parse::<UserId>().unwrap());
+        let e = live
+            .usable(&id, &stranger, "reg.example.com:5000")
+            .unwrap_err();
+        assert!(e.contains("not this owner's"), "{e}");
+        let e = live.usable(&id, &owner(), "ghcr.io").unwrap_err();
+        assert_eq!(
+            e,
+            "registry credential rgc-aaaaaaaaaaaaaaaaaaaa is for reg.example.com:5000, not for ghcr.io"
+        );
+        let removed = given(&[
+            created(RegistryKind::Generic, Some("reg.example.com:5000")),
+            CredentialRemoved {}.into(),
+        ]);
+        assert!(removed
+            .usable(&id, &owner(), "reg.example.com:5000")
+            .is_err());
+        assert!(CredentialState::NotCreated
+            .usable(&id, &owner(), "reg.example.com:5000")
+            .is_err());
     }
 }

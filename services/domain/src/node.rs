@@ -1,9 +1,12 @@
 //! The node aggregate (SPEC §11, §13) and the rules for the facts a node
 //! reports about the instances it runs.
 //!
-//! A node registers once with its capacity and registers again only when
-//! its name or capacity changed, so a node restarting with the same
-//! identity appends nothing. Instance facts (pull progress, started,
+//! A node registers once with its capacity and public key and registers
+//! again only when its name, capacity or key changed, so a node restarting
+//! with the same identity appends nothing. The public key is what the
+//! secrets in the node's work items are sealed to; a node registered
+//! without one (before nodes held key pairs) gets no work that needs a
+//! secret until it registers again with one. Instance facts (pull progress, started,
 //! exited, restarted, stopped) are what a node *saw*; they feed the
 //! service's instance list the scheduler reconciles from, and they go onto
 //! the service's subject as they are — refusing a fact would only lose
@@ -26,6 +29,9 @@ use crate::service::{ServiceState, ServiceStatus};
 pub struct NodeState {
     /// Name and capacity, once registered.
     pub registered: Option<Capacity>,
+    /// The X25519 public key (base64) of its latest registration.
+    #[serde(default)]
+    pub public_key: Option<String>,
     /// Declared lost and not recovered since.
     pub lost: bool,
 }
@@ -42,8 +48,12 @@ pub struct Capacity {
 /// What a node asks of its own aggregate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Register (on every start).
-    Register(Capacity),
+    /// Register (on every start) with what the node offers and the public
+    /// key its work's secrets are to be sealed to (base64 of 32 bytes).
+    Register {
+        capacity: Capacity,
+        public_key: String,
+    },
     /// The scheduler heard no heartbeat since `last_heartbeat` for too long.
     DeclareLost { last_heartbeat: DateTime<Utc> },
     /// A lost node heart-beats again.
@@ -59,6 +69,7 @@ pub fn apply(mut state: NodeState, event: &Event) -> NodeState {
                 cpu_millis: e.cpu_millis,
                 memory_mib: e.memory_mib,
             });
+            state.public_key = e.public_key.clone();
         }
         Event::NodeLost(_) => state.lost = true,
         Event::NodeRecovered(_) => state.lost = false,
@@ -75,7 +86,10 @@ pub fn fold(state: NodeState, envelope: &Envelope) -> NodeState {
 /// The rules: a registration is recorded when it says something new.
 pub fn decide(state: &NodeState, command: Command) -> Result<Vec<Event>, DomainError> {
     match command {
-        Command::Register(c) => {
+        Command::Register {
+            capacity: c,
+            public_key,
+        } => {
             if c.name.trim().is_empty() || c.name.len() > 100 {
                 return Err(DomainError::invalid(
                     "name",
@@ -88,13 +102,23 @@ pub fn decide(state: &NodeState, command: Command) -> Result<Vec<Event>, DomainE
                     "a node offers some CPU and memory",
                 ));
             }
-            if state.registered.as_ref() == Some(&c) {
+            let decoded = data_encoding::BASE64.decode(public_key.as_bytes());
+            if decoded.map_or(true, |k| k.len() != 32) {
+                return Err(DomainError::invalid(
+                    "public_key",
+                    "a node's public key is base64 of 32 bytes",
+                ));
+            }
+            if state.registered.as_ref() == Some(&c)
+                && state.public_key.as_deref() == Some(public_key.as_str())
+            {
                 return Ok(vec![]);
             }
             Ok(vec![Event::NodeRegistered(NodeRegistered {
                 name: c.name,
                 cpu_millis: c.cpu_millis,
                 memory_mib: c.memory_mib,
+                public_key: Some(public_key),
             })])
         }
         // Repeats (several scheduler copies noticing the same silence)
@@ -165,41 +189,80 @@ mod tests {
         }
     }
 
+    /// Two well-formed public keys (base64 of 32 bytes).
+    const KEY_A: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+    const KEY_B: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+
+    fn register(c: Capacity) -> Command {
+        register_with(c, KEY_A)
+    }
+
+    fn register_with(capacity: Capacity, key: &str) -> Command {
+        Command::Register {
+            capacity,
+            public_key: key.into(),
+        }
+    }
+
     fn given(events: &[Event]) -> NodeState {
         events.iter().fold(NodeState::default(), apply)
     }
 
     #[test]
     fn first_registration_is_recorded() {
-        let out = decide(&given(&[]), Command::Register(cap("n1", 2000))).unwrap();
+        let out = decide(&given(&[]), register(cap("n1", 2000))).unwrap();
         assert_eq!(
             out,
             vec![Event::NodeRegistered(NodeRegistered {
                 name: "n1".into(),
                 cpu_millis: 2000,
-                memory_mib: 1024
+                memory_mib: 1024,
+                public_key: Some(KEY_A.into()),
             })]
         );
+        assert_eq!(given(&out).public_key.as_deref(), Some(KEY_A));
     }
 
     #[test]
     fn same_registration_again_appends_nothing_changed_capacity_does() {
-        let first = decide(&given(&[]), Command::Register(cap("n1", 2000))).unwrap();
+        let first = decide(&given(&[]), register(cap("n1", 2000))).unwrap();
         let s = given(&first);
-        assert!(decide(&s, Command::Register(cap("n1", 2000)))
-            .unwrap()
-            .is_empty());
-        assert_eq!(
-            decide(&s, Command::Register(cap("n1", 4000)))
-                .unwrap()
-                .len(),
-            1
-        );
+        assert!(decide(&s, register(cap("n1", 2000))).unwrap().is_empty());
+        assert_eq!(decide(&s, register(cap("n1", 4000))).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_new_public_key_registers_again_and_a_malformed_one_is_refused() {
+        let first = decide(&given(&[]), register(cap("n1", 2000))).unwrap();
+        let s = given(&first);
+        let rekeyed = decide(&s, register_with(cap("n1", 2000), KEY_B)).unwrap();
+        assert_eq!(rekeyed.len(), 1);
+        assert_eq!(given(&rekeyed).public_key.as_deref(), Some(KEY_B));
+        for bad in ["", "not base64!", "AQEBAQ=="] {
+            let e = decide(&s, register_with(cap("n1", 2000), bad)).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Invalid, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn registrations_without_a_key_still_decode() {
+        // Written before nodes held key pairs.
+        let old = serde_json::json!({
+            "type": "node_registered",
+            "data": {"name": "n0", "cpuMillis": 1000, "memoryMib": 512}
+        });
+        let e: Event = serde_json::from_value(old).unwrap();
+        let s = given(&[e]);
+        assert!(s.registered.is_some());
+        assert_eq!(s.public_key, None);
+        // Starting again with a key registers the key.
+        let out = decide(&s, register(cap("n0", 1000))).unwrap();
+        assert_eq!(out.len(), 1);
     }
 
     #[test]
     fn empty_name_or_capacity_is_invalid() {
-        let refused = |c| decide(&given(&[]), Command::Register(c)).unwrap_err();
+        let refused = |c| decide(&given(&[]), register(c)).unwrap_err();
         assert_eq!(
             refused(cap(" ", 1)),
             DomainError::invalid("name", "a node name is 1-100 characters")
@@ -221,7 +284,7 @@ mod tests {
 
     #[test]
     fn lost_once_then_recovered_once() {
-        let reg = decide(&given(&[]), Command::Register(cap("n1", 2000))).unwrap();
+        let reg = decide(&given(&[]), register(cap("n1", 2000))).unwrap();
         let s = given(&reg);
         let t = chrono::Utc::now();
         let lost = decide(&s, Command::DeclareLost { last_heartbeat: t }).unwrap();

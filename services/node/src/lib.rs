@@ -1,13 +1,20 @@
 //! berth-node: the `node` component — the puller and the agent of one
 //! machine behind one durable work queue (SPEC §8, §9, §11, §12).
 //!
-//! On start the node takes its identity from its data dir (created once, so
-//! a restarted node is the same node), registers its capacity on its node
-//! aggregate, starts the agent (which adopts or cleans up the containers a
-//! previous process left and heart-beats), and consumes
+//! On start the node takes its identity and its key pair from its data dir
+//! (created once, so a restarted node is the same node), registers its
+//! capacity and public key on its node aggregate, starts the agent (which
+//! adopts or cleans up the containers a previous process left and
+//! heart-beats), and consumes
 //! `work.node.<node id>`: [`NodeWork`](berth_schemas::commands::NodeWork)
 //! items the scheduler enqueues. What happens to instances becomes events on
 //! the service's subject, correlated with the deploy.
+//!
+//! A node never holds the installation's secret key. The env values and
+//! registry login a work item needs arrive sealed to this node's public key
+//! (`berth_runtime::node_key`), bound to the node, service and instance;
+//! the private key stays in `node.key` in the data dir (mode 0600). What a
+//! node's disk or memory gives away is what its own work needed.
 //!
 //! Every instance has a network namespace of its own on the node's bridge
 //! (an address from `BERTH_NODE_SUBNET`; see `berth_agent::net`), so every
@@ -31,6 +38,7 @@ mod gc;
 pub mod health;
 pub mod preflight;
 mod report;
+mod sealed;
 mod work;
 
 use std::path::{Path, PathBuf};
@@ -43,7 +51,7 @@ use berth_eventlog::worker::WorkerConfig;
 use berth_eventlog::{EventStore, NewEvent};
 use berth_oci::RegistryClient;
 use berth_puller::{ContentStore, PullConfig, Puller, VerifyPolicy};
-use berth_runtime::secrets::SecretKey;
+use berth_runtime::node_key::NodeKeyPair;
 use berth_runtime::{BoxError, Component, ComponentContext};
 use berth_schemas::ids::NodeId;
 use berth_schemas::{Actor, AggregateId};
@@ -74,6 +82,9 @@ pub enum NodeError {
     Agent(#[from] berth_agent::AgentError),
     #[error("registering the node: {0}")]
     Register(String),
+    /// The node's key pair could not be read or created.
+    #[error("node key: {0}")]
+    Key(#[from] berth_runtime::SecretError),
     #[error("work queue: {0}")]
     Queue(#[from] berth_eventlog::StoreError),
     /// The machine lacks what running containers takes (root, runc, CNI
@@ -128,6 +139,13 @@ pub fn load_or_adopt_id(dir: &Path, given: Option<&NodeId>) -> Result<NodeId, No
     }
 }
 
+/// The node's X25519 key pair, created in `dir/node.key` (mode 0600) on
+/// the first start. Its public part is published in the registration.
+pub fn load_or_create_key(dir: &Path) -> Result<NodeKeyPair, NodeError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    Ok(NodeKeyPair::load_or_create(&dir.join("node.key"))?)
+}
+
 /// How long facts still in flight at shutdown may take to be recorded.
 const FORWARD_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -140,7 +158,6 @@ pub fn queue(node: &NodeId) -> String {
 #[derive(Debug)]
 pub struct Node {
     store: EventStore,
-    key: Arc<SecretKey>,
     opts: NodeOptions,
     checks: NodeChecks,
     gc: GcOptions,
@@ -150,10 +167,9 @@ pub struct Node {
 
 impl Node {
     /// A node with the default instance addresses and health checks.
-    pub fn new(store: EventStore, key: SecretKey, opts: NodeOptions) -> Self {
+    pub fn new(store: EventStore, opts: NodeOptions) -> Self {
         Self {
             store,
-            key: Arc::new(key),
             opts,
             checks: NodeChecks::default(),
             gc: GcOptions::default(),
@@ -218,7 +234,8 @@ impl Node {
         }
         let subjects = self.store.subjects().clone();
         let id = load_or_adopt_id(&dir, self.bound_id.as_ref())?;
-        self.register(&id).await?;
+        let key = Arc::new(load_or_create_key(&dir)?);
+        self.register(&id, &key).await?;
 
         let content = ContentStore::open(dir.join("store"), VerifyPolicy::Size)?;
         let registry = RegistryClient::new(self.opts.client.clone())
@@ -287,7 +304,7 @@ impl Node {
             agent: agent.clone(),
             puller,
             reporter,
-            key: self.key.clone(),
+            key,
             health: health.clone(),
             checks: self.checks.clone(),
             ports: std::sync::Mutex::new(()),
@@ -331,24 +348,34 @@ impl Node {
         Ok(())
     }
 
-    async fn register(&self, id: &NodeId) -> Result<(), NodeError> {
+    async fn register(&self, id: &NodeId, keys: &NodeKeyPair) -> Result<(), NodeError> {
         let cap = Capacity {
             name: self.opts.name.clone(),
             cpu_millis: self.opts.cpu_millis,
             memory_mib: self.opts.memory_mib,
         };
+        let public_key = keys.public().to_base64();
         let key = format!(
-            "{id}:registered:{}:{}:{}",
-            cap.name, cap.cpu_millis, cap.memory_mib
+            "{id}:registered:{}:{}:{}:{}",
+            cap.name,
+            cap.cpu_millis,
+            cap.memory_mib,
+            keys.public().kid()
         );
         let actor = Actor::system("node");
         self.store
             .execute(&AggregateId::Node(id.clone()), &key, rules::fold, |s| {
                 Ok::<_, berth_domain::DomainError>(
-                    rules::decide(s, Command::Register(cap.clone()))?
-                        .into_iter()
-                        .map(|e| NewEvent::new(e, actor.clone()))
-                        .collect(),
+                    rules::decide(
+                        s,
+                        Command::Register {
+                            capacity: cap.clone(),
+                            public_key: public_key.clone(),
+                        },
+                    )?
+                    .into_iter()
+                    .map(|e| NewEvent::new(e, actor.clone()))
+                    .collect(),
                 )
             })
             .await
@@ -391,6 +418,20 @@ mod tests {
             load_or_create_id(dir.path()),
             Err(NodeError::BadId { .. })
         ));
+    }
+
+    #[test]
+    fn node_key_is_created_once_private_and_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create_key(dir.path()).unwrap();
+        let b = load_or_create_key(dir.path()).unwrap();
+        assert_eq!(a.public(), b.public());
+        let mode = std::fs::metadata(dir.path().join("node.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

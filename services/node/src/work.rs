@@ -6,6 +6,13 @@
 //! as `ImagePullFailed` and the job is done — retrying cannot fix a deleted
 //! image; a failure of this node (disk, runc) is retried and, after the
 //! queue's bounded redelivery, dead-lettered.
+//!
+//! Secrets: an item's env values and registry login are sealed to this
+//! node's key and bound to this node, service and instance; an item sealed
+//! for another node (or copied from another instance's) does not open and
+//! is dead-lettered. The credential a pull uses is checked as the resolver
+//! checks it (live, the service owner's, made for the image's registry)
+//! before its login is sent anywhere.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,18 +22,19 @@ use berth_agent::{Agent, AgentError, ImageConfig, ImageRoot, InstanceSpec, Limit
 use berth_agent::{ExitStatus, OneOffOutcome};
 use berth_agent::{NetworkSpec, Publish};
 use berth_domain::credential::{self, CredentialState};
+use berth_domain::reference::Reference;
 use berth_domain::service::{ServiceConfig, ServiceState};
 use berth_domain::{service, DomainError};
 use berth_eventlog::worker::{Job, WorkError, WorkHandler};
 use berth_eventlog::ExecuteError;
 use berth_oci::Credential;
 use berth_puller::{unpack_image, Progress, PullRequest, Puller, UnpackOptions};
-use berth_runtime::secrets::SecretKey;
+use berth_runtime::node_key::NodeKeyPair;
 use berth_schemas::commands::{NodeRunSpec, NodeWork, OneOffPurpose};
 use berth_schemas::events::ImagePullProgressed;
 use berth_schemas::ids::ServiceId;
 
-use berth_schemas::model::{seal_context, PullFailureReason, ServiceType};
+use berth_schemas::model::{PullFailureReason, ServiceType};
 use berth_schemas::{AggregateId, Event};
 use tokio::sync::watch;
 
@@ -34,6 +42,7 @@ use crate::config::NodeChecks;
 use crate::gc::Gc;
 use crate::health::{Check, Health};
 use crate::report::{Placement, Reporter};
+use crate::sealed::{open_env, open_login};
 
 /// Handles one node's work items.
 #[derive(Debug)]
@@ -41,7 +50,8 @@ pub struct NodeHandler {
     pub(crate) agent: Agent,
     pub(crate) puller: Puller,
     pub(crate) reporter: Reporter,
-    pub(crate) key: Arc<SecretKey>,
+    /// Opens what work items carry sealed to this node.
+    pub(crate) key: Arc<NodeKeyPair>,
     pub(crate) health: Health,
     pub(crate) checks: NodeChecks,
     /// Held from picking a port to recording it in the placement, so two
@@ -108,6 +118,9 @@ impl WorkHandler for NodeHandler {
                     tracing::info!(instance.id = %spec.instance, "one-off already ran here");
                     return Ok(());
                 }
+                // An item this node cannot open is refused before anything
+                // is pulled for it.
+                let env = self.open_env(&spec)?;
                 // Its tree stays until the run ends.
                 let _keep = self.gc.protect(&spec.digest);
                 let prepared = {
@@ -142,7 +155,7 @@ impl WorkHandler for NodeHandler {
                             .map_err(|e| retry("recording the one-off's end", e));
                     }
                 }
-                let mut s = self.instance_spec(&spec, image)?;
+                let mut s = self.instance_spec(&spec, image, env);
                 s.network = Some(network(&spec.service, state.config.as_ref(), None));
                 let out = self
                     .agent
@@ -192,6 +205,9 @@ impl NodeHandler {
             self.health.watch(&self.agent, &spec.instance, &p);
             return Ok(());
         }
+        // An item this node cannot open is refused before anything is
+        // pulled for it.
+        let env = self.open_env(&spec)?;
         // Kept from the collector until the placement protects it.
         let _keep = self.gc.protect(&spec.digest);
         let prepared = {
@@ -202,7 +218,7 @@ impl NodeHandler {
             return Ok(());
         };
         let config = self.service_config(&spec).await?;
-        let mut s = self.instance_spec(&spec, image)?;
+        let mut s = self.instance_spec(&spec, image, env);
         let placement = self.place(&spec, config.as_ref(), &mut s).await?;
         self.agent
             .run_instance(s)
@@ -361,22 +377,25 @@ impl NodeHandler {
 
     async fn pull(&self, spec: &NodeRunSpec) -> Result<ImageRoot, Result<ImageFault, WorkError>> {
         let fault = |reason, message: String| Err(Ok(ImageFault { reason, message }));
-        let Some((host, repository)) = spec.image.split_once('/') else {
-            return fault(
-                PullFailureReason::ImageNotFound,
-                format!("{:?} names no registry host and repository", spec.image),
-            );
+        let reference = match Reference::parse(&spec.image) {
+            Ok(r) => r,
+            Err(e) => {
+                return fault(
+                    PullFailureReason::ImageNotFound,
+                    format!("{:?} is not an image name: {e}", spec.image),
+                )
+            }
         };
         let credential = match &spec.credential {
             None => None,
-            Some(id) => match self.credential(id).await? {
+            Some(id) => match self.credential(spec, id, reference.domain()).await? {
                 Ok(c) => Some(c),
                 Err(message) => return fault(PullFailureReason::Unauthorized, message),
             },
         };
         let req = PullRequest {
-            host,
-            repository,
+            host: reference.registry_host(),
+            repository: reference.path(),
             digest: &spec.digest,
             credential: credential.as_ref(),
         };
@@ -480,11 +499,15 @@ impl NodeHandler {
         }
     }
 
-    /// The registry login of a credential: `Ok(Err(message))` when it is
-    /// gone or cannot be opened (the pull is unauthorized).
+    /// The registry login of credential `id` for `spec`'s pull from the
+    /// registry `domain`: `Ok(Err(message))` when the pull is unauthorized
+    /// (the credential is gone, not the service owner's, made for another
+    /// registry, or its login did not come sealed to this node).
     async fn credential(
         &self,
+        spec: &NodeRunSpec,
         id: &berth_schemas::ids::CredentialId,
+        domain: &str,
     ) -> Result<Result<Credential, String>, Result<ImageFault, WorkError>> {
         let loaded = self
             .reporter
@@ -496,31 +519,32 @@ impl NodeHandler {
             .events
             .iter()
             .fold(CredentialState::default(), credential::fold);
-        let Some(c) = state.active() else {
-            return Ok(Err(format!("registry credential {id} does not exist")));
+        let service = self.service_state(&spec.service).await.map_err(Err)?;
+        let Some(owner) = service.config.as_ref().map(|c| &c.owner) else {
+            return Ok(Err(format!(
+                "registry credential {id}: service {} does not exist",
+                spec.service
+            )));
         };
-        Ok(
-            match self.key.open(&c.token, &seal_context::credential_token(id)) {
-                Ok(token) => Ok(Credential::new(c.username.clone(), token.expose())),
-                Err(e) => Err(format!("registry credential {id} cannot be opened: {e}")),
-            },
-        )
+        if let Err(message) = state.usable(id, owner, domain) {
+            return Ok(Err(message));
+        }
+        Ok(open_login(&self.key, &self.reporter.node, spec, id))
+    }
+
+    /// `spec`'s env values opened with this node's key; an item sealed for
+    /// another node or instance is dead-lettered (retrying cannot open it).
+    fn open_env(&self, spec: &NodeRunSpec) -> Result<BTreeMap<String, String>, WorkError> {
+        open_env(&self.key, &self.reporter.node, spec).map_err(WorkError::Fatal)
     }
 
     fn instance_spec(
         &self,
         spec: &NodeRunSpec,
         image: ImageRoot,
-    ) -> Result<InstanceSpec, WorkError> {
-        let mut env = BTreeMap::new();
-        for (name, sealed) in &spec.env {
-            let v = self
-                .key
-                .open(sealed, &seal_context::env_var(&spec.service, name))
-                .map_err(|e| WorkError::Fatal(format!("env {name} cannot be opened: {e}")))?;
-            env.insert(name.clone(), v.expose().to_owned());
-        }
-        Ok(InstanceSpec {
+        env: BTreeMap<String, String>,
+    ) -> InstanceSpec {
+        InstanceSpec {
             service: spec.service.clone(),
             instance: spec.instance.clone(),
             image,
@@ -534,7 +558,7 @@ impl NodeHandler {
             },
             shutdown_delay: Duration::from_secs(u64::from(spec.shutdown_delay_secs.clamp(1, 300))),
             network: None,
-        })
+        }
     }
 }
 

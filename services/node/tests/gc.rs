@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::agent_support::{busybox_image, runc_list};
 use crate::node_support::{World, REPO};
-use crate::support::{count_of, fast_checks, key, run, service_at, spec, start_node_with};
+use crate::support::{count_of, fast_checks, run, service_at, spec, start_node_with};
 
 fn hex(digest: &str) -> &str {
     digest.split_once(':').unwrap().1
@@ -36,12 +36,11 @@ async fn collection_keeps_running_images_and_removes_stopped_ones() {
     let (a_digest, b_digest) = (w.digest.clone(), other.digest.clone());
     assert_ne!(a_digest, b_digest);
 
-    let key = key();
     let gc = GcOptions {
         interval: Some(Duration::from_millis(300)),
         budget_bytes: 0,
     };
-    let node = start_node_with(&w, &key, fast_checks(), gc).await;
+    let node = start_node_with(&w, fast_checks(), gc).await;
     let store = w.node_dir().join("store");
 
     let (sa, da) = service_at(&w, ServiceType::BackgroundWorker, None, &a_digest).await;

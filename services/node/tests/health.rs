@@ -13,7 +13,7 @@ use berth_schemas::Event;
 
 use crate::node_support::World;
 use crate::support::{
-    addr_of, count_of, fast_checks, http_get, key, kinds, of, run, service, spec, start_node,
+    addr_of, count_of, fast_checks, http_get, kinds, of, run, service, spec, start_node,
 };
 
 /// busybox httpd serving `dir` on `$PORT`, in the foreground.
@@ -24,8 +24,7 @@ fn httpd(prepare: &str, dir: &str) -> String {
 #[tokio::test]
 async fn web_instances_get_own_ports_and_pass_http_checks() {
     let w = World::start().await;
-    let key = key();
-    let node = start_node(&w, &key, fast_checks()).await;
+    let node = start_node(&w, fast_checks()).await;
 
     // Two instances of one web service on one node, both on PORT 10000 in
     // their own namespaces; the node publishes each on its own host port.
@@ -82,8 +81,7 @@ async fn web_instances_get_own_ports_and_pass_http_checks() {
 #[tokio::test]
 async fn private_services_pass_tcp_and_workers_pass_after_grace() {
     let w = World::start().await;
-    let key = key();
-    let node = start_node(&w, &key, fast_checks()).await;
+    let node = start_node(&w, fast_checks()).await;
 
     // A TCP server that answers nothing: an HTTP check would never pass.
     let (private, p_deploy) = service(&w, ServiceType::PrivateService, None).await;
@@ -150,8 +148,7 @@ async fn private_services_pass_tcp_and_workers_pass_after_grace() {
 #[tokio::test]
 async fn failing_live_instance_is_unhealthy_then_restarted_and_healthy_again() {
     let w = World::start().await;
-    let key = key();
-    let node = start_node(&w, &key, fast_checks()).await;
+    let node = start_node(&w, fast_checks()).await;
 
     // Healthy for ~3 s after each start, then its health file is removed.
     let (svc, deploy) = service(&w, ServiceType::WebService, Some("/h/ok")).await;
@@ -226,8 +223,7 @@ async fn failing_live_instance_is_unhealthy_then_restarted_and_healthy_again() {
 #[tokio::test]
 async fn a_crashed_instance_is_reported_healthy_again_after_its_restart() {
     let w = World::start().await;
-    let key = key();
-    let node = start_node(&w, &key, fast_checks()).await;
+    let node = start_node(&w, fast_checks()).await;
     let (svc, deploy) = service(&w, ServiceType::WebService, Some("/hello.txt")).await;
     let s = spec(&w, &svc, &deploy, &httpd("", "/app"), Some(10000));
     run(&w, &node.id, &s).await;
@@ -264,11 +260,10 @@ async fn a_crashed_instance_is_reported_healthy_again_after_its_restart() {
 #[tokio::test]
 async fn restarted_node_resumes_probing_without_repeating_facts() {
     let w = World::start().await;
-    let key = key();
     let mut checks = fast_checks();
     // No restart in place during this test: only the report matters.
     checks.health.restart_after = Duration::from_secs(600);
-    let node = start_node(&w, &key, checks.clone()).await;
+    let node = start_node(&w, checks.clone()).await;
 
     let (svc, deploy) = service(&w, ServiceType::WebService, Some("/h/ok")).await;
     let prepare = "mkdir -p /tmp/w/h; echo ok > /tmp/w/h/ok; (sleep 6; rm /tmp/w/h/ok) &";
@@ -280,7 +275,7 @@ async fn restarted_node_resumes_probing_without_repeating_facts() {
     .await;
     // The node process goes away; the container keeps running.
     node.stop().await;
-    let node = start_node(&w, &key, checks).await;
+    let node = start_node(&w, checks).await;
 
     // Only the new process can notice the failure.
     let events = w

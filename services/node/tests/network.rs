@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::agent_support::busybox_image;
 use crate::node_support::{World, REPO};
-use crate::support::{self, addr_of, count_of, fast_checks, http_get, key, run, spec, start_node};
+use crate::support::{self, addr_of, count_of, fast_checks, http_get, run, spec, start_node};
 
 /// A server that listens on 10000 whatever `PORT` says, as most images do.
 const FIXED_10000: &str = "/bin/busybox httpd -f -p 10000 -h /app";
@@ -188,8 +188,7 @@ impl Drop for Outside {
 #[tokio::test]
 async fn fixed_port_and_exposed_port_images_are_served_with_two_instances_on_one_node() {
     let w = World::start().await;
-    let key = key();
-    let node = start_node(&w, &key, fast_checks()).await;
+    let node = start_node(&w, fast_checks()).await;
     let baseline = berth_tests::net::leftovers(&w.subnet.subnet, &[]);
     let owner = OwnerId::User(UserId::generate());
 
@@ -275,8 +274,7 @@ async fn fixed_port_and_exposed_port_images_are_served_with_two_instances_on_one
 #[tokio::test]
 async fn instances_reach_their_owners_private_services_by_name_and_nothing_else() {
     let w = World::start().await;
-    let key = key();
-    let node = start_node(&w, &key, fast_checks()).await;
+    let node = start_node(&w, fast_checks()).await;
     let (mine, theirs) = (
         OwnerId::User(UserId::generate()),
         OwnerId::User(UserId::generate()),

@@ -10,7 +10,7 @@ use berth_schemas::model::ServiceType;
 use berth_schemas::Envelope;
 
 use crate::node_support::World;
-use crate::support::{count_of, fast_checks, key, run, service, spec, start_node};
+use crate::support::{count_of, fast_checks, run, service, spec, start_node};
 
 /// Seconds between SIGTERM and SIGKILL in these tests.
 const DELAY: u32 = 4;
@@ -22,8 +22,7 @@ fn stopped_all(ev: &[Envelope], ids: &[&berth_schemas::ids::InstanceId]) -> bool
 #[tokio::test]
 async fn five_stops_take_one_shutdown_delay_and_a_start_does_not_wait() {
     let w = World::start().await;
-    let key = key();
-    let node = start_node(&w, &key, fast_checks()).await;
+    let node = start_node(&w, fast_checks()).await;
     let (svc, dep) = service(&w, ServiceType::BackgroundWorker, None).await;
     let stubborn = "sh -c 'trap \"\" TERM; while true; do sleep 1; done'";
     let specs: Vec<_> = (0..5)

@@ -11,7 +11,6 @@ use std::time::Duration;
 use berth_domain::service::{Command, CreateService};
 use berth_node::{GcOptions, HealthOptions, Node, NodeChecks, NodeOptions};
 use berth_oci::{ClientConfig, RetryPolicy};
-use berth_runtime::secrets::SecretKey;
 use berth_schemas::commands::{NodeRunSpec, NodeWork};
 use berth_schemas::ids::{DeployId, InstanceId, NodeId, OwnerId, ServiceId, UserId};
 use berth_schemas::model::{ResolvedImage, Sealed, ServiceType};
@@ -59,10 +58,6 @@ pub fn options() -> NodeOptions {
     }
 }
 
-pub fn key() -> SecretKey {
-    SecretKey::from_base64(&SecretKey::generate_base64()).unwrap()
-}
-
 /// A node component running in-process.
 pub struct Running {
     pub id: NodeId,
@@ -82,23 +77,18 @@ impl Running {
     }
 }
 
-pub async fn start_node(w: &World, key: &SecretKey, checks: NodeChecks) -> Running {
-    start_node_with(w, key, checks, GcOptions::default()).await
+pub async fn start_node(w: &World, checks: NodeChecks) -> Running {
+    start_node_with(w, checks, GcOptions::default()).await
 }
 
-pub async fn start_node_with(
-    w: &World,
-    key: &SecretKey,
-    checks: NodeChecks,
-    gc: GcOptions,
-) -> Running {
+pub async fn start_node_with(w: &World, checks: NodeChecks, gc: GcOptions) -> Running {
     let dir: PathBuf = w.node_dir();
     let id = berth_node::load_or_create_id(&dir).unwrap();
     let checks = NodeChecks {
         subnet: w.subnet.parsed(),
         ..checks
     };
-    let node = Node::new(w.store.clone(), key.clone(), options())
+    let node = Node::new(w.store.clone(), options())
         .with_checks(checks)
         .with_gc(gc);
     let stop = CancellationToken::new();
@@ -194,6 +184,7 @@ pub fn spec(
         image: format!("{}/{REPO}", w.registry.host),
         digest: w.digest.clone(),
         credential: None,
+        login: None,
         env: Default::default(),
         command: Some(command.to_owned()),
         port,

@@ -4,12 +4,12 @@
 //! classify failures the same way (SPEC §9).
 
 use berth_domain::credential::{self, CredentialState};
-use berth_domain::reference::{Reference, DOCKER_HUB};
+use berth_domain::reference::Reference;
 use berth_eventlog::EventStore;
 use berth_oci::{Credential, ImageRef, RegistryClient};
 use berth_runtime::SecretKey;
 use berth_schemas::ids::{CredentialId, OwnerId};
-use berth_schemas::model::{seal_context, PullFailureReason, RegistryKind, ResolvedImage};
+use berth_schemas::model::{seal_context, PullFailureReason, ResolvedImage};
 use berth_schemas::AggregateId;
 
 /// Why an access did not yield a digest.
@@ -26,24 +26,6 @@ pub(crate) enum AccessError {
 
 fn failed(reason: PullFailureReason, message: String) -> AccessError {
     AccessError::Failed { reason, message }
-}
-
-/// Whether a credential for `registry` (and `host`, if set) may be sent to
-/// the registry `domain` of an image reference. A token is never sent to a
-/// registry it was not made for.
-pub(crate) fn serves(registry: RegistryKind, host: Option<&str>, domain: &str) -> bool {
-    if let Some(h) = host {
-        return h == domain;
-    }
-    match registry {
-        RegistryKind::Docker => domain == DOCKER_HUB,
-        RegistryKind::Github => domain == "ghcr.io",
-        RegistryKind::Gitlab => domain == "registry.gitlab.com",
-        RegistryKind::GoogleArtifact => {
-            domain.ends_with("-docker.pkg.dev") || domain == "gcr.io" || domain.ends_with(".gcr.io")
-        }
-        RegistryKind::Generic => false,
-    }
 }
 
 /// The registry login of credential `id`, if it is `owner`'s, live, and
@@ -63,23 +45,9 @@ pub(crate) async fn credential(
         .events
         .iter()
         .fold(CredentialState::default(), credential::fold);
-    let Some(c) = state.active().filter(|c| &c.owner == owner) else {
-        return Err(failed(
-            PullFailureReason::Unauthorized,
-            format!("registry credential {id} does not exist (removed, or not this owner's)"),
-        ));
-    };
-    if !serves(c.registry, c.host.as_deref(), domain) {
-        return Err(failed(
-            PullFailureReason::Unauthorized,
-            format!(
-                "registry credential {id} is for {}, not for {domain}",
-                c.host
-                    .clone()
-                    .unwrap_or_else(|| format!("{:?}", c.registry).to_uppercase())
-            ),
-        ));
-    }
+    let c = state
+        .usable(id, owner, domain)
+        .map_err(|message| failed(PullFailureReason::Unauthorized, message))?;
     let token = key
         .open(&c.token, &seal_context::credential_token(id))
         .map_err(|e| {
@@ -115,51 +83,4 @@ pub(crate) async fn resolve(
         .resolve(&target, login.as_ref())
         .await
         .map_err(|e| failed(e.reason(), e.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_go_only_to_the_registry_they_are_for() {
-        assert!(serves(RegistryKind::Docker, None, "docker.io"));
-        assert!(!serves(RegistryKind::Docker, None, "ghcr.io"));
-        assert!(serves(RegistryKind::Github, None, "ghcr.io"));
-        assert!(!serves(RegistryKind::Github, None, "evil.example.com"));
-        assert!(serves(RegistryKind::Gitlab, None, "registry.gitlab.com"));
-        assert!(serves(
-            RegistryKind::GoogleArtifact,
-            None,
-            "europe-west1-docker.pkg.dev"
-        ));
-        assert!(serves(RegistryKind::GoogleArtifact, None, "eu.gcr.io"));
-        assert!(!serves(
-            RegistryKind::GoogleArtifact,
-            None,
-            "pkg.dev.evil.io"
-        ));
-        assert!(serves(
-            RegistryKind::Generic,
-            Some("127.0.0.1:5000"),
-            "127.0.0.1:5000"
-        ));
-        assert!(!serves(
-            RegistryKind::Generic,
-            Some("127.0.0.1:5000"),
-            "127.0.0.1:5001"
-        ));
-        assert!(!serves(RegistryKind::Generic, None, "127.0.0.1:5000"));
-        // An explicit host wins over the kind's default.
-        assert!(serves(
-            RegistryKind::Github,
-            Some("ghcr.example.com"),
-            "ghcr.example.com"
-        ));
-        assert!(!serves(
-            RegistryKind::Github,
-            Some("ghcr.example.com"),
-            "ghcr.io"
-        ));
-    }
 }

@@ -28,6 +28,10 @@ pub enum SecretError {
     /// The key is not base64 of exactly 32 bytes (the caller's configuration).
     #[error("secret key must be base64 of 32 bytes")]
     BadKey,
+    /// A node key (private, or a registration's public key) is not base64
+    /// of exactly 32 bytes.
+    #[error("node key must be base64 of 32 bytes")]
+    BadNodeKey,
     /// The key file could not be read or created.
     #[error("secret key file {path}: {source}")]
     KeyFile {
@@ -111,31 +115,7 @@ impl SecretKey {
     /// Reads the key file at `path`, creating it (mode 0600) when absent.
     /// An existing file readable by group or others is refused.
     pub fn load_or_create(path: &Path) -> Result<Self, SecretError> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let io_err = |source| SecretError::KeyFile {
-            path: path.display().to_string(),
-            source,
-        };
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-        {
-            Ok(mut file) => {
-                file.write_all(Self::generate_base64().as_bytes())
-                    .and_then(|()| file.sync_all())
-                    .map_err(io_err)?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_err(e)),
-        }
-        let meta = std::fs::metadata(path).map_err(io_err)?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(SecretError::KeyFileMode(path.display().to_string()));
-        }
-        let text = std::fs::read_to_string(path).map_err(io_err)?;
-        Self::from_base64(&text)
+        Self::from_base64(&read_or_create_key_file(path, Self::generate_base64)?)
     }
 
     /// The key id recorded beside every ciphertext.
@@ -194,6 +174,40 @@ impl SecretKey {
             .map(Secret)
             .map_err(|_| SecretError::Corrupt)
     }
+}
+
+/// The text of the key file at `path`, written first (mode 0600, synced)
+/// with `generate()` when the file does not exist. An existing file
+/// readable by group or others is refused: a key others could read is no
+/// longer only this machine's.
+pub(crate) fn read_or_create_key_file(
+    path: &Path,
+    generate: impl FnOnce() -> String,
+) -> Result<String, SecretError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io_err = |source| SecretError::KeyFile {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(mut file) => {
+            file.write_all(generate().as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(io_err)?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err(e)),
+    }
+    let meta = std::fs::metadata(path).map_err(io_err)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(SecretError::KeyFileMode(path.display().to_string()));
+    }
+    std::fs::read_to_string(path).map_err(io_err)
 }
 
 #[cfg(test)]

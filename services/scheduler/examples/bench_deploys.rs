@@ -273,6 +273,7 @@ impl SchedulerThread {
     fn start(w: &World) -> SchedulerThread {
         let url = w.nats.url();
         let subjects = w.store.subjects().clone();
+        let key = w.key.clone();
         let stop = tokio_util::sync::CancellationToken::new();
         let token = stop.clone();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -293,7 +294,7 @@ impl SchedulerThread {
                 .await
                 .unwrap();
                 let ready = berth_runtime::ReadyFlag::default();
-                let s = berth_scheduler::Scheduler::new(store, support::scheduler_options());
+                let s = berth_scheduler::Scheduler::new(store, key, support::scheduler_options());
                 let run = s.run(token, Some(ready.clone()));
                 tokio::pin!(run);
                 let mut sent = false;

@@ -15,6 +15,7 @@ use berth_schemas::model::{DeployStatus, ServiceType};
 use berth_schemas::{Envelope, Event};
 use chrono::{DateTime, TimeDelta, Utc};
 
+use crate::compose::Composed;
 use crate::drive::{Next, Pass};
 use crate::SchedulerError;
 
@@ -143,7 +144,10 @@ pub(crate) async fn carry_out(
     if place(p, &mut s).await? || blocked(p, std::mem::take(&mut s.blocked)).await? {
         return Ok(Next::Again);
     }
-    start_pending(p, cfg, failures, &mut s.stops).await?;
+    requeue = sooner(
+        requeue,
+        start_pending(p, cfg, failures, &mut s.stops).await?,
+    );
     let (moved, drain_wait) = stop(p, cfg, s.stops, now).await?;
     if moved {
         return Ok(Next::Again);
@@ -204,13 +208,15 @@ async fn blocked(p: &Pass<'_>, blocked: Vec<PlacementBlocked>) -> Result<bool, S
 }
 
 /// Every instance placed but not started hears about it (again); one
-/// whose node could not pull it is stopped instead.
+/// whose node could not pull it is stopped instead. Returns how soon to
+/// look again for items that could not be sealed to their node yet.
 async fn start_pending(
     p: &Pass<'_>,
     cfg: &ServiceConfig,
     failures: &PullFailures,
     stops: &mut Vec<InstanceId>,
-) -> Result<(), SchedulerError> {
+) -> Result<Option<Duration>, SchedulerError> {
+    let mut wait = None;
     for i in p.state.instances.iter() {
         if i.phase != InstancePhase::Scheduled
             || p.inner.cluster.is_recorded_lost(&i.node)
@@ -225,12 +231,16 @@ async fn start_pending(
         let Some(d) = p.state.deploy(&i.deploy) else {
             continue;
         };
-        if let Some(spec) = p.run_spec(cfg, d, &i.id, &i.digest) {
-            p.enqueue(&i.node, &NodeWork::RunInstance(spec), i.id.as_str())
-                .await?;
+        match p.run_spec(cfg, d, &i.id, &i.digest, &i.node).await? {
+            Composed::Ready(spec) => {
+                p.enqueue(&i.node, &NodeWork::RunInstance(*spec), i.id.as_str())
+                    .await?;
+            }
+            Composed::Wait(after) => wait = sooner(wait, Some(after)),
+            Composed::Skip => {}
         }
     }
-    Ok(())
+    Ok(wait)
 }
 
 /// Stops go to the instance's node; an instance no node will report

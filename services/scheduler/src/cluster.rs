@@ -18,6 +18,7 @@ use berth_domain::node::{self as node_rules, NodeState};
 use berth_domain::scheduler::{lost_nodes, ClusterView, NodeCapacity};
 use berth_domain::service::ServiceState;
 use berth_eventlog::{EventStore, NewEvent};
+use berth_runtime::node_key::NodePublicKey;
 use berth_schemas::ids::{InstanceId, NodeId, ServiceId};
 use berth_schemas::{Actor, AggregateId};
 use chrono::{DateTime, Utc};
@@ -126,6 +127,31 @@ impl Cluster {
         // Timed by the local clock: the node's own may be off.
         k.heard.insert(node.clone(), Utc::now());
         k.nodes.get(node).is_none_or(|s| s.lost)
+    }
+
+    /// The public key `node` registered, reloading the node once when this
+    /// copy knows none (it may have registered one since it was loaded).
+    pub(crate) async fn node_key(
+        &self,
+        node: &NodeId,
+    ) -> Result<Option<NodePublicKey>, SchedulerError> {
+        if let Some(k) = self.known_key(node) {
+            return Ok(Some(k));
+        }
+        self.refresh_node(node).await?;
+        Ok(self.known_key(node))
+    }
+
+    fn known_key(&self, node: &NodeId) -> Option<NodePublicKey> {
+        let k = self.lock();
+        let text = k.nodes.get(node)?.public_key.as_deref()?;
+        match NodePublicKey::from_base64(text) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                tracing::warn!(node.id = %node, error = %e, "node registered an unusable public key");
+                None
+            }
+        }
     }
 
     /// True when the node's aggregate has been loaded and is registered.

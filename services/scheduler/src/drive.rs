@@ -25,20 +25,20 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use berth_domain::reference::Reference;
 use berth_domain::scheduler::{
     place, reconcile, shortfall, ClusterView, RandomIds, PLACEMENT_RETRY,
 };
 use berth_domain::service::{self, Command, Deploy, InstancePhase, ServiceConfig, ServiceState};
 use berth_domain::Ctx;
 use berth_eventlog::{EventStore, NewEvent, Version};
-use berth_schemas::commands::{NodeRunSpec, NodeWork, OneOffPurpose};
+use berth_schemas::commands::{NodeWork, OneOffPurpose};
 use berth_schemas::ids::{DeployId, InstanceId, NodeId, ServiceId};
 use berth_schemas::model::{DeployPhase, DeployStatus, ServiceType};
 use berth_schemas::{Actor, AggregateId};
 use chrono::{TimeDelta, Utc};
 
 use crate::carry::{self, PullFailures};
+use crate::compose::Composed;
 use crate::{Inner, SchedulerError};
 
 /// Passes of one drive before giving up (each after a conflict or a step).
@@ -142,41 +142,6 @@ impl Pass<'_> {
         id: &str,
     ) -> Result<(), SchedulerError> {
         enqueue(&self.inner.store, node, self.service, work, id).await
-    }
-
-    pub(crate) fn run_spec(
-        &self,
-        cfg: &ServiceConfig,
-        d: &Deploy,
-        instance: &InstanceId,
-        digest: &str,
-    ) -> Option<NodeRunSpec> {
-        let image = match Reference::parse(&d.image) {
-            Ok(r) => r.name(),
-            Err(e) => {
-                tracing::warn!(service.id = %self.service, deploy.id = %d.id, error = %e, "deploy image unparsable");
-                return None;
-            }
-        };
-        let port = match cfg.service_type {
-            ServiceType::WebService | ServiceType::PrivateService => {
-                Some(self.inner.opts.default_port)
-            }
-            _ => None,
-        };
-        Some(NodeRunSpec {
-            service: self.service.clone(),
-            deploy: d.id.clone(),
-            instance: instance.clone(),
-            image,
-            digest: digest.to_owned(),
-            credential: d.credential.clone(),
-            env: cfg.env_vars.clone(),
-            command: cfg.docker_command.clone(),
-            port,
-            plan: Some(cfg.plan.clone()),
-            shutdown_delay_secs: u32::from(cfg.shutdown_delay_secs),
-        })
     }
 }
 
@@ -374,8 +339,10 @@ async fn pipeline(
                 }
                 return Ok(Step::Retry(PLACEMENT_RETRY));
             };
-            let Some(mut spec) = p.run_spec(cfg, d, &instance, &digest) else {
-                return Ok(Step::Stay);
+            let mut spec = match p.run_spec(cfg, d, &instance, &digest, &node).await? {
+                Composed::Ready(spec) => *spec,
+                Composed::Wait(after) => return Ok(Step::Retry(after)),
+                Composed::Skip => return Ok(Step::Stay),
             };
             spec.command = Some(command);
             let work = NodeWork::RunOnce {

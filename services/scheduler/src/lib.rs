@@ -33,6 +33,7 @@
 
 mod carry;
 mod cluster;
+mod compose;
 mod config;
 mod drive;
 
@@ -44,7 +45,7 @@ use async_nats::jetstream::consumer::DeliverPolicy;
 use berth_domain::node::Command as NodeCommand;
 use berth_eventlog::worker::{Job, WorkError, WorkHandler, WorkerConfig};
 use berth_eventlog::EventStore;
-use berth_runtime::{BoxError, Component, ComponentContext, ReadyFlag};
+use berth_runtime::{BoxError, Component, ComponentContext, ReadyFlag, SecretKey};
 use berth_schemas::ids::{InstanceId, NodeId, ServiceId};
 use berth_schemas::{AggregateId, Commit};
 use futures::future::BoxFuture;
@@ -79,6 +80,8 @@ impl SchedulerError {
 
 pub(crate) struct Inner {
     pub(crate) store: EventStore,
+    /// Opens the services' secrets to seal them to the nodes that run them.
+    pub(crate) key: Arc<SecretKey>,
     pub(crate) opts: SchedulerOptions,
     pub(crate) cluster: Cluster,
     locks: Mutex<HashMap<ServiceId, Arc<tokio::sync::Mutex<()>>>>,
@@ -136,6 +139,7 @@ impl Inner {
 /// The scheduler component.
 pub struct Scheduler {
     store: EventStore,
+    key: Arc<SecretKey>,
     opts: SchedulerOptions,
 }
 
@@ -148,13 +152,19 @@ impl std::fmt::Debug for Scheduler {
 }
 
 /// The scheduler as a component of `berth up` / `berth run scheduler`.
-pub fn component(store: EventStore, opts: SchedulerOptions) -> Scheduler {
-    Scheduler::new(store, opts)
+pub fn component(store: EventStore, key: SecretKey, opts: SchedulerOptions) -> Scheduler {
+    Scheduler::new(store, key, opts)
 }
 
 impl Scheduler {
-    pub fn new(store: EventStore, opts: SchedulerOptions) -> Self {
-        Self { store, opts }
+    /// A scheduler sealing work items' secrets with the installation `key`
+    /// opened and sealed again to each item's node.
+    pub fn new(store: EventStore, key: SecretKey, opts: SchedulerOptions) -> Self {
+        Self {
+            store,
+            key: Arc::new(key),
+            opts,
+        }
     }
 
     /// Schedules until `shutdown`; `ready` is set once the consumer exists
@@ -172,6 +182,7 @@ impl Scheduler {
                 self.opts.readiness_window,
             ),
             store: self.store.clone(),
+            key: self.key.clone(),
             opts: self.opts.clone(),
             locks: Mutex::default(),
             timers: Mutex::default(),

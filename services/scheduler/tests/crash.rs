@@ -31,7 +31,10 @@ async fn child_scheduler() {
     let store = EventStore::open(client, subjects, StoreConfig::default())
         .await
         .unwrap();
-    Scheduler::new(store, scheduler_options())
+    // Any installation key: the services of these tests have no secrets.
+    let key = berth_runtime::SecretKey::from_base64(&berth_runtime::SecretKey::generate_base64())
+        .unwrap();
+    Scheduler::new(store, key, scheduler_options())
         .run(CancellationToken::new(), None)
         .await
         .unwrap();

@@ -250,7 +250,7 @@ impl World {
             health: health_options(),
             ..NodeChecks::default()
         };
-        let node = Node::new(self.store.clone(), self.key.clone(), opts).with_checks(checks);
+        let node = Node::new(self.store.clone(), opts).with_checks(checks);
         let stop = self.shutdown.child_token();
         let (tx, mut rx) = tokio::sync::watch::channel(false);
         let task =
@@ -282,7 +282,7 @@ impl World {
     ) -> (CancellationToken, JoinHandle<()>) {
         let stop = self.shutdown.child_token();
         let ready = berth_runtime::ReadyFlag::default();
-        let s = Scheduler::new(self.store.clone(), opts);
+        let s = Scheduler::new(self.store.clone(), self.key.clone(), opts);
         let (sd, rd) = (stop.clone(), ready.clone());
         let task = tokio::spawn(async move { s.run(sd, Some(rd)).await.unwrap() });
         let t0 = Instant::now();

@@ -9,8 +9,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use berth_domain::node::NodeState;
 use berth_domain::service::{Command, CreateService};
 use berth_eventlog::{EventStore, StoreConfig};
+use berth_runtime::node_key::NodePublicKey;
 use berth_schemas::commands::{NodeRunSpec, NodeWork};
 use berth_schemas::ids::{DeployId, InstanceId, NodeId, ServiceId};
 use berth_schemas::ids::{OwnerId, UserId};
@@ -82,10 +84,15 @@ impl World {
     /// A web service of the pushed image whose first deploy resolved to
     /// its digest (what the scheduler sees before it places instances).
     pub async fn service(&self) -> (ServiceId, DeployId) {
+        self.service_of(&OwnerId::User(UserId::generate())).await
+    }
+
+    /// [`World::service`] of `owner`.
+    pub async fn service_of(&self, owner: &OwnerId) -> (ServiceId, DeployId) {
         let service = ServiceId::generate();
         let deploy = DeployId::generate();
         let create = CreateService::new(
-            OwnerId::User(UserId::generate()),
+            owner.clone(),
             &format!("svc-{}", &service.as_str()[4..12]),
             ServiceType::WebService,
             &format!("{}/{REPO}:v1", self.registry.host),
@@ -121,7 +128,13 @@ impl World {
 
     /// A run spec for the pushed image, for a fresh service and deploy.
     pub async fn spec(&self, command: &str) -> NodeRunSpec {
-        let (service, deploy) = self.service().await;
+        self.spec_of(&OwnerId::User(UserId::generate()), command)
+            .await
+    }
+
+    /// [`World::spec`] for a service of `owner`.
+    pub async fn spec_of(&self, owner: &OwnerId, command: &str) -> NodeRunSpec {
+        let (service, deploy) = self.service_of(owner).await;
         NodeRunSpec {
             service,
             deploy,
@@ -129,12 +142,27 @@ impl World {
             image: format!("{}/{REPO}", self.registry.host),
             digest: self.digest.clone(),
             credential: None,
+            login: None,
             env: Default::default(),
             command: Some(command.to_owned()),
             port: Some(10000),
             plan: None,
             shutdown_delay_secs: 2,
         }
+    }
+
+    /// The public key `node` registered: what its work is sealed to.
+    pub async fn node_key(&self, node: &NodeId) -> NodePublicKey {
+        let state = self
+            .store
+            .load(&AggregateId::Node(node.clone()))
+            .await
+            .unwrap()
+            .events
+            .iter()
+            .fold(NodeState::default(), berth_domain::node::fold);
+        let key = state.public_key.expect("the node registered a public key");
+        NodePublicKey::from_base64(&key).unwrap()
     }
 
     /// Enqueue `work` for `node` (idempotency key `key`).
