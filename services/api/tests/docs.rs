@@ -31,6 +31,7 @@ async fn openapi_is_served_committed_and_complete() {
             .replace("{deployId}", "dep-aaaaaaaaaaaaaaaaaaaa")
             .replace("{registryCredentialId}", "rgc-aaaaaaaaaaaaaaaaaaaa")
             .replace("{apiKeyId}", "key-aaaaaaaaaaaaaaaaaaaa")
+            .replace("{integrationId}", "itg-aaaaaaaaaaaaaaaaaaaa")
             .replace("{ownerId}", "usr-aaaaaaaaaaaaaaaaaaaa");
         let m: Method = method.to_uppercase().parse().unwrap();
         let (s, v) = app.call(m, &path, None, None).await;
