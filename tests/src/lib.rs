@@ -77,11 +77,15 @@ pub fn is_alone() -> bool {
 
 /// Runs the ignored test `path` (module path inside this test binary, e.g.
 /// `credentials_secrecy::child`) in a process of its own and asserts that it
-/// passed. For tests that own process-global state, such as the tracing
-/// subscriber, which the other tests in the same binary would share.
+/// ran and passed. For tests that own process-global state, such as the
+/// tracing subscriber, which the other tests in the same binary would share.
+///
+/// libtest exits 0 when `--exact` matches no test, so the exit status alone
+/// would let a renamed child pass without running: the child's summary
+/// line must say that exactly one test passed.
 pub fn run_alone(path: &str) {
     let exe = std::env::current_exe().expect("test binary path");
-    let status = std::process::Command::new(exe)
+    let out = std::process::Command::new(exe)
         .args([
             "--exact",
             path,
@@ -90,10 +94,23 @@ pub fn run_alone(path: &str) {
             "--test-threads=1",
         ])
         .env(ALONE_ENV, "1")
-        .status()
+        .stderr(std::process::Stdio::inherit())
+        .output()
         .expect("start the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Shown with this test's output (libtest captures it).
+    print!("{stdout}");
     assert!(
-        status.success(),
-        "{path} failed in its own process: {status}"
+        out.status.success(),
+        "{path} failed in its own process: {}",
+        out.status
+    );
+    let summary = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("test result: "))
+        .unwrap_or_default();
+    assert!(
+        summary.starts_with("ok. 1 passed; 0 failed;"),
+        "{path} did not run as the one test of its process: {summary:?}"
     );
 }

@@ -4,24 +4,40 @@
 //! message the test's server carries, including image check requests and
 //! replies), and not in what the application layer returns (credential
 //! list/show, errors). The flows exercised: basic auth, the bearer-token
-//! challenge flow, creation checks, deploy resolution, a rotation to a
-//! wrong token and the failure it causes.
+//! challenge flow, creation checks, deploy resolution, the node opening the
+//! token to pull (and run) each image, a rotation to a wrong token and the
+//! failures it causes, the node's pull with it included.
+//!
+//! The same holds for the API's secrets on the HTTP path: an API key in
+//! the `Authorization` header and a deploy hook key in the URL (and a
+//! wrong one of each, offered and refused) are never logged, stored or
+//! published, through the real listener and router.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::resolver_support;
+use crate::{agent_support, resolver_support};
 
 use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use berth_ingress::{NewService, Rotation};
+use berth_ingress::{IngressOptions, NewService, Rotation};
+use berth_node::{Node, NodeChecks, NodeOptions};
+use berth_oci::{ClientConfig, RetryPolicy};
 use berth_runtime::Secret;
+use berth_schemas::commands::{NodeRunSpec, NodeWork};
+use berth_schemas::ids::{CredentialId, DeployId, InstanceId, NodeId, ServiceId};
 use berth_schemas::model::{DeployStatus, OverlapPolicy, ServiceType};
-use berth_tests::image::small_image;
+use berth_schemas::{Actor, AggregateId, Envelope};
 use berth_tests::registry::{Registry, RegistryAuth};
+use berth_tests::NatsVersion;
 use futures::StreamExt;
-use resolver_support::{contains, App};
+use resolver_support::{contains, fast_options, App};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -40,6 +56,213 @@ fn random_token(tag: &str) -> String {
     use rand::Rng;
     let n: u128 = rand::rng().random();
     format!("tok{tag}{n:032x}")
+}
+
+/// The secret with its last character changed: the same shape, refused.
+fn altered(secret: &str) -> String {
+    let mut s = secret.to_owned();
+    let last = s.pop().unwrap();
+    s.push(if last == 'a' { 'b' } else { 'a' });
+    s
+}
+
+/// One HTTP/1.1 request on a connection of its own; the status and body.
+async fn http(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>) -> (u16, String) {
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = bearer
+        .map(|k| format!("authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: api\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1.to_owned();
+    (status, body)
+}
+
+/// The API component's listener and router on this installation's log.
+async fn start_api(app: &App) -> (berth_api::AppState, SocketAddr) {
+    let state = berth_api::AppState::start(
+        app.store.clone(),
+        app.key.clone(),
+        IngressOptions {
+            check_timeout: Duration::from_secs(10),
+            ..IngressOptions::default()
+        },
+        app.shutdown.clone(),
+        &tokio_util::task::TaskTracker::new(),
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(berth_api::serve(
+        listener,
+        state.clone(),
+        app.shutdown.clone(),
+        Duration::from_secs(10),
+    ));
+    (state, addr)
+}
+
+/// The node component (real runc) on this installation's log.
+struct TestNode {
+    id: NodeId,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<Result<(), berth_node::NodeError>>>,
+    runc_root: PathBuf,
+    /// Dropped before `dir`: it removes what of the network is left,
+    /// reading the node's network state in `dir`.
+    _subnet: berth_tests::net::SubnetLease,
+    dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    async fn start(app: &App) -> TestNode {
+        agent_support::require_root_and_runc();
+        let dir = tempfile::tempdir().unwrap();
+        let node_dir = dir.path().join("node");
+        let mut subnet = berth_tests::net::lease_subnet();
+        subnet.net_dir = Some(node_dir.join("agent").join("net"));
+        let opts = NodeOptions {
+            dir: None,
+            name: "secrecy-node".into(),
+            cpu_millis: 2000,
+            memory_mib: 2048,
+            runc: "runc".into(),
+            cni_path: "/usr/lib/cni".into(),
+            concurrency: 4,
+            ack_wait: Duration::from_secs(10),
+            max_deliver: 3,
+            heartbeat: Duration::from_millis(200),
+            progress_interval: Duration::from_millis(100),
+            restart: agent_support::fast_restarts(),
+            client: ClientConfig {
+                retry: RetryPolicy::fast(),
+                ..ClientConfig::default()
+            },
+        };
+        let id = berth_node::load_or_create_id(&node_dir).unwrap();
+        let node = Node::new(app.store.clone(), app.key.clone(), opts).with_checks(NodeChecks {
+            subnet: subnet.parsed(),
+            ..NodeChecks::default()
+        });
+        let stop = CancellationToken::new();
+        let (ready_tx, mut ready) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(node.serve(
+            app.store.client().clone(),
+            node_dir.clone(),
+            stop.clone(),
+            move |r| {
+                let _ = ready_tx.send(r);
+            },
+        ));
+        tokio::time::timeout(Duration::from_secs(20), ready.wait_for(|r| *r))
+            .await
+            .expect("node ready within 20 s")
+            .unwrap();
+        TestNode {
+            id,
+            stop,
+            task: Some(task),
+            runc_root: node_dir.join("agent").join("runc"),
+            _subnet: subnet,
+            dir,
+        }
+    }
+
+    async fn enqueue(&self, app: &App, service: &ServiceId, work: &NodeWork, key: &str) {
+        app.store
+            .enqueue(
+                &berth_node::queue(&self.id),
+                service.as_str(),
+                rmp_serde::to_vec_named(work).unwrap().into(),
+                key,
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Runs `spec` until it has started, then stops it.
+    async fn run_and_stop(&self, app: &App, spec: &NodeRunSpec) {
+        let work = NodeWork::RunInstance(spec.clone());
+        self.enqueue(app, &spec.service, &work, spec.instance.as_str())
+            .await;
+        wait_for(app, &spec.service, "instance_started").await;
+        let stop = NodeWork::StopInstance {
+            service: spec.service.clone(),
+            instance: spec.instance.clone(),
+        };
+        let key = format!("stop-{}", spec.instance);
+        self.enqueue(app, &spec.service, &stop, &key).await;
+        wait_for(app, &spec.service, "instance_stopped").await;
+    }
+
+    async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .expect("node stops within 30 s")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        berth_tests::runc::remove_leftovers(&self.runc_root, self.dir.path());
+    }
+}
+
+/// What the node runs for `deploy` of `service`: the image on `reg`,
+/// pulled with `cred`.
+fn run_spec(
+    service: &ServiceId,
+    deploy: &DeployId,
+    reg: &Registry,
+    digest: &str,
+    cred: &CredentialId,
+) -> NodeRunSpec {
+    NodeRunSpec {
+        service: service.clone(),
+        deploy: deploy.clone(),
+        instance: InstanceId::generate(),
+        image: format!("{}/team/app", reg.host),
+        digest: digest.to_owned(),
+        credential: Some(cred.clone()),
+        env: Default::default(),
+        command: Some("sleep 60".into()),
+        port: None,
+        plan: None,
+        shutdown_delay_secs: 1,
+    }
+}
+
+/// The service's events once one of `type_name` is among them.
+async fn wait_for(app: &App, service: &ServiceId, type_name: &str) -> Vec<Envelope> {
+    let t0 = Instant::now();
+    loop {
+        let events = app.events_of(&AggregateId::Service(service.clone())).await;
+        if events.iter().any(|e| e.event.type_name() == type_name) {
+            return events;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no {type_name} for {service}: {:?}",
+            events
+                .iter()
+                .map(|e| e.event.type_name())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Captures every log line at TRACE with a global subscriber, so it runs in
@@ -76,11 +299,16 @@ async fn secrecy_child() {
     })
     .await
     .unwrap();
-    let img = small_image("amd64").unwrap();
+    // An image the node can run.
+    let img = agent_support::busybox_image(agent_support::default_config());
     basic.push_image("team/app", "v1", &img).await.unwrap();
     bearer.push_image("team/app", "v1", &img).await.unwrap();
 
-    let app = App::start().await;
+    let mut resolver = fast_options();
+    for c in [&mut resolver.deploy_client, &mut resolver.check_client] {
+        c.max_image_size = 64 << 20;
+    }
+    let app = App::start_with(NatsVersion::Modern, Some(resolver)).await;
     // Everything on the bus, from the moment the installation exists.
     let mut bus = app.store.client().subscribe(">").await.unwrap();
     let bus_bytes = Arc::new(Mutex::new(Vec::<u8>::new()));
@@ -111,6 +339,7 @@ async fn secrecy_child() {
 
     let mut outputs = String::new();
     let mut ids = Vec::new();
+    let mut deploys = Vec::new();
     for (name, reg, cred) in [("b", &basic, &basic_cred), ("t", &bearer, &bearer_cred)] {
         let mut s = NewService::new(
             name,
@@ -127,7 +356,65 @@ async fn secrecy_child() {
         );
         outputs.push_str(&format!("{created:?}{state:?}"));
         ids.push(created.id);
+        deploys.push(created.deploy);
     }
+
+    // The node opens each token from the log to pull, and runs the image.
+    let node = TestNode::start(&app).await;
+    for (i, (reg, cred)) in [(&basic, &basic_cred), (&bearer, &bearer_cred)]
+        .into_iter()
+        .enumerate()
+    {
+        let spec = run_spec(&ids[i], &deploys[i], reg, &img.digest, cred);
+        node.run_and_stop(&app, &spec).await;
+    }
+
+    // The API over HTTP: an API key in the header, the hook key in the URL;
+    // a wrong one of each refused.
+    let (api, addr) = start_api(&app).await;
+    let (_, api_key) = api
+        .ingress
+        .create_api_key(&alice.owner, "ci", &Actor::system("test"))
+        .await
+        .unwrap();
+    let api_key = api_key.expose().to_owned();
+    let wrong_api_key = altered(&api_key);
+    let (status, body) = http(addr, "GET", "/v1/services", Some(&wrong_api_key)).await;
+    assert_eq!(status, 401, "{body}");
+    outputs.push_str(&body);
+    let (status, body) = http(
+        addr,
+        "GET",
+        &format!("/v1/services/{}/deploy-hook", ids[0]),
+        Some(&api_key),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let url = serde_json::from_str::<serde_json::Value>(&body).unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let hook_key = url.split_once("key=").unwrap().1.to_owned();
+    let wrong_hook_key = altered(&hook_key);
+    let (status, body) = http(addr, "POST", &url, None).await;
+    assert_eq!(status, 200, "{body}");
+    outputs.push_str(&body);
+    let hooked: DeployId = serde_json::from_str::<serde_json::Value>(&body).unwrap()["deploy"]
+        ["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    app.await_deploy(&alice, &ids[0], &hooked).await;
+    let (status, body) = http(
+        addr,
+        "GET",
+        &format!("/deploy/{}?key={wrong_hook_key}", ids[0]),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    outputs.push_str(&body);
 
     // Rotate to a wrong token: the creation check and the deploy both fail,
     // and their messages must not carry the token either.
@@ -164,6 +451,16 @@ async fn secrecy_child() {
     );
     outputs.push_str(&format!("{state:?}"));
 
+    // The node's pull with the wrong token: refused by the registry, and
+    // recorded without it (the image of the other service, still running).
+    let spec = run_spec(&ids[1], &deploys[1], &basic, &img.digest, &basic_cred);
+    let key = spec.instance.to_string();
+    node.enqueue(&app, &ids[1], &NodeWork::RunInstance(spec), &key)
+        .await;
+    let events = wait_for(&app, &ids[1], "image_pull_failed").await;
+    outputs.push_str(&format!("{events:?}"));
+    node.stop().await;
+
     let list = app.ingress.list_credentials(&alice).await.unwrap();
     assert_eq!(list.len(), 2);
     outputs.push_str(&format!("{list:?}{rotated:?}"));
@@ -191,6 +488,16 @@ async fn secrecy_child() {
         "log capture is empty?"
     );
     assert!(contains(&captured, "TRACE"), "not capturing at TRACE");
+    // The node's pulls, the hook call and the refused API key were logged.
+    assert!(contains(&captured, "downloaded_blobs"), "no pull logged");
+    assert!(
+        contains(&captured, "image pull failed"),
+        "no failed pull logged"
+    );
+    assert!(
+        contains(&captured, "deploy hook called"),
+        "no hook call logged"
+    );
     assert!(contains(&log_bytes, "credential_rotated"));
     assert!(contains(&bus_bytes, "resolver.check") || contains(&bus_bytes, "credential_created"));
     assert!(outputs.contains(basic_cred.as_str()));
@@ -198,20 +505,24 @@ async fn secrecy_child() {
     let b64 = |user: &str, token: &str| {
         base64::engine::general_purpose::STANDARD.encode(format!("{user}:{token}"))
     };
-    for secret in [
-        basic_token.clone(),
-        bearer_token.clone(),
-        wrong_token.clone(),
-        b64("ci", &basic_token),
-        b64("bot", &bearer_token),
-        b64("ci", &wrong_token),
+    for (what, secret) in [
+        ("the basic token", basic_token.clone()),
+        ("the bearer token", bearer_token.clone()),
+        ("the wrong token", wrong_token.clone()),
+        ("the basic login", b64("ci", &basic_token)),
+        ("the bearer login", b64("bot", &bearer_token)),
+        ("the wrong login", b64("ci", &wrong_token)),
+        ("the API key", api_key.clone()),
+        ("the refused API key", wrong_api_key.clone()),
+        ("the hook key", hook_key.clone()),
+        ("the refused hook key", wrong_hook_key.clone()),
     ] {
-        assert!(!contains(&captured, &secret), "a token is in the logs");
+        assert!(!contains(&captured, &secret), "{what} is in the logs");
         assert!(
             !contains(&log_bytes, &secret),
-            "a token is in the event stream"
+            "{what} is in the event stream"
         );
-        assert!(!contains(&bus_bytes, &secret), "a token is on the bus");
-        assert!(!outputs.contains(&secret), "a token is in API output");
+        assert!(!contains(&bus_bytes, &secret), "{what} is on the bus");
+        assert!(!outputs.contains(&secret), "{what} is in API output");
     }
 }

@@ -32,7 +32,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit};
-use axum::routing::{get, post};
 use axum::Router;
 use berth_eventlog::EventStore;
 use berth_ingress::{IngressError, IngressOptions};
@@ -143,80 +142,10 @@ impl ApiArgs {
     }
 }
 
-/// Every route of the API.
+/// Every route of the API: the table in [`openapi`], which the OpenAPI
+/// document is made from too.
 pub fn router(state: AppState) -> Router {
-    use routes::{deploys, owner, services};
-    Router::new()
-        .route("/v1/openapi.json", get(openapi::serve))
-        .route("/v1/services", get(services::list).post(services::create))
-        .route(
-            "/v1/services/{id}",
-            get(services::get)
-                .patch(services::update)
-                .delete(services::delete),
-        )
-        .route(
-            "/v1/services/{id}/deploys",
-            get(deploys::list).post(deploys::create),
-        )
-        .route("/v1/services/{id}/deploys/{deploy}", get(deploys::get))
-        .route(
-            "/v1/services/{id}/deploys/{deploy}/cancel",
-            post(deploys::cancel),
-        )
-        .route("/v1/services/{id}/rollback", post(deploys::rollback))
-        .route("/v1/services/{id}/events", get(services::events))
-        .route("/v1/services/{id}/scale", post(services::scale))
-        .route("/v1/services/{id}/restart", post(services::restart))
-        .route("/v1/services/{id}/suspend", post(services::suspend))
-        .route("/v1/services/{id}/resume", post(services::resume))
-        .route("/v1/services/{id}/deploy-hook", get(services::hook))
-        .route(
-            "/v1/services/{id}/deploy-hook/regenerate",
-            post(services::regenerate_hook),
-        )
-        .route(
-            "/v1/cron-jobs/{id}/runs",
-            post(services::trigger_cron).delete(services::cancel_cron),
-        )
-        .route(
-            "/v1/registrycredentials",
-            get(owner::list_credentials).post(owner::create_credential),
-        )
-        .route(
-            "/v1/registrycredentials/{id}",
-            get(owner::get_credential)
-                .patch(owner::update_credential)
-                .delete(owner::delete_credential),
-        )
-        .route(
-            "/v1/api-keys",
-            get(owner::list_api_keys).post(owner::create_api_key),
-        )
-        .route(
-            "/v1/api-keys/{id}",
-            axum::routing::delete(owner::revoke_api_key),
-        )
-        .route(
-            "/v1/integrations",
-            get(owner::list_integrations).post(owner::create_integration),
-        )
-        .route(
-            "/v1/integrations/{id}",
-            axum::routing::delete(owner::revoke_integration),
-        )
-        .route(
-            "/v1/notification-settings/owners/{owner}",
-            get(owner::get_notifications).patch(owner::set_notifications),
-        )
-        .route(
-            "/v1/notification-settings/overrides/services/{id}",
-            get(services::get_override).patch(services::set_override),
-        )
-        .route(
-            "/deploy/{id}",
-            get(hooks::deploy_hook).post(hooks::deploy_hook),
-        )
+    openapi::add_routes(Router::new())
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(app::MAX_BODY_BYTES))

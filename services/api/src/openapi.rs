@@ -1,272 +1,139 @@
-//! The OpenAPI 3.1 document of the API, served at `/v1/openapi.json` and
-//! committed as `services/api/openapi.json` (a test fails when they drift).
-//! Hand-built from one route table, because the handlers' bodies are
-//! validated by hand (field errors) rather than by derived schemas.
+//! The route table of the API: what [`crate::router`] serves and what the
+//! OpenAPI 3.1 document says, from one list ([`ROUTES`]), so a route cannot
+//! be served without being documented. The document is served at
+//! `/v1/openapi.json` and committed as `services/api/openapi.json` (a test
+//! fails when they drift). Hand-built rather than derived from the
+//! handlers' types, because their bodies are validated by hand (field
+//! errors) rather than by derived schemas.
 
-use axum::Json;
+use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 
-/// (method, path, summary, request body fields, success status)
-type Route = (
-    &'static str,
-    &'static str,
-    &'static str,
-    &'static [&'static str],
-    u16,
-);
+use crate::app::AppState;
+use crate::hooks;
+use crate::routes::{deploys, owner, services};
 
-/// Every route.
-pub const ROUTES: &[Route] = &[
-    ("get", "/v1/services", "List services", &[], 200),
-    (
-        "post",
-        "/v1/services",
+/// One route of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// Lowercase HTTP method, as OpenAPI spells it.
+    pub method: &'static str,
+    /// The path template, `{name}` for each parameter: axum's syntax and
+    /// OpenAPI's, so the router and the document read the same string.
+    pub path: &'static str,
+    /// One line for the document.
+    pub summary: &'static str,
+    /// The JSON body's fields (none: no body).
+    pub body: &'static [&'static str],
+    /// The status of a success.
+    pub status: u16,
+}
+
+/// Each row names its method, path and handler once: the macro makes both
+/// the public table and the router's registrations from it.
+macro_rules! routes {
+    ($(
+        $method:ident $path:literal => $handler:path,
+        $summary:literal, [$($field:literal),* $(,)?], $status:literal;
+    )*) => {
+        /// Every route of the API, in the order they are registered.
+        pub const ROUTES: &[Route] = &[$(Route {
+            method: stringify!($method),
+            path: $path,
+            summary: $summary,
+            body: &[$($field),*],
+            status: $status,
+        }),*];
+
+        /// Registers every route of [`ROUTES`] on `router`: the only place
+        /// the API's routes are added (a test checks that no other code
+        /// adds any).
+        pub(crate) fn add_routes(router: Router<AppState>) -> Router<AppState> {
+            router $(.route($path, axum::routing::$method($handler)))*
+        }
+    };
+}
+
+routes! {
+    get "/v1/services" => services::list,
+        "List services", [], 200;
+    post "/v1/services" => services::create,
         "Create a service (image verified first)",
-        &[
-            "type",
-            "name",
-            "ownerId",
-            "image",
-            "envVars",
-            "serviceDetails",
-            "notifyOnFail",
-        ],
-        201,
-    ),
-    (
-        "get",
-        "/v1/services/{serviceId}",
-        "Retrieve a service",
-        &[],
-        200,
-    ),
-    (
-        "patch",
-        "/v1/services/{serviceId}",
-        "Update a service",
-        &["image", "envVars", "serviceDetails", "notifyOnFail"],
-        200,
-    ),
-    (
-        "delete",
-        "/v1/services/{serviceId}",
-        "Delete a service",
-        &[],
-        204,
-    ),
-    (
-        "get",
-        "/v1/services/{serviceId}/deploys",
-        "List deploys",
-        &[],
-        200,
-    ),
-    (
-        "post",
-        "/v1/services/{serviceId}/deploys",
-        "Trigger a deploy",
-        &["imageUrl", "clearCache"],
-        201,
-    ),
-    (
-        "get",
-        "/v1/services/{serviceId}/deploys/{deployId}",
-        "Retrieve a deploy",
-        &[],
-        200,
-    ),
-    (
-        "post",
-        "/v1/services/{serviceId}/deploys/{deployId}/cancel",
-        "Cancel a deploy",
-        &[],
-        200,
-    ),
-    (
-        "post",
-        "/v1/services/{serviceId}/rollback",
-        "Roll back to a deploy",
-        &["deployId"],
-        201,
-    ),
-    (
-        "post",
-        "/v1/services/{serviceId}/scale",
-        "Scale a service",
-        &["numInstances"],
-        202,
-    ),
-    (
-        "post",
-        "/v1/services/{serviceId}/restart",
-        "Restart a service",
-        &[],
-        202,
-    ),
-    (
-        "post",
-        "/v1/services/{serviceId}/suspend",
-        "Suspend a service",
-        &[],
-        202,
-    ),
-    (
-        "post",
-        "/v1/services/{serviceId}/resume",
-        "Resume a service",
-        &[],
-        202,
-    ),
-    (
-        "get",
-        "/v1/services/{serviceId}/deploy-hook",
-        "The deploy hook URL",
-        &[],
-        200,
-    ),
-    (
-        "post",
-        "/v1/services/{serviceId}/deploy-hook/regenerate",
-        "Regenerate the deploy hook key",
-        &[],
-        200,
-    ),
-    (
-        "post",
-        "/v1/cron-jobs/{serviceId}/runs",
-        "Trigger a cron job run",
-        &[],
-        201,
-    ),
-    (
-        "delete",
-        "/v1/cron-jobs/{serviceId}/runs",
-        "Cancel the active cron job run",
-        &[],
-        204,
-    ),
-    (
-        "get",
-        "/v1/registrycredentials",
-        "List registry credentials",
-        &[],
-        200,
-    ),
-    (
-        "post",
-        "/v1/registrycredentials",
+        ["type", "name", "ownerId", "image", "envVars", "serviceDetails", "notifyOnFail"], 201;
+    get "/v1/services/{serviceId}" => services::get,
+        "Retrieve a service", [], 200;
+    patch "/v1/services/{serviceId}" => services::update,
+        "Update a service", ["image", "envVars", "serviceDetails", "notifyOnFail"], 200;
+    delete "/v1/services/{serviceId}" => services::delete,
+        "Delete a service", [], 204;
+    get "/v1/services/{serviceId}/deploys" => deploys::list,
+        "List deploys", [], 200;
+    post "/v1/services/{serviceId}/deploys" => deploys::create,
+        "Trigger a deploy", ["imageUrl", "clearCache"], 201;
+    get "/v1/services/{serviceId}/deploys/{deployId}" => deploys::get,
+        "Retrieve a deploy", [], 200;
+    post "/v1/services/{serviceId}/deploys/{deployId}/cancel" => deploys::cancel,
+        "Cancel a deploy", [], 200;
+    post "/v1/services/{serviceId}/rollback" => deploys::rollback,
+        "Roll back to a deploy", ["deployId"], 201;
+    get "/v1/services/{serviceId}/events" => services::events,
+        "The service's events, newest first (query: type, startTime, endTime, cursor, limit)",
+        [], 200;
+    post "/v1/services/{serviceId}/scale" => services::scale,
+        "Scale a service", ["numInstances"], 202;
+    post "/v1/services/{serviceId}/restart" => services::restart,
+        "Restart a service", [], 202;
+    post "/v1/services/{serviceId}/suspend" => services::suspend,
+        "Suspend a service", [], 202;
+    post "/v1/services/{serviceId}/resume" => services::resume,
+        "Resume a service", [], 202;
+    get "/v1/services/{serviceId}/deploy-hook" => services::hook,
+        "The deploy hook URL", [], 200;
+    post "/v1/services/{serviceId}/deploy-hook/regenerate" => services::regenerate_hook,
+        "Regenerate the deploy hook key", [], 200;
+    post "/v1/cron-jobs/{serviceId}/runs" => services::trigger_cron,
+        "Trigger a cron job run", [], 201;
+    delete "/v1/cron-jobs/{serviceId}/runs" => services::cancel_cron,
+        "Cancel the active cron job run", [], 204;
+    get "/v1/registrycredentials" => owner::list_credentials,
+        "List registry credentials", [], 200;
+    post "/v1/registrycredentials" => owner::create_credential,
         "Create a registry credential",
-        &[
-            "name",
-            "registry",
-            "host",
-            "username",
-            "authToken",
-            "ownerId",
-        ],
-        201,
-    ),
-    (
-        "get",
-        "/v1/registrycredentials/{registryCredentialId}",
-        "Retrieve a registry credential",
-        &[],
-        200,
-    ),
-    (
-        "patch",
-        "/v1/registrycredentials/{registryCredentialId}",
-        "Rotate a registry credential",
-        &["name", "username", "authToken"],
-        200,
-    ),
-    (
-        "delete",
-        "/v1/registrycredentials/{registryCredentialId}",
-        "Delete a registry credential",
-        &[],
-        204,
-    ),
-    ("get", "/v1/api-keys", "List API keys", &[], 200),
-    (
-        "post",
-        "/v1/api-keys",
-        "Create an API key (shown once)",
-        &["label"],
-        201,
-    ),
-    (
-        "delete",
-        "/v1/api-keys/{apiKeyId}",
-        "Revoke an API key",
-        &[],
-        204,
-    ),
-    ("get", "/v1/integrations", "List integrations", &[], 200),
-    (
-        "post",
-        "/v1/integrations",
-        "Create an integration: NATS credentials bound to your owner (shown once)",
-        &["name"],
-        201,
-    ),
-    (
-        "delete",
-        "/v1/integrations/{integrationId}",
-        "Revoke an integration",
-        &[],
-        204,
-    ),
-    (
-        "get",
-        "/v1/notification-settings/owners/{ownerId}",
-        "Owner notification settings",
-        &[],
-        200,
-    ),
-    (
-        "patch",
-        "/v1/notification-settings/owners/{ownerId}",
+        ["name", "registry", "host", "username", "authToken", "ownerId"], 201;
+    get "/v1/registrycredentials/{registryCredentialId}" => owner::get_credential,
+        "Retrieve a registry credential", [], 200;
+    patch "/v1/registrycredentials/{registryCredentialId}" => owner::update_credential,
+        "Rotate a registry credential", ["name", "username", "authToken"], 200;
+    delete "/v1/registrycredentials/{registryCredentialId}" => owner::delete_credential,
+        "Delete a registry credential", [], 204;
+    get "/v1/api-keys" => owner::list_api_keys,
+        "List API keys", [], 200;
+    post "/v1/api-keys" => owner::create_api_key,
+        "Create an API key (shown once)", ["label"], 201;
+    delete "/v1/api-keys/{apiKeyId}" => owner::revoke_api_key,
+        "Revoke an API key", [], 204;
+    get "/v1/integrations" => owner::list_integrations,
+        "List integrations", [], 200;
+    post "/v1/integrations" => owner::create_integration,
+        "Create an integration: NATS credentials bound to your owner (shown once)", ["name"], 201;
+    delete "/v1/integrations/{integrationId}" => owner::revoke_integration,
+        "Revoke an integration", [], 204;
+    get "/v1/notification-settings/owners/{ownerId}" => owner::get_notifications,
+        "Owner notification settings", [], 200;
+    patch "/v1/notification-settings/owners/{ownerId}" => owner::set_notifications,
         "Update owner notification settings",
-        &[
-            "notificationsToSend",
-            "email",
-            "slackWebhookUrl",
-            "webhookUrl",
-            "webhookSecret",
-        ],
-        200,
-    ),
-    (
-        "get",
-        "/v1/notification-settings/overrides/services/{serviceId}",
-        "Service notification override",
-        &[],
-        200,
-    ),
-    (
-        "patch",
-        "/v1/notification-settings/overrides/services/{serviceId}",
-        "Update the service notification override",
-        &["notifyOnFail"],
-        200,
-    ),
-    (
-        "get",
-        "/deploy/{serviceId}",
-        "Deploy hook (query: key, imgURL)",
-        &[],
-        200,
-    ),
-    (
-        "post",
-        "/deploy/{serviceId}",
-        "Deploy hook (query: key, imgURL)",
-        &[],
-        200,
-    ),
-    ("get", "/v1/openapi.json", "This document", &[], 200),
-];
+        ["notificationsToSend", "email", "slackWebhookUrl", "webhookUrl", "webhookSecret"], 200;
+    get "/v1/notification-settings/overrides/services/{serviceId}" => services::get_override,
+        "Service notification override", [], 200;
+    patch "/v1/notification-settings/overrides/services/{serviceId}" => services::set_override,
+        "Update the service notification override", ["notifyOnFail"], 200;
+    get "/deploy/{serviceId}" => hooks::deploy_hook,
+        "Deploy hook (query: key, imgURL)", [], 200;
+    post "/deploy/{serviceId}" => hooks::deploy_hook,
+        "Deploy hook (query: key, imgURL)", [], 200;
+    get "/v1/openapi.json" => serve,
+        "This document", [], 200;
+}
 
 fn operation(path: &str, summary: &str, body: &[&str], status: u16) -> Value {
     let params: Vec<Value> = path
@@ -304,9 +171,9 @@ fn operation(path: &str, summary: &str, body: &[&str], status: u16) -> Value {
 /// The document.
 pub fn document() -> Value {
     let mut paths = Map::new();
-    for (method, path, summary, body, status) in ROUTES {
-        let entry = paths.entry((*path).to_owned()).or_insert_with(|| json!({}));
-        entry[*method] = operation(path, summary, body, *status);
+    for r in ROUTES {
+        let entry = paths.entry(r.path.to_owned()).or_insert_with(|| json!({}));
+        entry[r.method] = operation(r.path, r.summary, r.body, r.status);
     }
     json!({
         "openapi": "3.1.0",

@@ -1,13 +1,40 @@
-//! The OpenAPI document: served at `/v1/openapi.json`, equal to the
-//! committed `services/api/openapi.json` (run with
-//! `BERTH_UPDATE_OPENAPI=1` to rewrite it), and every route it lists is
-//! routed. Plus the first-start bootstrap of credentials.json.
+//! The route table and the OpenAPI document made from it: served at
+//! `/v1/openapi.json`, equal to the committed `services/api/openapi.json`
+//! (run with `BERTH_UPDATE_OPENAPI=1` to rewrite it); every route the table
+//! lists is routed with exactly its methods, and no code adds a route
+//! outside the table (so nothing is served undocumented). Plus the
+//! first-start bootstrap of credentials.json.
 
 use std::os::unix::fs::PermissionsExt;
 
 use axum::http::{Method, StatusCode};
+use berth_schemas::ids::{
+    ApiKeyId, CredentialId, DeployId, IntegrationId, OwnerId, ServiceId, UserId,
+};
 
 use crate::support::App;
+
+/// `template` with each `{parameter}` replaced by a well-formed id of its
+/// kind; a parameter this does not know fails the test, so a new kind of
+/// route cannot go unchecked.
+fn example_path(template: &str) -> String {
+    template
+        .split('/')
+        .map(
+            |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                None => seg.to_owned(),
+                Some("serviceId") => ServiceId::generate().to_string(),
+                Some("deployId") => DeployId::generate().to_string(),
+                Some("registryCredentialId") => CredentialId::generate().to_string(),
+                Some("apiKeyId") => ApiKeyId::generate().to_string(),
+                Some("integrationId") => IntegrationId::generate().to_string(),
+                Some("ownerId") => OwnerId::User(UserId::generate()).to_string(),
+                Some(other) => panic!("{template}: no example for {{{other}}}"),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("/")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_is_served_committed_and_complete() {
@@ -25,26 +52,94 @@ async fn openapi_is_served_committed_and_complete() {
         committed == text,
         "services/api/openapi.json is stale: run BERTH_UPDATE_OPENAPI=1 cargo test -p berth-api --test integration openapi"
     );
-    for (method, route, ..) in berth_api::openapi::ROUTES {
-        let path = route
-            .replace("{serviceId}", "srv-aaaaaaaaaaaaaaaaaaaa")
-            .replace("{deployId}", "dep-aaaaaaaaaaaaaaaaaaaa")
-            .replace("{registryCredentialId}", "rgc-aaaaaaaaaaaaaaaaaaaa")
-            .replace("{apiKeyId}", "key-aaaaaaaaaaaaaaaaaaaa")
-            .replace("{integrationId}", "itg-aaaaaaaaaaaaaaaaaaaa")
-            .replace("{ownerId}", "usr-aaaaaaaaaaaaaaaaaaaa");
-        let m: Method = method.to_uppercase().parse().unwrap();
-        let (s, v) = app.call(m, &path, None, None).await;
-        assert_ne!(
-            s,
-            StatusCode::METHOD_NOT_ALLOWED,
-            "{method} {route} not routed"
-        );
-        assert_ne!(
-            v["message"], "route not found",
-            "{method} {route} not routed"
+    let routes = berth_api::openapi::ROUTES;
+    // The document has an operation for each route of the table, and no
+    // other.
+    let documented: usize = served["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|ops| ops.as_object().unwrap().len())
+        .sum();
+    assert_eq!(documented, routes.len());
+    for r in routes {
+        assert!(
+            served["paths"][r.path][r.method].is_object(),
+            "{} {} is not in the document",
+            r.method,
+            r.path
         );
     }
+    // The router serves each path with the table's methods, and answers
+    // any other method 405: a method added outside the table is caught.
+    let paths: std::collections::BTreeSet<&str> = routes.iter().map(|r| r.path).collect();
+    for template in paths {
+        let path = example_path(template);
+        for method in [
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ] {
+            let listed = routes
+                .iter()
+                .any(|r| r.path == template && r.method == method.as_str().to_lowercase());
+            let (s, v) = app.call(method.clone(), &path, None, None).await;
+            if listed {
+                assert_ne!(
+                    s,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {template} not routed"
+                );
+                assert_ne!(
+                    v["message"], "route not found",
+                    "{method} {template} not routed"
+                );
+            } else {
+                assert_eq!(
+                    s,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {template} is served but not in the route table: {v}"
+                );
+            }
+        }
+    }
+}
+
+/// The router is built from the route table alone: no other code of the
+/// crate registers a route (an axum router cannot list its routes, so this
+/// is what keeps a route from being served undocumented).
+#[test]
+fn routes_are_added_only_from_the_table() {
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
+    let mut files = vec![std::path::PathBuf::from(src)];
+    let mut offenders = Vec::new();
+    while let Some(p) = files.pop() {
+        if p.is_dir() {
+            files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        if p.extension().is_none_or(|e| e != "rs") || p.ends_with("src/openapi.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        for call in [
+            ".route(",
+            ".route_service(",
+            ".nest(",
+            ".nest_service(",
+            ".merge(",
+        ] {
+            if text.contains(call) {
+                offenders.push(format!("{}: {call}", p.display()));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "routes added outside the table in openapi.rs: {offenders:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
-//! Registry credential routes, and owner isolation on every route: another
-//! owner's key sees nothing and changes nothing.
+//! Registry credential routes, and owner isolation on every route of the
+//! route table: another owner's key sees nothing and changes nothing.
 
 use axum::http::{Method, StatusCode};
+use berth_api::openapi::{Route, ROUTES};
 use berth_schemas::ids::{CredentialId, ServiceId};
 use berth_schemas::AggregateId;
 use serde_json::{json, Value};
@@ -79,6 +80,34 @@ async fn credentials_routes() {
     assert!(!log.contains("tok-SECRET"));
 }
 
+/// The body Bob's call carries, so that it gets past validation to the
+/// lookup of Alice's resource. A body a route refuses is a 400, which fails
+/// the test rather than skipping the route.
+fn body_for(r: &Route, dep: &str) -> Option<Value> {
+    match (r.method, r.path) {
+        ("patch", "/v1/services/{serviceId}") => {
+            Some(json!({"serviceDetails": {"healthCheckPath": "/x"}}))
+        }
+        ("post", "/v1/services/{serviceId}/rollback") => Some(json!({"deployId": dep})),
+        ("post", "/v1/services/{serviceId}/scale") => Some(json!({"numInstances": 5})),
+        ("patch", "/v1/notification-settings/overrides/services/{serviceId}") => {
+            Some(json!({"notifyOnFail": "all"}))
+        }
+        ("patch", "/v1/notification-settings/owners/{ownerId}") => {
+            Some(json!({"notificationsToSend": "none"}))
+        }
+        ("patch", "/v1/registrycredentials/{registryCredentialId}") => {
+            Some(json!({"authToken": "x"}))
+        }
+        ("post" | "patch", _) => Some(json!({})),
+        _ => None,
+    }
+}
+
+/// Every route of the table (so a new route cannot skip this), called by
+/// Bob naming Alice's service, deploy, credential, API key, integration and
+/// owner: each is 404 and changes nothing; Bob's lists show none of
+/// Alice's; a create naming Alice as the owner is 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_owner_never_sees_another_owners_resources() {
     let app = App::start(true).await;
@@ -93,11 +122,21 @@ async fn one_owner_never_sees_another_owners_resources() {
         )
         .await;
     let cred = c["id"].as_str().unwrap().to_owned();
+    let (s, keys) = app.get("/v1/api-keys", &alice).await;
+    assert_eq!(s, StatusCode::OK, "{keys}");
+    let api_key = keys[0]["id"].as_str().unwrap().to_owned();
+    let (s, i) = app
+        .post("/v1/integrations", &alice, json!({"name": "ci"}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{i}");
+    let integration = i["id"].as_str().unwrap().to_owned();
     let dep = app.latest_deploy(&alice, &svc).await;
     // Let the resolver finish, so the log of the service is at rest.
     app.wait_resolved(&alice, &svc, &dep).await;
-    // Bob's calls name Alice's service, owner and credential: none of the
-    // three may change.
+    let owner = alice.id.to_string();
+    let alices_ids = [&svc, &dep, &cred, &api_key, &integration, &owner];
+    // Bob's calls name Alice's service, owner (her keys and integrations)
+    // and credential: none of the three may change.
     let alices = [
         AggregateId::Service(svc.parse::<ServiceId>().unwrap()),
         AggregateId::Owner(alice.id.clone()),
@@ -108,109 +147,73 @@ async fn one_owner_never_sees_another_owners_resources() {
         before.push(app.events_of(id).await.len());
     }
 
-    let (s, list) = app.get("/v1/services", &bob).await;
-    assert_eq!((s, list), (StatusCode::OK, json!([])));
-    let (s, list) = app.get("/v1/registrycredentials", &bob).await;
-    assert_eq!((s, list), (StatusCode::OK, json!([])));
-    let calls: Vec<(Method, String, Option<Value>)> = vec![
-        (Method::GET, format!("/v1/services/{svc}"), None),
-        (
-            Method::PATCH,
-            format!("/v1/services/{svc}"),
-            Some(json!({"serviceDetails": {"healthCheckPath": "/x"}})),
-        ),
-        (Method::DELETE, format!("/v1/services/{svc}"), None),
-        (Method::GET, format!("/v1/services/{svc}/deploys"), None),
-        (Method::GET, format!("/v1/services/{svc}/events"), None),
-        (
-            Method::POST,
-            format!("/v1/services/{svc}/deploys"),
-            Some(json!({})),
-        ),
-        (
-            Method::GET,
-            format!("/v1/services/{svc}/deploys/{dep}"),
-            None,
-        ),
-        (
-            Method::POST,
-            format!("/v1/services/{svc}/deploys/{dep}/cancel"),
-            None,
-        ),
-        (
-            Method::POST,
-            format!("/v1/services/{svc}/rollback"),
-            Some(json!({"deployId": dep})),
-        ),
-        (
-            Method::POST,
-            format!("/v1/services/{svc}/scale"),
-            Some(json!({"numInstances": 5})),
-        ),
-        (
-            Method::POST,
-            format!("/v1/services/{svc}/restart"),
-            Some(json!({})),
-        ),
-        (
-            Method::POST,
-            format!("/v1/services/{svc}/suspend"),
-            Some(json!({})),
-        ),
-        (
-            Method::POST,
-            format!("/v1/services/{svc}/resume"),
-            Some(json!({})),
-        ),
-        (Method::GET, format!("/v1/services/{svc}/deploy-hook"), None),
-        (
-            Method::POST,
-            format!("/v1/services/{svc}/deploy-hook/regenerate"),
-            Some(json!({})),
-        ),
-        (
-            Method::POST,
-            format!("/v1/cron-jobs/{svc}/runs"),
-            Some(json!({})),
-        ),
-        (Method::DELETE, format!("/v1/cron-jobs/{svc}/runs"), None),
-        (
-            Method::GET,
-            format!("/v1/notification-settings/overrides/services/{svc}"),
-            None,
-        ),
-        (
-            Method::PATCH,
-            format!("/v1/notification-settings/overrides/services/{svc}"),
-            Some(json!({"notifyOnFail": "all"})),
-        ),
-        (
-            Method::GET,
-            format!("/v1/notification-settings/owners/{}", alice.id),
-            None,
-        ),
-        (
-            Method::PATCH,
-            format!("/v1/notification-settings/owners/{}", alice.id),
-            Some(json!({"notificationsToSend": "none"})),
-        ),
-        (Method::GET, format!("/v1/registrycredentials/{cred}"), None),
-        (
-            Method::PATCH,
-            format!("/v1/registrycredentials/{cred}"),
-            Some(json!({"authToken": "x"})),
-        ),
-        (
-            Method::DELETE,
-            format!("/v1/registrycredentials/{cred}"),
-            None,
-        ),
-    ];
-    for (m, path, body) in calls {
-        let (s, v) = app.call(m.clone(), &path, Some(&bob.key), body).await;
-        assert_eq!(s, StatusCode::NOT_FOUND, "{m} {path}: {v}");
-        assert!(!v.to_string().contains("mine"), "{m} {path} leaked: {v}");
+    let mut named = 0;
+    for r in ROUTES {
+        let method: Method = r.method.to_uppercase().parse().unwrap();
+        if !r.path.contains('{') {
+            // A collection: Bob's list holds nothing of Alice's, and a
+            // create naming Alice as its owner finds no such owner. A
+            // create without an owner field names nothing of hers.
+            if method == Method::GET {
+                let (s, v) = app.call(method, r.path, Some(&bob.key), None).await;
+                assert_eq!(s, StatusCode::OK, "GET {}: {v}", r.path);
+                for id in alices_ids {
+                    assert!(
+                        !v.to_string().contains(id.as_str()),
+                        "GET {} leaked {id}: {v}",
+                        r.path
+                    );
+                }
+            } else if r.body.contains(&"ownerId") {
+                let (s, v) = app
+                    .call(
+                        method,
+                        r.path,
+                        Some(&bob.key),
+                        Some(json!({"ownerId": owner})),
+                    )
+                    .await;
+                assert_eq!(
+                    s,
+                    StatusCode::NOT_FOUND,
+                    "{} {} as Alice: {v}",
+                    r.method,
+                    r.path
+                );
+            }
+            continue;
+        }
+        let path = r
+            .path
+            .split('/')
+            .map(
+                |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    None => seg,
+                    Some("serviceId") => &svc,
+                    Some("deployId") => &dep,
+                    Some("registryCredentialId") => &cred,
+                    Some("apiKeyId") => &api_key,
+                    Some("integrationId") => &integration,
+                    Some("ownerId") => &owner,
+                    Some(other) => panic!(
+                        "{}: Alice has no {{{other}}} for Bob to name; create one above",
+                        r.path
+                    ),
+                },
+            )
+            .collect::<Vec<_>>()
+            .join("/");
+        let (s, v) = app
+            .call(method.clone(), &path, Some(&bob.key), body_for(r, &dep))
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{method} {path}: {v}");
+        assert!(
+            !v.to_string().contains("mine"),
+            "{method} {path} leaked: {v}"
+        );
+        named += 1;
     }
+    assert!(named > 0);
     // Bob creating with Alice's credential: 404, nothing created.
     let (s, _) = app
         .post("/v1/services", &bob,
@@ -225,9 +228,13 @@ async fn one_owner_never_sees_another_owners_resources() {
         before, after,
         "another owner changed Alice's service, owner or credential"
     );
-    // Alice still sees everything; her hook still works.
+    // Alice still sees everything; her key, integration and hook still work.
     let (s, _) = app.get(&format!("/v1/services/{svc}"), &alice).await;
     assert_eq!(s, StatusCode::OK);
+    let (s, list) = app.get("/v1/integrations", &alice).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list[0]["id"], integration.as_str(), "{list}");
+    assert_eq!(list[0]["revoked"], false, "{list}");
     let (s, _) = app.call(Method::GET, &hook, None, None).await;
     assert_eq!(s, StatusCode::OK);
 }

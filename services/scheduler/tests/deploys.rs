@@ -76,12 +76,30 @@ async fn web_service_goes_live_then_a_second_deploy_replaces_it_after_it_is_heal
         ),
         "{t:?}"
     );
-    // Each of d2's instances was healthy before d2 went live.
-    let healthy_before: usize = ev[..live2]
+    // Both of d2's instances were healthy before d2 went live (d1's
+    // instances' health says nothing about d2).
+    let second: BTreeSet<String> = ev[..live2]
         .iter()
-        .filter(|e| matches!(e.event, Event::InstanceHealthy(_)))
-        .count();
-    assert!(healthy_before >= 4, "{t:?}");
+        .filter_map(|e| match &e.event {
+            Event::InstanceScheduled(i) if i.deploy == d2 => Some(i.instance.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert!(second.is_disjoint(&first), "{t:?}");
+    let healthy_before: BTreeSet<String> = ev[..live2]
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::InstanceHealthy(h) if second.contains(h.instance.as_str()) => {
+                Some(h.instance.to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        healthy_before.len(),
+        2,
+        "d2 went live before two of its instances were healthy: {t:?}"
+    );
     let s = w.state(&svc).await;
     assert_eq!(s.instances.len(), 2);
     assert!(s

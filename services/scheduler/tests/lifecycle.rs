@@ -1,6 +1,7 @@
 //! Restart, suspend and resume carried out on the nodes: a restart replaces
 //! every instance (new ones healthy before old ones stop), suspend stops
-//! everything, resume deploys again.
+//! everything, resume deploys again; a rollback runs the digest its target
+//! recorded even after the tag has moved.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -9,8 +10,10 @@ use berth_domain::service::Command;
 use berth_schemas::ids::DeployId;
 use berth_schemas::model::ServiceType;
 use berth_schemas::Event;
+use serde_json::json;
 
-use crate::support::{containers, settled, types, World};
+use crate::agent_support::busybox_image;
+use crate::support::{containers, settled, types, World, REPO};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restart_replaces_every_instance_suspend_stops_all_resume_deploys_again() {
@@ -88,6 +91,11 @@ async fn rollback_runs_the_recorded_digest_again() {
     w.wait_live(&svc, &d1).await;
     let d2 = w.deploy(&svc, "v2").await;
     w.wait_live(&svc, &d2).await;
+    // `:v1` now names another image: a rollback runs the digest d1
+    // recorded, never what its tag means today.
+    let moved = busybox_image(json!({ "Cmd": ["/bin/sh"], "Env": ["PATH=/bin", "V=moved"] }));
+    assert_ne!(moved.digest, w.v1);
+    w.registry.push_image(REPO, "v1", &moved).await.unwrap();
     let d3 = DeployId::generate();
     w.command(
         &svc,
@@ -97,10 +105,28 @@ async fn rollback_runs_the_recorded_digest_again() {
         )),
     )
     .await;
-    w.wait_live(&svc, &d3).await;
+    let ev = w.wait_live(&svc, &d3).await;
     let ids = settled(&w, &svc, &[&n1, &n2], 1).await;
     let s = w.state(&svc).await;
     let i = s.instances.iter().next().unwrap();
     assert_eq!(ids, vec![i.id.to_string()]);
     assert_eq!((&i.deploy, &i.digest), (&d3, &w.v1));
+    assert_eq!(
+        s.deploy(&d3).unwrap().digest(),
+        Some(w.v1.as_str()),
+        "{:?}",
+        types(&ev)
+    );
+    // Nothing ever pulled, scheduled or went live with what the tag names now.
+    let ev = w.events(&svc).await;
+    assert!(
+        !ev.iter().any(|e| match &e.event {
+            Event::ImagePulled(p) => p.digest == moved.digest,
+            Event::InstanceScheduled(i) => i.digest == moved.digest,
+            Event::DeployLive(l) => l.digest == moved.digest,
+            _ => false,
+        }),
+        "the rollback ran the moved tag: {:?}",
+        types(&ev)
+    );
 }
