@@ -24,13 +24,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use berth_domain::credential::CredentialState;
+use berth_domain::node::NodeState;
 use berth_ingress::{IngressOptions, NewService, Rotation};
 use berth_node::{Node, NodeChecks, NodeOptions};
 use berth_oci::{ClientConfig, RetryPolicy};
+use berth_runtime::node_key::{ForNode, NodePublicKey};
 use berth_runtime::Secret;
 use berth_schemas::commands::{NodeRunSpec, NodeWork};
 use berth_schemas::ids::{CredentialId, DeployId, InstanceId, NodeId, ServiceId};
-use berth_schemas::model::{DeployStatus, OverlapPolicy, ServiceType};
+use berth_schemas::model::{DeployStatus, OverlapPolicy, Sealed, ServiceType};
 use berth_schemas::{Actor, AggregateId, Envelope};
 use berth_tests::registry::{Registry, RegistryAuth};
 use berth_tests::NatsVersion;
@@ -147,7 +150,7 @@ impl TestNode {
             },
         };
         let id = berth_node::load_or_create_id(&node_dir).unwrap();
-        let node = Node::new(app.store.clone(), app.key.clone(), opts).with_checks(NodeChecks {
+        let node = Node::new(app.store.clone(), opts).with_checks(NodeChecks {
             subnet: subnet.parsed(),
             ..NodeChecks::default()
         });
@@ -175,7 +178,16 @@ impl TestNode {
         }
     }
 
+    /// Enqueues `work` as the scheduler would: a run's registry login
+    /// sealed to this node's key (with the credential's token as it is now).
     async fn enqueue(&self, app: &App, service: &ServiceId, work: &NodeWork, key: &str) {
+        let mut work = work.clone();
+        if let NodeWork::RunInstance(spec) = &mut work {
+            if let Some(cred) = spec.credential.clone() {
+                spec.login = Some(self.seal_login(app, spec, &cred).await);
+            }
+        }
+        let work = &work;
         app.store
             .enqueue(
                 &berth_node::queue(&self.id),
@@ -185,6 +197,29 @@ impl TestNode {
             )
             .await
             .unwrap();
+    }
+
+    async fn seal_login(&self, app: &App, spec: &NodeRunSpec, cred: &CredentialId) -> Sealed {
+        let node = app
+            .events_of(&AggregateId::Node(self.id.clone()))
+            .await
+            .iter()
+            .fold(NodeState::default(), berth_domain::node::fold);
+        let to = NodePublicKey::from_base64(&node.public_key.expect("the node registered a key"))
+            .unwrap();
+        let state = app
+            .events_of(&AggregateId::Credential(cred.clone()))
+            .await
+            .iter()
+            .fold(CredentialState::default(), berth_domain::credential::fold);
+        let c = state.active().expect("the credential exists");
+        ForNode {
+            key: &app.key,
+            node: &self.id,
+            to: &to,
+        }
+        .seal_login(&spec.service, &spec.instance, cred, &c.username, &c.token)
+        .unwrap()
     }
 
     /// Runs `spec` until it has started, then stops it.
@@ -237,6 +272,7 @@ fn run_spec(
         image: format!("{}/team/app", reg.host),
         digest: digest.to_owned(),
         credential: Some(cred.clone()),
+        login: None,
         env: Default::default(),
         command: Some("sleep 60".into()),
         port: None,
