@@ -132,37 +132,24 @@ impl Ingress {
                 name,
                 service,
                 ..
-            } => {
-                if uses_name(&state, owner, name) {
-                    return Ok(Repaired::Nothing);
-                }
-                let release = owner::Command::ReleaseServiceName {
-                    name: name.clone(),
-                    service: service.clone(),
-                };
-                exec::run(
-                    &self.store,
-                    &AggregateId::Owner(owner.clone()),
-                    &key,
-                    &actor(),
-                    owner::fold,
-                    |s: &OwnerState| owner::decide(s, release.clone(), &ctx),
-                )
-                .await?
-                .appended
             }
-            Repair::Claim {
+            | Repair::Claim {
                 owner,
                 name,
                 service,
                 ..
             } => {
-                if !uses_name(&state, owner, name) {
+                // A claim is wanted while the service uses the name, a
+                // release once it does not.
+                let claim = matches!(r, Repair::Claim { .. });
+                if uses_name(&state, owner, name) != claim {
                     return Ok(Repaired::Nothing);
                 }
-                let claim = owner::Command::ClaimServiceName {
-                    name: name.clone(),
-                    service: service.clone(),
+                let (name, service) = (name.clone(), service.clone());
+                let command = if claim {
+                    owner::Command::ClaimServiceName { name, service }
+                } else {
+                    owner::Command::ReleaseServiceName { name, service }
                 };
                 exec::run(
                     &self.store,
@@ -170,7 +157,7 @@ impl Ingress {
                     &key,
                     &actor(),
                     owner::fold,
-                    |s: &OwnerState| owner::decide(s, claim.clone(), &ctx),
+                    |s: &OwnerState| owner::decide(s, command.clone(), &ctx),
                 )
                 .await?
                 .appended
