@@ -224,3 +224,83 @@ async fn kill9_mid_stream_loses_nothing_acknowledged() {
         );
     }
 }
+
+/// Commands decide on the store's folded state: each folds only the events
+/// appended since it was last seen (O(new events)), not the aggregate's
+/// whole history; a writer elsewhere costs a catch-up of its commits only,
+/// and the decision is still made on the log's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execute_folds_only_what_is_new() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static FOLDED: AtomicU64 = AtomicU64::new(0);
+    fn counting(state: u32, env: &berth_schemas::Envelope) -> u32 {
+        FOLDED.fetch_add(1, Ordering::SeqCst);
+        count(state, env)
+    }
+    let server = NatsServer::start(NatsVersion::Modern).unwrap();
+    let client = server.connect().await.unwrap();
+    let store = open_store(&client, 1).await.unwrap();
+    // Another process on the same log (same prefix).
+    let elsewhere = berth_eventlog::EventStore::open(
+        server.connect().await.unwrap(),
+        store.subjects().clone(),
+        berth_eventlog::StoreConfig::default(),
+    )
+    .await
+    .unwrap();
+    let agg = new_aggregate();
+    for i in 0..100u32 {
+        let done = store
+            .execute(&agg, &format!("c{i}"), counting, |s: &u32| {
+                Ok::<_, ()>(vec![step(*s, "c")])
+            })
+            .await
+            .unwrap();
+        assert_eq!(done.state, i + 1);
+    }
+    // Folding the history each time would be 1 + 2 + … + 100 = 5,050.
+    let folded = FOLDED.load(Ordering::SeqCst);
+    assert!(folded <= 110, "100 commands folded {folded} events");
+
+    // Another process appends 10 commits; the next command here conflicts
+    // on its remembered state, catches up by those 10 and decides on 110.
+    for i in 0..10u32 {
+        elsewhere
+            .execute(&agg, &format!("e{i}"), count, |s: &u32| {
+                Ok::<_, ()>(vec![step(*s, "e")])
+            })
+            .await
+            .unwrap();
+    }
+    let before = FOLDED.load(Ordering::SeqCst);
+    let done = store
+        .execute(&agg, "after", counting, |s: &u32| {
+            Ok::<_, ()>(vec![step(*s, "after")])
+        })
+        .await
+        .unwrap();
+    assert_eq!(done.state, 111);
+    let folded = FOLDED.load(Ordering::SeqCst) - before;
+    assert!(folded <= 12, "catching up folded {folded} events");
+    // A decision that appends nothing is trusted only on the log's state:
+    // "already at 111?" is answered after catching up with the writer
+    // elsewhere, not on the remembered 111.
+    elsewhere
+        .execute(&agg, "e-last", count, |s: &u32| {
+            Ok::<_, ()>(vec![step(*s, "e")])
+        })
+        .await
+        .unwrap();
+    let done = store
+        .execute(&agg, "noop", counting, |s: &u32| {
+            Ok::<_, ()>(if *s >= 111 {
+                vec![]
+            } else {
+                vec![step(*s, "x")]
+            })
+        })
+        .await
+        .unwrap();
+    assert!(done.appended.is_none());
+    assert_eq!(done.state, 112, "a no-op was decided on a stale state");
+}

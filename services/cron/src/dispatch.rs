@@ -130,15 +130,12 @@ impl Dispatch {
     }
 
     async fn load(&self, service: &ServiceId) -> Result<ServiceState, WorkError> {
-        let loaded = self
+        let (state, _) = self
             .store
-            .load(&AggregateId::Service(service.clone()))
+            .state(&AggregateId::Service(service.clone()), service::fold)
             .await
             .map_err(|e| retry("loading the service", e))?;
-        Ok(loaded
-            .events
-            .iter()
-            .fold(ServiceState::default(), service::fold))
+        Ok(ServiceState::clone(&state))
     }
 
     async fn start(&self, service: &ServiceId, run: &CronRunId) -> Result<(), WorkError> {
@@ -258,15 +255,11 @@ impl Dispatch {
         owner: &OwnerId,
         domain: &str,
     ) -> Result<Option<Sealed>, WorkError> {
-        let loaded = self
+        let (state, _) = self
             .store
-            .load(&AggregateId::Credential(id.clone()))
+            .state::<CredentialState, _>(&AggregateId::Credential(id.clone()), credential::fold)
             .await
             .map_err(|e| retry("loading the credential", e))?;
-        let state = loaded
-            .events
-            .iter()
-            .fold(CredentialState::default(), credential::fold);
         let c = match state.usable(id, owner, domain) {
             Ok(c) => c,
             Err(reason) => {

@@ -24,6 +24,7 @@ pub mod bench;
 mod cache;
 mod dead_letter;
 mod error;
+mod folded;
 mod log;
 pub mod projection;
 mod snapshots;

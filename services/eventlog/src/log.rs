@@ -349,9 +349,83 @@ impl EventStore {
         Ok(Some((msg.sequence, decode_commit(&msg)?)))
     }
 
-    /// Load, fold, decide, append; on a conflict load again and decide again
-    /// (never a blind overwrite), up to `max_execute_attempts` rounds. An
-    /// unknown outcome is retried as-is with the same key, which is safe.
+    /// The state of `aggregate` folded with `fold`, as of the log's end,
+    /// and its version. From the store's folded state when it has one:
+    /// only the commits appended since are read and folded.
+    pub async fn state<S, F>(
+        &self,
+        aggregate: &AggregateId,
+        fold: F,
+    ) -> Result<(Arc<S>, Version), StoreError>
+    where
+        S: Default + Clone + Send + Sync + 'static,
+        F: Fn(S, &Envelope) -> S,
+    {
+        let subject = self.subjects.aggregate(aggregate);
+        let Some(last) = self.get_last_for_subject(&subject).await? else {
+            self.cache.forget(aggregate);
+            self.states.forget(aggregate);
+            return Ok((Arc::new(S::default()), Version::NEW));
+        };
+        if let Some((version, state)) = self.states.get::<S>(aggregate) {
+            if version.stream_seq == last.sequence {
+                return Ok((state, version));
+            }
+            if version.stream_seq < last.sequence {
+                // What came between, then the last commit we already hold.
+                let mut newer = Loaded {
+                    events: Vec::new(),
+                    version,
+                };
+                self.read_commits(&subject, &mut newer, last.sequence)
+                    .await?;
+                let last_commit = decode_commit(&last)?;
+                let version = Version {
+                    stream_seq: last.sequence,
+                    events: last_commit
+                        .events
+                        .last()
+                        .map_or(newer.version.events, |e| e.sequence),
+                };
+                let state = newer
+                    .events
+                    .iter()
+                    .chain(last_commit.events.iter())
+                    .fold((*state).clone(), &fold);
+                let state = Arc::new(state);
+                self.states.put(aggregate, version, Arc::clone(&state));
+                return Ok((state, version));
+            }
+        }
+        let loaded = self.load(aggregate).await?;
+        let state = Arc::new(loaded.events.iter().fold(S::default(), &fold));
+        self.states
+            .put(aggregate, loaded.version, Arc::clone(&state));
+        Ok((state, loaded.version))
+    }
+
+    /// Records `state` as `aggregate`'s folded state at `version` (a writer
+    /// that appended on its own, like the hook desk, hands its state over
+    /// so the next reader folds only what comes after).
+    pub fn remember<S: Send + Sync + 'static>(
+        &self,
+        aggregate: &AggregateId,
+        version: Version,
+        state: S,
+    ) {
+        self.states.put(aggregate, version, Arc::new(state));
+    }
+
+    /// Fold, decide, append; on a conflict catch up and decide again (never
+    /// a blind overwrite), up to `max_execute_attempts` rounds. An unknown
+    /// outcome is retried as-is with the same key, which is safe.
+    ///
+    /// The state comes from the store's folded state of the aggregate: the
+    /// first round decides on it as it was last seen by this process
+    /// without asking the log (an append with its version fails if anyone
+    /// wrote since); a decision that appends nothing or is refused is only
+    /// trusted against the state as of the log's end, so it is made again
+    /// on that. Each round folds only what is new.
     pub async fn execute<S, E, F, D>(
         &self,
         aggregate: &AggregateId,
@@ -360,37 +434,49 @@ impl EventStore {
         decide: D,
     ) -> Result<Executed<S>, ExecuteError<E>>
     where
-        S: Default,
+        S: Default + Clone + Send + Sync + 'static,
         F: Fn(S, &Envelope) -> S,
         D: Fn(&S) -> Result<Vec<NewEvent>, E>,
     {
         let max = self.cfg.max_execute_attempts.max(1);
+        let mut remembered = self.states.get::<S>(aggregate);
         for attempt in 1..=max {
-            let loaded = self.load(aggregate).await?;
-            let state = loaded.events.iter().fold(S::default(), &fold);
-            let new = decide(&state).map_err(ExecuteError::Rejected)?;
-            if new.is_empty() {
-                return Ok(Executed {
-                    state,
-                    appended: None,
-                    attempts: attempt,
-                });
-            }
+            let (state, version, current) = match remembered.take() {
+                Some((version, state)) => (state, version, false),
+                None => {
+                    let (state, version) = self.state(aggregate, &fold).await?;
+                    (state, version, true)
+                }
+            };
+            let new = match decide(&state) {
+                Ok(new) if new.is_empty() && current => {
+                    return Ok(Executed {
+                        state: (*state).clone(),
+                        appended: None,
+                        attempts: attempt,
+                    });
+                }
+                Err(e) if current => return Err(ExecuteError::Rejected(e)),
+                // Decided on a state that may be behind: decide again on
+                // the log's.
+                Ok(new) if new.is_empty() => continue,
+                Err(_) => continue,
+                Ok(new) => new,
+            };
             match self
-                .append_retrying_unknown(aggregate, loaded.version, new, idempotency_key)
+                .append_retrying_unknown(aggregate, version, new, idempotency_key)
                 .await
             {
                 Ok(appended) => {
                     let state = if appended.duplicate {
                         // Someone (an earlier try of this command) already
                         // appended: the fresh state is the truth.
-                        self.load(aggregate)
-                            .await?
-                            .events
-                            .iter()
-                            .fold(S::default(), &fold)
+                        (*self.state(aggregate, &fold).await?.0).clone()
                     } else {
-                        appended.events.iter().fold(state, &fold)
+                        let state = appended.events.iter().fold((*state).clone(), &fold);
+                        self.states
+                            .put(aggregate, appended.version, Arc::new(state.clone()));
+                        state
                     };
                     return Ok(Executed {
                         state,

@@ -115,6 +115,8 @@ pub struct StoreInner {
     pub(crate) server_version: ServerVersion,
     pub(crate) direct: bool,
     pub(crate) cache: AggregateCache,
+    /// Folded states of aggregates commands were decided on.
+    pub(crate) states: crate::folded::StateCache,
 }
 
 impl EventStore {
@@ -214,6 +216,7 @@ impl EventStore {
             js,
             subjects,
             cache: AggregateCache::new(cfg.cached_aggregates),
+            states: crate::folded::StateCache::new(cfg.cached_aggregates),
             cfg,
             events,
             snapshots,

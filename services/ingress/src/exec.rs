@@ -19,7 +19,7 @@ pub(crate) async fn run<S, F, D>(
     decide: D,
 ) -> Result<Executed<S>, IngressError>
 where
-    S: Default,
+    S: Default + Clone + Send + Sync + 'static,
     F: Fn(S, &Envelope) -> S,
     D: Fn(&S) -> Result<Vec<Event>, DomainError>,
 {

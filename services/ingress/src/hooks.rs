@@ -47,8 +47,6 @@ const MAX_BATCH: usize = 64;
 const QUEUE: usize = 1024;
 /// Conflict rounds before a batch is answered "try again".
 const MAX_ROUNDS: usize = 50;
-/// Services whose state an ended desk leaves for the next one.
-const MAX_PARKED: usize = 4096;
 
 /// Why a deploy hook call was refused. The API answers 404 for `NotFound`
 /// and `BadImage` alike (SPEC §6: do not reveal which services exist).
@@ -77,20 +75,12 @@ struct Call {
 
 type Desks = Arc<Mutex<HashMap<ServiceId, mpsc::Sender<Call>>>>;
 
-/// The state and version an idle desk ended with, per service: the next
-/// desk for the service folds only the commits appended since, instead of
-/// reloading and refolding the whole history (which grows with every
-/// deploy: at a few thousand deploys a service's reload took tens of
-/// milliseconds, and every desk starting at once stalled hooks for seconds).
-type Parked = Arc<Mutex<HashMap<ServiceId, (ServiceState, Version)>>>;
-
 /// Hands hook calls to per-service desks.
 #[derive(Clone)]
 pub(crate) struct HookDesks {
     store: EventStore,
     key: SecretKey,
     desks: Desks,
-    parked: Parked,
     /// A desk with nothing to do for this long ends.
     idle: Duration,
     tracker: TaskTracker,
@@ -133,7 +123,6 @@ impl HookDesks {
             store,
             key,
             desks: Arc::default(),
-            parked: Arc::default(),
             idle,
             tracker,
             shutdown,
@@ -179,7 +168,6 @@ impl HookDesks {
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         desks.insert(id.clone(), tx.clone());
-        let stale = self.parked.lock().ok().and_then(|mut p| p.remove(id));
         let desk = Desk {
             id: id.clone(),
             aggregate: AggregateId::Service(id.clone()),
@@ -187,8 +175,6 @@ impl HookDesks {
             store: self.store.clone(),
             key: self.key.clone(),
             cached: None,
-            stale,
-            parked: self.parked.clone(),
             opened: None,
         };
         let (all, shutdown) = (self.desks.clone(), self.shutdown.clone());
@@ -206,10 +192,6 @@ struct Desk {
     key: SecretKey,
     /// The state and version as of this desk's last load or append.
     cached: Option<(ServiceState, Version)>,
-    /// A state an earlier desk left (see [`Parked`]): caught up with the
-    /// log on first use.
-    stale: Option<(ServiceState, Version)>,
-    parked: Parked,
     /// The hook key last opened and what it was sealed as: opening (an AEAD
     /// decryption) once per key rather than once per call. A regenerated key
     /// has another sealed form, so it is opened afresh.
@@ -255,11 +237,10 @@ impl Desk {
                 let _ = call.reply.send(outcome);
             }
         }
-        if let (Some(state), Ok(mut parked)) = (self.cached.take(), self.parked.lock()) {
-            if parked.len() >= MAX_PARKED && !parked.contains_key(&self.id) {
-                parked.clear();
-            }
-            parked.insert(self.id.clone(), state);
+        // The next desk for the service starts from here: the store keeps
+        // it as the service's folded state and folds only what comes after.
+        if let Some((state, version)) = self.cached.take() {
+            self.store.remember(&self.aggregate, version, state);
         }
         // Calls still queued when shutting down hear "try again".
         rx.close();
@@ -276,25 +257,14 @@ impl Desk {
         if let Some((s, v)) = self.cached.take() {
             return Ok((s, v, false));
         }
-        if let Some((s, v)) = self.stale.take() {
-            let newer = self
-                .store
-                .load_after(&self.aggregate, v)
-                .await
-                .map_err(|e| HookError::Store(e.to_string()))?;
-            let state = newer.events.iter().fold(s, service::fold);
-            return Ok((state, newer.version, true));
-        }
-        let loaded = self
+        // The store's folded state: after a conflict only what the other
+        // writer appended is read and folded, not the whole history.
+        let (state, version) = self
             .store
-            .load(&self.aggregate)
+            .state(&self.aggregate, service::fold)
             .await
             .map_err(|e| HookError::Store(e.to_string()))?;
-        let state = loaded
-            .events
-            .iter()
-            .fold(ServiceState::default(), service::fold);
-        Ok((state, loaded.version, true))
+        Ok((ServiceState::clone(&state), version, true))
     }
 
     /// One call against `s`: the events it appends (none when it was

@@ -146,18 +146,19 @@ impl Ingress {
         Ok((c, hook))
     }
 
-    /// `id`'s current state: its events folded from the default.
-    pub(crate) async fn load_fold<S: Default>(
+    /// `id`'s current state, from the store's folded state (only what was
+    /// appended since is read and folded).
+    pub(crate) async fn load_fold<S: Default + Clone + Send + Sync + 'static>(
         &self,
         id: &AggregateId,
         fold: impl Fn(S, &berth_schemas::Envelope) -> S,
     ) -> Result<S, IngressError> {
-        let loaded = self
+        let (state, _) = self
             .store
-            .load(id)
+            .state(id, fold)
             .await
             .map_err(|e| IngressError::Store(e.to_string()))?;
-        Ok(loaded.events.iter().fold(S::default(), fold))
+        Ok(S::clone(&state))
     }
 
     /// Verifies the image, then creates the service and starts its initial

@@ -253,16 +253,13 @@ impl NodeHandler {
 
     /// The service as the log has it now.
     async fn service_state(&self, service: &ServiceId) -> Result<ServiceState, WorkError> {
-        let loaded = self
+        let (state, _) = self
             .reporter
             .store
-            .load(&AggregateId::Service(service.clone()))
+            .state(&AggregateId::Service(service.clone()), service::fold)
             .await
             .map_err(|e| retry("loading the service", e))?;
-        Ok(loaded
-            .events
-            .iter()
-            .fold(ServiceState::default(), service::fold))
+        Ok(ServiceState::clone(&state))
     }
 
     /// The service's type and health check path as the log has them now.
@@ -509,16 +506,12 @@ impl NodeHandler {
         id: &berth_schemas::ids::CredentialId,
         domain: &str,
     ) -> Result<Result<Credential, String>, Result<ImageFault, WorkError>> {
-        let loaded = self
+        let (state, _) = self
             .reporter
             .store
-            .load(&AggregateId::Credential(id.clone()))
+            .state::<CredentialState, _>(&AggregateId::Credential(id.clone()), credential::fold)
             .await
             .map_err(|e| Err(retry("loading credential", e)))?;
-        let state = loaded
-            .events
-            .iter()
-            .fold(CredentialState::default(), credential::fold);
         let service = self.service_state(&spec.service).await.map_err(Err)?;
         let Some(owner) = service.config.as_ref().map(|c| &c.owner) else {
             return Ok(Err(format!(

@@ -180,16 +180,16 @@ async fn load_owner(store: &EventStore, owner: &OwnerId) -> Result<OwnerNotify, 
 
 /// `aggregate`'s events folded by `fold` from the default (a failed read is
 /// retried: the server may be back soon).
-async fn load_fold<S: Default>(
+async fn load_fold<S: Default + Clone + Send + Sync + 'static>(
     store: &EventStore,
     aggregate: AggregateId,
     fold: impl Fn(S, &Envelope) -> S,
 ) -> Result<S, WorkError> {
-    let loaded = store
-        .load(&aggregate)
+    let (state, _) = store
+        .state(&aggregate, fold)
         .await
         .map_err(|e| WorkError::Retry(e.to_string()))?;
-    Ok(loaded.events.iter().fold(S::default(), fold))
+    Ok(S::clone(&state))
 }
 
 /// Where a delivery stands, from its own events.

@@ -58,16 +58,12 @@ impl Publisher {
         let owner = match created.or(known) {
             Some(o) => Some(o),
             None => {
-                let loaded = self
+                let (state, _) = self
                     .store
-                    .load(&AggregateId::Service(service.clone()))
+                    .state::<ServiceState, _>(&AggregateId::Service(service.clone()), service::fold)
                     .await
                     .map_err(|e| WorkError::Retry(e.to_string()))?;
-                let state = loaded
-                    .events
-                    .iter()
-                    .fold(ServiceState::default(), service::fold);
-                state.config.map(|c| c.owner)
+                state.config.as_ref().map(|c| c.owner.clone())
             }
         };
         if let Some(o) = &owner {

@@ -37,14 +37,10 @@ pub(crate) async fn credential(
     id: &CredentialId,
     domain: &str,
 ) -> Result<Credential, AccessError> {
-    let loaded = store
-        .load(&AggregateId::Credential(id.clone()))
+    let (state, _) = store
+        .state::<CredentialState, _>(&AggregateId::Credential(id.clone()), credential::fold)
         .await
         .map_err(|e| AccessError::Store(e.to_string()))?;
-    let state = loaded
-        .events
-        .iter()
-        .fold(CredentialState::default(), credential::fold);
     let c = state
         .usable(id, owner, domain)
         .map_err(|message| failed(PullFailureReason::Unauthorized, message))?;

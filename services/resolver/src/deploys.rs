@@ -109,15 +109,11 @@ async fn resolve_deploy(
     cause: &str,
 ) -> Result<(), WorkError> {
     let aggregate = AggregateId::Service(service.clone());
-    let loaded = inner
+    let (state, _) = inner
         .store
-        .load(&aggregate)
+        .state::<ServiceState, _>(&aggregate, service::fold)
         .await
         .map_err(|e| WorkError::Retry(e.to_string()))?;
-    let state = loaded
-        .events
-        .iter()
-        .fold(ServiceState::default(), service::fold);
     let (Some(d), Some(cfg)) = (state.deploy(deploy), &state.config) else {
         return Ok(());
     };

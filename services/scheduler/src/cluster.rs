@@ -97,16 +97,14 @@ impl Cluster {
 
     /// Reloads one node's aggregate.
     pub(crate) async fn refresh_node(&self, node: &NodeId) -> Result<(), SchedulerError> {
-        let loaded = self
+        let (state, _) = self
             .store
-            .load(&AggregateId::Node(node.clone()))
+            .state(&AggregateId::Node(node.clone()), node_rules::fold)
             .await
             .map_err(SchedulerError::store)?;
-        let state = loaded
-            .events
-            .iter()
-            .fold(NodeState::default(), node_rules::fold);
-        self.lock().nodes.insert(node.clone(), state);
+        self.lock()
+            .nodes
+            .insert(node.clone(), NodeState::clone(&state));
         Ok(())
     }
 

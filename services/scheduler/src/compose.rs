@@ -77,16 +77,15 @@ impl Pass<'_> {
         let login = match &d.credential {
             None => None,
             Some(id) => {
-                let loaded = self
+                let (state, _) = self
                     .inner
                     .store
-                    .load(&AggregateId::Credential(id.clone()))
+                    .state::<CredentialState, _>(
+                        &AggregateId::Credential(id.clone()),
+                        credential::fold,
+                    )
                     .await
                     .map_err(SchedulerError::store)?;
-                let state = loaded
-                    .events
-                    .iter()
-                    .fold(CredentialState::default(), credential::fold);
                 match state.usable(id, &cfg.owner, reference.domain()) {
                     Err(reason) => {
                         tracing::info!(service.id = %self.service, credential.id = %id, reason = %reason, "credential not usable; the node will report the pull unauthorized");

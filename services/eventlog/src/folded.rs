@@ -1,0 +1,138 @@
+//! The store's memory of folded states: per aggregate (and state type), the
+//! state as of a version. A command decides on it after folding only the
+//! events appended since (O(new events), not O(history)); an append records
+//! the state it produced. The log is append-only, so a state folded up to a
+//! version stays true for that version; a writer elsewhere only makes the
+//! entry older, which the next read or a conflicting append notices.
+//!
+//! States are kept behind `Arc` and handed out by reference; a caller that
+//! changes one clones it once (one copy per command, instead of a fold of
+//! the whole history). Bounded like the aggregate cache: a full shard
+//! starts over.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex};
+
+use berth_schemas::AggregateId;
+
+use crate::Version;
+
+const SHARDS: usize = 16;
+
+type Key = (AggregateId, TypeId);
+type Shard = Mutex<HashMap<Key, (Version, Arc<dyn Any + Send + Sync>)>>;
+
+/// Folded states by aggregate and state type.
+#[derive(Debug, Clone)]
+pub(crate) struct StateCache {
+    shards: Arc<[Shard]>,
+    hasher: RandomState,
+    per_shard: usize,
+}
+
+impl StateCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            per_shard: capacity.div_ceil(SHARDS),
+        }
+    }
+
+    fn shard(&self, key: &Key) -> &Shard {
+        let h = self.hasher.hash_one(key) as usize;
+        &self.shards[h % SHARDS]
+    }
+
+    /// The cached state of `id` as `S`, and its version.
+    pub(crate) fn get<S: Send + Sync + 'static>(
+        &self,
+        id: &AggregateId,
+    ) -> Option<(Version, Arc<S>)> {
+        let key = (id.clone(), TypeId::of::<S>());
+        let map = self.shard(&key).lock().ok()?;
+        let (version, state) = map.get(&key)?;
+        let state = Arc::clone(state).downcast::<S>().ok()?;
+        Some((*version, state))
+    }
+
+    /// Records `state` as `id`'s at `version`, unless a newer one is known.
+    pub(crate) fn put<S: Send + Sync + 'static>(
+        &self,
+        id: &AggregateId,
+        version: Version,
+        state: Arc<S>,
+    ) {
+        if self.per_shard == 0 {
+            return;
+        }
+        let key = (id.clone(), TypeId::of::<S>());
+        let Ok(mut map) = self.shard(&key).lock() else {
+            return;
+        };
+        if let Some((have, _)) = map.get(&key) {
+            if have.stream_seq > version.stream_seq {
+                return;
+            }
+        } else if map.len() >= self.per_shard {
+            map.clear();
+        }
+        map.insert(key, (version, state));
+    }
+
+    /// Forgets every state of `id` (the aggregate is not in the log).
+    pub(crate) fn forget(&self, id: &AggregateId) {
+        for shard in self.shards.iter() {
+            if let Ok(mut map) = shard.lock() {
+                map.retain(|(a, _), _| a != id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use berth_schemas::ids::ServiceId;
+
+    fn v(seq: u64) -> Version {
+        Version {
+            stream_seq: seq,
+            events: seq,
+        }
+    }
+
+    #[test]
+    fn states_are_kept_per_type_and_never_go_back() {
+        let c = StateCache::new(64);
+        let id = AggregateId::Service(ServiceId::generate());
+        c.put(&id, v(3), Arc::new(3u64));
+        c.put(&id, v(2), Arc::new(2u64));
+        assert_eq!(
+            c.get::<u64>(&id).map(|(v, s)| (v.stream_seq, *s)),
+            Some((3, 3))
+        );
+        assert!(c.get::<String>(&id).is_none());
+        c.put(&id, v(4), Arc::new("x".to_owned()));
+        assert_eq!(c.get::<u64>(&id).map(|(_, s)| *s), Some(3));
+        c.forget(&id);
+        assert!(c.get::<u64>(&id).is_none());
+        assert!(c.get::<String>(&id).is_none());
+    }
+
+    #[test]
+    fn a_full_shard_starts_over() {
+        let c = StateCache::new(SHARDS);
+        let ids: Vec<_> = (0..200)
+            .map(|_| AggregateId::Service(ServiceId::generate()))
+            .collect();
+        for (i, id) in ids.iter().enumerate() {
+            c.put(id, v(i as u64 + 1), Arc::new(i));
+        }
+        let kept = ids.iter().filter(|id| c.get::<usize>(id).is_some()).count();
+        assert!(kept <= SHARDS, "{kept}");
+    }
+}
