@@ -58,6 +58,32 @@ macro_rules! events {
     };
 }
 
+impl Event {
+    /// The deploy this event belongs to: its envelope's correlation id.
+    pub fn deploy(&self) -> Option<&DeployId> {
+        match self {
+            Event::DeployCreated(e) => Some(&e.deploy),
+            Event::DeployQueued(e) => Some(&e.deploy),
+            Event::DeployStarted(e) => Some(&e.deploy),
+            Event::ImageResolved(e) => Some(&e.deploy),
+            Event::ImagePullFailed(e) => e.deploy.as_ref(),
+            Event::ImagePullProgressed(e) => Some(&e.deploy),
+            Event::ImagePulled(e) => Some(&e.deploy),
+            Event::PreDeployStarted(e) => Some(&e.deploy),
+            Event::PreDeployEnded(e) => Some(&e.deploy),
+            Event::UpdateStarted(e) => Some(&e.deploy),
+            Event::DeployLive(e) => Some(&e.deploy),
+            Event::DeployFailed(e) => Some(&e.deploy),
+            Event::DeployCanceled(e) => Some(&e.deploy),
+            Event::DeployDeactivated(e) => Some(&e.deploy),
+            Event::RollbackTargetMissing(e) => Some(&e.deploy),
+            Event::InstanceScheduled(e) => Some(&e.deploy),
+            Event::PlacementBlocked(e) => Some(&e.deploy),
+            _ => None,
+        }
+    }
+}
+
 /// Why a deploy ended `canceled`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

@@ -45,17 +45,20 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
-    /// An event caused by `actor`, with no correlation or causation.
+    /// An event caused by `actor`, correlated with the deploy it names
+    /// ([`Event::deploy`]), with no causation.
     pub fn new(event: impl Into<Event>, actor: Actor) -> Self {
+        let event = event.into();
         Self {
-            event: event.into(),
+            correlation_id: event.deploy().cloned(),
+            event,
             actor,
-            correlation_id: None,
             causation_id: None,
         }
     }
 
-    /// Sets the deploy this event belongs to.
+    /// Sets the deploy this event belongs to (for events that do not name
+    /// one themselves).
     pub fn correlated(mut self, deploy: DeployId) -> Self {
         self.correlation_id = Some(deploy);
         self

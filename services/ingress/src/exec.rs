@@ -1,8 +1,8 @@
 //! The one place commands meet the store: wraps a pure decision into
-//! [`EventStore::execute`], stamping actor and correlation on each event and
+//! [`EventStore::execute`], stamping the actor on each event (the deploy it
+//! belongs to is the event's own, [`berth_schemas::Event::deploy`]) and
 //! mapping the store's errors to [`IngressError`].
 
-use berth_domain::service::deploy_of;
 use berth_domain::DomainError;
 use berth_eventlog::{EventStore, ExecuteError, Executed, NewEvent};
 use berth_schemas::{Actor, AggregateId, Envelope, Event};
@@ -28,14 +28,7 @@ where
             decide(state).map(|events| {
                 events
                     .into_iter()
-                    .map(|event| {
-                        let deploy = deploy_of(&event).cloned();
-                        let new = NewEvent::new(event, actor.clone());
-                        match deploy {
-                            Some(d) => new.correlated(d),
-                            None => new,
-                        }
-                    })
+                    .map(|event| NewEvent::new(event, actor.clone()))
                     .collect()
             })
         })

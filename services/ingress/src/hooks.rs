@@ -335,14 +335,7 @@ impl Desk {
                         for e in &new {
                             s = service::apply_at(s, e, Some(now));
                         }
-                        events.extend(new.into_iter().map(|e| {
-                            let d = service::deploy_of(&e).cloned();
-                            let n = NewEvent::new(e, Actor::DeployHook);
-                            match d {
-                                Some(d) => n.correlated(d),
-                                None => n,
-                            }
-                        }));
+                        events.extend(new.into_iter().map(|e| NewEvent::new(e, Actor::DeployHook)));
                         outcomes.push(Ok(call.deploy.clone()));
                     }
                     Err(e) => outcomes.push(Err(e)),

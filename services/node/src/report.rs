@@ -139,12 +139,13 @@ impl Reporter {
         self.deploys.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `e` as appended by this node, correlated with `deploy` if any.
+    /// `e` as appended by this node, correlated with the deploy it names,
+    /// else with `deploy` if any.
     fn new_event(&self, e: Event, actor: &Actor, deploy: Option<DeployId>) -> NewEvent {
         let n = NewEvent::new(e, actor.clone()).caused_by(format!("node:{}", self.node));
         match deploy {
-            Some(d) => n.correlated(d),
-            None => n,
+            Some(d) if n.correlation_id.is_none() => n.correlated(d),
+            _ => n,
         }
     }
 
@@ -193,10 +194,7 @@ impl Reporter {
                 |s| {
                     Ok(service::decide(s, command.clone(), &ctx)?
                         .into_iter()
-                        .map(|e| {
-                            let d = service::deploy_of(&e).cloned().or_else(|| deploy.cloned());
-                            self.new_event(e, &actor, d)
-                        })
+                        .map(|e| self.new_event(e, &actor, deploy.cloned()))
                         .collect())
                 },
             )

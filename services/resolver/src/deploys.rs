@@ -167,12 +167,9 @@ async fn resolve_deploy(
                     events
                         .into_iter()
                         .map(|e| {
-                            let corr = service::deploy_of(&e)
-                                .cloned()
-                                .unwrap_or_else(|| deploy.clone());
-                            NewEvent::new(e, actor.clone())
-                                .correlated(corr)
-                                .caused_by(cause)
+                            let n = NewEvent::new(e, actor.clone());
+                            let corr = n.correlation_id.clone().unwrap_or_else(|| deploy.clone());
+                            n.correlated(corr).caused_by(cause)
                         })
                         .collect()
                 })

@@ -111,14 +111,7 @@ impl Pass<'_> {
         let actor = Actor::system("scheduler");
         let new: Vec<NewEvent> = events
             .into_iter()
-            .map(|e| {
-                let corr = service::deploy_of(&e).cloned();
-                let n = NewEvent::new(e, actor.clone());
-                match corr {
-                    Some(d) => n.correlated(d),
-                    None => n,
-                }
-            })
+            .map(|e| NewEvent::new(e, actor.clone()))
             .collect();
         match self
             .inner

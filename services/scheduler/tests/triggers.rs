@@ -3,7 +3,7 @@
 //! newest queued deploy runs, older queued ones end canceled as superseded)
 //! and an explicit cancel.
 
-use berth_domain::service::{deploy_of, Command, DeployRequest};
+use berth_domain::service::{Command, DeployRequest};
 use berth_schemas::events::{CancelReason, ServiceSettings};
 use berth_schemas::ids::DeployId;
 use berth_schemas::model::{DeployTrigger, ServiceType};
@@ -11,7 +11,7 @@ use berth_schemas::{Envelope, Event};
 
 use crate::support::{types, World};
 
-/// The deploy lifecycle events of one deploy (`service::deploy_of`), as
+/// The deploy lifecycle events of one deploy (`Event::deploy`), as
 /// type names; instance and pull facts left out.
 fn of(ev: &[Envelope], d: &DeployId) -> Vec<&'static str> {
     const LIFECYCLE: [&str; 9] = [
@@ -26,7 +26,7 @@ fn of(ev: &[Envelope], d: &DeployId) -> Vec<&'static str> {
         "deploy_deactivated",
     ];
     ev.iter()
-        .filter(|e| deploy_of(&e.event) == Some(d))
+        .filter(|e| e.event.deploy() == Some(d))
         .map(|e| e.event.type_name())
         .filter(|t| LIFECYCLE.contains(t))
         .collect()
@@ -169,16 +169,14 @@ async fn every_trigger_goes_live_in_order_and_overlapping_deploys_wait_or_are_ca
     // The newest only started after the first ended.
     let pos = |want: &str, d: &DeployId| {
         ev.iter()
-            .position(|e| {
-                e.event.type_name() == want && berth_domain::service::deploy_of(&e.event) == Some(d)
-            })
+            .position(|e| e.event.type_name() == want && e.event.deploy() == Some(d))
             .unwrap()
     };
     let a_end = ["deploy_live", "deploy_failed", "deploy_canceled"]
         .iter()
         .filter_map(|n| {
             ev.iter()
-                .position(|e| e.event.type_name() == *n && deploy_of(&e.event) == Some(&a))
+                .position(|e| e.event.type_name() == *n && e.event.deploy() == Some(&a))
         })
         .min()
         .expect("the first deploy ended");

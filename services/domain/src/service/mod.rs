@@ -336,30 +336,6 @@ pub fn fold(state: ServiceState, envelope: &Envelope) -> ServiceState {
     apply_at(state, &envelope.event, Some(envelope.time))
 }
 
-/// The deploy an event belongs to, for the envelope's correlation id.
-pub fn deploy_of(event: &Event) -> Option<&DeployId> {
-    match event {
-        Event::DeployCreated(e) => Some(&e.deploy),
-        Event::DeployQueued(e) => Some(&e.deploy),
-        Event::DeployStarted(e) => Some(&e.deploy),
-        Event::ImageResolved(e) => Some(&e.deploy),
-        Event::ImagePullFailed(e) => e.deploy.as_ref(),
-        Event::ImagePullProgressed(e) => Some(&e.deploy),
-        Event::ImagePulled(e) => Some(&e.deploy),
-        Event::PreDeployStarted(e) => Some(&e.deploy),
-        Event::PreDeployEnded(e) => Some(&e.deploy),
-        Event::UpdateStarted(e) => Some(&e.deploy),
-        Event::DeployLive(e) => Some(&e.deploy),
-        Event::DeployFailed(e) => Some(&e.deploy),
-        Event::DeployCanceled(e) => Some(&e.deploy),
-        Event::DeployDeactivated(e) => Some(&e.deploy),
-        Event::RollbackTargetMissing(e) => Some(&e.deploy),
-        Event::InstanceScheduled(e) => Some(&e.deploy),
-        Event::PlacementBlocked(e) => Some(&e.deploy),
-        _ => None,
-    }
-}
-
 /// Decides what a command means for the service.
 pub fn decide(
     state: &ServiceState,

@@ -262,6 +262,6 @@ fn a_busy_state_round_trips_through_a_messagepack_snapshot() {
 fn events_name_the_deploy_they_belong_to() {
     let d0 = DeployId::generate();
     let s = Scenario::created(ServiceType::WebService, &d0);
-    let named: Vec<_> = s.history.iter().map(super::deploy_of).collect();
+    let named: Vec<_> = s.history.iter().map(berth_schemas::Event::deploy).collect();
     assert_eq!(named, vec![None, Some(&d0), Some(&d0)]);
 }
