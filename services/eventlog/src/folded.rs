@@ -82,6 +82,16 @@ impl StateCache {
         map.insert(key, (version, state));
     }
 
+    /// Takes the cached state of `id` as `S` out of the cache.
+    pub(crate) fn take<S: Send + Sync + 'static>(
+        &self,
+        id: &AggregateId,
+    ) -> Option<(Version, Arc<S>)> {
+        let key = (id.clone(), TypeId::of::<S>());
+        let (version, state) = self.shard(&key).lock().ok()?.remove(&key)?;
+        Some((version, state.downcast::<S>().ok()?))
+    }
+
     /// Forgets every state of `id` (the aggregate is not in the log).
     pub(crate) fn forget(&self, id: &AggregateId) {
         for shard in self.shards.iter() {

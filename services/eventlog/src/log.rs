@@ -407,6 +407,32 @@ impl EventStore {
         Ok((state, loaded.version))
     }
 
+    /// Takes `aggregate`'s folded state out of the store, caught up with the
+    /// log: owned without a copy when nobody else holds it. For a writer
+    /// that keeps the state itself while it works (the hook desk) and hands
+    /// it back with [`EventStore::remember`]; a state with a long history
+    /// is not copied on every start.
+    pub async fn take_state<S, F>(
+        &self,
+        aggregate: &AggregateId,
+        fold: F,
+    ) -> Result<(S, Version), StoreError>
+    where
+        S: Default + Clone + Send + Sync + 'static,
+        F: Fn(S, &Envelope) -> S,
+    {
+        if let Some((version, state)) = self.states.take::<S>(aggregate) {
+            let state = Arc::try_unwrap(state).unwrap_or_else(|shared| S::clone(&shared));
+            let newer = self.load_after(aggregate, version).await?;
+            let state = newer.events.iter().fold(state, &fold);
+            return Ok((state, newer.version));
+        }
+        let (state, version) = self.state(aggregate, &fold).await?;
+        self.states.take::<S>(aggregate);
+        let state = Arc::try_unwrap(state).unwrap_or_else(|shared| S::clone(&shared));
+        Ok((state, version))
+    }
+
     /// Records `state` as `aggregate`'s folded state at `version` (a writer
     /// that appended on its own, like the hook desk, hands its state over
     /// so the next reader folds only what comes after).

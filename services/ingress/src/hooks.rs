@@ -257,14 +257,14 @@ impl Desk {
         if let Some((s, v)) = self.cached.take() {
             return Ok((s, v, false));
         }
-        // The store's folded state: after a conflict only what the other
-        // writer appended is read and folded, not the whole history.
+        // The store's folded state, taken over (not copied): only what was
+        // appended since it was left there is read and folded.
         let (state, version) = self
             .store
-            .state(&self.aggregate, service::fold)
+            .take_state(&self.aggregate, service::fold)
             .await
             .map_err(|e| HookError::Store(e.to_string()))?;
-        Ok((ServiceState::clone(&state), version, true))
+        Ok((state, version, true))
     }
 
     /// One call against `s`: the events it appends (none when it was
