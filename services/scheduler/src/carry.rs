@@ -10,37 +10,22 @@ use berth_domain::scheduler::{Action, Plan};
 use berth_domain::service::{Command, Instance, InstancePhase, ServiceConfig};
 use berth_schemas::commands::NodeWork;
 use berth_schemas::events::{InstanceRescheduled, InstanceScheduled, PlacementBlocked};
-use berth_schemas::ids::{DeployId, InstanceId, NodeId};
+use berth_schemas::ids::{DeployId, InstanceId};
 use berth_schemas::model::{DeployStatus, ServiceType};
-use berth_schemas::{Envelope, Event};
 use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::compose::Composed;
 use crate::drive::{Next, Pass};
 use crate::SchedulerError;
 
-/// Where nodes failed to pull a deploy's image: (deploy, node, when).
-pub(crate) struct PullFailures(Vec<(DeployId, NodeId, DateTime<Utc>)>);
+/// The service's failed pulls, as its state records them.
+pub(crate) struct PullFailures<'a>(pub(crate) &'a berth_domain::service::PullFailures);
 
-impl PullFailures {
-    pub(crate) fn from_events(events: &[Envelope]) -> Self {
-        Self(
-            events
-                .iter()
-                .filter_map(|e| match &e.event {
-                    Event::ImagePullFailed(f) => Some((f.deploy.clone()?, f.node.clone()?, e.time)),
-                    _ => None,
-                })
-                .collect(),
-        )
-    }
-
+impl PullFailures<'_> {
     /// The instance's node could not pull it after it was placed: it will
     /// never start.
     fn stranded(&self, i: &Instance) -> bool {
-        self.0.iter().any(|(d, n, t)| {
-            d == &i.deploy && n == &i.node && i.scheduled_at.is_none_or(|s| *t >= s)
-        })
+        self.0.failed_since(&i.deploy, &i.node, i.scheduled_at)
     }
 
     /// Until when no new instance of `live` is placed: `backoff` after the
@@ -51,12 +36,7 @@ impl PullFailures {
         backoff: Duration,
         now: DateTime<Utc>,
     ) -> Option<DateTime<Utc>> {
-        let last = self
-            .0
-            .iter()
-            .filter(|(d, _, _)| d == live)
-            .map(|(_, _, t)| *t)
-            .max()?;
+        let last = self.0.last_of(live)?;
         let until = last.checked_add_signed(TimeDelta::from_std(backoff).ok()?)?;
         (until > now).then_some(until)
     }
@@ -119,7 +99,7 @@ pub(crate) async fn carry_out(
     p: &Pass<'_>,
     cfg: &ServiceConfig,
     plan: Plan,
-    failures: &PullFailures,
+    failures: &PullFailures<'_>,
     now: DateTime<Utc>,
     mut requeue: Option<Duration>,
 ) -> Result<Next, SchedulerError> {
@@ -213,7 +193,7 @@ async fn blocked(p: &Pass<'_>, blocked: Vec<PlacementBlocked>) -> Result<bool, S
 async fn start_pending(
     p: &Pass<'_>,
     cfg: &ServiceConfig,
-    failures: &PullFailures,
+    failures: &PullFailures<'_>,
     stops: &mut Vec<InstanceId>,
 ) -> Result<Option<Duration>, SchedulerError> {
     let mut wait = None;

@@ -81,7 +81,7 @@ pub(crate) struct Pass<'a> {
     pub(crate) service: &'a ServiceId,
     aggregate: AggregateId,
     version: Version,
-    pub(crate) state: ServiceState,
+    pub(crate) state: std::sync::Arc<ServiceState>,
 }
 
 impl Pass<'_> {
@@ -169,27 +169,25 @@ fn pre_deploy_instance(deploy: &DeployId) -> Option<InstanceId> {
 
 async fn pass(inner: &Inner, service: &ServiceId) -> Result<Next, SchedulerError> {
     let aggregate = AggregateId::Service(service.clone());
-    let loaded = inner
+    // The store's folded state: a pass folds only what was appended since
+    // the last one, not the service's history.
+    let (state, version) = inner
         .store
-        .load(&aggregate)
+        .state::<ServiceState, _>(&aggregate, service::fold)
         .await
         .map_err(SchedulerError::store)?;
-    let state = loaded
-        .events
-        .iter()
-        .fold(ServiceState::default(), service::fold);
     inner.cluster.record_service(service, &state);
     let Some(cfg) = state.config.clone() else {
         return Ok(Next::Done(None));
     };
-    let pull_failures = PullFailures::from_events(&loaded.events);
     let p = Pass {
         inner,
         service,
         aggregate,
-        version: loaded.version,
+        version,
         state,
     };
+    let pull_failures = PullFailures(&p.state.pull_failures);
     // A node another copy placed on that this copy has not loaded yet
     // would look gone: load it first, so nothing is placed twice.
     let unknown: BTreeSet<NodeId> = p

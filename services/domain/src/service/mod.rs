@@ -59,8 +59,8 @@ use chrono::{DateTime, Utc};
 pub use instances::{Instance, InstancePhase, Instances};
 pub use lifecycle::{needs_redeploy, CRON_RUN_STATUSES};
 pub use state::{
-    apply, apply_at, CronRun, CronState, Deploy, PreDeployOutcome, ServiceConfig, ServiceState,
-    ServiceStatus,
+    apply, apply_at, CronRun, CronState, Deploy, PreDeployOutcome, PullFailures, ServiceConfig,
+    ServiceState, ServiceStatus,
 };
 
 use crate::aggregate::{Aggregate, Ctx};

@@ -186,8 +186,54 @@ pub struct ServiceState {
     /// The latest `restart_requested`: instances placed before it are replaced.
     #[serde(default)]
     pub restart_requested_at: Option<DateTime<Utc>>,
+    /// When a node last failed to pull a deploy's image (the scheduler
+    /// backs off placing that deploy, and gives up on instances placed
+    /// before the failure).
+    #[serde(default)]
+    pub pull_failures: PullFailures,
     pub created_at: Option<DateTime<Utc>>,
     pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// The latest failed pull of each deploy on each node, bounded: the oldest
+/// entries go once [`PullFailures::KEPT`] are held (a backoff only looks at
+/// the live deploy's last failures).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullFailures(Vec<(DeployId, NodeId, DateTime<Utc>)>);
+
+impl PullFailures {
+    /// Pairs of deploy and node remembered.
+    pub const KEPT: usize = 64;
+
+    fn record(&mut self, deploy: &DeployId, node: &NodeId, at: DateTime<Utc>) {
+        self.0.retain(|(d, n, _)| !(d == deploy && n == node));
+        self.0.push((deploy.clone(), node.clone(), at));
+        if self.0.len() > Self::KEPT {
+            self.0.remove(0);
+        }
+    }
+
+    /// Whether `node` failed to pull `deploy` at or after `since` (an
+    /// instance placed then will never start).
+    pub fn failed_since(
+        &self,
+        deploy: &DeployId,
+        node: &NodeId,
+        since: Option<DateTime<Utc>>,
+    ) -> bool {
+        self.0
+            .iter()
+            .any(|(d, n, t)| d == deploy && n == node && since.is_none_or(|s| *t >= s))
+    }
+
+    /// When any node last failed to pull `deploy`.
+    pub fn last_of(&self, deploy: &DeployId) -> Option<DateTime<Utc>> {
+        self.0
+            .iter()
+            .filter(|(d, _, _)| d == deploy)
+            .map(|(_, _, t)| *t)
+            .max()
+    }
 }
 
 impl ServiceState {
@@ -485,7 +531,48 @@ pub fn apply_at(mut s: ServiceState, event: &Event, time: Option<DateTime<Utc>>)
         }
         // Instance facts feed the scheduler's view; pull progress is for
         // the API's projections.
+        Event::ImagePullFailed(e) => {
+            if let (Some(d), Some(n), Some(t)) = (&e.deploy, &e.node, time) {
+                s.pull_failures.record(d, n, t);
+            }
+        }
         _ => s.instances.apply(event, time),
     }
     s
+}
+
+#[cfg(test)]
+mod pull_failure_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use berth_schemas::events::ImagePullFailed;
+    use berth_schemas::model::PullFailureReason;
+
+    fn failed(deploy: &DeployId, node: &NodeId) -> Event {
+        ImagePullFailed {
+            deploy: Some(deploy.clone()),
+            node: Some(node.clone()),
+            image: "r.example/a:1".into(),
+            reason: PullFailureReason::ImageNotFound,
+            message: "gone".into(),
+        }
+        .into()
+    }
+
+    #[test]
+    fn the_state_keeps_the_latest_failure_per_deploy_and_node_bounded() {
+        let (d, n) = (DeployId::generate(), NodeId::generate());
+        let t = |s: i64| DateTime::<Utc>::from_timestamp(1_800_000_000 + s, 0);
+        let mut s = apply_at(ServiceState::default(), &failed(&d, &n), t(0));
+        s = apply_at(s, &failed(&d, &n), t(10));
+        assert_eq!(s.pull_failures.last_of(&d), t(10));
+        assert!(s.pull_failures.failed_since(&d, &n, t(5)));
+        assert!(!s.pull_failures.failed_since(&d, &n, t(11)));
+        assert!(!s.pull_failures.failed_since(&d, &NodeId::generate(), None));
+        for i in 0..200 {
+            s = apply_at(s, &failed(&DeployId::generate(), &n), t(20 + i));
+        }
+        assert_eq!(s.pull_failures.0.len(), PullFailures::KEPT);
+        assert_eq!(s.pull_failures.last_of(&d), None, "the oldest went first");
+    }
 }
