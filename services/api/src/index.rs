@@ -100,16 +100,23 @@ impl ApiIndex {
         self.services.get(service).is_some_and(|i| i.live_of(owner))
     }
 
-    /// The owner's live services, newest first.
-    pub fn services_of(&self, owner: &OwnerId) -> Vec<(ServiceId, Indexed)> {
-        let mut out: Vec<(ServiceId, Indexed)> = self
+    /// The owner's live services, newest first, each with its cursor (its
+    /// id): references into the index, nothing copied.
+    pub fn services_of(&self, owner: &OwnerId) -> Vec<(String, (&ServiceId, &ServiceState))> {
+        let mut out: Vec<(&ServiceId, &Indexed)> = self
             .services
             .iter()
             .filter(|(_, i)| i.live_of(owner))
-            .map(|(id, i)| (id.clone(), i.clone()))
             .collect();
         out.sort_by_key(|(_, i)| std::cmp::Reverse(i.created_seq));
-        out
+        out.into_iter()
+            .map(|(id, i)| (id.to_string(), (id, &i.state)))
+            .collect()
+    }
+
+    /// Services the index holds (deleted ones leave it).
+    pub fn service_count(&self) -> usize {
+        self.services.len()
     }
 }
 
@@ -136,13 +143,25 @@ impl Projection for ApiIndex {
                     }
                 }
             }
-            (AggregateId::Service(id), _) => {
-                let entry = self.services.entry(id.clone()).or_insert_with(|| Indexed {
-                    created_seq: stream_seq,
-                    state: ServiceState::default(),
-                });
+            (AggregateId::Service(id), event) => {
+                // A service enters with its creation and leaves memory once
+                // deleted; later facts about it (its instances stopping)
+                // change nothing here.
+                let entry = match self.services.get_mut(id) {
+                    Some(entry) => entry,
+                    None if matches!(event, Event::ServiceCreated(_)) => {
+                        self.services.entry(id.clone()).or_insert_with(|| Indexed {
+                            created_seq: stream_seq,
+                            state: ServiceState::default(),
+                        })
+                    }
+                    None => return,
+                };
                 let state = std::mem::take(&mut entry.state);
                 entry.state = service::fold(state, env);
+                if !entry.state.exists() {
+                    self.services.remove(id);
+                }
             }
             _ => {}
         }

@@ -10,6 +10,7 @@ mod events;
 mod fuzz;
 mod hooks;
 mod isolation;
+mod listing;
 mod rename;
 mod repair;
 mod routes;

@@ -220,12 +220,16 @@ pub async fn list(
     QueryParams(page): QueryParams<Page>,
 ) -> Result<Json<Value>, ApiError> {
     st.caught_up().await?;
-    let services = st.read(|i| i.services_of(&caller.owner))?;
-    let items = services
-        .into_iter()
-        .filter_map(|(id, i)| views::service(&id, &i.state).map(|v| (id.to_string(), v)))
-        .collect();
-    let page = page.apply(items)?;
+    // The page is cut from references into the index; only its services
+    // are rendered.
+    let page = st.read(|i| {
+        page.apply(i.services_of(&caller.owner)).map(|items| {
+            items
+                .into_iter()
+                .filter_map(|(cursor, (id, state))| views::service(id, state).map(|v| (cursor, v)))
+                .collect::<Vec<_>>()
+        })
+    })??;
     Ok(Json(Value::Array(
         page.into_iter()
             .map(|(cursor, service)| json!({ "cursor": cursor, "service": service }))
