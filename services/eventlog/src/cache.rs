@@ -19,11 +19,19 @@ use crate::{Loaded, Version};
 /// Shards of the map; a power of two well above the cores of our machines.
 const SHARDS: usize = 16;
 
+/// Events one cached aggregate may hold: a longer history (a service with
+/// thousands of deploys) leaves the cache instead of growing in memory with
+/// every commit. Commands decide on the folded state, so reading such a
+/// history again is rare: only a reader without a folded state does.
+pub(crate) const MAX_EVENTS: usize = 4096;
+
 /// One cached aggregate: its commits in order and the version after them.
 #[derive(Debug, Default)]
 struct Entry {
     commits: Vec<Arc<[Envelope]>>,
     version: Version,
+    /// Events in `commits`.
+    events: usize,
 }
 
 impl Entry {
@@ -74,6 +82,10 @@ impl AggregateCache {
             return;
         }
         if let Ok(mut map) = self.shard(id).lock() {
+            if loaded.events.len() > MAX_EVENTS {
+                map.remove(id);
+                return;
+            }
             if map.len() >= self.per_shard && !map.contains_key(id) {
                 map.clear();
             }
@@ -82,6 +94,7 @@ impl AggregateCache {
                 Entry {
                     commits: vec![Arc::from(loaded.events.as_slice())],
                     version: loaded.version,
+                    events: loaded.events.len(),
                 },
             );
         }
@@ -116,6 +129,10 @@ impl AggregateCache {
         if let Some(c) = map.get_mut(id).filter(|c| c.version == expected) {
             c.commits.push(Arc::clone(events));
             c.version = version;
+            c.events += events.len();
+            if c.events > MAX_EVENTS {
+                map.remove(id);
+            }
         }
     }
 }
@@ -174,6 +191,35 @@ mod tests {
         assert_eq!(seqs, vec![1, 2, 3]);
         cache.forget(&a);
         assert!(cache.get(&a).is_none());
+    }
+
+    #[test]
+    fn a_long_history_leaves_the_cache() {
+        let cache = AggregateCache::new(100);
+        let a = AggregateId::Service(ServiceId::generate());
+        cache.put(
+            &a,
+            &Loaded {
+                events: vec![env(&a, 1)],
+                version: v(1, 1),
+            },
+        );
+        let mut version = v(1, 1);
+        for n in 2..=MAX_EVENTS as u64 {
+            let next = v(n, n);
+            cache.extend(&a, version, next, &[env(&a, n)].into());
+            version = next;
+        }
+        assert_eq!(cache.get(&a).map(|l| l.events.len()), Some(MAX_EVENTS));
+        let over = MAX_EVENTS as u64 + 1;
+        cache.extend(&a, version, v(over, over), &[env(&a, over)].into());
+        assert!(cache.get(&a).is_none(), "grew past the bound");
+        let long = Loaded {
+            events: (1..=over).map(|n| env(&a, n)).collect(),
+            version: v(over, over),
+        };
+        cache.put(&a, &long);
+        assert!(cache.get(&a).is_none(), "a long history was cached");
     }
 
     #[test]
