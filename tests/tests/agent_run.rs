@@ -11,7 +11,8 @@ use crate::agent_support;
 use std::time::{Duration, Instant};
 
 use agent_support::{busybox_image, collect_logs, default_config, processes_of, spec, Node};
-use berth_agent::{AgentEvent, ExitStatus, Heartbeat, OneOffOutcome, RestartPolicy, Stream};
+use berth_agent::{AgentEvent, ExitStatus, OneOffOutcome, RestartPolicy, Stream};
+use berth_schemas::heartbeat::Heartbeat;
 use futures::StreamExt;
 use serde_json::json;
 

@@ -34,7 +34,7 @@ use berth_runtime::Secret;
 use berth_schemas::commands::{NodeRunSpec, NodeWork};
 use berth_schemas::ids::{CredentialId, DeployId, InstanceId, NodeId, ServiceId};
 use berth_schemas::model::{DeployStatus, OverlapPolicy, Sealed, ServiceType};
-use berth_schemas::{Actor, AggregateId, Envelope};
+use berth_schemas::{Actor, AggregateId, Envelope, Subjects};
 use berth_tests::registry::{Registry, RegistryAuth};
 use berth_tests::NatsVersion;
 use futures::StreamExt;
@@ -190,7 +190,7 @@ impl TestNode {
         let work = &work;
         app.store
             .enqueue(
-                &berth_node::queue(&self.id),
+                &Subjects::node_queue(&self.id),
                 service.as_str(),
                 rmp_serde::to_vec_named(work).unwrap().into(),
                 key,

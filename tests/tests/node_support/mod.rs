@@ -17,7 +17,7 @@ use berth_schemas::commands::{NodeRunSpec, NodeWork};
 use berth_schemas::ids::{DeployId, InstanceId, NodeId, ServiceId};
 use berth_schemas::ids::{OwnerId, UserId};
 use berth_schemas::model::{ResolvedImage, Sealed, ServiceType};
-use berth_schemas::{AggregateId, Envelope, Event};
+use berth_schemas::{AggregateId, Envelope, Event, Subjects};
 use berth_tests::registry::{Registry, RegistryAuth};
 use berth_tests::{NatsServer, NatsVersion};
 
@@ -173,7 +173,7 @@ impl World {
         };
         self.store
             .enqueue(
-                &berth_node::queue(node),
+                &Subjects::node_queue(node),
                 service.as_str(),
                 rmp_serde::to_vec_named(work).unwrap().into(),
                 key,
