@@ -26,6 +26,7 @@ pub mod bench;
 mod blob;
 mod client;
 mod config;
+pub mod digest;
 mod error;
 mod fetch;
 pub mod manifest;

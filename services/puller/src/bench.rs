@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use berth_oci::manifest::Digest;
 use berth_oci::{ClientConfig, RegistryClient};
 
 use crate::pull::{PullConfig, PullRequest, Puller};
@@ -180,7 +179,7 @@ pub async fn pull(cfg: &BenchConfig) -> Result<Report, BenchError> {
         digest: &cfg.digest,
         credential: None,
     };
-    let digest = Digest::parse(&cfg.digest)
+    let digest = berth_oci::digest::parse(&cfg.digest)
         .ok_or_else(|| BenchError::Tool(format!("{} is not a digest", cfg.digest)))?;
     let src = format!("docker://{}/{}@{}", cfg.host, cfg.repository, cfg.digest);
     let layout = cfg.work_dir.join("oci-layout");
