@@ -2,10 +2,6 @@
 //! one binary (one link) for all of them; each module owns its servers.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod agent_support;
-mod node_support;
-mod resolver_support;
-
 mod agent_restart;
 mod agent_run;
 mod agent_sandbox;
