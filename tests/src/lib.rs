@@ -25,10 +25,13 @@
 //!   application layer (credential, create-service and resolver tests);
 //! - [`scheduler`]: a registry with two image versions, the resolver, node
 //!   components and the scheduler (scheduler and router tests).
+//!
+//! [`bench`] holds the registry and pull benchmarks the examples run.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 pub mod agent;
+pub mod bench;
 pub mod eventlog;
 pub mod image;
 pub mod layers;

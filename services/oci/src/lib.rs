@@ -22,7 +22,6 @@
 //! ([`ResolveError::TargetRefused`]).
 
 mod auth;
-pub mod bench;
 mod blob;
 mod client;
 mod config;
