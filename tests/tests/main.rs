@@ -6,6 +6,7 @@ mod agent_restart;
 mod agent_run;
 mod agent_sandbox;
 mod agent_stop;
+mod crate_layering;
 mod create_service_verification;
 mod credentials_lifecycle;
 mod credentials_race;
