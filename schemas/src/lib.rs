@@ -1,8 +1,8 @@
 //! # berth-schemas: the wire contract
 //!
 //! Everything that crosses a process boundary in berth is defined here: ids,
-//! the event envelope, the events of the whole lifecycle, the bus commands and
-//! the subject names. Every other crate depends on this one; nothing here
+//! the event envelope, the events of the whole lifecycle, the bus commands,
+//! the node heartbeat and the subject names. Every other crate depends on this one; nothing here
 //! does I/O.
 //!
 //! The JSON Schema files under `schemas/json/` are generated from these types
@@ -12,6 +12,7 @@
 pub mod commands;
 pub mod envelope;
 pub mod events;
+pub mod heartbeat;
 pub mod ids;
 pub mod model;
 pub mod subjects;
@@ -44,6 +45,10 @@ pub fn generated_schema_files() -> BTreeMap<String, String> {
     put(
         "commit.json".to_owned(),
         &schemars::schema_for!(envelope::Commit),
+    );
+    put(
+        "heartbeat.json".to_owned(),
+        &schemars::schema_for!(heartbeat::Heartbeat),
     );
     files
 }

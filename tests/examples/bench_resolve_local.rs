@@ -1,7 +1,7 @@
 //! `cargo run --release -p berth-tests --example bench_resolve_local [ROUNDS]`
 //!
 //! Starts a throwaway `docker-registry` on loopback, pushes a small image and
-//! prints [`berth_oci::bench::resolve`]'s table: berth's tag → digest resolve
+//! prints [`berth_tests::bench::resolve`]'s table: berth's tag → digest resolve
 //! beside `curl -sI` of the same manifest and a raw HEAD, interleaved in the
 //! same run (bar: resolve p50 ≤ 1.5× curl).
 
@@ -19,7 +19,8 @@ async fn main() -> anyhow::Result<()> {
     registry
         .push_image("bench/resolve", "v1", &small_image("amd64")?)
         .await?;
-    let report = berth_oci::bench::resolve(&registry.url(), "bench/resolve", "v1", rounds).await?;
+    let report =
+        berth_tests::bench::resolve::run(&registry.url(), "bench/resolve", "v1", rounds).await?;
     println!("{report}");
     Ok(())
 }

@@ -14,16 +14,34 @@
 //! - [`registry`], [`image`], [`layers`]: a real registry and images for it.
 //! - [`runc`]: root/runc checks and cleanup of what real containers leave.
 //! - [`net`]: test subnets no other test holds; what a node network leaves.
+//!
+//! And the worlds the component tests share, each on real servers:
+//!
+//! - [`agent`]: a busybox image built from the host's static busybox,
+//!   pulled and unpacked, and an agent with its own state dir and runc root;
+//! - [`node`]: a store, a registry with that image and helpers to enqueue
+//!   node work and wait for the facts a node reports;
+//! - [`resolver`]: a registry, the resolver component and the ingress
+//!   application layer (credential, create-service and resolver tests);
+//! - [`scheduler`]: a registry with two image versions, the resolver, node
+//!   components and the scheduler (scheduler and router tests).
+//!
+//! [`bench`] holds the registry and pull benchmarks the examples run.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+pub mod agent;
+pub mod bench;
 pub mod eventlog;
 pub mod image;
 pub mod layers;
 mod nats;
 pub mod net;
+pub mod node;
 pub mod registry;
+pub mod resolver;
 pub mod runc;
+pub mod scheduler;
 
 pub use nats::{nats_binary, NatsCluster, NatsServer, NatsVersion};
 

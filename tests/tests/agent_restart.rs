@@ -6,14 +6,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::agent_support;
+use berth_tests::agent;
 
 use std::time::{Duration, Instant};
 
-use agent_support::{
+use berth_agent::{AgentEvent, ExitStatus};
+use berth_tests::agent::{
     busybox_image, collect_logs, default_config, processes_of, runc_list, spec, start_agent, Node,
 };
-use berth_agent::{AgentEvent, ExitStatus};
 
 #[tokio::test]
 async fn crash_loop_restarts_with_growing_backoff() {
@@ -59,7 +59,7 @@ async fn crash_loop_restarts_with_growing_backoff() {
     node.agent.stop_instance(&s.instance).await.unwrap();
     assert!(runc_list(&node.runc_root()).is_empty());
     assert!(
-        agent_support::mounts_under(node.dir.path()).is_empty(),
+        agent::mounts_under(node.dir.path()).is_empty(),
         "rootfs mounts left"
     );
     assert!(processes_of(&[&s.instance]).is_empty());
@@ -150,7 +150,7 @@ async fn restarted_agent_adopts_known_containers_and_removes_unknown_ones() {
     assert_eq!(out.status, Some(ExitStatus::Code(143)));
     assert!(runc_list(&node.runc_root()).is_empty());
     assert!(
-        agent_support::mounts_under(node.dir.path()).is_empty(),
+        agent::mounts_under(node.dir.path()).is_empty(),
         "rootfs mounts left"
     );
     assert!(processes_of(&[&kept.instance, &orphan.instance]).is_empty());

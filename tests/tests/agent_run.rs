@@ -6,12 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::agent_support;
+use berth_tests::agent;
 
 use std::time::{Duration, Instant};
 
-use agent_support::{busybox_image, collect_logs, default_config, processes_of, spec, Node};
-use berth_agent::{AgentEvent, ExitStatus, Heartbeat, OneOffOutcome, RestartPolicy, Stream};
+use berth_agent::{AgentEvent, ExitStatus, OneOffOutcome, RestartPolicy, Stream};
+use berth_schemas::heartbeat::Heartbeat;
+use berth_tests::agent::{busybox_image, collect_logs, default_config, processes_of, spec, Node};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -20,7 +21,7 @@ async fn output_reaches_logs_in_order_and_exit_code_is_recorded() {
     // A long backoff: the instance crashes once and is then stopped.
     let mut node = Node::start_with(RestartPolicy {
         initial: Duration::from_secs(60),
-        ..agent_support::fast_restarts()
+        ..agent::fast_restarts()
     })
     .await;
     let image = node.image(&busybox_image(default_config())).await;
@@ -60,9 +61,9 @@ async fn output_reaches_logs_in_order_and_exit_code_is_recorded() {
         .all(|l| l.service == s.service && l.instance == s.instance));
     // Stopping it during its restart backoff removes everything.
     node.agent.stop_instance(&s.instance).await.unwrap();
-    assert!(agent_support::runc_list(&node.runc_root()).is_empty());
+    assert!(agent::runc_list(&node.runc_root()).is_empty());
     assert!(
-        agent_support::mounts_under(node.dir.path()).is_empty(),
+        agent::mounts_under(node.dir.path()).is_empty(),
         "rootfs mounts left"
     );
     assert!(processes_of(&[&s.instance]).is_empty());
@@ -172,7 +173,7 @@ async fn start_latency_from_cached_image_and_heartbeats() {
         specs.push(s);
     }
     // The plan's limits reach the kernel (cgroup v1 here: 500 millicores,
-    // 128 MiB from agent_support::spec).
+    // 128 MiB from agent::spec).
     let id = specs[0].instance.to_string();
     let read = |p: String| std::fs::read_to_string(p).unwrap().trim().to_string();
     assert_eq!(
@@ -211,9 +212,9 @@ async fn start_latency_from_cached_image_and_heartbeats() {
     // commands, never by timed tests in CI (BENCHMARKS.md records this figure).
     let ids: Vec<_> = specs.iter().map(|s| &s.instance).collect();
     assert!(processes_of(&ids).is_empty(), "containers left running");
-    assert!(agent_support::runc_list(&node.runc_root()).is_empty());
+    assert!(agent::runc_list(&node.runc_root()).is_empty());
     assert!(
-        agent_support::mounts_under(node.dir.path()).is_empty(),
+        agent::mounts_under(node.dir.path()).is_empty(),
         "rootfs mounts left"
     );
 }

@@ -7,14 +7,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::agent_support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent_support::{busybox_image, collect_logs, default_config, processes_of, spec, Node};
 use berth_agent::{ExitStatus, InstanceSpec, OneOffOutcome};
+use berth_tests::agent::{busybox_image, collect_logs, default_config, processes_of, spec, Node};
 use serde_json::json;
 
 /// Docker's 14 default capabilities as `/proc/<pid>/status` prints them.

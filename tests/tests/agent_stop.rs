@@ -4,14 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::agent_support;
+use berth_tests::agent;
 
 use std::time::{Duration, Instant};
 
-use agent_support::{
+use berth_agent::{AgentEvent, ExitStatus, OneOffOutcome};
+use berth_tests::agent::{
     busybox_image, collect_logs, default_config, processes_of, runc_list, spec, Node,
 };
-use berth_agent::{AgentEvent, ExitStatus, OneOffOutcome};
 
 #[tokio::test]
 async fn sigterm_then_sigkill_after_the_delay() {
@@ -67,7 +67,7 @@ async fn sigterm_then_sigkill_after_the_delay() {
     );
     assert!(runc_list(&node.runc_root()).is_empty());
     assert!(
-        agent_support::mounts_under(node.dir.path()).is_empty(),
+        agent::mounts_under(node.dir.path()).is_empty(),
         "rootfs mounts left"
     );
     assert!(processes_of(&[&polite.instance, &stubborn.instance]).is_empty());
@@ -110,7 +110,7 @@ async fn one_off_past_its_timeout_is_stopped() {
     );
     assert!(runc_list(&node.runc_root()).is_empty());
     assert!(
-        agent_support::mounts_under(node.dir.path()).is_empty(),
+        agent::mounts_under(node.dir.path()).is_empty(),
         "rootfs mounts left"
     );
     assert!(processes_of(&[&s.instance]).is_empty());

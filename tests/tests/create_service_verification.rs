@@ -4,16 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::resolver_support;
-
 use berth_ingress::{IngressError, NewService};
 use berth_schemas::ids::CredentialId;
 use berth_schemas::model::{DeployStatus, DeployTrigger, PullFailureReason, ServiceType};
 use berth_schemas::AggregateId;
 use berth_tests::image::{build_image, small_image, ImageOptions, Layer, Platform};
 use berth_tests::registry::{Registry, RegistryAuth};
+use berth_tests::resolver::{fast_options, App};
 use berth_tests::NatsVersion;
-use resolver_support::{fast_options, App};
 
 fn service(name: &str, image: String, cred: Option<&CredentialId>) -> NewService {
     let mut s = NewService::new(name, ServiceType::BackgroundWorker, &image);

@@ -5,15 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::resolver_support;
-
 use berth_domain::DomainError;
 use berth_ingress::{IngressError, NewService, Rotation};
 use berth_runtime::Secret;
 use berth_schemas::ids::CredentialId;
 use berth_schemas::model::{RegistryKind, ServiceType};
 use berth_schemas::AggregateId;
-use resolver_support::{basic, registry_with_app, App};
+use berth_tests::resolver::{basic, registry_with_app, App};
 
 #[tokio::test]
 async fn credentials_are_listed_shown_rotated_and_owner_scoped() {

@@ -8,8 +8,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::resolver_support;
-
 use std::time::{Duration, Instant};
 
 use berth_domain::credential::{self, CredentialState};
@@ -17,8 +15,8 @@ use berth_domain::owner::{self, OwnerState};
 use berth_ingress::{IngressError, NewService};
 use berth_schemas::model::ServiceType;
 use berth_schemas::AggregateId;
+use berth_tests::resolver::{basic, registry_with_app, App};
 use rand::Rng;
-use resolver_support::{basic, registry_with_app, App};
 
 const TRIALS: usize = 60;
 

@@ -15,8 +15,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::{agent_support, resolver_support};
-
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,11 +32,11 @@ use berth_runtime::Secret;
 use berth_schemas::commands::{NodeRunSpec, NodeWork};
 use berth_schemas::ids::{CredentialId, DeployId, InstanceId, NodeId, ServiceId};
 use berth_schemas::model::{DeployStatus, OverlapPolicy, Sealed, ServiceType};
-use berth_schemas::{Actor, AggregateId, Envelope};
+use berth_schemas::{Actor, AggregateId, Envelope, Subjects};
 use berth_tests::registry::{Registry, RegistryAuth};
+use berth_tests::resolver::{contains, fast_options, App};
 use berth_tests::NatsVersion;
 use futures::StreamExt;
-use resolver_support::{contains, fast_options, App};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -126,7 +124,7 @@ struct TestNode {
 
 impl TestNode {
     async fn start(app: &App) -> TestNode {
-        agent_support::require_root_and_runc();
+        berth_tests::agent::require_root_and_runc();
         let dir = tempfile::tempdir().unwrap();
         let node_dir = dir.path().join("node");
         let mut subnet = berth_tests::net::lease_subnet();
@@ -143,7 +141,7 @@ impl TestNode {
             max_deliver: 3,
             heartbeat: Duration::from_millis(200),
             progress_interval: Duration::from_millis(100),
-            restart: agent_support::fast_restarts(),
+            restart: berth_tests::agent::fast_restarts(),
             client: ClientConfig {
                 retry: RetryPolicy::fast(),
                 ..ClientConfig::default()
@@ -190,7 +188,7 @@ impl TestNode {
         let work = &work;
         app.store
             .enqueue(
-                &berth_node::queue(&self.id),
+                &Subjects::node_queue(&self.id),
                 service.as_str(),
                 rmp_serde::to_vec_named(work).unwrap().into(),
                 key,
@@ -336,7 +334,7 @@ async fn secrecy_child() {
     .await
     .unwrap();
     // An image the node can run.
-    let img = agent_support::busybox_image(agent_support::default_config());
+    let img = berth_tests::agent::busybox_image(berth_tests::agent::default_config());
     basic.push_image("team/app", "v1", &img).await.unwrap();
     bearer.push_image("team/app", "v1", &img).await.unwrap();
 

@@ -2,14 +2,11 @@
 //! one binary (one link) for all of them; each module owns its servers.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod agent_support;
-mod node_support;
-mod resolver_support;
-
 mod agent_restart;
 mod agent_run;
 mod agent_sandbox;
 mod agent_stop;
+mod crate_layering;
 mod create_service_verification;
 mod credentials_lifecycle;
 mod credentials_race;

@@ -8,8 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::agent_support;
-use crate::node_support;
+use berth_tests::agent;
+use berth_tests::node;
 
 use std::time::Duration;
 
@@ -26,9 +26,9 @@ use berth_schemas::model::{seal_context, PullFailureReason};
 use berth_schemas::model::{EnvVars, RegistryKind};
 use berth_schemas::Actor;
 use berth_schemas::{AggregateId, Event};
+use berth_tests::node::{count, first, types, World};
 use berth_tests::registry::RegistryAuth;
 use futures::StreamExt;
-use node_support::{count, first, types, World};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -45,7 +45,7 @@ fn options() -> NodeOptions {
         max_deliver: 3,
         heartbeat: Duration::from_millis(200),
         progress_interval: Duration::from_millis(100),
-        restart: agent_support::fast_restarts(),
+        restart: agent::fast_restarts(),
         client: ClientConfig {
             retry: RetryPolicy::fast(),
             ..ClientConfig::default()
@@ -223,12 +223,12 @@ async fn run_instance_pulls_starts_logs_is_idempotent_and_stops() {
         types(&events)
     );
     assert_eq!(
-        node_support::count(&events, "image_pulled"),
+        node::count(&events, "image_pulled"),
         1,
         "no second pull for a running instance"
     );
     assert_eq!(
-        agent_support::runc_list(&w.runc_root()),
+        agent::runc_list(&w.runc_root()),
         vec![spec.instance.to_string()]
     );
 
@@ -248,8 +248,8 @@ async fn run_instance_pulls_starts_logs_is_idempotent_and_stops() {
         })
         .await;
     assert_eq!(count(&events, "instance_exited"), 0, "{:?}", types(&events));
-    assert!(agent_support::runc_list(&w.runc_root()).is_empty());
-    assert!(agent_support::processes_of(&[&spec.instance]).is_empty());
+    assert!(agent::runc_list(&w.runc_root()).is_empty());
+    assert!(agent::processes_of(&[&spec.instance]).is_empty());
 
     // A late redelivery of the start does not bring a stopped instance back.
     w.enqueue(&node.id, &work, "run-1-late").await;
@@ -260,7 +260,7 @@ async fn run_instance_pulls_starts_logs_is_idempotent_and_stops() {
         "{:?}",
         types(&events)
     );
-    assert!(agent_support::runc_list(&w.runc_root()).is_empty());
+    assert!(agent::runc_list(&w.runc_root()).is_empty());
 
     // A restarted node keeps its identity and registers nothing new.
     node.stop().await;
@@ -280,7 +280,7 @@ async fn deleted_image_fails_image_not_found_and_nothing_runs() {
     let w = World::start().await;
     let node = start_node(&w).await;
     w.registry
-        .delete_manifest(node_support::REPO, &w.digest)
+        .delete_manifest(node::REPO, &w.digest)
         .await
         .unwrap();
     let spec = w.spec("echo never").await;
@@ -314,7 +314,7 @@ async fn deleted_image_fails_image_not_found_and_nothing_runs() {
     );
     // The service's rules ended the deploy.
     assert_eq!(count(&events, "deploy_failed"), 1, "{:?}", types(&events));
-    assert!(agent_support::runc_list(&w.runc_root()).is_empty());
+    assert!(agent::runc_list(&w.runc_root()).is_empty());
     node.stop().await;
 }
 
@@ -415,7 +415,7 @@ async fn crashes_are_recorded_as_exited_and_restarted_one_offs_run_once() {
     };
     assert_eq!((end.success, end.exit_code), (false, Some(3)));
     assert_eq!(count(&events, "deploy_failed"), 1, "{:?}", types(&events));
-    assert!(agent_support::runc_list(&w.runc_root()).is_empty());
+    assert!(agent::runc_list(&w.runc_root()).is_empty());
     node.stop().await;
 }
 
@@ -539,6 +539,6 @@ async fn private_registry_pulls_with_the_sealed_credential_only() {
         count(e, "instance_stopped") == 1
     })
     .await;
-    assert!(agent_support::runc_list(&w.runc_root()).is_empty());
+    assert!(agent::runc_list(&w.runc_root()).is_empty());
     node.stop().await;
 }

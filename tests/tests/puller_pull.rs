@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_oci::manifest::Digest;
+use berth_domain::reference::Digest;
 use berth_oci::{ClientConfig, Credential, RegistryClient, RetryPolicy};
 use berth_puller::{
     unpack_image, ContentStore, Progress, PullConfig, PullFailureReason, PullPolicy, PullRequest,

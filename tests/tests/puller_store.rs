@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use berth_oci::manifest::Digest;
+use berth_domain::reference::Digest;
 use berth_puller::{ContentStore, StoreError, VerifyPolicy};
 use berth_tests::image::sha256;
 use tokio::io::AsyncWriteExt;

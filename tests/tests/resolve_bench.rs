@@ -1,6 +1,6 @@
-//! The issue-3 performance bar, run on demand (timing on a shared machine
+//! The resolve performance bar, run on demand (timing on a shared machine
 //! is too noisy for every CI run):
-//! `cargo test --release -p berth-tests --test resolve_bench -- --ignored --nocapture`
+//! `cargo test --release -p berth-tests --test integration resolve_bench -- --ignored --nocapture`
 //! resolve (tag → digest) p50 against `curl -sI` of the same manifest and a
 //! raw reqwest HEAD, interleaved in one run against a harness registry.
 
@@ -19,7 +19,7 @@ async fn resolve_p50_within_one_and_a_half_curl_head() {
     )
     .unwrap();
     reg.push_image("bench/app", "v1", &img).await.unwrap();
-    let report = berth_oci::bench::resolve(&reg.url(), "bench/app", "v1", 300)
+    let report = berth_tests::bench::resolve::run(&reg.url(), "bench/app", "v1", 300)
         .await
         .unwrap();
     println!("{report}");

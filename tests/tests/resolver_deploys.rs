@@ -7,8 +7,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::resolver_support;
-
 use std::time::Duration;
 
 use berth_ingress::{Caller, CreatedService, NewService, Rotation};
@@ -17,8 +15,8 @@ use berth_schemas::model::{DeployStatus, OverlapPolicy, PullFailureReason, Servi
 use berth_schemas::{Actor, AggregateId, Event};
 use berth_tests::image::{small_image, Platform};
 use berth_tests::registry::RegistryAuth;
+use berth_tests::resolver::{basic, fast_options, registry_with_app, App};
 use berth_tests::NatsVersion;
-use resolver_support::{basic, fast_options, registry_with_app, App};
 
 fn worker(name: &str, image: &str) -> NewService {
     let mut s = NewService::new(name, ServiceType::BackgroundWorker, image);

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use berth_oci::manifest::Digest;
+use berth_domain::reference::Digest;
 use berth_puller::{
     unpack_image, unpack_layer, Compression, ContentStore, PullFailureReason, UnpackError,
     UnpackLimits, UnpackOptions, VerifyPolicy,

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use berth_schemas::heartbeat::Heartbeat;
 use berth_schemas::ids::{InstanceId, NodeId, ServiceId};
 use berth_schemas::Subjects;
 use chrono::{DateTime, Utc};
@@ -188,17 +189,6 @@ pub(crate) struct Record {
     pub pid: Option<u32>,
     pub pid_start: Option<u64>,
     pub restarts: u32,
-}
-
-/// A heartbeat (JSON on `subjects.heartbeat()`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Heartbeat {
-    /// The node.
-    pub node: NodeId,
-    /// When.
-    pub time: DateTime<Utc>,
-    /// Instances supervised here.
-    pub instances: Vec<InstanceId>,
 }
 
 struct Supervised {

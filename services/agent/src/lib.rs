@@ -22,9 +22,10 @@
 //! - [`Agent`]: instances (restarted after crashes with backoff, or in
 //!   place on request when they fail their health checks), stop
 //!   (SIGTERM, SIGKILL after the delay), one-off runs with a timeout,
-//!   heartbeats on `subjects.heartbeat()`, and on start adoption of the
-//!   containers a previous agent process left (anything unrecorded is
-//!   killed and deleted: no orphans).
+//!   heartbeats on `subjects.heartbeat()` (the schemas crate's
+//!   `Heartbeat`), and on start adoption of the containers a previous
+//!   agent process left (anything unrecorded is killed and deleted: no
+//!   orphans).
 
 pub mod agent;
 pub mod bundle;
@@ -37,7 +38,7 @@ pub mod runtime;
 mod seccomp;
 mod supervise;
 
-pub use agent::{Agent, AgentConfig, AgentEvent, Heartbeat, Kind, OneOffOutcome, StopOutcome};
+pub use agent::{Agent, AgentConfig, AgentEvent, Kind, OneOffOutcome, StopOutcome};
 pub use bundle::{ImageRoot, InstanceSpec, Limits, Sandbox};
 pub use error::{AgentError, BundleError, RuntimeError};
 pub use image::ImageConfig;

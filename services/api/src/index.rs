@@ -10,9 +10,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use berth_domain::service::{self, ServiceState};
+use berth_domain::timeline::{Page, Query, Timeline, UnknownCursor};
 use berth_eventlog::projection::Projection;
 use berth_ingress::{CredentialIndex, CredentialView, Links, Repair};
-use berth_notifier::timeline::{Page, Query, Timeline};
 use berth_schemas::ids::{ApiKeyId, OwnerId, ServiceId};
 use berth_schemas::model::Sealed;
 use berth_schemas::{AggregateId, Envelope, Event};
@@ -47,7 +47,8 @@ pub struct ApiIndex {
     /// Key id → its SHA-256, to forget it on revocation.
     key_hashes: HashMap<ApiKeyId, String>,
     services: BTreeMap<ServiceId, Indexed>,
-    /// Every service's events timeline (SPEC §14), the notifier's mapping.
+    /// Every service's events timeline (SPEC §14), the mapping the notifier
+    /// publishes too.
     timeline: Timeline,
     /// Registry credentials, for the application layer's listings (one
     /// runner per process instead of two).
@@ -76,11 +77,7 @@ impl ApiIndex {
     }
 
     /// One page of a service's timeline, newest first.
-    pub fn timeline(
-        &self,
-        service: &ServiceId,
-        q: &Query,
-    ) -> Result<Page, berth_notifier::timeline::UnknownCursor> {
+    pub fn timeline(&self, service: &ServiceId, q: &Query) -> Result<Page, UnknownCursor> {
         self.timeline.query(service, q)
     }
 

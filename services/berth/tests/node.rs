@@ -170,7 +170,7 @@ async fn kill_9_then_restart_adopts_the_instance_with_no_orphans() {
     client.flush().await.unwrap();
     store
         .enqueue(
-            &berth_node::queue(&node),
+            &Subjects::node_queue(&node),
             spec.service.as_str(),
             rmp_serde::to_vec_named(&NodeWork::RunInstance(spec.clone()))
                 .unwrap()
@@ -262,7 +262,7 @@ async fn kill_9_then_restart_adopts_the_instance_with_no_orphans() {
     // Stop it through the queue.
     store
         .enqueue(
-            &berth_node::queue(&node),
+            &Subjects::node_queue(&node),
             spec.service.as_str(),
             rmp_serde::to_vec_named(&NodeWork::StopInstance {
                 service: spec.service.clone(),

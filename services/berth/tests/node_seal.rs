@@ -330,7 +330,7 @@ async fn a_node_without_the_installation_key_runs_private_images_with_sealed_env
     client.flush().await.unwrap();
     store
         .enqueue(
-            &berth_node::queue(&node),
+            &Subjects::node_queue(&node),
             svc.as_str(),
             rmp_serde::to_vec_named(&NodeWork::RunInstance(spec))
                 .unwrap()

@@ -34,7 +34,7 @@ use berth_runtime::SecretKey;
 use berth_schemas::commands::{NodeRunSpec, NodeWork, OneOffPurpose};
 use berth_schemas::ids::{CredentialId, CronRunId, InstanceId, NodeId, OwnerId, ServiceId};
 use berth_schemas::model::Sealed;
-use berth_schemas::{Actor, AggregateId, Commit, Envelope, Event};
+use berth_schemas::{Actor, AggregateId, Commit, Envelope, Event, Subjects};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -218,7 +218,7 @@ impl Dispatch {
             rmp_serde::to_vec_named(&work).map_err(|e| WorkError::Fatal(e.to_string()))?;
         self.store
             .enqueue(
-                &berth_node::queue(&node),
+                &Subjects::node_queue(&node),
                 instance.as_str(),
                 payload.into(),
                 run.as_str(),
@@ -294,7 +294,7 @@ impl Dispatch {
             // node until it ends, and the stop must not wait behind it.
             self.store
                 .enqueue(
-                    &berth_node::queue(&node),
+                    &Subjects::node_queue(&node),
                     &format!("stop-{instance}"),
                     payload.clone().into(),
                     &format!("stop-{instance}-{node}"),

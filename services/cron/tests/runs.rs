@@ -18,8 +18,7 @@ use berth_schemas::{Actor, AggregateId, Envelope, Event};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent_support;
-use crate::node_support::{types, World, REPO};
+use berth_tests::node::{types, World, REPO};
 
 fn node_options() -> NodeOptions {
     NodeOptions {
@@ -34,7 +33,7 @@ fn node_options() -> NodeOptions {
         max_deliver: 3,
         heartbeat: Duration::from_millis(500),
         progress_interval: Duration::from_millis(200),
-        restart: agent_support::fast_restarts(),
+        restart: berth_tests::agent::fast_restarts(),
         client: ClientConfig {
             retry: RetryPolicy::fast(),
             ..ClientConfig::default()
@@ -252,7 +251,7 @@ fn containers(w: &World) -> Vec<String> {
     if !w.runc_root().exists() {
         return vec![];
     }
-    agent_support::runc_list(&w.runc_root())
+    berth_tests::agent::runc_list(&w.runc_root())
 }
 
 async fn wait_containers(w: &World, within: Duration, pred: impl Fn(&[String]) -> bool) {

@@ -14,7 +14,10 @@
 //! - [`aggregate`]: the [`Aggregate`] trait the event store drives, and
 //!   [`Ctx`]; [`error`]: [`DomainError`], every variant the caller's fault;
 //! - [`reference`](mod@reference): image references (SPEC §2);
-//! - [`scheduler`]: what runs where: reconcile, placement, lost nodes.
+//! - [`scheduler`]: what runs where: reconcile, placement, lost nodes;
+//! - [`timeline`]: which service facts users see, as Render's service event
+//!   types, and the per-service read model the API serves and the notifier
+//!   publishes from.
 
 pub mod aggregate;
 pub mod credential;
@@ -25,6 +28,7 @@ pub mod reference;
 pub mod schedule;
 pub mod scheduler;
 pub mod service;
+pub mod timeline;
 
 pub use aggregate::{Aggregate, Ctx};
 pub use error::{DomainError, ErrorKind};

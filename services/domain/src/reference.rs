@@ -65,7 +65,9 @@ pub struct Reference {
     digest: Option<Digest>,
 }
 
-/// A content digest `algorithm:hex`, checked as go-digest checks it.
+/// A content digest `algorithm:hex`, checked as go-digest checks it: the one
+/// digest type of berth (image references, the registry client, the node's
+/// content store). Events and commands still carry digests as strings.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest(String);
 
@@ -216,6 +218,19 @@ impl Digest {
             return Err(invalid("hex must be lowercase"));
         }
         Ok(Self(s.to_owned()))
+    }
+
+    /// The `sha256:` digest whose hash is `hash` (as a hasher computed it
+    /// from content).
+    pub fn from_sha256(hash: [u8; 32]) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(7 + 64);
+        s.push_str("sha256:");
+        for b in hash {
+            s.push(HEX[usize::from(b >> 4)] as char);
+            s.push(HEX[usize::from(b & 15)] as char);
+        }
+        Self(s)
     }
 
     /// The whole digest, `algorithm:hex`.

@@ -4,7 +4,7 @@
 //! `familiar` and `normalize_cli`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use berth_domain::reference::{normalize_cli, Reference};
+use berth_domain::reference::{normalize_cli, Digest, Reference};
 
 use crate::common;
 
@@ -243,4 +243,19 @@ fn accessors_and_helpers() {
     assert!(!tagged.same_repository(&Reference::parse("redis/redis:7").unwrap()));
     assert!(!tagged.same_repository(&Reference::parse("index.docker.io:443/redis:7").unwrap()));
     assert_eq!("redis:7".parse::<Reference>().unwrap(), tagged);
+}
+
+#[test]
+fn a_computed_sha256_is_a_valid_digest() {
+    let mut hash = [0u8; 32];
+    hash[0] = 0xab;
+    hash[31] = 0x0f;
+    let d = Digest::from_sha256(hash);
+    assert_eq!(d.algorithm(), "sha256");
+    assert_eq!(
+        d.encoded(),
+        format!("ab{}0f", "0".repeat(60)),
+        "lowercase hex, two characters a byte"
+    );
+    assert_eq!(Digest::parse(d.as_str()).unwrap(), d);
 }

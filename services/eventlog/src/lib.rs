@@ -14,13 +14,14 @@
 //!   log and follows it live;
 //! - [`worker`] runs durable pull consumers on the work stream (or, filtered,
 //!   on any other stream such as the log itself) with explicit acks, progress
-//!   acks, bounded redelivery and a dead-letter subject;
-//! - [`bench`] measures all of this against raw async-nats figures.
+//!   acks, bounded redelivery and a dead-letter subject.
+//!
+//! `berth bench eventlog` (in the `berth` binary) measures all of this
+//! against raw async-nats figures.
 //!
 //! Domain rules are not here: they plug into `execute` and projections as
 //! plain functions, so this crate does not depend on `berth-domain`.
 
-pub mod bench;
 mod cache;
 mod dead_letter;
 mod error;

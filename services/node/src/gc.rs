@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_oci::manifest::Digest;
+use berth_domain::reference::Digest;
 use berth_puller::ContentStore;
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 use tokio_util::sync::CancellationToken;
@@ -102,7 +102,10 @@ impl Gc {
                 .keys()
                 .cloned(),
         );
-        let images: Vec<Digest> = keep.iter().filter_map(|d| Digest::parse(d)).collect();
+        let images: Vec<Digest> = keep
+            .iter()
+            .filter_map(|d| berth_oci::digest::parse(d))
+            .collect();
         let store = store.clone();
         tokio::task::spawn_blocking(move || store.gc(&images, budget_bytes))
             .await

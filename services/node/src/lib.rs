@@ -54,7 +54,7 @@ use berth_puller::{ContentStore, PullConfig, Puller, VerifyPolicy};
 use berth_runtime::node_key::NodeKeyPair;
 use berth_runtime::{BoxError, Component, ComponentContext};
 use berth_schemas::ids::NodeId;
-use berth_schemas::{Actor, AggregateId};
+use berth_schemas::{Actor, AggregateId, Subjects};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
@@ -148,11 +148,6 @@ pub fn load_or_create_key(dir: &Path) -> Result<NodeKeyPair, NodeError> {
 
 /// How long facts still in flight at shutdown may take to be recorded.
 const FORWARD_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// The work queue of a node.
-pub fn queue(node: &NodeId) -> String {
-    berth_schemas::Subjects::node_queue(node)
-}
 
 /// The `node` component.
 #[derive(Debug)]
@@ -310,13 +305,13 @@ impl Node {
             ports: std::sync::Mutex::new(()),
             gc,
         });
-        let q = queue(&id);
+        let q = Subjects::node_queue(&id);
         let cfg = WorkerConfig {
             ack_wait: self.opts.ack_wait,
             max_deliver: self.opts.max_deliver,
             concurrency: self.opts.concurrency,
             // Consumer names cannot contain dots.
-            consumer: berth_schemas::Subjects::node_consumer(&id),
+            consumer: Subjects::node_consumer(&id),
             // The scheduler parks what this queue exhausts: that road reads
             // the work stream by sequence, which a node may not.
             park_by_advisory: false,

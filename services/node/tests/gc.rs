@@ -11,9 +11,9 @@ use berth_schemas::commands::NodeWork;
 use berth_schemas::model::ServiceType;
 use serde_json::json;
 
-use crate::agent_support::{busybox_image, runc_list};
-use crate::node_support::{World, REPO};
 use crate::support::{count_of, fast_checks, run, service_at, spec, start_node_with};
+use berth_tests::agent::{busybox_image, runc_list};
+use berth_tests::node::{World, REPO};
 
 fn hex(digest: &str) -> &str {
     digest.split_once(':').unwrap().1

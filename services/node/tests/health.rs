@@ -11,10 +11,10 @@ use std::time::Duration;
 use berth_schemas::model::ServiceType;
 use berth_schemas::Event;
 
-use crate::node_support::World;
 use crate::support::{
     addr_of, count_of, fast_checks, http_get, kinds, of, run, service, spec, start_node,
 };
+use berth_tests::node::World;
 
 /// busybox httpd serving `dir` on `$PORT`, in the foreground.
 fn httpd(prepare: &str, dir: &str) -> String {

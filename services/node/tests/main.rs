@@ -2,12 +2,8 @@
 //! nats-server, registry and runc (as root); the node component in-process.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-// The agent and node tests' busybox image, world and runc helpers, shared
-// as they are.
-#[path = "../../../tests/tests/agent_support/mod.rs"]
-mod agent_support;
-#[path = "../../../tests/tests/node_support/mod.rs"]
-mod node_support;
+// The busybox image, world and runc helpers shared with the agent and node
+// tests are berth_tests::{agent, node}; `support` is this crate's own.
 mod support;
 
 mod gc;

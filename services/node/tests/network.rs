@@ -11,9 +11,9 @@ use berth_schemas::ids::{DeployId, InstanceId, OwnerId, ServiceId, UserId};
 use berth_schemas::model::ServiceType;
 use serde_json::json;
 
-use crate::agent_support::busybox_image;
-use crate::node_support::{World, REPO};
 use crate::support::{self, addr_of, count_of, fast_checks, http_get, run, spec, start_node};
+use berth_tests::agent::busybox_image;
+use berth_tests::node::{World, REPO};
 
 /// A server that listens on 10000 whatever `PORT` says, as most images do.
 const FIXED_10000: &str = "/bin/busybox httpd -f -p 10000 -h /app";

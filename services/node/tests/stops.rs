@@ -9,8 +9,8 @@ use berth_schemas::commands::NodeWork;
 use berth_schemas::model::ServiceType;
 use berth_schemas::Envelope;
 
-use crate::node_support::World;
 use crate::support::{count_of, fast_checks, run, service, spec, start_node};
+use berth_tests::node::World;
 
 /// Seconds between SIGTERM and SIGKILL in these tests.
 const DELAY: u32 = 4;

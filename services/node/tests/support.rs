@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::node_support::{World, REPO};
+use berth_tests::node::{World, REPO};
 
 /// Test-speed checks: probes every 200 ms, unhealthy after 1.5 s of
 /// failing, restarted after 6 s, workers healthy after 1 s up.
@@ -50,7 +50,7 @@ pub fn options() -> NodeOptions {
         max_deliver: 3,
         heartbeat: Duration::from_millis(200),
         progress_interval: Duration::from_millis(100),
-        restart: crate::agent_support::fast_restarts(),
+        restart: berth_tests::agent::fast_restarts(),
         client: ClientConfig {
             retry: RetryPolicy::fast(),
             ..ClientConfig::default()

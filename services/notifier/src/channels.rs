@@ -23,7 +23,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde_json::json;
 use sha2::Sha256;
 
-use crate::timeline::TimelineEvent;
+use berth_domain::timeline::TimelineEvent;
 
 /// A failed send, safe to record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,23 +1,23 @@
-//! # berth-notifier: service events timeline, integration stream, notifications
+//! # berth-notifier: integration stream and notifications
 //!
-//! Reads the service facts of the log (SPEC §9, §12, §14) three ways:
+//! Reads the service facts of the log (SPEC §9, §12, §14) as timeline
+//! events (the pure mapping to Render's service event types is
+//! `berth_domain::timeline`, which the API serves as well) and sends them on
+//! two ways:
 //!
-//! - [`timeline`]: the pure mapping to Render's service event types and a
-//!   queryable read model, which the API serves at `/v1/services/{id}/events`;
 //! - [`stream`]: the integration stream, each timeline event as JSON on
 //!   `<prefix>.events.<service id>` for notification bridges (at least once);
 //! - [`notify`]: failure (or all) notifications by email, Slack and signed
 //!   webhooks, per the owner's default and the service's override, one
 //!   Delivery aggregate per (event, channel) worked off a durable queue.
 //!
-//! [`component`] builds the `notifier` component running the last two.
+//! [`component`] builds the `notifier` component running both.
 
 pub mod channels;
 mod config;
 pub mod notify;
 pub mod settings;
 pub mod stream;
-pub mod timeline;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 
 use crate::channels::Senders;
 use crate::settings::{self, Channel, OwnerNotify, ServiceNotify};
-use crate::timeline::TimelineEvent;
+use berth_domain::timeline::TimelineEvent;
 
 /// The work queue deliveries go through.
 pub const QUEUE: &str = "notify";

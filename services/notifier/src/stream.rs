@@ -16,7 +16,7 @@ use berth_eventlog::EventStore;
 use berth_schemas::ids::{OwnerId, ServiceId};
 use berth_schemas::{AggregateId, Commit, Event};
 
-use crate::timeline::TimelineEvent;
+use berth_domain::timeline::TimelineEvent;
 
 /// Publishes the timeline events of each commit it is handed.
 #[derive(Debug, Clone)]

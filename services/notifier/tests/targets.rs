@@ -7,10 +7,10 @@
 use std::time::Duration;
 
 use anyhow::Result;
+use berth_domain::timeline::TimelineEvent;
 use berth_notifier::channels::Senders;
 use berth_notifier::notify::delivery_id;
 use berth_notifier::settings::Channel;
-use berth_notifier::timeline::TimelineEvent;
 use berth_runtime::{AddressPolicy, Secret};
 use berth_schemas::events::DeployFailed;
 use berth_schemas::ids::DeployId;

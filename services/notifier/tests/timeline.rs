@@ -6,20 +6,48 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use berth_eventlog::projection::{ProjectionOptions, ProjectionRunner};
-use berth_notifier::timeline::{Query, Timeline, TimelineEvent};
+use berth_domain::timeline::{Page, Query, Timeline, TimelineEvent, UnknownCursor};
+use berth_eventlog::projection::{Projection, ProjectionOptions, ProjectionRunner};
 use berth_schemas::events::CancelReason;
 use berth_schemas::events::{
     CronJobRunEnded, CronJobRunStarted, DeployCanceled, DeployCreated, DeployFailed, DeployLive,
     DeployStarted, ImagePullFailed, InstanceCountChanged, InstanceScheduled, PreDeployEnded,
     PreDeployStarted, RollbackTargetMissing, ServerFailed, ServerRestarted,
 };
-use berth_schemas::ids::{CronRunId, DeployId, InstanceId, NodeId};
+use berth_schemas::ids::{CronRunId, DeployId, InstanceId, NodeId, ServiceId};
 use berth_schemas::model::{DeployStatus, DeployTrigger, NotifySetting, PullFailureReason};
-use berth_schemas::Event;
+use berth_schemas::{Envelope, Event};
 use futures::StreamExt;
 
 use crate::support::*;
+
+/// The timeline folded on its own, as the API folds it into its index.
+#[derive(Debug, Default)]
+struct Folded(Timeline);
+
+impl Projection for Folded {
+    type Snapshot = Timeline;
+
+    fn apply(&mut self, _stream_seq: u64, env: &Envelope) {
+        self.0.push(env);
+    }
+
+    fn snapshot(&self) -> Timeline {
+        self.0.clone()
+    }
+
+    fn restore(&mut self, snapshot: Timeline) {
+        self.0 = snapshot;
+    }
+}
+
+fn query(
+    timeline: &std::sync::RwLock<Folded>,
+    service: &ServiceId,
+    q: &Query,
+) -> Result<Page, UnknownCursor> {
+    timeline.read().unwrap().0.query(service, q)
+}
 
 fn history() -> (Vec<Event>, Vec<(&'static str, Option<&'static str>)>) {
     let (d1, d2, d3) = (
@@ -167,10 +195,10 @@ async fn timeline_in_order_with_filters_and_on_the_integration_stream() -> Resul
     .await?;
 
     // The read model.
-    let mut runner = ProjectionRunner::new(store, Timeline::new(), ProjectionOptions::default());
+    let mut runner = ProjectionRunner::new(store, Folded::default(), ProjectionOptions::default());
     runner.catch_up().await?;
     let timeline = runner.state();
-    let all = timeline.read().unwrap().all(&svc).to_vec();
+    let all = timeline.read().unwrap().0.all(&svc).to_vec();
     assert_eq!(shape(&all), expected);
     assert!(all
         .iter()
@@ -191,7 +219,7 @@ async fn timeline_in_order_with_filters_and_on_the_integration_stream() -> Resul
         limit: Some(2),
         ..Query::default()
     };
-    let p1 = berth_notifier::timeline::query(&timeline, &svc, &q)?;
+    let p1 = query(&timeline, &svc, &q)?;
     assert_eq!(
         shape(&p1.events),
         vec![
@@ -199,7 +227,7 @@ async fn timeline_in_order_with_filters_and_on_the_integration_stream() -> Resul
             ("deploy_ended".to_owned(), Some("update_failed".to_owned()))
         ]
     );
-    let p2 = berth_notifier::timeline::query(
+    let p2 = query(
         &timeline,
         &svc,
         &Query {
@@ -214,7 +242,7 @@ async fn timeline_in_order_with_filters_and_on_the_integration_stream() -> Resul
     assert_eq!(p2.next_cursor, None);
     // Time range: only what happened after the 10th event.
     let cut = all[9].timestamp;
-    let later = berth_notifier::timeline::query(
+    let later = query(
         &timeline,
         &svc,
         &Query {
@@ -225,7 +253,7 @@ async fn timeline_in_order_with_filters_and_on_the_integration_stream() -> Resul
     )?;
     assert!(later.events.iter().all(|t| t.timestamp >= cut));
     assert!(later.events.len() >= 4 && later.events.len() < all.len());
-    let empty = berth_notifier::timeline::query(
+    let empty = query(
         &timeline,
         &svc,
         &Query {
@@ -235,7 +263,7 @@ async fn timeline_in_order_with_filters_and_on_the_integration_stream() -> Resul
     )?;
     assert!(empty.events.is_empty());
     // A cursor that is not an entry of this timeline is refused.
-    let unknown = berth_notifier::timeline::query(
+    let unknown = query(
         &timeline,
         &svc,
         &Query {
@@ -245,7 +273,7 @@ async fn timeline_in_order_with_filters_and_on_the_integration_stream() -> Resul
     );
     assert!(unknown.is_err());
     // The other service's timeline is its own.
-    assert_eq!(timeline.read().unwrap().all(&other).len(), 1);
+    assert_eq!(timeline.read().unwrap().0.all(&other).len(), 1);
 
     // The integration stream carries the same JSON, per service subject, in order.
     let notifier = w.notifier(crate::notify::test_options());

@@ -10,8 +10,8 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::auth::Credential;
 use crate::client::{status_error, ImageRef, RegistryClient};
+use crate::digest::hex;
 use crate::error::ResolveError;
-use crate::manifest::hex;
 
 impl RegistryClient {
     /// Download blob `digest` of listed `size` from `repository` on `host`
@@ -50,7 +50,7 @@ impl RegistryClient {
                 "{what}: registry announces {len} bytes, manifest lists {size}"
             )));
         }
-        let mut ctx = ring::digest::Context::new(digest.algorithm());
+        let mut ctx = ring::digest::Context::new(crate::digest::algorithm(&digest));
         let mut written: u64 = 0;
         loop {
             let chunk = match tokio::time::timeout(self.cfg.stall_timeout, resp.chunk()).await {
@@ -85,10 +85,10 @@ impl RegistryClient {
             )));
         }
         let got = hex(ctx.finish().as_ref());
-        if got != digest.hex() {
+        if got != digest.encoded() {
             return Err(ResolveError::DigestMismatch(format!(
                 "{what}: content hashes to {}:{got}",
-                digest.as_str().split(':').next().unwrap_or("sha256")
+                digest.algorithm()
             )));
         }
         out.flush().await.map_err(|e| {

@@ -7,6 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use berth_domain::reference::Digest;
 use berth_runtime::egress::{self, TargetGuard};
 use reqwest::header::{HeaderMap, AUTHORIZATION, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode};
@@ -56,7 +57,7 @@ impl ImageRef {
             && r.repository
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b));
-        let reference_ok = crate::manifest::Digest::parse(&r.reference).is_some()
+        let reference_ok = crate::digest::parse(&r.reference).is_some()
             || (!r.reference.is_empty()
                 && r.reference.len() <= 128
                 && r.reference
@@ -75,8 +76,8 @@ impl ImageRef {
     }
 
     /// The digest, when the reference is one.
-    pub fn digest(&self) -> Option<crate::manifest::Digest> {
-        crate::manifest::Digest::parse(&self.reference)
+    pub fn digest(&self) -> Option<Digest> {
+        crate::digest::parse(&self.reference)
     }
 
     /// `repository@digest` on `host` with its parsed digest, refusing a
@@ -86,7 +87,7 @@ impl ImageRef {
         host: &str,
         repository: &str,
         digest: &str,
-    ) -> Result<(Self, crate::manifest::Digest), ResolveError> {
+    ) -> Result<(Self, Digest), ResolveError> {
         let image = Self::new(host, repository, digest)?;
         let digest = image
             .digest()

@@ -49,7 +49,7 @@ impl RegistryClient {
                 .and_then(|v| v.split(';').next())
                 .map(|v| v.trim().to_ascii_lowercase());
             let bytes = read_capped(resp, self.cfg.max_manifest_bytes).await?;
-            if !digest.matches(&bytes) {
+            if !crate::digest::matches(&digest, &bytes) {
                 return Err(ResolveError::DigestMismatch(format!(
                     "{what}: body does not hash to {digest}"
                 ))

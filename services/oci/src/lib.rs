@@ -22,10 +22,10 @@
 //! ([`ResolveError::TargetRefused`]).
 
 mod auth;
-pub mod bench;
 mod blob;
 mod client;
 mod config;
+pub mod digest;
 mod error;
 mod fetch;
 pub mod manifest;

@@ -1,4 +1,4 @@
-//! Manifest, index and image-config parsing, digests, platform choice.
+//! Manifest, index and image-config parsing, platform choice.
 //!
 //! Deliberately minimal serde structs instead of oci-spec's types: berth
 //! reads only descriptors (digest, size, platform) and config os/arch, must
@@ -8,6 +8,7 @@
 //! an image manifest is decided by Content-Type when it names one of the
 //! four supported types, else by structure — never by the `mediaType` field.
 
+use berth_domain::reference::Digest;
 use serde::Deserialize;
 
 use crate::error::ResolveError;
@@ -26,72 +27,6 @@ pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.v2+json";
-
-/// A validated content digest, `sha256:<64 hex>` or `sha512:<128 hex>`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Digest(String);
-
-impl Digest {
-    /// Validate a digest string; anything else is refused (it would end up
-    /// in a URL path).
-    pub fn parse(s: &str) -> Option<Self> {
-        let (algo, hex) = s.split_once(':')?;
-        let len = match algo {
-            "sha256" => 64,
-            "sha512" => 128,
-            _ => return None,
-        };
-        let ok = hex.len() == len && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        ok.then(|| Digest(s.to_string()))
-    }
-
-    /// The digest of `bytes` with SHA-256.
-    pub fn sha256_of(bytes: &[u8]) -> Self {
-        Digest(format!(
-            "sha256:{}",
-            hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
-        ))
-    }
-
-    /// `sha256:…`.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub(crate) fn algorithm(&self) -> &'static ring::digest::Algorithm {
-        if self.0.starts_with("sha512:") {
-            &ring::digest::SHA512
-        } else {
-            &ring::digest::SHA256
-        }
-    }
-
-    /// Whether `bytes` hash to this digest.
-    pub fn matches(&self, bytes: &[u8]) -> bool {
-        let d = ring::digest::digest(self.algorithm(), bytes);
-        self.hex() == hex(d.as_ref())
-    }
-
-    pub(crate) fn hex(&self) -> &str {
-        self.0.split_once(':').map(|(_, h)| h).unwrap_or("")
-    }
-}
-
-impl std::fmt::Display for Digest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const H: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(H[(b >> 4) as usize] as char);
-        s.push(H[(b & 15) as usize] as char);
-    }
-    s
-}
 
 #[derive(Debug, Deserialize)]
 struct RawPlatform {
@@ -160,7 +95,7 @@ pub enum Manifest {
 }
 
 fn descriptor(raw: &RawDescriptor) -> Result<Descriptor, ResolveError> {
-    let digest = Digest::parse(&raw.digest).ok_or_else(|| {
+    let digest = crate::digest::parse(&raw.digest).ok_or_else(|| {
         ResolveError::InvalidResponse(format!(
             "manifest lists an invalid digest {:?}",
             truncate(&raw.digest, 80)
@@ -319,17 +254,6 @@ mod tests {
 
     const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
-
-    #[test]
-    fn digests_are_validated() {
-        assert!(Digest::parse(D1).is_some());
-        assert!(Digest::parse("sha256:../../etc").is_none());
-        assert!(Digest::parse("md5:abcd").is_none());
-        assert!(Digest::parse(&D1.to_uppercase()).is_none());
-        let d = Digest::sha256_of(b"hello");
-        assert!(d.matches(b"hello"));
-        assert!(!d.matches(b"hellO"));
-    }
 
     #[test]
     fn structure_decides_without_media_type() {

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 
+use berth_domain::reference::Digest;
 use berth_schemas::model::ResolvedImage;
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Method, StatusCode};
@@ -17,7 +18,7 @@ use reqwest::{Method, StatusCode};
 use crate::auth::Credential;
 use crate::client::{read_capped, status_error, ImageRef, RegistryClient};
 use crate::error::{AttemptError, ResolveError};
-use crate::manifest::{self, Digest, Manifest, ACCEPT};
+use crate::manifest::{self, Manifest, ACCEPT};
 
 /// What a manifest digest resolves to; immutable, so cacheable forever.
 #[derive(Debug, Clone)]
@@ -253,7 +254,7 @@ impl RegistryClient {
                 .headers()
                 .get("docker-content-digest")
                 .and_then(|v| v.to_str().ok())
-                .and_then(Digest::parse));
+                .and_then(crate::digest::parse));
         }
         if status == StatusCode::METHOD_NOT_ALLOWED {
             // Some registries refuse HEAD; the GET that follows decides.
@@ -294,18 +295,18 @@ impl RegistryClient {
             .headers()
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
-            .and_then(Digest::parse);
+            .and_then(crate::digest::parse);
         let body = read_capped(resp, self.cfg.max_manifest_bytes).await?;
         let expected = digest.cloned().or(header_digest);
         let digest = match expected {
-            Some(d) if d.matches(&body) => d,
+            Some(d) if crate::digest::matches(&d, &body) => d,
             Some(d) => {
                 return Err(ResolveError::DigestMismatch(format!(
                     "{what}: body does not hash to {d}"
                 ))
                 .into())
             }
-            None => Digest::sha256_of(&body),
+            None => crate::digest::sha256(&body),
         };
         if let Some(s) = size.filter(|s| *s != body.len() as u64) {
             return Err(ResolveError::DigestMismatch(format!(
@@ -384,7 +385,7 @@ impl RegistryClient {
             return Err(status_error(resp, &what).await);
         }
         let body = read_capped(resp, self.cfg.max_manifest_bytes).await?;
-        if body.len() as u64 != size || !digest.matches(&body) {
+        if body.len() as u64 != size || !crate::digest::matches(digest, &body) {
             return Err(
                 ResolveError::DigestMismatch(format!("{what}: content does not match")).into(),
             );

@@ -2,7 +2,7 @@
 //!
 //! Starts a throwaway `docker-registry`, pushes a 4-layer image of random
 //! data (BENCH_LAYER_MB per layer, default 61 → ~256 MB), and prints
-//! [`berth_puller::bench::pull`]'s table: cold pull vs `skopeo copy`,
+//! [`berth_tests::bench::pull`]'s table: cold pull vs `skopeo copy`,
 //! unpack vs `umoci unpack`, warm re-pull. BENCH_ROUNDS (default 3).
 
 use anyhow::Result;
@@ -27,7 +27,7 @@ async fn main() -> Result<()> {
     let image = build_image(&ImageOptions::linux("amd64"), layers)?;
     reg.push_image("bench/pull", "v1", &image).await?;
     let work = tempfile::tempdir()?;
-    let report = berth_puller::bench::pull(&berth_puller::bench::BenchConfig {
+    let report = berth_tests::bench::pull::run(&berth_tests::bench::pull::BenchConfig {
         host: reg.host.clone(),
         repository: "bench/pull".into(),
         tag: "v1".into(),

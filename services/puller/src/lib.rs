@@ -22,9 +22,10 @@
 //!   the target — and bounding what a layer can take: header sizes before
 //!   they are read, expanded bytes (a compression ratio) and the node's
 //!   free disk as the layer streams.
-//! - [`bench`]: the performance comparison against skopeo/umoci.
+//!
+//! Its benchmark against skopeo and umoci is `berth_tests::bench::pull`
+//! (`cargo run --release -p berth-puller --example bench_pull`).
 
-pub mod bench;
 mod error;
 pub mod pull;
 pub mod store;

@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_oci::manifest::{self, Descriptor, Digest, Manifest};
+use berth_domain::reference::Digest;
+use berth_oci::manifest::{self, Descriptor, Manifest};
 use berth_oci::{Credential, RegistryClient, ResolveError};
 use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
@@ -207,7 +208,7 @@ impl Puller {
             .client
             .fetch_manifest(req.host, req.repository, digest, req.credential)
             .await?;
-        let d = Digest::parse(digest)
+        let d = berth_oci::digest::parse(digest)
             .ok_or_else(|| ResolveError::NotFound(format!("{digest:?} is not a digest")))?;
         self.store.put(&d, &m.bytes)?;
         Ok(m.bytes)
@@ -279,7 +280,7 @@ impl Puller {
             return Err(e);
         }
         progress(Progress { done: total, total });
-        let digest = Digest::parse(&digest)
+        let digest = berth_oci::digest::parse(&digest)
             .ok_or_else(|| ResolveError::NotFound(format!("{digest:?} is not a digest")))?;
         tracing::info!(
             image = %digest,

@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
-use berth_oci::manifest::Digest;
+use berth_domain::reference::Digest;
+use berth_oci::digest::algorithm;
 use tokio::io::AsyncWrite;
 
 use crate::error::StoreError;
@@ -56,15 +57,7 @@ pub struct GcReport {
 }
 
 fn algo_hex(d: &Digest) -> (&str, &str) {
-    d.as_str().split_once(':').unwrap_or(("sha256", d.as_str()))
-}
-
-pub(crate) fn algorithm(d: &Digest) -> &'static ring::digest::Algorithm {
-    if d.as_str().starts_with("sha512:") {
-        &ring::digest::SHA512
-    } else {
-        &ring::digest::SHA256
-    }
+    (d.algorithm(), d.encoded())
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

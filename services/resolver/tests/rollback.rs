@@ -27,7 +27,7 @@ use berth_tests::image::{build_image, Image, ImageOptions, Layer};
 use berth_tests::registry::{Registry, RegistryAuth};
 use berth_tests::NatsVersion;
 
-use crate::resolver_support::{basic, fast_options, registry_with_app, App};
+use berth_tests::resolver::{basic, fast_options, registry_with_app, App};
 
 /// Runs a service command as the scheduler / API would.
 async fn command(

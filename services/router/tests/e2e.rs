@@ -18,8 +18,8 @@ use http::StatusCode;
 use tokio_util::sync::DropGuard;
 
 use crate::load::{assert_switched_once, Load};
-use crate::sched::{types, RunningNode, World};
 use crate::support::{spawn_router, HttpClient};
+use berth_tests::scheduler::{types, RunningNode, World};
 
 /// Serves `/version` (`v1` or `v2`, from the image's `V`) and the health
 /// check path on port 10000, fixed (it reads no `PORT`); image `v3` exits
@@ -158,12 +158,12 @@ async fn fixed_port_image_on_one_node_deploys_without_a_failed_request() {
     live.w.wait_live(&live.svc, &d2).await;
     let serving = instance_ids(&live.w, &live.svc).await;
 
-    let v3 = crate::agent_support::busybox_image(
+    let v3 = berth_tests::agent::busybox_image(
         serde_json::json!({ "Cmd": ["/bin/sh"], "Env": ["PATH=/bin", "V=3"] }),
     );
     live.w
         .registry
-        .push_image(crate::sched::REPO, "v3", &v3)
+        .push_image(berth_tests::scheduler::REPO, "v3", &v3)
         .await
         .unwrap();
     let d3 = live.w.deploy(&live.svc, "v3").await;

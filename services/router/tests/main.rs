@@ -1,13 +1,9 @@
 //! Integration tests of berth-router against real servers, one binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-// The agent tests' busybox image and runc helpers, and the scheduler tests'
-// world (store, registry, resolver, nodes, scheduler), shared as they are.
-#[path = "../../../tests/tests/agent_support/mod.rs"]
-mod agent_support;
+// End to end, the scheduler tests' world (store, registry, resolver, nodes,
+// scheduler) is berth_tests::scheduler; `support` is the router's own.
 mod load;
-#[path = "../../scheduler/tests/support.rs"]
-mod sched;
 mod support;
 
 mod e2e;

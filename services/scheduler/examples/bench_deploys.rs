@@ -16,14 +16,9 @@
 //!
 //! Health is the node's own: the web service's busybox httpd answers its
 //! health check path (probed every 100 ms while starting), workers count
-//! after 300 ms up (the tests' probe timing, see `support::health_options`).
+//! after 300 ms up (the tests' probe timing, see `berth_tests::scheduler::health_options`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-#[path = "../../../tests/tests/agent_support/mod.rs"]
-mod agent_support;
-#[path = "../tests/support.rs"]
-mod support;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -34,7 +29,7 @@ use berth_schemas::{AggregateId, Commit, Event};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use support::{node_options, World};
+use berth_tests::scheduler::{node_options, World};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -294,7 +289,11 @@ impl SchedulerThread {
                 .await
                 .unwrap();
                 let ready = berth_runtime::ReadyFlag::default();
-                let s = berth_scheduler::Scheduler::new(store, key, support::scheduler_options());
+                let s = berth_scheduler::Scheduler::new(
+                    store,
+                    key,
+                    berth_tests::scheduler::scheduler_options(),
+                );
                 let run = s.run(token, Some(ready.clone()));
                 tokio::pin!(run);
                 let mut sent = false;

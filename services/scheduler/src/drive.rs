@@ -34,7 +34,7 @@ use berth_eventlog::{EventStore, NewEvent, Version};
 use berth_schemas::commands::{NodeWork, OneOffPurpose};
 use berth_schemas::ids::{DeployId, InstanceId, NodeId, ServiceId};
 use berth_schemas::model::{DeployPhase, DeployStatus, ServiceType};
-use berth_schemas::{Actor, AggregateId};
+use berth_schemas::{Actor, AggregateId, Subjects};
 use chrono::{TimeDelta, Utc};
 
 use crate::carry::{self, PullFailures};
@@ -150,7 +150,7 @@ pub(crate) async fn enqueue(
         .map_err(|e| SchedulerError::Store(format!("encoding work: {e}")))?;
     store
         .enqueue(
-            &berth_node::queue(node),
+            &Subjects::node_queue(node),
             service.as_str(),
             payload.into(),
             id,

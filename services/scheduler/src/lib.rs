@@ -46,6 +46,7 @@ use berth_domain::node::Command as NodeCommand;
 use berth_eventlog::worker::{Job, WorkError, WorkHandler, WorkerConfig};
 use berth_eventlog::EventStore;
 use berth_runtime::{BoxError, Component, ComponentContext, ReadyFlag, SecretKey};
+use berth_schemas::heartbeat::Heartbeat;
 use berth_schemas::ids::{InstanceId, NodeId, ServiceId};
 use berth_schemas::{AggregateId, Commit};
 use futures::future::BoxFuture;
@@ -356,7 +357,7 @@ async fn listen(inner: Arc<Inner>, mut sub: async_nats::Subscriber, shutdown: Ca
             _ = shutdown.cancelled() => return,
             m = sub.next() => match m { Some(m) => m, None => return },
         };
-        let hb: berth_agent::Heartbeat = match serde_json::from_slice(&msg.payload) {
+        let hb: Heartbeat = match serde_json::from_slice(&msg.payload) {
             Ok(h) => h,
             Err(e) => {
                 tracing::debug!(error = %e, "not a heartbeat");

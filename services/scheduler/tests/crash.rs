@@ -11,7 +11,7 @@ use berth_schemas::model::ServiceType;
 use berth_schemas::{Event, Subjects};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{containers, count, scheduler_options, types, World};
+use berth_tests::scheduler::{containers, count, scheduler_options, types, World};
 
 const URL_ENV: &str = "BERTH_TEST_NATS_URL";
 const PREFIX_ENV: &str = "BERTH_TEST_PREFIX";

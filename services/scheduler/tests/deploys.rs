@@ -7,7 +7,7 @@ use std::time::Duration;
 use berth_schemas::model::ServiceType;
 use berth_schemas::Event;
 
-use crate::support::{assert_in_order, containers, count, types, World};
+use berth_tests::scheduler::{assert_in_order, containers, count, types, World};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn web_service_goes_live_then_a_second_deploy_replaces_it_after_it_is_healthy() {

@@ -12,8 +12,8 @@ use berth_schemas::model::ServiceType;
 use berth_schemas::Event;
 use serde_json::json;
 
-use crate::agent_support::busybox_image;
-use crate::support::{containers, settled, types, World, REPO};
+use berth_tests::agent::busybox_image;
+use berth_tests::scheduler::{containers, settled, types, World, REPO};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restart_replaces_every_instance_suspend_stops_all_resume_deploys_again() {

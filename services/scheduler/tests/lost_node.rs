@@ -7,7 +7,7 @@ use std::time::Duration;
 use berth_schemas::model::ServiceType;
 use berth_schemas::{AggregateId, Event};
 
-use crate::support::{types, World};
+use berth_tests::scheduler::{types, World};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_nodes_instance_moves_to_the_other_node() {
@@ -167,5 +167,5 @@ async fn a_lost_node_that_comes_back_recovers_and_stops_what_moved_away() {
     assert!(s.instances.get(&old.id).is_none());
     let mut ids: Vec<String> = s.instances.iter().map(|i| i.id.to_string()).collect();
     ids.sort();
-    assert_eq!(crate::support::containers(&[&back, &n2]), ids);
+    assert_eq!(berth_tests::scheduler::containers(&[&back, &n2]), ids);
 }

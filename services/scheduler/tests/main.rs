@@ -3,11 +3,8 @@
 //! and the scheduler per test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-// The agent tests' busybox image and runc helpers, shared as they are.
-#[path = "../../../tests/tests/agent_support/mod.rs"]
-mod agent_support;
-mod support;
-
+// The world (store, registry, resolver, nodes, scheduler) is
+// berth_tests::scheduler, shared with the router's tests.
 mod crash;
 mod deploys;
 mod lifecycle;

@@ -12,7 +12,7 @@ use berth_schemas::Event;
 
 use berth_scheduler::SchedulerOptions;
 
-use crate::support::{assert_in_order, containers, count, scheduler_options, types, World};
+use berth_tests::scheduler::{assert_in_order, containers, count, scheduler_options, types, World};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pre_deploy_runs_before_the_update_and_a_failing_one_keeps_the_old_deploy_serving() {

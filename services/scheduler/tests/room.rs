@@ -10,7 +10,9 @@ use berth_schemas::ids::{DeployId, ServiceId};
 use berth_schemas::model::ServiceType;
 use berth_schemas::{Envelope, Event};
 
-use crate::support::{containers, node_options, scheduler_options, types, RunningNode, World};
+use berth_tests::scheduler::{
+    containers, node_options, scheduler_options, types, RunningNode, World,
+};
 
 /// A node with room for two starter instances (0.5 CPU, 512 MiB each).
 async fn small_node(w: &World) -> RunningNode {

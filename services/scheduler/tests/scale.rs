@@ -8,7 +8,7 @@ use berth_schemas::model::ServiceType;
 
 use berth_scheduler::SchedulerOptions;
 
-use crate::support::{containers, count, scheduler_options, settled, types, World, REPO};
+use berth_tests::scheduler::{containers, count, scheduler_options, settled, types, World, REPO};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scale_one_to_three_to_one() {

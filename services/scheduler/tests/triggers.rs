@@ -9,7 +9,7 @@ use berth_schemas::ids::DeployId;
 use berth_schemas::model::{DeployTrigger, ServiceType};
 use berth_schemas::{Envelope, Event};
 
-use crate::support::{types, World};
+use berth_tests::scheduler::{types, World};
 
 /// The deploy lifecycle events of one deploy (`Event::deploy`), as
 /// type names; instance and pull facts left out.

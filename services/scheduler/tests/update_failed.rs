@@ -10,7 +10,7 @@ use berth_schemas::ids::DeployId;
 use berth_schemas::model::{DeployStatus, ServiceType};
 use berth_schemas::{Envelope, Event};
 
-use crate::support::{scheduler_options, types, World};
+use berth_tests::scheduler::{scheduler_options, types, World};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn new_instances_that_never_get_healthy_fail_the_update_and_the_live_deploy_serves_on() {

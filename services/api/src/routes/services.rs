@@ -546,12 +546,12 @@ pub async fn events(
         if t.is_empty() {
             continue;
         }
-        if !berth_notifier::timeline::TYPES.contains(&t) {
+        if !berth_domain::timeline::TYPES.contains(&t) {
             return Err(ApiError::field("type", "is not a service event type"));
         }
         types.insert(t.to_owned());
     }
-    let query = berth_notifier::timeline::Query {
+    let query = berth_domain::timeline::Query {
         types,
         start_time: time("startTime", q.start_time.as_deref())?,
         end_time: time("endTime", q.end_time.as_deref())?,

@@ -23,7 +23,7 @@ use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use berth_oci::manifest::Digest;
+use berth_domain::reference::Digest;
 
 use self::archive::ArchiveError;
 use self::meter::Stop;

@@ -1,12 +1,14 @@
 //! Shared setup of the credential, create-service and resolver tests: a real
 //! nats-server with the event store under a unique prefix, a resolver
 //! component and the ingress application layer, plus helpers to read the
-//! log. Included with `mod resolver_support;` by each test file.
-
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! log.
 
 use std::time::Duration;
 
+use crate::eventlog::open_store;
+use crate::image::{small_image, Image};
+use crate::registry::{Registry, RegistryAuth};
+use crate::{NatsServer, NatsVersion};
 use berth_domain::service::ServiceState;
 use berth_eventlog::EventStore;
 use berth_ingress::{Caller, Ingress, IngressOptions, NewCredential};
@@ -16,10 +18,6 @@ use berth_runtime::{Secret, SecretKey};
 use berth_schemas::ids::{ApiKeyId, DeployId, OwnerId, ServiceId, UserId};
 use berth_schemas::model::{DeployStatus, RegistryKind};
 use berth_schemas::{AggregateId, Commit, Envelope};
-use berth_tests::eventlog::open_store;
-use berth_tests::image::{small_image, Image};
-use berth_tests::registry::{Registry, RegistryAuth};
-use berth_tests::{NatsServer, NatsVersion};
 use tokio_util::sync::CancellationToken;
 
 /// htpasswd auth with one user.
@@ -52,6 +50,7 @@ pub fn fast_options() -> ResolverOptions {
 }
 
 /// One berth installation for a test: NATS, store, resolver, ingress.
+#[derive(Debug)]
 pub struct App {
     pub nats: NatsServer,
     pub store: EventStore,

@@ -3,13 +3,15 @@
 //! pushed, pulled and unpacked with berth-puller, and an [`Agent`] with a
 //! private state dir and runc root.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::image::Image;
+use crate::layers::{self, Comp, Entry};
+use crate::registry::{Registry, RegistryAuth};
+use crate::{NatsServer, NatsVersion};
 use berth_agent::{
     Agent, AgentConfig, AgentEvent, ImageConfig, ImageRoot, InstanceSpec, Limits, LogLine,
     RestartPolicy, Runc,
@@ -20,17 +22,13 @@ use berth_puller::{
 };
 use berth_schemas::ids::{InstanceId, NodeId, ServiceId};
 use berth_schemas::Subjects;
-use berth_tests::image::Image;
-use berth_tests::layers::{self, Comp, Entry};
-use berth_tests::registry::{Registry, RegistryAuth};
-use berth_tests::{NatsServer, NatsVersion};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 // Kept here under their old names for the many tests that use them.
 #[allow(unused_imports)]
-pub use berth_tests::runc::{mounts_under, require_root_and_runc, runc_list};
+pub use crate::runc::{mounts_under, require_root_and_runc, runc_list};
 
 const APPLETS: &[&str] = &[
     "sh", "echo", "sleep", "env", "pwd", "id", "cat", "true", "false", "seq", "printf", "ls",
@@ -69,6 +67,7 @@ pub fn default_config() -> Value {
 }
 
 /// One node: nats, registry, store, agent.
+#[derive(Debug)]
 pub struct Node {
     pub nats: NatsServer,
     pub client: async_nats::Client,
@@ -76,7 +75,7 @@ pub struct Node {
     pub registry: Registry,
     /// The agent's instance network (dropped before `dir`: it removes what
     /// of the network is left, reading the agent's state in `dir`).
-    pub subnet: berth_tests::net::SubnetLease,
+    pub subnet: crate::net::SubnetLease,
     pub dir: tempfile::TempDir,
     pub agent: Agent,
     pub events: mpsc::UnboundedReceiver<AgentEvent>,
@@ -99,17 +98,17 @@ impl Node {
 
     pub async fn start_with(restart: RestartPolicy) -> Node {
         require_root_and_runc();
-        berth_tests::init_tracing();
+        crate::init_tracing();
         let nats = NatsServer::start(NatsVersion::Legacy).unwrap();
         let client = nats.connect().await.unwrap();
-        let subjects = berth_tests::unique_subjects();
+        let subjects = crate::unique_subjects();
         let registry = Registry::start(RegistryAuth::None).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = AgentConfig::new(NodeId::generate(), dir.path().join("agent"));
         cfg.restart = restart;
         cfg.heartbeat_interval = Duration::from_millis(200);
         cfg.exit_poll = Duration::from_millis(50);
-        let mut subnet = berth_tests::net::lease_subnet();
+        let mut subnet = crate::net::lease_subnet();
         let net_dir = dir.path().join("agent").join("net");
         cfg.network = Some(berth_agent::net::NetworkConfig {
             subnet: subnet.parsed(),
@@ -204,7 +203,7 @@ impl Node {
 /// instance rootfs mounts (the tempdir is removed after this).
 impl Drop for Node {
     fn drop(&mut self) {
-        berth_tests::runc::remove_leftovers(&self.runc_root(), self.dir.path());
+        crate::runc::remove_leftovers(&self.runc_root(), self.dir.path());
     }
 }
 

@@ -1,14 +1,13 @@
-//! Resolve benchmark (issue 3 performance bar): p50 of `resolve` (tag →
-//! digest) against p50 of a raw `curl -sI` of the same manifest URL, and of
-//! a single raw reqwest HEAD, measured interleaved in the same run.
+//! Resolve benchmark: p50 of berth-oci's `resolve` (tag → digest) against
+//! p50 of a raw `curl -sI` of the same manifest URL (bar: ≤ 1.5×), and of a
+//! single raw reqwest HEAD, measured interleaved in the same run.
 
 use std::time::{Duration, Instant};
 
 use reqwest::header::ACCEPT;
 
-use crate::client::{ImageRef, RegistryClient};
-use crate::config::ClientConfig;
-use crate::manifest::ACCEPT as MANIFEST_ACCEPT;
+use berth_oci::manifest::ACCEPT as MANIFEST_ACCEPT;
+use berth_oci::{ClientConfig, ImageRef, RegistryClient};
 
 /// Benchmark results.
 #[derive(Debug, Clone)]
@@ -30,7 +29,7 @@ pub struct Report {
 }
 
 impl Report {
-    /// resolve p50 / curl p50 (the issue's bar: ≤ 1.5).
+    /// resolve p50 / curl p50 (the bar: ≤ 1.5).
     pub fn ratio_vs_curl(&self) -> f64 {
         self.resolve_p50.as_secs_f64() / self.curl_p50.as_secs_f64().max(1e-9)
     }
@@ -84,10 +83,10 @@ pub enum BenchError {
     BadUrl(String),
     /// Building the client failed.
     #[error(transparent)]
-    Build(#[from] crate::client::BuildError),
+    Build(#[from] berth_oci::BuildError),
     /// A resolve failed.
     #[error(transparent)]
-    Resolve(#[from] crate::error::ResolveError),
+    Resolve(#[from] berth_oci::ResolveError),
     /// curl or the raw HEAD failed.
     #[error("baseline failed: {0}")]
     Baseline(String),
@@ -95,7 +94,7 @@ pub enum BenchError {
 
 /// Run `n` interleaved rounds (after 5 warm-up rounds) against an
 /// anonymous registry at `registry_url` (e.g. `http://127.0.0.1:5000`).
-pub async fn resolve(
+pub async fn run(
     registry_url: &str,
     repo: &str,
     tag: &str,

@@ -4,11 +4,11 @@
 //! wait for facts on a service's subject, and cleanup of any container a
 //! failed test leaves behind.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::registry::{Registry, RegistryAuth};
+use crate::{NatsServer, NatsVersion};
 use berth_domain::node::NodeState;
 use berth_domain::service::{Command, CreateService};
 use berth_eventlog::{EventStore, StoreConfig};
@@ -17,13 +17,12 @@ use berth_schemas::commands::{NodeRunSpec, NodeWork};
 use berth_schemas::ids::{DeployId, InstanceId, NodeId, ServiceId};
 use berth_schemas::ids::{OwnerId, UserId};
 use berth_schemas::model::{ResolvedImage, Sealed, ServiceType};
-use berth_schemas::{AggregateId, Envelope, Event};
-use berth_tests::registry::{Registry, RegistryAuth};
-use berth_tests::{NatsServer, NatsVersion};
+use berth_schemas::{AggregateId, Envelope, Event, Subjects};
 
-use crate::agent_support::{busybox_image, default_config};
+use crate::agent::{busybox_image, default_config};
 
 /// Everything but the node: nats, store, registry with one image.
+#[derive(Debug)]
 pub struct World {
     pub nats: NatsServer,
     pub client: async_nats::Client,
@@ -32,7 +31,7 @@ pub struct World {
     pub digest: String,
     /// The node's subnet (dropped before `dir`: it removes what of the
     /// network is left, reading the node's network state in `dir`).
-    pub subnet: berth_tests::net::SubnetLease,
+    pub subnet: crate::net::SubnetLease,
     pub dir: tempfile::TempDir,
 }
 
@@ -44,13 +43,13 @@ impl World {
     }
 
     pub async fn start_with(auth: RegistryAuth) -> World {
-        crate::agent_support::require_root_and_runc();
-        berth_tests::init_tracing();
+        crate::agent::require_root_and_runc();
+        crate::init_tracing();
         let nats = NatsServer::start(NatsVersion::Legacy).unwrap();
         let client = nats.connect().await.unwrap();
         let store = EventStore::open(
             client.clone(),
-            berth_tests::unique_subjects(),
+            crate::unique_subjects(),
             StoreConfig::default(),
         )
         .await
@@ -59,7 +58,7 @@ impl World {
         let image = busybox_image(default_config());
         registry.push_image(REPO, "v1", &image).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let mut subnet = berth_tests::net::lease_subnet();
+        let mut subnet = crate::net::lease_subnet();
         subnet.net_dir = Some(dir.path().join("node").join("agent").join("net"));
         World {
             nats,
@@ -121,7 +120,7 @@ impl World {
 
     /// Runs a service command (test setup, as ingress/scheduler would).
     pub async fn command(&self, service: &ServiceId, command: Command) {
-        berth_tests::eventlog::service_command(&self.store, service, command)
+        crate::eventlog::service_command(&self.store, service, command)
             .await
             .unwrap();
     }
@@ -173,7 +172,7 @@ impl World {
         };
         self.store
             .enqueue(
-                &berth_node::queue(node),
+                &Subjects::node_queue(node),
                 service.as_str(),
                 rmp_serde::to_vec_named(work).unwrap().into(),
                 key,
@@ -247,6 +246,6 @@ pub fn is(e: &Event, type_name: &str) -> bool {
 
 impl Drop for World {
     fn drop(&mut self) {
-        berth_tests::runc::remove_leftovers(&self.runc_root(), self.dir.path());
+        crate::runc::remove_leftovers(&self.runc_root(), self.dir.path());
     }
 }

@@ -16,12 +16,12 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 
 use super::{aggregates, one_event, sample_payload, step, BenchError, BenchOptions};
-use crate::{EventStore, Version};
+use berth_eventlog::{EventStore, Version};
 
 /// Interleaved rounds of the pipelined phase.
 const ROUNDS: usize = 4;
 
-/// Acks in flight in the deep raw run (the raw figure the issue quotes).
+/// Acks in flight in the deep raw run (the raw figure BENCHMARKS.md quotes).
 const DEEP_WINDOW: usize = 4096;
 
 /// Medians of the pipelined phase, events/s.
@@ -159,7 +159,7 @@ async fn berth_appends(store: &EventStore, aggs: usize, per: u64) -> Result<(), 
                     .await?
                     .version;
             }
-            Ok::<_, crate::AppendError>(())
+            Ok::<_, berth_eventlog::AppendError>(())
         })
         .collect();
     while let Some(done) = chains.next().await {

@@ -4,11 +4,13 @@
 //! (Debian 2.9.10) vs the 2.15.1 on PATH. `--nats-url` uses a running one.
 //! `--sync-interval always,default` runs the whole bench once per fsync
 //! policy, each on a fresh server, so their cost compares within one run.
+//! The measurement itself is [`eventlog`].
+
+mod eventlog;
 
 use std::time::Duration;
 
 use anyhow::Context;
-use berth_eventlog::bench::BenchOptions;
 use berth_runtime::config::{parse_nats_urls, LogFormat};
 use berth_runtime::local_nats::{find_on_path, free_port, INSTALL_HINT};
 use berth_runtime::{drain_nats, LocalNats, NatsServerSpec, SyncInterval};
@@ -16,6 +18,7 @@ use berth_schemas::Subjects;
 
 use crate::cli::BenchEventlogArgs;
 use crate::exit::Outcome;
+use eventlog::BenchOptions;
 
 pub async fn eventlog(args: BenchEventlogArgs) -> Outcome {
     let defaults = BenchOptions::default();
@@ -112,7 +115,7 @@ async fn bench(servers: Vec<async_nats::ServerAddr>, opts: BenchOptions) -> anyh
     );
     // A prefix of its own: the bench may run against a server berth uses.
     let subjects = Subjects::new("berthbench").map_err(anyhow::Error::msg)?;
-    let report = berth_eventlog::bench::eventlog(client.clone(), subjects, opts)
+    let report = eventlog::run(client.clone(), subjects, opts)
         .await
         .context("running the event log benchmark")?;
     println!("{report}");

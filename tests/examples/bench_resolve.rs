@@ -1,5 +1,5 @@
 //! Resolve benchmark against a registry you started (it starts nothing):
-//! `cargo run --release -p berth-oci --example bench_resolve -- \
+//! `cargo run --release -p berth-tests --example bench_resolve -- \
 //!    http://127.0.0.1:5000 library/app v1 200`
 //! Prints resolve p50/p90 next to `curl -sI` and a raw reqwest HEAD of the
 //! same manifest, measured interleaved in the same run.
@@ -16,7 +16,7 @@ async fn main() -> anyhow::Result<()> {
         Some(n) => n.parse().context("ROUNDS must be a number")?,
         None => 200,
     };
-    let report = berth_oci::bench::resolve(url, repo, tag, n).await?;
+    let report = berth_tests::bench::resolve::run(url, repo, tag, n).await?;
     println!("{report}");
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! Pull and unpack benchmark (issue 4's performance bars), with the
-//! anchors measured in the same run on the same image:
+//! Pull and unpack benchmark of berth-puller, with the anchors measured in
+//! the same run on the same image:
 //!
 //! - cold pull into an empty store vs `skopeo copy docker://… dir:…`
 //!   (bar: ≤ 0.5×);
@@ -16,12 +16,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use berth_oci::manifest::Digest;
 use berth_oci::{ClientConfig, RegistryClient};
-
-use crate::pull::{PullConfig, PullRequest, Puller};
-use crate::store::{ContentStore, VerifyPolicy};
-use crate::unpack::{unpack_image, UnpackOptions};
+use berth_puller::{
+    unpack_image, ContentStore, PullConfig, PullError, PullRequest, Puller, StoreError,
+    UnpackError, UnpackOptions, VerifyPolicy,
+};
 
 /// What to benchmark: an image already in a registry.
 #[derive(Debug, Clone)]
@@ -134,13 +133,13 @@ impl std::fmt::Display for Report {
 pub enum BenchError {
     /// berth's pull failed.
     #[error("pull: {0}")]
-    Pull(#[from] crate::error::PullError),
+    Pull(#[from] PullError),
     /// berth's unpack failed.
     #[error("unpack: {0}")]
-    Unpack(#[from] crate::error::UnpackError),
+    Unpack(#[from] UnpackError),
     /// The store failed.
     #[error("store: {0}")]
-    Store(#[from] crate::error::StoreError),
+    Store(#[from] StoreError),
     /// An anchor tool failed or is missing.
     #[error("{0}")]
     Tool(String),
@@ -171,7 +170,7 @@ fn clean(p: &Path) {
 }
 
 /// Run the benchmark against an image already pushed to `cfg.host`.
-pub async fn pull(cfg: &BenchConfig) -> Result<Report, BenchError> {
+pub async fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
     let client = RegistryClient::new(ClientConfig::default())
         .map_err(|e| BenchError::Tool(e.to_string()))?;
     let req = PullRequest {
@@ -180,7 +179,7 @@ pub async fn pull(cfg: &BenchConfig) -> Result<Report, BenchError> {
         digest: &cfg.digest,
         credential: None,
     };
-    let digest = Digest::parse(&cfg.digest)
+    let digest = berth_oci::digest::parse(&cfg.digest)
         .ok_or_else(|| BenchError::Tool(format!("{} is not a digest", cfg.digest)))?;
     let src = format!("docker://{}/{}@{}", cfg.host, cfg.repository, cfg.digest);
     let layout = cfg.work_dir.join("oci-layout");

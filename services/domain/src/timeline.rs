@@ -1,8 +1,9 @@
 //! The service events timeline (SPEC §14): the log's service facts mapped to
 //! Render's service event types as JSON with camelCase fields, and a
 //! queryable read model of them per service. The mapping is pure
-//! ([`TimelineEvent::from_envelope`]); the same values are published on the
-//! integration stream (`crate::stream`) and served by the API.
+//! ([`TimelineEvent::from_envelope`]); the notifier publishes the same values
+//! on the integration stream and notifies about them, and the API folds the
+//! read model into its index and serves it at `/v1/services/{id}/events`.
 //!
 //! Only facts a user cares about become timeline events; bookkeeping
 //! (placements, pull progress, settings) does not. The timeline event's id is
@@ -10,7 +11,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use berth_eventlog::projection::Projection;
 use berth_schemas::ids::ServiceId;
 use berth_schemas::{AggregateId, Envelope, Event};
 use chrono::{DateTime, Utc};
@@ -279,34 +279,6 @@ impl Timeline {
 #[error("is not a cursor of this listing")]
 pub struct UnknownCursor;
 
-impl Projection for Timeline {
-    type Snapshot = Timeline;
-
-    fn apply(&mut self, _stream_seq: u64, env: &Envelope) {
-        self.push(env);
-    }
-
-    fn snapshot(&self) -> Timeline {
-        self.clone()
-    }
-
-    fn restore(&mut self, snapshot: Timeline) {
-        *self = snapshot;
-    }
-}
-
-/// Answers `q` for `service` on a shared timeline (as a projection runner holds it).
-pub fn query(
-    timeline: &std::sync::RwLock<Timeline>,
-    service: &ServiceId,
-    q: &Query,
-) -> Result<Page, UnknownCursor> {
-    match timeline.read() {
-        Ok(t) => t.query(service, q),
-        Err(poisoned) => poisoned.into_inner().query(service, q),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,12 +338,13 @@ mod tests {
         );
 
         let mut tl = Timeline::new();
-        tl.apply(1, &failed);
-        tl.apply(2, &pull);
-        tl.apply(2, &pull); // a replayed commit
+        tl.push(&failed);
+        tl.push(&pull);
+        tl.push(&pull); // a replayed commit
 
-        // Snapshots go through MessagePack (the projection runner's format).
-        let bytes = rmp_serde::to_vec_named(&tl.snapshot()).unwrap_or_default();
+        // Snapshots of read models holding it go through MessagePack (the
+        // projection runner's format).
+        let bytes = rmp_serde::to_vec_named(&tl).unwrap_or_default();
         let back: Timeline = rmp_serde::from_slice(&bytes).unwrap_or_default();
         assert_eq!(back.all(&svc), tl.all(&svc));
         assert_eq!(back.all(&svc).len(), 2);

@@ -1,5 +1,6 @@
-//! `berth bench eventlog`: berth's store measured against raw async-nats in
-//! the same run, on the same server, with the same payload sizes.
+//! The event log benchmark behind `berth bench eventlog`: berth's store
+//! measured against raw async-nats in the same run, on the same server, with
+//! the same payload sizes.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -12,10 +13,10 @@ use futures::StreamExt;
 
 mod appends;
 
-use crate::projection::{Projection, ProjectionOptions, ProjectionRunner};
-use crate::{EventStore, NewEvent, StoreConfig};
+use berth_eventlog::projection::{Projection, ProjectionOptions, ProjectionRunner};
+use berth_eventlog::{EventStore, NewEvent, StoreConfig};
 
-/// Sizes of one bench run (defaults are the figures).
+/// Sizes of one bench run (the defaults are the sizes BENCHMARKS.md reports).
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     /// Events appended in the pipelined phase.
@@ -50,7 +51,7 @@ pub struct Row {
     pub berth: f64,
     /// Raw async-nats figure (`None` when there is no raw counterpart).
     pub raw: Option<f64>,
-    /// The target, in words.
+    /// The target, in words.
     pub target: &'static str,
     /// Whether the target is met.
     pub met: bool,
@@ -72,7 +73,7 @@ pub struct Report {
 pub enum BenchError {
     /// Opening the store failed.
     #[error(transparent)]
-    Store(#[from] crate::StoreError),
+    Store(#[from] berth_eventlog::StoreError),
     /// A step failed.
     #[error("bench step {step} failed: {reason}")]
     Step {
@@ -85,7 +86,7 @@ pub enum BenchError {
 
 /// Runs every phase against the server `client` is connected to, under
 /// prefixes derived from `subjects` (their streams are deleted afterwards).
-pub async fn eventlog(
+pub async fn run(
     client: async_nats::Client,
     subjects: Subjects,
     opts: BenchOptions,
@@ -332,7 +333,7 @@ async fn delete_all(store: &EventStore) -> Result<(), BenchError> {
         s.events_stream(),
         s.work_stream(),
         s.dead_letter_stream(),
-        crate::dead_letter::advisory_stream(s),
+        s.work_advisory_stream(),
         format!("KV_{}", s.snapshot_bucket()),
     ] {
         js.delete_stream(&name)

@@ -3,13 +3,12 @@
 //! image, the resolver component, node components (each with its own data
 //! dir, node id and runc root) and the scheduler, plus helpers to create and
 //! deploy services and to wait for facts in the log.
-
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::registry::{Registry, RegistryAuth};
+use crate::{NatsServer, NatsVersion};
 use berth_domain::service::{self, Command, CreateService, DeployRequest, ServiceState};
 use berth_eventlog::{EventStore, StoreConfig};
 use berth_node::{HealthOptions, Node, NodeChecks, NodeOptions};
@@ -20,13 +19,11 @@ use berth_scheduler::{Scheduler, SchedulerOptions};
 use berth_schemas::ids::{DeployId, NodeId, OwnerId, ServiceId, UserId};
 use berth_schemas::model::{DeployTrigger, Sealed, ServiceType};
 use berth_schemas::{AggregateId, Envelope, Event, Subjects};
-use berth_tests::registry::{Registry, RegistryAuth};
-use berth_tests::{NatsServer, NatsVersion};
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent_support::{busybox_image, mounts_under, runc_list};
+use crate::agent::{busybox_image, mounts_under, runc_list};
 
 pub const REPO: &str = "app/web";
 
@@ -54,7 +51,7 @@ pub fn node_options(name: &str, dir: &Path) -> NodeOptions {
         max_deliver: 3,
         heartbeat: Duration::from_millis(200),
         progress_interval: Duration::from_millis(100),
-        restart: crate::agent_support::fast_restarts(),
+        restart: crate::agent::fast_restarts(),
         client: ClientConfig {
             retry: RetryPolicy::fast(),
             ..ClientConfig::default()
@@ -95,6 +92,7 @@ fn resolver_options() -> ResolverOptions {
 }
 
 /// A running node component.
+#[derive(Debug)]
 pub struct RunningNode {
     pub id: NodeId,
     pub dir: PathBuf,
@@ -153,6 +151,7 @@ impl Drop for RunningNode {
 }
 
 /// NATS, store, registry with two image versions, resolver.
+#[derive(Debug)]
 pub struct World {
     pub nats: NatsServer,
     pub client: async_nats::Client,
@@ -164,7 +163,7 @@ pub struct World {
     pub key: SecretKey,
     /// Each node dir's subnet (dropped before `dir`: each removes what of
     /// its network is left, reading the node's network state in `dir`).
-    subnets: std::sync::Mutex<std::collections::HashMap<PathBuf, berth_tests::net::SubnetLease>>,
+    subnets: std::sync::Mutex<std::collections::HashMap<PathBuf, crate::net::SubnetLease>>,
     pub dir: tempfile::TempDir,
     pub shutdown: CancellationToken,
     /// Nodes started so far (for their port ranges).
@@ -183,13 +182,13 @@ impl World {
     }
 
     pub async fn start_on(version: NatsVersion) -> World {
-        crate::agent_support::require_root_and_runc();
-        berth_tests::init_tracing();
+        crate::agent::require_root_and_runc();
+        crate::init_tracing();
         let nats = NatsServer::start(version).unwrap();
         let client = nats.connect().await.unwrap();
         let store = EventStore::open(
             client.clone(),
-            berth_tests::unique_subjects(),
+            crate::unique_subjects(),
             StoreConfig::default(),
         )
         .await
@@ -238,7 +237,7 @@ impl World {
         let subnet = {
             let mut leases = self.subnets.lock().unwrap();
             let lease = leases.entry(dir.clone()).or_insert_with(|| {
-                let mut l = berth_tests::net::lease_subnet();
+                let mut l = crate::net::lease_subnet();
                 l.net_dir = Some(dir.join("agent").join("net"));
                 l
             });
@@ -346,7 +345,7 @@ impl World {
 
     /// Runs a service command as the API would.
     pub async fn command(&self, service: &ServiceId, command: Command) {
-        berth_tests::eventlog::service_command(&self.store, service, command)
+        crate::eventlog::service_command(&self.store, service, command)
             .await
             .unwrap();
     }
