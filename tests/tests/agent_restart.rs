@@ -46,10 +46,15 @@ async fn crash_loop_restarts_with_growing_backoff() {
         &scheduled[..4],
         &[300, 600, 1200, 2400].map(Duration::from_millis)
     );
-    for w in gaps.windows(2) {
-        assert!(w[1] > w[0].mul_f64(1.5), "gaps must grow: {ms:?}");
+    // Each restart waited at least its scheduled backoff (the observed gap
+    // adds the container's start, which varies with the machine's load, so
+    // the gaps are compared with the schedule rather than with each other).
+    for (gap, after) in gaps.iter().zip(&scheduled) {
+        assert!(
+            gap >= after,
+            "restarted before its backoff: {ms:?} vs {scheduled:?}"
+        );
     }
-    assert!(gaps[0] >= Duration::from_millis(300));
     // Each run's output arrived.
     let lines = collect_logs(&mut sub, Duration::from_millis(500), |_| false).await;
     assert!(
