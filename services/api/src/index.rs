@@ -111,9 +111,9 @@ impl ApiIndex {
             .collect()
     }
 
-    /// Services the index holds (deleted ones leave it).
-    pub fn service_count(&self) -> usize {
-        self.services.len()
+    /// Services the index holds (deleted ones leave it), and timelines.
+    pub fn service_count(&self) -> (usize, usize) {
+        (self.services.len(), self.timeline.len())
     }
 }
 
@@ -121,7 +121,6 @@ impl Projection for ApiIndex {
     type Snapshot = ApiIndex;
 
     fn apply(&mut self, stream_seq: u64, env: &Envelope) {
-        self.timeline.push(env);
         self.links.apply(stream_seq, env);
         if let AggregateId::Credential(_) = &env.aggregate {
             self.credentials.apply(stream_seq, env);
@@ -156,8 +155,11 @@ impl Projection for ApiIndex {
                 };
                 let state = std::mem::take(&mut entry.state);
                 entry.state = service::fold(state, env);
-                if !entry.state.exists() {
+                if entry.state.exists() {
+                    self.timeline.push(env);
+                } else {
                     self.services.remove(id);
+                    self.timeline.forget(id);
                 }
             }
             _ => {}

@@ -237,6 +237,22 @@ impl Timeline {
     }
 
     /// Every entry of `service`, oldest first.
+    /// Drops `service`'s timeline (a deleted service's, from a read model
+    /// that no longer answers for it).
+    pub fn forget(&mut self, service: &ServiceId) {
+        self.services.remove(service.as_str());
+    }
+
+    /// Services with a timeline held.
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    /// Whether no timeline is held.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
     pub fn all(&self, service: &ServiceId) -> &[TimelineEvent] {
         self.services
             .get(service.as_str())
