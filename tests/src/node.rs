@@ -221,6 +221,30 @@ impl World {
     }
 }
 
+/// A node's options for tests: `name`, `cpu_millis` and `memory_mib` of
+/// capacity, fast heartbeats, restarts and registry retries; its state in
+/// `$BERTH_DATA_DIR/node` unless `dir` is set.
+pub fn test_options(name: &str, cpu_millis: u32, memory_mib: u32) -> berth_node::NodeOptions {
+    berth_node::NodeOptions {
+        dir: None,
+        name: name.into(),
+        cpu_millis,
+        memory_mib,
+        runc: "runc".into(),
+        cni_path: "/usr/lib/cni".into(),
+        concurrency: 4,
+        ack_wait: Duration::from_secs(10),
+        max_deliver: 3,
+        heartbeat: Duration::from_millis(200),
+        progress_interval: Duration::from_millis(100),
+        restart: crate::agent::fast_restarts(),
+        client: berth_oci::ClientConfig {
+            retry: berth_oci::RetryPolicy::fast(),
+            ..berth_oci::ClientConfig::default()
+        },
+    }
+}
+
 /// Event type names, in order.
 pub fn types(events: &[Envelope]) -> Vec<&'static str> {
     events.iter().map(|e| e.event.type_name()).collect()

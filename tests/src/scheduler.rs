@@ -12,7 +12,7 @@ use crate::{NatsServer, NatsVersion};
 use berth_domain::service::{self, Command, CreateService, DeployRequest, ServiceState};
 use berth_eventlog::{EventStore, StoreConfig};
 use berth_node::{HealthOptions, Node, NodeChecks, NodeOptions};
-use berth_oci::{ClientConfig, RetryPolicy};
+use berth_oci::RetryPolicy;
 use berth_resolver::{Resolver, ResolverOptions};
 use berth_runtime::secrets::SecretKey;
 use berth_scheduler::{Scheduler, SchedulerOptions};
@@ -41,21 +41,7 @@ pub fn scheduler_options() -> SchedulerOptions {
 pub fn node_options(name: &str, dir: &Path) -> NodeOptions {
     NodeOptions {
         dir: Some(dir.to_owned()),
-        name: name.into(),
-        cpu_millis: 8000,
-        memory_mib: 8192,
-        runc: "runc".into(),
-        cni_path: "/usr/lib/cni".into(),
-        concurrency: 4,
-        ack_wait: Duration::from_secs(10),
-        max_deliver: 3,
-        heartbeat: Duration::from_millis(200),
-        progress_interval: Duration::from_millis(100),
-        restart: crate::agent::fast_restarts(),
-        client: ClientConfig {
-            retry: RetryPolicy::fast(),
-            ..ClientConfig::default()
-        },
+        ..crate::node::test_options(name, 8000, 8192)
     }
 }
 
@@ -398,17 +384,7 @@ impl World {
     }
 }
 
-/// Event type names, in order.
-pub fn types(events: &[Envelope]) -> Vec<&'static str> {
-    events.iter().map(|e| e.event.type_name()).collect()
-}
-
-pub fn count(events: &[Envelope], type_name: &str) -> usize {
-    events
-        .iter()
-        .filter(|e| e.event.type_name() == type_name)
-        .count()
-}
+pub use crate::node::{count, types};
 
 /// Position of the first event of `type_name`.
 pub fn pos(events: &[Envelope], type_name: &str) -> Option<usize> {

@@ -25,8 +25,7 @@ use base64::Engine as _;
 use berth_domain::credential::CredentialState;
 use berth_domain::node::NodeState;
 use berth_ingress::{IngressOptions, NewService, Rotation};
-use berth_node::{Node, NodeChecks, NodeOptions};
-use berth_oci::{ClientConfig, RetryPolicy};
+use berth_node::{Node, NodeChecks};
 use berth_runtime::node_key::{ForNode, NodePublicKey};
 use berth_runtime::Secret;
 use berth_schemas::commands::{NodeRunSpec, NodeWork};
@@ -129,24 +128,7 @@ impl TestNode {
         let node_dir = dir.path().join("node");
         let mut subnet = berth_tests::net::lease_subnet();
         subnet.net_dir = Some(node_dir.join("agent").join("net"));
-        let opts = NodeOptions {
-            dir: None,
-            name: "secrecy-node".into(),
-            cpu_millis: 2000,
-            memory_mib: 2048,
-            runc: "runc".into(),
-            cni_path: "/usr/lib/cni".into(),
-            concurrency: 4,
-            ack_wait: Duration::from_secs(10),
-            max_deliver: 3,
-            heartbeat: Duration::from_millis(200),
-            progress_interval: Duration::from_millis(100),
-            restart: berth_tests::agent::fast_restarts(),
-            client: ClientConfig {
-                retry: RetryPolicy::fast(),
-                ..ClientConfig::default()
-            },
-        };
+        let opts = berth_tests::node::test_options("secrecy-node", 2000, 2048);
         let id = berth_node::load_or_create_id(&node_dir).unwrap();
         let node = Node::new(app.store.clone(), opts).with_checks(NodeChecks {
             subnet: subnet.parsed(),

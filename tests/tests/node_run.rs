@@ -17,7 +17,6 @@ use berth_agent::LogLine;
 use berth_domain::{credential, Ctx};
 use berth_eventlog::NewEvent;
 use berth_node::{Node, NodeOptions};
-use berth_oci::{ClientConfig, RetryPolicy};
 use berth_runtime::node_key::ForNode;
 use berth_runtime::secrets::{Secret, SecretKey};
 use berth_schemas::commands::{NodeRunSpec, NodeWork, OneOffPurpose};
@@ -33,24 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 fn options() -> NodeOptions {
-    NodeOptions {
-        dir: None,
-        name: "test-node".into(),
-        cpu_millis: 2000,
-        memory_mib: 2048,
-        runc: "runc".into(),
-        cni_path: "/usr/lib/cni".into(),
-        concurrency: 4,
-        ack_wait: Duration::from_secs(10),
-        max_deliver: 3,
-        heartbeat: Duration::from_millis(200),
-        progress_interval: Duration::from_millis(100),
-        restart: agent::fast_restarts(),
-        client: ClientConfig {
-            retry: RetryPolicy::fast(),
-            ..ClientConfig::default()
-        },
-    }
+    berth_tests::node::test_options("test-node", 2000, 2048)
 }
 
 struct Running {

@@ -10,7 +10,6 @@ use std::time::Duration;
 use berth_cron::{Clock, Cron, CronOptions};
 use berth_domain::service::{Command, CreateService, ServiceState};
 use berth_node::{Node, NodeOptions};
-use berth_oci::{ClientConfig, RetryPolicy};
 use berth_runtime::secrets::{Secret, SecretKey};
 use berth_schemas::ids::{CronRunId, DeployId, NodeId, OwnerId, ServiceId, UserId};
 use berth_schemas::model::{seal_context, PullFailureReason, ResolvedImage, Sealed, ServiceType};
@@ -22,22 +21,9 @@ use berth_tests::node::{types, World, REPO};
 
 fn node_options() -> NodeOptions {
     NodeOptions {
-        dir: None,
-        name: "cron-node".into(),
-        cpu_millis: 4000,
-        memory_mib: 4096,
-        runc: "runc".into(),
-        cni_path: "/usr/lib/cni".into(),
-        concurrency: 4,
-        ack_wait: Duration::from_secs(10),
-        max_deliver: 3,
         heartbeat: Duration::from_millis(500),
         progress_interval: Duration::from_millis(200),
-        restart: berth_tests::agent::fast_restarts(),
-        client: ClientConfig {
-            retry: RetryPolicy::fast(),
-            ..ClientConfig::default()
-        },
+        ..berth_tests::node::test_options("cron-node", 4000, 4096)
     }
 }
 

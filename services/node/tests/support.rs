@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use berth_domain::service::{Command, CreateService};
 use berth_node::{GcOptions, HealthOptions, Node, NodeChecks, NodeOptions};
-use berth_oci::{ClientConfig, RetryPolicy};
 use berth_schemas::commands::{NodeRunSpec, NodeWork};
 use berth_schemas::ids::{DeployId, InstanceId, NodeId, OwnerId, ServiceId, UserId};
 use berth_schemas::model::{ResolvedImage, Sealed, ServiceType};
@@ -38,24 +37,7 @@ pub fn fast_checks() -> NodeChecks {
 }
 
 pub fn options() -> NodeOptions {
-    NodeOptions {
-        dir: None,
-        name: "health-node".into(),
-        cpu_millis: 4000,
-        memory_mib: 4096,
-        runc: "runc".into(),
-        cni_path: "/usr/lib/cni".into(),
-        concurrency: 4,
-        ack_wait: Duration::from_secs(10),
-        max_deliver: 3,
-        heartbeat: Duration::from_millis(200),
-        progress_interval: Duration::from_millis(100),
-        restart: berth_tests::agent::fast_restarts(),
-        client: ClientConfig {
-            retry: RetryPolicy::fast(),
-            ..ClientConfig::default()
-        },
-    }
+    berth_tests::node::test_options("health-node", 4000, 4096)
 }
 
 /// A node component running in-process.
