@@ -308,3 +308,20 @@ impl Setup {
         }
     }
 }
+
+/// Every event of one aggregate.
+pub(crate) async fn events_of(
+    store: &berth_eventlog::EventStore,
+    id: berth_schemas::AggregateId,
+) -> Vec<berth_schemas::Envelope> {
+    store.load(&id).await.unwrap().events
+}
+
+/// Polls `check` every 50 ms until it holds or `within` passes.
+pub(crate) async fn wait_for(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what} not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

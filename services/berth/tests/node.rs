@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_domain::service::{self, CreateService};
 use berth_eventlog::{EventStore, StoreConfig};
@@ -24,7 +24,8 @@ use nix::unistd::Pid;
 use tokio::process::Child;
 
 use crate::cli_support::{
-    berth, busybox_image, require_root_and_runc, runc_list, runc_root, spawn_server, Cleanup,
+    berth, busybox_image, events_of, require_root_and_runc, runc_list, runc_root, spawn_server,
+    wait_for, Cleanup,
 };
 
 fn spawn_node(data: &Path, nats_url: &str, prefix: &str) -> Child {
@@ -41,18 +42,6 @@ fn spawn_node(data: &Path, nats_url: &str, prefix: &str) -> Child {
     let (child, mut out) = spawn_server(c);
     tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
     child
-}
-
-async fn events_of(store: &EventStore, id: AggregateId) -> Vec<Envelope> {
-    store.load(&id).await.unwrap().events
-}
-
-async fn wait_for(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what} not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn count(events: &[Envelope], type_name: &str) -> usize {

@@ -11,7 +11,7 @@
 //! refused (dead-lettered) without anything pulled or started.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_domain::credential;
 use berth_domain::service::{self, CreateService};
@@ -23,14 +23,15 @@ use berth_schemas::commands::{NodeRunSpec, NodeWork};
 use berth_schemas::ids::{CredentialId, DeployId, InstanceId, NodeId, ServiceId};
 use berth_schemas::ids::{OwnerId, UserId};
 use berth_schemas::model::{seal_context, EnvVars, RegistryKind, ServiceType};
-use berth_schemas::{Actor, AggregateId, Envelope, Event, Subjects};
+use berth_schemas::{Actor, AggregateId, Event, Subjects};
 use berth_tests::registry::{Registry, RegistryAuth};
 use berth_tests::{NatsServer, NatsVersion};
 use futures::StreamExt;
 use tokio::process::Child;
 
 use crate::cli_support::{
-    berth, busybox_image, require_root_and_runc, runc_root, spawn_server, Cleanup,
+    berth, busybox_image, events_of, require_root_and_runc, runc_root, spawn_server, wait_for,
+    Cleanup,
 };
 
 const USER: &str = "puller";
@@ -56,18 +57,6 @@ fn spawn(component: &str, data: &Path, nats: &str, prefix: &str, key: Option<&st
     let (child, mut out) = spawn_server(c);
     tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
     child
-}
-
-async fn events_of(store: &EventStore, id: AggregateId) -> Vec<Envelope> {
-    store.load(&id).await.unwrap().events
-}
-
-async fn wait_for(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what} not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Every regular file under `dir` (symlinks not followed).
