@@ -9,7 +9,6 @@
 //! Bus commands come from integrations bound to one owner: they act with
 //! [`Scope::Bus`] of that owner, and another owner's service is not found.
 
-use berth_domain::owner::{self, OwnerState};
 use berth_domain::service::{self, DeployRequest, ServiceState};
 use berth_domain::{Ctx, DomainError};
 use berth_runtime::Secret;
@@ -321,19 +320,9 @@ impl Ingress {
             &Ctx::default(),
         )?;
         let tag = DeployId::generate();
-        let claim = owner::Command::ClaimServiceName {
-            name: new.clone(),
-            service: id.clone(),
-        };
-        exec::run(
-            &self.store,
-            &AggregateId::Owner(caller.owner.clone()),
-            &format!("service-rename-{id}-{tag}-claim"),
-            &caller.actor,
-            owner::fold,
-            |s: &OwnerState| owner::decide(s, claim.clone(), &Ctx::default()),
-        )
-        .await?;
+        let key = format!("service-rename-{id}-{tag}-claim");
+        self.set_name(&caller.owner, &new, id, true, &key, &caller.actor)
+            .await?;
         failpoint("service-rename:after-claim");
         match self.update_settings(caller, id, settings, env_vars).await {
             Ok(state) => {

@@ -49,10 +49,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_domain::credential::{self, CredentialState};
-use berth_domain::owner::{self, OwnerState};
 use berth_domain::service::{self, ServiceState};
-use berth_domain::{Ctx, DomainError};
+use berth_domain::Ctx;
 use berth_schemas::ids::{CredentialId, OwnerId, ServiceId};
 use berth_schemas::{Actor, AggregateId};
 use chrono::{DateTime, Utc};
@@ -125,7 +123,7 @@ impl Ingress {
     pub async fn repair(&self, r: &Repair) -> Result<Repaired, IngressError> {
         let state = self.settle(r.service()).await?;
         let key = r.key();
-        let ctx = Ctx::default();
+        let actor = actor();
         let appended = match r {
             Repair::Release {
                 owner,
@@ -145,22 +143,8 @@ impl Ingress {
                 if uses_name(&state, owner, name) != claim {
                     return Ok(Repaired::Nothing);
                 }
-                let (name, service) = (name.clone(), service.clone());
-                let command = if claim {
-                    owner::Command::ClaimServiceName { name, service }
-                } else {
-                    owner::Command::ReleaseServiceName { name, service }
-                };
-                exec::run(
-                    &self.store,
-                    &AggregateId::Owner(owner.clone()),
-                    &key,
-                    &actor(),
-                    owner::fold,
-                    |s: &OwnerState| owner::decide(s, command.clone(), &ctx),
-                )
-                .await?
-                .appended
+                self.set_name(owner, name, service, claim, &key, &actor)
+                    .await?
             }
             Repair::Detach {
                 credential,
@@ -170,23 +154,8 @@ impl Ingress {
                 if uses_credential(&state, credential) {
                     return Ok(Repaired::Nothing);
                 }
-                let detach = credential::Command::Detach {
-                    service: service.clone(),
-                };
-                exec::run(
-                    &self.store,
-                    &AggregateId::Credential(credential.clone()),
-                    &key,
-                    &actor(),
-                    credential::fold,
-                    |s: &CredentialState| match credential::decide(s, detach.clone(), &ctx) {
-                        // A removed credential has nothing attached any more.
-                        Err(DomainError::NotFound { .. }) => Ok(vec![]),
-                        other => other,
-                    },
-                )
-                .await?
-                .appended
+                self.set_attachment(credential, service, None, &key, &actor)
+                    .await?
             }
             Repair::Attach {
                 credential,
@@ -197,25 +166,14 @@ impl Ingress {
                 if !uses_credential(&state, credential) {
                     return Ok(Repaired::Nothing);
                 }
-                let attach = credential::Command::Attach {
-                    service: service.clone(),
-                    owner: owner.clone(),
-                };
-                exec::run(
-                    &self.store,
-                    &AggregateId::Credential(credential.clone()),
-                    &key,
-                    &actor(),
-                    credential::fold,
-                    |s: &CredentialState| credential::decide(s, attach.clone(), &ctx),
-                )
-                .await?
-                .appended
+                self.set_attachment(credential, service, Some(owner), &key, &actor)
+                    .await?
             }
         };
-        Ok(match appended {
-            Some(_) => Repaired::Appended,
-            None => Repaired::Nothing,
+        Ok(if appended {
+            Repaired::Appended
+        } else {
+            Repaired::Nothing
         })
     }
 }

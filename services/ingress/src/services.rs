@@ -24,11 +24,11 @@ use berth_domain::service::{self, CreateService, ServiceState, DEFAULT_REGION};
 use berth_domain::{Aggregate, Ctx, DomainError};
 use berth_runtime::Secret;
 use berth_schemas::commands::{ImageCheckReply, ImageCheckRequest};
-use berth_schemas::ids::{CredentialId, DeployId, ServiceId};
+use berth_schemas::ids::{CredentialId, DeployId, OwnerId, ServiceId};
 use berth_schemas::model::{
     seal_context, EnvVars, NotifySetting, OverlapPolicy, Plan, ResolvedImage, ServiceType,
 };
-use berth_schemas::AggregateId;
+use berth_schemas::{Actor, AggregateId};
 use rand::RngCore;
 
 use crate::failpoint::failpoint;
@@ -208,19 +208,9 @@ impl Ingress {
         let verified = self.verify(caller, &image, new.credential.clone()).await?;
 
         // 1. The name.
-        let claim = owner::Command::ClaimServiceName {
-            name: new.name.clone(),
-            service: id.clone(),
-        };
-        exec::run(
-            &self.store,
-            &owner_id,
-            &format!("service-create-{id}-name"),
-            &caller.actor,
-            owner::fold,
-            |s: &OwnerState| owner::decide(s, claim.clone(), &ctx),
-        )
-        .await?;
+        let key = format!("service-create-{id}-name");
+        self.set_name(&caller.owner, &new.name, &id, true, &key, &caller.actor)
+            .await?;
         failpoint("service-create:after-name");
 
         // 2. The credential.
@@ -297,8 +287,74 @@ impl Ingress {
         }
     }
 
-    /// Attaches `cred` to `service` on the credential's subject; `why`
-    /// makes the idempotency key unique to this operation (message ids are
+    /// Attaches `cred` to `service` for `owner`, or detaches it (`owner`
+    /// `None`), on the credential's subject — the same subject removal
+    /// decides on. A removed credential has nothing attached any more, so
+    /// detaching from it is done. True when something was appended.
+    pub(crate) async fn set_attachment(
+        &self,
+        cred: &CredentialId,
+        service: &ServiceId,
+        attach_for: Option<&OwnerId>,
+        key: &str,
+        actor: &Actor,
+    ) -> Result<bool, IngressError> {
+        let command = match attach_for {
+            Some(owner) => credential::Command::Attach {
+                service: service.clone(),
+                owner: owner.clone(),
+            },
+            None => credential::Command::Detach {
+                service: service.clone(),
+            },
+        };
+        let done = exec::run(
+            &self.store,
+            &AggregateId::Credential(cred.clone()),
+            key,
+            actor,
+            credential::fold,
+            |s: &CredentialState| match credential::decide(s, command.clone(), &Ctx::default()) {
+                Err(DomainError::NotFound { .. }) if attach_for.is_none() => Ok(vec![]),
+                other => other,
+            },
+        )
+        .await?;
+        Ok(done.appended.is_some())
+    }
+
+    /// Claims `name` for `service` on `owner`'s subject (names are unique
+    /// per owner), or gives it back (`claim` false). True when something
+    /// was appended.
+    pub(crate) async fn set_name(
+        &self,
+        owner: &OwnerId,
+        name: &str,
+        service: &ServiceId,
+        claim: bool,
+        key: &str,
+        actor: &Actor,
+    ) -> Result<bool, IngressError> {
+        let (name, service) = (name.to_owned(), service.clone());
+        let command = if claim {
+            owner::Command::ClaimServiceName { name, service }
+        } else {
+            owner::Command::ReleaseServiceName { name, service }
+        };
+        let done = exec::run(
+            &self.store,
+            &AggregateId::Owner(owner.clone()),
+            key,
+            actor,
+            owner::fold,
+            |s: &OwnerState| owner::decide(s, command.clone(), &Ctx::default()),
+        )
+        .await?;
+        Ok(done.appended.is_some())
+    }
+
+    /// Attaches `cred` to the caller's `service`; `why` makes the
+    /// idempotency key unique to this operation (message ids are
     /// deduplicated stream-wide).
     pub(crate) async fn attach(
         &self,
@@ -307,20 +363,10 @@ impl Ingress {
         cred: &CredentialId,
         why: &str,
     ) -> Result<(), IngressError> {
-        let attach = credential::Command::Attach {
-            service: service.clone(),
-            owner: caller.owner.clone(),
-        };
-        exec::run(
-            &self.store,
-            &AggregateId::Credential(cred.clone()),
-            &format!("service-{why}-{service}-attach"),
-            &caller.actor,
-            credential::fold,
-            |s: &CredentialState| credential::decide(s, attach.clone(), &Ctx::default()),
-        )
-        .await
-        .map(|_| ())
+        let key = format!("service-{why}-{service}-attach");
+        self.set_attachment(cred, service, Some(&caller.owner), &key, &caller.actor)
+            .await
+            .map(drop)
     }
 
     pub(crate) async fn detach(
@@ -330,23 +376,10 @@ impl Ingress {
         cred: &CredentialId,
         why: &str,
     ) -> Result<(), IngressError> {
-        let detach = credential::Command::Detach {
-            service: service.clone(),
-        };
-        exec::run(
-            &self.store,
-            &AggregateId::Credential(cred.clone()),
-            &format!("service-{why}-{service}-detach"),
-            &caller.actor,
-            credential::fold,
-            |s: &CredentialState| match credential::decide(s, detach.clone(), &Ctx::default()) {
-                // A removed credential has nothing attached any more.
-                Err(DomainError::NotFound { .. }) => Ok(vec![]),
-                other => other,
-            },
-        )
-        .await
-        .map(|_| ())
+        let key = format!("service-{why}-{service}-detach");
+        self.set_attachment(cred, service, None, &key, &caller.actor)
+            .await
+            .map(drop)
     }
 
     pub(crate) async fn release_name(
@@ -356,20 +389,10 @@ impl Ingress {
         name: &str,
         why: &str,
     ) -> Result<(), IngressError> {
-        let release = owner::Command::ReleaseServiceName {
-            name: name.to_owned(),
-            service: service.clone(),
-        };
-        exec::run(
-            &self.store,
-            &AggregateId::Owner(caller.owner.clone()),
-            &format!("service-{why}-{service}-release"),
-            &caller.actor,
-            owner::fold,
-            |s: &OwnerState| owner::decide(s, release.clone(), &Ctx::default()),
-        )
-        .await
-        .map(|_| ())
+        let key = format!("service-{why}-{service}-release");
+        self.set_name(&caller.owner, name, service, false, &key, &caller.actor)
+            .await
+            .map(drop)
     }
 
     /// Compensation after a failed creation step: best effort, logged; a
