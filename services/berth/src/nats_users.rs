@@ -170,6 +170,15 @@ impl Projection for IntegrationsInLog {
     fn restore(&mut self, (): ()) {}
 }
 
+/// A runner over the owners' part of the log, collecting integrations.
+fn integrations_in_log(store: &EventStore) -> ProjectionRunner<IntegrationsInLog> {
+    let opts = ProjectionOptions {
+        filter: Some(store.subjects().aggregate_kind("owner")),
+        ..ProjectionOptions::default()
+    };
+    ProjectionRunner::new(store, IntegrationsInLog::default(), opts)
+}
+
 /// Follows the owners' integrations in the log until `shutdown` and gives
 /// the running server every change (users added, revoked ones removed).
 pub async fn follow_integrations(
@@ -178,11 +187,7 @@ pub async fn follow_integrations(
     server: Arc<Mutex<Option<LocalNats>>>,
     shutdown: CancellationToken,
 ) {
-    let opts = ProjectionOptions {
-        filter: Some(store.subjects().aggregate_kind("owner")),
-        ..ProjectionOptions::default()
-    };
-    let runner = ProjectionRunner::new(&store, IntegrationsInLog::default(), opts);
+    let runner = integrations_in_log(&store);
     let state = runner.state();
     let mut applied = runner.applied();
     let run = tokio::spawn(runner.run(shutdown.clone()));
@@ -226,13 +231,6 @@ fn apply(
         s.reload_authorization(users.authorization(integrations))?;
     }
     Ok(())
-}
-
-/// The node dir `berth up` uses (the node's own default).
-pub fn node_dir(config: &Config, configured: Option<&Path>) -> PathBuf {
-    configured
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| config.data_dir.join("node"))
 }
 
 /// `berth nats creds ROLE --out FILE`: credentials for a server berth does
@@ -287,11 +285,7 @@ pub async fn write_auth(
         let store = EventStore::open(client, subjects.clone(), Default::default())
             .await
             .context("opening the event log")?;
-        let opts = ProjectionOptions {
-            filter: Some(subjects.aggregate_kind("owner")),
-            ..ProjectionOptions::default()
-        };
-        let mut runner = ProjectionRunner::new(&store, IntegrationsInLog::default(), opts);
+        let mut runner = integrations_in_log(&store);
         runner.catch_up().await.context("reading integrations")?;
         let state = runner.state();
         let found = state

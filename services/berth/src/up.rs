@@ -273,7 +273,7 @@ async fn serve(
         None => None,
     };
     let node_runs = v.only.is_none_or(|c| c == "node") && node_refused.is_none();
-    let node_dir = nats_users::node_dir(&config, v.options.node.dir.as_deref());
+    let node_dir = v.options.node.state_dir(&config.data_dir);
     let users = if given.is_none() && !berth_runtime::local_nats::any_answers(&config).await {
         let node = node_runs
             .then(|| berth_node::load_or_create_id(&node_dir))

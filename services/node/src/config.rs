@@ -189,6 +189,13 @@ pub struct NodeOptions {
     pub client: ClientConfig,
 }
 
+impl NodeOptions {
+    /// Where the node keeps its state: `dir`, else `<data dir>/node`.
+    pub fn state_dir(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| data_dir.join("node"))
+    }
+}
+
 impl NodeArgs {
     /// Checks every option; returns all problems at once.
     pub fn validate(&self) -> Result<NodeOptions, Vec<String>> {

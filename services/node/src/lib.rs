@@ -195,11 +195,7 @@ impl Node {
 
     /// Runs the node until `ctx.shutdown`.
     pub async fn run(self, ctx: ComponentContext) -> Result<(), NodeError> {
-        let dir = self
-            .opts
-            .dir
-            .clone()
-            .unwrap_or_else(|| ctx.config.data_dir.join("node"));
+        let dir = self.opts.state_dir(&ctx.config.data_dir);
         let ready = ctx.ready.clone();
         // The store's client: it presents the node's own credentials, which
         // may not be the process's (`berth up` runs the control plane

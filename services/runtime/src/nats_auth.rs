@@ -471,14 +471,13 @@ impl Permissions {
 }
 
 /// One user in the server's `authorization` block.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerUser {
     /// User name.
     pub user: String,
     /// bcrypt hash of the password.
     pub password_hash: String,
     /// What it may do.
-    #[serde(skip)]
     pub permissions: Permissions,
 }
 
