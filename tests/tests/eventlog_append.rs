@@ -115,7 +115,7 @@ async fn same_idempotency_key_appends_once() {
                 })
                 .await
                 .unwrap();
-            assert_eq!(done.state, 2);
+            assert_eq!(*done.state, 2);
         }
         let loaded = store.load(&agg).await.unwrap();
         check_chain(&loaded, 2).unwrap();
@@ -256,7 +256,7 @@ async fn execute_folds_only_what_is_new() {
             })
             .await
             .unwrap();
-        assert_eq!(done.state, i + 1);
+        assert_eq!(*done.state, i + 1);
     }
     // Folding the history each time would be 1 + 2 + … + 100 = 5,050.
     let folded = FOLDED.load(Ordering::SeqCst);
@@ -279,7 +279,7 @@ async fn execute_folds_only_what_is_new() {
         })
         .await
         .unwrap();
-    assert_eq!(done.state, 111);
+    assert_eq!(*done.state, 111);
     let folded = FOLDED.load(Ordering::SeqCst) - before;
     assert!(folded <= 12, "catching up folded {folded} events");
     // A decision that appends nothing is trusted only on the log's state:
@@ -302,5 +302,5 @@ async fn execute_folds_only_what_is_new() {
         .await
         .unwrap();
     assert!(done.appended.is_none());
-    assert_eq!(done.state, 112, "a no-op was decided on a stale state");
+    assert_eq!(*done.state, 112, "a no-op was decided on a stale state");
 }

@@ -110,8 +110,9 @@ pub struct Loaded {
 /// What [`EventStore::execute`] did.
 #[derive(Debug, Clone)]
 pub struct Executed<S> {
-    /// The state after the new events (the loaded state when nothing was appended).
-    pub state: S,
+    /// The state after the new events (the loaded state when nothing was
+    /// appended), shared with the store's folded state: not copied.
+    pub state: Arc<S>,
     /// The append, or `None` when the decision produced no events.
     pub appended: Option<Appended>,
     /// Load-decide-append rounds it took (1 without contention).
@@ -480,7 +481,7 @@ impl EventStore {
             let new = match decide(&state) {
                 Ok(new) if new.is_empty() && current => {
                     return Ok(Executed {
-                        state: (*state).clone(),
+                        state,
                         appended: None,
                         attempts: attempt,
                     });
@@ -500,11 +501,12 @@ impl EventStore {
                     let state = if appended.duplicate {
                         // Someone (an earlier try of this command) already
                         // appended: the fresh state is the truth.
-                        (*self.state(aggregate, &fold).await?.0).clone()
+                        self.state(aggregate, &fold).await?.0
                     } else {
-                        let state = appended.events.iter().fold((*state).clone(), &fold);
+                        let state = appended.events.iter().fold(S::clone(&state), &fold);
+                        let state = Arc::new(state);
                         self.states
-                            .put(aggregate, appended.version, Arc::new(state.clone()));
+                            .put(aggregate, appended.version, Arc::clone(&state));
                         state
                     };
                     return Ok(Executed {

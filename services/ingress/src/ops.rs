@@ -83,7 +83,7 @@ impl Ingress {
             },
         )
         .await?;
-        Ok(done.state)
+        Ok(std::sync::Arc::unwrap_or_clone(done.state))
     }
 
     /// Scales to `num_instances`.

@@ -126,7 +126,7 @@ impl Ingress {
             |s: &OwnerState| owner::decide(s, command.clone(), &Ctx::default()),
         )
         .await?;
-        Ok(done.state)
+        Ok(std::sync::Arc::unwrap_or_clone(done.state))
     }
 
     /// The owner's current state; one that was never created is not found.

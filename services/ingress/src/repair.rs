@@ -114,7 +114,7 @@ impl Ingress {
         if done.appended.is_some() {
             tracing::info!(service.id = %service, "unfinished service creation given up");
         }
-        Ok(done.state)
+        Ok(Arc::unwrap_or_clone(done.state))
     }
 
     /// Carries out one repair against the aggregates as they are now. A

@@ -253,7 +253,7 @@ impl Ingress {
             image,
             verified,
             hook_key: hook,
-            state: done.state,
+            state: std::sync::Arc::unwrap_or_clone(done.state),
         })
     }
 
