@@ -65,12 +65,33 @@ pub fn unique_subjects() -> Subjects {
     Subjects::new(&unique_prefix()).expect("unique prefixes are valid")
 }
 
-/// A TCP port that was free a moment ago on 127.0.0.1.
+/// Ports tests hand out: below the kernel's ephemeral range (32768-60999
+/// on Linux), so no `bind(0)` and no outgoing connection anywhere on the
+/// machine takes one, and below nodes' default host ports (20000-29999).
+const TEST_PORTS: std::ops::Range<u32> = 10_000..20_000;
+
+/// A TCP port free on every address now and handed to no one else by this
+/// process. Picking a port and binding it later races with everything else
+/// that picks ports; ports from the ephemeral range are handed out by the
+/// kernel to every `bind(0)`, so a server of one test could take the port
+/// another test picked for its own server. These never are, and this
+/// process never hands one out twice (each process starts at its own
+/// offset, for test binaries running side by side).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    static NEXT: std::sync::OnceLock<std::sync::atomic::AtomicU32> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        let span = TEST_PORTS.end - TEST_PORTS.start;
+        std::sync::atomic::AtomicU32::new(std::process::id().wrapping_mul(2_654_435_761) % span)
+    });
+    let span = TEST_PORTS.end - TEST_PORTS.start;
+    for _ in 0..span {
+        let offset = next.fetch_add(1, Ordering::Relaxed) % span;
+        let port = (TEST_PORTS.start + offset) as u16;
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {TEST_PORTS:?}");
 }
 
 /// Installs a test tracing subscriber once (honours `RUST_LOG`).

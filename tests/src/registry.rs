@@ -10,7 +10,6 @@
 pub mod flaky;
 pub mod token;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -63,11 +62,6 @@ pub fn http_client() -> Result<reqwest::Client> {
     Ok(reqwest::Client::builder().build()?)
 }
 
-/// A port that was free a moment ago.
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 impl Registry {
     /// Start a registry with `auth` and wait until it answers `/v2/`.
     pub async fn start(auth: RegistryAuth) -> Result<Self> {
@@ -87,7 +81,7 @@ impl Registry {
         // A just-freed port can be taken by a parallel test: try a few.
         let mut last = None;
         for _ in 0..5 {
-            reg.host = format!("127.0.0.1:{}", free_port()?);
+            reg.host = format!("127.0.0.1:{}", crate::free_port());
             match reg.spawn().await {
                 Ok(()) => return Ok(reg),
                 Err(e) => last = Some(e),

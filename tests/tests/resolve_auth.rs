@@ -159,7 +159,7 @@ async fn credential_debug_and_errors_never_show_the_token() {
     let client = client();
     // An unreachable registry: the error is about the network, not the
     // credential, but is checked all the same.
-    let port = berth_tests::registry::free_port().unwrap();
+    let port = berth_tests::free_port();
     let r = ImageRef::new(format!("127.0.0.1:{port}"), "x/y", "v1").unwrap();
     let e = client.resolve(&r, Some(&c)).await.unwrap_err();
     assert_eq!(e.reason(), PullFailureReason::RegistryUnavailable, "{e}");

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use berth_runtime::local_nats::free_port;
+use berth_tests::free_port;
 use berth_tests::registry::RegistryAuth;
 use berth_tests::NatsVersion;
 use serde_json::Value;
@@ -264,7 +264,7 @@ async fn cli_drives_a_real_installation() {
     assert_eq!(unknown.code, 1, "{unknown:?}");
     assert!(unknown.stderr.contains("404"), "{unknown:?}");
     assert!(unknown.stdout.is_empty(), "{unknown:?}");
-    let dead = format!("http://127.0.0.1:{}", free_port().unwrap());
+    let dead = format!("http://127.0.0.1:{}", free_port());
     let unreachable = cli
         .run_with(&["service", "list"], &[("BERTH_API_URL", &dead)], None)
         .await;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use berth_runtime::local_nats::free_port;
+use berth_tests::free_port;
 use berth_tests::layers::{self, Comp, Entry};
 use berth_tests::registry::RegistryAuth;
 use nix::sys::signal::{kill, Signal};
@@ -174,10 +174,7 @@ pub(crate) async fn start_up(data: &Path, nats_url: &str, prefix: &str, api_port
     let mut c = berth(data, nats_url, prefix);
     c.env("BERTH_HTTP_ADDR", "127.0.0.1:0")
         .env("BERTH_API_ADDR", format!("127.0.0.1:{api_port}"))
-        .env(
-            "BERTH_ROUTER_ADDR",
-            format!("127.0.0.1:{}", free_port().unwrap()),
-        )
+        .env("BERTH_ROUTER_ADDR", format!("127.0.0.1:{}", free_port()))
         .env("BERTH_NODE_NAME", "cli-node")
         .env("BERTH_NODE_CPU_MILLIS", "4000")
         .env("BERTH_NODE_MEMORY_MIB", "4096")
@@ -251,16 +248,13 @@ impl Setup {
         require_root_and_runc();
         let nats_url = match &nats {
             Some(n) => n.url(),
-            None => format!(
-                "nats://127.0.0.1:{}",
-                berth_runtime::local_nats::free_port().unwrap()
-            ),
+            None => format!("nats://127.0.0.1:{}", free_port()),
         };
         let prefix = berth_tests::unique_prefix();
         let registry = berth_tests::registry::Registry::start(auth).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let api_port = berth_runtime::local_nats::free_port().unwrap();
+        let api_port = free_port();
         let mut cleanup = Cleanup {
             child: None,
             data: data.clone(),

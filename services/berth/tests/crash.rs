@@ -20,10 +20,10 @@ use berth_domain::credential::{self, CredentialState};
 use berth_domain::owner::{self, OwnerState};
 use berth_domain::service::{self, ServiceState};
 use berth_eventlog::{EventStore, StoreConfig};
-use berth_runtime::local_nats::free_port;
 use berth_runtime::SecretKey;
 use berth_schemas::ids::{CredentialId, OwnerId, ServiceId};
 use berth_schemas::{AggregateId, Commit, Envelope, Event, Subjects};
+use berth_tests::free_port;
 use berth_tests::registry::{Registry, RegistryAuth};
 use berth_tests::{NatsServer, NatsVersion};
 use serde_json::{json, Value};
@@ -98,7 +98,7 @@ impl Installation {
             prefix,
             nats_url: nats.url(),
             secret_key,
-            api_port: free_port().unwrap(),
+            api_port: free_port(),
             api: None,
             api_key: String::new(),
             resolver_stop,

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use berth_runtime::local_nats::free_port;
+use berth_tests::free_port;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{geteuid, Pid};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -62,14 +62,8 @@ fn data_dir_for_nobody(dir: &Path) -> std::path::PathBuf {
 async fn up_summary(mut cmd: Command) -> (String, String) {
     let mut child = cmd
         .env("BERTH_HTTP_ADDR", "127.0.0.1:0")
-        .env(
-            "BERTH_API_ADDR",
-            format!("127.0.0.1:{}", free_port().unwrap()),
-        )
-        .env(
-            "BERTH_ROUTER_ADDR",
-            format!("127.0.0.1:{}", free_port().unwrap()),
-        )
+        .env("BERTH_API_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("BERTH_ROUTER_ADDR", format!("127.0.0.1:{}", free_port()))
         .env("BERTH_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -163,7 +157,7 @@ async fn what_is_missing_is_named_with_its_setting() {
     let no_plugins = dir.path().join("cni");
     std::fs::create_dir(&no_plugins).unwrap();
     let cni = no_plugins.to_str().unwrap();
-    let unused = format!("nats://127.0.0.1:{}", free_port().unwrap());
+    let unused = format!("nats://127.0.0.1:{}", free_port());
 
     let out = berth(&data, &unused, "preflight")
         .args(["run", "node"])

@@ -9,8 +9,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use berth_runtime::local_nats::{find_on_path, free_port, probe, Probe};
+use berth_runtime::local_nats::{find_on_path, probe, Probe};
 use berth_runtime::{LocalNats, NatsServerSpec};
+use berth_tests::free_port;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -25,14 +26,8 @@ fn berth(data_dir: &Path, nats_port: u16, prefix: &str) -> Command {
         .env("BERTH_DATA_DIR", data_dir)
         .env("BERTH_NATS_URL", format!("nats://127.0.0.1:{nats_port}"))
         .env("BERTH_HTTP_ADDR", "127.0.0.1:0")
-        .env(
-            "BERTH_API_ADDR",
-            format!("127.0.0.1:{}", free_port().unwrap()),
-        )
-        .env(
-            "BERTH_ROUTER_ADDR",
-            format!("127.0.0.1:{}", free_port().unwrap()),
-        )
+        .env("BERTH_API_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("BERTH_ROUTER_ADDR", format!("127.0.0.1:{}", free_port()))
         .env("BERTH_SUBJECT_PREFIX", prefix)
         .env("BERTH_NODE_SUBNET", berth_tests::net::subnet_for(data_dir))
         .env("BERTH_SHUTDOWN_GRACE_SECS", "10")
@@ -141,7 +136,7 @@ async fn up_starts_its_own_nats_server_and_stops_it_on_sigterm() {
     }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let port = free_port().unwrap();
+    let port = free_port();
     let mut up = start_up({
         let mut c = berth(&data, port, "upown");
         c.arg("up");
@@ -244,7 +239,7 @@ async fn up_starts_its_own_nats_server_and_stops_it_on_sigterm() {
 async fn up_uses_a_running_server_and_leaves_it_running() {
     let binary = find_on_path("nats-server").expect("nats-server installed");
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port().unwrap();
+    let port = free_port();
     let nats = LocalNats::start(NatsServerSpec {
         binary,
         host: "127.0.0.1".into(),
@@ -303,7 +298,7 @@ async fn projector_follows_events_appended_while_running() {
     use berth_schemas::{Actor, AggregateId, Subjects};
 
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port().unwrap();
+    let port = free_port();
     let mut up = start_up({
         let mut c = berth(&dir.path().join("data"), port, "follow");
         c.args(["run", "projector"]);
@@ -354,7 +349,7 @@ async fn projector_follows_events_appended_while_running() {
 #[tokio::test]
 async fn run_runs_one_component() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port().unwrap();
+    let port = free_port();
     let mut run = start_up({
         let mut c = berth(&dir.path().join("data"), port, "runone");
         c.args(["run", "projector"]);
@@ -396,7 +391,7 @@ async fn an_unknown_target_class_exits_64() {
 async fn bad_config_exits_64_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let http_port = free_port().unwrap();
+    let http_port = free_port();
     let out = berth(&data, 1, "badcfg")
         .env("BERTH_NATS_URL", "garbage")
         .env("BERTH_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
@@ -429,7 +424,7 @@ async fn bad_config_exits_64_before_anything_starts() {
 #[tokio::test]
 async fn missing_nats_server_is_explained() {
     let dir = tempfile::tempdir().unwrap();
-    let out = berth(&dir.path().join("data"), free_port().unwrap(), "nonats")
+    let out = berth(&dir.path().join("data"), free_port(), "nonats")
         .env("PATH", dir.path())
         .arg("up")
         .output()
@@ -455,7 +450,7 @@ async fn up_refuses_a_2_9_server_unless_its_60s_fsync_is_accepted() {
     std::fs::create_dir_all(&bin).unwrap();
     std::os::unix::fs::symlink(&legacy, bin.join("nats-server")).unwrap();
     let data = dir.path().join("data");
-    let port = free_port().unwrap();
+    let port = free_port();
     let out = berth(&data, port, "legacysync")
         .env("PATH", &bin)
         .arg("up")
