@@ -304,3 +304,102 @@ async fn execute_folds_only_what_is_new() {
     assert!(done.appended.is_none());
     assert_eq!(*done.state, 112, "a no-op was decided on a stale state");
 }
+
+/// A fresh process (a restart) starts a registered state type from its
+/// stored fold and folds only what came after; an unreadable stored fold
+/// is ignored (the log is the truth); a long history is read whole and in
+/// order whether streamed or read one commit at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_store_starts_from_the_stored_fold() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static FOLDED: AtomicU64 = AtomicU64::new(0);
+    fn counting(state: u32, env: &berth_schemas::Envelope) -> u32 {
+        FOLDED.fetch_add(1, Ordering::SeqCst);
+        count(state, env)
+    }
+    let server = NatsServer::start(NatsVersion::Modern).unwrap();
+    let store = open_store(&server.connect().await.unwrap(), 1)
+        .await
+        .unwrap();
+    let reopen = |stream_long_reads: bool, persist: bool| {
+        let subjects = store.subjects().clone();
+        let server = &server;
+        async move {
+            let s = berth_eventlog::EventStore::open(
+                server.connect().await.unwrap(),
+                subjects,
+                berth_eventlog::StoreConfig {
+                    stream_long_reads,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+            if persist {
+                s.persist_states::<u32>("count-v1", 50);
+            }
+            s
+        }
+    };
+    store.persist_states::<u32>("count-v1", 50);
+    let agg = new_aggregate();
+    for i in 0..220u32 {
+        store
+            .execute(&agg, &format!("c{i}"), count, |s: &u32| {
+                Ok::<_, ()>(vec![step(*s, "c")])
+            })
+            .await
+            .unwrap();
+    }
+    // The stored fold is written in the background: wait for the one at 200.
+    let kv = store
+        .jetstream()
+        .get_key_value(store.subjects().snapshot_bucket())
+        .await
+        .unwrap();
+    let key = format!("state.count-v1.{agg}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stored = kv.get(&key).await.unwrap();
+        let events = stored
+            .as_ref()
+            .and_then(|b| b.get(8..16))
+            .map(|e| u64::from_be_bytes(e.try_into().unwrap()));
+        if events == Some(200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no stored fold at 200: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let restarted = reopen(true, true).await;
+    let before = FOLDED.load(Ordering::SeqCst);
+    let (state, version) = restarted.state(&agg, counting).await.unwrap();
+    assert_eq!((*state, version.events), (220, 220));
+    let folded = FOLDED.load(Ordering::SeqCst) - before;
+    assert_eq!(
+        folded, 20,
+        "a restart folded {folded} events, not the 20 after the stored fold"
+    );
+
+    // Garbage where the fold was: ignored, the whole log folded (streamed,
+    // then one commit at a time by a store that keeps no folds).
+    kv.put(&key, b"not a fold".to_vec().into()).await.unwrap();
+    for streamed in [true, false] {
+        let cold = reopen(streamed, streamed).await;
+        let before = FOLDED.load(Ordering::SeqCst);
+        let (state, _) = cold.state(&agg, counting).await.unwrap();
+        assert_eq!(*state, 220, "streamed: {streamed}");
+        assert_eq!(FOLDED.load(Ordering::SeqCst) - before, 220);
+        let loaded = cold.load(&agg).await.unwrap();
+        let seqs: Vec<u64> = loaded.events.iter().map(|e| e.sequence).collect();
+        assert_eq!(
+            seqs,
+            (1..=220).collect::<Vec<u64>>(),
+            "streamed: {streamed}"
+        );
+    }
+}

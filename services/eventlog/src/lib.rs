@@ -24,6 +24,7 @@
 
 mod cache;
 mod dead_letter;
+mod durable;
 mod error;
 mod folded;
 mod log;

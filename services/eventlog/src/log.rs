@@ -308,19 +308,68 @@ impl EventStore {
         before: u64,
     ) -> Result<(), StoreError> {
         let mut from = loaded.version.stream_seq + 1;
+        let mut gets = 0;
         while let Some(msg) = self.get_next_for_subject(subject, from).await? {
             if msg.sequence >= before {
-                break;
+                return Ok(());
             }
             from = msg.sequence + 1;
             let commit = decode_commit(&msg)?;
-            if let Some(last) = commit.events.last() {
-                loaded.version = Version {
-                    stream_seq: msg.sequence,
-                    events: last.sequence,
-                };
+            add_commit(loaded, msg.sequence, commit);
+            gets += 1;
+            if gets == DIRECT_GETS_BEFORE_STREAMING && self.cfg.stream_long_reads {
+                return self.stream_commits(subject, loaded, before).await;
             }
-            loaded.events.extend(commit.events);
+        }
+        Ok(())
+    }
+
+    /// [`Self::read_commits`] for a long run of commits: one ordered
+    /// consumer on the subject streams them, instead of a round trip each
+    /// (a cold read of a service with a hundred thousand deploys took
+    /// minutes one get at a time).
+    async fn stream_commits(
+        &self,
+        subject: &str,
+        loaded: &mut Loaded,
+        before: u64,
+    ) -> Result<(), StoreError> {
+        use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+        use futures::StreamExt;
+        let request = |e: String| StoreError::Request(format!("streaming {subject}: {e}"));
+        let consumer = self
+            .events
+            .create_consumer(OrderedConfig {
+                filter_subject: subject.to_owned(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: loaded.version.stream_seq + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| request(e.to_string()))?;
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(());
+        }
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| request(e.to_string()))?;
+        while let Some(msg) = messages.next().await {
+            let msg = msg.map_err(|e| request(e.to_string()))?;
+            let info = msg.info().map_err(|e| request(e.to_string()))?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            if seq >= before {
+                break;
+            }
+            let commit = Commit::decode(&msg.payload).map_err(|source| StoreError::Decode {
+                stream_seq: seq,
+                source,
+            })?;
+            add_commit(loaded, seq, commit);
+            if pending == 0 {
+                break;
+            }
         }
         Ok(())
     }
@@ -371,8 +420,14 @@ impl EventStore {
             self.states.forget(aggregate);
             return Ok((Arc::new(S::default()), Version::NEW));
         };
-        if let Some((version, state)) = self.states.get::<S>(aggregate) {
+        let mut known = self.states.get::<S>(aggregate);
+        if known.is_none() {
+            // Cold: start from a stored fold, if one is kept for `S`.
+            known = self.stored_state::<S>(aggregate, last.sequence).await;
+        }
+        if let Some((version, state)) = known {
             if version.stream_seq == last.sequence {
+                self.states.put(aggregate, version, Arc::clone(&state));
                 return Ok((state, version));
             }
             if version.stream_seq < last.sequence {
@@ -397,14 +452,13 @@ impl EventStore {
                     .chain(last_commit.events.iter())
                     .fold((*state).clone(), &fold);
                 let state = Arc::new(state);
-                self.states.put(aggregate, version, Arc::clone(&state));
+                self.keep_state(aggregate, version, &state);
                 return Ok((state, version));
             }
         }
         let loaded = self.load(aggregate).await?;
         let state = Arc::new(loaded.events.iter().fold(S::default(), &fold));
-        self.states
-            .put(aggregate, loaded.version, Arc::clone(&state));
+        self.keep_state(aggregate, loaded.version, &state);
         Ok((state, loaded.version))
     }
 
@@ -443,7 +497,25 @@ impl EventStore {
         version: Version,
         state: S,
     ) {
-        self.states.put(aggregate, version, Arc::new(state));
+        self.keep_state(aggregate, version, &Arc::new(state));
+    }
+
+    /// Lets go of `aggregate`'s folded state of type `S` (a fold made for
+    /// one look, too big to keep).
+    pub fn forget_state<S: Send + Sync + 'static>(&self, aggregate: &AggregateId) {
+        self.states.take::<S>(aggregate);
+    }
+
+    /// Remembers `state` as the aggregate's fold at `version` (and stores
+    /// it, when its type is kept across restarts and it grew enough).
+    fn keep_state<S: Send + Sync + 'static>(
+        &self,
+        aggregate: &AggregateId,
+        version: Version,
+        state: &Arc<S>,
+    ) {
+        self.states.put(aggregate, version, Arc::clone(state));
+        self.maybe_store_state(aggregate, version, state);
     }
 
     /// Fold, decide, append; on a conflict catch up and decide again (never
@@ -505,8 +577,7 @@ impl EventStore {
                     } else {
                         let state = appended.events.iter().fold(S::clone(&state), &fold);
                         let state = Arc::new(state);
-                        self.states
-                            .put(aggregate, appended.version, Arc::clone(&state));
+                        self.keep_state(aggregate, appended.version, &state);
                         state
                     };
                     return Ok(Executed {
@@ -628,6 +699,20 @@ impl EventStore {
 }
 
 /// The commit a stored message carries; a decode error names its sequence.
+/// Commits read one direct get at a time before the rest are streamed.
+const DIRECT_GETS_BEFORE_STREAMING: usize = 64;
+
+/// Appends one commit read at `stream_seq` to `loaded`.
+fn add_commit(loaded: &mut Loaded, stream_seq: u64, commit: Commit) {
+    if let Some(last) = commit.events.last() {
+        loaded.version = Version {
+            stream_seq,
+            events: last.sequence,
+        };
+    }
+    loaded.events.extend(commit.events);
+}
+
 fn decode_commit(msg: &StreamMessage) -> Result<Commit, StoreError> {
     Commit::decode(&msg.payload).map_err(|source| StoreError::Decode {
         stream_seq: msg.sequence,

@@ -34,6 +34,12 @@ pub trait Projection: Send + Sync + 'static {
     /// The state to persist.
     fn snapshot(&self) -> Self::Snapshot;
 
+    /// The state to persist, borrowed: a projection that is its own
+    /// snapshot is written without a copy of itself.
+    fn snapshot_ref(&self) -> Option<&Self::Snapshot> {
+        None
+    }
+
     /// Replaces the state with a persisted one.
     fn restore(&mut self, snapshot: Self::Snapshot);
 }
@@ -225,10 +231,16 @@ impl<P: Projection + std::fmt::Debug> ProjectionRunner<P> {
         };
         let seq = self.applied_seq();
         let bytes = match self.state.read() {
-            Ok(state) => rmp_serde::to_vec_named(&SnapshotRecord {
-                seq,
-                state: state.snapshot(),
-            }),
+            Ok(state) => match state.snapshot_ref() {
+                Some(borrowed) => rmp_serde::to_vec_named(&SnapshotRecord {
+                    seq,
+                    state: borrowed,
+                }),
+                None => rmp_serde::to_vec_named(&SnapshotRecord {
+                    seq,
+                    state: state.snapshot(),
+                }),
+            },
             Err(_) => return,
         };
         match bytes {
@@ -255,7 +267,13 @@ impl<P: Projection + std::fmt::Debug> ProjectionRunner<P> {
     /// Restores the snapshot and applies everything up to the current end
     /// of the log.
     pub async fn catch_up(&mut self) -> Result<CatchUp, ProjectionError> {
-        let restored_seq = self.restore().await?;
+        // Once: a runner already following (caught up before `run`) must
+        // not go back to an older snapshot.
+        let restored_seq = if self.applied_seq() == 0 {
+            self.restore().await?
+        } else {
+            0
+        };
         let target = self
             .store
             .last_stream_seq()

@@ -28,6 +28,11 @@ pub struct StoreConfig {
     pub max_ack_inflight: usize,
     /// Aggregates kept in memory so loads fetch only new commits (0 disables).
     pub cached_aggregates: usize,
+    /// Whether a long run of an aggregate's commits is read through an
+    /// ordered consumer (one stream) rather than one direct get each. A
+    /// connection whose permissions allow no consumers on the event log
+    /// (a node's) reads one commit at a time.
+    pub stream_long_reads: bool,
 }
 
 impl Default for StoreConfig {
@@ -39,6 +44,7 @@ impl Default for StoreConfig {
             max_execute_attempts: 16,
             max_ack_inflight: 10_000,
             cached_aggregates: 10_000,
+            stream_long_reads: true,
         }
     }
 }
@@ -117,6 +123,8 @@ pub struct StoreInner {
     pub(crate) cache: AggregateCache,
     /// Folded states of aggregates commands were decided on.
     pub(crate) states: crate::folded::StateCache,
+    /// Folded states kept across restarts (registered types only).
+    pub(crate) durable: crate::durable::Durable,
 }
 
 impl EventStore {
@@ -217,6 +225,7 @@ impl EventStore {
             subjects,
             cache: AggregateCache::new(cfg.cached_aggregates),
             states: crate::folded::StateCache::new(cfg.cached_aggregates),
+            durable: crate::durable::Durable::default(),
             cfg,
             events,
             snapshots,
