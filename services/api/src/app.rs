@@ -49,8 +49,14 @@ impl AppState {
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<Self, IngressError> {
-        let mut runner =
-            ProjectionRunner::new(&store, ApiIndex::default(), ProjectionOptions::default());
+        let mut runner = ProjectionRunner::new(
+            &store,
+            ApiIndex::default(),
+            ProjectionOptions {
+                snapshot_key: Some(crate::index::SNAPSHOT_KEY.to_owned()),
+                ..ProjectionOptions::default()
+            },
+        );
         runner
             .catch_up()
             .await
@@ -264,6 +270,19 @@ pub struct Page {
 }
 
 impl Page {
+    /// Whether a listing of `cursors` (in listing order) holds this whole
+    /// page: the cursor among them and `limit` items after it.
+    pub fn served_by<'a>(&self, cursors: impl Iterator<Item = &'a str>) -> Result<bool, ApiError> {
+        let limit = limit(self.limit.as_deref())?.unwrap_or(20);
+        let mut cursors = cursors;
+        if let Some(c) = &self.cursor {
+            if !cursors.by_ref().any(|id| id == c) {
+                return Ok(false);
+            }
+        }
+        Ok(cursors.count() >= limit)
+    }
+
     /// Applies the page to `items` (already in listing order), each with
     /// its cursor (its id). An unknown cursor is a 400.
     pub fn apply<T>(&self, items: Vec<(String, T)>) -> Result<Vec<(String, T)>, ApiError> {

@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use berth_domain::service::{self, ServiceState};
-use berth_domain::timeline::{Page, Query, Timeline, UnknownCursor};
+use berth_domain::timeline::{Answer, Query, Timeline, UnknownCursor};
 use berth_eventlog::projection::Projection;
 use berth_ingress::{CredentialIndex, CredentialView, Links, Repair};
 use berth_schemas::ids::{ApiKeyId, OwnerId, ServiceId};
@@ -39,6 +39,10 @@ impl Indexed {
     }
 }
 
+/// Where the index's snapshot is kept; a new key when what it folds, or
+/// how, changes (a snapshot of the old shape is then never read).
+pub const SNAPSHOT_KEY: &str = "api-index-v1";
+
 /// Keys and services.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ApiIndex {
@@ -55,6 +59,10 @@ pub struct ApiIndex {
     credentials: CredentialIndex,
     /// Name claims and credential attachments, for the repairer.
     links: Links,
+    /// Each owner's live services, newest first (by creation position):
+    /// a listing page is a range of it, whatever the owner's count.
+    #[serde(skip)]
+    by_owner: HashMap<OwnerId, BTreeMap<std::cmp::Reverse<u64>, ServiceId>>,
 }
 
 /// Shared handle on the index.
@@ -76,9 +84,10 @@ impl ApiIndex {
         self.links.repairs(now, grace)
     }
 
-    /// One page of a service's timeline, newest first.
-    pub fn timeline(&self, service: &ServiceId, q: &Query) -> Result<Page, UnknownCursor> {
-        self.timeline.query(service, q)
+    /// One page of a service's timeline, newest first, or word that the
+    /// page reaches past the entries held.
+    pub fn timeline(&self, service: &ServiceId, q: &Query) -> Result<Answer, UnknownCursor> {
+        self.timeline.answer(service, q)
     }
 
     /// A live service's sealed deploy-hook key (`None`: no such service,
@@ -97,18 +106,54 @@ impl ApiIndex {
         self.services.get(service).is_some_and(|i| i.live_of(owner))
     }
 
-    /// The owner's live services, newest first, each with its cursor (its
-    /// id): references into the index, nothing copied.
-    pub fn services_of(&self, owner: &OwnerId) -> Vec<(String, (&ServiceId, &ServiceState))> {
-        let mut out: Vec<(&ServiceId, &Indexed)> = self
-            .services
-            .iter()
-            .filter(|(_, i)| i.live_of(owner))
-            .collect();
-        out.sort_by_key(|(_, i)| std::cmp::Reverse(i.created_seq));
-        out.into_iter()
-            .map(|(id, i)| (id.to_string(), (id, &i.state)))
-            .collect()
+    /// One page of the owner's live services, newest first: `limit` after
+    /// the service `cursor` names (from the newest without one).
+    /// References into the index, nothing copied; the cost is the page's,
+    /// not the owner's count.
+    pub fn services_page(
+        &self,
+        owner: &OwnerId,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(&ServiceId, &ServiceState)>, UnknownCursor> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let Some(list) = self.by_owner.get(owner) else {
+            return match cursor {
+                Some(_) => Err(UnknownCursor),
+                None => Ok(Vec::new()),
+            };
+        };
+        let from = match cursor {
+            None => Unbounded,
+            Some(c) => {
+                let i = c
+                    .parse::<ServiceId>()
+                    .ok()
+                    .and_then(|id| self.services.get(&id))
+                    .filter(|i| i.live_of(owner))
+                    .ok_or(UnknownCursor)?;
+                Excluded(std::cmp::Reverse(i.created_seq))
+            }
+        };
+        Ok(list
+            .range((from, Unbounded))
+            .filter_map(|(_, id)| self.services.get_key_value(id))
+            .map(|(id, i)| (id, &i.state))
+            .take(limit)
+            .collect())
+    }
+
+    /// Rebuilds the per-owner listing order from the services held.
+    fn index_owners(&mut self) {
+        self.by_owner.clear();
+        for (id, i) in &self.services {
+            if let Some(c) = i.state.config.as_ref().filter(|_| i.state.exists()) {
+                self.by_owner
+                    .entry(c.owner.clone())
+                    .or_default()
+                    .insert(std::cmp::Reverse(i.created_seq), id.clone());
+            }
+        }
     }
 
     /// Services the index holds (deleted ones leave it), and timelines.
@@ -155,11 +200,24 @@ impl Projection for ApiIndex {
                 };
                 let state = std::mem::take(&mut entry.state);
                 entry.state = service::fold(state, env);
+                let (seq, owner) = (
+                    entry.created_seq,
+                    entry.state.config.as_ref().map(|c| c.owner.clone()),
+                );
                 if entry.state.exists() {
                     self.timeline.push(env);
+                    if let (Event::ServiceCreated(_), Some(owner)) = (event, owner) {
+                        self.by_owner
+                            .entry(owner)
+                            .or_default()
+                            .insert(std::cmp::Reverse(seq), id.clone());
+                    }
                 } else {
                     self.services.remove(id);
                     self.timeline.forget(id);
+                    if let Some(list) = owner.and_then(|o| self.by_owner.get_mut(&o)) {
+                        list.remove(&std::cmp::Reverse(seq));
+                    }
                 }
             }
             _ => {}
@@ -170,7 +228,12 @@ impl Projection for ApiIndex {
         self.clone()
     }
 
+    fn snapshot_ref(&self) -> Option<&Self::Snapshot> {
+        Some(self)
+    }
+
     fn restore(&mut self, snapshot: Self::Snapshot) {
         *self = snapshot;
+        self.index_owners();
     }
 }

@@ -60,6 +60,10 @@ pub struct NotificationSettings {
     pub webhook_secret: Option<Sealed>,
 }
 
+/// Under which name an owner's fold is stored (see
+/// `EventStore::persist_states`); a new name when `apply` changes.
+pub const STATE_SNAPSHOT: &str = "owner-v1";
+
 /// An owner's state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -212,10 +212,37 @@ pub struct Page {
     pub next_cursor: Option<String>,
 }
 
-/// The read model: each service's timeline in log order.
+/// Entries of each service's timeline held in memory, the newest; a page
+/// that reaches past them is answered from the log (see
+/// [`Answer::NeedsHistory`]).
+pub const KEPT_PER_SERVICE: usize = 256;
+/// Entries beyond the kept ones before the oldest go, in one pass.
+const FORGET_SLACK: usize = 64;
+
+/// One service's recent entries, and whether older ones were let go.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Recent {
+    entries: Vec<TimelineEvent>,
+    forgotten: bool,
+}
+
+/// The read model: each service's recent timeline in log order.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Timeline {
-    services: HashMap<String, Vec<TimelineEvent>>,
+    services: HashMap<String, Recent>,
+    /// Keep every entry (a timeline built for one look into the past).
+    #[serde(skip)]
+    keep_all: bool,
+}
+
+/// How a query was answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// From the entries held.
+    Page(Page),
+    /// The page reaches entries no longer held: answer it from a timeline
+    /// of the service's whole history ([`Timeline::of_history`]).
+    NeedsHistory,
 }
 
 impl Timeline {
@@ -224,15 +251,32 @@ impl Timeline {
         Self::default()
     }
 
+    /// The whole timeline of one service, from all of its events.
+    pub fn of_history<'a>(events: impl IntoIterator<Item = &'a Envelope>) -> Self {
+        let mut t = Timeline {
+            keep_all: true,
+            ..Timeline::default()
+        };
+        for env in events {
+            t.push(env);
+        }
+        t
+    }
+
     /// Adds the entry for `env`, if any (a redelivered event is ignored).
     pub fn push(&mut self, env: &Envelope) {
         if let Some(t) = TimelineEvent::from_envelope(env) {
-            let list = self.services.entry(t.service_id.clone()).or_default();
+            let recent = self.services.entry(t.service_id.clone()).or_default();
+            let list = &mut recent.entries;
             // Commits arrive in order; a replay of the same event keeps one copy.
             if list.last().is_some_and(|last| last.id == t.id) {
                 return;
             }
             list.push(t);
+            if !self.keep_all && list.len() > KEPT_PER_SERVICE + FORGET_SLACK {
+                list.drain(..list.len() - KEPT_PER_SERVICE);
+                recent.forgotten = true;
+            }
         }
     }
 
@@ -256,7 +300,23 @@ impl Timeline {
     pub fn all(&self, service: &ServiceId) -> &[TimelineEvent] {
         self.services
             .get(service.as_str())
-            .map_or(&[], Vec::as_slice)
+            .map_or(&[], |r| r.entries.as_slice())
+    }
+
+    /// Answers `q` for `service` from the entries held, or says the log
+    /// is needed: the cursor is not among them, or the page would run
+    /// past the oldest held while older ones exist.
+    pub fn answer(&self, service: &ServiceId, q: &Query) -> Result<Answer, UnknownCursor> {
+        let forgotten = self
+            .services
+            .get(service.as_str())
+            .is_some_and(|r| r.forgotten);
+        match self.query(service, q) {
+            Err(UnknownCursor) if forgotten => Ok(Answer::NeedsHistory),
+            Err(e) => Err(e),
+            Ok(page) if forgotten && page.next_cursor.is_none() => Ok(Answer::NeedsHistory),
+            Ok(page) => Ok(Answer::Page(page)),
+        }
     }
 
     /// Answers `q` for `service`: newest first, filtered, one page. The

@@ -203,14 +203,42 @@ impl Ingress {
         let deploy = DeployId::generate();
         let key = format!("deploy-{deploy}");
         let req = DeployRequest::rollback(deploy.clone(), target.clone());
-        let state = self
-            .service_command(
+        let current = self.show_service(caller, id).await?;
+        let state = if current.deploy(target).is_none() && current.forgotten_deploys > 0 {
+            // An older deploy than the service holds: decided on a fold
+            // of its whole history, which is then let go.
+            let aggregate = AggregateId::Service(id.clone());
+            let owner = caller.owner.clone();
+            let done = exec::run(
+                &self.store,
+                &aggregate,
+                &key,
+                &Scope::Owner(caller).actor(),
+                crate::services::EveryDeploy::fold,
+                |s: &crate::services::EveryDeploy| match &s.0.config {
+                    Some(c) if c.owner == owner => service::decide(
+                        &s.0,
+                        service::Command::RequestDeploy(req.clone()),
+                        &Ctx::default(),
+                    ),
+                    _ => Err(not_found()),
+                },
+            )
+            .await;
+            self.store
+                .forget_state::<crate::services::EveryDeploy>(&aggregate);
+            done?;
+            // What callers get back: the state as the service holds it.
+            self.show_service(caller, id).await?
+        } else {
+            self.service_command(
                 Scope::Owner(caller),
                 id,
                 &key,
                 service::Command::RequestDeploy(req),
             )
-            .await?;
+            .await?
+        };
         tracing::info!(service.id = %id, deploy.id = %deploy, rollback_of = %target, "rollback requested");
         Ok((deploy, state))
     }

@@ -430,6 +430,24 @@ impl Ingress {
         }
     }
 
+    /// The caller's service folded with every deploy it ever had, read
+    /// from the log: for a look past the recent deploys a service holds
+    /// ([`berth_domain::service::KEPT_ENDED_DEPLOYS`]). Costs a read of
+    /// the whole history; the fold is not kept.
+    pub async fn service_with_every_deploy(
+        &self,
+        caller: &Caller,
+        id: &ServiceId,
+    ) -> Result<ServiceState, IngressError> {
+        let aggregate = AggregateId::Service(id.clone());
+        let state: EveryDeploy = self.load_fold(&aggregate, EveryDeploy::fold).await?;
+        self.store.forget_state::<EveryDeploy>(&aggregate);
+        match &state.0.config {
+            Some(c) if c.owner == caller.owner && state.0.exists() => Ok(state.0),
+            _ => Err(IngressError::not_found("service", id)),
+        }
+    }
+
     /// Requests a deploy (trigger `api`) of the service's image, or of
     /// another tag or digest of its repository (`image`). Returns its id.
     pub async fn request_deploy(
@@ -468,5 +486,21 @@ impl Ingress {
         }
         tracing::info!(service.id = %id, "service deleted");
         Ok(())
+    }
+}
+
+/// A service's state folded with every deploy, forgetting none.
+#[derive(Debug, Clone)]
+pub(crate) struct EveryDeploy(pub(crate) ServiceState);
+
+impl Default for EveryDeploy {
+    fn default() -> Self {
+        EveryDeploy(ServiceState::keeping_every_deploy())
+    }
+}
+
+impl EveryDeploy {
+    pub(crate) fn fold(self, env: &berth_schemas::Envelope) -> Self {
+        EveryDeploy(service::fold(self.0, env))
     }
 }

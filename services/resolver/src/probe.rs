@@ -115,6 +115,7 @@ pub(crate) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
         Services::default(),
         ProjectionOptions {
             filter: Some(inner.store.subjects().aggregate_kind("service")),
+            snapshot_key: Some("resolver-probe-v1".to_owned()),
             ..ProjectionOptions::default()
         },
     );

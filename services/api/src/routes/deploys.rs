@@ -37,7 +37,13 @@ pub async fn list(
     QueryParams(page): QueryParams<Page>,
 ) -> Result<Json<Value>, ApiError> {
     let id = service_id(&id)?;
-    let state = st.ingress.show_service(&caller, &id).await?;
+    let mut state = st.ingress.show_service(&caller, &id).await?;
+    if state.forgotten_deploys > 0
+        && !page.served_by(state.deploys.iter().rev().map(|d| d.id.as_str()))?
+    {
+        // The page reaches past the deploys the service holds.
+        state = st.ingress.service_with_every_deploy(&caller, &id).await?;
+    }
     let items = state
         .deploys
         .iter()
@@ -60,7 +66,10 @@ pub async fn get(
 ) -> Result<Json<DeployView>, ApiError> {
     let id = service_id(&id)?;
     let deploy = deploy_id(&deploy)?;
-    let state = st.ingress.show_service(&caller, &id).await?;
+    let mut state = st.ingress.show_service(&caller, &id).await?;
+    if state.deploy(&deploy).is_none() && state.forgotten_deploys > 0 {
+        state = st.ingress.service_with_every_deploy(&caller, &id).await?;
+    }
     view(&state, &deploy).map(Json)
 }
 

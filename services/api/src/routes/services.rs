@@ -10,11 +10,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use berth_domain::service::ServiceState;
+use berth_domain::timeline::{Answer, Timeline, UnknownCursor};
 use berth_ingress::{NewService, Scope};
 use berth_runtime::Secret;
 use berth_schemas::events::ServiceSettings;
 use berth_schemas::ids::{CredentialId, ServiceId};
 use berth_schemas::model::{NotifySetting, OverlapPolicy, ServiceType};
+use berth_schemas::AggregateId;
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 
@@ -222,13 +224,18 @@ pub async fn list(
     st.caught_up().await?;
     // The page is cut from references into the index; only its services
     // are rendered.
+    let limit = app::limit(page.limit.as_deref())?.unwrap_or(20);
     let page = st.read(|i| {
-        page.apply(i.services_of(&caller.owner)).map(|items| {
-            items
-                .into_iter()
-                .filter_map(|(cursor, (id, state))| views::service(id, state).map(|v| (cursor, v)))
-                .collect::<Vec<_>>()
-        })
+        i.services_page(&caller.owner, page.cursor.as_deref(), limit)
+            .map(|items| {
+                items
+                    .into_iter()
+                    .filter_map(|(id, state)| {
+                        views::service(id, state).map(|v| (id.to_string(), v))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .map_err(|e| ApiError::field("cursor", e.to_string()))
     })??;
     Ok(Json(Value::Array(
         page.into_iter()
@@ -559,10 +566,26 @@ pub async fn events(
         limit,
     };
     st.caught_up().await?;
-    let page = st.read(|i| i.owns(&caller.owner, &id).then(|| i.timeline(&id, &query)))?;
-    let page = page
+    let answer = st.read(|i| i.owns(&caller.owner, &id).then(|| i.timeline(&id, &query)))?;
+    let cursor = |e: UnknownCursor| ApiError::field("cursor", e.to_string());
+    let page = match answer
         .ok_or_else(|| ApiError::not_found("service"))?
-        .map_err(|e| ApiError::field("cursor", e.to_string()))?;
+        .map_err(cursor)?
+    {
+        Answer::Page(page) => page,
+        Answer::NeedsHistory => {
+            // Older than the entries held: the service's whole history.
+            let history = st
+                .ingress
+                .store()
+                .load(&AggregateId::Service(id.clone()))
+                .await
+                .map_err(|e| ApiError::from(berth_ingress::IngressError::Store(e.to_string())))?;
+            Timeline::of_history(&history.events)
+                .query(&id, &query)
+                .map_err(cursor)?
+        }
+    };
     Ok(Json(Value::Array(
         page.events
             .into_iter()

@@ -60,7 +60,7 @@ pub use instances::{Instance, InstancePhase, Instances};
 pub use lifecycle::{needs_redeploy, CRON_RUN_STATUSES};
 pub use state::{
     apply, apply_at, CronRun, CronState, Deploy, PreDeployOutcome, PullFailures, ServiceConfig,
-    ServiceState, ServiceStatus,
+    ServiceState, ServiceStatus, KEPT_ENDED_DEPLOYS,
 };
 
 use crate::aggregate::{Aggregate, Ctx};
@@ -305,6 +305,10 @@ pub enum Command {
         exit_code: Option<i32>,
     },
 }
+
+/// Under which name a service's fold is stored (see
+/// `EventStore::persist_states`); a new name when `apply` changes.
+pub const STATE_SNAPSHOT: &str = "service-v1";
 
 /// The service aggregate.
 #[derive(Debug, Clone, Copy, Default)]

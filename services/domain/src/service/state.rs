@@ -193,7 +193,24 @@ pub struct ServiceState {
     pub pull_failures: PullFailures,
     pub created_at: Option<DateTime<Utc>>,
     pub updated_at: Option<DateTime<Utc>>,
+    /// Ended deploys no longer held here (the oldest, beyond
+    /// [`KEPT_ENDED_DEPLOYS`]); the log still has them (see
+    /// [`ServiceState::keeping_every_deploy`]).
+    #[serde(default)]
+    pub forgotten_deploys: u64,
+    /// Holds every deploy, forgetting none (a fold for a look into the
+    /// past; never stored).
+    #[serde(skip)]
+    keep_every_deploy: bool,
 }
+
+/// Ended deploys a service holds in memory, newest first: what its rules,
+/// rollbacks to recent deploys and the first pages of its deploy listing
+/// need. Older ones are read from the log when asked for, so a service
+/// with a hundred thousand deploys costs what one with a hundred does.
+pub const KEPT_ENDED_DEPLOYS: usize = 100;
+/// Deploys beyond the kept ones before they are let go, in one pass.
+const FORGET_SLACK: usize = 28;
 
 /// The latest failed pull of each deploy on each node, bounded: the oldest
 /// entries go once [`PullFailures::KEPT`] are held (a backoff only looks at
@@ -237,6 +254,43 @@ impl PullFailures {
 }
 
 impl ServiceState {
+    /// An empty state whose fold keeps every deploy.
+    pub fn keeping_every_deploy() -> Self {
+        ServiceState {
+            keep_every_deploy: true,
+            ..ServiceState::default()
+        }
+    }
+
+    /// Lets the oldest ended deploys go once more than
+    /// [`KEPT_ENDED_DEPLOYS`] (plus some slack) are held; running, queued
+    /// and live deploys always stay.
+    fn forget_old_deploys(&mut self) {
+        if self.keep_every_deploy || self.deploys.len() <= KEPT_ENDED_DEPLOYS + FORGET_SLACK {
+            return;
+        }
+        let live = self.live.clone();
+        let forgettable = |d: &Deploy| d.is_ended() && live.as_ref() != Some(&d.id);
+        let ended = self.deploys.iter().filter(|d| forgettable(d)).count();
+        let mut excess = ended.saturating_sub(KEPT_ENDED_DEPLOYS);
+        if excess == 0 {
+            return;
+        }
+        let before = self.deploys.len();
+        self.deploys.retain(|d| {
+            let go = excess > 0 && forgettable(d);
+            excess -= usize::from(go);
+            !go
+        });
+        self.forgotten_deploys += (before - self.deploys.len()) as u64;
+        self.index = self
+            .deploys
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.id.clone(), i))
+            .collect();
+    }
+
     /// A deploy by id.
     pub fn deploy(&self, id: &DeployId) -> Option<&Deploy> {
         self.index
@@ -354,6 +408,7 @@ pub fn apply_at(mut s: ServiceState, event: &Event, time: Option<DateTime<Utc>>)
                 finished_at: None,
                 placement_blocked: None,
             }));
+            s.forget_old_deploys();
         }
         Event::DeployQueued(e) => {
             let queued = match s.deploy_mut(&e.deploy) {

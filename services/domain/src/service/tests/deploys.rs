@@ -617,3 +617,42 @@ fn replaying_the_decided_events_onto_the_seen_state_equals_a_full_replay() {
     // The update redeployed with the new image under the new policy.
     assert_eq!(s.status(&c), DeployStatus::Canceled);
 }
+
+#[test]
+fn a_long_history_holds_only_recent_ended_deploys_and_a_full_fold_holds_all() {
+    use crate::service::KEPT_ENDED_DEPLOYS;
+    let first = DeployId::generate();
+    let mut s = Scenario::live_web(&first);
+    let mut ids = vec![first.clone()];
+    for n in 0..300u32 {
+        let (id, _) = s.request(DeployTrigger::DeployHook);
+        s.go_live(&id, &digest((n % 250) as u8 + 2));
+        ids.push(id);
+    }
+    // A running deploy stays however many deploys end after it.
+    let (running, _) = s.request(DeployTrigger::Api);
+    let held = s.state.deploys.len();
+    assert!(
+        held <= KEPT_ENDED_DEPLOYS + 30,
+        "{held} deploys held after 302"
+    );
+    assert_eq!(s.state.forgotten_deploys as usize + held, ids.len() + 1);
+    // The newest are held, the oldest are not; live and running always are.
+    assert!(s.state.deploy(&ids[0]).is_none());
+    assert!(s.state.deploy(ids.last().unwrap()).is_some());
+    assert_eq!(s.state.live.as_ref(), ids.last());
+    assert_eq!(s.state.active.as_ref(), Some(&running));
+    assert!(s.state.deploy(&running).is_some());
+    // Every event is still in the history: a fold keeping every deploy
+    // sees the first one as it ended.
+    let all = s
+        .history
+        .iter()
+        .fold(crate::service::ServiceState::keeping_every_deploy(), apply);
+    assert_eq!(all.deploys.len(), ids.len() + 1);
+    assert_eq!(all.forgotten_deploys, 0);
+    assert_eq!(
+        all.deploy(&first).map(|d| d.status),
+        Some(DeployStatus::Deactivated)
+    );
+}
