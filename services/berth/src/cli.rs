@@ -132,6 +132,44 @@ pub enum ImageCommand {
 pub enum BenchCommand {
     /// Append, load and rebuild throughput of the event store.
     Eventlog(BenchEventlogArgs),
+    /// `berth up` restarted on a long history: start-up time, memory,
+    /// listing and hook latency.
+    Scale(BenchScaleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchScaleArgs {
+    /// Services in the history (one owner).
+    #[arg(long, default_value_t = 10_000)]
+    pub services: u64,
+
+    /// Events in the log, about.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+
+    /// Deploys in the history of the one big service.
+    #[arg(long, default_value_t = 100_000)]
+    pub big_deploys: u64,
+
+    /// Listing requests measured after the restart.
+    #[arg(long, default_value_t = 1000)]
+    pub list_requests: u64,
+
+    /// Hook calls measured on each of the two services.
+    #[arg(long, default_value_t = 200)]
+    pub hooks: u64,
+
+    /// Seconds the first start runs before it is stopped.
+    #[arg(long, default_value_t = 5)]
+    pub settle_secs: u64,
+
+    /// nats-server binary to start (default: `nats-server` on PATH).
+    #[arg(long)]
+    pub nats_server: Option<PathBuf>,
+
+    /// Log filter.
+    #[arg(long, env = "BERTH_LOG", default_value = "warn")]
+    pub log: String,
 }
 
 #[derive(Debug, Args)]

@@ -67,6 +67,10 @@ impl Options {
     }
 }
 
+/// A service's or owner's fold is stored each time it grew by this many
+/// events: a cold read after a restart folds at most this many.
+const PERSIST_EVERY_EVENTS: u64 = 512;
+
 impl ComponentDeps {
     /// Opens (and provisions, idempotently) the event store.
     pub async fn open(
@@ -82,6 +86,16 @@ impl ComponentDeps {
         let store = EventStore::open(client, config.subjects.clone(), store_config)
             .await
             .context("opening the event store")?;
+        // Services and owners grow long histories (every deploy, every
+        // name): their folds are kept across restarts.
+        store.persist_states::<berth_domain::service::ServiceState>(
+            berth_domain::service::STATE_SNAPSHOT,
+            PERSIST_EVERY_EVENTS,
+        );
+        store.persist_states::<berth_domain::owner::OwnerState>(
+            berth_domain::owner::STATE_SNAPSHOT,
+            PERSIST_EVERY_EVENTS,
+        );
         Ok(Self {
             store: Arc::new(store),
             node_store: None,
@@ -100,6 +114,8 @@ impl ComponentDeps {
     ) -> anyhow::Result<()> {
         let store_config = StoreConfig {
             replicas: config.replicas,
+            // A node may create no consumer on the log but its own.
+            stream_long_reads: false,
             ..StoreConfig::default()
         };
         let store = EventStore::open(client, config.subjects.clone(), store_config)

@@ -41,6 +41,7 @@ fn main() -> ExitCode {
         Command::Up(args) => with_runtime(up::up(args)),
         Command::Run(args) => with_runtime(up::run_one(args)),
         Command::Bench(BenchCommand::Eventlog(args)) => with_runtime(bench::eventlog(args)),
+        Command::Bench(BenchCommand::Scale(args)) => with_runtime(bench::scale::scale(args)),
         Command::Nats(cmd) => with_runtime(nats(cmd)),
         // Client commands have their own exit codes (1 refused, 64 usage, 69 unreachable).
         Command::Client(cmd) => return client::main(cmd),

@@ -7,6 +7,7 @@
 //! The measurement itself is [`eventlog`].
 
 mod eventlog;
+pub mod scale;
 
 use std::time::Duration;
 

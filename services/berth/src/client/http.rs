@@ -272,7 +272,7 @@ impl Api {
 }
 
 /// One client for http and https (rustls with ring, platform roots).
-fn build_http() -> Result<reqwest::Client, ClientError> {
+pub(crate) fn build_http() -> Result<reqwest::Client, ClientError> {
     use rustls_platform_verifier::BuilderVerifierExt;
     let fail = |e: String| ClientError::Failed(format!("cannot set up HTTPS: {e}"));
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -1,0 +1,352 @@
+//! `berth bench scale`: berth with a long history. On a nats-server of its
+//! own, it starts `berth up` once (stream, installation key, first owner),
+//! stops it, writes a history of many services and about a million events
+//! for that owner ([`seed`]), starts `berth up` on it (the first start
+//! after the history was written, which also runs a hook on every
+//! service the bench aims at), stops it, and then measures a restart:
+//!
+//! - time from spawning `berth up` to the API answering a listing;
+//! - resident memory of the whole process after it;
+//! - `GET /v1/services?limit=100` latency, paging through the listing;
+//! - deploy hook latency on a service with a long deploy history against
+//!   one with a single deploy, the first (cold) call of each apart.
+
+mod seed;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use berth_runtime::local_nats::{find_on_path, free_port, INSTALL_HINT};
+use berth_runtime::secrets::{Secret, SecretKey};
+use berth_runtime::{LocalNats, NatsServerSpec};
+use berth_schemas::ids::{OwnerId, ServiceId};
+use hdrhistogram::Histogram;
+use tokio::process::{Child, Command};
+
+use crate::cli::BenchScaleArgs;
+use crate::exit::Outcome;
+
+pub async fn scale(args: BenchScaleArgs) -> Outcome {
+    if let Err(e) =
+        berth_runtime::telemetry::init_with(&args.log, berth_runtime::config::LogFormat::Pretty)
+    {
+        return Outcome::Usage(format!("--log: {e}"));
+    }
+    let plan = seed::Plan {
+        services: args.services,
+        events: args.events,
+        big_deploys: args.big_deploys,
+    };
+    if plan.services < 2 || plan.big_deploys == 0 {
+        return Outcome::Usage("need --services >= 2 and --big-deploys >= 1".to_owned());
+    }
+    run(args, plan).await.into()
+}
+
+/// A `berth up` the bench started, and where it answers.
+struct Up {
+    child: Child,
+    api: String,
+}
+
+impl Up {
+    /// Spawns `berth up` on `nats` with its data in `data`.
+    fn spawn(data: &Path, nats: &str) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("finding the berth binary")?;
+        let api = format!("127.0.0.1:{}", free_port()?);
+        let child = Command::new(exe)
+            .arg("up")
+            .env("BERTH_DATA_DIR", data)
+            .env("BERTH_NATS_URL", nats)
+            .env("BERTH_API_ADDR", &api)
+            .env("BERTH_ROUTER_ADDR", format!("127.0.0.1:{}", free_port()?))
+            .env("BERTH_HTTP_ADDR", format!("127.0.0.1:{}", free_port()?))
+            .env("BERTH_SHUTDOWN_GRACE_SECS", "10")
+            .env("BERTH_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting berth up")?;
+        Ok(Up {
+            child,
+            api: format!("http://{api}"),
+        })
+    }
+
+    /// SIGTERM, then waits for it to exit.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(pid) = self.child.id() {
+            // SAFETY-free: a signal to our own child.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .context("berth up did not stop within 60 s")?
+            .context("waiting for berth up")?;
+        Ok(())
+    }
+
+    /// Resident and peak memory of the process, in MiB.
+    fn memory(&self) -> Option<(f64, f64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()?)).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+                .map(|kb| kb / 1024.0)
+        };
+        Some((field("VmRSS:")?, field("VmHWM:")?))
+    }
+}
+
+/// What `berth up` wrote on its first start.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Credentials {
+    owner_id: String,
+    api_key: String,
+}
+
+/// Polls a listing until it answers 200 with at least `min` services.
+async fn until_listing(
+    http: &reqwest::Client,
+    up: &mut Up,
+    key: &str,
+    min: usize,
+    within: Duration,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = up.child.try_wait().context("checking on berth up")? {
+            bail!("berth up exited ({status}) before its API answered");
+        }
+        let answer = http
+            .get(format!("{}/v1/services?limit=1", up.api))
+            .bearer_auth(key)
+            .send()
+            .await;
+        if let Ok(r) = answer {
+            if r.status().is_success() {
+                let body = r.bytes().await.unwrap_or_default();
+                let items: Vec<serde_json::Value> =
+                    serde_json::from_slice(&body).unwrap_or_default();
+                if items.len() >= min {
+                    return Ok(started.elapsed());
+                }
+            }
+        }
+        if started.elapsed() > within {
+            bail!("the API did not answer a listing within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// One deploy hook call; its latency.
+async fn hook(
+    http: &reqwest::Client,
+    api: &str,
+    (id, key): &(ServiceId, Secret),
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let r = http
+        .post(format!("{api}/deploy/{id}?key={}", key.expose()))
+        .send()
+        .await
+        .context("calling a deploy hook")?;
+    let took = started.elapsed();
+    if !r.status().is_success() {
+        bail!("deploy hook answered {}", r.status());
+    }
+    Ok(took)
+}
+
+fn histogram() -> anyhow::Result<Histogram<u64>> {
+    Histogram::new(3).context("histogram")
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+async fn run(args: BenchScaleArgs, plan: seed::Plan) -> anyhow::Result<()> {
+    let binary = match args.nats_server.clone() {
+        Some(b) => b,
+        None => find_on_path("nats-server")
+            .with_context(|| format!("`nats-server` is not on PATH: {INSTALL_HINT}"))?,
+    };
+    let dir = tempfile::tempdir().context("creating a temp dir")?;
+    let data: PathBuf = dir.path().join("data");
+    let nats = LocalNats::start(NatsServerSpec {
+        binary,
+        host: "127.0.0.1".to_owned(),
+        port: free_port().context("finding a free port")?,
+        store_dir: dir.path().join("store"),
+        log_file: dir.path().join("nats-server.log"),
+        config_file: dir.path().join("nats-server.conf"),
+        sync: None,
+        // A throwaway server on loopback for this run only.
+        authorization: None,
+    })
+    .await?;
+    let url = nats.url().to_owned();
+    let http = crate::client::http::build_http().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let result = measure(&args, &plan, &data, &url, &http).await;
+    nats.stop(Duration::from_secs(5)).await.ok();
+    result
+}
+
+async fn measure(
+    args: &BenchScaleArgs,
+    plan: &seed::Plan,
+    data: &Path,
+    url: &str,
+    http: &reqwest::Client,
+) -> anyhow::Result<()> {
+    // First start: the stream, the installation key, the first owner.
+    let mut up = Up::spawn(data, url)?;
+    let creds: Credentials = {
+        let path = data.join("credentials.json");
+        let started = Instant::now();
+        loop {
+            if let Ok(bytes) = std::fs::read(&path) {
+                if let Ok(c) = serde_json::from_slice(&bytes) {
+                    break c;
+                }
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("berth up wrote no {} within 60 s", path.display());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    until_listing(http, &mut up, &creds.api_key, 0, Duration::from_secs(60)).await?;
+    up.stop().await?;
+
+    let owner: OwnerId = creds.owner_id.parse().map_err(anyhow::Error::msg)?;
+    let key =
+        SecretKey::load_or_create(&data.join("secret.key")).context("the installation key")?;
+    let client = async_nats::connect(url).await.context("connecting")?;
+    let store = berth_eventlog::EventStore::open(
+        client.clone(),
+        berth_schemas::Subjects::new("berth").map_err(anyhow::Error::msg)?,
+        berth_eventlog::StoreConfig::default(),
+    )
+    .await?;
+    println!(
+        "seeding {} services, ~{} events, one service with {} deploys…",
+        plan.services, plan.events, plan.big_deploys
+    );
+    let seeded = seed::seed(&store, &key, &owner, plan).await?;
+    let info = store.last_stream_seq().await?;
+    println!(
+        "seeded {} events in {} commits in {:.1} s (log at sequence {info})",
+        seeded.events, seeded.commits, seeded.seconds
+    );
+    drop(store);
+    berth_runtime::drain_nats(&client, Duration::from_secs(5)).await;
+
+    // The first start on that history: everything read once; a hook on
+    // each of the two services, so they have been written to by berth.
+    let mut up = Up::spawn(data, url)?;
+    let first = until_listing(http, &mut up, &creds.api_key, 1, Duration::from_secs(1800)).await?;
+    println!(
+        "first start after the seed: API answering in {:.2} s",
+        first.as_secs_f64()
+    );
+    let big_cold = hook(http, &up.api, &seeded.big).await?;
+    hook(http, &up.api, &seeded.fresh).await?;
+    println!(
+        "first hook on the big service ever: {:.1} ms",
+        big_cold.as_secs_f64() * 1000.0
+    );
+    // Room for the read models' periodic snapshots.
+    tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
+    up.stop().await?;
+
+    // The measured restart.
+    let mut up = Up::spawn(data, url)?;
+    let answering =
+        until_listing(http, &mut up, &creds.api_key, 1, Duration::from_secs(600)).await?;
+    let after_start = up.memory();
+    let mut list = histogram()?;
+    let mut cursor: Option<String> = None;
+    for _ in 0..args.list_requests {
+        // Cursors are service ids: nothing to escape.
+        let query = match &cursor {
+            Some(c) => format!("limit=100&cursor={c}"),
+            None => "limit=100".to_owned(),
+        };
+        let started = Instant::now();
+        let r = http
+            .get(format!("{}/v1/services?{query}", up.api))
+            .bearer_auth(&creds.api_key)
+            .send()
+            .await
+            .context("listing services")?;
+        if !r.status().is_success() {
+            bail!("listing answered {}", r.status());
+        }
+        let body = r.bytes().await.context("a listing's body")?;
+        let items: Vec<serde_json::Value> =
+            serde_json::from_slice(&body).context("a listing's body")?;
+        list.record(started.elapsed().as_micros() as u64)?;
+        // Page through the first 20 pages, then start over.
+        cursor = items
+            .last()
+            .and_then(|i| i["cursor"].as_str())
+            .map(str::to_owned)
+            .filter(|_| list.len() % 20 != 0);
+    }
+    let big_first = hook(http, &up.api, &seeded.big).await?;
+    let fresh_first = hook(http, &up.api, &seeded.fresh).await?;
+    let (mut big, mut fresh) = (histogram()?, histogram()?);
+    for _ in 0..args.hooks {
+        big.record(hook(http, &up.api, &seeded.big).await?.as_micros() as u64)?;
+        fresh.record(hook(http, &up.api, &seeded.fresh).await?.as_micros() as u64)?;
+    }
+    let after_all = up.memory();
+    up.stop().await?;
+
+    let mem = |m: Option<(f64, f64)>| {
+        m.map_or("unknown".to_owned(), |(rss, hwm)| {
+            format!("{rss:.0} MiB resident (peak {hwm:.0} MiB)")
+        })
+    };
+    println!("restart:");
+    println!(
+        "  API answering a listing  {:>8.2} s after spawning berth up",
+        answering.as_secs_f64()
+    );
+    println!("  memory after start       {}", mem(after_start));
+    println!("  memory after the runs    {}", mem(after_all));
+    println!(
+        "  GET /v1/services?limit=100  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} requests)",
+        ms(&list, 0.5),
+        ms(&list, 0.99),
+        list.max() as f64 / 1000.0,
+        list.len()
+    );
+    println!(
+        "  hook, {} deploys      first {:.1} ms  p50 {:.2} ms  p99 {:.2} ms",
+        plan.big_deploys,
+        big_first.as_secs_f64() * 1000.0,
+        ms(&big, 0.5),
+        ms(&big, 0.99)
+    );
+    println!(
+        "  hook, 1 deploy            first {:.1} ms  p50 {:.2} ms  p99 {:.2} ms",
+        fresh_first.as_secs_f64() * 1000.0,
+        ms(&fresh, 0.5),
+        ms(&fresh, 0.99)
+    );
+    Ok(())
+}
