@@ -69,16 +69,13 @@ impl Ingress {
         command: service::Command,
     ) -> Result<ServiceState, IngressError> {
         let owner = scope.owner();
-        let done = exec::run(
+        let done = exec::run_when::<service::Service>(
             &self.store,
             &AggregateId::Service(id.clone()),
             idempotency_key,
             &scope.actor(),
-            service::fold,
             |s: &ServiceState| match &s.config {
-                Some(c) if owner.is_none_or(|o| *o == c.owner) => {
-                    service::decide(s, command.clone(), &Ctx::default())
-                }
+                Some(c) if owner.is_none_or(|o| *o == c.owner) => Ok(Some(command.clone())),
                 _ => Err(not_found()),
             },
         )

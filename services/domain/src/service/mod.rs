@@ -265,6 +265,11 @@ pub enum Command {
         digest: String,
     },
 
+    /// A node saw `fact` about one of the service's instances (pull
+    /// progress, started, healthy, exited, restarted, stopped): recorded as
+    /// it is ([`crate::node::report`]).
+    RecordInstanceFact(Box<Event>),
+
     // ---- placement, decided by the scheduler ----
     /// Place new instances and move instances off lost nodes, as one decision.
     Place {
@@ -329,6 +334,17 @@ impl Aggregate for Service {
     ) -> Result<Vec<Event>, DomainError> {
         decide(state, command, ctx)
     }
+
+    /// A cron run belongs to the deploy that is live when it starts, ends
+    /// or is skipped: the digest it runs is that deploy's.
+    fn correlation(state: &ServiceState, event: &Event) -> Option<DeployId> {
+        match event {
+            Event::CronJobRunStarted(_)
+            | Event::CronJobRunEnded(_)
+            | Event::CronJobRunSkipped(_) => state.live.clone(),
+            _ => None,
+        }
+    }
 }
 
 /// Folds an envelope (records its time): `fold(S, &Envelope) -> S` for the store.
@@ -348,6 +364,9 @@ pub fn decide(
     if let Command::AbandonCreation = command {
         return Ok(lifecycle::abandon_creation(state));
     }
+    if let Command::RecordInstanceFact(fact) = command {
+        return crate::node::report(state, *fact);
+    }
     // A deleted service's instances are still taken out of routing and let
     // go by the scheduler: refused, they would run on and hold their
     // nodes' CPU and memory for good.
@@ -358,7 +377,7 @@ pub fn decide(
     }
     match command {
         Command::Create(_) => Err(DomainError::conflict("service already exists")),
-        Command::AbandonCreation => Ok(vec![]),
+        Command::AbandonCreation | Command::RecordInstanceFact(_) => Ok(vec![]),
         Command::Update { settings, deploy } => lifecycle::update(state, settings, deploy, ctx),
         Command::Suspend => Ok(lifecycle::suspend(state)),
         Command::Resume { deploy } => lifecycle::resume(state, deploy),
