@@ -424,6 +424,9 @@ impl EventStore {
             if version == from {
                 let spare = Arc::unwrap_or_clone(spare).advance(events, &fold);
                 self.states.put(aggregate, to, Arc::new(spare));
+            } else {
+                // Already moved on (the batch that made it put it at `to`).
+                self.states.put(aggregate, version, spare);
             }
         }
         state
