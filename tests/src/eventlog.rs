@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use berth_domain::service::{self, Command};
-use berth_domain::{Ctx, DomainError};
-use berth_eventlog::{EventStore, ExecuteError, Loaded, NewEvent, StoreConfig};
+use berth_domain::{Aggregate, Ctx, DomainError};
+use berth_eventlog::{EventStore, ExecuteError, Loaded, NewEvent, Stamp, StoreConfig};
 use berth_schemas::events::InstanceCountChanged;
 use berth_schemas::ids::{EventId, ServiceId};
 use berth_schemas::{Actor, AggregateId, Envelope, Event};
@@ -41,10 +41,48 @@ pub fn step(from: u32, cause: &str) -> NewEvent {
 
 /// Folds the counter: the last `to`.
 pub fn count(state: u32, env: &Envelope) -> u32 {
-    match &env.event {
-        Event::InstanceCountChanged(e) => e.to,
-        _ => state,
+    Counter::apply(state, &env.event)
+}
+
+/// The counter as an aggregate: its state is the last `to`.
+#[derive(Debug, Clone, Copy)]
+pub struct Counter;
+
+/// What a counter command asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    /// One step up from where it stands.
+    Step,
+    /// One step up unless it stands at this or more.
+    StepBelow(u32),
+}
+
+impl Aggregate for Counter {
+    type State = u32;
+    type Command = Count;
+
+    fn apply(state: u32, event: &Event) -> u32 {
+        match event {
+            Event::InstanceCountChanged(e) => e.to,
+            _ => state,
+        }
     }
+
+    fn decide(state: &u32, command: Count, _: &Ctx) -> Result<Vec<Event>, DomainError> {
+        match command {
+            Count::StepBelow(n) if *state >= n => Ok(vec![]),
+            _ => Ok(vec![InstanceCountChanged {
+                from: *state,
+                to: *state + 1,
+            }
+            .into()]),
+        }
+    }
+}
+
+/// Who runs counter commands, with `cause` as causation id.
+pub fn counting_as(cause: &str) -> Stamp {
+    Stamp::new(Actor::system("test")).caused_by(cause)
 }
 
 /// Checks a counter log: sequences 1..=n with no gaps, each event continuing
@@ -106,9 +144,7 @@ pub async fn contend(store: &EventStore, writers: usize, per_writer: usize) -> R
             for i in 0..per_writer {
                 let key = format!("w{w}-c{i}");
                 let done = store
-                    .execute(&aggregate, &key, count, |s: &u32| {
-                        Ok::<_, std::convert::Infallible>(vec![step(*s, &key)])
-                    })
+                    .execute::<Counter>(&aggregate, &key, &counting_as(&key), Count::Step)
                     .await?;
                 conflicts += u64::from(done.attempts - 1);
             }
@@ -205,16 +241,11 @@ pub async fn service_command(
     command: Command,
 ) -> std::result::Result<(), ExecuteError<DomainError>> {
     store
-        .execute(
+        .execute::<service::Service>(
             &AggregateId::Service(service.clone()),
             &format!("test-{}", EventId::generate()),
-            service::fold,
-            |s| {
-                Ok(service::decide(s, command.clone(), &Ctx::default())?
-                    .into_iter()
-                    .map(|e| NewEvent::new(e, Actor::system("test")))
-                    .collect())
-            },
+            &Stamp::new(Actor::system("test")),
+            command,
         )
         .await
         .map(|_| ())

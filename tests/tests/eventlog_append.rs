@@ -6,9 +6,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use berth_domain::{Aggregate, Ctx, DomainError};
 use berth_eventlog::{AppendError, Version};
+use berth_schemas::Event;
 use berth_tests::eventlog::{
-    check_chain, contend, count, new_aggregate, open_store, race_rounds, step,
+    check_chain, contend, counting_as, new_aggregate, open_store, race_rounds, step, Count, Counter,
 };
 use berth_tests::{init_tracing, NatsServer, NatsVersion};
 
@@ -110,9 +112,7 @@ async fn same_idempotency_key_appends_once() {
         // Through execute: a retried command decides again but appends nothing new.
         for _ in 0..3 {
             let done = store
-                .execute(&agg, "cmd-2", count, |s: &u32| {
-                    Ok::<_, ()>(vec![step(*s, "cmd-2")])
-                })
+                .execute::<Counter>(&agg, "cmd-2", &counting_as("cmd-2"), Count::Step)
                 .await
                 .unwrap();
             assert_eq!(*done.state, 2);
@@ -233,9 +233,18 @@ async fn kill9_mid_stream_loses_nothing_acknowledged() {
 async fn execute_folds_only_what_is_new() {
     use std::sync::atomic::{AtomicU64, Ordering};
     static FOLDED: AtomicU64 = AtomicU64::new(0);
-    fn counting(state: u32, env: &berth_schemas::Envelope) -> u32 {
-        FOLDED.fetch_add(1, Ordering::SeqCst);
-        count(state, env)
+    /// The counter, counting the events it folds.
+    struct Counting;
+    impl Aggregate for Counting {
+        type State = u32;
+        type Command = Count;
+        fn apply(state: u32, event: &berth_schemas::Event) -> u32 {
+            FOLDED.fetch_add(1, Ordering::SeqCst);
+            Counter::apply(state, event)
+        }
+        fn decide(state: &u32, command: Count, ctx: &Ctx) -> Result<Vec<Event>, DomainError> {
+            Counter::decide(state, command, ctx)
+        }
     }
     let server = NatsServer::start(NatsVersion::Modern).unwrap();
     let client = server.connect().await.unwrap();
@@ -251,9 +260,7 @@ async fn execute_folds_only_what_is_new() {
     let agg = new_aggregate();
     for i in 0..100u32 {
         let done = store
-            .execute(&agg, &format!("c{i}"), counting, |s: &u32| {
-                Ok::<_, ()>(vec![step(*s, "c")])
-            })
+            .execute::<Counting>(&agg, &format!("c{i}"), &counting_as("c"), Count::Step)
             .await
             .unwrap();
         assert_eq!(*done.state, i + 1);
@@ -266,17 +273,13 @@ async fn execute_folds_only_what_is_new() {
     // on its remembered state, catches up by those 10 and decides on 110.
     for i in 0..10u32 {
         elsewhere
-            .execute(&agg, &format!("e{i}"), count, |s: &u32| {
-                Ok::<_, ()>(vec![step(*s, "e")])
-            })
+            .execute::<Counter>(&agg, &format!("e{i}"), &counting_as("e"), Count::Step)
             .await
             .unwrap();
     }
     let before = FOLDED.load(Ordering::SeqCst);
     let done = store
-        .execute(&agg, "after", counting, |s: &u32| {
-            Ok::<_, ()>(vec![step(*s, "after")])
-        })
+        .execute::<Counting>(&agg, "after", &counting_as("after"), Count::Step)
         .await
         .unwrap();
     assert_eq!(*done.state, 111);
@@ -286,19 +289,11 @@ async fn execute_folds_only_what_is_new() {
     // "already at 111?" is answered after catching up with the writer
     // elsewhere, not on the remembered 111.
     elsewhere
-        .execute(&agg, "e-last", count, |s: &u32| {
-            Ok::<_, ()>(vec![step(*s, "e")])
-        })
+        .execute::<Counter>(&agg, "e-last", &counting_as("e"), Count::Step)
         .await
         .unwrap();
     let done = store
-        .execute(&agg, "noop", counting, |s: &u32| {
-            Ok::<_, ()>(if *s >= 111 {
-                vec![]
-            } else {
-                vec![step(*s, "x")]
-            })
-        })
+        .execute::<Counting>(&agg, "noop", &counting_as("x"), Count::StepBelow(111))
         .await
         .unwrap();
     assert!(done.appended.is_none());
@@ -315,7 +310,7 @@ async fn a_restarted_store_starts_from_the_stored_fold() {
     static FOLDED: AtomicU64 = AtomicU64::new(0);
     fn counting(state: u32, env: &berth_schemas::Envelope) -> u32 {
         FOLDED.fetch_add(1, Ordering::SeqCst);
-        count(state, env)
+        berth_tests::eventlog::count(state, env)
     }
     let server = NatsServer::start(NatsVersion::Modern).unwrap();
     let store = open_store(&server.connect().await.unwrap(), 1)
@@ -345,9 +340,7 @@ async fn a_restarted_store_starts_from_the_stored_fold() {
     let agg = new_aggregate();
     for i in 0..220u32 {
         store
-            .execute(&agg, &format!("c{i}"), count, |s: &u32| {
-                Ok::<_, ()>(vec![step(*s, "c")])
-            })
+            .execute::<Counter>(&agg, &format!("c{i}"), &counting_as("c"), Count::Step)
             .await
             .unwrap();
     }

@@ -14,8 +14,7 @@ use berth_tests::node;
 use std::time::Duration;
 
 use berth_agent::LogLine;
-use berth_domain::{credential, Ctx};
-use berth_eventlog::NewEvent;
+use berth_domain::credential;
 use berth_node::{Node, NodeOptions};
 use berth_runtime::node_key::ForNode;
 use berth_runtime::secrets::{Secret, SecretKey};
@@ -435,18 +434,11 @@ async fn private_registry_pulls_with_the_sealed_credential_only() {
         token: token.clone(),
     };
     w.store
-        .execute(
+        .execute::<credential::CredentialAggregate>(
             &AggregateId::Credential(cred.clone()),
             "create",
-            credential::fold,
-            |s| {
-                Ok::<_, berth_domain::DomainError>(
-                    credential::decide(s, create.clone(), &Ctx::default())?
-                        .into_iter()
-                        .map(|e| NewEvent::new(e, Actor::system("test")))
-                        .collect(),
-                )
-            },
+            &berth_eventlog::Stamp::new(Actor::system("test")),
+            create,
         )
         .await
         .unwrap();

@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use berth_api::AppState;
-use berth_domain::credential::{self, CredentialState};
 use berth_domain::owner::{self, OwnerState};
 use berth_domain::service::{self, CreateService};
-use berth_domain::{Ctx, ErrorKind};
-use berth_eventlog::{ExecuteError, NewEvent};
+use berth_domain::ErrorKind;
+use berth_eventlog::{ExecuteError, NewEvent, Stamp};
 use berth_ingress::IngressOptions;
 use berth_schemas::events::{CredentialAttached, ServiceNameClaimed};
 use berth_schemas::ids::{CredentialId, DeployId, ServiceId};
@@ -68,21 +67,26 @@ async fn two_replicas_give_back_an_interrupted_creation_once_after_the_grace() {
         name: "web".into(),
         service: svc.clone(),
     };
+    let at = app.store.load(&owner_id).await.unwrap().version;
     app.store
-        .execute(&owner_id, "test-claim", owner::fold, |_: &OwnerState| {
-            Ok::<_, ()>(vec![NewEvent::new(claim.clone(), test.clone())])
-        })
+        .append(
+            &owner_id,
+            at,
+            vec![NewEvent::new(claim, test.clone())],
+            "test-claim",
+        )
         .await
         .unwrap();
     let attach = CredentialAttached {
         service: svc.clone(),
     };
+    let at = app.store.load(&cred_id).await.unwrap().version;
     app.store
-        .execute(
+        .append(
             &cred_id,
+            at,
+            vec![NewEvent::new(attach, test.clone())],
             "test-attach",
-            credential::fold,
-            |_: &CredentialState| Ok::<_, ()>(vec![NewEvent::new(attach.clone(), test.clone())]),
         )
         .await
         .unwrap();
@@ -175,19 +179,12 @@ async fn two_replicas_give_back_an_interrupted_creation_once_after_the_grace() {
     );
     let refused = app
         .store
-        .execute(&svc_id, "test-late-create", service::fold, |s| {
-            service::decide(
-                s,
-                service::Command::Create(Box::new(late.clone())),
-                &Ctx::default(),
-            )
-            .map(|events| {
-                events
-                    .into_iter()
-                    .map(|e| NewEvent::new(e, test.clone()))
-                    .collect()
-            })
-        })
+        .execute::<service::Service>(
+            &svc_id,
+            "test-late-create",
+            &Stamp::new(test.clone()),
+            service::Command::Create(Box::new(late)),
+        )
         .await;
     match refused {
         Err(ExecuteError::Rejected(e)) => assert_eq!(e.kind(), ErrorKind::Conflict, "{e}"),

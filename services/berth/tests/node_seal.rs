@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use berth_domain::credential;
 use berth_domain::service::{self, CreateService};
-use berth_domain::Ctx;
-use berth_eventlog::{EventStore, NewEvent, StoreConfig};
+use berth_eventlog::{EventStore, StoreConfig};
 use berth_runtime::node_key::{ForNode, NodeKeyPair};
 use berth_runtime::secrets::{Secret, SecretKey};
 use berth_schemas::commands::{NodeRunSpec, NodeWork};
@@ -98,18 +97,11 @@ async fn create_credential(
             .unwrap(),
     };
     store
-        .execute(
+        .execute::<credential::CredentialAggregate>(
             &AggregateId::Credential(id.clone()),
             "create",
-            credential::fold,
-            |s| {
-                Ok::<_, berth_domain::DomainError>(
-                    credential::decide(s, create.clone(), &Ctx::default())?
-                        .into_iter()
-                        .map(|e| NewEvent::new(e, Actor::system("test")))
-                        .collect(),
-                )
-            },
+            &berth_eventlog::Stamp::new(Actor::system("test")),
+            create,
         )
         .await
         .unwrap();

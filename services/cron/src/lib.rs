@@ -38,10 +38,10 @@ pub mod view;
 
 use std::sync::{Arc, RwLock};
 
-use berth_domain::service::{self, ServiceState};
-use berth_domain::{Ctx, DomainError};
+use berth_domain::service;
+use berth_domain::DomainError;
 use berth_eventlog::projection::{ProjectionOptions, ProjectionRunner};
-use berth_eventlog::{EventStore, ExecuteError, NewEvent};
+use berth_eventlog::{EventStore, ExecuteError, Stamp};
 use berth_runtime::{BoxError, Component, ComponentContext, ReadyFlag, SecretKey};
 use berth_schemas::ids::{CronRunId, InstanceId, ServiceId};
 use berth_schemas::{Actor, AggregateId};
@@ -121,23 +121,13 @@ async fn decide(
     actor: &Actor,
     cause: &str,
 ) -> Result<(), CronError> {
+    // A cron run's events belong to the live deploy (the service's rule).
     store
-        .execute(
+        .execute::<service::Service>(
             &AggregateId::Service(service.clone()),
             key,
-            service::fold,
-            |s: &ServiceState| {
-                Ok(service::decide(s, command.clone(), &Ctx::default())?
-                    .into_iter()
-                    .map(|e| {
-                        let n = NewEvent::new(e, actor.clone()).caused_by(cause);
-                        match s.live.clone() {
-                            Some(d) => n.correlated(d),
-                            None => n,
-                        }
-                    })
-                    .collect())
-            },
+            &Stamp::new(actor.clone()).caused_by(cause),
+            command,
         )
         .await?;
     Ok(())

@@ -1,14 +1,15 @@
 //! What every aggregate offers the event store: a state folded from its
 //! events and a pure decision that turns a command into new events.
 //!
-//! The store (services/eventlog `execute`) takes a fold and a decision as
-//! plain functions — callers pass each aggregate module's free `fold` and
-//! `decide`, which the impls of this trait delegate to. It loads the
-//! aggregate's envelopes, folds them, decides and appends the resulting
-//! events as one commit with the expected subject sequence; on a conflict it
-//! reloads and decides again. Both functions are pure, so a retry against
-//! fresh state is always safe.
+//! The store's one command path (services/eventlog `execute::<A>`) runs a
+//! command for an aggregate type: it takes the aggregate's folded state
+//! (caught up by folding only the events appended since it was last seen),
+//! decides, stamps who asked and the deploy each event belongs to, and
+//! appends the events as one commit with the expected subject sequence; on
+//! a conflict it folds what is new and decides again. Both functions are
+//! pure, so a retry against fresh state is always safe.
 
+use berth_schemas::ids::DeployId;
 use berth_schemas::{Envelope, Event};
 
 use crate::error::DomainError;
@@ -33,11 +34,13 @@ impl Default for Ctx {
 }
 
 /// One kind of aggregate: its state, its commands and its rules.
-pub trait Aggregate {
-    /// The state folded from the aggregate's events; `Default` is "no events yet".
-    type State: Default + Clone;
-    /// What callers ask for.
-    type Command;
+pub trait Aggregate: 'static {
+    /// The state folded from the aggregate's events; `Default` is "no events
+    /// yet". Shared between tasks by the store's folded-state cache.
+    type State: Default + Clone + Send + Sync + 'static;
+    /// What callers ask for; kept until the command is decided for good
+    /// (a conflict decides it again).
+    type Command: Clone + Send + Sync;
 
     /// Applies one event. Total and pure: events of other aggregates, and
     /// events that make no sense for the state, leave it unchanged.
@@ -56,6 +59,14 @@ pub trait Aggregate {
         command: Self::Command,
         ctx: &Ctx,
     ) -> Result<Vec<Event>, DomainError>;
+
+    /// The deploy an event that names none itself ([`Event::deploy`])
+    /// belongs to, as `state` tells (its envelope's correlation id); the
+    /// caller's own correlation comes first. By default none.
+    fn correlation(state: &Self::State, event: &Event) -> Option<DeployId> {
+        let _ = (state, event);
+        None
+    }
 
     /// Folds a sequence of bare events from the empty state.
     fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> Self::State {

@@ -9,6 +9,7 @@
 //! - [`service`]: a service with its deploys (the SPEC §6 state machine),
 //!   instance count and cron runs;
 //! - [`credential`]: a registry credential and the services attached to it;
+//! - [`delivery`]: a notification delivery, queued once, then its attempts;
 //! - [`node`]: a node's registration and the instance facts nodes report;
 //! - [`owner`]: API keys, unique service names, notification defaults;
 //! - [`aggregate`]: the [`Aggregate`] trait the event store drives, and
@@ -21,6 +22,7 @@
 
 pub mod aggregate;
 pub mod credential;
+pub mod delivery;
 pub mod error;
 pub mod node;
 pub mod owner;

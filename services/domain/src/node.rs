@@ -20,6 +20,7 @@ use berth_schemas::{Envelope, Event};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::aggregate::{Aggregate, Ctx};
 use crate::error::DomainError;
 use crate::service::{ServiceState, ServiceStatus};
 
@@ -138,6 +139,23 @@ pub fn decide(state: &NodeState, command: Command) -> Result<Vec<Event>, DomainE
             }
             Ok(vec![NodeRecovered {}.into()])
         }
+    }
+}
+
+/// The node aggregate.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Node;
+
+impl Aggregate for Node {
+    type State = NodeState;
+    type Command = Command;
+
+    fn apply(state: NodeState, event: &Event) -> NodeState {
+        apply(state, event)
+    }
+
+    fn decide(state: &NodeState, command: Command, _: &Ctx) -> Result<Vec<Event>, DomainError> {
+        decide(state, command)
     }
 }
 

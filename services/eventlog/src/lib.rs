@@ -8,8 +8,12 @@
 //!   and dead-letter streams and the snapshot bucket (idempotently);
 //! - [`EventStore::append`] writes one decision as one message with the
 //!   expected per-subject sequence and an idempotency key;
-//!   [`EventStore::load`] reads an aggregate back; [`EventStore::execute`] is
-//!   the load → decide → append loop that re-decides on conflicts;
+//!   [`EventStore::load`] reads an aggregate back;
+//! - [`EventStore::execute`] is the one command path: a command for an
+//!   aggregate type ([`berth_domain::Aggregate`]) decided on its folded
+//!   state (only new events folded, never the history again), stamped and
+//!   appended, decided again on conflicts; [`EventStore::execute_batch`]
+//!   decides many calls into one commit on the same path;
 //! - [`projection`] rebuilds read models from a snapshot plus the tail of the
 //!   log and follows it live;
 //! - [`worker`] runs durable pull consumers on the work stream (or, filtered,
@@ -19,10 +23,12 @@
 //! `berth bench eventlog` (in the `berth` binary) measures all of this
 //! against raw async-nats figures.
 //!
-//! Domain rules are not here: they plug into `execute` and projections as
-//! plain functions, so this crate does not depend on `berth-domain`.
+//! Domain rules are not here: commands run through the aggregate types of
+//! `berth-domain` (the pure core, no I/O), and projections take plain
+//! functions.
 
 mod cache;
+mod command;
 mod dead_letter;
 mod durable;
 mod error;
@@ -33,6 +39,7 @@ mod snapshots;
 mod store;
 pub mod worker;
 
+pub use command::{Batch, Executed, Stamp};
 pub use error::{AppendError, ExecuteError, StoreError};
-pub use log::{Appended, Executed, Loaded, NewEvent, Version};
+pub use log::{Appended, Loaded, NewEvent, Version};
 pub use store::{EventStore, ServerVersion, StoreConfig};

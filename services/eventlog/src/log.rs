@@ -4,7 +4,6 @@
 //! so it is atomic, ordered and deduplicated on every server version.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::{PublishMessage, StreamMessage};
@@ -12,7 +11,7 @@ use async_nats::jetstream::stream::DirectGetErrorKind;
 use berth_schemas::ids::{DeployId, EventId};
 use berth_schemas::{Actor, AggregateId, Commit, Envelope, Event};
 
-use crate::{AppendError, EventStore, ExecuteError, StoreError};
+use crate::{AppendError, EventStore, StoreError};
 
 /// Where an aggregate stands: what an append must name as expected.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -107,18 +106,6 @@ pub struct Loaded {
     pub version: Version,
 }
 
-/// What [`EventStore::execute`] did.
-#[derive(Debug, Clone)]
-pub struct Executed<S> {
-    /// The state after the new events (the loaded state when nothing was
-    /// appended), shared with the store's folded state: not copied.
-    pub state: Arc<S>,
-    /// The append, or `None` when the decision produced no events.
-    pub appended: Option<Appended>,
-    /// Load-decide-append rounds it took (1 without contention).
-    pub attempts: u32,
-}
-
 impl EventStore {
     /// Appends the events of one decision as one message, if and only if the
     /// aggregate is still at `expected`. Envelope sequences continue from
@@ -131,7 +118,27 @@ impl EventStore {
         events: Vec<NewEvent>,
         idempotency_key: &str,
     ) -> Result<Appended, AppendError> {
-        if events.is_empty() {
+        let time = chrono::Utc::now();
+        let envelopes = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| envelope(aggregate, expected.events + 1 + i as u64, time, e))
+            .collect();
+        self.commit(aggregate, expected, envelopes, idempotency_key)
+            .await
+    }
+
+    /// Publishes `envelopes` (sequences already continuing from
+    /// `expected.events + 1`) as one commit at `expected`: the one write
+    /// path of [`EventStore::append`] and the command path.
+    pub(crate) async fn commit(
+        &self,
+        aggregate: &AggregateId,
+        expected: Version,
+        envelopes: Vec<Envelope>,
+        idempotency_key: &str,
+    ) -> Result<Appended, AppendError> {
+        if envelopes.is_empty() {
             return Err(AppendError::Empty);
         }
         if idempotency_key.is_empty()
@@ -140,24 +147,7 @@ impl EventStore {
         {
             return Err(AppendError::BadIdempotencyKey);
         }
-        let time = chrono::Utc::now();
-        let commit = Commit {
-            events: events
-                .into_iter()
-                .enumerate()
-                .map(|(i, e)| Envelope {
-                    id: EventId::generate(),
-                    version: e.event.version(),
-                    aggregate: aggregate.clone(),
-                    sequence: expected.events + 1 + i as u64,
-                    time,
-                    actor: e.actor,
-                    correlation_id: e.correlation_id,
-                    causation_id: e.causation_id,
-                    event: e.event,
-                })
-                .collect(),
-        };
+        let commit = Commit { events: envelopes };
         let payload = encode(&commit)?;
         let subject = self.subjects.aggregate(aggregate);
         let msg = PublishMessage::build()
@@ -439,21 +429,16 @@ impl EventStore {
                 self.read_commits(&subject, &mut newer, last.sequence)
                     .await?;
                 let last_commit = decode_commit(&last)?;
-                let version = Version {
+                let to = Version {
                     stream_seq: last.sequence,
                     events: last_commit
                         .events
                         .last()
                         .map_or(newer.version.events, |e| e.sequence),
                 };
-                let state = newer
-                    .events
-                    .iter()
-                    .chain(last_commit.events.iter())
-                    .fold((*state).clone(), &fold);
-                let state = Arc::new(state);
-                self.keep_state(aggregate, version, &state);
-                return Ok((state, version));
+                newer.events.extend(last_commit.events);
+                let state = self.advance(aggregate, version, state, to, &newer.events, &fold);
+                return Ok((state, to));
             }
         }
         let loaded = self.load(aggregate).await?;
@@ -462,42 +447,43 @@ impl EventStore {
         Ok((state, loaded.version))
     }
 
-    /// Takes `aggregate`'s folded state out of the store, caught up with the
-    /// log: owned without a copy when nobody else holds it. For a writer
-    /// that keeps the state itself while it works (the hook desk) and hands
-    /// it back with [`EventStore::remember`]; a state with a long history
-    /// is not copied on every start.
-    pub async fn take_state<S, F>(
+    /// Moves `state`, folded up to `from`, on to `to` by folding `events`
+    /// (what was appended between) and records it as the aggregate's folded
+    /// state. The store's own handle on it is let go first, so a state
+    /// nobody else holds is folded in place rather than copied. A spare
+    /// copy kept for batches (see [`EventStore::execute_batch`]) moves along.
+    pub(crate) fn advance<S, F>(
         &self,
         aggregate: &AggregateId,
+        from: Version,
+        state: Arc<S>,
+        to: Version,
+        events: &[Envelope],
         fold: F,
-    ) -> Result<(S, Version), StoreError>
+    ) -> Arc<S>
     where
-        S: Default + Clone + Send + Sync + 'static,
+        S: Clone + Send + Sync + 'static,
         F: Fn(S, &Envelope) -> S,
     {
-        if let Some((version, state)) = self.states.take::<S>(aggregate) {
-            let state = Arc::try_unwrap(state).unwrap_or_else(|shared| S::clone(&shared));
-            let newer = self.load_after(aggregate, version).await?;
-            let state = newer.events.iter().fold(state, &fold);
-            return Ok((state, newer.version));
+        if let Some((version, cached)) = self.states.take::<S>(aggregate) {
+            if version != from {
+                // Someone else's, newer (or unrelated): it stays.
+                self.states.put(aggregate, version, cached);
+            }
         }
-        let (state, version) = self.state(aggregate, &fold).await?;
-        self.states.take::<S>(aggregate);
         let state = Arc::try_unwrap(state).unwrap_or_else(|shared| S::clone(&shared));
-        Ok((state, version))
-    }
-
-    /// Records `state` as `aggregate`'s folded state at `version` (a writer
-    /// that appended on its own, like the hook desk, hands its state over
-    /// so the next reader folds only what comes after).
-    pub fn remember<S: Send + Sync + 'static>(
-        &self,
-        aggregate: &AggregateId,
-        version: Version,
-        state: S,
-    ) {
-        self.keep_state(aggregate, version, &Arc::new(state));
+        let state = Arc::new(events.iter().fold(state, &fold));
+        self.keep_state(aggregate, to, &state);
+        if let Some((version, spare)) = self.states.take::<crate::command::Spare<S>>(aggregate) {
+            if version == from {
+                let spare = Arc::unwrap_or_clone(spare).advance(events, &fold);
+                self.states.put(aggregate, to, Arc::new(spare));
+            } else {
+                // Already moved on (the batch that made it put it at `to`).
+                self.states.put(aggregate, version, spare);
+            }
+        }
+        state
     }
 
     /// Lets go of `aggregate`'s folded state of type `S` (a fold made for
@@ -508,7 +494,7 @@ impl EventStore {
 
     /// Remembers `state` as the aggregate's fold at `version` (and stores
     /// it, when its type is kept across restarts and it grew enough).
-    fn keep_state<S: Send + Sync + 'static>(
+    pub(crate) fn keep_state<S: Send + Sync + 'static>(
         &self,
         aggregate: &AggregateId,
         version: Version,
@@ -516,108 +502,6 @@ impl EventStore {
     ) {
         self.states.put(aggregate, version, Arc::clone(state));
         self.maybe_store_state(aggregate, version, state);
-    }
-
-    /// Fold, decide, append; on a conflict catch up and decide again (never
-    /// a blind overwrite), up to `max_execute_attempts` rounds. An unknown
-    /// outcome is retried as-is with the same key, which is safe.
-    ///
-    /// The state comes from the store's folded state of the aggregate: the
-    /// first round decides on it as it was last seen by this process
-    /// without asking the log (an append with its version fails if anyone
-    /// wrote since); a decision that appends nothing or is refused is only
-    /// trusted against the state as of the log's end, so it is made again
-    /// on that. Each round folds only what is new.
-    pub async fn execute<S, E, F, D>(
-        &self,
-        aggregate: &AggregateId,
-        idempotency_key: &str,
-        fold: F,
-        decide: D,
-    ) -> Result<Executed<S>, ExecuteError<E>>
-    where
-        S: Default + Clone + Send + Sync + 'static,
-        F: Fn(S, &Envelope) -> S,
-        D: Fn(&S) -> Result<Vec<NewEvent>, E>,
-    {
-        let max = self.cfg.max_execute_attempts.max(1);
-        let mut remembered = self.states.get::<S>(aggregate);
-        for attempt in 1..=max {
-            let (state, version, current) = match remembered.take() {
-                Some((version, state)) => (state, version, false),
-                None => {
-                    let (state, version) = self.state(aggregate, &fold).await?;
-                    (state, version, true)
-                }
-            };
-            let new = match decide(&state) {
-                Ok(new) if new.is_empty() && current => {
-                    return Ok(Executed {
-                        state,
-                        appended: None,
-                        attempts: attempt,
-                    });
-                }
-                Err(e) if current => return Err(ExecuteError::Rejected(e)),
-                // Decided on a state that may be behind: decide again on
-                // the log's.
-                Ok(new) if new.is_empty() => continue,
-                Err(_) => continue,
-                Ok(new) => new,
-            };
-            match self
-                .append_retrying_unknown(aggregate, version, new, idempotency_key)
-                .await
-            {
-                Ok(appended) => {
-                    let state = if appended.duplicate {
-                        // Someone (an earlier try of this command) already
-                        // appended: the fresh state is the truth.
-                        self.state(aggregate, &fold).await?.0
-                    } else {
-                        let state = appended.events.iter().fold(S::clone(&state), &fold);
-                        let state = Arc::new(state);
-                        self.keep_state(aggregate, appended.version, &state);
-                        state
-                    };
-                    return Ok(Executed {
-                        state,
-                        appended: Some(appended),
-                        attempts: attempt,
-                    });
-                }
-                Err(e) if e.is_conflict() => {
-                    tracing::debug!(aggregate = %aggregate, attempt, "append conflict, deciding again");
-                }
-                Err(e) => return Err(ExecuteError::Append(e)),
-            }
-        }
-        Err(ExecuteError::TooContended {
-            aggregate: aggregate.clone(),
-            attempts: max,
-        })
-    }
-
-    async fn append_retrying_unknown(
-        &self,
-        aggregate: &AggregateId,
-        expected: Version,
-        events: Vec<NewEvent>,
-        key: &str,
-    ) -> Result<Appended, AppendError> {
-        let mut delay = Duration::from_millis(100);
-        let mut tries = 0;
-        loop {
-            match self.append(aggregate, expected, events.clone(), key).await {
-                Err(e) if e.is_outcome_unknown() && tries < 3 => {
-                    tries += 1;
-                    tracing::warn!(aggregate = %aggregate, error = %e, tries, "append outcome unknown, retrying with the same key");
-                    tokio::time::sleep(delay).await;
-                    delay *= 4;
-                }
-                other => return other,
-            }
-        }
     }
 
     /// Decodes the commit stored at one stream sequence.
@@ -695,6 +579,26 @@ impl EventStore {
                 Err(e) => Err(StoreError::Request(e.to_string())),
             }
         }
+    }
+}
+
+/// One event of a commit as stored: `new` at `sequence` of `aggregate`.
+pub(crate) fn envelope(
+    aggregate: &AggregateId,
+    sequence: u64,
+    time: chrono::DateTime<chrono::Utc>,
+    new: NewEvent,
+) -> Envelope {
+    Envelope {
+        id: EventId::generate(),
+        version: new.event.version(),
+        aggregate: aggregate.clone(),
+        sequence,
+        time,
+        actor: new.actor,
+        correlation_id: new.correlation_id,
+        causation_id: new.causation_id,
+        event: new.event,
     }
 }
 

@@ -12,7 +12,7 @@
 //! concurrent "create service with X" and "remove X" have exactly one winner.
 
 use berth_domain::credential::{self, Command, Credential, CredentialState};
-use berth_domain::{Ctx, DomainError};
+use berth_domain::DomainError;
 use berth_runtime::Secret;
 use berth_schemas::ids::{CredentialId, OwnerId};
 use berth_schemas::model::{seal_context, RegistryKind};
@@ -111,13 +111,12 @@ impl Ingress {
             username: new.username,
             token,
         };
-        let done = exec::run(
+        let done = exec::run::<credential::CredentialAggregate>(
             &self.store,
             &aggregate(&id),
             &format!("credential-create-{id}"),
             &caller.actor,
-            credential::fold,
-            |s: &CredentialState| credential::decide(s, command.clone(), &Ctx::default()),
+            command,
         )
         .await?;
         tracing::info!(credential.id = %id, owner = %caller.owner, "registry credential added");
@@ -173,15 +172,14 @@ impl Ingress {
             username: rotation.username,
             name: rotation.name,
         };
-        let done = exec::run(
+        let done = exec::run_when::<credential::CredentialAggregate>(
             &self.store,
             &aggregate(id),
             &key,
             &caller.actor,
-            credential::fold,
             |s: &CredentialState| {
                 owned(s, &caller.owner)?;
-                credential::decide(s, command.clone(), &Ctx::default())
+                Ok(Some(command.clone()))
             },
         )
         .await?;
@@ -196,15 +194,14 @@ impl Ingress {
         caller: &Caller,
         id: &CredentialId,
     ) -> Result<(), IngressError> {
-        exec::run(
+        exec::run_when::<credential::CredentialAggregate>(
             &self.store,
             &aggregate(id),
             &format!("credential-remove-{id}"),
             &caller.actor,
-            credential::fold,
             |s: &CredentialState| {
                 owned(s, &caller.owner)?;
-                credential::decide(s, Command::Remove, &Ctx::default())
+                Ok(Some(Command::Remove))
             },
         )
         .await?;

@@ -7,18 +7,19 @@
 //! `deploy_created` is appended.
 //!
 //! Calls for one service are handed to that service's *desk*: one task that
-//! takes every call waiting, decides them one after another against the
-//! evolving state, and appends all their events as **one commit** (group
+//! takes every call waiting and runs them as one batch on the store's
+//! command path ([`EventStore::execute_batch`]): decided one after another
+//! against the evolving state and appended as **one commit** (group
 //! commit). So N concurrent calls on one service cost one append instead of
-//! N load/append rounds racing for the same subject. The desk keeps the
-//! state and version it last wrote, so the next batch appends without
-//! loading first; if anyone else wrote in between, the append conflicts
-//! and the desk reloads and decides again. A call already decided (its
-//! deploy id is in the state after a reload) is done and not decided twice,
-//! so a lost ack never creates a second deploy.
+//! N load/append rounds racing for the same subject. The store keeps the
+//! service's folded state as of the last commit, so the next batch appends
+//! without loading first; if anyone else wrote in between, the append
+//! conflicts and the store folds in only what is new and decides again. A
+//! call already decided (its deploy id is in the state) is done and not
+//! decided twice, so a lost ack never creates a second deploy.
 //!
 //! A refusal (wrong key, suspended service) is only answered after deciding
-//! against a freshly loaded state, so a regenerated key or a resume written
+//! against the log's latest state, so a regenerated key or a resume written
 //! by another path is never missed.
 //!
 //! Desks end after a few idle seconds; a call for a service id that does
@@ -29,9 +30,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_domain::reference::Reference;
-use berth_domain::service::{self, DeployRequest, ServiceState};
-use berth_domain::{Ctx, DomainError};
-use berth_eventlog::{EventStore, NewEvent, Version};
+use berth_domain::service::{self, DeployRequest, Service, ServiceState};
+use berth_domain::DomainError;
+use berth_eventlog::{EventStore, ExecuteError, Stamp};
 use berth_runtime::{Secret, SecretKey};
 use berth_schemas::ids::{DeployId, ServiceId};
 use berth_schemas::model::{seal_context, DeployTrigger, Sealed};
@@ -45,8 +46,6 @@ use tokio_util::task::TaskTracker;
 const MAX_BATCH: usize = 64;
 /// Calls waiting per service before callers wait for room.
 const QUEUE: usize = 1024;
-/// Conflict rounds before a batch is answered "try again".
-const MAX_ROUNDS: usize = 50;
 
 /// Why a deploy hook call was refused. The API answers 404 for `NotFound`
 /// and `BadImage` alike (SPEC §6: do not reveal which services exist).
@@ -64,6 +63,12 @@ pub enum HookError {
     /// Retry later (503).
     #[error("event store unavailable: {0}")]
     Store(String),
+}
+
+impl From<DomainError> for HookError {
+    fn from(e: DomainError) -> Self {
+        HookError::Rejected(e)
+    }
 }
 
 struct Call {
@@ -171,11 +176,12 @@ impl HookDesks {
         let desk = Desk {
             id: id.clone(),
             aggregate: AggregateId::Service(id.clone()),
-            context: seal_context::hook_key(id),
             store: self.store.clone(),
-            key: self.key.clone(),
-            cached: None,
-            opened: None,
+            keys: HookKey {
+                context: seal_context::hook_key(id),
+                key: self.key.clone(),
+                opened: None,
+            },
         };
         let (all, shutdown) = (self.desks.clone(), self.shutdown.clone());
         self.tracker.spawn(desk.run(rx, all, self.idle, shutdown));
@@ -187,11 +193,14 @@ impl HookDesks {
 struct Desk {
     id: ServiceId,
     aggregate: AggregateId,
-    context: String,
     store: EventStore,
+    keys: HookKey,
+}
+
+/// A service's hook key, to check calls against.
+struct HookKey {
+    context: String,
     key: SecretKey,
-    /// The state and version as of this desk's last load or append.
-    cached: Option<(ServiceState, Version)>,
     /// The hook key last opened and what it was sealed as: opening (an AEAD
     /// decryption) once per key rather than once per call. A regenerated key
     /// has another sealed form, so it is opened afresh.
@@ -237,11 +246,6 @@ impl Desk {
                 let _ = call.reply.send(outcome);
             }
         }
-        // The next desk for the service starts from here: the store keeps
-        // it as the service's folded state and folds only what comes after.
-        if let Some((state, version)) = self.cached.take() {
-            self.store.remember(&self.aggregate, version, state);
-        }
         // Calls still queued when shutting down hear "try again".
         rx.close();
         while let Ok(c) = rx.try_recv() {
@@ -251,29 +255,47 @@ impl Desk {
         }
     }
 
-    /// The state to decide on, and whether it was just loaded (a cached
-    /// one may be behind the log).
-    async fn load(&mut self) -> Result<(ServiceState, Version, bool), HookError> {
-        if let Some((s, v)) = self.cached.take() {
-            return Ok((s, v, false));
-        }
-        // The store's folded state, taken over (not copied): only what was
-        // appended since it was left there is read and folded.
-        let (state, version) = self
+    async fn decide_batch(&mut self, batch: &[Call]) -> Vec<Result<DeployId, HookError>> {
+        // Stable across rounds: a retried commit after a lost ack is
+        // recognised as a duplicate by the server.
+        let key = format!("hook-{}", batch[0].deploy);
+        let keys = &mut self.keys;
+        let done = self
             .store
-            .take_state(&self.aggregate, service::fold)
-            .await
-            .map_err(|e| HookError::Store(e.to_string()))?;
-        Ok((state, version, true))
+            .execute_batch::<Service, Call, HookError>(
+                &self.aggregate,
+                &key,
+                &Stamp::new(Actor::DeployHook),
+                batch,
+                |s, call| keys.command(s, call).map(Some),
+            )
+            .await;
+        match done {
+            Ok(done) => {
+                if done.executed.appended.is_some() {
+                    tracing::info!(service.id = %self.id, deploys = done.outcomes.iter().filter(|o| o.is_ok()).count(), "deploy hook calls appended");
+                }
+                batch
+                    .iter()
+                    .zip(done.outcomes)
+                    .map(|(call, outcome)| outcome.map(|()| call.deploy.clone()))
+                    .collect()
+            }
+            Err(e) => {
+                let e = match e {
+                    ExecuteError::TooContended { .. } => "too contended".to_owned(),
+                    other => other.to_string(),
+                };
+                vec![Err(HookError::Store(e)); batch.len()]
+            }
+        }
     }
+}
 
-    /// One call against `s`: the events it appends (none when it was
-    /// decided already).
-    fn decide(
-        &mut self,
-        s: &ServiceState,
-        call: &Call,
-    ) -> Result<Vec<berth_schemas::Event>, HookError> {
+impl HookKey {
+    /// What `call` asks of the service in `s`: a deploy, if its key is the
+    /// service's hook key and its `imgURL` names the service's repository.
+    fn command(&mut self, s: &ServiceState, call: &Call) -> Result<service::Command, HookError> {
         let cfg = match &s.config {
             Some(c) if s.exists() => c,
             _ => return Err(HookError::NotFound),
@@ -301,77 +323,12 @@ impl Desk {
                 Some(wanted.to_string())
             }
         };
-        let req = DeployRequest {
+        Ok(service::Command::RequestDeploy(DeployRequest {
             deploy: call.deploy.clone(),
             trigger: DeployTrigger::DeployHook,
             image,
             rollback_of: None,
-        };
-        service::decide(s, service::Command::RequestDeploy(req), &Ctx::default())
-            .map_err(HookError::Rejected)
-    }
-
-    async fn decide_batch(&mut self, batch: &[Call]) -> Vec<Result<DeployId, HookError>> {
-        let store_err = |e: String| vec![Err(HookError::Store(e)); batch.len()];
-        // Stable across rounds: a retried commit after a lost ack is
-        // recognised as a duplicate by the server.
-        let key = format!("hook-{}", batch[0].deploy);
-        for _ in 0..MAX_ROUNDS {
-            // Decided on the state itself, not a copy: a service with a long
-            // history makes copying it the most expensive part of a call. A
-            // failed round drops it and reloads.
-            let (mut s, version, fresh) = match self.load().await {
-                Ok(x) => x,
-                Err(e) => return vec![Err(e); batch.len()],
-            };
-            // The append stamps its own time a moment later; the desk's copy
-            // only decides further hook calls, which do not depend on it.
-            let now = chrono::Utc::now();
-            let mut events = Vec::new();
-            let mut outcomes = Vec::with_capacity(batch.len());
-            for call in batch {
-                match self.decide(&s, call) {
-                    Ok(new) => {
-                        for e in &new {
-                            s = service::apply_at(s, e, Some(now));
-                        }
-                        events.extend(new.into_iter().map(|e| NewEvent::new(e, Actor::DeployHook)));
-                        outcomes.push(Ok(call.deploy.clone()));
-                    }
-                    Err(e) => outcomes.push(Err(e)),
-                }
-            }
-            // A refusal is only final against the log's latest state: the
-            // key may have been regenerated, or the service resumed, since
-            // the cached copy.
-            if !fresh && outcomes.iter().any(Result::is_err) {
-                continue;
-            }
-            if events.is_empty() {
-                self.cached = Some((s, version));
-                return outcomes;
-            }
-            match self
-                .store
-                .append(&self.aggregate, version, events, &key)
-                .await
-            {
-                Ok(appended) if !appended.duplicate => {
-                    self.cached = Some((s, appended.version));
-                    tracing::info!(service.id = %self.id, deploys = outcomes.iter().filter(|o| o.is_ok()).count(), "deploy hook calls appended");
-                    return outcomes;
-                }
-                // A duplicate, a conflict or an unknown outcome: reload; calls
-                // whose deploy is there are decided already (no events).
-                Ok(_) => {}
-                Err(e) if e.is_conflict() || e.is_outcome_unknown() => {
-                    tracing::debug!(service.id = %self.id, error = %e, "hook batch retried");
-                }
-                Err(e) => return store_err(e.to_string()),
-            }
-            self.cached = None;
-        }
-        store_err("too contended".to_owned())
+        }))
     }
 }
 

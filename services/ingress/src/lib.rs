@@ -249,26 +249,12 @@ impl Ingress {
         let id = AggregateId::Owner(owner.clone());
         let actor = Actor::system("ingress");
         let key = format!("owner-create-{owner}");
-        exec::run::<OwnerState, _, _>(
-            &self.store,
-            &id,
-            &key,
-            &actor,
-            owner::fold,
-            |state: &OwnerState| {
-                if state.owner.is_some() {
-                    return Ok(vec![]);
-                }
-                owner::decide(
-                    state,
-                    owner::Command::Create {
-                        owner: owner.clone(),
-                        name: name.to_owned(),
-                    },
-                    &berth_domain::Ctx::default(),
-                )
-            },
-        )
+        exec::run_when::<owner::Owner>(&self.store, &id, &key, &actor, |state: &OwnerState| {
+            Ok(state.owner.is_none().then(|| owner::Command::Create {
+                owner: owner.clone(),
+                name: name.to_owned(),
+            }))
+        })
         .await
         .map(|_| ())
     }

@@ -69,16 +69,13 @@ impl Ingress {
         command: service::Command,
     ) -> Result<ServiceState, IngressError> {
         let owner = scope.owner();
-        let done = exec::run(
+        let done = exec::run_when::<service::Service>(
             &self.store,
             &AggregateId::Service(id.clone()),
             idempotency_key,
             &scope.actor(),
-            service::fold,
             |s: &ServiceState| match &s.config {
-                Some(c) if owner.is_none_or(|o| *o == c.owner) => {
-                    service::decide(s, command.clone(), &Ctx::default())
-                }
+                Some(c) if owner.is_none_or(|o| *o == c.owner) => Ok(Some(command.clone())),
                 _ => Err(not_found()),
             },
         )
@@ -209,24 +206,20 @@ impl Ingress {
             // of its whole history, which is then let go.
             let aggregate = AggregateId::Service(id.clone());
             let owner = caller.owner.clone();
-            let done = exec::run(
+            let done = exec::run_when::<service::ServiceHistory>(
                 &self.store,
                 &aggregate,
                 &key,
                 &Scope::Owner(caller).actor(),
-                crate::services::EveryDeploy::fold,
-                |s: &crate::services::EveryDeploy| match &s.0.config {
-                    Some(c) if c.owner == owner => service::decide(
-                        &s.0,
-                        service::Command::RequestDeploy(req.clone()),
-                        &Ctx::default(),
-                    ),
+                |s: &service::EveryDeploy| match &s.0.config {
+                    Some(c) if c.owner == owner => {
+                        Ok(Some(service::Command::RequestDeploy(req.clone())))
+                    }
                     _ => Err(not_found()),
                 },
             )
             .await;
-            self.store
-                .forget_state::<crate::services::EveryDeploy>(&aggregate);
+            self.store.forget_state::<service::EveryDeploy>(&aggregate);
             done?;
             // What callers get back: the state as the service holds it.
             self.show_service(caller, id).await?

@@ -5,7 +5,7 @@
 //! hashed to and looked up by.
 
 use berth_domain::owner::{self, NotificationSettings, OwnerState};
-use berth_domain::{Ctx, DomainError};
+use berth_domain::DomainError;
 use berth_runtime::Secret;
 use berth_schemas::ids::{ApiKeyId, OwnerId};
 use berth_schemas::model::{seal_context, NotifySetting, Sealed};
@@ -117,13 +117,12 @@ impl Ingress {
         actor: &Actor,
         command: owner::Command,
     ) -> Result<OwnerState, IngressError> {
-        let done = exec::run(
+        let done = exec::run::<owner::Owner>(
             &self.store,
             &AggregateId::Owner(owner.clone()),
             key,
             actor,
-            owner::fold,
-            |s: &OwnerState| owner::decide(s, command.clone(), &Ctx::default()),
+            command,
         )
         .await?;
         Ok(std::sync::Arc::unwrap_or_clone(done.state))
@@ -247,12 +246,11 @@ impl Ingress {
         let key = format!("owner-notify-{owner}-{}", ApiKeyId::generate());
         // Merged inside the decision, so a concurrent change of the other
         // channels is not overwritten with a stale copy.
-        let state = exec::run(
+        let state = exec::run_when::<owner::Owner>(
             &self.store,
             &AggregateId::Owner(owner.clone()),
             &key,
             actor,
-            owner::fold,
             |s: &OwnerState| {
                 let old = &s.notifications;
                 let pick = |c: &Change, old: &Option<Sealed>| match c {
@@ -266,11 +264,7 @@ impl Ingress {
                     webhook_url: pick(&hook_url, &old.webhook_url),
                     webhook_secret: pick(&hook_secret, &old.webhook_secret),
                 };
-                owner::decide(
-                    s,
-                    owner::Command::SetNotificationSettings(wanted),
-                    &Ctx::default(),
-                )
+                Ok(Some(owner::Command::SetNotificationSettings(wanted)))
             },
         )
         .await?

@@ -50,7 +50,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_domain::service::{self, ServiceState};
-use berth_domain::Ctx;
 use berth_schemas::ids::{CredentialId, OwnerId, ServiceId};
 use berth_schemas::{Actor, AggregateId};
 use chrono::{DateTime, Utc};
@@ -100,15 +99,12 @@ impl Ingress {
     /// The service as it is now; a service whose creation never appended
     /// `service_created` is fenced off first, so it never will.
     async fn settle(&self, service: &ServiceId) -> Result<ServiceState, IngressError> {
-        let done = exec::run(
+        let done = exec::run::<service::Service>(
             &self.store,
             &AggregateId::Service(service.clone()),
             &format!("repair-abandon-{service}"),
             &actor(),
-            service::fold,
-            |s: &ServiceState| {
-                service::decide(s, service::Command::AbandonCreation, &Ctx::default())
-            },
+            service::Command::AbandonCreation,
         )
         .await?;
         if done.appended.is_some() {

@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 
-use berth_domain::credential::{self, CredentialState};
+use berth_domain::credential;
 use berth_domain::owner::{self, OwnerState};
 use berth_domain::service::{self, CreateService, ServiceState, DEFAULT_REGION};
 use berth_domain::{Aggregate, Ctx, DomainError};
@@ -228,13 +228,12 @@ impl Ingress {
         // 3. The service and its initial deploy.
         let deploy = command.deploy.clone();
         let create = service::Command::Create(Box::new(command));
-        let done = exec::run(
+        let done = exec::run::<service::Service>(
             &self.store,
             &AggregateId::Service(id.clone()),
             &format!("service-create-{id}"),
             &caller.actor,
-            service::fold,
-            |s: &ServiceState| service::decide(s, create.clone(), &ctx),
+            create,
         )
         .await;
         let done = match done {
@@ -308,19 +307,21 @@ impl Ingress {
                 service: service.clone(),
             },
         };
-        let done = exec::run(
+        let done = exec::run::<credential::CredentialAggregate>(
             &self.store,
             &AggregateId::Credential(cred.clone()),
             key,
             actor,
-            credential::fold,
-            |s: &CredentialState| match credential::decide(s, command.clone(), &Ctx::default()) {
-                Err(DomainError::NotFound { .. }) if attach_for.is_none() => Ok(vec![]),
-                other => other,
-            },
+            command,
         )
-        .await?;
-        Ok(done.appended.is_some())
+        .await;
+        match done {
+            Ok(done) => Ok(done.appended.is_some()),
+            Err(IngressError::Rejected(DomainError::NotFound { .. })) if attach_for.is_none() => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Claims `name` for `service` on `owner`'s subject (names are unique
@@ -341,13 +342,12 @@ impl Ingress {
         } else {
             owner::Command::ReleaseServiceName { name, service }
         };
-        let done = exec::run(
+        let done = exec::run::<owner::Owner>(
             &self.store,
             &AggregateId::Owner(owner.clone()),
             key,
             actor,
-            owner::fold,
-            |s: &OwnerState| owner::decide(s, command.clone(), &Ctx::default()),
+            command,
         )
         .await?;
         Ok(done.appended.is_some())
@@ -440,8 +440,13 @@ impl Ingress {
         id: &ServiceId,
     ) -> Result<ServiceState, IngressError> {
         let aggregate = AggregateId::Service(id.clone());
-        let state: EveryDeploy = self.load_fold(&aggregate, EveryDeploy::fold).await?;
-        self.store.forget_state::<EveryDeploy>(&aggregate);
+        let state: service::EveryDeploy = self
+            .load_fold(
+                &aggregate,
+                <service::ServiceHistory as berth_domain::Aggregate>::fold,
+            )
+            .await?;
+        self.store.forget_state::<service::EveryDeploy>(&aggregate);
         match &state.0.config {
             Some(c) if c.owner == caller.owner && state.0.exists() => Ok(state.0),
             _ => Err(IngressError::not_found("service", id)),
@@ -486,21 +491,5 @@ impl Ingress {
         }
         tracing::info!(service.id = %id, "service deleted");
         Ok(())
-    }
-}
-
-/// A service's state folded with every deploy, forgetting none.
-#[derive(Debug, Clone)]
-pub(crate) struct EveryDeploy(pub(crate) ServiceState);
-
-impl Default for EveryDeploy {
-    fn default() -> Self {
-        EveryDeploy(ServiceState::keeping_every_deploy())
-    }
-}
-
-impl EveryDeploy {
-    pub(crate) fn fold(self, env: &berth_schemas::Envelope) -> Self {
-        EveryDeploy(service::fold(self.0, env))
     }
 }

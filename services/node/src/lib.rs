@@ -48,7 +48,7 @@ use berth_agent::net::NetworkConfig;
 use berth_agent::{Agent, AgentConfig, Runc};
 use berth_domain::node::{self as rules, Capacity, Command};
 use berth_eventlog::worker::WorkerConfig;
-use berth_eventlog::{EventStore, NewEvent};
+use berth_eventlog::{EventStore, Stamp};
 use berth_oci::RegistryClient;
 use berth_puller::{ContentStore, PullConfig, Puller, VerifyPolicy};
 use berth_runtime::node_key::NodeKeyPair;
@@ -353,22 +353,16 @@ impl Node {
             cap.memory_mib,
             keys.public().kid()
         );
-        let actor = Actor::system("node");
         self.store
-            .execute(&AggregateId::Node(id.clone()), &key, rules::fold, |s| {
-                Ok::<_, berth_domain::DomainError>(
-                    rules::decide(
-                        s,
-                        Command::Register {
-                            capacity: cap.clone(),
-                            public_key: public_key.clone(),
-                        },
-                    )?
-                    .into_iter()
-                    .map(|e| NewEvent::new(e, actor.clone()))
-                    .collect(),
-                )
-            })
+            .execute::<rules::Node>(
+                &AggregateId::Node(id.clone()),
+                &key,
+                &Stamp::new(Actor::system("node")),
+                Command::Register {
+                    capacity: cap,
+                    public_key,
+                },
+            )
             .await
             .map_err(|e| NodeError::Register(e.to_string()))?;
         Ok(())

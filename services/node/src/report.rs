@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use berth_agent::{AgentEvent, ExitStatus};
-use berth_domain::{node, service, Ctx, DomainError};
-use berth_eventlog::{EventStore, ExecuteError, NewEvent};
+use berth_domain::{service, DomainError};
+use berth_eventlog::{EventStore, ExecuteError, Stamp};
 use berth_schemas::events::{InstanceExited, InstanceStarted, InstanceStopped, ServerRestarted};
 use berth_schemas::ids::{DeployId, InstanceId, NodeId, ServiceId};
 use berth_schemas::{Actor, AggregateId, Event};
@@ -141,14 +141,6 @@ impl Reporter {
 
     /// `e` as appended by this node, correlated with the deploy it names,
     /// else with `deploy` if any.
-    fn new_event(&self, e: Event, actor: &Actor, deploy: Option<DeployId>) -> NewEvent {
-        let n = NewEvent::new(e, actor.clone()).caused_by(format!("node:{}", self.node));
-        match deploy {
-            Some(d) if n.correlation_id.is_none() => n.correlated(d),
-            _ => n,
-        }
-    }
-
     /// Appends `fact` on `service`'s subject, once per `key`.
     pub async fn fact(
         &self,
@@ -157,21 +149,8 @@ impl Reporter {
         fact: Event,
         key: &str,
     ) -> Result<(), ExecuteError<DomainError>> {
-        let actor = Actor::system("node");
-        self.store
-            .execute(
-                &AggregateId::Service(service.clone()),
-                key,
-                service::fold,
-                |s| {
-                    Ok(node::report(s, fact.clone())?
-                        .into_iter()
-                        .map(|e| self.new_event(e, &actor, deploy.cloned()))
-                        .collect())
-                },
-            )
-            .await
-            .map(|_| ())
+        let command = service::Command::RecordInstanceFact(Box::new(fact));
+        self.decide(service, deploy, command, key).await
     }
 
     /// Runs a service command (a fact with rules attached: pulled, pull
@@ -184,19 +163,15 @@ impl Reporter {
         command: service::Command,
         key: &str,
     ) -> Result<(), ExecuteError<DomainError>> {
-        let actor = Actor::system("node");
-        let ctx = Ctx::default();
+        // Events that name no deploy belong to the work's.
+        let stamp = Stamp::of_deploy(Actor::system("node"), deploy.cloned())
+            .caused_by(format!("node:{}", self.node));
         self.store
-            .execute(
+            .execute::<service::Service>(
                 &AggregateId::Service(service.clone()),
                 key,
-                service::fold,
-                |s| {
-                    Ok(service::decide(s, command.clone(), &ctx)?
-                        .into_iter()
-                        .map(|e| self.new_event(e, &actor, deploy.cloned()))
-                        .collect())
-                },
+                &stamp,
+                command,
             )
             .await
             .map(|_| ())

@@ -16,15 +16,17 @@
 //! sends again with the same id: receivers see one delivery or the same id
 //! twice (docs/integration.md).
 
+use std::sync::Arc;
+
+use berth_domain::delivery::{self, Delivery, DeliveryState};
+use berth_domain::Aggregate;
 use berth_eventlog::worker::{Job, WorkError, WorkHandler};
-use berth_eventlog::{EventStore, NewEvent, Version};
+use berth_eventlog::{EventStore, Stamp, Version};
 use berth_runtime::SecretKey;
-use berth_schemas::events::{
-    NotificationAbandoned, NotificationAttemptFailed, NotificationDelivered, NotificationQueued,
-};
+use berth_schemas::events::NotificationQueued;
 use berth_schemas::ids::{DeliveryId, OwnerId, ServiceId};
 use berth_schemas::model::seal_context;
-use berth_schemas::{Actor, AggregateId, Commit, Envelope, Event};
+use berth_schemas::{Actor, AggregateId, Commit, Envelope};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -125,23 +127,18 @@ impl Decider {
                 channel: channel.as_str().to_owned(),
                 source_event: event.id.clone(),
             };
-            let aggregate = AggregateId::Delivery(delivery.clone());
-            match self
-                .store
-                .append(
-                    &aggregate,
-                    Version::NEW,
-                    vec![NewEvent::new(queued_event, actor()).caused_by(event.id.clone())],
+            // Queued before (this event redelivered): nothing is recorded
+            // and it is enqueued again below; the delivery's own history
+            // keeps it to one success.
+            self.store
+                .execute::<Delivery>(
+                    &AggregateId::Delivery(delivery.clone()),
                     &format!("queue:{delivery}"),
+                    &Stamp::new(actor()).caused_by(event.id.clone()),
+                    delivery::Command::Queue(queued_event),
                 )
                 .await
-            {
-                Ok(_) => {}
-                // Queued before (this event redelivered): enqueue again below,
-                // the delivery's own history keeps it to one success.
-                Err(e) if e.is_conflict() => {}
-                Err(e) => return Err(WorkError::Retry(e.to_string())),
-            }
+                .map_err(|e| WorkError::Retry(e.to_string()))?;
             let job = DeliveryJob {
                 delivery: delivery.clone(),
                 channel: channel.as_str().to_owned(),
@@ -192,13 +189,6 @@ async fn load_fold<S: Default + Clone + Send + Sync + 'static>(
     Ok(S::clone(&state))
 }
 
-/// Where a delivery stands, from its own events.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct DeliveryState {
-    done: bool,
-    failed_attempts: u32,
-}
-
 /// Sends queued deliveries.
 #[derive(Debug)]
 pub struct Deliverer {
@@ -219,15 +209,21 @@ impl Deliverer {
         }
     }
 
+    /// Records an attempt's outcome at the version the attempt was decided
+    /// on (`state`).
     async fn record(
         &self,
         delivery: &DeliveryId,
-        expected: Version,
-        events: Vec<NewEvent>,
+        state: (Arc<DeliveryState>, Version),
+        command: delivery::Command,
         key: String,
     ) {
         let aggregate = AggregateId::Delivery(delivery.clone());
-        if let Err(e) = self.store.append(&aggregate, expected, events, &key).await {
+        let done = self
+            .store
+            .execute_on::<Delivery>(&aggregate, state, &key, &Stamp::new(actor()), command)
+            .await;
+        if let Err(e) = done {
             // The send's outcome is what matters; a lost record only makes
             // the history shorter (a redelivery records it again).
             tracing::warn!(delivery = %delivery, error = %e, "could not record the delivery outcome");
@@ -285,22 +281,10 @@ impl WorkHandler for Deliverer {
         let aggregate = AggregateId::Delivery(dj.delivery.clone());
         let loaded = self
             .store
-            .load(&aggregate)
+            .state(&aggregate, Delivery::fold)
             .await
             .map_err(|e| WorkError::Retry(e.to_string()))?;
-        let state = loaded
-            .events
-            .iter()
-            .fold(DeliveryState::default(), |mut s, env| {
-                match &env.event {
-                    Event::NotificationDelivered(_) | Event::NotificationAbandoned(_) => {
-                        s.done = true
-                    }
-                    Event::NotificationAttemptFailed(_) => s.failed_attempts += 1,
-                    _ => {}
-                }
-                s
-            });
+        let state = *loaded.0;
         if state.done {
             return Ok(());
         }
@@ -311,8 +295,8 @@ impl WorkHandler for Deliverer {
                 tracing::info!(delivery = %dj.delivery, channel = %dj.channel, attempt, elapsed_ms = started.elapsed().as_millis() as u64, "notification delivered");
                 self.record(
                     &dj.delivery,
-                    loaded.version,
-                    vec![NewEvent::new(NotificationDelivered { attempt }, actor())],
+                    loaded,
+                    delivery::Command::RecordDelivered { attempt },
                     format!("delivered:{}", dj.delivery),
                 )
                 .await;
@@ -320,24 +304,16 @@ impl WorkHandler for Deliverer {
             }
             Err(e) => {
                 tracing::warn!(delivery = %dj.delivery, channel = %dj.channel, attempt, error = %e, "notification attempt failed");
-                let mut events = vec![NewEvent::new(
-                    NotificationAttemptFailed {
-                        attempt,
-                        error: e.0.clone(),
-                    },
-                    actor(),
-                )];
                 let last = job.delivered >= self.max_attempts;
-                if last {
-                    events.push(NewEvent::new(
-                        NotificationAbandoned { attempts: attempt },
-                        actor(),
-                    ));
-                }
+                let command = delivery::Command::RecordFailed {
+                    attempt,
+                    error: e.0.clone(),
+                    abandon: last,
+                };
                 self.record(
                     &dj.delivery,
-                    loaded.version,
-                    events,
+                    loaded,
+                    command,
                     format!("failed:{}:{}", dj.delivery, job.delivered),
                 )
                 .await;

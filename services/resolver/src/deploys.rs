@@ -21,9 +21,9 @@ use std::sync::Arc;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use berth_domain::service::{self, Deploy, ServiceState};
-use berth_domain::Ctx;
+use berth_domain::DomainError;
 use berth_eventlog::worker::{Job, WorkError, WorkHandler, Worker, WorkerConfig};
-use berth_eventlog::{ExecuteError, NewEvent};
+use berth_eventlog::{ExecuteError, Stamp};
 use berth_schemas::ids::{DeployId, ServiceId};
 use berth_schemas::model::DeployPhase;
 use berth_schemas::{Actor, AggregateId, Commit, Event};
@@ -150,29 +150,19 @@ async fn resolve_deploy(
         }
         Err(AccessError::Store(e)) => return Err(WorkError::Retry(e)),
     };
-    let actor = Actor::system("resolver");
+    let stamp = Stamp::of_deploy(Actor::system("resolver"), Some(deploy.clone())).caused_by(cause);
     let done = inner
         .store
-        .execute(
+        .execute_when::<service::Service, DomainError>(
             &aggregate,
             &format!("resolve-{deploy}"),
-            service::fold,
+            &stamp,
             |s: &ServiceState| {
                 // Decided again on fresh state: a deploy canceled or already
                 // resolved meanwhile gets nothing.
-                if !s.deploy(deploy).is_some_and(awaits_digest) {
-                    return Ok(vec![]);
-                }
-                service::decide(s, command.clone(), &Ctx::default()).map(|events| {
-                    events
-                        .into_iter()
-                        .map(|e| {
-                            let n = NewEvent::new(e, actor.clone());
-                            let corr = n.correlation_id.clone().unwrap_or_else(|| deploy.clone());
-                            n.correlated(corr).caused_by(cause)
-                        })
-                        .collect()
-                })
+                Ok(s.deploy(deploy)
+                    .is_some_and(awaits_digest)
+                    .then(|| command.clone()))
             },
         )
         .await;

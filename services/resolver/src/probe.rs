@@ -21,9 +21,8 @@ use std::sync::{Arc, RwLock};
 
 use berth_domain::reference::Reference;
 use berth_domain::service::{self, ServiceState};
-use berth_domain::Ctx;
 use berth_eventlog::projection::{Projection, ProjectionOptions, ProjectionRunner};
-use berth_eventlog::NewEvent;
+use berth_eventlog::Stamp;
 use berth_oci::Credential;
 use berth_schemas::ids::{CredentialId, DeployId, OwnerId, ServiceId};
 use berth_schemas::model::DeployStatus;
@@ -260,25 +259,15 @@ async fn mark_missing(inner: &Inner, t: &Target) {
         deploy: t.deploy.clone(),
         digest: t.digest.clone(),
     };
-    let actor = Actor::system("resolver");
+    let stamp = Stamp::of_deploy(Actor::system("resolver"), Some(t.deploy.clone()))
+        .caused_by("rollback-probe");
     let done = inner
         .store
-        .execute(
+        .execute::<service::Service>(
             &AggregateId::Service(t.service.clone()),
             &format!("probe-missing-{}", t.deploy),
-            service::fold,
-            |s: &ServiceState| {
-                service::decide(s, command.clone(), &Ctx::default()).map(|events| {
-                    events
-                        .into_iter()
-                        .map(|e| {
-                            NewEvent::new(e, actor.clone())
-                                .correlated(t.deploy.clone())
-                                .caused_by("rollback-probe")
-                        })
-                        .collect()
-                })
-            },
+            &stamp,
+            command,
         )
         .await;
     match done {
@@ -296,6 +285,7 @@ async fn mark_missing(inner: &Inner, t: &Target) {
 mod tests {
     use super::*;
     use berth_domain::service::{apply, decide, Command, CreateService, DeployRequest};
+    use berth_domain::Ctx;
     use berth_schemas::ids::{NodeId, UserId};
     use berth_schemas::model::{DeployTrigger, OverlapPolicy, ResolvedImage, Sealed, ServiceType};
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use berth_domain::node::{self as node_rules, NodeState};
 use berth_domain::scheduler::{lost_nodes, ClusterView, NodeCapacity};
 use berth_domain::service::ServiceState;
-use berth_eventlog::{EventStore, NewEvent};
+use berth_eventlog::{EventStore, Stamp};
 use berth_runtime::node_key::NodePublicKey;
 use berth_schemas::ids::{InstanceId, NodeId, ServiceId};
 use berth_schemas::{Actor, AggregateId};
@@ -287,20 +287,12 @@ impl Cluster {
         command: node_rules::Command,
         key: &str,
     ) -> Result<(), SchedulerError> {
-        let actor = Actor::system("scheduler");
         self.store
-            .execute(
+            .execute::<node_rules::Node>(
                 &AggregateId::Node(node.clone()),
                 key,
-                node_rules::fold,
-                |s: &NodeState| {
-                    node_rules::decide(s, command.clone()).map(|events| {
-                        events
-                            .into_iter()
-                            .map(|e| NewEvent::new(e, actor.clone()))
-                            .collect()
-                    })
-                },
+                &Stamp::new(Actor::system("scheduler")),
+                command,
             )
             .await
             .map_err(|e| SchedulerError::Store(e.to_string()))?;

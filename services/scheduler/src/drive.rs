@@ -23,14 +23,16 @@
 //!    started); `MarkLive` / `FailDeploy` go through the service's rules.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_domain::scheduler::{
     place, reconcile, shortfall, ClusterView, RandomIds, PLACEMENT_RETRY,
 };
-use berth_domain::service::{self, Command, Deploy, InstancePhase, ServiceConfig, ServiceState};
-use berth_domain::Ctx;
-use berth_eventlog::{EventStore, NewEvent, Version};
+use berth_domain::service::{
+    self, Command, Deploy, InstancePhase, Service, ServiceConfig, ServiceState,
+};
+use berth_eventlog::{EventStore, ExecuteError, Stamp, Version};
 use berth_schemas::commands::{NodeWork, OneOffPurpose};
 use berth_schemas::ids::{DeployId, InstanceId, NodeId, ServiceId};
 use berth_schemas::model::{DeployPhase, DeployStatus, ServiceType};
@@ -81,7 +83,7 @@ pub(crate) struct Pass<'a> {
     pub(crate) service: &'a ServiceId,
     aggregate: AggregateId,
     version: Version,
-    pub(crate) state: std::sync::Arc<ServiceState>,
+    pub(crate) state: Arc<ServiceState>,
 }
 
 impl Pass<'_> {
@@ -92,38 +94,34 @@ impl Pass<'_> {
     }
 
     /// Decides `command` on the loaded state and appends the outcome at the
-    /// loaded version. True when something was appended (or someone else
-    /// changed the service): the caller passes again.
+    /// loaded version (the plan was made on it). True when something was
+    /// appended (or someone else changed the service): the caller passes
+    /// again.
     pub(crate) async fn decide(&self, command: Command, key: &str) -> Result<bool, SchedulerError> {
         let what = format!("{command:?}");
-        let events = match service::decide(&self.state, command, &Ctx::default()) {
-            Ok(e) => e,
-            Err(e) => {
+        let done = self
+            .inner
+            .store
+            .execute_on::<Service>(
+                &self.aggregate,
+                (Arc::clone(&self.state), self.version),
+                key,
+                &Stamp::new(Actor::system("scheduler")),
+                command,
+            )
+            .await;
+        match done {
+            Ok(done) => Ok(done.appended.is_some_and(|a| {
+                tracing::debug!(service.id = %self.service, key, duplicate = a.duplicate, "appended");
+                true
+            })),
+            Err(ExecuteError::Rejected(e)) => {
                 // The plan was made on this very state, so a refusal is a
                 // rule this scheduler disagrees with: log it, do not loop.
                 tracing::warn!(service.id = %self.service, command = %what, error = %e, "decision refused by the service rules");
-                return Ok(false);
+                Ok(false)
             }
-        };
-        if events.is_empty() {
-            return Ok(false);
-        }
-        let actor = Actor::system("scheduler");
-        let new: Vec<NewEvent> = events
-            .into_iter()
-            .map(|e| NewEvent::new(e, actor.clone()))
-            .collect();
-        match self
-            .inner
-            .store
-            .append(&self.aggregate, self.version, new, key)
-            .await
-        {
-            Ok(a) => {
-                tracing::debug!(service.id = %self.service, key, duplicate = a.duplicate, "appended");
-                Ok(true)
-            }
-            Err(e) if e.is_conflict() => Ok(true),
+            Err(ExecuteError::Append(e)) if e.is_conflict() => Ok(true),
             Err(e) => Err(SchedulerError::Store(e.to_string())),
         }
     }

@@ -9,6 +9,7 @@ mod crash;
 mod deploys;
 mod lifecycle;
 mod lost_node;
+mod parking;
 mod pre_deploy;
 mod room;
 mod scale;

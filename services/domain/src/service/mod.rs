@@ -265,6 +265,11 @@ pub enum Command {
         digest: String,
     },
 
+    /// A node saw `fact` about one of the service's instances (pull
+    /// progress, started, healthy, exited, restarted, stopped): recorded as
+    /// it is ([`crate::node::report`]).
+    RecordInstanceFact(Box<Event>),
+
     // ---- placement, decided by the scheduler ----
     /// Place new instances and move instances off lost nodes, as one decision.
     Place {
@@ -333,6 +338,55 @@ impl Aggregate for Service {
     ) -> Result<Vec<Event>, DomainError> {
         decide(state, command, ctx)
     }
+
+    /// A cron run belongs to the deploy that is live when it starts, ends
+    /// or is skipped: the digest it runs is that deploy's.
+    fn correlation(state: &ServiceState, event: &Event) -> Option<DeployId> {
+        match event {
+            Event::CronJobRunStarted(_)
+            | Event::CronJobRunEnded(_)
+            | Event::CronJobRunSkipped(_) => state.live.clone(),
+            _ => None,
+        }
+    }
+}
+
+/// A service's state folded with every deploy it ever had
+/// ([`ServiceState::keeping_every_deploy`]): what a look past the recent
+/// deploys a service holds is decided or answered on. A type of its own,
+/// so the store never mistakes it for the usual fold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EveryDeploy(pub ServiceState);
+
+impl Default for EveryDeploy {
+    fn default() -> Self {
+        EveryDeploy(ServiceState::keeping_every_deploy())
+    }
+}
+
+/// The service aggregate over [`EveryDeploy`]: the same rules.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServiceHistory;
+
+impl Aggregate for ServiceHistory {
+    type State = EveryDeploy;
+    type Command = Command;
+
+    fn apply(state: EveryDeploy, event: &Event) -> EveryDeploy {
+        EveryDeploy(apply(state.0, event))
+    }
+
+    fn fold(state: EveryDeploy, envelope: &Envelope) -> EveryDeploy {
+        EveryDeploy(fold(state.0, envelope))
+    }
+
+    fn decide(state: &EveryDeploy, command: Command, ctx: &Ctx) -> Result<Vec<Event>, DomainError> {
+        decide(&state.0, command, ctx)
+    }
+
+    fn correlation(state: &EveryDeploy, event: &Event) -> Option<DeployId> {
+        Service::correlation(&state.0, event)
+    }
 }
 
 /// Folds an envelope (records its time): `fold(S, &Envelope) -> S` for the store.
@@ -352,6 +406,9 @@ pub fn decide(
     if let Command::AbandonCreation = command {
         return Ok(lifecycle::abandon_creation(state));
     }
+    if let Command::RecordInstanceFact(fact) = command {
+        return crate::node::report(state, *fact);
+    }
     // A deleted service's instances are still taken out of routing and let
     // go by the scheduler: refused, they would run on and hold their
     // nodes' CPU and memory for good.
@@ -362,7 +419,7 @@ pub fn decide(
     }
     match command {
         Command::Create(_) => Err(DomainError::conflict("service already exists")),
-        Command::AbandonCreation => Ok(vec![]),
+        Command::AbandonCreation | Command::RecordInstanceFact(_) => Ok(vec![]),
         Command::Update { settings, deploy } => lifecycle::update(state, settings, deploy, ctx),
         Command::Suspend => Ok(lifecycle::suspend(state)),
         Command::Resume { deploy } => lifecycle::resume(state, deploy),
