@@ -8,6 +8,7 @@ mod credential_change;
 mod docs;
 mod events;
 mod fuzz;
+mod history;
 mod hooks;
 mod isolation;
 mod listing;

@@ -305,6 +305,22 @@ impl App {
         )
     }
 
+    /// A service's state as the store folds it.
+    pub async fn ingress_state(
+        &self,
+        id: &berth_schemas::ids::ServiceId,
+    ) -> berth_domain::service::ServiceState {
+        let (state, _) = self
+            .store
+            .state(
+                &AggregateId::Service(id.clone()),
+                berth_domain::service::fold,
+            )
+            .await
+            .unwrap();
+        (*state).clone()
+    }
+
     /// The last sequence of the event stream.
     pub async fn last_seq(&self) -> u64 {
         self.store.last_stream_seq().await.unwrap()
