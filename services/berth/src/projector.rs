@@ -52,6 +52,10 @@ impl Projection for LogSummary {
         self.clone()
     }
 
+    fn snapshot_ref(&self) -> Option<&Self::Snapshot> {
+        Some(self)
+    }
+
     fn restore(&mut self, snapshot: Self::Snapshot) {
         *self = snapshot;
     }

@@ -114,6 +114,10 @@ impl Projection for CronView {
         self.clone()
     }
 
+    fn snapshot_ref(&self) -> Option<&CronView> {
+        Some(self)
+    }
+
     fn restore(&mut self, snapshot: CronView) {
         *self = snapshot;
     }

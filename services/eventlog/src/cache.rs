@@ -25,6 +25,12 @@ const SHARDS: usize = 16;
 /// history again is rare: only a reader without a folded state does.
 pub(crate) const MAX_EVENTS: usize = 4096;
 
+/// Events one shard holds in all, at most: a full shard starts over. Ten
+/// thousand services of a hundred events each would otherwise keep a
+/// million envelopes (most of a gigabyte) for readers that decide on
+/// folded states anyway.
+const SHARD_EVENTS: usize = 8192;
+
 /// One cached aggregate: its commits in order and the version after them.
 #[derive(Debug, Default)]
 struct Entry {
@@ -48,7 +54,27 @@ impl Entry {
     }
 }
 
-type Shard = Mutex<HashMap<AggregateId, Entry>>;
+/// One shard: its aggregates and the events they hold in all.
+#[derive(Debug, Default)]
+struct ShardMap {
+    map: HashMap<AggregateId, Entry>,
+    events: usize,
+}
+
+impl ShardMap {
+    fn remove(&mut self, id: &AggregateId) {
+        if let Some(e) = self.map.remove(id) {
+            self.events -= e.events;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.events = 0;
+    }
+}
+
+type Shard = Mutex<ShardMap>;
 
 /// A bounded map of aggregates; a full shard forgets everything it holds
 /// (cheap, and a miss only costs direct gets).
@@ -62,7 +88,7 @@ pub(crate) struct AggregateCache {
 impl AggregateCache {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(ShardMap::default())).collect(),
             hasher: RandomState::new(),
             per_shard: capacity.div_ceil(SHARDS),
         }
@@ -74,7 +100,7 @@ impl AggregateCache {
     }
 
     pub(crate) fn get(&self, id: &AggregateId) -> Option<Loaded> {
-        self.shard(id).lock().ok()?.get(id).map(Entry::to_loaded)
+        self.shard(id).lock().ok()?.map.get(id).map(Entry::to_loaded)
     }
 
     pub(crate) fn put(&self, id: &AggregateId, loaded: &Loaded) {
@@ -82,14 +108,17 @@ impl AggregateCache {
             return;
         }
         if let Ok(mut map) = self.shard(id).lock() {
+            map.remove(id);
             if loaded.events.len() > MAX_EVENTS {
-                map.remove(id);
                 return;
             }
-            if map.len() >= self.per_shard && !map.contains_key(id) {
+            if map.map.len() >= self.per_shard
+                || map.events + loaded.events.len() > SHARD_EVENTS
+            {
                 map.clear();
             }
-            map.insert(
+            map.events += loaded.events.len();
+            map.map.insert(
                 id.clone(),
                 Entry {
                     commits: vec![Arc::from(loaded.events.as_slice())],
@@ -126,13 +155,18 @@ impl AggregateCache {
         };
         // Made against another version: the entry stays a true prefix and
         // the next load fetches what it lacks.
-        if let Some(c) = map.get_mut(id).filter(|c| c.version == expected) {
-            c.commits.push(Arc::clone(events));
-            c.version = version;
-            c.events += events.len();
-            if c.events > MAX_EVENTS {
-                map.remove(id);
-            }
+        let Some(c) = map.map.get_mut(id).filter(|c| c.version == expected) else {
+            return;
+        };
+        c.commits.push(Arc::clone(events));
+        c.version = version;
+        c.events += events.len();
+        let too_long = c.events > MAX_EVENTS;
+        map.events += events.len();
+        if too_long {
+            map.remove(id);
+        } else if map.events > SHARD_EVENTS {
+            map.clear();
         }
     }
 }
@@ -191,6 +225,30 @@ mod tests {
         assert_eq!(seqs, vec![1, 2, 3]);
         cache.forget(&a);
         assert!(cache.get(&a).is_none());
+    }
+
+    #[test]
+    fn many_aggregates_hold_a_bounded_number_of_events() {
+        let cache = AggregateCache::new(10_000);
+        for _ in 0..2000 {
+            let a = AggregateId::Service(ServiceId::generate());
+            let events: Vec<Envelope> = (1..=100).map(|n| env(&a, n)).collect();
+            cache.put(
+                &a,
+                &Loaded {
+                    events,
+                    version: v(100, 100),
+                },
+            );
+        }
+        let shards = cache.shards.iter().map(|s| s.lock().unwrap());
+        let (mut held, mut counted) = (0, 0);
+        for shard in shards {
+            held += shard.events;
+            counted += shard.map.values().map(|e| e.events).sum::<usize>();
+        }
+        assert_eq!(held, counted);
+        assert!(held > 0 && held <= SHARDS * SHARD_EVENTS, "{held} events held");
     }
 
     #[test]

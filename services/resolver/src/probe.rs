@@ -55,6 +55,10 @@ impl Projection for Services {
         self.0.clone()
     }
 
+    fn snapshot_ref(&self) -> Option<&Self::Snapshot> {
+        Some(&self.0)
+    }
+
     fn restore(&mut self, snapshot: Self::Snapshot) {
         self.0 = snapshot;
     }

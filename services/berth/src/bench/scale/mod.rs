@@ -94,17 +94,56 @@ impl Up {
 
     /// Resident and peak memory of the process, in MiB.
     fn memory(&self) -> Option<(f64, f64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()?)).ok()?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-                .map(|kb| kb / 1024.0)
-        };
-        Some((field("VmRSS:")?, field("VmHWM:")?))
+        memory_of(self.child.id()?)
     }
+
+    /// Samples the resident memory every 20 ms; the highest seen since the
+    /// last `take` is read with it.
+    fn sampler(&self) -> Sampler {
+        let max = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let pid = self.child.id();
+        let m = max.clone();
+        let task = tokio::spawn(async move {
+            while let Some((rss, _)) = pid.and_then(memory_of) {
+                m.fetch_max(rss as u64, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        Sampler { max, task }
+    }
+}
+
+/// The highest resident memory a process reached while sampled.
+struct Sampler {
+    max: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sampler {
+    /// The highest resident MiB since the last call.
+    fn take(&self) -> u64 {
+        self.max.swap(0, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Resident and peak memory of process `pid`, in MiB.
+fn memory_of(pid: u32) -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 /// What `berth up` wrote on its first start.
@@ -147,6 +186,38 @@ async fn until_listing(
             bail!("the API did not answer a listing within {within:?}");
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until no consumer of the event log has anything pending or
+/// unacknowledged.
+async fn caught_up(url: &str, within: Duration) -> anyhow::Result<Duration> {
+    use futures::TryStreamExt;
+    let client = async_nats::connect(url).await.context("connecting")?;
+    let js = async_nats::jetstream::new(client);
+    let subjects = berth_schemas::Subjects::new("berth").map_err(anyhow::Error::msg)?;
+    let stream = js
+        .get_stream(subjects.events_stream())
+        .await
+        .context("the event stream")?;
+    let started = Instant::now();
+    loop {
+        let infos: Vec<_> = stream
+            .consumers()
+            .try_collect()
+            .await
+            .context("listing consumers")?;
+        let behind = infos
+            .iter()
+            .filter(|c| c.num_pending > 0 || c.num_ack_pending > 0)
+            .count();
+        if behind == 0 {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > within {
+            bail!("{behind} consumers of the log still behind after {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -268,15 +339,21 @@ async fn measure(
         "first hook on the big service ever: {:.1} ms",
         big_cold.as_secs_f64() * 1000.0
     );
-    // Room for the read models' periodic snapshots.
+    // A restart is measured on a berth that had caught up: every consumer
+    // of the log through the history, then room for the read models'
+    // periodic snapshots.
+    let caught = caught_up(url, Duration::from_secs(1800)).await?;
+    println!("every consumer of the log caught up {:.1} s after that", caught.as_secs_f64());
     tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
     up.stop().await?;
 
     // The measured restart.
     let mut up = Up::spawn(data, url)?;
+    let sampler = up.sampler();
     let answering =
         until_listing(http, &mut up, &creds.api_key, 1, Duration::from_secs(600)).await?;
     let after_start = up.memory();
+    let peak_start = sampler.take();
     let mut list = histogram()?;
     let mut cursor: Option<String> = None;
     for _ in 0..args.list_requests {
@@ -306,6 +383,7 @@ async fn measure(
             .map(str::to_owned)
             .filter(|_| list.len() % 20 != 0);
     }
+    let peak_list = sampler.take();
     let big_first = hook(http, &up.api, &seeded.big).await?;
     let fresh_first = hook(http, &up.api, &seeded.fresh).await?;
     let (mut big, mut fresh) = (histogram()?, histogram()?);
@@ -314,6 +392,12 @@ async fn measure(
         fresh.record(hook(http, &up.api, &seeded.fresh).await?.as_micros() as u64)?;
     }
     let after_all = up.memory();
+    let peak_hooks = sampler.take();
+    // And what it settles at once the work the hooks started is done.
+    tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
+    let settled = up.memory();
+    let peak_settle = sampler.take();
+    drop(sampler);
     up.stop().await?;
 
     let mem = |m: Option<(f64, f64)>| {
@@ -326,8 +410,19 @@ async fn measure(
         "  API answering a listing  {:>8.2} s after spawning berth up",
         answering.as_secs_f64()
     );
-    println!("  memory after start       {}", mem(after_start));
-    println!("  memory after the runs    {}", mem(after_all));
+    println!(
+        "  memory after start       {} (highest sampled while starting {peak_start} MiB)",
+        mem(after_start)
+    );
+    println!(
+        "  memory after the runs    {} (highest sampled: listing {peak_list} MiB, hooks {peak_hooks} MiB)",
+        mem(after_all)
+    );
+    println!(
+        "  memory {} s later        {} (highest sampled {peak_settle} MiB)",
+        args.settle_secs,
+        mem(settled)
+    );
     println!(
         "  GET /v1/services?limit=100  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} requests)",
         ms(&list, 0.5),
