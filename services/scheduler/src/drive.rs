@@ -54,11 +54,34 @@ pub(crate) enum Next {
     Again,
 }
 
-/// Drives `service` until a pass has nothing left to do.
+/// How long a pass under way when the scheduler is told to stop may take
+/// to finish before it is dropped (safe: every pass starts from the log,
+/// so the next start finishes what it began).
+const IN_FLIGHT_GRACE: Duration = Duration::from_secs(2);
+
+/// Drives `service` until a pass has nothing left to do, or the scheduler
+/// stops.
 pub(crate) async fn drive(inner: &Inner, service: &ServiceId) -> Result<(), SchedulerError> {
+    let stopped = async {
+        inner.shutdown.cancelled().await;
+        tokio::time::sleep(IN_FLIGHT_GRACE).await;
+    };
+    tokio::select! {
+        done = rounds(inner, service) => done,
+        _ = stopped => {
+            tracing::debug!(service.id = %service, "pass dropped at shutdown");
+            Ok(())
+        }
+    }
+}
+
+async fn rounds(inner: &Inner, service: &ServiceId) -> Result<(), SchedulerError> {
     let lock = inner.service_lock(service);
     let _held = lock.lock().await;
     for _ in 0..MAX_ROUNDS {
+        if inner.shutdown.is_cancelled() {
+            return Ok(());
+        }
         let t0 = std::time::Instant::now();
         let next = pass(inner, service).await;
         metrics::histogram!("berth_scheduler_pass_seconds").record(t0.elapsed().as_secs_f64());

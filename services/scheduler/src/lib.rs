@@ -130,10 +130,23 @@ impl Inner {
                 }
             }
             if let Err(e) = drive::drive(&me, &service).await {
-                tracing::warn!(service.id = %service, error = %e, "timed pass failed; retrying");
-                me.requeue(&service, Duration::from_secs(1));
+                me.failed(&service, &e, "timed pass failed; retrying");
             }
         });
+    }
+}
+
+impl Inner {
+    /// A pass over `service` failed: it is tried again soon, unless the
+    /// scheduler is stopping (then the store is likely going away too, and
+    /// every retry would fail the same way and hold up the shutdown).
+    fn failed(&self, service: &ServiceId, e: &SchedulerError, what: &'static str) {
+        if self.shutdown.is_cancelled() {
+            tracing::debug!(service.id = %service, error = %e, "pass failed while stopping; left to the next start");
+            return;
+        }
+        tracing::warn!(service.id = %service, error = %e, "{what}");
+        self.requeue(service, Duration::from_secs(1));
     }
 }
 
@@ -271,7 +284,13 @@ impl WorkHandler for Commits {
                 tracing::info_span!("drive", service.id = %service, stream.seq = job.stream_seq),
             )
             .await
-            .map_err(|e| WorkError::Retry(e.to_string()))
+            .map_err(|e| WorkError::Retry(e.to_string()))?;
+        if self.0.shutdown.is_cancelled() {
+            // The pass may have been cut short: another copy (or the next
+            // start) drives the service again.
+            return Err(WorkError::Retry("scheduler stopping".into()));
+        }
+        Ok(())
     }
 }
 
@@ -297,12 +316,16 @@ async fn sweep(inner: &Arc<Inner>) {
     drive_all(inner, ids).await;
 }
 
+/// Drives `services`, `concurrency` at a time. On shutdown no further
+/// service is taken: a sweep over thousands of services would otherwise
+/// run on past the grace period (what it has not reached, the next start's
+/// sweep does).
 async fn drive_all(inner: &Arc<Inner>, services: Vec<ServiceId>) {
     futures::stream::iter(services)
+        .take_until(inner.shutdown.cancelled())
         .for_each_concurrent(inner.opts.concurrency, |s| async move {
             if let Err(e) = drive::drive(inner, &s).await {
-                tracing::warn!(service.id = %s, error = %e, "pass failed; retrying");
-                inner.requeue(&s, Duration::from_secs(1));
+                inner.failed(&s, &e, "pass failed; retrying");
             }
         })
         .await;
