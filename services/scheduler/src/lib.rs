@@ -6,9 +6,12 @@
 //! scheduler runs the pre-deploy command, starts the update, places
 //! instances on nodes (`work.node.<id>` queues, which `berth-node`
 //! consumes), marks the deploy live once every new instance is healthy and
-//! retires the old ones. The rules are the domain's pure
-//! [`reconcile`](berth_domain::scheduler::reconcile); this crate feeds it
-//! the log and the cluster and carries out its plans ([`drive`](mod@drive)).
+//! retires the old ones. What to do is the domain's pure
+//! [`steps`](berth_domain::scheduler::steps) (the deploy pipeline and
+//! [`reconcile`](berth_domain::scheduler::reconcile)); this crate feeds it
+//! the log and the cluster and carries out the steps ([`drive`](mod@drive),
+//! [`carry`](mod@carry)): appends through the store's command path, node
+//! work composed with its secrets and enqueued, timers.
 //!
 //! Triggers, all level-triggered (a pass reads the log, never a message's
 //! content), so any of them may be lost or repeated:
@@ -137,6 +140,17 @@ impl Inner {
 }
 
 impl Inner {
+    /// The settings the domain's steps depend on.
+    pub(crate) fn timings(&self) -> berth_domain::scheduler::Timings {
+        berth_domain::scheduler::Timings {
+            pre_deploy_timeout_secs: self.opts.pre_deploy_timeout_secs,
+            pre_deploy_grace: self.opts.pre_deploy_grace,
+            duplicate_window: self.store.config().duplicate_window,
+            drain_delay: self.opts.drain_delay,
+            pull_backoff: self.opts.pull_backoff,
+        }
+    }
+
     /// A pass over `service` failed: it is tried again soon, unless the
     /// scheduler is stopping (then the store is likely going away too, and
     /// every retry would fail the same way and hold up the shutdown).
