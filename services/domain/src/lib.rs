@@ -15,7 +15,8 @@
 //! - [`aggregate`]: the [`Aggregate`] trait the event store drives, and
 //!   [`Ctx`]; [`error`]: [`DomainError`], every variant the caller's fault;
 //! - [`reference`](mod@reference): image references (SPEC §2);
-//! - [`scheduler`]: what runs where: reconcile, placement, lost nodes;
+//! - [`scheduler`]: what happens next for a service: a pass's steps (the
+//!   deploy pipeline, then reconcile: what runs where), placement, lost nodes;
 //! - [`timeline`]: which service facts users see, as Render's service event
 //!   types, and the per-service read model the API serves and the notifier
 //!   publishes from.

@@ -6,9 +6,12 @@
 //! scheduler runs the pre-deploy command, starts the update, places
 //! instances on nodes (`work.node.<id>` queues, which `berth-node`
 //! consumes), marks the deploy live once every new instance is healthy and
-//! retires the old ones. The rules are the domain's pure
-//! [`reconcile`](berth_domain::scheduler::reconcile); this crate feeds it
-//! the log and the cluster and carries out its plans ([`drive`](mod@drive)).
+//! retires the old ones. What to do is the domain's pure
+//! [`steps`](berth_domain::scheduler::steps) (the deploy pipeline and
+//! [`reconcile`](berth_domain::scheduler::reconcile)); this crate feeds it
+//! the log and the cluster and carries out the steps ([`drive`](mod@drive),
+//! [`carry`](mod@carry)): appends through the store's command path, node
+//! work composed with its secrets and enqueued, timers.
 //!
 //! Triggers, all level-triggered (a pass reads the log, never a message's
 //! content), so any of them may be lost or repeated:
@@ -130,10 +133,34 @@ impl Inner {
                 }
             }
             if let Err(e) = drive::drive(&me, &service).await {
-                tracing::warn!(service.id = %service, error = %e, "timed pass failed; retrying");
-                me.requeue(&service, Duration::from_secs(1));
+                me.failed(&service, &e, "timed pass failed; retrying");
             }
         });
+    }
+}
+
+impl Inner {
+    /// The settings the domain's steps depend on.
+    pub(crate) fn timings(&self) -> berth_domain::scheduler::Timings {
+        berth_domain::scheduler::Timings {
+            pre_deploy_timeout_secs: self.opts.pre_deploy_timeout_secs,
+            pre_deploy_grace: self.opts.pre_deploy_grace,
+            duplicate_window: self.store.config().duplicate_window,
+            drain_delay: self.opts.drain_delay,
+            pull_backoff: self.opts.pull_backoff,
+        }
+    }
+
+    /// A pass over `service` failed: it is tried again soon, unless the
+    /// scheduler is stopping (then the store is likely going away too, and
+    /// every retry would fail the same way and hold up the shutdown).
+    fn failed(&self, service: &ServiceId, e: &SchedulerError, what: &'static str) {
+        if self.shutdown.is_cancelled() {
+            tracing::debug!(service.id = %service, error = %e, "pass failed while stopping; left to the next start");
+            return;
+        }
+        tracing::warn!(service.id = %service, error = %e, "{what}");
+        self.requeue(service, Duration::from_secs(1));
     }
 }
 
@@ -271,7 +298,13 @@ impl WorkHandler for Commits {
                 tracing::info_span!("drive", service.id = %service, stream.seq = job.stream_seq),
             )
             .await
-            .map_err(|e| WorkError::Retry(e.to_string()))
+            .map_err(|e| WorkError::Retry(e.to_string()))?;
+        if self.0.shutdown.is_cancelled() {
+            // The pass may have been cut short: another copy (or the next
+            // start) drives the service again.
+            return Err(WorkError::Retry("scheduler stopping".into()));
+        }
+        Ok(())
     }
 }
 
@@ -297,12 +330,16 @@ async fn sweep(inner: &Arc<Inner>) {
     drive_all(inner, ids).await;
 }
 
+/// Drives `services`, `concurrency` at a time. On shutdown no further
+/// service is taken: a sweep over thousands of services would otherwise
+/// run on past the grace period (what it has not reached, the next start's
+/// sweep does).
 async fn drive_all(inner: &Arc<Inner>, services: Vec<ServiceId>) {
     futures::stream::iter(services)
+        .take_until(inner.shutdown.cancelled())
         .for_each_concurrent(inner.opts.concurrency, |s| async move {
             if let Err(e) = drive::drive(inner, &s).await {
-                tracing::warn!(service.id = %s, error = %e, "pass failed; retrying");
-                inner.requeue(&s, Duration::from_secs(1));
+                inner.failed(&s, &e, "pass failed; retrying");
             }
         })
         .await;

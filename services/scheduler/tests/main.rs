@@ -13,5 +13,6 @@ mod parking;
 mod pre_deploy;
 mod room;
 mod scale;
+mod shutdown;
 mod triggers;
 mod update_failed;

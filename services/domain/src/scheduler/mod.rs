@@ -1,9 +1,12 @@
-//! The scheduler's pure core: what should run where, decided from one
-//! service's state and a snapshot of the cluster. [`reconcile`] returns a
-//! [`Plan`] of actions and when to look again; the worker that carries it
-//! out appends the resulting facts, and the next reconcile sees them. It is
-//! level-triggered: the same state and view always give the same plan, and
-//! a state where everything is in place gives no actions.
+//! The scheduler's pure core: what happens next for one service, decided
+//! from its state, a snapshot of the cluster and the time. [`steps`] is a
+//! whole pass: the [`Step`]s the scheduler carries out in order (decide
+//! this service command, enqueue this node work, look again after this
+//! long), made of the running deploy's [`pipeline`] and [`reconcile`]'s
+//! [`Plan`] of what should run where. The scheduler appends the resulting
+//! facts, and the next pass sees them. It is level-triggered: the same
+//! state and view always give the same steps, and a state where everything
+//! is in place gives none.
 //!
 //! Rules (SPEC §6, §10, §11):
 //! - a suspended or deleted service runs nothing: every instance is stopped;
@@ -34,12 +37,16 @@
 //!   the node that comes closest), and a deploy that fails for want of room
 //!   says so in its reason.
 
+mod pipeline;
 mod place;
+mod steps;
 
 #[cfg(test)]
 mod props;
 #[cfg(test)]
 mod sim;
+#[cfg(test)]
+mod steps_tests;
 #[cfg(test)]
 mod tests;
 
@@ -55,7 +62,9 @@ use berth_schemas::model::{DeployPhase, DeployStatus, Plan as Size, ServiceType}
 use berth_schemas::Event;
 use chrono::{DateTime, TimeDelta, Utc};
 
+pub use pipeline::pre_deploy_instance;
 pub use place::{lost_nodes, place, shortfall, NodeCapacity, PlacementError};
+pub use steps::{steps, Recheck, Step, Timings, Work};
 
 use crate::service::{Deploy, Instance, InstancePhase, ServiceState, ServiceStatus};
 use place::{place_one, reserve_at, Spread};
@@ -81,6 +90,11 @@ impl ClusterView {
             nodes,
             readiness_window: DEFAULT_READINESS_WINDOW,
         }
+    }
+
+    /// True when `node` is recorded lost (`node_lost` is in its log).
+    pub fn is_recorded_lost(&self, node: &NodeId) -> bool {
+        self.nodes.iter().any(|n| &n.id == node && n.lost)
     }
 
     /// True when `node` may hold running instances: known and not lost.

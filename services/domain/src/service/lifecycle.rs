@@ -1,27 +1,25 @@
-//! Service lifecycle decisions: create, update, suspend/resume, delete,
-//! scale, restart, and cron runs (SPEC §4, §10, §11).
+//! Service lifecycle: create, update, suspend/resume, delete, scale,
+//! restart (SPEC §4, §10, §11): the decisions, and the `apply` of the
+//! settings and lifecycle events they produce.
 
 use berth_schemas::events::{
-    CronJobRunEnded, CronJobRunSkipped, CronJobRunStarted, DeployCreated, InstanceCountChanged,
-    RestartRequested, ServiceCreated, ServiceCreationAbandoned, ServiceDeleted, ServiceResumed,
-    ServiceSettings, ServiceSuspended, ServiceUpdated,
+    CronJobRunEnded, DeployCreated, InstanceCountChanged, RestartRequested, ServiceCreated,
+    ServiceCreationAbandoned, ServiceDeleted, ServiceResumed, ServiceSettings, ServiceSuspended,
+    ServiceUpdated,
 };
-use berth_schemas::ids::{CronRunId, DeployId};
+use berth_schemas::ids::DeployId;
 use berth_schemas::model::{DeployTrigger, ServiceType};
 use berth_schemas::Event;
 use chrono::{DateTime, Utc};
 
 use super::deploys::{self, config};
-use super::state::{merge, ServiceState, ServiceStatus};
+use super::state::{ServiceConfig, ServiceState, ServiceStatus};
 use super::validate;
 use super::CreateService;
 use crate::aggregate::Ctx;
 use crate::error::DomainError;
 
 type Decision = Result<Vec<Event>, DomainError>;
-
-/// How a cron run may end.
-pub const CRON_RUN_STATUSES: [&str; 4] = ["succeeded", "failed", "canceled", "timed_out"];
 
 pub(super) fn create(state: &ServiceState, c: CreateService, ctx: &Ctx) -> Decision {
     if state.status == ServiceStatus::Deleted && state.config.is_none() {
@@ -310,102 +308,76 @@ pub(super) fn restart(state: &ServiceState) -> Decision {
     Ok(vec![RestartRequested {}.into()])
 }
 
-fn require_cron(state: &ServiceState) -> Result<(), DomainError> {
-    if config(state)?.service_type != ServiceType::CronJob {
-        return Err(DomainError::invalid("type", "only cron jobs have runs"));
+/// Merges the settings an update changed into `cfg`.
+pub(super) fn merge(cfg: &mut ServiceConfig, s: &ServiceSettings) {
+    fn set<T: Clone>(field: &mut T, value: &Option<T>) {
+        if let Some(v) = value {
+            *field = v.clone();
+        }
     }
-    Ok(())
+    set(&mut cfg.name, &s.name);
+    set(&mut cfg.image, &s.image);
+    set(&mut cfg.credential, &s.credential);
+    set(&mut cfg.plan, &s.plan);
+    set(&mut cfg.docker_command, &s.docker_command);
+    set(&mut cfg.env_vars, &s.env_vars);
+    set(&mut cfg.pre_deploy_command, &s.pre_deploy_command);
+    if let Some(p) = &s.health_check_path {
+        cfg.health_check_path = Some(p.clone());
+    }
+    if let Some(p) = &s.schedule {
+        cfg.schedule = Some(p.clone());
+    }
+    set(&mut cfg.notify, &s.notify);
+    set(&mut cfg.overlap_policy, &s.overlap_policy);
+    set(&mut cfg.shutdown_delay_secs, &s.shutdown_delay_secs);
 }
 
-pub(super) fn start_cron_run(
-    state: &ServiceState,
-    run: CronRunId,
-    manual: bool,
-    scheduled_for: Option<DateTime<Utc>>,
-) -> Decision {
-    require_cron(state)?;
-    let cron = &state.cron;
-    if cron.active.as_ref().map(|r| &r.id) == Some(&run) || cron.last_ended.as_ref() == Some(&run) {
-        return Ok(vec![]);
-    }
-    if !manual && scheduled_for.is_none() {
-        return Err(DomainError::invalid(
-            "scheduledFor",
-            "a scheduled run needs the time it was scheduled for",
-        ));
-    }
-    if state.status == ServiceStatus::Suspended {
-        return Err(DomainError::conflict("cron job is suspended"));
-    }
-    let Some(digest) = state.current_digest() else {
-        return Err(DomainError::conflict(
-            "cron job has no live deploy yet, so no image to run",
-        ));
-    };
-    let started: Event = CronJobRunStarted {
-        run,
-        digest: digest.to_owned(),
-        manual,
-    }
-    .into();
-    match (&cron.active, scheduled_for) {
-        (None, _) => Ok(vec![started]),
-        // "Trigger run" cancels the active run and starts a new one (SPEC §10).
-        (Some(active), _) if manual => Ok(vec![
-            CronJobRunEnded {
-                run: active.id.clone(),
-                status: "canceled".to_owned(),
-                exit_code: None,
+/// Applies a settings or lifecycle event; any other leaves `s` unchanged.
+pub(super) fn apply(s: &mut ServiceState, event: &Event, time: Option<DateTime<Utc>>) {
+    match event {
+        Event::ServiceCreated(e) if s.status == ServiceStatus::NotCreated => {
+            s.status = ServiceStatus::Active;
+            s.config = Some(e.clone());
+            s.created_at = time;
+            s.updated_at = time;
+        }
+        Event::ServiceUpdated(e) => {
+            if let Some(c) = s.config.as_mut() {
+                merge(c, &e.settings);
+                s.updated_at = time;
             }
-            .into(),
-            started,
-        ]),
-        (Some(_), Some(at)) if cron.last_skipped == Some(at) => Ok(vec![]),
-        (Some(active), Some(at)) => Ok(vec![CronJobRunSkipped {
-            scheduled_for: at,
-            active_run: active.id.clone(),
         }
-        .into()]),
-        (Some(_), None) => Ok(vec![]),
-    }
-}
-
-pub(super) fn cancel_cron_run(state: &ServiceState, run: &CronRunId) -> Decision {
-    require_cron(state)?;
-    match &state.cron.active {
-        Some(active) if &active.id == run => Ok(vec![CronJobRunEnded {
-            run: run.clone(),
-            status: "canceled".to_owned(),
-            exit_code: None,
+        Event::DeployHookKeyRegenerated(e) => {
+            if let Some(c) = s.config.as_mut() {
+                c.hook_key = e.hook_key.clone();
+            }
         }
-        .into()]),
-        _ if state.cron.last_ended.as_ref() == Some(run) => Ok(vec![]),
-        _ => Err(DomainError::not_found("cron run", run)),
-    }
-}
-
-pub(super) fn cron_run_ended(
-    state: &ServiceState,
-    run: &CronRunId,
-    status: String,
-    exit_code: Option<i32>,
-) -> Decision {
-    require_cron(state)?;
-    if !CRON_RUN_STATUSES.contains(&status.as_str()) {
-        return Err(DomainError::invalid(
-            "status",
-            format!("must be one of {}", CRON_RUN_STATUSES.join(", ")),
-        ));
-    }
-    // Only the active run can end; a report about an earlier one (canceled,
-    // replaced by a manual trigger) is late and changes nothing.
-    match &state.cron.active {
-        Some(active) if &active.id == run => Ok(vec![CronJobRunEnded {
-            run: run.clone(),
-            status,
-            exit_code,
+        Event::InstanceCountChanged(e) => {
+            if let Some(c) = s.config.as_mut() {
+                c.num_instances = e.to;
+                s.updated_at = time;
+            }
         }
-        .into()]),
-        _ => Ok(vec![]),
+        Event::ServiceSuspended(_) if s.status == ServiceStatus::Active => {
+            s.status = ServiceStatus::Suspended;
+            s.updated_at = time;
+        }
+        Event::ServiceResumed(_) if s.status == ServiceStatus::Suspended => {
+            s.status = ServiceStatus::Active;
+            s.updated_at = time;
+        }
+        Event::ServiceDeleted(_) if s.exists() => {
+            s.status = ServiceStatus::Deleted;
+            s.updated_at = time;
+        }
+        Event::ServiceCreationAbandoned(_) if s.status == ServiceStatus::NotCreated => {
+            s.status = ServiceStatus::Deleted;
+            s.updated_at = time;
+        }
+        Event::RestartRequested(_) => {
+            s.restart_requested_at = time;
+        }
+        _ => {}
     }
 }

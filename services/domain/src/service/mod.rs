@@ -6,6 +6,14 @@
 //! - [`apply`] / [`apply_at`] fold events into a [`ServiceState`];
 //! - [`decide`] turns a [`Command`] into the events to append, atomically.
 //!
+//! Each concern keeps its decisions and the `apply` of the events they
+//! produce together, so the folder reads as the event flow:
+//! `lifecycle.rs` (create, settings, suspend/resume, delete, scale,
+//! restart), `deploys/` (a deploy's state machine: requests, worker facts,
+//! and in `deploys/apply.rs` every change to a deploy's state),
+//! `instances/` (where instances run: placement facts and node reports),
+//! `cron.rs` (cron runs); `state.rs` holds the [`ServiceState`] they share.
+//!
 //! Decisions and the deploy state machine:
 //!
 //! ```text
@@ -35,10 +43,10 @@
 //!   credential attached to the service, the only one that cannot be removed
 //!   under it.
 
+mod cron;
 mod deploys;
 pub mod instances;
 mod lifecycle;
-mod placement;
 mod state;
 pub mod validate;
 
@@ -56,12 +64,11 @@ use berth_schemas::model::{
 use berth_schemas::{Envelope, Event};
 use chrono::{DateTime, Utc};
 
+pub use cron::{CronRun, CronState, CRON_RUN_STATUSES};
+pub use deploys::{Deploy, PreDeployOutcome, PullFailures};
 pub use instances::{Instance, InstancePhase, Instances};
-pub use lifecycle::{needs_redeploy, CRON_RUN_STATUSES};
-pub use state::{
-    apply, apply_at, CronRun, CronState, Deploy, PreDeployOutcome, PullFailures, ServiceConfig,
-    ServiceState, ServiceStatus, KEPT_ENDED_DEPLOYS,
-};
+pub use lifecycle::needs_redeploy;
+pub use state::{apply, apply_at, ServiceConfig, ServiceState, ServiceStatus, KEPT_ENDED_DEPLOYS};
 
 use crate::aggregate::{Aggregate, Ctx};
 use crate::error::DomainError;
@@ -467,21 +474,23 @@ pub fn decide(
         Command::Place {
             scheduled,
             rescheduled,
-        } => placement::place(state, scheduled, rescheduled),
-        Command::RecordServerFailed { node } => Ok(placement::server_failed(state, node)),
-        Command::Release { instances } => placement::release(state, instances),
-        Command::Drain { instances } => Ok(placement::drain(state, instances)),
-        Command::RecordPlacementBlocked(blocked) => placement::blocked(state, blocked),
+        } => instances::placement::place(state, scheduled, rescheduled),
+        Command::RecordServerFailed { node } => {
+            Ok(instances::placement::server_failed(state, node))
+        }
+        Command::Release { instances } => instances::placement::release(state, instances),
+        Command::Drain { instances } => Ok(instances::placement::drain(state, instances)),
+        Command::RecordPlacementBlocked(blocked) => instances::placement::blocked(state, blocked),
         Command::StartCronRun {
             run,
             manual,
             scheduled_for,
-        } => lifecycle::start_cron_run(state, run, manual, scheduled_for),
-        Command::CancelCronRun { run } => lifecycle::cancel_cron_run(state, &run),
+        } => cron::start_cron_run(state, run, manual, scheduled_for),
+        Command::CancelCronRun { run } => cron::cancel_cron_run(state, &run),
         Command::RecordCronRunEnded {
             run,
             status,
             exit_code,
-        } => lifecycle::cron_run_ended(state, &run, status, exit_code),
+        } => cron::cron_run_ended(state, &run, status, exit_code),
     }
 }

@@ -1,7 +1,11 @@
 //! The service's instances as the scheduler needs them: which deploy each
 //! belongs to, its node, the digest it runs and its phase, folded from the
-//! instance facts nodes report. Stopped and rescheduled-away instances are
-//! dropped, so the map holds only what occupies a node now.
+//! instance facts nodes report ([`crate::node::report`]) and the placement
+//! facts the scheduler decides ([`placement`]). Stopped and
+//! rescheduled-away instances are dropped, so the map holds only what
+//! occupies a node now.
+
+pub(in crate::service) mod placement;
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,8 @@
 //! The deploy state machine (SPEC §6, §7): admitting requests under the
 //! overlap policy, explicit cancels, the facts workers report about the
-//! running deploy, and what follows when the running deploy ends.
+//! running deploy, and what follows when the running deploy ends. Where a
+//! deploy's state changes: these decisions, and in [`apply`] the events
+//! they produce applied to it.
 //!
 //! Worker facts are checked against the deploy they name:
 //! - unknown deploy → not found;
@@ -21,10 +23,15 @@ use berth_schemas::model::{
 };
 use berth_schemas::Event;
 
-use super::state::{Deploy, ServiceConfig, ServiceState, ServiceStatus};
+use super::state::{ServiceConfig, ServiceState, ServiceStatus};
 use super::DeployRequest;
 use crate::error::DomainError;
 use crate::reference::{Digest, Reference};
+
+mod apply;
+
+pub(super) use apply::apply;
+pub use apply::{Deploy, PreDeployOutcome, PullFailures};
 
 type Decision = Result<Vec<Event>, DomainError>;
 

@@ -16,14 +16,14 @@ use berth_schemas::ids::{InstanceId, NodeId};
 use berth_schemas::model::DeployStatus;
 use berth_schemas::Event;
 
-use super::instances::InstancePhase;
-use super::state::{ServiceState, ServiceStatus};
+use super::InstancePhase;
 use crate::error::DomainError;
+use crate::service::state::{ServiceState, ServiceStatus};
 
 type Decision = Result<Vec<Event>, DomainError>;
 
 /// New instances and replacements of lost ones, as one decision.
-pub(super) fn place(
+pub(in crate::service) fn place(
     state: &ServiceState,
     scheduled: Vec<InstanceScheduled>,
     rescheduled: Vec<InstanceRescheduled>,
@@ -80,7 +80,7 @@ pub(super) fn place(
 }
 
 /// `node` was lost: the service's instances there are marked lost.
-pub(super) fn server_failed(state: &ServiceState, node: NodeId) -> Vec<Event> {
+pub(in crate::service) fn server_failed(state: &ServiceState, node: NodeId) -> Vec<Event> {
     let instances: Vec<InstanceId> = state
         .instances
         .on_node(&node)
@@ -95,7 +95,7 @@ pub(super) fn server_failed(state: &ServiceState, node: NodeId) -> Vec<Event> {
 
 /// Marks instances as leaving routing. Unknown, already draining and
 /// not-yet-started ones are skipped, so a repeat appends nothing.
-pub(super) fn drain(state: &ServiceState, instances: Vec<InstanceId>) -> Vec<Event> {
+pub(in crate::service) fn drain(state: &ServiceState, instances: Vec<InstanceId>) -> Vec<Event> {
     instances
         .into_iter()
         .filter(|id| {
@@ -111,7 +111,7 @@ pub(super) fn drain(state: &ServiceState, instances: Vec<InstanceId>) -> Vec<Eve
 /// Instances nobody needs any more that no node will report stopped: on a
 /// lost node, or never started (a node that does start one later is sent a
 /// stop as well, and its report of that is a harmless repeat).
-pub(super) fn release(state: &ServiceState, instances: Vec<InstanceId>) -> Decision {
+pub(in crate::service) fn release(state: &ServiceState, instances: Vec<InstanceId>) -> Decision {
     let mut out: Vec<Event> = Vec::new();
     for id in instances {
         match state.instances.get(&id) {
@@ -132,7 +132,7 @@ pub(super) fn release(state: &ServiceState, instances: Vec<InstanceId>) -> Decis
 /// Some of a deploy's instances found no node with room. Recorded once per
 /// shortfall: the scheduler retries every few seconds and finds the same
 /// one each time until something changes, which says nothing new.
-pub(super) fn blocked(state: &ServiceState, e: PlacementBlocked) -> Decision {
+pub(in crate::service) fn blocked(state: &ServiceState, e: PlacementBlocked) -> Decision {
     let Some(d) = state.deploy(&e.deploy) else {
         return Err(DomainError::not_found("deploy", &e.deploy));
     };
