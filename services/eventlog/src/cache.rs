@@ -88,7 +88,9 @@ pub(crate) struct AggregateCache {
 impl AggregateCache {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(ShardMap::default())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(ShardMap::default()))
+                .collect(),
             hasher: RandomState::new(),
             per_shard: capacity.div_ceil(SHARDS),
         }
@@ -100,7 +102,12 @@ impl AggregateCache {
     }
 
     pub(crate) fn get(&self, id: &AggregateId) -> Option<Loaded> {
-        self.shard(id).lock().ok()?.map.get(id).map(Entry::to_loaded)
+        self.shard(id)
+            .lock()
+            .ok()?
+            .map
+            .get(id)
+            .map(Entry::to_loaded)
     }
 
     pub(crate) fn put(&self, id: &AggregateId, loaded: &Loaded) {
@@ -112,9 +119,7 @@ impl AggregateCache {
             if loaded.events.len() > MAX_EVENTS {
                 return;
             }
-            if map.map.len() >= self.per_shard
-                || map.events + loaded.events.len() > SHARD_EVENTS
-            {
+            if map.map.len() >= self.per_shard || map.events + loaded.events.len() > SHARD_EVENTS {
                 map.clear();
             }
             map.events += loaded.events.len();
@@ -248,7 +253,10 @@ mod tests {
             counted += shard.map.values().map(|e| e.events).sum::<usize>();
         }
         assert_eq!(held, counted);
-        assert!(held > 0 && held <= SHARDS * SHARD_EVENTS, "{held} events held");
+        assert!(
+            held > 0 && held <= SHARDS * SHARD_EVENTS,
+            "{held} events held"
+        );
     }
 
     #[test]

@@ -100,11 +100,15 @@ impl Router {
     ) -> Result<(), RouterError> {
         let opts = ProjectionOptions {
             filter: Some(self.store.subjects().aggregate_kind("service")),
+            snapshot_key: Some(table::SNAPSHOT_KEY.to_owned()),
             ..ProjectionOptions::default()
         };
         let mut runner = ProjectionRunner::new(&self.store, RouteProjection::default(), opts);
         let caught = runner.catch_up().await?;
         let state = runner.state();
+        if let Ok(mut s) = state.write() {
+            s.caught_up_to(caught.applied_seq);
+        }
         publish(&state, &self.routes);
         tracing::info!(
             stream.seq = caught.applied_seq,

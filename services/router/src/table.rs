@@ -136,8 +136,8 @@ impl Routes {
 }
 
 /// A web service as the router follows it.
-#[derive(Debug, Default)]
-struct Tracked {
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Tracked {
     state: ServiceState,
     /// Listen address of each instance, from its latest `instance_started`.
     addrs: HashMap<InstanceId, String>,
@@ -160,6 +160,12 @@ pub struct RouteProjection {
 }
 
 impl RouteProjection {
+    /// Records that the log was read up to `seq` (after a restore from a
+    /// snapshot, which tells no position of its own).
+    pub fn caught_up_to(&mut self, seq: u64) {
+        self.applied_seq = self.applied_seq.max(seq);
+    }
+
     /// Applies one event of the log.
     pub fn apply_envelope(&mut self, stream_seq: u64, env: &Envelope) {
         self.applied_seq = self.applied_seq.max(stream_seq);
@@ -252,18 +258,43 @@ impl RouteProjection {
     }
 }
 
+/// Where the router's snapshot is kept; a new key when what it folds, or
+/// how, changes.
+pub const SNAPSHOT_KEY: &str = "router-routes-v1";
+
 impl berth_eventlog::projection::Projection for RouteProjection {
-    /// The router rebuilds from the log on start; no snapshots (a restore
-    /// in the middle of following would briefly publish an older table).
-    type Snapshot = ();
+    /// The web services followed (a runner restores it only before it
+    /// follows the log, so a published table never goes back).
+    type Snapshot = HashMap<ServiceId, Tracked>;
 
     fn apply(&mut self, stream_seq: u64, env: &Envelope) {
         self.apply_envelope(stream_seq, env);
     }
 
-    fn snapshot(&self) -> Self::Snapshot {}
+    fn snapshot(&self) -> Self::Snapshot {
+        self.services
+            .iter()
+            .map(|(id, t)| {
+                let copy = Tracked {
+                    state: t.state.clone(),
+                    addrs: t.addrs.clone(),
+                    created_seq: t.created_seq,
+                };
+                (id.clone(), copy)
+            })
+            .collect()
+    }
 
-    fn restore(&mut self, _snapshot: Self::Snapshot) {}
+    fn snapshot_ref(&self) -> Option<&Self::Snapshot> {
+        Some(&self.services)
+    }
+
+    fn restore(&mut self, snapshot: Self::Snapshot) {
+        // Every route is built afresh from the restored services.
+        self.dirty = snapshot.keys().cloned().collect();
+        self.built.clear();
+        self.services = snapshot;
+    }
 }
 
 /// The route of one service now, or `None` when it is not routable (not

@@ -249,11 +249,31 @@ async fn a_restarted_router_rebuilds_the_table_from_the_log() -> Result<()> {
     s.first_deploy(1, &[b.addr]).await?;
     env.synced(env.store.last_stream_seq().await?).await?;
     env.restart_router().await?;
+    // The first router left a snapshot on its way out; the new one started
+    // from it (its routes are built afresh from the restored services).
+    let kv = env
+        .store
+        .jetstream()
+        .get_key_value(env.store.subjects().snapshot_bucket())
+        .await?;
+    assert!(
+        kv.get(berth_router::table::SNAPSHOT_KEY).await?.is_some(),
+        "no routing snapshot written on the way out"
+    );
     // Ready means caught up: no waiting needed.
     let http = HttpClient::new(env.addr);
     assert_eq!(
         http.get("again.localhost", "/").await?,
         (StatusCode::OK, "v1 1".into())
+    );
+    // And it follows the log from there.
+    let b2 = Backend::start("later", 1).await?;
+    let mut later = Svc::create(&env.store, "later", ServiceType::WebService).await?;
+    later.first_deploy(1, &[b2.addr]).await?;
+    env.synced(env.store.last_stream_seq().await?).await?;
+    assert_eq!(
+        http.get("later.localhost", "/").await?,
+        (StatusCode::OK, "later 1".into())
     );
     Ok(())
 }

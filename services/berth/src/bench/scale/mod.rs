@@ -343,7 +343,10 @@ async fn measure(
     // of the log through the history, then room for the read models'
     // periodic snapshots.
     let caught = caught_up(url, Duration::from_secs(1800)).await?;
-    println!("every consumer of the log caught up {:.1} s after that", caught.as_secs_f64());
+    println!(
+        "every consumer of the log caught up {:.1} s after that",
+        caught.as_secs_f64()
+    );
     tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
     up.stop().await?;
 
