@@ -171,7 +171,11 @@ impl WorkerConfig {
             max_deliver: 5,
             concurrency: 8,
             retry_delay: Duration::from_secs(1),
-            grace: Duration::from_secs(10),
+            // Well inside `berth up`'s own grace (10 s in tests, 30 s by
+            // default): a worker that used all of an equal grace outlived
+            // the process's by a hair and was aborted. A job still running
+            // then is nak'ed and redelivered, which is safe.
+            grace: Duration::from_secs(5),
             park_by_advisory: true,
         }
     }
