@@ -280,7 +280,6 @@ impl Timeline {
         }
     }
 
-    /// Every entry of `service`, oldest first.
     /// Drops `service`'s timeline (a deleted service's, from a read model
     /// that no longer answers for it).
     pub fn forget(&mut self, service: &ServiceId) {
@@ -297,6 +296,8 @@ impl Timeline {
         self.services.is_empty()
     }
 
+    /// The entries of `service` held, oldest first (all of them in a
+    /// timeline of one history, [`Timeline::of_history`]).
     pub fn all(&self, service: &ServiceId) -> &[TimelineEvent] {
         self.services
             .get(service.as_str())

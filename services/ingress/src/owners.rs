@@ -117,15 +117,26 @@ impl Ingress {
         actor: &Actor,
         command: owner::Command,
     ) -> Result<OwnerState, IngressError> {
-        let done = exec::run::<owner::Owner>(
+        let done = self.owner_run(owner, key, actor, command).await?;
+        Ok(std::sync::Arc::unwrap_or_clone(done.state))
+    }
+
+    /// Runs `command` on the owner's aggregate as `actor`.
+    pub(crate) async fn owner_run(
+        &self,
+        owner: &OwnerId,
+        key: &str,
+        actor: &Actor,
+        command: owner::Command,
+    ) -> Result<berth_eventlog::Executed<OwnerState>, IngressError> {
+        exec::run::<owner::Owner>(
             &self.store,
             &AggregateId::Owner(owner.clone()),
             key,
             actor,
             command,
         )
-        .await?;
-        Ok(std::sync::Arc::unwrap_or_clone(done.state))
+        .await
     }
 
     /// The owner's current state; one that was never created is not found.

@@ -342,14 +342,7 @@ impl Ingress {
         } else {
             owner::Command::ReleaseServiceName { name, service }
         };
-        let done = exec::run::<owner::Owner>(
-            &self.store,
-            &AggregateId::Owner(owner.clone()),
-            key,
-            actor,
-            command,
-        )
-        .await?;
+        let done = self.owner_run(owner, key, actor, command).await?;
         Ok(done.appended.is_some())
     }
 
@@ -440,13 +433,17 @@ impl Ingress {
         id: &ServiceId,
     ) -> Result<ServiceState, IngressError> {
         let aggregate = AggregateId::Service(id.clone());
-        let state: service::EveryDeploy = self
-            .load_fold(
+        let (state, _) = self
+            .store
+            .state(
                 &aggregate,
                 <service::ServiceHistory as berth_domain::Aggregate>::fold,
             )
-            .await?;
+            .await
+            .map_err(|e| IngressError::Store(e.to_string()))?;
+        // Let go by the store first: then taken over, not copied.
         self.store.forget_state::<service::EveryDeploy>(&aggregate);
+        let state = std::sync::Arc::unwrap_or_clone(state);
         match &state.0.config {
             Some(c) if c.owner == caller.owner && state.0.exists() => Ok(state.0),
             _ => Err(IngressError::not_found("service", id)),

@@ -189,8 +189,9 @@ async fn until_listing(
     }
 }
 
-/// Waits until no consumer of the event log has anything pending or
-/// unacknowledged.
+/// Waits until every consumer of the event log was delivered everything
+/// (a job still being retried, such as the resolver retrying the
+/// unreachable registry of a hook's deploy, is delivered already).
 async fn caught_up(url: &str, within: Duration) -> anyhow::Result<Duration> {
     use futures::TryStreamExt;
     let client = async_nats::connect(url).await.context("connecting")?;
@@ -207,10 +208,7 @@ async fn caught_up(url: &str, within: Duration) -> anyhow::Result<Duration> {
             .try_collect()
             .await
             .context("listing consumers")?;
-        let behind = infos
-            .iter()
-            .filter(|c| c.num_pending > 0 || c.num_ack_pending > 0)
-            .count();
+        let behind = infos.iter().filter(|c| c.num_pending > 0).count();
         if behind == 0 {
             return Ok(started.elapsed());
         }

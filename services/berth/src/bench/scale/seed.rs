@@ -56,10 +56,21 @@ struct Writer<S> {
     events: u64,
 }
 
+/// Commits queued before they are published: memory stays flat.
+const BATCH: usize = 50_000;
+
 /// The commits to publish, in order.
+#[derive(Default)]
 struct Out {
     commits: Vec<(String, String, Vec<u8>)>,
     events: u64,
+}
+
+impl Out {
+    /// What is queued, once a batch is full, leaving this empty.
+    fn full_batch(&mut self) -> Option<Out> {
+        (self.commits.len() >= BATCH).then(|| std::mem::take(self))
+    }
 }
 
 impl<S> Writer<S> {
@@ -276,23 +287,13 @@ pub async fn seed(
         publish(store, out)
     };
 
-    // The big service first, in batches so memory stays flat.
-    let mut out = Out {
-        commits: Vec::new(),
-        events: 0,
-    };
+    // The big service first.
+    let mut out = Out::default();
     let (mut big, big_key) = service(store, key, &mut owner, owner_id, &mut out, "big")?;
     let (fresh, fresh_key) = service(store, key, &mut owner, owner_id, &mut out, "fresh")?;
     for n in 1..plan.big_deploys {
         redeploy(&mut big, &mut out, n)?;
-        if out.commits.len() >= 50_000 {
-            let batch = std::mem::replace(
-                &mut out,
-                Out {
-                    commits: Vec::new(),
-                    events: 0,
-                },
-            );
+        if let Some(batch) = out.full_batch() {
             commits += flush(batch).await?;
         }
     }
@@ -312,10 +313,7 @@ pub async fn seed(
     .max(1);
     let per_service = left.checked_div(others).unwrap_or(0);
     let deploys_each = per_service.saturating_sub(creation) / per_deploy + 1;
-    let mut out = Out {
-        commits: Vec::new(),
-        events: 0,
-    };
+    let mut out = Out::default();
     for i in 0..others {
         let (mut w, _) = service(
             store,
@@ -328,14 +326,7 @@ pub async fn seed(
         for n in 1..deploys_each {
             redeploy(&mut w, &mut out, n)?;
         }
-        if out.commits.len() >= 50_000 {
-            let batch = std::mem::replace(
-                &mut out,
-                Out {
-                    commits: Vec::new(),
-                    events: 0,
-                },
-            );
+        if let Some(batch) = out.full_batch() {
             commits += flush(batch).await?;
         }
     }
