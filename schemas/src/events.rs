@@ -308,6 +308,10 @@ events! {
     /// The deploy began (status `update_in_progress`, resolving first).
     DeployStarted = "deploy_started" v 1 {
         pub deploy: DeployId,
+        /// What asked for it, as its `deploy_created` says (absent in
+        /// events recorded before it was carried here).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub trigger: Option<DeployTrigger>,
     }
     /// The image reference was resolved to the digest that will run.
     ImageResolved = "image_resolved" v 1 {

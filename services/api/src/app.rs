@@ -21,12 +21,13 @@ use crate::error::ApiError;
 use crate::guard::{AuthGuard, FailureLimits, Fingerprint};
 use crate::hooks::OpenedHookKeys;
 use crate::index::{ApiIndex, SharedIndex};
+use crate::views::{self, Links, ServiceView};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Everything a handler needs. Cheap to clone (axum clones it per request):
-/// four reference counts.
+/// five reference counts.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub ingress: Arc<Ingress>,
@@ -35,6 +36,8 @@ pub struct AppState {
     pub guard: Arc<AuthGuard>,
     /// Deploy-hook keys opened from the read model ([`crate::hooks`]).
     pub hook_keys: Arc<OpenedHookKeys>,
+    /// Where views link to (dashboard, web service URLs).
+    pub links: Arc<Links>,
 }
 
 impl AppState {
@@ -86,7 +89,24 @@ impl AppState {
             index,
             guard: Arc::default(),
             hook_keys: Arc::default(),
+            links: Arc::default(),
         })
+    }
+
+    /// The same state, linking views to `links`.
+    pub fn with_links(mut self, links: Links) -> Self {
+        self.links = Arc::new(links);
+        self
+    }
+
+    /// `state` of service `id` as the API shows it (`None` without a
+    /// config), credentials named from the read model.
+    pub fn service_view(
+        &self,
+        id: &berth_schemas::ids::ServiceId,
+        state: &berth_domain::service::ServiceState,
+    ) -> Result<Option<ServiceView>, ApiError> {
+        self.read(|i| views::service(id, state, &self.links, |c| i.credential_name(c)))
     }
 
     /// The same state, allowing each client address `limits` failed
@@ -188,7 +208,7 @@ impl FromRequestParts<AppState> for Authed {
 
 /// Removes quoted values from a parser message, so a secret put in the
 /// wrong field is never echoed back.
-fn scrub(message: &str) -> String {
+pub(crate) fn scrub(message: &str) -> String {
     let mut out = String::with_capacity(message.len().min(300));
     let mut quoted = false;
     for c in message.chars() {
@@ -263,7 +283,6 @@ pub fn limit(given: Option<&str>) -> Result<Option<usize>, ApiError> {
 
 /// `limit` and `cursor` of a listing (Render's pagination).
 #[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Page {
     pub limit: Option<String>,
     pub cursor: Option<String>,

@@ -10,10 +10,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use berth_domain::service::{self, ServiceState};
-use berth_domain::timeline::{Answer, Query, Timeline, UnknownCursor};
+use berth_domain::timeline::{Answer, Query, Timeline, TimelineEvent, UnknownCursor};
 use berth_eventlog::projection::Projection;
 use berth_ingress::{CredentialIndex, CredentialView, Links, Repair};
-use berth_schemas::ids::{ApiKeyId, OwnerId, ServiceId};
+use berth_schemas::ids::{ApiKeyId, CredentialId, OwnerId, ServiceId};
 use berth_schemas::model::Sealed;
 use berth_schemas::{AggregateId, Envelope, Event};
 use chrono::{DateTime, Utc};
@@ -41,7 +41,7 @@ impl Indexed {
 
 /// Where the index's snapshot is kept; a new key when what it folds, or
 /// how, changes (a snapshot of the old shape is then never read).
-pub const SNAPSHOT_KEY: &str = "api-index-v1";
+pub const SNAPSHOT_KEY: &str = "api-index-v2";
 
 /// Keys and services.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -79,6 +79,11 @@ impl ApiIndex {
         self.credentials.list(owner)
     }
 
+    /// The name of credential `id`, while it exists.
+    pub fn credential_name(&self, id: &CredentialId) -> Option<String> {
+        self.credentials.name(id)
+    }
+
     /// The repairs due at `now` (see `berth_ingress::repair`).
     pub fn repairs(&self, now: DateTime<Utc>, grace: Duration) -> Vec<Repair> {
         self.links.repairs(now, grace)
@@ -88,6 +93,16 @@ impl ApiIndex {
     /// page reaches past the entries held.
     pub fn timeline(&self, service: &ServiceId, q: &Query) -> Result<Answer, UnknownCursor> {
         self.timeline.answer(service, q)
+    }
+
+    /// Event `id` of one of `owner`'s live services, among the entries
+    /// each timeline holds (the newest of each service): a walk over the
+    /// owner's services, not over every service.
+    pub fn event(&self, owner: &OwnerId, id: &str) -> Option<&TimelineEvent> {
+        self.by_owner
+            .get(owner)?
+            .values()
+            .find_map(|service| self.timeline.all(service).iter().rev().find(|e| e.id == id))
     }
 
     /// A live service's sealed deploy-hook key (`None`: no such service,
@@ -106,15 +121,17 @@ impl ApiIndex {
         self.services.get(service).is_some_and(|i| i.live_of(owner))
     }
 
-    /// One page of the owner's live services, newest first: `limit` after
-    /// the service `cursor` names (from the newest without one).
-    /// References into the index, nothing copied; the cost is the page's,
-    /// not the owner's count.
+    /// One page of the owner's live services that `keep` accepts, newest
+    /// first: `limit` after the service `cursor` names (from the newest
+    /// without one). References into the index, nothing copied; the cost
+    /// is the page's, not the owner's count (with a filter, the services
+    /// passed over to fill the page count too).
     pub fn services_page(
         &self,
         owner: &OwnerId,
         cursor: Option<&str>,
         limit: usize,
+        keep: impl Fn(&ServiceState) -> bool,
     ) -> Result<Vec<(&ServiceId, &ServiceState)>, UnknownCursor> {
         use std::ops::Bound::{Excluded, Unbounded};
         let Some(list) = self.by_owner.get(owner) else {
@@ -139,6 +156,7 @@ impl ApiIndex {
             .range((from, Unbounded))
             .filter_map(|(_, id)| self.services.get_key_value(id))
             .map(|(id, i)| (id, &i.state))
+            .filter(|(_, s)| keep(s))
             .take(limit)
             .collect())
     }

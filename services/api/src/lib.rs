@@ -25,6 +25,7 @@ pub mod guard;
 pub mod hooks;
 pub mod index;
 pub mod openapi;
+pub mod query;
 mod routes;
 pub mod views;
 
@@ -57,6 +58,11 @@ pub struct ApiArgs {
     /// `http://<api addr>`.
     #[arg(long, env = "BERTH_API_PUBLIC_URL")]
     pub api_public_url: Option<String>,
+    /// Where web services are reachable, as `http(s)://<base-domain>[:port]`
+    /// (a service answers with its name in front of the host); shown as
+    /// their `url`. `berth up` derives it from the router's settings.
+    #[arg(long, env = "BERTH_API_SERVICES_URL")]
+    pub api_services_url: Option<String>,
     /// How long service creation waits for the resolver's image check, in seconds.
     #[arg(long, env = "BERTH_API_CHECK_TIMEOUT_SECS", default_value_t = 30)]
     pub api_check_timeout_secs: u64,
@@ -106,6 +112,12 @@ impl ApiArgs {
         if !(1..=3600).contains(&self.api_repair_grace_secs) {
             problems.push("BERTH_API_REPAIR_GRACE_SECS must be 1–3600".to_owned());
         }
+        if let Some(u) = &self.api_services_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                problems
+                    .push("BERTH_API_SERVICES_URL must start with http:// or https://".to_owned());
+            }
+        }
         if let Some(u) = &self.api_public_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
                 problems
@@ -116,6 +128,17 @@ impl ApiArgs {
             Ok(())
         } else {
             Err(problems)
+        }
+    }
+
+    /// Where views link to.
+    pub fn links(&self) -> views::Links {
+        views::Links {
+            dashboard: self.public_url(),
+            services: self
+                .api_services_url
+                .clone()
+                .unwrap_or_else(|| "http://localhost".to_owned()),
         }
     }
 
@@ -233,7 +256,8 @@ impl Api {
             &tracker,
         )
         .await?
-        .with_failure_limits(self.args.failure_limits());
+        .with_failure_limits(self.args.failure_limits())
+        .with_links(self.args.links());
         let ingress = state.ingress.clone();
         let bus = bus::subscribe(&ingress)
             .await

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use crate::app::AppState;
 use crate::hooks;
-use crate::routes::{deploys, owner, services};
+use crate::routes::{deploys, env_vars, events, owner, services};
 
 /// One route of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,13 +76,27 @@ routes! {
         "Cancel a deploy", [], 200;
     post "/v1/services/{serviceId}/rollback" => deploys::rollback,
         "Roll back to a deploy", ["deployId"], 201;
-    get "/v1/services/{serviceId}/events" => services::events,
-        "The service's events, newest first (query: type, startTime, endTime, cursor, limit)",
+    get "/v1/services/{serviceId}/events" => events::list,
+        "The service's events, newest first (query: type, allTypes, startTime, endTime, cursor, limit)",
         [], 200;
+    get "/v1/events/{eventId}" => events::get,
+        "Retrieve an event", [], 200;
+    get "/v1/services/{serviceId}/instances" => services::instances,
+        "List the service's instances", [], 200;
+    get "/v1/services/{serviceId}/env-vars" => env_vars::list,
+        "List env vars, with values", [], 200;
+    put "/v1/services/{serviceId}/env-vars" => env_vars::replace,
+        "Replace every env var", [], 200;
+    get "/v1/services/{serviceId}/env-vars/{envVarKey}" => env_vars::get,
+        "Retrieve an env var", [], 200;
+    put "/v1/services/{serviceId}/env-vars/{envVarKey}" => env_vars::set,
+        "Add or update an env var", ["value", "generateValue"], 200;
+    delete "/v1/services/{serviceId}/env-vars/{envVarKey}" => env_vars::delete,
+        "Delete an env var", [], 204;
     post "/v1/services/{serviceId}/scale" => services::scale,
         "Scale a service", ["numInstances"], 202;
     post "/v1/services/{serviceId}/restart" => services::restart,
-        "Restart a service", [], 202;
+        "Restart a service", [], 200;
     post "/v1/services/{serviceId}/suspend" => services::suspend,
         "Suspend a service", [], 202;
     post "/v1/services/{serviceId}/resume" => services::resume,
@@ -92,7 +106,7 @@ routes! {
     post "/v1/services/{serviceId}/deploy-hook/regenerate" => services::regenerate_hook,
         "Regenerate the deploy hook key", [], 200;
     post "/v1/cron-jobs/{serviceId}/runs" => services::trigger_cron,
-        "Trigger a cron job run", [], 201;
+        "Trigger a cron job run", [], 200;
     delete "/v1/cron-jobs/{serviceId}/runs" => services::cancel_cron,
         "Cancel the active cron job run", [], 204;
     get "/v1/registrycredentials" => owner::list_credentials,

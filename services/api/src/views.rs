@@ -1,13 +1,18 @@
 //! The JSON the API answers with, in Render's shapes: camelCase fields,
-//! snake_case enum values, listings as `[{cursor, <item>}]`. Env var values
-//! and hook keys are never part of a view.
+//! Render's enum values, listings as `[{cursor, <item>}]`, and every field
+//! Render's OpenAPI document marks required present with a truthful value
+//! for an image-backed service. berth's own information rides along as
+//! extra fields, which Render's generated clients keep aside. Hook keys are
+//! never part of a view; env var values only in the env-var routes.
 
-use berth_domain::service::{Deploy, ServiceState};
+use berth_domain::service::{Deploy, ServiceState, ServiceStatus};
 use berth_schemas::ids::ServiceId;
-use berth_schemas::model::{DeployStatus, DeployTrigger, Plan, ServiceType};
+use berth_schemas::model::{
+    DeployStatus, DeployTrigger, NotifySetting, OverlapPolicy, Plan, ServiceType,
+};
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::Serialize;
-use serde_json::{json, Value};
 
 /// Render's instance types (name, millicores, MiB).
 pub const PLANS: &[(&str, u32, u32)] = &[
@@ -32,85 +37,466 @@ pub fn plan(name: &str) -> Option<Plan> {
         })
 }
 
+/// Where the links in views point: the dashboard (the API's public URL)
+/// and web services (the router's base domain).
+#[derive(Debug, Clone)]
+pub struct Links {
+    /// The API's public URL, without a trailing slash; the dashboard is
+    /// served at its root.
+    pub dashboard: String,
+    /// `http://<base-domain>[:port]`: a web service answers at the same
+    /// URL with its name in front of the host.
+    pub services: String,
+}
+
+impl Default for Links {
+    fn default() -> Self {
+        Links {
+            dashboard: "http://127.0.0.1:7000".to_owned(),
+            services: "http://localhost".to_owned(),
+        }
+    }
+}
+
+impl Links {
+    /// The dashboard page of service `id`.
+    pub fn dashboard_of(&self, id: &ServiceId) -> String {
+        format!("{}/services/{id}", self.dashboard.trim_end_matches('/'))
+    }
+
+    /// The public URL of web service `name`.
+    pub fn web_url(&self, name: &str) -> String {
+        match self.services.split_once("://") {
+            Some((scheme, host)) => format!("{scheme}://{name}.{host}"),
+            None => format!("http://{name}.{}", self.services),
+        }
+    }
+}
+
+/// Whether a service redeploys by itself when its source changes: never
+/// for a prebuilt image (a new image comes by hook, API or bus command).
+#[derive(Debug, Clone, Copy, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AutoDeploy {
+    No,
+}
+
+/// How the service runs: berth deploys prebuilt images only.
+#[derive(Debug, Clone, Copy, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    Image,
+}
+
+/// Render's build pipeline tier: berth builds nothing; Render's default.
+#[derive(Debug, Clone, Copy, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildPlan {
+    Starter,
+}
+
+/// Render's legacy per-service failure notification setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyOnFail {
+    /// The owner's default applies.
+    Default,
+    /// Failures are sent (`all` or `failure`).
+    Notify,
+    /// Nothing is sent (`none`).
+    Ignore,
+}
+
+impl NotifyOnFail {
+    pub fn of(setting: Option<NotifySetting>) -> Self {
+        match setting {
+            None => NotifyOnFail::Default,
+            Some(NotifySetting::None) => NotifyOnFail::Ignore,
+            Some(NotifySetting::All | NotifySetting::Failure) => NotifyOnFail::Notify,
+        }
+    }
+}
+
+/// A service's notification override: one of the owner's settings, or
+/// `default` to follow the owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyOverride {
+    Default,
+    All,
+    Failure,
+    None,
+}
+
+impl NotifyOverride {
+    pub fn of(setting: Option<NotifySetting>) -> Self {
+        match setting {
+            None => NotifyOverride::Default,
+            Some(NotifySetting::All) => NotifyOverride::All,
+            Some(NotifySetting::Failure) => NotifyOverride::Failure,
+            Some(NotifySetting::None) => NotifyOverride::None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SuspendedState {
+    Suspended,
+    NotSuspended,
+}
+
+/// Who suspended a service: on berth, always its owner.
+#[derive(Debug, Clone, Copy, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Suspender {
+    User,
+}
+
+/// A registry credential as a service names it.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct CredentialSummary {
+    pub id: String,
+    pub name: String,
+}
+
+/// berth's own view of a service's image (kept beside Render's
+/// `imagePath` and `registryCredential`).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageView {
+    pub image_path: String,
+    pub registry_credential_id: Option<String>,
+}
+
+/// Render's `envSpecificDetails` for a Docker/image runtime.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DockerDetails {
+    /// The command run instead of the image's CMD; `""` runs the CMD.
+    pub docker_command: String,
+    /// Always `""`: nothing is built.
+    pub docker_context: String,
+    /// Always `""`: nothing is built.
+    pub dockerfile_path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_deploy_command: Option<String>,
+}
+
+/// A port an instance listens on.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ServerPort {
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, JsonSchema)]
+pub enum Protocol {
+    #[serde(rename = "TCP")]
+    Tcp,
+}
+
+/// The `serviceDetails` fields every service type has.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CommonDetails {
+    /// Render's older name for `runtime`.
+    pub env: Runtime,
+    pub runtime: Runtime,
+    pub region: String,
+    /// Instance type: one of Render's plans.
+    pub plan: String,
+    pub build_plan: BuildPlan,
+    pub env_specific_details: DockerDetails,
+    /// berth: the pre-deploy command (also in `envSpecificDetails`).
+    pub pre_deploy_command: Option<String>,
+    /// berth: what a deploy request does while another deploy runs.
+    pub overlap_policy: OverlapPolicy,
+    /// berth: seconds an instance gets between SIGTERM and SIGKILL.
+    pub shutdown_delay_seconds: u16,
+    /// Render's name for the same shutdown delay.
+    pub max_shutdown_delay_seconds: u16,
+}
+
+/// `serviceDetails` of a web service.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebDetails {
+    #[serde(flatten)]
+    pub common: CommonDetails,
+    /// `""` when the service has none (TCP readiness only).
+    pub health_check_path: String,
+    pub num_instances: u32,
+    /// Ports detected on the service's instances: berth does not detect
+    /// ports, so this is empty (the port served is `PORT`, else the one the
+    /// image exposes, else 10000).
+    pub open_ports: Vec<ServerPort>,
+    /// Where the router serves it.
+    pub url: String,
+}
+
+/// `serviceDetails` of a private service.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrivateDetails {
+    #[serde(flatten)]
+    pub common: CommonDetails,
+    pub num_instances: u32,
+    /// See [`WebDetails::open_ports`].
+    pub open_ports: Vec<ServerPort>,
+    /// The host the owner's other instances reach it at (`<name>:<port>`).
+    pub url: String,
+}
+
+/// `serviceDetails` of a background worker.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerDetails {
+    #[serde(flatten)]
+    pub common: CommonDetails,
+    pub num_instances: u32,
+}
+
+/// `serviceDetails` of a cron job (one instance per run, so no count).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CronDetails {
+    #[serde(flatten)]
+    pub common: CommonDetails,
+    pub schedule: String,
+}
+
+/// A service's type-specific settings: Render's clients tell the types
+/// apart by their required fields, so each carries exactly its own.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ServiceDetails {
+    Web(WebDetails),
+    Private(PrivateDetails),
+    Worker(WorkerDetails),
+    Cron(CronDetails),
+}
+
+/// A service as the API shows it.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceView {
+    pub id: String,
+    pub name: String,
+    pub owner_id: String,
+    #[serde(rename = "type")]
+    pub service_type: ServiceType,
+    pub auto_deploy: AutoDeploy,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The service's page in berth's dashboard.
+    pub dashboard_url: String,
+    pub image_path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry_credential: Option<CredentialSummary>,
+    pub notify_on_fail: NotifyOnFail,
+    /// berth: the service's notification override (`default` follows the
+    /// owner).
+    pub notifications_to_send: NotifyOverride,
+    /// Always `""`: nothing is built from a repository.
+    pub root_dir: String,
+    /// The name the router serves it under.
+    pub slug: String,
+    pub suspended: SuspendedState,
+    pub suspenders: Vec<Suspender>,
+    pub service_details: ServiceDetails,
+    /// berth: the image and credential as set.
+    pub image: ImageView,
+    /// berth: the names of its env vars (values: `/env-vars`).
+    pub env_var_keys: Vec<String>,
+    /// berth: the deploy serving now.
+    pub live_deploy_id: Option<String>,
+}
+
+/// A service view for `id` in `s` (`None` if it has no config);
+/// `credential_name` names a credential by id.
+pub fn service(
+    id: &ServiceId,
+    s: &ServiceState,
+    links: &Links,
+    credential_name: impl Fn(&berth_schemas::ids::CredentialId) -> Option<String>,
+) -> Option<ServiceView> {
+    let c = s.config.as_ref()?;
+    let suspended = s.status == ServiceStatus::Suspended;
+    let common = CommonDetails {
+        env: Runtime::Image,
+        runtime: Runtime::Image,
+        region: c.region.clone(),
+        plan: c.plan.name.clone(),
+        build_plan: BuildPlan::Starter,
+        env_specific_details: DockerDetails {
+            docker_command: c.docker_command.clone().unwrap_or_default(),
+            docker_context: String::new(),
+            dockerfile_path: String::new(),
+            pre_deploy_command: c.pre_deploy_command.clone(),
+        },
+        pre_deploy_command: c.pre_deploy_command.clone(),
+        overlap_policy: c.overlap_policy,
+        shutdown_delay_seconds: c.shutdown_delay_secs,
+        max_shutdown_delay_seconds: c.shutdown_delay_secs,
+    };
+    let service_details = match c.service_type {
+        ServiceType::WebService => ServiceDetails::Web(WebDetails {
+            common,
+            health_check_path: c.health_check_path.clone().unwrap_or_default(),
+            num_instances: c.num_instances,
+            open_ports: Vec::new(),
+            url: links.web_url(&c.name),
+        }),
+        ServiceType::PrivateService => ServiceDetails::Private(PrivateDetails {
+            common,
+            num_instances: c.num_instances,
+            open_ports: Vec::new(),
+            url: c.name.clone(),
+        }),
+        ServiceType::BackgroundWorker => ServiceDetails::Worker(WorkerDetails {
+            common,
+            num_instances: c.num_instances,
+        }),
+        ServiceType::CronJob => ServiceDetails::Cron(CronDetails {
+            common,
+            schedule: c.schedule.clone().unwrap_or_default(),
+        }),
+    };
+    let created = s.created_at.unwrap_or_default();
+    Some(ServiceView {
+        id: id.to_string(),
+        name: c.name.clone(),
+        owner_id: c.owner.to_string(),
+        service_type: c.service_type,
+        auto_deploy: AutoDeploy::No,
+        created_at: created,
+        updated_at: s.updated_at.unwrap_or(created),
+        dashboard_url: links.dashboard_of(id),
+        image_path: c.image.clone(),
+        registry_credential: c.credential.as_ref().map(|cred| CredentialSummary {
+            id: cred.to_string(),
+            name: credential_name(cred).unwrap_or_else(|| cred.to_string()),
+        }),
+        notify_on_fail: NotifyOnFail::of(c.notify),
+        notifications_to_send: NotifyOverride::of(c.notify),
+        root_dir: String::new(),
+        slug: c.name.clone(),
+        suspended: if suspended {
+            SuspendedState::Suspended
+        } else {
+            SuspendedState::NotSuspended
+        },
+        suspenders: if suspended {
+            vec![Suspender::User]
+        } else {
+            Vec::new()
+        },
+        service_details,
+        image: ImageView {
+            image_path: c.image.clone(),
+            registry_credential_id: c.credential.as_ref().map(ToString::to_string),
+        },
+        env_var_keys: c.env_vars.keys().cloned().collect(),
+        live_deploy_id: s.live.as_ref().map(ToString::to_string),
+    })
+}
+
+/// Render's deploy triggers. berth's first deploy of a new service is
+/// `api` (services are created through the API), marked `firstDeploy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RenderTrigger {
+    Api,
+    DeployHook,
+    Manual,
+    Rollback,
+    ServiceUpdated,
+    ServiceResumed,
+}
+
+impl RenderTrigger {
+    pub fn of(t: DeployTrigger) -> Self {
+        match t {
+            DeployTrigger::ServiceCreated | DeployTrigger::Api => RenderTrigger::Api,
+            DeployTrigger::DeployHook => RenderTrigger::DeployHook,
+            DeployTrigger::Manual => RenderTrigger::Manual,
+            DeployTrigger::Rollback => RenderTrigger::Rollback,
+            DeployTrigger::ServiceUpdated => RenderTrigger::ServiceUpdated,
+            DeployTrigger::ServiceResumed => RenderTrigger::ServiceResumed,
+        }
+    }
+}
+
+/// The image a deploy runs.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployImage {
+    /// The reference asked for (tag or digest).
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// The digest it resolved to, once resolved.
+    pub sha: Option<String>,
+    /// The credential id it is pulled with.
+    pub registry_credential: Option<String>,
+}
+
 /// A deploy as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeployView {
     pub id: String,
     pub status: DeployStatus,
-    pub trigger: DeployTrigger,
-    pub image: Value,
+    pub trigger: RenderTrigger,
+    /// berth: the service's first deploy (made when it was created).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub first_deploy: bool,
+    pub image: DeployImage,
+    /// berth: the deploy this one rolls back to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollback_of: Option<String>,
+    /// berth: why it failed or was canceled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// berth: whether its digest can still be rolled back to.
     pub rollback_eligible: bool,
     pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
 }
 
 impl DeployView {
     pub fn of(d: &Deploy) -> Self {
+        let updated = [
+            d.finished_at,
+            d.update_started_at,
+            d.pre_deploy_started_at,
+            d.started_at,
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .or(d.created_at);
         Self {
             id: d.id.to_string(),
             status: d.status,
-            trigger: d.trigger,
-            image: json!({
-                "ref": d.image,
-                "sha": d.digest(),
-                "registryCredential": d.credential.as_ref().map(ToString::to_string),
-            }),
+            trigger: RenderTrigger::of(d.trigger),
+            first_deploy: d.trigger == DeployTrigger::ServiceCreated,
+            image: DeployImage {
+                reference: d.image.clone(),
+                sha: d.digest().map(str::to_owned),
+                registry_credential: d.credential.as_ref().map(ToString::to_string),
+            },
             rollback_of: d.rollback_of.as_ref().map(ToString::to_string),
             reason: d.reason.clone(),
             rollback_eligible: d.rollback_eligible,
             created_at: d.created_at,
+            updated_at: updated,
             started_at: d.started_at,
             finished_at: d.finished_at,
         }
     }
-}
-
-fn type_name(t: ServiceType) -> Value {
-    serde_json::to_value(t).unwrap_or(Value::Null)
-}
-
-/// A service as the API shows it (`None` if it has no config).
-pub fn service(id: &ServiceId, s: &ServiceState) -> Option<Value> {
-    let c = s.config.as_ref()?;
-    let suspended = if s.status == berth_domain::service::ServiceStatus::Suspended {
-        "suspended"
-    } else {
-        "not_suspended"
-    };
-    Some(json!({
-        "id": id.to_string(),
-        "name": c.name,
-        "ownerId": c.owner.to_string(),
-        "type": type_name(c.service_type),
-        "imagePath": c.image,
-        "image": {
-            "imagePath": c.image,
-            "registryCredentialId": c.credential.as_ref().map(ToString::to_string),
-        },
-        "suspended": suspended,
-        "notifyOnFail": c.notify,
-        "envVarKeys": c.env_vars.keys().collect::<Vec<_>>(),
-        "createdAt": s.created_at,
-        "updatedAt": s.updated_at,
-        "liveDeployId": s.live.as_ref().map(ToString::to_string),
-        "serviceDetails": {
-            "region": c.region,
-            "plan": c.plan.name,
-            "numInstances": c.num_instances,
-            "healthCheckPath": c.health_check_path,
-            "preDeployCommand": c.pre_deploy_command,
-            "schedule": c.schedule,
-            "overlapPolicy": c.overlap_policy,
-            "shutdownDelaySeconds": c.shutdown_delay_secs,
-            "envSpecificDetails": { "dockerCommand": c.docker_command },
-        },
-    }))
 }
 
 /// `/deploy/srv-…?key=…`, the path of a service's deploy hook.

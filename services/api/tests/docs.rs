@@ -29,6 +29,8 @@ fn example_path(template: &str) -> String {
                 Some("apiKeyId") => ApiKeyId::generate().to_string(),
                 Some("integrationId") => IntegrationId::generate().to_string(),
                 Some("ownerId") => OwnerId::User(UserId::generate()).to_string(),
+                Some("eventId") => "evt-aaaaaaaaaaaaaaaaaaaa".to_owned(),
+                Some("envVarKey") => "SOME_KEY".to_owned(),
                 Some(other) => panic!("{template}: no example for {{{other}}}"),
             },
         )

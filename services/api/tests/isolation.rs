@@ -90,6 +90,8 @@ fn body_for(r: &Route, dep: &str) -> Option<Value> {
         }
         ("post", "/v1/services/{serviceId}/rollback") => Some(json!({"deployId": dep})),
         ("post", "/v1/services/{serviceId}/scale") => Some(json!({"numInstances": 5})),
+        ("put", "/v1/services/{serviceId}/env-vars") => Some(json!([{"key": "A", "value": "b"}])),
+        ("put", "/v1/services/{serviceId}/env-vars/{envVarKey}") => Some(json!({"value": "b"})),
         ("patch", "/v1/notification-settings/overrides/services/{serviceId}") => {
             Some(json!({"notifyOnFail": "all"}))
         }
@@ -134,7 +136,12 @@ async fn one_owner_never_sees_another_owners_resources() {
     // Let the resolver finish, so the log of the service is at rest.
     app.wait_resolved(&alice, &svc, &dep).await;
     let owner = alice.id.to_string();
-    let alices_ids = [&svc, &dep, &cred, &api_key, &integration, &owner];
+    let (s, events) = app.get(&format!("/v1/services/{svc}/events"), &alice).await;
+    assert_eq!(s, StatusCode::OK, "{events}");
+    let event = events[0]["event"]["id"].as_str().unwrap().to_owned();
+    let (s, v) = app.get(&format!("/v1/events/{event}"), &alice).await;
+    assert_eq!(s, StatusCode::OK, "Alice finds her own event: {v}");
+    let alices_ids = [&svc, &dep, &cred, &api_key, &integration, &owner, &event];
     // Bob's calls name Alice's service, owner (her keys and integrations)
     // and credential: none of the three may change.
     let alices = [
@@ -195,6 +202,9 @@ async fn one_owner_never_sees_another_owners_resources() {
                     Some("apiKeyId") => &api_key,
                     Some("integrationId") => &integration,
                     Some("ownerId") => &owner,
+                    Some("eventId") => &event,
+                    // Whether Alice's service has it or not, it is not Bob's.
+                    Some("envVarKey") => "MINE_KEY",
                     Some(other) => panic!(
                         "{}: Alice has no {{{other}}} for Bob to name; create one above",
                         r.path

@@ -153,6 +153,96 @@ async fn services_and_deploys_routes() {
     assert_eq!(v["service"]["serviceDetails"]["plan"], "standard");
     assert_eq!(v["service"]["serviceDetails"]["numInstances"], 2);
     assert_eq!(v["service"]["suspended"], "not_suspended");
+    // Render's required fields, with truthful values for an image.
+    let created = &v["service"];
+    assert_eq!(created["autoDeploy"], "no");
+    assert_eq!(created["rootDir"], "");
+    assert_eq!(created["slug"], "web");
+    assert_eq!(created["suspenders"], json!([]));
+    assert_eq!(created["notifyOnFail"], "default");
+    assert_eq!(created["imagePath"], app.image("v1"));
+    assert!(
+        created["dashboardUrl"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/services/{}", created["id"].as_str().unwrap())),
+        "{created}"
+    );
+    let details = &created["serviceDetails"];
+    assert_eq!(
+        (details["runtime"].as_str(), details["env"].as_str()),
+        (Some("image"), Some("image"))
+    );
+    assert_eq!(details["healthCheckPath"], "/health");
+    assert_eq!(details["openPorts"], json!([]));
+    assert_eq!(details["url"], "http://web.localhost");
+    assert_eq!(details["envSpecificDetails"]["dockerCommand"], "");
+    // Render's fields for builds are refused when they ask for something,
+    // accepted when they ask for nothing (as the Go client sends them).
+    let (s, v) = app
+        .post(
+            "/v1/services",
+            &alice,
+            json!({"type": "background_worker", "name": "built", "autoDeploy": "yes",
+                   "repo": "https://github.com/a/b", "image": {"imagePath": app.image("v1")},
+                   "serviceDetails": {"runtime": "node", "autoscaling": {"enabled": true, "min": 1, "max": 3}}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let refused: Vec<&str> = v["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            "autoDeploy",
+            "repo",
+            "serviceDetails.runtime",
+            "serviceDetails.autoscaling"
+        ],
+        "{v}"
+    );
+    let (s, v) = app
+        .post(
+            "/v1/services",
+            &alice,
+            json!({"type": "cron_job", "name": "nightly", "autoDeploy": "no", "rootDir": "",
+                   "image": {"imagePath": app.image("v1"), "ownerId": alice.id.to_string()},
+                   "envVars": [{"key": "TOKEN", "generateValue": true}],
+                   "serviceDetails": {"runtime": "image", "env": "image", "schedule": "0 3 * * *",
+                                      "previews": {"generation": "off"}, "maxShutdownDelaySeconds": 45,
+                                      "envSpecificDetails": {"dockerCommand": "/bin/job", "dockerContext": ""}}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let cron = &v["service"]["serviceDetails"];
+    assert_eq!(
+        (
+            cron["schedule"].as_str(),
+            cron["maxShutdownDelaySeconds"].as_u64()
+        ),
+        (Some("0 3 * * *"), Some(45))
+    );
+    assert!(
+        cron.get("numInstances").is_none(),
+        "a cron job's details carry no instance count: {cron}"
+    );
+    assert_eq!(cron["envSpecificDetails"]["dockerCommand"], "/bin/job");
+    let nightly = v["service"]["id"].as_str().unwrap().to_owned();
+    let (s, v) = app
+        .get(&format!("/v1/services/{nightly}/env-vars/TOKEN"), &alice)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["value"].as_str().unwrap().len(),
+        44,
+        "a generated value is 256 bits, base64: {v}"
+    );
+    let (s, _) = app.delete(&format!("/v1/services/{nightly}"), &alice).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, v) = app
         .post("/v1/services", &alice, json!({"type": "background_worker", "name": "web", "image": {"imagePath": app.image("v1")}}))
         .await;
@@ -173,10 +263,51 @@ async fn services_and_deploys_routes() {
         "/v1/services?limit=0",
         "/v1/services?limit=x",
         "/v1/services?cursor=zzz",
-        "/v1/services?foo=1",
+        "/v1/services?type=nope",
+        "/v1/services?suspended=maybe",
+        "/v1/services?createdAfter=yesterday",
     ] {
         let (s, v) = app.get(bad, &alice).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+    }
+    // Render's filters: honoured where berth can, accepted where it has
+    // nothing to filter (previews); a parameter nobody knows is ignored.
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["service"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for (query, want) in [
+        ("type=web_service", vec!["web"]),
+        (
+            "type=background_worker&type=web_service",
+            vec!["second", "web"],
+        ),
+        ("type=background_worker,cron_job", vec!["second"]),
+        ("type=static_site", vec![]),
+        ("name=second", vec!["second"]),
+        ("env=image&region=oregon", vec!["second", "web"]),
+        ("env=node", vec![]),
+        ("region=frankfurt", vec![]),
+        ("suspended=suspended", vec![]),
+        (
+            "suspended=not_suspended&includePreviews=true&foo=1",
+            vec!["second", "web"],
+        ),
+        (&format!("ownerId={}", alice.id), vec!["second", "web"]),
+        ("ownerId=usr-aaaaaaaaaaaaaaaaaaaa", vec![]),
+        ("environmentId=evm-1", vec![]),
+        (
+            "createdAfter=2000-01-01T00:00:00Z&createdBefore=2999-01-01T00:00:00Z",
+            vec!["second", "web"],
+        ),
+        ("updatedBefore=2000-01-01T00:00:00Z", vec![]),
+    ] {
+        let (s, v) = app.get(&format!("/v1/services?{query}"), &alice).await;
+        assert_eq!(s, StatusCode::OK, "{query}: {v}");
+        assert_eq!(names(&v), want, "{query}");
     }
     let (s, v) = app.get(&format!("/v1/services/{svc}"), &alice).await;
     assert_eq!((s, v["name"].as_str()), (StatusCode::OK, Some("web")));
@@ -203,7 +334,11 @@ async fn services_and_deploys_routes() {
 
     // Deploys: the initial one resolves; a new one by tag; list; cancel.
     let d0 = app.wait_resolved(&alice, &svc, &first).await;
-    assert_eq!(d0["trigger"], "service_created");
+    assert_eq!(
+        (d0["trigger"].as_str(), d0["firstDeploy"].as_bool()),
+        (Some("api"), Some(true)),
+        "{d0}"
+    );
     let (s, d1) = app
         .post(
             &format!("/v1/services/{svc}/deploys"),
@@ -229,6 +364,27 @@ async fn services_and_deploys_routes() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(list.as_array().unwrap().len(), 2);
     assert_eq!(list[0]["deploy"]["id"], d1["id"], "newest first");
+    // Render's deploy filters.
+    for (query, want) in [
+        ("status=queued", 1),
+        (
+            "status=live,queued&status=update_in_progress&includeThis=1",
+            2,
+        ),
+        ("status=canceled", 0),
+        ("createdAfter=2999-01-01T00:00:00Z", 0),
+        ("finishedBefore=2999-01-01T00:00:00Z", 0),
+    ] {
+        let (s, v) = app
+            .get(&format!("/v1/services/{svc}/deploys?{query}"), &alice)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{query}: {v}");
+        assert_eq!(v.as_array().unwrap().len(), want, "{query}: {v}");
+    }
+    let (s, _) = app
+        .get(&format!("/v1/services/{svc}/deploys?status=nope"), &alice)
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
     let d1id = d1["id"].as_str().unwrap();
     let (s, v) = app
         .post(

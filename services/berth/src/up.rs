@@ -106,7 +106,22 @@ fn validate(args: UpArgs, only: Option<String>) -> Result<Validated, berth_runti
     let cron = checked(p, "BERTH_CRON_*", args.cron.validate());
     let router = checked(p, "BERTH_ROUTER_*", args.router.validate());
     let notifier = checked(p, "BERTH_NOTIFIER_*", args.notifier.validate());
-    let api = checked(p, "BERTH_API_*", args.api.validate()).map(|()| args.api.clone());
+    let api = checked(p, "BERTH_API_*", args.api.validate()).map(|()| {
+        let mut api = args.api.clone();
+        // Web services' URLs are the router's, unless told otherwise.
+        api.api_services_url.get_or_insert_with(|| {
+            let port = args
+                .router
+                .router_addr
+                .rsplit_once(':')
+                .map(|(_, p)| p)
+                .filter(|p| *p != "80")
+                .map(|p| format!(":{p}"))
+                .unwrap_or_default();
+            format!("http://{}{port}", args.router.router_base_domain)
+        });
+        api
+    });
     let options = (|| {
         Some(Options {
             resolver: resolver?,

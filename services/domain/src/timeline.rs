@@ -12,6 +12,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use berth_schemas::ids::ServiceId;
+use berth_schemas::model::DeployTrigger;
 use berth_schemas::{AggregateId, Envelope, Event};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -34,7 +35,8 @@ pub struct TimelineEvent {
     pub details: Value,
 }
 
-/// Every type the timeline can hold, for filters and docs.
+/// Every type the timeline can hold, for filters and docs: Render's
+/// service event types ([`RENDER_TYPES`]) and berth's own.
 pub const TYPES: &[&str] = &[
     "deploy_started",
     "deploy_ended",
@@ -49,7 +51,24 @@ pub const TYPES: &[&str] = &[
     "cron_job_run_ended",
     "cron_job_run_skipped",
     "rollback_target_missing",
-    "suspended",
+    "service_suspended",
+    "service_resumed",
+];
+
+/// The types that are Render's own, with Render's details: a client
+/// generated from Render's document knows these and no others.
+pub const RENDER_TYPES: &[&str] = &[
+    "deploy_started",
+    "deploy_ended",
+    "pre_deploy_started",
+    "pre_deploy_ended",
+    "image_pull_failed",
+    "server_failed",
+    "server_restarted",
+    "instance_count_changed",
+    "cron_job_run_started",
+    "cron_job_run_ended",
+    "service_suspended",
     "service_resumed",
 ];
 
@@ -57,53 +76,155 @@ fn snake<T: Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
+/// Render's numeric `status` of an ended deploy or pre-deploy, beside its
+/// `deployStatus`: 2 succeeded, 3 failed, 4 canceled.
+fn numeric_status(outcome: &str) -> u8 {
+    match outcome {
+        "succeeded" => 2,
+        "failed" => 3,
+        _ => 4,
+    }
+}
+
+/// Render's failure reason object (`evicted` is the one field it always has).
+fn failure(extra: Value) -> Value {
+    let mut f = json!({ "evicted": false });
+    if let (Some(f), Value::Object(extra)) = (f.as_object_mut(), extra) {
+        f.extend(extra.into_iter().filter(|(_, v)| !v.is_null()));
+    }
+    f
+}
+
+/// Render's trigger object of a started deploy, from berth's trigger.
+fn trigger(t: Option<DeployTrigger>) -> Value {
+    let is = |want: &[DeployTrigger]| t.is_some_and(|t| want.contains(&t));
+    json!({
+        "firstBuild": is(&[DeployTrigger::ServiceCreated]),
+        "envUpdated": false,
+        "manual": is(&[DeployTrigger::Manual, DeployTrigger::Api]),
+        "deployedByRender": false,
+        "clearCache": false,
+        "rollback": is(&[DeployTrigger::Rollback]),
+    })
+}
+
+/// Render's cron run status for berth's (`succeeded`, `failed`,
+/// `timed_out`, `canceled`).
+fn cron_status(berth: &str) -> &'static str {
+    match berth {
+        "succeeded" => "successful",
+        "canceled" => "canceled",
+        _ => "unsuccessful",
+    }
+}
+
 impl TimelineEvent {
     /// The timeline entry for one logged event, if it is one users see.
+    /// Render's types carry Render's details (required fields first);
+    /// berth's own facts ride along as extra fields.
     pub fn from_envelope(env: &Envelope) -> Option<Self> {
         let AggregateId::Service(service) = &env.aggregate else {
             return None;
         };
         let (kind, details) = match &env.event {
-            Event::DeployStarted(e) => ("deploy_started", json!({ "deployId": e.deploy })),
+            Event::DeployStarted(e) => (
+                "deploy_started",
+                json!({
+                    "deployId": e.deploy,
+                    "trigger": trigger(e.trigger),
+                    "triggerName": e.trigger.map(|t| snake(&t)),
+                }),
+            ),
             Event::DeployLive(e) => (
                 "deploy_ended",
-                json!({ "deployId": e.deploy, "status": "live", "digest": e.digest }),
+                json!({
+                    "deployId": e.deploy,
+                    "deployStatus": "succeeded",
+                    "status": numeric_status("succeeded"),
+                    "reason": {},
+                    "finalStatus": "live",
+                    "digest": e.digest,
+                }),
             ),
             Event::DeployFailed(e) => (
                 "deploy_ended",
-                json!({ "deployId": e.deploy, "status": snake(&e.status), "reason": e.reason }),
+                json!({
+                    "deployId": e.deploy,
+                    "deployStatus": "failed",
+                    "status": numeric_status("failed"),
+                    "reason": { "failure": failure(json!({})) },
+                    "finalStatus": snake(&e.status),
+                    "message": e.reason,
+                }),
             ),
             Event::DeployCanceled(e) => (
                 "deploy_ended",
-                json!({ "deployId": e.deploy, "status": "canceled", "reason": snake(&e.reason) }),
-            ),
-            Event::PreDeployStarted(e) => ("pre_deploy_started", json!({ "deployId": e.deploy })),
-            Event::PreDeployEnded(e) => (
-                "pre_deploy_ended",
                 json!({
                     "deployId": e.deploy,
-                    "status": if e.success { "succeeded" } else { "failed" },
-                    "exitCode": e.exit_code,
-                    "reason": e.reason,
+                    "deployStatus": "canceled",
+                    "status": numeric_status("canceled"),
+                    "reason": match &e.by {
+                        Some(by) => json!({ "newDeploy": { "id": by } }),
+                        None => json!({}),
+                    },
+                    "finalStatus": "canceled",
+                    "cancelReason": snake(&e.reason),
                 }),
             ),
+            // berth runs one pre-deploy per deploy: its execution is named
+            // by the deploy.
+            Event::PreDeployStarted(e) => (
+                "pre_deploy_started",
+                json!({ "deployId": e.deploy, "deployCommandExecutionId": e.deploy }),
+            ),
+            Event::PreDeployEnded(e) => {
+                let outcome = if e.success { "succeeded" } else { "failed" };
+                (
+                    "pre_deploy_ended",
+                    json!({
+                        "deployId": e.deploy,
+                        "deployCommandExecutionId": e.deploy,
+                        "preDeployStatus": outcome,
+                        "status": numeric_status(outcome),
+                        "reason": if e.success {
+                            json!({})
+                        } else {
+                            json!({ "failure": failure(json!({ "nonZeroExit": e.exit_code })) })
+                        },
+                        "exitCode": e.exit_code,
+                        "message": e.reason,
+                    }),
+                )
+            }
             Event::ImagePullFailed(e) => (
                 "image_pull_failed",
                 json!({
+                    "message": e.message,
+                    "imageURL": e.image,
                     "deployId": e.deploy,
                     "nodeId": e.node,
-                    "imageUrl": e.image,
-                    "reason": snake(&e.reason),
-                    "message": e.message,
+                    "pullFailure": snake(&e.reason),
                 }),
             ),
             Event::ServerFailed(e) => (
                 "server_failed",
-                json!({ "nodeId": e.node, "instanceIds": e.instances, "reason": "node_lost" }),
+                json!({
+                    "instanceID": e.instances.first(),
+                    "reason": failure(json!({
+                        "evicted": true,
+                        "evictionReason": "its node stopped reporting (node lost)",
+                    })),
+                    "nodeId": e.node,
+                    "instanceIds": e.instances,
+                }),
             ),
             Event::ServerRestarted(e) => (
                 "server_restarted",
-                json!({ "instanceId": e.instance, "attempt": e.attempt }),
+                json!({
+                    "triggeredByUser": null,
+                    "instanceId": e.instance,
+                    "attempt": e.attempt,
+                }),
             ),
             Event::PlacementBlocked(e) => (
                 "placement_blocked",
@@ -128,7 +249,19 @@ impl TimelineEvent {
             ),
             Event::CronJobRunEnded(e) => (
                 "cron_job_run_ended",
-                json!({ "cronJobRunId": e.run, "status": e.status, "exitCode": e.exit_code }),
+                json!({
+                    "cronJobRunId": e.run,
+                    "status": cron_status(&e.status),
+                    "reason": (e.status != "succeeded" && e.status != "canceled").then(|| {
+                        failure(json!({
+                            "nonZeroExit": e.exit_code.filter(|c| *c != 0),
+                            "timedOutReason": (e.status == "timed_out")
+                                .then_some("the run outlasted its time limit"),
+                        }))
+                    }),
+                    "runStatus": e.status,
+                    "exitCode": e.exit_code,
+                }),
             ),
             Event::CronJobRunSkipped(e) => (
                 "cron_job_run_skipped",
@@ -138,7 +271,7 @@ impl TimelineEvent {
                 "rollback_target_missing",
                 json!({ "deployId": e.deploy, "digest": e.digest }),
             ),
-            Event::ServiceSuspended(_) => ("suspended", json!({})),
+            Event::ServiceSuspended(_) => ("service_suspended", json!({})),
             Event::ServiceResumed(_) => ("service_resumed", json!({})),
             _ => return None,
         };
@@ -151,13 +284,24 @@ impl TimelineEvent {
         })
     }
 
+    /// berth's outcome of an ended deploy (`live`, `update_failed`,
+    /// `pre_deploy_failed`, `canceled`) or cron run (`succeeded`,
+    /// `failed`, `timed_out`, `canceled`).
+    pub fn outcome(&self) -> Option<&str> {
+        let key = match self.kind.as_str() {
+            "deploy_ended" => "finalStatus",
+            "cron_job_run_ended" => "runStatus",
+            _ => return None,
+        };
+        self.details.get(key).and_then(Value::as_str)
+    }
+
     /// Whether this entry reports something that went wrong (what the
     /// `failure` notification setting sends).
     pub fn is_failure(&self) -> bool {
-        let status = self.details.get("status").and_then(Value::as_str);
         match self.kind.as_str() {
-            "deploy_ended" => matches!(status, Some("update_failed" | "pre_deploy_failed")),
-            "cron_job_run_ended" => matches!(status, Some("failed" | "timed_out")),
+            "deploy_ended" => matches!(self.outcome(), Some("update_failed" | "pre_deploy_failed")),
+            "cron_job_run_ended" => matches!(self.outcome(), Some("failed" | "timed_out")),
             "image_pull_failed" | "server_failed" => true,
             _ => false,
         }
@@ -168,15 +312,20 @@ impl TimelineEvent {
     pub fn is_notable(&self) -> bool {
         self.is_failure()
             || self.kind == "deploy_ended"
-            || (self.kind == "cron_job_run_ended"
-                && self.details.get("status").and_then(Value::as_str) == Some("succeeded"))
+            || (self.kind == "cron_job_run_ended" && self.outcome() == Some("succeeded"))
     }
 }
 
-/// Absent optional fields are left out rather than sent as `null`.
+/// Absent optional fields are left out rather than sent as `null`; a field
+/// Render requires even when it has no value stays, as `null`.
 fn strip_nulls(v: Value) -> Value {
+    const REQUIRED: &[&str] = &["triggeredByUser"];
     match v {
-        Value::Object(m) => Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).collect()),
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .filter(|(k, v)| !v.is_null() || REQUIRED.contains(&k.as_str()))
+                .collect(),
+        ),
         other => other,
     }
 }
@@ -405,10 +554,17 @@ mod tests {
         );
         let t = TimelineEvent::from_envelope(&failed).unwrap_or_else(|| unreachable!());
         assert_eq!(t.kind, "deploy_ended");
-        assert_eq!(t.details["status"], "pre_deploy_failed");
+        // Render's fields, and berth's outcome beside them.
+        assert_eq!(t.details["deployStatus"], "failed");
+        assert_eq!(t.details["status"], 3);
+        assert_eq!(t.details["reason"]["failure"]["evicted"], false);
+        assert_eq!(t.outcome(), Some("pre_deploy_failed"));
+        assert_eq!(t.details["message"], "exit 1");
         assert!(t.is_failure() && t.is_notable());
         let p = TimelineEvent::from_envelope(&pull).unwrap_or_else(|| unreachable!());
-        assert_eq!(p.details["reason"], "registry_unavailable");
+        assert_eq!(p.details["imageURL"], "app:1");
+        assert_eq!(p.details["message"], "timeout");
+        assert_eq!(p.details["pullFailure"], "registry_unavailable");
         assert!(
             p.details.get("deployId").is_none(),
             "absent fields are left out"

@@ -26,6 +26,7 @@
 
 pub mod check;
 pub mod credentials;
+pub mod env_vars;
 mod error;
 mod exec;
 pub mod failpoint;
@@ -53,6 +54,7 @@ use tokio_util::task::TaskTracker;
 
 pub use check::{CheckError, ImageChecker};
 pub use credentials::{CredentialView, NewCredential, Rotation};
+pub use env_vars::EnvEdit;
 pub use error::IngressError;
 pub use hooks::{is_hook_key_shaped, same_secret, HookError};
 pub use integrations::IntegrationView;

@@ -32,6 +32,14 @@ impl CredentialIndex {
         out.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
         out
     }
+
+    /// The name of credential `id`, while it exists.
+    pub fn name(&self, id: &CredentialId) -> Option<String> {
+        self.credentials
+            .get(id)
+            .and_then(CredentialState::active)
+            .map(|c| c.name.clone())
+    }
 }
 
 impl Projection for CredentialIndex {

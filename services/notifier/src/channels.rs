@@ -55,10 +55,14 @@ pub fn summary(event: &TimelineEvent) -> String {
             .map(str::to_owned)
     };
     let mut s = format!("berth: {} on {}", event.kind, event.service_id);
-    if let Some(status) = detail("status") {
-        s.push_str(&format!(" ({status})"));
+    if let Some(outcome) = event
+        .outcome()
+        .map(str::to_owned)
+        .or_else(|| detail("status"))
+    {
+        s.push_str(&format!(" ({outcome})"));
     }
-    for key in ["reason", "message"] {
+    for key in ["message", "reason"] {
         if let Some(v) = detail(key) {
             s.push_str(&format!(": {v}"));
             break;

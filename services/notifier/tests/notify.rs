@@ -94,6 +94,7 @@ async fn every_channel_delivers_once_signed_and_without_secrets() -> Result<()> 
         vec![
             DeployStarted {
                 deploy: deploy.clone(),
+                trigger: None,
             }
             .into(),
             pull_failed,
@@ -135,10 +136,10 @@ async fn every_channel_delivers_once_signed_and_without_secrets() -> Result<()> 
     assert_eq!(body["type"], "image_pull_failed");
     assert_eq!(body["data"]["serviceId"], svc.as_str());
     assert_eq!(
-        body["data"]["details"]["imageUrl"],
+        body["data"]["details"]["imageURL"],
         "registry.example/app:2"
     );
-    assert_eq!(body["data"]["details"]["reason"], "image_not_found");
+    assert_eq!(body["data"]["details"]["pullFailure"], "image_not_found");
     let event_id = body["data"]["id"].as_str().unwrap().to_owned();
     let expected = delivery_id(&event_id, Channel::Webhook).unwrap();
     assert_eq!(hook["headers"]["webhook-id"], expected.as_str());
@@ -265,8 +266,10 @@ async fn settings_none_failure_all_and_the_override_wins() -> Result<()> {
             let body: serde_json::Value =
                 serde_json::from_str(p["body"].as_str().unwrap()).unwrap();
             let name = names[body["data"]["serviceId"].as_str().unwrap()];
-            let status = body["data"]["details"]["status"]
+            let details = &body["data"]["details"];
+            let status = details["finalStatus"]
                 .as_str()
+                .or_else(|| details["runStatus"].as_str())
                 .unwrap()
                 .to_owned();
             let what = match (body["type"].as_str().unwrap(), status.as_str()) {

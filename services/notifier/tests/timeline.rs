@@ -66,7 +66,11 @@ fn history() -> (Vec<Event>, Vec<(&'static str, Option<&'static str>)>) {
             rollback_of: None,
         }
         .into(),
-        DeployStarted { deploy: d1.clone() }.into(),
+        DeployStarted {
+            deploy: d1.clone(),
+            trigger: None,
+        }
+        .into(),
         PreDeployStarted { deploy: d1.clone() }.into(),
         PreDeployEnded {
             deploy: d1.clone(),
@@ -98,7 +102,11 @@ fn history() -> (Vec<Event>, Vec<(&'static str, Option<&'static str>)>) {
             instances: vec![i1.clone()],
         }
         .into(),
-        DeployStarted { deploy: d2.clone() }.into(),
+        DeployStarted {
+            deploy: d2.clone(),
+            trigger: None,
+        }
+        .into(),
         ImagePullFailed {
             deploy: Some(d2.clone()),
             node: None,
@@ -162,7 +170,9 @@ fn shape(events: &[TimelineEvent]) -> Vec<(String, Option<String>)> {
         .map(|t| {
             (
                 t.kind.clone(),
-                t.details["status"].as_str().map(str::to_owned),
+                t.outcome()
+                    .or_else(|| t.details["preDeployStatus"].as_str())
+                    .map(str::to_owned),
             )
         })
         .collect()
@@ -205,8 +215,8 @@ async fn timeline_in_order_with_filters_and_on_the_integration_stream() -> Resul
         .all(|t| t.id.starts_with("evt-") && t.service_id == svc.as_str()));
     assert!(all.windows(2).all(|w| w[0].timestamp <= w[1].timestamp));
     let pull = all.iter().find(|t| t.kind == "image_pull_failed").unwrap();
-    assert_eq!(pull.details["imageUrl"], "app:2");
-    assert_eq!(pull.details["reason"], "unauthorized");
+    assert_eq!(pull.details["imageURL"], "app:2");
+    assert_eq!(pull.details["pullFailure"], "unauthorized");
     assert_eq!(pull.details["message"], "401");
     let json = serde_json::to_value(pull)?;
     for field in ["id", "timestamp", "serviceId", "type", "details"] {

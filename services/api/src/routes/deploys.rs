@@ -9,12 +9,15 @@ use axum::Json;
 use berth_domain::service::ServiceState;
 use berth_ingress::Scope;
 use berth_schemas::ids::DeployId;
+use berth_schemas::model::DeployStatus;
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::services::service_id;
-use crate::app::{AppState, Authed, JsonBody, Page, QueryParams};
+use crate::app::{AppState, Authed, JsonBody, Page};
 use crate::error::ApiError;
+use crate::query::{self, Listing};
 use crate::views::DeployView;
 
 fn deploy_id(s: &str) -> Result<DeployId, ApiError> {
@@ -29,17 +32,117 @@ fn view(state: &ServiceState, deploy: &DeployId) -> Result<DeployView, ApiError>
         .ok_or_else(|| ApiError::not_found("deploy"))
 }
 
+/// Query of `GET /v1/services/{id}/deploys`: Render's filters, all
+/// honoured.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploysQuery {
+    /// Deploy statuses (repeated or comma-separated).
+    #[serde(default, deserialize_with = "query::many")]
+    pub status: Vec<String>,
+    #[serde(default, deserialize_with = "query::one")]
+    pub created_before: Option<String>,
+    #[serde(default, deserialize_with = "query::one")]
+    pub created_after: Option<String>,
+    #[serde(default, deserialize_with = "query::one")]
+    pub updated_before: Option<String>,
+    #[serde(default, deserialize_with = "query::one")]
+    pub updated_after: Option<String>,
+    #[serde(default, deserialize_with = "query::one")]
+    pub finished_before: Option<String>,
+    #[serde(default, deserialize_with = "query::one")]
+    pub finished_after: Option<String>,
+    #[serde(default, deserialize_with = "query::one")]
+    pub cursor: Option<String>,
+    #[serde(default, deserialize_with = "query::one")]
+    pub limit: Option<String>,
+}
+
+type Window = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+/// What a listed deploy must match.
+struct DeployFilter {
+    statuses: Vec<DeployStatus>,
+    created: Window,
+    updated: Window,
+    finished: Window,
+}
+
+impl DeployFilter {
+    fn of(q: &DeploysQuery) -> Result<Self, ApiError> {
+        let statuses = q
+            .status
+            .iter()
+            .map(|s| {
+                serde_json::from_value::<DeployStatus>(Value::String(s.clone()))
+                    .map_err(|_| ApiError::field("status", "is not a deploy status"))
+            })
+            .collect::<Result<_, _>>()?;
+        let window = |after: &str, a: &Option<String>, before: &str, b: &Option<String>| {
+            Ok::<_, ApiError>((
+                query::time(after, a.as_deref())?,
+                query::time(before, b.as_deref())?,
+            ))
+        };
+        Ok(DeployFilter {
+            statuses,
+            created: window(
+                "createdAfter",
+                &q.created_after,
+                "createdBefore",
+                &q.created_before,
+            )?,
+            updated: window(
+                "updatedAfter",
+                &q.updated_after,
+                "updatedBefore",
+                &q.updated_before,
+            )?,
+            finished: window(
+                "finishedAfter",
+                &q.finished_after,
+                "finishedBefore",
+                &q.finished_before,
+            )?,
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.statuses.is_empty()
+            && [self.created, self.updated, self.finished]
+                .iter()
+                .all(|(a, b)| a.is_none() && b.is_none())
+    }
+
+    fn keeps(&self, d: &DeployView) -> bool {
+        let within = |t: Option<DateTime<Utc>>, (after, before): Window| {
+            after.is_none_or(|a| t.is_some_and(|t| t >= a))
+                && before.is_none_or(|b| t.is_some_and(|t| t <= b))
+        };
+        (self.statuses.is_empty() || self.statuses.contains(&d.status))
+            && within(d.created_at, self.created)
+            && within(d.updated_at, self.updated)
+            && within(d.finished_at, self.finished)
+    }
+}
+
 /// GET /v1/services/{id}/deploys, newest first.
 pub async fn list(
     State(st): State<AppState>,
     Authed(caller): Authed,
     Path(id): Path<String>,
-    QueryParams(page): QueryParams<Page>,
+    Listing(q): Listing<DeploysQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let id = service_id(&id)?;
+    let filter = DeployFilter::of(&q)?;
+    let page = Page {
+        limit: q.limit,
+        cursor: q.cursor,
+    };
     let mut state = st.ingress.show_service(&caller, &id).await?;
     if state.forgotten_deploys > 0
-        && !page.served_by(state.deploys.iter().rev().map(|d| d.id.as_str()))?
+        && (!filter.is_empty()
+            || !page.served_by(state.deploys.iter().rev().map(|d| d.id.as_str()))?)
     {
         // The page reaches past the deploys the service holds.
         state = st.ingress.service_with_every_deploy(&caller, &id).await?;
@@ -49,6 +152,7 @@ pub async fn list(
         .iter()
         .rev()
         .map(|d| (d.id.to_string(), DeployView::of(d)))
+        .filter(|(_, d)| filter.keeps(d))
         .collect();
     Ok(Json(Value::Array(
         page.apply(items)?
@@ -79,6 +183,12 @@ pub struct CreateBody {
     pub image_url: Option<String>,
     /// Render's field; berth keeps no build cache, so it changes nothing.
     pub clear_cache: Option<String>,
+    /// Render's `deploy_only` / `build_and_deploy`: berth builds nothing,
+    /// so both deploy the image.
+    pub deploy_mode: Option<String>,
+    /// Render's builds and commits: refused, berth builds nothing.
+    pub build_id: Option<Value>,
+    pub commit_id: Option<Value>,
 }
 
 /// 201 with the deploy a create or rollback just appended.
@@ -99,6 +209,22 @@ pub async fn create(
             return Err(ApiError::field(
                 "clearCache",
                 "must be clear or do_not_clear",
+            ));
+        }
+    }
+    if let Some(m) = body.deploy_mode.as_deref() {
+        if m != "deploy_only" && m != "build_and_deploy" {
+            return Err(ApiError::field(
+                "deployMode",
+                "must be deploy_only or build_and_deploy",
+            ));
+        }
+    }
+    for (name, v) in [("buildId", &body.build_id), ("commitId", &body.commit_id)] {
+        if v.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::field(
+                name,
+                "berth deploys prebuilt images: give imageUrl",
             ));
         }
     }

@@ -1,6 +1,8 @@
 //! The `/v1` handlers, by resource.
 
 pub mod deploys;
+pub mod env_vars;
+pub mod events;
 pub mod owner;
 pub mod services;
 

@@ -1,7 +1,7 @@
 //! `/v1/services…`: create (image verified first, SPEC §4), list, get,
-//! update, delete, and the service actions (scale, restart, suspend,
-//! resume, deploy hook key) — plus cron runs and the per-service
-//! notification override, which are service commands too.
+//! update, delete, the service actions (scale, restart, suspend, resume,
+//! deploy hook key) and its instances — plus cron runs and the
+//! per-service notification override, which are service commands too.
 
 use std::collections::BTreeMap;
 
@@ -9,24 +9,24 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use berth_domain::service::ServiceState;
-use berth_domain::timeline::{Answer, Timeline, UnknownCursor};
+use berth_domain::service::{ServiceState, ServiceStatus};
 use berth_ingress::{NewService, Scope};
 use berth_runtime::Secret;
 use berth_schemas::events::ServiceSettings;
 use berth_schemas::ids::{CredentialId, ServiceId};
 use berth_schemas::model::{NotifySetting, OverlapPolicy, ServiceType};
-use berth_schemas::AggregateId;
-use serde::{Deserialize, Deserializer};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
 use super::{field, owner_matches};
-use crate::app::{self, AppState, Authed, JsonBody, Page, QueryParams};
+use crate::app::{self, AppState, Authed, JsonBody};
 use crate::error::{ApiError, FieldError};
+use crate::query::{self, Listing};
 use crate::views;
 
 /// Most env vars a service may have, and their sizes.
-const MAX_ENV_VARS: usize = 200;
+pub(crate) const MAX_ENV_VARS: usize = 200;
 const MAX_ENV_KEY: usize = 128;
 const MAX_ENV_VALUE: usize = 16 * 1024;
 
@@ -42,6 +42,35 @@ pub fn service_id(s: &str) -> Result<ServiceId, ApiError> {
     s.parse().map_err(|_| ApiError::not_found("service"))
 }
 
+/// Render's fields for what berth does not have (builds from a repository,
+/// autoscaling, disks, previews, …): accepted when they ask for nothing
+/// (absent, `null`, `false`, `""`, `"no"`, `"off"`, empty), refused with
+/// `why` otherwise, so a request is never half-honoured in silence.
+fn unsupported(fields: &mut Vec<FieldError>, name: &str, value: &Option<Value>, why: &str) {
+    let asks = match value {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::String(s)) => !matches!(s.as_str(), "" | "no" | "off"),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::Object(o)) => o.values().any(|v| {
+            !matches!(v, Value::Null | Value::Bool(false))
+                && v.as_str().is_none_or(|s| !matches!(s, "" | "no" | "off"))
+        }),
+        Some(_) => true,
+    };
+    if asks {
+        field(fields, name, why);
+    }
+}
+
+const NO_BUILDS: &str = "berth deploys prebuilt images and builds nothing";
+
+/// `runtime` (and Render's older `env`): berth runs images only.
+fn runtime(fields: &mut Vec<FieldError>, name: &str, value: &Option<String>) {
+    if value.as_deref().is_some_and(|r| r != "image") {
+        field(fields, name, "must be image: berth deploys prebuilt images");
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ImageBody {
@@ -51,11 +80,40 @@ pub struct ImageBody {
     pub owner_id: Option<String>,
 }
 
+/// One env var of a create or update: a value, or Render's
+/// `generateValue: true` for a random one.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnvVarBody {
     pub key: String,
-    pub value: String,
+    pub value: Option<String>,
+    pub generate_value: Option<bool>,
+}
+
+/// The value an env var body asks for: given, or generated (256 random
+/// bits, base64).
+pub(crate) fn env_value(
+    fields: &mut Vec<FieldError>,
+    name: &str,
+    value: Option<String>,
+    generate: Option<bool>,
+) -> Option<String> {
+    match (value, generate) {
+        (Some(v), None | Some(false)) => Some(v),
+        (None, Some(true)) => Some(berth_runtime::SecretKey::generate_base64()),
+        (Some(_), Some(true)) => {
+            field(
+                fields,
+                name,
+                "give a value or generateValue: true, not both",
+            );
+            None
+        }
+        (None, _) => {
+            field(fields, name, "needs a value (or generateValue: true)");
+            None
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +121,14 @@ pub struct EnvVarBody {
 pub struct EnvSpecific {
     #[serde(default, deserialize_with = "nullable")]
     pub docker_command: Option<Option<String>>,
+    /// Render's build settings: nothing is built, so they must ask for nothing.
+    pub docker_context: Option<Value>,
+    pub dockerfile_path: Option<Value>,
+    pub registry_credential_id: Option<Value>,
+    pub build_command: Option<Value>,
+    pub start_command: Option<Value>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub pre_deploy_command: Option<Option<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -78,6 +144,145 @@ pub struct DetailsBody {
     pub env_specific_details: Option<EnvSpecific>,
     pub overlap_policy: Option<OverlapPolicy>,
     pub shutdown_delay_seconds: Option<u16>,
+    /// Render's name for the shutdown delay.
+    pub max_shutdown_delay_seconds: Option<u16>,
+    /// Render's clients send the runtime always: it must be `image`.
+    pub runtime: Option<String>,
+    pub env: Option<String>,
+    // Render's settings berth has no counterpart for.
+    pub autoscaling: Option<Value>,
+    pub disk: Option<Value>,
+    pub build_source_id: Option<Value>,
+    pub pull_request_previews_enabled: Option<Value>,
+    pub previews: Option<Value>,
+    pub ip_allow_list: Option<Value>,
+    pub maintenance_mode: Option<Value>,
+    pub cache: Option<Value>,
+    pub build_plan: Option<Value>,
+    pub build_command: Option<Value>,
+    pub publish_path: Option<Value>,
+    pub internal_routing: Option<Value>,
+    pub render_subdomain_policy: Option<Value>,
+}
+
+impl DetailsBody {
+    /// Refuses what berth cannot do; returns the shutdown delay asked for
+    /// (either name).
+    fn check(&self, fields: &mut Vec<FieldError>) -> Option<u16> {
+        runtime(fields, "serviceDetails.runtime", &self.runtime);
+        runtime(fields, "serviceDetails.env", &self.env);
+        let d = "serviceDetails.";
+        for (name, value, why) in [
+            (
+                "autoscaling",
+                &self.autoscaling,
+                "berth does not autoscale: set numInstances or POST /v1/services/{id}/scale",
+            ),
+            ("disk", &self.disk, "berth has no persistent disks"),
+            ("buildSourceId", &self.build_source_id, NO_BUILDS),
+            (
+                "pullRequestPreviewsEnabled",
+                &self.pull_request_previews_enabled,
+                "berth has no preview environments",
+            ),
+            (
+                "previews",
+                &self.previews,
+                "berth has no preview environments",
+            ),
+            (
+                "ipAllowList",
+                &self.ip_allow_list,
+                "berth has no IP allow lists",
+            ),
+            (
+                "maintenanceMode",
+                &self.maintenance_mode,
+                "berth has no maintenance mode",
+            ),
+            ("buildCommand", &self.build_command, NO_BUILDS),
+            (
+                "publishPath",
+                &self.publish_path,
+                "berth has no static sites",
+            ),
+            (
+                "renderSubdomainPolicy",
+                &self.render_subdomain_policy,
+                "a web service is always served at <name>.<base-domain>",
+            ),
+        ] {
+            unsupported(fields, &format!("{d}{name}"), value, why);
+        }
+        // Build tiers, edge caching and internal routing change nothing
+        // for an image that is served as is.
+        let _ = (&self.build_plan, &self.cache, &self.internal_routing);
+        if let Some(e) = &self.env_specific_details {
+            let d = "serviceDetails.envSpecificDetails.";
+            for (name, value) in [
+                ("dockerContext", &e.docker_context),
+                ("dockerfilePath", &e.dockerfile_path),
+                ("registryCredentialId", &e.registry_credential_id),
+                ("buildCommand", &e.build_command),
+                ("startCommand", &e.start_command),
+            ] {
+                unsupported(fields, &format!("{d}{name}"), value, NO_BUILDS);
+            }
+        }
+        match (self.shutdown_delay_seconds, self.max_shutdown_delay_seconds) {
+            (Some(a), Some(b)) if a != b => {
+                field(
+                    fields,
+                    "serviceDetails.maxShutdownDelaySeconds",
+                    "differs from shutdownDelaySeconds (the same setting)",
+                );
+                None
+            }
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The pre-deploy command, from `serviceDetails` or (as Render shows
+    /// it) `envSpecificDetails`.
+    fn pre_deploy(&self) -> Option<Option<String>> {
+        self.pre_deploy_command.clone().or_else(|| {
+            self.env_specific_details
+                .as_ref()
+                .and_then(|e| e.pre_deploy_command.clone())
+        })
+    }
+
+    fn docker_command(&self) -> Option<Option<String>> {
+        self.env_specific_details
+            .as_ref()
+            .and_then(|e| e.docker_command.clone())
+    }
+}
+
+/// A notification setting as a body gives it: berth's values (`all`,
+/// `failure`, `none`) or Render's service values (`default` follows the
+/// owner, `notify` sends failures, `ignore` sends nothing).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyBody {
+    All,
+    Failure,
+    None,
+    Default,
+    Notify,
+    Ignore,
+}
+
+impl NotifyBody {
+    /// The service's override (`None`: the owner's default).
+    fn setting(self) -> Option<NotifySetting> {
+        match self {
+            NotifyBody::All => Some(NotifySetting::All),
+            NotifyBody::Failure | NotifyBody::Notify => Some(NotifySetting::Failure),
+            NotifyBody::None | NotifyBody::Ignore => Some(NotifySetting::None),
+            NotifyBody::Default => None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,37 +295,98 @@ pub struct CreateBody {
     pub image: Option<ImageBody>,
     pub env_vars: Option<Vec<EnvVarBody>>,
     pub service_details: Option<DetailsBody>,
-    pub notify_on_fail: Option<NotifySetting>,
+    pub notify_on_fail: Option<NotifyBody>,
+    #[serde(flatten)]
+    pub render: RenderSource,
 }
 
-fn env_vars(vars: Vec<EnvVarBody>, fields: &mut Vec<FieldError>) -> BTreeMap<String, Secret> {
+/// Render's fields for services built from a repository; for an image
+/// they must ask for nothing.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RenderSource {
+    pub auto_deploy: Option<Value>,
+    pub auto_deploy_trigger: Option<Value>,
+    pub repo: Option<Value>,
+    pub branch: Option<Value>,
+    pub build_filter: Option<Value>,
+    pub root_dir: Option<Value>,
+    pub secret_files: Option<Value>,
+    pub environment_id: Option<Value>,
+    pub build_source_id: Option<Value>,
+}
+
+impl RenderSource {
+    fn check(&self, fields: &mut Vec<FieldError>) {
+        for (name, value, why) in [
+            ("autoDeploy", &self.auto_deploy, "an image service has nothing to deploy by itself: deploy by hook, API or bus command"),
+            ("autoDeployTrigger", &self.auto_deploy_trigger, "an image service has nothing to deploy by itself: deploy by hook, API or bus command"),
+            ("repo", &self.repo, NO_BUILDS),
+            ("branch", &self.branch, NO_BUILDS),
+            ("buildFilter", &self.build_filter, NO_BUILDS),
+            ("rootDir", &self.root_dir, NO_BUILDS),
+            ("buildSourceId", &self.build_source_id, NO_BUILDS),
+            ("secretFiles", &self.secret_files, "berth has no secret files: use env vars"),
+            ("environmentId", &self.environment_id, "berth has no environments"),
+        ] {
+            unsupported(fields, name, value, why);
+        }
+    }
+}
+
+pub(crate) fn env_vars(
+    vars: Vec<EnvVarBody>,
+    fields: &mut Vec<FieldError>,
+) -> BTreeMap<String, Secret> {
     if vars.len() > MAX_ENV_VARS {
         field(fields, "envVars", "too many variables (at most 200)");
     }
     let mut out = BTreeMap::new();
     for v in vars.into_iter().take(MAX_ENV_VARS) {
-        let ok_key = !v.key.is_empty()
-            && v.key.len() <= MAX_ENV_KEY
-            && !v.key.starts_with(|c: char| c.is_ascii_digit())
-            && v.key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !ok_key {
-            field(
-                fields,
-                "envVars.key",
-                "must be 1-128 characters of A-Z, a-z, 0-9 and _, not starting with a digit",
-            );
-        } else if v.value.len() > MAX_ENV_VALUE {
+        if !env_key_ok(&v.key) {
+            field(fields, "envVars.key", ENV_KEY_RULE);
+            continue;
+        }
+        let Some(value) = env_value(fields, "envVars.value", v.value, v.generate_value) else {
+            continue;
+        };
+        if value.len() > MAX_ENV_VALUE {
             field(fields, "envVars.value", "must be at most 16 KiB");
-        } else if out.insert(v.key, Secret::new(v.value)).is_some() {
+        } else if out.insert(v.key, Secret::new(value)).is_some() {
             field(fields, "envVars.key", "each key may appear once");
         }
     }
     out
 }
 
-/// POST /v1/services
+pub(crate) const ENV_KEY_RULE: &str =
+    "must be 1-128 characters of A-Z, a-z, 0-9 and _, not starting with a digit";
+
+/// Whether `key` may name an env var.
+pub(crate) fn env_key_ok(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= MAX_ENV_KEY
+        && !key.starts_with(|c: char| c.is_ascii_digit())
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Whether `value` fits in an env var.
+pub(crate) fn env_value_ok(value: &str) -> bool {
+    value.len() <= MAX_ENV_VALUE
+}
+
+/// A service view of `state`, or 404.
+pub(crate) fn view_of(
+    st: &AppState,
+    id: &ServiceId,
+    state: &ServiceState,
+) -> Result<views::ServiceView, ApiError> {
+    st.service_view(id, state)?
+        .ok_or_else(|| ApiError::not_found("service"))
+}
+
+/// POST /v1/services: Render's `{service, deployId}` (201), plus berth's
+/// deploy hook URL, shown here once.
 pub async fn create(
     State(st): State<AppState>,
     Authed(caller): Authed,
@@ -129,6 +395,7 @@ pub async fn create(
     let owner = caller.owner.to_string();
     owner_matches(body.owner_id.as_deref(), &owner)?;
     let mut fields = Vec::new();
+    body.render.check(&mut fields);
     let service_type = match body.service_type.as_deref() {
         None => {
             field(&mut fields, "type", "is required");
@@ -169,6 +436,7 @@ pub async fn create(
         },
     };
     let details = body.service_details.unwrap_or_default();
+    let shutdown_delay = details.check(&mut fields);
     let plan = match details.plan.as_deref() {
         None => None,
         Some(p) => {
@@ -187,23 +455,19 @@ pub async fn create(
     };
     let mut new = NewService::new(&name, service_type, &image_path);
     new.credential = credential;
+    new.pre_deploy_command = details.pre_deploy().flatten();
+    new.docker_command = details.docker_command().flatten();
     new.region = details.region;
     new.plan = plan;
     new.num_instances = details.num_instances;
-    new.docker_command = details
-        .env_specific_details
-        .and_then(|e| e.docker_command)
-        .flatten();
     new.env_vars = env;
-    new.pre_deploy_command = details.pre_deploy_command.flatten();
     new.health_check_path = details.health_check_path;
     new.schedule = details.schedule;
-    new.notify = body.notify_on_fail;
+    new.notify = body.notify_on_fail.and_then(NotifyBody::setting);
     new.overlap_policy = details.overlap_policy;
-    new.shutdown_delay_secs = details.shutdown_delay_seconds;
+    new.shutdown_delay_secs = shutdown_delay;
     let created = st.ingress.create_service(&caller, new).await?;
-    let view = views::service(&created.id, &created.state)
-        .ok_or_else(|| ApiError::not_found("service"))?;
+    let view = view_of(&st, &created.id, &created.state)?;
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -215,27 +479,155 @@ pub async fn create(
         .into_response())
 }
 
+/// Query of `GET /v1/services`: Render's filters, honoured: `name`,
+/// `type`, `env` (every service's is `image`), `region`, `suspended`,
+/// `ownerId` (only the caller's has services), `environmentId` (berth has
+/// no environments, so nothing is in one) and the creation and update
+/// times; `includePreviews` changes nothing (berth has no previews).
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicesQuery {
+    #[serde(default, deserialize_with = "query::many")]
+    pub name: Vec<String>,
+    #[serde(default, deserialize_with = "query::many", rename = "type")]
+    pub types: Vec<String>,
+    #[serde(default, deserialize_with = "query::many")]
+    pub env: Vec<String>,
+    #[serde(default, deserialize_with = "query::many")]
+    pub region: Vec<String>,
+    /// `suspended`, `not_suspended`.
+    #[serde(default, deserialize_with = "query::many")]
+    pub suspended: Vec<String>,
+    #[serde(default, deserialize_with = "query::many")]
+    pub owner_id: Vec<String>,
+    #[serde(default, deserialize_with = "query::one")]
+    pub created_before: Option<String>,
+    #[serde(default, deserialize_with = "query::one")]
+    pub created_after: Option<String>,
+    #[serde(default, deserialize_with = "query::one")]
+    pub updated_before: Option<String>,
+    #[serde(default, deserialize_with = "query::one")]
+    pub updated_after: Option<String>,
+    /// Accepted; berth has no preview services.
+    #[serde(default, deserialize_with = "query::one")]
+    pub include_previews: Option<String>,
+    /// berth has no environments: no service is in one.
+    #[serde(default, deserialize_with = "query::many")]
+    pub environment_id: Vec<String>,
+    #[serde(default, deserialize_with = "query::one")]
+    pub cursor: Option<String>,
+    #[serde(default, deserialize_with = "query::one")]
+    pub limit: Option<String>,
+}
+
+/// `ServicesQuery` checked: what a listed service must match.
+struct ServiceFilter {
+    names: Vec<String>,
+    types: Vec<ServiceType>,
+    regions: Vec<String>,
+    suspended: Option<bool>,
+    created: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
+    updated: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
+    /// A filter nothing can match (another owner, another runtime).
+    none: bool,
+}
+
+impl ServiceFilter {
+    fn of(q: &ServicesQuery, caller_owner: &str) -> Result<Self, ApiError> {
+        let mut types = Vec::new();
+        for t in &q.types {
+            match serde_json::from_value::<ServiceType>(Value::String(t.clone())) {
+                Ok(t) => types.push(t),
+                // Render's static sites: berth has none.
+                Err(_) if t == "static_site" => {}
+                Err(_) => return Err(ApiError::field("type", "is not a service type")),
+            }
+        }
+        let static_only = !q.types.is_empty() && types.is_empty();
+        if q.suspended
+            .iter()
+            .any(|s| s != "suspended" && s != "not_suspended")
+        {
+            return Err(ApiError::field(
+                "suspended",
+                "must be suspended or not_suspended",
+            ));
+        }
+        let asked = |v: &str| q.suspended.iter().any(|s| s == v);
+        // Both values, or neither: no filter.
+        let suspended = match (asked("suspended"), asked("not_suspended")) {
+            (true, false) => Some(true),
+            (false, true) => Some(false),
+            _ => None,
+        };
+        Ok(ServiceFilter {
+            names: q.name.clone(),
+            types,
+            regions: q.region.clone(),
+            suspended,
+            created: (
+                query::time("createdAfter", q.created_after.as_deref())?,
+                query::time("createdBefore", q.created_before.as_deref())?,
+            ),
+            updated: (
+                query::time("updatedAfter", q.updated_after.as_deref())?,
+                query::time("updatedBefore", q.updated_before.as_deref())?,
+            ),
+            none: static_only
+                || !q.environment_id.is_empty()
+                || (!q.owner_id.is_empty() && !q.owner_id.iter().any(|o| o == caller_owner))
+                || (!q.env.is_empty() && !q.env.iter().any(|e| e == "image")),
+        })
+    }
+
+    fn keeps(&self, s: &ServiceState) -> bool {
+        let Some(c) = s.config.as_ref() else {
+            return false;
+        };
+        let within =
+            |t: Option<DateTime<Utc>>,
+             (after, before): (Option<DateTime<Utc>>, Option<DateTime<Utc>>)| {
+                after.is_none_or(|a| t.is_some_and(|t| t >= a))
+                    && before.is_none_or(|b| t.is_some_and(|t| t <= b))
+            };
+        !self.none
+            && (self.names.is_empty() || self.names.contains(&c.name))
+            && (self.types.is_empty() || self.types.contains(&c.service_type))
+            && (self.regions.is_empty() || self.regions.contains(&c.region))
+            && self
+                .suspended
+                .is_none_or(|w| w == (s.status == ServiceStatus::Suspended))
+            && within(s.created_at, self.created)
+            && within(s.updated_at, self.updated)
+    }
+}
+
 /// GET /v1/services
 pub async fn list(
     State(st): State<AppState>,
     Authed(caller): Authed,
-    QueryParams(page): QueryParams<Page>,
+    Listing(q): Listing<ServicesQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    let filter = ServiceFilter::of(&q, caller.owner.as_str())?;
+    query::flag("includePreviews", q.include_previews.as_deref())?;
+    let limit = app::limit(q.limit.as_deref())?.unwrap_or(20);
     st.caught_up().await?;
     // The page is cut from references into the index; only its services
     // are rendered.
-    let limit = app::limit(page.limit.as_deref())?.unwrap_or(20);
     let page = st.read(|i| {
-        i.services_page(&caller.owner, page.cursor.as_deref(), limit)
-            .map(|items| {
-                items
-                    .into_iter()
-                    .filter_map(|(id, state)| {
-                        views::service(id, state).map(|v| (id.to_string(), v))
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .map_err(|e| ApiError::field("cursor", e.to_string()))
+        i.services_page(&caller.owner, q.cursor.as_deref(), limit, |s| {
+            filter.keeps(s)
+        })
+        .map(|items| {
+            items
+                .into_iter()
+                .filter_map(|(id, state)| {
+                    views::service(id, state, &st.links, |c| i.credential_name(c))
+                        .map(|v| (id.to_string(), v))
+                })
+                .collect::<Vec<_>>()
+        })
+        .map_err(|e| ApiError::field("cursor", e.to_string()))
     })??;
     Ok(Json(Value::Array(
         page.into_iter()
@@ -249,12 +641,10 @@ pub async fn get(
     State(st): State<AppState>,
     Authed(caller): Authed,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<views::ServiceView>, ApiError> {
     let id = service_id(&id)?;
     let state = st.ingress.show_service(&caller, &id).await?;
-    views::service(&id, &state)
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("service"))
+    view_of(&st, &id, &state).map(Json)
 }
 
 #[derive(Debug, Deserialize)]
@@ -265,7 +655,9 @@ pub struct UpdateBody {
     pub env_vars: Option<Vec<EnvVarBody>>,
     pub service_details: Option<DetailsBody>,
     #[serde(default, deserialize_with = "nullable")]
-    pub notify_on_fail: Option<Option<NotifySetting>>,
+    pub notify_on_fail: Option<Option<NotifyBody>>,
+    #[serde(flatten)]
+    pub render: RenderSource,
 }
 
 /// PATCH /v1/services/{id}
@@ -274,12 +666,13 @@ pub async fn update(
     Authed(caller): Authed,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<UpdateBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<views::ServiceView>, ApiError> {
     let id = service_id(&id)?;
     let mut fields = Vec::new();
+    body.render.check(&mut fields);
     let mut settings = ServiceSettings {
         name: body.name,
-        notify: body.notify_on_fail,
+        notify: body.notify_on_fail.map(|n| n.and_then(NotifyBody::setting)),
         ..ServiceSettings::default()
     };
     if let Some(image) = body.image {
@@ -304,6 +697,7 @@ pub async fn update(
         settings.image = image.image_path;
     }
     if let Some(d) = body.service_details {
+        settings.shutdown_delay_secs = d.check(&mut fields);
         if d.region.is_some() {
             field(&mut fields, "serviceDetails.region", "cannot be changed");
         }
@@ -320,12 +714,11 @@ pub async fn update(
                 field(&mut fields, "serviceDetails.plan", "is not a known plan");
             }
         }
+        settings.pre_deploy_command = d.pre_deploy();
+        settings.docker_command = d.docker_command();
         settings.health_check_path = d.health_check_path;
-        settings.pre_deploy_command = d.pre_deploy_command;
         settings.schedule = d.schedule;
-        settings.docker_command = d.env_specific_details.and_then(|e| e.docker_command);
         settings.overlap_policy = d.overlap_policy;
-        settings.shutdown_delay_secs = d.shutdown_delay_seconds;
     }
     let env = body.env_vars.map(|v| env_vars(v, &mut fields));
     if !fields.is_empty() {
@@ -335,9 +728,7 @@ pub async fn update(
         .ingress
         .update_service(&caller, &id, settings, env)
         .await?;
-    views::service(&id, &state)
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("service"))
+    view_of(&st, &id, &state).map(Json)
 }
 
 /// DELETE /v1/services/{id}
@@ -379,7 +770,7 @@ pub async fn scale(
 #[serde(deny_unknown_fields)]
 pub struct Empty {}
 
-/// POST /v1/services/{id}/restart
+/// POST /v1/services/{id}/restart (200, as Render answers)
 pub async fn restart(
     State(st): State<AppState>,
     Authed(caller): Authed,
@@ -391,7 +782,7 @@ pub async fn restart(
     st.ingress
         .restart(Scope::Owner(&caller), &id, &request)
         .await?;
-    Ok(StatusCode::ACCEPTED)
+    Ok(StatusCode::OK)
 }
 
 /// POST /v1/services/{id}/suspend
@@ -418,6 +809,44 @@ pub async fn resume(
     Ok(StatusCode::ACCEPTED)
 }
 
+/// A service's instance, as Render lists them.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceView {
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    /// berth: the deploy it runs, its node and where it is in its life.
+    pub deploy_id: String,
+    pub node_id: String,
+    pub phase: Value,
+    pub healthy: bool,
+}
+
+/// GET /v1/services/{id}/instances: the service's instances (a plain
+/// array, as Render answers).
+pub async fn instances(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<InstanceView>>, ApiError> {
+    let id = service_id(&id)?;
+    let state = st.ingress.show_service(&caller, &id).await?;
+    Ok(Json(
+        state
+            .instances
+            .iter()
+            .map(|i| InstanceView {
+                id: i.id.to_string(),
+                created_at: i.scheduled_at.unwrap_or_default(),
+                deploy_id: i.deploy.to_string(),
+                node_id: i.node.to_string(),
+                phase: serde_json::to_value(i.phase).unwrap_or(Value::Null),
+                healthy: i.is_healthy(),
+            })
+            .collect(),
+    ))
+}
+
 /// GET /v1/services/{id}/deploy-hook: the hook URL (path) with its key.
 pub async fn hook(
     State(st): State<AppState>,
@@ -442,16 +871,35 @@ pub async fn regenerate_hook(
     Ok(Json(json!({ "url": views::hook_path(&id, key.expose()) })))
 }
 
-/// POST /v1/cron-jobs/{id}/runs: a manual run (an active run is canceled).
+/// A cron job run, as Render shows it.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CronRunView {
+    pub id: String,
+    /// `pending` until it ends: `successful`, `unsuccessful`, `canceled`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// Who started it: `api` for a manual run, else `schedule`.
+    pub triggered_by: String,
+}
+
+/// POST /v1/cron-jobs/{id}/runs: a manual run (an active run is
+/// canceled); 200 with the run, as Render answers.
 pub async fn trigger_cron(
     State(st): State<AppState>,
     Authed(caller): Authed,
     Path(id): Path<String>,
     JsonBody(_): JsonBody<Empty>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<CronRunView>, ApiError> {
     let id = service_id(&id)?;
     let run = st.ingress.trigger_cron_run(&caller, &id).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "id": run.to_string() }))).into_response())
+    Ok(Json(CronRunView {
+        id: run.to_string(),
+        status: "pending".to_owned(),
+        started_at: None,
+        triggered_by: "api".to_owned(),
+    }))
 }
 
 /// DELETE /v1/cron-jobs/{id}/runs: cancels the active run, if any.
@@ -513,83 +961,4 @@ pub async fn set_override(
         .update_service(&caller, &id, settings, None)
         .await?;
     Ok(Json(override_view(&id, &state)))
-}
-
-/// Query of `GET /v1/services/{id}/events`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct EventsQuery {
-    pub limit: Option<String>,
-    pub cursor: Option<String>,
-    /// Comma-separated event types (`deploy_ended,image_pull_failed`).
-    #[serde(rename = "type")]
-    pub types: Option<String>,
-    pub start_time: Option<String>,
-    pub end_time: Option<String>,
-}
-
-fn time(field: &str, v: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
-    v.map(|t| {
-        chrono::DateTime::parse_from_rfc3339(t)
-            .map(|t| t.with_timezone(&chrono::Utc))
-            .map_err(|_| ApiError::field(field, "must be an RFC 3339 time"))
-    })
-    .transpose()
-}
-
-/// GET /v1/services/{id}/events: the service's timeline (Render's event
-/// types), newest first, as `[{cursor, event}]`.
-pub async fn events(
-    State(st): State<AppState>,
-    Authed(caller): Authed,
-    Path(id): Path<String>,
-    QueryParams(q): QueryParams<EventsQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let id = service_id(&id)?;
-    let limit = app::limit(q.limit.as_deref())?;
-    let mut types = std::collections::BTreeSet::new();
-    for t in q.types.as_deref().unwrap_or_default().split(',') {
-        let t = t.trim();
-        if t.is_empty() {
-            continue;
-        }
-        if !berth_domain::timeline::TYPES.contains(&t) {
-            return Err(ApiError::field("type", "is not a service event type"));
-        }
-        types.insert(t.to_owned());
-    }
-    let query = berth_domain::timeline::Query {
-        types,
-        start_time: time("startTime", q.start_time.as_deref())?,
-        end_time: time("endTime", q.end_time.as_deref())?,
-        cursor: q.cursor,
-        limit,
-    };
-    st.caught_up().await?;
-    let answer = st.read(|i| i.owns(&caller.owner, &id).then(|| i.timeline(&id, &query)))?;
-    let cursor = |e: UnknownCursor| ApiError::field("cursor", e.to_string());
-    let page = match answer
-        .ok_or_else(|| ApiError::not_found("service"))?
-        .map_err(cursor)?
-    {
-        Answer::Page(page) => page,
-        Answer::NeedsHistory => {
-            // Older than the entries held: the service's whole history.
-            let history = st
-                .ingress
-                .store()
-                .load(&AggregateId::Service(id.clone()))
-                .await
-                .map_err(|e| ApiError::from(berth_ingress::IngressError::Store(e.to_string())))?;
-            Timeline::of_history(&history.events)
-                .query(&id, &query)
-                .map_err(cursor)?
-        }
-    };
-    Ok(Json(Value::Array(
-        page.events
-            .into_iter()
-            .map(|e| json!({ "cursor": e.id.clone(), "event": e }))
-            .collect(),
-    )))
 }

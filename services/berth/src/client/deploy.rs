@@ -25,12 +25,22 @@ pub const HEADER: &[&str] = &[
     "DEPLOY", "STATUS", "TRIGGER", "IMAGE", "CREATED", "FINISHED",
 ];
 
+/// What started a deploy: Render's trigger, or the service's creation
+/// for its first deploy.
+fn trigger(d: &Value) -> String {
+    if d.get("firstDeploy").and_then(Value::as_bool) == Some(true) {
+        "service_created".to_owned()
+    } else {
+        s(d, "trigger")
+    }
+}
+
 /// One deploy as a table row.
 pub fn row(d: &Value) -> Vec<String> {
     vec![
         s(d, "id"),
         s(d, "status"),
-        s(d, "trigger"),
+        trigger(d),
         s(d, "image/ref"),
         output::time(d, "createdAt"),
         output::time(d, "finishedAt"),

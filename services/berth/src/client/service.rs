@@ -441,8 +441,10 @@ async fn events(
 ) -> Result<(), ClientError> {
     let id = resolve(api, service).await?;
     let mut path = format!("/v1/services/{}/events?limit={limit}", enc(&id));
-    if let Some(t) = types {
-        path.push_str(&format!("&type={}", enc(&t)));
+    match types {
+        Some(t) => path.push_str(&format!("&type={}", enc(&t))),
+        // berth's own event types too, not only Render's.
+        None => path.push_str("&allTypes=true"),
     }
     if let Some(t) = since {
         path.push_str(&format!("&startTime={}", enc(&t)));

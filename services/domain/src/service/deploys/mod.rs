@@ -165,6 +165,7 @@ pub(super) fn admit(
     created: DeployCreated,
 ) -> Vec<Event> {
     let id = created.deploy.clone();
+    let trigger = Some(created.trigger);
     let mut out: Vec<Event> = vec![created.into()];
     match (&state.active, policy) {
         (None, _) => {}
@@ -180,7 +181,13 @@ pub(super) fn admit(
             }
         }
     }
-    out.push(DeployStarted { deploy: id }.into());
+    out.push(
+        DeployStarted {
+            deploy: id,
+            trigger,
+        }
+        .into(),
+    );
     out
 }
 
@@ -203,6 +210,7 @@ fn promote_next(state: &ServiceState, out: &mut Vec<Event>) {
         out.push(
             DeployStarted {
                 deploy: newest.clone(),
+                trigger: state.deploy(newest).map(|d| d.trigger),
             }
             .into(),
         );

@@ -17,8 +17,12 @@ use super::{digest, node, Scenario, IMAGE};
 use crate::error::ErrorKind;
 use crate::service::{apply, Command, DeployRequest};
 
-fn started(id: &DeployId) -> Event {
-    DeployStarted { deploy: id.clone() }.into()
+fn started(id: &DeployId, trigger: DeployTrigger) -> Event {
+    DeployStarted {
+        deploy: id.clone(),
+        trigger: Some(trigger),
+    }
+    .into()
 }
 
 fn canceled(id: &DeployId, reason: CancelReason, by: Option<&DeployId>) -> Event {
@@ -51,7 +55,7 @@ fn create_starts_the_initial_deploy_with_the_normalised_image() {
         s.history[1..],
         [
             created_event(&d0, DeployTrigger::ServiceCreated, IMAGE),
-            started(&d0)
+            started(&d0, DeployTrigger::ServiceCreated)
         ]
     );
     assert_eq!(s.status(&d0), DeployStatus::UpdateInProgress);
@@ -83,7 +87,10 @@ fn every_status_of_the_pipeline_with_a_pre_deploy_command() {
     )));
     assert_eq!(
         events,
-        vec![created_event(&d1, DeployTrigger::Api, IMAGE), started(&d1)]
+        vec![
+            created_event(&d1, DeployTrigger::Api, IMAGE),
+            started(&d1, DeployTrigger::Api)
+        ]
     );
     assert_eq!(s.status(&d1), DeployStatus::UpdateInProgress);
     s.resolve(&d1, &digest(2));
@@ -131,7 +138,7 @@ fn every_status_of_the_pipeline_with_a_pre_deploy_command() {
                 by: d1.clone()
             }
             .into(),
-            started(&d2),
+            started(&d2, DeployTrigger::DeployHook),
         ]
     );
     assert_eq!(s.status(&d1), DeployStatus::Live);
@@ -201,7 +208,7 @@ fn update_failure_keeps_the_previous_live_and_starts_the_next_queued() {
                 reason: "health check timed out".into()
             }
             .into(),
-            started(&d2),
+            started(&d2, DeployTrigger::Api),
         ]
     );
     assert_eq!(s.status(&d1), DeployStatus::UpdateFailed);
@@ -286,7 +293,7 @@ fn overlap_wait_runs_only_the_newest_of_three_queued_requests() {
             .into(),
             canceled(&a, CancelReason::Superseded, Some(&c)),
             canceled(&b, CancelReason::Superseded, Some(&c)),
-            started(&c),
+            started(&c, DeployTrigger::Api),
         ]
     );
     assert_eq!(s.status(&a), DeployStatus::Canceled);
@@ -334,7 +341,7 @@ fn overlap_wait_promotes_the_newest_whichever_way_the_running_deploy_ends() {
             tail,
             [
                 canceled(&a, CancelReason::Superseded, Some(&b)),
-                started(&b)
+                started(&b, DeployTrigger::Api)
             ],
             "{end}"
         );
@@ -359,7 +366,7 @@ fn overlap_cancel_cancels_the_running_deploy_and_starts_the_new_one() {
         vec![
             created_event(&d2, DeployTrigger::DeployHook, IMAGE),
             canceled(&d1, CancelReason::OverlapCancel, Some(&d2)),
-            started(&d2),
+            started(&d2, DeployTrigger::DeployHook),
         ]
     );
     assert_eq!(s.status(&d1), DeployStatus::Canceled);
@@ -379,7 +386,7 @@ fn overlap_cancel_also_supersedes_deploys_queued_under_wait() {
         [
             canceled(&d0, CancelReason::OverlapCancel, Some(&n)),
             canceled(&q, CancelReason::Superseded, Some(&n)),
-            started(&n),
+            started(&n, DeployTrigger::Api),
         ]
     );
 }
@@ -397,7 +404,7 @@ fn explicit_cancel_of_a_queued_deploy_leaves_the_rest_alone() {
     // Canceling again is a no-op; the running deploy ending starts b alone.
     assert_eq!(s.run(Command::CancelDeploy { deploy: a }), vec![]);
     let events = s.go_live(&d0, &digest(1));
-    assert_eq!(events.last(), Some(&started(&b)));
+    assert_eq!(events.last(), Some(&started(&b, DeployTrigger::Api)));
 }
 
 #[test]
@@ -415,7 +422,7 @@ fn explicit_cancel_of_the_running_deploy_starts_the_newest_queued() {
         vec![
             canceled(&d1, CancelReason::Explicit, None),
             canceled(&a, CancelReason::Superseded, Some(&b)),
-            started(&b),
+            started(&b, DeployTrigger::Api),
         ]
     );
     assert_eq!(s.status(&d0), DeployStatus::Live);

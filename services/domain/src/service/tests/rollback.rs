@@ -10,8 +10,13 @@ use super::{digest, Scenario};
 use crate::error::ErrorKind;
 use crate::service::{Command, DeployRequest};
 
+/// A rollback deploy starting.
 fn started(id: &DeployId) -> Event {
-    berth_schemas::events::DeployStarted { deploy: id.clone() }.into()
+    berth_schemas::events::DeployStarted {
+        deploy: id.clone(),
+        trigger: Some(berth_schemas::model::DeployTrigger::Rollback),
+    }
+    .into()
 }
 
 fn rollback_fixture() -> (Scenario, DeployId, DeployId) {

@@ -1,0 +1,121 @@
+//! Query strings as Render's clients send them: a list filter repeats its
+//! key (`type=a&type=b`) or joins values with commas (`type=a,b`), and
+//! parameters berth has no use for (`includePreviews`, `environmentId`, …)
+//! are accepted and ignored rather than refused.
+//!
+//! [`Listing`] extracts a query type whose fields read their values with
+//! [`one`] (the last value given) or [`many`] (every value, comma lists
+//! split); anything the type does not name is ignored.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+/// A query string as a typed value; see the module doc.
+#[derive(Debug, Clone)]
+pub struct Listing<T>(pub T);
+
+/// The query's pairs, each key with every value it was given.
+fn pairs(query: &str) -> Map<String, Value> {
+    let mut out = Map::new();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        let entry = out
+            .entry(k.into_owned())
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Value::Array(values) = entry {
+            values.push(Value::String(v.into_owned()));
+        }
+    }
+    out
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Listing<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let map = pairs(parts.uri.query().unwrap_or_default());
+        serde_json::from_value(Value::Object(map))
+            .map(Listing)
+            .map_err(|e| {
+                ApiError::bad_request(format!(
+                    "invalid query: {}",
+                    crate::app::scrub(&e.to_string())
+                ))
+            })
+    }
+}
+
+/// The last value given for a scalar parameter.
+pub fn one<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Vec::<String>::deserialize(d)?.pop())
+}
+
+/// Every value given for a list parameter, comma-separated ones split,
+/// blanks dropped.
+pub fn many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Vec::<String>::deserialize(d)?
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// A boolean parameter (`true`/`false`), `None` when absent.
+pub fn flag(name: &str, given: Option<&str>) -> Result<Option<bool>, ApiError> {
+    match given {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(_) => Err(ApiError::field(name, "must be true or false")),
+    }
+}
+
+/// A time parameter (RFC 3339), `None` when absent.
+pub fn time(
+    name: &str,
+    given: Option<&str>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    given
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|_| ApiError::field(name, "must be an RFC 3339 time"))
+        })
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Q {
+        #[serde(default, deserialize_with = "many", rename = "type")]
+        types: Vec<String>,
+        #[serde(default, deserialize_with = "one")]
+        limit: Option<String>,
+    }
+
+    fn q(s: &str) -> serde_json::Result<Q> {
+        serde_json::from_value(Value::Object(pairs(s)))
+    }
+
+    #[test]
+    fn repeated_and_comma_lists_merge_and_unknown_parameters_are_ignored() -> serde_json::Result<()>
+    {
+        let got = q(
+            "type=web_service&type=cron_job,background_worker&includePreviews=true&limit=5&limit=7",
+        )?;
+        assert_eq!(got.types, ["web_service", "cron_job", "background_worker"]);
+        assert_eq!(got.limit.as_deref(), Some("7"));
+        let empty = q("")?;
+        assert!(empty.types.is_empty() && empty.limit.is_none());
+        Ok(())
+    }
+}

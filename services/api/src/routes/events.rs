@@ -1,0 +1,110 @@
+//! A service's events timeline (`/v1/services/{id}/events`) and one event
+//! by id (`/v1/events/{eventId}`), in Render's shapes. Render's clients know
+//! Render's event types only, so berth's own (`placement_blocked`,
+//! `cron_job_run_skipped`, `rollback_target_missing`) are listed when asked
+//! for by name in `type`, or with `allTypes=true`.
+
+use std::collections::BTreeSet;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use berth_domain::timeline::{Answer, Query, Timeline, TimelineEvent, UnknownCursor};
+use berth_domain::timeline::{RENDER_TYPES, TYPES};
+use berth_schemas::AggregateId;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::services::service_id;
+use crate::app::{self, AppState, Authed};
+use crate::error::ApiError;
+use crate::query::{self, Listing};
+
+/// Query of `GET /v1/services/{id}/events`.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventsQuery {
+    /// Event types (repeated or comma-separated); default Render's types.
+    #[serde(default, deserialize_with = "query::many", rename = "type")]
+    pub types: Vec<String>,
+    /// berth: `true` lists berth's own event types too.
+    #[serde(default, deserialize_with = "query::one")]
+    pub all_types: Option<String>,
+    #[serde(default, deserialize_with = "query::one")]
+    pub start_time: Option<String>,
+    #[serde(default, deserialize_with = "query::one")]
+    pub end_time: Option<String>,
+    #[serde(default, deserialize_with = "query::one")]
+    pub cursor: Option<String>,
+    #[serde(default, deserialize_with = "query::one")]
+    pub limit: Option<String>,
+}
+
+/// GET /v1/services/{id}/events: the service's timeline, newest first, as
+/// `[{cursor, event}]`.
+pub async fn list(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    Listing(q): Listing<EventsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let id = service_id(&id)?;
+    let limit = app::limit(q.limit.as_deref())?;
+    let mut types = BTreeSet::new();
+    for t in &q.types {
+        if !TYPES.contains(&t.as_str()) {
+            return Err(ApiError::field("type", "is not a service event type"));
+        }
+        types.insert(t.clone());
+    }
+    if types.is_empty() && query::flag("allTypes", q.all_types.as_deref())? != Some(true) {
+        types = RENDER_TYPES.iter().map(|t| (*t).to_owned()).collect();
+    }
+    let query = Query {
+        types,
+        start_time: query::time("startTime", q.start_time.as_deref())?,
+        end_time: query::time("endTime", q.end_time.as_deref())?,
+        cursor: q.cursor,
+        limit,
+    };
+    st.caught_up().await?;
+    let answer = st.read(|i| i.owns(&caller.owner, &id).then(|| i.timeline(&id, &query)))?;
+    let cursor = |e: UnknownCursor| ApiError::field("cursor", e.to_string());
+    let page = match answer
+        .ok_or_else(|| ApiError::not_found("service"))?
+        .map_err(cursor)?
+    {
+        Answer::Page(page) => page,
+        Answer::NeedsHistory => {
+            // Older than the entries held: the service's whole history.
+            let history = st
+                .ingress
+                .store()
+                .load(&AggregateId::Service(id.clone()))
+                .await
+                .map_err(|e| ApiError::from(berth_ingress::IngressError::Store(e.to_string())))?;
+            Timeline::of_history(&history.events)
+                .query(&id, &query)
+                .map_err(cursor)?
+        }
+    };
+    Ok(Json(Value::Array(
+        page.events
+            .into_iter()
+            .map(|e| json!({ "cursor": e.id.clone(), "event": e }))
+            .collect(),
+    )))
+}
+
+/// GET /v1/events/{eventId}: one event of the caller's services, among the
+/// newest each service's timeline holds (older ones: page the service's
+/// `/events`).
+pub async fn get(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> Result<Json<TimelineEvent>, ApiError> {
+    st.caught_up().await?;
+    st.read(|i| i.event(&caller.owner, &id).cloned())?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("event"))
+}

@@ -1,0 +1,107 @@
+//! A service's environment variables one at a time: read them in clear
+//! (for their owner), set one, remove one. Each change is one decision on
+//! the service, made on the variables it holds at that moment (two
+//! clients setting different keys at once both land); like any change of
+//! env vars it redeploys the service.
+
+use std::collections::BTreeMap;
+
+use berth_domain::service::{self, ServiceState};
+use berth_domain::DomainError;
+use berth_runtime::Secret;
+use berth_schemas::events::ServiceSettings;
+use berth_schemas::ids::{DeployId, ServiceId};
+use berth_schemas::model::seal_context;
+use berth_schemas::AggregateId;
+
+use crate::{exec, Caller, Ingress, IngressError};
+
+/// One change to a service's env vars.
+#[derive(Debug, Clone)]
+pub enum EnvEdit {
+    /// Sets `key` to the value (added, or replaced).
+    Set(String, Secret),
+    /// Removes `key`; "not found" when the service has no such variable.
+    Remove(String),
+}
+
+impl Ingress {
+    /// The caller's service's env vars, opened, by name.
+    pub async fn env_vars(
+        &self,
+        caller: &Caller,
+        id: &ServiceId,
+    ) -> Result<BTreeMap<String, Secret>, IngressError> {
+        let state = self.show_service(caller, id).await?;
+        let Some(cfg) = state.config.as_ref() else {
+            return Err(IngressError::not_found("service", id));
+        };
+        cfg.env_vars
+            .iter()
+            .map(|(k, sealed)| {
+                Ok((
+                    k.clone(),
+                    self.key.open(sealed, &seal_context::env_var(id, k))?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Applies `edit` to the caller's service; returns the state after it.
+    pub async fn edit_env_var(
+        &self,
+        caller: &Caller,
+        id: &ServiceId,
+        edit: EnvEdit,
+    ) -> Result<ServiceState, IngressError> {
+        let sealed = match &edit {
+            EnvEdit::Set(k, v) => Some(self.key.seal(v, &seal_context::env_var(id, k))?),
+            EnvEdit::Remove(_) => None,
+        };
+        let deploy = DeployId::generate();
+        let key = format!("env-var-{id}-{deploy}");
+        let owner = &caller.owner;
+        let done = exec::run_when::<service::Service>(
+            &self.store,
+            &AggregateId::Service(id.clone()),
+            &key,
+            &caller.actor,
+            |s: &ServiceState| {
+                let Some(c) = s
+                    .config
+                    .as_ref()
+                    .filter(|c| c.owner == *owner && s.exists())
+                else {
+                    return Err(DomainError::NotFound {
+                        what: "service",
+                        id: id.to_string(),
+                    });
+                };
+                let mut vars = c.env_vars.clone();
+                match (&edit, &sealed) {
+                    (EnvEdit::Set(k, _), Some(sealed)) => {
+                        vars.insert(k.clone(), sealed.clone());
+                    }
+                    (EnvEdit::Remove(k), _) => {
+                        if vars.remove(k).is_none() {
+                            return Err(DomainError::NotFound {
+                                what: "env var",
+                                id: k.clone(),
+                            });
+                        }
+                    }
+                    (EnvEdit::Set(..), None) => return Ok(None),
+                }
+                Ok(Some(service::Command::Update {
+                    settings: ServiceSettings {
+                        env_vars: Some(vars),
+                        ..ServiceSettings::default()
+                    },
+                    deploy: deploy.clone(),
+                }))
+            },
+        )
+        .await?;
+        Ok(std::sync::Arc::unwrap_or_clone(done.state))
+    }
+}
