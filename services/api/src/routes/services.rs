@@ -9,7 +9,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use berth_domain::service::ServiceState;
 use berth_domain::timeline::{Answer, Timeline, UnknownCursor};
 use berth_ingress::{NewService, Scope};
 use berth_runtime::Secret;
@@ -463,56 +462,6 @@ pub async fn cancel_cron(
     let id = service_id(&id)?;
     st.ingress.cancel_cron_run(&caller, &id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct OverrideBody {
-    #[serde(default, deserialize_with = "nullable")]
-    pub notify_on_fail: Option<Option<NotifySetting>>,
-}
-
-/// A service's notification override as the API shows it.
-fn override_view(id: &ServiceId, state: &ServiceState) -> Value {
-    let notify = state.config.as_ref().and_then(|c| c.notify);
-    json!({ "serviceId": id.to_string(), "notifyOnFail": notify })
-}
-
-/// GET /v1/notification-settings/overrides/services/{id}
-pub async fn get_override(
-    State(st): State<AppState>,
-    Authed(caller): Authed,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let id = service_id(&id)?;
-    let state = st.ingress.show_service(&caller, &id).await?;
-    Ok(Json(override_view(&id, &state)))
-}
-
-/// PATCH /v1/notification-settings/overrides/services/{id} (`null` returns
-/// to the owner's default).
-pub async fn set_override(
-    State(st): State<AppState>,
-    Authed(caller): Authed,
-    Path(id): Path<String>,
-    JsonBody(body): JsonBody<OverrideBody>,
-) -> Result<Json<Value>, ApiError> {
-    let id = service_id(&id)?;
-    let Some(notify) = body.notify_on_fail else {
-        return Err(ApiError::field(
-            "notifyOnFail",
-            "is required (null for the owner's default)",
-        ));
-    };
-    let settings = ServiceSettings {
-        notify: Some(notify),
-        ..ServiceSettings::default()
-    };
-    let state = st
-        .ingress
-        .update_service(&caller, &id, settings, None)
-        .await?;
-    Ok(Json(override_view(&id, &state)))
 }
 
 /// Query of `GET /v1/services/{id}/events`.
