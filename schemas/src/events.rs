@@ -98,6 +98,16 @@ pub enum CancelReason {
     ServiceStopped,
 }
 
+/// Reads a setting that can be cleared: `null` is `Some(None)` (clear
+/// it), an absent field `None` (through `default`). Plain `Option` reads
+/// `null` as absent, so a clearing written to the log would read back as
+/// no change.
+fn cleared<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
 /// Settings of a service that an update may change; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -109,19 +119,31 @@ pub struct ServiceSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// New credential; `Some(None)` detaches the credential.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "cleared"
+    )]
     pub credential: Option<Option<CredentialId>>,
     /// New instance type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<Plan>,
     /// New custom command; `Some(None)` returns to the image's CMD.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "cleared"
+    )]
     pub docker_command: Option<Option<String>>,
     /// Replaces all environment variables.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_vars: Option<EnvVars>,
     /// New pre-deploy command; `Some(None)` removes it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "cleared"
+    )]
     pub pre_deploy_command: Option<Option<String>>,
     /// New health check path (web services).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -130,7 +152,11 @@ pub struct ServiceSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
     /// New per-service notification override; `Some(None)` uses the owner default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "cleared"
+    )]
     pub notify: Option<Option<NotifySetting>>,
     /// New overlap policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -544,5 +570,41 @@ events! {
     /// Retries ran out.
     NotificationAbandoned = "notification_abandoned" v 1 {
         pub attempts: u32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cleared_setting_survives_the_log() {
+        let cleared = [
+            ServiceSettings {
+                notify: Some(None),
+                ..ServiceSettings::default()
+            },
+            ServiceSettings {
+                credential: Some(None),
+                ..ServiceSettings::default()
+            },
+            ServiceSettings {
+                docker_command: Some(None),
+                ..ServiceSettings::default()
+            },
+            ServiceSettings {
+                pre_deploy_command: Some(None),
+                ..ServiceSettings::default()
+            },
+            ServiceSettings::default(),
+        ];
+        for s in cleared {
+            let packed = rmp_serde::to_vec_named(&s).unwrap_or_default();
+            let back: Option<ServiceSettings> = rmp_serde::from_slice(&packed).ok();
+            assert_eq!(back.as_ref(), Some(&s), "MessagePack");
+            let json = serde_json::to_value(&s).unwrap_or_default();
+            let back: Option<ServiceSettings> = serde_json::from_value(json).ok();
+            assert_eq!(back.as_ref(), Some(&s), "JSON");
+        }
     }
 }

@@ -131,7 +131,7 @@ impl ApiIndex {
         owner: &OwnerId,
         cursor: Option<&str>,
         limit: usize,
-        keep: impl Fn(&ServiceState) -> bool,
+        keep: impl Fn(&ServiceId, &ServiceState) -> bool,
     ) -> Result<Vec<(&ServiceId, &ServiceState)>, UnknownCursor> {
         use std::ops::Bound::{Excluded, Unbounded};
         let Some(list) = self.by_owner.get(owner) else {
@@ -156,7 +156,7 @@ impl ApiIndex {
             .range((from, Unbounded))
             .filter_map(|(_, id)| self.services.get_key_value(id))
             .map(|(id, i)| (id, &i.state))
-            .filter(|(_, s)| keep(s))
+            .filter(|(id, s)| keep(id, s))
             .take(limit)
             .collect())
     }

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use crate::app::AppState;
 use crate::hooks;
-use crate::routes::{deploys, env_vars, events, owner, services};
+use crate::routes::{deploys, env_vars, events, notifications, owner, services};
 
 /// One route of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,14 +110,17 @@ routes! {
     delete "/v1/cron-jobs/{serviceId}/runs" => services::cancel_cron,
         "Cancel the active cron job run", [], 204;
     get "/v1/registrycredentials" => owner::list_credentials,
-        "List registry credentials", [], 200;
+        "List registry credentials (query: name, username, type, updatedAfter, updatedBefore, \
+         ownerId, cursor, limit; createdAfter and createdBefore are accepted and not applied)",
+        [], 200;
     post "/v1/registrycredentials" => owner::create_credential,
         "Create a registry credential",
-        ["name", "registry", "host", "username", "authToken", "ownerId"], 201;
+        ["name", "registry", "host", "username", "authToken", "ownerId"], 200;
     get "/v1/registrycredentials/{registryCredentialId}" => owner::get_credential,
         "Retrieve a registry credential", [], 200;
     patch "/v1/registrycredentials/{registryCredentialId}" => owner::update_credential,
-        "Rotate a registry credential", ["name", "username", "authToken"], 200;
+        "Rotate a registry credential's token (registry and host cannot change)",
+        ["registry", "host", "name", "username", "authToken"], 200;
     delete "/v1/registrycredentials/{registryCredentialId}" => owner::delete_credential,
         "Delete a registry credential", [], 204;
     get "/v1/api-keys" => owner::list_api_keys,
@@ -132,15 +135,20 @@ routes! {
         "Create an integration: NATS credentials bound to your owner (shown once)", ["name"], 201;
     delete "/v1/integrations/{integrationId}" => owner::revoke_integration,
         "Revoke an integration", [], 204;
-    get "/v1/notification-settings/owners/{ownerId}" => owner::get_notifications,
+    get "/v1/notification-settings/owners/{ownerId}" => notifications::get_owner,
         "Owner notification settings", [], 200;
-    patch "/v1/notification-settings/owners/{ownerId}" => owner::set_notifications,
+    patch "/v1/notification-settings/owners/{ownerId}" => notifications::patch_owner,
         "Update owner notification settings",
-        ["notificationsToSend", "email", "slackWebhookUrl", "webhookUrl", "webhookSecret"], 200;
-    get "/v1/notification-settings/overrides/services/{serviceId}" => services::get_override,
+        ["notificationsToSend", "emailEnabled", "previewNotificationsEnabled", "email",
+         "slackWebhookUrl", "webhookUrl", "webhookSecret"], 200;
+    get "/v1/notification-settings/overrides" => notifications::list_overrides,
+        "List the services' notification overrides (query: serviceId, ownerId, cursor, limit)",
+        [], 200;
+    get "/v1/notification-settings/overrides/services/{serviceId}" => notifications::get_override,
         "Service notification override", [], 200;
-    patch "/v1/notification-settings/overrides/services/{serviceId}" => services::set_override,
-        "Update the service notification override", ["notifyOnFail"], 200;
+    patch "/v1/notification-settings/overrides/services/{serviceId}" => notifications::patch_override,
+        "Update the service notification override",
+        ["notificationsToSend", "previewNotificationsEnabled", "notifyOnFail"], 200;
     get "/deploy/{serviceId}" => hooks::deploy_hook,
         "Deploy hook (query: key, imgURL)", [], 200;
     post "/deploy/{serviceId}" => hooks::deploy_hook,

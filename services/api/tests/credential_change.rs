@@ -16,7 +16,7 @@ async fn patch_swaps_and_removes_the_credential() {
     let mut ids = Vec::new();
     for (owner, name) in [(&alice, "a"), (&alice, "b"), (&bob, "bobs")] {
         let (s, c) = app.post("/v1/registrycredentials", owner, cred(name)).await;
-        assert_eq!(s, StatusCode::CREATED, "{c}");
+        assert_eq!(s, StatusCode::OK, "{c}");
         ids.push(c["id"].as_str().unwrap().to_owned());
     }
     let [a, b, bobs] = [&ids[0], &ids[1], &ids[2]];

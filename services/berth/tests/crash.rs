@@ -215,7 +215,7 @@ impl Installation {
                 Some(json!({"name": name, "registry": "GENERIC", "host": self.registry.host, "username": "ci", "authToken": "tok"})),
             )
             .await;
-        assert_eq!(s, 201, "{v}");
+        assert_eq!(s, 200, "{v}");
         v["id"].as_str().unwrap().to_owned()
     }
 

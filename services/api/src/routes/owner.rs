@@ -1,19 +1,21 @@
 //! The owner's own resources: registry credentials (SPEC §3), API keys and
-//! the notification default (SPEC §9). Tokens and key secrets go in, never
-//! out (a new API key is shown once, in the create answer).
+//! integrations. Tokens and key secrets go in, never out (a new API key is
+//! shown once, in the create answer). The owner's notification default is
+//! in [`super::notifications`].
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use berth_ingress::{ChannelSecrets, CredentialView, NewCredential, OwnerNotifications, Rotation};
+use berth_ingress::{CredentialView, NewCredential, Rotation};
 use berth_runtime::Secret;
 use berth_schemas::ids::{ApiKeyId, CredentialId, IntegrationId};
-use berth_schemas::model::{NotifySetting, RegistryKind};
+use berth_schemas::model::RegistryKind;
+use chrono::DateTime;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{field, owner_matches};
+use super::{field, owner_matches, ListQuery};
 use crate::app::{AppState, Authed, JsonBody, Page, QueryParams};
 use crate::error::{ApiError, FieldError};
 
@@ -24,11 +26,68 @@ fn credential_id(s: &str) -> Result<CredentialId, ApiError> {
         .map_err(|_| ApiError::not_found("registry credential"))
 }
 
+/// A credential in Render's `RegistryCredential` shape (id, name, registry,
+/// username and updatedAt, all required by Render's SDKs), plus berth's
+/// `host` when it has one (always for `GENERIC`).
+fn credential(c: &CredentialView) -> Value {
+    let mut v = json!({
+        "id": c.id.to_string(),
+        "name": c.name,
+        "registry": c.registry,
+        "username": c.username,
+        // A credential read from the log always has the time of its last
+        // event; the epoch only keeps the field a time for one folded
+        // without (never null: Render's SDKs parse it as a date).
+        "updatedAt": c.updated_at.unwrap_or(DateTime::UNIX_EPOCH),
+    });
+    if let Some(h) = &c.host {
+        v["host"] = json!(h);
+    }
+    v
+}
+
+/// The wire name of a registry (Render's, plus berth's `GENERIC`), from
+/// the type's own serde names.
+fn registry_name(r: RegistryKind) -> String {
+    match serde_json::to_value(r) {
+        Ok(Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// Reads a `registry` value: one of berth's kinds, else a field error
+/// (Render's `AWS_ECR` with what to use instead).
+fn registry(fields: &mut Vec<FieldError>, given: Option<&str>) -> Option<RegistryKind> {
+    let given = given?;
+    match serde_json::from_value(Value::String(given.to_owned())) {
+        Ok(r) => Some(r),
+        Err(_) if given == "AWS_ECR" => {
+            field(
+                fields,
+                "registry",
+                "AWS_ECR is not supported: use GENERIC with the registry host \
+                 (<account>.dkr.ecr.<region>.amazonaws.com)",
+            );
+            None
+        }
+        Err(_) => {
+            field(
+                fields,
+                "registry",
+                "must be DOCKER, GITHUB, GITLAB, GOOGLE_ARTIFACT or GENERIC",
+            );
+            None
+        }
+    }
+}
+
+/// The body of create and update: Render's fields (`registry`, `name`,
+/// `username`, `authToken`, and `ownerId` on create) plus berth's `host`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CredentialBody {
     pub name: Option<String>,
-    pub registry: Option<RegistryKind>,
+    pub registry: Option<String>,
     pub host: Option<String>,
     pub username: Option<String>,
     pub auth_token: Option<String>,
@@ -48,24 +107,26 @@ fn token_size(fields: &mut Vec<FieldError>, token: &Option<String>) {
     }
 }
 
-/// POST /v1/registrycredentials
+/// POST /v1/registrycredentials: 200 with the credential, as Render
+/// answers (not 201).
 pub async fn create_credential(
     State(st): State<AppState>,
     Authed(caller): Authed,
     JsonBody(body): JsonBody<CredentialBody>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     owner_matches(body.owner_id.as_deref(), caller.owner.as_str())?;
     let mut fields = Vec::new();
     required(&mut fields, "name", &body.name);
     required(&mut fields, "username", &body.username);
     required(&mut fields, "authToken", &body.auth_token);
+    let kind = registry(&mut fields, body.registry.as_deref());
     if body.registry.is_none() {
         field(&mut fields, "registry", "is required");
     }
     token_size(&mut fields, &body.auth_token);
     let (Some(name), Some(registry), Some(username), Some(token), true) = (
         body.name,
-        body.registry,
+        kind,
         body.username,
         body.auth_token,
         fields.is_empty(),
@@ -85,22 +146,48 @@ pub async fn create_credential(
             },
         )
         .await?;
-    Ok((StatusCode::CREATED, Json(view)).into_response())
+    Ok(Json(credential(&view)))
 }
 
-/// GET /v1/registrycredentials
+/// GET /v1/registrycredentials: a plain array of credentials, as Render
+/// lists them (the cursor is a credential's id), by name then id.
+///
+/// Render's filters berth applies: `name`, `username`, `type` (registry),
+/// `updatedAfter` (inclusive), `updatedBefore` (exclusive) and `ownerId`
+/// (the caller's, or nothing). `createdAfter` and `createdBefore` are
+/// accepted and not applied: berth keeps when a credential last changed,
+/// not when it was made. Any other parameter is ignored.
 pub async fn list_credentials(
     State(st): State<AppState>,
     Authed(caller): Authed,
-    QueryParams(page): QueryParams<Page>,
+    q: ListQuery,
 ) -> Result<Json<Value>, ApiError> {
+    let names = q.all("name");
+    let usernames = q.all("username");
+    let types = q.all("type");
+    let after = q.time("updatedAfter")?;
+    let before = q.time("updatedBefore")?;
+    q.limit()?;
+    if !q.owner_selected(caller.owner.as_str()) {
+        return Ok(Json(json!([])));
+    }
     let all = st.ingress.list_credentials(&caller).await?;
     let items = all.into_iter().map(|c| (c.id.to_string(), c)).collect();
-    // Render lists registry credentials as plain objects.
+    let keep = |c: &CredentialView| {
+        names.as_ref().is_none_or(|n| n.contains(c.name.as_str()))
+            && usernames
+                .as_ref()
+                .is_none_or(|u| u.contains(c.username.as_str()))
+            && types
+                .as_ref()
+                .is_none_or(|t| t.contains(registry_name(c.registry).as_str()))
+            && after.is_none_or(|a| c.updated_at.is_some_and(|t| t >= a))
+            && before.is_none_or(|b| c.updated_at.is_some_and(|t| t < b))
+    };
     Ok(Json(Value::Array(
-        page.apply(items)?
-            .into_iter()
-            .map(|(_, c)| json!(c))
+        q.page(items, keep)?
+            .iter()
+            .map(|(_, c)| credential(c))
             .collect(),
     )))
 }
@@ -110,30 +197,48 @@ pub async fn get_credential(
     State(st): State<AppState>,
     Authed(caller): Authed,
     Path(id): Path<String>,
-) -> Result<Json<CredentialView>, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let id = credential_id(&id)?;
-    Ok(Json(st.ingress.show_credential(&caller, &id).await?))
+    Ok(Json(credential(
+        &st.ingress.show_credential(&caller, &id).await?,
+    )))
 }
 
-/// PATCH /v1/registrycredentials/{id}: rotate the token (and optionally
-/// the username or name).
+/// PATCH /v1/registrycredentials/{id}: rotates the token, and renames or
+/// changes the username when those are given. Takes Render's body (all of
+/// `registry`, `name`, `username`, `authToken`) as well as just the token
+/// with what changes. A credential's registry (and host) stays what it was
+/// made for: a `registry` or `host` other than the credential's is refused
+/// (add a new credential instead); the same one is accepted.
 pub async fn update_credential(
     State(st): State<AppState>,
     Authed(caller): Authed,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<CredentialBody>,
-) -> Result<Json<CredentialView>, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let id = credential_id(&id)?;
+    owner_matches(body.owner_id.as_deref(), caller.owner.as_str())?;
     let mut fields = Vec::new();
     required(&mut fields, "authToken", &body.auth_token);
-    if body.registry.is_some() || body.host.is_some() {
-        field(
-            &mut fields,
-            "registry",
-            "cannot be changed; add a new credential",
-        );
-    }
     token_size(&mut fields, &body.auth_token);
+    let kind = registry(&mut fields, body.registry.as_deref());
+    if kind.is_some() || body.host.is_some() {
+        let current = st.ingress.show_credential(&caller, &id).await?;
+        if kind.is_some_and(|k| k != current.registry) {
+            field(
+                &mut fields,
+                "registry",
+                "cannot be changed; add a new credential",
+            );
+        }
+        if body.host.is_some() && body.host != current.host {
+            field(
+                &mut fields,
+                "host",
+                "cannot be changed; add a new credential",
+            );
+        }
+    }
     let (Some(token), true) = (body.auth_token, fields.is_empty()) else {
         return Err(ApiError::fields(fields));
     };
@@ -149,7 +254,7 @@ pub async fn update_credential(
             },
         )
         .await?;
-    Ok(Json(view))
+    Ok(Json(credential(&view)))
 }
 
 /// DELETE /v1/registrycredentials/{id} (409 while services use it).
@@ -267,72 +372,4 @@ pub async fn revoke_integration(
         .revoke_integration(&caller.owner, &id, &caller.actor)
         .await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-fn own(caller: &berth_ingress::Caller, owner: &str) -> Result<(), ApiError> {
-    if owner == caller.owner.as_str() {
-        Ok(())
-    } else {
-        Err(ApiError::not_found("owner"))
-    }
-}
-
-/// GET /v1/notification-settings/owners/{ownerId}
-pub async fn get_notifications(
-    State(st): State<AppState>,
-    Authed(caller): Authed,
-    Path(owner): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    own(&caller, &owner)?;
-    let n = st.ingress.owner_notifications(&caller.owner).await?;
-    Ok(Json(notifications(&owner, &n)))
-}
-
-fn notifications(owner: &str, n: &OwnerNotifications) -> Value {
-    json!({
-        "ownerId": owner,
-        "notificationsToSend": n.notify,
-        "email": n.email,
-        "slackConfigured": n.slack_configured,
-        "webhookConfigured": n.webhook_configured,
-    })
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct NotificationsBody {
-    pub notifications_to_send: Option<NotifySetting>,
-    pub email: Option<String>,
-    /// Write-only: a Slack incoming-webhook URL ("" removes it).
-    pub slack_webhook_url: Option<String>,
-    /// Write-only: a generic webhook URL ("" removes it).
-    pub webhook_url: Option<String>,
-    /// Write-only: its Standard-Webhooks secret, `whsec_…` ("" removes it).
-    pub webhook_secret: Option<String>,
-}
-
-/// PATCH /v1/notification-settings/owners/{ownerId}
-pub async fn set_notifications(
-    State(st): State<AppState>,
-    Authed(caller): Authed,
-    Path(owner): Path<String>,
-    JsonBody(body): JsonBody<NotificationsBody>,
-) -> Result<Json<Value>, ApiError> {
-    own(&caller, &owner)?;
-    let current = st.ingress.owner_notifications(&caller.owner).await?;
-    let channels = ChannelSecrets {
-        slack_webhook_url: body.slack_webhook_url.map(Secret::new),
-        webhook_url: body.webhook_url.map(Secret::new),
-        webhook_secret: body.webhook_secret.map(Secret::new),
-    };
-    let wanted = OwnerNotifications {
-        notify: body.notifications_to_send.unwrap_or(current.notify),
-        email: body.email.or(current.email),
-        ..current
-    };
-    let n = st
-        .ingress
-        .set_owner_notifications(&caller.owner, wanted, channels, &caller.actor)
-        .await?;
-    Ok(Json(notifications(&owner, &n)))
 }

@@ -1,7 +1,7 @@
 //! `/v1/services…`: create (image verified first, SPEC §4), list, get,
 //! update, delete, the service actions (scale, restart, suspend, resume,
-//! deploy hook key) and its instances — plus cron runs and the
-//! per-service notification override, which are service commands too.
+//! deploy hook key) and its instances — plus cron runs, which are service
+//! commands too.
 
 use std::collections::BTreeMap;
 
@@ -615,7 +615,7 @@ pub async fn list(
     // The page is cut from references into the index; only its services
     // are rendered.
     let page = st.read(|i| {
-        i.services_page(&caller.owner, q.cursor.as_deref(), limit, |s| {
+        i.services_page(&caller.owner, q.cursor.as_deref(), limit, |_, s| {
             filter.keeps(s)
         })
         .map(|items| {
@@ -911,54 +911,4 @@ pub async fn cancel_cron(
     let id = service_id(&id)?;
     st.ingress.cancel_cron_run(&caller, &id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct OverrideBody {
-    #[serde(default, deserialize_with = "nullable")]
-    pub notify_on_fail: Option<Option<NotifySetting>>,
-}
-
-/// A service's notification override as the API shows it.
-fn override_view(id: &ServiceId, state: &ServiceState) -> Value {
-    let notify = state.config.as_ref().and_then(|c| c.notify);
-    json!({ "serviceId": id.to_string(), "notifyOnFail": notify })
-}
-
-/// GET /v1/notification-settings/overrides/services/{id}
-pub async fn get_override(
-    State(st): State<AppState>,
-    Authed(caller): Authed,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let id = service_id(&id)?;
-    let state = st.ingress.show_service(&caller, &id).await?;
-    Ok(Json(override_view(&id, &state)))
-}
-
-/// PATCH /v1/notification-settings/overrides/services/{id} (`null` returns
-/// to the owner's default).
-pub async fn set_override(
-    State(st): State<AppState>,
-    Authed(caller): Authed,
-    Path(id): Path<String>,
-    JsonBody(body): JsonBody<OverrideBody>,
-) -> Result<Json<Value>, ApiError> {
-    let id = service_id(&id)?;
-    let Some(notify) = body.notify_on_fail else {
-        return Err(ApiError::field(
-            "notifyOnFail",
-            "is required (null for the owner's default)",
-        ));
-    };
-    let settings = ServiceSettings {
-        notify: Some(notify),
-        ..ServiceSettings::default()
-    };
-    let state = st
-        .ingress
-        .update_service(&caller, &id, settings, None)
-        .await?;
-    Ok(Json(override_view(&id, &state)))
 }

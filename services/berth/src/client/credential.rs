@@ -68,7 +68,8 @@ pub enum CredentialCommand {
         /// A name to recognise it by.
         #[arg(long)]
         name: String,
-        /// docker, github, gitlab, google_artifact or generic.
+        /// docker, github, gitlab, google_artifact or generic (for any other
+        /// host, an AWS ECR one too: give --host).
         #[arg(long, default_value = "generic")]
         registry: String,
         /// Registry host (for generic registries), e.g. `registry.example.com:5000`.
@@ -84,7 +85,8 @@ pub enum CredentialCommand {
     List,
     /// Show one credential (never its token).
     Show { credential: String },
-    /// Replace a credential's token (and optionally its user name or name).
+    /// Replace a credential's token (and optionally its user name or name;
+    /// its registry and host stay).
     Rotate {
         credential: String,
         #[arg(long)]
@@ -168,21 +170,22 @@ pub async fn run(args: CredentialArgs) -> Result<(), ClientError> {
             name,
             token,
         } => {
-            let mut body = Map::new();
-            if token.given() {
-                body.insert("authToken".into(), json!(token.read()?));
+            // The API rotates the token on every update (Render's update
+            // takes it each time), so a new name or username comes with one.
+            if !token.given() {
+                return Err(ClientError::Usage(
+                    "give the new token with --token-stdin or --token-file \
+                     (--username and --name change along with it)"
+                        .to_owned(),
+                ));
             }
+            let mut body = Map::new();
+            body.insert("authToken".into(), json!(token.read()?));
             if let Some(u) = username {
                 body.insert("username".into(), json!(u));
             }
             if let Some(n) = name {
                 body.insert("name".into(), json!(n));
-            }
-            if body.is_empty() {
-                return Err(ClientError::Usage(
-                    "nothing to change: give --token-stdin, --token-file, --username or --name"
-                        .to_owned(),
-                ));
             }
             let c = api
                 .patch(
