@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Query, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use berth_eventlog::projection::{ProjectionOptions, ProjectionRunner};
 use berth_eventlog::EventStore;
@@ -257,20 +257,6 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
-/// Query parameters; a parse problem is a 400.
-#[derive(Debug)]
-pub struct QueryParams<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        Query::<T>::try_from_uri(&parts.uri)
-            .map(|q| QueryParams(q.0))
-            .map_err(|e| ApiError::bad_request(format!("invalid query: {}", scrub(&e.body_text()))))
-    }
-}
-
 /// A listing's `limit` parameter: 1 to 100 (`None` when absent).
 pub fn limit(given: Option<&str>) -> Result<Option<usize>, ApiError> {
     given
@@ -281,14 +267,24 @@ pub fn limit(given: Option<&str>) -> Result<Option<usize>, ApiError> {
         .transpose()
 }
 
-/// `limit` and `cursor` of a listing (Render's pagination).
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+/// `limit` and `cursor` of a listing (Render's pagination): the query of
+/// a listing with no filters ([`crate::query::Listing`]).
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
 pub struct Page {
+    /// 1 to 100 (default 20).
+    #[serde(default, deserialize_with = "crate::query::one")]
     pub limit: Option<String>,
+    /// The last item's cursor on the previous page.
+    #[serde(default, deserialize_with = "crate::query::one")]
     pub cursor: Option<String>,
 }
 
 impl Page {
+    /// The page's size: `limit`, 20 when absent.
+    pub fn limit(&self) -> Result<usize, ApiError> {
+        Ok(limit(self.limit.as_deref())?.unwrap_or(20))
+    }
+
     /// Whether a listing of `cursors` (in listing order) holds this whole
     /// page: the cursor among them and `limit` items after it.
     pub fn served_by<'a>(&self, cursors: impl Iterator<Item = &'a str>) -> Result<bool, ApiError> {
@@ -305,7 +301,18 @@ impl Page {
     /// Applies the page to `items` (already in listing order), each with
     /// its cursor (its id). An unknown cursor is a 400.
     pub fn apply<T>(&self, items: Vec<(String, T)>) -> Result<Vec<(String, T)>, ApiError> {
-        let limit = limit(self.limit.as_deref())?.unwrap_or(20);
+        self.apply_filtered(items, |_| true)
+    }
+
+    /// [`Page::apply`] to the items `keep` accepts. The cursor is looked
+    /// for among all items, so the next page of a filtered listing may
+    /// start after an item the filter drops.
+    pub fn apply_filtered<T>(
+        &self,
+        items: Vec<(String, T)>,
+        keep: impl Fn(&T) -> bool,
+    ) -> Result<Vec<(String, T)>, ApiError> {
+        let limit = self.limit()?;
         let start =
             match &self.cursor {
                 None => 0,
@@ -315,7 +322,12 @@ impl Page {
                     })? + 1
                 }
             };
-        Ok(items.into_iter().skip(start).take(limit).collect())
+        Ok(items
+            .into_iter()
+            .skip(start)
+            .filter(|(_, item)| keep(item))
+            .take(limit)
+            .collect())
     }
 }
 

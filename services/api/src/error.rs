@@ -12,7 +12,7 @@ use berth_ingress::IngressError;
 use serde::Serialize;
 
 /// One invalid field of a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct FieldError {
     /// The field, in the API's camelCase (`serviceDetails.numInstances`).
     pub field: String,
@@ -21,9 +21,11 @@ pub struct FieldError {
 }
 
 /// An error answer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "Error")]
 pub struct ApiError {
     #[serde(skip)]
+    #[schemars(skip)]
     pub status: StatusCode,
     /// Stable machine-readable kind (`invalid_input`, `not_found`, …).
     pub id: &'static str,
@@ -32,6 +34,7 @@ pub struct ApiError {
     pub fields: Vec<FieldError>,
     /// Sent as `Retry-After` (whole seconds, rounded up) with a 429.
     #[serde(skip)]
+    #[schemars(skip)]
     pub retry_after: Option<std::time::Duration>,
 }
 

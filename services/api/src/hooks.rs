@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use berth_ingress::{is_hook_key_shaped, same_secret, HookError, Ingress};
@@ -33,11 +33,39 @@ use crate::app::{AppState, ClientAddr};
 use crate::error::ApiError;
 use crate::guard::Fingerprint;
 
-#[derive(Debug, Deserialize)]
-struct HookQuery {
+/// The hook's query: its key, and optionally another tag or digest of the
+/// service's repository to deploy.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct HookQuery {
+    /// The service's deploy hook key.
     key: Option<String>,
+    /// A tag or digest of the service's repository (`repo:tag`,
+    /// `repo@sha256:…`) to deploy instead of its configured reference.
     #[serde(rename = "imgURL")]
     img_url: Option<String>,
+}
+
+/// A query string read as `T`, or `None` when it does not read: the hook
+/// answers a malformed query as it answers a wrong key, never with a 400
+/// that tells them apart.
+#[derive(Debug)]
+pub struct HookParams<T>(pub Option<T>);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S>
+    for HookParams<T>
+{
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(HookParams(
+            axum::extract::Query::<T>::try_from_uri(&parts.uri)
+                .ok()
+                .map(|q| q.0),
+        ))
+    }
 }
 
 fn not_found() -> Response {
@@ -124,18 +152,18 @@ pub async fn deploy_hook(
     State(st): State<AppState>,
     client: ClientAddr,
     Path(id): Path<String>,
-    uri: Uri,
+    HookParams(q): HookParams<HookQuery>,
 ) -> Response {
-    let Ok(q) = axum::extract::Query::<HookQuery>::try_from_uri(&uri) else {
+    let Some(q) = q else {
         return refused(&st, client);
     };
-    let (Ok(id), Some(key)) = (id.parse::<ServiceId>(), q.0.key) else {
+    let (Ok(id), Some(key)) = (id.parse::<ServiceId>(), q.key) else {
         return refused(&st, client);
     };
     if !is_hook_key_shaped(&key) {
         return refused(&st, client);
     }
-    if q.0.img_url.as_ref().is_some_and(|u| u.len() > 1024) {
+    if q.img_url.as_ref().is_some_and(|u| u.len() > 1024) {
         return not_found();
     }
     match read_model_accepts(&st, &id, &key) {
@@ -164,7 +192,7 @@ pub async fn deploy_hook(
     }
     match st
         .ingress
-        .hook_deploy(&id, &key, q.0.img_url.as_deref())
+        .hook_deploy(&id, &key, q.img_url.as_deref())
         .await
     {
         // Written out rather than through a `Value`: this is the hottest

@@ -1,20 +1,32 @@
 //! The route table of the API: what [`crate::router`] serves and what the
 //! OpenAPI 3.1 document says, from one list ([`ROUTES`]), so a route cannot
-//! be served without being documented. The document is served at
-//! `/v1/openapi.json` and committed as `services/api/openapi.json` (a test
-//! fails when they drift). Hand-built rather than derived from the
-//! handlers' types, because their bodies are validated by hand (field
-//! errors) rather than by derived schemas.
+//! be served without being documented. Each operation is derived from its
+//! handler's own signature: the request body from its `JsonBody<T>`, the
+//! query parameters from its `Listing<T>`, whether it needs an API key
+//! from its `Authed`, the answer from its return type; the schemas come
+//! from those types (`schemars`). A handler whose types say nothing about
+//! a part does not compile into the table (see [`Part`] and [`Answer`]).
+//! The document is served at `/v1/openapi.json` and committed as
+//! `services/api/openapi.json` (a test fails when they drift).
 
+use std::future::Future;
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::Response;
 use axum::{Json, Router};
+use schemars::generate::{Contract, SchemaSettings};
+use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{json, Map, Value};
 
-use crate::app::AppState;
+use crate::app::{AppState, Authed, ClientAddr, JsonBody};
+use crate::error::ApiError;
 use crate::hooks;
+use crate::query::Listing;
 use crate::routes::{deploys, env_vars, events, notifications, owner, services};
 
 /// One route of the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct Route {
     /// Lowercase HTTP method, as OpenAPI spells it.
     pub method: &'static str,
@@ -23,26 +35,223 @@ pub struct Route {
     pub path: &'static str,
     /// One line for the document.
     pub summary: &'static str,
-    /// The JSON body's fields (none: no body).
-    pub body: &'static [&'static str],
     /// The status of a success.
     pub status: u16,
+    /// Describes the handler's parts with the given schema generators.
+    describe: fn(&mut Generators) -> Operation,
 }
 
-/// Each row names its method, path and handler once: the macro makes both
-/// the public table and the router's registrations from it.
+impl Route {
+    /// The operation the handler's types describe.
+    pub fn operation(&self) -> Operation {
+        (self.describe)(&mut Generators::new())
+    }
+
+    /// The top-level fields of the request body's schema (none without a
+    /// body).
+    pub fn body_fields(&self) -> Vec<String> {
+        let mut g = Generators::new();
+        let op = (self.describe)(&mut g);
+        let Some(body) = op.body else {
+            return Vec::new();
+        };
+        let defs = g.request.take_definitions(true);
+        let resolved = match body.get("$ref").and_then(Value::as_str) {
+            Some(r) => r
+                .rsplit('/')
+                .next()
+                .and_then(|name| defs.get(name))
+                .cloned()
+                .unwrap_or(Value::Null),
+            None => body,
+        };
+        resolved
+            .get("properties")
+            .and_then(Value::as_object)
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Schema generators: requests are described as they are read, answers
+/// as they are written (a field skipped when empty is not required).
+#[derive(Debug)]
+pub struct Generators {
+    request: SchemaGenerator,
+    response: SchemaGenerator,
+}
+
+impl Generators {
+    fn new() -> Self {
+        let settings = |contract| {
+            SchemaSettings::draft2020_12()
+                .with(|s| {
+                    s.definitions_path = "/components/schemas".into();
+                    s.contract = contract;
+                    s.meta_schema = None;
+                })
+                .into_generator()
+        };
+        Generators {
+            request: settings(Contract::Deserialize),
+            response: settings(Contract::Serialize),
+        }
+    }
+}
+
+/// What a handler's types say about its operation.
+#[derive(Debug, Default, Clone)]
+pub struct Operation {
+    /// The API key is required (the handler takes [`Authed`]).
+    pub authed: bool,
+    /// Query parameters, OpenAPI parameter objects.
+    pub query: Vec<Value>,
+    /// The request body's schema.
+    pub body: Option<Value>,
+    /// The success answer's schema (`None`: no body).
+    pub answer: Option<Value>,
+}
+
+/// A handler argument's share of the operation.
+pub trait Part {
+    fn describe(_op: &mut Operation, _g: &mut Generators) {}
+}
+
+impl<S> Part for State<S> {}
+impl<T> Part for Path<T> {}
+impl Part for Uri {}
+impl Part for ClientAddr {}
+
+impl Part for Authed {
+    fn describe(op: &mut Operation, _: &mut Generators) {
+        op.authed = true;
+    }
+}
+
+impl<T: JsonSchema> Part for JsonBody<T> {
+    fn describe(op: &mut Operation, g: &mut Generators) {
+        op.body = Some(g.request.subschema_for::<T>().to_value());
+    }
+}
+
+/// Query parameters from the properties of `T`'s schema.
+fn query_params<T: JsonSchema>(op: &mut Operation, g: &mut Generators) {
+    let schema = g.request.root_schema_for::<T>().to_value();
+    let Some(props) = schema.get("properties").and_then(Value::as_object) else {
+        return;
+    };
+    for (name, prop) in props {
+        let mut prop = prop.clone();
+        let description = prop
+            .as_object_mut()
+            .and_then(|p| p.remove("description"))
+            .unwrap_or(Value::Null);
+        let mut param = json!({ "name": name, "in": "query", "required": false, "schema": prop });
+        if !description.is_null() {
+            param["description"] = description;
+        }
+        if param["schema"]["type"] == "array" {
+            // Render's clients repeat the key: `type=a&type=b`.
+            param["style"] = json!("form");
+            param["explode"] = json!(true);
+        }
+        op.query.push(param);
+    }
+}
+
+impl<T: JsonSchema> Part for Listing<T> {
+    fn describe(op: &mut Operation, g: &mut Generators) {
+        query_params::<T>(op, g);
+    }
+}
+
+impl<T: JsonSchema> Part for hooks::HookParams<T> {
+    fn describe(op: &mut Operation, g: &mut Generators) {
+        query_params::<T>(op, g);
+    }
+}
+
+/// A handler's return type's share of the operation.
+pub trait Answer {
+    fn describe(_op: &mut Operation, _g: &mut Generators) {}
+}
+
+impl<T: JsonSchema> Answer for Json<T> {
+    fn describe(op: &mut Operation, g: &mut Generators) {
+        op.answer = Some(g.response.subschema_for::<T>().to_value());
+    }
+}
+
+impl<T: JsonSchema> Answer for (StatusCode, Json<T>) {
+    fn describe(op: &mut Operation, g: &mut Generators) {
+        <Json<T> as Answer>::describe(op, g);
+    }
+}
+
+impl Answer for StatusCode {}
+
+impl<A: Answer> Answer for Result<A, ApiError> {
+    fn describe(op: &mut Operation, g: &mut Generators) {
+        A::describe(op, g);
+    }
+}
+
+/// The deploy hook answers its own small bodies (see [`hooks`]).
+impl Answer for Response {}
+
+/// A handler, described by its arguments and its answer. Implemented for
+/// every `async fn` whose arguments are [`Part`]s and whose output is an
+/// [`Answer`].
+pub trait Handler<M> {
+    fn describe(g: &mut Generators) -> Operation;
+}
+
+macro_rules! handler {
+    ($($a:ident),*) => {
+        impl<F, Fut, $($a,)*> Handler<($($a,)*)> for F
+        where
+            F: Fn($($a),*) -> Fut,
+            Fut: Future,
+            Fut::Output: Answer,
+            $($a: Part,)*
+        {
+            fn describe(g: &mut Generators) -> Operation {
+                let mut op = Operation::default();
+                $(<$a as Part>::describe(&mut op, g);)*
+                <Fut::Output as Answer>::describe(&mut op, g);
+                op
+            }
+        }
+    };
+}
+
+handler!();
+handler!(A);
+handler!(A, B);
+handler!(A, B, C);
+handler!(A, B, C, D);
+handler!(A, B, C, D, E);
+
+/// The operation `handler`'s types describe.
+fn describe<M, H: Handler<M>>(_handler: &H, g: &mut Generators) -> Operation {
+    H::describe(g)
+}
+
+/// Each row names its method, path, handler, summary and success status
+/// once: the macro makes both the public table and the router's
+/// registrations from it.
 macro_rules! routes {
     ($(
         $method:ident $path:literal => $handler:path,
-        $summary:literal, [$($field:literal),* $(,)?], $status:literal;
+        $summary:literal, $status:literal;
     )*) => {
         /// Every route of the API, in the order they are registered.
         pub const ROUTES: &[Route] = &[$(Route {
             method: stringify!($method),
             path: $path,
             summary: $summary,
-            body: &[$($field),*],
             status: $status,
+            describe: |g| describe(&$handler, g),
         }),*];
 
         /// Registers every route of [`ROUTES`] on `router`: the only place
@@ -56,174 +265,177 @@ macro_rules! routes {
 
 routes! {
     get "/v1/services" => services::list,
-        "List services", [], 200;
+        "List services", 200;
     post "/v1/services" => services::create,
-        "Create a service (image verified first)",
-        ["type", "name", "ownerId", "image", "envVars", "serviceDetails", "notifyOnFail"], 201;
+        "Create a service (image verified first)", 201;
     get "/v1/services/{serviceId}" => services::get,
-        "Retrieve a service", [], 200;
+        "Retrieve a service", 200;
     patch "/v1/services/{serviceId}" => services::update,
-        "Update a service", ["image", "envVars", "serviceDetails", "notifyOnFail"], 200;
+        "Update a service", 200;
     delete "/v1/services/{serviceId}" => services::delete,
-        "Delete a service", [], 204;
+        "Delete a service", 204;
     get "/v1/services/{serviceId}/deploys" => deploys::list,
-        "List deploys", [], 200;
+        "List deploys", 200;
     post "/v1/services/{serviceId}/deploys" => deploys::create,
-        "Trigger a deploy", ["imageUrl", "clearCache"], 201;
+        "Trigger a deploy", 201;
     get "/v1/services/{serviceId}/deploys/{deployId}" => deploys::get,
-        "Retrieve a deploy", [], 200;
+        "Retrieve a deploy", 200;
     post "/v1/services/{serviceId}/deploys/{deployId}/cancel" => deploys::cancel,
-        "Cancel a deploy", [], 200;
+        "Cancel a deploy", 200;
     post "/v1/services/{serviceId}/rollback" => deploys::rollback,
-        "Roll back to a deploy", ["deployId"], 201;
+        "Roll back to a deploy", 201;
     get "/v1/services/{serviceId}/events" => events::list,
-        "The service's events, newest first (query: type, allTypes, startTime, endTime, cursor, limit)",
-        [], 200;
+        "The service's events, newest first", 200;
     get "/v1/events/{eventId}" => events::get,
-        "Retrieve an event", [], 200;
+        "Retrieve an event", 200;
     get "/v1/services/{serviceId}/instances" => services::instances,
-        "List the service's instances", [], 200;
+        "List the service's instances", 200;
     get "/v1/services/{serviceId}/env-vars" => env_vars::list,
-        "List env vars, with values", [], 200;
+        "List env vars, with values", 200;
     put "/v1/services/{serviceId}/env-vars" => env_vars::replace,
-        "Replace every env var", [], 200;
+        "Replace every env var", 200;
     get "/v1/services/{serviceId}/env-vars/{envVarKey}" => env_vars::get,
-        "Retrieve an env var", [], 200;
+        "Retrieve an env var", 200;
     put "/v1/services/{serviceId}/env-vars/{envVarKey}" => env_vars::set,
-        "Add or update an env var", ["value", "generateValue"], 200;
+        "Add or update an env var", 200;
     delete "/v1/services/{serviceId}/env-vars/{envVarKey}" => env_vars::delete,
-        "Delete an env var", [], 204;
+        "Delete an env var", 204;
     post "/v1/services/{serviceId}/scale" => services::scale,
-        "Scale a service", ["numInstances"], 202;
+        "Scale a service", 202;
     post "/v1/services/{serviceId}/restart" => services::restart,
-        "Restart a service", [], 200;
+        "Restart a service", 200;
     post "/v1/services/{serviceId}/suspend" => services::suspend,
-        "Suspend a service", [], 202;
+        "Suspend a service", 202;
     post "/v1/services/{serviceId}/resume" => services::resume,
-        "Resume a service", [], 202;
+        "Resume a service", 202;
     get "/v1/services/{serviceId}/deploy-hook" => services::hook,
-        "The deploy hook URL", [], 200;
+        "The deploy hook URL", 200;
     post "/v1/services/{serviceId}/deploy-hook/regenerate" => services::regenerate_hook,
-        "Regenerate the deploy hook key", [], 200;
+        "Regenerate the deploy hook key", 200;
     post "/v1/cron-jobs/{serviceId}/runs" => services::trigger_cron,
-        "Trigger a cron job run", [], 200;
+        "Trigger a cron job run", 200;
     delete "/v1/cron-jobs/{serviceId}/runs" => services::cancel_cron,
-        "Cancel the active cron job run", [], 204;
+        "Cancel the active cron job run", 204;
     get "/v1/registrycredentials" => owner::list_credentials,
         "List registry credentials (query: name, username, type, updatedAfter, updatedBefore, \
-         ownerId, cursor, limit; createdAfter and createdBefore are accepted and not applied)",
-        [], 200;
+         ownerId, cursor, limit; createdAfter and createdBefore are accepted and not applied)", 200;
     post "/v1/registrycredentials" => owner::create_credential,
-        "Create a registry credential",
-        ["name", "registry", "host", "username", "authToken", "ownerId"], 200;
+        "Create a registry credential", 200;
     get "/v1/registrycredentials/{registryCredentialId}" => owner::get_credential,
-        "Retrieve a registry credential", [], 200;
+        "Retrieve a registry credential", 200;
     patch "/v1/registrycredentials/{registryCredentialId}" => owner::update_credential,
-        "Rotate a registry credential's token (registry and host cannot change)",
-        ["registry", "host", "name", "username", "authToken"], 200;
+        "Rotate a registry credential's token (registry and host cannot change)", 200;
     delete "/v1/registrycredentials/{registryCredentialId}" => owner::delete_credential,
-        "Delete a registry credential", [], 204;
+        "Delete a registry credential", 204;
     get "/v1/api-keys" => owner::list_api_keys,
-        "List API keys", [], 200;
+        "List API keys", 200;
     post "/v1/api-keys" => owner::create_api_key,
-        "Create an API key (shown once)", ["label"], 201;
+        "Create an API key (shown once)", 201;
     delete "/v1/api-keys/{apiKeyId}" => owner::revoke_api_key,
-        "Revoke an API key", [], 204;
+        "Revoke an API key", 204;
     get "/v1/integrations" => owner::list_integrations,
-        "List integrations", [], 200;
+        "List integrations", 200;
     post "/v1/integrations" => owner::create_integration,
-        "Create an integration: NATS credentials bound to your owner (shown once)", ["name"], 201;
+        "Create an integration: NATS credentials bound to your owner (shown once)", 201;
     delete "/v1/integrations/{integrationId}" => owner::revoke_integration,
-        "Revoke an integration", [], 204;
+        "Revoke an integration", 204;
     get "/v1/notification-settings/owners/{ownerId}" => notifications::get_owner,
-        "Owner notification settings", [], 200;
+        "Owner notification settings", 200;
     patch "/v1/notification-settings/owners/{ownerId}" => notifications::patch_owner,
-        "Update owner notification settings",
-        ["notificationsToSend", "emailEnabled", "previewNotificationsEnabled", "email",
-         "slackWebhookUrl", "webhookUrl", "webhookSecret"], 200;
+        "Update owner notification settings", 200;
     get "/v1/notification-settings/overrides" => notifications::list_overrides,
-        "List the services' notification overrides (query: serviceId, ownerId, cursor, limit)",
-        [], 200;
+        "List the services' notification overrides (query: serviceId, ownerId, cursor, limit)", 200;
     get "/v1/notification-settings/overrides/services/{serviceId}" => notifications::get_override,
-        "Service notification override", [], 200;
+        "Service notification override", 200;
     patch "/v1/notification-settings/overrides/services/{serviceId}" => notifications::patch_override,
-        "Update the service notification override",
-        ["notificationsToSend", "previewNotificationsEnabled", "notifyOnFail"], 200;
+        "Update the service notification override", 200;
     get "/deploy/{serviceId}" => hooks::deploy_hook,
-        "Deploy hook (query: key, imgURL)", [], 200;
+        "Deploy hook (query: key, imgURL)", 200;
     post "/deploy/{serviceId}" => hooks::deploy_hook,
-        "Deploy hook (query: key, imgURL)", [], 200;
+        "Deploy hook (query: key, imgURL)", 200;
     get "/v1/openapi.json" => serve,
-        "This document", [], 200;
+        "This document", 200;
 }
 
-fn operation(path: &str, summary: &str, body: &[&str], status: u16) -> Value {
-    let params: Vec<Value> = path
+/// The OpenAPI operation of `r`, its schemas added to `g`.
+fn operation(r: &Route, g: &mut Generators) -> Value {
+    let op = (r.describe)(g);
+    let mut params: Vec<Value> = r
+        .path
         .split('/')
         .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
         .map(|p| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string"}}))
         .collect();
-    let mut op = json!({
-        "summary": summary,
-        "parameters": params,
-        "responses": {
-            status.to_string(): {"description": "success"},
-            "400": {"$ref": "#/components/responses/Error"},
-            "401": {"$ref": "#/components/responses/Error"},
-            "404": {"$ref": "#/components/responses/Error"},
-            "409": {"$ref": "#/components/responses/Error"},
-            "429": {"$ref": "#/components/responses/TooManyFailures"},
-            "503": {"$ref": "#/components/responses/Error"},
-        },
-    });
-    if path.starts_with("/deploy/") || path == "/v1/openapi.json" {
-        op["security"] = json!([]);
+    params.extend(op.query);
+    let success = match op.answer {
+        Some(schema) => json!({
+            "description": "success",
+            "content": {"application/json": {"schema": schema}},
+        }),
+        None => json!({"description": "success, no body"}),
+    };
+    let mut responses = Map::new();
+    responses.insert(r.status.to_string(), success);
+    for code in ["400", "401", "404", "409", "503"] {
+        responses.insert(
+            code.to_owned(),
+            json!({"$ref": "#/components/responses/Error"}),
+        );
     }
-    if !body.is_empty() {
-        let props: Map<String, Value> = body.iter().map(|f| ((*f).to_owned(), json!({}))).collect();
-        op["requestBody"] = json!({
-            "content": {"application/json": {"schema": {
-                "type": "object", "additionalProperties": false, "properties": props,
-            }}}
+    responses.insert(
+        "429".to_owned(),
+        json!({"$ref": "#/components/responses/TooManyFailures"}),
+    );
+    let mut out = json!({
+        "summary": r.summary,
+        "operationId": format!("{}{}", r.method, r.path.replace(['/', '{', '}', '-'], "_")),
+        "parameters": params,
+        "responses": responses,
+    });
+    if !op.authed {
+        out["security"] = json!([]);
+    }
+    if let Some(body) = op.body {
+        out["requestBody"] = json!({
+            "required": true,
+            "content": {"application/json": {"schema": body}},
         });
     }
-    op
+    out
 }
 
 /// The document.
 pub fn document() -> Value {
+    let mut g = Generators::new();
+    let error = g.response.subschema_for::<ApiError>().to_value();
     let mut paths = Map::new();
     for r in ROUTES {
         let entry = paths.entry(r.path.to_owned()).or_insert_with(|| json!({}));
-        entry[r.method] = operation(r.path, r.summary, r.body, r.status);
+        entry[r.method] = operation(r, &mut g);
+    }
+    let mut schemas = g.request.take_definitions(true);
+    for (name, schema) in g.response.take_definitions(true) {
+        schemas.entry(name).or_insert(schema);
     }
     json!({
         "openapi": "3.1.0",
         "info": {"title": "berth API", "version": env!("CARGO_PKG_VERSION")},
+        "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "responses": {"Error": {
                 "description": "an error",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                "content": {"application/json": {"schema": error}},
             }, "TooManyFailures": {
                 "description": "too many failed authentications from this client address",
                 "headers": {"Retry-After": {
                     "description": "seconds until the next attempt is counted",
                     "schema": {"type": "integer"},
                 }},
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                "content": {"application/json": {"schema": error}},
             }},
-            "schemas": {"Error": {
-                "type": "object",
-                "required": ["id", "message"],
-                "properties": {
-                    "id": {"type": "string"},
-                    "message": {"type": "string"},
-                    "fields": {"type": "array", "items": {"type": "object", "properties": {
-                        "field": {"type": "string"}, "message": {"type": "string"}}}},
-                },
-            }},
+            "schemas": schemas,
         },
         "paths": paths,
     })

@@ -76,15 +76,22 @@ pub fn flag(name: &str, given: Option<&str>) -> Result<Option<bool>, ApiError> {
     }
 }
 
-/// A time parameter (RFC 3339), `None` when absent.
+/// A time parameter: RFC 3339, or a date and time without an offset (what
+/// Python's `isoformat()` gives for a naive datetime), read as UTC; `None`
+/// when absent or empty.
 pub fn time(
     name: &str,
     given: Option<&str>,
 ) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
     given
+        .filter(|t| !t.is_empty())
         .map(|t| {
             chrono::DateTime::parse_from_rfc3339(t)
                 .map(|t| t.with_timezone(&chrono::Utc))
+                .or_else(|_| {
+                    chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S%.f")
+                        .map(|t| t.and_utc())
+                })
                 .map_err(|_| ApiError::field(name, "must be an RFC 3339 time"))
         })
         .transpose()

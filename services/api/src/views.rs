@@ -12,7 +12,7 @@ use berth_schemas::model::{
 };
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Render's instance types (name, millicores, MiB).
 pub const PLANS: &[(&str, u32, u32)] = &[
@@ -117,9 +117,10 @@ impl NotifyOnFail {
     }
 }
 
-/// A service's notification override: one of the owner's settings, or
-/// `default` to follow the owner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+/// A service's notification override (Render's `notificationsToSend` of
+/// an override): one of the owner's settings, or `default` to follow the
+/// owner (berth then stores no override).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NotifyOverride {
     Default,
@@ -135,6 +136,16 @@ impl NotifyOverride {
             Some(NotifySetting::All) => NotifyOverride::All,
             Some(NotifySetting::Failure) => NotifyOverride::Failure,
             Some(NotifySetting::None) => NotifyOverride::None,
+        }
+    }
+
+    /// The override stored (`None`: follow the owner).
+    pub fn setting(self) -> Option<NotifySetting> {
+        match self {
+            NotifyOverride::Default => None,
+            NotifyOverride::All => Some(NotifySetting::All),
+            NotifyOverride::Failure => Some(NotifySetting::Failure),
+            NotifyOverride::None => Some(NotifySetting::None),
         }
     }
 }
@@ -460,9 +471,15 @@ pub struct DeployView {
     pub reason: Option<String>,
     /// berth: whether its digest can still be rolled back to.
     pub rollback_eligible: bool,
+    // Times not reached yet are left out (Render's clients read a present
+    // time as a time).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub created_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
 }
 

@@ -171,7 +171,7 @@ async fn one_owner_never_sees_another_owners_resources() {
                         r.path
                     );
                 }
-            } else if r.body.contains(&"ownerId") {
+            } else if r.body_fields().iter().any(|f| f == "ownerId") {
                 let (s, v) = app
                     .call(
                         method,

@@ -4,6 +4,7 @@
 mod auth;
 mod bus;
 mod channels;
+mod conformance;
 mod credential_change;
 mod credentials;
 mod docs;

@@ -262,17 +262,28 @@ async fn service_overrides_in_renders_shape() {
         .patch(&path, &alice, json!({"notifyOnFail": "all"}))
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(
-        (&v["notificationsToSend"], &v["notifyOnFail"]),
-        (&json!("all"), &json!("all"))
-    );
+    assert_eq!(v["notificationsToSend"], "all", "{v}");
     let (s, v) = app
         .patch(&path, &alice, json!({"notifyOnFail": null}))
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["notificationsToSend"], "default", "{v}");
+    // A service's own spelling works here too.
+    let (s, v) = app
+        .patch(&path, &alice, json!({"notifyOnFail": "ignore"}))
+        .await;
     assert_eq!(
-        (&v["notificationsToSend"], &v["notifyOnFail"]),
-        (&json!("default"), &Value::Null)
+        (s, &v["notificationsToSend"]),
+        (StatusCode::OK, &json!("none")),
+        "{v}"
+    );
+    let (s, v) = app
+        .patch(&path, &alice, json!({"notifyOnFail": "default"}))
+        .await;
+    assert_eq!(
+        (s, &v["notificationsToSend"]),
+        (StatusCode::OK, &json!("default")),
+        "{v}"
     );
     let before = app.last_seq().await;
     for body in [

@@ -527,12 +527,22 @@ async fn services_and_deploys_routes() {
         .patch(&ov, &alice, json!({"notifyOnFail": "none"}))
         .await;
     assert_eq!(
-        (s, v["notifyOnFail"].as_str()),
+        (s, v["notificationsToSend"].as_str()),
         (StatusCode::OK, Some("none")),
         "{v}"
     );
     let (_, v) = app.get(&ov, &alice).await;
-    assert_eq!(v["notifyOnFail"], "none");
+    assert_eq!(v["notificationsToSend"], "none");
+    // The service shows it in Render's words and berth's.
+    let (_, v) = app.get(&format!("/v1/services/{svc}"), &alice).await;
+    assert_eq!(
+        (
+            v["notifyOnFail"].as_str(),
+            v["notificationsToSend"].as_str()
+        ),
+        (Some("ignore"), Some("none")),
+        "{v}"
+    );
 
     // Hook URL and regeneration.
     let (s, h) = app

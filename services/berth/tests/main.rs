@@ -10,4 +10,5 @@ mod integrations;
 mod node;
 mod node_seal;
 mod preflight;
+mod render_sdk;
 mod up;

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// One entry of a service's timeline.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TimelineEvent {
     /// `evt-…`: the id of the log event it comes from.
@@ -30,8 +30,11 @@ pub struct TimelineEvent {
     pub service_id: String,
     /// Render's event type (`deploy_ended`, …) or berth's own.
     #[serde(rename = "type")]
+    #[schemars(extend("enum" = TYPES))]
     pub kind: String,
-    /// Type-specific fields, camelCase.
+    /// Type-specific fields, camelCase: Render's for Render's types (its
+    /// `ServiceEvent` details), with berth's facts as extra fields.
+    #[schemars(with = "serde_json::Map<String, Value>")]
     pub details: Value,
 }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Ingress, IngressError};
 
 /// An integration as listed: never its password or hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IntegrationView {
     pub id: IntegrationId,

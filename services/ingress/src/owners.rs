@@ -20,7 +20,7 @@ use crate::{exec, Ingress, IngressError};
 pub const API_KEY_PREFIX: &str = "berth_";
 
 /// An API key as listed: never its secret or hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApiKeyView {
     pub id: ApiKeyId,

@@ -112,7 +112,7 @@ pub enum CredsError {
 /// A credentials file: who to connect as. JSON, so any language reads it:
 /// `{"role", "user", "password", "inboxPrefix", "nodeId"?, "ownerId"?,
 /// "integrationId"?}`.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Creds {
     /// `control`, `node`, `operator` or `integration`.

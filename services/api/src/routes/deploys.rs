@@ -4,15 +4,14 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::Json;
 use berth_domain::service::ServiceState;
 use berth_ingress::Scope;
 use berth_schemas::ids::DeployId;
 use berth_schemas::model::DeployStatus;
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::services::service_id;
 use crate::app::{AppState, Authed, JsonBody, Page};
@@ -132,7 +131,7 @@ pub async fn list(
     Authed(caller): Authed,
     Path(id): Path<String>,
     Listing(q): Listing<DeploysQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<DeployItem>>, ApiError> {
     let id = service_id(&id)?;
     let filter = DeployFilter::of(&q)?;
     let page = Page {
@@ -154,12 +153,19 @@ pub async fn list(
         .map(|d| (d.id.to_string(), DeployView::of(d)))
         .filter(|(_, d)| filter.keeps(d))
         .collect();
-    Ok(Json(Value::Array(
+    Ok(Json(
         page.apply(items)?
             .into_iter()
-            .map(|(cursor, deploy)| json!({ "cursor": cursor, "deploy": deploy }))
+            .map(|(cursor, deploy)| DeployItem { deploy, cursor })
             .collect(),
-    )))
+    ))
+}
+
+/// A deploy in a listing.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct DeployItem {
+    pub deploy: DeployView,
+    pub cursor: String,
 }
 
 /// GET /v1/services/{id}/deploys/{deployId}
@@ -177,7 +183,7 @@ pub async fn get(
     view(&state, &deploy).map(Json)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateBody {
     pub image_url: Option<String>,
@@ -192,8 +198,11 @@ pub struct CreateBody {
 }
 
 /// 201 with the deploy a create or rollback just appended.
-fn created(state: &ServiceState, deploy: &DeployId) -> Result<Response, ApiError> {
-    Ok((StatusCode::CREATED, Json(view(state, deploy)?)).into_response())
+fn created(
+    state: &ServiceState,
+    deploy: &DeployId,
+) -> Result<(StatusCode, Json<DeployView>), ApiError> {
+    Ok((StatusCode::CREATED, Json(view(state, deploy)?)))
 }
 
 /// POST /v1/services/{id}/deploys
@@ -202,7 +211,7 @@ pub async fn create(
     Authed(caller): Authed,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<CreateBody>,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, Json<DeployView>), ApiError> {
     let id = service_id(&id)?;
     if let Some(c) = body.clear_cache.as_deref() {
         if c != "clear" && c != "do_not_clear" {
@@ -247,7 +256,7 @@ pub async fn cancel(
     view(&state, &deploy).map(Json)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RollbackBody {
     pub deploy_id: Option<String>,
@@ -259,7 +268,7 @@ pub async fn rollback(
     Authed(caller): Authed,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<RollbackBody>,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, Json<DeployView>), ApiError> {
     let id = service_id(&id)?;
     let target = body
         .deploy_id

@@ -108,7 +108,7 @@ pub async fn get(
 }
 
 /// Body of setting one env var: Render's `{value}` or `{generateValue: true}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SetBody {
     pub value: Option<String>,

@@ -11,8 +11,7 @@ use axum::Json;
 use berth_domain::timeline::{Answer, Query, Timeline, TimelineEvent, UnknownCursor};
 use berth_domain::timeline::{RENDER_TYPES, TYPES};
 use berth_schemas::AggregateId;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use super::services::service_id;
 use crate::app::{self, AppState, Authed};
@@ -46,7 +45,7 @@ pub async fn list(
     Authed(caller): Authed,
     Path(id): Path<String>,
     Listing(q): Listing<EventsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<EventItem>>, ApiError> {
     let id = service_id(&id)?;
     let limit = app::limit(q.limit.as_deref())?;
     let mut types = BTreeSet::new();
@@ -87,12 +86,22 @@ pub async fn list(
                 .map_err(cursor)?
         }
     };
-    Ok(Json(Value::Array(
+    Ok(Json(
         page.events
             .into_iter()
-            .map(|e| json!({ "cursor": e.id.clone(), "event": e }))
+            .map(|event| EventItem {
+                cursor: event.id.clone(),
+                event,
+            })
             .collect(),
-    )))
+    ))
+}
+
+/// An event in a listing.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct EventItem {
+    pub event: TimelineEvent,
+    pub cursor: String,
 }
 
 /// GET /v1/events/{eventId}: one event of the caller's services, among the

@@ -20,13 +20,14 @@ use berth_runtime::Secret;
 use berth_schemas::events::ServiceSettings;
 use berth_schemas::ids::ServiceId;
 use berth_schemas::model::NotifySetting;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
-use super::services::service_id;
-use super::{nullable, ListQuery};
-use crate::app::{AppState, Authed, JsonBody};
+use super::nullable;
+use super::services::{service_id, NotifyBody};
+use crate::app::{self, AppState, Authed, JsonBody};
 use crate::error::ApiError;
+use crate::query::{self, Listing};
+use crate::views::NotifyOverride;
 
 fn own(caller: &Caller, owner: &str) -> Result<(), ApiError> {
     if owner == caller.owner.as_str() {
@@ -38,17 +39,36 @@ fn own(caller: &Caller, owner: &str) -> Result<(), ApiError> {
 
 /// The owner's settings as Render's `NotificationSetting`, plus berth's
 /// `email` (the recipient), `slackConfigured` and `webhookConfigured`.
-fn setting(owner: &str, n: &OwnerNotifications) -> Value {
-    json!({
-        "ownerId": owner,
-        "notificationsToSend": n.notify,
-        "emailEnabled": n.email.is_some(),
-        "slackEnabled": n.slack_configured,
-        "previewNotificationsEnabled": false,
-        "email": n.email,
-        "slackConfigured": n.slack_configured,
-        "webhookConfigured": n.webhook_configured,
-    })
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SettingView {
+    pub owner_id: String,
+    pub notifications_to_send: NotifySetting,
+    /// Whether an email recipient is set.
+    pub email_enabled: bool,
+    /// Whether a Slack incoming-webhook URL is set.
+    pub slack_enabled: bool,
+    /// Always `false`: berth has no preview environments.
+    pub preview_notifications_enabled: bool,
+    /// berth: the email recipient.
+    pub email: Option<String>,
+    /// berth: whether a Slack URL is set (the URL itself is never shown).
+    pub slack_configured: bool,
+    /// berth: whether a generic webhook is set (never its URL or secret).
+    pub webhook_configured: bool,
+}
+
+fn setting(owner: &str, n: &OwnerNotifications) -> SettingView {
+    SettingView {
+        owner_id: owner.to_owned(),
+        notifications_to_send: n.notify,
+        email_enabled: n.email.is_some(),
+        slack_enabled: n.slack_configured,
+        preview_notifications_enabled: false,
+        email: n.email.clone(),
+        slack_configured: n.slack_configured,
+        webhook_configured: n.webhook_configured,
+    }
 }
 
 /// GET /v1/notification-settings/owners/{ownerId}
@@ -56,7 +76,7 @@ pub async fn get_owner(
     State(st): State<AppState>,
     Authed(caller): Authed,
     Path(owner): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SettingView>, ApiError> {
     own(&caller, &owner)?;
     let n = st.ingress.owner_notifications(&caller.owner).await?;
     Ok(Json(setting(&owner, &n)))
@@ -64,7 +84,7 @@ pub async fn get_owner(
 
 /// The owner PATCH: Render's `NotificationSettingPATCH` fields and
 /// berth's channels. Absent fields keep what is set.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OwnerBody {
     pub notifications_to_send: Option<NotifySetting>,
@@ -99,7 +119,7 @@ pub async fn patch_owner(
     Authed(caller): Authed,
     Path(owner): Path<String>,
     JsonBody(body): JsonBody<OwnerBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SettingView>, ApiError> {
     own(&caller, &owner)?;
     let current = st.ingress.owner_notifications(&caller.owner).await?;
     // What `email` asks: keep (absent), remove (""), or set.
@@ -134,31 +154,8 @@ pub async fn patch_owner(
     Ok(Json(setting(&owner, &n)))
 }
 
-/// Render's `notificationsToSend` of an override: `default` follows the
-/// owner (berth stores no override), the others are the setting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NotifyOverride {
-    Default,
-    All,
-    Failure,
-    None,
-}
-
-impl NotifyOverride {
-    /// The override berth stores (`None`: follow the owner).
-    fn setting(self) -> Option<NotifySetting> {
-        match self {
-            NotifyOverride::Default => None,
-            NotifyOverride::All => Some(NotifySetting::All),
-            NotifyOverride::Failure => Some(NotifySetting::Failure),
-            NotifyOverride::None => Some(NotifySetting::None),
-        }
-    }
-}
-
 /// Render's `previewNotificationsEnabled` of an override.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum PreviewOverride {
     #[serde(rename = "default")]
     Default,
@@ -168,17 +165,46 @@ pub enum PreviewOverride {
     False,
 }
 
-/// A service's override as Render's `NotificationServiceOverride`, plus
-/// berth's `notifyOnFail` (the stored override, `null` when it follows the
-/// owner).
-fn override_view(id: &ServiceId, state: &ServiceState) -> Value {
-    let notify = state.config.as_ref().and_then(|c| c.notify);
-    json!({
-        "serviceId": id.to_string(),
-        "notificationsToSend": notify.map_or_else(|| json!("default"), |n| json!(n)),
-        "previewNotificationsEnabled": "default",
-        "notifyOnFail": notify,
-    })
+/// A service's override as Render's `NotificationServiceOverride`.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OverrideView {
+    pub service_id: String,
+    /// `default` follows the owner's setting.
+    pub notifications_to_send: NotifyOverride,
+    /// Always `default`: berth has no preview environments.
+    pub preview_notifications_enabled: PreviewOverride,
+}
+
+fn override_view(id: &ServiceId, state: &ServiceState) -> OverrideView {
+    OverrideView {
+        service_id: id.to_string(),
+        notifications_to_send: NotifyOverride::of(state.config.as_ref().and_then(|c| c.notify)),
+        preview_notifications_enabled: PreviewOverride::Default,
+    }
+}
+
+/// An override in a listing.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct OverrideItem {
+    #[serde(rename = "override")]
+    pub view: OverrideView,
+    pub cursor: String,
+}
+
+/// Query of the override listing.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OverridesQuery {
+    #[serde(default, deserialize_with = "query::many")]
+    pub service_id: Vec<String>,
+    /// Only the caller's own owner has services here.
+    #[serde(default, deserialize_with = "query::many")]
+    pub owner_id: Vec<String>,
+    #[serde(default, deserialize_with = "query::one")]
+    pub cursor: Option<String>,
+    #[serde(default, deserialize_with = "query::one")]
+    pub limit: Option<String>,
 }
 
 /// GET /v1/notification-settings/overrides: the override of each of the
@@ -189,30 +215,30 @@ fn override_view(id: &ServiceId, state: &ServiceState) -> Value {
 pub async fn list_overrides(
     State(st): State<AppState>,
     Authed(caller): Authed,
-    q: ListQuery,
-) -> Result<Json<Value>, ApiError> {
-    let limit = q.limit()?;
-    if !q.owner_selected(caller.owner.as_str()) {
-        return Ok(Json(json!([])));
+    Listing(q): Listing<OverridesQuery>,
+) -> Result<Json<Vec<OverrideItem>>, ApiError> {
+    let limit = app::limit(q.limit.as_deref())?.unwrap_or(20);
+    if !q.owner_id.is_empty() && !q.owner_id.iter().any(|o| o == caller.owner.as_str()) {
+        return Ok(Json(Vec::new()));
     }
-    let services = q.all("serviceId");
-    let cursor = q.one("cursor").filter(|c| !c.is_empty());
+    let cursor = q.cursor.as_deref().filter(|c| !c.is_empty());
     st.caught_up().await?;
     let page = st.read(|i| {
         i.services_page(&caller.owner, cursor, limit, |id, _| {
-            services.as_ref().is_none_or(|s| s.contains(id.as_str()))
+            q.service_id.is_empty() || q.service_id.iter().any(|s| s == id.as_str())
         })
         .map(|items| {
             items
-                    .into_iter()
-                    .map(|(id, state)| {
-                        json!({ "cursor": id.to_string(), "override": override_view(id, state) })
-                    })
-                    .collect::<Vec<_>>()
+                .into_iter()
+                .map(|(id, state)| OverrideItem {
+                    view: override_view(id, state),
+                    cursor: id.to_string(),
+                })
+                .collect::<Vec<_>>()
         })
         .map_err(|e| ApiError::field("cursor", e.to_string()))
     })??;
-    Ok(Json(Value::Array(page)))
+    Ok(Json(page))
 }
 
 /// GET /v1/notification-settings/overrides/services/{serviceId}
@@ -220,23 +246,24 @@ pub async fn get_override(
     State(st): State<AppState>,
     Authed(caller): Authed,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OverrideView>, ApiError> {
     let id = service_id(&id)?;
     let state = st.ingress.show_service(&caller, &id).await?;
     Ok(Json(override_view(&id, &state)))
 }
 
 /// The override PATCH: Render's fields, or berth's `notifyOnFail`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OverrideBody {
     pub notifications_to_send: Option<NotifyOverride>,
     /// Checked and not applied: berth sends no preview notifications.
     #[serde(rename = "previewNotificationsEnabled")]
     pub _preview_notifications_enabled: Option<PreviewOverride>,
-    /// berth's spelling: a setting, or `null` to follow the owner.
+    /// The service's own spelling (as in a service's `notifyOnFail`): a
+    /// setting, or `null` or `default` to follow the owner.
     #[serde(default, deserialize_with = "nullable")]
-    pub notify_on_fail: Option<Option<NotifySetting>>,
+    pub notify_on_fail: Option<Option<NotifyBody>>,
 }
 
 /// PATCH /v1/notification-settings/overrides/services/{serviceId}:
@@ -249,11 +276,11 @@ pub async fn patch_override(
     Authed(caller): Authed,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<OverrideBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OverrideView>, ApiError> {
     let id = service_id(&id)?;
     let wanted = match (
         body.notifications_to_send.map(NotifyOverride::setting),
-        body.notify_on_fail,
+        body.notify_on_fail.map(|n| n.and_then(NotifyBody::setting)),
     ) {
         (Some(a), Some(b)) if a != b => {
             return Err(ApiError::field(

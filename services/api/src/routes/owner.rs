@@ -5,19 +5,20 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::Json;
-use berth_ingress::{CredentialView, NewCredential, Rotation};
+use berth_ingress::{ApiKeyView, CredentialView, IntegrationView, NewCredential, Rotation};
+use berth_runtime::nats_auth::Creds;
 use berth_runtime::Secret;
 use berth_schemas::ids::{ApiKeyId, CredentialId, IntegrationId};
 use berth_schemas::model::RegistryKind;
-use chrono::DateTime;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use super::{field, owner_matches, ListQuery};
-use crate::app::{AppState, Authed, JsonBody, Page, QueryParams};
+use super::{field, owner_matches};
+use crate::app::{AppState, Authed, JsonBody, Page};
 use crate::error::{ApiError, FieldError};
+use crate::query::{self, Listing};
 
 const MAX_TOKEN: usize = 8 * 1024;
 
@@ -28,22 +29,75 @@ fn credential_id(s: &str) -> Result<CredentialId, ApiError> {
 
 /// A credential in Render's `RegistryCredential` shape (id, name, registry,
 /// username and updatedAt, all required by Render's SDKs), plus berth's
-/// `host` when it has one (always for `GENERIC`).
-fn credential(c: &CredentialView) -> Value {
-    let mut v = json!({
-        "id": c.id.to_string(),
-        "name": c.name,
-        "registry": c.registry,
-        "username": c.username,
+/// `host` when it has one and its own `kind`. Never its token.
+///
+/// Render's clients know Render's registries only, so a `GENERIC`
+/// credential (any registry, at its `host`) is answered as `DOCKER` with
+/// that host: a Docker-compatible registry, which is what it is; `kind`
+/// keeps berth's own name for it.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialOut {
+    pub id: String,
+    pub name: String,
+    /// Render's registry: `DOCKER`, `GITHUB`, `GITLAB`, `GOOGLE_ARTIFACT`.
+    pub registry: RegistryKind,
+    pub username: String,
+    pub updated_at: DateTime<Utc>,
+    /// berth: the registry host (always for `GENERIC`; a regional host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// berth: the registry as created (`GENERIC` as well as Render's).
+    pub kind: RegistryKind,
+}
+
+fn credential(c: &CredentialView) -> CredentialOut {
+    CredentialOut {
+        id: c.id.to_string(),
+        name: c.name.clone(),
+        registry: match c.registry {
+            RegistryKind::Generic => RegistryKind::Docker,
+            other => other,
+        },
+        kind: c.registry,
+        username: c.username.clone(),
         // A credential read from the log always has the time of its last
         // event; the epoch only keeps the field a time for one folded
         // without (never null: Render's SDKs parse it as a date).
-        "updatedAt": c.updated_at.unwrap_or(DateTime::UNIX_EPOCH),
-    });
-    if let Some(h) = &c.host {
-        v["host"] = json!(h);
+        updated_at: c.updated_at.unwrap_or(DateTime::UNIX_EPOCH),
+        host: c.host.clone(),
     }
-    v
+}
+
+/// Query of the credential listing: Render's filters.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsQuery {
+    #[serde(default, deserialize_with = "query::many")]
+    pub name: Vec<String>,
+    #[serde(default, deserialize_with = "query::many")]
+    pub username: Vec<String>,
+    /// Registries (`DOCKER`, `GITHUB`, …).
+    #[serde(default, deserialize_with = "query::many", rename = "type")]
+    pub types: Vec<String>,
+    #[serde(default, deserialize_with = "query::one")]
+    pub updated_after: Option<String>,
+    #[serde(default, deserialize_with = "query::one")]
+    pub updated_before: Option<String>,
+    /// Accepted and not applied: berth keeps when a credential last
+    /// changed, not when it was made.
+    #[serde(default, deserialize_with = "query::one")]
+    pub created_after: Option<String>,
+    /// Accepted and not applied (see `createdAfter`).
+    #[serde(default, deserialize_with = "query::one")]
+    pub created_before: Option<String>,
+    /// Only the caller's own owner has credentials here.
+    #[serde(default, deserialize_with = "query::many")]
+    pub owner_id: Vec<String>,
+    #[serde(default, deserialize_with = "query::one")]
+    pub cursor: Option<String>,
+    #[serde(default, deserialize_with = "query::one")]
+    pub limit: Option<String>,
 }
 
 /// The wire name of a registry (Render's, plus berth's `GENERIC`), from
@@ -83,7 +137,7 @@ fn registry(fields: &mut Vec<FieldError>, given: Option<&str>) -> Option<Registr
 
 /// The body of create and update: Render's fields (`registry`, `name`,
 /// `username`, `authToken`, and `ownerId` on create) plus berth's `host`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CredentialBody {
     pub name: Option<String>,
@@ -113,7 +167,7 @@ pub async fn create_credential(
     State(st): State<AppState>,
     Authed(caller): Authed,
     JsonBody(body): JsonBody<CredentialBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CredentialOut>, ApiError> {
     owner_matches(body.owner_id.as_deref(), caller.owner.as_str())?;
     let mut fields = Vec::new();
     required(&mut fields, "name", &body.name);
@@ -160,36 +214,37 @@ pub async fn create_credential(
 pub async fn list_credentials(
     State(st): State<AppState>,
     Authed(caller): Authed,
-    q: ListQuery,
-) -> Result<Json<Value>, ApiError> {
-    let names = q.all("name");
-    let usernames = q.all("username");
-    let types = q.all("type");
-    let after = q.time("updatedAfter")?;
-    let before = q.time("updatedBefore")?;
-    q.limit()?;
-    if !q.owner_selected(caller.owner.as_str()) {
-        return Ok(Json(json!([])));
+    Listing(q): Listing<CredentialsQuery>,
+) -> Result<Json<Vec<CredentialOut>>, ApiError> {
+    let after = query::time("updatedAfter", q.updated_after.as_deref())?;
+    let before = query::time("updatedBefore", q.updated_before.as_deref())?;
+    query::time("createdAfter", q.created_after.as_deref())?;
+    query::time("createdBefore", q.created_before.as_deref())?;
+    let page = Page {
+        limit: q.limit,
+        cursor: q.cursor.filter(|c| !c.is_empty()),
+    };
+    page.limit()?;
+    if !q.owner_id.is_empty() && !q.owner_id.iter().any(|o| o == caller.owner.as_str()) {
+        return Ok(Json(Vec::new()));
     }
+    let any = |wanted: &[String], v: &str| wanted.is_empty() || wanted.iter().any(|w| w == v);
     let all = st.ingress.list_credentials(&caller).await?;
     let items = all.into_iter().map(|c| (c.id.to_string(), c)).collect();
     let keep = |c: &CredentialView| {
-        names.as_ref().is_none_or(|n| n.contains(c.name.as_str()))
-            && usernames
-                .as_ref()
-                .is_none_or(|u| u.contains(c.username.as_str()))
-            && types
-                .as_ref()
-                .is_none_or(|t| t.contains(registry_name(c.registry).as_str()))
+        any(&q.name, &c.name)
+            && any(&q.username, &c.username)
+            && (any(&q.types, &registry_name(c.registry))
+                || any(&q.types, &registry_name(credential(c).registry)))
             && after.is_none_or(|a| c.updated_at.is_some_and(|t| t >= a))
             && before.is_none_or(|b| c.updated_at.is_some_and(|t| t < b))
     };
-    Ok(Json(Value::Array(
-        q.page(items, keep)?
+    Ok(Json(
+        page.apply_filtered(items, keep)?
             .iter()
             .map(|(_, c)| credential(c))
             .collect(),
-    )))
+    ))
 }
 
 /// GET /v1/registrycredentials/{id}
@@ -197,7 +252,7 @@ pub async fn get_credential(
     State(st): State<AppState>,
     Authed(caller): Authed,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CredentialOut>, ApiError> {
     let id = credential_id(&id)?;
     Ok(Json(credential(
         &st.ingress.show_credential(&caller, &id).await?,
@@ -215,7 +270,7 @@ pub async fn update_credential(
     Authed(caller): Authed,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<CredentialBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CredentialOut>, ApiError> {
     let id = credential_id(&id)?;
     owner_matches(body.owner_id.as_deref(), caller.owner.as_str())?;
     let mut fields = Vec::new();
@@ -224,7 +279,13 @@ pub async fn update_credential(
     let kind = registry(&mut fields, body.registry.as_deref());
     if kind.is_some() || body.host.is_some() {
         let current = st.ingress.show_credential(&caller, &id).await?;
-        if kind.is_some_and(|k| k != current.registry) {
+        // A GENERIC credential reads as DOCKER to Render's clients, which
+        // send that back.
+        let same = |k: RegistryKind| {
+            k == current.registry
+                || (k == RegistryKind::Docker && current.registry == RegistryKind::Generic)
+        };
+        if kind.is_some_and(|k| !same(k)) {
             field(
                 &mut fields,
                 "registry",
@@ -268,7 +329,7 @@ pub async fn delete_credential(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApiKeyBody {
     pub label: Option<String>,
@@ -279,7 +340,7 @@ pub async fn create_api_key(
     State(st): State<AppState>,
     Authed(caller): Authed,
     JsonBody(body): JsonBody<ApiKeyBody>,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, Json<NewApiKey>), ApiError> {
     let label = body.label.unwrap_or_default();
     let (id, secret) = st
         .ingress
@@ -287,9 +348,21 @@ pub async fn create_api_key(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "id": id.to_string(), "label": label, "key": secret.expose() })),
-    )
-        .into_response())
+        Json(NewApiKey {
+            id: id.to_string(),
+            label,
+            key: secret.expose().to_owned(),
+        }),
+    ))
+}
+
+/// A new API key: its secret is shown here, once.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct NewApiKey {
+    pub id: String,
+    pub label: String,
+    /// The bearer token.
+    pub key: String,
 }
 
 /// GET /v1/api-keys: plain objects, paginated like registry credentials
@@ -297,16 +370,13 @@ pub async fn create_api_key(
 pub async fn list_api_keys(
     State(st): State<AppState>,
     Authed(caller): Authed,
-    QueryParams(page): QueryParams<Page>,
-) -> Result<Json<Value>, ApiError> {
+    Listing(page): Listing<Page>,
+) -> Result<Json<Vec<ApiKeyView>>, ApiError> {
     let all = st.ingress.list_api_keys(&caller.owner).await?;
     let items = all.into_iter().map(|k| (k.id.to_string(), k)).collect();
-    Ok(Json(Value::Array(
-        page.apply(items)?
-            .into_iter()
-            .map(|(_, k)| json!(k))
-            .collect(),
-    )))
+    Ok(Json(
+        page.apply(items)?.into_iter().map(|(_, k)| k).collect(),
+    ))
 }
 
 /// DELETE /v1/api-keys/{id}
@@ -322,7 +392,7 @@ pub async fn revoke_api_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IntegrationBody {
     pub name: String,
@@ -335,30 +405,40 @@ pub async fn create_integration(
     State(st): State<AppState>,
     Authed(caller): Authed,
     JsonBody(body): JsonBody<IntegrationBody>,
-) -> Result<Response, ApiError> {
-    let (view, creds) = st
+) -> Result<(StatusCode, Json<NewIntegration>), ApiError> {
+    let (view, credentials) = st
         .ingress
         .create_integration(&caller.owner, &body.name, &caller.actor)
         .await?;
-    let mut out = json!(view);
-    out["credentials"] = json!(creds);
-    Ok((StatusCode::CREATED, Json(out)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(NewIntegration {
+            integration: view,
+            credentials,
+        }),
+    ))
+}
+
+/// A new integration and the credentials file it connects with (shown
+/// once).
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct NewIntegration {
+    #[serde(flatten)]
+    pub integration: IntegrationView,
+    pub credentials: Creds,
 }
 
 /// GET /v1/integrations (`limit`, `cursor` = the last integration id seen).
 pub async fn list_integrations(
     State(st): State<AppState>,
     Authed(caller): Authed,
-    QueryParams(page): QueryParams<Page>,
-) -> Result<Json<Value>, ApiError> {
+    Listing(page): Listing<Page>,
+) -> Result<Json<Vec<IntegrationView>>, ApiError> {
     let all = st.ingress.list_integrations(&caller.owner).await?;
     let items = all.into_iter().map(|i| (i.id.to_string(), i)).collect();
-    Ok(Json(Value::Array(
-        page.apply(items)?
-            .into_iter()
-            .map(|(_, i)| json!(i))
-            .collect(),
-    )))
+    Ok(Json(
+        page.apply(items)?.into_iter().map(|(_, i)| i).collect(),
+    ))
 }
 
 /// DELETE /v1/integrations/{id}

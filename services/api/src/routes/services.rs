@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::Json;
 use berth_domain::service::{ServiceState, ServiceStatus};
 use berth_ingress::{NewService, Scope};
@@ -16,10 +15,10 @@ use berth_schemas::events::ServiceSettings;
 use berth_schemas::ids::{CredentialId, ServiceId};
 use berth_schemas::model::{NotifySetting, OverlapPolicy, ServiceType};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use super::{field, owner_matches};
+use super::{field, nullable, owner_matches};
 use crate::app::{self, AppState, Authed, JsonBody};
 use crate::error::{ApiError, FieldError};
 use crate::query::{self, Listing};
@@ -29,13 +28,6 @@ use crate::views;
 pub(crate) const MAX_ENV_VARS: usize = 200;
 const MAX_ENV_KEY: usize = 128;
 const MAX_ENV_VALUE: usize = 16 * 1024;
-
-/// `Some(None)` for an explicit `null`, `None` when absent.
-fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
-}
 
 /// A service id from a path; anything unparsable does not exist.
 pub fn service_id(s: &str) -> Result<ServiceId, ApiError> {
@@ -71,7 +63,7 @@ fn runtime(fields: &mut Vec<FieldError>, name: &str, value: &Option<String>) {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ImageBody {
     pub image_path: Option<String>,
@@ -82,7 +74,7 @@ pub struct ImageBody {
 
 /// One env var of a create or update: a value, or Render's
 /// `generateValue: true` for a random one.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnvVarBody {
     pub key: String,
@@ -116,7 +108,7 @@ pub(crate) fn env_value(
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnvSpecific {
     #[serde(default, deserialize_with = "nullable")]
@@ -131,7 +123,7 @@ pub struct EnvSpecific {
     pub pre_deploy_command: Option<Option<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DetailsBody {
     pub region: Option<String>,
@@ -262,7 +254,7 @@ impl DetailsBody {
 /// A notification setting as a body gives it: berth's values (`all`,
 /// `failure`, `none`) or Render's service values (`default` follows the
 /// owner, `notify` sends failures, `ignore` sends nothing).
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NotifyBody {
     All,
@@ -275,7 +267,7 @@ pub enum NotifyBody {
 
 impl NotifyBody {
     /// The service's override (`None`: the owner's default).
-    fn setting(self) -> Option<NotifySetting> {
+    pub(crate) fn setting(self) -> Option<NotifySetting> {
         match self {
             NotifyBody::All => Some(NotifySetting::All),
             NotifyBody::Failure | NotifyBody::Notify => Some(NotifySetting::Failure),
@@ -285,7 +277,7 @@ impl NotifyBody {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateBody {
     #[serde(rename = "type")]
@@ -302,7 +294,7 @@ pub struct CreateBody {
 
 /// Render's fields for services built from a repository; for an image
 /// they must ask for nothing.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RenderSource {
     pub auto_deploy: Option<Value>,
@@ -385,13 +377,39 @@ pub(crate) fn view_of(
         .ok_or_else(|| ApiError::not_found("service"))
 }
 
+/// The answer to a create: Render's `ServiceAndDeploy`, plus berth's
+/// deploy hook URL.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Created {
+    pub service: views::ServiceView,
+    /// The initial deploy.
+    pub deploy_id: String,
+    /// berth: the deploy hook's path with its key (also at
+    /// `/deploy-hook`).
+    pub deploy_hook_url: String,
+}
+
+/// A service in a listing.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct ServiceItem {
+    pub service: views::ServiceView,
+    pub cursor: String,
+}
+
+/// A deploy hook URL (its path, with the key).
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct HookUrl {
+    pub url: String,
+}
+
 /// POST /v1/services: Render's `{service, deployId}` (201), plus berth's
 /// deploy hook URL, shown here once.
 pub async fn create(
     State(st): State<AppState>,
     Authed(caller): Authed,
     JsonBody(body): JsonBody<CreateBody>,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, Json<Created>), ApiError> {
     let owner = caller.owner.to_string();
     owner_matches(body.owner_id.as_deref(), &owner)?;
     let mut fields = Vec::new();
@@ -470,13 +488,12 @@ pub async fn create(
     let view = view_of(&st, &created.id, &created.state)?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "service": view,
-            "deployId": created.deploy.to_string(),
-            "deployHookUrl": views::hook_path(&created.id, created.hook_key.expose()),
-        })),
-    )
-        .into_response())
+        Json(Created {
+            service: view,
+            deploy_id: created.deploy.to_string(),
+            deploy_hook_url: views::hook_path(&created.id, created.hook_key.expose()),
+        }),
+    ))
 }
 
 /// Query of `GET /v1/services`: Render's filters, honoured: `name`,
@@ -607,7 +624,7 @@ pub async fn list(
     State(st): State<AppState>,
     Authed(caller): Authed,
     Listing(q): Listing<ServicesQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<ServiceItem>>, ApiError> {
     let filter = ServiceFilter::of(&q, caller.owner.as_str())?;
     query::flag("includePreviews", q.include_previews.as_deref())?;
     let limit = app::limit(q.limit.as_deref())?.unwrap_or(20);
@@ -622,18 +639,18 @@ pub async fn list(
             items
                 .into_iter()
                 .filter_map(|(id, state)| {
-                    views::service(id, state, &st.links, |c| i.credential_name(c))
-                        .map(|v| (id.to_string(), v))
+                    views::service(id, state, &st.links, |c| i.credential_name(c)).map(|service| {
+                        ServiceItem {
+                            service,
+                            cursor: id.to_string(),
+                        }
+                    })
                 })
                 .collect::<Vec<_>>()
         })
         .map_err(|e| ApiError::field("cursor", e.to_string()))
     })??;
-    Ok(Json(Value::Array(
-        page.into_iter()
-            .map(|(cursor, service)| json!({ "cursor": cursor, "service": service }))
-            .collect(),
-    )))
+    Ok(Json(page))
 }
 
 /// GET /v1/services/{id}
@@ -647,7 +664,7 @@ pub async fn get(
     view_of(&st, &id, &state).map(Json)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateBody {
     pub name: Option<String>,
@@ -742,7 +759,7 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ScaleBody {
     pub num_instances: Option<u32>,
@@ -766,7 +783,7 @@ pub async fn scale(
     Ok(StatusCode::ACCEPTED)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Empty {}
 
@@ -852,10 +869,12 @@ pub async fn hook(
     State(st): State<AppState>,
     Authed(caller): Authed,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HookUrl>, ApiError> {
     let id = service_id(&id)?;
     let key = st.ingress.hook_key(&caller, &id).await?;
-    Ok(Json(json!({ "url": views::hook_path(&id, key.expose()) })))
+    Ok(Json(HookUrl {
+        url: views::hook_path(&id, key.expose()),
+    }))
 }
 
 /// POST /v1/services/{id}/deploy-hook/regenerate: a new key; the old URL
@@ -865,10 +884,12 @@ pub async fn regenerate_hook(
     Authed(caller): Authed,
     Path(id): Path<String>,
     JsonBody(_): JsonBody<Empty>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HookUrl>, ApiError> {
     let id = service_id(&id)?;
     let key = st.ingress.regenerate_hook_key(&caller, &id).await?;
-    Ok(Json(json!({ "url": views::hook_path(&id, key.expose()) })))
+    Ok(Json(HookUrl {
+        url: views::hook_path(&id, key.expose()),
+    }))
 }
 
 /// A cron job run, as Render shows it.
@@ -911,4 +932,23 @@ pub async fn cancel_cron(
     let id = service_id(&id)?;
     st.ingress.cancel_cron_run(&caller, &id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn render_fields_are_known_and_anything_else_is_refused() {
+        let ok = serde_json::from_value::<CreateBody>(json!({
+            "type": "web_service", "name": "a", "autoDeploy": "no", "rootDir": "",
+        }));
+        assert!(ok.is_ok(), "{ok:?}");
+        let typo =
+            serde_json::from_value::<CreateBody>(json!({"type": "web_service", "nmae": "a"}));
+        assert!(typo.is_err(), "an unknown field is refused: {typo:?}");
+        let typo = serde_json::from_value::<UpdateBody>(json!({"imagePath": "x"}));
+        assert!(typo.is_err(), "an unknown field is refused: {typo:?}");
+    }
 }

@@ -106,7 +106,8 @@ fn row(c: &Value) -> Vec<String> {
     vec![
         s(c, "id"),
         s(c, "name"),
-        s(c, "registry"),
+        // berth's own kind (GENERIC as well as Render's registries).
+        s(c, "kind"),
         s(c, "host"),
         s(c, "username"),
         output::time(c, "updatedAt"),

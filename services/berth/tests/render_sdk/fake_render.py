@@ -1,0 +1,487 @@
+"""A small in-memory stand-in for Render's API, answering as Render's
+contract says (the shapes the SDK's models require), for `check.py
+--self-test`: the check must pass against it, so a check that fails berth
+fails it for what berth answers, not for a mistake of the check's own.
+
+Deploys go live (or end canceled) at the first look after they start, so
+the self-test needs no waiting; everything else is kept as simple as the
+check allows.
+"""
+
+import datetime
+import itertools
+import json
+import re
+
+import httpx
+
+_ids = itertools.count(1)
+
+
+def new_id(prefix):
+    return f"{prefix}-{next(_ids):020d}"
+
+
+def stamp():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def parse_time(value):
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+class FakeRender:
+    def __init__(self, owner, digests):
+        self.owner = owner
+        self.digests = digests  # image reference -> digest
+        self.credentials = {}
+        self.services = {}
+        self.deploys = {}  # service id -> [deploy], oldest first
+        self.events = []  # oldest first
+        self.env = {}  # service id -> {key: value}
+        self.overrides = {}  # service id -> notificationsToSend
+        self.notify = "failure"
+        self.runs = {}  # service id -> the active run
+
+    # The transport.
+
+    def handle(self, request):
+        path = request.url.path.removeprefix("/v1")
+        body = json.loads(request.content) if request.content else None
+        for method, pattern, handler in self.routes():
+            match = re.fullmatch(pattern, path)
+            if match and request.method == method:
+                status, payload = handler(request.url.params, body, *match.groups())
+                if payload is None:
+                    return httpx.Response(status)
+                return httpx.Response(status, json=payload)
+        return httpx.Response(404, json={"id": "not_found", "message": "route not found"})
+
+    def routes(self):
+        s = r"/services/([^/]+)"
+        return [
+            ("POST", r"/registrycredentials", self.create_credential),
+            ("GET", r"/registrycredentials", self.list_credentials),
+            ("GET", r"/registrycredentials/([^/]+)", self.get_credential),
+            ("PATCH", r"/registrycredentials/([^/]+)", self.update_credential),
+            ("DELETE", r"/registrycredentials/([^/]+)", self.delete_credential),
+            ("POST", r"/services", self.create_service),
+            ("GET", r"/services", self.list_services),
+            ("GET", s, self.get_service),
+            ("PATCH", s, self.update_service),
+            ("DELETE", s, self.delete_service),
+            ("GET", s + r"/deploys", self.list_deploys),
+            ("POST", s + r"/deploys", self.create_deploy),
+            ("GET", s + r"/deploys/([^/]+)", self.get_deploy),
+            ("POST", s + r"/deploys/([^/]+)/cancel", self.cancel_deploy),
+            ("POST", s + r"/rollback", self.rollback),
+            ("GET", s + r"/events", self.list_events),
+            ("GET", r"/events/([^/]+)", self.get_event),
+            ("GET", s + r"/instances", self.instances),
+            ("POST", s + r"/scale", self.scale),
+            ("POST", s + r"/restart", lambda q, b, sid: self.known(sid) or (200, None)),
+            ("POST", s + r"/suspend", lambda q, b, sid: self.suspend(sid, True)),
+            ("POST", s + r"/resume", lambda q, b, sid: self.suspend(sid, False)),
+            ("GET", s + r"/env-vars", self.list_env),
+            ("PUT", s + r"/env-vars", self.replace_env),
+            ("GET", s + r"/env-vars/([^/]+)", self.get_env),
+            ("PUT", s + r"/env-vars/([^/]+)", self.put_env),
+            ("DELETE", s + r"/env-vars/([^/]+)", self.delete_env),
+            ("GET", r"/notification-settings/owners/([^/]+)", self.get_notify),
+            ("PATCH", r"/notification-settings/owners/([^/]+)", self.patch_notify),
+            ("GET", r"/notification-settings/overrides", self.list_overrides),
+            ("GET", r"/notification-settings/overrides/services/([^/]+)", self.get_override),
+            ("PATCH", r"/notification-settings/overrides/services/([^/]+)", self.patch_override),
+            ("POST", r"/cron-jobs/([^/]+)/runs", self.run_cron),
+            ("DELETE", r"/cron-jobs/([^/]+)/runs", self.cancel_cron),
+        ]
+
+    @staticmethod
+    def missing(what):
+        return 404, {"id": "not_found", "message": f"{what} not found"}
+
+    def known(self, sid):
+        """None when the service exists, else the 404 answer."""
+        return None if sid in self.services else self.missing("service")
+
+    @staticmethod
+    def page(query, items, key):
+        """Cursor paging: items after the one whose key is `cursor`."""
+        cursor = query.get("cursor")
+        if cursor:
+            keys = [key(i) for i in items]
+            items = items[keys.index(cursor) + 1 :] if cursor in keys else []
+        return items[: int(query.get("limit", 20))]
+
+    # Registry credentials.
+
+    def create_credential(self, query, body):
+        cred = {
+            "id": new_id("rgc"),
+            "name": body["name"],
+            "registry": body["registry"],
+            "username": body["username"],
+            "updatedAt": stamp(),
+        }
+        self.credentials[cred["id"]] = cred
+        return 200, cred
+
+    def list_credentials(self, query, body):
+        found = [
+            c
+            for c in self.credentials.values()
+            if (not query.get_list("name") or c["name"] in query.get_list("name"))
+            and (not query.get_list("username") or c["username"] in query.get_list("username"))
+            and (not query.get_list("type") or c["registry"] in query.get_list("type"))
+            and (not query.get_list("ownerId") or self.owner in query.get_list("ownerId"))
+        ]
+        return 200, found[: int(query.get("limit", 20))]
+
+    def get_credential(self, query, body, cid):
+        cred = self.credentials.get(cid)
+        return (200, cred) if cred else self.missing("registry credential")
+
+    def update_credential(self, query, body, cid):
+        cred = self.credentials.get(cid)
+        if not cred:
+            return self.missing("registry credential")
+        cred.update(name=body["name"], username=body["username"], updatedAt=stamp())
+        return 200, cred
+
+    def delete_credential(self, query, body, cid):
+        if cid not in self.credentials:
+            return self.missing("registry credential")
+        del self.credentials[cid]
+        return 204, None
+
+    # Services.
+
+    def create_service(self, query, body):
+        sid = new_id("srv")
+        d = body.get("serviceDetails", {})
+        kind = body["type"]
+        details = {
+            "env": "image",
+            "runtime": "image",
+            "envSpecificDetails": {
+                "dockerCommand": d.get("envSpecificDetails", {}).get("dockerCommand", ""),
+                "dockerContext": "",
+                "dockerfilePath": "",
+            },
+            "plan": d.get("plan", "starter"),
+            "region": d.get("region", "oregon"),
+            "buildPlan": "starter",
+        }
+        if kind == "cron_job":
+            details["schedule"] = d["schedule"]
+        else:
+            details["numInstances"] = d.get("numInstances", 1)
+        if kind in ("web_service", "private_service"):
+            details.update(
+                openPorts=[{"port": 10000, "protocol": "TCP"}], url=f"http://{body['name']}"
+            )
+        if kind == "web_service":
+            details["healthCheckPath"] = d.get("healthCheckPath", "")
+        image = body["image"]
+        cred = self.credentials.get(image.get("registryCredentialId"))
+        service = {
+            "id": sid,
+            "autoDeploy": "no",
+            "createdAt": stamp(),
+            "dashboardUrl": f"https://dashboard.example/{sid}",
+            "name": body["name"],
+            "notifyOnFail": "default",
+            "ownerId": body["ownerId"],
+            "rootDir": "",
+            "slug": body["name"],
+            "suspended": "not_suspended",
+            "suspenders": [],
+            "type": kind,
+            "updatedAt": stamp(),
+            "serviceDetails": details,
+            "imagePath": image["imagePath"],
+        }
+        if cred:
+            service["registryCredential"] = {"id": cred["id"], "name": cred["name"]}
+        self.services[sid] = service
+        self.deploys[sid] = []
+        self.env[sid] = {e["key"]: e["value"] for e in body.get("envVars", [])}
+        self.overrides[sid] = "default"
+        deploy = self.start_deploy(sid, image["imagePath"], "api")
+        return 201, {"service": service, "deployId": deploy["id"]}
+
+    def list_services(self, query, body):
+        def wanted(s):
+            details = s["serviceDetails"]
+            return (
+                (not query.get_list("name") or s["name"] in query.get_list("name"))
+                and (not query.get_list("type") or s["type"] in query.get_list("type"))
+                and (
+                    not query.get_list("suspended") or s["suspended"] in query.get_list("suspended")
+                )
+                and (not query.get_list("ownerId") or s["ownerId"] in query.get_list("ownerId"))
+                and (not query.get_list("env") or details["runtime"] in query.get_list("env"))
+                and (not query.get_list("region") or details["region"] in query.get_list("region"))
+                and (
+                    "createdBefore" not in query
+                    or parse_time(s["createdAt"]) < parse_time(query["createdBefore"])
+                )
+                and (
+                    "createdAfter" not in query
+                    or parse_time(s["createdAt"]) > parse_time(query["createdAfter"])
+                )
+            )
+
+        found = [{"service": s, "cursor": s["id"]} for s in self.services.values() if wanted(s)]
+        return 200, self.page(query, found, lambda i: i["cursor"])
+
+    def get_service(self, query, body, sid):
+        return self.known(sid) or (200, self.services[sid])
+
+    def update_service(self, query, body, sid):
+        if self.known(sid):
+            return self.known(sid)
+        service = self.services[sid]
+        if "name" in body:
+            service["name"] = body["name"]
+        if "image" in body:
+            service["imagePath"] = body["image"]["imagePath"]
+        return 200, service
+
+    def delete_service(self, query, body, sid):
+        if self.known(sid):
+            return self.known(sid)
+        del self.services[sid]
+        return 204, None
+
+    # Deploys.
+
+    def event(self, sid, kind, details):
+        self.events.append(
+            {
+                "id": new_id("evt"),
+                "timestamp": stamp(),
+                "serviceId": sid,
+                "type": kind,
+                "details": details,
+            }
+        )
+
+    def start_deploy(self, sid, ref, trigger, sha=None):
+        deploy = {
+            "id": new_id("dep"),
+            "status": "update_in_progress",
+            "trigger": trigger,
+            "image": {"ref": ref, "sha": sha or self.digests[ref]},
+            "createdAt": stamp(),
+            "updatedAt": stamp(),
+            "startedAt": stamp(),
+        }
+        self.deploys[sid].append(deploy)
+        trigger_details = {
+            "firstBuild": False,
+            "envUpdated": False,
+            "manual": False,
+            "deployedByRender": False,
+            "clearCache": False,
+            "rollback": trigger == "rollback",
+        }
+        self.event(sid, "deploy_started", {"deployId": deploy["id"], "trigger": trigger_details})
+        return deploy
+
+    def end(self, sid, deploy, status):
+        if status == "live":
+            for other in self.deploys[sid]:
+                if other["status"] == "live":
+                    other["status"] = "deactivated"
+        deploy.update(status=status, finishedAt=stamp(), updatedAt=stamp())
+        outcome = {"live": "succeeded", "canceled": "canceled"}.get(status, "failed")
+        self.event(
+            sid,
+            "deploy_ended",
+            {"deployId": deploy["id"], "reason": {}, "deployStatus": outcome, "status": 2},
+        )
+
+    def find_deploy(self, sid, did):
+        return next((d for d in self.deploys.get(sid, []) if d["id"] == did), None)
+
+    def list_deploys(self, query, body, sid):
+        if self.known(sid):
+            return self.known(sid)
+        statuses = query.get_list("status")
+        found = [
+            {"deploy": d, "cursor": d["id"]}
+            for d in reversed(self.deploys[sid])
+            if not statuses or d["status"] in statuses
+        ]
+        return 200, self.page(query, found, lambda i: i["cursor"])
+
+    def create_deploy(self, query, body, sid):
+        if self.known(sid):
+            return self.known(sid)
+        ref = body.get("imageUrl") or self.services[sid]["imagePath"]
+        return 201, self.start_deploy(sid, ref, "api")
+
+    def get_deploy(self, query, body, sid, did):
+        deploy = self.find_deploy(sid, did)
+        if not deploy:
+            return self.missing("deploy")
+        if deploy["status"] == "update_in_progress":
+            self.end(sid, deploy, "live")
+        return 200, deploy
+
+    def cancel_deploy(self, query, body, sid, did):
+        deploy = self.find_deploy(sid, did)
+        if not deploy:
+            return self.missing("deploy")
+        self.end(sid, deploy, "canceled")
+        return 200, deploy
+
+    def rollback(self, query, body, sid):
+        target = self.find_deploy(sid, body["deployId"])
+        if not target:
+            return self.missing("deploy")
+        image = target["image"]
+        return 201, self.start_deploy(sid, image["ref"], "rollback", sha=image["sha"])
+
+    # Events.
+
+    def list_events(self, query, body, sid):
+        if self.known(sid):
+            return self.known(sid)
+        kinds = query.get_list("type")
+        found = [
+            {"event": e, "cursor": e["id"]}
+            for e in reversed(self.events)
+            if e["serviceId"] == sid
+            and (not kinds or e["type"] in kinds)
+            and (
+                "startTime" not in query
+                or parse_time(e["timestamp"]) >= parse_time(query["startTime"])
+            )
+            and (
+                "endTime" not in query or parse_time(e["timestamp"]) <= parse_time(query["endTime"])
+            )
+        ]
+        return 200, self.page(query, found, lambda i: i["cursor"])
+
+    def get_event(self, query, body, eid):
+        event = next((e for e in self.events if e["id"] == eid), None)
+        return (200, event) if event else self.missing("event")
+
+    # Instances, scaling, suspension.
+
+    def instances(self, query, body, sid):
+        if self.known(sid):
+            return self.known(sid)
+        n = self.services[sid]["serviceDetails"].get("numInstances", 0)
+        return 200, [{"id": f"{sid}-{i}", "createdAt": stamp()} for i in range(n)]
+
+    def scale(self, query, body, sid):
+        if self.known(sid):
+            return self.known(sid)
+        details = self.services[sid]["serviceDetails"]
+        self.event(
+            sid,
+            "instance_count_changed",
+            {"fromInstances": details["numInstances"], "toInstances": body["numInstances"]},
+        )
+        details["numInstances"] = body["numInstances"]
+        return 202, None
+
+    def suspend(self, sid, suspended):
+        if self.known(sid):
+            return self.known(sid)
+        self.services[sid]["suspended"] = "suspended" if suspended else "not_suspended"
+        self.event(sid, "service_suspended" if suspended else "service_resumed", {})
+        return 202, None
+
+    # Environment variables.
+
+    def list_env(self, query, body, sid):
+        if self.known(sid):
+            return self.known(sid)
+        items = [{"envVar": {"key": k, "value": v}, "cursor": k} for k, v in self.env[sid].items()]
+        return 200, self.page(query, items, lambda i: i["cursor"])
+
+    def replace_env(self, query, body, sid):
+        if self.known(sid):
+            return self.known(sid)
+        self.env[sid] = {e["key"]: e["value"] for e in body}
+        return self.list_env({}, None, sid)
+
+    def get_env(self, query, body, sid, key):
+        if self.known(sid) or key not in self.env[sid]:
+            return self.missing("env var")
+        return 200, {"key": key, "value": self.env[sid][key]}
+
+    def put_env(self, query, body, sid, key):
+        if self.known(sid):
+            return self.known(sid)
+        self.env[sid][key] = body["value"]
+        return 200, {"key": key, "value": body["value"]}
+
+    def delete_env(self, query, body, sid, key):
+        if self.known(sid) or key not in self.env[sid]:
+            return self.missing("env var")
+        del self.env[sid][key]
+        return 204, None
+
+    # Notification settings.
+
+    def notify_setting(self):
+        return {
+            "ownerId": self.owner,
+            "slackEnabled": False,
+            "emailEnabled": True,
+            "previewNotificationsEnabled": False,
+            "notificationsToSend": self.notify,
+        }
+
+    def get_notify(self, query, body, owner):
+        return (200, self.notify_setting()) if owner == self.owner else self.missing("owner")
+
+    def patch_notify(self, query, body, owner):
+        self.notify = body.get("notificationsToSend", self.notify)
+        return self.get_notify(query, None, owner)
+
+    def override(self, sid):
+        return {
+            "serviceId": sid,
+            "previewNotificationsEnabled": "default",
+            "notificationsToSend": self.overrides[sid],
+        }
+
+    def get_override(self, query, body, sid):
+        return self.known(sid) or (200, self.override(sid))
+
+    def patch_override(self, query, body, sid):
+        if self.known(sid):
+            return self.known(sid)
+        self.overrides[sid] = body.get("notificationsToSend", self.overrides[sid])
+        return 200, self.override(sid)
+
+    def list_overrides(self, query, body):
+        wanted = query.get_list("serviceId")
+        items = [
+            {"override": self.override(sid), "cursor": sid}
+            for sid in self.services
+            if not wanted or sid in wanted
+        ]
+        return 200, self.page(query, items, lambda i: i["cursor"])
+
+    # Cron job runs.
+
+    def run_cron(self, query, body, sid):
+        if self.known(sid):
+            return self.known(sid)
+        run = {"id": new_id("crn"), "status": "pending", "startedAt": stamp()}
+        self.runs[sid] = run
+        self.event(sid, "cron_job_run_started", {"cronJobRunId": run["id"]})
+        return 200, run
+
+    def cancel_cron(self, query, body, sid):
+        run = self.runs.pop(sid, None)
+        if run:
+            self.event(sid, "cron_job_run_ended", {"cronJobRunId": run["id"], "status": "canceled"})
+        return 204, None
