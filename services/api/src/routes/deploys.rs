@@ -185,6 +185,7 @@ pub async fn get(
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(rename = "DeployPOST")]
 pub struct CreateBody {
     pub image_url: Option<String>,
     /// Render's field; berth keeps no build cache, so it changes nothing.
@@ -193,7 +194,9 @@ pub struct CreateBody {
     /// so both deploy the image.
     pub deploy_mode: Option<String>,
     /// Render's builds and commits: refused, berth builds nothing.
+    #[schemars(with = "Option<String>")]
     pub build_id: Option<Value>,
+    #[schemars(with = "Option<String>")]
     pub commit_id: Option<Value>,
 }
 

@@ -114,10 +114,15 @@ pub struct EnvSpecific {
     #[serde(default, deserialize_with = "nullable")]
     pub docker_command: Option<Option<String>>,
     /// Render's build settings: nothing is built, so they must ask for nothing.
+    #[schemars(with = "Option<String>")]
     pub docker_context: Option<Value>,
+    #[schemars(with = "Option<String>")]
     pub dockerfile_path: Option<Value>,
+    #[schemars(with = "Option<String>")]
     pub registry_credential_id: Option<Value>,
+    #[schemars(with = "Option<String>")]
     pub build_command: Option<Value>,
+    #[schemars(with = "Option<String>")]
     pub start_command: Option<Value>,
     #[serde(default, deserialize_with = "nullable")]
     pub pre_deploy_command: Option<Option<String>>,
@@ -142,18 +147,31 @@ pub struct DetailsBody {
     pub runtime: Option<String>,
     pub env: Option<String>,
     // Render's settings berth has no counterpart for.
+    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub autoscaling: Option<Value>,
+    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub disk: Option<Value>,
+    #[schemars(with = "Option<String>")]
     pub build_source_id: Option<Value>,
+    #[schemars(with = "Option<String>")]
     pub pull_request_previews_enabled: Option<Value>,
+    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub previews: Option<Value>,
+    #[schemars(with = "Option<Vec<serde_json::Map<String, Value>>>")]
     pub ip_allow_list: Option<Value>,
+    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub maintenance_mode: Option<Value>,
+    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub cache: Option<Value>,
+    #[schemars(with = "Option<String>")]
     pub build_plan: Option<Value>,
+    #[schemars(with = "Option<String>")]
     pub build_command: Option<Value>,
+    #[schemars(with = "Option<String>")]
     pub publish_path: Option<Value>,
+    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub internal_routing: Option<Value>,
+    #[schemars(with = "Option<String>")]
     pub render_subdomain_policy: Option<Value>,
 }
 
@@ -279,6 +297,7 @@ impl NotifyBody {
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(rename = "ServicePOST")]
 pub struct CreateBody {
     #[serde(rename = "type")]
     pub service_type: Option<String>,
@@ -297,14 +316,23 @@ pub struct CreateBody {
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RenderSource {
+    #[schemars(with = "Option<String>")]
     pub auto_deploy: Option<Value>,
+    #[schemars(with = "Option<String>")]
     pub auto_deploy_trigger: Option<Value>,
+    #[schemars(with = "Option<String>")]
     pub repo: Option<Value>,
+    #[schemars(with = "Option<String>")]
     pub branch: Option<Value>,
+    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub build_filter: Option<Value>,
+    #[schemars(with = "Option<String>")]
     pub root_dir: Option<Value>,
+    #[schemars(with = "Option<Vec<serde_json::Map<String, Value>>>")]
     pub secret_files: Option<Value>,
+    #[schemars(with = "Option<String>")]
     pub environment_id: Option<Value>,
+    #[schemars(with = "Option<String>")]
     pub build_source_id: Option<Value>,
 }
 
@@ -666,6 +694,7 @@ pub async fn get(
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(rename = "ServicePATCH")]
 pub struct UpdateBody {
     pub name: Option<String>,
     pub image: Option<ImageBody>,
@@ -835,7 +864,7 @@ pub struct InstanceView {
     /// berth: the deploy it runs, its node and where it is in its life.
     pub deploy_id: String,
     pub node_id: String,
-    pub phase: Value,
+    pub phase: berth_domain::service::InstancePhase,
     pub healthy: bool,
 }
 
@@ -857,7 +886,7 @@ pub async fn instances(
                 created_at: i.scheduled_at.unwrap_or_default(),
                 deploy_id: i.deploy.to_string(),
                 node_id: i.node.to_string(),
-                phase: serde_json::to_value(i.phase).unwrap_or(Value::Null),
+                phase: i.phase,
                 healthy: i.is_healthy(),
             })
             .collect(),
