@@ -86,7 +86,7 @@ async fn a_long_history_is_listed_rolled_back_and_shown_whole() {
     let service: ServiceId = svc.parse().unwrap();
     let id = AggregateId::Service(service.clone());
     // From here on this test reports what the workers would.
-    app.resolver_stop.cancel();
+    app.stop_resolver().await;
     let first = {
         let state = app.ingress_state(&service).await;
         state.deploys[0].id.clone()

@@ -8,6 +8,7 @@ mod conformance;
 mod credential_change;
 mod credentials;
 mod docs;
+mod env_vars;
 mod events;
 mod fuzz;
 mod history;

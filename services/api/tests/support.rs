@@ -37,6 +37,7 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Stops only the resolver (a child of `shutdown`).
     pub resolver_stop: CancellationToken,
+    resolver_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for App {
@@ -79,6 +80,7 @@ impl App {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let resolver_stop = shutdown.child_token();
+        let mut resolver_task = None;
         let registry = if registry {
             let reg = Registry::start(RegistryAuth::None).await.unwrap();
             let img = small_image("amd64").unwrap();
@@ -87,9 +89,10 @@ impl App {
             let r = Resolver::new(store.clone(), key.clone(), resolver_options()).unwrap();
             let ready = berth_runtime::ReadyFlag::default();
             let (sd, rd) = (resolver_stop.clone(), ready.clone());
-            tokio::spawn(async move {
+            let handle = tokio::spawn(async move {
                 let _ = r.run(sd, Some(rd)).await;
             });
+            resolver_task = Some(handle);
             let t0 = std::time::Instant::now();
             while !ready.get() {
                 assert!(t0.elapsed() < Duration::from_secs(10), "resolver not ready");
@@ -127,6 +130,17 @@ impl App {
             registry,
             shutdown,
             resolver_stop,
+            resolver_task: std::sync::Mutex::new(resolver_task),
+        }
+    }
+
+    /// Stops the resolver and waits until it has ended: nothing it was
+    /// doing lands after this returns.
+    pub async fn stop_resolver(&self) {
+        self.resolver_stop.cancel();
+        let task = self.resolver_task.lock().unwrap().take();
+        if let Some(t) = task {
+            let _ = t.await;
         }
     }
 

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 /// One entry of a service's timeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = details_by_type)]
 pub struct TimelineEvent {
     /// `evt-…`: the id of the log event it comes from.
     pub id: String,
@@ -319,6 +320,200 @@ impl TimelineEvent {
     }
 }
 
+/// One field of a type's `details`: its name, JSON schema, and whether it
+/// is always there.
+type DetailField = (&'static str, Value, bool);
+
+/// The schema of each type's `details`: `(type, [field])`. What [`TimelineEvent::from_envelope`] writes; the API's
+/// tests hold every event they read to it.
+fn details_schemas() -> Vec<(&'static str, Vec<DetailField>)> {
+    let s = || json!({"type": "string"});
+    let int = || json!({"type": "integer"});
+    let bool_ = || json!({"type": "boolean"});
+    let one_of = |v: &[&str]| json!({"type": "string", "enum": v});
+    let failure = || {
+        json!({"type": "object", "required": ["evicted"], "properties": {
+            "evicted": {"type": "boolean"}, "evictionReason": {"type": "string"},
+            "nonZeroExit": {"type": "integer"}, "timedOutReason": {"type": "string"}}})
+    };
+    let reason = || {
+        json!({"type": "object", "properties": {
+            "failure": failure(),
+            "newDeploy": {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}}}})
+    };
+    let trigger = || {
+        let flags = [
+            "firstBuild",
+            "envUpdated",
+            "manual",
+            "deployedByRender",
+            "clearCache",
+            "rollback",
+        ];
+        json!({"type": "object", "required": flags,
+               "properties": flags.iter().map(|f| ((*f).to_owned(), json!({"type": "boolean"}))).collect::<serde_json::Map<_, _>>()})
+    };
+    let cron = ["succeeded", "failed", "canceled", "timed_out"];
+    vec![
+        (
+            "deploy_started",
+            vec![
+                ("deployId", s(), true),
+                ("trigger", trigger(), true),
+                ("triggerName", s(), false),
+            ],
+        ),
+        (
+            "deploy_ended",
+            vec![
+                ("deployId", s(), true),
+                (
+                    "deployStatus",
+                    one_of(&["succeeded", "failed", "canceled"]),
+                    true,
+                ),
+                ("status", int(), true),
+                ("reason", reason(), true),
+                (
+                    "finalStatus",
+                    one_of(&["live", "update_failed", "pre_deploy_failed", "canceled"]),
+                    true,
+                ),
+                ("digest", s(), false),
+                ("message", s(), false),
+                (
+                    "cancelReason",
+                    one_of(&[
+                        "explicit",
+                        "superseded",
+                        "overlap_cancel",
+                        "service_stopped",
+                    ]),
+                    false,
+                ),
+            ],
+        ),
+        (
+            "pre_deploy_started",
+            vec![
+                ("deployId", s(), true),
+                ("deployCommandExecutionId", s(), true),
+            ],
+        ),
+        (
+            "pre_deploy_ended",
+            vec![
+                ("deployId", s(), true),
+                ("deployCommandExecutionId", s(), true),
+                ("preDeployStatus", one_of(&["succeeded", "failed"]), true),
+                ("status", int(), true),
+                ("reason", reason(), true),
+                ("exitCode", int(), false),
+                ("message", s(), false),
+            ],
+        ),
+        (
+            "image_pull_failed",
+            vec![
+                ("message", s(), true),
+                ("imageURL", s(), true),
+                ("pullFailure", s(), true),
+                ("deployId", s(), false),
+                ("nodeId", s(), false),
+            ],
+        ),
+        (
+            "server_failed",
+            vec![
+                ("instanceID", s(), false),
+                ("reason", failure(), true),
+                ("nodeId", s(), true),
+                (
+                    "instanceIds",
+                    json!({"type": "array", "items": {"type": "string"}}),
+                    true,
+                ),
+            ],
+        ),
+        (
+            "server_restarted",
+            vec![
+                ("triggeredByUser", json!({"type": ["string", "null"]}), true),
+                ("instanceId", s(), true),
+                ("attempt", int(), true),
+            ],
+        ),
+        (
+            "placement_blocked",
+            vec![
+                ("deployId", s(), true),
+                ("unplaced", int(), true),
+                ("cpuMillis", int(), true),
+                ("memoryMib", int(), true),
+                ("nodeId", s(), false),
+                ("freeCpuMillis", int(), true),
+                ("freeMemoryMib", int(), true),
+                ("reason", s(), true),
+            ],
+        ),
+        (
+            "instance_count_changed",
+            vec![("fromInstances", int(), true), ("toInstances", int(), true)],
+        ),
+        (
+            "cron_job_run_started",
+            vec![
+                ("cronJobRunId", s(), true),
+                ("digest", s(), true),
+                ("manual", bool_(), true),
+            ],
+        ),
+        (
+            "cron_job_run_ended",
+            vec![
+                ("cronJobRunId", s(), true),
+                (
+                    "status",
+                    one_of(&["successful", "unsuccessful", "canceled"]),
+                    true,
+                ),
+                ("reason", failure(), false),
+                ("runStatus", one_of(&cron), true),
+                ("exitCode", int(), false),
+            ],
+        ),
+        (
+            "cron_job_run_skipped",
+            vec![("scheduledFor", s(), true), ("activeRunId", s(), true)],
+        ),
+        (
+            "rollback_target_missing",
+            vec![("deployId", s(), true), ("digest", s(), true)],
+        ),
+        ("service_suspended", vec![]),
+        ("service_resumed", vec![]),
+    ]
+}
+
+/// Ties `details` to `type` in the schema: one variant per type.
+fn details_by_type(schema: &mut schemars::Schema) {
+    let variants: Vec<Value> = details_schemas()
+        .into_iter()
+        .map(|(kind, fields)| {
+            let required: Vec<&str> = fields.iter().filter(|f| f.2).map(|f| f.0).collect();
+            let properties: serde_json::Map<String, Value> = fields
+                .into_iter()
+                .map(|(f, v, _)| (f.to_owned(), v))
+                .collect();
+            json!({"properties": {
+                "type": {"const": kind},
+                "details": {"type": "object", "required": required, "properties": properties},
+            }})
+        })
+        .collect();
+    schema.insert("oneOf".to_owned(), Value::Array(variants));
+}
+
 /// Absent optional fields are left out rather than sent as `null`; a field
 /// Render requires even when it has no value stays, as `null`.
 fn strip_nulls(v: Value) -> Value {
@@ -613,5 +808,180 @@ mod tests {
         assert_eq!(t.details["freeCpuMillis"], 200);
         // A wait, not a failure: the deploy's end says whether it failed.
         assert!(!t.is_failure() && !t.is_notable());
+    }
+
+    /// Every type's entry says what its schema says: the required fields
+    /// are there with the right JSON type, nothing else is, and every type
+    /// has a schema.
+    #[test]
+    fn every_type_matches_its_details_schema() {
+        use berth_schemas::events::CancelReason;
+        use berth_schemas::events::{
+            CronJobRunEnded, CronJobRunSkipped, CronJobRunStarted, DeployCanceled, DeployLive,
+            DeployStarted, InstanceCountChanged, PreDeployEnded, PreDeployStarted,
+            RollbackTargetMissing, ServerFailed, ServerRestarted, ServiceResumed, ServiceSuspended,
+        };
+        use berth_schemas::ids::{CronRunId, InstanceId, NodeId};
+        let svc = ServiceId::generate();
+        let (d, d2) = (DeployId::generate(), DeployId::generate());
+        let events: Vec<Event> = vec![
+            DeployStarted {
+                deploy: d.clone(),
+                trigger: Some(berth_schemas::model::DeployTrigger::Rollback),
+            }
+            .into(),
+            DeployStarted {
+                deploy: d.clone(),
+                trigger: None,
+            }
+            .into(),
+            DeployLive {
+                deploy: d.clone(),
+                digest: "sha256:1".into(),
+            }
+            .into(),
+            DeployFailed {
+                deploy: d.clone(),
+                status: DeployStatus::UpdateFailed,
+                reason: "no".into(),
+            }
+            .into(),
+            DeployCanceled {
+                deploy: d.clone(),
+                reason: CancelReason::Superseded,
+                by: Some(d2.clone()),
+            }
+            .into(),
+            DeployCanceled {
+                deploy: d.clone(),
+                reason: CancelReason::Explicit,
+                by: None,
+            }
+            .into(),
+            PreDeployStarted { deploy: d.clone() }.into(),
+            PreDeployEnded {
+                deploy: d.clone(),
+                success: false,
+                exit_code: Some(3),
+                reason: Some("exit 3".into()),
+            }
+            .into(),
+            PreDeployEnded {
+                deploy: d.clone(),
+                success: true,
+                exit_code: Some(0),
+                reason: None,
+            }
+            .into(),
+            ImagePullFailed {
+                deploy: Some(d.clone()),
+                node: Some(NodeId::generate()),
+                image: "a:1".into(),
+                reason: PullFailureReason::Unauthorized,
+                message: "401".into(),
+            }
+            .into(),
+            ServerFailed {
+                node: NodeId::generate(),
+                instances: vec![InstanceId::generate()],
+            }
+            .into(),
+            ServerRestarted {
+                instance: InstanceId::generate(),
+                attempt: 2,
+            }
+            .into(),
+            PlacementBlocked {
+                deploy: d.clone(),
+                unplaced: 1,
+                cpu_millis: 1,
+                memory_mib: 1,
+                node: None,
+                free_cpu_millis: 0,
+                free_memory_mib: 0,
+                reason: "full".into(),
+            }
+            .into(),
+            InstanceCountChanged { from: 1, to: 2 }.into(),
+            CronJobRunStarted {
+                run: CronRunId::generate(),
+                digest: "sha256:1".into(),
+                manual: true,
+            }
+            .into(),
+            CronJobRunEnded {
+                run: CronRunId::generate(),
+                status: "timed_out".into(),
+                exit_code: None,
+            }
+            .into(),
+            CronJobRunEnded {
+                run: CronRunId::generate(),
+                status: "succeeded".into(),
+                exit_code: Some(0),
+            }
+            .into(),
+            CronJobRunSkipped {
+                scheduled_for: Utc::now(),
+                active_run: CronRunId::generate(),
+            }
+            .into(),
+            RollbackTargetMissing {
+                deploy: d.clone(),
+                digest: "sha256:1".into(),
+            }
+            .into(),
+            ServiceSuspended {}.into(),
+            ServiceResumed {}.into(),
+        ];
+        let schemas = details_schemas();
+        let mut seen = BTreeSet::new();
+        for (i, e) in events.into_iter().enumerate() {
+            let t = TimelineEvent::from_envelope(&env(&svc, i as u64 + 1, e))
+                .unwrap_or_else(|| unreachable!());
+            seen.insert(t.kind.clone());
+            let Some((_, fields)) = schemas.iter().find(|(k, _)| *k == t.kind) else {
+                unreachable!("{} has no details schema", t.kind)
+            };
+            let details = t.details.as_object().cloned().unwrap_or_default();
+            for (name, schema, required) in fields {
+                match details.get(*name) {
+                    None => assert!(!required, "{}: {name} missing: {details:?}", t.kind),
+                    Some(v) => {
+                        let want = &schema["type"];
+                        let is = match v {
+                            Value::String(_) => "string",
+                            Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+                            Value::Bool(_) => "boolean",
+                            Value::Object(_) => "object",
+                            Value::Array(_) => "array",
+                            Value::Null => "null",
+                            Value::Number(_) => "number",
+                        };
+                        let ok = want == is
+                            || want.as_array().is_some_and(|a| a.iter().any(|w| w == is));
+                        assert!(ok, "{}: {name} is {is}, schema says {want}", t.kind);
+                        if let Some(allowed) = schema["enum"].as_array() {
+                            assert!(
+                                allowed.contains(v),
+                                "{}: {name} = {v} is not one of {allowed:?}",
+                                t.kind
+                            );
+                        }
+                    }
+                }
+            }
+            for name in details.keys() {
+                assert!(
+                    fields.iter().any(|f| f.0 == name),
+                    "{}: {name} is not in its schema",
+                    t.kind
+                );
+            }
+        }
+        let types: BTreeSet<String> = TYPES.iter().map(|t| (*t).to_owned()).collect();
+        assert_eq!(seen, types, "every type is produced by some event here");
+        let schema_types: BTreeSet<String> = schemas.iter().map(|(k, _)| (*k).to_owned()).collect();
+        assert_eq!(schema_types, types);
     }
 }

@@ -213,7 +213,10 @@ pub async fn resolve(api: &Api, service: &str) -> Result<String, ClientError> {
     if service.starts_with("srv-") {
         return Ok(service.to_owned());
     }
-    let all = api.list_all("/v1/services").await?;
+    // Names are unique per owner: the API's `name` filter finds it.
+    let all = api
+        .list_all(&format!("/v1/services?name={}", enc(service)))
+        .await?;
     all.iter()
         .filter_map(|i| i.get("service"))
         .find(|v| v.get("name").and_then(Value::as_str) == Some(service))
