@@ -14,6 +14,7 @@ pub mod envelope;
 pub mod events;
 pub mod heartbeat;
 pub mod ids;
+pub mod metrics;
 pub mod model;
 pub mod subjects;
 

@@ -212,6 +212,38 @@ impl Subjects {
         format!("{}.resolver.check", self.prefix)
     }
 
+    /// A node's resource samples of one service's instances:
+    /// `berth.metrics.usage.srv-….nod-…`.
+    pub fn usage(&self, service: &ServiceId, node: &NodeId) -> String {
+        format!("{}.metrics.usage.{}.{}", self.prefix, service, node)
+    }
+
+    /// Every node's resource samples of one service.
+    pub fn service_usage(&self, service: &ServiceId) -> String {
+        format!("{}.metrics.usage.{}.*", self.prefix, service)
+    }
+
+    /// A router's request samples of one service:
+    /// `berth.metrics.http.srv-….<router>`.
+    pub fn http_metrics(&self, service: &ServiceId, router: &str) -> String {
+        format!("{}.metrics.http.{}.{}", self.prefix, service, router)
+    }
+
+    /// Every router's request samples of one service.
+    pub fn service_http_metrics(&self, service: &ServiceId) -> String {
+        format!("{}.metrics.http.{}.*", self.prefix, service)
+    }
+
+    /// Every sample subject (what the metrics stream keeps).
+    pub fn metrics_all(&self) -> String {
+        format!("{}.metrics.>", self.prefix)
+    }
+
+    /// The stream keeping a day of samples.
+    pub fn metrics_stream(&self) -> String {
+        format!("{}_METRICS", self.upper())
+    }
+
     /// Node heartbeats (core NATS, not the log: they are not facts worth keeping).
     pub fn heartbeat(&self) -> String {
         format!("{}.heartbeat", self.prefix)

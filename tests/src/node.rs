@@ -236,6 +236,7 @@ pub fn test_options(name: &str, cpu_millis: u32, memory_mib: u32) -> berth_node:
         ack_wait: Duration::from_secs(10),
         max_deliver: 3,
         heartbeat: Duration::from_millis(200),
+        usage_interval: Some(Duration::from_secs(1)),
         progress_interval: Duration::from_millis(100),
         restart: crate::agent::fast_restarts(),
         client: berth_oci::ClientConfig {

@@ -136,6 +136,11 @@ async fn run_instance_pulls_starts_logs_is_idempotent_and_stops() {
         .subscribe(w.store.subjects().logs(&spec.service, &spec.instance))
         .await
         .unwrap();
+    let mut usage = w
+        .client
+        .subscribe(w.store.subjects().usage(&spec.service, &node.id))
+        .await
+        .unwrap();
     w.client.flush().await.unwrap();
     let work = NodeWork::RunInstance(spec.clone());
     w.enqueue(&node.id, &work, "run-1").await;
@@ -193,6 +198,27 @@ async fn run_instance_pulls_starts_logs_is_idempotent_and_stops() {
         lines.push(serde_json::from_slice::<LogLine>(&m.payload).unwrap().line);
     }
     assert_eq!(lines[0], "hello-sealed-world");
+
+    // What it uses, read from its cgroup, sampled every second here.
+    let used = loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), usage.next())
+            .await
+            .expect("a resource sample within 10 s")
+            .unwrap();
+        let sample: berth_schemas::metrics::UsageSample =
+            serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(sample.node, node.id);
+        let mine = sample
+            .instances
+            .iter()
+            .find(|u| u.instance == spec.instance)
+            .cloned();
+        if let Some(u) = mine.filter(|u| u.cpu_nanos > 0) {
+            break u;
+        }
+    };
+    assert!(used.memory_bytes > 0, "{used:?}");
+    assert_eq!(used.memory_limit_bytes, 0, "no plan, no limit: {used:?}");
 
     // A redelivery (the same item enqueued again) starts nothing new.
     w.enqueue(&node.id, &work, "run-1-again").await;

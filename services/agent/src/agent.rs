@@ -12,6 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use berth_schemas::heartbeat::Heartbeat;
+use berth_schemas::metrics::{InstanceUsage, UsageSample};
+
+use crate::usage::CgroupReader;
 use berth_schemas::ids::{InstanceId, NodeId, ServiceId};
 use berth_schemas::Subjects;
 use chrono::{DateTime, Utc};
@@ -43,6 +46,9 @@ pub struct AgentConfig {
     pub restart: RestartPolicy,
     /// How often a heartbeat is published.
     pub heartbeat_interval: Duration,
+    /// How often each instance's resource use is published (`None`:
+    /// never).
+    pub usage_interval: Option<Duration>,
     /// Liveness poll for processes the agent cannot reap.
     pub exit_poll: Duration,
     /// How long to wait for a killed container to be gone.
@@ -64,6 +70,7 @@ impl AgentConfig {
             state_dir: state_dir.into(),
             restart: RestartPolicy::default(),
             heartbeat_interval: Duration::from_secs(5),
+            usage_interval: Some(Duration::from_secs(15)),
             exit_poll: Duration::from_millis(200),
             kill_wait: Duration::from_secs(10),
             init: Some(PathBuf::from(DEFAULT_INIT)).filter(|p| p.is_file()),
@@ -192,6 +199,8 @@ pub(crate) struct Record {
 }
 
 struct Supervised {
+    /// The service it is an instance of.
+    service: ServiceId,
     stop: CancellationToken,
     /// Kill the process and start it again at once (a failing health check).
     restart: Arc<Notify>,
@@ -316,6 +325,13 @@ impl Agent {
             .inner
             .tracker
             .spawn(async move { me.heartbeats().await });
+        if let Some(every) = agent.inner.cfg.usage_interval {
+            let me = agent.clone();
+            agent
+                .inner
+                .tracker
+                .spawn(async move { me.usage(every, CgroupReader::host()).await });
+        }
         Ok(agent)
     }
 
@@ -487,6 +503,7 @@ impl Agent {
             t.insert(
                 instance.clone(),
                 Supervised {
+                    service: spec.service.clone(),
                     stop: stop.clone(),
                     restart: restart.clone(),
                     task: None,
@@ -572,6 +589,82 @@ impl Agent {
                     .await
                 {
                     tracing::warn!(error = %e, "heartbeat not published");
+                }
+            }
+        }
+    }
+
+    /// Every `every`, each service's instances' resource use, read from
+    /// their cgroups: one sample per service on `subjects.usage(service,
+    /// node)` (kept a day by the metrics stream), and per service the
+    /// node's totals as this process's Prometheus gauges (per service, not
+    /// per instance, so instance churn does not grow the page; a service
+    /// that left the node reads 0).
+    async fn usage(&self, every: Duration, cgroups: CgroupReader) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Each instance's CPU time at the previous sample, for a rate.
+        let mut last: HashMap<InstanceId, (u64, std::time::Instant)> = HashMap::new();
+        let mut shown: std::collections::HashSet<ServiceId> = std::collections::HashSet::new();
+        loop {
+            tokio::select! {
+                _ = self.inner.detach.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let running: Vec<(InstanceId, ServiceId)> = self
+                .inner
+                .table()
+                .iter()
+                .map(|(i, s)| (i.clone(), s.service.clone()))
+                .collect();
+            let now = std::time::Instant::now();
+            let mut by_service: HashMap<ServiceId, Vec<InstanceUsage>> = HashMap::new();
+            let mut totals: HashMap<ServiceId, (f64, u64)> = HashMap::new();
+            let mut seen = HashMap::new();
+            for (instance, service) in running {
+                let Some(u) = cgroups.read(&instance) else {
+                    continue;
+                };
+                let cores = last.get(&instance).map_or(0.0, |(cpu, at)| {
+                    let secs = now.duration_since(*at).as_secs_f64();
+                    if secs > 0.0 {
+                        u.cpu_nanos.saturating_sub(*cpu) as f64 / 1e9 / secs
+                    } else {
+                        0.0
+                    }
+                });
+                seen.insert(instance, (u.cpu_nanos, now));
+                let t = totals.entry(service.clone()).or_default();
+                t.0 += cores;
+                t.1 += u.memory_bytes;
+                by_service.entry(service).or_default().push(u);
+            }
+            last = seen;
+            for service in shown.iter().filter(|s| !totals.contains_key(*s)) {
+                let name = service.to_string();
+                metrics::gauge!("berth_service_cpu_cores", "service" => name.clone()).set(0.0);
+                metrics::gauge!("berth_service_memory_bytes", "service" => name).set(0.0);
+            }
+            for (service, (cores, memory)) in &totals {
+                let name = service.to_string();
+                metrics::gauge!("berth_service_cpu_cores", "service" => name.clone()).set(*cores);
+                metrics::gauge!("berth_service_memory_bytes", "service" => name)
+                    .set(*memory as f64);
+                shown.insert(service.clone());
+            }
+            let time = Utc::now();
+            for (service, instances) in by_service {
+                let sample = UsageSample {
+                    node: self.inner.cfg.node.clone(),
+                    time,
+                    instances,
+                };
+                let Ok(payload) = serde_json::to_vec(&sample) else {
+                    continue;
+                };
+                let subject = self.inner.subjects.usage(&service, &self.inner.cfg.node);
+                if let Err(e) = self.inner.client.publish(subject, payload.into()).await {
+                    tracing::warn!(error = %e, "resource sample not published");
                 }
             }
         }
@@ -667,6 +760,7 @@ impl Agent {
             inner.table().insert(
                 rec.spec.instance.clone(),
                 Supervised {
+                    service: rec.spec.service.clone(),
                     stop: stop.clone(),
                     restart: restart.clone(),
                     task: None,

@@ -23,7 +23,8 @@
 //!   place on request when they fail their health checks), stop
 //!   (SIGTERM, SIGKILL after the delay), one-off runs with a timeout,
 //!   heartbeats on `subjects.heartbeat()` (the schemas crate's
-//!   `Heartbeat`), and on start adoption of the containers a previous
+//!   `Heartbeat`), each instance's CPU and memory ([`usage`], from its
+//!   cgroup) on `subjects.usage(service, node)`, and on start adoption of the containers a previous
 //!   agent process left (anything unrecorded is killed and deleted: no
 //!   orphans).
 
@@ -37,6 +38,7 @@ pub mod process;
 pub mod runtime;
 mod seccomp;
 mod supervise;
+pub mod usage;
 
 pub use agent::{Agent, AgentConfig, AgentEvent, Kind, OneOffOutcome, StopOutcome};
 pub use bundle::{ImageRoot, InstanceSpec, Limits, Sandbox};

@@ -24,6 +24,7 @@ pub mod error;
 pub mod guard;
 pub mod hooks;
 pub mod index;
+pub mod metrics;
 pub mod openapi;
 pub mod query;
 mod routes;
@@ -84,6 +85,10 @@ pub struct ApiArgs {
     /// is given back: longer than any operation takes.
     #[arg(long, env = "BERTH_API_REPAIR_GRACE_SECS", default_value_t = 30)]
     pub api_repair_grace_secs: u64,
+    /// Most bytes the metrics stream keeps (a day of samples, oldest
+    /// dropped first when full).
+    #[arg(long, env = "BERTH_API_METRICS_MAX_BYTES", default_value_t = 1 << 30)]
+    pub api_metrics_max_bytes: i64,
 }
 
 impl ApiArgs {
@@ -111,6 +116,9 @@ impl ApiArgs {
         }
         if !(1..=3600).contains(&self.api_repair_grace_secs) {
             problems.push("BERTH_API_REPAIR_GRACE_SECS must be 1–3600".to_owned());
+        }
+        if self.api_metrics_max_bytes < 1 << 20 {
+            problems.push("BERTH_API_METRICS_MAX_BYTES must be at least 1 MiB".to_owned());
         }
         if let Some(u) = &self.api_services_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
@@ -258,6 +266,9 @@ impl Api {
         .await?
         .with_failure_limits(self.args.failure_limits())
         .with_links(self.args.links());
+        metrics::ensure_stream(&self.store, self.args.api_metrics_max_bytes)
+            .await
+            .map_err(|e| ApiStartError::Bus(e.to_string()))?;
         let ingress = state.ingress.clone();
         let bus = bus::subscribe(&ingress)
             .await

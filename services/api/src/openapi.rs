@@ -23,7 +23,7 @@ use crate::app::{AppState, Authed, ClientAddr, JsonBody};
 use crate::error::ApiError;
 use crate::hooks;
 use crate::query::Listing;
-use crate::routes::{deploys, env_vars, events, notifications, owner, services};
+use crate::routes::{deploys, env_vars, events, metrics, notifications, owner, services};
 
 /// One route of the API.
 #[derive(Debug, Clone, Copy)]
@@ -288,6 +288,16 @@ routes! {
         "The service's events, newest first", 200;
     get "/v1/events/{eventId}" => events::get,
         "Retrieve an event", 200;
+    get "/v1/metrics/cpu" => metrics::cpu,
+        "CPU per instance (cores)", 200;
+    get "/v1/metrics/memory" => metrics::memory,
+        "Memory per instance (bytes)", 200;
+    get "/v1/metrics/instance-count" => metrics::instance_count,
+        "Instances per point", 200;
+    get "/v1/metrics/http-requests" => metrics::http_requests,
+        "Requests per point, by status class", 200;
+    get "/v1/metrics/http-latency" => metrics::http_latency,
+        "Request latency quantile (ms)", 200;
     get "/v1/services/{serviceId}/instances" => services::instances,
         "List the service's instances", 200;
     get "/v1/services/{serviceId}/env-vars" => env_vars::list,

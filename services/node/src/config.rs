@@ -58,6 +58,11 @@ pub struct NodeArgs {
     #[arg(long, env = "BERTH_NODE_HEARTBEAT_MS", default_value_t = 5000)]
     pub node_heartbeat_ms: u64,
 
+    /// Milliseconds between samples of each instance's CPU and memory (from
+    /// its cgroup; kept a day by the metrics stream); 0: none.
+    #[arg(long, env = "BERTH_NODE_USAGE_MS", default_value_t = 15_000)]
+    pub node_usage_ms: u64,
+
     /// Milliseconds between pull progress events of one pull.
     #[arg(long, env = "BERTH_NODE_PROGRESS_MS", default_value_t = 1000)]
     pub node_progress_ms: u64,
@@ -182,6 +187,8 @@ pub struct NodeOptions {
     pub ack_wait: Duration,
     pub max_deliver: i64,
     pub heartbeat: Duration,
+    /// Between resource samples (`None`: none).
+    pub usage_interval: Option<Duration>,
     pub progress_interval: Duration,
     /// Crash restarts (SPEC §11: 10 s doubling to 5 min).
     pub restart: berth_agent::RestartPolicy,
@@ -226,6 +233,12 @@ impl NodeArgs {
         if self.node_heartbeat_ms < 50 {
             problems.push("BERTH_NODE_HEARTBEAT_MS must be >= 50".to_owned());
         }
+        if self.node_usage_ms != 0 && !(1_000..=30_000).contains(&self.node_usage_ms) {
+            problems.push(
+                "BERTH_NODE_USAGE_MS must be 0 (off) or 1000-30000 (a sample at least every 30 s)"
+                    .to_owned(),
+            );
+        }
         if self.node_progress_ms < 50 {
             problems.push("BERTH_NODE_PROGRESS_MS must be >= 50".to_owned());
         }
@@ -265,6 +278,8 @@ impl NodeArgs {
             ack_wait: Duration::from_secs(self.node_ack_wait_secs),
             max_deliver: self.node_max_deliver,
             heartbeat: Duration::from_millis(self.node_heartbeat_ms),
+            usage_interval: (self.node_usage_ms > 0)
+                .then(|| Duration::from_millis(self.node_usage_ms)),
             progress_interval: Duration::from_millis(self.node_progress_ms),
             restart: berth_agent::RestartPolicy::default(),
             client: ClientConfig {

@@ -242,6 +242,7 @@ impl Node {
         let agent_dir = dir.join("agent");
         let mut agent_cfg = AgentConfig::new(id.clone(), &agent_dir);
         agent_cfg.heartbeat_interval = self.opts.heartbeat;
+        agent_cfg.usage_interval = self.opts.usage_interval;
         agent_cfg.restart = self.opts.restart;
         agent_cfg.network = Some(NetworkConfig {
             subnet: self.checks.subnet,

@@ -41,6 +41,11 @@ pub struct RouterArgs {
     /// Seconds in-flight requests get to finish on shutdown.
     #[arg(long, env = "BERTH_ROUTER_DRAIN_SECS", default_value_t = 30)]
     pub router_drain_secs: u64,
+
+    /// Milliseconds between samples of each service's requests (counts by
+    /// status class, latency; kept a day by the metrics stream); 0: none.
+    #[arg(long, env = "BERTH_ROUTER_METRICS_MS", default_value_t = 15_000)]
+    pub router_metrics_ms: u64,
 }
 
 impl Default for RouterArgs {
@@ -53,6 +58,7 @@ impl Default for RouterArgs {
             router_pool_idle_secs: 30,
             router_response_timeout_secs: 300,
             router_drain_secs: 30,
+            router_metrics_ms: 15_000,
         }
     }
 }
@@ -72,6 +78,8 @@ pub struct RouterOptions {
     pub pool_idle: Duration,
     /// Time an instance has to start answering; `None`: no limit.
     pub response_timeout: Option<Duration>,
+    /// Between request samples; `None`: none published.
+    pub metrics_interval: Option<Duration>,
     /// Grace period for in-flight requests on shutdown.
     pub drain: Duration,
 }
@@ -105,6 +113,12 @@ impl RouterArgs {
         if self.router_connect_timeout_ms == 0 {
             problems.push("BERTH_ROUTER_CONNECT_TIMEOUT_MS must be > 0".to_owned());
         }
+        if self.router_metrics_ms != 0 && !(1_000..=30_000).contains(&self.router_metrics_ms) {
+            problems.push(
+                "BERTH_ROUTER_METRICS_MS must be 0 (off) or 1000-30000 (a sample at least every 30 s)"
+                    .to_owned(),
+            );
+        }
         if self.router_max_attempts == 0 || self.router_max_attempts > 10 {
             problems.push("BERTH_ROUTER_MAX_ATTEMPTS must be 1-10".to_owned());
         }
@@ -118,6 +132,8 @@ impl RouterArgs {
                 response_timeout: (self.router_response_timeout_secs > 0)
                     .then(|| Duration::from_secs(self.router_response_timeout_secs)),
                 drain: Duration::from_secs(self.router_drain_secs),
+                metrics_interval: (self.router_metrics_ms > 0)
+                    .then(|| Duration::from_millis(self.router_metrics_ms)),
             }),
             _ => Err(problems),
         }

@@ -17,6 +17,7 @@
 mod body;
 mod config;
 pub mod proxy;
+pub mod stats;
 pub mod table;
 
 use std::net::SocketAddr;
@@ -27,6 +28,7 @@ use berth_eventlog::EventStore;
 use berth_runtime::{BoxError, Component, ComponentContext, ReadyFlag};
 use futures::future::BoxFuture;
 use hyper::service::service_fn;
+use stats::HttpStats;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -144,7 +146,23 @@ impl Router {
         }
         let local = listener.local_addr().ok();
         tracing::info!(addr = ?local, base_domain = %self.opts.base_domain, "router listening");
-        let proxy = Arc::new(Proxy::new(self.routes.clone(), self.opts.clone()));
+        let stats = Arc::new(HttpStats::default());
+        if let Some(every) = self.opts.metrics_interval {
+            // Unique per router process: each publishes its own samples.
+            let router = format!(
+                "r{}-{}",
+                std::process::id(),
+                chrono::Utc::now().timestamp_millis()
+            );
+            tasks.spawn(stats.clone().publish(
+                self.store.client().clone(),
+                self.store.subjects().clone(),
+                router,
+                every,
+                inner.clone(),
+            ));
+        }
+        let proxy = Arc::new(Proxy::new(self.routes.clone(), self.opts.clone(), stats));
         serve(listener, proxy, &shutdown, self.opts.drain).await;
         if let Some(r) = &ready {
             r.set(false);

@@ -32,6 +32,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::Returnable;
 use crate::config::RouterOptions;
+use crate::stats::HttpStats;
 use crate::table::{Route, RouteState, Routes};
 
 /// What the router answers with.
@@ -57,6 +58,13 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// not one per request, until the log says it is gone.
 pub const EJECT_FOR: Duration = Duration::from_secs(5);
 
+/// The 404 for a host no service answers at (counted apart: it belongs to
+/// no service).
+fn unknown() -> Response<ProxyBody> {
+    metrics::counter!("berth_router_unknown_host_total").increment(1);
+    page(StatusCode::NOT_FOUND, "Not found", NOT_FOUND)
+}
+
 /// Forwards requests by host name.
 #[derive(Debug)]
 pub struct Proxy {
@@ -64,6 +72,8 @@ pub struct Proxy {
     opts: RouterOptions,
     client: Client<HttpConnector, Returnable>,
     ejected: Ejected,
+    /// Requests per service, for the metrics.
+    stats: Arc<HttpStats>,
 }
 
 /// Addresses whose last connect failed, until when.
@@ -88,8 +98,8 @@ impl Ejected {
 }
 
 impl Proxy {
-    /// A proxy over `routes`.
-    pub fn new(routes: Routes, opts: RouterOptions) -> Self {
+    /// A proxy over `routes`, counting requests into `stats`.
+    pub fn new(routes: Routes, opts: RouterOptions, stats: Arc<HttpStats>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(opts.connect_timeout));
         connector.set_nodelay(true);
@@ -102,6 +112,7 @@ impl Proxy {
             opts,
             client,
             ejected: Ejected::default(),
+            stats,
         }
     }
 
@@ -111,36 +122,33 @@ impl Proxy {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        let resp = self.answer(req, peer).await;
-        let class = match resp.status().as_u16() {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        metrics::counter!("berth_router_requests_total", "class" => class).increment(1);
-        Ok(resp)
-    }
-
-    async fn answer(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let start = Instant::now();
         let Some(name) = host_of(&req).and_then(|h| service_name(&h, &self.opts.base_domain))
         else {
-            return page(StatusCode::NOT_FOUND, "Not found", NOT_FOUND);
+            return Ok(unknown());
         };
         let table = self.routes.load();
         let Some(route) = table.get(&name).cloned() else {
-            return page(StatusCode::NOT_FOUND, "Not found", NOT_FOUND);
+            return Ok(unknown());
         };
         drop(table);
-        if route.state == RouteState::Suspended {
-            return page(
+        let resp = if route.state == RouteState::Suspended {
+            page(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Service suspended",
                 &format!("{} is suspended by its owner.", route.name),
-            );
-        }
-        self.forward(route, req, peer).await
+            )
+        } else {
+            let service = route.service.clone();
+            let resp = self.forward(route, req, peer).await;
+            // Until the answer's head: what the client waited for.
+            self.stats
+                .record(&service, resp.status().as_u16(), start.elapsed());
+            return Ok(resp);
+        };
+        self.stats
+            .record(&route.service, resp.status().as_u16(), start.elapsed());
+        Ok(resp)
     }
 
     async fn forward(

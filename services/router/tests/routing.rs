@@ -465,3 +465,59 @@ async fn a_slow_instance_gets_a_504_after_the_response_timeout() -> Result<()> {
     );
     Ok(())
 }
+
+/// Each requested service gets one request sample per interval: counts by
+/// status class and latency buckets, on its own subject.
+#[tokio::test]
+async fn requests_are_sampled_per_service() -> Result<()> {
+    use berth_schemas::metrics::HttpSample;
+    use futures::StreamExt;
+    let env = Env::start_with(crate::support::RouterArgs {
+        router_metrics_ms: 1000,
+        ..crate::support::test_args()
+    })
+    .await?;
+    let http = HttpClient::new(env.addr);
+    let a1 = Backend::start("a", 1).await?;
+    let mut a = Svc::create(&env.store, "counted", ServiceType::WebService).await?;
+    a.first_deploy(1, &[a1.addr]).await?;
+    let other = Svc::create(&env.store, "quiet", ServiceType::WebService).await?;
+    let last = env.store.last_stream_seq().await?;
+    env.synced(last).await?;
+    let subjects = env.store.subjects().clone();
+    let mut samples = env
+        .store
+        .client()
+        .subscribe(subjects.service_http_metrics(&a.id))
+        .await?;
+    let mut quiet = env
+        .store
+        .client()
+        .subscribe(subjects.service_http_metrics(&other.id))
+        .await?;
+    env.store.client().flush().await?;
+    for _ in 0..3 {
+        assert_eq!(http.get("counted.localhost", "/").await?.0, StatusCode::OK);
+    }
+    let mut counted = BTreeMap::new();
+    let mut requests = 0;
+    while requests < 3 {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(5), samples.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("subscription ended"))?;
+        let s: HttpSample = serde_json::from_slice(&m.payload)?;
+        requests += s.latency_buckets.iter().sum::<u64>();
+        for (class, n) in s.counts {
+            *counted.entry(class).or_insert(0) += n;
+        }
+    }
+    assert_eq!(counted, BTreeMap::from([("2xx".to_owned(), 3)]));
+    // A service nobody requested publishes nothing.
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(1500), quiet.next())
+            .await
+            .is_err(),
+        "an idle service was sampled"
+    );
+    Ok(())
+}

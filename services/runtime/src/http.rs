@@ -12,7 +12,8 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 use tokio::net::TcpListener;
 
 use crate::shutdown::Shutdown;
@@ -104,7 +105,25 @@ static METRICS: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 pub fn install_metrics() -> Result<PrometheusHandle, MetricsError> {
     METRICS
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // Request latencies as histograms (the same bounds as the
+            // metrics stream's samples); a histogram of a service not
+            // requested for ten minutes is dropped, so the page follows the
+            // services in use.
+            let bounds: Vec<f64> = berth_schemas::metrics::LATENCY_BUCKETS_MS
+                .iter()
+                .map(|ms| *ms as f64 / 1000.0)
+                .collect();
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("berth_http_request_duration_seconds".to_owned()),
+                    &bounds,
+                )
+                .map_err(|e| e.to_string())?
+                .idle_timeout(
+                    MetricKindMask::HISTOGRAM,
+                    Some(std::time::Duration::from_secs(600)),
+                )
+                .build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder)
                 .map(|()| handle)

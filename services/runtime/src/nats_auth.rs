@@ -355,10 +355,13 @@ impl Permissions {
                     subjects.dead_letter_stream(),
                     subjects.work_advisory_stream(),
                     subjects.snapshot_stream(),
+                    subjects.metrics_stream(),
                 ];
                 let mut publish = vec![
                     format!("{p}.evt.>"),
                     format!("{p}.work.>"),
+                    // The router's request samples.
+                    format!("{p}.metrics.http.>"),
                     format!("{p}.dlq.>"),
                     format!("{p}.events.>"),
                     subjects.resolver_check(),
@@ -419,6 +422,8 @@ impl Permissions {
                     format!("{p}.evt.node.{node}"),
                     subjects.heartbeat(),
                     format!("{p}.logs.*.*"),
+                    // Its own resource samples, of any service it runs.
+                    format!("{p}.metrics.usage.*.{node}"),
                     subjects.dead_letter(&consumer),
                     "$JS.API.INFO".to_owned(),
                     // Loading aggregates (direct gets from 2.10, message

@@ -1,0 +1,124 @@
+//! What each instance uses, read from its cgroup (`/berth/<instance>`, the
+//! path every bundle gives runc): cumulative CPU time and memory in use
+//! (without reclaimable page cache, as `docker stats` counts it), on
+//! cgroup v2 (unified) and v1 (hybrid: one hierarchy per controller).
+
+use std::path::{Path, PathBuf};
+
+use berth_schemas::ids::InstanceId;
+use berth_schemas::metrics::InstanceUsage;
+
+/// Reads instances' cgroups under a root (`/sys/fs/cgroup` on a host).
+#[derive(Debug, Clone)]
+pub struct CgroupReader {
+    root: PathBuf,
+}
+
+/// One file's content as an unsigned number (`max` and garbage: `None`).
+fn number(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The value of `key` in a flat-keyed file (`memory.stat`, `cpu.stat`).
+fn keyed(path: &Path, key: &str) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+impl CgroupReader {
+    /// The host's cgroups.
+    pub fn host() -> Self {
+        Self::at("/sys/fs/cgroup")
+    }
+
+    /// cgroups mounted at `root` (tests build a tree of files).
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        CgroupReader { root: root.into() }
+    }
+
+    /// What `instance` uses now; `None` when its cgroup is not there (not
+    /// started yet, or gone).
+    pub fn read(&self, instance: &InstanceId) -> Option<InstanceUsage> {
+        let rel = format!("berth/{instance}");
+        let unified = self.root.join(&rel);
+        let (cpu_nanos, memory, limit) = if self.root.join("cgroup.controllers").exists() {
+            let cpu = keyed(&unified.join("cpu.stat"), "usage_usec")? * 1_000;
+            let current = number(&unified.join("memory.current"))?;
+            let inactive = keyed(&unified.join("memory.stat"), "inactive_file").unwrap_or(0);
+            let limit = number(&unified.join("memory.max")).unwrap_or(0);
+            (cpu, current.saturating_sub(inactive), limit)
+        } else {
+            let cpuacct = ["cpu,cpuacct", "cpuacct,cpu", "cpuacct"]
+                .iter()
+                .map(|h| self.root.join(h).join(&rel))
+                .find(|p| p.exists())?;
+            let cpu = number(&cpuacct.join("cpuacct.usage"))?;
+            let mem = self.root.join("memory").join(&rel);
+            let usage = number(&mem.join("memory.usage_in_bytes"))?;
+            let inactive = keyed(&mem.join("memory.stat"), "total_inactive_file").unwrap_or(0);
+            // v1 reports "no limit" as a huge page-rounded number.
+            let limit = number(&mem.join("memory.limit_in_bytes"))
+                .filter(|l| *l < (1 << 62))
+                .unwrap_or(0);
+            (cpu, usage.saturating_sub(inactive), limit)
+        };
+        Some(InstanceUsage {
+            instance: instance.clone(),
+            cpu_nanos,
+            memory_bytes: memory,
+            memory_limit_bytes: limit,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(p: &Path, text: &str) {
+        std::fs::create_dir_all(p.parent().unwrap_or(p)).unwrap_or_default();
+        std::fs::write(p, text).unwrap_or_default();
+    }
+
+    #[test]
+    fn unified_and_split_hierarchies_read_alike() {
+        let i = InstanceId::generate();
+        let v2 = tempfile::tempdir().unwrap_or_else(|_| unreachable!());
+        let g = v2.path().join(format!("berth/{i}"));
+        write(&v2.path().join("cgroup.controllers"), "cpu memory pids\n");
+        write(&g.join("cpu.stat"), "usage_usec 2500\nuser_usec 2000\n");
+        write(&g.join("memory.current"), "10485760\n");
+        write(&g.join("memory.stat"), "anon 1\ninactive_file 2097152\n");
+        write(&g.join("memory.max"), "536870912\n");
+        let u = CgroupReader::at(v2.path()).read(&i);
+        assert_eq!(
+            u.map(|u| (u.cpu_nanos, u.memory_bytes, u.memory_limit_bytes)),
+            Some((2_500_000, 8_388_608, 536_870_912))
+        );
+
+        let v1 = tempfile::tempdir().unwrap_or_else(|_| unreachable!());
+        write(
+            &v1.path()
+                .join(format!("cpu,cpuacct/berth/{i}/cpuacct.usage")),
+            "7000\n",
+        );
+        let m = v1.path().join(format!("memory/berth/{i}"));
+        write(&m.join("memory.usage_in_bytes"), "4096\n");
+        write(
+            &m.join("memory.stat"),
+            "cache 0\ntotal_inactive_file 1024\n",
+        );
+        write(&m.join("memory.limit_in_bytes"), "9223372036854771712\n");
+        let u = CgroupReader::at(v1.path()).read(&i);
+        assert_eq!(
+            u.map(|u| (u.cpu_nanos, u.memory_bytes, u.memory_limit_bytes)),
+            Some((7000, 3072, 0))
+        );
+        // No cgroup: nothing.
+        assert!(CgroupReader::at(v1.path())
+            .read(&InstanceId::generate())
+            .is_none());
+    }
+}
