@@ -339,6 +339,17 @@ events! {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub trigger: Option<DeployTrigger>,
     }
+    /// Resolving met a transient registry failure (unreachable, 5xx,
+    /// 429): the resolver tries again at `retry_at`. Progress, not a
+    /// failure: the deploy fails only when the retry budget runs out.
+    DeployRetrying = "deploy_retrying" v 1 {
+        pub deploy: DeployId,
+        /// The attempt that failed (1 is the first).
+        pub attempt: u32,
+        pub retry_at: DateTime<Utc>,
+        /// What the registry or the network said (no credentials).
+        pub message: String,
+    }
     /// The image reference was resolved to the digest that will run.
     ImageResolved = "image_resolved" v 1 {
         pub deploy: DeployId,

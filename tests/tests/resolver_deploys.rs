@@ -331,3 +331,63 @@ async fn a_stopped_registry_is_registry_unavailable_after_bounded_retries() {
         Event::ImagePullFailed(f) if f.deploy.as_ref() == Some(&deploy)
             && f.reason == PullFailureReason::RegistryUnavailable)));
 }
+
+/// A registry that fails for a while: each retry is on the deploy as it
+/// happens (attempt, when the next one is, what the registry said), and
+/// once the digest is in, the deploy no longer shows one.
+#[tokio::test]
+async fn a_registry_down_for_a_while_shows_on_the_deploy_until_it_resolves() {
+    let (reg, img) = registry_with_app(RegistryAuth::None).await;
+    let proxy = berth_tests::registry::flaky::FlakyProxy::start(&reg.host, 0, 503, None)
+        .await
+        .unwrap();
+    let app = App::start_with(NatsVersion::Modern, Some(fast_options())).await;
+    let alice = app.owner().await;
+    let svc = create(&app, &alice, "app", &format!("{}/team/app:v1", proxy.host)).await;
+    app.await_deploy(&alice, &svc.id, &svc.deploy).await;
+
+    proxy.fail_next(3);
+    let deploy = app
+        .ingress
+        .request_deploy(&alice, &svc.id, None)
+        .await
+        .unwrap();
+    let s = app.await_deploy(&alice, &svc.id, &deploy).await;
+    let d = s.deploy(&deploy).unwrap();
+    assert_eq!(d.digest(), Some(img.digest.as_str()), "{d:?}");
+    assert!(d.retrying.is_none(), "resolved: no retry shown: {d:?}");
+    let events = app.events_of(&AggregateId::Service(svc.id.clone())).await;
+    let retries: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::DeployRetrying(r) if r.deploy == deploy => Some((e.time, r.clone())),
+            _ => None,
+        })
+        .collect();
+    assert!(!retries.is_empty(), "no retry recorded");
+    let attempts: Vec<u32> = retries.iter().map(|(_, r)| r.attempt).collect();
+    let mut sorted = attempts.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(
+        attempts, sorted,
+        "attempts in order, each once: {attempts:?}"
+    );
+    for (at, r) in &retries {
+        assert!(r.retry_at >= *at, "the next try is after the report: {r:?}");
+        assert!(r.message.contains("503"), "{r:?}");
+    }
+    // While it retried, the deploy showed it: replay up to the last retry.
+    let upto: Vec<_> = events
+        .iter()
+        .take_while(|e| !matches!(&e.event, Event::ImageResolved(r) if r.deploy == deploy))
+        .cloned()
+        .collect();
+    let before = upto
+        .iter()
+        .fold(berth_domain::service::ServiceState::default(), |s, e| {
+            berth_domain::service::fold(s, e)
+        });
+    let shown = before.deploy(&deploy).and_then(|d| d.retrying.clone());
+    assert_eq!(shown.map(|r| r.attempt), attempts.last().copied());
+}

@@ -452,6 +452,18 @@ pub struct DeployImage {
     pub registry_credential: Option<String>,
 }
 
+/// A transient registry failure a resolving deploy waits out.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Retrying {
+    /// The attempt that failed (1 is the first).
+    pub attempt: u32,
+    /// When the next attempt is made.
+    pub retry_at: DateTime<Utc>,
+    /// What the registry or the network said.
+    pub message: String,
+}
+
 /// A deploy as the API shows it.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -471,6 +483,10 @@ pub struct DeployView {
     pub reason: Option<String>,
     /// berth: whether its digest can still be rolled back to.
     pub rollback_eligible: bool,
+    /// berth: while it resolves, the registry failed for now and is tried
+    /// again (e.g. "registry unavailable, retry 3 at …").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retrying: Option<Retrying>,
     // Times not reached yet are left out (Render's clients read a present
     // time as a time).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -508,6 +524,11 @@ impl DeployView {
             rollback_of: d.rollback_of.as_ref().map(ToString::to_string),
             reason: d.reason.clone(),
             rollback_eligible: d.rollback_eligible,
+            retrying: d.retrying.as_ref().map(|r| Retrying {
+                attempt: r.attempt,
+                retry_at: r.retry_at,
+                message: r.message.clone(),
+            }),
             created_at: d.created_at,
             updated_at: updated,
             started_at: d.started_at,

@@ -39,3 +39,4 @@ pub use client::{BuildError, ImageRef, RegistryClient};
 pub use config::{parse_insecure_hosts, ClientConfig, RetryPolicy};
 pub use error::ResolveError;
 pub use fetch::FetchedManifest;
+pub use retry::{watching_retries, RetryNotice};

@@ -4,6 +4,7 @@
 //! `Retry-After` that would end beyond the budget gives up at once.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
@@ -11,6 +12,34 @@ use reqwest::StatusCode;
 
 use crate::client::RegistryClient;
 use crate::error::{AttemptError, ResolveError};
+
+/// A transient registry failure about to be retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryNotice {
+    /// The attempt that failed (1 is the first).
+    pub attempt: u32,
+    /// How long until the next one.
+    pub wait: Duration,
+    /// What was being done and what went wrong (no credentials).
+    pub message: String,
+}
+
+/// Whoever wants to know of retries while a future runs.
+type Watch = Arc<dyn Fn(&RetryNotice) + Send + Sync>;
+
+tokio::task_local! {
+    static WATCH: Watch;
+}
+
+/// Runs `fut`, telling `watch` of every retry its registry operations
+/// make (before each wait): how a deploy shows that its registry is down
+/// and when it is tried again, not only the server log.
+pub async fn watching_retries<F: Future>(
+    watch: impl Fn(&RetryNotice) + Send + Sync + 'static,
+    fut: F,
+) -> F::Output {
+    WATCH.scope(Arc::new(watch), fut).await
+}
 
 impl RegistryClient {
     /// Run `attempt` until it succeeds, fails for good, or the retry budget
@@ -51,6 +80,13 @@ impl RegistryClient {
                         wait_ms = wait.as_millis() as u64,
                         "transient registry failure, retrying"
                     );
+                    let _ = WATCH.try_with(|w| {
+                        w(&RetryNotice {
+                            attempt: attempts,
+                            wait,
+                            message: format!("{what}: {message}"),
+                        })
+                    });
                     tokio::time::sleep(wait).await;
                     backoff = (backoff * 2).min(policy.max_backoff);
                 }

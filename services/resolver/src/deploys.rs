@@ -97,6 +97,37 @@ async fn handle_commit(inner: &Inner, payload: &[u8]) -> Result<(), WorkError> {
     Ok(())
 }
 
+/// Records one retry on the deploy (best effort: a retry that is not
+/// recorded changes nothing but what the deploy's progress shows).
+async fn record_retry(
+    inner: &Inner,
+    aggregate: &AggregateId,
+    deploy: &DeployId,
+    n: &berth_oci::RetryNotice,
+    cause: &str,
+) {
+    let retry_at = chrono::Utc::now() + chrono::Duration::from_std(n.wait).unwrap_or_default();
+    let command = service::Command::RecordRetrying {
+        deploy: deploy.clone(),
+        attempt: n.attempt,
+        retry_at,
+        message: n.message.clone(),
+    };
+    let stamp = Stamp::of_deploy(Actor::system("resolver"), Some(deploy.clone())).caused_by(cause);
+    let done = inner
+        .store
+        .execute::<service::Service>(
+            aggregate,
+            &format!("resolve-{deploy}-retry-{}", n.attempt),
+            &stamp,
+            command,
+        )
+        .await;
+    if let Err(e) = done {
+        tracing::warn!(error = %e, "retry not recorded on the deploy");
+    }
+}
+
 /// The deploy waits for its digest: running, resolving, nothing recorded.
 fn awaits_digest(d: &Deploy) -> bool {
     d.is_running() && d.resolved.is_none() && d.phase == Some(DeployPhase::Resolving)
@@ -121,15 +152,29 @@ async fn resolve_deploy(
         tracing::debug!("deploy no longer waits for a digest; nothing to do");
         return Ok(());
     }
-    let outcome = access::resolve(
-        &inner.store,
-        &inner.key,
-        &inner.deploy_client,
-        &cfg.owner,
-        &d.image,
-        d.credential.as_ref(),
-    )
-    .await;
+    // Each retry the registry client makes is recorded on the deploy as
+    // it happens, so its progress shows the registry is down and when it
+    // is tried again.
+    let (notices, mut retries) = tokio::sync::mpsc::unbounded_channel();
+    let resolving = berth_oci::watching_retries(
+        move |n: &berth_oci::RetryNotice| {
+            let _ = notices.send(n.clone());
+        },
+        access::resolve(
+            &inner.store,
+            &inner.key,
+            &inner.deploy_client,
+            &cfg.owner,
+            &d.image,
+            d.credential.as_ref(),
+        ),
+    );
+    let reporting = async {
+        while let Some(n) = retries.recv().await {
+            record_retry(inner, &aggregate, deploy, &n, cause).await;
+        }
+    };
+    let (outcome, ()) = tokio::join!(resolving, reporting);
     let command = match outcome {
         Ok(image) => {
             tracing::info!(image = %d.image, digest = %image.digest, index_digest = ?image.index_digest, "image resolved");

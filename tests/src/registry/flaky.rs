@@ -3,6 +3,7 @@
 //! optional `Retry-After`, then forwards everything. It records when each
 //! request arrived so tests can measure how long a client waited.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -17,6 +18,8 @@ struct Inner {
     fail_first: usize,
     status: StatusCode,
     retry_after: Option<String>,
+    /// Requests still to fail on top of the first ones ([`FlakyProxy::fail_next`]).
+    more: AtomicUsize,
     seen: Mutex<Vec<(Instant, u16)>>,
     http: reqwest::Client,
 }
@@ -57,6 +60,7 @@ impl FlakyProxy {
             fail_first,
             status: StatusCode::from_u16(status)?,
             retry_after: retry_after.map(str::to_string),
+            more: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
             http: super::http_client()?,
         });
@@ -69,6 +73,12 @@ impl FlakyProxy {
             let _ = axum::serve(listener, app).await;
         });
         Ok(Self { host, inner, task })
+    }
+
+    /// Fails the next `n` requests too (the registry goes down for a
+    /// while, later on).
+    pub fn fail_next(&self, n: usize) {
+        self.inner.more.store(n, Ordering::SeqCst);
     }
 
     /// Arrival time and the status answered, per request so far.
@@ -87,7 +97,11 @@ async fn forward(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         seen.map(|s| s.len()).unwrap_or(0)
     };
     let now = Instant::now();
-    if n < inner.fail_first {
+    let more = inner
+        .more
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |m| m.checked_sub(1))
+        .is_ok();
+    if n < inner.fail_first || more {
         if let Ok(mut s) = inner.seen.lock() {
             s.push((now, inner.status.as_u16()));
         }

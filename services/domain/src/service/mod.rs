@@ -228,6 +228,14 @@ pub enum Command {
         deploy: DeployId,
         image: ResolvedImage,
     },
+    /// Resolving met a transient registry failure and is tried again at
+    /// `retry_at` (recorded while the deploy still waits for its digest).
+    RecordRetrying {
+        deploy: DeployId,
+        attempt: u32,
+        retry_at: DateTime<Utc>,
+        message: String,
+    },
     /// A resolve or pull failed. `deploy: None` (or the live deploy) is a
     /// failure outside a deploy (restart, scale-out, cron run): recorded only.
     RecordPullFailed {
@@ -442,6 +450,12 @@ pub fn decide(
         Command::RequestDeploy(req) => deploys::request(state, req),
         Command::CancelDeploy { deploy } => deploys::cancel(state, &deploy),
         Command::RecordResolved { deploy, image } => deploys::resolved(state, deploy, image),
+        Command::RecordRetrying {
+            deploy,
+            attempt,
+            retry_at,
+            message,
+        } => deploys::retrying(state, deploy, attempt, retry_at, message),
         Command::RecordPullFailed {
             deploy,
             node,

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use berth_schemas::events::{CancelReason, PlacementBlocked};
+use berth_schemas::events::{CancelReason, DeployRetrying, PlacementBlocked};
 use berth_schemas::ids::{CredentialId, DeployId, NodeId};
 use berth_schemas::model::{DeployPhase, DeployStatus, DeployTrigger, ResolvedImage};
 use berth_schemas::Event;
@@ -64,6 +64,10 @@ pub struct Deploy {
     /// is placed again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement_blocked: Option<PlacementBlocked>,
+    /// The last `deploy_retrying` while it resolves: the registry failed
+    /// for now and the resolver tries again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrying: Option<DeployRetrying>,
 }
 
 impl Deploy {
@@ -153,6 +157,7 @@ pub(in crate::service) fn apply(s: &mut ServiceState, event: &Event, time: Optio
                 update_started_at: None,
                 finished_at: None,
                 placement_blocked: None,
+                retrying: None,
             }));
             s.forget_old_deploys();
         }
@@ -188,6 +193,14 @@ pub(in crate::service) fn apply(s: &mut ServiceState, event: &Event, time: Optio
                 if d.is_running() && d.resolved.is_none() {
                     d.resolved = Some(e.image.clone());
                     d.phase = Some(DeployPhase::Pulling);
+                    d.retrying = None;
+                }
+            }
+        }
+        Event::DeployRetrying(e) => {
+            if let Some(d) = s.deploy_mut(&e.deploy) {
+                if d.is_running() && d.resolved.is_none() {
+                    d.retrying = Some(e.clone());
                 }
             }
         }
@@ -255,6 +268,7 @@ pub(in crate::service) fn apply(s: &mut ServiceState, event: &Event, time: Optio
                 Some(d) if failure && d.is_running() => {
                     d.status = e.status;
                     d.phase = None;
+                    d.retrying = None;
                     d.reason = Some(e.reason.clone());
                     d.finished_at = time;
                     true
@@ -270,6 +284,7 @@ pub(in crate::service) fn apply(s: &mut ServiceState, event: &Event, time: Optio
                 Some(d) if !d.is_ended() && d.status != DeployStatus::Live => {
                     d.status = DeployStatus::Canceled;
                     d.phase = None;
+                    d.retrying = None;
                     d.cancel_reason = Some(e.reason);
                     d.ended_by = e.by.clone();
                     d.finished_at = time;

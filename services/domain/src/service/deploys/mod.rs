@@ -14,14 +14,15 @@
 
 use berth_schemas::events::{
     CancelReason, DeployCanceled, DeployCreated, DeployDeactivated, DeployFailed, DeployLive,
-    DeployQueued, DeployStarted, ImagePullFailed, ImagePulled, ImageResolved, PreDeployEnded,
-    PreDeployStarted, RollbackTargetMissing, UpdateStarted,
+    DeployQueued, DeployRetrying, DeployStarted, ImagePullFailed, ImagePulled, ImageResolved,
+    PreDeployEnded, PreDeployStarted, RollbackTargetMissing, UpdateStarted,
 };
 use berth_schemas::ids::{DeployId, NodeId};
 use berth_schemas::model::{
     DeployPhase, DeployStatus, DeployTrigger, OverlapPolicy, PullFailureReason, ResolvedImage,
 };
 use berth_schemas::Event;
+use chrono::{DateTime, Utc};
 
 use super::state::{ServiceConfig, ServiceState, ServiceStatus};
 use super::DeployRequest;
@@ -268,6 +269,42 @@ fn running<'a>(
     } else {
         Ok(None)
     }
+}
+
+/// Longest registry message a `deploy_retrying` keeps.
+const MAX_RETRY_MESSAGE: usize = 512;
+
+/// The resolver retries: recorded while the deploy waits for its digest,
+/// nothing otherwise (a late report after the digest, a cancel or a
+/// failure changes nothing).
+pub(super) fn retrying(
+    state: &ServiceState,
+    id: DeployId,
+    attempt: u32,
+    retry_at: DateTime<Utc>,
+    message: String,
+) -> Decision {
+    let waits = state
+        .deploy(&id)
+        .is_some_and(|d| d.is_running() && d.resolved.is_none());
+    if !waits {
+        return Ok(vec![]);
+    }
+    let mut message = message;
+    if message.len() > MAX_RETRY_MESSAGE {
+        let mut cut = MAX_RETRY_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+    }
+    Ok(vec![DeployRetrying {
+        deploy: id,
+        attempt,
+        retry_at,
+        message,
+    }
+    .into()])
 }
 
 pub(super) fn resolved(state: &ServiceState, id: DeployId, image: ResolvedImage) -> Decision {

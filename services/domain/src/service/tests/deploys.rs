@@ -663,3 +663,29 @@ fn a_long_history_holds_only_recent_ended_deploys_and_a_full_fold_holds_all() {
         Some(DeployStatus::Deactivated)
     );
 }
+
+#[test]
+fn a_retry_shows_while_the_deploy_waits_for_its_digest_and_never_after() {
+    let d0 = DeployId::generate();
+    let mut s = Scenario::created(ServiceType::BackgroundWorker, &d0);
+    let at = chrono::Utc::now();
+    let retry = |attempt, message: &str| Command::RecordRetrying {
+        deploy: d0.clone(),
+        attempt,
+        retry_at: at,
+        message: message.to_owned(),
+    };
+    let events = s.run(retry(1, &"x".repeat(2000)));
+    let [Event::DeployRetrying(r)] = events.as_slice() else {
+        unreachable!("{events:?}")
+    };
+    assert_eq!(r.message.len(), 512, "a long message is cut");
+    s.run(retry(2, "503"));
+    assert_eq!(s.deploy(&d0).retrying.as_ref().map(|r| r.attempt), Some(2));
+    s.resolve(&d0, &digest(1));
+    assert!(s.deploy(&d0).retrying.is_none(), "resolved: shown no more");
+    assert!(
+        s.run(retry(3, "late")).is_empty(),
+        "a late report records nothing"
+    );
+}
