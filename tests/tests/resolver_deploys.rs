@@ -391,3 +391,42 @@ async fn a_registry_down_for_a_while_shows_on_the_deploy_until_it_resolves() {
     let shown = before.deploy(&deploy).and_then(|d| d.retrying.clone());
     assert_eq!(shown.map(|r| r.attempt), attempts.last().copied());
 }
+
+/// Shutdown does not wait out a registry being retried: the resolve is
+/// given up (its event is delivered again to the next resolver) and the
+/// resolver stops at once.
+#[tokio::test]
+async fn shutdown_gives_up_a_resolve_that_is_retrying() {
+    let (mut reg, _) = registry_with_app(RegistryAuth::None).await;
+    let mut opts = fast_options();
+    opts.deploy_client.retry = berth_oci::RetryPolicy {
+        initial_backoff: Duration::from_millis(200),
+        max_backoff: Duration::from_secs(1),
+        max_total: Duration::from_secs(120),
+    };
+    let mut app = App::start_with(NatsVersion::Modern, Some(opts)).await;
+    let alice = app.owner().await;
+    let svc = create(&app, &alice, "app", &format!("{}/team/app:v1", reg.host)).await;
+    app.await_deploy(&alice, &svc.id, &svc.deploy).await;
+    reg.stop();
+    let deploy = app
+        .ingress
+        .request_deploy(&alice, &svc.id, None)
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        let s = app.ingress.show_service(&alice, &svc.id).await.unwrap();
+        if s.deploy(&deploy).is_some_and(|d| d.retrying.is_some()) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "no retry shown");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.shutdown.cancel();
+    let resolver = app.resolver.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), resolver)
+        .await
+        .expect("the resolver stops within 5 s of shutdown, mid-retry")
+        .unwrap();
+}

@@ -63,22 +63,36 @@ pub(crate) async fn worker(inner: &Inner) -> Result<Worker, ResolverError> {
         .map_err(|e| ResolverError::Nats(e.to_string()))
 }
 
-/// Runs the worker until `shutdown`; in-flight events finish before it
-/// returns.
+/// Runs the worker until `shutdown`. A resolve still in flight then (a
+/// registry being retried may take minutes) is given up, not waited for:
+/// its event is delivered again to the next resolver, and resolving twice
+/// records the digest once.
 pub(crate) async fn serve(inner: Arc<Inner>, worker: Worker, shutdown: CancellationToken) {
-    if let Err(e) = worker.run(Arc::new(Deploys(inner)), shutdown).await {
+    let handler = Arc::new(Deploys {
+        inner,
+        shutdown: shutdown.clone(),
+    });
+    if let Err(e) = worker.run(handler, shutdown).await {
         tracing::error!(error = %e, "resolver worker stopped with an error");
     }
 }
 
 /// Handles one commit of a service subject.
-struct Deploys(Arc<Inner>);
+struct Deploys {
+    inner: Arc<Inner>,
+    shutdown: CancellationToken,
+}
 
 impl WorkHandler for Deploys {
     async fn handle(&self, job: Job) -> Result<(), WorkError> {
-        handle_commit(&self.0, &job.payload)
-            .instrument(tracing::info_span!("resolve_event", stream.seq = job.stream_seq, delivered = job.delivered, subject = %job.subject))
-            .await
+        let work = handle_commit(&self.inner, &job.payload)
+            .instrument(tracing::info_span!("resolve_event", stream.seq = job.stream_seq, delivered = job.delivered, subject = %job.subject));
+        tokio::select! {
+            done = work => done,
+            _ = self.shutdown.cancelled() => Err(WorkError::Retry(
+                "shutting down: resolve given up, delivered again later".to_owned(),
+            )),
+        }
     }
 }
 
