@@ -304,6 +304,8 @@ routes! {
         "List env vars, with values", 200;
     put "/v1/services/{serviceId}/env-vars" => env_vars::replace,
         "Replace every env var", 200;
+    patch "/v1/services/{serviceId}/env-vars" => env_vars::merge,
+        "Set and remove some env vars, keep the others (one deploy)", 200;
     get "/v1/services/{serviceId}/env-vars/{envVarKey}" => env_vars::get,
         "Retrieve an env var", 200;
     put "/v1/services/{serviceId}/env-vars/{envVarKey}" => env_vars::set,

@@ -29,8 +29,12 @@ async fn env_vars_one_at_a_time_and_all_at_once() {
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(
-        v,
-        json!({"key": "DATABASE_URL", "value": "postgres://s3cret-one"})
+        (&v["key"], &v["value"]),
+        (&json!("DATABASE_URL"), &json!("postgres://s3cret-one"))
+    );
+    assert!(
+        v["deployId"].as_str().unwrap().starts_with("dep-"),
+        "the change's deploy: {v}"
     );
     let (s, v) = put(format!("{base}/TOKEN"), json!({"generateValue": true})).await;
     assert_eq!(s, StatusCode::OK, "{v}");
@@ -102,9 +106,55 @@ async fn env_vars_one_at_a_time_and_all_at_once() {
         .collect();
     assert_eq!(keys, ["A", "B", "DATABASE_URL", "TOKEN"]);
 
+    // A merge sets and removes some keys and keeps the others, in one
+    // change: one deploy, named in the answer.
+    let (s, v) = app
+        .call(
+            Method::PATCH,
+            &base,
+            Some(&alice.key),
+            Some(json!([{"key": "C", "value": "3"}, {"key": "B", "value": null}])),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let keys: Vec<&str> = v["envVars"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["envVar"]["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["A", "C", "DATABASE_URL", "TOKEN"], "{v}");
+    assert!(v["deployId"].as_str().unwrap().starts_with("dep-"), "{v}");
+    let (s, v) = app
+        .call(
+            Method::PATCH,
+            &base,
+            Some(&alice.key),
+            Some(json!([{"key": "NOT_THERE", "value": null}])),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(
+        v.get("deployId").is_none(),
+        "nothing changed, nothing deployed: {v}"
+    );
+    for bad in [
+        json!([{"key": "X", "value": "1"}, {"key": "X", "value": "2"}]),
+        json!([{"key": "X", "value": null, "generateValue": true}]),
+        json!([{"key": "9X", "value": "1"}]),
+        json!([{"key": "X"}]),
+    ] {
+        let (s, v) = app
+            .call(Method::PATCH, &base, Some(&alice.key), Some(bad.clone()))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+    }
+
     // Delete one; replace all.
     let (s, _) = app.delete(&format!("{base}/A"), &alice).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = app.get(&format!("{base}/A"), &alice).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
     let (s, v) = put(
         base.clone(),
         json!([{"key": "ONLY", "value": "v"}, {"key": "GEN", "generateValue": true}]),

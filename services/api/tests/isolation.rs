@@ -90,7 +90,9 @@ fn body_for(r: &Route, dep: &str) -> Option<Value> {
         }
         ("post", "/v1/services/{serviceId}/rollback") => Some(json!({"deployId": dep})),
         ("post", "/v1/services/{serviceId}/scale") => Some(json!({"numInstances": 5})),
-        ("put", "/v1/services/{serviceId}/env-vars") => Some(json!([{"key": "A", "value": "b"}])),
+        ("put" | "patch", "/v1/services/{serviceId}/env-vars") => {
+            Some(json!([{"key": "A", "value": "b"}]))
+        }
         ("put", "/v1/services/{serviceId}/env-vars/{envVarKey}") => Some(json!({"value": "b"})),
         ("patch", "/v1/notification-settings/overrides/services/{serviceId}") => {
             Some(json!({"notifyOnFail": "all"}))

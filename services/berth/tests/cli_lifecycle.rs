@@ -110,6 +110,47 @@ async fn cli_changes_a_running_service() {
     assert!(table.contains("GREETING,SECRET_TOKEN"), "{table}");
     assert!(!table.contains("abc123"), "{table}");
 
+    // Env vars one at a time: listed with values hidden unless revealed;
+    // set and unset keep every other key, start one deploy and say so.
+    let listed = cli.ok(&["env", "list", "w"]).await;
+    assert!(
+        listed.contains("GREETING")
+            && listed.contains("SECRET_TOKEN")
+            && !listed.contains("abc123"),
+        "{listed}"
+    );
+    let revealed = cli.json(&["env", "list", "w", "--reveal"]).await;
+    assert!(revealed.to_string().contains("abc123"), "{revealed}");
+    let set = cli.run(&["env", "set", "w", "NEW_ONE=1", "--wait"]).await;
+    assert_eq!(set.code, 0, "{set:?}");
+    assert!(
+        set.stdout.contains("deploy dep-") && set.stdout.contains("live"),
+        "{set:?}"
+    );
+    let unset = cli.ok(&["env", "unset", "w", "GREETING"]).await;
+    assert!(
+        unset.contains("deploy dep-") && unset.contains("berth service follow"),
+        "{unset}"
+    );
+    let followed = cli.run(&["service", "follow", "w"]).await;
+    assert_eq!(
+        followed.code, 0,
+        "the newest deploy goes live: {followed:?}"
+    );
+    // `update --env` merges too: the other keys stay.
+    let merged = cli
+        .ok(&["service", "update", "w", "--env", "EXTRA=2"])
+        .await;
+    assert!(merged.contains("env vars merged"), "{merged}");
+    let keys = cli.json(&["service", "show", "w"]).await["envVarKeys"].clone();
+    assert_eq!(
+        keys,
+        serde_json::json!(["EXTRA", "NEW_ONE", "SECRET_TOKEN"]),
+        "set, unset and update --env kept the others"
+    );
+    let follow_all = cli.run(&["service", "follow", "w"]).await;
+    assert_eq!(follow_all.code, 0, "{follow_all:?}");
+
     // Update the image: a new deploy goes live with v2.
     let updated = cli.ok(&["service", "update", "w", "--image", &v2]).await;
     assert!(updated.contains(&v2), "{updated}");

@@ -23,6 +23,10 @@ pub enum EnvEdit {
     Set(String, Secret),
     /// Removes `key`; "not found" when the service has no such variable.
     Remove(String),
+    /// Several at once, one decision and one deploy: each key set to its
+    /// value, or removed (`None`; a key the service does not have is
+    /// already removed).
+    Merge(Vec<(String, Option<Secret>)>),
 }
 
 impl Ingress {
@@ -47,17 +51,34 @@ impl Ingress {
             .collect()
     }
 
-    /// Applies `edit` to the caller's service; returns the state after it.
+    /// Applies `edit` to the caller's service; returns the state after it
+    /// and the deploy the change started (none when nothing changed).
     pub async fn edit_env_var(
         &self,
         caller: &Caller,
         id: &ServiceId,
         edit: EnvEdit,
-    ) -> Result<ServiceState, IngressError> {
-        let sealed = match &edit {
-            EnvEdit::Set(k, v) => Some(self.key.seal(v, &seal_context::env_var(id, k))?),
-            EnvEdit::Remove(_) => None,
-        };
+    ) -> Result<(ServiceState, Option<DeployId>), IngressError> {
+        // Sealed once, outside the decision (which may run again).
+        let mut sealed: Vec<(String, Option<berth_schemas::model::Sealed>)> = Vec::new();
+        match &edit {
+            EnvEdit::Set(k, v) => {
+                sealed.push((
+                    k.clone(),
+                    Some(self.key.seal(v, &seal_context::env_var(id, k))?),
+                ));
+            }
+            EnvEdit::Remove(_) => {}
+            EnvEdit::Merge(changes) => {
+                for (k, v) in changes {
+                    let v = match v {
+                        Some(v) => Some(self.key.seal(v, &seal_context::env_var(id, k))?),
+                        None => None,
+                    };
+                    sealed.push((k.clone(), v));
+                }
+            }
+        }
         let deploy = DeployId::generate();
         let key = format!("env-var-{id}-{deploy}");
         let owner = &caller.owner;
@@ -78,19 +99,22 @@ impl Ingress {
                     });
                 };
                 let mut vars = c.env_vars.clone();
-                match (&edit, &sealed) {
-                    (EnvEdit::Set(k, _), Some(sealed)) => {
-                        vars.insert(k.clone(), sealed.clone());
+                if let EnvEdit::Remove(k) = &edit {
+                    if vars.remove(k).is_none() {
+                        return Err(DomainError::NotFound {
+                            what: "env var",
+                            id: k.clone(),
+                        });
                     }
-                    (EnvEdit::Remove(k), _) => {
-                        if vars.remove(k).is_none() {
-                            return Err(DomainError::NotFound {
-                                what: "env var",
-                                id: k.clone(),
-                            });
-                        }
-                    }
-                    (EnvEdit::Set(..), None) => return Ok(None),
+                }
+                for (k, v) in &sealed {
+                    match v {
+                        Some(v) => vars.insert(k.clone(), v.clone()),
+                        None => vars.remove(k),
+                    };
+                }
+                if vars == c.env_vars {
+                    return Ok(None);
                 }
                 Ok(Some(service::Command::Update {
                     settings: ServiceSettings {
@@ -102,6 +126,8 @@ impl Ingress {
             },
         )
         .await?;
-        Ok(std::sync::Arc::unwrap_or_clone(done.state))
+        let state = std::sync::Arc::unwrap_or_clone(done.state);
+        let started = state.deploy(&deploy).is_some().then_some(deploy);
+        Ok((state, started))
     }
 }

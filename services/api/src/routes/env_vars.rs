@@ -115,13 +115,24 @@ pub struct SetBody {
     pub generate_value: Option<bool>,
 }
 
+/// One env var just set, and the deploy that brings it to the instances.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvVarSet {
+    pub key: String,
+    pub value: String,
+    /// berth: the deploy the change started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deploy_id: Option<String>,
+}
+
 /// PUT /v1/services/{id}/env-vars/{key}: adds or replaces it.
 pub async fn set(
     State(st): State<AppState>,
     Authed(caller): Authed,
     Path((id, k)): Path<(String, String)>,
     JsonBody(body): JsonBody<SetBody>,
-) -> Result<Json<EnvVarView>, ApiError> {
+) -> Result<Json<EnvVarSet>, ApiError> {
     let id = service_id(&id)?;
     let k = key(&k)?;
     let mut fields = Vec::new();
@@ -139,14 +150,107 @@ pub async fn set(
             "too many variables (at most 200)",
         ));
     }
-    st.ingress
+    let (_, deploy) = st
+        .ingress
         .edit_env_var(
             &caller,
             &id,
             EnvEdit::Set(k.clone(), Secret::new(value.clone())),
         )
         .await?;
-    Ok(Json(EnvVarView { key: k, value }))
+    Ok(Json(EnvVarSet {
+        key: k,
+        value,
+        deploy_id: deploy.map(|d| d.to_string()),
+    }))
+}
+
+/// One change of a merge: a value (or `generateValue: true`) sets the
+/// key, `value: null` removes it.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChangeBody {
+    pub key: String,
+    #[serde(default, deserialize_with = "super::nullable")]
+    pub value: Option<Option<String>>,
+    pub generate_value: Option<bool>,
+}
+
+/// The env vars after a merge, and the deploy it started.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Merged {
+    pub env_vars: Vec<EnvVarItem>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deploy_id: Option<String>,
+}
+
+/// PATCH /v1/services/{id}/env-vars (berth): sets and removes the keys
+/// given, keeps every other, in one change (one deploy); answers the
+/// whole list.
+pub async fn merge(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<Vec<ChangeBody>>,
+) -> Result<Json<Merged>, ApiError> {
+    let id = service_id(&id)?;
+    let mut fields = Vec::new();
+    let mut changes = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for c in body {
+        if !env_key_ok(&c.key) {
+            super::field(&mut fields, "key", ENV_KEY_RULE);
+            continue;
+        }
+        if !seen.insert(c.key.clone()) {
+            super::field(&mut fields, "key", "each key may appear once");
+            continue;
+        }
+        let value = match (c.value, c.generate_value) {
+            (Some(None), Some(true)) => {
+                super::field(
+                    &mut fields,
+                    "value",
+                    "null removes the key; it cannot also be generated",
+                );
+                continue;
+            }
+            (Some(None), _) => None,
+            (given, generate) => match env_value(&mut fields, "value", given.flatten(), generate) {
+                Some(v) => Some(v),
+                None => continue,
+            },
+        };
+        if value.as_ref().is_some_and(|v| !env_value_ok(v)) {
+            super::field(&mut fields, "value", "must be at most 16 KiB");
+        }
+        changes.push((c.key, value.map(Secret::new)));
+    }
+    if !fields.is_empty() {
+        return Err(ApiError::fields(fields));
+    }
+    let current = st.ingress.env_vars(&caller, &id).await?;
+    let mut after: std::collections::BTreeSet<&String> = current.keys().collect();
+    for (k, v) in &changes {
+        if v.is_some() {
+            after.insert(k);
+        } else {
+            after.remove(k);
+        }
+    }
+    if after.len() > MAX_ENV_VARS {
+        return Err(ApiError::field("key", "too many variables (at most 200)"));
+    }
+    let (_, deploy) = st
+        .ingress
+        .edit_env_var(&caller, &id, EnvEdit::Merge(changes))
+        .await?;
+    let vars = st.ingress.env_vars(&caller, &id).await?;
+    Ok(Json(Merged {
+        env_vars: items(vars).into_iter().map(|(_, i)| i).collect(),
+        deploy_id: deploy.map(|d| d.to_string()),
+    }))
 }
 
 /// DELETE /v1/services/{id}/env-vars/{key}

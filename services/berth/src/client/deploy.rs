@@ -78,6 +78,7 @@ pub async fn follow(
     let deadline = started + Duration::from_secs(timeout_secs);
     let path = format!("/v1/services/{}/deploys/{}", enc(id), enc(dep));
     let mut last_status = String::new();
+    let mut last_retry = String::new();
     let mut seen: HashSet<String> = HashSet::new();
     let mut since: Option<String> = None;
     let mut pulls = Pulls::watch(api, id, dep).await;
@@ -95,11 +96,24 @@ pub async fn follow(
             progress(api.json(), &line);
             last_status = status.clone();
         }
+        // A registry being retried shows on the deploy itself.
+        if let Some(r) = d.get("retrying").filter(|r| r.is_object()) {
+            let attempt = s(r, "attempt");
+            if attempt != last_retry {
+                let line = format!(
+                    "  registry failed (attempt {attempt}), retrying at {}: {}",
+                    output::time(r, "retryAt"),
+                    s(r, "message")
+                );
+                progress(api.json(), &line);
+                last_retry = attempt;
+            }
+        }
         // Timeline events since the deploy was created, oldest first.
         if let Some(t) = &since {
             let evs = api
                 .get(&format!(
-                    "/v1/services/{}/events?limit=100&startTime={}",
+                    "/v1/services/{}/events?limit=100&allTypes=true&startTime={}",
                     enc(id),
                     enc(t)
                 ))

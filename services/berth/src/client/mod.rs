@@ -13,6 +13,7 @@ pub mod apikey;
 pub mod credential;
 pub mod cron;
 pub mod deploy;
+pub mod env;
 pub mod hook;
 pub mod http;
 pub mod integration;
@@ -112,6 +113,8 @@ pub enum ClientCommand {
     Service(service::ServiceArgs),
     /// Registry credentials for private images.
     Credential(credential::CredentialArgs),
+    /// A service's environment variables, one at a time.
+    Env(env::EnvArgs),
     /// A service's deploy hook URL.
     Hook(hook::HookArgs),
     /// Trigger or cancel a cron job's run.
@@ -138,6 +141,7 @@ pub fn main(cmd: ClientCommand) -> ExitCode {
         match cmd {
             ClientCommand::Service(a) => service::run(a).await,
             ClientCommand::Credential(a) => credential::run(a).await,
+            ClientCommand::Env(a) => env::run(a).await,
             ClientCommand::Hook(a) => hook::run(a).await,
             ClientCommand::Cron(a) => cron::run(a).await,
             ClientCommand::Apikey(a) => apikey::run(a).await,
@@ -154,6 +158,7 @@ pub fn main(cmd: ClientCommand) -> ExitCode {
 const CLIENT_COMMANDS: &[&str] = &[
     "service",
     "credential",
+    "env",
     "hook",
     "cron",
     "apikey",

@@ -46,6 +46,10 @@ pub enum ServiceCommand {
         rename: Option<String>,
         #[command(flatten)]
         settings: Settings,
+        /// With --env/--env-file: replace every env var with the ones given
+        /// (without it they are merged: others are kept).
+        #[arg(long)]
+        replace_env: bool,
     },
     /// Delete a service and stop its instances.
     Delete {
@@ -63,6 +67,16 @@ pub enum ServiceCommand {
         /// Return once the deploy is accepted instead of following it.
         #[arg(long)]
         no_wait: bool,
+        /// Give up following after this many seconds (exit 1).
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Follow a deploy until it ends (exit 1 if it fails): the one named,
+    /// or the service's newest.
+    Follow {
+        service: String,
+        /// The deploy (`dep-…`); default the newest.
+        deploy: Option<String>,
         /// Give up following after this many seconds (exit 1).
         #[arg(long, default_value_t = 600)]
         timeout: u64,
@@ -121,7 +135,33 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
             service,
             rename,
             settings,
-        } => update(&api, &service, rename, settings).await,
+            replace_env,
+        } => update(&api, &service, rename, settings, replace_env).await,
+        ServiceCommand::Follow {
+            service,
+            deploy,
+            timeout,
+        } => {
+            let id = resolve(&api, &service).await?;
+            let dep = match deploy {
+                Some(d) => d,
+                None => {
+                    let newest = api
+                        .get(&format!("/v1/services/{}/deploys?limit=1", enc(&id)))
+                        .await?;
+                    newest
+                        .get(0)
+                        .map(|i| s(i, "deploy/id"))
+                        .filter(|d| d != "-")
+                        .ok_or_else(|| ClientError::Api {
+                            status: 404,
+                            message: format!("{id} has no deploy"),
+                            hint: None,
+                        })?
+                }
+            };
+            finish_deploy(&api, &id, &json!({ "id": dep }), true, timeout).await
+        }
         ServiceCommand::Delete { service, yes } => {
             if !yes {
                 return Err(ClientError::Usage(format!(
@@ -383,6 +423,7 @@ async fn update(
     service: &str,
     rename: Option<String>,
     settings: Settings,
+    replace_env: bool,
 ) -> Result<(), ClientError> {
     let id = resolve(api, service).await?;
     let mut body = Map::new();
@@ -390,18 +431,51 @@ async fn update(
     if let Some(name) = rename {
         body.insert("name".to_owned(), Value::String(name));
     }
-    if body.is_empty() {
+    // Env vars given are merged into the service's (the others kept)
+    // unless --replace-env says to replace them all.
+    let merge = if replace_env {
+        if !body.contains_key("envVars") {
+            return Err(ClientError::Usage(
+                "--replace-env needs the new env vars: --env or --env-file".to_owned(),
+            ));
+        }
+        None
+    } else {
+        body.remove("envVars")
+    };
+    if body.is_empty() && merge.is_none() {
         return Err(ClientError::Usage(
             "nothing to change: give at least one setting (see --help)".to_owned(),
         ));
     }
-    let svc = api
-        .patch(&format!("/v1/services/{}", enc(&id)), Value::Object(body))
-        .await?;
+    let mut svc = Value::Null;
+    if !body.is_empty() {
+        svc = api
+            .patch(&format!("/v1/services/{}", enc(&id)), Value::Object(body))
+            .await?;
+    }
+    let mut merged = Value::Null;
+    if let Some(changes) = merge {
+        merged = api
+            .patch(&format!("/v1/services/{}/env-vars", enc(&id)), changes)
+            .await?;
+        if svc.is_null() {
+            svc = api.get(&format!("/v1/services/{}", enc(&id))).await?;
+        }
+    }
     if api.json() {
-        output::json(&svc);
-    } else {
-        output::table(SERVICE_HEADER, &[service_row(&svc)], "");
+        let mut out = svc;
+        if let (Some(o), Some(dep)) = (out.as_object_mut(), merged.get("deployId")) {
+            o.insert("envDeployId".to_owned(), dep.clone());
+        }
+        output::json(&out);
+        return Ok(());
+    }
+    output::table(SERVICE_HEADER, &[service_row(&svc)], "");
+    if let Some(dep) = merged.get("deployId").and_then(Value::as_str) {
+        println!(
+            "env vars merged; deploy {dep} started (follow it: berth service follow {id} {dep})"
+        );
     }
     Ok(())
 }
