@@ -47,12 +47,45 @@ pub enum BootstrapError {
 }
 
 /// The credentials file, when an earlier start wrote it.
-fn existing(data_dir: &Path) -> Option<Bootstrapped> {
+/// The credentials file when it exists, its `apiUrl` brought up to
+/// `api_url` first (the API may have moved since it was written; the CLI
+/// reads the address there).
+fn existing(data_dir: &Path, api_url: &str) -> Option<Bootstrapped> {
     let path = data_dir.join(CREDENTIALS_FILE);
-    path.exists().then_some(Bootstrapped {
+    if !path.exists() {
+        return None;
+    }
+    if let Err(e) = refresh_api_url(&path, api_url) {
+        tracing::warn!(path = %path.display(), error = %e, "could not update apiUrl in the credentials file");
+    }
+    Some(Bootstrapped {
         path,
         created: false,
     })
+}
+
+/// Rewrites `apiUrl` in the credentials file at `path` when it differs
+/// (a new file beside it, mode 0600, renamed over it: never half written).
+fn refresh_api_url(path: &Path, api_url: &str) -> std::io::Result<()> {
+    let text = std::fs::read(path)?;
+    let Ok(mut file) = serde_json::from_slice::<CredentialsFile>(&text) else {
+        // Not ours to repair: the CLI says what is wrong with it.
+        return Ok(());
+    };
+    if file.api_url == api_url {
+        return Ok(());
+    }
+    file.api_url = api_url.to_owned();
+    let tmp = path.with_extension("json.new");
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    out.write_all(&serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?)?;
+    out.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// [`bootstrap`] for callers that hold only the store and the key (the
@@ -66,7 +99,7 @@ pub async fn bootstrap_store(
 ) -> Result<Bootstrapped, BootstrapError> {
     // Checked here too, so a later start does not start an application
     // layer for nothing.
-    if let Some(done) = existing(data_dir) {
+    if let Some(done) = existing(data_dir, api_url) {
         return Ok(done);
     }
     let stop = tokio_util::sync::CancellationToken::new();
@@ -93,7 +126,7 @@ pub async fn bootstrap(
     data_dir: &Path,
     api_url: &str,
 ) -> Result<Bootstrapped, BootstrapError> {
-    if let Some(done) = existing(data_dir) {
+    if let Some(done) = existing(data_dir, api_url) {
         return Ok(done);
     }
     let path = data_dir.join(CREDENTIALS_FILE);

@@ -319,6 +319,16 @@ async fn serve(
         .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
 
     let api_url = v.options.api.public_url();
+    // Where web services answer: `<name>.<base-domain>` on the router.
+    let router_url = v
+        .options
+        .api
+        .api_services_url
+        .clone()
+        .map(|u| match u.split_once("://") {
+            Some((scheme, host)) => format!("{scheme}://<service>.{host}"),
+            None => u,
+        });
     let mut deps = ComponentDeps::open(client.clone(), &config, secret_key, v.options).await?;
     // The node presents its own credentials, bound to its id.
     let node_creds = users
@@ -360,6 +370,19 @@ async fn serve(
     }
     let names: Vec<_> = selected.iter().map(|c| c.name()).collect();
 
+    let mut addresses = Vec::new();
+    if let Some(b) = &credentials {
+        let note = if b.created {
+            " (created: owner id and API key, mode 0600)"
+        } else {
+            ""
+        };
+        addresses.push(("api", api_url.clone()));
+        addresses.push(("api key", format!("{}{note}", b.path.display())));
+    }
+    if let Some(u) = router_url.filter(|_| names.contains(&"router")) {
+        addresses.push(("router", u));
+    }
     let http_addr = http.local_addr();
     print_where_things_are(
         &data_dir,
@@ -370,16 +393,8 @@ async fn serve(
         &names,
         node_refused,
         &targets_summary(v.targets, config.allow_targets.is_some(), v.only),
+        &addresses,
     );
-    if let Some(b) = &credentials {
-        let note = if b.created {
-            " (created: owner id and API key, mode 0600)"
-        } else {
-            ""
-        };
-        println!("  api:        {api_url}");
-        println!("  api key:    {}{note}", b.path.display());
-    }
     tracing::info!(components = ?names, http.addr = %http_addr, nats.url = %config.nats_url, "berth running");
 
     let deps = RunDeps {
@@ -404,6 +419,7 @@ fn print_where_things_are(
     names: &[&'static str],
     node_refused: Option<&str>,
     targets: &str,
+    addresses: &[(&str, String)],
 ) {
     let key = match key {
         Some(KeySource::Env) => "from BERTH_SECRET_KEY".to_owned(),
@@ -442,6 +458,9 @@ fn print_where_things_are(
     println!("  subjects:   {}.*", config.subjects.prefix());
     println!("  health:     http://{http}/healthz");
     println!("  metrics:    http://{http}/metrics");
+    for (label, value) in addresses {
+        println!("  {:<11} {value}", format!("{label}:"));
+    }
     if let Some(note) = node_refused {
         println!("  node:       {note}");
     }

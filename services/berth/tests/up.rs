@@ -560,3 +560,57 @@ async fn bench_eventlog_runs_against_a_fresh_server() {
         "more aggregates than events is a usage error"
     );
 }
+
+/// `berth up` says where the API and the router are, and keeps the
+/// credentials file's `apiUrl` current when the API's address changes
+/// (the CLI reads it there), without touching the key.
+#[tokio::test]
+async fn up_prints_its_addresses_and_keeps_api_url_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let nats = free_port();
+    let router_port = free_port();
+    let read = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(data.join("credentials.json")).unwrap()).unwrap()
+    };
+    let mut first_port = 0;
+    let mut key = String::new();
+    for round in 0..2 {
+        let api_port = free_port();
+        let mut up = start_up({
+            let mut c = berth(&data, nats, "upaddr");
+            c.env("BERTH_API_ADDR", format!("127.0.0.1:{api_port}"))
+                .env("BERTH_ROUTER_ADDR", format!("127.0.0.1:{router_port}"))
+                .arg("up");
+            c
+        })
+        .await;
+        let text = up.lines.join("\n");
+        assert!(
+            text.contains(&format!("api:        http://127.0.0.1:{api_port}")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "router:     http://<service>.localhost:{router_port}"
+            )),
+            "{text}"
+        );
+        wait_healthy(up.health).await;
+        let creds = read();
+        assert_eq!(
+            creds["apiUrl"],
+            format!("http://127.0.0.1:{api_port}"),
+            "round {round}"
+        );
+        if round == 0 {
+            first_port = api_port;
+            key = creds["apiKey"].as_str().unwrap().to_owned();
+        } else {
+            assert_ne!(api_port, first_port);
+            assert_eq!(creds["apiKey"], key.as_str(), "the key is kept");
+        }
+        let status = sigterm_and_wait(&mut up.child, Duration::from_secs(15)).await;
+        assert_eq!(status.code(), Some(0));
+    }
+}
