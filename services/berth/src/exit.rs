@@ -9,7 +9,8 @@ use berth_runtime::ConfigError;
 pub enum Outcome {
     /// Done (exit 0).
     Ok,
-    /// Bad input from the user, e.g. an unparsable image reference (exit 2).
+    /// Bad input from the user, e.g. an unparsable image reference (exit
+    /// 64, as every usage error).
     Usage(String),
     /// Bad configuration, found before anything started (exit 64).
     Config(ConfigError),
@@ -28,7 +29,7 @@ impl Outcome {
             Outcome::Ok => ExitCode::SUCCESS,
             Outcome::Usage(msg) => {
                 eprintln!("berth: {msg}");
-                ExitCode::from(2)
+                ExitCode::from(64)
             }
             Outcome::Config(e) => {
                 eprintln!("berth: {e}");

@@ -1,11 +1,11 @@
 //! # berth: the CLI and the all-in-one `berth up`
 //!
-//! A thin main: parse the command line (usage errors exit 2), hand the
-//! subcommand its arguments, and turn the outcome into an exit code:
-//! 0 ok, 1 other failures, 2 usage or input errors, 64 bad configuration
-//! (or a machine the node cannot run on, for `berth run node`).
-//! The API client commands (`client/`) have their own: 0 ok, 1 refused,
-//! 64 usage (clap's errors included), 69 API unreachable.
+//! A thin main: parse the command line, hand the subcommand its
+//! arguments, and turn the outcome into an exit code, the same for every
+//! command: 0 ok; 1 failed (the API refused, a followed deploy failed,
+//! anything else at run time); 64 usage (a bad command line or input, bad
+//! configuration, a machine the node cannot run on); 69 the API
+//! unreachable.
 
 mod bench;
 mod cli;

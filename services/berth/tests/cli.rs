@@ -98,6 +98,34 @@ async fn cli_drives_a_real_installation() {
         "{created:?}"
     );
 
+    // Errors under --json are JSON too, with the one exit code table.
+    let missing = cli
+        .run(&["service", "show", "no-such-service", "--json"])
+        .await;
+    assert_eq!(missing.code, 1, "{missing:?}");
+    let err: Value = serde_json::from_str(missing.stdout.trim())
+        .unwrap_or_else(|e| panic!("not JSON: {e}: {missing:?}"));
+    assert_eq!(
+        (
+            err["error"]["kind"].as_str(),
+            err["error"]["status"].as_u64(),
+            err["error"]["exitCode"].as_u64()
+        ),
+        (Some("refused"), Some(404), Some(1)),
+        "{err}"
+    );
+    let usage = cli.run(&["service", "delete", "ticker", "--json"]).await;
+    assert_eq!(usage.code, 64, "{usage:?}");
+    assert_eq!(
+        serde_json::from_str::<Value>(usage.stdout.trim()).unwrap()["error"]["kind"],
+        "usage"
+    );
+    let bad_flag = cli.run(&["image", "normalize"]).await;
+    assert_eq!(
+        bad_flag.code, 64,
+        "a bad command line is 64 for every command: {bad_flag:?}"
+    );
+
     let list = cli.json(&["service", "list"]).await;
     let svc = &list[0]["service"];
     assert_eq!(svc["name"], "ticker", "{list}");

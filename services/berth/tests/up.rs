@@ -503,12 +503,12 @@ async fn image_normalize_prints_or_rejects() {
         .output()
         .await
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(64));
     assert!(out.stdout.is_empty());
     assert!(!out.stderr.is_empty());
 
     let out = Command::new(BERTH).args(["image"]).output().await.unwrap();
-    assert_eq!(out.status.code(), Some(2), "usage error");
+    assert_eq!(out.status.code(), Some(64), "usage error");
 }
 
 #[tokio::test]
@@ -545,7 +545,7 @@ async fn bench_eventlog_runs_against_a_fresh_server() {
         .unwrap();
     assert_eq!(
         out.status.code(),
-        Some(2),
+        Some(64),
         "a bad --sync-interval is a usage error"
     );
 
@@ -556,7 +556,7 @@ async fn bench_eventlog_runs_against_a_fresh_server() {
         .unwrap();
     assert_eq!(
         out.status.code(),
-        Some(2),
+        Some(64),
         "more aggregates than events is a usage error"
     );
 }

@@ -37,14 +37,36 @@ pub enum ClientError {
     Unreachable(String),
 }
 
+/// Whether this run prints JSON (`--json`): errors then too.
+static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 impl ClientError {
-    /// Prints the error (stderr) and returns its exit code.
+    /// Prints the error and returns its exit code: on stderr, or under
+    /// `--json` as one JSON document on stdout
+    /// (`{"error": {kind, message, status?, hint?, exitCode}}`), so a
+    /// script reads failures the way it reads answers.
     pub fn report(self) -> ExitCode {
-        let code = match &self {
-            ClientError::Api { .. } | ClientError::Failed(_) => 1,
-            ClientError::Usage(_) => 64,
-            ClientError::Unreachable(_) => 69,
+        let (code, kind) = match &self {
+            ClientError::Api { .. } => (1, "refused"),
+            ClientError::Failed(_) => (1, "failed"),
+            ClientError::Usage(_) => (64, "usage"),
+            ClientError::Unreachable(_) => (69, "unreachable"),
         };
+        if JSON.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut error = serde_json::json!({
+                "kind": kind,
+                "message": self.to_string(),
+                "exitCode": code,
+            });
+            if let ClientError::Api { status, hint, .. } = &self {
+                error["status"] = (*status).into();
+                if let Some(h) = hint {
+                    error["hint"] = h.clone().into();
+                }
+            }
+            println!("{}", serde_json::json!({ "error": error }));
+            return ExitCode::from(code);
+        }
         eprintln!("berth: error: {self}");
         if let ClientError::Api {
             hint: Some(hint), ..
@@ -87,6 +109,7 @@ impl Api {
     /// Builds the connection from the options, `BERTH_API_KEY` and the
     /// credentials file.
     pub fn from_opts(opts: &ClientOpts) -> Result<Self, ClientError> {
+        JSON.store(opts.json, std::sync::atomic::Ordering::Relaxed);
         let file_path: PathBuf = opts.data_dir.join(CREDENTIALS_FILE);
         let env_key = std::env::var("BERTH_API_KEY")
             .ok()

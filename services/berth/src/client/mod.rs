@@ -154,31 +154,12 @@ pub fn main(cmd: ClientCommand) -> ExitCode {
     }
 }
 
-/// The top-level names of the client commands (for [`parse_failed`]).
-const CLIENT_COMMANDS: &[&str] = &[
-    "service",
-    "credential",
-    "env",
-    "hook",
-    "cron",
-    "apikey",
-    "integration",
-];
-
-/// Reports a command line clap refused. Help and version print and exit 0;
-/// a bad client command line exits 64 (the client's usage code); any other
-/// keeps clap's own code, as before.
+/// Reports a command line clap refused. Help and version print and exit
+/// 0; a bad command line exits 64, as every usage error does.
 pub fn parse_failed(e: clap::Error) -> ExitCode {
     let _ = e.print();
     if !e.use_stderr() {
         return ExitCode::SUCCESS;
     }
-    let client = std::env::args()
-        .nth(1)
-        .is_some_and(|a| CLIENT_COMMANDS.contains(&a.as_str()));
-    if client {
-        ExitCode::from(64)
-    } else {
-        ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
-    }
+    ExitCode::from(64)
 }
