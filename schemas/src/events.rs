@@ -145,9 +145,14 @@ pub struct ServiceSettings {
         deserialize_with = "cleared"
     )]
     pub pre_deploy_command: Option<Option<String>>,
-    /// New health check path (web services).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_check_path: Option<String>,
+    /// New health check path (web services); `Some(None)` removes it
+    /// (readiness is then the instance's port accepting connections).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "cleared"
+    )]
+    pub health_check_path: Option<Option<String>>,
     /// New cron schedule (cron jobs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,

@@ -190,7 +190,8 @@ async fn first_start_writes_credentials_that_work() {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
-    // The second start keeps the file and creates nothing.
+    // The second start keeps the owner and key and creates nothing; the
+    // API's address it brings up to date.
     let before = app.last_seq().await;
     let again = berth_api::bootstrap_store(&app.store, &app.key, &data, "http://x")
         .await
@@ -200,5 +201,10 @@ async fn first_start_writes_credentials_that_work() {
     assert_eq!(app.last_seq().await, before);
     let still: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&b.path).unwrap()).unwrap();
-    assert_eq!(still, creds);
+    assert_eq!(
+        (&still["ownerId"], &still["apiKey"], &still["apiUrl"]),
+        (&creds["ownerId"], &creds["apiKey"], &serde_json::json!("http://x"))
+    );
+    let mode = std::fs::metadata(&b.path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "rewritten, still the operator's only");
 }

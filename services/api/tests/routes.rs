@@ -322,6 +322,27 @@ async fn services_and_deploys_routes() {
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["serviceDetails"]["healthCheckPath"], "/ready");
+    // `null` clears an optional setting (the path: readiness by port).
+    let (s, v) = app
+        .patch(
+            &format!("/v1/services/{svc}"),
+            &alice,
+            json!({"serviceDetails": {"healthCheckPath": null, "preDeployCommand": null}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["serviceDetails"]["healthCheckPath"], "", "{v}");
+    let (s, v) = app
+        .patch(
+            &format!("/v1/services/{svc}"),
+            &alice,
+            json!({"serviceDetails": {"healthCheckPath": "/ready"}}),
+        )
+        .await;
+    assert_eq!(
+        (s, &v["serviceDetails"]["healthCheckPath"]),
+        (StatusCode::OK, &json!("/ready"))
+    );
     let (s, v) = app
         .patch(
             &format!("/v1/services/{svc}"),

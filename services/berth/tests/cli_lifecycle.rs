@@ -151,6 +151,36 @@ async fn cli_changes_a_running_service() {
     let follow_all = cli.run(&["service", "follow", "w"]).await;
     assert_eq!(follow_all.code, 0, "{follow_all:?}");
 
+    // An empty value clears an optional setting; a refused value names
+    // the flag to change; flags the API would refuse on update are gone.
+    let set_pre = cli
+        .run(&["service", "update", "w", "--pre-deploy-command", "true"])
+        .await;
+    assert_eq!(set_pre.code, 0, "{set_pre:?}");
+    assert_eq!(
+        cli.json(&["service", "show", "w"]).await["serviceDetails"]["preDeployCommand"],
+        "true"
+    );
+    let cleared = cli
+        .run(&["service", "update", "w", "--pre-deploy-command", ""])
+        .await;
+    assert_eq!(cleared.code, 0, "{cleared:?}");
+    assert!(
+        cli.json(&["service", "show", "w"]).await["serviceDetails"]["preDeployCommand"].is_null()
+    );
+    let bad = cli
+        .run(&["service", "update", "w", "--plan", "enormous"])
+        .await;
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(
+        bad.stderr.contains("--plan:"),
+        "the flag to change is named: {bad:?}"
+    );
+    let gone = cli
+        .run(&["service", "update", "w", "--instances", "3"])
+        .await;
+    assert_eq!(gone.code, 64, "scale with `service scale`: {gone:?}");
+
     // Update the image: a new deploy goes live with v2.
     let updated = cli.ok(&["service", "update", "w", "--image", &v2]).await;
     assert!(updated.contains(&v2), "{updated}");

@@ -67,7 +67,9 @@ fn runtime(fields: &mut Vec<FieldError>, name: &str, value: &Option<String>) {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ImageBody {
     pub image_path: Option<String>,
-    pub registry_credential_id: Option<String>,
+    /// On update, `null` (or `""`) removes the credential.
+    #[serde(default, deserialize_with = "nullable")]
+    pub registry_credential_id: Option<Option<String>>,
     /// Render sends the owner here too; it must be the caller's.
     pub owner_id: Option<String>,
 }
@@ -134,7 +136,10 @@ pub struct DetailsBody {
     pub region: Option<String>,
     pub plan: Option<String>,
     pub num_instances: Option<u32>,
-    pub health_check_path: Option<String>,
+    /// `null` removes it (readiness is then the port accepting connections).
+    #[serde(default, deserialize_with = "nullable")]
+    pub health_check_path: Option<Option<String>>,
+    /// `null` removes it.
     #[serde(default, deserialize_with = "nullable")]
     pub pre_deploy_command: Option<Option<String>>,
     pub schedule: Option<String>,
@@ -467,7 +472,7 @@ pub async fn create(
     if image.image_path.as_deref().is_none_or(str::is_empty) {
         field(&mut fields, "image.imagePath", "is required");
     }
-    let credential = match image.registry_credential_id.as_deref() {
+    let credential = match image.registry_credential_id.clone().flatten().as_deref() {
         None => None,
         Some(c) => match c.parse::<CredentialId>() {
             Ok(c) => Some(c),
@@ -507,7 +512,7 @@ pub async fn create(
     new.plan = plan;
     new.num_instances = details.num_instances;
     new.env_vars = env;
-    new.health_check_path = details.health_check_path;
+    new.health_check_path = details.health_check_path.flatten();
     new.schedule = details.schedule;
     new.notify = body.notify_on_fail.and_then(NotifyBody::setting);
     new.overlap_policy = details.overlap_policy;
@@ -725,10 +730,10 @@ pub async fn update(
         owner_matches(image.owner_id.as_deref(), caller.owner.as_str())?;
         // A credential id replaces the service's credential; "" removes it
         // (the image must then be public).
-        settings.credential = match image.registry_credential_id.as_deref() {
+        settings.credential = match image.registry_credential_id.as_ref().map(|c| c.as_deref()) {
             None => None,
-            Some("") => Some(None),
-            Some(c) => match c.parse::<CredentialId>() {
+            Some(None | Some("")) => Some(None),
+            Some(Some(c)) => match c.parse::<CredentialId>() {
                 Ok(c) => Some(Some(c)),
                 Err(_) => {
                     field(

@@ -269,12 +269,31 @@ impl Api {
         json: Option<Value>,
         raw: &[u8],
     ) -> ClientError {
-        let api_message = json
+        let mut api_message = json
             .as_ref()
             .and_then(|j| j.get("message"))
             .and_then(Value::as_str)
             .map(str::to_owned)
             .unwrap_or_else(|| String::from_utf8_lossy(raw).chars().take(300).collect());
+        // Each invalid field, named as the flag that sets it.
+        let fields: Vec<String> = json
+            .as_ref()
+            .and_then(|j| j.get("fields"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|f| {
+                let field = f.get("field").and_then(Value::as_str).unwrap_or_default();
+                let message = f.get("message").and_then(Value::as_str).unwrap_or_default();
+                match flag_of(field) {
+                    Some(flag) => format!("{flag}: {message}"),
+                    None => format!("{field}: {message}"),
+                }
+            })
+            .collect();
+        if !fields.is_empty() {
+            api_message = fields.join("; ");
+        }
         let hint = match status {
             StatusCode::UNAUTHORIZED => Some(format!(
                 "the API refused the key: check BERTH_API_KEY or the apiKey in credentials.json \
@@ -292,6 +311,29 @@ impl Api {
             hint,
         }
     }
+}
+
+/// The flag that sets an API field, for error messages.
+fn flag_of(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "name" => "the name (--rename on update)",
+        "type" => "--type",
+        "image.imagePath" | "imageUrl" => "--image",
+        "image.registryCredentialId" => "--credential",
+        "envVars" | "envVars.key" | "envVars.value" => "--env",
+        "serviceDetails.plan" => "--plan",
+        "serviceDetails.region" => "--region",
+        "serviceDetails.numInstances" | "numInstances" => "--instances",
+        "serviceDetails.healthCheckPath" => "--health-check-path",
+        "serviceDetails.preDeployCommand" => "--pre-deploy-command",
+        "serviceDetails.schedule" => "--schedule",
+        "serviceDetails.envSpecificDetails.dockerCommand" => "--command",
+        "username" => "--username",
+        "registry" => "--registry",
+        "host" => "--host",
+        "authToken" => "the token (--token-file or --token-stdin)",
+        _ => return None,
+    })
 }
 
 /// One client for http and https (rustls with ring, platform roots).

@@ -29,6 +29,12 @@ pub enum ServiceCommand {
         service_type: String,
         #[command(flatten)]
         settings: Settings,
+        /// Number of instances (later: `service scale`).
+        #[arg(long)]
+        instances: Option<u32>,
+        /// Region label (fixed once created).
+        #[arg(long)]
+        region: Option<String>,
         /// Follow the first deploy until it ends (exit 1 if it fails).
         #[arg(long)]
         wait: bool,
@@ -127,8 +133,20 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
             name,
             service_type,
             settings,
+            instances,
+            region,
             wait,
-        } => create(&api, name, service_type, settings, wait).await,
+        } => {
+            create(
+                &api,
+                name,
+                service_type,
+                settings,
+                (instances, region),
+                wait,
+            )
+            .await
+        }
         ServiceCommand::List => list(&api).await,
         ServiceCommand::Show { service } => show(&api, &service).await,
         ServiceCommand::Update {
@@ -274,6 +292,7 @@ async fn create(
     name: String,
     service_type: String,
     settings: Settings,
+    (instances, region): (Option<u32>, Option<String>),
     wait: bool,
 ) -> Result<(), ClientError> {
     if settings.image.is_none() {
@@ -285,6 +304,19 @@ async fn create(
     body.insert("name".into(), json!(name));
     body.insert("type".into(), json!(service_type));
     settings_body(&settings, &mut body)?;
+    if instances.is_some() || region.is_some() {
+        let details = body
+            .entry("serviceDetails")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Some(d) = details.as_object_mut() {
+            if let Some(n) = instances {
+                d.insert("numInstances".into(), json!(n));
+            }
+            if let Some(r) = region {
+                d.insert("region".into(), json!(r));
+            }
+        }
+    }
     let created = api.post("/v1/services", Some(Value::Object(body))).await?;
     let svc = created.get("service").cloned().unwrap_or(Value::Null);
     let id = s(&svc, "id");

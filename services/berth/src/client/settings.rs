@@ -1,6 +1,9 @@
 //! The service settings `create` and `update` share, as flags and as the
 //! `image`/`serviceDetails`/`envVars` parts of the API's request body.
-//! Env var values may be secrets: a bad line is refused without echoing it.
+//! One rule clears an optional setting: give it empty (`--command ""`,
+//! `--pre-deploy-command ""`, `--health-check-path ""`, `--credential
+//! ""`), which the API reads as `null`. Env var values may be secrets: a
+//! bad line is refused without echoing it.
 
 use clap::Args;
 use serde_json::{json, Map, Value};
@@ -13,28 +16,24 @@ pub struct Settings {
     /// Image reference, e.g. `ghcr.io/org/app:1.2`.
     #[arg(long)]
     pub image: Option<String>,
-    /// Registry credential (`rgc-…`) for a private image; on update, "" removes it.
+    /// Registry credential (`rgc-…`) for a private image; "" removes it.
     #[arg(long)]
     pub credential: Option<String>,
-    /// Number of instances.
-    #[arg(long)]
-    pub instances: Option<u32>,
     /// Instance type: free, starter, standard, pro, pro_plus, pro_max, pro_ultra.
     #[arg(long)]
     pub plan: Option<String>,
-    /// Region label.
-    #[arg(long)]
-    pub region: Option<String>,
-    /// HTTP path polled before an instance counts as up (web services).
+    /// HTTP path polled before an instance counts as up (web services); ""
+    /// removes it (an instance is up once its port accepts connections).
     #[arg(long)]
     pub health_check_path: Option<String>,
-    /// Command run once before each deploy goes live.
+    /// Command run once before each deploy goes live; "" removes it.
     #[arg(long)]
     pub pre_deploy_command: Option<String>,
     /// Cron schedule (cron jobs), e.g. `*/5 * * * *`.
     #[arg(long)]
     pub schedule: Option<String>,
-    /// Command replacing the image's entrypoint and arguments.
+    /// Command replacing the image's CMD (its ENTRYPOINT is kept); ""
+    /// returns to the image's CMD.
     #[arg(long = "command")]
     pub docker_command: Option<String>,
     /// Environment variable `KEY=VALUE` (repeatable). For secret values use
@@ -75,6 +74,15 @@ pub(crate) fn env_vars(settings: &Settings) -> Result<Option<Vec<Value>>, Client
         .map(Some)
 }
 
+/// A clearable setting's value: empty clears it (`null`).
+fn clearable(v: &str) -> Value {
+    if v.is_empty() {
+        Value::Null
+    } else {
+        json!(v)
+    }
+}
+
 /// The `image` and `serviceDetails` parts of a create/update body.
 pub(crate) fn settings_body(
     st: &Settings,
@@ -96,23 +104,21 @@ pub(crate) fn settings_body(
             d.insert(k.into(), v);
         }
     };
-    put("numInstances", st.instances.map(|n| json!(n)));
     put("plan", st.plan.as_ref().map(|v| json!(v)));
-    put("region", st.region.as_ref().map(|v| json!(v)));
     put(
         "healthCheckPath",
-        st.health_check_path.as_ref().map(|v| json!(v)),
+        st.health_check_path.as_deref().map(clearable),
     );
     put(
         "preDeployCommand",
-        st.pre_deploy_command.as_ref().map(|v| json!(v)),
+        st.pre_deploy_command.as_deref().map(clearable),
     );
     put("schedule", st.schedule.as_ref().map(|v| json!(v)));
     put(
         "envSpecificDetails",
         st.docker_command
-            .as_ref()
-            .map(|c| json!({ "dockerCommand": c })),
+            .as_deref()
+            .map(|c| json!({ "dockerCommand": clearable(c) })),
     );
     if !d.is_empty() {
         body.insert("serviceDetails".into(), Value::Object(d));
@@ -132,9 +138,7 @@ mod tests {
         Settings {
             image: None,
             credential: None,
-            instances: None,
             plan: None,
-            region: None,
             health_check_path: None,
             pre_deploy_command: None,
             schedule: None,
@@ -168,8 +172,9 @@ mod tests {
     fn settings_become_the_api_body() {
         let mut st = settings(&[], None);
         st.image = Some("img:1".into());
-        st.instances = Some(3);
         st.docker_command = Some("sh -c x".into());
+        st.pre_deploy_command = Some(String::new());
+        st.health_check_path = Some(String::new());
         let mut body = Map::new();
         settings_body(&st, &mut body).unwrap();
         assert_eq!(
@@ -177,10 +182,12 @@ mod tests {
             json!({
                 "image": {"imagePath": "img:1"},
                 "serviceDetails": {
-                    "numInstances": 3,
                     "envSpecificDetails": {"dockerCommand": "sh -c x"},
+                    "preDeployCommand": null,
+                    "healthCheckPath": null,
                 },
-            })
+            }),
+            "an empty value clears the setting"
         );
     }
 }

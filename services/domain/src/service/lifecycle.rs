@@ -149,9 +149,11 @@ fn effective_changes(
         diff.pre_deploy_command = (cmd != cfg.pre_deploy_command).then_some(cmd);
     }
     if let Some(path) = s.health_check_path {
-        validate::type_fields(ty, Some(&path), None, None)?;
-        validate::health_check_path(&path)?;
-        diff.health_check_path = (Some(&path) != cfg.health_check_path.as_ref()).then_some(path);
+        if let Some(p) = &path {
+            validate::type_fields(ty, Some(p), None, None)?;
+            validate::health_check_path(p)?;
+        }
+        diff.health_check_path = (path != cfg.health_check_path).then_some(path);
     }
     if let Some(schedule) = s.schedule {
         validate::type_fields(ty, None, Some(&schedule), None)?;
@@ -322,9 +324,7 @@ pub(super) fn merge(cfg: &mut ServiceConfig, s: &ServiceSettings) {
     set(&mut cfg.docker_command, &s.docker_command);
     set(&mut cfg.env_vars, &s.env_vars);
     set(&mut cfg.pre_deploy_command, &s.pre_deploy_command);
-    if let Some(p) = &s.health_check_path {
-        cfg.health_check_path = Some(p.clone());
-    }
+    set(&mut cfg.health_check_path, &s.health_check_path);
     if let Some(p) = &s.schedule {
         cfg.schedule = Some(p.clone());
     }
