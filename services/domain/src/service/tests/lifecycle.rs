@@ -143,7 +143,7 @@ fn updates_redeploy_only_when_what_runs_changes() {
     let events = s.run(Command::Update {
         settings: ServiceSettings {
             name: Some("app2".into()),
-            health_check_path: Some("/healthz".into()),
+            health_check_path: Some(Some("/healthz".into())),
             ..Default::default()
         },
         deploy: DeployId::generate(),
