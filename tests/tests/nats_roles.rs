@@ -376,7 +376,7 @@ async fn scenario(version: NatsVersion) {
     let operator = i.client(&i.operator).await;
     let _logs = operator
         .nats
-        .subscribe(format!("{}.logs.*.*", i.subjects.prefix()))
+        .subscribe(i.subjects.logs_all())
         .await
         .unwrap();
     operator

@@ -418,7 +418,7 @@ impl Permissions {
                     format!("{p}.evt.service.*"),
                     format!("{p}.evt.node.{node}"),
                     subjects.heartbeat(),
-                    format!("{p}.logs.*.*"),
+                    subjects.logs_all(),
                     subjects.dead_letter(&consumer),
                     "$JS.API.INFO".to_owned(),
                     // Loading aggregates (direct gets from 2.10, message
@@ -451,11 +451,7 @@ impl Permissions {
             }
             Role::Operator => Permissions {
                 publish: vec![],
-                subscribe: vec![
-                    format!("{p}.logs.*.*"),
-                    format!("{p}.evt.service.*"),
-                    inbox_sub,
-                ],
+                subscribe: vec![subjects.logs_all(), format!("{p}.evt.service.*"), inbox_sub],
                 allow_responses: false,
             },
             Role::Integration { owner, .. } => Permissions {

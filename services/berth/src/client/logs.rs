@@ -1,6 +1,6 @@
 //! `berth service logs`: instance log lines straight from NATS
-//! (`<prefix>.logs.<service>.<instance>`, JSON lines published by each
-//! node's agent). berth stores no log history, so this shows only lines
+//! (`<prefix>.logs.<service>`, JSON lines published by each node's agent,
+//! the instance in each). berth stores no log history, so this shows only lines
 //! written while it listens.
 
 use std::time::Duration;
@@ -60,7 +60,7 @@ pub async fn run(id: &str, args: LogsArgs, opts: &ClientOpts) -> Result<(), Clie
     let service: ServiceId = id
         .parse()
         .map_err(|_| ClientError::Usage(format!("{id:?} is not a service id")))?;
-    let subject = subjects.service_logs(&service, instance.as_ref());
+    let subject = subjects.logs(&service);
     // No retry on the first connect: an unreachable server must fail here,
     // not leave us listening to nothing.
     let client = opts
@@ -95,6 +95,13 @@ pub async fn run(id: &str, args: LogsArgs, opts: &ClientOpts) -> Result<(), Clie
             _ = &mut stop => break,
             msg = sub.next() => match msg {
                 Some(m) => {
+                    let other = instance.as_ref().is_some_and(|want| {
+                        serde_json::from_slice::<Value>(&m.payload)
+                            .is_ok_and(|v| v.get("instance").and_then(Value::as_str) != Some(want.as_str()))
+                    });
+                    if other {
+                        continue;
+                    }
                     count += 1;
                     println!("{}", render(&m.payload, json));
                 }
