@@ -3,13 +3,14 @@
 //!
 //! Roles (see docs/integration.md, "Roles and permissions"):
 //! - **control**: the control-plane components (api, resolver, scheduler,
-//!   cron, notifier, router, projector). The event log, work and dead-letter
-//!   streams and the snapshot bucket of its prefix, by name; never deletes or
-//!   purges a stream.
+//!   cron, notifier, router, projector). The event log, work, dead-letter
+//!   and logs streams and the snapshot bucket of its prefix, by name; never
+//!   deletes or purges a stream.
 //! - **node** (one user per node): appends facts to service aggregates and
 //!   its own node aggregate, reads the log, takes work from its own queue
-//!   through its own durable consumer only, heart-beats, ships logs. Cannot
-//!   append owner, API key or credential events, read another node's work,
+//!   through its own durable consumer only, heart-beats, publishes its
+//!   instances' log lines (core NATS). Cannot append owner, API key or
+//!   credential events, read another node's work, read the kept logs,
 //!   create, delete or purge streams.
 //! - **operator** (the CLI): reads live logs and service events.
 //! - **integration** (one user per integration, bound to one owner): sends
@@ -355,6 +356,7 @@ impl Permissions {
                     subjects.dead_letter_stream(),
                     subjects.work_advisory_stream(),
                     subjects.snapshot_stream(),
+                    subjects.logs_stream(),
                 ];
                 let mut publish = vec![
                     format!("{p}.evt.>"),
