@@ -450,13 +450,17 @@ async fn scenario(version: NatsVersion) {
     drop(replies);
     integration.refused("_INBOX.>").await;
 
-    // The operator reads logs; it publishes nothing.
+    // The operator reads service events (pull progress); it publishes
+    // nothing, and reads logs only through the API, owner-scoped.
     let operator = i.client(&i.operator).await;
-    let _logs = operator
+    let _events = operator
         .nats
-        .subscribe(i.subjects.logs_all())
+        .subscribe(i.subjects.aggregate_kind("service"))
         .await
         .unwrap();
+    let live_logs = operator.nats.subscribe(i.subjects.logs_all()).await;
+    drop(live_logs);
+    operator.refused(&i.subjects.logs_all()).await;
     operator
         .nats
         .publish(

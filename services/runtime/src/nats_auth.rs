@@ -12,7 +12,8 @@
 //!   instances' log lines (core NATS). Cannot append owner, API key or
 //!   credential events, read another node's work, read the kept logs,
 //!   create, delete or purge streams.
-//! - **operator** (the CLI): reads live logs and service events.
+//! - **operator** (the CLI): reads service events (a deploy's pull
+//!   progress). Instance logs are read through the API, owner-scoped.
 //! - **integration** (one user per integration, bound to one owner): sends
 //!   `scale`, `restart` and `deploy` commands for that owner and reads that
 //!   owner's service events; nothing else.
@@ -453,7 +454,7 @@ impl Permissions {
             }
             Role::Operator => Permissions {
                 publish: vec![],
-                subscribe: vec![subjects.logs_all(), format!("{p}.evt.service.*"), inbox_sub],
+                subscribe: vec![format!("{p}.evt.service.*"), inbox_sub],
                 allow_responses: false,
             },
             Role::Integration { owner, .. } => Permissions {
