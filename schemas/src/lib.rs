@@ -2,7 +2,7 @@
 //!
 //! Everything that crosses a process boundary in berth is defined here: ids,
 //! the event envelope, the events of the whole lifecycle, the bus commands,
-//! the node heartbeat and the subject names. Every other crate depends on this one; nothing here
+//! the node heartbeat, instance log lines and the subject names. Every other crate depends on this one; nothing here
 //! does I/O.
 //!
 //! The JSON Schema files under `schemas/json/` are generated from these types
@@ -14,6 +14,7 @@ pub mod envelope;
 pub mod events;
 pub mod heartbeat;
 pub mod ids;
+pub mod logs;
 pub mod metrics;
 pub mod model;
 pub mod subjects;
@@ -50,6 +51,10 @@ pub fn generated_schema_files() -> BTreeMap<String, String> {
     put(
         "heartbeat.json".to_owned(),
         &schemars::schema_for!(heartbeat::Heartbeat),
+    );
+    put(
+        "logline.json".to_owned(),
+        &schemars::schema_for!(logs::LogLine),
     );
     files
 }

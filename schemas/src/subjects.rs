@@ -5,7 +5,7 @@
 use std::fmt;
 
 use crate::envelope::AggregateId;
-use crate::ids::{InstanceId, NodeId, OwnerId, ServiceId};
+use crate::ids::{NodeId, OwnerId, ServiceId};
 
 /// The kind of command an internal service may publish on the bus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,17 +194,22 @@ impl Subjects {
         format!("{}.events.{}.>", self.prefix, owner)
     }
 
-    /// Log lines of one instance: `berth.logs.srv-….ins-…`.
-    pub fn logs(&self, service: &ServiceId, instance: &InstanceId) -> String {
-        format!("{}.logs.{}.{}", self.prefix, service, instance)
+    /// The stream keeping instance log lines.
+    pub fn logs_stream(&self) -> String {
+        format!("{}_LOGS", self.upper())
     }
 
-    /// Log lines of one service: every instance's, or one instance's.
-    pub fn service_logs(&self, service: &ServiceId, instance: Option<&InstanceId>) -> String {
-        match instance {
-            Some(i) => self.logs(service, i),
-            None => format!("{}.logs.{}.*", self.prefix, service),
-        }
+    /// Every service's log subject: what the logs stream captures.
+    pub fn logs_all(&self) -> String {
+        format!("{}.logs.*", self.prefix)
+    }
+
+    /// Log lines of one service, every instance's: `berth.logs.srv-…`
+    /// (the instance is in each line). One subject per service, so the
+    /// logs stream's per-subject limit bounds each service, however many
+    /// instances it went through.
+    pub fn logs(&self, service: &ServiceId) -> String {
+        format!("{}.logs.{}", self.prefix, service)
     }
 
     /// Image access checks answered by the resolver (core NATS request/reply).
@@ -259,6 +264,8 @@ mod tests {
         let s = Subjects::new("t-42").unwrap_or_default();
         assert_eq!(s.events_stream(), "T_42_EVENTS");
         assert_eq!(s.events_all(), "t-42.evt.>");
+        assert_eq!(s.logs_stream(), "T_42_LOGS");
+        assert_eq!(s.logs_all(), "t-42.logs.*");
         let srv = ServiceId::generate();
         assert_eq!(
             s.aggregate(&AggregateId::Service(srv.clone())),

@@ -13,8 +13,8 @@ use crate::layers::{self, Comp, Entry};
 use crate::registry::{Registry, RegistryAuth};
 use crate::{NatsServer, NatsVersion};
 use berth_agent::{
-    Agent, AgentConfig, AgentEvent, ImageConfig, ImageRoot, InstanceSpec, Limits, LogLine,
-    RestartPolicy, Runc,
+    Agent, AgentConfig, AgentEvent, ExitStatus, ImageConfig, ImageRoot, InstanceSpec, Limits,
+    LogLine, OneOffOutcome, RestartPolicy, Runc,
 };
 use berth_oci::{ClientConfig, RegistryClient, RetryPolicy};
 use berth_puller::{
@@ -172,11 +172,24 @@ impl Node {
     pub async fn logs(&self, spec: &InstanceSpec) -> async_nats::Subscriber {
         let s = self
             .client
-            .subscribe(self.subjects.logs(&spec.service, &spec.instance))
+            .subscribe(self.subjects.logs(&spec.service))
             .await
             .unwrap();
         self.client.flush().await.unwrap();
         s
+    }
+
+    /// Runs `spec` once to a clean exit (code 0 within 10 s); the
+    /// subscription to its log lines, taken before it started.
+    pub async fn run_once_ok(&self, spec: &InstanceSpec) -> async_nats::Subscriber {
+        let sub = self.logs(spec).await;
+        let out = self
+            .agent
+            .run_once(spec.clone(), Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(out, OneOffOutcome::Exited(ExitStatus::Code(0)));
+        sub
     }
 
     /// The next event matching `pred` within `within`.

@@ -250,3 +250,19 @@ pub async fn service_command(
         .await
         .map(|_| ())
 }
+
+/// Every line the logs stream keeps of `service`, oldest first.
+pub async fn kept_logs(
+    store: &EventStore,
+    service: &ServiceId,
+) -> Result<Vec<berth_schemas::logs::LogLine>> {
+    let mut lines = Vec::new();
+    let until = chrono::Utc::now() + chrono::TimeDelta::seconds(1);
+    store
+        .read_logs(service, chrono::DateTime::UNIX_EPOCH, until, |k| {
+            lines.push(k.line);
+            std::ops::ControlFlow::Continue(())
+        })
+        .await?;
+    Ok(lines)
+}

@@ -1,5 +1,6 @@
 //! The agent against real runc (as root), nats-server and registry: output
-//! on the logs subject in order with the exit code recorded; Docker's
+//! on the logs subject in order with the exit code recorded, a long line
+//! whole in messages the logs stream accepts; Docker's
 //! Entrypoint/Cmd/command rules, env layering, WorkingDir and User;
 //! heartbeats; and the start latency from a cached image to a running
 //! process.
@@ -10,7 +11,7 @@ use berth_tests::agent;
 
 use std::time::{Duration, Instant};
 
-use berth_agent::{AgentEvent, ExitStatus, OneOffOutcome, RestartPolicy, Stream};
+use berth_agent::{AgentEvent, ExitStatus, RestartPolicy, Stream};
 use berth_schemas::heartbeat::Heartbeat;
 use berth_tests::agent::{busybox_image, collect_logs, default_config, processes_of, spec, Node};
 use futures::StreamExt;
@@ -88,13 +89,7 @@ async fn command_replaces_cmd_keeps_entrypoint_env_workdir_user() {
     s.env.insert("SERVICE_VAR".into(), "svc value".into());
     s.env.insert("SHARED".into(), "service".into());
     s.port = Some(12345);
-    let mut sub = node.logs(&s).await;
-    let out = node
-        .agent
-        .run_once(s.clone(), Duration::from_secs(10))
-        .await
-        .unwrap();
-    assert_eq!(out, OneOffOutcome::Exited(ExitStatus::Code(0)));
+    let mut sub = node.run_once_ok(&s).await;
     let lines: Vec<String> = collect_logs(&mut sub, Duration::from_secs(2), |l| l.line == "hello")
         .await
         .into_iter()
@@ -124,13 +119,7 @@ async fn command_replaces_cmd_keeps_entrypoint_env_workdir_user() {
     // Without a custom command: Entrypoint + Cmd.
     let mut s2 = spec(&image, "");
     s2.command = None;
-    let mut sub = node.logs(&s2).await;
-    let out = node
-        .agent
-        .run_once(s2, Duration::from_secs(10))
-        .await
-        .unwrap();
-    assert_eq!(out, OneOffOutcome::Exited(ExitStatus::Code(0)));
+    let mut sub = node.run_once_ok(&s2).await;
     let lines = collect_logs(&mut sub, Duration::from_secs(2), |l| l.line == "from-cmd").await;
     assert_eq!(lines.last().map(|l| l.line.as_str()), Some("from-cmd"));
 }
@@ -217,4 +206,34 @@ async fn start_latency_from_cached_image_and_heartbeats() {
         agent::mounts_under(node.dir.path()).is_empty(),
         "rootfs mounts left"
     );
+}
+
+#[tokio::test]
+async fn long_lines_arrive_whole_in_messages_the_logs_stream_accepts() {
+    let node = Node::start().await;
+    let image = node.image(&busybox_image(default_config())).await;
+    // 20,000 control characters: six bytes each once escaped as JSON.
+    let s = spec(
+        &image,
+        r#"sh -c 'printf "\001%.0s" $(seq 1 20000); echo; echo short'"#,
+    );
+    let mut sub = node.run_once_ok(&s).await;
+    let mut long = String::new();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .expect("the output within 5 s")
+            .unwrap();
+        assert!(
+            m.payload.len() <= berth_schemas::logs::MAX_LOG_MESSAGE,
+            "a message of {} bytes",
+            m.payload.len()
+        );
+        let line: berth_agent::LogLine = serde_json::from_slice(&m.payload).unwrap();
+        if line.line == "short" {
+            break;
+        }
+        long.push_str(&line.line);
+    }
+    assert_eq!(long, "\u{1}".repeat(20_000), "nothing lost or added");
 }

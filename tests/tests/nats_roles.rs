@@ -1,6 +1,7 @@
 //! The NATS users berth generates, on a real nats-server of each version the
-//! suite uses: an anonymous client is refused, each role can do its job, and
-//! each forbidden action is refused by the server (a permissions violation
+//! suite uses: an anonymous client is refused, each role can do its job
+//! (a node's log lines are kept and read by the control plane), and each
+//! forbidden action is refused by the server (a permissions violation
 //! reported to the client) with no effect.
 
 use std::sync::{Arc, Mutex};
@@ -10,7 +11,8 @@ use async_nats::jetstream;
 use berth_eventlog::{EventStore, NewEvent, StoreConfig, Version};
 use berth_runtime::nats_auth::{authorization_block, Creds, Role};
 use berth_schemas::events::{ApiKeyCreated, InstanceCountChanged};
-use berth_schemas::ids::{ApiKeyId, IntegrationId, NodeId, OwnerId, ServiceId, UserId};
+use berth_schemas::ids::{ApiKeyId, InstanceId, IntegrationId, NodeId, OwnerId, ServiceId, UserId};
+use berth_schemas::logs::{LogLine, Stream as LogStream};
 use berth_schemas::subjects::CommandKind;
 use berth_schemas::{Actor, AggregateId, Subjects};
 use berth_tests::{NatsServer, NatsVersion};
@@ -154,6 +156,10 @@ async fn scenario(version: NatsVersion) {
     // The control plane provisions and uses the log, queues and snapshots.
     let control = i.client(&i.control).await;
     let store = i.store(&control).await;
+    store
+        .provision_logs(&berth_eventlog::logs::LogLimits::default())
+        .await
+        .expect("the control plane provisions the logs stream");
     let service = ServiceId::generate();
     let node_a = node_of(&i.node_a);
     let node_b = node_of(&i.node_b);
@@ -254,7 +260,11 @@ async fn scenario(version: NatsVersion) {
     drop(live);
     node.refused(&format!("{}.work.>", i.subjects.prefix()))
         .await;
-    for stream in [i.subjects.events_stream(), i.subjects.work_stream()] {
+    for stream in [
+        i.subjects.events_stream(),
+        i.subjects.work_stream(),
+        i.subjects.logs_stream(),
+    ] {
         assert!(node.js().delete_stream(&stream).await.is_err());
         node.refused(&format!("STREAM.DELETE.{stream}")).await;
         let purge = node
@@ -274,8 +284,70 @@ async fn scenario(version: NatsVersion) {
     node.refused(&i.subjects.command(&i.owner_a, CommandKind::Scale))
         .await;
 
+    // Instance logs: a node publishes its lines on core NATS, the control
+    // plane keeps and reads them; the node cannot read them back (nor
+    // purge or delete them: above).
+    let line = LogLine {
+        service: service.clone(),
+        instance: InstanceId::generate(),
+        stream: LogStream::Stdout,
+        line: "hello from a node".into(),
+        time: chrono::Utc::now(),
+    };
+    node.nats
+        .publish(
+            i.subjects.logs(&service),
+            serde_json::to_vec(&line).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    node.nats.flush().await.unwrap();
+    let kept = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let lines = berth_tests::eventlog::kept_logs(&store, &service)
+                .await
+                .expect("the control plane reads the logs stream");
+            if !lines.is_empty() {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the node's line kept");
+    assert_eq!(kept, vec![line]);
+    let logs = i.subjects.logs_stream();
+    let reader = node
+        .js()
+        .create_consumer_on_stream(
+            jetstream::consumer::pull::Config {
+                filter_subject: i.subjects.logs(&service),
+                ..Default::default()
+            },
+            logs.clone(),
+        )
+        .await;
+    assert!(reader.is_err(), "a node read the kept logs");
+    node.refused(&format!("CONSUMER.CREATE.{logs}")).await;
+    let get = node
+        .js()
+        .get_stream_no_info(logs.clone())
+        .await
+        .unwrap()
+        .get_raw_message(1)
+        .await;
+    assert!(get.is_err(), "a node read the kept logs by sequence");
+    node.refused(&format!("STREAM.MSG.GET.{logs}")).await;
+    let live = node.nats.subscribe(i.subjects.logs_all()).await;
+    drop(live);
+    node.refused(&i.subjects.logs_all()).await;
+
     // The control plane may not delete or purge streams either.
-    for stream in [i.subjects.events_stream(), i.subjects.work_stream()] {
+    for stream in [
+        i.subjects.events_stream(),
+        i.subjects.work_stream(),
+        i.subjects.logs_stream(),
+    ] {
         assert!(control.js().delete_stream(&stream).await.is_err());
         control.refused(&format!("STREAM.DELETE.{stream}")).await;
         let purge = control
@@ -298,6 +370,12 @@ async fn scenario(version: NatsVersion) {
         .await
         .unwrap();
     assert_eq!(events.info().await.unwrap().state.messages, 1);
+    let mut kept_logs = control
+        .js()
+        .get_stream(i.subjects.logs_stream())
+        .await
+        .unwrap();
+    assert_eq!(kept_logs.info().await.unwrap().state.messages, 1);
 
     // An integration: its owner's commands and events, nothing else.
     let integration = i.client(&i.integration).await;
@@ -372,13 +450,17 @@ async fn scenario(version: NatsVersion) {
     drop(replies);
     integration.refused("_INBOX.>").await;
 
-    // The operator reads logs; it publishes nothing.
+    // The operator reads service events (pull progress); it publishes
+    // nothing, and reads logs only through the API, owner-scoped.
     let operator = i.client(&i.operator).await;
-    let _logs = operator
+    let _events = operator
         .nats
-        .subscribe(format!("{}.logs.*.*", i.subjects.prefix()))
+        .subscribe(i.subjects.aggregate_kind("service"))
         .await
         .unwrap();
+    let live_logs = operator.nats.subscribe(i.subjects.logs_all()).await;
+    drop(live_logs);
+    operator.refused(&i.subjects.logs_all()).await;
     operator
         .nats
         .publish(

@@ -133,7 +133,7 @@ async fn run_instance_pulls_starts_logs_is_idempotent_and_stops() {
     spec.env = seal.seal_env(&spec.service, &spec.instance, &env).unwrap();
     let mut logs = w
         .client
-        .subscribe(w.store.subjects().logs(&spec.service, &spec.instance))
+        .subscribe(w.store.subjects().logs(&spec.service))
         .await
         .unwrap();
     let mut usage = w
@@ -380,7 +380,7 @@ async fn crashes_are_recorded_as_exited_and_restarted_one_offs_run_once() {
     .await;
     let mut logs = w
         .client
-        .subscribe(w.store.subjects().logs(&once.service, &once.instance))
+        .subscribe(w.store.subjects().logs(&once.service))
         .await
         .unwrap();
     w.client.flush().await.unwrap();

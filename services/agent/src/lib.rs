@@ -18,7 +18,7 @@
 //! - [`runtime`]: the narrow [`Runtime`] trait (create, start, kill,
 //!   delete, state, list) with [`ContainerStatus`] guards, and [`Runc`].
 //! - [`logs`]: stdout/stderr through FIFOs, line by line onto
-//!   `subjects.logs(service, instance)`.
+//!   `subjects.logs(service)` (the control plane keeps them).
 //! - [`Agent`]: instances (restarted after crashes with backoff, or in
 //!   place on request when they fail their health checks), stop
 //!   (SIGTERM, SIGKILL after the delay), one-off runs with a timeout,

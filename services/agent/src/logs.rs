@@ -1,4 +1,4 @@
-//! Container output → the logs subject, line by line.
+//! Container output → the service's logs subject, line by line.
 //!
 //! Each instance has two FIFOs (stdout, stderr). The container's fd 1/2
 //! are the FIFO opened *read-write*: a write never fails with EPIPE while
@@ -12,50 +12,19 @@ use std::fs::{File, OpenOptions};
 use std::path::Path;
 
 use berth_schemas::ids::{InstanceId, ServiceId};
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use berth_schemas::logs::{pieces, MAX_LOG_MESSAGE};
+pub use berth_schemas::logs::{LogLine, Stream};
+use chrono::Utc;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
 use crate::error::{agent_io, AgentError};
 
-/// Longest line published as one message; longer output is split.
+/// Longest run of output without a newline held before it is published
+/// (as several messages, each within the logs stream's
+/// [`MAX_LOG_MESSAGE`]): a process writing no newline cannot make the
+/// agent buffer without end.
 pub const MAX_LINE: usize = 16 * 1024;
-
-/// Which stream a line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Stream {
-    /// fd 1.
-    Stdout,
-    /// fd 2.
-    Stderr,
-}
-
-impl Stream {
-    /// The FIFO's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-        }
-    }
-}
-
-/// One published log line (JSON on `subjects.logs(service, instance)`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogLine {
-    /// Service.
-    pub service: ServiceId,
-    /// Instance.
-    pub instance: InstanceId,
-    /// stdout or stderr.
-    pub stream: Stream,
-    /// The line without its newline (invalid UTF-8 replaced).
-    pub line: String,
-    /// When the agent read it.
-    pub time: DateTime<Utc>,
-}
 
 /// Make the FIFO at `path` if it is not there.
 pub fn ensure_fifo(path: &Path) -> Result<(), AgentError> {
@@ -88,7 +57,7 @@ pub fn open_reader(path: &Path) -> Result<pipe::Receiver, AgentError> {
 pub struct LogSink {
     /// NATS client.
     pub client: async_nats::Client,
-    /// `subjects.logs(service, instance)`.
+    /// `subjects.logs(service)`.
     pub subject: String,
     /// Service.
     pub service: ServiceId,
@@ -97,25 +66,36 @@ pub struct LogSink {
 }
 
 impl LogSink {
+    /// Publishes one line, cut into as many messages as it takes to keep
+    /// each within [`MAX_LOG_MESSAGE`] once encoded: the logs stream
+    /// refuses larger ones.
     async fn publish(&self, stream: Stream, bytes: &[u8]) {
-        let line = LogLine {
+        let text = String::from_utf8_lossy(bytes);
+        let mut line = LogLine {
             service: self.service.clone(),
             instance: self.instance.clone(),
             stream,
-            line: String::from_utf8_lossy(bytes).into_owned(),
+            line: String::new(),
             time: Utc::now(),
         };
-        let Ok(payload) = serde_json::to_vec(&line) else {
+        let Ok(envelope) = serde_json::to_vec(&line) else {
             return;
         };
-        // Core NATS: logs are best effort; a slow or absent reader must
-        // never stall the container.
-        if let Err(e) = self
-            .client
-            .publish(self.subject.clone(), payload.into())
-            .await
-        {
-            tracing::debug!(instance = %self.instance, error = %e, "log line not published");
+        let budget = MAX_LOG_MESSAGE.saturating_sub(envelope.len());
+        for piece in pieces(&text, budget) {
+            piece.clone_into(&mut line.line);
+            let Ok(payload) = serde_json::to_vec(&line) else {
+                return;
+            };
+            // Core NATS: logs are best effort; a slow or absent reader must
+            // never stall the container.
+            if let Err(e) = self
+                .client
+                .publish(self.subject.clone(), payload.into())
+                .await
+            {
+                tracing::debug!(instance = %self.instance, error = %e, "log line not published");
+            }
         }
     }
 }

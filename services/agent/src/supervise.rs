@@ -67,7 +67,7 @@ impl Running {
 fn sink(inner: &Inner, spec: &InstanceSpec) -> LogSink {
     LogSink {
         client: inner.client.clone(),
-        subject: inner.subjects.logs(&spec.service, &spec.instance),
+        subject: inner.subjects.logs(&spec.service),
         service: spec.service.clone(),
         instance: spec.instance.clone(),
     }

@@ -10,6 +10,8 @@
 //!   owner isolation: another owner's resource is 404), the deploy hook
 //!   under `/deploy/srv-…` and the OpenAPI document;
 //! - [`hooks`]: deploy hooks, answered 200 only once the deploy is durable;
+//! - `GET /v1/logs`: the kept output of the caller's services, from the
+//!   logs stream this component provisions (`berth_eventlog::logs`);
 //! - [`bus`]: `scale` / `restart` / `deploy` commands on the bus, validated
 //!   by the same functions as the API, answered with errors as data;
 //! - [`bootstrap`]: the first owner and API key of a fresh installation;
@@ -35,6 +37,7 @@ use std::time::Duration;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit};
 use axum::Router;
+use berth_eventlog::logs::LogLimits;
 use berth_eventlog::EventStore;
 use berth_ingress::{IngressError, IngressOptions};
 use berth_runtime::{BoxError, Component, ComponentContext, SecretKey};
@@ -89,6 +92,19 @@ pub struct ApiArgs {
     /// dropped first when full).
     #[arg(long, env = "BERTH_API_METRICS_MAX_BYTES", default_value_t = 1 << 30)]
     pub api_metrics_max_bytes: i64,
+    /// Hours instance log lines are kept.
+    #[arg(long, env = "BERTH_API_LOGS_MAX_AGE_HOURS", default_value_t = 168)]
+    pub api_logs_max_age_hours: u64,
+    /// MiB of log lines kept per service, counted in lines of the largest
+    /// size (16 KiB): the default keeps each service's newest 16,384 lines
+    /// (see docs/logs.md).
+    #[arg(long, env = "BERTH_API_LOGS_MIB_PER_SERVICE", default_value_t = 256)]
+    pub api_logs_mib_per_service: u64,
+    /// MiB of log lines kept in all, on each server holding a replica; the
+    /// oldest lines of any service go first. 0: no bound but the
+    /// per-service ones.
+    #[arg(long, env = "BERTH_API_LOGS_MAX_MIB", default_value_t = 10240)]
+    pub api_logs_max_mib: u64,
 }
 
 impl ApiArgs {
@@ -119,6 +135,15 @@ impl ApiArgs {
         }
         if self.api_metrics_max_bytes < 1 << 20 {
             problems.push("BERTH_API_METRICS_MAX_BYTES must be at least 1 MiB".to_owned());
+        }
+        if !(1..=87_600).contains(&self.api_logs_max_age_hours) {
+            problems.push("BERTH_API_LOGS_MAX_AGE_HOURS must be 1–87600".to_owned());
+        }
+        if !(1..=1 << 20).contains(&self.api_logs_mib_per_service) {
+            problems.push("BERTH_API_LOGS_MIB_PER_SERVICE must be 1–1048576".to_owned());
+        }
+        if self.api_logs_max_mib > 1 << 30 {
+            problems.push("BERTH_API_LOGS_MAX_MIB must be 0–1073741824".to_owned());
         }
         if let Some(u) = &self.api_services_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
@@ -161,6 +186,15 @@ impl ApiArgs {
     /// How long a client may take to send a request's headers.
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_secs(self.api_header_read_timeout_secs)
+    }
+
+    /// What the logs stream keeps.
+    pub fn log_limits(&self) -> LogLimits {
+        LogLimits {
+            max_age: Duration::from_secs(self.api_logs_max_age_hours * 3600),
+            bytes_per_service: self.api_logs_mib_per_service << 20,
+            max_bytes: (self.api_logs_max_mib > 0).then_some(self.api_logs_max_mib << 20),
+        }
     }
 
     /// The application layer's options.
@@ -233,6 +267,9 @@ pub enum ApiStartError {
     /// The bus command subscription failed.
     #[error("bus commands: {0}")]
     Bus(String),
+    /// The logs stream could not be provisioned.
+    #[error("logs stream: {0}")]
+    Logs(#[from] berth_eventlog::StoreError),
 }
 
 /// The `api` component: HTTP API, deploy hooks, bus commands.
@@ -256,6 +293,14 @@ impl Api {
         tracker: TaskTracker,
         ready: Option<berth_runtime::ReadyFlag>,
     ) -> Result<(), ApiStartError> {
+        let logs = self.args.log_limits();
+        self.store.provision_logs(&logs).await?;
+        tracing::info!(
+            max_age_hours = self.args.api_logs_max_age_hours,
+            lines_per_service = logs.lines_per_service(),
+            max_mib = self.args.api_logs_max_mib,
+            "instance logs kept"
+        );
         let state = AppState::start(
             self.store.clone(),
             self.key.clone(),

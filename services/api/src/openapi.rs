@@ -23,7 +23,7 @@ use crate::app::{AppState, Authed, ClientAddr, JsonBody};
 use crate::error::ApiError;
 use crate::hooks;
 use crate::query::Listing;
-use crate::routes::{deploys, env_vars, events, metrics, notifications, owner, services};
+use crate::routes::{deploys, env_vars, events, logs, metrics, notifications, owner, services};
 
 /// One route of the API.
 #[derive(Debug, Clone, Copy)]
@@ -298,6 +298,9 @@ routes! {
         "Requests per point, by status class", 200;
     get "/v1/metrics/http-latency" => metrics::http_latency,
         "Request latency quantile (ms)", 200;
+    get "/v1/logs" => logs::list,
+        "List the kept log lines of your services, paged by time (Render's request-log filters \
+         host, statusCode, method, path, task, taskRun and sandbox are accepted and not applied)", 200;
     get "/v1/services/{serviceId}/instances" => services::instances,
         "List the service's instances", 200;
     get "/v1/services/{serviceId}/env-vars" => env_vars::list,

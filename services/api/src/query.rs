@@ -4,8 +4,9 @@
 //! are accepted and ignored rather than refused.
 //!
 //! [`Listing`] extracts a query type whose fields read their values with
-//! [`one`] (the last value given) or [`many`] (every value, comma lists
-//! split); anything the type does not name is ignored.
+//! [`one`] (the last value given), [`many`] (every value, comma lists
+//! split) or [`every`] (every value, commas kept: free text); anything the
+//! type does not name is ignored.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -63,6 +64,15 @@ pub fn many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
         .map(str::trim)
         .filter(|v| !v.is_empty())
         .map(str::to_owned)
+        .collect())
+}
+
+/// Every value given for a free-text list parameter, as given: a comma is
+/// part of the text, not a separator. Empty values dropped.
+pub fn every<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Vec::<String>::deserialize(d)?
+        .into_iter()
+        .filter(|v| !v.is_empty())
         .collect())
 }
 

@@ -203,7 +203,11 @@ async fn first_start_writes_credentials_that_work() {
         serde_json::from_slice(&std::fs::read(&b.path).unwrap()).unwrap();
     assert_eq!(
         (&still["ownerId"], &still["apiKey"], &still["apiUrl"]),
-        (&creds["ownerId"], &creds["apiKey"], &serde_json::json!("http://x"))
+        (
+            &creds["ownerId"],
+            &creds["apiKey"],
+            &serde_json::json!("http://x")
+        )
     );
     let mode = std::fs::metadata(&b.path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "rewritten, still the operator's only");

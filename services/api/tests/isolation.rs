@@ -108,6 +108,15 @@ fn body_for(r: &Route, dep: &str) -> Option<Value> {
     }
 }
 
+/// The query of a listing that must name a resource (Render's `/v1/logs`),
+/// naming Alice's service; `None` for a listing that names nothing.
+fn names_a_resource(path: &str, svc: &str) -> Option<String> {
+    match path {
+        "/v1/logs" => Some(format!("resource={svc}")),
+        _ => None,
+    }
+}
+
 /// Every route of the table (so a new route cannot skip this), called by
 /// Bob naming Alice's service, deploy, credential, API key, integration and
 /// owner: each is 404 and changes nothing; Bob's lists show none of
@@ -143,6 +152,17 @@ async fn one_owner_never_sees_another_owners_resources() {
     let event = events[0]["event"]["id"].as_str().unwrap().to_owned();
     let (s, v) = app.get(&format!("/v1/events/{event}"), &alice).await;
     assert_eq!(s, StatusCode::OK, "Alice finds her own event: {v}");
+    // Her service has written a line, which Alice reads.
+    app.log_line(
+        &svc,
+        &berth_schemas::ids::InstanceId::generate(),
+        berth_schemas::logs::Stream::Stdout,
+        "mine: a line only Alice reads",
+    )
+    .await;
+    let (s, v) = app.get(&format!("/v1/logs?resource={svc}"), &alice).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["logs"][0]["message"], "mine: a line only Alice reads");
     let alices_ids = [&svc, &dep, &cred, &api_key, &integration, &owner, &event];
     // Bob's calls name Alice's service, owner (her keys and integrations)
     // and credential: none of the three may change.
@@ -170,8 +190,15 @@ async fn one_owner_never_sees_another_owners_resources() {
         if !r.path.contains('{') {
             // A collection: Bob's list holds nothing of Alice's, and a
             // create naming Alice as its owner finds no such owner. A
-            // create without an owner field names nothing of hers.
-            if method == Method::GET {
+            // create without an owner field names nothing of hers. A
+            // listing that must name a resource names hers: not found.
+            if let Some(q) = names_a_resource(r.path, &svc) {
+                let path = format!("{}?{q}", r.path);
+                let (s, v) = app.call(method, &path, Some(&bob.key), None).await;
+                assert_eq!(s, StatusCode::NOT_FOUND, "GET {path}: {v}");
+                assert!(!v.to_string().contains("mine"), "GET {path} leaked: {v}");
+                named += 1;
+            } else if method == Method::GET {
                 let (s, v) = app.call(method, r.path, Some(&bob.key), None).await;
                 assert_eq!(s, StatusCode::OK, "GET {}: {v}", r.path);
                 for id in alices_ids {

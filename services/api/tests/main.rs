@@ -15,6 +15,7 @@ mod history;
 mod hooks;
 mod isolation;
 mod listing;
+mod logs;
 mod metrics;
 mod notifications;
 mod rename;

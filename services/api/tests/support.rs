@@ -76,6 +76,11 @@ impl App {
         let nats = NatsServer::start(NatsVersion::Modern).unwrap();
         let client = nats.connect().await.unwrap();
         let store = open_store(&client, 1).await.unwrap();
+        // What the API component provisions at start.
+        store
+            .provision_logs(&berth_eventlog::logs::LogLimits::default())
+            .await
+            .unwrap();
         let key = SecretKey::from_base64(&SecretKey::generate_base64()).unwrap();
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -337,6 +342,37 @@ impl App {
             .await
             .unwrap();
         (*state).clone()
+    }
+
+    /// Keeps one log line of `service`'s `instance` as a node's agent
+    /// publishes it (on the service's logs subject), waiting until the
+    /// logs stream has it; its stream sequence.
+    pub async fn log_line(
+        &self,
+        service: &str,
+        instance: &berth_schemas::ids::InstanceId,
+        stream: berth_schemas::logs::Stream,
+        text: &str,
+    ) -> u64 {
+        let service: berth_schemas::ids::ServiceId = service.parse().unwrap();
+        let line = berth_schemas::logs::LogLine {
+            service: service.clone(),
+            instance: instance.clone(),
+            stream,
+            line: text.to_owned(),
+            time: chrono::Utc::now(),
+        };
+        self.store
+            .jetstream()
+            .publish(
+                self.store.subjects().logs(&service),
+                serde_json::to_vec(&line).unwrap().into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .sequence
     }
 
     /// The last sequence of the event stream.

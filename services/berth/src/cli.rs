@@ -43,7 +43,7 @@ pub enum NatsCommand {
     /// Write credentials for a role (kept if FILE already holds that role's).
     Creds {
         /// `control` (every control-plane component), `node` (one per
-        /// node: bound to its id) or `operator` (the CLI's logs).
+        /// node: bound to its id) or `operator` (the CLI's pull progress).
         role: String,
         /// Where to write them (mode 0600).
         #[arg(long, short)]

@@ -3,6 +3,7 @@
 
 mod cli;
 mod cli_lifecycle;
+mod cli_logs;
 mod cli_support;
 mod crash;
 mod deploy_config;

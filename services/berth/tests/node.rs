@@ -153,7 +153,7 @@ async fn kill_9_then_restart_adopts_the_instance_with_no_orphans() {
         shutdown_delay_secs: 2,
     };
     let mut logs = client
-        .subscribe(subjects.logs(&spec.service, &spec.instance))
+        .subscribe(subjects.logs(&spec.service))
         .await
         .unwrap();
     client.flush().await.unwrap();

@@ -14,6 +14,9 @@
 //!   state (only new events folded, never the history again), stamped and
 //!   appended, decided again on conflicts; [`EventStore::execute_batch`]
 //!   decides many calls into one commit on the same path;
+//! - [`logs`] keeps instance output: the logs stream, provisioned by the
+//!   control plane ([`EventStore::provision_logs`]) and read one service
+//!   at a time ([`EventStore::read_logs`]);
 //! - [`projection`] rebuilds read models from a snapshot plus the tail of the
 //!   log and follows it live;
 //! - [`worker`] runs durable pull consumers on the work stream (or, filtered,
@@ -34,6 +37,7 @@ mod durable;
 mod error;
 mod folded;
 mod log;
+pub mod logs;
 pub mod projection;
 mod snapshots;
 mod store;

@@ -3,15 +3,17 @@
 //!
 //! Roles (see docs/integration.md, "Roles and permissions"):
 //! - **control**: the control-plane components (api, resolver, scheduler,
-//!   cron, notifier, router, projector). The event log, work and dead-letter
-//!   streams and the snapshot bucket of its prefix, by name; never deletes or
-//!   purges a stream.
+//!   cron, notifier, router, projector). The event log, work, dead-letter
+//!   and logs streams and the snapshot bucket of its prefix, by name; never
+//!   deletes or purges a stream.
 //! - **node** (one user per node): appends facts to service aggregates and
 //!   its own node aggregate, reads the log, takes work from its own queue
-//!   through its own durable consumer only, heart-beats, ships logs. Cannot
-//!   append owner, API key or credential events, read another node's work,
+//!   through its own durable consumer only, heart-beats, publishes its
+//!   instances' log lines (core NATS). Cannot append owner, API key or
+//!   credential events, read another node's work, read the kept logs,
 //!   create, delete or purge streams.
-//! - **operator** (the CLI): reads live logs and service events.
+//! - **operator** (the CLI): reads service events (a deploy's pull
+//!   progress). Instance logs are read through the API, owner-scoped.
 //! - **integration** (one user per integration, bound to one owner): sends
 //!   `scale`, `restart` and `deploy` commands for that owner and reads that
 //!   owner's service events; nothing else.
@@ -355,6 +357,7 @@ impl Permissions {
                     subjects.dead_letter_stream(),
                     subjects.work_advisory_stream(),
                     subjects.snapshot_stream(),
+                    subjects.logs_stream(),
                     subjects.metrics_stream(),
                 ];
                 let mut publish = vec![
@@ -421,7 +424,7 @@ impl Permissions {
                     format!("{p}.evt.service.*"),
                     format!("{p}.evt.node.{node}"),
                     subjects.heartbeat(),
-                    format!("{p}.logs.*.*"),
+                    subjects.logs_all(),
                     // Its own resource samples, of any service it runs.
                     format!("{p}.metrics.usage.*.{node}"),
                     subjects.dead_letter(&consumer),
@@ -456,11 +459,7 @@ impl Permissions {
             }
             Role::Operator => Permissions {
                 publish: vec![],
-                subscribe: vec![
-                    format!("{p}.logs.*.*"),
-                    format!("{p}.evt.service.*"),
-                    inbox_sub,
-                ],
+                subscribe: vec![format!("{p}.evt.service.*"), inbox_sub],
                 allow_responses: false,
             },
             Role::Integration { owner, .. } => Permissions {

@@ -3,6 +3,7 @@
 pub mod deploys;
 pub mod env_vars;
 pub mod events;
+pub mod logs;
 pub mod metrics;
 pub mod notifications;
 pub mod owner;

@@ -51,9 +51,9 @@ pub struct ClientOpts {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// The installation's NATS server, for `service logs` and the pull
-    /// progress `service deploy` shows (optional there: without it the
-    /// deploy is followed through the API alone).
+    /// The installation's NATS server, for the pull progress `service
+    /// deploy` shows (optional: without it the deploy is followed through
+    /// the API alone).
     #[arg(
         long,
         env = "BERTH_NATS_URL",
@@ -62,8 +62,8 @@ pub struct ClientOpts {
     )]
     pub nats_url: String,
 
-    /// NATS credentials for `service logs` and pull progress [default:
-    /// the operator credentials `berth up` keeps in its data dir].
+    /// NATS credentials for pull progress [default: the operator
+    /// credentials `berth up` keeps in its data dir].
     #[arg(long, env = "BERTH_NATS_CREDS", global = true)]
     pub nats_creds: Option<PathBuf>,
 

@@ -117,11 +117,12 @@ pub enum ServiceCommand {
         #[arg(long)]
         until: Option<String>,
     },
-    /// Instance logs (live only: berth keeps no log history).
+    /// Instance logs: the last lines kept (100 unless --tail or --since
+    /// say otherwise), oldest first; with -f, then new lines as they come.
     ///
-    /// Lines are read from NATS as instances write them; nothing written
-    /// before the command started is shown. Without -f this prints what
-    /// arrives during --for seconds and exits.
+    /// Lines are kept for a while (7 days and a number of lines per
+    /// service by default: see docs/logs.md) after the instance that
+    /// wrote them has gone.
     Logs(logs::LogsArgs),
 }
 
@@ -243,7 +244,7 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
         } => events(&api, &service, types, limit, [since, until]).await,
         ServiceCommand::Logs(a) => {
             let id = resolve(&api, &a.service).await?;
-            logs::run(&id, a, &args.opts).await
+            logs::run(&api, &id, a).await
         }
     }
 }

@@ -1,0 +1,442 @@
+//! `GET /v1/logs`: the kept output of the caller's services, in Render's
+//! shape (`{hasMore, nextStartTime, nextEndTime, logs: [{id, message,
+//! timestamp, labels}]}`), paged by time as Render pages it: the next page
+//! is asked for with `startTime=nextStartTime&endTime=nextEndTime`.
+//!
+//! A window is `[startTime, endTime)` at microseconds (what Render's
+//! clients keep of a timestamp). A page never splits lines of one
+//! microsecond, so the next window neither repeats nor skips a line; it may
+//! hold a few lines more than `limit` when they share the last one's time.
+//!
+//! Every service named must be one of the caller's: another owner's
+//! service is not found, like one that does not exist. Each line is
+//! returned as JSON string data, never interpreted. Filters berth has no
+//! data for (Render's request-log `host`, `statusCode`, `method`, `path`,
+//! task and sandbox filters) are accepted and not applied.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::ops::ControlFlow;
+
+use axum::extract::State;
+use axum::Json;
+use berth_eventlog::logs::KeptLine;
+use berth_ingress::IngressError;
+use berth_schemas::ids::ServiceId;
+use berth_schemas::logs::Stream;
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::owner_matches;
+use super::services::service_id;
+use crate::app::{self, AppState, Authed};
+use crate::error::ApiError;
+use crate::query::{self, Listing};
+
+/// Most services one request may name.
+const MAX_RESOURCES: usize = 20;
+
+/// The window when none is given ends now and starts an hour before
+/// (Render's defaults).
+const DEFAULT_WINDOW: TimeDelta = TimeDelta::hours(1);
+
+/// Query of `GET /v1/logs`.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogsQuery {
+    /// Must be the caller's own (any other owner is not found).
+    #[serde(default, deserialize_with = "query::one")]
+    pub owner_id: Option<String>,
+    /// Service ids (repeated or comma-separated): at least one, at most 20.
+    #[serde(default, deserialize_with = "query::many")]
+    pub resource: Vec<String>,
+    /// Only these instances (`ins-…`).
+    #[serde(default, deserialize_with = "query::many")]
+    pub instance: Vec<String>,
+    /// Start of the window, included: RFC 3339 or Unix seconds (default an
+    /// hour before `endTime`).
+    #[serde(default, deserialize_with = "query::one")]
+    pub start_time: Option<String>,
+    /// End of the window, excluded: RFC 3339 or Unix seconds (default now).
+    #[serde(default, deserialize_with = "query::one")]
+    pub end_time: Option<String>,
+    /// `backward` (default: the newest lines first) or `forward` (the
+    /// oldest first).
+    #[serde(default, deserialize_with = "query::one")]
+    pub direction: Option<String>,
+    /// Only lines containing each of these texts (case-sensitive).
+    #[serde(default, deserialize_with = "query::every")]
+    pub text: Vec<String>,
+    /// Only these levels: `info` (stdout) or `error` (stderr).
+    #[serde(default, deserialize_with = "query::many")]
+    pub level: Vec<String>,
+    /// Only these types; instance output is `app`.
+    #[serde(default, deserialize_with = "query::many", rename = "type")]
+    pub types: Vec<String>,
+    /// 1 to 100 (default 20).
+    #[serde(default, deserialize_with = "query::one")]
+    pub limit: Option<String>,
+}
+
+/// One page of log lines.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogsPage {
+    /// More lines match in the window beyond this page.
+    pub has_more: bool,
+    /// `startTime` of the next page.
+    pub next_start_time: DateTime<Utc>,
+    /// `endTime` of the next page.
+    pub next_end_time: DateTime<Utc>,
+    /// In the page's direction: newest first for `backward`.
+    pub logs: Vec<LogEntry>,
+}
+
+/// One line.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct LogEntry {
+    /// Unique among the kept lines.
+    pub id: String,
+    /// The line as the instance wrote it (without its newline).
+    pub message: String,
+    /// When it was kept, to the microsecond.
+    pub timestamp: DateTime<Utc>,
+    /// `resource` (the service), `instance`, `type` and `level`.
+    pub labels: Vec<LogLabel>,
+}
+
+/// A label of a line.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct LogLabel {
+    pub name: LabelName,
+    pub value: String,
+}
+
+/// The labels berth gives (Render's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum LabelName {
+    Resource,
+    Instance,
+    Type,
+    Level,
+}
+
+/// Which end of the window a page starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Forward,
+    Backward,
+}
+
+/// `t` cut to the microsecond.
+fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}
+
+/// A time parameter: RFC 3339 (as Render's clients send it) or Unix
+/// seconds (as Render documents it), cut to the microsecond.
+fn time(name: &str, given: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    let Some(given) = given.filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    let epoch = given.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if epoch {
+        let secs: f64 = given
+            .parse()
+            .map_err(|_| ApiError::field(name, "must be an RFC 3339 time or Unix seconds"))?;
+        // Whole microseconds: a float's further digits are noise.
+        let micros = (secs * 1e6).round();
+        return DateTime::from_timestamp_micros(micros as i64)
+            .filter(|_| micros.is_finite() && micros < 1e17)
+            .map(Some)
+            .ok_or_else(|| ApiError::field(name, "is out of range"));
+    }
+    Ok(query::time(name, Some(given))?.map(micros))
+}
+
+/// A line as a candidate for the page: its time to the microsecond.
+#[derive(Debug, Clone)]
+struct Candidate {
+    time: DateTime<Utc>,
+    kept: KeptLine,
+}
+
+/// Picks a page from lines offered oldest first: the first `limit` for
+/// `forward`, the last `limit` for `backward`, never cutting between two
+/// lines of the same microsecond (the page grows to hold them instead).
+#[derive(Debug)]
+struct Picker {
+    direction: Direction,
+    limit: usize,
+    lines: VecDeque<Candidate>,
+    /// Lines matched that the page left out.
+    more: bool,
+}
+
+impl Picker {
+    fn new(direction: Direction, limit: usize) -> Self {
+        Self {
+            direction,
+            limit: limit.max(1),
+            lines: VecDeque::new(),
+            more: false,
+        }
+    }
+
+    /// Offers the next matching line; breaks once a forward page is full
+    /// (nothing after it can enter).
+    fn offer(&mut self, c: Candidate) -> ControlFlow<()> {
+        match self.direction {
+            Direction::Forward => {
+                if self.lines.len() >= self.limit
+                    && self.lines.back().is_some_and(|last| last.time != c.time)
+                {
+                    self.more = true;
+                    return ControlFlow::Break(());
+                }
+                self.lines.push_back(c);
+            }
+            Direction::Backward => {
+                self.lines.push_back(c);
+                while self.lines.len() > self.limit {
+                    let oldest_kept = self.lines[self.lines.len() - self.limit].time;
+                    if self.lines.front().is_some_and(|f| f.time == oldest_kept) {
+                        break;
+                    }
+                    self.lines.pop_front();
+                    self.more = true;
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// What a line must be to be listed.
+#[derive(Debug)]
+struct Filter {
+    instances: BTreeSet<String>,
+    texts: Vec<String>,
+    levels: BTreeSet<String>,
+}
+
+impl Filter {
+    fn keeps(&self, k: &KeptLine) -> bool {
+        (self.instances.is_empty() || self.instances.contains(k.line.instance.as_str()))
+            && (self.levels.is_empty() || self.levels.contains(level(k.line.stream)))
+            && self.texts.iter().all(|t| k.line.line.contains(t.as_str()))
+    }
+}
+
+/// Render's level of a line: berth reads no levels out of messages, so
+/// the stream says it.
+fn level(s: Stream) -> &'static str {
+    match s {
+        Stream::Stdout => "info",
+        Stream::Stderr => "error",
+    }
+}
+
+fn entry(c: Candidate) -> LogEntry {
+    let label = |name, value: &str| LogLabel {
+        name,
+        value: value.to_owned(),
+    };
+    let l = &c.kept.line;
+    let labels = vec![
+        label(LabelName::Resource, l.service.as_str()),
+        label(LabelName::Instance, l.instance.as_str()),
+        label(LabelName::Type, "app"),
+        label(LabelName::Level, level(l.stream)),
+    ];
+    LogEntry {
+        id: c.kept.seq.to_string(),
+        message: c.kept.line.line,
+        timestamp: c.time,
+        labels,
+    }
+}
+
+/// The services named, each the caller's (404 otherwise, the same as for
+/// a service that does not exist).
+async fn services(
+    st: &AppState,
+    owner: &berth_schemas::ids::OwnerId,
+    given: &[String],
+) -> Result<Vec<ServiceId>, ApiError> {
+    if given.is_empty() {
+        return Err(ApiError::field("resource", "name at least one service id"));
+    }
+    if given.len() > MAX_RESOURCES {
+        return Err(ApiError::field(
+            "resource",
+            format!("at most {MAX_RESOURCES} services at once"),
+        ));
+    }
+    let ids = given
+        .iter()
+        .map(|s| service_id(s))
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    let all_owned = |st: &AppState| st.read(|i| ids.iter().all(|id| i.owns(owner, id)));
+    // A service created a moment ago may not be in the read model yet.
+    if !all_owned(st)? {
+        st.caught_up().await?;
+        if !all_owned(st)? {
+            return Err(ApiError::not_found("service"));
+        }
+    }
+    Ok(ids.into_iter().collect())
+}
+
+/// GET /v1/logs
+pub async fn list(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Listing(q): Listing<LogsQuery>,
+) -> Result<Json<LogsPage>, ApiError> {
+    let limit = app::limit(q.limit.as_deref())?.unwrap_or(20);
+    let direction = match q.direction.as_deref() {
+        None | Some("") | Some("backward") => Direction::Backward,
+        Some("forward") => Direction::Forward,
+        Some(_) => return Err(ApiError::field("direction", "must be backward or forward")),
+    };
+    let end = time("endTime", q.end_time.as_deref())?.unwrap_or_else(|| micros(Utc::now()));
+    let start = time("startTime", q.start_time.as_deref())?.unwrap_or(end - DEFAULT_WINDOW);
+    owner_matches(q.owner_id.as_deref(), caller.owner.as_str())?;
+    let ids = services(&st, &caller.owner, &q.resource).await?;
+    let filter = Filter {
+        instances: q.instance.into_iter().collect(),
+        texts: q.text,
+        levels: q.level.into_iter().collect(),
+    };
+    // Instance output is all `app`: asked for other types only, nothing.
+    let wanted = q.types.is_empty() || q.types.iter().any(|t| t == "app");
+    let mut picked = Picker::new(direction, limit);
+    if wanted {
+        let mut merged = Vec::new();
+        for id in &ids {
+            let mut one = Picker::new(direction, limit);
+            st.ingress
+                .store()
+                .read_logs(id, start, end, |kept| {
+                    if !filter.keeps(&kept) {
+                        return ControlFlow::Continue(());
+                    }
+                    one.offer(Candidate {
+                        time: micros(kept.time),
+                        kept,
+                    })
+                })
+                .await
+                .map_err(|e| ApiError::from(IngressError::Store(e.to_string())))?;
+            picked.more |= one.more;
+            merged.extend(one.lines);
+        }
+        merged.sort_by_key(|c| (c.time, c.kept.seq));
+        for c in merged {
+            if picked.offer(c).is_break() {
+                break;
+            }
+        }
+    }
+    let (next_start_time, next_end_time) = match direction {
+        Direction::Forward => (
+            picked
+                .lines
+                .back()
+                .map_or(start, |c| c.time + TimeDelta::microseconds(1)),
+            end,
+        ),
+        Direction::Backward => (start, picked.lines.front().map_or(end, |c| c.time)),
+    };
+    let mut logs: Vec<LogEntry> = picked.lines.into_iter().map(entry).collect();
+    if direction == Direction::Backward {
+        logs.reverse();
+    }
+    Ok(Json(LogsPage {
+        has_more: picked.more,
+        next_start_time,
+        next_end_time,
+        logs,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_schemas::ids::InstanceId;
+    use berth_schemas::logs::LogLine;
+
+    use super::*;
+
+    fn line(seq: u64, micros: i64) -> Candidate {
+        let time = DateTime::from_timestamp_micros(micros).unwrap_or_default();
+        Candidate {
+            time,
+            kept: KeptLine {
+                seq,
+                time,
+                line: LogLine {
+                    service: ServiceId::generate(),
+                    instance: InstanceId::generate(),
+                    stream: Stream::Stdout,
+                    line: format!("l{seq}"),
+                    time,
+                },
+            },
+        }
+    }
+
+    fn pick(direction: Direction, limit: usize, times: &[i64]) -> (Vec<u64>, bool) {
+        let mut p = Picker::new(direction, limit);
+        for (i, t) in times.iter().enumerate() {
+            if p.offer(line(i as u64, *t)).is_break() {
+                break;
+            }
+        }
+        (p.lines.iter().map(|c| c.kept.seq).collect(), p.more)
+    }
+
+    #[test]
+    fn forward_pages_take_the_oldest_and_never_split_a_microsecond() {
+        assert_eq!(pick(Direction::Forward, 2, &[1, 2, 3]), (vec![0, 1], true));
+        assert_eq!(pick(Direction::Forward, 2, &[1, 2]), (vec![0, 1], false));
+        assert_eq!(
+            pick(Direction::Forward, 2, &[1, 2, 2, 2, 3]),
+            (vec![0, 1, 2, 3], true)
+        );
+        assert_eq!(pick(Direction::Forward, 1, &[5, 5]), (vec![0, 1], false));
+    }
+
+    #[test]
+    fn backward_pages_take_the_newest_and_never_split_a_microsecond() {
+        assert_eq!(pick(Direction::Backward, 2, &[1, 2, 3]), (vec![1, 2], true));
+        assert_eq!(pick(Direction::Backward, 3, &[1, 2]), (vec![0, 1], false));
+        assert_eq!(
+            pick(Direction::Backward, 2, &[1, 2, 2, 2, 3]),
+            (vec![1, 2, 3, 4], true)
+        );
+        assert_eq!(pick(Direction::Backward, 1, &[4, 4]), (vec![0, 1], false));
+        assert_eq!(pick(Direction::Backward, 1, &[3, 4, 4]), (vec![1, 2], true));
+    }
+
+    #[test]
+    fn times_are_rfc_3339_or_unix_seconds_to_the_microsecond() {
+        let t = |s: &str| {
+            time("t", Some(s))
+                .ok()
+                .flatten()
+                .map(|t| t.timestamp_micros())
+        };
+        assert_eq!(t("1700000000"), Some(1_700_000_000_000_000));
+        assert_eq!(t("1700000000.25"), Some(1_700_000_000_250_000));
+        assert_eq!(
+            t("2023-11-14T22:13:20.000001999Z"),
+            Some(1_700_000_000_000_001)
+        );
+        assert_eq!(t("2023-11-14T22:13:20"), Some(1_700_000_000_000_000));
+        assert!(time("t", Some("yesterday")).is_err());
+        assert!(time("t", Some("1.2.3")).is_err());
+        assert!(time("t", Some("99999999999999999999")).is_err());
+        assert_eq!(time("t", None).ok().flatten(), None);
+    }
+}

@@ -1,0 +1,256 @@
+//! The logs stream: instance output kept for a while, so logs have history
+//! and not only a live tail (SPEC §12). Nodes publish each line on core
+//! NATS (`subjects.logs(service)`, [`LogLine`] as JSON); this stream
+//! captures those subjects. Nodes never write to it through JetStream, nor
+//! read it: only the control plane (the API) provisions and reads it.
+//!
+//! Its bounds, all enforced by the server:
+//! - age: a line older than [`LogLimits::max_age`] is dropped;
+//! - per service: one subject per service, at most
+//!   [`LogLimits::lines_per_service`] messages each, and no message larger
+//!   than [`MAX_LOG_MESSAGE`] (the stream refuses it), so a service holds
+//!   at most `lines_per_service × MAX_LOG_MESSAGE` bytes of payload —
+//!   whatever number of instances it went through;
+//! - in all: [`LogLimits::max_bytes`], the oldest lines of any service
+//!   going first.
+//!
+//! JetStream counts messages, not bytes, per subject: a service writing
+//! short lines keeps as many lines as one writing long ones, so it holds
+//! fewer bytes than its share.
+
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::stream;
+use berth_schemas::ids::ServiceId;
+use berth_schemas::logs::{LogLine, MAX_LOG_MESSAGE};
+use berth_schemas::Subjects;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+
+use crate::{EventStore, StoreError};
+
+/// How long a read may wait for the server's next message.
+const READ_WAIT: Duration = Duration::from_secs(5);
+
+/// What the logs stream keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLimits {
+    /// Lines older than this are dropped.
+    pub max_age: Duration,
+    /// The bytes each service may hold, counted as whole messages of
+    /// [`MAX_LOG_MESSAGE`] bytes (see [`LogLimits::lines_per_service`]).
+    pub bytes_per_service: u64,
+    /// The bytes the whole stream may hold (per replica); `None`: no bound
+    /// but the per-service ones.
+    pub max_bytes: Option<u64>,
+}
+
+impl Default for LogLimits {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            bytes_per_service: 256 << 20,
+            max_bytes: Some(10 << 30),
+        }
+    }
+}
+
+impl LogLimits {
+    /// The messages each service keeps: as many of the largest messages
+    /// as fit in [`LogLimits::bytes_per_service`] (at least one).
+    pub fn lines_per_service(&self) -> i64 {
+        let lines = self.bytes_per_service / MAX_LOG_MESSAGE as u64;
+        i64::try_from(lines).unwrap_or(i64::MAX).max(1)
+    }
+
+    /// The stream's configuration under `subjects`, with `replicas`.
+    pub fn stream_config(&self, subjects: &Subjects, replicas: usize) -> stream::Config {
+        stream::Config {
+            name: subjects.logs_stream(),
+            subjects: vec![subjects.logs_all()],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            max_age: self.max_age,
+            max_messages_per_subject: self.lines_per_service(),
+            max_bytes: self
+                .max_bytes
+                .map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
+            max_messages: -1,
+            max_message_size: i32::try_from(MAX_LOG_MESSAGE).unwrap_or(i32::MAX),
+            num_replicas: replicas,
+            // Lines carry no message ids; the window only costs memory.
+            duplicate_window: Duration::from_secs(60),
+            deny_delete: true,
+            description: Some("berth instance logs: one subject per service".to_owned()),
+            ..Default::default()
+        }
+    }
+}
+
+/// Whether `have` (as the server reports it) already keeps what `want` says.
+fn same_limits(have: &stream::Config, want: &stream::Config) -> bool {
+    have.subjects == want.subjects
+        && have.max_age == want.max_age
+        && have.max_messages_per_subject == want.max_messages_per_subject
+        && have.max_bytes == want.max_bytes
+        && have.max_message_size == want.max_message_size
+        && have.num_replicas.max(1) == want.num_replicas.max(1)
+        && have.discard == want.discard
+}
+
+/// One kept line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptLine {
+    /// Its stream sequence (unique in the stream).
+    pub seq: u64,
+    /// When the stream stored it (what reads are ordered and bounded by).
+    pub time: DateTime<Utc>,
+    /// The line as the node sent it.
+    pub line: LogLine,
+}
+
+impl EventStore {
+    /// Creates the logs stream with `limits`, or brings an existing one to
+    /// them (settings changed since it was made). Idempotent. Replicas
+    /// follow the event log's.
+    pub async fn provision_logs(&self, limits: &LogLimits) -> Result<(), StoreError> {
+        let want = limits.stream_config(&self.subjects, self.cfg.replicas);
+        let provision = |e: &dyn std::fmt::Display| StoreError::Provision {
+            what: want.name.clone(),
+            reason: e.to_string(),
+        };
+        if let Ok(existing) = self.js.get_stream(&want.name).await {
+            if same_limits(&existing.cached_info().config, &want) {
+                return Ok(());
+            }
+            self.js
+                .update_stream(&want)
+                .await
+                .map_err(|e| provision(&e))?;
+            tracing::info!(stream = %want.name, "logs stream limits updated");
+            return Ok(());
+        }
+        match self.js.create_stream(want.clone()).await {
+            Ok(_) => Ok(()),
+            // Another API may have created it between our get and create.
+            Err(e) => match self.js.get_stream(&want.name).await {
+                Ok(_) => Ok(()),
+                Err(_) => Err(provision(&e)),
+            },
+        }
+    }
+
+    /// The kept lines of `service` stored from `from` (inclusive) until
+    /// `until` (exclusive), oldest first, each given to `visit` until it
+    /// breaks. A message that is not a [`LogLine`] is skipped.
+    ///
+    /// One ephemeral consumer on the service's subject, deleted afterwards;
+    /// the work is bounded by what one service may hold.
+    pub async fn read_logs(
+        &self,
+        service: &ServiceId,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+        mut visit: impl FnMut(KeptLine) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        if from >= until {
+            return Ok(());
+        }
+        let subject = self.subjects.logs(service);
+        let request = |e: &dyn std::fmt::Display| {
+            StoreError::Request(format!("reading the logs of {service}: {e}"))
+        };
+        let stream = self
+            .js
+            .get_stream_no_info(self.subjects.logs_stream())
+            .await
+            .map_err(|e| request(&e))?;
+        let consumer = stream
+            .create_consumer(pull::Config {
+                filter_subject: subject,
+                deliver_policy: DeliverPolicy::ByStartTime { start_time: from },
+                ack_policy: AckPolicy::None,
+                // Gone soon even if the delete below is lost.
+                inactive_threshold: Duration::from_secs(10),
+                memory_storage: true,
+                num_replicas: 1,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| request(&e))?;
+        let name = consumer.cached_info().name.clone();
+        let read = async {
+            if consumer.cached_info().num_pending == 0 {
+                return Ok(());
+            }
+            let mut messages = consumer.messages().await.map_err(|e| request(&e))?;
+            loop {
+                let next = tokio::time::timeout(READ_WAIT, messages.next())
+                    .await
+                    .map_err(|_| request(&"timed out waiting for the server"))?;
+                let Some(msg) = next else {
+                    return Ok(());
+                };
+                let msg = msg.map_err(|e| request(&e))?;
+                let info = msg.info().map_err(|e| request(&e))?;
+                let (seq, time, pending) = (info.stream_sequence, info.published, info.pending);
+                if time >= until {
+                    return Ok(());
+                }
+                match serde_json::from_slice::<LogLine>(&msg.payload) {
+                    Ok(line) => {
+                        if visit(KeptLine { seq, time, line }).is_break() {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(stream.seq = seq, error = %e, "not a log line; skipped");
+                    }
+                }
+                if pending == 0 {
+                    return Ok(());
+                }
+            }
+        };
+        let outcome = read.await;
+        if let Err(e) = stream.delete_consumer(&name).await {
+            tracing::debug!(consumer = %name, error = %e, "log reader not deleted; it expires");
+        }
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_keeps_whole_messages_of_its_bytes() {
+        let limits = LogLimits {
+            bytes_per_service: 64 << 20,
+            ..LogLimits::default()
+        };
+        assert_eq!(limits.lines_per_service(), 4096);
+        let tiny = LogLimits {
+            bytes_per_service: 10,
+            ..LogLimits::default()
+        };
+        assert_eq!(tiny.lines_per_service(), 1);
+        let s = Subjects::default();
+        let c = limits.stream_config(&s, 3);
+        assert_eq!(c.subjects, vec!["berth.logs.*".to_owned()]);
+        assert_eq!(c.max_messages_per_subject, 4096);
+        assert_eq!(c.max_message_size, 16 * 1024);
+        assert_eq!(c.num_replicas, 3);
+        assert!(same_limits(&c, &c));
+        let older = LogLimits {
+            max_age: Duration::from_secs(60),
+            ..limits
+        }
+        .stream_config(&s, 3);
+        assert!(!same_limits(&older, &c));
+    }
+}
