@@ -107,6 +107,41 @@ pub fn time(
         .transpose()
 }
 
+/// A time filter's two ends (`…After`, `…Before`), each inclusive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Between {
+    pub after: Option<chrono::DateTime<chrono::Utc>>,
+    pub before: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Between {
+    /// The filter `after`/`before` name (e.g. `createdAfter`,
+    /// `createdBefore`), from their values.
+    pub fn of(after: (&str, Option<&str>), before: (&str, Option<&str>)) -> Result<Self, ApiError> {
+        Ok(Between {
+            after: time(after.0, after.1)?,
+            before: time(before.0, before.1)?,
+        })
+    }
+
+    /// Whether nothing is asked.
+    pub fn is_open(&self) -> bool {
+        self.after.is_none() && self.before.is_none()
+    }
+
+    /// Whether `t` passes (an absent time passes only an open filter).
+    pub fn holds(&self, t: Option<chrono::DateTime<chrono::Utc>>) -> bool {
+        self.after.is_none_or(|a| t.is_some_and(|t| t >= a))
+            && self.before.is_none_or(|b| t.is_some_and(|t| t <= b))
+    }
+}
+
+/// Whether an `ownerId` filter leaves the caller's own items: it is not
+/// given, or names `caller` (another owner's items are never listed).
+pub fn owner_selected(owner_ids: &[String], caller: &str) -> bool {
+    owner_ids.is_empty() || owner_ids.iter().any(|o| o == caller)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,14 +9,13 @@ use berth_domain::service::ServiceState;
 use berth_ingress::Scope;
 use berth_schemas::ids::DeployId;
 use berth_schemas::model::DeployStatus;
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::services::service_id;
 use crate::app::{AppState, Authed, JsonBody, Page};
 use crate::error::ApiError;
-use crate::query::{self, Listing};
+use crate::query::{self, Between, Listing};
 use crate::views::DeployView;
 
 fn deploy_id(s: &str) -> Result<DeployId, ApiError> {
@@ -57,14 +56,12 @@ pub struct DeploysQuery {
     pub limit: Option<String>,
 }
 
-type Window = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
-
 /// What a listed deploy must match.
 struct DeployFilter {
     statuses: Vec<DeployStatus>,
-    created: Window,
-    updated: Window,
-    finished: Window,
+    created: Between,
+    updated: Between,
+    finished: Between,
 }
 
 impl DeployFilter {
@@ -77,31 +74,19 @@ impl DeployFilter {
                     .map_err(|_| ApiError::field("status", "is not a deploy status"))
             })
             .collect::<Result<_, _>>()?;
-        let window = |after: &str, a: &Option<String>, before: &str, b: &Option<String>| {
-            Ok::<_, ApiError>((
-                query::time(after, a.as_deref())?,
-                query::time(before, b.as_deref())?,
-            ))
-        };
         Ok(DeployFilter {
             statuses,
-            created: window(
-                "createdAfter",
-                &q.created_after,
-                "createdBefore",
-                &q.created_before,
+            created: Between::of(
+                ("createdAfter", q.created_after.as_deref()),
+                ("createdBefore", q.created_before.as_deref()),
             )?,
-            updated: window(
-                "updatedAfter",
-                &q.updated_after,
-                "updatedBefore",
-                &q.updated_before,
+            updated: Between::of(
+                ("updatedAfter", q.updated_after.as_deref()),
+                ("updatedBefore", q.updated_before.as_deref()),
             )?,
-            finished: window(
-                "finishedAfter",
-                &q.finished_after,
-                "finishedBefore",
-                &q.finished_before,
+            finished: Between::of(
+                ("finishedAfter", q.finished_after.as_deref()),
+                ("finishedBefore", q.finished_before.as_deref()),
             )?,
         })
     }
@@ -110,18 +95,14 @@ impl DeployFilter {
         self.statuses.is_empty()
             && [self.created, self.updated, self.finished]
                 .iter()
-                .all(|(a, b)| a.is_none() && b.is_none())
+                .all(Between::is_open)
     }
 
     fn keeps(&self, d: &DeployView) -> bool {
-        let within = |t: Option<DateTime<Utc>>, (after, before): Window| {
-            after.is_none_or(|a| t.is_some_and(|t| t >= a))
-                && before.is_none_or(|b| t.is_some_and(|t| t <= b))
-        };
         (self.statuses.is_empty() || self.statuses.contains(&d.status))
-            && within(d.created_at, self.created)
-            && within(d.updated_at, self.updated)
-            && within(d.finished_at, self.finished)
+            && self.created.holds(d.created_at)
+            && self.updated.holds(d.updated_at)
+            && self.finished.holds(d.finished_at)
     }
 }
 

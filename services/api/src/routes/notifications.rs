@@ -218,7 +218,7 @@ pub async fn list_overrides(
     Listing(q): Listing<OverridesQuery>,
 ) -> Result<Json<Vec<OverrideItem>>, ApiError> {
     let limit = app::limit(q.limit.as_deref())?.unwrap_or(20);
-    if !q.owner_id.is_empty() && !q.owner_id.iter().any(|o| o == caller.owner.as_str()) {
+    if !query::owner_selected(&q.owner_id, caller.owner.as_str()) {
         return Ok(Json(Vec::new()));
     }
     let cursor = q.cursor.as_deref().filter(|c| !c.is_empty());

@@ -225,7 +225,7 @@ pub async fn list_credentials(
         cursor: q.cursor.filter(|c| !c.is_empty()),
     };
     page.limit()?;
-    if !q.owner_id.is_empty() && !q.owner_id.iter().any(|o| o == caller.owner.as_str()) {
+    if !query::owner_selected(&q.owner_id, caller.owner.as_str()) {
         return Ok(Json(Vec::new()));
     }
     let any = |wanted: &[String], v: &str| wanted.is_empty() || wanted.iter().any(|w| w == v);

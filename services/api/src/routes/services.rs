@@ -21,7 +21,7 @@ use serde_json::Value;
 use super::{field, nullable, owner_matches};
 use crate::app::{self, AppState, Authed, JsonBody};
 use crate::error::{ApiError, FieldError};
-use crate::query::{self, Listing};
+use crate::query::{self, Between, Listing};
 use crate::views;
 
 /// Most env vars a service may have, and their sizes.
@@ -576,8 +576,8 @@ struct ServiceFilter {
     types: Vec<ServiceType>,
     regions: Vec<String>,
     suspended: Option<bool>,
-    created: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
-    updated: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
+    created: Between,
+    updated: Between,
     /// A filter nothing can match (another owner, another runtime).
     none: bool,
 }
@@ -615,17 +615,17 @@ impl ServiceFilter {
             types,
             regions: q.region.clone(),
             suspended,
-            created: (
-                query::time("createdAfter", q.created_after.as_deref())?,
-                query::time("createdBefore", q.created_before.as_deref())?,
-            ),
-            updated: (
-                query::time("updatedAfter", q.updated_after.as_deref())?,
-                query::time("updatedBefore", q.updated_before.as_deref())?,
-            ),
+            created: Between::of(
+                ("createdAfter", q.created_after.as_deref()),
+                ("createdBefore", q.created_before.as_deref()),
+            )?,
+            updated: Between::of(
+                ("updatedAfter", q.updated_after.as_deref()),
+                ("updatedBefore", q.updated_before.as_deref()),
+            )?,
             none: static_only
                 || !q.environment_id.is_empty()
-                || (!q.owner_id.is_empty() && !q.owner_id.iter().any(|o| o == caller_owner))
+                || !query::owner_selected(&q.owner_id, caller_owner)
                 || (!q.env.is_empty() && !q.env.iter().any(|e| e == "image")),
         })
     }
@@ -634,12 +634,6 @@ impl ServiceFilter {
         let Some(c) = s.config.as_ref() else {
             return false;
         };
-        let within =
-            |t: Option<DateTime<Utc>>,
-             (after, before): (Option<DateTime<Utc>>, Option<DateTime<Utc>>)| {
-                after.is_none_or(|a| t.is_some_and(|t| t >= a))
-                    && before.is_none_or(|b| t.is_some_and(|t| t <= b))
-            };
         !self.none
             && (self.names.is_empty() || self.names.contains(&c.name))
             && (self.types.is_empty() || self.types.contains(&c.service_type))
@@ -647,8 +641,8 @@ impl ServiceFilter {
             && self
                 .suspended
                 .is_none_or(|w| w == (s.status == ServiceStatus::Suspended))
-            && within(s.created_at, self.created)
-            && within(s.updated_at, self.updated)
+            && self.created.holds(s.created_at)
+            && self.updated.holds(s.updated_at)
     }
 }
 

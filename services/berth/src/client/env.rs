@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use super::http::enc;
 use super::output::{self, s};
 use super::service::resolve;
+use super::settings::key_values;
 use super::{deploy, Api, ClientError, ClientOpts};
 
 #[derive(Debug, Args)]
@@ -63,35 +64,15 @@ pub enum EnvCommand {
     },
 }
 
-/// `KEY=VALUE` arguments and file lines as merge changes; a malformed one
-/// is refused without echoing it (it may hold a secret).
+/// `KEY=VALUE` arguments and file lines as merge changes.
 fn assignments(vars: &[String], file: Option<&std::path::Path>) -> Result<Vec<Value>, ClientError> {
-    let mut lines: Vec<String> = vars.to_vec();
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ClientError::Usage(format!("cannot read env file {}: {e}", path.display()))
-        })?;
-        lines.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_owned),
-        );
-    }
-    if lines.is_empty() {
+    let changes = key_values(vars, file)?;
+    if changes.is_empty() {
         return Err(ClientError::Usage(
             "give KEY=VALUE arguments or --from-file".to_owned(),
         ));
     }
-    lines
-        .iter()
-        .map(|l| match l.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok(json!({ "key": k, "value": v })),
-            _ => Err(ClientError::Usage(
-                "an env var must be KEY=VALUE (one was not)".to_owned(),
-            )),
-        })
-        .collect()
+    Ok(changes)
 }
 
 /// Runs one `berth env` command.

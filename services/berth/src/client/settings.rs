@@ -45,9 +45,15 @@ pub struct Settings {
     pub env_file: Option<std::path::PathBuf>,
 }
 
-pub(crate) fn env_vars(settings: &Settings) -> Result<Option<Vec<Value>>, ClientError> {
-    let mut lines: Vec<String> = settings.env.clone();
-    if let Some(path) = &settings.env_file {
+/// `KEY=VALUE` lines (arguments, then a file's lines without blanks and
+/// `#` comments) as the API's `{key, value}`; a malformed one is refused
+/// without echoing it: it may hold a secret value.
+pub(crate) fn key_values(
+    given: &[String],
+    file: Option<&std::path::Path>,
+) -> Result<Vec<Value>, ClientError> {
+    let mut lines: Vec<String> = given.to_vec();
+    if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ClientError::Usage(format!("cannot read env file {}: {e}", path.display()))
         })?;
@@ -58,20 +64,20 @@ pub(crate) fn env_vars(settings: &Settings) -> Result<Option<Vec<Value>>, Client
                 .map(str::to_owned),
         );
     }
-    if lines.is_empty() {
-        return Ok(None);
-    }
     lines
         .iter()
         .map(|l| match l.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok(json!({ "key": k, "value": v })),
-            // Never echo the line: it may hold a secret value.
             _ => Err(ClientError::Usage(
                 "an env var must be KEY=VALUE (one was not)".to_owned(),
             )),
         })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
+        .collect()
+}
+
+pub(crate) fn env_vars(settings: &Settings) -> Result<Option<Vec<Value>>, ClientError> {
+    let vars = key_values(&settings.env, settings.env_file.as_deref())?;
+    Ok((!vars.is_empty()).then_some(vars))
 }
 
 /// A clearable setting's value: empty clears it (`null`).
