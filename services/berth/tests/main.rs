@@ -1,6 +1,7 @@
 //! Black-box tests of the real `berth` binary, one test binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod backup;
 mod cli;
 mod cli_lifecycle;
 mod cli_logs;
