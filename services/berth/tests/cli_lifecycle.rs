@@ -63,7 +63,8 @@ async fn cli_changes_a_running_service() {
         .await;
     assert_eq!(rotated.code, 0, "{rotated:?}");
     assert!(rotated.stdout.contains("me2"), "{rotated:?}");
-    let shown = cli.ok(&["credential", "show", &cred]).await;
+    // By name as well as by id.
+    let shown = cli.ok(&["credential", "show", "hub"]).await;
     assert!(shown.contains(&cred) && shown.contains("me2"), "{shown}");
     assert!(!shown.contains("token"), "{shown}");
     let nothing = cli.run(&["credential", "rotate", &cred]).await;
@@ -150,6 +151,15 @@ async fn cli_changes_a_running_service() {
     );
     let follow_all = cli.run(&["service", "follow", "w"]).await;
     assert_eq!(follow_all.code, 0, "{follow_all:?}");
+
+    // Where its instances run.
+    let instances = cli.ok(&["service", "instances", "w"]).await;
+    assert!(
+        instances
+            .lines()
+            .any(|l| l.starts_with("ins-") && l.contains("nod-") && l.contains("yes")),
+        "{instances}"
+    );
 
     // An empty value clears an optional setting; a refused value names
     // the flag to change; flags the API would refuse on update are gone.

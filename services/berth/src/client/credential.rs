@@ -159,6 +159,7 @@ pub async fn run(args: CredentialArgs) -> Result<(), ClientError> {
             Ok(())
         }
         CredentialCommand::Show { credential } => {
+            let credential = resolve_credential(&api, &credential).await?;
             let c = api
                 .get(&format!("/v1/registrycredentials/{}", enc(&credential)))
                 .await?;
@@ -171,6 +172,7 @@ pub async fn run(args: CredentialArgs) -> Result<(), ClientError> {
             name,
             token,
         } => {
+            let credential = resolve_credential(&api, &credential).await?;
             // The API rotates the token on every update (Render's update
             // takes it each time), so a new name or username comes with one.
             if !token.given() {
@@ -198,6 +200,7 @@ pub async fn run(args: CredentialArgs) -> Result<(), ClientError> {
             Ok(())
         }
         CredentialCommand::Rm { credential } => {
+            let credential = resolve_credential(&api, &credential).await?;
             api.delete(&format!("/v1/registrycredentials/{}", enc(&credential)))
                 .await?;
             if api.json() {
@@ -207,5 +210,28 @@ pub async fn run(args: CredentialArgs) -> Result<(), ClientError> {
             }
             Ok(())
         }
+    }
+}
+
+/// The id of `credential` (an id, or a name looked up with the API's
+/// `name` filter).
+pub async fn resolve_credential(api: &Api, credential: &str) -> Result<String, ClientError> {
+    if credential.starts_with("rgc-") {
+        return Ok(credential.to_owned());
+    }
+    let found = api
+        .list_all(&format!("/v1/registrycredentials?name={}", enc(credential)))
+        .await?;
+    match found.as_slice() {
+        [one] => Ok(s(one, "id")),
+        [] => Err(ClientError::Api {
+            status: 404,
+            message: format!("no registry credential named {credential:?}"),
+            hint: Some("see `berth credential list` for ids and names".to_owned()),
+        }),
+        _ => Err(ClientError::Usage(format!(
+            "{} registry credentials are named {credential:?}: give its id (rgc-…)",
+            found.len()
+        ))),
     }
 }

@@ -87,6 +87,14 @@ pub enum ServiceCommand {
         #[arg(long, default_value_t = 600)]
         timeout: u64,
     },
+    /// Cancel a queued or running deploy.
+    Cancel {
+        service: String,
+        /// The deploy (`dep-…`).
+        deploy: String,
+    },
+    /// Where each instance runs and in what state.
+    Instances { service: String },
     /// Deploy an earlier deploy's image again.
     Rollback {
         service: String,
@@ -181,6 +189,56 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
             };
             finish_deploy(&api, &id, &json!({ "id": dep }), true, timeout).await
         }
+        ServiceCommand::Cancel { service, deploy } => {
+            let id = resolve(&api, &service).await?;
+            let d = api
+                .post(
+                    &format!("/v1/services/{}/deploys/{}/cancel", enc(&id), enc(&deploy)),
+                    None,
+                )
+                .await?;
+            if api.json() {
+                output::json(&d);
+            } else {
+                println!("{id}: deploy {deploy} {}", s(&d, "status"));
+            }
+            Ok(())
+        }
+        ServiceCommand::Instances { service } => {
+            let id = resolve(&api, &service).await?;
+            let all = api
+                .get(&format!("/v1/services/{}/instances", enc(&id)))
+                .await?;
+            if api.json() {
+                output::json(&all);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = all
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|i| {
+                    vec![
+                        s(i, "id"),
+                        s(i, "nodeId"),
+                        s(i, "phase"),
+                        if i["healthy"].as_bool() == Some(true) {
+                            "yes".to_owned()
+                        } else {
+                            "no".to_owned()
+                        },
+                        s(i, "deployId"),
+                        output::time(i, "createdAt"),
+                    ]
+                })
+                .collect();
+            output::table(
+                &["INSTANCE", "NODE", "PHASE", "HEALTHY", "DEPLOY", "STARTED"],
+                &rows,
+                "no instances",
+            );
+            Ok(())
+        }
         ServiceCommand::Delete { service, yes } => {
             if !yes {
                 return Err(ClientError::Usage(format!(
@@ -267,6 +325,14 @@ async fn action(api: &Api, service: &str, verb: &str, ing: &str) -> Result<(), C
     Ok(())
 }
 
+/// `--credential` given by name becomes its id ("" stays: it removes it).
+async fn credential_by_name(api: &Api, mut settings: Settings) -> Result<Settings, ClientError> {
+    if let Some(c) = settings.credential.as_deref().filter(|c| !c.is_empty()) {
+        settings.credential = Some(super::credential::resolve_credential(api, c).await?);
+    }
+    Ok(settings)
+}
+
 /// The id of `service` (an id, or a name looked up in the listing).
 pub async fn resolve(api: &Api, service: &str) -> Result<String, ClientError> {
     if service.starts_with("srv-") {
@@ -301,6 +367,7 @@ async fn create(
             "--image is required to create a service".to_owned(),
         ));
     }
+    let settings = credential_by_name(api, settings).await?;
     let mut body = Map::new();
     body.insert("name".into(), json!(name));
     body.insert("type".into(), json!(service_type));
@@ -459,6 +526,7 @@ async fn update(
     replace_env: bool,
 ) -> Result<(), ClientError> {
     let id = resolve(api, service).await?;
+    let settings = credential_by_name(api, settings).await?;
     let mut body = Map::new();
     settings_body(&settings, &mut body)?;
     if let Some(name) = rename {

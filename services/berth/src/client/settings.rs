@@ -16,7 +16,8 @@ pub struct Settings {
     /// Image reference, e.g. `ghcr.io/org/app:1.2`.
     #[arg(long)]
     pub image: Option<String>,
-    /// Registry credential (`rgc-…`) for a private image; "" removes it.
+    /// Registry credential (its id `rgc-…` or name) for a private image; ""
+    /// removes it.
     #[arg(long)]
     pub credential: Option<String>,
     /// Instance type: free, starter, standard, pro, pro_plus, pro_max, pro_ultra.
