@@ -152,6 +152,30 @@ async fn cli_changes_a_running_service() {
     let follow_all = cli.run(&["service", "follow", "w"]).await;
     assert_eq!(follow_all.code, 0, "{follow_all:?}");
 
+    // Notification settings: the owner's, and one service's override.
+    let shown = cli.ok(&["notify", "show"]).await;
+    assert!(shown.contains("failure"), "the default: {shown}");
+    let set = cli
+        .ok(&[
+            "notify",
+            "set",
+            "--send",
+            "all",
+            "--email",
+            "ops@example.com",
+        ])
+        .await;
+    assert!(
+        set.contains("all") && set.contains("ops@example.com"),
+        "{set}"
+    );
+    let over = cli.ok(&["notify", "service", "w", "--send", "none"]).await;
+    assert!(over.trim().ends_with("none"), "{over}");
+    let over = cli.ok(&["notify", "service", "w"]).await;
+    assert!(over.trim().ends_with("none"), "{over}");
+    let bad = cli.run(&["notify", "set", "--send", "sometimes"]).await;
+    assert_eq!(bad.code, 1, "{bad:?}");
+
     // Where its instances run.
     let instances = cli.ok(&["service", "instances", "w"]).await;
     assert!(

@@ -85,6 +85,8 @@ pub struct Api {
     base: Arc<str>,
     key: Arc<str>,
     key_from: Arc<str>,
+    /// The owner the credentials file names, when the key came from it.
+    owner_id: Option<Arc<str>>,
     /// The options it was built from (NATS URL and prefix for logs and progress).
     pub opts: ClientOpts,
 }
@@ -120,6 +122,11 @@ impl Api {
         } else {
             None
         };
+        // The file's owner is the key's only when the key is the file's.
+        let owner_id = file
+            .as_ref()
+            .filter(|_| env_key.is_none())
+            .map(|f| Arc::from(f.owner_id.as_str()));
         let (key, key_from) = match (env_key, &file) {
             (Some(k), _) => (k, "BERTH_API_KEY".to_owned()),
             (None, Some(f)) => (f.api_key.clone(), file_path.display().to_string()),
@@ -147,8 +154,14 @@ impl Api {
             base: base.into(),
             key: key.trim().into(),
             key_from: key_from.into(),
+            owner_id,
             opts: opts.clone(),
         })
+    }
+
+    /// The owner of the key, when the credentials file says it.
+    pub fn owner_id(&self) -> Option<String> {
+        self.owner_id.as_deref().map(str::to_owned)
     }
 
     /// Print JSON instead of tables (`--json`).

@@ -18,6 +18,7 @@ pub mod hook;
 pub mod http;
 pub mod integration;
 pub mod logs;
+pub mod notify;
 pub mod output;
 pub mod service;
 pub mod settings;
@@ -121,6 +122,9 @@ pub enum ClientCommand {
     Cron(cron::CronArgs),
     /// API keys of your owner.
     Apikey(apikey::ApiKeyArgs),
+    /// Who is told when a deploy fails: your setting and channels, and
+    /// each service's override.
+    Notify(notify::NotifyArgs),
     /// NATS credentials for programs that send bus commands and read your
     /// service events.
     Integration(integration::IntegrationArgs),
@@ -145,6 +149,7 @@ pub fn main(cmd: ClientCommand) -> ExitCode {
             ClientCommand::Hook(a) => hook::run(a).await,
             ClientCommand::Cron(a) => cron::run(a).await,
             ClientCommand::Apikey(a) => apikey::run(a).await,
+            ClientCommand::Notify(a) => notify::run(a).await,
             ClientCommand::Integration(a) => integration::run(a).await,
         }
     });
