@@ -112,7 +112,9 @@ pub struct UpArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Which component (see `berth up` for the list).
+    /// Which component: projector, resolver, scheduler, cron, notifier,
+    /// node, router or api.
+    #[arg(value_parser = ["projector", "resolver", "scheduler", "cron", "notifier", "node", "router", "api"])]
     pub component: String,
 
     #[command(flatten)]
