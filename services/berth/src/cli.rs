@@ -112,8 +112,7 @@ pub struct UpArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Which component: projector, resolver, scheduler, cron, notifier,
-    /// node, router or api.
+    /// Which component.
     #[arg(value_parser = ["projector", "resolver", "scheduler", "cron", "notifier", "node", "router", "api"])]
     pub component: String,
 
