@@ -8,7 +8,7 @@
 use berth_domain::service::{Deploy, ServiceState, ServiceStatus};
 use berth_schemas::ids::ServiceId;
 use berth_schemas::model::{
-    DeployStatus, DeployTrigger, NotifySetting, OverlapPolicy, Plan, ServiceType,
+    DeployPhase, DeployStatus, DeployTrigger, NotifySetting, OverlapPolicy, Plan, ServiceType,
 };
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -471,6 +471,13 @@ pub struct DeployView {
     pub reason: Option<String>,
     /// berth: whether its digest can still be rolled back to.
     pub rollback_eligible: bool,
+    /// berth: its finer phase while it runs (resolving, pulling,
+    /// pre_deploy, updating).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<DeployPhase>,
+    /// berth: the nodes that hold its digest, verified.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pulled_on: Vec<String>,
     // Times not reached yet are left out (Render's clients read a present
     // time as a time).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -508,6 +515,8 @@ impl DeployView {
             rollback_of: d.rollback_of.as_ref().map(ToString::to_string),
             reason: d.reason.clone(),
             rollback_eligible: d.rollback_eligible,
+            phase: d.phase,
+            pulled_on: d.pulled_on.iter().map(ToString::to_string).collect(),
             created_at: d.created_at,
             updated_at: updated,
             started_at: d.started_at,
