@@ -7,6 +7,7 @@ mod channels;
 mod conformance;
 mod credential_change;
 mod credentials;
+mod dashboard;
 mod docs;
 mod env_vars;
 mod events;

@@ -1,0 +1,642 @@
+//! The dashboard, in process against a real NATS, registry and resolver:
+//! sign-in with an API key (a wrong key refused and counted, sessions
+//! ended by sign-out and by revoking the key), CSRF on every form, pages
+//! built on the API's views with its owner isolation, forms going through
+//! the API's validation, and the live streams: one SSE message per commit,
+//! ids the log's stream sequences, a reconnect resuming from
+//! `Last-Event-ID` without loss, from memory or from the log. The real
+//! browser test is in the `berth` crate (`dashboard_browser.rs`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use berth_schemas::ids::ServiceId;
+use berth_schemas::AggregateId;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use crate::support::{App, Owner};
+
+/// A browser of one: the cookies it was given.
+struct Browser {
+    router: axum::Router,
+    cookies: HashMap<String, String>,
+    origin: Option<String>,
+}
+
+struct Page {
+    status: StatusCode,
+    headers: HeaderMap,
+    html: String,
+}
+
+impl Page {
+    fn location(&self) -> &str {
+        self.headers
+            .get(header::LOCATION)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or_default()
+    }
+
+    /// The first CSRF token of the page's forms.
+    fn csrf(&self) -> String {
+        let at = self.html.find("name=\"_csrf\" value=\"").expect("a form");
+        let rest = &self.html[at + "name=\"_csrf\" value=\"".len()..];
+        rest[..rest.find('"').unwrap()].to_owned()
+    }
+}
+
+impl Browser {
+    fn new(app: &App) -> Self {
+        Browser {
+            router: app.router.clone(),
+            cookies: HashMap::new(),
+            origin: None,
+        }
+    }
+
+    async fn send(&mut self, req: axum::http::request::Builder, body: Body) -> Page {
+        let mut req = req;
+        if !self.cookies.is_empty() {
+            let jar = self
+                .cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            req = req.header(header::COOKIE, jar);
+        }
+        req = req.header(header::HOST, "dash.test");
+        if let Some(o) = &self.origin {
+            req = req.header(header::ORIGIN, o);
+        }
+        let resp = self
+            .router
+            .clone()
+            .oneshot(req.body(body).unwrap())
+            .await
+            .unwrap();
+        for c in resp.headers().get_all(header::SET_COOKIE) {
+            let c = c.to_str().unwrap();
+            let (pair, attrs) = c.split_once(';').unwrap_or((c, ""));
+            let (k, v) = pair.split_once('=').unwrap();
+            if attrs.contains("Max-Age=0") {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22)
+            .await
+            .unwrap();
+        Page {
+            status,
+            headers,
+            html: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        self.send(Request::builder().uri(path), Body::empty()).await
+    }
+
+    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        self.send(
+            Request::builder()
+                .method(Method::POST)
+                .uri(path)
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded"),
+            Body::from(body),
+        )
+        .await
+    }
+
+    /// Signs in with `key`; the page it lands on.
+    async fn sign_in(&mut self, key: &str) -> Page {
+        let login = self.get("/login").await;
+        assert_eq!(login.status, StatusCode::OK);
+        let csrf = login.csrf();
+        self.post("/login", &[("_csrf", &csrf), ("key", key), ("next", "/")])
+            .await
+    }
+
+    /// Posts a form of the page at `from` (its CSRF token), following the
+    /// redirect; the page it lands on.
+    async fn submit(&mut self, from: &str, action: &str, fields: &[(&str, &str)]) -> Page {
+        let page = self.get(from).await;
+        let csrf = page.csrf();
+        let mut all = vec![("_csrf", csrf.as_str())];
+        all.extend_from_slice(fields);
+        let done = self.post(action, &all).await;
+        if done.status == StatusCode::SEE_OTHER {
+            let to = done.location().to_owned();
+            return self.get(&to).await;
+        }
+        done
+    }
+}
+
+async fn signed_in(app: &App, o: &Owner) -> Browser {
+    let mut b = Browser::new(app);
+    let landed = b.sign_in(&o.key).await;
+    assert_eq!(landed.status, StatusCode::SEE_OTHER, "{}", landed.html);
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_with_an_api_key_and_out() {
+    let app = App::start(false).await;
+    let alice = app.owner().await;
+    let mut b = Browser::new(&app);
+    let first = b.get("/").await;
+    assert_eq!(
+        (first.status, first.location()),
+        (StatusCode::SEE_OTHER, "/login")
+    );
+    let deep = b.get("/services/new?x=1").await;
+    assert_eq!(deep.location(), "/login?next=%2Fservices%2Fnew%3Fx%3D1");
+
+    // A wrong key: refused, counted as a failed authentication.
+    let wrong = b.sign_in("berth_not-a-key").await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(wrong.html.contains("not valid"), "{}", wrong.html);
+    assert!(!b.cookies.contains_key("berth_session"));
+    // Without the sign-in form's token: refused before the key is looked at.
+    let forged = b
+        .post("/login", &[("_csrf", "forged"), ("key", &alice.key)])
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+
+    let ok = b.sign_in(&alice.key).await;
+    assert_eq!((ok.status, ok.location()), (StatusCode::SEE_OTHER, "/"));
+    let cookie = ok
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|c| c.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("berth_session="))
+        .unwrap();
+    for attr in ["HttpOnly", "SameSite=Strict", "Max-Age=43200", "Path=/"] {
+        assert!(cookie.contains(attr), "{cookie}");
+    }
+    assert!(
+        !cookie.contains(&alice.key),
+        "the API key is not the cookie"
+    );
+    let home = b.get("/").await;
+    assert_eq!(home.status, StatusCode::OK, "{}", home.html);
+    assert!(home.html.contains("<h1>Services</h1>"), "{}", home.html);
+    assert_eq!(home.headers.get(header::CACHE_CONTROL).unwrap(), "no-store");
+    assert!(home.headers.get(header::CONTENT_SECURITY_POLICY).is_some());
+    // Signed in, the sign-in page sends home.
+    assert_eq!(b.get("/login").await.status, StatusCode::SEE_OTHER);
+
+    let out = b.submit("/", "/logout", &[]).await;
+    assert_eq!(out.status, StatusCode::OK, "the sign-in page");
+    assert_eq!(b.get("/").await.status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_form_needs_the_sessions_csrf_token() {
+    let app = App::start(false).await;
+    let alice = app.owner().await;
+    let mut b = signed_in(&app, &alice).await;
+    let page = b.get("/api-keys").await;
+    let token = page.csrf();
+    let before = app.last_seq().await;
+    for fields in [
+        vec![("label", "x")],
+        vec![("_csrf", "nope"), ("label", "x")],
+    ] {
+        let r = b.post("/api-keys", &fields).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.html);
+    }
+    // The right token from another site's page: refused by its origin.
+    b.origin = Some("http://evil.example".to_owned());
+    let r = b
+        .post("/api-keys", &[("_csrf", &token), ("label", "x")])
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        app.last_seq().await,
+        before,
+        "a refused form changed something"
+    );
+    b.origin = Some("http://dash.test".to_owned());
+    let r = b
+        .post("/api-keys", &[("_csrf", &token), ("label", "ci")])
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.html);
+    assert!(r.html.contains("not shown again"), "{}", r.html);
+    // Another session's token is not this one's.
+    let mut other = signed_in(&app, &alice).await;
+    let theirs = other.get("/api-keys").await.csrf();
+    assert_ne!(theirs, token);
+    let r = b
+        .post("/api-keys", &[("_csrf", &theirs), ("label", "x")])
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_key_ends_its_sessions() {
+    let app = App::start(false).await;
+    let alice = app.owner().await;
+    let (s, k) = app
+        .post("/v1/api-keys", &alice, json!({"label": "tab"}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let mut b = signed_in(
+        &app,
+        &Owner {
+            id: alice.id.clone(),
+            key: k["key"].as_str().unwrap().to_owned(),
+        },
+    )
+    .await;
+    assert_eq!(b.get("/").await.status, StatusCode::OK);
+    let (s, _) = app
+        .delete(
+            &format!("/v1/api-keys/{}", k["id"].as_str().unwrap()),
+            &alice,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let t0 = std::time::Instant::now();
+    while b.get("/").await.status == StatusCode::OK {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "session outlived its key"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Creates `name` through the new-service form; the service page.
+async fn create(b: &mut Browser, name: &str, image: &str) -> (String, Page) {
+    let page = b
+        .submit(
+            "/services/new",
+            "/services",
+            &[
+                ("type", "background_worker"),
+                ("name", name),
+                ("imagePath", image),
+                ("numInstances", "1"),
+                ("plan", "starter"),
+                ("envVars", "GREETING=hello\nSECRET_TOKEN=s3cr3t-value"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.html);
+    let at = page
+        .html
+        .find("/services/srv-")
+        .expect("the service's page");
+    let id = page.html[at + "/services/".len()..][..24].to_owned();
+    (id, page)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_show_the_apis_views_and_forms_use_its_validation() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let mut b = signed_in(&app, &alice).await;
+
+    // The API's validation, on the form: nothing created, the form kept.
+    let refused = b
+        .submit(
+            "/services/new",
+            "/services",
+            &[
+                ("type", "background_worker"),
+                ("name", "w1"),
+                ("imagePath", ""),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.html);
+    assert!(
+        refused.html.contains("image.imagePath: is required"),
+        "{}",
+        refused.html
+    );
+    assert!(
+        refused.html.contains("value=\"w1\""),
+        "the form keeps what was typed"
+    );
+
+    let (id, page) = create(&mut b, "w1", &app.image("v1")).await;
+    assert!(
+        page.html.contains("created; its first deploy"),
+        "{}",
+        page.html
+    );
+    // The page shows what the API answers for the service.
+    let (_, view) = app.get(&format!("/v1/services/{id}"), &alice).await;
+    assert!(page.html.contains(view["imagePath"].as_str().unwrap()));
+    let dep = app.latest_deploy(&alice, &id).await;
+    assert!(page.html.contains(&dep), "the first deploy is listed");
+    assert!(
+        page.html.contains("data-live-src=\"/services/"),
+        "a live page"
+    );
+    // Env values are hidden until revealed.
+    let settings = b.get(&format!("/services/{id}/settings")).await;
+    assert!(settings.html.contains("SECRET_TOKEN"));
+    assert!(
+        !settings.html.contains("s3cr3t-value"),
+        "a value shown unasked"
+    );
+    let revealed = b.get(&format!("/services/{id}/settings?reveal=env")).await;
+    assert!(revealed.html.contains("s3cr3t-value"));
+    let hook = b.get(&format!("/services/{id}/settings?reveal=hook")).await;
+    assert!(
+        hook.html.contains(&format!("/deploy/{id}?key=")),
+        "{}",
+        hook.html
+    );
+
+    // The list: the API's filters.
+    app.service(&alice, "w2").await;
+    let list = b.get("/").await;
+    assert!(
+        list.html.contains(">w1<") && list.html.contains(">w2<"),
+        "{}",
+        list.html
+    );
+    let only = b.get("/?name=w2").await;
+    assert!(!only.html.contains(">w1<") && only.html.contains(">w2<"));
+    let none = b.get("/?type=cron_job").await;
+    assert!(none.html.contains("No services"), "{}", none.html);
+    let paged = b.get("/?limit=1").await;
+    assert!(paged.html.contains("rel=\"next\""), "a next page link");
+
+    // Scale through the form: the API's answer as a message.
+    let scaled = b
+        .submit(
+            &format!("/services/{id}"),
+            &format!("/services/{id}/scale"),
+            &[("numInstances", "2")],
+        )
+        .await;
+    assert!(
+        scaled.html.contains("Scaling to 2 instances."),
+        "{}",
+        scaled.html
+    );
+    let bad = b
+        .submit(
+            &format!("/services/{id}"),
+            &format!("/services/{id}/scale"),
+            &[("numInstances", "-1")],
+        )
+        .await;
+    assert!(bad.html.contains("numInstances"), "{}", bad.html);
+
+    // Delete needs the name typed.
+    let kept = b
+        .submit(
+            &format!("/services/{id}/settings"),
+            &format!("/services/{id}/delete"),
+            &[("confirm", "nope")],
+        )
+        .await;
+    assert!(
+        kept.html.contains("type the service&#39;s name")
+            || kept.html.contains("type the service's name"),
+        "{}",
+        kept.html
+    );
+    let (s, _) = app.get(&format!("/v1/services/{id}"), &alice).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_owners_service_is_a_404_page() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let bob = app.owner().await;
+    let (id, _) = app.service(&alice, "mine").await;
+    let mut b = signed_in(&app, &bob).await;
+    for path in [
+        format!("/services/{id}"),
+        format!("/services/{id}/settings"),
+    ] {
+        let page = b.get(&path).await;
+        assert_eq!(page.status, StatusCode::NOT_FOUND, "{path}");
+        assert!(!page.html.contains("mine"), "{}", page.html);
+    }
+    let live = b.get(&format!("/services/{id}/live")).await;
+    assert_eq!(live.status, StatusCode::NOT_FOUND);
+    let before = app.last_seq().await;
+    let r = b.submit("/", &format!("/services/{id}/restart"), &[]).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.html);
+    let r = b
+        .submit(
+            "/",
+            &format!("/services/{id}/delete"),
+            &[("confirm", "mine")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.last_seq().await, before, "bob changed alice's service");
+    let list = b.get("/").await;
+    assert!(!list.html.contains("mine"));
+}
+
+/// One SSE message.
+#[derive(Debug, Clone)]
+struct Sse {
+    id: Option<u64>,
+    event: String,
+    data: Value,
+}
+
+/// Reads SSE messages from `path` as `b` until `until` holds for what
+/// was read.
+async fn read_sse(
+    b: &Browser,
+    path: &str,
+    last_id: Option<u64>,
+    until: impl Fn(&[Sse]) -> bool,
+) -> Vec<Sse> {
+    let jar = b
+        .cookies
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut req = Request::builder().uri(path).header(header::COOKIE, jar);
+    if let Some(id) = last_id {
+        req = req.header("last-event-id", id.to_string());
+    }
+    let resp = b
+        .router
+        .clone()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers().get(header::CONTENT_TYPE).unwrap(),
+        "text/event-stream"
+    );
+    let mut body = resp.into_body().into_data_stream();
+    let mut buf = String::new();
+    let mut out = Vec::new();
+    let read = async {
+        while !until(&out) {
+            let chunk = body.next().await.expect("the stream ended").unwrap();
+            buf.push_str(std::str::from_utf8(&chunk).unwrap());
+            while let Some(end) = buf.find("\n\n") {
+                let frame: String = buf.drain(..end + 2).collect();
+                let mut msg = Sse {
+                    id: None,
+                    event: String::new(),
+                    data: Value::Null,
+                };
+                for line in frame.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        msg.id = v.trim().parse().ok();
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        msg.event = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        msg.data = serde_json::from_str(v.trim()).unwrap_or(Value::Null);
+                    }
+                }
+                if !msg.event.is_empty() {
+                    out.push(msg);
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .unwrap_or_else(|_| panic!("no such messages within 20 s"));
+    out
+}
+
+/// The ids of the commit messages read.
+fn ids(m: &[Sse]) -> Vec<u64> {
+    m.iter()
+        .filter(|m| m.event == "commit")
+        .filter_map(|m| m.id)
+        .collect()
+}
+
+/// The stream sequences of the service's commits after `after`, as the
+/// log holds them.
+async fn logged(app: &App, id: &str, after: u64) -> Vec<u64> {
+    let id: ServiceId = id.parse().unwrap();
+    app.store
+        .commits_between(&AggregateId::Service(id), after, u64::MAX, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(seq, _)| seq)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_streams_resume_from_the_last_event_id_without_loss() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let b = signed_in(&app, &alice).await;
+    let (id, _) = app.service(&alice, "live").await;
+    let start = app.last_seq().await;
+    let path = format!("/services/{id}/live?after={start}");
+
+    // Three deploys queue behind the first; canceling it starts the
+    // newest. Followed all along: every commit, in order, ids the log's
+    // sequences.
+    let first = app.latest_deploy(&alice, &id).await;
+    let deploys = async {
+        for _ in 0..3 {
+            let (s, v) = app
+                .post(&format!("/v1/services/{id}/deploys"), &alice, json!({}))
+                .await;
+            assert_eq!(s, StatusCode::CREATED, "{v}");
+        }
+        let (s, v) = app
+            .post(
+                &format!("/v1/services/{id}/deploys/{first}/cancel"),
+                &alice,
+                json!({}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    };
+    let has = |m: &Sse, f: &dyn Fn(&Value) -> bool| {
+        m.data["events"].as_array().is_some_and(|e| e.iter().any(f))
+    };
+    let (got, ()) = tokio::join!(
+        read_sse(&b, &path, None, |m| {
+            m.iter()
+                .filter(|m| has(m, &|e| e["type"] == "deploy_created"))
+                .count()
+                >= 3
+                && m.iter()
+                    .any(|m| has(m, &|e| e["timeline"]["type"] == "deploy_started"))
+        }),
+        deploys
+    );
+    let seen = ids(&got);
+    let expected = logged(&app, &id, start).await;
+    assert_eq!(
+        seen,
+        expected[..seen.len()],
+        "not the log's commits in order"
+    );
+    for m in got.iter().filter(|m| m.event == "commit") {
+        assert_eq!(m.data["seq"].as_u64(), m.id, "{:?}", m.data);
+        assert_eq!(m.data["serviceId"], id.as_str());
+    }
+    // A timeline event rides with its commit, in the API's shape.
+    assert!(got
+        .iter()
+        .any(|m| has(m, &|e| e["timeline"]["type"] == "deploy_ended"
+            && e["timeline"]["details"]["deployId"] == first.as_str())));
+
+    // Reconnect from an id in the middle: exactly the commits after it.
+    let mid = seen[seen.len() / 2];
+    let want = logged(&app, &id, mid).await;
+    let again = read_sse(&b, &format!("/services/{id}/live"), Some(mid), |m| {
+        ids(m).len() >= want.len()
+    })
+    .await;
+    assert_eq!(ids(&again)[..want.len()], want[..]);
+
+    // From before this API's feed started (a second API, started now):
+    // read from the log instead, still in order and whole.
+    let mut late = Browser::new(&app);
+    late.router = app.second_api().await;
+    assert_eq!(late.sign_in(&alice.key).await.status, StatusCode::SEE_OTHER);
+    let all = logged(&app, &id, 0).await;
+    let history = read_sse(&late, &format!("/services/{id}/live"), Some(0), |m| {
+        ids(m).len() >= all.len()
+    })
+    .await;
+    assert_eq!(
+        ids(&history)[..all.len()],
+        all[..],
+        "the log's history, in order"
+    );
+
+    // The owner's stream carries every one of the owner's services.
+    let owner_after = app.last_seq().await;
+    let (other, _) = app.service(&alice, "other").await;
+    let owner = read_sse(&b, &format!("/live?after={owner_after}"), None, |m| {
+        m.iter().any(|m| m.data["serviceId"] == other.as_str())
+    })
+    .await;
+    assert!(owner.iter().all(|m| m.event == "commit"), "{owner:?}");
+}
