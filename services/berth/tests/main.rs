@@ -5,6 +5,7 @@ mod cli;
 mod cli_lifecycle;
 mod cli_support;
 mod crash;
+mod dashboard_browser;
 mod deploy_config;
 mod integrations;
 mod node;

@@ -33,7 +33,8 @@ pub struct Row {
     /// The newest deploy.
     pub latest: Option<DeployView>,
     pub queued: usize,
-    /// Instances passing health checks, and all instances.
+    /// Instances of the live deploy passing health checks, and all
+    /// instances (a rollout's or a restart's included).
     pub healthy: usize,
     pub instances: usize,
 }
@@ -46,7 +47,10 @@ impl Row {
             active: state.active_deploy().map(DeployView::of),
             latest: state.deploys.last().map(|d| DeployView::of(d)),
             queued: state.queue.len(),
-            healthy: state.instances.iter().filter(|i| i.is_healthy()).count(),
+            healthy: state
+                .live
+                .as_ref()
+                .map_or(0, |d| state.instances.healthy_count(d)),
             instances: state.instances.len(),
         }
     }
@@ -229,7 +233,10 @@ pub async fn index(
                 p.muted { "No services" @if q.cursor.is_some() { " on this page" } "." }
             } @else {
                 table {
-                    caption { (rows.len()) " services" span #live-state .muted {} }
+                    caption {
+                        (rows.len()) @if rows.len() == 1 { " service" } @else { " services" }
+                        " " span #live-state .muted {}
+                    }
                     thead { tr {
                         th scope="col" { "Name" }
                         th.opt scope="col" { "Type" }

@@ -266,7 +266,7 @@ fn progress(
 /// What the page says when no deploy runs: the newest deploy's outcome.
 fn outcome(s: &ServiceView, latest: Option<&DeployView>) -> Markup {
     html! {
-        h2 #progress-title { "Deploys" }
+        h2 #progress-title { "Latest deploy" }
         @match latest {
             Some(d) => p #deploy-outcome {
                 "Latest deploy " code { (d.id) } " " (deploy_badge(d.status))
@@ -442,7 +442,13 @@ fn facts(s: &ServiceView, seen: &Seen, live: Option<&DeployView>) -> Markup {
             dt { "Credential" } dd { @match &s.registry_credential { Some(c) => (c.name), None => span.muted { "none (public image)" } } }
             dt { "Live deploy" } dd { @match live { Some(d) => { code { (d.id) } " " (digest(d.image.sha.as_deref())) }, None => span.muted { "none" } } }
             @if let Some(n) = wanted(s) {
-                dt { "Instances" } dd { (seen.instances.iter().filter(|i| i.healthy).count()) " healthy of " (n) }
+                @let serving = seen.instances.iter().filter(|i| Some(i.deploy_id.as_str()) == s.live_deploy_id.as_deref());
+                @let others = seen.instances.iter().filter(|i| Some(i.deploy_id.as_str()) != s.live_deploy_id.as_deref()).count();
+                dt { "Instances" }
+                dd {
+                    (serving.filter(|i| i.healthy).count()) " healthy of " (n)
+                    @if others > 0 { span.muted { " (" (others) " of other deploys)" } }
+                }
             }
             @match &s.service_details {
                 ServiceDetails::Web(w) => { dt { "URL" } dd { a href=(w.url) { (w.url) } } }

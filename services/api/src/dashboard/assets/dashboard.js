@@ -87,7 +87,7 @@
   if (live && window.EventSource) {
     var src = new EventSource(live.getAttribute("data-live-src"));
     var state = doc.getElementById("live-state");
-    src.addEventListener("open", function () { if (state) { state.textContent = "live"; } });
+    src.addEventListener("open", function () { if (state) { state.textContent = "· updating as it happens"; } });
     src.addEventListener("error", function () { if (state) { state.textContent = "reconnecting…"; } });
     src.addEventListener("commit", function (e) {
       var data;
