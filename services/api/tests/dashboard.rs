@@ -402,6 +402,57 @@ async fn pages_show_the_apis_views_and_forms_use_its_validation() {
         .await;
     assert!(bad.html.contains("numInstances"), "{}", bad.html);
 
+    // Rollback: offered for a settled deploy with a digest, and disabled
+    // with the reason once the registry no longer holds it.
+    let resolved = app.wait_resolved(&alice, &id, &dep).await;
+    let (s, _) = app
+        .post(
+            &format!("/v1/services/{id}/deploys/{dep}/cancel"),
+            &alice,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let row = |html: &str| {
+        let at = html.find(&format!("id=\"deploy-{dep}\"")).unwrap();
+        html[at..at + html[at..].find("</tr>").unwrap()].to_owned()
+    };
+    let offered = row(&b.get(&format!("/services/{id}")).await.html);
+    assert!(
+        offered.contains("Roll back to this") && !offered.contains("disabled"),
+        "{offered}"
+    );
+    app.store
+        .execute::<berth_domain::service::Service>(
+            &AggregateId::Service(id.parse().unwrap()),
+            "gone-digest",
+            &berth_eventlog::Stamp::new(berth_schemas::Actor::system("test")),
+            berth_domain::service::Command::MarkRollbackTargetMissing {
+                deploy: dep.parse().unwrap(),
+                digest: resolved["image"]["sha"].as_str().unwrap().to_owned(),
+            },
+        )
+        .await
+        .unwrap();
+    let page = b.get(&format!("/services/{id}")).await;
+    let refused = row(&page.html);
+    assert!(refused.contains("disabled"), "{refused}");
+    assert!(refused.contains("no longer in the registry"), "{refused}");
+    // Posted anyway (an old page): the API's refusal, as a message.
+    let csrf = page.csrf();
+    let r = b
+        .post(
+            &format!("/services/{id}/rollback"),
+            &[("_csrf", &csrf), ("deployId", &dep)],
+        )
+        .await;
+    let after = b.get(r.location()).await;
+    assert!(
+        after.html.contains("not rollback-eligible"),
+        "{}",
+        after.html
+    );
+
     // Delete needs the name typed.
     let kept = b
         .submit(
@@ -426,6 +477,9 @@ async fn another_owners_service_is_a_404_page() {
     let alice = app.owner().await;
     let bob = app.owner().await;
     let (id, _) = app.service(&alice, "mine").await;
+    // Nothing else will happen to the service (no node takes it further).
+    let dep = app.latest_deploy(&alice, &id).await;
+    app.wait_resolved(&alice, &id, &dep).await;
     let mut b = signed_in(&app, &bob).await;
     for path in [
         format!("/services/{id}"),

@@ -180,6 +180,17 @@ impl Browser {
             .unwrap()
     }
 
+    /// The digest the deploy history shows for `deploy`.
+    async fn digest_of(&self, deploy: &str) -> Option<String> {
+        self.client
+            .find(Locator::Css(&format!("#deploy-{deploy} code[title]")))
+            .await
+            .unwrap()
+            .attr("title")
+            .await
+            .unwrap()
+    }
+
     /// The deploy id the message after a form names.
     async fn flashed_deploy(&self) -> String {
         let text = self
@@ -322,16 +333,8 @@ async fn dashboard_in_a_real_browser() {
     )
     .await;
     b.shot("06-service-live").await;
-    let first_digest = b
-        .client
-        .find(Locator::Css(&format!("#deploy-{first} code[title]")))
-        .await
-        .unwrap()
-        .attr("title")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(first_digest, v1_digest);
+    let first_digest = b.digest_of(&first).await;
+    assert_eq!(first_digest.as_deref(), Some(v1_digest.as_str()));
 
     // Another image, then back to the first deploy's digest.
     b.fill("#imageUrl", &v2).await;
@@ -363,14 +366,7 @@ async fn dashboard_in_a_real_browser() {
         )
         .await;
     assert!(row.contains("live"), "{row}");
-    let rolled_digest = b
-        .client
-        .find(Locator::Css(&format!("#deploy-{rollback} code[title]")))
-        .await
-        .unwrap()
-        .attr("title")
-        .await
-        .unwrap();
+    let rolled_digest = b.digest_of(&rollback).await;
     assert_eq!(rolled_digest.as_deref(), Some(v1_digest.as_str()));
     b.shot("07-rolled-back").await;
 
