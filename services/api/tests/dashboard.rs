@@ -694,3 +694,135 @@ async fn live_streams_resume_from_the_last_event_id_without_loss() {
     .await;
     assert!(owner.iter().all(|m| m.event == "commit"), "{owner:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_pages_use_the_apis_rules() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let mut b = signed_in(&app, &alice).await;
+    let host = app.registry.as_ref().unwrap().host.clone();
+
+    // A credential from the form; its token never shown.
+    let added = b
+        .submit(
+            "/credentials",
+            "/credentials",
+            &[
+                ("name", "ci"),
+                ("registry", "GENERIC"),
+                ("host", &host),
+                ("username", "ci"),
+                ("authToken", "tok-SECRET-9"),
+            ],
+        )
+        .await;
+    assert!(
+        added.html.contains("Credential ci added."),
+        "{}",
+        added.html
+    );
+    assert!(!added.html.contains("tok-SECRET-9"));
+    let (_, list) = app.get("/v1/registrycredentials", &alice).await;
+    let cred = list[0]["id"].as_str().unwrap().to_owned();
+    // In use: the refusal names the service.
+    let (s, v) = app
+        .post(
+            "/v1/services",
+            &alice,
+            json!({"type": "background_worker", "name": "uses-ci",
+                   "image": {"imagePath": app.image("v1"), "registryCredentialId": cred}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let refused = b
+        .submit("/credentials", &format!("/credentials/{cred}/delete"), &[])
+        .await;
+    assert!(
+        refused.html.contains("in use by uses-ci"),
+        "{}",
+        refused.html
+    );
+    let rotated = b
+        .submit(
+            "/credentials",
+            &format!("/credentials/{cred}/rotate"),
+            &[("authToken", "tok-SECRET-10"), ("username", "ci2")],
+        )
+        .await;
+    assert!(rotated.html.contains("rotated"), "{}", rotated.html);
+
+    // Notifications: the API's rule that a webhook needs its secret.
+    let refused = b
+        .submit(
+            "/notifications",
+            "/notifications",
+            &[
+                ("notificationsToSend", "all"),
+                ("webhookUrl", "http://127.0.0.1:9/h"),
+            ],
+        )
+        .await;
+    assert!(refused.html.contains("webhookSecret"), "{}", refused.html);
+    let saved = b
+        .submit(
+            "/notifications",
+            "/notifications",
+            &[
+                ("notificationsToSend", "all"),
+                ("email", "ops@example.com"),
+                ("webhookUrl", "http://127.0.0.1:9/h"),
+                (
+                    "webhookSecret",
+                    "whsec_c2VrcmV0LXNpZ25pbmcta2V5LTAxMjM0NQ==",
+                ),
+            ],
+        )
+        .await;
+    assert!(
+        saved.html.contains("Notification settings saved."),
+        "{}",
+        saved.html
+    );
+    assert!(saved.html.contains("Webhook (set)"), "{}", saved.html);
+    assert!(!saved.html.contains("c2VrcmV0"), "a secret shown");
+    let (_, n) = app
+        .get(
+            &format!("/v1/notification-settings/owners/{}", alice.id),
+            &alice,
+        )
+        .await;
+    assert_eq!(
+        (&n["notificationsToSend"], &n["email"]),
+        (&json!("all"), &json!("ops@example.com"))
+    );
+
+    // A cron job's page: runs, and the API's refusal to run before a deploy is live.
+    let (s, v) = app
+        .post(
+            "/v1/services",
+            &alice,
+            json!({"type": "cron_job", "name": "nightly", "image": {"imagePath": app.image("v1")},
+                   "serviceDetails": {"schedule": "0 3 * * *"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let cron = v["service"]["id"].as_str().unwrap();
+    let page = b.get(&format!("/services/{cron}")).await;
+    assert!(
+        page.html.contains("Run now") && page.html.contains("No runs yet."),
+        "{}",
+        page.html
+    );
+    assert!(
+        !page.html.contains("/scale"),
+        "a cron job has no instances to scale"
+    );
+    let ran = b
+        .submit(
+            &format!("/services/{cron}"),
+            &format!("/services/{cron}/cron-runs"),
+            &[],
+        )
+        .await;
+    assert!(ran.html.contains("no live deploy yet"), "{}", ran.html);
+}
