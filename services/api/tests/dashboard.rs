@@ -400,6 +400,31 @@ async fn pages_show_the_apis_views_and_forms_use_its_validation() {
             &[("numInstances", "-1")],
         )
         .await;
+    // The page's script re-reading the page leaves the message for the
+    // page a person opens next.
+    let csrf = b.get(&format!("/services/{id}")).await.csrf();
+    b.post(
+        &format!("/services/{id}/scale"),
+        &[("_csrf", &csrf), ("numInstances", "1")],
+    )
+    .await;
+    let refresh = b
+        .send(
+            Request::builder()
+                .uri(format!("/services/{id}"))
+                .header("x-berth-live", "1"),
+            Body::empty(),
+        )
+        .await;
+    assert!(
+        !refresh.html.contains("Scaling to 1"),
+        "a refresh took the message"
+    );
+    assert!(b
+        .get(&format!("/services/{id}"))
+        .await
+        .html
+        .contains("Scaling to 1"));
     assert!(bad.html.contains("numInstances"), "{}", bad.html);
 
     // Rollback: offered for a settled deploy with a digest, and disabled

@@ -193,11 +193,20 @@ pub struct Signed {
     pub csrf: String,
     /// The session's id (SHA-256 of its token).
     id: String,
+    /// The page's script re-reading it for live updates: a message waiting
+    /// for the next page a person opens is left for it.
+    refresh: bool,
 }
+
+/// The header the page's script sends when it re-reads a page.
+pub const REFRESH_HEADER: &str = "x-berth-live";
 
 impl Signed {
     /// The message waiting for this page, if any.
     pub fn take_flash(&self, st: &AppState) -> Option<Flash> {
+        if self.refresh {
+            return None;
+        }
         st.dashboard.sessions.take_flash(&self.id)
     }
 
@@ -268,7 +277,12 @@ impl FromRequestParts<AppState> for Signed {
         };
         let id = sha(token);
         match session_of(st, &id) {
-            Some((caller, csrf)) => Ok(Signed { caller, csrf, id }),
+            Some((caller, csrf)) => Ok(Signed {
+                caller,
+                csrf,
+                id,
+                refresh: parts.headers.contains_key(REFRESH_HEADER),
+            }),
             None => Err(to_login(parts)),
         }
     }
