@@ -31,6 +31,17 @@ struct Browser {
     base: String,
 }
 
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(pid) = self._driver.id() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 /// `target/dashboard-screenshots`, beside the test binary's `debug/`.
 fn screenshot_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -46,10 +57,13 @@ impl Browser {
     /// their dark colours.
     async fn start(base: &str, dark: bool) -> Self {
         let port = free_port();
+        // A process group of its own: the Chromium it starts is in it too,
+        // so a test that fails before closing the session leaves nothing.
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .expect("chromedriver (scripts/install-deps installs chromium-driver)");
@@ -70,6 +84,7 @@ impl Browser {
             "--disable-gpu",
             "--disable-dev-shm-usage",
             "--window-size=1280,1100",
+            "--disable-crash-reporter",
         ];
         if dark {
             args.push("--force-dark-mode");
@@ -200,8 +215,9 @@ impl Browser {
         text[at..at + 24].to_owned()
     }
 
-    async fn close(self) {
-        self.client.close().await.unwrap();
+    /// Ends the session (Chromium quits); the driver goes with `self`.
+    async fn close(&self) {
+        self.client.clone().close().await.unwrap();
     }
 }
 
