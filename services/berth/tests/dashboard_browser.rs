@@ -407,8 +407,29 @@ async fn dashboard_in_a_real_browser() {
     b.wait_text("#services", &["web1", "live"], Duration::from_secs(10))
         .await;
     b.shot("10-services").await;
+    b.goto("/credentials").await;
+    b.fill("#c-name", "local").await;
+    let kind = b.client.find(Locator::Css("#c-registry")).await.unwrap();
+    kind.select_by_value("GENERIC").await.unwrap();
+    b.fill("#c-host", &setup.registry.host).await;
+    b.fill("#c-user", "ci").await;
+    b.fill("#c-token", "tok-registry-s3cret").await;
+    b.click("form[action='/credentials'] button[type=submit]")
+        .await;
+    b.wait_text(
+        ".flash.ok",
+        &["Credential local added"],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(!b
+        .client
+        .source()
+        .await
+        .unwrap()
+        .contains("tok-registry-s3cret"));
+    b.shot("11-credentials").await;
     for (path, name) in [
-        ("/credentials", "11-credentials"),
         ("/notifications", "12-notifications"),
         ("/api-keys", "13-api-keys"),
     ] {
