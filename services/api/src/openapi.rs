@@ -397,9 +397,9 @@ macro_rules! pages {
 
 pages! {
     get "/" => dashboard::pages::index, "The services list (the API's filters)";
-    get "/login" => dashboard::session::login_page, "Sign in";
-    post "/login" => dashboard::session::login, "Sign in with an API key";
-    post "/logout" => dashboard::session::logout, "Sign out";
+    get "/login" => dashboard::login::login_page, "Sign in";
+    post "/login" => dashboard::login::login, "Sign in with an API key";
+    post "/logout" => dashboard::login::logout, "Sign out";
     get "/live" => dashboard::live::owner, "SSE: commits of all the owner's services";
     get "/assets/dashboard.js" => dashboard::assets::js, "The dashboard's script";
     get "/assets/dashboard.css" => dashboard::assets::css, "The dashboard's style sheet";
@@ -407,15 +407,15 @@ pages! {
     post "/services" => dashboard::pages::create, "Create a service";
     get "/services/{serviceId}" => dashboard::service::page, "A service";
     get "/services/{serviceId}/live" => dashboard::live::service, "SSE: the service's commits";
-    post "/services/{serviceId}/deploys" => dashboard::service::deploy, "Deploy (latest reference or an image)";
-    post "/services/{serviceId}/deploys/{deployId}/cancel" => dashboard::service::cancel, "Cancel a deploy";
-    post "/services/{serviceId}/rollback" => dashboard::service::rollback, "Roll back to a deploy";
-    post "/services/{serviceId}/scale" => dashboard::service::scale, "Scale";
-    post "/services/{serviceId}/restart" => dashboard::service::restart, "Restart";
-    post "/services/{serviceId}/suspend" => dashboard::service::suspend, "Suspend";
-    post "/services/{serviceId}/resume" => dashboard::service::resume, "Resume";
-    post "/services/{serviceId}/cron-runs" => dashboard::service::run_cron, "Trigger a cron run";
-    post "/services/{serviceId}/cron-runs/cancel" => dashboard::service::cancel_cron, "Cancel the active cron run";
+    post "/services/{serviceId}/deploys" => dashboard::actions::deploy, "Deploy (latest reference or an image)";
+    post "/services/{serviceId}/deploys/{deployId}/cancel" => dashboard::actions::cancel, "Cancel a deploy";
+    post "/services/{serviceId}/rollback" => dashboard::actions::rollback, "Roll back to a deploy";
+    post "/services/{serviceId}/scale" => dashboard::actions::scale, "Scale";
+    post "/services/{serviceId}/restart" => dashboard::actions::restart, "Restart";
+    post "/services/{serviceId}/suspend" => dashboard::actions::suspend, "Suspend";
+    post "/services/{serviceId}/resume" => dashboard::actions::resume, "Resume";
+    post "/services/{serviceId}/cron-runs" => dashboard::actions::run_cron, "Trigger a cron run";
+    post "/services/{serviceId}/cron-runs/cancel" => dashboard::actions::cancel_cron, "Cancel the active cron run";
     get "/services/{serviceId}/settings" => dashboard::settings::page, "A service's settings, env vars, hook";
     post "/services/{serviceId}/settings" => dashboard::settings::update, "Save a service's settings";
     post "/services/{serviceId}/env-vars" => dashboard::settings::set_env, "Set an env var";

@@ -8,6 +8,7 @@ mod conformance;
 mod credential_change;
 mod credentials;
 mod dashboard;
+mod dashboard_live;
 mod docs;
 mod env_vars;
 mod events;

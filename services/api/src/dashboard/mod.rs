@@ -11,20 +11,25 @@
 //! handler that does the same thing, with the same body type and so the
 //! same validation and errors; another owner's service is a 404 here too.
 //!
-//! - [`session`]: sign-in with an API key, sessions, CSRF on every form;
-//! - [`pages`], [`service`], [`settings`], [`owner`]: the pages and forms;
+//! - [`login`] and [`session`]: sign-in with an API key, sessions, CSRF on
+//!   every form;
+//! - [`pages`], [`service`], [`actions`], [`settings`], [`owner`]: the
+//!   pages and forms;
 //! - [`feed`] and [`live`]: the log's tail and the SSE streams that keep
 //!   pages current, resumable by `Last-Event-ID`.
 //!
 //! Its routes are the `PAGES` table in [`crate::openapi`], kept out of the
 //! OpenAPI document, which describes the JSON API only.
 
+pub mod actions;
 pub mod assets;
 pub mod feed;
 mod layout;
 pub mod live;
+pub mod login;
 pub mod owner;
 pub mod pages;
+mod progress;
 pub mod service;
 pub mod session;
 pub mod settings;

@@ -1,28 +1,28 @@
-//! A service's page and its actions. The page shows what the `/v1`
-//! handlers answer for the service (its view, deploys, instances, events);
-//! the deploy in progress follows the log live. Each action posts to the
-//! `/v1` handler that does the same.
+//! A service's page: what the `/v1` handlers answer for the service (its
+//! view, deploys, instances or cron runs, events), the deploy in progress
+//! ([`super::progress`]) followed live; its forms post to
+//! [`super::actions`].
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use berth_domain::timeline::TimelineEvent;
-use berth_schemas::model::{DeployPhase, DeployStatus, ServiceType};
+use berth_schemas::model::{DeployStatus, ServiceType};
 use maud::{html, Markup};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::feed::PullProgress;
-use super::layout::{self, badge, csrf, deploy_badge, digest, megabytes, time, wire, Section};
+use super::layout::{self, badge, csrf, deploy_badge, digest, time, wire, Section};
 use super::pages::{service_status, type_label, wanted};
-use super::session::{Posted, Signed};
-use super::{after, refused};
-use crate::app::{AppState, Authed, JsonBody};
+use super::progress::{outcome, progress};
+use super::refused;
+use super::session::Signed;
+use crate::app::{AppState, Authed};
 use crate::error::ApiError;
 use crate::query::{self, Listing};
-use crate::routes::deploys::{self, DeployItem, DeploysQuery, RollbackBody};
+use crate::routes::deploys::{self, DeployItem, DeploysQuery};
 use crate::routes::events::{self, EventItem, EventsQuery};
-use crate::routes::services::{self, Empty, InstanceView, ScaleBody};
+use crate::routes::services::{self, InstanceView};
 use crate::views::{CommonDetails, DeployView, ServiceDetails, ServiceView};
 
 /// Deploys and events on the page.
@@ -154,127 +154,6 @@ pub fn common(s: &ServiceView) -> &CommonDetails {
         ServiceDetails::Private(d) => &d.common,
         ServiceDetails::Worker(d) => &d.common,
         ServiceDetails::Cron(d) => &d.common,
-    }
-}
-
-/// A step of the deploy in progress.
-fn step(state: &str, title: &str, body: Markup) -> Markup {
-    html! { li class=(state) { strong { (title) } " " span.muted { "(" (state_word(state)) ")" } div { (body) } } }
-}
-
-fn state_word(state: &str) -> &str {
-    match state {
-        "done" => "done",
-        "now" => "in progress",
-        "failed" => "failed",
-        "skipped" => "skipped",
-        _ => "waiting",
-    }
-}
-
-fn pulls(d: &DeployView, progress: &[PullProgress]) -> Markup {
-    html! {
-        @if progress.is_empty() && d.pulled_on.is_empty() {
-            span.muted { "no node has reported yet" }
-        }
-        ul {
-            @for p in progress {
-                li {
-                    code { (p.node) } " "
-                    @if p.bytes_total > 0 {
-                        progress id={ "pull-" (d.id) "-" (p.node) } max=(p.bytes_total) value=(p.bytes_done) {
-                            (megabytes(p.bytes_done))
-                        }
-                        " " (megabytes(p.bytes_done)) " / " (megabytes(p.bytes_total))
-                    } @else {
-                        "every layer already on the node"
-                    }
-                    @if p.done { " — verified" }
-                }
-            }
-            @for n in &d.pulled_on {
-                @if !progress.iter().any(|p| p.node.as_str() == n) {
-                    li { code { (n) } " — verified" }
-                }
-            }
-        }
-    }
-}
-
-/// The running deploy, step by step: resolve, pull per node, pre-deploy,
-/// health, cut-over.
-fn progress(
-    st: &AppState,
-    s: &ServiceView,
-    d: &DeployView,
-    instances: &[InstanceView],
-    queued: &[&DeployView],
-) -> Markup {
-    let phase = d.phase;
-    let at = |p: DeployPhase| phase == Some(p);
-    let past = |p: DeployPhase| {
-        let order = [
-            DeployPhase::Resolving,
-            DeployPhase::Pulling,
-            DeployPhase::PreDeploy,
-            DeployPhase::Updating,
-        ];
-        let pos = |x| order.iter().position(|o| *o == x);
-        matches!((phase.and_then(pos), pos(p)), (Some(now), Some(q)) if now > q)
-    };
-    let mark = |p: DeployPhase| {
-        if at(p) {
-            "now"
-        } else if past(p) {
-            "done"
-        } else {
-            "todo"
-        }
-    };
-    let pre = common(s).pre_deploy_command.as_deref();
-    let pulled =
-        d.id.parse()
-            .map(|id| st.dashboard.feed.pulls(&id))
-            .unwrap_or_default();
-    let want = wanted(s).unwrap_or(1);
-    let mine: Vec<&InstanceView> = instances.iter().filter(|i| i.deploy_id == d.id).collect();
-    let healthy = mine.iter().filter(|i| i.healthy).count();
-    html! {
-        h2 #progress-title { "Deploy " code { (d.id) } " in progress " (deploy_badge(d.status)) }
-        p.muted { "Trigger " (wire(&d.trigger)) ", image " code.secret { (d.image.reference) } }
-        ol.steps {
-            (step(if d.image.sha.is_some() { "done" } else { mark(DeployPhase::Resolving) }, "Resolve the image",
-                html! { (digest(d.image.sha.as_deref())) }))
-            (step(mark(DeployPhase::Pulling), "Pull onto the nodes",
-                pulls(d, &pulled)))
-            @if let Some(cmd) = pre {
-                (step(mark(DeployPhase::PreDeploy), "Pre-deploy command", html! { code { (cmd) } }))
-            } @else {
-                (step("skipped", "Pre-deploy command", html! { span.muted { "none set" } }))
-            }
-            (step(mark(DeployPhase::Updating), "Start instances and pass health checks",
-                html! { (healthy) " of " (want) " healthy" @if mine.len() > healthy { ", " (mine.len() - healthy) " starting" } }))
-            (step("todo", "Cut over", html! { span.muted { "traffic moves and old instances stop once every new one is healthy" } }))
-        }
-        @if !queued.is_empty() {
-            p { (queued.len()) " queued behind it: "
-                @for (n, q) in queued.iter().enumerate() { @if n > 0 { ", " } code { (q.id) } } }
-        }
-    }
-}
-
-/// What the page says when no deploy runs: the newest deploy's outcome.
-fn outcome(s: &ServiceView, latest: Option<&DeployView>) -> Markup {
-    html! {
-        h2 #progress-title { "Latest deploy" }
-        @match latest {
-            Some(d) => p #deploy-outcome {
-                "Latest deploy " code { (d.id) } " " (deploy_badge(d.status))
-                @if let Some(r) = &d.reason { " — " (r) }
-                @if s.live_deploy_id.as_deref() == Some(d.id.as_str()) { " and serving." }
-            },
-            None => p #deploy-outcome .muted { "No deploy yet." },
-        }
     }
 }
 
@@ -600,166 +479,4 @@ pub async fn page(
         who.take_flash(&st),
         body,
     )
-}
-
-/// The page of service `id`.
-fn back(id: &str) -> String {
-    format!("/services/{id}")
-}
-
-/// POST /services/{serviceId}/deploys: a manual deploy, of the service's
-/// reference or of `imageUrl`.
-pub async fn deploy(
-    State(st): State<AppState>,
-    Path(id): Path<String>,
-    Posted { who, form }: Posted,
-) -> Response {
-    let body = deploys::CreateBody {
-        image_url: form.text("imageUrl"),
-        clear_cache: None,
-        deploy_mode: None,
-        build_id: None,
-        commit_id: None,
-    };
-    let done = deploys::create(
-        State(st.clone()),
-        Authed(who.caller.clone()),
-        Path(id.clone()),
-        JsonBody(body),
-    )
-    .await
-    .map(|(_, d)| deployed(&d.0));
-    after(&st, &who, &back(&id), done)
-}
-
-fn deployed(d: &DeployView) -> String {
-    match d.status {
-        DeployStatus::Queued => format!("Deploy {} queued behind the running one.", d.id),
-        _ => format!("Deploy {} started.", d.id),
-    }
-}
-
-/// POST /services/{serviceId}/deploys/{deployId}/cancel
-pub async fn cancel(
-    State(st): State<AppState>,
-    Path((id, dep)): Path<(String, String)>,
-    Posted { who, .. }: Posted,
-) -> Response {
-    let done = deploys::cancel(
-        State(st.clone()),
-        Authed(who.caller.clone()),
-        Path((id.clone(), dep)),
-    )
-    .await
-    .map(|d| format!("Deploy {} canceled.", d.0.id));
-    after(&st, &who, &back(&id), done)
-}
-
-/// POST /services/{serviceId}/rollback
-pub async fn rollback(
-    State(st): State<AppState>,
-    Path(id): Path<String>,
-    Posted { who, form }: Posted,
-) -> Response {
-    let body = RollbackBody {
-        deploy_id: form.text("deployId"),
-    };
-    let done = deploys::rollback(
-        State(st.clone()),
-        Authed(who.caller.clone()),
-        Path(id.clone()),
-        JsonBody(body),
-    )
-    .await
-    .map(|(_, d)| format!("Rolling back: {}", deployed(&d.0)));
-    after(&st, &who, &back(&id), done)
-}
-
-/// POST /services/{serviceId}/scale
-pub async fn scale(
-    State(st): State<AppState>,
-    Path(id): Path<String>,
-    Posted { who, form }: Posted,
-) -> Response {
-    let done = match form.text("numInstances").map(|n| n.parse::<u32>()) {
-        Some(Ok(n)) => services::scale(
-            State(st.clone()),
-            Authed(who.caller.clone()),
-            Path(id.clone()),
-            JsonBody(ScaleBody {
-                num_instances: Some(n),
-            }),
-        )
-        .await
-        .map(|_| format!("Scaling to {n} instances.")),
-        _ => Err(ApiError::field("numInstances", "must be a whole number")),
-    };
-    after(&st, &who, &back(&id), done)
-}
-
-/// The empty-bodied service actions.
-macro_rules! action {
-    ($name:ident, $handler:path, $done:literal) => {
-        #[doc = concat!("POST /services/{serviceId}/… → `", stringify!($handler), "`")]
-        pub async fn $name(
-            State(st): State<AppState>,
-            Path(id): Path<String>,
-            Posted { who, .. }: Posted,
-        ) -> Response {
-            let done = $handler(
-                State(st.clone()),
-                Authed(who.caller.clone()),
-                Path(id.clone()),
-                JsonBody(Empty {}),
-            )
-            .await
-            .map(|_| $done.to_owned());
-            after(&st, &who, &back(&id), done)
-        }
-    };
-}
-
-action!(restart, services::restart, "Restarting the instances.");
-action!(
-    suspend,
-    services::suspend,
-    "Service suspended: its instances stop."
-);
-action!(
-    resume,
-    services::resume,
-    "Service resumed: it redeploys its live image."
-);
-
-/// POST /services/{serviceId}/cron-runs
-pub async fn run_cron(
-    State(st): State<AppState>,
-    Path(id): Path<String>,
-    Posted { who, .. }: Posted,
-) -> Response {
-    let done = services::trigger_cron(
-        State(st.clone()),
-        Authed(who.caller.clone()),
-        Path(id.clone()),
-        JsonBody(Empty {}),
-    )
-    .await
-    .map(|r| format!("Run {} started.", r.0.id));
-    after(&st, &who, &back(&id), done)
-}
-
-/// POST /services/{serviceId}/cron-runs/cancel
-pub async fn cancel_cron(
-    State(st): State<AppState>,
-    Path(id): Path<String>,
-    Posted { who, .. }: Posted,
-) -> Response {
-    let done = services::cancel_cron(
-        State(st.clone()),
-        Authed(who.caller.clone()),
-        Path(id.clone()),
-    )
-    .await
-    .map(|_| "The active run is being canceled.".to_owned());
-    after(&st, &who, &back(&id), done)
 }

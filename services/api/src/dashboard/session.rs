@@ -1,4 +1,4 @@
-//! Signing in: an API key exchanged for a session.
+//! Sessions: an API key exchanged for a session ([`super::login`]).
 //!
 //! Sessions live in this process's memory only (a restart signs everyone
 //! out; nothing about them reaches the log). The cookie holds 256 random
@@ -12,32 +12,28 @@
 //! - carries a CSRF token that every form posts back ([`Posted`]); the
 //!   sign-in form, which has no session yet, is checked against a token in
 //!   a short-lived cookie of its own (double submit).
-//!
-//! Sign-in goes through [`crate::app::authenticate`], so a wrong key is
-//! refused and counted against the client's address exactly as a wrong
-//! bearer token is.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
-use berth_ingress::{api_key_sha256, same_secret, Caller};
+use axum::response::Response;
+use berth_ingress::{same_secret, Caller};
 use berth_schemas::ids::{ApiKeyId, OwnerId};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use super::{layout, see_other};
-use crate::app::{AppState, ClientAddr, MAX_BODY_BYTES};
+use crate::app::{AppState, MAX_BODY_BYTES};
 
 /// The session cookie.
 pub const COOKIE: &str = "berth_session";
 /// The sign-in form's own CSRF cookie.
-const LOGIN_COOKIE: &str = "berth_login";
+pub(super) const LOGIN_COOKIE: &str = "berth_login";
 /// How long a session lasts after sign-in.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Sessions held at most; past it the one closest to expiry goes.
@@ -85,7 +81,7 @@ pub struct Sessions {
 }
 
 /// 256 random bits, URL-safe.
-fn token() -> String {
+pub(super) fn token() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     data_encoding::BASE64URL_NOPAD.encode(&bytes)
@@ -111,7 +107,7 @@ impl Sessions {
     }
 
     /// Opens a session for `caller`'s key; returns the cookie's token.
-    fn open(&self, owner: OwnerId, key: ApiKeyId, key_sha: String) -> String {
+    pub(super) fn open(&self, owner: OwnerId, key: ApiKeyId, key_sha: String) -> String {
         let now = Instant::now();
         let token = token();
         let mut map = self.lock();
@@ -142,7 +138,7 @@ impl Sessions {
     }
 
     /// Ends the session `id` (the SHA-256 of its token).
-    fn end(&self, id: &str) {
+    pub(super) fn end(&self, id: &str) {
         self.lock().remove(id);
     }
 
@@ -164,7 +160,7 @@ impl Sessions {
         self.lock().values().filter(|s| s.expires > now).count()
     }
 
-    fn cookie(&self, name: &str, value: &str, path: &str, max_age: u64) -> HeaderValue {
+    pub(super) fn cookie(&self, name: &str, value: &str, path: &str, max_age: u64) -> HeaderValue {
         let secure = if self.secure { "; Secure" } else { "" };
         HeaderValue::from_str(&format!(
             "{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"
@@ -174,7 +170,7 @@ impl Sessions {
 }
 
 /// The value of cookie `name` in the request's headers.
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(super) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -192,7 +188,7 @@ pub struct Signed {
     /// The session's CSRF token, for the forms of the page.
     pub csrf: String,
     /// The session's id (SHA-256 of its token).
-    id: String,
+    pub(super) id: String,
     /// The page's script re-reading it for live updates: a message waiting
     /// for the next page a person opens is left for it.
     refresh: bool,
@@ -340,7 +336,7 @@ fn forbidden(why: &str) -> Response {
 
 /// A cross-site origin: the `Origin` a browser sends with a form post
 /// names another host than the one the form was posted to.
-fn foreign_origin(headers: &HeaderMap) -> bool {
+pub(super) fn foreign_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return false;
     };
@@ -352,7 +348,7 @@ fn foreign_origin(headers: &HeaderMap) -> bool {
     origin != "null" && origin_host != host
 }
 
-async fn body(req: Request, st: &AppState) -> Result<Bytes, Response> {
+pub(super) async fn body(req: Request, st: &AppState) -> Result<Bytes, Response> {
     let bytes = Bytes::from_request(req, st)
         .await
         .map_err(|_| forbidden("The form could not be read."))?;
@@ -390,167 +386,10 @@ impl FromRequest<AppState> for Posted {
     }
 }
 
-/// Where to go after signing in: a path of this site only.
-fn next_of(next: Option<&str>) -> String {
-    next.filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\'))
-        .unwrap_or("/")
-        .to_owned()
-}
-
-/// The sign-in page, with `error` shown and a fresh CSRF cookie.
-fn login_form(st: &AppState, status: StatusCode, next: &str, error: Option<&str>) -> Response {
-    let csrf = token();
-    let mut resp = layout::bare(
-        status,
-        "Sign in",
-        maud::html! {
-            div.signin {
-                h1 { "Sign in to berth" }
-                @if let Some(e) = error {
-                    p.flash.error role="alert" { (e) }
-                }
-                form method="post" action="/login" {
-                    input type="hidden" name="_csrf" value=(csrf);
-                    input type="hidden" name="next" value=(next);
-                    label for="key" { "API key" }
-                    input #key type="password" name="key" required autocomplete="current-password"
-                        autofocus spellcheck="false" aria-describedby="key-help";
-                    p #key-help .help {
-                        "The key in " code { "credentials.json" } " of your berth data directory, or one made with "
-                        code { "berth apikey create" } ". It stays on the server: this browser keeps a session cookie only."
-                    }
-                    button type="submit" { "Sign in" }
-                }
-            }
-        },
-    );
-    let cookie = st
-        .dashboard
-        .sessions
-        .cookie(LOGIN_COOKIE, &csrf, "/login", 3600);
-    resp.headers_mut().append(header::SET_COOKIE, cookie);
-    resp
-}
-
-/// Query of the sign-in page.
-#[derive(Debug, Default, serde::Deserialize)]
-pub struct LoginQuery {
-    next: Option<String>,
-}
-
-/// GET /login
-pub async fn login_page(
-    State(st): State<AppState>,
-    signed: Result<Signed, Response>,
-    uri: axum::http::Uri,
-) -> Response {
-    if signed.is_ok() {
-        return see_other("/");
-    }
-    let q: LoginQuery = axum::extract::Query::try_from_uri(&uri)
-        .map(|q| q.0)
-        .unwrap_or_default();
-    login_form(&st, StatusCode::OK, &next_of(q.next.as_deref()), None)
-}
-
-/// POST /login: the key checked as a bearer token is, then a session.
-pub async fn login(State(st): State<AppState>, req: Request) -> Response {
-    let (mut parts, body_) = req.into_parts();
-    let ClientAddr(client) = ClientAddr::from_request_parts(&mut parts, &st)
-        .await
-        .unwrap_or(ClientAddr(None));
-    let expected = cookie(&parts.headers, LOGIN_COOKIE).map(str::to_owned);
-    let foreign = foreign_origin(&parts.headers);
-    let bytes = match body(Request::from_parts(parts, body_), &st).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let form = FormData::parse(&bytes);
-    let next = next_of(form.get("next"));
-    let given = form.get("_csrf").unwrap_or_default();
-    let csrf_ok = expected.is_some_and(|e| same_secret(e.as_bytes(), given.as_bytes()));
-    if foreign || !csrf_ok {
-        return login_form(
-            &st,
-            StatusCode::FORBIDDEN,
-            &next,
-            Some("The sign-in form expired. Please try again."),
-        );
-    }
-    let key = form.get("key").unwrap_or_default().trim();
-    match crate::app::authenticate(&st, client, Some(key)).await {
-        Ok(caller) => {
-            let berth_schemas::Actor::ApiKey { key: key_id } = caller.actor else {
-                return login_form(
-                    &st,
-                    StatusCode::UNAUTHORIZED,
-                    &next,
-                    Some("Not an API key."),
-                );
-            };
-            let sessions = &st.dashboard.sessions;
-            let token = sessions.open(caller.owner, key_id, api_key_sha256(key));
-            tracing::info!(client = ?client, "dashboard sign-in");
-            let mut resp = see_other(&next);
-            let h = resp.headers_mut();
-            h.append(
-                header::SET_COOKIE,
-                sessions.cookie(COOKIE, &token, "/", SESSION_TTL.as_secs()),
-            );
-            h.append(
-                header::SET_COOKIE,
-                sessions.cookie(LOGIN_COOKIE, "", "/login", 0),
-            );
-            resp
-        }
-        Err(e) if e.status == StatusCode::TOO_MANY_REQUESTS => {
-            let wait = e.retry_after.map_or(60, |d| d.as_secs().max(1));
-            let mut resp = login_form(
-                &st,
-                StatusCode::TOO_MANY_REQUESTS,
-                &next,
-                Some(&format!(
-                    "Too many failed sign-ins from your address. Try again in {wait} s."
-                )),
-            );
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
-            resp
-        }
-        Err(e) if e.status == StatusCode::UNAUTHORIZED => login_form(
-            &st,
-            StatusCode::UNAUTHORIZED,
-            &next,
-            Some("That API key is not valid."),
-        ),
-        Err(e) => login_form(&st, e.status, &next, Some(&e.message)),
-    }
-}
-
-/// POST /logout
-pub async fn logout(State(st): State<AppState>, Posted { who, .. }: Posted) -> Response {
-    st.dashboard.sessions.end(&who.id);
-    let mut resp = see_other("/login");
-    resp.headers_mut().append(
-        header::SET_COOKIE,
-        st.dashboard.sessions.cookie(COOKIE, "", "/", 0),
-    );
-    resp.into_response()
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn next_stays_on_this_site() {
-        assert_eq!(next_of(Some("/services/srv-x")), "/services/srv-x");
-        for bad in ["//evil.example/", "https://evil.example/", "/\\evil", ""] {
-            assert_eq!(next_of(Some(bad)), "/", "{bad}");
-        }
-        assert_eq!(next_of(None), "/");
-    }
 
     #[test]
     fn cookies_are_read_by_name() {
