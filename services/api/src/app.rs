@@ -17,6 +17,8 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::dashboard::feed::LiveFeed;
+use crate::dashboard::Dashboard;
 use crate::error::ApiError;
 use crate::guard::{AuthGuard, FailureLimits, Fingerprint};
 use crate::hooks::OpenedHookKeys;
@@ -38,6 +40,8 @@ pub struct AppState {
     pub hook_keys: Arc<OpenedHookKeys>,
     /// Where views link to (dashboard, web service URLs).
     pub links: Arc<Links>,
+    /// The dashboard's sessions and live feed ([`crate::dashboard`]).
+    pub dashboard: Arc<Dashboard>,
 }
 
 impl AppState {
@@ -52,9 +56,10 @@ impl AppState {
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<Self, IngressError> {
+        let feed = LiveFeed::default();
         let mut runner = ProjectionRunner::new(
             &store,
-            ApiIndex::default(),
+            ApiIndex::with_feed(feed.clone()),
             ProjectionOptions {
                 snapshot_key: Some(crate::index::SNAPSHOT_KEY.to_owned()),
                 ..ProjectionOptions::default()
@@ -66,6 +71,10 @@ impl AppState {
             .map_err(|e| IngressError::Store(e.to_string()))?;
         let index = runner.state();
         let applied = runner.applied();
+        // The history is read: from here on the dashboard's feed keeps the
+        // tail live views follow.
+        feed.start(*applied.borrow());
+        let dashboard = Dashboard::new(feed, applied.clone(), shutdown.clone(), false);
         let stop = shutdown.clone();
         tracker.spawn(async move {
             if let Err(e) = runner.run(stop).await {
@@ -90,11 +99,21 @@ impl AppState {
             guard: Arc::default(),
             hook_keys: Arc::default(),
             links: Arc::default(),
+            dashboard: Arc::new(dashboard),
         })
     }
 
-    /// The same state, linking views to `links`.
+    /// The same state, linking views to `links` (the dashboard's cookies
+    /// are `Secure` when it is served over https).
     pub fn with_links(mut self, links: Links) -> Self {
+        let secure = links.dashboard.starts_with("https://");
+        let d = &self.dashboard;
+        self.dashboard = Arc::new(Dashboard::new(
+            d.feed.clone(),
+            d.applied.clone(),
+            d.shutdown.clone(),
+            secure,
+        ));
         self.links = Arc::new(links);
         self
     }
@@ -181,29 +200,41 @@ impl FromRequestParts<AppState> for Authed {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty() && t.len() <= 256);
-        let Some(token) = token else {
-            return Err(state.refuse(client, ApiError::unauthorized()));
-        };
-        let sha = api_key_sha256(token);
-        if let Some((owner, key)) = state.read(|i| i.key(&sha))? {
-            return Ok(Authed(Caller::api_key(owner, key)));
-        }
-        let print = Fingerprint::bearer(token);
-        if !state.guard.recently_refused(&print) {
-            if let Some(wait) = state.guard.blocked(client) {
-                return Err(ApiError::too_many_failures(wait));
-            }
-            state.caught_up().await?;
-            if let Some((owner, key)) = state.read(|i| i.key(&sha))? {
-                return Ok(Authed(Caller::api_key(owner, key)));
-            }
-            state.guard.remember_refused(print);
-        }
-        Err(state.refuse(client, ApiError::unauthorized()))
+            .and_then(|v| v.strip_prefix("Bearer "));
+        authenticate(state, client, token).await.map(Authed)
     }
+}
+
+/// The caller API key `token` authenticates, as [`Authed`] checks a bearer
+/// token and the dashboard a key to sign in with: the same refusals, the
+/// same limits on failures per client address.
+pub async fn authenticate(
+    state: &AppState,
+    client: Option<IpAddr>,
+    token: Option<&str>,
+) -> Result<Caller, ApiError> {
+    let token = token
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 256);
+    let Some(token) = token else {
+        return Err(state.refuse(client, ApiError::unauthorized()));
+    };
+    let sha = api_key_sha256(token);
+    if let Some((owner, key)) = state.read(|i| i.key(&sha))? {
+        return Ok(Caller::api_key(owner, key));
+    }
+    let print = Fingerprint::bearer(token);
+    if !state.guard.recently_refused(&print) {
+        if let Some(wait) = state.guard.blocked(client) {
+            return Err(ApiError::too_many_failures(wait));
+        }
+        state.caught_up().await?;
+        if let Some((owner, key)) = state.read(|i| i.key(&sha))? {
+            return Ok(Caller::api_key(owner, key));
+        }
+        state.guard.remember_refused(print);
+    }
+    Err(state.refuse(client, ApiError::unauthorized()))
 }
 
 /// Removes quoted values from a parser message, so a secret put in the

@@ -140,13 +140,16 @@ impl From<IngressError> for ApiError {
 
 /// Turns the framework's own plain-text rejections (a path segment that
 /// is not UTF-8, a wrong content type, …) into the `{id, message}` shape.
+/// The dashboard's HTML pages pass as they are.
 pub async fn json_errors(resp: Response) -> Response {
     let status = resp.status();
-    let is_json = resp
+    let typed = resp
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        .is_some_and(|v| {
+            v.as_bytes().starts_with(b"application/json") || v.as_bytes().starts_with(b"text/html")
+        });
+    if typed || !(status.is_client_error() || status.is_server_error()) {
         return resp;
     }
     let (id, message) = match status {

@@ -19,6 +19,8 @@ use berth_schemas::{AggregateId, Envelope, Event};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::dashboard::feed::LiveFeed;
+
 /// A service in the index: when it was created (stream position, for
 /// newest-first listings) and its state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,12 +65,23 @@ pub struct ApiIndex {
     /// a listing page is a range of it, whatever the owner's count.
     #[serde(skip)]
     by_owner: HashMap<OwnerId, BTreeMap<std::cmp::Reverse<u64>, ServiceId>>,
+    /// The dashboard's live tail of the service events applied here.
+    #[serde(skip)]
+    live: LiveFeed,
 }
 
 /// Shared handle on the index.
 pub type SharedIndex = Arc<RwLock<ApiIndex>>;
 
 impl ApiIndex {
+    /// An empty index that hands the service events it applies to `live`.
+    pub fn with_feed(live: LiveFeed) -> Self {
+        ApiIndex {
+            live,
+            ..ApiIndex::default()
+        }
+    }
+
     /// The owner and key a bearer token's SHA-256 belongs to.
     pub fn key(&self, sha256: &str) -> Option<(OwnerId, ApiKeyId)> {
         self.keys.get(sha256).cloned()
@@ -222,6 +235,7 @@ impl Projection for ApiIndex {
                     entry.created_seq,
                     entry.state.config.as_ref().map(|c| c.owner.clone()),
                 );
+                self.live.push(stream_seq, id, owner.as_ref(), env);
                 if entry.state.exists() {
                     self.timeline.push(env);
                     if let (Event::ServiceCreated(_), Some(owner)) = (event, owner) {
@@ -251,7 +265,9 @@ impl Projection for ApiIndex {
     }
 
     fn restore(&mut self, snapshot: Self::Snapshot) {
+        let live = std::mem::take(&mut self.live);
         *self = snapshot;
+        self.live = live;
         self.index_owners();
     }
 }

@@ -17,11 +17,15 @@
 //! - [`bootstrap`]: the first owner and API key of a fresh installation;
 //! - [`guard`]: refused credentials answered from memory, failed
 //!   authentication limited per client address;
+//! - [`dashboard`]: the web dashboard at `/` of the same listener
+//!   (sessions from API keys, pages over the same typed views and
+//!   handlers, live updates over SSE);
 //! - [`Api`]: the `api` component of `berth up`.
 
 pub mod app;
 pub mod bootstrap;
 pub mod bus;
+pub mod dashboard;
 pub mod error;
 pub mod guard;
 pub mod hooks;
@@ -36,6 +40,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit};
+use axum::response::IntoResponse;
 use axum::Router;
 use berth_eventlog::logs::LogLimits;
 use berth_eventlog::EventStore;
@@ -211,7 +216,16 @@ impl ApiArgs {
 /// document is made from too.
 pub fn router(state: AppState) -> Router {
     openapi::add_routes(Router::new())
-        .fallback(|| async { ApiError::not_found("route") })
+        .fallback(|uri: axum::http::Uri| async move {
+            // The API's paths answer in its error shape; any other is a
+            // page nothing serves.
+            let p = uri.path();
+            if p == "/v1" || p.starts_with("/v1/") || p.starts_with("/deploy/") {
+                ApiError::not_found("route").into_response()
+            } else {
+                dashboard::not_found()
+            }
+        })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(app::MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(error::json_errors))

@@ -8,6 +8,11 @@
 //! a part does not compile into the table (see [`Part`] and [`Answer`]).
 //! The document is served at `/v1/openapi.json` and committed as
 //! `services/api/openapi.json` (a test fails when they drift).
+//!
+//! The dashboard's pages, forms and streams are a second table,
+//! [`PAGES`], registered beside the API's and kept out of the document,
+//! which describes the JSON API only. These two tables are the only place
+//! routes are added (a test checks it).
 
 use std::future::Future;
 
@@ -20,6 +25,7 @@ use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{json, Map, Value};
 
 use crate::app::{AppState, Authed, ClientAddr, JsonBody};
+use crate::dashboard;
 use crate::error::ApiError;
 use crate::hooks;
 use crate::query::Listing;
@@ -254,11 +260,11 @@ macro_rules! routes {
             describe: |g| describe(&$handler, g),
         }),*];
 
-        /// Registers every route of [`ROUTES`] on `router`: the only place
-        /// the API's routes are added (a test checks that no other code
-        /// adds any).
+        /// Registers every route of [`ROUTES`] and of [`PAGES`] on
+        /// `router`: the only place routes are added (a test checks that no
+        /// other code adds any).
         pub(crate) fn add_routes(router: Router<AppState>) -> Router<AppState> {
-            router $(.route($path, axum::routing::$method($handler)))*
+            add_pages(router $(.route($path, axum::routing::$method($handler)))*)
         }
     };
 }
@@ -370,6 +376,76 @@ routes! {
         "Deploy hook (query: key, imgURL)", 200;
     get "/v1/openapi.json" => serve,
         "This document", 200;
+}
+
+/// One page, form or stream of the dashboard: served on the API's
+/// listener, never part of the OpenAPI document.
+#[derive(Debug, Clone, Copy)]
+pub struct PageRoute {
+    /// Lowercase HTTP method.
+    pub method: &'static str,
+    /// The path template, `{name}` for each parameter.
+    pub path: &'static str,
+    /// What it is.
+    pub summary: &'static str,
+}
+
+/// Each row names its method, path, handler and summary once: the macro
+/// makes the public table and the registrations from it.
+macro_rules! pages {
+    ($(
+        $method:ident $path:literal => $handler:path, $summary:literal;
+    )*) => {
+        /// Every route of the dashboard ([`crate::dashboard`]).
+        pub const PAGES: &[PageRoute] = &[$(PageRoute {
+            method: stringify!($method),
+            path: $path,
+            summary: $summary,
+        }),*];
+
+        /// Registers every route of [`PAGES`] (called by [`add_routes`]).
+        fn add_pages(router: Router<AppState>) -> Router<AppState> {
+            router $(.route($path, axum::routing::$method($handler)))*
+        }
+    };
+}
+
+pages! {
+    get "/" => dashboard::pages::index, "The services list (the API's filters)";
+    get "/login" => dashboard::login::login_page, "Sign in";
+    post "/login" => dashboard::login::login, "Sign in with an API key";
+    post "/logout" => dashboard::login::logout, "Sign out";
+    get "/live" => dashboard::live::owner, "SSE: commits of all the owner's services";
+    get "/assets/dashboard.js" => dashboard::assets::js, "The dashboard's script";
+    get "/assets/dashboard.css" => dashboard::assets::css, "The dashboard's style sheet";
+    get "/services/new" => dashboard::pages::new_service, "The new-service form";
+    post "/services" => dashboard::pages::create, "Create a service";
+    get "/services/{serviceId}" => dashboard::service::page, "A service";
+    get "/services/{serviceId}/live" => dashboard::live::service, "SSE: the service's commits";
+    post "/services/{serviceId}/deploys" => dashboard::actions::deploy, "Deploy (latest reference or an image)";
+    post "/services/{serviceId}/deploys/{deployId}/cancel" => dashboard::actions::cancel, "Cancel a deploy";
+    post "/services/{serviceId}/rollback" => dashboard::actions::rollback, "Roll back to a deploy";
+    post "/services/{serviceId}/scale" => dashboard::actions::scale, "Scale";
+    post "/services/{serviceId}/restart" => dashboard::actions::restart, "Restart";
+    post "/services/{serviceId}/suspend" => dashboard::actions::suspend, "Suspend";
+    post "/services/{serviceId}/resume" => dashboard::actions::resume, "Resume";
+    post "/services/{serviceId}/cron-runs" => dashboard::actions::run_cron, "Trigger a cron run";
+    post "/services/{serviceId}/cron-runs/cancel" => dashboard::actions::cancel_cron, "Cancel the active cron run";
+    get "/services/{serviceId}/settings" => dashboard::settings::page, "A service's settings, env vars, hook";
+    post "/services/{serviceId}/settings" => dashboard::settings::update, "Save a service's settings";
+    post "/services/{serviceId}/env-vars" => dashboard::settings::set_env, "Set an env var";
+    post "/services/{serviceId}/env-vars/{envVarKey}/delete" => dashboard::settings::delete_env, "Delete an env var";
+    post "/services/{serviceId}/deploy-hook/regenerate" => dashboard::settings::regenerate_hook, "Regenerate the hook key";
+    post "/services/{serviceId}/delete" => dashboard::settings::delete, "Delete a service (its name typed)";
+    get "/credentials" => dashboard::owner::credentials_page, "Registry credentials";
+    post "/credentials" => dashboard::owner::add, "Add a registry credential";
+    post "/credentials/{registryCredentialId}/rotate" => dashboard::owner::rotate, "Rotate a credential's token";
+    post "/credentials/{registryCredentialId}/delete" => dashboard::owner::delete, "Delete a credential";
+    get "/notifications" => dashboard::owner::notifications_page, "Notification settings";
+    post "/notifications" => dashboard::owner::save_notifications, "Save notification settings";
+    get "/api-keys" => dashboard::owner::api_keys_page, "API keys";
+    post "/api-keys" => dashboard::owner::create_key, "Create an API key (shown once)";
+    post "/api-keys/{apiKeyId}/revoke" => dashboard::owner::revoke_key, "Revoke an API key";
 }
 
 /// The OpenAPI operation of `r`, its schemas added to `g`.

@@ -8,7 +8,7 @@
 use berth_domain::service::{Deploy, ServiceState, ServiceStatus};
 use berth_schemas::ids::ServiceId;
 use berth_schemas::model::{
-    DeployStatus, DeployTrigger, NotifySetting, OverlapPolicy, Plan, ServiceType,
+    DeployPhase, DeployStatus, DeployTrigger, NotifySetting, OverlapPolicy, Plan, ServiceType,
 };
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -487,6 +487,13 @@ pub struct DeployView {
     /// again (e.g. "registry unavailable, retry 3 at …").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retrying: Option<Retrying>,
+    /// berth: its finer phase while it runs (resolving, pulling,
+    /// pre_deploy, updating).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<DeployPhase>,
+    /// berth: the nodes that hold its digest, verified.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pulled_on: Vec<String>,
     // Times not reached yet are left out (Render's clients read a present
     // time as a time).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -529,6 +536,8 @@ impl DeployView {
                 retry_at: r.retry_at,
                 message: r.message.clone(),
             }),
+            phase: d.phase,
+            pulled_on: d.pulled_on.iter().map(ToString::to_string).collect(),
             created_at: d.created_at,
             updated_at: updated,
             started_at: d.started_at,

@@ -2,8 +2,9 @@
 //! `/v1/openapi.json`, equal to the committed `services/api/openapi.json`
 //! (run with `BERTH_UPDATE_OPENAPI=1` to rewrite it); every route the table
 //! lists is routed with exactly its methods, and no code adds a route
-//! outside the table (so nothing is served undocumented). Plus the
-//! first-start bootstrap of credentials.json.
+//! outside the table (so nothing is served undocumented). The dashboard's
+//! pages are a table of their own, held to the same rules and kept out of
+//! the document. Plus the first-start bootstrap of credentials.json.
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -72,9 +73,25 @@ async fn openapi_is_served_committed_and_complete() {
             r.path
         );
     }
+    // The document describes the JSON API only: no page of the dashboard.
+    for p in berth_api::openapi::PAGES {
+        assert!(
+            !served["paths"].as_object().unwrap().contains_key(p.path),
+            "the dashboard's {} is in the OpenAPI document",
+            p.path
+        );
+    }
     // The router serves each path with the table's methods, and answers
     // any other method 405: a method added outside the table is caught.
-    let paths: std::collections::BTreeSet<&str> = routes.iter().map(|r| r.path).collect();
+    let table: Vec<(&str, &str)> = routes.iter().map(|r| (r.method, r.path)).collect();
+    served_as_listed(&app, &table, "route table").await;
+}
+
+/// Each path of `table` (method, template) is routed with exactly the
+/// methods it lists: another method is a 405, a listed one neither a 405
+/// nor a "no such route" 404.
+async fn served_as_listed(app: &App, table: &[(&str, &str)], which: &str) {
+    let paths: std::collections::BTreeSet<&str> = table.iter().map(|(_, p)| *p).collect();
     for template in paths {
         let path = example_path(template);
         for method in [
@@ -84,28 +101,44 @@ async fn openapi_is_served_committed_and_complete() {
             Method::PATCH,
             Method::DELETE,
         ] {
-            let listed = routes
+            let listed = table
                 .iter()
-                .any(|r| r.path == template && r.method == method.as_str().to_lowercase());
+                .any(|(m, p)| *p == template && *m == method.as_str().to_lowercase());
             let (s, v) = app.call(method.clone(), &path, None, None).await;
             if listed {
-                assert_ne!(
-                    s,
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "{method} {template} not routed"
-                );
-                assert_ne!(
-                    v["message"], "route not found",
-                    "{method} {template} not routed"
+                // A 404 of the API names what was not found; the route
+                // itself is missing when it says "route" (or is a page).
+                let missing = s == StatusCode::NOT_FOUND
+                    && v["message"].as_str().is_none_or(|m| m == "route not found");
+                assert!(
+                    s != StatusCode::METHOD_NOT_ALLOWED && !missing,
+                    "{method} {template} not routed: {s} {v}"
                 );
             } else {
                 assert_eq!(
                     s,
                     StatusCode::METHOD_NOT_ALLOWED,
-                    "{method} {template} is served but not in the route table: {v}"
+                    "{method} {template} is served but not in the {which}: {v}"
                 );
             }
         }
+    }
+}
+
+/// Every page of the dashboard's table is served with exactly its methods
+/// (any other method is a 405, as for the API's), and a path in neither
+/// table is a 404: nothing is served that is not in a table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_pages_are_served_from_their_table() {
+    let app = App::start(false).await;
+    let pages: Vec<(&str, &str)> = berth_api::openapi::PAGES
+        .iter()
+        .map(|r| (r.method, r.path))
+        .collect();
+    served_as_listed(&app, &pages, "page table").await;
+    for unknown in ["/nothing", "/services/srv-x/nothing", "/v1/nothing"] {
+        let (s, _) = app.call(Method::GET, unknown, None, None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{unknown}");
     }
 }
 
@@ -142,6 +175,16 @@ fn routes_are_added_only_from_the_table() {
         offenders.is_empty(),
         "routes added outside the table in openapi.rs: {offenders:?}"
     );
+    // Inside openapi.rs, routes are added by the two tables' macros only.
+    let table = std::fs::read_to_string(format!("{src}/openapi.rs")).unwrap();
+    assert_eq!(
+        table.matches(".route(").count(),
+        2,
+        "openapi.rs adds routes outside its ROUTES and PAGES tables"
+    );
+    for call in [".route_service(", ".nest(", ".nest_service(", ".merge("] {
+        assert!(!table.contains(call), "openapi.rs: {call}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

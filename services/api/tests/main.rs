@@ -7,6 +7,8 @@ mod channels;
 mod conformance;
 mod credential_change;
 mod credentials;
+mod dashboard;
+mod dashboard_live;
 mod docs;
 mod env_vars;
 mod events;

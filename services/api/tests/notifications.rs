@@ -392,3 +392,66 @@ async fn service_overrides_in_renders_shape() {
     let (s, v) = app.get("/v1/notification-settings/overrides", &bob).await;
     assert_eq!((s, v), (StatusCode::OK, json!([])));
 }
+
+/// A webhook is only sent signed: a URL without a secret (given now or
+/// stored) is a 400 naming `webhookSecret`, never stored to be silently
+/// never called; so is removing the secret of a webhook that stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_url_needs_its_secret() {
+    let app = App::start(false).await;
+    let alice = app.owner().await;
+    let path = format!("/v1/notification-settings/owners/{}", alice.id);
+    let before = app.last_seq().await;
+    for body in [
+        json!({"webhookUrl": HOOK}),
+        json!({"webhookUrl": HOOK, "webhookSecret": ""}),
+    ] {
+        let (s, v) = app.patch(&path, &alice, body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(v["fields"][0]["field"], "webhookSecret", "{v}");
+        assert_no_secret(&v);
+    }
+    assert_eq!(app.last_seq().await, before, "a refused change appended");
+
+    let (s, v) = app
+        .patch(
+            &path,
+            &alice,
+            json!({"webhookUrl": HOOK, "webhookSecret": SECRET}),
+        )
+        .await;
+    assert_eq!(
+        (s, &v["webhookConfigured"]),
+        (StatusCode::OK, &json!(true)),
+        "{v}"
+    );
+    // A new URL keeps the stored secret.
+    let (s, v) = app
+        .patch(
+            &path,
+            &alice,
+            json!({"webhookUrl": "http://127.0.0.1:9/other"}),
+        )
+        .await;
+    assert_eq!(
+        (s, &v["webhookConfigured"]),
+        (StatusCode::OK, &json!(true)),
+        "{v}"
+    );
+    // The secret alone cannot go while the URL stays.
+    let (s, v) = app.patch(&path, &alice, json!({"webhookSecret": ""})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    // Both together remove the webhook.
+    let (s, v) = app
+        .patch(
+            &path,
+            &alice,
+            json!({"webhookUrl": "", "webhookSecret": ""}),
+        )
+        .await;
+    assert_eq!(
+        (s, &v["webhookConfigured"]),
+        (StatusCode::OK, &json!(false)),
+        "{v}"
+    );
+}

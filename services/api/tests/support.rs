@@ -139,6 +139,29 @@ impl App {
         }
     }
 
+    /// A second API over the same log, started now: its read model and
+    /// the dashboard's feed begin at the log's current end. Stops with
+    /// this installation.
+    pub async fn second_api(&self) -> Router {
+        let state = AppState::start(
+            self.store.clone(),
+            self.key.clone(),
+            IngressOptions {
+                check_timeout: Duration::from_secs(10),
+                ..IngressOptions::default()
+            },
+            self.shutdown.clone(),
+            &TaskTracker::new(),
+        )
+        .await
+        .unwrap()
+        .with_failure_limits(berth_api::FailureLimits {
+            burst: 10_000,
+            per_minute: 60_000,
+        });
+        berth_api::router(state)
+    }
+
     /// Stops the resolver and waits until it has ended: nothing it was
     /// doing lands after this returns.
     pub async fn stop_resolver(&self) {

@@ -136,6 +136,36 @@ pub enum BenchCommand {
     /// `berth up` restarted on a long history: start-up time, memory,
     /// listing and hook latency.
     Scale(BenchScaleArgs),
+    /// The dashboard: the services page with many services, and many
+    /// live streams on one service receiving every deploy event.
+    Dashboard(BenchDashboardArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchDashboardArgs {
+    /// Services in the history (one owner).
+    #[arg(long, default_value_t = 1000)]
+    pub services: u64,
+
+    /// Requests of each services page measured.
+    #[arg(long, default_value_t = 500)]
+    pub page_requests: u64,
+
+    /// SSE streams on the one service.
+    #[arg(long, default_value_t = 500)]
+    pub subscribers: u64,
+
+    /// Deploys requested (and canceled) on it while they follow.
+    #[arg(long, default_value_t = 50)]
+    pub deploys: u64,
+
+    /// nats-server binary to start (default: `nats-server` on PATH).
+    #[arg(long)]
+    pub nats_server: Option<PathBuf>,
+
+    /// Log filter.
+    #[arg(long, env = "BERTH_LOG", default_value = "warn")]
+    pub log: String,
 }
 
 #[derive(Debug, Args)]

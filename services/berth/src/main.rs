@@ -42,6 +42,9 @@ fn main() -> ExitCode {
         Command::Run(args) => with_runtime(up::run_one(args)),
         Command::Bench(BenchCommand::Eventlog(args)) => with_runtime(bench::eventlog(args)),
         Command::Bench(BenchCommand::Scale(args)) => with_runtime(bench::scale::scale(args)),
+        Command::Bench(BenchCommand::Dashboard(args)) => {
+            with_runtime(bench::dashboard::dashboard(args))
+        }
         Command::Nats(cmd) => with_runtime(nats(cmd)),
         // Client commands have their own exit codes (1 refused, 64 usage, 69 unreachable).
         Command::Client(cmd) => return client::main(cmd),

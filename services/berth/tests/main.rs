@@ -7,6 +7,7 @@ mod cli_lifecycle;
 mod cli_logs;
 mod cli_support;
 mod crash;
+mod dashboard_browser;
 mod deploy_config;
 mod integrations;
 mod node;

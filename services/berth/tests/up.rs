@@ -418,7 +418,11 @@ async fn bad_config_exits_64_before_anything_starts() {
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown component"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no-such-component") && stderr.contains("scheduler"),
+        "the components are named: {stderr}"
+    );
 }
 
 #[tokio::test]

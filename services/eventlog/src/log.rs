@@ -520,6 +520,33 @@ impl EventStore {
         decode_commit(&msg)
     }
 
+    /// The commits of `aggregate` after stream sequence `after` and up to
+    /// `upto`, each with its stream sequence, at most `limit` of them: what
+    /// a follower that saw the aggregate up to `after` missed (a live view
+    /// resumed from its last event id). One direct get per commit.
+    pub async fn commits_between(
+        &self,
+        aggregate: &AggregateId,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Commit)>, StoreError> {
+        let subject = self.subjects.aggregate(aggregate);
+        let mut out = Vec::new();
+        let mut from = after + 1;
+        while out.len() < limit && from <= upto {
+            let Some(msg) = self.get_next_for_subject(&subject, from).await? else {
+                break;
+            };
+            if msg.sequence > upto {
+                break;
+            }
+            from = msg.sequence + 1;
+            out.push((msg.sequence, decode_commit(&msg)?));
+        }
+        Ok(out)
+    }
+
     /// Direct gets may be answered by a lagging replica; on replicated
     /// streams reads go to the leader so a load is never older than an ack.
     fn direct_reads(&self) -> bool {

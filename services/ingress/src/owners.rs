@@ -275,6 +275,18 @@ impl Ingress {
                     webhook_url: pick(&hook_url, &old.webhook_url),
                     webhook_secret: pick(&hook_secret, &old.webhook_secret),
                 };
+                // Checked on the merged settings: a webhook is only sent
+                // signed, so a URL the notifier could never use is refused
+                // rather than stored and silently never called.
+                if wanted.webhook_url.is_some() && wanted.webhook_secret.is_none() {
+                    return Err(DomainError::Invalid {
+                        field: "webhookSecret",
+                        reason: "a webhook URL needs its signing secret (whsec_…): give \
+                                 webhookSecret with webhookUrl, or webhookUrl \"\" to remove \
+                                 the webhook"
+                            .to_owned(),
+                    });
+                }
                 Ok(Some(owner::Command::SetNotificationSettings(wanted)))
             },
         )

@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use berth_domain::service::{ServiceState, ServiceStatus};
-use berth_ingress::{NewService, Scope};
+use berth_ingress::{Caller, NewService, Scope};
 use berth_runtime::Secret;
 use berth_schemas::events::ServiceSettings;
 use berth_schemas::ids::{CredentialId, ServiceId};
@@ -652,13 +652,31 @@ pub async fn list(
     Authed(caller): Authed,
     Listing(q): Listing<ServicesQuery>,
 ) -> Result<Json<Vec<ServiceItem>>, ApiError> {
-    let filter = ServiceFilter::of(&q, caller.owner.as_str())?;
+    page_of(&st, &caller, &q, |id, _, service| ServiceItem {
+        service,
+        cursor: id.to_string(),
+    })
+    .await
+    .map(Json)
+}
+
+/// One page of the caller's services as `GET /v1/services` lists them
+/// (its filters, cursor and limit), each made into a `T` by `item` from
+/// the service's id, state and view: the listing and the dashboard's
+/// services page are the same page.
+pub(crate) async fn page_of<T>(
+    st: &AppState,
+    caller: &Caller,
+    q: &ServicesQuery,
+    item: impl Fn(&ServiceId, &ServiceState, views::ServiceView) -> T,
+) -> Result<Vec<T>, ApiError> {
+    let filter = ServiceFilter::of(q, caller.owner.as_str())?;
     query::flag("includePreviews", q.include_previews.as_deref())?;
     let limit = app::limit(q.limit.as_deref())?.unwrap_or(20);
     st.caught_up().await?;
     // The page is cut from references into the index; only its services
     // are rendered.
-    let page = st.read(|i| {
+    st.read(|i| {
         i.services_page(&caller.owner, q.cursor.as_deref(), limit, |_, s| {
             filter.keeps(s)
         })
@@ -666,18 +684,13 @@ pub async fn list(
             items
                 .into_iter()
                 .filter_map(|(id, state)| {
-                    views::service(id, state, &st.links, |c| i.credential_name(c)).map(|service| {
-                        ServiceItem {
-                            service,
-                            cursor: id.to_string(),
-                        }
-                    })
+                    views::service(id, state, &st.links, |c| i.credential_name(c))
+                        .map(|service| item(id, state, service))
                 })
                 .collect::<Vec<_>>()
         })
         .map_err(|e| ApiError::field("cursor", e.to_string()))
-    })??;
-    Ok(Json(page))
+    })?
 }
 
 /// GET /v1/services/{id}

@@ -6,6 +6,7 @@
 //! policy, each on a fresh server, so their cost compares within one run.
 //! The measurement itself is [`eventlog`].
 
+pub mod dashboard;
 mod eventlog;
 pub mod scale;
 

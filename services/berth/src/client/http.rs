@@ -351,6 +351,17 @@ fn flag_of(field: &str) -> Option<&'static str> {
 
 /// One client for http and https (rustls with ring, platform roots).
 pub(crate) fn build_http() -> Result<reqwest::Client, ClientError> {
+    http_builder()?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(60))
+        .user_agent(concat!("berth-cli/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ClientError::Failed(format!("cannot set up HTTPS: {e}")))
+}
+
+/// A client builder with berth's TLS set up (rustls with ring, the
+/// platform's roots), for clients that need other limits.
+pub(crate) fn http_builder() -> Result<reqwest::ClientBuilder, ClientError> {
     use rustls_platform_verifier::BuilderVerifierExt;
     let fail = |e: String| ClientError::Failed(format!("cannot set up HTTPS: {e}"));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -360,13 +371,7 @@ pub(crate) fn build_http() -> Result<reqwest::Client, ClientError> {
         .with_platform_verifier()
         .map_err(|e| fail(e.to_string()))?
         .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(60))
-        .user_agent(concat!("berth-cli/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| fail(e.to_string()))
+    Ok(reqwest::Client::builder().tls_backend_preconfigured(tls))
 }
 
 /// Percent-encodes one path or query component.

@@ -11,7 +11,7 @@
 //! - deploy hook latency on a service with a long deploy history against
 //!   one with a single deploy, the first (cold) call of each apart.
 
-mod seed;
+pub(crate) mod seed;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -46,14 +46,14 @@ pub async fn scale(args: BenchScaleArgs) -> Outcome {
 }
 
 /// A `berth up` the bench started, and where it answers.
-struct Up {
-    child: Child,
-    api: String,
+pub(crate) struct Up {
+    pub(crate) child: Child,
+    pub(crate) api: String,
 }
 
 impl Up {
     /// Spawns `berth up` on `nats` with its data in `data`.
-    fn spawn(data: &Path, nats: &str) -> anyhow::Result<Self> {
+    pub(crate) fn spawn(data: &Path, nats: &str) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("finding the berth binary")?;
         let api = format!("127.0.0.1:{}", free_port()?);
         let child = Command::new(exe)
@@ -77,7 +77,7 @@ impl Up {
     }
 
     /// SIGTERM, then waits for it to exit.
-    async fn stop(mut self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(pid) = self.child.id() {
             // SAFETY-free: a signal to our own child.
             let _ = nix::sys::signal::kill(
@@ -93,7 +93,7 @@ impl Up {
     }
 
     /// Resident and peak memory of the process, in MiB.
-    fn memory(&self) -> Option<(f64, f64)> {
+    pub(crate) fn memory(&self) -> Option<(f64, f64)> {
         memory_of(self.child.id()?)
     }
 
@@ -149,13 +149,13 @@ fn memory_of(pid: u32) -> Option<(f64, f64)> {
 /// What `berth up` wrote on its first start.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Credentials {
-    owner_id: String,
-    api_key: String,
+pub(crate) struct Credentials {
+    pub(crate) owner_id: String,
+    pub(crate) api_key: String,
 }
 
 /// Polls a listing until it answers 200 with at least `min` services.
-async fn until_listing(
+pub(crate) async fn until_listing(
     http: &reqwest::Client,
     up: &mut Up,
     key: &str,
@@ -192,7 +192,7 @@ async fn until_listing(
 /// Waits until every consumer of the event log was delivered everything
 /// (a job still being retried, such as the resolver retrying the
 /// unreachable registry of a hook's deploy, is delivered already).
-async fn caught_up(url: &str, within: Duration) -> anyhow::Result<Duration> {
+pub(crate) async fn caught_up(url: &str, within: Duration) -> anyhow::Result<Duration> {
     use futures::TryStreamExt;
     let client = async_nats::connect(url).await.context("connecting")?;
     let js = async_nats::jetstream::new(client);
@@ -238,22 +238,35 @@ async fn hook(
     Ok(took)
 }
 
-fn histogram() -> anyhow::Result<Histogram<u64>> {
+pub(crate) fn histogram() -> anyhow::Result<Histogram<u64>> {
     Histogram::new(3).context("histogram")
 }
 
-fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+pub(crate) fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
 async fn run(args: BenchScaleArgs, plan: seed::Plan) -> anyhow::Result<()> {
-    let binary = match args.nats_server.clone() {
+    let (nats, dir) = own_nats(args.nats_server.clone()).await?;
+    let data: PathBuf = dir.path().join("data");
+    let url = nats.url().to_owned();
+    let http = crate::client::http::build_http().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let result = measure(&args, &plan, &data, &url, &http).await;
+    nats.stop(Duration::from_secs(5)).await.ok();
+    result
+}
+
+/// A nats-server of the bench's own (`binary`, else the one on PATH) on a
+/// free port, storing in the temp dir returned with it.
+pub(crate) async fn own_nats(
+    binary: Option<PathBuf>,
+) -> anyhow::Result<(LocalNats, tempfile::TempDir)> {
+    let binary = match binary {
         Some(b) => b,
         None => find_on_path("nats-server")
             .with_context(|| format!("`nats-server` is not on PATH: {INSTALL_HINT}"))?,
     };
     let dir = tempfile::tempdir().context("creating a temp dir")?;
-    let data: PathBuf = dir.path().join("data");
     let nats = LocalNats::start(NatsServerSpec {
         binary,
         host: "127.0.0.1".to_owned(),
@@ -266,21 +279,17 @@ async fn run(args: BenchScaleArgs, plan: seed::Plan) -> anyhow::Result<()> {
         authorization: None,
     })
     .await?;
-    let url = nats.url().to_owned();
-    let http = crate::client::http::build_http().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let result = measure(&args, &plan, &data, &url, &http).await;
-    nats.stop(Duration::from_secs(5)).await.ok();
-    result
+    Ok((nats, dir))
 }
 
-async fn measure(
-    args: &BenchScaleArgs,
-    plan: &seed::Plan,
+/// The first start of `berth up` on `url` with its data in `data` (stream,
+/// installation key, first owner), stopped once its API answers; what it
+/// wrote to credentials.json.
+pub(crate) async fn first_start(
     data: &Path,
     url: &str,
     http: &reqwest::Client,
-) -> anyhow::Result<()> {
-    // First start: the stream, the installation key, the first owner.
+) -> anyhow::Result<Credentials> {
     let mut up = Up::spawn(data, url)?;
     let creds: Credentials = {
         let path = data.join("credentials.json");
@@ -299,7 +308,17 @@ async fn measure(
     };
     until_listing(http, &mut up, &creds.api_key, 0, Duration::from_secs(60)).await?;
     up.stop().await?;
+    Ok(creds)
+}
 
+/// Writes `plan`'s history for the first owner into the log at `url`,
+/// hook keys sealed with the installation's key in `data`.
+pub(crate) async fn seed_history(
+    data: &Path,
+    url: &str,
+    creds: &Credentials,
+    plan: &seed::Plan,
+) -> anyhow::Result<seed::Seeded> {
     let owner: OwnerId = creds.owner_id.parse().map_err(anyhow::Error::msg)?;
     let key =
         SecretKey::load_or_create(&data.join("secret.key")).context("the installation key")?;
@@ -322,6 +341,19 @@ async fn measure(
     );
     drop(store);
     berth_runtime::drain_nats(&client, Duration::from_secs(5)).await;
+    Ok(seeded)
+}
+
+async fn measure(
+    args: &BenchScaleArgs,
+    plan: &seed::Plan,
+    data: &Path,
+    url: &str,
+    http: &reqwest::Client,
+) -> anyhow::Result<()> {
+    // First start: the stream, the installation key, the first owner.
+    let creds = first_start(data, url, http).await?;
+    let seeded = seed_history(data, url, &creds, plan).await?;
 
     // The first start on that history: everything read once; a hook on
     // each of the two services, so they have been written to by berth.

@@ -1,0 +1,177 @@
+//! A service's actions: each form posts to the `/v1` handler that does
+//! the same (deploy, cancel, roll back, scale, restart, suspend, resume,
+//! cron runs) and comes back to the service's page with what happened.
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use berth_schemas::model::DeployStatus;
+
+use super::after;
+use super::session::Posted;
+use crate::app::{AppState, Authed, JsonBody};
+use crate::error::ApiError;
+use crate::routes::deploys::{self, RollbackBody};
+use crate::routes::services::{self, Empty, ScaleBody};
+use crate::views::DeployView;
+
+/// The page of service `id`.
+fn back(id: &str) -> String {
+    format!("/services/{id}")
+}
+
+/// POST /services/{serviceId}/deploys: a manual deploy, of the service's
+/// reference or of `imageUrl`.
+pub async fn deploy(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Posted { who, form }: Posted,
+) -> Response {
+    let body = deploys::CreateBody {
+        image_url: form.text("imageUrl"),
+        clear_cache: None,
+        deploy_mode: None,
+        build_id: None,
+        commit_id: None,
+    };
+    let done = deploys::create(
+        State(st.clone()),
+        Authed(who.caller.clone()),
+        Path(id.clone()),
+        JsonBody(body),
+    )
+    .await
+    .map(|(_, d)| deployed(&d.0));
+    after(&st, &who, &back(&id), done)
+}
+
+fn deployed(d: &DeployView) -> String {
+    match d.status {
+        DeployStatus::Queued => format!("Deploy {} queued behind the running one.", d.id),
+        _ => format!("Deploy {} started.", d.id),
+    }
+}
+
+/// POST /services/{serviceId}/deploys/{deployId}/cancel
+pub async fn cancel(
+    State(st): State<AppState>,
+    Path((id, dep)): Path<(String, String)>,
+    Posted { who, .. }: Posted,
+) -> Response {
+    let done = deploys::cancel(
+        State(st.clone()),
+        Authed(who.caller.clone()),
+        Path((id.clone(), dep)),
+    )
+    .await
+    .map(|d| format!("Deploy {} canceled.", d.0.id));
+    after(&st, &who, &back(&id), done)
+}
+
+/// POST /services/{serviceId}/rollback
+pub async fn rollback(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Posted { who, form }: Posted,
+) -> Response {
+    let body = RollbackBody {
+        deploy_id: form.text("deployId"),
+    };
+    let done = deploys::rollback(
+        State(st.clone()),
+        Authed(who.caller.clone()),
+        Path(id.clone()),
+        JsonBody(body),
+    )
+    .await
+    .map(|(_, d)| format!("Rolling back: {}", deployed(&d.0)));
+    after(&st, &who, &back(&id), done)
+}
+
+/// POST /services/{serviceId}/scale
+pub async fn scale(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Posted { who, form }: Posted,
+) -> Response {
+    let done = match form.text("numInstances").map(|n| n.parse::<u32>()) {
+        Some(Ok(n)) => services::scale(
+            State(st.clone()),
+            Authed(who.caller.clone()),
+            Path(id.clone()),
+            JsonBody(ScaleBody {
+                num_instances: Some(n),
+            }),
+        )
+        .await
+        .map(|_| format!("Scaling to {n} instances.")),
+        _ => Err(ApiError::field("numInstances", "must be a whole number")),
+    };
+    after(&st, &who, &back(&id), done)
+}
+
+/// The empty-bodied service actions.
+macro_rules! action {
+    ($name:ident, $handler:path, $done:literal) => {
+        #[doc = concat!("POST /services/{serviceId}/… → `", stringify!($handler), "`")]
+        pub async fn $name(
+            State(st): State<AppState>,
+            Path(id): Path<String>,
+            Posted { who, .. }: Posted,
+        ) -> Response {
+            let done = $handler(
+                State(st.clone()),
+                Authed(who.caller.clone()),
+                Path(id.clone()),
+                JsonBody(Empty {}),
+            )
+            .await
+            .map(|_| $done.to_owned());
+            after(&st, &who, &back(&id), done)
+        }
+    };
+}
+
+action!(restart, services::restart, "Restarting the instances.");
+action!(
+    suspend,
+    services::suspend,
+    "Service suspended: its instances stop."
+);
+action!(
+    resume,
+    services::resume,
+    "Service resumed: it redeploys its live image."
+);
+
+/// POST /services/{serviceId}/cron-runs
+pub async fn run_cron(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Posted { who, .. }: Posted,
+) -> Response {
+    let done = services::trigger_cron(
+        State(st.clone()),
+        Authed(who.caller.clone()),
+        Path(id.clone()),
+        JsonBody(Empty {}),
+    )
+    .await
+    .map(|r| format!("Run {} started.", r.0.id));
+    after(&st, &who, &back(&id), done)
+}
+
+/// POST /services/{serviceId}/cron-runs/cancel
+pub async fn cancel_cron(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Posted { who, .. }: Posted,
+) -> Response {
+    let done = services::cancel_cron(
+        State(st.clone()),
+        Authed(who.caller.clone()),
+        Path(id.clone()),
+    )
+    .await
+    .map(|_| "The active run is being canceled.".to_owned());
+    after(&st, &who, &back(&id), done)
+}

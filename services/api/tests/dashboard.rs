@@ -1,0 +1,661 @@
+//! The dashboard, in process against a real NATS, registry and resolver:
+//! sign-in with an API key (a wrong key refused and counted, sessions
+//! ended by sign-out and by revoking the key), CSRF on every form, pages
+//! built on the API's views with its owner isolation, forms going through
+//! the API's validation. The live streams are in `dashboard_live.rs`, the
+//! real browser test in the `berth` crate (`dashboard_browser.rs`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use berth_schemas::AggregateId;
+use serde_json::json;
+use tower::ServiceExt;
+
+use crate::support::{App, Owner};
+
+/// A browser of one: the cookies it was given.
+pub(crate) struct Browser {
+    pub(crate) router: axum::Router,
+    pub(crate) cookies: HashMap<String, String>,
+    origin: Option<String>,
+}
+
+pub(crate) struct Page {
+    pub(crate) status: StatusCode,
+    headers: HeaderMap,
+    html: String,
+}
+
+impl Page {
+    fn location(&self) -> &str {
+        self.headers
+            .get(header::LOCATION)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or_default()
+    }
+
+    /// The first CSRF token of the page's forms.
+    fn csrf(&self) -> String {
+        let at = self.html.find("name=\"_csrf\" value=\"").expect("a form");
+        let rest = &self.html[at + "name=\"_csrf\" value=\"".len()..];
+        rest[..rest.find('"').unwrap()].to_owned()
+    }
+}
+
+impl Browser {
+    pub(crate) fn new(app: &App) -> Self {
+        Browser {
+            router: app.router.clone(),
+            cookies: HashMap::new(),
+            origin: None,
+        }
+    }
+
+    async fn send(&mut self, req: axum::http::request::Builder, body: Body) -> Page {
+        let mut req = req;
+        if !self.cookies.is_empty() {
+            let jar = self
+                .cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            req = req.header(header::COOKIE, jar);
+        }
+        req = req.header(header::HOST, "dash.test");
+        if let Some(o) = &self.origin {
+            req = req.header(header::ORIGIN, o);
+        }
+        let resp = self
+            .router
+            .clone()
+            .oneshot(req.body(body).unwrap())
+            .await
+            .unwrap();
+        for c in resp.headers().get_all(header::SET_COOKIE) {
+            let c = c.to_str().unwrap();
+            let (pair, attrs) = c.split_once(';').unwrap_or((c, ""));
+            let (k, v) = pair.split_once('=').unwrap();
+            if attrs.contains("Max-Age=0") {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22)
+            .await
+            .unwrap();
+        Page {
+            status,
+            headers,
+            html: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        self.send(Request::builder().uri(path), Body::empty()).await
+    }
+
+    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        self.send(
+            Request::builder()
+                .method(Method::POST)
+                .uri(path)
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded"),
+            Body::from(body),
+        )
+        .await
+    }
+
+    /// Signs in with `key`; the page it lands on.
+    pub(crate) async fn sign_in(&mut self, key: &str) -> Page {
+        let login = self.get("/login").await;
+        assert_eq!(login.status, StatusCode::OK);
+        let csrf = login.csrf();
+        self.post("/login", &[("_csrf", &csrf), ("key", key), ("next", "/")])
+            .await
+    }
+
+    /// Posts a form of the page at `from` (its CSRF token), following the
+    /// redirect; the page it lands on.
+    async fn submit(&mut self, from: &str, action: &str, fields: &[(&str, &str)]) -> Page {
+        let page = self.get(from).await;
+        let csrf = page.csrf();
+        let mut all = vec![("_csrf", csrf.as_str())];
+        all.extend_from_slice(fields);
+        let done = self.post(action, &all).await;
+        if done.status == StatusCode::SEE_OTHER {
+            let to = done.location().to_owned();
+            return self.get(&to).await;
+        }
+        done
+    }
+}
+
+pub(crate) async fn signed_in(app: &App, o: &Owner) -> Browser {
+    let mut b = Browser::new(app);
+    let landed = b.sign_in(&o.key).await;
+    assert_eq!(landed.status, StatusCode::SEE_OTHER, "{}", landed.html);
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_with_an_api_key_and_out() {
+    let app = App::start(false).await;
+    let alice = app.owner().await;
+    let mut b = Browser::new(&app);
+    let first = b.get("/").await;
+    assert_eq!(
+        (first.status, first.location()),
+        (StatusCode::SEE_OTHER, "/login")
+    );
+    let deep = b.get("/services/new?x=1").await;
+    assert_eq!(deep.location(), "/login?next=%2Fservices%2Fnew%3Fx%3D1");
+
+    // A wrong key: refused, counted as a failed authentication.
+    let wrong = b.sign_in("berth_not-a-key").await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(wrong.html.contains("not valid"), "{}", wrong.html);
+    assert!(!b.cookies.contains_key("berth_session"));
+    // Without the sign-in form's token: refused before the key is looked at.
+    let forged = b
+        .post("/login", &[("_csrf", "forged"), ("key", &alice.key)])
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+
+    let ok = b.sign_in(&alice.key).await;
+    assert_eq!((ok.status, ok.location()), (StatusCode::SEE_OTHER, "/"));
+    let cookie = ok
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|c| c.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("berth_session="))
+        .unwrap();
+    for attr in ["HttpOnly", "SameSite=Strict", "Max-Age=43200", "Path=/"] {
+        assert!(cookie.contains(attr), "{cookie}");
+    }
+    assert!(
+        !cookie.contains(&alice.key),
+        "the API key is not the cookie"
+    );
+    let home = b.get("/").await;
+    assert_eq!(home.status, StatusCode::OK, "{}", home.html);
+    assert!(home.html.contains("<h1>Services</h1>"), "{}", home.html);
+    assert_eq!(home.headers.get(header::CACHE_CONTROL).unwrap(), "no-store");
+    assert!(home.headers.get(header::CONTENT_SECURITY_POLICY).is_some());
+    // Signed in, the sign-in page sends home.
+    assert_eq!(b.get("/login").await.status, StatusCode::SEE_OTHER);
+
+    let out = b.submit("/", "/logout", &[]).await;
+    assert_eq!(out.status, StatusCode::OK, "the sign-in page");
+    assert_eq!(b.get("/").await.status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_form_needs_the_sessions_csrf_token() {
+    let app = App::start(false).await;
+    let alice = app.owner().await;
+    let mut b = signed_in(&app, &alice).await;
+    let page = b.get("/api-keys").await;
+    let token = page.csrf();
+    let before = app.last_seq().await;
+    for fields in [
+        vec![("label", "x")],
+        vec![("_csrf", "nope"), ("label", "x")],
+    ] {
+        let r = b.post("/api-keys", &fields).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.html);
+    }
+    // The right token from another site's page: refused by its origin.
+    b.origin = Some("http://evil.example".to_owned());
+    let r = b
+        .post("/api-keys", &[("_csrf", &token), ("label", "x")])
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        app.last_seq().await,
+        before,
+        "a refused form changed something"
+    );
+    b.origin = Some("http://dash.test".to_owned());
+    let r = b
+        .post("/api-keys", &[("_csrf", &token), ("label", "ci")])
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.html);
+    assert!(r.html.contains("not shown again"), "{}", r.html);
+    // Another session's token is not this one's.
+    let mut other = signed_in(&app, &alice).await;
+    let theirs = other.get("/api-keys").await.csrf();
+    assert_ne!(theirs, token);
+    let r = b
+        .post("/api-keys", &[("_csrf", &theirs), ("label", "x")])
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_key_ends_its_sessions() {
+    let app = App::start(false).await;
+    let alice = app.owner().await;
+    let (s, k) = app
+        .post("/v1/api-keys", &alice, json!({"label": "tab"}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let mut b = signed_in(
+        &app,
+        &Owner {
+            id: alice.id.clone(),
+            key: k["key"].as_str().unwrap().to_owned(),
+        },
+    )
+    .await;
+    assert_eq!(b.get("/").await.status, StatusCode::OK);
+    let (s, _) = app
+        .delete(
+            &format!("/v1/api-keys/{}", k["id"].as_str().unwrap()),
+            &alice,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let t0 = std::time::Instant::now();
+    while b.get("/").await.status == StatusCode::OK {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "session outlived its key"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Creates `name` through the new-service form; the service page.
+async fn create(b: &mut Browser, name: &str, image: &str) -> (String, Page) {
+    let page = b
+        .submit(
+            "/services/new",
+            "/services",
+            &[
+                ("type", "background_worker"),
+                ("name", name),
+                ("imagePath", image),
+                ("numInstances", "1"),
+                ("plan", "starter"),
+                ("envVars", "GREETING=hello\nSECRET_TOKEN=s3cr3t-value"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.html);
+    let at = page
+        .html
+        .find("/services/srv-")
+        .expect("the service's page");
+    let id = page.html[at + "/services/".len()..][..24].to_owned();
+    (id, page)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_show_the_apis_views_and_forms_use_its_validation() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let mut b = signed_in(&app, &alice).await;
+
+    // The API's validation, on the form: nothing created, the form kept.
+    let refused = b
+        .submit(
+            "/services/new",
+            "/services",
+            &[
+                ("type", "background_worker"),
+                ("name", "w1"),
+                ("imagePath", ""),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.html);
+    assert!(
+        refused.html.contains("image.imagePath: is required"),
+        "{}",
+        refused.html
+    );
+    assert!(
+        refused.html.contains("value=\"w1\""),
+        "the form keeps what was typed"
+    );
+
+    let (id, page) = create(&mut b, "w1", &app.image("v1")).await;
+    assert!(
+        page.html.contains("created; its first deploy"),
+        "{}",
+        page.html
+    );
+    // The page shows what the API answers for the service.
+    let (_, view) = app.get(&format!("/v1/services/{id}"), &alice).await;
+    assert!(page.html.contains(view["imagePath"].as_str().unwrap()));
+    let dep = app.latest_deploy(&alice, &id).await;
+    assert!(page.html.contains(&dep), "the first deploy is listed");
+    assert!(
+        page.html.contains("data-live-src=\"/services/"),
+        "a live page"
+    );
+    // Env values are hidden until revealed.
+    let settings = b.get(&format!("/services/{id}/settings")).await;
+    assert!(settings.html.contains("SECRET_TOKEN"));
+    assert!(
+        !settings.html.contains("s3cr3t-value"),
+        "a value shown unasked"
+    );
+    let revealed = b.get(&format!("/services/{id}/settings?reveal=env")).await;
+    assert!(revealed.html.contains("s3cr3t-value"));
+    let hook = b.get(&format!("/services/{id}/settings?reveal=hook")).await;
+    assert!(
+        hook.html.contains(&format!("/deploy/{id}?key=")),
+        "{}",
+        hook.html
+    );
+
+    // The list: the API's filters.
+    app.service(&alice, "w2").await;
+    let list = b.get("/").await;
+    assert!(
+        list.html.contains(">w1<") && list.html.contains(">w2<"),
+        "{}",
+        list.html
+    );
+    let only = b.get("/?name=w2").await;
+    assert!(!only.html.contains(">w1<") && only.html.contains(">w2<"));
+    let none = b.get("/?type=cron_job").await;
+    assert!(none.html.contains("No services"), "{}", none.html);
+    let paged = b.get("/?limit=1").await;
+    assert!(paged.html.contains("rel=\"next\""), "a next page link");
+
+    // Scale through the form: the API's answer as a message.
+    let scaled = b
+        .submit(
+            &format!("/services/{id}"),
+            &format!("/services/{id}/scale"),
+            &[("numInstances", "2")],
+        )
+        .await;
+    assert!(
+        scaled.html.contains("Scaling to 2 instances."),
+        "{}",
+        scaled.html
+    );
+    let bad = b
+        .submit(
+            &format!("/services/{id}"),
+            &format!("/services/{id}/scale"),
+            &[("numInstances", "-1")],
+        )
+        .await;
+    // The page's script re-reading the page leaves the message for the
+    // page a person opens next.
+    let csrf = b.get(&format!("/services/{id}")).await.csrf();
+    b.post(
+        &format!("/services/{id}/scale"),
+        &[("_csrf", &csrf), ("numInstances", "1")],
+    )
+    .await;
+    let refresh = b
+        .send(
+            Request::builder()
+                .uri(format!("/services/{id}"))
+                .header("x-berth-live", "1"),
+            Body::empty(),
+        )
+        .await;
+    assert!(
+        !refresh.html.contains("Scaling to 1"),
+        "a refresh took the message"
+    );
+    assert!(b
+        .get(&format!("/services/{id}"))
+        .await
+        .html
+        .contains("Scaling to 1"));
+    assert!(bad.html.contains("numInstances"), "{}", bad.html);
+
+    // Rollback: offered for a settled deploy with a digest, and disabled
+    // with the reason once the registry no longer holds it.
+    let resolved = app.wait_resolved(&alice, &id, &dep).await;
+    let (s, _) = app
+        .post(
+            &format!("/v1/services/{id}/deploys/{dep}/cancel"),
+            &alice,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let row = |html: &str| {
+        let at = html.find(&format!("id=\"deploy-{dep}\"")).unwrap();
+        html[at..at + html[at..].find("</tr>").unwrap()].to_owned()
+    };
+    let offered = row(&b.get(&format!("/services/{id}")).await.html);
+    assert!(
+        offered.contains("Roll back to this") && !offered.contains("disabled"),
+        "{offered}"
+    );
+    app.store
+        .execute::<berth_domain::service::Service>(
+            &AggregateId::Service(id.parse().unwrap()),
+            "gone-digest",
+            &berth_eventlog::Stamp::new(berth_schemas::Actor::system("test")),
+            berth_domain::service::Command::MarkRollbackTargetMissing {
+                deploy: dep.parse().unwrap(),
+                digest: resolved["image"]["sha"].as_str().unwrap().to_owned(),
+            },
+        )
+        .await
+        .unwrap();
+    let page = b.get(&format!("/services/{id}")).await;
+    let refused = row(&page.html);
+    assert!(refused.contains("disabled"), "{refused}");
+    assert!(refused.contains("no longer in the registry"), "{refused}");
+    // Posted anyway (an old page): the API's refusal, as a message.
+    let csrf = page.csrf();
+    let r = b
+        .post(
+            &format!("/services/{id}/rollback"),
+            &[("_csrf", &csrf), ("deployId", &dep)],
+        )
+        .await;
+    let after = b.get(r.location()).await;
+    assert!(
+        after.html.contains("not rollback-eligible"),
+        "{}",
+        after.html
+    );
+
+    // Delete needs the name typed.
+    let kept = b
+        .submit(
+            &format!("/services/{id}/settings"),
+            &format!("/services/{id}/delete"),
+            &[("confirm", "nope")],
+        )
+        .await;
+    assert!(
+        kept.html.contains("type the service&#39;s name")
+            || kept.html.contains("type the service's name"),
+        "{}",
+        kept.html
+    );
+    let (s, _) = app.get(&format!("/v1/services/{id}"), &alice).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_owners_service_is_a_404_page() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let bob = app.owner().await;
+    let (id, _) = app.service(&alice, "mine").await;
+    // Nothing else will happen to the service (no node takes it further).
+    let dep = app.latest_deploy(&alice, &id).await;
+    app.wait_resolved(&alice, &id, &dep).await;
+    let mut b = signed_in(&app, &bob).await;
+    for path in [
+        format!("/services/{id}"),
+        format!("/services/{id}/settings"),
+    ] {
+        let page = b.get(&path).await;
+        assert_eq!(page.status, StatusCode::NOT_FOUND, "{path}");
+        assert!(!page.html.contains("mine"), "{}", page.html);
+    }
+    let live = b.get(&format!("/services/{id}/live")).await;
+    assert_eq!(live.status, StatusCode::NOT_FOUND);
+    let before = app.last_seq().await;
+    let r = b.submit("/", &format!("/services/{id}/restart"), &[]).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.html);
+    let r = b
+        .submit(
+            "/",
+            &format!("/services/{id}/delete"),
+            &[("confirm", "mine")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.last_seq().await, before, "bob changed alice's service");
+    let list = b.get("/").await;
+    assert!(!list.html.contains("mine"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_pages_use_the_apis_rules() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let mut b = signed_in(&app, &alice).await;
+    let host = app.registry.as_ref().unwrap().host.clone();
+
+    // A credential from the form; its token never shown.
+    let added = b
+        .submit(
+            "/credentials",
+            "/credentials",
+            &[
+                ("name", "ci"),
+                ("registry", "GENERIC"),
+                ("host", &host),
+                ("username", "ci"),
+                ("authToken", "tok-SECRET-9"),
+            ],
+        )
+        .await;
+    assert!(
+        added.html.contains("Credential ci added."),
+        "{}",
+        added.html
+    );
+    assert!(!added.html.contains("tok-SECRET-9"));
+    let (_, list) = app.get("/v1/registrycredentials", &alice).await;
+    let cred = list[0]["id"].as_str().unwrap().to_owned();
+    // In use: the refusal names the service.
+    let (s, v) = app
+        .post(
+            "/v1/services",
+            &alice,
+            json!({"type": "background_worker", "name": "uses-ci",
+                   "image": {"imagePath": app.image("v1"), "registryCredentialId": cred}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let refused = b
+        .submit("/credentials", &format!("/credentials/{cred}/delete"), &[])
+        .await;
+    assert!(
+        refused.html.contains("in use by uses-ci"),
+        "{}",
+        refused.html
+    );
+    let rotated = b
+        .submit(
+            "/credentials",
+            &format!("/credentials/{cred}/rotate"),
+            &[("authToken", "tok-SECRET-10"), ("username", "ci2")],
+        )
+        .await;
+    assert!(rotated.html.contains("rotated"), "{}", rotated.html);
+
+    // Notifications: the API's rule that a webhook needs its secret.
+    let refused = b
+        .submit(
+            "/notifications",
+            "/notifications",
+            &[
+                ("notificationsToSend", "all"),
+                ("webhookUrl", "http://127.0.0.1:9/h"),
+            ],
+        )
+        .await;
+    assert!(refused.html.contains("webhookSecret"), "{}", refused.html);
+    let saved = b
+        .submit(
+            "/notifications",
+            "/notifications",
+            &[
+                ("notificationsToSend", "all"),
+                ("email", "ops@example.com"),
+                ("webhookUrl", "http://127.0.0.1:9/h"),
+                (
+                    "webhookSecret",
+                    "whsec_c2VrcmV0LXNpZ25pbmcta2V5LTAxMjM0NQ==",
+                ),
+            ],
+        )
+        .await;
+    assert!(
+        saved.html.contains("Notification settings saved."),
+        "{}",
+        saved.html
+    );
+    assert!(saved.html.contains("Webhook (set)"), "{}", saved.html);
+    assert!(!saved.html.contains("c2VrcmV0"), "a secret shown");
+    let (_, n) = app
+        .get(
+            &format!("/v1/notification-settings/owners/{}", alice.id),
+            &alice,
+        )
+        .await;
+    assert_eq!(
+        (&n["notificationsToSend"], &n["email"]),
+        (&json!("all"), &json!("ops@example.com"))
+    );
+
+    // A cron job's page: runs, and the API's refusal to run before a deploy is live.
+    let (s, v) = app
+        .post(
+            "/v1/services",
+            &alice,
+            json!({"type": "cron_job", "name": "nightly", "image": {"imagePath": app.image("v1")},
+                   "serviceDetails": {"schedule": "0 3 * * *"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let cron = v["service"]["id"].as_str().unwrap();
+    let page = b.get(&format!("/services/{cron}")).await;
+    assert!(
+        page.html.contains("Run now") && page.html.contains("No runs yet."),
+        "{}",
+        page.html
+    );
+    assert!(
+        !page.html.contains("/scale"),
+        "a cron job has no instances to scale"
+    );
+    let ran = b
+        .submit(
+            &format!("/services/{cron}"),
+            &format!("/services/{cron}/cron-runs"),
+            &[],
+        )
+        .await;
+    assert!(ran.html.contains("no live deploy yet"), "{}", ran.html);
+}
