@@ -431,6 +431,8 @@ pages! {
     post "/services/{serviceId}/resume" => dashboard::actions::resume, "Resume";
     post "/services/{serviceId}/cron-runs" => dashboard::actions::run_cron, "Trigger a cron run";
     post "/services/{serviceId}/cron-runs/cancel" => dashboard::actions::cancel_cron, "Cancel the active cron run";
+    get "/services/{serviceId}/logs" => dashboard::observe::logs_page, "A service's kept log lines (paged, filtered, followed)";
+    get "/services/{serviceId}/metrics" => dashboard::observe::metrics_page, "A service's last hour of metrics (charts)";
     get "/services/{serviceId}/settings" => dashboard::settings::page, "A service's settings, env vars, hook";
     post "/services/{serviceId}/settings" => dashboard::settings::update, "Save a service's settings";
     post "/services/{serviceId}/env-vars" => dashboard::settings::set_env, "Set an env var";

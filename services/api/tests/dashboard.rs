@@ -659,3 +659,126 @@ async fn owner_pages_use_the_apis_rules() {
         .await;
     assert!(ran.html.contains("no live deploy yet"), "{}", ran.html);
 }
+
+/// The logs page shows kept lines newest first, escaped, filtered, paged
+/// from the server; the metrics page draws the API's series; another
+/// owner's are 404 pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_and_metrics_pages() {
+    use berth_schemas::metrics::{InstanceUsage, UsageSample};
+    let app = App::start(true).await;
+    #[derive(clap::Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        api: berth_api::ApiArgs,
+    }
+    let defaults = <Defaults as clap::Parser>::parse_from(["berth"]);
+    app.store
+        .provision_logs(&defaults.api.log_limits())
+        .await
+        .unwrap();
+    berth_api::metrics::ensure_stream(&app.store, 1 << 24)
+        .await
+        .unwrap();
+    let alice = app.owner().await;
+    let (svc, _) = app.service(&alice, "watched").await;
+    let service: berth_schemas::ids::ServiceId = svc.parse().unwrap();
+    let subjects = app.store.subjects().clone();
+    let js = app.store.jetstream();
+    let instance = berth_schemas::ids::InstanceId::generate();
+    for text in ["first line", "<script>alert(1)</script>", "needle in it"] {
+        let line = berth_schemas::logs::LogLine {
+            service: service.clone(),
+            instance: instance.clone(),
+            stream: berth_schemas::logs::Stream::Stdout,
+            line: text.to_owned(),
+            time: chrono::Utc::now(),
+        };
+        js.publish(
+            subjects.logs(&service),
+            serde_json::to_vec(&line).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let node = berth_schemas::ids::NodeId::generate();
+    for k in 0..3i64 {
+        let sample = UsageSample {
+            node: node.clone(),
+            time: chrono::Utc::now() - chrono::Duration::seconds(90 - 30 * k),
+            instances: vec![InstanceUsage {
+                instance: instance.clone(),
+                cpu_nanos: (k as u64) * 15_000_000_000,
+                memory_bytes: 64 << 20,
+                memory_limit_bytes: 0,
+            }],
+        };
+        app.store
+            .client()
+            .publish(
+                subjects.usage(&service, &node),
+                serde_json::to_vec(&sample).unwrap().into(),
+            )
+            .await
+            .unwrap();
+    }
+    app.store.server_round_trip().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let mut b = signed_in(&app, &alice).await;
+    let page = b.get(&format!("/services/{svc}/logs")).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.html);
+    let (first, script, needle) = (
+        page.html.find("first line").unwrap(),
+        page.html
+            .find("&lt;script&gt;alert(1)&lt;/script&gt;")
+            .expect("the line escaped"),
+        page.html.find("needle in it").unwrap(),
+    );
+    assert!(needle < script && script < first, "newest first");
+    assert!(
+        !page.html.contains("<script>alert(1)"),
+        "a line is never markup"
+    );
+    let filtered = b.get(&format!("/services/{svc}/logs?text=needle")).await;
+    assert!(filtered.html.contains("needle in it") && !filtered.html.contains("first line"));
+    let following = b.get(&format!("/services/{svc}/logs?follow=1")).await;
+    assert!(
+        following.html.contains("http-equiv=\"refresh\""),
+        "following re-reads the page"
+    );
+
+    let charts = b.get(&format!("/services/{svc}/metrics")).await;
+    assert_eq!(charts.status, StatusCode::OK, "{}", charts.html);
+    assert!(
+        charts.html.contains("<svg") && charts.html.contains("polyline"),
+        "{}",
+        charts.html
+    );
+    assert!(
+        charts.html.contains("64.0 MiB"),
+        "memory drawn and named: {}",
+        charts.html
+    );
+    assert!(
+        charts.html.contains("0.500 cores"),
+        "CPU as a rate: {}",
+        charts.html
+    );
+
+    let bob = app.owner().await;
+    let mut other = signed_in(&app, &bob).await;
+    for path in [
+        format!("/services/{svc}/logs"),
+        format!("/services/{svc}/metrics"),
+    ] {
+        let page = other.get(&path).await;
+        assert_eq!(page.status, StatusCode::NOT_FOUND, "{path}");
+        assert!(
+            !page.html.contains("first line") && !page.html.contains("watched"),
+            "{path}"
+        );
+    }
+}

@@ -398,6 +398,21 @@ async fn dashboard_in_a_real_browser() {
     assert_eq!(b.loaded_at().await, loaded, "the page reloaded");
     b.shot("08-scaled").await;
 
+    // A line the container printed, on its logs page (kept, escaped,
+    // newest first); its metrics page draws.
+    b.goto(&format!("{service_path}/logs")).await;
+    b.wait_text("table.logs", &["up"], Duration::from_secs(10))
+        .await;
+    b.shot("08a-logs").await;
+    b.goto(&format!("{service_path}/metrics")).await;
+    b.wait_text(
+        "main",
+        &["CPU per instance", "Memory per instance"],
+        Duration::from_secs(10),
+    )
+    .await;
+    b.shot("08b-metrics").await;
+
     // The other pages, for the record.
     b.goto(&format!("{service_path}/settings?reveal=env")).await;
     b.wait_text("#env", &["tok-s3cret"], Duration::from_secs(10))

@@ -27,6 +27,7 @@ pub mod feed;
 mod layout;
 pub mod live;
 pub mod login;
+pub mod observe;
 pub mod owner;
 pub mod pages;
 mod progress;

@@ -384,6 +384,8 @@ fn actions(who: &Signed, s: &ServiceView) -> Markup {
                     button.secondary type="submit" data-confirm="Suspend this service? Its instances stop." { "Suspend" }
                 }
             }
+            a.button.secondary href={ (base) "/logs" } { "Logs" }
+            a.button.secondary href={ (base) "/metrics" } { "Metrics" }
             a.button.secondary href={ (base) "/settings" } { "Settings" }
         }
     }
