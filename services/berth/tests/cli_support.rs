@@ -47,10 +47,32 @@ pub(crate) fn runc_root(data: &Path) -> PathBuf {
     data.join("node/agent/runc")
 }
 
+/// Processes whose command line names `path` (the nats-server a killed
+/// `berth up` started for this data dir outlives it).
+fn processes_naming(path: &Path) -> Vec<i32> {
+    let want = path.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&want))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
 impl Drop for Cleanup {
     fn drop(&mut self) {
         if let Some(id) = self.child.as_ref().and_then(Child::id) {
             let _ = kill(Pid::from_raw(id as i32), Signal::SIGKILL);
+        }
+        // berth up killed at once leaves the nats-server it started.
+        for pid in processes_naming(&self.data.join("nats-server.conf")) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
         berth_tests::runc::remove_leftovers(&runc_root(&self.data), &self.data);
         berth_tests::net::remove_network(
