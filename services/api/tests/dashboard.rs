@@ -782,3 +782,57 @@ async fn logs_and_metrics_pages() {
         );
     }
 }
+
+/// A registry that is down shows on the deploy in progress: which attempt
+/// failed and when the next one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retrying_resolve_shows_in_the_deploy_progress() {
+    use berth_domain::service::{self, Command};
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let (svc, _) = app.service(&alice, "waiting").await;
+    app.stop_resolver().await;
+    // A new deploy replaces the running one at once: it resolves, and no
+    // resolver runs.
+    let (s, v) = app
+        .patch(
+            &format!("/v1/services/{svc}"),
+            &alice,
+            serde_json::json!({"serviceDetails": {"overlapPolicy": "cancel"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, d) = app
+        .post(
+            &format!("/v1/services/{svc}/deploys"),
+            &alice,
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{d}");
+    assert_eq!(d["status"], "update_in_progress", "{d}");
+    let deploy: berth_schemas::ids::DeployId = d["id"].as_str().unwrap().parse().unwrap();
+    let id = berth_schemas::AggregateId::Service(svc.parse().unwrap());
+    app.store
+        .execute::<service::Service>(
+            &id,
+            "test-retry",
+            &berth_eventlog::Stamp::new(berth_schemas::Actor::system("resolver")),
+            Command::RecordRetrying {
+                deploy: deploy.clone(),
+                attempt: 2,
+                retry_at: chrono::Utc::now() + chrono::Duration::seconds(40),
+                message: "resolving registry.example/app:v2: 503 Service Unavailable".to_owned(),
+            },
+        )
+        .await
+        .unwrap();
+    let mut b = signed_in(&app, &alice).await;
+    let page = b.get(&format!("/services/{svc}")).await;
+    assert!(
+        page.html.contains("registry unavailable, retry 3 at")
+            && page.html.contains("503 Service Unavailable"),
+        "{}",
+        page.html
+    );
+}

@@ -7,7 +7,7 @@ use berth_schemas::model::DeployPhase;
 use maud::{html, Markup};
 
 use super::feed::PullProgress;
-use super::layout::{deploy_badge, digest, megabytes, wire};
+use super::layout::{deploy_badge, digest, megabytes, time, wire};
 use super::pages::wanted;
 use super::service::common;
 use crate::app::AppState;
@@ -101,7 +101,16 @@ pub fn progress(
         p.muted { "Trigger " (wire(&d.trigger)) ", image " code.secret { (d.image.reference) } }
         ol.steps {
             (step(if d.image.sha.is_some() { "done" } else { mark(DeployPhase::Resolving) }, "Resolve the image",
-                html! { (digest(d.image.sha.as_deref())) }))
+                html! {
+                    (digest(d.image.sha.as_deref()))
+                    // A registry that is down: which attempt failed, when the next is.
+                    @if let Some(r) = &d.retrying {
+                        span.warning role="status" {
+                            "registry unavailable, retry " (r.attempt + 1) " at " (time(Some(r.retry_at)))
+                            ": " (r.message)
+                        }
+                    }
+                }))
             (step(mark(DeployPhase::Pulling), "Pull onto the nodes",
                 pulls(d, &pulled)))
             @if let Some(cmd) = pre {
