@@ -216,8 +216,11 @@ async fn cli_changes_a_running_service() {
     assert_eq!(gone.code, 64, "scale with `service scale`: {gone:?}");
 
     // Update the image: a new deploy goes live with v2.
-    let updated = cli.ok(&["service", "update", "w", "--image", &v2]).await;
+    let updated = cli
+        .ok(&["service", "update", "w", "--image", &v2, "--wait"])
+        .await;
     assert!(updated.contains(&v2), "{updated}");
+    assert!(updated.contains(" live"), "followed to live: {updated}");
     // The live deploy's row in `service show` holds all of `want`.
     let live_row = |want: Vec<String>| {
         let cli = cli.clone();
@@ -265,6 +268,10 @@ async fn cli_changes_a_running_service() {
         rolled.contains(&id) && rolled.contains("deploy dep-"),
         "{rolled}"
     );
+    assert!(
+        rolled.contains("berth service follow"),
+        "how to follow it: {rolled}"
+    );
     eventually("the rollback live", Duration::from_secs(60), || {
         live_row(vec![first_digest.clone(), "rollback".into()])
     })
@@ -289,10 +296,13 @@ async fn cli_changes_a_running_service() {
             .any(|l| l.starts_with(&id) && l.contains("suspended")),
         "{list}"
     );
-    assert!(cli
-        .ok(&["service", "resume", "w"])
-        .await
-        .contains("resuming"));
+    let resumed = cli.ok(&["service", "resume", "w", "--wait"]).await;
+    assert!(
+        resumed.contains("resuming")
+            && resumed.contains("deploy dep-")
+            && resumed.contains(" live"),
+        "resume starts a deploy, followed: {resumed}"
+    );
     eventually("active", Duration::from_secs(30), || async {
         cli.ok(&["service", "show", "w"])
             .await

@@ -18,6 +18,17 @@ pub struct ServiceArgs {
     pub cmd: ServiceCommand,
 }
 
+/// Following the deploy a command starts.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct FollowArgs {
+    /// Follow the deploy this starts until it ends (exit 1 if it fails).
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up following after this many seconds (exit 1).
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ServiceCommand {
     /// Create a service; its first deploy starts at once.
@@ -56,6 +67,8 @@ pub enum ServiceCommand {
         /// (without it they are merged: others are kept).
         #[arg(long)]
         replace_env: bool,
+        #[command(flatten)]
+        follow: FollowArgs,
     },
     /// Delete a service and stop its instances.
     Delete {
@@ -100,6 +113,8 @@ pub enum ServiceCommand {
         service: String,
         /// The deploy to go back to (`dep-…`).
         deploy: String,
+        #[command(flatten)]
+        follow: FollowArgs,
     },
     /// Set the number of instances.
     Scale { service: String, instances: u32 },
@@ -107,8 +122,12 @@ pub enum ServiceCommand {
     Restart { service: String },
     /// Stop every instance and ignore deploy hooks until resumed.
     Suspend { service: String },
-    /// Start a suspended service again.
-    Resume { service: String },
+    /// Start a suspended service again (its live image deploys again).
+    Resume {
+        service: String,
+        #[command(flatten)]
+        follow: FollowArgs,
+    },
     /// The service's event timeline, newest first.
     Events {
         service: String,
@@ -163,7 +182,15 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
             rename,
             settings,
             replace_env,
-        } => update(&api, &service, rename, settings, replace_env).await,
+            follow,
+        } => {
+            let id = resolve(&api, &service).await?;
+            let before = newest_deploy(&api, &id).await?;
+            // With --json --wait, stdout holds only the followed deploy.
+            let print = !(follow.wait && api.json());
+            update(&api, &id, rename, settings, replace_env, print).await?;
+            started_since(&api, &id, before, follow).await
+        }
         ServiceCommand::Follow {
             service,
             deploy,
@@ -266,7 +293,11 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
                 .await?;
             finish_deploy(&api, &id, &dep, !no_wait, timeout).await
         }
-        ServiceCommand::Rollback { service, deploy } => {
+        ServiceCommand::Rollback {
+            service,
+            deploy,
+            follow,
+        } => {
             let id = resolve(&api, &service).await?;
             let dep = api
                 .post(
@@ -274,7 +305,7 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
                     Some(json!({ "deployId": deploy })),
                 )
                 .await?;
-            finish_deploy(&api, &id, &dep, false, 0).await
+            finish_deploy(&api, &id, &dep, follow.wait, follow.timeout).await
         }
         ServiceCommand::Scale { service, instances } => {
             let id = resolve(&api, &service).await?;
@@ -292,7 +323,17 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
         ServiceCommand::Suspend { service } => {
             action(&api, &service, "suspend", "suspending").await
         }
-        ServiceCommand::Resume { service } => action(&api, &service, "resume", "resuming").await,
+        ServiceCommand::Resume { service, follow } => {
+            let id = resolve(&api, &service).await?;
+            let before = newest_deploy(&api, &id).await?;
+            if follow.wait && api.json() {
+                api.post(&format!("/v1/services/{}/resume", enc(&id)), None)
+                    .await?;
+            } else {
+                action(&api, &id, "resume", "resuming").await?;
+            }
+            started_since(&api, &id, before, follow).await
+        }
         ServiceCommand::Events {
             service,
             types,
@@ -524,6 +565,7 @@ async fn update(
     rename: Option<String>,
     settings: Settings,
     replace_env: bool,
+    print: bool,
 ) -> Result<(), ClientError> {
     let id = resolve(api, service).await?;
     let settings = credential_by_name(api, settings).await?;
@@ -564,6 +606,9 @@ async fn update(
             svc = api.get(&format!("/v1/services/{}", enc(&id))).await?;
         }
     }
+    if !print {
+        return Ok(());
+    }
     if api.json() {
         let mut out = svc;
         if let (Some(o), Some(dep)) = (out.as_object_mut(), merged.get("deployId")) {
@@ -602,12 +647,54 @@ async fn finish_deploy(
         output::json(dep);
     } else {
         println!(
-            "{id}: deploy {dep_id} {} ({})",
+            "{id}: deploy {dep_id} {} ({}) (follow it: berth service follow {id} {dep_id})",
             s(dep, "status"),
             s(dep, "image/ref")
         );
     }
     Ok(())
+}
+
+/// The id of the service's newest deploy, if it has one.
+async fn newest_deploy(api: &Api, id: &str) -> Result<Option<String>, ClientError> {
+    let newest = api
+        .get(&format!("/v1/services/{}/deploys?limit=1", enc(id)))
+        .await?;
+    Ok(newest
+        .get(0)
+        .map(|i| s(i, "deploy/id"))
+        .filter(|d| d != "-"))
+}
+
+/// After a command that may start a deploy: the deploy it started, named
+/// (with how to follow it) or followed with --wait; nothing when none
+/// started.
+async fn started_since(
+    api: &Api,
+    id: &str,
+    before: Option<String>,
+    follow: FollowArgs,
+) -> Result<(), ClientError> {
+    let now = newest_deploy(api, id).await?;
+    match now.filter(|d| Some(d) != before.as_ref()) {
+        Some(dep) if follow.wait => {
+            if !api.json() {
+                println!("deploy {dep} started");
+            }
+            let done = deploy::follow(api, id, &dep, follow.timeout).await?;
+            if api.json() {
+                output::json(&done);
+            }
+            Ok(())
+        }
+        Some(dep) => {
+            if !api.json() {
+                println!("deploy {dep} started (follow it: berth service follow {id} {dep})");
+            }
+            Ok(())
+        }
+        None => Ok(()),
+    }
 }
 
 async fn events(
