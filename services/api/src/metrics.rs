@@ -33,35 +33,29 @@ fn err(e: impl std::fmt::Display) -> MetricsError {
     MetricsError(e.to_string())
 }
 
-/// Creates the metrics stream if it is not there (same replicas as the
-/// event log; at most `max_bytes`, oldest samples dropped first).
+/// Creates the metrics stream, or brings an existing one to `max_bytes`
+/// (same replicas as the event log; oldest samples dropped first).
 pub async fn ensure_stream(store: &EventStore, max_bytes: i64) -> Result<(), MetricsError> {
     let subjects = store.subjects();
-    let config = stream::Config {
-        name: subjects.metrics_stream(),
-        subjects: vec![subjects.metrics_all()],
-        storage: stream::StorageType::File,
-        retention: stream::RetentionPolicy::Limits,
-        discard: stream::DiscardPolicy::Old,
-        max_age: KEPT,
-        max_bytes,
-        num_replicas: store.config().replicas,
-        description: Some("berth resource and request samples, kept a day".to_owned()),
-        ..Default::default()
-    };
-    let js = store.jetstream();
-    if js.get_stream(&config.name).await.is_ok() {
-        return Ok(());
-    }
-    match js.create_stream(config.clone()).await {
-        Ok(_) => Ok(()),
-        // Another process may have made it between the two calls.
-        Err(e) => js
-            .get_stream(&config.name)
-            .await
-            .map(drop)
-            .map_err(|_| err(e)),
-    }
+    store
+        .provision_stream(stream::Config {
+            name: subjects.metrics_stream(),
+            subjects: vec![subjects.metrics_all()],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            max_age: KEPT,
+            max_bytes,
+            // As the server reports "no limit", so an unchanged stream
+            // reads as such and is left alone.
+            max_messages_per_subject: -1,
+            max_message_size: -1,
+            num_replicas: store.config().replicas,
+            description: Some("berth resource and request samples, kept a day".to_owned()),
+            ..Default::default()
+        })
+        .await
+        .map_err(err)
 }
 
 /// The samples on `subject` (a filter) from `start`, oldest first, up to

@@ -117,7 +117,15 @@ impl EventStore {
     /// them (settings changed since it was made). Idempotent. Replicas
     /// follow the event log's.
     pub async fn provision_logs(&self, limits: &LogLimits) -> Result<(), StoreError> {
-        let want = limits.stream_config(&self.subjects, self.cfg.replicas);
+        self.provision_stream(limits.stream_config(&self.subjects, self.cfg.replicas))
+            .await
+    }
+
+    /// Creates a stream berth keeps beside the log (logs, metrics) as
+    /// `want` says, or brings an existing one to `want`'s limits (its
+    /// settings changed since it was made). Idempotent; safe when another
+    /// process provisions it at the same time.
+    pub async fn provision_stream(&self, want: stream::Config) -> Result<(), StoreError> {
         let provision = |e: &dyn std::fmt::Display| StoreError::Provision {
             what: want.name.clone(),
             reason: e.to_string(),
@@ -130,12 +138,12 @@ impl EventStore {
                 .update_stream(&want)
                 .await
                 .map_err(|e| provision(&e))?;
-            tracing::info!(stream = %want.name, "logs stream limits updated");
+            tracing::info!(stream = %want.name, "stream limits updated");
             return Ok(());
         }
         match self.js.create_stream(want.clone()).await {
             Ok(_) => Ok(()),
-            // Another API may have created it between our get and create.
+            // Another process may have created it between our get and create.
             Err(e) => match self.js.get_stream(&want.name).await {
                 Ok(_) => Ok(()),
                 Err(_) => Err(provision(&e)),
