@@ -176,6 +176,29 @@ async fn env_vars_one_at_a_time_and_all_at_once() {
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
 
+    // At most 200: the 201st is refused by every route, nothing appended.
+    let full: Vec<serde_json::Value> = (0..200)
+        .map(|i| json!({"key": format!("K{i}"), "value": "v"}))
+        .collect();
+    let (s, v) = put(base.clone(), serde_json::Value::Array(full)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let before = app.last_seq().await;
+    let (s, v) = put(format!("{base}/ONE_MORE"), json!({"value": "x"})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = app
+        .call(
+            Method::PATCH,
+            &base,
+            Some(&alice.key),
+            Some(json!([{"key": "ONE_MORE", "value": "x"}])),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(app.last_seq().await, before, "a refused change appended");
+    // Replacing one of the 200 is no more than 200.
+    let (s, v) = put(format!("{base}/K0"), json!({"value": "w"})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
     // Another owner finds nothing; values never reach the log in clear.
     let bob = app.owner().await;
     let (s, _) = app.get(&base, &bob).await;

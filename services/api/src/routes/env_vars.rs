@@ -11,9 +11,7 @@ use berth_runtime::Secret;
 use berth_schemas::events::ServiceSettings;
 use serde::{Deserialize, Serialize};
 
-use super::services::{
-    env_key_ok, env_value, env_value_ok, service_id, EnvVarBody, ENV_KEY_RULE, MAX_ENV_VARS,
-};
+use super::services::{env_key_ok, env_value, env_value_ok, service_id, EnvVarBody, ENV_KEY_RULE};
 use crate::app::{self, AppState, Authed, JsonBody};
 use crate::error::ApiError;
 use crate::query::{self, Listing};
@@ -143,13 +141,8 @@ pub async fn set(
     if !env_value_ok(&value) {
         return Err(ApiError::field("value", "must be at most 16 KiB"));
     }
-    let current = st.ingress.env_vars(&caller, &id).await?;
-    if !current.contains_key(&k) && current.len() >= MAX_ENV_VARS {
-        return Err(ApiError::field(
-            "envVarKey",
-            "too many variables (at most 200)",
-        ));
-    }
+    // The count (at most 200) is the service's rule, decided with the
+    // change on the variables the service holds then.
     let (_, deploy) = st
         .ingress
         .edit_env_var(
@@ -229,18 +222,6 @@ pub async fn merge(
     }
     if !fields.is_empty() {
         return Err(ApiError::fields(fields));
-    }
-    let current = st.ingress.env_vars(&caller, &id).await?;
-    let mut after: std::collections::BTreeSet<&String> = current.keys().collect();
-    for (k, v) in &changes {
-        if v.is_some() {
-            after.insert(k);
-        } else {
-            after.remove(k);
-        }
-    }
-    if after.len() > MAX_ENV_VARS {
-        return Err(ApiError::field("key", "too many variables (at most 200)"));
     }
     let (_, deploy) = st
         .ingress

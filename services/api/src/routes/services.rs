@@ -25,7 +25,7 @@ use crate::query::{self, Between, Listing};
 use crate::views;
 
 /// Most env vars a service may have, and their sizes.
-pub(crate) const MAX_ENV_VARS: usize = 200;
+const MAX_ENV_VARS: usize = berth_domain::service::validate::ENV_VARS_MAX;
 const MAX_ENV_KEY: usize = 128;
 const MAX_ENV_VALUE: usize = 16 * 1024;
 

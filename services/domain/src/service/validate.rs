@@ -16,6 +16,8 @@ pub const SHUTDOWN_DELAY_DEFAULT: u16 = 30;
 /// Longest command line, health check path or region we accept.
 const TEXT_MAX: usize = 4096;
 const ENV_NAME_MAX: usize = 256;
+/// Most env vars a service may have.
+pub const ENV_VARS_MAX: usize = 200;
 
 type Result<T> = std::result::Result<T, DomainError>;
 
@@ -124,6 +126,12 @@ pub fn health_check_path(path: &str) -> Result<()> {
 
 /// Environment variable names: `[A-Za-z_][A-Za-z0-9_]*`, as shells accept.
 pub fn env_vars(vars: &EnvVars) -> Result<()> {
+    if vars.len() > ENV_VARS_MAX {
+        return Err(DomainError::invalid(
+            "envVars",
+            format!("too many variables (at most {ENV_VARS_MAX})"),
+        ));
+    }
     for key in vars.keys() {
         let mut bytes = key.bytes();
         let first_ok = bytes
@@ -217,7 +225,15 @@ mod tests {
         vars.insert("DATABASE_URL".into(), sealed.clone());
         vars.insert("_x1".into(), sealed.clone());
         assert!(env_vars(&vars).is_ok());
-        vars.insert("1BAD".into(), sealed);
+        vars.insert("1BAD".into(), sealed.clone());
         assert!(env_vars(&vars).is_err());
+
+        let mut many = EnvVars::new();
+        for i in 0..ENV_VARS_MAX {
+            many.insert(format!("K{i}"), sealed.clone());
+        }
+        assert!(env_vars(&many).is_ok(), "200 is allowed");
+        many.insert("ONE_MORE".into(), sealed);
+        assert!(env_vars(&many).is_err(), "201 is not");
     }
 }
