@@ -18,20 +18,41 @@ use tokio_util::sync::CancellationToken;
 /// Status classes, in the order of [`Counters::classes`].
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// One service's counts since the last sample.
-#[derive(Debug)]
+/// One service's counts since the last sample, and its Prometheus
+/// series (looked up once, not per request).
 struct Counters {
     classes: [AtomicU64; 5],
     buckets: Vec<AtomicU64>,
+    /// `berth_http_requests_total{service, class}`, per class.
+    requests: [metrics::Counter; 5],
+    /// The service's label value, shared by every lookup.
+    name: Arc<str>,
 }
 
-impl Default for Counters {
-    fn default() -> Self {
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counters")
+            .field("service", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Counters {
+    fn new(service: &ServiceId) -> Self {
+        let name: Arc<str> = Arc::from(service.to_string());
         Counters {
             classes: Default::default(),
             buckets: (0..=LATENCY_BUCKETS_MS.len())
                 .map(|_| AtomicU64::new(0))
                 .collect(),
+            requests: CLASSES.map(|class| {
+                metrics::counter!(
+                    "berth_http_requests_total",
+                    "service" => metrics::SharedString::from(name.clone()),
+                    "class" => class
+                )
+            }),
+            name,
         }
     }
 }
@@ -55,21 +76,28 @@ impl HttpStats {
         let counters = match counters {
             Some(c) => c,
             None => match self.services.write() {
-                Ok(mut m) => m.entry(service.clone()).or_default().clone(),
+                Ok(mut m) => m
+                    .entry(service.clone())
+                    .or_insert_with(|| Arc::new(Counters::new(service)))
+                    .clone(),
                 Err(_) => return,
             },
         };
         if let Some(i) = CLASSES.iter().position(|c| *c == class) {
             counters.classes[i].fetch_add(1, Ordering::Relaxed);
+            counters.requests[i].increment(1);
         }
         if let Some(b) = counters.buckets.get(HttpSample::bucket(ms)) {
             b.fetch_add(1, Ordering::Relaxed);
         }
-        let name = service.to_string();
-        metrics::counter!("berth_http_requests_total", "service" => name.clone(), "class" => class)
-            .increment(1);
-        metrics::histogram!("berth_http_request_duration_seconds", "service" => name)
-            .record(took.as_secs_f64());
+        // Looked up each time (no string built): the exporter drops a
+        // histogram idle for ten minutes, and a kept handle would then
+        // record into nothing.
+        metrics::histogram!(
+            "berth_http_request_duration_seconds",
+            "service" => metrics::SharedString::from(counters.name.clone())
+        )
+        .record(took.as_secs_f64());
     }
 
     /// The counts since the last call, per service that had requests (and
