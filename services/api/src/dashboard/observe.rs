@@ -243,11 +243,12 @@ pub async fn metrics_page(
         ..MetricsQuery::default()
     };
     let s = || State(st.clone());
-    let results = (
-        metrics::cpu(s(), a(), Listing(q())).await,
-        metrics::memory(s(), a(), Listing(q())).await,
-        metrics::http_requests(s(), a(), Listing(q())).await,
-        metrics::http_latency(s(), a(), Listing(q())).await,
+    // Four reads of the stream, side by side.
+    let results = tokio::join!(
+        metrics::cpu(s(), a(), Listing(q())),
+        metrics::memory(s(), a(), Listing(q())),
+        metrics::http_requests(s(), a(), Listing(q())),
+        metrics::http_latency(s(), a(), Listing(q())),
     );
     let (cpu, mem, req, lat) = match results {
         (Ok(c), Ok(m), Ok(r), Ok(l)) => (c.0, m.0, r.0, l.0),
