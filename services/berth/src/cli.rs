@@ -23,6 +23,11 @@ pub enum Command {
     Up(UpArgs),
     /// Run one component alone.
     Run(RunArgs),
+    /// See berth work on this machine, offline: a web service from a tiny
+    /// local image through a tag push, a deploy by hook and a rollback
+    /// (uses the `berth up` that answers, or starts one; removes what it
+    /// started).
+    Demo(DemoArgs),
     /// Image reference tools.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -118,6 +123,17 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub up: UpArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// A static busybox to build the demo's image from.
+    #[arg(long, env = "BERTH_DEMO_BUSYBOX", default_value = "/bin/busybox")]
+    pub busybox: PathBuf,
+
+    /// Seconds to wait for `berth up` to answer and for each deploy.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]
