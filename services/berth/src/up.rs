@@ -397,6 +397,11 @@ async fn serve(
                     .await
                     .context("connecting the node to NATS")?;
             deps.open_node_store(node_client, &config).await?;
+        } else if v.only == Some("node") {
+            // `berth run node` on its own user: the store it works on is
+            // opened as a node's (no consumers on the log, no snapshots),
+            // which that user may not go beyond.
+            deps.open_node_store(client.clone(), &config).await?;
         }
     }
     if let Some(users) = users.clone() {
