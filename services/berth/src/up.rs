@@ -47,6 +47,7 @@ pub async fn run_one(args: RunArgs) -> Outcome {
     start(args.up, Some(args.component)).await
 }
 
+/// Everything a start (or `--check`) works from, validated.
 pub struct Validated {
     pub config: Config,
     pub options: Options,
