@@ -14,6 +14,8 @@ use std::process::Command;
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 
+mod processes;
+
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
 fn berth(args: &[&str]) {
@@ -185,6 +187,16 @@ fn environment(
         .collect()
 }
 
+/// `env` with files in the creds volume (`/creds/…`) found in `dir`.
+fn in_creds_dir(mut env: BTreeMap<String, String>, dir: &Path) -> BTreeMap<String, String> {
+    for v in env.values_mut() {
+        if let Some(file) = v.strip_prefix("/creds/") {
+            *v = dir.join(file).display().to_string();
+        }
+    }
+    env
+}
+
 /// `a.b.c.d/n`.
 fn cidr(s: &str) -> (Ipv4Addr, u32) {
     let (a, n) = s.split_once('/').unwrap();
@@ -217,6 +229,25 @@ fn published(service: &Yaml, container_port: u16) -> Option<u16> {
 
 fn port_of(addr: &str) -> u16 {
     addr.rsplit_once(':').unwrap().1.parse().unwrap()
+}
+
+/// What `nats-init` writes into the creds volume, by its own script, into
+/// `dir` standing for the volume.
+fn nats_init(doc: &Yaml, dir: &Path) {
+    std::fs::create_dir(dir).unwrap();
+    let init = &doc["services"]["nats-init"];
+    assert!(strings(&init["volumes"]).contains(&"creds:/creds".to_owned()));
+    let script = strings(&init["command"]).concat();
+    let bin_dir = Path::new(BERTH).parent().unwrap();
+    let status = Command::new("sh")
+        .args([
+            "-ec",
+            &script.replace("/creds/", &format!("{}/", dir.display())),
+        ])
+        .env("PATH", format!("{}:/usr/bin:/bin", bin_dir.display()))
+        .status()
+        .unwrap();
+    assert!(status.success());
 }
 
 /// `berth <args>` with exactly `env` (and PATH), as in a container.
@@ -293,24 +324,9 @@ fn the_compose_file_runs_every_component_on_the_cluster_with_what_each_needs() {
     }
     let cluster: Vec<String> = nats.iter().map(|n| format!("nats://{n}:4222")).collect();
 
-    // The credentials nats-init writes, with its own script, into a
-    // directory standing for the creds volume.
     let tmp = tempfile::tempdir().unwrap();
     let creds_dir = tmp.path().join("creds");
-    std::fs::create_dir(&creds_dir).unwrap();
-    let init = service("nats-init");
-    assert!(strings(&init["volumes"]).contains(&"creds:/creds".to_owned()));
-    let script = strings(&init["command"]).concat();
-    let bin_dir = Path::new(BERTH).parent().unwrap();
-    let status = Command::new("sh")
-        .args([
-            "-ec",
-            &script.replace("/creds/", &format!("{}/", creds_dir.display())),
-        ])
-        .env("PATH", format!("{}:/usr/bin:/bin", bin_dir.display()))
-        .status()
-        .unwrap();
-    assert!(status.success());
+    nats_init(&doc, &creds_dir);
 
     let key = berth_runtime::SecretKey::generate_base64();
     let vars = BTreeMap::from([("BERTH_SECRET_KEY", key)]);
@@ -344,12 +360,7 @@ fn the_compose_file_runs_every_component_on_the_cluster_with_what_each_needs() {
             strings(&s["volumes"]).contains(&"creds:/creds:ro".to_owned()),
             "{name}"
         );
-        let mut local = env.clone();
-        for v in local.values_mut() {
-            if let Some(file) = v.strip_prefix("/creds/") {
-                *v = creds_dir.join(file).display().to_string();
-            }
-        }
+        let local = in_creds_dir(env.clone(), &creds_dir);
         let report = berth_check(&["run", component, "--check"], &local)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(report["components"], serde_json::json!([component]));
