@@ -350,6 +350,12 @@ fn the_compose_file_runs_every_component_on_the_cluster_with_what_each_needs() {
             "{name}"
         );
         assert!(seen.insert(component.clone()), "{component} twice");
+        // Started before the cluster has a leader (or, the node, before the
+        // streams exist), a component exits: compose must start it again.
+        assert!(
+            matches!(s["restart"].as_str(), Some("unless-stopped" | "always")),
+            "{name} is not restarted"
+        );
         let env = environment(s, &vars).unwrap();
         // Without the key, compose refuses to start whoever needs it.
         if env.contains_key("BERTH_SECRET_KEY") {
