@@ -88,6 +88,12 @@ pub struct UpArgs {
     #[command(flatten)]
     pub common: RawConfig,
 
+    /// Check the configuration (and the NATS credentials file) and print
+    /// the settings each component would use, as JSON; then exit: 0 when
+    /// valid, 64 when not. Nothing is connected, bound or written.
+    #[arg(long)]
+    pub check: bool,
+
     /// Key (base64 of 32 bytes) sealing secrets at rest; when unset it is read
     /// from, or created in, `$BERTH_DATA_DIR/secret.key`.
     #[arg(long, env = "BERTH_SECRET_KEY", hide_env_values = true)]
@@ -118,7 +124,7 @@ pub struct UpArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Which component.
-    #[arg(value_parser = ["projector", "resolver", "scheduler", "cron", "notifier", "node", "router", "api"])]
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(crate::components::NAMES))]
     pub component: String,
 
     #[command(flatten)]

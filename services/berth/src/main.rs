@@ -8,6 +8,7 @@
 //! unreachable.
 
 mod bench;
+mod check;
 mod cli;
 mod client;
 mod components;
