@@ -521,7 +521,13 @@ impl Cni {
         let (netns, ..) = self.paths(id);
         for plugin in chain(&state.spec) {
             let conf = self.conf(plugin, &state.spec, state.result.as_ref());
-            if let Err(e) = self.plugin(plugin, "CHECK", id, &netns, &conf).await {
+            // portmap's CHECK also looks for the instance's chain in
+            // ip6tables, where an IPv4-only instance never has one, so it
+            // fails for every published instance; its ADD is idempotent
+            // (present rules kept, missing ones restored), so it is applied
+            // again instead.
+            let op = if *plugin == "portmap" { "ADD" } else { "CHECK" };
+            if let Err(e) = self.plugin(plugin, op, id, &netns, &conf).await {
                 tracing::warn!(instance = %id, error = %e, "adopted instance's network fails CHECK");
                 return false;
             }

@@ -271,6 +271,44 @@ async fn fixed_port_and_exposed_port_images_are_served_with_two_instances_on_one
     );
 }
 
+/// A node restarted (an upgrade, a crash) adopts its running web
+/// instances with their networks: each keeps answering on its published
+/// address, is never reported unhealthy, and is still stopped cleanly by
+/// the new process.
+#[tokio::test]
+async fn a_restarted_node_keeps_its_web_instances_reachable_on_their_addresses() {
+    let w = World::start().await;
+    let node = start_node(&w, fast_checks()).await;
+    let owner = OwnerId::User(UserId::generate());
+    let (svc, dep) = service_of(&w, &owner, "kept", ServiceType::WebService, &w.digest).await;
+    let a = spec(&w, &svc, &dep, FIXED_10000, Some(10000));
+    run(&w, &node.id, &a).await;
+    let addr = healthy(&w, &svc, &[&a.instance]).await.remove(0);
+
+    node.stop().await;
+    let node = start_node(&w, fast_checks()).await;
+    // Long enough for the new process to probe it several times.
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let (status, body) = http_get(&addr, "/hello.txt")
+            .await
+            .unwrap_or_else(|e| panic!("{addr} unreachable after the node restarted: {e:#}"));
+        assert_eq!((status, body.as_str()), (200, "hello\n"), "{addr}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let events = w.events_after(&svc, Duration::ZERO).await;
+    assert_eq!(
+        count_of(&events, &a.instance, "instance_unhealthy"),
+        0,
+        "{:?}",
+        support::kinds(&events, &a.instance)
+    );
+
+    stop_all(&w, &node.id, &[(&svc, &a.instance)]).await;
+    assert!(leases(&w).is_empty(), "{:?}", leases(&w));
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn instances_reach_their_owners_private_services_by_name_and_nothing_else() {
     let w = World::start().await;
