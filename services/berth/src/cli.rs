@@ -32,7 +32,7 @@ pub enum Command {
     /// NATS users for a server berth does not start (a cluster, compose).
     #[command(subcommand)]
     Nats(NatsCommand),
-    /// API client commands (service, credential, hook, cron, apikey).
+    /// API client commands (service, credential, env, hook, cron, node, apikey, …).
     #[command(flatten)]
     Client(crate::client::ClientCommand),
 }
@@ -298,6 +298,53 @@ mod tests {
                 );
             }
             assert!(seen > 40, "berth {name}: only {seen} options");
+        }
+    }
+
+    /// Every client command, by its path (`service deploy`), with whether
+    /// it takes `--nats-url`.
+    fn leaves(cmd: &clap::Command, path: &str, out: &mut Vec<(String, bool)>) {
+        if cmd.get_subcommands().next().is_none() {
+            let nats = cmd
+                .get_arguments()
+                .any(|a| a.get_long() == Some("nats-url"));
+            out.push((path.trim().to_owned(), nats));
+        }
+        for sub in cmd.get_subcommands() {
+            leaves(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn only_the_commands_that_talk_to_nats_show_its_options() {
+        let mut cli = Cli::command();
+        cli.build();
+        let mut all = Vec::new();
+        leaves(&cli, "", &mut all);
+        let talk_to_nats = [
+            "up",
+            "run",
+            "nats auth",
+            "bench eventlog",
+            // Following a deploy shows its pull progress, from NATS.
+            "service create",
+            "service update",
+            "service deploy",
+            "service follow",
+            "service rollback",
+            "service resume",
+            "env set",
+            "env unset",
+        ];
+        for (path, nats) in &all {
+            assert_eq!(
+                *nats,
+                talk_to_nats.contains(&path.as_str()),
+                "berth {path} --nats-url"
+            );
+        }
+        for path in ["service list", "node list", "cron runs", "apikey create"] {
+            assert!(all.iter().any(|(p, _)| p == path), "{path}");
         }
     }
 }

@@ -13,6 +13,7 @@ mod client;
 mod components;
 mod exit;
 mod image;
+mod installation;
 mod nats_users;
 mod projector;
 mod secret;
