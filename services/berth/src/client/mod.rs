@@ -39,6 +39,7 @@ pub use http::{Api, ClientError};
 #[derive(Debug, Clone, Args)]
 pub struct ClientOpts {
     /// The API's base URL [default: `apiUrl` from credentials.json, else
+    /// the URL the running `berth up` recorded, else
     /// http://127.0.0.1:7000]. The key is read from BERTH_API_KEY or
     /// credentials.json, never from the command line.
     #[arg(long, env = "BERTH_API_URL", global = true)]
@@ -58,6 +59,7 @@ pub struct ClientOpts {
 /// The installation's NATS server, for the commands that follow a deploy
 /// (its pull progress is not in the API).
 #[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Pull progress (NATS)")]
 pub struct NatsOpts {
     /// The installation's NATS server, for the pull progress a followed
     /// deploy shows (optional: without it the deploy is followed through
