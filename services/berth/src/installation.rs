@@ -60,29 +60,44 @@ pub fn record_paths() -> Vec<PathBuf> {
     paths.into_iter().map(|d| d.join(RECORD_FILE)).collect()
 }
 
-/// A record found, or why one that exists could not be read.
+/// A record found, or why one that exists could not be used.
 #[derive(Debug)]
 pub enum Lookup {
     Found(PathBuf, Record),
-    Unreadable(PathBuf, String),
+    Unusable(PathBuf, String),
     None,
 }
 
-/// The first record among [`record_paths`].
+/// Whether process `pid` exists (another user's too).
+fn running(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
+}
+
+/// The first record among [`record_paths`] whose `berth up` still runs
+/// (a killed one leaves its record behind: that one is passed over).
 pub fn find_record() -> Lookup {
+    let mut unusable = Lookup::None;
     for path in record_paths() {
         match std::fs::read(&path) {
-            Ok(bytes) => {
-                return match serde_json::from_slice(&bytes) {
-                    Ok(r) => Lookup::Found(path, r),
-                    Err(e) => Lookup::Unreadable(path, format!("not a berth record ({e})")),
+            Ok(bytes) => match serde_json::from_slice::<Record>(&bytes) {
+                Ok(r) if running(r.pid) => return Lookup::Found(path, r),
+                Ok(r) => {
+                    let why = format!("left by `berth up` pid {}, which is not running", r.pid);
+                    unusable = Lookup::Unusable(path, why);
                 }
-            }
+                Err(e) => unusable = Lookup::Unusable(path, format!("not a berth record ({e})")),
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Lookup::Unreadable(path, e.to_string()),
+            Err(e) => unusable = Lookup::Unusable(path, e.to_string()),
         }
     }
-    Lookup::None
+    unusable
 }
 
 /// The record `berth up` keeps while it runs; removed when dropped (if it
@@ -169,5 +184,13 @@ mod tests {
         std::fs::write(&path, serde_json::to_vec(&other).unwrap()).unwrap();
         drop(recorded);
         assert!(path.exists(), "another berth up's record is kept");
+    }
+
+    #[test]
+    fn only_a_running_berth_up_counts() {
+        assert!(running(std::process::id()));
+        // Past the kernel's largest pid.
+        assert!(!running(1 << 23));
+        assert!(running(1), "another user's process runs too");
     }
 }

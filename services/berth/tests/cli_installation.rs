@@ -345,4 +345,18 @@ async fn cli_lists_nodes_and_cron_runs_sets_every_setting_and_finds_the_installa
     // Stopped, berth up takes its record away.
     setup.stop().await;
     assert!(!record.exists(), "{} left behind", record.display());
+    // A record a killed `berth up` left behind is passed over, and said.
+    let stale = serde_json::json!({
+        "dataDir": cli.data, "apiUrl": setup.api_url, "pid": 1 << 23,
+    });
+    std::fs::write(&record, stale.to_string()).unwrap();
+    let passed_over = bare(&["service", "list"], &env, elsewhere.path(), false).await;
+    assert_eq!(passed_over.code, 64, "{passed_over:?}");
+    assert!(
+        passed_over.stderr.contains(&format!(
+            "{} (left by `berth up` pid 8388608, which is not running)",
+            record.display()
+        )),
+        "{passed_over:?}"
+    );
 }

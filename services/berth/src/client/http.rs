@@ -192,8 +192,8 @@ fn locate(opts: &ClientOpts) -> Located {
             found.looked = looked;
             found
         }
-        Lookup::Unreadable(path, why) => {
-            looked.push(format!("{} (unreadable: {why})", path.display()));
+        Lookup::Unusable(path, why) => {
+            looked.push(format!("{} ({why})", path.display()));
             Located {
                 looked,
                 ..Located::default()
