@@ -23,6 +23,11 @@ pub enum Command {
     Up(UpArgs),
     /// Run one component alone.
     Run(RunArgs),
+    /// See berth work on this machine, offline: a web service from a tiny
+    /// local image through a tag push, a deploy by hook and a rollback
+    /// (uses the `berth up` that answers, or starts one; removes what it
+    /// started).
+    Demo(DemoArgs),
     /// Image reference tools.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -85,6 +90,12 @@ pub struct UpArgs {
     #[command(flatten, next_help_heading = "General")]
     pub common: RawConfig,
 
+    /// Check the configuration (and the NATS credentials file) and print
+    /// the settings each component would use, as JSON; then exit: 0 when
+    /// valid, 64 when not. Nothing is connected, bound or written.
+    #[arg(long)]
+    pub check: bool,
+
     /// Key (base64 of 32 bytes) sealing secrets at rest; when unset it is read
     /// from, or created in, `$BERTH_DATA_DIR/secret.key`.
     #[arg(
@@ -120,11 +131,22 @@ pub struct UpArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Which component.
-    #[arg(value_parser = ["projector", "resolver", "scheduler", "cron", "notifier", "node", "router", "api"])]
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(crate::components::NAMES))]
     pub component: String,
 
     #[command(flatten)]
     pub up: UpArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// A static busybox to build the demo's image from.
+    #[arg(long, env = "BERTH_DEMO_BUSYBOX", default_value = "/bin/busybox")]
+    pub busybox: PathBuf,
+
+    /// Seconds to wait for `berth up` to answer and for each deploy.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -23,6 +23,27 @@ pub const NAMES: &[&str] = &[
     "api",
 ];
 
+/// The components that seal or open secrets with the installation key
+/// (registry tokens, hook keys, env var values, notification secrets).
+/// The others never hold it: the node's work comes sealed to the node's own
+/// key, and the router and the projector read nothing secret.
+pub const HOLD_KEY: &[&str] = &["resolver", "scheduler", "cron", "notifier", "api"];
+
+/// Whether `only` (or `berth up`, `None`) holds the installation key.
+pub fn holds_key(only: Option<&str>) -> bool {
+    only.is_none_or(|c| HOLD_KEY.contains(&c))
+}
+
+/// The NATS role whose credentials `only` presents (`BERTH_NATS_CREDS`):
+/// the node its own user, bound to its id; every other component, and
+/// `berth up` (`None`), the control plane's.
+pub fn nats_role(only: Option<&str>) -> &'static str {
+    match only {
+        Some("node") => "node",
+        _ => "control",
+    }
+}
+
 /// What components are built from: opened once per process and shared.
 #[derive(Debug, Clone)]
 pub struct ComponentDeps {

@@ -8,9 +8,11 @@
 //! unreachable.
 
 mod bench;
+mod check;
 mod cli;
 mod client;
 mod components;
+mod demo;
 mod exit;
 mod image;
 mod installation;
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         Command::Image(ImageCommand::Normalize { reference }) => image::normalize(&reference),
         Command::Up(args) => with_runtime(up::up(args)),
         Command::Run(args) => with_runtime(up::run_one(args)),
+        Command::Demo(args) => with_runtime(demo::demo(args)),
         Command::Bench(BenchCommand::Eventlog(args)) => with_runtime(bench::eventlog(args)),
         Command::Bench(BenchCommand::Scale(args)) => with_runtime(bench::scale::scale(args)),
         Command::Bench(BenchCommand::Dashboard(args)) => {

@@ -27,7 +27,12 @@ pub fn check(value: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// Loads the key from `env_value`, else from or into `data_dir/secret.key`.
+/// The key's file in `data_dir`, used when `BERTH_SECRET_KEY` is unset.
+pub fn key_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("secret.key")
+}
+
+/// Loads the key from `env_value`, else from or into [`key_file`].
 pub fn load_or_create(
     env_value: Option<&str>,
     data_dir: &Path,
@@ -36,7 +41,7 @@ pub fn load_or_create(
         let key = SecretKey::from_base64(v).context("BERTH_SECRET_KEY")?;
         return Ok((key, KeySource::Env));
     }
-    let path = data_dir.join("secret.key");
+    let path = key_file(data_dir);
     let existed = path.exists();
     let key = SecretKey::load_or_create(&path)?;
     let source = if existed {

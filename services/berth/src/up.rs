@@ -1,11 +1,13 @@
 //! `berth up` (every component in one process) and `berth run <component>`
-//! (one alone). Both follow the thin-main order: validate all config → init
-//! tracing → check that the node can run on this machine → data dir and
-//! secret key (not for `berth run node`: a node never holds the
-//! installation key) → bind the health/metrics port → make sure NATS answers
-//! (starting a local nats-server if needed) → connect → open the event
-//! store → run components until SIGINT/SIGTERM → drain → stop the
-//! nats-server we started.
+//! (one alone). Both follow the thin-main order: validate all config and
+//! read the NATS credentials file (`--check` prints the result and stops
+//! here) → init tracing → check that the node can run on this machine →
+//! data dir and secret key (only for the components that seal or open
+//! secrets: never the node, the router or the projector) → bind the
+//! health/metrics port → make sure NATS answers (starting a local
+//! nats-server if needed) → connect → open the event store → run
+//! components until SIGINT/SIGTERM → drain → stop the nats-server we
+//! started.
 //!
 //! A machine the node cannot run on (not root, no runc, …) stops `berth run
 //! node` at once (exit 64); `berth up` says so and runs everything else, so
@@ -45,13 +47,14 @@ pub async fn run_one(args: RunArgs) -> Outcome {
     start(args.up, Some(args.component)).await
 }
 
-struct Validated {
-    config: Config,
-    options: Options,
-    secret_key: Option<String>,
-    only: Option<&'static str>,
+/// Everything a start (or `--check`) works from, validated.
+pub struct Validated {
+    pub config: Config,
+    pub options: Options,
+    pub secret_key: Option<String>,
+    pub only: Option<&'static str>,
     /// What owner-supplied URLs may reach, as applied to `options`.
-    targets: AddressPolicy,
+    pub targets: AddressPolicy,
 }
 
 /// `BERTH_ALLOW_TARGETS`, else the product default: loopback for `berth
@@ -136,9 +139,18 @@ fn validate(args: UpArgs, only: Option<String>) -> Result<Validated, berth_runti
         })
     })();
     if let Some(key) = &args.secret_key {
+        // Not even checked where it is not to be handed at all.
         if only.as_deref() == Some("node") {
-            // Not even checked: a node is not to be handed the key at all.
             problems.add("BERTH_SECRET_KEY", NODE_HOLDS_NO_KEY);
+        } else if !components::holds_key(only.as_deref()) {
+            let name = only.as_deref().unwrap_or_default();
+            problems.add(
+                "BERTH_SECRET_KEY",
+                format!(
+                    "the {name} never holds the installation's secret key (it reads \
+                     nothing sealed); unset it for `berth run {name}`"
+                ),
+            );
         } else if let Err(m) = secret::check(key) {
             problems.add("BERTH_SECRET_KEY", m);
         }
@@ -175,10 +187,26 @@ fn validate(args: UpArgs, only: Option<String>) -> Result<Validated, berth_runti
 }
 
 async fn start(args: UpArgs, only: Option<String>) -> Outcome {
+    let check = args.check;
     let v = match validate(args, only) {
         Ok(v) => v,
         Err(e) => return Outcome::Config(e),
     };
+    let creds = match presented_creds(&v.config, v.only) {
+        Ok(c) => c,
+        Err(e) => return Outcome::Config(e),
+    };
+    if check {
+        let targets = targets_summary(v.targets, v.config.allow_targets.is_some(), v.only);
+        let report = crate::check::report(&v, creds.as_ref(), &targets);
+        return match serde_json::to_string_pretty(&report) {
+            Ok(text) => {
+                println!("{text}");
+                Outcome::Ok
+            }
+            Err(e) => Outcome::Failed(e.into()),
+        };
+    }
     if let Err(e) = berth_runtime::init_tracing(&v.config) {
         return Outcome::Failed(e.into());
     }
@@ -205,7 +233,7 @@ async fn start(args: UpArgs, only: Option<String>) -> Outcome {
         Err(e) => return Outcome::Failed(e),
     };
     let local = Arc::new(Mutex::new(None));
-    let result = serve(v, node_refused.as_deref(), &shutdown, &local).await;
+    let result = serve(v, creds, node_refused.as_deref(), &shutdown, &local).await;
     let local = local.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(nats) = local {
         if let Err(e) = nats.stop(NATS_STOP_PATIENCE).await {
@@ -221,6 +249,36 @@ async fn start(args: UpArgs, only: Option<String>) -> Outcome {
         tracing::error!(error = %format!("{e:#}"), "berth stopped with an error");
     }
     result.into()
+}
+
+/// `BERTH_NATS_CREDS` read, when set, and checked against the role the
+/// selected components present (the node its own, the rest the control
+/// plane's): a file of another role is a configuration error, not a run
+/// of permission errors later.
+fn presented_creds(
+    config: &Config,
+    only: Option<&str>,
+) -> Result<Option<Creds>, berth_runtime::ConfigError> {
+    let Some(path) = &config.nats_creds else {
+        return Ok(None);
+    };
+    let problem = |message: String| berth_runtime::ConfigError {
+        problems: vec![berth_runtime::config::ConfigProblem {
+            setting: "BERTH_NATS_CREDS",
+            message,
+        }],
+    };
+    let creds = Creds::read(path).map_err(|e| problem(e.to_string()))?;
+    let wanted = components::nats_role(only);
+    if creds.role != wanted {
+        let who = only.map_or("berth up".to_owned(), |c| format!("berth run {c}"));
+        return Err(problem(format!(
+            "{} holds {} credentials; {who} presents the {wanted} role's",
+            path.display(),
+            creds.role
+        )));
+    }
+    Ok(Some(creds))
 }
 
 /// The node's verdict on this machine and its refusal, when the node is
@@ -252,6 +310,7 @@ fn node_not_started(verdict: &Verdict, sentence: &str) -> String {
 
 async fn serve(
     v: Validated,
+    given: Option<Creds>,
     node_refused: Option<&str>,
     shutdown: &Shutdown,
     local: &Arc<Mutex<Option<LocalNats>>>,
@@ -264,8 +323,8 @@ async fn serve(
         .with_context(|| format!("resolving {}", config.data_dir.display()))?;
     let config = Arc::new(config);
     let data_dir = config.data_dir.clone();
-    // A node alone neither reads nor creates the key file.
-    let (secret_key, key_source) = if v.only == Some("node") {
+    // A component that holds no key neither reads nor creates its file.
+    let (secret_key, key_source) = if !components::holds_key(v.only) {
         (None, None)
     } else {
         let (key, source) = secret::load_or_create(v.secret_key.as_deref(), &data_dir)?;
@@ -283,10 +342,6 @@ async fn serve(
     // Who connects as whom: BERTH_NATS_CREDS for a server berth did not
     // start; for one it starts, the users it generates (the node with its
     // own, the rest as the control plane).
-    let given = match &config.nats_creds {
-        Some(path) => Some(Creds::read(path)?),
-        None => None,
-    };
     let node_runs = v.only.is_none_or(|c| c == "node") && node_refused.is_none();
     let node_dir = v.options.node.state_dir(&config.data_dir);
     let users = if given.is_none() && !berth_runtime::local_nats::any_answers(&config).await {
@@ -343,6 +398,11 @@ async fn serve(
                     .await
                     .context("connecting the node to NATS")?;
             deps.open_node_store(node_client, &config).await?;
+        } else if v.only == Some("node") {
+            // `berth run node` on its own user: the store it works on is
+            // opened as a node's (no consumers on the log, no snapshots),
+            // which that user may not go beyond.
+            deps.open_node_store(client.clone(), &config).await?;
         }
     }
     if let Some(users) = users.clone() {
@@ -439,7 +499,10 @@ fn print_where_things_are(
         Some(KeySource::Env) => "from BERTH_SECRET_KEY".to_owned(),
         Some(KeySource::File(p)) => p.display().to_string(),
         Some(KeySource::Created(p)) => format!("{} (created)", p.display()),
-        None => "none (a node holds only its own key pair, in the node dir)".to_owned(),
+        None if names == ["node"] => {
+            "none (a node holds only its own key pair, in the node dir)".to_owned()
+        }
+        None => "none (not needed here)".to_owned(),
     };
     let nats = match local {
         Some(n) => format!(
@@ -539,14 +602,16 @@ mod tests {
     }
 
     #[test]
-    fn a_node_alone_refuses_the_installation_key() {
+    fn components_that_open_nothing_sealed_refuse_the_installation_key() {
         let key = berth_runtime::SecretKey::generate_base64();
-        let Err(e) = validated(&["berth", "run", "node", "--secret-key", &key]) else {
-            panic!("accepted")
-        };
-        assert_eq!(e.problems.len(), 1, "{e}");
-        assert_eq!(e.problems[0].setting, "BERTH_SECRET_KEY");
-        assert!(!e.to_string().contains(&key), "{e}");
+        for component in ["node", "router", "projector"] {
+            let Err(e) = validated(&["berth", "run", component, "--secret-key", &key]) else {
+                panic!("{component} accepted")
+            };
+            assert_eq!(e.problems.len(), 1, "{e}");
+            assert_eq!(e.problems[0].setting, "BERTH_SECRET_KEY");
+            assert!(!e.to_string().contains(&key), "{e}");
+        }
         // Every other component, and `berth up`, takes it.
         assert!(validated(&["berth", "run", "scheduler", "--secret-key", &key]).is_ok());
         assert!(validated(&["berth", "up", "--secret-key", &key]).is_ok());

@@ -49,7 +49,7 @@ pub(crate) fn runc_root(data: &Path) -> PathBuf {
 
 /// Processes whose command line names `path` (the nats-server a killed
 /// `berth up` started for this data dir outlives it).
-fn processes_naming(path: &Path) -> Vec<i32> {
+pub(crate) fn processes_naming(path: &Path) -> Vec<i32> {
     let want = path.to_string_lossy().into_owned();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();

@@ -9,6 +9,7 @@ mod cli_logs;
 mod cli_support;
 mod crash;
 mod dashboard_browser;
+mod demo;
 mod deploy_config;
 mod integrations;
 mod node;
