@@ -93,7 +93,7 @@ pub struct UpArgs {
     /// Check the configuration (and the NATS credentials file) and print
     /// the settings each component would use, as JSON; then exit: 0 when
     /// valid, 64 when not. Nothing is connected, bound or written.
-    #[arg(long)]
+    #[arg(long, help_heading = "General")]
     pub check: bool,
 
     /// Key (base64 of 32 bytes) sealing secrets at rest; when unset it is read
@@ -309,6 +309,14 @@ mod tests {
             let mut seen = 0;
             for arg in cmd.get_arguments() {
                 let Some(env) = arg.get_env().and_then(|e| e.to_str()) else {
+                    // Without a variable (`--check`): under some heading all
+                    // the same, never loose among the help.
+                    if let Some(long) = arg.get_long().filter(|l| *l != "help") {
+                        assert!(
+                            arg.get_help_heading().is_some(),
+                            "berth {name} --{long} has no heading"
+                        );
+                    }
                     continue;
                 };
                 seen += 1;
