@@ -194,16 +194,7 @@ async fn nodes_are_listed_with_their_heartbeat_and_only_your_instances() {
 async fn cron_runs_are_listed_newest_first_with_how_they_ended() {
     let app = App::start(true).await;
     let (alice, bob) = (app.owner().await, app.owner().await);
-    let (s, v) = app
-        .post(
-            "/v1/services",
-            &alice,
-            json!({"type": "cron_job", "name": "nightly", "image": {"imagePath": app.image("v1")},
-                   "serviceDetails": {"schedule": "0 3 * * *"}}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let svc = v["service"]["id"].as_str().unwrap().to_owned();
+    let svc = app.cron_job(&alice, "nightly").await;
     let runs_path = format!("/v1/cron-jobs/{svc}/runs");
     let (s, v) = app.get(&runs_path, &alice).await;
     assert_eq!((s, v.clone()), (StatusCode::OK, json!([])), "{v}");
@@ -301,26 +292,12 @@ async fn cron_runs_are_listed_newest_first_with_how_they_ended() {
         )
         .await;
     }
-    let mut listed: Vec<String> = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(c) => format!("{runs_path}?limit=100&cursor={c}"),
-            None => format!("{runs_path}?limit=100"),
-        };
-        let (s, page) = app.get(&path, &alice).await;
-        assert_eq!(s, StatusCode::OK, "{page}");
-        let items = page.as_array().unwrap();
-        if items.is_empty() {
-            break;
-        }
-        listed.extend(
-            items
-                .iter()
-                .map(|i| i["cronJobRun"]["id"].as_str().unwrap().to_owned()),
-        );
-        cursor = items.last().unwrap()["cursor"].as_str().map(str::to_owned);
-    }
+    let listed: Vec<String> = app
+        .all_pages(&runs_path, &alice, "cronJobRun")
+        .await
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(listed.len(), more + 2, "every run once");
     assert_eq!(listed.last().map(String::as_str), Some(first_id.as_str()));
     let unique: std::collections::HashSet<&String> = listed.iter().collect();
