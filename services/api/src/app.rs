@@ -1,6 +1,7 @@
 //! The shared state of every handler and the extractors that turn a
 //! request into typed input or a 400/401 — never a 500 on bad input.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -13,6 +14,9 @@ use berth_ingress::{
     api_key_sha256, Caller, Ingress, IngressError, IngressOptions, ReadModel, Repairer,
 };
 use berth_runtime::SecretKey;
+use berth_schemas::heartbeat::Heartbeat;
+use berth_schemas::ids::NodeId;
+use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,7 +33,7 @@ use crate::views::{self, Links, ServiceView};
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Everything a handler needs. Cheap to clone (axum clones it per request):
-/// five reference counts.
+/// six reference counts.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub ingress: Arc<Ingress>,
@@ -42,6 +46,44 @@ pub struct AppState {
     pub links: Arc<Links>,
     /// The dashboard's sessions and live feed ([`crate::dashboard`]).
     pub dashboard: Arc<Dashboard>,
+    /// When each node was last heard.
+    pub heard: Arc<Heard>,
+}
+
+/// When each node was last heard, by this process: heartbeats are core
+/// NATS messages, not facts in the log, so what a fresh API process knows
+/// starts with the first heartbeat it receives.
+#[derive(Debug, Default)]
+pub struct Heard(std::sync::Mutex<HashMap<NodeId, DateTime<Utc>>>);
+
+impl Heard {
+    /// When `node` was last heard.
+    pub fn last(&self, node: &NodeId) -> Option<DateTime<Utc>> {
+        self.0.lock().ok()?.get(node).copied()
+    }
+
+    /// Follows the heartbeats on `sub` until `shutdown`.
+    async fn follow(self: Arc<Self>, mut sub: async_nats::Subscriber, shutdown: CancellationToken) {
+        use futures::StreamExt;
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = sub.next() => match m {
+                    Some(m) => m,
+                    None => return,
+                },
+            };
+            match serde_json::from_slice::<Heartbeat>(&msg.payload) {
+                // Received now: the node's clock may be off.
+                Ok(hb) => {
+                    if let Ok(mut heard) = self.0.lock() {
+                        heard.insert(hb.node, Utc::now());
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "not a heartbeat"),
+            }
+        }
+    }
 }
 
 impl AppState {
@@ -86,6 +128,13 @@ impl AppState {
             move |o| shared.read().ok().map(|i| i.credentials(o)),
             applied,
         );
+        let heard = Arc::new(Heard::default());
+        let heartbeats = store
+            .client()
+            .subscribe(store.subjects().heartbeat())
+            .await
+            .map_err(|e| IngressError::Store(format!("subscribing to heartbeats: {e}")))?;
+        tracker.spawn(heard.clone().follow(heartbeats, shutdown.clone()));
         let ingress =
             Ingress::with_read_model(store, key, opts, read_model, shutdown.clone(), tracker);
         let links = index.clone();
@@ -100,6 +149,7 @@ impl AppState {
             hook_keys: Arc::default(),
             links: Arc::default(),
             dashboard: Arc::new(dashboard),
+            heard,
         })
     }
 

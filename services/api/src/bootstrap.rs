@@ -76,16 +76,8 @@ fn refresh_api_url(path: &Path, api_url: &str) -> std::io::Result<()> {
         return Ok(());
     }
     file.api_url = api_url.to_owned();
-    let tmp = path.with_extension("json.new");
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    out.write_all(&serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?)?;
-    out.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let json = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
+    berth_runtime::write_whole(path, &json, 0o600, 0o700)
 }
 
 /// [`bootstrap`] for callers that hold only the store and the key (the

@@ -1,19 +1,21 @@
 //! The API's read model, folded from the whole log: API keys by SHA-256
 //! (to authenticate a request without loading an owner), every service's
 //! state (for listings), every service's events timeline, registry
-//! credentials (for their listings) and the name claims and credential
-//! attachments the repairer keeps in line with the services. Writes never
-//! consult it: they decide on the aggregate itself.
+//! credentials (for their listings), the nodes as registered (for the
+//! node listing) and the name claims and credential attachments the
+//! repairer keeps in line with the services. Writes never consult it: they
+//! decide on the aggregate itself.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use berth_domain::node::{self as node_rules, NodeState};
 use berth_domain::service::{self, ServiceState};
 use berth_domain::timeline::{Answer, Query, Timeline, TimelineEvent, UnknownCursor};
 use berth_eventlog::projection::Projection;
 use berth_ingress::{CredentialIndex, CredentialView, Links, Repair};
-use berth_schemas::ids::{ApiKeyId, CredentialId, OwnerId, ServiceId};
+use berth_schemas::ids::{ApiKeyId, CredentialId, NodeId, OwnerId, ServiceId};
 use berth_schemas::model::Sealed;
 use berth_schemas::{AggregateId, Envelope, Event};
 use chrono::{DateTime, Utc};
@@ -43,7 +45,15 @@ impl Indexed {
 
 /// Where the index's snapshot is kept; a new key when what it folds, or
 /// how, changes (a snapshot of the old shape is then never read).
-pub const SNAPSHOT_KEY: &str = "api-index-v2";
+pub const SNAPSHOT_KEY: &str = "api-index-v3";
+
+/// A node as the log says it: registered (name, capacity), lost or back,
+/// and when that last changed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IndexedNode {
+    pub state: NodeState,
+    pub changed_at: Option<DateTime<Utc>>,
+}
 
 /// Keys and services.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -61,6 +71,8 @@ pub struct ApiIndex {
     credentials: CredentialIndex,
     /// Name claims and credential attachments, for the repairer.
     links: Links,
+    /// Every node that registered.
+    nodes: BTreeMap<NodeId, IndexedNode>,
     /// Each owner's live services, newest first (by creation position):
     /// a listing page is a range of it, whatever the owner's count.
     #[serde(skip)]
@@ -174,6 +186,46 @@ impl ApiIndex {
             .collect())
     }
 
+    /// A live service of `owner`'s (`None`: no such service, for this
+    /// owner).
+    pub fn service(&self, owner: &OwnerId, id: &ServiceId) -> Option<&ServiceState> {
+        self.services
+            .get(id)
+            .filter(|i| i.live_of(owner))
+            .map(|i| &i.state)
+    }
+
+    /// The timeline entries of `service` held, oldest first.
+    pub fn timeline_entries(&self, service: &ServiceId) -> &[TimelineEvent] {
+        self.timeline.all(service)
+    }
+
+    /// Every registered node.
+    pub fn nodes(&self) -> impl Iterator<Item = (&NodeId, &IndexedNode)> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.state.registered.is_some())
+    }
+
+    /// How many of `owner`'s instances each node runs (no one else's are
+    /// counted: a listing shows an owner only its own).
+    pub fn instances_per_node(&self, owner: &OwnerId) -> HashMap<&NodeId, usize> {
+        let mut count = HashMap::new();
+        for id in self
+            .by_owner
+            .get(owner)
+            .into_iter()
+            .flat_map(|l| l.values())
+        {
+            if let Some(i) = self.services.get(id) {
+                for instance in i.state.instances.iter() {
+                    *count.entry(&instance.node).or_default() += 1;
+                }
+            }
+        }
+        count
+    }
+
     /// Rebuilds the per-owner listing order from the services held.
     fn index_owners(&mut self) {
         self.by_owner.clear();
@@ -202,6 +254,14 @@ impl Projection for ApiIndex {
             self.credentials.apply(stream_seq, env);
         }
         match (&env.aggregate, &env.event) {
+            (
+                AggregateId::Node(node),
+                event @ (Event::NodeRegistered(_) | Event::NodeLost(_) | Event::NodeRecovered(_)),
+            ) => {
+                let n = self.nodes.entry(node.clone()).or_default();
+                n.state = node_rules::apply(std::mem::take(&mut n.state), event);
+                n.changed_at = Some(env.time);
+            }
             (AggregateId::Owner(owner), Event::ApiKeyCreated(e)) => {
                 self.key_hashes.insert(e.key.clone(), e.sha256.clone());
                 self.keys

@@ -29,7 +29,9 @@ use crate::dashboard;
 use crate::error::ApiError;
 use crate::hooks;
 use crate::query::Listing;
-use crate::routes::{deploys, env_vars, events, logs, metrics, notifications, owner, services};
+use crate::routes::{
+    cron, deploys, env_vars, events, logs, metrics, nodes, notifications, owner, services,
+};
 
 /// One route of the API.
 #[derive(Debug, Clone, Copy)]
@@ -333,10 +335,14 @@ routes! {
         "The deploy hook URL", 200;
     post "/v1/services/{serviceId}/deploy-hook/regenerate" => services::regenerate_hook,
         "Regenerate the deploy hook key", 200;
-    post "/v1/cron-jobs/{serviceId}/runs" => services::trigger_cron,
+    get "/v1/cron-jobs/{serviceId}/runs" => cron::list,
+        "List the cron job's runs, newest first", 200;
+    post "/v1/cron-jobs/{serviceId}/runs" => cron::trigger,
         "Trigger a cron job run", 200;
-    delete "/v1/cron-jobs/{serviceId}/runs" => services::cancel_cron,
+    delete "/v1/cron-jobs/{serviceId}/runs" => cron::cancel,
         "Cancel the active cron job run", 204;
+    get "/v1/nodes" => nodes::list,
+        "List the installation's nodes (with your instances on each)", 200;
     get "/v1/registrycredentials" => owner::list_credentials,
         "List registry credentials (query: name, username, type, updatedAfter, updatedBefore, \
          ownerId, cursor, limit; createdAfter and createdBefore are accepted and not applied)", 200;

@@ -630,16 +630,7 @@ async fn owner_pages_use_the_apis_rules() {
     );
 
     // A cron job's page: runs, and the API's refusal to run before a deploy is live.
-    let (s, v) = app
-        .post(
-            "/v1/services",
-            &alice,
-            json!({"type": "cron_job", "name": "nightly", "image": {"imagePath": app.image("v1")},
-                   "serviceDetails": {"schedule": "0 3 * * *"}}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let cron = v["service"]["id"].as_str().unwrap();
+    let cron = &app.cron_job(&alice, "nightly").await;
     let page = b.get(&format!("/services/{cron}")).await;
     assert!(
         page.html.contains("Run now") && page.html.contains("No runs yet."),

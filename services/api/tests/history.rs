@@ -9,7 +9,6 @@ use berth_eventlog::Stamp;
 use berth_schemas::ids::{DeployId, NodeId, ServiceId};
 use berth_schemas::model::{DeployTrigger, ResolvedImage};
 use berth_schemas::{Actor, AggregateId};
-use serde_json::Value;
 
 use crate::support::App;
 
@@ -54,27 +53,6 @@ async fn go_live(app: &App, id: &AggregateId, deploy: &DeployId, n: usize) {
             .execute::<service::Service>(id, &format!("{deploy}-{i}"), &stamp, command)
             .await
             .unwrap();
-    }
-}
-
-/// Every item of a listing, paging `limit` at a time.
-async fn all_pages(app: &App, path: &str, o: &crate::support::Owner, key: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let url = match &cursor {
-            Some(c) => format!("{path}{sep}limit=100&cursor={c}"),
-            None => format!("{path}{sep}limit=100"),
-        };
-        let (s, page) = app.get(&url, o).await;
-        assert_eq!(s, StatusCode::OK, "{url}: {page}");
-        let items = page.as_array().unwrap().clone();
-        if items.is_empty() {
-            return out;
-        }
-        cursor = items.last().unwrap()["cursor"].as_str().map(str::to_owned);
-        out.extend(items.into_iter().map(|i| i[key].clone()));
     }
 }
 
@@ -147,13 +125,9 @@ async fn a_long_history_is_listed_rolled_back_and_shown_whole() {
     assert!(held.deploy(&first).is_none());
 
     // The listing, newest first, every deploy once, across the held window.
-    let listed = all_pages(
-        &app,
-        &format!("/v1/services/{svc}/deploys"),
-        &alice,
-        "deploy",
-    )
-    .await;
+    let listed = app
+        .all_pages(&format!("/v1/services/{svc}/deploys"), &alice, "deploy")
+        .await;
     let listed: Vec<&str> = listed.iter().map(|d| d["id"].as_str().unwrap()).collect();
     let expected: Vec<&str> = ids.iter().rev().map(|d| d.as_str()).collect();
     assert_eq!(listed, expected);
@@ -194,7 +168,9 @@ async fn a_long_history_is_listed_rolled_back_and_shown_whole() {
         "only {} entries",
         want.len()
     );
-    let got = all_pages(&app, &format!("/v1/services/{svc}/events"), &alice, "event").await;
+    let got = app
+        .all_pages(&format!("/v1/services/{svc}/events"), &alice, "event")
+        .await;
     let got: Vec<&str> = got.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(got.len(), want.len());
     assert_eq!(got, want);

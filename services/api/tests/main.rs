@@ -19,6 +19,7 @@ mod isolation;
 mod listing;
 mod logs;
 mod metrics;
+mod nodes_cron;
 mod notifications;
 mod rename;
 mod repair;

@@ -307,6 +307,44 @@ impl App {
         self.call(Method::DELETE, path, Some(&o.key), None).await
     }
 
+    /// Every item of a cursor listing (`[{<key>: item, cursor}]`), paging
+    /// 100 at a time.
+    pub async fn all_pages(&self, path: &str, o: &Owner, key: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let url = match &cursor {
+                Some(c) => format!("{path}{sep}limit=100&cursor={c}"),
+                None => format!("{path}{sep}limit=100"),
+            };
+            let (s, page) = self.get(&url, o).await;
+            assert_eq!(s, StatusCode::OK, "{url}: {page}");
+            let items = page.as_array().unwrap().clone();
+            if items.is_empty() {
+                return out;
+            }
+            cursor = items.last().unwrap()["cursor"].as_str().map(str::to_owned);
+            out.extend(items.into_iter().map(|i| i[key].clone()));
+        }
+    }
+
+    /// Creates cron job `name` of `team/app:v1` (daily at 03:00); returns
+    /// its id.
+    pub async fn cron_job(&self, o: &Owner, name: &str) -> String {
+        let (s, v) = self
+            .post(
+                "/v1/services",
+                o,
+                serde_json::json!({"type": "cron_job", "name": name,
+                    "image": {"imagePath": self.image("v1")},
+                    "serviceDetails": {"schedule": "0 3 * * *"}}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["service"]["id"].as_str().unwrap().to_owned()
+    }
+
     /// The id of `svc`'s newest deploy.
     pub async fn latest_deploy(&self, o: &Owner, svc: &str) -> String {
         let (s, list) = self.get(&format!("/v1/services/{svc}/deploys"), o).await;

@@ -37,7 +37,7 @@ pub enum Command {
     /// NATS users for a server berth does not start (a cluster, compose).
     #[command(subcommand)]
     Nats(NatsCommand),
-    /// API client commands (service, credential, hook, cron, apikey).
+    /// API client commands (service, credential, env, hook, cron, node, apikey, …).
     #[command(flatten)]
     Client(crate::client::ClientCommand),
 }
@@ -83,42 +83,49 @@ pub enum NatsCommand {
     },
 }
 
+/// Every component's settings, each component's under its own heading in
+/// `--help` (the shared ones under "General" and "NATS").
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "General")]
     pub common: RawConfig,
 
     /// Check the configuration (and the NATS credentials file) and print
     /// the settings each component would use, as JSON; then exit: 0 when
     /// valid, 64 when not. Nothing is connected, bound or written.
-    #[arg(long)]
+    #[arg(long, help_heading = "General")]
     pub check: bool,
 
     /// Key (base64 of 32 bytes) sealing secrets at rest; when unset it is read
     /// from, or created in, `$BERTH_DATA_DIR/secret.key`.
-    #[arg(long, env = "BERTH_SECRET_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "BERTH_SECRET_KEY",
+        hide_env_values = true,
+        help_heading = "General"
+    )]
     pub secret_key: Option<String>,
 
-    #[command(flatten)]
-    pub resolver: berth_resolver::ResolverArgs,
+    #[command(flatten, next_help_heading = "API")]
+    pub api: berth_api::ApiArgs,
 
-    #[command(flatten)]
-    pub node: berth_node::NodeArgs,
-
-    #[command(flatten)]
-    pub scheduler: berth_scheduler::SchedulerArgs,
-
-    #[command(flatten)]
-    pub cron: berth_cron::CronArgs,
-
-    #[command(flatten)]
-    pub notifier: berth_notifier::NotifierArgs,
-
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Router")]
     pub router: berth_router::RouterArgs,
 
-    #[command(flatten)]
-    pub api: berth_api::ApiArgs,
+    #[command(flatten, next_help_heading = "Node")]
+    pub node: berth_node::NodeArgs,
+
+    #[command(flatten, next_help_heading = "Scheduler")]
+    pub scheduler: berth_scheduler::SchedulerArgs,
+
+    #[command(flatten, next_help_heading = "Resolver")]
+    pub resolver: berth_resolver::ResolverArgs,
+
+    #[command(flatten, next_help_heading = "Cron")]
+    pub cron: berth_cron::CronArgs,
+
+    #[command(flatten, next_help_heading = "Notifier")]
+    pub notifier: berth_notifier::NotifierArgs,
 }
 
 #[derive(Debug, Args)]
@@ -261,4 +268,113 @@ pub struct BenchEventlogArgs {
     /// Log filter.
     #[arg(long, env = "BERTH_LOG", default_value = "warn")]
     pub log: String,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// The heading an option's variable says it belongs under.
+    fn component_of(env: &str) -> &'static str {
+        let name = env.trim_start_matches("BERTH_");
+        for (prefix, heading) in [
+            ("API_", "API"),
+            ("ROUTER_", "Router"),
+            ("NODE_", "Node"),
+            ("SCHEDULER_", "Scheduler"),
+            ("RESOLVER_", "Resolver"),
+            ("CRON_", "Cron"),
+            ("NOTIFIER_", "Notifier"),
+            ("NATS_", "NATS"),
+        ] {
+            if name.starts_with(prefix) {
+                return heading;
+            }
+        }
+        match name {
+            "SUBJECT_PREFIX" | "REPLICAS" => "NATS",
+            _ => "General",
+        }
+    }
+
+    #[test]
+    fn up_help_lists_each_components_options_under_its_heading() {
+        let mut cli = Cli::command();
+        cli.build();
+        for name in ["up", "run"] {
+            let cmd = cli.find_subcommand(name).unwrap();
+            let mut seen = 0;
+            for arg in cmd.get_arguments() {
+                let Some(env) = arg.get_env().and_then(|e| e.to_str()) else {
+                    // Without a variable (`--check`): under some heading all
+                    // the same, never loose among the help.
+                    if let Some(long) = arg.get_long().filter(|l| *l != "help") {
+                        assert!(
+                            arg.get_help_heading().is_some(),
+                            "berth {name} --{long} has no heading"
+                        );
+                    }
+                    continue;
+                };
+                seen += 1;
+                assert_eq!(
+                    arg.get_help_heading(),
+                    Some(component_of(env)),
+                    "berth {name} --{}",
+                    arg.get_long().unwrap_or_default()
+                );
+            }
+            assert!(seen > 40, "berth {name}: only {seen} options");
+        }
+    }
+
+    /// Every client command, by its path (`service deploy`), with whether
+    /// it takes `--nats-url`.
+    fn leaves(cmd: &clap::Command, path: &str, out: &mut Vec<(String, bool)>) {
+        if cmd.get_subcommands().next().is_none() {
+            let nats = cmd
+                .get_arguments()
+                .any(|a| a.get_long() == Some("nats-url"));
+            out.push((path.trim().to_owned(), nats));
+        }
+        for sub in cmd.get_subcommands() {
+            leaves(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn only_the_commands_that_talk_to_nats_show_its_options() {
+        let mut cli = Cli::command();
+        cli.build();
+        let mut all = Vec::new();
+        leaves(&cli, "", &mut all);
+        let talk_to_nats = [
+            "up",
+            "run",
+            "nats auth",
+            "bench eventlog",
+            // Following a deploy shows its pull progress, from NATS.
+            "service create",
+            "service update",
+            "service deploy",
+            "service follow",
+            "service rollback",
+            "service resume",
+            "env set",
+            "env unset",
+        ];
+        for (path, nats) in &all {
+            assert_eq!(
+                *nats,
+                talk_to_nats.contains(&path.as_str()),
+                "berth {path} --nats-url"
+            );
+        }
+        for path in ["service list", "node list", "cron runs", "apikey create"] {
+            assert!(all.iter().any(|(p, _)| p == path), "{path}");
+        }
+    }
 }

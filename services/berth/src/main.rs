@@ -15,6 +15,7 @@ mod components;
 mod demo;
 mod exit;
 mod image;
+mod installation;
 mod nats_users;
 mod projector;
 mod secret;

@@ -431,6 +431,9 @@ async fn serve(
     let names: Vec<_> = selected.iter().map(|c| c.name()).collect();
 
     let mut addresses = Vec::new();
+    // Where the CLI finds this installation from any directory; removed
+    // when `berth up` stops (kept until the end of this function).
+    let mut _recorded = None;
     if let Some(b) = &credentials {
         let note = if b.created {
             " (created: owner id and API key, mode 0600)"
@@ -439,6 +442,17 @@ async fn serve(
         };
         addresses.push(("api", api_url.clone()));
         addresses.push(("api key", format!("{}{note}", b.path.display())));
+        if let Some(path) = crate::installation::record_path() {
+            match crate::installation::Recorded::write(path.clone(), &data_dir, &api_url) {
+                Ok(r) => {
+                    addresses.push(("recorded", r.path().display().to_string()));
+                    _recorded = Some(r);
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "could not record where this installation is; the CLI needs BERTH_DATA_DIR")
+                }
+            }
+        }
     }
     if let Some(u) = router_url.filter(|_| names.contains(&"router")) {
         addresses.push(("router", u));

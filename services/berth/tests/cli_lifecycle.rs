@@ -384,19 +384,21 @@ async fn cli_changes_a_running_service() {
     assert!(stuck.stderr.contains(" still "), "{stuck:?}");
 
     // Logs come from the API, not from NATS: an unreachable API is exit
-    // 69, an unreachable NATS server changes nothing.
+    // 69, an unreachable NATS server changes nothing (and `logs` does not
+    // even take the NATS options).
     let no_nats = cli
-        .ok(&[
-            "service",
-            "logs",
-            "w",
-            "--tail",
-            "1",
-            "--nats-url",
-            "nats://127.0.0.1:1",
-        ])
+        .run_with(
+            &["service", "logs", "w", "--tail", "1"],
+            &[("BERTH_NATS_URL", "nats://127.0.0.1:1")],
+            None,
+        )
         .await;
-    assert!(no_nats.contains("| up"), "{no_nats}");
+    assert_eq!(no_nats.code, 0, "{no_nats:?}");
+    assert!(no_nats.stdout.contains("| up"), "{no_nats:?}");
+    let flag = cli
+        .run(&["service", "logs", "w", "--nats-url", "nats://127.0.0.1:1"])
+        .await;
+    assert_eq!(flag.code, 64, "{flag:?}");
     let no_api = cli
         .run(&["service", "logs", &id, "--api-url", "http://127.0.0.1:1"])
         .await;

@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
-const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+pub(crate) const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
 pub(crate) use berth_tests::runc::{require_root_and_runc, runc_list};
 
@@ -165,13 +165,21 @@ impl Cli {
     }
 }
 
+/// The runtime dir (`XDG_RUNTIME_DIR`) of the test that keeps its data in
+/// `data`: beside it, so the `berth up` of one test records itself where
+/// no other test, and no real installation, looks.
+pub(crate) fn runtime_dir(data: &Path) -> PathBuf {
+    data.with_file_name("run")
+}
+
 /// `berth` with a clean environment aimed at one installation (data dir,
-/// NATS server, subject prefix), killed when dropped.
+/// NATS server, subject prefix, runtime dir), killed when dropped.
 pub(crate) fn berth(data: &Path, nats_url: &str, prefix: &str) -> Command {
     let mut c = Command::new(BERTH);
     c.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("BERTH_DATA_DIR", data)
+        .env("XDG_RUNTIME_DIR", runtime_dir(data))
         .env("BERTH_NATS_URL", nats_url)
         .env("BERTH_SUBJECT_PREFIX", prefix)
         .env("BERTH_NODE_SUBNET", berth_tests::net::subnet_for(data))

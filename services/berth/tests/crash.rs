@@ -125,6 +125,11 @@ impl Installation {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("BERTH_DATA_DIR", &self.data)
+            // Where it records itself for the CLI: the test's own.
+            .env(
+                "XDG_RUNTIME_DIR",
+                crate::cli_support::runtime_dir(&self.data),
+            )
             .env("BERTH_NATS_URL", &self.nats_url)
             .env("BERTH_SUBJECT_PREFIX", &self.prefix)
             .env("BERTH_SECRET_KEY", &self.secret_key)

@@ -29,6 +29,8 @@ async fn the_demo_runs_offline_from_a_clean_data_dir_and_leaves_nothing_behind()
         ])
         .current_dir(dir.path())
         .env("BERTH_DATA_DIR", &data)
+        // Where the berth up it starts records itself: the test's own.
+        .env("XDG_RUNTIME_DIR", dir.path().join("run"))
         .env_remove("BERTH_API_URL")
         .env_remove("BERTH_API_KEY")
         .env_remove("BERTH_NATS_URL")

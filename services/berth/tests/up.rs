@@ -24,6 +24,8 @@ fn berth(data_dir: &Path, nats_port: u16, prefix: &str) -> Command {
     c.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("BERTH_DATA_DIR", data_dir)
+        // Where it records itself for the CLI: the test's own.
+        .env("XDG_RUNTIME_DIR", crate::cli_support::runtime_dir(data_dir))
         .env("BERTH_NATS_URL", format!("nats://127.0.0.1:{nats_port}"))
         .env("BERTH_HTTP_ADDR", "127.0.0.1:0")
         .env("BERTH_API_ADDR", format!("127.0.0.1:{}", free_port()))

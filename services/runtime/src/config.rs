@@ -19,22 +19,32 @@ use crate::local_nats::SyncInterval;
 /// Options every berth binary accepts, as given (not yet validated).
 #[derive(Debug, Clone, clap::Args)]
 pub struct RawConfig {
+    /// Directory for local state: the secret key, a local nats-server's store.
+    #[arg(long, env = "BERTH_DATA_DIR", default_value = "./.berth")]
+    pub data_dir: String,
+
     /// NATS server URL(s), comma separated, each with a scheme (`nats://host:port`).
-    #[arg(long, env = "BERTH_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        help_heading = "NATS",
+        env = "BERTH_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
 
     /// File with this process's NATS credentials (JSON: user, password,
     /// inbox prefix; mode 0600). `berth up` generates one per role under
     /// `<data dir>/nats-creds/` for a nats-server it starts.
-    #[arg(long, env = "BERTH_NATS_CREDS")]
+    #[arg(long, help_heading = "NATS", env = "BERTH_NATS_CREDS")]
     pub nats_creds: Option<String>,
 
-    /// Directory for local state: the secret key, a local nats-server's store.
-    #[arg(long, env = "BERTH_DATA_DIR", default_value = "./.berth")]
-    pub data_dir: String,
-
     /// Prefix of every subject and stream name (lets installations share an account).
-    #[arg(long, env = "BERTH_SUBJECT_PREFIX", default_value = "berth")]
+    #[arg(
+        long,
+        help_heading = "NATS",
+        env = "BERTH_SUBJECT_PREFIX",
+        default_value = "berth"
+    )]
     pub subject_prefix: String,
 
     /// Address of the health (`/healthz`) and metrics (`/metrics`) listener; port 0 picks one.
@@ -47,7 +57,12 @@ pub struct RawConfig {
 
     /// Replicas of berth's streams: 1 on a single server, 3 on a cluster
     /// (replicated streams need nats-server 2.11 or newer).
-    #[arg(long, env = "BERTH_REPLICAS", default_value = "1")]
+    #[arg(
+        long,
+        help_heading = "NATS",
+        env = "BERTH_REPLICAS",
+        default_value = "1"
+    )]
     pub replicas: String,
 
     /// Internal addresses that registry hosts and notification endpoints
@@ -69,7 +84,12 @@ pub struct RawConfig {
     /// (an acknowledged write is on disk) or an interval such as `2m` (faster;
     /// a machine crash loses what was acknowledged since the last sync).
     /// A server berth did not start keeps its own `sync_interval`.
-    #[arg(long, env = "BERTH_NATS_SYNC_INTERVAL", default_value = "always")]
+    #[arg(
+        long,
+        help_heading = "NATS",
+        env = "BERTH_NATS_SYNC_INTERVAL",
+        default_value = "always"
+    )]
     pub nats_sync_interval: String,
 }
 

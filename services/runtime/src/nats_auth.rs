@@ -26,7 +26,6 @@
 //! consumers are listed by name (derived from the subject prefix).
 
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use berth_schemas::ids::{IntegrationId, NodeId, OwnerId};
@@ -296,32 +295,11 @@ pub async fn connect(
     options.connect(servers).await
 }
 
-/// Writes `bytes` to `path` with mode 0600 through a temporary file and a
-/// rename, so a reader never sees half a file and the mode is never wider.
+/// Writes `bytes` to `path` with mode 0600 (its directory, when made,
+/// 0700) through a temporary file and a rename, so a reader never sees
+/// half a file and the mode is never wider.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    if !dir.exists() {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-    }
-    let tmp: PathBuf = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("creds"),
-        std::process::id()
-    ));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    crate::write_whole(path, bytes, 0o600, 0o700)
 }
 
 /// What one user may publish and subscribe to.

@@ -10,6 +10,7 @@ use super::after;
 use super::session::Posted;
 use crate::app::{AppState, Authed, JsonBody};
 use crate::error::ApiError;
+use crate::routes::cron;
 use crate::routes::deploys::{self, RollbackBody};
 use crate::routes::services::{self, Empty, ScaleBody};
 use crate::views::DeployView;
@@ -149,7 +150,7 @@ pub async fn run_cron(
     Path(id): Path<String>,
     Posted { who, .. }: Posted,
 ) -> Response {
-    let done = services::trigger_cron(
+    let done = cron::trigger(
         State(st.clone()),
         Authed(who.caller.clone()),
         Path(id.clone()),
@@ -166,7 +167,7 @@ pub async fn cancel_cron(
     Path(id): Path<String>,
     Posted { who, .. }: Posted,
 ) -> Response {
-    let done = services::cancel_cron(
+    let done = cron::cancel(
         State(st.clone()),
         Authed(who.caller.clone()),
         Path(id.clone()),

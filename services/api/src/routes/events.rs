@@ -10,6 +10,7 @@ use axum::extract::{Path, State};
 use axum::Json;
 use berth_domain::timeline::{Answer, Query, Timeline, TimelineEvent, UnknownCursor};
 use berth_domain::timeline::{RENDER_TYPES, TYPES};
+use berth_schemas::ids::ServiceId;
 use berth_schemas::AggregateId;
 use serde::{Deserialize, Serialize};
 
@@ -73,18 +74,10 @@ pub async fn list(
         .map_err(cursor)?
     {
         Answer::Page(page) => page,
-        Answer::NeedsHistory => {
-            // Older than the entries held: the service's whole history.
-            let history = st
-                .ingress
-                .store()
-                .load(&AggregateId::Service(id.clone()))
-                .await
-                .map_err(|e| ApiError::from(berth_ingress::IngressError::Store(e.to_string())))?;
-            Timeline::of_history(&history.events)
-                .query(&id, &query)
-                .map_err(cursor)?
-        }
+        Answer::NeedsHistory => whole_timeline(&st, &id)
+            .await?
+            .query(&id, &query)
+            .map_err(cursor)?,
     };
     Ok(Json(
         page.events
@@ -95,6 +88,21 @@ pub async fn list(
             })
             .collect(),
     ))
+}
+
+/// The timeline of `service`'s whole history, from the log: for a page
+/// older than the entries the read model holds.
+pub(crate) async fn whole_timeline(
+    st: &AppState,
+    service: &ServiceId,
+) -> Result<Timeline, ApiError> {
+    let history = st
+        .ingress
+        .store()
+        .load(&AggregateId::Service(service.clone()))
+        .await
+        .map_err(|e| ApiError::from(berth_ingress::IngressError::Store(e.to_string())))?;
+    Ok(Timeline::of_history(&history.events))
 }
 
 /// An event in a listing.

@@ -1,10 +1,12 @@
 //! The `/v1` handlers, by resource.
 
+pub mod cron;
 pub mod deploys;
 pub mod env_vars;
 pub mod events;
 pub mod logs;
 pub mod metrics;
+pub mod nodes;
 pub mod notifications;
 pub mod owner;
 pub mod services;

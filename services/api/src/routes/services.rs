@@ -1,7 +1,6 @@
-//! `/v1/services…`: create (image verified first, SPEC §4), list, get,
-//! update, delete, the service actions (scale, restart, suspend, resume,
-//! deploy hook key) and its instances — plus cron runs, which are service
-//! commands too.
+//! `/v1/services…`: create (image verified first), list, get, update,
+//! delete, the service actions (scale, restart, suspend, resume, deploy
+//! hook key) and its instances. Cron runs are in [`super::cron`].
 
 use std::collections::BTreeMap;
 
@@ -931,48 +930,6 @@ pub async fn regenerate_hook(
     Ok(Json(HookUrl {
         url: views::hook_path(&id, key.expose()),
     }))
-}
-
-/// A cron job run, as Render shows it.
-#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CronRunView {
-    pub id: String,
-    /// `pending` until it ends: `successful`, `unsuccessful`, `canceled`.
-    pub status: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<DateTime<Utc>>,
-    /// Who started it: `api` for a manual run, else `schedule`.
-    pub triggered_by: String,
-}
-
-/// POST /v1/cron-jobs/{id}/runs: a manual run (an active run is
-/// canceled); 200 with the run, as Render answers.
-pub async fn trigger_cron(
-    State(st): State<AppState>,
-    Authed(caller): Authed,
-    Path(id): Path<String>,
-    JsonBody(_): JsonBody<Empty>,
-) -> Result<Json<CronRunView>, ApiError> {
-    let id = service_id(&id)?;
-    let run = st.ingress.trigger_cron_run(&caller, &id).await?;
-    Ok(Json(CronRunView {
-        id: run.to_string(),
-        status: "pending".to_owned(),
-        started_at: None,
-        triggered_by: "api".to_owned(),
-    }))
-}
-
-/// DELETE /v1/cron-jobs/{id}/runs: cancels the active run, if any.
-pub async fn cancel_cron(
-    State(st): State<AppState>,
-    Authed(caller): Authed,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    let id = service_id(&id)?;
-    st.ingress.cancel_cron_run(&caller, &id).await?;
-    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! `berth cron run|cancel`: trigger a cron job now, or cancel its running run.
+//! `berth cron run|cancel|runs`: trigger a cron job now, cancel its
+//! running run, or list its runs.
 
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -22,6 +23,13 @@ pub enum CronCommand {
     Run { service: String },
     /// Cancel the cron job's running run.
     Cancel { service: String },
+    /// The cron job's runs, newest first: how each ended, its exit code.
+    Runs {
+        service: String,
+        /// At most this many runs (1–100).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
 }
 
 /// Runs one `berth cron` command.
@@ -48,6 +56,37 @@ pub async fn run(args: CronArgs) -> Result<(), ClientError> {
             } else {
                 println!("{id}: run cancel requested");
             }
+        }
+        CronCommand::Runs { service, limit } => {
+            let id = resolve(&api, service).await?;
+            let runs = api
+                .get(&format!("/v1/cron-jobs/{}/runs?limit={limit}", enc(&id)))
+                .await?;
+            if api.json() {
+                output::json(&runs);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = runs
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.get("cronJobRun"))
+                .map(|r| {
+                    vec![
+                        s(r, "id"),
+                        s(r, "runStatus"),
+                        s(r, "exitCode"),
+                        s(r, "triggeredBy"),
+                        output::time(r, "startedAt"),
+                        output::time(r, "finishedAt"),
+                    ]
+                })
+                .collect();
+            output::table(
+                &["RUN", "STATUS", "EXIT", "TRIGGER", "STARTED", "FINISHED"],
+                &rows,
+                "no runs yet",
+            );
         }
     }
     Ok(())

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use super::http::enc;
 use super::output::{self, s};
-use super::{Api, ClientError};
+use super::{Api, ClientError, NatsOpts};
 
 /// Columns of a deploy table.
 pub const HEADER: &[&str] = &[
@@ -70,6 +70,7 @@ fn finished(status: &str) -> bool {
 /// or to stderr with `--json` (the caller prints the JSON).
 pub async fn follow(
     api: &Api,
+    nats: &NatsOpts,
     id: &str,
     dep: &str,
     timeout_secs: u64,
@@ -81,7 +82,7 @@ pub async fn follow(
     let mut last_retry = String::new();
     let mut seen: HashSet<String> = HashSet::new();
     let mut since: Option<String> = None;
-    let mut pulls = Pulls::watch(api, id, dep).await;
+    let mut pulls = Pulls::watch(api, nats, id, dep).await;
     loop {
         let d = api.get(&path).await?;
         let status = s(&d, "status");
@@ -177,12 +178,12 @@ struct Pulls {
 }
 
 impl Pulls {
-    async fn watch(api: &Api, id: &str, dep: &str) -> Self {
+    async fn watch(api: &Api, nats: &NatsOpts, id: &str, dep: &str) -> Self {
         let sub = async {
             let service: ServiceId = id.parse().ok()?;
-            let subjects = Subjects::new(&api.opts.subject_prefix).ok()?;
+            let subjects = Subjects::new(&nats.subject_prefix).ok()?;
             let subject = subjects.aggregate(&AggregateId::Service(service));
-            let client = api.opts.nats().await.ok()?;
+            let client = nats.connect(api.data_dir()).await.ok()?;
             client.subscribe(subject).await.ok()
         }
         .await;

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::http::enc;
 use super::output::{self, s};
-use super::service::resolve;
+use super::service::{resolve, FollowArgs};
 use super::settings::key_values;
 use super::{deploy, Api, ClientError, ClientOpts};
 
@@ -42,12 +42,8 @@ pub enum EnvCommand {
         /// skipped): values stay out of the process list.
         #[arg(long)]
         from_file: Option<std::path::PathBuf>,
-        /// Follow the deploy the change starts until it ends.
-        #[arg(long)]
-        wait: bool,
-        /// Give up following after this many seconds (exit 1).
-        #[arg(long, default_value_t = 600)]
-        timeout: u64,
+        #[command(flatten)]
+        follow: FollowArgs,
     },
     /// Remove env vars, keeping every other (one deploy).
     Unset {
@@ -55,12 +51,8 @@ pub enum EnvCommand {
         /// Keys to remove.
         #[arg(required = true)]
         keys: Vec<String>,
-        /// Follow the deploy the change starts until it ends.
-        #[arg(long)]
-        wait: bool,
-        /// Give up following after this many seconds (exit 1).
-        #[arg(long, default_value_t = 600)]
-        timeout: u64,
+        #[command(flatten)]
+        follow: FollowArgs,
     },
 }
 
@@ -117,8 +109,7 @@ pub async fn run(args: EnvArgs) -> Result<(), ClientError> {
             service,
             vars,
             from_file,
-            wait,
-            timeout,
+            follow,
         } => {
             let changes = assignments(&vars, from_file.as_deref())?;
             let keys: Vec<String> = changes.iter().map(|c| s(c, "key")).collect();
@@ -127,16 +118,14 @@ pub async fn run(args: EnvArgs) -> Result<(), ClientError> {
                 &service,
                 changes,
                 &format!("set {}", keys.join(", ")),
-                wait,
-                timeout,
+                follow,
             )
             .await
         }
         EnvCommand::Unset {
             service,
             keys,
-            wait,
-            timeout,
+            follow,
         } => {
             let changes = keys
                 .iter()
@@ -147,8 +136,7 @@ pub async fn run(args: EnvArgs) -> Result<(), ClientError> {
                 &service,
                 changes,
                 &format!("unset {}", keys.join(", ")),
-                wait,
-                timeout,
+                follow,
             )
             .await
         }
@@ -161,9 +149,9 @@ async fn change(
     service: &str,
     changes: Vec<Value>,
     what: &str,
-    wait: bool,
-    timeout: u64,
+    follow: FollowArgs,
 ) -> Result<(), ClientError> {
+    let wait = follow.wait;
     let id = resolve(api, service).await?;
     let answer = api
         .patch(
@@ -204,7 +192,7 @@ async fn change(
             if !api.json() {
                 println!("{id}: {what}; deploy {dep} started");
             }
-            let ended = deploy::follow(api, &id, dep, timeout).await;
+            let ended = deploy::follow(api, &follow.nats, &id, dep, follow.timeout).await;
             if api.json() {
                 if let Ok(d) = &ended {
                     output::json(&json!({ "serviceId": id, "keys": keys, "deploy": d }));

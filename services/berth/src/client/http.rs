@@ -15,6 +15,9 @@ use super::ClientOpts;
 /// Where the API listens when nothing says otherwise (`berth up`'s default).
 pub const DEFAULT_API_URL: &str = "http://127.0.0.1:7000";
 
+/// Where `berth up` keeps its data when nothing says otherwise.
+pub const DEFAULT_DATA_DIR: &str = "./.berth";
+
 /// Why a client command failed; each maps to an exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -87,61 +90,172 @@ pub struct Api {
     key_from: Arc<str>,
     /// The owner the credentials file names, when the key came from it.
     owner_id: Option<Arc<str>>,
-    /// The options it was built from (NATS URL and prefix for logs and progress).
+    /// The installation's data dir, when one was given or found.
+    data_dir: Option<PathBuf>,
+    /// The options it was built from.
     pub opts: ClientOpts,
 }
 
-fn read_credentials(path: &Path) -> Result<Option<CredentialsFile>, ClientError> {
+/// The credentials file at `path` (`None` when there is none), or why it
+/// cannot be read; `found` says how the path was found, for the message.
+fn read_credentials(path: &Path, found: &str) -> Result<Option<CredentialsFile>, ClientError> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
             ClientError::Usage(format!(
-                "{} is not a berth credentials file ({e}); set BERTH_API_KEY instead",
+                "{}{found} is not a berth credentials file ({e}); set BERTH_API_KEY instead",
                 path.display()
             ))
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            let whose = match crate::installation::owner_and_mode(path) {
+                Some((owner, mode)) => format!(
+                    "it holds the installation's API key and is readable only by {owner} \
+                     (mode {mode:04o})"
+                ),
+                None => format!(
+                    "it holds the installation's API key and its directory {} is closed to \
+                     this user",
+                    path.parent().unwrap_or(path).display()
+                ),
+            };
+            Err(ClientError::Usage(format!(
+                "cannot read {}{found}: permission denied; {whose}. Run the command as the \
+                 user who runs `berth up` (e.g. with sudo), or have them create a key for you \
+                 (`berth apikey create --label NAME`) and set BERTH_API_KEY to it",
+                path.display()
+            )))
+        }
         Err(e) => Err(ClientError::Usage(format!(
-            "cannot read {}: {e}; set BERTH_API_KEY instead",
+            "cannot read {}{found}: {e}; set BERTH_API_KEY instead",
             path.display()
         ))),
     }
 }
 
+/// Where the installation is, as far as this user can tell.
+#[derive(Debug, Default)]
+struct Located {
+    data_dir: Option<PathBuf>,
+    /// The credentials file and its path.
+    file: Option<(PathBuf, CredentialsFile)>,
+    /// Why the credentials file found cannot be used (it matters only
+    /// when the key is to come from it).
+    unusable: Option<ClientError>,
+    /// The API URL `berth up` recorded.
+    recorded_url: Option<String>,
+    /// Where it looked, for a message when nothing was there.
+    looked: Vec<String>,
+}
+
+/// Finds the installation: the data dir given (`--data-dir`,
+/// `BERTH_DATA_DIR`), else `./.berth` when it holds credentials.json,
+/// else the one the running `berth up` recorded
+/// ([`crate::installation`]).
+fn locate(opts: &ClientOpts) -> Located {
+    use crate::installation::{find_record, Lookup};
+    let in_dir = |dir: &Path, found: &str| -> Located {
+        let path = dir.join(CREDENTIALS_FILE);
+        let (file, unusable) = match read_credentials(&path, found) {
+            Ok(file) => (file.map(|f| (path.clone(), f)), None),
+            Err(e) => (None, Some(e)),
+        };
+        Located {
+            data_dir: Some(dir.to_path_buf()),
+            looked: vec![format!("{}{found}", path.display())],
+            file,
+            unusable,
+            recorded_url: None,
+        }
+    };
+    if let Some(dir) = &opts.data_dir {
+        return in_dir(dir, "");
+    }
+    let local = Path::new(DEFAULT_DATA_DIR);
+    // There, even if this user may not read it: then say so.
+    match std::fs::symlink_metadata(local.join(CREDENTIALS_FILE)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        _ => return in_dir(local, ""),
+    }
+    let mut looked = vec![format!("{}", local.join(CREDENTIALS_FILE).display())];
+    match find_record() {
+        Lookup::Found(record_path, record) => {
+            let mut found = in_dir(
+                &record.data_dir,
+                &format!(
+                    " (the data dir `berth up` recorded in {})",
+                    record_path.display()
+                ),
+            );
+            found.recorded_url = Some(record.api_url);
+            looked.append(&mut found.looked);
+            found.looked = looked;
+            found
+        }
+        Lookup::Unusable(path, why) => {
+            looked.push(format!("{} ({why})", path.display()));
+            Located {
+                looked,
+                ..Located::default()
+            }
+        }
+        Lookup::None => {
+            looked.extend(crate::installation::record_paths().iter().map(|p| {
+                format!(
+                    "{} (where a running `berth up` records itself)",
+                    p.display()
+                )
+            }));
+            Located {
+                looked,
+                ..Located::default()
+            }
+        }
+    }
+}
+
 impl Api {
     /// Builds the connection from the options, `BERTH_API_KEY` and the
-    /// credentials file.
+    /// credentials file (see [`locate`] for where it is looked for).
     pub fn from_opts(opts: &ClientOpts) -> Result<Self, ClientError> {
         JSON.store(opts.json, std::sync::atomic::Ordering::Relaxed);
-        let file_path: PathBuf = opts.data_dir.join(CREDENTIALS_FILE);
         let env_key = std::env::var("BERTH_API_KEY")
             .ok()
             .filter(|k| !k.trim().is_empty());
-        // Only read the file when something is still missing.
-        let file = if env_key.is_none() || opts.api_url.is_none() {
-            read_credentials(&file_path)?
+        // Only look for the file when something is still missing.
+        let found = if env_key.is_none() || opts.api_url.is_none() {
+            locate(opts)
         } else {
-            None
+            Located {
+                data_dir: opts.data_dir.clone(),
+                ..Located::default()
+            }
         };
         // The file's owner is the key's only when the key is the file's.
-        let owner_id = file
+        let owner_id = found
+            .file
             .as_ref()
             .filter(|_| env_key.is_none())
-            .map(|f| Arc::from(f.owner_id.as_str()));
-        let (key, key_from) = match (env_key, &file) {
+            .map(|(_, f)| Arc::from(f.owner_id.as_str()));
+        let (key, key_from) = match (env_key, &found.file) {
             (Some(k), _) => (k, "BERTH_API_KEY".to_owned()),
-            (None, Some(f)) => (f.api_key.clone(), file_path.display().to_string()),
+            (None, Some((path, f))) => (f.api_key.clone(), path.display().to_string()),
             (None, None) => {
+                if let Some(unusable) = found.unusable {
+                    return Err(unusable);
+                }
                 return Err(ClientError::Usage(format!(
                     "no API key: set BERTH_API_KEY, or point BERTH_DATA_DIR at the data \
                      directory of `berth up` (looked for {})",
-                    file_path.display()
-                )))
+                    found.looked.join("; ")
+                )));
             }
         };
         let base = opts
             .api_url
             .clone()
-            .or_else(|| file.map(|f| f.api_url))
+            .or_else(|| found.file.map(|(_, f)| f.api_url))
+            .or(found.recorded_url)
             .unwrap_or_else(|| DEFAULT_API_URL.to_owned());
         let base = base.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
@@ -155,8 +269,15 @@ impl Api {
             key: key.trim().into(),
             key_from: key_from.into(),
             owner_id,
+            data_dir: found.data_dir,
             opts: opts.clone(),
         })
+    }
+
+    /// The installation's data dir, when one was given or found (its
+    /// operator NATS credentials are there).
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.data_dir.as_deref()
     }
 
     /// The owner of the key, when the credentials file says it.
@@ -340,6 +461,11 @@ fn flag_of(field: &str) -> Option<&'static str> {
         "serviceDetails.healthCheckPath" => "--health-check-path",
         "serviceDetails.preDeployCommand" => "--pre-deploy-command",
         "serviceDetails.schedule" => "--schedule",
+        "serviceDetails.overlapPolicy" => "--overlap-policy",
+        "serviceDetails.shutdownDelaySeconds"
+        | "serviceDetails.maxShutdownDelaySeconds"
+        | "maxShutdownDelaySeconds" => "--shutdown-delay-seconds",
+        "notifyOnFail" => "--notify-on-fail",
         "serviceDetails.envSpecificDetails.dockerCommand" => "--command",
         "username" => "--username",
         "registry" => "--registry",
@@ -422,11 +548,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let opts = ClientOpts {
             api_url: None,
-            data_dir: dir.path().to_path_buf(),
+            data_dir: Some(dir.path().to_path_buf()),
             json: false,
-            nats_url: String::new(),
-            nats_creds: None,
-            subject_prefix: "berth".into(),
         };
         // Only when the variable is unset; the test process may have it.
         if std::env::var_os("BERTH_API_KEY").is_none() {

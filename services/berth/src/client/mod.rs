@@ -1,10 +1,14 @@
-//! The `berth` API client commands (`service`, `credential`, `hook`, `cron`,
-//! `apikey`): each one is a few HTTP calls to the API that `berth up` serves,
-//! printed as a table or, with `--json`, as the API's own JSON for scripts.
+//! The `berth` API client commands (`service`, `credential`, `env`,
+//! `hook`, `cron`, `node`, `apikey`, `notify`, `integration`): each one is
+//! a few HTTP calls to the API that `berth up` serves, printed as a table
+//! or, with `--json`, as the API's own JSON for scripts.
 //!
 //! Where the API is and which key to use: `--api-url`/`BERTH_API_URL` and
-//! `BERTH_API_KEY`, else `$BERTH_DATA_DIR/credentials.json` written by the
-//! first `berth up`. The key is never taken from argv (it would show in `ps`).
+//! `BERTH_API_KEY`, else `credentials.json` written by the first `berth
+//! up`, in `$BERTH_DATA_DIR`, else `./.berth`, else the data dir the running
+//! `berth up` recorded ([`crate::installation`]). The key is never taken
+//! from argv (it would show in `ps`). Only the commands that follow a
+//! deploy take the NATS options ([`NatsOpts`]), for its pull progress.
 //!
 //! Exit codes: 0 ok, 1 the API refused (or the deploy followed failed),
 //! 64 usage, 69 the API could not be reached.
@@ -18,12 +22,13 @@ pub mod hook;
 pub mod http;
 pub mod integration;
 pub mod logs;
+pub mod node;
 pub mod notify;
 pub mod output;
 pub mod service;
 pub mod settings;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
@@ -34,69 +39,65 @@ pub use http::{Api, ClientError};
 #[derive(Debug, Clone, Args)]
 pub struct ClientOpts {
     /// The API's base URL [default: `apiUrl` from credentials.json, else
+    /// the URL the running `berth up` recorded, else
     /// http://127.0.0.1:7000]. The key is read from BERTH_API_KEY or
     /// credentials.json, never from the command line.
     #[arg(long, env = "BERTH_API_URL", global = true)]
     pub api_url: Option<String>,
 
-    /// Where `berth up` keeps its data (and credentials.json).
-    #[arg(
-        long,
-        env = "BERTH_DATA_DIR",
-        default_value = "./.berth",
-        global = true
-    )]
-    pub data_dir: PathBuf,
+    /// Where `berth up` keeps its data (and credentials.json) [default:
+    /// ./.berth if it holds credentials.json, else the data dir the
+    /// running `berth up` recorded (see docs/operating.md)].
+    #[arg(long, env = "BERTH_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
 
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+}
 
-    /// The installation's NATS server, for the pull progress `service
-    /// deploy` shows (optional: without it the deploy is followed through
+/// The installation's NATS server, for the commands that follow a deploy
+/// (its pull progress is not in the API).
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Pull progress (NATS)")]
+pub struct NatsOpts {
+    /// The installation's NATS server, for the pull progress a followed
+    /// deploy shows (optional: without it the deploy is followed through
     /// the API alone).
-    #[arg(
-        long,
-        env = "BERTH_NATS_URL",
-        default_value = "nats://127.0.0.1:4222",
-        global = true
-    )]
+    #[arg(long, env = "BERTH_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
 
     /// NATS credentials for pull progress [default: the operator
     /// credentials `berth up` keeps in its data dir].
-    #[arg(long, env = "BERTH_NATS_CREDS", global = true)]
+    #[arg(long, env = "BERTH_NATS_CREDS")]
     pub nats_creds: Option<PathBuf>,
 
     /// The installation's subject prefix (as given to `berth up`).
-    #[arg(
-        long,
-        env = "BERTH_SUBJECT_PREFIX",
-        default_value = "berth",
-        global = true
-    )]
+    #[arg(long, env = "BERTH_SUBJECT_PREFIX", default_value = "berth")]
     pub subject_prefix: String,
 }
 
-impl ClientOpts {
+impl NatsOpts {
     /// Connects to the installation's NATS server as the operator: with
     /// `BERTH_NATS_CREDS`, else the operator credentials `berth up` keeps in
-    /// the data dir, else anonymously (a server without users).
-    pub async fn nats(&self) -> Result<async_nats::Client, String> {
+    /// `data_dir`, else anonymously (a server without users).
+    pub async fn connect(&self, data_dir: Option<&Path>) -> Result<async_nats::Client, String> {
         use berth_runtime::nats_auth::{self, Creds, Role};
         let servers = berth_runtime::config::parse_nats_urls(&self.nats_url)?;
-        let path = self
-            .nats_creds
-            .clone()
-            .unwrap_or_else(|| nats_auth::creds_path(&self.data_dir, &Role::Operator));
-        let creds = match Creds::read(&path) {
-            Ok(c) => Some(c),
-            Err(nats_auth::CredsError::Io { source, .. })
+        let path = match (&self.nats_creds, data_dir) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(d)) => Some(nats_auth::creds_path(d, &Role::Operator)),
+            (None, None) => None,
+        };
+        let creds = match path.as_deref().map(Creds::read) {
+            None => None,
+            Some(Ok(c)) => Some(c),
+            Some(Err(nats_auth::CredsError::Io { source, .. }))
                 if self.nats_creds.is_none() && source.kind() == std::io::ErrorKind::NotFound =>
             {
                 None
             }
-            Err(e) => return Err(e.to_string()),
+            Some(Err(e)) => return Err(e.to_string()),
         };
         let connect = nats_auth::connect(servers, "berth cli", creds.as_ref());
         match tokio::time::timeout(std::time::Duration::from_secs(5), connect).await {
@@ -111,15 +112,17 @@ impl ClientOpts {
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
     /// Create, inspect, change and deploy services.
-    Service(service::ServiceArgs),
+    Service(Box<service::ServiceArgs>),
     /// Registry credentials for private images.
     Credential(credential::CredentialArgs),
     /// A service's environment variables, one at a time.
     Env(env::EnvArgs),
     /// A service's deploy hook URL.
     Hook(hook::HookArgs),
-    /// Trigger or cancel a cron job's run.
+    /// Trigger, cancel or list a cron job's runs.
     Cron(cron::CronArgs),
+    /// The installation's nodes.
+    Node(node::NodeArgs),
     /// API keys of your owner.
     Apikey(apikey::ApiKeyArgs),
     /// Who is told when a deploy fails: your setting and channels, and
@@ -143,11 +146,12 @@ pub fn main(cmd: ClientCommand) -> ExitCode {
     };
     let result = rt.block_on(async move {
         match cmd {
-            ClientCommand::Service(a) => service::run(a).await,
+            ClientCommand::Service(a) => service::run(*a).await,
             ClientCommand::Credential(a) => credential::run(a).await,
             ClientCommand::Env(a) => env::run(a).await,
             ClientCommand::Hook(a) => hook::run(a).await,
             ClientCommand::Cron(a) => cron::run(a).await,
+            ClientCommand::Node(a) => node::run(a).await,
             ClientCommand::Apikey(a) => apikey::run(a).await,
             ClientCommand::Notify(a) => notify::run(a).await,
             ClientCommand::Integration(a) => integration::run(a).await,

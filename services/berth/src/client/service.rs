@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use super::http::enc;
 use super::output::{self, s};
 use super::settings::{settings_body, Settings};
-use super::{deploy, logs, Api, ClientError, ClientOpts};
+use super::{deploy, logs, Api, ClientError, ClientOpts, NatsOpts};
 
 #[derive(Debug, Args)]
 pub struct ServiceArgs {
@@ -19,7 +19,7 @@ pub struct ServiceArgs {
 }
 
 /// Following the deploy a command starts.
-#[derive(Debug, Clone, Copy, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct FollowArgs {
     /// Follow the deploy this starts until it ends (exit 1 if it fails).
     #[arg(long)]
@@ -27,6 +27,8 @@ pub struct FollowArgs {
     /// Give up following after this many seconds (exit 1).
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
+    #[command(flatten)]
+    pub nats: NatsOpts,
 }
 
 #[derive(Debug, Subcommand)]
@@ -49,6 +51,8 @@ pub enum ServiceCommand {
         /// Follow the first deploy until it ends (exit 1 if it fails).
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        nats: NatsOpts,
     },
     /// List services.
     List,
@@ -89,6 +93,8 @@ pub enum ServiceCommand {
         /// Give up following after this many seconds (exit 1).
         #[arg(long, default_value_t = 600)]
         timeout: u64,
+        #[command(flatten)]
+        nats: NatsOpts,
     },
     /// Follow a deploy until it ends (exit 1 if it fails): the one named,
     /// or the service's newest.
@@ -99,6 +105,8 @@ pub enum ServiceCommand {
         /// Give up following after this many seconds (exit 1).
         #[arg(long, default_value_t = 600)]
         timeout: u64,
+        #[command(flatten)]
+        nats: NatsOpts,
     },
     /// Cancel a queued or running deploy.
     Cancel {
@@ -164,6 +172,7 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
             instances,
             region,
             wait,
+            nats,
         } => {
             create(
                 &api,
@@ -171,7 +180,7 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
                 service_type,
                 settings,
                 (instances, region),
-                wait,
+                wait.then_some(&nats),
             )
             .await
         }
@@ -195,6 +204,7 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
             service,
             deploy,
             timeout,
+            nats,
         } => {
             let id = resolve(&api, &service).await?;
             let dep = match deploy {
@@ -214,7 +224,7 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
                         })?
                 }
             };
-            finish_deploy(&api, &id, &json!({ "id": dep }), true, timeout).await
+            finish_deploy(&api, &id, &json!({ "id": dep }), Some(&nats), timeout).await
         }
         ServiceCommand::Cancel { service, deploy } => {
             let id = resolve(&api, &service).await?;
@@ -282,6 +292,7 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
             image,
             no_wait,
             timeout,
+            nats,
         } => {
             let id = resolve(&api, &service).await?;
             let body = match image {
@@ -291,7 +302,7 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
             let dep = api
                 .post(&format!("/v1/services/{}/deploys", enc(&id)), Some(body))
                 .await?;
-            finish_deploy(&api, &id, &dep, !no_wait, timeout).await
+            finish_deploy(&api, &id, &dep, (!no_wait).then_some(&nats), timeout).await
         }
         ServiceCommand::Rollback {
             service,
@@ -305,7 +316,8 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
                     Some(json!({ "deployId": deploy })),
                 )
                 .await?;
-            finish_deploy(&api, &id, &dep, follow.wait, follow.timeout).await
+            let nats = follow.wait.then_some(&follow.nats);
+            finish_deploy(&api, &id, &dep, nats, follow.timeout).await
         }
         ServiceCommand::Scale { service, instances } => {
             let id = resolve(&api, &service).await?;
@@ -401,7 +413,7 @@ async fn create(
     service_type: String,
     settings: Settings,
     (instances, region): (Option<u32>, Option<String>),
-    wait: bool,
+    wait: Option<&NatsOpts>,
 ) -> Result<(), ClientError> {
     if settings.image.is_none() {
         return Err(ClientError::Usage(
@@ -431,7 +443,7 @@ async fn create(
     let id = s(&svc, "id");
     let dep = s(&created, "deployId");
     if api.json() {
-        if !wait {
+        if wait.is_none() {
             output::json(&created);
         }
     } else {
@@ -450,8 +462,8 @@ async fn create(
             "(the deploy hook URL holds a secret key; `berth hook regenerate {id}` replaces it)"
         );
     }
-    if wait {
-        let done = deploy::follow(api, &id, &dep, 600).await?;
+    if let Some(nats) = wait {
+        let done = deploy::follow(api, nats, &id, &dep, 600).await?;
         if api.json() {
             // One JSON document: the creation answer with the deploy as it ended.
             let mut all = created;
@@ -538,6 +550,12 @@ async fn show(api: &Api, service: &str) -> Result<(), ClientError> {
         ("health check", s(&svc, "serviceDetails/healthCheckPath")),
         ("pre-deploy", s(&svc, "serviceDetails/preDeployCommand")),
         ("schedule", s(&svc, "serviceDetails/schedule")),
+        ("overlap", s(&svc, "serviceDetails/overlapPolicy")),
+        (
+            "shutdown",
+            format!("{} s", s(&svc, "serviceDetails/shutdownDelaySeconds")),
+        ),
+        ("notify", s(&svc, "notifyOnFail")),
         (
             "command",
             s(&svc, "serviceDetails/envSpecificDetails/dockerCommand"),
@@ -632,12 +650,12 @@ async fn finish_deploy(
     api: &Api,
     id: &str,
     dep: &Value,
-    follow: bool,
+    follow: Option<&NatsOpts>,
     timeout: u64,
 ) -> Result<(), ClientError> {
     let dep_id = s(dep, "id");
-    if follow {
-        let done = deploy::follow(api, id, &dep_id, timeout).await?;
+    if let Some(nats) = follow {
+        let done = deploy::follow(api, nats, id, &dep_id, timeout).await?;
         if api.json() {
             output::json(&done);
         }
@@ -681,7 +699,7 @@ async fn started_since(
             if !api.json() {
                 println!("deploy {dep} started");
             }
-            let done = deploy::follow(api, id, &dep, follow.timeout).await?;
+            let done = deploy::follow(api, &follow.nats, id, &dep, follow.timeout).await?;
             if api.json() {
                 output::json(&done);
             }

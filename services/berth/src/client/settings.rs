@@ -2,7 +2,7 @@
 //! `image`/`serviceDetails`/`envVars` parts of the API's request body.
 //! One rule clears an optional setting: give it empty (`--command ""`,
 //! `--pre-deploy-command ""`, `--health-check-path ""`, `--credential
-//! ""`), which the API reads as `null`. Env var values may be secrets: a
+//! ""`, `--notify-on-fail ""`), which the API reads as `null`. Env var values may be secrets: a
 //! bad line is refused without echoing it.
 
 use clap::Args;
@@ -44,6 +44,28 @@ pub struct Settings {
     /// File of `KEY=VALUE` lines (blank lines and `#` comments skipped).
     #[arg(long)]
     pub env_file: Option<std::path::PathBuf>,
+    /// A deploy started while another runs: `wait` (queued; when the
+    /// running one ends, only the newest queued one runs) or `cancel` (the
+    /// running one is canceled at once).
+    #[arg(long, value_parser = ["wait", "cancel"])]
+    pub overlap_policy: Option<String>,
+    /// Seconds a stopping instance gets between SIGTERM and SIGKILL (1–300).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=300))]
+    pub shutdown_delay_seconds: Option<u16>,
+    /// Who is told when a deploy fails, in Render's words: `notify`,
+    /// `ignore`, or `default` (the owner's setting, `berth notify show`);
+    /// "" is `default`.
+    #[arg(long, value_parser = notify_on_fail, value_name = "notify|ignore|default")]
+    pub notify_on_fail: Option<String>,
+}
+
+/// Render's values for a service's failure notifications, or "" for the
+/// owner's setting.
+fn notify_on_fail(v: &str) -> Result<String, String> {
+    match v {
+        "" | "default" | "notify" | "ignore" => Ok(v.to_owned()),
+        _ => Err("must be notify, ignore or default (\"\" is default)".to_owned()),
+    }
 }
 
 /// `KEY=VALUE` lines (arguments, then a file's lines without blanks and
@@ -122,6 +144,14 @@ pub(crate) fn settings_body(
     );
     put("schedule", st.schedule.as_ref().map(|v| json!(v)));
     put(
+        "overlapPolicy",
+        st.overlap_policy.as_ref().map(|v| json!(v)),
+    );
+    put(
+        "shutdownDelaySeconds",
+        st.shutdown_delay_seconds.map(|v| json!(v)),
+    );
+    put(
         "envSpecificDetails",
         st.docker_command
             .as_deref()
@@ -129,6 +159,9 @@ pub(crate) fn settings_body(
     );
     if !d.is_empty() {
         body.insert("serviceDetails".into(), Value::Object(d));
+    }
+    if let Some(n) = st.notify_on_fail.as_deref() {
+        body.insert("notifyOnFail".into(), clearable(n));
     }
     if let Some(env) = env_vars(st)? {
         body.insert("envVars".into(), Value::Array(env));
@@ -152,6 +185,9 @@ mod tests {
             docker_command: None,
             env: env.iter().map(|s| s.to_string()).collect(),
             env_file: file,
+            overlap_policy: None,
+            shutdown_delay_seconds: None,
+            notify_on_fail: None,
         }
     }
 
@@ -182,6 +218,9 @@ mod tests {
         st.docker_command = Some("sh -c x".into());
         st.pre_deploy_command = Some(String::new());
         st.health_check_path = Some(String::new());
+        st.overlap_policy = Some("cancel".into());
+        st.shutdown_delay_seconds = Some(45);
+        st.notify_on_fail = Some(String::new());
         let mut body = Map::new();
         settings_body(&st, &mut body).unwrap();
         assert_eq!(
@@ -192,9 +231,17 @@ mod tests {
                     "envSpecificDetails": {"dockerCommand": "sh -c x"},
                     "preDeployCommand": null,
                     "healthCheckPath": null,
+                    "overlapPolicy": "cancel",
+                    "shutdownDelaySeconds": 45,
                 },
+                "notifyOnFail": null,
             }),
             "an empty value clears the setting"
         );
+        st.notify_on_fail = Some("ignore".into());
+        let mut body = Map::new();
+        settings_body(&st, &mut body).unwrap();
+        assert_eq!(body["notifyOnFail"], "ignore");
+        assert!(notify_on_fail("sometimes").is_err());
     }
 }

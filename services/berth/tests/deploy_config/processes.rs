@@ -165,6 +165,12 @@ async fn the_compose_topology_deploys_a_web_service_run_as_processes() {
         let data = tmp.path().join(format!("data-{service}"));
         env.insert("BERTH_NATS_URL".into(), urls);
         env.insert("BERTH_DATA_DIR".into(), data.display().to_string());
+        // Where the API records itself for the CLI: the test's own, not
+        // the machine's /run/berth.
+        env.insert(
+            "XDG_RUNTIME_DIR".into(),
+            tmp.path().join("run").display().to_string(),
+        );
         env.insert(
             "BERTH_HTTP_ADDR".into(),
             format!("127.0.0.1:{}", free_port()),

@@ -1,0 +1,315 @@
+//! `GET /v1/nodes` (every registered node, its heartbeat as heard, and only
+//! the caller's instances counted) and `GET /v1/cron-jobs/{id}/runs` (a
+//! cron job's runs from its timeline, newest first, paged, ended ones with
+//! how they ended).
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use berth_domain::node::{self, Capacity};
+use berth_domain::service::{self, Command};
+use berth_domain::timeline::KEPT_PER_SERVICE;
+use berth_eventlog::Stamp;
+use berth_schemas::events::InstanceScheduled;
+use berth_schemas::heartbeat::Heartbeat;
+use berth_schemas::ids::{CronRunId, DeployId, InstanceId, NodeId, ServiceId};
+use berth_schemas::{Actor, AggregateId};
+use serde_json::{json, Value};
+
+use crate::support::App;
+
+/// Reports `commands` on service `svc` as the workers would.
+async fn record(app: &App, svc: &str, commands: Vec<Command>) {
+    let id = AggregateId::Service(svc.parse::<ServiceId>().unwrap());
+    let stamp = Stamp::new(Actor::system("test"));
+    for command in commands {
+        app.store
+            .execute::<service::Service>(&id, &uuid_key(), &stamp, command)
+            .await
+            .unwrap();
+    }
+}
+
+fn uuid_key() -> String {
+    DeployId::generate().to_string()
+}
+
+/// Takes `svc`'s first deploy live; returns (deploy, digest).
+async fn first_deploy_live(app: &App, o: &crate::support::Owner, svc: &str) -> (DeployId, String) {
+    let dep = app.latest_deploy(o, svc).await;
+    let d = app.wait_resolved(o, svc, &dep).await;
+    let digest = d["image"]["sha"].as_str().unwrap().to_owned();
+    let deploy: DeployId = dep.parse().unwrap();
+    record(
+        app,
+        svc,
+        vec![
+            Command::RecordUpdateStarted {
+                deploy: deploy.clone(),
+            },
+            Command::RecordLive {
+                deploy: deploy.clone(),
+                digest: digest.clone(),
+            },
+        ],
+    )
+    .await;
+    (deploy, digest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_are_listed_with_their_heartbeat_and_only_your_instances() {
+    let app = App::start(true).await;
+    let (alice, bob) = (app.owner().await, app.owner().await);
+
+    let (s, v) = app.get("/v1/nodes", &alice).await;
+    assert_eq!((s, v.clone()), (StatusCode::OK, json!([])), "{v}");
+    let (s, _) = app
+        .call(axum::http::Method::GET, "/v1/nodes", None, None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    let (n1, n2) = (NodeId::generate(), NodeId::generate());
+    for (n, name) in [(&n1, "one"), (&n2, "two")] {
+        app.store
+            .execute::<node::Node>(
+                &AggregateId::Node(n.clone()),
+                &format!("register-{n}"),
+                &Stamp::new(Actor::system("test")),
+                node::Command::Register {
+                    capacity: Capacity {
+                        name: name.to_owned(),
+                        cpu_millis: 2000,
+                        memory_mib: 1024,
+                    },
+                    public_key: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_owned(),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    // Two is lost.
+    app.store
+        .execute::<node::Node>(
+            &AggregateId::Node(n2.clone()),
+            "lost",
+            &Stamp::new(Actor::system("test")),
+            node::Command::DeclareLost {
+                last_heartbeat: chrono::Utc::now(),
+            },
+        )
+        .await
+        .unwrap();
+
+    // Alice has two instances on one, Bob one.
+    for (o, name, n) in [(&alice, "a", 2), (&bob, "b", 1)] {
+        let (svc, _) = app.service(o, name).await;
+        let (deploy, digest) = first_deploy_live(&app, o, &svc).await;
+        let scheduled = (0..n)
+            .map(|_| InstanceScheduled {
+                instance: InstanceId::generate(),
+                deploy: deploy.clone(),
+                node: n1.clone(),
+                digest: digest.clone(),
+            })
+            .collect();
+        record(
+            &app,
+            &svc,
+            vec![Command::Place {
+                scheduled,
+                rescheduled: vec![],
+            }],
+        )
+        .await;
+    }
+
+    // One heart-beats; the API hears it.
+    let hb = Heartbeat {
+        node: n1.clone(),
+        time: chrono::Utc::now(),
+        instances: vec![],
+    };
+    let client = app.store.client().clone();
+    let subject = app.store.subjects().heartbeat();
+    let t0 = std::time::Instant::now();
+    let listed = loop {
+        client
+            .publish(subject.clone(), serde_json::to_vec(&hb).unwrap().into())
+            .await
+            .unwrap();
+        let (s, v) = app.get("/v1/nodes", &alice).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let heard = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == n1.as_str() && n["lastHeartbeatAt"].is_string());
+        if heard {
+            break v;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no heartbeat heard: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let by_id = |v: &Value, id: &NodeId| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not listed: {v}"))
+    };
+    let one = by_id(&listed, &n1);
+    assert_eq!(
+        (
+            one["name"].as_str(),
+            one["state"].as_str(),
+            one["cpuMillis"].as_u64()
+        ),
+        (Some("one"), Some("alive"), Some(2000)),
+        "{one}"
+    );
+    assert_eq!(one["memoryMib"], 1024, "{one}");
+    assert_eq!(one["instances"], 2, "Alice's instances only: {one}");
+    let two = by_id(&listed, &n2);
+    assert_eq!(two["state"], "lost", "{two}");
+    assert!(two["lastHeartbeatAt"].is_null(), "never heard: {two}");
+    assert!(two["stateChangedAt"].is_string(), "{two}");
+    assert_eq!(two["instances"], 0, "{two}");
+
+    let (_, for_bob) = app.get("/v1/nodes", &bob).await;
+    assert_eq!(
+        by_id(&for_bob, &n1)["instances"],
+        1,
+        "Bob's only: {for_bob}"
+    );
+    let text = for_bob.to_string();
+    assert!(!text.contains("srv-") && !text.contains("ins-"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_runs_are_listed_newest_first_with_how_they_ended() {
+    let app = App::start(true).await;
+    let (alice, bob) = (app.owner().await, app.owner().await);
+    let svc = app.cron_job(&alice, "nightly").await;
+    let runs_path = format!("/v1/cron-jobs/{svc}/runs");
+    let (s, v) = app.get(&runs_path, &alice).await;
+    assert_eq!((s, v.clone()), (StatusCode::OK, json!([])), "{v}");
+
+    let (_, digest) = first_deploy_live(&app, &alice, &svc).await;
+    let (s, first) = app.post(&runs_path, &alice, json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{first}");
+    let first_id = first["id"].as_str().unwrap().to_owned();
+    record(
+        &app,
+        &svc,
+        vec![Command::RecordCronRunEnded {
+            run: first_id.parse().unwrap(),
+            status: "failed".to_owned(),
+            exit_code: Some(3),
+        }],
+    )
+    .await;
+    let (_, second) = app.post(&runs_path, &alice, json!({})).await;
+    let second_id = second["id"].as_str().unwrap().to_owned();
+
+    let (s, v) = app.get(&runs_path, &alice).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let runs: Vec<&Value> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| &i["cronJobRun"])
+        .collect();
+    assert_eq!(runs.len(), 2, "{v}");
+    assert_eq!(runs[0]["id"], second_id.as_str(), "newest first: {v}");
+    assert_eq!(
+        (runs[0]["status"].as_str(), runs[0]["runStatus"].as_str()),
+        (Some("pending"), Some("running")),
+        "{v}"
+    );
+    assert!(runs[0]["finishedAt"].is_null(), "{v}");
+    assert_eq!(runs[1]["id"], first_id.as_str(), "{v}");
+    assert_eq!(
+        (
+            runs[1]["status"].as_str(),
+            runs[1]["runStatus"].as_str(),
+            runs[1]["exitCode"].as_i64(),
+            runs[1]["triggeredBy"].as_str(),
+        ),
+        (Some("unsuccessful"), Some("failed"), Some(3), Some("api")),
+        "{v}"
+    );
+    assert!(runs[1]["finishedAt"].is_string(), "{v}");
+    assert_eq!(runs[1]["digest"], digest.as_str(), "{v}");
+
+    // Paged: one at a time, the cursor leads to the older run.
+    let (_, page) = app.get(&format!("{runs_path}?limit=1"), &alice).await;
+    assert_eq!(page.as_array().unwrap().len(), 1, "{page}");
+    let cursor = page[0]["cursor"].as_str().unwrap();
+    let (_, next) = app
+        .get(&format!("{runs_path}?limit=1&cursor={cursor}"), &alice)
+        .await;
+    assert_eq!(next[0]["cronJobRun"]["id"], first_id.as_str(), "{next}");
+    let (s, _) = app
+        .get(&format!("{runs_path}?cursor=evt-nosuch"), &alice)
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // More runs than the read model holds entries for: the older pages
+    // come from the log, and every run is listed once.
+    record(
+        &app,
+        &svc,
+        vec![Command::RecordCronRunEnded {
+            run: second_id.parse().unwrap(),
+            status: "succeeded".to_owned(),
+            exit_code: Some(0),
+        }],
+    )
+    .await;
+    let more = KEPT_PER_SERVICE / 2 + 40;
+    for _ in 0..more {
+        let run = CronRunId::generate();
+        record(
+            &app,
+            &svc,
+            vec![
+                Command::StartCronRun {
+                    run: run.clone(),
+                    manual: false,
+                    scheduled_for: Some(chrono::Utc::now()),
+                },
+                Command::RecordCronRunEnded {
+                    run,
+                    status: "succeeded".to_owned(),
+                    exit_code: Some(0),
+                },
+            ],
+        )
+        .await;
+    }
+    let listed: Vec<String> = app
+        .all_pages(&runs_path, &alice, "cronJobRun")
+        .await
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed.len(), more + 2, "every run once");
+    assert_eq!(listed.last().map(String::as_str), Some(first_id.as_str()));
+    let unique: std::collections::HashSet<&String> = listed.iter().collect();
+    assert_eq!(unique.len(), listed.len());
+
+    // Another owner's cron job does not exist; a worker has no runs.
+    let (s, _) = app.get(&runs_path, &bob).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (worker, _) = app.service(&alice, "w").await;
+    let (s, v) = app
+        .get(&format!("/v1/cron-jobs/{worker}/runs"), &alice)
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["fields"][0]["field"], "type", "{v}");
+}
