@@ -8,7 +8,8 @@
 //!   live deploy — replaced whole after every applied commit, so a deploy
 //!   going live switches all traffic at once;
 //! - [`proxy`]: the HTTP/1 server that forwards by `Host`, round robin, with
-//!   connect retries on another instance and streaming bodies;
+//!   connect retries on another instance, streaming bodies, and protocol
+//!   upgrades (WebSocket) joined through to the instance on its `101`;
 //! - [`Router`]: the `router` component — catch up with the log, then serve;
 //!   on shutdown stop accepting and let in-flight requests finish.
 //!

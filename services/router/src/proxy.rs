@@ -26,9 +26,10 @@ use http_body::Body as _;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::body::Returnable;
 use crate::config::RouterOptions;
@@ -157,8 +158,18 @@ impl Proxy {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ProxyBody> {
-        let (parts, body) = req.into_parts();
-        let headers = forwarded_headers(parts.headers, peer);
+        let (mut parts, body) = req.into_parts();
+        // A protocol upgrade (WebSocket): asked of the instance as the
+        // client asked it; on its `101` both connections are joined.
+        let upgrade = upgrade_asked(&parts.headers);
+        let mut client_upgrade = upgrade
+            .as_ref()
+            .and_then(|_| parts.extensions.remove::<OnUpgrade>());
+        let mut headers = forwarded_headers(parts.headers, peer);
+        if let Some(protocol) = upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol);
+        }
         let method = parts.method;
         let path = parts
             .uri
@@ -227,6 +238,14 @@ impl Proxy {
                 None => sent.await,
             };
             match answered {
+                Ok(mut resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    let Some(client) = client_upgrade.take() else {
+                        return bad_gateway(&name);
+                    };
+                    let instance = hyper::upgrade::on(&mut resp);
+                    tokio::spawn(tunnel(client, instance));
+                    return switched(resp);
+                }
                 Ok(resp) => return response(resp),
                 Err(e) => {
                     let connect = e.is_connect();
@@ -355,6 +374,47 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
     h.remove("keep-alive");
     h.remove("proxy-connection");
+}
+
+/// The protocol a request asks to upgrade to (`Upgrade`, when its
+/// `Connection` names `upgrade`).
+fn upgrade_asked(h: &HeaderMap) -> Option<HeaderValue> {
+    let asks = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| h.get(header::UPGRADE).cloned()).flatten()
+}
+
+/// The instance's `101`, passed on with the protocol it switched to.
+fn switched(resp: Response<Incoming>) -> Response<ProxyBody> {
+    let protocol = resp.headers().get(header::UPGRADE).cloned();
+    let mut out = response(resp);
+    out.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(p) = protocol {
+        out.headers_mut().insert(header::UPGRADE, p);
+    }
+    out
+}
+
+/// Joins the client's upgraded connection to the instance's until either
+/// side closes. The instance keeps it through a deploy until it is
+/// stopped (its shutdown delay), as an open request would.
+async fn tunnel(client: OnUpgrade, instance: OnUpgrade) {
+    let (client, instance) = match tokio::join!(client, instance) {
+        (Ok(c), Ok(i)) => (c, i),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::debug!(error = %e, "upgrade not completed");
+            return;
+        }
+    };
+    let (mut client, mut instance) = (TokioIo::new(client), TokioIo::new(instance));
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut instance).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
 }
 
 fn response(resp: Response<Incoming>) -> Response<ProxyBody> {

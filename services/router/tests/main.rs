@@ -8,4 +8,5 @@ mod support;
 
 mod e2e;
 mod routing;
+mod streams;
 mod switch;

@@ -2,7 +2,9 @@
 //! router): hyper's connection builder with a header read timeout (a
 //! client that trickles its headers is cut off), `TCP_NODELAY`, accept
 //! errors (out of file descriptors and the like) backed off rather than
-//! fatal, and a graceful shutdown that lets in-flight requests finish.
+//! fatal, protocol upgrades (WebSocket and the like: a handler that answers
+//! `101` takes the connection over), and a graceful shutdown that lets
+//! in-flight requests finish.
 
 use std::error::Error as StdError;
 use std::net::SocketAddr;
@@ -12,9 +14,9 @@ use hyper::body::{Body, Incoming};
 use hyper::service::Service;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -37,7 +39,10 @@ pub async fn serve<F, S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let graceful = GracefulShutdown::new();
+    // Each connection is a tracked task that, on shutdown, stops taking
+    // new requests on its connection and finishes the one in flight. (A
+    // connection handed over by an upgrade is its handler's from then on.)
+    let connections = TaskTracker::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout);
@@ -54,18 +59,29 @@ pub async fn serve<F, S, B>(
             },
         };
         let _ = stream.set_nodelay(true);
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service(peer)));
-        // Watched by `graceful`, which the shutdown below waits on.
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
+        let conn = http
+            .serve_connection(TokioIo::new(stream), service(peer))
+            .with_upgrades();
+        let stop = shutdown.clone();
+        connections.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(listener = what, error = %e, client = %peer, "connection ended with an error");
             }
         });
     }
     drop(listener);
+    connections.close();
     match drain {
         Some(grace) => {
-            if tokio::time::timeout(grace, graceful.shutdown())
+            if tokio::time::timeout(grace, connections.wait())
                 .await
                 .is_err()
             {
@@ -76,6 +92,6 @@ pub async fn serve<F, S, B>(
                 );
             }
         }
-        None => graceful.shutdown().await,
+        None => connections.wait().await,
     }
 }
