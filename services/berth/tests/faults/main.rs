@@ -29,7 +29,7 @@ use crate::workload::Record;
 use crate::world::World;
 
 /// Fault rounds per test unless `BERTH_FAULTS_ROUNDS` says otherwise.
-const DEFAULT_ROUNDS: usize = 4;
+const DEFAULT_ROUNDS: usize = 3;
 /// Commands per lane per round (two lanes per service, three services).
 const PER_LANE: usize = 2;
 /// How long an installation may take to converge after a round.

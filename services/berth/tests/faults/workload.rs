@@ -97,6 +97,9 @@ impl Record {
 /// A planned command.
 #[derive(Debug, Clone)]
 pub struct Planned {
+    /// Think time before it is sent: a round's commands spread over the
+    /// seconds its fault may come in.
+    pub pause: Duration,
     pub kind: Kind,
     pub tag: Option<&'static str>,
     pub num_instances: Option<u32>,
@@ -111,6 +114,7 @@ pub fn plan(rng: &mut Rng, per_lane: usize, scale_from: u32) -> [Vec<Planned>; 2
     for _ in 0..per_lane {
         let kind = rng.pick(&[Kind::ApiDeploy, Kind::Hook, Kind::BusDeploy, Kind::Rollback]);
         first.push(Planned {
+            pause: rng.millis(0, 1500),
             kind,
             tag: rng.pick(&tags),
             num_instances: None,
@@ -131,6 +135,7 @@ pub fn plan(rng: &mut Rng, per_lane: usize, scale_from: u32) -> [Vec<Planned>; 2
             n
         });
         second.push(Planned {
+            pause: rng.millis(0, 1500),
             kind,
             tag: rng.pick(&tags),
             num_instances,
@@ -150,6 +155,7 @@ pub async fn run_lane(
 ) -> Vec<Record> {
     let mut out = Vec::new();
     for p in lane {
+        tokio::time::sleep(p.pause).await;
         let target = (p.kind == Kind::Rollback && !rollback_targets.is_empty())
             .then(|| rollback_targets[rng.below(rollback_targets.len())].clone());
         // Nothing to roll back to yet: an API deploy instead.
