@@ -168,6 +168,8 @@ async fn suite(test: &str, kinds: &[FaultKind], per_round: usize) {
                 problems.push(format!(
                     "round {round} did not converge in {CONVERGE_LIMIT:?}"
                 ));
+                problems.push("events naming what disagrees:".to_owned());
+                problems.extend(model::events_naming(&log, &left));
                 problems.extend(left);
                 for svc in &world.services {
                     problems.push(format!("last events of {}:", svc.name));

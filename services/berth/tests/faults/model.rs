@@ -293,3 +293,21 @@ pub fn history(log: &Log, service: &str, n: usize) -> Vec<String> {
         .collect();
     lines[lines.len().saturating_sub(n)..].to_vec()
 }
+
+/// Every event naming an instance or deploy that `disagreements` name,
+/// one line each, for a failure message.
+pub fn events_naming(log: &Log, disagreements: &[String]) -> Vec<String> {
+    let ids: BTreeSet<&str> = disagreements
+        .iter()
+        .flat_map(|d| d.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')))
+        .filter(|w| (w.starts_with("ins-") || w.starts_with("dep-")) && w.len() == 24)
+        .collect();
+    log.events()
+        .filter_map(|e| {
+            let json = serde_json::to_string(&e.event).unwrap_or_default();
+            ids.iter()
+                .any(|id| json.contains(id))
+                .then(|| format!("{} {:?} {json}", e.time.format("%H:%M:%S%.3f"), e.actor))
+        })
+        .collect()
+}
