@@ -35,7 +35,9 @@ pub fn runc_list(root: &Path) -> Vec<String> {
     try_runc_list(root).unwrap_or_else(|e| panic!("runc list: {e}"))
 }
 
-fn try_runc_list(root: &Path) -> Result<Vec<String>, String> {
+/// Container ids under `root`, or why `runc list` failed (a container
+/// removed while it lists, say).
+pub fn try_runc_list(root: &Path) -> Result<Vec<String>, String> {
     let out = std::process::Command::new("runc")
         .arg("--root")
         .arg(root)

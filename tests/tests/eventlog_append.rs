@@ -396,3 +396,40 @@ async fn a_restarted_store_starts_from_the_stored_fold() {
         );
     }
 }
+
+/// An append nobody answers is an outcome unknown, retryable with the same
+/// key, never a refusal: on a cluster that is what an append meets while a
+/// killed server's stream leadership moves (here the stream is away for a
+/// moment). Once it is back, the retry lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_nobody_answers_is_an_outcome_unknown() {
+    init_tracing();
+    let server = NatsServer::start(NatsVersion::Modern).unwrap();
+    let client = server.connect().await.unwrap();
+    let store = open_store(&client, 1).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = store.subjects().events_stream();
+    let config = js
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    js.delete_stream(&stream).await.unwrap();
+    let agg = new_aggregate();
+    let err = store
+        .append(&agg, Version::NEW, vec![step(0, "cmd-1")], "cmd-1")
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_outcome_unknown() && err.is_retryable(),
+        "no answer taken for a refusal: {err:?}"
+    );
+    js.create_stream(config).await.unwrap();
+    let landed = store
+        .append(&agg, Version::NEW, vec![step(0, "cmd-1")], "cmd-1")
+        .await
+        .unwrap();
+    assert!(!landed.duplicate);
+}

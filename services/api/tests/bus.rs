@@ -177,10 +177,24 @@ async fn scale_restart_and_deploy_commands() {
     let b = ask(&app, &alice.id, CommandKind::Deploy, &cmd).await;
     assert!(a.ok && b.ok, "{a:?} {b:?}");
     assert_eq!(a.deploy, b.deploy);
+    // Republished after another deploy landed (its first answer lost, say):
+    // still the deploy it made, not the newest.
+    let other = DeployCommand {
+        request_id: "ci-43".into(),
+        ..cmd.clone()
+    };
+    let c = ask(&app, &alice.id, CommandKind::Deploy, &other).await;
+    let again = ask(&app, &alice.id, CommandKind::Deploy, &cmd).await;
+    assert!(c.ok && again.ok, "{c:?} {again:?}");
+    assert_ne!(c.deploy, a.deploy);
+    assert_eq!(
+        again.deploy, a.deploy,
+        "the republished command's own deploy"
+    );
     let (_, list) = app
         .get(&format!("/v1/services/{svc}/deploys"), &alice)
         .await;
-    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    assert_eq!(list.as_array().unwrap().len(), 3, "{list}");
 }
 
 /// The documented contract, spoken by a client no one here wrote: Python's

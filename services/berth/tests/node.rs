@@ -68,114 +68,176 @@ async fn ticks(sub: &mut async_nats::Subscriber, n: usize) -> Vec<u64> {
     out
 }
 
-#[tokio::test]
-async fn kill_9_then_restart_adopts_the_instance_with_no_orphans() {
-    require_root_and_runc();
-    let nats = NatsServer::start(NatsVersion::Legacy).unwrap();
-    let client = nats.connect().await.unwrap();
-    let prefix = berth_tests::unique_prefix();
-    let subjects = Subjects::new(&prefix).unwrap();
-    let store = EventStore::open(client.clone(), subjects.clone(), StoreConfig::default())
-        .await
-        .unwrap();
-    let registry = Registry::start(RegistryAuth::None).await.unwrap();
-    let image = busybox_image("proc");
-    registry.push_image("app/proc", "v1", &image).await.unwrap();
+/// A `berth run node` process running one worker instance, and what the
+/// tests need to look at it.
+struct OneInstance {
+    // Fields drop in this order: the node process, then its containers and
+    // network, then the servers and the dirs.
+    berth: Child,
+    _cleanup: Cleanup,
+    logs: async_nats::Subscriber,
+    service: AggregateId,
+    spec: NodeRunSpec,
+    node: NodeId,
+    runc_root: std::path::PathBuf,
+    data: std::path::PathBuf,
+    store: EventStore,
+    prefix: String,
+    subjects: Subjects,
+    client: async_nats::Client,
+    nats: NatsServer,
+    _registry: Registry,
+    _dir: tempfile::TempDir,
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let runc_root = runc_root(&data);
-    let _cleanup = Cleanup {
-        child: None,
-        data: data.clone(),
-    };
-
-    let mut berth = spawn_node(&data, &nats.url(), &prefix);
-    let id_file = data.join("node/node-id");
-    wait_for("node id file", Duration::from_secs(30), async || {
-        id_file.exists()
-    })
-    .await;
-    let node: NodeId = std::fs::read_to_string(&id_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    wait_for("node registered", Duration::from_secs(30), async || {
-        count(
-            &events_of(&store, AggregateId::Node(node.clone())).await,
-            "node_registered",
-        ) == 1
-    })
-    .await;
-
-    // The service and its resolved first deploy, as ingress and the
-    // resolver leave them.
-    let (service_id, deploy) = (ServiceId::generate(), DeployId::generate());
-    let create = CreateService::new(
-        OwnerId::User(UserId::generate()),
-        "proc",
-        ServiceType::BackgroundWorker,
-        &format!("{}/app/proc:v1", registry.host),
-        Sealed {
-            kid: "k".into(),
-            ciphertext: "x".into(),
-        },
-        deploy.clone(),
-    );
-    let resolved = service::Command::RecordResolved {
-        deploy: deploy.clone(),
-        image: ResolvedImage {
-            digest: image.digest.clone(),
-            index_digest: None,
-            compressed_size: 1,
-        },
-    };
-    for c in [service::Command::Create(Box::new(create)), resolved] {
-        berth_tests::eventlog::service_command(&store, &service_id, c)
+impl OneInstance {
+    async fn start() -> Self {
+        require_root_and_runc();
+        let nats = NatsServer::start(NatsVersion::Legacy).unwrap();
+        let client = nats.connect().await.unwrap();
+        let prefix = berth_tests::unique_prefix();
+        let subjects = Subjects::new(&prefix).unwrap();
+        let store = EventStore::open(client.clone(), subjects.clone(), StoreConfig::default())
             .await
             .unwrap();
+        let registry = Registry::start(RegistryAuth::None).await.unwrap();
+        let image = busybox_image("proc");
+        registry.push_image("app/proc", "v1", &image).await.unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let runc_root = runc_root(&data);
+        let _cleanup = Cleanup {
+            child: None,
+            data: data.clone(),
+        };
+
+        let berth = spawn_node(&data, &nats.url(), &prefix);
+        let id_file = data.join("node/node-id");
+        wait_for("node id file", Duration::from_secs(30), async || {
+            id_file.exists()
+        })
+        .await;
+        let node: NodeId = std::fs::read_to_string(&id_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        wait_for("node registered", Duration::from_secs(30), async || {
+            count(
+                &events_of(&store, AggregateId::Node(node.clone())).await,
+                "node_registered",
+            ) == 1
+        })
+        .await;
+
+        // The service and its resolved first deploy, as ingress and the
+        // resolver leave them.
+        let (service_id, deploy) = (ServiceId::generate(), DeployId::generate());
+        let create = CreateService::new(
+            OwnerId::User(UserId::generate()),
+            "proc",
+            ServiceType::BackgroundWorker,
+            &format!("{}/app/proc:v1", registry.host),
+            Sealed {
+                kid: "k".into(),
+                ciphertext: "x".into(),
+            },
+            deploy.clone(),
+        );
+        let resolved = service::Command::RecordResolved {
+            deploy: deploy.clone(),
+            image: ResolvedImage {
+                digest: image.digest.clone(),
+                index_digest: None,
+                compressed_size: 1,
+            },
+        };
+        for c in [service::Command::Create(Box::new(create)), resolved] {
+            berth_tests::eventlog::service_command(&store, &service_id, c)
+                .await
+                .unwrap();
+        }
+        let spec = NodeRunSpec {
+            service: service_id,
+            deploy,
+            instance: InstanceId::generate(),
+            image: format!("{}/app/proc", registry.host),
+            digest: image.digest.clone(),
+            credential: None,
+            login: None,
+            env: Default::default(),
+            command: Some(
+                "sh -c 'i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.1; done'".into(),
+            ),
+            port: None,
+            plan: None,
+            shutdown_delay_secs: 2,
+        };
+        let logs = client
+            .subscribe(subjects.logs(&spec.service))
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        store
+            .enqueue(
+                &Subjects::node_queue(&node),
+                spec.service.as_str(),
+                rmp_serde::to_vec_named(&NodeWork::RunInstance(spec.clone()))
+                    .unwrap()
+                    .into(),
+                "run-1",
+            )
+            .await
+            .unwrap();
+        let service = AggregateId::Service(spec.service.clone());
+        wait_for("instance started", Duration::from_secs(30), async || {
+            count(
+                &events_of(&store, service.clone()).await,
+                "instance_started",
+            ) == 1
+        })
+        .await;
+        OneInstance {
+            berth,
+            _cleanup,
+            logs,
+            service,
+            spec,
+            node,
+            runc_root,
+            data,
+            store,
+            prefix,
+            subjects,
+            client,
+            nats,
+            _registry: registry,
+            _dir: dir,
+        }
     }
-    let spec = NodeRunSpec {
-        service: service_id,
-        deploy,
-        instance: InstanceId::generate(),
-        image: format!("{}/app/proc", registry.host),
-        digest: image.digest.clone(),
-        credential: None,
-        login: None,
-        env: Default::default(),
-        command: Some(
-            "sh -c 'i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.1; done'".into(),
-        ),
-        port: None,
-        plan: None,
-        shutdown_delay_secs: 2,
-    };
-    let mut logs = client
-        .subscribe(subjects.logs(&spec.service))
-        .await
-        .unwrap();
-    client.flush().await.unwrap();
-    store
-        .enqueue(
-            &Subjects::node_queue(&node),
-            spec.service.as_str(),
-            rmp_serde::to_vec_named(&NodeWork::RunInstance(spec.clone()))
-                .unwrap()
-                .into(),
-            "run-1",
-        )
-        .await
-        .unwrap();
-    let service = AggregateId::Service(spec.service.clone());
-    wait_for("instance started", Duration::from_secs(30), async || {
-        count(
-            &events_of(&store, service.clone()).await,
-            "instance_started",
-        ) == 1
-    })
-    .await;
+}
+
+#[tokio::test]
+async fn kill_9_then_restart_adopts_the_instance_with_no_orphans() {
+    // Bound in reverse drop order (see the struct).
+    let OneInstance {
+        _dir,
+        _registry,
+        nats,
+        client,
+        subjects,
+        prefix,
+        store,
+        data,
+        runc_root,
+        node,
+        spec,
+        service,
+        mut logs,
+        _cleanup,
+        mut berth,
+    } = OneInstance::start().await;
     let before = ticks(&mut logs, 5).await;
     assert_eq!(runc_list(&runc_root), vec![spec.instance.to_string()]);
 
@@ -294,4 +356,62 @@ async fn kill_9_then_restart_adopts_the_instance_with_no_orphans() {
         Vec::<String>::new(),
         "no namespace, veth or rule of the network is left"
     );
+}
+
+/// A stop that ended while the node was down (the container gone, the
+/// `instance_stopped` not recorded: a crash between the two) is recorded
+/// when the node starts again, or the log would keep the instance for good.
+#[tokio::test]
+async fn a_stop_that_ended_while_the_node_was_down_is_recorded_on_restart() {
+    let OneInstance {
+        _dir,
+        _registry,
+        nats,
+        store,
+        data,
+        runc_root,
+        prefix,
+        spec,
+        service,
+        _cleanup,
+        mut berth,
+        ..
+    } = OneInstance::start().await;
+    kill(Pid::from_raw(berth.id().unwrap() as i32), Signal::SIGKILL).unwrap();
+    berth.wait().await.unwrap();
+    // What the node leaves when it dies right after a stop ended: the stop
+    // marked, the container and the agent's record of it removed, no fact.
+    let instance = spec.instance.to_string();
+    std::fs::write(data.join(format!("node/placements/{instance}.done")), b"").unwrap();
+    let removed = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(&runc_root)
+        .args(["delete", "--force", &instance])
+        .status()
+        .unwrap();
+    assert!(removed.success());
+    let record = data.join(format!("node/agent/instances/{instance}"));
+    for m in berth_tests::runc::mounts_under(&record) {
+        let _ = std::process::Command::new("umount")
+            .args(["-l", &m])
+            .status();
+    }
+    std::fs::remove_dir_all(&record).unwrap();
+    assert_eq!(
+        count(
+            &events_of(&store, service.clone()).await,
+            "instance_stopped"
+        ),
+        0
+    );
+
+    let _berth = spawn_node(&data, &nats.url(), &prefix);
+    wait_for("the stop recorded", Duration::from_secs(30), async || {
+        count(
+            &events_of(&store, service.clone()).await,
+            "instance_stopped",
+        ) == 1
+    })
+    .await;
+    assert!(runc_list(&runc_root).is_empty());
 }

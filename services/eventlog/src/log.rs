@@ -191,9 +191,17 @@ impl EventStore {
                             ))),
                         }
                     }
-                    PublishErrorKind::StreamNotFound
-                    | PublishErrorKind::MaxPayloadExceeded
-                    | PublishErrorKind::WrongLastMessageId => Err(refused(e.to_string())),
+                    PublishErrorKind::MaxPayloadExceeded | PublishErrorKind::WrongLastMessageId => {
+                        Err(refused(e.to_string()))
+                    }
+                    // "No stream" is how the client reads "no responders":
+                    // in a cluster, while a killed server's stream leadership
+                    // moves, nobody answers the subject for a moment. The
+                    // store provisioned the stream at open, so this passes
+                    // (the fault suite dead-lettered deploys on it while it
+                    // was a refusal); nothing was stored, so a retry with the
+                    // same key is safe.
+                    PublishErrorKind::StreamNotFound => Err(unknown(e.to_string())),
                     // Timeouts, broken pipes, and server errors we cannot
                     // classify: the retry-with-the-same-key path is safe for all.
                     _ => Err(unknown(e.to_string())),

@@ -11,11 +11,12 @@
 
 use berth_domain::service::{self, DeployRequest, ServiceState};
 use berth_domain::{Ctx, DomainError};
+use berth_eventlog::Executed;
 use berth_runtime::Secret;
 use berth_schemas::events::ServiceSettings;
 use berth_schemas::ids::{CredentialId, CronRunId, DeployId, OwnerId, ServiceId};
 use berth_schemas::model::{seal_context, DeployTrigger, Sealed};
-use berth_schemas::{Actor, AggregateId};
+use berth_schemas::{Actor, AggregateId, Event};
 
 use crate::failpoint::failpoint;
 use crate::hooks::HookError;
@@ -68,8 +69,23 @@ impl Ingress {
         idempotency_key: &str,
         command: service::Command,
     ) -> Result<ServiceState, IngressError> {
+        let done = self
+            .execute_service(scope, id, idempotency_key, command)
+            .await?;
+        Ok(std::sync::Arc::unwrap_or_clone(done.state))
+    }
+
+    /// [`Ingress::service_command`], with what was appended (for a
+    /// duplicate: what the first try appended).
+    async fn execute_service(
+        &self,
+        scope: Scope<'_>,
+        id: &ServiceId,
+        idempotency_key: &str,
+        command: service::Command,
+    ) -> Result<Executed<ServiceState>, IngressError> {
         let owner = scope.owner();
-        let done = exec::run_when::<service::Service>(
+        exec::run_when::<service::Service>(
             &self.store,
             &AggregateId::Service(id.clone()),
             idempotency_key,
@@ -79,8 +95,7 @@ impl Ingress {
                 _ => Err(not_found()),
             },
         )
-        .await?;
-        Ok(std::sync::Arc::unwrap_or_clone(done.state))
+        .await
     }
 
     /// Scales to `num_instances`.
@@ -153,19 +168,26 @@ impl Ingress {
             Some(r) => format!("deploy-{id}-{r}"),
             None => format!("deploy-{deploy}"),
         };
-        let state = self
-            .service_command(scope, id, &key, service::Command::RequestDeploy(req))
+        let done = self
+            .execute_service(scope, id, &key, service::Command::RequestDeploy(req))
             .await?;
-        // A duplicate returns the deploy the first try created.
-        let created = if state.deploy(&deploy).is_some() {
-            deploy
-        } else {
-            state
-                .deploys
-                .last()
-                .map(|d| d.id.clone())
-                .ok_or_else(|| IngressError::Store("deploy vanished".to_owned()))?
+        // A republished command answers the deploy its first try created:
+        // the one in that append, not the service's newest (another
+        // deploy may have come in between).
+        let created = match done.appended.as_ref().filter(|a| a.duplicate) {
+            None => deploy,
+            Some(first) => first
+                .events
+                .iter()
+                .find_map(|e| match &e.event {
+                    Event::DeployCreated(c) => Some(c.deploy.clone()),
+                    _ => None,
+                })
+                .ok_or_else(|| {
+                    IngressError::Store("the first try's append holds no deploy".to_owned())
+                })?,
         };
+        let state = std::sync::Arc::unwrap_or_clone(done.state);
         tracing::info!(service.id = %id, deploy.id = %created, "deploy requested");
         Ok((created, state))
     }

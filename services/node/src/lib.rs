@@ -270,19 +270,43 @@ impl Node {
         });
         let forward_stop = CancellationToken::new();
         let mut forwarder = tokio::spawn(reporter.clone().forward(relay_rx, forward_stop.clone()));
+        let finished = tx.clone();
         let agent = Agent::start(agent_cfg, Arc::new(runc), client, subjects, tx).await?;
         tracing::info!(node.id = %id, node.name = %self.opts.name, dir = %dir.display(), "node running");
         // Adopted instances are probed again where their checks left off;
         // those whose stop had begun when the node went down are stopped.
-        for instance in agent.instances() {
-            if reporter.is_done(&instance) {
-                if let Err(e) = agent.begin_stop(&instance) {
+        let adopted = agent.instances();
+        for instance in &adopted {
+            if reporter.is_done(instance) {
+                if let Err(e) = agent.begin_stop(instance) {
                     tracing::warn!(instance.id = %instance, error = %e, "stop not resumed");
                 }
-            } else if let Some(p) = reporter.placement(&instance) {
-                health.watch(&agent, &instance, &p);
+            } else if let Some(p) = reporter.placement(instance) {
+                health.watch(&agent, instance, &p);
             }
         }
+        // A stop that ended while the node went down (its container gone,
+        // its placement still here) had its fact not recorded yet: without
+        // it the log would keep the instance for good. Recorded now, with
+        // the same key as ever.
+        for instance in reporter.placed() {
+            if !reporter.is_done(&instance) || adopted.contains(&instance) {
+                continue;
+            }
+            if let Some(p) = reporter.placement(&instance) {
+                tracing::info!(instance.id = %instance, "recording a stop that ended while the node was down");
+                let _ = finished.send(berth_agent::AgentEvent::Stopped {
+                    service: p.service,
+                    instance,
+                    outcome: berth_agent::StopOutcome {
+                        escalated_to_kill: false,
+                        status: None,
+                        elapsed: std::time::Duration::ZERO,
+                    },
+                });
+            }
+        }
+        drop(finished);
 
         let gc = Arc::new(gc::Gc::default());
         let gc_stop = CancellationToken::new();

@@ -1,0 +1,411 @@
+//! One installation the suite breaks: a nats-server (one, or a 3-node
+//! 2.15 cluster with R3 streams), an anonymous registry holding two tags of
+//! a busybox image, and berth's components each as its own `berth run`
+//! process sharing one data dir, so each can be killed, paused and started
+//! again on its own. Everything it started (processes, containers, mounts,
+//! the node's network) is removed on drop, also when a test fails.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use berth_runtime::SecretKey;
+use berth_schemas::Subjects;
+use berth_tests::registry::{Registry, RegistryAuth};
+use berth_tests::{free_port, NatsCluster, NatsServer, NatsVersion};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+/// The components run as processes of their own, each a fault target.
+pub const COMPONENTS: &[&str] = &["resolver", "scheduler", "node", "api"];
+
+/// The repository every service deploys from; tags `v1` and `v2`.
+pub const REPO: &str = "app/svc";
+
+/// The nats-server(s) under the installation.
+pub enum Nats {
+    Single(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Nats {
+    pub fn urls(&self) -> String {
+        match self {
+            Nats::Single(s) => s.url(),
+            Nats::Cluster(c) => c.urls(),
+        }
+    }
+
+    fn replicas(&self) -> usize {
+        match self {
+            Nats::Single(_) => 1,
+            Nats::Cluster(c) => c.servers.len(),
+        }
+    }
+}
+
+/// A service the workload drives.
+#[derive(Debug, Clone)]
+pub struct Svc {
+    pub id: String,
+    pub name: String,
+    /// `/deploy/srv-…?key=…`
+    pub hook: String,
+}
+
+/// Shared by the workload's lanes and the fault injector: what faults
+/// change sits behind locks held only while breaking or healing.
+pub struct World {
+    pub nats: Mutex<Nats>,
+    nats_urls: String,
+    replicas: usize,
+    pub registry: tokio::sync::Mutex<Registry>,
+    registry_host: String,
+    procs: Mutex<BTreeMap<&'static str, Child>>,
+    pub data: PathBuf,
+    pub subjects: Subjects,
+    pub api_port: u16,
+    pub api_key: String,
+    pub owner: String,
+    pub http: reqwest::Client,
+    /// The test's own NATS client: bus commands and reading the log.
+    pub bus: async_nats::Client,
+    pub services: Vec<Svc>,
+    secret_key: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let procs = self.procs.get_mut().unwrap_or_else(|p| p.into_inner());
+        for child in procs.values_mut() {
+            if let Some(pid) = child.id() {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGCONT);
+            }
+        }
+        berth_tests::runc::remove_leftovers(&self.runc_root(), &self.data);
+        berth_tests::net::remove_network(
+            &berth_tests::net::subnet_for(&self.data),
+            Some(&self.data.join("node/agent/net")),
+        );
+    }
+}
+
+impl World {
+    /// Starts everything and creates the services (two web services and a
+    /// worker), waiting for nothing but the API.
+    pub async fn start(cluster: bool) -> World {
+        berth_tests::runc::require_root_and_runc();
+        let nats = if cluster {
+            Nats::Cluster(NatsCluster::start(NatsVersion::Modern, 3).await.unwrap())
+        } else {
+            Nats::Single(NatsServer::start(NatsVersion::Modern).unwrap())
+        };
+        let registry = Registry::start(RegistryAuth::None).await.unwrap();
+        for tag in ["v1", "v2"] {
+            let config =
+                json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin", format!("VERSION={tag}")]});
+            let image = berth_tests::agent::busybox_image(config);
+            registry.push_image(REPO, tag, &image).await.unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let bus = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connect(
+                nats.urls()
+                    .split(',')
+                    .map(|u| u.parse::<async_nats::ServerAddr>().unwrap())
+                    .collect::<Vec<_>>(),
+            )
+            .await
+            .unwrap();
+        // Installs rustls' crypto provider, which any reqwest client needs.
+        berth_tests::registry::http_client().unwrap();
+        let http = reqwest::Client::builder()
+            // The API behind the port is killed and started again.
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let mut world = World {
+            nats_urls: nats.urls(),
+            replicas: nats.replicas(),
+            nats: Mutex::new(nats),
+            registry_host: registry.host.clone(),
+            registry: tokio::sync::Mutex::new(registry),
+            procs: Mutex::default(),
+            data,
+            subjects: Subjects::new(&berth_tests::unique_prefix()).unwrap(),
+            api_port: free_port(),
+            api_key: String::new(),
+            owner: String::new(),
+            http,
+            bus,
+            services: Vec::new(),
+            secret_key: SecretKey::generate_base64(),
+            _dir: dir,
+        };
+        // The API provisions the streams; the rest wait for them.
+        world.spawn("api");
+        world.wait_for_api(Duration::from_secs(60)).await;
+        for c in COMPONENTS.iter().filter(|c| **c != "api") {
+            world.spawn(c);
+        }
+        let creds: Value =
+            serde_json::from_slice(&std::fs::read(world.data.join("credentials.json")).unwrap())
+                .unwrap();
+        world.api_key = creds["apiKey"].as_str().unwrap().to_owned();
+        world.owner = creds["ownerId"].as_str().unwrap().to_owned();
+        world.create_services().await;
+        world
+    }
+
+    pub fn runc_root(&self) -> PathBuf {
+        self.data.join("node/agent/runc")
+    }
+
+    pub fn image(&self, tag: &str) -> String {
+        format!("{}/{REPO}:{tag}", self.registry_host)
+    }
+
+    fn log_file(&self, component: &str) -> PathBuf {
+        self.data.join(format!("{component}.log"))
+    }
+
+    /// The last lines each component wrote, for a failure message.
+    pub fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for c in COMPONENTS {
+            let text = std::fs::read_to_string(self.log_file(c)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- {c}\n"));
+            for l in &lines[lines.len().saturating_sub(15)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Starts `berth run <component>` (again).
+    pub fn spawn(&self, component: &'static str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_file(component))
+            .unwrap();
+        let mut c = Command::new(BERTH);
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("BERTH_DATA_DIR", &self.data)
+            .env("BERTH_NATS_URL", &self.nats_urls)
+            .env("BERTH_REPLICAS", self.replicas.to_string())
+            .env("BERTH_SUBJECT_PREFIX", self.subjects.prefix())
+            .env("BERTH_HTTP_ADDR", "127.0.0.1:0")
+            .env("BERTH_ALLOW_TARGETS", "loopback")
+            .env("BERTH_SHUTDOWN_GRACE_SECS", "5")
+            .env("BERTH_LOG", "warn")
+            // Quick retries of a registry that is down, bounded.
+            .env("BERTH_RESOLVER_RETRY_BASE_MS", "200")
+            .env("BERTH_RESOLVER_RETRY_CAP_MS", "2000")
+            .env("BERTH_RESOLVER_RETRY_TOTAL_MS", "30000")
+            .env("BERTH_RESOLVER_ACK_WAIT_SECS", "5")
+            .env("BERTH_SCHEDULER_HEARTBEAT_TIMEOUT_MS", "12000")
+            .env("BERTH_SCHEDULER_SWEEP_MS", "2000")
+            .env("BERTH_SCHEDULER_DRAIN_MS", "200")
+            .env("BERTH_SCHEDULER_READINESS_WINDOW_SECS", "60")
+            .env("BERTH_NODE_NAME", "faults-node")
+            .env(
+                "BERTH_NODE_SUBNET",
+                berth_tests::net::subnet_for(&self.data),
+            )
+            .env("BERTH_NODE_CPU_MILLIS", "8000")
+            .env("BERTH_NODE_MEMORY_MIB", "8192")
+            .env("BERTH_NODE_HEARTBEAT_MS", "500")
+            .env("BERTH_NODE_USAGE_MS", "0")
+            .env("BERTH_NODE_ACK_WAIT_SECS", "10")
+            .env("BERTH_NODE_HEALTH_INTERVAL_MS", "200")
+            .env("BERTH_NODE_WORKER_GRACE_MS", "500")
+            .env("BERTH_NODE_GC_INTERVAL_SECS", "0")
+            .env("BERTH_API_ADDR", format!("127.0.0.1:{}", self.api_port))
+            .args(["run", component])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        // A node never holds the installation's key.
+        if component != "node" {
+            c.env("BERTH_SECRET_KEY", &self.secret_key);
+        }
+        let child = c.spawn().unwrap();
+        self.procs().insert(component, child);
+    }
+
+    fn procs(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, Child>> {
+        self.procs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pid(&self, component: &str) -> Option<Pid> {
+        self.procs()
+            .get(component)?
+            .id()
+            .map(|p| Pid::from_raw(p as i32))
+    }
+
+    /// `kill -9`, reaped.
+    pub async fn kill9(&self, component: &'static str) {
+        let child = self.procs().remove(component);
+        if let Some(mut child) = child {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+
+    pub fn signal(&self, component: &str, signal: Signal) {
+        if let Some(pid) = self.pid(component) {
+            let _ = kill(pid, signal);
+        }
+    }
+
+    /// Fails the test when a component exited by itself (a crash the suite
+    /// did not cause).
+    pub fn assert_all_running(&self) {
+        let mut dead = Vec::new();
+        for (name, c) in self.procs().iter_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                dead.push(format!("{name} exited by itself: {status}"));
+            }
+        }
+        assert!(dead.is_empty(), "{dead:?}\n{}", self.log_tails());
+    }
+
+    async fn wait_for_api(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.api_port))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the API did not listen within {within:?}\n{}",
+                self.log_tails()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.api_port)
+    }
+
+    /// One API call; `None` when it got no answer.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Option<(u16, Value)> {
+        let mut req = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(&self.api_key)
+            .timeout(Duration::from_secs(10));
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await.ok()?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.ok()?;
+        Some((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    /// A GET that must be answered 200 (retried while the API is away).
+    pub async fn get(&self, path: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.call(reqwest::Method::GET, path, None).await {
+                Some((200, v)) => return v,
+                other => assert!(
+                    Instant::now() < deadline,
+                    "GET {path}: {other:?}\n{}",
+                    self.log_tails()
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn create_services(&mut self) {
+        let web_cmd = "sh -c 'exec busybox httpd -f -p $PORT -h /app'";
+        let specs = [
+            ("web-a", "web_service", 2, Some(web_cmd)),
+            ("web-b", "web_service", 1, Some(web_cmd)),
+            ("worker", "background_worker", 1, Some("sleep 3600")),
+        ];
+        for (name, kind, n, cmd) in specs {
+            let mut details = json!({
+                "numInstances": n,
+                "shutdownDelaySeconds": 1,
+                "envSpecificDetails": {"dockerCommand": cmd},
+            });
+            if kind == "web_service" {
+                details["healthCheckPath"] = json!("/hello.txt");
+            }
+            let body = json!({
+                "type": kind,
+                "name": name,
+                "image": {"imagePath": self.image("v1")},
+                "serviceDetails": details,
+            });
+            // The resolver answers the image check once it is up.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let (s, v) = loop {
+                let answer = self
+                    .call(reqwest::Method::POST, "/v1/services", Some(body.clone()))
+                    .await;
+                match answer {
+                    Some((503, _)) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Some(a) => break a,
+                    None => panic!("create {name}: no answer\n{}", self.log_tails()),
+                }
+            };
+            assert_eq!(s, 201, "create {name}: {v}");
+            self.services.push(Svc {
+                id: v["service"]["id"].as_str().unwrap().to_owned(),
+                name: name.to_owned(),
+                hook: v["deployHookUrl"].as_str().unwrap().to_owned(),
+            });
+        }
+    }
+
+    /// The stream leader's index among the cluster's servers (`n<i>`).
+    pub async fn stream_leader(&self) -> Option<usize> {
+        let js = async_nats::jetstream::new(self.bus.clone());
+        let mut stream = tokio::time::timeout(
+            Duration::from_secs(3),
+            js.get_stream(self.subjects.events_stream()),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let info = tokio::time::timeout(Duration::from_secs(3), stream.info())
+            .await
+            .ok()?
+            .ok()?;
+        let leader = info.cluster.as_ref()?.leader.as_ref()?;
+        leader.strip_prefix('n')?.parse().ok()
+    }
+}
