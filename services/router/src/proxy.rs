@@ -53,6 +53,7 @@ const HOP_BY_HOP: &[HeaderName] = &[
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// How long an instance that refused or timed out a connect is passed over
 /// (unless every instance is): a dead address costs one failed connect,
@@ -166,6 +167,7 @@ impl Proxy {
             .as_ref()
             .and_then(|_| parts.extensions.remove::<OnUpgrade>());
         let mut headers = forwarded_headers(parts.headers, peer);
+        let request_id = headers.get(&X_REQUEST_ID).cloned();
         if let Some(protocol) = upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol);
@@ -246,7 +248,13 @@ impl Proxy {
                     tokio::spawn(tunnel(client, instance));
                     return switched(resp);
                 }
-                Ok(resp) => return response(resp),
+                Ok(resp) => {
+                    let mut out = response(resp);
+                    if let Some(id) = request_id {
+                        out.headers_mut().entry(X_REQUEST_ID).or_insert(id);
+                    }
+                    return out;
+                }
                 Err(e) => {
                     let connect = e.is_connect();
                     if connect {
@@ -357,7 +365,45 @@ fn forwarded_headers(mut h: HeaderMap, peer: SocketAddr) -> HeaderMap {
     if let Some(host) = host {
         h.insert(X_FORWARDED_HOST, host);
     }
+    // A request id the instance and the client both see: the client's
+    // own when it sent a usable one, else a new one.
+    let usable = h.get(&X_REQUEST_ID).is_some_and(|v| {
+        (1..=128).contains(&v.len())
+            && v.as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+    });
+    if !usable {
+        h.insert(X_REQUEST_ID, new_request_id());
+    }
     h
+}
+
+/// 16 hex digits: a per-process random start plus a counter, so ids never
+/// repeat within a router and rarely across routers.
+fn new_request_id() -> HeaderValue {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static START: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let start = *START.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        // Distinct per process and start; uniqueness, not secrecy, is the point.
+        if getrandom_fill(&mut bytes).is_err() {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            bytes = (t ^ u64::from(std::process::id())).to_le_bytes();
+        }
+        u64::from_le_bytes(bytes)
+    });
+    let id = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
+    HeaderValue::from_str(&format!("{id:016x}")).unwrap_or(HeaderValue::from_static("0"))
+}
+
+fn getrandom_fill(bytes: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read as _;
+    std::fs::File::open("/dev/urandom")?.read_exact(bytes)
 }
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {

@@ -9,6 +9,7 @@ use berth_domain::service::Command;
 use berth_schemas::model::ServiceType;
 use bytes::Bytes;
 use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{Backend, Env, HttpClient, Svc};
 
@@ -234,6 +235,35 @@ async fn the_instance_sees_forwarded_headers_and_streamed_bodies() -> Result<()>
         "{echo}"
     );
     assert!(echo.contains("host: hdr.localhost:8080\n"), "{echo}");
+
+    // Each request gets an id the instance sees (a new one per request
+    // unless the client sent its own, which is kept) and the client gets
+    // back.
+    let id_of = |echo: &str| {
+        echo.lines()
+            .find_map(|l| l.strip_prefix("x-request-id: "))
+            .map(str::to_owned)
+    };
+    let first = id_of(&echo).expect("the instance sees a request id");
+    assert!(
+        first.len() == 16 && first.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{first}"
+    );
+    let (_, again) = http.get("hdr.localhost:8080", "/echo").await?;
+    assert_ne!(id_of(&again), Some(first));
+    let mut raw = tokio::net::TcpStream::connect(env.addr).await?;
+    raw.write_all(
+        b"GET /echo HTTP/1.1\r\nHost: hdr.localhost\r\nX-Request-Id: ci-run-42\r\nConnection: close\r\n\r\n",
+    )
+    .await?;
+    let mut answer = String::new();
+    raw.read_to_string(&mut answer).await?;
+    let answer = answer.to_ascii_lowercase();
+    assert_eq!(
+        answer.matches("x-request-id: ci-run-42").count(),
+        2,
+        "kept for the instance and returned: {answer}"
+    );
 
     let big = Bytes::from(vec![1u8; 8 << 20]);
     let (status, n) = http.send("PUT", "hdr.localhost", "/upload", big).await?;
