@@ -69,6 +69,14 @@ async fn the_demo_runs_offline_from_a_clean_data_dir_and_leaves_nothing_behind()
         "{stdout}"
     );
     assert_eq!(stdout.matches('✓').count(), 4, "{stdout}");
+    // `berth service instances` shows the instance, healthy, with the
+    // address the router reaches it at.
+    assert!(
+        stdout.lines().map(str::trim).any(|l| l.starts_with("ins-")
+            && l.contains(" healthy ")
+            && l.split_whitespace().any(|w| w.starts_with("127.0.0.1:"))),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("@sha256:"),
         "the rollback names a digest: {stdout}"

@@ -877,6 +877,10 @@ pub struct InstanceView {
     pub node_id: String,
     pub phase: berth_domain::service::InstancePhase,
     pub healthy: bool,
+    /// berth: where the router reaches it (`host:port`; web services),
+    /// once started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
 }
 
 /// GET /v1/services/{id}/instances: the service's instances (a plain
@@ -899,6 +903,7 @@ pub async fn instances(
                 node_id: i.node.to_string(),
                 phase: i.phase,
                 healthy: i.is_healthy(),
+                addr: i.addr.clone(),
             })
             .collect(),
     ))

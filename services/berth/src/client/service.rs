@@ -264,13 +264,16 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
                         } else {
                             "no".to_owned()
                         },
+                        s(i, "addr"),
                         s(i, "deployId"),
                         output::time(i, "createdAt"),
                     ]
                 })
                 .collect();
             output::table(
-                &["INSTANCE", "NODE", "PHASE", "HEALTHY", "DEPLOY", "STARTED"],
+                &[
+                    "INSTANCE", "NODE", "PHASE", "HEALTHY", "ADDRESS", "DEPLOY", "STARTED",
+                ],
                 &rows,
                 "no instances",
             );

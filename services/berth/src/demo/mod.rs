@@ -145,6 +145,14 @@ impl Demo {
              instance answered its health check",
             image::PORT
         ));
+        say(&format!("$ berth service instances {name}"));
+        let (code, table, err) = self.berth(&["service", "instances", &name]).await?;
+        if code != 0 {
+            bail!("`berth service instances` exited {code}: {}", err.trim());
+        }
+        for line in table.lines() {
+            say(line);
+        }
 
         self.step("Push v2 under the same tag");
         let reg = self.registry.as_ref().context("the registry is gone")?;

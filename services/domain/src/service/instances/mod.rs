@@ -49,6 +49,10 @@ pub struct Instance {
     /// Since when it is out of routing, waiting to be stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draining_since: Option<DateTime<Utc>>,
+    /// Where it is reached (`host:port`), once its node started it with a
+    /// published port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
 }
 
 impl Instance {
@@ -120,6 +124,7 @@ impl Instances {
                         phase: InstancePhase::Scheduled,
                         scheduled_at: time,
                         draining_since: None,
+                        addr: None,
                     });
             }
             Event::InstanceDraining(e) => {
@@ -136,6 +141,7 @@ impl Instances {
                     i.node = e.node.clone();
                     i.digest = e.digest.clone();
                     i.phase = InstancePhase::Running;
+                    i.addr = e.addr.clone();
                 }
             }
             Event::InstanceHealthy(e) => self.set_phase(&e.instance, InstancePhase::Healthy),
@@ -166,6 +172,7 @@ impl Instances {
                             phase: InstancePhase::Scheduled,
                             scheduled_at: time,
                             draining_since: None,
+                            addr: None,
                         });
                 }
             }

@@ -263,3 +263,14 @@ fn a_shortfall_is_recorded_once_until_room_is_found_or_it_changes() {
         ErrorKind::NotFound
     );
 }
+
+#[test]
+fn a_started_instance_records_where_it_is_reached() {
+    let d = DeployId::generate();
+    let mut s = Scenario::live_web(&d);
+    let (a, b) = (InstanceId::generate(), InstanceId::generate());
+    place_two_start_first(&mut s, &d, &a, &b);
+    let at = |i: &InstanceId| s.state.instances.get(i).and_then(|i| i.addr.clone());
+    assert_eq!(at(&a).as_deref(), Some("127.0.0.1:1"));
+    assert_eq!(at(&b), None, "not started: no address yet");
+}
