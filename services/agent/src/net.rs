@@ -1093,6 +1093,25 @@ mod tests {
     }
 
     #[test]
+    fn instances_attached_with_the_plugins_keep_them_for_check_and_del() {
+        let publish = r#"{"spec":{"group":"g","publish":{"container_port":80,"host_port":20001}}}"#;
+        let old: State = serde_json::from_str(publish).unwrap();
+        assert_eq!(old.plugins(), ["bridge", "portmap", "firewall"]);
+        assert_eq!(old.own_publish(), None, "portmap publishes it");
+        let old: State = serde_json::from_str(r#"{"spec":{"group":"g"}}"#).unwrap();
+        assert_eq!(old.plugins(), ["bridge", "firewall"]);
+        let mut new: State = serde_json::from_str(publish).unwrap();
+        new.plugins = Some(CHAIN.iter().map(|p| (*p).to_owned()).collect());
+        let new: State = serde_json::from_slice(&serde_json::to_vec(&new).unwrap()).unwrap();
+        assert_eq!(new.plugins(), ["bridge"]);
+        assert_eq!(
+            new.own_publish().map(|p| p.host_port),
+            Some(20001),
+            "berth's rule publishes it"
+        );
+    }
+
+    #[test]
     fn results_give_the_address() {
         let r = json!({"ips": [{"address": "10.77.0.5/16", "gateway": "10.77.0.1"}]});
         assert_eq!(result_ip(&r), Some(Ipv4Addr::new(10, 77, 0, 5)));
