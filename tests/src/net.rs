@@ -6,12 +6,12 @@ use std::path::Path;
 
 use nix::fcntl::{Flock, FlockArg};
 
-/// A /24 held for as long as this lease lives (an exclusive `flock` on a
+/// A subnet (a /24, or a /21 of 10.96.0.0/16) held for as long as this lease lives (an exclusive `flock` on a
 /// file per subnet, released when the process ends, however it ends), so
 /// parallel tests' nodes never share a subnet or a bridge.
 #[derive(Debug)]
 pub struct SubnetLease {
-    /// `10.a.b.0/24`.
+    /// `10.a.b.0/24` (or `/21`).
     pub subnet: String,
     /// The node's network state dir (`<node dir>/agent/net`): on drop,
     /// whatever of the network is left is removed.
@@ -146,15 +146,27 @@ fn remove_rules(subnet: &str) {
 
 /// Leases a free test subnet from 10.200.0.0/16 … 10.215.255.0/24.
 pub fn lease_subnet() -> SubnetLease {
+    lease_from("", 4096, |n| {
+        format!("10.{}.{}.0/24", 200 + n / 256, n % 256)
+    })
+}
+
+/// Leases a free /21 (2,045 instance addresses) from 10.96.0.0/16, for a
+/// node that runs more instances than a /24 holds (the deploy bench).
+pub fn lease_wide_subnet() -> SubnetLease {
+    lease_from("wide-", 32, |n| format!("10.96.{}.0/21", n * 8))
+}
+
+fn lease_from(tag: &str, count: usize, subnet: impl Fn(usize) -> String) -> SubnetLease {
     let dir = Path::new("/tmp/berth-test-subnets");
     std::fs::create_dir_all(dir).expect("subnet lock dir");
-    let start = (std::process::id() as usize * 7919) % 4096;
-    for i in 0..4096 {
-        let n = (start + i) % 4096;
-        let file = File::create(dir.join(format!("{n}.lock"))).expect("subnet lock file");
+    let start = (std::process::id() as usize * 7919) % count;
+    for i in 0..count {
+        let n = (start + i) % count;
+        let file = File::create(dir.join(format!("{tag}{n}.lock"))).expect("subnet lock file");
         if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             let lease = SubnetLease {
-                subnet: format!("10.{}.{}.0/24", 200 + n / 256, n % 256),
+                subnet: subnet(n),
                 net_dir: None,
                 _lock: lock,
             };
@@ -163,7 +175,7 @@ pub fn lease_subnet() -> SubnetLease {
             return lease;
         }
     }
-    panic!("all 4096 test subnets are in use");
+    panic!("all {count} test subnets {tag}* are in use");
 }
 
 /// What of one node network is on the machine: iptables rules (any table)

@@ -215,6 +215,21 @@ impl World {
     }
 
     pub async fn start_node_with(&self, opts: NodeOptions) -> RunningNode {
+        self.start_node_on(opts, crate::net::lease_subnet).await
+    }
+
+    /// A node on a /21 (2,045 instances; [`crate::net::lease_wide_subnet`])
+    /// instead of a /24.
+    pub async fn start_wide_node_with(&self, opts: NodeOptions) -> RunningNode {
+        self.start_node_on(opts, crate::net::lease_wide_subnet)
+            .await
+    }
+
+    async fn start_node_on(
+        &self,
+        opts: NodeOptions,
+        lease: fn() -> crate::net::SubnetLease,
+    ) -> RunningNode {
         let dir = opts.dir.clone().unwrap();
         let id = berth_node::load_or_create_id(&dir).unwrap();
         // Nodes share this machine's network: each hands out its own ports.
@@ -223,7 +238,7 @@ impl World {
         let subnet = {
             let mut leases = self.subnets.lock().unwrap();
             let lease = leases.entry(dir.clone()).or_insert_with(|| {
-                let mut l = crate::net::lease_subnet();
+                let mut l = lease();
                 l.net_dir = Some(dir.join("agent").join("net"));
                 l
             });

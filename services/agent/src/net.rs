@@ -1,27 +1,32 @@
 //! Instance networks: every instance in a network namespace of its own,
-//! attached to the node's bridge by the standard CNI plugins, driven as the
-//! CNI spec says (ADD before the container starts, CHECK when a restarted
+//! attached to the node's bridge by the standard CNI `bridge` plugin
+//! (veth, host-local addresses from the node's subnet), driven as the CNI
+//! spec says (ADD before the container starts, CHECK when a restarted
 //! agent adopts it, DEL when it is gone, DEL for leftovers at start).
 //!
-//! The chain is `bridge` (veth into the node bridge, host-local addresses
-//! from the node's subnet, masquerading for outbound traffic), `portmap`
-//! (a web instance's port published on a host port; only for instances
-//! that publish one) and `firewall` (lets
-//! the instance's traffic through `FORWARD`). On top, berth's own iptables
-//! chains, named after the bridge:
+//! The rest is berth's own iptables rules, in chains named after the
+//! bridge, written per instance in one `iptables-restore` batch (the
+//! `portmap` and `firewall` plugins made a dozen iptables calls per
+//! instance, each serialised on the xtables lock and each re-reading a
+//! ruleset that grows with the instances):
 //!
 //! - `<tag>-IN`, jumped from `INPUT` for packets from the bridge: only
 //!   replies reach the host, so an instance cannot open a connection to any
 //!   listener of the node (NATS, the API, metrics, the node's health port),
 //!   whichever host address it tries.
-//! - `<tag>-FWD`, jumped from the firewall plugin's `CNI-ADMIN` chain (the
-//!   place the plugin keeps for administrator rules, consulted before its
-//!   own accepts): link-local addresses (cloud metadata) are dropped, and a
+//! - `<tag>-FWD`, jumped first from `FORWARD` for packets from the bridge:
+//!   replies pass; link-local addresses (cloud metadata) are dropped; a
 //!   connection into the subnet passes only to an instance of the same
 //!   group (owner): one rule per instance sends its traffic to its group's
 //!   chain `<tag>-<hash>`, which accepts the group's addresses; anything
-//!   else into the subnet is dropped. Bridged traffic passes `FORWARD`
-//!   only with `br_netfilter`, which [`Cni::open`] turns on.
+//!   else into the subnet is dropped, and anything else from the subnet
+//!   goes out (masqueraded with the node's address). Replies into the
+//!   bridge pass `FORWARD` too. Bridged traffic passes `FORWARD` only with
+//!   `br_netfilter`, which [`Cni::open`] turns on.
+//! - `<tag>-DNAT` (nat), jumped from `PREROUTING` and `OUTPUT` for local
+//!   addresses: one DNAT rule per published port (a web instance's), as
+//!   the `portmap` plugin made; connections to it from the host itself or
+//!   from an instance are masqueraded so the reply comes back the same way.
 //!
 //! Names: each instance's `/etc/hosts` lists the addresses of its group's
 //! instances that carry a name (private services), rewritten in place as
@@ -197,6 +202,35 @@ struct State {
     /// The chain's result once ADD succeeded (DEL and CHECK need it).
     #[serde(default)]
     result: Option<Value>,
+    /// The plugins it was attached with (DEL and CHECK run the same);
+    /// `None`: attached before berth made its own port and forwarding
+    /// rules ([`LEGACY_CHAIN`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    plugins: Option<Vec<String>>,
+}
+
+impl State {
+    fn plugins(&self) -> Vec<&'static str> {
+        match &self.plugins {
+            Some(p) => p
+                .iter()
+                .filter_map(|name| LEGACY_CHAIN.iter().copied().find(|k| k == name))
+                .collect(),
+            None if self.spec.publish.is_some() => LEGACY_CHAIN.to_vec(),
+            None => LEGACY_CHAIN
+                .iter()
+                .copied()
+                .filter(|p| *p != "portmap")
+                .collect(),
+        }
+    }
+
+    /// Whether berth's own rule publishes its port (not `portmap`).
+    fn own_publish(&self) -> Option<Publish> {
+        self.spec
+            .publish
+            .filter(|_| !self.plugins().contains(&"portmap"))
+    }
 }
 
 /// An attached instance as the rules and hosts files see it.
@@ -205,17 +239,28 @@ struct Member {
     group: String,
     name: Option<String>,
     ip: Ipv4Addr,
+    /// Its port published by berth's own rule.
+    publish: Option<Publish>,
 }
 
-/// The CNI plugins of the chain, in ADD order (`portmap` only for an
-/// instance that publishes a port: it costs a third of an ADD).
-fn chain(spec: &NetworkSpec) -> &'static [&'static str] {
-    if spec.publish.is_some() {
-        &["bridge", "portmap", "firewall"]
-    } else {
-        &["bridge", "firewall"]
-    }
+/// Which way a member's rules change.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    /// Added; `fresh`: the first of its group (its chain is created).
+    Join { fresh: bool },
+    /// Removed; `last`: the last of its group (its chain goes too).
+    Leave { last: bool },
 }
+
+/// The CNI plugins of the chain, in ADD order: only `bridge` (veth,
+/// address). What `portmap` and `firewall` did per instance — a dozen
+/// iptables calls each, serialised on the xtables lock and each reading
+/// the whole ruleset — berth does in the one `iptables-restore` batch it
+/// writes per instance anyway.
+const CHAIN: [&str; 1] = ["bridge"];
+/// The chain instances were attached with before (still deleted and
+/// checked through it).
+const LEGACY_CHAIN: [&str; 3] = ["bridge", "portmap", "firewall"];
 const CNI_VERSION: &str = "1.0.0";
 const IFNAME: &str = "eth0";
 
@@ -306,6 +351,7 @@ impl Cni {
         let state = State {
             spec: spec.clone(),
             result: None,
+            plugins: Some(CHAIN.iter().map(|p| (*p).to_owned()).collect()),
         };
         // First: a crash from here on leaves a file the next start finds.
         self.save(id, &state)?;
@@ -328,14 +374,14 @@ impl Cni {
         }
         run("ip", &["-n", &name, "link", "set", "lo", "up"]).await?;
         let mut prev: Option<Value> = None;
-        for plugin in chain(&state.spec) {
+        for plugin in CHAIN {
             let conf = self.conf(plugin, &state.spec, prev.as_ref());
             let t0 = std::time::Instant::now();
             prev = self.plugin(plugin, "ADD", id, &netns, &conf).await?;
             tracing::debug!(plugin, ms = t0.elapsed().as_millis() as u64, "CNI ADD");
         }
         let result = prev.ok_or_else(|| NetError::Plugin {
-            plugin: "firewall",
+            plugin: "bridge",
             op: "ADD",
             message: "no result".into(),
         })?;
@@ -349,7 +395,7 @@ impl Cni {
         write_in_place(&resolv, &resolv_conf())?;
         write_in_place(&hosts, "")?;
         let t0 = std::time::Instant::now();
-        self.join(id, &state.spec, ip).await?;
+        self.join(id, &state, ip).await?;
         tracing::debug!(ms = t0.elapsed().as_millis() as u64, "rules");
         Ok(Attachment {
             netns,
@@ -359,45 +405,73 @@ impl Cni {
         })
     }
 
-    /// Registers a member, adds its rules and rewrites its group's hosts
-    /// files.
-    async fn join(
-        &self,
-        id: &InstanceId,
-        spec: &NetworkSpec,
-        ip: Ipv4Addr,
-    ) -> Result<(), NetError> {
+    /// Registers a member, adds its rules (one `iptables-restore` batch:
+    /// its group's accept, the jump to its group's chain, its published
+    /// port) and rewrites its group's hosts files.
+    async fn join(&self, id: &InstanceId, state: &State, ip: Ipv4Addr) -> Result<(), NetError> {
+        let spec = &state.spec;
         let member = Member {
             group: spec.group.clone(),
             name: spec.name.clone(),
             ip,
+            publish: state.own_publish(),
         };
+        if member.publish.is_some() {
+            // A published port answers on 127.0.0.1 too: the host's own
+            // connections are sent over the bridge with a loopback source
+            // (then masqueraded), which the kernel drops unless told.
+            let knob = format!("/proc/sys/net/ipv4/conf/{}/route_localnet", self.bridge);
+            std::fs::write(&knob, b"1").map_err(net_io(Path::new(&knob)))?;
+        }
         {
             let _rules = self.rules.lock().await;
-            let chain = self.group_chain(&member.group);
             let fresh = !self.members().values().any(|m| m.group == member.group);
-            if fresh {
-                iptables_new_chain(&chain).await?;
-            }
-            let ip = ip.to_string();
-            let subnet = self.cfg.subnet.to_string();
-            iptables(&["-A", &chain, "-d", &ip, "-j", "ACCEPT"]).await?;
-            // Before the closing DROP of the subnet (rules 1-2 are fixed).
-            iptables(&[
-                "-I",
-                &self.fwd(),
-                "3",
-                "-s",
-                &ip,
-                "-d",
-                &subnet,
-                "-j",
-                &chain,
-            ])
-            .await?;
+            iptables_restore(&self.member_rules(&member, Change::Join { fresh })).await?;
             self.members().insert(id.clone(), member.clone());
         }
         self.write_hosts(&member.group)
+    }
+
+    /// The `iptables-restore` input that adds (or removes) `m`'s rules.
+    fn member_rules(&self, m: &Member, change: Change) -> String {
+        let chain = self.group_chain(&m.group);
+        let (ip, subnet, fwd) = (m.ip, &self.subnet, self.fwd());
+        let mut filter = String::from("*filter\n");
+        let mut nat = String::new();
+        let dnat = m.publish.map(|p| {
+            format!(
+                "{} -p tcp -m tcp --dport {} -j DNAT --to-destination {ip}:{}\n",
+                self.dnat(),
+                p.host_port,
+                p.container_port
+            )
+        });
+        match change {
+            Change::Join { fresh } => {
+                if fresh {
+                    filter.push_str(&format!(":{chain} - [0:0]\n"));
+                }
+                filter.push_str(&format!("-A {chain} -d {ip}/32 -j ACCEPT\n"));
+                // Before the closing rules of the subnet (rules 1-2 are
+                // fixed).
+                filter.push_str(&format!("-I {fwd} 3 -s {ip}/32 -d {subnet} -j {chain}\n"));
+                if let Some(d) = dnat {
+                    nat = format!("*nat\n-A {d}COMMIT\n");
+                }
+            }
+            Change::Leave { last } => {
+                filter.push_str(&format!("-D {fwd} -s {ip}/32 -d {subnet} -j {chain}\n"));
+                filter.push_str(&format!("-D {chain} -d {ip}/32 -j ACCEPT\n"));
+                if last {
+                    filter.push_str(&format!("-F {chain}\n-X {chain}\n"));
+                }
+                if let Some(d) = dnat {
+                    nat = format!("*nat\n-D {d}COMMIT\n");
+                }
+            }
+        }
+        filter.push_str("COMMIT\n");
+        filter + &nat
     }
 
     /// Remove `id`'s network: rules, DEL through the chain in reverse, the
@@ -427,7 +501,7 @@ impl Cni {
         };
         let (netns, hosts, resolv) = self.paths(id);
         if let Some(state) = &state {
-            for plugin in chain(&state.spec).iter().rev() {
+            for plugin in state.plugins().into_iter().rev() {
                 let conf = self.conf(plugin, &state.spec, state.result.as_ref());
                 keep(
                     self.plugin(plugin, "DEL", id, &netns, &conf)
@@ -467,16 +541,35 @@ impl Cni {
     }
 
     async fn leave_rules(&self, m: &Member) -> Result<(), NetError> {
-        let chain = self.group_chain(&m.group);
-        let ip = m.ip.to_string();
-        let subnet = self.cfg.subnet.to_string();
-        iptables(&["-D", &self.fwd(), "-s", &ip, "-d", &subnet, "-j", &chain]).await?;
-        iptables(&["-D", &chain, "-d", &ip, "-j", "ACCEPT"]).await?;
-        if !self.members().values().any(|x| x.group == m.group) {
-            iptables(&["-F", &chain]).await?;
-            iptables(&["-X", &chain]).await?;
+        let last = !self.members().values().any(|x| x.group == m.group);
+        let batch = self.member_rules(m, Change::Leave { last });
+        if iptables_restore(&batch).await.is_ok() {
+            return Ok(());
         }
-        Ok(())
+        // One rule already gone fails the whole batch: the rest is removed
+        // one by one, and only what is still there and cannot be removed
+        // counts.
+        let mut first_err = None;
+        let mut table = "filter";
+        for line in batch.lines() {
+            if let Some(t) = line.strip_prefix('*') {
+                table = if t == "nat" { "nat" } else { "filter" };
+                continue;
+            }
+            if line == "COMMIT" {
+                continue;
+            }
+            let one = format!("*{table}\n{line}\nCOMMIT\n");
+            match iptables_restore(&one).await {
+                Err(NetError::Command { message, .. })
+                    if message.contains("does not exist") || message.contains("Bad rule") => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+                Ok(()) => {}
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     /// After an agent restart: `keep` are the instances adopted (their
@@ -519,20 +612,20 @@ impl Cni {
             return false;
         };
         let (netns, ..) = self.paths(id);
-        for plugin in chain(&state.spec) {
+        for plugin in state.plugins() {
             let conf = self.conf(plugin, &state.spec, state.result.as_ref());
             // portmap's CHECK also looks for the instance's chain in
             // ip6tables, where an IPv4-only instance never has one, so it
             // fails for every published instance; its ADD is idempotent
             // (present rules kept, missing ones restored), so it is applied
             // again instead.
-            let op = if *plugin == "portmap" { "ADD" } else { "CHECK" };
+            let op = if plugin == "portmap" { "ADD" } else { "CHECK" };
             if let Err(e) = self.plugin(plugin, op, id, &netns, &conf).await {
                 tracing::warn!(instance = %id, error = %e, "adopted instance's network fails CHECK");
                 return false;
             }
         }
-        match self.join(id, &state.spec, ip).await {
+        match self.join(id, &state, ip).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(instance = %id, error = %e, "adopted instance's rules not restored");
@@ -556,12 +649,16 @@ impl Cni {
         }
         let _rules = self.rules.lock().await;
         let (fwd, input) = (self.fwd(), format!("{}-IN", self.tag));
+        // Where an earlier berth jumped to its forward chain from.
         let _ = iptables(&["-D", "CNI-ADMIN", "-i", &self.bridge, "-j", &fwd]).await;
-        let _ = iptables(&["-D", "INPUT", "-i", &self.bridge, "-j", &input]).await;
-        let _ = iptables(&[&["-t", "nat", "-D"][..], &self.masquerade()].concat()).await;
-        for chain in [&fwd, &input] {
-            let _ = iptables(&["-F", chain]).await;
-            let _ = iptables(&["-X", chain]).await;
+        for (table, rule, _) in self.fixed_rules() {
+            let mut del = vec!["-t", table, "-D"];
+            del.extend(rule.iter().map(String::as_str));
+            let _ = iptables(&del).await;
+        }
+        for (table, chain) in [("filter", &fwd), ("filter", &input), ("nat", &self.dnat())] {
+            let _ = iptables(&["-t", table, "-F", chain]).await;
+            let _ = iptables(&["-t", table, "-X", chain]).await;
         }
         if Path::new("/sys/class/net").join(&self.bridge).exists() {
             run("ip", &["link", "del", &self.bridge]).await?;
@@ -573,15 +670,76 @@ impl Cni {
         format!("{}-FWD", self.tag)
     }
 
+    /// The nat chain holding every published port's DNAT rule.
+    fn dnat(&self) -> String {
+        format!("{}-DNAT", self.tag)
+    }
+
     fn group_chain(&self, group: &str) -> String {
         format!("{}-{:08x}", self.tag, fnv1a(group))
     }
 
+    /// The rules outside berth's chains, each `(table, rule, at the top)`:
+    /// the jumps into them, replies into instances, and the address
+    /// translation of the subnet and its published ports.
+    fn fixed_rules(&self) -> Vec<(&'static str, Vec<String>, bool)> {
+        let (b, subnet) = (self.bridge.as_str(), self.subnet.as_str());
+        let (fwd, input, dnat) = (self.fwd(), format!("{}-IN", self.tag), self.dnat());
+        let established = "-m conntrack --ctstate RELATED,ESTABLISHED";
+        let rules = [
+            // Everything instances send passes berth's chain first.
+            ("filter", format!("FORWARD -i {b} -j {fwd}"), true),
+            // Replies to what instances opened get in (what the CNI
+            // firewall plugin allowed per instance).
+            (
+                "filter",
+                format!("FORWARD -o {b} {established} -j ACCEPT"),
+                true,
+            ),
+            ("filter", format!("INPUT -i {b} -j {input}"), true),
+            // Published ports, on every local address.
+            (
+                "nat",
+                format!("PREROUTING -m addrtype --dst-type LOCAL -j {dnat}"),
+                false,
+            ),
+            (
+                "nat",
+                format!("OUTPUT -m addrtype --dst-type LOCAL -j {dnat}"),
+                false,
+            ),
+            // Outbound traffic leaves with the node's address.
+            (
+                "nat",
+                format!("POSTROUTING -s {subnet} ! -d {subnet} -j MASQUERADE"),
+                false,
+            ),
+            // A published port reached from the host itself (loopback
+            // source) or from an instance (hairpin): the reply must come
+            // back through this host, so the source becomes the bridge's.
+            (
+                "nat",
+                format!("POSTROUTING -o {b} -s 127.0.0.0/8 -j MASQUERADE"),
+                false,
+            ),
+            (
+                "nat",
+                format!("POSTROUTING -o {b} -s {subnet} -m conntrack --ctstate DNAT -j MASQUERADE"),
+                false,
+            ),
+        ];
+        rules
+            .into_iter()
+            .map(|(t, r, first)| (t, r.split(' ').map(str::to_owned).collect(), first))
+            .collect()
+    }
+
     /// Base chains, rebuilt empty: replies only into the host; into the
-    /// subnet only what a group chain accepts; never link-local.
+    /// subnet only what a group chain accepts; never link-local; out of
+    /// the subnet anything else from it.
     async fn base_rules(&self) -> Result<(), NetError> {
         let _rules = self.rules.lock().await;
-        let (fwd, input) = (self.fwd(), format!("{}-IN", self.tag));
+        let (fwd, input, dnat) = (self.fwd(), format!("{}-IN", self.tag), self.dnat());
         let subnet = self.cfg.subnet.to_string();
         // Group chains a previous process left (their members are re-added
         // by recover).
@@ -593,58 +751,34 @@ impl Cni {
             .map(|rest| format!("{}-{rest}", self.tag))
             .filter(|c| *c != fwd && *c != input)
             .collect();
-        // Flushed first: the base chains jump to them, so they can only be
-        // deleted once those are flushed too.
+        // An earlier berth jumped to the forward chain from the firewall
+        // plugin's CNI-ADMIN chain.
+        let _ = iptables(&["-D", "CNI-ADMIN", "-i", &self.bridge, "-j", &fwd]).await;
+        // One batch: the base chains declared (so created, or flushed when
+        // they exist), the group chains flushed and deleted — the base
+        // chains jump to them, so only once those are flushed too.
+        let mut batch = format!("*filter\n:{fwd} - [0:0]\n:{input} - [0:0]\n");
         for chain in &groups {
-            let _ = iptables(&["-F", chain]).await;
-        }
-        for chain in [&fwd, &input] {
-            iptables_new_chain(chain).await?;
-            iptables(&["-F", chain]).await?;
+            batch.push_str(&format!("-F {chain}\n"));
         }
         for chain in &groups {
-            let _ = iptables(&["-X", chain]).await;
+            batch.push_str(&format!("-X {chain}\n"));
         }
-        let established = ["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"];
-        let mut rule = vec!["-A", input.as_str()];
-        rule.extend(established);
-        rule.extend(["-j", "RETURN"]);
-        iptables(&rule).await?;
-        iptables(&["-A", &input, "-j", "DROP"]).await?;
-        let mut rule = vec!["-A", fwd.as_str()];
-        rule.extend(established);
-        rule.extend(["-j", "RETURN"]);
-        iptables(&rule).await?;
-        iptables(&["-A", &fwd, "-d", "169.254.0.0/16", "-j", "DROP"]).await?;
-        iptables(&["-A", &fwd, "-d", &subnet, "-j", "DROP"]).await?;
-        iptables_new_chain("CNI-ADMIN").await?;
-        let jump = ["CNI-ADMIN", "-i", self.bridge.as_str(), "-j", fwd.as_str()];
-        ensure_rule(&jump, false).await?;
-        let jump = ["INPUT", "-i", self.bridge.as_str(), "-j", input.as_str()];
-        ensure_rule(&jump, true).await?;
-        let masq = self.masquerade();
-        if iptables(&[&["-t", "nat", "-C"][..], &masq].concat())
-            .await
-            .is_err()
-        {
-            iptables(&[&["-t", "nat", "-A"][..], &masq].concat()).await?;
+        let established = "-m conntrack --ctstate RELATED,ESTABLISHED";
+        batch.push_str(&format!(
+            "-A {input} {established} -j RETURN\n\
+             -A {input} -j DROP\n\
+             -A {fwd} {established} -j ACCEPT\n\
+             -A {fwd} -d 169.254.0.0/16 -j DROP\n\
+             -A {fwd} -d {subnet} -j DROP\n\
+             -A {fwd} -s {subnet} -j ACCEPT\n\
+             COMMIT\n*nat\n:{dnat} - [0:0]\nCOMMIT\n"
+        ));
+        iptables_restore(&batch).await?;
+        for (table, rule, first) in self.fixed_rules() {
+            ensure_rule(table, &rule, first).await?;
         }
         Ok(())
-    }
-
-    /// Outbound traffic of the subnet leaves with the node's address.
-    fn masquerade(&self) -> Vec<&str> {
-        let subnet = self.subnet.as_str();
-        vec![
-            "POSTROUTING",
-            "-s",
-            subnet,
-            "!",
-            "-d",
-            subnet,
-            "-j",
-            "MASQUERADE",
-        ]
     }
 
     /// One plugin's network configuration, with the previous result and
@@ -700,35 +834,19 @@ impl Cni {
         netns: &Path,
         conf: &Value,
     ) -> Result<Option<Value>, NetError> {
-        use tokio::io::AsyncWriteExt;
         let fail = |message: String| NetError::Plugin {
             plugin,
             op,
             message,
         };
-        let mut child = tokio::process::Command::new(self.cfg.cni_path.join(plugin))
-            .env("CNI_COMMAND", op)
+        let mut cmd = tokio::process::Command::new(self.cfg.cni_path.join(plugin));
+        cmd.env("CNI_COMMAND", op)
             .env("CNI_CONTAINERID", id.to_string())
             .env("CNI_NETNS", netns)
             .env("CNI_IFNAME", IFNAME)
-            .env("CNI_PATH", &self.cfg.cni_path)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| fail(e.to_string()))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            let bytes = serde_json::to_vec(conf).map_err(|e| fail(e.to_string()))?;
-            stdin
-                .write_all(&bytes)
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-        }
-        let out = child
-            .wait_with_output()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+            .env("CNI_PATH", &self.cfg.cni_path);
+        let bytes = serde_json::to_vec(conf).map_err(|e| fail(e.to_string()))?;
+        let out = feed(cmd, &bytes).await.map_err(|e| fail(e.to_string()))?;
         if !out.status.success() {
             // The plugin's error is JSON on stdout ({code, msg, details}).
             let msg = serde_json::from_slice::<Value>(&out.stdout)
@@ -901,27 +1019,58 @@ async fn iptables(args: &[&str]) -> Result<(), NetError> {
     run("iptables", &all).await
 }
 
-async fn iptables_new_chain(chain: &str) -> Result<(), NetError> {
-    match iptables(&["-N", chain]).await {
-        Err(NetError::Command { message, .. }) if message.contains("exists") => Ok(()),
-        r => r,
-    }
-}
-
-/// Add `rule` (`chain, spec…`) unless present; `first`: at the top.
-async fn ensure_rule(rule: &[&str], first: bool) -> Result<(), NetError> {
-    let mut check = vec!["-C"];
-    check.extend_from_slice(rule);
+/// Add `rule` (`chain, spec…`) to `table` unless present; `first`: at
+/// the top.
+async fn ensure_rule(table: &str, rule: &[String], first: bool) -> Result<(), NetError> {
+    let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+    let mut check = vec!["-t", table, "-C"];
+    check.extend_from_slice(&rule);
     if iptables(&check).await.is_ok() {
         return Ok(());
     }
-    let mut add = if first { vec!["-I"] } else { vec!["-A"] };
-    add.push(rule[0]);
+    let mut add = vec!["-t", table, if first { "-I" } else { "-A" }, rule[0]];
     if first {
         add.push("1");
     }
     add.extend_from_slice(&rule[1..]);
     iptables(&add).await
+}
+
+/// Apply a batch of rule changes in one `iptables-restore` (one process,
+/// one lock, one read of the ruleset; all or nothing), leaving every other
+/// rule as it is.
+async fn iptables_restore(batch: &str) -> Result<(), NetError> {
+    let fail = |message: String| NetError::Command {
+        command: format!("iptables-restore --noflush <<< {batch:?}"),
+        message,
+    };
+    let mut cmd = tokio::process::Command::new("iptables-restore");
+    cmd.args(["-w", "--noflush"]);
+    let out = feed(cmd, batch.as_bytes())
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    if !out.status.success() {
+        return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+    }
+    Ok(())
+}
+
+/// Run `cmd` with `input` on its stdin; its output once it exits.
+async fn feed(
+    mut cmd: tokio::process::Command,
+    input: &[u8],
+) -> std::io::Result<std::process::Output> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input).await?;
+    }
+    child.wait_with_output().await
 }
 
 #[cfg(test)]
@@ -947,6 +1096,25 @@ mod tests {
         ] {
             assert!(bad.parse::<Subnet>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn instances_attached_with_the_plugins_keep_them_for_check_and_del() {
+        let publish = r#"{"spec":{"group":"g","publish":{"container_port":80,"host_port":20001}}}"#;
+        let old: State = serde_json::from_str(publish).unwrap();
+        assert_eq!(old.plugins(), ["bridge", "portmap", "firewall"]);
+        assert_eq!(old.own_publish(), None, "portmap publishes it");
+        let old: State = serde_json::from_str(r#"{"spec":{"group":"g"}}"#).unwrap();
+        assert_eq!(old.plugins(), ["bridge", "firewall"]);
+        let mut new: State = serde_json::from_str(publish).unwrap();
+        new.plugins = Some(CHAIN.iter().map(|p| (*p).to_owned()).collect());
+        let new: State = serde_json::from_slice(&serde_json::to_vec(&new).unwrap()).unwrap();
+        assert_eq!(new.plugins(), ["bridge"]);
+        assert_eq!(
+            new.own_publish().map(|p| p.host_port),
+            Some(20001),
+            "berth's rule publishes it"
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! One instance's life on this node: launch (bundle → FIFOs → `create` →
-//! `start` → log pumps → record), wait for its exit, stop on request
+//! One instance's life on this node: launch (bundle → FIFOs → `run
+//! --detach` → log pumps → record), wait for its exit, stop on request
 //! (SIGTERM, SIGKILL after the delay), restart crashes with backoff, and
 //! adopt a container a previous agent process left running.
 
@@ -156,9 +156,8 @@ pub(crate) async fn launch(
         return Err(AgentError::ShuttingDown);
     };
     let io = ContainerIo { stdout, stderr };
-    let pid = inner.runtime.create(&id, &dir.bundle(), io).await?;
+    let pid = inner.runtime.run(&id, &dir.bundle(), io).await?;
     let pid_start = process::start_time(pid);
-    inner.runtime.start(&id).await?;
     exec_done(pid).await;
     let started = Instant::now();
     let pumps = readers
@@ -184,7 +183,7 @@ pub(crate) async fn launch(
     })
 }
 
-/// `runc start` returns once runc init is released, a moment before it
+/// `runc run --detach` returns once runc init is released, a moment before it
 /// execs the user's program: wait for the exec so "started" means the
 /// program runs (bounded; a process that already exited ends the wait).
 async fn exec_done(pid: u32) {

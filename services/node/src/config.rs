@@ -94,7 +94,9 @@ pub struct NodeArgs {
     #[arg(long, env = "BERTH_NODE_SUBNET", default_value = "10.77.0.0/16")]
     pub node_subnet: String,
 
-    /// Milliseconds between health checks of an instance not passing yet.
+    /// Milliseconds between health checks of a live instance failing them;
+    /// a starting instance is checked at once, then after 5 ms doubling up
+    /// to this.
     #[arg(long, env = "BERTH_NODE_HEALTH_INTERVAL_MS", default_value_t = 1000)]
     pub node_health_interval_ms: u64,
 

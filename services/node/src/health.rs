@@ -11,7 +11,10 @@
 //! failing for `restart_after` is restarted in place by the agent (the
 //! restart is the agent's `server_restarted`), and is then probed as a
 //! starting instance again. Before its first pass an instance is just
-//! probed: the scheduler owns the readiness window.
+//! probed (the scheduler owns the readiness window): at once, then after a
+//! backoff growing to the starting interval, a worker as soon as its grace
+//! period is over — a deploy goes live on the first pass, so this wait is
+//! part of every deploy.
 //!
 //! Each transition's idempotency key counts transitions
 //! (`<instance>:healthy:<n>`), and the count and last state are kept on
@@ -39,7 +42,9 @@ use crate::report::{Placement, Reporter};
 /// Probe timing (`BERTH_NODE_HEALTH_*`; short values in tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthOptions {
-    /// Between probes of an instance not (or no longer) passing.
+    /// Between probes of a live instance failing its checks; the longest
+    /// wait between probes of a starting one (probed at once, then after
+    /// 5 ms doubling up to this).
     pub starting_interval: Duration,
     /// Between probes of a healthy instance.
     pub healthy_interval: Duration,
@@ -272,6 +277,7 @@ impl Probe {
         let mut live = reported.healthy.is_some();
         let mut failing_since: Option<Instant> = None;
         let mut exits = self.health.exits(&self.instance);
+        let mut starting = Backoff::new(opts.starting_interval);
         loop {
             // Its process ended and was started again: the log has it
             // exited, then running; it is probed as a starting instance
@@ -284,15 +290,20 @@ impl Probe {
                 }
                 live = false;
                 failing_since = None;
+                starting = Backoff::new(opts.starting_interval);
             }
-            let interval = if live && failing_since.is_none() {
-                opts.healthy_interval
-            } else {
-                opts.starting_interval
+            let interval = match (live, failing_since) {
+                (true, None) => opts.healthy_interval,
+                (true, Some(_)) => opts.starting_interval,
+                (false, _) => self.starting_wait(&mut starting),
             };
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
+            if !interval.is_zero() {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+            } else if stop.is_cancelled() {
+                return;
             }
             match self.probe().await {
                 Ok(()) => {
@@ -329,6 +340,7 @@ impl Probe {
                                 // Probed as a starting instance again.
                                 live = false;
                                 failing_since = None;
+                                starting = Backoff::new(opts.starting_interval);
                             }
                             Err(e) => {
                                 tracing::warn!(instance.id = %self.instance, error = %e, "restart not possible");
@@ -341,6 +353,19 @@ impl Probe {
                     tracing::trace!(instance.id = %self.instance, reason = %reason, "not healthy yet");
                 }
             }
+        }
+    }
+
+    /// How long to wait before the next probe of an instance that has not
+    /// passed yet: a worker's probe waits until its grace period is over,
+    /// other checks follow the starting backoff (the first one at once).
+    fn starting_wait(&self, starting: &mut Backoff) -> Duration {
+        let opts = self.health.opts;
+        match (&self.check, self.health.up_since(&self.instance)) {
+            (Check::Uptime, Some(t)) if t.elapsed() < opts.worker_grace => {
+                (opts.worker_grace - t.elapsed()).min(opts.starting_interval)
+            }
+            _ => starting.next(),
         }
     }
 
@@ -412,6 +437,36 @@ impl Probe {
     }
 }
 
+/// The waits between probes of a starting instance: none before the first
+/// (the process runs when probing begins, and many programs listen within
+/// milliseconds), then [`FIRST_RETRY`] doubling up to the starting
+/// interval. A deploy goes live on the first passing probe, so an interval
+/// alone would add half of it to every deploy on average; the doubling
+/// keeps a slow starter's probes as rare as before within a few rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Backoff {
+    next: Duration,
+    cap: Duration,
+}
+
+/// The wait after the first failed probe of a starting instance.
+const FIRST_RETRY: Duration = Duration::from_millis(5);
+
+impl Backoff {
+    fn new(cap: Duration) -> Self {
+        Self {
+            next: Duration::ZERO,
+            cap,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let wait = self.next.min(self.cap);
+        self.next = (self.next * 2).clamp(FIRST_RETRY, self.cap.max(FIRST_RETRY));
+        wait
+    }
+}
+
 /// The status code of `GET http://addr/path` (HTTP/1.1, connection closed
 /// after it; only the status line is read).
 async fn http_status(addr: &str, path: &str) -> std::io::Result<u16> {
@@ -471,6 +526,17 @@ mod tests {
         assert_eq!(http_status(&a, "/healthz").await.unwrap(), 503);
         let a = serve_once(b"SSH-2.0-OpenSSH\r\n").await;
         assert!(http_status(&a, "/healthz").await.is_err());
+    }
+
+    #[test]
+    fn starting_probes_come_at_once_then_back_off_to_the_interval() {
+        let mut b = Backoff::new(Duration::from_millis(100));
+        let waits: Vec<u64> = (0..8).map(|_| b.next().as_millis() as u64).collect();
+        assert_eq!(waits, [0, 5, 10, 20, 40, 80, 100, 100]);
+        // An interval shorter than the first retry is kept.
+        let mut b = Backoff::new(Duration::from_millis(2));
+        let waits: Vec<u64> = (0..3).map(|_| b.next().as_millis() as u64).collect();
+        assert_eq!(waits, [0, 2, 2]);
     }
 
     #[test]

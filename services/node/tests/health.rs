@@ -145,6 +145,57 @@ async fn private_services_pass_tcp_and_workers_pass_after_grace() {
     node.stop().await;
 }
 
+/// A starting instance is probed at once and then soon again, not after
+/// the starting interval: with a 5 s interval, a web server that listens
+/// within milliseconds is healthy well within a second of its start, and a
+/// worker right when its 1 s grace period is over.
+#[tokio::test]
+async fn starting_instances_are_probed_at_once_not_after_the_interval() {
+    let w = World::start().await;
+    let mut checks = fast_checks();
+    checks.health.starting_interval = Duration::from_secs(5);
+    let node = start_node(&w, checks).await;
+
+    let (web, web_deploy) = service(&w, ServiceType::WebService, Some("/hello.txt")).await;
+    let h = spec(&w, &web, &web_deploy, &httpd("", "/app"), Some(10000));
+    run(&w, &node.id, &h).await;
+    let (worker, wk_deploy) = service(&w, ServiceType::BackgroundWorker, None).await;
+    let wk = spec(&w, &worker, &wk_deploy, "/bin/sleep 1000", None);
+    run(&w, &node.id, &wk).await;
+
+    let after_start = |events: &[berth_schemas::Envelope],
+                       s: &berth_schemas::commands::NodeRunSpec| {
+        let mine = of(events, &s.instance);
+        assert_eq!(
+            mine.iter().map(|e| e.event.type_name()).collect::<Vec<_>>(),
+            vec!["instance_started", "instance_healthy"]
+        );
+        (mine[1].time - mine[0].time).to_std().unwrap()
+    };
+    let events = w
+        .wait_events(&web, Duration::from_secs(30), |ev| {
+            count_of(ev, &h.instance, "instance_healthy") == 1
+        })
+        .await;
+    let web_after = after_start(&events, &h);
+    let events = w
+        .wait_events(&worker, Duration::from_secs(30), |ev| {
+            count_of(ev, &wk.instance, "instance_healthy") == 1
+        })
+        .await;
+    let worker_after = after_start(&events, &wk);
+    eprintln!("web healthy {web_after:?} after its start, worker {worker_after:?}");
+    assert!(
+        web_after < Duration::from_secs(1),
+        "web: probed at once and soon again, not after 5 s: {web_after:?}"
+    );
+    assert!(
+        worker_after >= Duration::from_millis(900) && worker_after < Duration::from_millis(2500),
+        "worker: healthy when its 1 s grace is over: {worker_after:?}"
+    );
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn failing_live_instance_is_unhealthy_then_restarted_and_healthy_again() {
     let w = World::start().await;

@@ -12,11 +12,20 @@
 //!    the time from the deploy request's append to `deploy_live` as seen on
 //!    the service's subject.
 //! 2. burst: `services` (default 200) services created at once; per-service
-//!    create → live, and the time until all are live.
+//!    create → live, the time until all are live, and the CPU the burst
+//!    cost per service: the whole machine's (from `/proc/stat`, so with
+//!    whatever else runs), this process's (scheduler, nodes, resolver),
+//!    its exited children's (runc, the CNI plugins, iptables-restore,
+//!    `ip`), nats-server's and the registry's, and the containers' own
+//!    cgroups (runc's init before it execs, tini, the program). With
+//!    `BENCH_PERF=1`, `perf record -a` samples the burst and the CPU per
+//!    service is broken down by command name.
 //!
-//! Health is the node's own: the web service's busybox httpd answers its
-//! health check path (probed every 100 ms while starting), workers count
-//! after 300 ms up (the tests' probe timing, see `berth_tests::scheduler::health_options`).
+//! Each node has a /21 of its own (room for 2,045 instances). Health is the
+//! node's own: the web service's busybox httpd answers its health check
+//! path (a starting instance is probed at once, then after 5 ms doubling up
+//! to 100 ms), workers count after 300 ms up (the tests' probe timing, see
+//! `berth_tests::scheduler::health_options`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -65,8 +74,13 @@ async fn live_feed(w: &World) -> mpsc::UnboundedReceiver<(DeployId, Instant)> {
                 continue;
             };
             for e in c.events {
-                if let Event::DeployLive(l) = e.event {
-                    let _ = tx.send((l.deploy, Instant::now()));
+                match e.event {
+                    Event::DeployLive(l) => {
+                        let _ = tx.send((l.deploy, Instant::now()));
+                    }
+                    // A failure ends the bench with its reason, not a wait.
+                    Event::DeployFailed(f) => panic!("deploy failed: {f:?}"),
+                    _ => {}
                 }
             }
         }
@@ -179,7 +193,10 @@ async fn main() {
         o.cpu_millis = 1_000_000;
         o.memory_mib = 1_000_000;
         o.concurrency = 16;
-        nodes.push(w.start_node_with(o).await);
+        // A burst of a thousand starts queues for minutes on two cores:
+        // waiting work items must not be redelivered meanwhile.
+        o.ack_wait = Duration::from_secs(300);
+        nodes.push(w.start_wide_node_with(o).await);
     }
     let scheduler = SchedulerThread::start(&w);
     let mut feed = live_feed(&w).await;
@@ -218,6 +235,8 @@ async fn main() {
 
     // 2. a burst of services at once.
     let cpu0 = scheduler.cpu();
+    let usage0 = Usage::now();
+    let perf = std::env::var_os("BENCH_PERF").map(|_| Perf::start(&w.dir.path().join("perf.data")));
     let t0 = Instant::now();
     let created: Vec<(ServiceId, DeployId, Instant)> = futures::stream::iter(0..services)
         .map(|_| async {
@@ -234,6 +253,8 @@ async fn main() {
         each.push(live - *t);
     }
     let all = t0.elapsed();
+    let usage = Usage::now().since(&usage0);
+    let by_command = perf.map(Perf::stop);
     let cpu = scheduler.cpu().saturating_sub(cpu0);
     report(&format!("create→live ({services} services at once)"), each);
     println!("all {services} live after {all:?}");
@@ -241,8 +262,42 @@ async fn main() {
         "scheduler CPU during the burst: {cpu:?} ({:.0} % of one core over {all:?})",
         100.0 * cpu.as_secs_f64() / all.as_secs_f64()
     );
-    let running: usize = nodes.iter().map(|n| n.containers().len()).sum();
-    println!("containers running: {running}");
+    let running: Vec<String> = nodes.iter().flat_map(|n| n.containers()).collect();
+    println!("containers running: {}", running.len());
+    let per = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3 / services as f64);
+    // Every container running is the burst's but the web service's one.
+    let containers: Duration = running.iter().filter_map(|c| container_cpu(c)).sum();
+    println!(
+        "CPU per service of the burst (load average {}):",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+    println!(
+        "  whole machine {} ({:.2} of {} cores busy; other work on the machine included)",
+        per(usage.machine),
+        usage.machine.as_secs_f64() / all.as_secs_f64(),
+        usage.cores
+    );
+    println!(
+        "  this process {} (of which the scheduler {}); its exited children {}; nats-server {}; registry {}; the containers' cgroups {}",
+        per(usage.own),
+        per(cpu),
+        per(usage.children),
+        per(usage.nats),
+        per(usage.registry),
+        per(containers)
+    );
+    println!(
+        "  all of the bench's own {}",
+        per(usage.own + usage.children + usage.nats + usage.registry + containers)
+    );
+    if let Some(by_command) = by_command {
+        println!("  by command (perf, all CPUs):");
+        for (comm, d) in by_command.iter().take(25) {
+            println!("    {:>9} {comm}", per(*d));
+        }
+    }
     let mut total = 0;
     for (s, _, _) in &created {
         total += w
@@ -254,6 +309,174 @@ async fn main() {
             .len();
     }
     println!("events in the burst's services: {total}");
+}
+
+/// CPU time of a container's cgroup (`/berth/<id>`, as the node's bundles
+/// set it), cgroup v2 or v1.
+fn container_cpu(id: &str) -> Option<Duration> {
+    let v2 = format!("/sys/fs/cgroup/berth/{id}/cpu.stat");
+    if let Ok(s) = std::fs::read_to_string(&v2) {
+        let us: u64 = s
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))?
+            .trim()
+            .parse()
+            .ok()?;
+        return Some(Duration::from_micros(us));
+    }
+    ["cpu,cpuacct", "cpuacct,cpu", "cpuacct"]
+        .iter()
+        .find_map(|h| {
+            std::fs::read_to_string(format!("/sys/fs/cgroup/{h}/berth/{id}/cpuacct.usage")).ok()
+        })
+        .and_then(|s| s.trim().parse().ok())
+        .map(Duration::from_nanos)
+}
+
+/// CPU time so far: the machine's, this process's, its exited children's
+/// and its live children's (nats-server, registry).
+struct Usage {
+    machine: Duration,
+    cores: usize,
+    own: Duration,
+    children: Duration,
+    nats: Duration,
+    registry: Duration,
+}
+
+impl Usage {
+    fn now() -> Usage {
+        let hz = 100.0; // USER_HZ on Linux
+        let ticks = |t: u64| Duration::from_secs_f64(t as f64 / hz);
+        let stat = std::fs::read_to_string("/proc/stat").unwrap();
+        let cpu: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().unwrap())
+            .collect();
+        // user nice system (idle iowait) irq softirq steal
+        let busy = cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6] + cpu[7];
+        let cores = stat
+            .lines()
+            .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+            .count();
+        let me = proc_stat("self").unwrap();
+        let (mut nats, mut registry) = (0, 0);
+        let pid = std::process::id().to_string();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(s) = name.parse::<u32>().ok().and_then(|_| proc_stat(&name)) else {
+                continue;
+            };
+            if s.ppid == pid {
+                match s.comm.as_str() {
+                    "nats-server" => nats += s.utime + s.stime,
+                    "docker-registry" | "registry" => registry += s.utime + s.stime,
+                    _ => {}
+                }
+            }
+        }
+        Usage {
+            machine: ticks(busy),
+            cores,
+            own: ticks(me.utime + me.stime),
+            children: ticks(me.cutime + me.cstime),
+            nats: ticks(nats),
+            registry: ticks(registry),
+        }
+    }
+
+    fn since(&self, before: &Usage) -> Usage {
+        Usage {
+            machine: self.machine.saturating_sub(before.machine),
+            cores: self.cores,
+            own: self.own.saturating_sub(before.own),
+            children: self.children.saturating_sub(before.children),
+            nats: self.nats.saturating_sub(before.nats),
+            registry: self.registry.saturating_sub(before.registry),
+        }
+    }
+}
+
+struct ProcStat {
+    comm: String,
+    ppid: String,
+    utime: u64,
+    stime: u64,
+    cutime: u64,
+    cstime: u64,
+}
+
+/// Fields of `/proc/<pid>/stat`.
+fn proc_stat(pid: &str) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_owned();
+    // After the command: state (3), ppid (4), … utime (14), stime (15),
+    // cutime (16), cstime (17).
+    let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let n = |i: usize| f.get(i - 3).and_then(|v| v.parse().ok());
+    Some(ProcStat {
+        comm,
+        ppid: f.get(1)?.to_string(),
+        utime: n(14)?,
+        stime: n(15)?,
+        cutime: n(16)?,
+        cstime: n(17)?,
+    })
+}
+
+/// `perf record -a` of the CPU clock at 1 kHz (a sample is a millisecond
+/// of one CPU) while the burst runs.
+struct Perf {
+    child: std::process::Child,
+    data: std::path::PathBuf,
+}
+
+impl Perf {
+    fn start(data: &std::path::Path) -> Perf {
+        let data = data.to_owned();
+        let child = std::process::Command::new("perf")
+            .args(["record", "-a", "-e", "cpu-clock", "-F", "1000", "-q", "-o"])
+            .arg(&data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("perf on PATH");
+        // perf needs a moment before it samples.
+        std::thread::sleep(Duration::from_millis(500));
+        Perf { child, data }
+    }
+
+    /// CPU time by command name, most first.
+    fn stop(mut self) -> Vec<(String, Duration)> {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let out = std::process::Command::new("perf")
+            .args(["report", "--sort", "comm", "-n", "--stdio", "-i"])
+            .arg(&self.data)
+            .output()
+            .expect("perf report");
+        let mut v: Vec<(String, Duration)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                let _pct = w.next()?;
+                let samples: u64 = w.next()?.parse().ok()?;
+                let comm = w.collect::<Vec<_>>().join(" ");
+                Some((comm, Duration::from_millis(samples)))
+            })
+            .collect();
+        v.sort_by_key(|e| std::cmp::Reverse(e.1));
+        v
+    }
 }
 
 /// The scheduler on a thread of its own (a current-thread runtime with its
@@ -289,11 +512,13 @@ impl SchedulerThread {
                 .await
                 .unwrap();
                 let ready = berth_runtime::ReadyFlag::default();
-                let s = berth_scheduler::Scheduler::new(
-                    store,
-                    key,
-                    berth_tests::scheduler::scheduler_options(),
-                );
+                // Deploys of a large burst wait for the node longer than
+                // the tests' 60 s readiness window.
+                let opts = berth_scheduler::SchedulerOptions {
+                    readiness_window: Duration::from_secs(900),
+                    ..berth_tests::scheduler::scheduler_options()
+                };
+                let s = berth_scheduler::Scheduler::new(store, key, opts);
                 let run = s.run(token, Some(ready.clone()));
                 tokio::pin!(run);
                 let mut sent = false;
