@@ -64,7 +64,8 @@ pub fn record_paths() -> Vec<PathBuf> {
 #[derive(Debug)]
 pub enum Lookup {
     Found(PathBuf, Record),
-    Unusable(PathBuf, String),
+    /// Records found but none usable: each with why.
+    Unusable(Vec<(PathBuf, String)>),
     None,
 }
 
@@ -82,22 +83,26 @@ fn running(pid: u32) -> bool {
 /// The first record among [`record_paths`] whose `berth up` still runs
 /// (a killed one leaves its record behind: that one is passed over).
 pub fn find_record() -> Lookup {
-    let mut unusable = Lookup::None;
+    let mut unusable = Vec::new();
     for path in record_paths() {
         match std::fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<Record>(&bytes) {
                 Ok(r) if running(r.pid) => return Lookup::Found(path, r),
                 Ok(r) => {
                     let why = format!("left by `berth up` pid {}, which is not running", r.pid);
-                    unusable = Lookup::Unusable(path, why);
+                    unusable.push((path, why));
                 }
-                Err(e) => unusable = Lookup::Unusable(path, format!("not a berth record ({e})")),
+                Err(e) => unusable.push((path, format!("not a berth record ({e})"))),
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => unusable = Lookup::Unusable(path, e.to_string()),
+            Err(e) => unusable.push((path, e.to_string())),
         }
     }
-    unusable
+    if unusable.is_empty() {
+        Lookup::None
+    } else {
+        Lookup::Unusable(unusable)
+    }
 }
 
 /// The record `berth up` keeps while it runs; removed when dropped (if it

@@ -192,8 +192,14 @@ fn locate(opts: &ClientOpts) -> Located {
             found.looked = looked;
             found
         }
-        Lookup::Unusable(path, why) => {
-            looked.push(format!("{} ({why})", path.display()));
+        Lookup::Unusable(found) => {
+            // Every place looked, each unusable record with why.
+            looked.extend(crate::installation::record_paths().into_iter().map(|p| {
+                match found.iter().find(|(at, _)| *at == p) {
+                    Some((_, why)) => format!("{} ({why})", p.display()),
+                    None => p.display().to_string(),
+                }
+            }));
             Located {
                 looked,
                 ..Located::default()

@@ -207,6 +207,9 @@ impl World {
         c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("BERTH_DATA_DIR", &self.data)
+            // The API records itself here, where no other test and no real
+            // installation looks (not /run/berth).
+            .env("XDG_RUNTIME_DIR", self.data.with_file_name("run"))
             .env("BERTH_NATS_URL", &self.nats_urls)
             .env("BERTH_REPLICAS", self.replicas.to_string())
             .env("BERTH_SUBJECT_PREFIX", self.subjects.prefix())
