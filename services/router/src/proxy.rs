@@ -386,34 +386,24 @@ fn new_request_id() -> HeaderValue {
     use std::sync::OnceLock;
     static START: OnceLock<u64> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let start = *START.get_or_init(|| {
-        let mut bytes = [0u8; 8];
-        // Distinct per process and start; uniqueness, not secrecy, is the point.
-        if getrandom_fill(&mut bytes).is_err() {
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
-            bytes = (t ^ u64::from(std::process::id())).to_le_bytes();
-        }
-        u64::from_le_bytes(bytes)
-    });
+    let start = *START.get_or_init(rand::random);
     let id = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
     HeaderValue::from_str(&format!("{id:016x}")).unwrap_or(HeaderValue::from_static("0"))
 }
 
-fn getrandom_fill(bytes: &mut [u8]) -> std::io::Result<()> {
-    use std::io::Read as _;
-    std::fs::File::open("/dev/urandom")?.read_exact(bytes)
+/// The tokens of the `Connection` header(s), trimmed.
+fn connection_tokens(h: &HeaderMap) -> impl Iterator<Item = &str> {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
 }
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     // Headers the Connection header names are hop-by-hop too.
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+    let named: Vec<HeaderName> = connection_tokens(h)
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
     for n in HOP_BY_HOP.iter().chain(named.iter()) {
         h.remove(n);
@@ -425,13 +415,10 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// The protocol a request asks to upgrade to (`Upgrade`, when its
 /// `Connection` names `upgrade`).
 fn upgrade_asked(h: &HeaderMap) -> Option<HeaderValue> {
-    let asks = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| h.get(header::UPGRADE).cloned()).flatten()
+    connection_tokens(h)
+        .any(|t| t.eq_ignore_ascii_case("upgrade"))
+        .then(|| h.get(header::UPGRADE).cloned())
+        .flatten()
 }
 
 /// The instance's `101`, passed on with the protocol it switched to.
