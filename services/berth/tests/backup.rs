@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use berth_tests::free_port;
 
-use crate::cli_support::{busybox_image, eventually, runc_root, start_up, Cleanup, Cli, Setup};
+use crate::cli_support::{eventually, runc_root, start_up, Cleanup, Cli, Setup};
 
 const LOOP: &str = "sh -c 'trap \"exit 0\" TERM; while true; do echo up; sleep 1; done'";
 
@@ -36,11 +36,7 @@ fn copy_installation(from: &Path, to: &Path) {
 async fn a_backup_restored_into_a_fresh_data_dir_serves_the_same_services() {
     let mut setup = Setup::start().await;
     let cli = setup.cli.clone();
-    let reg = &setup.registry;
-    reg.push_image("app/kept", "v1", &busybox_image("v1"))
-        .await
-        .unwrap();
-    let image = format!("{}/app/kept:v1", reg.host);
+    let image = setup.push("app/kept", "v1").await;
     let created = cli
         .run(&[
             "service",

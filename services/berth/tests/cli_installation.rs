@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::process::Command;
 
-use crate::cli_support::{busybox_image, eventually, runtime_dir, Out, Setup, BERTH};
+use crate::cli_support::{eventually, runtime_dir, Out, Setup, BERTH};
 
 const LOOP: &str = "sh -c 'trap \"exit 0\" TERM; while true; do echo up; sleep 1; done'";
 
@@ -55,11 +55,7 @@ async fn bare(args: &[&str], env: &[(&str, &Path)], cwd: &Path, as_nobody: bool)
 async fn cli_lists_nodes_and_cron_runs_sets_every_setting_and_finds_the_installation() {
     let mut setup = Setup::start().await;
     let cli = setup.cli.clone();
-    let reg = &setup.registry;
-    reg.push_image("app/w", "v1", &busybox_image("v1"))
-        .await
-        .unwrap();
-    let image = format!("{}/app/w:v1", reg.host);
+    let image = setup.push("app/w", "v1").await;
 
     // The node berth up runs, alive and heard.
     eventually("the node heard", Duration::from_secs(30), || async {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::cli_support::{busybox_image, eventually, Setup};
+use crate::cli_support::{eventually, Setup};
 
 const LOOP: &str = "sh -c 'trap \"exit 0\" TERM; while true; do echo up; sleep 1; done'";
 
@@ -15,16 +15,9 @@ const LOOP: &str = "sh -c 'trap \"exit 0\" TERM; while true; do echo up; sleep 1
 async fn cli_changes_a_running_service() {
     let mut setup = Setup::start().await;
     let cli = setup.cli.clone();
-    let reg = &setup.registry;
-    reg.push_image("app/w", "v1", &busybox_image("v1"))
-        .await
-        .unwrap();
-    reg.push_image("app/w", "v2", &busybox_image("v2"))
-        .await
-        .unwrap();
     let (v1, v2) = (
-        format!("{}/app/w:v1", reg.host),
-        format!("{}/app/w:v2", reg.host),
+        setup.push("app/w", "v1").await,
+        setup.push("app/w", "v2").await,
     );
     let tmp = tempfile::tempdir().unwrap();
 

@@ -261,6 +261,16 @@ pub(crate) struct Setup {
 }
 
 impl Setup {
+    /// Pushes the busybox test image marked `tag` as `repo:tag` to the
+    /// test's registry; the reference to deploy it by.
+    pub(crate) async fn push(&self, repo: &str, tag: &str) -> String {
+        self.registry
+            .push_image(repo, tag, &busybox_image(tag))
+            .await
+            .unwrap();
+        format!("{}/{repo}:{tag}", self.registry.host)
+    }
+
     /// `berth up` as a new user runs it: it starts its own nats-server
     /// (the modern one on PATH) with users and permissions; anonymous
     /// registry.

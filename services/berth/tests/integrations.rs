@@ -8,7 +8,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use crate::cli_support::{busybox_image, eventually, Setup};
+use crate::cli_support::{eventually, Setup};
 
 const SLEEP: &str = "sh -c 'trap \"exit 0\" TERM; while true; do sleep 1; done'";
 
@@ -100,11 +100,7 @@ async fn an_integration_acts_for_its_owner_only_until_revoked() {
         "an anonymous client connected to the nats-server berth up started"
     );
 
-    let reg = &setup.registry;
-    reg.push_image("app/i", "v1", &busybox_image("v1"))
-        .await
-        .unwrap();
-    let image = format!("{}/app/i:v1", reg.host);
+    let image = setup.push("app/i", "v1").await;
     let created = cli
         .run(&[
             "service",
