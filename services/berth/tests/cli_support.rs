@@ -352,6 +352,20 @@ pub(crate) async fn events_of(
 }
 
 /// Polls `check` every 50 ms until it holds or `within` passes.
+/// The id of the node keeping its state under `data`, once it wrote it.
+pub(crate) async fn node_id(data: &Path) -> berth_schemas::ids::NodeId {
+    let id_file = data.join("node/node-id");
+    wait_for("node id file", Duration::from_secs(30), async || {
+        id_file.exists()
+    })
+    .await;
+    std::fs::read_to_string(&id_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 pub(crate) async fn wait_for(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !check().await {

@@ -24,8 +24,8 @@ use nix::unistd::Pid;
 use tokio::process::Child;
 
 use crate::cli_support::{
-    berth, busybox_image, events_of, require_root_and_runc, runc_list, runc_root, spawn_server,
-    wait_for, Cleanup,
+    berth, busybox_image, events_of, node_id, require_root_and_runc, runc_list, runc_root,
+    spawn_server, wait_for, Cleanup,
 };
 
 fn spawn_node(data: &Path, nats_url: &str, prefix: &str) -> Child {
@@ -113,16 +113,7 @@ impl OneInstance {
         };
 
         let berth = spawn_node(&data, &nats.url(), &prefix);
-        let id_file = data.join("node/node-id");
-        wait_for("node id file", Duration::from_secs(30), async || {
-            id_file.exists()
-        })
-        .await;
-        let node: NodeId = std::fs::read_to_string(&id_file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let node: NodeId = node_id(&data).await;
         wait_for("node registered", Duration::from_secs(30), async || {
             count(
                 &events_of(&store, AggregateId::Node(node.clone())).await,

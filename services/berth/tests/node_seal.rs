@@ -29,8 +29,8 @@ use futures::StreamExt;
 use tokio::process::Child;
 
 use crate::cli_support::{
-    berth, busybox_image, events_of, require_root_and_runc, runc_root, spawn_server, wait_for,
-    Cleanup,
+    berth, busybox_image, events_of, node_id, require_root_and_runc, runc_root, spawn_server,
+    wait_for, Cleanup,
 };
 
 const USER: &str = "puller";
@@ -146,16 +146,7 @@ async fn a_node_without_the_installation_key_runs_private_images_with_sealed_env
     let pid = cleanup.child.as_ref().and_then(Child::id).unwrap();
 
     // The node registers its public key.
-    let id_file = data.join("node/node-id");
-    wait_for("node id file", Duration::from_secs(30), async || {
-        id_file.exists()
-    })
-    .await;
-    let node: NodeId = std::fs::read_to_string(&id_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let node: NodeId = node_id(&data).await;
     let mut registered = None;
     wait_for("node registered", Duration::from_secs(30), async || {
         let events = events_of(&store, AggregateId::Node(node.clone())).await;
