@@ -24,11 +24,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use berth_schemas::ids::ServiceId;
-use berth_schemas::model::ServiceType;
 use http::StatusCode;
 
 use berth_tests::scheduler::{RunningNode, World};
-use support::{spawn_router, HttpClient};
+use support::{live_web_service, spawn_router, HttpClient};
 
 /// Serves `/version` (`v1` or `v2`, from the image's `V`) on port 10000,
 /// fixed, as most images do.
@@ -52,20 +51,7 @@ async fn main() {
     let _scheduler = w.start_scheduler().await;
     let (_routes, router, stop_router, _task) = spawn_router(&w.store).await.unwrap();
     let _stop_router = stop_router.drop_guard();
-    let (svc, d1) = w
-        .create(ServiceType::WebService, |c| {
-            c.num_instances = Some(2);
-            c.docker_command = Some(HTTPD.into());
-        })
-        .await;
-    let host = format!("{}.localhost", w.state(&svc).await.config.unwrap().name);
-    w.wait_live(&svc, &d1).await;
-    let probe = HttpClient::new(router);
-    let t0 = Instant::now();
-    while !matches!(probe.get(&host, "/version").await, Ok((StatusCode::OK, _))) {
-        assert!(t0.elapsed() < Duration::from_secs(20), "never routed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (svc, host, _) = live_web_service(&w, router, 2, HTTPD).await;
 
     // Load: `clients` clients, one request at a time each, 5 ms apart.
     let stop = Arc::new(AtomicBool::new(false));

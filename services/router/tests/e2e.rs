@@ -8,17 +8,15 @@
 //! and the load never notices; through a restart (every instance replaced)
 //! no failed request either.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_domain::service::Command;
 use berth_schemas::ids::ServiceId;
-use berth_schemas::model::ServiceType;
 use berth_schemas::Event;
-use http::StatusCode;
 use tokio_util::sync::DropGuard;
 
 use crate::load::{assert_switched_once, Load};
-use crate::support::{spawn_router, HttpClient};
+use crate::support::{live_web_service, spawn_router};
 use berth_tests::scheduler::{types, RunningNode, World};
 
 /// Serves `/version` (`v1` or `v2`, from the image's `V`) and the health
@@ -54,29 +52,8 @@ impl Live {
         }
         let scheduler = w.start_scheduler().await;
         let (_routes, router, stop_router, _task) = spawn_router(&w.store).await.unwrap();
-        let (svc, d1) = w
-            .create(ServiceType::WebService, |c| {
-                c.num_instances = Some(2);
-                c.docker_command = Some(HTTPD.into());
-            })
-            .await;
-        let host = format!("{}.localhost", w.state(&svc).await.config.unwrap().name);
-        w.wait_live(&svc, &d1).await;
-
-        // The router follows the log: wait until it answers from v1.
-        let http = HttpClient::new(router);
-        let t0 = Instant::now();
-        loop {
-            if let Ok((StatusCode::OK, body)) = http.get(&host, "/version").await {
-                assert_eq!(body.trim(), "v1");
-                break;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "router never served v1"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let (svc, host, first) = live_web_service(&w, router, 2, HTTPD).await;
+        assert_eq!(first.trim(), "v1");
         let old = instance_ids(&w, &svc).await;
         Live {
             w,

@@ -517,3 +517,38 @@ impl Svc {
         format!("{}.localhost", self.name)
     }
 }
+
+/// On the real scheduler's `w`: a web service of `instances` instances
+/// running `command`, once its first deploy is live and the router at
+/// `router` answers `/version` for it. Its id, `Host` and that answer.
+pub async fn live_web_service(
+    w: &berth_tests::scheduler::World,
+    router: SocketAddr,
+    instances: u32,
+    command: &str,
+) -> (ServiceId, String, String) {
+    let (svc, first) = w
+        .create(ServiceType::WebService, |c| {
+            c.num_instances = Some(instances);
+            c.docker_command = Some(command.into());
+        })
+        .await;
+    let host = format!(
+        "{}.localhost",
+        w.state(&svc).await.config.expect("created").name
+    );
+    w.wait_live(&svc, &first).await;
+    // The router follows the log: wait until it answers.
+    let http = HttpClient::new(router);
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Ok((StatusCode::OK, body)) = http.get(&host, "/version").await {
+            return (svc, host, body);
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the router never served {host}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
