@@ -11,7 +11,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::events::Event;
 use crate::ids::{
-    ApiKeyId, CredentialId, DeliveryId, DeployId, EventId, IdError, NodeId, OwnerId, ServiceId,
+    ApiKeyId, CredentialId, DeliveryId, DeployId, DomainId, EventId, IdError, NodeId, OwnerId,
+    ServiceId,
 };
 
 /// The aggregate an event belongs to; each has its own subject in the log.
@@ -27,6 +28,8 @@ pub enum AggregateId {
     Node(NodeId),
     /// One notification delivery.
     Delivery(DeliveryId),
+    /// The claim on one custom domain name (unique across owners).
+    Domain(DomainId),
 }
 
 impl AggregateId {
@@ -38,6 +41,7 @@ impl AggregateId {
             AggregateId::Credential(_) => "credential",
             AggregateId::Node(_) => "node",
             AggregateId::Delivery(_) => "delivery",
+            AggregateId::Domain(_) => "domain",
         }
     }
 
@@ -49,6 +53,7 @@ impl AggregateId {
             AggregateId::Credential(i) => i.as_str(),
             AggregateId::Node(i) => i.as_str(),
             AggregateId::Delivery(i) => i.as_str(),
+            AggregateId::Domain(i) => i.as_str(),
         }
     }
 }
@@ -62,6 +67,7 @@ impl FromStr for AggregateId {
             Some("rgc-") => Ok(AggregateId::Credential(s.parse()?)),
             Some("nod-") => Ok(AggregateId::Node(s.parse()?)),
             Some("ntf-") => Ok(AggregateId::Delivery(s.parse()?)),
+            Some("dom-") => Ok(AggregateId::Domain(s.parse()?)),
             _ => Ok(AggregateId::Owner(s.parse()?)),
         }
     }
@@ -100,7 +106,7 @@ impl JsonSchema for AggregateId {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "type": "string",
-            "pattern": "^(usr|tea|srv|rgc|nod|ntf)-[a-z2-7]{20}$"
+            "pattern": "^(usr|tea|srv|rgc|nod|ntf|dom)-[a-z2-7]{20}$"
         })
     }
 }

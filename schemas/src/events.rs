@@ -7,12 +7,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{
-    ApiKeyId, CredentialId, CronRunId, DeployId, InstanceId, IntegrationId, NodeId, OwnerId,
-    ServiceId,
+    ApiKeyId, CredentialId, CronRunId, CustomDomainId, DeployId, InstanceId, IntegrationId, NodeId,
+    OwnerId, ServiceId,
 };
 use crate::model::{
-    DeployStatus, DeployTrigger, EnvVars, NotifySetting, OverlapPolicy, Plan, PullFailureReason,
-    RegistryKind, ResolvedImage, Sealed, ServiceType,
+    CertificateFailure, DeployStatus, DeployTrigger, EnvVars, NotifySetting, OverlapPolicy, Plan,
+    PullFailureReason, RegistryKind, ResolvedImage, Sealed, ServiceType,
 };
 
 /// Declares the event structs, the `Event` enum and the table of types and
@@ -317,6 +317,51 @@ events! {
     }
     /// A restart of all instances was requested.
     RestartRequested = "restart_requested" v 1 {}
+
+    // ---- custom domains: the claim on the domain's own subject, the
+    // ---- attachment and its certificate on the service's ----
+
+    /// A custom domain name was taken for a service (on the domain's
+    /// subject, `…evt.domain.dom-…`: a name belongs to one service of one
+    /// owner across the installation).
+    DomainClaimed = "domain_claimed" v 1 {
+        /// The normalised name.
+        pub name: String,
+        pub owner: OwnerId,
+        pub service: ServiceId,
+    }
+    /// A custom domain name was given back (removed from its service, or
+    /// the service deleted).
+    DomainReleased = "domain_released" v 1 {
+        pub name: String,
+        pub service: ServiceId,
+    }
+    /// A claimed custom domain was attached to the (web) service: the
+    /// router serves the service at it from now on.
+    CustomDomainAdded = "custom_domain_added" v 1 {
+        pub domain: CustomDomainId,
+        /// The normalised name.
+        pub name: String,
+    }
+    /// A custom domain was detached from the service: no longer routed.
+    CustomDomainRemoved = "custom_domain_removed" v 1 {
+        pub domain: CustomDomainId,
+        pub name: String,
+    }
+    /// A certificate for one of the service's custom domains was issued
+    /// (or renewed) over ACME; the domain counts as verified from then on.
+    CertificateIssued = "certificate_issued" v 1 {
+        pub domain: String,
+        pub not_after: DateTime<Utc>,
+    }
+    /// Obtaining a certificate for one of the service's custom domains
+    /// failed; the issuer tries again in `retry_in_secs`.
+    CertificateFailed = "certificate_failed" v 1 {
+        pub domain: String,
+        pub reason: CertificateFailure,
+        pub attempt: u32,
+        pub retry_in_secs: u64,
+    }
 
     // ---- deploys (on the service's subject: one deploy at a time is a rule of the service) ----
 

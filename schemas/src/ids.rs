@@ -177,6 +177,34 @@ id_type!(
     /// An integration: NATS credentials bound to one owner, for programs
     /// that send bus commands and read that owner's service events.
     IntegrationId, "itg");
+id_type!(
+    /// A custom domain attached to a web service (Render's `cdm-…`): one
+    /// attachment, a fresh id each time a name is added.
+    CustomDomainId, "cdm");
+id_type!(
+    /// The claim on one custom domain name across the installation: derived
+    /// from the normalised name ([`DomainId::of_name`]), so every process
+    /// finds the same aggregate for the same name (a name itself cannot be
+    /// a subject token: it has dots).
+    DomainId, "dom");
+
+impl DomainId {
+    /// The claim id of `name` (already normalised: lowercase, no trailing
+    /// dot): the first 100 bits of its SHA-256 in base32. Two names share
+    /// an id only on a SHA-256 collision of that prefix.
+    pub fn of_name(name: &str) -> Self {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(name.as_bytes());
+        let mut bits: u128 = 0;
+        for b in &digest[..16] {
+            bits = (bits << 8) | u128::from(*b);
+        }
+        let body: String = (0..ID_RANDOM_LEN)
+            .map(|i| ALPHABET[((bits >> (123 - 5 * i)) & 31) as usize] as char)
+            .collect();
+        Self(format!("dom-{body}"))
+    }
+}
 
 /// An owner of services and credentials: a user or a team.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
@@ -266,6 +294,14 @@ mod tests {
             .to_string()
             .parse::<OwnerId>()
             .is_err());
+    }
+
+    #[test]
+    fn domain_ids_derive_from_the_name() {
+        let a = DomainId::of_name("www.example.com");
+        assert_eq!(a, DomainId::of_name("www.example.com"));
+        assert_ne!(a, DomainId::of_name("example.com"));
+        assert_eq!(a.as_str().parse::<DomainId>(), Ok(a.clone()));
     }
 
     #[test]

@@ -21,6 +21,34 @@ pub enum ServiceType {
     CronJob,
 }
 
+/// Why a custom domain's certificate could not be obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CertificateFailure {
+    /// The ACME server could not validate the challenge: the name does not
+    /// point at this installation (DNS), or the challenge did not reach
+    /// the router.
+    ChallengeFailed,
+    /// The ACME server refused for now (rate limit).
+    RateLimited,
+    /// The ACME server was unreachable or answered with an error.
+    AcmeUnavailable,
+    /// The ACME server refused the name for good (policy, CAA records).
+    Refused,
+}
+
+impl CertificateFailure {
+    /// The value as the API and events spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertificateFailure::ChallengeFailed => "challenge_failed",
+            CertificateFailure::RateLimited => "rate_limited",
+            CertificateFailure::AcmeUnavailable => "acme_unavailable",
+            CertificateFailure::Refused => "refused",
+        }
+    }
+}
+
 /// Deploy statuses, Render's values (SPEC §6, §14).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

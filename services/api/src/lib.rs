@@ -204,12 +204,29 @@ impl ApiArgs {
 
     /// The application layer's options.
     pub fn ingress_options(&self) -> IngressOptions {
+        let defaults = IngressOptions::default();
         IngressOptions {
             check_timeout: Duration::from_secs(self.api_check_timeout_secs),
             repair_grace: Duration::from_secs(self.api_repair_grace_secs),
-            ..IngressOptions::default()
+            base_domain: self
+                .api_services_url
+                .as_deref()
+                .and_then(url_host)
+                .unwrap_or(defaults.base_domain.clone()),
+            ..defaults
         }
     }
+}
+
+/// The host of an `http(s)://host[:port][/…]` URL, in lower case.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next()?;
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
 }
 
 /// Every route of the API: the table in [`openapi`], which the OpenAPI

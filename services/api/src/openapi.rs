@@ -30,7 +30,8 @@ use crate::error::ApiError;
 use crate::hooks;
 use crate::query::Listing;
 use crate::routes::{
-    cron, deploys, env_vars, events, logs, metrics, nodes, notifications, owner, services,
+    cron, custom_domains, deploys, env_vars, events, logs, metrics, nodes, notifications, owner,
+    services,
 };
 
 /// One route of the API.
@@ -323,6 +324,17 @@ routes! {
         "Add or update an env var", 200;
     delete "/v1/services/{serviceId}/env-vars/{envVarKey}" => env_vars::delete,
         "Delete an env var", 204;
+    get "/v1/services/{serviceId}/custom-domains" => custom_domains::list,
+        "List custom domains (query: name, domainType, verificationStatus, createdBefore, \
+         createdAfter, cursor, limit)", 200;
+    post "/v1/services/{serviceId}/custom-domains" => custom_domains::create,
+        "Add a custom domain to a web service (no www/apex pair is created)", 201;
+    get "/v1/services/{serviceId}/custom-domains/{customDomainIdOrName}" => custom_domains::get,
+        "Retrieve a custom domain", 200;
+    delete "/v1/services/{serviceId}/custom-domains/{customDomainIdOrName}" => custom_domains::delete,
+        "Remove a custom domain (stops routing it; the name is released)", 204;
+    post "/v1/services/{serviceId}/custom-domains/{customDomainIdOrName}/verify" => custom_domains::verify,
+        "Ask for verification (verified once a certificate was issued for it)", 202;
     post "/v1/services/{serviceId}/scale" => services::scale,
         "Scale a service", 202;
     post "/v1/services/{serviceId}/restart" => services::restart,

@@ -32,6 +32,7 @@ fn example_path(template: &str) -> String {
                 Some("ownerId") => OwnerId::User(UserId::generate()).to_string(),
                 Some("eventId") => "evt-aaaaaaaaaaaaaaaaaaaa".to_owned(),
                 Some("envVarKey") => "SOME_KEY".to_owned(),
+                Some("customDomainIdOrName") => "www.example.test".to_owned(),
                 Some(other) => panic!("{template}: no example for {{{other}}}"),
             },
         )

@@ -94,6 +94,9 @@ fn body_for(r: &Route, dep: &str) -> Option<Value> {
             Some(json!([{"key": "A", "value": "b"}]))
         }
         ("put", "/v1/services/{serviceId}/env-vars/{envVarKey}") => Some(json!({"value": "b"})),
+        ("post", "/v1/services/{serviceId}/custom-domains") => {
+            Some(json!({"name": "bob.example.test"}))
+        }
         ("patch", "/v1/notification-settings/overrides/services/{serviceId}") => {
             Some(json!({"notifyOnFail": "all"}))
         }
@@ -242,6 +245,7 @@ async fn one_owner_never_sees_another_owners_resources() {
                     Some("eventId") => &event,
                     // Whether Alice's service has it or not, it is not Bob's.
                     Some("envVarKey") => "MINE_KEY",
+                    Some("customDomainIdOrName") => "mine.example.test",
                     Some(other) => panic!(
                         "{}: Alice has no {{{other}}} for Bob to name; create one above",
                         r.path

@@ -7,6 +7,7 @@ mod channels;
 mod conformance;
 mod credential_change;
 mod credentials;
+mod custom_domains;
 mod dashboard;
 mod dashboard_live;
 mod docs;

@@ -47,6 +47,13 @@ pub enum DomainError {
         /// Every service still using the credential, sorted.
         services: Vec<ServiceId>,
     },
+    /// A custom domain belongs to one service across the installation;
+    /// who holds it is not said (it may be another owner's).
+    #[error("custom domain {name} is already in use by another service")]
+    DomainTaken {
+        /// The name asked for.
+        name: String,
+    },
     /// A service name is unique per owner.
     #[error("service name {name:?} is already used by {by}")]
     NameTaken {
@@ -65,7 +72,8 @@ impl DomainError {
             DomainError::NotFound { .. } => ErrorKind::NotFound,
             DomainError::Conflict(_)
             | DomainError::CredentialInUse { .. }
-            | DomainError::NameTaken { .. } => ErrorKind::Conflict,
+            | DomainError::NameTaken { .. }
+            | DomainError::DomainTaken { .. } => ErrorKind::Conflict,
         }
     }
 

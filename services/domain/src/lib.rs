@@ -9,6 +9,8 @@
 //! - [`service`]: a service with its deploys (the SPEC §6 state machine),
 //!   instance count and cron runs;
 //! - [`credential`]: a registry credential and the services attached to it;
+//! - [`custom_domain`]: custom domain name rules and the claim that makes a
+//!   name one service's across owners;
 //! - [`delivery`]: a notification delivery, queued once, then its attempts;
 //! - [`node`]: a node's registration and the instance facts nodes report;
 //! - [`owner`]: API keys, unique service names, notification defaults;
@@ -23,6 +25,7 @@
 
 pub mod aggregate;
 pub mod credential;
+pub mod custom_domain;
 pub mod delivery;
 pub mod error;
 pub mod node;

@@ -9,7 +9,9 @@
 //!   `service-create:after-service`;
 //! - `service-delete:after-service`, `service-delete:after-name`;
 //! - `service-rename:after-claim`, `service-rename:after-update`;
-//! - `service-credential:after-attach`, `service-credential:after-update`.
+//! - `service-credential:after-attach`, `service-credential:after-update`;
+//! - `domain-add:after-claim`, `domain-add:after-add`;
+//! - `domain-remove:after-remove`, `domain-remove:after-release`.
 //!
 //! Unset (the only setting an installation should have), a point costs one
 //! comparison with `None`.

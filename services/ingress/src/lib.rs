@@ -11,6 +11,8 @@
 //!   rotate, remove; tokens sealed with the operator's key, never returned;
 //! - [`services`]: service creation with image verification by the resolver
 //!   before anything is appended (SPEC §4), and deletion;
+//! - [`custom_domains`]: custom domains of web services, each name claimed
+//!   across owners before a service gets it;
 //! - [`ops`]: operations on a service (scale, restart, deploy, rollback,
 //!   cancel, suspend/resume, update, hook keys, cron runs, the deploy hook);
 //! - [`owners`]: API keys and notification defaults;
@@ -26,6 +28,7 @@
 
 pub mod check;
 pub mod credentials;
+pub mod custom_domains;
 pub mod env_vars;
 mod error;
 mod exec;
@@ -103,6 +106,9 @@ pub struct IngressOptions {
     /// flight must not be undone under its feet. Far above the time between
     /// two appends of one operation.
     pub repair_grace: Duration,
+    /// The installation's base domain (`<service>.<base-domain>` is a web
+    /// service's default host): no custom domain may be under it.
+    pub base_domain: String,
 }
 
 impl IngressOptions {
@@ -120,6 +126,7 @@ impl Default for IngressOptions {
             read_timeout: Duration::from_secs(5),
             hook_desk_idle: Duration::from_secs(5),
             repair_grace: Duration::from_secs(30),
+            base_domain: "localhost".to_owned(),
         }
     }
 }

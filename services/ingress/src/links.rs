@@ -1,16 +1,18 @@
 //! The links that multi-step operations keep between aggregates, folded
 //! from the log, and the repairs they need.
 //!
-//! Two facts live away from the service they are about: an owner's claim
-//! on a service name (unique per owner) and a credential's attachment to a
-//! service (a credential in use cannot be removed). Creating, renaming,
+//! Three facts live away from the service they are about: an owner's
+//! claim on a service name (unique per owner), a credential's attachment to
+//! a service (a credential in use cannot be removed) and the claim on a
+//! custom domain name (unique across owners). Creating, renaming,
 //! deleting a service and changing its credential append on the owner or
 //! credential and on the service one after the other, so a process that
 //! dies in between leaves them disagreeing. The service is the truth:
 //!
 //! - an owner holds name N for service S ⇔ S exists, is the owner's, and is
 //!   named N;
-//! - credential C is attached to S ⇔ S exists and uses C.
+//! - credential C is attached to S ⇔ S exists and uses C;
+//! - domain D is claimed for S ⇔ S exists and has custom domain D.
 //!
 //! [`Links::repairs`] lists what breaks that. A link the service does not
 //! back is given back ([`Repair::Release`], [`Repair::Detach`]) only once
@@ -49,6 +51,9 @@ struct Uses {
     owner: OwnerId,
     name: String,
     credential: Option<CredentialId>,
+    /// Its custom domains.
+    #[serde(default)]
+    domains: BTreeSet<String>,
 }
 
 /// A service the log has `service_created` (or its creation given up) for.
@@ -70,6 +75,9 @@ pub struct Links {
     attached: HashMap<CredentialId, BTreeMap<ServiceId, Stamp>>,
     /// Removed credentials: nothing can be attached to them again.
     removed: BTreeSet<CredentialId>,
+    /// Custom domain name → the owner and service holding it, since when.
+    #[serde(default)]
+    domains: HashMap<String, (OwnerId, ServiceId, Stamp)>,
 }
 
 /// One change that brings a link back in line with its service.
@@ -107,6 +115,25 @@ pub enum Repair {
         /// The commit that gave the service the credential.
         changed: u64,
     },
+    /// Custom domain `name` is claimed for `service`, which does not have
+    /// it (an add that never reached the service, a removal or deletion
+    /// that never released it): give it back.
+    ReleaseDomain {
+        name: String,
+        service: ServiceId,
+        /// The claim's commit.
+        claimed: u64,
+    },
+    /// `service` has custom domain `name` without holding its claim (an
+    /// add that stalled past a release): claim it again, or take it off
+    /// the service when another service holds it by now.
+    ClaimDomain {
+        owner: OwnerId,
+        name: String,
+        service: ServiceId,
+        /// The commit that last changed the service's links.
+        changed: u64,
+    },
 }
 
 impl Repair {
@@ -116,7 +143,9 @@ impl Repair {
             Repair::Release { service, .. }
             | Repair::Detach { service, .. }
             | Repair::Claim { service, .. }
-            | Repair::Attach { service, .. } => service,
+            | Repair::Attach { service, .. }
+            | Repair::ReleaseDomain { service, .. }
+            | Repair::ClaimDomain { service, .. } => service,
         }
     }
 
@@ -136,6 +165,23 @@ impl Repair {
             Repair::Attach {
                 service, changed, ..
             } => format!("repair-attach-{service}-{changed}"),
+            Repair::ReleaseDomain {
+                name,
+                service,
+                claimed,
+            } => format!(
+                "repair-release-domain-{service}-{}-{claimed}",
+                berth_schemas::ids::DomainId::of_name(name)
+            ),
+            Repair::ClaimDomain {
+                name,
+                service,
+                changed,
+                ..
+            } => format!(
+                "repair-claim-domain-{service}-{}-{changed}",
+                berth_schemas::ids::DomainId::of_name(name)
+            ),
         }
     }
 }
@@ -188,12 +234,45 @@ impl Links {
                 self.attached.remove(c);
                 self.removed.insert(c.clone());
             }
+            // First claim wins, and only the holder releases: as the claim's rules.
+            (AggregateId::Domain(_), Event::DomainClaimed(e)) => {
+                self.domains
+                    .entry(e.name.clone())
+                    .or_insert_with(|| (e.owner.clone(), e.service.clone(), at));
+            }
+            (AggregateId::Domain(_), Event::DomainReleased(e))
+                if self
+                    .domains
+                    .get(&e.name)
+                    .is_some_and(|(_, s, _)| *s == e.service) =>
+            {
+                self.domains.remove(&e.name);
+            }
+            (AggregateId::Service(s), Event::CustomDomainAdded(e)) => {
+                if let Some(known) = self.services.get_mut(s) {
+                    if let Some(uses) = known.uses.as_mut() {
+                        if uses.domains.insert(e.name.clone()) {
+                            known.changed = at;
+                        }
+                    }
+                }
+            }
+            (AggregateId::Service(s), Event::CustomDomainRemoved(e)) => {
+                if let Some(known) = self.services.get_mut(s) {
+                    if let Some(uses) = known.uses.as_mut() {
+                        if uses.domains.remove(&e.name) {
+                            known.changed = at;
+                        }
+                    }
+                }
+            }
             (AggregateId::Service(s), Event::ServiceCreated(e)) => {
                 self.services.entry(s.clone()).or_insert_with(|| Known {
                     uses: Some(Uses {
                         owner: e.owner.clone(),
                         name: e.name.clone(),
                         credential: e.credential.clone(),
+                        domains: BTreeSet::new(),
                     }),
                     changed: at,
                 });
@@ -281,8 +360,35 @@ impl Links {
                 }
             }
         }
+        for (name, (_, service, since)) in &self.domains {
+            let known = self.services.get(service);
+            let backed = known
+                .and_then(|k| k.uses.as_ref())
+                .is_some_and(|u| u.domains.contains(name));
+            if !backed && settled(since, known) {
+                out.push(Repair::ReleaseDomain {
+                    name: name.clone(),
+                    service: service.clone(),
+                    claimed: since.seq,
+                });
+            }
+        }
         for (service, known) in &self.services {
             let Some(uses) = &known.uses else { continue };
+            for name in &uses.domains {
+                let held = self
+                    .domains
+                    .get(name)
+                    .is_some_and(|(_, holder, _)| holder == service);
+                if !held {
+                    out.push(Repair::ClaimDomain {
+                        owner: uses.owner.clone(),
+                        name: name.clone(),
+                        service: service.clone(),
+                        changed: known.changed.seq,
+                    });
+                }
+            }
             let held = self
                 .names
                 .get(&uses.owner)
@@ -601,6 +707,72 @@ mod tests {
         // A removed credential cannot be attached again.
         log.at(1, AggregateId::Credential(c.clone()), CredentialRemoved {});
         assert_eq!(log.repairs(1).len(), 1);
+    }
+
+    #[test]
+    fn domain_claims_follow_the_services_domains() {
+        use berth_schemas::events::{
+            CustomDomainAdded, CustomDomainRemoved, DomainClaimed, DomainReleased,
+        };
+        use berth_schemas::ids::{CustomDomainId, DomainId};
+        let mut log = Log::new();
+        let (a, b) = (srv('a'), srv('b'));
+        let claim_of = |n: &str| AggregateId::Domain(DomainId::of_name(n));
+        log.claim(0, "web", &a);
+        log.create(0, &a, "web", None);
+        log.claim(0, "api", &b);
+        log.create(0, &b, "api", None);
+        let claimed = |s: &ServiceId, n: &str| DomainClaimed {
+            name: n.into(),
+            owner: OwnerId::User("usr-aaaaaaaaaaaaaaaaaaaa".parse::<UserId>().unwrap()),
+            service: s.clone(),
+        };
+        let id = CustomDomainId::generate();
+        // Finished add and remove: nothing.
+        log.at(1, claim_of("a.test"), claimed(&a, "a.test"));
+        let added = CustomDomainAdded {
+            domain: id.clone(),
+            name: "a.test".into(),
+        };
+        log.at(1, AggregateId::Service(a.clone()), added);
+        log.at(
+            2,
+            AggregateId::Service(a.clone()),
+            CustomDomainRemoved {
+                domain: id,
+                name: "a.test".into(),
+            },
+        );
+        let released = DomainReleased {
+            name: "a.test".into(),
+            service: a.clone(),
+        };
+        log.at(2, claim_of("a.test"), released);
+        assert_eq!(log.repairs(1000), vec![]);
+        // An add that crashed after its claim: released after the grace.
+        let claimed_at = log.at(100, claim_of("b.test"), claimed(&b, "b.test"));
+        assert_eq!(log.repairs(120), vec![]);
+        assert_eq!(
+            log.repairs(131),
+            vec![Repair::ReleaseDomain {
+                name: "b.test".into(),
+                service: b.clone(),
+                claimed: claimed_at,
+            }]
+        );
+        // A service with a domain it does not hold: claimed at once.
+        let added = CustomDomainAdded {
+            domain: CustomDomainId::generate(),
+            name: "c.test".into(),
+        };
+        let changed = log.at(200, AggregateId::Service(a.clone()), added);
+        let due = log.repairs(200);
+        assert!(due.contains(&Repair::ClaimDomain {
+            owner: log.owner.clone(),
+            name: "c.test".into(),
+            service: a.clone(),
+            changed,
+        }));
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //! what a process that died half-way through left behind.
 //!
 //! Creating a service (claim the name, attach the credential, create),
-//! deleting it (delete, release the name, detach), renaming it (claim the
-//! new name, update, release the old) and changing its credential (attach
-//! the new, update, detach the old) each append on two or three aggregates
-//! in turn. A failure the process sees is undone in-process; a crash (or a
+//! deleting it (delete, release the name, detach, release its custom
+//! domains), renaming it (claim the new name, update, release the old),
+//! changing its credential (attach the new, update, detach the old) and
+//! adding or removing a custom domain (claim, add; remove, release) each
+//! append on two or three aggregates in turn. A failure the process sees is undone in-process; a crash (or a
 //! lost connection) between two appends is not. The service's own state is
 //! the truth, and [`Links`](crate::links::Links) (folded from the log by the caller's read
 //! model) says where the owner's names and the credentials' attachments
@@ -50,6 +51,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_domain::service::{self, ServiceState};
+use berth_domain::DomainError;
 use berth_schemas::ids::{CredentialId, OwnerId, ServiceId};
 use berth_schemas::{Actor, AggregateId};
 use chrono::{DateTime, Utc};
@@ -86,6 +88,10 @@ fn uses_name(s: &ServiceState, owner: &OwnerId, name: &str) -> bool {
         && s.config
             .as_ref()
             .is_some_and(|c| c.owner == *owner && c.name == name)
+}
+
+fn uses_domain(s: &ServiceState, name: &str) -> bool {
+    s.exists() && s.custom_domains.contains_key(name)
 }
 
 fn uses_credential(s: &ServiceState, credential: &CredentialId) -> bool {
@@ -164,6 +170,44 @@ impl Ingress {
                 }
                 self.set_attachment(credential, service, Some(owner), &key, &actor)
                     .await?
+            }
+            Repair::ReleaseDomain { name, service, .. } => {
+                if uses_domain(&state, name) {
+                    return Ok(Repaired::Nothing);
+                }
+                self.set_domain_claim(name, service, None, &key, &actor)
+                    .await?
+            }
+            Repair::ClaimDomain {
+                owner,
+                name,
+                service,
+                ..
+            } => {
+                if !uses_domain(&state, name) {
+                    return Ok(Repaired::Nothing);
+                }
+                match self
+                    .set_domain_claim(name, service, Some(owner), &key, &actor)
+                    .await
+                {
+                    Ok(appended) => appended,
+                    // Someone else holds it by now: the service lets it go.
+                    Err(IngressError::Rejected(DomainError::DomainTaken { .. })) => {
+                        let command = service::Command::RemoveCustomDomain { name: name.clone() };
+                        let done = exec::run::<service::Service>(
+                            &self.store,
+                            &AggregateId::Service(service.clone()),
+                            &format!("{key}-remove"),
+                            &actor,
+                            command,
+                        )
+                        .await?;
+                        tracing::warn!(service.id = %service, domain = %name, "custom domain held by another service; taken off this one");
+                        done.appended.is_some()
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         };
         Ok(if appended {

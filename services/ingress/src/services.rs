@@ -462,8 +462,8 @@ impl Ingress {
         Ok(deploy)
     }
 
-    /// Deletes the caller's service, then gives back its name and detaches
-    /// its credential.
+    /// Deletes the caller's service, then gives back its name, detaches
+    /// its credential and gives back its custom domains.
     pub async fn delete_service(
         &self,
         caller: &Caller,
@@ -477,7 +477,7 @@ impl Ingress {
                 service::Command::Delete,
             )
             .await?;
-        let Some(cfg) = state.config else {
+        let Some(cfg) = &state.config else {
             return Ok(());
         };
         failpoint("service-delete:after-service");
@@ -486,6 +486,7 @@ impl Ingress {
         if let Some(cred) = &cfg.credential {
             self.detach(caller, id, cred, "delete").await?;
         }
+        self.release_domains(caller, id, &state).await?;
         tracing::info!(service.id = %id, "service deleted");
         Ok(())
     }

@@ -1,4 +1,5 @@
-//! The public HTTP side: `Host: <name>.<base-domain>` → one healthy instance
+//! The public HTTP side: `Host: <name>.<base-domain>` (or one of the
+//! service's custom domains) → one healthy instance
 //! of that web service, streamed both ways through a pooled HTTP/1 client.
 //!
 //! - round robin over the route's targets; a failed connect moves on to the
@@ -125,12 +126,11 @@ impl Proxy {
         peer: SocketAddr,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let start = Instant::now();
-        let Some(name) = host_of(&req).and_then(|h| service_name(&h, &self.opts.base_domain))
-        else {
+        let Some(host) = host_of(&req) else {
             return Ok(unknown());
         };
         let table = self.routes.load();
-        let Some(route) = table.get(&name).cloned() else {
+        let Some(route) = table.route_for_host(&host, &self.opts.base_domain).cloned() else {
             return Ok(unknown());
         };
         drop(table);

@@ -1,5 +1,6 @@
 //! The routing table: which instance addresses serve each web service's
-//! host name, folded from the service subjects of the event log.
+//! host names — `<name>.<base-domain>` and its custom domains — folded
+//! from the service subjects of the event log.
 //!
 //! Each web service's events go through the service aggregate's own fold
 //! (`berth_domain::service::fold`), so "which deploy is live" and "which
@@ -81,10 +82,14 @@ impl Route {
     }
 }
 
-/// Host name (the service name) → route. Immutable once published.
+/// Host name (the service name) → route, and custom domain → route.
+/// Immutable once published.
 #[derive(Debug, Default)]
 pub struct RoutingTable {
     routes: HashMap<String, Arc<Route>>,
+    /// Custom domain (normalised: lower case, no port, no trailing dot) →
+    /// the route of the web service it was added to.
+    domains: HashMap<String, Arc<Route>>,
     /// Stream sequence the table reflects.
     pub applied_seq: u64,
 }
@@ -93,6 +98,32 @@ impl RoutingTable {
     /// The route for a service name.
     pub fn get(&self, name: &str) -> Option<&Arc<Route>> {
         self.routes.get(name)
+    }
+
+    /// The route for a request's host (`Host` header or absolute URI):
+    /// `<name>.<base_domain>` or a custom domain, in any case, with or
+    /// without a port or a trailing dot.
+    pub fn route_for_host(&self, host: &str, base_domain: &str) -> Option<&Arc<Route>> {
+        if let Some(name) = crate::proxy::service_name(host, base_domain) {
+            return self.get(&name);
+        }
+        let host = host.trim().to_ascii_lowercase();
+        let host = match host.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host.as_str(),
+        };
+        self.domains.get(host.strip_suffix('.').unwrap_or(host))
+    }
+
+    /// Every custom domain routed now → its service: the names of every
+    /// active or suspended (not deleted) web service's custom domains,
+    /// e.g. the names a certificate issuer should hold certificates for.
+    /// One pass over the domains routed.
+    pub fn custom_domains(&self) -> BTreeMap<String, ServiceId> {
+        self.domains
+            .iter()
+            .map(|(name, route)| (name.clone(), route.service.clone()))
+            .collect()
     }
 
     /// How many services are routed.
@@ -248,8 +279,27 @@ impl RouteProjection {
                 tracing::warn!(service.id = %loser.service, service.name = %loser.name, held_by = %holder.service, "service name already routed to an older service; not routed");
             }
         }
+        // Claims keep a custom domain on one service; should two services
+        // still list one (an interrupted operation not yet repaired), the
+        // older keeps it, as with names.
+        let mut by_domain: HashMap<&str, (u64, &Arc<Route>)> = HashMap::new();
+        for (id, route) in &self.built {
+            let Some(t) = self.services.get(id) else {
+                continue;
+            };
+            for domain in t.state.custom_domains.keys() {
+                let held = by_domain.get(domain.as_str()).map(|(seq, _)| *seq);
+                if held.is_none_or(|held| held > t.created_seq) {
+                    by_domain.insert(domain.as_str(), (t.created_seq, route));
+                }
+            }
+        }
         RoutingTable {
             routes: by_name
+                .into_iter()
+                .map(|(name, (_, r))| (name.to_owned(), Arc::clone(r)))
+                .collect(),
+            domains: by_domain
                 .into_iter()
                 .map(|(name, (_, r))| (name.to_owned(), Arc::clone(r)))
                 .collect(),
@@ -260,7 +310,7 @@ impl RouteProjection {
 
 /// Where the router's snapshot is kept; a new key when what it folds, or
 /// how, changes.
-pub const SNAPSHOT_KEY: &str = "router-routes-v1";
+pub const SNAPSHOT_KEY: &str = "router-routes-v2";
 
 impl berth_eventlog::projection::Projection for RouteProjection {
     /// The web services followed (a runner restores it only before it

@@ -1,6 +1,7 @@
 //! The `/v1` handlers, by resource.
 
 pub mod cron;
+pub mod custom_domains;
 pub mod deploys;
 pub mod env_vars;
 pub mod events;

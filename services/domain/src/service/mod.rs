@@ -45,6 +45,7 @@
 
 mod cron;
 mod deploys;
+mod domains;
 pub mod instances;
 mod lifecycle;
 mod state;
@@ -56,7 +57,7 @@ mod tests;
 use berth_schemas::events::{
     InstanceRescheduled, InstanceScheduled, PlacementBlocked, ServiceSettings,
 };
-use berth_schemas::ids::{CronRunId, DeployId, InstanceId, NodeId, OwnerId};
+use berth_schemas::ids::{CronRunId, CustomDomainId, DeployId, InstanceId, NodeId, OwnerId};
 use berth_schemas::model::{
     DeployStatus, DeployTrigger, EnvVars, NotifySetting, OverlapPolicy, Plan, PullFailureReason,
     ResolvedImage, Sealed, ServiceType,
@@ -66,6 +67,7 @@ use chrono::{DateTime, Utc};
 
 pub use cron::{CronRun, CronState, CRON_RUN_STATUSES};
 pub use deploys::{Deploy, PreDeployOutcome, PullFailures};
+pub use domains::{Certificate, CustomDomain, CustomDomains};
 pub use instances::{Instance, InstancePhase, Instances};
 pub use lifecycle::needs_redeploy;
 pub use state::{apply, apply_at, ServiceConfig, ServiceState, ServiceStatus, KEPT_ENDED_DEPLOYS};
@@ -222,6 +224,21 @@ pub enum Command {
         deploy: DeployId,
     },
 
+    // ---- custom domains (web services) ----
+    /// Attach a custom domain, normalised and already claimed for this
+    /// service on its own subject (`crate::custom_domain`).
+    AddCustomDomain {
+        domain: CustomDomainId,
+        name: String,
+    },
+    /// Detach a custom domain (its claim is released after).
+    RemoveCustomDomain {
+        name: String,
+    },
+    /// Record what the certificate issuer found for one of the service's
+    /// custom domains: a `certificate_issued` or `certificate_failed`.
+    RecordCertificate(Box<Event>),
+
     // ---- facts reported by the workers about the running deploy ----
     /// The resolver turned the reference into a digest.
     RecordResolved {
@@ -328,7 +345,7 @@ pub enum Command {
 
 /// Under which name a service's fold is stored (see
 /// `EventStore::persist_states`); a new name when `apply` changes.
-pub const STATE_SNAPSHOT: &str = "service-v1";
+pub const STATE_SNAPSHOT: &str = "service-v2";
 
 /// The service aggregate.
 #[derive(Debug, Clone, Copy, Default)]
@@ -449,6 +466,9 @@ pub fn decide(
         }
         Command::RequestDeploy(req) => deploys::request(state, req),
         Command::CancelDeploy { deploy } => deploys::cancel(state, &deploy),
+        Command::AddCustomDomain { domain, name } => domains::add(state, domain, name),
+        Command::RemoveCustomDomain { name } => domains::remove(state, &name),
+        Command::RecordCertificate(fact) => domains::certificate(state, *fact),
         Command::RecordResolved { deploy, image } => deploys::resolved(state, deploy, image),
         Command::RecordRetrying {
             deploy,

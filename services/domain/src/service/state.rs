@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cron::{self, CronState};
 use super::deploys::{self, Deploy, PullFailures};
+use super::domains::{self, CustomDomains};
 use super::instances::Instances;
 use super::lifecycle;
 
@@ -74,6 +75,10 @@ pub struct ServiceState {
     /// before the failure).
     #[serde(default)]
     pub pull_failures: PullFailures,
+    /// Custom domains by name (web services), each claimed on its own
+    /// subject first (`crate::custom_domain`).
+    #[serde(default)]
+    pub custom_domains: CustomDomains,
     pub created_at: Option<DateTime<Utc>>,
     pub updated_at: Option<DateTime<Utc>>,
     /// Ended deploys no longer held here (the oldest, beyond
@@ -192,6 +197,7 @@ pub fn apply_at(mut s: ServiceState, event: &Event, time: Option<DateTime<Utc>>)
     lifecycle::apply(&mut s, event, time);
     deploys::apply(&mut s, event, time);
     cron::apply(&mut s, event, time);
+    domains::apply(&mut s, event, time);
     s.instances.apply(event, time);
     s
 }

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod deploys;
+mod domains;
 mod lifecycle;
 mod placement;
 mod props;
