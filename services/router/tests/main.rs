@@ -6,6 +6,7 @@
 mod load;
 mod support;
 
+mod domains;
 mod e2e;
 mod routing;
 mod streams;
