@@ -37,7 +37,7 @@ pub enum Command {
     /// NATS users for a server berth does not start (a cluster, compose).
     #[command(subcommand)]
     Nats(NatsCommand),
-    /// API client commands (service, credential, env, hook, cron, node, apikey, …).
+    /// API client commands (service, credential, env, domain, hook, cron, node, apikey, …).
     #[command(flatten)]
     Client(crate::client::ClientCommand),
 }

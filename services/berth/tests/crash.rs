@@ -1,10 +1,11 @@
 //! Operations interrupted by a crash between their steps: the real `berth
 //! run api` is aborted at a failpoint (`BERTH_FAILPOINT`) after each step of
-//! service creation, deletion, rename and credential change, started again
-//! without it, and the log must converge: no name held and no credential
-//! attached without a service that uses it, and no service using a name or
+//! service creation, deletion, rename, credential change and the adding and
+//! removing of a custom domain, started again without it, and the log must
+//! converge: no name or custom domain held and no credential attached
+//! without a service that uses it, and no service using a name, domain or
 //! credential it does not hold. The operation can then be retried, the name
-//! reused, the credential removed.
+//! or domain reused, the credential removed.
 //!
 //! Each test has its own nats-server, registry (anonymous, serving
 //! `team/app:v1`), an in-process resolver for create's image check, and a
@@ -17,6 +18,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use berth_domain::credential::{self, CredentialState};
+use berth_domain::custom_domain::{self, DomainClaimState};
 use berth_domain::owner::{self, OwnerState};
 use berth_domain::service::{self, ServiceState};
 use berth_eventlog::{EventStore, StoreConfig};
@@ -232,6 +234,36 @@ impl Installation {
         json!({"type": "background_worker", "name": name, "image": image})
     }
 
+    /// Creates a web service; its id.
+    async fn web_service(&self, name: &str) -> String {
+        let mut body = self.create_body(name, None);
+        body["type"] = json!("web_service");
+        let (s, v) = self
+            .ok(reqwest::Method::POST, "/v1/services", Some(body))
+            .await;
+        assert_eq!(s, 201, "create {name}: {v}");
+        v["service"]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Adds a custom domain; the status and answer.
+    async fn add_domain(&self, svc: &str, name: &str) -> (u16, Value) {
+        let path = format!("/v1/services/{svc}/custom-domains");
+        self.ok(reqwest::Method::POST, &path, Some(json!({ "name": name })))
+            .await
+    }
+
+    /// The names of a service's custom domains.
+    async fn domains(&self, svc: &str) -> Vec<String> {
+        let path = format!("/v1/services/{svc}/custom-domains");
+        let (s, v) = self.ok(reqwest::Method::GET, &path, None).await;
+        assert_eq!(s, 200, "{v}");
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["customDomain"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// Creates a service; its id.
     async fn service(&self, name: &str, cred: Option<&str>) -> String {
         let (s, v) = self.create(name, cred).await;
@@ -285,8 +317,13 @@ impl Installation {
         let mut owners: HashMap<OwnerId, OwnerState> = HashMap::new();
         let mut creds: HashMap<CredentialId, CredentialState> = HashMap::new();
         let mut services: HashMap<ServiceId, ServiceState> = HashMap::new();
+        let mut domains: HashMap<String, DomainClaimState> = HashMap::new();
         for env in self.log().await {
             match &env.aggregate {
+                AggregateId::Domain(d) => {
+                    let s = domains.remove(d.as_str()).unwrap_or_default();
+                    domains.insert(d.to_string(), custom_domain::fold(s, &env));
+                }
                 AggregateId::Owner(o) => {
                     let s = owners.remove(o).unwrap_or_default();
                     owners.insert(o.clone(), owner::fold(s, &env));
@@ -331,10 +368,34 @@ impl Installation {
                 }
             }
         }
+        for claim in domains.values() {
+            let Some(holder) = &claim.holder else {
+                continue;
+            };
+            let backed = services
+                .get(&holder.service)
+                .is_some_and(|st| st.exists() && st.custom_domains.contains_key(&claim.name));
+            if !backed {
+                out.push(format!(
+                    "domain {} held for {}, which does not have it",
+                    claim.name, holder.service
+                ));
+            }
+        }
         for (id, st) in &services {
             let Some(cfg) = st.config.as_ref().filter(|_| st.exists()) else {
                 continue;
             };
+            for name in st.custom_domains.keys() {
+                let claim = berth_schemas::ids::DomainId::of_name(name);
+                let held = domains
+                    .get(claim.as_str())
+                    .and_then(|c| c.holder.as_ref())
+                    .is_some_and(|h| h.service == *id);
+                if !held {
+                    out.push(format!("{id} has domain {name} without holding it"));
+                }
+            }
             let held = owners
                 .get(&cfg.owner)
                 .and_then(|o| o.service_named(&cfg.name))
@@ -538,4 +599,56 @@ async fn a_credential_change_interrupted_after_any_step_converges() {
     assert_eq!(credential_of(&i.show(&svc).await), json!(c4));
     assert_eq!(i.remove_credential(&c3).await, 204, "c3 still attached");
     assert_eq!(i.remove_credential(&c4).await, 409, "c4 is in use");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_domain_change_interrupted_after_any_step_converges() {
+    let mut i = Installation::start().await;
+    let one = i.web_service("one").await;
+    let two = i.web_service("two").await;
+    let domains = |svc: &str| format!("/v1/services/{svc}/custom-domains");
+    let add = |name: &str| Some(json!({ "name": name }));
+
+    // Add, after the claim: the claim is given back; retried, it adds.
+    i.start_api(Some("domain-add:after-claim")).await;
+    i.crashing(reqwest::Method::POST, &domains(&one), add("a.example.test"))
+        .await;
+    i.converges("add after the claim").await;
+    assert!(i.domains(&one).await.is_empty());
+    let (s, v) = i.add_domain(&two, "a.example.test").await;
+    assert_eq!(s, 201, "the name is free again: {v}");
+
+    // Add, after the service got it: only the answer was lost.
+    i.start_api(Some("domain-add:after-add")).await;
+    i.crashing(reqwest::Method::POST, &domains(&one), add("b.example.test"))
+        .await;
+    i.start_api(None).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(i.disagreements().await, Vec::<String>::new());
+    assert_eq!(i.domains(&one).await, ["b.example.test"]);
+    let (s, v) = i.add_domain(&two, "b.example.test").await;
+    assert_eq!(s, 409, "b is one's: {v}");
+
+    // Remove, after the service let it go: the claim is given back.
+    i.start_api(Some("domain-remove:after-remove")).await;
+    let gone = format!("{}/b.example.test", domains(&one));
+    i.crashing(reqwest::Method::DELETE, &gone, None).await;
+    i.converges("remove after the service").await;
+    assert!(i.domains(&one).await.is_empty());
+    let (s, v) = i.add_domain(&two, "b.example.test").await;
+    assert_eq!(s, 201, "the name is free again: {v}");
+
+    // Deleting a service, interrupted after its name: its domains are
+    // given back too.
+    let (s, v) = i.add_domain(&one, "c.example.test").await;
+    assert_eq!(s, 201, "{v}");
+    i.start_api(Some("service-delete:after-name")).await;
+    i.crashing(reqwest::Method::DELETE, &path(&one), None).await;
+    i.converges("delete after the name").await;
+    let (s, v) = i.add_domain(&two, "c.example.test").await;
+    assert_eq!(s, 201, "the deleted service's domain is free: {v}");
+    assert_eq!(
+        i.domains(&two).await,
+        ["a.example.test", "b.example.test", "c.example.test"]
+    );
 }

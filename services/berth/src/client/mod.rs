@@ -1,5 +1,5 @@
 //! The `berth` API client commands (`service`, `credential`, `env`,
-//! `hook`, `cron`, `node`, `apikey`, `notify`, `integration`): each one is
+//! `domain`, `hook`, `cron`, `node`, `apikey`, `notify`, `integration`): each one is
 //! a few HTTP calls to the API that `berth up` serves, printed as a table
 //! or, with `--json`, as the API's own JSON for scripts.
 //!
@@ -17,6 +17,7 @@ pub mod apikey;
 pub mod credential;
 pub mod cron;
 pub mod deploy;
+pub mod domain;
 pub mod env;
 pub mod hook;
 pub mod http;
@@ -117,6 +118,8 @@ pub enum ClientCommand {
     Credential(credential::CredentialArgs),
     /// A service's environment variables, one at a time.
     Env(env::EnvArgs),
+    /// A web service's custom domains.
+    Domain(domain::DomainArgs),
     /// A service's deploy hook URL.
     Hook(hook::HookArgs),
     /// Trigger, cancel or list a cron job's runs.
@@ -149,6 +152,7 @@ pub fn main(cmd: ClientCommand) -> ExitCode {
             ClientCommand::Service(a) => service::run(*a).await,
             ClientCommand::Credential(a) => credential::run(a).await,
             ClientCommand::Env(a) => env::run(a).await,
+            ClientCommand::Domain(a) => domain::run(a).await,
             ClientCommand::Hook(a) => hook::run(a).await,
             ClientCommand::Cron(a) => cron::run(a).await,
             ClientCommand::Node(a) => node::run(a).await,
