@@ -11,7 +11,9 @@ use async_nats::jetstream;
 use berth_eventlog::{EventStore, NewEvent, StoreConfig, Version};
 use berth_runtime::nats_auth::{authorization_block, Creds, Role};
 use berth_schemas::events::{ApiKeyCreated, InstanceCountChanged};
-use berth_schemas::ids::{ApiKeyId, InstanceId, IntegrationId, NodeId, OwnerId, ServiceId, UserId};
+use berth_schemas::ids::{
+    ApiKeyId, DomainId, InstanceId, IntegrationId, NodeId, OwnerId, ServiceId, UserId,
+};
 use berth_schemas::logs::{LogLine, Stream as LogStream};
 use berth_schemas::subjects::CommandKind;
 use berth_schemas::{Actor, AggregateId, Subjects};
@@ -224,6 +226,12 @@ async fn scenario(version: NatsVersion) {
     let cred = format!("{}.evt.credential.rgc-x", i.subjects.prefix());
     node.nats.publish(cred.clone(), "x".into()).await.unwrap();
     node.refused(&cred).await;
+    // Nor a custom domain's claim.
+    let domain = i
+        .subjects
+        .aggregate(&AggregateId::Domain(DomainId::of_name("www.example.com")));
+    node.nats.publish(domain.clone(), "x".into()).await.unwrap();
+    node.refused(&domain).await;
 
     let consumer_b = Subjects::node_consumer(&node_b);
     let other = node
@@ -446,6 +454,21 @@ async fn scenario(version: NatsVersion) {
         .await
         .unwrap();
     integration.refused(&i.subjects.aggregate(&owner_id)).await;
+    // Custom domain claims are not an integration's to write or read.
+    integration
+        .nats
+        .publish(domain.clone(), "x".into())
+        .await
+        .unwrap();
+    integration.refused(&domain).await;
+    let claims = integration
+        .nats
+        .subscribe(i.subjects.aggregate_kind("domain"))
+        .await;
+    drop(claims);
+    integration
+        .refused(&i.subjects.aggregate_kind("domain"))
+        .await;
     let replies = integration.nats.subscribe("_INBOX.>").await;
     drop(replies);
     integration.refused("_INBOX.>").await;

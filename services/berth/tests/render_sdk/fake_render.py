@@ -42,6 +42,7 @@ class FakeRender:
         self.overrides = {}  # service id -> notificationsToSend
         self.notify = "failure"
         self.runs = {}  # service id -> the active run
+        self.domains = {}  # name -> (service id, custom domain)
 
     # The transport.
 
@@ -92,6 +93,11 @@ class FakeRender:
             ("GET", r"/notification-settings/overrides", self.list_overrides),
             ("GET", r"/notification-settings/overrides/services/([^/]+)", self.get_override),
             ("PATCH", r"/notification-settings/overrides/services/([^/]+)", self.patch_override),
+            ("POST", s + r"/custom-domains", self.add_domain),
+            ("GET", s + r"/custom-domains", self.list_domains),
+            ("GET", s + r"/custom-domains/([^/]+)", self.get_domain),
+            ("DELETE", s + r"/custom-domains/([^/]+)", self.delete_domain),
+            ("POST", s + r"/custom-domains/([^/]+)/verify", self.verify_domain),
             ("POST", r"/cron-jobs/([^/]+)/runs", self.run_cron),
             ("DELETE", r"/cron-jobs/([^/]+)/runs", self.cancel_cron),
         ]
@@ -112,6 +118,57 @@ class FakeRender:
             keys = [key(i) for i in items]
             items = items[keys.index(cursor) + 1 :] if cursor in keys else []
         return items[: int(query.get("limit", 20))]
+
+    # Custom domains (one per request: the pair Render may add is left out).
+
+    def add_domain(self, query, body, sid):
+        if sid not in self.services:
+            return self.missing("service")
+        name = body["name"].lower()
+        if name in self.domains:
+            return 409, {"id": "conflict", "message": f"{name} is in use"}
+        domain = {
+            "id": new_id("cdm"),
+            "name": name,
+            "domainType": "apex" if name.count(".") == 1 else "subdomain",
+            "publicSuffix": name.rsplit(".", 1)[-1],
+            "redirectForName": "",
+            "verificationStatus": "unverified",
+            "createdAt": stamp(),
+            "server": {"id": sid, "name": self.services[sid]["name"]},
+        }
+        self.domains[name] = (sid, domain)
+        return 201, [domain]
+
+    def find_domain(self, sid, key):
+        for name, (owner, d) in self.domains.items():
+            if owner == sid and key in (name, d["id"]):
+                return d
+        return None
+
+    def list_domains(self, query, body, sid):
+        found = [
+            d
+            for owner, d in self.domains.values()
+            if owner == sid
+            and (not query.get_list("name") or d["name"] in query.get_list("name"))
+            and (not query.get("domainType") or d["domainType"] == query.get("domainType"))
+        ]
+        return 200, [{"customDomain": d, "cursor": d["id"]} for d in found]
+
+    def get_domain(self, query, body, sid, key):
+        d = self.find_domain(sid, key)
+        return (200, d) if d else self.missing("custom domain")
+
+    def delete_domain(self, query, body, sid, key):
+        d = self.find_domain(sid, key)
+        if not d:
+            return self.missing("custom domain")
+        del self.domains[d["name"]]
+        return 204, None
+
+    def verify_domain(self, query, body, sid, key):
+        return (202, None) if self.find_domain(sid, key) else self.missing("custom domain")
 
     # Registry credentials.
 
