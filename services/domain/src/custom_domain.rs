@@ -194,10 +194,6 @@ pub fn normalise(name: &str, base_domain: &str) -> Result<String, DomainError> {
     Ok(lower)
 }
 
-/// Under which name a domain claim's fold is stored; a new name when
-/// `apply` changes.
-pub const STATE_SNAPSHOT: &str = "domain-v1";
-
 /// Who holds a name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
