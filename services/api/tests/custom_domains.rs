@@ -283,3 +283,48 @@ async fn listing_pages_and_the_per_service_bound() {
     let (s, _) = app.get(&format!("{base}?cursor=cdm-nope"), &alice).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_racing_for_a_name_get_it_once() {
+    let app = App::start(true).await;
+    let mut contenders = Vec::new();
+    for i in 0..6 {
+        let o = app.owner().await;
+        let svc = web(&app, &o, &format!("racer{i}")).await;
+        contenders.push((o, svc));
+    }
+    let answers = futures::future::join_all(
+        contenders
+            .iter()
+            .map(|(o, svc)| add(&app, o, svc, "race.example.test")),
+    )
+    .await;
+    let won: Vec<usize> = answers
+        .iter()
+        .enumerate()
+        .filter(|(_, (s, _))| *s == StatusCode::CREATED)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(won.len(), 1, "{answers:?}");
+    for (s, v) in &answers {
+        assert!(
+            *s == StatusCode::CREATED || *s == StatusCode::CONFLICT,
+            "{s}: {v}"
+        );
+    }
+    // Only the winner's service has it, and it holds the claim.
+    for (i, (o, svc)) in contenders.iter().enumerate() {
+        let (_, v) = app
+            .get(&format!("/v1/services/{svc}/custom-domains"), o)
+            .await;
+        assert_eq!(v.as_array().unwrap().len(), usize::from(i == won[0]), "{v}");
+    }
+    let claim = app
+        .events_of(&AggregateId::Domain(DomainId::of_name("race.example.test")))
+        .await;
+    let claimed = claim
+        .iter()
+        .filter(|e| matches!(e.event, Event::DomainClaimed(_)))
+        .count();
+    assert_eq!(claimed, 1, "{claim:?}");
+}
