@@ -1,9 +1,41 @@
 //! End to end: `berth domain add|list|rm` against a real `berth up` (its
 //! own nats-server with a user per role, so a permission the custom domain
-//! subjects lack would show as a refusal when it stops). Asserts on what
-//! the commands print.
+//! subjects lack would show as a refusal when it stops, and a real runc
+//! instance behind its router). Asserts on what the commands print and on
+//! what the router answers at the domain.
 
-use crate::cli_support::Setup;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use std::time::Duration;
+
+use crate::cli_support::{eventually, Setup};
+
+/// Serves `/healthz` (`ok`) on `$PORT` from a file it writes first.
+const SERVER: &str =
+    "sh -c 'echo ok > /tmp/healthz; exec /bin/busybox httpd -f -p ${PORT:-10000} -h /tmp'";
+
+/// `GET /healthz` at the router with `Host: host`: the status line and body.
+async fn get_at(router: &str, host: &str) -> (String, String) {
+    let mut conn = tokio::net::TcpStream::connect(router).await.unwrap();
+    let req = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    let status = answer.lines().next().unwrap_or_default().to_owned();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The router's `host:port`, from the web service's URL the API shows.
+fn router_of(service: &Value) -> String {
+    let url = service["serviceDetails"]["url"].as_str().unwrap();
+    let port = url.rsplit_once(':').map(|(_, p)| p).unwrap_or("80");
+    format!("127.0.0.1:{port}")
+}
 
 #[tokio::test]
 async fn domain_commands_add_list_and_remove() {
@@ -18,8 +50,14 @@ async fn domain_commands_add_list_and_remove() {
         "web_service",
         "--image",
         &image,
+        "--command",
+        SERVER,
+        "--health-check-path",
+        "/healthz",
+        "--wait",
     ])
     .await;
+    let router = router_of(&cli.json(&["service", "show", "site"]).await);
     cli.ok(&[
         "service",
         "create",
@@ -76,7 +114,32 @@ async fn domain_commands_add_list_and_remove() {
         );
     }
 
+    // The router serves the live instance at the domain, in any case
+    // (once it has applied the additions).
+    eventually(
+        "the router to route the domain",
+        Duration::from_secs(10),
+        || async { get_at(&router, "example.test").await.0.contains(" 200 ") },
+    )
+    .await;
+    for host in ["www.example.test", "WWW.EXAMPLE.TEST:80", "example.test"] {
+        let (status, body) = get_at(&router, host).await;
+        assert!(status.contains(" 200 "), "{host}: {status}");
+        assert_eq!(body.trim(), "ok", "{host}");
+    }
+
     let removed = cli.ok(&["domain", "rm", "site", "www.example.test"]).await;
+    eventually(
+        "the removed domain to stop routing",
+        Duration::from_secs(5),
+        || async {
+            get_at(&router, "www.example.test")
+                .await
+                .0
+                .contains(" 404 ")
+        },
+    )
+    .await;
     assert!(removed.contains("removed"), "{removed}");
     let listed = cli.json(&["domain", "list", "site"]).await;
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
