@@ -389,3 +389,20 @@ impl Component for Api {
 pub fn component(store: EventStore, key: SecretKey, args: ApiArgs) -> Box<dyn Component> {
     Box::new(Api::new(store, key, args))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::url_host;
+
+    #[test]
+    fn the_base_domain_is_the_services_url_host() {
+        for (url, want) in [
+            ("http://apps.example.com", Some("apps.example.com")),
+            ("https://Apps.Example.com:8443/x", Some("apps.example.com")),
+            ("http://localhost:8080", Some("localhost")),
+            ("http://", None),
+        ] {
+            assert_eq!(url_host(url).as_deref(), want, "{url}");
+        }
+    }
+}
