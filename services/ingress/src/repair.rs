@@ -6,8 +6,9 @@
 //! domains), renaming it (claim the new name, update, release the old),
 //! changing its credential (attach the new, update, detach the old) and
 //! adding or removing a custom domain (claim, add; remove, release) each
-//! append on two or three aggregates in turn. A failure the process sees is undone in-process; a crash (or a
-//! lost connection) between two appends is not. The service's own state is
+//! append on two or three aggregates in turn. A failure the process sees
+//! is undone in-process; a crash (or a lost connection) between two
+//! appends is not. The service's own state is
 //! the truth, and [`Links`](crate::links::Links) (folded from the log by the caller's read
 //! model) says where the owner's names and the credentials' attachments
 //! disagree with it; a [`Repairer`] turns each disagreement into the append
