@@ -7,6 +7,7 @@ mod load;
 mod support;
 
 mod e2e;
+mod pool;
 mod routing;
 mod streams;
 mod switch;
