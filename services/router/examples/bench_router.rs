@@ -1,60 +1,280 @@
-//! Router overhead: `wrk` against one backend directly, then through the
-//! router (Host header), same backend, same settings, one after the other.
+//! The router against nginx, in one run: `wrk` to one backend process
+//! directly, through berth's router (Host header) and through nginx
+//! (Debian `nginx-light`, `worker_processes auto`, keepalive upstream), at
+//! each connection count, one after the other. The backend is a process of
+//! its own (this binary, `backend` mode), so neither proxy shares its
+//! process; the router runs in this process with the Prometheus recorder
+//! installed, as in `berth up`.
 //!
-//! `cargo run --release -p berth-router --example bench_router -- [secs] [conns]`
-//! (needs `wrk` and a nats-server; see berth-tests).
+//! `cargo run --release -p berth-router --example bench_router -- [secs] [conns,conns...]`
+//! (defaults 5 s, `32,256`; needs `wrk`, `nginx` and a nats-server; see
+//! berth-tests). Prints a table per connection count and the router's
+//! throughput and added p99 latency against nginx's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/support.rs"]
 mod support;
 
-use std::process::Command;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use berth_schemas::model::ServiceType;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
 
-use support::{Backend, Env, Svc};
+use support::{Env, Svc};
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
+// The allocator of the `berth` binary, so the router runs as in `berth up`.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const BODY: &str = "hello from the backend\n";
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("backend") {
+        return backend();
+    }
     let secs: u64 = args.next().map_or(Ok(5), |s| s.parse())?;
-    let conns: u64 = args.next().map_or(Ok(32), |s| s.parse())?;
+    let conns: Vec<u64> = args
+        .next()
+        .unwrap_or_else(|| "32,256".into())
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    tokio::runtime::Runtime::new()?.block_on(run(secs, &conns))
+}
 
+async fn run(secs: u64, conns: &[u64]) -> Result<()> {
+    berth_runtime::install_metrics()?;
+    let (mut backend_proc, backend) = spawn_backend()?;
     let env = Env::start().await?;
-    let backend = Backend::start("v1", 1).await?;
     let mut svc = Svc::create(&env.store, "bench", ServiceType::WebService).await?;
-    svc.first_deploy(1, &[backend.addr]).await?;
+    svc.first_deploy(1, &[backend]).await?;
     env.synced(env.store.last_stream_seq().await?).await?;
+    let nginx = Nginx::start(backend)?;
 
-    let direct = wrk(&format!("http://{}/", backend.addr), None, secs, conns)?;
-    let routed = wrk(
-        &format!("http://{}/", env.addr),
-        Some("bench.localhost"),
-        secs,
-        conns,
-    )?;
-    println!("| path | req/s | p50 | p90 | p99 |");
-    println!("|---|---|---|---|---|");
-    for (name, r) in [("direct", &direct), ("via router", &routed)] {
+    let host = "bench.localhost";
+    for &c in conns {
+        // A short warm-up of each path (connections, pools, caches).
+        for url in [
+            format!("http://{backend}/"),
+            format!("http://{}/", env.addr),
+            format!("http://{}/", nginx.addr),
+        ] {
+            wrk(&url, Some(host), 1, c)?;
+        }
+        let direct = wrk(&format!("http://{backend}/"), None, secs, c)?;
+        let me = [std::process::id()];
+        let before = cpu_secs(&me);
+        let routed = wrk(&format!("http://{}/", env.addr), Some(host), secs, c)?;
+        let router_cpu = cpu_secs(&me) - before;
+        let workers = family(nginx.child.id());
+        let before = cpu_secs(&workers);
+        let proxied = wrk(&format!("http://{}/", nginx.addr), Some(host), secs, c)?;
+        let nginx_cpu = cpu_secs(&workers) - before;
         println!(
-            "| {name} | {:.0} | {} | {} | {} |",
-            r.rps, r.p50, r.p90, r.p99
+            "\n{c} connections, {secs} s each, load average {}",
+            loadavg()
+        );
+        println!("| path | req/s | p50 | p90 | p99 | p99 added |");
+        println!("|---|---|---|---|---|---|");
+        for (name, r) in [
+            ("direct", &direct),
+            ("berth router", &routed),
+            ("nginx", &proxied),
+        ] {
+            println!(
+                "| {name} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
+                r.rps,
+                r.p50,
+                r.p90,
+                r.p99,
+                r.p99 - direct.p99
+            );
+        }
+        println!(
+            "router: {:.0}% of direct, {:.2}x nginx's requests/s",
+            100.0 * routed.rps / direct.rps,
+            routed.rps / proxied.rps
+        );
+        println!(
+            "CPU per request: router {:.1} µs, nginx {:.1} µs",
+            1e6 * router_cpu / (routed.rps * secs as f64),
+            1e6 * nginx_cpu / (proxied.rps * secs as f64)
         );
     }
-    println!(
-        "router throughput = {:.0}% of direct ({conns} connections, {secs} s each)",
-        100.0 * routed.rps / direct.rps
-    );
+    drop(nginx);
+    let _ = backend_proc.kill();
+    let _ = backend_proc.wait();
     Ok(())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// User + system CPU seconds of these processes so far (clock ticks of
+/// 1/100 s, as Linux reports them in `/proc/<pid>/stat`).
+fn cpu_secs(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name, which may hold spaces.
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let user: f64 = f.get(11)?.parse().ok()?;
+            let system: f64 = f.get(12)?.parse().ok()?;
+            Some((user + system) / 100.0)
+        })
+        .sum()
+}
+
+/// A process and its children (nginx's master and workers).
+fn family(pid: u32) -> Vec<u32> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    std::iter::once(pid)
+        .chain(children.split_whitespace().filter_map(|c| c.parse().ok()))
+        .collect()
+}
+
+/// Starts this binary in `backend` mode and reads the address it bound.
+fn spawn_backend() -> Result<(Child, std::net::SocketAddr)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("backend")
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the backend process")?;
+    let out = child.stdout.take().context("backend stdout")?;
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line)?;
+    let addr = line.trim().parse().context("backend address")?;
+    Ok((child, addr))
+}
+
+/// The backend: a small hyper HTTP/1 server answering every request with
+/// the same short body, on a free loopback port it prints.
+fn backend() -> Result<()> {
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        println!("{}", listener.local_addr()?);
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let svc = service_fn(|_req: Request<Incoming>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                    BODY.as_bytes(),
+                ))))
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    })
+}
+
+/// nginx proxying to the backend with a keepalive upstream, in a temp
+/// prefix of its own; stopped on drop.
+struct Nginx {
+    child: Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(backend: std::net::SocketAddr) -> Result<Nginx> {
+        let dir = tempfile::tempdir()?;
+        let port = berth_tests::free_port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let p = dir.path().display();
+        let conf = format!(
+            "worker_processes auto;\n\
+             daemon off;\n\
+             pid {p}/nginx.pid;\n\
+             error_log {p}/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n\
+               access_log off;\n\
+               client_body_temp_path {p}/body;\n\
+               proxy_temp_path {p}/proxy;\n\
+               fastcgi_temp_path {p}/fastcgi;\n\
+               uwsgi_temp_path {p}/uwsgi;\n\
+               scgi_temp_path {p}/scgi;\n\
+               upstream backend {{ server {backend}; keepalive 256; }}\n\
+               server {{\n\
+                 listen {addr} reuseport;\n\
+                 location / {{\n\
+                   proxy_pass http://backend;\n\
+                   proxy_http_version 1.1;\n\
+                   proxy_set_header Connection \"\";\n\
+                   proxy_set_header Host $host;\n\
+                   proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+                 }}\n\
+               }}\n\
+             }}\n"
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf)?;
+        let child = Command::new(nginx_binary())
+            .args(["-p", &p.to_string(), "-c"])
+            .arg(&path)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting nginx (Debian nginx-light)")?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            anyhow::ensure!(std::time::Instant::now() < deadline, "nginx did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Nginx {
+            child,
+            addr,
+            _dir: dir,
+        })
+    }
+}
+
+fn nginx_binary() -> &'static str {
+    if Path::new("/usr/sbin/nginx").exists() {
+        "/usr/sbin/nginx"
+    } else {
+        "nginx"
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGQUIT: graceful stop of the master and its workers.
+        let _ = Command::new("kill")
+            .args(["-QUIT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
 }
 
 struct Wrk {
     rps: f64,
-    p50: String,
-    p90: String,
-    p99: String,
+    p50: f64,
+    p90: f64,
+    p99: f64,
 }
 
 fn wrk(url: &str, host: Option<&str>, secs: u64, conns: u64) -> Result<Wrk> {
@@ -71,6 +291,9 @@ fn wrk(url: &str, host: Option<&str>, secs: u64, conns: u64) -> Result<Wrk> {
     let out = cmd.arg(url).output().context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     anyhow::ensure!(!text.contains("Non-2xx"), "errors from {url}:\n{text}");
+    if let Some(errors) = text.lines().find(|l| l.contains("Socket errors")) {
+        eprintln!("{url}: {}", errors.trim());
+    }
     let field = |prefix: &str| -> Option<String> {
         text.lines()
             .map(str::trim)
@@ -81,10 +304,25 @@ fn wrk(url: &str, host: Option<&str>, secs: u64, conns: u64) -> Result<Wrk> {
     let rps = field("Requests/sec:")
         .context(text.clone())?
         .parse::<f64>()?;
+    let ms = |p: &str| field(p).and_then(|v| millis(&v)).unwrap_or(f64::NAN);
     Ok(Wrk {
         rps,
-        p50: field("50%").unwrap_or_default(),
-        p90: field("90%").unwrap_or_default(),
-        p99: field("99%").unwrap_or_default(),
+        p50: ms("50%"),
+        p90: ms("90%"),
+        p99: ms("99%"),
     })
+}
+
+/// wrk's `123.45us` / `1.20ms` / `2.00s` in milliseconds.
+fn millis(v: &str) -> Option<f64> {
+    let (n, scale) = if let Some(n) = v.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        return None;
+    };
+    n.parse::<f64>().ok().map(|n| n * scale)
 }

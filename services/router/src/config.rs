@@ -46,6 +46,12 @@ pub struct RouterArgs {
     /// status class, latency; kept a day by the metrics stream); 0: none.
     #[arg(long, env = "BERTH_ROUTER_METRICS_MS", default_value_t = 15_000)]
     pub router_metrics_ms: u64,
+
+    /// Threads serving requests, each with its own event loop and pool of
+    /// connections to instances (as nginx's worker processes); 0: one per
+    /// CPU.
+    #[arg(long, env = "BERTH_ROUTER_WORKERS", default_value_t = 0)]
+    pub router_workers: usize,
 }
 
 impl Default for RouterArgs {
@@ -59,6 +65,7 @@ impl Default for RouterArgs {
             router_response_timeout_secs: 300,
             router_drain_secs: 30,
             router_metrics_ms: 15_000,
+            router_workers: 0,
         }
     }
 }
@@ -82,6 +89,8 @@ pub struct RouterOptions {
     pub metrics_interval: Option<Duration>,
     /// Grace period for in-flight requests on shutdown.
     pub drain: Duration,
+    /// Threads serving requests (>= 1).
+    pub workers: usize,
 }
 
 impl RouterArgs {
@@ -122,6 +131,13 @@ impl RouterArgs {
         if self.router_max_attempts == 0 || self.router_max_attempts > 10 {
             problems.push("BERTH_ROUTER_MAX_ATTEMPTS must be 1-10".to_owned());
         }
+        if self.router_workers > 256 {
+            problems.push("BERTH_ROUTER_WORKERS must be 0 (one per CPU) to 256".to_owned());
+        }
+        let workers = match self.router_workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
         match (addr, problems.is_empty()) {
             (Some(addr), true) => Ok(RouterOptions {
                 addr,
@@ -134,6 +150,7 @@ impl RouterArgs {
                 drain: Duration::from_secs(self.router_drain_secs),
                 metrics_interval: (self.router_metrics_ms > 0)
                     .then(|| Duration::from_millis(self.router_metrics_ms)),
+                workers,
             }),
             _ => Err(problems),
         }

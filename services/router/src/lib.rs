@@ -20,6 +20,7 @@ mod config;
 pub mod proxy;
 pub mod stats;
 pub mod table;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -163,8 +164,14 @@ impl Router {
                 inner.clone(),
             ));
         }
-        let proxy = Arc::new(Proxy::new(self.routes.clone(), self.opts.clone(), stats));
-        serve(listener, proxy, &shutdown, self.opts.drain).await;
+        serve(
+            listener,
+            self.routes.clone(),
+            self.opts.clone(),
+            stats,
+            &shutdown,
+        )
+        .await;
         if let Some(r) = &ready {
             r.set(false);
         }
@@ -197,13 +204,92 @@ fn publish(state: &std::sync::RwLock<RouteProjection>, routes: &Routes) {
 }
 
 /// Accepts connections until `shutdown`, then lets open requests finish for
-/// up to `drain`.
+/// up to `drain`. Each of `opts.workers` threads runs an event loop of its
+/// own accepting from the same socket, with its own proxy (and so its own
+/// pool of connections to instances): a request and the instance
+/// connection serving it stay on one thread, as in nginx's workers, instead
+/// of being handed between threads of a shared runtime.
 async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    opts: RouterOptions,
+    stats: Arc<HttpStats>,
+    shutdown: &CancellationToken,
+) {
+    let listener = match listener.into_std() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "router listener unusable");
+            return;
+        }
+    };
+    let mut done = Vec::new();
+    for n in 0..opts.workers {
+        let socket = match listener.try_clone() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, worker = n, "router worker not started");
+                continue;
+            }
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let proxy = Arc::new(Proxy::new(routes.clone(), opts.clone(), stats.clone()));
+        let shutdown = shutdown.clone();
+        let drain = opts.drain;
+        let started = std::thread::Builder::new()
+            .name(format!("router-{n}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, worker = n, "router worker has no runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match TcpListener::from_std(socket) {
+                        Ok(listener) => worker(listener, proxy, &shutdown, drain).await,
+                        Err(e) => {
+                            tracing::error!(error = %e, worker = n, "router worker not listening")
+                        }
+                    }
+                });
+                drop(tx);
+            });
+        match started {
+            Ok(_) => done.push(rx),
+            Err(e) => tracing::error!(error = %e, worker = n, "router worker not started"),
+        }
+    }
+    // Each worker drops its sender when it has drained.
+    for rx in done {
+        let _ = rx.await;
+    }
+}
+
+/// One worker's accept loop.
+async fn worker(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     shutdown: &CancellationToken,
     drain: std::time::Duration,
 ) {
+    let sweeper = {
+        let proxy = Arc::clone(&proxy);
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let every = std::time::Duration::from_secs(5);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(every) => proxy.sweep(),
+                }
+            }
+        })
+    };
     berth_runtime::http1::serve(
         listener,
         shutdown,
@@ -216,6 +302,7 @@ async fn serve(
         },
     )
     .await;
+    sweeper.abort();
 }
 
 impl Component for Router {

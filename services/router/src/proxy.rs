@@ -28,14 +28,13 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
 use crate::body::Returnable;
 use crate::config::RouterOptions;
 use crate::stats::HttpStats;
 use crate::table::{Route, RouteState, Routes};
+use crate::upstream::{Pooled, SendError, Upstreams};
 
 /// What the router answers with.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -73,7 +72,7 @@ fn unknown() -> Response<ProxyBody> {
 pub struct Proxy {
     routes: Routes,
     opts: RouterOptions,
-    client: Client<HttpConnector, Returnable>,
+    upstreams: Arc<Upstreams>,
     ejected: Ejected,
     /// Requests per service, for the metrics.
     stats: Arc<HttpStats>,
@@ -103,20 +102,20 @@ impl Ejected {
 impl Proxy {
     /// A proxy over `routes`, counting requests into `stats`.
     pub fn new(routes: Routes, opts: RouterOptions, stats: Arc<HttpStats>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(opts.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(opts.pool_idle)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        let upstreams = Upstreams::new(opts.connect_timeout, opts.pool_idle);
         Proxy {
             routes,
             opts,
-            client,
+            upstreams,
             ejected: Ejected::default(),
             stats,
         }
+    }
+
+    /// Drops connections to instances idle longer than the pool allows
+    /// (call now and then, from the worker's thread).
+    pub fn sweep(&self) {
+        self.upstreams.sweep();
     }
 
     /// Answers one request from `peer`.
@@ -166,6 +165,16 @@ impl Proxy {
         let mut client_upgrade = upgrade
             .as_ref()
             .and_then(|_| parts.extensions.remove::<OnUpgrade>());
+        // An HTTP/2 request names its host in the URI only.
+        if !parts.headers.contains_key(header::HOST) {
+            if let Some(v) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
         let mut headers = forwarded_headers(parts.headers, peer);
         let request_id = headers.get(&X_REQUEST_ID).cloned();
         if let Some(protocol) = upgrade {
@@ -173,11 +182,10 @@ impl Proxy {
             headers.insert(header::UPGRADE, protocol);
         }
         let method = parts.method;
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
+        let path = match parts.uri.path_and_query() {
+            Some(p) => Uri::from(p.clone()),
+            None => Uri::from_static("/"),
+        };
         let retry_any = method == Method::GET || method == Method::HEAD;
         let name = first.name.clone();
 
@@ -189,6 +197,8 @@ impl Proxy {
         let mut budget = self.opts.max_attempts;
         let mut route = first;
         let mut waited = false;
+        // A pooled connection the instance had closed is replaced once.
+        let mut stale_retry = true;
         loop {
             let next = if tried.len() < budget {
                 pick(&route, &tried, &self.ejected)
@@ -216,14 +226,8 @@ impl Proxy {
                 let (wrapped, back) = Returnable::new(b);
                 (wrapped, Some(back))
             };
-            let out = match build_request(&method, &target, &path, &headers, wrapped) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(service.name = %name, error = %e, "request not forwardable");
-                    return page(StatusCode::BAD_REQUEST, "Bad request", "Bad request.");
-                }
-            };
-            let sent = self.client.request(out);
+            let out = build_request(&method, &path, &headers, wrapped);
+            let sent = self.upstreams.send(&target, out);
             let answered = match self.opts.response_timeout {
                 Some(limit) => match tokio::time::timeout(limit, sent).await {
                     Ok(r) => r,
@@ -244,6 +248,7 @@ impl Proxy {
                     let Some(client) = client_upgrade.take() else {
                         return bad_gateway(&name);
                     };
+                    resp.body_mut().keep_connection();
                     let instance = hyper::upgrade::on(&mut resp);
                     tokio::spawn(tunnel(client, instance));
                     return switched(resp);
@@ -255,8 +260,29 @@ impl Proxy {
                     }
                     return out;
                 }
+                // A pooled connection the instance closed as the request
+                // went out (its keep-alive ran out): a GET or HEAD is sent
+                // again on a new connection, as if nothing happened.
+                Err(SendError::Request(e))
+                    if stale_retry && retry_any && empty && e.is_incomplete_message() =>
+                {
+                    tracing::debug!(service.name = %name, instance.addr = %target, "pooled connection closed under the request; sent again");
+                    stale_retry = false;
+                    continue;
+                }
+                Err(SendError::Stale) if stale_retry => {
+                    // Nothing was sent: try again, on a new connection.
+                    stale_retry = false;
+                    if let Some(back) = back.as_mut() {
+                        match back.try_recv() {
+                            Ok(b) => body = Some(b),
+                            Err(_) => return bad_gateway(&name),
+                        }
+                    }
+                    continue;
+                }
                 Err(e) => {
-                    let connect = e.is_connect();
+                    let connect = e.is_connect() || matches!(e, SendError::Stale);
                     if connect {
                         self.ejected.eject(&target, Instant::now());
                     }
@@ -331,21 +357,20 @@ fn pick(route: &Route, tried: &[String], ejected: &Ejected) -> Option<String> {
     fallback.cloned()
 }
 
+/// The request to an instance: origin-form URI, HTTP/1.1, the forwarded
+/// headers.
 fn build_request(
     method: &Method,
-    addr: &str,
-    path: &str,
+    path: &Uri,
     headers: &HeaderMap,
     body: Returnable,
-) -> Result<Request<Returnable>, http::Error> {
-    let uri: Uri = format!("http://{addr}{path}").parse()?;
-    let mut req = Request::builder()
-        .method(method.clone())
-        .uri(uri)
-        .version(Version::HTTP_11)
-        .body(body)?;
+) -> Request<Returnable> {
+    let mut req = Request::new(body);
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = path.clone();
+    *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers.clone();
-    Ok(req)
+    req
 }
 
 /// The request's headers as the instance gets them: hop-by-hop ones
@@ -422,7 +447,7 @@ fn upgrade_asked(h: &HeaderMap) -> Option<HeaderValue> {
 }
 
 /// The instance's `101`, passed on with the protocol it switched to.
-fn switched(resp: Response<Incoming>) -> Response<ProxyBody> {
+fn switched(resp: Response<Pooled>) -> Response<ProxyBody> {
     let protocol = resp.headers().get(header::UPGRADE).cloned();
     let mut out = response(resp);
     out.headers_mut()
@@ -450,7 +475,7 @@ async fn tunnel(client: OnUpgrade, instance: OnUpgrade) {
     }
 }
 
-fn response(resp: Response<Incoming>) -> Response<ProxyBody> {
+fn response(resp: Response<Pooled>) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, body.boxed())

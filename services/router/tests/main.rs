@@ -8,6 +8,7 @@ mod support;
 
 mod domains;
 mod e2e;
+mod pool;
 mod routing;
 mod streams;
 mod switch;
