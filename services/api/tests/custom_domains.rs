@@ -328,3 +328,67 @@ async fn owners_racing_for_a_name_get_it_once() {
         .count();
     assert_eq!(claimed, 1, "{claim:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_facts_show_as_verification_and_certificate_status() {
+    use berth_domain::service::{Command, Service};
+    use berth_schemas::events::{CertificateFailed, CertificateIssued};
+    use berth_schemas::model::CertificateFailure;
+
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let svc = web(&app, &alice, "tls").await;
+    let (s, v) = add(&app, &alice, &svc, "secure.example.test").await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id = AggregateId::Service(svc.parse().unwrap());
+    // What the certificate issuer records on the service.
+    let record = |fact: Event, key: &'static str| {
+        let (store, id) = (app.store.clone(), id.clone());
+        async move {
+            store
+                .execute::<Service>(
+                    &id,
+                    key,
+                    &berth_eventlog::Stamp::new(berth_schemas::Actor::system("router")),
+                    Command::RecordCertificate(Box::new(fact)),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let path = format!("/v1/services/{svc}/custom-domains/secure.example.test");
+
+    let failed = CertificateFailed {
+        domain: "secure.example.test".into(),
+        reason: CertificateFailure::ChallengeFailed,
+        attempt: 1,
+        retry_in_secs: 60,
+    };
+    record(failed.into(), "cert-1").await;
+    app.state.caught_up().await.unwrap();
+    let (_, v) = app.get(&path, &alice).await;
+    assert_eq!(v["verificationStatus"], "unverified", "{v}");
+    assert_eq!(v["certificateStatus"], "failed", "{v}");
+    assert_eq!(v["certificateError"], "challenge_failed", "{v}");
+
+    let not_after = chrono::DateTime::parse_from_rfc3339("2027-03-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let issued = CertificateIssued {
+        domain: "secure.example.test".into(),
+        not_after,
+    };
+    record(issued.into(), "cert-2").await;
+    let (_, v) = app.get(&path, &alice).await;
+    assert_eq!(v["verificationStatus"], "verified", "{v}");
+    assert_eq!(v["certificateStatus"], "issued", "{v}");
+    assert_eq!(v["certificateNotAfter"], "2027-03-01T00:00:00Z", "{v}");
+    assert!(v.get("certificateError").is_none(), "{v}");
+    let (_, v) = app
+        .get(
+            &format!("/v1/services/{svc}/custom-domains?verificationStatus=verified"),
+            &alice,
+        )
+        .await;
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+}
