@@ -299,3 +299,33 @@ fn nothing_changed_means_nothing_to_publish() {
     w.cmd(&mut f, Command::Scale { num_instances: 2 });
     assert!(w.p.is_dirty());
 }
+
+#[test]
+fn a_custom_domain_listed_by_two_services_stays_with_the_older() {
+    use berth_schemas::ids::CustomDomainId;
+    let add = |name: &str| Command::AddCustomDomain {
+        domain: CustomDomainId::generate(),
+        name: name.into(),
+    };
+    let mut w = World::new();
+    let mut first = w.create("one", ServiceType::WebService);
+    let mut second = w.create("two", ServiceType::WebService);
+    // Claims prevent this; should an unrepaired interruption leave it,
+    // the route does not flap between them.
+    w.cmd(&mut second, add("shop.example.test"));
+    w.cmd(&mut first, add("shop.example.test"));
+    w.cmd(&mut second, add("other.example.test"));
+    let table = w.p.publish();
+    let held =
+        |t: &RoutingTable, d: &str| t.route_for_host(d, "localhost").map(|r| r.service.clone());
+    assert_eq!(held(&table, "shop.example.test"), Some(first.id.clone()));
+    assert_eq!(
+        held(&table, "Other.Example.Test:80"),
+        Some(second.id.clone())
+    );
+    assert_eq!(held(&table, "one.localhost"), Some(first.id.clone()));
+    assert_eq!(table.custom_domains().len(), 2);
+    w.cmd(&mut first, Command::Delete);
+    let table = w.p.publish();
+    assert_eq!(held(&table, "shop.example.test"), Some(second.id.clone()));
+}
