@@ -638,6 +638,16 @@ async fn a_custom_domain_change_interrupted_after_any_step_converges() {
     let (s, v) = i.add_domain(&two, "b.example.test").await;
     assert_eq!(s, 201, "the name is free again: {v}");
 
+    // Remove, after the release: only the answer was lost.
+    let (s, v) = i.add_domain(&one, "d.example.test").await;
+    assert_eq!(s, 201, "{v}");
+    i.start_api(Some("domain-remove:after-release")).await;
+    let gone = format!("{}/d.example.test", domains(&one));
+    i.crashing(reqwest::Method::DELETE, &gone, None).await;
+    i.start_api(None).await;
+    assert_eq!(i.disagreements().await, Vec::<String>::new());
+    assert!(i.domains(&one).await.is_empty());
+
     // Deleting a service, interrupted after its name: its domains are
     // given back too.
     let (s, v) = i.add_domain(&one, "c.example.test").await;
