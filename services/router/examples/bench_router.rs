@@ -58,7 +58,12 @@ fn main() -> Result<()> {
 async fn run(secs: u64, conns: &[u64]) -> Result<()> {
     berth_runtime::install_metrics()?;
     let (mut backend_proc, backend) = spawn_backend()?;
-    let env = Env::start().await?;
+    // No access log on either proxy (nginx: `access_log off`).
+    let env = Env::start_with(support::RouterArgs {
+        router_access_log: false,
+        ..support::test_args()
+    })
+    .await?;
     let mut svc = Svc::create(&env.store, "bench", ServiceType::WebService).await?;
     svc.first_deploy(1, &[backend]).await?;
     env.synced(env.store.last_stream_seq().await?).await?;

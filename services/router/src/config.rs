@@ -52,6 +52,22 @@ pub struct RouterArgs {
     /// CPU.
     #[arg(long, env = "BERTH_ROUTER_WORKERS", default_value_t = 0)]
     pub router_workers: usize,
+
+    /// One log line per request (target `berth::access`: service, method,
+    /// path without the query, status, bytes, time to the head and in
+    /// all, client, request id).
+    #[arg(
+        long,
+        env = "BERTH_ROUTER_ACCESS_LOG",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub router_access_log: bool,
+
+    /// Seconds a client has to send a request's headers before its
+    /// connection is closed (slow clients).
+    #[arg(long, env = "BERTH_ROUTER_HEADER_TIMEOUT_SECS", default_value_t = 30)]
+    pub router_header_timeout_secs: u64,
 }
 
 impl Default for RouterArgs {
@@ -66,6 +82,8 @@ impl Default for RouterArgs {
             router_drain_secs: 30,
             router_metrics_ms: 15_000,
             router_workers: 0,
+            router_access_log: true,
+            router_header_timeout_secs: 30,
         }
     }
 }
@@ -91,6 +109,10 @@ pub struct RouterOptions {
     pub drain: Duration,
     /// Threads serving requests (>= 1).
     pub workers: usize,
+    /// Whether each request is logged.
+    pub access_log: bool,
+    /// Time a client has to send its request headers.
+    pub header_timeout: Duration,
 }
 
 impl RouterArgs {
@@ -134,6 +156,9 @@ impl RouterArgs {
         if self.router_workers > 256 {
             problems.push("BERTH_ROUTER_WORKERS must be 0 (one per CPU) to 256".to_owned());
         }
+        if !(1..=3600).contains(&self.router_header_timeout_secs) {
+            problems.push("BERTH_ROUTER_HEADER_TIMEOUT_SECS must be 1-3600".to_owned());
+        }
         let workers = match self.router_workers {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
@@ -151,6 +176,8 @@ impl RouterArgs {
                 metrics_interval: (self.router_metrics_ms > 0)
                     .then(|| Duration::from_millis(self.router_metrics_ms)),
                 workers,
+                access_log: self.router_access_log,
+                header_timeout: Duration::from_secs(self.router_header_timeout_secs),
             }),
             _ => Err(problems),
         }

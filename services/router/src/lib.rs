@@ -15,6 +15,7 @@
 //!
 //! Private services, workers and cron jobs are never in the table.
 
+mod access;
 mod body;
 mod config;
 pub mod proxy;
@@ -236,6 +237,7 @@ async fn serve(
         let proxy = Arc::new(Proxy::new(routes.clone(), opts.clone(), stats.clone()));
         let shutdown = shutdown.clone();
         let drain = opts.drain;
+        let header_timeout = opts.header_timeout;
         let started = std::thread::Builder::new()
             .name(format!("router-{n}"))
             .spawn(move || {
@@ -251,7 +253,9 @@ async fn serve(
                 };
                 runtime.block_on(async move {
                     match TcpListener::from_std(socket) {
-                        Ok(listener) => worker(listener, proxy, &shutdown, drain).await,
+                        Ok(listener) => {
+                            worker(listener, proxy, &shutdown, drain, header_timeout).await
+                        }
                         Err(e) => {
                             tracing::error!(error = %e, worker = n, "router worker not listening")
                         }
@@ -276,6 +280,7 @@ async fn worker(
     proxy: Arc<Proxy>,
     shutdown: &CancellationToken,
     drain: std::time::Duration,
+    header_timeout: std::time::Duration,
 ) {
     let sweeper = {
         let proxy = Arc::clone(&proxy);
@@ -293,7 +298,7 @@ async fn worker(
     berth_runtime::http1::serve(
         listener,
         shutdown,
-        proxy::HEADER_READ_TIMEOUT,
+        header_timeout,
         Some(drain),
         "router",
         move |peer| {

@@ -133,6 +133,11 @@ impl Proxy {
             return Ok(unknown());
         };
         drop(table);
+        let logged = self
+            .opts
+            .access_log
+            .then(|| (req.method().clone(), req.uri().path().to_owned()));
+        let service = route.service.clone();
         let resp = if route.state == RouteState::Suspended {
             page(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -140,16 +145,27 @@ impl Proxy {
                 &format!("{} is suspended by its owner.", route.name),
             )
         } else {
-            let service = route.service.clone();
-            let resp = self.forward(route, req, peer).await;
-            // Until the answer's head: what the client waited for.
-            self.stats
-                .record(&service, resp.status().as_u16(), start.elapsed());
+            self.forward(route, req, peer).await
+        };
+        // Until the answer's head: what the client waited for.
+        let head = start.elapsed();
+        let status = resp.status().as_u16();
+        self.stats.record(&service, status, head);
+        let Some((method, path)) = logged else {
             return Ok(resp);
         };
-        self.stats
-            .record(&route.service, resp.status().as_u16(), start.elapsed());
-        Ok(resp)
+        let request_id = resp.headers().get(&X_REQUEST_ID).cloned();
+        let entry = crate::access::Entry {
+            service: service.to_string(),
+            method,
+            path,
+            status,
+            client: peer.ip(),
+            request_id,
+            start,
+            head,
+        };
+        Ok(resp.map(|body| crate::access::Logged::new(body, entry).boxed()))
     }
 
     async fn forward(
@@ -537,9 +553,6 @@ fn page(status: StatusCode, title: &str, text: &str) -> Response<ProxyBody> {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
-
-/// How long a request may take to send its headers (slow clients).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -8,6 +8,7 @@ mod support;
 
 mod domains;
 mod e2e;
+mod limits;
 mod pool;
 mod routing;
 mod streams;

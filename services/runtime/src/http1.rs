@@ -1,6 +1,7 @@
 //! The accept loop of berth's public HTTP/1 listeners (the API, the
 //! router): hyper's connection builder with a header read timeout (a
-//! client that trickles its headers is cut off), `TCP_NODELAY`, accept
+//! client that trickles its headers is cut off) and a cap on the size of
+//! the headers, `TCP_NODELAY`, accept
 //! errors (out of file descriptors and the like) backed off rather than
 //! fatal, protocol upgrades (WebSocket and the like: a handler that answers
 //! `101` takes the connection over), and a graceful shutdown that lets
@@ -19,6 +20,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// The most a request line and headers may take, in bytes; more is
+/// answered `431 Request Header Fields Too Large`.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Serves `listener` until `shutdown`, each connection with the service
 /// `service(peer)` makes; then waits for in-flight connections, at most
@@ -45,7 +50,8 @@ pub async fn serve<F, S, B>(
     let connections = TaskTracker::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
+        .header_read_timeout(header_read_timeout)
+        .max_header_size(MAX_HEAD_BYTES);
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
