@@ -181,6 +181,9 @@ pub async fn inject(world: &World, fault: &Fault, rng: &mut Rng) {
         }
         FaultKind::DiskFull => {
             world.fill_node_disk().await;
+            // New images behind the tags: the deploys meeting the full
+            // disk pull, not only unpack.
+            world.push_new_images().await;
             tokio::time::sleep(fault.hold).await;
             world.free_node_disk();
         }

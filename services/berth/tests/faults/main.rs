@@ -239,8 +239,22 @@ async fn suite(test: &str, kinds: &[FaultKind], per_round: usize, setup: Setup) 
     }
     notes.extend(model::lost_nodes(&world, &log));
     if setup.small_disk {
-        let full = world.log_mentions("node", &["No space left", "reserve free"]);
-        notes.push(format!("node log: {full} lines about a full disk"));
+        let full = world.log_lines("node", &["No space left", "reserve free"]);
+        notes.push(format!("node log: {} lines about a full disk", full.len()));
+        // What failed, each kind once: the message without time and ids.
+        let mut kinds: Vec<String> = full
+            .iter()
+            .filter_map(|l| l.split("error=").nth(1))
+            .map(|e| {
+                e.chars()
+                    .filter(|c| !c.is_ascii_digit())
+                    .take(110)
+                    .collect()
+            })
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        notes.extend(kinds.iter().take(4).map(|k| format!("  {k}")));
     }
     let report = report::Report {
         test,

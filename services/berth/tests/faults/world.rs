@@ -56,6 +56,40 @@ pub struct Setup {
 /// The repository every service deploys from; tags `v1` and `v2`.
 pub const REPO: &str = "app/svc";
 
+/// `line` without the terminal color codes the components' logs carry.
+fn without_colors(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ … m
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Pushes tags `v1` and `v2` as built by `build`: each build's images
+/// differ (by their config), so deploying them pulls.
+async fn push_images(registry: &Registry, build: usize) {
+    for tag in ["v1", "v2"] {
+        let env = [
+            "PATH=/bin".to_owned(),
+            format!("VERSION={tag}"),
+            format!("BUILD={build}"),
+        ];
+        let config = json!({"Cmd": ["/bin/sh"], "Env": env});
+        let image = berth_tests::agent::busybox_image(config);
+        registry.push_image(REPO, tag, &image).await.unwrap();
+    }
+}
+
 /// The nats-server(s) under the installation.
 pub enum Nats {
     Single(NatsServer),
@@ -105,6 +139,8 @@ pub struct World {
     procs: Mutex<BTreeMap<&'static str, Child>>,
     /// Nodes killed for good (a machine gone).
     lost: Mutex<Vec<&'static str>>,
+    /// Images pushed since the first.
+    builds: std::sync::atomic::AtomicUsize,
     pub data: PathBuf,
     pub subjects: Subjects,
     pub api_port: u16,
@@ -165,12 +201,7 @@ impl World {
             None => Nats::Single(NatsServer::start(NatsVersion::Modern).unwrap()),
         };
         let registry = Registry::start(RegistryAuth::None).await.unwrap();
-        for tag in ["v1", "v2"] {
-            let config =
-                json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin", format!("VERSION={tag}")]});
-            let image = berth_tests::agent::busybox_image(config);
-            registry.push_image(REPO, tag, &image).await.unwrap();
-        }
+        push_images(&registry, 0).await;
         let proxy = DelayProxy::start(&registry.host).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
@@ -217,6 +248,7 @@ impl World {
             components,
             procs: Mutex::default(),
             lost: Mutex::default(),
+            builds: Default::default(),
             data,
             subjects: Subjects::new(&berth_tests::unique_prefix()).unwrap(),
             api_port: free_port(),
@@ -335,6 +367,15 @@ impl World {
         self.node_dir("node").join("filler")
     }
 
+    /// New images for `v1` and `v2`, as a build pipeline pushes them.
+    pub async fn push_new_images(&self) {
+        let build = self
+            .builds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        push_images(&*self.registry.lock().await, build).await;
+    }
+
     /// Fills the node's disk to the last byte.
     pub async fn fill_node_disk(&self) {
         let of = format!("of={}", self.filler().display());
@@ -374,13 +415,14 @@ impl World {
         out
     }
 
-    /// How many lines of `component`'s log mention any of `needles`.
-    pub fn log_mentions(&self, component: &str, needles: &[&str]) -> usize {
+    /// The lines of `component`'s log that mention any of `needles`.
+    pub fn log_lines(&self, component: &str, needles: &[&str]) -> Vec<String> {
         std::fs::read_to_string(self.log_file(component))
             .unwrap_or_default()
             .lines()
+            .map(without_colors)
             .filter(|l| needles.iter().any(|n| l.contains(n)))
-            .count()
+            .collect()
     }
 
     /// Starts `berth run <component>` (again).
