@@ -183,8 +183,7 @@ pub async fn inject(world: &World, fault: &Fault, rng: &mut Rng) {
             world.fill_node_disk().await;
             // New images behind the tags: the deploys meeting the full
             // disk pull, not only unpack.
-            world.push_new_images().await;
-            tokio::time::sleep(fault.hold).await;
+            tokio::join!(world.push_new_images(), tokio::time::sleep(fault.hold));
             world.free_node_disk();
         }
         FaultKind::NodeLost => world.lose_node("node2").await,

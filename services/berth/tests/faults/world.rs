@@ -77,7 +77,7 @@ fn without_colors(line: &str) -> String {
 
 /// Pushes tags `v1` and `v2` as built by `build`: each build's images
 /// differ (by their config), so deploying them pulls.
-async fn push_images(registry: &Registry, build: usize) {
+async fn push_images(registry: &Registry, build: usize) -> anyhow::Result<()> {
     for tag in ["v1", "v2"] {
         let env = [
             "PATH=/bin".to_owned(),
@@ -86,8 +86,9 @@ async fn push_images(registry: &Registry, build: usize) {
         ];
         let config = json!({"Cmd": ["/bin/sh"], "Env": env});
         let image = berth_tests::agent::busybox_image(config);
-        registry.push_image(REPO, tag, &image).await.unwrap();
+        registry.push_image(REPO, tag, &image).await?;
     }
+    Ok(())
 }
 
 /// The nats-server(s) under the installation.
@@ -201,7 +202,7 @@ impl World {
             None => Nats::Single(NatsServer::start(NatsVersion::Modern).unwrap()),
         };
         let registry = Registry::start(RegistryAuth::None).await.unwrap();
-        push_images(&registry, 0).await;
+        push_images(&registry, 0).await.unwrap();
         let proxy = DelayProxy::start(&registry.host).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
@@ -367,13 +368,23 @@ impl World {
         self.node_dir("node").join("filler")
     }
 
-    /// New images for `v1` and `v2`, as a build pipeline pushes them.
+    /// New images for `v1` and `v2`, as a build pipeline pushes them
+    /// (retried while another fault has the registry down).
     pub async fn push_new_images(&self) {
         let build = self
             .builds
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
-        push_images(&*self.registry.lock().await, build).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            // The lock is not held between tries: healing the registry takes it.
+            let pushed = push_images(&*self.registry.lock().await, build).await;
+            match pushed {
+                Ok(()) => return,
+                Err(e) => assert!(Instant::now() < deadline, "pushing new images: {e:#}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Fills the node's disk to the last byte.
