@@ -17,6 +17,8 @@ use crate::net::SubnetLease;
 #[derive(Debug)]
 pub struct Netns {
     bridge: String,
+    /// The host ends of the veths.
+    veths: Vec<String>,
     names: Vec<String>,
     addrs: Vec<String>,
     _lease: SubnetLease,
@@ -50,6 +52,7 @@ impl Netns {
         let bridge = format!("bfb{tag}");
         let net = Netns {
             bridge: bridge.clone(),
+            veths: (0..n).map(|i| format!("bfv{tag}x{i}")).collect(),
             names: (0..n).map(|i| format!("berth-faults-{tag}-{i}")).collect(),
             addrs: (0..n).map(|i| format!("{base}.{}", 10 + i)).collect(),
             _lease: lease,
@@ -61,7 +64,7 @@ impl Netns {
         run(&["ip", "link", "set", &bridge, "up"])?;
         for i in 0..n {
             let ns = net.names[i].clone();
-            let host_end = format!("bfv{tag}x{i}");
+            let host_end = net.veths[i].clone();
             run(&["ip", "netns", "add", &ns])?;
             run(&[
                 "ip", "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns",
@@ -102,24 +105,13 @@ impl Netns {
         run(&["ip", "netns", "exec", self.name(i), "iptables", "-w", "-F"])
     }
 
-    /// What is left of it on the machine (empty once dropped).
-    pub fn leftovers(&self) -> Vec<String> {
-        let mut left = Vec::new();
-        for ns in &self.names {
-            if std::path::Path::new("/run/netns").join(ns).exists() {
-                left.push(format!("netns {ns}"));
-            }
-        }
-        if std::path::Path::new("/sys/class/net")
-            .join(&self.bridge)
-            .exists()
-        {
-            left.push(format!("bridge {}", self.bridge));
-        }
-        left
-    }
-
     fn remove(&self) {
+        // A namespace outlives its name while sockets of killed servers in
+        // it still retransmit their goodbyes (a minute or two); its veths
+        // go now.
+        for veth in &self.veths {
+            let _ = Command::new("ip").args(["link", "del", veth]).output();
+        }
         for ns in &self.names {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
