@@ -125,7 +125,7 @@ fn plan_faults(
         let kind = rng.pick(&kinds);
         let f = Fault::plan(rng, kind, &components);
         let clash = out.iter().any(|o| {
-            (o.kind.clashes(f.kind)) || (process_of(o).is_some() && process_of(o) == process_of(&f))
+            o.kind.clashes(f.kind) || (process_of(o).is_some() && process_of(o) == process_of(&f))
         });
         if !clash {
             out.push(f);
