@@ -11,6 +11,7 @@
 
 mod fault;
 mod model;
+mod nodes;
 mod notify;
 mod report;
 mod rng;
