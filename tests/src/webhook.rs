@@ -1,6 +1,7 @@
-//! A webhook receiver: answers every `POST` 200 and keeps what came, the
-//! `webhook-id` header and the JSON body of each request, in arrival order
-//! (duplicates included: deduping is the checker's business).
+//! A webhook receiver: answers `POST`s 200 (or every n-th 503, so senders
+//! retry) and keeps what came, the `webhook-id` header, the JSON body and
+//! the answer of each request, in arrival order (duplicates included:
+//! deduping is the checker's business).
 
 use std::sync::{Arc, Mutex};
 
@@ -17,6 +18,8 @@ pub struct Received {
     pub id: Option<String>,
     /// The body, parsed (`Null` when it is not JSON).
     pub body: Value,
+    /// Whether it was answered 2xx.
+    pub accepted: bool,
 }
 
 /// A running receiver on a loopback port.
@@ -29,7 +32,9 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    pub async fn start() -> Result<Receiver> {
+    /// A receiver answering every `fail_every`-th request 503 (never
+    /// when 0).
+    pub async fn start(fail_every: usize) -> Result<Receiver> {
         let listener = TcpListener::bind(("127.0.0.1", crate::free_port())).await?;
         let url = format!("http://{}/hook", listener.local_addr()?);
         let got = Arc::new(Mutex::new(Vec::new()));
@@ -37,7 +42,7 @@ impl Receiver {
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
-                conns.spawn(serve(stream, keep.clone()));
+                conns.spawn(serve(stream, keep.clone(), fail_every));
                 while conns.try_join_next().is_some() {}
             }
         });
@@ -57,7 +62,7 @@ impl Drop for Receiver {
 }
 
 /// Serves the requests of one connection (keep-alive), one at a time.
-async fn serve(mut stream: TcpStream, got: Arc<Mutex<Vec<Received>>>) {
+async fn serve(mut stream: TcpStream, got: Arc<Mutex<Vec<Received>>>, fail_every: usize) {
     let mut buf = Vec::new();
     loop {
         let head_end = loop {
@@ -90,14 +95,22 @@ async fn serve(mut stream: TcpStream, got: Arc<Mutex<Vec<Received>>>) {
             }
         }
         let body = serde_json::from_slice(&buf[head_end..head_end + len]).unwrap_or(Value::Null);
-        got.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Received {
+        let accepted = {
+            let mut got = got.lock().unwrap_or_else(|p| p.into_inner());
+            let accepted = fail_every == 0 || !(got.len() + 1).is_multiple_of(fail_every);
+            got.push(Received {
                 id: header("webhook-id"),
                 body,
+                accepted,
             });
+            accepted
+        };
         buf.drain(..head_end + len);
-        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        let answer: &[u8] = if accepted {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+        } else {
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n"
+        };
         if stream.write_all(answer).await.is_err() {
             return;
         }

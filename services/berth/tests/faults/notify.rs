@@ -23,6 +23,8 @@ pub struct Notified {
     pub failed_deploys: usize,
     /// Requests the receiver got.
     pub receipts: usize,
+    /// Of those, answered 503 by the receiver (to be retried).
+    pub refused: usize,
     /// Distinct `webhook-id`s among them.
     pub ids: usize,
     pub problems: Vec<String>,
@@ -31,11 +33,12 @@ pub struct Notified {
 impl Notified {
     pub fn line(&self) -> String {
         format!(
-            "notifications: {} failures in the log ({} failed deploys), {} webhook-ids, {} requests received ({} repeats of a webhook-id)",
+            "notifications: {} failures in the log ({} failed deploys), {} webhook-ids, {} requests received ({} answered 503 on purpose; {} repeats of a webhook-id)",
             self.failures,
             self.failed_deploys,
             self.ids,
             self.receipts,
+            self.refused,
             self.receipts - self.ids
         )
     }
@@ -76,6 +79,7 @@ fn check(world: &World, log: &Log) -> Notified {
     n.failures = failures.len();
     let got = receiver.received();
     n.receipts = got.len();
+    n.refused = got.iter().filter(|r| !r.accepted).count();
     // webhook-id -> the event ids its requests named.
     let mut by_id: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for r in &got {
@@ -90,9 +94,18 @@ fn check(world: &World, log: &Log) -> Notified {
         }
     }
     n.ids = by_id.len();
+    let accepted: BTreeSet<&str> = got
+        .iter()
+        .filter(|r| r.accepted)
+        .filter_map(|r| r.id.as_deref())
+        .collect();
     // Event id -> the webhook-ids it was delivered under.
     let mut per_event: BTreeMap<&str, usize> = BTreeMap::new();
     for (id, events) in &by_id {
+        if !accepted.contains(id.as_str()) {
+            n.problems
+                .push(format!("webhook-id {id} was refused and never sent again"));
+        }
         if events.len() > 1 {
             n.problems
                 .push(format!("webhook-id {id} carried events {events:?}"));

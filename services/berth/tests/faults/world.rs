@@ -203,7 +203,9 @@ impl World {
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
         let receiver = if setup.notify {
-            Some(Receiver::start().await.unwrap())
+            // Every third request refused: deliveries are retried, under
+            // the same webhook-id.
+            Some(Receiver::start(3).await.unwrap())
         } else {
             None
         };
