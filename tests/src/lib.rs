@@ -37,13 +37,16 @@ pub mod image;
 pub mod layers;
 mod nats;
 pub mod net;
+pub mod netns;
 pub mod node;
+pub mod proxy;
 pub mod registry;
 pub mod resolver;
 pub mod runc;
 pub mod scheduler;
+pub mod webhook;
 
-pub use nats::{nats_binary, NatsCluster, NatsServer, NatsVersion};
+pub use nats::{nats_binary, NatsCluster, NatsServer, NatsVersion, Place};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

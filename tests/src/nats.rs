@@ -71,6 +71,10 @@ pub fn nats_binary(version: NatsVersion) -> Result<PathBuf> {
 pub struct NatsServer {
     binary: PathBuf,
     config: PathBuf,
+    /// The address it listens on (`127.0.0.1`, or its namespace's).
+    host: String,
+    /// The network namespace it runs in, if not the host's.
+    netns: Option<String>,
     port: u16,
     child: Option<Child>,
     log: PathBuf,
@@ -81,15 +85,27 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a single server on a free port with a fresh store.
     pub fn start(version: NatsVersion) -> Result<NatsServer> {
-        Self::launch(nats_binary(version)?, "n0", free_port(), None)
+        Self::launch(
+            nats_binary(version)?,
+            "n0",
+            &Place::host(),
+            free_port(),
+            None,
+        )
     }
 
     /// Starts a single server whose config also has `extra` (e.g. an
     /// `authorization` block: then anonymous clients are refused, and
     /// [`NatsServer::connect`] no longer works).
     pub fn start_with(version: NatsVersion, extra: &str) -> Result<NatsServer> {
-        let server =
-            Self::launch_with(nats_binary(version)?, "n0", free_port(), None, Some(extra))?;
+        let server = Self::launch_with(
+            nats_binary(version)?,
+            "n0",
+            &Place::host(),
+            free_port(),
+            None,
+            Some(extra),
+        )?;
         Ok(server)
     }
 
@@ -98,21 +114,23 @@ impl NatsServer {
     fn launch(
         binary: PathBuf,
         name: &str,
+        place: &Place,
         port: u16,
         cluster: Option<(u16, &[String])>,
     ) -> Result<NatsServer> {
-        Self::launch_with(binary, name, port, cluster, None)
+        Self::launch_with(binary, name, place, port, cluster, None)
     }
 
     fn launch_with(
         binary: PathBuf,
         name: &str,
+        place: &Place,
         port: u16,
         cluster: Option<(u16, &[String])>,
         extra: Option<&str>,
     ) -> Result<NatsServer> {
         let dir = tempfile::tempdir()?;
-        let config = write_config(dir.path(), name, port, cluster)?;
+        let config = write_config(dir.path(), name, &place.host, port, cluster)?;
         if let Some(extra) = extra {
             let mut text = std::fs::read_to_string(&config)?;
             text.push('\n');
@@ -122,6 +140,8 @@ impl NatsServer {
         let mut server = NatsServer {
             binary,
             config,
+            host: place.host.clone(),
+            netns: place.netns.clone(),
             port,
             child: None,
             log: dir.path().join("server.log"),
@@ -136,7 +156,15 @@ impl NatsServer {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(&self.binary)
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
+        let child = command
             .arg("-c")
             .arg(&self.config)
             .stdout(Stdio::null())
@@ -144,7 +172,7 @@ impl NatsServer {
             .spawn()
             .with_context(|| format!("spawn {}", self.binary.display()))?;
         self.child = Some(child);
-        wait_accepting(self.port, Duration::from_secs(15)).with_context(|| {
+        wait_accepting(&self.host, self.port, Duration::from_secs(15)).with_context(|| {
             format!(
                 "nats-server on port {} did not come up; log:\n{}",
                 self.port,
@@ -153,9 +181,9 @@ impl NatsServer {
         })
     }
 
-    /// `nats://127.0.0.1:PORT`.
+    /// `nats://HOST:PORT` (`127.0.0.1` unless it runs in a namespace).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.host, self.port)
     }
 
     /// The client port.
@@ -207,17 +235,25 @@ impl NatsCluster {
     /// Starts `n` servers routed to each other and waits for the cluster to
     /// elect a JetStream meta leader.
     pub async fn start(version: NatsVersion, n: usize) -> Result<NatsCluster> {
+        Self::start_at(version, &vec![Place::host(); n]).await
+    }
+
+    /// Starts one server at each of `places` (a member per network
+    /// namespace, for partitions), routed to each other.
+    pub async fn start_at(version: NatsVersion, places: &[Place]) -> Result<NatsCluster> {
         let binary = nats_binary(version)?;
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let ports: Vec<(u16, u16)> = places.iter().map(|_| (free_port(), free_port())).collect();
         let routes: Vec<String> = ports
             .iter()
-            .map(|(_, c)| format!("nats-route://127.0.0.1:{c}"))
+            .zip(places)
+            .map(|((_, c), p)| format!("nats-route://{}:{c}", p.host))
             .collect();
-        let mut servers = Vec::with_capacity(n);
-        for (i, (port, cport)) in ports.iter().enumerate() {
+        let mut servers = Vec::with_capacity(places.len());
+        for (i, ((port, cport), place)) in ports.iter().zip(places).enumerate() {
             servers.push(NatsServer::launch(
                 binary.clone(),
                 &format!("n{i}"),
+                place,
                 *port,
                 Some((*cport, &routes)),
             )?);
@@ -243,21 +279,39 @@ impl NatsCluster {
     }
 }
 
+/// Where a server runs: its listen address and network namespace.
+#[derive(Debug, Clone)]
+pub struct Place {
+    pub host: String,
+    pub netns: Option<String>,
+}
+
+impl Place {
+    /// Loopback of the host's own network.
+    pub fn host() -> Place {
+        Place {
+            host: "127.0.0.1".to_owned(),
+            netns: None,
+        }
+    }
+}
+
 fn write_config(
     dir: &Path,
     name: &str,
+    host: &str,
     port: u16,
     cluster: Option<(u16, &[String])>,
 ) -> Result<PathBuf> {
     let store = dir.join("store");
     std::fs::create_dir_all(&store)?;
     let mut text = format!(
-        "server_name: {name}\nlisten: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: \"{}\"\n}}\n",
+        "server_name: {name}\nlisten: \"{host}:{port}\"\njetstream {{\n  store_dir: \"{}\"\n}}\n",
         store.display()
     );
     if let Some((cport, routes)) = cluster {
         text.push_str(&format!(
-            "cluster {{\n  name: berth\n  listen: \"127.0.0.1:{cport}\"\n  routes: [{}]\n}}\n",
+            "cluster {{\n  name: berth\n  listen: \"{host}:{cport}\"\n  routes: [{}]\n}}\n",
             routes
                 .iter()
                 .map(|r| format!("\"{r}\""))
@@ -271,10 +325,10 @@ fn write_config(
 }
 
 /// Waits until the port speaks NATS (sends its INFO line).
-fn wait_accepting(port: u16, within: Duration) -> Result<()> {
+fn wait_accepting(host: &str, port: u16, within: Duration) -> Result<()> {
     let deadline = Instant::now() + within;
     loop {
-        if let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) {
+        if let Ok(stream) = TcpStream::connect((host, port)) {
             stream.set_read_timeout(Some(Duration::from_secs(1)))?;
             let mut line = String::new();
             if BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with("INFO") {

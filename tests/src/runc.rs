@@ -78,7 +78,9 @@ pub fn remove_leftovers(runc_root: &Path, dir: &Path) {
                 .status();
         }
     }
-    for m in mounts_under(dir) {
+    // Newest first: a mount made on top of another (an instance's rootfs
+    // on a tmpfs under `dir`) goes before the one below it.
+    for m in mounts_under(dir).into_iter().rev() {
         let _ = std::process::Command::new("umount")
             .args(["-l", &m])
             .status();

@@ -11,6 +11,8 @@
 
 mod fault;
 mod model;
+mod nodes;
+mod notify;
 mod report;
 mod rng;
 mod verdict;
@@ -26,7 +28,7 @@ use crate::fault::{Fault, FaultKind};
 use crate::model::Log;
 use crate::rng::Rng;
 use crate::workload::Record;
-use crate::world::World;
+use crate::world::{Setup, World};
 
 /// Fault rounds per test unless `BERTH_FAULTS_ROUNDS` says otherwise.
 const DEFAULT_ROUNDS: usize = 3;
@@ -79,17 +81,52 @@ fn rollback_targets(log: &Log, svc: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Plans `per_round` faults of `kinds`, never two on one process.
-fn plan_faults(rng: &mut Rng, kinds: &[FaultKind], per_round: usize) -> Vec<Fault> {
+/// The process a fault stops or starves, if it hits one.
+fn process_of(f: &Fault) -> Option<&'static str> {
+    match f.kind {
+        FaultKind::Kill | FaultKind::Pause => Some(f.component),
+        FaultKind::DiskFull => Some("node"),
+        FaultKind::NodeLost => Some("node2"),
+        _ => None,
+    }
+}
+
+/// Plans round `round`'s `per_round` faults of `kinds`, never two on one
+/// process or one server. A node is lost in the first fault round (once:
+/// it never comes back). With one fault a round the kinds take turns from
+/// `turn`, so each comes up; with more they are drawn.
+fn plan_faults(
+    rng: &mut Rng,
+    world: &World,
+    kinds: &[FaultKind],
+    per_round: usize,
+    round: usize,
+    turn: usize,
+) -> Vec<Fault> {
+    let components: Vec<&'static str> = world
+        .components
+        .iter()
+        .copied()
+        .filter(|c| !world.is_lost(c))
+        .collect();
     let mut out: Vec<Fault> = Vec::new();
+    if round == 1 && kinds.contains(&FaultKind::NodeLost) {
+        out.push(Fault::plan(rng, FaultKind::NodeLost, &components));
+    }
+    let kinds: Vec<FaultKind> = kinds
+        .iter()
+        .copied()
+        .filter(|k| *k != FaultKind::NodeLost)
+        .collect();
+    if per_round == 1 && out.is_empty() {
+        let kind = kinds[(turn + round) % kinds.len()];
+        out.push(Fault::plan(rng, kind, &components));
+    }
     while out.len() < per_round {
-        let kind = rng.pick(kinds);
-        let f = Fault::plan(rng, kind);
-        let clash = out.iter().any(|o| match (o.kind, f.kind) {
-            (FaultKind::Kill | FaultKind::Pause, FaultKind::Kill | FaultKind::Pause) => {
-                o.component == f.component
-            }
-            (a, b) => a == b,
+        let kind = rng.pick(&kinds);
+        let f = Fault::plan(rng, kind, &components);
+        let clash = out.iter().any(|o| {
+            o.kind.clashes(f.kind) || (process_of(o).is_some() && process_of(o) == process_of(&f))
         });
         if !clash {
             out.push(f);
@@ -101,13 +138,14 @@ fn plan_faults(rng: &mut Rng, kinds: &[FaultKind], per_round: usize) -> Vec<Faul
 /// One test: an installation, one calm round, then fault rounds of `kinds`
 /// (`per_round` faults at once), each followed by convergence; then the
 /// verdict and the report.
-async fn suite(test: &str, kinds: &[FaultKind], per_round: usize) {
+async fn suite(test: &str, kinds: &[FaultKind], per_round: usize, setup: Setup) {
     let base = rng::base_seed();
     eprintln!("fault suite {test}: seed {base} (BERTH_FAULTS_SEED={base} repeats the plan)");
     let mut rng = Rng::new(rng::seed_for(base, test));
+    let turn = rng.below(kinds.len());
     let rounds = rounds();
     let t0 = Instant::now();
-    let world = World::start(fault::needs_cluster(kinds)).await;
+    let world = World::start(setup).await;
     let mut log = Log::default();
     if let Err(left) = converge(&world, &mut log, CONVERGE_LIMIT).await {
         panic!(
@@ -115,6 +153,18 @@ async fn suite(test: &str, kinds: &[FaultKind], per_round: usize) {
             world.log_tails()
         );
     }
+    // A round converges also when no deploy goes live: the first must.
+    let not_live: Vec<&str> = world
+        .services
+        .iter()
+        .filter(|s| log.services[&s.id].live.is_none())
+        .map(|s| s.name.as_str())
+        .collect();
+    assert!(
+        not_live.is_empty(),
+        "the first deploys of {not_live:?} did not go live\n{}",
+        world.log_tails()
+    );
     let mut scale_now: Vec<u32> = world
         .services
         .iter()
@@ -129,7 +179,7 @@ async fn suite(test: &str, kinds: &[FaultKind], per_round: usize) {
         let mut lanes = Vec::new();
         for (i, svc) in world.services.iter().enumerate() {
             let targets = rollback_targets(&log, &svc.id);
-            for lane in workload::plan(&mut rng, PER_LANE, scale_now[i]) {
+            for lane in workload::plan(&mut rng, PER_LANE, scale_now[i], setup.notify) {
                 if let Some(n) = lane.iter().rev().find_map(|p| p.num_instances) {
                     scale_now[i] = n;
                 }
@@ -137,7 +187,7 @@ async fn suite(test: &str, kinds: &[FaultKind], per_round: usize) {
             }
         }
         let faults = if faulted {
-            plan_faults(&mut rng, kinds, per_round)
+            plan_faults(&mut rng, &world, kinds, per_round, round, turn)
         } else {
             Vec::new()
         };
@@ -182,6 +232,31 @@ async fn suite(test: &str, kinds: &[FaultKind], per_round: usize) {
     let tally = verdict::tally(&world, &log, &records);
     problems.extend(tally.failures());
     problems.extend(verdict::scale_disagreements(&world, &log, &records));
+    let mut notes = Vec::new();
+    if setup.notify && problems.is_empty() {
+        let notified = notify::settle(&world, &mut log).await;
+        notes.push(notified.line());
+        problems.extend(notified.problems);
+    }
+    notes.extend(model::lost_nodes(&world, &log));
+    if setup.small_disk {
+        let full = world.log_lines("node", &["No space left", "reserve free"]);
+        notes.push(format!("node log: {} lines about a full disk", full.len()));
+        // What failed, each kind once: the message without time and ids.
+        let mut kinds: Vec<String> = full
+            .iter()
+            .filter_map(|l| l.split("error=").nth(1))
+            .map(|e| {
+                e.chars()
+                    .filter(|c| !c.is_ascii_digit())
+                    .take(110)
+                    .collect()
+            })
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        notes.extend(kinds.iter().take(4).map(|k| format!("  {k}")));
+    }
     let report = report::Report {
         test,
         seed: base,
@@ -191,6 +266,7 @@ async fn suite(test: &str, kinds: &[FaultKind], per_round: usize) {
         converge: &converge_times,
         latencies: report::deploy_latencies(&log, &records),
         wall: t0.elapsed(),
+        notes: &notes,
         problems: &problems,
     };
     report.publish();
@@ -202,33 +278,56 @@ async fn suite(test: &str, kinds: &[FaultKind], per_round: usize) {
     assert!(tally.acked > 0, "no command was acknowledged");
 }
 
+/// The installation for `kinds`, with failure notifications if `notify`.
+fn setup(kinds: &[FaultKind], notify: bool) -> Setup {
+    Setup {
+        notify,
+        ..fault::setup_for(kinds)
+    }
+}
+
+/// The notifier is among the processes killed, and some deploys fail on
+/// purpose: every failure must be notified exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn components_killed_with_sigkill_in_a_loop() {
-    suite("kill9", &[FaultKind::Kill], 1).await;
+    let kinds = [FaultKind::Kill];
+    suite("kill9", &kinds, 1, setup(&kinds, true)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn components_paused_and_resumed() {
-    suite("pause", &[FaultKind::Pause], 1).await;
+    let kinds = [FaultKind::Pause];
+    suite("pause", &kinds, 1, setup(&kinds, false)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_servers_of_a_three_node_cluster_killed_and_restarted() {
-    suite("nats", &[FaultKind::NatsKill], 1).await;
+async fn nats_servers_of_a_three_node_cluster_killed_or_cut_off() {
+    let kinds = [FaultKind::NatsKill, FaultKind::Partition];
+    suite("nats", &kinds, 1, setup(&kinds, false)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registry_down_and_back() {
-    suite("registry", &[FaultKind::RegistryDown], 1).await;
+async fn registry_down_or_slow_and_node_disk_full() {
+    let kinds = [
+        FaultKind::RegistryDown,
+        FaultKind::RegistrySlow,
+        FaultKind::DiskFull,
+    ];
+    suite("registry-disk", &kinds, 1, setup(&kinds, false)).await;
 }
 
+/// Two faults a round; a second node is lost for good in the first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fault_mixed() {
     let all = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::NatsKill,
+        FaultKind::Partition,
         FaultKind::RegistryDown,
+        FaultKind::RegistrySlow,
+        FaultKind::DiskFull,
+        FaultKind::NodeLost,
     ];
-    suite("mixed", &all, 2).await;
+    suite("mixed", &all, 2, setup(&all, false)).await;
 }

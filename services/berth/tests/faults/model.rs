@@ -136,7 +136,8 @@ pub async fn disagreements(world: &World, log: &Log) -> Vec<String> {
             out.push(format!("{d} deactivated {n} times"));
         }
     }
-    let mut wanted = BTreeSet::new();
+    // Instances the log wants, by the node they are placed on.
+    let mut wanted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for svc in &world.services {
         let Some(s) = log.services.get(&svc.id) else {
             out.push(format!("{} not in the log", svc.name));
@@ -172,32 +173,59 @@ pub async fn disagreements(world: &World, log: &Log) -> Vec<String> {
                 on_live.len()
             ));
         }
-        wanted.extend(s.instances.iter().map(|i| i.id.to_string()));
+        for i in s.instances.iter() {
+            wanted
+                .entry(i.node.to_string())
+                .or_default()
+                .insert(i.id.to_string());
+        }
         out.extend(read_model_disagrees(world, svc, s).await);
     }
-    // runc runs exactly the instances the log wants: no orphan, none missing.
-    let listed = if world.runc_root().exists() {
-        berth_tests::runc::try_runc_list(&world.runc_root())
-    } else {
-        Ok(Vec::new())
-    };
-    let running: BTreeSet<String> = match listed {
-        Ok(r) => r.into_iter().collect(),
-        Err(e) => {
-            // A container removed while runc lists: ask again.
-            out.push(format!("runc list: {e}"));
-            return out;
+    // On each live node runc runs exactly the instances the log places
+    // there (no orphan, none missing); a lost node holds none any more.
+    let mut known = BTreeSet::new();
+    for node in world.nodes() {
+        let Some(id) = world.node_id(node) else {
+            out.push(format!("{node} has no id yet"));
+            continue;
+        };
+        let here = wanted.get(&id).cloned().unwrap_or_default();
+        known.insert(id.clone());
+        if world.is_lost(node) {
+            for i in &here {
+                out.push(format!("instance {i} is still placed on the lost {node}"));
+            }
+            continue;
         }
-    };
-    for orphan in running.difference(&wanted) {
-        out.push(format!(
-            "container {orphan} runs, the log wants no such instance"
-        ));
+        let root = world.runc_root(node);
+        let listed = if root.exists() {
+            berth_tests::runc::try_runc_list(&root)
+        } else {
+            Ok(Vec::new())
+        };
+        let running: BTreeSet<String> = match listed {
+            Ok(r) => r.into_iter().collect(),
+            Err(e) => {
+                // A container removed while runc lists: ask again.
+                out.push(format!("runc list on {node}: {e}"));
+                continue;
+            }
+        };
+        for orphan in running.difference(&here) {
+            out.push(format!(
+                "container {orphan} runs on {node}, the log wants no such instance there"
+            ));
+        }
+        for missing in here.difference(&running) {
+            out.push(format!(
+                "instance {missing} is in the log on {node}, no container runs it"
+            ));
+        }
     }
-    for missing in wanted.difference(&running) {
-        out.push(format!(
-            "instance {missing} is in the log, no container runs it"
-        ));
+    for (node, instances) in &wanted {
+        if !known.contains(node) {
+            out.push(format!("instances {instances:?} on unknown node {node}"));
+        }
     }
     out
 }
@@ -310,4 +338,30 @@ pub fn events_naming(log: &Log, disagreements: &[String]) -> Vec<String> {
                 .then(|| format!("{} {:?} {json}", e.time.format("%H:%M:%S%.3f"), e.actor))
         })
         .collect()
+}
+
+/// What became of each lost node's instances, one line per node.
+pub fn lost_nodes(world: &World, log: &Log) -> Vec<String> {
+    let mut out = Vec::new();
+    for node in world.nodes() {
+        let Some(id) = world.node_id(node).filter(|_| world.is_lost(node)) else {
+            continue;
+        };
+        let (mut recorded, mut failed, mut moved) = (false, 0, 0);
+        for e in log.events() {
+            match &e.event {
+                Event::NodeLost(_) => {
+                    recorded |= matches!(&e.aggregate, AggregateId::Node(n) if n.to_string() == id);
+                }
+                Event::ServerFailed(f) if f.node.to_string() == id => failed += f.instances.len(),
+                Event::InstanceRescheduled(r) if r.from_node.to_string() == id => moved += 1,
+                _ => {}
+            }
+        }
+        out.push(format!(
+            "{node} lost for good: node_lost {}, {failed} instances reported failed there, {moved} replaced on another node",
+            if recorded { "recorded" } else { "NOT recorded" }
+        ));
+    }
+    out
 }

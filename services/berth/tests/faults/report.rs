@@ -65,6 +65,8 @@ pub struct Report<'a> {
     pub converge: &'a [Duration],
     pub latencies: (Vec<Duration>, Vec<Duration>),
     pub wall: Duration,
+    /// Lines of their own (notifications, lost nodes).
+    pub notes: &'a [String],
     pub problems: &'a [String],
 }
 
@@ -116,6 +118,9 @@ impl Report<'_> {
             "deploy latency (first try to live), under faults: {}",
             summary(&self.latencies.1)
         );
+        for n in self.notes {
+            let _ = writeln!(s, "{n}");
+        }
         if self.problems.is_empty() {
             let _ = writeln!(s, "verdict: PASS");
         } else {

@@ -105,18 +105,26 @@ pub struct Planned {
     pub num_instances: Option<u32>,
 }
 
+/// The tag no image has: a deploy of it fails (the image is not found).
+pub const MISSING_TAG: &str = "missing";
+
 /// The two lanes of one service for one round: deploys of every kind on
 /// the first; scales, restarts and bus deploys on the second (so scales
 /// are ordered, and a bus deploy's retry can meet another lane's deploy).
-pub fn plan(rng: &mut Rng, per_lane: usize, scale_from: u32) -> [Vec<Planned>; 2] {
-    let tags = [None, Some("v1"), Some("v2")];
+/// With `failing`, some deploys ask for a tag the registry does not have.
+pub fn plan(rng: &mut Rng, per_lane: usize, scale_from: u32, failing: bool) -> [Vec<Planned>; 2] {
+    let tags: &[Option<&'static str>] = if failing {
+        &[None, Some("v1"), Some("v2"), Some(MISSING_TAG)]
+    } else {
+        &[None, Some("v1"), Some("v2")]
+    };
     let mut first = Vec::new();
     for _ in 0..per_lane {
         let kind = rng.pick(&[Kind::ApiDeploy, Kind::Hook, Kind::BusDeploy, Kind::Rollback]);
         first.push(Planned {
             pause: rng.millis(0, 1500),
             kind,
-            tag: rng.pick(&tags),
+            tag: rng.pick(tags),
             num_instances: None,
         });
     }
@@ -137,7 +145,7 @@ pub fn plan(rng: &mut Rng, per_lane: usize, scale_from: u32) -> [Vec<Planned>; 2
         second.push(Planned {
             pause: rng.millis(0, 1500),
             kind,
-            tag: rng.pick(&tags),
+            tag: rng.pick(tags),
             num_instances,
         });
     }

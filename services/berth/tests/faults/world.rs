@@ -1,9 +1,13 @@
 //! One installation the suite breaks: a nats-server (one, or a 3-node
-//! 2.15 cluster with R3 streams), an anonymous registry holding two tags of
-//! a busybox image, and berth's components each as its own `berth run`
-//! process sharing one data dir, so each can be killed, paused and started
-//! again on its own. Everything it started (processes, containers, mounts,
-//! the node's network) is removed on drop, also when a test fails.
+//! 2.15 cluster with R3 streams, each member in a network namespace of its
+//! own when it is to be cut off), an anonymous registry holding two tags of
+//! a busybox image behind a proxy that can be made slow, and berth's
+//! components each as its own `berth run` process sharing one data dir, so
+//! each can be killed, paused and started again on its own (a second node,
+//! the notifier and a webhook receiver, and the node's dir on a tmpfs of
+//! its own that can be filled, when the test asks). Everything it started (processes,
+//! containers, mounts, namespaces, the nodes' networks) is removed on drop,
+//! also when a test fails.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,8 +17,11 @@ use std::time::{Duration, Instant};
 
 use berth_runtime::SecretKey;
 use berth_schemas::Subjects;
+use berth_tests::netns::Netns;
+use berth_tests::proxy::DelayProxy;
 use berth_tests::registry::{Registry, RegistryAuth};
-use berth_tests::{free_port, NatsCluster, NatsServer, NatsVersion};
+use berth_tests::webhook::Receiver;
+use berth_tests::{free_port, NatsCluster, NatsServer, NatsVersion, Place};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
@@ -25,8 +32,73 @@ const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 /// The components run as processes of their own, each a fault target.
 pub const COMPONENTS: &[&str] = &["resolver", "scheduler", "node", "api"];
 
+/// What an installation has beyond the basics, as its faults need.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Setup {
+    /// A 3-node cluster rather than one server.
+    pub cluster: bool,
+    /// Each cluster member in a network namespace of its own.
+    pub netns: bool,
+    /// A second node (`node2`).
+    pub second_node: bool,
+    /// The node's dir on a tmpfs of 1184 MiB.
+    pub small_disk: bool,
+    /// The notifier, a webhook channel to a receiver of the test's, and
+    /// deploys of a tag the registry does not have (they fail).
+    pub notify: bool,
+}
+
 /// The repository every service deploys from; tags `v1` and `v2`.
 pub const REPO: &str = "app/svc";
+
+/// `line` without the terminal color codes the components' logs carry.
+fn without_colors(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ … m
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// How long the scheduler waits for a silent node before it is lost:
+/// longer than any pause (4 s); with network cuts, longer than a cut (up
+/// to 8 s) and the TCP retransmission backoff after it. A node declared
+/// lost and then back keeps the containers of the instances replaced
+/// meanwhile (seed 208826437 with 12 s, a cut of 6.7 s): a finding about
+/// the node, not something this suite should trip over in every run.
+fn heartbeat_timeout_ms(setup: Setup) -> &'static str {
+    if setup.netns {
+        "30000"
+    } else {
+        "12000"
+    }
+}
+
+/// Pushes tags `v1` and `v2` as built by `build`: each build's images
+/// differ (by their config), so deploying them pulls.
+async fn push_images(registry: &Registry, build: usize) -> anyhow::Result<()> {
+    for tag in ["v1", "v2"] {
+        let env = [
+            "PATH=/bin".to_owned(),
+            format!("VERSION={tag}"),
+            format!("BUILD={build}"),
+        ];
+        let config = json!({"Cmd": ["/bin/sh"], "Env": env});
+        let image = berth_tests::agent::busybox_image(config);
+        registry.push_image(REPO, tag, &image).await?;
+    }
+    Ok(())
+}
 
 /// The nats-server(s) under the installation.
 pub enum Nats {
@@ -62,12 +134,23 @@ pub struct Svc {
 /// Shared by the workload's lanes and the fault injector: what faults
 /// change sits behind locks held only while breaking or healing.
 pub struct World {
+    pub setup: Setup,
     pub nats: Mutex<Nats>,
+    /// The cluster's namespaces (dropped after the servers in them).
+    pub netns: Option<Netns>,
     nats_urls: String,
     replicas: usize,
     pub registry: tokio::sync::Mutex<Registry>,
-    registry_host: String,
+    /// What every image reference names: the registry through the proxy.
+    pub proxy: DelayProxy,
+    pub receiver: Option<Receiver>,
+    /// The processes the faults pick from.
+    pub components: Vec<&'static str>,
     procs: Mutex<BTreeMap<&'static str, Child>>,
+    /// Nodes killed for good (a machine gone).
+    pub(crate) lost: Mutex<Vec<&'static str>>,
+    /// Images pushed since the first.
+    builds: std::sync::atomic::AtomicUsize,
     pub data: PathBuf,
     pub subjects: Subjects,
     pub api_port: u16,
@@ -90,34 +173,63 @@ impl Drop for World {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGCONT);
             }
         }
-        berth_tests::runc::remove_leftovers(&self.runc_root(), &self.data);
-        berth_tests::net::remove_network(
-            &berth_tests::net::subnet_for(&self.data),
-            Some(&self.data.join("node/agent/net")),
-        );
+        // Networks first (their state is under the node dirs), then the
+        // containers, then every mount under the data dir (the tmpfs too).
+        for node in self.nodes() {
+            berth_tests::net::remove_network(
+                &self.subnet(node),
+                Some(&self.node_dir(node).join("agent/net")),
+            );
+        }
+        for node in self.nodes() {
+            berth_tests::runc::remove_leftovers(&self.runc_root(node), &self.node_dir(node));
+        }
+        berth_tests::runc::remove_leftovers(&self.runc_root("node"), &self.data);
     }
 }
 
 impl World {
     /// Starts everything and creates the services (two web services and a
     /// worker), waiting for nothing but the API.
-    pub async fn start(cluster: bool) -> World {
+    pub async fn start(setup: Setup) -> World {
         berth_tests::runc::require_root_and_runc();
-        let nats = if cluster {
-            Nats::Cluster(NatsCluster::start(NatsVersion::Modern, 3).await.unwrap())
-        } else {
-            Nats::Single(NatsServer::start(NatsVersion::Modern).unwrap())
+        let netns = setup.netns.then(|| Netns::create(3).unwrap());
+        let nats = match &netns {
+            Some(net) => {
+                let places: Vec<Place> = (0..3)
+                    .map(|i| Place {
+                        host: net.addr(i).to_owned(),
+                        netns: Some(net.name(i).to_owned()),
+                    })
+                    .collect();
+                let cluster = NatsCluster::start_at(NatsVersion::Modern, &places).await;
+                Nats::Cluster(cluster.unwrap())
+            }
+            None if setup.cluster => {
+                Nats::Cluster(NatsCluster::start(NatsVersion::Modern, 3).await.unwrap())
+            }
+            None => Nats::Single(NatsServer::start(NatsVersion::Modern).unwrap()),
         };
         let registry = Registry::start(RegistryAuth::None).await.unwrap();
-        for tag in ["v1", "v2"] {
-            let config =
-                json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin", format!("VERSION={tag}")]});
-            let image = berth_tests::agent::busybox_image(config);
-            registry.push_image(REPO, tag, &image).await.unwrap();
-        }
+        push_images(&registry, 0).await.unwrap();
+        let proxy = DelayProxy::start(&registry.host).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
+        let receiver = if setup.notify {
+            // Every third request refused: deliveries are retried, under
+            // the same webhook-id.
+            Some(Receiver::start(3).await.unwrap())
+        } else {
+            None
+        };
+        let mut components = COMPONENTS.to_vec();
+        if setup.second_node {
+            components.push("node2");
+        }
+        if setup.notify {
+            components.push("notifier");
+        }
         let bus = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .max_reconnects(None)
@@ -137,12 +249,18 @@ impl World {
             .build()
             .unwrap();
         let mut world = World {
+            setup,
             nats_urls: nats.urls(),
             replicas: nats.replicas(),
             nats: Mutex::new(nats),
-            registry_host: registry.host.clone(),
+            netns,
             registry: tokio::sync::Mutex::new(registry),
+            proxy,
+            receiver,
+            components,
             procs: Mutex::default(),
+            lost: Mutex::default(),
+            builds: Default::default(),
             data,
             subjects: Subjects::new(&berth_tests::unique_prefix()).unwrap(),
             api_port: free_port(),
@@ -154,27 +272,57 @@ impl World {
             secret_key: SecretKey::generate_base64(),
             _dir: dir,
         };
+        if setup.small_disk {
+            world.mount_small_disk();
+        }
         // The API provisions the streams; the rest wait for them.
         world.spawn("api");
         world.wait_for_api(Duration::from_secs(60)).await;
-        for c in COMPONENTS.iter().filter(|c| **c != "api") {
-            world.spawn(c);
+        for c in world.components.clone() {
+            if c != "api" {
+                world.spawn(c);
+            }
         }
         let creds: Value =
             serde_json::from_slice(&std::fs::read(world.data.join("credentials.json")).unwrap())
                 .unwrap();
         world.api_key = creds["apiKey"].as_str().unwrap().to_owned();
         world.owner = creds["ownerId"].as_str().unwrap().to_owned();
+        if let Some(r) = &world.receiver {
+            let path = format!("/v1/notification-settings/owners/{}", world.owner);
+            let secret = format!("whsec_{}", data_encoding::BASE64.encode(&[7u8; 32]));
+            let body = json!({"webhookUrl": r.url, "webhookSecret": secret});
+            let answer = world.call(reqwest::Method::PATCH, &path, Some(body)).await;
+            assert!(
+                matches!(answer, Some((200, _))),
+                "notification settings: {answer:?}"
+            );
+        }
         world.create_services().await;
         world
     }
 
-    pub fn runc_root(&self) -> PathBuf {
-        self.data.join("node/agent/runc")
+    /// New images for `v1` and `v2`, as a build pipeline pushes them
+    /// (retried while another fault has the registry down).
+    pub async fn push_new_images(&self) {
+        let build = self
+            .builds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            // The lock is not held between tries: healing the registry takes it.
+            let pushed = push_images(&*self.registry.lock().await, build).await;
+            match pushed {
+                Ok(()) => return,
+                Err(e) => assert!(Instant::now() < deadline, "pushing new images: {e:#}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     pub fn image(&self, tag: &str) -> String {
-        format!("{}/{REPO}:{tag}", self.registry_host)
+        format!("{}/{REPO}:{tag}", self.proxy.host)
     }
 
     fn log_file(&self, component: &str) -> PathBuf {
@@ -184,7 +332,7 @@ impl World {
     /// The last lines each component wrote, for a failure message.
     pub fn log_tails(&self) -> String {
         let mut out = String::new();
-        for c in COMPONENTS {
+        for c in &self.components {
             let text = std::fs::read_to_string(self.log_file(c)).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             out.push_str(&format!("--- {c}\n"));
@@ -196,6 +344,16 @@ impl World {
         out
     }
 
+    /// The lines of `component`'s log that mention any of `needles`.
+    pub fn log_lines(&self, component: &str, needles: &[&str]) -> Vec<String> {
+        std::fs::read_to_string(self.log_file(component))
+            .unwrap_or_default()
+            .lines()
+            .map(without_colors)
+            .filter(|l| needles.iter().any(|n| l.contains(n)))
+            .collect()
+    }
+
     /// Starts `berth run <component>` (again).
     pub fn spawn(&self, component: &'static str) {
         let log = std::fs::OpenOptions::new()
@@ -203,6 +361,17 @@ impl World {
             .append(true)
             .open(self.log_file(component))
             .unwrap();
+        // `node2` is a second `berth run node` with a dir of its own.
+        let (run, node_dir) = match component {
+            "node2" => ("node", self.node_dir(component)),
+            _ => (component, self.node_dir("node")),
+        };
+        let node_name = format!("faults-{component}");
+        let ports = if component == "node2" {
+            "25000-29999"
+        } else {
+            "20000-24999"
+        };
         let mut c = Command::new(BERTH);
         c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -222,14 +391,23 @@ impl World {
             .env("BERTH_RESOLVER_RETRY_CAP_MS", "2000")
             .env("BERTH_RESOLVER_RETRY_TOTAL_MS", "30000")
             .env("BERTH_RESOLVER_ACK_WAIT_SECS", "5")
-            .env("BERTH_SCHEDULER_HEARTBEAT_TIMEOUT_MS", "12000")
+            .env(
+                "BERTH_SCHEDULER_HEARTBEAT_TIMEOUT_MS",
+                heartbeat_timeout_ms(self.setup),
+            )
             .env("BERTH_SCHEDULER_SWEEP_MS", "2000")
             .env("BERTH_SCHEDULER_DRAIN_MS", "200")
             .env("BERTH_SCHEDULER_READINESS_WINDOW_SECS", "60")
-            .env("BERTH_NODE_NAME", "faults-node")
+            .env("BERTH_NODE_NAME", node_name)
+            .env("BERTH_NODE_DIR", node_dir)
+            .env("BERTH_NODE_PORTS", ports)
             .env(
                 "BERTH_NODE_SUBNET",
-                berth_tests::net::subnet_for(&self.data),
+                self.subnet(if component == "node2" {
+                    "node2"
+                } else {
+                    "node"
+                }),
             )
             .env("BERTH_NODE_CPU_MILLIS", "8000")
             .env("BERTH_NODE_MEMORY_MIB", "8192")
@@ -239,14 +417,17 @@ impl World {
             .env("BERTH_NODE_HEALTH_INTERVAL_MS", "200")
             .env("BERTH_NODE_WORKER_GRACE_MS", "500")
             .env("BERTH_NODE_GC_INTERVAL_SECS", "0")
+            .env("BERTH_NOTIFIER_RETRY_MS", "1000")
+            .env("BERTH_NOTIFIER_ACK_WAIT_SECS", "5")
+            .env("BERTH_NOTIFIER_SEND_TIMEOUT_SECS", "5")
             .env("BERTH_API_ADDR", format!("127.0.0.1:{}", self.api_port))
-            .args(["run", component])
+            .args(["run", run])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
         // A node never holds the installation's key.
-        if component != "node" {
+        if run != "node" {
             c.env("BERTH_SECRET_KEY", &self.secret_key);
         }
         let child = c.spawn().unwrap();
