@@ -53,6 +53,71 @@ struct Known {
     /// (moved or released): if that node comes back still running them,
     /// they are stopped there.
     retired: HashMap<InstanceId, (ServiceId, NodeId)>,
+    /// When each node that had been lost was seen recovered: a pass
+    /// decided while it was lost may land after it came back, and the
+    /// instances it moved away must still be stopped there.
+    recovered: HashMap<NodeId, DateTime<Utc>>,
+}
+
+/// How long after a node's recovery the instances that leave the log
+/// from it still count as moved away from a lost node.
+const RECENTLY_RECOVERED: chrono::Duration = chrono::Duration::minutes(10);
+
+impl Known {
+    /// Takes a node's state as loaded, noting a recovery.
+    fn set_node(&mut self, node: &NodeId, state: NodeState, now: DateTime<Utc>) {
+        let was_lost = self.nodes.get(node).is_some_and(|s| s.lost);
+        if was_lost && !state.lost {
+            self.recovered.insert(node.clone(), now);
+        }
+        self.recovered
+            .retain(|_, at| now - *at < RECENTLY_RECOVERED);
+        self.nodes.insert(node.clone(), state);
+    }
+
+    /// Lost now, or recovered a short while ago.
+    fn lost_lately(&self, node: &NodeId, now: DateTime<Utc>) -> bool {
+        self.nodes.get(node).is_some_and(|s| s.lost)
+            || self
+                .recovered
+                .get(node)
+                .is_some_and(|at| now - *at < RECENTLY_RECOVERED)
+    }
+
+    /// Remembers what `service`'s instances reserve, and which of its
+    /// instances left the log from a node lost now or lately.
+    fn record_service(
+        &mut self,
+        service: &ServiceId,
+        usage: Usage,
+        still: impl Fn(&InstanceId) -> bool,
+        now: DateTime<Utc>,
+    ) {
+        let gone: Vec<(InstanceId, NodeId)> = self
+            .usage
+            .get(service)
+            .into_iter()
+            .flat_map(|u| &u.at)
+            .filter(|(id, _)| !still(id))
+            .filter(|(_, node)| self.lost_lately(node, now))
+            .cloned()
+            .collect();
+        for (id, node) in gone {
+            self.retired.insert(id, (service.clone(), node));
+        }
+        self.usage.insert(service.clone(), usage);
+    }
+
+    /// See [`Cluster::orphans`].
+    fn orphans(&mut self, node: &NodeId, running: &[InstanceId]) -> Vec<(ServiceId, InstanceId)> {
+        self.retired
+            .retain(|id, (_, n)| n != node || running.contains(id));
+        self.retired
+            .iter()
+            .filter(|(_, (_, n))| n == node)
+            .map(|(id, (svc, _))| (svc.clone(), id.clone()))
+            .collect()
+    }
 }
 
 impl Cluster {
@@ -103,8 +168,7 @@ impl Cluster {
             .await
             .map_err(SchedulerError::store)?;
         self.lock()
-            .nodes
-            .insert(node.clone(), NodeState::clone(&state));
+            .set_node(node, NodeState::clone(&state), Utc::now());
         Ok(())
     }
 
@@ -166,7 +230,7 @@ impl Cluster {
     }
 
     /// Remembers what `service`'s instances reserve, and which of its
-    /// instances left the log from a node recorded lost.
+    /// instances left the log from a node lost now or lately.
     pub(crate) fn record_service(&self, service: &ServiceId, state: &ServiceState) {
         let usage = match &state.config {
             Some(cfg) => Usage {
@@ -180,20 +244,12 @@ impl Cluster {
             },
             None => Usage::default(),
         };
-        let mut k = self.lock();
-        let gone: Vec<(InstanceId, NodeId)> = k
-            .usage
-            .get(service)
-            .into_iter()
-            .flat_map(|u| &u.at)
-            .filter(|(id, _)| state.instances.get(id).is_none())
-            .filter(|(_, node)| k.nodes.get(node).is_some_and(|s| s.lost))
-            .cloned()
-            .collect();
-        for (id, node) in gone {
-            k.retired.insert(id, (service.clone(), node));
-        }
-        k.usage.insert(service.clone(), usage);
+        self.lock().record_service(
+            service,
+            usage,
+            |id| state.instances.get(id).is_some(),
+            Utc::now(),
+        );
     }
 
     /// Instances `node` says it runs that left the log while it was lost;
@@ -203,14 +259,7 @@ impl Cluster {
         node: &NodeId,
         running: &[InstanceId],
     ) -> Vec<(ServiceId, InstanceId)> {
-        let mut k = self.lock();
-        k.retired
-            .retain(|id, (_, n)| n != node || running.contains(id));
-        k.retired
-            .iter()
-            .filter(|(_, (_, n))| n == node)
-            .map(|(id, (svc, _))| (svc.clone(), id.clone()))
-            .collect()
+        self.lock().orphans(node, running)
     }
 
     /// The cluster for one decision about `service` (its own instances are
@@ -297,5 +346,82 @@ impl Cluster {
             .await
             .map_err(|e| SchedulerError::Store(e.to_string()))?;
         self.refresh_node(node).await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn node(lost: bool) -> NodeState {
+        NodeState {
+            lost,
+            ..NodeState::default()
+        }
+    }
+
+    fn at(instance: &InstanceId, node: &NodeId) -> Usage {
+        Usage {
+            at: vec![(instance.clone(), node.clone())],
+            ..Usage::default()
+        }
+    }
+
+    #[test]
+    fn an_instance_moved_off_a_node_that_came_back_before_the_move_landed_is_stopped_there() {
+        let (n, svc, i) = (
+            NodeId::generate(),
+            ServiceId::generate(),
+            InstanceId::generate(),
+        );
+        let t0 = Utc::now();
+        let mut k = Known::default();
+        k.set_node(&n, node(false), t0);
+        k.record_service(&svc, at(&i, &n), |_| true, t0);
+        // Lost, then back before the pass that moved its instance landed.
+        k.set_node(&n, node(true), t0);
+        k.set_node(&n, node(false), t0 + chrono::Duration::seconds(2));
+        k.record_service(
+            &svc,
+            Usage::default(),
+            |_| false,
+            t0 + chrono::Duration::seconds(3),
+        );
+        assert_eq!(k.orphans(&n, std::slice::from_ref(&i)), vec![(svc.clone(), i.clone())]);
+        // Once the node no longer runs it, it is forgotten.
+        assert!(k.orphans(&n, &[]).is_empty());
+    }
+
+    #[test]
+    fn instances_leaving_a_node_never_lost_are_not_orphans() {
+        let (n, svc, i) = (
+            NodeId::generate(),
+            ServiceId::generate(),
+            InstanceId::generate(),
+        );
+        let t0 = Utc::now();
+        let mut k = Known::default();
+        k.set_node(&n, node(false), t0);
+        k.record_service(&svc, at(&i, &n), |_| true, t0);
+        k.record_service(&svc, Usage::default(), |_| false, t0);
+        assert!(k.orphans(&n, &[i]).is_empty());
+    }
+
+    #[test]
+    fn a_recovery_long_ago_no_longer_counts() {
+        let (n, svc, i) = (
+            NodeId::generate(),
+            ServiceId::generate(),
+            InstanceId::generate(),
+        );
+        let t0 = Utc::now();
+        let mut k = Known::default();
+        k.set_node(&n, node(true), t0);
+        k.set_node(&n, node(false), t0);
+        k.record_service(&svc, at(&i, &n), |_| true, t0);
+        let later = t0 + RECENTLY_RECOVERED + chrono::Duration::seconds(1);
+        k.record_service(&svc, Usage::default(), |_| false, later);
+        assert!(k.orphans(&n, &[i]).is_empty());
     }
 }
