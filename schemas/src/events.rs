@@ -98,6 +98,26 @@ pub enum CancelReason {
     ServiceStopped,
 }
 
+/// Why obtaining a certificate failed, in terms an owner can act on (no
+/// internal connection errors are ever echoed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CertificateFailure {
+    /// The certificate authority could not be reached or answered with a
+    /// server error.
+    CaUnavailable,
+    /// The certificate authority fetched the HTTP-01 challenge and did not
+    /// get the expected answer (DNS not pointing at berth, or a proxy in
+    /// front answering instead).
+    ChallengeFailed,
+    /// The certificate authority refused the name (policy, CAA, rate limit).
+    Rejected,
+    /// The certificate authority took too long to validate or issue.
+    TimedOut,
+    /// The certificate store (NATS) could not be read or written.
+    StoreUnavailable,
+}
+
 /// Reads a setting that can be cleared: `null` is `Some(None)` (clear
 /// it), an absent field `None` (through `default`). Plain `Option` reads
 /// `null` as absent, so a clearing written to the log would read back as
@@ -586,6 +606,36 @@ events! {
     /// Retries ran out.
     NotificationAbandoned = "notification_abandoned" v 1 {
         pub attempts: u32,
+    }
+
+    // ---- certificates (the router's managed certificates, on the owning service's subject) ----
+
+    /// A certificate for one of the service's domains was obtained over
+    /// ACME (first issue or renewal) and is being served.
+    CertificateIssued = "certificate_issued" v 1 {
+        /// The domain name it is for (lower case).
+        pub domain: String,
+        /// When it expires.
+        pub not_after: DateTime<Utc>,
+        /// Its serial number, hex.
+        pub serial: String,
+        /// Whether it replaced an earlier certificate for the domain.
+        pub renewal: bool,
+    }
+    /// Obtaining or renewing a domain's certificate failed; it is retried
+    /// after `retry_in_secs` (any certificate already held keeps serving).
+    CertificateFailed = "certificate_failed" v 1 {
+        pub domain: String,
+        pub reason: CertificateFailure,
+        /// Attempts so far for this domain, this one included.
+        pub attempt: u32,
+        /// Seconds until the next attempt.
+        pub retry_in_secs: u64,
+    }
+    /// The domain left the service, and its certificate was removed from
+    /// the certificate store.
+    CertificateRemoved = "certificate_removed" v 1 {
+        pub domain: String,
     }
 }
 

@@ -197,8 +197,11 @@ pub fn build(deps: &ComponentDeps, only: Option<&str>) -> anyhow::Result<Vec<Box
                     key()?,
                     deps.options.notifier.clone(),
                 ))),
+                // The key seals the certificate store's private keys
+                // (HTTPS only; plain HTTP runs without one).
                 "router" => Ok(berth_router::component(
                     store(),
+                    deps.secret_key.as_deref().cloned(),
                     deps.options.router.clone(),
                 )),
                 "api" => Ok(berth_api::component(

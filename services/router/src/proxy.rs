@@ -10,7 +10,11 @@
 //!   instances of a rollout may go down a moment before this router has
 //!   applied the `deploy_live` that moved traffic off them;
 //! - answers of its own are short pages (404 unknown host, 502 no healthy
-//!   instance, 503 suspended) that name nothing internal.
+//!   instance, 503 suspended) that name nothing internal;
+//! - with HTTPS on ([`HttpsSide`]): plain HTTP answers ACME HTTP-01
+//!   challenges from the certificate store, and redirects every other
+//!   request for a host the router holds a certificate for to HTTPS;
+//!   HTTPS answers carry `Strict-Transport-Security` when configured.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -32,9 +36,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::body::Returnable;
-use crate::config::RouterOptions;
+use crate::certstore::CertStore;
+use crate::config::{HttpsOptions, RouterOptions};
 use crate::stats::HttpStats;
 use crate::table::{Route, RouteState, Routes};
+use crate::tls::Certificates;
 
 /// What the router answers with.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -76,6 +82,35 @@ pub struct Proxy {
     ejected: Ejected,
     /// Requests per service, for the metrics.
     stats: Arc<HttpStats>,
+    https: Option<HttpsSide>,
+}
+
+/// What the proxy needs of the HTTPS side.
+#[derive(Debug, Clone)]
+pub struct HttpsSide {
+    pub opts: HttpsOptions,
+    /// The managed certificates now (which hosts redirect).
+    pub certs: Certificates,
+    /// Where HTTP-01 answers are kept.
+    pub store: CertStore,
+}
+
+impl HttpsSide {
+    /// Whether the router can serve `host` (no port, lower case) over HTTPS.
+    fn has_certificate(&self, host: &str) -> bool {
+        self.certs.load().contains_key(host)
+            || self.opts.operator.as_ref().is_some_and(|o| o.covers(host))
+    }
+}
+
+/// Where HTTP-01 challenges are fetched (RFC 8555 §8.3).
+const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
+
+/// How a request reached the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Http,
+    Https,
 }
 
 /// Addresses whose last connect failed, until when.
@@ -115,14 +150,59 @@ impl Proxy {
             client,
             ejected: Ejected::default(),
             stats,
+            https: None,
         }
     }
 
-    /// Answers one request from `peer`.
+    /// The proxy with its HTTPS side (challenges, redirects, HSTS).
+    pub fn with_https(mut self, https: HttpsSide) -> Self {
+        self.https = Some(https);
+        self
+    }
+
+    /// Answers one plain HTTP request from `peer`.
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        if let Some(https) = &self.https {
+            if let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE) {
+                return Ok(challenge(&https.store, token).await);
+            }
+            if https.opts.redirect {
+                if let Some(to) = redirect_to(&req, https) {
+                    return Ok(to);
+                }
+            }
+        }
+        self.serve(req, peer, Scheme::Http).await
+    }
+
+    /// Answers one HTTPS request (HTTP/2 or HTTP/1.1) from `peer`.
+    pub async fn handle_https(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let hsts = self
+            .https
+            .as_ref()
+            .and_then(|h| h.opts.hsts_max_age)
+            .and_then(|age| HeaderValue::from_str(&format!("max-age={age}")).ok());
+        let mut resp = self.serve(req, peer, Scheme::Https).await?;
+        if let Some(v) = hsts {
+            resp.headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, v);
+        }
+        Ok(resp)
+    }
+
+    async fn serve(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        scheme: Scheme,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let start = Instant::now();
         let Some(name) = host_of(&req).and_then(|h| service_name(&h, &self.opts.base_domain))
@@ -142,7 +222,7 @@ impl Proxy {
             )
         } else {
             let service = route.service.clone();
-            let resp = self.forward(route, req, peer).await;
+            let resp = self.forward(route, req, peer, scheme).await;
             // Until the answer's head: what the client waited for.
             self.stats
                 .record(&service, resp.status().as_u16(), start.elapsed());
@@ -158,7 +238,9 @@ impl Proxy {
         first: Arc<Route>,
         req: Request<Incoming>,
         peer: SocketAddr,
+        scheme: Scheme,
     ) -> Response<ProxyBody> {
+        let host = host_of(&req);
         let (mut parts, body) = req.into_parts();
         // A protocol upgrade (WebSocket): asked of the instance as the
         // client asked it; on its `101` both connections are joined.
@@ -166,7 +248,7 @@ impl Proxy {
         let mut client_upgrade = upgrade
             .as_ref()
             .and_then(|_| parts.extensions.remove::<OnUpgrade>());
-        let mut headers = forwarded_headers(parts.headers, peer);
+        let mut headers = forwarded_headers(parts.headers, peer, scheme, host.as_deref());
         let request_id = headers.get(&X_REQUEST_ID).cloned();
         if let Some(protocol) = upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -351,8 +433,20 @@ fn build_request(
 /// The request's headers as the instance gets them: hop-by-hop ones
 /// dropped, `X-Forwarded-*` added (the client's address appended to any
 /// chain it sent; the original Host kept, so apps see their public name).
-fn forwarded_headers(mut h: HeaderMap, peer: SocketAddr) -> HeaderMap {
+fn forwarded_headers(
+    mut h: HeaderMap,
+    peer: SocketAddr,
+    scheme: Scheme,
+    authority: Option<&str>,
+) -> HeaderMap {
     strip_hop_by_hop(&mut h);
+    // HTTP/2 carries the host in `:authority`, not in a Host header: the
+    // instance (HTTP/1.1) gets it as Host.
+    if !h.contains_key(header::HOST) {
+        if let Some(v) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
+            h.insert(header::HOST, v);
+        }
+    }
     let host = h.get(header::HOST).cloned();
     let chain = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) => format!("{prior}, {}", peer.ip()),
@@ -361,7 +455,11 @@ fn forwarded_headers(mut h: HeaderMap, peer: SocketAddr) -> HeaderMap {
     if let Ok(v) = HeaderValue::from_str(&chain) {
         h.insert(X_FORWARDED_FOR, v);
     }
-    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = match scheme {
+        Scheme::Http => "http",
+        Scheme::Https => "https",
+    };
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(host) = host {
         h.insert(X_FORWARDED_HOST, host);
     }
@@ -456,10 +554,84 @@ fn response(resp: Response<Incoming>) -> Response<ProxyBody> {
     Response::from_parts(parts, body.boxed())
 }
 
-/// The host the client asked for: the absolute-form URI's, else `Host`.
+/// The answer to an HTTP-01 challenge fetch: the key authorization the
+/// issuer stored for `token`, on any host, never redirected.
+async fn challenge(store: &CertStore, token: &str) -> Response<ProxyBody> {
+    match store.challenge(token).await {
+        Ok(Some(answer)) => {
+            let mut resp = Response::new(
+                Full::new(Bytes::from(answer))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            );
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            resp
+        }
+        Ok(None) => page(StatusCode::NOT_FOUND, "Not found", NOT_FOUND),
+        Err(e) => {
+            tracing::warn!(error = %e, "ACME challenge not answerable");
+            page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                "Try again in a moment.",
+            )
+        }
+    }
+}
+
+/// The redirect to HTTPS for a request whose host the router holds a
+/// certificate for: the same host, path and query; the HTTPS listener's
+/// port unless it is 443. GET and HEAD get 301, other methods 308 (which
+/// keeps the method and body).
+fn redirect_to<B>(req: &Request<B>, https: &HttpsSide) -> Option<Response<ProxyBody>> {
+    let host = host_of(req)?;
+    let host = strip_port(&host.trim().to_ascii_lowercase()).to_owned();
+    let host = host.strip_suffix('.').unwrap_or(&host).to_owned();
+    if !https.has_certificate(&host) {
+        return None;
+    }
+    let port = https.opts.addr.port();
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    };
+    let location = HeaderValue::from_str(&location).ok()?;
+    let status = if req.method() == Method::GET || req.method() == Method::HEAD {
+        StatusCode::MOVED_PERMANENTLY
+    } else {
+        StatusCode::PERMANENT_REDIRECT
+    };
+    let mut resp = Response::new(
+        Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::LOCATION, location);
+    Some(resp)
+}
+
+/// `host[:port]` → `host`.
+fn strip_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// The host the client asked for: the absolute-form URI's (and HTTP/2's
+/// `:authority`), else `Host`.
 fn host_of<B>(req: &Request<B>) -> Option<String> {
-    if let Some(h) = req.uri().host() {
-        return Some(h.to_owned());
+    if let Some(a) = req.uri().authority() {
+        return Some(match a.port_u16() {
+            Some(port) => format!("{}:{port}", a.host()),
+            None => a.host().to_owned(),
+        });
     }
     req.headers()
         .get(header::HOST)
@@ -599,6 +771,8 @@ mod tests {
         let out = forwarded_headers(
             h,
             "192.0.2.7:5555".parse().unwrap_or_else(|_| unreachable!()),
+            Scheme::Http,
+            None,
         );
         for gone in ["connection", "x-secret-hop", "keep-alive", "te"] {
             assert!(out.get(gone).is_none(), "{gone} forwarded");

@@ -6,7 +6,9 @@
 mod load;
 mod support;
 
+mod acme;
 mod e2e;
 mod routing;
 mod streams;
 mod switch;
+mod tls;
