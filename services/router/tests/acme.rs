@@ -229,3 +229,28 @@ async fn an_unreachable_ca_is_recorded_as_such() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_issuance_lock_is_exclusive_and_expires() -> Result<()> {
+    let args = RouterArgs {
+        router_base_domain: BASE.to_owned(),
+        ..test_args()
+    };
+    let env = HttpsEnv::without_issuer(args).await?;
+    let store = &env.cert_store;
+    let lease = Duration::from_secs(1);
+    assert!(store.lock("a", lease).await?, "a free lock is taken");
+    assert!(store.lock("a", lease).await?, "its holder extends it");
+    assert!(!store.lock("b", lease).await?, "held by a live holder");
+    // Two takers of an expired lock: exactly one wins.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (b, c) = tokio::join!(store.lock("b", lease), store.lock("c", lease));
+    assert!(b? ^ c?, "exactly one replica takes over an expired lock");
+    // A holder that lost it does not release the new holder's lock.
+    store.unlock("a").await?;
+    assert!(!store.lock("a", lease).await?);
+    store.unlock("b").await?;
+    store.unlock("c").await?;
+    assert!(store.lock("a", lease).await?, "released: free again");
+    Ok(())
+}

@@ -144,7 +144,9 @@ pub async fn spawn_router_with(
     let opts = args.validate().map_err(|p| anyhow!("{p:?}"))?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let router = Router::new(store.clone(), opts);
+    // A key of its own, for routers with HTTPS (its certificate store).
+    let key = berth_runtime::SecretKey::from_base64(&berth_runtime::SecretKey::generate_base64())?;
+    let router = Router::new(store.clone(), opts).with_key(key);
     let routes = router.routes();
     let shutdown = CancellationToken::new();
     let ready = berth_runtime::ReadyFlag::default();
