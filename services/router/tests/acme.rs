@@ -254,3 +254,40 @@ async fn the_issuance_lock_is_exclusive_and_expires() -> Result<()> {
     assert!(store.lock("a", lease).await?, "released: free again");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_fed_the_same_domain_issue_once_and_both_serve_it() -> Result<()> {
+    let http_port = berth_tests::free_port();
+    let pebble = Pebble::start(http_port)?;
+    let env = HttpsEnv::start(acme_args(&pebble), http_port, quick).await?;
+    // The second replica's plain HTTP port is not the one Pebble checks:
+    // whichever replica issues, the first answers the challenge from the
+    // shared store.
+    let other = env.replica(acme_args(&pebble), quick).await?;
+    let mut svc = Svc::create(&env.store, "shop", ServiceType::WebService).await?;
+    svc.first_deploy(1, &["127.0.0.1:9".parse()?]).await?;
+    let host = format!("shop.{BASE}");
+    let wanted = Domains::from([(host.clone(), svc.id.clone())]);
+    env.domains.send_replace(wanted.clone());
+    other.domains.send_replace(wanted);
+    let serial = env
+        .served_cert(&host, None, Duration::from_secs(60))
+        .await
+        .with_context(|| pebble.log())?;
+    assert_eq!(
+        other
+            .served_cert(&host, None, Duration::from_secs(10))
+            .await?,
+        serial,
+        "both replicas serve the one certificate"
+    );
+    // Give a second issuance every chance to happen.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let issued = cert_events(&env, &svc.id)
+        .await?
+        .into_iter()
+        .filter(|e| matches!(e, Event::CertificateIssued(_)))
+        .count();
+    assert_eq!(issued, 1, "the certificate was issued more than once");
+    Ok(())
+}

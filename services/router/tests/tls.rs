@@ -26,20 +26,23 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{test_args, Backend, Svc};
 
-/// NATS, the store and a router with HTTPS on.
+/// NATS, the store and a router with HTTPS on (its fields through
+/// [`Replica`]).
 pub struct HttpsEnv {
     _nats: NatsServer,
     pub store: EventStore,
-    pub routes: Routes,
-    pub http: SocketAddr,
-    pub https: SocketAddr,
-    pub certs: Certificates,
-    pub issuer: IssuerHandle,
-    pub domains: watch::Sender<Domains>,
     /// The router's certificate store, opened on its own (to look at).
     pub cert_store: CertStore,
-    shutdown: CancellationToken,
-    _task: JoinHandle<()>,
+    key: SecretKey,
+    router: Replica,
+}
+
+impl std::ops::Deref for HttpsEnv {
+    type Target = Replica;
+
+    fn deref(&self) -> &Replica {
+        &self.router
+    }
 }
 
 impl HttpsEnv {
@@ -61,7 +64,7 @@ impl HttpsEnv {
     }
 
     async fn start_full(
-        mut args: RouterArgs,
+        args: RouterArgs,
         http_port: u16,
         acme: impl FnOnce(&mut berth_router::AcmeOptions),
         issuer: bool,
@@ -75,51 +78,31 @@ impl HttpsEnv {
         )
         .await?;
         let key = SecretKey::from_base64(&SecretKey::generate_base64())?;
-        let listener = TcpListener::bind(("127.0.0.1", http_port)).await?;
-        let http = listener.local_addr()?;
-        let https: SocketAddr = format!("127.0.0.1:{}", berth_tests::free_port()).parse()?;
-        args.router_https_addr = Some(https.to_string());
-        let mut opts = args.validate().map_err(|p| anyhow!("{p:?}"))?;
-        acme(&mut opts.acme);
-        let (domains, feed) = watch::channel(Domains::new());
-        let mut router = Router::new(store.clone(), opts).with_key(key.clone());
-        if issuer {
-            router = router.with_domains(feed);
-        }
-        let routes = router.routes();
-        let certs = router.certificates();
-        let issuer = router.issuer();
-        let shutdown = CancellationToken::new();
-        let ready = berth_runtime::ReadyFlag::default();
-        let task = tokio::spawn({
-            let shutdown = shutdown.clone();
-            let ready = ready.clone();
-            async move {
-                if let Err(e) = router.run_on(listener, shutdown, Some(ready)).await {
-                    panic!("router failed: {e}");
-                }
-            }
-        });
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !ready.get() || TcpStream::connect(https).await.is_err() {
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "router not ready");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let cert_store =
-            CertStore::open(store.jetstream(), store.subjects(), 1, Arc::new(key)).await?;
+        let r = spawn(&store, &key, args, http_port, acme, issuer).await?;
+        let cert_store = CertStore::open(
+            store.jetstream(),
+            store.subjects(),
+            1,
+            Arc::new(key.clone()),
+        )
+        .await?;
         Ok(HttpsEnv {
             _nats: nats,
             store,
-            routes,
-            http,
-            https,
-            certs,
-            issuer,
-            domains,
             cert_store,
-            shutdown,
-            _task: task,
+            key,
+            router: r,
         })
+    }
+
+    /// Another router replica on the same log and certificate store, its
+    /// issuer fed from its own [`Replica::domains`].
+    pub async fn replica(
+        &self,
+        args: RouterArgs,
+        acme: impl FnOnce(&mut berth_router::AcmeOptions),
+    ) -> Result<Replica> {
+        spawn(&self.store, &self.key, args, 0, acme, true).await
     }
 
     /// Waits until the router's table reflects the whole log.
@@ -132,7 +115,21 @@ impl HttpsEnv {
         }
         Ok(())
     }
+}
 
+/// One running router.
+pub struct Replica {
+    pub routes: Routes,
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    pub certs: Certificates,
+    pub issuer: IssuerHandle,
+    pub domains: watch::Sender<Domains>,
+    shutdown: CancellationToken,
+    _task: JoinHandle<()>,
+}
+
+impl Replica {
     /// Waits until the router serves a managed certificate for `domain`
     /// whose serial is not `old`; returns its serial.
     pub async fn served_cert(
@@ -156,10 +153,62 @@ impl HttpsEnv {
     }
 }
 
-impl Drop for HttpsEnv {
+impl Drop for Replica {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Starts a router with HTTPS on `store` (its plain HTTP on `http_port`,
+/// 0: any) and waits until it serves.
+async fn spawn(
+    store: &EventStore,
+    key: &SecretKey,
+    mut args: RouterArgs,
+    http_port: u16,
+    acme: impl FnOnce(&mut berth_router::AcmeOptions),
+    issuer: bool,
+) -> Result<Replica> {
+    let listener = TcpListener::bind(("127.0.0.1", http_port)).await?;
+    let http = listener.local_addr()?;
+    let https: SocketAddr = format!("127.0.0.1:{}", berth_tests::free_port()).parse()?;
+    args.router_https_addr = Some(https.to_string());
+    let mut opts = args.validate().map_err(|p| anyhow!("{p:?}"))?;
+    acme(&mut opts.acme);
+    let (domains, feed) = watch::channel(Domains::new());
+    let mut router = Router::new(store.clone(), opts).with_key(key.clone());
+    if issuer {
+        router = router.with_domains(feed);
+    }
+    let routes = router.routes();
+    let certs = router.certificates();
+    let issuer = router.issuer();
+    let shutdown = CancellationToken::new();
+    let ready = berth_runtime::ReadyFlag::default();
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        let ready = ready.clone();
+        async move {
+            if let Err(e) = router.run_on(listener, shutdown, Some(ready)).await {
+                panic!("router failed: {e}");
+            }
+        }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !ready.get() || TcpStream::connect(https).await.is_err() {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "router not ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(Replica {
+        routes,
+        http,
+        https,
+        certs,
+        issuer,
+        domains,
+        shutdown,
+        _task: task,
+    })
 }
 
 /// What curl said: exit success, stdout, stderr.
