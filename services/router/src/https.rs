@@ -1,12 +1,22 @@
-//! The HTTPS listener: TLS (rustls, certificates by SNI), then HTTP/2 or
-//! HTTP/1.1 as ALPN chose (hyper-util's auto builder, which also reads the
-//! HTTP/2 preface from clients that skip ALPN); HTTP/1.1 keeps protocol
-//! upgrades (WebSocket). The same shutdown story as the plain listener:
-//! stop accepting, let in-flight requests finish for up to the drain time.
+//! The HTTPS side of the router.
+//!
+//! - [`serve`]: the listener — TLS (rustls, certificates by SNI), then
+//!   HTTP/2 or HTTP/1.1 as ALPN chose (hyper-util's auto builder, which also
+//!   reads the HTTP/2 preface from clients that skip ALPN); HTTP/1.1 keeps
+//!   protocol upgrades (WebSocket). The same shutdown story as the plain
+//!   listener: stop accepting, let in-flight requests finish for up to the
+//!   drain time;
+//! - what plain HTTP does for it: ACME HTTP-01 answers from the
+//!   certificate store ([`challenge`]) and the redirect to HTTPS for hosts
+//!   with a certificate ([`redirect_to`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -15,7 +25,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::proxy::{Proxy, HEADER_READ_TIMEOUT};
+use crate::certstore::CertStore;
+use crate::config::HttpsOptions;
+use crate::proxy::{host_of, page, Proxy, ProxyBody, HEADER_READ_TIMEOUT, NOT_FOUND};
+use crate::tls::Certificates;
 
 /// How long a client has to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -98,5 +111,96 @@ pub async fn serve(
             grace = ?drain,
             "in-flight requests still open after the grace period"
         );
+    }
+}
+
+/// What the proxy needs of the HTTPS side.
+#[derive(Debug, Clone)]
+pub struct HttpsSide {
+    pub opts: HttpsOptions,
+    /// The managed certificates now (which hosts redirect).
+    pub certs: Certificates,
+    /// Where HTTP-01 answers are kept.
+    pub store: CertStore,
+}
+
+impl HttpsSide {
+    /// Whether the router can serve `host` (no port, lower case) over HTTPS.
+    fn has_certificate(&self, host: &str) -> bool {
+        self.certs.load().contains_key(host)
+            || self.opts.operator.as_ref().is_some_and(|o| o.covers(host))
+    }
+}
+
+/// Where HTTP-01 challenges are fetched (RFC 8555 §8.3).
+pub(crate) const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
+
+/// The answer to an HTTP-01 challenge fetch: the key authorization the
+/// issuer stored for `token`, on any host, never redirected.
+pub(crate) async fn challenge(store: &CertStore, token: &str) -> Response<ProxyBody> {
+    match store.challenge(token).await {
+        Ok(Some(answer)) => {
+            let mut resp = Response::new(
+                Full::new(Bytes::from(answer))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            );
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            resp
+        }
+        Ok(None) => page(StatusCode::NOT_FOUND, "Not found", NOT_FOUND),
+        Err(e) => {
+            tracing::warn!(error = %e, "ACME challenge not answerable");
+            page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                "Try again in a moment.",
+            )
+        }
+    }
+}
+
+/// The redirect to HTTPS for a request whose host the router holds a
+/// certificate for: the same host, path and query; the HTTPS listener's
+/// port unless it is 443. GET and HEAD get 301, other methods 308 (which
+/// keeps the method and body).
+pub(crate) fn redirect_to<B>(req: &Request<B>, https: &HttpsSide) -> Option<Response<ProxyBody>> {
+    let host = host_of(req)?;
+    let host = strip_port(&host.trim().to_ascii_lowercase()).to_owned();
+    let host = host.strip_suffix('.').unwrap_or(&host).to_owned();
+    if !https.has_certificate(&host) {
+        return None;
+    }
+    let port = https.opts.addr.port();
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    };
+    let location = HeaderValue::from_str(&location).ok()?;
+    let status = if req.method() == Method::GET || req.method() == Method::HEAD {
+        StatusCode::MOVED_PERMANENTLY
+    } else {
+        StatusCode::PERMANENT_REDIRECT
+    };
+    let mut resp = Response::new(
+        Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::LOCATION, location);
+    Some(resp)
+}
+
+/// `host[:port]` → `host`.
+fn strip_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
     }
 }

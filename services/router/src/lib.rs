@@ -279,7 +279,7 @@ impl Router {
         https: &HttpsOptions,
         tasks: &TaskTracker,
         stop: &CancellationToken,
-    ) -> Result<(proxy::HttpsSide, tokio_rustls::TlsAcceptor, TcpListener), RouterError> {
+    ) -> Result<(https::HttpsSide, tokio_rustls::TlsAcceptor, TcpListener), RouterError> {
         let key = self.key.clone().ok_or(RouterError::NeedsKey)?;
         let store = CertStore::open(
             self.store.jetstream(),
@@ -309,7 +309,7 @@ impl Router {
             .await
             .map_err(|source| RouterError::Bind { addr, source })?;
         tracing::info!(addr = %addr, operator_certificate = https.operator.is_some(), acme = self.domains.is_some(), "router listening for HTTPS");
-        let side = proxy::HttpsSide {
+        let side = https::HttpsSide {
             opts: https.clone(),
             certs: self.certs.clone(),
             store,

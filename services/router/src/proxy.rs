@@ -36,11 +36,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::body::Returnable;
-use crate::certstore::CertStore;
-use crate::config::{HttpsOptions, RouterOptions};
+use crate::config::RouterOptions;
+use crate::https::{challenge, redirect_to, HttpsSide, ACME_CHALLENGE};
 use crate::stats::HttpStats;
 use crate::table::{Route, RouteState, Routes};
-use crate::tls::Certificates;
 
 /// What the router answers with.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -84,27 +83,6 @@ pub struct Proxy {
     stats: Arc<HttpStats>,
     https: Option<HttpsSide>,
 }
-
-/// What the proxy needs of the HTTPS side.
-#[derive(Debug, Clone)]
-pub struct HttpsSide {
-    pub opts: HttpsOptions,
-    /// The managed certificates now (which hosts redirect).
-    pub certs: Certificates,
-    /// Where HTTP-01 answers are kept.
-    pub store: CertStore,
-}
-
-impl HttpsSide {
-    /// Whether the router can serve `host` (no port, lower case) over HTTPS.
-    fn has_certificate(&self, host: &str) -> bool {
-        self.certs.load().contains_key(host)
-            || self.opts.operator.as_ref().is_some_and(|o| o.covers(host))
-    }
-}
-
-/// Where HTTP-01 challenges are fetched (RFC 8555 §8.3).
-const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 
 /// How a request reached the router.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -554,79 +532,9 @@ fn response(resp: Response<Incoming>) -> Response<ProxyBody> {
     Response::from_parts(parts, body.boxed())
 }
 
-/// The answer to an HTTP-01 challenge fetch: the key authorization the
-/// issuer stored for `token`, on any host, never redirected.
-async fn challenge(store: &CertStore, token: &str) -> Response<ProxyBody> {
-    match store.challenge(token).await {
-        Ok(Some(answer)) => {
-            let mut resp = Response::new(
-                Full::new(Bytes::from(answer))
-                    .map_err(|never| match never {})
-                    .boxed(),
-            );
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            resp
-        }
-        Ok(None) => page(StatusCode::NOT_FOUND, "Not found", NOT_FOUND),
-        Err(e) => {
-            tracing::warn!(error = %e, "ACME challenge not answerable");
-            page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Unavailable",
-                "Try again in a moment.",
-            )
-        }
-    }
-}
-
-/// The redirect to HTTPS for a request whose host the router holds a
-/// certificate for: the same host, path and query; the HTTPS listener's
-/// port unless it is 443. GET and HEAD get 301, other methods 308 (which
-/// keeps the method and body).
-fn redirect_to<B>(req: &Request<B>, https: &HttpsSide) -> Option<Response<ProxyBody>> {
-    let host = host_of(req)?;
-    let host = strip_port(&host.trim().to_ascii_lowercase()).to_owned();
-    let host = host.strip_suffix('.').unwrap_or(&host).to_owned();
-    if !https.has_certificate(&host) {
-        return None;
-    }
-    let port = https.opts.addr.port();
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let location = if port == 443 {
-        format!("https://{host}{path}")
-    } else {
-        format!("https://{host}:{port}{path}")
-    };
-    let location = HeaderValue::from_str(&location).ok()?;
-    let status = if req.method() == Method::GET || req.method() == Method::HEAD {
-        StatusCode::MOVED_PERMANENTLY
-    } else {
-        StatusCode::PERMANENT_REDIRECT
-    };
-    let mut resp = Response::new(
-        Full::new(Bytes::new())
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(header::LOCATION, location);
-    Some(resp)
-}
-
-/// `host[:port]` → `host`.
-fn strip_port(host: &str) -> &str {
-    match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
-    }
-}
-
 /// The host the client asked for: the absolute-form URI's (and HTTP/2's
 /// `:authority`), else `Host`.
-fn host_of<B>(req: &Request<B>) -> Option<String> {
+pub(crate) fn host_of<B>(req: &Request<B>) -> Option<String> {
     if let Some(a) = req.uri().authority() {
         return Some(match a.port_u16() {
             Some(port) => format!("{}:{port}", a.host()),
@@ -652,7 +560,7 @@ pub fn service_name(host: &str, base_domain: &str) -> Option<String> {
     validate::name(name).is_ok().then(|| name.to_owned())
 }
 
-const NOT_FOUND: &str = "There is no service at this address.";
+pub(crate) const NOT_FOUND: &str = "There is no service at this address.";
 
 fn bad_gateway(name: &str) -> Response<ProxyBody> {
     page(
@@ -664,7 +572,7 @@ fn bad_gateway(name: &str) -> Response<ProxyBody> {
 
 /// A short HTML page. `text` is a service name (a DNS label) or fixed text,
 /// so nothing needs escaping.
-fn page(status: StatusCode, title: &str, text: &str) -> Response<ProxyBody> {
+pub(crate) fn page(status: StatusCode, title: &str, text: &str) -> Response<ProxyBody> {
     let html = format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{code} {title}</title></head>\
          <body><h1>{code} {title}</h1><p>{text}</p></body></html>\n",
