@@ -619,8 +619,19 @@ mod tests {
             assert_eq!(e.problems[0].setting, "BERTH_SECRET_KEY");
             assert!(!e.to_string().contains(&key), "{e}");
         }
-        // Every other component, and `berth up`, takes it.
+        // Every other component, and `berth up`, takes it; so does a router
+        // serving HTTPS (its certificate store seals private keys).
         assert!(validated(&["berth", "run", "scheduler", "--secret-key", &key]).is_ok());
+        let https = [
+            "berth",
+            "run",
+            "router",
+            "--router-https-addr",
+            "127.0.0.1:8443",
+            "--secret-key",
+            &key,
+        ];
+        assert!(validated(&https).is_ok());
         assert!(validated(&["berth", "up", "--secret-key", &key]).is_ok());
         assert!(validated(&["berth", "run", "node"]).is_ok());
     }
