@@ -348,21 +348,6 @@ events! {
         pub domain: CustomDomainId,
         pub name: String,
     }
-    /// A certificate for one of the service's custom domains was issued
-    /// (or renewed) over ACME; the domain counts as verified from then on.
-    CertificateIssued = "certificate_issued" v 1 {
-        pub domain: String,
-        pub not_after: DateTime<Utc>,
-    }
-    /// Obtaining a certificate for one of the service's custom domains
-    /// failed; the issuer tries again in `retry_in_secs`.
-    CertificateFailed = "certificate_failed" v 1 {
-        pub domain: String,
-        pub reason: CertificateFailure,
-        pub attempt: u32,
-        pub retry_in_secs: u64,
-    }
-
     // ---- deploys (on the service's subject: one deploy at a time is a rule of the service) ----
 
     /// A deploy was requested (status `created`).
@@ -631,6 +616,36 @@ events! {
     /// Retries ran out.
     NotificationAbandoned = "notification_abandoned" v 1 {
         pub attempts: u32,
+    }
+
+    // ---- certificates (the router's managed certificates, on the owning service's subject) ----
+
+    /// A certificate for one of the service's domains was obtained over
+    /// ACME (first issue or renewal) and is being served.
+    CertificateIssued = "certificate_issued" v 1 {
+        /// The domain name it is for (lower case).
+        pub domain: String,
+        /// When it expires.
+        pub not_after: DateTime<Utc>,
+        /// Its serial number, hex.
+        pub serial: String,
+        /// Whether it replaced an earlier certificate for the domain.
+        pub renewal: bool,
+    }
+    /// Obtaining or renewing a domain's certificate failed; it is retried
+    /// after `retry_in_secs` (any certificate already held keeps serving).
+    CertificateFailed = "certificate_failed" v 1 {
+        pub domain: String,
+        pub reason: CertificateFailure,
+        /// Attempts so far for this domain, this one included.
+        pub attempt: u32,
+        /// Seconds until the next attempt.
+        pub retry_in_secs: u64,
+    }
+    /// The domain left the service, and its certificate was removed from
+    /// the certificate store.
+    CertificateRemoved = "certificate_removed" v 1 {
+        pub domain: String,
     }
 }
 

@@ -21,30 +21,35 @@ pub enum ServiceType {
     CronJob,
 }
 
-/// Why a custom domain's certificate could not be obtained.
+/// Why obtaining a custom domain's certificate failed, in terms an owner
+/// can act on (no internal connection errors are ever echoed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CertificateFailure {
-    /// The ACME server could not validate the challenge: the name does not
-    /// point at this installation (DNS), or the challenge did not reach
-    /// the router.
+    /// The certificate authority could not be reached or answered with a
+    /// server error.
+    CaUnavailable,
+    /// The certificate authority fetched the HTTP-01 challenge and did not
+    /// get the expected answer (DNS not pointing at berth, or a proxy in
+    /// front answering instead).
     ChallengeFailed,
-    /// The ACME server refused for now (rate limit).
-    RateLimited,
-    /// The ACME server was unreachable or answered with an error.
-    AcmeUnavailable,
-    /// The ACME server refused the name for good (policy, CAA records).
-    Refused,
+    /// The certificate authority refused the name (policy, CAA, rate limit).
+    Rejected,
+    /// The certificate authority took too long to validate or issue.
+    TimedOut,
+    /// The certificate store (NATS) could not be read or written.
+    StoreUnavailable,
 }
 
 impl CertificateFailure {
     /// The value as the API and events spell it.
     pub fn as_str(self) -> &'static str {
         match self {
+            CertificateFailure::CaUnavailable => "ca_unavailable",
             CertificateFailure::ChallengeFailed => "challenge_failed",
-            CertificateFailure::RateLimited => "rate_limited",
-            CertificateFailure::AcmeUnavailable => "acme_unavailable",
-            CertificateFailure::Refused => "refused",
+            CertificateFailure::Rejected => "rejected",
+            CertificateFailure::TimedOut => "timed_out",
+            CertificateFailure::StoreUnavailable => "store_unavailable",
         }
     }
 }

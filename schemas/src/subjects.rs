@@ -164,6 +164,18 @@ impl Subjects {
         format!("KV_{}", self.snapshot_bucket())
     }
 
+    /// KV bucket of the router's certificate store: per domain its chain
+    /// and sealed key, the ACME account, pending HTTP-01 answers and the
+    /// issuance lock, shared by every router replica.
+    pub fn certificate_bucket(&self) -> String {
+        format!("{}_certificates", self.prefix.replace('-', "_"))
+    }
+
+    /// The stream behind the certificate bucket.
+    pub fn certificate_stream(&self) -> String {
+        format!("KV_{}", self.certificate_bucket())
+    }
+
     /// A command from an integration of `owner`: `berth.cmd.usr-….scale`.
     /// The owner in the subject is what NATS permissions bind an
     /// integration to; the command acts on that owner's services only.
@@ -266,6 +278,7 @@ mod tests {
         assert_eq!(s.events_all(), "t-42.evt.>");
         assert_eq!(s.logs_stream(), "T_42_LOGS");
         assert_eq!(s.logs_all(), "t-42.logs.*");
+        assert_eq!(s.certificate_stream(), "KV_t_42_certificates");
         let srv = ServiceId::generate();
         assert_eq!(
             s.aggregate(&AggregateId::Service(srv.clone())),

@@ -14,6 +14,8 @@
 //! - [`registry`], [`image`], [`layers`]: a real registry and images for it.
 //! - [`runc`]: root/runc checks and cleanup of what real containers leave.
 //! - [`net`]: test subnets no other test holds; what a node network leaves.
+//! - [`pebble`]: an ACME CA (Pebble) with a DNS answer for any name, and a
+//!   throwaway CA for test certificates.
 //!
 //! And the worlds the component tests share, each on real servers:
 //!
@@ -39,6 +41,7 @@ mod nats;
 pub mod net;
 pub mod netns;
 pub mod node;
+pub mod pebble;
 pub mod proxy;
 pub mod registry;
 pub mod resolver;

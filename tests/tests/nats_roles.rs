@@ -292,6 +292,45 @@ async fn scenario(version: NatsVersion) {
     node.refused(&i.subjects.command(&i.owner_a, CommandKind::Scale))
         .await;
 
+    // The router's certificate store: the control plane provisions and
+    // uses its bucket; a node can neither write nor read it.
+    let bucket = i.subjects.certificate_bucket();
+    control
+        .js()
+        .create_stream(jetstream::stream::Config {
+            name: i.subjects.certificate_stream(),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            allow_rollup: true,
+            ..Default::default()
+        })
+        .await
+        .expect("the control plane provisions the certificate bucket");
+    let certs = control
+        .js()
+        .get_key_value(&bucket)
+        .await
+        .expect("the control plane opens the certificate bucket");
+    certs
+        .put("cert.shop.example.com", "sealed".into())
+        .await
+        .expect("the control plane stores a certificate");
+    let forged = format!("$KV.{bucket}.cert.shop.example.com");
+    node.nats
+        .publish(forged.clone(), "forged".into())
+        .await
+        .unwrap();
+    node.refused(&forged).await;
+    assert_eq!(
+        certs.get("cert.shop.example.com").await.unwrap().as_deref(),
+        Some(&b"sealed"[..]),
+        "a node's write reached the certificate bucket"
+    );
+    assert!(
+        node.js().get_key_value(&bucket).await.is_err(),
+        "a node opened the certificate bucket"
+    );
+
     // Instance logs: a node publishes its lines on core NATS, the control
     // plane keeps and reads them; the node cannot read them back (nor
     // purge or delete them: above).

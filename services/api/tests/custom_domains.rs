@@ -377,6 +377,8 @@ async fn certificate_facts_show_as_verification_and_certificate_status() {
     let issued = CertificateIssued {
         domain: "secure.example.test".into(),
         not_after,
+        serial: "01".into(),
+        renewal: false,
     };
     record(issued.into(), "cert-2").await;
     let (_, v) = app.get(&path, &alice).await;

@@ -20,7 +20,7 @@ pub fn report(v: &Validated, creds: Option<&Creds>, targets: &str) -> Value {
         .filter(|n| v.only.is_none_or(|o| o == *n))
         .collect();
     let secret_key = match &v.secret_key {
-        _ if !components::holds_key(v.only) => Value::Null,
+        _ if !components::holds_key(v.only, o.router.https.is_some()) => Value::Null,
         Some(_) => json!("BERTH_SECRET_KEY"),
         None => json!(crate::secret::key_file(&c.data_dir)),
     };

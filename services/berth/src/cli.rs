@@ -283,6 +283,8 @@ mod tests {
         for (prefix, heading) in [
             ("API_", "API"),
             ("ROUTER_", "Router"),
+            // The router's managed certificates.
+            ("ACME_", "Router"),
             ("NODE_", "Node"),
             ("SCHEDULER_", "Scheduler"),
             ("RESOLVER_", "Resolver"),

@@ -26,12 +26,14 @@ pub const NAMES: &[&str] = &[
 /// The components that seal or open secrets with the installation key
 /// (registry tokens, hook keys, env var values, notification secrets).
 /// The others never hold it: the node's work comes sealed to the node's own
-/// key, and the router and the projector read nothing secret.
+/// key, and the projector reads nothing secret; nor does the router, unless
+/// it serves HTTPS (its certificate store keeps private keys sealed).
 pub const HOLD_KEY: &[&str] = &["resolver", "scheduler", "cron", "notifier", "api"];
 
-/// Whether `only` (or `berth up`, `None`) holds the installation key.
-pub fn holds_key(only: Option<&str>) -> bool {
-    only.is_none_or(|c| HOLD_KEY.contains(&c))
+/// Whether `only` (or `berth up`, `None`) holds the installation key;
+/// `https`: the router serves HTTPS.
+pub fn holds_key(only: Option<&str>, https: bool) -> bool {
+    only.is_none_or(|c| HOLD_KEY.contains(&c) || (c == "router" && https))
 }
 
 /// The NATS role whose credentials `only` presents (`BERTH_NATS_CREDS`):
@@ -197,8 +199,11 @@ pub fn build(deps: &ComponentDeps, only: Option<&str>) -> anyhow::Result<Vec<Box
                     key()?,
                     deps.options.notifier.clone(),
                 ))),
+                // The key seals the certificate store's private keys
+                // (HTTPS only; plain HTTP runs without one).
                 "router" => Ok(berth_router::component(
                     store(),
+                    deps.secret_key.as_deref().cloned(),
                     deps.options.router.clone(),
                 )),
                 "api" => Ok(berth_api::component(

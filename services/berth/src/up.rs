@@ -142,12 +142,18 @@ fn validate(args: UpArgs, only: Option<String>) -> Result<Validated, berth_runti
         // Not even checked where it is not to be handed at all.
         if only.as_deref() == Some("node") {
             problems.add("BERTH_SECRET_KEY", NODE_HOLDS_NO_KEY);
-        } else if !components::holds_key(only.as_deref()) {
+        } else if !components::holds_key(only.as_deref(), args.router.router_https_addr.is_some()) {
             let name = only.as_deref().unwrap_or_default();
+            // The router holds it only to seal its certificates' keys.
+            let unless = if name == "router" {
+                " without BERTH_ROUTER_HTTPS_ADDR"
+            } else {
+                ""
+            };
             problems.add(
                 "BERTH_SECRET_KEY",
                 format!(
-                    "the {name} never holds the installation's secret key (it reads \
+                    "the {name} never holds the installation's secret key{unless} (it reads \
                      nothing sealed); unset it for `berth run {name}`"
                 ),
             );
@@ -324,12 +330,13 @@ async fn serve(
     let config = Arc::new(config);
     let data_dir = config.data_dir.clone();
     // A component that holds no key neither reads nor creates its file.
-    let (secret_key, key_source) = if !components::holds_key(v.only) {
-        (None, None)
-    } else {
-        let (key, source) = secret::load_or_create(v.secret_key.as_deref(), &data_dir)?;
-        (Some(key), Some(source))
-    };
+    let (secret_key, key_source) =
+        if !components::holds_key(v.only, v.options.router.https.is_some()) {
+            (None, None)
+        } else {
+            let (key, source) = secret::load_or_create(v.secret_key.as_deref(), &data_dir)?;
+            (Some(key), Some(source))
+        };
 
     let http = HttpServer::bind(config.http_addr).await.with_context(|| {
         format!(
@@ -612,8 +619,19 @@ mod tests {
             assert_eq!(e.problems[0].setting, "BERTH_SECRET_KEY");
             assert!(!e.to_string().contains(&key), "{e}");
         }
-        // Every other component, and `berth up`, takes it.
+        // Every other component, and `berth up`, takes it; so does a router
+        // serving HTTPS (its certificate store seals private keys).
         assert!(validated(&["berth", "run", "scheduler", "--secret-key", &key]).is_ok());
+        let https = [
+            "berth",
+            "run",
+            "router",
+            "--router-https-addr",
+            "127.0.0.1:8443",
+            "--secret-key",
+            &key,
+        ];
+        assert!(validated(&https).is_ok());
         assert!(validated(&["berth", "up", "--secret-key", &key]).is_ok());
         assert!(validated(&["berth", "run", "node"]).is_ok());
     }

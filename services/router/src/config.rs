@@ -2,7 +2,13 @@
 //! port is bound (exit 64 on a problem, like every component).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::tls::OperatorCert;
+
+/// Let's Encrypt's production directory: the CA when none is configured.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 
 /// Router options as given on the command line or in the environment.
 #[derive(Debug, Clone, clap::Args)]
@@ -68,6 +74,49 @@ pub struct RouterArgs {
     /// connection is closed (slow clients).
     #[arg(long, env = "BERTH_ROUTER_HEADER_TIMEOUT_SECS", default_value_t = 30)]
     pub router_header_timeout_secs: u64,
+    /// Where the router listens for HTTPS (TLS, HTTP/2 and HTTP/1.1 by
+    /// ALPN); unset: no HTTPS. Needs the installation's secret key (the
+    /// certificate store seals private keys with it).
+    #[arg(long, env = "BERTH_ROUTER_HTTPS_ADDR")]
+    pub router_https_addr: Option<String>,
+
+    /// PEM certificate chain of the operator's certificate for
+    /// `<name>.<base-domain>` (a wildcard, typically); with
+    /// BERTH_ROUTER_TLS_KEY.
+    #[arg(long, env = "BERTH_ROUTER_TLS_CERT")]
+    pub router_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of the operator's certificate.
+    #[arg(long, env = "BERTH_ROUTER_TLS_KEY")]
+    pub router_tls_key: Option<PathBuf>,
+
+    /// Plain HTTP requests to a host the router holds a certificate for are
+    /// redirected to HTTPS (except ACME HTTP-01 challenges).
+    #[arg(
+        long,
+        env = "BERTH_ROUTER_HTTPS_REDIRECT",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub router_https_redirect: bool,
+
+    /// `Strict-Transport-Security: max-age=<this>` on HTTPS answers; 0: no
+    /// header.
+    #[arg(long, env = "BERTH_ROUTER_HSTS_MAX_AGE", default_value_t = 0)]
+    pub router_hsts_max_age: u64,
+
+    /// The ACME directory of the CA managed certificates come from.
+    #[arg(long, env = "BERTH_ACME_DIRECTORY", default_value = LETS_ENCRYPT)]
+    pub acme_directory: String,
+
+    /// Contact address given to the CA for the ACME account.
+    #[arg(long, env = "BERTH_ACME_EMAIL")]
+    pub acme_email: Option<String>,
+
+    /// A PEM root certificate to trust for the ACME directory instead of
+    /// the system's (a private or test CA such as Pebble).
+    #[arg(long, env = "BERTH_ACME_CA_ROOT")]
+    pub acme_ca_root: Option<PathBuf>,
 }
 
 impl Default for RouterArgs {
@@ -84,6 +133,14 @@ impl Default for RouterArgs {
             router_workers: 0,
             router_access_log: true,
             router_header_timeout_secs: 30,
+            router_https_addr: None,
+            router_tls_cert: None,
+            router_tls_key: None,
+            router_https_redirect: true,
+            router_hsts_max_age: 0,
+            acme_directory: LETS_ENCRYPT.to_owned(),
+            acme_email: None,
+            acme_ca_root: None,
         }
     }
 }
@@ -113,6 +170,60 @@ pub struct RouterOptions {
     pub access_log: bool,
     /// Time a client has to send its request headers.
     pub header_timeout: Duration,
+    /// The HTTPS side; `None`: plain HTTP only.
+    pub https: Option<HttpsOptions>,
+    /// Where managed certificates come from.
+    pub acme: AcmeOptions,
+}
+
+/// The HTTPS listener's settings.
+#[derive(Debug, Clone)]
+pub struct HttpsOptions {
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// The operator's certificate for `<name>.<base-domain>`, if given.
+    pub operator: Option<OperatorCert>,
+    /// Redirect plain HTTP to HTTPS for hosts with a certificate.
+    pub redirect: bool,
+    /// `Strict-Transport-Security` max-age; `None`: no header.
+    pub hsts_max_age: Option<u64>,
+}
+
+/// The ACME settings of the certificate issuer.
+#[derive(Debug, Clone)]
+pub struct AcmeOptions {
+    /// Directory URL of the CA.
+    pub directory: String,
+    /// Contact for the account.
+    pub email: Option<String>,
+    /// A root to trust for the directory's HTTPS instead of the system's.
+    pub ca_root: Option<PathBuf>,
+    /// First retry after a failure; doubles per attempt.
+    pub retry_min: Duration,
+    /// Longest wait between attempts.
+    pub retry_max: Duration,
+    /// How often held certificates are checked for renewal.
+    pub check_every: Duration,
+    /// How long the issuance lock is held without being refreshed (a dead
+    /// replica's lock is taken over after this).
+    pub lock_lease: Duration,
+    /// How long the CA gets to validate an order and to issue.
+    pub order_timeout: Duration,
+}
+
+impl Default for AcmeOptions {
+    fn default() -> Self {
+        AcmeOptions {
+            directory: LETS_ENCRYPT.to_owned(),
+            email: None,
+            ca_root: None,
+            retry_min: Duration::from_secs(60),
+            retry_max: Duration::from_secs(6 * 3600),
+            check_every: Duration::from_secs(3600),
+            lock_lease: Duration::from_secs(300),
+            order_timeout: Duration::from_secs(120),
+        }
+    }
 }
 
 impl RouterArgs {
@@ -163,8 +274,12 @@ impl RouterArgs {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         };
+        let https = self.https(&mut problems);
+        let acme = self.acme(&mut problems);
         match (addr, problems.is_empty()) {
             (Some(addr), true) => Ok(RouterOptions {
+                https,
+                acme,
                 addr,
                 base_domain,
                 connect_timeout: Duration::from_millis(self.router_connect_timeout_ms),
@@ -180,6 +295,89 @@ impl RouterArgs {
                 header_timeout: Duration::from_secs(self.router_header_timeout_secs),
             }),
             _ => Err(problems),
+        }
+    }
+}
+
+impl RouterArgs {
+    fn https(&self, problems: &mut Vec<String>) -> Option<HttpsOptions> {
+        let operator = match (&self.router_tls_cert, &self.router_tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => match OperatorCert::load(cert, key) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    problems.push(format!("BERTH_ROUTER_TLS_CERT/BERTH_ROUTER_TLS_KEY: {e}"));
+                    None
+                }
+            },
+            _ => {
+                problems
+                    .push("BERTH_ROUTER_TLS_CERT and BERTH_ROUTER_TLS_KEY go together".to_owned());
+                None
+            }
+        };
+        let Some(text) = &self.router_https_addr else {
+            if operator.is_some() {
+                problems.push(
+                    "BERTH_ROUTER_TLS_CERT is set but BERTH_ROUTER_HTTPS_ADDR is not".to_owned(),
+                );
+            }
+            return None;
+        };
+        let Ok(addr) = text.parse::<SocketAddr>() else {
+            problems.push(format!(
+                "BERTH_ROUTER_HTTPS_ADDR must be ip:port, got {text:?}"
+            ));
+            return None;
+        };
+        if self.router_addr.parse::<SocketAddr>().ok() == Some(addr) && addr.port() != 0 {
+            problems.push("BERTH_ROUTER_HTTPS_ADDR must differ from BERTH_ROUTER_ADDR".to_owned());
+        }
+        // Two years is what HSTS preload lists ask for; more is a typo.
+        if self.router_hsts_max_age > 2 * 31_536_000 {
+            problems.push("BERTH_ROUTER_HSTS_MAX_AGE must be 0-63072000 seconds".to_owned());
+        }
+        Some(HttpsOptions {
+            addr,
+            operator,
+            redirect: self.router_https_redirect,
+            hsts_max_age: (self.router_hsts_max_age > 0).then_some(self.router_hsts_max_age),
+        })
+    }
+
+    fn acme(&self, problems: &mut Vec<String>) -> AcmeOptions {
+        let directory = self.acme_directory.trim().to_owned();
+        let url_ok = directory
+            .strip_prefix("https://")
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace))
+            && directory.parse::<http::Uri>().is_ok();
+        if !url_ok {
+            problems.push(format!(
+                "BERTH_ACME_DIRECTORY must be an https:// URL, got {:?}",
+                self.acme_directory
+            ));
+        }
+        if let Some(email) = &self.acme_email {
+            let ok = email
+                .split_once('@')
+                .is_some_and(|(user, host)| !user.is_empty() && host.contains('.'))
+                && !email.contains(char::is_whitespace);
+            if !ok {
+                problems.push(format!(
+                    "BERTH_ACME_EMAIL must be an email address, got {email:?}"
+                ));
+            }
+        }
+        if let Some(root) = &self.acme_ca_root {
+            if let Err(e) = crate::tls::read_root(root) {
+                problems.push(format!("BERTH_ACME_CA_ROOT: {e}"));
+            }
+        }
+        AcmeOptions {
+            directory,
+            email: self.acme_email.clone(),
+            ca_root: self.acme_ca_root.clone(),
+            ..AcmeOptions::default()
         }
     }
 }
@@ -207,6 +405,61 @@ mod tests {
         };
         let problems = args.validate().err().unwrap_or_default();
         assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn https_settings_are_checked() {
+        let o = RouterArgs::default().validate().unwrap();
+        assert!(o.https.is_none(), "HTTPS is off unless asked for");
+        let args = RouterArgs {
+            router_https_addr: Some("443".to_owned()),
+            router_tls_cert: Some("/nonexistent/cert.pem".into()),
+            acme_directory: "http://acme.example/dir".to_owned(),
+            acme_email: Some("nobody".to_owned()),
+            ..RouterArgs::default()
+        };
+        let problems = args.validate().err().unwrap_or_default();
+        let text = problems.join("\n");
+        for want in [
+            "BERTH_ROUTER_HTTPS_ADDR must be ip:port",
+            "go together",
+            "BERTH_ACME_DIRECTORY must be an https:// URL",
+            "BERTH_ACME_EMAIL",
+        ] {
+            assert!(text.contains(want), "{want} missing from {text}");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, "not a certificate").unwrap();
+        std::fs::write(
+            &key,
+            "-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let args = RouterArgs {
+            router_https_addr: Some("127.0.0.1:8443".to_owned()),
+            router_tls_cert: Some(cert),
+            router_tls_key: Some(key),
+            ..RouterArgs::default()
+        };
+        let problems = args.validate().err().unwrap_or_default().join("\n");
+        assert!(problems.contains("no certificate"), "{problems}");
+        assert!(
+            !problems.contains("c2VjcmV0"),
+            "key material in an error: {problems}"
+        );
+
+        let args = RouterArgs {
+            router_https_addr: Some("127.0.0.1:8443".to_owned()),
+            router_hsts_max_age: 31_536_000,
+            ..RouterArgs::default()
+        };
+        let https = args.validate().unwrap().https.unwrap();
+        assert_eq!(https.hsts_max_age, Some(31_536_000));
+        assert!(https.redirect);
+        assert!(https.operator.is_none());
     }
 
     #[test]

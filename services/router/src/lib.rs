@@ -1,7 +1,8 @@
-//! # berth-router: `http://<service>.<base-domain>` to healthy instances
+//! # berth-router: `http(s)://<service>.<base-domain>` to healthy instances
 //!
-//! The router is the public edge of web services (SPEC §6, §10). It reads
-//! the event log and writes nothing:
+//! The router is the public edge of web services (SPEC §6, §10, §14). It
+//! reads the event log; the only thing it appends are the certificate facts
+//! of its ACME issuer:
 //!
 //! - [`table`]: a projection of the service subjects into an immutable
 //!   routing table — each web service's name → the healthy instances of its
@@ -10,17 +11,30 @@
 //! - [`proxy`]: the HTTP/1 server that forwards by `Host`, round robin, with
 //!   connect retries on another instance, streaming bodies, and protocol
 //!   upgrades (WebSocket) joined through to the instance on its `101`;
+//! - [`https`], [`tls`]: the optional HTTPS listener — TLS with
+//!   certificates chosen by SNI (the operator's for `<name>.<base-domain>`,
+//!   managed ones for other domains), HTTP/2 or HTTP/1.1 by ALPN;
+//! - [`certstore`]: the certificate store every replica shares (a KV bucket;
+//!   private keys sealed), followed live, so certificates swap without a
+//!   restart;
+//! - [`acme`]: the issuer that obtains, renews and removes managed
+//!   certificates for the routing table's custom domains (or the domains
+//!   fed with [`Router::with_domains`]);
 //! - [`Router`]: the `router` component — catch up with the log, then serve;
 //!   on shutdown stop accepting and let in-flight requests finish.
 //!
 //! Private services, workers and cron jobs are never in the table.
 
 mod access;
+pub mod acme;
 mod body;
+pub mod certstore;
 mod config;
+pub mod https;
 pub mod proxy;
 pub mod stats;
 pub mod table;
+pub mod tls;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -28,17 +42,21 @@ use std::sync::Arc;
 
 use berth_eventlog::projection::{ProjectionError, ProjectionOptions, ProjectionRunner};
 use berth_eventlog::EventStore;
-use berth_runtime::{BoxError, Component, ComponentContext, ReadyFlag};
+use berth_runtime::{BoxError, Component, ComponentContext, ReadyFlag, SecretKey};
 use futures::future::BoxFuture;
 use hyper::service::service_fn;
 use stats::HttpStats;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{RouterArgs, RouterOptions};
+pub use acme::{Domains, IssuerHandle};
+pub use certstore::CertStore;
+pub use config::{AcmeOptions, HttpsOptions, RouterArgs, RouterOptions, LETS_ENCRYPT};
 pub use proxy::Proxy;
 pub use table::{Route, RouteProjection, RouteState, Routes, RoutingTable, Target};
+pub use tls::Certificates;
 
 /// Why the router could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +70,16 @@ pub enum RouterError {
     /// Reading the log failed (retryable: the server may be back soon).
     #[error("following the event log: {0}")]
     Log(#[from] ProjectionError),
+    /// HTTPS is on but the installation's secret key was not given (the
+    /// certificate store seals private keys with it).
+    #[error("HTTPS needs the installation's secret key")]
+    NeedsKey,
+    /// The certificate store could not be opened.
+    #[error("{0}")]
+    CertStore(#[from] certstore::StoreError),
+    /// The TLS settings were refused.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// The router component.
@@ -60,11 +88,24 @@ pub struct Router {
     store: EventStore,
     opts: RouterOptions,
     routes: Routes,
+    key: Option<Arc<SecretKey>>,
+    domains: Option<watch::Receiver<Domains>>,
+    issuer: IssuerHandle,
+    certs: Certificates,
 }
 
-/// The router as a component for `berth up` / `berth run router`.
-pub fn component(store: EventStore, opts: RouterOptions) -> Box<dyn Component> {
-    Box::new(Router::new(store, opts))
+/// The router as a component for `berth up` / `berth run router`; `key`
+/// (the installation's secret key) is needed for HTTPS.
+pub fn component(
+    store: EventStore,
+    key: Option<SecretKey>,
+    opts: RouterOptions,
+) -> Box<dyn Component> {
+    let mut router = Router::new(store, opts);
+    if let Some(key) = key {
+        router = router.with_key(key);
+    }
+    Box::new(router)
 }
 
 impl Router {
@@ -74,12 +115,40 @@ impl Router {
             store,
             opts,
             routes: Routes::default(),
+            key: None,
+            domains: None,
+            issuer: IssuerHandle::default(),
+            certs: Certificates::default(),
         }
+    }
+
+    /// Seals and opens the certificate store's private keys with `key`.
+    pub fn with_key(mut self, key: SecretKey) -> Self {
+        self.key = Some(Arc::new(key));
+        self
+    }
+
+    /// Runs the ACME issuer for the domains `domains` holds (each with its
+    /// owning service): a certificate for each, renewed in time, removed
+    /// when the domain leaves. Needs HTTPS on.
+    pub fn with_domains(mut self, domains: watch::Receiver<Domains>) -> Self {
+        self.domains = Some(domains);
+        self
     }
 
     /// The live routing table (for tests and diagnostics).
     pub fn routes(&self) -> Routes {
         self.routes.clone()
+    }
+
+    /// Forces renewals out of turn.
+    pub fn issuer(&self) -> IssuerHandle {
+        self.issuer.clone()
+    }
+
+    /// The managed certificates this router serves now.
+    pub fn certificates(&self) -> Certificates {
+        self.certs.clone()
     }
 
     /// Binds the configured address and serves until `shutdown`.
@@ -165,14 +234,50 @@ impl Router {
                 inner.clone(),
             ));
         }
-        serve(
-            listener,
-            self.routes.clone(),
-            self.opts.clone(),
-            stats,
-            &shutdown,
-        )
-        .await;
+        let mut https_side = None;
+        let mut tls = None;
+        if let Some(https) = self.opts.https.clone() {
+            let (side, acceptor, tls_listener) =
+                match self.start_https(&https, &tasks, &inner).await {
+                    Ok(started) => started,
+                    Err(e) => {
+                        inner.cancel();
+                        tasks.close();
+                        tasks.wait().await;
+                        return Err(e);
+                    }
+                };
+            https_side = Some(side);
+            tls = Some((acceptor, tls_listener));
+        }
+        // A proxy per worker (its own pool of instance connections), each
+        // knowing the HTTPS side for redirects and challenges.
+        let routes = self.routes.clone();
+        let opts = self.opts.clone();
+        let proxy = move || {
+            let p = Proxy::new(routes.clone(), opts.clone(), Arc::clone(&stats));
+            match &https_side {
+                Some(side) => p.with_https(side.clone()),
+                None => p,
+            }
+        };
+        match tls {
+            Some((acceptor, tls_listener)) => {
+                let secure = Arc::new(proxy());
+                tokio::join!(
+                    serve(listener, &proxy, &self.opts, &shutdown),
+                    https::serve(
+                        tls_listener,
+                        acceptor,
+                        secure,
+                        &shutdown,
+                        self.opts.drain,
+                        self.opts.header_timeout,
+                    ),
+                );
+            }
+            None => serve(listener, &proxy, &self.opts, &shutdown).await,
+        }
         if let Some(r) = &ready {
             r.set(false);
         }
@@ -184,6 +289,87 @@ impl Router {
             Ok(Err(e)) => Err(e.into()),
             _ => Ok(()),
         }
+    }
+}
+
+impl Router {
+    /// The routing table's custom domains, republished when a new table
+    /// changes them.
+    fn follow_custom_domains(
+        &self,
+        tasks: &TaskTracker,
+        stop: &CancellationToken,
+    ) -> watch::Receiver<Domains> {
+        let (tx, rx) = watch::channel(self.routes.load().custom_domains());
+        let mut swaps = self.routes.swaps();
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    changed = swaps.changed() => if changed.is_err() { break },
+                }
+                let next = swaps.borrow_and_update().custom_domains();
+                tx.send_if_modified(|held| {
+                    let changed = *held != next;
+                    if changed {
+                        *held = next;
+                    }
+                    changed
+                });
+            }
+        });
+        rx
+    }
+
+    /// Opens the certificate store, follows it, starts the issuer (for the
+    /// domains fed, else the routing table's custom domains), and binds the
+    /// HTTPS listener.
+    async fn start_https(
+        &self,
+        https: &HttpsOptions,
+        tasks: &TaskTracker,
+        stop: &CancellationToken,
+    ) -> Result<(https::HttpsSide, tokio_rustls::TlsAcceptor, TcpListener), RouterError> {
+        let key = self.key.clone().ok_or(RouterError::NeedsKey)?;
+        let store = CertStore::open(
+            self.store.jetstream(),
+            self.store.subjects(),
+            self.store.config().replicas,
+            key,
+        )
+        .await?;
+        tasks.spawn(store.clone().follow(self.certs.clone(), stop.clone()));
+        // The domains to hold certificates for: as fed, else every custom
+        // domain of the routing table, followed as the table changes.
+        let domains = match &self.domains {
+            Some(d) => d.clone(),
+            None => self.follow_custom_domains(tasks, stop),
+        };
+        let issuer = acme::Issuer::new(
+            self.store.clone(),
+            store.clone(),
+            self.opts.acme.clone(),
+            domains,
+            self.issuer.clone(),
+        );
+        tasks.spawn(issuer.run(stop.clone()));
+        let config = tls::server_config(tls::Resolver {
+            managed: self.certs.clone(),
+            operator: https.operator.clone(),
+        })?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let addr = https.addr;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| RouterError::Bind { addr, source })?;
+        tracing::info!(addr = %addr, operator_certificate = https.operator.is_some(), "router listening for HTTPS");
+        let side = https::HttpsSide {
+            opts: https.clone(),
+            certs: self.certs.clone(),
+            store,
+        };
+        Ok((side, acceptor, listener))
     }
 }
 
@@ -212,9 +398,8 @@ fn publish(state: &std::sync::RwLock<RouteProjection>, routes: &Routes) {
 /// of being handed between threads of a shared runtime.
 async fn serve(
     listener: TcpListener,
-    routes: Routes,
-    opts: RouterOptions,
-    stats: Arc<HttpStats>,
+    proxy: &impl Fn() -> Proxy,
+    opts: &RouterOptions,
     shutdown: &CancellationToken,
 ) {
     let listener = match listener.into_std() {
@@ -234,7 +419,7 @@ async fn serve(
             }
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let proxy = Arc::new(Proxy::new(routes.clone(), opts.clone(), stats.clone()));
+        let proxy = Arc::new(proxy());
         let shutdown = shutdown.clone();
         let drain = opts.drain;
         let header_timeout = opts.header_timeout;

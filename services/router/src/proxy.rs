@@ -11,7 +11,11 @@
 //!   instances of a rollout may go down a moment before this router has
 //!   applied the `deploy_live` that moved traffic off them;
 //! - answers of its own are short pages (404 unknown host, 502 no healthy
-//!   instance, 503 suspended) that name nothing internal.
+//!   instance, 503 suspended) that name nothing internal;
+//! - with HTTPS on ([`HttpsSide`]): plain HTTP answers ACME HTTP-01
+//!   challenges from the certificate store, and redirects every other
+//!   request for a host the router holds a certificate for to HTTPS;
+//!   HTTPS answers carry `Strict-Transport-Security` when configured.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -32,6 +36,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::body::Returnable;
 use crate::config::RouterOptions;
+use crate::https::{challenge, redirect_to, HttpsSide, ACME_CHALLENGE};
 use crate::stats::HttpStats;
 use crate::table::{Route, RouteState, Routes};
 use crate::upstream::{Pooled, SendError, Upstreams};
@@ -76,6 +81,14 @@ pub struct Proxy {
     ejected: Ejected,
     /// Requests per service, for the metrics.
     stats: Arc<HttpStats>,
+    https: Option<HttpsSide>,
+}
+
+/// How a request reached the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Http,
+    Https,
 }
 
 /// Addresses whose last connect failed, until when.
@@ -109,6 +122,7 @@ impl Proxy {
             upstreams,
             ejected: Ejected::default(),
             stats,
+            https: None,
         }
     }
 
@@ -118,11 +132,55 @@ impl Proxy {
         self.upstreams.sweep();
     }
 
-    /// Answers one request from `peer`.
+    /// The proxy with its HTTPS side (challenges, redirects, HSTS).
+    pub fn with_https(mut self, https: HttpsSide) -> Self {
+        self.https = Some(https);
+        self
+    }
+
+    /// Answers one plain HTTP request from `peer`.
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        if let Some(https) = &self.https {
+            if let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE) {
+                return Ok(challenge(&https.store, token).await);
+            }
+            if https.opts.redirect {
+                if let Some(to) = redirect_to(&req, https) {
+                    return Ok(to);
+                }
+            }
+        }
+        self.serve(req, peer, Scheme::Http).await
+    }
+
+    /// Answers one HTTPS request (HTTP/2 or HTTP/1.1) from `peer`.
+    pub async fn handle_https(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let hsts = self
+            .https
+            .as_ref()
+            .and_then(|h| h.opts.hsts_max_age)
+            .and_then(|age| HeaderValue::from_str(&format!("max-age={age}")).ok());
+        let mut resp = self.serve(req, peer, Scheme::Https).await?;
+        if let Some(v) = hsts {
+            resp.headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, v);
+        }
+        Ok(resp)
+    }
+
+    async fn serve(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        scheme: Scheme,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let start = Instant::now();
         let Some(host) = host_of(&req) else {
@@ -145,7 +203,7 @@ impl Proxy {
                 &format!("{} is suspended by its owner.", route.name),
             )
         } else {
-            self.forward(route, req, peer).await
+            self.forward(route, req, peer, scheme).await
         };
         // Until the answer's head: what the client waited for.
         let head = start.elapsed();
@@ -173,7 +231,9 @@ impl Proxy {
         first: Arc<Route>,
         req: Request<Incoming>,
         peer: SocketAddr,
+        scheme: Scheme,
     ) -> Response<ProxyBody> {
+        let host = host_of(&req);
         let (mut parts, body) = req.into_parts();
         // A protocol upgrade (WebSocket): asked of the instance as the
         // client asked it; on its `101` both connections are joined.
@@ -181,17 +241,7 @@ impl Proxy {
         let mut client_upgrade = upgrade
             .as_ref()
             .and_then(|_| parts.extensions.remove::<OnUpgrade>());
-        // An HTTP/2 request names its host in the URI only.
-        if !parts.headers.contains_key(header::HOST) {
-            if let Some(v) = parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                parts.headers.insert(header::HOST, v);
-            }
-        }
-        let mut headers = forwarded_headers(parts.headers, peer);
+        let mut headers = forwarded_headers(parts.headers, peer, scheme, host.as_deref());
         let request_id = headers.get(&X_REQUEST_ID).cloned();
         if let Some(protocol) = upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -392,8 +442,20 @@ fn build_request(
 /// The request's headers as the instance gets them: hop-by-hop ones
 /// dropped, `X-Forwarded-*` added (the client's address appended to any
 /// chain it sent; the original Host kept, so apps see their public name).
-fn forwarded_headers(mut h: HeaderMap, peer: SocketAddr) -> HeaderMap {
+fn forwarded_headers(
+    mut h: HeaderMap,
+    peer: SocketAddr,
+    scheme: Scheme,
+    authority: Option<&str>,
+) -> HeaderMap {
     strip_hop_by_hop(&mut h);
+    // HTTP/2 carries the host in `:authority`, not in a Host header: the
+    // instance (HTTP/1.1) gets it as Host.
+    if !h.contains_key(header::HOST) {
+        if let Some(v) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
+            h.insert(header::HOST, v);
+        }
+    }
     let host = h.get(header::HOST).cloned();
     let chain = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) => format!("{prior}, {}", peer.ip()),
@@ -402,7 +464,11 @@ fn forwarded_headers(mut h: HeaderMap, peer: SocketAddr) -> HeaderMap {
     if let Ok(v) = HeaderValue::from_str(&chain) {
         h.insert(X_FORWARDED_FOR, v);
     }
-    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = match scheme {
+        Scheme::Http => "http",
+        Scheme::Https => "https",
+    };
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(host) = host {
         h.insert(X_FORWARDED_HOST, host);
     }
@@ -497,10 +563,14 @@ fn response(resp: Response<Pooled>) -> Response<ProxyBody> {
     Response::from_parts(parts, body.boxed())
 }
 
-/// The host the client asked for: the absolute-form URI's, else `Host`.
-fn host_of<B>(req: &Request<B>) -> Option<String> {
-    if let Some(h) = req.uri().host() {
-        return Some(h.to_owned());
+/// The host the client asked for: the absolute-form URI's (and HTTP/2's
+/// `:authority`), else `Host`.
+pub(crate) fn host_of<B>(req: &Request<B>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(match a.port_u16() {
+            Some(port) => format!("{}:{port}", a.host()),
+            None => a.host().to_owned(),
+        });
     }
     req.headers()
         .get(header::HOST)
@@ -521,7 +591,7 @@ pub fn service_name(host: &str, base_domain: &str) -> Option<String> {
     validate::name(name).is_ok().then(|| name.to_owned())
 }
 
-const NOT_FOUND: &str = "There is no service at this address.";
+pub(crate) const NOT_FOUND: &str = "There is no service at this address.";
 
 fn bad_gateway(name: &str) -> Response<ProxyBody> {
     page(
@@ -533,7 +603,7 @@ fn bad_gateway(name: &str) -> Response<ProxyBody> {
 
 /// A short HTML page. `text` is a service name (a DNS label) or fixed text,
 /// so nothing needs escaping.
-fn page(status: StatusCode, title: &str, text: &str) -> Response<ProxyBody> {
+pub(crate) fn page(status: StatusCode, title: &str, text: &str) -> Response<ProxyBody> {
     let html = format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{code} {title}</title></head>\
          <body><h1>{code} {title}</h1><p>{text}</p></body></html>\n",
@@ -637,6 +707,8 @@ mod tests {
         let out = forwarded_headers(
             h,
             "192.0.2.7:5555".parse().unwrap_or_else(|_| unreachable!()),
+            Scheme::Http,
+            None,
         );
         for gone in ["connection", "x-secret-hop", "keep-alive", "te"] {
             assert!(out.get(gone).is_none(), "{gone} forwarded");

@@ -6,6 +6,7 @@
 mod load;
 mod support;
 
+mod acme;
 mod domains;
 mod e2e;
 mod limits;
@@ -13,3 +14,4 @@ mod pool;
 mod routing;
 mod streams;
 mod switch;
+mod tls;

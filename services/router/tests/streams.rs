@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::support::{Env, Svc};
 
 /// Reads an HTTP head (up to the blank line) from `r`.
-async fn head<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> String {
+pub(crate) async fn head<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> String {
     let mut all = String::new();
     loop {
         let mut line = String::new();
@@ -51,7 +51,7 @@ async fn ask(
 
 /// An instance that takes one upgrade to `echo` per connection and then
 /// sends back every byte it reads; it records the head it was sent.
-async fn echo_instance() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+pub(crate) async fn echo_instance() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

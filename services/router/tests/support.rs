@@ -144,7 +144,9 @@ pub async fn spawn_router_with(
     let opts = args.validate().map_err(|p| anyhow!("{p:?}"))?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let router = Router::new(store.clone(), opts);
+    // A key of its own, for routers with HTTPS (its certificate store).
+    let key = berth_runtime::SecretKey::from_base64(&berth_runtime::SecretKey::generate_base64())?;
+    let router = Router::new(store.clone(), opts).with_key(key);
     let routes = router.routes();
     let shutdown = CancellationToken::new();
     let ready = berth_runtime::ReadyFlag::default();
@@ -359,6 +361,18 @@ impl Svc {
     }
 
     /// Decides `command` against the state and appends the events.
+    /// Catches up with what others appended to the service meanwhile (the
+    /// certificate issuer, say).
+    pub async fn reload(&mut self) -> Result<()> {
+        let (state, version) = self
+            .store
+            .state(&AggregateId::Service(self.id.clone()), service::fold)
+            .await?;
+        self.state = ServiceState::clone(&state);
+        self.version = version;
+        Ok(())
+    }
+
     pub async fn cmd(&mut self, command: Command) -> Result<u64> {
         let events = service::decide(&self.state, command, &Ctx::default())?;
         self.append(events).await

@@ -4,8 +4,8 @@
 //! Roles (see docs/integration.md, "Roles and permissions"):
 //! - **control**: the control-plane components (api, resolver, scheduler,
 //!   cron, notifier, router, projector). The event log, work, dead-letter
-//!   and logs streams and the snapshot bucket of its prefix, by name; never
-//!   deletes or purges a stream.
+//!   and logs streams, the snapshot bucket and the router's certificate
+//!   bucket of its prefix, by name; never deletes or purges a stream.
 //! - **node** (one user per node): appends facts to service aggregates and
 //!   its own node aggregate, reads the log, takes work from its own queue
 //!   through its own durable consumer only, heart-beats, publishes its
@@ -335,6 +335,8 @@ impl Permissions {
                     subjects.dead_letter_stream(),
                     subjects.work_advisory_stream(),
                     subjects.snapshot_stream(),
+                    // The router's certificate store.
+                    subjects.certificate_stream(),
                     subjects.logs_stream(),
                     subjects.metrics_stream(),
                 ];
@@ -347,6 +349,7 @@ impl Permissions {
                     format!("{p}.events.>"),
                     subjects.resolver_check(),
                     format!("$KV.{}.>", subjects.snapshot_bucket()),
+                    format!("$KV.{}.>", subjects.certificate_bucket()),
                     "$JS.API.INFO".to_owned(),
                     "$JS.FC.>".to_owned(),
                 ];

@@ -388,7 +388,10 @@ mod tests {
             |_| false,
             t0 + chrono::Duration::seconds(3),
         );
-        assert_eq!(k.orphans(&n, std::slice::from_ref(&i)), vec![(svc.clone(), i.clone())]);
+        assert_eq!(
+            k.orphans(&n, std::slice::from_ref(&i)),
+            vec![(svc.clone(), i.clone())]
+        );
         // Once the node no longer runs it, it is forgotten.
         assert!(k.orphans(&n, &[]).is_empty());
     }

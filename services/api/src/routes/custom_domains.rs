@@ -97,8 +97,8 @@ pub struct CustomDomainView {
     pub server: ServerRef,
     /// berth: the certificate's status.
     pub certificate_status: CertificateStatus,
-    /// berth: why the last attempt failed (`challenge_failed`,
-    /// `rate_limited`, `acme_unavailable`, `refused`).
+    /// berth: why the last attempt failed (`ca_unavailable`,
+    /// `challenge_failed`, `rejected`, `timed_out`, `store_unavailable`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub certificate_error: Option<String>,
     /// berth: until when the certificate held is valid.

@@ -147,7 +147,9 @@ pub(super) fn apply(s: &mut ServiceState, event: &Event, time: Option<DateTime<U
         {
             s.custom_domains.remove(name);
         }
-        Event::CertificateIssued(CertificateIssued { domain, not_after }) => {
+        Event::CertificateIssued(CertificateIssued {
+            domain, not_after, ..
+        }) => {
             if let Some(d) = s.custom_domains.get_mut(domain) {
                 d.certificate = Certificate::Issued {
                     not_after: *not_after,

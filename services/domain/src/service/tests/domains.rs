@@ -50,6 +50,8 @@ fn removal_and_certificates_apply_to_the_domains_the_service_has() {
             CertificateIssued {
                 domain: d.into(),
                 not_after,
+                serial: "01".into(),
+                renewal: false,
             }
             .into(),
         ))
@@ -62,7 +64,7 @@ fn removal_and_certificates_apply_to_the_domains_the_service_has() {
     s.run(Command::RecordCertificate(Box::new(
         CertificateFailed {
             domain: "www.example.com".into(),
-            reason: CertificateFailure::RateLimited,
+            reason: CertificateFailure::Rejected,
             attempt: 1,
             retry_in_secs: 60,
         }

@@ -1,0 +1,214 @@
+//! The HTTPS side of the router.
+//!
+//! - [`serve`]: the listener — TLS (rustls, certificates by SNI), then
+//!   HTTP/2 or HTTP/1.1 as ALPN chose (hyper-util's auto builder, which also
+//!   reads the HTTP/2 preface from clients that skip ALPN); HTTP/1.1 keeps
+//!   protocol upgrades (WebSocket). The same shutdown story as the plain
+//!   listener: stop accepting, let in-flight requests finish for up to the
+//!   drain time;
+//! - what plain HTTP does for it: ACME HTTP-01 answers from the
+//!   certificate store ([`challenge`]) and the redirect to HTTPS for hosts
+//!   with a certificate ([`redirect_to`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::certstore::CertStore;
+use crate::config::HttpsOptions;
+use crate::proxy::{host_of, page, Proxy, ProxyBody, NOT_FOUND};
+use crate::tls::Certificates;
+
+/// How long a client has to finish the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves HTTPS on `listener` until `shutdown`, then waits up to `drain`
+/// for open requests.
+pub async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    proxy: Arc<Proxy>,
+    shutdown: &CancellationToken,
+    drain: Duration,
+    header_timeout: Duration,
+) {
+    let connections = TaskTracker::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let max_head = berth_runtime::http1::MAX_HEAD_BYTES;
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        // hyper-util's builder has no exact header cap for HTTP/1.1; the
+        // read buffer's bound keeps a head from growing past it by much.
+        .max_buf_size(max_head);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(listener = "router-https", error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let proxy = Arc::clone(&proxy);
+        let builder = Arc::clone(&builder);
+        let stop = shutdown.clone();
+        connections.spawn(async move {
+            let tls = tokio::select! {
+                _ = stop.cancelled() => return,
+                tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => tls,
+            };
+            let tls = match tls {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    metrics::counter!("berth_router_tls_handshake_failures_total").increment(1);
+                    tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    metrics::counter!("berth_router_tls_handshake_failures_total").increment(1);
+                    tracing::debug!(client = %peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let service = service_fn(move |req| Arc::clone(&proxy).handle_https(req, peer));
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(listener = "router-https", error = %e, client = %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(drain, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener = "router-https",
+            grace = ?drain,
+            "in-flight requests still open after the grace period"
+        );
+    }
+}
+
+/// What the proxy needs of the HTTPS side.
+#[derive(Debug, Clone)]
+pub struct HttpsSide {
+    pub opts: HttpsOptions,
+    /// The managed certificates now (which hosts redirect).
+    pub certs: Certificates,
+    /// Where HTTP-01 answers are kept.
+    pub store: CertStore,
+}
+
+impl HttpsSide {
+    /// Whether the router can serve `host` (no port, lower case) over HTTPS.
+    fn has_certificate(&self, host: &str) -> bool {
+        self.certs.load().contains_key(host)
+            || self.opts.operator.as_ref().is_some_and(|o| o.covers(host))
+    }
+}
+
+/// Where HTTP-01 challenges are fetched (RFC 8555 §8.3).
+pub(crate) const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
+
+/// The answer to an HTTP-01 challenge fetch: the key authorization the
+/// issuer stored for `token`, on any host, never redirected.
+pub(crate) async fn challenge(store: &CertStore, token: &str) -> Response<ProxyBody> {
+    match store.challenge(token).await {
+        Ok(Some(answer)) => {
+            let mut resp = Response::new(
+                Full::new(Bytes::from(answer))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            );
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            resp
+        }
+        Ok(None) => page(StatusCode::NOT_FOUND, "Not found", NOT_FOUND),
+        Err(e) => {
+            tracing::warn!(error = %e, "ACME challenge not answerable");
+            page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                "Try again in a moment.",
+            )
+        }
+    }
+}
+
+/// The redirect to HTTPS for a request whose host the router holds a
+/// certificate for: the same host, path and query; the HTTPS listener's
+/// port unless it is 443. GET and HEAD get 301, other methods 308 (which
+/// keeps the method and body).
+pub(crate) fn redirect_to<B>(req: &Request<B>, https: &HttpsSide) -> Option<Response<ProxyBody>> {
+    let host = host_of(req)?;
+    let host = strip_port(&host.trim().to_ascii_lowercase()).to_owned();
+    let host = host.strip_suffix('.').unwrap_or(&host).to_owned();
+    if !https.has_certificate(&host) {
+        return None;
+    }
+    let port = https.opts.addr.port();
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    };
+    let location = HeaderValue::from_str(&location).ok()?;
+    let status = if req.method() == Method::GET || req.method() == Method::HEAD {
+        StatusCode::MOVED_PERMANENTLY
+    } else {
+        StatusCode::PERMANENT_REDIRECT
+    };
+    let mut resp = Response::new(
+        Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::LOCATION, location);
+    Some(resp)
+}
+
+/// `host[:port]` → `host`.
+fn strip_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
