@@ -1,7 +1,9 @@
 //! Long-lived exchanges through the router: a protocol upgrade (as a
 //! WebSocket handshake does it) joins the client to the instance both ways
 //! byte for byte, and a server-sent event stream reaches the client as each
-//! event is written, not when the response ends.
+//! event is written, not when the response ends; both stay with the
+//! instance they started on across a deploy, while new ones go to the new
+//! instance.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -180,4 +182,132 @@ async fn a_server_sent_event_reaches_the_client_before_the_next_is_written() {
             .unwrap();
         seen.push_str(&line);
     }
+}
+
+/// An instance labelled `label`: `/events` streams `data: <label> <n>`
+/// every 50 ms until the client goes; an upgrade to `echo` answers each
+/// line as `<label>:<line>`.
+async fn streaming_instance(label: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut r = BufReader::new(stream);
+                let h = head(&mut r).await.to_ascii_lowercase();
+                if h.contains("upgrade: echo") {
+                    let _ = r
+                        .get_mut()
+                        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+                        .await;
+                    loop {
+                        let mut line = String::new();
+                        match r.read_line(&mut line).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        let back = format!("{label}:{line}");
+                        if r.get_mut().write_all(back.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                let s = r.get_mut();
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    .await;
+                for n in 0.. {
+                    let data = format!("data: {label} {n}\n\n");
+                    let chunk = format!("{:x}\r\n{data}\r\n", data.len());
+                    if s.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn open(env: &Env, request: &str) -> BufReader<TcpStream> {
+    let mut client = BufReader::new(TcpStream::connect(env.addr).await.unwrap());
+    client
+        .get_mut()
+        .write_all(request.as_bytes())
+        .await
+        .unwrap();
+    let answer = head(&mut client).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 101") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
+    client
+}
+
+/// Reads lines until one contains `want` (5 s at most).
+async fn until(client: &mut BufReader<TcpStream>, want: &str) -> String {
+    let mut seen = String::new();
+    while !seen.contains(want) {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), client.read_line(&mut line))
+            .await
+            .unwrap_or_else(|_| panic!("no {want:?} within 5 s; got {seen:?}"))
+            .unwrap();
+        assert!(n > 0, "closed before {want:?}; got {seen:?}");
+        seen.push_str(&line);
+    }
+    seen
+}
+
+async fn echo(client: &mut BufReader<TcpStream>, msg: &str) -> String {
+    client
+        .get_mut()
+        .write_all(format!("{msg}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut back = String::new();
+    tokio::time::timeout(Duration::from_secs(5), client.read_line(&mut back))
+        .await
+        .expect("echoed within 5 s")
+        .unwrap();
+    back
+}
+
+#[tokio::test]
+async fn open_websockets_and_event_streams_stay_with_the_old_instance_across_a_deploy() {
+    let env = Env::start().await.unwrap();
+    let v1 = streaming_instance("v1").await;
+    let v2 = streaming_instance("v2").await;
+    let mut svc = Svc::create(&env.store, "live", ServiceType::WebService)
+        .await
+        .unwrap();
+    svc.first_deploy(1, &[v1]).await.unwrap();
+    env.synced(env.store.last_stream_seq().await.unwrap())
+        .await
+        .unwrap();
+    let ws = "GET /chat HTTP/1.1\r\nHost: live.localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n";
+    let sse = "GET /events HTTP/1.1\r\nHost: live.localhost\r\nAccept: text/event-stream\r\n\r\n";
+    let mut old_ws = open(&env, ws).await;
+    assert_eq!(echo(&mut old_ws, "before").await, "v1:before\n");
+    let mut old_sse = open(&env, sse).await;
+    until(&mut old_sse, "data: v1 1").await;
+
+    // A deploy moves the service to v2.
+    let d2 = svc.request_deploy().await.unwrap();
+    svc.resolve_and_update(2).await.unwrap();
+    let ids = svc.start_instances(&d2, 2, &[v2]).await.unwrap();
+    svc.healthy(&ids).await.unwrap();
+    let seq = svc.live(&d2, 2).await.unwrap();
+    env.synced(seq).await.unwrap();
+
+    // New connections reach v2 ...
+    let mut new_ws = open(&env, ws).await;
+    assert_eq!(echo(&mut new_ws, "after").await, "v2:after\n");
+    let mut new_sse = open(&env, sse).await;
+    until(&mut new_sse, "data: v2 1").await;
+    // ... while the open ones carry on with v1, both ways and streaming.
+    assert_eq!(echo(&mut old_ws, "still").await, "v1:still\n");
+    let seen = until(&mut old_sse, "data: v1 10").await;
+    assert!(!seen.contains("v2"), "{seen}");
 }
