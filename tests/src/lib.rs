@@ -100,6 +100,31 @@ pub fn free_port() -> u16 {
     panic!("no free port in {TEST_PORTS:?}");
 }
 
+/// Log output kept in memory, for a test that installs its own global
+/// subscriber (in a process of its own, see [`run_alone`]) and reads what
+/// was logged: `with_writer(move || captured.clone())`.
+#[derive(Debug, Clone, Default)]
+pub struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// Everything written so far.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Installs a test tracing subscriber once (honours `RUST_LOG`).
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()

@@ -15,7 +15,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -39,18 +38,7 @@ use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use berth_tests::Captured;
 
 fn random_token(tag: &str) -> String {
     use rand::Rng;
@@ -496,7 +484,7 @@ async fn secrecy_child() {
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     tap.abort();
     let bus_bytes = bus_bytes.lock().unwrap().clone();
-    let captured = logs.0.lock().unwrap().clone();
+    let captured = logs.bytes();
 
     // The captures really hold what happened (so an empty capture cannot pass).
     assert!(

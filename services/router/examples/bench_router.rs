@@ -1,7 +1,9 @@
 //! The router against nginx, in one run: `wrk` to one backend process
 //! directly, through berth's router (Host header) and through nginx
 //! (Debian `nginx-light`, `worker_processes auto`, keepalive upstream), at
-//! each connection count, one after the other. The backend is a process of
+//! each connection count, one after the other, over plain HTTP and over
+//! HTTPS (both proxies with the same certificate, made here; connections
+//! kept, so mostly the cost of encryption, not of handshakes). The backend is a process of
 //! its own (this binary, `backend` mode), so neither proxy shares its
 //! process; the router runs in this process with the Prometheus recorder
 //! installed, as in `berth up`.
@@ -59,15 +61,27 @@ async fn run(secs: u64, conns: &[u64]) -> Result<()> {
     berth_runtime::install_metrics()?;
     let (mut backend_proc, backend) = spawn_backend()?;
     // No access log on either proxy (nginx: `access_log off`).
+    let dir = tempfile::tempdir()?;
+    let ca = berth_tests::pebble::TestCa::new()?;
+    let (chain, key) = ca.leaf(&["*.localhost"])?;
+    let (cert, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, chain)?;
+    std::fs::write(&key_file, key)?;
+    let https_addr = format!("127.0.0.1:{}", berth_tests::free_port());
     let env = Env::start_with(support::RouterArgs {
         router_access_log: false,
+        router_https_addr: Some(https_addr.clone()),
+        router_tls_cert: Some(cert.clone()),
+        router_tls_key: Some(key_file.clone()),
+        // Plain HTTP is measured too: no redirect to HTTPS.
+        router_https_redirect: false,
         ..support::test_args()
     })
     .await?;
     let mut svc = Svc::create(&env.store, "bench", ServiceType::WebService).await?;
     svc.first_deploy(1, &[backend]).await?;
     env.synced(env.store.last_stream_seq().await?).await?;
-    let nginx = Nginx::start(backend)?;
+    let nginx = Nginx::start(backend, &cert, &key_file)?;
 
     let host = "bench.localhost";
     for &c in conns {
@@ -76,6 +90,8 @@ async fn run(secs: u64, conns: &[u64]) -> Result<()> {
             format!("http://{backend}/"),
             format!("http://{}/", env.addr),
             format!("http://{}/", nginx.addr),
+            format!("https://{https_addr}/"),
+            format!("https://{}/", nginx.tls),
         ] {
             wrk(&url, Some(host), 1, c)?;
         }
@@ -88,6 +104,12 @@ async fn run(secs: u64, conns: &[u64]) -> Result<()> {
         let before = cpu_secs(&workers);
         let proxied = wrk(&format!("http://{}/", nginx.addr), Some(host), secs, c)?;
         let nginx_cpu = cpu_secs(&workers) - before;
+        let before = cpu_secs(&me);
+        let routed_tls = wrk(&format!("https://{https_addr}/"), Some(host), secs, c)?;
+        let router_tls_cpu = cpu_secs(&me) - before;
+        let before = cpu_secs(&workers);
+        let proxied_tls = wrk(&format!("https://{}/", nginx.tls), Some(host), secs, c)?;
+        let nginx_tls_cpu = cpu_secs(&workers) - before;
         println!(
             "\n{c} connections, {secs} s each, load average {}",
             loadavg()
@@ -98,6 +120,8 @@ async fn run(secs: u64, conns: &[u64]) -> Result<()> {
             ("direct", &direct),
             ("berth router", &routed),
             ("nginx", &proxied),
+            ("berth router, HTTPS", &routed_tls),
+            ("nginx, HTTPS", &proxied_tls),
         ] {
             println!(
                 "| {name} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
@@ -114,9 +138,16 @@ async fn run(secs: u64, conns: &[u64]) -> Result<()> {
             routed.rps / proxied.rps
         );
         println!(
-            "CPU per request: router {:.1} µs, nginx {:.1} µs",
-            1e6 * router_cpu / (routed.rps * secs as f64),
-            1e6 * nginx_cpu / (proxied.rps * secs as f64)
+            "HTTPS: router {:.2}x nginx's requests/s",
+            routed_tls.rps / proxied_tls.rps
+        );
+        let per = |cpu: f64, r: &Wrk| 1e6 * cpu / (r.rps * secs as f64);
+        println!(
+            "CPU per request: router {:.1} µs, nginx {:.1} µs; HTTPS: router {:.1} µs, nginx {:.1} µs",
+            per(router_cpu, &routed),
+            per(nginx_cpu, &proxied),
+            per(router_tls_cpu, &routed_tls),
+            per(nginx_tls_cpu, &proxied_tls)
         );
     }
     drop(nginx);
@@ -201,14 +232,18 @@ fn backend() -> Result<()> {
 struct Nginx {
     child: Child,
     addr: std::net::SocketAddr,
+    tls: std::net::SocketAddr,
     _dir: tempfile::TempDir,
 }
 
 impl Nginx {
-    fn start(backend: std::net::SocketAddr) -> Result<Nginx> {
+    fn start(backend: std::net::SocketAddr, cert: &Path, key: &Path) -> Result<Nginx> {
         let dir = tempfile::tempdir()?;
         let port = berth_tests::free_port();
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let tls: std::net::SocketAddr =
+            format!("127.0.0.1:{}", berth_tests::free_port()).parse()?;
+        let (cert, key) = (cert.display(), key.display());
         let p = dir.path().display();
         let conf = format!(
             "worker_processes auto;\n\
@@ -226,6 +261,9 @@ impl Nginx {
                upstream backend {{ server {backend}; keepalive 256; }}\n\
                server {{\n\
                  listen {addr} reuseport;\n\
+                 listen {tls} ssl reuseport;\n\
+                 ssl_certificate {cert};\n\
+                 ssl_certificate_key {key};\n\
                  location / {{\n\
                    proxy_pass http://backend;\n\
                    proxy_http_version 1.1;\n\
@@ -252,6 +290,7 @@ impl Nginx {
         Ok(Nginx {
             child,
             addr,
+            tls,
             _dir: dir,
         })
     }

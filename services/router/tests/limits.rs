@@ -1,8 +1,6 @@
 //! What the router refuses of clients (oversized headers, headers sent too
 //! slowly) and what it logs of each request.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -96,18 +94,7 @@ async fn a_client_trickling_its_headers_is_cut_off() -> Result<()> {
     Ok(())
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use berth_tests::Captured;
 
 /// Installs a global subscriber, so it runs in a process of its own.
 #[test]
@@ -140,7 +127,7 @@ async fn access_log_child() {
     // Written when the response has been sent whole.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let lines = loop {
-        let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+        let text = String::from_utf8_lossy(&logs.bytes()).into_owned();
         let lines: Vec<serde_json::Value> = text
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
