@@ -393,4 +393,20 @@ async fn certificate_facts_show_as_verification_and_certificate_status() {
         )
         .await;
     assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+
+    // Both facts are on the service's timeline, asked for by name (they
+    // are berth's own types).
+    let (_, v) = app
+        .get(
+            &format!("/v1/services/{svc}/events?type=certificate_failed,certificate_issued"),
+            &alice,
+        )
+        .await;
+    let types: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"]["type"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(types, ["certificate_issued", "certificate_failed"], "{v}");
 }

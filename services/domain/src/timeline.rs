@@ -57,6 +57,9 @@ pub const TYPES: &[&str] = &[
     "rollback_target_missing",
     "service_suspended",
     "service_resumed",
+    "certificate_issued",
+    "certificate_failed",
+    "certificate_removed",
 ];
 
 /// The types that are Render's own, with Render's details: a client
@@ -277,6 +280,25 @@ impl TimelineEvent {
             ),
             Event::ServiceSuspended(_) => ("service_suspended", json!({})),
             Event::ServiceResumed(_) => ("service_resumed", json!({})),
+            Event::CertificateIssued(e) => (
+                "certificate_issued",
+                json!({
+                    "domain": e.domain,
+                    "notAfter": e.not_after,
+                    "serial": e.serial,
+                    "renewal": e.renewal,
+                }),
+            ),
+            Event::CertificateFailed(e) => (
+                "certificate_failed",
+                json!({
+                    "domain": e.domain,
+                    "reason": e.reason.as_str(),
+                    "attempt": e.attempt,
+                    "retryInSecs": e.retry_in_secs,
+                }),
+            ),
+            Event::CertificateRemoved(e) => ("certificate_removed", json!({ "domain": e.domain })),
             _ => return None,
         };
         Some(Self {
@@ -460,6 +482,39 @@ fn details_schemas() -> Vec<(&'static str, Vec<DetailField>)> {
             "instance_count_changed",
             vec![("fromInstances", int(), true), ("toInstances", int(), true)],
         ),
+        (
+            "certificate_issued",
+            vec![
+                ("domain", s(), true),
+                (
+                    "notAfter",
+                    json!({"type": "string", "format": "date-time"}),
+                    true,
+                ),
+                ("serial", s(), true),
+                ("renewal", bool_(), true),
+            ],
+        ),
+        (
+            "certificate_failed",
+            vec![
+                ("domain", s(), true),
+                (
+                    "reason",
+                    one_of(&[
+                        "ca_unavailable",
+                        "challenge_failed",
+                        "rejected",
+                        "timed_out",
+                        "store_unavailable",
+                    ]),
+                    true,
+                ),
+                ("attempt", int(), true),
+                ("retryInSecs", int(), true),
+            ],
+        ),
+        ("certificate_removed", vec![("domain", s(), true)]),
         (
             "cron_job_run_started",
             vec![
@@ -933,6 +988,24 @@ mod tests {
             .into(),
             ServiceSuspended {}.into(),
             ServiceResumed {}.into(),
+            berth_schemas::events::CertificateIssued {
+                domain: "www.example.com".into(),
+                not_after: Utc::now(),
+                serial: "0a".into(),
+                renewal: true,
+            }
+            .into(),
+            berth_schemas::events::CertificateFailed {
+                domain: "www.example.com".into(),
+                reason: berth_schemas::model::CertificateFailure::ChallengeFailed,
+                attempt: 2,
+                retry_in_secs: 120,
+            }
+            .into(),
+            berth_schemas::events::CertificateRemoved {
+                domain: "www.example.com".into(),
+            }
+            .into(),
         ];
         let schemas = details_schemas();
         let mut seen = BTreeSet::new();
