@@ -261,23 +261,7 @@ impl Router {
                 None => p,
             }
         };
-        match tls {
-            Some((acceptor, tls_listener)) => {
-                let secure = Arc::new(proxy());
-                tokio::join!(
-                    serve(listener, &proxy, &self.opts, &shutdown),
-                    https::serve(
-                        tls_listener,
-                        acceptor,
-                        secure,
-                        &shutdown,
-                        self.opts.drain,
-                        self.opts.header_timeout,
-                    ),
-                );
-            }
-            None => serve(listener, &proxy, &self.opts, &shutdown).await,
-        }
+        serve(listener, tls, &proxy, &self.opts, &shutdown).await;
         if let Some(r) = &ready {
             r.set(false);
         }
@@ -392,12 +376,14 @@ fn publish(state: &std::sync::RwLock<RouteProjection>, routes: &Routes) {
 
 /// Accepts connections until `shutdown`, then lets open requests finish for
 /// up to `drain`. Each of `opts.workers` threads runs an event loop of its
-/// own accepting from the same socket, with its own proxy (and so its own
-/// pool of connections to instances): a request and the instance
-/// connection serving it stay on one thread, as in nginx's workers, instead
-/// of being handed between threads of a shared runtime.
+/// own accepting from the same socket (and from the HTTPS socket, when
+/// there is one), with its own proxy (and so its own pool of connections to
+/// instances): a request and the instance connection serving it stay on one
+/// thread, as in nginx's workers, instead of being handed between threads
+/// of a shared runtime.
 async fn serve(
     listener: TcpListener,
+    tls: Option<(tokio_rustls::TlsAcceptor, TcpListener)>,
     proxy: &impl Fn() -> Proxy,
     opts: &RouterOptions,
     shutdown: &CancellationToken,
@@ -409,6 +395,13 @@ async fn serve(
             return;
         }
     };
+    let tls = match tls.map(|(a, l)| l.into_std().map(|l| (a, l))).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "router HTTPS listener unusable");
+            return;
+        }
+    };
     let mut done = Vec::new();
     for n in 0..opts.workers {
         let socket = match listener.try_clone() {
@@ -417,6 +410,18 @@ async fn serve(
                 tracing::error!(error = %e, worker = n, "router worker not started");
                 continue;
             }
+        };
+        // The HTTPS socket too, when there is one: served by the same loop.
+        let secure = match tls
+            .as_ref()
+            .map(|(a, l)| l.try_clone().map(|l| (a.clone(), l)))
+        {
+            Some(Ok(t)) => Some(t),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, worker = n, "router worker not started");
+                continue;
+            }
+            None => None,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let proxy = Arc::new(proxy());
@@ -437,13 +442,30 @@ async fn serve(
                     }
                 };
                 runtime.block_on(async move {
-                    match TcpListener::from_std(socket) {
-                        Ok(listener) => {
-                            worker(listener, proxy, &shutdown, drain, header_timeout).await
-                        }
+                    let plain = match TcpListener::from_std(socket) {
+                        Ok(l) => l,
                         Err(e) => {
-                            tracing::error!(error = %e, worker = n, "router worker not listening")
+                            tracing::error!(error = %e, worker = n, "router worker not listening");
+                            return;
                         }
+                    };
+                    let secure = match secure.map(|(a, l)| TcpListener::from_std(l).map(|l| (a, l))) {
+                        Some(Ok(t)) => Some(t),
+                        Some(Err(e)) => {
+                            tracing::error!(error = %e, worker = n, "router worker not listening for HTTPS");
+                            return;
+                        }
+                        None => None,
+                    };
+                    let plain_side = worker(plain, Arc::clone(&proxy), &shutdown, drain, header_timeout);
+                    match secure {
+                        Some((acceptor, l)) => {
+                            tokio::join!(
+                                plain_side,
+                                https::serve(l, acceptor, proxy, &shutdown, drain, header_timeout),
+                            );
+                        }
+                        None => plain_side.await,
                     }
                 });
                 drop(tx);
