@@ -578,17 +578,31 @@ pub(crate) fn host_of<B>(req: &Request<B>) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// A request's host as routes are keyed: lower case, without a port or a
+/// trailing dot.
+pub(crate) fn normal_host(host: &str) -> String {
+    let mut host = host.trim().to_ascii_lowercase();
+    if let Some((h, port)) = host.rsplit_once(':') {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            host.truncate(h.len());
+        }
+    }
+    if host.ends_with('.') {
+        host.pop();
+    }
+    host
+}
+
 /// `name.base[:port]` → `name` (lower case), when it is a valid service
 /// name (a single DNS label).
 pub fn service_name(host: &str, base_domain: &str) -> Option<String> {
-    let host = host.trim().to_ascii_lowercase();
-    let host = match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h.to_owned(),
-        _ => host,
-    };
-    let host = host.strip_suffix('.').unwrap_or(&host);
+    service_label(&normal_host(host), base_domain).map(str::to_owned)
+}
+
+/// The service name in a host already made [`normal_host`].
+pub(crate) fn service_label<'a>(host: &'a str, base_domain: &str) -> Option<&'a str> {
     let name = host.strip_suffix(base_domain)?.strip_suffix('.')?;
-    validate::name(name).is_ok().then(|| name.to_owned())
+    validate::name(name).is_ok().then_some(name)
 }
 
 pub(crate) const NOT_FOUND: &str = "There is no service at this address.";

@@ -104,15 +104,11 @@ impl RoutingTable {
     /// `<name>.<base_domain>` or a custom domain, in any case, with or
     /// without a port or a trailing dot.
     pub fn route_for_host(&self, host: &str, base_domain: &str) -> Option<&Arc<Route>> {
-        if let Some(name) = crate::proxy::service_name(host, base_domain) {
-            return self.get(&name);
+        let host = crate::proxy::normal_host(host);
+        match crate::proxy::service_label(&host, base_domain) {
+            Some(name) => self.get(name),
+            None => self.domains.get(&host),
         }
-        let host = host.trim().to_ascii_lowercase();
-        let host = match host.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => host.as_str(),
-        };
-        self.domains.get(host.strip_suffix('.').unwrap_or(host))
     }
 
     /// Every custom domain routed now → its service: the names of every

@@ -151,7 +151,13 @@ impl Upstreams {
             return;
         };
         let now = Instant::now();
-        let list = idle.entry(addr.to_owned()).or_default();
+        // The address is copied only for the first connection kept for it.
+        if !idle.contains_key(addr) {
+            idle.insert(addr.to_owned(), Vec::new());
+        }
+        let Some(list) = idle.get_mut(addr) else {
+            return;
+        };
         // The oldest are first: drop those idle too long.
         let expired = list
             .iter()
