@@ -86,6 +86,13 @@ pub struct ServiceState {
     /// [`ServiceState::keeping_every_deploy`]).
     #[serde(default)]
     pub forgotten_deploys: u64,
+    /// How many deploys are held before old ones are looked at again. A
+    /// look costs one pass over the held deploys, so it waits for as many
+    /// new ones as were still running or queued at the last look: a
+    /// service whose deploys pile up unended (hooks faster than deploys
+    /// end) pays a constant share per deploy, not a pass each time.
+    #[serde(default)]
+    pub(super) forget_check_at: usize,
     /// Holds every deploy, forgetting none (a fold for a look into the
     /// past; never stored).
     #[serde(skip)]
@@ -113,12 +120,15 @@ impl ServiceState {
     /// [`KEPT_ENDED_DEPLOYS`] (plus some slack) are held; running, queued
     /// and live deploys always stay.
     pub(super) fn forget_old_deploys(&mut self) {
-        if self.keep_every_deploy || self.deploys.len() <= KEPT_ENDED_DEPLOYS + FORGET_SLACK {
+        let at_least = KEPT_ENDED_DEPLOYS + FORGET_SLACK + 1;
+        if self.keep_every_deploy || self.deploys.len() < self.forget_check_at.max(at_least) {
             return;
         }
         let live = self.live.clone();
         let forgettable = |d: &Deploy| d.is_ended() && live.as_ref() != Some(&d.id);
         let ended = self.deploys.iter().filter(|d| forgettable(d)).count();
+        let unended = self.deploys.len() - ended;
+        self.forget_check_at = self.deploys.len() + FORGET_SLACK.max(unended);
         let mut excess = ended.saturating_sub(KEPT_ENDED_DEPLOYS);
         if excess == 0 {
             return;
@@ -130,6 +140,7 @@ impl ServiceState {
             !go
         });
         self.forgotten_deploys += (before - self.deploys.len()) as u64;
+        self.forget_check_at = self.deploys.len() + FORGET_SLACK.max(unended);
         self.index = self
             .deploys
             .iter()

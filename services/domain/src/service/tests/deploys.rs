@@ -689,3 +689,43 @@ fn a_retry_shows_while_the_deploy_waits_for_its_digest_and_never_after() {
         "a late report records nothing"
     );
 }
+
+#[test]
+fn deploys_piling_up_unended_are_looked_over_rarely_and_let_go_once_they_end() {
+    use crate::service::KEPT_ENDED_DEPLOYS;
+    let first = DeployId::generate();
+    let mut s = Scenario::live_web(&first);
+    let piled: Vec<DeployId> = (0..400)
+        .map(|_| s.request(DeployTrigger::DeployHook).0)
+        .collect();
+    let unended = s.state.deploys.iter().filter(|d| !d.is_ended()).count();
+    assert_eq!(unended, piled.len() + 1, "the hooked deploys pile up");
+    // Each look over the held deploys waits for as many new ones as were
+    // unended at the last look (at 129 and 257 here), not one pass per deploy.
+    assert!(
+        s.state.forget_check_at >= 2 * s.state.deploys.len() - 300,
+        "next look at {} with {} held",
+        s.state.forget_check_at,
+        s.state.deploys.len()
+    );
+    for id in &piled {
+        s.run(Command::CancelDeploy { deploy: id.clone() });
+    }
+    let unended: Vec<_> = s.state.deploys.iter().filter(|d| !d.is_ended()).collect();
+    assert_eq!(unended.len(), 1, "only the live deploy runs on");
+    assert_eq!(Some(&unended[0].id), s.state.live.as_ref());
+    // Once they ended, new deploys bring the held ones back to the bound.
+    for n in 0..150u32 {
+        let (id, _) = s.request(DeployTrigger::DeployHook);
+        s.go_live(&id, &digest((n % 250) as u8 + 2));
+    }
+    let held = s.state.deploys.len();
+    assert!(
+        held <= KEPT_ENDED_DEPLOYS + 30,
+        "{held} deploys held after 551"
+    );
+    assert_eq!(
+        s.state.forgotten_deploys as usize + held,
+        1 + piled.len() + 150
+    );
+}
