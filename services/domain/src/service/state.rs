@@ -128,25 +128,23 @@ impl ServiceState {
         let forgettable = |d: &Deploy| d.is_ended() && live.as_ref() != Some(&d.id);
         let ended = self.deploys.iter().filter(|d| forgettable(d)).count();
         let unended = self.deploys.len() - ended;
-        self.forget_check_at = self.deploys.len() + FORGET_SLACK.max(unended);
         let mut excess = ended.saturating_sub(KEPT_ENDED_DEPLOYS);
-        if excess == 0 {
-            return;
+        if excess > 0 {
+            let before = self.deploys.len();
+            self.deploys.retain(|d| {
+                let go = excess > 0 && forgettable(d);
+                excess -= usize::from(go);
+                !go
+            });
+            self.forgotten_deploys += (before - self.deploys.len()) as u64;
+            self.index = self
+                .deploys
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (d.id.clone(), i))
+                .collect();
         }
-        let before = self.deploys.len();
-        self.deploys.retain(|d| {
-            let go = excess > 0 && forgettable(d);
-            excess -= usize::from(go);
-            !go
-        });
-        self.forgotten_deploys += (before - self.deploys.len()) as u64;
         self.forget_check_at = self.deploys.len() + FORGET_SLACK.max(unended);
-        self.index = self
-            .deploys
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (d.id.clone(), i))
-            .collect();
     }
 
     /// A deploy by id.
