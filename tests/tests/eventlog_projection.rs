@@ -289,3 +289,97 @@ async fn snapshot_bigger_than_a_message_is_chunked_and_restored() {
         }
     }
 }
+
+/// A read model with a set cost per event folded and per snapshot taken,
+/// counting its snapshots.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Costly {
+    events: u64,
+    #[serde(skip)]
+    fold_cost: Duration,
+    #[serde(skip)]
+    snapshot_cost: Duration,
+    #[serde(skip)]
+    snapshots: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Costly {
+    fn new(fold_cost: Duration, snapshot_cost: Duration) -> Self {
+        Self {
+            fold_cost,
+            snapshot_cost,
+            ..Self::default()
+        }
+    }
+    fn snapshots(&self) -> usize {
+        self.snapshots.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Projection for Costly {
+    type Snapshot = Costly;
+    fn apply(&mut self, _: u64, _: &Envelope) {
+        std::thread::sleep(self.fold_cost);
+        self.events += 1;
+    }
+    fn snapshot(&self) -> Costly {
+        std::thread::sleep(self.snapshot_cost);
+        self.snapshots
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.clone()
+    }
+    fn restore(&mut self, snapshot: Costly) {
+        self.events = snapshot.events;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_waits_until_the_folding_since_the_last_outweighs_its_cost() {
+    init_tracing();
+    let server = NatsServer::start(NatsVersion::Modern).unwrap();
+    let client = server.connect().await.unwrap();
+    let store = open_store(&client, 1).await.unwrap();
+    // 200 commits, 267 events.
+    let last = write_events(&store, 4, 200).await;
+    let every_ten = || ProjectionOptions {
+        snapshot_every_commits: 10,
+        snapshot_every: Duration::from_secs(3600),
+        ..opts(Some("costly"))
+    };
+
+    // A model dear to snapshot and cheap to fold: asked for one every ten
+    // commits (20 here), it takes the first and then waits for folding worth
+    // four of them (~180 ms), which 200 commits do not come near.
+    let mut dear = ProjectionRunner::new(
+        &store,
+        Costly::new(Duration::ZERO, Duration::from_millis(45)),
+        every_ten(),
+    );
+    dear.catch_up().await.unwrap();
+    let taken = dear.state().read().unwrap().snapshots();
+    assert_eq!(taken, 1, "snapshots of a model dear to snapshot");
+
+    // Restarted from that snapshot, the rest is replayed: nothing is lost.
+    let mut again = ProjectionRunner::new(&store, Costly::default(), every_ten());
+    let stats = again.catch_up().await.unwrap();
+    assert!(stats.restored_seq > 0 && stats.commits < 200, "{stats:?}");
+    assert_eq!(again.state().read().unwrap().events, 267);
+    assert_eq!(*again.applied().borrow(), last);
+
+    // A model dear to fold and cheap to snapshot still snapshots about as
+    // often as asked (every ten commits of ~1.3 ms each).
+    let mut cheap = ProjectionRunner::new(
+        &store,
+        Costly::new(Duration::from_millis(1), Duration::ZERO),
+        ProjectionOptions {
+            snapshot_key: Some("cheap".to_owned()),
+            ..every_ten()
+        },
+    );
+    cheap.catch_up().await.unwrap();
+    let taken = cheap.state().read().unwrap().snapshots();
+    assert!(
+        taken >= 10,
+        "a model cheap to snapshot took {taken} snapshots in 200 commits"
+    );
+}
