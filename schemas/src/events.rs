@@ -169,6 +169,14 @@ pub struct ServiceSettings {
     /// New shutdown delay in seconds (1–300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shutdown_delay_secs: Option<u16>,
+    /// Whether plain HTTP is redirected to HTTPS (web services).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_redirect: Option<bool>,
+}
+
+/// Serde's default for a setting that is on unless turned off.
+fn on() -> bool {
+    true
 }
 
 events! {
@@ -288,6 +296,12 @@ events! {
         #[serde(default)]
         pub overlap_policy: OverlapPolicy,
         pub shutdown_delay_secs: u16,
+        /// Web services: plain HTTP to a host the router holds a
+        /// certificate for is redirected to HTTPS, and HTTPS answers carry
+        /// HSTS when the router sends it. On unless turned off (and for
+        /// services created before the setting existed).
+        #[serde(default = "on")]
+        pub https_redirect: bool,
         /// The deploy hook's secret key.
         pub hook_key: Sealed,
     }
@@ -670,6 +684,10 @@ mod tests {
             },
             ServiceSettings {
                 pre_deploy_command: Some(None),
+                ..ServiceSettings::default()
+            },
+            ServiceSettings {
+                https_redirect: Some(false),
                 ..ServiceSettings::default()
             },
             ServiceSettings::default(),

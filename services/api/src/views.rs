@@ -244,6 +244,10 @@ pub struct WebDetails {
     pub open_ports: Vec<ServerPort>,
     /// Where the router serves it.
     pub url: String,
+    /// berth: plain HTTP to a host the router holds a certificate for is
+    /// redirected to HTTPS (and HTTPS answers carry HSTS when the router
+    /// sends it).
+    pub https_redirect: bool,
 }
 
 /// `serviceDetails` of a private service.
@@ -358,6 +362,7 @@ pub fn service(
             num_instances: c.num_instances,
             open_ports: Vec::new(),
             url: links.web_url(&c.name),
+            https_redirect: c.https_redirect,
         }),
         ServiceType::PrivateService => ServiceDetails::Private(PrivateDetails {
             common,

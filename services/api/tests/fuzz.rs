@@ -41,6 +41,7 @@ const FIELDS: &[&str] = &[
     "email",
     "overlapPolicy",
     "shutdownDelaySeconds",
+    "httpsRedirect",
     "x",
 ];
 

@@ -122,6 +122,12 @@ async fn services_and_deploys_routes() {
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert_eq!(v["fields"][0]["field"], "name");
+    // Only a web service has an HTTPS redirect to set.
+    let (s, v) = app
+        .post("/v1/services", &alice, json!({"type": "background_worker", "name": "w", "image": {"imagePath": app.image("v1")}, "serviceDetails": {"httpsRedirect": false}}))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["fields"][0]["field"], "httpsRedirect", "{v}");
     // 422: the image is not accessible.
     let (s, v) = app
         .post("/v1/services", &alice, json!({"type": "background_worker", "name": "gone", "image": {"imagePath": app.image("nope")}}))
@@ -343,6 +349,28 @@ async fn services_and_deploys_routes() {
         (s, &v["serviceDetails"]["healthCheckPath"]),
         (StatusCode::OK, &json!("/ready"))
     );
+    // The HTTPS redirect: on by default, turned off and on by PATCH.
+    let (_, v) = app.get(&format!("/v1/services/{svc}"), &alice).await;
+    assert_eq!(v["serviceDetails"]["httpsRedirect"], true, "{v}");
+    for on in [false, true] {
+        let (s, v) = app
+            .patch(
+                &format!("/v1/services/{svc}"),
+                &alice,
+                json!({"serviceDetails": {"httpsRedirect": on}}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["serviceDetails"]["httpsRedirect"], on, "{v}");
+    }
+    let (s, v) = app
+        .patch(
+            &format!("/v1/services/{svc}"),
+            &alice,
+            json!({"serviceDetails": {"httpsRedirect": "no"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     let (s, v) = app
         .patch(
             &format!("/v1/services/{svc}"),

@@ -527,6 +527,7 @@ mod tests {
                 notify: None,
                 overlap_policy: Default::default(),
                 shutdown_delay_secs: 30,
+                https_redirect: true,
                 hook_key: Sealed {
                     kid: "k".into(),
                     ciphertext: "x".into(),

@@ -56,6 +56,8 @@ pub struct NewService {
     pub notify: Option<NotifySetting>,
     pub overlap_policy: Option<OverlapPolicy>,
     pub shutdown_delay_secs: Option<u16>,
+    /// Web services only; default on.
+    pub https_redirect: Option<bool>,
 }
 
 impl NewService {
@@ -77,6 +79,7 @@ impl NewService {
             notify: None,
             overlap_policy: None,
             shutdown_delay_secs: None,
+            https_redirect: None,
         }
     }
 }
@@ -143,6 +146,7 @@ impl Ingress {
         c.notify = new.notify;
         c.overlap_policy = new.overlap_policy;
         c.shutdown_delay_secs = new.shutdown_delay_secs;
+        c.https_redirect = new.https_redirect;
         Ok((c, hook))
     }
 

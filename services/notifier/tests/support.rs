@@ -361,6 +361,7 @@ pub async fn service(
         notify,
         overlap_policy: OverlapPolicy::default(),
         shutdown_delay_secs: 30,
+        https_redirect: true,
         hook_key,
     };
     let a = store

@@ -130,6 +130,8 @@ pub struct HttpsSide {
     pub certs: Certificates,
     /// Where HTTP-01 answers are kept.
     pub store: CertStore,
+    /// The `Strict-Transport-Security` value, when HSTS is on.
+    pub hsts: Option<HeaderValue>,
 }
 
 impl HttpsSide {

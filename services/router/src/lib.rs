@@ -44,6 +44,7 @@ use berth_eventlog::projection::{ProjectionError, ProjectionOptions, ProjectionR
 use berth_eventlog::EventStore;
 use berth_runtime::{BoxError, Component, ComponentContext, ReadyFlag, SecretKey};
 use futures::future::BoxFuture;
+use hyper::header::HeaderValue;
 use hyper::service::service_fn;
 use stats::HttpStats;
 use tokio::net::TcpListener;
@@ -349,6 +350,9 @@ impl Router {
             .map_err(|source| RouterError::Bind { addr, source })?;
         tracing::info!(addr = %addr, operator_certificate = https.operator.is_some(), "router listening for HTTPS");
         let side = https::HttpsSide {
+            hsts: https
+                .hsts_max_age
+                .and_then(|age| HeaderValue::from_str(&format!("max-age={age}")).ok()),
             opts: https.clone(),
             certs: self.certs.clone(),
             store,

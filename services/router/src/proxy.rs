@@ -148,11 +148,6 @@ impl Proxy {
             if let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE) {
                 return Ok(challenge(&https.store, token).await);
             }
-            if https.opts.redirect {
-                if let Some(to) = redirect_to(&req, https) {
-                    return Ok(to);
-                }
-            }
         }
         self.serve(req, peer, Scheme::Http).await
     }
@@ -163,17 +158,7 @@ impl Proxy {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        let hsts = self
-            .https
-            .as_ref()
-            .and_then(|h| h.opts.hsts_max_age)
-            .and_then(|age| HeaderValue::from_str(&format!("max-age={age}")).ok());
-        let mut resp = self.serve(req, peer, Scheme::Https).await?;
-        if let Some(v) = hsts {
-            resp.headers_mut()
-                .insert(header::STRICT_TRANSPORT_SECURITY, v);
-        }
-        Ok(resp)
+        self.serve(req, peer, Scheme::Https).await
     }
 
     async fn serve(
@@ -191,12 +176,26 @@ impl Proxy {
             return Ok(unknown());
         };
         drop(table);
+        // The service's HTTPS redirect: plain HTTP to a host with a
+        // certificate goes to HTTPS; HTTPS answers carry HSTS.
+        let mut hsts = None;
+        if let Some(https) = self.https.as_ref().filter(|_| route.https_redirect) {
+            match scheme {
+                Scheme::Http if https.opts.redirect => {
+                    if let Some(to) = redirect_to(&req, https) {
+                        return Ok(to);
+                    }
+                }
+                Scheme::Https => hsts = https.hsts.clone(),
+                Scheme::Http => {}
+            }
+        }
         let logged = self
             .opts
             .access_log
             .then(|| (req.method().clone(), req.uri().path().to_owned()));
         let service = route.service.clone();
-        let resp = if route.state == RouteState::Suspended {
+        let mut resp = if route.state == RouteState::Suspended {
             page(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Service suspended",
@@ -205,6 +204,10 @@ impl Proxy {
         } else {
             self.forward(route, req, peer, scheme).await
         };
+        if let Some(v) = hsts {
+            resp.headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, v);
+        }
         // Until the answer's head: what the client waited for.
         let head = start.elapsed();
         let status = resp.status().as_u16();

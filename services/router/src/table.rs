@@ -53,6 +53,10 @@ pub struct Route {
     pub service: ServiceId,
     pub name: String,
     pub state: RouteState,
+    /// Plain HTTP is redirected to HTTPS (when the router holds a
+    /// certificate for the host) and HTTPS answers carry HSTS (when the
+    /// router sends it): the service's setting, on unless turned off.
+    pub https_redirect: bool,
     /// Round-robin position; starts over when the route is rebuilt.
     next: AtomicUsize,
 }
@@ -63,8 +67,15 @@ impl Route {
             service,
             name,
             state,
+            https_redirect: true,
             next: AtomicUsize::new(0),
         }
+    }
+
+    /// The route with the service's HTTPS redirect setting.
+    pub(crate) fn redirecting(mut self, on: bool) -> Self {
+        self.https_redirect = on;
+        self
     }
 
     /// The targets, if serving.
@@ -352,7 +363,10 @@ fn build_route(id: &ServiceId, t: &Tracked) -> Option<Route> {
         ServiceStatus::Suspended => RouteState::Suspended,
         ServiceStatus::NotCreated | ServiceStatus::Deleted => return None,
     };
-    Some(Route::new(id.clone(), cfg.name.to_ascii_lowercase(), state))
+    Some(
+        Route::new(id.clone(), cfg.name.to_ascii_lowercase(), state)
+            .redirecting(cfg.https_redirect),
+    )
 }
 
 /// Healthy instances of the live deploy running its digest, in id order;

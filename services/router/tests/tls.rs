@@ -4,8 +4,8 @@
 //! put into the real certificate store (a KV bucket on a real nats-server):
 //! certificates chosen by SNI and swapped without a restart, the key sealed
 //! at rest, `X-Forwarded-Proto: https`, the HTTP → HTTPS redirect once a
-//! certificate exists (never for ACME challenges), HSTS when set, and a
-//! WebSocket-style upgrade over TLS.
+//! certificate exists (never for ACME challenges; a service may turn it
+//! off), HSTS when set, and a WebSocket-style upgrade over TLS.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -426,6 +426,30 @@ async fn the_operators_wildcard_serves_default_hosts_over_http2_and_http1() -> R
     // A host no certificate covers stays on plain HTTP.
     let (head, _) = http_get(env.http, "web.other.test", "/").await?;
     assert!(head.starts_with("http/1.1 404"), "{head}");
+
+    // The service turns its redirect off: plain HTTP is served as asked,
+    // HTTPS still serves, without HSTS; turned on again, it redirects.
+    let redirect = |on: bool| berth_domain::service::Command::Update {
+        settings: berth_schemas::events::ServiceSettings {
+            https_redirect: Some(on),
+            ..Default::default()
+        },
+        deploy: berth_schemas::ids::DeployId::generate(),
+    };
+    svc.cmd(redirect(false)).await?;
+    env.synced().await?;
+    let (head, body) = http_get(env.http, &host, "/a/b?c=d").await?;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, "v1 1");
+    let (ok, out, err) = curl_https(&host, port, &ca_file, "/echo", &["-D", "-"]).await?;
+    assert!(ok, "{err}");
+    let lower = out.to_ascii_lowercase();
+    assert!(lower.contains("x-forwarded-proto: https"), "{out}");
+    assert!(!lower.contains("strict-transport-security"), "{out}");
+    svc.cmd(redirect(true)).await?;
+    env.synced().await?;
+    let (head, _) = http_get(env.http, &host, "/").await?;
+    assert!(head.starts_with("http/1.1 301"), "{head}");
     Ok(())
 }
 

@@ -147,6 +147,9 @@ pub struct DetailsBody {
     pub shutdown_delay_seconds: Option<u16>,
     /// Render's name for the shutdown delay.
     pub max_shutdown_delay_seconds: Option<u16>,
+    /// berth, web services: plain HTTP to a host with a certificate is
+    /// redirected to HTTPS (default `true`).
+    pub https_redirect: Option<bool>,
     /// Render's clients send the runtime always: it must be `image`.
     pub runtime: Option<String>,
     pub env: Option<String>,
@@ -516,6 +519,7 @@ pub async fn create(
     new.notify = body.notify_on_fail.and_then(NotifyBody::setting);
     new.overlap_policy = details.overlap_policy;
     new.shutdown_delay_secs = shutdown_delay;
+    new.https_redirect = details.https_redirect;
     let created = st.ingress.create_service(&caller, new).await?;
     let view = view_of(&st, &created.id, &created.state)?;
     Ok((
@@ -776,6 +780,7 @@ pub async fn update(
         settings.health_check_path = d.health_check_path;
         settings.schedule = d.schedule;
         settings.overlap_policy = d.overlap_policy;
+        settings.https_redirect = d.https_redirect;
     }
     let env = body.env_vars.map(|v| env_vars(v, &mut fields));
     if !fields.is_empty() {

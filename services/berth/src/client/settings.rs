@@ -57,6 +57,11 @@ pub struct Settings {
     /// "" is `default`.
     #[arg(long, value_parser = notify_on_fail, value_name = "notify|ignore|default")]
     pub notify_on_fail: Option<String>,
+    /// Web services: redirect plain HTTP to HTTPS once the router holds a
+    /// certificate for the host (and send HSTS when the router does);
+    /// `true` by default.
+    #[arg(long, value_name = "true|false")]
+    pub https_redirect: Option<bool>,
 }
 
 /// Render's values for a service's failure notifications, or "" for the
@@ -151,6 +156,7 @@ pub(crate) fn settings_body(
         "shutdownDelaySeconds",
         st.shutdown_delay_seconds.map(|v| json!(v)),
     );
+    put("httpsRedirect", st.https_redirect.map(|v| json!(v)));
     put(
         "envSpecificDetails",
         st.docker_command
@@ -188,6 +194,7 @@ mod tests {
             overlap_policy: None,
             shutdown_delay_seconds: None,
             notify_on_fail: None,
+            https_redirect: None,
         }
     }
 
@@ -221,6 +228,7 @@ mod tests {
         st.overlap_policy = Some("cancel".into());
         st.shutdown_delay_seconds = Some(45);
         st.notify_on_fail = Some(String::new());
+        st.https_redirect = Some(false);
         let mut body = Map::new();
         settings_body(&st, &mut body).unwrap();
         assert_eq!(
@@ -233,6 +241,7 @@ mod tests {
                     "healthCheckPath": null,
                     "overlapPolicy": "cancel",
                     "shutdownDelaySeconds": 45,
+                    "httpsRedirect": false,
                 },
                 "notifyOnFail": null,
             }),

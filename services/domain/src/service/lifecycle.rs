@@ -73,6 +73,9 @@ pub(super) fn create(state: &ServiceState, c: CreateService, ctx: &Ctx) -> Decis
         .unwrap_or(validate::SHUTDOWN_DELAY_DEFAULT);
     validate::shutdown_delay(shutdown_delay_secs)?;
     let overlap_policy = c.overlap_policy.unwrap_or_default();
+    if c.https_redirect.is_some() {
+        validate::https_redirect(c.service_type)?;
+    }
 
     let mut out: Vec<Event> = vec![ServiceCreated {
         owner: c.owner,
@@ -91,6 +94,7 @@ pub(super) fn create(state: &ServiceState, c: CreateService, ctx: &Ctx) -> Decis
         notify: c.notify,
         overlap_policy,
         shutdown_delay_secs,
+        https_redirect: c.https_redirect.unwrap_or(true),
         hook_key: c.hook_key,
     }
     .into()];
@@ -169,6 +173,10 @@ fn effective_changes(
     if let Some(secs) = s.shutdown_delay_secs {
         validate::shutdown_delay(secs)?;
         diff.shutdown_delay_secs = (secs != cfg.shutdown_delay_secs).then_some(secs);
+    }
+    if let Some(on) = s.https_redirect {
+        validate::https_redirect(ty)?;
+        diff.https_redirect = (on != cfg.https_redirect).then_some(on);
     }
     Ok(diff)
 }
@@ -331,6 +339,7 @@ pub(super) fn merge(cfg: &mut ServiceConfig, s: &ServiceSettings) {
     set(&mut cfg.notify, &s.notify);
     set(&mut cfg.overlap_policy, &s.overlap_policy);
     set(&mut cfg.shutdown_delay_secs, &s.shutdown_delay_secs);
+    set(&mut cfg.https_redirect, &s.https_redirect);
 }
 
 /// Applies a settings or lifecycle event; any other leaves `s` unchanged.

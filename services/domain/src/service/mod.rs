@@ -104,6 +104,8 @@ pub struct CreateService {
     pub overlap_policy: Option<OverlapPolicy>,
     /// Default 30 s, 1–300.
     pub shutdown_delay_secs: Option<u16>,
+    /// Web services only; default on.
+    pub https_redirect: Option<bool>,
     /// The deploy hook's key, generated and sealed by the caller.
     pub hook_key: Sealed,
     /// Id of the initial deploy (trigger `service_created`).
@@ -142,6 +144,7 @@ impl CreateService {
             notify: None,
             overlap_policy: None,
             shutdown_delay_secs: None,
+            https_redirect: None,
             hook_key,
             deploy,
         }

@@ -151,6 +151,18 @@ pub fn env_vars(vars: &EnvVars) -> Result<()> {
     Ok(())
 }
 
+/// Only a web service is served by the router, so only a web service has
+/// an HTTPS redirect to set (either way).
+pub fn https_redirect(service_type: ServiceType) -> Result<()> {
+    if service_type != ServiceType::WebService {
+        return Err(DomainError::invalid(
+            "httpsRedirect",
+            "only web services are served over HTTP and HTTPS",
+        ));
+    }
+    Ok(())
+}
+
 /// Which type-specific fields a service type accepts.
 pub fn type_fields(
     service_type: ServiceType,

@@ -475,3 +475,78 @@ fn an_abandoned_creation_can_never_be_created_and_a_created_service_is_not_aband
     created.run(Command::Delete);
     assert_eq!(created.when(Command::AbandonCreation).unwrap(), vec![]);
 }
+
+#[test]
+fn a_web_service_redirects_to_https_unless_turned_off_and_only_web_services_have_the_switch() {
+    let d0 = DeployId::generate();
+    let mut web = Scenario::live_web(&d0);
+    let redirects = |s: &Scenario| s.state.config.as_ref().unwrap().https_redirect;
+    assert!(redirects(&web), "on by default");
+
+    let off = || ServiceSettings {
+        https_redirect: Some(false),
+        ..Default::default()
+    };
+    let events = web.run(Command::Update {
+        settings: off(),
+        deploy: DeployId::generate(),
+    });
+    assert_eq!(events, vec![ServiceUpdated { settings: off() }.into()]);
+    assert!(!redirects(&web), "turned off, with no deploy");
+    let again = web.run(Command::Update {
+        settings: off(),
+        deploy: DeployId::generate(),
+    });
+    assert_eq!(again, vec![], "turning it off twice records nothing");
+
+    // Created off.
+    let (kind, _) = create_err(|c| {
+        c.https_redirect = Some(false);
+        c.name = "with a space".into();
+    });
+    assert_eq!(kind, ErrorKind::Invalid, "the other checks still run");
+    let mut c = create(ServiceType::WebService, &DeployId::generate());
+    c.https_redirect = Some(false);
+    let created = Scenario::given(vec![])
+        .when(Command::Create(Box::new(c)))
+        .unwrap();
+    let Event::ServiceCreated(e) = &created[0] else {
+        panic!("{created:?}");
+    };
+    assert!(!e.https_redirect);
+
+    // A worker has no switch, either way, at creation or later.
+    for on in [true, false] {
+        let mut c = create(ServiceType::BackgroundWorker, &DeployId::generate());
+        c.https_redirect = Some(on);
+        let err = Scenario::given(vec![])
+            .when(Command::Create(Box::new(c)))
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Invalid);
+        assert!(err.to_string().contains("httpsRedirect"), "{err}");
+        let worker = Scenario::created(ServiceType::BackgroundWorker, &DeployId::generate());
+        assert_eq!(
+            worker.refused(Command::Update {
+                settings: ServiceSettings {
+                    https_redirect: Some(on),
+                    ..Default::default()
+                },
+                deploy: DeployId::generate(),
+            }),
+            ErrorKind::Invalid
+        );
+    }
+
+    // A service created before the setting existed redirects.
+    let Event::ServiceCreated(e) = &created[0] else {
+        unreachable!()
+    };
+    let mut older = serde_json::to_value(e).unwrap();
+    older
+        .as_object_mut()
+        .unwrap()
+        .remove("httpsRedirect")
+        .unwrap();
+    let older: berth_schemas::events::ServiceCreated = serde_json::from_value(older).unwrap();
+    assert!(older.https_redirect);
+}
