@@ -827,3 +827,50 @@ async fn a_retrying_resolve_shows_in_the_deploy_progress() {
         page.html
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_services_https_redirect_is_set_on_its_settings_page() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let (s, v) = app
+        .post(
+            "/v1/services",
+            &alice,
+            serde_json::json!({"type": "web_service", "name": "site", "image": {"imagePath": app.image("v1")}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id = v["service"]["id"].as_str().unwrap().to_owned();
+    let (worker, _) = app.service(&alice, "worker").await;
+    let mut b = signed_in(&app, &alice).await;
+
+    let page = b.get(&format!("/services/{id}/settings")).await;
+    assert!(
+        page.html
+            .contains("<option value=\"on\" selected>redirects to HTTPS</option>"),
+        "{}",
+        page.html
+    );
+    let saved = b
+        .submit(
+            &format!("/services/{id}/settings"),
+            &format!("/services/{id}/settings"),
+            &[("httpsRedirect", "off")],
+        )
+        .await;
+    assert_eq!(saved.status, StatusCode::OK, "{}", saved.html);
+    let (_, v) = app.get(&format!("/v1/services/{id}"), &alice).await;
+    assert_eq!(v["serviceDetails"]["httpsRedirect"], false, "{v}");
+    let page = b.get(&format!("/services/{id}/settings")).await;
+    assert!(
+        page.html
+            .contains("<option value=\"off\" selected>is served as is</option>"),
+        "{}",
+        page.html
+    );
+
+    // A worker's page has no such setting.
+    let page = b.get(&format!("/services/{worker}/settings")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.html.contains("httpsRedirect"), "{}", page.html);
+}

@@ -63,6 +63,15 @@ fn settings_form(who: &Signed, s: &ServiceView, creds: &[CredentialOut]) -> Mark
                         option value="cancel" selected[c.overlap_policy == OverlapPolicy::Cancel] { "cancels it" }
                     }
                 }
+                @if let ServiceDetails::Web(w) = &s.service_details {
+                    div {
+                        label for="httpsRedirect" { "Plain HTTP, once a certificate exists" }
+                        select #httpsRedirect name="httpsRedirect" {
+                            option value="on" selected[w.https_redirect] { "redirects to HTTPS" }
+                            option value="off" selected[!w.https_redirect] { "is served as is" }
+                        }
+                    }
+                }
                 div {
                     label for="notifyOnFail" { "Failure notifications" }
                     select #notifyOnFail name="notifyOnFail" {
@@ -259,12 +268,18 @@ fn update_body(s: &ServiceView, f: &super::session::FormData) -> UpdateBody {
         Some("wait") if c.overlap_policy != OverlapPolicy::Wait => Some(OverlapPolicy::Wait),
         _ => None,
     };
+    let https_redirect = match (&s.service_details, f.get("httpsRedirect")) {
+        (ServiceDetails::Web(w), Some("on")) if !w.https_redirect => Some(true),
+        (ServiceDetails::Web(w), Some("off")) if w.https_redirect => Some(false),
+        _ => None,
+    };
     let details = DetailsBody {
         plan: changed("plan", &c.plan),
         health_check_path: health,
         pre_deploy_command: pre,
         schedule,
         overlap_policy: overlap,
+        https_redirect,
         env_specific_details: docker.map(|d| EnvSpecific {
             docker_command: Some(d),
             ..EnvSpecific::default()
@@ -276,6 +291,7 @@ fn update_body(s: &ServiceView, f: &super::session::FormData) -> UpdateBody {
         || details.pre_deploy_command.is_some()
         || details.schedule.is_some()
         || details.overlap_policy.is_some()
+        || details.https_redirect.is_some()
         || details.env_specific_details.is_some();
     UpdateBody {
         name: changed("name", &s.name).filter(|v| !v.is_empty()),
