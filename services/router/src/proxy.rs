@@ -34,7 +34,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use crate::body::Returnable;
+use crate::body::{Returnable, Stall};
 use crate::config::RouterOptions;
 use crate::https::{challenge, redirect_to, HttpsSide, ACME_CHALLENGE};
 use crate::stats::HttpStats;
@@ -263,6 +263,7 @@ impl Proxy {
         let empty = body.is_end_stream();
         let mut body = Some(body);
         let mut tried: Vec<String> = Vec::new();
+        let stall = Stall::after(self.opts.body_timeout);
         let mut budget = self.opts.max_attempts;
         let mut route = first;
         let mut waited = false;
@@ -292,7 +293,7 @@ impl Proxy {
                 (Returnable::empty(), None)
             } else {
                 let Some(b) = body.take() else { break };
-                let (wrapped, back) = Returnable::new(b);
+                let (wrapped, back) = Returnable::new(b, stall.clone());
                 (wrapped, Some(back))
             };
             let out = build_request(&method, &path, &headers, wrapped);
@@ -349,6 +350,14 @@ impl Proxy {
                         }
                     }
                     continue;
+                }
+                Err(_) if stall.tripped() => {
+                    tracing::info!(service.name = %name, timeout = ?self.opts.body_timeout, "request body stalled; cut off");
+                    return page(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "Request timeout",
+                        "The request body stopped arriving.",
+                    );
                 }
                 Err(e) => {
                     let connect = e.is_connect() || matches!(e, SendError::Stale);

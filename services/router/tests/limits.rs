@@ -94,6 +94,50 @@ async fn a_client_trickling_its_headers_is_cut_off() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn a_request_body_that_stops_arriving_is_cut_off_and_a_slow_one_is_not() -> Result<()> {
+    let env = Env::start_with(RouterArgs {
+        router_body_timeout_secs: 1,
+        ..test_args()
+    })
+    .await?;
+    let backend = Backend::start("v1", 1).await?;
+    live(&env, "upload", &backend).await?;
+    let head = "POST /upload HTTP/1.1\r\nHost: upload.localhost\r\nContent-Length: 8\r\n\r\n";
+
+    // Half the body, then nothing: 408 after about the limit.
+    let mut s = TcpStream::connect(env.addr).await?;
+    let started = tokio::time::Instant::now();
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(b"1234").await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await??;
+    let answer = String::from_utf8_lossy(&out);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "cut off after {took:?}"
+    );
+
+    // A byte every 400 ms: slow, but never waiting a whole second.
+    let mut s = TcpStream::connect(env.addr).await?;
+    s.write_all(head.as_bytes()).await?;
+    for b in b"abcdefgh" {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        s.write_all(&[*b]).await?;
+    }
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await??;
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.ends_with("\r\n\r\n8"),
+        "the instance read all 8 bytes: {answer}"
+    );
+    Ok(())
+}
+
 use berth_tests::Captured;
 
 /// Installs a global subscriber, so it runs in a process of its own.
