@@ -268,6 +268,7 @@ pub async fn serve(
         listener,
         &shutdown,
         header_read_timeout,
+        berth_runtime::http1::SEND_TIMEOUT,
         None,
         "api",
         move |peer| {

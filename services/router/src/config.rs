@@ -79,6 +79,10 @@ pub struct RouterArgs {
     /// uploads).
     #[arg(long, env = "BERTH_ROUTER_BODY_TIMEOUT_SECS", default_value_t = 60)]
     pub router_body_timeout_secs: u64,
+    /// Seconds a write to a client may wait for the client to read before
+    /// the connection is closed (clients that stop reading their answer).
+    #[arg(long, env = "BERTH_ROUTER_SEND_TIMEOUT_SECS", default_value_t = 60)]
+    pub router_send_timeout_secs: u64,
     /// Where the router listens for HTTPS (TLS, HTTP/2 and HTTP/1.1 by
     /// ALPN); unset: no HTTPS. Needs the installation's secret key (the
     /// certificate store seals private keys with it).
@@ -139,6 +143,7 @@ impl Default for RouterArgs {
             router_access_log: true,
             router_header_timeout_secs: 30,
             router_body_timeout_secs: 60,
+            router_send_timeout_secs: 60,
             router_https_addr: None,
             router_tls_cert: None,
             router_tls_key: None,
@@ -178,6 +183,8 @@ pub struct RouterOptions {
     pub header_timeout: Duration,
     /// Time a client may keep a request body waiting between two reads.
     pub body_timeout: Duration,
+    /// Time a write to a client may wait for the client to read.
+    pub send_timeout: Duration,
     /// The HTTPS side; `None`: plain HTTP only.
     pub https: Option<HttpsOptions>,
     /// Where managed certificates come from.
@@ -281,6 +288,9 @@ impl RouterArgs {
         if !(1..=3600).contains(&self.router_body_timeout_secs) {
             problems.push("BERTH_ROUTER_BODY_TIMEOUT_SECS must be 1-3600".to_owned());
         }
+        if !(1..=3600).contains(&self.router_send_timeout_secs) {
+            problems.push("BERTH_ROUTER_SEND_TIMEOUT_SECS must be 1-3600".to_owned());
+        }
         let workers = match self.router_workers {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
@@ -305,6 +315,7 @@ impl RouterArgs {
                 access_log: self.router_access_log,
                 header_timeout: Duration::from_secs(self.router_header_timeout_secs),
                 body_timeout: Duration::from_secs(self.router_body_timeout_secs),
+                send_timeout: Duration::from_secs(self.router_send_timeout_secs),
             }),
             _ => Err(problems),
         }

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_runtime::http1::WriteStall;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -33,15 +34,23 @@ use crate::tls::Certificates;
 /// How long a client has to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a client may take to send its request headers, and a write
+/// to it may wait for it to read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientTimeouts {
+    pub header: Duration,
+    pub send: Duration,
+}
+
 /// Serves HTTPS on `listener` until `shutdown`, then waits up to `drain`
 /// for open requests.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     proxy: Arc<Proxy>,
     shutdown: &CancellationToken,
     drain: Duration,
-    header_timeout: Duration,
+    timeouts: ClientTimeouts,
 ) {
     let connections = TaskTracker::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -49,7 +58,7 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(timeouts.header)
         // hyper-util's builder has no exact header cap for HTTP/1.1; the
         // read buffer's bound keeps a head from growing past it by much.
         .max_buf_size(max_head);
@@ -78,7 +87,7 @@ pub async fn serve(
         connections.spawn(async move {
             let tls = tokio::select! {
                 _ = stop.cancelled() => return,
-                tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => tls,
+                tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(WriteStall::new(stream, timeouts.send))) => tls,
             };
             let tls = match tls {
                 Ok(Ok(tls)) => tls,

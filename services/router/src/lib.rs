@@ -431,7 +431,10 @@ async fn serve(
         let proxy = Arc::new(proxy());
         let shutdown = shutdown.clone();
         let drain = opts.drain;
-        let header_timeout = opts.header_timeout;
+        let timeouts = https::ClientTimeouts {
+            header: opts.header_timeout,
+            send: opts.send_timeout,
+        };
         let started = std::thread::Builder::new()
             .name(format!("router-{n}"))
             .spawn(move || {
@@ -461,12 +464,12 @@ async fn serve(
                         }
                         None => None,
                     };
-                    let plain_side = worker(plain, Arc::clone(&proxy), &shutdown, drain, header_timeout);
+                    let plain_side = worker(plain, Arc::clone(&proxy), &shutdown, drain, timeouts);
                     match secure {
                         Some((acceptor, l)) => {
                             tokio::join!(
                                 plain_side,
-                                https::serve(l, acceptor, proxy, &shutdown, drain, header_timeout),
+                                https::serve(l, acceptor, proxy, &shutdown, drain, timeouts),
                             );
                         }
                         None => plain_side.await,
@@ -491,7 +494,7 @@ async fn worker(
     proxy: Arc<Proxy>,
     shutdown: &CancellationToken,
     drain: std::time::Duration,
-    header_timeout: std::time::Duration,
+    timeouts: https::ClientTimeouts,
 ) {
     let sweeper = {
         let proxy = Arc::clone(&proxy);
@@ -509,7 +512,8 @@ async fn worker(
     berth_runtime::http1::serve(
         listener,
         shutdown,
-        header_timeout,
+        timeouts.header,
+        timeouts.send,
         Some(drain),
         "router",
         move |peer| {

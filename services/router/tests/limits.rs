@@ -138,6 +138,42 @@ async fn a_request_body_that_stops_arriving_is_cut_off_and_a_slow_one_is_not() -
     Ok(())
 }
 
+#[tokio::test]
+async fn a_client_that_stops_reading_its_answer_is_cut_off() -> Result<()> {
+    let env = Env::start_with(RouterArgs {
+        router_send_timeout_secs: 1,
+        ..test_args()
+    })
+    .await?;
+    let backend = Backend::start("v1", 1).await?;
+    live(&env, "big", &backend).await?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(16 * 1024)?;
+    let mut s = socket.connect(env.addr).await?;
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: big.localhost\r\n\r\n")
+        .await?;
+    let mut head = [0u8; 64];
+    let n = s.read(&mut head).await?;
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+    // Not reading: the router's write waits, then gives up.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await??;
+    assert!(
+        n + rest.len() < crate::support::BIG,
+        "the whole answer arrived ({} bytes): the connection was never cut",
+        n + rest.len()
+    );
+    // A client that reads gets all of it.
+    let mut s = TcpStream::connect(env.addr).await?;
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: big.localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut all)).await??;
+    assert!(all.len() > crate::support::BIG, "{} bytes", all.len());
+    Ok(())
+}
+
 use berth_tests::Captured;
 
 /// Installs a global subscriber, so it runs in a process of its own.

@@ -167,10 +167,13 @@ pub async fn spawn_router_with(
     Ok((routes, addr, shutdown, task))
 }
 
+/// The size of `/big`'s answer.
+pub const BIG: usize = 32 << 20;
+
 /// A real HTTP server standing in for one instance. It answers
 /// `<version> <instance>` on every path, except `/echo` (request headers,
-/// one `name: value` per line), `/slow` (answers after 300 ms) and
-/// `/upload` (the number of body bytes it read).
+/// one `name: value` per line), `/slow` (answers after 300 ms),
+/// `/upload` (the number of body bytes it read) and `/big` (32 MiB).
 pub struct Backend {
     pub addr: SocketAddr,
     pub label: String,
@@ -259,6 +262,7 @@ async fn serve_backend(
                             .unwrap_or(0);
                         format!("{n}")
                     }
+                    "/big" => "x".repeat(BIG),
                     _ => label,
                 };
                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))

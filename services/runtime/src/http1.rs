@@ -8,14 +8,20 @@
 //! in-flight requests finish.
 
 use std::error::Error as StdError;
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::{Body, Incoming};
 use hyper::service::Service;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -25,13 +31,120 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 /// answered `431 Request Header Fields Too Large`.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
+/// How long a write to a client may wait for the client to read (nginx's
+/// `send_timeout`), where no setting says otherwise.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A client connection whose writes fail with `TimedOut` once one has
+/// waited `limit` for the client to take data: a client that stops
+/// reading (its receive window full) cannot hold a connection, and the
+/// instance's behind it, for ever. Only a blocked write counts; an idle
+/// connection, or a stream with nothing to send, is not timed.
+#[derive(Debug)]
+pub struct WriteStall<T> {
+    inner: T,
+    limit: Duration,
+    /// Armed while a write waits.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T> WriteStall<T> {
+    /// `inner`, its writes cut off after waiting `limit`.
+    pub fn new(inner: T, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            timer: None,
+        }
+    }
+
+    /// The connection itself.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// A write's poll with the timer: done (disarmed), or waiting (armed;
+    /// an error once it ran out).
+    fn timed<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if polled.is_ready() {
+            self.timer = None;
+            return polled;
+        }
+        let limit = self.limit;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                self.timer = None;
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the client read nothing for {limit:?}"),
+                )))
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteStall<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteStall<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.timed(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.timed(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.timed(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.timed(cx, polled)
+    }
+}
+
 /// Serves `listener` until `shutdown`, each connection with the service
 /// `service(peer)` makes; then waits for in-flight connections, at most
-/// `drain` when given. `what` names the listener in logs.
+/// `drain` when given. `what` names the listener in logs. A write that
+/// waits `send_timeout` for the client to read ends the connection.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<F, S, B>(
     listener: TcpListener,
     shutdown: &CancellationToken,
     header_read_timeout: Duration,
+    send_timeout: Duration,
     drain: Option<Duration>,
     what: &'static str,
     service: F,
@@ -66,7 +179,10 @@ pub async fn serve<F, S, B>(
         };
         let _ = stream.set_nodelay(true);
         let conn = http
-            .serve_connection(TokioIo::new(stream), service(peer))
+            .serve_connection(
+                TokioIo::new(WriteStall::new(stream, send_timeout)),
+                service(peer),
+            )
             .with_upgrades();
         let stop = shutdown.clone();
         connections.spawn(async move {
