@@ -15,6 +15,7 @@ mod eventlog_append;
 mod eventlog_cluster;
 mod eventlog_projection;
 mod eventlog_worker;
+mod nats_liveness;
 mod nats_roles;
 mod node_run;
 mod puller_kill;

@@ -279,6 +279,13 @@ impl Creds {
     }
 }
 
+/// How often a client pings its server. A server that stops answering (a
+/// network cut, a paused process) is given up after two unanswered pings,
+/// so within about three intervals the client moves to another server of
+/// the cluster; the client's own default (two minutes between pings) left
+/// every component stuck on a cut-off server for minutes.
+pub const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Connects to `servers` as `creds` (anonymously when `None`), failing
 /// rather than retrying when no server answers at first.
 pub async fn connect(
@@ -288,6 +295,7 @@ pub async fn connect(
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
     let mut options = async_nats::ConnectOptions::new()
         .name(name)
+        .ping_interval(PING_INTERVAL)
         .connection_timeout(std::time::Duration::from_secs(5));
     if let Some(c) = creds {
         options = c.connect_options(options);
