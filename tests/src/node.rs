@@ -243,6 +243,7 @@ pub fn test_options(name: &str, cpu_millis: u32, memory_mib: u32) -> berth_node:
             retry: berth_oci::RetryPolicy::fast(),
             ..berth_oci::ClientConfig::default()
         },
+        min_free_disk: 1 << 30,
     }
 }
 

@@ -137,6 +137,13 @@ pub struct NodeArgs {
     /// Milliseconds a worker must stay up to count as healthy.
     #[arg(long, env = "BERTH_NODE_WORKER_GRACE_MS", default_value_t = 5000)]
     pub node_worker_grace_ms: u64,
+
+    /// MiB an unpack leaves free on the node's disk: an image that would
+    /// go below stops there rather than filling the disk, and the work is
+    /// tried again later (after a collection there may be room). 0 does
+    /// not look.
+    #[arg(long, env = "BERTH_NODE_MIN_FREE_DISK_MIB", default_value_t = 1024)]
+    pub node_min_free_disk_mib: u64,
 }
 
 /// How the node addresses and health-checks its instances.
@@ -196,6 +203,8 @@ pub struct NodeOptions {
     pub restart: berth_agent::RestartPolicy,
     /// Registry client settings for pulls.
     pub client: ClientConfig,
+    /// Bytes an unpack leaves free on the node's disk (0: not looked at).
+    pub min_free_disk: u64,
 }
 
 impl NodeOptions {
@@ -240,6 +249,9 @@ impl NodeArgs {
                 "BERTH_NODE_USAGE_MS must be 0 (off) or 1000-30000 (a sample at least every 30 s)"
                     .to_owned(),
             );
+        }
+        if self.node_min_free_disk_mib > 1 << 30 {
+            problems.push("BERTH_NODE_MIN_FREE_DISK_MIB must be 0-1073741824".to_owned());
         }
         if self.node_progress_ms < 50 {
             problems.push("BERTH_NODE_PROGRESS_MS must be >= 50".to_owned());
@@ -288,6 +300,7 @@ impl NodeArgs {
                 insecure_hosts: insecure,
                 ..ClientConfig::default()
             },
+            min_free_disk: self.node_min_free_disk_mib << 20,
         })
     }
 }
@@ -382,4 +395,41 @@ fn machine_memory_mib() -> u32 {
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map_or(1024, |kb| u32::try_from(kb / 1024).unwrap_or(u32::MAX))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod disk_reserve_tests {
+    use clap::Parser;
+
+    use super::NodeArgs;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        node: NodeArgs,
+    }
+
+    fn reserve(args: &[&str]) -> Result<u64, Vec<String>> {
+        let cli = Cli::try_parse_from(std::iter::once("node").chain(args.iter().copied()))
+            .map_err(|e| vec![e.to_string()])?;
+        cli.node.validate().map(|o| o.min_free_disk)
+    }
+
+    #[test]
+    fn the_unpack_disk_reserve_is_a_setting_in_mib() {
+        assert_eq!(reserve(&[]).unwrap(), 1 << 30, "1 GiB by default");
+        assert_eq!(
+            reserve(&["--node-min-free-disk-mib", "64"]).unwrap(),
+            64 << 20
+        );
+        assert_eq!(reserve(&["--node-min-free-disk-mib", "0"]).unwrap(), 0);
+        let problems = reserve(&["--node-min-free-disk-mib", "2000000000"]).unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("BERTH_NODE_MIN_FREE_DISK_MIB")),
+            "{problems:?}"
+        );
+    }
 }

@@ -325,6 +325,13 @@ impl Node {
             checks: self.checks.clone(),
             ports: std::sync::Mutex::new(()),
             gc,
+            unpack: berth_puller::UnpackOptions {
+                limits: berth_puller::UnpackLimits {
+                    min_free_disk: self.opts.min_free_disk,
+                    ..berth_puller::UnpackLimits::default()
+                },
+                ..berth_puller::UnpackOptions::default()
+            },
         });
         let q = Subjects::node_queue(&id);
         let cfg = WorkerConfig {

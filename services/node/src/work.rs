@@ -58,6 +58,8 @@ pub struct NodeHandler {
     /// starts never pick the same one.
     pub(crate) ports: std::sync::Mutex<()>,
     pub(crate) gc: Arc<Gc>,
+    /// How images are unpacked here (the disk reserve is the node's).
+    pub(crate) unpack: UnpackOptions,
 }
 
 fn retry(what: &str, e: impl std::fmt::Display) -> WorkError {
@@ -449,8 +451,9 @@ impl NodeHandler {
             .map_err(|e| Err(verdict("recording pull", e)))?;
         let store = self.puller.store().clone();
         let digest = pulled.digest.clone();
+        let unpack = self.unpack.clone();
         let unpacked = tokio::task::spawn_blocking(move || {
-            let rootfs = unpack_image(&store, &digest, &UnpackOptions::default())?;
+            let rootfs = unpack_image(&store, &digest, &unpack)?;
             let config = store.read(&pulled.config, 1 << 20)?;
             Ok::<_, berth_puller::UnpackError>((rootfs, config))
         })
