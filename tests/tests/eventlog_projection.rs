@@ -118,6 +118,24 @@ async fn rebuilt_projection_equals_live_with_and_without_snapshot() {
             "{version:?}: rebuild differs"
         );
 
+        // Through a store of its own (as in another process), which
+        // appended none of it: every commit decoded from its message, the
+        // same state as from the envelopes this store kept as it appended.
+        let elsewhere = berth_eventlog::EventStore::open(
+            server.connect().await.unwrap(),
+            store.subjects().clone(),
+            store.config().clone(),
+        )
+        .await
+        .unwrap();
+        let mut decoded = ProjectionRunner::new(&elsewhere, Counters::default(), opts(None));
+        decoded.catch_up().await.unwrap();
+        assert_eq!(
+            *decoded.state().read().unwrap(),
+            live_state,
+            "{version:?}: decoded rebuild differs"
+        );
+
         // From the live runner's snapshot: only the tail is read.
         let mut snap = ProjectionRunner::new(&store, Counters::default(), opts(Some("live")));
         let stats = snap.catch_up().await.unwrap();

@@ -39,6 +39,7 @@ mod folded;
 mod log;
 pub mod logs;
 pub mod projection;
+mod recent;
 mod snapshots;
 mod store;
 pub mod worker;

@@ -227,6 +227,7 @@ impl EventStore {
         let events: Arc<[Envelope]> = commit.events.into();
         if !ack.duplicate {
             self.cache.extend(aggregate, expected, version, &events);
+            self.recent.put(ack.sequence, &events);
         }
         Ok(Appended {
             version,

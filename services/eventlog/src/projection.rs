@@ -433,16 +433,22 @@ impl<P: Projection + std::fmt::Debug> ProjectionRunner<P> {
         stats: &mut CatchUp,
     ) -> Result<(), ProjectionError> {
         let started = Instant::now();
-        match Commit::decode(payload) {
-            Ok(commit) => {
+        // What this process appended lately is taken as built, not decoded.
+        let commit = match self.store.recent.get(seq) {
+            Some(events) => Ok(Events::Kept(events)),
+            None => Commit::decode(payload).map(|c| Events::Decoded(c.events)),
+        };
+        match commit {
+            Ok(events) => {
+                let events = events.as_slice();
                 let mut state = self.state.write().map_err(|_| ProjectionError::Halted {
                     stream_seq: seq,
                     reason: "state lock poisoned".to_owned(),
                 })?;
-                for env in &commit.events {
+                for env in events {
                     state.apply(seq, env);
                 }
-                stats.events += commit.events.len() as u64;
+                stats.events += events.len() as u64;
             }
             Err(e) => {
                 let bad = BadEvent {
@@ -468,6 +474,22 @@ impl<P: Projection + std::fmt::Debug> ProjectionRunner<P> {
         self.folding += started.elapsed();
         self.applied.send_replace(seq);
         Ok(())
+    }
+}
+
+/// A commit's envelopes: kept by this store when it appended them, or
+/// decoded from the message.
+enum Events {
+    Kept(Arc<[Envelope]>),
+    Decoded(Vec<Envelope>),
+}
+
+impl Events {
+    fn as_slice(&self) -> &[Envelope] {
+        match self {
+            Events::Kept(e) => e,
+            Events::Decoded(e) => e,
+        }
     }
 }
 

@@ -125,6 +125,8 @@ pub struct StoreInner {
     pub(crate) states: crate::folded::StateCache,
     /// Folded states kept across restarts (registered types only).
     pub(crate) durable: crate::durable::Durable,
+    /// What this store appended lately, for read models in this process.
+    pub(crate) recent: crate::recent::RecentCommits,
 }
 
 impl EventStore {
@@ -226,6 +228,7 @@ impl EventStore {
             cache: AggregateCache::new(cfg.cached_aggregates),
             states: crate::folded::StateCache::new(cfg.cached_aggregates),
             durable: crate::durable::Durable::default(),
+            recent: crate::recent::RecentCommits::default(),
             cfg,
             events,
             snapshots,
