@@ -10,7 +10,8 @@
 //! | `lock.issuer` | who issues now and until when (one issuance at a time) |
 //!
 //! Replicas follow the `cert.` keys ([`CertStore::follow`]) and swap what
-//! they serve without a restart.
+//! they serve without a restart, and the `challenge.` keys
+//! ([`CertStore::follow_challenges`]) to answer HTTP-01 from memory.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::challenges::Challenges;
 use crate::tls::{certified_from_pem, CertMap, Certificates, Held};
 
 /// Why the store could not be used (all retryable but `Sealing`).
@@ -388,21 +390,79 @@ impl CertStore {
     /// after errors. Entries that do not open are skipped (and logged).
     pub async fn follow(self, certs: Certificates, stop: CancellationToken) {
         let mut map = CertMap::new();
+        self.watch_keys("cert.", &stop, |event| {
+            let (domain, entry) = match event {
+                // What the map holds stays served through a reconnect: the
+                // history sent again replaces it entry by entry.
+                Watched::Restart => return,
+                Watched::Entry(key, entry) => (key.to_owned(), entry),
+            };
+            match entry.operation {
+                kv::Operation::Put => {
+                    let opened = serde_json::from_slice::<StoredCert>(&entry.value)
+                        .map_err(|_| StoreError::Corrupt(domain.clone()))
+                        .and_then(|s| self.open_cert(&domain, &s));
+                    match opened {
+                        Ok(held) => {
+                            tracing::info!(domain = %domain, serial = %held.facts.serial, not_after = %held.facts.not_after, "certificate loaded");
+                            map.insert(domain, Arc::new(held));
+                        }
+                        Err(e) => {
+                            tracing::error!(domain = %domain, error = %e, "stored certificate not usable; not served");
+                            map.remove(&domain);
+                        }
+                    }
+                }
+                kv::Operation::Delete | kv::Operation::Purge => {
+                    tracing::info!(domain = %domain, "certificate removed");
+                    map.remove(&domain);
+                }
+            }
+            certs.replace(map.clone());
+        })
+        .await;
+    }
+
+    /// Follows the `challenge.` keys into `challenges` until `stop`.
+    pub async fn follow_challenges(self, challenges: Challenges, stop: CancellationToken) {
+        self.watch_keys("challenge.", &stop, |event| match event {
+            Watched::Restart => challenges.clear(),
+            Watched::Entry(token, entry) => match entry.operation {
+                kv::Operation::Put => {
+                    challenges.insert(token, &String::from_utf8_lossy(&entry.value));
+                }
+                kv::Operation::Delete | kv::Operation::Purge => challenges.remove(token),
+            },
+        })
+        .await;
+    }
+
+    /// Calls `each` with every key under `prefix` (history first, then as
+    /// they change) until `stop`; after an error, watches again from the
+    /// history, telling `each` first.
+    async fn watch_keys(
+        &self,
+        prefix: &str,
+        stop: &CancellationToken,
+        mut each: impl FnMut(Watched<'_>),
+    ) {
+        let keys = format!("{prefix}>");
         loop {
             let watch = tokio::select! {
                 _ = stop.cancelled() => return,
-                w = self.kv.watch_with_history("cert.>") => w,
+                w = self.kv.watch_with_history(keys.as_str()) => w,
             };
             let mut watch = match watch {
                 Ok(w) => w,
                 Err(e) => {
-                    tracing::warn!(error = %e, "watching the certificate store failed; retrying");
+                    tracing::warn!(error = %e, keys = %keys, "watching the certificate store failed; retrying");
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
                     }
                 }
             };
+            each(Watched::Restart);
             loop {
                 let next = tokio::select! {
                     _ = stop.cancelled() => return,
@@ -411,36 +471,15 @@ impl CertStore {
                 let entry = match next {
                     Some(Ok(e)) => e,
                     Some(Err(e)) => {
-                        tracing::warn!(error = %e, "certificate store watch error");
+                        tracing::warn!(error = %e, keys = %keys, "certificate store watch error");
                         break;
                     }
                     None => break,
                 };
-                let Some(domain) = entry.key.strip_prefix("cert.").map(str::to_owned) else {
-                    continue;
-                };
-                match entry.operation {
-                    kv::Operation::Put => {
-                        let opened = serde_json::from_slice::<StoredCert>(&entry.value)
-                            .map_err(|_| StoreError::Corrupt(domain.clone()))
-                            .and_then(|s| self.open_cert(&domain, &s));
-                        match opened {
-                            Ok(held) => {
-                                tracing::info!(domain = %domain, serial = %held.facts.serial, not_after = %held.facts.not_after, "certificate loaded");
-                                map.insert(domain, Arc::new(held));
-                            }
-                            Err(e) => {
-                                tracing::error!(domain = %domain, error = %e, "stored certificate not usable; not served");
-                                map.remove(&domain);
-                            }
-                        }
-                    }
-                    kv::Operation::Delete | kv::Operation::Purge => {
-                        tracing::info!(domain = %domain, "certificate removed");
-                        map.remove(&domain);
-                    }
+                if let Some(key) = entry.key.strip_prefix(prefix) {
+                    let key = key.to_owned();
+                    each(Watched::Entry(&key, entry));
                 }
-                certs.replace(map.clone());
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -448,6 +487,14 @@ impl CertStore {
             }
         }
     }
+}
+
+/// What a watch of the store reports.
+enum Watched<'a> {
+    /// A (new) watch starts: the history follows.
+    Restart,
+    /// A key (without its prefix) and its entry.
+    Entry(&'a str, kv::Entry),
 }
 
 #[cfg(test)]

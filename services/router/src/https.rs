@@ -27,8 +27,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::certstore::CertStore;
+use crate::challenges::{Answer, Challenges};
 use crate::config::HttpsOptions;
-use crate::proxy::{host_of, page, Proxy, ProxyBody, NOT_FOUND};
+use crate::proxy::{host_of, page, Peer, Proxy, ProxyBody, NOT_FOUND};
 use crate::tls::Certificates;
 
 /// How long a client has to finish the TLS handshake.
@@ -102,7 +103,9 @@ pub(crate) async fn serve(
                     return;
                 }
             };
-            let service = service_fn(move |req| Arc::clone(&proxy).handle_https(req, peer));
+            let client = Peer::from(peer);
+            let service =
+                service_fn(move |req| Arc::clone(&proxy).handle_https(req, client.clone()));
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             let mut conn = std::pin::pin!(conn);
             let ended = tokio::select! {
@@ -139,6 +142,8 @@ pub struct HttpsSide {
     pub certs: Certificates,
     /// Where HTTP-01 answers are kept.
     pub store: CertStore,
+    /// The HTTP-01 answers pending, followed from `store`.
+    pub challenges: Challenges,
     /// The `Strict-Transport-Security` value, when HSTS is on.
     pub hsts: Option<HeaderValue>,
 }
@@ -156,9 +161,9 @@ pub(crate) const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 
 /// The answer to an HTTP-01 challenge fetch: the key authorization the
 /// issuer stored for `token`, on any host, never redirected.
-pub(crate) async fn challenge(store: &CertStore, token: &str) -> Response<ProxyBody> {
-    match store.challenge(token).await {
-        Ok(Some(answer)) => {
+pub(crate) async fn challenge(https: &HttpsSide, token: &str) -> Response<ProxyBody> {
+    match https.challenges.answer(&https.store, token).await {
+        Answer::Found(answer) => {
             let mut resp = Response::new(
                 Full::new(Bytes::from(answer))
                     .map_err(|never| match never {})
@@ -170,15 +175,12 @@ pub(crate) async fn challenge(store: &CertStore, token: &str) -> Response<ProxyB
             );
             resp
         }
-        Ok(None) => page(StatusCode::NOT_FOUND, "Not found", NOT_FOUND),
-        Err(e) => {
-            tracing::warn!(error = %e, "ACME challenge not answerable");
-            page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Unavailable",
-                "Try again in a moment.",
-            )
-        }
+        Answer::Unknown => page(StatusCode::NOT_FOUND, "Not found", NOT_FOUND),
+        Answer::Unavailable => page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Unavailable",
+            "Try again in a moment.",
+        ),
     }
 }
 

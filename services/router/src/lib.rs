@@ -29,6 +29,7 @@ mod access;
 pub mod acme;
 mod body;
 pub mod certstore;
+pub mod challenges;
 mod config;
 pub mod https;
 pub mod proxy;
@@ -43,6 +44,7 @@ use std::sync::Arc;
 use berth_eventlog::projection::{ProjectionError, ProjectionOptions, ProjectionRunner};
 use berth_eventlog::EventStore;
 use berth_runtime::{BoxError, Component, ComponentContext, ReadyFlag, SecretKey};
+use challenges::Challenges;
 use futures::future::BoxFuture;
 use hyper::header::HeaderValue;
 use hyper::service::service_fn;
@@ -219,7 +221,7 @@ impl Router {
         }
         let local = listener.local_addr().ok();
         tracing::info!(addr = ?local, base_domain = %self.opts.base_domain, "router listening");
-        let stats = Arc::new(HttpStats::default());
+        let stats = Arc::new(HttpStats::new(self.opts.workers));
         if let Some(every) = self.opts.metrics_interval {
             // Unique per router process: each publishes its own samples.
             let router = format!(
@@ -325,6 +327,12 @@ impl Router {
         )
         .await?;
         tasks.spawn(store.clone().follow(self.certs.clone(), stop.clone()));
+        let challenges = Challenges::default();
+        tasks.spawn(
+            store
+                .clone()
+                .follow_challenges(challenges.clone(), stop.clone()),
+        );
         // The domains to hold certificates for: as fed, else every custom
         // domain of the routing table, followed as the table changes.
         let domains = match &self.domains {
@@ -356,6 +364,7 @@ impl Router {
             opts: https.clone(),
             certs: self.certs.clone(),
             store,
+            challenges,
         };
         Ok((side, acceptor, listener))
     }
@@ -518,7 +527,8 @@ async fn worker(
         "router",
         move |peer| {
             let proxy = Arc::clone(&proxy);
-            service_fn(move |req| Arc::clone(&proxy).handle(req, peer))
+            let peer = proxy::Peer::from(peer);
+            service_fn(move |req| Arc::clone(&proxy).handle(req, peer.clone()))
         },
     )
     .await;

@@ -65,6 +65,29 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// not one per request, until the log says it is gone.
 pub const EJECT_FOR: Duration = Duration::from_secs(5);
 
+/// A client connection's address, with the `X-Forwarded-For` entry it adds
+/// made once per connection rather than per request.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    addr: SocketAddr,
+    forwarded_for: Option<HeaderValue>,
+}
+
+impl From<SocketAddr> for Peer {
+    fn from(addr: SocketAddr) -> Self {
+        Peer {
+            addr,
+            forwarded_for: HeaderValue::from_str(&addr.ip().to_string()).ok(),
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
 /// The 404 for a host no service answers at (counted apart: it belongs to
 /// no service).
 fn unknown() -> Response<ProxyBody> {
@@ -142,11 +165,11 @@ impl Proxy {
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        peer: Peer,
     ) -> Result<Response<ProxyBody>, Infallible> {
         if let Some(https) = &self.https {
             if let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE) {
-                return Ok(challenge(&https.store, token).await);
+                return Ok(challenge(https, token).await);
             }
         }
         self.serve(req, peer, Scheme::Http).await
@@ -156,7 +179,7 @@ impl Proxy {
     pub async fn handle_https(
         self: Arc<Self>,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        peer: Peer,
     ) -> Result<Response<ProxyBody>, Infallible> {
         self.serve(req, peer, Scheme::Https).await
     }
@@ -164,7 +187,7 @@ impl Proxy {
     async fn serve(
         self: Arc<Self>,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        peer: Peer,
         scheme: Scheme,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let start = Instant::now();
@@ -202,16 +225,17 @@ impl Proxy {
                 &format!("{} is suspended by its owner.", route.name),
             )
         } else {
-            self.forward(route, req, peer, scheme).await
+            self.forward(route, req, &peer, scheme, &host).await
         };
         if let Some(v) = hsts {
             resp.headers_mut()
                 .insert(header::STRICT_TRANSPORT_SECURITY, v);
         }
         // Until the answer's head: what the client waited for.
-        let head = start.elapsed();
+        let now = Instant::now();
+        let head = now.saturating_duration_since(start);
         let status = resp.status().as_u16();
-        self.stats.record(&service, status, head);
+        self.stats.record(&service, status, head, now);
         let Some((method, path)) = logged else {
             return Ok(resp);
         };
@@ -221,7 +245,7 @@ impl Proxy {
             method,
             path,
             status,
-            client: peer.ip(),
+            client: peer.addr.ip(),
             request_id,
             start,
             head,
@@ -233,10 +257,10 @@ impl Proxy {
         &self,
         first: Arc<Route>,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        peer: &Peer,
         scheme: Scheme,
+        host: &str,
     ) -> Response<ProxyBody> {
-        let host = host_of(&req);
         let (mut parts, body) = req.into_parts();
         // A protocol upgrade (WebSocket): asked of the instance as the
         // client asked it; on its `101` both connections are joined.
@@ -244,7 +268,7 @@ impl Proxy {
         let mut client_upgrade = upgrade
             .as_ref()
             .and_then(|_| parts.extensions.remove::<OnUpgrade>());
-        let mut headers = forwarded_headers(parts.headers, peer, scheme, host.as_deref());
+        let mut headers = forwarded_headers(parts.headers, peer, scheme, Some(host));
         let request_id = headers.get(&X_REQUEST_ID).cloned();
         if let Some(protocol) = upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -456,7 +480,7 @@ fn build_request(
 /// chain it sent; the original Host kept, so apps see their public name).
 fn forwarded_headers(
     mut h: HeaderMap,
-    peer: SocketAddr,
+    peer: &Peer,
     scheme: Scheme,
     authority: Option<&str>,
 ) -> HeaderMap {
@@ -469,11 +493,13 @@ fn forwarded_headers(
         }
     }
     let host = h.get(header::HOST).cloned();
+    // Room for the headers added below, so the map grows at most once.
+    h.reserve(4);
     let chain = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {}", peer.ip()),
-        None => peer.ip().to_string(),
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", peer.addr.ip())).ok(),
+        None => peer.forwarded_for.clone(),
     };
-    if let Ok(v) = HeaderValue::from_str(&chain) {
+    if let Some(v) = chain {
         h.insert(X_FORWARDED_FOR, v);
     }
     let proto = match scheme {
@@ -507,7 +533,12 @@ fn new_request_id() -> HeaderValue {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let start = *START.get_or_init(rand::random);
     let id = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
-    HeaderValue::from_str(&format!("{id:016x}")).unwrap_or(HeaderValue::from_static("0"))
+    let mut hex = [0u8; 16];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        let nibble = (id >> (60 - 4 * i)) & 0xf;
+        *digit = b"0123456789abcdef"[nibble as usize];
+    }
+    HeaderValue::from_bytes(&hex).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// The tokens of the `Connection` header(s), trimmed.
@@ -520,6 +551,13 @@ fn connection_tokens(h: &HeaderMap) -> impl Iterator<Item = &str> {
 }
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages have none: one pass over their few names instead of a
+    // lookup per hop-by-hop name.
+    let hop =
+        |n: &HeaderName| HOP_BY_HOP.contains(n) || n == "keep-alive" || n == "proxy-connection";
+    if !h.keys().any(hop) {
+        return;
+    }
     // Headers the Connection header names are hop-by-hop too.
     let named: Vec<HeaderName> = connection_tokens(h)
         .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
@@ -591,18 +629,20 @@ pub(crate) fn host_of<B>(req: &Request<B>) -> Option<String> {
 }
 
 /// A request's host as routes are keyed: lower case, without a port or a
-/// trailing dot.
-pub(crate) fn normal_host(host: &str) -> String {
-    let mut host = host.trim().to_ascii_lowercase();
+/// trailing dot (borrowed when the host is already so, as most are).
+pub(crate) fn normal_host(host: &str) -> std::borrow::Cow<'_, str> {
+    let mut host = host.trim();
     if let Some((h, port)) = host.rsplit_once(':') {
         if port.bytes().all(|b| b.is_ascii_digit()) {
-            host.truncate(h.len());
+            host = h;
         }
     }
-    if host.ends_with('.') {
-        host.pop();
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
     }
-    host
 }
 
 /// `name.base[:port]` → `name` (lower case), when it is a valid service
@@ -732,7 +772,11 @@ mod tests {
         h.insert("x-app", HeaderValue::from_static("kept"));
         let out = forwarded_headers(
             h,
-            "192.0.2.7:5555".parse().unwrap_or_else(|_| unreachable!()),
+            &Peer::from(
+                "192.0.2.7:5555"
+                    .parse::<SocketAddr>()
+                    .unwrap_or_else(|_| unreachable!()),
+            ),
             Scheme::Http,
             None,
         );
@@ -744,5 +788,31 @@ mod tests {
         assert_eq!(out["x-forwarded-host"], "web.localhost");
         assert_eq!(out["host"], "web.localhost");
         assert_eq!(out["x-app"], "kept");
+
+        // No chain sent, one hop-by-hop header alone, no request id: the
+        // client's address, the header gone, a fresh id each time.
+        let peer = Peer::from(
+            "[2001:db8::7]:443"
+                .parse::<SocketAddr>()
+                .unwrap_or_else(|_| unreachable!()),
+        );
+        let plain = || {
+            let mut h = HeaderMap::new();
+            h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+            forwarded_headers(h, &peer, Scheme::Https, Some("web.example.com"))
+        };
+        let (one, two) = (plain(), plain());
+        assert!(one.get("proxy-connection").is_none());
+        assert_eq!(one["x-forwarded-for"], "2001:db8::7");
+        assert_eq!(one["x-forwarded-proto"], "https");
+        assert_eq!(one["host"], "web.example.com");
+        for out in [&one, &two] {
+            let id = out["x-request-id"].as_bytes();
+            assert_eq!(id.len(), 16);
+            assert!(id
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        }
+        assert_ne!(one["x-request-id"], two["x-request-id"]);
     }
 }

@@ -118,7 +118,7 @@ impl RoutingTable {
         let host = crate::proxy::normal_host(host);
         match crate::proxy::service_label(&host, base_domain) {
             Some(name) => self.get(name),
-            None => self.domains.get(&host),
+            None => self.domains.get(host.as_ref()),
         }
     }
 

@@ -591,3 +591,75 @@ pub fn leaf_serial(chain_pem: &str) -> Result<String> {
         .context("unreadable")?
         .serial)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_01_answers_come_from_memory_and_store_lookups_for_unknown_tokens_are_bounded(
+) -> Result<()> {
+    use berth_router::challenges::{Answer, Challenges};
+
+    let env = HttpsEnv::without_issuer(test_args()).await?;
+    let store = &env.cert_store;
+    // Through the router: a stored answer is served, a removed one is 404.
+    store.put_challenge("tok-a", "tok-a.thumb").await?;
+    let (head, body) = http_get(
+        env.http,
+        "any.host.test",
+        "/.well-known/acme-challenge/tok-a",
+    )
+    .await?;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, "tok-a.thumb");
+
+    // A replica's memory follows the store: puts arrive, removals leave.
+    let held = Challenges::default();
+    let stop = CancellationToken::new();
+    let follow = tokio::spawn(store.clone().follow_challenges(held.clone(), stop.clone()));
+    let until = |want: Option<&'static str>, token: &'static str| {
+        let held = held.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while held.held(token).as_deref() != want {
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "{token} not {want:?} in memory"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Ok(())
+        }
+    };
+    until(Some("tok-a.thumb"), "tok-a").await?;
+    store.put_challenge("tok-b", "tok-b.thumb").await?;
+    until(Some("tok-b.thumb"), "tok-b").await?;
+    store.remove_challenge("tok-a").await?;
+    until(None, "tok-a").await?;
+    assert_eq!(held.len(), 1);
+
+    // With every store lookup taken, a held token is still answered and an
+    // unknown one is not looked up: "unavailable", not a store round trip.
+    {
+        let _busy = held.occupy_lookups().context("lookups free")?;
+        assert_eq!(
+            held.answer(store, "tok-b").await,
+            Answer::Found("tok-b.thumb".to_owned())
+        );
+        assert_eq!(held.answer(store, "made-up").await, Answer::Unavailable);
+    }
+    // Free again: a token not (yet) in memory is looked up in the store.
+    let cold = Challenges::default();
+    assert_eq!(
+        cold.answer(store, "tok-b").await,
+        Answer::Found("tok-b.thumb".to_owned())
+    );
+    assert_eq!(cold.answer(store, "made-up").await, Answer::Unknown);
+    let (head, _) = http_get(
+        env.http,
+        "any.host.test",
+        "/.well-known/acme-challenge/tok-a",
+    )
+    .await?;
+    assert!(head.starts_with("http/1.1 404"), "{head}");
+    stop.cancel();
+    follow.await?;
+    Ok(())
+}
