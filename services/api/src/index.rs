@@ -245,10 +245,12 @@ impl ApiIndex {
     }
 }
 
-impl Projection for ApiIndex {
-    type Snapshot = ApiIndex;
-
-    fn apply(&mut self, stream_seq: u64, env: &Envelope) {
+impl ApiIndex {
+    /// Applies `commit[index]` (within the commit, as the runner gives it).
+    fn apply_at(&mut self, stream_seq: u64, commit: &Arc<[Envelope]>, index: usize) {
+        let Some(env) = commit.get(index) else {
+            return;
+        };
         self.links.apply(stream_seq, env);
         if let AggregateId::Credential(_) = &env.aggregate {
             self.credentials.apply(stream_seq, env);
@@ -295,7 +297,8 @@ impl Projection for ApiIndex {
                     entry.created_seq,
                     entry.state.config.as_ref().map(|c| c.owner.clone()),
                 );
-                self.live.push(stream_seq, id, owner.as_ref(), env);
+                self.live
+                    .push(stream_seq, id, owner.as_ref(), commit, index);
                 if entry.state.exists() {
                     self.timeline.push(env);
                     if let (Event::ServiceCreated(_), Some(owner)) = (event, owner) {
@@ -313,6 +316,20 @@ impl Projection for ApiIndex {
                 }
             }
             _ => {}
+        }
+    }
+}
+
+impl Projection for ApiIndex {
+    type Snapshot = ApiIndex;
+
+    fn apply(&mut self, stream_seq: u64, env: &Envelope) {
+        self.apply_at(stream_seq, &Arc::from(vec![env.clone()]), 0);
+    }
+
+    fn apply_commit(&mut self, stream_seq: u64, events: &Arc<[Envelope]>) {
+        for index in 0..events.len() {
+            self.apply_at(stream_seq, events, index);
         }
     }
 

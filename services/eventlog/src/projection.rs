@@ -41,6 +41,14 @@ pub trait Projection: Send + Sync + 'static {
     /// Applies one event; `stream_seq` is the position of its commit.
     fn apply(&mut self, stream_seq: u64, env: &Envelope);
 
+    /// Applies one commit's events in order. A read model that keeps
+    /// events can keep the shared commit instead of copies of them.
+    fn apply_commit(&mut self, stream_seq: u64, events: &Arc<[Envelope]>) {
+        for env in events.iter() {
+            self.apply(stream_seq, env);
+        }
+    }
+
     /// The state to persist.
     fn snapshot(&self) -> Self::Snapshot;
 
@@ -435,19 +443,16 @@ impl<P: Projection + std::fmt::Debug> ProjectionRunner<P> {
         let started = Instant::now();
         // What this process appended lately is taken as built, not decoded.
         let commit = match self.store.recent.get(seq) {
-            Some(events) => Ok(Events::Kept(events)),
-            None => Commit::decode(payload).map(|c| Events::Decoded(c.events)),
+            Some(events) => Ok(events),
+            None => Commit::decode(payload).map(|c| Arc::from(c.events)),
         };
         match commit {
             Ok(events) => {
-                let events = events.as_slice();
                 let mut state = self.state.write().map_err(|_| ProjectionError::Halted {
                     stream_seq: seq,
                     reason: "state lock poisoned".to_owned(),
                 })?;
-                for env in events {
-                    state.apply(seq, env);
-                }
+                state.apply_commit(seq, &events);
                 stats.events += events.len() as u64;
             }
             Err(e) => {
@@ -474,22 +479,6 @@ impl<P: Projection + std::fmt::Debug> ProjectionRunner<P> {
         self.folding += started.elapsed();
         self.applied.send_replace(seq);
         Ok(())
-    }
-}
-
-/// A commit's envelopes: kept by this store when it appended them, or
-/// decoded from the message.
-enum Events {
-    Kept(Arc<[Envelope]>),
-    Decoded(Vec<Envelope>),
-}
-
-impl Events {
-    fn as_slice(&self) -> &[Envelope] {
-        match self {
-            Events::Kept(e) => e,
-            Events::Decoded(e) => e,
-        }
     }
 }
 

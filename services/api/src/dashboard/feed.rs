@@ -37,7 +37,17 @@ pub struct Entry {
     pub service: ServiceId,
     /// The service's owner, once created.
     pub owner: Option<OwnerId>,
-    pub envelope: Envelope,
+    /// The commit the event is part of, shared with the log's reader.
+    commit: Arc<[Envelope]>,
+    /// The event's place in `commit` (always within it).
+    index: usize,
+}
+
+impl Entry {
+    /// The event.
+    pub fn envelope(&self) -> &Envelope {
+        &self.commit[self.index]
+    }
 }
 
 /// What a live view follows: one service, or all of an owner's.
@@ -148,8 +158,19 @@ impl LiveFeed {
         }
     }
 
-    /// Takes one service event the read model applied.
-    pub fn push(&self, seq: u64, service: &ServiceId, owner: Option<&OwnerId>, env: &Envelope) {
+    /// Takes one service event the read model applied: `commit[index]`.
+    /// Out of range, nothing is taken.
+    pub fn push(
+        &self,
+        seq: u64,
+        service: &ServiceId,
+        owner: Option<&OwnerId>,
+        commit: &Arc<[Envelope]>,
+        index: usize,
+    ) {
+        let Some(env) = commit.get(index) else {
+            return;
+        };
         let mut f = self.lock();
         if !f.enabled {
             return;
@@ -191,8 +212,12 @@ impl LiveFeed {
             seq,
             service: service.clone(),
             owner: owner.cloned(),
-            envelope: env.clone(),
+            commit: Arc::clone(commit),
+            index,
         }));
+        if f.watchers.is_empty() {
+            return;
+        }
         f.notify(Topic::Service(service.clone()), seq);
         if let Some(o) = owner {
             f.notify(Topic::Owner(o.clone()), seq);
@@ -251,6 +276,11 @@ mod tests {
     use berth_schemas::events::{ImagePullProgressed, ImagePulled, ServiceSuspended};
     use berth_schemas::{Actor, AggregateId};
 
+    /// A commit of one event.
+    fn one(env: Envelope) -> Arc<[Envelope]> {
+        Arc::from(vec![env])
+    }
+
     fn env(service: &ServiceId, event: Event) -> Envelope {
         Envelope {
             id: berth_schemas::ids::EventId::generate(),
@@ -273,12 +303,12 @@ mod tests {
     fn holds_nothing_before_it_starts_and_everything_after() {
         let feed = LiveFeed::default();
         let (a, b) = (ServiceId::generate(), ServiceId::generate());
-        feed.push(3, &a, None, &suspended(&a));
+        feed.push(3, &a, None, &one(suspended(&a)), 0);
         feed.start(5);
-        feed.push(6, &a, None, &suspended(&a));
-        feed.push(7, &b, None, &suspended(&b));
-        feed.push(7, &b, None, &suspended(&b));
-        feed.push(9, &a, None, &suspended(&a));
+        feed.push(6, &a, None, &one(suspended(&a)), 0);
+        feed.push(7, &b, None, &one(suspended(&b)), 0);
+        feed.push(7, &b, None, &one(suspended(&b)), 0);
+        feed.push(9, &a, None, &one(suspended(&a)), 0);
         let seqs = |s: Since| match s {
             Since::Entries(e) => e.iter().map(|e| e.seq).collect::<Vec<_>>(),
             Since::Gap { complete_after } => vec![0, complete_after],
@@ -291,12 +321,31 @@ mod tests {
     }
 
     #[test]
+    fn the_events_of_a_commit_are_held_by_sharing_it_not_copied() {
+        let feed = LiveFeed::default();
+        feed.start(0);
+        let (a, b) = (ServiceId::generate(), ServiceId::generate());
+        let commit: Arc<[Envelope]> = Arc::from(vec![suspended(&a), suspended(&b)]);
+        feed.push(1, &a, None, &commit, 0);
+        feed.push(1, &b, None, &commit, 1);
+        // Out of range: nothing held.
+        feed.push(1, &b, None, &commit, 2);
+        let Since::Entries(held) = feed.since(&Topic::Service(b.clone()), 0, 1) else {
+            panic!("a gap");
+        };
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].envelope().aggregate, AggregateId::Service(b));
+        assert!(std::ptr::eq(held[0].envelope(), &commit[1]));
+        assert_eq!(Arc::strong_count(&commit), 3, "the test's and the two entries'");
+    }
+
+    #[test]
     fn a_full_ring_says_where_it_starts() {
         let feed = LiveFeed::default();
         feed.start(0);
         let a = ServiceId::generate();
         for seq in 1..=(RING as u64 + 10) {
-            feed.push(seq, &a, None, &suspended(&a));
+            feed.push(seq, &a, None, &one(suspended(&a)), 0);
         }
         let topic = Topic::Service(a);
         assert!(matches!(
@@ -317,14 +366,14 @@ mod tests {
         let owner: OwnerId = "usr-aaaaaaaaaaaaaaaaaaaa".parse().unwrap();
         let mut rx = feed.subscribe(Topic::Service(a.clone()));
         let mut all = feed.subscribe(Topic::Owner(owner.clone()));
-        feed.push(1, &b, Some(&owner), &suspended(&b));
+        feed.push(1, &b, Some(&owner), &one(suspended(&b)), 0);
         assert!(!rx.has_changed().unwrap());
         assert_eq!(*all.borrow_and_update(), 1);
-        feed.push(2, &a, Some(&owner), &suspended(&a));
+        feed.push(2, &a, Some(&owner), &one(suspended(&a)), 0);
         assert_eq!(*rx.borrow_and_update(), 2);
         assert_eq!(feed.followed(), 2);
         drop(rx);
-        feed.push(3, &a, None, &suspended(&a));
+        feed.push(3, &a, None, &one(suspended(&a)), 0);
         assert_eq!(feed.followed(), 1, "a topic nobody follows is let go");
         // A late subscriber starts at the topic's newest event.
         assert_eq!(*feed.subscribe(Topic::Service(a)).borrow(), 3);
@@ -349,7 +398,7 @@ mod tests {
                 .into(),
             )
         };
-        feed.push(1, &s, None, &progress(40));
+        feed.push(1, &s, None, &one(progress(40)), 0);
         assert_eq!(feed.pulls(&d)[0].bytes_done, 40);
         let pulled = env(
             &s,
@@ -360,8 +409,8 @@ mod tests {
             }
             .into(),
         );
-        feed.push(2, &s, None, &pulled);
-        feed.push(3, &s, None, &progress(50));
+        feed.push(2, &s, None, &one(pulled), 0);
+        feed.push(3, &s, None, &one(progress(50)), 0);
         let p = &feed.pulls(&d)[0];
         assert!(p.done && p.bytes_done == 100, "{p:?}");
     }

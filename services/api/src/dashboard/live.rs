@@ -118,7 +118,7 @@ fn commits(entries: &[Arc<Entry>]) -> Vec<SseEvent> {
             .iter()
             .position(|e| e.seq != seq || e.service != entries[i].service)
             .map_or(entries.len(), |n| i + n);
-        let envs: Vec<&Envelope> = entries[i..end].iter().map(|e| &e.envelope).collect();
+        let envs: Vec<&Envelope> = entries[i..end].iter().map(|e| e.envelope()).collect();
         out.push(commit_event(seq, &entries[i].service, &envs));
         i = end;
     }
