@@ -102,19 +102,14 @@ async fn run(secs: u64, conns: &[u64]) -> Result<()> {
         }
         let direct = wrk(&format!("http://{backend}/"), None, secs, c)?;
         let me = [std::process::id()];
-        let before = cpu_secs(&me);
-        let routed = wrk(&format!("http://{}/", env.addr), Some(host), secs, c)?;
-        let router_cpu = cpu_secs(&me) - before;
         let workers = family(nginx.child.id());
-        let before = cpu_secs(&workers);
-        let proxied = wrk(&format!("http://{}/", nginx.addr), Some(host), secs, c)?;
-        let nginx_cpu = cpu_secs(&workers) - before;
-        let before = cpu_secs(&me);
-        let routed_tls = wrk(&format!("https://{https_addr}/"), Some(host), secs, c)?;
-        let router_tls_cpu = cpu_secs(&me) - before;
-        let before = cpu_secs(&workers);
-        let proxied_tls = wrk(&format!("https://{}/", nginx.tls), Some(host), secs, c)?;
-        let nginx_tls_cpu = cpu_secs(&workers) - before;
+        let run = |pids: &[u32], url: String| measured(pids, || wrk(&url, Some(host), secs, c));
+        let (routed, router_cpu, router_ins) = run(&me, format!("http://{}/", env.addr))?;
+        let (proxied, nginx_cpu, nginx_ins) = run(&workers, format!("http://{}/", nginx.addr))?;
+        let (routed_tls, router_tls_cpu, router_tls_ins) =
+            run(&me, format!("https://{https_addr}/"))?;
+        let (proxied_tls, nginx_tls_cpu, nginx_tls_ins) =
+            run(&workers, format!("https://{}/", nginx.tls))?;
         println!(
             "\n{c} connections, {secs} s each, load average {}",
             loadavg()
@@ -154,6 +149,21 @@ async fn run(secs: u64, conns: &[u64]) -> Result<()> {
             per(router_tls_cpu, &routed_tls),
             per(nginx_tls_cpu, &proxied_tls)
         );
+        // Instructions retired are steadier than CPU time on a shared
+        // machine: they do not grow when another process takes the core.
+        let ins = |n: Option<Instructions>, r: &Wrk| {
+            n.map_or("-".to_owned(), |n| {
+                let per = |x: u64| x as f64 / (r.rps * secs as f64) / 1000.0;
+                format!("{:.1}k user + {:.1}k kernel", per(n.user), per(n.kernel))
+            })
+        };
+        println!(
+            "instructions per request: router {}, nginx {}; HTTPS: router {}, nginx {}",
+            ins(router_ins, &routed),
+            ins(nginx_ins, &proxied),
+            ins(router_tls_ins, &routed_tls),
+            ins(nginx_tls_ins, &proxied_tls)
+        );
     }
     drop(nginx);
     let _ = backend_proc.kill();
@@ -182,6 +192,62 @@ fn cpu_secs(pids: &[u32]) -> f64 {
             Some((user + system) / 100.0)
         })
         .sum()
+}
+
+/// Instructions `perf stat` counted in a set of processes.
+#[derive(Debug, Clone, Copy)]
+struct Instructions {
+    user: u64,
+    kernel: u64,
+}
+
+/// Runs `f` (a wrk phase), with the CPU seconds `pids` used meanwhile and,
+/// when `perf` is installed and allowed, the instructions they retired.
+fn measured<T>(
+    pids: &[u32],
+    f: impl FnOnce() -> Result<T>,
+) -> Result<(T, f64, Option<Instructions>)> {
+    let list = pids
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let perf = Command::new("perf")
+        .args([
+            "stat",
+            "-x,",
+            "-e",
+            "instructions:u,instructions:k",
+            "-p",
+            &list,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok();
+    if perf.is_some() {
+        // Attached before the load starts.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let before = cpu_secs(pids);
+    let out = f()?;
+    let cpu = cpu_secs(pids) - before;
+    let counted = perf.and_then(|child| {
+        let _ = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        let text = String::from_utf8_lossy(&child.wait_with_output().ok()?.stderr).into_owned();
+        let count = |event: &str| -> Option<u64> {
+            text.lines()
+                .find(|l| l.split(',').nth(2) == Some(event))
+                .and_then(|l| l.split(',').next()?.parse().ok())
+        };
+        Some(Instructions {
+            user: count("instructions:u")?,
+            kernel: count("instructions:k")?,
+        })
+    });
+    Ok((out, cpu, counted))
 }
 
 /// A process and its children (nginx's master and workers).
