@@ -148,6 +148,17 @@ pub async fn spawn_router_with(
     let key = berth_runtime::SecretKey::from_base64(&berth_runtime::SecretKey::generate_base64())?;
     let router = Router::new(store.clone(), opts).with_key(key);
     let routes = router.routes();
+    let (shutdown, task) = run_until_ready(router, listener, None).await?;
+    Ok((routes, addr, shutdown, task))
+}
+
+/// Runs `router` on `listener` and waits (10 s at most) until it says it
+/// is ready and `also` (its HTTPS listener, say) takes connections.
+pub async fn run_until_ready(
+    router: Router,
+    listener: TcpListener,
+    also: Option<SocketAddr>,
+) -> Result<(CancellationToken, JoinHandle<()>)> {
     let shutdown = CancellationToken::new();
     let ready = berth_runtime::ReadyFlag::default();
     let task = tokio::spawn({
@@ -160,11 +171,17 @@ pub async fn spawn_router_with(
         }
     });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !ready.get() {
+    loop {
+        let taking = match also {
+            Some(addr) => tokio::net::TcpStream::connect(addr).await.is_ok(),
+            None => true,
+        };
+        if ready.get() && taking {
+            return Ok((shutdown, task));
+        }
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "router not ready");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Ok((routes, addr, shutdown, task))
 }
 
 /// The size of `/big`'s answer.

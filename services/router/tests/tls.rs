@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{test_args, Backend, Svc};
+use crate::support::{run_until_ready, test_args, Backend, Svc};
 
 /// NATS, the store and a router with HTTPS on (its fields through
 /// [`Replica`]).
@@ -194,22 +194,7 @@ async fn spawn(
     let routes = router.routes();
     let certs = router.certificates();
     let issuer = router.issuer();
-    let shutdown = CancellationToken::new();
-    let ready = berth_runtime::ReadyFlag::default();
-    let task = tokio::spawn({
-        let shutdown = shutdown.clone();
-        let ready = ready.clone();
-        async move {
-            if let Err(e) = router.run_on(listener, shutdown, Some(ready)).await {
-                panic!("router failed: {e}");
-            }
-        }
-    });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !ready.get() || TcpStream::connect(https).await.is_err() {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "router not ready");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (shutdown, task) = run_until_ready(router, listener, Some(https)).await?;
     Ok(Replica {
         routes,
         http,
