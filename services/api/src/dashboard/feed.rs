@@ -336,7 +336,11 @@ mod tests {
         assert_eq!(held.len(), 1);
         assert_eq!(held[0].envelope().aggregate, AggregateId::Service(b));
         assert!(std::ptr::eq(held[0].envelope(), &commit[1]));
-        assert_eq!(Arc::strong_count(&commit), 3, "the test's and the two entries'");
+        assert_eq!(
+            Arc::strong_count(&commit),
+            3,
+            "the test's and the two entries'"
+        );
     }
 
     #[test]
