@@ -31,6 +31,7 @@ mod body;
 pub mod certstore;
 pub mod challenges;
 mod config;
+mod headers;
 pub mod https;
 pub mod proxy;
 pub mod stats;

@@ -1,0 +1,223 @@
+//! The headers a proxied request and its answer carry between the client
+//! and the instance: hop-by-hop ones dropped (RFC 9110 §7.6.1), the
+//! `X-Forwarded-*` set and a request id added, upgrades recognised.
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::proxy::Scheme;
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A client connection's address, with the `X-Forwarded-For` entry it adds
+/// made once per connection rather than per request.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    addr: SocketAddr,
+    forwarded_for: Option<HeaderValue>,
+}
+
+impl From<SocketAddr> for Peer {
+    fn from(addr: SocketAddr) -> Self {
+        Peer {
+            addr,
+            forwarded_for: HeaderValue::from_str(&addr.ip().to_string()).ok(),
+        }
+    }
+}
+
+impl Peer {
+    /// The client's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+/// The request's headers as the instance gets them: hop-by-hop ones
+/// dropped, `X-Forwarded-*` added (the client's address appended to any
+/// chain it sent; the original Host kept, so apps see their public name).
+pub(crate) fn forwarded_headers(
+    mut h: HeaderMap,
+    peer: &Peer,
+    scheme: Scheme,
+    authority: Option<&str>,
+) -> HeaderMap {
+    strip_hop_by_hop(&mut h);
+    // HTTP/2 carries the host in `:authority`, not in a Host header: the
+    // instance (HTTP/1.1) gets it as Host.
+    if !h.contains_key(header::HOST) {
+        if let Some(v) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
+            h.insert(header::HOST, v);
+        }
+    }
+    let host = h.get(header::HOST).cloned();
+    // Room for the headers added below, so the map grows at most once.
+    h.reserve(4);
+    let chain = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", peer.addr.ip())).ok(),
+        None => peer.forwarded_for.clone(),
+    };
+    if let Some(v) = chain {
+        h.insert(X_FORWARDED_FOR, v);
+    }
+    let proto = match scheme {
+        Scheme::Http => "http",
+        Scheme::Https => "https",
+    };
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    if let Some(host) = host {
+        h.insert(X_FORWARDED_HOST, host);
+    }
+    // A request id the instance and the client both see: the client's
+    // own when it sent a usable one, else a new one.
+    let usable = h.get(&X_REQUEST_ID).is_some_and(|v| {
+        (1..=128).contains(&v.len())
+            && v.as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+    });
+    if !usable {
+        h.insert(X_REQUEST_ID, new_request_id());
+    }
+    h
+}
+
+/// 16 hex digits: a per-process random start plus a counter, so ids never
+/// repeat within a router and rarely across routers.
+fn new_request_id() -> HeaderValue {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static START: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let start = *START.get_or_init(rand::random);
+    let id = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
+    let mut hex = [0u8; 16];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        let nibble = (id >> (60 - 4 * i)) & 0xf;
+        *digit = b"0123456789abcdef"[nibble as usize];
+    }
+    HeaderValue::from_bytes(&hex).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// The tokens of the `Connection` header(s), trimmed.
+fn connection_tokens(h: &HeaderMap) -> impl Iterator<Item = &str> {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
+pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages have none: one pass over their few names instead of a
+    // lookup per hop-by-hop name.
+    let hop =
+        |n: &HeaderName| HOP_BY_HOP.contains(n) || n == "keep-alive" || n == "proxy-connection";
+    if !h.keys().any(hop) {
+        return;
+    }
+    // Headers the Connection header names are hop-by-hop too.
+    let named: Vec<HeaderName> = connection_tokens(h)
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect();
+    for n in HOP_BY_HOP.iter().chain(named.iter()) {
+        h.remove(n);
+    }
+    h.remove("keep-alive");
+    h.remove("proxy-connection");
+}
+
+/// The protocol a request asks to upgrade to (`Upgrade`, when its
+/// `Connection` names `upgrade`).
+pub(crate) fn upgrade_asked(h: &HeaderMap) -> Option<HeaderValue> {
+    connection_tokens(h)
+        .any(|t| t.eq_ignore_ascii_case("upgrade"))
+        .then(|| h.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped_and_forwarded_added() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("web.localhost"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.insert("x-app", HeaderValue::from_static("kept"));
+        let out = forwarded_headers(
+            h,
+            &Peer::from(
+                "192.0.2.7:5555"
+                    .parse::<SocketAddr>()
+                    .unwrap_or_else(|_| unreachable!()),
+            ),
+            Scheme::Http,
+            None,
+        );
+        for gone in ["connection", "x-secret-hop", "keep-alive", "te"] {
+            assert!(out.get(gone).is_none(), "{gone} forwarded");
+        }
+        assert_eq!(out["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(out["x-forwarded-proto"], "http");
+        assert_eq!(out["x-forwarded-host"], "web.localhost");
+        assert_eq!(out["host"], "web.localhost");
+        assert_eq!(out["x-app"], "kept");
+
+        // No chain sent, one hop-by-hop header alone, no request id: the
+        // client's address, the header gone, a fresh id each time.
+        let peer = Peer::from(
+            "[2001:db8::7]:443"
+                .parse::<SocketAddr>()
+                .unwrap_or_else(|_| unreachable!()),
+        );
+        let plain = || {
+            let mut h = HeaderMap::new();
+            h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+            forwarded_headers(h, &peer, Scheme::Https, Some("web.example.com"))
+        };
+        let (one, two) = (plain(), plain());
+        assert!(one.get("proxy-connection").is_none());
+        assert_eq!(one["x-forwarded-for"], "2001:db8::7");
+        assert_eq!(one["x-forwarded-proto"], "https");
+        assert_eq!(one["host"], "web.example.com");
+        for out in [&one, &two] {
+            let id = out["x-request-id"].as_bytes();
+            assert_eq!(id.len(), 16);
+            assert!(id
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        }
+        assert_ne!(one["x-request-id"], two["x-request-id"]);
+    }
+}
