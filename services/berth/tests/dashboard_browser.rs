@@ -177,14 +177,29 @@ impl Browser {
         e.send_keys(value).await.unwrap();
     }
 
+    /// Clicks `css`, finding it again when a live update replaced it
+    /// between the find and the click (the page re-renders parts of
+    /// itself as events arrive).
     async fn click(&self, css: &str) {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"))
-            .click()
-            .await
-            .unwrap();
+        for attempt in 0.. {
+            let clicked = self
+                .client
+                .find(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("{css}: {e}"))
+                .click()
+                .await;
+            match clicked {
+                Ok(_) => return,
+                Err(fantoccini::error::CmdError::Standard(e))
+                    if e.error == fantoccini::error::ErrorStatus::StaleElementReference
+                        && attempt < 20 =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("{css}: {e}"),
+            }
+        }
     }
 
     /// When this page was loaded: unchanged while updates arrive live.
