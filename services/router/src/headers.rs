@@ -61,13 +61,13 @@ pub(crate) fn forwarded_headers(
     mut h: HeaderMap,
     peer: &Peer,
     scheme: Scheme,
-    authority: Option<&str>,
+    authority: &str,
 ) -> HeaderMap {
     strip_hop_by_hop(&mut h);
     // HTTP/2 carries the host in `:authority`, not in a Host header: the
     // instance (HTTP/1.1) gets it as Host.
     if !h.contains_key(header::HOST) {
-        if let Some(v) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
+        if let Ok(v) = HeaderValue::from_str(authority) {
             h.insert(header::HOST, v);
         }
     }
@@ -183,7 +183,8 @@ mod tests {
                     .unwrap_or_else(|_| unreachable!()),
             ),
             Scheme::Http,
-            None,
+            // A Host header sent is kept, whatever the request's authority.
+            "other.test",
         );
         for gone in ["connection", "x-secret-hop", "keep-alive", "te"] {
             assert!(out.get(gone).is_none(), "{gone} forwarded");
@@ -204,7 +205,7 @@ mod tests {
         let plain = || {
             let mut h = HeaderMap::new();
             h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
-            forwarded_headers(h, &peer, Scheme::Https, Some("web.example.com"))
+            forwarded_headers(h, &peer, Scheme::Https, "web.example.com")
         };
         let (one, two) = (plain(), plain());
         assert!(one.get("proxy-connection").is_none());

@@ -230,7 +230,7 @@ impl Proxy {
         let mut client_upgrade = upgrade
             .as_ref()
             .and_then(|_| parts.extensions.remove::<OnUpgrade>());
-        let mut headers = forwarded_headers(parts.headers, peer, scheme, Some(host));
+        let mut headers = forwarded_headers(parts.headers, peer, scheme, host);
         let request_id = headers.get(&X_REQUEST_ID).cloned();
         if let Some(protocol) = upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
