@@ -204,3 +204,50 @@ pub fn leftovers(subnet: &str, instances: &[String]) -> Vec<String> {
     }
     left
 }
+
+/// The network namespace (its inode number) process `pid` is in.
+pub fn namespace_of(pid: u32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// What keeps network namespace `inode` alive: processes in it, open
+/// files of any process (compared by inode on the namespace filesystem,
+/// whatever path they were opened by), mounts of this process's mount
+/// table. Empty once the namespace is gone.
+pub fn namespace_holders(inode: u64) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let nsfs = std::fs::metadata("/proc/self/ns/net")
+        .map(|m| m.dev())
+        .unwrap_or_default();
+    let is_it = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.ino() == inode && m.dev() == nsfs);
+    let mut held = Vec::new();
+    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if pid.parse::<u32>().is_err() {
+            continue;
+        }
+        if is_it(&p.path().join("ns/net")) {
+            held.push(format!("process {pid}"));
+        }
+        for fd in std::fs::read_dir(p.path().join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if is_it(&fd.path()) {
+                held.push(format!("open file {}", fd.path().display()));
+            }
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in mounts
+        .lines()
+        .filter(|l| l.contains(&format!("net:[{inode}]")))
+    {
+        held.push(format!("mount {line}"));
+    }
+    held
+}

@@ -292,6 +292,7 @@ impl Agent {
                 ),
             });
         }
+        raise_open_files();
         let sandbox = bundle::Sandbox::detect(cfg.init.clone());
         tracing::info!(
             init = ?sandbox.init,
@@ -737,7 +738,10 @@ impl Agent {
             let keep = records
                 .values()
                 .filter(|r| r.kind == Kind::Service)
-                .map(|r| r.spec.instance.clone())
+                .map(|r| {
+                    let pid = r.pid.filter(|p| process::alive(*p, r.pid_start));
+                    (r.spec.instance.clone(), pid)
+                })
                 .collect();
             net.recover(&keep).await?;
         }
@@ -795,5 +799,21 @@ impl Agent {
             }
         }
         Ok(())
+    }
+}
+
+/// Each instance holds open files in this process (its two log pipes and
+/// its network namespace), so a node with thousands of instances needs
+/// more than the usual soft limit of 1,024: raised to the hard limit.
+fn raise_open_files() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "open files limit not raised");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "open files limit unknown"),
     }
 }

@@ -34,6 +34,7 @@ mod error;
 pub mod image;
 pub mod logs;
 pub mod net;
+pub mod netns;
 pub mod process;
 pub mod runtime;
 mod seccomp;

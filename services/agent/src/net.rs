@@ -37,7 +37,7 @@
 //! before anything is created, so whatever a crash leaves is found and
 //! deleted at the next start.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -47,6 +47,8 @@ use std::sync::{Mutex, MutexGuard};
 use berth_schemas::ids::InstanceId;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+
+use crate::netns::Namespace;
 
 /// How an instance joins the node's network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,7 +78,8 @@ pub struct Publish {
 /// as its `/etc/hosts` and `/etc/resolv.conf`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
-    /// The network namespace (`/run/netns/<instance>`).
+    /// The network namespace, as other processes open it while the agent
+    /// holds it (`/proc/<agent pid>/fd/<n>`; see [`crate::netns`]).
     pub netns: PathBuf,
     /// Mounted as `/etc/hosts`.
     pub hosts: PathBuf,
@@ -274,6 +277,8 @@ pub struct Cni {
     /// The subnet as iptables takes it.
     subnet: String,
     members: Mutex<HashMap<InstanceId, Member>>,
+    /// The instances' network namespaces, held open.
+    spaces: Mutex<HashMap<InstanceId, Namespace>>,
     /// Serialises rule changes: a group chain is created by its first
     /// member and removed with its last.
     rules: tokio::sync::Mutex<()>,
@@ -297,6 +302,7 @@ impl Cni {
             subnet: cfg.subnet.to_string(),
             cfg,
             members: Mutex::default(),
+            spaces: Mutex::default(),
             rules: tokio::sync::Mutex::new(()),
         };
         cni.base_rules().await?;
@@ -317,22 +323,32 @@ impl Cni {
         self.members.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn spaces(&self) -> MutexGuard<'_, HashMap<InstanceId, Namespace>> {
+        self.spaces.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn state_file(&self, id: &InstanceId) -> PathBuf {
         self.cfg.state_dir.join(format!("{id}.json"))
     }
 
-    fn paths(&self, id: &InstanceId) -> (PathBuf, PathBuf, PathBuf) {
+    /// The hosts and resolv files.
+    fn paths(&self, id: &InstanceId) -> (PathBuf, PathBuf) {
         (
-            PathBuf::from(format!("/run/netns/{id}")),
             self.cfg.state_dir.join(format!("{id}.hosts")),
             self.cfg.state_dir.join(format!("{id}.resolv")),
         )
     }
 
+    /// Where an earlier berth pinned the namespace with `ip netns add`.
+    fn mounted_netns(id: &InstanceId) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{id}"))
+    }
+
     /// The attachment of an attached instance.
     pub fn attachment(&self, id: &InstanceId) -> Option<Attachment> {
         let ip = self.members().get(id)?.ip;
-        let (netns, hosts, resolv) = self.paths(id);
+        let netns = self.spaces().get(id)?.path().to_path_buf();
+        let (hosts, resolv) = self.paths(id);
         Some(Attachment {
             netns,
             hosts,
@@ -367,12 +383,17 @@ impl Cni {
     }
 
     async fn try_attach(&self, id: &InstanceId, mut state: State) -> Result<Attachment, NetError> {
-        let (netns, hosts, resolv) = self.paths(id);
-        let name = id.to_string();
-        if !netns.exists() {
-            run("ip", &["netns", "add", &name]).await?;
-        }
-        run("ip", &["-n", &name, "link", "set", "lo", "up"]).await?;
+        let (hosts, resolv) = self.paths(id);
+        let ns = tokio::task::spawn_blocking(Namespace::create)
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(|source| NetError::Io {
+                path: PathBuf::from("/proc/thread-self/ns/net"),
+                source,
+            })?;
+        let netns = ns.path().to_path_buf();
+        self.spaces().insert(id.clone(), ns);
         let mut prev: Option<Value> = None;
         for plugin in CHAIN {
             let conf = self.conf(plugin, &state.spec, prev.as_ref());
@@ -499,7 +520,16 @@ impl Cni {
                 None => None,
             }
         };
-        let (netns, hosts, resolv) = self.paths(id);
+        let (hosts, resolv) = self.paths(id);
+        // Held until DEL is through (it removes the veth inside); a
+        // namespace no longer held is passed as none, which DEL allows.
+        let ns = self.spaces().remove(id);
+        let mounted = Self::mounted_netns(id);
+        let netns = match &ns {
+            Some(ns) => ns.path().to_path_buf(),
+            None if mounted.exists() => mounted.clone(),
+            None => PathBuf::new(),
+        };
         if let Some(state) = &state {
             for plugin in state.plugins().into_iter().rev() {
                 let conf = self.conf(plugin, &state.spec, state.result.as_ref());
@@ -510,7 +540,8 @@ impl Cni {
                 );
             }
         }
-        if netns.exists() {
+        drop(ns);
+        if mounted.exists() {
             keep(run("ip", &["netns", "del", &id.to_string()]).await);
         }
         for f in [&hosts, &resolv] {
@@ -572,10 +603,11 @@ impl Cni {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// After an agent restart: `keep` are the instances adopted (their
-    /// networks are checked and their rules restored); every other network
+    /// After an agent restart: `keep` are the instances adopted, with the
+    /// pid of their running container when it runs (their networks are
+    /// held again, checked and their rules restored); every other network
     /// state left here is deleted.
-    pub async fn recover(&self, keep: &BTreeSet<InstanceId>) -> Result<(), NetError> {
+    pub async fn recover(&self, keep: &HashMap<InstanceId, Option<u32>>) -> Result<(), NetError> {
         let dir = &self.cfg.state_dir;
         let mut found = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(net_io(dir))?.flatten() {
@@ -585,7 +617,10 @@ impl Cni {
             }
         }
         for id in found {
-            let adopted = keep.contains(&id) && self.readopt(&id).await;
+            let adopted = match keep.get(&id) {
+                Some(pid) => self.readopt(&id, *pid).await,
+                None => false,
+            };
             if !adopted {
                 tracing::info!(instance = %id, "removing a network left behind");
                 // What cannot be removed now keeps its state file and is
@@ -599,9 +634,12 @@ impl Cni {
         Ok(())
     }
 
-    /// CHECK an adopted instance's network and restore its rules; `false`
-    /// when it has no usable network (it is then deleted).
-    async fn readopt(&self, id: &InstanceId) -> bool {
+    /// Hold an adopted instance's namespace again (its container's, or an
+    /// earlier berth's `/run/netns` mount, which is then taken off the
+    /// host's mount table), CHECK its network and restore its rules;
+    /// `false` when it has no usable network (it is then deleted, and a
+    /// container that restarts gets a new one).
+    async fn readopt(&self, id: &InstanceId, pid: Option<u32>) -> bool {
         let Some(state) = std::fs::read(self.state_file(id))
             .ok()
             .and_then(|b| serde_json::from_slice::<State>(&b).ok())
@@ -611,9 +649,33 @@ impl Cni {
         let Some(ip) = state.result.as_ref().and_then(result_ip) else {
             return false;
         };
-        let (netns, ..) = self.paths(id);
+        let mounted = Self::mounted_netns(id);
+        let ns = if mounted.exists() {
+            Namespace::open(&mounted)
+        } else if let Some(pid) = pid {
+            Namespace::of_process(pid)
+        } else {
+            return false;
+        };
+        let ns = match ns {
+            Ok(ns) => ns,
+            Err(e) => {
+                tracing::warn!(instance = %id, error = %e, "adopted instance's namespace not found");
+                return false;
+            }
+        };
+        let netns = ns.path().to_path_buf();
+        self.spaces().insert(id.clone(), ns);
+        if mounted.exists() {
+            if let Err(e) = run("ip", &["netns", "del", &id.to_string()]).await {
+                tracing::warn!(instance = %id, error = %e, "namespace mount not removed");
+            }
+        }
+        // The result names the namespace by the path it had at ADD; this
+        // process reaches the same namespace by another.
+        let result = state.result.as_ref().map(|r| in_sandbox(r, &netns));
         for plugin in state.plugins() {
-            let conf = self.conf(plugin, &state.spec, state.result.as_ref());
+            let conf = self.conf(plugin, &state.spec, result.as_ref());
             // portmap's CHECK also looks for the instance's chain in
             // ip6tables, where an IPv4-only instance never has one, so it
             // fails for every published instance; its ADD is idempotent
@@ -898,7 +960,7 @@ impl Cni {
             for (name, ip) in &named {
                 text.push_str(&format!("{ip}\t{name}\n"));
             }
-            write_in_place(&self.paths(id).1, &text)?;
+            write_in_place(&self.paths(id).0, &text)?;
         }
         Ok(())
     }
@@ -917,6 +979,20 @@ impl Cni {
 }
 
 /// The first IPv4 address of a CNI result.
+/// `result` with its interfaces inside a namespace (those with a
+/// `sandbox`) placed at `netns`.
+fn in_sandbox(result: &Value, netns: &Path) -> Value {
+    let mut r = result.clone();
+    if let Some(ifaces) = r.get_mut("interfaces").and_then(Value::as_array_mut) {
+        for i in ifaces {
+            if let Some(s) = i.get_mut("sandbox").filter(|s| s.is_string()) {
+                *s = json!(netns);
+            }
+        }
+    }
+    r
+}
+
 fn result_ip(result: &Value) -> Option<Ipv4Addr> {
     result["ips"].as_array()?.iter().find_map(|ip| {
         let a = ip["address"].as_str()?;
@@ -1115,6 +1191,22 @@ mod tests {
             Some(20001),
             "berth's rule publishes it"
         );
+    }
+
+    #[test]
+    fn an_adopted_result_names_the_namespace_where_it_is_held_now() {
+        let r = json!({
+            "interfaces": [
+                { "name": "bth0a4d0000", "mac": "aa" },
+                { "name": "veth1", "mac": "bb" },
+                { "name": "eth0", "mac": "cc", "sandbox": "/proc/1/fd/9" },
+            ],
+            "ips": [{ "address": "10.77.0.5/16", "interface": 2 }],
+        });
+        let moved = in_sandbox(&r, Path::new("/proc/2/fd/7"));
+        assert_eq!(moved["interfaces"][2]["sandbox"], "/proc/2/fd/7");
+        assert!(moved["interfaces"][0].get("sandbox").is_none());
+        assert_eq!(moved["ips"], r["ips"]);
     }
 
     #[test]

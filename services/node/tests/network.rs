@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use berth_schemas::commands::NodeWork;
+use berth_schemas::commands::{NodeRunSpec, NodeWork};
 use berth_schemas::ids::{DeployId, InstanceId, OwnerId, ServiceId, UserId};
 use berth_schemas::model::ServiceType;
 use serde_json::json;
@@ -85,6 +85,22 @@ async fn stop_all(w: &World, node: &berth_schemas::ids::NodeId, ids: &[(&Service
         })
         .await;
     }
+}
+
+/// The network namespace the processes of running instance `id` share.
+fn namespace_of_instance(id: &InstanceId) -> u64 {
+    let spaces: std::collections::BTreeSet<u64> = berth_tests::agent::processes_of(&[id])
+        .into_iter()
+        .filter_map(berth_tests::net::namespace_of)
+        .collect();
+    assert_eq!(spaces.len(), 1, "{id}: {spaces:?}");
+    spaces.into_iter().next().unwrap()
+}
+
+/// How many of `held` are open files of this process (the node runs in it).
+fn held_by_node(held: &[String]) -> usize {
+    let mine = format!("open file /proc/{}/fd/", std::process::id());
+    held.iter().filter(|h| h.starts_with(&mine)).count()
 }
 
 /// Leases (host-local's files named after addresses) still held.
@@ -249,6 +265,21 @@ async fn fixed_port_and_exposed_port_images_are_served_with_two_instances_on_one
     let (_, env) = exec(&w, &e.instance, &["/bin/busybox", "env"]);
     assert!(env.lines().any(|l| l == "PORT=8080"), "{env}");
 
+    // Each in a namespace of its own, held by its processes and the
+    // node's open file, never by a mount on the host's table.
+    let spaces: Vec<u64> = [&a.instance, &b.instance, &e.instance]
+        .into_iter()
+        .map(namespace_of_instance)
+        .collect();
+    let host = berth_tests::net::namespace_of(std::process::id()).unwrap();
+    assert!(!spaces.contains(&host), "{spaces:?}");
+    assert!(spaces[0] != spaces[1] && spaces[1] != spaces[2] && spaces[0] != spaces[2]);
+    for ns in &spaces {
+        let held = berth_tests::net::namespace_holders(*ns);
+        assert_eq!(held_by_node(&held), 1, "{held:?}");
+        assert!(!held.iter().any(|h| h.starts_with("mount")), "{held:?}");
+    }
+
     // Gone with their instances: rules, veths, namespaces, leases.
     let ids = [
         (&svc, &a.instance),
@@ -264,6 +295,13 @@ async fn fixed_port_and_exposed_port_images_are_served_with_two_instances_on_one
         "only the node's own chains are left while it runs"
     );
     assert!(leases(&w).is_empty(), "{:?}", leases(&w));
+    for ns in &spaces {
+        let held = berth_tests::net::namespace_holders(*ns);
+        assert!(
+            held.is_empty(),
+            "the namespace outlived its instance: {held:?}"
+        );
+    }
     node.stop().await;
     assert!(
         berth_tests::net::leftovers(&w.subnet.subnet, &names).is_empty(),
@@ -278,15 +316,13 @@ async fn fixed_port_and_exposed_port_images_are_served_with_two_instances_on_one
 #[tokio::test]
 async fn a_restarted_node_keeps_its_web_instances_reachable_on_their_addresses() {
     let w = World::start().await;
-    let node = start_node(&w, fast_checks()).await;
-    let owner = OwnerId::User(UserId::generate());
-    let (svc, dep) = service_of(&w, &owner, "kept", ServiceType::WebService, &w.digest).await;
-    let a = spec(&w, &svc, &dep, FIXED_10000, Some(10000));
-    run(&w, &node.id, &a).await;
-    let addr = healthy(&w, &svc, &[&a.instance]).await.remove(0);
-
+    let (node, svc, a, addr, ns) = one_web_instance(&w, "kept").await;
     node.stop().await;
     let node = start_node(&w, fast_checks()).await;
+    // The new process holds the running instance's namespace again (the
+    // old one's file went with it).
+    let held = berth_tests::net::namespace_holders(ns);
+    assert_eq!(held_by_node(&held), 1, "{held:?}");
     // Long enough for the new process to probe it several times.
     let until = Instant::now() + Duration::from_secs(4);
     while Instant::now() < until {
@@ -304,9 +340,71 @@ async fn a_restarted_node_keeps_its_web_instances_reachable_on_their_addresses()
         support::kinds(&events, &a.instance)
     );
 
-    stop_all(&w, &node.id, &[(&svc, &a.instance)]).await;
-    assert!(leases(&w).is_empty(), "{:?}", leases(&w));
+    stop_gone(&w, node, &svc, &a.instance, ns).await;
+}
+
+/// A node running one web instance (listening on 10000) of a new service
+/// `name`, healthy: the node, service, spec, published address and the
+/// instance's network namespace.
+async fn one_web_instance(
+    w: &World,
+    name: &str,
+) -> (support::Running, ServiceId, NodeRunSpec, String, u64) {
+    let node = start_node(w, fast_checks()).await;
+    let owner = OwnerId::User(UserId::generate());
+    let (svc, dep) = service_of(w, &owner, name, ServiceType::WebService, &w.digest).await;
+    let a = spec(w, &svc, &dep, FIXED_10000, Some(10000));
+    run(w, &node.id, &a).await;
+    let addr = healthy(w, &svc, &[&a.instance]).await.remove(0);
+    let ns = namespace_of_instance(&a.instance);
+    (node, svc, a, addr, ns)
+}
+
+/// Stops `instance` and the node: its lease and namespace are gone.
+async fn stop_gone(
+    w: &World,
+    node: support::Running,
+    svc: &ServiceId,
+    instance: &InstanceId,
+    ns: u64,
+) {
+    stop_all(w, &node.id, &[(svc, instance)]).await;
+    assert!(leases(w).is_empty(), "{:?}", leases(w));
+    let held = berth_tests::net::namespace_holders(ns);
+    assert!(
+        held.is_empty(),
+        "the namespace outlived its instance: {held:?}"
+    );
     node.stop().await;
+}
+
+/// An instance whose namespace an earlier berth pinned with `ip netns add`
+/// (a bind mount under `/run/netns`) is adopted by a restarted node: the
+/// node holds the namespace by file and the mount leaves the host's table.
+#[tokio::test]
+async fn a_namespace_mounted_by_an_earlier_node_is_held_by_file_and_unmounted_on_adoption() {
+    let w = World::start().await;
+    let (node, svc, a, addr, ns) = one_web_instance(&w, "older").await;
+    node.stop().await;
+    // What `ip netns add` would have left for this instance.
+    let pid = berth_tests::agent::processes_of(&[&a.instance])[0];
+    let mounted = std::path::Path::new("/run/netns").join(a.instance.as_str());
+    let out = std::process::Command::new("ip")
+        .args(["netns", "attach", a.instance.as_str(), &pid.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let held = berth_tests::net::namespace_holders(ns);
+    assert!(held.iter().any(|h| h.starts_with("mount")), "{held:?}");
+
+    let node = start_node(&w, fast_checks()).await;
+    assert!(!mounted.exists(), "the mount is removed");
+    let held = berth_tests::net::namespace_holders(ns);
+    assert_eq!(held_by_node(&held), 1, "{held:?}");
+    assert!(!held.iter().any(|h| h.starts_with("mount")), "{held:?}");
+    let (status, body) = http_get(&addr, "/hello.txt").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "hello\n"), "{addr}");
+    stop_gone(&w, node, &svc, &a.instance, ns).await;
 }
 
 #[tokio::test]
