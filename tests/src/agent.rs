@@ -116,7 +116,7 @@ impl Node {
             state_dir: net_dir.clone(),
         });
         subnet.net_dir = Some(net_dir);
-        let (agent, events) = start_agent(&cfg, &client, &subjects).await;
+        let (agent, events) = start_agent(&cfg, &client, &subjects, "runc").await;
         Node {
             nats,
             client,
@@ -220,13 +220,15 @@ impl Drop for Node {
     }
 }
 
+/// An agent for `cfg` running containers with the `runc` binary given.
 pub async fn start_agent(
     cfg: &AgentConfig,
     client: &async_nats::Client,
     subjects: &Subjects,
+    runc: impl Into<std::path::PathBuf>,
 ) -> (Agent, mpsc::UnboundedReceiver<AgentEvent>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let runc = Runc::new("runc", cfg.state_dir.join("runc"));
+    let runc = Runc::new(runc, cfg.state_dir.join("runc"));
     let agent = Agent::start(
         cfg.clone(),
         Arc::new(runc),

@@ -102,7 +102,7 @@ async fn restarted_agent_adopts_known_containers_and_removes_unknown_ones() {
     std::fs::remove_file(orphan_dir.join("instance.json")).unwrap();
 
     let mut sub = node.logs(&kept).await;
-    let (agent, mut events) = start_agent(&node.cfg, &node.client, &node.subjects).await;
+    let (agent, mut events) = start_agent(&node.cfg, &node.client, &node.subjects, "runc").await;
     let mut adopted = false;
     let mut cleaned = false;
     while let Ok(e) = events.try_recv() {

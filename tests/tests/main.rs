@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod agent_restart;
+mod agent_rootfs;
 mod agent_run;
 mod agent_sandbox;
 mod agent_stop;

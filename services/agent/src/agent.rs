@@ -218,6 +218,9 @@ pub(crate) struct Inner {
     pub sandbox: bundle::Sandbox,
     /// The node's instance network, when configured.
     pub net: Option<Cni>,
+    /// Whether runc mounts instance roots inside their containers (until
+    /// it refuses once: then on the host, see [`bundle::RootfsKind`]).
+    pub rootfs_inside: std::sync::atomic::AtomicBool,
     pub detach: CancellationToken,
     tracker: TaskTracker,
 }
@@ -316,6 +319,7 @@ impl Agent {
                 instances: Mutex::new(HashMap::new()),
                 sandbox,
                 net,
+                rootfs_inside: std::sync::atomic::AtomicBool::new(true),
                 detach: CancellationToken::new(),
                 tracker: TaskTracker::new(),
             }),

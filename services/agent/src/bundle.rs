@@ -323,7 +323,12 @@ pub fn runtime_spec(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RootfsKind {
-    /// overlayfs over the image tree.
+    /// overlayfs over the image tree, mounted by runc as the root of the
+    /// container's own mount namespace: nothing on the host's mount table
+    /// (each host mount makes every later container start dearer).
+    Inside,
+    /// overlayfs over the image tree, mounted on the host (where the
+    /// runtime refuses a mount at `/`).
     Overlay,
     /// A full copy (overlayfs unavailable).
     Copy,
@@ -378,9 +383,14 @@ pub fn is_mountpoint(path: &Path) -> bool {
     std::fs::metadata(parent).is_ok_and(|p| p.dev() != m.dev())
 }
 
-/// Create the instance's rootfs from `image` (overlay, else copy).
-/// Idempotent: an existing mount or copy is kept.
-pub fn prepare_rootfs(dir: &InstanceDir, image: &Path) -> Result<RootfsKind, BundleError> {
+/// Create the instance's rootfs from `image`: the overlay's directories
+/// for runc to mount inside the container (`inside`), else an overlay on
+/// the host, else a copy. Idempotent: an existing mount or copy is kept.
+pub fn prepare_rootfs(
+    dir: &InstanceDir,
+    image: &Path,
+    inside: bool,
+) -> Result<RootfsKind, BundleError> {
     let target = dir.rootfs();
     if is_mountpoint(&target) {
         return Ok(RootfsKind::Overlay);
@@ -392,12 +402,10 @@ pub fn prepare_rootfs(dir: &InstanceDir, image: &Path) -> Result<RootfsKind, Bun
     if dir.root.join("copied").exists() {
         return Ok(RootfsKind::Copy);
     }
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        image.display(),
-        upper.display(),
-        work.display()
-    );
+    if inside {
+        return Ok(RootfsKind::Inside);
+    }
+    let opts = overlay_options(dir, image);
     let mounted = nix::mount::mount(
         Some("overlay"),
         &target,
@@ -428,14 +436,41 @@ pub fn prepare_rootfs(dir: &InstanceDir, image: &Path) -> Result<RootfsKind, Bun
     }
 }
 
-/// Write `config.json` for `spec` into the instance's bundle.
+/// The overlay of `image` with the instance's upper and work dirs.
+fn overlay_options(dir: &InstanceDir, image: &Path) -> String {
+    format!(
+        "lowerdir={},upperdir={},workdir={}",
+        image.display(),
+        dir.root.join("upper").display(),
+        dir.root.join("work").display()
+    )
+}
+
+/// Write `config.json` for `spec` into the instance's bundle, its root
+/// made as `rootfs` says.
 pub fn write_bundle(
     dir: &InstanceDir,
     spec: &InstanceSpec,
     net: Option<&Attachment>,
     sandbox: &Sandbox,
+    rootfs: RootfsKind,
 ) -> Result<(), BundleError> {
-    let value = runtime_spec(spec, &dir.rootfs(), net, sandbox)?;
+    let value = if rootfs == RootfsKind::Inside {
+        // The host's rootfs dir stays empty: users resolve in the image,
+        // which is what the overlay shows before the app writes.
+        let mut v = runtime_spec(spec, &spec.image.rootfs, net, sandbox)?;
+        if let Some(mounts) = v["mounts"].as_array_mut() {
+            // First, so every other mount lands inside it.
+            let root = overlay_options(dir, &spec.image.rootfs);
+            mounts.insert(
+                0,
+                json!({"destination": "/", "type": "overlay", "source": "overlay", "options": [root]}),
+            );
+        }
+        v
+    } else {
+        runtime_spec(spec, &dir.rootfs(), net, sandbox)?
+    };
     let path = dir.bundle().join("config.json");
     let bytes = serde_json::to_vec_pretty(&value).map_err(|e| BundleError::Io {
         path: path.clone(),
@@ -491,6 +526,47 @@ mod tests {
             shutdown_delay: Duration::from_secs(30),
             network: None,
         }
+    }
+
+    #[test]
+    fn a_root_mounted_inside_is_the_first_mount_an_overlay_of_the_image() {
+        let state = tempfile::tempdir().unwrap();
+        let mut s = spec();
+        // Users resolve in the image (the rootfs dir on the host is empty).
+        let image = state.path().join("image");
+        std::fs::create_dir_all(image.join("etc")).unwrap();
+        std::fs::write(image.join("etc/passwd"), "app:x:7:8::/:/bin/sh\n").unwrap();
+        s.image.rootfs = image.clone();
+        s.image.config.user = Some("app".into());
+        let dir = InstanceDir::new(state.path(), &s.instance);
+        assert_eq!(
+            prepare_rootfs(&dir, &image, true).unwrap(),
+            RootfsKind::Inside
+        );
+        assert!(!is_mountpoint(&dir.rootfs()));
+        write_bundle(&dir, &s, None, &Sandbox::default(), RootfsKind::Inside).unwrap();
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(dir.bundle().join("config.json")).unwrap())
+                .unwrap();
+        let root = &v["mounts"][0];
+        assert_eq!(root["destination"], "/");
+        assert_eq!(root["type"], "overlay");
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            image.display(),
+            dir.root.join("upper").display(),
+            dir.root.join("work").display()
+        );
+        assert_eq!(root["options"], json!([opts]));
+        assert_eq!(v["mounts"][1]["destination"], "/proc");
+        assert_eq!(v["process"]["user"], json!({"uid": 7, "gid": 8}));
+        // A root made on the host: nothing mounted at `/` by runc.
+        s.image.config.user = Some("7:8".into());
+        write_bundle(&dir, &s, None, &Sandbox::default(), RootfsKind::Overlay).unwrap();
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(dir.bundle().join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(v["mounts"][0]["destination"], "/proc");
     }
 
     #[test]

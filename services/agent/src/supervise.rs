@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::path::Path;
 use std::pin::{pin, Pin};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{AgentEvent, Inner, Kind, Record, StopOutcome};
 use crate::bundle::{self, InstanceSpec};
-use crate::error::{agent_io, AgentError};
+use crate::error::{agent_io, AgentError, RuntimeError};
 use crate::logs::{self, LogSink, Stream};
 use crate::net::Attachment;
 use crate::process::{self, ExitStatus};
@@ -126,16 +127,56 @@ pub(crate) async fn launch(
     kind: Kind,
     restarts: u32,
 ) -> Result<Running, AgentError> {
+    let net = network(inner, spec).await?;
+    let inside = inner.rootfs_inside.load(Ordering::Relaxed);
+    match launch_with(inner, spec, kind, restarts, net.as_ref(), inside).await {
+        Err(AgentError::Runtime(RuntimeError::Failed { message, .. }))
+            if inside && root_mount_refused(&message) =>
+        {
+            if inner.rootfs_inside.swap(false, Ordering::Relaxed) {
+                tracing::warn!(%message, "runc did not mount an instance's root inside its container; instance roots are mounted on the host from now on");
+            }
+            if let Err(e) = inner.runtime.delete(spec.instance.as_str()).await {
+                tracing::debug!(instance = %spec.instance, error = %e, "runc delete after a refused root");
+            }
+            launch_with(inner, spec, kind, restarts, net.as_ref(), false).await
+        }
+        r => r,
+    }
+}
+
+/// Whether runc failed to mount an instance's root inside its container
+/// for a reason a mount on the host avoids: a runc that refuses a mount at
+/// `/`, or an overlay it cannot make there. A missing directory (the image
+/// removed meanwhile) is not one.
+fn root_mount_refused(message: &str) -> bool {
+    let m = message.replace('\\', "");
+    (m.contains("to rootfs at \"/\"") || m.contains("on the top of rootfs"))
+        && !m.contains("no such file or directory")
+}
+
+async fn launch_with(
+    inner: &Inner,
+    spec: &InstanceSpec,
+    kind: Kind,
+    restarts: u32,
+    net: Option<&Attachment>,
+    inside: bool,
+) -> Result<Running, AgentError> {
     let dir = inner.dir(&spec.instance);
     let id = spec.instance.to_string();
-    let net = network(inner, spec).await?;
-    let (d, s, sandbox) = (dir.clone(), spec.clone(), inner.sandbox.clone());
+    let (d, s, sandbox, net) = (
+        dir.clone(),
+        spec.clone(),
+        inner.sandbox.clone(),
+        net.cloned(),
+    );
     let rootfs = tokio::task::spawn_blocking(move || {
         bundle::private_dir(&d.root).map_err(agent_io(&d.root))?;
         let b = d.bundle();
         std::fs::create_dir_all(&b).map_err(agent_io(&b))?;
-        let k = bundle::prepare_rootfs(&d, &s.image.rootfs)?;
-        bundle::write_bundle(&d, &s, net.as_ref(), &sandbox)?;
+        let k = bundle::prepare_rootfs(&d, &s.image.rootfs, inside)?;
+        bundle::write_bundle(&d, &s, net.as_ref(), &sandbox, k)?;
         Ok::<_, AgentError>(k)
     })
     .await
@@ -407,5 +448,29 @@ pub(crate) async fn supervise(
             return end;
         }
         restarts += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::root_mount_refused;
+
+    #[test]
+    fn a_refused_root_mount_is_told_from_a_missing_image() {
+        // runc 1.2 and later, as logged (quotes escaped).
+        assert!(root_mount_refused(
+            r#"runc run failed: unable to start container process: error during container init: error mounting \"overlay\" to rootfs at \"/\": create mountpoint for / mount: mountpoint \"/x/rootfs\" is on the top of rootfs \"/x/rootfs\""#
+        ));
+        // No overlayfs there.
+        assert!(root_mount_refused(
+            r#"error mounting "overlay" to rootfs at "/": mount overlay:/ (via /proc/self/fd/6), data: lowerdir=/a: no such device"#
+        ));
+        // The image went away: a host mount would fail the same.
+        assert!(!root_mount_refused(
+            r#"error mounting "overlay" to rootfs at "/": mount overlay:/ (via /proc/self/fd/6), data: lowerdir=/a: no such file or directory"#
+        ));
+        assert!(!root_mount_refused(
+            r#"error mounting "proc" to rootfs at "/proc": permission denied"#
+        ));
     }
 }
