@@ -15,8 +15,8 @@
 //!    create → live, the time until all are live, and the CPU the burst
 //!    cost per service: the whole machine's (from `/proc/stat`, so with
 //!    whatever else runs), this process's (scheduler, nodes, resolver),
-//!    its exited children's (runc, the CNI plugins, iptables-restore,
-//!    `ip`), nats-server's and the registry's, and the containers' own
+//!    its exited children's (runc, the CNI plugins, iptables-restore),
+//!    nats-server's and the registry's, and the containers' own
 //!    cgroups (runc's init before it execs, tini, the program). With
 //!    `BENCH_PERF=1`, `perf record -a` samples the burst and the CPU per
 //!    service is broken down by command name.
@@ -234,6 +234,7 @@ async fn main() {
     stages(&w, &svc).await;
 
     // 2. a burst of services at once.
+    let mounts0 = host_mounts();
     let cpu0 = scheduler.cpu();
     let usage0 = Usage::now();
     let perf = std::env::var_os("BENCH_PERF").map(|_| Perf::start(&w.dir.path().join("perf.data")));
@@ -264,6 +265,10 @@ async fn main() {
     );
     let running: Vec<String> = nodes.iter().flat_map(|n| n.containers()).collect();
     println!("containers running: {}", running.len());
+    println!(
+        "host mounts: {mounts0} before the burst, {} after (each container start copies them)",
+        host_mounts()
+    );
     let per = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3 / services as f64);
     // Every container running is the burst's but the web service's one.
     let containers: Duration = running.iter().filter_map(|c| container_cpu(c)).sum();
@@ -554,4 +559,11 @@ impl SchedulerThread {
         let hz = 100; // USER_HZ on Linux
         Duration::from_millis(ticks * 1000 / hz)
     }
+}
+
+/// Entries of this process's mount table (the host's: the nodes run here).
+fn host_mounts() -> usize {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| m.lines().count())
+        .unwrap_or(0)
 }
