@@ -48,7 +48,11 @@ pub(crate) struct Cluster {
 struct Known {
     nodes: BTreeMap<NodeId, NodeState>,
     heard: BTreeMap<NodeId, DateTime<Utc>>,
+    /// Services with instances, as last loaded.
     usage: HashMap<ServiceId, Usage>,
+    /// Per node, the CPU and memory all of `usage` reserves there: kept as
+    /// services change, so a decision does not sum every service.
+    reserved: HashMap<NodeId, (u64, u64)>,
     /// Instances that left the log while their node was recorded lost
     /// (moved or released): if that node comes back still running them,
     /// they are stopped there.
@@ -105,7 +109,40 @@ impl Known {
         for (id, node) in gone {
             self.retired.insert(id, (service.clone(), node));
         }
-        self.usage.insert(service.clone(), usage);
+        if let Some(old) = self.usage.remove(service) {
+            self.reserve(&old, false);
+        }
+        if !usage.at.is_empty() {
+            self.reserve(&usage, true);
+            self.usage.insert(service.clone(), usage);
+        }
+    }
+
+    /// Adds (or takes back) what `usage` reserves on its nodes.
+    fn reserve(&mut self, usage: &Usage, add: bool) {
+        let (cpu, mem) = (u64::from(usage.cpu), u64::from(usage.mem));
+        for (_, n) in &usage.at {
+            let e = self.reserved.entry(n.clone()).or_default();
+            *e = if add {
+                (e.0 + cpu, e.1 + mem)
+            } else {
+                (e.0.saturating_sub(cpu), e.1.saturating_sub(mem))
+            };
+        }
+    }
+
+    /// What the instances of every service but `service` reserve on
+    /// `node`: CPU millis, memory MiB.
+    fn reserved_by_others(&self, node: &NodeId, service: &ServiceId) -> (u32, u32) {
+        let (mut cpu, mut mem) = self.reserved.get(node).copied().unwrap_or_default();
+        if let Some(own) = self.usage.get(service) {
+            for _ in own.at.iter().filter(|(_, n)| n == node) {
+                cpu = cpu.saturating_sub(u64::from(own.cpu));
+                mem = mem.saturating_sub(u64::from(own.mem));
+            }
+        }
+        let clamp = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        (clamp(cpu), clamp(mem))
     }
 
     /// See [`Cluster::orphans`].
@@ -266,23 +303,12 @@ impl Cluster {
     /// not counted as reserved: the decision sees them itself).
     pub(crate) fn view(&self, service: &ServiceId) -> ClusterView {
         let k = self.lock();
-        let mut used: BTreeMap<&NodeId, (u32, u32)> = BTreeMap::new();
-        for (svc, usage) in &k.usage {
-            if svc == service {
-                continue;
-            }
-            for (_, n) in &usage.at {
-                let e = used.entry(n).or_default();
-                e.0 = e.0.saturating_add(usage.cpu);
-                e.1 = e.1.saturating_add(usage.mem);
-            }
-        }
         let nodes = k
             .nodes
             .iter()
             .filter_map(|(id, s)| {
                 let cap = s.registered.as_ref()?;
-                let (used_cpu, used_mem) = used.get(id).copied().unwrap_or_default();
+                let (used_cpu, used_mem) = k.reserved_by_others(id, service);
                 Some(NodeCapacity {
                     id: id.clone(),
                     cpu_millis: cap.cpu_millis,
@@ -409,6 +435,50 @@ mod tests {
         k.record_service(&svc, at(&i, &n), |_| true, t0);
         k.record_service(&svc, Usage::default(), |_| false, t0);
         assert!(k.orphans(&n, &[i]).is_empty());
+    }
+
+    #[test]
+    fn reservations_kept_as_services_change_equal_a_sum_over_every_service() {
+        let nodes: Vec<NodeId> = (0..3).map(|_| NodeId::generate()).collect();
+        let services: Vec<ServiceId> = (0..5).map(|_| ServiceId::generate()).collect();
+        let t0 = Utc::now();
+        let mut k = Known::default();
+        // The last usage recorded per service: (cpu, mem, nodes).
+        let mut model: HashMap<ServiceId, (u32, u32, Vec<NodeId>)> = HashMap::new();
+        // Services gain, move and lose instances, change plans, go away.
+        for step in 0u32..60 {
+            let svc = &services[(step * 7 % 5) as usize];
+            let count = (step * 3 % 4) as usize;
+            let usage = Usage {
+                cpu: 100 * (step % 3 + 1),
+                mem: 64 * (step % 5 + 1),
+                at: (0..count)
+                    .map(|i| {
+                        let n = &nodes[(step as usize + i) % nodes.len()];
+                        (InstanceId::generate(), n.clone())
+                    })
+                    .collect(),
+            };
+            let on = usage.at.iter().map(|(_, n)| n.clone()).collect();
+            model.insert(svc.clone(), (usage.cpu, usage.mem, on));
+            k.record_service(svc, usage, |_| true, t0);
+            for n in &nodes {
+                for s in &services {
+                    let mut want = (0u32, 0u32);
+                    for (other, (cpu, mem, on)) in &model {
+                        if other == s {
+                            continue;
+                        }
+                        for _ in on.iter().filter(|at| *at == n) {
+                            want = (want.0 + cpu, want.1 + mem);
+                        }
+                    }
+                    assert_eq!(k.reserved_by_others(n, s), want, "step {step}");
+                }
+            }
+        }
+        // Services without instances are not kept.
+        assert!(k.usage.values().all(|u| !u.at.is_empty()));
     }
 
     #[test]
