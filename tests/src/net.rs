@@ -216,7 +216,8 @@ pub fn namespace_of(pid: u32) -> Option<u64> {
 /// What keeps network namespace `inode` alive: processes in it, open
 /// files of any process (compared by inode on the namespace filesystem,
 /// whatever path they were opened by), mounts of this process's mount
-/// table. Empty once the namespace is gone.
+/// table. Meant for a namespace known to be alive: a freed namespace's
+/// inode number is soon given to a new one.
 pub fn namespace_holders(inode: u64) -> Vec<String> {
     use std::os::unix::fs::MetadataExt;
     let nsfs = std::fs::metadata("/proc/self/ns/net")

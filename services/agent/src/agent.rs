@@ -796,8 +796,13 @@ impl Agent {
                 }
             }
             let instance = rec.spec.instance.clone();
-            let task =
-                self.spawn_supervisor(rec.spec, rec.kind, running, rec.restarts, stop, restart);
+            // A recorded instance had started: starting it again now is a
+            // restart, reported as one.
+            let restarts = match running {
+                Some(_) => rec.restarts,
+                None => rec.restarts.saturating_add(1),
+            };
+            let task = self.spawn_supervisor(rec.spec, rec.kind, running, restarts, stop, restart);
             if let Some(s) = inner.table().get_mut(&instance) {
                 s.task = Some(task);
             }

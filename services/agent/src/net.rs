@@ -384,14 +384,7 @@ impl Cni {
 
     async fn try_attach(&self, id: &InstanceId, mut state: State) -> Result<Attachment, NetError> {
         let (hosts, resolv) = self.paths(id);
-        let ns = tokio::task::spawn_blocking(Namespace::create)
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r)
-            .map_err(|source| NetError::Io {
-                path: PathBuf::from("/proc/thread-self/ns/net"),
-                source,
-            })?;
+        let ns = new_namespace().await?;
         let netns = ns.path().to_path_buf();
         self.spaces().insert(id.clone(), ns);
         let mut prev: Option<Value> = None;
@@ -655,7 +648,7 @@ impl Cni {
         } else if let Some(pid) = pid {
             Namespace::of_process(pid)
         } else {
-            return false;
+            return self.reattach(id, state, ip).await;
         };
         let ns = match ns {
             Ok(ns) => ns,
@@ -687,13 +680,70 @@ impl Cni {
                 return false;
             }
         }
-        match self.join(id, &state, ip).await {
+        self.rejoin(id, &state, ip).await
+    }
+
+    /// [`Cni::join`] for an adopted instance; `false` when its rules could
+    /// not be restored.
+    async fn rejoin(&self, id: &InstanceId, state: &State, ip: Ipv4Addr) -> bool {
+        match self.join(id, state, ip).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(instance = %id, error = %e, "adopted instance's rules not restored");
                 false
             }
         }
+    }
+
+    /// An adopted instance whose container is not running (it crashed
+    /// while no agent ran): its namespace went with the processes that
+    /// held it. A new one gets the same address — its lease is still
+    /// held, so the `static` IPAM hands it over — and the node's record of
+    /// the instance (its health check's address) stays true when it
+    /// restarts. `false` when that cannot be done (it is then deleted).
+    async fn reattach(&self, id: &InstanceId, mut state: State, ip: Ipv4Addr) -> bool {
+        let gateway = state
+            .result
+            .as_ref()
+            .and_then(|r| r["ips"][0]["gateway"].as_str().map(str::to_owned));
+        if state.plugins() != CHAIN || gateway.is_none() {
+            return false;
+        }
+        let ns = match new_namespace().await {
+            Ok(ns) => ns,
+            Err(e) => {
+                tracing::warn!(instance = %id, error = %e, "no namespace for an adopted instance");
+                return false;
+            }
+        };
+        let netns = ns.path().to_path_buf();
+        self.spaces().insert(id.clone(), ns);
+        let mut conf = self.conf("bridge", &state.spec, None);
+        conf["ipam"] = json!({
+            "type": "static",
+            "addresses": [{
+                "address": format!("{ip}/{}", self.cfg.subnet.prefix),
+                "gateway": gateway,
+            }],
+            "routes": [{ "dst": "0.0.0.0/0" }],
+        });
+        let result = match self.plugin("bridge", "ADD", id, &netns, &conf).await {
+            Ok(Some(r)) if result_ip(&r) == Some(ip) => r,
+            Ok(r) => {
+                tracing::warn!(instance = %id, result = ?r, "adopted instance not given its address again");
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(instance = %id, error = %e, "adopted instance not attached again");
+                return false;
+            }
+        };
+        state.result = Some(result);
+        if let Err(e) = self.save(id, &state) {
+            tracing::warn!(instance = %id, error = %e, "adopted instance's network state not saved");
+            return false;
+        }
+        self.rejoin(id, &state, ip).await
     }
 
     /// Remove berth's chains and the bridge when no instance is attached
@@ -991,6 +1041,18 @@ fn in_sandbox(result: &Value, netns: &Path) -> Value {
         }
     }
     r
+}
+
+/// A new network namespace, made off the async threads.
+async fn new_namespace() -> Result<Namespace, NetError> {
+    tokio::task::spawn_blocking(Namespace::create)
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|source| NetError::Io {
+            path: PathBuf::from("/proc/thread-self/ns/net"),
+            source,
+        })
 }
 
 fn result_ip(result: &Value) -> Option<Ipv4Addr> {

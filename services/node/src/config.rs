@@ -37,7 +37,8 @@ pub struct NodeArgs {
     pub node_runc: PathBuf,
 
     /// The directory holding the CNI plugins instance networks are built
-    /// with (bridge, host-local, portmap, firewall, loopback).
+    /// with (bridge, host-local, static; portmap and firewall for
+    /// instances attached by an earlier berth).
     #[arg(long, env = "BERTH_NODE_CNI_PATH", default_value = "/usr/lib/cni")]
     pub node_cni_path: PathBuf,
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::config::NodeOptions;
 
 /// The CNI plugins an instance network is built from.
-pub const CNI_PLUGINS: [&str; 5] = ["bridge", "host-local", "portmap", "firewall", "loopback"];
+pub const CNI_PLUGINS: [&str; 5] = ["bridge", "host-local", "portmap", "firewall", "static"];
 
 /// Tools the CNI plugins and the node call by name (so they must be on
 /// PATH): `iptables` for port mappings and firewall rules, `ip` for links.

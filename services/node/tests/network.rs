@@ -97,10 +97,29 @@ fn namespace_of_instance(id: &InstanceId) -> u64 {
     spaces.into_iter().next().unwrap()
 }
 
-/// How many of `held` are open files of this process (the node runs in it).
+/// The open files of this process (the node runs in it) among `held`.
+fn node_files(held: &[String]) -> Vec<String> {
+    let mine = format!("/proc/{}/fd/", std::process::id());
+    held.iter()
+        .filter_map(|h| h.strip_prefix("open file "))
+        .filter(|f| f.starts_with(&mine))
+        .map(str::to_owned)
+        .collect()
+}
+
 fn held_by_node(held: &[String]) -> usize {
-    let mine = format!("open file /proc/{}/fd/", std::process::id());
-    held.iter().filter(|h| h.starts_with(&mine)).count()
+    node_files(held).len()
+}
+
+/// Whether none of `files` (the node's, once on namespace `ns`) is open on
+/// it any more. The files themselves are looked at, not every holder of
+/// `ns`: a freed namespace's inode number is soon another's (a test's
+/// running beside this one).
+fn closed(files: &[String], ns: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    files
+        .iter()
+        .all(|f| std::fs::metadata(f).map_or(true, |m| m.ino() != ns))
 }
 
 /// Leases (host-local's files named after addresses) still held.
@@ -274,10 +293,12 @@ async fn fixed_port_and_exposed_port_images_are_served_with_two_instances_on_one
     let host = berth_tests::net::namespace_of(std::process::id()).unwrap();
     assert!(!spaces.contains(&host), "{spaces:?}");
     assert!(spaces[0] != spaces[1] && spaces[1] != spaces[2] && spaces[0] != spaces[2]);
+    let mut files = Vec::new();
     for ns in &spaces {
         let held = berth_tests::net::namespace_holders(*ns);
         assert_eq!(held_by_node(&held), 1, "{held:?}");
         assert!(!held.iter().any(|h| h.starts_with("mount")), "{held:?}");
+        files.push(node_files(&held));
     }
 
     // Gone with their instances: rules, veths, namespaces, leases.
@@ -295,12 +316,8 @@ async fn fixed_port_and_exposed_port_images_are_served_with_two_instances_on_one
         "only the node's own chains are left while it runs"
     );
     assert!(leases(&w).is_empty(), "{:?}", leases(&w));
-    for ns in &spaces {
-        let held = berth_tests::net::namespace_holders(*ns);
-        assert!(
-            held.is_empty(),
-            "the namespace outlived its instance: {held:?}"
-        );
+    for (ns, files) in spaces.iter().zip(&files) {
+        assert!(closed(files, *ns), "the node still holds {files:?}");
     }
     node.stop().await;
     assert!(
@@ -368,14 +385,78 @@ async fn stop_gone(
     instance: &InstanceId,
     ns: u64,
 ) {
+    let files = node_files(&berth_tests::net::namespace_holders(ns));
+    assert_eq!(files.len(), 1, "{files:?}");
     stop_all(w, &node.id, &[(svc, instance)]).await;
     assert!(leases(w).is_empty(), "{:?}", leases(w));
-    let held = berth_tests::net::namespace_holders(ns);
-    assert!(
-        held.is_empty(),
-        "the namespace outlived its instance: {held:?}"
-    );
+    assert!(closed(&files, ns), "the node still holds {files:?}");
     node.stop().await;
+}
+
+/// A node restarted while one of its instances is down (its container
+/// died with no node running): the instance is started again with the
+/// address it had, in a new namespace, as a restart, and the node's record
+/// of it (its health check's address) stays true.
+#[tokio::test]
+async fn an_instance_that_died_while_its_node_was_down_restarts_with_its_address() {
+    let w = World::start().await;
+    let (node, svc, a, addr, _) = one_web_instance(&w, "downed").await;
+    let ip = own_address(&w, &a.instance);
+    node.stop().await;
+    let killed = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(w.runc_root())
+        .args(["kill", a.instance.as_str(), "KILL"])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // Dead (left unreaped: the node is their reaper).
+    let until = Instant::now() + Duration::from_secs(10);
+    while !berth_tests::agent::processes_of(&[&a.instance])
+        .into_iter()
+        .all(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).map_or(true, |st| {
+                st.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
+        })
+    {
+        assert!(Instant::now() < until, "the container did not die");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let node = start_node(&w, fast_checks()).await;
+    w.wait_events(&svc, Duration::from_secs(60), |ev| {
+        count_of(ev, &a.instance, "server_restarted") == 1
+    })
+    .await;
+    assert_eq!(own_address(&w, &a.instance), ip);
+    // Probed where the node recorded it, several times: never unhealthy.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let events = w.events_after(&svc, Duration::ZERO).await;
+    assert_eq!(
+        count_of(&events, &a.instance, "instance_unhealthy"),
+        0,
+        "{:?}",
+        support::kinds(&events, &a.instance)
+    );
+    let (status, body) = http_get(&addr, "/hello.txt").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "hello\n"), "{addr}");
+    let ns = namespace_of_instance(&a.instance);
+    stop_gone(&w, node, &svc, &a.instance, ns).await;
+}
+
+/// The address instance `id` has on the node's bridge (its hosts file
+/// names it).
+fn own_address(w: &World, id: &InstanceId) -> String {
+    let (code, hosts) = exec(w, id, &["/bin/busybox", "cat", "/etc/hosts"]);
+    assert_eq!(code, 0, "{hosts}");
+    hosts
+        .lines()
+        .find_map(|l| l.strip_suffix(&format!("\t{id}")))
+        .unwrap_or_else(|| panic!("{id} not in its hosts file: {hosts}"))
+        .to_owned()
 }
 
 /// An instance whose namespace an earlier berth pinned with `ip netns add`

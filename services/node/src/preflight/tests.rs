@@ -88,7 +88,7 @@ fn each_missing_piece_is_named() {
         ),
         (
             Probe {
-                cni_plugins: set(&["bridge", "host-local", "loopback"]),
+                cni_plugins: set(&["bridge", "host-local", "static"]),
                 ..able()
             },
             "the CNI plugins portmap and firewall in /usr/lib/cni (BERTH_NODE_CNI_PATH)",
@@ -98,7 +98,7 @@ fn each_missing_piece_is_named() {
                 cni_plugins: set(&["bridge", "host-local", "portmap", "firewall"]),
                 ..able()
             },
-            "the CNI plugin loopback in /usr/lib/cni",
+            "the CNI plugin static in /usr/lib/cni",
         ),
         (
             Probe {
