@@ -169,6 +169,11 @@ impl Health {
                     t.up.insert(instance.clone(), None);
                 } else {
                     t.up.remove(instance);
+                    if matches!(e, AgentEvent::Exited { .. }) {
+                        // Under the table's lock: a probe started now
+                        // reads the state after this.
+                        self.exited_unprobed(instance);
+                    }
                 }
             }
             AgentEvent::Stopped { instance, .. } => {
@@ -214,6 +219,20 @@ impl Health {
             check,
         };
         tokio::spawn(run.run(stop));
+    }
+
+    /// `instance`'s process ended before its probe began (it died while
+    /// the node was down, and the agent starts it again): the healthy the
+    /// log last recorded no longer holds, so the probe about to begin
+    /// reports it healthy anew, as after any exit.
+    fn exited_unprobed(&self, instance: &InstanceId) {
+        let r = self.load(instance);
+        if r.healthy == Some(true) {
+            let r = Reported { healthy: None, ..r };
+            if let Err(e) = self.save(instance, r) {
+                tracing::warn!(instance.id = %instance, error = %e, "health state not saved");
+            }
+        }
     }
 
     /// How often `instance`'s process has ended while probed.
@@ -276,7 +295,9 @@ impl Probe {
         // towards its restart.
         let mut live = reported.healthy.is_some();
         let mut failing_since: Option<Instant> = None;
-        let mut exits = self.health.exits(&self.instance);
+        // Counted from the monitor's creation: an exit between `watch` and
+        // this task's first step is still one.
+        let mut exits = 0;
         let mut starting = Backoff::new(opts.starting_interval);
         loop {
             // Its process ended and was started again: the log has it

@@ -12,7 +12,7 @@ use berth_schemas::model::ServiceType;
 use berth_schemas::Event;
 
 use crate::support::{
-    addr_of, count_of, fast_checks, http_get, kinds, of, run, service, spec, start_node,
+    self, addr_of, count_of, fast_checks, http_get, kinds, of, run, service, spec, start_node,
 };
 use berth_tests::node::World;
 
@@ -283,28 +283,8 @@ async fn a_crashed_instance_is_reported_healthy_again_after_its_restart() {
     })
     .await;
     // The whole container dies (its init killed), as in a crash.
-    let killed = std::process::Command::new("runc")
-        .arg("--root")
-        .arg(w.runc_root())
-        .args(["kill", s.instance.as_str(), "KILL"])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let events = w
-        .wait_events(&svc, Duration::from_secs(60), |ev| {
-            count_of(ev, &s.instance, "instance_healthy") == 2
-        })
-        .await;
-    assert_eq!(
-        kinds(&events, &s.instance),
-        vec![
-            "instance_started",
-            "instance_healthy",
-            "instance_exited",
-            "server_restarted",
-            "instance_healthy"
-        ]
-    );
+    support::kill_container(&w, &s.instance);
+    support::healthy_again(&w, &svc, &s.instance).await;
     node.stop().await;
 }
 

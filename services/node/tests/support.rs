@@ -241,3 +241,34 @@ pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
         .unwrap_or_default();
     Ok((status, body))
 }
+
+/// Kills the whole container of `instance` (its init), as in a crash.
+pub fn kill_container(w: &World, instance: &InstanceId) {
+    let killed = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(w.runc_root())
+        .args(["kill", instance.as_str(), "KILL"])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+}
+
+/// Waits until `instance` of `service`, which crashed once, is healthy
+/// again: the log has it exited, restarted, then healthy anew.
+pub async fn healthy_again(w: &World, service: &ServiceId, instance: &InstanceId) {
+    let events = w
+        .wait_events(service, Duration::from_secs(60), |ev| {
+            count_of(ev, instance, "instance_healthy") == 2
+        })
+        .await;
+    assert_eq!(
+        kinds(&events, instance),
+        vec![
+            "instance_started",
+            "instance_healthy",
+            "instance_exited",
+            "server_restarted",
+            "instance_healthy"
+        ]
+    );
+}
