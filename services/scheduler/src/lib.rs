@@ -225,7 +225,18 @@ impl Scheduler {
             .subscribe(subjects.heartbeat())
             .await
             .map_err(SchedulerError::nats)?;
-        inner.cluster.refresh_nodes().await?;
+        // The log may be unavailable for a while as this copy starts (a
+        // NATS node restarting, a partition healing): wait for it rather
+        // than stop, as a pass waits for it.
+        let mut wait = Duration::from_millis(200);
+        while let Err(e) = inner.cluster.refresh_nodes().await {
+            tracing::warn!(error = %e, retry_ms = wait.as_millis() as u64, "nodes not loaded; trying again");
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
         let cfg = WorkerConfig {
             description: Some("berth scheduler: every service commit drives its service".into()),
             ack_wait: self.opts.ack_wait,
@@ -240,11 +251,19 @@ impl Scheduler {
                 DeliverPolicy::New,
             )
         };
-        let worker = self
-            .store
-            .worker(cfg)
-            .await
-            .map_err(SchedulerError::store)?;
+        let worker = loop {
+            match self.store.worker(cfg.clone()).await {
+                Ok(w) => break w,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_ms = wait.as_millis() as u64, "consumer not created; trying again");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
         sweep(&inner).await;
         if let Some(r) = &ready {
             r.set(true);
