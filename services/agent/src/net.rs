@@ -650,15 +650,9 @@ impl Cni {
         } else {
             return self.reattach(id, state, ip).await;
         };
-        let ns = match ns {
-            Ok(ns) => ns,
-            Err(e) => {
-                tracing::warn!(instance = %id, error = %e, "adopted instance's namespace not found");
-                return false;
-            }
+        let Some(netns) = self.hold(id, ns.map_err(|e| e.to_string())) else {
+            return false;
         };
-        let netns = ns.path().to_path_buf();
-        self.spaces().insert(id.clone(), ns);
         if mounted.exists() {
             if let Err(e) = run("ip", &["netns", "del", &id.to_string()]).await {
                 tracing::warn!(instance = %id, error = %e, "namespace mount not removed");
@@ -681,6 +675,22 @@ impl Cni {
             }
         }
         self.rejoin(id, &state, ip).await
+    }
+
+    /// Holds `ns` as an adopted instance's namespace; its path, or `None`
+    /// (logged) when there is none.
+    fn hold(&self, id: &InstanceId, ns: Result<Namespace, String>) -> Option<PathBuf> {
+        match ns {
+            Ok(ns) => {
+                let path = ns.path().to_path_buf();
+                self.spaces().insert(id.clone(), ns);
+                Some(path)
+            }
+            Err(e) => {
+                tracing::warn!(instance = %id, error = %e, "no namespace for an adopted instance");
+                None
+            }
+        }
     }
 
     /// [`Cni::join`] for an adopted instance; `false` when its rules could
@@ -709,15 +719,9 @@ impl Cni {
         if state.plugins() != CHAIN || gateway.is_none() {
             return false;
         }
-        let ns = match new_namespace().await {
-            Ok(ns) => ns,
-            Err(e) => {
-                tracing::warn!(instance = %id, error = %e, "no namespace for an adopted instance");
-                return false;
-            }
+        let Some(netns) = self.hold(id, new_namespace().await.map_err(|e| e.to_string())) else {
+            return false;
         };
-        let netns = ns.path().to_path_buf();
-        self.spaces().insert(id.clone(), ns);
         let mut conf = self.conf("bridge", &state.spec, None);
         conf["ipam"] = json!({
             "type": "static",

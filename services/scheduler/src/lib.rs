@@ -228,14 +228,14 @@ impl Scheduler {
         // The log may be unavailable for a while as this copy starts (a
         // NATS node restarting, a partition healing): wait for it rather
         // than stop, as a pass waits for it.
-        let mut wait = Duration::from_millis(200);
+        let mut wait = StartWait::default();
         while let Err(e) = inner.cluster.refresh_nodes().await {
-            tracing::warn!(error = %e, retry_ms = wait.as_millis() as u64, "nodes not loaded; trying again");
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(wait) => {}
+            if !wait
+                .after(e.to_string(), "nodes not loaded", &shutdown)
+                .await
+            {
+                return Ok(());
             }
-            wait = (wait * 2).min(Duration::from_secs(5));
         }
         let cfg = WorkerConfig {
             description: Some("berth scheduler: every service commit drives its service".into()),
@@ -255,12 +255,12 @@ impl Scheduler {
             match self.store.worker(cfg.clone()).await {
                 Ok(w) => break w,
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_ms = wait.as_millis() as u64, "consumer not created; trying again");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(wait) => {}
+                    if !wait
+                        .after(e.to_string(), "consumer not created", &shutdown)
+                        .await
+                    {
+                        return Ok(());
                     }
-                    wait = (wait * 2).min(Duration::from_secs(5));
                 }
             }
         };
@@ -284,6 +284,29 @@ impl Scheduler {
         }
         tracing::info!("scheduler stopped");
         Ok(())
+    }
+}
+
+/// Waiting at start for the log (200 ms doubling to 5 s).
+struct StartWait(Duration);
+
+impl Default for StartWait {
+    fn default() -> Self {
+        Self(Duration::from_millis(200))
+    }
+}
+
+impl StartWait {
+    /// Logs what failed, then waits; `false` when the scheduler stops
+    /// meanwhile.
+    async fn after(&mut self, error: String, what: &str, shutdown: &CancellationToken) -> bool {
+        tracing::warn!(%error, retry_ms = self.0.as_millis() as u64, "{what}; trying again");
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(self.0) => {}
+        }
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        true
     }
 }
 
