@@ -107,10 +107,12 @@ impl AppState {
                 ..ProjectionOptions::default()
             },
         );
+        // A log that cannot answer yet is waited for.
         runner
-            .catch_up()
+            .catch_up_at_start(&shutdown)
             .await
-            .map_err(|e| IngressError::Store(e.to_string()))?;
+            .map_err(|e| IngressError::Store(e.to_string()))?
+            .ok_or_else(|| IngressError::Store("stopped before the log was read".to_owned()))?;
         let index = runner.state();
         let applied = runner.applied();
         // The history is read: from here on the dashboard's feed keeps the

@@ -46,6 +46,13 @@ pub enum BootstrapError {
     Ingress(#[from] IngressError),
 }
 
+/// The log not answering yet is worth waiting for; nothing else is.
+impl berth_eventlog::start::Retryable for BootstrapError {
+    fn is_retryable(&self) -> bool {
+        matches!(self, BootstrapError::Ingress(IngressError::Store(_)))
+    }
+}
+
 /// The credentials file, when an earlier start wrote it.
 /// The credentials file when it exists, its `apiUrl` brought up to
 /// `api_url` first (the API may have moved since it was written; the CLI

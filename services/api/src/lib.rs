@@ -43,6 +43,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit};
 use axum::response::IntoResponse;
 use axum::Router;
 use berth_eventlog::logs::LogLimits;
+use berth_eventlog::start::until_available;
 use berth_eventlog::EventStore;
 use berth_ingress::{IngressError, IngressOptions};
 use berth_runtime::{BoxError, Component, ComponentContext, SecretKey};
@@ -326,26 +327,45 @@ impl Api {
         ready: Option<berth_runtime::ReadyFlag>,
     ) -> Result<(), ApiStartError> {
         let logs = self.args.log_limits();
-        self.store.provision_logs(&logs).await?;
+        // The streams and the read model wait for a log that cannot answer
+        // yet (a NATS node restarting, no quorum) rather than stop.
+        let provisioned = until_available(&shutdown, "logs stream not provisioned", || {
+            self.store.provision_logs(&logs)
+        });
+        if provisioned.await?.is_none() {
+            return Ok(());
+        }
         tracing::info!(
             max_age_hours = self.args.api_logs_max_age_hours,
             lines_per_service = logs.lines_per_service(),
             max_mib = self.args.api_logs_max_mib,
             "instance logs kept"
         );
-        let state = AppState::start(
+        let state = match AppState::start(
             self.store.clone(),
             self.key.clone(),
             self.args.ingress_options(),
             shutdown.clone(),
             &tracker,
         )
-        .await?
+        .await
+        {
+            Ok(state) => state,
+            Err(_) if shutdown.is_cancelled() => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
         .with_failure_limits(self.args.failure_limits())
         .with_links(self.args.links());
-        metrics::ensure_stream(&self.store, self.args.api_metrics_max_bytes)
+        let metrics = until_available(&shutdown, "metrics stream not provisioned", || {
+            metrics::ensure_stream(&self.store, self.args.api_metrics_max_bytes)
+        });
+        if metrics
             .await
-            .map_err(|e| ApiStartError::Bus(e.to_string()))?;
+            .map_err(|e| ApiStartError::Bus(e.to_string()))?
+            .is_none()
+        {
+            return Ok(());
+        }
         let ingress = state.ingress.clone();
         let bus = bus::subscribe(&ingress)
             .await

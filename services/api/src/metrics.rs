@@ -35,7 +35,10 @@ fn err(e: impl std::fmt::Display) -> MetricsError {
 
 /// Creates the metrics stream, or brings an existing one to `max_bytes`
 /// (same replicas as the event log; oldest samples dropped first).
-pub async fn ensure_stream(store: &EventStore, max_bytes: i64) -> Result<(), MetricsError> {
+pub async fn ensure_stream(
+    store: &EventStore,
+    max_bytes: i64,
+) -> Result<(), berth_eventlog::StoreError> {
     let subjects = store.subjects();
     store
         .provision_stream(stream::Config {
@@ -55,7 +58,6 @@ pub async fn ensure_stream(store: &EventStore, max_bytes: i64) -> Result<(), Met
             ..Default::default()
         })
         .await
-        .map_err(err)
 }
 
 /// The samples on `subject` (a filter) from `start`, oldest first, up to

@@ -5,9 +5,11 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use berth_eventlog::start::until_available;
 use berth_eventlog::{EventStore, StoreConfig};
 use berth_runtime::secrets::SecretKey;
 use berth_runtime::{AddressPolicy, Component, Config};
+use tokio_util::sync::CancellationToken;
 
 use crate::projector::Projector;
 
@@ -95,20 +97,26 @@ impl Options {
 const PERSIST_EVERY_EVENTS: u64 = 512;
 
 impl ComponentDeps {
-    /// Opens (and provisions, idempotently) the event store.
+    /// Opens (and provisions, idempotently) the event store, waiting while
+    /// the server cannot answer yet (a node restarting, no quorum); `None`
+    /// when `shutdown` comes first.
     pub async fn open(
         client: async_nats::Client,
         config: &Config,
         secret_key: Option<SecretKey>,
         options: Options,
-    ) -> anyhow::Result<Self> {
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<Self>> {
         let store_config = StoreConfig {
             replicas: config.replicas,
             ..StoreConfig::default()
         };
-        let store = EventStore::open(client, config.subjects.clone(), store_config)
+        let Some(store) = open_store(client, config, store_config, shutdown)
             .await
-            .context("opening the event store")?;
+            .context("opening the event store")?
+        else {
+            return Ok(None);
+        };
         // Services and owners grow long histories (every deploy, every
         // name): their folds are kept across restarts.
         store.persist_states::<berth_domain::service::ServiceState>(
@@ -119,34 +127,53 @@ impl ComponentDeps {
             berth_domain::owner::STATE_SNAPSHOT,
             PERSIST_EVERY_EVENTS,
         );
-        Ok(Self {
+        Ok(Some(Self {
             store: Arc::new(store),
             node_store: None,
             node_id: None,
             secret_key: secret_key.map(Arc::new),
             options,
-        })
+        }))
     }
 
     /// Opens the node's store on its own client (the streams exist: the
     /// control plane's store provisioned them, and a node may not).
+    /// `false` when `shutdown` comes first.
     pub async fn open_node_store(
         &mut self,
         client: async_nats::Client,
         config: &Config,
-    ) -> anyhow::Result<()> {
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<bool> {
         let store_config = StoreConfig {
             replicas: config.replicas,
             // A node may create no consumer on the log but its own.
             stream_long_reads: false,
             ..StoreConfig::default()
         };
-        let store = EventStore::open(client, config.subjects.clone(), store_config)
+        let store = open_store(client, config, store_config, shutdown)
             .await
             .context("opening the node's event store")?;
-        self.node_store = Some(Arc::new(store));
-        Ok(())
+        self.node_store = store.map(Arc::new);
+        Ok(self.node_store.is_some())
     }
+}
+
+/// [`EventStore::open`], tried again while the server cannot answer yet.
+async fn open_store(
+    client: async_nats::Client,
+    config: &Config,
+    store_config: StoreConfig,
+    shutdown: &CancellationToken,
+) -> Result<Option<EventStore>, berth_eventlog::StoreError> {
+    until_available(shutdown, "event store not opened", || {
+        EventStore::open(
+            client.clone(),
+            config.subjects.clone(),
+            store_config.clone(),
+        )
+    })
+    .await
 }
 
 /// Builds the named component, or all of them when `only` is `None`.

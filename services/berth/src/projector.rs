@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use berth_eventlog::projection::{BadEvent, Projection, ProjectionOptions, ProjectionRunner};
+use berth_eventlog::start::until_available;
 use berth_eventlog::EventStore;
 use berth_runtime::{BoxError, Component, ComponentContext};
 use berth_schemas::Envelope;
@@ -84,7 +85,12 @@ impl Component for Projector {
 
 impl Projector {
     async fn follow(self, ctx: ComponentContext) -> Result<(), BoxError> {
-        let target = self.store.last_stream_seq().await?;
+        let target = until_available(&ctx.shutdown, "log end not read", || {
+            self.store.last_stream_seq()
+        });
+        let Some(target) = target.await? else {
+            return Ok(());
+        };
         let opts = ProjectionOptions {
             snapshot_key: Some("projector-log-summary".to_owned()),
             on_bad_event: Some(Arc::new(|bad: &BadEvent| {

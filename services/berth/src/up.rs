@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use berth_eventlog::start::until_available;
 use berth_node::preflight::{self, Verdict};
 use berth_runtime::config::Problems;
 use berth_runtime::egress::AddressPolicy;
@@ -391,7 +392,12 @@ async fn serve(
             Some((scheme, host)) => format!("{scheme}://<service>.{host}"),
             None => u,
         });
-    let mut deps = ComponentDeps::open(client.clone(), &config, secret_key, v.options).await?;
+    let token = shutdown.token();
+    let Some(mut deps) =
+        ComponentDeps::open(client.clone(), &config, secret_key, v.options, &token).await?
+    else {
+        return Ok(());
+    };
     // The node presents its own credentials, bound to its id.
     let node_creds = users
         .as_ref()
@@ -404,12 +410,19 @@ async fn serve(
                 nats_auth::connect(config.nats_servers.clone(), "berth node", Some(&node_creds))
                     .await
                     .context("connecting the node to NATS")?;
-            deps.open_node_store(node_client, &config).await?;
+            if !deps.open_node_store(node_client, &config, &token).await? {
+                return Ok(());
+            }
         } else if v.only == Some("node") {
             // `berth run node` on its own user: the store it works on is
             // opened as a node's (no consumers on the log, no snapshots),
             // which that user may not go beyond.
-            deps.open_node_store(client.clone(), &config).await?;
+            if !deps
+                .open_node_store(client.clone(), &config, &token)
+                .await?
+            {
+                return Ok(());
+            }
         }
     }
     if let Some(users) = users.clone() {
@@ -424,9 +437,12 @@ async fn serve(
     // where the API runs.
     let credentials = match &deps.secret_key {
         Some(key) if v.only.is_none_or(|c| c == "api") => {
-            let b = berth_api::bootstrap_store(&deps.store, key, &data_dir, &api_url)
-                .await
-                .context("creating the first owner and API key")?;
+            let made = until_available(&token, "first owner not created", || {
+                berth_api::bootstrap_store(&deps.store, key, &data_dir, &api_url)
+            });
+            let Some(b) = made.await.context("creating the first owner and API key")? else {
+                return Ok(());
+            };
             Some(b)
         }
         _ => None,

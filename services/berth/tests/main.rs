@@ -17,4 +17,5 @@ mod node;
 mod node_seal;
 mod preflight;
 mod render_sdk;
+mod start_wait;
 mod up;

@@ -84,7 +84,7 @@ async fn start_up(mut cmd: Command) -> Running {
     }
 }
 
-async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut c = tokio::net::TcpStream::connect(addr).await.ok()?;
     let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     c.write_all(req.as_bytes()).await.ok()?;

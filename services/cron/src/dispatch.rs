@@ -45,7 +45,12 @@ use crate::{decide, run_instance, CronError, CronOptions};
 pub const STOP_HORIZON: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
 /// The dispatch worker; its durable consumer exists once this returns.
-pub(crate) async fn worker(store: &EventStore, opts: &CronOptions) -> Result<Worker, CronError> {
+/// Waits while the log cannot answer; `None` when `shutdown` comes first.
+pub(crate) async fn worker(
+    store: &EventStore,
+    opts: &CronOptions,
+    shutdown: &CancellationToken,
+) -> Result<Option<Worker>, CronError> {
     let subjects = store.subjects();
     let cfg = WorkerConfig {
         description: Some(
@@ -62,7 +67,7 @@ pub(crate) async fn worker(store: &EventStore, opts: &CronOptions) -> Result<Wor
         )
     };
     store
-        .worker(cfg)
+        .worker_at_start(cfg, shutdown)
         .await
         .map_err(|e| CronError::Store(e.to_string()))
 }

@@ -41,6 +41,7 @@ use std::sync::{Arc, RwLock};
 use berth_domain::service;
 use berth_domain::DomainError;
 use berth_eventlog::projection::{ProjectionOptions, ProjectionRunner};
+use berth_eventlog::start::until_available;
 use berth_eventlog::{EventStore, ExecuteError, Stamp};
 use berth_runtime::{BoxError, Component, ComponentContext, ReadyFlag, SecretKey};
 use berth_schemas::ids::{CronRunId, InstanceId, ServiceId};
@@ -213,11 +214,12 @@ impl Cron {
         );
         let view: Arc<RwLock<CronView>> = runner.state();
         let mut applied = runner.applied();
-        let target = self
-            .store
-            .last_stream_seq()
-            .await
-            .map_err(|e| CronError::Store(e.to_string()))?;
+        let target = until_available(&shutdown, "log end not read", || {
+            self.store.last_stream_seq()
+        });
+        let Some(target) = target.await.map_err(|e| CronError::Store(e.to_string()))? else {
+            return Ok(());
+        };
         let follow = tokio::spawn(runner.run(shutdown.clone()));
         // Nothing is scheduled from a partial view: a due time already run
         // must be seen as run.
@@ -227,7 +229,9 @@ impl Cron {
             }
             _ = shutdown.cancelled() => return Ok(()),
         }
-        let worker = dispatch::worker(&self.store, &self.opts).await?;
+        let Some(worker) = dispatch::worker(&self.store, &self.opts, &shutdown).await? else {
+            return Ok(());
+        };
         let ticks = tokio::spawn(tick::run(
             self.store.clone(),
             Arc::clone(&view),

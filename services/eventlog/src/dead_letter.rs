@@ -131,9 +131,12 @@ pub(crate) async fn run_advisories(
             advisory_stream(&store.subjects),
         )
         .await
-        .map_err(|e| StoreError::Provision {
-            what: format!("consumer {consumer}-maxdeliver"),
-            reason: e.to_string(),
+        .map_err(|e| {
+            StoreError::provision(
+                &format!("consumer {consumer}-maxdeliver"),
+                crate::error::consumer_request_transient(&e),
+                &e,
+            )
         })?;
     let work = store
         .js

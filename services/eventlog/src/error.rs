@@ -64,6 +64,49 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, StoreError::Request(_) | StoreError::Snapshot { .. })
     }
+
+    /// Creating or changing `what` failed: a [`StoreError::Request`] when
+    /// the server could not answer for now (timed out, JetStream
+    /// unavailable, 5xx: a restarting node, a cluster without quorum),
+    /// else a [`StoreError::Provision`].
+    pub(crate) fn provision(what: &str, transient: bool, reason: &dyn std::fmt::Display) -> Self {
+        if transient {
+            StoreError::Request(format!("provisioning {what}: {reason}"))
+        } else {
+            StoreError::Provision {
+                what: what.to_owned(),
+                reason: reason.to_string(),
+            }
+        }
+    }
+}
+
+/// Whether a JetStream API error is the server's "not now" (5xx: no
+/// quorum, no leader, temporarily unavailable) rather than a refusal.
+pub(crate) fn server_busy(e: &async_nats::jetstream::Error) -> bool {
+    e.code() >= 500
+}
+
+/// Whether creating or updating a stream may succeed unchanged later.
+pub(crate) fn stream_request_transient(
+    e: &async_nats::jetstream::context::CreateStreamError,
+) -> bool {
+    use async_nats::jetstream::context::CreateStreamErrorKind as K;
+    match e.kind() {
+        K::JetStreamUnavailable | K::TimedOut => true,
+        K::JetStream(e) => server_busy(&e),
+        _ => false,
+    }
+}
+
+/// Whether creating a consumer may succeed unchanged later.
+pub(crate) fn consumer_request_transient(e: &async_nats::jetstream::stream::ConsumerError) -> bool {
+    use async_nats::jetstream::stream::ConsumerErrorKind as K;
+    match e.kind() {
+        K::TimedOut | K::Request => true,
+        K::JetStream(e) => server_busy(&e),
+        _ => false,
+    }
 }
 
 /// Why an append did not happen (or might not have).

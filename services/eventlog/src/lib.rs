@@ -21,7 +21,9 @@
 //!   log and follows it live;
 //! - [`worker`] runs durable pull consumers on the work stream (or, filtered,
 //!   on any other stream such as the log itself) with explicit acks, progress
-//!   acks, bounded redelivery and a dead-letter subject.
+//!   acks, bounded redelivery and a dead-letter subject;
+//! - [`start`] waits, at a component's start, for a log that cannot answer
+//!   yet instead of stopping.
 //!
 //! `berth bench eventlog` (in the `berth` binary) measures all of this
 //! against raw async-nats figures.
@@ -41,6 +43,7 @@ pub mod logs;
 pub mod projection;
 mod recent;
 mod snapshots;
+pub mod start;
 mod store;
 pub mod worker;
 

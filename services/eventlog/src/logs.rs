@@ -126,9 +126,8 @@ impl EventStore {
     /// settings changed since it was made). Idempotent; safe when another
     /// process provisions it at the same time.
     pub async fn provision_stream(&self, want: stream::Config) -> Result<(), StoreError> {
-        let provision = |e: &dyn std::fmt::Display| StoreError::Provision {
-            what: want.name.clone(),
-            reason: e.to_string(),
+        let provision = |e: &async_nats::jetstream::context::CreateStreamError| {
+            StoreError::provision(&want.name, crate::error::stream_request_transient(e), e)
         };
         if let Ok(existing) = self.js.get_stream(&want.name).await {
             if same_limits(&existing.cached_info().config, &want) {

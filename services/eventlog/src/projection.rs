@@ -329,10 +329,35 @@ impl<P: Projection + std::fmt::Debug> ProjectionRunner<P> {
         Ok(stats)
     }
 
+    /// [`Self::catch_up`] at a component's start: waits while the log
+    /// cannot answer yet ([`crate::start`]); `None` when `shutdown` comes
+    /// first.
+    pub async fn catch_up_at_start(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<CatchUp>, ProjectionError> {
+        let mut wait = crate::start::Wait::default();
+        loop {
+            match self.catch_up().await {
+                Ok(stats) => return Ok(Some(stats)),
+                Err(e @ ProjectionError::Request(_)) => {
+                    if !wait.after(&e, "projection not caught up", shutdown).await {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Catches up, then follows the log until `shutdown`, snapshotting as
     /// configured and once more on the way out.
+    /// A log that cannot answer yet (a NATS node restarting, no quorum)
+    /// is waited for, not an error.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), ProjectionError> {
-        let mut stats = self.catch_up().await?;
+        let Some(mut stats) = self.catch_up_at_start(&shutdown).await? else {
+            return Ok(());
+        };
         let result = self.consume(None, &shutdown, &mut stats).await;
         if self.since_snapshot > 0 {
             self.snapshot_now().await;

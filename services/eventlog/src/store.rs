@@ -288,9 +288,8 @@ async fn ensure_stream(
     config: stream::Config,
 ) -> Result<stream::Stream, StoreError> {
     let name = config.name.clone();
-    let provision = |e: &dyn std::fmt::Display| StoreError::Provision {
-        what: name.clone(),
-        reason: e.to_string(),
+    let provision = |e: &jetstream::context::CreateStreamError| {
+        StoreError::provision(&name, crate::error::stream_request_transient(e), e)
     };
     if let Ok(existing) = js.get_stream(&config.name).await {
         return check_existing(existing, &config);
@@ -345,12 +344,11 @@ async fn ensure_bucket(
         },
     )
     .await?;
+    // The stream was just found or made: not finding the bucket now is
+    // the server's "not now".
     js.get_key_value(bucket)
         .await
-        .map_err(|e| StoreError::Provision {
-            what: format!("KV_{bucket}"),
-            reason: e.to_string(),
-        })
+        .map_err(|e| StoreError::provision(&format!("KV_{bucket}"), true, &e))
 }
 
 #[cfg(test)]

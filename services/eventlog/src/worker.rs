@@ -227,6 +227,17 @@ impl EventStore {
         self.worker(cfg).await?.run(handler, shutdown).await
     }
 
+    /// [`EventStore::worker`] at a component's start: waits while the log
+    /// cannot answer ([`crate::start`]); `None` when `shutdown` comes first.
+    pub async fn worker_at_start(
+        &self,
+        cfg: WorkerConfig,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Worker>, StoreError> {
+        let what = format!("consumer {} not created", cfg.consumer);
+        crate::start::until_available(shutdown, &what, || self.worker(cfg.clone())).await
+    }
+
     /// Creates (or finds) the worker's durable consumer without consuming
     /// yet, so a caller can report ready once the consumer exists.
     pub async fn worker(&self, cfg: WorkerConfig) -> Result<Worker, StoreError> {
@@ -259,9 +270,12 @@ impl EventStore {
                 stream,
             )
             .await
-            .map_err(|e| StoreError::Provision {
-                what: format!("consumer {}", cfg.consumer),
-                reason: e.to_string(),
+            .map_err(|e| {
+                StoreError::provision(
+                    &format!("consumer {}", cfg.consumer),
+                    crate::error::consumer_request_transient(&e),
+                    &e,
+                )
             })?;
         Ok(Worker {
             store: self.clone(),

@@ -203,10 +203,12 @@ impl Ingress {
                 ..ProjectionOptions::default()
             },
         );
+        // A log that cannot answer yet is waited for.
         runner
-            .catch_up()
+            .catch_up_at_start(&shutdown)
             .await
-            .map_err(|e| IngressError::Store(e.to_string()))?;
+            .map_err(|e| IngressError::Store(e.to_string()))?
+            .ok_or_else(|| IngressError::Store("stopped before the log was read".to_owned()))?;
         let read_model = ReadModel::of_index(runner.state(), runner.applied());
         let stop = shutdown.clone();
         tracker.spawn(async move {

@@ -47,6 +47,7 @@ use std::sync::Arc;
 use berth_agent::net::NetworkConfig;
 use berth_agent::{Agent, AgentConfig, Runc};
 use berth_domain::node::{self as rules, Capacity, Command};
+use berth_eventlog::start::until_available;
 use berth_eventlog::worker::WorkerConfig;
 use berth_eventlog::{EventStore, Stamp};
 use berth_oci::RegistryClient;
@@ -226,7 +227,9 @@ impl Node {
         let subjects = self.store.subjects().clone();
         let id = load_or_adopt_id(&dir, self.bound_id.as_ref())?;
         let key = Arc::new(load_or_create_key(&dir)?);
-        self.register(&id, &key).await?;
+        if !self.register(&id, &key, &shutdown).await? {
+            return Ok(());
+        }
 
         let content = ContentStore::open(dir.join("store"), VerifyPolicy::Size)?;
         let registry = RegistryClient::new(self.opts.client.clone())
@@ -345,9 +348,16 @@ impl Node {
             park_by_advisory: false,
             ..WorkerConfig::new(&q)
         };
-        ready(true);
-        let worked = self.store.run_worker(cfg, handler, shutdown).await;
-        ready(false);
+        let worked = match self.store.worker_at_start(cfg, &shutdown).await {
+            Ok(Some(worker)) => {
+                ready(true);
+                let worked = worker.run(handler, shutdown).await;
+                ready(false);
+                worked
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
         gc_stop.cancel();
         let _ = collector.await;
         health.shutdown();
@@ -371,7 +381,14 @@ impl Node {
         Ok(())
     }
 
-    async fn register(&self, id: &NodeId, keys: &NodeKeyPair) -> Result<(), NodeError> {
+    /// Records the node's capacity and key, waiting while the log cannot
+    /// answer; `false` when `shutdown` comes first.
+    async fn register(
+        &self,
+        id: &NodeId,
+        keys: &NodeKeyPair,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, NodeError> {
         let cap = Capacity {
             name: self.opts.name.clone(),
             cpu_millis: self.opts.cpu_millis,
@@ -385,19 +402,23 @@ impl Node {
             cap.memory_mib,
             keys.public().kid()
         );
-        self.store
-            .execute::<rules::Node>(
-                &AggregateId::Node(id.clone()),
+        let aggregate = AggregateId::Node(id.clone());
+        let stamp = Stamp::new(Actor::system("node"));
+        let registered = until_available(shutdown, "node not registered", || {
+            self.store.execute::<rules::Node>(
+                &aggregate,
                 &key,
-                &Stamp::new(Actor::system("node")),
+                &stamp,
                 Command::Register {
-                    capacity: cap,
-                    public_key,
+                    capacity: cap.clone(),
+                    public_key: public_key.clone(),
                 },
             )
+        });
+        let done = registered
             .await
             .map_err(|e| NodeError::Register(e.to_string()))?;
-        Ok(())
+        Ok(done.is_some())
     }
 }
 

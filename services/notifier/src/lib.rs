@@ -65,9 +65,13 @@ impl Notifier {
     ) -> Result<(), NotifierError> {
         let o = &self.opts;
         let publisher = Arc::new(stream::Publisher::new(self.store.clone()));
-        let stream_worker = publisher
-            .worker(&format!("{}-stream", o.consumer), o.ack_wait)
-            .await?;
+        // Each consumer waits for a log that cannot answer yet.
+        let Some(stream_worker) = publisher
+            .worker(&format!("{}-stream", o.consumer), o.ack_wait, &shutdown)
+            .await?
+        else {
+            return Ok(());
+        };
 
         let mut decide_cfg = on_service_facts(
             &self.store,
@@ -77,7 +81,9 @@ impl Notifier {
         decide_cfg.ack_wait = o.ack_wait;
         decide_cfg.max_deliver = 20;
         decide_cfg.concurrency = 4;
-        let decide_worker = start_worker(&self.store, decide_cfg).await?;
+        let Some(decide_worker) = start_worker(&self.store, decide_cfg, &shutdown).await? else {
+            return Ok(());
+        };
 
         let mut deliver_cfg = WorkerConfig::new(notify::QUEUE);
         deliver_cfg.consumer = format!("{}-deliver", o.consumer);
@@ -86,7 +92,9 @@ impl Notifier {
         deliver_cfg.concurrency = o.concurrency;
         deliver_cfg.retry_delay = o.retry_delay;
         deliver_cfg.description = Some("berth notifier: delivers notifications".to_owned());
-        let deliver_worker = start_worker(&self.store, deliver_cfg).await?;
+        let Some(deliver_worker) = start_worker(&self.store, deliver_cfg, &shutdown).await? else {
+            return Ok(());
+        };
         let senders = channels::Senders::new(o.smtp.clone(), o.send_timeout, o.targets)
             .map_err(|e| NotifierError::Client(e.0))?;
         let deliverer = Arc::new(notify::Deliverer::new(
@@ -137,10 +145,15 @@ fn on_service_facts(store: &EventStore, consumer: &str, description: &str) -> Wo
     cfg
 }
 
-/// Creates (or binds to) the consumer of `cfg`.
-async fn start_worker(store: &EventStore, cfg: WorkerConfig) -> Result<Worker, NotifierError> {
+/// Creates (or binds to) the consumer of `cfg`, waiting while the log
+/// cannot answer; `None` when `shutdown` comes first.
+async fn start_worker(
+    store: &EventStore,
+    cfg: WorkerConfig,
+    shutdown: &CancellationToken,
+) -> Result<Option<Worker>, NotifierError> {
     store
-        .worker(cfg)
+        .worker_at_start(cfg, shutdown)
         .await
         .map_err(|e| NotifierError::Nats(e.to_string()))
 }

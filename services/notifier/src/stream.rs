@@ -15,6 +15,7 @@ use berth_eventlog::worker::{Job, WorkError, WorkHandler, Worker};
 use berth_eventlog::EventStore;
 use berth_schemas::ids::{OwnerId, ServiceId};
 use berth_schemas::{AggregateId, Commit, Event};
+use tokio_util::sync::CancellationToken;
 
 use berth_domain::timeline::TimelineEvent;
 
@@ -82,13 +83,14 @@ impl Publisher {
         &self,
         consumer: &str,
         ack_wait: std::time::Duration,
-    ) -> Result<Worker, crate::NotifierError> {
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Worker>, crate::NotifierError> {
         let mut cfg =
             crate::on_service_facts(&self.store, consumer, "berth notifier: integration stream");
         cfg.concurrency = 1;
         cfg.ack_wait = ack_wait;
         cfg.max_deliver = -1;
-        crate::start_worker(&self.store, cfg).await
+        crate::start_worker(&self.store, cfg, shutdown).await
     }
 
     /// Publishes the timeline events of one encoded commit and waits until

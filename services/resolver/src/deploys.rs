@@ -35,7 +35,11 @@ use crate::{Inner, ResolverError};
 
 /// The worker over the log's service subjects, from the start of the log;
 /// its durable consumer exists once this returns.
-pub(crate) async fn worker(inner: &Inner) -> Result<Worker, ResolverError> {
+/// Waits while the log cannot answer; `None` when `shutdown` comes first.
+pub(crate) async fn worker(
+    inner: &Inner,
+    shutdown: &CancellationToken,
+) -> Result<Option<Worker>, ResolverError> {
     let subjects = inner.store.subjects();
     let opts = &inner.opts;
     let cfg = WorkerConfig {
@@ -58,7 +62,7 @@ pub(crate) async fn worker(inner: &Inner) -> Result<Worker, ResolverError> {
     };
     inner
         .store
-        .worker(cfg)
+        .worker_at_start(cfg, shutdown)
         .await
         .map_err(|e| ResolverError::Nats(e.to_string()))
 }

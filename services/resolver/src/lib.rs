@@ -28,6 +28,7 @@ mod probe;
 
 use std::sync::Arc;
 
+use berth_eventlog::start::until_available;
 use berth_eventlog::EventStore;
 use berth_oci::RegistryClient;
 use berth_runtime::{BoxError, Component, ComponentContext, ReadyFlag, SecretKey};
@@ -96,13 +97,20 @@ impl Resolver {
         ready: Option<ReadyFlag>,
     ) -> Result<(), ResolverError> {
         let sub = check::subscribe(&self.inner).await?;
-        let worker = deploys::worker(&self.inner).await?;
+        let Some(worker) = deploys::worker(&self.inner, &shutdown).await? else {
+            return Ok(());
+        };
         // Make sure the subscription reached the server before saying ready.
-        self.inner
-            .store
-            .server_round_trip()
+        let round_trip = until_available(&shutdown, "server not reached", || {
+            self.inner.store.server_round_trip()
+        });
+        if round_trip
             .await
-            .map_err(|e| ResolverError::Nats(e.to_string()))?;
+            .map_err(|e| ResolverError::Nats(e.to_string()))?
+            .is_none()
+        {
+            return Ok(());
+        }
         if let Some(r) = &ready {
             r.set(true);
         }

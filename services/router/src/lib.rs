@@ -182,7 +182,10 @@ impl Router {
             ..ProjectionOptions::default()
         };
         let mut runner = ProjectionRunner::new(&self.store, RouteProjection::default(), opts);
-        let caught = runner.catch_up().await?;
+        // A log that cannot answer yet is waited for, not ready meanwhile.
+        let Some(caught) = runner.catch_up_at_start(&shutdown).await? else {
+            return Ok(());
+        };
         let state = runner.state();
         if let Ok(mut s) = state.write() {
             s.caught_up_to(caught.applied_seq);

@@ -46,6 +46,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use berth_domain::node::Command as NodeCommand;
+use berth_eventlog::start::{until_available, Retryable};
 use berth_eventlog::worker::{Job, WorkError, WorkHandler, WorkerConfig};
 use berth_eventlog::EventStore;
 use berth_runtime::{BoxError, Component, ComponentContext, ReadyFlag, SecretKey};
@@ -79,6 +80,13 @@ impl SchedulerError {
 
     fn nats(e: impl std::fmt::Display) -> Self {
         Self::Nats(e.to_string())
+    }
+}
+
+/// Both kinds are requests to the server that may pass later.
+impl Retryable for SchedulerError {
+    fn is_retryable(&self) -> bool {
+        true
     }
 }
 
@@ -228,14 +236,11 @@ impl Scheduler {
         // The log may be unavailable for a while as this copy starts (a
         // NATS node restarting, a partition healing): wait for it rather
         // than stop, as a pass waits for it.
-        let mut wait = StartWait::default();
-        while let Err(e) = inner.cluster.refresh_nodes().await {
-            if !wait
-                .after(e.to_string(), "nodes not loaded", &shutdown)
-                .await
-            {
-                return Ok(());
-            }
+        let nodes = until_available(&shutdown, "nodes not loaded", || {
+            inner.cluster.refresh_nodes()
+        });
+        if nodes.await?.is_none() {
+            return Ok(());
         }
         let cfg = WorkerConfig {
             description: Some("berth scheduler: every service commit drives its service".into()),
@@ -251,18 +256,11 @@ impl Scheduler {
                 DeliverPolicy::New,
             )
         };
-        let worker = loop {
-            match self.store.worker(cfg.clone()).await {
-                Ok(w) => break w,
-                Err(e) => {
-                    if !wait
-                        .after(e.to_string(), "consumer not created", &shutdown)
-                        .await
-                    {
-                        return Ok(());
-                    }
-                }
-            }
+        let worker = until_available(&shutdown, "consumer not created", || {
+            self.store.worker(cfg.clone())
+        });
+        let Some(worker) = worker.await.map_err(SchedulerError::store)? else {
+            return Ok(());
         };
         sweep(&inner).await;
         if let Some(r) = &ready {
@@ -284,29 +282,6 @@ impl Scheduler {
         }
         tracing::info!("scheduler stopped");
         Ok(())
-    }
-}
-
-/// Waiting at start for the log (200 ms doubling to 5 s).
-struct StartWait(Duration);
-
-impl Default for StartWait {
-    fn default() -> Self {
-        Self(Duration::from_millis(200))
-    }
-}
-
-impl StartWait {
-    /// Logs what failed, then waits; `false` when the scheduler stops
-    /// meanwhile.
-    async fn after(&mut self, error: String, what: &str, shutdown: &CancellationToken) -> bool {
-        tracing::warn!(%error, retry_ms = self.0.as_millis() as u64, "{what}; trying again");
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(self.0) => {}
-        }
-        self.0 = (self.0 * 2).min(Duration::from_secs(5));
-        true
     }
 }
 
