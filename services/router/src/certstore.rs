@@ -44,6 +44,13 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// NATS not answering may pass; the others will not.
+impl berth_eventlog::start::Retryable for StoreError {
+    fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Nats(_))
+    }
+}
+
 fn nats(e: impl std::fmt::Display) -> StoreError {
     StoreError::Nats(e.to_string())
 }

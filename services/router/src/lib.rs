@@ -86,6 +86,10 @@ pub enum RouterError {
     Tls(#[from] rustls::Error),
 }
 
+/// What serving HTTPS runs on: the side that answers redirects and
+/// challenges, the TLS acceptor and its listener.
+type HttpsStarted = (https::HttpsSide, tokio_rustls::TlsAcceptor, TcpListener);
+
 /// The router component.
 #[derive(Debug)]
 pub struct Router {
@@ -244,16 +248,17 @@ impl Router {
         let mut https_side = None;
         let mut tls = None;
         if let Some(https) = self.opts.https.clone() {
-            let (side, acceptor, tls_listener) =
-                match self.start_https(&https, &tasks, &inner).await {
-                    Ok(started) => started,
-                    Err(e) => {
-                        inner.cancel();
-                        tasks.close();
-                        tasks.wait().await;
-                        return Err(e);
-                    }
-                };
+            let started = self.start_https(&https, &tasks, &inner).await;
+            let (side, acceptor, tls_listener) = match started {
+                Ok(Some(started)) => started,
+                // Stopped while waiting for the certificate store, or failed.
+                stopped_or_failed => {
+                    inner.cancel();
+                    tasks.close();
+                    tasks.wait().await;
+                    return stopped_or_failed.map(|_| ());
+                }
+            };
             https_side = Some(side);
             tls = Some((acceptor, tls_listener));
         }
@@ -315,21 +320,28 @@ impl Router {
 
     /// Opens the certificate store, follows it, starts the issuer (for the
     /// domains fed, else the routing table's custom domains), and binds the
-    /// HTTPS listener.
+    /// HTTPS listener; `None` when `stop` comes while the store waits for
+    /// the log.
     async fn start_https(
         &self,
         https: &HttpsOptions,
         tasks: &TaskTracker,
         stop: &CancellationToken,
-    ) -> Result<(https::HttpsSide, tokio_rustls::TlsAcceptor, TcpListener), RouterError> {
+    ) -> Result<Option<HttpsStarted>, RouterError> {
         let key = self.key.clone().ok_or(RouterError::NeedsKey)?;
-        let store = CertStore::open(
-            self.store.jetstream(),
-            self.store.subjects(),
-            self.store.config().replicas,
-            key,
-        )
-        .await?;
+        // Waits, as the routing table does, for a log that cannot answer.
+        let opened =
+            berth_eventlog::start::until_available(stop, "certificate store not opened", || {
+                CertStore::open(
+                    self.store.jetstream(),
+                    self.store.subjects(),
+                    self.store.config().replicas,
+                    key.clone(),
+                )
+            });
+        let Some(store) = opened.await? else {
+            return Ok(None);
+        };
         tasks.spawn(store.clone().follow(self.certs.clone(), stop.clone()));
         let challenges = Challenges::default();
         tasks.spawn(
@@ -370,7 +382,7 @@ impl Router {
             store,
             challenges,
         };
-        Ok((side, acceptor, listener))
+        Ok(Some((side, acceptor, listener)))
     }
 }
 
