@@ -100,6 +100,12 @@ impl RunningNode {
         }
     }
 
+    /// [`Self::containers`] without panicking (for drops): a failed list
+    /// reads as empty.
+    fn listed(&self) -> Vec<String> {
+        crate::runc::try_runc_list(&self.runc_root()).unwrap_or_default()
+    }
+
     /// Stops the component (containers keep running: they are detached).
     pub async fn stop(&mut self) {
         self.stop.cancel();
@@ -114,7 +120,7 @@ impl RunningNode {
 
     /// Kills every container of this node, as a machine dying would.
     pub fn kill_containers(&self) {
-        for id in self.containers() {
+        for id in self.listed() {
             let _ = std::process::Command::new("runc")
                 .arg("--root")
                 .arg(self.runc_root())
@@ -127,13 +133,43 @@ impl RunningNode {
 impl Drop for RunningNode {
     fn drop(&mut self) {
         self.stop.cancel();
-        self.kill_containers();
+        // Until the node has detached its supervisors, a container killed
+        // here may be started again (a crash restart), and a launch may be
+        // under way: wait for the node where its runtime can run it
+        // meanwhile, then kill, then look again for what a `runc` still
+        // running created afterwards.
+        if let Some(task) = self.task.take() {
+            finish_in_drop(task, Duration::from_secs(30));
+        }
+        for _ in 0..3 {
+            if self.listed().is_empty() {
+                break;
+            }
+            self.kill_containers();
+            std::thread::sleep(Duration::from_millis(300));
+        }
         for m in mounts_under(&self.dir) {
             let _ = std::process::Command::new("umount")
                 .args(["-l", &m])
                 .status();
         }
     }
+}
+
+/// Waits up to `limit` for `task` from a synchronous drop, where that can
+/// work: on a multi-thread runtime (the task runs on another worker). On a
+/// current-thread runtime the task cannot run while the drop blocks; it
+/// ends with the runtime.
+fn finish_in_drop<T>(task: JoinHandle<T>, limit: Duration) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+        return;
+    }
+    tokio::task::block_in_place(|| {
+        let _ = handle.block_on(tokio::time::timeout(limit, task));
+    });
 }
 
 /// NATS, store, registry with two image versions, resolver.

@@ -27,19 +27,22 @@ const HTTPD: &str = "sh -c 'test \"$V\" != 3 && mkdir -p /www && cp /app/hello.t
 
 /// Everything running, with a web service of two instances live on v1 and
 /// the router answering for it.
+///
+/// Fields drop in order: the nodes (killing their containers, which their
+/// runc state in the world's dir names) before the world removes that dir.
 struct Live {
-    w: World,
-    svc: ServiceId,
-    host: String,
-    router: std::net::SocketAddr,
-    /// Ids of the instances serving now.
-    old: Vec<String>,
     _nodes: Vec<RunningNode>,
     _scheduler: (
         tokio_util::sync::CancellationToken,
         tokio::task::JoinHandle<()>,
     ),
     _router: DropGuard,
+    w: World,
+    svc: ServiceId,
+    host: String,
+    router: std::net::SocketAddr,
+    /// Ids of the instances serving now.
+    old: Vec<String>,
 }
 
 impl Live {
