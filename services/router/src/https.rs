@@ -3,9 +3,9 @@
 //! - [`serve`]: the listener — TLS (rustls, certificates by SNI), then
 //!   HTTP/2 or HTTP/1.1 as ALPN chose (hyper-util's auto builder, which also
 //!   reads the HTTP/2 preface from clients that skip ALPN); HTTP/1.1 keeps
-//!   protocol upgrades (WebSocket). The same shutdown story as the plain
-//!   listener: stop accepting, let in-flight requests finish for up to the
-//!   drain time;
+//!   protocol upgrades (WebSocket). The plain listener's accept loop
+//!   (`berth_runtime::http1::accept_until`) and shutdown story: stop
+//!   accepting, let in-flight requests finish for up to the drain time;
 //! - what plain HTTP does for it: ACME HTTP-01 answers from the
 //!   certificate store ([`challenge`]) and the redirect to HTTPS for hosts
 //!   with a certificate ([`redirect_to`]).
@@ -24,7 +24,6 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::certstore::CertStore;
 use crate::challenges::{Answer, Challenges};
@@ -53,7 +52,6 @@ pub(crate) async fn serve(
     drain: Duration,
     timeouts: ClientTimeouts,
 ) {
-    let connections = TaskTracker::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let max_head = berth_runtime::http1::MAX_HEAD_BYTES;
     builder
@@ -68,24 +66,13 @@ pub(crate) async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(listener = "router-https", error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    let what = "router-https";
+    berth_runtime::http1::accept_until(listener, shutdown, Some(drain), what, |stream, peer| {
         let acceptor = acceptor.clone();
         let proxy = Arc::clone(&proxy);
         let builder = Arc::clone(&builder);
         let stop = shutdown.clone();
-        connections.spawn(async move {
+        async move {
             let tls = tokio::select! {
                 _ = stop.cancelled() => return,
                 tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(WriteStall::new(stream, timeouts.send))) => tls,
@@ -116,22 +103,11 @@ pub(crate) async fn serve(
                 }
             };
             if let Err(e) = ended {
-                tracing::debug!(listener = "router-https", error = %e, client = %peer, "connection ended with an error");
+                tracing::debug!(listener = what, error = %e, client = %peer, "connection ended with an error");
             }
-        });
-    }
-    drop(listener);
-    connections.close();
-    if tokio::time::timeout(drain, connections.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            listener = "router-https",
-            grace = ?drain,
-            "in-flight requests still open after the grace period"
-        );
-    }
+        }
+    })
+    .await;
 }
 
 /// What the proxy needs of the HTTPS side.

@@ -20,7 +20,7 @@ use hyper::service::Service;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -157,14 +157,54 @@ pub async fn serve<F, S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    // Each connection is a tracked task that, on shutdown, stops taking
-    // new requests on its connection and finishes the one in flight. (A
-    // connection handed over by an upgrade is its handler's from then on.)
-    let connections = TaskTracker::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
         .max_header_size(MAX_HEAD_BYTES);
+    accept_until(listener, shutdown, drain, what, |stream, peer| {
+        let conn = http
+            .serve_connection(
+                TokioIo::new(WriteStall::new(stream, send_timeout)),
+                service(peer),
+            )
+            .with_upgrades();
+        let stop = shutdown.clone();
+        async move {
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(listener = what, error = %e, client = %peer, "connection ended with an error");
+            }
+        }
+    })
+    .await;
+}
+
+/// Accepts on `listener` until `shutdown`, each connection (with
+/// `TCP_NODELAY`) served by the future `serve_one` makes for it on a
+/// tracked task; then waits for those tasks, at most `drain` when given.
+/// Each such future, on shutdown, should stop taking new requests on its
+/// connection and finish the one in flight (a connection handed over by an
+/// upgrade is its handler's from then on). Accept errors (out of file
+/// descriptors and the like) are logged and tried again after 50 ms.
+/// `what` names the listener in logs.
+pub async fn accept_until<F, Fut>(
+    listener: TcpListener,
+    shutdown: &CancellationToken,
+    drain: Option<Duration>,
+    what: &'static str,
+    mut serve_one: F,
+) where
+    F: FnMut(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -178,26 +218,7 @@ pub async fn serve<F, S, B>(
             },
         };
         let _ = stream.set_nodelay(true);
-        let conn = http
-            .serve_connection(
-                TokioIo::new(WriteStall::new(stream, send_timeout)),
-                service(peer),
-            )
-            .with_upgrades();
-        let stop = shutdown.clone();
-        connections.spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            let ended = tokio::select! {
-                ended = conn.as_mut() => ended,
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(listener = what, error = %e, client = %peer, "connection ended with an error");
-            }
-        });
+        connections.spawn(serve_one(stream, peer));
     }
     drop(listener);
     connections.close();
