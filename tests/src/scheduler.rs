@@ -120,13 +120,20 @@ impl RunningNode {
 
     /// Kills every container of this node, as a machine dying would.
     pub fn kill_containers(&self) {
-        for id in self.listed() {
+        self.kill_listed();
+    }
+
+    /// Kills what `runc list` shows; whether it showed anything.
+    fn kill_listed(&self) -> bool {
+        let listed = self.listed();
+        for id in &listed {
             let _ = std::process::Command::new("runc")
                 .arg("--root")
                 .arg(self.runc_root())
-                .args(["delete", "--force", &id])
+                .args(["delete", "--force", id])
                 .status();
         }
+        !listed.is_empty()
     }
 }
 
@@ -142,10 +149,9 @@ impl Drop for RunningNode {
             finish_in_drop(task, Duration::from_secs(30));
         }
         for _ in 0..3 {
-            if self.listed().is_empty() {
+            if !self.kill_listed() {
                 break;
             }
-            self.kill_containers();
             std::thread::sleep(Duration::from_millis(300));
         }
         for m in mounts_under(&self.dir) {

@@ -336,11 +336,14 @@ impl<P: Projection + std::fmt::Debug> ProjectionRunner<P> {
         &mut self,
         shutdown: &CancellationToken,
     ) -> Result<Option<CatchUp>, ProjectionError> {
+        // `start::until_available`'s loop, written out: the step borrows
+        // `self` mutably.
+        use crate::start::Retryable;
         let mut wait = crate::start::Wait::default();
         loop {
             match self.catch_up().await {
                 Ok(stats) => return Ok(Some(stats)),
-                Err(e @ ProjectionError::Request(_)) => {
+                Err(e) if e.is_retryable() => {
                     if !wait.after(&e, "projection not caught up", shutdown).await {
                         return Ok(None);
                     }

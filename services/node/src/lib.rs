@@ -355,8 +355,8 @@ impl Node {
                 ready(false);
                 worked
             }
-            Ok(None) => Ok(()),
-            Err(e) => Err(e),
+            // Stopped before the consumer existed, or failed to make it.
+            stopped_or_failed => stopped_or_failed.map(|_| ()),
         };
         gc_stop.cancel();
         let _ = collector.await;
