@@ -303,6 +303,9 @@ pub enum ApiStartError {
     /// The logs stream could not be provisioned.
     #[error("logs stream: {0}")]
     Logs(#[from] berth_eventlog::StoreError),
+    /// The metrics stream could not be provisioned.
+    #[error("metrics stream: {0}")]
+    Metrics(berth_eventlog::StoreError),
 }
 
 /// The `api` component: HTTP API, deploy hooks, bus commands.
@@ -359,11 +362,7 @@ impl Api {
         let metrics = until_available(&shutdown, "metrics stream not provisioned", || {
             metrics::ensure_stream(&self.store, self.args.api_metrics_max_bytes)
         });
-        if metrics
-            .await
-            .map_err(|e| ApiStartError::Bus(e.to_string()))?
-            .is_none()
-        {
+        if metrics.await.map_err(ApiStartError::Metrics)?.is_none() {
             return Ok(());
         }
         let ingress = state.ingress.clone();

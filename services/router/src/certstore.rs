@@ -16,11 +16,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{kv, stream};
+use berth_eventlog::EventStore;
 use berth_runtime::secrets::{Secret, SecretKey};
 use berth_schemas::ids::ServiceId;
 use berth_schemas::model::Sealed;
-use berth_schemas::Subjects;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -42,12 +42,20 @@ pub enum StoreError {
     /// A stored value is not what this version writes.
     #[error("certificate store: unreadable entry {0}")]
     Corrupt(String),
+    /// Its stream could not be made or brought to its settings.
+    #[error("certificate store: {0}")]
+    Provision(berth_eventlog::StoreError),
 }
 
-/// NATS not answering may pass; the others will not.
+/// NATS not answering may pass, and the stream's provisioning when the
+/// server said "not now"; the others will not.
 impl berth_eventlog::start::Retryable for StoreError {
     fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Nats(_))
+        match self {
+            StoreError::Nats(_) => true,
+            StoreError::Provision(e) => e.is_retryable(),
+            StoreError::Sealing | StoreError::Corrupt(_) => false,
+        }
     }
 }
 
@@ -131,12 +139,8 @@ pub struct CertStore {
 impl CertStore {
     /// Opens the bucket, creating it when absent (by hand, as the snapshot
     /// bucket is: async-nats' `create_key_value` fails on NATS 2.9).
-    pub async fn open(
-        js: &jetstream::Context,
-        subjects: &Subjects,
-        replicas: usize,
-        key: Arc<SecretKey>,
-    ) -> Result<Self, StoreError> {
+    pub async fn open(store: &EventStore, key: Arc<SecretKey>) -> Result<Self, StoreError> {
+        let subjects = store.subjects();
         let bucket = subjects.certificate_bucket();
         let config = stream::Config {
             name: subjects.certificate_stream(),
@@ -145,20 +149,22 @@ impl CertStore {
             discard: stream::DiscardPolicy::New,
             allow_rollup: true,
             storage: stream::StorageType::File,
-            num_replicas: replicas.max(1),
+            num_replicas: store.config().replicas.max(1),
             duplicate_window: Duration::from_secs(120),
             description: Some("berth router certificates".to_owned()),
             ..Default::default()
         };
-        if js.get_stream(&config.name).await.is_err() {
-            if let Err(e) = js.create_stream(config.clone()).await {
-                // Another replica may have created it meanwhile.
-                js.get_stream(&config.name)
-                    .await
-                    .map_err(|_| nats(format!("creating {}: {e}", config.name)))?;
-            }
-        }
-        let kv = js.get_key_value(&bucket).await.map_err(nats)?;
+        store
+            .provision_stream(config)
+            .await
+            .map_err(StoreError::Provision)?;
+        // The stream was just found or made: not finding the bucket now is
+        // the server's "not now".
+        let kv = store
+            .jetstream()
+            .get_key_value(&bucket)
+            .await
+            .map_err(nats)?;
         Ok(CertStore { kv, key })
     }
 

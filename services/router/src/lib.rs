@@ -332,12 +332,7 @@ impl Router {
         // Waits, as the routing table does, for a log that cannot answer.
         let opened =
             berth_eventlog::start::until_available(stop, "certificate store not opened", || {
-                CertStore::open(
-                    self.store.jetstream(),
-                    self.store.subjects(),
-                    self.store.config().replicas,
-                    key.clone(),
-                )
+                CertStore::open(&self.store, key.clone())
             });
         let Some(store) = opened.await? else {
             return Ok(None);

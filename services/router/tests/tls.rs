@@ -90,13 +90,7 @@ impl HttpsEnv {
         .await?;
         let key = SecretKey::from_base64(&SecretKey::generate_base64())?;
         let r = spawn(&store, &key, args, http_port, acme, issuer).await?;
-        let cert_store = CertStore::open(
-            store.jetstream(),
-            store.subjects(),
-            1,
-            Arc::new(key.clone()),
-        )
-        .await?;
+        let cert_store = CertStore::open(&store, Arc::new(key.clone())).await?;
         Ok(HttpsEnv {
             _nats: nats,
             store,
