@@ -18,6 +18,7 @@ mod eventlog_projection;
 mod eventlog_worker;
 mod nats_liveness;
 mod nats_roles;
+mod net_legacy;
 mod node_run;
 mod puller_kill;
 mod puller_pull;

@@ -1,8 +1,13 @@
 //! Instance networks: every instance in a network namespace of its own,
-//! attached to the node's bridge by the standard CNI `bridge` plugin
-//! (veth, host-local addresses from the node's subnet), driven as the CNI
-//! spec says (ADD before the container starts, CHECK when a restarted
-//! agent adopts it, DEL when it is gone, DEL for leftovers at start).
+//! attached to the node's bridge by a veth pair with an address from the
+//! node's subnet — the network the CNI `bridge` plugin makes, made here
+//! over netlink by the thread that creates the namespace ([`crate::netns`],
+//! [`crate::netlink`]), with leases in `host-local`'s layout
+//! ([`crate::lease`]). The plugin cost two processes per instance start
+//! (`bridge`, then `host-local`), about 17 ms of CPU each start. Instances
+//! an earlier berth attached through the plugins are still checked and
+//! deleted through them, as the CNI spec says (CHECK when a restarted agent
+//! adopts one, DEL when it is gone).
 //!
 //! The rest is berth's own iptables rules, in chains named after the
 //! bridge, written per instance in one `iptables-restore` batch (the
@@ -48,7 +53,9 @@ use berth_schemas::ids::InstanceId;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::netns::Namespace;
+use crate::lease::Leases;
+use crate::netlink::Route;
+use crate::netns::{Link, Namespace};
 
 /// How an instance joins the node's network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,6 +196,12 @@ pub enum NetError {
     /// The instance is not attached here.
     #[error("instance {0} has no network here")]
     Unknown(String),
+    /// The veth pair, address or route could not be made or removed.
+    #[error("instance link: {0}")]
+    Link(std::io::Error),
+    /// Every address of the subnet is held.
+    #[error("no free address in {0}")]
+    Full(String),
 }
 
 fn net_io(path: &Path) -> impl FnOnce(std::io::Error) -> NetError + '_ {
@@ -210,6 +223,9 @@ struct State {
     /// rules ([`LEGACY_CHAIN`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     plugins: Option<Vec<String>>,
+    /// The host's end of the veth pair berth made itself (no plugin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    veth: Option<String>,
 }
 
 impl State {
@@ -255,14 +271,11 @@ enum Change {
     Leave { last: bool },
 }
 
-/// The CNI plugins of the chain, in ADD order: only `bridge` (veth,
-/// address). What `portmap` and `firewall` did per instance — a dozen
-/// iptables calls each, serialised on the xtables lock and each reading
-/// the whole ruleset — berth does in the one `iptables-restore` batch it
-/// writes per instance anyway.
-const CHAIN: [&str; 1] = ["bridge"];
-/// The chain instances were attached with before (still deleted and
-/// checked through it).
+/// The chain instances were attached with before berth made their veth
+/// pairs, addresses and rules itself (still deleted and checked through
+/// it): `bridge` (veth, `host-local` address), then `portmap` and
+/// `firewall`, which berth's one `iptables-restore` batch per instance
+/// replaced first.
 const LEGACY_CHAIN: [&str; 3] = ["bridge", "portmap", "firewall"];
 const CNI_VERSION: &str = "1.0.0";
 const IFNAME: &str = "eth0";
@@ -279,6 +292,8 @@ pub struct Cni {
     members: Mutex<HashMap<InstanceId, Member>>,
     /// The instances' network namespaces, held open.
     spaces: Mutex<HashMap<InstanceId, Namespace>>,
+    /// Instance addresses.
+    leases: Leases,
     /// Serialises rule changes: a group chain is created by its first
     /// member and removed with its last.
     rules: tokio::sync::Mutex<()>,
@@ -296,6 +311,11 @@ impl Cni {
         bridge_netfilter().await?;
         let bridge = cfg.subnet.bridge_name();
         let tag = format!("BTH-{:08x}", u32::from(cfg.subnet.addr));
+        // host-local's directory for this network (its `name`, the
+        // bridge's): addresses it handed out stay held.
+        let dir = cfg.state_dir.join("ipam").join(&bridge);
+        let leases =
+            Leases::open(dir.clone(), cfg.subnet.addr, cfg.subnet.prefix).map_err(net_io(&dir))?;
         let cni = Cni {
             bridge,
             tag,
@@ -303,8 +323,10 @@ impl Cni {
             cfg,
             members: Mutex::default(),
             spaces: Mutex::default(),
+            leases,
             rules: tokio::sync::Mutex::new(()),
         };
+        cni.ensure_bridge().await?;
         cni.base_rules().await?;
         Ok(cni)
     }
@@ -367,7 +389,8 @@ impl Cni {
         let state = State {
             spec: spec.clone(),
             result: None,
-            plugins: Some(CHAIN.iter().map(|p| (*p).to_owned()).collect()),
+            plugins: Some(Vec::new()),
+            veth: Some(veth_name(id)),
         };
         // First: a crash from here on leaves a file the next start finds.
         self.save(id, &state)?;
@@ -384,28 +407,20 @@ impl Cni {
 
     async fn try_attach(&self, id: &InstanceId, mut state: State) -> Result<Attachment, NetError> {
         let (hosts, resolv) = self.paths(id);
-        let ns = new_namespace().await?;
+        let leases = &self.leases;
+        let ip = leases
+            .take(&id.to_string())
+            .map_err(net_io(Path::new("ipam")))?
+            .ok_or_else(|| NetError::Full(self.subnet.clone()))?;
+        // Recorded before the pair is made: a crash from here on leaves
+        // the address and the veth's name for the next start to remove.
+        state.result = Some(self.result_of(ip));
+        self.save(id, &state)?;
+        let t0 = std::time::Instant::now();
+        let ns = self.linked_namespace(&state, ip).await?;
+        tracing::debug!(ms = t0.elapsed().as_millis() as u64, "veth");
         let netns = ns.path().to_path_buf();
         self.spaces().insert(id.clone(), ns);
-        let mut prev: Option<Value> = None;
-        for plugin in CHAIN {
-            let conf = self.conf(plugin, &state.spec, prev.as_ref());
-            let t0 = std::time::Instant::now();
-            prev = self.plugin(plugin, "ADD", id, &netns, &conf).await?;
-            tracing::debug!(plugin, ms = t0.elapsed().as_millis() as u64, "CNI ADD");
-        }
-        let result = prev.ok_or_else(|| NetError::Plugin {
-            plugin: "bridge",
-            op: "ADD",
-            message: "no result".into(),
-        })?;
-        let ip = result_ip(&result).ok_or_else(|| NetError::Plugin {
-            plugin: "bridge",
-            op: "ADD",
-            message: format!("no IPv4 address in the result {result}"),
-        })?;
-        state.result = Some(result);
-        self.save(id, &state)?;
         write_in_place(&resolv, &resolv_conf())?;
         write_in_place(&hosts, "")?;
         let t0 = std::time::Instant::now();
@@ -417,6 +432,71 @@ impl Cni {
             resolv,
             ip,
         })
+    }
+
+    /// What the state records of an address berth gave (shaped as a CNI
+    /// result, as instances attached through the plugins record theirs).
+    fn result_of(&self, ip: Ipv4Addr) -> Value {
+        json!({
+            "cniVersion": CNI_VERSION,
+            "ips": [{
+                "address": format!("{ip}/{}", self.cfg.subnet.prefix),
+                "gateway": self.gateway().to_string(),
+            }],
+        })
+    }
+
+    /// The bridge's address: the subnet's first.
+    fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.cfg.subnet.addr) + 1)
+    }
+
+    /// A new namespace joined to the bridge by the veth pair `state`
+    /// names, with `ip`; made off the async threads.
+    async fn linked_namespace(&self, state: &State, ip: Ipv4Addr) -> Result<Namespace, NetError> {
+        let near = state
+            .veth
+            .clone()
+            .ok_or_else(|| NetError::Link(std::io::Error::other("no veth name recorded")))?;
+        let link = Link {
+            near,
+            bridge: self.bridge.clone(),
+            far: IFNAME.to_owned(),
+            ip,
+            prefix: self.cfg.subnet.prefix,
+            gateway: self.gateway(),
+        };
+        tokio::task::spawn_blocking(move || Namespace::create_attached(link))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(NetError::Link)
+    }
+
+    /// The node's bridge, with the gateway address, up; forwarding on.
+    /// Made once per node start (the CNI `bridge` plugin made it at the
+    /// first instance's ADD).
+    async fn ensure_bridge(&self) -> Result<(), NetError> {
+        let b = self.bridge.as_str();
+        if !Path::new("/sys/class/net").join(b).exists() {
+            if let Err(e) = run("ip", &["link", "add", "name", b, "type", "bridge"]).await {
+                // Another node of the same subnet made it meanwhile.
+                if !Path::new("/sys/class/net").join(b).exists() {
+                    return Err(e);
+                }
+            }
+        }
+        // Its own address set as its address: a bridge otherwise takes
+        // the lowest address of its ports, which changes as instances come
+        // and go and leaves their ARP caches naming a gateway that moved.
+        let mac_file = Path::new("/sys/class/net").join(b).join("address");
+        let mac = std::fs::read_to_string(&mac_file).map_err(net_io(&mac_file))?;
+        run("ip", &["link", "set", b, "address", mac.trim()]).await?;
+        let gw = format!("{}/{}", self.gateway(), self.cfg.subnet.prefix);
+        run("ip", &["addr", "replace", &gw, "dev", b]).await?;
+        run("ip", &["link", "set", b, "up"]).await?;
+        let knob = Path::new("/proc/sys/net/ipv4/ip_forward");
+        std::fs::write(knob, b"1").map_err(net_io(knob))
     }
 
     /// Registers a member, adds its rules (one `iptables-restore` batch:
@@ -531,6 +611,18 @@ impl Cni {
                         .await
                         .map(|_| ()),
                 );
+            }
+            if let Some(veth) = &state.veth {
+                keep(delete_link(veth.clone()).await);
+            }
+            // An address berth gave (the plugin's DEL gave back its own).
+            if state.plugins().is_empty() {
+                let owner = id.to_string();
+                let given = match state.result.as_ref().and_then(result_ip) {
+                    Some(ip) => self.leases.release(&owner, ip),
+                    None => self.leases.release_all(&owner),
+                };
+                keep(given.map_err(net_io(Path::new("ipam"))));
             }
         }
         drop(ns);
@@ -660,6 +752,12 @@ impl Cni {
         }
         // The result names the namespace by the path it had at ADD; this
         // process reaches the same namespace by another.
+        if let Some(veth) = &state.veth {
+            if !self.is_port(veth) {
+                tracing::warn!(instance = %id, veth, "adopted instance's veth is not on the bridge");
+                return false;
+            }
+        }
         let result = state.result.as_ref().map(|r| in_sandbox(r, &netns));
         for plugin in state.plugins() {
             let conf = self.conf(plugin, &state.spec, result.as_ref());
@@ -712,42 +810,36 @@ impl Cni {
     /// the instance (its health check's address) stays true when it
     /// restarts. `false` when that cannot be done (it is then deleted).
     async fn reattach(&self, id: &InstanceId, mut state: State, ip: Ipv4Addr) -> bool {
-        let gateway = state
-            .result
-            .as_ref()
-            .and_then(|r| r["ips"][0]["gateway"].as_str().map(str::to_owned));
-        if state.plugins() != CHAIN || gateway.is_none() {
+        let legacy_bridge = state.plugins() == ["bridge"];
+        if !(state.plugins().is_empty() || legacy_bridge) || !self.leases.holds(&id.to_string(), ip)
+        {
             return false;
         }
-        let Some(netns) = self.hold(id, new_namespace().await.map_err(|e| e.to_string())) else {
-            return false;
-        };
-        let mut conf = self.conf("bridge", &state.spec, None);
-        conf["ipam"] = json!({
-            "type": "static",
-            "addresses": [{
-                "address": format!("{ip}/{}", self.cfg.subnet.prefix),
-                "gateway": gateway,
-            }],
-            "routes": [{ "dst": "0.0.0.0/0" }],
-        });
-        let result = match self.plugin("bridge", "ADD", id, &netns, &conf).await {
-            Ok(Some(r)) if result_ip(&r) == Some(ip) => r,
-            Ok(r) => {
-                tracing::warn!(instance = %id, result = ?r, "adopted instance not given its address again");
+        if legacy_bridge {
+            // Attached again by berth itself: from now on it is one of its
+            // own (its host-local lease, same layout, is given back by it).
+            state.plugins = Some(Vec::new());
+            state.veth = Some(veth_name(id));
+            state.result = Some(self.result_of(ip));
+            if let Err(e) = self.save(id, &state) {
+                tracing::warn!(instance = %id, error = %e, "adopted instance's network state not saved");
                 return false;
             }
-            Err(e) => {
-                tracing::warn!(instance = %id, error = %e, "adopted instance not attached again");
-                return false;
-            }
-        };
-        state.result = Some(result);
-        if let Err(e) = self.save(id, &state) {
-            tracing::warn!(instance = %id, error = %e, "adopted instance's network state not saved");
+        }
+        let ns = self.linked_namespace(&state, ip).await;
+        if self.hold(id, ns.map_err(|e| e.to_string())).is_none() {
             return false;
         }
         self.rejoin(id, &state, ip).await
+    }
+
+    /// Whether `veth` is a port of the node's bridge.
+    fn is_port(&self, veth: &str) -> bool {
+        let master = Path::new("/sys/class/net").join(veth).join("master");
+        std::fs::read_link(master)
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .is_some_and(|n| n == self.bridge)
     }
 
     /// Remove berth's chains and the bridge when no instance is attached
@@ -1047,16 +1139,27 @@ fn in_sandbox(result: &Value, netns: &Path) -> Value {
     r
 }
 
-/// A new network namespace, made off the async threads.
-async fn new_namespace() -> Result<Namespace, NetError> {
-    tokio::task::spawn_blocking(Namespace::create)
+/// The host's end of `id`'s veth pair: 15 bytes at most, as interface
+/// names are, unique per instance (52 bits of its id's hash).
+fn veth_name(id: &InstanceId) -> String {
+    let hash = id
+        .to_string()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    format!("vb{:013x}", hash >> 12)
+}
+
+/// `ip link del <name>` off the async threads (the kernel waits for its
+/// readers to leave the device); none left is fine.
+async fn delete_link(name: String) -> Result<(), NetError> {
+    tokio::task::spawn_blocking(move || Route::open().and_then(|mut r| r.delete_link(&name)))
         .await
         .map_err(std::io::Error::other)
         .and_then(|r| r)
-        .map_err(|source| NetError::Io {
-            path: PathBuf::from("/proc/thread-self/ns/net"),
-            source,
-        })
+        .map(|_| ())
+        .map_err(NetError::Link)
 }
 
 fn result_ip(result: &Value) -> Option<Ipv4Addr> {
@@ -1248,15 +1351,24 @@ mod tests {
         assert_eq!(old.own_publish(), None, "portmap publishes it");
         let old: State = serde_json::from_str(r#"{"spec":{"group":"g"}}"#).unwrap();
         assert_eq!(old.plugins(), ["bridge", "firewall"]);
-        let mut new: State = serde_json::from_str(publish).unwrap();
-        new.plugins = Some(CHAIN.iter().map(|p| (*p).to_owned()).collect());
-        let new: State = serde_json::from_slice(&serde_json::to_vec(&new).unwrap()).unwrap();
-        assert_eq!(new.plugins(), ["bridge"]);
+        let mut bridged: State = serde_json::from_str(publish).unwrap();
+        bridged.plugins = Some(vec!["bridge".to_owned()]);
+        let bridged: State =
+            serde_json::from_slice(&serde_json::to_vec(&bridged).unwrap()).unwrap();
+        assert_eq!(bridged.plugins(), ["bridge"]);
         assert_eq!(
-            new.own_publish().map(|p| p.host_port),
+            bridged.own_publish().map(|p| p.host_port),
             Some(20001),
             "berth's rule publishes it"
         );
+        // Attached by berth itself: no plugin to run, its veth named.
+        let mut own: State = serde_json::from_str(publish).unwrap();
+        own.plugins = Some(Vec::new());
+        own.veth = Some("vb0123456789abc".to_owned());
+        let own: State = serde_json::from_slice(&serde_json::to_vec(&own).unwrap()).unwrap();
+        assert!(own.plugins().is_empty());
+        assert_eq!(own.veth.as_deref(), Some("vb0123456789abc"));
+        assert_eq!(own.own_publish().map(|p| p.host_port), Some(20001));
     }
 
     #[test]
@@ -1273,6 +1385,17 @@ mod tests {
         assert_eq!(moved["interfaces"][2]["sandbox"], "/proc/2/fd/7");
         assert!(moved["interfaces"][0].get("sandbox").is_none());
         assert_eq!(moved["ips"], r["ips"]);
+    }
+
+    #[test]
+    fn veth_names_fit_an_interface_name_and_differ_per_instance() {
+        let a = InstanceId::generate();
+        let b = InstanceId::generate();
+        let (na, nb) = (veth_name(&a), veth_name(&b));
+        assert_eq!(na.len(), 15, "{na}");
+        assert!(na.starts_with("vb") && na.bytes().skip(2).all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(na, nb);
+        assert_eq!(na, veth_name(&a), "the same instance, the same name");
     }
 
     #[test]

@@ -15,15 +15,14 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use nix::errno::Errno;
 use nix::sched::CloneFlags;
-use nix::sys::socket::{
-    recv, sendto, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
-};
+
+use crate::netlink::Route;
 
 /// A network namespace this process holds open.
 #[derive(Debug)]
@@ -35,16 +34,21 @@ pub struct Namespace {
 impl Namespace {
     /// A new, empty network namespace with `lo` up.
     pub fn create() -> io::Result<Namespace> {
+        Self::in_thread(None)
+    }
+
+    /// A new network namespace with `lo` up and `link` made: on failure
+    /// the namespace goes, and the veth pair with it.
+    pub fn create_attached(link: Link) -> io::Result<Namespace> {
+        Self::in_thread(Some(link))
+    }
+
+    fn in_thread(link: Option<Link>) -> io::Result<Namespace> {
         // A thread of its own: unshare moves the calling thread, which then
         // ends (a pooled thread would run later work inside the namespace).
         std::thread::Builder::new()
             .name("berth-netns".into())
-            .spawn(|| {
-                nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
-                let file = File::open("/proc/thread-self/ns/net")?;
-                loopback_up()?;
-                Ok(file)
-            })?
+            .spawn(move || unshare_and_attach(link.as_ref()))?
             .join()
             .map_err(|_| io::Error::other("the namespace thread panicked"))?
             .map(Namespace::held)
@@ -91,55 +95,51 @@ impl Namespace {
     }
 }
 
-/// `ip link set lo up` in the calling thread's network namespace: one
-/// RTM_NEWLINK for interface 1 (loopback is always index 1 in a new
-/// namespace), answered by an ack.
-fn loopback_up() -> io::Result<()> {
-    const RTM_NEWLINK: u16 = 16;
-    const NLM_F_REQUEST: u16 = 1;
-    const NLM_F_ACK: u16 = 4;
-    const NLMSG_ERROR: u16 = 2;
-    const IFF_UP: u32 = 1;
-    const LOOPBACK_INDEX: i32 = 1;
-    let sock = socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkRoute,
-    )?;
-    // struct nlmsghdr (16 bytes) then struct ifinfomsg (16 bytes).
-    let mut msg = Vec::with_capacity(32);
-    msg.extend_from_slice(&32u32.to_ne_bytes());
-    msg.extend_from_slice(&RTM_NEWLINK.to_ne_bytes());
-    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-    msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence
-    msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
-    msg.extend_from_slice(&[0, 0]); // AF_UNSPEC, padding
-    msg.extend_from_slice(&0u16.to_ne_bytes()); // device type
-    msg.extend_from_slice(&LOOPBACK_INDEX.to_ne_bytes());
-    msg.extend_from_slice(&IFF_UP.to_ne_bytes()); // flags
-    msg.extend_from_slice(&IFF_UP.to_ne_bytes()); // change mask
-    sendto(
-        sock.as_raw_fd(),
-        &msg,
-        &NetlinkAddr::new(0, 0),
-        MsgFlags::empty(),
-    )?;
-    let mut buf = [0u8; 512];
-    let n = recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty())?;
-    let field = |at: usize| buf.get(at..at + 4).filter(|_| at + 4 <= n);
-    let ty = buf
-        .get(4..6)
-        .filter(|_| n >= 6)
-        .map(|b| u16::from_ne_bytes([b[0], b[1]]));
-    let code = field(16).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-    match (ty, code) {
-        (Some(NLMSG_ERROR), Some(0)) => Ok(()),
-        (Some(NLMSG_ERROR), Some(e)) => Err(Errno::from_raw(-e).into()),
-        _ => Err(io::Error::other(format!(
-            "unexpected netlink answer ({n} bytes)"
-        ))),
+/// Loopback is always index 1 in a new namespace.
+const LOOPBACK_INDEX: u32 = 1;
+
+/// How a new namespace joins the node's bridge: a veth pair named `near`
+/// on the host (on the bridge `bridge`) and `far` inside, the address
+/// `ip/prefix` on `far`, the default route through `gateway`.
+#[derive(Debug, Clone)]
+pub struct Link {
+    /// The host's end.
+    pub near: String,
+    /// The bridge it is a port of.
+    pub bridge: String,
+    /// The instance's end (`eth0`).
+    pub far: String,
+    /// The instance's address.
+    pub ip: Ipv4Addr,
+    /// Its prefix length.
+    pub prefix: u8,
+    /// The bridge's address.
+    pub gateway: Ipv4Addr,
+}
+
+/// In a thread of its own: one route socket in the host's namespace,
+/// opened before the thread leaves it (for the near end), then the new
+/// namespace with loopback up and, when asked, the veth pair, address and
+/// route in it (netns-aware sockets keep the namespace they were opened
+/// in).
+fn unshare_and_attach(link: Option<&Link>) -> io::Result<File> {
+    let mut host = link.map(|_| Route::open()).transpose()?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
+    let file = File::open("/proc/thread-self/ns/net")?;
+    let mut inside = Route::open()?;
+    inside.set_up(LOOPBACK_INDEX)?;
+    if let (Some(link), Some(host)) = (link, host.as_mut()) {
+        let bridge = host
+            .link_index(&link.bridge)
+            .map_err(|e| io::Error::new(e.kind(), format!("bridge {}: {e}", link.bridge)))?;
+        host.add_veth(&link.near, bridge, &link.far, file.as_fd())
+            .map_err(|e| io::Error::new(e.kind(), format!("veth {}: {e}", link.near)))?;
+        let eth = inside.link_index(&link.far)?;
+        inside.set_up(eth)?;
+        inside.add_address(eth, link.ip, link.prefix)?;
+        inside.add_default_route(eth, link.gateway)?;
     }
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -171,5 +171,82 @@ mod tests {
         assert_eq!(again.inode().expect("inode"), ino);
         let own = Namespace::of_process(std::process::id()).expect_err("the host's");
         assert_eq!(own.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    /// Runs `cmd` and returns its output; panics when it fails.
+    fn sh(cmd: &str) -> String {
+        let out = std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .output()
+            .expect("sh");
+        assert!(out.status.success(), "{cmd}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A bridge of the test's own, removed on drop.
+    struct Bridge(String);
+
+    impl Drop for Bridge {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", &self.0])
+                .status();
+        }
+    }
+
+    #[test]
+    fn an_attached_namespace_has_its_address_route_and_a_hairpin_port_on_the_bridge() {
+        let tag = format!("{:06x}", std::process::id() & 0xff_ffff);
+        let bridge = Bridge(format!("tbr{tag}"));
+        sh(&format!(
+            "ip link add {0} type bridge && ip addr add 10.231.7.1/24 dev {0} && ip link set {0} up",
+            bridge.0
+        ));
+        let near = format!("tvn{tag}");
+        let link = Link {
+            near: near.clone(),
+            bridge: bridge.0.clone(),
+            far: "eth0".into(),
+            ip: "10.231.7.9".parse().expect("ip"),
+            prefix: 24,
+            gateway: "10.231.7.1".parse().expect("gw"),
+        };
+        let ns = Namespace::create_attached(link.clone()).expect("attached");
+        let enter = format!("nsenter --net={}", ns.path().display());
+        let addrs = sh(&format!("{enter} ip -o -4 addr show dev eth0"));
+        assert!(
+            addrs.contains("inet 10.231.7.9/24 brd 10.231.7.255"),
+            "{addrs}"
+        );
+        let routes = sh(&format!("{enter} ip -4 route show default"));
+        assert!(
+            routes.contains("default via 10.231.7.1 dev eth0"),
+            "{routes}"
+        );
+        let lo = sh(&format!("{enter} ip -o link show lo"));
+        assert!(lo.contains(",UP"), "{lo}");
+        // The host's end: up, a port of the bridge, hairpin on; the
+        // gateway answers from inside.
+        let host = sh(&format!("ip -o link show {near}"));
+        assert!(host.contains(&format!("master {}", bridge.0)), "{host}");
+        assert!(host.contains(",UP"), "{host}");
+        let hairpin = sh(&format!("cat /sys/class/net/{near}/brport/hairpin_mode"));
+        assert_eq!(hairpin.trim(), "1");
+        let listener = std::net::TcpListener::bind("10.231.7.1:0").expect("listen on the bridge");
+        let port = listener.local_addr().expect("addr").port();
+        sh(&format!(
+            "{enter} timeout 5 bash -c 'exec 3<>/dev/tcp/10.231.7.1/{port}'"
+        ));
+        listener.accept().expect("the instance's connection");
+        // The same name again is refused and leaves no namespace behind.
+        let again = Namespace::create_attached(link).expect_err("taken");
+        assert!(again.to_string().contains(&near), "{again}");
+        // Dropping the namespace takes the pair with it.
+        drop(ns);
+        let gone = (0..50).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            !Path::new("/sys/class/net").join(&near).exists()
+        });
+        assert!(gone, "{near} outlived its namespace");
     }
 }
