@@ -466,35 +466,38 @@ impl Cni {
             prefix: self.cfg.subnet.prefix,
             gateway: self.gateway(),
         };
-        tokio::task::spawn_blocking(move || Namespace::create_attached(link))
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r)
-            .map_err(NetError::Link)
+        blocking(move || Namespace::create_attached(link)).await
     }
 
     /// The node's bridge, with the gateway address, up; forwarding on.
     /// Made once per node start (the CNI `bridge` plugin made it at the
-    /// first instance's ADD).
+    /// first instance's ADD). Over netlink, not sysfs: `/sys/class/net`
+    /// shows the namespace `/sys` was mounted in, which is not the node's
+    /// when it runs in a network namespace of its own.
     async fn ensure_bridge(&self) -> Result<(), NetError> {
-        let b = self.bridge.as_str();
-        if !Path::new("/sys/class/net").join(b).exists() {
-            if let Err(e) = run("ip", &["link", "add", "name", b, "type", "bridge"]).await {
-                // Another node of the same subnet made it meanwhile.
-                if !Path::new("/sys/class/net").join(b).exists() {
-                    return Err(e);
+        let (name, gateway, prefix) = (self.bridge.clone(), self.gateway(), self.cfg.subnet.prefix);
+        blocking(move || {
+            let mut route = Route::open()?;
+            let bridge = match route.find_link(&name)? {
+                Some(b) => b,
+                None => {
+                    match route.add_bridge(&name) {
+                        // Another node of the same subnet made it meanwhile.
+                        Err(e) if e.raw_os_error() != Some(nix::libc::EEXIST) => return Err(e),
+                        _ => {}
+                    }
+                    route.link(&name)?
                 }
-            }
-        }
-        // Its own address set as its address: a bridge otherwise takes
-        // the lowest address of its ports, which changes as instances come
-        // and go and leaves their ARP caches naming a gateway that moved.
-        let mac_file = Path::new("/sys/class/net").join(b).join("address");
-        let mac = std::fs::read_to_string(&mac_file).map_err(net_io(&mac_file))?;
-        run("ip", &["link", "set", b, "address", mac.trim()]).await?;
-        let gw = format!("{}/{}", self.gateway(), self.cfg.subnet.prefix);
-        run("ip", &["addr", "replace", &gw, "dev", b]).await?;
-        run("ip", &["link", "set", b, "up"]).await?;
+            };
+            // Its own address set as its address: a bridge otherwise takes
+            // the lowest address of its ports, which changes as instances
+            // come and go and leaves their ARP caches naming a gateway
+            // that moved.
+            route.set_address(bridge.index, &bridge.mac)?;
+            route.replace_address(bridge.index, gateway, prefix)?;
+            route.set_up(bridge.index)
+        })
+        .await?;
         let knob = Path::new("/proc/sys/net/ipv4/ip_forward");
         std::fs::write(knob, b"1").map_err(net_io(knob))
     }
@@ -753,7 +756,7 @@ impl Cni {
         // The result names the namespace by the path it had at ADD; this
         // process reaches the same namespace by another.
         if let Some(veth) = &state.veth {
-            if !self.is_port(veth) {
+            if !self.is_port(veth).await {
                 tracing::warn!(instance = %id, veth, "adopted instance's veth is not on the bridge");
                 return false;
             }
@@ -834,12 +837,17 @@ impl Cni {
     }
 
     /// Whether `veth` is a port of the node's bridge.
-    fn is_port(&self, veth: &str) -> bool {
-        let master = Path::new("/sys/class/net").join(veth).join("master");
-        std::fs::read_link(master)
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .is_some_and(|n| n == self.bridge)
+    async fn is_port(&self, veth: &str) -> bool {
+        let (veth, bridge) = (veth.to_owned(), self.bridge.clone());
+        let port = blocking(move || {
+            let mut route = Route::open()?;
+            let (Some(port), Some(bridge)) = (route.find_link(&veth)?, route.find_link(&bridge)?)
+            else {
+                return Ok(false);
+            };
+            Ok(port.master == Some(bridge.index))
+        });
+        port.await.unwrap_or(false)
     }
 
     /// Remove berth's chains and the bridge when no instance is attached
@@ -868,10 +876,7 @@ impl Cni {
             let _ = iptables(&["-t", table, "-F", chain]).await;
             let _ = iptables(&["-t", table, "-X", chain]).await;
         }
-        if Path::new("/sys/class/net").join(&self.bridge).exists() {
-            run("ip", &["link", "del", &self.bridge]).await?;
-        }
-        Ok(())
+        delete_link(self.bridge.clone()).await
     }
 
     fn fwd(&self) -> String {
@@ -1154,11 +1159,17 @@ fn veth_name(id: &InstanceId) -> String {
 /// `ip link del <name>` off the async threads (the kernel waits for its
 /// readers to leave the device); none left is fine.
 async fn delete_link(name: String) -> Result<(), NetError> {
-    tokio::task::spawn_blocking(move || Route::open().and_then(|mut r| r.delete_link(&name)))
+    blocking(move || Route::open()?.delete_link(&name).map(|_| ())).await
+}
+
+/// Netlink work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, NetError> {
+    tokio::task::spawn_blocking(work)
         .await
         .map_err(std::io::Error::other)
         .and_then(|r| r)
-        .map(|_| ())
         .map_err(NetError::Link)
 }
 

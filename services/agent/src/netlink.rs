@@ -24,11 +24,13 @@ const NLMSG_ERROR: u16 = 2;
 
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
+const NLM_F_REPLACE: u16 = 0x100;
 const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 const NLA_F_NESTED: u16 = 0x8000;
 
 const IFF_UP: u32 = 0x1;
+const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MASTER: u16 = 10;
 const IFLA_PROTINFO: u16 = 12;
@@ -83,15 +85,43 @@ impl Route {
     /// The index of the link named `name` (the kernel's `ENODEV` when there
     /// is none).
     pub fn link_index(&mut self, name: &str) -> io::Result<u32> {
+        self.link(name).map(|l| l.index)
+    }
+
+    /// The link named `name`; `None` when there is none.
+    pub fn find_link(&mut self, name: &str) -> io::Result<Option<LinkInfo>> {
+        match self.link(name) {
+            Ok(l) => Ok(Some(l)),
+            Err(e) if e.raw_os_error() == Some(Errno::ENODEV as i32) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn link(&mut self, name: &str) -> io::Result<LinkInfo> {
         let mut m = Msg::new(RTM_GETLINK, 0);
         m.ifinfo(0, 0, 0, 0);
         m.attr_name(IFLA_IFNAME, name);
         let answer = self.request(m)?;
-        // struct ifinfomsg follows the header: family, pad, type, index.
-        answer
-            .get(16 + 4..16 + 8)
-            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-            .ok_or_else(|| io::Error::other("short RTM_NEWLINK answer"))
+        LinkInfo::parse(&answer).ok_or_else(|| io::Error::other("short RTM_NEWLINK answer"))
+    }
+
+    /// `ip link add <name> type bridge`; refused when it exists.
+    pub fn add_bridge(&mut self, name: &str) -> io::Result<()> {
+        let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
+        m.ifinfo(0, 0, 0, 0);
+        m.attr_name(IFLA_IFNAME, name);
+        let info = m.nest(IFLA_LINKINFO);
+        m.attr_name(IFLA_INFO_KIND, "bridge");
+        m.end(info);
+        self.ack(m)
+    }
+
+    /// `ip link set <index> address <mac>`.
+    pub fn set_address(&mut self, index: u32, mac: &[u8]) -> io::Result<()> {
+        let mut m = Msg::new(RTM_NEWLINK, 0);
+        m.ifinfo(0, index, 0, 0);
+        m.attr(IFLA_ADDRESS, mac);
+        self.ack(m)
     }
 
     /// A veth pair: `near` here, up, on the bridge `master` (hairpin on:
@@ -132,7 +162,17 @@ impl Route {
 
     /// `ip addr add <ip>/<prefix> dev <index>`.
     pub fn add_address(&mut self, index: u32, ip: Ipv4Addr, prefix: u8) -> io::Result<()> {
-        let mut m = Msg::new(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL);
+        self.address(index, ip, prefix, NLM_F_CREATE | NLM_F_EXCL)
+    }
+
+    /// `ip addr replace <ip>/<prefix> dev <index>`: added, or kept when
+    /// there.
+    pub fn replace_address(&mut self, index: u32, ip: Ipv4Addr, prefix: u8) -> io::Result<()> {
+        self.address(index, ip, prefix, NLM_F_CREATE | NLM_F_REPLACE)
+    }
+
+    fn address(&mut self, index: u32, ip: Ipv4Addr, prefix: u8, flags: u16) -> io::Result<()> {
+        let mut m = Msg::new(RTM_NEWADDR, flags);
         // struct ifaddrmsg: family, prefix length, flags, scope, index.
         m.buf
             .extend_from_slice(&[AF_INET, prefix, 0, RT_SCOPE_UNIVERSE]);
@@ -232,6 +272,50 @@ impl Route {
             }
             return Ok(first);
         }
+    }
+}
+
+/// What berth reads of a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// Its index.
+    pub index: u32,
+    /// The index of the bridge it is a port of.
+    pub master: Option<u32>,
+    /// Its hardware address.
+    pub mac: Vec<u8>,
+}
+
+impl LinkInfo {
+    /// From an RTM_NEWLINK message: header, struct ifinfomsg, attributes.
+    fn parse(msg: &[u8]) -> Option<LinkInfo> {
+        let index = msg
+            .get(20..24)
+            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))?;
+        let mut info = LinkInfo {
+            index,
+            master: None,
+            mac: Vec::new(),
+        };
+        let mut at = 32;
+        while let Some(head) = msg.get(at..at + 4) {
+            let len = usize::from(u16::from_ne_bytes([head[0], head[1]]));
+            let kind = u16::from_ne_bytes([head[2], head[3]]);
+            let value = msg.get(at + 4..at + len.max(4))?;
+            match kind {
+                IFLA_MASTER if value.len() == 4 => {
+                    info.master =
+                        Some(u32::from_ne_bytes([value[0], value[1], value[2], value[3]]));
+                }
+                IFLA_ADDRESS => info.mac = value.to_vec(),
+                _ => {}
+            }
+            if len < 4 {
+                break;
+            }
+            at += (len + 3) & !3;
+        }
+        Some(info)
     }
 }
 

@@ -230,6 +230,22 @@ mod tests {
         let host = sh(&format!("ip -o link show {near}"));
         assert!(host.contains(&format!("master {}", bridge.0)), "{host}");
         assert!(host.contains(",UP"), "{host}");
+        let mut route = Route::open().expect("route socket");
+        let port = route
+            .find_link(&near)
+            .expect("lookup")
+            .expect("the near end");
+        let br = route
+            .find_link(&bridge.0)
+            .expect("lookup")
+            .expect("the bridge");
+        assert_eq!(
+            port.master,
+            Some(br.index),
+            "read back as a port of the bridge"
+        );
+        assert_eq!(port.mac.len(), 6);
+        assert!(route.find_link("nosuchlink0").expect("lookup").is_none());
         let hairpin = sh(&format!("cat /sys/class/net/{near}/brport/hairpin_mode"));
         assert_eq!(hairpin.trim(), "1");
         let listener = std::net::TcpListener::bind("10.231.7.1:0").expect("listen on the bridge");
