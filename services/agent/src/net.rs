@@ -4,7 +4,7 @@
 //! over netlink by the thread that creates the namespace ([`crate::netns`],
 //! [`crate::netlink`]), with leases in `host-local`'s layout
 //! ([`crate::lease`]). The plugin cost two processes per instance start
-//! (`bridge`, then `host-local`), about 17 ms of CPU each start. Instances
+//! (`bridge`, then `host-local`), 17–24 ms of CPU each start. Instances
 //! an earlier berth attached through the plugins are still checked and
 //! deleted through them, as the CNI spec says (CHECK when a restarted agent
 //! adopts one, DEL when it is gone).
@@ -753,14 +753,16 @@ impl Cni {
                 tracing::warn!(instance = %id, error = %e, "namespace mount not removed");
             }
         }
-        // The result names the namespace by the path it had at ADD; this
-        // process reaches the same namespace by another.
+        // One of berth's own: its CHECK is that its veth is still a port
+        // of the bridge.
         if let Some(veth) = &state.veth {
             if !self.is_port(veth).await {
                 tracing::warn!(instance = %id, veth, "adopted instance's veth is not on the bridge");
                 return false;
             }
         }
+        // The result names the namespace by the path it had at ADD; this
+        // process reaches the same namespace by another.
         let result = state.result.as_ref().map(|r| in_sandbox(r, &netns));
         for plugin in state.plugins() {
             let conf = self.conf(plugin, &state.spec, result.as_ref());
@@ -808,10 +810,11 @@ impl Cni {
 
     /// An adopted instance whose container is not running (it crashed
     /// while no agent ran): its namespace went with the processes that
-    /// held it. A new one gets the same address — its lease is still
-    /// held, so the `static` IPAM hands it over — and the node's record of
-    /// the instance (its health check's address) stays true when it
-    /// restarts. `false` when that cannot be done (it is then deleted).
+    /// held it. A new one (and a new veth pair) gets the same address —
+    /// its lease is still held — and the node's record of the instance
+    /// (its health check's address) stays true when it restarts. One
+    /// attached through the `bridge` plugin becomes one of berth's own.
+    /// `false` when that cannot be done (it is then deleted).
     async fn reattach(&self, id: &InstanceId, mut state: State, ip: Ipv4Addr) -> bool {
         let legacy_bridge = state.plugins() == ["bridge"];
         if !(state.plugins().is_empty() || legacy_bridge) || !self.leases.holds(&id.to_string(), ip)
