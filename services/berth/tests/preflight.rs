@@ -171,7 +171,7 @@ async fn what_is_missing_is_named_with_its_setting() {
     for needle in [
         "a working runc (`/no/such/runc --version`: no such file; BERTH_NODE_RUNC)",
         &format!(
-            "the CNI plugins bridge, host-local, portmap, firewall and static in {cni} \
+            "the CNI plugins bridge, host-local, portmap and firewall in {cni} \
              (BERTH_NODE_CNI_PATH)"
         ),
     ] {

@@ -36,9 +36,9 @@ pub struct NodeArgs {
     #[arg(long, env = "BERTH_NODE_RUNC", default_value = "runc")]
     pub node_runc: PathBuf,
 
-    /// The directory holding the CNI plugins instance networks are built
-    /// with (bridge, host-local, static; portmap and firewall for
-    /// instances attached by an earlier berth).
+    /// The directory holding the CNI plugins (bridge, host-local, portmap,
+    /// firewall) that instances attached by an earlier berth are checked
+    /// and deleted through; new instances are attached by the node itself.
     #[arg(long, env = "BERTH_NODE_CNI_PATH", default_value = "/usr/lib/cni")]
     pub node_cni_path: PathBuf,
 

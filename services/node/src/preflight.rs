@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::NodeOptions;
 
-/// The CNI plugins an instance network is built from.
-pub const CNI_PLUGINS: [&str; 5] = ["bridge", "host-local", "portmap", "firewall", "static"];
+/// The CNI plugins instances attached by an earlier berth are checked and
+/// deleted through (new ones are attached by the node itself).
+pub const CNI_PLUGINS: [&str; 4] = ["bridge", "host-local", "portmap", "firewall"];
 
 /// Tools the CNI plugins and the node call by name (so they must be on
 /// PATH): `iptables` for port mappings and firewall rules, `ip` for links.

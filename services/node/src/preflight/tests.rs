@@ -88,17 +88,17 @@ fn each_missing_piece_is_named() {
         ),
         (
             Probe {
-                cni_plugins: set(&["bridge", "host-local", "static"]),
+                cni_plugins: set(&["bridge", "host-local"]),
                 ..able()
             },
             "the CNI plugins portmap and firewall in /usr/lib/cni (BERTH_NODE_CNI_PATH)",
         ),
         (
             Probe {
-                cni_plugins: set(&["bridge", "host-local", "portmap", "firewall"]),
+                cni_plugins: set(&["bridge", "host-local", "portmap"]),
                 ..able()
             },
-            "the CNI plugin static in /usr/lib/cni",
+            "the CNI plugin firewall in /usr/lib/cni",
         ),
         (
             Probe {
