@@ -61,6 +61,8 @@ const AF_BRIDGE: u8 = 7;
 pub struct Route {
     fd: OwnedFd,
     seq: u32,
+    /// Where answers are read into (one link's description fits).
+    buf: Vec<u8>,
 }
 
 impl Route {
@@ -72,7 +74,11 @@ impl Route {
             SockFlag::SOCK_CLOEXEC,
             SockProtocol::NetlinkRoute,
         )?;
-        Ok(Route { fd, seq: 0 })
+        Ok(Route {
+            fd,
+            seq: 0,
+            buf: vec![0; 32 * 1024],
+        })
     }
 
     /// `ip link set <index> up`.
@@ -238,10 +244,12 @@ impl Route {
             &NetlinkAddr::new(0, 0),
             MsgFlags::empty(),
         )?;
-        let mut buf = vec![0u8; 32 * 1024];
         loop {
-            let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
-            let answer = buf.get(..n).unwrap_or_default();
+            let n = match recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::empty()) {
+                Err(Errno::EINTR) => continue,
+                r => r?,
+            };
+            let answer = self.buf.get(..n).unwrap_or_default();
             let field = |at: usize| {
                 answer
                     .get(at..at + 4)
