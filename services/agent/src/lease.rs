@@ -69,10 +69,15 @@ impl Leases {
                 .open(self.path(ip))
             {
                 Ok(mut f) => {
-                    *cursor = at;
                     // host-local's layout: the id, a line break, the
-                    // interface.
-                    f.write_all(format!("{id}\r\neth0").as_bytes())?;
+                    // interface. A file that does not name its holder
+                    // (a full disk) would hold the address for ever.
+                    if let Err(e) = f.write_all(format!("{id}\r\neth0").as_bytes()) {
+                        drop(f);
+                        remove(&self.path(ip))?;
+                        return Err(e);
+                    }
+                    *cursor = at;
                     return Ok(Some(ip));
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -165,5 +170,39 @@ mod tests {
         let again = Leases::open(dir.path().to_path_buf(), net, 29).unwrap();
         let next: Vec<_> = (0..3).map(|_| again.take("f").unwrap()).collect();
         assert_eq!(next, [5, 6, 2].map(|h| Some(Ipv4Addr::new(10, 9, 0, h))));
+    }
+
+    /// A tmpfs of one page at a temp dir, unmounted on drop.
+    struct Tiny(tempfile::TempDir);
+
+    impl Drop for Tiny {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    #[test]
+    fn an_address_whose_lease_cannot_be_written_is_not_held() {
+        // As root, as the node runs: a full disk under the leases.
+        let tiny = Tiny(tempfile::tempdir().unwrap());
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4k", "tmpfs"])
+            .arg(tiny.0.path())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let dir = tiny.0.path().join("ipam");
+        let leases = Leases::open(dir.clone(), Ipv4Addr::new(10, 9, 0, 0), 29).unwrap();
+        let mut fill = std::fs::File::create(tiny.0.path().join("fill")).unwrap();
+        while fill.write_all(&[0; 512]).is_ok() {}
+        drop(fill);
+        assert!(leases.take("a").is_err(), "the disk is full");
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        assert!(left.is_empty(), "a lease naming no one was left: {left:?}");
+        // With room again, the address is handed out.
+        std::fs::remove_file(tiny.0.path().join("fill")).unwrap();
+        assert_eq!(leases.take("a").unwrap(), Some(Ipv4Addr::new(10, 9, 0, 2)));
     }
 }
