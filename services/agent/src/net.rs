@@ -407,8 +407,8 @@ impl Cni {
 
     async fn try_attach(&self, id: &InstanceId, mut state: State) -> Result<Attachment, NetError> {
         let (hosts, resolv) = self.paths(id);
-        let leases = &self.leases;
-        let ip = leases
+        let ip = self
+            .leases
             .take(&id.to_string())
             .map_err(net_io(Path::new("ipam")))?
             .ok_or_else(|| NetError::Full(self.subnet.clone()))?;
@@ -615,11 +615,10 @@ impl Cni {
                         .map(|_| ()),
                 );
             }
+            // One of berth's own: its veth, and its address (the plugin's
+            // DEL gave back its own).
             if let Some(veth) = &state.veth {
                 keep(delete_link(veth.clone()).await);
-            }
-            // An address berth gave (the plugin's DEL gave back its own).
-            if state.plugins().is_empty() {
                 let owner = id.to_string();
                 let given = match state.result.as_ref().and_then(result_ip) {
                     Some(ip) => self.leases.release(&owner, ip),
@@ -817,8 +816,7 @@ impl Cni {
     /// `false` when that cannot be done (it is then deleted).
     async fn reattach(&self, id: &InstanceId, mut state: State, ip: Ipv4Addr) -> bool {
         let legacy_bridge = state.plugins() == ["bridge"];
-        if !(state.plugins().is_empty() || legacy_bridge) || !self.leases.holds(&id.to_string(), ip)
-        {
+        if !(state.veth.is_some() || legacy_bridge) || !self.leases.holds(&id.to_string(), ip) {
             return false;
         }
         if legacy_bridge {
@@ -1150,13 +1148,7 @@ fn in_sandbox(result: &Value, netns: &Path) -> Value {
 /// The host's end of `id`'s veth pair: 15 bytes at most, as interface
 /// names are, unique per instance (52 bits of its id's hash).
 fn veth_name(id: &InstanceId) -> String {
-    let hash = id
-        .to_string()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-    format!("vb{:013x}", hash >> 12)
+    format!("vb{:013x}", fnv1a64(id.as_str()) >> 12)
 }
 
 /// `ip link del <name>` off the async threads (the kernel waits for its
@@ -1245,6 +1237,13 @@ async fn bridge_netfilter() -> Result<(), NetError> {
 fn fnv1a(s: &str) -> u32 {
     s.bytes().fold(0x811c_9dc5u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// [`fnv1a`] in 64 bits.
+fn fnv1a64(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
 

@@ -103,6 +103,7 @@ impl Route {
         }
     }
 
+    /// The link named `name` (the kernel's `ENODEV` when there is none).
     pub fn link(&mut self, name: &str) -> io::Result<LinkInfo> {
         let mut m = Msg::new(RTM_GETLINK, 0);
         m.ifinfo(0, 0, 0, 0);
@@ -327,7 +328,8 @@ impl LinkInfo {
     }
 }
 
-fn context(e: io::Error, what: &str) -> io::Error {
+/// `e` with `what` was being done in front of its message.
+pub(crate) fn context(e: io::Error, what: &str) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 

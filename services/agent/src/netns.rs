@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
 
-use crate::netlink::Route;
+use crate::netlink::{context, Route};
 
 /// A network namespace this process holds open.
 #[derive(Debug)]
@@ -131,9 +131,9 @@ fn unshare_and_attach(link: Option<&Link>) -> io::Result<File> {
     if let (Some(link), Some(host)) = (link, host.as_mut()) {
         let bridge = host
             .link_index(&link.bridge)
-            .map_err(|e| io::Error::new(e.kind(), format!("bridge {}: {e}", link.bridge)))?;
+            .map_err(|e| context(e, &format!("bridge {}", link.bridge)))?;
         host.add_veth(&link.near, bridge, &link.far, file.as_fd())
-            .map_err(|e| io::Error::new(e.kind(), format!("veth {}: {e}", link.near)))?;
+            .map_err(|e| context(e, &format!("veth {}", link.near)))?;
         let eth = inside.link_index(&link.far)?;
         inside.set_up(eth)?;
         inside.add_address(eth, link.ip, link.prefix)?;
