@@ -151,6 +151,18 @@ async fn instances_the_bridge_plugin_attached_keep_their_addresses_and_leave_thr
     all.sort();
     assert_eq!(held(&cfg, &bridge), all);
 
+    // An address taken by an attach that crashed before its state file
+    // was written: no state names its holder.
+    let orphan = Ipv4Addr::from(u32::from(cfg.subnet.addr) + 200);
+    std::fs::write(
+        cfg.state_dir
+            .join("ipam")
+            .join(&bridge)
+            .join(orphan.to_string()),
+        "ins-crashedbeforesaving\r\neth0",
+    )
+    .unwrap();
+
     // As after a node restart: a new process, only `kept` adopted (its
     // container gone, so its namespace too).
     drop(cni);
@@ -169,7 +181,8 @@ async fn instances_the_bridge_plugin_attached_keep_their_addresses_and_leave_thr
     let addrs = String::from_utf8_lossy(&out.stdout);
     assert!(addrs.contains(&format!("inet {kept_ip}/")), "{addrs}");
     // Everything else is gone: their ports, and their addresses given back
-    // (berth's own, and the plugin's through its DEL).
+    // (berth's own, the plugin's through its DEL, and the one no state
+    // names).
     assert_eq!(held(&cfg, &bridge), vec![kept_ip]);
     ports_become(&bridge, 1);
 

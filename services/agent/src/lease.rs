@@ -6,6 +6,7 @@
 //! both get one address, and survives restarts: an instance adopted after a
 //! restart keeps its address until it is detached.
 
+use std::collections::HashSet;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -101,16 +102,17 @@ impl Leases {
         Ok(())
     }
 
-    /// Gives back every address `id` holds (when which one is not known: a
-    /// crash between taking it and recording it).
-    pub fn release_all(&self, id: &str) -> io::Result<()> {
+    /// Gives back every address held by an id not in `holders` (a crash
+    /// between taking an address and recording it; one pass over the
+    /// leases, at start).
+    pub fn keep_only(&self, holders: &HashSet<String>) -> io::Result<()> {
         for entry in std::fs::read_dir(&self.dir)?.flatten() {
             let path = entry.path();
             let is_lease = entry
                 .file_name()
                 .to_str()
                 .is_some_and(|n| n.parse::<Ipv4Addr>().is_ok());
-            if is_lease && holder(&path).is_some_and(|h| h == id) {
+            if is_lease && !holder(&path).is_some_and(|h| holders.contains(&h)) {
                 remove(&path)?;
             }
         }
@@ -163,9 +165,11 @@ mod tests {
         let rest: Vec<_> = (0..3).map(|_| leases.take("d").unwrap()).collect();
         assert_eq!(rest, [5, 6, 2].map(|h| Some(Ipv4Addr::new(10, 9, 0, h))));
         assert_eq!(leases.take("e").unwrap(), None, "the subnet is full");
-        // Every address of an id at once; a restart resumes after the
-        // highest held.
-        leases.release_all("d").unwrap();
+        // Every address of an id not kept at once; a restart resumes
+        // after the highest held.
+        let kept: HashSet<String> = ["b", "c"].map(str::to_owned).into();
+        leases.keep_only(&kept).unwrap();
+        assert!(leases.holds("b", b), "a kept holder keeps its address");
         assert!(!leases.holds("d", Ipv4Addr::new(10, 9, 0, 5)));
         let again = Leases::open(dir.path().to_path_buf(), net, 29).unwrap();
         let next: Vec<_> = (0..3).map(|_| again.take("f").unwrap()).collect();

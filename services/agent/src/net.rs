@@ -42,7 +42,7 @@
 //! before anything is created, so whatever a crash leaves is found and
 //! deleted at the next start.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -386,15 +386,28 @@ impl Cni {
         id: &InstanceId,
         spec: &NetworkSpec,
     ) -> Result<Attachment, NetError> {
+        let owner = id.to_string();
+        let ip = self
+            .leases
+            .take(&owner)
+            .map_err(net_io(Path::new("ipam")))?
+            .ok_or_else(|| NetError::Full(self.subnet.clone()))?;
         let state = State {
             spec: spec.clone(),
-            result: None,
+            result: Some(self.result_of(ip)),
             plugins: Some(Vec::new()),
             veth: Some(veth_name(id)),
         };
-        // First: a crash from here on leaves a file the next start finds.
-        self.save(id, &state)?;
-        match self.try_attach(id, state).await {
+        // First: a crash from here on leaves a file the next start finds,
+        // naming the address and the veth (a crash just before leaves a
+        // lease no state names, which [`Cni::recover`] gives back).
+        if let Err(e) = self.save(id, &state) {
+            if let Err(undo) = self.leases.release(&owner, ip) {
+                tracing::warn!(instance = %id, error = %undo, "giving back an unused address");
+            }
+            return Err(e);
+        }
+        match self.try_attach(id, &state, ip).await {
             Ok(a) => Ok(a),
             Err(e) => {
                 if let Err(undo) = self.detach(id).await {
@@ -405,26 +418,22 @@ impl Cni {
         }
     }
 
-    async fn try_attach(&self, id: &InstanceId, mut state: State) -> Result<Attachment, NetError> {
+    async fn try_attach(
+        &self,
+        id: &InstanceId,
+        state: &State,
+        ip: Ipv4Addr,
+    ) -> Result<Attachment, NetError> {
         let (hosts, resolv) = self.paths(id);
-        let ip = self
-            .leases
-            .take(&id.to_string())
-            .map_err(net_io(Path::new("ipam")))?
-            .ok_or_else(|| NetError::Full(self.subnet.clone()))?;
-        // Recorded before the pair is made: a crash from here on leaves
-        // the address and the veth's name for the next start to remove.
-        state.result = Some(self.result_of(ip));
-        self.save(id, &state)?;
         let t0 = std::time::Instant::now();
-        let ns = self.linked_namespace(&state, ip).await?;
+        let ns = self.linked_namespace(state, ip).await?;
         tracing::debug!(ms = t0.elapsed().as_millis() as u64, "veth");
         let netns = ns.path().to_path_buf();
         self.spaces().insert(id.clone(), ns);
         write_in_place(&resolv, &resolv_conf())?;
         write_in_place(&hosts, "")?;
         let t0 = std::time::Instant::now();
-        self.join(id, &state, ip).await?;
+        self.join(id, state, ip).await?;
         tracing::debug!(ms = t0.elapsed().as_millis() as u64, "rules");
         Ok(Attachment {
             netns,
@@ -619,12 +628,10 @@ impl Cni {
             // DEL gave back its own).
             if let Some(veth) = &state.veth {
                 keep(delete_link(veth.clone()).await);
-                let owner = id.to_string();
-                let given = match state.result.as_ref().and_then(result_ip) {
-                    Some(ip) => self.leases.release(&owner, ip),
-                    None => self.leases.release_all(&owner),
-                };
-                keep(given.map_err(net_io(Path::new("ipam"))));
+                if let Some(ip) = state.result.as_ref().and_then(result_ip) {
+                    let given = self.leases.release(&id.to_string(), ip);
+                    keep(given.map_err(net_io(Path::new("ipam"))));
+                }
             }
         }
         drop(ns);
@@ -693,7 +700,8 @@ impl Cni {
     /// After an agent restart: `keep` are the instances adopted, with the
     /// pid of their running container when it runs (their networks are
     /// held again, checked and their rules restored); every other network
-    /// state left here is deleted.
+    /// state left here is deleted, and every address no state names is
+    /// given back.
     pub async fn recover(&self, keep: &HashMap<InstanceId, Option<u32>>) -> Result<(), NetError> {
         let dir = &self.cfg.state_dir;
         let mut found = Vec::new();
@@ -703,6 +711,8 @@ impl Cni {
                 found.push(id);
             }
         }
+        // The instances whose state files stay: their addresses stay held.
+        let mut named = HashSet::new();
         for id in found {
             let adopted = match keep.get(&id) {
                 Some(pid) => self.readopt(&id, *pid).await,
@@ -715,8 +725,16 @@ impl Cni {
                 // not keep the node from starting.
                 if let Err(e) = self.detach(&id).await {
                     tracing::warn!(instance = %id, error = %e, "network left behind not fully removed");
+                } else {
+                    continue;
                 }
             }
+            named.insert(id.to_string());
+        }
+        // An address taken by an attach that crashed before its state
+        // file was written.
+        if let Err(e) = self.leases.keep_only(&named) {
+            tracing::warn!(error = %e, "addresses no instance names not given back");
         }
         Ok(())
     }
