@@ -10,10 +10,11 @@
 //! adopts one, DEL when it is gone).
 //!
 //! The rest is berth's own iptables rules, in chains named after the
-//! bridge, written per instance in one `iptables-restore` batch (the
-//! `portmap` and `firewall` plugins made a dozen iptables calls per
-//! instance, each serialised on the xtables lock and each re-reading a
-//! ruleset that grows with the instances):
+//! bridge, written in one `iptables-restore` batch for all the instances
+//! that start together (the `portmap` and `firewall` plugins made a dozen
+//! iptables calls per instance, each serialised on the xtables lock and
+//! each re-reading a ruleset that grows with the instances; one batch per
+//! instance still read it once per instance):
 //!
 //! - `<tag>-IN`, jumped from `INPUT` for packets from the bridge: only
 //!   replies reach the host, so an instance cannot open a connection to any
@@ -262,6 +263,37 @@ struct Member {
     publish: Option<Publish>,
 }
 
+/// A join waiting for its rules: whoever next holds the rules lock applies
+/// every waiting join in one `iptables-restore`.
+#[derive(Debug)]
+struct Waiting {
+    id: InstanceId,
+    member: Member,
+    done: tokio::sync::oneshot::Sender<Result<(), NetError>>,
+}
+
+/// Rule changes by table, as one `iptables-restore` input.
+#[derive(Debug, Default)]
+struct Rules {
+    /// Chains created (declared before any rule, as the format wants).
+    chains: String,
+    filter: String,
+    nat: String,
+}
+
+impl Rules {
+    fn text(&self) -> String {
+        let mut text = String::new();
+        let filter = format!("{}{}", self.chains, self.filter);
+        for (table, lines) in [("filter", &filter), ("nat", &self.nat)] {
+            if !lines.is_empty() {
+                text.push_str(&format!("*{table}\n{lines}COMMIT\n"));
+            }
+        }
+        text
+    }
+}
+
 /// Which way a member's rules change.
 #[derive(Debug, Clone, Copy)]
 enum Change {
@@ -274,8 +306,8 @@ enum Change {
 /// The chain instances were attached with before berth made their veth
 /// pairs, addresses and rules itself (still deleted and checked through
 /// it): `bridge` (veth, `host-local` address), then `portmap` and
-/// `firewall`, which berth's one `iptables-restore` batch per instance
-/// replaced first.
+/// `firewall`, which berth's own `iptables-restore` batches replaced
+/// first.
 const LEGACY_CHAIN: [&str; 3] = ["bridge", "portmap", "firewall"];
 const CNI_VERSION: &str = "1.0.0";
 const IFNAME: &str = "eth0";
@@ -297,6 +329,8 @@ pub struct Cni {
     /// Serialises rule changes: a group chain is created by its first
     /// member and removed with its last.
     rules: tokio::sync::Mutex<()>,
+    /// Joins queued for the next holder of `rules`.
+    waiting: Mutex<Vec<Waiting>>,
 }
 
 impl Cni {
@@ -325,6 +359,7 @@ impl Cni {
             spaces: Mutex::default(),
             leases,
             rules: tokio::sync::Mutex::new(()),
+            waiting: Mutex::default(),
         };
         cni.ensure_bridge().await?;
         cni.base_rules().await?;
@@ -511,9 +546,10 @@ impl Cni {
         std::fs::write(knob, b"1").map_err(net_io(knob))
     }
 
-    /// Registers a member, adds its rules (one `iptables-restore` batch:
-    /// its group's accept, the jump to its group's chain, its published
-    /// port) and rewrites its group's hosts files.
+    /// Registers a member, adds its rules (its group's accept, the jump to
+    /// its group's chain, its published port: one `iptables-restore` batch
+    /// with those of every instance joining meanwhile) and rewrites its
+    /// group's hosts files.
     async fn join(&self, id: &InstanceId, state: &State, ip: Ipv4Addr) -> Result<(), NetError> {
         let spec = &state.spec;
         let member = Member {
@@ -529,21 +565,104 @@ impl Cni {
             let knob = format!("/proc/sys/net/ipv4/conf/{}/route_localnet", self.bridge);
             std::fs::write(&knob, b"1").map_err(net_io(Path::new(&knob)))?;
         }
+        let group = member.group.clone();
+        let (done, applied) = tokio::sync::oneshot::channel();
+        self.queued().push(Waiting {
+            id: id.clone(),
+            member,
+            done,
+        });
         {
+            // Instances starting together wait here while one batch runs;
+            // the next holder applies all their rules in one batch.
             let _rules = self.rules.lock().await;
-            let fresh = !self.members().values().any(|m| m.group == member.group);
-            iptables_restore(&self.member_rules(&member, Change::Join { fresh })).await?;
-            self.members().insert(id.clone(), member.clone());
+            let waiting = std::mem::take(&mut *self.queued());
+            // Logged there; each join learns its own outcome below.
+            let _ = self.apply_joins(waiting).await;
         }
-        self.write_hosts(&member.group)
+        // Sent by whichever holder took this join, this one or an earlier.
+        applied.await.unwrap_or_else(|_| {
+            Err(NetError::Command {
+                command: "iptables-restore".to_owned(),
+                message: "the batch holding this instance's rules was abandoned".to_owned(),
+            })
+        })?;
+        self.write_hosts(&group)
     }
 
-    /// The `iptables-restore` input that adds (or removes) `m`'s rules.
-    fn member_rules(&self, m: &Member, change: Change) -> String {
+    fn queued(&self) -> MutexGuard<'_, Vec<Waiting>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds the rules of every waiting join in one `iptables-restore`
+    /// (one process and one read of the ruleset, which grows with the
+    /// instances, for all of them); when that batch fails, each join is
+    /// tried alone, so one bad join fails only itself. Called holding
+    /// `rules`; the batch's own outcome (`Ok` when it went as one).
+    async fn apply_joins(&self, waiting: Vec<Waiting>) -> Result<(), NetError> {
+        let batch = match waiting.len() {
+            0 => return Ok(()),
+            1 => Err(None),
+            _ => {
+                let members: Vec<&Member> = waiting.iter().map(|w| &w.member).collect();
+                self.add_rules(&members).await.map_err(Some)
+            }
+        };
+        match batch {
+            Ok(()) => {
+                for w in waiting {
+                    self.members().insert(w.id, w.member);
+                    let _ = w.done.send(Ok(()));
+                }
+                Ok(())
+            }
+            Err(failed) => {
+                if let Some(e) = &failed {
+                    tracing::warn!(error = %e, joins = waiting.len(), "a batch of instance rules failed; adding them one by one");
+                }
+                for w in waiting {
+                    let result = self.add_rules(&[&w.member]).await;
+                    if result.is_ok() {
+                        self.members().insert(w.id, w.member);
+                    }
+                    let _ = w.done.send(result);
+                }
+                failed.map_or(Ok(()), Err)
+            }
+        }
+    }
+
+    /// Adds `joining`'s rules in one `iptables-restore`. A batch commits
+    /// table by table, so a failure may leave part of it (the filter rules
+    /// of a batch whose nat rules failed): that part is taken out again.
+    async fn add_rules(&self, joining: &[&Member]) -> Result<(), NetError> {
+        let mut rules = Rules::default();
+        let mut created = HashSet::new();
+        let mut fresh = Vec::with_capacity(joining.len());
+        for m in joining {
+            let first = !self.members().values().any(|x| x.group == m.group)
+                && created.insert(m.group.clone());
+            self.member_rules(m, Change::Join { fresh: first }, &mut rules);
+            fresh.push(first);
+        }
+        let Err(e) = iptables_restore(&rules.text()).await else {
+            return Ok(());
+        };
+        // In reverse, so a group's new chain goes after its rules.
+        let mut undo = Rules::default();
+        for (m, first) in joining.iter().zip(&fresh).rev() {
+            self.member_rules(m, Change::Leave { last: *first }, &mut undo);
+        }
+        if let Err(e) = remove_rules(&undo.text()).await {
+            tracing::warn!(error = %e, "taking out the rules of a failed batch");
+        }
+        Err(e)
+    }
+
+    /// Appends to `rules` what adds (or removes) `m`'s rules.
+    fn member_rules(&self, m: &Member, change: Change, rules: &mut Rules) {
         let chain = self.group_chain(&m.group);
         let (ip, subnet, fwd) = (m.ip, &self.subnet, self.fwd());
-        let mut filter = String::from("*filter\n");
-        let mut nat = String::new();
         let dnat = m.publish.map(|p| {
             format!(
                 "{} -p tcp -m tcp --dport {} -j DNAT --to-destination {ip}:{}\n",
@@ -552,17 +671,18 @@ impl Cni {
                 p.container_port
             )
         });
+        let filter = &mut rules.filter;
         match change {
             Change::Join { fresh } => {
                 if fresh {
-                    filter.push_str(&format!(":{chain} - [0:0]\n"));
+                    rules.chains.push_str(&format!(":{chain} - [0:0]\n"));
                 }
                 filter.push_str(&format!("-A {chain} -d {ip}/32 -j ACCEPT\n"));
                 // Before the closing rules of the subnet (rules 1-2 are
                 // fixed).
                 filter.push_str(&format!("-I {fwd} 3 -s {ip}/32 -d {subnet} -j {chain}\n"));
                 if let Some(d) = dnat {
-                    nat = format!("*nat\n-A {d}COMMIT\n");
+                    rules.nat.push_str(&format!("-A {d}"));
                 }
             }
             Change::Leave { last } => {
@@ -572,12 +692,10 @@ impl Cni {
                     filter.push_str(&format!("-F {chain}\n-X {chain}\n"));
                 }
                 if let Some(d) = dnat {
-                    nat = format!("*nat\n-D {d}COMMIT\n");
+                    rules.nat.push_str(&format!("-D {d}"));
                 }
             }
         }
-        filter.push_str("COMMIT\n");
-        filter + &nat
     }
 
     /// Remove `id`'s network: rules, DEL through the chain in reverse, the
@@ -667,34 +785,9 @@ impl Cni {
 
     async fn leave_rules(&self, m: &Member) -> Result<(), NetError> {
         let last = !self.members().values().any(|x| x.group == m.group);
-        let batch = self.member_rules(m, Change::Leave { last });
-        if iptables_restore(&batch).await.is_ok() {
-            return Ok(());
-        }
-        // One rule already gone fails the whole batch: the rest is removed
-        // one by one, and only what is still there and cannot be removed
-        // counts.
-        let mut first_err = None;
-        let mut table = "filter";
-        for line in batch.lines() {
-            if let Some(t) = line.strip_prefix('*') {
-                table = if t == "nat" { "nat" } else { "filter" };
-                continue;
-            }
-            if line == "COMMIT" {
-                continue;
-            }
-            let one = format!("*{table}\n{line}\nCOMMIT\n");
-            match iptables_restore(&one).await {
-                Err(NetError::Command { message, .. })
-                    if message.contains("does not exist") || message.contains("Bad rule") => {}
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-                Ok(()) => {}
-            }
-        }
-        first_err.map_or(Ok(()), Err)
+        let mut rules = Rules::default();
+        self.member_rules(m, Change::Leave { last }, &mut rules);
+        remove_rules(&rules.text()).await
     }
 
     /// After an agent restart: `keep` are the instances adopted, with the
@@ -1331,6 +1424,38 @@ async fn iptables_restore(batch: &str) -> Result<(), NetError> {
     Ok(())
 }
 
+/// Removes the rules and chains `batch` deletes. One already gone fails a
+/// whole batch: then the rest is removed one by one, and only what is still
+/// there and cannot be removed counts.
+async fn remove_rules(batch: &str) -> Result<(), NetError> {
+    if iptables_restore(batch).await.is_ok() {
+        return Ok(());
+    }
+    let mut first_err = None;
+    let mut table = "filter";
+    for line in batch.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = if t == "nat" { "nat" } else { "filter" };
+            continue;
+        }
+        if line == "COMMIT" {
+            continue;
+        }
+        let one = format!("*{table}\n{line}\nCOMMIT\n");
+        match iptables_restore(&one).await {
+            Err(NetError::Command { message, .. })
+                if message.contains("does not exist")
+                    || message.contains("Bad rule")
+                    || message.contains("No chain/target/match") => {}
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+            Ok(()) => {}
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
 /// Run `cmd` with `input` on its stdin; its output once it exits.
 async fn feed(
     mut cmd: tokio::process::Command,
@@ -1434,5 +1559,273 @@ mod tests {
         let r = json!({"ips": [{"address": "10.77.0.5/16", "gateway": "10.77.0.1"}]});
         assert_eq!(result_ip(&r), Some(Ipv4Addr::new(10, 77, 0, 5)));
         assert_eq!(result_ip(&json!({})), None);
+    }
+    /// A network of the test's own on a subnet no other test of this
+    /// binary uses; its instances detached and the network closed on
+    /// drop, also when the test fails.
+    struct TestNet {
+        cni: std::sync::Arc<Cni>,
+        ids: Vec<InstanceId>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl TestNet {
+        async fn open(n: u32) -> TestNet {
+            let dir = tempfile::tempdir().unwrap();
+            let subnet = format!("10.232.{}.0/24", (std::process::id() + n) % 250);
+            let cfg = NetworkConfig {
+                subnet: subnet.parse().unwrap(),
+                cni_path: "/usr/lib/cni".into(),
+                state_dir: dir.path().join("net"),
+            };
+            let cni = std::sync::Arc::new(Cni::open(cfg).await.unwrap());
+            TestNet {
+                cni,
+                ids: Vec::new(),
+                _dir: dir,
+            }
+        }
+
+        /// A member of `group` with the `n`th address, published or not.
+        fn member(&mut self, n: u8, group: &str, publish: bool) -> (InstanceId, State) {
+            let id = InstanceId::generate();
+            self.ids.push(id.clone());
+            let mut ip = self.cni.gateway().octets();
+            ip[3] = 10 + n;
+            let spec = NetworkSpec {
+                group: group.into(),
+                name: None,
+                publish: publish.then_some(Publish {
+                    container_port: 8080,
+                    host_port: 30_000 + u16::from(n),
+                }),
+            };
+            let state = State {
+                spec,
+                result: Some(self.cni.result_of(Ipv4Addr::from(ip))),
+                plugins: Some(Vec::new()),
+                veth: None,
+            };
+            (id, state)
+        }
+
+        fn chain(&self, table: &str, chain: &str) -> Option<Vec<String>> {
+            let out = std::process::Command::new("iptables")
+                .args(["-w", "-t", table, "-S", chain])
+                .output()
+                .unwrap();
+            out.status.success().then(|| {
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| l.starts_with("-A "))
+                    .map(str::to_owned)
+                    .collect()
+            })
+        }
+
+        /// The member jumps of the forward chain (its fixed rules left out).
+        fn jumps(&self) -> Vec<String> {
+            let group = format!("-j {}-", self.cni.tag);
+            let mut v: Vec<String> = self
+                .chain("filter", &self.cni.fwd())
+                .unwrap()
+                .into_iter()
+                .filter(|l| l.contains(&group))
+                .collect();
+            v.sort();
+            v
+        }
+    }
+
+    impl Drop for TestNet {
+        fn drop(&mut self) {
+            let (cni, ids) = (self.cni.clone(), std::mem::take(&mut self.ids));
+            let dnat = cni.dnat();
+            let _ = std::process::Command::new("iptables")
+                .args(["-w", "-t", "nat", "-E", &format!("{dnat}-X"), &dnat])
+                .output();
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    for id in &ids {
+                        let _ = cni.detach(id).await;
+                    }
+                    cni.close().await
+                })
+            })
+            .join();
+        }
+    }
+
+    fn waiting(
+        id: &InstanceId,
+        state: &State,
+    ) -> (
+        Waiting,
+        tokio::sync::oneshot::Receiver<Result<(), NetError>>,
+    ) {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        let member = Member {
+            group: state.spec.group.clone(),
+            name: None,
+            ip: state.result.as_ref().and_then(result_ip).unwrap(),
+            publish: state.own_publish(),
+        };
+        let w = Waiting {
+            id: id.clone(),
+            member,
+            done,
+        };
+        (w, rx)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_rules_of_instances_starting_together_go_in_one_batch() {
+        let mut net = TestNet::open(0).await;
+        let joining: Vec<(InstanceId, State)> = (0..6)
+            .map(|n| net.member(n, if n < 3 { "a" } else { "b" }, n % 3 == 1))
+            .collect();
+        // While the rules are held, every join waits in the queue.
+        let held = net.cni.rules.lock().await;
+        let tasks: Vec<_> = joining
+            .iter()
+            .map(|(id, state)| {
+                let (cni, id, state) = (net.cni.clone(), id.clone(), state.clone());
+                let ip = state.result.as_ref().and_then(result_ip).unwrap();
+                tokio::spawn(async move { cni.join(&id, &state, ip).await })
+            })
+            .collect();
+        for _ in 0..500 {
+            if net.cni.queued().len() == 6 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(net.cni.queued().len(), 6, "every join waits in the queue");
+        // The next holder takes them all, and adds them in one batch.
+        let all = std::mem::take(&mut *net.cni.queued());
+        net.cni.apply_joins(all).await.unwrap();
+        drop(held);
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let (a, b) = (net.cni.group_chain("a"), net.cni.group_chain("b"));
+        let mut want = Vec::new();
+        for (n, (_, state)) in joining.iter().enumerate() {
+            let ip = state.result.as_ref().and_then(result_ip).unwrap();
+            let chain = if n < 3 { &a } else { &b };
+            want.push(format!(
+                "-A {} -s {ip}/32 -d {} -j {chain}",
+                net.cni.fwd(),
+                net.cni.subnet
+            ));
+        }
+        want.sort();
+        assert_eq!(net.jumps(), want, "one jump per instance, to its group");
+        for (chain, members) in [(&a, &joining[..3]), (&b, &joining[3..])] {
+            let mut accepts: Vec<String> = members
+                .iter()
+                .map(|(_, s)| {
+                    let ip = s.result.as_ref().and_then(result_ip).unwrap();
+                    format!("-A {chain} -d {ip}/32 -j ACCEPT")
+                })
+                .collect();
+            let mut have = net.chain("filter", chain).unwrap();
+            have.sort();
+            accepts.sort();
+            assert_eq!(have, accepts, "one accept per member of the group");
+        }
+        let dnat = net.chain("nat", &net.cni.dnat()).unwrap();
+        assert_eq!(dnat.len(), 2, "{dnat:?}");
+        for (_, state) in [&joining[1], &joining[4]] {
+            let (ip, port) = (
+                state.result.as_ref().and_then(result_ip).unwrap(),
+                state.spec.publish.unwrap().host_port,
+            );
+            let rule = format!("--dport {port} -j DNAT --to-destination {ip}:8080");
+            assert!(
+                dnat.iter().any(|r| r.ends_with(&rule)),
+                "{rule} in {dnat:?}"
+            );
+        }
+        assert_eq!(net.cni.members().len(), 6);
+        // One more of a group that has members keeps theirs.
+        let (id, state) = net.member(6, "a", false);
+        let ip = state.result.as_ref().and_then(result_ip).unwrap();
+        net.cni.join(&id, &state, ip).await.unwrap();
+        assert_eq!(net.chain("filter", &a).unwrap().len(), 4);
+        net.cni.detach(&id).await.unwrap();
+        assert_eq!(net.chain("filter", &a).unwrap().len(), 3);
+        // Leaving takes each one's rules, and a group's chain with its last.
+        for (id, _) in &joining {
+            net.cni.detach(id).await.unwrap();
+        }
+        assert!(net.jumps().is_empty());
+        assert!(net.chain("filter", &a).is_none() && net.chain("filter", &b).is_none());
+        assert_eq!(
+            net.chain("nat", &net.cni.dnat()).unwrap(),
+            Vec::<String>::new()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_batch_is_taken_out_and_each_instance_tried_alone() {
+        let mut net = TestNet::open(1).await;
+        // Published ports cannot be added (their chain is not there), so
+        // the batch fails after its filter rules went in.
+        let dnat = net.cni.dnat();
+        let renamed = std::process::Command::new("iptables")
+            .args(["-w", "-t", "nat", "-E", &dnat, &format!("{dnat}-X")])
+            .status()
+            .unwrap();
+        assert!(renamed.success());
+        let plain = net.member(0, "b", false);
+        let published = net.member(1, "b", true);
+        let other = net.member(2, "c", true);
+        let mut done = Vec::new();
+        let mut batch = Vec::new();
+        for (id, state) in [&plain, &published, &other] {
+            let (w, rx) = waiting(id, state);
+            batch.push(w);
+            done.push(rx);
+        }
+        let _rules = net.cni.rules.lock().await;
+        assert!(
+            net.cni.apply_joins(batch).await.is_err(),
+            "the batch failed"
+        );
+        let results: Vec<bool> = futures::future::join_all(done)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap().is_ok())
+            .collect();
+        assert_eq!(
+            results,
+            [true, false, false],
+            "each alone: only the unpublished one joins"
+        );
+        let ip = plain.1.result.as_ref().and_then(result_ip).unwrap();
+        let b = net.cni.group_chain("b");
+        assert_eq!(
+            net.jumps(),
+            [format!(
+                "-A {} -s {ip}/32 -d {} -j {b}",
+                net.cni.fwd(),
+                net.cni.subnet
+            )],
+            "nothing of the failed ones is left, nothing twice"
+        );
+        assert_eq!(
+            net.chain("filter", &b).unwrap(),
+            [format!("-A {b} -d {ip}/32 -j ACCEPT")]
+        );
+        assert!(
+            net.chain("filter", &net.cni.group_chain("c")).is_none(),
+            "a chain no one joined is gone"
+        );
+        assert_eq!(net.cni.members().len(), 1);
     }
 }
