@@ -565,11 +565,10 @@ impl Cni {
             let knob = format!("/proc/sys/net/ipv4/conf/{}/route_localnet", self.bridge);
             std::fs::write(&knob, b"1").map_err(net_io(Path::new(&knob)))?;
         }
-        let group = member.group.clone();
         let (done, applied) = tokio::sync::oneshot::channel();
         self.queued().push(Waiting {
             id: id.clone(),
-            member,
+            member: member.clone(),
             done,
         });
         {
@@ -587,7 +586,7 @@ impl Cni {
                 message: "the batch holding this instance's rules was abandoned".to_owned(),
             })
         })?;
-        self.write_hosts(&group)
+        self.update_hosts(id, &member, true)
     }
 
     fn queued(&self) -> MutexGuard<'_, Vec<Waiting>> {
@@ -718,7 +717,7 @@ impl Cni {
             match m {
                 Some(m) => {
                     keep(self.leave_rules(&m).await);
-                    Some(m.group)
+                    Some(m)
                 }
                 None => None,
             }
@@ -766,8 +765,8 @@ impl Cni {
                 }
             }
         }
-        if let Some(group) = left {
-            keep(self.write_hosts(&group));
+        if let Some(m) = left {
+            keep(self.update_hosts(id, &m, false));
         }
         // Last: while anything above failed, the next start retries it.
         match first_err {
@@ -1194,36 +1193,47 @@ impl Cni {
             .map_err(|e| fail(format!("result is not JSON: {e}")))
     }
 
+    /// The hosts files a member's coming or going changes: a named
+    /// member is listed in every file of its group, so all are rewritten;
+    /// an unnamed one (most: only private services carry a name) only in
+    /// its own, written when it joins. Rewriting the whole group for every
+    /// instance made each start cost a file write per instance of its owner
+    /// on the node.
+    fn update_hosts(&self, id: &InstanceId, m: &Member, joined: bool) -> Result<(), NetError> {
+        if m.name.as_deref().is_some_and(is_label) {
+            return self.write_hosts(&m.group);
+        }
+        if joined {
+            let named = self.named(&m.group);
+            write_in_place(&self.paths(id).0, &hosts_text(id, m.ip, &named))?;
+        }
+        Ok(())
+    }
+
+    /// The named members of `group`, as its hosts files list them.
+    fn named(&self, group: &str) -> Vec<(String, Ipv4Addr)> {
+        let mut named: Vec<(String, Ipv4Addr)> = self
+            .members()
+            .values()
+            .filter(|m| m.group == group)
+            .filter_map(|m| Some((m.name.as_deref().filter(|n| is_label(n))?.to_owned(), m.ip)))
+            .collect();
+        named.sort();
+        named
+    }
+
     /// Rewrite the hosts file of every member of `group` (in place: the
     /// file is bind-mounted, a rename would not be seen).
     fn write_hosts(&self, group: &str) -> Result<(), NetError> {
-        let members: Vec<(InstanceId, Member)> = self
+        let members: Vec<(InstanceId, Ipv4Addr)> = self
             .members()
             .iter()
             .filter(|(_, m)| m.group == group)
-            .map(|(i, m)| (i.clone(), m.clone()))
+            .map(|(i, m)| (i.clone(), m.ip))
             .collect();
-        // Names are DNS labels by the service's rules; anything else (a
-        // line break, a space) would forge entries, so it is left out.
-        let label = |n: &&str| {
-            !n.is_empty()
-                && n.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        };
-        let mut named: Vec<(&str, Ipv4Addr)> = members
-            .iter()
-            .filter_map(|(_, m)| Some((m.name.as_deref().filter(label)?, m.ip)))
-            .collect();
-        named.sort();
-        for (id, m) in &members {
-            let mut text = format!(
-                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{id}\n",
-                m.ip
-            );
-            for (name, ip) in &named {
-                text.push_str(&format!("{ip}\t{name}\n"));
-            }
-            write_in_place(&self.paths(id).0, &text)?;
+        let named = self.named(group);
+        for (id, ip) in &members {
+            write_in_place(&self.paths(id).0, &hosts_text(id, *ip, &named))?;
         }
         Ok(())
     }
@@ -1316,6 +1326,24 @@ fn resolv_conf() -> String {
         out.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
     }
     out
+}
+
+/// Names are DNS labels by the service's rules; anything else (a line
+/// break, a space) would forge hosts entries, so it is left out.
+fn is_label(n: &str) -> bool {
+    !n.is_empty()
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// An instance's `/etc/hosts`: loopback, its own id, its group's names.
+fn hosts_text(id: &InstanceId, ip: Ipv4Addr, named: &[(String, Ipv4Addr)]) -> String {
+    let mut text =
+        format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{id}\n");
+    for (name, ip) in named {
+        text.push_str(&format!("{ip}\t{name}\n"));
+    }
+    text
 }
 
 fn write_in_place(path: &Path, text: &str) -> Result<(), NetError> {
@@ -1827,5 +1855,48 @@ mod tests {
             "a chain no one joined is gone"
         );
         assert_eq!(net.cni.members().len(), 1);
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_a_named_instance_rewrites_its_groups_hosts_files() {
+        let mut net = TestNet::open(2).await;
+        let (a, a_state) = net.member(0, "g", false);
+        let (b, b_state) = net.member(1, "g", false);
+        let (p, mut p_state) = net.member(2, "g", false);
+        p_state.spec.name = Some("db".into());
+        let (q, mut q_state) = net.member(3, "g", false);
+        q_state.spec.name = Some("x\n10.0.0.1 forged".into());
+        let (c, c_state) = net.member(4, "g", false);
+        let cni = net.cni.clone();
+        let hosts = |id: &InstanceId| std::fs::read_to_string(cni.paths(id).0).unwrap();
+        let kept = |id: &InstanceId| std::fs::write(cni.paths(id).0, "kept\n").unwrap();
+        let ip = |s: &State| s.result.as_ref().and_then(result_ip).unwrap();
+        net.cni.join(&a, &a_state, ip(&a_state)).await.unwrap();
+        assert!(hosts(&a).contains(&format!("{}\t{a}\n", ip(&a_state))));
+        kept(&a);
+        // Unnamed ones (and a name that is no DNS label) write their own.
+        net.cni.join(&b, &b_state, ip(&b_state)).await.unwrap();
+        net.cni.join(&q, &q_state, ip(&q_state)).await.unwrap();
+        assert_eq!(hosts(&a), "kept\n");
+        assert!(hosts(&b).contains(&format!("{}\t{b}\n", ip(&b_state))));
+        assert!(!hosts(&q).contains("forged"), "{}", hosts(&q));
+        // A named one is listed in every file of its group.
+        net.cni.join(&p, &p_state, ip(&p_state)).await.unwrap();
+        let listed = format!("{}\tdb\n", ip(&p_state));
+        for id in [&a, &b, &p, &q] {
+            assert!(hosts(id).contains(&listed), "{}", hosts(id));
+        }
+        // An unnamed one that joins now sees it too.
+        net.cni.join(&c, &c_state, ip(&c_state)).await.unwrap();
+        assert!(hosts(&c).contains(&listed), "{}", hosts(&c));
+        kept(&a);
+        net.cni.detach(&b).await.unwrap();
+        assert_eq!(
+            hosts(&a),
+            "kept\n",
+            "an unnamed one leaving changes no file"
+        );
+        net.cni.detach(&p).await.unwrap();
+        assert!(!hosts(&a).contains("db") && !hosts(&c).contains("db"));
+        assert!(hosts(&a).contains(&format!("{}\t{a}\n", ip(&a_state))));
     }
 }
