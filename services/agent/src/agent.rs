@@ -626,10 +626,8 @@ impl Agent {
             let mut by_service: HashMap<ServiceId, Vec<InstanceUsage>> = HashMap::new();
             let mut totals: HashMap<ServiceId, (f64, u64)> = HashMap::new();
             let mut seen = HashMap::new();
-            for (instance, service) in running {
-                let Some(u) = cgroups.read(&instance) else {
-                    continue;
-                };
+            for (u, service) in cgroups.read_all(running).await {
+                let instance = u.instance.clone();
                 let cores = last.get(&instance).map_or(0.0, |(cpu, at)| {
                     let secs = now.duration_since(*at).as_secs_f64();
                     if secs > 0.0 {

@@ -12,6 +12,19 @@ use berth_schemas::metrics::InstanceUsage;
 #[derive(Debug, Clone)]
 pub struct CgroupReader {
     root: PathBuf,
+    /// Where the instances' cgroups are, found at the first read that
+    /// finds a hierarchy (the same for every instance: not looked for
+    /// again per instance and sample).
+    layout: std::sync::OnceLock<Layout>,
+}
+
+/// How the host mounts the controllers berth reads.
+#[derive(Debug, Clone)]
+enum Layout {
+    /// cgroup v2: `<root>/berth`.
+    Unified(PathBuf),
+    /// v1, a hierarchy per controller: `<cpuacct>/berth`, `<memory>/berth`.
+    Split { cpuacct: PathBuf, memory: PathBuf },
 }
 
 /// One file's content as an unsigned number (`max` and garbage: `None`).
@@ -35,34 +48,56 @@ impl CgroupReader {
 
     /// cgroups mounted at `root` (tests build a tree of files).
     pub fn at(root: impl Into<PathBuf>) -> Self {
-        CgroupReader { root: root.into() }
+        CgroupReader {
+            root: root.into(),
+            layout: std::sync::OnceLock::new(),
+        }
     }
 
-    /// What `instance` uses now; `None` when its cgroup is not there (not
-    /// started yet, or gone).
-    pub fn read(&self, instance: &InstanceId) -> Option<InstanceUsage> {
-        let rel = format!("berth/{instance}");
-        let unified = self.root.join(&rel);
-        let (cpu_nanos, memory, limit) = if self.root.join("cgroup.controllers").exists() {
-            let cpu = keyed(&unified.join("cpu.stat"), "usage_usec")? * 1_000;
-            let current = number(&unified.join("memory.current"))?;
-            let inactive = keyed(&unified.join("memory.stat"), "inactive_file").unwrap_or(0);
-            let limit = number(&unified.join("memory.max")).unwrap_or(0);
-            (cpu, current.saturating_sub(inactive), limit)
+    fn layout(&self) -> Option<&Layout> {
+        if let Some(l) = self.layout.get() {
+            return Some(l);
+        }
+        let found = if self.root.join("cgroup.controllers").exists() {
+            Layout::Unified(self.root.join("berth"))
         } else {
             let cpuacct = ["cpu,cpuacct", "cpuacct,cpu", "cpuacct"]
                 .iter()
-                .map(|h| self.root.join(h).join(&rel))
+                .map(|h| self.root.join(h))
                 .find(|p| p.exists())?;
-            let cpu = number(&cpuacct.join("cpuacct.usage"))?;
-            let mem = self.root.join("memory").join(&rel);
-            let usage = number(&mem.join("memory.usage_in_bytes"))?;
-            let inactive = keyed(&mem.join("memory.stat"), "total_inactive_file").unwrap_or(0);
-            // v1 reports "no limit" as a huge page-rounded number.
-            let limit = number(&mem.join("memory.limit_in_bytes"))
-                .filter(|l| *l < (1 << 62))
-                .unwrap_or(0);
-            (cpu, usage.saturating_sub(inactive), limit)
+            Layout::Split {
+                cpuacct: cpuacct.join("berth"),
+                memory: self.root.join("memory").join("berth"),
+            }
+        };
+        Some(self.layout.get_or_init(|| found))
+    }
+
+    /// What `instance` uses now; `None` when its cgroup is not there (not
+    /// started yet, or gone). Blocking file reads: a node reads all its
+    /// instances off the async threads ([`CgroupReader::read_all`]).
+    pub fn read(&self, instance: &InstanceId) -> Option<InstanceUsage> {
+        let id = instance.as_str();
+        let (cpu_nanos, memory, limit) = match self.layout()? {
+            Layout::Unified(berth) => {
+                let g = berth.join(id);
+                let cpu = keyed(&g.join("cpu.stat"), "usage_usec")? * 1_000;
+                let current = number(&g.join("memory.current"))?;
+                let inactive = keyed(&g.join("memory.stat"), "inactive_file").unwrap_or(0);
+                let limit = number(&g.join("memory.max")).unwrap_or(0);
+                (cpu, current.saturating_sub(inactive), limit)
+            }
+            Layout::Split { cpuacct, memory } => {
+                let cpu = number(&cpuacct.join(id).join("cpuacct.usage"))?;
+                let mem = memory.join(id);
+                let usage = number(&mem.join("memory.usage_in_bytes"))?;
+                let inactive = keyed(&mem.join("memory.stat"), "total_inactive_file").unwrap_or(0);
+                // v1 reports "no limit" as a huge page-rounded number.
+                let limit = number(&mem.join("memory.limit_in_bytes"))
+                    .filter(|l| *l < (1 << 62))
+                    .unwrap_or(0);
+                (cpu, usage.saturating_sub(inactive), limit)
+            }
         };
         Some(InstanceUsage {
             instance: instance.clone(),
@@ -70,6 +105,25 @@ impl CgroupReader {
             memory_bytes: memory,
             memory_limit_bytes: limit,
         })
+    }
+
+    /// [`CgroupReader::read`] for each of `instances` (with what the
+    /// caller keys them by), on a blocking thread: a few files per
+    /// instance, thousands on a busy node, must not hold up the threads
+    /// that serve the node's work.
+    pub async fn read_all<K: Send + 'static>(
+        &self,
+        instances: Vec<(InstanceId, K)>,
+    ) -> Vec<(InstanceUsage, K)> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            instances
+                .into_iter()
+                .filter_map(|(i, k)| Some((me.read(&i)?, k)))
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
     }
 }
 
@@ -120,5 +174,35 @@ mod tests {
         assert!(CgroupReader::at(v1.path())
             .read(&InstanceId::generate())
             .is_none());
+    }
+    #[tokio::test]
+    async fn a_node_reads_all_its_instances_at_once_skipping_the_gone() {
+        let root = tempfile::tempdir().unwrap_or_else(|_| unreachable!());
+        // Made before its hierarchy is there: found at the first read that
+        // finds one.
+        let reader = CgroupReader::at(root.path());
+        let (a, b, gone) = (
+            InstanceId::generate(),
+            InstanceId::generate(),
+            InstanceId::generate(),
+        );
+        assert!(reader.read_all(vec![(a.clone(), 1)]).await.is_empty());
+        write(&root.path().join("cgroup.controllers"), "cpu memory\n");
+        for (i, usec) in [(&a, 10), (&b, 20)] {
+            let g = root.path().join(format!("berth/{i}"));
+            write(&g.join("cpu.stat"), &format!("usage_usec {usec}\n"));
+            write(&g.join("memory.current"), "4096\n");
+        }
+        let read = reader
+            .read_all(vec![(a.clone(), "a"), (gone, "gone"), (b.clone(), "b")])
+            .await;
+        let got: Vec<(String, u64, &str)> = read
+            .into_iter()
+            .map(|(u, k)| (u.instance.to_string(), u.cpu_nanos, k))
+            .collect();
+        assert_eq!(
+            got,
+            [(a.to_string(), 10_000, "a"), (b.to_string(), 20_000, "b")]
+        );
     }
 }
