@@ -53,6 +53,9 @@ pub struct Job {
     pub delivered: i64,
     /// Position in the consumed stream.
     pub stream_seq: u64,
+    /// When the server stored it (`None` when the delivery carries no
+    /// metadata).
+    pub enqueued_at: Option<std::time::SystemTime>,
     /// Keeps the job ours a while longer (the worker already does so every
     /// `ack_wait / 3`; a handler may add its own before a long step).
     pub progress: Progress,
@@ -431,9 +434,13 @@ async fn run_job<H: WorkHandler>(
     msg: async_nats::jetstream::Message,
     hard_stop: &CancellationToken,
 ) {
-    let (stream_seq, delivered) = match msg.info() {
-        Ok(i) => (i.stream_sequence, i.delivered),
-        Err(_) => (0, 1),
+    let (stream_seq, delivered, enqueued_at) = match msg.info() {
+        Ok(i) => (
+            i.stream_sequence,
+            i.delivered,
+            Some(std::time::SystemTime::from(i.published)),
+        ),
+        Err(_) => (0, 1, None),
     };
     let key = msg
         .headers
@@ -449,6 +456,7 @@ async fn run_job<H: WorkHandler>(
         headers: msg.headers.clone(),
         delivered,
         stream_seq,
+        enqueued_at,
         progress: Progress(Arc::clone(&msg)),
     };
     let span = tracing::info_span!("job", consumer = %cfg.consumer, job.key = %key, stream.seq = stream_seq, delivered);

@@ -313,6 +313,8 @@ impl Node {
 
         let gc = Arc::new(gc::Gc::default());
         let gc_stop = CancellationToken::new();
+        // Markers of instances stopped long ago, now and every few hours.
+        let pruner = tokio::spawn(prune_done(reporter.clone(), agent.clone(), gc_stop.clone()));
         let collector = tokio::spawn(gc.clone().run(
             self.gc,
             puller.store().clone(),
@@ -360,6 +362,7 @@ impl Node {
         };
         gc_stop.cancel();
         let _ = collector.await;
+        let _ = pruner.await;
         health.shutdown();
         // Containers keep running; the next node process adopts them.
         agent.detach().await;
@@ -429,6 +432,30 @@ impl Component for Node {
 
     fn run(self: Box<Self>, ctx: ComponentContext) -> BoxFuture<'static, Result<(), BoxError>> {
         Box::pin(async move { (*self).run(ctx).await.map_err(BoxError::from) })
+    }
+}
+
+/// How often stopped instances' old `.done` markers are looked for.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// Removes `.done` markers older than [`report::DONE_KEPT`] (none of the
+/// running instances'), at start and every [`PRUNE_EVERY`] until
+/// `stop`.
+async fn prune_done(reporter: Reporter, agent: Agent, stop: CancellationToken) {
+    loop {
+        let running = agent.instances().into_iter().collect();
+        let pruner = reporter.clone();
+        let removed =
+            tokio::task::spawn_blocking(move || pruner.prune_done(report::DONE_KEPT, &running))
+                .await
+                .unwrap_or(0);
+        if removed > 0 {
+            tracing::info!(removed, "removed the markers of instances stopped long ago");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
     }
 }
 

@@ -49,16 +49,63 @@ pub struct Placement {
     pub check: Option<Check>,
 }
 
+/// How long a stopped instance's `.done` marker is kept: a work item to
+/// start an instance enqueued longer ago than this is refused
+/// ([`too_old_to_start`]), so no item can still need the marker after it.
+pub const DONE_KEPT: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// Whether a work item enqueued at `enqueued` is too old to start anything
+/// at `now`: the `.done` marker that would have refused it may be gone.
+pub fn too_old_to_start(enqueued: std::time::SystemTime, now: std::time::SystemTime) -> bool {
+    now.duration_since(enqueued)
+        .is_ok_and(|age| age > DONE_KEPT)
+}
+
+/// [`Reporter::prune_done`] on the markers in `dir`.
+fn prune_done_in(
+    dir: &std::path::Path,
+    kept: std::time::Duration,
+    running: &std::collections::HashSet<InstanceId>,
+) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(instance) = name.strip_suffix(".done").and_then(|i| i.parse().ok()) else {
+            continue;
+        };
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|at| now.duration_since(at).is_ok_and(|age| age > kept));
+        if old && !running.contains(&instance) && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 impl Reporter {
-    /// A reporter keeping placements under `dir`.
+    /// A reporter keeping placements under `dir`; those an earlier process
+    /// left are read once, here (the node's ports and images in use are
+    /// answered from memory after).
     pub fn new(store: EventStore, node: NodeId, dir: PathBuf) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
-        Ok(Self {
+        let reporter = Self {
             store,
             node,
             dir,
             deploys: Arc::default(),
-        })
+        };
+        for instance in reporter.placed() {
+            // Read into memory; an unreadable one counts for nothing, as
+            // before.
+            let _ = reporter.placement(&instance);
+        }
+        Ok(reporter)
     }
 
     /// Records where `instance` belongs before it starts.
@@ -84,22 +131,16 @@ impl Reporter {
     }
 
     /// Ports allocated to instances placed on this node and not stopped
-    /// (adopted ones included: their placements are read once, then kept).
+    /// (adopted ones included), from memory: a web instance's start asks,
+    /// and listing the directory each time cost a read per instance ever
+    /// stopped here.
     pub fn ports_in_use(&self) -> std::collections::HashSet<u16> {
-        self.placed()
-            .iter()
-            .filter_map(|i| self.placement(i))
-            .filter_map(|p| p.port)
-            .collect()
+        self.lock().values().filter_map(|p| p.port).collect()
     }
 
     /// Digests of the instances placed here and not stopped.
     pub fn placed_digests(&self) -> Vec<String> {
-        self.placed()
-            .iter()
-            .filter_map(|i| self.placement(i))
-            .map(|p| p.digest)
-            .collect()
+        self.lock().values().map(|p| p.digest.clone()).collect()
     }
 
     /// Instances with a placement on disk (started here, not stopped).
@@ -125,6 +166,18 @@ impl Reporter {
     /// Whether `instance` ended for good on this node.
     pub fn is_done(&self, instance: &InstanceId) -> bool {
         self.dir.join(format!("{instance}.done")).exists()
+    }
+
+    /// Removes the `.done` markers older than `kept` (one per instance
+    /// ever stopped here: without this they grow with the node's history),
+    /// except those of instances in `running` (a stop begun before a
+    /// restart is resumed by its marker). How many went.
+    pub fn prune_done(
+        &self,
+        kept: std::time::Duration,
+        running: &std::collections::HashSet<InstanceId>,
+    ) -> usize {
+        prune_done_in(&self.dir, kept, running)
     }
 
     fn forget(&self, instance: &InstanceId) {
@@ -294,5 +347,53 @@ impl Reporter {
             &format!("{instance}:started"),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn markers_of_instances_stopped_long_ago_go_unless_they_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let week = Duration::from_secs(7 * 24 * 3600);
+        let marker = |age: Duration| {
+            let id = InstanceId::generate();
+            let path = dir.path().join(format!("{id}.done"));
+            let f = std::fs::File::create(&path).unwrap();
+            f.set_modified(SystemTime::now() - age).unwrap();
+            (id, path)
+        };
+        let (_, old) = marker(week + Duration::from_secs(60));
+        let (_, recent) = marker(week - Duration::from_secs(60));
+        let (running, old_running) = marker(week * 2);
+        // Not a marker: a placement of the same age stays.
+        let placement = dir.path().join(format!("{}.json", InstanceId::generate()));
+        std::fs::File::create(&placement)
+            .unwrap()
+            .set_modified(SystemTime::now() - week * 2)
+            .unwrap();
+        let keep: std::collections::HashSet<InstanceId> = [running].into();
+        assert_eq!(prune_done_in(dir.path(), week, &keep), 1);
+        assert!(!old.exists());
+        assert!(recent.exists() && old_running.exists() && placement.exists());
+    }
+
+    #[test]
+    fn a_start_older_than_the_markers_kept_is_too_old() {
+        let now = SystemTime::now();
+        assert!(!too_old_to_start(
+            now - DONE_KEPT + Duration::from_secs(60),
+            now
+        ));
+        assert!(too_old_to_start(
+            now - DONE_KEPT - Duration::from_secs(60),
+            now
+        ));
+        // A clock behind the server's: not old.
+        assert!(!too_old_to_start(now + Duration::from_secs(5), now));
     }
 }

@@ -41,7 +41,7 @@ use tokio::sync::watch;
 use crate::config::NodeChecks;
 use crate::gc::Gc;
 use crate::health::{Check, Health};
-use crate::report::{Placement, Reporter};
+use crate::report::{too_old_to_start, Placement, Reporter, DONE_KEPT};
 use crate::sealed::{open_env, open_login};
 
 /// Handles one node's work items.
@@ -85,6 +85,18 @@ impl WorkHandler for NodeHandler {
     async fn handle(&self, job: Job) -> Result<(), WorkError> {
         let work: NodeWork = rmp_serde::from_slice(&job.payload)
             .map_err(|e| WorkError::Fatal(format!("not a NodeWork item: {e}")))?;
+        let starts = matches!(work, NodeWork::RunInstance(_) | NodeWork::RunOnce { .. });
+        if starts
+            && job
+                .enqueued_at
+                .is_some_and(|at| too_old_to_start(at, std::time::SystemTime::now()))
+        {
+            // Whether it was stopped meanwhile is no longer known here.
+            return Err(WorkError::Fatal(format!(
+                "a start enqueued more than {} days ago is not run",
+                DONE_KEPT.as_secs() / 86_400
+            )));
+        }
         match work {
             NodeWork::RunInstance(spec) => self.run_instance(spec).await,
             NodeWork::StopInstance { service, instance } => {
