@@ -1,6 +1,9 @@
 //! The node's work queue handler: `RunInstance` (pull → unpack → start →
 //! `InstanceStarted`), `StopInstance` and `RunOnce`, each safe to receive
-//! twice (a redelivery after a crash or a lost ack).
+//! twice (a redelivery after a crash or a lost ack). A stopped instance
+//! leaves a marker that refuses a late start; markers are kept
+//! [`DONE_KEPT`], and a start enqueued longer ago than that is
+//! dead-lettered instead of run.
 //!
 //! Verdicts: a pull failure that is the image's fault (SPEC §9) is recorded
 //! as `ImagePullFailed` and the job is done — retrying cannot fix a deleted
