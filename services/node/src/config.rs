@@ -206,6 +206,9 @@ pub struct NodeOptions {
     pub client: ClientConfig,
     /// Bytes an unpack leaves free on the node's disk (0: not looked at).
     pub min_free_disk: u64,
+    /// How long a stopped instance's marker is kept; a start enqueued
+    /// longer ago is not run ([`crate::report::DONE_KEPT`]).
+    pub done_kept: Duration,
 }
 
 impl NodeOptions {
@@ -302,6 +305,7 @@ impl NodeArgs {
                 ..ClientConfig::default()
             },
             min_free_disk: self.node_min_free_disk_mib << 20,
+            done_kept: crate::report::DONE_KEPT,
         })
     }
 }

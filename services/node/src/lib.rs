@@ -62,7 +62,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{NodeArgs, NodeChecks, NodeOptions};
 pub use gc::GcOptions;
 pub use health::{Check, Health, HealthOptions};
-pub use report::{Placement, Reporter};
+pub use report::{Placement, Reporter, DONE_KEPT};
 pub use work::NodeHandler;
 
 /// Why the node could not start.
@@ -314,7 +314,12 @@ impl Node {
         let gc = Arc::new(gc::Gc::default());
         let gc_stop = CancellationToken::new();
         // Markers of instances stopped long ago, now and every few hours.
-        let pruner = tokio::spawn(prune_done(reporter.clone(), agent.clone(), gc_stop.clone()));
+        let pruner = tokio::spawn(prune_done(
+            reporter.clone(),
+            agent.clone(),
+            self.opts.done_kept,
+            gc_stop.clone(),
+        ));
         let collector = tokio::spawn(gc.clone().run(
             self.gc,
             puller.store().clone(),
@@ -329,6 +334,7 @@ impl Node {
             health: health.clone(),
             checks: self.checks.clone(),
             ports: std::sync::Mutex::new(()),
+            done_kept: self.opts.done_kept,
             gc,
             unpack: berth_puller::UnpackOptions {
                 limits: berth_puller::UnpackLimits {
@@ -438,17 +444,20 @@ impl Component for Node {
 /// How often stopped instances' old `.done` markers are looked for.
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 
-/// Removes `.done` markers older than [`report::DONE_KEPT`] (none of the
-/// running instances'), at start and every [`PRUNE_EVERY`] until
-/// `stop`.
-async fn prune_done(reporter: Reporter, agent: Agent, stop: CancellationToken) {
+/// Removes `.done` markers older than `kept` (none of the running
+/// instances'), at start and every [`PRUNE_EVERY`] until `stop`.
+async fn prune_done(
+    reporter: Reporter,
+    agent: Agent,
+    kept: std::time::Duration,
+    stop: CancellationToken,
+) {
     loop {
         let running = agent.instances().into_iter().collect();
         let pruner = reporter.clone();
-        let removed =
-            tokio::task::spawn_blocking(move || pruner.prune_done(report::DONE_KEPT, &running))
-                .await
-                .unwrap_or(0);
+        let removed = tokio::task::spawn_blocking(move || pruner.prune_done(kept, &running))
+            .await
+            .unwrap_or(0);
         if removed > 0 {
             tracing::info!(removed, "removed the markers of instances stopped long ago");
         }

@@ -49,16 +49,21 @@ pub struct Placement {
     pub check: Option<Check>,
 }
 
-/// How long a stopped instance's `.done` marker is kept: a work item to
-/// start an instance enqueued longer ago than this is refused
-/// ([`too_old_to_start`]), so no item can still need the marker after it.
+/// How long a stopped instance's `.done` marker is kept by default
+/// ([`crate::NodeOptions::done_kept`]): a work item to start an instance
+/// enqueued longer ago than this is refused ([`too_old_to_start`]), so no
+/// item can still need the marker after it.
 pub const DONE_KEPT: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// Whether a work item enqueued at `enqueued` is too old to start anything
-/// at `now`: the `.done` marker that would have refused it may be gone.
-pub fn too_old_to_start(enqueued: std::time::SystemTime, now: std::time::SystemTime) -> bool {
-    now.duration_since(enqueued)
-        .is_ok_and(|age| age > DONE_KEPT)
+/// at `now`, markers being kept `kept`: the marker that would have refused
+/// it may be gone.
+pub fn too_old_to_start(
+    enqueued: std::time::SystemTime,
+    now: std::time::SystemTime,
+    kept: std::time::Duration,
+) -> bool {
+    now.duration_since(enqueued).is_ok_and(|age| age > kept)
 }
 
 /// [`Reporter::prune_done`] on the markers in `dir`.
@@ -387,13 +392,19 @@ mod tests {
         let now = SystemTime::now();
         assert!(!too_old_to_start(
             now - DONE_KEPT + Duration::from_secs(60),
-            now
+            now,
+            DONE_KEPT
         ));
         assert!(too_old_to_start(
             now - DONE_KEPT - Duration::from_secs(60),
-            now
+            now,
+            DONE_KEPT
         ));
         // A clock behind the server's: not old.
-        assert!(!too_old_to_start(now + Duration::from_secs(5), now));
+        assert!(!too_old_to_start(
+            now + Duration::from_secs(5),
+            now,
+            DONE_KEPT
+        ));
     }
 }

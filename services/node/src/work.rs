@@ -2,8 +2,8 @@
 //! `InstanceStarted`), `StopInstance` and `RunOnce`, each safe to receive
 //! twice (a redelivery after a crash or a lost ack). A stopped instance
 //! leaves a marker that refuses a late start; markers are kept
-//! [`DONE_KEPT`], and a start enqueued longer ago than that is
-//! dead-lettered instead of run.
+//! [`crate::NodeOptions::done_kept`] (7 days), and a start enqueued longer
+//! ago than that is dead-lettered instead of run.
 //!
 //! Verdicts: a pull failure that is the image's fault (SPEC §9) is recorded
 //! as `ImagePullFailed` and the job is done — retrying cannot fix a deleted
@@ -44,7 +44,7 @@ use tokio::sync::watch;
 use crate::config::NodeChecks;
 use crate::gc::Gc;
 use crate::health::{Check, Health};
-use crate::report::{too_old_to_start, Placement, Reporter, DONE_KEPT};
+use crate::report::{too_old_to_start, Placement, Reporter};
 use crate::sealed::{open_env, open_login};
 
 /// Handles one node's work items.
@@ -63,6 +63,16 @@ pub struct NodeHandler {
     pub(crate) gc: Arc<Gc>,
     /// How images are unpacked here (the disk reserve is the node's).
     pub(crate) unpack: UnpackOptions,
+    /// How long stopped instances are remembered; older starts are refused.
+    pub(crate) done_kept: Duration,
+}
+
+/// `7 days`, `2 s`: a horizon as the refusal names it.
+fn humantime(d: Duration) -> String {
+    match d.as_secs() {
+        s if s >= 86_400 && s % 86_400 == 0 => format!("{} days", s / 86_400),
+        s => format!("{s} s"),
+    }
 }
 
 fn retry(what: &str, e: impl std::fmt::Display) -> WorkError {
@@ -90,14 +100,14 @@ impl WorkHandler for NodeHandler {
             .map_err(|e| WorkError::Fatal(format!("not a NodeWork item: {e}")))?;
         let starts = matches!(work, NodeWork::RunInstance(_) | NodeWork::RunOnce { .. });
         if starts
-            && job
-                .enqueued_at
-                .is_some_and(|at| too_old_to_start(at, std::time::SystemTime::now()))
+            && job.enqueued_at.is_some_and(|at| {
+                too_old_to_start(at, std::time::SystemTime::now(), self.done_kept)
+            })
         {
             // Whether it was stopped meanwhile is no longer known here.
             return Err(WorkError::Fatal(format!(
-                "a start enqueued more than {} days ago is not run",
-                DONE_KEPT.as_secs() / 86_400
+                "a start enqueued more than {} ago is not run (stopped instances are remembered that long)",
+                humantime(self.done_kept)
             )));
         }
         match work {

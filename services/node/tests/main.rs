@@ -8,6 +8,7 @@ mod support;
 
 mod gc;
 mod health;
+mod horizon;
 mod network;
 mod ports;
 mod stops;

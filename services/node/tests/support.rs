@@ -64,13 +64,23 @@ pub async fn start_node(w: &World, checks: NodeChecks) -> Running {
 }
 
 pub async fn start_node_with(w: &World, checks: NodeChecks, gc: GcOptions) -> Running {
+    start_node_opts(w, checks, gc, options()).await
+}
+
+/// [`start_node_with`] with node options of the test's own.
+pub async fn start_node_opts(
+    w: &World,
+    checks: NodeChecks,
+    gc: GcOptions,
+    opts: NodeOptions,
+) -> Running {
     let dir: PathBuf = w.node_dir();
     let id = berth_node::load_or_create_id(&dir).unwrap();
     let checks = NodeChecks {
         subnet: w.subnet.parsed(),
         ..checks
     };
-    let node = Node::new(w.store.clone(), options())
+    let node = Node::new(w.store.clone(), opts)
         .with_checks(checks)
         .with_gc(gc);
     let stop = CancellationToken::new();
