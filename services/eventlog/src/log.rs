@@ -106,6 +106,27 @@ pub struct Loaded {
     pub version: Version,
 }
 
+/// The outcome of an append the server acknowledged as a duplicate of the
+/// one at `seq`: what that original stored, read back. When it cannot be
+/// read, the outcome is unknown (the caller retries with the same key): a
+/// republished command builds its events anew (a new deploy id), and
+/// reporting those would name something that was never stored.
+fn duplicate_outcome(
+    aggregate: &AggregateId,
+    seq: u64,
+    original: Result<Commit, StoreError>,
+) -> Result<Appended, AppendError> {
+    match original {
+        Ok(original) => Ok(Appended::duplicate_of(seq, original)),
+        Err(e) => Err(AppendError::OutcomeUnknown {
+            aggregate: aggregate.clone(),
+            reason: format!(
+                "a duplicate of stream sequence {seq}, whose commit could not be read: {e}"
+            ),
+        }),
+    }
+}
+
 impl EventStore {
     /// Appends the events of one decision as one message, if and only if the
     /// aggregate is still at `expected`. Envelope sequences continue from
@@ -209,15 +230,8 @@ impl EventStore {
             }
         };
         if ack.duplicate {
-            // Report what the original append stored, not what we just built.
-            if let Ok(original) = self.get_commit(ack.sequence).await {
-                return Ok(Appended::duplicate_of(ack.sequence, original));
-            }
-            tracing::warn!(
-                aggregate = %aggregate,
-                stream.seq = ack.sequence,
-                "duplicate append: original commit unreadable, reporting this one"
-            );
+            let original = self.get_commit(ack.sequence).await;
+            return duplicate_outcome(aggregate, ack.sequence, original);
         }
         let events_count = commit.events.last().map_or(expected.events, |e| e.sequence);
         let version = Version {
@@ -225,14 +239,12 @@ impl EventStore {
             events: events_count,
         };
         let events: Arc<[Envelope]> = commit.events.into();
-        if !ack.duplicate {
-            self.cache.extend(aggregate, expected, version, &events);
-            self.recent.put(ack.sequence, &events);
-        }
+        self.cache.extend(aggregate, expected, version, &events);
+        self.recent.put(ack.sequence, &events);
         Ok(Appended {
             version,
             events,
-            duplicate: ack.duplicate,
+            duplicate: false,
         })
     }
 
@@ -682,4 +694,44 @@ fn is_wrong_last_sequence(e: &async_nats::jetstream::context::PublishError) -> b
             js.error_code() == ErrorCode::STREAM_WRONG_LAST_SEQUENCE
                 || js.error_code() == ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
         })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use berth_schemas::events::InstanceCountChanged;
+    use berth_schemas::ids::ServiceId;
+    use berth_schemas::Actor;
+
+    #[test]
+    fn a_duplicate_reports_what_the_original_stored_or_that_its_outcome_is_unknown() {
+        let a = AggregateId::Service(ServiceId::generate());
+        let first = envelope(
+            &a,
+            4,
+            chrono::Utc::now(),
+            NewEvent::new(
+                berth_schemas::Event::from(InstanceCountChanged { from: 1, to: 2 }),
+                Actor::system("test"),
+            ),
+        );
+        let original = Commit {
+            events: vec![first.clone()],
+        };
+        let told = duplicate_outcome(&a, 17, Ok(original)).unwrap();
+        assert!(told.duplicate);
+        assert_eq!(
+            told.version,
+            Version {
+                stream_seq: 17,
+                events: 4
+            }
+        );
+        assert_eq!(told.events[0].id, first.id);
+        // Unreadable: not this try's events (a republished command's are
+        // new), but an outcome the caller retries with the same key.
+        let unread = duplicate_outcome(&a, 17, Err(StoreError::Request("timed out".into())));
+        assert!(unread.is_err_and(|e| e.is_outcome_unknown()));
+    }
 }
