@@ -263,6 +263,18 @@ struct Member {
     publish: Option<Publish>,
 }
 
+impl Member {
+    /// The member an instance with `state` is, at `ip`.
+    fn of(state: &State, ip: Ipv4Addr) -> Member {
+        Member {
+            group: state.spec.group.clone(),
+            name: state.spec.name.clone(),
+            ip,
+            publish: state.own_publish(),
+        }
+    }
+}
+
 /// A join waiting for its rules: whoever next holds the rules lock applies
 /// every waiting join in one `iptables-restore`.
 #[derive(Debug)]
@@ -466,7 +478,6 @@ impl Cni {
         let netns = ns.path().to_path_buf();
         self.spaces().insert(id.clone(), ns);
         write_in_place(&resolv, &resolv_conf())?;
-        write_in_place(&hosts, "")?;
         let t0 = std::time::Instant::now();
         self.join(id, state, ip).await?;
         tracing::debug!(ms = t0.elapsed().as_millis() as u64, "rules");
@@ -551,13 +562,7 @@ impl Cni {
     /// with those of every instance joining meanwhile) and rewrites its
     /// group's hosts files.
     async fn join(&self, id: &InstanceId, state: &State, ip: Ipv4Addr) -> Result<(), NetError> {
-        let spec = &state.spec;
-        let member = Member {
-            group: spec.group.clone(),
-            name: spec.name.clone(),
-            ip,
-            publish: state.own_publish(),
-        };
+        let member = Member::of(state, ip);
         if member.publish.is_some() {
             // A published port answers on 127.0.0.1 too: the host's own
             // connections are sent over the bridge with a loopback source
@@ -599,36 +604,31 @@ impl Cni {
     /// tried alone, so one bad join fails only itself. Called holding
     /// `rules`; the batch's own outcome (`Ok` when it went as one).
     async fn apply_joins(&self, waiting: Vec<Waiting>) -> Result<(), NetError> {
-        let batch = match waiting.len() {
-            0 => return Ok(()),
-            1 => Err(None),
-            _ => {
-                let members: Vec<&Member> = waiting.iter().map(|w| &w.member).collect();
-                self.add_rules(&members).await.map_err(Some)
-            }
-        };
-        match batch {
-            Ok(()) => {
-                for w in waiting {
-                    self.members().insert(w.id, w.member);
-                    let _ = w.done.send(Ok(()));
-                }
-                Ok(())
-            }
-            Err(failed) => {
-                if let Some(e) = &failed {
-                    tracing::warn!(error = %e, joins = waiting.len(), "a batch of instance rules failed; adding them one by one");
-                }
-                for w in waiting {
-                    let result = self.add_rules(&[&w.member]).await;
-                    if result.is_ok() {
+        let mut failed = None;
+        if waiting.len() > 1 {
+            let members: Vec<&Member> = waiting.iter().map(|w| &w.member).collect();
+            match self.add_rules(&members).await {
+                Ok(()) => {
+                    for w in waiting {
                         self.members().insert(w.id, w.member);
+                        let _ = w.done.send(Ok(()));
                     }
-                    let _ = w.done.send(result);
+                    return Ok(());
                 }
-                failed.map_or(Ok(()), Err)
+                Err(e) => {
+                    tracing::warn!(error = %e, joins = waiting.len(), "a batch of instance rules failed; adding them one by one");
+                    failed = Some(e);
+                }
             }
         }
+        for w in waiting {
+            let result = self.add_rules(&[&w.member]).await;
+            if result.is_ok() {
+                self.members().insert(w.id, w.member);
+            }
+            let _ = w.done.send(result);
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Adds `joining`'s rules in one `iptables-restore`. A batch commits
@@ -1696,15 +1696,10 @@ mod tests {
         tokio::sync::oneshot::Receiver<Result<(), NetError>>,
     ) {
         let (done, rx) = tokio::sync::oneshot::channel();
-        let member = Member {
-            group: state.spec.group.clone(),
-            name: None,
-            ip: state.result.as_ref().and_then(result_ip).unwrap(),
-            publish: state.own_publish(),
-        };
+        let ip = state.result.as_ref().and_then(result_ip).unwrap();
         let w = Waiting {
             id: id.clone(),
-            member,
+            member: Member::of(state, ip),
             done,
         };
         (w, rx)
