@@ -51,19 +51,20 @@ pub struct Placement {
 
 /// How long a stopped instance's `.done` marker is kept by default
 /// ([`crate::NodeOptions::done_kept`]): a work item to start an instance
-/// enqueued longer ago than this is refused ([`too_old_to_start`]), so no
+/// enqueued longer ago than this is refused ([`older_than`]), so no
 /// item can still need the marker after it.
 pub const DONE_KEPT: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
-/// Whether a work item enqueued at `enqueued` is too old to start anything
-/// at `now`, markers being kept `kept`: the marker that would have refused
-/// it may be gone.
-pub fn too_old_to_start(
-    enqueued: std::time::SystemTime,
+/// Whether something made at `at` is older than `kept` at `now` (a clock
+/// behind `at`: not old). A start enqueued that long ago is not run (the
+/// marker that would have refused it may be gone), and a marker that old
+/// is removed.
+pub fn older_than(
+    at: std::time::SystemTime,
     now: std::time::SystemTime,
     kept: std::time::Duration,
 ) -> bool {
-    now.duration_since(enqueued).is_ok_and(|age| age > kept)
+    now.duration_since(at).is_ok_and(|age| age > kept)
 }
 
 /// [`Reporter::prune_done`] on the markers in `dir`.
@@ -85,7 +86,7 @@ fn prune_done_in(
         let old = e
             .metadata()
             .and_then(|m| m.modified())
-            .is_ok_and(|at| now.duration_since(at).is_ok_and(|age| age > kept));
+            .is_ok_and(|at| older_than(at, now, kept));
         if old && !running.contains(&instance) && std::fs::remove_file(e.path()).is_ok() {
             removed += 1;
         }
@@ -105,10 +106,15 @@ impl Reporter {
             dir,
             deploys: Arc::default(),
         };
-        for instance in reporter.placed() {
-            // Read into memory; an unreadable one counts for nothing, as
-            // before.
-            let _ = reporter.placement(&instance);
+        let Ok(entries) = std::fs::read_dir(&reporter.dir) else {
+            return Ok(reporter);
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(instance) = name.strip_suffix(".json").and_then(|i| i.parse().ok()) {
+                // Read into memory; an unreadable one counts for nothing.
+                let _ = reporter.placement(&instance);
+            }
         }
         Ok(reporter)
     }
@@ -148,18 +154,10 @@ impl Reporter {
         self.lock().values().map(|p| p.digest.clone()).collect()
     }
 
-    /// Instances with a placement on disk (started here, not stopped).
+    /// Instances with a placement (started here, not stopped), from
+    /// memory: those on disk are read once, at [`Reporter::new`].
     pub fn placed(&self) -> Vec<InstanceId> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                name.strip_suffix(".json").and_then(|i| i.parse().ok())
-            })
-            .collect()
+        self.lock().keys().cloned().collect()
     }
 
     /// Marks `instance` as ended for good (stopped, or a one-off that ran),
@@ -390,21 +388,17 @@ mod tests {
     #[test]
     fn a_start_older_than_the_markers_kept_is_too_old() {
         let now = SystemTime::now();
-        assert!(!too_old_to_start(
+        assert!(!older_than(
             now - DONE_KEPT + Duration::from_secs(60),
             now,
             DONE_KEPT
         ));
-        assert!(too_old_to_start(
+        assert!(older_than(
             now - DONE_KEPT - Duration::from_secs(60),
             now,
             DONE_KEPT
         ));
         // A clock behind the server's: not old.
-        assert!(!too_old_to_start(
-            now + Duration::from_secs(5),
-            now,
-            DONE_KEPT
-        ));
+        assert!(!older_than(now + Duration::from_secs(5), now, DONE_KEPT));
     }
 }

@@ -44,7 +44,7 @@ use tokio::sync::watch;
 use crate::config::NodeChecks;
 use crate::gc::Gc;
 use crate::health::{Check, Health};
-use crate::report::{too_old_to_start, Placement, Reporter};
+use crate::report::{older_than, Placement, Reporter};
 use crate::sealed::{open_env, open_login};
 
 /// Handles one node's work items.
@@ -100,9 +100,9 @@ impl WorkHandler for NodeHandler {
             .map_err(|e| WorkError::Fatal(format!("not a NodeWork item: {e}")))?;
         let starts = matches!(work, NodeWork::RunInstance(_) | NodeWork::RunOnce { .. });
         if starts
-            && job.enqueued_at.is_some_and(|at| {
-                too_old_to_start(at, std::time::SystemTime::now(), self.done_kept)
-            })
+            && job
+                .enqueued_at
+                .is_some_and(|at| older_than(at, std::time::SystemTime::now(), self.done_kept))
         {
             // Whether it was stopped meanwhile is no longer known here.
             return Err(WorkError::Fatal(format!(

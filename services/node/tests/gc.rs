@@ -7,11 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use berth_node::GcOptions;
-use berth_schemas::commands::NodeWork;
 use berth_schemas::model::ServiceType;
 use serde_json::json;
 
-use crate::support::{count_of, fast_checks, run, service_at, spec, start_node_with};
+use crate::support::{count_of, fast_checks, run, service_at, spec, start_node_with, stop};
 use berth_tests::agent::{busybox_image, runc_list};
 use berth_tests::node::{World, REPO};
 
@@ -67,15 +66,7 @@ async fn collection_keeps_running_images_and_removes_stopped_ones() {
         );
     }
 
-    w.enqueue(
-        &node.id,
-        &NodeWork::StopInstance {
-            service: sb.clone(),
-            instance: b.instance.clone(),
-        },
-        &format!("stop:{}", b.instance),
-    )
-    .await;
+    stop(&w, &node.id, &sb, &b.instance).await;
     w.wait_events(&sb, Duration::from_secs(30), |ev| {
         count_of(ev, &b.instance, "instance_stopped") == 1
     })

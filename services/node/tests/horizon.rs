@@ -6,11 +6,10 @@
 use std::time::{Duration, SystemTime};
 
 use berth_node::NodeOptions;
-use berth_schemas::commands::NodeWork;
 use berth_schemas::ids::InstanceId;
 use berth_schemas::model::ServiceType;
 
-use crate::support::{count_of, fast_checks, options, run, service, spec, start_node_opts};
+use crate::support::{count_of, fast_checks, options, run, service, spec, start_node_opts, stop};
 use berth_tests::node::World;
 
 #[tokio::test]
@@ -57,12 +56,7 @@ async fn a_start_older_than_what_the_node_remembers_is_not_run_and_old_markers_g
     assert!(!old.exists(), "a marker older than what is remembered goes");
     assert!(recent.exists());
 
-    let stop = NodeWork::StopInstance {
-        service: svc.clone(),
-        instance: fresh.instance.clone(),
-    };
-    w.enqueue(&node.id, &stop, &format!("stop:{}", fresh.instance))
-        .await;
+    stop(&w, &node.id, &svc, &fresh.instance).await;
     w.wait_events(&svc, Duration::from_secs(30), |ev| {
         count_of(ev, &fresh.instance, "instance_stopped") == 1
     })

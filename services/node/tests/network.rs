@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use berth_schemas::commands::{NodeRunSpec, NodeWork};
+use berth_schemas::commands::NodeRunSpec;
 use berth_schemas::ids::{DeployId, InstanceId, OwnerId, ServiceId, UserId};
 use berth_schemas::model::ServiceType;
 use serde_json::json;
@@ -73,11 +73,7 @@ fn wget(w: &World, id: &InstanceId, url: &str) -> (i32, String) {
 /// Stops every instance of `ids` and waits for their `instance_stopped`.
 async fn stop_all(w: &World, node: &berth_schemas::ids::NodeId, ids: &[(&ServiceId, &InstanceId)]) {
     for (svc, i) in ids {
-        let work = NodeWork::StopInstance {
-            service: (*svc).clone(),
-            instance: (*i).clone(),
-        };
-        w.enqueue(node, &work, &format!("stop:{i}")).await;
+        support::stop(w, node, svc, i).await;
     }
     for (svc, i) in ids {
         w.wait_events(svc, Duration::from_secs(30), |ev| {

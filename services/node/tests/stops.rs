@@ -5,11 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use berth_schemas::commands::NodeWork;
 use berth_schemas::model::ServiceType;
 use berth_schemas::Envelope;
 
-use crate::support::{count_of, fast_checks, run, service, spec, start_node};
+use crate::support::{count_of, fast_checks, run, service, spec, start_node, stop};
 use berth_tests::node::World;
 
 /// Seconds between SIGTERM and SIGKILL in these tests.
@@ -44,12 +43,7 @@ async fn five_stops_take_one_shutdown_delay_and_a_start_does_not_wait() {
     // Scale to 0, and a newer deploy's instance right behind the stops.
     let t0 = Instant::now();
     for s in &specs {
-        let work = NodeWork::StopInstance {
-            service: svc.clone(),
-            instance: s.instance.clone(),
-        };
-        w.enqueue(&node.id, &work, &format!("stop:{}", s.instance))
-            .await;
+        stop(&w, &node.id, &svc, &s.instance).await;
     }
     let newer = spec(&w, &svc, &dep, "sleep 600", None);
     run(&w, &node.id, &newer).await;
@@ -84,12 +78,7 @@ async fn five_stops_take_one_shutdown_delay_and_a_start_does_not_wait() {
     .await;
     let t1 = Instant::now();
     for s in [&plain, &newer] {
-        let work = NodeWork::StopInstance {
-            service: svc.clone(),
-            instance: s.instance.clone(),
-        };
-        w.enqueue(&node.id, &work, &format!("stop:{}", s.instance))
-            .await;
+        stop(&w, &node.id, &svc, &s.instance).await;
     }
     w.wait_events(&svc, Duration::from_secs(30), |ev| {
         stopped_all(ev, &[&plain.instance, &newer.instance])

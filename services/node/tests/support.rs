@@ -192,6 +192,15 @@ pub async fn run(w: &World, node: &NodeId, spec: &NodeRunSpec) {
         .await;
 }
 
+/// Enqueues a `StopInstance` of `service`'s `instance` on `node`.
+pub async fn stop(w: &World, node: &NodeId, service: &ServiceId, instance: &InstanceId) {
+    let work = NodeWork::StopInstance {
+        service: service.clone(),
+        instance: instance.clone(),
+    };
+    w.enqueue(node, &work, &format!("stop:{instance}")).await;
+}
+
 /// The events about `instance`, in order.
 pub fn of<'a>(events: &'a [Envelope], instance: &InstanceId) -> Vec<&'a Envelope> {
     events
