@@ -97,6 +97,11 @@ struct Monitor {
     /// process started again must be reported healthy again, as the log
     /// marks it merely running after `instance_exited`.
     exits: u64,
+    /// Its agent events the reporter has still to record (an exit, a
+    /// restart): a recovery is recorded only after them, so the log
+    /// reads exited, restarted, healthy — never healthy before the
+    /// restart it follows.
+    unrecorded: u64,
 }
 
 #[derive(Default)]
@@ -105,6 +110,30 @@ struct Table {
     /// Since when each instance's process has been running (`None`: it is
     /// not, e.g. between a crash and its restart), from the agent's events.
     up: HashMap<InstanceId, Option<Instant>>,
+}
+
+impl Table {
+    /// Counts `e` in (`observed`) or out (recorded) of its monitor's
+    /// unrecorded facts, when it is an exit or a restart.
+    fn unrecorded(&mut self, e: &AgentEvent, observed: bool) {
+        let Some(m) = crate::report::restart_fact(e).and_then(|i| self.monitors.get_mut(i)) else {
+            return;
+        };
+        m.unrecorded = if observed {
+            m.unrecorded + 1
+        } else {
+            m.unrecorded.saturating_sub(1)
+        };
+    }
+
+    fn settled(&self, instance: &InstanceId) -> bool {
+        let restarting = matches!(self.up.get(instance), Some(None));
+        let behind = self
+            .monitors
+            .get(instance)
+            .is_some_and(|m| m.unrecorded > 0);
+        !restarting && !behind
+    }
 }
 
 /// The node's health checker. Cheap to clone.
@@ -145,6 +174,7 @@ impl Health {
     /// every agent event, in order, before it is recorded).
     pub fn observe(&self, e: &AgentEvent) {
         let mut t = self.lock();
+        t.unrecorded(e, true);
         match e {
             AgentEvent::Started { instance, .. } => {
                 t.up.insert(instance.clone(), Some(Instant::now()));
@@ -207,6 +237,7 @@ impl Health {
                 Monitor {
                     stop: stop.clone(),
                     exits: 0,
+                    unrecorded: 0,
                 },
             );
         }
@@ -219,6 +250,18 @@ impl Health {
             check,
         };
         tokio::spawn(run.run(stop));
+    }
+
+    /// The reporter is done with `e` (recorded, or given up on).
+    pub fn recorded(&self, e: &AgentEvent) {
+        self.lock().unrecorded(e, false);
+    }
+
+    /// Whether a pass of `instance` may be recorded now: its process is
+    /// not between an exit and its start again, and the facts of its
+    /// exit and restart are in the log already.
+    fn settled(&self, instance: &InstanceId) -> bool {
+        self.lock().settled(instance)
     }
 
     /// `instance`'s process ended before its probe began (it died while
@@ -331,6 +374,10 @@ impl Probe {
                     failing_since = None;
                     if reported.healthy == Some(true) {
                         live = true;
+                    } else if !self.health.settled(&self.instance) {
+                        // Passed again before its exit and restart are
+                        // recorded: asked again on the next probe.
+                        tracing::trace!(instance.id = %self.instance, "passing; waiting for its restart to be recorded");
                     } else {
                         let fact = Event::InstanceHealthy(InstanceHealthy {
                             instance: self.instance.clone(),
@@ -525,6 +572,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+    use berth_schemas::ids::ServiceId;
 
     async fn serve_once(answer: &'static [u8]) -> String {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -537,6 +585,62 @@ mod tests {
             s.write_all(answer).await.unwrap();
         });
         addr
+    }
+
+    #[test]
+    fn a_pass_after_a_crash_waits_for_the_restart_to_be_recorded() {
+        let (service, instance) = (ServiceId::generate(), InstanceId::generate());
+        let mut t = Table::default();
+        t.monitors.insert(
+            instance.clone(),
+            Monitor {
+                stop: CancellationToken::new(),
+                exits: 0,
+                unrecorded: 0,
+            },
+        );
+        t.up.insert(instance.clone(), Some(Instant::now()));
+        assert!(t.settled(&instance));
+        let exited = AgentEvent::Exited {
+            service: service.clone(),
+            instance: instance.clone(),
+            status: berth_agent::ExitStatus::Signal(9),
+            ran: Duration::from_secs(1),
+            at: chrono::Utc::now(),
+        };
+        let started = |restarts| AgentEvent::Started {
+            service: service.clone(),
+            instance: instance.clone(),
+            pid: 1,
+            restarts,
+            startup: Duration::ZERO,
+            at: chrono::Utc::now(),
+        };
+        // A first start is recorded elsewhere: nothing to wait for.
+        t.unrecorded(&started(0), true);
+        assert!(t.settled(&instance));
+        // Crashed: its exit recorded, its start again not seen yet.
+        t.unrecorded(&exited, true);
+        t.up.insert(instance.clone(), None);
+        assert!(!t.settled(&instance));
+        t.unrecorded(&exited, false);
+        assert!(!t.settled(&instance), "between its exit and its restart");
+        // Running again, the restart not recorded yet.
+        t.unrecorded(&started(1), true);
+        t.up.insert(instance.clone(), Some(Instant::now()));
+        assert!(!t.settled(&instance), "its restart is not in the log yet");
+        t.unrecorded(&started(1), false);
+        assert!(t.settled(&instance));
+        // Another instance's facts do not hold this one back.
+        let other = AgentEvent::Exited {
+            service,
+            instance: InstanceId::generate(),
+            status: berth_agent::ExitStatus::Code(1),
+            ran: Duration::from_secs(1),
+            at: chrono::Utc::now(),
+        };
+        t.unrecorded(&other, true);
+        assert!(t.settled(&instance));
     }
 
     #[tokio::test]

@@ -272,7 +272,12 @@ impl Node {
             }
         });
         let forward_stop = CancellationToken::new();
-        let mut forwarder = tokio::spawn(reporter.clone().forward(relay_rx, forward_stop.clone()));
+        let recorded = health.clone();
+        let mut forwarder = tokio::spawn(reporter.clone().forward(
+            relay_rx,
+            forward_stop.clone(),
+            move |e| recorded.recorded(e),
+        ));
         let finished = tx.clone();
         let agent = Agent::start(agent_cfg, Arc::new(runc), client, subjects, tx).await?;
         tracing::info!(node.id = %id, node.name = %self.opts.name, dir = %dir.display(), "node running");

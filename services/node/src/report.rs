@@ -233,11 +233,13 @@ impl Reporter {
             .map(|_| ())
     }
 
-    /// Turns the agent's events into service events until `shutdown`.
+    /// Turns the agent's events into service events until `shutdown`;
+    /// `done` is told of each once it is recorded (or given up on).
     pub async fn forward(
         self,
         mut events: mpsc::UnboundedReceiver<AgentEvent>,
         shutdown: CancellationToken,
+        done: impl Fn(&AgentEvent) + Send + 'static,
     ) {
         loop {
             let e = tokio::select! {
@@ -264,6 +266,7 @@ impl Reporter {
                     }
                 }
             }
+            done(&e);
         }
     }
 
@@ -350,6 +353,19 @@ impl Reporter {
             &format!("{instance}:started"),
         )
         .await
+    }
+}
+
+/// The instance of an agent event whose fact (`instance_exited`,
+/// `server_restarted`) a later health transition must follow in the log;
+/// `None` for every other event. Mirrors what [`Reporter::forward`] records.
+pub(crate) fn restart_fact(e: &AgentEvent) -> Option<&InstanceId> {
+    match e {
+        AgentEvent::Started {
+            instance, restarts, ..
+        } if *restarts > 0 => Some(instance),
+        AgentEvent::Exited { instance, .. } => Some(instance),
+        _ => None,
     }
 }
 
