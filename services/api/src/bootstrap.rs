@@ -1,28 +1,51 @@
 //! First start of an installation: if `$BERTH_DATA_DIR/credentials.json`
 //! does not exist, create an owner and an API key and write
-//! `{ownerId, apiKey, apiUrl}` there, readable by the operator only (0600).
-//! `berth up` prints where. The file is created exclusively, so two
-//! starts at once cannot both write one.
-
-use std::io::Write;
+//! `{ownerId, apiKeyId?, apiKey, apiUrl}` there, readable by the operator
+//! only (0600). `berth up` prints where.
+//!
+//! A start can die at any point, and the log can take an append whose
+//! answer is lost, so the owner and key are chosen before anything is
+//! appended and kept in `credentials.pending.json` (0600, written whole);
+//! a later start finishes with the same ones (both appends are
+//! idempotent), so no second owner is ever made. The credentials file is
+//! written whole, last: it exists complete or not at all. Two starts at
+//! once take turns on a lock file; the second finds the first's file.
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use berth_ingress::{Ingress, IngressError};
-use berth_schemas::ids::{OwnerId, UserId};
+use berth_runtime::Secret;
+use berth_schemas::ids::{ApiKeyId, OwnerId, UserId};
 use berth_schemas::Actor;
 use serde::{Deserialize, Serialize};
 
 /// The file's name in the data directory.
 pub const CREDENTIALS_FILE: &str = "credentials.json";
+/// The owner and key a first start chose, until its credentials file is
+/// written.
+pub const PENDING_FILE: &str = "credentials.pending.json";
+/// Held by the start that is bootstrapping.
+const LOCK_FILE: &str = "credentials.lock";
 
 /// What the file holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialsFile {
     pub owner_id: String,
+    /// The key's id (files written by older versions lack it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_id: Option<String>,
     pub api_key: String,
     pub api_url: String,
+}
+
+/// What a first start chose before appending anything.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Pending {
+    owner_id: OwnerId,
+    api_key_id: ApiKeyId,
+    api_key: String,
 }
 
 /// The outcome of [`bootstrap`].
@@ -53,7 +76,6 @@ impl berth_eventlog::start::Retryable for BootstrapError {
     }
 }
 
-/// The credentials file, when an earlier start wrote it.
 /// The credentials file when it exists, its `apiUrl` brought up to
 /// `api_url` first (the API may have moved since it was written; the CLI
 /// reads the address there).
@@ -62,6 +84,8 @@ fn existing(data_dir: &Path, api_url: &str) -> Option<Bootstrapped> {
     if !path.exists() {
         return None;
     }
+    // A start that died after writing it left its choice behind.
+    let _ = std::fs::remove_file(data_dir.join(PENDING_FILE));
     if let Err(e) = refresh_api_url(&path, api_url) {
         tracing::warn!(path = %path.display(), error = %e, "could not update apiUrl in the credentials file");
     }
@@ -119,7 +143,7 @@ pub async fn bootstrap_store(
 }
 
 /// Creates the first owner, its API key and the credentials file, unless
-/// the file exists.
+/// the file exists; finishes what an earlier start began.
 pub async fn bootstrap(
     ingress: &Ingress,
     data_dir: &Path,
@@ -128,52 +152,83 @@ pub async fn bootstrap(
     if let Some(done) = existing(data_dir, api_url) {
         return Ok(done);
     }
-    let path = data_dir.join(CREDENTIALS_FILE);
-    let io = |source| BootstrapError::Io {
-        path: path.clone(),
-        source,
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BootstrapError::Io { path, source }
     };
-    std::fs::create_dir_all(data_dir).map_err(io)?;
-    // Claim the file first, so a second start at the same time backs off.
-    let mut file = match std::fs::OpenOptions::new()
+    std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+    // One start at a time; a second one waits, then finds the file.
+    let lock_path = data_dir.join(LOCK_FILE);
+    let lock = std::fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(false)
         .mode(0o600)
-        .open(&path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Ok(Bootstrapped {
-                path,
-                created: false,
-            })
+        .open(&lock_path)
+        .map_err(io(&lock_path))?;
+    let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(io(&lock_path))?;
+    if let Some(done) = existing(data_dir, api_url) {
+        return Ok(done);
+    }
+    let pending_path = data_dir.join(PENDING_FILE);
+    let pending = match read_pending(&pending_path) {
+        Some(p) => {
+            tracing::info!(owner = %p.owner_id, "finishing the first owner an earlier start began");
+            p
         }
-        Err(e) => return Err(io(e)),
+        None => {
+            let p = Pending {
+                owner_id: OwnerId::User(UserId::generate()),
+                api_key_id: ApiKeyId::generate(),
+                api_key: berth_ingress::owners::new_api_key().expose().to_owned(),
+            };
+            let json = serde_json::to_vec_pretty(&p).map_err(|e| io(&pending_path)(e.into()))?;
+            berth_runtime::write_whole(&pending_path, &json, 0o600, 0o700)
+                .map_err(io(&pending_path))?;
+            p
+        }
     };
-    let written: Result<(), BootstrapError> = async {
-        let owner = OwnerId::User(UserId::generate());
-        ingress.ensure_owner(&owner, "admin").await?;
-        let actor = Actor::system("bootstrap");
-        let (_, key) = ingress.create_api_key(&owner, "bootstrap", &actor).await?;
-        let body = CredentialsFile {
-            owner_id: owner.to_string(),
-            api_key: key.expose().to_owned(),
-            api_url: api_url.to_owned(),
-        };
-        let json = serde_json::to_vec_pretty(&body).map_err(|e| io(e.into()))?;
-        file.write_all(&json).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        tracing::info!(owner = %owner, path = %path.display(), "created the first owner and API key");
-        Ok(())
+    let owner = &pending.owner_id;
+    ingress.ensure_owner(owner, "admin").await?;
+    let actor = Actor::system("bootstrap");
+    let secret = Secret::new(pending.api_key.clone());
+    ingress
+        .register_api_key(owner, &pending.api_key_id, &secret, "bootstrap", &actor)
+        .await?;
+    let path = data_dir.join(CREDENTIALS_FILE);
+    let body = CredentialsFile {
+        owner_id: owner.to_string(),
+        api_key_id: Some(pending.api_key_id.to_string()),
+        api_key: pending.api_key,
+        api_url: api_url.to_owned(),
+    };
+    let json = serde_json::to_vec_pretty(&body).map_err(|e| io(&path)(e.into()))?;
+    berth_runtime::write_whole(&path, &json, 0o600, 0o700).map_err(io(&path))?;
+    if let Err(e) = std::fs::remove_file(&pending_path) {
+        tracing::warn!(path = %pending_path.display(), error = %e, "could not remove the pending credentials");
     }
-    .await;
-    if let Err(e) = written {
-        // Leave no half-written file behind: the next start tries again.
-        let _ = std::fs::remove_file(&path);
-        return Err(e);
-    }
+    drop(lock);
+    tracing::info!(owner = %owner, path = %path.display(), "created the first owner and API key");
     Ok(Bootstrapped {
         path,
         created: true,
     })
+}
+
+/// The choice an earlier start kept; `None` when there is none (or it is
+/// unreadable: it is written whole, so only a hand edit makes it so, and
+/// nothing can have been appended with it then).
+fn read_pending(path: &Path) -> Option<Pending> {
+    let text = std::fs::read(path).ok()?;
+    match serde_json::from_slice(&text) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable pending credentials");
+            None
+        }
+    }
 }

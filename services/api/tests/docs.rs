@@ -256,3 +256,89 @@ async fn first_start_writes_credentials_that_work() {
     let mode = std::fs::metadata(&b.path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "rewritten, still the operator's only");
 }
+
+/// A first start that died after its owner was appended (or whose answer
+/// was lost) is finished by the next one with the same owner and key: no
+/// second owner, and a key that works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_that_died_midway_is_finished_with_the_same_owner_and_key() {
+    let app = App::start(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let owner = OwnerId::User(UserId::generate());
+    let key_id = ApiKeyId::generate();
+    let secret = berth_ingress::owners::new_api_key();
+    let pending = dir.path().join(berth_api::bootstrap::PENDING_FILE);
+    std::fs::write(
+        &pending,
+        serde_json::to_vec(&serde_json::json!({
+            "ownerId": owner.to_string(),
+            "apiKeyId": key_id.to_string(),
+            "apiKey": secret.expose(),
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    // Its owner landed; then it died.
+    app.state
+        .ingress
+        .ensure_owner(&owner, "admin")
+        .await
+        .unwrap();
+    let before = app.last_seq().await;
+    let b = berth_api::bootstrap_store(&app.store, &app.key, dir.path(), "http://api")
+        .await
+        .unwrap();
+    assert!(b.created);
+    assert_eq!(
+        app.last_seq().await,
+        before + 1,
+        "only the key is appended: no second owner"
+    );
+    let creds: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&b.path).unwrap()).unwrap();
+    assert_eq!(
+        (&creds["ownerId"], &creds["apiKeyId"], &creds["apiKey"]),
+        (
+            &serde_json::json!(owner.to_string()),
+            &serde_json::json!(key_id.to_string()),
+            &serde_json::json!(secret.expose())
+        )
+    );
+    let (s, _) = app
+        .call(Method::GET, "/v1/services", Some(secret.expose()), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(!pending.exists(), "the pending choice is gone once written");
+    // Finishing again (a start that died after writing, before removing
+    // the pending file) appends nothing.
+    let again = berth_api::bootstrap_store(&app.store, &app.key, dir.path(), "http://api")
+        .await
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(app.last_seq().await, before + 1);
+}
+
+/// Two first starts at once make one owner between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_first_starts_at_once_make_one_owner() {
+    let app = App::start(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let before = app.last_seq().await;
+    let (a, b) = tokio::join!(
+        berth_api::bootstrap_store(&app.store, &app.key, dir.path(), "http://api"),
+        berth_api::bootstrap_store(&app.store, &app.key, dir.path(), "http://api"),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(
+        [a.created, b.created].iter().filter(|c| **c).count(),
+        1,
+        "one of them made it"
+    );
+    assert_eq!(app.last_seq().await, before + 2, "one owner, one key");
+    let creds: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&a.path).unwrap()).unwrap();
+    let (s, _) = app
+        .call(Method::GET, "/v1/services", creds["apiKey"].as_str(), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+}

@@ -100,7 +100,8 @@ pub fn api_key_sha256(secret: &str) -> String {
     data_encoding::HEXLOWER.encode(&Sha256::digest(secret.as_bytes()))
 }
 
-fn new_api_key() -> Secret {
+/// A fresh API key (`API_KEY_PREFIX` and 32 random bytes).
+pub fn new_api_key() -> Secret {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     Secret::new(format!(
@@ -159,6 +160,22 @@ impl Ingress {
     ) -> Result<(ApiKeyId, Secret), IngressError> {
         let id = ApiKeyId::generate();
         let secret = new_api_key();
+        self.register_api_key(owner, &id, &secret, label, actor)
+            .await?;
+        Ok((id, secret))
+    }
+
+    /// Records `secret`, chosen by the caller, as the owner's key `id`.
+    /// Running it again with the same id and secret changes nothing (a
+    /// caller that kept them can finish after a crash or a lost answer).
+    pub async fn register_api_key(
+        &self,
+        owner: &OwnerId,
+        id: &ApiKeyId,
+        secret: &Secret,
+        label: &str,
+        actor: &Actor,
+    ) -> Result<(), IngressError> {
         let command = owner::Command::CreateApiKey {
             key: id.clone(),
             label: label.to_owned(),
@@ -167,7 +184,7 @@ impl Ingress {
         self.owner_decide(owner, &format!("api-key-create-{id}"), actor, command)
             .await?;
         tracing::info!(owner = %owner, api_key.id = %id, "API key created");
-        Ok((id, secret))
+        Ok(())
     }
 
     /// The owner's API keys (revoked ones included, marked).
