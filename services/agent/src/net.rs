@@ -602,8 +602,9 @@ impl Cni {
     /// (one process and one read of the ruleset, which grows with the
     /// instances, for all of them); when that batch fails, each join is
     /// tried alone, so one bad join fails only itself. Called holding
-    /// `rules`; the batch's own outcome (`Ok` when it went as one).
-    async fn apply_joins(&self, waiting: Vec<Waiting>) -> Result<(), NetError> {
+    /// `rules`; the batch's own outcome: how many `iptables-restore` runs
+    /// it took (1 when it went as one), or the batch's error.
+    async fn apply_joins(&self, waiting: Vec<Waiting>) -> Result<usize, NetError> {
         let mut failed = None;
         if waiting.len() > 1 {
             let members: Vec<&Member> = waiting.iter().map(|w| &w.member).collect();
@@ -613,7 +614,7 @@ impl Cni {
                         self.members().insert(w.id, w.member);
                         let _ = w.done.send(Ok(()));
                     }
-                    return Ok(());
+                    return Ok(1);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, joins = waiting.len(), "a batch of instance rules failed; adding them one by one");
@@ -621,6 +622,7 @@ impl Cni {
                 }
             }
         }
+        let runs = waiting.len();
         for w in waiting {
             let result = self.add_rules(&[&w.member]).await;
             if result.is_ok() {
@@ -628,7 +630,7 @@ impl Cni {
             }
             let _ = w.done.send(result);
         }
-        failed.map_or(Ok(()), Err)
+        failed.map_or(Ok(runs), Err)
     }
 
     /// Adds `joining`'s rules in one `iptables-restore`. A batch commits
@@ -1730,7 +1732,11 @@ mod tests {
         assert_eq!(net.cni.queued().len(), 6, "every join waits in the queue");
         // The next holder takes them all, and adds them in one batch.
         let all = std::mem::take(&mut *net.cni.queued());
-        net.cni.apply_joins(all).await.unwrap();
+        assert_eq!(
+            net.cni.apply_joins(all).await.unwrap(),
+            1,
+            "one iptables-restore for all six"
+        );
         drop(held);
         for t in tasks {
             t.await.unwrap().unwrap();

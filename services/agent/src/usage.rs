@@ -123,7 +123,12 @@ impl CgroupReader {
                 .collect()
         })
         .await
-        .unwrap_or_default()
+        .unwrap_or_else(|e| {
+            // A panic in the reader (or a runtime shutting down): this
+            // sample is skipped, said once here rather than silently.
+            tracing::warn!(error = %e, "reading instance usage failed; sample skipped");
+            Vec::new()
+        })
     }
 }
 
