@@ -317,19 +317,21 @@ impl Node {
         drop(finished);
 
         let gc = Arc::new(gc::Gc::default());
-        let gc_stop = CancellationToken::new();
+        // Ends the node's housekeeping (image GC, marker pruning) once
+        // its work has stopped.
+        let housekeeping_stop = CancellationToken::new();
         // Markers of instances stopped long ago, now and every few hours.
         let pruner = tokio::spawn(prune_done(
             reporter.clone(),
             agent.clone(),
             self.opts.done_kept,
-            gc_stop.clone(),
+            housekeeping_stop.clone(),
         ));
         let collector = tokio::spawn(gc.clone().run(
             self.gc,
             puller.store().clone(),
             reporter.clone(),
-            gc_stop.clone(),
+            housekeeping_stop.clone(),
         ));
         let handler = Arc::new(NodeHandler {
             agent: agent.clone(),
@@ -371,7 +373,7 @@ impl Node {
             // Stopped before the consumer existed, or failed to make it.
             stopped_or_failed => stopped_or_failed.map(|_| ()),
         };
-        gc_stop.cancel();
+        housekeeping_stop.cancel();
         let _ = collector.await;
         let _ = pruner.await;
         health.shutdown();
