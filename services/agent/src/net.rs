@@ -443,7 +443,7 @@ impl Cni {
             spec: spec.clone(),
             result: Some(self.result_of(ip)),
             plugins: Some(Vec::new()),
-            veth: Some(veth_name(id)),
+            veth: Some(veth_name(ip)),
         };
         // First: a crash from here on leaves a file the next start finds,
         // naming the address and the veth (a crash just before leaves a
@@ -745,9 +745,13 @@ impl Cni {
             }
             // One of berth's own: its veth, and its address (the plugin's
             // DEL gave back its own).
+            // The address is given back only once its veth is gone (the
+            // veth is named after it): otherwise the next start retries.
             if let Some(veth) = &state.veth {
-                keep(delete_link(veth.clone()).await);
-                if let Some(ip) = state.result.as_ref().and_then(result_ip) {
+                let deleted = delete_link(veth.clone()).await;
+                let gone = deleted.is_ok();
+                keep(deleted);
+                if let Some(ip) = state.result.as_ref().and_then(result_ip).filter(|_| gone) {
                     let given = self.leases.release(&id.to_string(), ip);
                     keep(given.map_err(net_io(Path::new("ipam"))));
                 }
@@ -935,7 +939,7 @@ impl Cni {
             // Attached again by berth itself: from now on it is one of its
             // own (its host-local lease, same layout, is given back by it).
             state.plugins = Some(Vec::new());
-            state.veth = Some(veth_name(id));
+            state.veth = Some(veth_name(ip));
             state.result = Some(self.result_of(ip));
             if let Err(e) = self.save(id, &state) {
                 tracing::warn!(instance = %id, error = %e, "adopted instance's network state not saved");
@@ -1268,10 +1272,14 @@ fn in_sandbox(result: &Value, netns: &Path) -> Value {
     r
 }
 
-/// The host's end of `id`'s veth pair: 15 bytes at most, as interface
-/// names are, unique per instance (52 bits of its id's hash).
-fn veth_name(id: &InstanceId) -> String {
-    format!("vb{:013x}", fnv1a64(id.as_str()) >> 12)
+/// The host's end of the veth pair of the instance holding `ip`: named
+/// by its address, so unique on the host by construction (an address is
+/// leased to one instance at a time, nodes on one host have subnets of
+/// their own, and a veth goes before its address is given back). Fits an
+/// interface name (15 bytes); earlier names (`vb` + 13 hex digits of a
+/// hash of the instance id) are kept by the instances that recorded them.
+fn veth_name(ip: Ipv4Addr) -> String {
+    format!("vb{:08x}", u32::from(ip))
 }
 
 /// `ip link del <name>` off the async threads (the kernel waits for its
@@ -1378,13 +1386,6 @@ async fn bridge_netfilter() -> Result<(), NetError> {
 fn fnv1a(s: &str) -> u32 {
     s.bytes().fold(0x811c_9dc5u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
-}
-
-/// [`fnv1a`] in 64 bits.
-fn fnv1a64(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
 
@@ -1574,14 +1575,14 @@ mod tests {
     }
 
     #[test]
-    fn veth_names_fit_an_interface_name_and_differ_per_instance() {
-        let a = InstanceId::generate();
-        let b = InstanceId::generate();
-        let (na, nb) = (veth_name(&a), veth_name(&b));
-        assert_eq!(na.len(), 15, "{na}");
-        assert!(na.starts_with("vb") && na.bytes().skip(2).all(|c| c.is_ascii_hexdigit()));
+    fn veth_names_fit_an_interface_name_and_differ_per_address() {
+        let (a, b) = (Ipv4Addr::new(10, 88, 0, 2), Ipv4Addr::new(10, 88, 1, 2));
+        let (na, nb) = (veth_name(a), veth_name(b));
+        assert_eq!(na, "vb0a580002");
+        assert!(na.len() <= 15);
         assert_ne!(na, nb);
-        assert_eq!(na, veth_name(&a), "the same instance, the same name");
+        // Never one of the names instances attached earlier recorded.
+        assert_ne!(na.len(), "vb0123456789abc".len());
     }
 
     #[test]
