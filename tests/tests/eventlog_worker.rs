@@ -408,3 +408,130 @@ async fn dead_letter_publish_failing_on_the_last_delivery_is_retried() {
         worker.stop().await;
     }
 }
+
+/// Records the payloads it is handed, in order; fails `fail` once.
+#[derive(Default)]
+struct Sequence {
+    seen: Mutex<Vec<String>>,
+    fail: Option<String>,
+    failed: Mutex<bool>,
+}
+
+impl WorkHandler for Sequence {
+    async fn handle(&self, job: Job) -> Result<(), WorkError> {
+        let body = String::from_utf8_lossy(&job.payload).to_string();
+        if self.fail.as_deref() == Some(body.as_str()) && !*self.failed.lock().unwrap() {
+            *self.failed.lock().unwrap() = true;
+            return Err(WorkError::Retry("once".into()));
+        }
+        self.seen.lock().unwrap().push(body);
+        Ok(())
+    }
+}
+
+/// An in-order worker hands jobs over one after another in the stream's
+/// order, each once; one whose consumer an earlier version made with other
+/// limits brings it to its own; a failed job comes back as with any worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_order_worker_runs_jobs_in_order_each_once() {
+    init_tracing();
+    for version in NatsVersion::BOTH {
+        let server = NatsServer::start(version).unwrap();
+        let client = server.connect().await.unwrap();
+        let store = open_store(&client, 1).await.unwrap();
+        let plain = WorkerConfig {
+            concurrency: 1,
+            ..WorkerConfig::new("ordered")
+        };
+        // The consumer as a worker that is not in order made it.
+        store.worker(plain.clone()).await.unwrap();
+        let n = 300;
+        for i in 0..n {
+            store
+                .enqueue(
+                    "ordered",
+                    &format!("k{}", i % 7),
+                    format!("{i}").into(),
+                    &format!("o-{i}"),
+                )
+                .await
+                .unwrap();
+        }
+        let handler = Arc::new(Sequence::default());
+        let cfg = WorkerConfig {
+            in_order: true,
+            retry_delay: Duration::from_millis(50),
+            ..plain
+        };
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let (store, handler, shutdown) = (store.clone(), handler.clone(), shutdown.clone());
+            async move { store.run_worker(cfg, handler, shutdown).await }
+        });
+        wait_until("every job", || handler.seen.lock().unwrap().len() >= n).await;
+        let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+        assert_eq!(*handler.seen.lock().unwrap(), want, "{version:?}");
+        let info = store
+            .jetstream()
+            .get_stream(store.subjects().work_stream())
+            .await
+            .unwrap()
+            .consumer_info("ordered")
+            .await
+            .unwrap()
+            .clone();
+        assert!(
+            info.config.max_ack_pending > 4,
+            "{version:?}: the consumer keeps the earlier limit: {}",
+            info.config.max_ack_pending
+        );
+        // A job that fails is delivered again; the others go on.
+        let failing = Arc::new(Sequence {
+            fail: Some("again-0".into()),
+            ..Sequence::default()
+        });
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        for i in 0..3 {
+            store
+                .enqueue(
+                    "ordered",
+                    "k",
+                    format!("again-{i}").into(),
+                    &format!("a-{i}"),
+                )
+                .await
+                .unwrap();
+        }
+        let cfg = WorkerConfig {
+            in_order: true,
+            retry_delay: Duration::from_millis(50),
+            ..WorkerConfig {
+                concurrency: 1,
+                ..WorkerConfig::new("ordered")
+            }
+        };
+        let worker = {
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn({
+                let (store, handler, shutdown) = (store.clone(), failing.clone(), shutdown.clone());
+                async move { store.run_worker(cfg, handler, shutdown).await }
+            });
+            Running { task, shutdown }
+        };
+        wait_until("the failed job again", || {
+            failing.seen.lock().unwrap().len() >= 3
+        })
+        .await;
+        let mut seen = failing.seen.lock().unwrap().clone();
+        seen.sort();
+        assert_eq!(seen, ["again-0", "again-1", "again-2"], "{version:?}");
+        worker.stop().await;
+        // Nothing is left: every job was acknowledged.
+        assert!(work_stream_drains(&store).await.unwrap(), "{version:?}");
+    }
+}

@@ -3,6 +3,10 @@
 //! redelivery and then a dead-letter subject, bounded concurrency, one job
 //! per key (e.g. per service) at a time, and one shutdown story: stop
 //! fetching, let in-flight jobs finish within the grace period, nak the rest.
+//! An in-order worker ([`WorkerConfig::in_order`]) runs its jobs one after
+//! another as delivered and does not wait for each acknowledgement to be
+//! confirmed: a stream followed in order at the rate of the handler, not
+//! of round trips.
 //!
 //! A worker consumes one [`WorkSource`]: a queue on the work stream (the
 //! default, [`WorkerConfig::new`]), or any other stream through a filter
@@ -34,6 +38,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::{EventStore, StoreError};
+
+/// Most jobs an in-order worker asks for at once (the consumer's
+/// `max_ack_pending` bounds what the server hands out).
+const IN_ORDER_FETCH: usize = 64;
 
 /// Header naming the key jobs are serialised on.
 pub const KEY_HEADER: &str = "Berth-Work-Key";
@@ -141,6 +149,12 @@ pub struct WorkerConfig {
     /// read any queue; the control plane drains a node's advisories for it
     /// ([`EventStore::drain_advisories`]).
     pub park_by_advisory: bool,
+    /// Jobs one after another in delivery order, on the fetching task
+    /// (`concurrency` is then 1), each acknowledged without waiting for
+    /// the server to confirm it: for a cheap handler that must see a
+    /// stream in order, so a job costs no round trip of its own. A lost
+    /// acknowledgement means a redelivery, which handlers take anyway.
+    pub in_order: bool,
 }
 
 impl WorkerConfig {
@@ -180,6 +194,7 @@ impl WorkerConfig {
             // then is nak'ed and redelivered, which is safe.
             grace: Duration::from_secs(5),
             park_by_advisory: true,
+            in_order: false,
         }
     }
 }
@@ -267,7 +282,11 @@ impl EventStore {
                     ack_policy: AckPolicy::Explicit,
                     ack_wait: cfg.ack_wait,
                     max_deliver: cfg.max_deliver,
-                    max_ack_pending: (cfg.concurrency as i64).max(1) * 4,
+                    max_ack_pending: if cfg.in_order {
+                        IN_ORDER_FETCH as i64
+                    } else {
+                        (cfg.concurrency as i64).max(1) * 4
+                    },
                     ..Default::default()
                 },
                 stream,
@@ -322,11 +341,26 @@ impl Worker {
             )),
             WorkSource::Queue(_) | WorkSource::Stream { .. } => None,
         };
-        let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
+        let in_order = cfg.in_order;
+        let permits = Arc::new(Semaphore::new(if in_order {
+            1
+        } else {
+            cfg.concurrency.max(1)
+        }));
         let keys = KeyLocks::default();
         let hard_stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let cfg = Arc::new(cfg);
+        if in_order {
+            // Jobs run on this task: the grace period is kept by a timer.
+            let (shutdown, hard_stop, grace) = (shutdown.clone(), hard_stop.clone(), cfg.grace);
+            tasks.spawn(async move {
+                tokio::select! {
+                    _ = hard_stop.cancelled() => {}
+                    _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => hard_stop.cancel(),
+                }
+            });
+        }
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
@@ -336,7 +370,11 @@ impl Worker {
                 _ = shutdown.cancelled() => break,
                 p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             };
-            let free = permits.available_permits() + 1;
+            let free = if in_order {
+                IN_ORDER_FETCH
+            } else {
+                permits.available_permits() + 1
+            };
             let batch = consumer
                 .batch()
                 .max_messages(free)
@@ -368,6 +406,13 @@ impl Worker {
                     None => break,
                 };
                 backoff = Duration::from_millis(100);
+                if in_order {
+                    run_job(&store, &*handler, &cfg, &keys, msg, &hard_stop).await;
+                    if hard_stop.is_cancelled() {
+                        break;
+                    }
+                    continue;
+                }
                 let permit = match first.take() {
                     Some(p) => p,
                     None => match Arc::clone(&permits).acquire_owned().await {
@@ -387,6 +432,10 @@ impl Worker {
                     drop(permit);
                 });
             }
+        }
+        // The in-order grace timer has nothing left to guard.
+        if in_order {
+            hard_stop.cancel();
         }
         // Shutdown: no more fetching; give in-flight jobs the grace period.
         let drained = tokio::time::timeout(cfg.grace, async {
@@ -490,6 +539,13 @@ async fn run_job<H: WorkHandler>(
         }
     };
     match outcome {
+        Some(Ok(())) if cfg.in_order => {
+            // Sent behind this job's own publications on the same
+            // connection; not waited for (see `WorkerConfig::in_order`).
+            if let Err(e) = msg.ack().await {
+                tracing::warn!(parent: &span, error = %e, "ack not sent; the job may run again");
+            }
+        }
         Some(Ok(())) => {
             // Double ack: the job is done only once the server confirms it.
             if let Err(e) = msg.double_ack().await {

@@ -3,8 +3,13 @@
 //! for integrations and notification bridges (the owner in the subject is
 //! what an integration's NATS permissions bind it to). A durable consumer on the log's service subjects
 //! drives it, one commit at a time in log order, acknowledged only after the
-//! server has the publications (a round trip), so a crash republishes rather than
-//! skips: at least once, with `Nats-Msg-Id` = the event id for dedupe.
+//! server has the publications, so a crash republishes rather than skips: at
+//! least once, with `Nats-Msg-Id` = the event id for dedupe. The publications
+//! and the job's acknowledgement go out on the store's one connection, which
+//! the server reads in order, so it has every publication of a commit before
+//! that commit's acknowledgement; the worker runs in order and does not wait
+//! for acknowledgements to be confirmed (`WorkerConfig::in_order`): a
+//! commit costs no round trip of its own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -88,6 +93,7 @@ impl Publisher {
         let mut cfg =
             crate::on_service_facts(&self.store, consumer, "berth notifier: integration stream");
         cfg.concurrency = 1;
+        cfg.in_order = true;
         cfg.ack_wait = ack_wait;
         cfg.max_deliver = -1;
         crate::start_worker(&self.store, cfg, shutdown).await
@@ -127,14 +133,8 @@ impl Publisher {
                 .map_err(|e| WorkError::Retry(e.to_string()))?;
             sent += 1;
         }
-        if sent > 0 {
-            // The job is acked after this: the server must have them, not
-            // just our socket buffer.
-            self.store
-                .server_round_trip()
-                .await
-                .map_err(|e| WorkError::Retry(e.to_string()))?;
-        }
+        // No flush here: the job's acknowledgement follows them on the same
+        // connection (see the module's note).
         Ok(sent)
     }
 }

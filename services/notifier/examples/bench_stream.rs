@@ -1,0 +1,117 @@
+//! How fast the notifier's integration stream catches up with the log:
+//!
+//! ```text
+//! cargo run --release -p berth-notifier --example bench_stream -- [commits] [services]
+//! ```
+//!
+//! On a nats-server of its own (the current one), writes one owner,
+//! `services` services (default 64) and `commits` one-event commits
+//! (default 20,000; `instance_count_changed`, a timeline event) spread over
+//! them, then starts the notifier on that log and times until every
+//! timeline event has been published on `<prefix>.events.>` (counted by a
+//! subscriber on the same server). Prints commits per second: the rate at
+//! which the integration stream (and the bridges behind it) catch up after
+//! a burst of deploys or a restart.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../tests/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use berth_eventlog::{NewEvent, Version};
+use berth_schemas::events::InstanceCountChanged;
+use berth_schemas::model::NotifySetting;
+use berth_schemas::{Actor, AggregateId};
+use berth_tests::eventlog::open_store;
+use berth_tests::{NatsServer, NatsVersion};
+use futures::StreamExt;
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let commits: usize = args.next().map_or(20_000, |a| a.parse().unwrap());
+    let services: usize = args.next().map_or(64, |a| a.parse().unwrap());
+    let nats = NatsServer::start(NatsVersion::Modern).unwrap();
+    let client = nats.connect().await.unwrap();
+    let store = open_store(&client, 1).await.unwrap();
+    let key = berth_runtime::SecretKey::from_base64(&berth_runtime::SecretKey::generate_base64())
+        .unwrap();
+    let owner = support::owner(
+        &store,
+        &key,
+        NotifySetting::None,
+        &support::Channels::default(),
+    )
+    .await
+    .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..services {
+        ids.push(support::service(&store, &key, &owner, None).await.unwrap());
+    }
+    // Each service's commits in order, the services side by side.
+    let t0 = Instant::now();
+    let per = commits / services;
+    let writers: Vec<_> = ids
+        .iter()
+        .cloned()
+        .map(|(id, mut version)| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for n in 0..per {
+                    let e = InstanceCountChanged {
+                        from: 1 + (n % 2) as u32,
+                        to: 2 - (n % 2) as u32,
+                    };
+                    let a = store
+                        .append(
+                            &AggregateId::Service(id.clone()),
+                            version,
+                            vec![NewEvent::new(e, Actor::system("bench"))],
+                            &format!("bench:{id}:{n}"),
+                        )
+                        .await
+                        .unwrap();
+                    version = a.version;
+                }
+                version
+            })
+        })
+        .collect();
+    for w in writers {
+        let v: Version = w.await.unwrap();
+        assert!(v.events > 0);
+    }
+    let written = per * services;
+    println!(
+        "log: {written} commits over {services} services (+ their creation), written in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    let mut sub = client
+        .subscribe(format!("{}.events.>", store.subjects().prefix()))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let running = support::Running::spawn(&store, &key, berth_notifier::NotifierOptions::default());
+    let start = Instant::now();
+    let mut seen = 0usize;
+    let mut last = start;
+    // Done when nothing more arrives for 3 s.
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(3), sub.next()).await {
+        seen += 1;
+        last = Instant::now();
+    }
+    let secs = (last - start).as_secs_f64();
+    running.stop().await.unwrap();
+    assert!(
+        seen >= written,
+        "published {seen} of at least {written} timeline events"
+    );
+    println!(
+        "integration stream: {seen} events published in {secs:.2} s = {:.0} commits/s",
+        seen as f64 / secs
+    );
+}
