@@ -9,9 +9,10 @@
 //! (default 20,000; `instance_count_changed`, a timeline event) spread over
 //! them, then starts the notifier on that log and times until every
 //! timeline event has been published on `<prefix>.events.>` (counted by a
-//! subscriber on the same server). Prints commits per second: the rate at
-//! which the integration stream (and the bridges behind it) catch up after
-//! a burst of deploys or a restart.
+//! subscriber on the same server), and until the consumer deciding
+//! notifications has caught up too. Prints commits per second: the rate
+//! at which the integration stream (and the bridges behind it) and failure
+//! notifications catch up after a burst of deploys or a restart.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -105,6 +106,22 @@ async fn main() {
         last = Instant::now();
     }
     let secs = (last - start).as_secs_f64();
+    // The consumer deciding notifications follows the same commits.
+    let mut decide = store
+        .jetstream()
+        .get_stream(store.subjects().events_stream())
+        .await
+        .unwrap()
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>("notifier-decide")
+        .await
+        .unwrap();
+    let decided = loop {
+        let i = decide.info().await.unwrap();
+        if i.num_pending == 0 && i.num_ack_pending == 0 {
+            break start.elapsed().as_secs_f64();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     running.stop().await.unwrap();
     assert!(
         seen >= written,
@@ -113,5 +130,9 @@ async fn main() {
     println!(
         "integration stream: {seen} events published in {secs:.2} s = {:.0} commits/s",
         seen as f64 / secs
+    );
+    println!(
+        "notification decisions: caught up in {decided:.2} s = {:.0} commits/s",
+        written as f64 / decided
     );
 }
