@@ -98,6 +98,31 @@ async fn main() {
     client.flush().await.unwrap();
     let running = support::Running::spawn(&store, &key, berth_notifier::NotifierOptions::default());
     let start = Instant::now();
+    // The consumer deciding notifications follows the same commits.
+    let decided = tokio::spawn({
+        let js = store.jetstream().clone();
+        let stream = store.subjects().events_stream();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let Ok(s) = js.get_stream(&stream).await else {
+                    continue;
+                };
+                let Ok(mut c) = s
+                    .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
+                        "notifier-decide",
+                    )
+                    .await
+                else {
+                    continue;
+                };
+                let Ok(i) = c.info().await else { continue };
+                if i.num_pending == 0 && i.num_ack_pending == 0 {
+                    return start.elapsed().as_secs_f64();
+                }
+            }
+        }
+    });
     let mut seen = 0usize;
     let mut last = start;
     // Done when nothing more arrives for 3 s.
@@ -106,22 +131,7 @@ async fn main() {
         last = Instant::now();
     }
     let secs = (last - start).as_secs_f64();
-    // The consumer deciding notifications follows the same commits.
-    let mut decide = store
-        .jetstream()
-        .get_stream(store.subjects().events_stream())
-        .await
-        .unwrap()
-        .get_consumer::<async_nats::jetstream::consumer::pull::Config>("notifier-decide")
-        .await
-        .unwrap();
-    let decided = loop {
-        let i = decide.info().await.unwrap();
-        if i.num_pending == 0 && i.num_ack_pending == 0 {
-            break start.elapsed().as_secs_f64();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let decided = decided.await.unwrap();
     running.stop().await.unwrap();
     assert!(
         seen >= written,

@@ -80,7 +80,12 @@ impl Notifier {
         );
         decide_cfg.ack_wait = o.ack_wait;
         decide_cfg.max_deliver = 20;
-        decide_cfg.concurrency = 4;
+        // In order, as the integration stream: most facts are decided on
+        // the spot (not notable), so a commit costs no round trip of its
+        // own; a notable one reads its service and owner, and queues its
+        // deliveries, before the next is decided.
+        decide_cfg.concurrency = 1;
+        decide_cfg.in_order = true;
         let Some(decide_worker) = start_worker(&self.store, decide_cfg, &shutdown).await? else {
             return Ok(());
         };
