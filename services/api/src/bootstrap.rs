@@ -227,7 +227,8 @@ fn read_pending(path: &Path) -> Option<Pending> {
     match serde_json::from_slice(&text) {
         Ok(p) => Some(p),
         Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable pending credentials");
+            // Where, not what: the file holds a key.
+            tracing::warn!(path = %path.display(), line = e.line(), column = e.column(), "ignoring unreadable pending credentials");
             None
         }
     }
