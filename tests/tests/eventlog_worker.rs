@@ -93,7 +93,11 @@ struct Running {
     shutdown: CancellationToken,
 }
 
-fn spawn_worker(store: &EventStore, cfg: WorkerConfig, handler: &Arc<Recorder>) -> Running {
+fn spawn_worker<H: WorkHandler>(
+    store: &EventStore,
+    cfg: WorkerConfig,
+    handler: &Arc<H>,
+) -> Running {
     let shutdown = CancellationToken::new();
     let task = tokio::spawn({
         let (store, handler, shutdown) = (store.clone(), handler.clone(), shutdown.clone());
@@ -409,7 +413,9 @@ async fn dead_letter_publish_failing_on_the_last_delivery_is_retried() {
     }
 }
 
-/// Records the payloads it is handed, in order; fails `fail` once.
+/// Records the payloads it is handed, in order; fails `fail` once. Jobs
+/// of key `k0` take a moment, so a worker running jobs side by side would
+/// finish later ones first.
 #[derive(Default)]
 struct Sequence {
     seen: Mutex<Vec<String>>,
@@ -423,6 +429,9 @@ impl WorkHandler for Sequence {
         if self.fail.as_deref() == Some(body.as_str()) && !*self.failed.lock().unwrap() {
             *self.failed.lock().unwrap() = true;
             return Err(WorkError::Retry("once".into()));
+        }
+        if job.key == "k0" {
+            tokio::time::sleep(Duration::from_millis(3)).await;
         }
         self.seen.lock().unwrap().push(body);
         Ok(())
@@ -439,8 +448,10 @@ async fn an_in_order_worker_runs_jobs_in_order_each_once() {
         let server = NatsServer::start(version).unwrap();
         let client = server.connect().await.unwrap();
         let store = open_store(&client, 1).await.unwrap();
+        // Jobs side by side, were it not in order.
         let plain = WorkerConfig {
-            concurrency: 1,
+            concurrency: 8,
+            retry_delay: Duration::from_millis(50),
             ..WorkerConfig::new("ordered")
         };
         // The consumer as a worker that is not in order made it.
@@ -460,14 +471,9 @@ async fn an_in_order_worker_runs_jobs_in_order_each_once() {
         let handler = Arc::new(Sequence::default());
         let cfg = WorkerConfig {
             in_order: true,
-            retry_delay: Duration::from_millis(50),
-            ..plain
+            ..plain.clone()
         };
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn({
-            let (store, handler, shutdown) = (store.clone(), handler.clone(), shutdown.clone());
-            async move { store.run_worker(cfg, handler, shutdown).await }
-        });
+        let worker = spawn_worker(&store, cfg.clone(), &handler);
         wait_until("every job", || handler.seen.lock().unwrap().len() >= n).await;
         let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
         assert_eq!(*handler.seen.lock().unwrap(), want, "{version:?}");
@@ -481,7 +487,7 @@ async fn an_in_order_worker_runs_jobs_in_order_each_once() {
             .unwrap()
             .clone();
         assert!(
-            info.config.max_ack_pending > 4,
+            info.config.max_ack_pending > 8 * 4,
             "{version:?}: the consumer keeps the earlier limit: {}",
             info.config.max_ack_pending
         );
@@ -490,12 +496,7 @@ async fn an_in_order_worker_runs_jobs_in_order_each_once() {
             fail: Some("again-0".into()),
             ..Sequence::default()
         });
-        shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), task)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        worker.stop().await;
         for i in 0..3 {
             store
                 .enqueue(
@@ -507,22 +508,7 @@ async fn an_in_order_worker_runs_jobs_in_order_each_once() {
                 .await
                 .unwrap();
         }
-        let cfg = WorkerConfig {
-            in_order: true,
-            retry_delay: Duration::from_millis(50),
-            ..WorkerConfig {
-                concurrency: 1,
-                ..WorkerConfig::new("ordered")
-            }
-        };
-        let worker = {
-            let shutdown = CancellationToken::new();
-            let task = tokio::spawn({
-                let (store, handler, shutdown) = (store.clone(), failing.clone(), shutdown.clone());
-                async move { store.run_worker(cfg, handler, shutdown).await }
-            });
-            Running { task, shutdown }
-        };
+        let worker = spawn_worker(&store, cfg, &failing);
         wait_until("the failed job again", || {
             failing.seen.lock().unwrap().len() >= 3
         })

@@ -150,7 +150,7 @@ pub struct WorkerConfig {
     /// ([`EventStore::drain_advisories`]).
     pub park_by_advisory: bool,
     /// Jobs one after another in delivery order, on the fetching task
-    /// (`concurrency` is then 1), each acknowledged without waiting for
+    /// (`concurrency` is not used), each acknowledged without waiting for
     /// the server to confirm it: for a cheap handler that must see a
     /// stream in order, so a job costs no round trip of its own. A lost
     /// acknowledgement means a redelivery, which handlers take anyway.
@@ -195,6 +195,24 @@ impl WorkerConfig {
             grace: Duration::from_secs(5),
             park_by_advisory: true,
             in_order: false,
+        }
+    }
+
+    /// Jobs that may run at once (one, in order).
+    fn jobs_at_once(&self) -> usize {
+        if self.in_order {
+            1
+        } else {
+            self.concurrency.max(1)
+        }
+    }
+
+    /// Deliveries the server may hand out before any is acknowledged.
+    fn max_ack_pending(&self) -> i64 {
+        if self.in_order {
+            IN_ORDER_FETCH as i64
+        } else {
+            self.jobs_at_once() as i64 * 4
         }
     }
 }
@@ -282,11 +300,7 @@ impl EventStore {
                     ack_policy: AckPolicy::Explicit,
                     ack_wait: cfg.ack_wait,
                     max_deliver: cfg.max_deliver,
-                    max_ack_pending: if cfg.in_order {
-                        IN_ORDER_FETCH as i64
-                    } else {
-                        (cfg.concurrency as i64).max(1) * 4
-                    },
+                    max_ack_pending: cfg.max_ack_pending(),
                     ..Default::default()
                 },
                 stream,
@@ -342,11 +356,7 @@ impl Worker {
             WorkSource::Queue(_) | WorkSource::Stream { .. } => None,
         };
         let in_order = cfg.in_order;
-        let permits = Arc::new(Semaphore::new(if in_order {
-            1
-        } else {
-            cfg.concurrency.max(1)
-        }));
+        let permits = Arc::new(Semaphore::new(cfg.jobs_at_once()));
         let keys = KeyLocks::default();
         let hard_stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -513,15 +523,22 @@ async fn run_job<H: WorkHandler>(
     // Progress acks keep the job ours while it waits for its key and runs.
     let progress_every = (cfg.ack_wait / 3).max(Duration::from_millis(100));
     let work = async {
-        let lock = keys.lock_for(&key);
+        // In order, one job runs at a time: no key to wait for.
+        let lock = if cfg.in_order {
+            None
+        } else {
+            keys.lock_for(&key)
+        };
         let _guard = match &lock {
             Some(l) => Some(l.lock().await),
             None => None,
         };
         let outcome = handler.handle(job).await;
         drop(_guard);
-        drop(lock);
-        keys.release(&key);
+        if lock.is_some() {
+            drop(lock);
+            keys.release(&key);
+        }
         outcome
     };
     tokio::pin!(work);

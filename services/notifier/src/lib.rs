@@ -84,7 +84,6 @@ impl Notifier {
         // the spot (not notable), so a commit costs no round trip of its
         // own; a notable one reads its service and owner, and queues its
         // deliveries, before the next is decided.
-        decide_cfg.concurrency = 1;
         decide_cfg.in_order = true;
         let Some(decide_worker) = start_worker(&self.store, decide_cfg, &shutdown).await? else {
             return Ok(());

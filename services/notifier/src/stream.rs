@@ -92,7 +92,6 @@ impl Publisher {
     ) -> Result<Option<Worker>, crate::NotifierError> {
         let mut cfg =
             crate::on_service_facts(&self.store, consumer, "berth notifier: integration stream");
-        cfg.concurrency = 1;
         cfg.in_order = true;
         cfg.ack_wait = ack_wait;
         cfg.max_deliver = -1;
