@@ -743,17 +743,18 @@ impl Cni {
                         .map(|_| ()),
                 );
             }
-            // One of berth's own: its veth, and its address (the plugin's
-            // DEL gave back its own).
-            // The address is given back only once its veth is gone (the
-            // veth is named after it): otherwise the next start retries.
+            // One of berth's own: its veth, then its address (the plugin's
+            // DEL gave back its own) — only once the veth, named after the
+            // address, is gone; otherwise the next start retries both.
             if let Some(veth) = &state.veth {
-                let deleted = delete_link(veth.clone()).await;
-                let gone = deleted.is_ok();
-                keep(deleted);
-                if let Some(ip) = state.result.as_ref().and_then(result_ip).filter(|_| gone) {
-                    let given = self.leases.release(&id.to_string(), ip);
-                    keep(given.map_err(net_io(Path::new("ipam"))));
+                match delete_link(veth.clone()).await {
+                    Ok(()) => {
+                        if let Some(ip) = state.result.as_ref().and_then(result_ip) {
+                            let given = self.leases.release(&id.to_string(), ip);
+                            keep(given.map_err(net_io(Path::new("ipam"))));
+                        }
+                    }
+                    Err(e) => keep(Err(e)),
                 }
             }
         }
