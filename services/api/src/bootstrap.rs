@@ -107,7 +107,13 @@ fn refresh_api_url(path: &Path, api_url: &str) -> std::io::Result<()> {
         return Ok(());
     }
     file.api_url = api_url.to_owned();
-    let json = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
+    write_private(path, &file)
+}
+
+/// `value` as JSON at `path`, the operator's only (0600), written whole
+/// (a new file beside it renamed over it).
+fn write_private(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
+    let json = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
     berth_runtime::write_whole(path, &json, 0o600, 0o700)
 }
 
@@ -186,9 +192,7 @@ pub async fn bootstrap(
                 api_key_id: ApiKeyId::generate(),
                 api_key: berth_ingress::owners::new_api_key().expose().to_owned(),
             };
-            let json = serde_json::to_vec_pretty(&p).map_err(|e| io(&pending_path)(e.into()))?;
-            berth_runtime::write_whole(&pending_path, &json, 0o600, 0o700)
-                .map_err(io(&pending_path))?;
+            write_private(&pending_path, &p).map_err(io(&pending_path))?;
             p
         }
     };
@@ -206,8 +210,7 @@ pub async fn bootstrap(
         api_key: pending.api_key,
         api_url: api_url.to_owned(),
     };
-    let json = serde_json::to_vec_pretty(&body).map_err(|e| io(&path)(e.into()))?;
-    berth_runtime::write_whole(&path, &json, 0o600, 0o700).map_err(io(&path))?;
+    write_private(&path, &body).map_err(io(&path))?;
     if let Err(e) = std::fs::remove_file(&pending_path) {
         tracing::warn!(path = %pending_path.display(), error = %e, "could not remove the pending credentials");
     }
@@ -219,9 +222,9 @@ pub async fn bootstrap(
     })
 }
 
-/// The choice an earlier start kept; `None` when there is none (or it is
-/// unreadable: it is written whole, so only a hand edit makes it so, and
-/// nothing can have been appended with it then).
+/// The choice an earlier start kept; `None` when there is none, or when
+/// it is unreadable (it is written whole, so only a hand edit makes it
+/// so; a new choice is made then).
 fn read_pending(path: &Path) -> Option<Pending> {
     let text = std::fs::read(path).ok()?;
     match serde_json::from_slice(&text) {

@@ -188,6 +188,17 @@ fn routes_are_added_only_from_the_table() {
     }
 }
 
+/// The credentials file at `path`, as JSON.
+fn credentials(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// Whether `key` is let in by the API.
+async fn key_works(app: &App, key: Option<&str>) -> bool {
+    let (s, _) = app.call(Method::GET, "/v1/services", key, None).await;
+    s == StatusCode::OK
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_from_the_store_alone() {
     let app = App::start(false).await;
@@ -196,12 +207,8 @@ async fn bootstrap_from_the_store_alone() {
         .await
         .unwrap();
     assert!(b.created);
-    let creds: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&b.path).unwrap()).unwrap();
-    let (s, _) = app
-        .call(Method::GET, "/v1/services", creds["apiKey"].as_str(), None)
-        .await;
-    assert_eq!(s, StatusCode::OK);
+    let creds = credentials(&b.path);
+    assert!(key_works(&app, creds["apiKey"].as_str()).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,8 +222,7 @@ async fn first_start_writes_credentials_that_work() {
     assert!(b.created);
     let mode = std::fs::metadata(&b.path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
-    let creds: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&b.path).unwrap()).unwrap();
+    let creds = credentials(&b.path);
     assert_eq!(creds["apiUrl"], "http://127.0.0.1:7000");
     assert!(creds["ownerId"].as_str().unwrap().starts_with("usr-"));
     let key = creds["apiKey"].as_str().unwrap();
@@ -243,8 +249,7 @@ async fn first_start_writes_credentials_that_work() {
     assert!(!again.created);
     assert_eq!(again.path, b.path);
     assert_eq!(app.last_seq().await, before);
-    let still: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&b.path).unwrap()).unwrap();
+    let still = credentials(&b.path);
     assert_eq!(
         (&still["ownerId"], &still["apiKey"], &still["apiUrl"]),
         (
@@ -294,8 +299,7 @@ async fn a_first_start_that_died_midway_is_finished_with_the_same_owner_and_key(
         before + 1,
         "only the key is appended: no second owner"
     );
-    let creds: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&b.path).unwrap()).unwrap();
+    let creds = credentials(&b.path);
     assert_eq!(
         (&creds["ownerId"], &creds["apiKeyId"], &creds["apiKey"]),
         (
@@ -304,10 +308,7 @@ async fn a_first_start_that_died_midway_is_finished_with_the_same_owner_and_key(
             &serde_json::json!(secret.expose())
         )
     );
-    let (s, _) = app
-        .call(Method::GET, "/v1/services", Some(secret.expose()), None)
-        .await;
-    assert_eq!(s, StatusCode::OK);
+    assert!(key_works(&app, Some(secret.expose())).await);
     assert!(!pending.exists(), "the pending choice is gone once written");
     // Finishing again (a start that died after writing, before removing
     // the pending file) appends nothing.
@@ -335,10 +336,6 @@ async fn two_first_starts_at_once_make_one_owner() {
         "one of them made it"
     );
     assert_eq!(app.last_seq().await, before + 2, "one owner, one key");
-    let creds: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&a.path).unwrap()).unwrap();
-    let (s, _) = app
-        .call(Method::GET, "/v1/services", creds["apiKey"].as_str(), None)
-        .await;
-    assert_eq!(s, StatusCode::OK);
+    let creds = credentials(&a.path);
+    assert!(key_works(&app, creds["apiKey"].as_str()).await);
 }
