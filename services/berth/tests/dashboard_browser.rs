@@ -222,6 +222,30 @@ impl Browser {
     }
 
     /// The deploy id the message after a form names.
+    /// Clicks `css`, a button whose form starts a deploy, and returns the
+    /// deploy the page it leads to names in its flash. Waits for that new
+    /// page first: the flash of the page clicked on names an earlier one.
+    async fn submit_deploy(&self, css: &str) -> String {
+        let before = self.loaded_at().await;
+        self.click(css).await;
+        let t0 = Instant::now();
+        loop {
+            // Asked while the next page loads, the script may fail: not
+            // loaded yet.
+            let now = self
+                .client
+                .execute("return window.berthLoadedAt;", vec![])
+                .await
+                .ok();
+            if now.is_some_and(|n| n != before) {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "{css}: no new page");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.flashed_deploy().await
+    }
+
     async fn flashed_deploy(&self) -> String {
         let text = self
             .wait_text(".flash.ok", &["dep-"], Duration::from_secs(10))
@@ -340,11 +364,11 @@ async fn dashboard_in_a_real_browser() {
     b.fill("#envVars", "GREETING=hello\nAPI_TOKEN=tok-s3cret")
         .await;
     b.shot("04-new-service").await;
-    b.click("form[action='/services'] button[type=submit]")
+    let first = b
+        .submit_deploy("form[action='/services'] button[type=submit]")
         .await;
     b.wait_text("h1", &["web1"], Duration::from_secs(60)).await;
     let service_path = b.path().await;
-    let first = b.flashed_deploy().await;
     let loaded = b.loaded_at().await;
     b.shot("05-service-deploying").await;
     b.wait_text(
@@ -369,9 +393,9 @@ async fn dashboard_in_a_real_browser() {
 
     // Another image, then back to the first deploy's digest.
     b.fill("#imageUrl", &v2).await;
-    b.click("form.row[action$='/deploys'] button[type=submit]")
+    let second = b
+        .submit_deploy("form.row[action$='/deploys'] button[type=submit]")
         .await;
-    let second = b.flashed_deploy().await;
     let loaded = b.loaded_at().await;
     b.wait_text(
         "#deploy-outcome",
@@ -380,9 +404,9 @@ async fn dashboard_in_a_real_browser() {
     )
     .await;
     assert_eq!(b.loaded_at().await, loaded, "the page reloaded");
-    b.click(&format!("#deploy-{first} form[action$='/rollback'] button"))
+    let rollback = b
+        .submit_deploy(&format!("#deploy-{first} form[action$='/rollback'] button"))
         .await;
-    let rollback = b.flashed_deploy().await;
     b.wait_text(
         "#deploy-outcome",
         &[&rollback, "live"],
