@@ -86,7 +86,15 @@ impl Body for Logged {
 
 impl Drop for Logged {
     fn drop(&mut self) {
-        let e = &self.entry;
+        self.entry.log(self.bytes, self.complete);
+    }
+}
+
+impl Entry {
+    /// Writes the access line: `bytes` of the body sent, `complete` when
+    /// the whole response was.
+    pub fn log(&self, bytes: u64, complete: bool) {
+        let e = self;
         let request_id = e
             .request_id
             .as_ref()
@@ -98,10 +106,10 @@ impl Drop for Logged {
             method = %e.method,
             path = %e.path,
             status = e.status,
-            bytes = self.bytes,
+            bytes,
             head_ms = e.head.as_secs_f64() * 1000.0,
             duration_ms = e.start.elapsed().as_secs_f64() * 1000.0,
-            complete = self.complete,
+            complete,
             client = %e.client,
             request_id,
             "request"

@@ -46,6 +46,13 @@ impl Peer {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
+
+    /// The client's address as an `X-Forwarded-For` entry.
+    pub(crate) fn forwarded_for(&self) -> &[u8] {
+        self.forwarded_for
+            .as_ref()
+            .map_or(b"", HeaderValue::as_bytes)
+    }
 }
 
 impl std::fmt::Display for Peer {
@@ -91,21 +98,36 @@ pub(crate) fn forwarded_headers(
     }
     // A request id the instance and the client both see: the client's
     // own when it sent a usable one, else a new one.
-    let usable = h.get(&X_REQUEST_ID).is_some_and(|v| {
-        (1..=128).contains(&v.len())
-            && v.as_bytes()
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
-    });
+    let usable = h
+        .get(&X_REQUEST_ID)
+        .is_some_and(|v| usable_request_id(v.as_bytes()));
     if !usable {
         h.insert(X_REQUEST_ID, new_request_id());
     }
     h
 }
 
+/// Whether a request id the client sent is kept: 1 to 128 characters,
+/// letters, digits and `-_.:` only.
+pub(crate) fn usable_request_id(v: &[u8]) -> bool {
+    (1..=128).contains(&v.len())
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+}
+
+/// Whether a header names one hop only (RFC 9110 §7.6.1), whatever its
+/// case; the names a `Connection` header lists are hop-by-hop too.
+pub(crate) fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_str().eq_ignore_ascii_case(name))
+        || name.eq_ignore_ascii_case("keep-alive")
+        || name.eq_ignore_ascii_case("proxy-connection")
+}
+
 /// 16 hex digits: a per-process random start plus a counter, so ids never
 /// repeat within a router and rarely across routers.
-fn new_request_id() -> HeaderValue {
+pub(crate) fn new_request_id() -> HeaderValue {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
     static START: OnceLock<u64> = OnceLock::new();

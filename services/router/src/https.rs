@@ -1,9 +1,10 @@
 //! The HTTPS side of the router.
 //!
 //! - [`serve`]: the listener — TLS (rustls, certificates by SNI), then
-//!   HTTP/2 or HTTP/1.1 as ALPN chose (hyper-util's auto builder, which also
-//!   reads the HTTP/2 preface from clients that skip ALPN); HTTP/1.1 keeps
-//!   protocol upgrades (WebSocket). The plain listener's accept loop
+//!   HTTP/2 or HTTP/1.1 as ALPN chose: HTTP/1.1 by berth's own path
+//!   ([`crate::h1`]) for what it takes, then, as for HTTP/2, hyper-util's
+//!   auto builder (which also reads the HTTP/2 preface from clients that
+//!   skip ALPN); HTTP/1.1 keeps protocol upgrades (WebSocket). The plain listener's accept loop
 //!   (`berth_runtime::http1::accept_until`) and shutdown story: stop
 //!   accepting, let in-flight requests finish for up to the drain time;
 //! - what plain HTTP does for it: ACME HTTP-01 answers from the
@@ -28,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 use crate::certstore::CertStore;
 use crate::challenges::{Answer, Challenges};
 use crate::config::HttpsOptions;
-use crate::proxy::{host_of, page, Peer, Proxy, ProxyBody, NOT_FOUND};
+use crate::h1::{self, Rewound};
+use crate::proxy::{host_of, page, Peer, Proxy, ProxyBody, Scheme, NOT_FOUND};
 use crate::tls::Certificates;
 
 /// How long a client has to finish the TLS handshake.
@@ -91,20 +93,20 @@ pub(crate) async fn serve(
                 }
             };
             let client = Peer::from(peer);
-            let service =
-                service_fn(move |req| Arc::clone(&proxy).handle_https(req, client.clone()));
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            let mut conn = std::pin::pin!(conn);
-            let ended = tokio::select! {
-                ended = conn.as_mut() => ended,
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            // HTTP/1.1 goes by berth's own path first, as plain HTTP does;
+            // HTTP/2 (and what that path leaves) by hyper's.
+            let io = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                Rewound::new(tls)
+            } else {
+                match h1::serve(&proxy, tls, &client, Scheme::Https, timeouts.header, &stop).await {
+                    Some(rest) => rest,
+                    None => return,
                 }
             };
-            if let Err(e) = ended {
-                tracing::debug!(listener = what, error = %e, client = %peer, "connection ended with an error");
-            }
+            let service =
+                service_fn(move |req| Arc::clone(&proxy).handle_https(req, client.clone()));
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            berth_runtime::http1::drive(conn, |c| c.graceful_shutdown(), &stop, what, peer).await;
         }
     })
     .await;

@@ -31,6 +31,7 @@ mod body;
 pub mod certstore;
 pub mod challenges;
 mod config;
+mod h1;
 mod headers;
 pub mod https;
 pub mod proxy;
@@ -529,17 +530,34 @@ async fn worker(
             }
         })
     };
-    berth_runtime::http1::serve(
+    let http = berth_runtime::http1::builder(timeouts.header);
+    berth_runtime::http1::accept_until(
         listener,
         shutdown,
-        timeouts.header,
-        timeouts.send,
         Some(drain),
         "router",
-        move |peer| {
+        |stream, addr| {
             let proxy = Arc::clone(&proxy);
-            let peer = proxy::Peer::from(peer);
-            service_fn(move |req| Arc::clone(&proxy).handle(req, peer.clone()))
+            let stop = shutdown.clone();
+            let http = http.clone();
+            async move {
+                let peer = proxy::Peer::from(addr);
+                let client = berth_runtime::http1::WriteStall::new(stream, timeouts.send);
+                let Some(rest) = h1::serve(
+                    &proxy,
+                    client,
+                    &peer,
+                    proxy::Scheme::Http,
+                    timeouts.header,
+                    &stop,
+                )
+                .await
+                else {
+                    return;
+                };
+                let service = service_fn(move |req| Arc::clone(&proxy).handle(req, peer.clone()));
+                berth_runtime::http1::serve_io(&http, rest, service, stop, "router", addr).await;
+            }
         },
     )
     .await;

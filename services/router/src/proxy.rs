@@ -60,13 +60,13 @@ fn unknown() -> Response<ProxyBody> {
 /// Forwards requests by host name.
 #[derive(Debug)]
 pub struct Proxy {
-    routes: Routes,
-    opts: RouterOptions,
-    upstreams: Arc<Upstreams>,
-    ejected: Ejected,
+    pub(crate) routes: Routes,
+    pub(crate) opts: RouterOptions,
+    pub(crate) upstreams: Arc<Upstreams>,
+    pub(crate) ejected: Ejected,
     /// Requests per service, for the metrics.
-    stats: Arc<HttpStats>,
-    https: Option<HttpsSide>,
+    pub(crate) stats: Arc<HttpStats>,
+    pub(crate) https: Option<HttpsSide>,
 }
 
 /// How a request reached the router.
@@ -78,10 +78,10 @@ pub(crate) enum Scheme {
 
 /// Addresses whose last connect failed, until when.
 #[derive(Debug, Default)]
-struct Ejected(Mutex<HashMap<String, Instant>>);
+pub(crate) struct Ejected(Mutex<HashMap<String, Instant>>);
 
 impl Ejected {
-    fn eject(&self, addr: &str, now: Instant) {
+    pub(crate) fn eject(&self, addr: &str, now: Instant) {
         if let Ok(mut m) = self.0.lock() {
             // Forget expired entries so the map stays small.
             m.retain(|_, until| *until > now);
@@ -248,32 +248,13 @@ impl Proxy {
         // even when the client does not hand the (empty) body back.
         let empty = body.is_end_stream();
         let mut body = Some(body);
-        let mut tried: Vec<String> = Vec::new();
         let stall = Stall::after(self.opts.body_timeout);
-        let mut budget = self.opts.max_attempts;
-        let mut route = first;
-        let mut waited = false;
+        let mut attempts = Attempts::new(first, self.opts.max_attempts);
         // A pooled connection the instance had closed is replaced once.
         let mut stale_retry = true;
         loop {
-            let next = if tried.len() < budget {
-                pick(&route, &tried, &self.ejected)
-            } else {
-                None
-            };
-            let Some(target) = next else {
-                // Everything tried failed to connect: the next table may
-                // have moved the service elsewhere. Wait for it once.
-                if waited || tried.is_empty() {
-                    break;
-                }
-                waited = true;
-                budget = tried.len() + self.opts.max_attempts;
-                match self.next_route(&name, &route).await {
-                    Some(r) => route = r,
-                    None => break,
-                }
-                continue;
+            let Some(target) = self.next_target(&mut attempts).await else {
+                break;
             };
             let (wrapped, mut back) = if empty {
                 (Returnable::empty(), None)
@@ -351,8 +332,8 @@ impl Proxy {
                         self.ejected.eject(&target, Instant::now());
                     }
                     tracing::debug!(service.name = %name, instance.addr = %target, connect, error = %e, "instance attempt failed");
-                    tried.push(target);
                     metrics::counter!("berth_router_failed_attempts_total", "connect" => if connect { "true" } else { "false" }).increment(1);
+                    attempts.failed(self, target);
                     let again = (connect || retry_any)
                         && match back.as_mut().map(|b| b.try_recv()) {
                             None => true,
@@ -368,14 +349,30 @@ impl Proxy {
                     }
                 }
             }
-            if let Some(r) = self.routes.load().get(&name) {
-                route = Arc::clone(r);
-            }
         }
-        if !tried.is_empty() {
-            tracing::warn!(service.name = %name, attempts = tried.len(), "no instance reachable");
-        }
+        attempts.gave_up();
         bad_gateway(&name)
+    }
+
+    /// The instance a request tries next: round robin over its route's
+    /// targets not tried yet, ejected ones last; once every one tried has
+    /// failed, the next table is waited for once (the old instances of a
+    /// rollout may go down a moment before this router has applied the
+    /// `deploy_live` that moved traffic off them). `None`: give up.
+    pub(crate) async fn next_target(&self, a: &mut Attempts) -> Option<String> {
+        loop {
+            if a.tried.len() < a.budget {
+                if let Some(target) = pick(&a.route, &a.tried, &self.ejected) {
+                    return Some(target);
+                }
+            }
+            if a.waited || a.tried.is_empty() {
+                return None;
+            }
+            a.waited = true;
+            a.budget = a.tried.len() + self.opts.max_attempts;
+            a.route = self.next_route(&a.route.name, &a.route).await?;
+        }
     }
 
     /// Waits (up to the connect timeout) for a table whose route for `name`
@@ -394,6 +391,42 @@ impl Proxy {
                 Ok(Ok(())) => {}
                 _ => return None,
             }
+        }
+    }
+}
+
+/// Where one request's tries at its service's instances stand.
+#[derive(Debug)]
+pub(crate) struct Attempts {
+    pub route: Arc<Route>,
+    tried: Vec<String>,
+    budget: usize,
+    waited: bool,
+}
+
+impl Attempts {
+    pub(crate) fn new(route: Arc<Route>, budget: usize) -> Self {
+        Attempts {
+            route,
+            tried: Vec::new(),
+            budget,
+            waited: false,
+        }
+    }
+
+    /// `target` failed: not tried again for this request; the route is
+    /// read afresh.
+    pub(crate) fn failed(&mut self, proxy: &Proxy, target: String) {
+        self.tried.push(target);
+        if let Some(r) = proxy.routes.load().get(&self.route.name) {
+            self.route = Arc::clone(r);
+        }
+    }
+
+    /// No instance answered: logged when some were tried.
+    pub(crate) fn gave_up(&self) {
+        if !self.tried.is_empty() {
+            tracing::warn!(service.name = %self.route.name, attempts = self.tried.len(), "no instance reachable");
         }
     }
 }
@@ -516,24 +549,36 @@ pub(crate) fn service_label<'a>(host: &'a str, base_domain: &str) -> Option<&'a 
     validate::name(name).is_ok().then_some(name)
 }
 
+/// The HTML of [`page`].
+pub(crate) fn page_html(status: StatusCode, title: &str, text: &str) -> String {
+    format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{code} {title}</title></head>\
+         <body><h1>{code} {title}</h1><p>{text}</p></body></html>\n",
+        code = status.as_u16()
+    )
+}
+
 pub(crate) const NOT_FOUND: &str = "There is no service at this address.";
 
 fn bad_gateway(name: &str) -> Response<ProxyBody> {
     page(
         StatusCode::BAD_GATEWAY,
-        "No healthy instance",
-        &format!("{name} has no healthy instance to answer right now. Try again in a moment."),
+        BAD_GATEWAY_TITLE,
+        &no_healthy_instance(name),
     )
+}
+
+pub(crate) const BAD_GATEWAY_TITLE: &str = "No healthy instance";
+
+/// The text of the 502 a service with no instance to answer gets.
+pub(crate) fn no_healthy_instance(name: &str) -> String {
+    format!("{name} has no healthy instance to answer right now. Try again in a moment.")
 }
 
 /// A short HTML page. `text` is a service name (a DNS label) or fixed text,
 /// so nothing needs escaping.
 pub(crate) fn page(status: StatusCode, title: &str, text: &str) -> Response<ProxyBody> {
-    let html = format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{code} {title}</title></head>\
-         <body><h1>{code} {title}</h1><p>{text}</p></body></html>\n",
-        code = status.as_u16()
-    );
+    let html = page_html(status, title, text);
     let mut resp = Response::new(
         Full::new(Bytes::from(html))
             .map_err(|never| match never {})

@@ -106,6 +106,18 @@ pub struct RoutingTable {
 }
 
 impl RoutingTable {
+    /// A table of these routes alone (for tests).
+    #[cfg(test)]
+    pub(crate) fn of(routes: impl IntoIterator<Item = Route>) -> Self {
+        RoutingTable {
+            routes: routes
+                .into_iter()
+                .map(|r| (r.name.clone(), Arc::new(r)))
+                .collect(),
+            ..RoutingTable::default()
+        }
+    }
+
     /// The route for a service name.
     pub fn get(&self, name: &str) -> Option<&Arc<Route>> {
         self.routes.get(name)

@@ -29,6 +29,9 @@ use crate::body::Returnable;
 /// Idle connections kept per instance address at most.
 const MAX_IDLE_PER_ADDR: usize = 512;
 
+/// What a plain connection reads at a time.
+pub(crate) const RAW_BUF: usize = 16 * 1024;
+
 /// Why a request did not get a response head.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -51,100 +54,53 @@ impl SendError {
     }
 }
 
-struct Idle {
-    sender: SendRequest<Returnable>,
+/// A connection that can wait on a shelf: whether it is known closed.
+pub(crate) trait Shelved {
+    fn is_closed(&self) -> bool;
+}
+
+impl Shelved for SendRequest<Returnable> {
+    fn is_closed(&self) -> bool {
+        SendRequest::is_closed(self)
+    }
+}
+
+struct Idle<C> {
+    conn: C,
     since: Instant,
 }
 
-/// One worker's connections to instances.
-pub struct Upstreams {
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
-    connect_timeout: Duration,
+/// Idle connections by instance address, most recently used last.
+struct Shelf<C> {
+    idle: Mutex<HashMap<String, Vec<Idle<C>>>>,
     idle_for: Duration,
 }
 
-impl std::fmt::Debug for Upstreams {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstreams")
-            .field("connect_timeout", &self.connect_timeout)
-            .field("idle_for", &self.idle_for)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Upstreams {
-    pub fn new(connect_timeout: Duration, idle_for: Duration) -> Arc<Self> {
-        Arc::new(Upstreams {
+impl<C: Shelved> Shelf<C> {
+    fn new(idle_for: Duration) -> Self {
+        Shelf {
             idle: Mutex::new(HashMap::new()),
-            connect_timeout,
             idle_for,
-        })
-    }
-
-    /// Sends `req` (origin-form URI, `Host` set) to `addr` on a pooled
-    /// connection if one is idle, else on a new one.
-    pub async fn send(
-        self: &Arc<Self>,
-        addr: &str,
-        req: Request<Returnable>,
-    ) -> Result<Response<Pooled>, SendError> {
-        if let Some(mut sender) = self.checkout(addr) {
-            // Ready at once, or as soon as the previous response's end is
-            // processed; an error means the instance closed it.
-            if sender.ready().await.is_err() {
-                return Err(SendError::Stale);
-            }
-            return match sender.try_send_request(req).await {
-                Ok(resp) => Ok(self.wrap(addr, sender, resp)),
-                Err(mut e) => match e.take_message() {
-                    Some(_unsent) => Err(SendError::Stale),
-                    None => Err(SendError::Request(e.into_error())),
-                },
-            };
-        }
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(SendError::Connect(e.to_string())),
-                Err(_) => return Err(SendError::Connect("timed out".to_owned())),
-            };
-        let _ = stream.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| SendError::Connect(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "instance connection ended with an error");
-            }
-        });
-        match sender.try_send_request(req).await {
-            Ok(resp) => Ok(self.wrap(addr, sender, resp)),
-            Err(mut e) => match e.take_message() {
-                Some(_unsent) => Err(SendError::Connect(
-                    "connection closed before the request was sent".to_owned(),
-                )),
-                None => Err(SendError::Request(e.into_error())),
-            },
         }
     }
 
     /// The most recently used idle connection to `addr` that has not
     /// been idle too long (older ones are dropped, which closes them).
-    fn checkout(&self, addr: &str) -> Option<SendRequest<Returnable>> {
+    fn checkout(&self, addr: &str) -> Option<C> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(addr)?;
         let now = Instant::now();
         while let Some(c) = list.pop() {
-            if now.duration_since(c.since) < self.idle_for && !c.sender.is_closed() {
-                return Some(c.sender);
+            if now.duration_since(c.since) < self.idle_for && !c.conn.is_closed() {
+                return Some(c.conn);
             }
         }
         idle.remove(addr);
         None
     }
 
-    fn checkin(&self, addr: &str, sender: SendRequest<Returnable>) {
-        if sender.is_closed() {
+    fn checkin(&self, addr: &str, conn: C) {
+        if conn.is_closed() {
             return;
         }
         let Ok(mut idle) = self.idle.lock() else {
@@ -165,21 +121,143 @@ impl Upstreams {
             .count();
         list.drain(..expired);
         if list.len() < MAX_IDLE_PER_ADDR {
-            list.push(Idle { sender, since: now });
+            list.push(Idle { conn, since: now });
         }
     }
 
-    /// Drops every connection idle longer than `idle_for` (called now and
-    /// then, for instances no request goes to any more).
-    pub fn sweep(&self) {
+    fn sweep(&self) {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
         let now = Instant::now();
         idle.retain(|_, list| {
-            list.retain(|c| now.duration_since(c.since) < self.idle_for && !c.sender.is_closed());
+            list.retain(|c| now.duration_since(c.since) < self.idle_for && !c.conn.is_closed());
             !list.is_empty()
         });
+    }
+}
+
+/// One worker's connections to instances: those hyper drives (requests
+/// with bodies, upgrades, HTTP/2 and HTTPS clients) and the plain ones
+/// berth's own HTTP/1 path writes to ([`crate::h1`]).
+pub struct Upstreams {
+    hyper: Shelf<SendRequest<Returnable>>,
+    raw: Shelf<Raw>,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstreams")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("idle_for", &self.hyper.idle_for)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection to an instance that berth's own HTTP/1 path reads and
+/// writes, with what it has read past the last response (nothing, when
+/// it is shelved).
+#[derive(Debug)]
+pub(crate) struct Raw {
+    pub stream: TcpStream,
+    pub buf: bytes::BytesMut,
+}
+
+impl Shelved for Raw {
+    fn is_closed(&self) -> bool {
+        false
+    }
+}
+
+impl Upstreams {
+    pub fn new(connect_timeout: Duration, idle_for: Duration) -> Arc<Self> {
+        Arc::new(Upstreams {
+            hyper: Shelf::new(idle_for),
+            raw: Shelf::new(idle_for),
+            connect_timeout,
+        })
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) to `addr` on a pooled
+    /// connection if one is idle, else on a new one.
+    pub async fn send(
+        self: &Arc<Self>,
+        addr: &str,
+        req: Request<Returnable>,
+    ) -> Result<Response<Pooled>, SendError> {
+        if let Some(mut sender) = self.hyper.checkout(addr) {
+            // Ready at once, or as soon as the previous response's end is
+            // processed; an error means the instance closed it.
+            if sender.ready().await.is_err() {
+                return Err(SendError::Stale);
+            }
+            return match sender.try_send_request(req).await {
+                Ok(resp) => Ok(self.wrap(addr, sender, resp)),
+                Err(mut e) => match e.take_message() {
+                    Some(_unsent) => Err(SendError::Stale),
+                    None => Err(SendError::Request(e.into_error())),
+                },
+            };
+        }
+        let stream = self.connect(addr).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| SendError::Connect(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "instance connection ended with an error");
+            }
+        });
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(self.wrap(addr, sender, resp)),
+            Err(mut e) => match e.take_message() {
+                Some(_unsent) => Err(SendError::Connect(
+                    "connection closed before the request was sent".to_owned(),
+                )),
+                None => Err(SendError::Request(e.into_error())),
+            },
+        }
+    }
+
+    /// A new connection to `addr` (`TCP_NODELAY`), within the connect
+    /// timeout.
+    async fn connect(&self, addr: &str) -> Result<TcpStream, SendError> {
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(SendError::Connect(e.to_string())),
+                Err(_) => return Err(SendError::Connect("timed out".to_owned())),
+            };
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// An idle plain connection to `addr` (and `true`), else a new one.
+    pub(crate) async fn raw(&self, addr: &str) -> Result<(Raw, bool), SendError> {
+        if let Some(raw) = self.raw.checkout(addr) {
+            return Ok((raw, true));
+        }
+        let stream = self.connect(addr).await?;
+        Ok((
+            Raw {
+                stream,
+                buf: bytes::BytesMut::with_capacity(RAW_BUF),
+            },
+            false,
+        ))
+    }
+
+    /// Shelves a plain connection whose last response has ended.
+    pub(crate) fn give_back_raw(&self, addr: &str, raw: Raw) {
+        self.raw.checkin(addr, raw);
+    }
+
+    /// Drops every connection idle longer than `idle_for` (called now and
+    /// then, for instances no request goes to any more).
+    pub fn sweep(&self) {
+        self.hyper.sweep();
+        self.raw.sweep();
     }
 
     fn wrap(
@@ -213,7 +291,7 @@ impl Pooled {
     fn give_back(&mut self) {
         if let Some((pool, addr, sender)) = self.home.take() {
             if let Some(pool) = pool.upgrade() {
-                pool.checkin(&addr, sender);
+                pool.hyper.checkin(&addr, sender);
             }
         }
     }

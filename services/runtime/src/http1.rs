@@ -157,33 +157,80 @@ pub async fn serve<F, S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    let http = builder(header_read_timeout);
+    accept_until(listener, shutdown, drain, what, |stream, peer| {
+        serve_io(
+            &http,
+            WriteStall::new(stream, send_timeout),
+            service(peer),
+            shutdown.clone(),
+            what,
+            peer,
+        )
+    })
+    .await;
+}
+
+/// hyper's HTTP/1 server side as berth's listeners set it up: a header
+/// read timeout and the cap on a request's head.
+pub fn builder(header_read_timeout: Duration) -> hyper::server::conn::http1::Builder {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
         .max_header_size(MAX_HEAD_BYTES);
-    accept_until(listener, shutdown, drain, what, |stream, peer| {
-        let conn = http
-            .serve_connection(
-                TokioIo::new(WriteStall::new(stream, send_timeout)),
-                service(peer),
-            )
-            .with_upgrades();
-        let stop = shutdown.clone();
-        async move {
-            let mut conn = std::pin::pin!(conn);
-            let ended = tokio::select! {
-                ended = conn.as_mut() => ended,
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(listener = what, error = %e, client = %peer, "connection ended with an error");
-            }
+    http
+}
+
+/// Serves the client connection `io` with `service` (protocol upgrades
+/// included) until it ends; once `stop` is cancelled, the request in
+/// flight is finished and the connection closed.
+pub fn serve_io<I, S, B>(
+    http: &hyper::server::conn::http1::Builder,
+    io: I,
+    service: S,
+    stop: CancellationToken,
+    what: &'static str,
+    peer: SocketAddr,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let conn = http
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    async move { drive(conn, |c| c.graceful_shutdown(), &stop, what, peer).await }
+}
+
+/// Drives the client connection `conn` to its end; once `stop` is
+/// cancelled, `graceful` asks it to finish the request in flight and
+/// close. `what` and `peer` name it in logs.
+pub async fn drive<C, E>(
+    conn: C,
+    graceful: impl FnOnce(Pin<&mut C>),
+    stop: &CancellationToken,
+    what: &'static str,
+    peer: SocketAddr,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut conn = std::pin::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        _ = stop.cancelled() => {
+            graceful(conn.as_mut());
+            conn.await
         }
-    })
-    .await;
+    };
+    if let Err(e) = ended {
+        tracing::debug!(listener = what, error = %e, client = %peer, "connection ended with an error");
+    }
 }
 
 /// Accepts on `listener` until `shutdown`, each connection (with
