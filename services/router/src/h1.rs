@@ -29,7 +29,7 @@ use http::{HeaderValue, Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
-use crate::headers::{is_hop_by_hop, new_request_id, usable_request_id, Peer};
+use crate::headers::{is_hop_by_hop, request_id_digits, usable_request_id, Peer};
 use crate::https::ACME_CHALLENGE;
 use crate::proxy::{no_healthy_instance, page_html, Attempts, Proxy, Scheme, BAD_GATEWAY_TITLE};
 use crate::table::{Route, RouteState};
@@ -108,7 +108,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewound<T> {
 /// `None`) or a request needs hyper (then the connection, rewound to that
 /// request). A head must arrive whole within `header_timeout` of the
 /// connection waiting for it; once `stop` is cancelled, the request in
-/// flight is finished and the connection closed.
+/// flight (and any the client already sent behind it) is finished and the
+/// connection closed.
 pub(crate) async fn serve<T>(
     proxy: &Proxy,
     mut client: T,
@@ -121,6 +122,9 @@ where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf = BytesMut::with_capacity(CLIENT_BUF);
+    // Waited on between requests; made once per connection.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         let deadline = tokio::time::Instant::now() + header_timeout;
         let request = loop {
@@ -143,7 +147,7 @@ where
             let idle = buf.is_empty();
             let read = tokio::select! {
                 biased;
-                _ = stop.cancelled(), if idle => return None,
+                _ = &mut stopped, if idle => return None,
                 read = tokio::time::timeout_at(deadline, client.read_buf(&mut buf)) => read,
             };
             match read {
@@ -153,7 +157,9 @@ where
             }
         };
         buf.advance(request.head_len);
-        let close = request.close || stop.is_cancelled();
+        // A stop while this request is served closes the connection at the
+        // next wait for a request (answers already sent stay whole).
+        let close = request.close;
         let kept = forward(proxy, request, &mut client, peer, close).await;
         if !kept || close {
             let _ = client.shutdown().await;
@@ -172,10 +178,37 @@ struct Request {
     /// The client asked to close after this answer.
     close: bool,
     route: Arc<Route>,
-    request_id: HeaderValue,
+    request_id: RequestId,
     hsts: Option<HeaderValue>,
     /// Method and path (no query) for the access log, when it is on.
     logged: Option<(Method, String)>,
+}
+
+/// A request's id: the client's when usable, else a new one (made
+/// without an allocation: most requests carry none).
+enum RequestId {
+    Ours([u8; 16]),
+    Client(HeaderValue),
+}
+
+impl RequestId {
+    fn new() -> Self {
+        RequestId::Ours(request_id_digits())
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Ours(digits) => digits,
+            RequestId::Client(v) => v.as_bytes(),
+        }
+    }
+
+    fn header_value(&self) -> Option<HeaderValue> {
+        match self {
+            RequestId::Ours(digits) => HeaderValue::from_bytes(digits).ok(),
+            RequestId::Client(v) => Some(v.clone()),
+        }
+    }
 }
 
 enum Head {
@@ -300,7 +333,7 @@ fn read_request(proxy: &Proxy, buf: &[u8], peer: &Peer, scheme: Scheme) -> Head 
                     usable_request_id(h.value)
                         .then(|| HeaderValue::from_bytes(h.value).ok())
                         .flatten()
-                        .unwrap_or_else(new_request_id),
+                        .map_or_else(RequestId::new, RequestId::Client),
                 );
             }
             continue;
@@ -318,7 +351,7 @@ fn read_request(proxy: &Proxy, buf: &[u8], peer: &Peer, scheme: Scheme) -> Head 
         Scheme::Https => b"\r\nx-forwarded-proto: https\r\n",
     });
     header_line(&mut out, b"x-forwarded-host", host_value);
-    let request_id = request_id.unwrap_or_else(new_request_id);
+    let request_id = request_id.unwrap_or_else(RequestId::new);
     header_line(&mut out, b"x-request-id", request_id.as_bytes());
     out.extend_from_slice(b"\r\n");
     let logged = proxy.opts.access_log.then(|| {
@@ -507,7 +540,7 @@ fn log(
         path: path.clone(),
         status,
         client: peer.addr().ip(),
-        request_id: Some(req.request_id.clone()),
+        request_id: req.request_id.header_value(),
         start,
         head: head_at.saturating_duration_since(start),
     }

@@ -128,6 +128,12 @@ pub(crate) fn is_hop_by_hop(name: &str) -> bool {
 /// 16 hex digits: a per-process random start plus a counter, so ids never
 /// repeat within a router and rarely across routers.
 pub(crate) fn new_request_id() -> HeaderValue {
+    let hex = request_id_digits();
+    HeaderValue::from_bytes(&hex).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// The digits of a new request id (see [`new_request_id`]).
+pub(crate) fn request_id_digits() -> [u8; 16] {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
     static START: OnceLock<u64> = OnceLock::new();
@@ -139,7 +145,7 @@ pub(crate) fn new_request_id() -> HeaderValue {
         let nibble = (id >> (60 - 4 * i)) & 0xf;
         *digit = b"0123456789abcdef"[nibble as usize];
     }
-    HeaderValue::from_bytes(&hex).unwrap_or(HeaderValue::from_static("0"))
+    hex
 }
 
 /// The tokens of the `Connection` header(s), trimmed.

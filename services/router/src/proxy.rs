@@ -1,6 +1,8 @@
 //! The public HTTP side: `Host: <name>.<base-domain>` (or one of the
 //! service's custom domains) → one healthy instance
-//! of that web service, streamed both ways through a pooled HTTP/1 client.
+//! of that web service, streamed both ways through a pooled HTTP/1 client
+//! (a GET or HEAD without a body over HTTP/1.1 takes berth's own path,
+//! [`crate::h1`], with the same rules).
 //!
 //! - round robin over the route's targets; a failed connect moves on to the
 //!   next instance (the unread body comes back, see [`crate::body`]); a

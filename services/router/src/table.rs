@@ -97,10 +97,10 @@ impl Route {
 /// Immutable once published.
 #[derive(Debug, Default)]
 pub struct RoutingTable {
-    routes: HashMap<String, Arc<Route>>,
+    routes: HashMap<String, Arc<Route>, foldhash::quality::RandomState>,
     /// Custom domain (normalised: lower case, no port, no trailing dot) →
     /// the route of the web service it was added to.
-    domains: HashMap<String, Arc<Route>>,
+    domains: HashMap<String, Arc<Route>, foldhash::quality::RandomState>,
     /// Stream sequence the table reflects.
     pub applied_seq: u64,
 }

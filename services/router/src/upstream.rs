@@ -9,6 +9,11 @@
 //! unused. A pooled connection the instance closed in the meantime fails
 //! as [`SendError::Stale`]: nothing reached the instance, so the caller may
 //! send the request again on a fresh connection.
+//!
+//! Two shelves of the same kind: connections hyper's client drives, and
+//! plain ones berth's own HTTP/1.1 path ([`crate::h1`]) reads and writes
+//! itself; one of those the instance closed while it waited is found out
+//! by the request that meets it (nothing answered), which is sent again.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -72,14 +77,14 @@ struct Idle<C> {
 
 /// Idle connections by instance address, most recently used last.
 struct Shelf<C> {
-    idle: Mutex<HashMap<String, Vec<Idle<C>>>>,
+    idle: Mutex<HashMap<String, Vec<Idle<C>>, foldhash::quality::RandomState>>,
     idle_for: Duration,
 }
 
 impl<C: Shelved> Shelf<C> {
     fn new(idle_for: Duration) -> Self {
         Shelf {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(HashMap::default()),
             idle_for,
         }
     }
