@@ -222,6 +222,16 @@ fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
     v.split(|b| *b == b',').map(<[u8]>::trim_ascii)
 }
 
+/// Whether a header a `Connection` header names is dropped with it: any
+/// but the host and what frames the message, which a peer naming them
+/// must not make the next hop read differently.
+fn may_drop(name: &[u8]) -> bool {
+    !name.is_empty()
+        && !["host", "content-length", "transfer-encoding"]
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+}
+
 fn is(name: &str, want: &str) -> bool {
     name.eq_ignore_ascii_case(want)
 }
@@ -263,7 +273,7 @@ fn read_request(proxy: &Proxy, buf: &[u8], peer: &Peer, scheme: Scheme) -> Head 
                     close = true;
                 } else if t.eq_ignore_ascii_case(b"upgrade") {
                     return Head::HandOver;
-                } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") {
+                } else if !t.eq_ignore_ascii_case(b"keep-alive") && may_drop(t) {
                     named.push(t);
                 }
             }
@@ -659,7 +669,7 @@ fn answer_head(buf: &[u8], req: &Request, close: bool) -> Result<Parsed, &'stati
                     instance_closes = true;
                 } else if t.eq_ignore_ascii_case(b"keep-alive") {
                     instance_closes &= version != 0;
-                } else if !t.is_empty() {
+                } else if may_drop(t) {
                     named.push(t);
                 }
             }
@@ -1120,7 +1130,7 @@ mod tests {
     #[tokio::test]
     async fn answers_pass_back_in_their_own_framing_on_one_instance_connection() {
         let backend = instance(vec![
-            (&[b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: keep-alive\r\n\r\nhello"], false),
+            (&[b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: keep-alive, Content-Length\r\n\r\nhello"], false),
             (
                 &[
                     b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 99\r\n\r\n3\r\nabc\r\n",
@@ -1139,7 +1149,7 @@ mod tests {
         let proxy = proxy_to(backend.addr);
         let requests = [
             &b"GET /a?q=1 HTTP/1.1\r\nHost: web.localhost\r\nConnection: keep-alive, x-hop\r\nx-hop: 1\r\nTE: trailers\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\nx-app: kept\r\n\r\n"[..],
-            b"GET /b HTTP/1.1\r\nHost: WEB.localhost:80\r\nx-request-id: abc-1\r\n\r\n",
+            b"GET /b HTTP/1.1\r\nHost: WEB.localhost:80\r\nx-request-id: abc-1\r\nConnection: host\r\n\r\n",
             b"GET /c HTTP/1.1\r\nHost: web.localhost\r\n\r\n",
             b"HEAD /d HTTP/1.1\r\nHost: web.localhost\r\n\r\n",
             b"GET /e HTTP/1.1\r\nHost: web.localhost\r\nConnection: close\r\n\r\n",
@@ -1154,6 +1164,12 @@ mod tests {
         assert_eq!(answers.len(), 5, "{read}");
         assert!(answers[0].starts_with("200 OK\r\n") && answers[0].ends_with("\r\n\r\nhello"));
         assert!(!answers[0].to_ascii_lowercase().contains("connection:"));
+        // What frames an answer stays, even when its Connection names it.
+        assert!(
+            answers[0].contains("content-length: 5\r\n"),
+            "{}",
+            answers[0]
+        );
         assert!(answers[1].contains("transfer-encoding: chunked\r\n"));
         assert!(!answers[1].contains("content-length"), "{}", answers[1]);
         assert!(answers[1].ends_with("\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\nx-sum: 7\r\n\r\n"));
@@ -1198,6 +1214,12 @@ mod tests {
         assert_eq!(id.len(), 16, "{id}");
         assert!(heads[1].contains("x-request-id: abc-1\r\n"));
         assert!(heads[1].contains("x-forwarded-host: WEB.localhost:80\r\n"));
+        // The host stays, even when the client's Connection names it.
+        assert!(
+            heads[1].contains("Host: WEB.localhost:80\r\n"),
+            "{}",
+            heads[1]
+        );
         assert!(heads[3].starts_with("HEAD /d HTTP/1.1\r\n"));
         assert!(!heads[4].to_ascii_lowercase().contains("connection:"));
     }
