@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::headers::{is_hop_by_hop, request_id_digits, usable_request_id, Peer};
 use crate::https::ACME_CHALLENGE;
 use crate::proxy::{no_healthy_instance, page_html, Attempts, Proxy, Scheme, BAD_GATEWAY_TITLE};
-use crate::table::{Route, RouteState};
+use crate::table::{Route, RouteState, RoutingTable};
 use crate::upstream::{Raw, SendError, RAW_BUF};
 
 /// The most headers a head may have here (hyper's own limit); more is
@@ -130,11 +130,18 @@ where
     let mut deadline = tokio::time::Instant::now() + header_timeout;
     let timer = tokio::time::sleep_until(deadline);
     tokio::pin!(timer);
+    // The routing table, looked at again only when a new one was
+    // published (an atomic read, where loading it takes a shared lock).
+    let mut swaps = proxy.routes.swaps();
+    let mut table = Arc::clone(&swaps.borrow_and_update());
     loop {
         deadline = tokio::time::Instant::now() + header_timeout;
         let request = loop {
             if !buf.is_empty() {
-                match read_request(proxy, &buf, peer, scheme) {
+                if swaps.has_changed().unwrap_or(false) {
+                    table = Arc::clone(&swaps.borrow_and_update());
+                }
+                match read_request(proxy, &table, &buf, peer, scheme) {
                     Head::Partial if buf.len() < berth_runtime::http1::MAX_HEAD_BYTES => {}
                     // hyper answers a head too large with 431.
                     Head::Partial | Head::HandOver => {
@@ -250,7 +257,13 @@ fn is(name: &str, want: &str) -> bool {
 }
 
 /// The client's head in `buf`, if it is whole and this path takes it.
-fn read_request(proxy: &Proxy, buf: &[u8], peer: &Peer, scheme: Scheme) -> Head {
+fn read_request(
+    proxy: &Proxy,
+    table: &RoutingTable,
+    buf: &[u8],
+    peer: &Peer,
+    scheme: Scheme,
+) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -304,12 +317,7 @@ fn read_request(proxy: &Proxy, buf: &[u8], peer: &Peer, scheme: Scheme) -> Head 
     let Ok(host) = std::str::from_utf8(host_value) else {
         return Head::HandOver;
     };
-    let Some(route) = proxy
-        .routes
-        .load()
-        .route_for_host(host, &proxy.opts.base_domain)
-        .cloned()
-    else {
+    let Some(route) = table.route_for_host(host, &proxy.opts.base_domain).cloned() else {
         return Head::HandOver;
     };
     if route.state == RouteState::Suspended {
@@ -1287,6 +1295,59 @@ mod tests {
             "cut off after {waited:?}"
         );
         assert_eq!(backend.heads.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_follows_the_routing_table() {
+        let a: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na"];
+        let b: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb"];
+        let (first, second) = (
+            instance(vec![(a, false)]).await,
+            instance(vec![(b, false)]).await,
+        );
+        let proxy = proxy_to(first.addr);
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let (stop, peer) = (CancellationToken::new(), peer());
+        let served = serve(
+            &proxy,
+            server,
+            &peer,
+            Scheme::Http,
+            Duration::from_secs(5),
+            &stop,
+        );
+        let talk = async {
+            let mut answers = String::new();
+            for body in ['a', 'b'] {
+                client
+                    .write_all(b"GET / HTTP/1.1\r\nHost: web.localhost\r\n\r\n")
+                    .await
+                    .unwrap();
+                while !answers.ends_with(body) {
+                    let mut chunk = [0u8; 1024];
+                    let got = client.read(&mut chunk).await.unwrap();
+                    assert!(got > 0, "closed before answer {body}");
+                    answers.push_str(std::str::from_utf8(&chunk[..got]).unwrap());
+                }
+                // The service moves to the second instance.
+                proxy.routes.store(RoutingTable::of([Route::new(
+                    ServiceId::generate(),
+                    "web".into(),
+                    RouteState::Serving(vec![Target {
+                        instance: InstanceId::generate(),
+                        addr: second.addr.to_string(),
+                    }]),
+                )]));
+            }
+            drop(client);
+        };
+        tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(served, talk)
+        })
+        .await
+        .expect("served in time");
+        assert_eq!(first.heads.lock().unwrap().len(), 1);
+        assert_eq!(second.heads.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]
