@@ -108,8 +108,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewound<T> {
 /// `None`) or a request needs hyper (then the connection, rewound to that
 /// request). A head must arrive whole within `header_timeout` of the
 /// connection waiting for it; once `stop` is cancelled, the request in
-/// flight (and any the client already sent behind it) is finished and the
-/// connection closed.
+/// flight is finished (its answer saying the connection closes, once the
+/// proxy knows it is stopping) and the connection closed.
 pub(crate) async fn serve<T>(
     proxy: &Proxy,
     mut client: T,
@@ -177,11 +177,12 @@ where
             }
         };
         buf.advance(request.head_len);
-        // A stop while this request is served closes the connection at the
-        // next wait for a request (answers already sent stay whole).
+        // Once the router stops, each answer says the connection closes
+        // after it (decided as its head is written), so the client sends
+        // no more on it.
         let close = request.close;
         let kept = forward(proxy, request, &mut client, peer, close).await;
-        if !kept || close {
+        if !kept || close || proxy.is_stopping() {
             let _ = client.shutdown().await;
             return None;
         }
@@ -535,7 +536,7 @@ where
             proxy
                 .stats
                 .record(&req.route.service, page.status, now - start, now);
-            let mut out = page.head(close);
+            let mut out = page.head(close || proxy.is_stopping());
             // A HEAD gets the page's head alone.
             let body: &[u8] = if req.head_only { &[] } else { &page.body };
             out.extend_from_slice(body);
@@ -597,7 +598,7 @@ async fn attempt(
             Failure::Broken(e)
         });
     }
-    let head = read_answer(&mut raw, req, close, shelved);
+    let head = read_answer(proxy, &mut raw, req, close, shelved);
     let answer = match proxy.opts.response_timeout {
         Some(limit) => tokio::time::timeout(limit, head)
             .await
@@ -609,6 +610,7 @@ async fn attempt(
 
 /// Reads the instance's answer head (passing over interim `1xx` answers).
 async fn read_answer(
+    proxy: &Proxy,
     raw: &mut Raw,
     req: &Request,
     close: bool,
@@ -617,6 +619,7 @@ async fn read_answer(
     let mut heard = false;
     loop {
         if !raw.buf.is_empty() {
+            let close = close || proxy.is_stopping();
             match answer_head(&raw.buf, req, close).map_err(Failure::Refused)? {
                 Parsed::Partial => {}
                 Parsed::Interim(n) => {
@@ -1035,8 +1038,8 @@ mod tests {
     }
 
     /// An instance on loopback that answers each request on a connection
-    /// with the next of `answers` (all connections share the list), and
-    /// keeps every head it read.
+    /// with the next of `answers` (all connections share the list; an
+    /// empty part is a 300 ms pause), and keeps every head it read.
     struct Instance {
         addr: SocketAddr,
         heads: Arc<Mutex<Vec<String>>>,
@@ -1081,6 +1084,10 @@ mod tests {
                             return;
                         };
                         for part in parts {
+                            // An empty part: the instance takes its time.
+                            if part.is_empty() {
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                            }
                             s.write_all(part).await.unwrap();
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
@@ -1348,6 +1355,47 @@ mod tests {
         .expect("served in time");
         assert_eq!(first.heads.lock().unwrap().len(), 1);
         assert_eq!(second.heads.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_sent_while_stopping_closes_its_connection() {
+        let slow: &[&[u8]] = &[b"", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"];
+        let backend = instance(vec![(slow, false), (slow, false)]).await;
+        let proxy = proxy_to(backend.addr);
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let (stop, peer) = (CancellationToken::new(), peer());
+        let served = serve(
+            &proxy,
+            server,
+            &peer,
+            Scheme::Http,
+            Duration::from_secs(5),
+            &stop,
+        );
+        let talk = async {
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: web.localhost\r\n\r\n")
+                .await
+                .unwrap();
+            // The router stops while the instance is still answering.
+            while backend.heads.lock().unwrap().is_empty() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            proxy.stop_taking();
+            stop.cancel();
+            let mut read = Vec::new();
+            client.read_to_end(&mut read).await.unwrap();
+            String::from_utf8(read).unwrap()
+        };
+        let (rest, read) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(served, talk)
+        })
+        .await
+        .expect("served in time");
+        assert!(rest.is_none());
+        assert!(read.starts_with("HTTP/1.1 200 OK\r\n"), "{read}");
+        assert!(read.contains("connection: close\r\n"), "{read}");
+        assert!(read.ends_with("\r\n\r\nok"), "{read}");
     }
 
     #[tokio::test]

@@ -524,7 +524,10 @@ async fn worker(
             let every = std::time::Duration::from_secs(5);
             loop {
                 tokio::select! {
-                    _ = stop.cancelled() => break,
+                    _ = stop.cancelled() => {
+                        proxy.stop_taking();
+                        break;
+                    }
                     _ = tokio::time::sleep(every) => proxy.sweep(),
                 }
             }

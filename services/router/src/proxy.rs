@@ -69,6 +69,9 @@ pub struct Proxy {
     /// Requests per service, for the metrics.
     pub(crate) stats: Arc<HttpStats>,
     pub(crate) https: Option<HttpsSide>,
+    /// Set once the router stops taking requests: answers still sent
+    /// say the connection closes after them.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// How a request reached the router.
@@ -110,7 +113,20 @@ impl Proxy {
             ejected: Ejected::default(),
             stats,
             https: None,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The router is stopping: every answer from now on closes its
+    /// connection after it.
+    pub(crate) fn stop_taking(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the router is stopping (a relaxed load: cheap per request).
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Drops connections to instances idle longer than the pool allows
