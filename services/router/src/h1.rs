@@ -516,36 +516,36 @@ where
             }
         }
     };
-    let (status, sent) = match outcome {
+    // Counted as the answer's head is ready (an event stream's body may
+    // go on for hours).
+    let head_at = Instant::now();
+    let status = match &outcome {
+        Ok((_, (_, answer))) => answer.status,
+        Err(page) => page.status,
+    };
+    proxy
+        .stats
+        .record(&req.route.service, status, head_at - start, head_at);
+    let (sent, kept) = match outcome {
         Ok((target, (mut raw, answer))) => {
-            let status = answer.status;
-            let now = Instant::now();
-            proxy
-                .stats
-                .record(&req.route.service, status, now - start, now);
             let sent = pass_answer(&mut raw, &answer, client).await;
             if sent.is_ok() && answer.reusable && raw.buf.is_empty() {
                 proxy.upstreams.give_back_raw(&target, raw);
             }
-            let keep = sent.is_ok() && answer.framing != Framing::UntilClose;
-            log(&req, peer, status, start, now, sent);
-            return keep;
+            let kept = sent.is_ok() && answer.framing != Framing::UntilClose;
+            (sent, kept)
         }
         Err(page) => {
-            let now = Instant::now();
-            proxy
-                .stats
-                .record(&req.route.service, page.status, now - start, now);
             let mut out = page.head(close || proxy.is_stopping());
             // A HEAD gets the page's head alone.
             let body: &[u8] = if req.head_only { &[] } else { &page.body };
             out.extend_from_slice(body);
             let sent = client.write_all(&out).await.map(|()| body.len() as u64);
-            (page.status, sent)
+            let kept = sent.is_ok();
+            (sent, kept)
         }
     };
-    let kept = sent.is_ok();
-    log(&req, peer, status, start, Instant::now(), sent);
+    log(&req, peer, status, start, head_at, sent);
     kept
 }
 
@@ -1396,6 +1396,58 @@ mod tests {
         assert!(read.starts_with("HTTP/1.1 200 OK\r\n"), "{read}");
         assert!(read.contains("connection: close\r\n"), "{read}");
         assert!(read.ends_with("\r\n\r\nok"), "{read}");
+    }
+
+    #[tokio::test]
+    async fn shelved_connections_the_instance_closed_are_passed_over() {
+        // An instance that answers after 50 ms and closes a connection
+        // idle for 100 ms, saying nothing (as Node.js does after 5 s).
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(Mutex::new(0u32));
+        let count = Arc::clone(&accepted);
+        let server = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                *count.lock().unwrap() += 1;
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let mut chunk = [0u8; 1024];
+                            let idle = Duration::from_millis(100);
+                            match tokio::time::timeout(idle, s.read(&mut chunk)).await {
+                                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                                _ => return,
+                            }
+                        }
+                        buf.clear();
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let proxy = proxy_to(addr);
+        let one = || {
+            exchange(
+                &proxy,
+                b"GET / HTTP/1.1\r\nHost: web.localhost\r\nConnection: close\r\n\r\n",
+            )
+        };
+        // Three at once: three connections shelved; then all three closed.
+        let (a, b, c) = tokio::join!(one(), one(), one());
+        for (read, _) in [a, b, c] {
+            assert!(read.starts_with("HTTP/1.1 200 OK"), "{read}");
+        }
+        assert_eq!(*accepted.lock().unwrap(), 3);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let (read, _) = one().await;
+        assert!(read.starts_with("HTTP/1.1 200 OK"), "{read}");
+        assert_eq!(*accepted.lock().unwrap(), 4);
+        server.abort();
     }
 
     #[tokio::test]

@@ -170,8 +170,18 @@ pub(crate) struct Raw {
 }
 
 impl Shelved for Raw {
+    /// Closed by the instance (or sent something unasked) while it waited:
+    /// a read that does not block. It costs no system call unless the
+    /// socket was reported readable since its last read, which an idle
+    /// connection is only when the instance closed it (Node.js does after
+    /// 5 s idle): otherwise a burst's worth of shelved connections gone
+    /// stale would each be found by a request, and the second would make
+    /// the instance look unreachable.
     fn is_closed(&self) -> bool {
-        false
+        match self.stream.try_read(&mut [0u8; 1]) {
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            Ok(_) => true,
+        }
     }
 }
 
