@@ -181,7 +181,7 @@ where
         // after it (decided as its head is written), so the client sends
         // no more on it.
         let close = request.close;
-        let kept = forward(proxy, request, &mut client, peer, close).await;
+        let kept = forward(proxy, request, &mut client, peer).await;
         if !kept || close || proxy.is_stopping() {
             let _ = client.shutdown().await;
             return None;
@@ -229,6 +229,14 @@ impl RequestId {
             RequestId::Ours(digits) => HeaderValue::from_bytes(digits).ok(),
             RequestId::Client(v) => Some(v.clone()),
         }
+    }
+}
+
+impl Request {
+    /// Whether the answer says the connection closes after it: the client
+    /// asked, or the router is stopping (asked as the head is written).
+    fn closing(&self, proxy: &Proxy) -> bool {
+        self.close || proxy.is_stopping()
     }
 }
 
@@ -466,7 +474,7 @@ enum Failure {
 
 /// Forwards one request and passes the answer back to the client; whether
 /// the client connection can carry another request.
-async fn forward<T>(proxy: &Proxy, req: Request, client: &mut T, peer: &Peer, close: bool) -> bool
+async fn forward<T>(proxy: &Proxy, req: Request, client: &mut T, peer: &Peer) -> bool
 where
     T: AsyncWrite + Unpin,
 {
@@ -480,7 +488,7 @@ where
             break Err(bad_gateway(&attempts.route.name));
         };
         let name = &attempts.route.name;
-        match attempt(proxy, &target, &req, close).await {
+        match attempt(proxy, &target, &req).await {
             Ok(answered) => break Ok((target, answered)),
             Err(Failure::Stale) if stale_retry => {
                 tracing::debug!(service.name = %name, instance.addr = %target, "pooled connection closed under the request; sent again");
@@ -536,7 +544,7 @@ where
             (sent, kept)
         }
         Err(page) => {
-            let mut out = page.head(close || proxy.is_stopping());
+            let mut out = page.head(req.closing(proxy));
             // A HEAD gets the page's head alone.
             let body: &[u8] = if req.head_only { &[] } else { &page.body };
             out.extend_from_slice(body);
@@ -580,12 +588,7 @@ fn log(
 }
 
 /// One try at `target`: the request sent, the answer's head read.
-async fn attempt(
-    proxy: &Proxy,
-    target: &str,
-    req: &Request,
-    close: bool,
-) -> Result<(Raw, Answer), Failure> {
+async fn attempt(proxy: &Proxy, target: &str, req: &Request) -> Result<(Raw, Answer), Failure> {
     let (mut raw, shelved) = proxy
         .upstreams
         .raw(target)
@@ -598,7 +601,7 @@ async fn attempt(
             Failure::Broken(e)
         });
     }
-    let head = read_answer(proxy, &mut raw, req, close, shelved);
+    let head = read_answer(proxy, &mut raw, req, shelved);
     let answer = match proxy.opts.response_timeout {
         Some(limit) => tokio::time::timeout(limit, head)
             .await
@@ -613,14 +616,12 @@ async fn read_answer(
     proxy: &Proxy,
     raw: &mut Raw,
     req: &Request,
-    close: bool,
     shelved: bool,
 ) -> Result<Answer, Failure> {
     let mut heard = false;
     loop {
         if !raw.buf.is_empty() {
-            let close = close || proxy.is_stopping();
-            match answer_head(&raw.buf, req, close).map_err(Failure::Refused)? {
+            match answer_head(&raw.buf, req, req.closing(proxy)).map_err(Failure::Refused)? {
                 Parsed::Partial => {}
                 Parsed::Interim(n) => {
                     raw.buf.advance(n);

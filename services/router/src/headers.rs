@@ -160,9 +160,7 @@ fn connection_tokens(h: &HeaderMap) -> impl Iterator<Item = &str> {
 pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
     // Most messages have none: one pass over their few names instead of a
     // lookup per hop-by-hop name.
-    let hop =
-        |n: &HeaderName| HOP_BY_HOP.contains(n) || n == "keep-alive" || n == "proxy-connection";
-    if !h.keys().any(hop) {
+    if !h.keys().any(|n| is_hop_by_hop(n.as_str())) {
         return;
     }
     // Headers the Connection header names are hop-by-hop too.
