@@ -1253,31 +1253,88 @@ mod tests {
         assert!(!heads[4].to_ascii_lowercase().contains("connection:"));
     }
 
+    /// One client connection served while `talk` drives the client's end:
+    /// what `serve` returned and what `talk` did.
+    async fn converse<F: std::future::Future>(
+        proxy: &Proxy,
+        header_timeout: Duration,
+        stop: &CancellationToken,
+        talk: impl FnOnce(tokio::io::DuplexStream) -> F,
+    ) -> (Option<Rewound<tokio::io::DuplexStream>>, F::Output) {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let peer = peer();
+        let served = serve(proxy, server, &peer, Scheme::Http, header_timeout, stop);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(served, talk(client))
+        })
+        .await
+        .expect("served in time")
+    }
+
+    /// Sends a GET for the route and reads into `read` until `answered`.
+    async fn ask(
+        client: &mut tokio::io::DuplexStream,
+        read: &mut Vec<u8>,
+        answered: impl Fn(&[u8]) -> bool,
+    ) {
+        client.write_all(GET).await.unwrap();
+        while !answered(read) {
+            let mut chunk = [0u8; 1024];
+            let got = client.read(&mut chunk).await.unwrap();
+            assert!(got > 0, "closed before the answer");
+            read.extend_from_slice(&chunk[..got]);
+        }
+    }
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: web.localhost\r\n\r\n";
+
+    #[tokio::test]
+    async fn the_plain_listener_serves_gets_on_this_path() {
+        // hyper writes header names in lower case; this path passes them
+        // on as the client wrote them, which tells the two apart.
+        let ok: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"];
+        let backend = instance(vec![(ok, false)]).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let timeouts = crate::https::ClientTimeouts {
+            header: Duration::from_secs(5),
+            send: Duration::from_secs(5),
+        };
+        let proxy = Arc::new(proxy_to(backend.addr));
+        let stopper = stop.clone();
+        let listening = tokio::spawn(async move {
+            crate::worker(listener, proxy, &stopper, Duration::from_secs(1), timeouts).await;
+        });
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: web.localhost\r\nX-Case-Kept: 1\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut read = String::new();
+        client.read_to_string(&mut read).await.unwrap();
+        assert!(read.ends_with("\r\n\r\nok"), "{read}");
+        let heads = backend.heads.lock().unwrap().clone();
+        assert!(heads[0].contains("\r\nX-Case-Kept: 1\r\n"), "{}", heads[0]);
+        stop.cancel();
+        listening.await.unwrap();
+    }
+
     #[tokio::test]
     async fn the_header_timeout_runs_from_each_wait_for_a_request() {
         let ok: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"];
         let backend = instance(vec![(ok, false), (ok, false), (ok, false)]).await;
         let proxy = proxy_to(backend.addr);
-        let (mut client, server) = tokio::io::duplex(1 << 16);
-        let stop = CancellationToken::new();
-        let peer = peer();
         let limit = Duration::from_millis(400);
-        let served = serve(&proxy, server, &peer, Scheme::Http, limit, &stop);
-        let talk = async {
+        let talk = |mut client| async move {
             // Three requests 250 ms apart: longer than the limit in all,
             // never that long between two.
             let mut read = Vec::new();
             for n in 1..=3 {
-                client
-                    .write_all(b"GET / HTTP/1.1\r\nHost: web.localhost\r\n\r\n")
-                    .await
-                    .unwrap();
-                while read.windows(2).filter(|w| w == b"ok").count() < n {
-                    let mut chunk = [0u8; 1024];
-                    let got = client.read(&mut chunk).await.unwrap();
-                    assert!(got > 0, "closed before answer {n}");
-                    read.extend_from_slice(&chunk[..got]);
-                }
+                ask(&mut client, &mut read, |r| {
+                    r.windows(2).filter(|w| w == b"ok").count() >= n
+                })
+                .await;
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
             // Then half a head, and nothing more: cut off.
@@ -1288,11 +1345,7 @@ mod tests {
             assert!(rest.is_empty());
             waiting.elapsed()
         };
-        let (rest, waited) = tokio::time::timeout(Duration::from_secs(10), async {
-            tokio::join!(served, talk)
-        })
-        .await
-        .expect("served in time");
+        let (rest, waited) = converse(&proxy, limit, &CancellationToken::new(), talk).await;
         assert!(rest.is_none());
         assert!(
             waited >= Duration::from_millis(100),
@@ -1314,46 +1367,30 @@ mod tests {
             instance(vec![(b, false)]).await,
         );
         let proxy = proxy_to(first.addr);
-        let (mut client, server) = tokio::io::duplex(1 << 16);
-        let (stop, peer) = (CancellationToken::new(), peer());
-        let served = serve(
-            &proxy,
-            server,
-            &peer,
-            Scheme::Http,
-            Duration::from_secs(5),
-            &stop,
-        );
-        let talk = async {
-            let mut answers = String::new();
-            for body in ['a', 'b'] {
-                client
-                    .write_all(b"GET / HTTP/1.1\r\nHost: web.localhost\r\n\r\n")
-                    .await
-                    .unwrap();
-                while !answers.ends_with(body) {
-                    let mut chunk = [0u8; 1024];
-                    let got = client.read(&mut chunk).await.unwrap();
-                    assert!(got > 0, "closed before answer {body}");
-                    answers.push_str(std::str::from_utf8(&chunk[..got]).unwrap());
-                }
+        let (proxy_ref, second_addr) = (&proxy, second.addr);
+        let talk = |mut client: tokio::io::DuplexStream| async move {
+            let mut answers = Vec::new();
+            for body in [b"a", b"b"] {
+                ask(&mut client, &mut answers, |r| r.ends_with(body)).await;
                 // The service moves to the second instance.
-                proxy.routes.store(RoutingTable::of([Route::new(
+                proxy_ref.routes.store(RoutingTable::of([Route::new(
                     ServiceId::generate(),
                     "web".into(),
                     RouteState::Serving(vec![Target {
                         instance: InstanceId::generate(),
-                        addr: second.addr.to_string(),
+                        addr: second_addr.to_string(),
                     }]),
                 )]));
             }
             drop(client);
         };
-        tokio::time::timeout(Duration::from_secs(10), async {
-            tokio::join!(served, talk)
-        })
-        .await
-        .expect("served in time");
+        converse(
+            &proxy,
+            Duration::from_secs(5),
+            &CancellationToken::new(),
+            talk,
+        )
+        .await;
         assert_eq!(first.heads.lock().unwrap().len(), 1);
         assert_eq!(second.heads.lock().unwrap().len(), 1);
     }
@@ -1363,36 +1400,21 @@ mod tests {
         let slow: &[&[u8]] = &[b"", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"];
         let backend = instance(vec![(slow, false), (slow, false)]).await;
         let proxy = proxy_to(backend.addr);
-        let (mut client, server) = tokio::io::duplex(1 << 16);
-        let (stop, peer) = (CancellationToken::new(), peer());
-        let served = serve(
-            &proxy,
-            server,
-            &peer,
-            Scheme::Http,
-            Duration::from_secs(5),
-            &stop,
-        );
-        let talk = async {
-            client
-                .write_all(b"GET / HTTP/1.1\r\nHost: web.localhost\r\n\r\n")
-                .await
-                .unwrap();
+        let stop = CancellationToken::new();
+        let (proxy_ref, stop_ref, backend_ref) = (&proxy, &stop, &backend);
+        let talk = |mut client: tokio::io::DuplexStream| async move {
+            client.write_all(GET).await.unwrap();
             // The router stops while the instance is still answering.
-            while backend.heads.lock().unwrap().is_empty() {
+            while backend_ref.heads.lock().unwrap().is_empty() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            proxy.stop_taking();
-            stop.cancel();
+            proxy_ref.stop_taking();
+            stop_ref.cancel();
             let mut read = Vec::new();
             client.read_to_end(&mut read).await.unwrap();
             String::from_utf8(read).unwrap()
         };
-        let (rest, read) = tokio::time::timeout(Duration::from_secs(10), async {
-            tokio::join!(served, talk)
-        })
-        .await
-        .expect("served in time");
+        let (rest, read) = converse(&proxy, Duration::from_secs(5), &stop, talk).await;
         assert!(rest.is_none());
         assert!(read.starts_with("HTTP/1.1 200 OK\r\n"), "{read}");
         assert!(read.contains("connection: close\r\n"), "{read}");
@@ -1472,7 +1494,7 @@ mod tests {
 
     #[tokio::test]
     async fn what_this_path_does_not_take_goes_to_hyper_unread() {
-        let taken = b"GET / HTTP/1.1\r\nHost: web.localhost\r\n\r\n";
+        let taken = GET;
         for left in [
             &b"POST / HTTP/1.1\r\nHost: web.localhost\r\nContent-Length: 2\r\n\r\nhi"[..],
             b"GET /chat HTTP/1.1\r\nHost: web.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
