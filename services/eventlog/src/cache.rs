@@ -9,10 +9,11 @@
 //! vector of envelopes.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
 use berth_schemas::{AggregateId, Envelope};
+use foldhash::fast::RandomState;
 
 use crate::{Loaded, Version};
 
@@ -57,7 +58,7 @@ impl Entry {
 /// One shard: its aggregates and the events they hold in all.
 #[derive(Debug, Default)]
 struct ShardMap {
-    map: HashMap<AggregateId, Entry>,
+    map: HashMap<AggregateId, Entry, RandomState>,
     events: usize,
 }
 
@@ -91,7 +92,7 @@ impl AggregateCache {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(ShardMap::default()))
                 .collect(),
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             per_shard: capacity.div_ceil(SHARDS),
         }
     }

@@ -313,7 +313,7 @@ impl EventStore {
                 });
             }
             match self
-                .commit_retrying_unknown(aggregate, version, envelopes, key)
+                .commit_retrying_unknown(aggregate, version, envelopes.into(), key)
                 .await
             {
                 Ok(appended) => {
@@ -366,14 +366,14 @@ impl EventStore {
         &self,
         aggregate: &AggregateId,
         expected: Version,
-        envelopes: Vec<Envelope>,
+        envelopes: Arc<[Envelope]>,
         key: &str,
     ) -> Result<Appended, AppendError> {
         let mut delay = Duration::from_millis(100);
         let mut tries = 0;
         loop {
             match self
-                .commit(aggregate, expected, envelopes.clone(), key)
+                .commit(aggregate, expected, Arc::clone(&envelopes), key)
                 .await
             {
                 Err(e) if e.is_outcome_unknown() && tries < 3 => {

@@ -12,17 +12,18 @@
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
 use berth_schemas::AggregateId;
+use foldhash::fast::RandomState;
 
 use crate::Version;
 
 const SHARDS: usize = 16;
 
 type Key = (AggregateId, TypeId);
-type Shard = Mutex<HashMap<Key, (Version, Arc<dyn Any + Send + Sync>)>>;
+type Shard = Mutex<HashMap<Key, (Version, Arc<dyn Any + Send + Sync>), RandomState>>;
 
 /// Folded states by aggregate and state type.
 #[derive(Debug, Clone)]
@@ -35,8 +36,10 @@ pub(crate) struct StateCache {
 impl StateCache {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
+            hasher: RandomState::default(),
             per_shard: capacity.div_ceil(SHARDS),
         }
     }

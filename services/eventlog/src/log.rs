@@ -144,8 +144,8 @@ impl EventStore {
             .into_iter()
             .enumerate()
             .map(|(i, e)| envelope(aggregate, expected.events + 1 + i as u64, time, e))
-            .collect();
-        self.commit(aggregate, expected, envelopes, idempotency_key)
+            .collect::<Vec<_>>();
+        self.commit(aggregate, expected, envelopes.into(), idempotency_key)
             .await
     }
 
@@ -156,7 +156,7 @@ impl EventStore {
         &self,
         aggregate: &AggregateId,
         expected: Version,
-        envelopes: Vec<Envelope>,
+        envelopes: Arc<[Envelope]>,
         idempotency_key: &str,
     ) -> Result<Appended, AppendError> {
         if envelopes.is_empty() {
@@ -168,11 +168,13 @@ impl EventStore {
         {
             return Err(AppendError::BadIdempotencyKey);
         }
-        let commit = Commit { events: envelopes };
-        let payload = encode(&commit)?;
+        let payload = bytes::Bytes::from(encode(&envelopes)?);
         let subject = self.subjects.aggregate(aggregate);
+        // A read model in this process may be handed the message before
+        // the acknowledgement arrives: it finds these envelopes by the bytes.
+        let _in_flight = self.recent.in_flight(&payload, &envelopes);
         let msg = PublishMessage::build()
-            .payload(payload.into())
+            .payload(payload)
             .message_id(idempotency_key)
             .expected_last_subject_sequence(expected.stream_seq);
         let unknown = |reason: String| AppendError::OutcomeUnknown {
@@ -233,12 +235,12 @@ impl EventStore {
             let original = self.get_commit(ack.sequence).await;
             return duplicate_outcome(aggregate, ack.sequence, original);
         }
-        let events_count = commit.events.last().map_or(expected.events, |e| e.sequence);
+        let events_count = envelopes.last().map_or(expected.events, |e| e.sequence);
         let version = Version {
             stream_seq: ack.sequence,
             events: events_count,
         };
-        let events: Arc<[Envelope]> = commit.events.into();
+        let events = envelopes;
         self.cache.extend(aggregate, expected, version, &events);
         self.recent.put(ack.sequence, &events);
         Ok(Appended {
@@ -675,9 +677,14 @@ fn decode_commit(msg: &StreamMessage) -> Result<Commit, StoreError> {
 /// The bytes of [`Commit::encode`] (MessagePack, named fields), written
 /// into a buffer sized up front: growing an empty one showed up in append
 /// profiles.
-fn encode(commit: &Commit) -> Result<Vec<u8>, berth_schemas::envelope::EncodeError> {
-    let mut buf = Vec::with_capacity(256 * commit.events.len());
-    rmp_serde::encode::write_named(&mut buf, commit)?;
+fn encode(events: &[Envelope]) -> Result<Vec<u8>, berth_schemas::envelope::EncodeError> {
+    /// A [`Commit`] of borrowed envelopes: the same fields, so the same bytes.
+    #[derive(serde::Serialize)]
+    struct Borrowed<'a> {
+        events: &'a [Envelope],
+    }
+    let mut buf = Vec::with_capacity(256 * events.len());
+    rmp_serde::encode::write_named(&mut buf, &Borrowed { events })?;
     Ok(buf)
 }
 
@@ -733,5 +740,30 @@ mod tests {
         // new), but an outcome the caller retries with the same key.
         let unread = duplicate_outcome(&a, 17, Err(StoreError::Request("timed out".into())));
         assert!(unread.is_err_and(|e| e.is_outcome_unknown()));
+    }
+
+    #[test]
+    fn envelopes_encode_to_the_bytes_of_their_commit_and_back() {
+        let a = AggregateId::Service(ServiceId::generate());
+        let events: Vec<Envelope> = (1..=3)
+            .map(|i| {
+                envelope(
+                    &a,
+                    i,
+                    chrono::Utc::now(),
+                    NewEvent::new(
+                        berth_schemas::Event::from(InstanceCountChanged {
+                            from: i as u32,
+                            to: i as u32 + 1,
+                        }),
+                        Actor::system("test"),
+                    ),
+                )
+            })
+            .collect();
+        let bytes = encode(&events).unwrap();
+        let commit = Commit { events };
+        assert_eq!(bytes, commit.encode().unwrap());
+        assert_eq!(Commit::decode(&bytes).unwrap(), commit);
     }
 }

@@ -470,7 +470,7 @@ impl<P: Projection + std::fmt::Debug> ProjectionRunner<P> {
     ) -> Result<(), ProjectionError> {
         let started = Instant::now();
         // What this process appended lately is taken as built, not decoded.
-        let commit = match self.store.recent.get(seq) {
+        let commit = match self.store.recent.get(seq, payload) {
             Some(events) => Ok(events),
             None => Commit::decode(payload).map(|c| Arc::from(c.events)),
         };

@@ -55,8 +55,9 @@ pub struct ServiceState {
     pub deploys: Vec<Box<Deploy>>,
     /// Position of each deploy in `deploys`.
     /// A hash map: string-compared B-tree lookups on every event were ~5 %
-    /// of the hook path's CPU at a few thousand deploys.
-    pub(super) index: HashMap<DeployId, usize>,
+    /// of the hook path's CPU at a few thousand deploys; hashed with
+    /// foldhash (seeded per process), as SipHash was half of that again.
+    pub(super) index: HashMap<DeployId, usize, foldhash::fast::RandomState>,
     /// The running deploy (at most one: SPEC §6).
     pub active: Option<DeployId>,
     /// Queued deploys, oldest first.
