@@ -61,13 +61,14 @@ pub struct Deploy {
     pub update_started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     /// The last `placement_blocked` about it, until one of its instances
-    /// is placed again.
+    /// is placed again. Boxed, as is `retrying`: rarely set, and a service
+    /// holds one of these per deploy it remembers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub placement_blocked: Option<PlacementBlocked>,
+    pub placement_blocked: Option<Box<PlacementBlocked>>,
     /// The last `deploy_retrying` while it resolves: the registry failed
     /// for now and the resolver tries again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retrying: Option<DeployRetrying>,
+    pub retrying: Option<Box<DeployRetrying>>,
 }
 
 impl Deploy {
@@ -200,7 +201,7 @@ pub(in crate::service) fn apply(s: &mut ServiceState, event: &Event, time: Optio
         Event::DeployRetrying(e) => {
             if let Some(d) = s.deploy_mut(&e.deploy) {
                 if d.is_running() && d.resolved.is_none() {
-                    d.retrying = Some(e.clone());
+                    d.retrying = Some(Box::new(e.clone()));
                 }
             }
         }
@@ -316,7 +317,7 @@ pub(in crate::service) fn apply(s: &mut ServiceState, event: &Event, time: Optio
         }
         Event::PlacementBlocked(e) => {
             if let Some(d) = s.deploy_mut(&e.deploy) {
-                d.placement_blocked = Some(e.clone());
+                d.placement_blocked = Some(Box::new(e.clone()));
             }
         }
         Event::InstanceScheduled(e) => {

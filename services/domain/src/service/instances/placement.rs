@@ -138,7 +138,7 @@ pub(in crate::service) fn blocked(state: &ServiceState, e: PlacementBlocked) -> 
     };
     // A plan decided before the deploy ended: nothing waits for room now.
     let placing = d.is_running() || d.status == DeployStatus::Live;
-    if !placing || d.placement_blocked.as_ref() == Some(&e) {
+    if !placing || d.placement_blocked.as_deref() == Some(&e) {
         return Ok(vec![]);
     }
     Ok(vec![e.into()])

@@ -248,7 +248,10 @@ fn a_shortfall_is_recorded_once_until_room_is_found_or_it_changes() {
         s.run(Command::RecordPlacementBlocked(blocked(&d, 1))).len(),
         1
     );
-    assert_eq!(s.deploy(&d).placement_blocked, Some(blocked(&d, 1)));
+    assert_eq!(
+        s.deploy(&d).placement_blocked.as_deref(),
+        Some(&blocked(&d, 1))
+    );
     // About a deploy that has ended (a stale plan): nothing.
     let (next, _) = s.request(DeployTrigger::Api);
     s.go_live(&next, &digest(2));
