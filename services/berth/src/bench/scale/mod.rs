@@ -189,10 +189,20 @@ pub(crate) async fn until_listing(
     }
 }
 
+/// When the consumers of the event log had caught up.
+#[derive(Debug)]
+pub(crate) struct CaughtUp {
+    /// Until every consumer was delivered everything, at once.
+    pub(crate) all: Duration,
+    /// Each consumer seen behind, with the first poll that found it
+    /// delivered everything after its last time behind: slowest first.
+    pub(crate) each: Vec<(String, Duration)>,
+}
+
 /// Waits until every consumer of the event log was delivered everything
 /// (a job still being retried, such as the resolver retrying the
 /// unreachable registry of a hook's deploy, is delivered already).
-pub(crate) async fn caught_up(url: &str, within: Duration) -> anyhow::Result<Duration> {
+pub(crate) async fn caught_up(url: &str, within: Duration) -> anyhow::Result<CaughtUp> {
     use futures::TryStreamExt;
     let client = async_nats::connect(url).await.context("connecting")?;
     let js = async_nats::jetstream::new(client);
@@ -202,19 +212,40 @@ pub(crate) async fn caught_up(url: &str, within: Duration) -> anyhow::Result<Dur
         .await
         .context("the event stream")?;
     let started = Instant::now();
+    // Consumers behind at the last poll, and when each one that had been
+    // behind was first found caught up (again).
+    let mut was_behind = std::collections::HashSet::<String>::new();
+    let mut caught = std::collections::HashMap::<String, Duration>::new();
     loop {
         let infos: Vec<_> = stream
             .consumers()
             .try_collect()
             .await
             .context("listing consumers")?;
-        let behind = infos.iter().filter(|c| c.num_pending > 0).count();
-        if behind == 0 {
-            return Ok(started.elapsed());
+        let now = started.elapsed();
+        let behind: std::collections::HashSet<String> = infos
+            .iter()
+            .filter(|c| c.num_pending > 0)
+            .map(|c| c.name.clone())
+            .collect();
+        for name in was_behind.difference(&behind) {
+            caught.insert(name.clone(), now);
         }
-        if started.elapsed() > within {
-            bail!("{behind} consumers of the log still behind after {within:?}");
+        for name in &behind {
+            caught.remove(name);
         }
+        if behind.is_empty() {
+            let mut each: Vec<_> = caught.into_iter().collect();
+            each.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            return Ok(CaughtUp { all: now, each });
+        }
+        if now > within {
+            bail!(
+                "{} consumers of the log still behind after {within:?}",
+                behind.len()
+            );
+        }
+        was_behind = behind;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -375,8 +406,14 @@ async fn measure(
     let caught = caught_up(url, Duration::from_secs(1800)).await?;
     println!(
         "every consumer of the log caught up {:.1} s after that",
-        caught.as_secs_f64()
+        caught.all.as_secs_f64()
     );
+    for (name, at) in caught.each.iter().take(5) {
+        println!(
+            "  consumer {name}: caught up after {:.1} s",
+            at.as_secs_f64()
+        );
+    }
     tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
     up.stop().await?;
 
