@@ -8,8 +8,8 @@
 //! someone else did), the rest are stale and the service is loaded and
 //! asked again.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_domain::scheduler::{steps, RandomIds};
@@ -34,20 +34,50 @@ pub(crate) enum Next {
     Again,
 }
 
+/// The stream sequence of the state each service's last finished drive was
+/// made on (one entry per service, as the per-service locks).
+#[derive(Debug, Default)]
+pub(crate) struct Driven(Mutex<HashMap<ServiceId, u64>>);
+
+impl Driven {
+    /// A drive of `service` finished on its state at stream sequence `seq`.
+    pub(crate) fn record(&self, service: &ServiceId, seq: u64) {
+        let mut driven = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let at = driven.entry(service.clone()).or_default();
+        *at = (*at).max(seq);
+    }
+
+    /// Whether a drive of `service` finished on a state at or past stream
+    /// sequence `seq` (so it acted on the commit stored there).
+    pub(crate) fn past(&self, service: &ServiceId, seq: u64) -> bool {
+        let driven = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        driven.get(service).is_some_and(|&at| at >= seq)
+    }
+}
+
 /// How long a pass under way when the scheduler is told to stop may take
 /// to finish before it is dropped (safe: every pass starts from the log,
 /// so the next start finishes what it began).
 const IN_FLIGHT_GRACE: Duration = Duration::from_secs(2);
 
 /// Drives `service` until a pass has nothing left to do, or the scheduler
-/// stops.
-pub(crate) async fn drive(inner: &Inner, service: &ServiceId) -> Result<(), SchedulerError> {
+/// stops. `for_commit` is the stream sequence of the commit that asks for
+/// this drive, if one does: when a drive of this copy has since finished
+/// on a state at or past it, that drive acted on the commit already
+/// (passes read the log, never a message), and nothing is loaded — a
+/// scheduler catching up on a burst drives a service once per burst, not
+/// once per commit.
+pub(crate) async fn drive(
+    inner: &Inner,
+    service: &ServiceId,
+    for_commit: Option<u64>,
+) -> Result<(), SchedulerError> {
     let stopped = async {
         inner.shutdown.cancelled().await;
         tokio::time::sleep(IN_FLIGHT_GRACE).await;
     };
     tokio::select! {
-        done = rounds(inner, service) => done,
+        done = rounds(inner, service, for_commit) => done,
         _ = stopped => {
             tracing::debug!(service.id = %service, "pass dropped at shutdown");
             Ok(())
@@ -55,9 +85,16 @@ pub(crate) async fn drive(inner: &Inner, service: &ServiceId) -> Result<(), Sche
     }
 }
 
-async fn rounds(inner: &Inner, service: &ServiceId) -> Result<(), SchedulerError> {
+async fn rounds(
+    inner: &Inner,
+    service: &ServiceId,
+    for_commit: Option<u64>,
+) -> Result<(), SchedulerError> {
     let lock = inner.service_lock(service);
     let _held = lock.lock().await;
+    if for_commit.is_some_and(|seq| inner.driven.past(service, seq)) {
+        return Ok(());
+    }
     for _ in 0..MAX_ROUNDS {
         if inner.shutdown.is_cancelled() {
             return Ok(());
@@ -66,13 +103,14 @@ async fn rounds(inner: &Inner, service: &ServiceId) -> Result<(), SchedulerError
         let next = pass(inner, service).await;
         metrics::histogram!("berth_scheduler_pass_seconds").record(t0.elapsed().as_secs_f64());
         match next? {
-            Next::Done(requeue) => {
+            (Next::Done(requeue), seen) => {
                 if let Some(after) = requeue {
                     inner.requeue(service, after);
                 }
+                inner.driven.record(service, seen);
                 return Ok(());
             }
-            Next::Again => {}
+            (Next::Again, _) => {}
         }
     }
     // Busy, not broken: try again soon rather than fail the event.
@@ -155,7 +193,8 @@ pub(crate) async fn enqueue(
     Ok(())
 }
 
-async fn pass(inner: &Inner, service: &ServiceId) -> Result<Next, SchedulerError> {
+/// One pass, and the stream sequence of the state it was made on.
+async fn pass(inner: &Inner, service: &ServiceId) -> Result<(Next, u64), SchedulerError> {
     let aggregate = AggregateId::Service(service.clone());
     // The store's folded state: a pass folds only what was appended since
     // the last one, not the service's history.
@@ -165,8 +204,9 @@ async fn pass(inner: &Inner, service: &ServiceId) -> Result<Next, SchedulerError
         .await
         .map_err(SchedulerError::store)?;
     inner.cluster.record_service(service, &state);
+    let seen = version.stream_seq;
     let Some(cfg) = state.config.clone() else {
-        return Ok(Next::Done(None));
+        return Ok((Next::Done(None), seen));
     };
     // A node another copy placed on that this copy has not loaded yet
     // would look gone: load it first, so nothing is placed twice.
@@ -195,5 +235,26 @@ async fn pass(inner: &Inner, service: &ServiceId) -> Result<Next, SchedulerError
         version,
         state,
     };
-    carry::carry_out(&p, &cfg, steps).await
+    Ok((carry::carry_out(&p, &cfg, steps).await?, seen))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_is_covered_once_a_drive_finished_on_a_state_at_or_past_it() {
+        let driven = Driven::default();
+        let (a, b) = (ServiceId::generate(), ServiceId::generate());
+        assert!(!driven.past(&a, 1), "never driven");
+        driven.record(&a, 10);
+        assert!(driven.past(&a, 9) && driven.past(&a, 10));
+        assert!(!driven.past(&a, 11), "a later commit is not covered");
+        assert!(!driven.past(&b, 1), "per service");
+        driven.record(&a, 7);
+        assert!(
+            driven.past(&a, 10),
+            "an older drive finishing late does not go back"
+        );
+    }
 }

@@ -17,7 +17,8 @@
 //! content), so any of them may be lost or repeated:
 //! - a durable pull consumer on the log's service subjects (shared by every
 //!   scheduler copy, one service at a time per copy): each commit drives
-//!   its service;
+//!   its service, unless a drive in this copy has finished on a state at
+//!   or past that commit since (a burst is driven once, not per commit);
 //! - the plan's `requeue_after` (readiness windows, placement retries);
 //! - a sweep over every service at start and every `sweep_interval`;
 //! - heartbeats (core NATS): a node silent for `heartbeat_timeout` gets
@@ -97,6 +98,8 @@ pub(crate) struct Inner {
     pub(crate) opts: SchedulerOptions,
     pub(crate) cluster: Cluster,
     locks: Mutex<HashMap<ServiceId, Arc<tokio::sync::Mutex<()>>>>,
+    /// How far each service's drives in this copy have got.
+    pub(crate) driven: drive::Driven,
     /// Services with a timer pending, and when it fires.
     timers: Mutex<HashMap<ServiceId, tokio::time::Instant>>,
     /// Nodes whose exhausted work this copy parks (a node may not read the
@@ -140,7 +143,7 @@ impl Inner {
                     timers.remove(&service);
                 }
             }
-            if let Err(e) = drive::drive(&me, &service).await {
+            if let Err(e) = drive::drive(&me, &service, None).await {
                 me.failed(&service, &e, "timed pass failed; retrying");
             }
         });
@@ -221,6 +224,7 @@ impl Scheduler {
             key: self.key.clone(),
             opts: self.opts.clone(),
             locks: Mutex::default(),
+            driven: drive::Driven::default(),
             timers: Mutex::default(),
             parking: Mutex::default(),
             tasks: TaskTracker::new(),
@@ -310,7 +314,7 @@ impl WorkHandler for Commits {
         else {
             return Ok(());
         };
-        drive::drive(&self.0, service)
+        drive::drive(&self.0, service, Some(job.stream_seq))
             .instrument(
                 tracing::info_span!("drive", service.id = %service, stream.seq = job.stream_seq),
             )
@@ -355,7 +359,7 @@ async fn drive_all(inner: &Arc<Inner>, services: Vec<ServiceId>) {
     futures::stream::iter(services)
         .take_until(inner.shutdown.cancelled())
         .for_each_concurrent(inner.opts.concurrency, |s| async move {
-            if let Err(e) = drive::drive(inner, &s).await {
+            if let Err(e) = drive::drive(inner, &s, None).await {
                 inner.failed(&s, &e, "pass failed; retrying");
             }
         })
