@@ -193,7 +193,22 @@ pub struct EncodeError(#[from] rmp_serde::encode::Error);
 impl Commit {
     /// MessagePack with named fields, the bus format.
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
-        Ok(rmp_serde::to_vec_named(self)?)
+        Self::encode_events(&self.events)
+    }
+
+    /// The bytes of a commit of `events`, from borrowed envelopes (a
+    /// writer that keeps its envelopes need not move them into a
+    /// `Commit`), into a buffer sized up front: growing an empty one
+    /// showed up in append profiles.
+    pub fn encode_events(events: &[Envelope]) -> Result<Vec<u8>, EncodeError> {
+        /// [`Commit`]'s fields, borrowed: the same bytes.
+        #[derive(Serialize)]
+        struct Borrowed<'a> {
+            events: &'a [Envelope],
+        }
+        let mut buf = Vec::with_capacity(256 * events.len());
+        rmp_serde::encode::write_named(&mut buf, &Borrowed { events })?;
+        Ok(buf)
     }
 
     /// Decodes and checks a commit read from the log.

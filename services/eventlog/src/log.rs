@@ -144,8 +144,8 @@ impl EventStore {
             .into_iter()
             .enumerate()
             .map(|(i, e)| envelope(aggregate, expected.events + 1 + i as u64, time, e))
-            .collect::<Vec<_>>();
-        self.commit(aggregate, expected, envelopes.into(), idempotency_key)
+            .collect();
+        self.commit(aggregate, expected, envelopes, idempotency_key)
             .await
     }
 
@@ -168,7 +168,7 @@ impl EventStore {
         {
             return Err(AppendError::BadIdempotencyKey);
         }
-        let payload = bytes::Bytes::from(encode(&envelopes)?);
+        let payload = bytes::Bytes::from(Commit::encode_events(&envelopes)?);
         let subject = self.subjects.aggregate(aggregate);
         // A read model in this process may be handed the message before
         // the acknowledgement arrives: it finds these envelopes by the bytes.
@@ -240,12 +240,11 @@ impl EventStore {
             stream_seq: ack.sequence,
             events: events_count,
         };
-        let events = envelopes;
-        self.cache.extend(aggregate, expected, version, &events);
-        self.recent.put(ack.sequence, &events);
+        self.cache.extend(aggregate, expected, version, &envelopes);
+        self.recent.put(ack.sequence, &envelopes);
         Ok(Appended {
             version,
-            events,
+            events: envelopes,
             duplicate: false,
         })
     }
@@ -674,20 +673,6 @@ fn decode_commit(msg: &StreamMessage) -> Result<Commit, StoreError> {
     })
 }
 
-/// The bytes of [`Commit::encode`] (MessagePack, named fields), written
-/// into a buffer sized up front: growing an empty one showed up in append
-/// profiles.
-fn encode(events: &[Envelope]) -> Result<Vec<u8>, berth_schemas::envelope::EncodeError> {
-    /// A [`Commit`] of borrowed envelopes: the same fields, so the same bytes.
-    #[derive(serde::Serialize)]
-    struct Borrowed<'a> {
-        events: &'a [Envelope],
-    }
-    let mut buf = Vec::with_capacity(256 * events.len());
-    rmp_serde::encode::write_named(&mut buf, &Borrowed { events })?;
-    Ok(buf)
-}
-
 /// The expected-sequence check failed. async-nats maps only code 10071; a
 /// clustered 2.11+ leader answers 10164 ("wrong last sequence", no number).
 fn is_wrong_last_sequence(e: &async_nats::jetstream::context::PublishError) -> bool {
@@ -743,7 +728,7 @@ mod tests {
     }
 
     #[test]
-    fn envelopes_encode_to_the_bytes_of_their_commit_and_back() {
+    fn envelopes_encode_as_a_commit_and_decode_back() {
         let a = AggregateId::Service(ServiceId::generate());
         let events: Vec<Envelope> = (1..=3)
             .map(|i| {
@@ -761,9 +746,7 @@ mod tests {
                 )
             })
             .collect();
-        let bytes = encode(&events).unwrap();
-        let commit = Commit { events };
-        assert_eq!(bytes, commit.encode().unwrap());
-        assert_eq!(Commit::decode(&bytes).unwrap(), commit);
+        let bytes = Commit::encode_events(&events).unwrap();
+        assert_eq!(Commit::decode(&bytes).unwrap(), Commit { events });
     }
 }
