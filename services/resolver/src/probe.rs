@@ -33,34 +33,58 @@ use tokio_util::sync::CancellationToken;
 use crate::access::{self, AccessError};
 use crate::Inner;
 
-/// Every service's state, folded from the service subjects.
-#[derive(Debug, Default)]
-pub(crate) struct Services(BTreeMap<ServiceId, ServiceState>);
+/// Every service's state, folded from the service subjects, holding of its
+/// ended deploys only the rollback targets a pass may probe (the newest
+/// `targets` deactivated ones): a fraction of what the service's rules
+/// hold, for a view that decides nothing.
+#[derive(Debug)]
+pub(crate) struct Services {
+    states: BTreeMap<ServiceId, ServiceState>,
+    targets: usize,
+}
+
+impl Services {
+    /// A view for passes probing `targets` earlier deploys per service.
+    pub(crate) fn new(targets: usize) -> Self {
+        Services {
+            states: BTreeMap::new(),
+            targets,
+        }
+    }
+}
 
 impl Projection for Services {
     type Snapshot = BTreeMap<ServiceId, ServiceState>;
 
     fn apply(&mut self, _stream_seq: u64, env: &Envelope) {
         if let AggregateId::Service(id) = &env.aggregate {
-            let s = self.0.entry(id.clone()).or_default();
+            let s = self
+                .states
+                .entry(id.clone())
+                .or_insert_with(|| ServiceState::keeping_served(self.targets));
             *s = service::fold(std::mem::take(s), env);
             if !s.exists() {
                 // Deleted (or never created): nothing to probe.
-                self.0.remove(id);
+                self.states.remove(id);
             }
         }
     }
 
     fn snapshot(&self) -> Self::Snapshot {
-        self.0.clone()
+        self.states.clone()
     }
 
     fn snapshot_ref(&self) -> Option<&Self::Snapshot> {
-        Some(&self.0)
+        Some(&self.states)
     }
 
-    fn restore(&mut self, snapshot: Self::Snapshot) {
-        self.0 = snapshot;
+    fn restore(&mut self, mut snapshot: Self::Snapshot) {
+        // Read back holding every recent deploy (or more than this copy
+        // probes): down to what a pass needs.
+        for s in snapshot.values_mut() {
+            s.keep_only_served(self.targets);
+        }
+        self.states = snapshot;
     }
 }
 
@@ -115,7 +139,7 @@ pub(crate) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
     };
     let runner = ProjectionRunner::new(
         &inner.store,
-        Services::default(),
+        Services::new(inner.opts.probe_targets),
         ProjectionOptions {
             filter: Some(inner.store.subjects().aggregate_kind("service")),
             snapshot_key: Some("resolver-probe-v1".to_owned()),
@@ -135,7 +159,8 @@ pub(crate) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
         }
         let due: Vec<Due> = {
             let v = view.read().unwrap_or_else(|p| p.into_inner());
-            v.0.iter()
+            v.states
+                .iter()
                 .filter_map(|(id, s)| s.config.as_ref().map(|c| (id, s, c)))
                 .flat_map(|(id, s, c)| {
                     targets(id, s, inner.opts.probe_targets)
@@ -290,21 +315,32 @@ mod tests {
     use super::*;
     use berth_domain::service::{apply, decide, Command, CreateService, DeployRequest};
     use berth_domain::Ctx;
+    use berth_schemas::ids::EventId;
     use berth_schemas::ids::{NodeId, UserId};
     use berth_schemas::model::{DeployTrigger, OverlapPolicy, ResolvedImage, Sealed, ServiceType};
+    use berth_schemas::Event;
 
     fn run(s: ServiceState, c: Command) -> ServiceState {
-        decide(&s, c, &Ctx::default())
-            .unwrap()
-            .iter()
-            .fold(s, apply)
+        step(s, c, &mut Vec::new())
+    }
+
+    /// Decides `c` on `s` and applies it, the events added to `log`.
+    fn step(s: ServiceState, c: Command, log: &mut Vec<Event>) -> ServiceState {
+        let events = decide(&s, c, &Ctx::default()).unwrap();
+        log.extend(events.iter().cloned());
+        events.iter().fold(s, apply)
     }
 
     fn digest(n: u8) -> String {
         format!("sha256:{}", format!("{n:x}").repeat(64))
     }
 
-    fn live(mut s: ServiceState, d: &DeployId, n: u8) -> ServiceState {
+    fn live(s: ServiceState, d: &DeployId, n: u8) -> ServiceState {
+        live_logged(s, d, n, &mut Vec::new())
+    }
+
+    fn live_logged(mut s: ServiceState, d: &DeployId, n: u8, log: &mut Vec<Event>) -> ServiceState {
+        let mut run = |s, c| step(s, c, log);
         s = run(
             s,
             Command::RecordResolved {
@@ -391,5 +427,96 @@ mod tests {
                 .collect()
         };
         assert_eq!(ids(2), vec![ds[3].clone(), ds[1].clone()]);
+    }
+
+    /// A web service (overlap policy `cancel`) with `deploys` deploys gone
+    /// live one after another, the history and the state of the usual fold.
+    fn long_history(deploys: usize) -> (Vec<Event>, ServiceState) {
+        let ds: Vec<DeployId> = (0..deploys).map(|_| DeployId::generate()).collect();
+        let mut c = CreateService::new(
+            OwnerId::User(UserId::generate()),
+            "app",
+            ServiceType::WebService,
+            "registry.example.com/team/app:v1",
+            Sealed {
+                kid: "k".into(),
+                ciphertext: "x".into(),
+            },
+            ds[0].clone(),
+        );
+        c.overlap_policy = Some(OverlapPolicy::Cancel);
+        let mut log = Vec::new();
+        let mut s = step(
+            ServiceState::default(),
+            Command::Create(Box::new(c)),
+            &mut log,
+        );
+        s = live_logged(s, &ds[0], 1, &mut log);
+        for (i, d) in ds.iter().enumerate().skip(1) {
+            let request = DeployRequest::new(d.clone(), DeployTrigger::DeployHook);
+            s = step(s, Command::RequestDeploy(request), &mut log);
+            s = live_logged(s, d, (i % 15) as u8 + 1, &mut log);
+        }
+        // The third newest served deploy's digest is gone from the registry.
+        let gone = s.deploys[s.deploys.len() - 3].clone();
+        s = step(
+            s,
+            Command::MarkRollbackTargetMissing {
+                deploy: gone.id.clone(),
+                digest: gone.digest().unwrap_or_default().to_owned(),
+            },
+            &mut log,
+        );
+        (log, s)
+    }
+
+    fn envelopes(id: &ServiceId, events: Vec<Event>) -> Vec<Envelope> {
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| Envelope {
+                id: EventId::generate(),
+                version: 1,
+                aggregate: AggregateId::Service(id.clone()),
+                sequence: i as u64 + 1,
+                time: chrono::Utc::now(),
+                actor: Actor::system("test"),
+                correlation_id: None,
+                causation_id: None,
+                event,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_view_holds_few_deploys_and_finds_what_the_full_fold_finds() {
+        let id = ServiceId::generate();
+        let (log, full) = long_history(60);
+        assert_eq!(full.deploys.len(), 60);
+        let mut view = Services::new(5);
+        for (seq, env) in envelopes(&id, log).iter().enumerate() {
+            view.apply(seq as u64 + 1, env);
+        }
+        let held = &view.states[&id];
+        // The live deploy and the newest five served, a few more at most
+        // between two looks.
+        assert!(
+            held.deploys.len() <= 1 + 5 + 5,
+            "{} held",
+            held.deploys.len()
+        );
+        let expected = targets(&id, &full, 5);
+        assert_eq!(
+            expected.len(),
+            5,
+            "the live one and four eligible earlier ones"
+        );
+        assert_eq!(targets(&id, held, 5), expected);
+
+        // A snapshot holding every recent deploy is brought down when read back.
+        let mut restored = Services::new(5);
+        restored.restore(BTreeMap::from([(id.clone(), full.clone())]));
+        assert_eq!(restored.states[&id].deploys.len(), 1 + 5);
+        assert_eq!(targets(&id, &restored.states[&id], 5), expected);
     }
 }

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use berth_schemas::events::ServiceCreated;
 use berth_schemas::ids::DeployId;
+use berth_schemas::model::DeployStatus;
 use berth_schemas::Event;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -94,10 +95,26 @@ pub struct ServiceState {
     /// end) pays a constant share per deploy, not a pass each time.
     #[serde(default)]
     pub(super) forget_check_at: usize,
-    /// Holds every deploy, forgetting none (a fold for a look into the
-    /// past; never stored).
+    /// Which ended deploys a fold holds (never stored: a state read back
+    /// holds the recent ones until told otherwise).
     #[serde(skip)]
-    keep_every_deploy: bool,
+    keep: Keep,
+}
+
+/// Which ended deploys a fold of a service holds; running, queued and live
+/// deploys are always held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Keep {
+    /// The newest [`KEPT_ENDED_DEPLOYS`]: what the service's rules and the
+    /// first pages of its deploy listing need.
+    #[default]
+    Recent,
+    /// Every deploy (a look into the past).
+    Every,
+    /// Only the newest this many deploys that served and were replaced
+    /// (deactivated): the rollback targets a registry probe checks, for a
+    /// view that decides nothing.
+    Served(usize),
 }
 
 /// Ended deploys a service holds in memory, newest first: what its rules,
@@ -112,31 +129,68 @@ impl ServiceState {
     /// An empty state whose fold keeps every deploy.
     pub fn keeping_every_deploy() -> Self {
         ServiceState {
-            keep_every_deploy: true,
+            keep: Keep::Every,
             ..ServiceState::default()
         }
     }
 
-    /// Lets the oldest ended deploys go once more than
-    /// [`KEPT_ENDED_DEPLOYS`] (plus some slack) are held; running, queued
-    /// and live deploys always stay.
+    /// An empty state whose fold holds, of the ended deploys, only the
+    /// newest `served` deactivated ones (those that served and were
+    /// replaced): a view of rollback targets that decides nothing, at a
+    /// fraction of the memory. Commands must never be decided on it.
+    pub fn keeping_served(served: usize) -> Self {
+        ServiceState {
+            keep: Keep::Served(served),
+            ..ServiceState::default()
+        }
+    }
+
+    /// This state (read back from a snapshot, say) holding from now on only
+    /// what [`ServiceState::keeping_served`] holds, the rest let go now.
+    pub fn keep_only_served(&mut self, served: usize) {
+        self.keep = Keep::Served(served);
+        self.forget_check_at = 0;
+        self.forget_old_deploys();
+    }
+
+    /// Lets the oldest ended deploys go once more than those [`Keep`]
+    /// holds (plus some slack) are held; running, queued and live deploys
+    /// always stay.
     pub(super) fn forget_old_deploys(&mut self) {
-        let at_least = KEPT_ENDED_DEPLOYS + FORGET_SLACK + 1;
-        if self.keep_every_deploy || self.deploys.len() < self.forget_check_at.max(at_least) {
+        let (kept, slack) = match self.keep {
+            Keep::Every => return,
+            Keep::Recent => (KEPT_ENDED_DEPLOYS, FORGET_SLACK),
+            // A look is a pass over few deploys: one every `served` new
+            // ones keeps the share per deploy constant.
+            Keep::Served(n) => (n, n.max(1)),
+        };
+        if self.deploys.len() < self.forget_check_at.max(kept + slack + 1) {
             return;
         }
         let live = self.live.clone();
         let forgettable = |d: &Deploy| d.is_ended() && live.as_ref() != Some(&d.id);
-        let ended = self.deploys.iter().filter(|d| forgettable(d)).count();
-        let unended = self.deploys.len() - ended;
-        let mut excess = ended.saturating_sub(KEPT_ENDED_DEPLOYS);
-        if excess > 0 {
-            let before = self.deploys.len();
-            self.deploys.retain(|d| {
-                let go = excess > 0 && forgettable(d);
-                excess -= usize::from(go);
-                !go
-            });
+        let counted = |d: &Deploy| match self.keep {
+            Keep::Served(_) => d.status == DeployStatus::Deactivated,
+            Keep::Recent | Keep::Every => true,
+        };
+        // Newest first: the first `kept` counted ended deploys stay, as
+        // does every deploy that is not ended (or is live).
+        let mut left = kept;
+        let mut hold = vec![true; self.deploys.len()];
+        let mut unended = 0;
+        for (held, d) in hold.iter_mut().zip(&self.deploys).rev() {
+            if !forgettable(d) {
+                unended += 1;
+            } else if counted(d) && left > 0 {
+                left -= 1;
+            } else {
+                *held = false;
+            }
+        }
+        let before = self.deploys.len();
+        let mut hold = hold.into_iter();
+        self.deploys.retain(|_| hold.next().unwrap_or(true));
+        if self.deploys.len() < before {
             self.forgotten_deploys += (before - self.deploys.len()) as u64;
             self.index = self
                 .deploys
@@ -145,7 +199,7 @@ impl ServiceState {
                 .map(|(i, d)| (d.id.clone(), i))
                 .collect();
         }
-        self.forget_check_at = self.deploys.len() + FORGET_SLACK.max(unended);
+        self.forget_check_at = self.deploys.len() + slack.max(unended);
     }
 
     /// A deploy by id.

@@ -728,3 +728,85 @@ fn deploys_piling_up_unended_are_looked_over_rarely_and_let_go_once_they_end() {
     );
     assert_eq!(s.state.forgotten_deploys as usize + held, requested);
 }
+
+#[test]
+fn a_view_of_served_deploys_holds_the_newest_deactivated_ones_as_the_full_fold_has_them() {
+    use crate::service::{Deploy, ServiceState};
+    let first = DeployId::generate();
+    let mut s = Scenario::live_web(&first);
+    for n in 0..40u32 {
+        let (id, _) = s.request(DeployTrigger::DeployHook);
+        if n % 3 == 0 {
+            // Ended without serving: never a rollback target.
+            s.run(Command::CancelDeploy { deploy: id });
+        } else {
+            s.go_live(&id, &digest((n % 250) as u8 + 2));
+        }
+    }
+    let (running, _) = s.request(DeployTrigger::Api);
+    let served = s
+        .history
+        .iter()
+        .fold(ServiceState::keeping_served(3), apply);
+    let deactivated = |st: &ServiceState| -> Vec<Deploy> {
+        st.deploys
+            .iter()
+            .filter(|d| d.status == DeployStatus::Deactivated)
+            .map(|d| Deploy::clone(d))
+            .collect()
+    };
+    let full = deactivated(&s.state);
+    assert!(
+        full.len() > 6,
+        "the full fold holds {} deactivated",
+        full.len()
+    );
+    let newest = |ds: &[Deploy], n: usize| ds[ds.len() - n..].to_vec();
+    // The newest three as the full fold has them, a few more at most
+    // between two looks (a look every three new deploys).
+    let held = deactivated(&served);
+    assert!(
+        (3..=6).contains(&held.len()),
+        "{} deactivated held",
+        held.len()
+    );
+    assert_eq!(held, newest(&full, held.len()));
+    // Besides those: the live deploy, the running one, and at most the few
+    // ended since the last look; each as the full fold has it.
+    assert!(served.deploys.len() <= 3 + 3 + 2, "{:?}", served.deploys);
+    for d in &served.deploys {
+        assert_eq!(s.state.deploy(&d.id), Some(&**d));
+    }
+    assert_eq!(served.live_deploy(), s.state.live_deploy());
+    assert_eq!(served.active.as_ref(), Some(&running));
+    assert_eq!(served.deploy(&running), s.state.deploy(&running));
+    assert_eq!(
+        served.forgotten_deploys as usize + served.deploys.len(),
+        s.state.forgotten_deploys as usize + s.state.deploys.len()
+    );
+    // A state read back with every recent deploy comes down to the newest
+    // three served, the live and the running one at once.
+    let mut restored = s.state.clone();
+    restored.keep_only_served(3);
+    assert_eq!(deactivated(&restored), newest(&full, 3));
+    assert_eq!(restored.deploys.len(), 5);
+    assert_eq!(restored.deploy(&running), s.state.deploy(&running));
+    // And keeps to it as deploys go on.
+    let from = s.history.len();
+    s.go_live(&running, &digest(99));
+    for n in 0..10u32 {
+        let (id, _) = s.request(DeployTrigger::DeployHook);
+        s.go_live(&id, &digest(n as u8 + 100));
+    }
+    restored = s.history[from..].iter().fold(restored, apply);
+    assert!(
+        restored.deploys.len() <= 3 + 3 + 2,
+        "{}",
+        restored.deploys.len()
+    );
+    assert_eq!(restored.live_deploy(), s.state.live_deploy());
+    assert_eq!(
+        deactivated(&restored),
+        newest(&deactivated(&s.state), deactivated(&restored).len())
+    );
+}
