@@ -303,7 +303,8 @@ async fn execute_folds_only_what_is_new() {
 /// A fresh process (a restart) starts a registered state type from its
 /// stored fold and folds only what came after; an unreadable stored fold
 /// is ignored (the log is the truth); a long history is read whole and in
-/// order whether streamed or read one commit at a time.
+/// order whether streamed or read one commit at a time, and a streamed read
+/// leaves no consumer behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_store_starts_from_the_stored_fold() {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -381,6 +382,15 @@ async fn a_restarted_store_starts_from_the_stored_fold() {
     // Garbage where the fold was: ignored, the whole log folded (streamed,
     // then one commit at a time by a store that keeps no folds).
     kv.put(&key, b"not a fold".to_vec().into()).await.unwrap();
+    let consumers = || async {
+        let mut events = store
+            .jetstream()
+            .get_stream(store.subjects().events_stream())
+            .await
+            .unwrap();
+        events.info().await.unwrap().state.consumer_count
+    };
+    let consumers_before = consumers().await;
     for streamed in [true, false] {
         let cold = reopen(streamed, streamed).await;
         let before = FOLDED.load(Ordering::SeqCst);
@@ -395,6 +405,9 @@ async fn a_restarted_store_starts_from_the_stored_fold() {
             "streamed: {streamed}"
         );
     }
+    // A streamed read takes its consumer along: left to linger, the
+    // consumers of many reads reach the server's limit on a stream.
+    assert_eq!(consumers().await, consumers_before);
 }
 
 /// An append nobody answers is an outcome unknown, retryable with the same

@@ -330,7 +330,11 @@ impl EventStore {
             add_commit(loaded, msg.sequence, commit);
             gets += 1;
             if gets == DIRECT_GETS_BEFORE_STREAMING && self.cfg.stream_long_reads {
-                return self.stream_commits(subject, loaded, before).await;
+                // As many long reads as the permits allow are streamed; the
+                // rest go on one get at a time rather than wait.
+                if let Ok(_permit) = self.streamed_reads.try_acquire() {
+                    return self.stream_commits(subject, loaded, before).await;
+                }
             }
         }
         Ok(())
@@ -339,7 +343,10 @@ impl EventStore {
     /// [`Self::read_commits`] for a long run of commits: one ordered
     /// consumer on the subject streams them, instead of a round trip each
     /// (a cold read of a service with a hundred thousand deploys took
-    /// minutes one get at a time).
+    /// minutes one get at a time). The consumer is deleted once read: left
+    /// to its inactivity threshold (30 s) the consumers of many long reads
+    /// pile up, and a server refuses more than it allows on a stream
+    /// (nats-server 2.15: 1,000), failing every read after.
     async fn stream_commits(
         &self,
         subject: &str,
@@ -347,7 +354,6 @@ impl EventStore {
         before: u64,
     ) -> Result<(), StoreError> {
         use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
-        use futures::StreamExt;
         let request = |e: String| StoreError::Request(format!("streaming {subject}: {e}"));
         let consumer = self
             .events
@@ -360,9 +366,31 @@ impl EventStore {
             })
             .await
             .map_err(|e| request(e.to_string()))?;
-        if consumer.cached_info().num_pending == 0 {
-            return Ok(());
+        let name = consumer.cached_info().name.clone();
+        let read = if consumer.cached_info().num_pending == 0 {
+            Ok(())
+        } else {
+            self.stream_into(subject, consumer, loaded, before).await
+        };
+        // Best effort: one that stays goes after its inactivity threshold.
+        if let Err(e) = self.events.delete_consumer(&name).await {
+            tracing::debug!(consumer = %name, error = %e, "streamed read's consumer not deleted");
         }
+        read
+    }
+
+    /// Reads `consumer`'s messages into `loaded` up to `before`.
+    async fn stream_into(
+        &self,
+        subject: &str,
+        consumer: async_nats::jetstream::consumer::Consumer<
+            async_nats::jetstream::consumer::pull::OrderedConfig,
+        >,
+        loaded: &mut Loaded,
+        before: u64,
+    ) -> Result<(), StoreError> {
+        use futures::StreamExt;
+        let request = |e: String| StoreError::Request(format!("streaming {subject}: {e}"));
         let mut messages = consumer
             .messages()
             .await
@@ -654,6 +682,9 @@ pub(crate) fn envelope(
 /// The commit a stored message carries; a decode error names its sequence.
 /// Commits read one direct get at a time before the rest are streamed.
 const DIRECT_GETS_BEFORE_STREAMING: usize = 64;
+/// Long reads a store streams at once, each through its own consumer (a
+/// server limits the consumers of a stream).
+pub(crate) const STREAMED_READS_AT_ONCE: usize = 64;
 
 /// Appends one commit read at `stream_seq` to `loaded`.
 fn add_commit(loaded: &mut Loaded, stream_seq: u64, commit: Commit) {

@@ -127,6 +127,8 @@ pub struct StoreInner {
     pub(crate) durable: crate::durable::Durable,
     /// What this store appended lately, for read models in this process.
     pub(crate) recent: crate::recent::RecentCommits,
+    /// Long reads streamed at once (each through a consumer of its own).
+    pub(crate) streamed_reads: tokio::sync::Semaphore,
 }
 
 impl EventStore {
@@ -229,6 +231,7 @@ impl EventStore {
             states: crate::folded::StateCache::new(cfg.cached_aggregates),
             durable: crate::durable::Durable::default(),
             recent: crate::recent::RecentCommits::default(),
+            streamed_reads: tokio::sync::Semaphore::new(crate::log::STREAMED_READS_AT_ONCE),
             cfg,
             events,
             snapshots,
