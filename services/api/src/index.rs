@@ -45,7 +45,7 @@ impl Indexed {
 
 /// Where the index's snapshot is kept; a new key when what it folds, or
 /// how, changes (a snapshot of the old shape is then never read).
-pub const SNAPSHOT_KEY: &str = "api-index-v4";
+pub const SNAPSHOT_KEY: &str = "api-index-v5";
 
 /// A node as the log says it: registered (name, capacity), lost or back,
 /// and when that last changed.
@@ -123,11 +123,11 @@ impl ApiIndex {
     /// Event `id` of one of `owner`'s live services, among the entries
     /// each timeline holds (the newest of each service): a walk over the
     /// owner's services, not over every service.
-    pub fn event(&self, owner: &OwnerId, id: &str) -> Option<&TimelineEvent> {
+    pub fn event(&self, owner: &OwnerId, id: &str) -> Option<TimelineEvent> {
         self.by_owner
             .get(owner)?
             .values()
-            .find_map(|service| self.timeline.all(service).iter().rev().find(|e| e.id == id))
+            .find_map(|service| self.timeline.find(service, id))
     }
 
     /// A live service's sealed deploy-hook key (`None`: no such service,
@@ -196,7 +196,7 @@ impl ApiIndex {
     }
 
     /// The timeline entries of `service` held, oldest first.
-    pub fn timeline_entries(&self, service: &ServiceId) -> &[TimelineEvent] {
+    pub fn timeline_entries(&self, service: &ServiceId) -> Vec<TimelineEvent> {
         self.timeline.all(service)
     }
 

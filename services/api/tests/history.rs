@@ -157,12 +157,8 @@ async fn a_long_history_is_listed_rolled_back_and_shown_whole() {
     // only the newest.
     let history = app.store.load(&id).await.unwrap().events;
     let whole = Timeline::of_history(&history);
-    let want: Vec<&str> = whole
-        .all(&service)
-        .iter()
-        .rev()
-        .map(|t| t.id.as_str())
-        .collect();
+    let entries = whole.all(&service);
+    let want: Vec<&str> = entries.iter().rev().map(|t| t.id.as_str()).collect();
     assert!(
         want.len() > KEPT_PER_SERVICE + 64,
         "only {} entries",

@@ -624,8 +624,46 @@ const FORGET_SLACK: usize = 64;
 /// One service's recent entries, and whether older ones were let go.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Recent {
-    entries: Vec<TimelineEvent>,
+    entries: Vec<Held>,
     forgotten: bool,
+}
+
+/// An entry as a timeline holds it: its details as JSON text, parsed
+/// again only for the entries a page shows. A parsed entry costs ~1.4 KB
+/// (a map and a string per field, nested maps for Render's objects), this
+/// about a fifth of it; an installation holds hundreds of entries for each
+/// of thousands of services. The service is the timeline's key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Held {
+    id: Box<str>,
+    timestamp: DateTime<Utc>,
+    kind: Box<str>,
+    details: Box<str>,
+}
+
+impl Held {
+    fn of(t: TimelineEvent) -> Self {
+        Held {
+            id: t.id.into(),
+            timestamp: t.timestamp,
+            kind: t.kind.into(),
+            // A `Value` always serializes; `null` if it ever did not.
+            details: serde_json::to_string(&t.details)
+                .unwrap_or_else(|_| "null".to_owned())
+                .into(),
+        }
+    }
+
+    fn event(&self, service: &str) -> TimelineEvent {
+        TimelineEvent {
+            id: self.id.to_string(),
+            timestamp: self.timestamp,
+            service_id: service.to_owned(),
+            kind: self.kind.to_string(),
+            // Text this timeline wrote from a `Value`: it parses back.
+            details: serde_json::from_str(&self.details).unwrap_or(Value::Null),
+        }
+    }
 }
 
 /// The read model: each service's recent timeline in log order.
@@ -671,10 +709,10 @@ impl Timeline {
             let recent = self.services.entry(t.service_id.clone()).or_default();
             let list = &mut recent.entries;
             // Commits arrive in order; a replay of the same event keeps one copy.
-            if list.last().is_some_and(|last| last.id == t.id) {
+            if list.last().is_some_and(|last| *last.id == t.id) {
                 return;
             }
-            list.push(t);
+            list.push(Held::of(t));
             if !self.keep_all && list.len() > KEPT_PER_SERVICE + FORGET_SLACK {
                 list.drain(..list.len() - KEPT_PER_SERVICE);
                 recent.forgotten = true;
@@ -700,7 +738,23 @@ impl Timeline {
 
     /// The entries of `service` held, oldest first (all of them in a
     /// timeline of one history, [`Timeline::of_history`]).
-    pub fn all(&self, service: &ServiceId) -> &[TimelineEvent] {
+    pub fn all(&self, service: &ServiceId) -> Vec<TimelineEvent> {
+        self.held(service)
+            .iter()
+            .map(|h| h.event(service.as_str()))
+            .collect()
+    }
+
+    /// Entry `id` of `service`, if held.
+    pub fn find(&self, service: &ServiceId, id: &str) -> Option<TimelineEvent> {
+        self.held(service)
+            .iter()
+            .rev()
+            .find(|h| &*h.id == id)
+            .map(|h| h.event(service.as_str()))
+    }
+
+    fn held(&self, service: &ServiceId) -> &[Held] {
         self.services
             .get(service.as_str())
             .map_or(&[], |r| r.entries.as_slice())
@@ -728,24 +782,25 @@ impl Timeline {
     /// other listing.
     pub fn query(&self, service: &ServiceId, q: &Query) -> Result<Page, UnknownCursor> {
         let limit = q.limit.unwrap_or(20).clamp(1, 100);
-        let mut iter = self.all(service).iter().rev().peekable();
+        let mut iter = self.held(service).iter().rev();
         if let Some(cursor) = &q.cursor {
-            if !iter.by_ref().any(|t| &t.id == cursor) {
+            if !iter.by_ref().any(|t| *t.id == **cursor) {
                 return Err(UnknownCursor);
             }
         }
         let matching = iter.filter(|t| {
-            (q.types.is_empty() || q.types.contains(&t.kind))
+            (q.types.is_empty() || q.types.contains(&*t.kind))
                 && q.start_time.is_none_or(|s| t.timestamp >= s)
                 && q.end_time.is_none_or(|e| t.timestamp <= e)
         });
-        let mut events: Vec<TimelineEvent> = matching.take(limit + 1).cloned().collect();
-        let next_cursor = if events.len() > limit {
-            events.truncate(limit);
-            events.last().map(|t| t.id.clone())
+        let mut held: Vec<&Held> = matching.take(limit + 1).collect();
+        let next_cursor = if held.len() > limit {
+            held.truncate(limit);
+            held.last().map(|t| t.id.to_string())
         } else {
             None
         };
+        let events = held.iter().map(|h| h.event(service.as_str())).collect();
         Ok(Page {
             events,
             next_cursor,
@@ -1009,9 +1064,13 @@ mod tests {
         ];
         let schemas = details_schemas();
         let mut seen = BTreeSet::new();
+        let mut timeline = Timeline::new();
+        let mut mapped = Vec::new();
         for (i, e) in events.into_iter().enumerate() {
-            let t = TimelineEvent::from_envelope(&env(&svc, i as u64 + 1, e))
-                .unwrap_or_else(|| unreachable!());
+            let envelope = env(&svc, i as u64 + 1, e);
+            timeline.push(&envelope);
+            let t = TimelineEvent::from_envelope(&envelope).unwrap_or_else(|| unreachable!());
+            mapped.push(t.clone());
             seen.insert(t.kind.clone());
             let Some((_, fields)) = schemas.iter().find(|(k, _)| *k == t.kind) else {
                 unreachable!("{} has no details schema", t.kind)
@@ -1052,6 +1111,10 @@ mod tests {
                 );
             }
         }
+        // Held as text, every entry reads back as it was mapped.
+        assert_eq!(timeline.all(&svc), mapped);
+        let newest = mapped.last().unwrap_or_else(|| unreachable!());
+        assert_eq!(timeline.find(&svc, &newest.id).as_ref(), Some(newest));
         let types: BTreeSet<String> = TYPES.iter().map(|t| (*t).to_owned()).collect();
         assert_eq!(seen, types, "every type is produced by some event here");
         let schema_types: BTreeSet<String> = schemas.iter().map(|(k, _)| (*k).to_owned()).collect();

@@ -130,7 +130,7 @@ pub async fn list(
             return Err(ApiError::field("type", "only cron jobs have runs"));
         }
         Ok(match i.timeline(&id, &query).map_err(cursor)? {
-            Answer::Page(page) => Some(runs(&page.events, i.timeline_entries(&id))),
+            Answer::Page(page) => Some(runs(&page.events, &i.timeline_entries(&id))),
             Answer::NeedsHistory => None,
         })
     })??;
@@ -140,7 +140,7 @@ pub async fn list(
     // Older than the entries held: the service's whole history.
     let timeline = whole_timeline(&st, &id).await?;
     let page = timeline.query(&id, &query).map_err(cursor)?;
-    Ok(Json(runs(&page.events, timeline.all(&id))))
+    Ok(Json(runs(&page.events, &timeline.all(&id))))
 }
 
 /// POST /v1/cron-jobs/{id}/runs: a manual run (an active run is

@@ -121,7 +121,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<TimelineEvent>, ApiError> {
     st.caught_up().await?;
-    st.read(|i| i.event(&caller.owner, &id).cloned())?
+    st.read(|i| i.event(&caller.owner, &id))?
         .map(Json)
         .ok_or_else(|| ApiError::not_found("event"))
 }
