@@ -2,8 +2,6 @@
 //! `apply` of what the decisions in this folder produce, and of the pull
 //! failures and placement shortfalls recorded about a deploy.
 
-use std::collections::BTreeSet;
-
 use berth_schemas::events::{CancelReason, DeployRetrying, PlacementBlocked};
 use berth_schemas::ids::{CredentialId, DeployId, NodeId};
 use berth_schemas::model::{DeployPhase, DeployStatus, DeployTrigger, ResolvedImage};
@@ -39,8 +37,11 @@ pub struct Deploy {
     pub phase: Option<DeployPhase>,
     /// What the reference resolved to: the digest that runs.
     pub resolved: Option<ResolvedImage>,
-    /// Nodes that hold the digest, verified.
-    pub pulled_on: BTreeSet<NodeId>,
+    /// Nodes that hold the digest, verified; sorted, each once. A vector:
+    /// a deploy is pulled on one node or a few, and a B-tree's node costs
+    /// ~280 bytes however few it holds (a service holds up to ~130
+    /// deploys, a process several copies of every service).
+    pub pulled_on: Vec<NodeId>,
     pub pre_deploy: Option<PreDeployOutcome>,
     /// Why it failed or was canceled.
     pub reason: Option<String>,
@@ -146,7 +147,7 @@ pub(in crate::service) fn apply(s: &mut ServiceState, event: &Event, time: Optio
                 status: DeployStatus::Created,
                 phase: None,
                 resolved: None,
-                pulled_on: BTreeSet::new(),
+                pulled_on: Vec::new(),
                 pre_deploy: None,
                 reason: None,
                 cancel_reason: None,
@@ -208,7 +209,9 @@ pub(in crate::service) fn apply(s: &mut ServiceState, event: &Event, time: Optio
         Event::ImagePulled(e) => {
             if let Some(d) = s.deploy_mut(&e.deploy) {
                 if d.digest() == Some(e.digest.as_str()) {
-                    d.pulled_on.insert(e.node.clone());
+                    if let Err(at) = d.pulled_on.binary_search(&e.node) {
+                        d.pulled_on.insert(at, e.node.clone());
+                    }
                 }
             }
         }

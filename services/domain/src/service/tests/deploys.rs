@@ -810,3 +810,34 @@ fn a_view_of_served_deploys_holds_the_newest_deactivated_ones_as_the_full_fold_h
         newest(&deactivated(&s.state), deactivated(&restored).len())
     );
 }
+
+#[test]
+fn the_nodes_a_deploy_was_pulled_on_are_held_sorted_and_once_however_often_told() {
+    let d0 = DeployId::generate();
+    let mut s = Scenario::created(ServiceType::BackgroundWorker, &d0);
+    s.resolve(&d0, &digest(1));
+    let nodes: Vec<berth_schemas::ids::NodeId> =
+        ["nod-cccccccccccccccccccc", "nod-bbbbbbbbbbbbbbbbbbbb"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+    let pulled = |node: &berth_schemas::ids::NodeId, d: &str| -> Event {
+        berth_schemas::events::ImagePulled {
+            deploy: d0.clone(),
+            node: node.clone(),
+            digest: d.to_owned(),
+        }
+        .into()
+    };
+    // Facts as a log may hold them: repeated, unordered, one of another digest.
+    s.append(&[
+        pulled(&nodes[0], &digest(1)),
+        pulled(&nodes[1], &digest(1)),
+        pulled(&nodes[0], &digest(1)),
+        pulled(&node(), &digest(2)),
+    ]);
+    assert_eq!(
+        s.deploy(&d0).pulled_on,
+        vec![nodes[1].clone(), nodes[0].clone()]
+    );
+}
