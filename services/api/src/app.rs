@@ -101,7 +101,7 @@ impl AppState {
         let feed = LiveFeed::default();
         let mut runner = ProjectionRunner::new(
             &store,
-            ApiIndex::with_feed(feed.clone()),
+            ApiIndex::with_feed(feed.clone()).sharing(store.folded_states()),
             ProjectionOptions {
                 snapshot_key: Some(crate::index::SNAPSHOT_KEY.to_owned()),
                 ..ProjectionOptions::default()

@@ -14,6 +14,7 @@ use berth_domain::node::{self as node_rules, NodeState};
 use berth_domain::service::{self, ServiceState};
 use berth_domain::timeline::{Answer, Query, Timeline, TimelineEvent, UnknownCursor};
 use berth_eventlog::projection::Projection;
+use berth_eventlog::{FoldedStates, Version};
 use berth_ingress::{CredentialIndex, CredentialView, Links, Repair};
 use berth_schemas::ids::{ApiKeyId, CredentialId, NodeId, OwnerId, ServiceId};
 use berth_schemas::model::Sealed;
@@ -24,11 +25,17 @@ use serde::{Deserialize, Serialize};
 use crate::dashboard::feed::LiveFeed;
 
 /// A service in the index: when it was created (stream position, for
-/// newest-first listings) and its state.
+/// newest-first listings), its state and how far it is folded.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Indexed {
     pub created_seq: u64,
-    pub state: ServiceState,
+    /// Shared with the store's folded state of the service when the index
+    /// follows the log in the store's process (see [`ApiIndex::sharing`]).
+    pub state: Arc<ServiceState>,
+    /// The stream sequence of the service's last commit folded in, and
+    /// the sequence of its last event.
+    #[serde(default)]
+    pub at: (u64, u64),
 }
 
 impl Indexed {
@@ -45,7 +52,7 @@ impl Indexed {
 
 /// Where the index's snapshot is kept; a new key when what it folds, or
 /// how, changes (a snapshot of the old shape is then never read).
-pub const SNAPSHOT_KEY: &str = "api-index-v5";
+pub const SNAPSHOT_KEY: &str = "api-index-v6";
 
 /// A node as the log says it: registered (name, capacity), lost or back,
 /// and when that last changed.
@@ -80,6 +87,9 @@ pub struct ApiIndex {
     /// The dashboard's live tail of the service events applied here.
     #[serde(skip)]
     live: LiveFeed,
+    /// The store's folded states, shared with the services' states here.
+    #[serde(skip)]
+    shared: Option<FoldedStates>,
 }
 
 /// Shared handle on the index.
@@ -92,6 +102,14 @@ impl ApiIndex {
             live,
             ..ApiIndex::default()
         }
+    }
+
+    /// This index, sharing each service's state with `states` (the store
+    /// of the process it runs in, which decides commands on the same
+    /// fold): one copy of a service's state in the process, not two.
+    pub fn sharing(mut self, states: FoldedStates) -> Self {
+        self.shared = Some(states);
+        self
     }
 
     /// The owner and key a bearer token's SHA-256 belongs to.
@@ -180,7 +198,7 @@ impl ApiIndex {
         Ok(list
             .range((from, Unbounded))
             .filter_map(|(_, id)| self.services.get_key_value(id))
-            .map(|(id, i)| (id, &i.state))
+            .map(|(id, i)| (id, &*i.state))
             .filter(|(id, s)| keep(id, s))
             .take(limit)
             .collect())
@@ -192,7 +210,7 @@ impl ApiIndex {
         self.services
             .get(id)
             .filter(|i| i.live_of(owner))
-            .map(|i| &i.state)
+            .map(|i| &*i.state)
     }
 
     /// The timeline entries of `service` held, oldest first.
@@ -246,8 +264,10 @@ impl ApiIndex {
 }
 
 impl ApiIndex {
-    /// Applies `commit[index]` (within the commit, as the runner gives it).
-    fn apply_at(&mut self, stream_seq: u64, commit: &Arc<[Envelope]>, index: usize) {
+    /// Applies `commit[index]` (within the commit, as the runner gives it);
+    /// a service's state is left as it is unless `fold` (the caller puts
+    /// in the state after the whole commit).
+    fn apply_at(&mut self, stream_seq: u64, commit: &Arc<[Envelope]>, index: usize, fold: bool) {
         let Some(env) = commit.get(index) else {
             return;
         };
@@ -286,13 +306,17 @@ impl ApiIndex {
                     None if matches!(event, Event::ServiceCreated(_)) => {
                         self.services.entry(id.clone()).or_insert_with(|| Indexed {
                             created_seq: stream_seq,
-                            state: ServiceState::default(),
+                            state: Arc::default(),
+                            at: (0, 0),
                         })
                     }
                     None => return,
                 };
-                let state = std::mem::take(&mut entry.state);
-                entry.state = service::fold(state, env);
+                if fold {
+                    let state = Arc::make_mut(&mut entry.state);
+                    *state = service::fold(std::mem::take(state), env);
+                }
+                entry.at = (stream_seq, env.sequence);
                 let (seq, owner) = (
                     entry.created_seq,
                     entry.state.config.as_ref().map(|c| c.owner.clone()),
@@ -320,17 +344,70 @@ impl ApiIndex {
     }
 }
 
+/// The service a commit is about (all its events are that service's) and
+/// the service's version once the commit is folded in.
+fn service_commit(
+    stream_seq: u64,
+    commit: &[Envelope],
+) -> Option<(&AggregateId, &ServiceId, Version)> {
+    let (first, last) = (commit.first()?, commit.last()?);
+    let AggregateId::Service(id) = &first.aggregate else {
+        return None;
+    };
+    if commit.iter().any(|e| e.aggregate != first.aggregate) {
+        return None;
+    }
+    let version = Version {
+        stream_seq,
+        events: last.sequence,
+    };
+    Some((&first.aggregate, id, version))
+}
+
+impl ApiIndex {
+    /// The store's state of the service `commit` is about, as of the
+    /// commit, when the store already folded it (its command appended the
+    /// commit) and taking it changes nothing else the commit's events do
+    /// here: the service existed before and still does, under one owner.
+    fn folded_by_store(&self, stream_seq: u64, commit: &[Envelope]) -> Option<Arc<ServiceState>> {
+        let shared = self.shared.as_ref()?;
+        let (aggregate, id, version) = service_commit(stream_seq, commit)?;
+        let held = &self.services.get(id)?.state;
+        let theirs: Arc<ServiceState> = shared.at(aggregate, version)?;
+        let owner = |s: &ServiceState| s.config.as_ref().map(|c| c.owner.clone());
+        (held.exists() && theirs.exists() && owner(held) == owner(&theirs)).then_some(theirs)
+    }
+
+    /// After `commit`: puts in the store's state if taken, else settles
+    /// the state folded here with the store's (one copy of it kept).
+    fn settle(&mut self, stream_seq: u64, commit: &[Envelope], adopted: Option<Arc<ServiceState>>) {
+        let Some((aggregate, id, version)) = service_commit(stream_seq, commit) else {
+            return;
+        };
+        let Some(entry) = self.services.get_mut(id) else {
+            return;
+        };
+        match (adopted, &self.shared) {
+            (Some(state), _) => entry.state = state,
+            (None, Some(shared)) => shared.settle(aggregate, version, &mut entry.state),
+            (None, None) => {}
+        }
+    }
+}
+
 impl Projection for ApiIndex {
     type Snapshot = ApiIndex;
 
     fn apply(&mut self, stream_seq: u64, env: &Envelope) {
-        self.apply_at(stream_seq, &Arc::from(vec![env.clone()]), 0);
+        self.apply_at(stream_seq, &Arc::from(vec![env.clone()]), 0, true);
     }
 
     fn apply_commit(&mut self, stream_seq: u64, events: &Arc<[Envelope]>) {
+        let adopted = self.folded_by_store(stream_seq, events);
         for index in 0..events.len() {
-            self.apply_at(stream_seq, events, index);
+            self.apply_at(stream_seq, events, index, adopted.is_none());
         }
+        self.settle(stream_seq, events, adopted);
     }
 
     fn snapshot(&self) -> Self::Snapshot {
@@ -343,8 +420,17 @@ impl Projection for ApiIndex {
 
     fn restore(&mut self, snapshot: Self::Snapshot) {
         let live = std::mem::take(&mut self.live);
+        let shared = self.shared.take();
         *self = snapshot;
         self.live = live;
+        self.shared = shared;
         self.index_owners();
+        if let Some(shared) = &self.shared {
+            for (id, i) in &mut self.services {
+                let (stream_seq, events) = i.at;
+                let version = Version { stream_seq, events };
+                shared.settle(&AggregateId::Service(id.clone()), version, &mut i.state);
+            }
+        }
     }
 }

@@ -25,4 +25,5 @@ mod notifications;
 mod rename;
 mod repair;
 mod routes;
+mod shared_state;
 mod support;

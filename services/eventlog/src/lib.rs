@@ -49,5 +49,6 @@ pub mod worker;
 
 pub use command::{Batch, Executed, Stamp};
 pub use error::{AppendError, ExecuteError, StoreError};
+pub use folded::FoldedStates;
 pub use log::{Appended, Loaded, NewEvent, Version};
 pub use store::{EventStore, ServerVersion, StoreConfig};

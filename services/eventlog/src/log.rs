@@ -542,6 +542,12 @@ impl EventStore {
         self.states.take::<S>(aggregate);
     }
 
+    /// The folded states this store decides commands on, for a read model
+    /// in the same process to share (see [`crate::FoldedStates`]).
+    pub fn folded_states(&self) -> crate::FoldedStates {
+        crate::FoldedStates::new(self.states.clone())
+    }
+
     /// Remembers `state` as the aggregate's fold at `version` (and stores
     /// it, when its type is kept across restarts and it grew enough).
     pub(crate) fn keep_state<S: Send + Sync + 'static>(

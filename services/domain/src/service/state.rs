@@ -7,6 +7,7 @@
 //! a replay cannot go wrong.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use berth_schemas::events::ServiceCreated;
 use berth_schemas::ids::DeployId;
@@ -49,11 +50,14 @@ pub struct ServiceState {
     pub status: ServiceStatus,
     /// `None` until `service_created`.
     pub config: Option<ServiceConfig>,
-    /// Every deploy, in request order. Boxed: a service with a long history
-    /// holds thousands, and growing one contiguous vector of them re-copied
-    /// and re-faulted megabytes on every doubling (a tenth of the hook
-    /// path's CPU in `perf`); a vector of pointers grows cheaply.
-    pub deploys: Vec<Box<Deploy>>,
+    /// Every deploy, in request order. Behind pointers: a service with a
+    /// long history holds thousands, and growing one contiguous vector of
+    /// them re-copied and re-faulted megabytes on every doubling (a tenth of
+    /// the hook path's CPU in `perf`); a vector of pointers grows cheaply.
+    /// Shared pointers: a copy of the state shares its deploys and copies
+    /// only the one an event changes, so a read model and the store can
+    /// each hold the state without holding every deploy twice.
+    pub deploys: Vec<Arc<Deploy>>,
     /// Position of each deploy in `deploys`.
     /// A hash map: string-compared B-tree lookups on every event were ~5 %
     /// of the hook path's CPU at a few thousand deploys; hashed with
@@ -212,7 +216,7 @@ impl ServiceState {
 
     pub(super) fn deploy_mut(&mut self, id: &DeployId) -> Option<&mut Deploy> {
         match self.index.get(id) {
-            Some(&i) => self.deploys.get_mut(i).map(|d| &mut **d),
+            Some(&i) => self.deploys.get_mut(i).map(Arc::make_mut),
             None => None,
         }
     }

@@ -138,7 +138,7 @@ pub(in crate::service) fn apply(s: &mut ServiceState, event: &Event, time: Optio
     match event {
         Event::DeployCreated(e) if !s.index.contains_key(&e.deploy) => {
             s.index.insert(e.deploy.clone(), s.deploys.len());
-            s.deploys.push(Box::new(Deploy {
+            s.deploys.push(std::sync::Arc::new(Deploy {
                 id: e.deploy.clone(),
                 trigger: e.trigger,
                 image: e.image.clone(),
