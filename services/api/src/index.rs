@@ -50,6 +50,24 @@ impl Indexed {
     }
 }
 
+/// Commits to the log since a service's last after which its state is
+/// shared with the store's: a state both hold is copied by whichever side
+/// changes it next, which a service written to all the time would pay on
+/// every command (a copy grows with its queued deploys). Most services
+/// are quiet, and hold one copy; a busy one holds two while it is busy.
+pub const QUIET_AFTER: u64 = 4096;
+
+/// Deploys a shared state holds at most: the copy a command then makes
+/// of a shared state grows with them, and a service holds ~100 unless
+/// deploys queue up by the thousand behind a running one (a rare state,
+/// kept in two copies).
+pub const SHARED_DEPLOYS_AT_MOST: usize = 256;
+
+/// Whether `state` may be shared with the store's.
+fn shareable(state: &ServiceState) -> bool {
+    state.deploys.len() <= SHARED_DEPLOYS_AT_MOST
+}
+
 /// Where the index's snapshot is kept; a new key when what it folds, or
 /// how, changes (a snapshot of the old shape is then never read).
 pub const SNAPSHOT_KEY: &str = "api-index-v6";
@@ -87,9 +105,13 @@ pub struct ApiIndex {
     /// The dashboard's live tail of the service events applied here.
     #[serde(skip)]
     live: LiveFeed,
-    /// The store's folded states, shared with the services' states here.
+    /// The store's folded states, shared with the quiet services' states
+    /// here (see [`QUIET_AFTER`]).
     #[serde(skip)]
     shared: Option<FoldedStates>,
+    /// The service whose state was last looked at to be shared.
+    #[serde(skip)]
+    settled_last: Option<ServiceId>,
 }
 
 /// Shared handle on the index.
@@ -378,6 +400,44 @@ impl ApiIndex {
         (held.exists() && theirs.exists() && owner(held) == owner(&theirs)).then_some(theirs)
     }
 
+    /// Whether the service `commit` is about had no commit in the
+    /// [`QUIET_AFTER`] before it.
+    fn was_quiet(&self, stream_seq: u64, commit: &[Envelope]) -> bool {
+        self.shared.is_some()
+            && service_commit(stream_seq, commit)
+                .and_then(|(_, id, _)| self.services.get(id))
+                .is_some_and(|i| {
+                    stream_seq.saturating_sub(i.at.0) > QUIET_AFTER && shareable(&i.state)
+                })
+    }
+
+    /// Settles the next service's state (in id order, around) with the
+    /// store's if it has become quiet: one service a commit, so every
+    /// quiet service comes to be shared without a pass over all of them.
+    fn settle_next(&mut self, stream_seq: u64) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let after = self.settled_last.as_ref().and_then(|last| {
+            self.services
+                .range::<ServiceId, _>((Excluded(last), Unbounded))
+                .next()
+        });
+        let Some((id, i)) = after.or_else(|| self.services.iter().next()) else {
+            return;
+        };
+        let id = id.clone();
+        if stream_seq.saturating_sub(i.at.0) > QUIET_AFTER && shareable(&i.state) {
+            if let Some(i) = self.services.get_mut(&id) {
+                let (stream_seq, events) = i.at;
+                let version = Version { stream_seq, events };
+                shared.settle(&AggregateId::Service(id.clone()), version, &mut i.state);
+            }
+        }
+        self.settled_last = Some(id);
+    }
+
     /// After `commit`: puts in the store's state if taken, else settles
     /// the state folded here with the store's (one copy of it kept).
     fn settle(&mut self, stream_seq: u64, commit: &[Envelope], adopted: Option<Arc<ServiceState>>) {
@@ -403,11 +463,17 @@ impl Projection for ApiIndex {
     }
 
     fn apply_commit(&mut self, stream_seq: u64, events: &Arc<[Envelope]>) {
-        let adopted = self.folded_by_store(stream_seq, events);
+        let quiet = self.was_quiet(stream_seq, events);
+        let adopted = quiet
+            .then(|| self.folded_by_store(stream_seq, events))
+            .flatten();
         for index in 0..events.len() {
             self.apply_at(stream_seq, events, index, adopted.is_none());
         }
-        self.settle(stream_seq, events, adopted);
+        if quiet {
+            self.settle(stream_seq, events, adopted);
+        }
+        self.settle_next(stream_seq);
     }
 
     fn snapshot(&self) -> Self::Snapshot {
@@ -426,7 +492,11 @@ impl Projection for ApiIndex {
         self.shared = shared;
         self.index_owners();
         if let Some(shared) = &self.shared {
-            for (id, i) in &mut self.services {
+            for (id, i) in self
+                .services
+                .iter_mut()
+                .filter(|(_, i)| shareable(&i.state))
+            {
                 let (stream_seq, events) = i.at;
                 let version = Version { stream_seq, events };
                 shared.settle(&AggregateId::Service(id.clone()), version, &mut i.state);

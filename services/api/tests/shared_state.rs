@@ -1,14 +1,17 @@
 //! The API's read model and the store beside it hold one copy of each
-//! service's state: after a commit the index takes the store's fold of it
-//! (or hands its own fold to the store), and an index restored from a
-//! snapshot hands its states over too. The one copy is the log's fold.
+//! quiet service's state: once a service has had no commit for a while the
+//! index takes the store's fold of it (or hands its own fold to the store),
+//! and an index restored from a snapshot hands its states over too. The
+//! one copy is the log's fold.
 
 use axum::http::StatusCode;
-use berth_api::index::ApiIndex;
+use berth_api::index::{ApiIndex, QUIET_AFTER};
 use berth_domain::service::{self, ServiceState};
 use berth_eventlog::projection::Projection;
-use berth_schemas::ids::ServiceId;
-use berth_schemas::AggregateId;
+use berth_eventlog::NewEvent;
+use berth_schemas::events::ApiKeyCreated;
+use berth_schemas::ids::{ApiKeyId, OwnerId, ServiceId, UserId};
+use berth_schemas::{Actor, AggregateId};
 use serde_json::json;
 
 use crate::support::App;
@@ -35,6 +38,23 @@ async fn the_index_and_the_store_hold_one_copy_of_a_service_state() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
+    // The service goes quiet while the log moves on.
+    let other = AggregateId::Owner(OwnerId::User(UserId::generate()));
+    let mut at = app.store.load(&other).await.unwrap().version;
+    for n in 0..=QUIET_AFTER {
+        let key = ApiKeyCreated {
+            key: ApiKeyId::generate(),
+            label: format!("k{n}"),
+            sha256: format!("{n:064x}"),
+        };
+        let event = NewEvent::new(key, Actor::system("test"));
+        at = app
+            .store
+            .append(&other, at, vec![event], &format!("quiet-{n}"))
+            .await
+            .unwrap()
+            .version;
+    }
     app.state.caught_up().await.unwrap();
 
     let id: ServiceId = svc.parse().unwrap();
