@@ -54,13 +54,17 @@ async fn an_instance_root_is_an_overlay_inside_its_container_and_not_on_the_host
         .join("instances")
         .join(s.instance.as_str())
         .join("upper/state");
-    for _ in 0..100 {
-        if upper.exists() {
+    // The shell creates the file before it writes to it: wait for the
+    // line, not for the file.
+    let mut written = String::new();
+    for _ in 0..250 {
+        written = std::fs::read_to_string(&upper).unwrap_or_default();
+        if written == "written\n" {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(std::fs::read_to_string(&upper).unwrap(), "written\n");
+    assert_eq!(written, "written\n");
     assert!(!image.rootfs.join("state").exists());
     node.agent.stop_instance(&s.instance).await.unwrap();
 }
