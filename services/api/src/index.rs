@@ -34,7 +34,6 @@ pub struct Indexed {
     pub state: Arc<ServiceState>,
     /// The stream sequence of the service's last commit folded in, and
     /// the sequence of its last event.
-    #[serde(default)]
     pub at: (u64, u64),
 }
 
@@ -63,9 +62,27 @@ pub const QUIET_AFTER: u64 = 4096;
 /// kept in two copies).
 pub const SHARED_DEPLOYS_AT_MOST: usize = 256;
 
-/// Whether `state` may be shared with the store's.
-fn shareable(state: &ServiceState) -> bool {
-    state.deploys.len() <= SHARED_DEPLOYS_AT_MOST
+impl Indexed {
+    /// How far the state is folded, as the store counts it.
+    fn version(&self) -> Version {
+        let (stream_seq, events) = self.at;
+        Version { stream_seq, events }
+    }
+
+    /// Whether the state may be shared with the store's at `stream_seq`:
+    /// the service had no commit in the [`QUIET_AFTER`] before, and its
+    /// state is small enough to copy.
+    fn quiet_at(&self, stream_seq: u64) -> bool {
+        stream_seq.saturating_sub(self.at.0) > QUIET_AFTER
+            && self.state.deploys.len() <= SHARED_DEPLOYS_AT_MOST
+    }
+
+    /// Settles the state with `shared`'s fold of the service at the same
+    /// version: one copy of it in the process.
+    fn share(&mut self, id: &ServiceId, shared: &FoldedStates) {
+        let version = self.version();
+        shared.settle(&AggregateId::Service(id.clone()), version, &mut self.state);
+    }
 }
 
 /// Where the index's snapshot is kept; a new key when what it folds, or
@@ -387,31 +404,23 @@ fn service_commit(
 }
 
 impl ApiIndex {
-    /// The store's state of the service `commit` is about, as of the
-    /// commit, when the store already folded it (its command appended the
-    /// commit) and taking it changes nothing else the commit's events do
-    /// here: the service existed before and still does, under one owner.
-    fn folded_by_store(&self, stream_seq: u64, commit: &[Envelope]) -> Option<Arc<ServiceState>> {
-        let shared = self.shared.as_ref()?;
-        let (aggregate, id, version) = service_commit(stream_seq, commit)?;
+    /// The store's fold of service `id` as of its commit at `version`,
+    /// when the store already made it (its command appended the commit)
+    /// and taking it changes nothing else the commit's events do here:
+    /// the service existed before and still does, under one owner.
+    fn folded_by_store(
+        &self,
+        aggregate: &AggregateId,
+        id: &ServiceId,
+        version: Version,
+    ) -> Option<Arc<ServiceState>> {
         let held = &self.services.get(id)?.state;
-        let theirs: Arc<ServiceState> = shared.at(aggregate, version)?;
+        let theirs: Arc<ServiceState> = self.shared.as_ref()?.at(aggregate, version)?;
         let owner = |s: &ServiceState| s.config.as_ref().map(|c| c.owner.clone());
         (held.exists() && theirs.exists() && owner(held) == owner(&theirs)).then_some(theirs)
     }
 
-    /// Whether the service `commit` is about had no commit in the
-    /// [`QUIET_AFTER`] before it.
-    fn was_quiet(&self, stream_seq: u64, commit: &[Envelope]) -> bool {
-        self.shared.is_some()
-            && service_commit(stream_seq, commit)
-                .and_then(|(_, id, _)| self.services.get(id))
-                .is_some_and(|i| {
-                    stream_seq.saturating_sub(i.at.0) > QUIET_AFTER && shareable(&i.state)
-                })
-    }
-
-    /// Settles the next service's state (in id order, around) with the
+    /// Shares the next service's state (in id order, around) with the
     /// store's if it has become quiet: one service a commit, so every
     /// quiet service comes to be shared without a pass over all of them.
     fn settle_next(&mut self, stream_seq: u64) {
@@ -424,34 +433,18 @@ impl ApiIndex {
                 .range::<ServiceId, _>((Excluded(last), Unbounded))
                 .next()
         });
-        let Some((id, i)) = after.or_else(|| self.services.iter().next()) else {
+        let Some((id, _)) = after.or_else(|| self.services.iter().next()) else {
             return;
         };
         let id = id.clone();
-        if stream_seq.saturating_sub(i.at.0) > QUIET_AFTER && shareable(&i.state) {
-            if let Some(i) = self.services.get_mut(&id) {
-                let (stream_seq, events) = i.at;
-                let version = Version { stream_seq, events };
-                shared.settle(&AggregateId::Service(id.clone()), version, &mut i.state);
-            }
+        if let Some(i) = self
+            .services
+            .get_mut(&id)
+            .filter(|i| i.quiet_at(stream_seq))
+        {
+            i.share(&id, shared);
         }
         self.settled_last = Some(id);
-    }
-
-    /// After `commit`: puts in the store's state if taken, else settles
-    /// the state folded here with the store's (one copy of it kept).
-    fn settle(&mut self, stream_seq: u64, commit: &[Envelope], adopted: Option<Arc<ServiceState>>) {
-        let Some((aggregate, id, version)) = service_commit(stream_seq, commit) else {
-            return;
-        };
-        let Some(entry) = self.services.get_mut(id) else {
-            return;
-        };
-        match (adopted, &self.shared) {
-            (Some(state), _) => entry.state = state,
-            (None, Some(shared)) => shared.settle(aggregate, version, &mut entry.state),
-            (None, None) => {}
-        }
     }
 }
 
@@ -463,15 +456,31 @@ impl Projection for ApiIndex {
     }
 
     fn apply_commit(&mut self, stream_seq: u64, events: &Arc<[Envelope]>) {
-        let quiet = self.was_quiet(stream_seq, events);
-        let adopted = quiet
-            .then(|| self.folded_by_store(stream_seq, events))
-            .flatten();
+        // A quiet service's commit: its state is shared after it.
+        let quiet = self
+            .shared
+            .as_ref()
+            .and_then(|_| service_commit(stream_seq, events))
+            .filter(|(_, id, _)| {
+                self.services
+                    .get(*id)
+                    .is_some_and(|i| i.quiet_at(stream_seq))
+            });
+        let adopted =
+            quiet.and_then(|(aggregate, id, version)| self.folded_by_store(aggregate, id, version));
         for index in 0..events.len() {
             self.apply_at(stream_seq, events, index, adopted.is_none());
         }
-        if quiet {
-            self.settle(stream_seq, events, adopted);
+        if let Some((_, id, _)) = quiet {
+            let Self {
+                services, shared, ..
+            } = self;
+            if let (Some(entry), Some(shared)) = (services.get_mut(id), shared.as_ref()) {
+                match adopted {
+                    Some(state) => entry.state = state,
+                    None => entry.share(id, shared),
+                }
+            }
         }
         self.settle_next(stream_seq);
     }
@@ -492,14 +501,10 @@ impl Projection for ApiIndex {
         self.shared = shared;
         self.index_owners();
         if let Some(shared) = &self.shared {
-            for (id, i) in self
-                .services
-                .iter_mut()
-                .filter(|(_, i)| shareable(&i.state))
-            {
-                let (stream_seq, events) = i.at;
-                let version = Version { stream_seq, events };
-                shared.settle(&AggregateId::Service(id.clone()), version, &mut i.state);
+            for (id, i) in &mut self.services {
+                if i.state.deploys.len() <= SHARED_DEPLOYS_AT_MOST {
+                    i.share(id, shared);
+                }
             }
         }
     }

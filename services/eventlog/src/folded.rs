@@ -155,9 +155,8 @@ impl StateCache {
 /// The store's folded states, for a read model in the same process that
 /// folds aggregates of the log the way the store's commands do (the same
 /// state type, the same fold from the aggregate's first event): settling
-/// its state with the store's after each commit leaves the process one
-/// copy of each aggregate's state where it held two (at 10,000 services,
-/// a hundred megabytes). The store changes a shared state by copying it
+/// its state with the store's leaves the process one copy of that state
+/// where it held two. The store changes a shared state by copying it
 /// (`Arc` semantics), so neither side sees the other's changes early.
 #[derive(Debug, Clone)]
 pub struct FoldedStates {
