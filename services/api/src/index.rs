@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use berth_domain::node::{self as node_rules, NodeState};
 use berth_domain::service::{self, ServiceState};
-use berth_domain::timeline::{Answer, Query, Timeline, TimelineEvent, UnknownCursor};
+use berth_domain::timeline::{Answer, Entry, Query, Timeline, UnknownCursor};
 use berth_eventlog::projection::Projection;
 use berth_eventlog::{FoldedStates, Version};
 use berth_ingress::{CredentialIndex, CredentialView, Links, Repair};
@@ -87,7 +87,7 @@ impl Indexed {
 
 /// Where the index's snapshot is kept; a new key when what it folds, or
 /// how, changes (a snapshot of the old shape is then never read).
-pub const SNAPSHOT_KEY: &str = "api-index-v6";
+pub const SNAPSHOT_KEY: &str = "api-index-v7";
 
 /// A node as the log says it: registered (name, capacity), lost or back,
 /// and when that last changed.
@@ -180,7 +180,7 @@ impl ApiIndex {
     /// Event `id` of one of `owner`'s live services, among the entries
     /// each timeline holds (the newest of each service): a walk over the
     /// owner's services, not over every service.
-    pub fn event(&self, owner: &OwnerId, id: &str) -> Option<TimelineEvent> {
+    pub fn event(&self, owner: &OwnerId, id: &str) -> Option<Entry> {
         self.by_owner
             .get(owner)?
             .values()
@@ -252,9 +252,10 @@ impl ApiIndex {
             .map(|i| &*i.state)
     }
 
-    /// The timeline entries of `service` held, oldest first.
-    pub fn timeline_entries(&self, service: &ServiceId) -> Vec<TimelineEvent> {
-        self.timeline.all(service)
+    /// The timeline entries of `service` held of type `kind`, committed
+    /// after stream sequence `after`, oldest first.
+    pub fn timeline_after(&self, service: &ServiceId, after: u64, kind: &str) -> Vec<Entry> {
+        self.timeline.after(service, after, kind)
     }
 
     /// Every registered node.
@@ -363,7 +364,7 @@ impl ApiIndex {
                 self.live
                     .push(stream_seq, id, owner.as_ref(), commit, index);
                 if entry.state.exists() {
-                    self.timeline.push(env);
+                    self.timeline.push(stream_seq, env);
                     if let (Event::ServiceCreated(_), Some(owner)) = (event, owner) {
                         self.by_owner
                             .entry(owner)

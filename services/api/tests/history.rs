@@ -4,7 +4,7 @@
 
 use axum::http::StatusCode;
 use berth_domain::service::{self, Command, DeployRequest, KEPT_ENDED_DEPLOYS};
-use berth_domain::timeline::{Timeline, KEPT_PER_SERVICE};
+use berth_domain::timeline::{History, KEPT_PER_SERVICE};
 use berth_eventlog::Stamp;
 use berth_schemas::ids::{DeployId, NodeId, ServiceId};
 use berth_schemas::model::{DeployTrigger, ResolvedImage};
@@ -156,8 +156,8 @@ async fn a_long_history_is_listed_rolled_back_and_shown_whole() {
     // The timeline, every entry of the history, though the index holds
     // only the newest.
     let history = app.store.load(&id).await.unwrap().events;
-    let whole = Timeline::of_history(&history);
-    let entries = whole.all(&service);
+    let whole = History::of(&history);
+    let entries = whole.all();
     let want: Vec<&str> = entries.iter().rev().map(|t| t.id.as_str()).collect();
     assert!(
         want.len() > KEPT_PER_SERVICE + 64,

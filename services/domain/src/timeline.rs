@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use berth_schemas::ids::ServiceId;
+use berth_schemas::ids::{EventId, ServiceId};
 use berth_schemas::model::DeployTrigger;
 use berth_schemas::{AggregateId, Envelope, Event};
 use chrono::{DateTime, Utc};
@@ -628,60 +628,151 @@ struct Recent {
     forgotten: bool,
 }
 
-/// An entry as a timeline holds it: its details as JSON text, parsed
-/// again only for the entries a page shows. A parsed entry costs ~1.4 KB
-/// (a map and a string per field, nested maps for Render's objects), this
-/// about a fifth of it; an installation holds hundreds of entries for each
-/// of thousands of services. The service is the timeline's key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// An entry as the read model holds it: what a query filters on and where
+/// its event is in the log, 40 bytes. The details are made again from the
+/// event for the entries a page shows ([`Entry::event`]): held as JSON
+/// text they cost ~350 bytes an entry, parsed ~1.4 KB, and an installation
+/// holds hundreds of entries for each of thousands of services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Held {
-    id: Box<str>,
+    /// The stream sequence of the commit holding the event.
+    seq: u64,
+    /// The event id's random part ([`EventId::bits`]), in two halves.
+    id: [u64; 2],
     timestamp: DateTime<Utc>,
-    kind: Box<str>,
-    details: Box<str>,
+    /// The type's place in [`TYPES`].
+    kind: u8,
 }
 
 impl Held {
-    fn of(t: TimelineEvent) -> Self {
-        Held {
-            id: t.id.into(),
-            timestamp: t.timestamp,
-            kind: t.kind.into(),
-            // A `Value` always serializes; `null` if it ever did not.
-            details: serde_json::to_string(&t.details)
-                .unwrap_or_else(|_| "null".to_owned())
-                .into(),
-        }
+    fn of(stream_seq: u64, env: &Envelope, kind: &str) -> Option<Self> {
+        let kind = TYPES.iter().position(|t| *t == kind)?;
+        let bits = env.id.bits();
+        Some(Held {
+            seq: stream_seq,
+            id: [(bits >> 64) as u64, bits as u64],
+            timestamp: env.time,
+            kind: u8::try_from(kind).ok()?,
+        })
     }
 
-    fn event(&self, service: &str) -> TimelineEvent {
-        TimelineEvent {
-            id: self.id.to_string(),
-            timestamp: self.timestamp,
-            service_id: service.to_owned(),
-            kind: self.kind.to_string(),
-            // Text this timeline wrote from a `Value`: it parses back.
-            details: serde_json::from_str(&self.details).unwrap_or(Value::Null),
+    fn event_id(&self) -> EventId {
+        EventId::from_bits((u128::from(self.id[0]) << 64) | u128::from(self.id[1]))
+    }
+
+    fn entry(&self) -> Entry {
+        Entry {
+            seq: self.seq,
+            id: self.event_id(),
         }
     }
+}
+
+/// A held entry a page shows: the event it comes from and where that is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The stream sequence of the commit holding the event.
+    pub seq: u64,
+    /// The event's id (the entry's id and cursor).
+    pub id: EventId,
+}
+
+impl Entry {
+    /// The entry, from the commit stored at [`Entry::seq`]; `None` if that
+    /// commit does not hold the event.
+    pub fn event(&self, commit: &[Envelope]) -> Option<TimelineEvent> {
+        commit
+            .iter()
+            .find(|e| e.id == self.id)
+            .and_then(TimelineEvent::from_envelope)
+    }
+}
+
+/// What a query filters on, whether the entry is held or whole.
+trait Filtered {
+    fn is(&self, id: &str) -> bool;
+    fn kind(&self) -> &str;
+    fn at(&self) -> DateTime<Utc>;
+}
+
+impl Filtered for Held {
+    fn is(&self, id: &str) -> bool {
+        id.parse::<EventId>().is_ok_and(|id| {
+            let bits = id.bits();
+            self.id == [(bits >> 64) as u64, bits as u64]
+        })
+    }
+    fn kind(&self) -> &str {
+        TYPES
+            .get(usize::from(self.kind))
+            .copied()
+            .unwrap_or_default()
+    }
+    fn at(&self) -> DateTime<Utc> {
+        self.timestamp
+    }
+}
+
+impl Filtered for TimelineEvent {
+    fn is(&self, id: &str) -> bool {
+        self.id == id
+    }
+    fn kind(&self) -> &str {
+        &self.kind
+    }
+    fn at(&self) -> DateTime<Utc> {
+        self.timestamp
+    }
+}
+
+/// One page of `newest_first` for `q`, and whether a later page exists.
+/// The cursor is the id of the last entry of the previous page; one that
+/// is not among the entries is refused, as on every other listing.
+fn select<'a, T: Filtered>(
+    newest_first: impl Iterator<Item = &'a T>,
+    q: &Query,
+) -> Result<(Vec<&'a T>, bool), UnknownCursor> {
+    let limit = q.limit.unwrap_or(20).clamp(1, 100);
+    let mut iter = newest_first;
+    if let Some(cursor) = &q.cursor {
+        if !iter.by_ref().any(|t| t.is(cursor)) {
+            return Err(UnknownCursor);
+        }
+    }
+    let matching = iter.filter(|t| {
+        (q.types.is_empty() || q.types.contains(t.kind()))
+            && q.start_time.is_none_or(|s| t.at() >= s)
+            && q.end_time.is_none_or(|e| t.at() <= e)
+    });
+    let mut page: Vec<&T> = matching.take(limit + 1).collect();
+    let more = page.len() > limit;
+    page.truncate(limit);
+    Ok((page, more))
 }
 
 /// The read model: each service's recent timeline in log order.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Timeline {
     services: HashMap<String, Recent>,
-    /// Keep every entry (a timeline built for one look into the past).
-    #[serde(skip)]
-    keep_all: bool,
+}
+
+/// One page of held entries, newest first; their details come from the
+/// log ([`Entry::event`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entries {
+    /// The entries.
+    pub entries: Vec<Entry>,
+    /// Pass as `cursor` for the next page; `None` on the last.
+    pub next_cursor: Option<String>,
 }
 
 /// How a query was answered.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
     /// From the entries held.
-    Page(Page),
-    /// The page reaches entries no longer held: answer it from a timeline
-    /// of the service's whole history ([`Timeline::of_history`]).
+    Page(Entries),
+    /// The page reaches entries no longer held: answer it from the
+    /// service's whole history ([`History::of`]).
     NeedsHistory,
 }
 
@@ -691,32 +782,25 @@ impl Timeline {
         Self::default()
     }
 
-    /// The whole timeline of one service, from all of its events.
-    pub fn of_history<'a>(events: impl IntoIterator<Item = &'a Envelope>) -> Self {
-        let mut t = Timeline {
-            keep_all: true,
-            ..Timeline::default()
+    /// Adds the entry for `env`, committed at `stream_seq`, if any (a
+    /// redelivered event is ignored).
+    pub fn push(&mut self, stream_seq: u64, env: &Envelope) {
+        let Some(t) = TimelineEvent::from_envelope(env) else {
+            return;
         };
-        for env in events {
-            t.push(env);
+        let Some(held) = Held::of(stream_seq, env, &t.kind) else {
+            return;
+        };
+        let recent = self.services.entry(t.service_id).or_default();
+        let list = &mut recent.entries;
+        // Commits arrive in order; a replay of the same event keeps one copy.
+        if list.last().is_some_and(|last| last.id == held.id) {
+            return;
         }
-        t
-    }
-
-    /// Adds the entry for `env`, if any (a redelivered event is ignored).
-    pub fn push(&mut self, env: &Envelope) {
-        if let Some(t) = TimelineEvent::from_envelope(env) {
-            let recent = self.services.entry(t.service_id.clone()).or_default();
-            let list = &mut recent.entries;
-            // Commits arrive in order; a replay of the same event keeps one copy.
-            if list.last().is_some_and(|last| *last.id == t.id) {
-                return;
-            }
-            list.push(Held::of(t));
-            if !self.keep_all && list.len() > KEPT_PER_SERVICE + FORGET_SLACK {
-                list.drain(..list.len() - KEPT_PER_SERVICE);
-                recent.forgotten = true;
-            }
+        list.push(held);
+        if list.len() > KEPT_PER_SERVICE + FORGET_SLACK {
+            list.drain(..list.len() - KEPT_PER_SERVICE);
+            recent.forgotten = true;
         }
     }
 
@@ -736,22 +820,28 @@ impl Timeline {
         self.services.is_empty()
     }
 
-    /// The entries of `service` held, oldest first (all of them in a
-    /// timeline of one history, [`Timeline::of_history`]).
-    pub fn all(&self, service: &ServiceId) -> Vec<TimelineEvent> {
-        self.held(service)
-            .iter()
-            .map(|h| h.event(service.as_str()))
-            .collect()
+    /// The entries of `service` held, oldest first.
+    pub fn all(&self, service: &ServiceId) -> Vec<Entry> {
+        self.held(service).iter().map(Held::entry).collect()
     }
 
     /// Entry `id` of `service`, if held.
-    pub fn find(&self, service: &ServiceId, id: &str) -> Option<TimelineEvent> {
+    pub fn find(&self, service: &ServiceId, id: &str) -> Option<Entry> {
         self.held(service)
             .iter()
             .rev()
-            .find(|h| &*h.id == id)
-            .map(|h| h.event(service.as_str()))
+            .find(|h| h.is(id))
+            .map(Held::entry)
+    }
+
+    /// The held entries of `service` of type `kind` committed after
+    /// `stream_seq`, oldest first.
+    pub fn after(&self, service: &ServiceId, stream_seq: u64, kind: &str) -> Vec<Entry> {
+        self.held(service)
+            .iter()
+            .filter(|h| h.seq > stream_seq && h.kind() == kind)
+            .map(Held::entry)
+            .collect()
     }
 
     fn held(&self, service: &ServiceId) -> &[Held] {
@@ -768,41 +858,54 @@ impl Timeline {
             .services
             .get(service.as_str())
             .is_some_and(|r| r.forgotten);
-        match self.query(service, q) {
+        match select(self.held(service).iter().rev(), q) {
             Err(UnknownCursor) if forgotten => Ok(Answer::NeedsHistory),
             Err(e) => Err(e),
-            Ok(page) if forgotten && page.next_cursor.is_none() => Ok(Answer::NeedsHistory),
-            Ok(page) => Ok(Answer::Page(page)),
-        }
-    }
-
-    /// Answers `q` for `service`: newest first, filtered, one page. The
-    /// cursor is the id of the last entry of the previous page; one that is
-    /// not an entry of this service's timeline is refused, as on every
-    /// other listing.
-    pub fn query(&self, service: &ServiceId, q: &Query) -> Result<Page, UnknownCursor> {
-        let limit = q.limit.unwrap_or(20).clamp(1, 100);
-        let mut iter = self.held(service).iter().rev();
-        if let Some(cursor) = &q.cursor {
-            if !iter.by_ref().any(|t| *t.id == **cursor) {
-                return Err(UnknownCursor);
+            Ok((_, false)) if forgotten => Ok(Answer::NeedsHistory),
+            Ok((page, more)) => {
+                let entries: Vec<Entry> = page.into_iter().map(Held::entry).collect();
+                let next_cursor = more
+                    .then(|| entries.last().map(|e| e.id.to_string()))
+                    .flatten();
+                Ok(Answer::Page(Entries {
+                    entries,
+                    next_cursor,
+                }))
             }
         }
-        let matching = iter.filter(|t| {
-            (q.types.is_empty() || q.types.contains(&*t.kind))
-                && q.start_time.is_none_or(|s| t.timestamp >= s)
-                && q.end_time.is_none_or(|e| t.timestamp <= e)
-        });
-        let mut held: Vec<&Held> = matching.take(limit + 1).collect();
-        let next_cursor = if held.len() > limit {
-            held.truncate(limit);
-            held.last().map(|t| t.id.to_string())
-        } else {
-            None
-        };
-        let events = held.iter().map(|h| h.event(service.as_str())).collect();
+    }
+}
+
+/// Every entry of one service's history, with details: for pages older
+/// than what the read model holds, made from the service's events.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct History(Vec<TimelineEvent>);
+
+impl History {
+    /// The whole timeline of one service, from all of its events in order.
+    pub fn of<'a>(events: impl IntoIterator<Item = &'a Envelope>) -> Self {
+        let mut all: Vec<TimelineEvent> = Vec::new();
+        for env in events {
+            if let Some(t) = TimelineEvent::from_envelope(env) {
+                if all.last().is_none_or(|last| last.id != t.id) {
+                    all.push(t);
+                }
+            }
+        }
+        History(all)
+    }
+
+    /// Every entry, oldest first.
+    pub fn all(&self) -> &[TimelineEvent] {
+        &self.0
+    }
+
+    /// Answers `q`: newest first, filtered, one page.
+    pub fn query(&self, q: &Query) -> Result<Page, UnknownCursor> {
+        let (page, more) = select(self.0.iter().rev(), q)?;
+        let next_cursor = more.then(|| page.last().map(|t| t.id.clone())).flatten();
         Ok(Page {
-            events,
+            events: page.into_iter().cloned().collect(),
             next_cursor,
         })
     }
@@ -816,7 +919,9 @@ pub struct UnknownCursor;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use berth_schemas::events::{DeployFailed, ImagePullFailed, PlacementBlocked};
+    use berth_schemas::events::{
+        DeployFailed, DeployLive, DeployStarted, ImagePullFailed, PlacementBlocked,
+    };
     use berth_schemas::ids::{DeployId, EventId};
     use berth_schemas::model::{DeployStatus, PullFailureReason};
     use berth_schemas::Actor;
@@ -879,9 +984,9 @@ mod tests {
         );
 
         let mut tl = Timeline::new();
-        tl.push(&failed);
-        tl.push(&pull);
-        tl.push(&pull); // a replayed commit
+        tl.push(1, &failed);
+        tl.push(2, &pull);
+        tl.push(2, &pull); // a replayed commit
 
         // Snapshots of read models holding it go through MessagePack (the
         // projection runner's format).
@@ -889,6 +994,91 @@ mod tests {
         let back: Timeline = rmp_serde::from_slice(&bytes).unwrap_or_default();
         assert_eq!(back.all(&svc), tl.all(&svc));
         assert_eq!(back.all(&svc).len(), 2);
+    }
+
+    #[test]
+    fn held_entries_are_small_and_page_by_their_ids() {
+        // What keeps thousands of services' timelines small: no details.
+        assert!(
+            std::mem::size_of::<Held>() <= 40,
+            "{}",
+            std::mem::size_of::<Held>()
+        );
+        let svc = ServiceId::generate();
+        let mut tl = Timeline::new();
+        let mut ids = Vec::new();
+        for i in 0..30u64 {
+            let deploy = DeployId::generate();
+            let e = if i % 3 == 0 {
+                env(
+                    &svc,
+                    i,
+                    DeployStarted {
+                        deploy,
+                        trigger: None,
+                    }
+                    .into(),
+                )
+            } else {
+                env(
+                    &svc,
+                    i,
+                    DeployLive {
+                        deploy,
+                        digest: format!("sha256:{i:064x}"),
+                    }
+                    .into(),
+                )
+            };
+            ids.push(e.id.to_string());
+            // Commit 100 + i holds the event.
+            tl.push(100 + i, &e);
+        }
+        let q = Query {
+            types: ["deploy_started".to_owned()].into(),
+            limit: Some(4),
+            ..Query::default()
+        };
+        let Ok(Answer::Page(p1)) = tl.answer(&svc, &q) else {
+            unreachable!("held whole")
+        };
+        let seqs: Vec<u64> = p1.entries.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![127, 124, 121, 118]);
+        assert_eq!(p1.entries[0].id.to_string(), ids[27]);
+        assert_eq!(p1.next_cursor.as_deref(), Some(ids[18].as_str()));
+        let Ok(Answer::Page(p2)) = tl.answer(
+            &svc,
+            &Query {
+                cursor: p1.next_cursor,
+                ..q.clone()
+            },
+        ) else {
+            unreachable!("held whole")
+        };
+        let seqs: Vec<u64> = p2.entries.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![115, 112, 109, 106]);
+        // Cursors that are no entry's id, well-formed or not, are refused.
+        for bad in [
+            "evt-aaaaaaaaaaaaaaaaaaaa",
+            "evt-",
+            "srv-aaaaaaaaaaaaaaaaaaaa",
+            "x",
+        ] {
+            let q = Query {
+                cursor: Some(bad.to_owned()),
+                ..Query::default()
+            };
+            assert_eq!(tl.answer(&svc, &q), Err(UnknownCursor), "{bad}");
+        }
+        // The ends after a start, for a cron job's runs.
+        let after: Vec<u64> = tl
+            .after(&svc, 124, "deploy_ended")
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(after, vec![125, 126, 128, 129]);
+        assert_eq!(tl.find(&svc, &ids[5]).map(|e| e.seq), Some(105));
+        assert_eq!(tl.find(&ServiceId::generate(), &ids[5]), None);
     }
 
     #[test]
@@ -1066,9 +1256,11 @@ mod tests {
         let mut seen = BTreeSet::new();
         let mut timeline = Timeline::new();
         let mut mapped = Vec::new();
+        let mut log = Vec::new();
         for (i, e) in events.into_iter().enumerate() {
             let envelope = env(&svc, i as u64 + 1, e);
-            timeline.push(&envelope);
+            timeline.push(i as u64 + 1, &envelope);
+            log.push(envelope.clone());
             let t = TimelineEvent::from_envelope(&envelope).unwrap_or_else(|| unreachable!());
             mapped.push(t.clone());
             seen.insert(t.kind.clone());
@@ -1111,10 +1303,19 @@ mod tests {
                 );
             }
         }
-        // Held as text, every entry reads back as it was mapped.
-        assert_eq!(timeline.all(&svc), mapped);
+        // Held as a place in the log, every entry reads back from its
+        // event as it was mapped.
+        let shown: Vec<Option<TimelineEvent>> = timeline
+            .all(&svc)
+            .iter()
+            .map(|e| e.event(std::slice::from_ref(&log[e.seq as usize - 1])))
+            .collect();
+        let want: Vec<Option<TimelineEvent>> = mapped.iter().cloned().map(Some).collect();
+        assert_eq!(shown, want);
         let newest = mapped.last().unwrap_or_else(|| unreachable!());
-        assert_eq!(timeline.find(&svc, &newest.id).as_ref(), Some(newest));
+        let found = timeline.find(&svc, &newest.id);
+        assert_eq!(found.map(|e| e.id.to_string()).as_ref(), Some(&newest.id));
+        assert_eq!(History::of(&log).all(), mapped.as_slice());
         let types: BTreeSet<String> = TYPES.iter().map(|t| (*t).to_owned()).collect();
         assert_eq!(seen, types, "every type is produced by some event here");
         let schema_types: BTreeSet<String> = schemas.iter().map(|(k, _)| (*k).to_owned()).collect();

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::events::whole_timeline;
+use super::events::{shown, whole_timeline};
 use super::services::{service_id, Empty};
 use crate::app::{self, AppState, Authed, JsonBody};
 use crate::error::ApiError;
@@ -69,8 +69,8 @@ fn text(v: &Value, key: &str) -> Option<String> {
 }
 
 /// The runs whose starts are `starts` (newest first), each with its end
-/// when `all` (the timeline they come from) holds it. An end always
-/// follows its start, so a timeline holding the start holds the end.
+/// when `all` holds it (`all`: entries of the timeline the starts come
+/// from, every end after the oldest start among them).
 fn runs(starts: &[TimelineEvent], all: &[TimelineEvent]) -> Vec<CronRunItem> {
     let ends: HashMap<String, &TimelineEvent> = all
         .iter()
@@ -130,17 +130,24 @@ pub async fn list(
             return Err(ApiError::field("type", "only cron jobs have runs"));
         }
         Ok(match i.timeline(&id, &query).map_err(cursor)? {
-            Answer::Page(page) => Some(runs(&page.events, &i.timeline_entries(&id))),
+            // The page's starts, and the ends after the oldest of them:
+            // every end a start of the page can have.
+            Answer::Page(page) => {
+                let oldest = page.entries.iter().map(|e| e.seq).min().unwrap_or(u64::MAX);
+                let ends = i.timeline_after(&id, oldest, "cron_job_run_ended");
+                Some((page.entries, ends))
+            }
             Answer::NeedsHistory => None,
         })
     })??;
-    if let Some(items) = held {
-        return Ok(Json(items));
+    if let Some((starts, ends)) = held {
+        let (starts, ends) = (shown(&st, &starts).await?, shown(&st, &ends).await?);
+        return Ok(Json(runs(&starts, &ends)));
     }
     // Older than the entries held: the service's whole history.
     let timeline = whole_timeline(&st, &id).await?;
-    let page = timeline.query(&id, &query).map_err(cursor)?;
-    Ok(Json(runs(&page.events, &timeline.all(&id))))
+    let page = timeline.query(&query).map_err(cursor)?;
+    Ok(Json(runs(&page.events, timeline.all())))
 }
 
 /// POST /v1/cron-jobs/{id}/runs: a manual run (an active run is

@@ -4,14 +4,14 @@
 //! `cron_job_run_skipped`, `rollback_target_missing`) are listed when asked
 //! for by name in `type`, or with `allTypes=true`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use axum::extract::{Path, State};
 use axum::Json;
-use berth_domain::timeline::{Answer, Query, Timeline, TimelineEvent, UnknownCursor};
+use berth_domain::timeline::{Answer, Entry, History, Query, TimelineEvent, UnknownCursor};
 use berth_domain::timeline::{RENDER_TYPES, TYPES};
 use berth_schemas::ids::ServiceId;
-use berth_schemas::AggregateId;
+use berth_schemas::{AggregateId, Commit};
 use serde::{Deserialize, Serialize};
 
 use super::services::service_id;
@@ -69,18 +69,21 @@ pub async fn list(
     st.caught_up().await?;
     let answer = st.read(|i| i.owns(&caller.owner, &id).then(|| i.timeline(&id, &query)))?;
     let cursor = |e: UnknownCursor| ApiError::field("cursor", e.to_string());
-    let page = match answer
+    let events = match answer
         .ok_or_else(|| ApiError::not_found("service"))?
         .map_err(cursor)?
     {
-        Answer::Page(page) => page,
-        Answer::NeedsHistory => whole_timeline(&st, &id)
-            .await?
-            .query(&id, &query)
-            .map_err(cursor)?,
+        Answer::Page(page) => shown(&st, &page.entries).await?,
+        Answer::NeedsHistory => {
+            whole_timeline(&st, &id)
+                .await?
+                .query(&query)
+                .map_err(cursor)?
+                .events
+        }
     };
     Ok(Json(
-        page.events
+        events
             .into_iter()
             .map(|event| EventItem {
                 cursor: event.id.clone(),
@@ -95,14 +98,45 @@ pub async fn list(
 pub(crate) async fn whole_timeline(
     st: &AppState,
     service: &ServiceId,
-) -> Result<Timeline, ApiError> {
+) -> Result<History, ApiError> {
     let history = st
         .ingress
         .store()
         .load(&AggregateId::Service(service.clone()))
         .await
-        .map_err(|e| ApiError::from(berth_ingress::IngressError::Store(e.to_string())))?;
-    Ok(Timeline::of_history(&history.events))
+        .map_err(store_error)?;
+    Ok(History::of(&history.events))
+}
+
+fn store_error(e: berth_eventlog::StoreError) -> ApiError {
+    ApiError::from(berth_ingress::IngressError::Store(e.to_string()))
+}
+
+/// Held entries with their details, from the commits holding their events
+/// (one read of the log per commit, all at once), in the entries' order.
+/// An entry whose commit does not hold its event is left out.
+pub(crate) async fn shown(
+    st: &AppState,
+    entries: &[Entry],
+) -> Result<Vec<TimelineEvent>, ApiError> {
+    let store = st.ingress.store();
+    let mut seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let commits = futures::future::try_join_all(seqs.iter().map(|&seq| store.get_commit(seq)))
+        .await
+        .map_err(store_error)?;
+    let by_seq: HashMap<u64, Commit> = seqs.into_iter().zip(commits).collect();
+    Ok(entries
+        .iter()
+        .filter_map(|e| {
+            let shown = by_seq.get(&e.seq).and_then(|c| e.event(&c.events));
+            if shown.is_none() {
+                tracing::warn!(event.id = %e.id, stream.seq = e.seq, "timeline entry not found in the log");
+            }
+            shown
+        })
+        .collect())
 }
 
 /// An event in a listing.
@@ -121,7 +155,12 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<TimelineEvent>, ApiError> {
     st.caught_up().await?;
-    st.read(|i| i.event(&caller.owner, &id))?
+    let entry = st
+        .read(|i| i.event(&caller.owner, &id))?
+        .ok_or_else(|| ApiError::not_found("event"))?;
+    shown(&st, std::slice::from_ref(&entry))
+        .await?
+        .pop()
         .map(Json)
         .ok_or_else(|| ApiError::not_found("event"))
 }
