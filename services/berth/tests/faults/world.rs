@@ -173,18 +173,33 @@ impl Drop for World {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGCONT);
             }
         }
+        // Gone before their networks go: a node still alive (a signal is
+        // delivered when the process next runs) must not make its bridge
+        // or chains again after they are removed.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for child in procs.values_mut() {
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         // Networks first (their state is under the node dirs), then the
         // containers, then every mount under the data dir (the tmpfs too).
-        for node in self.nodes() {
-            berth_tests::net::remove_network(
-                &self.subnet(node),
-                Some(&self.node_dir(node).join("agent/net")),
-            );
-        }
+        let remove_networks = || {
+            for node in self.nodes() {
+                berth_tests::net::remove_network(
+                    &self.subnet(node),
+                    Some(&self.node_dir(node).join("agent/net")),
+                );
+            }
+        };
+        remove_networks();
         for node in self.nodes() {
             berth_tests::runc::remove_leftovers(&self.runc_root(node), &self.node_dir(node));
         }
         berth_tests::runc::remove_leftovers(&self.runc_root("node"), &self.data);
+        // What a command a killed node had started (an `iptables` run
+        // outlives the process that ran it) made meanwhile goes too.
+        remove_networks();
     }
 }
 
