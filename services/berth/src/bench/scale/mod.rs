@@ -461,6 +461,26 @@ async fn measure(
         big.record(hook(http, &up.api, &seeded.big).await?.as_micros() as u64)?;
         fresh.record(hook(http, &up.api, &seeded.fresh).await?.as_micros() as u64)?;
     }
+    // A page of the big service's timeline: its entries' details read
+    // from the log by sequence.
+    let mut timeline = histogram()?;
+    for _ in 0..args.list_requests.min(200) {
+        let started = Instant::now();
+        let r = http
+            .get(format!(
+                "{}/v1/services/{}/events?limit=100&allTypes=true",
+                up.api, seeded.big.0
+            ))
+            .bearer_auth(&creds.api_key)
+            .send()
+            .await
+            .context("a timeline page")?;
+        if !r.status().is_success() {
+            bail!("a timeline page answered {}", r.status());
+        }
+        r.bytes().await.context("a timeline page's body")?;
+        timeline.record(started.elapsed().as_micros() as u64)?;
+    }
     let after_all = up.memory();
     let peak_hooks = sampler.take();
     // And what it settles at once the work the hooks started is done.
@@ -499,6 +519,14 @@ async fn measure(
         ms(&list, 0.99),
         list.max() as f64 / 1000.0,
         list.len()
+    );
+    println!(
+        "  GET /v1/services/{{id}}/events?limit=100 (the {}-deploy service)  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} requests)",
+        plan.big_deploys,
+        ms(&timeline, 0.5),
+        ms(&timeline, 0.99),
+        timeline.max() as f64 / 1000.0,
+        timeline.len()
     );
     println!(
         "  hook, {} deploys      first {:.1} ms  p50 {:.2} ms  p99 {:.2} ms",
