@@ -29,6 +29,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::EventStore;
 
+
+/// Held while a snapshot is read and decoded, or encoded and written: the
+/// read models of one process (API index, probe view, cron and router
+/// views) take turns, so their snapshots' bytes are never all in memory
+/// at once beside the states they hold (at 10,000 services each is tens
+/// of megabytes, decoded a few times that).
+static SNAPSHOT_TURN: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 /// A snapshot waits until folding the commits since the last one took this
 /// many times as long as writing the last one did (see the module docs).
 pub const FOLDING_PER_SNAPSHOT: u32 = 4;
@@ -226,6 +234,8 @@ impl<P: Projection + std::fmt::Debug> ProjectionRunner<P> {
         let Some(key) = self.opts.snapshot_key.clone() else {
             return Ok(0);
         };
+        // One snapshot's bytes at a time beside what they decode to.
+        let _turn = SNAPSHOT_TURN.acquire().await;
         let snap_err = |reason: String| ProjectionError::Snapshot {
             key: key.clone(),
             reason,
@@ -255,6 +265,9 @@ impl<P: Projection + std::fmt::Debug> ProjectionRunner<P> {
         let Some(key) = self.opts.snapshot_key.clone() else {
             return;
         };
+        // One snapshot encoded at a time: each is a copy of a whole read
+        // model while it is written.
+        let _turn = SNAPSHOT_TURN.acquire().await;
         let started = Instant::now();
         let seq = self.applied_seq();
         let bytes = match self.state.read() {
