@@ -29,12 +29,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::EventStore;
 
-
 /// Held while a snapshot is read and decoded, or encoded and written: the
-/// read models of one process (API index, probe view, cron and router
-/// views) take turns, so their snapshots' bytes are never all in memory
-/// at once beside the states they hold (at 10,000 services each is tens
-/// of megabytes, decoded a few times that).
+/// read models of one process (API index, probe view, cron's view, the
+/// projector) take turns, so their snapshots' bytes are never all in
+/// memory at once beside the states they hold (at 10,000 services each
+/// is tens of megabytes, decoded a few times that).
 static SNAPSHOT_TURN: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 /// A snapshot waits until folding the commits since the last one took this

@@ -251,6 +251,26 @@ pub(crate) async fn caught_up(url: &str, within: Duration) -> anyhow::Result<Cau
 }
 
 /// One deploy hook call; its latency.
+/// The body of a successful GET of `url` with `key`; `what` names it in
+/// errors.
+async fn get(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    what: &str,
+) -> anyhow::Result<bytes::Bytes> {
+    let r = http
+        .get(url)
+        .bearer_auth(key)
+        .send()
+        .await
+        .with_context(|| format!("{what}: request"))?;
+    if !r.status().is_success() {
+        bail!("{what} answered {}", r.status());
+    }
+    r.bytes().await.with_context(|| format!("{what}: body"))
+}
+
 async fn hook(
     http: &reqwest::Client,
     api: &str,
@@ -433,16 +453,8 @@ async fn measure(
             None => "limit=100".to_owned(),
         };
         let started = Instant::now();
-        let r = http
-            .get(format!("{}/v1/services?{query}", up.api))
-            .bearer_auth(&creds.api_key)
-            .send()
-            .await
-            .context("listing services")?;
-        if !r.status().is_success() {
-            bail!("listing answered {}", r.status());
-        }
-        let body = r.bytes().await.context("a listing's body")?;
+        let url = format!("{}/v1/services?{query}", up.api);
+        let body = get(http, &url, &creds.api_key, "a listing").await?;
         let items: Vec<serde_json::Value> =
             serde_json::from_slice(&body).context("a listing's body")?;
         list.record(started.elapsed().as_micros() as u64)?;
@@ -466,19 +478,11 @@ async fn measure(
     let mut timeline = histogram()?;
     for _ in 0..args.list_requests.min(200) {
         let started = Instant::now();
-        let r = http
-            .get(format!(
-                "{}/v1/services/{}/events?limit=100&allTypes=true",
-                up.api, seeded.big.0
-            ))
-            .bearer_auth(&creds.api_key)
-            .send()
-            .await
-            .context("a timeline page")?;
-        if !r.status().is_success() {
-            bail!("a timeline page answered {}", r.status());
-        }
-        r.bytes().await.context("a timeline page's body")?;
+        let url = format!(
+            "{}/v1/services/{}/events?limit=100&allTypes=true",
+            up.api, seeded.big.0
+        );
+        get(http, &url, &creds.api_key, "a timeline page").await?;
         timeline.record(started.elapsed().as_micros() as u64)?;
     }
     let after_all = up.memory();
