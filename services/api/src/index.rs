@@ -73,8 +73,12 @@ impl Indexed {
     /// the service had no commit in the [`QUIET_AFTER`] before, and its
     /// state is small enough to copy.
     fn quiet_at(&self, stream_seq: u64) -> bool {
-        stream_seq.saturating_sub(self.at.0) > QUIET_AFTER
-            && self.state.deploys.len() <= SHARED_DEPLOYS_AT_MOST
+        stream_seq.saturating_sub(self.at.0) > QUIET_AFTER && self.small()
+    }
+
+    /// Whether the state is small enough to share ([`SHARED_DEPLOYS_AT_MOST`]).
+    fn small(&self) -> bool {
+        self.state.deploys.len() <= SHARED_DEPLOYS_AT_MOST
     }
 
     /// Settles the state with `shared`'s fold of the service at the same
@@ -503,7 +507,7 @@ impl Projection for ApiIndex {
         self.index_owners();
         if let Some(shared) = &self.shared {
             for (id, i) in &mut self.services {
-                if i.state.deploys.len() <= SHARED_DEPLOYS_AT_MOST {
+                if i.small() {
                     i.share(id, shared);
                 }
             }

@@ -647,10 +647,9 @@ struct Held {
 impl Held {
     fn of(stream_seq: u64, env: &Envelope, kind: &str) -> Option<Self> {
         let kind = TYPES.iter().position(|t| *t == kind)?;
-        let bits = env.id.bits();
         Some(Held {
             seq: stream_seq,
-            id: [(bits >> 64) as u64, bits as u64],
+            id: halves(&env.id),
             timestamp: env.time,
             kind: u8::try_from(kind).ok()?,
         })
@@ -688,19 +687,30 @@ impl Entry {
     }
 }
 
+/// An event id as a held entry keeps it.
+fn halves(id: &EventId) -> [u64; 2] {
+    let bits = id.bits();
+    [(bits >> 64) as u64, bits as u64]
+}
+
 /// What a query filters on, whether the entry is held or whole.
 trait Filtered {
-    fn is(&self, id: &str) -> bool;
+    /// A cursor (an entry's id) as entries compare to it, made once per
+    /// query; `None`: no entry has it.
+    type Key;
+    fn key(id: &str) -> Option<Self::Key>;
+    fn is(&self, key: &Self::Key) -> bool;
     fn kind(&self) -> &str;
     fn at(&self) -> DateTime<Utc>;
 }
 
 impl Filtered for Held {
-    fn is(&self, id: &str) -> bool {
-        id.parse::<EventId>().is_ok_and(|id| {
-            let bits = id.bits();
-            self.id == [(bits >> 64) as u64, bits as u64]
-        })
+    type Key = [u64; 2];
+    fn key(id: &str) -> Option<[u64; 2]> {
+        id.parse::<EventId>().ok().map(|id| halves(&id))
+    }
+    fn is(&self, key: &[u64; 2]) -> bool {
+        self.id == *key
     }
     fn kind(&self) -> &str {
         TYPES
@@ -714,8 +724,12 @@ impl Filtered for Held {
 }
 
 impl Filtered for TimelineEvent {
-    fn is(&self, id: &str) -> bool {
-        self.id == id
+    type Key = String;
+    fn key(id: &str) -> Option<String> {
+        Some(id.to_owned())
+    }
+    fn is(&self, key: &String) -> bool {
+        self.id == *key
     }
     fn kind(&self) -> &str {
         &self.kind
@@ -735,7 +749,8 @@ fn select<'a, T: Filtered>(
     let limit = q.limit.unwrap_or(20).clamp(1, 100);
     let mut iter = newest_first;
     if let Some(cursor) = &q.cursor {
-        if !iter.by_ref().any(|t| t.is(cursor)) {
+        let key = T::key(cursor).ok_or(UnknownCursor)?;
+        if !iter.by_ref().any(|t| t.is(&key)) {
             return Err(UnknownCursor);
         }
     }
@@ -827,10 +842,11 @@ impl Timeline {
 
     /// Entry `id` of `service`, if held.
     pub fn find(&self, service: &ServiceId, id: &str) -> Option<Entry> {
+        let key = Held::key(id)?;
         self.held(service)
             .iter()
             .rev()
-            .find(|h| h.is(id))
+            .find(|h| h.is(&key))
             .map(Held::entry)
     }
 

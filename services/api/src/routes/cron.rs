@@ -141,7 +141,7 @@ pub async fn list(
         })
     })??;
     if let Some((starts, ends)) = held {
-        let (starts, ends) = (shown(&st, &starts).await?, shown(&st, &ends).await?);
+        let (starts, ends) = tokio::try_join!(shown(&st, &starts), shown(&st, &ends))?;
         return Ok(Json(runs(&starts, &ends)));
     }
     // Older than the entries held: the service's whole history.
