@@ -308,6 +308,91 @@ async fn snapshot_bigger_than_a_message_is_chunked_and_restored() {
     }
 }
 
+/// A chunked snapshot's manifest as the bucket holds it: every field a
+/// number (the marker, generation, slot, chunks and length).
+type Manifest = BTreeMap<String, u64>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_snapshot_that_is_not_whole_is_refused() {
+    init_tracing();
+    let server = NatsServer::start(NatsVersion::Modern).unwrap();
+    let client = server.connect().await.unwrap();
+    let store = open_store(&client, 1).await.unwrap();
+    let opts = || ProjectionOptions {
+        snapshot_every_commits: u64::MAX,
+        snapshot_every: Duration::from_secs(3600),
+        ..opts(Some("big"))
+    };
+    let last = write_events(&store, 5, 300).await;
+    let mut first = ProjectionRunner::new(&store, Padded::default(), opts());
+    first.catch_up().await.unwrap();
+    let state = first.state().read().unwrap().clone();
+    first.snapshot_now().await;
+
+    let kv = async_nats::jetstream::new(client.clone())
+        .get_key_value(store.subjects().snapshot_bucket())
+        .await
+        .unwrap();
+    let head = kv.get("big").await.unwrap().unwrap();
+    let m: Manifest = rmp_serde::from_slice(&head).unwrap();
+    let (generation, chunks, len) = (m["generation"], m["chunks"], m["len"]);
+    assert!(chunks >= 3, "{m:?}: the snapshot must span chunks");
+    let chunk = |i: u64| format!("big.s{}.c{i}", m["slot"]);
+    let with = |chunks: u64, len: u64| {
+        let mut changed = m.clone();
+        changed.insert("chunks".to_owned(), chunks);
+        changed.insert("len".to_owned(), len);
+        changed
+    };
+    let put_manifest = |m: Manifest| {
+        let kv = kv.clone();
+        async move {
+            kv.put("big", rmp_serde::to_vec_named(&m).unwrap().into())
+                .await
+                .unwrap();
+        }
+    };
+    let refused = |what: &'static str, expect: &'static str| {
+        let store = store.clone();
+        async move {
+            let mut again = ProjectionRunner::new(&store, Padded::default(), opts());
+            match again.catch_up().await {
+                Err(ProjectionError::Snapshot { reason, .. }) => {
+                    assert!(reason.contains(expect), "{what}: {reason}")
+                }
+                other => panic!("{what}: restored from a broken snapshot: {other:?}"),
+            }
+        }
+    };
+
+    // A chunk of another snapshot in the middle.
+    let middle = kv.get(chunk(1)).await.unwrap().unwrap();
+    let mut foreign = (generation + 1).to_be_bytes().to_vec();
+    foreign.extend_from_slice(&middle[8..]);
+    kv.put(chunk(1), foreign.into()).await.unwrap();
+    refused("a foreign chunk", "another snapshot").await;
+    kv.put(chunk(1), middle).await.unwrap();
+
+    // Bytes after the snapshot's end.
+    let mut extra = generation.to_be_bytes().to_vec();
+    extra.extend_from_slice(b"trailing");
+    kv.put(chunk(chunks), extra.into()).await.unwrap();
+    put_manifest(with(chunks + 1, len + 8)).await;
+    refused("trailing bytes", "after the snapshot's end").await;
+
+    // The last chunk missing from the count.
+    let last_len = kv.get(chunk(chunks - 1)).await.unwrap().unwrap().len() as u64 - 8;
+    put_manifest(with(chunks - 1, len - last_len)).await;
+    refused("a short snapshot", "").await;
+
+    // The manifest as written: restored whole.
+    put_manifest(m).await;
+    let mut restored = ProjectionRunner::new(&store, Padded::default(), opts());
+    let stats = restored.catch_up().await.unwrap();
+    assert_eq!((stats.restored_seq, stats.commits), (last, 0));
+    assert_eq!(*restored.state().read().unwrap(), state);
+}
+
 /// A read model with a set cost per event folded and per snapshot taken,
 /// counting its snapshots.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

@@ -223,6 +223,11 @@ pub struct BenchScaleArgs {
     #[arg(long, default_value_t = 5)]
     pub settle_secs: u64,
 
+    /// Print the restarted process's resident memory to stderr each time
+    /// it moves by 16 MiB, with the time (to line it up with its log).
+    #[arg(long)]
+    pub memory_trace: bool,
+
     /// nats-server binary to start (default: `nats-server` on PATH).
     #[arg(long)]
     pub nats_server: Option<PathBuf>,

@@ -43,7 +43,7 @@ pub const FOLDING_PER_SNAPSHOT: u32 = 4;
 /// A read model folded from the log.
 pub trait Projection: Send + Sync + 'static {
     /// What is stored in a snapshot.
-    type Snapshot: Serialize + DeserializeOwned + Send;
+    type Snapshot: Serialize + DeserializeOwned + Send + 'static;
 
     /// Applies one event; `stream_seq` is the position of its commit.
     fn apply(&mut self, stream_seq: u64, env: &Envelope);
@@ -239,16 +239,18 @@ impl<P: Projection + std::fmt::Debug> ProjectionRunner<P> {
             key: key.clone(),
             reason,
         };
-        let bytes = match crate::snapshots::read(&self.store.snapshots, &key).await {
-            Ok(Some(b)) => b,
+        let read = crate::snapshots::read_streamed(&self.store.snapshots, &key, |r| {
+            rmp_serde::from_read::<_, SnapshotRecord<P::Snapshot>>(r).map_err(|e| e.to_string())
+        })
+        .await;
+        let record = match read {
+            Ok(Some(record)) => record,
             Ok(None) => return Ok(0),
             Err(crate::snapshots::ReadError::Request(e)) => {
                 return Err(ProjectionError::Request(e))
             }
             Err(crate::snapshots::ReadError::Broken(e)) => return Err(snap_err(e)),
         };
-        let record: SnapshotRecord<P::Snapshot> =
-            rmp_serde::from_slice(&bytes).map_err(|e| snap_err(e.to_string()))?;
         self.state
             .write()
             .map_err(|_| snap_err("state lock poisoned".to_owned()))?
@@ -269,36 +271,50 @@ impl<P: Projection + std::fmt::Debug> ProjectionRunner<P> {
         let _turn = SNAPSHOT_TURN.acquire().await;
         let started = Instant::now();
         let seq = self.applied_seq();
-        let bytes = match self.state.read() {
-            Ok(state) => match state.snapshot_ref() {
-                Some(borrowed) => rmp_serde::to_vec_named(&SnapshotRecord {
-                    seq,
-                    state: borrowed,
-                }),
-                None => rmp_serde::to_vec_named(&SnapshotRecord {
-                    seq,
-                    state: state.snapshot(),
-                }),
-            },
-            Err(_) => return,
-        };
-        match bytes {
-            Ok(bytes) => {
-                let chunk =
-                    crate::snapshots::chunk_size(self.store.client.server_info().max_payload);
-                // Distinct per write, so chunks of two writers never mix.
-                let generation = seq ^ chrono::Utc::now().timestamp_micros().unsigned_abs();
-                let written =
-                    crate::snapshots::write(&self.store.snapshots, &key, bytes, chunk, generation)
-                        .await;
-                if let Err(e) = written {
-                    tracing::warn!(snapshot = %key, error = %e, "snapshot not written");
-                    return;
+        let chunk = crate::snapshots::chunk_size(self.store.client.server_info().max_payload);
+        // Distinct per write, so chunks of two writers never mix.
+        let generation = seq ^ chrono::Utc::now().timestamp_micros().unsigned_abs();
+        // Encoded under the state's read lock, on a blocking thread, as the
+        // chunks are written: only this runner changes the state, and it
+        // waits here meanwhile.
+        let state = Arc::clone(&self.state);
+        let written = crate::snapshots::write_streamed(
+            &self.store.snapshots,
+            &key,
+            chunk,
+            generation,
+            move |sink| {
+                let state = state.read().map_err(|_| "state lock poisoned".to_owned())?;
+                match state.snapshot_ref() {
+                    Some(borrowed) => rmp_serde::encode::write_named(
+                        sink,
+                        &SnapshotRecord {
+                            seq,
+                            state: borrowed,
+                        },
+                    ),
+                    None => rmp_serde::encode::write_named(
+                        sink,
+                        &SnapshotRecord {
+                            seq,
+                            state: state.snapshot(),
+                        },
+                    ),
                 }
-                tracing::debug!(snapshot = %key, stream.seq = seq, "snapshot written");
-            }
-            Err(e) => tracing::warn!(snapshot = %key, error = %e, "snapshot not encodable"),
+                .map_err(|e| e.to_string())
+            },
+        )
+        .await;
+        if let Err(e) = written {
+            tracing::warn!(snapshot = %key, error = %e, "snapshot not written");
+            return;
         }
+        tracing::debug!(
+            snapshot = %key,
+            stream.seq = seq,
+            took_ms = started.elapsed().as_millis() as u64,
+            "snapshot written"
+        );
         self.since_snapshot = 0;
         self.folding = Duration::ZERO;
         self.last_snapshot = Instant::now();

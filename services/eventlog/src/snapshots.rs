@@ -10,9 +10,20 @@
 //! with the generation of its snapshot, so chunks of two writers racing on
 //! one key are never mixed into one snapshot (the read fails instead, as
 //! for any unreadable snapshot).
+//!
+//! A read model's snapshot is streamed both ways ([`write_streamed`],
+//! [`read_streamed`]): it is encoded on a blocking thread that hands each
+//! chunk to the bucket as it fills, and decoded from the chunks as they
+//! arrive, so a snapshot of tens of megabytes costs a couple of chunks of
+//! memory beside the state it is made from or restores, not a second copy
+//! of it (and no growing buffer's reallocations).
+
+use std::io::{Read, Write};
 
 use async_nats::jetstream::kv;
+use bytes::{Buf, Bytes};
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 
 /// Room kept below the server's max payload for the protocol's own bytes.
 const MARGIN: usize = 1024;
@@ -45,6 +56,76 @@ pub(crate) fn chunk_size(max_payload: usize) -> usize {
     max_payload.saturating_sub(MARGIN + GEN_LEN).max(1024)
 }
 
+/// A chunked snapshot as it is written: the slot is chosen (from the
+/// current manifest) when its first chunk is.
+struct ChunkedPut<'a> {
+    kv: &'a kv::Store,
+    key: &'a str,
+    generation: u64,
+    slot: Option<u8>,
+    chunks: u32,
+    len: u64,
+}
+
+impl<'a> ChunkedPut<'a> {
+    fn new(kv: &'a kv::Store, key: &'a str, generation: u64) -> Self {
+        ChunkedPut {
+            kv,
+            key,
+            generation,
+            slot: None,
+            chunks: 0,
+            len: 0,
+        }
+    }
+
+    async fn chunk(&mut self, part: &[u8]) -> Result<(), String> {
+        let slot = match self.slot {
+            Some(slot) => slot,
+            None => {
+                let current = self
+                    .kv
+                    .get(self.key)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .and_then(|b| manifest(&b));
+                let slot = match current {
+                    Some(m) if m.slot == 0 => 1,
+                    _ => 0,
+                };
+                *self.slot.insert(slot)
+            }
+        };
+        let mut value = Vec::with_capacity(GEN_LEN + part.len());
+        value.extend_from_slice(&self.generation.to_be_bytes());
+        value.extend_from_slice(part);
+        self.kv
+            .put(chunk_key(self.key, slot, self.chunks), value.into())
+            .await
+            .map_err(|e| format!("chunk {}: {e}", self.chunks))?;
+        self.chunks += 1;
+        self.len += part.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the manifest: from here on readers read this snapshot.
+    async fn finish(self) -> Result<(), String> {
+        let head = rmp_serde::to_vec_named(&Manifest {
+            berth_chunked_snapshot: 1,
+            generation: self.generation,
+            slot: self.slot.unwrap_or(0),
+            chunks: self.chunks,
+            len: self.len,
+        })
+        .map_err(|e| e.to_string())?;
+        self.kv
+            .put(self.key, head.into())
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("manifest: {e}"))
+    }
+}
+
 /// Writes `bytes` at `key`, chunked when longer than `chunk` bytes.
 pub(crate) async fn write(
     kv: &kv::Store,
@@ -60,37 +141,112 @@ pub(crate) async fn write(
             .map(|_| ())
             .map_err(|e| e.to_string());
     }
-    let current = kv
-        .get(key)
-        .await
-        .map_err(|e| e.to_string())?
-        .and_then(|b| manifest(&b));
-    let slot = match current {
-        Some(m) if m.slot == 0 => 1,
-        _ => 0,
-    };
-    let mut chunks = 0u32;
+    let mut put = ChunkedPut::new(kv, key, generation);
     for part in bytes.chunks(chunk) {
-        let mut value = Vec::with_capacity(GEN_LEN + part.len());
-        value.extend_from_slice(&generation.to_be_bytes());
-        value.extend_from_slice(part);
-        kv.put(chunk_key(key, slot, chunks), value.into())
-            .await
-            .map_err(|e| format!("chunk {chunks}: {e}"))?;
-        chunks += 1;
+        put.chunk(part).await?;
     }
-    let head = rmp_serde::to_vec_named(&Manifest {
-        berth_chunked_snapshot: 1,
-        generation,
-        slot,
-        chunks,
-        len: bytes.len() as u64,
-    })
-    .map_err(|e| e.to_string())?;
-    kv.put(key, head.into())
+    put.finish().await
+}
+
+/// A piece of a snapshot being encoded.
+enum Part {
+    /// A whole chunk; more follows.
+    Full(Vec<u8>),
+    /// The rest (at most a chunk, maybe nothing).
+    Last(Vec<u8>),
+}
+
+/// Where a streamed snapshot is encoded to: each chunk goes to the writer
+/// as soon as it is full (waiting while the one before is written).
+pub(crate) struct ChunkSink {
+    buf: Vec<u8>,
+    chunk: usize,
+    tx: mpsc::Sender<Part>,
+}
+
+impl Write for ChunkSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        while self.buf.len() > self.chunk {
+            let mut next = Vec::with_capacity(self.chunk + 1024);
+            next.extend_from_slice(&self.buf[self.chunk..]);
+            self.buf.truncate(self.chunk);
+            let full = std::mem::replace(&mut self.buf, next);
+            self.tx.blocking_send(Part::Full(full)).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "snapshot write gave up")
+            })?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes at `key` what `encode` writes to its sink, chunked when longer
+/// than `chunk` bytes. `encode` runs on a blocking thread; at most two
+/// chunks are held at once.
+pub(crate) async fn write_streamed<F>(
+    kv: &kv::Store,
+    key: &str,
+    chunk: usize,
+    generation: u64,
+    encode: F,
+) -> Result<(), String>
+where
+    F: FnOnce(&mut ChunkSink) -> Result<(), String> + Send + 'static,
+{
+    let (tx, mut rx) = mpsc::channel(1);
+    let encoding = tokio::task::spawn_blocking(move || {
+        let mut sink = ChunkSink {
+            buf: Vec::with_capacity(chunk + 1024),
+            chunk,
+            tx,
+        };
+        encode(&mut sink)?;
+        let ChunkSink { buf, tx, .. } = sink;
+        tx.blocking_send(Part::Last(buf))
+            .map_err(|_| "snapshot write gave up".to_owned())
+    });
+    let mut put = ChunkedPut::new(kv, key, generation);
+    let written = loop {
+        match rx.recv().await {
+            Some(Part::Full(part)) => {
+                if let Err(e) = put.chunk(&part).await {
+                    break Err(e);
+                }
+            }
+            Some(Part::Last(rest)) if put.chunks == 0 => {
+                break kv
+                    .put(key, rest.into())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            Some(Part::Last(rest)) => {
+                let last = if rest.is_empty() {
+                    Ok(())
+                } else {
+                    put.chunk(&rest).await
+                };
+                break match last {
+                    Ok(()) => put.finish().await,
+                    Err(e) => Err(e),
+                };
+            }
+            // The encoder stopped (its error is below).
+            None => break Ok(()),
+        }
+    };
+    // Stops an encoder still waiting to hand over a chunk.
+    drop(rx);
+    let encoded = encoding
         .await
-        .map(|_| ())
-        .map_err(|e| format!("manifest: {e}"))
+        .map_err(|e| format!("snapshot encoder: {e}"))
+        .and_then(|r| r);
+    // The bucket's error first: the encoder's is then only "gave up".
+    written.and(encoded)
 }
 
 /// Why a stored snapshot could not be read back.
@@ -102,13 +258,40 @@ pub(crate) enum ReadError {
     Broken(String),
 }
 
-/// Reads the snapshot at `key`, joining chunks when it was chunked.
-pub(crate) async fn read(kv: &kv::Store, key: &str) -> Result<Option<Vec<u8>>, ReadError> {
-    let Some(head) = kv
-        .get(key)
+/// One chunk of the snapshot `m` describes, without its generation.
+async fn fetch_chunk(kv: &kv::Store, key: &str, m: &Manifest, i: u32) -> Result<Bytes, ReadError> {
+    let mut part = kv
+        .get(chunk_key(key, m.slot, i))
         .await
         .map_err(|e| ReadError::Request(e.to_string()))?
-    else {
+        .ok_or_else(|| ReadError::Broken(format!("chunk {i} of {} missing", m.chunks)))?;
+    let generation = part
+        .get(..GEN_LEN)
+        .and_then(|g| <[u8; GEN_LEN]>::try_from(g).ok())
+        .map(u64::from_be_bytes);
+    if generation != Some(m.generation) {
+        return Err(ReadError::Broken(format!(
+            "chunk {i} belongs to another snapshot"
+        )));
+    }
+    part.advance(GEN_LEN);
+    Ok(part)
+}
+
+fn wrong_length(read: u64, m: &Manifest) -> ReadError {
+    ReadError::Broken(format!("{read} bytes joined, manifest says {}", m.len))
+}
+
+/// What is stored at `key`: a snapshot, or a chunked one's manifest.
+async fn head(kv: &kv::Store, key: &str) -> Result<Option<Bytes>, ReadError> {
+    kv.get(key)
+        .await
+        .map_err(|e| ReadError::Request(e.to_string()))
+}
+
+/// Reads the snapshot at `key`, joining chunks when it was chunked.
+pub(crate) async fn read(kv: &kv::Store, key: &str) -> Result<Option<Vec<u8>>, ReadError> {
+    let Some(head) = head(kv, key).await? else {
         return Ok(None);
     };
     let Some(m) = manifest(&head) else {
@@ -116,28 +299,100 @@ pub(crate) async fn read(kv: &kv::Store, key: &str) -> Result<Option<Vec<u8>>, R
     };
     let mut bytes = Vec::with_capacity(usize::try_from(m.len).unwrap_or(0));
     for i in 0..m.chunks {
-        let part = kv
-            .get(chunk_key(key, m.slot, i))
-            .await
-            .map_err(|e| ReadError::Request(e.to_string()))?
-            .ok_or_else(|| ReadError::Broken(format!("chunk {i} of {} missing", m.chunks)))?;
-        let generation = part
-            .get(..GEN_LEN)
-            .and_then(|g| <[u8; GEN_LEN]>::try_from(g).ok())
-            .map(u64::from_be_bytes);
-        if generation != Some(m.generation) {
-            return Err(ReadError::Broken(format!(
-                "chunk {i} belongs to another snapshot"
-            )));
-        }
-        bytes.extend_from_slice(&part[GEN_LEN..]);
+        bytes.extend_from_slice(&fetch_chunk(kv, key, &m, i).await?);
     }
     if bytes.len() as u64 != m.len {
-        return Err(ReadError::Broken(format!(
-            "{} bytes joined, manifest says {}",
-            bytes.len(),
-            m.len
-        )));
+        return Err(wrong_length(bytes.len() as u64, &m));
     }
     Ok(Some(bytes))
+}
+
+/// What a streamed snapshot is decoded from: its chunks, as they arrive.
+pub(crate) struct ChunkReader {
+    current: Bytes,
+    rx: Option<mpsc::Receiver<Bytes>>,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.as_mut().and_then(|rx| rx.blocking_recv()) {
+                Some(next) => self.current = next,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current.advance(n);
+        Ok(n)
+    }
+}
+
+/// Reads the snapshot at `key` through `decode`. A chunked one is decoded
+/// on a blocking thread from its chunks as they are fetched (one in hand,
+/// one on the way), and must end exactly where its last chunk does.
+pub(crate) async fn read_streamed<T, F>(
+    kv: &kv::Store,
+    key: &str,
+    decode: F,
+) -> Result<Option<T>, ReadError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut ChunkReader) -> Result<T, String> + Send + 'static,
+{
+    let Some(head) = head(kv, key).await? else {
+        return Ok(None);
+    };
+    let Some(m) = manifest(&head) else {
+        let mut whole = ChunkReader {
+            current: head,
+            rx: None,
+        };
+        return decode(&mut whole).map(Some).map_err(ReadError::Broken);
+    };
+    let (tx, rx) = mpsc::channel(1);
+    let decoding = tokio::task::spawn_blocking(move || {
+        let mut reader = ChunkReader {
+            current: Bytes::new(),
+            rx: Some(rx),
+        };
+        let decoded = decode(&mut reader);
+        // What is left unread (in hand, or the next chunk): none in a
+        // whole snapshot. Waits for the fetcher's next chunk or its end.
+        let next = reader.rx.as_mut().and_then(|rx| rx.blocking_recv());
+        let rest = reader.current.len() + next.map_or(0, |b| b.len());
+        decoded.map(|t| (t, rest))
+    });
+    let mut sent = 0u64;
+    let mut fetched = Ok(());
+    for i in 0..m.chunks {
+        match fetch_chunk(kv, key, &m, i).await {
+            Ok(part) => {
+                sent += part.len() as u64;
+                if tx.send(part).await.is_err() {
+                    // The decoder is done before the snapshot is.
+                    break;
+                }
+            }
+            Err(e) => {
+                fetched = Err(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let decoded = decoding
+        .await
+        .map_err(|e| ReadError::Broken(format!("snapshot decoder: {e}")))?;
+    fetched?;
+    let (state, rest) = decoded.map_err(ReadError::Broken)?;
+    if sent != m.len {
+        return Err(wrong_length(sent, &m));
+    }
+    if rest != 0 {
+        return Err(ReadError::Broken(format!(
+            "{rest} bytes after the snapshot's end"
+        )));
+    }
+    Ok(Some(state))
 }

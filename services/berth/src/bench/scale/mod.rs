@@ -98,13 +98,22 @@ impl Up {
     }
 
     /// Samples the resident memory every 20 ms; the highest seen since the
-    /// last `take` is read with it.
-    fn sampler(&self) -> Sampler {
+    /// last `take` is read with it. With `trace`, each move of 16 MiB or
+    /// more is printed to stderr with the time.
+    fn sampler(&self, trace: bool) -> Sampler {
         let max = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let pid = self.child.id();
         let m = max.clone();
         let task = tokio::spawn(async move {
+            let mut printed = 0.0;
             while let Some((rss, _)) = pid.and_then(memory_of) {
+                if trace && (rss - printed).abs() >= 16.0 {
+                    eprintln!(
+                        "memory {} {rss:.0} MiB",
+                        chrono::Utc::now().format("%H:%M:%S%.3f")
+                    );
+                    printed = rss;
+                }
                 m.fetch_max(rss as u64, std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -439,7 +448,7 @@ async fn measure(
 
     // The measured restart.
     let mut up = Up::spawn(data, url)?;
-    let sampler = up.sampler();
+    let sampler = up.sampler(args.memory_trace);
     let answering =
         until_listing(http, &mut up, &creds.api_key, 1, Duration::from_secs(600)).await?;
     let after_start = up.memory();
