@@ -51,4 +51,4 @@ pub use command::{Batch, Executed, Stamp};
 pub use error::{AppendError, ExecuteError, StoreError};
 pub use folded::FoldedStates;
 pub use log::{Appended, Loaded, NewEvent, Version};
-pub use store::{EventStore, ServerVersion, StoreConfig};
+pub use store::{EventStore, ServerVersion, StoreConfig, STATES_PER_CACHED_AGGREGATE};

@@ -258,6 +258,18 @@ impl EventStore {
     /// dropped: ephemeral consumers linger after use and a busy writer hits
     /// the server's consumer limit (error 10026).
     pub async fn load(&self, aggregate: &AggregateId) -> Result<Loaded, StoreError> {
+        self.load_keeping(aggregate, true).await
+    }
+
+    /// [`EventStore::load`], keeping what was read in the cache of
+    /// aggregates only if `keep`: a load folded at once into a kept state
+    /// is not read again while that state is kept (commands decide on the
+    /// state), so its events would only take the room of others.
+    async fn load_keeping(
+        &self,
+        aggregate: &AggregateId,
+        keep: bool,
+    ) -> Result<Loaded, StoreError> {
         let subject = self.subjects.aggregate(aggregate);
         let Some(last) = self.get_last_for_subject(&subject).await? else {
             self.cache.forget(aggregate);
@@ -288,7 +300,9 @@ impl EventStore {
         }
         loaded.events.extend(last_commit.events);
         loaded.version = version;
-        self.cache.put(aggregate, &loaded);
+        if keep {
+            self.cache.put(aggregate, &loaded);
+        }
         Ok(loaded)
     }
 
@@ -491,7 +505,7 @@ impl EventStore {
                 return Ok((state, to));
             }
         }
-        let loaded = self.load(aggregate).await?;
+        let loaded = self.load_keeping(aggregate, false).await?;
         let state = Arc::new(loaded.events.iter().fold(S::default(), &fold));
         self.keep_state(aggregate, loaded.version, &state);
         Ok((state, loaded.version))

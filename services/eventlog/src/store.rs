@@ -26,7 +26,9 @@ pub struct StoreConfig {
     pub max_execute_attempts: u32,
     /// Publish acknowledgements allowed in flight on this connection.
     pub max_ack_inflight: usize,
-    /// Aggregates kept in memory so loads fetch only new commits (0 disables).
+    /// Aggregates kept in memory so loads fetch only new commits (0
+    /// disables); folded states are kept for
+    /// [`STATES_PER_CACHED_AGGREGATE`] times as many.
     pub cached_aggregates: usize,
     /// Whether a long run of an aggregate's commits is read through an
     /// ordered consumer (one stream) rather than one direct get each. A
@@ -34,6 +36,14 @@ pub struct StoreConfig {
     /// (a node's) reads one commit at a time.
     pub stream_long_reads: bool,
 }
+
+/// Folded states kept per cached aggregate. A shard of the cache that is
+/// full forgets all it holds, and states are hashed over 16 shards: with
+/// room for exactly as many states as there are services, about half the
+/// shards overflow and forget theirs (at 10,000 services a sweep over them
+/// folded ~5,000 again, beside the API index's copies, +80 MiB). Twice the
+/// room holds them all; a state the API index shares costs a pointer.
+pub const STATES_PER_CACHED_AGGREGATE: usize = 2;
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -228,7 +238,10 @@ impl EventStore {
             js,
             subjects,
             cache: AggregateCache::new(cfg.cached_aggregates),
-            states: crate::folded::StateCache::new(cfg.cached_aggregates),
+            states: crate::folded::StateCache::new(
+                cfg.cached_aggregates
+                    .saturating_mul(STATES_PER_CACHED_AGGREGATE),
+            ),
             durable: crate::durable::Durable::default(),
             recent: crate::recent::RecentCommits::default(),
             streamed_reads: tokio::sync::Semaphore::new(crate::log::STREAMED_READS_AT_ONCE),
