@@ -188,16 +188,30 @@ mod tests {
     }
 
     fn run(state: ServiceState, c: Command, at: DateTime<Utc>) -> ServiceState {
-        decide(&state, c, &Ctx::default())
-            .unwrap()
-            .iter()
-            .fold(state, |s, e| apply_at(s, e, Some(at)))
+        logged(state, c, at, &mut Vec::new())
+    }
+
+    /// `run`, adding the events decided to `log`.
+    fn logged(
+        state: ServiceState,
+        c: Command,
+        at: DateTime<Utc>,
+        log: &mut Vec<berth_schemas::Event>,
+    ) -> ServiceState {
+        let events = decide(&state, c, &Ctx::default()).unwrap();
+        log.extend(events.iter().cloned());
+        events.iter().fold(state, |s, e| apply_at(s, e, Some(at)))
     }
 
     use berth_domain::service::ServiceState;
 
     /// A cron job created and live at 10:00:30, schedule `*/10 * * * *`.
     fn live_job() -> ServiceState {
+        live_job_logged(&mut Vec::new())
+    }
+
+    /// `live_job`, adding its events to `log`.
+    fn live_job_logged(log: &mut Vec<berth_schemas::Event>) -> ServiceState {
         let d = DeployId::generate();
         let mut c = CreateService::new(
             OwnerId::User(UserId::generate()),
@@ -212,9 +226,23 @@ mod tests {
         );
         c.schedule = Some("*/10 * * * *".into());
         let at = t(10, 0, 30);
-        let mut s = run(ServiceState::default(), Command::Create(Box::new(c)), at);
-        s = run(
-            s,
+        let s = logged(
+            ServiceState::default(),
+            Command::Create(Box::new(c)),
+            at,
+            log,
+        );
+        to_live(s, d, at, log)
+    }
+
+    /// `d`, requested, taken through to live at `at`.
+    fn to_live(
+        s: ServiceState,
+        d: DeployId,
+        at: DateTime<Utc>,
+        log: &mut Vec<berth_schemas::Event>,
+    ) -> ServiceState {
+        let steps = [
             Command::RecordResolved {
                 deploy: d.clone(),
                 image: ResolvedImage {
@@ -223,26 +251,83 @@ mod tests {
                     compressed_size: 1,
                 },
             },
-            at,
-        );
-        s = run(
-            s,
             Command::RecordPulled {
                 deploy: d.clone(),
                 node: NodeId::generate(),
                 digest: DIGEST.into(),
             },
-            at,
-        );
-        s = run(s, Command::RecordUpdateStarted { deploy: d.clone() }, at);
-        run(
-            s,
+            Command::RecordUpdateStarted { deploy: d.clone() },
             Command::RecordLive {
                 deploy: d,
                 digest: DIGEST.into(),
             },
-            at,
-        )
+        ];
+        steps
+            .into_iter()
+            .fold(s, |s, step| logged(s, step, at, log))
+    }
+
+    /// A live cron job deployed five more times (each replacing the one
+    /// before), and every event of it.
+    fn redeployed_job() -> (ServiceState, Vec<berth_schemas::Event>) {
+        use berth_domain::service::DeployRequest;
+        use berth_schemas::model::DeployTrigger;
+        let mut log = Vec::new();
+        let mut s = live_job_logged(&mut log);
+        for _ in 0..5 {
+            let d = DeployId::generate();
+            let request = DeployRequest::new(d.clone(), DeployTrigger::Api);
+            s = logged(s, Command::RequestDeploy(request), t(10, 0, 30), &mut log);
+            s = to_live(s, d, t(10, 0, 30), &mut log);
+        }
+        assert_eq!(s.deploys.len(), 6, "the rules hold the ended deploys");
+        (s, log)
+    }
+
+    /// The view's one job holds its live deploy and at most one ended one
+    /// (the fold lets ended deploys go one look at a time), and ticks as
+    /// the whole state does.
+    fn holds_the_live_deploy_alone(v: &CronView, whole: &ServiceState) {
+        let job = v.jobs.values().next().unwrap();
+        assert!(job.state.deploys.len() <= 2, "{:?}", job.state.deploys);
+        assert_eq!(
+            job.state.live_deploy().map(|d| &d.id),
+            whole.live_deploy().map(|d| &d.id)
+        );
+        let (full, _) = view(whole.clone(), None);
+        let tried = HashMap::new();
+        let expected = starts(&full, &tried, t(10, 20, 5));
+        assert!(!expected.is_empty());
+        assert_eq!(starts(v, &tried, t(10, 20, 5)), expected);
+    }
+
+    #[test]
+    fn the_view_holds_no_ended_deploys_folded_or_restored() {
+        use berth_eventlog::projection::Projection;
+        let (whole, events) = redeployed_job();
+        // Folded from the log.
+        let id = berth_schemas::AggregateId::Service(ServiceId::generate());
+        let mut folded = CronView::default();
+        for (i, event) in events.into_iter().enumerate() {
+            let env = berth_schemas::Envelope {
+                id: berth_schemas::ids::EventId::generate(),
+                version: event.version(),
+                aggregate: id.clone(),
+                sequence: i as u64 + 1,
+                time: t(10, 0, 30),
+                actor: berth_schemas::Actor::system("test"),
+                correlation_id: None,
+                causation_id: None,
+                event,
+            };
+            folded.apply(i as u64 + 1, &env);
+        }
+        holds_the_live_deploy_alone(&folded, &whole);
+        // Restored from a snapshot that held every recent deploy.
+        let (snapshot, _) = view(whole.clone(), None);
+        let mut restored = CronView::default();
+        restored.restore(snapshot);
+        holds_the_live_deploy_alone(&restored, &whole);
     }
 
     fn view(state: ServiceState, last: Option<DateTime<Utc>>) -> (CronView, ServiceId) {

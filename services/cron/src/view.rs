@@ -1,7 +1,7 @@
 //! The cron component's read model: every cron job's service state and the
 //! latest schedule time already handled for it, plus every node's capacity
 //! (for placing runs). Folded from the whole log by a `ProjectionRunner`;
-//! services of other types are not kept.
+//! services of other types are not kept, nor a job's ended deploys.
 //!
 //! "Handled" means a run was started or a skip recorded for that due time:
 //! a scheduled start carries `cron-schedule:<time>` as its causation id
@@ -22,6 +22,13 @@ use serde::{Deserialize, Serialize};
 
 /// Causation id prefix of scheduled starts.
 pub const SCHEDULE_CAUSE: &str = "cron-schedule:";
+
+/// Ended deploys a job's state holds beside its running, queued and live
+/// ones: none. A tick reads the live deploy, the schedule and the run in
+/// progress; what the service's rules decide is decided on the store's
+/// state, so the view need not hold the hundred recent deploys the rules
+/// keep (at 10,000 cron jobs that was most of the view).
+const KEPT_SERVED: usize = 0;
 
 /// One cron job as the component sees it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -83,7 +90,10 @@ impl Projection for CronView {
             AggregateId::Service(id) => {
                 if let Event::ServiceCreated(c) = &env.event {
                     if c.service_type == ServiceType::CronJob {
-                        self.jobs.entry(id.clone()).or_default();
+                        self.jobs.entry(id.clone()).or_insert_with(|| Job {
+                            state: ServiceState::keeping_served(KEPT_SERVED),
+                            last_scheduled: None,
+                        });
                     }
                 }
                 let Some(job) = self.jobs.get_mut(id) else {
@@ -118,7 +128,11 @@ impl Projection for CronView {
         Some(self)
     }
 
-    fn restore(&mut self, snapshot: CronView) {
+    fn restore(&mut self, mut snapshot: CronView) {
+        // Read back holding every recent deploy: down to what ticks need.
+        for job in snapshot.jobs.values_mut() {
+            job.state.keep_only_served(KEPT_SERVED);
+        }
         *self = snapshot;
     }
 }
