@@ -130,13 +130,42 @@ impl TimelineEvent {
     /// Render's types carry Render's details (required fields first);
     /// berth's own facts ride along as extra fields.
     pub fn from_envelope(env: &Envelope) -> Option<Self> {
+        let (service, kind, details) = Self::mapped(env, true)?;
+        Some(Self {
+            id: env.id.to_string(),
+            timestamp: env.time,
+            service_id: service.to_string(),
+            kind: kind.to_owned(),
+            details: strip_nulls(details),
+        })
+    }
+
+    /// The service and type of the timeline entry for one logged event, if
+    /// it is one users see, without making its details.
+    pub fn kind_of(env: &Envelope) -> Option<(&ServiceId, &'static str)> {
+        Self::mapped(env, false).map(|(service, kind, _)| (service, kind))
+    }
+
+    /// The service, type and (if `details`, else null) details of the
+    /// entry for `env`.
+    fn mapped(env: &Envelope, details: bool) -> Option<(&ServiceId, &'static str, Value)> {
         let AggregateId::Service(service) = &env.aggregate else {
             return None;
         };
+        // An entry's details, made only when asked for.
+        macro_rules! d {
+            ($($json:tt)+) => {
+                if details {
+                    json!($($json)+)
+                } else {
+                    Value::Null
+                }
+            };
+        }
         let (kind, details) = match &env.event {
             Event::DeployStarted(e) => (
                 "deploy_started",
-                json!({
+                d!({
                     "deployId": e.deploy,
                     "trigger": trigger(e.trigger),
                     "triggerName": e.trigger.map(|t| snake(&t)),
@@ -144,7 +173,7 @@ impl TimelineEvent {
             ),
             Event::DeployLive(e) => (
                 "deploy_ended",
-                json!({
+                d!({
                     "deployId": e.deploy,
                     "deployStatus": "succeeded",
                     "status": numeric_status("succeeded"),
@@ -155,7 +184,7 @@ impl TimelineEvent {
             ),
             Event::DeployFailed(e) => (
                 "deploy_ended",
-                json!({
+                d!({
                     "deployId": e.deploy,
                     "deployStatus": "failed",
                     "status": numeric_status("failed"),
@@ -166,7 +195,7 @@ impl TimelineEvent {
             ),
             Event::DeployCanceled(e) => (
                 "deploy_ended",
-                json!({
+                d!({
                     "deployId": e.deploy,
                     "deployStatus": "canceled",
                     "status": numeric_status("canceled"),
@@ -182,13 +211,13 @@ impl TimelineEvent {
             // by the deploy.
             Event::PreDeployStarted(e) => (
                 "pre_deploy_started",
-                json!({ "deployId": e.deploy, "deployCommandExecutionId": e.deploy }),
+                d!({ "deployId": e.deploy, "deployCommandExecutionId": e.deploy }),
             ),
             Event::PreDeployEnded(e) => {
                 let outcome = if e.success { "succeeded" } else { "failed" };
                 (
                     "pre_deploy_ended",
-                    json!({
+                    d!({
                         "deployId": e.deploy,
                         "deployCommandExecutionId": e.deploy,
                         "preDeployStatus": outcome,
@@ -205,7 +234,7 @@ impl TimelineEvent {
             }
             Event::ImagePullFailed(e) => (
                 "image_pull_failed",
-                json!({
+                d!({
                     "message": e.message,
                     "imageURL": e.image,
                     "deployId": e.deploy,
@@ -215,7 +244,7 @@ impl TimelineEvent {
             ),
             Event::ServerFailed(e) => (
                 "server_failed",
-                json!({
+                d!({
                     "instanceID": e.instances.first(),
                     "reason": failure(json!({
                         "evicted": true,
@@ -227,7 +256,7 @@ impl TimelineEvent {
             ),
             Event::ServerRestarted(e) => (
                 "server_restarted",
-                json!({
+                d!({
                     "triggeredByUser": null,
                     "instanceId": e.instance,
                     "attempt": e.attempt,
@@ -235,7 +264,7 @@ impl TimelineEvent {
             ),
             Event::PlacementBlocked(e) => (
                 "placement_blocked",
-                json!({
+                d!({
                     "deployId": e.deploy,
                     "unplaced": e.unplaced,
                     "cpuMillis": e.cpu_millis,
@@ -248,15 +277,15 @@ impl TimelineEvent {
             ),
             Event::InstanceCountChanged(e) => (
                 "instance_count_changed",
-                json!({ "fromInstances": e.from, "toInstances": e.to }),
+                d!({ "fromInstances": e.from, "toInstances": e.to }),
             ),
             Event::CronJobRunStarted(e) => (
                 "cron_job_run_started",
-                json!({ "cronJobRunId": e.run, "digest": e.digest, "manual": e.manual }),
+                d!({ "cronJobRunId": e.run, "digest": e.digest, "manual": e.manual }),
             ),
             Event::CronJobRunEnded(e) => (
                 "cron_job_run_ended",
-                json!({
+                d!({
                     "cronJobRunId": e.run,
                     "status": cron_status(&e.status),
                     "reason": (e.status != "succeeded" && e.status != "canceled").then(|| {
@@ -272,17 +301,17 @@ impl TimelineEvent {
             ),
             Event::CronJobRunSkipped(e) => (
                 "cron_job_run_skipped",
-                json!({ "scheduledFor": e.scheduled_for, "activeRunId": e.active_run }),
+                d!({ "scheduledFor": e.scheduled_for, "activeRunId": e.active_run }),
             ),
             Event::RollbackTargetMissing(e) => (
                 "rollback_target_missing",
-                json!({ "deployId": e.deploy, "digest": e.digest }),
+                d!({ "deployId": e.deploy, "digest": e.digest }),
             ),
-            Event::ServiceSuspended(_) => ("service_suspended", json!({})),
-            Event::ServiceResumed(_) => ("service_resumed", json!({})),
+            Event::ServiceSuspended(_) => ("service_suspended", d!({})),
+            Event::ServiceResumed(_) => ("service_resumed", d!({})),
             Event::CertificateIssued(e) => (
                 "certificate_issued",
-                json!({
+                d!({
                     "domain": e.domain,
                     "notAfter": e.not_after,
                     "serial": e.serial,
@@ -291,23 +320,17 @@ impl TimelineEvent {
             ),
             Event::CertificateFailed(e) => (
                 "certificate_failed",
-                json!({
+                d!({
                     "domain": e.domain,
                     "reason": e.reason.as_str(),
                     "attempt": e.attempt,
                     "retryInSecs": e.retry_in_secs,
                 }),
             ),
-            Event::CertificateRemoved(e) => ("certificate_removed", json!({ "domain": e.domain })),
+            Event::CertificateRemoved(e) => ("certificate_removed", d!({ "domain": e.domain })),
             _ => return None,
         };
-        Some(Self {
-            id: env.id.to_string(),
-            timestamp: env.time,
-            service_id: service.to_string(),
-            kind: kind.to_owned(),
-            details: strip_nulls(details),
-        })
+        Some((service, kind, details))
     }
 
     /// berth's outcome of an ended deploy (`live`, `update_failed`,
@@ -800,13 +823,18 @@ impl Timeline {
     /// Adds the entry for `env`, committed at `stream_seq`, if any (a
     /// redelivered event is ignored).
     pub fn push(&mut self, stream_seq: u64, env: &Envelope) {
-        let Some(t) = TimelineEvent::from_envelope(env) else {
+        let Some((service, kind)) = TimelineEvent::kind_of(env) else {
             return;
         };
-        let Some(held) = Held::of(stream_seq, env, &t.kind) else {
+        let Some(held) = Held::of(stream_seq, env, kind) else {
             return;
         };
-        let recent = self.services.entry(t.service_id).or_default();
+        if !self.services.contains_key(service.as_str()) {
+            self.services.insert(service.to_string(), Recent::default());
+        }
+        let Some(recent) = self.services.get_mut(service.as_str()) else {
+            return;
+        };
         let list = &mut recent.entries;
         // Commits arrive in order; a replay of the same event keeps one copy.
         if list.last().is_some_and(|last| last.id == held.id) {
@@ -1278,6 +1306,11 @@ mod tests {
             timeline.push(i as u64 + 1, &envelope);
             log.push(envelope.clone());
             let t = TimelineEvent::from_envelope(&envelope).unwrap_or_else(|| unreachable!());
+            assert_eq!(
+                TimelineEvent::kind_of(&envelope),
+                Some((&svc, t.kind.as_str())),
+                "the type held is the type mapped"
+            );
             mapped.push(t.clone());
             seen.insert(t.kind.clone());
             let Some((_, fields)) = schemas.iter().find(|(k, _)| *k == t.kind) else {
