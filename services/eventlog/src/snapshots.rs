@@ -14,7 +14,7 @@
 //! A read model's snapshot is streamed both ways ([`write_streamed`],
 //! [`read_streamed`]): it is encoded on a blocking thread that hands each
 //! chunk to the bucket as it fills, and decoded from the chunks as they
-//! arrive, so a snapshot of tens of megabytes costs a couple of chunks of
+//! arrive, so a snapshot of tens of megabytes costs a few chunks of
 //! memory beside the state it is made from or restores, not a second copy
 //! of it (and no growing buffer's reallocations).
 
@@ -185,8 +185,8 @@ impl Write for ChunkSink {
 }
 
 /// Writes at `key` what `encode` writes to its sink, chunked when longer
-/// than `chunk` bytes. `encode` runs on a blocking thread; at most two
-/// chunks are held at once.
+/// than `chunk` bytes. `encode` runs on a blocking thread; at most three
+/// chunks are held at once (being filled, waiting, being written).
 pub(crate) async fn write_streamed<F>(
     kv: &kv::Store,
     key: &str,
