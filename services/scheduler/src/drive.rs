@@ -47,6 +47,18 @@ impl Driven {
         *at = (*at).max(seq);
     }
 
+    /// Forgets `service` (deleted, nothing of it left on nodes).
+    pub(crate) fn forget(&self, service: &ServiceId) {
+        let mut driven = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        driven.remove(service);
+    }
+
+    /// Services remembered.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Whether a drive of `service` finished on a state at or past stream
     /// sequence `seq` (so it acted on the commit stored there).
     pub(crate) fn past(&self, service: &ServiceId, seq: u64) -> bool {
@@ -103,14 +115,20 @@ async fn rounds(
         let next = pass(inner, service).await;
         metrics::histogram!("berth_scheduler_pass_seconds").record(t0.elapsed().as_secs_f64());
         match next? {
-            (Next::Done(requeue), seen) => {
+            (Next::Done(requeue), seen, gone) => {
                 if let Some(after) = requeue {
                     inner.requeue(service, after);
                 }
-                inner.driven.record(service, seen);
+                if gone && requeue.is_none() {
+                    // Deleted with nothing left on nodes: what this copy
+                    // keeps per service leaves with it.
+                    inner.forget(service, &lock);
+                } else {
+                    inner.driven.record(service, seen);
+                }
                 return Ok(());
             }
-            (Next::Again, _) => {}
+            (Next::Again, ..) => {}
         }
     }
     // Busy, not broken: try again soon rather than fail the event.
@@ -193,8 +211,9 @@ pub(crate) async fn enqueue(
     Ok(())
 }
 
-/// One pass, and the stream sequence of the state it was made on.
-async fn pass(inner: &Inner, service: &ServiceId) -> Result<(Next, u64), SchedulerError> {
+/// One pass, the stream sequence of the state it was made on, and whether
+/// the service is gone (deleted or never created, no instance left).
+async fn pass(inner: &Inner, service: &ServiceId) -> Result<(Next, u64, bool), SchedulerError> {
     let aggregate = AggregateId::Service(service.clone());
     // The store's folded state: a pass folds only what was appended since
     // the last one, not the service's history.
@@ -205,8 +224,9 @@ async fn pass(inner: &Inner, service: &ServiceId) -> Result<(Next, u64), Schedul
         .map_err(SchedulerError::store)?;
     inner.cluster.record_service(service, &state);
     let seen = version.stream_seq;
+    let gone = !state.exists() && state.instances.is_empty();
     let Some(cfg) = state.config.clone() else {
-        return Ok((Next::Done(None), seen));
+        return Ok((Next::Done(None), seen, gone));
     };
     // A node another copy placed on that this copy has not loaded yet
     // would look gone: load it first, so nothing is placed twice.
@@ -235,7 +255,7 @@ async fn pass(inner: &Inner, service: &ServiceId) -> Result<(Next, u64), Schedul
         version,
         state,
     };
-    Ok((carry::carry_out(&p, &cfg, steps).await?, seen))
+    Ok((carry::carry_out(&p, &cfg, steps).await?, seen, gone))
 }
 
 #[cfg(test)]

@@ -111,10 +111,45 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    fn new(
+        store: &EventStore,
+        key: &Arc<SecretKey>,
+        opts: &SchedulerOptions,
+        shutdown: &CancellationToken,
+    ) -> Arc<Inner> {
+        Arc::new_cyclic(|me| Inner {
+            cluster: Cluster::new(store.clone(), opts.heartbeat_timeout, opts.readiness_window),
+            store: store.clone(),
+            key: key.clone(),
+            opts: opts.clone(),
+            locks: Mutex::default(),
+            driven: drive::Driven::default(),
+            timers: Mutex::default(),
+            parking: Mutex::default(),
+            tasks: TaskTracker::new(),
+            shutdown: shutdown.clone(),
+            me: me.clone(),
+        })
+    }
+
     /// One pass at a time per service in this copy.
     pub(crate) fn service_lock(&self, service: &ServiceId) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(service.clone()).or_default().clone()
+    }
+
+    /// Forgets `service`'s lock and how far it was driven, unless another
+    /// drive holds or waits on the lock (`lock` is the caller's, held).
+    pub(crate) fn forget(&self, service: &ServiceId, lock: &Arc<tokio::sync::Mutex<()>>) {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        // The map's handle and the caller's: no one else has it.
+        if locks
+            .get(service)
+            .is_some_and(|l| Arc::ptr_eq(l, lock) && Arc::strong_count(l) == 2)
+        {
+            locks.remove(service);
+            self.driven.forget(service);
+        }
     }
 
     /// Drives `service` again after `after`, unless an earlier timer is
@@ -214,23 +249,7 @@ impl Scheduler {
         ready: Option<ReadyFlag>,
     ) -> Result<(), SchedulerError> {
         let subjects = self.store.subjects().clone();
-        let inner = Arc::new_cyclic(|me| Inner {
-            cluster: Cluster::new(
-                self.store.clone(),
-                self.opts.heartbeat_timeout,
-                self.opts.readiness_window,
-            ),
-            store: self.store.clone(),
-            key: self.key.clone(),
-            opts: self.opts.clone(),
-            locks: Mutex::default(),
-            driven: drive::Driven::default(),
-            timers: Mutex::default(),
-            parking: Mutex::default(),
-            tasks: TaskTracker::new(),
-            shutdown: shutdown.clone(),
-            me: me.clone(),
-        });
+        let inner = Inner::new(&self.store, &self.key, &self.opts, &shutdown);
         let heartbeats = self
             .store
             .client()
@@ -483,5 +502,66 @@ async fn recover_or_load(inner: &Arc<Inner>, node: &NodeId) {
         {
             tracing::warn!(node.id = %node, error = %e, "node_recovered not recorded");
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use berth_domain::service::Command;
+    use berth_schemas::model::ServiceType;
+    use berth_tests::scheduler::World;
+
+    fn remembered(inner: &Inner, service: &ServiceId) -> (bool, usize) {
+        let locks = inner.locks.lock().unwrap();
+        (locks.contains_key(service), inner.driven.len())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deleted_service_leaves_what_a_copy_keeps_per_service() {
+        let w = World::start().await;
+        let shutdown = CancellationToken::new();
+        let inner = Inner::new(
+            &w.store,
+            &Arc::new(w.key.clone()),
+            &SchedulerOptions::default(),
+            &shutdown,
+        );
+        let (svc, _) = w.create(ServiceType::BackgroundWorker, |_| {}).await;
+        drive::drive(&inner, &svc, None).await.unwrap();
+        assert!(remembered(&inner, &svc).0, "a driven service has its lock");
+
+        // Deleted before anything was placed: nothing of it on nodes.
+        w.command(&svc, Command::Delete).await;
+        drive::drive(&inner, &svc, None).await.unwrap();
+        assert_eq!(
+            remembered(&inner, &svc),
+            (false, 0),
+            "a deleted service with nothing left is forgotten"
+        );
+
+        // A drive waiting on the lock keeps it: it is not forgotten under
+        // a drive that holds it.
+        let (other, _) = w.create(ServiceType::BackgroundWorker, |_| {}).await;
+        w.command(&other, Command::Delete).await;
+        let held = inner.service_lock(&other);
+        let guard = held.lock().await;
+        let waiting = tokio::spawn({
+            let inner = Arc::clone(&inner);
+            let other = other.clone();
+            async move { drive::drive(&inner, &other, None).await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(guard);
+        waiting.await.unwrap().unwrap();
+        assert!(
+            remembered(&inner, &other).0,
+            "forgotten while another handle on its lock was held"
+        );
+        drop(held);
+        drive::drive(&inner, &other, None).await.unwrap();
+        assert!(!remembered(&inner, &other).0);
+        shutdown.cancel();
     }
 }
