@@ -266,6 +266,15 @@ impl Projection for Padded {
     }
 }
 
+/// Options snapshotting at `key` only when asked (`snapshot_now`).
+fn on_demand(key: &str) -> ProjectionOptions {
+    ProjectionOptions {
+        snapshot_every_commits: u64::MAX,
+        snapshot_every: Duration::from_secs(3600),
+        ..opts(Some(key))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_bigger_than_a_message_is_chunked_and_restored() {
     init_tracing();
@@ -273,11 +282,7 @@ async fn snapshot_bigger_than_a_message_is_chunked_and_restored() {
         let server = NatsServer::start(version).unwrap();
         let client = server.connect().await.unwrap();
         let store = open_store(&client, 1).await.unwrap();
-        let opts = || ProjectionOptions {
-            snapshot_every_commits: u64::MAX,
-            snapshot_every: Duration::from_secs(3600),
-            ..opts(Some("big"))
-        };
+        let opts = || on_demand("big");
         for round in 0..2 {
             // 300 commits, 400 events: ~3.3 MB of state, then ~6.6 MB.
             let last = write_events(&store, 5, 300).await;
@@ -318,11 +323,7 @@ async fn a_chunked_snapshot_that_is_not_whole_is_refused() {
     let server = NatsServer::start(NatsVersion::Modern).unwrap();
     let client = server.connect().await.unwrap();
     let store = open_store(&client, 1).await.unwrap();
-    let opts = || ProjectionOptions {
-        snapshot_every_commits: u64::MAX,
-        snapshot_every: Duration::from_secs(3600),
-        ..opts(Some("big"))
-    };
+    let opts = || on_demand("big");
     let last = write_events(&store, 5, 300).await;
     let mut first = ProjectionRunner::new(&store, Padded::default(), opts());
     first.catch_up().await.unwrap();

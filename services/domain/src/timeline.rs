@@ -829,12 +829,7 @@ impl Timeline {
         let Some(held) = Held::of(stream_seq, env, kind) else {
             return;
         };
-        if !self.services.contains_key(service.as_str()) {
-            self.services.insert(service.to_string(), Recent::default());
-        }
-        let Some(recent) = self.services.get_mut(service.as_str()) else {
-            return;
-        };
+        let recent = self.services.entry(service.to_string()).or_default();
         let list = &mut recent.entries;
         // Commits arrive in order; a replay of the same event keeps one copy.
         if list.last().is_some_and(|last| last.id == held.id) {

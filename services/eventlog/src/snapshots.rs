@@ -126,7 +126,8 @@ impl<'a> ChunkedPut<'a> {
     }
 }
 
-/// Writes `bytes` at `key`, chunked when longer than `chunk` bytes.
+/// Writes `bytes` at `key`, chunked when longer than `chunk` bytes (as
+/// [`write_streamed`] does).
 pub(crate) async fn write(
     kv: &kv::Store,
     key: &str,
@@ -134,18 +135,10 @@ pub(crate) async fn write(
     chunk: usize,
     generation: u64,
 ) -> Result<(), String> {
-    if bytes.len() <= chunk {
-        return kv
-            .put(key, bytes.into())
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string());
-    }
-    let mut put = ChunkedPut::new(kv, key, generation);
-    for part in bytes.chunks(chunk) {
-        put.chunk(part).await?;
-    }
-    put.finish().await
+    write_streamed(kv, key, chunk, generation, move |sink| {
+        sink.write_all(&bytes).map_err(|e| e.to_string())
+    })
+    .await
 }
 
 /// A piece of a snapshot being encoded.
@@ -278,33 +271,15 @@ async fn fetch_chunk(kv: &kv::Store, key: &str, m: &Manifest, i: u32) -> Result<
     Ok(part)
 }
 
-fn wrong_length(read: u64, m: &Manifest) -> ReadError {
-    ReadError::Broken(format!("{read} bytes joined, manifest says {}", m.len))
-}
-
-/// What is stored at `key`: a snapshot, or a chunked one's manifest.
-async fn head(kv: &kv::Store, key: &str) -> Result<Option<Bytes>, ReadError> {
-    kv.get(key)
-        .await
-        .map_err(|e| ReadError::Request(e.to_string()))
-}
-
-/// Reads the snapshot at `key`, joining chunks when it was chunked.
+/// Reads the snapshot at `key`, joining chunks when it was chunked (as
+/// [`read_streamed`] does).
 pub(crate) async fn read(kv: &kv::Store, key: &str) -> Result<Option<Vec<u8>>, ReadError> {
-    let Some(head) = head(kv, key).await? else {
-        return Ok(None);
-    };
-    let Some(m) = manifest(&head) else {
-        return Ok(Some(head.to_vec()));
-    };
-    let mut bytes = Vec::with_capacity(usize::try_from(m.len).unwrap_or(0));
-    for i in 0..m.chunks {
-        bytes.extend_from_slice(&fetch_chunk(kv, key, &m, i).await?);
-    }
-    if bytes.len() as u64 != m.len {
-        return Err(wrong_length(bytes.len() as u64, &m));
-    }
-    Ok(Some(bytes))
+    read_streamed(kv, key, |r| {
+        let mut bytes = Vec::new();
+        r.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+        Ok(bytes)
+    })
+    .await
 }
 
 /// What a streamed snapshot is decoded from: its chunks, as they arrive.
@@ -340,7 +315,11 @@ where
     T: Send + 'static,
     F: FnOnce(&mut ChunkReader) -> Result<T, String> + Send + 'static,
 {
-    let Some(head) = head(kv, key).await? else {
+    let Some(head) = kv
+        .get(key)
+        .await
+        .map_err(|e| ReadError::Request(e.to_string()))?
+    else {
         return Ok(None);
     };
     let Some(m) = manifest(&head) else {
@@ -387,7 +366,10 @@ where
     fetched?;
     let (state, rest) = decoded.map_err(ReadError::Broken)?;
     if sent != m.len {
-        return Err(wrong_length(sent, &m));
+        return Err(ReadError::Broken(format!(
+            "{sent} bytes joined, manifest says {}",
+            m.len
+        )));
     }
     if rest != 0 {
         return Err(ReadError::Broken(format!(

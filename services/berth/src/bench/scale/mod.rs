@@ -259,7 +259,6 @@ pub(crate) async fn caught_up(url: &str, within: Duration) -> anyhow::Result<Cau
     }
 }
 
-/// One deploy hook call; its latency.
 /// The body of a successful GET of `url` with `key`; `what` names it in
 /// errors.
 async fn get(
@@ -280,6 +279,7 @@ async fn get(
     r.bytes().await.with_context(|| format!("{what}: body"))
 }
 
+/// One deploy hook call; its latency.
 async fn hook(
     http: &reqwest::Client,
     api: &str,
