@@ -191,6 +191,11 @@ impl NatsServer {
         self.port
     }
 
+    /// The server's process id while it runs (benchmarks read its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Connects a client that keeps retrying across restarts, once
     /// JetStream answers.
     pub async fn connect(&self) -> Result<async_nats::Client> {

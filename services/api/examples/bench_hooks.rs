@@ -17,6 +17,9 @@
 //! wrk (`-t2 -c<connections> --latency`) drives each for `seconds` (default
 //! 10), in `rounds` (default 3) that interleave the four; the bar is the
 //! median per-round ratio of hooks to baseline ≥ 50 % with p99 < 25 ms.
+//! Each run also reports the CPU one request cost this process and
+//! nats-server (from `/proc/<pid>/stat`), so the gap between hooks and the
+//! floor shows where it is spent.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -40,6 +43,23 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Run {
     rps: f64,
     p99_ms: f64,
+    /// CPU per request, in µs: this process (the handler, berth's store and
+    /// read model) and nats-server.
+    cpu_us: (f64, f64),
+}
+
+/// CPU time a process's threads have used so far, in seconds: the sum of
+/// each thread's time on a CPU (`/proc/<pid>/task/*/schedstat`, in ns; the
+/// 100 Hz tick counts of `/proc/<pid>/stat` are too coarse here).
+fn cpu_secs(pid: &str) -> f64 {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        // A thread that ends meanwhile is skipped.
+        if let Ok(s) = std::fs::read_to_string(task.unwrap().path().join("schedstat")) {
+            ns += s.split(' ').next().unwrap().parse::<u64>().unwrap();
+        }
+    }
+    ns as f64 / 1e9
 }
 
 fn ms(s: &str) -> f64 {
@@ -55,7 +75,13 @@ fn ms(s: &str) -> f64 {
     }
 }
 
-fn wrk(name: &str, addr: SocketAddr, paths: &[String], secs: u32, conns: u32) -> Run {
+fn wrk(
+    name: &str,
+    addr: SocketAddr,
+    paths: &[String],
+    (secs, conns): (u32, u32),
+    nats_pid: &str,
+) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("paths.lua");
     let list = paths
@@ -71,6 +97,7 @@ fn wrk(name: &str, addr: SocketAddr, paths: &[String], secs: u32, conns: u32) ->
         ),
     )
     .unwrap();
+    let cpu_before = (cpu_secs("self"), cpu_secs(nats_pid));
     let out = Command::new("wrk")
         .args([
             "-t2",
@@ -83,6 +110,10 @@ fn wrk(name: &str, addr: SocketAddr, paths: &[String], secs: u32, conns: u32) ->
         .arg(format!("http://{addr}"))
         .output()
         .expect("wrk is installed");
+    let cpu = (
+        cpu_secs("self") - cpu_before.0,
+        cpu_secs(nats_pid) - cpu_before.1,
+    );
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let rps = text
         .lines()
@@ -97,8 +128,17 @@ fn wrk(name: &str, addr: SocketAddr, paths: &[String], secs: u32, conns: u32) ->
     if text.contains("Non-2xx") {
         panic!("{name}: non-2xx answers:\n{text}");
     }
-    println!("{name}: {rps:.0} req/s, p99 {p99:.2} ms");
-    Run { rps, p99_ms: p99 }
+    let requests = rps * f64::from(secs);
+    let cpu_us = (cpu.0 / requests * 1e6, cpu.1 / requests * 1e6);
+    println!(
+        "{name}: {rps:.0} req/s, p99 {p99:.2} ms, CPU per request {:.1} µs here + {:.1} µs nats-server",
+        cpu_us.0, cpu_us.1
+    );
+    Run {
+        rps,
+        p99_ms: p99,
+        cpu_us,
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -114,6 +154,7 @@ fn median_run(runs: &[Run]) -> Run {
     Run {
         rps: m.rps,
         p99_ms: m.p99_ms,
+        cpu_us: m.cpu_us,
     }
 }
 
@@ -208,31 +249,27 @@ fn main() {
     // Rounds interleave the four handlers, so a burst of load from elsewhere
     // on the machine hits all of them rather than one; medians are reported,
     // and the bar is judged on the median of the per-round ratios.
+    let nats_pid = app.nats.pid().expect("nats-server runs").to_string();
+    let handlers = [
+        (
+            "baseline publish+ack".to_owned(),
+            base,
+            vec!["/".to_owned()],
+        ),
+        (format!("hooks over {services} services"), api, hooks),
+        ("hooks on one service".to_owned(), api, one),
+        (
+            "store.append only (no decision)".to_owned(),
+            floor,
+            vec!["/".to_owned()],
+        ),
+    ];
     let mut runs: [Vec<Run>; 4] = Default::default();
     for round in 0..rounds {
         println!("-- round {} of {rounds}", round + 1);
-        runs[0].push(wrk(
-            "baseline publish+ack",
-            base,
-            &["/".to_owned()],
-            secs,
-            conns,
-        ));
-        runs[1].push(wrk(
-            &format!("hooks over {services} services"),
-            api,
-            &hooks,
-            secs,
-            conns,
-        ));
-        runs[2].push(wrk("hooks on one service", api, &one, secs, conns));
-        runs[3].push(wrk(
-            "store.append only (no decision)",
-            floor,
-            &["/".to_owned()],
-            secs,
-            conns,
-        ));
+        for (runs, (name, addr, paths)) in runs.iter_mut().zip(&handlers) {
+            runs.push(wrk(name, *addr, paths, (secs, conns), &nats_pid));
+        }
     }
     let ratio_of = |k: usize| {
         median(
@@ -280,6 +317,25 @@ fn main() {
         "store.append floor: {:.0} % of baseline; hooks: {:.0} % of that floor",
         ratio_of(3) * 100.0,
         spread.rps / store.rps * 100.0
+    );
+    // Where the difference to the floor goes: the CPU each request costs
+    // this process (handler, decision, store, read model) and nats-server.
+    let cpu_of = |k: usize| {
+        (
+            median(runs[k].iter().map(|r| r.cpu_us.0).collect()),
+            median(runs[k].iter().map(|r| r.cpu_us.1).collect()),
+        )
+    };
+    let (hooks_cpu, floor_cpu) = (cpu_of(1), cpu_of(3));
+    println!(
+        "CPU per request (medians of rounds): hooks {:.1} µs here + {:.1} µs nats-server, \
+         floor {:.1} + {:.1} µs: a hook costs {:+.1} µs here and {:+.1} µs in nats-server",
+        hooks_cpu.0,
+        hooks_cpu.1,
+        floor_cpu.0,
+        floor_cpu.1,
+        hooks_cpu.0 - floor_cpu.0,
+        hooks_cpu.1 - floor_cpu.1
     );
     drop(app);
 }
