@@ -25,6 +25,14 @@ pub async fn open_store(client: &async_nats::Client, replicas: usize) -> Result<
     Ok(EventStore::open(client.clone(), unique_subjects(), cfg).await?)
 }
 
+/// Another store on `store`'s log, over a connection of its own to
+/// `server`: as another process sees the log (it appended none of it, so
+/// it decodes every commit it reads).
+pub async fn store_elsewhere(server: &crate::NatsServer, store: &EventStore) -> Result<EventStore> {
+    let client = server.connect().await?;
+    Ok(EventStore::open(client, store.subjects().clone(), store.config().clone()).await?)
+}
+
 /// A fresh service aggregate id.
 pub fn new_aggregate() -> AggregateId {
     AggregateId::Service(ServiceId::generate())

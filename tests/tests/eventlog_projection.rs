@@ -1,6 +1,7 @@
 //! Projections: a rebuild from scratch equals the live one, with and without
 //! a snapshot; unusable messages are reported with their stream sequence and
-//! handled by policy, never a panic.
+//! handled by policy, never a panic; commits appended in the process reach
+//! its read models as built.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -14,7 +15,7 @@ use berth_eventlog::projection::{
 use berth_eventlog::{StoreError, Version};
 use berth_schemas::ids::EventId;
 use berth_schemas::{Actor, Commit, Envelope};
-use berth_tests::eventlog::{new_aggregate, open_store, step};
+use berth_tests::eventlog::{new_aggregate, open_store, step, store_elsewhere};
 use berth_tests::{init_tracing, NatsServer, NatsVersion};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -121,13 +122,7 @@ async fn rebuilt_projection_equals_live_with_and_without_snapshot() {
         // Through a store of its own (as in another process), which
         // appended none of it: every commit decoded from its message, the
         // same state as from the envelopes this store kept as it appended.
-        let elsewhere = berth_eventlog::EventStore::open(
-            server.connect().await.unwrap(),
-            store.subjects().clone(),
-            store.config().clone(),
-        )
-        .await
-        .unwrap();
+        let elsewhere = store_elsewhere(&server, &store).await.unwrap();
         let mut decoded = ProjectionRunner::new(&elsewhere, Counters::default(), opts(None));
         decoded.catch_up().await.unwrap();
         assert_eq!(
@@ -486,4 +481,116 @@ async fn a_snapshot_waits_until_the_folding_since_the_last_outweighs_its_cost() 
         taken >= 10,
         "a model cheap to snapshot took {taken} snapshots in 200 commits"
     );
+}
+
+/// The commits a read model was handed, by stream sequence.
+#[derive(Debug, Default)]
+struct Handed(BTreeMap<u64, Arc<[Envelope]>>);
+
+impl Projection for Handed {
+    type Snapshot = ();
+    fn apply(&mut self, _: u64, _: &Envelope) {
+        unreachable!("handed whole commits")
+    }
+    fn apply_commit(&mut self, stream_seq: u64, events: &Arc<[Envelope]>) {
+        self.0.insert(stream_seq, Arc::clone(events));
+    }
+    fn snapshot(&self) {}
+    fn restore(&mut self, _: ()) {}
+}
+
+/// A read model following the log in the process that appends is handed
+/// the envelopes the append built (shared, not decoded again from the
+/// message): kept by stream sequence once the append is acknowledged, and
+/// found by the bytes published while the acknowledgement is still on its
+/// way. A store elsewhere decodes its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_appended_here_reach_a_read_model_as_built() {
+    init_tracing();
+    let server = NatsServer::start(NatsVersion::Modern).unwrap();
+    let client = server.connect().await.unwrap();
+    let store = open_store(&client, 1).await.unwrap();
+    let elsewhere = store_elsewhere(&server, &store).await.unwrap();
+
+    // Acknowledged before any read model follows: taken by sequence.
+    let mut appended = Vec::new();
+    for i in 0..64 {
+        let agg = new_aggregate();
+        let events = vec![step(0, "x"), step(1, "y")];
+        let key = format!("{agg}-{i}");
+        appended.push(
+            store
+                .append(&agg, Version::NEW, events, &key)
+                .await
+                .unwrap(),
+        );
+    }
+    let shutdown = CancellationToken::new();
+    let follow = |store: &berth_eventlog::EventStore| {
+        let runner = ProjectionRunner::new(store, Handed::default(), opts(None));
+        let (state, applied) = (runner.state(), runner.applied());
+        let task = tokio::spawn(runner.run(shutdown.clone()));
+        (state, applied, task)
+    };
+    let (here, mut here_applied, here_task) = follow(&store);
+    let (there, mut there_applied, there_task) = follow(&elsewhere);
+    let last = appended.last().unwrap().version.stream_seq;
+    for applied in [&mut here_applied, &mut there_applied] {
+        tokio::time::timeout(Duration::from_secs(20), applied.wait_for(|s| *s >= last))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    for a in &appended {
+        let seq = a.version.stream_seq;
+        let handed = Arc::clone(here.read().unwrap().0.get(&seq).unwrap());
+        assert!(
+            Arc::ptr_eq(&handed, &a.events),
+            "commit {seq} was decoded again in the process that appended it"
+        );
+        let decoded = Arc::clone(there.read().unwrap().0.get(&seq).unwrap());
+        assert!(!Arc::ptr_eq(&decoded, &a.events));
+        assert_eq!(
+            decoded.iter().map(|e| &e.id).collect::<Vec<_>>(),
+            a.events.iter().map(|e| &e.id).collect::<Vec<_>>()
+        );
+    }
+
+    // An append driven only until it has published (its acknowledgement
+    // not taken yet) while the read model applies its commit: found by its
+    // bytes. An attempt whose acknowledgement is taken first proves
+    // nothing and is tried again.
+    let mut in_flight = 0;
+    for i in 0..5 {
+        let before = *here_applied.borrow();
+        let agg = new_aggregate();
+        let key = format!("{agg}-early-{i}");
+        let append = store.append(&agg, Version::NEW, vec![step(0, "x")], &key);
+        tokio::pin!(append);
+        let (done, early) = loop {
+            if let std::task::Poll::Ready(done) = futures::poll!(&mut append) {
+                break (done.unwrap(), false);
+            }
+            let applied = here_applied.wait_for(|s| *s > before);
+            if tokio::time::timeout(Duration::from_millis(50), applied)
+                .await
+                .is_ok()
+            {
+                break (append.await.unwrap(), true);
+            }
+        };
+        if early {
+            let seq = done.version.stream_seq;
+            let handed = Arc::clone(here.read().unwrap().0.get(&seq).unwrap());
+            assert!(
+                Arc::ptr_eq(&handed, &done.events),
+                "commit {seq}, delivered before its acknowledgement, was decoded again"
+            );
+            in_flight += 1;
+        }
+    }
+    assert!(in_flight > 0, "no delivery came before its acknowledgement");
+    shutdown.cancel();
+    here_task.await.unwrap().unwrap();
+    there_task.await.unwrap().unwrap();
 }
