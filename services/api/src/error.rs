@@ -141,7 +141,7 @@ impl From<IngressError> for ApiError {
 /// Turns the framework's own plain-text rejections (a path segment that
 /// is not UTF-8, a wrong content type, …) into the `{id, message}` shape.
 /// The dashboard's HTML pages pass as they are.
-pub async fn json_errors(resp: Response) -> Response {
+pub fn json_errors(resp: Response) -> Response {
     let status = resp.status();
     let typed = resp
         .headers()

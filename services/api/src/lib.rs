@@ -246,7 +246,10 @@ pub fn router(state: AppState) -> Router {
         })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(app::MAX_BODY_BYTES))
-        .layer(axum::middleware::map_response(error::json_errors))
+        // A plain function over every answer, not axum's `map_response`
+        // (which boxes a future per request: ~0.8 µs of a deploy hook's
+        // ~46 µs of CPU).
+        .layer(tower::util::MapResponseLayer::new(error::json_errors))
         .with_state(state)
 }
 
