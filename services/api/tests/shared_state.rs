@@ -30,6 +30,12 @@ async fn the_index_and_the_store_hold_one_copy_of_a_service_state() {
             .await;
         assert!(s.is_success(), "{action}: {s} {v}");
     }
+    // Resuming deploys again: the resolver's answer to that deploy is the
+    // service's last commit, before it goes quiet (else it may land while
+    // the log moves on below, and the service is not quiet at the end).
+    let resumed = app.latest_deploy(&alice, &svc).await;
+    assert_ne!(resumed, dep, "resuming deploys");
+    app.wait_resolved(&alice, &svc, &resumed).await;
     let (s, v) = app
         .patch(
             &format!("/v1/services/{svc}"),
