@@ -302,6 +302,31 @@ async fn cron_runs_are_listed_newest_first_with_how_they_ended() {
     assert_eq!(listed.last().map(String::as_str), Some(first_id.as_str()));
     let unique: std::collections::HashSet<&String> = listed.iter().collect();
     assert_eq!(unique.len(), listed.len());
+    // Small pages, deep into the entries held and then from the log: each
+    // run shows how it ended (a page reads the ends up to the next run's
+    // start, its own runs' and no more).
+    let mut cursor = String::new();
+    let mut seen = 0;
+    loop {
+        let (s, page) = app
+            .get(&format!("{runs_path}?limit=7{cursor}"), &alice)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        let items = page.as_array().unwrap();
+        let Some(last) = items.last() else { break };
+        for run in items.iter().map(|i| &i["cronJobRun"]) {
+            let ended = if run["id"] == first_id.as_str() {
+                "unsuccessful"
+            } else {
+                "successful"
+            };
+            assert_eq!(run["status"], ended, "{run}");
+            assert!(run["finishedAt"].is_string(), "{run}");
+        }
+        seen += items.len();
+        cursor = format!("&cursor={}", last["cursor"].as_str().unwrap());
+    }
+    assert_eq!(seen, more + 2);
 
     // Another owner's cron job does not exist; a worker has no runs.
     let (s, _) = app.get(&runs_path, &bob).await;

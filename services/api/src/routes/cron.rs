@@ -130,11 +130,22 @@ pub async fn list(
             return Err(ApiError::field("type", "only cron jobs have runs"));
         }
         Ok(match i.timeline(&id, &query).map_err(cursor)? {
-            // The page's starts, and the ends after the oldest of them:
-            // every end a start of the page can have.
+            // The page's starts, and the ends between the oldest of them
+            // and the next start after the newest: every end a start of
+            // the page can have. One run is active at a time, so a run
+            // ends before the next one starts (a manual run's start and
+            // the end of the run it cancels share a commit); a deep page
+            // reads the ends of its own runs, not every end since.
             Answer::Page(page) => {
-                let oldest = page.entries.iter().map(|e| e.seq).min().unwrap_or(u64::MAX);
-                let ends = i.timeline_after(&id, oldest, "cron_job_run_ended");
+                let seqs = || page.entries.iter().map(|e| e.seq);
+                let oldest = seqs().min().unwrap_or(u64::MAX);
+                let newest = seqs().max().unwrap_or(u64::MAX);
+                let next_start = i
+                    .timeline_after(&id, newest, "cron_job_run_started")
+                    .first()
+                    .map_or(u64::MAX, |e| e.seq);
+                let mut ends = i.timeline_after(&id, oldest, "cron_job_run_ended");
+                ends.retain(|e| e.seq <= next_start);
                 Some((page.entries, ends))
             }
             Answer::NeedsHistory => None,
