@@ -16,6 +16,7 @@
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
+use std::io::Write;
 use std::sync::{Arc, Mutex, RwLock};
 
 use berth_schemas::AggregateId;
@@ -25,7 +26,10 @@ use serde::Serialize;
 use crate::{EventStore, Version};
 
 type AnyState = Arc<dyn Any + Send + Sync>;
-type Encode = Box<dyn Fn(&AnyState) -> Option<Vec<u8>> + Send + Sync>;
+/// Encodes a state into a writer (the snapshot bucket's chunks, on a
+/// blocking thread); `Err` if it is not of the codec's type or does not
+/// encode.
+type Encode = Box<dyn Fn(&AnyState, &mut dyn std::io::Write) -> Result<(), String> + Send + Sync>;
 type Decode = Box<dyn Fn(&[u8]) -> Option<AnyState> + Send + Sync>;
 
 /// How one state type is stored.
@@ -101,9 +105,11 @@ impl EventStore {
         let codec = Codec {
             name: name.to_owned(),
             every: every.max(1),
-            encode: Box::new(|state: &AnyState| {
-                let state = state.downcast_ref::<S>()?;
-                rmp_serde::to_vec_named(state).ok()
+            encode: Box::new(|state: &AnyState, out: &mut dyn std::io::Write| {
+                let state = state
+                    .downcast_ref::<S>()
+                    .ok_or_else(|| format!("not a {}", std::any::type_name::<S>()))?;
+                rmp_serde::encode::write_named(out, state).map_err(|e| e.to_string())
             }),
             decode: Box::new(|bytes: &[u8]| {
                 let state: S = rmp_serde::from_slice(bytes).ok()?;
@@ -168,19 +174,26 @@ impl EventStore {
         let store = self.clone();
         let aggregate = aggregate.clone();
         tokio::spawn(async move {
-            let Some(body) = (codec.encode)(&state) else {
-                return;
-            };
-            let mut bytes = Vec::with_capacity(HEADER + body.len());
-            bytes.extend_from_slice(&version.stream_seq.to_be_bytes());
-            bytes.extend_from_slice(&version.events.to_be_bytes());
-            bytes.extend_from_slice(&body);
             let chunk = crate::snapshots::chunk_size(store.client.server_info().max_payload);
-            let generation = version.stream_seq;
             let k = key(&codec.name, &aggregate);
-            if let Err(e) =
-                crate::snapshots::write(&store.snapshots, &k, bytes, chunk, generation).await
-            {
+            // Encoded as it is written, on the snapshot writer's blocking
+            // thread: no runtime thread spends the encoding, and no whole
+            // copy of the encoded state is held.
+            let encode = Arc::clone(&codec);
+            let written = crate::snapshots::write_streamed(
+                &store.snapshots,
+                &k,
+                chunk,
+                version.stream_seq,
+                move |sink| {
+                    sink.write_all(&version.stream_seq.to_be_bytes())
+                        .and_then(|()| sink.write_all(&version.events.to_be_bytes()))
+                        .map_err(|e| e.to_string())?;
+                    (encode.encode)(&state, sink)
+                },
+            )
+            .await;
+            if let Err(e) = written {
                 tracing::warn!(aggregate = %aggregate, error = %e, "folded state not stored");
             }
         });

@@ -11,8 +11,9 @@
 //! one key are never mixed into one snapshot (the read fails instead, as
 //! for any unreadable snapshot).
 //!
-//! A read model's snapshot is streamed both ways ([`write_streamed`],
-//! [`read_streamed`]): it is encoded on a blocking thread that hands each
+//! A snapshot is streamed both ways ([`write_streamed`], [`read_streamed`];
+//! a long aggregate's stored fold is written the same way): it is encoded
+//! on a blocking thread that hands each
 //! chunk to the bucket as it fills, and decoded from the chunks as they
 //! arrive, so a snapshot of tens of megabytes costs a few chunks of
 //! memory beside the state it is made from or restores, not a second copy
@@ -124,21 +125,6 @@ impl<'a> ChunkedPut<'a> {
             .map(|_| ())
             .map_err(|e| format!("manifest: {e}"))
     }
-}
-
-/// Writes `bytes` at `key`, chunked when longer than `chunk` bytes (as
-/// [`write_streamed`] does).
-pub(crate) async fn write(
-    kv: &kv::Store,
-    key: &str,
-    bytes: Vec<u8>,
-    chunk: usize,
-    generation: u64,
-) -> Result<(), String> {
-    write_streamed(kv, key, chunk, generation, move |sink| {
-        sink.write_all(&bytes).map_err(|e| e.to_string())
-    })
-    .await
 }
 
 /// A piece of a snapshot being encoded.
