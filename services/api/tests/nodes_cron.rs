@@ -303,8 +303,8 @@ async fn cron_runs_are_listed_newest_first_with_how_they_ended() {
     let unique: std::collections::HashSet<&String> = listed.iter().collect();
     assert_eq!(unique.len(), listed.len());
     // Small pages, deep into the entries held and then from the log: each
-    // run shows how it ended (a page reads the ends up to the next run's
-    // start, its own runs' and no more).
+    // run shows how it ended (a held page reads only the ends up to the
+    // next run's start; one that stops short leaves a run "pending").
     let mut cursor = String::new();
     let mut seen = 0;
     loop {

@@ -541,8 +541,8 @@ mod tests {
             "a deleted service with nothing left is forgotten"
         );
 
-        // A drive waiting on the lock keeps it: it is not forgotten under
-        // a drive that holds it.
+        // Another handle on the lock (the test's, held while a drive waits
+        // on it) keeps it: a deleted service is not forgotten under it.
         let (other, _) = w.create(ServiceType::BackgroundWorker, |_| {}).await;
         w.command(&other, Command::Delete).await;
         let held = inner.service_lock(&other);
