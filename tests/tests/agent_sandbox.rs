@@ -3,7 +3,8 @@
 //! Docker refuses, no new privileges, masked kernel files; `tini` as PID 1,
 //! so a shell app stops on SIGTERM and orphans are reaped; the pids limit
 //! stopping a fork loop; memory without swap; and the agent's state and
-//! the content store readable by root only.
+//! the content store readable by root only; a non-root app listening on
+//! port 80, as under Docker.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -105,6 +106,58 @@ async fn docker_capabilities_seccomp_no_new_privileges_and_init() {
     assert_eq!(status_field(&lines, "CapPrm"), NO_CAPS);
     assert_eq!(status_field(&lines, "CapBnd"), DOCKER_CAPS);
     assert_eq!(status_field(&lines, "Seccomp"), "2");
+}
+
+/// An image that runs as a non-root user and listens on port 80 (or pings)
+/// works as under `docker run`, which lets any user of a container's own
+/// network namespace bind ports below 1024 and open ICMP datagram sockets:
+/// in a namespace on the node's bridge (made by the node) and in a
+/// loopback-only one (made by runc).
+#[tokio::test]
+async fn a_non_root_app_listens_on_port_80_as_under_docker() {
+    let node = Node::start().await;
+    let app = node
+        .image(&busybox_image(json!({
+            "Cmd": ["/bin/sh"], "Env": ["PATH=/bin"], "User": "app",
+        })))
+        .await;
+    // httpd forks into the background once it has bound its port, and
+    // fails with "bind: Permission denied" if it cannot.
+    let command = r#"sh -c 'id -u; busybox httpd -p 80 -h / && echo listening-on-80; cat /proc/sys/net/ipv4/ping_group_range'"#;
+    let attached = {
+        let mut s = spec(&app, command);
+        s.network = Some(berth_agent::NetworkSpec {
+            group: "sysctl".into(),
+            name: None,
+            publish: None,
+        });
+        s
+    };
+    for (how, s) in [
+        ("on the bridge", attached),
+        ("loopback only", spec(&app, command)),
+    ] {
+        let (out, lines) = run(&node, s).await;
+        assert_eq!(
+            out,
+            OneOffOutcome::Exited(ExitStatus::Code(0)),
+            "{how}: {lines:?}"
+        );
+        assert_eq!(
+            lines.first().map(String::as_str),
+            Some("1000"),
+            "{how}: {lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l == "listening-on-80"),
+            "{how}: {lines:?}"
+        );
+        let range: Vec<&str> = lines
+            .last()
+            .map(|l| l.split_whitespace().collect())
+            .unwrap_or_default();
+        assert_eq!(range, ["0", "2147483647"], "{how}: {lines:?}");
+    }
 }
 
 #[tokio::test]

@@ -280,6 +280,14 @@ pub fn runtime_spec(
     // The network's resolver and hosts file (names of the owner's private
     // services), kept current by the node, read-only inside.
     let mut network = json!({ "type": "network" });
+    // Docker's per-namespace settings: set by the node where it makes the
+    // namespace, by runc in the loopback-only one it makes itself.
+    let mut sysctl = serde_json::Map::new();
+    if net.is_none() {
+        for (name, value) in crate::netns::SYSCTLS {
+            sysctl.insert(name.replace('/', "."), json!(value));
+        }
+    }
     if let Some(a) = net {
         network["path"] = json!(a.netns);
         for (dest, src) in [("/etc/hosts", &a.hosts), ("/etc/resolv.conf", &a.resolv)] {
@@ -315,6 +323,7 @@ pub fn runtime_spec(
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
             "seccomp": seccomp::profile(),
+            "sysctl": sysctl,
         },
     }))
 }

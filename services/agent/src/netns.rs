@@ -98,6 +98,30 @@ impl Namespace {
 /// Loopback is always index 1 in a new namespace.
 const LOOPBACK_INDEX: u32 = 1;
 
+/// What Docker sets in every container's own network namespace, so an
+/// image that works under `docker run` works here: any user may listen on
+/// a port below 1024 (an image running as a non-root user on port 80;
+/// file capabilities such as `setcap cap_net_bind_service` do nothing
+/// under no-new-privileges) and any group may open ICMP datagram sockets
+/// (`ping` without `CAP_NET_RAW`). Both are the namespace's own: the host's
+/// settings are not touched, and nothing outside the namespace listens in
+/// it.
+pub const SYSCTLS: [(&str, &str); 2] = [
+    ("net/ipv4/ip_unprivileged_port_start", "0"),
+    ("net/ipv4/ping_group_range", "0 2147483647"),
+];
+
+/// Writes `value` to `/proc/sys/<name>` for the calling thread's network
+/// namespace; a kernel without the setting (older than 4.11 for the
+/// unprivileged port start) is left as it is.
+fn set_sysctl(name: &str, value: &str) -> io::Result<()> {
+    let path = Path::new("/proc/sys").join(name);
+    match std::fs::write(&path, value) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+    }
+}
+
 /// How a new namespace joins the node's bridge: a veth pair named `near`
 /// on the host (on the bridge `bridge`) and `far` inside, the address
 /// `ip/prefix` on `far`, the default route through `gateway`.
@@ -128,6 +152,9 @@ fn unshare_and_attach(link: Option<&Link>) -> io::Result<File> {
     let file = File::open("/proc/thread-self/ns/net")?;
     let mut inside = Route::open()?;
     inside.set_up(LOOPBACK_INDEX)?;
+    for (name, value) in SYSCTLS {
+        set_sysctl(name, value)?;
+    }
     if let (Some(link), Some(host)) = (link, host.as_mut()) {
         let bridge = host
             .link_index(&link.bridge)
@@ -147,9 +174,12 @@ mod tests {
     #![allow(clippy::expect_used)]
     use super::*;
 
+    const HOST_PORT_START: &str = "/proc/sys/net/ipv4/ip_unprivileged_port_start";
+
     #[test]
     fn a_new_namespace_is_not_the_hosts_and_has_loopback_up_without_a_mount() {
         // As root, as the node runs.
+        let host_port_start = std::fs::read_to_string(HOST_PORT_START).expect("the host's");
         let ns = Namespace::create().expect("namespace");
         let host = std::fs::metadata("/proc/self/ns/net").expect("own").ino();
         let ino = ns.inode().expect("inode");
@@ -163,6 +193,25 @@ mod tests {
         assert!(out.status.success(), "{out:?}");
         let line = String::from_utf8_lossy(&out.stdout);
         assert!(line.contains(",UP"), "lo is up: {line}");
+        // Docker's settings inside, the host's own untouched.
+        for (name, value) in SYSCTLS {
+            let out = std::process::Command::new("nsenter")
+                .arg(format!("--net={}", ns.path().display()))
+                .args(["cat", &format!("/proc/sys/{name}")])
+                .output()
+                .expect("nsenter");
+            assert!(out.status.success(), "{out:?}");
+            let inside = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            assert_eq!(inside, value, "{name} inside");
+        }
+        let host = std::fs::read_to_string(HOST_PORT_START).expect("the host's");
+        assert_eq!(
+            host, host_port_start,
+            "the host's own setting is left alone"
+        );
         // Nothing on the mount table names it.
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
         assert!(!mounts.contains(&format!("net:[{ino}]")), "{mounts}");
