@@ -4,7 +4,7 @@
 //! so a shell app stops on SIGTERM and orphans are reaped; the pids limit
 //! stopping a fork loop; memory without swap; and the agent's state and
 //! the content store readable by root only; a non-root app listening on
-//! port 80, as under Docker.
+//! port 80 and the image's stop signal, as under Docker.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use berth_agent::{ExitStatus, InstanceSpec, OneOffOutcome};
 use berth_tests::agent::{busybox_image, collect_logs, default_config, processes_of, spec, Node};
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// Docker's 14 default capabilities as `/proc/<pid>/status` prints them.
 const DOCKER_CAPS: &str = "00000000a80425fb";
@@ -45,6 +45,26 @@ fn status_field<'a>(lines: &'a [String], field: &str) -> &'a str {
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// The test image's config (a shell) with `extra`'s fields (`User`,
+/// `StopSignal`) set.
+fn config_with(extra: Value) -> Value {
+    let mut config = default_config();
+    if let (Some(c), Value::Object(extra)) = (config.as_object_mut(), extra) {
+        c.extend(extra);
+    }
+    config
+}
+
+/// Starts `s` (whose command prints `ready` when it is) and waits for it;
+/// the instance's log subscription.
+async fn start_until_ready(node: &Node, s: &InstanceSpec) -> async_nats::Subscriber {
+    let mut sub = node.logs(s).await;
+    node.agent.run_instance(s.clone()).await.unwrap();
+    let seen = collect_logs(&mut sub, Duration::from_secs(5), |l| l.line == "ready").await;
+    assert_eq!(seen.last().map(|l| l.line.as_str()), Some("ready"));
+    sub
 }
 
 #[tokio::test]
@@ -95,9 +115,7 @@ async fn docker_capabilities_seccomp_no_new_privileges_and_init() {
 
     // Another user keeps the capabilities in its bounding set only.
     let app = node
-        .image(&busybox_image(json!({
-            "Cmd": ["/bin/sh"], "Env": ["PATH=/bin"], "User": "app",
-        })))
+        .image(&busybox_image(config_with(json!({ "User": "app" }))))
         .await;
     let (out, lines) = run(&node, spec(&app, "cat /proc/self/status")).await;
     assert_eq!(out, OneOffOutcome::Exited(ExitStatus::Code(0)), "{lines:?}");
@@ -117,9 +135,7 @@ async fn docker_capabilities_seccomp_no_new_privileges_and_init() {
 async fn a_non_root_app_listens_on_port_80_as_under_docker() {
     let node = Node::start().await;
     let app = node
-        .image(&busybox_image(json!({
-            "Cmd": ["/bin/sh"], "Env": ["PATH=/bin"], "User": "app",
-        })))
+        .image(&busybox_image(config_with(json!({ "User": "app" }))))
         .await;
     // httpd forks into the background once it has bound its port, and
     // fails with "bind: Permission denied" if it cannot.
@@ -169,10 +185,7 @@ async fn a_shell_app_stops_on_sigterm_and_orphans_are_reaped() {
     // only SIGKILLed after the delay. Behind the init it ends at once.
     let mut s = spec(&image, "sh -c 'echo ready; while true; do sleep 1; done'");
     s.shutdown_delay = Duration::from_secs(20);
-    let mut sub = node.logs(&s).await;
-    node.agent.run_instance(s.clone()).await.unwrap();
-    let seen = collect_logs(&mut sub, Duration::from_secs(5), |l| l.line == "ready").await;
-    assert_eq!(seen.last().map(|l| l.line.as_str()), Some("ready"));
+    start_until_ready(&node, &s).await;
     let t0 = Instant::now();
     let stop = node.agent.stop_instance(&s.instance).await.unwrap();
     let took = t0.elapsed();
@@ -203,6 +216,34 @@ async fn a_shell_app_stops_on_sigterm_and_orphans_are_reaped() {
     assert_eq!(states.len(), 2, "the init and `sleep 30`: {states:?}");
     assert!(states.iter().all(|(_, st)| st != "Z"), "{states:?}");
     node.agent.stop_instance(&s.instance).await.unwrap();
+}
+
+/// An image's `StopSignal` is what asks its program to stop (nginx's and
+/// php-fpm's images stop gracefully on SIGQUIT, and drop requests in
+/// flight on SIGTERM): here an app that ignores SIGTERM and ends cleanly on
+/// SIGQUIT stops at once, with its own exit code, not by SIGKILL.
+#[tokio::test]
+async fn the_images_stop_signal_asks_the_app_to_stop() {
+    let node = Node::start().await;
+    let image = node
+        .image(&busybox_image(config_with(
+            json!({ "StopSignal": "SIGQUIT" }),
+        )))
+        .await;
+    let mut s = spec(
+        &image,
+        "sh -c 'trap \"\" TERM; trap \"echo graceful; exit 3\" QUIT; echo ready; while true; do sleep 0.1; done'",
+    );
+    s.shutdown_delay = Duration::from_secs(20);
+    let mut sub = start_until_ready(&node, &s).await;
+    let t0 = Instant::now();
+    let stop = node.agent.stop_instance(&s.instance).await.unwrap();
+    assert!(!stop.escalated_to_kill, "{stop:?}");
+    assert_eq!(stop.status, Some(ExitStatus::Code(3)), "{stop:?}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{stop:?}");
+    let said = collect_logs(&mut sub, Duration::from_secs(2), |l| l.line == "graceful").await;
+    assert_eq!(said.last().map(|l| l.line.as_str()), Some("graceful"));
+    assert!(processes_of(&[&s.instance]).is_empty());
 }
 
 #[tokio::test]

@@ -522,6 +522,7 @@ mod tests {
                     working_dir: Some("/srv".into()),
                     user: Some("12:34".into()),
                     exposed_ports: None,
+                    stop_signal: None,
                 },
             },
             command: Some("migrate --all".into()),

@@ -33,7 +33,19 @@ pub struct ImageConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub exposed_ports: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+    /// `StopSignal` (`SIGQUIT`, `QUIT`, `3`, `SIGRTMIN+3`): what asks the
+    /// program to stop (`STOPSIGNAL SIGQUIT` in nginx's and php-fpm's
+    /// images: a graceful stop, where SIGTERM drops requests in flight).
+    #[serde(
+        default,
+        rename = "StopSignal",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop_signal: Option<String>,
 }
+
+/// SIGTERM: what asks a program to stop unless its image says otherwise.
+pub const SIGTERM: u8 = 15;
 
 #[derive(Deserialize)]
 struct RawImage {
@@ -62,6 +74,17 @@ impl ImageConfig {
             (Some(p), None) if p > 0 => Some(p),
             _ => None,
         }
+    }
+
+    /// The signal that asks the image's program to stop, as Docker reads
+    /// `StopSignal`: a number from 1 to 64, or a name with or without
+    /// `SIG` in any case, `RTMIN+n` and `RTMAX-n` included; SIGTERM when
+    /// unset. `Err` carries a value that names no signal.
+    pub fn stop_signal(&self) -> Result<u8, &str> {
+        let Some(raw) = self.stop_signal.as_deref().map(str::trim) else {
+            return Ok(SIGTERM);
+        };
+        parse_signal(raw).ok_or(raw)
     }
 
     /// The process arguments Docker would run: Entrypoint followed by the
@@ -194,6 +217,55 @@ pub fn resolve_user(user: Option<&str>, rootfs: &Path) -> Result<ProcessUser, Bu
     Ok(ProcessUser { uid, gid })
 }
 
+/// Linux's signals by name, without `SIG` (x86-64 and arm64 numbering),
+/// kept in rows: it is a table.
+#[rustfmt::skip]
+const SIGNALS: [(&str, u8); 33] = [
+    ("HUP", 1), ("INT", 2), ("QUIT", 3), ("ILL", 4), ("TRAP", 5), ("ABRT", 6), ("IOT", 6),
+    ("BUS", 7), ("FPE", 8), ("KILL", 9), ("USR1", 10), ("SEGV", 11), ("USR2", 12),
+    ("PIPE", 13), ("ALRM", 14), ("TERM", 15), ("STKFLT", 16), ("CHLD", 17), ("CLD", 17),
+    ("CONT", 18), ("STOP", 19), ("TSTP", 20), ("TTIN", 21), ("TTOU", 22), ("URG", 23),
+    ("XCPU", 24), ("XFSZ", 25), ("VTALRM", 26), ("PROF", 27), ("WINCH", 28), ("IO", 29),
+    ("PWR", 30), ("SYS", 31),
+];
+
+/// The first and last real-time signals as the C library numbers them
+/// (it keeps 32 and 33 for itself), as Docker does.
+const SIGRTMIN: u8 = 34;
+const SIGRTMAX: u8 = 64;
+
+/// A signal's number from `3`, `QUIT`, `SIGQUIT`, `sigquit`, `RTMIN+3` or
+/// `SIGRTMAX-1`; `None` for anything else (0 and numbers past 64 too).
+fn parse_signal(raw: &str) -> Option<u8> {
+    if let Ok(n) = raw.parse::<u8>() {
+        return (1..=SIGRTMAX).contains(&n).then_some(n);
+    }
+    let upper = raw.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    if let Some((_, n)) = SIGNALS.iter().find(|(s, _)| *s == name) {
+        return Some(*n);
+    }
+    let rt = |base: u8, rest: &str, sign: char| -> Option<u8> {
+        if rest.is_empty() {
+            return Some(base);
+        }
+        let k: u8 = rest.strip_prefix(sign)?.parse().ok()?;
+        let n = if sign == '+' {
+            base.checked_add(k)?
+        } else {
+            base.checked_sub(k)?
+        };
+        (SIGRTMIN..=SIGRTMAX).contains(&n).then_some(n)
+    };
+    if let Some(rest) = name.strip_prefix("RTMIN") {
+        return rt(SIGRTMIN, rest, '+');
+    }
+    if let Some(rest) = name.strip_prefix("RTMAX") {
+        return rt(SIGRTMAX, rest, '-');
+    }
+    None
+}
+
 /// Colon-separated records of a passwd-style file; missing → empty. The
 /// file is read by path inside the rootfs; a symlink there could point at
 /// the host's file, so only regular files are read.
@@ -306,5 +378,52 @@ mod tests {
         assert_eq!(r("4242").unwrap(), ProcessUser { uid: 4242, gid: 0 });
         assert!(r("nobody").is_err());
         assert!(r("app:nogroup").is_err());
+    }
+
+    #[test]
+    fn stop_signal_as_docker_reads_it() {
+        let stop = |raw: Option<&str>| {
+            ImageConfig {
+                stop_signal: raw.map(str::to_string),
+                ..ImageConfig::default()
+            }
+            .stop_signal()
+            .map_err(str::to_string)
+        };
+        assert_eq!(stop(None), Ok(SIGTERM));
+        for (raw, n) in [
+            ("SIGQUIT", 3),
+            ("QUIT", 3),
+            ("sigquit", 3),
+            (" 3 ", 3),
+            ("SIGWINCH", 28),
+            ("SIGKILL", 9),
+            ("SIGRTMIN", 34),
+            ("SIGRTMIN+3", 37),
+            ("RTMAX-1", 63),
+            ("SIGRTMAX", 64),
+            ("64", 64),
+            (" SIGQUIT ", 3),
+        ] {
+            assert_eq!(stop(Some(raw)), Ok(n), "{raw}");
+        }
+        let refused = [
+            "",
+            "0",
+            "65",
+            "300",
+            "-15",
+            "SIG",
+            "SIGFOO",
+            "SIGRTMIN+31",
+            "SIGRTMIN-1",
+            "RTMAX+1",
+        ];
+        for raw in refused {
+            assert_eq!(stop(Some(raw)), Err(raw.to_string()), "{raw:?}");
+        }
+        // Read from a config blob.
+        let c = ImageConfig::from_json(br#"{"config":{"StopSignal":"SIGQUIT"}}"#).unwrap();
+        assert_eq!(c.stop_signal(), Ok(3));
     }
 }

@@ -106,17 +106,19 @@ pub struct ContainerIo {
 /// Signals the agent sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
-    /// Ask to stop.
-    Term,
+    /// Ask to stop: the image's stop signal, by number (SIGTERM unless
+    /// the image names another).
+    Stop(u8),
     /// Stop now.
     Kill,
 }
 
 impl Signal {
-    fn name(self) -> &'static str {
+    /// As `runc kill` takes it.
+    fn arg(self) -> String {
         match self {
-            Signal::Term => "TERM",
-            Signal::Kill => "KILL",
+            Signal::Stop(n) => n.to_string(),
+            Signal::Kill => "KILL".into(),
         }
     }
 }
@@ -347,7 +349,7 @@ impl Runtime for Runc {
 
     fn kill<'a>(&'a self, id: &'a str, signal: Signal) -> BoxFuture<'a, Result<(), RuntimeError>> {
         Box::pin(async move {
-            self.output("kill", id, &["kill", id, signal.name()])
+            self.output("kill", id, &["kill", id, &signal.arg()])
                 .await
                 .map(drop)
         })

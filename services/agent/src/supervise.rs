@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::{AgentEvent, Inner, Kind, Record, StopOutcome};
 use crate::bundle::{self, InstanceSpec};
 use crate::error::{agent_io, AgentError, RuntimeError};
+use crate::image::SIGTERM;
 use crate::logs::{self, LogSink, Stream};
 use crate::net::Attachment;
 use crate::process::{self, ExitStatus};
@@ -258,19 +259,29 @@ pub(crate) async fn adopt(inner: &Inner, rec: &Record) -> Option<Running> {
     })
 }
 
-/// SIGTERM (when the container can take signals), then SIGKILL once
-/// `delay` passes without an exit.
+/// The image's stop signal (SIGTERM unless it names another; when it
+/// names no signal, SIGTERM and a warning), when the container can take
+/// signals, then SIGKILL once the shutdown delay passes without an exit.
 async fn stop_container(
     inner: &Inner,
     id: &str,
-    delay: Duration,
+    spec: &InstanceSpec,
     mut exit: Pin<&mut impl Future<Output = ExitStatus>>,
 ) -> StopOutcome {
     let t0 = Instant::now();
+    let delay = spec.shutdown_delay;
+    let signal = spec.image.config.stop_signal().unwrap_or_else(|raw| {
+        tracing::warn!(
+            container = id,
+            stop_signal = raw,
+            "the image's StopSignal names no signal; SIGTERM"
+        );
+        SIGTERM
+    });
     let can_kill = matches!(inner.runtime.state(id).await, Ok(Some(s)) if s.status.can_kill());
     if can_kill {
-        if let Err(e) = inner.runtime.kill(id, Signal::Term).await {
-            tracing::debug!(container = id, error = %e, "SIGTERM not delivered");
+        if let Err(e) = inner.runtime.kill(id, Signal::Stop(signal)).await {
+            tracing::debug!(container = id, signal, error = %e, "stop signal not delivered");
         }
     }
     if let Ok(s) = tokio::time::timeout(delay, exit.as_mut()).await {
@@ -283,7 +294,8 @@ async fn stop_container(
     tracing::info!(
         container = id,
         delay_ms = delay.as_millis() as u64,
-        "no exit after SIGTERM; SIGKILL"
+        signal,
+        "no exit after the stop signal; SIGKILL"
     );
     if let Err(e) = inner.runtime.kill(id, Signal::Kill).await {
         tracing::warn!(container = id, error = %e, "SIGKILL not delivered");
@@ -400,7 +412,7 @@ pub(crate) async fn supervise(
                 return Ended::Detached;
             }
             _ = stop.cancelled() => {
-                let outcome = stop_container(inner, &id, spec.shutdown_delay, exit.as_mut()).await;
+                let outcome = stop_container(inner, &id, &spec, exit.as_mut()).await;
                 run.flush().await;
                 cleanup(inner, &spec).await;
                 inner.report(AgentEvent::Stopped {
@@ -411,7 +423,7 @@ pub(crate) async fn supervise(
                 return Ended::Stopped(outcome);
             }
             _ = restart.notified(), if kind == Kind::Service => {
-                let outcome = stop_container(inner, &id, spec.shutdown_delay, exit.as_mut()).await;
+                let outcome = stop_container(inner, &id, &spec, exit.as_mut()).await;
                 (outcome.status.unwrap_or(ExitStatus::Unknown), true)
             }
             s = exit.as_mut() => (s, false),
