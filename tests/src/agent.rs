@@ -34,7 +34,8 @@ const APPLETS: &[&str] = &[
     "sh", "echo", "sleep", "env", "pwd", "id", "cat", "true", "false", "seq", "printf", "ls",
 ];
 
-/// A two-layer linux/amd64 image: busybox + applet links + passwd/group,
+/// A two-layer linux/amd64 image: busybox + applet links + passwd/group
+/// (user `app`, 1000, also in `www-data`, 33),
 /// then an app layer; `config` is the image config's `config` object.
 pub fn busybox_image(config: Value) -> Image {
     let bb = std::fs::read("/bin/busybox").unwrap();
@@ -46,7 +47,7 @@ pub fn busybox_image(config: Value) -> Image {
             "etc/passwd",
             b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/work:/bin/sh\n",
         ),
-        Entry::file("etc/group", b"root:x:0:\napp:x:1000:\n"),
+        Entry::file("etc/group", b"root:x:0:\napp:x:1000:\nwww-data:x:33:app\n"),
         Entry::dir("tmp").mode(0o1777),
         Entry::dir("work"),
     ];

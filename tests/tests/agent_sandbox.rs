@@ -113,13 +113,16 @@ async fn docker_capabilities_seccomp_no_new_privileges_and_init() {
         "{lines:?}"
     );
 
-    // Another user keeps the capabilities in its bounding set only.
+    // Another user keeps the capabilities in its bounding set only, and
+    // has the groups the image's /etc/group lists it in, as under Docker.
     let app = node
         .image(&busybox_image(config_with(json!({ "User": "app" }))))
         .await;
     let (out, lines) = run(&node, spec(&app, "cat /proc/self/status")).await;
     assert_eq!(out, OneOffOutcome::Exited(ExitStatus::Code(0)), "{lines:?}");
     assert_eq!(status_field(&lines, "Uid").split('\t').next(), Some("1000"));
+    assert_eq!(status_field(&lines, "Gid").split('\t').next(), Some("1000"));
+    assert_eq!(status_field(&lines, "Groups").trim(), "33");
     assert_eq!(status_field(&lines, "CapEff"), NO_CAPS);
     assert_eq!(status_field(&lines, "CapPrm"), NO_CAPS);
     assert_eq!(status_field(&lines, "CapBnd"), DOCKER_CAPS);

@@ -229,6 +229,10 @@ pub fn runtime_spec(
         args.splice(0..0, [INIT_PATH.to_string(), "--".to_string()]);
     }
     let user = resolve_user(cfg.user.as_deref(), rootfs)?;
+    let mut process_user = json!({ "uid": user.uid, "gid": user.gid });
+    if !user.additional_gids.is_empty() {
+        process_user["additionalGids"] = json!(user.additional_gids);
+    }
     let cwd = cfg
         .working_dir
         .as_deref()
@@ -298,7 +302,7 @@ pub fn runtime_spec(
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
-            "user": { "uid": user.uid, "gid": user.gid },
+            "user": process_user,
             "args": args,
             "env": environment(spec)?,
             "cwd": cwd,

@@ -2,6 +2,7 @@
 //! service's custom command split like a shell would (no expansion), and
 //! `User` resolved against the image's own `/etc/passwd` and `/etc/group`.
 
+use std::io::Read;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -165,24 +166,28 @@ pub fn split_command(s: &str) -> Result<Vec<String>, BundleError> {
 }
 
 /// A resolved process identity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessUser {
     /// uid.
     pub uid: u32,
     /// Primary gid.
     pub gid: u32,
+    /// Supplementary groups: those the image's `/etc/group` lists the user
+    /// in, when `User` names no group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub additional_gids: Vec<u32>,
 }
 
 /// Resolve an image's `User` inside `rootfs` as Docker does: empty → root;
 /// a numeric uid without a group takes the passwd entry's gid when there
-/// is one, else 0; names must exist in the image's files.
+/// is one, else 0; names must exist in the image's files. Without a group
+/// the user also gets the groups `/etc/group` lists it in (`adduser app
+/// www-data`); with one (`app:staff`), that group only.
 pub fn resolve_user(user: Option<&str>, rootfs: &Path) -> Result<ProcessUser, BundleError> {
     let spec = user.map(str::trim).unwrap_or("");
-    if spec.is_empty() {
-        return Ok(ProcessUser { uid: 0, gid: 0 });
-    }
     let (u, g) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
+        None if spec.is_empty() => ("0", None),
         None => (spec, None),
     };
     let passwd = read_db(rootfs, "etc/passwd");
@@ -199,22 +204,51 @@ pub fn resolve_user(user: Option<&str>, rootfs: &Path) -> Result<ProcessUser, Bu
             .and_then(|x| x.parse().ok())
             .ok_or_else(unknown)?,
     };
-    let gid = match g {
+    let groups = || read_db(rootfs, "etc/group");
+    let (gid, additional_gids) = match g {
         Some(g) => match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => read_db(rootfs, "etc/group")
+            Ok(n) => (n, Vec::new()),
+            Err(_) => groups()
                 .iter()
                 .find(|f| f.first().map(String::as_str) == Some(g))
                 .and_then(|f| f.get(2))
                 .and_then(|x| x.parse().ok())
+                .map(|n| (n, Vec::new()))
                 .ok_or_else(unknown)?,
         },
-        None => entry
-            .and_then(|f| f.get(3))
-            .and_then(|x| x.parse().ok())
-            .unwrap_or(0),
+        None => {
+            let gid = entry
+                .and_then(|f| f.get(3))
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0);
+            let name = entry.and_then(|f| f.first());
+            (
+                gid,
+                name.map(|n| member_of(&groups(), n)).unwrap_or_default(),
+            )
+        }
     };
-    Ok(ProcessUser { uid, gid })
+    Ok(ProcessUser {
+        uid,
+        gid,
+        additional_gids,
+    })
+}
+
+/// The gids of the groups whose member lists (group: `name:x:gid:a,b`)
+/// name `user`, each once.
+fn member_of(groups: &[Vec<String>], user: &str) -> Vec<u32> {
+    let mut gids = Vec::new();
+    for f in groups {
+        let listed = f
+            .get(3)
+            .is_some_and(|members| members.split(',').any(|m| m.trim() == user));
+        match f.get(2).and_then(|x| x.parse::<u32>().ok()) {
+            Some(gid) if listed && !gids.contains(&gid) => gids.push(gid),
+            _ => {}
+        }
+    }
+    gids
 }
 
 /// Linux's signals by name, without `SIG` (x86-64 and arm64 numbering),
@@ -266,17 +300,34 @@ fn parse_signal(raw: &str) -> Option<u8> {
     None
 }
 
-/// Colon-separated records of a passwd-style file; missing → empty. The
-/// file is read by path inside the rootfs; a symlink there could point at
-/// the host's file, so only regular files are read.
+/// At most this much of a passwd-style file is read: a real one is a few
+/// KiB, and an image's could be made large enough to fill the node's
+/// memory. Records past it are not seen.
+const DB_MAX_BYTES: u64 = 1 << 20;
+
+/// Colon-separated records of a passwd-style file (its first
+/// [`DB_MAX_BYTES`]); missing → empty. The file is read by path inside the
+/// rootfs; a symlink there, the file or a directory on its way, could
+/// point at the host's files, so only a regular file under plain
+/// directories is read.
 fn read_db(rootfs: &Path, rel: &str) -> Vec<Vec<String>> {
     let path = rootfs.join(rel);
-    let regular = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
-    let text = if regular {
-        std::fs::read_to_string(&path).unwrap_or_default()
-    } else {
-        String::new()
-    };
+    let dirs_plain = Path::new(rel)
+        .ancestors()
+        .skip(1)
+        .filter(|a| !a.as_os_str().is_empty())
+        .all(|a| std::fs::symlink_metadata(rootfs.join(a)).is_ok_and(|m| m.is_dir()));
+    let regular = dirs_plain && std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
+    let mut text = String::new();
+    if regular {
+        if let Ok(f) = std::fs::File::open(&path) {
+            // Not UTF-8 (or cut mid-character at the limit): what was read
+            // up to there is kept.
+            let mut bytes = Vec::new();
+            let _ = f.take(DB_MAX_BYTES).read_to_end(&mut bytes);
+            text = String::from_utf8_lossy(&bytes).into_owned();
+        }
+    }
     text.lines()
         .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
         .map(|l| l.split(':').map(str::to_string).collect())
@@ -356,28 +407,57 @@ mod tests {
             "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
         )
         .unwrap();
-        std::fs::write(dir.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
-        let r = |u: &str| resolve_user(Some(u), dir.path());
-        assert_eq!(r("").unwrap(), ProcessUser { uid: 0, gid: 0 });
-        assert_eq!(
-            r("app").unwrap(),
-            ProcessUser {
-                uid: 1000,
-                gid: 1001
-            }
-        );
-        assert_eq!(
-            r("1000").unwrap(),
-            ProcessUser {
-                uid: 1000,
-                gid: 1001
-            }
-        );
-        assert_eq!(r("app:staff").unwrap(), ProcessUser { uid: 1000, gid: 50 });
-        assert_eq!(r("4242:7").unwrap(), ProcessUser { uid: 4242, gid: 7 });
-        assert_eq!(r("4242").unwrap(), ProcessUser { uid: 4242, gid: 0 });
-        assert!(r("nobody").is_err());
-        assert!(r("app:nogroup").is_err());
+        std::fs::write(
+            dir.path().join("etc/group"),
+            "root:x:0:\nstaff:x:50:\nwww-data:x:33:web, app\napp:x:1001:app\nwheel:x:10:root\n",
+        )
+        .unwrap();
+        let r = |u: &str| resolve_user(Some(u), dir.path()).unwrap();
+        let user = |uid, gid, additional_gids: &[u32]| ProcessUser {
+            uid,
+            gid,
+            additional_gids: additional_gids.to_vec(),
+        };
+        // No group named: the groups that list the user, by name or as
+        // the uid's passwd entry.
+        assert_eq!(r(""), user(0, 0, &[10]));
+        assert_eq!(r("app"), user(1000, 1001, &[33, 1001]));
+        assert_eq!(r("1000"), user(1000, 1001, &[33, 1001]));
+        // A group named: that one only.
+        assert_eq!(r("app:staff"), user(1000, 50, &[]));
+        assert_eq!(r("app:50"), user(1000, 50, &[]));
+        assert_eq!(r("4242:7"), user(4242, 7, &[]));
+        assert_eq!(r("4242"), user(4242, 0, &[]));
+        let err = |u: &str| resolve_user(Some(u), dir.path()).is_err();
+        assert!(err("nobody"));
+        assert!(err("app:nogroup"));
+    }
+
+    #[test]
+    fn user_files_through_symlinks_or_past_the_limit_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join("host");
+        std::fs::create_dir(&host).unwrap();
+        std::fs::write(host.join("passwd"), "app:x:1000:1000::/:/bin/sh\n").unwrap();
+        // `/etc` a symlink to a directory outside the image.
+        let image = dir.path().join("image");
+        std::fs::create_dir(&image).unwrap();
+        std::os::unix::fs::symlink(&host, image.join("etc")).unwrap();
+        assert!(resolve_user(Some("app"), &image).is_err());
+        // The file itself a symlink.
+        let image = dir.path().join("image2");
+        std::fs::create_dir_all(image.join("etc")).unwrap();
+        std::os::unix::fs::symlink(host.join("passwd"), image.join("etc/passwd")).unwrap();
+        assert!(resolve_user(Some("app"), &image).is_err());
+        // A user listed only past the first MiB is not found.
+        let image = dir.path().join("image3");
+        std::fs::create_dir_all(image.join("etc")).unwrap();
+        let mut big = "# padding\n".repeat((DB_MAX_BYTES / 10) as usize + 1);
+        big.push_str("app:x:1000:1000::/:/bin/sh\n");
+        std::fs::write(image.join("etc/passwd"), &big).unwrap();
+        assert!(resolve_user(Some("app"), &image).is_err());
+        std::fs::write(image.join("etc/passwd"), "app:x:1000:1000::/:/bin/sh\n").unwrap();
+        assert_eq!(resolve_user(Some("app"), &image).unwrap().uid, 1000);
     }
 
     #[test]
