@@ -187,10 +187,12 @@ pub struct InstanceSpec {
     pub network: Option<NetworkSpec>,
 }
 
-/// The process environment: image Env, then `PORT`, then the service's env
-/// (a service may pin its own `PORT`); PATH defaulted as Docker does.
+/// The process environment: `HOSTNAME` (the instance's host name, as
+/// Docker and Kubernetes set it), then image Env, then `PORT`, then the
+/// service's env (a service may pin its own `PORT`); PATH defaulted as
+/// Docker does.
 pub fn environment(spec: &InstanceSpec) -> Result<Vec<String>, BundleError> {
-    let mut env: Vec<(String, String)> = Vec::new();
+    let mut env: Vec<(String, String)> = vec![("HOSTNAME".into(), spec.instance.to_string())];
     let mut set = |k: &str, v: &str| match env.iter_mut().find(|(ek, _)| ek == k) {
         Some(e) => e.1 = v.to_string(),
         None => env.push((k.to_string(), v.to_string())),
@@ -593,7 +595,14 @@ mod tests {
         );
         assert_eq!(
             v["process"]["env"],
-            json!(["A=image", "B=service", "PATH=/bin", "PORT=10000", "C=x=y"])
+            json!([
+                format!("HOSTNAME={}", s.instance),
+                "A=image",
+                "B=service",
+                "PATH=/bin",
+                "PORT=10000",
+                "C=x=y"
+            ])
         );
         assert_eq!(v["process"]["cwd"], "/srv");
         assert_eq!(v["process"]["user"], json!({"uid": 12, "gid": 34}));
@@ -645,7 +654,21 @@ mod tests {
         s.limits = Limits::default();
         let v = runtime_spec(&s, Path::new("/nonexistent"), None, &Sandbox::default()).unwrap();
         assert_eq!(v["process"]["cwd"], "/");
-        assert_eq!(v["process"]["env"], json!([format!("PATH={DEFAULT_PATH}")]));
+        assert_eq!(
+            v["process"]["env"],
+            json!([
+                format!("PATH={DEFAULT_PATH}"),
+                format!("HOSTNAME={}", s.instance)
+            ])
+        );
+        // The image's and the service's env may name their own.
+        s.env.insert("HOSTNAME".into(), "web".into());
+        let v = runtime_spec(&s, Path::new("/nonexistent"), None, &Sandbox::default()).unwrap();
+        assert_eq!(
+            v["process"]["env"],
+            json!([format!("PATH={DEFAULT_PATH}"), "HOSTNAME=web"])
+        );
+        s.env.clear();
         assert_eq!(v["process"]["user"], json!({"uid": 0, "gid": 0}));
         assert!(v["linux"]["resources"].get("memory").is_none());
         s.env.insert("BAD=NAME".into(), "x".into());
