@@ -66,10 +66,7 @@ impl Links {
 
     /// The public URL of web service `name`.
     pub fn web_url(&self, name: &str) -> String {
-        match self.services.split_once("://") {
-            Some((scheme, host)) => format!("{scheme}://{name}.{host}"),
-            None => format!("http://{name}.{}", self.services),
-        }
+        berth_domain::service::platform_env::web_url(&self.services, name)
     }
 }
 

@@ -126,6 +126,13 @@ fn validate(args: UpArgs, only: Option<String>) -> Result<Validated, berth_runti
         });
         api
     });
+    // A web instance's RENDER_EXTERNAL_URL is the URL the API shows for it.
+    let node = node.map(|mut n| {
+        if n.services_url.is_none() {
+            n.services_url = api.as_ref().and_then(|a| a.api_services_url.clone());
+        }
+        n
+    });
     let options = (|| {
         Some(Options {
             resolver: resolver?,

@@ -145,6 +145,13 @@ pub struct NodeArgs {
     /// not look.
     #[arg(long, env = "BERTH_NODE_MIN_FREE_DISK_MIB", default_value_t = 1024)]
     pub node_min_free_disk_mib: u64,
+
+    /// Where web services are reachable, as `http(s)://<base-domain>[:port]`
+    /// (the API's `BERTH_API_SERVICES_URL`): a web instance finds its own
+    /// public URL in `RENDER_EXTERNAL_URL`. Unset: the URL the API's
+    /// settings give (by default the router's base domain and port).
+    #[arg(long, env = "BERTH_NODE_SERVICES_URL")]
+    pub node_services_url: Option<String>,
 }
 
 /// How the node addresses and health-checks its instances.
@@ -209,6 +216,9 @@ pub struct NodeOptions {
     /// How long a stopped instance's marker is kept; a start enqueued
     /// longer ago is not run ([`crate::report::DONE_KEPT`]).
     pub done_kept: Duration,
+    /// Where web services are reachable (`http(s)://<base-domain>[:port]`),
+    /// when known.
+    pub services_url: Option<String>,
 }
 
 impl NodeOptions {
@@ -253,6 +263,12 @@ impl NodeArgs {
                 "BERTH_NODE_USAGE_MS must be 0 (off) or 1000-30000 (a sample at least every 30 s)"
                     .to_owned(),
             );
+        }
+        if let Some(u) = &self.node_services_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                problems
+                    .push("BERTH_NODE_SERVICES_URL must start with http:// or https://".to_owned());
+            }
         }
         if self.node_min_free_disk_mib > 1 << 30 {
             problems.push("BERTH_NODE_MIN_FREE_DISK_MIB must be 0-1073741824".to_owned());
@@ -306,6 +322,7 @@ impl NodeArgs {
             },
             min_free_disk: self.node_min_free_disk_mib << 20,
             done_kept: crate::report::DONE_KEPT,
+            services_url: self.node_services_url.clone(),
         })
     }
 }

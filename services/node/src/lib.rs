@@ -342,6 +342,7 @@ impl Node {
             checks: self.checks.clone(),
             ports: std::sync::Mutex::new(()),
             done_kept: self.opts.done_kept,
+            services_url: self.opts.services_url.clone(),
             gc,
             unpack: berth_puller::UnpackOptions {
                 limits: berth_puller::UnpackLimits {

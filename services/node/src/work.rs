@@ -26,6 +26,7 @@ use berth_agent::{ExitStatus, OneOffOutcome};
 use berth_agent::{NetworkSpec, Publish};
 use berth_domain::credential::{self, CredentialState};
 use berth_domain::reference::Reference;
+use berth_domain::service::platform_env::platform_env;
 use berth_domain::service::{ServiceConfig, ServiceState};
 use berth_domain::{service, DomainError};
 use berth_eventlog::worker::{Job, WorkError, WorkHandler};
@@ -65,6 +66,8 @@ pub struct NodeHandler {
     pub(crate) unpack: UnpackOptions,
     /// How long stopped instances are remembered; older starts are refused.
     pub(crate) done_kept: Duration,
+    /// Where web services are reachable, when known (`RENDER_EXTERNAL_URL`).
+    pub(crate) services_url: Option<String>,
 }
 
 /// `7 days`, `2 s`: a horizon as the refusal names it.
@@ -183,6 +186,7 @@ impl WorkHandler for NodeHandler {
                     }
                 }
                 let mut s = self.instance_spec(&spec, image, env);
+                self.add_platform_env(&spec, state.config.as_ref(), &mut s);
                 s.network = Some(network(&spec.service, state.config.as_ref(), None));
                 let out = self
                     .agent
@@ -246,6 +250,7 @@ impl NodeHandler {
         };
         let config = self.service_config(&spec).await?;
         let mut s = self.instance_spec(&spec, image, env);
+        self.add_platform_env(&spec, config.as_ref(), &mut s);
         let placement = self.place(&spec, config.as_ref(), &mut s).await?;
         self.agent
             .run_instance(s)
@@ -557,6 +562,24 @@ impl NodeHandler {
     /// another node or instance is dead-lettered (retrying cannot open it).
     fn open_env(&self, spec: &NodeRunSpec) -> Result<BTreeMap<String, String>, WorkError> {
         open_env(&self.key, &self.reporter.node, spec).map_err(WorkError::Fatal)
+    }
+
+    /// Render's platform variables ([`platform_env`]) where the service's
+    /// own env does not set them.
+    fn add_platform_env(
+        &self,
+        spec: &NodeRunSpec,
+        config: Option<&ServiceConfig>,
+        s: &mut InstanceSpec,
+    ) {
+        let Some(cfg) = config else {
+            return;
+        };
+        let plan = spec.plan.as_ref().unwrap_or(&cfg.plan);
+        let services = self.services_url.as_deref();
+        for (k, v) in platform_env(cfg, &spec.service, &spec.instance, plan, services) {
+            s.env.entry(k.to_owned()).or_insert(v);
+        }
     }
 
     fn instance_spec(

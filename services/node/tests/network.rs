@@ -268,11 +268,31 @@ async fn fixed_port_and_exposed_port_images_are_served_with_two_instances_on_one
         let (status, body) = http_get(addr, "/hello.txt").await.unwrap();
         assert_eq!((status, body.as_str()), (200, "hello\n"), "{addr}");
     }
-    // Each in its own namespace: both bound 10000, and each sees `PORT`.
+    // Each in its own namespace: both bound 10000, and each sees `PORT`,
+    // its host name and Render's platform variables: who it is and where
+    // it answers (the node's services URL is `http://services.test`).
     for i in [&a.instance, &b.instance] {
         let (code, env) = exec(&w, i, &["/bin/busybox", "env"]);
         assert_eq!(code, 0, "{env}");
-        assert!(env.lines().any(|l| l == "PORT=10000"), "{env}");
+        let wants = [
+            "PORT=10000".to_owned(),
+            format!("HOSTNAME={i}"),
+            "RENDER=true".to_owned(),
+            "IS_PULL_REQUEST=false".to_owned(),
+            format!("RENDER_SERVICE_ID={svc}"),
+            format!("RENDER_INSTANCE_ID={i}"),
+            "RENDER_SERVICE_NAME=fixed".to_owned(),
+            "RENDER_SERVICE_TYPE=web".to_owned(),
+            "RENDER_EXTERNAL_URL=http://fixed.services.test".to_owned(),
+            "RENDER_EXTERNAL_HOSTNAME=fixed.services.test".to_owned(),
+        ];
+        for want in wants {
+            assert!(env.lines().any(|l| l == want), "{want} in {env}");
+        }
+        assert!(
+            env.lines().any(|l| l.starts_with("RENDER_CPU_COUNT=")),
+            "{env}"
+        );
     }
     let eaddr = healthy(&w, &esvc, &[&e.instance]).await.remove(0);
     let (status, _) = http_get(&eaddr, "/hello.txt").await.unwrap();

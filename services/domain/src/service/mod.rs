@@ -48,6 +48,7 @@ mod deploys;
 mod domains;
 pub mod instances;
 mod lifecycle;
+pub mod platform_env;
 mod state;
 pub mod validate;
 

@@ -9,6 +9,7 @@ mod deploys;
 mod domains;
 mod lifecycle;
 mod placement;
+mod platform_env;
 mod props;
 mod rollback;
 
