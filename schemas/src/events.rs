@@ -510,6 +510,10 @@ events! {
         pub exit_code: Option<i32>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub signal: Option<i32>,
+        /// The kernel killed a process of it for going over its memory
+        /// limit (out of memory) while it ran.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pub oom_killed: bool,
     }
     /// The instance was restarted in place by the agent.
     ServerRestarted = "server_restarted" v 1 {

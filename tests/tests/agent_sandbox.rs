@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use berth_agent::{ExitStatus, InstanceSpec, OneOffOutcome};
+use berth_agent::{AgentEvent, ExitStatus, InstanceSpec, OneOffOutcome};
 use berth_tests::agent::{busybox_image, collect_logs, default_config, processes_of, spec, Node};
 use serde_json::{json, Value};
 
@@ -247,6 +247,39 @@ async fn the_images_stop_signal_asks_the_app_to_stop() {
     let said = collect_logs(&mut sub, Duration::from_secs(2), |l| l.line == "graceful").await;
     assert_eq!(said.last().map(|l| l.line.as_str()), Some("graceful"));
     assert!(processes_of(&[&s.instance]).is_empty());
+}
+
+/// A process that goes over its instance's memory limit is killed by the
+/// kernel, and the exit says so (the timeline then reads "ran out of
+/// memory"); an ordinary failure does not.
+#[tokio::test]
+async fn an_exit_over_the_memory_limit_is_told_as_out_of_memory() {
+    let mut node = Node::start().await;
+    let image = node.image(&busybox_image(default_config())).await;
+    // dd fills a 256 MiB buffer under a 64 MiB limit without swap.
+    let mut over = spec(
+        &image,
+        "sh -c 'busybox dd if=/dev/zero of=/dev/null bs=256M count=1; echo dd-ended-$?'",
+    );
+    over.limits.memory_mib = Some(64);
+    let plain = spec(&image, "sh -c 'exit 1'");
+    for (s, oom) in [(over, true), (plain, false)] {
+        let (out, lines) = run(&node, s.clone()).await;
+        let exited = node
+            .event(
+                Duration::from_secs(10),
+                |e| matches!(e, AgentEvent::Exited { instance, .. } if *instance == s.instance),
+            )
+            .await;
+        let AgentEvent::Exited { oom_killed, .. } = exited else {
+            unreachable!()
+        };
+        assert_eq!(oom_killed, oom, "{out:?} {lines:?}");
+        if oom {
+            // dd was killed (SIGKILL), the shell lived on and said so.
+            assert!(lines.iter().any(|l| l == "dd-ended-137"), "{lines:?}");
+        }
+    }
 }
 
 #[tokio::test]

@@ -145,6 +145,9 @@ pub enum AgentEvent {
         instance: InstanceId,
         /// How.
         status: ExitStatus,
+        /// Whether the kernel killed a process of it for going over its
+        /// memory limit while it ran (out of memory).
+        oom_killed: bool,
         /// How long it ran.
         ran: Duration,
         /// When.
@@ -221,6 +224,8 @@ pub(crate) struct Inner {
     /// Whether runc mounts instance roots inside their containers (until
     /// it refuses once: then on the host, see [`bundle::RootfsKind`]).
     pub rootfs_inside: std::sync::atomic::AtomicBool,
+    /// The instances' cgroups (what an exit's memory kills were).
+    pub cgroups: CgroupReader,
     pub detach: CancellationToken,
     tracker: TaskTracker,
 }
@@ -320,6 +325,7 @@ impl Agent {
                 sandbox,
                 net,
                 rootfs_inside: std::sync::atomic::AtomicBool::new(true),
+                cgroups: CgroupReader::host(),
                 detach: CancellationToken::new(),
                 tracker: TaskTracker::new(),
             }),
@@ -335,7 +341,7 @@ impl Agent {
             agent
                 .inner
                 .tracker
-                .spawn(async move { me.usage(every, CgroupReader::host()).await });
+                .spawn(async move { me.usage(every, me.inner.cgroups.clone()).await });
         }
         Ok(agent)
     }
@@ -780,6 +786,11 @@ impl Agent {
                     pid: r.pid,
                 }),
                 None => {
+                    // Its cgroup goes with the container: read first.
+                    let oom_killed = inner
+                        .cgroups
+                        .oom_kills(&rec.spec.instance)
+                        .is_some_and(|n| n > 0);
                     inner.runtime.delete(&id).await?;
                     if let Some(pid) = rec.pid {
                         self.reap(pid, rec.pid_start).await;
@@ -788,6 +799,7 @@ impl Agent {
                         service: rec.spec.service.clone(),
                         instance: rec.spec.instance.clone(),
                         status: ExitStatus::Unknown,
+                        oom_killed,
                         ran: Duration::ZERO,
                         at: Utc::now(),
                     });

@@ -430,16 +430,27 @@ pub(crate) async fn supervise(
         };
         let ran = run.started.elapsed();
         run.flush().await;
+        // Read before the cgroup goes with the container. A restart in
+        // place was asked for, whatever the counter says.
+        let oom_killed = !in_place
+            && inner
+                .cgroups
+                .oom_kills(&spec.instance)
+                .is_some_and(|n| n > 0);
         if let Err(e) = inner.runtime.delete(&id).await {
             tracing::warn!(instance = %id, error = %e, "runc delete after exit failed");
         }
         if in_place {
             tracing::info!(instance = %id, ran_ms = ran.as_millis() as u64, "restarting in place");
         }
+        if oom_killed {
+            tracing::warn!(instance = %id, "out of memory: killed for going over its memory limit");
+        }
         inner.report(AgentEvent::Exited {
             service: spec.service.clone(),
             instance: spec.instance.clone(),
             status,
+            oom_killed,
             ran,
             at: Utc::now(),
         });

@@ -107,6 +107,21 @@ impl CgroupReader {
         })
     }
 
+    /// How many of `instance`'s processes the kernel killed for going over
+    /// its memory limit while its cgroup existed (`oom_kill` in v2's
+    /// `memory.events`, v1's `memory.oom_control`); `None` when the cgroup
+    /// is gone or the kernel does not count them. One small kernel file:
+    /// read where the exit is handled.
+    pub fn oom_kills(&self, instance: &InstanceId) -> Option<u64> {
+        let id = instance.as_str();
+        match self.layout()? {
+            Layout::Unified(berth) => keyed(&berth.join(id).join("memory.events"), "oom_kill"),
+            Layout::Split { memory, .. } => {
+                keyed(&memory.join(id).join("memory.oom_control"), "oom_kill")
+            }
+        }
+    }
+
     /// [`CgroupReader::read`] for each of `instances` (with what the
     /// caller keys them by), on a blocking thread: a few files per
     /// instance, thousands on a busy node, must not hold up the threads
@@ -179,6 +194,20 @@ mod tests {
         assert!(CgroupReader::at(v1.path())
             .read(&InstanceId::generate())
             .is_none());
+
+        // Kills for going over the memory limit, in either layout.
+        write(
+            &g.join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+        );
+        write(
+            &m.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        );
+        assert_eq!(CgroupReader::at(v2.path()).oom_kills(&i), Some(1));
+        assert_eq!(CgroupReader::at(v1.path()).oom_kills(&i), Some(2));
+        let gone = InstanceId::generate();
+        assert_eq!(CgroupReader::at(v1.path()).oom_kills(&gone), None);
     }
     #[tokio::test]
     async fn a_node_reads_all_its_instances_at_once_skipping_the_gone() {

@@ -50,6 +50,7 @@ pub const TYPES: &[&str] = &[
     "server_failed",
     "server_restarted",
     "placement_blocked",
+    "instance_exited",
     "instance_count_changed",
     "cron_job_run_started",
     "cron_job_run_ended",
@@ -100,6 +101,18 @@ fn failure(extra: Value) -> Value {
         f.extend(extra.into_iter().filter(|(_, v)| !v.is_null()));
     }
     f
+}
+
+/// How an instance's process ended, in words.
+fn exit_message(e: &berth_schemas::events::InstanceExited) -> String {
+    if e.oom_killed {
+        return "ran out of memory: killed for going over its memory limit".to_owned();
+    }
+    match (e.exit_code, e.signal) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        (None, None) => "exited; how is not known (it ended while its node was down)".to_owned(),
+    }
 }
 
 /// Render's trigger object of a started deploy, from berth's trigger.
@@ -260,6 +273,16 @@ impl TimelineEvent {
                     "triggeredByUser": null,
                     "instanceId": e.instance,
                     "attempt": e.attempt,
+                }),
+            ),
+            Event::InstanceExited(e) => (
+                "instance_exited",
+                d!({
+                    "instanceId": e.instance,
+                    "exitCode": e.exit_code,
+                    "signal": e.signal,
+                    "outOfMemory": e.oom_killed,
+                    "message": exit_message(e),
                 }),
             ),
             Event::PlacementBlocked(e) => (
@@ -486,6 +509,16 @@ fn details_schemas() -> Vec<(&'static str, Vec<DetailField>)> {
                 ("triggeredByUser", json!({"type": ["string", "null"]}), true),
                 ("instanceId", s(), true),
                 ("attempt", int(), true),
+            ],
+        ),
+        (
+            "instance_exited",
+            vec![
+                ("instanceId", s(), true),
+                ("exitCode", int(), false),
+                ("signal", int(), false),
+                ("outOfMemory", bool_(), true),
+                ("message", s(), true),
             ],
         ),
         (
@@ -1149,6 +1182,51 @@ mod tests {
         assert!(!t.is_failure() && !t.is_notable());
     }
 
+    #[test]
+    fn an_instance_exit_is_on_the_timeline_saying_how_it_ended() {
+        use berth_schemas::events::InstanceExited;
+        use berth_schemas::ids::InstanceId;
+        let svc = ServiceId::generate();
+        let exit = |exit_code, signal, oom_killed| {
+            let e = env(
+                &svc,
+                1,
+                InstanceExited {
+                    instance: InstanceId::generate(),
+                    exit_code,
+                    signal,
+                    oom_killed,
+                }
+                .into(),
+            );
+            TimelineEvent::from_envelope(&e).unwrap_or_else(|| unreachable!())
+        };
+        let oom = exit(Some(137), None, true);
+        assert_eq!(oom.kind, "instance_exited");
+        assert!(TYPES.contains(&oom.kind.as_str()));
+        assert!(!RENDER_TYPES.contains(&oom.kind.as_str()));
+        assert_eq!(oom.details["outOfMemory"], true);
+        assert_eq!(oom.details["exitCode"], 137);
+        assert_eq!(
+            oom.details["message"],
+            "ran out of memory: killed for going over its memory limit"
+        );
+        let failed = exit(Some(1), None, false);
+        assert_eq!(failed.details["outOfMemory"], false);
+        assert_eq!(failed.details["message"], "exited with status 1");
+        assert!(
+            failed.details.get("signal").is_none(),
+            "{:?}",
+            failed.details
+        );
+        assert_eq!(
+            exit(None, Some(9), false).details["message"],
+            "killed by signal 9"
+        );
+        // The restart that follows says the rest; no notification per exit.
+        assert!(!oom.is_failure() && !oom.is_notable());
+    }
+
     /// Every type's entry says what its schema says: the required fields
     /// are there with the right JSON type, nothing else is, and every type
     /// has a schema.
@@ -1228,6 +1306,20 @@ mod tests {
             ServerRestarted {
                 instance: InstanceId::generate(),
                 attempt: 2,
+            }
+            .into(),
+            berth_schemas::events::InstanceExited {
+                instance: InstanceId::generate(),
+                exit_code: Some(137),
+                signal: None,
+                oom_killed: true,
+            }
+            .into(),
+            berth_schemas::events::InstanceExited {
+                instance: InstanceId::generate(),
+                exit_code: None,
+                signal: None,
+                oom_killed: false,
             }
             .into(),
             PlacementBlocked {

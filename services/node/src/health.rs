@@ -605,6 +605,7 @@ mod tests {
             service: service.clone(),
             instance: instance.clone(),
             status: berth_agent::ExitStatus::Signal(9),
+            oom_killed: false,
             ran: Duration::from_secs(1),
             at: chrono::Utc::now(),
         };
@@ -636,6 +637,7 @@ mod tests {
             service,
             instance: InstanceId::generate(),
             status: berth_agent::ExitStatus::Code(1),
+            oom_killed: false,
             ran: Duration::from_secs(1),
             at: chrono::Utc::now(),
         };

@@ -290,6 +290,7 @@ impl Reporter {
                 service,
                 instance,
                 status,
+                oom_killed,
                 at,
                 ..
             } => {
@@ -305,6 +306,7 @@ impl Reporter {
                         instance: instance.clone(),
                         exit_code,
                         signal,
+                        oom_killed: *oom_killed,
                     }),
                     format!("{instance}:exited:{}", at.timestamp_micros()),
                 )

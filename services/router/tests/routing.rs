@@ -120,6 +120,7 @@ async fn unhealthy_and_exited_instances_leave_routing_renames_move_the_host() ->
             instance: ids[1].clone(),
             exit_code: Some(1),
             signal: None,
+            oom_killed: false,
         }
         .into()])
         .await?;

@@ -139,6 +139,9 @@ fn summary(e: &TimelineEvent) -> Markup {
             "placement_blocked" => {
                 @if let Some(r) = detail(e, "reason") { ": " (r) }
             }
+            "instance_exited" => {
+                @if let Some(m) = detail(e, "message") { ": " (m) }
+            }
             "rollback_target_missing" => {
                 ": the registry no longer holds " (digest(detail(e, "digest")))
             }
