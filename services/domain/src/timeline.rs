@@ -103,18 +103,6 @@ fn failure(extra: Value) -> Value {
     f
 }
 
-/// How an instance's process ended, in words.
-fn exit_message(e: &berth_schemas::events::InstanceExited) -> String {
-    if e.oom_killed {
-        return "ran out of memory: killed for going over its memory limit".to_owned();
-    }
-    match (e.exit_code, e.signal) {
-        (Some(c), _) => format!("exited with status {c}"),
-        (None, Some(s)) => format!("killed by signal {s}"),
-        (None, None) => "exited; how is not known (it ended while its node was down)".to_owned(),
-    }
-}
-
 /// Render's trigger object of a started deploy, from berth's trigger.
 fn trigger(t: Option<DeployTrigger>) -> Value {
     let is = |want: &[DeployTrigger]| t.is_some_and(|t| want.contains(&t));
@@ -282,7 +270,7 @@ impl TimelineEvent {
                     "exitCode": e.exit_code,
                     "signal": e.signal,
                     "outOfMemory": e.oom_killed,
-                    "message": exit_message(e),
+                    "message": crate::service::instances::exit_message(e),
                 }),
             ),
             Event::PlacementBlocked(e) => (

@@ -10,8 +10,12 @@
 //! checks for `unhealthy_after` (it then leaves routing). A live instance
 //! failing for `restart_after` is restarted in place by the agent (the
 //! restart is the agent's `server_restarted`), and is then probed as a
-//! starting instance again. Before its first pass an instance is just
-//! probed (the scheduler owns the readiness window): at once, then after a
+//! starting instance again. A starting instance whose HTTP or TCP check
+//! has not passed for `unhealthy_after` is reported unhealthy once (not
+//! restarted: the scheduler owns the readiness window), with what it
+//! listens on instead when that is not where it is checked (another port,
+//! or loopback only), read from its namespace's socket tables. Before its
+//! first pass an instance is probed: at once, then after a
 //! backoff growing to the starting interval, a worker as soon as its grace
 //! period is over — a deploy goes live on the first pass, so this wait is
 //! part of every deploy.
@@ -23,6 +27,7 @@
 //! twice, and a recovery after a restart is still recorded.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -89,6 +94,10 @@ struct Reported {
     transitions: u32,
     /// `None`: never reported; `Some(true)`: healthy; `Some(false)`: unhealthy.
     healthy: Option<bool>,
+    /// Reported unhealthy before it ever passed (a start that does not
+    /// come up), so not a live instance to restart.
+    #[serde(default)]
+    starting: bool,
 }
 
 struct Monitor {
@@ -110,6 +119,9 @@ struct Table {
     /// Since when each instance's process has been running (`None`: it is
     /// not, e.g. between a crash and its restart), from the agent's events.
     up: HashMap<InstanceId, Option<Instant>>,
+    /// The host pid of each running instance's process (the container's
+    /// PID 1, in the instance's network namespace).
+    pids: HashMap<InstanceId, u32>,
 }
 
 impl Table {
@@ -176,10 +188,12 @@ impl Health {
         let mut t = self.lock();
         t.unrecorded(e, true);
         match e {
-            AgentEvent::Started { instance, .. } => {
+            AgentEvent::Started { instance, pid, .. } => {
                 t.up.insert(instance.clone(), Some(Instant::now()));
+                t.pids.insert(instance.clone(), *pid);
             }
-            AgentEvent::Adopted { instance, .. } => {
+            AgentEvent::Adopted { instance, pid, .. } => {
+                t.pids.insert(instance.clone(), *pid);
                 // It ran before this process (at least as long as it took
                 // to notice): a worker does not serve its grace again.
                 let since = Instant::now()
@@ -190,6 +204,7 @@ impl Health {
             AgentEvent::Exited { instance, .. }
             | AgentEvent::StartFailed { instance, .. }
             | AgentEvent::RestartScheduled { instance, .. } => {
+                t.pids.remove(instance);
                 // Unprobed ones (one-off runs) are forgotten, so the table
                 // does not grow with every cron run.
                 if let Some(m) = t.monitors.get_mut(instance) {
@@ -208,6 +223,7 @@ impl Health {
             }
             AgentEvent::Stopped { instance, .. } => {
                 t.up.remove(instance);
+                t.pids.remove(instance);
                 if let Some(m) = t.monitors.remove(instance) {
                     m.stop.cancel();
                 }
@@ -301,6 +317,10 @@ impl Health {
         self.lock().up.get(instance).copied().flatten()
     }
 
+    fn pid_of(&self, instance: &InstanceId) -> Option<u32> {
+        self.lock().pids.get(instance).copied()
+    }
+
     fn state_path(&self, instance: &InstanceId) -> PathBuf {
         self.dir.join(format!("{instance}.health"))
     }
@@ -336,7 +356,7 @@ impl Probe {
         // An instance reported before a node restart resumes where it was:
         // healthy stays healthy (no second fact), unhealthy keeps counting
         // towards its restart.
-        let mut live = reported.healthy.is_some();
+        let mut live = reported.healthy.is_some() && !reported.starting;
         let mut failing_since: Option<Instant> = None;
         // Counted from the monitor's creation: an exit between `watch` and
         // this task's first step is still one.
@@ -418,7 +438,28 @@ impl Probe {
                     }
                 }
                 Err(reason) => {
-                    tracing::trace!(instance.id = %self.instance, reason = %reason, "not healthy yet");
+                    // A start that does not come up says why, once it has
+                    // failed as long as a live instance would have to, so
+                    // the deploy that gives up on it can tell: the failed
+                    // check and what the instance listens on instead.
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    let port_check = matches!(self.check, Check::Http { .. } | Check::Tcp { .. });
+                    if port_check
+                        && since.elapsed() >= opts.unhealthy_after
+                        && reported.healthy.is_none()
+                    {
+                        let reason = format!("{reason}{}", self.listening_hint());
+                        let fact = Event::InstanceUnhealthy(InstanceUnhealthy {
+                            instance: self.instance.clone(),
+                            reason,
+                        });
+                        reported.starting = true;
+                        if self.transition(&mut reported, false, fact).await.is_none() {
+                            return;
+                        }
+                    } else {
+                        tracing::trace!(instance.id = %self.instance, reason = %reason, "not healthy yet");
+                    }
                 }
             }
         }
@@ -459,6 +500,7 @@ impl Probe {
                 tracing::info!(instance.id = %self.instance, service.id = %p.service, healthy, "health transition recorded");
                 reported.transitions += 1;
                 reported.healthy = Some(healthy);
+                reported.starting &= !healthy;
                 if let Err(e) = self.health.save(&self.instance, *reported) {
                     tracing::warn!(instance.id = %self.instance, error = %e, "cannot keep the health state");
                 }
@@ -473,6 +515,27 @@ impl Probe {
                 Some(false)
             }
         }
+    }
+
+    /// What the instance listens on when that is not what its check
+    /// reaches (`; the instance listens on 3000, not 10000: …`), from its
+    /// network namespace's socket tables; empty when it does listen there
+    /// or that cannot be read.
+    fn listening_hint(&self) -> String {
+        let addr = match &self.check {
+            Check::Http { addr, .. } | Check::Tcp { addr } => addr,
+            Check::Uptime => return String::new(),
+        };
+        let Some(port) = addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()) else {
+            return String::new();
+        };
+        let Some(pid) = self.health.pid_of(&self.instance) else {
+            return String::new();
+        };
+        let Some(listeners) = listeners(pid) else {
+            return String::new();
+        };
+        listening_hint(&listeners, port).unwrap_or_default()
     }
 
     async fn probe(&self) -> Result<(), String> {
@@ -503,6 +566,91 @@ impl Probe {
             }
         }
     }
+}
+
+/// The TCP sockets listening in process `pid`'s network namespace
+/// (`/proc/<pid>/net/tcp` and `tcp6`): address and port each; `None` when
+/// neither table can be read (the process is gone).
+fn listeners(pid: u32) -> Option<Vec<(IpAddr, u16)>> {
+    let mut found = Vec::new();
+    let mut read_any = false;
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        read_any = true;
+        found.extend(text.lines().skip(1).filter_map(listening));
+    }
+    read_any.then_some(found)
+}
+
+/// One line of a `/proc/net/tcp{,6}` table, when its socket listens
+/// (state `0A`): its local address and port. Addresses are the kernel's
+/// 32-bit words in hex, each in this machine's byte order.
+fn listening(line: &str) -> Option<(IpAddr, u16)> {
+    let mut fields = line.split_whitespace();
+    let local = fields.nth(1)?;
+    if fields.nth(1)? != "0A" {
+        return None;
+    }
+    let (ip, port) = local.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| -> Option<[u8; 4]> {
+        let hex = ip.get(i * 8..i * 8 + 8)?;
+        Some(u32::from_str_radix(hex, 16).ok()?.to_ne_bytes())
+    };
+    let ip = match ip.len() {
+        8 => IpAddr::from(word(0)?),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for i in 0..4 {
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            IpAddr::from(bytes)
+        }
+        _ => return None,
+    };
+    Some((ip, port))
+}
+
+/// Why a check of port `want` finds nothing, given what listens: on other
+/// ports only (`PORT` not read, or another port served), on `want` but on
+/// loopback only (unreachable from the node), or nothing at all.
+fn listening_hint(listeners: &[(IpAddr, u16)], want: u16) -> Option<String> {
+    let loopback = |ip: &IpAddr| match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    };
+    if listeners.iter().any(|(ip, p)| *p == want && !loopback(ip)) {
+        return None;
+    }
+    if let Some((ip, _)) = listeners.iter().find(|(_, p)| *p == want) {
+        return Some(format!(
+            "; the instance listens on {ip} port {want} only, which the node cannot reach: listen on 0.0.0.0 (every address)"
+        ));
+    }
+    let mut others: Vec<u16> = listeners
+        .iter()
+        .filter(|(ip, _)| !loopback(ip))
+        .map(|(_, p)| *p)
+        .collect();
+    others.sort_unstable();
+    others.dedup();
+    Some(match others.as_slice() {
+        [] => "; nothing in the instance listens on a port the node can reach".to_owned(),
+        [one] => format!(
+            "; the instance listens on {one}, not {want}: set PORT={one} in the service's environment, or have it listen on $PORT"
+        ),
+        many => {
+            let list: Vec<String> = many.iter().take(5).map(u16::to_string).collect();
+            format!(
+                "; the instance listens on {}, not {want}: set PORT to the one it serves on, or have it listen on $PORT",
+                list.join(", ")
+            )
+        }
+    })
 }
 
 /// The waits between probes of a starting instance: none before the first
@@ -675,5 +823,78 @@ mod tests {
         let j = serde_json::to_string(&c).unwrap();
         assert_eq!(j, r#"{"kind":"http","addr":"127.0.0.1:4000","path":"/"}"#);
         assert_eq!(serde_json::from_str::<Check>(&j).unwrap(), c);
+    }
+
+    #[test]
+    fn listening_sockets_are_read_from_the_kernels_tables() {
+        // As /proc/net/tcp and tcp6 print them on this (little-endian)
+        // machine: 0.0.0.0:3000 and 127.0.0.1:10000 listening, one
+        // connection, [::]:8080 and [::1]:9000 listening.
+        let v4 = [
+            "   0: 00000000:0BB8 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0",
+            "   1: 0100007F:2710 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1 0 100 0 0 10 0",
+            "   2: 0100007F:2710 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0 20 4 30 10 -1",
+        ];
+        let v6 = [
+            "   0: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4 1 0 100 0 0 10 0",
+            "   1: 00000000000000000000000001000000:2328 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5 1 0 100 0 0 10 0",
+        ];
+        let got: Vec<(IpAddr, u16)> = v4
+            .iter()
+            .chain(v6.iter())
+            .filter_map(|l| listening(l))
+            .collect();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            got,
+            [
+                (ip("0.0.0.0"), 3000),
+                (ip("127.0.0.1"), 10000),
+                (ip("::"), 8080),
+                (ip("::1"), 9000)
+            ]
+        );
+        assert_eq!(listening("garbage"), None);
+        assert_eq!(listening("   0: 0000:0BB8 00000000:0000 0A"), None);
+    }
+
+    #[test]
+    fn a_listener_of_this_process_is_found_in_its_namespace() {
+        let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let found = listeners(std::process::id()).unwrap();
+        assert!(found.iter().any(|(_, p)| *p == port), "{port} in {found:?}");
+        assert!(listeners(u32::MAX).is_none(), "no such process");
+    }
+
+    #[test]
+    fn hints_say_what_the_instance_listens_on_instead() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // Listening where checked: nothing to add.
+        assert_eq!(listening_hint(&[(ip("0.0.0.0"), 10000)], 10000), None);
+        assert_eq!(listening_hint(&[(ip("::"), 10000)], 10000), None);
+        assert_eq!(
+            listening_hint(&[(ip("0.0.0.0"), 3000), (ip("127.0.0.1"), 5432)], 10000).unwrap(),
+            "; the instance listens on 3000, not 10000: set PORT=3000 in the service's environment, or have it listen on $PORT"
+        );
+        assert_eq!(
+            listening_hint(&[(ip("127.0.0.1"), 10000)], 10000).unwrap(),
+            "; the instance listens on 127.0.0.1 port 10000 only, which the node cannot reach: listen on 0.0.0.0 (every address)"
+        );
+        assert!(listening_hint(&[(ip("::1"), 10000)], 10000)
+            .unwrap()
+            .contains("only"));
+        assert_eq!(
+            listening_hint(&[], 10000).unwrap(),
+            "; nothing in the instance listens on a port the node can reach"
+        );
+        let many = listening_hint(
+            &[(ip("0.0.0.0"), 81), (ip("::"), 80), (ip("0.0.0.0"), 80)],
+            10000,
+        );
+        assert_eq!(
+            many.unwrap(),
+            "; the instance listens on 80, 81, not 10000: set PORT to the one it serves on, or have it listen on $PORT"
+        );
     }
 }

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use berth_schemas::ids::InstanceId;
 use berth_schemas::model::ServiceType;
 use berth_schemas::Event;
 
@@ -15,6 +16,17 @@ use crate::support::{
     self, addr_of, count_of, fast_checks, http_get, kinds, of, run, service, spec, start_node,
 };
 use berth_tests::node::World;
+
+/// The reason `instance` was first reported unhealthy with ("" if never).
+fn unhealthy_reason(events: &[berth_schemas::Envelope], instance: &InstanceId) -> String {
+    of(events, instance)
+        .iter()
+        .find_map(|e| match &e.event {
+            Event::InstanceUnhealthy(u) => Some(u.reason.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
 
 /// busybox httpd serving `dir` on `$PORT`, in the foreground.
 fn httpd(prepare: &str, dir: &str) -> String {
@@ -63,7 +75,9 @@ async fn web_instances_get_own_ports_and_pass_http_checks() {
         assert_eq!((status, body.as_str()), (200, "hello\n"), "{addr}");
     }
 
-    // The missing path: started and answering, but never healthy.
+    // The missing path: started and answering, but never healthy; once
+    // failing as long as a live instance would have to, reported unhealthy
+    // with the failed check (it does listen where checked: no more).
     let bad_events = w
         .wait_events(&bad_svc, Duration::from_secs(30), |ev| {
             count_of(ev, &bad.instance, "instance_started") == 1
@@ -72,8 +86,21 @@ async fn web_instances_get_own_ports_and_pass_http_checks() {
     let bad_addr = addr_of(&bad_events, &bad.instance).unwrap();
     let (status, _) = http_get(&bad_addr, "/missing").await.unwrap();
     assert_eq!(status, 404);
+    w.wait_events(&bad_svc, Duration::from_secs(30), |ev| {
+        count_of(ev, &bad.instance, "instance_unhealthy") == 1
+    })
+    .await;
+    // Once: a while later it is still the one fact since the start.
     let bad_events = w.events_after(&bad_svc, Duration::from_secs(2)).await;
-    assert_eq!(kinds(&bad_events, &bad.instance), vec!["instance_started"]);
+    assert_eq!(
+        kinds(&bad_events, &bad.instance),
+        vec!["instance_started", "instance_unhealthy"]
+    );
+    let reason = unhealthy_reason(&bad_events, &bad.instance);
+    assert!(
+        reason.contains("HTTP 404") && !reason.contains("listens"),
+        "{reason}"
+    );
 
     node.stop().await;
 }
@@ -194,6 +221,71 @@ async fn starting_instances_are_probed_at_once_not_after_the_interval() {
         "worker: healthy when its 1 s grace is over: {worker_after:?}"
     );
     node.stop().await;
+}
+
+/// A web image that listens on its own fixed port and ignores `PORT`, or
+/// listens on loopback only, never passes; after failing as long as a live
+/// instance would have to, it is reported unhealthy saying what it listens
+/// on instead (what the deploy that gives up on it then says), and is not
+/// restarted in place as a live instance would be.
+#[tokio::test]
+async fn a_start_that_never_passes_says_what_it_listens_on_instead() {
+    let w = World::start().await;
+    let node = start_node(&w, fast_checks()).await;
+    let (svc, deploy) = service(&w, ServiceType::WebService, Some("/")).await;
+    let elsewhere = spec(
+        &w,
+        &svc,
+        &deploy,
+        "/bin/sh -c 'exec /bin/busybox httpd -f -p 3000 -h /app'",
+        Some(10000),
+    );
+    let loopback = spec(
+        &w,
+        &svc,
+        &deploy,
+        "/bin/sh -c 'exec /bin/busybox httpd -f -p 127.0.0.1:10000 -h /app'",
+        Some(10000),
+    );
+    run(&w, &node.id, &elsewhere).await;
+    run(&w, &node.id, &loopback).await;
+    let says = [
+        (
+            &elsewhere,
+            "the instance listens on 3000, not 10000: set PORT=3000",
+        ),
+        (&loopback, "listens on 127.0.0.1 port 10000 only"),
+    ];
+    let events = w
+        .wait_events(&svc, Duration::from_secs(60), |ev| {
+            says.iter()
+                .all(|(s, _)| count_of(ev, &s.instance, "instance_unhealthy") >= 1)
+        })
+        .await;
+    for (s, want) in says {
+        let reason = unhealthy_reason(&events, &s.instance);
+        assert!(reason.contains(want), "{want} in {reason}");
+        assert!(
+            reason.to_lowercase().contains("connection refused"),
+            "the failed check: {reason}"
+        );
+    }
+    // Past the live restart limit (6 s of failing): still not restarted.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let events = w.wait_events(&svc, Duration::from_secs(1), |_| true).await;
+    for (s, _) in says {
+        let k = kinds(&events, &s.instance);
+        assert_eq!(
+            count_of(&events, &s.instance, "server_restarted"),
+            0,
+            "{k:?}"
+        );
+        assert_eq!(
+            count_of(&events, &s.instance, "instance_unhealthy"),
+            1,
+            "{k:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -323,6 +323,15 @@ pub fn reconcile(
                     if let Some(b) = &blocked {
                         reason.push_str(&format!("; {} not placed: {}", b.unplaced, b.reason));
                     }
+                    // Why one of them is not: its failed check or its exit.
+                    let why = state
+                        .instances
+                        .of_deploy(&d.id)
+                        .filter(|i| !i.is_healthy())
+                        .find_map(|i| Some((&i.id, i.problem.as_deref()?)));
+                    if let Some((id, problem)) = why {
+                        reason.push_str(&format!("; {id}: {problem}"));
+                    }
                     ctx.plan.actions.push(Action::FailDeploy {
                         deploy: d.id.clone(),
                         reason,

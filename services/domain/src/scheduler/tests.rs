@@ -196,6 +196,77 @@ fn not_healthy_within_the_window_fails_and_the_old_version_keeps_serving() {
     assert!(old.iter().all(|o| !stopped.contains(&o)));
 }
 
+/// A deploy that never goes live says why one of its instances is not
+/// healthy: the check the node last saw fail, or how its process ended.
+#[test]
+fn a_failed_deploy_says_why_an_instance_is_not_healthy() {
+    for (fact, says) in [
+        (
+            "unhealthy",
+            "GET /: connection refused; the instance listens on 3000, not 10000",
+        ),
+        (
+            "exited",
+            "ran out of memory: killed for going over its memory limit",
+        ),
+    ] {
+        let (mut s, _) = live(1);
+        let new = s.request(1);
+        s.updating(&new, &digest(2));
+        let i = s.instance(&new, 1, &digest(2), false);
+        let event = if fact == "unhealthy" {
+            Event::InstanceUnhealthy(InstanceUnhealthy {
+                instance: i.clone(),
+                reason: says.to_owned(),
+            })
+        } else {
+            Event::InstanceExited(berth_schemas::events::InstanceExited {
+                instance: i.clone(),
+                exit_code: Some(137),
+                signal: None,
+                oom_killed: true,
+            })
+        };
+        s.apply(&[event]);
+        s.now = t0() + chrono::TimeDelta::minutes(15);
+        let plan = s.reconcile(&two_nodes());
+        let [Action::FailDeploy { deploy, reason }] = plan.actions.as_slice() else {
+            panic!("{plan:?}");
+        };
+        assert_eq!(deploy, &new);
+        assert_eq!(
+            reason,
+            &format!("0 of 1 new instances healthy within the readiness window; {i}: {says}")
+        );
+        // Passing again clears it.
+        s.apply(&[Event::InstanceHealthy(InstanceHealthy {
+            instance: i.clone(),
+        })]);
+        let problem = s.state.instances.get(&i).and_then(|x| x.problem.clone());
+        assert_eq!(problem, None);
+    }
+    // A reason from a node is kept to a bounded length.
+    let (mut s, _) = live(1);
+    let new = s.request(1);
+    s.updating(&new, &digest(2));
+    let i = s.instance(&new, 1, &digest(2), false);
+    s.apply(&[Event::InstanceUnhealthy(InstanceUnhealthy {
+        instance: i.clone(),
+        reason: "é".repeat(1000),
+    })]);
+    let kept = s
+        .state
+        .instances
+        .get(&i)
+        .and_then(|x| x.problem.clone())
+        .unwrap_or_default();
+    assert!(
+        kept.len() <= crate::service::instances::PROBLEM_MAX && kept.len() >= 290,
+        "{}",
+        kept.len()
+    );
+}
+
 // ---- zero downtime ----
 
 #[test]

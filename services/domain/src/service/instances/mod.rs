@@ -9,6 +9,7 @@ pub(in crate::service) mod placement;
 
 use std::collections::BTreeMap;
 
+use berth_schemas::events::InstanceExited;
 use berth_schemas::ids::{DeployId, InstanceId, NodeId};
 use berth_schemas::Event;
 use chrono::{DateTime, Utc};
@@ -53,6 +54,35 @@ pub struct Instance {
     /// published port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addr: Option<String>,
+    /// What last went wrong with it since it last passed its health check
+    /// (the failed check, or how its process ended), at most
+    /// [`PROBLEM_MAX`] bytes: what a deploy that never went live says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// The longest [`Instance::problem`] kept, in bytes.
+pub const PROBLEM_MAX: usize = 300;
+
+/// How an instance's process ended, in words.
+pub fn exit_message(e: &InstanceExited) -> String {
+    if e.oom_killed {
+        return "ran out of memory: killed for going over its memory limit".to_owned();
+    }
+    match (e.exit_code, e.signal) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        (None, None) => "exited; how is not known (it ended while its node was down)".to_owned(),
+    }
+}
+
+/// `text` cut to at most [`PROBLEM_MAX`] bytes, on a character boundary.
+fn bounded(text: &str) -> String {
+    let mut end = text.len().min(PROBLEM_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 impl Instance {
@@ -109,6 +139,12 @@ impl Instances {
         }
     }
 
+    fn set_problem(&mut self, id: &InstanceId, problem: Option<String>) {
+        if let Some(i) = self.0.get_mut(id) {
+            i.problem = problem;
+        }
+    }
+
     /// Folds one event recorded at `time`; any other event leaves the
     /// instances unchanged.
     pub fn apply(&mut self, event: &Event, time: Option<DateTime<Utc>>) {
@@ -125,6 +161,7 @@ impl Instances {
                         scheduled_at: time,
                         draining_since: None,
                         addr: None,
+                        problem: None,
                     });
             }
             Event::InstanceDraining(e) => {
@@ -144,9 +181,18 @@ impl Instances {
                     i.addr = e.addr.clone();
                 }
             }
-            Event::InstanceHealthy(e) => self.set_phase(&e.instance, InstancePhase::Healthy),
-            Event::InstanceUnhealthy(e) => self.set_phase(&e.instance, InstancePhase::Unhealthy),
-            Event::InstanceExited(e) => self.set_phase(&e.instance, InstancePhase::Exited),
+            Event::InstanceHealthy(e) => {
+                self.set_phase(&e.instance, InstancePhase::Healthy);
+                self.set_problem(&e.instance, None);
+            }
+            Event::InstanceUnhealthy(e) => {
+                self.set_phase(&e.instance, InstancePhase::Unhealthy);
+                self.set_problem(&e.instance, Some(bounded(&e.reason)));
+            }
+            Event::InstanceExited(e) => {
+                self.set_phase(&e.instance, InstancePhase::Exited);
+                self.set_problem(&e.instance, Some(exit_message(e)));
+            }
             Event::ServerRestarted(e) => self.set_phase(&e.instance, InstancePhase::Running),
             Event::InstanceStopped(e) => {
                 self.0.remove(&e.instance);
@@ -173,6 +219,7 @@ impl Instances {
                             scheduled_at: time,
                             draining_since: None,
                             addr: None,
+                            problem: None,
                         });
                 }
             }
