@@ -1,7 +1,7 @@
 //! `GET /v1/nodes` (every registered node, its heartbeat as heard, and only
 //! the caller's instances counted) and `GET /v1/cron-jobs/{id}/runs` (a
 //! cron job's runs from its timeline, newest first, paged, ended ones with
-//! how they ended).
+//! how they ended); an instance's exit in its listing and on the timeline.
 
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use berth_domain::node::{self, Capacity};
 use berth_domain::service::{self, Command};
 use berth_domain::timeline::KEPT_PER_SERVICE;
 use berth_eventlog::Stamp;
-use berth_schemas::events::InstanceScheduled;
+use berth_schemas::events::{InstanceExited, InstanceScheduled};
 use berth_schemas::heartbeat::Heartbeat;
 use berth_schemas::ids::{CronRunId, DeployId, InstanceId, NodeId, ServiceId};
 use berth_schemas::{Actor, AggregateId};
@@ -188,6 +188,70 @@ async fn nodes_are_listed_with_their_heartbeat_and_only_your_instances() {
     );
     let text = for_bob.to_string();
     assert!(!text.contains("srv-") && !text.contains("ins-"), "{text}");
+}
+
+/// An instance's exit shows where an operator looks: what went wrong in
+/// the instance listing, and an `instance_exited` entry on the timeline
+/// (berth's own type: listed when asked for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_exit_shows_in_the_listing_and_on_the_timeline() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let (svc, _) = app.service(&alice, "oom").await;
+    let (deploy, digest) = first_deploy_live(&app, &alice, &svc).await;
+    let instance = InstanceId::generate();
+    let exited = InstanceExited {
+        instance: instance.clone(),
+        exit_code: Some(137),
+        signal: None,
+        oom_killed: true,
+    };
+    record(
+        &app,
+        &svc,
+        vec![
+            Command::Place {
+                scheduled: vec![InstanceScheduled {
+                    instance: instance.clone(),
+                    deploy,
+                    node: NodeId::generate(),
+                    digest,
+                }],
+                rescheduled: vec![],
+            },
+            Command::RecordInstanceFact(Box::new(exited.into())),
+        ],
+    )
+    .await;
+    let says = "ran out of memory: killed for going over its memory limit";
+    let t0 = std::time::Instant::now();
+    loop {
+        let (s, v) = app
+            .get(&format!("/v1/services/{svc}/instances"), &alice)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        if v[0]["problem"] == says {
+            assert_eq!(v[0]["id"], instance.as_str());
+            assert_eq!(v[0]["phase"], "exited");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let path = format!("/v1/services/{svc}/events");
+    let (_, all) = app.get(&path, &alice).await;
+    assert!(
+        !all.to_string().contains("instance_exited"),
+        "Render's types only: {all}"
+    );
+    let (s, v) = app
+        .get(&format!("{path}?type=instance_exited"), &alice)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let details = &v[0]["event"]["details"];
+    assert_eq!(details["instanceId"], instance.as_str(), "{v}");
+    assert_eq!(details["outOfMemory"], true, "{v}");
+    assert_eq!(details["message"], says, "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -236,7 +236,10 @@ fn instances_table(items: &[InstanceView]) -> Markup {
                             td { code { (i.id) } }
                             td { code { (i.node_id) } }
                             td { code { (i.deploy_id) } }
-                            td { (badge(if i.healthy { "st-ok" } else { "st-wait" }, &wire(&i.phase))) }
+                            td {
+                                (badge(if i.healthy { "st-ok" } else { "st-wait" }, &wire(&i.phase)))
+                                @if let Some(p) = &i.problem { " " span.muted { (p) } }
+                            }
                             td.opt { (time(Some(i.created_at))) }
                         }
                     }

@@ -886,6 +886,10 @@ pub struct InstanceView {
     /// once started.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub addr: Option<String>,
+    /// berth: what last went wrong with it since it last passed its health
+    /// check (the failed check, or how its process ended).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// GET /v1/services/{id}/instances: the service's instances (a plain
@@ -909,6 +913,7 @@ pub async fn instances(
                 phase: i.phase,
                 healthy: i.is_healthy(),
                 addr: i.addr.clone(),
+                problem: i.problem.clone(),
             })
             .collect(),
     ))
