@@ -251,7 +251,8 @@ async fn the_images_stop_signal_asks_the_app_to_stop() {
 
 /// A process that goes over its instance's memory limit is killed by the
 /// kernel, and the exit says so (the timeline then reads "ran out of
-/// memory"); an ordinary failure does not.
+/// memory", a run whose command was killed fails as out of memory); an
+/// ordinary failure does not.
 #[tokio::test]
 async fn an_exit_over_the_memory_limit_is_told_as_out_of_memory() {
     let mut node = Node::start().await;
@@ -263,8 +264,24 @@ async fn an_exit_over_the_memory_limit_is_told_as_out_of_memory() {
     );
     over.limits.memory_mib = Some(64);
     let plain = spec(&image, "sh -c 'exit 1'");
-    for (s, oom) in [(over, true), (plain, false)] {
+    // The run's own command killed: the run failed for it.
+    let mut killed = spec(
+        &image,
+        "busybox dd if=/dev/zero of=/dev/null bs=256M count=1",
+    );
+    killed.limits.memory_mib = Some(64);
+    let outcomes = [
+        (over, true, OneOffOutcome::Exited(ExitStatus::Code(0))),
+        (plain, false, OneOffOutcome::Exited(ExitStatus::Code(1))),
+        (
+            killed,
+            true,
+            OneOffOutcome::OutOfMemory(ExitStatus::Code(137)),
+        ),
+    ];
+    for (s, oom, outcome) in outcomes {
         let (out, lines) = run(&node, s.clone()).await;
+        assert_eq!(out, outcome, "{lines:?}");
         let exited = node
             .event(
                 Duration::from_secs(10),
@@ -275,7 +292,7 @@ async fn an_exit_over_the_memory_limit_is_told_as_out_of_memory() {
             unreachable!()
         };
         assert_eq!(oom_killed, oom, "{out:?} {lines:?}");
-        if oom {
+        if oom && out == OneOffOutcome::Exited(ExitStatus::Code(0)) {
             // dd was killed (SIGKILL), the shell lived on and said so.
             assert!(lines.iter().any(|l| l == "dd-ended-137"), "{lines:?}");
         }

@@ -105,6 +105,9 @@ pub struct StopOutcome {
 pub enum OneOffOutcome {
     /// The process exited by itself.
     Exited(ExitStatus),
+    /// It failed after the kernel killed a process of it for going over
+    /// its memory limit (out of memory).
+    OutOfMemory(ExitStatus),
     /// The timeout passed and it was stopped.
     TimedOut(StopOutcome),
 }
@@ -387,7 +390,12 @@ impl Agent {
             }
         };
         match ended {
-            Ok(Ended::Exited(s)) => Ok(OneOffOutcome::Exited(s)),
+            // A run that still succeeded (a child was killed, the
+            // command coped) ended as it says.
+            Ok(Ended::Exited(s, true)) if s != ExitStatus::Code(0) => {
+                Ok(OneOffOutcome::OutOfMemory(s))
+            }
+            Ok(Ended::Exited(s, _)) => Ok(OneOffOutcome::Exited(s)),
             Ok(Ended::Stopped(o)) => Ok(OneOffOutcome::TimedOut(o)),
             Ok(Ended::Detached) | Err(_) => Err(AgentError::ShuttingDown),
         }
@@ -433,7 +441,7 @@ impl Agent {
         };
         match task.await {
             Ok(Ended::Stopped(o)) => Ok(o),
-            Ok(Ended::Exited(s)) => Ok(StopOutcome {
+            Ok(Ended::Exited(s, _)) => Ok(StopOutcome {
                 escalated_to_kill: false,
                 status: Some(s),
                 elapsed: Duration::ZERO,

@@ -665,6 +665,15 @@ fn ended(
         OneOffOutcome::Exited(ExitStatus::Signal(s)) => {
             (false, None, Some(format!("killed by signal {s}")), "failed")
         }
+        OneOffOutcome::OutOfMemory(st) => (
+            false,
+            match st {
+                ExitStatus::Code(c) => Some(c),
+                _ => None,
+            },
+            Some(service::instances::OUT_OF_MEMORY.to_owned()),
+            "failed",
+        ),
         OneOffOutcome::Exited(ExitStatus::Unknown) => (
             false,
             None,
@@ -690,5 +699,56 @@ fn ended(
             status: status.to_owned(),
             exit_code,
         },
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::panic)]
+mod tests {
+    use super::*;
+    use berth_schemas::ids::{DeployId, InstanceId};
+
+    #[test]
+    fn a_pre_deploy_run_over_its_memory_limit_fails_saying_so() {
+        let spec = NodeRunSpec {
+            service: ServiceId::generate(),
+            deploy: DeployId::generate(),
+            instance: InstanceId::generate(),
+            image: "registry.example/app".into(),
+            digest: "sha256:00".into(),
+            credential: None,
+            login: None,
+            env: Default::default(),
+            command: None,
+            port: None,
+            plan: None,
+            shutdown_delay_secs: 30,
+        };
+        let outcomes = [
+            (
+                OneOffOutcome::OutOfMemory(ExitStatus::Code(137)),
+                (false, Some(137), Some(service::instances::OUT_OF_MEMORY)),
+            ),
+            (
+                OneOffOutcome::Exited(ExitStatus::Code(0)),
+                (true, Some(0), None),
+            ),
+            (
+                OneOffOutcome::Exited(ExitStatus::Code(2)),
+                (false, Some(2), None),
+            ),
+        ];
+        for (out, want) in outcomes {
+            let service::Command::RecordPreDeployEnded {
+                success,
+                exit_code,
+                reason,
+                ..
+            } = ended(&spec, OneOffPurpose::PreDeploy, out, 60)
+            else {
+                panic!("not a pre-deploy end");
+            };
+            assert_eq!((success, exit_code, reason.as_deref()), want, "{out:?}");
+        }
     }
 }

@@ -267,12 +267,14 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
                         s(i, "addr"),
                         s(i, "deployId"),
                         output::time(i, "createdAt"),
+                        s(i, "problem"),
                     ]
                 })
                 .collect();
             output::table(
                 &[
                     "INSTANCE", "NODE", "PHASE", "HEALTHY", "ADDRESS", "DEPLOY", "STARTED",
+                    "PROBLEM",
                 ],
                 &rows,
                 "no instances",

@@ -64,10 +64,14 @@ pub struct Instance {
 /// The longest [`Instance::problem`] kept, in bytes.
 pub const PROBLEM_MAX: usize = 300;
 
+/// What an instance or run that went over its memory limit is said to
+/// have done.
+pub const OUT_OF_MEMORY: &str = "ran out of memory: killed for going over its memory limit";
+
 /// How an instance's process ended, in words.
 pub fn exit_message(e: &InstanceExited) -> String {
     if e.oom_killed {
-        return "ran out of memory: killed for going over its memory limit".to_owned();
+        return OUT_OF_MEMORY.to_owned();
     }
     match (e.exit_code, e.signal) {
         (Some(c), _) => format!("exited with status {c}"),
