@@ -392,10 +392,11 @@ impl Agent {
         match ended {
             // A run that still succeeded (a child was killed, the
             // command coped) ended as it says.
-            Ok(Ended::Exited(s, true)) if s != ExitStatus::Code(0) => {
-                Ok(OneOffOutcome::OutOfMemory(s))
-            }
-            Ok(Ended::Exited(s, _)) => Ok(OneOffOutcome::Exited(s)),
+            Ok(Ended::Exited {
+                status,
+                oom_killed: true,
+            }) if status != ExitStatus::Code(0) => Ok(OneOffOutcome::OutOfMemory(status)),
+            Ok(Ended::Exited { status, .. }) => Ok(OneOffOutcome::Exited(status)),
             Ok(Ended::Stopped(o)) => Ok(OneOffOutcome::TimedOut(o)),
             Ok(Ended::Detached) | Err(_) => Err(AgentError::ShuttingDown),
         }
@@ -441,9 +442,9 @@ impl Agent {
         };
         match task.await {
             Ok(Ended::Stopped(o)) => Ok(o),
-            Ok(Ended::Exited(s, _)) => Ok(StopOutcome {
+            Ok(Ended::Exited { status, .. }) => Ok(StopOutcome {
                 escalated_to_kill: false,
-                status: Some(s),
+                status: Some(status),
                 elapsed: Duration::ZERO,
             }),
             Ok(Ended::Detached) | Err(_) => Err(AgentError::ShuttingDown),

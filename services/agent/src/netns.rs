@@ -112,13 +112,18 @@ pub const SYSCTLS: [(&str, &str); 2] = [
 ];
 
 /// Writes `value` to `/proc/sys/<name>` for the calling thread's network
-/// namespace; a kernel without the setting (older than 4.11 for the
-/// unprivileged port start) is left as it is.
-fn set_sysctl(name: &str, value: &str) -> io::Result<()> {
+/// namespace. A kernel without the setting (older than 4.11 for the
+/// unprivileged port start) is left as it is; a setting that cannot be
+/// written (a node whose `/proc/sys` is read-only) is said in the log and
+/// the instance starts without it, as it would have before.
+fn set_sysctl(name: &str, value: &str) {
     let path = Path::new("/proc/sys").join(name);
     match std::fs::write(&path, value) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        r => r.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(setting = %path.display(), error = %e, "instance network setting not applied")
+        }
     }
 }
 
@@ -153,7 +158,7 @@ fn unshare_and_attach(link: Option<&Link>) -> io::Result<File> {
     let mut inside = Route::open()?;
     inside.set_up(LOOPBACK_INDEX)?;
     for (name, value) in SYSCTLS {
-        set_sysctl(name, value)?;
+        set_sysctl(name, value);
     }
     if let (Some(link), Some(host)) = (link, host.as_mut()) {
         let bridge = host

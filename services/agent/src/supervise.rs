@@ -27,10 +27,13 @@ use crate::runtime::{ContainerIo, ContainerStatus, Signal};
 /// How a supervisor ended.
 #[derive(Debug)]
 pub(crate) enum Ended {
-    /// The process exited by itself (one-offs only; services restart);
-    /// whether the kernel killed a process of it for going over its
-    /// memory limit.
-    Exited(ExitStatus, bool),
+    /// The process exited by itself (one-offs only; services restart).
+    Exited {
+        status: ExitStatus,
+        /// The kernel killed a process of it for going over its memory
+        /// limit.
+        oom_killed: bool,
+    },
     /// Stopped on request.
     Stopped(StopOutcome),
     /// The agent detached; the container was left running.
@@ -465,7 +468,7 @@ pub(crate) async fn supervise(
         }
         if kind == Kind::OneOff {
             cleanup(inner, &spec).await;
-            return Ended::Exited(status, oom_killed);
+            return Ended::Exited { status, oom_killed };
         }
         let d = policy.next(delay, ran);
         delay = Some(d);
