@@ -59,6 +59,7 @@ pub fn report(v: &Validated, creds: Option<&Creds>, targets: &str) -> Value {
                 "subnet": o.node_checks.subnet.to_string(),
                 "runc": o.node.runc,
                 "cniPath": o.node.cni_path,
+                "servicesUrl": o.node.services_url,
             }),
             "notifier" => json!({
                 "smtpHost": o.notifier.smtp.as_ref().map(|s| s.host.clone()),

@@ -285,6 +285,12 @@ fn the_compose_file_runs_every_component_on_the_cluster_with_what_each_needs() {
         .map(|n| n.as_str().unwrap().to_owned())
         .collect();
     assert!(names.len() >= 8, "{names:?}");
+    // A web instance's RENDER_EXTERNAL_URL is the URL the API shows.
+    assert!(all["node"]["servicesUrl"].is_string(), "{all}");
+    assert_eq!(
+        all["node"]["servicesUrl"], all["api"]["servicesUrl"],
+        "{all}"
+    );
 
     // The NATS cluster: three current servers, none published, each with
     // its config from deploy/nats/, which routes to all three.
@@ -446,6 +452,10 @@ fn the_compose_file_runs_every_component_on_the_cluster_with_what_each_needs() {
     // state on a volume, reachable by the router at the address it
     // advertises, and never the installation key.
     let (node_service, node) = &reports["node"];
+    assert_eq!(
+        node["node"]["servicesUrl"], api["api"]["servicesUrl"],
+        "a web instance's RENDER_EXTERNAL_URL is the URL the API shows"
+    );
     let ns = service(node_service);
     assert_eq!(ns["privileged"], Yaml::Bool(true));
     assert_eq!(ns["cgroup"].as_str(), Some("host"), "instances' cgroups");
