@@ -1,6 +1,7 @@
 //! Health checks of the instances running on this node, like a kubelet's
 //! probes (SPEC §6): web services answer an HTTP GET of their health check
-//! path with 2xx/3xx within the timeout, private services accept a TCP
+//! path with 2xx/3xx within the timeout (one without a path, as on Render,
+//! accepts a TCP connection on its port), private services accept a TCP
 //! connection, workers count as healthy once they have stayed up for a
 //! grace period; one-off runs and cron jobs are not checked.
 //!

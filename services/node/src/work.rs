@@ -360,13 +360,18 @@ impl NodeHandler {
                 placement.addr = Some(addr.clone());
                 Some(Check::Tcp { addr })
             }
-            (_, Some(addr)) => Some(Check::Http {
-                addr,
-                path: config
+            // A web service's health check path when it has one; without
+            // one, as on Render, listening on its port is enough (an API
+            // with no page at `/` is healthy).
+            (_, Some(addr)) => Some(
+                match config
                     .and_then(|c| c.health_check_path.clone())
                     .filter(|p| p.starts_with('/'))
-                    .unwrap_or_else(|| "/".to_owned()),
-            }),
+                {
+                    Some(path) => Check::Http { addr, path },
+                    None => Check::Tcp { addr },
+                },
+            ),
             (Some(ServiceType::BackgroundWorker), None) => Some(Check::Uptime),
             _ => None,
         };

@@ -105,6 +105,35 @@ async fn web_instances_get_own_ports_and_pass_http_checks() {
     node.stop().await;
 }
 
+/// Without a health check path a web instance is healthy once it listens
+/// on its port, as on Render: an API with no page at `/` (404 there)
+/// goes live.
+#[tokio::test]
+async fn a_web_service_without_a_health_check_path_is_healthy_once_it_listens() {
+    let w = World::start().await;
+    let node = start_node(&w, fast_checks()).await;
+    let (svc, deploy) = service(&w, ServiceType::WebService, None).await;
+    // /tmp/empty has no index: `GET /` answers 404.
+    let s = spec(
+        &w,
+        &svc,
+        &deploy,
+        &httpd("mkdir -p /tmp/empty;", "/tmp/empty"),
+        Some(10000),
+    );
+    run(&w, &node.id, &s).await;
+    let events = w
+        .wait_events(&svc, Duration::from_secs(30), |ev| {
+            count_of(ev, &s.instance, "instance_healthy") == 1
+        })
+        .await;
+    let addr = addr_of(&events, &s.instance).unwrap();
+    let (status, _) = http_get(&addr, "/").await.unwrap();
+    assert_eq!(status, 404, "no page at /, healthy all the same");
+    assert_eq!(count_of(&events, &s.instance, "instance_unhealthy"), 0);
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn private_services_pass_tcp_and_workers_pass_after_grace() {
     let w = World::start().await;
