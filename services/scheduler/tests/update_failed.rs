@@ -1,16 +1,51 @@
 //! A deploy whose new instances never pass their health check ends
-//! `update_failed` when the readiness window closes; the live deploy keeps
-//! serving and the failed deploy's instances are removed.
+//! `update_failed` when the readiness window closes, or sooner when they
+//! keep exiting; the live deploy keeps serving and the failed deploy's
+//! instances are removed.
 
 use std::time::Duration;
 
 use berth_domain::service::{self, Command, ServiceState};
-use berth_schemas::events::ServiceSettings;
-use berth_schemas::ids::DeployId;
+use berth_schemas::events::{DeployFailed, ServiceSettings};
+use berth_schemas::ids::{DeployId, ServiceId};
 use berth_schemas::model::{DeployStatus, ServiceType};
 use berth_schemas::{Envelope, Event};
 
 use berth_tests::scheduler::{scheduler_options, types, World};
+
+/// Updates `svc`'s custom command to `command` (a new deploy) and waits up
+/// to a minute for that deploy to fail: the deploy, the service's events
+/// then, and the failure.
+async fn update_until_failed(
+    w: &World,
+    svc: &ServiceId,
+    command: &str,
+) -> (DeployId, Vec<Envelope>, DeployFailed) {
+    let deploy = DeployId::generate();
+    let settings = ServiceSettings {
+        docker_command: Some(Some(command.into())),
+        ..ServiceSettings::default()
+    };
+    let update = Command::Update {
+        settings,
+        deploy: deploy.clone(),
+    };
+    w.command(svc, update).await;
+    let ev = w
+        .wait_events(svc, Duration::from_secs(60), "update failed", |ev| {
+            ev.iter()
+                .any(|e| matches!(&e.event, Event::DeployFailed(f) if f.deploy == deploy))
+        })
+        .await;
+    let failed = ev
+        .iter()
+        .find_map(|e| match &e.event {
+            Event::DeployFailed(f) if f.deploy == deploy => Some(f.clone()),
+            _ => None,
+        })
+        .unwrap();
+    (deploy, ev, failed)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn new_instances_that_never_get_healthy_fail_the_update_and_the_live_deploy_serves_on() {
@@ -32,33 +67,8 @@ async fn new_instances_that_never_get_healthy_fail_the_update_and_the_live_deplo
     assert_eq!(serving.len(), 1);
 
     // The new command never listens on $PORT: its health check never passes.
-    let d2 = DeployId::generate();
-    let settings = ServiceSettings {
-        docker_command: Some(Some("sleep 600".into())),
-        ..ServiceSettings::default()
-    };
-    w.command(
-        &svc,
-        Command::Update {
-            settings,
-            deploy: d2.clone(),
-        },
-    )
-    .await;
-    let ev = w
-        .wait_events(&svc, Duration::from_secs(60), "update failed", |ev| {
-            ev.iter()
-                .any(|e| matches!(&e.event, Event::DeployFailed(f) if f.deploy == d2))
-        })
-        .await;
+    let (d2, ev, failed) = update_until_failed(&w, &svc, "sleep 600").await;
     let t = types(&ev);
-    let failed = ev
-        .iter()
-        .find_map(|e| match &e.event {
-            Event::DeployFailed(f) if f.deploy == d2 => Some(f.clone()),
-            _ => None,
-        })
-        .unwrap();
     assert_eq!(failed.status, DeployStatus::UpdateFailed, "{t:?}");
     assert!(
         ev.iter()
@@ -87,4 +97,32 @@ async fn new_instances_that_never_get_healthy_fail_the_update_and_the_live_deplo
     let now: Vec<_> = s.instances.iter().map(|i| i.id.clone()).collect();
     assert_eq!(now, serving, "the live deploy's instance was touched");
     assert!(s.instances.iter().all(|i| i.is_healthy()));
+}
+
+/// A new command that exits at once fails its deploy as soon as its
+/// instance has exited a few times (within the minute waited here, with a
+/// ten-minute readiness window), saying how it ended; the live deploy
+/// serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn new_instances_that_keep_exiting_fail_the_update_without_waiting_out_the_window() {
+    let w = World::start().await;
+    let _n1 = w.start_node("n1").await;
+    let mut opts = scheduler_options();
+    opts.readiness_window = Duration::from_secs(600);
+    let _scheduler = w.start_scheduler_with(opts).await;
+    let (svc, d1) = w.create(ServiceType::WebService, |_| {}).await;
+    w.wait_live(&svc, &d1).await;
+
+    let (_, ev, failed) = update_until_failed(&w, &svc, "sh -c 'echo starting; exit 3'").await;
+    assert_eq!(failed.status, DeployStatus::UpdateFailed);
+    assert!(
+        failed
+            .reason
+            .contains("exited 3 times without passing its health check")
+            && failed.reason.ends_with("exited with status 3"),
+        "{}",
+        failed.reason
+    );
+    let s = ev.iter().fold(ServiceState::default(), service::fold);
+    assert_eq!(s.live.as_ref(), Some(&d1));
 }

@@ -196,6 +196,25 @@ fn not_healthy_within_the_window_fails_and_the_old_version_keeps_serving() {
     assert!(old.iter().all(|o| !stopped.contains(&o)));
 }
 
+/// A second deploy rolling out over a live one, with one new instance
+/// (healthy once, or not yet): the service, the deploy and the instance.
+fn rolling_out(healthy: bool) -> (Svc, DeployId, InstanceId) {
+    let (mut s, _) = live(1);
+    let new = s.request(1);
+    s.updating(&new, &digest(2));
+    let i = s.instance(&new, 1, &digest(2), healthy);
+    (s, new, i)
+}
+
+/// The one action of `plan`, a failed `deploy`: its reason.
+fn failure_of(plan: &Plan, deploy: &DeployId) -> String {
+    let [Action::FailDeploy { deploy: d, reason }] = plan.actions.as_slice() else {
+        panic!("{plan:?}");
+    };
+    assert_eq!(d, deploy);
+    reason.clone()
+}
+
 /// A deploy that never goes live says why one of its instances is not
 /// healthy: the check the node last saw fail, or how its process ended.
 #[test]
@@ -210,10 +229,7 @@ fn a_failed_deploy_says_why_an_instance_is_not_healthy() {
             "ran out of memory: killed for going over its memory limit",
         ),
     ] {
-        let (mut s, _) = live(1);
-        let new = s.request(1);
-        s.updating(&new, &digest(2));
-        let i = s.instance(&new, 1, &digest(2), false);
+        let (mut s, new, i) = rolling_out(false);
         let event = if fact == "unhealthy" {
             Event::InstanceUnhealthy(InstanceUnhealthy {
                 instance: i.clone(),
@@ -230,13 +246,9 @@ fn a_failed_deploy_says_why_an_instance_is_not_healthy() {
         s.apply(&[event]);
         s.now = t0() + chrono::TimeDelta::minutes(15);
         let plan = s.reconcile(&two_nodes());
-        let [Action::FailDeploy { deploy, reason }] = plan.actions.as_slice() else {
-            panic!("{plan:?}");
-        };
-        assert_eq!(deploy, &new);
         assert_eq!(
-            reason,
-            &format!("0 of 1 new instances healthy within the readiness window; {i}: {says}")
+            failure_of(&plan, &new),
+            format!("0 of 1 new instances healthy within the readiness window; {i}: {says}")
         );
         // Passing again clears it.
         s.apply(&[Event::InstanceHealthy(InstanceHealthy {
@@ -246,10 +258,7 @@ fn a_failed_deploy_says_why_an_instance_is_not_healthy() {
         assert_eq!(problem, None);
     }
     // A reason from a node is kept to a bounded length.
-    let (mut s, _) = live(1);
-    let new = s.request(1);
-    s.updating(&new, &digest(2));
-    let i = s.instance(&new, 1, &digest(2), false);
+    let (mut s, _, i) = rolling_out(false);
     s.apply(&[Event::InstanceUnhealthy(InstanceUnhealthy {
         instance: i.clone(),
         reason: "é".repeat(1000),
@@ -265,6 +274,50 @@ fn a_failed_deploy_says_why_an_instance_is_not_healthy() {
         "{}",
         kept.len()
     );
+}
+
+/// A new instance that keeps exiting before it ever passed its check
+/// fails its deploy at once, saying how it ended; one that passed once is
+/// left to the readiness window.
+#[test]
+fn a_new_instance_that_keeps_exiting_fails_its_deploy_without_waiting() {
+    let exit = |i: &InstanceId| {
+        Event::InstanceExited(berth_schemas::events::InstanceExited {
+            instance: i.clone(),
+            exit_code: Some(1),
+            signal: None,
+            oom_killed: false,
+        })
+    };
+    let (mut s, new, i) = rolling_out(false);
+    for _ in 1..EXITS_BEFORE_FAILING {
+        s.apply(&[exit(&i)]);
+    }
+    let plan = s.reconcile(&two_nodes());
+    assert!(
+        !plan
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::FailDeploy { .. })),
+        "{plan:?}"
+    );
+    s.apply(&[exit(&i)]);
+    let plan = s.reconcile(&two_nodes());
+    assert_eq!(
+        failure_of(&plan, &new),
+        format!(
+            "{i}: exited {EXITS_BEFORE_FAILING} times without passing its health check; \
+             the last time: exited with status 1"
+        )
+    );
+
+    // Passed once, then exits as often: the window decides.
+    let (mut s, _, i) = rolling_out(true);
+    for _ in 0..EXITS_BEFORE_FAILING + 2 {
+        s.apply(&[exit(&i)]);
+    }
+    let plan = s.reconcile(&two_nodes());
+    assert!(plan.actions.is_empty(), "{plan:?}");
 }
 
 // ---- zero downtime ----

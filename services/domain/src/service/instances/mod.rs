@@ -59,6 +59,16 @@ pub struct Instance {
     /// [`PROBLEM_MAX`] bytes: what a deploy that never went live says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// How often its process has ended by itself since it was placed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub exits: u32,
+    /// Whether it has passed its health check at least once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub passed: bool,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The longest [`Instance::problem`] kept, in bytes.
@@ -166,6 +176,8 @@ impl Instances {
                         draining_since: None,
                         addr: None,
                         problem: None,
+                        exits: 0,
+                        passed: false,
                     });
             }
             Event::InstanceDraining(e) => {
@@ -188,6 +200,9 @@ impl Instances {
             Event::InstanceHealthy(e) => {
                 self.set_phase(&e.instance, InstancePhase::Healthy);
                 self.set_problem(&e.instance, None);
+                if let Some(i) = self.0.get_mut(&e.instance) {
+                    i.passed = true;
+                }
             }
             Event::InstanceUnhealthy(e) => {
                 self.set_phase(&e.instance, InstancePhase::Unhealthy);
@@ -196,6 +211,9 @@ impl Instances {
             Event::InstanceExited(e) => {
                 self.set_phase(&e.instance, InstancePhase::Exited);
                 self.set_problem(&e.instance, Some(exit_message(e)));
+                if let Some(i) = self.0.get_mut(&e.instance) {
+                    i.exits = i.exits.saturating_add(1);
+                }
             }
             Event::ServerRestarted(e) => self.set_phase(&e.instance, InstancePhase::Running),
             Event::InstanceStopped(e) => {
@@ -224,6 +242,8 @@ impl Instances {
                             draining_since: None,
                             addr: None,
                             problem: None,
+                            exits: 0,
+                            passed: false,
                         });
                 }
             }
