@@ -514,6 +514,10 @@ events! {
         /// limit (out of memory) while it ran.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         pub oom_killed: bool,
+        /// Stopped by its node to be started again at once (it failed its
+        /// health checks while live), not ended by itself.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pub restarted: bool,
     }
     /// The instance was restarted in place by the agent.
     ServerRestarted = "server_restarted" v 1 {

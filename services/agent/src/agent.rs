@@ -151,6 +151,9 @@ pub enum AgentEvent {
         /// Whether the kernel killed a process of it for going over its
         /// memory limit while it ran (out of memory).
         oom_killed: bool,
+        /// Stopped by the agent to be started again at once (a live
+        /// instance failing its health checks), not ended by itself.
+        restarted: bool,
         /// How long it ran.
         ran: Duration,
         /// When.
@@ -809,6 +812,7 @@ impl Agent {
                         instance: rec.spec.instance.clone(),
                         status: ExitStatus::Unknown,
                         oom_killed,
+                        restarted: false,
                         ran: Duration::ZERO,
                         at: Utc::now(),
                     });

@@ -1175,7 +1175,7 @@ mod tests {
         use berth_schemas::events::InstanceExited;
         use berth_schemas::ids::InstanceId;
         let svc = ServiceId::generate();
-        let exit = |exit_code, signal, oom_killed| {
+        let exit_as = |exit_code, signal, oom_killed, restarted| {
             let e = env(
                 &svc,
                 1,
@@ -1184,11 +1184,13 @@ mod tests {
                     exit_code,
                     signal,
                     oom_killed,
+                    restarted,
                 }
                 .into(),
             );
             TimelineEvent::from_envelope(&e).unwrap_or_else(|| unreachable!())
         };
+        let exit = |exit_code, signal, oom_killed| exit_as(exit_code, signal, oom_killed, false);
         let oom = exit(Some(137), None, true);
         assert_eq!(oom.kind, "instance_exited");
         assert!(TYPES.contains(&oom.kind.as_str()));
@@ -1210,6 +1212,11 @@ mod tests {
         assert_eq!(
             exit(None, Some(9), false).details["message"],
             "killed by signal 9"
+        );
+        // Stopped by its node to be started again: said so.
+        assert_eq!(
+            exit_as(Some(143), None, false, true).details["message"],
+            "restarted for failing its health checks (exited with status 143)"
         );
         // The restart that follows says the rest; no notification per exit.
         assert!(!oom.is_failure() && !oom.is_notable());
@@ -1301,6 +1308,7 @@ mod tests {
                 exit_code: Some(137),
                 signal: None,
                 oom_killed: true,
+                restarted: false,
             }
             .into(),
             berth_schemas::events::InstanceExited {
@@ -1308,6 +1316,7 @@ mod tests {
                 exit_code: None,
                 signal: None,
                 oom_killed: false,
+                restarted: false,
             }
             .into(),
             PlacementBlocked {

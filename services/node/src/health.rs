@@ -755,6 +755,7 @@ mod tests {
             instance: instance.clone(),
             status: berth_agent::ExitStatus::Signal(9),
             oom_killed: false,
+            restarted: false,
             ran: Duration::from_secs(1),
             at: chrono::Utc::now(),
         };
@@ -787,6 +788,7 @@ mod tests {
             instance: InstanceId::generate(),
             status: berth_agent::ExitStatus::Code(1),
             oom_killed: false,
+            restarted: false,
             ran: Duration::from_secs(1),
             at: chrono::Utc::now(),
         };

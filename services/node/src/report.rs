@@ -291,6 +291,7 @@ impl Reporter {
                 instance,
                 status,
                 oom_killed,
+                restarted,
                 at,
                 ..
             } => {
@@ -307,6 +308,7 @@ impl Reporter {
                         exit_code,
                         signal,
                         oom_killed: *oom_killed,
+                        restarted: *restarted,
                     }),
                     format!("{instance}:exited:{}", at.timestamp_micros()),
                 )

@@ -360,6 +360,14 @@ async fn failing_live_instance_is_unhealthy_then_restarted_and_healthy_again() {
         unreachable!()
     };
     assert!(u.reason.contains("404"), "reason says why: {}", u.reason);
+    // Its process ended because the node restarted it, and the exit says
+    // so (the timeline reads "restarted for failing its health checks").
+    let exit = pos("instance_exited", 0);
+    assert!(unhealthy < exit && exit < restarted, "{k:?}");
+    let Event::InstanceExited(x) = &mine[exit].event else {
+        unreachable!()
+    };
+    assert!(x.restarted && !x.oom_killed, "{x:?}");
     // The file goes 3 s after the start: unhealthy once failing 1.5 s,
     // restarted once failing 6 s (measured from the recorded start, which
     // is a moment after the process began).

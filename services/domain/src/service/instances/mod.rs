@@ -83,10 +83,15 @@ pub fn exit_message(e: &InstanceExited) -> String {
     if e.oom_killed {
         return OUT_OF_MEMORY.to_owned();
     }
-    match (e.exit_code, e.signal) {
+    let how = match (e.exit_code, e.signal) {
         (Some(c), _) => format!("exited with status {c}"),
         (None, Some(s)) => format!("killed by signal {s}"),
         (None, None) => "exited; how is not known (it ended while its node was down)".to_owned(),
+    };
+    if e.restarted {
+        format!("restarted for failing its health checks ({how})")
+    } else {
+        how
     }
 }
 
