@@ -514,6 +514,9 @@ events! {
         /// limit (out of memory) while it ran.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         pub oom_killed: bool,
+        /// The memory limit it went over (with `oom_killed`), in MiB.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub memory_limit_mib: Option<u32>,
         /// Stopped by its node to be started again at once (it failed its
         /// health checks while live), not ended by itself.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -288,10 +288,17 @@ async fn an_exit_over_the_memory_limit_is_told_as_out_of_memory() {
                 |e| matches!(e, AgentEvent::Exited { instance, .. } if *instance == s.instance),
             )
             .await;
-        let AgentEvent::Exited { oom_killed, .. } = exited else {
+        let AgentEvent::Exited {
+            oom_killed,
+            memory_limit_mib,
+            ..
+        } = exited
+        else {
             unreachable!()
         };
         assert_eq!(oom_killed, oom, "{out:?} {lines:?}");
+        // The limit it went over, for the message.
+        assert_eq!(memory_limit_mib, oom.then_some(64));
         if oom && out == OneOffOutcome::Exited(ExitStatus::Code(0)) {
             // dd was killed (SIGKILL), the shell lived on and said so.
             assert!(lines.iter().any(|l| l == "dd-ended-137"), "{lines:?}");

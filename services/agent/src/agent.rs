@@ -151,6 +151,8 @@ pub enum AgentEvent {
         /// Whether the kernel killed a process of it for going over its
         /// memory limit while it ran (out of memory).
         oom_killed: bool,
+        /// The memory limit it went over (with `oom_killed`), in MiB.
+        memory_limit_mib: Option<u32>,
         /// Stopped by the agent to be started again at once (a live
         /// instance failing its health checks), not ended by itself.
         restarted: bool,
@@ -812,6 +814,7 @@ impl Agent {
                         instance: rec.spec.instance.clone(),
                         status: ExitStatus::Unknown,
                         oom_killed,
+                        memory_limit_mib: rec.spec.limits.memory_mib.filter(|_| oom_killed),
                         restarted: false,
                         ran: Duration::ZERO,
                         at: Utc::now(),

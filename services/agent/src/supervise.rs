@@ -456,6 +456,7 @@ pub(crate) async fn supervise(
             instance: spec.instance.clone(),
             status,
             oom_killed,
+            memory_limit_mib: spec.limits.memory_mib.filter(|_| oom_killed),
             restarted: in_place,
             ran,
             at: Utc::now(),

@@ -205,6 +205,7 @@ async fn an_instance_exit_shows_in_the_listing_and_on_the_timeline() {
         exit_code: Some(137),
         signal: None,
         oom_killed: true,
+        memory_limit_mib: None,
         restarted: false,
     };
     record(

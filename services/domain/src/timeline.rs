@@ -1175,7 +1175,7 @@ mod tests {
         use berth_schemas::events::InstanceExited;
         use berth_schemas::ids::InstanceId;
         let svc = ServiceId::generate();
-        let exit_as = |exit_code, signal, oom_killed, restarted| {
+        let exit_as = |exit_code, signal, oom_killed: bool, restarted| {
             let e = env(
                 &svc,
                 1,
@@ -1184,6 +1184,7 @@ mod tests {
                     exit_code,
                     signal,
                     oom_killed,
+                    memory_limit_mib: oom_killed.then_some(512),
                     restarted,
                 }
                 .into(),
@@ -1199,7 +1200,7 @@ mod tests {
         assert_eq!(oom.details["exitCode"], 137);
         assert_eq!(
             oom.details["message"],
-            "ran out of memory: killed for going over its memory limit"
+            "ran out of memory: killed for going over its memory limit of 512 MiB"
         );
         let failed = exit(Some(1), None, false);
         assert_eq!(failed.details["outOfMemory"], false);
@@ -1308,6 +1309,7 @@ mod tests {
                 exit_code: Some(137),
                 signal: None,
                 oom_killed: true,
+                memory_limit_mib: Some(512),
                 restarted: false,
             }
             .into(),
@@ -1316,6 +1318,7 @@ mod tests {
                 exit_code: None,
                 signal: None,
                 oom_killed: false,
+                memory_limit_mib: None,
                 restarted: false,
             }
             .into(),

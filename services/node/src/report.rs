@@ -291,6 +291,7 @@ impl Reporter {
                 instance,
                 status,
                 oom_killed,
+                memory_limit_mib,
                 restarted,
                 at,
                 ..
@@ -308,6 +309,7 @@ impl Reporter {
                         exit_code,
                         signal,
                         oom_killed: *oom_killed,
+                        memory_limit_mib: *memory_limit_mib,
                         restarted: *restarted,
                     }),
                     format!("{instance}:exited:{}", at.timestamp_micros()),

@@ -676,7 +676,9 @@ fn ended(
                 ExitStatus::Code(c) => Some(c),
                 _ => None,
             },
-            Some(service::instances::OUT_OF_MEMORY.to_owned()),
+            Some(service::instances::out_of_memory(
+                spec.plan.as_ref().map(|p| p.memory_mib),
+            )),
             "failed",
         ),
         OneOffOutcome::Exited(ExitStatus::Unknown) => (
@@ -726,13 +728,18 @@ mod tests {
             env: Default::default(),
             command: None,
             port: None,
-            plan: None,
+            plan: Some(berth_schemas::model::Plan {
+                name: "starter".into(),
+                cpu_millis: 500,
+                memory_mib: 512,
+            }),
             shutdown_delay_secs: 30,
         };
+        let oom = "ran out of memory: killed for going over its memory limit of 512 MiB";
         let outcomes = [
             (
                 OneOffOutcome::OutOfMemory(ExitStatus::Code(137)),
-                (false, Some(137), Some(service::instances::OUT_OF_MEMORY)),
+                (false, Some(137), Some(oom)),
             ),
             (
                 OneOffOutcome::Exited(ExitStatus::Code(0)),

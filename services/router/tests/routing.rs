@@ -121,6 +121,7 @@ async fn unhealthy_and_exited_instances_leave_routing_renames_move_the_host() ->
             exit_code: Some(1),
             signal: None,
             oom_killed: false,
+            memory_limit_mib: None,
             restarted: false,
         }
         .into()])

@@ -241,6 +241,7 @@ fn a_failed_deploy_says_why_an_instance_is_not_healthy() {
                 exit_code: Some(137),
                 signal: None,
                 oom_killed: true,
+                memory_limit_mib: None,
                 restarted: false,
             })
         };
@@ -288,6 +289,7 @@ fn a_new_instance_that_keeps_exiting_fails_its_deploy_without_waiting() {
             exit_code: Some(1),
             signal: None,
             oom_killed: false,
+            memory_limit_mib: None,
             restarted: false,
         })
     };

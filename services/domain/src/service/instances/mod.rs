@@ -74,14 +74,21 @@ fn is_zero(n: &u32) -> bool {
 /// The longest [`Instance::problem`] kept, in bytes.
 pub const PROBLEM_MAX: usize = 300;
 
-/// What an instance or run that went over its memory limit is said to
-/// have done.
-pub const OUT_OF_MEMORY: &str = "ran out of memory: killed for going over its memory limit";
+/// What an instance or run that went over its memory limit (`limit_mib`,
+/// when known) is said to have done.
+pub fn out_of_memory(limit_mib: Option<u32>) -> String {
+    match limit_mib {
+        Some(mib) => {
+            format!("ran out of memory: killed for going over its memory limit of {mib} MiB")
+        }
+        None => "ran out of memory: killed for going over its memory limit".to_owned(),
+    }
+}
 
 /// How an instance's process ended, in words.
 pub fn exit_message(e: &InstanceExited) -> String {
     if e.oom_killed {
-        return OUT_OF_MEMORY.to_owned();
+        return out_of_memory(e.memory_limit_mib);
     }
     let how = match (e.exit_code, e.signal) {
         (Some(c), _) => format!("exited with status {c}"),
