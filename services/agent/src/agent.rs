@@ -252,6 +252,17 @@ impl Inner {
         InstanceDir::new(&self.cfg.state_dir, i)
     }
 
+    /// Whether the kernel killed a process of `spec`'s instance for going
+    /// over its memory limit while it ran, and that limit (MiB) when it
+    /// did. Read before the container (and its cgroup) goes.
+    pub fn out_of_memory(&self, spec: &InstanceSpec) -> (bool, Option<u32>) {
+        let killed = self
+            .cgroups
+            .oom_kills(&spec.instance)
+            .is_some_and(|n| n > 0);
+        (killed, spec.limits.memory_mib.filter(|_| killed))
+    }
+
     pub fn forget(&self, i: &InstanceId) {
         self.table().remove(i);
     }
@@ -800,11 +811,7 @@ impl Agent {
                     pid: r.pid,
                 }),
                 None => {
-                    // Its cgroup goes with the container: read first.
-                    let oom_killed = inner
-                        .cgroups
-                        .oom_kills(&rec.spec.instance)
-                        .is_some_and(|n| n > 0);
+                    let (oom_killed, memory_limit_mib) = inner.out_of_memory(&rec.spec);
                     inner.runtime.delete(&id).await?;
                     if let Some(pid) = rec.pid {
                         self.reap(pid, rec.pid_start).await;
@@ -814,7 +821,7 @@ impl Agent {
                         instance: rec.spec.instance.clone(),
                         status: ExitStatus::Unknown,
                         oom_killed,
-                        memory_limit_mib: rec.spec.limits.memory_mib.filter(|_| oom_killed),
+                        memory_limit_mib,
                         restarted: false,
                         ran: Duration::ZERO,
                         at: Utc::now(),

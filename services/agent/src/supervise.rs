@@ -435,13 +435,11 @@ pub(crate) async fn supervise(
         };
         let ran = run.started.elapsed();
         run.flush().await;
-        // Read before the cgroup goes with the container. A restart in
-        // place was asked for, whatever the counter says.
-        let oom_killed = !in_place
-            && inner
-                .cgroups
-                .oom_kills(&spec.instance)
-                .is_some_and(|n| n > 0);
+        // A restart in place was asked for, whatever the counter says.
+        let (oom_killed, memory_limit_mib) = match in_place {
+            false => inner.out_of_memory(&spec),
+            true => (false, None),
+        };
         if let Err(e) = inner.runtime.delete(&id).await {
             tracing::warn!(instance = %id, error = %e, "runc delete after exit failed");
         }
@@ -456,7 +454,7 @@ pub(crate) async fn supervise(
             instance: spec.instance.clone(),
             status,
             oom_killed,
-            memory_limit_mib: spec.limits.memory_mib.filter(|_| oom_killed),
+            memory_limit_mib,
             restarted: in_place,
             ran,
             at: Utc::now(),

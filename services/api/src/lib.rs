@@ -46,6 +46,7 @@ use berth_eventlog::logs::LogLimits;
 use berth_eventlog::start::until_available;
 use berth_eventlog::EventStore;
 use berth_ingress::{IngressError, IngressOptions};
+use berth_runtime::config::http_url_problem;
 use berth_runtime::{BoxError, Component, ComponentContext, SecretKey};
 use futures::future::BoxFuture;
 use tokio::net::TcpListener;
@@ -151,18 +152,14 @@ impl ApiArgs {
         if self.api_logs_max_mib > 1 << 30 {
             problems.push("BERTH_API_LOGS_MAX_MIB must be 0–1073741824".to_owned());
         }
-        if let Some(u) = &self.api_services_url {
-            if !(u.starts_with("http://") || u.starts_with("https://")) {
-                problems
-                    .push("BERTH_API_SERVICES_URL must start with http:// or https://".to_owned());
-            }
-        }
-        if let Some(u) = &self.api_public_url {
-            if !(u.starts_with("http://") || u.starts_with("https://")) {
-                problems
-                    .push("BERTH_API_PUBLIC_URL must start with http:// or https://".to_owned());
-            }
-        }
+        let urls = [
+            ("BERTH_API_SERVICES_URL", &self.api_services_url),
+            ("BERTH_API_PUBLIC_URL", &self.api_public_url),
+        ];
+        problems.extend(
+            urls.into_iter()
+                .filter_map(|(var, u)| http_url_problem(var, u.as_deref())),
+        );
         if problems.is_empty() {
             Ok(())
         } else {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use berth_agent::net::Subnet;
 use berth_oci::ClientConfig;
+use berth_runtime::config::http_url_problem;
 
 use crate::gc::GcOptions;
 use crate::health::HealthOptions;
@@ -264,12 +265,10 @@ impl NodeArgs {
                     .to_owned(),
             );
         }
-        if let Some(u) = &self.node_services_url {
-            if !(u.starts_with("http://") || u.starts_with("https://")) {
-                problems
-                    .push("BERTH_NODE_SERVICES_URL must start with http:// or https://".to_owned());
-            }
-        }
+        problems.extend(http_url_problem(
+            "BERTH_NODE_SERVICES_URL",
+            self.node_services_url.as_deref(),
+        ));
         if self.node_min_free_disk_mib > 1 << 30 {
             problems.push("BERTH_NODE_MIN_FREE_DISK_MIB must be 0-1073741824".to_owned());
         }

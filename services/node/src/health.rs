@@ -89,6 +89,18 @@ pub enum Check {
     Uptime,
 }
 
+impl Check {
+    /// The instance's port a check reaches (`None` for an uptime check).
+    fn port(&self) -> Option<u16> {
+        match self {
+            Check::Http { addr, .. } | Check::Tcp { addr } => {
+                addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
+            }
+            Check::Uptime => None,
+        }
+    }
+}
+
 /// The last reported transition and how many there were (`<instance>.health`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Reported {
@@ -444,8 +456,7 @@ impl Probe {
                     // the deploy that gives up on it can tell: the failed
                     // check and what the instance listens on instead.
                     let since = *failing_since.get_or_insert_with(Instant::now);
-                    let port_check = matches!(self.check, Check::Http { .. } | Check::Tcp { .. });
-                    if port_check
+                    if self.check.port().is_some()
                         && since.elapsed() >= opts.unhealthy_after
                         && reported.healthy.is_none()
                     {
@@ -523,11 +534,7 @@ impl Probe {
     /// network namespace's socket tables; empty when it does listen there
     /// or that cannot be read.
     fn listening_hint(&self) -> String {
-        let addr = match &self.check {
-            Check::Http { addr, .. } | Check::Tcp { addr } => addr,
-            Check::Uptime => return String::new(),
-        };
-        let Some(port) = addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()) else {
+        let Some(port) = self.check.port() else {
             return String::new();
         };
         let Some(pid) = self.health.pid_of(&self.instance) else {

@@ -303,6 +303,14 @@ impl RawConfig {
     }
 }
 
+/// The problem with setting `var` to `url` when it must be an `http(s)://`
+/// URL (where clients or web services are reached); none when unset.
+pub fn http_url_problem(var: &str, url: Option<&str>) -> Option<String> {
+    let url = url?;
+    (!(url.starts_with("http://") || url.starts_with("https://")))
+        .then(|| format!("{var} must start with http:// or https://"))
+}
+
 /// Parses a comma-separated list of NATS URLs. Unlike async-nats we insist on
 /// a scheme: `garbage` would otherwise silently mean `nats://garbage:4222`.
 pub fn parse_nats_urls(s: &str) -> Result<Vec<ServerAddr>, String> {
