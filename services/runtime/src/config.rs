@@ -430,6 +430,23 @@ mod tests {
     }
 
     #[test]
+    fn http_url_settings_must_name_http_or_https() {
+        assert_eq!(http_url_problem("X_URL", None), None);
+        assert_eq!(
+            http_url_problem("X_URL", Some("https://apps.example.com")),
+            None
+        );
+        assert_eq!(
+            http_url_problem("X_URL", Some("http://localhost:8080")),
+            None
+        );
+        assert_eq!(
+            http_url_problem("X_URL", Some("apps.example.com")).as_deref(),
+            Some("X_URL must start with http:// or https://")
+        );
+    }
+
+    #[test]
     fn nats_urls() {
         assert!(parse_nats_urls("nats://127.0.0.1:4222").is_ok());
         assert_eq!(
