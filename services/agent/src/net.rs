@@ -37,7 +37,8 @@
 //! Names: each instance's `/etc/hosts` lists the addresses of its group's
 //! instances that carry a name (private services), rewritten in place as
 //! instances come and go; `/etc/resolv.conf` is the host's without loopback
-//! resolvers, which an instance cannot reach.
+//! resolvers, which an instance cannot reach (on systemd-resolved's stub,
+//! the servers it forwards to).
 //!
 //! State per instance is a file under the network's state dir, written
 //! before anything is created, so whatever a crash leaves is found and
@@ -1307,13 +1308,37 @@ fn result_ip(result: &Value) -> Option<Ipv4Addr> {
     })
 }
 
-/// The host's resolver without loopback nameservers (unreachable from an
-/// instance's namespace); Docker's public fallback when none is left.
+/// Where systemd-resolved lists the servers it forwards to: the host's
+/// `/etc/resolv.conf` names only its stub (`127.0.0.53`) then.
+const RESOLVED_UPSTREAMS: &str = "/run/systemd/resolve/resolv.conf";
+
+/// An instance's `/etc/resolv.conf`: the host's without loopback
+/// nameservers (unreachable from an instance's namespace). When none is
+/// left — a host on systemd-resolved's stub, as Ubuntu's are — the servers
+/// systemd-resolved forwards to, as Docker does; when there are none
+/// either, Docker's public fallback.
 fn resolv_conf() -> String {
     let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let upstreams = std::fs::read_to_string(RESOLVED_UPSTREAMS).ok();
+    instance_resolv_conf(&host, upstreams.as_deref())
+}
+
+/// [`resolv_conf`] from the host's file and systemd-resolved's.
+fn instance_resolv_conf(host: &str, resolved: Option<&str>) -> String {
+    match reachable_resolvers(host) {
+        Some(conf) => conf,
+        None => resolved
+            .and_then(reachable_resolvers)
+            .unwrap_or_else(|| "nameserver 8.8.8.8\nnameserver 8.8.4.4\n".to_owned()),
+    }
+}
+
+/// `conf`'s `nameserver` lines but loopback ones, and its `search`,
+/// `options` and `domain` lines; `None` when no nameserver is left.
+fn reachable_resolvers(conf: &str) -> Option<String> {
     let mut out = String::new();
     let mut servers = 0;
-    for line in host.lines() {
+    for line in conf.lines() {
         let mut words = line.split_whitespace();
         match (words.next(), words.next()) {
             (Some("nameserver"), Some(ip)) => {
@@ -1333,10 +1358,7 @@ fn resolv_conf() -> String {
             _ => {}
         }
     }
-    if servers == 0 {
-        out.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
-    }
-    out
+    (servers > 0).then_some(out)
 }
 
 /// Names are DNS labels by the service's rules; anything else (a line
@@ -1510,6 +1532,31 @@ async fn feed(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn instances_resolve_through_what_the_host_resolves_through() {
+        // Loopback resolvers are left out; the rest is kept.
+        let host = "# comment\nnameserver 127.0.0.1\nnameserver 10.0.0.2\nsearch corp.example\noptions ndots:2\n";
+        assert_eq!(
+            instance_resolv_conf(host, None),
+            "nameserver 10.0.0.2\nsearch corp.example\noptions ndots:2\n"
+        );
+        // systemd-resolved's stub: the servers it forwards to.
+        let stub = "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch corp.example\n";
+        let upstreams = "nameserver 10.0.0.2\nnameserver ::1\nsearch corp.example\n";
+        assert_eq!(
+            instance_resolv_conf(stub, Some(upstreams)),
+            "nameserver 10.0.0.2\nsearch corp.example\n"
+        );
+        // Nothing reachable anywhere: Docker's public resolvers.
+        let fallback = "nameserver 8.8.8.8\nnameserver 8.8.4.4\n";
+        assert_eq!(instance_resolv_conf(stub, None), fallback);
+        assert_eq!(
+            instance_resolv_conf(stub, Some("nameserver 127.0.0.1\n")),
+            fallback
+        );
+        assert_eq!(instance_resolv_conf("", None), fallback);
+    }
 
     #[test]
     fn subnets_parse_and_name_their_bridge() {
