@@ -15,7 +15,9 @@ use crate::ids::{InstanceId, ServiceId};
 /// into several messages; the logs stream refuses anything larger.
 pub const MAX_LOG_MESSAGE: usize = 16 * 1024;
 
-/// Which of the container's outputs a line came from.
+/// Which of the container's outputs a line came from, or `system`: a line
+/// berth itself writes among them about the instance (the command it runs,
+/// how it ended, why it is not healthy), as Render's `==> …` lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
@@ -23,15 +25,29 @@ pub enum Stream {
     Stdout,
     /// fd 2.
     Stderr,
+    /// berth's own line about the instance; its text starts with `==> `.
+    System,
 }
 
 impl Stream {
-    /// The lowercase name (also the agent's FIFO name).
+    /// The lowercase name (also the agent's FIFO name for the container's
+    /// two outputs).
     pub fn name(self) -> &'static str {
         match self {
             Stream::Stdout => "stdout",
             Stream::Stderr => "stderr",
+            Stream::System => "system",
         }
+    }
+}
+
+/// The text of a [`Stream::System`] line: `==> ` and `what`, its first
+/// letter capitalised (`==> Exited with status 1`).
+pub fn system_text(what: &str) -> String {
+    let mut chars = what.chars();
+    match chars.next() {
+        Some(first) => format!("==> {}{}", first.to_uppercase(), chars.as_str()),
+        None => "==>".to_owned(),
     }
 }
 
@@ -105,6 +121,18 @@ mod tests {
         }
         assert_eq!(pieces("", 10), vec![""]);
         assert_eq!(pieces("abc", 10), vec!["abc"]);
+    }
+
+    #[test]
+    fn system_lines_read_as_renders() {
+        assert_eq!(
+            system_text("exited with status 1"),
+            "==> Exited with status 1"
+        );
+        assert_eq!(system_text("état"), "==> État");
+        assert_eq!(system_text(""), "==>");
+        let json = serde_json::to_value(Stream::System).unwrap_or_default();
+        assert_eq!(json, "system");
     }
 
     #[test]

@@ -57,6 +57,16 @@ async fn output_reaches_logs_in_order_and_exit_code_is_recorded() {
     let want = |p: &str| -> Vec<String> { (1..=50).map(|i| format!("{p}-{i}")).collect() };
     assert_eq!(of(Stream::Stdout), want("out"), "stdout lines in order");
     assert_eq!(of(Stream::Stderr), want("err"), "stderr lines in order");
+    // berth says first what it runs, as the image and service make it.
+    assert_eq!(
+        lines.first().map(|l| (l.stream, l.line.as_str())),
+        Some((
+            Stream::System,
+            "==> Running: sh -c 'for i in $(seq 1 50); do echo out-$i; echo err-$i >&2; done; exit 3'"
+        )),
+        "{lines:?}"
+    );
+    assert_eq!(of(Stream::System).len(), 1, "{lines:?}");
     assert!(lines
         .iter()
         .all(|l| l.service == s.service && l.instance == s.instance));
@@ -230,10 +240,41 @@ async fn long_lines_arrive_whole_in_messages_the_logs_stream_accepts() {
             m.payload.len()
         );
         let line: berth_agent::LogLine = serde_json::from_slice(&m.payload).unwrap();
+        if line.stream == Stream::System {
+            continue;
+        }
         if line.line == "short" {
             break;
         }
         long.push_str(&line.line);
     }
     assert_eq!(long, "\u{1}".repeat(20_000), "nothing lost or added");
+}
+
+#[tokio::test]
+async fn a_start_that_fails_says_why_in_the_logs() {
+    let node = Node::start().await;
+    let image = node
+        .image(&busybox_image(
+            json!({ "Cmd": ["/bin/sh"], "User": "nobody-here" }),
+        ))
+        .await;
+    let s = spec(&image, "true");
+    let mut sub = node.logs(&s).await;
+    let err = node.agent.run_instance(s.clone()).await.unwrap_err();
+    let lines = collect_logs(&mut sub, Duration::from_secs(5), |l| {
+        l.line.starts_with("==> Could not start")
+    })
+    .await;
+    let said: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.stream == Stream::System)
+        .map(|l| l.line.as_str())
+        .collect();
+    assert_eq!(
+        said,
+        [format!("==> Could not start: {err}").as_str()],
+        "{lines:?}"
+    );
+    assert!(err.to_string().contains("nobody-here"), "{err}");
 }

@@ -12,7 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::path::Path;
 
 use berth_schemas::ids::{InstanceId, ServiceId};
-use berth_schemas::logs::{pieces, MAX_LOG_MESSAGE};
+use berth_schemas::logs::{pieces, system_text, MAX_LOG_MESSAGE};
 pub use berth_schemas::logs::{LogLine, Stream};
 use chrono::Utc;
 use tokio::io::AsyncReadExt;
@@ -66,6 +66,13 @@ pub struct LogSink {
 }
 
 impl LogSink {
+    /// Publishes berth's own line about the instance among its output
+    /// ([`Stream::System`]: `==> What happened`).
+    pub async fn say(&self, what: &str) {
+        self.publish(Stream::System, system_text(what).as_bytes())
+            .await;
+    }
+
     /// Publishes one line, cut into as many messages as it takes to keep
     /// each within [`MAX_LOG_MESSAGE`] once encoded: the logs stream
     /// refuses larger ones.
@@ -98,6 +105,20 @@ impl LogSink {
             }
         }
     }
+}
+
+/// A command as a shell would read it back: each word bare when it holds
+/// only characters no shell treats specially, else in single quotes.
+pub fn command_line(args: &[String]) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "@%+=:,./_-".contains(c);
+    let word = |a: &String| {
+        if !a.is_empty() && a.chars().all(plain) {
+            a.clone()
+        } else {
+            format!("'{}'", a.replace('\'', r"'\''"))
+        }
+    };
+    args.iter().map(word).collect::<Vec<_>>().join(" ")
 }
 
 /// Read `reader` to EOF, publishing each line (a final unterminated
@@ -135,4 +156,22 @@ pub async fn pump(mut reader: pipe::Receiver, stream: Stream, sink: LogSink) -> 
         lines += 1;
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::command_line;
+
+    #[test]
+    fn commands_read_back_as_a_shell_would() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            command_line(&args(&["/bin/app", "--port=8080", "a.b/c"])),
+            "/bin/app --port=8080 a.b/c"
+        );
+        assert_eq!(
+            command_line(&args(&["sh", "-c", "echo hi && it's $HOME", ""])),
+            r#"sh -c 'echo hi && it'\''s $HOME' ''"#
+        );
+    }
 }

@@ -80,6 +80,11 @@ fn sink(inner: &Inner, spec: &InstanceSpec) -> LogSink {
     }
 }
 
+/// berth's own line about `spec`'s instance in its logs.
+pub(crate) async fn say(inner: &Inner, spec: &InstanceSpec, what: &str) {
+    sink(inner, spec).say(what).await;
+}
+
 fn pumps(inner: &Inner, spec: &InstanceSpec) -> Result<Vec<JoinHandle<u64>>, AgentError> {
     let dir = inner.dir(&spec.instance);
     let mut v = Vec::new();
@@ -207,6 +212,11 @@ async fn launch_with(
     let pid_start = process::start_time(pid);
     exec_done(pid).await;
     let started = Instant::now();
+    // Before the pumps start, so it comes before the program's first line.
+    if let Ok(args) = spec.image.config.args(spec.command.as_deref()) {
+        let line = format!("running: {}", logs::command_line(&args));
+        say(inner, spec, &line).await;
+    }
     let pumps = readers
         .into_iter()
         .map(|(s, r)| tokio::spawn(logs::pump(r, s, sink(inner, spec))))
@@ -387,6 +397,7 @@ pub(crate) async fn supervise(
                     }
                     Err(e) => {
                         let _ = inner.runtime.delete(&id).await;
+                        say(inner, &spec, &format!("could not start: {e}")).await;
                         inner.report(AgentEvent::StartFailed {
                             service: spec.service.clone(),
                             instance: spec.instance.clone(),

@@ -103,18 +103,34 @@ async fn logs_outlive_their_instance_and_stay_with_their_owner() {
     })
     .await;
 
-    // The instance is gone; its lines are not.
+    // The instance is gone; its lines are not. berth's own two lines
+    // (what ran, how it ended) come around the program's four; the last
+    // is published once the node has read the exit.
+    eventually("the run's exit said", Duration::from_secs(10), || async {
+        cli.ok(&["service", "logs", "job"])
+            .await
+            .contains("| ==> Exited with status 0")
+    })
+    .await;
     let logs = cli.run(&["service", "logs", "job", "--tail", "10"]).await;
     println!("$ berth service logs job --tail 10\n{}", logs.stdout);
     assert_eq!(logs.code, 0, "{logs:?}");
     let lines: Vec<&str> = logs.stdout.lines().collect();
-    assert_eq!(lines.len(), 4, "{logs:?}");
+    assert_eq!(lines.len(), 6, "{logs:?}");
     assert!(logs.stdout.contains(" info  | marker-7f3a"), "{logs:?}");
     assert!(logs.stdout.contains(" error | oops"), "{logs:?}");
+    assert!(
+        lines[0].ends_with(&format!(" info  | ==> Running: {JOB}")),
+        "{logs:?}"
+    );
+    assert!(
+        lines[5].ends_with(" info  | ==> Exited with status 0"),
+        "{logs:?}"
+    );
     // stdout's lines in the order written (stderr's pipe is read apart).
     let stdout: Vec<&str> = lines
         .iter()
-        .filter(|l| l.contains(" info "))
+        .filter(|l| l.contains(" info ") && !l.contains("| ==> "))
         .map(|l| l.rsplit(" | ").next().unwrap())
         .collect();
     assert_eq!(stdout, ["first-line", "marker-7f3a", "last-line"]);
@@ -128,7 +144,7 @@ async fn logs_outlive_their_instance_and_stay_with_their_owner() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(entries.len(), 4, "{json:?}");
+    assert_eq!(entries.len(), 6, "{json:?}");
     let label = |e: &Value, name: &str| {
         e["labels"]
             .as_array()
@@ -146,12 +162,14 @@ async fn logs_outlive_their_instance_and_stay_with_their_owner() {
     let grep = cli
         .ok(&["service", "logs", "job", "--grep", "marker"])
         .await;
-    assert_eq!(grep.lines().count(), 1, "{grep}");
+    // The program's line, and berth's line naming the command it ran.
+    assert_eq!(grep.lines().count(), 2, "{grep}");
     assert!(grep.contains("| marker-7f3a"), "{grep}");
+    assert!(grep.contains("| ==> Running: "), "{grep}");
     let mine = cli
         .ok(&["service", "logs", &svc, "--instance", &instance])
         .await;
-    assert_eq!(mine.lines().count(), 4, "{mine}");
+    assert_eq!(mine.lines().count(), 6, "{mine}");
     let other = cli
         .run(&[
             "service",
@@ -164,13 +182,13 @@ async fn logs_outlive_their_instance_and_stay_with_their_owner() {
     assert_eq!((other.code, other.stdout.as_str()), (0, ""), "{other:?}");
     assert!(other.stderr.contains("no log lines"), "{other:?}");
     let recent = cli.ok(&["service", "logs", "job", "--since", "1h"]).await;
-    assert_eq!(recent.lines().count(), 4, "{recent}");
+    assert_eq!(recent.lines().count(), 6, "{recent}");
     let future = cli
         .ok(&["service", "logs", "job", "--since", "2999-01-01T00:00:00Z"])
         .await;
     assert_eq!(future, "");
     let two = cli.ok(&["service", "logs", "job", "--tail", "2"]).await;
-    assert_eq!(two.lines().collect::<Vec<_>>(), lines[2..], "{two}");
+    assert_eq!(two.lines().collect::<Vec<_>>(), lines[4..], "{two}");
     let bad = cli
         .run(&["service", "logs", "job", "--since", "soon"])
         .await;
@@ -257,9 +275,21 @@ async fn logs_outlive_their_instance_and_stay_with_their_owner() {
             .unwrap()
             .expect("the follower still running")
     }
-    assert!(next(&mut out).await.contains("| marker-7f3a"));
+    // The program's own line of each run (berth's line naming the
+    // command matches the filter too).
+    async fn next_marker(
+        out: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    ) -> String {
+        loop {
+            let line = next(out).await;
+            if !line.contains("| ==> ") {
+                return line;
+            }
+        }
+    }
+    assert!(next_marker(&mut out).await.contains("| marker-7f3a"));
     cli.ok(&["cron", "run", "job"]).await;
-    let second = next(&mut out).await;
+    let second = next_marker(&mut out).await;
     assert!(second.contains("| marker-7f3a"), "{second}");
     let _ = child.kill().await;
 

@@ -502,6 +502,10 @@ impl Probe {
         let word = if healthy { "healthy" } else { "unhealthy" };
         let key = format!("{}:{word}:{}", self.instance, reported.transitions);
         let p = &self.placement;
+        let said = match &fact {
+            Event::InstanceUnhealthy(u) => Some(format!("not healthy: {}", u.reason)),
+            _ => None,
+        };
         match self
             .health
             .reporter
@@ -510,6 +514,12 @@ impl Probe {
         {
             Ok(()) => {
                 tracing::info!(instance.id = %self.instance, service.id = %p.service, healthy, "health transition recorded");
+                if let Some(what) = said {
+                    self.health
+                        .reporter
+                        .say(&p.service, &self.instance, &what)
+                        .await;
+                }
                 reported.transitions += 1;
                 reported.healthy = Some(healthy);
                 reported.starting &= !healthy;

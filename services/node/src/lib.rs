@@ -263,9 +263,11 @@ impl Node {
         // before it is recorded; the relay ends when the agent is gone.
         let (relay_tx, relay_rx) = tokio::sync::mpsc::unbounded_channel();
         let observer = health.clone();
+        let speaker = reporter.clone();
         tokio::spawn(async move {
             while let Some(e) = rx.recv().await {
                 observer.observe(&e);
+                speaker.say_exit(&e).await;
                 if relay_tx.send(e).is_err() {
                     return;
                 }

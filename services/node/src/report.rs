@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use berth_agent::logs::LogSink;
 use berth_agent::{AgentEvent, ExitStatus};
 use berth_domain::{service, DomainError};
 use berth_eventlog::{EventStore, ExecuteError, Stamp};
@@ -233,6 +234,29 @@ impl Reporter {
             .map(|_| ())
     }
 
+    /// berth's own line about an instance among its output in the
+    /// service's logs (`==> Exited with status 1`). Published on the
+    /// connection the agent publishes the instance's output on, so it
+    /// follows every line read before it.
+    pub async fn say(&self, service: &ServiceId, instance: &InstanceId, what: &str) {
+        let sink = LogSink {
+            client: self.store.client().clone(),
+            subject: self.store.subjects().logs(service),
+            service: service.clone(),
+            instance: instance.clone(),
+        };
+        sink.say(what).await;
+    }
+
+    /// How an instance's process ended, said in its logs: the agent
+    /// reports an exit once the output before it is published.
+    pub async fn say_exit(&self, e: &AgentEvent) {
+        if let (AgentEvent::Exited { service, .. }, Some(fact)) = (e, exited_fact(e)) {
+            let what = service::instances::exit_message(&fact);
+            self.say(service, &fact.instance, &what).await;
+        }
+    }
+
     /// Turns the agent's events into service events until `shutdown`;
     /// `done` is told of each once it is recorded (or given up on).
     pub async fn forward(
@@ -289,31 +313,14 @@ impl Reporter {
             AgentEvent::Exited {
                 service,
                 instance,
-                status,
-                oom_killed,
-                memory_limit_mib,
-                restarted,
                 at,
                 ..
             } => {
-                let (exit_code, signal) = match status {
-                    ExitStatus::Code(c) => (Some(*c), None),
-                    ExitStatus::Signal(s) => (None, Some(*s)),
-                    ExitStatus::Unknown => (None, None),
+                let Some(fact) = exited_fact(e) else {
+                    return Ok(());
                 };
-                (
-                    service,
-                    instance,
-                    Event::InstanceExited(InstanceExited {
-                        instance: instance.clone(),
-                        exit_code,
-                        signal,
-                        oom_killed: *oom_killed,
-                        memory_limit_mib: *memory_limit_mib,
-                        restarted: *restarted,
-                    }),
-                    format!("{instance}:exited:{}", at.timestamp_micros()),
-                )
+                let key = format!("{instance}:exited:{}", at.timestamp_micros());
+                (service, instance, Event::InstanceExited(fact), key)
             }
             AgentEvent::Stopped {
                 service, instance, ..
@@ -360,6 +367,34 @@ impl Reporter {
         )
         .await
     }
+}
+
+/// The `instance_exited` fact of an agent's exit event.
+pub(crate) fn exited_fact(e: &AgentEvent) -> Option<InstanceExited> {
+    let AgentEvent::Exited {
+        instance,
+        status,
+        oom_killed,
+        memory_limit_mib,
+        restarted,
+        ..
+    } = e
+    else {
+        return None;
+    };
+    let (exit_code, signal) = match status {
+        ExitStatus::Code(c) => (Some(*c), None),
+        ExitStatus::Signal(s) => (None, Some(*s)),
+        ExitStatus::Unknown => (None, None),
+    };
+    Some(InstanceExited {
+        instance: instance.clone(),
+        exit_code,
+        signal,
+        oom_killed: *oom_killed,
+        memory_limit_mib: *memory_limit_mib,
+        restarted: *restarted,
+    })
 }
 
 /// The instance of an agent event whose fact (`instance_exited`,

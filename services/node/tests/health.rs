@@ -15,6 +15,7 @@ use berth_schemas::Event;
 use crate::support::{
     self, addr_of, count_of, fast_checks, http_get, kinds, of, run, service, spec, start_node,
 };
+use berth_tests::agent::collect_logs;
 use berth_tests::node::World;
 
 /// The reason `instance` was first reported unhealthy with ("" if never).
@@ -152,7 +153,14 @@ async fn private_services_pass_tcp_and_workers_pass_after_grace() {
 
     let (worker, wk_deploy) = service(&w, ServiceType::BackgroundWorker, None).await;
     let steady = spec(&w, &worker, &wk_deploy, "/bin/sleep 1000", None);
-    let crashing = spec(&w, &worker, &wk_deploy, "/bin/false", None);
+    let crashing = spec(
+        &w,
+        &worker,
+        &wk_deploy,
+        "/bin/sh -c 'echo going down; exit 3'",
+        None,
+    );
+    let mut logs = support::logs(&w, &worker).await;
     run(&w, &node.id, &steady).await;
     run(&w, &node.id, &crashing).await;
 
@@ -196,6 +204,23 @@ async fn private_services_pass_tcp_and_workers_pass_after_grace() {
         count_of(&events, &crashing.instance, "instance_healthy"),
         0,
         "{k:?}"
+    );
+    // Its logs say what it runs and how each run ended, each after the
+    // run's own output.
+    let exited = "==> Exited with status 3";
+    let lines = collect_logs(&mut logs, Duration::from_secs(10), |l| {
+        l.instance == crashing.instance && l.line == exited
+    })
+    .await;
+    let mine = support::lines_of(&lines, &crashing.instance);
+    assert_eq!(
+        mine[..3],
+        [
+            "==> Running: /bin/sh -c 'echo going down; exit 3'",
+            "going down",
+            exited
+        ],
+        "{mine:?}"
     );
 
     node.stop().await;
@@ -276,6 +301,7 @@ async fn a_start_that_never_passes_says_what_it_listens_on_instead() {
         "/bin/sh -c 'exec /bin/busybox httpd -f -p 127.0.0.1:10000 -h /app'",
         Some(10000),
     );
+    let mut logs = support::logs(&w, &svc).await;
     run(&w, &node.id, &elsewhere).await;
     run(&w, &node.id, &loopback).await;
     let says = [
@@ -297,6 +323,13 @@ async fn a_start_that_never_passes_says_what_it_listens_on_instead() {
         assert!(
             reason.to_lowercase().contains("connection refused"),
             "the failed check: {reason}"
+        );
+        // Said where people look first, too: in the service's logs.
+        let said = format!("==> Not healthy: {reason}");
+        let lines = collect_logs(&mut logs, Duration::from_secs(10), |l| l.line == said).await;
+        assert!(
+            support::lines_of(&lines, &s.instance).contains(&said),
+            "{said} in {lines:?}"
         );
     }
     // Past the live restart limit (6 s of failing): still not restarted.

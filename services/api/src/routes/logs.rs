@@ -229,10 +229,11 @@ impl Filter {
 }
 
 /// Render's level of a line: berth reads no levels out of messages, so
-/// the stream says it.
+/// the stream says it (berth's own `==> …` lines are `info`, as the
+/// program's standard output).
 fn level(s: Stream) -> &'static str {
     match s {
-        Stream::Stdout => "info",
+        Stream::Stdout | Stream::System => "info",
         Stream::Stderr => "error",
     }
 }
