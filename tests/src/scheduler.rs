@@ -55,6 +55,8 @@ pub fn health_options() -> HealthOptions {
         unhealthy_after: Duration::from_secs(3),
         restart_after: Duration::from_secs(30),
         worker_grace: Duration::from_millis(300),
+        // Off: instances listening elsewhere are there to fail.
+        detect_after: Duration::from_secs(600),
     }
 }
 

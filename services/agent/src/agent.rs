@@ -429,6 +429,17 @@ impl Agent {
         Ok(supervise::network(&self.inner, spec).await?.map(|a| a.ip))
     }
 
+    /// Points a running instance's published host port at `port` inside
+    /// it: the port it turned out to listen on.
+    pub async fn republish(&self, instance: &InstanceId, port: u16) -> Result<(), AgentError> {
+        let net = self
+            .inner
+            .net
+            .as_ref()
+            .ok_or_else(|| crate::net::NetError::Unknown(instance.to_string()))?;
+        Ok(net.republish(instance, port).await?)
+    }
+
     /// Begin stopping an instance and return at once: SIGTERM, SIGKILL
     /// after its shutdown delay, then its container, files and network are
     /// removed and `Stopped` is reported, while other work goes on (a slow

@@ -198,6 +198,9 @@ pub enum NetError {
     /// The instance is not attached here.
     #[error("instance {0} has no network here")]
     Unknown(String),
+    /// The instance has no port berth's own rule publishes.
+    #[error("instance {0} has no port published by berth's own rule")]
+    NotPublished(String),
     /// The veth pair, address or route could not be made or removed.
     #[error("instance link: {0}")]
     Link(std::io::Error),
@@ -466,6 +469,67 @@ impl Cni {
         }
     }
 
+    /// Points `id`'s published host port at `container_port` in the
+    /// instance (the port it turned out to listen on). The state file is
+    /// written first: the node rebuilds every rule from the state files
+    /// at start, so a crash in between leaves the new port. Refused for
+    /// an instance published by the `portmap` plugin (an earlier berth's)
+    /// or not published at all; a no-op when it is published there
+    /// already.
+    pub async fn republish(&self, id: &InstanceId, container_port: u16) -> Result<(), NetError> {
+        let _rules = self.rules.lock().await;
+        let path = self.state_file(id);
+        let mut state: State = std::fs::read(&path).map_err(net_io(&path)).and_then(|b| {
+            serde_json::from_slice(&b).map_err(|e| NetError::Io {
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })
+        })?;
+        let Some(old) = state.own_publish() else {
+            return Err(NetError::NotPublished(id.to_string()));
+        };
+        if old.container_port == container_port {
+            return Ok(());
+        }
+        let new = Publish {
+            container_port,
+            host_port: old.host_port,
+        };
+        state.spec.publish = Some(new);
+        self.save(id, &state)?;
+        let Some(mut member) = self.members().get(id).cloned() else {
+            // Not joined yet (or any more): its rules come from the state.
+            return Ok(());
+        };
+        let mut rules = Rules::default();
+        rules
+            .nat
+            .push_str(&format!("-D {}", self.dnat_rule(member.ip, old)));
+        rules
+            .nat
+            .push_str(&format!("-A {}", self.dnat_rule(member.ip, new)));
+        if let Err(e) = iptables_restore(&rules.text()).await {
+            state.spec.publish = Some(old);
+            if let Err(undo) = self.save(id, &state) {
+                tracing::warn!(instance = %id, error = %undo, "restoring the published port's state");
+            }
+            return Err(e);
+        }
+        member.publish = Some(new);
+        self.members().insert(id.clone(), member);
+        Ok(())
+    }
+
+    /// The DNAT rule (after `-A`/`-D`) publishing `p` to `ip`.
+    fn dnat_rule(&self, ip: Ipv4Addr, p: Publish) -> String {
+        format!(
+            "{} -p tcp -m tcp --dport {} -j DNAT --to-destination {ip}:{}\n",
+            self.dnat(),
+            p.host_port,
+            p.container_port
+        )
+    }
+
     async fn try_attach(
         &self,
         id: &InstanceId,
@@ -665,14 +729,7 @@ impl Cni {
     fn member_rules(&self, m: &Member, change: Change, rules: &mut Rules) {
         let chain = self.group_chain(&m.group);
         let (ip, subnet, fwd) = (m.ip, &self.subnet, self.fwd());
-        let dnat = m.publish.map(|p| {
-            format!(
-                "{} -p tcp -m tcp --dport {} -j DNAT --to-destination {ip}:{}\n",
-                self.dnat(),
-                p.host_port,
-                p.container_port
-            )
-        });
+        let dnat = m.publish.map(|p| self.dnat_rule(ip, p));
         let filter = &mut rules.filter;
         match change {
             Change::Join { fresh } => {

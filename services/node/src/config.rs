@@ -136,6 +136,12 @@ pub struct NodeArgs {
     #[arg(long, env = "BERTH_NODE_STORE_BUDGET_MIB", default_value_t = 10240)]
     pub node_store_budget_mib: u64,
 
+    /// Milliseconds a starting web or private instance whose service sets
+    /// no `PORT` may fail its check before the one other port it listens
+    /// on is taken as its port (as Render detects it).
+    #[arg(long, env = "BERTH_NODE_PORT_DETECT_AFTER_MS", default_value_t = 5000)]
+    pub node_port_detect_after_ms: u64,
+
     /// Milliseconds a worker must stay up to count as healthy.
     #[arg(long, env = "BERTH_NODE_WORKER_GRACE_MS", default_value_t = 5000)]
     pub node_worker_grace_ms: u64,
@@ -344,6 +350,7 @@ impl NodeArgs {
             unhealthy_after: ms(self.node_unhealthy_after_ms),
             restart_after: ms(self.node_health_restart_after_ms),
             worker_grace: ms(self.node_worker_grace_ms),
+            detect_after: ms(self.node_port_detect_after_ms),
         };
         for (name, v) in [
             (

@@ -62,6 +62,10 @@ pub struct HealthOptions {
     pub restart_after: Duration,
     /// A worker is healthy once it has been up this long.
     pub worker_grace: Duration,
+    /// A starting instance whose port is berth's choice and that has
+    /// failed its check this long while listening on exactly one other
+    /// port (on an address the node reaches) is served on that port.
+    pub detect_after: Duration,
 }
 
 impl Default for HealthOptions {
@@ -73,6 +77,7 @@ impl Default for HealthOptions {
             unhealthy_after: Duration::from_secs(15),
             restart_after: Duration::from_secs(60),
             worker_grace: Duration::from_secs(5),
+            detect_after: Duration::from_secs(5),
         }
     }
 }
@@ -90,13 +95,32 @@ pub enum Check {
 }
 
 impl Check {
+    /// The `ip:port` a check reaches (`None` for an uptime check).
+    fn addr(&self) -> Option<&str> {
+        match self {
+            Check::Http { addr, .. } | Check::Tcp { addr } => Some(addr),
+            Check::Uptime => None,
+        }
+    }
+
     /// The instance's port a check reaches (`None` for an uptime check).
     fn port(&self) -> Option<u16> {
+        self.addr()?.rsplit_once(':')?.1.parse().ok()
+    }
+
+    /// The same check of `port` at the same address.
+    fn at_port(&self, port: u16) -> Check {
+        let moved = |addr: &str| match addr.rsplit_once(':') {
+            Some((host, _)) => format!("{host}:{port}"),
+            None => addr.to_owned(),
+        };
         match self {
-            Check::Http { addr, .. } | Check::Tcp { addr } => {
-                addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
-            }
-            Check::Uptime => None,
+            Check::Http { addr, path } => Check::Http {
+                addr: moved(addr),
+                path: path.clone(),
+            },
+            Check::Tcp { addr } => Check::Tcp { addr: moved(addr) },
+            Check::Uptime => Check::Uptime,
         }
     }
 }
@@ -363,7 +387,7 @@ struct Probe {
 }
 
 impl Probe {
-    async fn run(self, stop: CancellationToken) {
+    async fn run(mut self, stop: CancellationToken) {
         let opts = self.health.opts;
         let mut reported = self.health.load(&self.instance);
         // An instance reported before a node restart resumes where it was:
@@ -451,6 +475,12 @@ impl Probe {
                     }
                 }
                 Err(reason) => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= opts.detect_after && self.detect_port().await {
+                        // Probed again at once on the port it serves.
+                        starting = Backoff::new(opts.starting_interval);
+                        continue;
+                    }
                     // A start that does not come up says why, once it has
                     // failed as long as a live instance would have to, so
                     // the deploy that gives up on it can tell: the failed
@@ -537,6 +567,61 @@ impl Probe {
                 Some(false)
             }
         }
+    }
+
+    /// Takes the one port a starting instance listens on (on an address
+    /// the node reaches) as its port, when that port was berth's choice
+    /// and it does not listen there — as Render detects a service's port:
+    /// its published host port (a web instance's) and its check move
+    /// there, its placement keeps it (a node restart goes on with it),
+    /// and its logs say so. `true` when it moved.
+    async fn detect_port(&mut self) -> bool {
+        if !self.placement.detect {
+            return false;
+        }
+        let Some(want) = self.check.port() else {
+            return false;
+        };
+        let Some(listeners) = self.health.pid_of(&self.instance).and_then(listeners) else {
+            return false;
+        };
+        let Some(port) = detected_port(&listeners, want) else {
+            return false;
+        };
+        if self.placement.port.is_some() {
+            if let Err(e) = self.agent.republish(&self.instance, port).await {
+                tracing::warn!(instance.id = %self.instance, port, error = %e, "the detected port could not be published");
+                return false;
+            }
+        }
+        let mut placement = self.placement.clone();
+        let check = self.check.at_port(port);
+        if placement.port.is_none() && placement.addr.is_some() {
+            // A private instance's address is where its check goes.
+            placement.addr = check.addr().map(str::to_owned);
+        }
+        placement.check = Some(check.clone());
+        placement.detect = false;
+        if let Err(e) = self
+            .health
+            .reporter
+            .place(&self.instance, placement.clone())
+        {
+            tracing::warn!(instance.id = %self.instance, port, error = %e, "the detected port could not be kept");
+            return false;
+        }
+        tracing::info!(instance.id = %self.instance, port, expected = want, "detected the port the instance serves on");
+        let p = &placement;
+        let said = format!(
+            "detected service running on port {port}: served there, as the service sets no PORT (berth expected {want}; set PORT={port} to say so)"
+        );
+        self.health
+            .reporter
+            .say(&p.service, &self.instance, &said)
+            .await;
+        self.placement = placement;
+        self.check = check;
+        true
     }
 
     /// What the instance listens on when that is not what its check
@@ -631,16 +716,42 @@ fn listening(line: &str) -> Option<(IpAddr, u16)> {
     Some((ip, port))
 }
 
-/// Why a check of port `want` finds nothing, given what listens: on other
-/// ports only (`PORT` not read, or another port served), on `want` but on
-/// loopback only (unreachable from the node), or nothing at all.
-fn listening_hint(listeners: &[(IpAddr, u16)], want: u16) -> Option<String> {
-    let loopback = |ip: &IpAddr| match ip {
+fn loopback(ip: &IpAddr) -> bool {
+    match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
         IpAddr::V6(v6) => {
             v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
         }
-    };
+    }
+}
+
+/// The ports of `listeners` on an address the node reaches (not loopback
+/// only), ascending, each once.
+fn reachable_ports(listeners: &[(IpAddr, u16)]) -> Vec<u16> {
+    let mut ports: Vec<u16> = listeners
+        .iter()
+        .filter(|(ip, _)| !loopback(ip))
+        .map(|(_, p)| *p)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// The port to serve an instance on instead of `want`: the only one it
+/// listens on where the node reaches it, when that is not `want` (with
+/// two or more, which one serves cannot be told).
+fn detected_port(listeners: &[(IpAddr, u16)], want: u16) -> Option<u16> {
+    match reachable_ports(listeners).as_slice() {
+        [one] if *one != want => Some(*one),
+        _ => None,
+    }
+}
+
+/// Why a check of port `want` finds nothing, given what listens: on other
+/// ports only (`PORT` not read, or another port served), on `want` but on
+/// loopback only (unreachable from the node), or nothing at all.
+fn listening_hint(listeners: &[(IpAddr, u16)], want: u16) -> Option<String> {
     if listeners.iter().any(|(ip, p)| *p == want && !loopback(ip)) {
         return None;
     }
@@ -649,13 +760,7 @@ fn listening_hint(listeners: &[(IpAddr, u16)], want: u16) -> Option<String> {
             "; the instance listens on {ip} port {want} only, which the node cannot reach: listen on 0.0.0.0 (every address)"
         ));
     }
-    let mut others: Vec<u16> = listeners
-        .iter()
-        .filter(|(ip, _)| !loopback(ip))
-        .map(|(_, p)| *p)
-        .collect();
-    others.sort_unstable();
-    others.dedup();
+    let others = reachable_ports(listeners);
     Some(match others.as_slice() {
         [] => "; nothing in the instance listens on a port the node can reach".to_owned(),
         [one] => format!(
@@ -918,5 +1023,44 @@ mod tests {
             many.unwrap(),
             "; the instance listens on 80, 81, not 10000: set PORT to the one it serves on, or have it listen on $PORT"
         );
+    }
+
+    #[test]
+    fn only_a_lone_reachable_port_is_taken_for_the_instances() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // One port (on IPv4 and IPv6 both), loopback listeners aside.
+        let lone = [
+            (ip("0.0.0.0"), 3000),
+            (ip("::"), 3000),
+            (ip("127.0.0.1"), 9229),
+            (ip("::ffff:127.0.0.1"), 9230),
+        ];
+        assert_eq!(detected_port(&lone, 10000), Some(3000));
+        // Where it is expected already, two ports, loopback only, nothing.
+        assert_eq!(detected_port(&[(ip("0.0.0.0"), 10000)], 10000), None);
+        let two = [(ip("0.0.0.0"), 3000), (ip("0.0.0.0"), 3001)];
+        assert_eq!(detected_port(&two, 10000), None);
+        assert_eq!(detected_port(&[(ip("127.0.0.1"), 3000)], 10000), None);
+        assert_eq!(detected_port(&[], 10000), None);
+    }
+
+    #[test]
+    fn a_check_moves_to_another_port_at_its_address() {
+        let http = Check::Http {
+            addr: "10.1.0.5:10000".into(),
+            path: "/up".into(),
+        };
+        assert_eq!(
+            http.at_port(3000),
+            Check::Http {
+                addr: "10.1.0.5:3000".into(),
+                path: "/up".into()
+            }
+        );
+        let tcp = Check::Tcp {
+            addr: "10.1.0.5:10000".into(),
+        };
+        assert_eq!(tcp.at_port(6379).port(), Some(6379));
+        assert_eq!(Check::Uptime.at_port(1), Check::Uptime);
     }
 }

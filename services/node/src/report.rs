@@ -48,6 +48,11 @@ pub struct Placement {
     /// How it is health-checked (`None`: not at all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<Check>,
+    /// Its port is berth's choice (the service sets no `PORT`): while it
+    /// starts, the one other port it listens on is taken as its port.
+    /// Cleared once taken.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub detect: bool,
 }
 
 /// How long a stopped instance's `.done` marker is kept by default
@@ -415,6 +420,22 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn placements_of_an_earlier_node_detect_no_port() {
+        let service = ServiceId::generate();
+        let deploy = DeployId::generate();
+        let earlier = format!(
+            r#"{{"service":"{service}","deploy":"{deploy}","digest":"sha256:00","port":20001}}"#
+        );
+        let p: Placement = serde_json::from_str(&earlier).unwrap();
+        assert!(!p.detect);
+        let json = serde_json::to_value(&p).unwrap();
+        assert!(json.get("detect").is_none(), "{json}");
+        let detecting = Placement { detect: true, ..p };
+        let json = serde_json::to_value(&detecting).unwrap();
+        assert_eq!(json["detect"], true);
+    }
 
     #[test]
     fn markers_of_instances_stopped_long_ago_go_unless_they_run() {

@@ -228,6 +228,7 @@ impl NodeHandler {
                     addr: None,
                     port: None,
                     check: None,
+                    detect: false,
                 });
             self.reporter
                 .started(&spec.instance, &p)
@@ -324,6 +325,7 @@ impl NodeHandler {
             addr: None,
             port: None,
             check: None,
+            detect: listens && !s.env.contains_key("PORT"),
         };
         {
             let _held = self.ports.lock().unwrap_or_else(|p| p.into_inner());

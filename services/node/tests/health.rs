@@ -350,6 +350,119 @@ async fn a_start_that_never_passes_says_what_it_listens_on_instead() {
     }
 }
 
+/// An image that listens on its own fixed port, in a service that sets no
+/// `PORT`, is served on that port once it has listened there alone for a
+/// while, as Render detects it: a web instance through its host port
+/// (whose rule moves), a private one at its address; its logs say so, and
+/// a restarted node goes on with it. One listening on two ports is not
+/// guessed at: it stays unhealthy, saying both.
+#[tokio::test]
+async fn the_one_port_an_image_listens_on_is_detected_when_berth_chose_the_port() {
+    let w = World::start().await;
+    let mut checks = fast_checks();
+    checks.health.detect_after = Duration::from_millis(300);
+    let node = start_node(&w, checks.clone()).await;
+    let (web, web_deploy) = service(&w, ServiceType::WebService, Some("/hello.txt")).await;
+    let (private, p_deploy) = service(&w, ServiceType::PrivateService, None).await;
+    let fixed = spec(
+        &w,
+        &web,
+        &web_deploy,
+        "/bin/sh -c 'exec /bin/busybox httpd -f -p 3000 -h /app'",
+        Some(10000),
+    );
+    let two = spec(
+        &w,
+        &web,
+        &web_deploy,
+        "/bin/sh -c '/bin/busybox httpd -p 3000 -h /app; exec /bin/busybox httpd -f -p 3001 -h /app'",
+        Some(10000),
+    );
+    let db = spec(
+        &w,
+        &private,
+        &p_deploy,
+        "/bin/sh -c 'exec /bin/busybox nc -ll -p 6379 -e /bin/true'",
+        Some(10000),
+    );
+    // Where the service says PORT, the service is taken at its word.
+    let mut told = spec(
+        &w,
+        &web,
+        &web_deploy,
+        "/bin/sh -c 'exec /bin/busybox httpd -f -p 3002 -h /app'",
+        Some(10000),
+    );
+    support::with_env(&w, &node.id, &mut told, &[("PORT", "10000")]).await;
+    let mut web_logs = support::logs(&w, &web).await;
+    let mut private_logs = support::logs(&w, &private).await;
+    for s in [&fixed, &two, &db, &told] {
+        run(&w, &node.id, s).await;
+    }
+    let events = w
+        .wait_events(&web, Duration::from_secs(60), |ev| {
+            count_of(ev, &fixed.instance, "instance_healthy") == 1
+                && count_of(ev, &two.instance, "instance_unhealthy") == 1
+                && count_of(ev, &told.instance, "instance_unhealthy") == 1
+        })
+        .await;
+    assert_eq!(count_of(&events, &told.instance, "instance_healthy"), 0);
+    let reason = unhealthy_reason(&events, &told.instance);
+    assert!(
+        reason.contains("the instance listens on 3002, not 10000: set PORT=3002"),
+        "{reason}"
+    );
+    let addr = addr_of(&events, &fixed.instance).expect("a web instance's host port");
+    let (status, body) = http_get(&addr, "/hello.txt").await.unwrap();
+    assert_eq!(status, 200, "served through its host port: {body}");
+    let reason = unhealthy_reason(&events, &two.instance);
+    assert!(
+        reason.contains("the instance listens on 3000, 3001, not 10000"),
+        "{reason}"
+    );
+    assert_eq!(count_of(&events, &two.instance, "instance_healthy"), 0);
+    let said = "==> Detected service running on port 3000: served there, as the service sets no PORT (berth expected 10000; set PORT=3000 to say so)";
+    let lines = collect_logs(&mut web_logs, Duration::from_secs(10), |l| l.line == said).await;
+    assert!(
+        support::lines_of(&lines, &fixed.instance).contains(&said.to_owned()),
+        "{lines:?}"
+    );
+    let events = w
+        .wait_events(&private, Duration::from_secs(60), |ev| {
+            count_of(ev, &db.instance, "instance_healthy") == 1
+        })
+        .await;
+    assert_eq!(
+        kinds(&events, &db.instance),
+        ["instance_started", "instance_healthy"]
+    );
+    let lines = collect_logs(&mut private_logs, Duration::from_secs(10), |l| {
+        l.line
+            .starts_with("==> Detected service running on port 6379")
+    })
+    .await;
+    assert!(
+        support::lines_of(&lines, &db.instance)
+            .iter()
+            .any(|l| l.starts_with("==> Detected service running on port 6379")),
+        "{lines:?}"
+    );
+
+    // A node restart keeps the port: still served, still healthy, nothing
+    // recorded again.
+    node.stop().await;
+    let node = start_node(&w, checks).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, _) = http_get(&addr, "/hello.txt").await.unwrap();
+    assert_eq!(status, 200);
+    let events = w.wait_events(&web, Duration::from_secs(1), |_| true).await;
+    assert_eq!(
+        kinds(&events, &fixed.instance),
+        ["instance_started", "instance_healthy"]
+    );
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn failing_live_instance_is_unhealthy_then_restarted_and_healthy_again() {
     let w = World::start().await;

@@ -18,6 +18,7 @@ fn placement(port: Option<u16>) -> Placement {
         addr: port.map(|p| format!("127.0.0.1:{p}")),
         port,
         check: None,
+        detect: false,
     }
 }
 

@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use berth_tests::node::{World, REPO};
 
 /// Test-speed checks: probes every 200 ms, unhealthy after 1.5 s of
-/// failing, restarted after 6 s, workers healthy after 1 s up.
+/// failing, restarted after 6 s, workers healthy after 1 s up, no port
+/// detection.
 pub fn fast_checks() -> NodeChecks {
     NodeChecks {
         health: HealthOptions {
@@ -31,6 +32,9 @@ pub fn fast_checks() -> NodeChecks {
             unhealthy_after: Duration::from_millis(1500),
             restart_after: Duration::from_secs(6),
             worker_grace: Duration::from_secs(1),
+            // Off unless a test turns it on: most tests' instances that
+            // listen elsewhere are there to fail.
+            detect_after: Duration::from_secs(600),
         },
         ..NodeChecks::default()
     }
@@ -310,4 +314,30 @@ pub fn lines_of(lines: &[berth_schemas::logs::LogLine], instance: &InstanceId) -
         .filter(|l| &l.instance == instance)
         .map(|l| l.line.clone())
         .collect()
+}
+
+/// `spec` with `env` as the service's variables, sealed to `node` as the
+/// scheduler seals them.
+pub async fn with_env(w: &World, node: &NodeId, spec: &mut NodeRunSpec, env: &[(&str, &str)]) {
+    use berth_runtime::node_key::ForNode;
+    use berth_runtime::secrets::{Secret, SecretKey};
+    use berth_schemas::model::{seal_context, EnvVars};
+    let key = SecretKey::from_base64(&SecretKey::generate_base64()).unwrap();
+    let mut sealed = EnvVars::new();
+    for (name, value) in env {
+        let context = seal_context::env_var(&spec.service, name);
+        sealed.insert(
+            (*name).to_owned(),
+            key.seal(&Secret::new(*value), &context).unwrap(),
+        );
+    }
+    let to = w.node_key(node).await;
+    let seal = ForNode {
+        key: &key,
+        node,
+        to: &to,
+    };
+    spec.env = seal
+        .seal_env(&spec.service, &spec.instance, &sealed)
+        .unwrap();
 }
