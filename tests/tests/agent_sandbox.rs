@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use berth_agent::{AgentEvent, ExitStatus, InstanceSpec, OneOffOutcome};
+use berth_agent::{AgentEvent, ExitStatus, InstanceSpec, OneOffOutcome, Stream};
 use berth_tests::agent::{busybox_image, collect_logs, default_config, processes_of, spec, Node};
 use serde_json::{json, Value};
 
@@ -31,7 +31,13 @@ async fn run(node: &Node, s: InstanceSpec) -> (OneOffOutcome, Vec<String>) {
         .await
         .unwrap();
     let lines = collect_logs(&mut sub, Duration::from_millis(500), |_| false).await;
-    (out, lines.into_iter().map(|l| l.line).collect())
+    // The program's own output (berth's `==> …` lines left out).
+    let output = lines
+        .into_iter()
+        .filter(|l| l.stream != Stream::System)
+        .map(|l| l.line)
+        .collect();
+    (out, output)
 }
 
 /// The value of `field` in `/proc/<pid>/status` output.

@@ -197,7 +197,8 @@ async fn run_instance_pulls_starts_logs_is_idempotent_and_stops() {
             .unwrap();
         lines.push(serde_json::from_slice::<LogLine>(&m.payload).unwrap().line);
     }
-    assert_eq!(lines[0], "hello-sealed-world");
+    assert!(lines[0].starts_with("==> Running: sh -c"), "{lines:?}");
+    assert_eq!(lines[1], "hello-sealed-world");
 
     // What it uses, read from its cgroup, sampled every second here.
     let used = loop {
@@ -401,7 +402,15 @@ async fn crashes_are_recorded_as_exited_and_restarted_one_offs_run_once() {
     while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(3), logs.next()).await {
         seen.push(line(m));
     }
-    assert_eq!(seen, vec!["once-ran".to_string()]);
+    // What ran, its output and how it ended, once.
+    assert_eq!(
+        seen,
+        [
+            "==> Running: sh -c 'echo once-ran; exit 3'",
+            "once-ran",
+            "==> Exited with status 3"
+        ]
+    );
     let events = w.events_after(&once.service, Duration::ZERO).await;
     assert_eq!(count(&events, "image_pulled"), 1, "{:?}", types(&events));
     assert_eq!(
