@@ -76,6 +76,22 @@ pub fn unique_subjects() -> Subjects {
 /// machine takes one, and below nodes' default host ports (20000-29999).
 const TEST_PORTS: std::ops::Range<u32> = 10_000..20_000;
 
+/// Host ports a test's node publishes instances on: 100 of 20000–29999
+/// given to no other node of this process (the 101st node gets the first
+/// hundred again, by then long gone). Nodes of tests running side by side
+/// share this machine's network, and two nodes handing out the same host
+/// port would each send the other's traffic to their own instance.
+pub fn node_ports() -> std::ops::RangeInclusive<u16> {
+    const SLOTS: u32 = 100;
+    static NEXT: std::sync::OnceLock<std::sync::atomic::AtomicU32> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        std::sync::atomic::AtomicU32::new(std::process::id().wrapping_mul(2_654_435_761) % SLOTS)
+    });
+    let slot = next.fetch_add(1, Ordering::Relaxed) % SLOTS;
+    let first = (20_000 + slot * 100) as u16;
+    first..=first + 99
+}
+
 /// A TCP port free on every address now and handed to no one else by this
 /// process. Picking a port and binding it later races with everything else
 /// that picks ports; ports from the ephemeral range are handed out by the

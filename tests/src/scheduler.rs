@@ -4,7 +4,6 @@
 //! dir, node id and runc root) and the scheduler, plus helpers to create and
 //! deploy services and to wait for facts in the log.
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::registry::{Registry, RegistryAuth};
@@ -196,8 +195,6 @@ pub struct World {
     subnets: std::sync::Mutex<std::collections::HashMap<PathBuf, crate::net::SubnetLease>>,
     pub dir: tempfile::TempDir,
     pub shutdown: CancellationToken,
-    /// Nodes started so far (for their port ranges).
-    nodes: AtomicU16,
 }
 
 impl Drop for World {
@@ -241,7 +238,6 @@ impl World {
             subnets: Default::default(),
             dir: tempfile::tempdir().unwrap(),
             shutdown: CancellationToken::new(),
-            nodes: AtomicU16::new(0),
         };
         let resolver = Resolver::new(w.store.clone(), w.key.clone(), resolver_options()).unwrap();
         let sd = w.shutdown.clone();
@@ -276,8 +272,6 @@ impl World {
     ) -> RunningNode {
         let dir = opts.dir.clone().unwrap();
         let id = berth_node::load_or_create_id(&dir).unwrap();
-        // Nodes share this machine's network: each hands out its own ports.
-        let first = 20000 + 1000 * self.nodes.fetch_add(1, Ordering::Relaxed);
         // A node restarted on the same dir keeps its subnet.
         let subnet = {
             let mut leases = self.subnets.lock().unwrap();
@@ -289,7 +283,9 @@ impl World {
             lease.parsed()
         };
         let checks = NodeChecks {
-            ports: first..=first + 999,
+            // Nodes share this machine's network: each hands out its own
+            // ports.
+            ports: crate::node_ports(),
             subnet,
             health: health_options(),
             ..NodeChecks::default()

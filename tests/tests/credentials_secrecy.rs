@@ -120,6 +120,7 @@ impl TestNode {
         let id = berth_node::load_or_create_id(&node_dir).unwrap();
         let node = Node::new(app.store.clone(), opts).with_checks(NodeChecks {
             subnet: subnet.parsed(),
+            ports: berth_tests::node_ports(),
             ..NodeChecks::default()
         });
         let stop = CancellationToken::new();

@@ -55,6 +55,7 @@ async fn start_node(w: &World) -> Running {
     let id = berth_node::load_or_create_id(&w.node_dir()).unwrap();
     let node = Node::new(w.store.clone(), options()).with_checks(berth_node::NodeChecks {
         subnet: w.subnet.parsed(),
+        ports: berth_tests::node_ports(),
         ..berth_node::NodeChecks::default()
     });
     let stop = CancellationToken::new();

@@ -206,6 +206,10 @@ pub(crate) async fn start_up(data: &Path, nats_url: &str, prefix: &str, api_port
         .env("BERTH_API_ADDR", format!("127.0.0.1:{api_port}"))
         .env("BERTH_ROUTER_ADDR", format!("127.0.0.1:{}", free_port()))
         .env("BERTH_NODE_NAME", "cli-node")
+        .env("BERTH_NODE_PORTS", {
+            let ports = berth_tests::node_ports();
+            format!("{}-{}", ports.start(), ports.end())
+        })
         .env("BERTH_NODE_CPU_MILLIS", "4000")
         .env("BERTH_NODE_MEMORY_MIB", "4096")
         .env("BERTH_NODE_HEARTBEAT_MS", "200")

@@ -63,6 +63,7 @@ async fn start_node(w: &World, stop: CancellationToken) -> (NodeId, JoinHandle<(
     let node_id = berth_node::load_or_create_id(&w.node_dir()).unwrap();
     let node = Node::new(w.store.clone(), node_options()).with_checks(berth_node::NodeChecks {
         subnet: w.subnet.parsed(),
+        ports: berth_tests::node_ports(),
         ..berth_node::NodeChecks::default()
     });
     let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);

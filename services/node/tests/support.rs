@@ -36,6 +36,7 @@ pub fn fast_checks() -> NodeChecks {
             // listen elsewhere are there to fail.
             detect_after: Duration::from_secs(600),
         },
+        ports: berth_tests::node_ports(),
         ..NodeChecks::default()
     }
 }
