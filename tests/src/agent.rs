@@ -115,6 +115,7 @@ impl Node {
             subnet: subnet.parsed(),
             cni_path: "/usr/lib/cni".into(),
             state_dir: net_dir.clone(),
+            closed: Vec::new(),
         });
         subnet.net_dir = Some(net_dir);
         let (agent, events) = start_agent(&cfg, &client, &subjects, "runc").await;

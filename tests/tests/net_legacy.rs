@@ -109,6 +109,7 @@ async fn instances_the_bridge_plugin_attached_keep_their_addresses_and_leave_thr
         subnet: lease.parsed(),
         cni_path: CNI_PATH.into(),
         state_dir: net_dir,
+        closed: Vec::new(),
     };
     let cni = Cni::open(cfg.clone()).await.unwrap();
     let bridge = cni.bridge().to_owned();

@@ -164,6 +164,10 @@ pub struct NetworkConfig {
     pub cni_path: PathBuf,
     /// Per-instance state, hosts and resolv files, address leases.
     pub state_dir: PathBuf,
+    /// TCP endpoints no instance may open a connection to, wherever they
+    /// are: the control plane on other machines (the node's own listeners
+    /// are closed to instances anyway).
+    pub closed: Vec<std::net::SocketAddrV4>,
 }
 
 /// A network operation failed (the node's fault: retried, not the image's).
@@ -1158,8 +1162,19 @@ impl Cni {
             "-A {input} {established} -j RETURN\n\
              -A {input} -j DROP\n\
              -A {fwd} {established} -j ACCEPT\n\
-             -A {fwd} -d 169.254.0.0/16 -j DROP\n\
-             -A {fwd} -d {subnet} -j DROP\n\
+             -A {fwd} -d 169.254.0.0/16 -j DROP\n"
+        ));
+        // The control plane elsewhere (each instance's own rules go in
+        // before these: they only reach into the subnet).
+        for e in &self.cfg.closed {
+            batch.push_str(&format!(
+                "-A {fwd} -d {}/32 -p tcp -m tcp --dport {} -j DROP\n",
+                e.ip(),
+                e.port()
+            ));
+        }
+        batch.push_str(&format!(
+            "-A {fwd} -d {subnet} -j DROP\n\
              -A {fwd} -s {subnet} -j ACCEPT\n\
              COMMIT\n*nat\n:{dnat} - [0:0]\nCOMMIT\n"
         ));
@@ -1713,6 +1728,7 @@ mod tests {
                 subnet: subnet.parse().unwrap(),
                 cni_path: "/usr/lib/cni".into(),
                 state_dir: dir.path().join("net"),
+                closed: Vec::new(),
             };
             let cni = std::sync::Arc::new(Cni::open(cfg).await.unwrap());
             TestNet {

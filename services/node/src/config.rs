@@ -171,6 +171,12 @@ pub struct NodeChecks {
     /// Instance addresses come from here.
     pub subnet: Subnet,
     pub health: HealthOptions,
+    /// The control plane's endpoints on other machines, closed to
+    /// instances: the NATS servers the node speaks to ([`Node::run`] adds
+    /// them, resolved, to what is given here).
+    ///
+    /// [`Node::run`]: crate::Node::run
+    pub control_plane: Vec<std::net::SocketAddrV4>,
 }
 
 /// The default instance subnet.
@@ -186,6 +192,7 @@ impl Default for NodeChecks {
             ports: 20000..=29999,
             subnet: DEFAULT_SUBNET,
             health: HealthOptions::default(),
+            control_plane: Vec::new(),
         }
     }
 }
@@ -390,6 +397,8 @@ impl NodeArgs {
             ports,
             subnet,
             health,
+            // Found when the node runs: the NATS servers it speaks to.
+            control_plane: Vec::new(),
         })
     }
 }

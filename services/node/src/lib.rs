@@ -195,13 +195,25 @@ impl Node {
     }
 
     /// Runs the node until `ctx.shutdown`.
-    pub async fn run(self, ctx: ComponentContext) -> Result<(), NodeError> {
+    pub async fn run(mut self, ctx: ComponentContext) -> Result<(), NodeError> {
         let dir = self.opts.state_dir(&ctx.config.data_dir);
         let ready = ctx.ready.clone();
         // The store's client: it presents the node's own credentials, which
         // may not be the process's (`berth up` runs the control plane
         // beside the node).
         let client = self.store.client().clone();
+        // The NATS servers as configured and as the cluster advertises
+        // them: no instance may speak to them.
+        let servers: Vec<String> = ctx
+            .config
+            .nats_servers
+            .iter()
+            .map(|s| endpoint(s.host(), s.port()))
+            .chain(client.server_info().connect_urls)
+            .collect();
+        let found = control_plane(servers).await;
+        tracing::info!(endpoints = ?found, "control plane closed to instances");
+        self.checks.control_plane.extend(found);
         self.serve(client, dir, ctx.shutdown, move |r| ready.set(r))
             .await
     }
@@ -251,6 +263,7 @@ impl Node {
             subnet: self.checks.subnet,
             cni_path: self.opts.cni_path.clone(),
             state_dir: agent_dir.join("net"),
+            closed: self.checks.control_plane.clone(),
         });
         let runc = Runc::new(&self.opts.runc, agent_dir.join("runc"));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -478,6 +491,43 @@ async fn prune_done(
     }
 }
 
+/// `host:port`, an IPv6 host in brackets.
+fn endpoint(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The IPv4 addresses `endpoints` (`host:port`, or a URL such as
+/// `nats://host:port`) resolve to now, each once; loopback and unspecified
+/// ones left out (an instance reaches none of the node's own listeners),
+/// and names that do not resolve (logged).
+async fn control_plane(endpoints: impl IntoIterator<Item = String>) -> Vec<std::net::SocketAddrV4> {
+    let mut found = Vec::new();
+    for e in endpoints {
+        let bare = e.rsplit_once("://").map_or(e.as_str(), |(_, rest)| rest);
+        let bare = bare.rsplit_once('@').map_or(bare, |(_, host)| host);
+        match tokio::net::lookup_host(bare).await {
+            Ok(addrs) => {
+                for a in addrs {
+                    if let std::net::SocketAddr::V4(v4) = a {
+                        let ip = v4.ip();
+                        if !ip.is_loopback() && !ip.is_unspecified() && !found.contains(&v4) {
+                            found.push(v4);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(endpoint = bare, error = %e, "a control plane endpoint did not resolve; instances are not kept from it")
+            }
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -489,6 +539,27 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         node: NodeArgs,
+    }
+
+    #[tokio::test]
+    async fn the_control_plane_is_the_nats_servers_outside_this_machine() {
+        let given = [
+            "nats://user:pass@10.1.2.3:4222",
+            "10.1.2.3:4222",
+            "10.9.9.9:6222",
+            "nats://127.0.0.1:4222",
+            "0.0.0.0:4222",
+            "[::1]:4222",
+            "localhost:4222",
+        ];
+        let found = control_plane(given.iter().map(|s| s.to_string())).await;
+        let want: Vec<std::net::SocketAddrV4> = ["10.1.2.3:4222", "10.9.9.9:6222"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(found, want);
+        assert_eq!(endpoint("::1", 4222), "[::1]:4222");
+        assert_eq!(endpoint("nats.internal", 4222), "nats.internal:4222");
     }
 
     #[test]

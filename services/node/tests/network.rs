@@ -147,7 +147,8 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 /// A host outside the node: a network namespace behind a veth from the
 /// node (a /30 of its own, no route to any instance subnet) serving
-/// `/hello.txt` on 8080. Removed on drop.
+/// `/hello.txt` on 8080 and on 4222 (where a NATS server of the control
+/// plane would listen). Removed on drop.
 struct Outside {
     _lease: berth_tests::net::SubnetLease,
     ns: String,
@@ -192,10 +193,12 @@ impl Outside {
         sh(&format!(
             "ip -n {ns} addr add {addr}/30 dev {peer} && ip -n {ns} link set {peer} up && ip -n {ns} link set lo up"
         ));
-        sh(&format!(
-            "ip netns exec {ns} /bin/busybox httpd -p 8080 -h {}",
-            o._www.path().display()
-        ));
+        for port in [8080, 4222] {
+            sh(&format!(
+                "ip netns exec {ns} /bin/busybox httpd -p {port} -h {}",
+                o._www.path().display()
+            ));
+        }
         o
     }
 }
@@ -600,4 +603,43 @@ async fn instances_reach_their_owners_private_services_by_name_and_nothing_else(
     node.stop().await;
     let names: Vec<String> = ids.iter().map(|(_, i)| i.to_string()).collect();
     assert!(berth_tests::net::leftovers(&w.subnet.subnet, &names).is_empty());
+}
+
+/// The control plane on another machine (a NATS server the node speaks to,
+/// here a host behind a link of its own, port 4222) answers the node but
+/// no instance, while that host's other ports answer instances as any
+/// outside host does.
+#[tokio::test]
+async fn the_control_plane_on_other_machines_is_closed_to_instances() {
+    let w = World::start().await;
+    let outside = Outside::start();
+    let control: std::net::SocketAddrV4 = format!("{}:4222", outside.addr).parse().unwrap();
+    let mut checks = fast_checks();
+    checks.control_plane = vec![control];
+    let node = start_node(&w, checks).await;
+    let owner = OwnerId::User(UserId::generate());
+    let (app, app_dep) = service_of(&w, &owner, "app", ServiceType::WebService, &w.digest).await;
+    let a = spec(&w, &app, &app_dep, FIXED_10000, Some(10000));
+    run(&w, &node.id, &a).await;
+    healthy(&w, &app, &[&a.instance]).await;
+
+    let (status, body) = http_get(&control.to_string(), "/hello.txt").await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "outside\n"),
+        "the node reaches it"
+    );
+    let open = format!("http://{}:8080/hello.txt", outside.addr);
+    let (code, body) = wget(&w, &a.instance, &open);
+    assert_eq!(
+        (code, body.as_str()),
+        (0, "outside\n"),
+        "the host's other port"
+    );
+    let (code, out) = wget(&w, &a.instance, &format!("http://{control}/hello.txt"));
+    assert_ne!(code, 0, "the control plane answered an instance: {out}");
+
+    stop_all(&w, &node.id, &[(&app, &a.instance)]).await;
+    node.stop().await;
+    assert!(berth_tests::net::leftovers(&w.subnet.subnet, &[a.instance.to_string()]).is_empty());
 }
