@@ -151,6 +151,9 @@ pub struct World {
     pub(crate) lost: Mutex<Vec<&'static str>>,
     /// Images pushed since the first.
     builds: std::sync::atomic::AtomicUsize,
+    /// Host ports of `node` and `node2` (`first-last`), handed to no other
+    /// node of this process: the suites run side by side on one network.
+    node_ports: [String; 2],
     pub data: PathBuf,
     pub subjects: Subjects,
     pub api_port: u16,
@@ -276,6 +279,10 @@ impl World {
             procs: Mutex::default(),
             lost: Mutex::default(),
             builds: Default::default(),
+            node_ports: [(); 2].map(|_| {
+                let p = berth_tests::node_ports();
+                format!("{}-{}", p.start(), p.end())
+            }),
             data,
             subjects: Subjects::new(&berth_tests::unique_prefix()).unwrap(),
             api_port: free_port(),
@@ -382,11 +389,7 @@ impl World {
             _ => (component, self.node_dir("node")),
         };
         let node_name = format!("faults-{component}");
-        let ports = if component == "node2" {
-            "25000-29999"
-        } else {
-            "20000-24999"
-        };
+        let ports = &self.node_ports[usize::from(component == "node2")];
         let mut c = Command::new(BERTH);
         c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
