@@ -590,7 +590,11 @@ impl Probe {
         };
         if self.placement.port.is_some() {
             if let Err(e) = self.agent.republish(&self.instance, port).await {
+                // Not tried again for this instance (one attached by an
+                // earlier berth through `portmap` never can be): it stays
+                // unhealthy, saying where it listens.
                 tracing::warn!(instance.id = %self.instance, port, error = %e, "the detected port could not be published");
+                self.placement.detect = false;
                 return false;
             }
         }
