@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use berth_agent::logs::LogSink;
-use berth_agent::{AgentEvent, ExitStatus};
+use berth_agent::{AgentEvent, ExitStatus, StopOutcome};
 use berth_domain::{service, DomainError};
 use berth_eventlog::{EventStore, ExecuteError, Stamp};
 use berth_schemas::events::{InstanceExited, InstanceStarted, InstanceStopped, ServerRestarted};
@@ -253,12 +253,26 @@ impl Reporter {
         sink.say(what).await;
     }
 
-    /// How an instance's process ended, said in its logs: the agent
-    /// reports an exit once the output before it is published.
+    /// How an instance's process ended — by itself, or stopped on request
+    /// — said in its logs: the agent reports either once the output before
+    /// it is published.
     pub async fn say_exit(&self, e: &AgentEvent) {
-        if let (AgentEvent::Exited { service, .. }, Some(fact)) = (e, exited_fact(e)) {
-            let what = service::instances::exit_message(&fact);
-            self.say(service, &fact.instance, &what).await;
+        match e {
+            AgentEvent::Exited { service, .. } => {
+                if let Some(fact) = exited_fact(e) {
+                    let what = service::instances::exit_message(&fact);
+                    self.say(service, &fact.instance, &what).await;
+                }
+            }
+            AgentEvent::Stopped {
+                service,
+                instance,
+                outcome,
+            } => {
+                self.say(service, instance, &stop_message(instance, outcome))
+                    .await
+            }
+            _ => {}
         }
     }
 
@@ -374,6 +388,42 @@ impl Reporter {
     }
 }
 
+/// How a stop on request went, in words: in time (and how the process
+/// ended), or killed once its shutdown delay was over — what a program
+/// that ignores its stop signal, or a shell that does not pass it on,
+/// makes every deploy wait for.
+pub(crate) fn stop_message(instance: &InstanceId, o: &StopOutcome) -> String {
+    let secs = o.elapsed.as_secs_f64();
+    match (o.escalated_to_kill, o.status) {
+        (true, _) => format!(
+            "killed {secs:.0} s after it was asked to stop: it did not exit on its stop signal within its shutdown delay (a program that ignores the signal, or a shell that does not pass it on, is stopped this way)"
+        ),
+        (false, Some(ExitStatus::Unknown)) => format!("stopped on request after {secs:.1} s"),
+        (false, Some(status)) => {
+            let how = service::instances::exit_message(&exited(instance, status));
+            format!("stopped on request: {how} after {secs:.1} s")
+        }
+        (false, None) => "stopped on request (it was not running)".to_owned(),
+    }
+}
+
+/// An `instance_exited` fact of `instance` ending with `status` by itself.
+fn exited(instance: &InstanceId, status: ExitStatus) -> InstanceExited {
+    let (exit_code, signal) = match status {
+        ExitStatus::Code(c) => (Some(c), None),
+        ExitStatus::Signal(s) => (None, Some(s)),
+        ExitStatus::Unknown => (None, None),
+    };
+    InstanceExited {
+        instance: instance.clone(),
+        exit_code,
+        signal,
+        oom_killed: false,
+        memory_limit_mib: None,
+        restarted: false,
+    }
+}
+
 /// The `instance_exited` fact of an agent's exit event.
 pub(crate) fn exited_fact(e: &AgentEvent) -> Option<InstanceExited> {
     let AgentEvent::Exited {
@@ -387,18 +437,11 @@ pub(crate) fn exited_fact(e: &AgentEvent) -> Option<InstanceExited> {
     else {
         return None;
     };
-    let (exit_code, signal) = match status {
-        ExitStatus::Code(c) => (Some(*c), None),
-        ExitStatus::Signal(s) => (None, Some(*s)),
-        ExitStatus::Unknown => (None, None),
-    };
     Some(InstanceExited {
-        instance: instance.clone(),
-        exit_code,
-        signal,
         oom_killed: *oom_killed,
         memory_limit_mib: *memory_limit_mib,
         restarted: *restarted,
+        ..exited(instance, *status)
     })
 }
 

@@ -1,7 +1,8 @@
 //! Stops run side by side and never hold up a start: five instances whose
 //! shell ignores SIGTERM all stop within one shutdown delay, not five, and
 //! a start enqueued behind them runs at once; an instance whose shell is
-//! the app (as `sh -c` images are) stops on SIGTERM, not after the delay.
+//! the app (as `sh -c` images are) stops on SIGTERM, not after the delay;
+//! each instance's logs say how its stop went.
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,7 @@ use berth_schemas::model::ServiceType;
 use berth_schemas::Envelope;
 
 use crate::support::{count_of, fast_checks, run, service, spec, start_node, stop};
+use berth_tests::agent::collect_logs;
 use berth_tests::node::World;
 
 /// Seconds between SIGTERM and SIGKILL in these tests.
@@ -31,6 +33,7 @@ async fn five_stops_take_one_shutdown_delay_and_a_start_does_not_wait() {
             s
         })
         .collect();
+    let mut logs = crate::support::logs(&w, &svc).await;
     for s in &specs {
         run(&w, &node.id, s).await;
     }
@@ -89,5 +92,29 @@ async fn five_stops_take_one_shutdown_delay_and_a_start_does_not_wait() {
         "SIGTERM did not end the shell: {:?}",
         t1.elapsed()
     );
+
+    // Each instance's logs end saying how its stop went: the stubborn
+    // ones killed once the delay was over, the shell that is the app
+    // ended by the signal in time.
+    let killed = " s after it was asked to stop: it did not exit on its stop signal within its shutdown delay";
+    let stopped = "==> Stopped on request: exited with status 143 after ";
+    let said = |lines: &[berth_schemas::logs::LogLine], i: &berth_schemas::ids::InstanceId| {
+        crate::support::lines_of(lines, i)
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let lines = collect_logs(&mut logs, Duration::from_secs(10), |_| false).await;
+    for i in &ids {
+        let last = said(&lines, i);
+        assert!(
+            last.starts_with("==> Killed ") && last.contains(killed),
+            "{last}"
+        );
+    }
+    for i in [&plain.instance, &newer.instance] {
+        let last = said(&lines, i);
+        assert!(last.starts_with(stopped), "{last}");
+    }
     node.stop().await;
 }
