@@ -503,13 +503,22 @@ fn endpoint(host: &str, port: u16) -> String {
 /// The IPv4 addresses `endpoints` (`host:port`, or a URL such as
 /// `nats://host:port`) resolve to now, each once; loopback and unspecified
 /// ones left out (an instance reaches none of the node's own listeners),
-/// and names that do not resolve (logged).
+/// and names that do not resolve within 5 s (logged).
 async fn control_plane(endpoints: impl IntoIterator<Item = String>) -> Vec<std::net::SocketAddrV4> {
     let mut found = Vec::new();
     for e in endpoints {
         let bare = e.rsplit_once("://").map_or(e.as_str(), |(_, rest)| rest);
         let bare = bare.rsplit_once('@').map_or(bare, |(_, host)| host);
-        match tokio::net::lookup_host(bare).await {
+        // Bounded: a resolver that does not answer must not hold up the
+        // node's start.
+        let lookup = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::net::lookup_host(bare),
+        );
+        match lookup
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("timed out")))
+        {
             Ok(addrs) => {
                 for a in addrs {
                     if let std::net::SocketAddr::V4(v4) = a {
