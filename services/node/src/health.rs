@@ -108,6 +108,19 @@ impl Check {
         self.addr()?.rsplit_once(':')?.1.parse().ok()
     }
 
+    /// What passing it means, in words (`GET /health answers 2xx or 3xx
+    /// on port 10000`).
+    fn passing(&self) -> String {
+        let port = self
+            .port()
+            .map_or(String::new(), |p| format!(" on port {p}"));
+        match self {
+            Check::Http { path, .. } => format!("GET {path} answers 2xx or 3xx{port}"),
+            Check::Tcp { .. } => format!("it accepts connections{port}"),
+            Check::Uptime => "it has kept running through its grace period".to_owned(),
+        }
+    }
+
     /// The same check of `port` at the same address.
     fn at_port(&self, port: u16) -> Check {
         let moved = |addr: &str| match addr.rsplit_once(':') {
@@ -533,8 +546,8 @@ impl Probe {
         let key = format!("{}:{word}:{}", self.instance, reported.transitions);
         let p = &self.placement;
         let said = match &fact {
-            Event::InstanceUnhealthy(u) => Some(format!("not healthy: {}", u.reason)),
-            _ => None,
+            Event::InstanceUnhealthy(u) => format!("not healthy: {}", u.reason),
+            _ => format!("healthy: {}", self.check.passing()),
         };
         match self
             .health
@@ -544,12 +557,10 @@ impl Probe {
         {
             Ok(()) => {
                 tracing::info!(instance.id = %self.instance, service.id = %p.service, healthy, "health transition recorded");
-                if let Some(what) = said {
-                    self.health
-                        .reporter
-                        .say(&p.service, &self.instance, &what)
-                        .await;
-                }
+                self.health
+                    .reporter
+                    .say(&p.service, &self.instance, &said)
+                    .await;
                 reported.transitions += 1;
                 reported.healthy = Some(healthy);
                 reported.starting &= !healthy;
@@ -1066,5 +1077,12 @@ mod tests {
         };
         assert_eq!(tcp.at_port(6379).port(), Some(6379));
         assert_eq!(Check::Uptime.at_port(1), Check::Uptime);
+        // What passing means, as the logs say it.
+        assert_eq!(http.passing(), "GET /up answers 2xx or 3xx on port 10000");
+        assert_eq!(tcp.passing(), "it accepts connections on port 10000");
+        assert_eq!(
+            Check::Uptime.passing(),
+            "it has kept running through its grace period"
+        );
     }
 }

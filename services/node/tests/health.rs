@@ -472,6 +472,7 @@ async fn failing_live_instance_is_unhealthy_then_restarted_and_healthy_again() {
     let (svc, deploy) = service(&w, ServiceType::WebService, Some("/h/ok")).await;
     let prepare = "mkdir -p /tmp/w/h; echo ok > /tmp/w/h/ok; (sleep 3; rm /tmp/w/h/ok) &";
     let s = spec(&w, &svc, &deploy, &httpd(prepare, "/tmp/w"), Some(10000));
+    let mut logs = support::logs(&w, &svc).await;
     run(&w, &node.id, &s).await;
 
     let events = w
@@ -540,6 +541,34 @@ async fn failing_live_instance_is_unhealthy_then_restarted_and_healthy_again() {
     let addr = addr_of(&events, &s.instance).unwrap();
     let (status, body) = http_get(&addr, "/h/ok").await.unwrap();
     assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+    // Its logs tell the same story in berth's own lines.
+    let passes = "==> Healthy: GET /h/ok answers 2xx or 3xx on port 10000";
+    let lines = collect_logs(&mut logs, Duration::from_secs(10), |_| false).await;
+    let said: Vec<String> = support::lines_of(&lines, &s.instance)
+        .into_iter()
+        .filter(|l| l.starts_with("==> "))
+        .map(|l| {
+            // The failing check's reason and the command's text vary.
+            ["==> Running: ", "==> Not healthy: "]
+                .into_iter()
+                .find(|p| l.starts_with(p))
+                .map_or(l.clone(), str::to_owned)
+        })
+        .collect();
+    // (It goes round again after that: its file goes 3 s after each start.)
+    assert_eq!(
+        said.get(..6).unwrap_or(&said),
+        [
+            "==> Running: ",
+            passes,
+            "==> Not healthy: ",
+            "==> Restarted for failing its health checks (exited with status 143)",
+            "==> Running: ",
+            passes
+        ],
+        "{lines:?}"
+    );
 
     node.stop().await;
 }
