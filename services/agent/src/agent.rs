@@ -565,12 +565,7 @@ impl Agent {
                 let _ = self.inner.runtime.delete(&instance.to_string()).await;
                 bundle::remove_instance(&self.inner.dir(&instance));
                 self.inner.release_network(&instance).await;
-                supervise::say(&self.inner, &spec, &format!("could not start: {e}")).await;
-                self.inner.report(AgentEvent::StartFailed {
-                    service: spec.service.clone(),
-                    instance,
-                    error: e.to_string(),
-                });
+                supervise::start_failed(&self.inner, &spec, &e).await;
                 return Err(e);
             }
         };

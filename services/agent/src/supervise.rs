@@ -81,8 +81,19 @@ fn sink(inner: &Inner, spec: &InstanceSpec) -> LogSink {
 }
 
 /// berth's own line about `spec`'s instance in its logs.
-pub(crate) async fn say(inner: &Inner, spec: &InstanceSpec, what: &str) {
+async fn say(inner: &Inner, spec: &InstanceSpec, what: &str) {
     sink(inner, spec).say(what).await;
+}
+
+/// A start of `spec`'s instance failed with `e`: said in its logs and
+/// reported.
+pub(crate) async fn start_failed(inner: &Inner, spec: &InstanceSpec, e: &AgentError) {
+    say(inner, spec, &format!("could not start: {e}")).await;
+    inner.report(AgentEvent::StartFailed {
+        service: spec.service.clone(),
+        instance: spec.instance.clone(),
+        error: e.to_string(),
+    });
 }
 
 fn pumps(inner: &Inner, spec: &InstanceSpec) -> Result<Vec<JoinHandle<u64>>, AgentError> {
@@ -397,12 +408,7 @@ pub(crate) async fn supervise(
                     }
                     Err(e) => {
                         let _ = inner.runtime.delete(&id).await;
-                        say(inner, &spec, &format!("could not start: {e}")).await;
-                        inner.report(AgentEvent::StartFailed {
-                            service: spec.service.clone(),
-                            instance: spec.instance.clone(),
-                            error: e.to_string(),
-                        });
+                        start_failed(inner, &spec, &e).await;
                         let d = policy.next(delay, Duration::ZERO);
                         delay = Some(d);
                         if let Some(end) = backoff(inner, &spec, &stop, &restart, d).await {
