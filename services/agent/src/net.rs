@@ -482,13 +482,9 @@ impl Cni {
     /// already.
     pub async fn republish(&self, id: &InstanceId, container_port: u16) -> Result<(), NetError> {
         let _rules = self.rules.lock().await;
-        let path = self.state_file(id);
-        let mut state: State = std::fs::read(&path).map_err(net_io(&path)).and_then(|b| {
-            serde_json::from_slice(&b).map_err(|e| NetError::Io {
-                path: path.clone(),
-                source: std::io::Error::other(e),
-            })
-        })?;
+        let mut state = self
+            .load(id)
+            .ok_or_else(|| NetError::Unknown(id.to_string()))?;
         let Some(old) = state.own_publish() else {
             return Err(NetError::NotPublished(id.to_string()));
         };
@@ -765,9 +761,7 @@ impl Cni {
     /// namespace and files. Idempotent; what it cannot remove is reported.
     pub async fn detach(&self, id: &InstanceId) -> Result<(), NetError> {
         let path = self.state_file(id);
-        let state: Option<State> = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+        let state = self.load(id);
         let mut first_err: Option<NetError> = None;
         let mut keep = |r: Result<(), NetError>| {
             if let Err(e) = r {
@@ -906,10 +900,7 @@ impl Cni {
     /// `false` when it has no usable network (it is then deleted, and a
     /// container that restarts gets a new one).
     async fn readopt(&self, id: &InstanceId, pid: Option<u32>) -> bool {
-        let Some(state) = std::fs::read(self.state_file(id))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<State>(&b).ok())
-        else {
+        let Some(state) = self.load(id) else {
             return false;
         };
         let Some(ip) = state.result.as_ref().and_then(result_ip) else {
@@ -1319,6 +1310,13 @@ impl Cni {
     }
 
     /// Save the state file (atomically).
+    /// `id`'s state as [`Cni::save`] wrote it (`None`: none, or not
+    /// readable).
+    fn load(&self, id: &InstanceId) -> Option<State> {
+        let bytes = std::fs::read(self.state_file(id)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
     fn save(&self, id: &InstanceId, state: &State) -> Result<(), NetError> {
         let path = self.state_file(id);
         let tmp = path.with_extension("json.tmp");
