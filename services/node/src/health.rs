@@ -593,7 +593,7 @@ impl Probe {
         let Some(want) = self.check.port() else {
             return false;
         };
-        let Some(listeners) = self.health.pid_of(&self.instance).and_then(listeners) else {
+        let Some(listeners) = self.sockets() else {
             return false;
         };
         let Some(port) = detected_port(&listeners, want) else {
@@ -647,13 +647,16 @@ impl Probe {
         let Some(port) = self.check.port() else {
             return String::new();
         };
-        let Some(pid) = self.health.pid_of(&self.instance) else {
-            return String::new();
-        };
-        let Some(listeners) = listeners(pid) else {
+        let Some(listeners) = self.sockets() else {
             return String::new();
         };
         listening_hint(&listeners, port).unwrap_or_default()
+    }
+
+    /// The TCP sockets listening in the instance's network namespace now
+    /// (`None`: its process is not running, or they cannot be read).
+    fn sockets(&self) -> Option<Vec<(IpAddr, u16)>> {
+        self.health.pid_of(&self.instance).and_then(listeners)
     }
 
     async fn probe(&self) -> Result<(), String> {
