@@ -51,12 +51,7 @@ async fn web_instances_get_own_ports_and_pass_http_checks() {
     let bad = spec(&w, &bad_svc, &bad_deploy, &httpd("", "/app"), Some(10000));
     run(&w, &node.id, &bad).await;
 
-    let events = w
-        .wait_events(&svc, Duration::from_secs(60), |ev| {
-            count_of(ev, &a.instance, "instance_healthy") == 1
-                && count_of(ev, &b.instance, "instance_healthy") == 1
-        })
-        .await;
+    let events = support::healthy_once(&w, &svc, &[&a.instance, &b.instance]).await;
     for s in [&a, &b] {
         assert_eq!(
             kinds(&events, &s.instance),
@@ -123,11 +118,7 @@ async fn a_web_service_without_a_health_check_path_is_healthy_once_it_listens() 
         Some(10000),
     );
     run(&w, &node.id, &s).await;
-    let events = w
-        .wait_events(&svc, Duration::from_secs(30), |ev| {
-            count_of(ev, &s.instance, "instance_healthy") == 1
-        })
-        .await;
+    let events = support::healthy_once(&w, &svc, &[&s.instance]).await;
     let addr = addr_of(&events, &s.instance).unwrap();
     let (status, _) = http_get(&addr, "/").await.unwrap();
     assert_eq!(status, 404, "no page at /, healthy all the same");
@@ -164,21 +155,13 @@ async fn private_services_pass_tcp_and_workers_pass_after_grace() {
     run(&w, &node.id, &steady).await;
     run(&w, &node.id, &crashing).await;
 
-    let events = w
-        .wait_events(&private, Duration::from_secs(60), |ev| {
-            count_of(ev, &tcp.instance, "instance_healthy") == 1
-        })
-        .await;
+    let events = support::healthy_once(&w, &private, &[&tcp.instance]).await;
     let addr = addr_of(&events, &tcp.instance).expect("private services have an addr");
     tokio::net::TcpStream::connect(&addr)
         .await
         .expect("the addr accepts connections");
 
-    let events = w
-        .wait_events(&worker, Duration::from_secs(60), |ev| {
-            count_of(ev, &steady.instance, "instance_healthy") == 1
-        })
-        .await;
+    let events = support::healthy_once(&w, &worker, &[&steady.instance]).await;
     let mine = of(&events, &steady.instance);
     assert_eq!(
         kinds(&events, &steady.instance),
@@ -253,17 +236,9 @@ async fn starting_instances_are_probed_at_once_not_after_the_interval() {
         );
         (mine[1].time - mine[0].time).to_std().unwrap()
     };
-    let events = w
-        .wait_events(&web, Duration::from_secs(30), |ev| {
-            count_of(ev, &h.instance, "instance_healthy") == 1
-        })
-        .await;
+    let events = support::healthy_once(&w, &web, &[&h.instance]).await;
     let web_after = after_start(&events, &h);
-    let events = w
-        .wait_events(&worker, Duration::from_secs(30), |ev| {
-            count_of(ev, &wk.instance, "instance_healthy") == 1
-        })
-        .await;
+    let events = support::healthy_once(&w, &worker, &[&wk.instance]).await;
     let worker_after = after_start(&events, &wk);
     eprintln!("web healthy {web_after:?} after its start, worker {worker_after:?}");
     assert!(
@@ -427,11 +402,7 @@ async fn the_one_port_an_image_listens_on_is_detected_when_berth_chose_the_port(
         support::lines_of(&lines, &fixed.instance).contains(&said.to_owned()),
         "{lines:?}"
     );
-    let events = w
-        .wait_events(&private, Duration::from_secs(60), |ev| {
-            count_of(ev, &db.instance, "instance_healthy") == 1
-        })
-        .await;
+    let events = support::healthy_once(&w, &private, &[&db.instance]).await;
     assert_eq!(
         kinds(&events, &db.instance),
         ["instance_started", "instance_healthy"]
@@ -582,10 +553,7 @@ async fn a_crashed_instance_is_reported_healthy_again_after_its_restart() {
     let (svc, deploy) = service(&w, ServiceType::WebService, Some("/hello.txt")).await;
     let s = spec(&w, &svc, &deploy, &httpd("", "/app"), Some(10000));
     run(&w, &node.id, &s).await;
-    w.wait_events(&svc, Duration::from_secs(60), |ev| {
-        count_of(ev, &s.instance, "instance_healthy") == 1
-    })
-    .await;
+    support::healthy_once(&w, &svc, &[&s.instance]).await;
     // The whole container dies (its init killed), as in a crash.
     support::kill_container(&w, &s.instance);
     support::healthy_again(&w, &svc, &s.instance).await;
@@ -604,10 +572,7 @@ async fn restarted_node_resumes_probing_without_repeating_facts() {
     let prepare = "mkdir -p /tmp/w/h; echo ok > /tmp/w/h/ok; (sleep 6; rm /tmp/w/h/ok) &";
     let s = spec(&w, &svc, &deploy, &httpd(prepare, "/tmp/w"), None);
     run(&w, &node.id, &s).await;
-    w.wait_events(&svc, Duration::from_secs(60), |ev| {
-        count_of(ev, &s.instance, "instance_healthy") == 1
-    })
-    .await;
+    support::healthy_once(&w, &svc, &[&s.instance]).await;
     // The node process goes away; the container keeps running.
     node.stop().await;
     let node = start_node(&w, checks).await;

@@ -34,11 +34,7 @@ async fn service_of(
 /// Waits until every instance of `ids` of `service` is healthy; their
 /// `instance_started` addresses.
 async fn healthy(w: &World, service: &ServiceId, ids: &[&InstanceId]) -> Vec<String> {
-    let events = w
-        .wait_events(service, Duration::from_secs(60), |ev| {
-            ids.iter().all(|i| count_of(ev, i, "instance_healthy") == 1)
-        })
-        .await;
+    let events = support::healthy_once(w, service, ids).await;
     ids.iter().map(|i| addr_of(&events, i).unwrap()).collect()
 }
 

@@ -342,3 +342,12 @@ pub async fn with_env(w: &World, node: &NodeId, spec: &mut NodeRunSpec, env: &[(
         .seal_env(&spec.service, &spec.instance, &sealed)
         .unwrap();
 }
+
+/// `service`'s events once each of `ids` has been recorded healthy once
+/// (within 60 s).
+pub async fn healthy_once(w: &World, service: &ServiceId, ids: &[&InstanceId]) -> Vec<Envelope> {
+    w.wait_events(service, Duration::from_secs(60), |ev| {
+        ids.iter().all(|i| count_of(ev, i, "instance_healthy") == 1)
+    })
+    .await
+}
