@@ -429,6 +429,29 @@ impl World {
         }
     }
 
+    /// Waits (up to `within`) until `deploy` failed; the service's events
+    /// then, and the failure.
+    pub async fn wait_failed(
+        &self,
+        service: &ServiceId,
+        deploy: &DeployId,
+        within: Duration,
+    ) -> (Vec<Envelope>, berth_schemas::events::DeployFailed) {
+        let failed_of = |ev: &[Envelope]| {
+            ev.iter().find_map(|e| match &e.event {
+                Event::DeployFailed(f) if &f.deploy == deploy => Some(f.clone()),
+                _ => None,
+            })
+        };
+        let ev = self
+            .wait_events(service, within, "deploy failed", |ev| {
+                failed_of(ev).is_some()
+            })
+            .await;
+        let failed = failed_of(&ev).expect("the failure the wait saw");
+        (ev, failed)
+    }
+
     /// Waits until `deploy` is live.
     pub async fn wait_live(&self, service: &ServiceId, deploy: &DeployId) -> Vec<Envelope> {
         self.wait_events(service, Duration::from_secs(90), "deploy live", |ev| {

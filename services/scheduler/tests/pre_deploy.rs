@@ -122,19 +122,7 @@ async fn a_pre_deploy_whose_node_dies_fails_after_its_timeout() {
     // The only node dies with the run.
     n1.stop().await;
     n1.kill_containers();
-    let ev = w
-        .wait_events(&svc, Duration::from_secs(30), "pre-deploy given up", |ev| {
-            ev.iter()
-                .any(|e| matches!(&e.event, Event::DeployFailed(f) if f.deploy == d1))
-        })
-        .await;
-    let failed = ev
-        .iter()
-        .find_map(|e| match &e.event {
-            Event::DeployFailed(f) => Some(f.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let (ev, failed) = w.wait_failed(&svc, &d1, Duration::from_secs(30)).await;
     assert_eq!(failed.status, DeployStatus::PreDeployFailed);
     assert!(failed.reason.contains("did not report back"), "{failed:?}");
     assert_eq!(count(&ev, "update_started"), 0, "{:?}", types(&ev));

@@ -31,19 +31,7 @@ async fn update_until_failed(
         deploy: deploy.clone(),
     };
     w.command(svc, update).await;
-    let ev = w
-        .wait_events(svc, Duration::from_secs(60), "update failed", |ev| {
-            ev.iter()
-                .any(|e| matches!(&e.event, Event::DeployFailed(f) if f.deploy == deploy))
-        })
-        .await;
-    let failed = ev
-        .iter()
-        .find_map(|e| match &e.event {
-            Event::DeployFailed(f) if f.deploy == deploy => Some(f.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let (ev, failed) = w.wait_failed(svc, &deploy, Duration::from_secs(60)).await;
     (deploy, ev, failed)
 }
 
