@@ -503,6 +503,16 @@ events! {
         pub instance: InstanceId,
         pub reason: String,
     }
+    /// A starting instance of a service that sets no `PORT` was found
+    /// serving on `port`, not where berth expected it (as Render detects a
+    /// service's port): that port is served, and the service's later
+    /// instances are checked and published there.
+    InstancePortDetected = "instance_port_detected" v 1 {
+        pub instance: InstanceId,
+        pub port: u16,
+        /// The port berth expected it on.
+        pub expected: u16,
+    }
     /// The instance's process exited.
     InstanceExited = "instance_exited" v 1 {
         pub instance: InstanceId,

@@ -235,9 +235,10 @@ pub struct WebDetails {
     /// `""` when the service has none (TCP readiness only).
     pub health_check_path: String,
     pub num_instances: u32,
-    /// Ports detected on the service's instances: berth does not detect
-    /// ports, so this is empty (the port served is `PORT`, else the one the
-    /// image exposes, else 10000).
+    /// The port its instances were detected serving on (`instance_port_detected`,
+    /// when the service sets no `PORT` and they did not listen where berth
+    /// expected them); empty when none was, as the port served is then
+    /// `PORT`, else the one the image exposes, else 10000.
     pub open_ports: Vec<ServerPort>,
     /// Where the router serves it.
     pub url: String,
@@ -352,19 +353,29 @@ pub fn service(
         shutdown_delay_seconds: c.shutdown_delay_secs,
         max_shutdown_delay_seconds: c.shutdown_delay_secs,
     };
+    let open_ports = || -> Vec<ServerPort> {
+        s.detected_port
+            .filter(|_| !c.env_vars.contains_key("PORT"))
+            .map(|port| ServerPort {
+                port,
+                protocol: Protocol::Tcp,
+            })
+            .into_iter()
+            .collect()
+    };
     let service_details = match c.service_type {
         ServiceType::WebService => ServiceDetails::Web(WebDetails {
             common,
             health_check_path: c.health_check_path.clone().unwrap_or_default(),
             num_instances: c.num_instances,
-            open_ports: Vec::new(),
+            open_ports: open_ports(),
             url: links.web_url(&c.name),
             https_redirect: c.https_redirect,
         }),
         ServiceType::PrivateService => ServiceDetails::Private(PrivateDetails {
             common,
             num_instances: c.num_instances,
-            open_ports: Vec::new(),
+            open_ports: open_ports(),
             url: c.name.clone(),
         }),
         ServiceType::BackgroundWorker => ServiceDetails::Worker(WorkerDetails {

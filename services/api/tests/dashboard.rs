@@ -832,15 +832,7 @@ async fn a_retrying_resolve_shows_in_the_deploy_progress() {
 async fn a_web_services_https_redirect_is_set_on_its_settings_page() {
     let app = App::start(true).await;
     let alice = app.owner().await;
-    let (s, v) = app
-        .post(
-            "/v1/services",
-            &alice,
-            serde_json::json!({"type": "web_service", "name": "site", "image": {"imagePath": app.image("v1")}}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let id = v["service"]["id"].as_str().unwrap().to_owned();
+    let id = app.web_service(&alice, "site").await;
     let (worker, _) = app.service(&alice, "worker").await;
     let mut b = signed_in(&app, &alice).await;
 

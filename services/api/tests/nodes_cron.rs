@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use berth_domain::node::{self, Capacity};
 use berth_domain::service::{self, Command};
 use berth_domain::timeline::KEPT_PER_SERVICE;
 use berth_eventlog::Stamp;
-use berth_schemas::events::{InstanceExited, InstanceScheduled};
+use berth_schemas::events::{InstanceExited, InstancePortDetected, InstanceScheduled};
 use berth_schemas::heartbeat::Heartbeat;
 use berth_schemas::ids::{CronRunId, DeployId, InstanceId, NodeId, ServiceId};
 use berth_schemas::{Actor, AggregateId};
@@ -254,6 +254,80 @@ async fn an_instance_exit_shows_in_the_listing_and_on_the_timeline() {
     assert_eq!(details["instanceId"], instance.as_str(), "{v}");
     assert_eq!(details["outOfMemory"], true, "{v}");
     assert_eq!(details["message"], says, "{v}");
+}
+
+/// A port detected on an instance shows where Render shows it: the
+/// service's `openPorts`, and an `instance_port_detected` entry on the
+/// timeline saying what berth did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detected_port_shows_in_open_ports_and_on_the_timeline() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let svc = app.web_service(&alice, "fixed").await;
+    let (_, v) = app.get(&format!("/v1/services/{svc}"), &alice).await;
+    assert_eq!(v["serviceDetails"]["openPorts"], json!([]), "{v}");
+    let instance = InstanceId::generate();
+    let detected = InstancePortDetected {
+        instance: instance.clone(),
+        port: 3000,
+        expected: 10000,
+    };
+    record(
+        &app,
+        &svc,
+        vec![Command::RecordInstanceFact(Box::new(detected.into()))],
+    )
+    .await;
+    let t0 = std::time::Instant::now();
+    loop {
+        let (s, v) = app.get(&format!("/v1/services/{svc}"), &alice).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        if v["serviceDetails"]["openPorts"] != json!([]) {
+            assert_eq!(
+                v["serviceDetails"]["openPorts"],
+                json!([{"port": 3000, "protocol": "TCP"}]),
+                "{v}"
+            );
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let path = format!("/v1/services/{svc}/events?type=instance_port_detected");
+    let (s, v) = app.get(&path, &alice).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let details = &v[0]["event"]["details"];
+    assert_eq!(details["instanceId"], instance.as_str(), "{v}");
+    assert_eq!(
+        (details["port"].as_u64(), details["expectedPort"].as_u64()),
+        (Some(3000), Some(10000)),
+        "{v}"
+    );
+    assert_eq!(
+        details["message"],
+        "detected service running on port 3000: served there, as the service sets no PORT (berth expected 10000; set PORT=3000 to say so)",
+        "{v}"
+    );
+
+    // A service that sets PORT serves there: nothing detected is shown.
+    let (s, v) = app
+        .call(
+            Method::PUT,
+            &format!("/v1/services/{svc}/env-vars"),
+            Some(&alice.key),
+            Some(json!([{"key": "PORT", "value": "3000"}])),
+        )
+        .await;
+    assert!(s.is_success(), "{s} {v}");
+    let t0 = std::time::Instant::now();
+    loop {
+        let (_, v) = app.get(&format!("/v1/services/{svc}"), &alice).await;
+        if v["serviceDetails"]["openPorts"] == json!([]) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -371,12 +371,23 @@ impl App {
 
     /// Creates a background worker of `team/app:v1`; returns (id, hook path).
     pub async fn service(&self, o: &Owner, name: &str) -> (String, String) {
+        self.create(o, "background_worker", name).await
+    }
+
+    /// Creates a web service of `team/app:v1`; returns its id.
+    pub async fn web_service(&self, o: &Owner, name: &str) -> String {
+        self.create(o, "web_service", name).await.0
+    }
+
+    /// Creates a service of `service_type` running `team/app:v1`; returns
+    /// (id, hook path).
+    async fn create(&self, o: &Owner, service_type: &str, name: &str) -> (String, String) {
         let (s, v) = self
             .post(
                 "/v1/services",
                 o,
                 serde_json::json!({
-                    "type": "background_worker",
+                    "type": service_type,
                     "name": name,
                     "image": {"imagePath": self.image("v1")},
                 }),

@@ -167,6 +167,7 @@ pub fn is_instance_fact(event: &Event) -> bool {
             | Event::InstanceStarted(_)
             | Event::InstanceHealthy(_)
             | Event::InstanceUnhealthy(_)
+            | Event::InstancePortDetected(_)
             | Event::InstanceExited(_)
             | Event::ServerRestarted(_)
             | Event::InstanceStopped(_)

@@ -51,6 +51,7 @@ pub const TYPES: &[&str] = &[
     "server_restarted",
     "placement_blocked",
     "instance_exited",
+    "instance_port_detected",
     "instance_count_changed",
     "cron_job_run_started",
     "cron_job_run_ended",
@@ -271,6 +272,15 @@ impl TimelineEvent {
                     "signal": e.signal,
                     "outOfMemory": e.oom_killed,
                     "message": crate::service::instances::exit_message(e),
+                }),
+            ),
+            Event::InstancePortDetected(e) => (
+                "instance_port_detected",
+                d!({
+                    "instanceId": e.instance,
+                    "port": e.port,
+                    "expectedPort": e.expected,
+                    "message": crate::service::instances::port_detected_message(e),
                 }),
             ),
             Event::PlacementBlocked(e) => (
@@ -506,6 +516,15 @@ fn details_schemas() -> Vec<(&'static str, Vec<DetailField>)> {
                 ("exitCode", int(), false),
                 ("signal", int(), false),
                 ("outOfMemory", bool_(), true),
+                ("message", s(), true),
+            ],
+        ),
+        (
+            "instance_port_detected",
+            vec![
+                ("instanceId", s(), true),
+                ("port", int(), true),
+                ("expectedPort", int(), true),
                 ("message", s(), true),
             ],
         ),
@@ -1320,6 +1339,12 @@ mod tests {
                 oom_killed: false,
                 memory_limit_mib: None,
                 restarted: false,
+            }
+            .into(),
+            berth_schemas::events::InstancePortDetected {
+                instance: InstanceId::generate(),
+                port: 3000,
+                expected: 10000,
             }
             .into(),
             PlacementBlocked {

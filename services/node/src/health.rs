@@ -34,8 +34,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use berth_agent::{Agent, AgentEvent};
+use berth_domain::service::instances::port_detected_message;
 use berth_eventlog::ExecuteError;
-use berth_schemas::events::{InstanceHealthy, InstanceUnhealthy};
+use berth_schemas::events::{InstanceHealthy, InstancePortDetected, InstanceUnhealthy};
 use berth_schemas::ids::InstanceId;
 use berth_schemas::Event;
 use serde::{Deserialize, Serialize};
@@ -627,13 +628,27 @@ impl Probe {
         }
         tracing::info!(instance.id = %self.instance, port, expected = want, "detected the port the instance serves on");
         let p = &placement;
-        let said = format!(
-            "detected service running on port {port}: served there, as the service sets no PORT (berth expected {want}; set PORT={port} to say so)"
-        );
+        let detected = InstancePortDetected {
+            instance: self.instance.clone(),
+            port,
+            expected: want,
+        };
+        let said = port_detected_message(&detected);
         self.health
             .reporter
             .say(&p.service, &self.instance, &said)
             .await;
+        // Recorded for the service's later instances (and its timeline);
+        // this one is served there whether or not the record lands.
+        let key = format!("{}:port_detected:{port}", self.instance);
+        if let Err(e) = self
+            .health
+            .reporter
+            .fact(&p.service, Some(&p.deploy), detected.into(), &key)
+            .await
+        {
+            tracing::warn!(instance.id = %self.instance, port, error = %e, "the detected port could not be recorded");
+        }
         self.placement = placement;
         self.check = check;
         true

@@ -249,10 +249,13 @@ impl NodeHandler {
         let Some(image) = prepared else {
             return Ok(());
         };
-        let config = self.service_config(&spec).await?;
+        let service = self.service_state(&spec.service).await?;
+        let config = service.config.as_ref();
         let mut s = self.instance_spec(&spec, image, env);
-        self.add_platform_env(&spec, config.as_ref(), &mut s);
-        let placement = self.place(&spec, config.as_ref(), &mut s).await?;
+        self.add_platform_env(&spec, config, &mut s);
+        let placement = self
+            .place(&spec, config, service.detected_port, &mut s)
+            .await?;
         self.agent
             .run_instance(s)
             .await
@@ -295,19 +298,20 @@ impl NodeHandler {
         Ok(ServiceState::clone(&state))
     }
 
-    /// The service's type and health check path as the log has them now.
-    async fn service_config(&self, spec: &NodeRunSpec) -> Result<Option<ServiceConfig>, WorkError> {
-        Ok(self.service_state(&spec.service).await?.config)
-    }
-
     /// Gives an instance its network (a web instance also a published
     /// host port), picks its check, and records the placement (before the
     /// start, so a node restart finds it; first with the host port alone,
     /// which reserves it, then with the address the network gave).
+    ///
+    /// An instance of a service that sets no `PORT` is served on the port
+    /// its service's instances were last detected on (`detected`), if
+    /// any, else on its `PORT`; either way a port it is then found on
+    /// instead is detected again.
     async fn place(
         &self,
         spec: &NodeRunSpec,
         config: Option<&ServiceConfig>,
+        detected: Option<u16>,
         s: &mut InstanceSpec,
     ) -> Result<Placement, WorkError> {
         let ty = config.map(|c| c.service_type);
@@ -315,8 +319,9 @@ impl NodeHandler {
             Some(t) => matches!(t, ServiceType::WebService | ServiceType::PrivateService),
             None => spec.port.is_some(),
         };
-        let port = listens.then(|| listen_port(s, spec.port));
-        s.port = port;
+        let detect = listens && !s.env.contains_key("PORT");
+        s.port = listens.then(|| listen_port(s, spec.port));
+        let port = s.port.map(|p| detected.filter(|_| detect).unwrap_or(p));
         let public = listens && ty != Some(ServiceType::PrivateService);
         let mut placement = Placement {
             service: spec.service.clone(),
@@ -325,7 +330,7 @@ impl NodeHandler {
             addr: None,
             port: None,
             check: None,
-            detect: listens && !s.env.contains_key("PORT"),
+            detect,
         };
         {
             let _held = self.ports.lock().unwrap_or_else(|p| p.into_inner());

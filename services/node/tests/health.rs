@@ -405,7 +405,11 @@ async fn the_one_port_an_image_listens_on_is_detected_when_berth_chose_the_port(
     let events = support::healthy_once(&w, &private, &[&db.instance]).await;
     assert_eq!(
         kinds(&events, &db.instance),
-        ["instance_started", "instance_healthy"]
+        [
+            "instance_started",
+            "instance_port_detected",
+            "instance_healthy"
+        ]
     );
     let lines = collect_logs(&mut private_logs, Duration::from_secs(10), |l| {
         l.line
@@ -419,6 +423,25 @@ async fn the_one_port_an_image_listens_on_is_detected_when_berth_chose_the_port(
         "{lines:?}"
     );
 
+    // The detection is recorded: the service's next instance is checked
+    // and published at 3000 from its start, nothing detected again.
+    let next = spec(
+        &w,
+        &web,
+        &web_deploy,
+        "/bin/sh -c 'exec /bin/busybox httpd -f -p 3000 -h /app'",
+        Some(10000),
+    );
+    run(&w, &node.id, &next).await;
+    let events = support::healthy_once(&w, &web, &[&next.instance]).await;
+    assert_eq!(
+        kinds(&events, &next.instance),
+        ["instance_started", "instance_healthy"]
+    );
+    let next_addr = addr_of(&events, &next.instance).expect("a web instance's host port");
+    let (status, body) = http_get(&next_addr, "/hello.txt").await.unwrap();
+    assert_eq!(status, 200, "served at 3000 from its start: {body}");
+
     // A node restart keeps the port: still served, still healthy, nothing
     // recorded again.
     node.stop().await;
@@ -429,7 +452,11 @@ async fn the_one_port_an_image_listens_on_is_detected_when_berth_chose_the_port(
     let events = w.wait_events(&web, Duration::from_secs(1), |_| true).await;
     assert_eq!(
         kinds(&events, &fixed.instance),
-        ["instance_started", "instance_healthy"]
+        [
+            "instance_started",
+            "instance_port_detected",
+            "instance_healthy"
+        ]
     );
     node.stop().await;
 }

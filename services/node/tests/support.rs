@@ -214,6 +214,7 @@ pub fn of<'a>(events: &'a [Envelope], instance: &InstanceId) -> Vec<&'a Envelope
             Event::InstanceStarted(x) => &x.instance == instance,
             Event::InstanceHealthy(x) => &x.instance == instance,
             Event::InstanceUnhealthy(x) => &x.instance == instance,
+            Event::InstancePortDetected(x) => &x.instance == instance,
             Event::InstanceExited(x) => &x.instance == instance,
             Event::ServerRestarted(x) => &x.instance == instance,
             Event::InstanceStopped(x) => &x.instance == instance,

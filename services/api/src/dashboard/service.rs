@@ -139,7 +139,7 @@ fn summary(e: &TimelineEvent) -> Markup {
             "placement_blocked" => {
                 @if let Some(r) = detail(e, "reason") { ": " (r) }
             }
-            "instance_exited" => {
+            "instance_exited" | "instance_port_detected" => {
                 @if let Some(m) = detail(e, "message") { ": " (m) }
             }
             "rollback_target_missing" => {

@@ -81,6 +81,12 @@ pub struct ServiceState {
     /// before the failure).
     #[serde(default)]
     pub pull_failures: PullFailures,
+    /// The port its instances were last found serving on when that was not
+    /// where berth expected them and the service sets no `PORT`
+    /// (`instance_port_detected`): later instances are checked and
+    /// published there first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detected_port: Option<u16>,
     /// Custom domains by name (web services), each claimed on its own
     /// subject first (`crate::custom_domain`).
     #[serde(default)]
@@ -267,5 +273,8 @@ pub fn apply_at(mut s: ServiceState, event: &Event, time: Option<DateTime<Utc>>)
     cron::apply(&mut s, event, time);
     domains::apply(&mut s, event, time);
     s.instances.apply(event, time);
+    if let Event::InstancePortDetected(e) = event {
+        s.detected_port = Some(e.port);
+    }
     s
 }

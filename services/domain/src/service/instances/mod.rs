@@ -9,7 +9,7 @@ pub(in crate::service) mod placement;
 
 use std::collections::BTreeMap;
 
-use berth_schemas::events::InstanceExited;
+use berth_schemas::events::{InstanceExited, InstancePortDetected};
 use berth_schemas::ids::{DeployId, InstanceId, NodeId};
 use berth_schemas::Event;
 use chrono::{DateTime, Utc};
@@ -100,6 +100,16 @@ pub fn exit_message(e: &InstanceExited) -> String {
     } else {
         how
     }
+}
+
+/// What berth did on finding an instance serving elsewhere than expected,
+/// in words (its logs and its timeline say the same).
+pub fn port_detected_message(e: &InstancePortDetected) -> String {
+    format!(
+        "detected service running on port {port}: served there, as the service sets no PORT (berth expected {expected}; set PORT={port} to say so)",
+        port = e.port,
+        expected = e.expected,
+    )
 }
 
 /// `text` cut to at most [`PROBLEM_MAX`] bytes, on a character boundary.
