@@ -80,6 +80,81 @@ async fn sigterm_then_sigkill_after_the_delay() {
     );
 }
 
+/// A program run by a shell that does not pass the stop signal on (a
+/// `CMD` in shell form with more than one command, an entrypoint script
+/// that does not `exec` its program) gets the signal itself: it shuts down
+/// as it would under `docker stop` of the bare program, the shell goes on
+/// to its next command, and nothing waits for the kill. A shell that
+/// handles the signal itself (a `trap`) is left to do so.
+#[tokio::test]
+async fn the_program_behind_a_shell_that_would_not_pass_the_signal_on_gets_it() {
+    let node = Node::start().await;
+    let image = node.image(&busybox_image(default_config())).await;
+    let program = r#"trap \"echo program-got-term; exit 0\" TERM; echo ready; sleep 60 & wait"#;
+    let mut wrapped = spec(
+        &image,
+        &format!(r#"sh -c 'sh -c "{program}"; echo shell-went-on'"#),
+    );
+    wrapped.shutdown_delay = Duration::from_secs(10);
+    let mut sub = node.logs(&wrapped).await;
+    node.agent.run_instance(wrapped.clone()).await.unwrap();
+    collect_logs(&mut sub, Duration::from_secs(5), |l| l.line == "ready").await;
+    let t0 = Instant::now();
+    let out = node.agent.stop_instance(&wrapped.instance).await.unwrap();
+    let took = t0.elapsed();
+    let seen = collect_logs(&mut sub, Duration::from_secs(2), |l| {
+        l.line == "shell-went-on"
+    })
+    .await;
+    let lines: Vec<&str> = seen.iter().map(|l| l.line.as_str()).collect();
+    assert_eq!(
+        lines,
+        [
+            r#"==> Stopping: SIGTERM sent to sh -c 'trap "echo program-got-term; exit 0" TERM; echo ready; sleep 60 & wait', as the shell running it would not pass it on"#,
+            "program-got-term",
+            "shell-went-on"
+        ],
+        "{out:?}"
+    );
+    assert!(!out.escalated_to_kill, "{out:?}");
+    assert_eq!(out.status, Some(ExitStatus::Code(0)), "{out:?}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+
+    // The shell traps the signal: it gets it, and does what it says.
+    let trapping = spec(
+        &image,
+        r#"sh -c 'trap "echo shell-got-term; exit 3" TERM; echo ready; sleep 60 & wait'"#,
+    );
+    let mut sub = node.logs(&trapping).await;
+    node.agent.run_instance(trapping.clone()).await.unwrap();
+    collect_logs(&mut sub, Duration::from_secs(5), |l| l.line == "ready").await;
+    let out = node.agent.stop_instance(&trapping.instance).await.unwrap();
+    let seen = collect_logs(&mut sub, Duration::from_secs(2), |l| {
+        l.line == "shell-got-term"
+    })
+    .await;
+    assert_eq!(seen.last().map(|l| l.line.as_str()), Some("shell-got-term"));
+    assert_eq!(out.status, Some(ExitStatus::Code(3)), "{out:?}");
+
+    // A shell looping over short commands stops too, without the kill.
+    let looping = spec(
+        &image,
+        r#"sh -c 'echo ready; while true; do sleep 1; done; echo never'"#,
+    );
+    let mut sub = node.logs(&looping).await;
+    node.agent.run_instance(looping.clone()).await.unwrap();
+    collect_logs(&mut sub, Duration::from_secs(5), |l| l.line == "ready").await;
+    let t0 = Instant::now();
+    let out = node.agent.stop_instance(&looping.instance).await.unwrap();
+    assert!(!out.escalated_to_kill, "{out:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert!(processes_of(&[&wrapped.instance, &trapping.instance, &looping.instance]).is_empty());
+}
+
 #[tokio::test]
 async fn one_off_past_its_timeout_is_stopped() {
     let node = Node::start().await;

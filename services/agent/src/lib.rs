@@ -21,7 +21,8 @@
 //!   `subjects.logs(service)` (the control plane keeps them).
 //! - [`Agent`]: instances (restarted after crashes with backoff, or in
 //!   place on request when they fail their health checks), stop
-//!   (SIGTERM, SIGKILL after the delay), one-off runs with a timeout,
+//!   (SIGTERM, past a shell that would not pass it on ([`wrapper`]),
+//!   SIGKILL after the delay), one-off runs with a timeout,
 //!   heartbeats on `subjects.heartbeat()` (the schemas crate's
 //!   `Heartbeat`), each instance's CPU and memory ([`usage`], from its
 //!   cgroup) on `subjects.usage(service, node)`, and on start adoption of the containers a previous
@@ -42,6 +43,7 @@ pub mod runtime;
 mod seccomp;
 mod supervise;
 pub mod usage;
+mod wrapper;
 
 pub use agent::{Agent, AgentConfig, AgentEvent, Kind, OneOffOutcome, StopOutcome};
 pub use bundle::{ImageRoot, InstanceSpec, Limits, Sandbox};

@@ -23,6 +23,7 @@ use crate::logs::{self, LogSink, Stream};
 use crate::net::Attachment;
 use crate::process::{self, ExitStatus};
 use crate::runtime::{ContainerIo, ContainerStatus, Signal};
+use crate::wrapper;
 
 /// How a supervisor ended.
 #[derive(Debug)]
@@ -288,14 +289,20 @@ pub(crate) async fn adopt(inner: &Inner, rec: &Record) -> Option<Running> {
 /// The image's stop signal (SIGTERM unless it names another; when it
 /// names no signal, SIGTERM and a warning), when the container can take
 /// signals, then SIGKILL once the shutdown delay passes without an exit.
+///
+/// When the container's process `pid` (or, under the init, its child) is
+/// a shell that would not pass the signal on, the processes it runs get
+/// it instead ([`wrapper`]); once they have ended and the shell has had a
+/// moment to end after them, the container is signalled as usual.
 async fn stop_container(
     inner: &Inner,
     id: &str,
     spec: &InstanceSpec,
+    pid: u32,
     mut exit: Pin<&mut impl Future<Output = ExitStatus>>,
 ) -> StopOutcome {
     let t0 = Instant::now();
-    let delay = spec.shutdown_delay;
+    let deadline = tokio::time::Instant::now() + spec.shutdown_delay;
     let signal = spec.image.config.stop_signal().unwrap_or_else(|raw| {
         tracing::warn!(
             container = id,
@@ -306,11 +313,27 @@ async fn stop_container(
     });
     let can_kill = matches!(inner.runtime.state(id).await, Ok(Some(s)) if s.status.can_kill());
     if can_kill {
+        let past = past_shells(inner, pid, signal);
+        if !past.is_empty() && signal_past_shells(inner, spec, &past, signal).await {
+            let ended = async {
+                while past.iter().any(|t| t.alive()) {
+                    tokio::time::sleep(WRAPPED_POLL).await;
+                }
+                tokio::time::sleep(SHELL_GRACE).await;
+            };
+            tokio::select! {
+                s = exit.as_mut() => {
+                    return StopOutcome { escalated_to_kill: false, status: Some(s), elapsed: t0.elapsed() };
+                }
+                _ = ended => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
         if let Err(e) = inner.runtime.kill(id, Signal::Stop(signal)).await {
             tracing::debug!(container = id, signal, error = %e, "stop signal not delivered");
         }
     }
-    if let Ok(s) = tokio::time::timeout(delay, exit.as_mut()).await {
+    if let Ok(s) = tokio::time::timeout_at(deadline, exit.as_mut()).await {
         return StopOutcome {
             escalated_to_kill: false,
             status: Some(s),
@@ -319,7 +342,7 @@ async fn stop_container(
     }
     tracing::info!(
         container = id,
-        delay_ms = delay.as_millis() as u64,
+        delay_ms = spec.shutdown_delay.as_millis() as u64,
         signal,
         "no exit after the stop signal; SIGKILL"
     );
@@ -332,6 +355,69 @@ async fn stop_container(
         status,
         elapsed: t0.elapsed(),
     }
+}
+
+/// How often processes signalled past their shell are looked at.
+const WRAPPED_POLL: Duration = Duration::from_millis(50);
+
+/// How long a shell whose processes ended is given to end by itself (to
+/// run what follows them, and exit with their status) before it is
+/// signalled too.
+const SHELL_GRACE: Duration = Duration::from_millis(500);
+
+/// The processes the stop signal should go to instead of the container's
+/// (see [`wrapper`]); empty when the container's own process is the one.
+fn past_shells(inner: &Inner, pid: u32, signal: u8) -> Vec<wrapper::Target> {
+    if pid == 0 || nix::sys::signal::Signal::try_from(i32::from(signal)).is_err() {
+        return Vec::new();
+    }
+    let roots = match inner.sandbox.init {
+        Some(_) => wrapper::children(pid),
+        None => vec![pid],
+    };
+    let targets = wrapper::targets(&roots, &|p| wrapper::look(p, signal));
+    if targets.is_empty() || targets == roots {
+        return Vec::new();
+    }
+    targets
+        .into_iter()
+        .filter_map(|t| wrapper::Target::of(t, pid))
+        .collect()
+}
+
+/// Sends `signal` to `targets`, saying so in the instance's logs; `false`
+/// when none could be signalled (the container is then signalled as
+/// usual).
+async fn signal_past_shells(
+    inner: &Inner,
+    spec: &InstanceSpec,
+    targets: &[wrapper::Target],
+    signal: u8,
+) -> bool {
+    let mut sent = Vec::new();
+    for t in targets {
+        match t.signal(signal) {
+            Ok(()) => sent.push(t.command()),
+            Err(e) => {
+                tracing::debug!(instance = %spec.instance, pid = t.pid, error = %e, "stop signal not delivered past the shell");
+            }
+        }
+    }
+    if sent.is_empty() {
+        return false;
+    }
+    let name = nix::sys::signal::Signal::try_from(i32::from(signal))
+        .map_or("the stop signal", |s| s.as_str());
+    say(
+        inner,
+        spec,
+        &format!(
+            "stopping: {name} sent to {}, as the shell running it would not pass it on",
+            sent.join(", ")
+        ),
+    )
+    .await;
+    true
 }
 
 /// Remove the container and the instance's files.
@@ -434,7 +520,7 @@ pub(crate) async fn supervise(
                 return Ended::Detached;
             }
             _ = stop.cancelled() => {
-                let outcome = stop_container(inner, &id, &spec, exit.as_mut()).await;
+                let outcome = stop_container(inner, &id, &spec, run.pid, exit.as_mut()).await;
                 run.flush().await;
                 cleanup(inner, &spec).await;
                 inner.report(AgentEvent::Stopped {
@@ -445,7 +531,7 @@ pub(crate) async fn supervise(
                 return Ended::Stopped(outcome);
             }
             _ = restart.notified(), if kind == Kind::Service => {
-                let outcome = stop_container(inner, &id, &spec, exit.as_mut()).await;
+                let outcome = stop_container(inner, &id, &spec, run.pid, exit.as_mut()).await;
                 (outcome.status.unwrap_or(ExitStatus::Unknown), true)
             }
             s = exit.as_mut() => (s, false),

@@ -390,13 +390,12 @@ impl Reporter {
 
 /// How a stop on request went, in words: in time (and how the process
 /// ended), or killed once its shutdown delay was over — what a program
-/// that ignores its stop signal, or a shell that does not pass it on,
-/// makes every deploy wait for.
+/// that ignores its stop signal makes every deploy wait for.
 pub(crate) fn stop_message(instance: &InstanceId, o: &StopOutcome) -> String {
     let secs = o.elapsed.as_secs_f64();
     match (o.escalated_to_kill, o.status) {
         (true, _) => format!(
-            "killed {secs:.0} s after it was asked to stop: it did not exit on its stop signal within its shutdown delay (a program that ignores the signal, or a shell that does not pass it on, is stopped this way)"
+            "killed {secs:.0} s after it was asked to stop: it did not exit on its stop signal within its shutdown delay (a program that ignores the signal is stopped this way)"
         ),
         (false, Some(ExitStatus::Unknown)) => format!("stopped on request after {secs:.1} s"),
         (false, Some(status)) => {
