@@ -87,8 +87,17 @@ impl Default for HealthOptions {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Check {
-    /// GET `http://<addr><path>` answered 2xx/3xx.
-    Http { addr: String, path: String },
+    /// GET `http://<addr><path>` answered 2xx/3xx, asked with `Host:
+    /// <host>` (the name the service is served under, which a framework
+    /// that checks the host it is asked for — Django's `ALLOWED_HOSTS`,
+    /// Rails' `config.hosts` — admits as it admits real requests), else
+    /// with the address (placements of an earlier node).
+    Http {
+        addr: String,
+        path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
+    },
     /// A TCP connection to `addr` accepted.
     Tcp { addr: String },
     /// The process has been up for the worker grace period.
@@ -129,9 +138,10 @@ impl Check {
             None => addr.to_owned(),
         };
         match self {
-            Check::Http { addr, path } => Check::Http {
+            Check::Http { addr, path, host } => Check::Http {
                 addr: moved(addr),
                 path: path.clone(),
+                host: host.clone(),
             },
             Check::Tcp { addr } => Check::Tcp { addr: moved(addr) },
             Check::Uptime => Check::Uptime,
@@ -689,8 +699,9 @@ impl Probe {
                     Err(_) => Err(format!("tcp connect {addr}: timed out")),
                 }
             }
-            Check::Http { addr, path } => {
-                match tokio::time::timeout(opts.timeout, http_status(addr, path)).await {
+            Check::Http { addr, path, host } => {
+                let host = host.as_deref().unwrap_or(addr);
+                match tokio::time::timeout(opts.timeout, http_status(addr, host, path)).await {
                     Ok(Ok(code)) if (200..400).contains(&code) => Ok(()),
                     Ok(Ok(code)) => Err(format!("GET {path}: HTTP {code}")),
                     Ok(Err(e)) => Err(format!("GET {path}: {e}")),
@@ -839,12 +850,12 @@ impl Backoff {
     }
 }
 
-/// The status code of `GET http://addr/path` (HTTP/1.1, connection closed
-/// after it; only the status line is read).
-async fn http_status(addr: &str, path: &str) -> std::io::Result<u16> {
+/// The status code of `GET http://host/path` asked of `addr` (HTTP/1.1,
+/// connection closed after it; only the status line is read).
+async fn http_status(addr: &str, host: &str, path: &str) -> std::io::Result<u16> {
     let mut s = TcpStream::connect(addr).await?;
     let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: berth-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: berth-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await?;
     let mut buf = Vec::with_capacity(256);
@@ -878,15 +889,24 @@ mod tests {
     use super::*;
     use berth_schemas::ids::ServiceId;
 
-    async fn serve_once(answer: &'static [u8]) -> String {
+    /// Answers one request with `answer` where only a request for
+    /// `/healthz` asked as `host` is expected; anything else is answered
+    /// 421 (Misdirected Request).
+    async fn serve_once(answer: &'static [u8], host: &'static str) -> String {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
         tokio::spawn(async move {
             let (mut s, _) = l.accept().await.unwrap();
             let mut buf = [0u8; 1024];
             let n = s.read(&mut buf).await.unwrap();
-            assert!(buf[..n].starts_with(b"GET /healthz HTTP/1.1\r\n"));
-            s.write_all(answer).await.unwrap();
+            let want = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\n");
+            if buf[..n].starts_with(want.as_bytes()) {
+                s.write_all(answer).await.unwrap();
+            } else {
+                s.write_all(b"HTTP/1.1 421 Misdirected Request\r\n\r\n")
+                    .await
+                    .unwrap();
+            }
         });
         addr
     }
@@ -955,12 +975,18 @@ mod tests {
 
     #[tokio::test]
     async fn http_status_reads_the_status_line() {
-        let a = serve_once(b"HTTP/1.1 204 No Content\r\n\r\n").await;
-        assert_eq!(http_status(&a, "/healthz").await.unwrap(), 204);
-        let a = serve_once(b"HTTP/1.0 503 Service Unavailable\r\nX: y\r\n\r\n").await;
-        assert_eq!(http_status(&a, "/healthz").await.unwrap(), 503);
-        let a = serve_once(b"SSH-2.0-OpenSSH\r\n").await;
-        assert!(http_status(&a, "/healthz").await.is_err());
+        let host = "web.example.com";
+        let a = serve_once(b"HTTP/1.1 204 No Content\r\n\r\n", host).await;
+        assert_eq!(http_status(&a, host, "/healthz").await.unwrap(), 204);
+        let a = serve_once(b"HTTP/1.0 503 Service Unavailable\r\nX: y\r\n\r\n", host).await;
+        assert_eq!(http_status(&a, host, "/healthz").await.unwrap(), 503);
+        let a = serve_once(b"SSH-2.0-OpenSSH\r\n", host).await;
+        assert!(http_status(&a, host, "/healthz").await.is_err());
+        let a = serve_once(b"HTTP/1.1 200 OK\r\n\r\n", host).await;
+        assert_eq!(
+            http_status(&a, "10.0.0.1:80", "/healthz").await.unwrap(),
+            421
+        );
     }
 
     #[test]
@@ -979,10 +1005,18 @@ mod tests {
         let c = Check::Http {
             addr: "127.0.0.1:4000".into(),
             path: "/".into(),
+            host: None,
         };
         let j = serde_json::to_string(&c).unwrap();
         assert_eq!(j, r#"{"kind":"http","addr":"127.0.0.1:4000","path":"/"}"#);
         assert_eq!(serde_json::from_str::<Check>(&j).unwrap(), c);
+        let named = Check::Http {
+            addr: "127.0.0.1:4000".into(),
+            path: "/".into(),
+            host: Some("web.example.com".into()),
+        };
+        let j = serde_json::to_string(&named).unwrap();
+        assert_eq!(serde_json::from_str::<Check>(&j).unwrap(), named);
     }
 
     #[test]
@@ -1082,12 +1116,14 @@ mod tests {
         let http = Check::Http {
             addr: "10.1.0.5:10000".into(),
             path: "/up".into(),
+            host: Some("web.example.com".into()),
         };
         assert_eq!(
             http.at_port(3000),
             Check::Http {
                 addr: "10.1.0.5:3000".into(),
-                path: "/up".into()
+                path: "/up".into(),
+                host: Some("web.example.com".into()),
             }
         );
         let tcp = Check::Tcp {

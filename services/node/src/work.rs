@@ -375,7 +375,11 @@ impl NodeHandler {
                     .and_then(|c| c.health_check_path.clone())
                     .filter(|p| p.starts_with('/'))
                 {
-                    Some(path) => Check::Http { addr, path },
+                    Some(path) => Check::Http {
+                        addr,
+                        path,
+                        host: check_host(&s.env),
+                    },
                     None => Check::Tcp { addr },
                 },
             ),
@@ -631,6 +635,21 @@ fn listen_port(s: &InstanceSpec, default: Option<u16>) -> u16 {
         .unwrap_or(10000)
 }
 
+/// The `Host` a web instance's health checks ask for: the name it is
+/// served under, as the instance itself is told it
+/// (`RENDER_EXTERNAL_HOSTNAME`), when that is a plain host name — so a
+/// framework admitting only the hosts it serves (Django's
+/// `ALLOWED_HOSTS`, Rails' `config.hosts`) admits its checks too.
+fn check_host(env: &BTreeMap<String, String>) -> Option<String> {
+    let host = env.get("RENDER_EXTERNAL_HOSTNAME")?.trim();
+    let plain = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    plain.then(|| host.to_owned())
+}
+
 /// How an instance of `service` joins the node's network: with its owner's
 /// instances; a private service's under its name.
 fn network(
@@ -721,6 +740,29 @@ fn ended(
 mod tests {
     use super::*;
     use berth_schemas::ids::{DeployId, InstanceId};
+
+    #[test]
+    fn checks_ask_for_the_external_host_name_when_it_is_a_plain_name() {
+        let env = |v: &str| BTreeMap::from([("RENDER_EXTERNAL_HOSTNAME".to_owned(), v.to_owned())]);
+        assert_eq!(
+            check_host(&env("web.example.com")).as_deref(),
+            Some("web.example.com")
+        );
+        assert_eq!(
+            check_host(&env("web.localhost:8080")).as_deref(),
+            Some("web.localhost:8080")
+        );
+        for not_a_name in [
+            "",
+            "  ",
+            "a b",
+            "web.example.com\r\nX-Evil: 1",
+            "wéb.example",
+        ] {
+            assert_eq!(check_host(&env(not_a_name)), None, "{not_a_name:?}");
+        }
+        assert_eq!(check_host(&BTreeMap::new()), None);
+    }
 
     #[test]
     fn a_pre_deploy_run_over_its_memory_limit_fails_saying_so() {

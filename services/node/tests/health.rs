@@ -101,6 +101,40 @@ async fn web_instances_get_own_ports_and_pass_http_checks() {
     node.stop().await;
 }
 
+/// A web app that answers only for the host names it serves (Django's
+/// `ALLOWED_HOSTS`, Rails' `config.hosts`, set from
+/// `RENDER_EXTERNAL_HOSTNAME` as Render's guides do) passes its health
+/// checks: they ask for that name, not for the instance's address.
+#[tokio::test]
+async fn health_checks_ask_for_the_host_the_service_is_served_under() {
+    let w = World::start().await;
+    let node = start_node(&w, fast_checks()).await;
+    let (svc, deploy) = service(&w, ServiceType::WebService, Some("/cgi-bin/h")).await;
+    // A CGI answering 200 when asked for $RENDER_EXTERNAL_HOSTNAME, else
+    // 400 (as Django answers a host it does not allow).
+    let cgi = r##"mkdir -p /tmp/w/cgi-bin; printf "#!/bin/sh\n[ \"\$HTTP_HOST\" = \"\$RENDER_EXTERNAL_HOSTNAME\" ] && echo \"Status: 200 OK\" || echo \"Status: 400 Bad Request\"\necho\necho \"host \$HTTP_HOST\"\n" > /tmp/w/cgi-bin/h; chmod +x /tmp/w/cgi-bin/h;"##;
+    let s = spec(&w, &svc, &deploy, &httpd(cgi, "/tmp/w"), Some(10000));
+    run(&w, &node.id, &s).await;
+    let events = w
+        .wait_events(&svc, Duration::from_secs(30), |ev| {
+            count_of(ev, &s.instance, "instance_healthy") == 1
+                || count_of(ev, &s.instance, "instance_unhealthy") == 1
+        })
+        .await;
+    let addr = addr_of(&events, &s.instance).expect("a web instance's host port");
+    // Asked by its address, the app refuses: the check passed by name.
+    let (status, body) = http_get(&addr, "/cgi-bin/h").await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        kinds(&events, &s.instance),
+        ["instance_started", "instance_healthy"],
+        "{:?}",
+        (count_of(&events, &s.instance, "instance_unhealthy") > 0)
+            .then(|| unhealthy_reason(&events, &s.instance))
+    );
+    node.stop().await;
+}
+
 /// Without a health check path a web instance is healthy once it listens
 /// on its port, as on Render: an API with no page at `/` (404 there)
 /// goes live.
