@@ -113,6 +113,8 @@ async fn command_replaces_cmd_keeps_entrypoint_env_workdir_user() {
         "SHARED=service",
         "PORT=12345",
         "PATH=/bin",
+        // The user's home from the image's passwd, as under Docker.
+        "HOME=/work",
         "hello",
     ] {
         assert!(

@@ -182,6 +182,11 @@ pub fn report(state: &ServiceState, fact: Event) -> Result<Vec<Event>, DomainErr
             format!("{} is not an instance fact", fact.type_name()),
         ));
     }
+    if let Event::InstancePortDetected(e) = &fact {
+        if e.port == 0 || e.expected == 0 {
+            return Err(DomainError::invalid("port", "a detected port is 1-65535"));
+        }
+    }
     // A deleted service's instances are stopped by the scheduler; those
     // stops are still recorded, so its instance list empties and nothing
     // keeps asking nodes to stop them.
@@ -349,5 +354,19 @@ mod tests {
             report(&live, not_a_fact).unwrap_err().kind(),
             ErrorKind::Invalid
         );
+        let detected = |port, expected| {
+            Event::InstancePortDetected(berth_schemas::events::InstancePortDetected {
+                instance: InstanceId::generate(),
+                port,
+                expected,
+            })
+        };
+        assert_eq!(report(&live, detected(3000, 10000)).unwrap().len(), 1);
+        for (port, expected) in [(0, 10000), (3000, 0)] {
+            assert_eq!(
+                report(&live, detected(port, expected)).unwrap_err().kind(),
+                ErrorKind::Invalid
+            );
+        }
     }
 }
