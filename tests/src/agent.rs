@@ -98,6 +98,11 @@ impl Node {
     }
 
     pub async fn start_with(restart: RestartPolicy) -> Node {
+        Self::start_tuned(|c| c.restart = restart).await
+    }
+
+    /// A node whose agent settings `tune` changes from the tests' own.
+    pub async fn start_tuned(tune: impl FnOnce(&mut AgentConfig)) -> Node {
         require_root_and_runc();
         crate::init_tracing();
         let nats = NatsServer::start(NatsVersion::Legacy).unwrap();
@@ -106,7 +111,7 @@ impl Node {
         let registry = Registry::start(RegistryAuth::None).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = AgentConfig::new(NodeId::generate(), dir.path().join("agent"));
-        cfg.restart = restart;
+        cfg.restart = fast_restarts();
         cfg.heartbeat_interval = Duration::from_millis(200);
         cfg.exit_poll = Duration::from_millis(50);
         let mut subnet = crate::net::lease_subnet();
@@ -118,6 +123,7 @@ impl Node {
             closed: Vec::new(),
         });
         subnet.net_dir = Some(net_dir);
+        tune(&mut cfg);
         let (agent, events) = start_agent(&cfg, &client, &subjects, "runc").await;
         Node {
             nats,

@@ -280,3 +280,67 @@ async fn a_start_that_fails_says_why_in_the_logs() {
     );
     assert!(err.to_string().contains("nobody-here"), "{err}");
 }
+
+/// A program printing as fast as it can is held to its line budget: the
+/// burst goes out in order, the rest is dropped and counted in its logs
+/// (every line is either published or counted), the program never waits
+/// on its output, and lines go out again once the budget refills.
+#[tokio::test]
+async fn output_over_the_line_budget_is_dropped_and_counted() {
+    let node = Node::start_tuned(|c| {
+        c.log_rate = berth_agent::logs::LogRate {
+            lines_per_sec: 200,
+            burst: 1000,
+        }
+    })
+    .await;
+    let image = node.image(&busybox_image(default_config())).await;
+    let s = spec(&image, "sh -c 'seq 1 20000; sleep 1; echo after-pause'");
+    let t0 = Instant::now();
+    let mut sub = node.run_once_ok(&s).await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "the program waited on its output: {:?}",
+        t0.elapsed()
+    );
+    let lines = collect_logs(&mut sub, Duration::from_secs(5), |l| {
+        l.line == "after-pause"
+    })
+    .await;
+    let numbers: Vec<u32> = lines.iter().filter_map(|l| l.line.parse().ok()).collect();
+    assert!(numbers.len() >= 1000, "the burst passes: {}", numbers.len());
+    assert_eq!(
+        numbers[..1000],
+        (1..=1000).collect::<Vec<u32>>()[..],
+        "in order"
+    );
+    let dropped: Vec<u64> = lines
+        .iter()
+        .filter(|l| l.stream == Stream::System)
+        .filter_map(|l| {
+            l.line
+                .strip_prefix("==> ")?
+                .strip_suffix(" lines of output dropped: the instance printed more than 200 lines a second (after a burst of 1000)")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(
+        dropped.len(),
+        1,
+        "{:?}",
+        &lines[lines.len().saturating_sub(3)..]
+    );
+    assert_eq!(
+        dropped[0] + numbers.len() as u64,
+        20000,
+        "every line published or counted"
+    );
+    let texts: Vec<&str> = lines.iter().map(|l| l.line.as_str()).collect();
+    let said = texts
+        .iter()
+        .position(|t| t.contains("lines of output dropped"))
+        .unwrap();
+    let after = texts.iter().position(|t| *t == "after-pause").unwrap();
+    assert!(said < after, "{:?}", &texts[said.saturating_sub(1)..]);
+}

@@ -60,6 +60,8 @@ pub struct AgentConfig {
     /// The node's instance network; `None`: instances that ask for one
     /// fail to start (agents in tests run without).
     pub network: Option<NetworkConfig>,
+    /// How many lines of output each run of an instance may publish.
+    pub log_rate: crate::logs::LogRate,
 }
 
 impl AgentConfig {
@@ -75,6 +77,7 @@ impl AgentConfig {
             kill_wait: Duration::from_secs(10),
             init: Some(PathBuf::from(DEFAULT_INIT)).filter(|p| p.is_file()),
             network: None,
+            log_rate: crate::logs::LogRate::default(),
         }
     }
 }

@@ -7,9 +7,18 @@
 //! opens its read end before the container is created, so output of a
 //! process that exits at once stays buffered until it is read; EOF comes
 //! when the container's last process exits.
+//!
+//! An instance's output is published within a line budget ([`LogRate`]):
+//! a program printing as fast as it can would otherwise load the bus the
+//! control plane shares, and push every other service's lines out of the
+//! logs stream. Lines over the budget are dropped (the program never
+//! waits on its output, as it would if the pipe were left unread), and
+//! the logs say how many, before the next line that goes out.
 
 use std::fs::{File, OpenOptions};
 use std::path::Path;
+use std::sync::Mutex;
+use std::time::Instant;
 
 use berth_schemas::ids::{InstanceId, ServiceId};
 use berth_schemas::logs::{pieces, system_text, MAX_LOG_MESSAGE};
@@ -25,6 +34,89 @@ use crate::error::{agent_io, AgentError};
 /// [`MAX_LOG_MESSAGE`]): a process writing no newline cannot make the
 /// agent buffer without end.
 pub const MAX_LINE: usize = 16 * 1024;
+
+/// How many lines of output one run of an instance may publish: `burst`
+/// at once, then `lines_per_sec` (both streams together).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogRate {
+    pub lines_per_sec: u32,
+    pub burst: u32,
+}
+
+impl Default for LogRate {
+    /// 2,000 lines a second (a busy web instance logging each request
+    /// stays well within it), and a burst of ten seconds' worth (a
+    /// start-up dump, a long stack trace).
+    fn default() -> Self {
+        LogRate {
+            lines_per_sec: 2_000,
+            burst: 20_000,
+        }
+    }
+}
+
+/// One run's budget of lines, shared by its stdout and stderr pumps.
+#[derive(Debug)]
+pub struct LineBudget {
+    rate: LogRate,
+    state: Mutex<Budget>,
+}
+
+#[derive(Debug)]
+struct Budget {
+    tokens: f64,
+    at: Instant,
+    dropped: u64,
+}
+
+impl LineBudget {
+    /// A full budget at `rate`.
+    pub fn new(rate: LogRate) -> Self {
+        LineBudget {
+            rate,
+            state: Mutex::new(Budget {
+                tokens: f64::from(rate.burst),
+                at: Instant::now(),
+                dropped: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Budget> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a line may go out at `now`: `Some(n)` when it may, `n`
+    /// being the lines dropped since the last one that went out (to be
+    /// said first); `None` when it is dropped.
+    fn take(&self, now: Instant) -> Option<u64> {
+        let mut b = self.lock();
+        let refill =
+            now.saturating_duration_since(b.at).as_secs_f64() * f64::from(self.rate.lines_per_sec);
+        b.tokens = (b.tokens + refill).min(f64::from(self.rate.burst));
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Some(std::mem::take(&mut b.dropped))
+        } else {
+            b.dropped += 1;
+            None
+        }
+    }
+
+    /// The lines dropped and not yet said, now said to be.
+    fn untold(&self) -> u64 {
+        std::mem::take(&mut self.lock().dropped)
+    }
+
+    /// What the logs say about `n` dropped lines.
+    fn dropped_message(&self, n: u64) -> String {
+        format!(
+            "{n} lines of output dropped: the instance printed more than {} lines a second (after a burst of {})",
+            self.rate.lines_per_sec, self.rate.burst
+        )
+    }
+}
 
 /// Make the FIFO at `path` if it is not there.
 pub fn ensure_fifo(path: &Path) -> Result<(), AgentError> {
@@ -121,9 +213,29 @@ pub fn command_line(args: &[String]) -> String {
     args.iter().map(word).collect::<Vec<_>>().join(" ")
 }
 
+/// Publishes `bytes` if `budget` lets it, saying first how many lines it
+/// dropped before; 1 when it went out.
+async fn emit(sink: &LogSink, budget: &LineBudget, stream: Stream, bytes: &[u8]) -> u64 {
+    match budget.take(Instant::now()) {
+        Some(dropped) => {
+            if dropped > 0 {
+                sink.say(&budget.dropped_message(dropped)).await;
+            }
+            sink.publish(stream, bytes).await;
+            1
+        }
+        None => 0,
+    }
+}
+
 /// Read `reader` to EOF, publishing each line (a final unterminated
-/// fragment too). Returns the number of lines published.
-pub async fn pump(mut reader: pipe::Receiver, stream: Stream, sink: LogSink) -> u64 {
+/// fragment too) within `budget`. Returns the number of lines published.
+pub async fn pump(
+    mut reader: pipe::Receiver,
+    stream: Stream,
+    sink: LogSink,
+    budget: std::sync::Arc<LineBudget>,
+) -> u64 {
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut chunk = vec![0u8; 8192];
     let mut lines = 0u64;
@@ -140,27 +252,51 @@ pub async fn pump(mut reader: pipe::Receiver, stream: Stream, sink: LogSink) -> 
         buf.extend_from_slice(&chunk[..n]);
         let mut start = 0;
         while let Some(i) = buf[start..].iter().position(|b| *b == b'\n') {
-            sink.publish(stream, &buf[start..start + i]).await;
-            lines += 1;
+            lines += emit(&sink, &budget, stream, &buf[start..start + i]).await;
             start += i + 1;
         }
         buf.drain(..start);
         while buf.len() >= MAX_LINE {
-            sink.publish(stream, &buf[..MAX_LINE]).await;
-            lines += 1;
+            lines += emit(&sink, &budget, stream, &buf[..MAX_LINE]).await;
             buf.drain(..MAX_LINE);
         }
     }
     if !buf.is_empty() {
-        sink.publish(stream, &buf).await;
-        lines += 1;
+        lines += emit(&sink, &budget, stream, &buf).await;
+    }
+    let untold = budget.untold();
+    if untold > 0 {
+        sink.say(&budget.dropped_message(untold)).await;
     }
     lines
 }
 
 #[cfg(test)]
 mod tests {
-    use super::command_line;
+    use std::time::Duration;
+
+    use super::{command_line, LineBudget, LogRate};
+
+    #[test]
+    fn a_burst_passes_then_the_rate_and_drops_are_counted() {
+        let b = LineBudget::new(LogRate {
+            lines_per_sec: 10,
+            burst: 3,
+        });
+        let t0 = std::time::Instant::now();
+        let taken: Vec<Option<u64>> = (0..5).map(|_| b.take(t0)).collect();
+        assert_eq!(taken, [Some(0), Some(0), Some(0), None, None]);
+        // A tenth of a second later one more goes, after the two dropped.
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(b.take(t1), Some(2));
+        assert_eq!(b.take(t1), None);
+        assert_eq!(b.untold(), 1);
+        assert_eq!(b.untold(), 0);
+        // Never more than the burst, however long it was quiet.
+        let t2 = t1 + Duration::from_secs(3600);
+        let taken = (0..5).filter(|_| b.take(t2).is_some()).count();
+        assert_eq!(taken, 3);
+    }
 
     #[test]
     fn commands_read_back_as_a_shell_would() {

@@ -99,12 +99,24 @@ pub(crate) async fn start_failed(inner: &Inner, spec: &InstanceSpec, e: &AgentEr
 
 fn pumps(inner: &Inner, spec: &InstanceSpec) -> Result<Vec<JoinHandle<u64>>, AgentError> {
     let dir = inner.dir(&spec.instance);
-    let mut v = Vec::new();
+    let mut readers = Vec::new();
     for s in [Stream::Stdout, Stream::Stderr] {
-        let reader = logs::open_reader(&dir.fifo(s.name()))?;
-        v.push(tokio::spawn(logs::pump(reader, s, sink(inner, spec))));
+        readers.push((s, logs::open_reader(&dir.fifo(s.name()))?));
     }
-    Ok(v)
+    Ok(spawn_pumps(inner, spec, readers))
+}
+
+/// One pump per stream of a run, sharing the run's line budget.
+fn spawn_pumps(
+    inner: &Inner,
+    spec: &InstanceSpec,
+    readers: Vec<(Stream, tokio::net::unix::pipe::Receiver)>,
+) -> Vec<JoinHandle<u64>> {
+    let budget = Arc::new(logs::LineBudget::new(inner.cfg.log_rate));
+    readers
+        .into_iter()
+        .map(|(s, r)| tokio::spawn(logs::pump(r, s, sink(inner, spec), budget.clone())))
+        .collect()
 }
 
 pub(crate) fn read_record(path: &Path) -> Option<Record> {
@@ -229,10 +241,7 @@ async fn launch_with(
         let line = format!("running: {}", logs::command_line(&args));
         say(inner, spec, &line).await;
     }
-    let pumps = readers
-        .into_iter()
-        .map(|(s, r)| tokio::spawn(logs::pump(r, s, sink(inner, spec))))
-        .collect();
+    let pumps = spawn_pumps(inner, spec, readers);
     write_record(
         &dir.state_file(),
         &Record {

@@ -65,6 +65,12 @@ pub struct NodeArgs {
     #[arg(long, env = "BERTH_NODE_USAGE_MS", default_value_t = 15_000)]
     pub node_usage_ms: u64,
 
+    /// Lines of output a second each instance may publish to its logs,
+    /// after a burst of ten seconds' worth; lines over it are dropped and
+    /// counted in the logs.
+    #[arg(long, env = "BERTH_NODE_LOG_LINES_PER_SEC", default_value_t = 2000)]
+    pub node_log_lines_per_sec: u32,
+
     /// Milliseconds between pull progress events of one pull.
     #[arg(long, env = "BERTH_NODE_PROGRESS_MS", default_value_t = 1000)]
     pub node_progress_ms: u64,
@@ -233,6 +239,8 @@ pub struct NodeOptions {
     /// Where web services are reachable (`http(s)://<base-domain>[:port]`),
     /// when known.
     pub services_url: Option<String>,
+    /// Lines of output each instance may publish.
+    pub log_rate: berth_agent::logs::LogRate,
 }
 
 impl NodeOptions {
@@ -285,6 +293,9 @@ impl NodeArgs {
         if self.node_min_free_disk_mib > 1 << 30 {
             problems.push("BERTH_NODE_MIN_FREE_DISK_MIB must be 0-1073741824".to_owned());
         }
+        if !(10..=1_000_000).contains(&self.node_log_lines_per_sec) {
+            problems.push("BERTH_NODE_LOG_LINES_PER_SEC must be 10-1000000".to_owned());
+        }
         if self.node_progress_ms < 50 {
             problems.push("BERTH_NODE_PROGRESS_MS must be >= 50".to_owned());
         }
@@ -335,6 +346,10 @@ impl NodeArgs {
             min_free_disk: self.node_min_free_disk_mib << 20,
             done_kept: crate::report::DONE_KEPT,
             services_url: self.node_services_url.clone(),
+            log_rate: berth_agent::logs::LogRate {
+                lines_per_sec: self.node_log_lines_per_sec,
+                burst: self.node_log_lines_per_sec.saturating_mul(10),
+            },
         })
     }
 }
@@ -447,10 +462,33 @@ mod disk_reserve_tests {
         node: NodeArgs,
     }
 
-    fn reserve(args: &[&str]) -> Result<u64, Vec<String>> {
+    fn options(args: &[&str]) -> Result<super::NodeOptions, Vec<String>> {
         let cli = Cli::try_parse_from(std::iter::once("node").chain(args.iter().copied()))
             .map_err(|e| vec![e.to_string()])?;
-        cli.node.validate().map(|o| o.min_free_disk)
+        cli.node.validate()
+    }
+
+    fn reserve(args: &[&str]) -> Result<u64, Vec<String>> {
+        options(args).map(|o| o.min_free_disk)
+    }
+
+    #[test]
+    fn the_log_line_budget_is_a_rate_with_ten_seconds_of_burst() {
+        let rate = options(&[]).unwrap().log_rate;
+        assert_eq!((rate.lines_per_sec, rate.burst), (2000, 20_000));
+        let rate = options(&["--node-log-lines-per-sec", "50"])
+            .unwrap()
+            .log_rate;
+        assert_eq!((rate.lines_per_sec, rate.burst), (50, 500));
+        for bad in ["0", "9", "1000001"] {
+            let problems = options(&["--node-log-lines-per-sec", bad]).unwrap_err();
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.contains("BERTH_NODE_LOG_LINES_PER_SEC")),
+                "{bad}: {problems:?}"
+            );
+        }
     }
 
     #[test]
