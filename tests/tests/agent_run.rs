@@ -325,21 +325,23 @@ async fn output_over_the_line_budget_is_dropped_and_counted() {
                 .ok()
         })
         .collect();
-    assert_eq!(
-        dropped.len(),
-        1,
+    // Said before each line that goes out after some were dropped (the
+    // budget refills while the program prints), and at the end.
+    assert!(
+        !dropped.is_empty(),
         "{:?}",
         &lines[lines.len().saturating_sub(3)..]
     );
     assert_eq!(
-        dropped[0] + numbers.len() as u64,
+        dropped.iter().sum::<u64>() + numbers.len() as u64,
         20000,
         "every line published or counted"
     );
+    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "in order");
     let texts: Vec<&str> = lines.iter().map(|l| l.line.as_str()).collect();
     let said = texts
         .iter()
-        .position(|t| t.contains("lines of output dropped"))
+        .rposition(|t| t.contains("lines of output dropped"))
         .unwrap();
     let after = texts.iter().position(|t| *t == "after-pause").unwrap();
     assert!(said < after, "{:?}", &texts[said.saturating_sub(1)..]);
