@@ -405,8 +405,11 @@ async fn signal_past_shells(
 ) -> bool {
     let mut sent = Vec::new();
     for t in targets {
+        // Read before the signal: a program that handles it at once is
+        // gone, its command line with it, by the time it is said.
+        let command = t.command();
         match t.signal(signal) {
-            Ok(()) => sent.push(t.command()),
+            Ok(()) => sent.push(command),
             Err(e) => {
                 tracing::debug!(instance = %spec.instance, pid = t.pid, error = %e, "stop signal not delivered past the shell");
             }
