@@ -1,5 +1,7 @@
 //! Instance output on the bus: each line a container writes, as JSON on
-//! `subjects.logs(service)` (core NATS, published by the node's agent).
+//! `subjects.logs(service)` (core NATS, published by the node's agent),
+//! and berth's own lines about a deploy of the service (published by the
+//! scheduler, with no instance).
 //! The control plane keeps these messages in the logs stream
 //! (`subjects.logs_stream()`), which refuses any message larger than
 //! [`MAX_LOG_MESSAGE`]: its per-service bound is a number of messages, so
@@ -17,7 +19,8 @@ pub const MAX_LOG_MESSAGE: usize = 16 * 1024;
 
 /// Which of the container's outputs a line came from, or `system`: a line
 /// berth itself writes among them about the instance (the command it runs,
-/// how it ended, why it is not healthy), as Render's `==> …` lines.
+/// how it ended, why it is not healthy) or about a deploy (it is live, it
+/// failed), as Render's `==> …` lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
@@ -51,13 +54,16 @@ pub fn system_text(what: &str) -> String {
     }
 }
 
-/// One line of an instance's output.
+/// One line of an instance's output, or of berth's about the service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct LogLine {
     /// Service.
     pub service: ServiceId,
-    /// Instance that wrote it.
-    pub instance: InstanceId,
+    /// Instance that wrote it, or that berth's line is about; absent for
+    /// berth's lines about a deploy. (A reader from before it could be
+    /// absent cannot parse such a line, and skips it.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<InstanceId>,
     /// stdout or stderr.
     pub stream: Stream,
     /// The line without its newline (invalid UTF-8 replaced), or one piece
@@ -65,6 +71,27 @@ pub struct LogLine {
     pub line: String,
     /// When the agent read it.
     pub time: DateTime<Utc>,
+}
+
+impl LogLine {
+    /// The messages that carry `text` as this line (its own `line` is
+    /// replaced): one, or as many as it takes to keep each within
+    /// [`MAX_LOG_MESSAGE`] once encoded, which the logs stream refuses
+    /// beyond.
+    pub fn payloads(mut self, text: &str) -> Vec<Vec<u8>> {
+        self.line.clear();
+        let Ok(envelope) = serde_json::to_vec(&self) else {
+            return Vec::new();
+        };
+        let budget = MAX_LOG_MESSAGE.saturating_sub(envelope.len());
+        pieces(text, budget)
+            .into_iter()
+            .filter_map(|piece| {
+                piece.clone_into(&mut self.line);
+                serde_json::to_vec(&self).ok()
+            })
+            .collect()
+    }
 }
 
 /// Bytes `c` takes inside a JSON string as serde_json writes it.
@@ -139,7 +166,7 @@ mod tests {
     fn the_wire_form_is_plain_json_fields() {
         let line = LogLine {
             service: ServiceId::generate(),
-            instance: InstanceId::generate(),
+            instance: Some(InstanceId::generate()),
             stream: Stream::Stderr,
             line: "x".into(),
             time: Utc::now(),
@@ -148,5 +175,15 @@ mod tests {
         assert_eq!(json["stream"], "stderr");
         let back: LogLine = serde_json::from_value(json).unwrap_or_else(|_| unreachable!());
         assert_eq!(back, line);
+        // A line about a deploy names no instance, and reads back so.
+        let deploy = LogLine {
+            instance: None,
+            stream: Stream::System,
+            ..line
+        };
+        let json = serde_json::to_value(&deploy).unwrap_or_default();
+        assert!(json.get("instance").is_none(), "{json}");
+        let back: LogLine = serde_json::from_value(json).unwrap_or_else(|_| unreachable!());
+        assert_eq!(back, deploy);
     }
 }

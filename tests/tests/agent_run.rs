@@ -69,7 +69,7 @@ async fn output_reaches_logs_in_order_and_exit_code_is_recorded() {
     assert_eq!(of(Stream::System).len(), 1, "{lines:?}");
     assert!(lines
         .iter()
-        .all(|l| l.service == s.service && l.instance == s.instance));
+        .all(|l| l.service == s.service && l.instance.as_ref() == Some(&s.instance)));
     // Stopping it during its restart backoff removes everything.
     node.agent.stop_instance(&s.instance).await.unwrap();
     assert!(agent::runc_list(&node.runc_root()).is_empty());

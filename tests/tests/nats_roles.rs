@@ -336,33 +336,44 @@ async fn scenario(version: NatsVersion) {
     // purge or delete them: above).
     let line = LogLine {
         service: service.clone(),
-        instance: InstanceId::generate(),
+        instance: Some(InstanceId::generate()),
         stream: LogStream::Stdout,
         line: "hello from a node".into(),
         time: chrono::Utc::now(),
     };
-    node.nats
-        .publish(
-            i.subjects.logs(&service),
-            serde_json::to_vec(&line).unwrap().into(),
-        )
-        .await
-        .unwrap();
-    node.nats.flush().await.unwrap();
-    let kept = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let lines = berth_tests::eventlog::kept_logs(&store, &service)
-                .await
-                .expect("the control plane reads the logs stream");
-            if !lines.is_empty() {
-                return lines;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    // Published by `who`, then kept: the stream's lines once it holds `n`.
+    let publish_kept = |who: &async_nats::Client, l: &LogLine, n: usize| {
+        let (who, payload) = (who.clone(), serde_json::to_vec(l).unwrap());
+        let (store, service, subject) = (&store, &service, i.subjects.logs(&service));
+        async move {
+            who.publish(subject, payload.into()).await.unwrap();
+            who.flush().await.unwrap();
+            tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    let lines = berth_tests::eventlog::kept_logs(store, service)
+                        .await
+                        .expect("the control plane reads the logs stream");
+                    if lines.len() == n {
+                        return lines;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await
+            .expect("the line kept")
         }
-    })
-    .await
-    .expect("the node's line kept");
-    assert_eq!(kept, vec![line]);
+    };
+    let kept = publish_kept(&node.nats, &line, 1).await;
+    assert_eq!(kept, vec![line.clone()]);
+    // The control plane (its scheduler) says a deploy's outcome there too.
+    let deploy_line = LogLine {
+        instance: None,
+        stream: LogStream::System,
+        line: "==> Your service is live".into(),
+        ..line.clone()
+    };
+    let kept = publish_kept(&control.nats, &deploy_line, 2).await;
+    assert_eq!(kept, vec![line, deploy_line]);
     let logs = i.subjects.logs_stream();
     let reader = node
         .js()
@@ -422,7 +433,7 @@ async fn scenario(version: NatsVersion) {
         .get_stream(i.subjects.logs_stream())
         .await
         .unwrap();
-    assert_eq!(kept_logs.info().await.unwrap().state.messages, 1);
+    assert_eq!(kept_logs.info().await.unwrap().state.messages, 2);
 
     // An integration: its owner's commands and events, nothing else.
     let integration = i.client(&i.integration).await;

@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use berth_schemas::ids::{InstanceId, ServiceId};
-use berth_schemas::logs::{pieces, system_text, MAX_LOG_MESSAGE};
+use berth_schemas::logs::system_text;
 pub use berth_schemas::logs::{LogLine, Stream};
 use chrono::Utc;
 use tokio::io::AsyncReadExt;
@@ -31,7 +31,7 @@ use crate::error::{agent_io, AgentError};
 
 /// Longest run of output without a newline held before it is published
 /// (as several messages, each within the logs stream's
-/// [`MAX_LOG_MESSAGE`]): a process writing no newline cannot make the
+/// [`MAX_LOG_MESSAGE`](berth_schemas::logs::MAX_LOG_MESSAGE)): a process writing no newline cannot make the
 /// agent buffer without end.
 pub const MAX_LINE: usize = 16 * 1024;
 
@@ -166,26 +166,18 @@ impl LogSink {
     }
 
     /// Publishes one line, cut into as many messages as it takes to keep
-    /// each within [`MAX_LOG_MESSAGE`] once encoded: the logs stream
+    /// each within [`MAX_LOG_MESSAGE`](berth_schemas::logs::MAX_LOG_MESSAGE) once encoded: the logs stream
     /// refuses larger ones.
     async fn publish(&self, stream: Stream, bytes: &[u8]) {
         let text = String::from_utf8_lossy(bytes);
-        let mut line = LogLine {
+        let line = LogLine {
             service: self.service.clone(),
-            instance: self.instance.clone(),
+            instance: Some(self.instance.clone()),
             stream,
             line: String::new(),
             time: Utc::now(),
         };
-        let Ok(envelope) = serde_json::to_vec(&line) else {
-            return;
-        };
-        let budget = MAX_LOG_MESSAGE.saturating_sub(envelope.len());
-        for piece in pieces(&text, budget) {
-            piece.clone_into(&mut line.line);
-            let Ok(payload) = serde_json::to_vec(&line) else {
-                return;
-            };
+        for payload in line.payloads(&text) {
             // Core NATS: logs are best effort; a slow or absent reader must
             // never stall the container.
             if let Err(e) = self

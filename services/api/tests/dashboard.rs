@@ -680,7 +680,7 @@ async fn logs_and_metrics_pages() {
     for text in ["first line", "<script>alert(1)</script>", "needle in it"] {
         let line = berth_schemas::logs::LogLine {
             service: service.clone(),
-            instance: instance.clone(),
+            instance: Some(instance.clone()),
             stream: berth_schemas::logs::Stream::Stdout,
             line: text.to_owned(),
             time: chrono::Utc::now(),

@@ -235,6 +235,44 @@ async fn kept_lines_are_listed_filtered_and_paged_in_renders_shape() {
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
 
+/// berth's line about a deploy names no instance: listed with the
+/// service's lines without an `instance` label, and left out when lines of
+/// some instance are asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_about_a_deploy_has_no_instance() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let (svc, _) = app.service(&alice, "deployed").await;
+    let ins = InstanceId::generate();
+    app.log_line(&svc, &ins, Stream::Stdout, "listening").await;
+    let live = "==> Your service is live 🎉";
+    app.log_line(&svc, None, Stream::System, live).await;
+    let base = format!("/v1/logs?resource={svc}&direction=forward");
+    let (s, page) = app.get(&base, &alice).await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    assert_eq!(messages(&page), ["listening", live]);
+    let names = |l: &Value| -> Vec<String> {
+        l["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(&page["logs"][1]),
+        ["resource", "type", "level"],
+        "{page}"
+    );
+    assert_eq!(label(&page["logs"][1], "level"), "info");
+    assert_eq!(
+        names(&page["logs"][0]),
+        ["resource", "instance", "type", "level"]
+    );
+    let (_, only) = app.get(&format!("{base}&instance={ins}"), &alice).await;
+    assert_eq!(messages(&only), ["listening"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_owners_logs_do_not_exist_for_you() {
     let app = App::start(true).await;
@@ -340,7 +378,7 @@ async fn the_logs_stream_keeps_what_the_settings_say() {
     let line = |service: &ServiceId, text: String| {
         serde_json::to_vec(&berth_schemas::logs::LogLine {
             service: service.clone(),
-            instance: InstanceId::generate(),
+            instance: Some(InstanceId::generate()),
             stream: Stream::Stdout,
             line: text,
             time: chrono::Utc::now(),

@@ -417,19 +417,20 @@ impl App {
     }
 
     /// Keeps one log line of `service`'s `instance` as a node's agent
-    /// publishes it (on the service's logs subject), waiting until the
-    /// logs stream has it; its stream sequence.
-    pub async fn log_line(
+    /// publishes it (on the service's logs subject; no instance: as the
+    /// scheduler publishes a deploy's outcome), waiting until the logs
+    /// stream has it; its stream sequence.
+    pub async fn log_line<'a>(
         &self,
         service: &str,
-        instance: &berth_schemas::ids::InstanceId,
+        instance: impl Into<Option<&'a berth_schemas::ids::InstanceId>>,
         stream: berth_schemas::logs::Stream,
         text: &str,
     ) -> u64 {
         let service: berth_schemas::ids::ServiceId = service.parse().unwrap();
         let line = berth_schemas::logs::LogLine {
             service: service.clone(),
-            instance: instance.clone(),
+            instance: instance.into().cloned(),
             stream,
             line: text.to_owned(),
             time: chrono::Utc::now(),

@@ -226,7 +226,7 @@ async fn private_services_pass_tcp_and_workers_pass_after_grace() {
     // run's own output.
     let exited = "==> Exited with status 3";
     let lines = collect_logs(&mut logs, Duration::from_secs(10), |l| {
-        l.instance == crashing.instance && l.line == exited
+        l.instance.as_ref() == Some(&crashing.instance) && l.line == exited
     })
     .await;
     let mine = support::lines_of(&lines, &crashing.instance);

@@ -313,7 +313,7 @@ pub async fn logs(w: &World, service: &ServiceId) -> async_nats::Subscriber {
 pub fn lines_of(lines: &[berth_schemas::logs::LogLine], instance: &InstanceId) -> Vec<String> {
     lines
         .iter()
-        .filter(|l| &l.instance == instance)
+        .filter(|l| l.instance.as_ref() == Some(instance))
         .map(|l| l.line.clone())
         .collect()
 }

@@ -353,6 +353,9 @@ impl Permissions {
                     format!("{p}.work.>"),
                     // The router's request samples.
                     format!("{p}.metrics.http.>"),
+                    // The scheduler's lines about a deploy in the
+                    // service's logs.
+                    subjects.logs_all(),
                     format!("{p}.dlq.>"),
                     format!("{p}.events.>"),
                     subjects.resolver_check(),

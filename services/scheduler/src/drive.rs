@@ -164,10 +164,16 @@ impl Pass<'_> {
             )
             .await;
         match done {
-            Ok(done) => Ok(done.appended.is_some_and(|a| {
-                tracing::debug!(service.id = %self.service, key, duplicate = a.duplicate, "appended");
-                true
-            })),
+            Ok(done) => match done.appended {
+                Some(a) => {
+                    tracing::debug!(service.id = %self.service, key, duplicate = a.duplicate, "appended");
+                    if !a.duplicate {
+                        crate::say::outcomes(&self.inner.store, self.service, &a.events).await;
+                    }
+                    Ok(true)
+                }
+                None => Ok(false),
+            },
             Err(ExecuteError::Rejected(e)) => {
                 // The plan was made on this very state, so a refusal is a
                 // rule this scheduler disagrees with: log it, do not loop.

@@ -40,6 +40,7 @@ mod cluster;
 mod compose;
 mod config;
 mod drive;
+mod say;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -8,6 +8,7 @@ use std::time::Duration;
 use berth_domain::service::{self, Command, ServiceState};
 use berth_schemas::events::{DeployFailed, ServiceSettings};
 use berth_schemas::ids::{DeployId, ServiceId};
+use berth_schemas::logs::LogLine;
 use berth_schemas::model::{DeployStatus, ServiceType};
 use berth_schemas::{Envelope, Event};
 
@@ -98,10 +99,16 @@ async fn new_instances_that_keep_exiting_fail_the_update_without_waiting_out_the
     let mut opts = scheduler_options();
     opts.readiness_window = Duration::from_secs(600);
     let _scheduler = w.start_scheduler_with(opts).await;
+    let mut logs = w
+        .store
+        .client()
+        .subscribe(w.store.subjects().logs_all())
+        .await
+        .unwrap();
     let (svc, d1) = w.create(ServiceType::WebService, |_| {}).await;
     w.wait_live(&svc, &d1).await;
 
-    let (_, ev, failed) = update_until_failed(&w, &svc, "sh -c 'echo starting; exit 3'").await;
+    let (d2, ev, failed) = update_until_failed(&w, &svc, "sh -c 'echo starting; exit 3'").await;
     assert_eq!(failed.status, DeployStatus::UpdateFailed);
     assert!(
         failed
@@ -113,4 +120,38 @@ async fn new_instances_that_keep_exiting_fail_the_update_without_waiting_out_the
     );
     let s = ev.iter().fold(ServiceState::default(), service::fold);
     assert_eq!(s.live.as_ref(), Some(&d1));
+
+    // The service's logs say each deploy's outcome once, as lines of no
+    // instance (its instances' lines keep theirs).
+    let digest = ev
+        .iter()
+        .find_map(|e| match &e.event {
+            Event::DeployLive(l) if l.deploy == d1 => Some(l.digest.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let mut deploy_lines = Vec::new();
+    let mut instance_lines = 0;
+    let quiet = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(Some(m)) =
+        tokio::time::timeout_at(quiet, futures::StreamExt::next(&mut logs)).await
+    {
+        let line: LogLine = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(line.service, svc);
+        match line.instance {
+            None => deploy_lines.push(line.line),
+            Some(_) => instance_lines += 1,
+        }
+    }
+    assert_eq!(
+        deploy_lines,
+        [
+            format!(
+                "==> Your service is live 🎉 (deploy {d1}, {})",
+                &digest[..19]
+            ),
+            format!("==> Deploy {d2} failed (update_failed): {}", failed.reason),
+        ]
+    );
+    assert!(instance_lines > 0);
 }

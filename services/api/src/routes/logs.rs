@@ -222,7 +222,12 @@ struct Filter {
 
 impl Filter {
     fn keeps(&self, k: &KeptLine) -> bool {
-        (self.instances.is_empty() || self.instances.contains(k.line.instance.as_str()))
+        // A line about a deploy (no instance) is not any instance's.
+        (self.instances.is_empty()
+            || k.line
+                .instance
+                .as_ref()
+                .is_some_and(|i| self.instances.contains(i.as_str())))
             && (self.levels.is_empty() || self.levels.contains(level(k.line.stream)))
             && self.texts.iter().all(|t| k.line.line.contains(t.as_str()))
     }
@@ -244,12 +249,15 @@ fn entry(c: Candidate) -> LogEntry {
         value: value.to_owned(),
     };
     let l = &c.kept.line;
-    let labels = vec![
-        label(LabelName::Resource, l.service.as_str()),
-        label(LabelName::Instance, l.instance.as_str()),
+    let mut labels = vec![label(LabelName::Resource, l.service.as_str())];
+    // berth's lines about a deploy carry no instance label.
+    if let Some(i) = &l.instance {
+        labels.push(label(LabelName::Instance, i.as_str()));
+    }
+    labels.extend([
         label(LabelName::Type, "app"),
         label(LabelName::Level, level(l.stream)),
-    ];
+    ]);
     LogEntry {
         id: c.kept.seq.to_string(),
         message: c.kept.line.line,
@@ -378,7 +386,7 @@ mod tests {
                 time,
                 line: LogLine {
                     service: ServiceId::generate(),
-                    instance: InstanceId::generate(),
+                    instance: Some(InstanceId::generate()),
                     stream: Stream::Stdout,
                     line: format!("l{seq}"),
                     time,

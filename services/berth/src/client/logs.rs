@@ -316,5 +316,20 @@ mod tests {
             "2026-11-27 07:04:29.123 ins-y error | a\tb \\u{1b}[2Jgone\\r"
         );
         assert_eq!(render(&line, true), line.to_string());
+        // berth's line about a deploy has no instance.
+        let deploy = json!({
+            "id": "8",
+            "message": "==> Your service is live",
+            "timestamp": "2026-11-27T07:04:30Z",
+            "labels": [
+                {"name": "resource", "value": "srv-x"},
+                {"name": "type", "value": "app"},
+                {"name": "level", "value": "info"},
+            ],
+        });
+        assert_eq!(
+            render(&deploy, false),
+            "2026-11-27 07:04:30.000 - info  | ==> Your service is live"
+        );
     }
 }
