@@ -26,7 +26,7 @@ pub(crate) struct Browser {
 pub(crate) struct Page {
     pub(crate) status: StatusCode,
     headers: HeaderMap,
-    html: String,
+    pub(crate) html: String,
 }
 
 impl Page {
@@ -97,7 +97,7 @@ impl Browser {
         }
     }
 
-    async fn get(&mut self, path: &str) -> Page {
+    pub(crate) async fn get(&mut self, path: &str) -> Page {
         self.send(Request::builder().uri(path), Body::empty()).await
     }
 

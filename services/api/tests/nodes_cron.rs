@@ -293,6 +293,13 @@ async fn a_detected_port_shows_in_open_ports_and_on_the_timeline() {
         assert!(t0.elapsed() < Duration::from_secs(10), "{v}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let mut b = crate::dashboard::signed_in(&app, &alice).await;
+    let page = b.get(&format!("/services/{svc}")).await;
+    assert!(
+        page.html.contains("<dt>Port</dt><dd><code>3000</code>"),
+        "{}",
+        page.html
+    );
     let path = format!("/v1/services/{svc}/events?type=instance_port_detected");
     let (s, v) = app.get(&path, &alice).await;
     assert_eq!(s, StatusCode::OK, "{v}");

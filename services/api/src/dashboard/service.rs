@@ -23,7 +23,7 @@ use crate::query::{self, Listing};
 use crate::routes::deploys::{self, DeployItem, DeploysQuery};
 use crate::routes::events::{self, EventItem, EventsQuery};
 use crate::routes::services::{self, InstanceView};
-use crate::views::{CommonDetails, DeployView, ServiceDetails, ServiceView};
+use crate::views::{CommonDetails, DeployView, ServerPort, ServiceDetails, ServiceView};
 
 /// Deploys and events on the page.
 const DEPLOYS: &str = "20";
@@ -336,12 +336,28 @@ fn facts(s: &ServiceView, seen: &Seen, live: Option<&DeployView>) -> Markup {
                 }
             }
             @match &s.service_details {
-                ServiceDetails::Web(w) => { dt { "URL" } dd { a href=(w.url) { (w.url) } } }
-                ServiceDetails::Private(p) => { dt { "Reached at" } dd { code { (p.url) } } }
+                ServiceDetails::Web(w) => {
+                    dt { "URL" } dd { a href=(w.url) { (w.url) } }
+                    (detected_port(&w.open_ports))
+                }
+                ServiceDetails::Private(p) => {
+                    dt { "Reached at" } dd { code { (p.url) } }
+                    (detected_port(&p.open_ports))
+                }
                 ServiceDetails::Cron(c) => { dt { "Schedule" } dd { code { (c.schedule) } " (UTC)" } }
                 ServiceDetails::Worker(_) => {}
             }
             dt { "Created" } dd { (time(Some(s.created_at))) }
+        }
+    }
+}
+
+/// The port berth detected the service's instances serving on, if any.
+fn detected_port(ports: &[ServerPort]) -> Markup {
+    html! {
+        @for p in ports {
+            dt { "Port" }
+            dd { code { (p.port) } span.muted { " detected: the service sets no PORT" } }
         }
     }
 }
