@@ -13,7 +13,8 @@
 //! control plane shares, and push every other service's lines out of the
 //! logs stream. Lines over the budget are dropped (the program never
 //! waits on its output, as it would if the pipe were left unread), and
-//! the logs say how many, before the next line that goes out.
+//! the logs say how many, before the next line that goes out (at most
+//! once a second while the flood lasts) and after the last.
 
 use std::fs::{File, OpenOptions};
 use std::path::Path;
@@ -67,7 +68,14 @@ struct Budget {
     tokens: f64,
     at: Instant,
     dropped: u64,
+    /// When dropped lines were last said.
+    said: Option<Instant>,
 }
+
+/// How often dropped lines are said while output keeps coming faster
+/// than the budget: once a second, not before every line that goes out
+/// (the budget refills a line at a time).
+const SAY_DROPPED_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl LineBudget {
     /// A full budget at `rate`.
@@ -78,6 +86,7 @@ impl LineBudget {
                 tokens: f64::from(rate.burst),
                 at: Instant::now(),
                 dropped: 0,
+                said: None,
             }),
         }
     }
@@ -87,8 +96,9 @@ impl LineBudget {
     }
 
     /// Whether a line may go out at `now`: `Some(n)` when it may, `n`
-    /// being the lines dropped since the last one that went out (to be
-    /// said first); `None` when it is dropped.
+    /// being the lines dropped and not yet said, to be said first (0 when
+    /// none were, or they were said less than [`SAY_DROPPED_EVERY`] ago:
+    /// they are said later); `None` when it is dropped.
     fn take(&self, now: Instant) -> Option<u64> {
         let mut b = self.lock();
         let refill =
@@ -97,6 +107,13 @@ impl LineBudget {
         b.at = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
+            let due = b
+                .said
+                .is_none_or(|t| now.saturating_duration_since(t) >= SAY_DROPPED_EVERY);
+            if b.dropped == 0 || !due {
+                return Some(0);
+            }
+            b.said = Some(now);
             Some(std::mem::take(&mut b.dropped))
         } else {
             b.dropped += 1;
@@ -282,11 +299,21 @@ mod tests {
         let t1 = t0 + Duration::from_millis(100);
         assert_eq!(b.take(t1), Some(2));
         assert_eq!(b.take(t1), None);
+        // Still flooding: the next lines that go out within the second
+        // say nothing; the count is said a second after the last time.
+        let t2 = t1 + Duration::from_millis(100);
+        assert_eq!(b.take(t2), Some(0));
+        assert_eq!(b.take(t2), None);
+        let t3 = t1 + Duration::from_secs(1);
+        assert_eq!(b.take(t3), Some(2));
+        assert_eq!(b.take(t3), Some(0), "refilled, nothing dropped since");
+        assert_eq!(b.take(t3), Some(0));
+        assert_eq!(b.take(t3), None);
         assert_eq!(b.untold(), 1);
         assert_eq!(b.untold(), 0);
         // Never more than the burst, however long it was quiet.
-        let t2 = t1 + Duration::from_secs(3600);
-        let taken = (0..5).filter(|_| b.take(t2).is_some()).count();
+        let t4 = t3 + Duration::from_secs(3600);
+        let taken = (0..5).filter(|_| b.take(t4).is_some()).count();
         assert_eq!(taken, 3);
     }
 
