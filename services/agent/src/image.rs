@@ -62,6 +62,18 @@ impl ImageConfig {
         Ok(raw.config.unwrap_or_default())
     }
 
+    /// The port the image's own environment names (`ENV PORT=5000`, as
+    /// images built for Heroku or Cloud Run often do), if it is a port.
+    pub fn env_port(&self) -> Option<u16> {
+        self.env
+            .iter()
+            .flatten()
+            .rev()
+            .find_map(|kv| kv.strip_prefix("PORT="))
+            .and_then(|p| p.trim().parse::<u16>().ok())
+            .filter(|p| *p > 0)
+    }
+
     /// The one TCP port the image exposes (`EXPOSE 8080`), if it exposes
     /// exactly one: the port its server listens on when `PORT` is unset.
     pub fn single_tcp_port(&self) -> Option<u16> {
@@ -458,6 +470,24 @@ mod tests {
         assert!(resolve_user(Some("app"), &image).is_err());
         std::fs::write(image.join("etc/passwd"), "app:x:1000:1000::/:/bin/sh\n").unwrap();
         assert_eq!(resolve_user(Some("app"), &image).unwrap().uid, 1000);
+    }
+
+    #[test]
+    fn the_port_the_images_environment_names() {
+        let env = |e: &[&str]| ImageConfig {
+            env: Some(e.iter().map(|s| (*s).to_owned()).collect()),
+            ..ImageConfig::default()
+        };
+        assert_eq!(env(&["PATH=/bin", "PORT=5000"]).env_port(), Some(5000));
+        assert_eq!(
+            env(&["PORT=1", "PORT=8080"]).env_port(),
+            Some(8080),
+            "the last wins"
+        );
+        for not_a_port in ["PORT=", "PORT=0", "PORT=http", "PORT=70000", "XPORT=5000"] {
+            assert_eq!(env(&[not_a_port]).env_port(), None, "{not_a_port}");
+        }
+        assert_eq!(ImageConfig::default().env_port(), None);
     }
 
     #[test]

@@ -623,13 +623,16 @@ impl NodeHandler {
 }
 
 /// The port an instance listens on inside its namespace, as on Render: the
-/// service's `PORT`, else the one TCP port the image exposes (`EXPOSE
-/// 8080`), else `default` (the scheduler's, 10000).
+/// service's `PORT`, else the `PORT` the image's own environment sets
+/// (`ENV PORT=5000`: the image's author said where it listens; Render
+/// would override it with 10000), else the one TCP port the image exposes
+/// (`EXPOSE 8080`), else `default` (the scheduler's, 10000).
 fn listen_port(s: &InstanceSpec, default: Option<u16>) -> u16 {
     s.env
         .get("PORT")
         .and_then(|p| p.trim().parse::<u16>().ok())
         .filter(|p| *p > 0)
+        .or_else(|| s.image.config.env_port())
         .or_else(|| s.image.config.single_tcp_port())
         .or(default)
         .unwrap_or(10000)

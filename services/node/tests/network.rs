@@ -215,6 +215,69 @@ impl Drop for Outside {
     }
 }
 
+/// An image whose environment names its port (`ENV PORT=5000`, as images
+/// built for Heroku or Cloud Run do) is served there from its start, its
+/// `PORT` kept, whether its program reads it or listens there anyway;
+/// a service's own `PORT` still wins.
+#[tokio::test]
+async fn an_image_whose_environment_names_its_port_is_served_there() {
+    let w = World::start().await;
+    // Detection off: only the image's own word can find port 5000.
+    let node = start_node(&w, fast_checks()).await;
+    let owner = OwnerId::User(UserId::generate());
+    let image = busybox_image(json!({
+        "Cmd": ["/bin/sh"],
+        "Env": ["PATH=/bin", "PORT=5000"],
+    }));
+    w.registry
+        .push_image(REPO, "envport", &image)
+        .await
+        .unwrap();
+    let (svc, dep) = service_of(
+        &w,
+        &owner,
+        "envport",
+        ServiceType::WebService,
+        &image.digest,
+    )
+    .await;
+    let mut fixed = spec(
+        &w,
+        &svc,
+        &dep,
+        "/bin/busybox httpd -f -p 5000 -h /app",
+        Some(10000),
+    );
+    fixed.digest = image.digest.clone();
+    let mut reads = spec(
+        &w,
+        &svc,
+        &dep,
+        "/bin/sh -c 'exec /bin/busybox httpd -f -p $PORT -h /app'",
+        Some(10000),
+    );
+    reads.digest = image.digest.clone();
+    let mut told = reads.clone();
+    told.instance = InstanceId::generate();
+    support::with_env(&w, &node.id, &mut told, &[("PORT", "6000")]).await;
+    for s in [&fixed, &reads, &told] {
+        run(&w, &node.id, s).await;
+    }
+    let all = [&fixed.instance, &reads.instance, &told.instance];
+    let addrs = healthy(&w, &svc, &all).await;
+    for addr in &addrs {
+        let (status, _) = http_get(addr, "/hello.txt").await.unwrap();
+        assert_eq!(status, 200, "{addr}");
+    }
+    let (_, env) = exec(&w, &reads.instance, &["/bin/busybox", "env"]);
+    assert!(env.lines().any(|l| l == "PORT=5000"), "{env}");
+    let (_, env) = exec(&w, &told.instance, &["/bin/busybox", "env"]);
+    assert!(env.lines().any(|l| l == "PORT=6000"), "{env}");
+    let ids = all.map(|i| (&svc, i));
+    stop_all(&w, &node.id, &ids).await;
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn fixed_port_and_exposed_port_images_are_served_with_two_instances_on_one_node() {
     let w = World::start().await;
