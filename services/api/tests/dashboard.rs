@@ -677,10 +677,16 @@ async fn logs_and_metrics_pages() {
     let subjects = app.store.subjects().clone();
     let js = app.store.jetstream();
     let instance = berth_schemas::ids::InstanceId::generate();
-    for text in ["first line", "<script>alert(1)</script>", "needle in it"] {
+    // The last is berth's line about a deploy: no instance.
+    for (text, of) in [
+        ("first line", Some(&instance)),
+        ("<script>alert(1)</script>", Some(&instance)),
+        ("needle in it", Some(&instance)),
+        ("==> Your service is live", None),
+    ] {
         let line = berth_schemas::logs::LogLine {
             service: service.clone(),
-            instance: Some(instance.clone()),
+            instance: of.cloned(),
             stream: berth_schemas::logs::Stream::Stdout,
             line: text.to_owned(),
             time: chrono::Utc::now(),
@@ -729,6 +735,15 @@ async fn logs_and_metrics_pages() {
         page.html.find("needle in it").unwrap(),
     );
     assert!(needle < script && script < first, "newest first");
+    let live = page.html.find("==&gt; Your service is live").unwrap();
+    assert!(live < needle, "newest first");
+    assert!(
+        page.html[..live].ends_with(
+            "<td><span class=\"muted\">—</span></td><td>info</td><td><code class=\"line\">"
+        ),
+        "no instance: {}",
+        &page.html[live.saturating_sub(200)..live]
+    );
     assert!(
         !page.html.contains("<script>alert(1)"),
         "a line is never markup"

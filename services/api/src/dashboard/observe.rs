@@ -126,7 +126,13 @@ pub async fn logs_page(
                     @for e in &lines {
                         tr {
                             td { (time(Some(e.timestamp))) }
-                            td { code { (label(e, LabelName::Instance)) } }
+                            td {
+                                // berth's lines about a deploy belong to no instance.
+                                @match label(e, LabelName::Instance).as_str() {
+                                    "" => span.muted { "—" },
+                                    i => code { (i) },
+                                }
+                            }
                             td { (label(e, LabelName::Level)) }
                             td { code.line { (e.message) } }
                         }
