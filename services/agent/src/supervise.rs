@@ -322,7 +322,7 @@ async fn stop_container(
     });
     let can_kill = matches!(inner.runtime.state(id).await, Ok(Some(s)) if s.status.can_kill());
     if can_kill {
-        let past = past_shells(inner, pid, signal);
+        let past = past_shells(inner, pid, signal).await;
         if !past.is_empty() && signal_past_shells(inner, spec, &past, signal).await {
             let ended = async {
                 while past.iter().any(|t| t.alive()) {
@@ -376,22 +376,28 @@ const SHELL_GRACE: Duration = Duration::from_millis(500);
 
 /// The processes the stop signal should go to instead of the container's
 /// (see [`wrapper`]); empty when the container's own process is the one.
-fn past_shells(inner: &Inner, pid: u32, signal: u8) -> Vec<wrapper::Target> {
+/// Read off the runtime's threads: a container may run thousands of
+/// processes.
+async fn past_shells(inner: &Inner, pid: u32, signal: u8) -> Vec<wrapper::Target> {
     if pid == 0 || nix::sys::signal::Signal::try_from(i32::from(signal)).is_err() {
         return Vec::new();
     }
-    let roots = match inner.sandbox.init {
-        Some(_) => wrapper::children(pid),
-        None => vec![pid],
+    let under_init = inner.sandbox.init.is_some();
+    let walk = move || {
+        let roots = match under_init {
+            true => wrapper::children(pid),
+            false => vec![pid],
+        };
+        let targets = wrapper::targets(&roots, &|p| wrapper::look(p, signal));
+        if targets.is_empty() || targets == roots {
+            return Vec::new();
+        }
+        targets
+            .into_iter()
+            .filter_map(|t| wrapper::Target::of(t, pid))
+            .collect()
     };
-    let targets = wrapper::targets(&roots, &|p| wrapper::look(p, signal));
-    if targets.is_empty() || targets == roots {
-        return Vec::new();
-    }
-    targets
-        .into_iter()
-        .filter_map(|t| wrapper::Target::of(t, pid))
-        .collect()
+    tokio::task::spawn_blocking(walk).await.unwrap_or_default()
 }
 
 /// Sends `signal` to `targets`, saying so in the instance's logs; `false`
