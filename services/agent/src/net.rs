@@ -1309,7 +1309,6 @@ impl Cni {
         Ok(())
     }
 
-    /// Save the state file (atomically).
     /// `id`'s state as [`Cni::save`] wrote it (`None`: none, or not
     /// readable).
     fn load(&self, id: &InstanceId) -> Option<State> {
@@ -1317,6 +1316,7 @@ impl Cni {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// Save the state file (atomically).
     fn save(&self, id: &InstanceId, state: &State) -> Result<(), NetError> {
         let path = self.state_file(id);
         let tmp = path.with_extension("json.tmp");
