@@ -70,10 +70,9 @@ pub fn look(pid: u32, signal: u8) -> Option<Proc> {
     let dir = Path::new("/proc").join(pid.to_string());
     let status = std::fs::read_to_string(dir.join("status")).ok()?;
     let exe = std::fs::read_link(dir.join("exe")).ok()?;
-    let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
-    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    let argv0 = argv(pid).into_iter().next().unwrap_or_default();
     Some(Proc {
-        shell: is_shell(&exe.to_string_lossy(), &String::from_utf8_lossy(argv0)),
+        shell: is_shell(&exe.to_string_lossy(), &argv0),
         handles: caught(&status, signal),
         children: children(pid),
     })
@@ -106,6 +105,16 @@ fn caught(status: &str, signal: u8) -> bool {
     (1..=64).contains(&signal) && mask & (1 << (signal - 1)) != 0
 }
 
+/// The words `pid` was run with (`/proc/<pid>/cmdline`); none when it is
+/// gone.
+fn argv(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    raw.split(|b| *b == 0)
+        .filter(|w| !w.is_empty())
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .collect()
+}
+
 /// The children of `pid`, from every one of its threads.
 pub fn children(pid: u32) -> Vec<u32> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -130,7 +139,7 @@ pub fn children(pid: u32) -> Vec<u32> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target {
     pub pid: u32,
-    started: Option<u64>,
+    started: u64,
 }
 
 impl Target {
@@ -141,15 +150,12 @@ impl Target {
         let ns = |p: u32| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
         let started = process::start_time(pid)?;
         let same = ns(container).is_some_and(|c| ns(pid) == Some(c));
-        same.then_some(Target {
-            pid,
-            started: Some(started),
-        })
+        same.then_some(Target { pid, started })
     }
 
     /// Whether it still runs (a zombie does not).
     pub fn alive(self) -> bool {
-        process::alive(self.pid, self.started)
+        process::alive(self.pid, Some(self.started))
     }
 
     /// Sends it `signal`, if it is still the same process.
@@ -165,13 +171,7 @@ impl Target {
 
     /// Its command line as a shell would take it, at most 200 bytes.
     pub fn command(self) -> String {
-        let raw = std::fs::read(format!("/proc/{}/cmdline", self.pid)).unwrap_or_default();
-        let words: Vec<String> = raw
-            .split(|b| *b == 0)
-            .filter(|w| !w.is_empty())
-            .map(|w| String::from_utf8_lossy(w).into_owned())
-            .collect();
-        let mut line = crate::logs::command_line(&words);
+        let mut line = crate::logs::command_line(&argv(self.pid));
         if line.len() > 200 {
             let mut end = 200;
             while !line.is_char_boundary(end) {
