@@ -238,7 +238,8 @@ pub struct WebDetails {
     /// The port its instances were detected serving on (`instance_port_detected`,
     /// when the service sets no `PORT` and they did not listen where berth
     /// expected them); empty when none was, as the port served is then
-    /// `PORT`, else the one the image exposes, else 10000.
+    /// `PORT`, else the image's own `ENV PORT`, else the one port it
+    /// exposes, else 10000.
     pub open_ports: Vec<ServerPort>,
     /// Where the router serves it.
     pub url: String,
