@@ -26,6 +26,17 @@ pub use subjects::Subjects;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// The longest start of `text` of at most `max` bytes that ends on a
+/// character boundary (the whole text when it fits): how a free-text field
+/// with a size bound is cut.
+pub fn cut(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Every generated schema file: path relative to `schemas/json/` → contents.
 pub fn generated_schema_files() -> BTreeMap<String, String> {
     let mut files = BTreeMap::new();
@@ -114,5 +125,16 @@ mod tests {
         let types = events::event_types();
         let names: std::collections::HashSet<_> = types.iter().map(|(n, _, _)| *n).collect();
         assert_eq!(names.len(), types.len());
+    }
+}
+
+#[cfg(test)]
+mod cut_tests {
+    #[test]
+    fn cuts_land_on_character_boundaries() {
+        assert_eq!(super::cut("état", 2), "é");
+        assert_eq!(super::cut("état", 1), "");
+        assert_eq!(super::cut("abc", 10), "abc");
+        assert_eq!(super::cut("abc", 0), "");
     }
 }

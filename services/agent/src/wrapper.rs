@@ -171,16 +171,11 @@ impl Target {
 
     /// Its command line as a shell would take it, at most 200 bytes.
     pub fn command(self) -> String {
-        let mut line = crate::logs::command_line(&argv(self.pid));
-        if line.len() > 200 {
-            let mut end = 200;
-            while !line.is_char_boundary(end) {
-                end -= 1;
-            }
-            line.truncate(end);
-            line.push('…');
+        let line = crate::logs::command_line(&argv(self.pid));
+        match berth_schemas::cut(&line, 200) {
+            whole if whole.len() == line.len() => line,
+            start => format!("{start}…"),
         }
-        line
     }
 }
 

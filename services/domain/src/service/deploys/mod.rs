@@ -290,14 +290,7 @@ pub(super) fn retrying(
     if !waits {
         return Ok(vec![]);
     }
-    let mut message = message;
-    if message.len() > MAX_RETRY_MESSAGE {
-        let mut cut = MAX_RETRY_MESSAGE;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
-    }
+    let message = berth_schemas::cut(&message, MAX_RETRY_MESSAGE).to_owned();
     Ok(vec![DeployRetrying {
         deploy: id,
         attempt,

@@ -114,11 +114,7 @@ pub fn port_detected_message(e: &InstancePortDetected) -> String {
 
 /// `text` cut to at most [`PROBLEM_MAX`] bytes, on a character boundary.
 fn bounded(text: &str) -> String {
-    let mut end = text.len().min(PROBLEM_MAX);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
+    berth_schemas::cut(text, PROBLEM_MAX).to_owned()
 }
 
 impl Instance {
