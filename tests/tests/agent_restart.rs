@@ -1,4 +1,5 @@
-//! Restarts on real runc: a crash loop restarts with growing backoff, and
+//! Restarts on real runc: a crash loop restarts with growing backoff, each
+//! run from the image's files (what the last one wrote is gone), and
 //! a new agent process over the same state dir adopts the running
 //! containers it has records for and kills and deletes the ones it does
 //! not — `runc list` then shows only known containers, and no container
@@ -68,6 +69,40 @@ async fn crash_loop_restarts_with_growing_backoff() {
         "rootfs mounts left"
     );
     assert!(processes_of(&[&s.instance]).is_empty());
+}
+
+/// What a run wrote is gone when the instance is started again (a crash
+/// restart, as a restart in place): a pid file left by a crash does not
+/// stop the next run, as on Render.
+#[tokio::test]
+async fn a_restarted_instance_starts_from_the_image_files() {
+    let node = Node::start().await;
+    let image = node.image(&busybox_image(default_config())).await;
+    let s = spec(
+        &image,
+        "sh -c 'if [ -e /app.pid ]; then echo \"already running: $(cat /app.pid)\"; exit 3; fi; \
+         echo $$ > /app.pid; echo started; exit 1'",
+    );
+    let mut sub = node.logs(&s).await;
+    node.agent.run_instance(s.clone()).await.unwrap();
+    let lines = collect_logs(&mut sub, Duration::from_secs(20), {
+        let seen = std::sync::atomic::AtomicUsize::new(0);
+        move |l| l.line == "started" && seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 2
+    })
+    .await;
+    node.agent.stop_instance(&s.instance).await.unwrap();
+    let said: Vec<&str> = lines.iter().map(|l| l.line.as_str()).collect();
+    assert_eq!(
+        said.iter().filter(|l| **l == "started").count(),
+        3,
+        "three runs, each from the image's files: {said:?}"
+    );
+    assert!(
+        !said.iter().any(|l| l.starts_with("already running")),
+        "{said:?}"
+    );
+    assert!(runc_list(&node.runc_root()).is_empty());
+    assert!(agent::mounts_under(node.dir.path()).is_empty());
 }
 
 #[tokio::test]

@@ -2,7 +2,8 @@
 //! of the container's own mount namespace, so the host's mount table does
 //! not grow with the instances; and on the host instead, from the first
 //! refusal on, with a runc that will not mount at `/` (as runc 1.2 and
-//! later refuse), played by a wrapper around the real one.
+//! later refuse), played by a wrapper around the real one; a restart gets
+//! a new root from the image's files either way.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -11,7 +12,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use berth_agent::AgentEvent;
-use berth_tests::agent::{busybox_image, default_config, processes_of, spec, start_agent, Node};
+use berth_tests::agent::{
+    busybox_image, collect_logs, default_config, processes_of, spec, start_agent, Node,
+};
 use berth_tests::runc::mounts_under;
 
 /// The filesystem type of `/` in process `pid`'s mount namespace.
@@ -107,7 +110,11 @@ async fn a_runc_that_refuses_a_root_mount_gets_host_mounted_roots_from_then_on()
     node.agent = agent;
     node.events = events;
 
-    let a = spec(&image, "sleep 600");
+    let a = spec(
+        &image,
+        "sh -c '[ -e /state ] && echo \"left by the last run\"; echo w > /state; echo up; sleep 600'",
+    );
+    let mut logs = node.logs(&a).await;
     node.agent.run_instance(a.clone()).await.unwrap();
     started(&mut node, &a.instance).await;
     let b = spec(&image, "sleep 600");
@@ -128,6 +135,30 @@ async fn a_runc_that_refuses_a_root_mount_gets_host_mounted_roots_from_then_on()
         );
         assert_eq!(root_fs_type(processes_of(&[i])[0]), "overlay");
     }
+    // Started again, `a` runs on a new root from the image's files, mounted
+    // once on the host as before.
+    node.agent.restart_instance(&a.instance).unwrap();
+    node.event(Duration::from_secs(10), |e| {
+        matches!(e, AgentEvent::Started { instance, restarts: 1, .. } if *instance == a.instance)
+    })
+    .await;
+    let said = collect_logs(&mut logs, Duration::from_secs(10), {
+        let ups = std::sync::atomic::AtomicUsize::new(0);
+        move |l| l.line == "up" && ups.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    let said: Vec<&str> = said.iter().map(|l| l.line.as_str()).collect();
+    assert_eq!(said.iter().filter(|l| **l == "up").count(), 2, "{said:?}");
+    assert!(!said.contains(&"left by the last run"), "{said:?}");
+    let mounted = mounts_under(node.dir.path());
+    assert_eq!(
+        mounted
+            .iter()
+            .filter(|m| m.contains(a.instance.as_str()))
+            .count(),
+        1,
+        "{mounted:?}"
+    );
     for i in [&a.instance, &b.instance] {
         node.agent.stop_instance(i).await.unwrap();
     }

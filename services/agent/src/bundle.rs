@@ -451,6 +451,40 @@ pub fn prepare_rootfs(
     }
 }
 
+/// Throw away what an instance's earlier run wrote to its filesystem, so
+/// that its next run starts from the image's files as its first did (as
+/// Render, Fly and a Kubernetes container restart do; a pid or lock file
+/// left by a crash must not stop the program from starting again): the
+/// rootfs is unmounted if mounted on the host, and the overlay's upper and
+/// work dirs, the rootfs dir and a copy's marker are removed. Nothing else
+/// of the instance dir (its record, FIFOs, bundle) is touched.
+pub fn discard_writes(dir: &InstanceDir) -> Result<(), BundleError> {
+    let target = dir.rootfs();
+    if is_mountpoint(&target) {
+        nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).map_err(|errno| {
+            BundleError::Io {
+                path: target.clone(),
+                source: std::io::Error::from(errno),
+            }
+        })?;
+    }
+    // The marker first: a crash midway leaves no marker over a partial copy.
+    let parts = ["copied", "upper", "work"].map(|n| dir.root.join(n));
+    for d in parts.into_iter().chain([target]) {
+        let gone = match d.is_dir() {
+            true => std::fs::remove_dir_all(&d),
+            false => std::fs::remove_file(&d),
+        };
+        match gone {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(BundleError::Io { path: d, source: e })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The overlay of `image` with the instance's upper and work dirs.
 fn overlay_options(dir: &InstanceDir, image: &Path) -> String {
     format!(

@@ -1,6 +1,7 @@
 //! One instance's life on this node: launch (bundle → FIFOs → `run
 //! --detach` → log pumps → record), wait for its exit, stop on request
-//! (SIGTERM, SIGKILL after the delay), restart crashes with backoff, and
+//! (SIGTERM, SIGKILL after the delay), restart crashes with backoff (each
+//! run from the image's files: what the last wrote is discarded), and
 //! adopt a container a previous agent process left running.
 
 use std::future::Future;
@@ -210,6 +211,9 @@ async fn launch_with(
         bundle::private_dir(&d.root).map_err(agent_io(&d.root))?;
         let b = d.bundle();
         std::fs::create_dir_all(&b).map_err(agent_io(&b))?;
+        if restarts > 0 {
+            bundle::discard_writes(&d)?;
+        }
         let k = bundle::prepare_rootfs(&d, &s.image.rootfs, inside)?;
         bundle::write_bundle(&d, &s, net.as_ref(), &sandbox, k)?;
         Ok::<_, AgentError>(k)
