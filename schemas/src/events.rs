@@ -531,6 +531,12 @@ events! {
         /// health checks while live), not ended by itself.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         pub restarted: bool,
+        /// Killed by its node when the node's disk ran low, as the instance
+        /// there that had written the most to its filesystem: how much, in
+        /// MiB. What it wrote is gone; it starts again from the image's
+        /// files after the crash backoff.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub disk_written_mib: Option<u64>,
     }
     /// The instance was restarted in place by the agent.
     ServerRestarted = "server_restarted" v 1 {

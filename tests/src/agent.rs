@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 pub use crate::runc::{mounts_under, require_root_and_runc, runc_list};
 
 const APPLETS: &[&str] = &[
-    "sh", "echo", "sleep", "env", "pwd", "id", "cat", "true", "false", "seq", "printf", "ls",
+    "sh", "echo", "sleep", "env", "pwd", "id", "cat", "true", "false", "seq", "printf", "ls", "dd",
 ];
 
 /// A two-layer linux/amd64 image: busybox + applet links + passwd/group
@@ -290,6 +290,13 @@ pub async fn collect_logs(
             _ => return out,
         }
     }
+}
+
+/// For [`collect_logs`]: true at the `n`th line (from 1) reading `text`.
+pub fn nth_line(text: &str, n: usize) -> impl Fn(&LogLine) -> bool {
+    let seen = std::sync::atomic::AtomicUsize::new(0);
+    let text = text.to_owned();
+    move |l| l.line == text && seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == n
 }
 
 /// Host pids of processes in any of `instances`' cgroups (runc puts each

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use berth_agent::{AgentEvent, ExitStatus};
 use berth_tests::agent::{
-    busybox_image, collect_logs, default_config, processes_of, runc_list, spec, start_agent, Node,
+    busybox_image, collect_logs, default_config, nth_line, processes_of, runc_list, spec,
+    start_agent, Node,
 };
 
 #[tokio::test]
@@ -85,11 +86,7 @@ async fn a_restarted_instance_starts_from_the_image_files() {
     );
     let mut sub = node.logs(&s).await;
     node.agent.run_instance(s.clone()).await.unwrap();
-    let lines = collect_logs(&mut sub, Duration::from_secs(20), {
-        let seen = std::sync::atomic::AtomicUsize::new(0);
-        move |l| l.line == "started" && seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 2
-    })
-    .await;
+    let lines = collect_logs(&mut sub, Duration::from_secs(20), nth_line("started", 3)).await;
     node.agent.stop_instance(&s.instance).await.unwrap();
     let said: Vec<&str> = lines.iter().map(|l| l.line.as_str()).collect();
     assert_eq!(

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use berth_agent::AgentEvent;
 use berth_tests::agent::{
-    busybox_image, collect_logs, default_config, processes_of, spec, start_agent, Node,
+    busybox_image, collect_logs, default_config, nth_line, processes_of, spec, start_agent, Node,
 };
 use berth_tests::runc::mounts_under;
 
@@ -142,11 +142,7 @@ async fn a_runc_that_refuses_a_root_mount_gets_host_mounted_roots_from_then_on()
         matches!(e, AgentEvent::Started { instance, restarts: 1, .. } if *instance == a.instance)
     })
     .await;
-    let said = collect_logs(&mut logs, Duration::from_secs(10), {
-        let ups = std::sync::atomic::AtomicUsize::new(0);
-        move |l| l.line == "up" && ups.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1
-    })
-    .await;
+    let said = collect_logs(&mut logs, Duration::from_secs(10), nth_line("up", 2)).await;
     let said: Vec<&str> = said.iter().map(|l| l.line.as_str()).collect();
     assert_eq!(said.iter().filter(|l| **l == "up").count(), 2, "{said:?}");
     assert!(!said.contains(&"left by the last run"), "{said:?}");

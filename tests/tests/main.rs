@@ -2,6 +2,7 @@
 //! one binary (one link) for all of them; each module owns its servers.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod agent_disk;
 mod agent_restart;
 mod agent_rootfs;
 mod agent_run;

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use berth_schemas::ids::{InstanceId, NodeId, ServiceId};
 use berth_schemas::Subjects;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,7 +30,7 @@ use crate::error::{agent_io, AgentError};
 use crate::net::{Cni, NetworkConfig};
 use crate::process::{self, ExitStatus, RestartPolicy};
 use crate::runtime::{Runtime, Signal};
-use crate::supervise::{self, Ended, Running};
+use crate::supervise::{self, Asks, Ended, Running};
 
 /// Debian's `tini` package's static build: it runs in any image, with or
 /// without a libc.
@@ -62,6 +63,12 @@ pub struct AgentConfig {
     pub network: Option<NetworkConfig>,
     /// How many lines of output each run of an instance may publish.
     pub log_rate: crate::logs::LogRate,
+    /// The free space kept on the filesystem of the instances' files: below
+    /// it, the instance that wrote the most is killed and its writes
+    /// removed ([`crate::disk`]); 0: never.
+    pub disk_reserve: u64,
+    /// How often that free space is read.
+    pub disk_check: Duration,
 }
 
 impl AgentConfig {
@@ -78,6 +85,8 @@ impl AgentConfig {
             init: Some(PathBuf::from(DEFAULT_INIT)).filter(|p| p.is_file()),
             network: None,
             log_rate: crate::logs::LogRate::default(),
+            disk_reserve: 0,
+            disk_check: Duration::from_secs(1),
         }
     }
 }
@@ -159,6 +168,10 @@ pub enum AgentEvent {
         /// Stopped by the agent to be started again at once (a live
         /// instance failing its health checks), not ended by itself.
         restarted: bool,
+        /// Killed by the agent when the node's disk ran low, as the
+        /// instance that had written the most to its filesystem: the bytes
+        /// it had written (gone now).
+        disk_written: Option<u64>,
         /// How long it ran.
         ran: Duration,
         /// When.
@@ -215,9 +228,10 @@ pub(crate) struct Record {
 struct Supervised {
     /// The service it is an instance of.
     service: ServiceId,
+    kind: Kind,
     stop: CancellationToken,
-    /// Kill the process and start it again at once (a failing health check).
-    restart: Arc<Notify>,
+    /// Restarts and evictions asked of it.
+    asks: Arc<Asks>,
     task: Option<JoinHandle<Ended>>,
 }
 
@@ -358,6 +372,13 @@ impl Agent {
             .inner
             .tracker
             .spawn(async move { me.heartbeats().await });
+        if agent.inner.cfg.disk_reserve > 0 {
+            let me = agent.clone();
+            agent
+                .inner
+                .tracker
+                .spawn(async move { me.keep_disk().await });
+        }
         if let Some(every) = agent.inner.cfg.usage_interval {
             let me = agent.clone();
             agent
@@ -493,7 +514,7 @@ impl Agent {
             .ok_or_else(|| AgentError::UnknownInstance(instance.to_string()))?;
         // A stored permit: a request made while the supervisor is busy
         // (e.g. relaunching) is acted on when it next waits.
-        s.restart.notify_one();
+        s.asks.restart.notify_one();
         Ok(())
     }
 
@@ -544,7 +565,7 @@ impl Agent {
         }
         let instance = spec.instance.clone();
         let stop = CancellationToken::new();
-        let restart = Arc::new(Notify::new());
+        let asks = Arc::new(Asks::default());
         {
             let mut t = self.inner.table();
             if t.contains_key(&instance) {
@@ -554,8 +575,9 @@ impl Agent {
                 instance.clone(),
                 Supervised {
                     service: spec.service.clone(),
+                    kind,
                     stop: stop.clone(),
-                    restart: restart.clone(),
+                    asks: asks.clone(),
                     task: None,
                 },
             );
@@ -581,7 +603,7 @@ impl Agent {
             startup: requested.elapsed(),
             at: Utc::now(),
         });
-        let task = self.spawn_supervisor(spec, kind, Some(running), 0, stop, restart);
+        let task = self.spawn_supervisor(spec, kind, Some(running), 0, stop, asks);
         // A one-off's handle goes to run_once (which owns its timeout); a
         // service's lives in the table for stop_instance and detach.
         if kind == Kind::OneOff {
@@ -600,18 +622,85 @@ impl Agent {
         running: Option<Running>,
         restarts: u32,
         stop: CancellationToken,
-        restart: Arc<Notify>,
+        asks: Arc<Asks>,
     ) -> JoinHandle<Ended> {
         let inner = self.inner.clone();
         self.inner.tracker.spawn(async move {
             let instance = spec.instance.clone();
             let ended =
-                supervise::supervise(&inner, spec, kind, running, restarts, stop, restart).await;
+                supervise::supervise(&inner, spec, kind, running, restarts, stop, asks).await;
             if !matches!(ended, Ended::Detached) {
                 inner.forget(&instance);
             }
             ended
         })
+    }
+
+    /// Keeps the configured reserve free on the instances' filesystem by
+    /// killing, one at a time, the service instance that wrote the most
+    /// ([`crate::disk`]).
+    async fn keep_disk(&self) {
+        let inner = &self.inner;
+        let reserve = inner.cfg.disk_reserve;
+        let dir = inner.cfg.state_dir.join("instances");
+        let mut tick = tokio::time::interval(inner.cfg.disk_check);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut said: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = inner.detach.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let free = match crate::disk::free(&dir) {
+                Ok(f) if f >= reserve => continue,
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(path = %dir.display(), error = %e, "free disk space unknown");
+                    continue;
+                }
+            };
+            let candidates: Vec<(InstanceId, Arc<Asks>)> = {
+                let t = inner.table();
+                // The last one asked is not done: its files are not gone yet.
+                if t.values()
+                    .any(|s| s.asks.written.load(Ordering::Relaxed) != 0)
+                {
+                    continue;
+                }
+                t.iter()
+                    .filter(|(_, s)| s.kind == Kind::Service)
+                    .map(|(i, s)| (i.clone(), s.asks.clone()))
+                    .collect()
+            };
+            let dirs: Vec<InstanceDir> = candidates.iter().map(|(i, _)| inner.dir(i)).collect();
+            let sizes = tokio::task::spawn_blocking(move || {
+                dirs.iter().map(crate::disk::written).collect::<Vec<u64>>()
+            })
+            .await
+            .unwrap_or_default();
+            match crate::disk::choose(candidates.into_iter().zip(sizes), reserve) {
+                Some(((instance, asks), written)) => {
+                    tracing::warn!(
+                        %instance,
+                        written_mib = written >> 20,
+                        free_mib = free >> 20,
+                        reserve_mib = reserve >> 20,
+                        "the node's disk is low: killing the instance that wrote the most to its filesystem"
+                    );
+                    asks.written.store(written, Ordering::Relaxed);
+                    asks.evict.notify_one();
+                }
+                None if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) => {
+                    said = Some(Instant::now());
+                    tracing::warn!(
+                        free_mib = free >> 20,
+                        reserve_mib = reserve >> 20,
+                        "the node's disk is low, and no instance wrote enough to its filesystem to be killed for it"
+                    );
+                }
+                None => {}
+            }
+        }
     }
 
     async fn heartbeats(&self) {
@@ -803,13 +892,14 @@ impl Agent {
                 continue;
             }
             let stop = CancellationToken::new();
-            let restart = Arc::new(Notify::new());
+            let asks = Arc::new(Asks::default());
             inner.table().insert(
                 rec.spec.instance.clone(),
                 Supervised {
                     service: rec.spec.service.clone(),
+                    kind: rec.kind,
                     stop: stop.clone(),
-                    restart: restart.clone(),
+                    asks: asks.clone(),
                     task: None,
                 },
             );
@@ -833,6 +923,7 @@ impl Agent {
                         oom_killed,
                         memory_limit_mib,
                         restarted: false,
+                        disk_written: None,
                         ran: Duration::ZERO,
                         at: Utc::now(),
                     });
@@ -845,7 +936,7 @@ impl Agent {
                 Some(_) => rec.restarts,
                 None => rec.restarts.saturating_add(1),
             };
-            let task = self.spawn_supervisor(rec.spec, rec.kind, running, restarts, stop, restart);
+            let task = self.spawn_supervisor(rec.spec, rec.kind, running, restarts, stop, asks);
             if let Some(s) = inner.table().get_mut(&instance) {
                 s.task = Some(task);
             }

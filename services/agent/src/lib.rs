@@ -28,9 +28,12 @@
 //!   cgroup) on `subjects.usage(service, node)`, and on start adoption of the containers a previous
 //!   agent process left (anything unrecorded is killed and deleted: no
 //!   orphans).
+//! - [`disk`]: what instances write kept from filling the node's disk (the
+//!   largest writer killed and its writes removed when the disk runs low).
 
 pub mod agent;
 pub mod bundle;
+pub mod disk;
 mod error;
 pub mod image;
 mod lease;

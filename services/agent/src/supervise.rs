@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::path::Path;
 use std::pin::{pin, Pin};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,31 @@ pub(crate) enum Ended {
     Stopped(StopOutcome),
     /// The agent detached; the container was left running.
     Detached,
+}
+
+/// What the node asks of a supervised instance, besides its stop.
+#[derive(Debug, Default)]
+pub(crate) struct Asks {
+    /// Kill the process and start it again at once (a live instance
+    /// failing its health checks).
+    pub restart: Notify,
+    /// Kill it for what it wrote to its filesystem (the node's disk ran
+    /// low), remove that, and start it again after the crash backoff.
+    pub evict: Notify,
+    /// The bytes it had written when `evict` was asked; 0 when no eviction
+    /// is pending (a stale `evict` permit is then ignored).
+    pub written: AtomicU64,
+}
+
+/// Why a run of an instance ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunEnd {
+    /// By itself.
+    Exited,
+    /// Stopped to be started again at once.
+    Restarted,
+    /// Killed for filling the node's disk, having written this many bytes.
+    Evicted(u64),
 }
 
 /// A process the supervisor watches.
@@ -442,6 +467,30 @@ async fn signal_past_shells(
     true
 }
 
+/// Kill a container at once (no stop signal, no delay); how it ended.
+async fn kill_container(
+    inner: &Inner,
+    id: &str,
+    exit: Pin<&mut impl Future<Output = ExitStatus>>,
+) -> ExitStatus {
+    if let Err(e) = inner.runtime.kill(id, Signal::Kill).await {
+        tracing::warn!(container = id, error = %e, "SIGKILL not delivered");
+    }
+    tokio::time::timeout(inner.cfg.kill_wait, exit)
+        .await
+        .unwrap_or(ExitStatus::Unknown)
+}
+
+/// Remove what an ended run wrote to its filesystem now, not at its next
+/// start, so the disk it took is free during the backoff.
+async fn discard_now(inner: &Inner, spec: &InstanceSpec) {
+    let dir = inner.dir(&spec.instance);
+    let gone = tokio::task::spawn_blocking(move || bundle::discard_writes(&dir)).await;
+    if let Ok(Err(e)) = gone {
+        tracing::warn!(instance = %spec.instance, error = %e, "what the instance wrote was not removed");
+    }
+}
+
 /// Remove the container and the instance's files.
 async fn cleanup(inner: &Inner, spec: &InstanceSpec) {
     if let Err(e) = inner.runtime.delete(&spec.instance.to_string()).await {
@@ -492,7 +541,7 @@ pub(crate) async fn supervise(
     mut running: Option<Running>,
     mut restarts: u32,
     stop: CancellationToken,
-    restart: Arc<Notify>,
+    asks: Arc<Asks>,
 ) -> Ended {
     let id = spec.instance.to_string();
     let policy = inner.cfg.restart;
@@ -519,7 +568,7 @@ pub(crate) async fn supervise(
                         start_failed(inner, &spec, &e).await;
                         let d = policy.next(delay, Duration::ZERO);
                         delay = Some(d);
-                        if let Some(end) = backoff(inner, &spec, &stop, &restart, d).await {
+                        if let Some(end) = backoff(inner, &spec, &stop, &asks.restart, d).await {
                             return end;
                         }
                         restarts += 1;
@@ -533,37 +582,48 @@ pub(crate) async fn supervise(
             run.pid_start,
             inner.cfg.exit_poll
         ));
-        // `in_place`: stopped for a restart in place, which then ends like
-        // an exit (flush, delete, `Exited`).
-        let (status, in_place) = tokio::select! {
-            biased;
-            _ = inner.detach.cancelled() => {
-                run.abandon();
-                return Ended::Detached;
+        // A restart in place or an eviction ends like an exit (flush,
+        // delete, `Exited`).
+        let (status, why) = loop {
+            tokio::select! {
+                biased;
+                _ = inner.detach.cancelled() => {
+                    run.abandon();
+                    return Ended::Detached;
+                }
+                _ = stop.cancelled() => {
+                    let outcome = stop_container(inner, &id, &spec, run.pid, exit.as_mut()).await;
+                    run.flush().await;
+                    cleanup(inner, &spec).await;
+                    inner.report(AgentEvent::Stopped {
+                        service: spec.service.clone(),
+                        instance: spec.instance.clone(),
+                        outcome,
+                    });
+                    return Ended::Stopped(outcome);
+                }
+                _ = asks.evict.notified(), if kind == Kind::Service => {
+                    let written = asks.written.load(Ordering::Relaxed);
+                    if written == 0 {
+                        continue;
+                    }
+                    let status = kill_container(inner, &id, exit.as_mut()).await;
+                    break (status, RunEnd::Evicted(written));
+                }
+                _ = asks.restart.notified(), if kind == Kind::Service => {
+                    let outcome = stop_container(inner, &id, &spec, run.pid, exit.as_mut()).await;
+                    break (outcome.status.unwrap_or(ExitStatus::Unknown), RunEnd::Restarted);
+                }
+                s = exit.as_mut() => break (s, RunEnd::Exited),
             }
-            _ = stop.cancelled() => {
-                let outcome = stop_container(inner, &id, &spec, run.pid, exit.as_mut()).await;
-                run.flush().await;
-                cleanup(inner, &spec).await;
-                inner.report(AgentEvent::Stopped {
-                    service: spec.service.clone(),
-                    instance: spec.instance.clone(),
-                    outcome,
-                });
-                return Ended::Stopped(outcome);
-            }
-            _ = restart.notified(), if kind == Kind::Service => {
-                let outcome = stop_container(inner, &id, &spec, run.pid, exit.as_mut()).await;
-                (outcome.status.unwrap_or(ExitStatus::Unknown), true)
-            }
-            s = exit.as_mut() => (s, false),
         };
+        let in_place = why == RunEnd::Restarted;
         let ran = run.started.elapsed();
         run.flush().await;
-        // A restart in place was asked for, whatever the counter says.
-        let (oom_killed, memory_limit_mib) = match in_place {
-            false => inner.out_of_memory(&spec),
-            true => (false, None),
+        // Killed by the node, whatever the counter says.
+        let (oom_killed, memory_limit_mib) = match why {
+            RunEnd::Exited => inner.out_of_memory(&spec),
+            RunEnd::Restarted | RunEnd::Evicted(_) => (false, None),
         };
         if let Err(e) = inner.runtime.delete(&id).await {
             tracing::warn!(instance = %id, error = %e, "runc delete after exit failed");
@@ -571,6 +631,14 @@ pub(crate) async fn supervise(
         if in_place {
             tracing::info!(instance = %id, ran_ms = ran.as_millis() as u64, "restarting in place");
         }
+        let disk_written = match why {
+            RunEnd::Evicted(written) => {
+                discard_now(inner, &spec).await;
+                asks.written.store(0, Ordering::Relaxed);
+                Some(written)
+            }
+            RunEnd::Exited | RunEnd::Restarted => None,
+        };
         if oom_killed {
             tracing::warn!(instance = %id, "out of memory: killed for going over its memory limit");
         }
@@ -581,6 +649,7 @@ pub(crate) async fn supervise(
             oom_killed,
             memory_limit_mib,
             restarted: in_place,
+            disk_written,
             ran,
             at: Utc::now(),
         });
@@ -597,7 +666,7 @@ pub(crate) async fn supervise(
         }
         let d = policy.next(delay, ran);
         delay = Some(d);
-        if let Some(end) = backoff(inner, &spec, &stop, &restart, d).await {
+        if let Some(end) = backoff(inner, &spec, &stop, &asks.restart, d).await {
             return end;
         }
         restarts += 1;

@@ -207,6 +207,7 @@ async fn an_instance_exit_shows_in_the_listing_and_on_the_timeline() {
         oom_killed: true,
         memory_limit_mib: None,
         restarted: false,
+        disk_written_mib: None,
     };
     record(
         &app,

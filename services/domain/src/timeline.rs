@@ -271,6 +271,7 @@ impl TimelineEvent {
                     "exitCode": e.exit_code,
                     "signal": e.signal,
                     "outOfMemory": e.oom_killed,
+                    "diskWrittenMib": e.disk_written_mib,
                     "message": crate::service::instances::exit_message(e),
                 }),
             ),
@@ -516,6 +517,7 @@ fn details_schemas() -> Vec<(&'static str, Vec<DetailField>)> {
                 ("exitCode", int(), false),
                 ("signal", int(), false),
                 ("outOfMemory", bool_(), true),
+                ("diskWrittenMib", int(), false),
                 ("message", s(), true),
             ],
         ),
@@ -1205,6 +1207,7 @@ mod tests {
                     oom_killed,
                     memory_limit_mib: oom_killed.then_some(512),
                     restarted,
+                    disk_written_mib: None,
                 }
                 .into(),
             );
@@ -1237,6 +1240,28 @@ mod tests {
         assert_eq!(
             exit_as(Some(143), None, false, true).details["message"],
             "restarted for failing its health checks (exited with status 143)"
+        );
+        assert!(failed.details.get("diskWrittenMib").is_none());
+        // Killed by its node for what it wrote when the disk ran low.
+        let filled = env(
+            &svc,
+            1,
+            InstanceExited {
+                instance: InstanceId::generate(),
+                exit_code: None,
+                signal: Some(9),
+                oom_killed: false,
+                memory_limit_mib: None,
+                restarted: false,
+                disk_written_mib: Some(812),
+            }
+            .into(),
+        );
+        let filled = TimelineEvent::from_envelope(&filled).unwrap_or_else(|| unreachable!());
+        assert_eq!(filled.details["diskWrittenMib"], 812);
+        assert_eq!(
+            filled.details["message"],
+            "killed for filling the node's disk: it had written 812 MiB to its filesystem, the most of the node's instances, when the node's disk ran low; what it wrote is gone, and it starts again from the image's files"
         );
         // The restart that follows says the rest; no notification per exit.
         assert!(!oom.is_failure() && !oom.is_notable());
@@ -1330,6 +1355,7 @@ mod tests {
                 oom_killed: true,
                 memory_limit_mib: Some(512),
                 restarted: false,
+                disk_written_mib: None,
             }
             .into(),
             berth_schemas::events::InstanceExited {
@@ -1339,6 +1365,7 @@ mod tests {
                 oom_killed: false,
                 memory_limit_mib: None,
                 restarted: false,
+                disk_written_mib: None,
             }
             .into(),
             berth_schemas::events::InstancePortDetected {

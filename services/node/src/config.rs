@@ -152,10 +152,13 @@ pub struct NodeArgs {
     #[arg(long, env = "BERTH_NODE_WORKER_GRACE_MS", default_value_t = 5000)]
     pub node_worker_grace_ms: u64,
 
-    /// MiB an unpack leaves free on the node's disk: an image that would
-    /// go below stops there rather than filling the disk, and the work is
-    /// tried again later (after a collection there may be room). 0 does
-    /// not look.
+    /// MiB kept free on the node's disk: an unpack that would go below
+    /// stops there rather than filling the disk, and the work is tried
+    /// again later (after a collection there may be room); when what
+    /// instances write takes the free space below it, the instance that
+    /// wrote the most (at least a quarter of this) is killed, its writes
+    /// removed, and it starts again from the image's files. 0 does not
+    /// look.
     #[arg(long, env = "BERTH_NODE_MIN_FREE_DISK_MIB", default_value_t = 1024)]
     pub node_min_free_disk_mib: u64,
 
@@ -231,7 +234,8 @@ pub struct NodeOptions {
     pub restart: berth_agent::RestartPolicy,
     /// Registry client settings for pulls.
     pub client: ClientConfig,
-    /// Bytes an unpack leaves free on the node's disk (0: not looked at).
+    /// Bytes kept free on the node's disk, by unpacks and from what
+    /// instances write (0: not looked at).
     pub min_free_disk: u64,
     /// How long a stopped instance's marker is kept; a start enqueued
     /// longer ago is not run ([`crate::report::DONE_KEPT`]).

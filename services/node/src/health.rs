@@ -932,6 +932,7 @@ mod tests {
             oom_killed: false,
             memory_limit_mib: None,
             restarted: false,
+            disk_written: None,
             ran: Duration::from_secs(1),
             at: chrono::Utc::now(),
         };
@@ -966,6 +967,7 @@ mod tests {
             oom_killed: false,
             memory_limit_mib: None,
             restarted: false,
+            disk_written: None,
             ran: Duration::from_secs(1),
             at: chrono::Utc::now(),
         };

@@ -260,6 +260,7 @@ impl Node {
         agent_cfg.usage_interval = self.opts.usage_interval;
         agent_cfg.restart = self.opts.restart;
         agent_cfg.log_rate = self.opts.log_rate;
+        agent_cfg.disk_reserve = self.opts.min_free_disk;
         agent_cfg.network = Some(NetworkConfig {
             subnet: self.checks.subnet,
             cni_path: self.opts.cni_path.clone(),

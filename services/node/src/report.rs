@@ -420,6 +420,7 @@ fn exited(instance: &InstanceId, status: ExitStatus) -> InstanceExited {
         oom_killed: false,
         memory_limit_mib: None,
         restarted: false,
+        disk_written_mib: None,
     }
 }
 
@@ -431,6 +432,7 @@ pub(crate) fn exited_fact(e: &AgentEvent) -> Option<InstanceExited> {
         oom_killed,
         memory_limit_mib,
         restarted,
+        disk_written,
         ..
     } = e
     else {
@@ -440,6 +442,7 @@ pub(crate) fn exited_fact(e: &AgentEvent) -> Option<InstanceExited> {
         oom_killed: *oom_killed,
         memory_limit_mib: *memory_limit_mib,
         restarted: *restarted,
+        disk_written_mib: disk_written.map(|b| b.div_ceil(1 << 20)),
         ..exited(instance, *status)
     })
 }

@@ -123,6 +123,7 @@ async fn unhealthy_and_exited_instances_leave_routing_renames_move_the_host() ->
             oom_killed: false,
             memory_limit_mib: None,
             restarted: false,
+            disk_written_mib: None,
         }
         .into()])
         .await?;

@@ -243,6 +243,7 @@ fn a_failed_deploy_says_why_an_instance_is_not_healthy() {
                 oom_killed: true,
                 memory_limit_mib: None,
                 restarted: false,
+                disk_written_mib: None,
             })
         };
         s.apply(&[event]);
@@ -291,6 +292,7 @@ fn a_new_instance_that_keeps_exiting_fails_its_deploy_without_waiting() {
             oom_killed: false,
             memory_limit_mib: None,
             restarted: false,
+            disk_written_mib: None,
         })
     };
     let (mut s, new, i) = rolling_out(false);

@@ -87,6 +87,11 @@ pub fn out_of_memory(limit_mib: Option<u32>) -> String {
 
 /// How an instance's process ended, in words.
 pub fn exit_message(e: &InstanceExited) -> String {
+    if let Some(mib) = e.disk_written_mib {
+        return format!(
+            "killed for filling the node's disk: it had written {mib} MiB to its filesystem, the most of the node's instances, when the node's disk ran low; what it wrote is gone, and it starts again from the image's files"
+        );
+    }
     if e.oom_killed {
         return out_of_memory(e.memory_limit_mib);
     }

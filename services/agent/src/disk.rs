@@ -1,0 +1,141 @@
+//! Keeps what instances write from filling the node's disk. An instance's
+//! writes land in its overlay's upper dir (or its copy of the image) on
+//! the node's filesystem, with no bound of their own; when the free space
+//! there falls below the node's reserve, the service instance that has
+//! written the most is killed at once (as a Kubernetes kubelet's hard
+//! eviction does), what it wrote is removed, and it starts again from the
+//! image's files after the crash backoff. One at a time: the next is
+//! chosen only once the last one's files are gone and the disk is still
+//! low. An instance that wrote less than a quarter of the reserve is never
+//! chosen (the disk is then low for other reasons, and killing it would
+//! free little): the node says so in its log instead, at most once a
+//! minute.
+
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::bundle::InstanceDir;
+
+/// Bytes free for unprivileged writers on the filesystem of `path`
+/// (what an instance's writes can still use).
+pub fn free(path: &Path) -> std::io::Result<u64> {
+    let st = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
+    // Both are 32-bit on some 32-bit targets.
+    #[allow(clippy::useless_conversion)]
+    Ok(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
+}
+
+/// The least an instance must have written to be killed for the disk.
+pub fn worth_evicting(reserve: u64) -> u64 {
+    (reserve / 4).max(1 << 20)
+}
+
+/// Where an instance's writes are: its overlay's upper dir, or the whole
+/// copy when the node copies images (`None`: nothing written yet).
+fn writes(dir: &InstanceDir) -> Option<PathBuf> {
+    let upper = dir.root.join("upper");
+    if dir.root.join("copied").exists() {
+        return Some(dir.rootfs());
+    }
+    upper.is_dir().then_some(upper)
+}
+
+/// Bytes of disk an instance's writes take (blocks allocated, each file
+/// counted once however many links it has; symbolic links are not
+/// followed, other filesystems mounted inside are not entered). Blocking:
+/// a walk over every file the instance made.
+pub fn written(dir: &InstanceDir) -> u64 {
+    writes(dir).map_or(0, |p| usage(&p))
+}
+
+/// Blocks allocated under `root`, walked without recursion (a hostile tree
+/// may be deep), on `root`'s filesystem only.
+pub fn usage(root: &Path) -> u64 {
+    let Ok(top) = std::fs::symlink_metadata(root) else {
+        return 0;
+    };
+    let dev = top.dev();
+    let mut seen = HashSet::new();
+    let mut total = 0u64;
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.dev() != dev {
+                continue;
+            }
+            if m.nlink() > 1 && !m.is_dir() && !seen.insert(m.ino()) {
+                continue;
+            }
+            total = total.saturating_add(m.blocks().saturating_mul(512));
+            if m.is_dir() {
+                dirs.push(e.path());
+            }
+        }
+    }
+    total
+}
+
+/// The instance to kill for the disk among `(what, bytes written)`: the
+/// one that wrote the most, if that is worth it for `reserve`.
+pub fn choose<T>(written: impl IntoIterator<Item = (T, u64)>, reserve: u64) -> Option<(T, u64)> {
+    written
+        .into_iter()
+        .max_by_key(|(_, w)| *w)
+        .filter(|(_, w)| *w >= worth_evicting(reserve))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_largest_writer_is_chosen_when_it_wrote_enough() {
+        let reserve = 1 << 30;
+        let quarter = reserve / 4;
+        assert_eq!(
+            choose([("a", 5), ("b", quarter + 1), ("c", quarter)], reserve),
+            Some(("b", quarter + 1))
+        );
+        assert_eq!(choose([("a", quarter - 1)], reserve), None);
+        assert_eq!(choose(Vec::<(&str, u64)>::new(), reserve), None);
+        // A tiny reserve still needs a MiB written.
+        assert_eq!(choose([("a", 1000)], 64), None);
+        assert_eq!(choose([("a", 1 << 20)], 64), Some(("a", 1 << 20)));
+    }
+
+    #[test]
+    fn usage_counts_blocks_once_per_file_without_following_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("upper");
+        std::fs::create_dir_all(root.join("a/b/c")).unwrap();
+        let empty = usage(&root);
+        std::fs::write(root.join("a/b/c/big"), vec![7u8; 1 << 20]).unwrap();
+        std::fs::hard_link(root.join("a/b/c/big"), root.join("a/again")).unwrap();
+        // A link to a large tree outside is not walked.
+        std::os::unix::fs::symlink("/usr", root.join("a/usr")).unwrap();
+        let used = usage(&root) - empty;
+        assert!(
+            ((1 << 20)..(1 << 20) + 64 * 1024).contains(&used),
+            "one MiB counted once: {used}"
+        );
+        assert_eq!(usage(&dir.path().join("missing")), 0);
+    }
+
+    #[test]
+    fn an_instance_without_writes_has_written_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let idir = InstanceDir {
+            root: dir.path().join("i"),
+        };
+        assert_eq!(written(&idir), 0);
+        std::fs::create_dir_all(idir.root.join("upper")).unwrap();
+        std::fs::write(idir.root.join("upper/f"), vec![1u8; 64 * 1024]).unwrap();
+        assert!(written(&idir) >= 64 * 1024);
+    }
+}

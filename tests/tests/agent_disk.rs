@@ -1,0 +1,129 @@
+//! What instances write cannot fill the node's disk (as root, real runc):
+//! with the agent's files on a small tmpfs, an instance writing without
+//! bound is killed once the free space falls below the reserve, what it
+//! wrote is removed (the space is free again), and it starts again from
+//! the image's files; an instance that wrote little runs on untouched.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berth_agent::disk;
+use berth_agent::AgentEvent;
+use berth_tests::agent::{busybox_image, collect_logs, default_config, nth_line, spec, Node};
+
+/// A tmpfs of `mib` MiB mounted at a new directory; unmounted on drop.
+struct Tmpfs {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(mib: u64) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::create_dir(&path).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &path,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={mib}m,mode=0700").as_str()),
+        )
+        .unwrap();
+        Tmpfs { _dir: dir, path }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn free_mib(p: &Path) -> u64 {
+    disk::free(p).unwrap() >> 20
+}
+
+#[tokio::test]
+async fn an_instance_filling_the_disk_is_killed_and_its_writes_removed() {
+    const RESERVE_MIB: u64 = 16;
+    // Declared first, dropped last: after the node has removed its
+    // containers and mounts.
+    let disk_dir = Tmpfs::mount(96);
+    let state = disk_dir.path.join("agent");
+    let mut node = Node::start_tuned(|c| {
+        c.state_dir = state.clone();
+        c.disk_reserve = RESERVE_MIB << 20;
+        c.disk_check = Duration::from_millis(100);
+    })
+    .await;
+    let image = node.image(&busybox_image(default_config())).await;
+    let empty = free_mib(&disk_dir.path);
+
+    let quiet = spec(&image, "sh -c 'echo small > /small; sleep 600'");
+    node.agent.run_instance(quiet.clone()).await.unwrap();
+    // Writes 1 MiB a time until the disk is full, then waits.
+    let writer = spec(
+        &image,
+        "sh -c 'echo writing; i=0; while dd if=/dev/zero of=/fill-$i bs=1M count=1 2>/dev/null; do i=$((i+1)); done; echo full; sleep 600'",
+    );
+    let mut logs = node.logs(&writer).await;
+    node.agent.run_instance(writer.clone()).await.unwrap();
+
+    let exited = node
+        .event(Duration::from_secs(30), |e| {
+            matches!(e, AgentEvent::Exited { .. })
+        })
+        .await;
+    let AgentEvent::Exited {
+        instance,
+        disk_written,
+        restarted,
+        ..
+    } = exited
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        instance, writer.instance,
+        "the writer goes, not the quiet one"
+    );
+    assert!(!restarted);
+    let written = disk_written.expect("killed for what it wrote");
+    assert!(
+        written >= (empty - RESERVE_MIB - 8) << 20,
+        "it had written what took the disk below the reserve: {} MiB of {empty} MiB",
+        written >> 20
+    );
+    println!(
+        "killed having written {} MiB ({empty} MiB free before it)",
+        written >> 20
+    );
+    // Its writes are gone as it is reported: the disk is as it was.
+    let after = free_mib(&disk_dir.path);
+    assert!(
+        after + 4 >= empty,
+        "{after} MiB free after the kill, {empty} MiB before the writer"
+    );
+    // It starts again (after the crash backoff), from the image's files.
+    node.event(Duration::from_secs(10), |e| {
+        matches!(e, AgentEvent::Started { instance, restarts: 1, .. } if *instance == writer.instance)
+    })
+    .await;
+    let said = collect_logs(&mut logs, Duration::from_secs(10), nth_line("writing", 2)).await;
+    assert_eq!(
+        said.iter().filter(|l| l.line == "writing").count(),
+        2,
+        "{:?}",
+        said.iter().map(|l| &l.line).collect::<Vec<_>>()
+    );
+    node.agent.stop_instance(&writer.instance).await.unwrap();
+    // The quiet one ran on all along.
+    assert_eq!(node.agent.instances(), vec![quiet.instance.clone()]);
+    while let Ok(e) = node.events.try_recv() {
+        if let AgentEvent::Exited { instance, .. } | AgentEvent::Started { instance, .. } = &e {
+            assert_ne!(*instance, quiet.instance, "{e:?}");
+        }
+    }
+    node.agent.stop_instance(&quiet.instance).await.unwrap();
+}
