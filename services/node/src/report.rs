@@ -483,6 +483,25 @@ mod tests {
     }
 
     #[test]
+    fn a_kill_for_the_disk_is_recorded_with_what_was_written_in_mib() {
+        let exit = |disk_written| AgentEvent::Exited {
+            service: ServiceId::generate(),
+            instance: InstanceId::generate(),
+            status: ExitStatus::Signal(9),
+            oom_killed: false,
+            memory_limit_mib: None,
+            restarted: false,
+            disk_written,
+            ran: Duration::from_secs(3),
+            at: chrono::Utc::now(),
+        };
+        let fact = exited_fact(&exit(Some((812 << 20) + 1))).unwrap();
+        assert_eq!(fact.disk_written_mib, Some(813), "rounded up");
+        assert_eq!((fact.signal, fact.restarted), (Some(9), false));
+        assert_eq!(exited_fact(&exit(None)).unwrap().disk_written_mib, None);
+    }
+
+    #[test]
     fn markers_of_instances_stopped_long_ago_go_unless_they_run() {
         let dir = tempfile::tempdir().unwrap();
         let week = Duration::from_secs(7 * 24 * 3600);
