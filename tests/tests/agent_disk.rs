@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use berth_agent::disk;
-use berth_agent::AgentEvent;
+use berth_agent::{AgentEvent, OneOffOutcome};
 use berth_tests::agent::{busybox_image, collect_logs, default_config, nth_line, spec, Node};
 
 /// A tmpfs of `mib` MiB mounted at a new directory; unmounted on drop.
@@ -44,29 +44,45 @@ fn free_mib(p: &Path) -> u64 {
     disk::free(p).unwrap() >> 20
 }
 
+const RESERVE_MIB: u64 = 16;
+
+/// A node whose agent keeps its files on a 96 MiB tmpfs and keeps 16 MiB
+/// of it free.
+struct SmallDisk {
+    /// Dropped first: it removes its containers and mounts.
+    node: Node,
+    disk: Tmpfs,
+}
+
+impl SmallDisk {
+    async fn start() -> SmallDisk {
+        let disk = Tmpfs::mount(96);
+        let state = disk.path.join("agent");
+        let node = Node::start_tuned(|c| {
+            c.state_dir = state.clone();
+            c.disk_reserve = RESERVE_MIB << 20;
+            c.disk_check = Duration::from_millis(100);
+        })
+        .await;
+        SmallDisk { node, disk }
+    }
+}
+
+/// Writes 1 MiB a time until the disk is full, then waits.
+const WRITER: &str = "sh -c 'echo writing; i=0; while dd if=/dev/zero of=/fill-$i bs=1M count=1 2>/dev/null; do i=$((i+1)); done; echo full; sleep 600'";
+
 #[tokio::test]
 async fn an_instance_filling_the_disk_is_killed_and_its_writes_removed() {
-    const RESERVE_MIB: u64 = 16;
-    // Declared first, dropped last: after the node has removed its
-    // containers and mounts.
-    let disk_dir = Tmpfs::mount(96);
-    let state = disk_dir.path.join("agent");
-    let mut node = Node::start_tuned(|c| {
-        c.state_dir = state.clone();
-        c.disk_reserve = RESERVE_MIB << 20;
-        c.disk_check = Duration::from_millis(100);
-    })
-    .await;
+    let SmallDisk {
+        mut node,
+        disk: disk_dir,
+    } = SmallDisk::start().await;
     let image = node.image(&busybox_image(default_config())).await;
     let empty = free_mib(&disk_dir.path);
 
     let quiet = spec(&image, "sh -c 'echo small > /small; sleep 600'");
     node.agent.run_instance(quiet.clone()).await.unwrap();
-    // Writes 1 MiB a time until the disk is full, then waits.
-    let writer = spec(
-        &image,
-        "sh -c 'echo writing; i=0; while dd if=/dev/zero of=/fill-$i bs=1M count=1 2>/dev/null; do i=$((i+1)); done; echo full; sleep 600'",
-    );
+    let writer = spec(&image, WRITER);
     let mut logs = node.logs(&writer).await;
     node.agent.run_instance(writer.clone()).await.unwrap();
 
@@ -126,4 +142,25 @@ async fn an_instance_filling_the_disk_is_killed_and_its_writes_removed() {
         }
     }
     node.agent.stop_instance(&quiet.instance).await.unwrap();
+}
+
+/// A one-off run (a cron run dumping a database before its upload) that
+/// fills the disk fails, its writes gone.
+#[tokio::test]
+async fn a_run_filling_the_disk_is_killed_and_fails() {
+    let small = SmallDisk::start().await;
+    let image = small.node.image(&busybox_image(default_config())).await;
+    let empty = free_mib(&small.disk.path);
+    let out = small
+        .node
+        .agent
+        .run_once(spec(&image, WRITER), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let OneOffOutcome::FilledDisk { written } = out else {
+        panic!("{out:?}");
+    };
+    assert!(written >= (empty - RESERVE_MIB - 8) << 20, "{written}");
+    let after = free_mib(&small.disk.path);
+    assert!(after + 4 >= empty, "{after} MiB free after, {empty} before");
 }

@@ -122,6 +122,12 @@ pub enum OneOffOutcome {
     OutOfMemory(ExitStatus),
     /// The timeout passed and it was stopped.
     TimedOut(StopOutcome),
+    /// Killed when the node's disk ran low, as the run or instance that had
+    /// written the most to its filesystem (`written` bytes, removed).
+    FilledDisk {
+        /// What it had written, in bytes.
+        written: u64,
+    },
 }
 
 /// What happened to an instance; sent on the agent's event channel.
@@ -228,7 +234,6 @@ pub(crate) struct Record {
 struct Supervised {
     /// The service it is an instance of.
     service: ServiceId,
-    kind: Kind,
     stop: CancellationToken,
     /// Restarts and evictions asked of it.
     asks: Arc<Asks>,
@@ -433,8 +438,13 @@ impl Agent {
             // A run that still succeeded (a child was killed, the
             // command coped) ended as it says.
             Ok(Ended::Exited {
+                disk_written: Some(written),
+                ..
+            }) => Ok(OneOffOutcome::FilledDisk { written }),
+            Ok(Ended::Exited {
                 status,
                 oom_killed: true,
+                ..
             }) if status != ExitStatus::Code(0) => Ok(OneOffOutcome::OutOfMemory(status)),
             Ok(Ended::Exited { status, .. }) => Ok(OneOffOutcome::Exited(status)),
             Ok(Ended::Stopped(o)) => Ok(OneOffOutcome::TimedOut(o)),
@@ -575,7 +585,6 @@ impl Agent {
                 instance.clone(),
                 Supervised {
                     service: spec.service.clone(),
-                    kind,
                     stop: stop.clone(),
                     asks: asks.clone(),
                     task: None,
@@ -637,8 +646,8 @@ impl Agent {
     }
 
     /// Keeps the configured reserve free on the instances' filesystem by
-    /// killing, one at a time, the service instance that wrote the most
-    /// ([`crate::disk`]).
+    /// killing, one at a time, the instance or one-off run that wrote the
+    /// most ([`crate::disk`]).
     async fn keep_disk(&self) {
         let inner = &self.inner;
         let reserve = inner.cfg.disk_reserve;
@@ -667,10 +676,7 @@ impl Agent {
                 {
                     continue;
                 }
-                t.iter()
-                    .filter(|(_, s)| s.kind == Kind::Service)
-                    .map(|(i, s)| (i.clone(), s.asks.clone()))
-                    .collect()
+                t.iter().map(|(i, s)| (i.clone(), s.asks.clone())).collect()
             };
             let dirs: Vec<InstanceDir> = candidates.iter().map(|(i, _)| inner.dir(i)).collect();
             let sizes = tokio::task::spawn_blocking(move || {
@@ -897,7 +903,6 @@ impl Agent {
                 rec.spec.instance.clone(),
                 Supervised {
                     service: rec.spec.service.clone(),
-                    kind: rec.kind,
                     stop: stop.clone(),
                     asks: asks.clone(),
                     task: None,

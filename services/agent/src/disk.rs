@@ -1,10 +1,11 @@
 //! Keeps what instances write from filling the node's disk. An instance's
 //! writes land in its overlay's upper dir (or its copy of the image) on
 //! the node's filesystem, with no bound of their own; when the free space
-//! there falls below the node's reserve, the service instance that has
-//! written the most is killed at once (as a Kubernetes kubelet's hard
-//! eviction does), what it wrote is removed, and it starts again from the
-//! image's files after the crash backoff. One at a time: the next is
+//! there falls below the node's reserve, the instance (or one-off run:
+//! pre-deploy command, cron run) that has written the most is killed at
+//! once (as a Kubernetes kubelet's hard eviction does) and what it wrote is
+//! removed; an instance starts again from the image's files after the
+//! crash backoff, a run fails. One at a time: the next is
 //! chosen only once the last one's files are gone and the disk is still
 //! low. An instance that wrote less than a quarter of the reserve is never
 //! chosen (the disk is then low for other reasons, and killing it would

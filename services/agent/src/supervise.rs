@@ -35,6 +35,9 @@ pub(crate) enum Ended {
         /// The kernel killed a process of it for going over its memory
         /// limit.
         oom_killed: bool,
+        /// Killed for filling the node's disk, having written this many
+        /// bytes.
+        disk_written: Option<u64>,
     },
     /// Stopped on request.
     Stopped(StopOutcome),
@@ -49,7 +52,8 @@ pub(crate) struct Asks {
     /// failing its health checks).
     pub restart: Notify,
     /// Kill it for what it wrote to its filesystem (the node's disk ran
-    /// low), remove that, and start it again after the crash backoff.
+    /// low) and remove that; a service instance starts again after the
+    /// crash backoff, a one-off run ends.
     pub evict: Notify,
     /// The bytes it had written when `evict` was asked; 0 when no eviction
     /// is pending (a stale `evict` permit is then ignored).
@@ -602,7 +606,7 @@ pub(crate) async fn supervise(
                     });
                     return Ended::Stopped(outcome);
                 }
-                _ = asks.evict.notified(), if kind == Kind::Service => {
+                _ = asks.evict.notified() => {
                     let written = asks.written.load(Ordering::Relaxed);
                     if written == 0 {
                         continue;
@@ -662,7 +666,11 @@ pub(crate) async fn supervise(
         }
         if kind == Kind::OneOff {
             cleanup(inner, &spec).await;
-            return Ended::Exited { status, oom_killed };
+            return Ended::Exited {
+                status,
+                oom_killed,
+                disk_written,
+            };
         }
         let d = policy.next(delay, ran);
         delay = Some(d);

@@ -716,6 +716,12 @@ fn ended(
             Some("ended with an unknown status".to_owned()),
             "failed",
         ),
+        OneOffOutcome::FilledDisk { written } => (
+            false,
+            None,
+            Some(service::instances::filled_disk(written.div_ceil(1 << 20))),
+            "failed",
+        ),
         OneOffOutcome::TimedOut(_) => (
             false,
             None,
@@ -788,6 +794,7 @@ mod tests {
             shutdown_delay_secs: 30,
         };
         let oom = "ran out of memory: killed for going over its memory limit of 512 MiB";
+        let filled = "killed for filling the node's disk: it had written 3072 MiB to its filesystem, the most of the node's instances, when the node's disk ran low; what it wrote is gone";
         let outcomes = [
             (
                 OneOffOutcome::OutOfMemory(ExitStatus::Code(137)),
@@ -800,6 +807,10 @@ mod tests {
             (
                 OneOffOutcome::Exited(ExitStatus::Code(2)),
                 (false, Some(2), None),
+            ),
+            (
+                OneOffOutcome::FilledDisk { written: 3 << 30 },
+                (false, None, Some(filled)),
             ),
         ];
         for (out, want) in outcomes {

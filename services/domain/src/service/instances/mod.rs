@@ -85,11 +85,20 @@ pub fn out_of_memory(limit_mib: Option<u32>) -> String {
     }
 }
 
+/// What an instance or run killed for filling its node's disk, having
+/// written `mib` MiB, is said to have done.
+pub fn filled_disk(mib: u64) -> String {
+    format!(
+        "killed for filling the node's disk: it had written {mib} MiB to its filesystem, the most of the node's instances, when the node's disk ran low; what it wrote is gone"
+    )
+}
+
 /// How an instance's process ended, in words.
 pub fn exit_message(e: &InstanceExited) -> String {
     if let Some(mib) = e.disk_written_mib {
         return format!(
-            "killed for filling the node's disk: it had written {mib} MiB to its filesystem, the most of the node's instances, when the node's disk ran low; what it wrote is gone, and it starts again from the image's files"
+            "{}, and it starts again from the image's files",
+            filled_disk(mib)
         );
     }
     if e.oom_killed {
