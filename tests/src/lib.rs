@@ -47,6 +47,7 @@ pub mod registry;
 pub mod resolver;
 pub mod runc;
 pub mod scheduler;
+pub mod tmpfs;
 pub mod webhook;
 
 pub use nats::{nats_binary, NatsCluster, NatsServer, NatsVersion, Place};

@@ -4,41 +4,13 @@
 //! wrote is removed (the space is free again), and it starts again from
 //! the image's files; an instance that wrote little runs on untouched.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use berth_agent::disk;
 use berth_agent::{AgentEvent, OneOffOutcome};
 use berth_tests::agent::{busybox_image, collect_logs, default_config, nth_line, spec, Node};
-
-/// A tmpfs of `mib` MiB mounted at a new directory; unmounted on drop.
-struct Tmpfs {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(mib: u64) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("disk");
-        std::fs::create_dir(&path).unwrap();
-        nix::mount::mount(
-            Some("tmpfs"),
-            &path,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some(format!("size={mib}m,mode=0700").as_str()),
-        )
-        .unwrap();
-        Tmpfs { _dir: dir, path }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
+use berth_tests::tmpfs::{Tmpfs, WRITER};
 
 fn free_mib(p: &Path) -> u64 {
     disk::free(p).unwrap() >> 20
@@ -52,33 +24,35 @@ struct SmallDisk {
     /// Dropped first: it removes its containers and mounts.
     node: Node,
     disk: Tmpfs,
+    _dir: tempfile::TempDir,
 }
 
 impl SmallDisk {
     async fn start() -> SmallDisk {
-        let disk = Tmpfs::mount(96);
-        let state = disk.path.join("agent");
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Tmpfs::mount(&dir.path().join("disk"), 96).unwrap();
+        let state = disk.path().join("agent");
         let node = Node::start_tuned(|c| {
             c.state_dir = state.clone();
             c.disk_reserve = RESERVE_MIB << 20;
             c.disk_check = Duration::from_millis(100);
         })
         .await;
-        SmallDisk { node, disk }
+        SmallDisk {
+            node,
+            disk,
+            _dir: dir,
+        }
     }
 }
 
-/// Writes 1 MiB a time until the disk is full, then waits.
-const WRITER: &str = "sh -c 'echo writing; i=0; while dd if=/dev/zero of=/fill-$i bs=1M count=1 2>/dev/null; do i=$((i+1)); done; echo full; sleep 600'";
-
 #[tokio::test]
 async fn an_instance_filling_the_disk_is_killed_and_its_writes_removed() {
-    let SmallDisk {
-        mut node,
-        disk: disk_dir,
-    } = SmallDisk::start().await;
+    let mut small = SmallDisk::start().await;
+    let disk_dir = small.disk.path().to_path_buf();
+    let node = &mut small.node;
     let image = node.image(&busybox_image(default_config())).await;
-    let empty = free_mib(&disk_dir.path);
+    let empty = free_mib(&disk_dir);
 
     let quiet = spec(&image, "sh -c 'echo small > /small; sleep 600'");
     node.agent.run_instance(quiet.clone()).await.unwrap();
@@ -116,7 +90,7 @@ async fn an_instance_filling_the_disk_is_killed_and_its_writes_removed() {
         written >> 20
     );
     // Its writes are gone as it is reported: the disk is as it was.
-    let after = free_mib(&disk_dir.path);
+    let after = free_mib(&disk_dir);
     assert!(
         after + 4 >= empty,
         "{after} MiB free after the kill, {empty} MiB before the writer"
@@ -150,7 +124,7 @@ async fn an_instance_filling_the_disk_is_killed_and_its_writes_removed() {
 async fn a_run_filling_the_disk_is_killed_and_fails() {
     let small = SmallDisk::start().await;
     let image = small.node.image(&busybox_image(default_config())).await;
-    let empty = free_mib(&small.disk.path);
+    let empty = free_mib(small.disk.path());
     let out = small
         .node
         .agent
@@ -161,6 +135,6 @@ async fn a_run_filling_the_disk_is_killed_and_fails() {
         panic!("{out:?}");
     };
     assert!(written >= (empty - RESERVE_MIB - 8) << 20, "{written}");
-    let after = free_mib(&small.disk.path);
+    let after = free_mib(small.disk.path());
     assert!(after + 4 >= empty, "{after} MiB free after, {empty} before");
 }

@@ -6,6 +6,7 @@
 // tests are berth_tests::{agent, node}; `support` is this crate's own.
 mod support;
 
+mod disk;
 mod gc;
 mod health;
 mod horizon;
