@@ -74,10 +74,11 @@ async fn crash_loop_restarts_with_growing_backoff() {
 
 /// What a run wrote is gone when the instance is started again (a crash
 /// restart, as a restart in place): a pid file left by a crash does not
-/// stop the next run, as on Render.
+/// stop the next run, as on Render. It is gone as soon as the run ended,
+/// not only at the next start: a crash loop's backoff holds no disk.
 #[tokio::test]
 async fn a_restarted_instance_starts_from_the_image_files() {
-    let node = Node::start().await;
+    let mut node = Node::start().await;
     let image = node.image(&busybox_image(default_config())).await;
     let s = spec(
         &image,
@@ -86,6 +87,18 @@ async fn a_restarted_instance_starts_from_the_image_files() {
     );
     let mut sub = node.logs(&s).await;
     node.agent.run_instance(s.clone()).await.unwrap();
+    node.event(
+        Duration::from_secs(10),
+        |e| matches!(e, AgentEvent::Exited { instance, .. } if *instance == s.instance),
+    )
+    .await;
+    let upper = node
+        .cfg
+        .state_dir
+        .join("instances")
+        .join(s.instance.as_str())
+        .join("upper");
+    assert!(!upper.join("app.pid").exists(), "gone once the run ended");
     let lines = collect_logs(&mut sub, Duration::from_secs(20), nth_line("started", 3)).await;
     node.agent.stop_instance(&s.instance).await.unwrap();
     let said: Vec<&str> = lines.iter().map(|l| l.line.as_str()).collect();

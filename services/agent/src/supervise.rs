@@ -485,8 +485,8 @@ async fn kill_container(
         .unwrap_or(ExitStatus::Unknown)
 }
 
-/// Remove what an ended run wrote to its filesystem now, not at its next
-/// start, so the disk it took is free during the backoff.
+/// Remove what an ended run wrote to its filesystem (its next start would
+/// too; a start after the agent itself restarted still does).
 async fn discard_now(inner: &Inner, spec: &InstanceSpec) {
     let dir = inner.dir(&spec.instance);
     let gone = tokio::task::spawn_blocking(move || bundle::discard_writes(&dir)).await;
@@ -635,12 +635,15 @@ pub(crate) async fn supervise(
         if in_place {
             tracing::info!(instance = %id, ran_ms = ran.as_millis() as u64, "restarting in place");
         }
+        // What the run wrote goes now, not at the next start: its disk is
+        // free during the backoff, and a kill for the disk asked meanwhile
+        // (its permit then ignored) has nothing left to free.
+        if kind == Kind::Service {
+            discard_now(inner, &spec).await;
+        }
+        asks.written.store(0, Ordering::Relaxed);
         let disk_written = match why {
-            RunEnd::Evicted(written) => {
-                discard_now(inner, &spec).await;
-                asks.written.store(0, Ordering::Relaxed);
-                Some(written)
-            }
+            RunEnd::Evicted(written) => Some(written),
             RunEnd::Exited | RunEnd::Restarted => None,
         };
         if oom_killed {
