@@ -176,6 +176,15 @@ impl Node {
         self.cfg.state_dir.join("runc")
     }
 
+    /// Where `instance`'s writes land: its overlay's upper dir.
+    pub fn upper(&self, instance: &InstanceId) -> PathBuf {
+        self.cfg
+            .state_dir
+            .join("instances")
+            .join(instance.as_str())
+            .join("upper")
+    }
+
     /// Subscribe to an instance's log lines (before it starts).
     pub async fn logs(&self, spec: &InstanceSpec) -> async_nats::Subscriber {
         let s = self

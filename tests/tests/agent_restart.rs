@@ -92,13 +92,10 @@ async fn a_restarted_instance_starts_from_the_image_files() {
         |e| matches!(e, AgentEvent::Exited { instance, .. } if *instance == s.instance),
     )
     .await;
-    let upper = node
-        .cfg
-        .state_dir
-        .join("instances")
-        .join(s.instance.as_str())
-        .join("upper");
-    assert!(!upper.join("app.pid").exists(), "gone once the run ended");
+    assert!(
+        !node.upper(&s.instance).join("app.pid").exists(),
+        "gone once the run ended"
+    );
     let lines = collect_logs(&mut sub, Duration::from_secs(20), nth_line("started", 3)).await;
     node.agent.stop_instance(&s.instance).await.unwrap();
     let said: Vec<&str> = lines.iter().map(|l| l.line.as_str()).collect();

@@ -51,12 +51,7 @@ async fn an_instance_root_is_an_overlay_inside_its_container_and_not_on_the_host
         mounts_under(node.dir.path())
     );
     // Its writes land in its own upper dir, never in the image.
-    let upper = node
-        .cfg
-        .state_dir
-        .join("instances")
-        .join(s.instance.as_str())
-        .join("upper/state");
+    let upper = node.upper(&s.instance).join("state");
     // The shell creates the file before it writes to it: wait for the
     // line, not for the file.
     let mut written = String::new();
