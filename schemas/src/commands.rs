@@ -6,7 +6,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{CredentialId, CronRunId, DeployId, InstanceId, OwnerId, ServiceId};
+use crate::ids::{CredentialId, CronRunId, DeployId, InstanceId, JobId, OwnerId, ServiceId};
 use crate::model::{EnvVars, Plan, PullFailureReason, ResolvedImage, Sealed};
 
 /// Scale a service to a number of instances.
@@ -146,6 +146,8 @@ pub enum OneOffPurpose {
     PreDeploy,
     /// A cron job run → `cron_job_run_ended`.
     CronRun { run: CronRunId },
+    /// A one-off job → `job_started`, then `job_ended`.
+    Job { job: JobId },
 }
 
 /// Name and JSON Schema of every command.

@@ -7,8 +7,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{
-    ApiKeyId, CredentialId, CronRunId, CustomDomainId, DeployId, InstanceId, IntegrationId, NodeId,
-    OwnerId, ServiceId,
+    ApiKeyId, CredentialId, CronRunId, CustomDomainId, DeployId, InstanceId, IntegrationId, JobId,
+    NodeId, OwnerId, ServiceId,
 };
 use crate::model::{
     CertificateFailure, DeployStatus, DeployTrigger, EnvVars, NotifySetting, OverlapPolicy, Plan,
@@ -611,6 +611,35 @@ events! {
     CronJobRunSkipped = "cron_job_run_skipped" v 1 {
         pub scheduled_for: DateTime<Utc>,
         pub active_run: CronRunId,
+    }
+
+    // ---- one-off jobs ----
+
+    /// A one-off job was asked for: `start_command` run once in a container
+    /// of the live deploy's image (`digest`) with the service's env and the
+    /// given instance type.
+    JobCreated = "job_created" v 1 {
+        pub job: JobId,
+        pub start_command: String,
+        /// The instance type it runs on.
+        pub plan: Plan,
+        pub digest: String,
+    }
+    /// A job's container started on a node.
+    JobStarted = "job_started" v 1 {
+        pub job: JobId,
+    }
+    /// A job ended.
+    JobEnded = "job_ended" v 1 {
+        pub job: JobId,
+        /// `succeeded`, `failed` or `canceled`.
+        pub status: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub exit_code: Option<i32>,
+        /// Why it failed, when its exit code does not say (out of memory,
+        /// timed out, no node had room, the image was not pulled).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub reason: Option<String>,
     }
 
     // ---- nodes ----

@@ -193,6 +193,10 @@ id_type!(
     /// One execution of a cron job.
     CronRunId, "crn");
 id_type!(
+    /// One one-off job: a command run once in a container of a service's
+    /// image and configuration (Render's jobs).
+    JobId, "job");
+id_type!(
     /// A machine running the puller and the agent.
     NodeId, "nod");
 id_type!(

@@ -30,8 +30,8 @@ use crate::error::ApiError;
 use crate::hooks;
 use crate::query::Listing;
 use crate::routes::{
-    cron, custom_domains, deploys, env_vars, events, logs, metrics, nodes, notifications, owner,
-    services,
+    cron, custom_domains, deploys, env_vars, events, jobs, logs, metrics, nodes, notifications,
+    owner, services,
 };
 
 /// One route of the API.
@@ -347,6 +347,14 @@ routes! {
         "The deploy hook URL", 200;
     post "/v1/services/{serviceId}/deploy-hook/regenerate" => services::regenerate_hook,
         "Regenerate the deploy hook key", 200;
+    get "/v1/services/{serviceId}/jobs" => jobs::list,
+        "List the service's recent one-off jobs, newest first", 200;
+    post "/v1/services/{serviceId}/jobs" => jobs::create,
+        "Run a one-off job: a command once in a container of the live image", 201;
+    get "/v1/services/{serviceId}/jobs/{jobId}" => jobs::get,
+        "Retrieve a job", 200;
+    post "/v1/services/{serviceId}/jobs/{jobId}/cancel" => jobs::cancel,
+        "Cancel a pending or running job", 200;
     get "/v1/cron-jobs/{serviceId}/runs" => cron::list,
         "List the cron job's runs, newest first", 200;
     post "/v1/cron-jobs/{serviceId}/runs" => cron::trigger,

@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use axum::http::{Method, StatusCode};
 use berth_schemas::ids::{
-    ApiKeyId, CredentialId, DeployId, IntegrationId, OwnerId, ServiceId, UserId,
+    ApiKeyId, CredentialId, DeployId, IntegrationId, JobId, OwnerId, ServiceId, UserId,
 };
 
 use crate::support::App;
@@ -26,6 +26,7 @@ fn example_path(template: &str) -> String {
                 None => seg.to_owned(),
                 Some("serviceId") => ServiceId::generate().to_string(),
                 Some("deployId") => DeployId::generate().to_string(),
+                Some("jobId") => JobId::generate().to_string(),
                 Some("registryCredentialId") => CredentialId::generate().to_string(),
                 Some("apiKeyId") => ApiKeyId::generate().to_string(),
                 Some("integrationId") => IntegrationId::generate().to_string(),

@@ -90,6 +90,7 @@ fn body_for(r: &Route, dep: &str) -> Option<Value> {
         }
         ("post", "/v1/services/{serviceId}/rollback") => Some(json!({"deployId": dep})),
         ("post", "/v1/services/{serviceId}/scale") => Some(json!({"numInstances": 5})),
+        ("post", "/v1/services/{serviceId}/jobs") => Some(json!({"startCommand": "true"})),
         ("put" | "patch", "/v1/services/{serviceId}/env-vars") => {
             Some(json!([{"key": "A", "value": "b"}]))
         }
@@ -147,8 +148,43 @@ async fn one_owner_never_sees_another_owners_resources() {
     assert_eq!(s, StatusCode::CREATED, "{i}");
     let integration = i["id"].as_str().unwrap().to_owned();
     let dep = app.latest_deploy(&alice, &svc).await;
-    // Let the resolver finish, so the log of the service is at rest.
-    app.wait_resolved(&alice, &svc, &dep).await;
+    // Let the resolver finish, so the log of the service is at rest; then
+    // take the deploy live as the scheduler would, so Alice can run a job.
+    let resolved = app.wait_resolved(&alice, &svc, &dep).await;
+    let digest = resolved["image"]["sha"].as_str().unwrap().to_owned();
+    let service_id = AggregateId::Service(svc.parse::<ServiceId>().unwrap());
+    let deploy: berth_schemas::ids::DeployId = dep.parse().unwrap();
+    for (key, command) in [
+        (
+            "live-1",
+            berth_domain::service::Command::RecordUpdateStarted {
+                deploy: deploy.clone(),
+            },
+        ),
+        (
+            "live-2",
+            berth_domain::service::Command::RecordLive { deploy, digest },
+        ),
+    ] {
+        app.store
+            .execute::<berth_domain::service::Service>(
+                &service_id,
+                key,
+                &berth_eventlog::Stamp::new(berth_schemas::Actor::system("test")),
+                command,
+            )
+            .await
+            .unwrap();
+    }
+    let (s, j) = app
+        .post(
+            &format!("/v1/services/{svc}/jobs"),
+            &alice,
+            json!({"startCommand": "true"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{j}");
+    let job = j["id"].as_str().unwrap().to_owned();
     let owner = alice.id.to_string();
     let (s, events) = app.get(&format!("/v1/services/{svc}/events"), &alice).await;
     assert_eq!(s, StatusCode::OK, "{events}");
@@ -166,7 +202,16 @@ async fn one_owner_never_sees_another_owners_resources() {
     let (s, v) = app.get(&format!("/v1/logs?resource={svc}"), &alice).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["logs"][0]["message"], "mine: a line only Alice reads");
-    let alices_ids = [&svc, &dep, &cred, &api_key, &integration, &owner, &event];
+    let alices_ids = [
+        &svc,
+        &dep,
+        &cred,
+        &api_key,
+        &integration,
+        &owner,
+        &event,
+        &job,
+    ];
     // Bob's calls name Alice's service, owner (her keys and integrations)
     // and credential: none of the three may change.
     let alices = [
@@ -238,6 +283,7 @@ async fn one_owner_never_sees_another_owners_resources() {
                     None => seg,
                     Some("serviceId") => &svc,
                     Some("deployId") => &dep,
+                    Some("jobId") => &job,
                     Some("registryCredentialId") => &cred,
                     Some("apiKeyId") => &api_key,
                     Some("integrationId") => &integration,

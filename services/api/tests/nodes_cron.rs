@@ -1,7 +1,8 @@
 //! `GET /v1/nodes` (every registered node, its heartbeat as heard, and only
 //! the caller's instances counted) and `GET /v1/cron-jobs/{id}/runs` (a
 //! cron job's runs from its timeline, newest first, paged, ended ones with
-//! how they ended); an instance's exit in its listing and on the timeline.
+//! how they ended); an instance's exit in its listing and on the timeline;
+//! a service's one-off jobs (`/v1/services/{id}/jobs`).
 
 use std::time::Duration;
 
@@ -485,4 +486,140 @@ async fn cron_runs_are_listed_newest_first_with_how_they_ended() {
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert_eq!(v["fields"][0]["field"], "type", "{v}");
+}
+
+/// Render's one-off jobs: asked for on the live image (201, pending),
+/// then as the node reports them (running, how they ended), listed newest
+/// first with Render's status filter, canceled; refused without a live
+/// deploy, for an unknown instance type, and for another owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_off_jobs_are_created_listed_and_canceled() {
+    let app = App::start(true).await;
+    let (alice, bob) = (app.owner().await, app.owner().await);
+    let svc = app.web_service(&alice, "jobs").await;
+    let jobs = format!("/v1/services/{svc}/jobs");
+    let body = json!({"startCommand": "rake db:migrate"});
+    // No live deploy yet: nothing to run the job in.
+    let (s, v) = app.post(&jobs, &alice, body.clone()).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let (_, digest) = first_deploy_live(&app, &alice, &svc).await;
+
+    let (s, first) = app.post(&jobs, &alice, body.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{first}");
+    assert_eq!(first["status"], "pending", "{first}");
+    assert_eq!(first["serviceId"], svc.as_str());
+    assert_eq!(first["startCommand"], "rake db:migrate");
+    assert_eq!(first["planId"], "starter", "the service's own: {first}");
+    assert_eq!(first["digest"], digest.as_str());
+    assert!(first["createdAt"].is_string() && first["startedAt"].is_null());
+    let first_id = first["id"].as_str().unwrap().to_owned();
+    assert!(first_id.starts_with("job-"), "{first_id}");
+    let (s, second) = app
+        .post(
+            &jobs,
+            &alice,
+            json!({"startCommand": "sleep 600", "planId": "standard"}),
+        )
+        .await;
+    assert_eq!(
+        (s, second["planId"].as_str()),
+        (StatusCode::CREATED, Some("standard"))
+    );
+    let second_id = second["id"].as_str().unwrap().to_owned();
+    for (bad, why) in [
+        (
+            json!({"startCommand": "true", "planId": "enormous"}),
+            "planId",
+        ),
+        (json!({"startCommand": "   "}), "startCommand"),
+        (json!({}), "startCommand"),
+    ] {
+        let (s, v) = app.post(&jobs, &alice, bad).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v.to_string().contains(why), "{v}");
+    }
+
+    // The node reports the first: started, then failed with its code.
+    let job: berth_schemas::ids::JobId = first_id.parse().unwrap();
+    record(
+        &app,
+        &svc,
+        vec![
+            Command::RecordJobStarted { job: job.clone() },
+            Command::RecordJobEnded {
+                job,
+                success: false,
+                exit_code: Some(4),
+                reason: None,
+            },
+        ],
+    )
+    .await;
+    let (s, got) = app.get(&format!("{jobs}/{first_id}"), &alice).await;
+    assert_eq!(s, StatusCode::OK, "{got}");
+    assert_eq!(
+        (got["status"].as_str(), got["exitCode"].as_i64()),
+        (Some("failed"), Some(4))
+    );
+    assert!(
+        got["startedAt"].is_string() && got["finishedAt"].is_string(),
+        "{got}"
+    );
+
+    let (s, v) = app.get(&jobs, &alice).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let ids: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["job"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [second_id.as_str(), first_id.as_str()], "newest first");
+    assert_eq!(v[0]["cursor"], second_id.as_str());
+    let (_, failed) = app.get(&format!("{jobs}?status=failed"), &alice).await;
+    assert_eq!(failed.as_array().unwrap().len(), 1, "{failed}");
+    assert_eq!(failed[0]["job"]["id"], first_id.as_str());
+    let (s, _) = app.get(&format!("{jobs}?status=exploded"), &alice).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (_, page) = app
+        .get(&format!("{jobs}?limit=1&cursor={second_id}"), &alice)
+        .await;
+    assert_eq!(page[0]["job"]["id"], first_id.as_str(), "{page}");
+
+    // Cancel: the pending one ends canceled; an ended one stays as it is.
+    let (s, canceled) = app
+        .post(&format!("{jobs}/{second_id}/cancel"), &alice, json!({}))
+        .await;
+    assert_eq!(
+        (s, canceled["status"].as_str()),
+        (StatusCode::OK, Some("canceled")),
+        "{canceled}"
+    );
+    let (s, still) = app
+        .post(&format!("{jobs}/{first_id}/cancel"), &alice, json!({}))
+        .await;
+    assert_eq!(
+        (s, still["status"].as_str()),
+        (StatusCode::OK, Some("failed"))
+    );
+    let (s, _) = app.get(&format!("{jobs}/job-nosuch"), &alice).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = app
+        .get(
+            &format!("{jobs}/{}", berth_schemas::ids::JobId::generate()),
+            &alice,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Another owner sees none of it and can run nothing there.
+    for (s, _) in [
+        app.get(&jobs, &bob).await,
+        app.get(&format!("{jobs}/{first_id}"), &bob).await,
+        app.post(&jobs, &bob, body.clone()).await,
+        app.post(&format!("{jobs}/{second_id}/cancel"), &bob, json!({}))
+            .await,
+    ] {
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    }
 }

@@ -1,5 +1,5 @@
 //! End to end, third part, against a real `berth up`: `berth node list`,
-//! `berth cron runs`, the service settings `--overlap-policy`,
+//! `berth cron runs`, `berth job run|list`, the service settings `--overlap-policy`,
 //! `--shutdown-delay-seconds` and `--notify-on-fail`, and the CLI finding
 //! the installation from another directory and as another user.
 
@@ -247,6 +247,45 @@ async fn cli_lists_nodes_and_cron_runs_sets_every_setting_and_finds_the_installa
         wrong.stderr.contains("only cron jobs have runs"),
         "{wrong:?}"
     );
+
+    // One-off jobs in the same service's image: `--wait` follows each to
+    // its end and exits 1 unless it succeeded.
+    let failed = cli
+        .run(&["job", "run", "nightly", "sh -c 'exit 4'", "--wait"])
+        .await;
+    assert_eq!(failed.code, 1, "{failed:?}");
+    assert!(failed.stderr.contains("failed (exit 4)"), "{failed:?}");
+    let ok = cli
+        .run(&[
+            "job", "run", "nightly", "true", "--plan", "standard", "--wait",
+        ])
+        .await;
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert!(ok.stdout.contains("succeeded (exit 0)"), "{ok:?}");
+    let jobs = cli.json(&["job", "list", "nightly"]).await;
+    let listed: Vec<(&str, &str, &str)> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let j = &i["job"];
+            (
+                j["startCommand"].as_str().unwrap(),
+                j["status"].as_str().unwrap(),
+                j["planId"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("true", "succeeded", "standard"),
+            ("sh -c 'exit 4'", "failed", "starter")
+        ],
+        "{jobs}"
+    );
+    let table = cli.ok(&["job", "list", "nightly"]).await;
+    println!("$ berth job list nightly\n{table}");
 
     // From another directory, with no BERTH_DATA_DIR: the record `berth
     // up` wrote in its runtime dir leads to the data dir.

@@ -13,7 +13,11 @@
 //!   consumer replaying an old log sends no flood of stale stops;
 //! - a pull failure ends the run `failed`: the node records that itself,
 //!   by the run's id (so a late failure of a canceled run changes nothing);
-//! - a run no live node has room for ends `failed` at once.
+//! - a run no live node has room for ends `failed` at once;
+//! - one-off jobs the same way: `job_created` of a job still pending →
+//!   its `RunOnce{purpose: Job}` (`Nats-Msg-Id` = the job id), a job no
+//!   live node has room for ends `failed`, `job_ended` `canceled` → the
+//!   stops.
 //!
 //! The run's env values and registry login are opened with the
 //! installation key and sealed to the node it goes to
@@ -26,20 +30,21 @@ use async_nats::jetstream::consumer::DeliverPolicy;
 use berth_domain::credential::{self, CredentialState};
 use berth_domain::reference::Reference;
 use berth_domain::scheduler::place;
-use berth_domain::service::{self, ServiceState};
+use berth_domain::service::{self, JobStatus, ServiceState};
 use berth_eventlog::worker::{Job, WorkError, WorkHandler, Worker, WorkerConfig};
 use berth_eventlog::EventStore;
 use berth_runtime::node_key::{ForNode, NodePublicKey};
 use berth_runtime::SecretKey;
 use berth_schemas::commands::{NodeRunSpec, NodeWork, OneOffPurpose};
-use berth_schemas::ids::{CredentialId, CronRunId, InstanceId, NodeId, OwnerId, ServiceId};
+use berth_schemas::ids::{CredentialId, CronRunId, InstanceId, JobId, NodeId, OwnerId, ServiceId};
+use berth_schemas::model::Plan;
 use berth_schemas::model::Sealed;
 use berth_schemas::{Actor, AggregateId, Commit, Envelope, Event, Subjects};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::view::CronView;
-use crate::{decide, run_instance, CronError, CronOptions};
+use crate::{decide, job_instance, run_instance, CronError, CronOptions};
 
 /// Cancels older than this are not turned into stops.
 pub const STOP_HORIZON: chrono::TimeDelta = chrono::TimeDelta::hours(1);
@@ -54,7 +59,8 @@ pub(crate) async fn worker(
     let subjects = store.subjects();
     let cfg = WorkerConfig {
         description: Some(
-            "berth cron: cron_job_run_started → RunOnce, canceled → StopInstance".to_owned(),
+            "berth cron: cron_job_run_started, job_created → RunOnce; canceled → StopInstance"
+                .to_owned(),
         ),
         ack_wait: opts.ack_wait,
         max_deliver: opts.max_deliver,
@@ -92,6 +98,20 @@ pub(crate) async fn serve(
     }
 }
 
+/// A one-off container to run: a cron run or a job.
+struct RunOnce<'a> {
+    /// The container's id (derived from the run's or job's).
+    instance: InstanceId,
+    digest: &'a str,
+    /// The command, when not the image's own.
+    command: Option<String>,
+    plan: &'a Plan,
+    purpose: OneOffPurpose,
+    /// The enqueue's message id: a redelivered commit (a crash between
+    /// enqueue and ack) does not enqueue it twice.
+    msg_id: &'a str,
+}
+
 struct Dispatch {
     store: EventStore,
     /// Opens the service's secrets to seal them to the run's node.
@@ -120,15 +140,25 @@ impl WorkHandler for Dispatch {
 
 impl Dispatch {
     async fn event(&self, service: &ServiceId, env: &Envelope) -> Result<(), WorkError> {
+        let fatal = |e: CronError| WorkError::Fatal(e.to_string());
         match &env.event {
             Event::CronJobRunStarted(e) => self.start(service, &e.run).await,
+            Event::JobCreated(e) => self.start_job(service, &e.job).await,
             // A cancel, or a cap the cron component enforced because the
             // node never reported: the container may still run.
             Event::CronJobRunEnded(e) if e.status == "canceled" || e.status == "timed_out" => {
                 if chrono::Utc::now() - env.time > STOP_HORIZON {
                     return Ok(());
                 }
-                self.stop(service, &e.run).await
+                let instance = run_instance(&e.run).map_err(fatal)?;
+                self.stop(service, &instance).await
+            }
+            Event::JobEnded(e) if e.status == "canceled" => {
+                if chrono::Utc::now() - env.time > STOP_HORIZON {
+                    return Ok(());
+                }
+                let instance = job_instance(&e.job).map_err(fatal)?;
+                self.stop(service, &instance).await
             }
             _ => Ok(()),
         }
@@ -154,7 +184,74 @@ impl Dispatch {
             tracing::debug!(run.id = %run, "run no longer active; not dispatched");
             return Ok(());
         }
-        let instance = run_instance(run).map_err(|e| WorkError::Fatal(e.to_string()))?;
+        let run_once = RunOnce {
+            instance: run_instance(run).map_err(|e| WorkError::Fatal(e.to_string()))?,
+            digest: &active.digest,
+            command: cfg.docker_command.clone(),
+            plan: &cfg.plan,
+            purpose: OneOffPurpose::CronRun { run: run.clone() },
+            msg_id: run.as_str(),
+        };
+        if !self.dispatch(service, cfg, live, run_once).await? {
+            // Nodes register once and stay known, so no room now means no
+            // node can take it: the run fails rather than blocking every
+            // later due time until the cap.
+            tracing::warn!(run.id = %run, "no live node has room for the cron run; run failed");
+            return self.end_run(service, run, "cron-unplaced").await;
+        }
+        Ok(())
+    }
+
+    /// A pending job → its `RunOnce` on a node with room, or its end
+    /// `failed` when none has.
+    async fn start_job(&self, service: &ServiceId, job: &JobId) -> Result<(), WorkError> {
+        let state = self.load(service).await?;
+        let (Some(j), Some(cfg), Some(live)) =
+            (state.jobs.get(job), &state.config, state.live_deploy())
+        else {
+            return Ok(());
+        };
+        if j.status != JobStatus::Pending {
+            tracing::debug!(job.id = %job, "job no longer pending; not dispatched");
+            return Ok(());
+        }
+        let run_once = RunOnce {
+            instance: job_instance(job).map_err(|e| WorkError::Fatal(e.to_string()))?,
+            digest: &j.digest,
+            command: Some(j.start_command.clone()),
+            plan: &j.plan,
+            purpose: OneOffPurpose::Job { job: job.clone() },
+            msg_id: job.as_str(),
+        };
+        if !self.dispatch(service, cfg, live, run_once).await? {
+            tracing::warn!(job.id = %job, "no live node has room for the job; job failed");
+            let command = service::Command::RecordJobEnded {
+                job: job.clone(),
+                success: false,
+                exit_code: None,
+                reason: Some(format!(
+                    "no node has room for it: needs {} millicores and {} MiB",
+                    j.plan.cpu_millis, j.plan.memory_mib
+                )),
+            };
+            return self
+                .end(service, &format!("job-unplaced:{job}"), command)
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Enqueues `run` on a node with room for its plan, its env and
+    /// registry login sealed to that node; `false` when no live node has
+    /// room.
+    async fn dispatch(
+        &self,
+        service: &ServiceId,
+        cfg: &service::ServiceConfig,
+        live: &service::Deploy,
+        run: RunOnce<'_>,
+    ) -> Result<bool, WorkError> {
+        let instance = run.instance;
         let reference = Reference::parse(&live.image)
             .map_err(|e| WorkError::Fatal(format!("live image {}: {e}", live.image)))?;
         let nodes = self
@@ -162,15 +259,11 @@ impl Dispatch {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .capacities();
-        let Some(node) = place(&nodes, &cfg.plan, 1, &[])
+        let Some(node) = place(&nodes, run.plan, 1, &[])
             .ok()
             .and_then(|n| n.into_iter().next())
         else {
-            // Nodes register once and stay known, so no room now means no
-            // node can take it: the run fails rather than blocking every
-            // later due time until the cap.
-            tracing::warn!(run.id = %run, nodes = nodes.len(), "no live node has room for the cron run; run failed");
-            return self.end_run(service, run, "cron-unplaced").await;
+            return Ok(false);
         };
         let Some(to) = self.node_key(&node) else {
             return Err(WorkError::Retry(format!(
@@ -204,20 +297,20 @@ impl Dispatch {
             deploy: live.id.clone(),
             instance: instance.clone(),
             image: reference.name(),
-            digest: active.digest.clone(),
+            digest: run.digest.to_owned(),
             credential: cfg.credential.clone(),
             login,
             env,
-            command: cfg.docker_command.clone(),
+            command: run.command,
             port: None,
-            plan: Some(cfg.plan.clone()),
+            plan: Some(run.plan.clone()),
             shutdown_delay_secs: u32::from(cfg.shutdown_delay_secs),
         };
         let timeout_secs = u32::try_from(self.opts.run_timeout.as_secs()).unwrap_or(u32::MAX);
         let work = NodeWork::RunOnce {
             spec,
             timeout_secs,
-            purpose: Some(OneOffPurpose::CronRun { run: run.clone() }),
+            purpose: Some(run.purpose),
         };
         let payload =
             rmp_serde::to_vec_named(&work).map_err(|e| WorkError::Fatal(e.to_string()))?;
@@ -226,12 +319,12 @@ impl Dispatch {
                 &Subjects::node_queue(&node),
                 instance.as_str(),
                 payload.into(),
-                run.as_str(),
+                run.msg_id,
             )
             .await
             .map_err(|e| retry("enqueueing the run", e))?;
-        tracing::info!(run.id = %run, node.id = %node, digest = %active.digest, "cron run dispatched");
-        Ok(())
+        tracing::info!(instance.id = %instance, node.id = %node, digest = %run.digest, "one-off run dispatched");
+        Ok(true)
     }
 
     /// The public key `node` registered, as the view has it.
@@ -281,8 +374,8 @@ impl Dispatch {
         }
     }
 
-    async fn stop(&self, service: &ServiceId, run: &CronRunId) -> Result<(), WorkError> {
-        let instance = run_instance(run).map_err(|e| WorkError::Fatal(e.to_string()))?;
+    /// Stops a one-off's container wherever it runs.
+    async fn stop(&self, service: &ServiceId, instance: &InstanceId) -> Result<(), WorkError> {
         let nodes = self
             .view
             .read()
@@ -307,7 +400,7 @@ impl Dispatch {
                 .await
                 .map_err(|e| retry("enqueueing the stop", e))?;
         }
-        tracing::info!(run.id = %run, "cron run canceled; its container is being stopped");
+        tracing::info!(instance.id = %instance, "run canceled; its container is being stopped");
         Ok(())
     }
 
@@ -323,14 +416,23 @@ impl Dispatch {
             status: "failed".to_owned(),
             exit_code: None,
         };
-        let key = format!("{why}:{run}");
+        self.end(service, &format!("{why}:{run}"), command).await
+    }
+
+    /// Records a run's or job's end (once per `key`).
+    async fn end(
+        &self,
+        service: &ServiceId,
+        key: &str,
+        command: service::Command,
+    ) -> Result<(), WorkError> {
         match decide(
             &self.store,
             service,
-            &key,
+            key,
             command,
             &Actor::system("cron"),
-            &key,
+            key,
         )
         .await
         {

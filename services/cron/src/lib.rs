@@ -21,7 +21,9 @@
 //!   run id, its env values and registry login sealed to that node; every
 //!   `cron_job_run_ended` `canceled` becomes a `StopInstance` of the run's
 //!   container on every node; an `image_pull_failed` reported by a node for
-//!   the active run's digest ends that run `failed`.
+//!   the active run's digest ends that run `failed`. Services' one-off
+//!   jobs (Render's jobs) go the same way: `job_created` becomes a
+//!   `RunOnce{purpose: Job}`, `job_ended` `canceled` the stops.
 //!
 //! The node pulls (manifest fetched on every run, SPEC §8), runs with the
 //! timeout (12 h by default) and records the end with the exit code.
@@ -44,7 +46,7 @@ use berth_eventlog::projection::{ProjectionOptions, ProjectionRunner};
 use berth_eventlog::start::until_available;
 use berth_eventlog::{EventStore, ExecuteError, Stamp};
 use berth_runtime::{BoxError, Component, ComponentContext, ReadyFlag, SecretKey};
-use berth_schemas::ids::{CronRunId, InstanceId, ServiceId};
+use berth_schemas::ids::{CronRunId, InstanceId, JobId, ServiceId};
 use berth_schemas::{Actor, AggregateId};
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
@@ -110,6 +112,15 @@ pub fn run_instance(run: &CronRunId) -> Result<InstanceId, CronError> {
     format!("{}-{body}", InstanceId::PREFIX)
         .parse()
         .map_err(|e| CronError::Store(format!("instance id of {run}: {e}")))
+}
+
+/// The container (instance) id a one-off job executes as, as
+/// [`run_instance`] for runs.
+pub fn job_instance(job: &JobId) -> Result<InstanceId, CronError> {
+    let body = job.as_str().get(JobId::PREFIX.len() + 1..).unwrap_or("");
+    format!("{}-{body}", InstanceId::PREFIX)
+        .parse()
+        .map_err(|e| CronError::Store(format!("instance id of {job}: {e}")))
 }
 
 /// Runs `command` on `service` (once per `key`) as `actor`, with `cause` as

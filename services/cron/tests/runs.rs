@@ -3,7 +3,8 @@
 //! the service commands the resolver and scheduler would issue; runs are
 //! then started by the cron component's schedule (on a clock running 30–60×
 //! faster, so `* * * * *` fires every one or two seconds) or by
-//! `trigger_run`, dispatched to the node, pulled and run.
+//! `trigger_run`, dispatched to the node, pulled and run; a service's
+//! one-off jobs go the same way.
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use berth_cron::{Clock, Cron, CronOptions};
 use berth_domain::service::{Command, CreateService, ServiceState};
 use berth_node::{Node, NodeOptions};
 use berth_runtime::secrets::{Secret, SecretKey};
-use berth_schemas::ids::{CronRunId, DeployId, NodeId, OwnerId, ServiceId, UserId};
+use berth_schemas::ids::{CronRunId, DeployId, JobId, NodeId, OwnerId, ServiceId, UserId};
 use berth_schemas::model::{seal_context, PullFailureReason, ResolvedImage, Sealed, ServiceType};
 use berth_schemas::{Actor, AggregateId, Envelope, Event};
 use tokio::task::JoinHandle;
@@ -597,4 +598,98 @@ async fn a_run_no_node_can_take_fails_instead_of_blocking_the_job() {
     assert_eq!(state(&w, &service).await.cron.active, None);
     stop.cancel();
     task.await.unwrap();
+}
+
+/// A service's one-off jobs end to end: each runs its own command once on
+/// the node in the live image with the service's env (sealed to the
+/// node), pending → running → how it ended, with its exit code; several
+/// at once; a canceled one's container is stopped.
+#[tokio::test]
+async fn one_off_jobs_run_their_command_once_and_a_canceled_one_stops() {
+    let w = World::start().await;
+    let key = key();
+    let _r = start_keyed(&w, options(Clock::System), key.clone()).await;
+    // A schedule that is not due during the test: only the jobs run.
+    let service = cron_job_with_env(
+        &w,
+        &key,
+        "0 0 1 1 *",
+        "sh -c 'echo the schedule ran; exit 9'",
+        &[("GREETING", "sealed-hello")],
+    )
+    .await;
+    let ok = JobId::generate();
+    let failing = JobId::generate();
+    let long = JobId::generate();
+    for (job, command) in [
+        (&ok, "sh -c 'test \"$GREETING\" = sealed-hello'"),
+        (&failing, "sh -c 'echo migrating; exit 4'"),
+        (&long, "sleep 600"),
+    ] {
+        w.command(
+            &service,
+            Command::CreateJob {
+                job: job.clone(),
+                start_command: command.to_owned(),
+                plan: None,
+            },
+        )
+        .await;
+    }
+    let job_ends = |events: &[Envelope]| -> Vec<(JobId, String, Option<i32>)> {
+        events
+            .iter()
+            .filter_map(|e| match &e.event {
+                Event::JobEnded(x) => Some((x.job.clone(), x.status.clone(), x.exit_code)),
+                _ => None,
+            })
+            .collect()
+    };
+    let events = w
+        .wait_events(&service, Duration::from_secs(60), |e| {
+            job_ends(e).len() >= 2
+                && e.iter()
+                    .any(|x| matches!(&x.event, Event::JobStarted(s) if s.job == long))
+        })
+        .await;
+    let ends = job_ends(&events);
+    assert!(
+        ends.contains(&(ok.clone(), "succeeded".to_owned(), Some(0))),
+        "{ends:?}"
+    );
+    assert!(
+        ends.contains(&(failing.clone(), "failed".to_owned(), Some(4))),
+        "{ends:?}"
+    );
+    let s = state(&w, &service).await;
+    assert_eq!(
+        s.jobs.get(&long).map(|j| j.status),
+        Some(berth_domain::service::JobStatus::Running)
+    );
+    for j in [&ok, &failing] {
+        let job = s.jobs.get(j).unwrap();
+        assert!(
+            job.started_at.is_some() && job.finished_at.is_some(),
+            "{job:?}"
+        );
+    }
+    // The long one runs until canceled; then its container goes.
+    let long_instance = berth_cron::job_instance(&long).unwrap().to_string();
+    wait_containers(&w, Duration::from_secs(10), |c| c.contains(&long_instance)).await;
+    w.command(&service, Command::CancelJob { job: long.clone() })
+        .await;
+    wait_containers(&w, Duration::from_secs(20), |c| c.is_empty()).await;
+    let events = w
+        .wait_events(&service, Duration::from_secs(10), |e| {
+            job_ends(e).len() == 3
+        })
+        .await;
+    assert!(job_ends(&events).contains(&(long.clone(), "canceled".to_owned(), None)));
+    // Each ran once; the schedule never did.
+    let starts = events
+        .iter()
+        .filter(|e| matches!(&e.event, Event::JobStarted(_)))
+        .count();
+    assert_eq!(starts, 3);
+    assert!(started(&events).is_empty());
 }

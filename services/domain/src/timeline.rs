@@ -56,6 +56,9 @@ pub const TYPES: &[&str] = &[
     "cron_job_run_started",
     "cron_job_run_ended",
     "cron_job_run_skipped",
+    "job_created",
+    "job_started",
+    "job_run_ended",
     "rollback_target_missing",
     "service_suspended",
     "service_resumed",
@@ -77,6 +80,7 @@ pub const RENDER_TYPES: &[&str] = &[
     "instance_count_changed",
     "cron_job_run_started",
     "cron_job_run_ended",
+    "job_run_ended",
     "service_suspended",
     "service_resumed",
 ];
@@ -319,6 +323,28 @@ impl TimelineEvent {
                     }),
                     "runStatus": e.status,
                     "exitCode": e.exit_code,
+                }),
+            ),
+            Event::JobCreated(e) => (
+                "job_created",
+                d!({
+                    "jobId": e.job,
+                    "startCommand": e.start_command,
+                    "planId": e.plan.name,
+                    "digest": e.digest,
+                }),
+            ),
+            Event::JobStarted(e) => ("job_started", d!({ "jobId": e.job })),
+            Event::JobEnded(e) => (
+                "job_run_ended",
+                d!({
+                    "jobId": e.job,
+                    "status": e.status,
+                    "reason": (e.status == "failed").then(|| {
+                        failure(json!({ "nonZeroExit": e.exit_code.filter(|c| *c != 0) }))
+                    }),
+                    "exitCode": e.exit_code,
+                    "message": e.reason,
                 }),
             ),
             Event::CronJobRunSkipped(e) => (
@@ -600,6 +626,26 @@ fn details_schemas() -> Vec<(&'static str, Vec<DetailField>)> {
                 ("reason", failure(), false),
                 ("runStatus", one_of(&cron), true),
                 ("exitCode", int(), false),
+            ],
+        ),
+        (
+            "job_created",
+            vec![
+                ("jobId", s(), true),
+                ("startCommand", s(), true),
+                ("planId", s(), true),
+                ("digest", s(), true),
+            ],
+        ),
+        ("job_started", vec![("jobId", s(), true)]),
+        (
+            "job_run_ended",
+            vec![
+                ("jobId", s(), true),
+                ("status", one_of(&["succeeded", "failed", "canceled"]), true),
+                ("reason", failure(), false),
+                ("exitCode", int(), false),
+                ("message", s(), false),
             ],
         ),
         (
@@ -1281,6 +1327,7 @@ mod tests {
         use berth_schemas::ids::{CronRunId, InstanceId, NodeId};
         let svc = ServiceId::generate();
         let (d, d2) = (DeployId::generate(), DeployId::generate());
+        let job = berth_schemas::ids::JobId::generate();
         let events: Vec<Event> = vec![
             DeployStarted {
                 deploy: d.clone(),
@@ -1407,6 +1454,32 @@ mod tests {
             CronJobRunSkipped {
                 scheduled_for: Utc::now(),
                 active_run: CronRunId::generate(),
+            }
+            .into(),
+            berth_schemas::events::JobCreated {
+                job: job.clone(),
+                start_command: "rake db:migrate".into(),
+                plan: berth_schemas::model::Plan {
+                    name: "starter".into(),
+                    cpu_millis: 500,
+                    memory_mib: 512,
+                },
+                digest: "sha256:1".into(),
+            }
+            .into(),
+            berth_schemas::events::JobStarted { job: job.clone() }.into(),
+            berth_schemas::events::JobEnded {
+                job: job.clone(),
+                status: "failed".into(),
+                exit_code: Some(1),
+                reason: Some("ran out of memory".into()),
+            }
+            .into(),
+            berth_schemas::events::JobEnded {
+                job: job.clone(),
+                status: "succeeded".into(),
+                exit_code: Some(0),
+                reason: None,
             }
             .into(),
             RollbackTargetMissing {

@@ -14,8 +14,8 @@ use berth_domain::{Ctx, DomainError};
 use berth_eventlog::Executed;
 use berth_runtime::Secret;
 use berth_schemas::events::ServiceSettings;
-use berth_schemas::ids::{CredentialId, CronRunId, DeployId, OwnerId, ServiceId};
-use berth_schemas::model::{seal_context, DeployTrigger, Sealed};
+use berth_schemas::ids::{CredentialId, CronRunId, DeployId, JobId, OwnerId, ServiceId};
+use berth_schemas::model::{seal_context, DeployTrigger, Plan, Sealed};
 use berth_schemas::{Actor, AggregateId, Event};
 
 use crate::failpoint::failpoint;
@@ -497,6 +497,50 @@ impl Ingress {
         )
         .await?;
         Ok(Some(run))
+    }
+
+    /// Asks for a one-off job: `start_command` once in a container of the
+    /// service's live image, on `plan` (the service's own when `None`).
+    /// Returns the service with the job pending; a cron component runs it.
+    pub async fn create_job(
+        &self,
+        caller: &Caller,
+        id: &ServiceId,
+        start_command: String,
+        plan: Option<Plan>,
+    ) -> Result<(JobId, ServiceState), IngressError> {
+        let job = JobId::generate();
+        let key = format!("job-create:{job}");
+        let state = self
+            .service_command(
+                Scope::Owner(caller),
+                id,
+                &key,
+                service::Command::CreateJob {
+                    job: job.clone(),
+                    start_command,
+                    plan,
+                },
+            )
+            .await?;
+        Ok((job, state))
+    }
+
+    /// Cancels a pending or running job (an ended one stays as it ended);
+    /// returns the service as it is then.
+    pub async fn cancel_job(
+        &self,
+        caller: &Caller,
+        id: &ServiceId,
+        job: &JobId,
+    ) -> Result<ServiceState, IngressError> {
+        self.service_command(
+            Scope::Owner(caller),
+            id,
+            &format!("job-cancel:{job}"),
+            service::Command::CancelJob { job: job.clone() },
+        )
+        .await
     }
 
     /// Opens the hook key `sealed` holds for service `id`, where `sealed`

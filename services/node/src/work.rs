@@ -158,16 +158,29 @@ impl WorkHandler for NodeHandler {
                     self.prepare(&spec).await?
                 };
                 let Some(image) = prepared else {
-                    // The pull failure is recorded; a cron run it was for
-                    // ends `failed` here, by its own id (a late failure of a
-                    // canceled run changes nothing).
-                    if let Some(OneOffPurpose::CronRun { run }) = purpose {
-                        let command = service::Command::RecordCronRunEnded {
-                            run,
-                            status: "failed".to_owned(),
-                            exit_code: None,
-                        };
-                        self.record_end(&spec, command, "recording the cron run's end")
+                    // The pull failure is recorded; a cron run or job it was
+                    // for ends `failed` here, by its own id (a late failure
+                    // of a canceled one changes nothing).
+                    let command = match purpose {
+                        Some(OneOffPurpose::CronRun { run }) => {
+                            Some(service::Command::RecordCronRunEnded {
+                                run,
+                                status: "failed".to_owned(),
+                                exit_code: None,
+                            })
+                        }
+                        Some(OneOffPurpose::Job { job }) => {
+                            Some(service::Command::RecordJobEnded {
+                                job,
+                                success: false,
+                                exit_code: None,
+                                reason: Some(format!("the image {} was not pulled", spec.digest)),
+                            })
+                        }
+                        Some(OneOffPurpose::PreDeploy) | None => None,
+                    };
+                    if let Some(command) = command {
+                        self.record_end(&spec, command, "recording the one-off's end")
                             .await?;
                     }
                     return Ok(());
@@ -176,14 +189,32 @@ impl WorkHandler for NodeHandler {
                 // replaced) while its image was pulled is not started; the
                 // run joins its owner's network.
                 let state = self.service_state(&spec.service).await?;
-                if let Some(OneOffPurpose::CronRun { run }) = &purpose {
-                    if state.cron.active.as_ref().is_none_or(|a| &a.id != run) {
-                        tracing::info!(instance.id = %spec.instance, run.id = %run, "cron run no longer active; not started");
-                        return self
-                            .reporter
-                            .mark_done(&spec.instance)
-                            .map_err(|e| retry("recording the one-off's end", e));
+                let gone = match &purpose {
+                    Some(OneOffPurpose::CronRun { run }) => {
+                        state.cron.active.as_ref().is_none_or(|a| &a.id != run)
                     }
+                    Some(OneOffPurpose::Job { job }) => {
+                        state.jobs.get(job).is_none_or(|j| !j.status.is_active())
+                    }
+                    Some(OneOffPurpose::PreDeploy) | None => false,
+                };
+                if gone {
+                    tracing::info!(instance.id = %spec.instance, "run canceled meanwhile; not started");
+                    return self
+                        .reporter
+                        .mark_done(&spec.instance)
+                        .map_err(|e| retry("recording the one-off's end", e));
+                }
+                if let Some(OneOffPurpose::Job { job }) = &purpose {
+                    self.reporter
+                        .decide(
+                            &spec.service,
+                            Some(&spec.deploy),
+                            service::Command::RecordJobStarted { job: job.clone() },
+                            &format!("{}:started", spec.instance),
+                        )
+                        .await
+                        .map_err(|e| verdict("recording the job's start", e))?;
                 }
                 let mut s = self.instance_spec(&spec, image, env);
                 self.add_platform_env(&spec, state.config.as_ref(), &mut s);
@@ -740,6 +771,12 @@ fn ended(
             run,
             status: status.to_owned(),
             exit_code,
+        },
+        OneOffPurpose::Job { job } => service::Command::RecordJobEnded {
+            job,
+            success,
+            exit_code,
+            reason,
         },
     }
 }

@@ -1,5 +1,5 @@
 //! The `berth` API client commands (`service`, `credential`, `env`,
-//! `domain`, `hook`, `cron`, `node`, `apikey`, `notify`, `integration`): each one is
+//! `domain`, `hook`, `cron`, `job`, `node`, `apikey`, `notify`, `integration`): each one is
 //! a few HTTP calls to the API that `berth up` serves, printed as a table
 //! or, with `--json`, as the API's own JSON for scripts.
 //!
@@ -22,6 +22,7 @@ pub mod env;
 pub mod hook;
 pub mod http;
 pub mod integration;
+pub mod job;
 pub mod logs;
 pub mod node;
 pub mod notify;
@@ -124,6 +125,8 @@ pub enum ClientCommand {
     Hook(hook::HookArgs),
     /// Trigger, cancel or list a cron job's runs.
     Cron(cron::CronArgs),
+    /// Run a service's one-off jobs; list, show or cancel them.
+    Job(job::JobArgs),
     /// The installation's nodes.
     Node(node::NodeArgs),
     /// API keys of your owner.
@@ -155,6 +158,7 @@ pub fn main(cmd: ClientCommand) -> ExitCode {
             ClientCommand::Domain(a) => domain::run(a).await,
             ClientCommand::Hook(a) => hook::run(a).await,
             ClientCommand::Cron(a) => cron::run(a).await,
+            ClientCommand::Job(a) => job::run(a).await,
             ClientCommand::Node(a) => node::run(a).await,
             ClientCommand::Apikey(a) => apikey::run(a).await,
             ClientCommand::Notify(a) => notify::run(a).await,

@@ -3,8 +3,8 @@
 its generated `render.public_api` client).
 
 Runs every operation of the SDK's `services`, `deploys`, `events`,
-`registry_credentials`, `services_cron_jobs`, `notification_settings` and
-`custom_domains` modules that applies to image-backed services (the rest are listed in
+`registry_credentials`, `services_cron_jobs`, `one_off_jobs`,
+`notification_settings` and `custom_domains` modules that applies to image-backed services (the rest are listed in
 NOT_APPLICABLE, each with why) against one installation, with a client that
 raises on any status Render does not document. Each answer must carry the
 status Render documents, parse into the SDK's model, and say what Render
@@ -22,7 +22,7 @@ BERTH_SDK_REGISTRY_PASSWORD (neither is ever printed). `--self-test` runs
 it against fake_render.py instead, which it must pass.
 
 The steps are in steps_owner.py (credentials, notification settings),
-steps_services.py, steps_domains.py and steps_deploys.py, in the order main() runs them; what
+steps_services.py, steps_domains.py, steps_deploys.py and steps_jobs.py, in the order main() runs them; what
 they share is in world.py, the bookkeeping in harness.py.
 """
 
@@ -36,6 +36,7 @@ import httpx
 from harness import Harness
 from steps_deploys import cron, deploys, events
 from steps_domains import custom_domains
+from steps_jobs import jobs
 from steps_owner import credentials, notifications
 from steps_services import create_services, env_vars, instances, lifecycle, list_all, teardown
 from world import World
@@ -48,6 +49,7 @@ MODULES = [
     "events",
     "registry_credentials",
     "services_cron_jobs",
+    "one_off_jobs",
     "notification_settings",
     "custom_domains",
 ]
@@ -159,6 +161,7 @@ def main():
         custom_domains,
         notifications,
         cron,
+        jobs,
         lifecycle,
         list_all,
         events,

@@ -43,6 +43,7 @@ class FakeRender:
         self.notify = "failure"
         self.runs = {}  # service id -> the active run
         self.domains = {}  # name -> (service id, custom domain)
+        self.jobs = {}  # service id -> [job], oldest first
 
     # The transport.
 
@@ -100,6 +101,10 @@ class FakeRender:
             ("POST", s + r"/custom-domains/([^/]+)/verify", self.verify_domain),
             ("POST", r"/cron-jobs/([^/]+)/runs", self.run_cron),
             ("DELETE", r"/cron-jobs/([^/]+)/runs", self.cancel_cron),
+            ("POST", s + r"/jobs", self.create_job),
+            ("GET", s + r"/jobs", self.list_jobs),
+            ("GET", s + r"/jobs/([^/]+)", self.get_job),
+            ("POST", s + r"/jobs/([^/]+)/cancel", self.cancel_job),
         ]
 
     @staticmethod
@@ -542,3 +547,54 @@ class FakeRender:
         if run:
             self.event(sid, "cron_job_run_ended", {"cronJobRunId": run["id"], "status": "canceled"})
         return 204, None
+
+    # One-off jobs: a job ends at once, succeeded unless its command is a
+    # `sleep` (then it runs until canceled).
+
+    def create_job(self, query, body, sid):
+        if self.known(sid):
+            return self.known(sid)
+        command = body.get("startCommand", "").strip()
+        if not command:
+            return 400, {"id": "invalid", "message": "startCommand is blank"}
+        running = command.startswith("sleep")
+        job = {
+            "id": new_id("job"),
+            "serviceId": sid,
+            "startCommand": command,
+            "planId": body.get("planId") or self.services[sid].get("plan", "starter"),
+            "createdAt": stamp(),
+            "status": "running" if running else "succeeded",
+            "startedAt": stamp(),
+        }
+        if not running:
+            job["finishedAt"] = stamp()
+        self.jobs.setdefault(sid, []).append(job)
+        return 201, job
+
+    def find_job(self, sid, jid):
+        return next((j for j in self.jobs.get(sid, []) if j["id"] == jid), None)
+
+    def list_jobs(self, query, body, sid):
+        if self.known(sid):
+            return self.known(sid)
+        wanted = query.get_list("status")
+        items = [
+            {"job": j, "cursor": j["id"]}
+            for j in reversed(self.jobs.get(sid, []))
+            if not wanted or j["status"] in wanted
+        ]
+        return 200, self.page(query, items, lambda i: i["cursor"])
+
+    def get_job(self, query, body, sid, jid):
+        job = self.find_job(sid, jid)
+        return (200, job) if job else self.missing("job")
+
+    def cancel_job(self, query, body, sid, jid):
+        job = self.find_job(sid, jid)
+        if not job:
+            return self.missing("job")
+        if job["status"] in ("pending", "running"):
+            job["status"] = "canceled"
+            job["finishedAt"] = stamp()
+        return 200, job

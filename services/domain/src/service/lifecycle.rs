@@ -227,9 +227,11 @@ pub(super) fn update(
     Ok(out)
 }
 
-/// Cancels running and queued deploys and the active cron run.
+/// Cancels running and queued deploys, the active cron run and the
+/// pending and running jobs.
 fn stop_everything(state: &ServiceState) -> Vec<Event> {
     let mut out = deploys::stop_all(state);
+    out.extend(super::jobs::cancel_all(state));
     if let Some(run) = &state.cron.active {
         out.push(
             CronJobRunEnded {

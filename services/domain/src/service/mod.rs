@@ -47,6 +47,7 @@ mod cron;
 mod deploys;
 mod domains;
 pub mod instances;
+mod jobs;
 mod lifecycle;
 pub mod platform_env;
 mod state;
@@ -58,7 +59,7 @@ mod tests;
 use berth_schemas::events::{
     InstanceRescheduled, InstanceScheduled, PlacementBlocked, ServiceSettings,
 };
-use berth_schemas::ids::{CronRunId, CustomDomainId, DeployId, InstanceId, NodeId, OwnerId};
+use berth_schemas::ids::{CronRunId, CustomDomainId, DeployId, InstanceId, JobId, NodeId, OwnerId};
 use berth_schemas::model::{
     DeployStatus, DeployTrigger, EnvVars, NotifySetting, OverlapPolicy, Plan, PullFailureReason,
     ResolvedImage, Sealed, ServiceType,
@@ -70,6 +71,7 @@ pub use cron::{CronRun, CronState, CRON_RUN_STATUSES};
 pub use deploys::{Deploy, PreDeployOutcome, PullFailures};
 pub use domains::{Certificate, CustomDomain, CustomDomains};
 pub use instances::{Instance, InstancePhase, Instances};
+pub use jobs::{Job, JobStatus, Jobs, KEPT_JOBS, MAX_ACTIVE_JOBS, MAX_START_COMMAND};
 pub use lifecycle::needs_redeploy;
 pub use state::{apply, apply_at, ServiceConfig, ServiceState, ServiceStatus, KEPT_ENDED_DEPLOYS};
 
@@ -345,6 +347,30 @@ pub enum Command {
         status: String,
         exit_code: Option<i32>,
     },
+
+    // ---- one-off jobs ----
+    /// Run `start_command` once in a container of the live deploy's image,
+    /// on `plan` (the service's own when `None`).
+    CreateJob {
+        job: JobId,
+        start_command: String,
+        plan: Option<Plan>,
+    },
+    /// Cancel a pending or running job.
+    CancelJob {
+        job: JobId,
+    },
+    /// A node started the job's container.
+    RecordJobStarted {
+        job: JobId,
+    },
+    /// The job's container ended by itself (`success`: exit code 0).
+    RecordJobEnded {
+        job: JobId,
+        success: bool,
+        exit_code: Option<i32>,
+        reason: Option<String>,
+    },
 }
 
 /// Under which name a service's fold is stored (see
@@ -375,13 +401,16 @@ impl Aggregate for Service {
         decide(state, command, ctx)
     }
 
-    /// A cron run belongs to the deploy that is live when it starts, ends
-    /// or is skipped: the digest it runs is that deploy's.
+    /// A cron run or job belongs to the deploy that is live when it
+    /// starts, ends or is skipped: the digest it runs is that deploy's.
     fn correlation(state: &ServiceState, event: &Event) -> Option<DeployId> {
         match event {
             Event::CronJobRunStarted(_)
             | Event::CronJobRunEnded(_)
-            | Event::CronJobRunSkipped(_) => state.live.clone(),
+            | Event::CronJobRunSkipped(_)
+            | Event::JobCreated(_)
+            | Event::JobStarted(_)
+            | Event::JobEnded(_) => state.live.clone(),
             _ => None,
         }
     }
@@ -530,5 +559,18 @@ pub fn decide(
             status,
             exit_code,
         } => cron::cron_run_ended(state, &run, status, exit_code),
+        Command::CreateJob {
+            job,
+            start_command,
+            plan,
+        } => jobs::create(state, job, start_command, plan),
+        Command::CancelJob { job } => jobs::cancel(state, &job),
+        Command::RecordJobStarted { job } => jobs::started(state, &job),
+        Command::RecordJobEnded {
+            job,
+            success,
+            exit_code,
+            reason,
+        } => jobs::ended(state, &job, success, exit_code, reason),
     }
 }

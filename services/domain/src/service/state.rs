@@ -70,6 +70,10 @@ pub struct ServiceState {
     /// The deploy serving now.
     pub live: Option<DeployId>,
     pub cron: CronState,
+    /// Its one-off jobs, the most recent (absent in snapshots taken before
+    /// jobs existed: none then).
+    #[serde(default)]
+    pub jobs: super::jobs::Jobs,
     /// The instances on nodes now (absent in snapshots taken before it existed).
     #[serde(default)]
     pub instances: Instances,
@@ -271,6 +275,7 @@ pub fn apply_at(mut s: ServiceState, event: &Event, time: Option<DateTime<Utc>>)
     lifecycle::apply(&mut s, event, time);
     deploys::apply(&mut s, event, time);
     cron::apply(&mut s, event, time);
+    super::jobs::apply(&mut s, event, time);
     domains::apply(&mut s, event, time);
     s.instances.apply(event, time);
     if let Event::InstancePortDetected(e) = event {

@@ -7,6 +7,7 @@
 
 mod deploys;
 mod domains;
+mod jobs;
 mod lifecycle;
 mod placement;
 mod platform_env;
