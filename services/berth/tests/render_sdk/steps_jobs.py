@@ -1,5 +1,6 @@
 """One-off jobs: `one_off_jobs.*` on the background worker, which runs by
-then: a job that checks the service's env runs to `succeeded`, a job that
+then: a job that checks the service's env (as the env_vars step left it:
+GREETING=hi) runs to `succeeded`, a job that
 would sleep for ten minutes is canceled, and the listing filters by
 status and pages."""
 
@@ -15,7 +16,7 @@ def jobs(h, w):
     if not svc.id:
         return
     op = "one_off_jobs.post_job"
-    body = PostJobBody(start_command="sh -c 'test \"$GREETING\" = hello'")
+    body = PostJobBody(start_command="sh -c 'test \"$GREETING\" = hi'")
     job = h.call(op, post_job, svc.id, expect=201, model=Job, body=body)
     ok_id = job.id if job else raw_id(h, "id")
     if job:
@@ -45,7 +46,11 @@ def jobs(h, w):
 
     done = h.eventually(60, ended)
     if done != "failed" and h.check(op, done is not None, "the job did not end within 60 s"):
-        h.check(op, done.status == JobStatus.SUCCEEDED, f"it ended {show(done.status)}")
+        h.check(
+            op,
+            done.status == JobStatus.SUCCEEDED,
+            f"it ended {show(done.status)}: {h.last_json()}",
+        )
         h.check(op, bool(done.started_at) and bool(done.finished_at), "no startedAt/finishedAt")
 
     op = "one_off_jobs.list_job"
