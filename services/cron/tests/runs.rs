@@ -429,7 +429,7 @@ async fn manual_trigger_cancels_the_active_run_and_cancel_stops_it() {
 }
 
 #[tokio::test]
-async fn a_deleted_image_fails_the_run_with_image_pull_failed() {
+async fn a_deleted_image_fails_the_run_and_a_job_with_image_pull_failed() {
     let w = World::start().await;
     let r = start(&w, options(Clock::System)).await;
     let service = cron_job(&w, "0 0 1 1 *", "true").await;
@@ -438,9 +438,60 @@ async fn a_deleted_image_fails_the_run_with_image_pull_failed() {
     let run = berth_cron::trigger_run(&w.store, &service, &Actor::system("test"))
         .await
         .unwrap();
-    let events = w
-        .wait_events(&service, Duration::from_secs(60), |e| ended_count(e) >= 1)
+    // A job of the same image fails the same way; one on an instance type
+    // no node can hold fails at once, never enqueued.
+    let job = JobId::generate();
+    let huge = JobId::generate();
+    for (j, plan) in [
+        (&job, None),
+        (
+            &huge,
+            Some(berth_schemas::model::Plan {
+                name: "pro_ultra".into(),
+                cpu_millis: 8000,
+                memory_mib: 32768,
+            }),
+        ),
+    ] {
+        w.command(
+            &service,
+            Command::CreateJob {
+                job: j.clone(),
+                start_command: "true".into(),
+                plan,
+            },
+        )
         .await;
+    }
+    let job_end = |events: &[Envelope], j: &JobId| {
+        events.iter().find_map(|e| match &e.event {
+            Event::JobEnded(x) if &x.job == j => Some(x.clone()),
+            _ => None,
+        })
+    };
+    let events = w
+        .wait_events(&service, Duration::from_secs(60), |e| {
+            ended_count(e) >= 1 && job_end(e, &job).is_some() && job_end(e, &huge).is_some()
+        })
+        .await;
+    let pulled = job_end(&events, &job).unwrap();
+    assert_eq!(pulled.status, "failed");
+    assert!(
+        pulled
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("was not pulled")),
+        "{pulled:?}"
+    );
+    let unplaced = job_end(&events, &huge).unwrap();
+    assert_eq!(unplaced.status, "failed");
+    assert!(
+        unplaced
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("no node has room")),
+        "{unplaced:?}"
+    );
     let failed = events
         .iter()
         .find_map(|e| match &e.event {
