@@ -654,7 +654,7 @@ impl Agent {
         let dir = inner.cfg.state_dir.join("instances");
         let mut tick = tokio::time::interval(inner.cfg.disk_check);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut said: Option<Instant> = None;
+        let mut fruitless: Option<crate::disk::Fruitless> = None;
         loop {
             tokio::select! {
                 _ = inner.detach.cancelled() => return,
@@ -668,6 +668,9 @@ impl Agent {
                     continue;
                 }
             };
+            if !crate::disk::walk_again(fruitless, free, reserve, Instant::now()) {
+                continue;
+            }
             let candidates: Vec<(InstanceId, Arc<Asks>)> = {
                 let t = inner.table();
                 // The last one asked is not done: its files are not gone yet.
@@ -695,16 +698,19 @@ impl Agent {
                     );
                     asks.written.store(written, Ordering::Relaxed);
                     asks.evict.notify_one();
+                    fruitless = None;
                 }
-                None if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) => {
-                    said = Some(Instant::now());
+                None => {
+                    fruitless = Some(crate::disk::Fruitless {
+                        at: Instant::now(),
+                        free,
+                    });
                     tracing::warn!(
                         free_mib = free >> 20,
                         reserve_mib = reserve >> 20,
                         "the node's disk is low, and no instance wrote enough to its filesystem to be killed for it"
                     );
                 }
-                None => {}
             }
         }
     }

@@ -9,12 +9,14 @@
 //! chosen only once the last one's files are gone and the disk is still
 //! low. An instance that wrote less than a quarter of the reserve is never
 //! chosen (the disk is then low for other reasons, and killing it would
-//! free little): the node says so in its log instead, at most once a
-//! minute.
+//! free little): the node says so in its log instead, and walks the
+//! instances' files again only after a minute or once the free space
+//! fell by what would be worth a kill.
 
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::bundle::InstanceDir;
 
@@ -81,6 +83,29 @@ pub fn usage(root: &Path) -> u64 {
     total
 }
 
+/// How long a walk that found nobody worth killing holds off the next
+/// while the disk stays low for other reasons.
+pub const IDLE_WALK: Duration = Duration::from_secs(60);
+
+/// A walk that found nobody worth killing, at `at` with `free` bytes free.
+#[derive(Debug, Clone, Copy)]
+pub struct Fruitless {
+    pub at: Instant,
+    pub free: u64,
+}
+
+/// Whether to walk the instances' writes again now, with `free` bytes
+/// free, after the fruitless walk `last` (if any): after [`IDLE_WALK`], or
+/// sooner once the free space fell by what would be worth a kill (someone
+/// is writing). A walk reads every file instances made; a disk low for
+/// other reasons must not cost one a second.
+pub fn walk_again(last: Option<Fruitless>, free: u64, reserve: u64, now: Instant) -> bool {
+    last.is_none_or(|l| {
+        now.duration_since(l.at) >= IDLE_WALK
+            || l.free.saturating_sub(free) >= worth_evicting(reserve)
+    })
+}
+
 /// The instance to kill for the disk among `(what, bytes written)`: the
 /// one that wrote the most, if that is worth it for `reserve`.
 pub fn choose<T>(written: impl IntoIterator<Item = (T, u64)>, reserve: u64) -> Option<(T, u64)> {
@@ -108,6 +133,37 @@ mod tests {
         // A tiny reserve still needs a MiB written.
         assert_eq!(choose([("a", 1000)], 64), None);
         assert_eq!(choose([("a", 1 << 20)], 64), Some(("a", 1 << 20)));
+    }
+
+    #[test]
+    fn a_fruitless_walk_holds_off_the_next_unless_the_disk_keeps_filling() {
+        let reserve = 1 << 30;
+        let t0 = Instant::now();
+        let last = Some(Fruitless {
+            at: t0,
+            free: 900 << 20,
+        });
+        assert!(walk_again(None, 900 << 20, reserve, t0));
+        assert!(!walk_again(
+            last,
+            900 << 20,
+            reserve,
+            t0 + Duration::from_secs(5)
+        ));
+        // Someone wrote a quarter of the reserve since: look now.
+        assert!(walk_again(
+            last,
+            (900 << 20) - (256 << 20),
+            reserve,
+            t0 + Duration::from_secs(5)
+        ));
+        assert!(!walk_again(
+            last,
+            (900 << 20) - (255 << 20),
+            reserve,
+            t0 + Duration::from_secs(5)
+        ));
+        assert!(walk_again(last, 900 << 20, reserve, t0 + IDLE_WALK));
     }
 
     #[test]
