@@ -649,6 +649,65 @@ async fn owner_pages_use_the_apis_rules() {
         )
         .await;
     assert!(ran.html.contains("no live deploy yet"), "{}", ran.html);
+
+    // Jobs: refused before a deploy is live, then run, listed and canceled
+    // from the page.
+    assert!(
+        page.html.contains("Run job") && page.html.contains("No jobs yet."),
+        "{}",
+        page.html
+    );
+    let job = |command: &'static str| [("startCommand", command)];
+    let refused = b
+        .submit(
+            &format!("/services/{cron}"),
+            &format!("/services/{cron}/jobs"),
+            &job("rake db:migrate"),
+        )
+        .await;
+    assert!(
+        refused.html.contains("no live deploy yet"),
+        "{}",
+        refused.html
+    );
+    app.go_live(&alice, cron).await;
+    let started = b
+        .submit(
+            &format!("/services/{cron}"),
+            &format!("/services/{cron}/jobs"),
+            &job("rake db:migrate"),
+        )
+        .await;
+    assert!(started.html.contains("Job job-"), "{}", started.html);
+    assert!(
+        started.html.contains("<code>rake db:migrate</code>"),
+        "{}",
+        started.html
+    );
+    let (_, listed) = app.get(&format!("/v1/services/{cron}/jobs"), &alice).await;
+    let id = listed[0]["job"]["id"].as_str().unwrap().to_owned();
+    assert!(
+        started.html.contains(&format!("/jobs/{id}/cancel")),
+        "{}",
+        started.html
+    );
+    let canceled = b
+        .submit(
+            &format!("/services/{cron}"),
+            &format!("/services/{cron}/jobs/{id}/cancel"),
+            &[],
+        )
+        .await;
+    assert!(
+        canceled.html.contains(&format!("Job {id} is canceled.")),
+        "{}",
+        canceled.html
+    );
+    assert!(
+        !canceled.html.contains(&format!("/jobs/{id}/cancel")),
+        "{}",
+        canceled.html
+    );
 }
 
 /// The logs page shows kept lines newest first, escaped, filtered, paged

@@ -150,32 +150,7 @@ async fn one_owner_never_sees_another_owners_resources() {
     let dep = app.latest_deploy(&alice, &svc).await;
     // Let the resolver finish, so the log of the service is at rest; then
     // take the deploy live as the scheduler would, so Alice can run a job.
-    let resolved = app.wait_resolved(&alice, &svc, &dep).await;
-    let digest = resolved["image"]["sha"].as_str().unwrap().to_owned();
-    let service_id = AggregateId::Service(svc.parse::<ServiceId>().unwrap());
-    let deploy: berth_schemas::ids::DeployId = dep.parse().unwrap();
-    for (key, command) in [
-        (
-            "live-1",
-            berth_domain::service::Command::RecordUpdateStarted {
-                deploy: deploy.clone(),
-            },
-        ),
-        (
-            "live-2",
-            berth_domain::service::Command::RecordLive { deploy, digest },
-        ),
-    ] {
-        app.store
-            .execute::<berth_domain::service::Service>(
-                &service_id,
-                key,
-                &berth_eventlog::Stamp::new(berth_schemas::Actor::system("test")),
-                command,
-            )
-            .await
-            .unwrap();
-    }
+    app.go_live(&alice, &svc).await;
     let (s, j) = app
         .post(
             &format!("/v1/services/{svc}/jobs"),

@@ -37,25 +37,8 @@ fn uuid_key() -> String {
 
 /// Takes `svc`'s first deploy live; returns (deploy, digest).
 async fn first_deploy_live(app: &App, o: &crate::support::Owner, svc: &str) -> (DeployId, String) {
-    let dep = app.latest_deploy(o, svc).await;
-    let d = app.wait_resolved(o, svc, &dep).await;
-    let digest = d["image"]["sha"].as_str().unwrap().to_owned();
-    let deploy: DeployId = dep.parse().unwrap();
-    record(
-        app,
-        svc,
-        vec![
-            Command::RecordUpdateStarted {
-                deploy: deploy.clone(),
-            },
-            Command::RecordLive {
-                deploy: deploy.clone(),
-                digest: digest.clone(),
-            },
-        ],
-    )
-    .await;
-    (deploy, digest)
+    let (dep, digest) = app.go_live(o, svc).await;
+    (dep.parse().unwrap(), digest)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -369,6 +369,39 @@ impl App {
         }
     }
 
+    /// Takes `svc`'s newest deploy live once resolved, as the scheduler
+    /// would record it; returns (deploy, digest).
+    pub async fn go_live(&self, o: &Owner, svc: &str) -> (String, String) {
+        use berth_domain::service::{Command, Service};
+        let dep = self.latest_deploy(o, svc).await;
+        let d = self.wait_resolved(o, svc, &dep).await;
+        let digest = d["image"]["sha"].as_str().unwrap().to_owned();
+        let deploy: berth_schemas::ids::DeployId = dep.parse().unwrap();
+        let id = AggregateId::Service(svc.parse().unwrap());
+        let stamp = berth_eventlog::Stamp::new(Actor::system("test"));
+        for (step, command) in [
+            (
+                "update",
+                Command::RecordUpdateStarted {
+                    deploy: deploy.clone(),
+                },
+            ),
+            (
+                "live",
+                Command::RecordLive {
+                    deploy,
+                    digest: digest.clone(),
+                },
+            ),
+        ] {
+            self.store
+                .execute::<Service>(&id, &format!("{dep}:{step}"), &stamp, command)
+                .await
+                .unwrap();
+        }
+        (dep, digest)
+    }
+
     /// Creates a background worker of `team/app:v1`; returns (id, hook path).
     pub async fn service(&self, o: &Owner, name: &str) -> (String, String) {
         self.create(o, "background_worker", name).await

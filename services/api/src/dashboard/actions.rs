@@ -1,6 +1,6 @@
 //! A service's actions: each form posts to the `/v1` handler that does
 //! the same (deploy, cancel, roll back, scale, restart, suspend, resume,
-//! cron runs) and comes back to the service's page with what happened.
+//! cron runs, jobs) and comes back to the service's page with what happened.
 
 use axum::extract::{Path, State};
 use axum::response::Response;
@@ -10,9 +10,9 @@ use super::after;
 use super::session::Posted;
 use crate::app::{AppState, Authed, JsonBody};
 use crate::error::ApiError;
-use crate::routes::cron;
 use crate::routes::deploys::{self, RollbackBody};
 use crate::routes::services::{self, Empty, ScaleBody};
+use crate::routes::{cron, jobs};
 use crate::views::DeployView;
 
 /// The page of service `id`.
@@ -158,6 +158,44 @@ pub async fn run_cron(
     )
     .await
     .map(|r| format!("Run {} started.", r.0.id));
+    after(&st, &who, &back(&id), done)
+}
+
+/// POST /services/{serviceId}/jobs: a one-off job of `startCommand`.
+pub async fn run_job(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Posted { who, form }: Posted,
+) -> Response {
+    let body = jobs::CreateJobBody {
+        start_command: form.text("startCommand").unwrap_or_default(),
+        plan_id: form.text("planId"),
+    };
+    let done = jobs::create(
+        State(st.clone()),
+        Authed(who.caller.clone()),
+        Path(id.clone()),
+        JsonBody(body),
+    )
+    .await
+    .map(|(_, j)| format!("Job {} started.", j.0.id));
+    after(&st, &who, &back(&id), done)
+}
+
+/// POST /services/{serviceId}/jobs/{jobId}/cancel
+pub async fn cancel_job(
+    State(st): State<AppState>,
+    Path((id, job)): Path<(String, String)>,
+    Posted { who, .. }: Posted,
+) -> Response {
+    let done = jobs::cancel(
+        State(st.clone()),
+        Authed(who.caller.clone()),
+        Path((id.clone(), job)),
+        JsonBody(Empty {}),
+    )
+    .await
+    .map(|j| format!("Job {} is {}.", j.0.id, j.0.status));
     after(&st, &who, &back(&id), done)
 }
 

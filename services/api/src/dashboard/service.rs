@@ -1,5 +1,5 @@
 //! A service's page: what the `/v1` handlers answer for the service (its
-//! view, deploys, instances or cron runs, events), the deploy in progress
+//! view, deploys, instances or cron runs, jobs, events), the deploy in progress
 //! ([`super::progress`]) followed live; its forms post to
 //! [`super::actions`].
 
@@ -22,12 +22,15 @@ use crate::error::ApiError;
 use crate::query::{self, Listing};
 use crate::routes::deploys::{self, DeployItem, DeploysQuery};
 use crate::routes::events::{self, EventItem, EventsQuery};
+use crate::routes::jobs::{self, JobItem, JobsQuery};
 use crate::routes::services::{self, InstanceView};
 use crate::views::{CommonDetails, DeployView, ServerPort, ServiceDetails, ServiceView};
 
 /// Deploys and events on the page.
 const DEPLOYS: &str = "20";
 const EVENTS: &str = "25";
+/// Jobs on the page (the newest).
+const JOBS: &str = "10";
 
 /// Query of a service page: where its deploy and event listings start.
 #[derive(Debug, Default, Deserialize)]
@@ -45,6 +48,7 @@ struct Seen {
     instances: Vec<InstanceView>,
     events: Vec<EventItem>,
     runs: Vec<EventItem>,
+    jobs: Vec<JobItem>,
 }
 
 async fn load(st: &AppState, who: &Signed, id: &str, q: &PageQuery) -> Result<Seen, ApiError> {
@@ -77,6 +81,17 @@ async fn load(st: &AppState, who: &Signed, id: &str, q: &PageQuery) -> Result<Se
     )
     .await?
     .0;
+    let jobs = jobs::list(
+        s.clone(),
+        a(),
+        path(),
+        Listing(JobsQuery {
+            limit: Some(JOBS.to_owned()),
+            ..JobsQuery::default()
+        }),
+    )
+    .await?
+    .0;
     let runs = if service.service_type == ServiceType::CronJob {
         events::list(
             s,
@@ -102,6 +117,7 @@ async fn load(st: &AppState, who: &Signed, id: &str, q: &PageQuery) -> Result<Se
         instances,
         events,
         runs,
+        jobs,
     })
 }
 
@@ -215,6 +231,70 @@ fn deploys_table(who: &Signed, s: &ServiceView, items: &[DeployItem]) -> Markup 
                                 }
                             }
                             (rollback_cell(who, s, d))
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Run a one-off job: outside the live region, so an update never wipes
+/// what is being typed.
+fn job_form(who: &Signed, s: &ServiceView) -> Markup {
+    html! {
+        form.actions method="post" action={ "/services/" (s.id) "/jobs" } {
+            (csrf(who))
+            label for="job-command" { "Command" }
+            " "
+            input #job-command type="text" name="startCommand" required placeholder="rake db:migrate";
+            " "
+            button type="submit" { "Run job" }
+        }
+    }
+}
+
+/// The newest jobs: how each went, a cancel for those still going.
+fn jobs_table(who: &Signed, s: &ServiceView, items: &[JobItem]) -> Markup {
+    html! {
+        @if items.is_empty() {
+            p.muted { "No jobs yet." }
+        } @else {
+            table {
+                caption { "Newest first" }
+                thead { tr {
+                    th scope="col" { "Job" } th scope="col" { "Status" } th scope="col" { "Command" }
+                    th.opt scope="col" { "Created" } th.opt scope="col" { "Finished" }
+                    th scope="col" { span.muted { "Actions" } }
+                } }
+                tbody {
+                    @for item in items {
+                        @let j = &item.job;
+                        @let class = match j.status.as_str() {
+                            "succeeded" => "st-ok",
+                            "failed" => "st-bad",
+                            "canceled" => "st-off",
+                            "running" => "st-run",
+                            _ => "st-wait",
+                        };
+                        tr id={ "job-" (j.id) } {
+                            td { code { (j.id) } }
+                            td.status {
+                                (badge(class, &j.status))
+                                @if let Some(c) = j.exit_code { " " span.muted { "exit " (c) } }
+                                @if let Some(r) = &j.reason { br; span.muted { (r) } }
+                            }
+                            td { code { (j.start_command) } }
+                            td.opt { (time(Some(j.created_at))) }
+                            td.opt { (time(j.finished_at)) }
+                            td {
+                                @if matches!(j.status.as_str(), "pending" | "running") {
+                                    form.inline method="post" action={ "/services/" (s.id) "/jobs/" (j.id) "/cancel" } {
+                                        (csrf(who))
+                                        button.secondary type="submit" { "Cancel" }
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -482,6 +562,11 @@ pub async fn page(
                     h2 #instances-title { "Instances" }
                     (instances_table(&seen.instances))
                 }
+            }
+            section aria-labelledby="jobs-title" {
+                h2 #jobs-title { "Jobs" }
+                (job_form(&who, s))
+                div #jobs data-live { (jobs_table(&who, s, &seen.jobs)) }
             }
             section #events data-live aria-labelledby="events-title" {
                 h2 #events-title { "Events" }
