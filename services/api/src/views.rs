@@ -258,7 +258,9 @@ pub struct PrivateDetails {
     pub num_instances: u32,
     /// See [`WebDetails::open_ports`].
     pub open_ports: Vec<ServerPort>,
-    /// The host the owner's other instances reach it at (`<name>:<port>`).
+    /// The host name the owner's other instances reach it at (its name;
+    /// the port is the one it serves: `openPorts`, else its `PORT`, else
+    /// the image's, else 10000).
     pub url: String,
 }
 
