@@ -599,6 +599,40 @@ async fn one_off_jobs_are_created_listed_and_canceled() {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 
+    // More jobs than the service holds: the first is still found, and
+    // every job is listed once, the older pages read from the log.
+    let mut more = Vec::new();
+    for _ in 0..berth_domain::service::KEPT_JOBS {
+        let job = berth_schemas::ids::JobId::generate();
+        more.push(Command::CreateJob {
+            job: job.clone(),
+            start_command: "true".into(),
+            plan: None,
+        });
+        more.push(Command::RecordJobEnded {
+            job,
+            success: true,
+            exit_code: Some(0),
+            reason: None,
+        });
+    }
+    record(&app, &svc, more).await;
+    let (s, got) = app.get(&format!("{jobs}/{first_id}"), &alice).await;
+    assert_eq!(
+        (s, got["status"].as_str()),
+        (StatusCode::OK, Some("failed")),
+        "{got}"
+    );
+    let all = app.all_pages(&jobs, &alice, "job").await;
+    let mut ids: Vec<&str> = all.iter().map(|j| j["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), berth_domain::service::KEPT_JOBS + 2);
+    assert_eq!(ids.last(), Some(&first_id.as_str()), "oldest last");
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), berth_domain::service::KEPT_JOBS + 2, "each once");
+    let (_, failed) = app.get(&format!("{jobs}?status=failed"), &alice).await;
+    assert_eq!(failed[0]["job"]["id"], first_id.as_str(), "{failed}");
+
     // Another owner sees none of it and can run nothing there.
     for (s, _) in [
         app.get(&jobs, &bob).await,

@@ -1,9 +1,9 @@
 //! `/v1/services/{id}/jobs`: Render's one-off jobs. A job runs its start
 //! command once in a container of the service's live image, with the
 //! service's environment, on the service's instance type or the one asked
-//! for; a cron component starts it on a node with room. The service keeps
-//! its most recent jobs ([`berth_domain::service::KEPT_JOBS`]): those are
-//! what is listed and found.
+//! for; a cron component starts it on a node with room. The service holds
+//! its most recent jobs ([`berth_domain::service::KEPT_JOBS`]); a page or
+//! a job past them is read from the log.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -176,7 +176,15 @@ pub async fn list(
         limit: q.limit,
         cursor: q.cursor,
     };
-    let state = st.ingress.show_service(&caller, &id).await?;
+    let filtered =
+        !statuses.is_empty() || [created, started, finished].iter().any(|b| !b.is_open());
+    let mut state = st.ingress.show_service(&caller, &id).await?;
+    if state.jobs.forgotten > 0
+        && (filtered || !page.served_by(state.jobs.newest_first().map(|j| j.id.as_str()))?)
+    {
+        // The page reaches past the jobs the service holds.
+        state = st.ingress.service_with_every_deploy(&caller, &id).await?;
+    }
     let items = state
         .jobs
         .newest_first()
@@ -204,7 +212,10 @@ pub async fn get(
 ) -> Result<Json<JobView>, ApiError> {
     let id = service_id(&id)?;
     let job = job_id(&job)?;
-    let state = st.ingress.show_service(&caller, &id).await?;
+    let mut state = st.ingress.show_service(&caller, &id).await?;
+    if state.jobs.get(&job).is_none() && state.jobs.forgotten > 0 {
+        state = st.ingress.service_with_every_deploy(&caller, &id).await?;
+    }
     view(id.as_str(), &state, &job).map(Json)
 }
 

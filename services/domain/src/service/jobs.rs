@@ -4,7 +4,8 @@
 //! by a node (`job_started`, running), ended (`job_ended`: succeeded,
 //! failed or canceled). Several may run at once, at most
 //! [`MAX_ACTIVE_JOBS`]; the service keeps its [`KEPT_JOBS`] most recent
-//! (ended ones go first), the rest are in the log.
+//! (ended ones go first), the rest are in the log (a fold keeping every
+//! deploy keeps every job: what a look past the recent ones reads).
 
 use std::collections::VecDeque;
 
@@ -88,36 +89,45 @@ pub struct Job {
 
 /// A service's recent jobs, oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Jobs(VecDeque<Job>);
+#[serde(rename_all = "camelCase")]
+pub struct Jobs {
+    held: VecDeque<Job>,
+    /// Ended jobs no longer held here (the oldest, beyond [`KEPT_JOBS`]);
+    /// the log still has them (a fold keeping every deploy keeps every
+    /// job too: `ServiceState::keeping_every_deploy`).
+    #[serde(default)]
+    pub forgotten: u64,
+}
 
 impl Jobs {
     /// One job, if still kept.
     pub fn get(&self, id: &JobId) -> Option<&Job> {
-        self.0.iter().find(|j| &j.id == id)
+        self.held.iter().find(|j| &j.id == id)
     }
 
     /// Every kept job, newest first.
     pub fn newest_first(&self) -> impl Iterator<Item = &Job> {
-        self.0.iter().rev()
+        self.held.iter().rev()
     }
 
     /// The pending and running jobs.
     pub fn active(&self) -> impl Iterator<Item = &Job> {
-        self.0.iter().filter(|j| j.status.is_active())
+        self.held.iter().filter(|j| j.status.is_active())
     }
 
     fn get_mut(&mut self, id: &JobId) -> Option<&mut Job> {
-        self.0.iter_mut().find(|j| &j.id == id)
+        self.held.iter_mut().find(|j| &j.id == id)
     }
 
-    /// Adds `job`, then drops the oldest ended jobs past [`KEPT_JOBS`].
-    fn push(&mut self, job: Job) {
-        self.0.push_back(job);
-        while self.0.len() > KEPT_JOBS {
-            match self.0.iter().position(|j| !j.status.is_active()) {
+    /// Adds `job`, then (unless `every`) lets the oldest ended jobs past
+    /// [`KEPT_JOBS`] go.
+    fn push(&mut self, job: Job, every: bool) {
+        self.held.push_back(job);
+        while !every && self.held.len() > KEPT_JOBS {
+            match self.held.iter().position(|j| !j.status.is_active()) {
                 Some(i) => {
-                    self.0.remove(i);
+                    self.held.remove(i);
+                    self.forgotten += 1;
                 }
                 None => break,
             }
@@ -230,19 +240,23 @@ pub(super) fn ended(
 
 /// Applies a job event; any other leaves `s` unchanged.
 pub(super) fn apply(s: &mut ServiceState, event: &Event, time: Option<DateTime<Utc>>) {
+    let every = s.keeps_everything();
     match event {
-        Event::JobCreated(e) if s.jobs.get(&e.job).is_none() => s.jobs.push(Job {
-            id: e.job.clone(),
-            start_command: e.start_command.clone(),
-            plan: e.plan.clone(),
-            digest: e.digest.clone(),
-            status: JobStatus::Pending,
-            created_at: time,
-            started_at: None,
-            finished_at: None,
-            exit_code: None,
-            reason: None,
-        }),
+        Event::JobCreated(e) if s.jobs.get(&e.job).is_none() => s.jobs.push(
+            Job {
+                id: e.job.clone(),
+                start_command: e.start_command.clone(),
+                plan: e.plan.clone(),
+                digest: e.digest.clone(),
+                status: JobStatus::Pending,
+                created_at: time,
+                started_at: None,
+                finished_at: None,
+                exit_code: None,
+                reason: None,
+            },
+            every,
+        ),
         Event::JobStarted(e) => {
             if let Some(j) = s
                 .jobs

@@ -140,7 +140,13 @@ pub const KEPT_ENDED_DEPLOYS: usize = 100;
 const FORGET_SLACK: usize = 28;
 
 impl ServiceState {
-    /// An empty state whose fold keeps every deploy.
+    /// Whether this fold keeps every deploy and job (a look into the
+    /// past), not only the recent ones.
+    pub(super) fn keeps_everything(&self) -> bool {
+        self.keep == Keep::Every
+    }
+
+    /// An empty state whose fold keeps every deploy (and every job).
     pub fn keeping_every_deploy() -> Self {
         ServiceState {
             keep: Keep::Every,

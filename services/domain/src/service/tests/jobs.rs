@@ -8,7 +8,7 @@ use berth_schemas::model::{Plan, ServiceType};
 
 use super::{digest, Scenario};
 use crate::error::ErrorKind;
-use crate::service::{Command, JobStatus, KEPT_JOBS, MAX_ACTIVE_JOBS};
+use crate::service::{Command, JobStatus, ServiceState, KEPT_JOBS, MAX_ACTIVE_JOBS};
 
 fn create(job: &JobId, command: &str) -> Command {
     Command::CreateJob {
@@ -165,9 +165,24 @@ fn a_service_keeps_its_most_recent_jobs_only() {
     let kept: Vec<_> = s.state.jobs.newest_first().collect();
     assert_eq!(kept.len(), KEPT_JOBS);
     // The oldest ended ones went; the running one, older still, stayed.
-    assert!(s.state.jobs.get(&first_ended.unwrap()).is_none());
+    assert!(s.state.jobs.get(first_ended.as_ref().unwrap()).is_none());
     assert_eq!(
         s.state.jobs.get(&running).map(|j| j.status),
         Some(JobStatus::Pending)
     );
+    assert_eq!(s.state.jobs.forgotten, 21);
+    // A fold that keeps every deploy keeps every job: what a look past
+    // the recent ones reads.
+    let every = s
+        .history
+        .iter()
+        .fold(ServiceState::keeping_every_deploy(), |st, e| {
+            crate::service::apply(st, e)
+        });
+    assert_eq!(every.jobs.newest_first().count(), KEPT_JOBS + 21);
+    assert_eq!(every.jobs.forgotten, 0);
+    assert!(every
+        .jobs
+        .get(&first_ended.unwrap_or_else(JobId::generate))
+        .is_some());
 }
