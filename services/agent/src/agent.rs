@@ -285,6 +285,21 @@ impl Inner {
         (killed, spec.limits.memory_mib.filter(|_| killed))
     }
 
+    /// Every supervised instance's asks (restart, kill for the disk).
+    pub(crate) fn asks(&self) -> Vec<(InstanceId, Arc<Asks>)> {
+        self.table()
+            .iter()
+            .map(|(i, s)| (i.clone(), s.asks.clone()))
+            .collect()
+    }
+
+    /// Whether an instance asked to go for the disk still holds its files.
+    pub(crate) fn disk_kill_pending(&self) -> bool {
+        self.table()
+            .values()
+            .any(|s| s.asks.written.load(Ordering::Relaxed) != 0)
+    }
+
     pub fn forget(&self, i: &InstanceId) {
         self.table().remove(i);
     }
@@ -382,7 +397,7 @@ impl Agent {
             agent
                 .inner
                 .tracker
-                .spawn(async move { me.keep_disk().await });
+                .spawn(async move { crate::disk::keep_free(&me.inner).await });
         }
         if let Some(every) = agent.inner.cfg.usage_interval {
             let me = agent.clone();
@@ -643,76 +658,6 @@ impl Agent {
             }
             ended
         })
-    }
-
-    /// Keeps the configured reserve free on the instances' filesystem by
-    /// killing, one at a time, the instance or one-off run that wrote the
-    /// most ([`crate::disk`]).
-    async fn keep_disk(&self) {
-        let inner = &self.inner;
-        let reserve = inner.cfg.disk_reserve;
-        let dir = inner.cfg.state_dir.join("instances");
-        let mut tick = tokio::time::interval(inner.cfg.disk_check);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut fruitless: Option<crate::disk::Fruitless> = None;
-        loop {
-            tokio::select! {
-                _ = inner.detach.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let free = match crate::disk::free(&dir) {
-                Ok(f) if f >= reserve => continue,
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::warn!(path = %dir.display(), error = %e, "free disk space unknown");
-                    continue;
-                }
-            };
-            if !crate::disk::walk_again(fruitless, free, reserve, Instant::now()) {
-                continue;
-            }
-            let candidates: Vec<(InstanceId, Arc<Asks>)> = {
-                let t = inner.table();
-                // The last one asked is not done: its files are not gone yet.
-                if t.values()
-                    .any(|s| s.asks.written.load(Ordering::Relaxed) != 0)
-                {
-                    continue;
-                }
-                t.iter().map(|(i, s)| (i.clone(), s.asks.clone())).collect()
-            };
-            let dirs: Vec<InstanceDir> = candidates.iter().map(|(i, _)| inner.dir(i)).collect();
-            let sizes = tokio::task::spawn_blocking(move || {
-                dirs.iter().map(crate::disk::written).collect::<Vec<u64>>()
-            })
-            .await
-            .unwrap_or_default();
-            match crate::disk::choose(candidates.into_iter().zip(sizes), reserve) {
-                Some(((instance, asks), written)) => {
-                    tracing::warn!(
-                        %instance,
-                        written_mib = written >> 20,
-                        free_mib = free >> 20,
-                        reserve_mib = reserve >> 20,
-                        "the node's disk is low: killing the instance that wrote the most to its filesystem"
-                    );
-                    asks.written.store(written, Ordering::Relaxed);
-                    asks.evict.notify_one();
-                    fruitless = None;
-                }
-                None => {
-                    fruitless = Some(crate::disk::Fruitless {
-                        at: Instant::now(),
-                        free,
-                    });
-                    tracing::warn!(
-                        free_mib = free >> 20,
-                        reserve_mib = reserve >> 20,
-                        "the node's disk is low, and no instance wrote enough to its filesystem to be killed for it"
-                    );
-                }
-            }
-        }
     }
 
     async fn heartbeats(&self) {

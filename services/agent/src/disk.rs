@@ -18,6 +18,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::Ordering;
+
+use crate::agent::Inner;
 use crate::bundle::InstanceDir;
 
 /// Bytes free for unprivileged writers on the filesystem of `path`
@@ -113,6 +116,69 @@ pub fn choose<T>(written: impl IntoIterator<Item = (T, u64)>, reserve: u64) -> O
         .into_iter()
         .max_by_key(|(_, w)| *w)
         .filter(|(_, w)| *w >= worth_evicting(reserve))
+}
+
+/// Keeps the configured reserve free on the instances' filesystem by
+/// killing, one at a time, the instance or one-off run that wrote the most
+/// (the loop the agent runs while it lives).
+pub(crate) async fn keep_free(inner: &Inner) {
+    let reserve = inner.cfg.disk_reserve;
+    let dir = inner.cfg.state_dir.join("instances");
+    let mut tick = tokio::time::interval(inner.cfg.disk_check);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fruitless: Option<Fruitless> = None;
+    loop {
+        tokio::select! {
+            _ = inner.detach.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let free = match self::free(&dir) {
+            Ok(f) if f >= reserve => continue,
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(path = %dir.display(), error = %e, "free disk space unknown");
+                continue;
+            }
+        };
+        if !walk_again(fruitless, free, reserve, Instant::now()) {
+            continue;
+        }
+        // The last one asked is not done: its files are not gone yet.
+        if inner.disk_kill_pending() {
+            continue;
+        }
+        let candidates = inner.asks();
+        let dirs: Vec<InstanceDir> = candidates.iter().map(|(i, _)| inner.dir(i)).collect();
+        let sizes =
+            tokio::task::spawn_blocking(move || dirs.iter().map(written).collect::<Vec<u64>>())
+                .await
+                .unwrap_or_default();
+        match choose(candidates.into_iter().zip(sizes), reserve) {
+            Some(((instance, asks), written)) => {
+                tracing::warn!(
+                    %instance,
+                    written_mib = written >> 20,
+                    free_mib = free >> 20,
+                    reserve_mib = reserve >> 20,
+                    "the node's disk is low: killing the instance that wrote the most to its filesystem"
+                );
+                asks.written.store(written, Ordering::Relaxed);
+                asks.evict.notify_one();
+                fruitless = None;
+            }
+            None => {
+                fruitless = Some(Fruitless {
+                    at: Instant::now(),
+                    free,
+                });
+                tracing::warn!(
+                    free_mib = free >> 20,
+                    reserve_mib = reserve >> 20,
+                    "the node's disk is low, and no instance wrote enough to its filesystem to be killed for it"
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]
