@@ -501,6 +501,11 @@ async fn one_off_jobs_are_created_listed_and_canceled() {
     assert!(first["startedAt"].is_null(), "{first}");
     let first_id = first["id"].as_str().unwrap().to_owned();
     assert!(first_id.starts_with("job-"), "{first_id}");
+    assert_eq!(
+        first["instanceId"].as_str(),
+        Some(format!("ins-{}", &first_id[4..]).as_str()),
+        "the container its lines carry: {first}"
+    );
     let (s, second) = app
         .post(
             &jobs,

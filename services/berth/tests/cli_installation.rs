@@ -251,10 +251,35 @@ async fn cli_lists_nodes_and_cron_runs_sets_every_setting_and_finds_the_installa
     // One-off jobs in the same service's image: `--wait` follows each to
     // its end and exits 1 unless it succeeded.
     let failed = cli
-        .run(&["job", "run", "nightly", "sh -c 'exit 4'", "--wait"])
+        .run(&[
+            "job",
+            "run",
+            "nightly",
+            "sh -c 'echo migrating; exit 4'",
+            "--wait",
+        ])
         .await;
     assert_eq!(failed.code, 1, "{failed:?}");
     assert!(failed.stderr.contains("failed (exit 4)"), "{failed:?}");
+    // Its output is in the service's logs under the instance it names.
+    let hint = failed
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("its output: "))
+        .unwrap_or_else(|| panic!("{failed:?}"))
+        .to_owned();
+    let instance = hint.rsplit(' ').next().unwrap().to_owned();
+    assert!(instance.starts_with("ins-"), "{hint}");
+    eventually(
+        "the job's output in the logs",
+        Duration::from_secs(30),
+        || async {
+            cli.ok(&["service", "logs", "nightly", "--instance", &instance])
+                .await
+                .contains("migrating")
+        },
+    )
+    .await;
     let ok = cli
         .run(&[
             "job", "run", "nightly", "true", "--plan", "standard", "--wait",
@@ -280,7 +305,7 @@ async fn cli_lists_nodes_and_cron_runs_sets_every_setting_and_finds_the_installa
         listed,
         [
             ("true", "succeeded", "standard"),
-            ("sh -c 'exit 4'", "failed", "starter")
+            ("sh -c 'echo migrating; exit 4'", "failed", "starter")
         ],
         "{jobs}"
     );

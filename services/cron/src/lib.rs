@@ -114,13 +114,11 @@ pub fn run_instance(run: &CronRunId) -> Result<InstanceId, CronError> {
         .map_err(|e| CronError::Store(format!("instance id of {run}: {e}")))
 }
 
-/// The container (instance) id a one-off job executes as, as
-/// [`run_instance`] for runs.
+/// The container (instance) id a one-off job executes as (the domain's
+/// rule, [`service::job_instance`]).
 pub fn job_instance(job: &JobId) -> Result<InstanceId, CronError> {
-    let body = job.as_str().get(JobId::PREFIX.len() + 1..).unwrap_or("");
-    format!("{}-{body}", InstanceId::PREFIX)
-        .parse()
-        .map_err(|e| CronError::Store(format!("instance id of {job}: {e}")))
+    service::job_instance(job)
+        .ok_or_else(|| CronError::Store(format!("instance id of {job}: not derivable")))
 }
 
 /// Runs `command` on `service` (once per `key`) as `actor`, with `cause` as

@@ -8,7 +8,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use berth_domain::service::{Job, JobStatus, ServiceState};
+use berth_domain::service::{job_instance, Job, JobStatus, ServiceState};
 use berth_schemas::ids::JobId;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -44,6 +44,10 @@ pub struct JobView {
     pub reason: Option<String>,
     /// berth: the image digest it runs.
     pub digest: String,
+    /// berth: the instance id its container runs as, which its lines in
+    /// the service's logs carry (`GET /v1/logs?instance=…`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
 }
 
 impl JobView {
@@ -60,6 +64,7 @@ impl JobView {
             exit_code: j.exit_code,
             reason: j.reason.clone(),
             digest: j.digest.clone(),
+            instance_id: job_instance(&j.id).map(|i| i.to_string()),
         }
     }
 }

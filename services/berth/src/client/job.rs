@@ -77,6 +77,9 @@ pub async fn run(args: JobArgs) -> Result<(), ClientError> {
                 output::json(&job);
             } else {
                 println!("{}", summary(&id, &job));
+                if let Some(instance) = job.get("instanceId").and_then(Value::as_str) {
+                    println!("its output: berth service logs {service} --instance {instance}");
+                }
             }
             if *wait && s(&job, "status") != "succeeded" {
                 return Err(ClientError::Failed(summary(&id, &job)));

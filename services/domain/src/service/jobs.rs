@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 
 use berth_schemas::events::{JobCreated, JobEnded, JobStarted};
-use berth_schemas::ids::JobId;
+use berth_schemas::ids::{InstanceId, JobId};
 use berth_schemas::model::Plan;
 use berth_schemas::Event;
 use chrono::{DateTime, Utc};
@@ -28,6 +28,15 @@ pub const MAX_ACTIVE_JOBS: usize = 16;
 pub const KEPT_JOBS: usize = 100;
 /// The longest start command, in bytes.
 pub const MAX_START_COMMAND: usize = 4096;
+
+/// The container (instance) a job runs as: the job id's body under the
+/// instance prefix, so anyone holding the job id can stop its container
+/// or read its logs. (`None` cannot happen for a parsed job id: both kinds
+/// are a prefix and the same body.)
+pub fn job_instance(job: &JobId) -> Option<InstanceId> {
+    let body = job.as_str().get(JobId::PREFIX.len() + 1..)?;
+    format!("{}-{body}", InstanceId::PREFIX).parse().ok()
+}
 
 /// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

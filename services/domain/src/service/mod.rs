@@ -71,7 +71,7 @@ pub use cron::{CronRun, CronState, CRON_RUN_STATUSES};
 pub use deploys::{Deploy, PreDeployOutcome, PullFailures};
 pub use domains::{Certificate, CustomDomain, CustomDomains};
 pub use instances::{Instance, InstancePhase, Instances};
-pub use jobs::{Job, JobStatus, Jobs, KEPT_JOBS, MAX_ACTIVE_JOBS, MAX_START_COMMAND};
+pub use jobs::{job_instance, Job, JobStatus, Jobs, KEPT_JOBS, MAX_ACTIVE_JOBS, MAX_START_COMMAND};
 pub use lifecycle::needs_redeploy;
 pub use state::{apply, apply_at, ServiceConfig, ServiceState, ServiceStatus, KEPT_ENDED_DEPLOYS};
 
