@@ -4,7 +4,7 @@
 //! instance's output reaches the logs subject; a redelivered `RunInstance`
 //! does nothing new; `StopInstance` → InstanceStopped and no container
 //! left; a deleted image → ImagePullFailed `image_not_found` and nothing
-//! runs.
+//! runs; a job its node's restart interrupted is not run again.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -549,6 +549,79 @@ async fn private_registry_pulls_with_the_sealed_credential_only() {
         count(e, "instance_stopped") == 1
     })
     .await;
+    assert!(agent::runc_list(&w.runc_root()).is_empty());
+    node.stop().await;
+}
+
+/// A job whose start an earlier delivery of its work recorded (its node
+/// went down while it ran, and the agent's restart ended its container)
+/// is not run a second time: it may have done part of its work. It ends
+/// failed, saying why; nothing runs.
+#[tokio::test]
+async fn an_interrupted_job_ends_failed_and_is_not_run_again() {
+    use berth_domain::service::Command;
+    let w = World::start().await;
+    let node = start_node(&w).await;
+    let mut spec = w.spec("sh -c 'echo the-job-ran'").await;
+    for command in [
+        Command::RecordUpdateStarted {
+            deploy: spec.deploy.clone(),
+        },
+        Command::RecordLive {
+            deploy: spec.deploy.clone(),
+            digest: w.digest.clone(),
+        },
+    ] {
+        w.command(&spec.service, command).await;
+    }
+    let job = berth_schemas::ids::JobId::generate();
+    w.command(
+        &spec.service,
+        Command::CreateJob {
+            job: job.clone(),
+            start_command: "sh -c 'echo the-job-ran'".into(),
+            plan: None,
+        },
+    )
+    .await;
+    // What the earlier delivery recorded before its node went down.
+    w.command(
+        &spec.service,
+        Command::RecordJobStarted { job: job.clone() },
+    )
+    .await;
+    spec.instance = berth_domain::service::job_instance(&job).unwrap();
+    let mut logs = w
+        .client
+        .subscribe(w.store.subjects().logs(&spec.service))
+        .await
+        .unwrap();
+    w.client.flush().await.unwrap();
+    let work = NodeWork::RunOnce {
+        spec: spec.clone(),
+        timeout_secs: 20,
+        purpose: Some(OneOffPurpose::Job { job: job.clone() }),
+    };
+    w.enqueue(&node.id, &work, "job-again").await;
+    let events = w
+        .wait_events(&spec.service, Duration::from_secs(30), |e| {
+            count(e, "job_ended") == 1
+        })
+        .await;
+    let Event::JobEnded(end) = &first(&events, "job_ended").unwrap().event else {
+        unreachable!()
+    };
+    assert_eq!(end.status, "failed");
+    assert!(
+        end.reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("interrupted: its node restarted")),
+        "{end:?}"
+    );
+    assert_eq!(count(&events, "job_started"), 1, "{:?}", types(&events));
+    // Nothing ran: no output, no container.
+    let ran = tokio::time::timeout(Duration::from_secs(2), logs.next()).await;
+    assert!(ran.is_err(), "the job ran again: {ran:?}");
     assert!(agent::runc_list(&w.runc_root()).is_empty());
     node.stop().await;
 }

@@ -206,6 +206,30 @@ impl WorkHandler for NodeHandler {
                         .map_err(|e| retry("recording the one-off's end", e));
                 }
                 if let Some(OneOffPurpose::Job { job }) = &purpose {
+                    let started = state
+                        .jobs
+                        .get(job)
+                        .is_some_and(|j| j.status == service::JobStatus::Running);
+                    if started && !self.agent.instances().contains(&spec.instance) {
+                        // An earlier delivery started it and never saw it
+                        // end: this node went down while it ran, and the
+                        // agent's restart ended its container. It may have
+                        // done part of its work (half a migration), so it
+                        // ends failed rather than run a second time.
+                        tracing::warn!(instance.id = %spec.instance, job.id = %job, "job interrupted by a node restart; not run again");
+                        let command = service::Command::RecordJobEnded {
+                            job: job.clone(),
+                            success: false,
+                            exit_code: None,
+                            reason: Some(JOB_INTERRUPTED.to_owned()),
+                        };
+                        self.record_end(&spec, command, "recording the job's end")
+                            .await?;
+                        return self
+                            .reporter
+                            .mark_done(&spec.instance)
+                            .map_err(|e| retry("recording the one-off's end", e));
+                    }
                     self.reporter
                         .decide(
                             &spec.service,
@@ -716,6 +740,10 @@ fn free_port(
         // Free on every address now: instances usually bind 0.0.0.0.
         .find(|p| std::net::TcpListener::bind(("0.0.0.0", *p)).is_ok())
 }
+
+/// Why a job found started by an earlier delivery of its work ends.
+pub const JOB_INTERRUPTED: &str =
+    "interrupted: its node restarted while it ran; not run again, as it may have done part of its work";
 
 /// The service command a one-off's end becomes.
 fn ended(
