@@ -590,7 +590,7 @@ async fn an_interrupted_job_ends_failed_and_is_not_run_again() {
         Command::RecordJobStarted { job: job.clone() },
     )
     .await;
-    spec.instance = berth_domain::service::job_instance(&job).unwrap();
+    spec.instance = berth_domain::service::job_instance(&job);
     let mut logs = w
         .client
         .subscribe(w.store.subjects().logs(&spec.service))

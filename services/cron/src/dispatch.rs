@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::view::CronView;
-use crate::{decide, job_instance, run_instance, CronError, CronOptions};
+use crate::{decide, run_instance, CronError, CronOptions};
 
 /// Cancels older than this are not turned into stops.
 pub const STOP_HORIZON: chrono::TimeDelta = chrono::TimeDelta::hours(1);
@@ -140,7 +140,6 @@ impl WorkHandler for Dispatch {
 
 impl Dispatch {
     async fn event(&self, service: &ServiceId, env: &Envelope) -> Result<(), WorkError> {
-        let fatal = |e: CronError| WorkError::Fatal(e.to_string());
         match &env.event {
             Event::CronJobRunStarted(e) => self.start(service, &e.run).await,
             Event::JobCreated(e) => self.start_job(service, &e.job).await,
@@ -150,14 +149,14 @@ impl Dispatch {
                 if chrono::Utc::now() - env.time > STOP_HORIZON {
                     return Ok(());
                 }
-                let instance = run_instance(&e.run).map_err(fatal)?;
+                let instance = run_instance(&e.run);
                 self.stop(service, &instance).await
             }
             Event::JobEnded(e) if e.status == "canceled" => {
                 if chrono::Utc::now() - env.time > STOP_HORIZON {
                     return Ok(());
                 }
-                let instance = job_instance(&e.job).map_err(fatal)?;
+                let instance = service::job_instance(&e.job);
                 self.stop(service, &instance).await
             }
             _ => Ok(()),
@@ -185,7 +184,7 @@ impl Dispatch {
             return Ok(());
         }
         let run_once = RunOnce {
-            instance: run_instance(run).map_err(|e| WorkError::Fatal(e.to_string()))?,
+            instance: run_instance(run),
             digest: &active.digest,
             command: cfg.docker_command.clone(),
             plan: &cfg.plan,
@@ -216,7 +215,7 @@ impl Dispatch {
             return Ok(());
         }
         let run_once = RunOnce {
-            instance: job_instance(job).map_err(|e| WorkError::Fatal(e.to_string()))?,
+            instance: service::job_instance(job),
             digest: &j.digest,
             command: Some(j.start_command.clone()),
             plan: &j.plan,

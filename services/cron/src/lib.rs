@@ -46,7 +46,7 @@ use berth_eventlog::projection::{ProjectionOptions, ProjectionRunner};
 use berth_eventlog::start::until_available;
 use berth_eventlog::{EventStore, ExecuteError, Stamp};
 use berth_runtime::{BoxError, Component, ComponentContext, ReadyFlag, SecretKey};
-use berth_schemas::ids::{CronRunId, InstanceId, JobId, ServiceId};
+use berth_schemas::ids::{CronRunId, InstanceId, ServiceId};
 use berth_schemas::{Actor, AggregateId};
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
@@ -102,23 +102,11 @@ pub fn scheduled_run_id(
         .map_err(|e| CronError::Store(format!("derived run id: {e}")))
 }
 
-/// The container (instance) id a run executes as: the run id's body under
-/// the instance prefix, so anyone holding the run id can stop its container.
-pub fn run_instance(run: &CronRunId) -> Result<InstanceId, CronError> {
-    let body = run
-        .as_str()
-        .get(CronRunId::PREFIX.len() + 1..)
-        .unwrap_or("");
-    format!("{}-{body}", InstanceId::PREFIX)
-        .parse()
-        .map_err(|e| CronError::Store(format!("instance id of {run}: {e}")))
-}
-
-/// The container (instance) id a one-off job executes as (the domain's
-/// rule, [`service::job_instance`]).
-pub fn job_instance(job: &JobId) -> Result<InstanceId, CronError> {
-    service::job_instance(job)
-        .ok_or_else(|| CronError::Store(format!("instance id of {job}: not derivable")))
+/// The container (instance) id a run executes as: the run id's random
+/// part under the instance prefix, so anyone holding the run id can stop
+/// its container (as a job's, [`service::job_instance`]).
+pub fn run_instance(run: &CronRunId) -> InstanceId {
+    InstanceId::from_bits(run.bits())
 }
 
 /// Runs `command` on `service` (once per `key`) as `actor`, with `cause` as
@@ -306,7 +294,7 @@ mod tests {
             scheduled_run_id(&s, t + chrono::Duration::minutes(1)).unwrap()
         );
         assert_ne!(a, scheduled_run_id(&ServiceId::generate(), t).unwrap());
-        let i = run_instance(&a).unwrap();
+        let i = run_instance(&a);
         assert_eq!(&i.as_str()[4..], &a.as_str()[4..]);
     }
 }

@@ -258,7 +258,7 @@ async fn wait_containers(w: &World, within: Duration, pred: impl Fn(&[String]) -
 }
 
 fn instance_of(run: &CronRunId) -> String {
-    berth_cron::run_instance(run).unwrap().to_string()
+    berth_cron::run_instance(run).to_string()
 }
 
 #[tokio::test]
@@ -725,7 +725,7 @@ async fn one_off_jobs_run_their_command_once_and_a_canceled_one_stops() {
         );
     }
     // The long one runs until canceled; then its container goes.
-    let long_instance = berth_cron::job_instance(&long).unwrap().to_string();
+    let long_instance = berth_domain::service::job_instance(&long).to_string();
     wait_containers(&w, Duration::from_secs(10), |c| c.contains(&long_instance)).await;
     w.command(&service, Command::CancelJob { job: long.clone() })
         .await;

@@ -46,8 +46,7 @@ pub struct JobView {
     pub digest: String,
     /// berth: the instance id its container runs as, which its lines in
     /// the service's logs carry (`GET /v1/logs?instance=…`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub instance_id: Option<String>,
+    pub instance_id: String,
 }
 
 impl JobView {
@@ -64,7 +63,7 @@ impl JobView {
             exit_code: j.exit_code,
             reason: j.reason.clone(),
             digest: j.digest.clone(),
-            instance_id: job_instance(&j.id).map(|i| i.to_string()),
+            instance_id: job_instance(&j.id).to_string(),
         }
     }
 }

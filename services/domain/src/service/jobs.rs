@@ -29,13 +29,11 @@ pub const KEPT_JOBS: usize = 100;
 /// The longest start command, in bytes.
 pub const MAX_START_COMMAND: usize = 4096;
 
-/// The container (instance) a job runs as: the job id's body under the
-/// instance prefix, so anyone holding the job id can stop its container
-/// or read its logs. (`None` cannot happen for a parsed job id: both kinds
-/// are a prefix and the same body.)
-pub fn job_instance(job: &JobId) -> Option<InstanceId> {
-    let body = job.as_str().get(JobId::PREFIX.len() + 1..)?;
-    format!("{}-{body}", InstanceId::PREFIX).parse().ok()
+/// The container (instance) a job runs as: the job id's random part under
+/// the instance prefix, so anyone holding the job id can stop its
+/// container or read its logs.
+pub fn job_instance(job: &JobId) -> InstanceId {
+    InstanceId::from_bits(job.bits())
 }
 
 /// Where a job is.
