@@ -493,6 +493,11 @@ events! {
         /// for health checks and the router.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub addr: Option<String>,
+        /// `<node address>:<host port>` where other nodes reach a private
+        /// service's instance (its owner's instances elsewhere, through
+        /// their own node); absent for other kinds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub published: Option<String>,
     }
     /// The instance passes its health check.
     InstanceHealthy = "instance_healthy" v 1 {
@@ -655,6 +660,14 @@ events! {
         /// node. Absent in registrations by nodes that held no key pair.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub public_key: Option<String>,
+        /// The address other nodes reach it at (its advertised IP), where
+        /// it publishes instances. Absent in registrations by nodes that
+        /// said none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub addr: Option<String>,
+        /// The host ports it publishes instances on, `low-high`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub ports: Option<String>,
     }
     /// A node stopped heart-beating and was declared lost.
     NodeLost = "node_lost" v 1 {

@@ -121,6 +121,7 @@ impl Node {
             cni_path: "/usr/lib/cni".into(),
             state_dir: net_dir.clone(),
             closed: Vec::new(),
+            services: berth_agent::net::DEFAULT_SERVICES,
         });
         subnet.net_dir = Some(net_dir);
         tune(&mut cfg);

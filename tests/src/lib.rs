@@ -33,6 +33,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 pub mod agent;
+pub mod api;
 pub mod bench;
 pub mod eventlog;
 pub mod image;
@@ -48,6 +49,7 @@ pub mod resolver;
 pub mod runc;
 pub mod scheduler;
 pub mod tmpfs;
+pub mod two_machines;
 pub mod webhook;
 
 pub use nats::{nats_binary, NatsCluster, NatsServer, NatsVersion, Place};

@@ -202,6 +202,46 @@ async fn scenario(version: NatsVersion) {
         )
         .await;
     assert!(own.is_ok(), "a node creates its own consumer: {own:?}");
+    // It follows the services (where other nodes' private instances are)
+    // through an ephemeral ordered consumer, as its read models do …
+    let events = node
+        .js()
+        .get_stream_no_info(i.subjects.events_stream())
+        .await
+        .unwrap();
+    let followed = events
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: i.subjects.aggregate_kind("service"),
+            ..Default::default()
+        })
+        .await
+        .expect("a node follows the services");
+    let mut messages = followed.messages().await.unwrap();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), messages.next())
+        .await
+        .expect("the fact is delivered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.subject.as_str(),
+        i.subjects.aggregate(&AggregateId::Service(service.clone()))
+    );
+    // … but makes no durable consumer on the log.
+    let durable = node
+        .js()
+        .create_consumer_on_stream(
+            jetstream::consumer::pull::Config {
+                durable_name: Some("kept".into()),
+                filter_subject: i.subjects.aggregate_kind("service"),
+                ..Default::default()
+            },
+            i.subjects.events_stream(),
+        )
+        .await;
+    assert!(
+        durable.is_err(),
+        "a node made a durable consumer on the log"
+    );
 
     // ... and nothing else.
     let owner_event = NewEvent::new(

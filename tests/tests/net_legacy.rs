@@ -110,6 +110,7 @@ async fn instances_the_bridge_plugin_attached_keep_their_addresses_and_leave_thr
         cni_path: CNI_PATH.into(),
         state_dir: net_dir,
         closed: Vec::new(),
+        services: berth_agent::net::DEFAULT_SERVICES,
     };
     let cni = Cni::open(cfg.clone()).await.unwrap();
     let bridge = cni.bridge().to_owned();

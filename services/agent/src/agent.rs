@@ -489,6 +489,15 @@ impl Agent {
         Ok(net.republish(instance, port).await?)
     }
 
+    /// Applies what the node knows of the other nodes and their private
+    /// services ([`crate::net::Directory`]); a no-op without a network.
+    pub async fn set_directory(&self, directory: crate::net::Directory) -> Result<(), AgentError> {
+        match &self.inner.net {
+            Some(net) => Ok(net.set_directory(directory).await?),
+            None => Ok(()),
+        }
+    }
+
     /// Begin stopping an instance and return at once: SIGTERM, SIGKILL
     /// after its shutdown delay, then its container, files and network are
     /// removed and `Stopped` is reported, while other work goes on (a slow

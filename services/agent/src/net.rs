@@ -34,9 +34,14 @@
 //!   the `portmap` plugin made; connections to it from the host itself or
 //!   from an instance are masqueraded so the reply comes back the same way.
 //!
+//! - `<tag>-PRIV`, `<tag>-PEERS`, `<tag>-OUT` and `<tag>-SVC` (nat): the
+//!   roads to private services on other nodes and from other nodes into
+//!   this one's ([`directory`]).
+//!
 //! Names: each instance's `/etc/hosts` lists the addresses of its group's
 //! instances that carry a name (private services), rewritten in place as
-//! instances come and go; `/etc/resolv.conf` is the host's without loopback
+//! instances come and go, and the service addresses of its group's private
+//! services on other nodes only; `/etc/resolv.conf` is the host's without loopback
 //! resolvers, which an instance cannot reach (on systemd-resolved's stub,
 //! the servers it forwards to).
 //!
@@ -58,6 +63,9 @@ use serde_json::{json, Value};
 use crate::lease::Leases;
 use crate::netlink::Route;
 use crate::netns::{Link, Namespace};
+
+mod directory;
+pub use directory::{Directory, Peer, Remote};
 
 /// How an instance joins the node's network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,7 +176,18 @@ pub struct NetworkConfig {
     /// are: the control plane on other machines (the node's own listeners
     /// are closed to instances anyway).
     pub closed: Vec<std::net::SocketAddrV4>,
+    /// Where the node's service addresses come from: one per private
+    /// service of another node that its owner's instances here use
+    /// ([`Directory`]). Never routed anywhere; only instances' connections
+    /// to them are translated.
+    pub services: Subnet,
 }
+
+/// The default range of service addresses.
+pub const DEFAULT_SERVICES: Subnet = Subnet {
+    addr: Ipv4Addr::new(10, 254, 0, 0),
+    prefix: 16,
+};
 
 /// A network operation failed (the node's fault: retried, not the image's).
 #[derive(Debug, thiserror::Error)]
@@ -351,6 +370,8 @@ pub struct Cni {
     rules: tokio::sync::Mutex<()>,
     /// Joins queued for the next holder of `rules`.
     waiting: Mutex<Vec<Waiting>>,
+    /// What the node knows of the others, as applied.
+    directory: Mutex<directory::Applied>,
 }
 
 impl Cni {
@@ -380,6 +401,7 @@ impl Cni {
             leases,
             rules: tokio::sync::Mutex::new(()),
             waiting: Mutex::default(),
+            directory: Mutex::default(),
         };
         cni.ensure_bridge().await?;
         cni.base_rules().await?;
@@ -646,8 +668,14 @@ impl Cni {
             // the next holder applies all their rules in one batch.
             let _rules = self.rules.lock().await;
             let waiting = std::mem::take(&mut *self.queued());
+            let groups: HashSet<String> = waiting.iter().map(|w| w.member.group.clone()).collect();
             // Logged there; each join learns its own outcome below.
             let _ = self.apply_joins(waiting).await;
+            for g in groups {
+                if let Err(e) = self.refresh_group(&g).await {
+                    tracing::warn!(error = %e, "rules into other nodes' private services");
+                }
+            }
         }
         // Sent by whichever holder took this join, this one or an earlier.
         applied.await.unwrap_or_else(|_| {
@@ -730,6 +758,14 @@ impl Cni {
         let chain = self.group_chain(&m.group);
         let (ip, subnet, fwd) = (m.ip, &self.subnet, self.fwd());
         let dnat = m.publish.map(|p| self.dnat_rule(ip, p));
+        // A private instance's published port: for other nodes only.
+        let private = (m.publish.is_some() && m.name.is_some()).then(|| {
+            format!(
+                "{} -d {ip}/32 -j {}\n",
+                self.priv_chain(),
+                self.peers_chain()
+            )
+        });
         let filter = &mut rules.filter;
         match change {
             Change::Join { fresh } => {
@@ -740,6 +776,9 @@ impl Cni {
                 // Before the closing rules of the subnet (rules 1-2 are
                 // fixed).
                 filter.push_str(&format!("-I {fwd} 3 -s {ip}/32 -d {subnet} -j {chain}\n"));
+                if let Some(p) = &private {
+                    filter.push_str(&format!("-A {p}"));
+                }
                 if let Some(d) = dnat {
                     rules.nat.push_str(&format!("-A {d}"));
                 }
@@ -747,6 +786,9 @@ impl Cni {
             Change::Leave { last } => {
                 filter.push_str(&format!("-D {fwd} -s {ip}/32 -d {subnet} -j {chain}\n"));
                 filter.push_str(&format!("-D {chain} -d {ip}/32 -j ACCEPT\n"));
+                if let Some(p) = &private {
+                    filter.push_str(&format!("-D {p}"));
+                }
                 if last {
                     filter.push_str(&format!("-F {chain}\n-X {chain}\n"));
                 }
@@ -775,6 +817,7 @@ impl Cni {
             match m {
                 Some(m) => {
                     keep(self.leave_rules(&m).await);
+                    keep(self.refresh_group(&m.group).await);
                     Some(m)
                 }
                 None => None,
@@ -1043,8 +1086,22 @@ impl Cni {
             del.extend(rule.iter().map(String::as_str));
             let _ = iptables(&del).await;
         }
-        for (table, chain) in [("filter", &fwd), ("filter", &input), ("nat", &self.dnat())] {
+        let mut chains = vec![
+            ("filter", fwd),
+            ("filter", input),
+            ("filter", self.priv_chain()),
+            ("filter", self.out_chain()),
+            ("filter", self.peers_chain()),
+            ("nat", self.dnat()),
+            ("nat", self.svc_chain()),
+        ];
+        let groups = self.left_group_svc_chains().await.unwrap_or_default();
+        chains.extend(groups.into_iter().map(|c| ("nat", c)));
+        // Emptied first: one may jump to another.
+        for (table, chain) in &chains {
             let _ = iptables(&["-t", table, "-F", chain]).await;
+        }
+        for (table, chain) in &chains {
             let _ = iptables(&["-t", table, "-X", chain]).await;
         }
         delete_link(self.bridge.clone()).await
@@ -1081,6 +1138,24 @@ impl Cni {
                 true,
             ),
             ("filter", format!("INPUT -i {b} -j {input}"), true),
+            // Connections from elsewhere into private instances: from
+            // other nodes only.
+            (
+                "filter",
+                format!("FORWARD ! -i {b} -o {b} -j {}", self.priv_chain()),
+                true,
+            ),
+            // Instances' connections to their owner's services on other
+            // nodes.
+            (
+                "nat",
+                format!(
+                    "PREROUTING -i {b} -d {} -j {}",
+                    self.cfg.services,
+                    self.svc_chain()
+                ),
+                false,
+            ),
             // Published ports, on every local address.
             (
                 "nat",
@@ -1133,15 +1208,24 @@ impl Cni {
             .lines()
             .filter_map(|l| l.strip_prefix(&prefix))
             .map(|rest| format!("{}-{rest}", self.tag))
-            .filter(|c| *c != fwd && *c != input)
+            .filter(|c| *c != fwd && *c != input && !self.is_directory_chain(c))
             .collect();
+        let left_svc = self.left_group_svc_chains().await?;
+        let (private, peers, out, svc) = (
+            self.priv_chain(),
+            self.peers_chain(),
+            self.out_chain(),
+            self.svc_chain(),
+        );
         // An earlier berth jumped to the forward chain from the firewall
         // plugin's CNI-ADMIN chain.
         let _ = iptables(&["-D", "CNI-ADMIN", "-i", &self.bridge, "-j", &fwd]).await;
         // One batch: the base chains declared (so created, or flushed when
         // they exist), the group chains flushed and deleted — the base
         // chains jump to them, so only once those are flushed too.
-        let mut batch = format!("*filter\n:{fwd} - [0:0]\n:{input} - [0:0]\n");
+        let mut batch = format!(
+            "*filter\n:{fwd} - [0:0]\n:{input} - [0:0]\n:{private} - [0:0]\n:{peers} - [0:0]\n:{out} - [0:0]\n"
+        );
         for chain in &groups {
             batch.push_str(&format!("-F {chain}\n"));
         }
@@ -1153,7 +1237,9 @@ impl Cni {
             "-A {input} {established} -j RETURN\n\
              -A {input} -j DROP\n\
              -A {fwd} {established} -j ACCEPT\n\
-             -A {fwd} -d 169.254.0.0/16 -j DROP\n"
+             -A {fwd} -d 169.254.0.0/16 -j DROP\n\
+             -A {private} {established} -j RETURN\n\
+             -A {peers} -j DROP\n"
         ));
         // The control plane elsewhere (each instance's own rules go in
         // before these: they only reach into the subnet).
@@ -1164,11 +1250,21 @@ impl Cni {
                 e.port()
             ));
         }
+        // Service addresses are only ever translated (an instance of
+        // another owner has no rule to); other nodes' host ports only
+        // through them.
+        let services = self.cfg.services;
         batch.push_str(&format!(
-            "-A {fwd} -d {subnet} -j DROP\n\
+            "-A {fwd} -d {services} -j DROP\n\
+             -A {fwd} -j {out}\n\
+             -A {fwd} -d {subnet} -j DROP\n\
              -A {fwd} -s {subnet} -j ACCEPT\n\
-             COMMIT\n*nat\n:{dnat} - [0:0]\nCOMMIT\n"
+             COMMIT\n*nat\n:{dnat} - [0:0]\n:{svc} - [0:0]\n"
         ));
+        for chain in &left_svc {
+            batch.push_str(&format!("-F {chain}\n-X {chain}\n"));
+        }
+        batch.push_str("COMMIT\n");
         iptables_restore(&batch).await?;
         for (table, rule, first) in self.fixed_rules() {
             ensure_rule(table, &rule, first).await?;
@@ -1289,6 +1385,15 @@ impl Cni {
             .filter(|m| m.group == group)
             .filter_map(|m| Some((m.name.as_deref().filter(|n| is_label(n))?.to_owned(), m.ip)))
             .collect();
+        // Its services elsewhere, by their service addresses, unless an
+        // instance here answers to the name.
+        let local: HashSet<String> = named.iter().map(|(n, _)| n.clone()).collect();
+        named.extend(
+            self.applied()
+                .named(group)
+                .into_iter()
+                .filter(|(n, _)| !local.contains(n)),
+        );
         named.sort();
         named
     }
@@ -1727,6 +1832,7 @@ mod tests {
                 cni_path: "/usr/lib/cni".into(),
                 state_dir: dir.path().join("net"),
                 closed: Vec::new(),
+                services: DEFAULT_SERVICES,
             };
             let cni = std::sync::Arc::new(Cni::open(cfg).await.unwrap());
             TestNet {
@@ -1776,11 +1882,12 @@ mod tests {
         /// The member jumps of the forward chain (its fixed rules left out).
         fn jumps(&self) -> Vec<String> {
             let group = format!("-j {}-", self.cni.tag);
+            let out = format!("-j {}", self.cni.out_chain());
             let mut v: Vec<String> = self
                 .chain("filter", &self.cni.fwd())
                 .unwrap()
                 .into_iter()
-                .filter(|l| l.contains(&group))
+                .filter(|l| l.contains(&group) && !l.ends_with(&out))
                 .collect();
             v.sort();
             v
@@ -2025,5 +2132,127 @@ mod tests {
         };
         assert!(!names_db(&a) && !names_db(&c), "{}{}", hosts(&a), hosts(&c));
         assert!(hosts(&a).contains(&format!("{}\t{a}\n", ip(&a_state))));
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn other_nodes_private_services_get_a_service_address_for_their_owner_only() {
+        let mut net = TestNet::open(3).await;
+        let (a, a_state) = net.member(0, "own-a", false);
+        let (b, b_state) = net.member(1, "own-b", false);
+        // A private instance here, published for other nodes.
+        let (p, mut p_state) = net.member(2, "own-b", true);
+        p_state.spec.name = Some("cache".into());
+        let cni = net.cni.clone();
+        let hosts = |id: &InstanceId| std::fs::read_to_string(cni.paths(id).0).unwrap();
+        let ip = |s: &State| s.result.as_ref().and_then(result_ip).unwrap();
+        for (id, st) in [(&a, &a_state), (&b, &b_state), (&p, &p_state)] {
+            net.cni.join(id, st, ip(st)).await.unwrap();
+        }
+        let (private, peers, out, svc) = (
+            cni.priv_chain(),
+            cni.peers_chain(),
+            cni.out_chain(),
+            cni.svc_chain(),
+        );
+        // Before any directory: the private instance is closed to everyone
+        // from outside.
+        assert_eq!(
+            net.chain("filter", &private).unwrap()[1..],
+            [format!("-A {private} -d {}/32 -j {peers}", ip(&p_state))]
+        );
+        assert_eq!(
+            net.chain("filter", &peers).unwrap(),
+            [format!("-A {peers} -j DROP")]
+        );
+        let target: std::net::SocketAddrV4 = "192.0.2.7:31005".parse().unwrap();
+        let dir = Directory {
+            peers: vec![Peer {
+                addr: Ipv4Addr::new(192, 0, 2, 7),
+                ports: 31000..=31999,
+            }],
+            remote: vec![
+                Remote {
+                    group: "own-a".into(),
+                    name: "db".into(),
+                    targets: vec![target],
+                },
+                // Answered here: the instance on this node keeps the name.
+                Remote {
+                    group: "own-b".into(),
+                    name: "cache".into(),
+                    targets: vec![target],
+                },
+            ],
+        };
+        cni.set_directory(dir.clone()).await.unwrap();
+        assert_eq!(
+            net.chain("filter", &peers).unwrap(),
+            [
+                format!("-A {peers} -s 192.0.2.7/32 -j RETURN"),
+                format!("-A {peers} -j DROP")
+            ]
+        );
+        assert_eq!(
+            net.chain("filter", &out).unwrap(),
+            [format!(
+                "-A {out} -d 192.0.2.7/32 -p tcp -m tcp --dport 31000:31999 -m conntrack ! --ctstate DNAT -j DROP"
+            )]
+        );
+        // Owner a's instance reaches `db` at a service address; owner b's
+        // instances are not sent there.
+        let vip = hosts(&a)
+            .lines()
+            .find_map(|l| l.strip_suffix("\tdb")?.parse::<Ipv4Addr>().ok())
+            .unwrap();
+        assert!(cni.cfg.services.contains(vip));
+        assert!(!hosts(&b).contains("db"), "{}", hosts(&b));
+        let a_chain = cni.group_svc_chain("own-a");
+        let into_a: Vec<String> = net
+            .chain("nat", &svc)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.ends_with(&a_chain))
+            .collect();
+        assert_eq!(
+            into_a,
+            [format!("-A {svc} -s {}/32 -j {a_chain}", ip(&a_state))]
+        );
+        assert_eq!(
+            net.chain("nat", &a_chain).unwrap(),
+            [format!(
+                "-A {a_chain} -d {vip}/32 -p tcp -j DNAT --to-destination {target}"
+            )]
+        );
+        let local_cache = format!("{}\tcache\n", ip(&p_state));
+        assert!(hosts(&b).contains(&local_cache), "{}", hosts(&b));
+        assert_eq!(hosts(&b).matches("cache").count(), 1, "{}", hosts(&b));
+        // A new instance of owner a joins the rules at once.
+        let (a2, a2_state) = net.member(3, "own-a", false);
+        net.cni.join(&a2, &a2_state, ip(&a2_state)).await.unwrap();
+        assert!(
+            hosts(&a2).contains(&format!("{vip}\tdb\n")),
+            "{}",
+            hosts(&a2)
+        );
+        let jumps = net.chain("nat", &svc).unwrap();
+        assert_eq!(jumps.iter().filter(|r| r.ends_with(&a_chain)).count(), 2);
+        // The same directory again changes nothing; the service address
+        // stays while the service does.
+        cni.set_directory(dir).await.unwrap();
+        assert!(hosts(&a).contains(&format!("{vip}\tdb\n")));
+        // Gone elsewhere: the name, the rules and the chain go.
+        cni.set_directory(Directory::default()).await.unwrap();
+        assert!(!hosts(&a).contains("db"), "{}", hosts(&a));
+        assert_eq!(net.chain("nat", &svc).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            net.chain("nat", &a_chain),
+            None,
+            "the owner's chain is removed"
+        );
+        assert_eq!(
+            net.chain("filter", &peers).unwrap(),
+            [format!("-A {peers} -j DROP")]
+        );
+        net.cni.detach(&p).await.unwrap();
+        assert_eq!(net.chain("filter", &private).unwrap().len(), 1);
     }
 }

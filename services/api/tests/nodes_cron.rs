@@ -67,6 +67,7 @@ async fn nodes_are_listed_with_their_heartbeat_and_only_your_instances() {
                         memory_mib: 1024,
                     },
                     public_key: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_owned(),
+                    reach: None,
                 },
             )
             .await

@@ -181,20 +181,17 @@ impl Installation {
         path: &str,
         body: Option<Value>,
     ) -> reqwest::Result<(u16, Value)> {
-        let mut req = self
-            .http
-            .request(method, format!("http://127.0.0.1:{}{path}", self.api_port))
-            .bearer_auth(&self.api_key)
-            .timeout(Duration::from_secs(30));
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = req.send().await?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await?;
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+        let url = format!("http://127.0.0.1:{}{path}", self.api_port);
+        let timeout = Duration::from_secs(30);
+        berth_tests::api::call(
+            &self.http,
+            &url,
+            &self.api_key,
+            method,
+            body.as_ref(),
+            timeout,
+        )
+        .await
     }
 
     /// One request that must be answered.

@@ -16,6 +16,7 @@ mod integrations;
 mod node;
 mod node_seal;
 mod preflight;
+mod private_nodes;
 mod render_sdk;
 mod start_wait;
 mod up;

@@ -35,6 +35,36 @@ pub struct NodeState {
     pub public_key: Option<String>,
     /// Declared lost and not recovered since.
     pub lost: bool,
+    /// Where other nodes reach what it publishes, as its latest
+    /// registration said.
+    #[serde(default)]
+    pub reach: Option<Reach>,
+}
+
+/// Where other nodes reach a node's published instances: its advertised
+/// address and the host ports it publishes on. A node lets other nodes'
+/// instances reach its private services' instances only from the
+/// addresses nodes registered, and a node's instances reach another
+/// node's ports only through their private-service names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reach {
+    pub addr: std::net::IpAddr,
+    pub ports: std::ops::RangeInclusive<u16>,
+}
+
+impl Reach {
+    /// The reach a registration's `addr` and `ports` say, if both are
+    /// there and well-formed.
+    pub fn of(addr: Option<&str>, ports: Option<&str>) -> Option<Reach> {
+        let addr = addr?.parse().ok()?;
+        let (low, high) = ports?.split_once('-')?;
+        let (low, high): (u16, u16) = (low.parse().ok()?, high.parse().ok()?);
+        (low > 0 && low <= high).then_some(Reach {
+            addr,
+            ports: low..=high,
+        })
+    }
 }
 
 /// What a node offers.
@@ -54,6 +84,9 @@ pub enum Command {
     Register {
         capacity: Capacity,
         public_key: String,
+        /// Where other nodes reach it (`None`: it publishes nothing to
+        /// other nodes).
+        reach: Option<Reach>,
     },
     /// The scheduler heard no heartbeat since `last_heartbeat` for too long.
     DeclareLost { last_heartbeat: DateTime<Utc> },
@@ -71,6 +104,7 @@ pub fn apply(mut state: NodeState, event: &Event) -> NodeState {
                 memory_mib: e.memory_mib,
             });
             state.public_key = e.public_key.clone();
+            state.reach = Reach::of(e.addr.as_deref(), e.ports.as_deref());
         }
         Event::NodeLost(_) => state.lost = true,
         Event::NodeRecovered(_) => state.lost = false,
@@ -90,6 +124,7 @@ pub fn decide(state: &NodeState, command: Command) -> Result<Vec<Event>, DomainE
         Command::Register {
             capacity: c,
             public_key,
+            reach,
         } => {
             if c.name.trim().is_empty() || c.name.len() > 100 {
                 return Err(DomainError::invalid(
@@ -110,8 +145,18 @@ pub fn decide(state: &NodeState, command: Command) -> Result<Vec<Event>, DomainE
                     "a node's public key is base64 of 32 bytes",
                 ));
             }
+            if reach
+                .as_ref()
+                .is_some_and(|r| r.ports.is_empty() || *r.ports.start() == 0)
+            {
+                return Err(DomainError::invalid(
+                    "ports",
+                    "a node's host ports are a range within 1-65535",
+                ));
+            }
             if state.registered.as_ref() == Some(&c)
                 && state.public_key.as_deref() == Some(public_key.as_str())
+                && state.reach == reach
             {
                 return Ok(vec![]);
             }
@@ -120,6 +165,8 @@ pub fn decide(state: &NodeState, command: Command) -> Result<Vec<Event>, DomainE
                 cpu_millis: c.cpu_millis,
                 memory_mib: c.memory_mib,
                 public_key: Some(public_key),
+                addr: reach.as_ref().map(|r| r.addr.to_string()),
+                ports: reach.map(|r| format!("{}-{}", r.ports.start(), r.ports.end())),
             })])
         }
         // Repeats (several scheduler copies noticing the same silence)
@@ -225,6 +272,7 @@ mod tests {
         Command::Register {
             capacity,
             public_key: key.into(),
+            reach: None,
         }
     }
 
@@ -242,6 +290,8 @@ mod tests {
                 cpu_millis: 2000,
                 memory_mib: 1024,
                 public_key: Some(KEY_A.into()),
+                addr: None,
+                ports: None,
             })]
         );
         assert_eq!(given(&out).public_key.as_deref(), Some(KEY_A));
@@ -253,6 +303,44 @@ mod tests {
         let s = given(&first);
         assert!(decide(&s, register(cap("n1", 2000))).unwrap().is_empty());
         assert_eq!(decide(&s, register(cap("n1", 4000))).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn where_other_nodes_reach_it_is_recorded_and_a_change_registers_again() {
+        let reach = |addr: &str, low: u16, high: u16| {
+            Some(Reach {
+                addr: addr.parse().unwrap(),
+                ports: low..=high,
+            })
+        };
+        let with = |r: Option<Reach>| Command::Register {
+            capacity: cap("n1", 2000),
+            public_key: KEY_A.into(),
+            reach: r,
+        };
+        let first = decide(&given(&[]), with(reach("10.0.0.5", 31000, 31999))).unwrap();
+        let said = match &first[..] {
+            [Event::NodeRegistered(e)] => (e.addr.as_deref(), e.ports.as_deref()),
+            other => (None, Some(other.len()).map(|_| "not one registration")),
+        };
+        assert_eq!(said, (Some("10.0.0.5"), Some("31000-31999")));
+        let s = given(&first);
+        assert_eq!(s.reach, reach("10.0.0.5", 31000, 31999));
+        assert!(decide(&s, with(reach("10.0.0.5", 31000, 31999)))
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            decide(&s, with(reach("10.0.0.6", 31000, 31999)))
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(decide(&s, with(None)).unwrap().len(), 1);
+        let err = decide(&s, with(reach("10.0.0.5", 0, 10))).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Invalid);
+        // A registration's words that do not parse say nothing.
+        assert_eq!(Reach::of(Some("nope"), Some("1-2")), None);
+        assert_eq!(Reach::of(Some("10.0.0.5"), Some("9-2")), None);
     }
 
     #[test]
@@ -336,6 +424,7 @@ mod tests {
             node: NodeId::generate(),
             digest: "sha256:00".into(),
             addr: None,
+            published: None,
         });
         let live = ServiceState::default();
         assert_eq!(report(&live, fact.clone()).unwrap(), vec![fact.clone()]);

@@ -102,6 +102,17 @@ pub struct NodeArgs {
     #[arg(long, env = "BERTH_NODE_SUBNET", default_value = "10.77.0.0/16")]
     pub node_subnet: String,
 
+    /// Where the node's service addresses come from (IPv4 CIDR): the
+    /// address under which its instances reach a private service of their
+    /// owner that runs on other nodes only. Only instances' connections to
+    /// them are translated; instances cannot reach real hosts in it.
+    #[arg(
+        long,
+        env = "BERTH_NODE_SERVICE_SUBNET",
+        default_value = "10.254.0.0/16"
+    )]
+    pub node_service_subnet: String,
+
     /// Milliseconds between health checks of a live instance failing them;
     /// a starting instance is checked at once, then after 5 ms doubling up
     /// to this.
@@ -179,6 +190,8 @@ pub struct NodeChecks {
     pub ports: RangeInclusive<u16>,
     /// Instance addresses come from here.
     pub subnet: Subnet,
+    /// Service addresses (other nodes' private services) come from here.
+    pub services: Subnet,
     pub health: HealthOptions,
     /// The control plane's endpoints on other machines, closed to
     /// instances: the NATS servers the node speaks to ([`Node::run`] adds
@@ -200,10 +213,18 @@ impl Default for NodeChecks {
             advertise: IpAddr::from([127, 0, 0, 1]),
             ports: 20000..=29999,
             subnet: DEFAULT_SUBNET,
+            services: berth_agent::net::DEFAULT_SERVICES,
             health: HealthOptions::default(),
             control_plane: Vec::new(),
         }
     }
+}
+
+/// Whether two subnets share an address.
+fn overlap(a: &Subnet, b: &Subnet) -> bool {
+    let wider = a.prefix.min(b.prefix);
+    let mask = u32::MAX << (32 - u32::from(wider));
+    u32::from(a.addr) & mask == u32::from(b.addr) & mask
 }
 
 fn parse_ports(s: &str) -> Option<RangeInclusive<u16>> {
@@ -408,6 +429,18 @@ impl NodeArgs {
             problems.push(format!("BERTH_NODE_SUBNET: {e}"));
             DEFAULT_SUBNET
         });
+        let services = self
+            .node_service_subnet
+            .parse::<Subnet>()
+            .unwrap_or_else(|e| {
+                problems.push(format!("BERTH_NODE_SERVICE_SUBNET: {e}"));
+                berth_agent::net::DEFAULT_SERVICES
+            });
+        if overlap(&subnet, &services) {
+            problems.push(format!(
+                "BERTH_NODE_SERVICE_SUBNET ({services}) overlaps BERTH_NODE_SUBNET ({subnet})"
+            ));
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -415,6 +448,7 @@ impl NodeArgs {
             advertise: self.node_advertise_addr,
             ports,
             subnet,
+            services,
             health,
             // Found when the node runs: the NATS servers it speaks to.
             control_plane: Vec::new(),

@@ -34,6 +34,7 @@
 //! workloads; stopping an instance is an explicit work item).
 
 mod config;
+pub mod directory;
 mod gc;
 pub mod health;
 pub mod preflight;
@@ -266,6 +267,7 @@ impl Node {
             cni_path: self.opts.cni_path.clone(),
             state_dir: agent_dir.join("net"),
             closed: self.checks.control_plane.clone(),
+            services: self.checks.services,
         });
         let runc = Runc::new(&self.opts.runc, agent_dir.join("runc"));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -350,6 +352,13 @@ impl Node {
             reporter.clone(),
             housekeeping_stop.clone(),
         ));
+        // Where the other nodes and their private services are.
+        let directory = tokio::spawn(directory::follow(
+            self.store.clone(),
+            id.clone(),
+            agent.clone(),
+            housekeeping_stop.clone(),
+        ));
         let handler = Arc::new(NodeHandler {
             agent: agent.clone(),
             puller,
@@ -392,6 +401,7 @@ impl Node {
             stopped_or_failed => stopped_or_failed.map(|_| ()),
         };
         housekeeping_stop.cancel();
+        let _ = directory.await;
         let _ = collector.await;
         let _ = pruner.await;
         health.shutdown();
@@ -429,12 +439,23 @@ impl Node {
             memory_mib: self.opts.memory_mib,
         };
         let public_key = keys.public().to_base64();
+        // Other nodes reach its published instances at its advertised
+        // address: one they can reach (not loopback, which is each
+        // machine's own).
+        let reach = (!self.checks.advertise.is_loopback()).then(|| rules::Reach {
+            addr: self.checks.advertise,
+            ports: self.checks.ports.clone(),
+        });
         let key = format!(
-            "{id}:registered:{}:{}:{}:{}",
+            "{id}:registered:{}:{}:{}:{}:{}",
             cap.name,
             cap.cpu_millis,
             cap.memory_mib,
-            keys.public().kid()
+            keys.public().kid(),
+            reach
+                .as_ref()
+                .map(|r| format!("{}:{}-{}", r.addr, r.ports.start(), r.ports.end()))
+                .unwrap_or_default()
         );
         let aggregate = AggregateId::Node(id.clone());
         let stamp = Stamp::new(Actor::system("node"));
@@ -446,6 +467,7 @@ impl Node {
                 Command::Register {
                     capacity: cap.clone(),
                     public_key: public_key.clone(),
+                    reach: reach.clone(),
                 },
             )
         });

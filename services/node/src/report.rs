@@ -42,7 +42,11 @@ pub struct Placement {
     /// `ip:port` the instance listens on (web and private services).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addr: Option<String>,
-    /// The port allocated to it on this node (its `PORT`).
+    /// `<node address>:<host port>` where other nodes reach it (a private
+    /// service's instance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<String>,
+    /// The host port allocated to it on this node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     /// How it is health-checked (`None`: not at all).
@@ -377,6 +381,7 @@ impl Reporter {
             node: self.node.clone(),
             digest: p.digest.clone(),
             addr: p.addr.clone(),
+            published: p.published.clone(),
         });
         self.fact(
             &p.service,

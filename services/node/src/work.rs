@@ -281,6 +281,7 @@ impl NodeHandler {
                     deploy: spec.deploy.clone(),
                     digest: spec.digest.clone(),
                     addr: None,
+                    published: None,
                     port: None,
                     check: None,
                     detect: false,
@@ -377,26 +378,35 @@ impl NodeHandler {
         let detect = listens && !s.env.contains_key("PORT");
         s.port = listens.then(|| listen_port(s, spec.port));
         let port = s.port.map(|p| detected.filter(|_| detect).unwrap_or(p));
-        let public = listens && ty != Some(ServiceType::PrivateService);
+        let private = ty == Some(ServiceType::PrivateService);
+        // A private instance is published too where other nodes can reach
+        // this one: for its owner's instances there (see
+        // `berth_agent::net::Directory`).
+        let published = listens && (!private || !self.checks.advertise.is_loopback());
         let mut placement = Placement {
             service: spec.service.clone(),
             deploy: spec.deploy.clone(),
             digest: spec.digest.clone(),
             addr: None,
+            published: None,
             port: None,
             check: None,
             detect,
         };
         {
             let _held = self.ports.lock().unwrap_or_else(|p| p.into_inner());
-            if public {
+            if published {
                 let host = free_port(&self.checks.ports, &self.reporter.ports_in_use())
                     .ok_or_else(|| {
                         retry("allocating a port", "no free port in BERTH_NODE_PORTS")
                     })?;
+                let addr = std::net::SocketAddr::new(self.checks.advertise, host).to_string();
                 placement.port = Some(host);
-                placement.addr =
-                    Some(std::net::SocketAddr::new(self.checks.advertise, host).to_string());
+                if private {
+                    placement.published = Some(addr);
+                } else {
+                    placement.addr = Some(addr);
+                }
             }
             self.reporter
                 .place(&spec.instance, placement.clone())

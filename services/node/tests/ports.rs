@@ -16,6 +16,7 @@ fn placement(port: Option<u16>) -> Placement {
         digest: "sha256:0000000000000000000000000000000000000000000000000000000000000000"
             .to_owned(),
         addr: port.map(|p| format!("127.0.0.1:{p}")),
+        published: None,
         port,
         check: None,
         detect: false,

@@ -482,6 +482,7 @@ impl Svc {
                     node: node.clone(),
                     digest: digest(v),
                     addr: Some(addr.to_string()),
+                    published: None,
                 }
                 .into()
             })

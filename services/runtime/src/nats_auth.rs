@@ -426,6 +426,14 @@ impl Permissions {
                     format!("$JS.API.DIRECT.GET.{events}"),
                     format!("$JS.API.DIRECT.GET.{events}.>"),
                     format!("$JS.API.STREAM.MSG.GET.{events}"),
+                    // Following the nodes and the services (where other
+                    // nodes' private instances are) through ordered
+                    // consumers: ephemeral ones, made without a name (the
+                    // server refuses a durable one made so; a durable
+                    // needs its name in the subject, which is not
+                    // allowed). It may read the log anyway, by direct gets.
+                    format!("$JS.API.CONSUMER.CREATE.{events}"),
+                    format!("$JS.API.CONSUMER.MSG.NEXT.{events}.*"),
                     // Its own queue, through its own durable consumer.
                     format!("$JS.API.CONSUMER.CREATE.{work}.{consumer}.{queue}"),
                     format!("$JS.API.CONSUMER.INFO.{work}.{consumer}"),

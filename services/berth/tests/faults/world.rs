@@ -542,20 +542,16 @@ impl World {
         path: &str,
         body: Option<Value>,
     ) -> Option<(u16, Value)> {
-        let mut req = self
-            .http
-            .request(method, self.url(path))
-            .bearer_auth(&self.api_key)
-            .timeout(Duration::from_secs(10));
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = req.send().await.ok()?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await.ok()?;
-        Some((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+        let (url, timeout) = (self.url(path), Duration::from_secs(10));
+        let answer = berth_tests::api::call(
+            &self.http,
+            &url,
+            &self.api_key,
+            method,
+            body.as_ref(),
+            timeout,
+        );
+        answer.await.ok()
     }
 
     /// A GET that must be answered 200 (retried while the API is away).

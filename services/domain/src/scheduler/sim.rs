@@ -131,6 +131,7 @@ impl Svc {
                 node: node_id(node),
                 digest: d.to_owned(),
                 addr: None,
+                published: None,
             }),
         ];
         if healthy {
@@ -177,6 +178,7 @@ impl Svc {
                         node: node.clone(),
                         digest: digest.clone(),
                         addr: None,
+                        published: None,
                     });
                     let healthy = Event::InstanceHealthy(InstanceHealthy {
                         instance: instance.clone(),

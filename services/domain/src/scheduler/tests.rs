@@ -414,6 +414,7 @@ fn an_instance_running_another_digest_is_replaced_then_stopped() {
         node: node_id(1),
         digest: digest(9),
         addr: None,
+        published: None,
     })]);
     s.apply(&[Event::InstanceHealthy(InstanceHealthy {
         instance: ids[0].clone(),

@@ -129,6 +129,7 @@ impl World {
                 node: node.clone(),
                 digest: digest(v),
                 addr: Some(format!("127.0.0.1:{port}")),
+                published: None,
             };
             let healthy = InstanceHealthy {
                 instance: i.clone(),

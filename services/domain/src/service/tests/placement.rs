@@ -43,6 +43,7 @@ fn place_two_start_first(s: &mut Scenario, d: &DeployId, a: &InstanceId, b: &Ins
         node: node(),
         digest: digest(1),
         addr: Some("127.0.0.1:1".into()),
+        published: None,
     })]);
 }
 

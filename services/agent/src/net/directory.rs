@@ -1,0 +1,379 @@
+//! Private services across nodes.
+//!
+//! On its own node a private service's instances are listed under its
+//! name in its owner's instances' hosts files (their addresses on the
+//! bridge). Elsewhere they are reached through the node they run on: each
+//! private instance is published on a host port of its node as a web
+//! instance is, and each node gives every private service of an owner it
+//! runs instances of, and that runs on other nodes only, an address of its
+//! own — a service address from the node's service range, listed under the
+//! service's name — which a rule of the owner's turns into one of those
+//! instances' `<node address>:<host port>` (chosen at random per
+//! connection). What the node hears of other nodes and their private
+//! instances is its [`Directory`].
+//!
+//! Who may use that road, on each side:
+//!
+//! - Sending: only the owner's instances have their connections to a
+//!   service address translated (a rule per instance, `-s <address>`,
+//!   into the owner's chain `<tag>-S<hash>` in `nat`); anything else sent
+//!   to the service range is dropped. An instance's connection straight to
+//!   another node's host ports is dropped too (`<tag>-OUT`), so a private
+//!   instance's published port elsewhere is reached only by its name.
+//! - Receiving: a connection from outside the node into a private
+//!   instance passes only from a node's address (`<tag>-PRIV`, then
+//!   `<tag>-PEERS`); anyone else — a machine on the network, the internet —
+//!   is dropped. Nodes are trusted to keep their own owners apart, which
+//!   the sending side's rules do.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::RangeInclusive;
+
+use super::{fnv1a, iptables_restore, is_label, run_output, Cni, NetError, Subnet};
+
+/// Another node, as this one needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The address it registered (where its published ports are, and the
+    /// source its instances' connections arrive with).
+    pub addr: Ipv4Addr,
+    /// The host ports it publishes instances on.
+    pub ports: RangeInclusive<u16>,
+}
+
+/// A private service with healthy instances on other nodes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Remote {
+    /// Its owner (an instance group).
+    pub group: String,
+    /// Its name.
+    pub name: String,
+    /// Where its instances are published, on their nodes.
+    pub targets: Vec<SocketAddrV4>,
+}
+
+/// What a node knows of the others.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Directory {
+    pub peers: Vec<Peer>,
+    pub remote: Vec<Remote>,
+}
+
+/// The directory as applied, with the service addresses handed out.
+#[derive(Debug, Default)]
+pub(super) struct Applied {
+    directory: Directory,
+    /// `(group, name)` → its service address here.
+    addrs: HashMap<(String, String), Ipv4Addr>,
+    /// The groups whose `nat` chain exists.
+    chains: HashSet<String>,
+}
+
+impl Applied {
+    /// The service addresses of `group`'s remote services, by name.
+    pub(super) fn named(&self, group: &str) -> Vec<(String, Ipv4Addr)> {
+        self.addrs
+            .iter()
+            .filter(|((g, _), _)| g == group)
+            .map(|((_, n), ip)| (n.clone(), *ip))
+            .collect()
+    }
+
+    fn has_remote(&self, group: &str) -> bool {
+        self.addrs.keys().any(|(g, _)| g == group)
+    }
+}
+
+/// The service address of `(group, name)`: a hash of both into `range`
+/// (so the same after a restart, mostly), the next free one when taken.
+fn service_addr(
+    range: &Subnet,
+    group: &str,
+    name: &str,
+    taken: &HashSet<Ipv4Addr>,
+) -> Option<Ipv4Addr> {
+    let hosts = (1u32 << (32 - u32::from(range.prefix))).saturating_sub(2);
+    if hosts == 0 {
+        return None;
+    }
+    let base = u32::from(range.addr) + 1;
+    let start = fnv1a(&format!("{group}\n{name}")) % hosts;
+    (0..hosts)
+        .map(|i| Ipv4Addr::from(base + (start + i) % hosts))
+        .find(|ip| !taken.contains(ip))
+}
+
+impl Cni {
+    pub(super) fn applied(&self) -> std::sync::MutexGuard<'_, Applied> {
+        self.directory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The chain connections from outside into private instances pass.
+    pub(super) fn priv_chain(&self) -> String {
+        format!("{}-PRIV", self.tag)
+    }
+
+    /// The chain accepting nodes' addresses.
+    pub(super) fn peers_chain(&self) -> String {
+        format!("{}-PEERS", self.tag)
+    }
+
+    /// The chain closing other nodes' host ports to instances.
+    pub(super) fn out_chain(&self) -> String {
+        format!("{}-OUT", self.tag)
+    }
+
+    /// The `nat` chain sending each instance with remote services to its
+    /// group's chain.
+    pub(super) fn svc_chain(&self) -> String {
+        format!("{}-SVC", self.tag)
+    }
+
+    pub(super) fn group_svc_chain(&self, group: &str) -> String {
+        format!("{}-S{:08x}", self.tag, fnv1a(group))
+    }
+
+    /// Whether `chain` (as `iptables -S` names it) is one of the directory's.
+    pub(super) fn is_directory_chain(&self, chain: &str) -> bool {
+        [self.priv_chain(), self.peers_chain(), self.out_chain()].contains(&chain.to_owned())
+    }
+
+    /// Applies what this node now knows of the others: the nodes allowed
+    /// into its private instances, the other nodes' ports closed to its
+    /// instances, the service addresses of its owners' remote private
+    /// services (their rules and their names in hosts files). Applying the
+    /// same directory again changes nothing.
+    pub async fn set_directory(&self, directory: Directory) -> Result<(), NetError> {
+        let _rules = self.rules.lock().await;
+        if self.applied().directory == directory {
+            return Ok(());
+        }
+        let before: BTreeMap<String, Vec<(String, Ipv4Addr)>> = self.remote_names();
+        let addrs = {
+            let applied = self.applied();
+            let mut addrs = HashMap::new();
+            let mut taken = HashSet::new();
+            // Kept where they were; new ones next to them.
+            for r in &directory.remote {
+                let key = (r.group.clone(), r.name.clone());
+                if let Some(ip) = applied.addrs.get(&key) {
+                    taken.insert(*ip);
+                    addrs.insert(key, *ip);
+                }
+            }
+            for r in &directory.remote {
+                if !is_label(&r.name) || r.targets.is_empty() {
+                    continue;
+                }
+                let key = (r.group.clone(), r.name.clone());
+                if addrs.contains_key(&key) {
+                    continue;
+                }
+                let Some(ip) = service_addr(&self.cfg.services, &r.group, &r.name, &taken) else {
+                    tracing::warn!(service.name = %r.name, range = %self.cfg.services, "no free service address");
+                    continue;
+                };
+                taken.insert(ip);
+                addrs.insert(key, ip);
+            }
+            addrs.retain(|(g, n), _| {
+                directory
+                    .remote
+                    .iter()
+                    .any(|r| &r.group == g && &r.name == n && !r.targets.is_empty())
+            });
+            addrs
+        };
+        let mut next = Applied {
+            directory,
+            addrs,
+            // Those it no longer needs are removed by its rules.
+            chains: self.applied().chains.clone(),
+        };
+        let text = self.directory_rules(&next);
+        iptables_restore(&text.0).await?;
+        next.chains = text.1;
+        *self.applied() = next;
+        // Hosts files of the groups whose remote names changed.
+        let after = self.remote_names();
+        let groups: HashSet<&String> = before.keys().chain(after.keys()).collect();
+        for g in groups {
+            if before.get(g) != after.get(g) {
+                self.write_hosts(g)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every group's remote names and service addresses, sorted.
+    fn remote_names(&self) -> BTreeMap<String, Vec<(String, Ipv4Addr)>> {
+        let applied = self.applied();
+        let mut out: BTreeMap<String, Vec<(String, Ipv4Addr)>> = BTreeMap::new();
+        for ((g, n), ip) in &applied.addrs {
+            out.entry(g.clone()).or_default().push((n.clone(), *ip));
+        }
+        for v in out.values_mut() {
+            v.sort();
+        }
+        out
+    }
+
+    /// After a member of `group` joined or left: the group's instances'
+    /// rules into its remote services rebuilt (a no-op for a group with
+    /// none). Called holding `rules`.
+    pub(super) async fn refresh_group(&self, group: &str) -> Result<(), NetError> {
+        let text = {
+            let applied = self.applied();
+            if !applied.has_remote(group) && !applied.chains.contains(group) {
+                return Ok(());
+            }
+            self.directory_rules(&applied)
+        };
+        iptables_restore(&text.0).await?;
+        self.applied().chains = text.1;
+        Ok(())
+    }
+
+    /// The directory's rules as one `iptables-restore` input (every chain
+    /// of it rewritten whole), and the groups whose `nat` chain it leaves.
+    fn directory_rules(&self, a: &Applied) -> (String, HashSet<String>) {
+        let (peers, out, svc) = (self.peers_chain(), self.out_chain(), self.svc_chain());
+        let mut filter = format!(":{peers} - [0:0]\n:{out} - [0:0]\n");
+        let mut seen = HashSet::new();
+        let mut sorted = a.directory.peers.clone();
+        sorted.sort_by_key(|p| (p.addr, *p.ports.start(), *p.ports.end()));
+        for p in &sorted {
+            if seen.insert(p.addr) {
+                filter.push_str(&format!("-A {peers} -s {}/32 -j RETURN\n", p.addr));
+            }
+            filter.push_str(&format!(
+                "-A {out} -d {}/32 -p tcp -m tcp --dport {}:{} -m conntrack ! --ctstate DNAT -j DROP\n",
+                p.addr,
+                p.ports.start(),
+                p.ports.end()
+            ));
+        }
+        filter.push_str(&format!("-A {peers} -j DROP\n"));
+        // The groups with remote services and their members here.
+        let members = self.members();
+        let mut groups: BTreeMap<&str, Vec<Ipv4Addr>> = BTreeMap::new();
+        for ((g, _), _) in a.addrs.iter() {
+            groups.entry(g.as_str()).or_default();
+        }
+        for m in members.values() {
+            if let Some(ips) = groups.get_mut(m.group.as_str()) {
+                ips.push(m.ip);
+            }
+        }
+        let mut nat = format!(":{svc} - [0:0]\n");
+        let mut chains = HashSet::new();
+        for (group, ips) in &mut groups {
+            let chain = self.group_svc_chain(group);
+            nat.push_str(&format!(":{chain} - [0:0]\n"));
+            chains.insert((*group).to_owned());
+            ips.sort();
+            for ip in ips.iter() {
+                nat.push_str(&format!("-A {svc} -s {ip}/32 -j {chain}\n"));
+            }
+            let mut services: Vec<(&String, &Ipv4Addr)> = a
+                .addrs
+                .iter()
+                .filter(|((g, _), _)| g == group)
+                .map(|((_, n), ip)| (n, ip))
+                .collect();
+            services.sort();
+            for (name, vip) in services {
+                let Some(r) = a
+                    .directory
+                    .remote
+                    .iter()
+                    .find(|r| r.group == *group && &r.name == name)
+                else {
+                    continue;
+                };
+                nat.push_str(&balance(&chain, *vip, &r.targets));
+            }
+        }
+        // Chains of groups no longer here go, after the jumps into them.
+        for g in &a.chains {
+            if !chains.contains(g) {
+                let chain = self.group_svc_chain(g);
+                nat.push_str(&format!("-F {chain}\n-X {chain}\n"));
+            }
+        }
+        (
+            format!("*filter\n{filter}COMMIT\n*nat\n{nat}COMMIT\n"),
+            chains,
+        )
+    }
+
+    /// The `nat` chains of groups a previous process left (`<tag>-S…`).
+    pub(super) async fn left_group_svc_chains(&self) -> Result<Vec<String>, NetError> {
+        let listed = run_output("iptables", &["-w", "-t", "nat", "-S"]).await?;
+        let prefix = format!("-N {}-S", self.tag);
+        Ok(listed
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .map(|rest| format!("{}-S{rest}", self.tag))
+            .collect())
+    }
+}
+
+/// The rules sending a connection to `vip` to one of `targets`, each
+/// equally likely.
+fn balance(chain: &str, vip: Ipv4Addr, targets: &[SocketAddrV4]) -> String {
+    let mut sorted = targets.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    let n = sorted.len();
+    let mut text = String::new();
+    for (i, t) in sorted.iter().enumerate() {
+        let left = n - i;
+        let pick = if left > 1 {
+            format!(
+                "-m statistic --mode random --probability {:.5} ",
+                1.0 / left as f64
+            )
+        } else {
+            String::new()
+        };
+        text.push_str(&format!(
+            "-A {chain} -d {vip}/32 -p tcp {pick}-j DNAT --to-destination {t}\n"
+        ));
+    }
+    text
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_address_is_stable_and_skips_taken_ones() {
+        let range: Subnet = "10.254.0.0/16".parse().unwrap();
+        let none = HashSet::new();
+        let a = service_addr(&range, "own-1", "db", &none).unwrap();
+        assert_eq!(service_addr(&range, "own-1", "db", &none), Some(a));
+        assert!(range.contains(a) && a != range.addr);
+        let taken: HashSet<Ipv4Addr> = [a].into();
+        let b = service_addr(&range, "own-1", "db", &taken).unwrap();
+        assert_ne!(a, b);
+        assert!(range.contains(b));
+    }
+
+    #[test]
+    fn connections_are_spread_over_every_target() {
+        let t: Vec<SocketAddrV4> = ["10.0.0.2:20001", "10.0.0.3:20002", "10.0.0.2:20001"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let text = balance("C", Ipv4Addr::new(10, 254, 0, 7), &t);
+        assert_eq!(
+            text,
+            "-A C -d 10.254.0.7/32 -p tcp -m statistic --mode random --probability 0.50000 -j DNAT --to-destination 10.0.0.2:20001\n\
+             -A C -d 10.254.0.7/32 -p tcp -j DNAT --to-destination 10.0.0.3:20002\n"
+        );
+    }
+}
