@@ -2183,6 +2183,7 @@ mod tests {
                 },
             ],
         };
+        let dir_again = dir.clone();
         cni.set_directory(dir.clone()).await.unwrap();
         assert_eq!(
             net.chain("filter", &peers).unwrap(),
@@ -2254,5 +2255,17 @@ mod tests {
         );
         net.cni.detach(&p).await.unwrap();
         assert_eq!(net.chain("filter", &private).unwrap().len(), 1);
+        // A node started again finds the chains of the last one: emptied,
+        // an owner's removed (the directory comes again from the log).
+        cni.set_directory(dir_again).await.unwrap();
+        assert!(net.chain("nat", &a_chain).is_some());
+        let reopened = Cni::open(cni.cfg.clone()).await.unwrap();
+        assert_eq!(net.chain("nat", &a_chain), None);
+        assert_eq!(net.chain("nat", &svc).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            net.chain("filter", &peers).unwrap(),
+            [format!("-A {peers} -j DROP")]
+        );
+        drop(reopened);
     }
 }

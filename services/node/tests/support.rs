@@ -93,10 +93,14 @@ pub async fn start_node_opts(
     let task = tokio::spawn(node.serve(w.client.clone(), dir, stop.clone(), move |r| {
         let _ = ready_tx.send(r);
     }));
-    tokio::time::timeout(Duration::from_secs(20), ready_rx.wait_for(|r| *r))
+    let ready = tokio::time::timeout(Duration::from_secs(20), ready_rx.wait_for(|r| *r))
         .await
         .expect("node ready within 20 s")
-        .unwrap();
+        .map(|_| ());
+    if ready.is_err() {
+        // It ended before taking work: say why.
+        panic!("the node stopped before it was ready: {:?}", task.await);
+    }
     Running { id, stop, task }
 }
 

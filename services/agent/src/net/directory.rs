@@ -316,6 +316,7 @@ impl Cni {
             .lines()
             .filter_map(|l| l.strip_prefix(&prefix))
             .map(|rest| format!("{}-S{rest}", self.tag))
+            .filter(|c| *c != self.svc_chain())
             .collect())
     }
 }
