@@ -2181,6 +2181,12 @@ mod tests {
                     name: "cache".into(),
                     targets: vec![target],
                 },
+                // An owner with no instance here: nothing of it, yet.
+                Remote {
+                    group: "own-c".into(),
+                    name: "queue".into(),
+                    targets: vec![target],
+                },
             ],
         };
         let dir_again = dir.clone();
@@ -2226,6 +2232,19 @@ mod tests {
         let local_cache = format!("{}\tcache\n", ip(&p_state));
         assert!(hosts(&b).contains(&local_cache), "{}", hosts(&b));
         assert_eq!(hosts(&b).matches("cache").count(), 1, "{}", hosts(&b));
+        let c_chain = cni.group_svc_chain("own-c");
+        assert_eq!(net.chain("nat", &c_chain), None);
+        // Its first instance here gets its service address as it joins.
+        let (c, c_state) = net.member(4, "own-c", false);
+        net.cni.join(&c, &c_state, ip(&c_state)).await.unwrap();
+        assert!(hosts(&c).contains("\tqueue\n"), "{}", hosts(&c));
+        assert_eq!(net.chain("nat", &c_chain).unwrap().len(), 1);
+        net.cni.detach(&c).await.unwrap();
+        assert_eq!(
+            net.chain("nat", &c_chain),
+            None,
+            "gone with its last instance"
+        );
         // A new instance of owner a joins the rules at once.
         let (a2, a2_state) = net.member(3, "own-a", false);
         net.cni.join(&a2, &a2_state, ip(&a2_state)).await.unwrap();

@@ -79,10 +79,6 @@ impl Applied {
             .map(|((_, n), ip)| (n.clone(), *ip))
             .collect()
     }
-
-    fn has_remote(&self, group: &str) -> bool {
-        self.addrs.keys().any(|(g, _)| g == group)
-    }
 }
 
 /// The service address of `(group, name)`: a hash of both into `range`
@@ -149,23 +145,50 @@ impl Cni {
         if self.applied().directory == directory {
             return Ok(());
         }
-        let before: BTreeMap<String, Vec<(String, Ipv4Addr)>> = self.remote_names();
-        let addrs = {
+        self.rebuild(Some(directory)).await
+    }
+
+    /// After a member of `group` joined or left: its owner's service
+    /// addresses and rules made again when the directory names any of its
+    /// services (a no-op otherwise). Called holding `rules`.
+    pub(super) async fn refresh_group(&self, group: &str) -> Result<(), NetError> {
+        let concerned = {
             let applied = self.applied();
+            applied.chains.contains(group)
+                || applied.directory.remote.iter().any(|r| r.group == group)
+        };
+        if !concerned {
+            return Ok(());
+        }
+        self.rebuild(None).await
+    }
+
+    /// The service addresses (only for owners with instances here: an
+    /// owner's first instance gets them as it joins), the rules and the
+    /// hosts files whose names changed, for `directory` (`None`: the one
+    /// applied). Called holding `rules`.
+    async fn rebuild(&self, directory: Option<Directory>) -> Result<(), NetError> {
+        let here: HashSet<String> = self.members().values().map(|m| m.group.clone()).collect();
+        let before = self.remote_names();
+        let mut next = {
+            let applied = self.applied();
+            let directory = directory.unwrap_or_else(|| applied.directory.clone());
+            let wanted: Vec<&Remote> = directory
+                .remote
+                .iter()
+                .filter(|r| here.contains(&r.group) && is_label(&r.name) && !r.targets.is_empty())
+                .collect();
             let mut addrs = HashMap::new();
             let mut taken = HashSet::new();
             // Kept where they were; new ones next to them.
-            for r in &directory.remote {
+            for r in &wanted {
                 let key = (r.group.clone(), r.name.clone());
                 if let Some(ip) = applied.addrs.get(&key) {
                     taken.insert(*ip);
                     addrs.insert(key, *ip);
                 }
             }
-            for r in &directory.remote {
-                if !is_label(&r.name) || r.targets.is_empty() {
-                    continue;
-                }
+            for r in &wanted {
                 let key = (r.group.clone(), r.name.clone());
                 if addrs.contains_key(&key) {
                     continue;
@@ -177,25 +200,17 @@ impl Cni {
                 taken.insert(ip);
                 addrs.insert(key, ip);
             }
-            addrs.retain(|(g, n), _| {
-                directory
-                    .remote
-                    .iter()
-                    .any(|r| &r.group == g && &r.name == n && !r.targets.is_empty())
-            });
-            addrs
+            Applied {
+                directory,
+                addrs,
+                // Those it no longer needs are removed by its rules.
+                chains: applied.chains.clone(),
+            }
         };
-        let mut next = Applied {
-            directory,
-            addrs,
-            // Those it no longer needs are removed by its rules.
-            chains: self.applied().chains.clone(),
-        };
-        let text = self.directory_rules(&next);
-        iptables_restore(&text.0).await?;
-        next.chains = text.1;
+        let (text, chains) = self.directory_rules(&next);
+        iptables_restore(&text).await?;
+        next.chains = chains;
         *self.applied() = next;
-        // Hosts files of the groups whose remote names changed.
         let after = self.remote_names();
         let groups: HashSet<&String> = before.keys().chain(after.keys()).collect();
         for g in groups {
@@ -217,22 +232,6 @@ impl Cni {
             v.sort();
         }
         out
-    }
-
-    /// After a member of `group` joined or left: the group's instances'
-    /// rules into its remote services rebuilt (a no-op for a group with
-    /// none). Called holding `rules`.
-    pub(super) async fn refresh_group(&self, group: &str) -> Result<(), NetError> {
-        let text = {
-            let applied = self.applied();
-            if !applied.has_remote(group) && !applied.chains.contains(group) {
-                return Ok(());
-            }
-            self.directory_rules(&applied)
-        };
-        iptables_restore(&text.0).await?;
-        self.applied().chains = text.1;
-        Ok(())
     }
 
     /// The directory's rules as one `iptables-restore` input (every chain
