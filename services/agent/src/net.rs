@@ -934,6 +934,7 @@ impl Cni {
         if let Err(e) = self.leases.keep_only(&named) {
             tracing::warn!(error = %e, "addresses no instance names not given back");
         }
+        self.restore_directory().await;
         Ok(())
     }
 
@@ -2275,7 +2276,8 @@ mod tests {
         net.cni.detach(&p).await.unwrap();
         assert_eq!(net.chain("filter", &private).unwrap().len(), 1);
         // A node started again finds the chains of the last one: emptied,
-        // an owner's removed (the directory comes again from the log).
+        // an owner's removed; then, with its instances back, it applies
+        // the directory the last one saved, before the log says anything.
         cni.set_directory(dir_again).await.unwrap();
         assert!(net.chain("nat", &a_chain).is_some());
         let reopened = Cni::open(cni.cfg.clone()).await.unwrap();
@@ -2285,6 +2287,17 @@ mod tests {
             net.chain("filter", &peers).unwrap(),
             [format!("-A {peers} -j DROP")]
         );
+        // (These instances have no namespaces to adopt: only the nodes'
+        // rules come back.)
+        reopened.recover(&HashMap::new()).await.unwrap();
+        assert_eq!(
+            net.chain("filter", &peers).unwrap(),
+            [
+                format!("-A {peers} -s 192.0.2.7/32 -j RETURN"),
+                format!("-A {peers} -j DROP")
+            ]
+        );
+        assert_eq!(net.chain("filter", &out).unwrap().len(), 1);
         drop(reopened);
     }
 }

@@ -183,8 +183,29 @@ pub async fn follow(store: EventStore, me: NodeId, agent: Agent, shutdown: Cance
         snapshot_key: None,
         ..ProjectionOptions::default()
     };
-    let nodes = ProjectionRunner::new(&store, Nodes::default(), runner("node"));
-    let privates = ProjectionRunner::new(&store, Privates::default(), runner("service"));
+    let mut nodes = ProjectionRunner::new(&store, Nodes::default(), runner("node"));
+    let mut privates = ProjectionRunner::new(&store, Privates::default(), runner("service"));
+    // Nothing is applied before both are caught up: until then the agent
+    // keeps the directory the last process saved, not a half-read one.
+    for caught in [
+        nodes
+            .catch_up_at_start(&shutdown)
+            .await
+            .map(|c| c.is_some()),
+        privates
+            .catch_up_at_start(&shutdown)
+            .await
+            .map(|c| c.is_some()),
+    ] {
+        match caught {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "other nodes' private services cannot be followed");
+                return;
+            }
+        }
+    }
     let (node_state, private_state) = (nodes.state(), privates.state());
     let (mut node_seq, mut private_seq) = (nodes.applied(), privates.applied());
     let stop = shutdown.child_token();

@@ -30,10 +30,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
 
-use super::{fnv1a, iptables_restore, is_label, run_output, Cni, NetError, Subnet};
+use serde::{Deserialize, Serialize};
+
+use super::{fnv1a, iptables_restore, is_label, net_io, run_output, Cni, NetError, Subnet};
 
 /// Another node, as this one needs to know it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
     /// The address it registered (where its published ports are, and the
     /// source its instances' connections arrive with).
@@ -43,7 +45,7 @@ pub struct Peer {
 }
 
 /// A private service with healthy instances on other nodes.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Remote {
     /// Its owner (an instance group).
     pub group: String,
@@ -54,7 +56,7 @@ pub struct Remote {
 }
 
 /// What a node knows of the others.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Directory {
     pub peers: Vec<Peer>,
     pub remote: Vec<Remote>,
@@ -210,6 +212,9 @@ impl Cni {
         let (text, chains) = self.directory_rules(&next);
         iptables_restore(&text).await?;
         next.chains = chains;
+        if let Err(e) = self.save_directory(&next.directory) {
+            tracing::warn!(error = %e, "the directory is not saved for the next start");
+        }
         *self.applied() = next;
         let after = self.remote_names();
         let groups: HashSet<&String> = before.keys().chain(after.keys()).collect();
@@ -219,6 +224,44 @@ impl Cni {
             }
         }
         Ok(())
+    }
+
+    /// Where the last directory applied is kept: a node started again
+    /// applies it at once, before it has caught up with the log, so the
+    /// roads between nodes stay open across its restart.
+    fn directory_file(&self) -> std::path::PathBuf {
+        self.cfg.state_dir.join("directory.state")
+    }
+
+    fn save_directory(&self, directory: &Directory) -> Result<(), NetError> {
+        let path = self.directory_file();
+        let tmp = path.with_extension("state.tmp");
+        let bytes = serde_json::to_vec(directory).map_err(|e| NetError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        std::fs::write(&tmp, bytes).map_err(net_io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(net_io(&path))
+    }
+
+    /// After the instances kept are back: the directory the last process
+    /// applied, applied again (none saved, or unreadable: nothing until
+    /// the node has caught up with the log).
+    pub(super) async fn restore_directory(&self) {
+        let Ok(bytes) = std::fs::read(self.directory_file()) else {
+            return;
+        };
+        let saved = match serde_json::from_slice::<Directory>(&bytes) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "the saved directory is unreadable; waiting for the log");
+                return;
+            }
+        };
+        let _rules = self.rules.lock().await;
+        if let Err(e) = self.rebuild(Some(saved)).await {
+            tracing::warn!(error = %e, "the saved directory could not be applied; waiting for the log");
+        }
     }
 
     /// Every group's remote names and service addresses, sorted.
