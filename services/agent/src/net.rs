@@ -1424,14 +1424,7 @@ impl Cni {
 
     /// Save the state file (atomically).
     fn save(&self, id: &InstanceId, state: &State) -> Result<(), NetError> {
-        let path = self.state_file(id);
-        let tmp = path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec(state).map_err(|e| NetError::Io {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        std::fs::write(&tmp, bytes).map_err(net_io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(net_io(&path))
+        save_json(&self.state_file(id), state)
     }
 }
 
@@ -1553,6 +1546,18 @@ fn hosts_text(id: &InstanceId, ip: Ipv4Addr, named: &[(String, Ipv4Addr)]) -> St
         text.push_str(&format!("{ip}\t{name}\n"));
     }
     text
+}
+
+/// Writes `value` as JSON to `path` atomically (a file beside it, then
+/// renamed over it).
+fn save_json(path: &Path, value: &impl Serialize) -> Result<(), NetError> {
+    let tmp = path.with_extension("tmp");
+    let bytes = serde_json::to_vec(value).map_err(|e| NetError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
+    std::fs::write(&tmp, bytes).map_err(net_io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(net_io(path))
 }
 
 fn write_in_place(path: &Path, text: &str) -> Result<(), NetError> {

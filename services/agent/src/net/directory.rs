@@ -32,7 +32,7 @@ use std::ops::RangeInclusive;
 
 use serde::{Deserialize, Serialize};
 
-use super::{fnv1a, iptables_restore, is_label, net_io, run_output, Cni, NetError, Subnet};
+use super::{fnv1a, iptables_restore, is_label, run_output, save_json, Cni, NetError, Subnet};
 
 /// Another node, as this one needs to know it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,14 +234,7 @@ impl Cni {
     }
 
     fn save_directory(&self, directory: &Directory) -> Result<(), NetError> {
-        let path = self.directory_file();
-        let tmp = path.with_extension("state.tmp");
-        let bytes = serde_json::to_vec(directory).map_err(|e| NetError::Io {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        std::fs::write(&tmp, bytes).map_err(net_io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(net_io(&path))
+        save_json(&self.directory_file(), directory)
     }
 
     /// After the instances kept are back: the directory the last process
