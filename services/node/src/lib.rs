@@ -352,13 +352,18 @@ impl Node {
             reporter.clone(),
             housekeeping_stop.clone(),
         ));
-        // Where the other nodes and their private services are.
-        let directory = tokio::spawn(directory::follow(
-            self.store.clone(),
-            id.clone(),
-            agent.clone(),
-            housekeeping_stop.clone(),
-        ));
+        // Where the other nodes and their private services are; a node
+        // advertising a loopback address is alone (no other machine
+        // reaches it, and it registers no address), and follows nothing.
+        let alone = self.checks.advertise.is_loopback();
+        let directory = (!alone).then(|| {
+            tokio::spawn(directory::follow(
+                self.store.clone(),
+                id.clone(),
+                agent.clone(),
+                housekeeping_stop.clone(),
+            ))
+        });
         let handler = Arc::new(NodeHandler {
             agent: agent.clone(),
             puller,
@@ -401,7 +406,9 @@ impl Node {
             stopped_or_failed => stopped_or_failed.map(|_| ()),
         };
         housekeeping_stop.cancel();
-        let _ = directory.await;
+        if let Some(d) = directory {
+            let _ = d.await;
+        }
         let _ = collector.await;
         let _ = pruner.await;
         health.shutdown();
