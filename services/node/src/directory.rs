@@ -187,25 +187,27 @@ pub async fn follow(store: EventStore, me: NodeId, agent: Agent, shutdown: Cance
     let mut privates = ProjectionRunner::new(&store, Privates::default(), runner("service"));
     // Nothing is applied before both are caught up: until then the agent
     // keeps the directory the last process saved, not a half-read one.
+    let started = std::time::Instant::now();
+    let mut events = 0;
     for caught in [
-        nodes
-            .catch_up_at_start(&shutdown)
-            .await
-            .map(|c| c.is_some()),
-        privates
-            .catch_up_at_start(&shutdown)
-            .await
-            .map(|c| c.is_some()),
+        nodes.catch_up_at_start(&shutdown).await,
+        privates.catch_up_at_start(&shutdown).await,
     ] {
         match caught {
-            Ok(true) => {}
-            Ok(false) => return,
+            Ok(Some(c)) => events += c.events,
+            Ok(None) => return,
             Err(e) => {
                 tracing::error!(error = %e, "other nodes' private services cannot be followed");
                 return;
             }
         }
     }
+    tracing::info!(
+        events,
+        secs = started.elapsed().as_secs_f64(),
+        private_services = private_count(&privates),
+        "directory caught up with the log"
+    );
     let (node_state, private_state) = (nodes.state(), privates.state());
     let (mut node_seq, mut private_seq) = (nodes.applied(), privates.applied());
     let stop = shutdown.child_token();
@@ -243,6 +245,12 @@ pub async fn follow(store: EventStore, me: NodeId, agent: Agent, shutdown: Cance
             tracing::warn!(error = %e, read_model = what, "stopped following the log");
         }
     }
+}
+
+fn private_count(p: &ProjectionRunner<Privates>) -> usize {
+    let state = p.state();
+    let held = state.read().unwrap_or_else(|p| p.into_inner());
+    held.services.len()
 }
 
 fn now(me: &NodeId, nodes: &Arc<RwLock<Nodes>>, privates: &Arc<RwLock<Privates>>) -> Directory {
