@@ -2140,6 +2140,32 @@ mod tests {
         assert!(hosts(&a).contains(&format!("{}\t{a}\n", ip(&a_state))));
     }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_directory_applied_part_way_is_applied_again_when_asked() {
+        let mut net = TestNet::open(4).await;
+        let (a, a_state) = net.member(0, "own-a", false);
+        let ip = a_state.result.as_ref().and_then(result_ip).unwrap();
+        net.cni.join(&a, &a_state, ip).await.unwrap();
+        let hosts = net.cni.paths(&a).0;
+        // Its hosts file cannot be written (a directory in its place).
+        std::fs::remove_file(&hosts).unwrap();
+        std::fs::create_dir(&hosts).unwrap();
+        let dir = Directory {
+            peers: Vec::new(),
+            remote: vec![Remote {
+                group: "own-a".into(),
+                name: "db".into(),
+                targets: vec!["192.0.2.7:31005".parse().unwrap()],
+            }],
+        };
+        assert!(net.cni.set_directory(dir.clone()).await.is_err());
+        std::fs::remove_dir(&hosts).unwrap();
+        // The same directory again: applied, the file written.
+        net.cni.set_directory(dir).await.unwrap();
+        let text = std::fs::read_to_string(&hosts).unwrap();
+        assert!(text.contains("\tdb\n"), "{text}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn other_nodes_private_services_get_a_service_address_for_their_owner_only() {
         let mut net = TestNet::open(3).await;
         let (a, a_state) = net.member(0, "own-a", false);

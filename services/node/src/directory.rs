@@ -130,14 +130,17 @@ pub fn directory(me: &NodeId, nodes: &Nodes, privates: &Privates) -> Directory {
     let mut remote: Vec<Remote> = privates
         .services
         .values()
-        .filter_map(|t| remote(me, t))
+        .filter_map(|t| remote(me, t, &peers))
         .collect();
     remote.sort();
     Directory { peers, remote }
 }
 
-/// `t` as seen from node `me`, when it has healthy instances elsewhere.
-fn remote(me: &NodeId, t: &Tracked) -> Option<Remote> {
+/// `t` as seen from node `me`, when it has healthy instances elsewhere:
+/// published on a node among `peers`, within its ports (what the log says
+/// is a node's fact; a published address no registered node stands
+/// behind is not a target).
+fn remote(me: &NodeId, t: &Tracked, peers: &[Peer]) -> Option<Remote> {
     let cfg = t.state.config.as_ref()?;
     if t.state.status != ServiceStatus::Active {
         return None;
@@ -154,9 +157,11 @@ fn remote(me: &NodeId, t: &Tracked) -> Option<Remote> {
             if node == me {
                 return None;
             }
-            addr.parse::<SocketAddrV4>()
-                .ok()
-                .filter(|a| !a.ip().is_loopback())
+            addr.parse::<SocketAddrV4>().ok().filter(|a| {
+                peers
+                    .iter()
+                    .any(|p| p.addr == *a.ip() && p.ports.contains(&a.port()))
+            })
         })
         .collect();
     if targets.is_empty() {
@@ -173,6 +178,10 @@ fn remote(me: &NodeId, t: &Tracked) -> Option<Remote> {
 /// How long changes are gathered before the directory is applied: a
 /// deploy's events come in bursts.
 const SETTLE: Duration = Duration::from_millis(100);
+/// How soon a directory the agent could not apply is tried again.
+const RETRY: Duration = Duration::from_secs(5);
+/// How often an unchanged directory is handed to the agent again.
+const AGAIN: Duration = Duration::from_secs(30);
 
 /// Follows the log and keeps `agent`'s directory current until
 /// `shutdown`.
@@ -214,9 +223,12 @@ pub async fn follow(store: EventStore, me: NodeId, agent: Agent, shutdown: Cance
     let n = tokio::spawn(nodes.run(stop.clone()));
     let p = tokio::spawn(privates.run(stop.clone()));
     let mut last: Option<Directory> = None;
+    let mut again = false;
     loop {
         let next = now(&me, &node_state, &private_state);
-        if last.as_ref() != Some(&next) {
+        // Also now and then when unchanged: a no-op unless the agent's
+        // last rebuild (a start or stop of an instance) failed part way.
+        if again || last.as_ref() != Some(&next) {
             match agent.set_directory(next.clone()).await {
                 Ok(()) => last = Some(next),
                 Err(e) => {
@@ -225,12 +237,16 @@ pub async fn follow(store: EventStore, me: NodeId, agent: Agent, shutdown: Cance
                 }
             }
         }
+        again = false;
+        let retry = if last.is_none() { RETRY } else { AGAIN };
         let followed = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = node_seq.changed() => r.is_ok(),
             r = private_seq.changed() => r.is_ok(),
-            // Retries a failed apply.
-            _ = tokio::time::sleep(Duration::from_secs(5)), if last.is_none() => true,
+            _ = tokio::time::sleep(retry) => {
+                again = true;
+                true
+            }
         };
         if !followed {
             // A runner ended (it logs why): what was applied stays.
@@ -446,7 +462,9 @@ mod tests {
             &[
                 (&other, "192.0.2.7:31005"),
                 (&me, "192.0.2.1:20005"),
-                (&lost, "127.0.0.1:20006"),
+                (&lost, "192.0.2.9:20006"),
+                // Not where that node publishes: no target.
+                (&other, "192.0.2.7:20007"),
             ],
         );
         // Web services are the router's.

@@ -70,6 +70,10 @@ pub(super) struct Applied {
     addrs: HashMap<(String, String), Ipv4Addr>,
     /// The groups whose `nat` chain exists.
     chains: HashSet<String>,
+    /// The last rebuild went through (rules and hosts files): until one
+    /// does, the same directory is applied again when asked, and every
+    /// group's hosts files are written.
+    complete: bool,
 }
 
 impl Applied {
@@ -141,11 +145,15 @@ impl Cni {
     /// into its private instances, the other nodes' ports closed to its
     /// instances, the service addresses of its owners' remote private
     /// services (their rules and their names in hosts files). Applying the
-    /// same directory again changes nothing.
+    /// same directory again changes nothing, unless applying it last time
+    /// failed part way.
     pub async fn set_directory(&self, directory: Directory) -> Result<(), NetError> {
         let _rules = self.rules.lock().await;
-        if self.applied().directory == directory {
-            return Ok(());
+        {
+            let applied = self.applied();
+            if applied.complete && applied.directory == directory {
+                return Ok(());
+            }
         }
         self.rebuild(Some(directory)).await
     }
@@ -172,6 +180,7 @@ impl Cni {
     async fn rebuild(&self, directory: Option<Directory>) -> Result<(), NetError> {
         let here: HashSet<String> = self.members().values().map(|m| m.group.clone()).collect();
         let before = self.remote_names();
+        let force = !std::mem::replace(&mut self.applied().complete, false);
         let mut next = {
             let applied = self.applied();
             let directory = directory.unwrap_or_else(|| applied.directory.clone());
@@ -207,6 +216,7 @@ impl Cni {
                 addrs,
                 // Those it no longer needs are removed by its rules.
                 chains: applied.chains.clone(),
+                complete: false,
             }
         };
         let (text, chains) = self.directory_rules(&next);
@@ -219,10 +229,11 @@ impl Cni {
         let after = self.remote_names();
         let groups: HashSet<&String> = before.keys().chain(after.keys()).collect();
         for g in groups {
-            if before.get(g) != after.get(g) {
+            if force || before.get(g) != after.get(g) {
                 self.write_hosts(g)?;
             }
         }
+        self.applied().complete = true;
         Ok(())
     }
 
