@@ -12,7 +12,9 @@
 //! advertising `.10`. The outsider is namespace 1 (`.11`): no berth
 //! process runs there. NATS and the registry listen on the host's loopback
 //! and are also reachable at `.1` through [`Forward`]s, so node B reaches
-//! them over the bridge as over a network.
+//! them over the bridge as over a network. Either node can be restarted
+//! ([`TwoMachines::restart`]): its containers keep running and the new
+//! process adopts them.
 //!
 //! Everything started (processes, containers, mounts, the nodes' networks,
 //! the namespaces) is removed on drop, also when a test panics.
@@ -93,6 +95,14 @@ impl Machine {
         match self {
             Machine::A => 0,
             Machine::B => 1,
+        }
+    }
+
+    /// Its node's process (and log) name.
+    fn process(self) -> &'static str {
+        match self {
+            Machine::A => "node-a",
+            Machine::B => "node-b",
         }
     }
 }
@@ -420,7 +430,7 @@ impl TwoMachines {
             .kill_on_drop(true);
         let run = match process {
             "node-a" | "node-b" => {
-                let machine = if process == "node-a" {
+                let machine = if process == Machine::A.process() {
                     Machine::A
                 } else {
                     Machine::B
@@ -454,6 +464,42 @@ impl TwoMachines {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(process, child);
+    }
+
+    /// Stops the node of machine `m` (SIGTERM; waits up to 30 s for it
+    /// to exit: its containers keep running) and starts it again with the
+    /// same environment and directory, so that it adopts them. Returns as
+    /// the new process is started, with how the old one ended and how long
+    /// it took to.
+    pub async fn restart(&self, m: Machine) -> (std::process::ExitStatus, Duration) {
+        let process = m.process();
+        let mut child = self
+            .procs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(process)
+            .unwrap_or_else(|| panic!("{process} is not running"));
+        let pid = child.id().expect("the node has not been waited for");
+        let t0 = Instant::now();
+        kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+        let within = Duration::from_secs(30);
+        let status = match tokio::time::timeout(within, child.wait()).await {
+            Ok(status) => status.unwrap(),
+            // Dropping the child kills it.
+            Err(_) => panic!(
+                "{process} did not exit within {within:?} of SIGTERM\n{}",
+                self.log_tails()
+            ),
+        };
+        let stopped = t0.elapsed();
+        self.spawn(process);
+        (status, stopped)
+    }
+
+    /// What the node of machine `m` has logged so far, every process of
+    /// it (a restarted node appends to the same file).
+    pub fn node_log(&self, m: Machine) -> String {
+        std::fs::read_to_string(self.log_file(m.process())).unwrap_or_default()
     }
 
     /// Fails the test when a process exited by itself.

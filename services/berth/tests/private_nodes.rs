@@ -16,6 +16,13 @@
 //! Each denial has a control that the same path otherwise works (node B's
 //! own listener answers Y's worker and the outsider), so it cannot pass
 //! for want of a network.
+//!
+//! Then each node is restarted in turn (A, then B, which holds the private
+//! instance; the containers keep running and are adopted): a node empties
+//! and rebuilds its chains at every start, and X's worker must get the
+//! token again within 15 s of the new process's start — counted are only
+//! attempts that began once the new process was running, after its chains
+//! were made again, never lines of before. Y must still never get it.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -49,16 +56,21 @@ mkdir -p /tmp/www && echo "$TOKEN" > /tmp/www/token.txt && exec busybox httpd -f
 "#;
 
 /// Owner X's worker: the private service by name, twice a second, with
-/// what its `/etc/hosts` says of the name.
+/// when each attempt began and ended (`at=<start>-<end>`, the host's
+/// `/proc/uptime`: instances have no time namespace) and what its
+/// `/etc/hosts` says of the name.
 const CLIENT_X: &str = r#"
 n=0
 while :; do
   n=$((n+1))
   h=$(busybox grep -w "$NAME" /etc/hosts | busybox head -n 1)
+  read s _ </proc/uptime
   if r=$(busybox timeout 3 busybox wget -qO- "http://$NAME:8080/token.txt" 2>&1); then
-    echo "x-ok $n [$(echo $r)] hosts=[$(echo $h)]"
+    read e _ </proc/uptime
+    echo "x-ok $n at=$s-$e [$(echo $r)] hosts=[$(echo $h)]"
   else
-    echo "x-fail $n [$(echo $r)] hosts=[$(echo $h)]"
+    read e _ </proc/uptime
+    echo "x-fail $n at=$s-$e [$(echo $r)] hosts=[$(echo $h)]"
   fi
   sleep 0.5
 done
@@ -209,6 +221,131 @@ fn addresses_in_hosts(lines: &[String]) -> Vec<String> {
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect()
+}
+
+/// The host's seconds since boot: the clock of `at=` in X's worker's
+/// lines.
+fn uptime() -> f64 {
+    let text = std::fs::read_to_string("/proc/uptime").unwrap();
+    text.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// When an attempt of X's worker began and ended (`at=<start>-<end>`).
+fn attempt_times(line: &str) -> Option<(f64, f64)> {
+    let at = line.split(" at=").nth(1)?.split_whitespace().next()?;
+    let (start, end) = at.split_once('-')?;
+    Some((start.parse().ok()?, end.parse().ok()?))
+}
+
+/// What a node logs once its agent is up: its chains emptied and made
+/// again, the instances it kept adopted with their rules, the directory it
+/// saved applied again (`services/node/src/lib.rs`).
+const NODE_RUNNING: &str = "node running";
+
+/// Restarts `machine`'s node and checks that owner X's worker (`x`'s
+/// `client_x`) gets `token` again within 15 s of the new process's start:
+/// at least two successes of attempts that began after the new process
+/// logged it was running — so after it had emptied its chains; what the
+/// old process's rules let through, and every line printed before the
+/// restart, do not count.
+async fn token_again_after_restart(
+    m: &TwoMachines,
+    x: (&str, &str),
+    client_x: &str,
+    token: &str,
+    machine: Machine,
+) {
+    let within = Duration::from_secs(15);
+    let ok = format!("[{token}]");
+    let runs_before = m.node_log(machine).matches(NODE_RUNNING).count();
+    assert!(
+        runs_before >= 1,
+        "node {machine:?} never logged {NODE_RUNNING:?}: what the restart is timed by\n{}",
+        m.log_tails()
+    );
+    // Every success so far: none of them counts after the restart. The
+    // worker got the token before it (the check starts from a road that
+    // works).
+    let seen: std::collections::BTreeSet<String> = m
+        .log_lines(x.0, x.1, client_x, &ok)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert!(
+        !seen.is_empty(),
+        "owner X's worker never got the token before node {machine:?}'s restart"
+    );
+    let last_before = seen
+        .iter()
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .max();
+    let (status, stopped) = m.restart(machine).await;
+    let spawned = Instant::now();
+    let spawned_up = uptime();
+    let deadline = spawned + within;
+    // When the new process was seen running (host uptime, and since its
+    // start): later than it was, never earlier.
+    let mut running: Option<(f64, Duration)> = None;
+    let mut fresh: Vec<(f64, f64, String)> = Vec::new();
+    loop {
+        if running.is_none() && m.node_log(machine).matches(NODE_RUNNING).count() > runs_before {
+            running = Some((uptime(), spawned.elapsed()));
+        }
+        if let Some((since, _)) = running {
+            fresh = m
+                .log_lines(x.0, x.1, client_x, &ok)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|l| !seen.contains(l))
+                .filter_map(|l| {
+                    let (start, end) = attempt_times(&l)?;
+                    (start >= since && end <= spawned_up + within.as_secs_f64())
+                        .then_some((start, end, l))
+                })
+                .collect();
+        }
+        if fresh.len() >= 2 || Instant::now() >= deadline {
+            break;
+        }
+        let poll = if running.is_some() { 200 } else { 20 };
+        tokio::time::sleep(Duration::from_millis(poll)).await;
+    }
+    if fresh.len() < 2 {
+        let tried = m.log_lines(x.0, x.1, client_x, "x-").await.unwrap();
+        let log = m.node_log(machine);
+        let lines: Vec<&str> = log.lines().collect();
+        panic!(
+            "owner X's worker did not get the token twice within {within:?} of node {machine:?}'s \
+             restart (started at host uptime {spawned_up}; seen running at {running:?}, as host \
+             uptime and time since its start); successes counted: {:?}\nits last attempts \
+             (newest first):\n{}\nnode {machine:?}'s last lines:\n{}",
+            fresh.iter().map(|f| &f.2).collect::<Vec<_>>(),
+            tried
+                .iter()
+                .take(12)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n"),
+            lines[lines.len().saturating_sub(25)..].join("\n")
+        );
+    }
+    m.assert_all_running();
+    let first = fresh.iter().map(|f| f.1).fold(f64::INFINITY, f64::min);
+    let mut attempts: Vec<&str> = fresh
+        .iter()
+        .filter_map(|f| f.2.split_whitespace().nth(1))
+        .collect();
+    attempts.sort_by_key(|n| n.parse::<u64>().unwrap_or(0));
+    println!(
+        "(node {machine:?} restarted: the old process exited after {stopped:.1?} ({status}), \
+         the new one was running after {:.1?}; X's worker got the token again {:.1}s after \
+         its start; successes counted: attempts {attempts:?}, the last before the restart \
+         {last_before:?})",
+        running.map(|r| r.1).unwrap_or_default(),
+        first - spawned_up,
+    );
 }
 
 /// A second owner with an API key of its own: `(owner id, API key)`.
@@ -458,8 +595,7 @@ async fn a_private_service_on_another_machine_is_its_owners_alone() {
     println!("(outsider refused on {} port(s) of node B)", answers.len());
 
     m.assert_all_running();
-    // Last: owner X's own reach, which needs private services across
-    // machines.
+    // Owner X's own reach, which needs private services across machines.
     if let Err(tried) = x_got {
         let events = m.service_events(&db).await;
         panic!(
@@ -470,5 +606,43 @@ async fn a_private_service_on_another_machine_is_its_owners_alone() {
             events.iter().map(|e| &e["type"]).collect::<Vec<_>>()
         );
     }
-    println!("(done after {:.1?})", t0.elapsed());
+
+    // The roads between nodes across a restart of either node.
+    for machine in [Machine::A, Machine::B] {
+        token_again_after_restart(&m, x, &client_x, &token, machine).await;
+    }
+    // Owner Y never got the token, also while the nodes restarted: once
+    // a round of its worker has ended since, every probe it began meanwhile
+    // has said how it went.
+    let ended = m
+        .log_lines(y.0, y.1, &client_y, "y-round")
+        .await
+        .unwrap()
+        .len();
+    let rounds_after = lines_within(
+        &m,
+        y,
+        &client_y,
+        "y-round",
+        ended + 1,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(
+        rounds_after.len() > ended,
+        "owner Y's worker ended no round after the restarts: {rounds_after:?}\n{}",
+        m.log_tails()
+    );
+    let hits = m.log_lines(y.0, y.1, &client_y, "y-hit").await.unwrap();
+    let leaked = m.log_lines(y.0, y.1, &client_y, &token).await.unwrap();
+    assert!(
+        hits.is_empty() && leaked.is_empty(),
+        "owner Y's instance reached owner X's private service across the restarts: \
+         {hits:?} {leaked:?}"
+    );
+    println!(
+        "(Y: {} rounds in all, still no hits; done after {:.1?})",
+        rounds_after.len(),
+        t0.elapsed()
+    );
 }
