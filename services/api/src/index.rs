@@ -91,7 +91,7 @@ impl Indexed {
 
 /// Where the index's snapshot is kept; a new key when what it folds, or
 /// how, changes (a snapshot of the old shape is then never read).
-pub const SNAPSHOT_KEY: &str = "api-index-v7";
+pub const SNAPSHOT_KEY: &str = "api-index-v8";
 
 /// A node as the log says it: registered (name, capacity), lost or back,
 /// and when that last changed.

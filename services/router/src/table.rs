@@ -329,7 +329,7 @@ impl RouteProjection {
 
 /// Where the router's snapshot is kept; a new key when what it folds, or
 /// how, changes.
-pub const SNAPSHOT_KEY: &str = "router-routes-v2";
+pub const SNAPSHOT_KEY: &str = "router-routes-v3";
 
 impl berth_eventlog::projection::Projection for RouteProjection {
     /// The web services followed (a runner restores it only before it

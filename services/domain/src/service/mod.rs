@@ -375,7 +375,7 @@ pub enum Command {
 
 /// Under which name a service's fold is stored (see
 /// `EventStore::persist_states`); a new name when `apply` changes.
-pub const STATE_SNAPSHOT: &str = "service-v2";
+pub const STATE_SNAPSHOT: &str = "service-v3";
 
 /// The service aggregate.
 #[derive(Debug, Clone, Copy, Default)]

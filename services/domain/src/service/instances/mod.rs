@@ -225,7 +225,17 @@ impl Instances {
                     // What the node says runs is what counts for digest checks.
                     i.node = e.node.clone();
                     i.digest = e.digest.clone();
-                    i.phase = InstancePhase::Running;
+                    // A first start recorded late (a node killed before it
+                    // recorded it; its next process records it when the
+                    // start is delivered again, after it already probed the
+                    // adopted instance) says nothing newer than the health
+                    // or exit facts of the same run before it.
+                    if !matches!(
+                        i.phase,
+                        InstancePhase::Healthy | InstancePhase::Unhealthy | InstancePhase::Exited
+                    ) {
+                        i.phase = InstancePhase::Running;
+                    }
                     i.addr = e.addr.clone();
                 }
             }

@@ -278,3 +278,37 @@ fn a_started_instance_records_where_it_is_reached() {
     assert_eq!(at(&a).as_deref(), Some("127.0.0.1:1"));
     assert_eq!(at(&b), None, "not started: no address yet");
 }
+
+#[test]
+fn a_start_recorded_after_the_instance_was_found_healthy_keeps_it_healthy() {
+    let d = DeployId::generate();
+    let mut s = Scenario::live_web(&d);
+    let (a, b) = (InstanceId::generate(), InstanceId::generate());
+    place_two_start_first(&mut s, &d, &a, &b);
+    // `b`'s node was killed before it recorded the start; its next
+    // process probed the adopted instance (healthy), then recorded the
+    // start when the work item came again.
+    s.append(&[Event::InstanceHealthy(
+        berth_schemas::events::InstanceHealthy {
+            instance: b.clone(),
+        },
+    )]);
+    let late = |addr: &str| {
+        Event::InstanceStarted(InstanceStarted {
+            instance: b.clone(),
+            node: node(),
+            digest: digest(1),
+            addr: Some(addr.into()),
+            published: None,
+        })
+    };
+    s.append(&[late("127.0.0.1:2")]);
+    let i = s.state.instances.get(&b).unwrap();
+    assert_eq!(i.phase, InstancePhase::Healthy);
+    assert_eq!(i.addr.as_deref(), Some("127.0.0.1:2"));
+    // A first start recorded in order still makes it running.
+    assert_eq!(
+        s.state.instances.get(&a).unwrap().phase,
+        InstancePhase::Running
+    );
+}
