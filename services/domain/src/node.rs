@@ -57,14 +57,27 @@ impl Reach {
     /// The reach a registration's `addr` and `ports` say, if both are
     /// there and well-formed.
     pub fn of(addr: Option<&str>, ports: Option<&str>) -> Option<Reach> {
-        let addr = addr?.parse().ok()?;
-        let (low, high) = ports?.split_once('-')?;
-        let (low, high): (u16, u16) = (low.parse().ok()?, high.parse().ok()?);
-        (low > 0 && low <= high).then_some(Reach {
-            addr,
-            ports: low..=high,
+        Some(Reach {
+            addr: addr?.parse().ok()?,
+            ports: parse_ports(ports?)?,
         })
     }
+
+    /// Its ports as a registration says them, `low-high`.
+    pub fn ports_text(&self) -> String {
+        format!("{}-{}", self.ports.start(), self.ports.end())
+    }
+}
+
+/// A host-port range written `low-high` (1-65535, low ≤ high), as
+/// `BERTH_NODE_PORTS` and registrations say it.
+pub fn parse_ports(s: &str) -> Option<std::ops::RangeInclusive<u16>> {
+    let (low, high) = s.split_once('-')?;
+    let (low, high) = (
+        low.trim().parse::<u16>().ok()?,
+        high.trim().parse::<u16>().ok()?,
+    );
+    (low > 0 && low <= high).then_some(low..=high)
 }
 
 /// What a node offers.
@@ -166,7 +179,7 @@ pub fn decide(state: &NodeState, command: Command) -> Result<Vec<Event>, DomainE
                 memory_mib: c.memory_mib,
                 public_key: Some(public_key),
                 addr: reach.as_ref().map(|r| r.addr.to_string()),
-                ports: reach.map(|r| format!("{}-{}", r.ports.start(), r.ports.end())),
+                ports: reach.map(|r| r.ports_text()),
             })])
         }
         // Repeats (several scheduler copies noticing the same silence)

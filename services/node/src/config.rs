@@ -220,17 +220,24 @@ impl Default for NodeChecks {
     }
 }
 
+impl NodeChecks {
+    /// Where other nodes reach this one's published instances: its
+    /// advertised address and host ports — none when that address is
+    /// loopback (each machine's own: the node is alone, registers no
+    /// address, publishes no private instance and follows no other node).
+    pub fn reach(&self) -> Option<berth_domain::node::Reach> {
+        (!self.advertise.is_loopback()).then(|| berth_domain::node::Reach {
+            addr: self.advertise,
+            ports: self.ports.clone(),
+        })
+    }
+}
+
 /// Whether two subnets share an address.
 fn overlap(a: &Subnet, b: &Subnet) -> bool {
     let wider = a.prefix.min(b.prefix);
     let mask = u32::MAX << (32 - u32::from(wider));
     u32::from(a.addr) & mask == u32::from(b.addr) & mask
-}
-
-fn parse_ports(s: &str) -> Option<RangeInclusive<u16>> {
-    let (a, b) = s.split_once('-')?;
-    let (a, b) = (a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?);
-    (a > 0 && a <= b).then_some(a..=b)
 }
 
 /// Validated node options.
@@ -384,7 +391,7 @@ impl NodeArgs {
     /// [`NodeArgs::validate`] too).
     pub fn checks(&self) -> Result<NodeChecks, Vec<String>> {
         let mut problems = Vec::new();
-        let ports = parse_ports(&self.node_ports).unwrap_or_else(|| {
+        let ports = berth_domain::node::parse_ports(&self.node_ports).unwrap_or_else(|| {
             problems
                 .push("BERTH_NODE_PORTS must be `first-last` with 0 < first <= last".to_owned());
             20000..=29999

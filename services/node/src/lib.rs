@@ -352,11 +352,9 @@ impl Node {
             reporter.clone(),
             housekeeping_stop.clone(),
         ));
-        // Where the other nodes and their private services are; a node
-        // advertising a loopback address is alone (no other machine
-        // reaches it, and it registers no address), and follows nothing.
-        let alone = self.checks.advertise.is_loopback();
-        let directory = (!alone).then(|| {
+        // Where the other nodes and their private services are (a node
+        // no other reaches is alone and follows nothing).
+        let directory = self.checks.reach().map(|_| {
             tokio::spawn(directory::follow(
                 self.store.clone(),
                 id.clone(),
@@ -446,13 +444,7 @@ impl Node {
             memory_mib: self.opts.memory_mib,
         };
         let public_key = keys.public().to_base64();
-        // Other nodes reach its published instances at its advertised
-        // address: one they can reach (not loopback, which is each
-        // machine's own).
-        let reach = (!self.checks.advertise.is_loopback()).then(|| rules::Reach {
-            addr: self.checks.advertise,
-            ports: self.checks.ports.clone(),
-        });
+        let reach = self.checks.reach();
         let key = format!(
             "{id}:registered:{}:{}:{}:{}:{}",
             cap.name,
@@ -461,7 +453,7 @@ impl Node {
             keys.public().kid(),
             reach
                 .as_ref()
-                .map(|r| format!("{}:{}-{}", r.addr, r.ports.start(), r.ports.end()))
+                .map(|r| format!("{}:{}", r.addr, r.ports_text()))
                 .unwrap_or_default()
         );
         let aggregate = AggregateId::Node(id.clone());

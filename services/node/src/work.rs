@@ -382,7 +382,7 @@ impl NodeHandler {
         // A private instance is published too where other nodes can reach
         // this one: for its owner's instances there (see
         // `berth_agent::net::Directory`).
-        let published = listens && (!private || !self.checks.advertise.is_loopback());
+        let published = listens && (!private || self.checks.reach().is_some());
         let mut placement = Placement {
             service: spec.service.clone(),
             deploy: spec.deploy.clone(),
