@@ -671,10 +671,8 @@ impl Cni {
             let groups: HashSet<String> = waiting.iter().map(|w| w.member.group.clone()).collect();
             // Logged there; each join learns its own outcome below.
             let _ = self.apply_joins(waiting).await;
-            for g in groups {
-                if let Err(e) = self.refresh_group(&g).await {
-                    tracing::warn!(error = %e, "rules into other nodes' private services");
-                }
+            if let Err(e) = self.refresh_groups(groups.iter()).await {
+                tracing::warn!(error = %e, "rules into other nodes' private services");
             }
         }
         // Sent by whichever holder took this join, this one or an earlier.
@@ -817,7 +815,7 @@ impl Cni {
             match m {
                 Some(m) => {
                     keep(self.leave_rules(&m).await);
-                    keep(self.refresh_group(&m.group).await);
+                    keep(self.refresh_groups(std::iter::once(&m.group)).await);
                     Some(m)
                 }
                 None => None,

@@ -66,8 +66,9 @@ pub struct Directory {
 #[derive(Debug, Default)]
 pub(super) struct Applied {
     directory: Directory,
-    /// `(group, name)` → its service address here.
-    addrs: HashMap<(String, String), Ipv4Addr>,
+    /// `(group, name)` → its service address here (ordered: each group's
+    /// names together, sorted).
+    addrs: BTreeMap<(String, String), Ipv4Addr>,
     /// The groups whose `nat` chain exists.
     chains: HashSet<String>,
     /// The last rebuild went through (rules and hosts files): until one
@@ -79,11 +80,16 @@ pub(super) struct Applied {
 impl Applied {
     /// The service addresses of `group`'s remote services, by name.
     pub(super) fn named(&self, group: &str) -> Vec<(String, Ipv4Addr)> {
+        self.of_group(group)
+            .map(|(n, ip)| (n.to_owned(), ip))
+            .collect()
+    }
+
+    fn of_group<'a>(&'a self, group: &'a str) -> impl Iterator<Item = (&'a str, Ipv4Addr)> {
         self.addrs
             .iter()
-            .filter(|((g, _), _)| g == group)
-            .map(|((_, n), ip)| (n.clone(), *ip))
-            .collect()
+            .filter(move |((g, _), _)| g == group)
+            .map(|((_, n), ip)| (n.as_str(), *ip))
     }
 }
 
@@ -158,14 +164,18 @@ impl Cni {
         self.rebuild(Some(directory)).await
     }
 
-    /// After a member of `group` joined or left: its owner's service
-    /// addresses and rules made again when the directory names any of its
-    /// services (a no-op otherwise). Called holding `rules`.
-    pub(super) async fn refresh_group(&self, group: &str) -> Result<(), NetError> {
+    /// After members of `groups` joined or left: their owners' service
+    /// addresses and rules made again, once, when the directory names any
+    /// of their services (a no-op otherwise). Called holding `rules`.
+    pub(super) async fn refresh_groups<'a>(
+        &self,
+        mut groups: impl Iterator<Item = &'a String>,
+    ) -> Result<(), NetError> {
         let concerned = {
             let applied = self.applied();
-            applied.chains.contains(group)
-                || applied.directory.remote.iter().any(|r| r.group == group)
+            groups.any(|g| {
+                applied.chains.contains(g) || applied.directory.remote.iter().any(|r| &r.group == g)
+            })
         };
         if !concerned {
             return Ok(());
@@ -189,7 +199,7 @@ impl Cni {
                 .iter()
                 .filter(|r| here.contains(&r.group) && is_label(&r.name) && !r.targets.is_empty())
                 .collect();
-            let mut addrs = HashMap::new();
+            let mut addrs = BTreeMap::new();
             let mut taken = HashSet::new();
             // Kept where they were; new ones next to them.
             for r in &wanted {
@@ -222,8 +232,12 @@ impl Cni {
         let (text, chains) = self.directory_rules(&next);
         iptables_restore(&text).await?;
         next.chains = chains;
-        if let Err(e) = self.save_directory(&next.directory) {
-            tracing::warn!(error = %e, "the directory is not saved for the next start");
+        // Written when it changed (not when an instance joins, nor when
+        // the saved one is applied again).
+        if next.directory != self.applied().directory {
+            if let Err(e) = self.save_directory(&next.directory) {
+                tracing::warn!(error = %e, "the directory is not saved for the next start");
+            }
         }
         *self.applied() = next;
         let after = self.remote_names();
@@ -275,9 +289,6 @@ impl Cni {
         for ((g, n), ip) in &applied.addrs {
             out.entry(g.clone()).or_default().push((n.clone(), *ip));
         }
-        for v in out.values_mut() {
-            v.sort();
-        }
         out
     }
 
@@ -312,6 +323,12 @@ impl Cni {
                 ips.push(m.ip);
             }
         }
+        let remotes: HashMap<(&str, &str), &Remote> = a
+            .directory
+            .remote
+            .iter()
+            .map(|r| ((r.group.as_str(), r.name.as_str()), r))
+            .collect();
         let mut nat = format!(":{svc} - [0:0]\n");
         let mut chains = HashSet::new();
         for (group, ips) in &mut groups {
@@ -322,23 +339,10 @@ impl Cni {
             for ip in ips.iter() {
                 nat.push_str(&format!("-A {svc} -s {ip}/32 -j {chain}\n"));
             }
-            let mut services: Vec<(&String, &Ipv4Addr)> = a
-                .addrs
-                .iter()
-                .filter(|((g, _), _)| g == group)
-                .map(|((_, n), ip)| (n, ip))
-                .collect();
-            services.sort();
-            for (name, vip) in services {
-                let Some(r) = a
-                    .directory
-                    .remote
-                    .iter()
-                    .find(|r| r.group == *group && &r.name == name)
-                else {
-                    continue;
-                };
-                nat.push_str(&balance(&chain, *vip, &r.targets));
+            for (name, vip) in a.of_group(group) {
+                if let Some(r) = remotes.get(&(*group, name)) {
+                    nat.push_str(&balance(&chain, vip, &r.targets));
+                }
             }
         }
         // Chains of groups no longer here go, after the jumps into them.
