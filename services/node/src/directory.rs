@@ -53,8 +53,9 @@ impl Projection for Nodes {
 #[derive(Debug, Default)]
 struct Tracked {
     state: ServiceState,
-    /// Where each instance is published for other nodes, and on which.
-    published: HashMap<InstanceId, (NodeId, String)>,
+    /// Where each instance is published for other nodes (on the node its
+    /// state names).
+    published: HashMap<InstanceId, String>,
 }
 
 /// The private services.
@@ -82,8 +83,7 @@ impl Projection for Privates {
         match &env.event {
             Event::InstanceStarted(e) => match &e.published {
                 Some(p) => {
-                    t.published
-                        .insert(e.instance.clone(), (e.node.clone(), p.clone()));
+                    t.published.insert(e.instance.clone(), p.clone());
                 }
                 None => {
                     t.published.remove(&e.instance);
@@ -153,10 +153,7 @@ fn remote(me: &NodeId, t: &Tracked, peers: &[Peer]) -> Option<Remote> {
         .of_deploy(&live.id)
         .filter(|i| i.is_healthy() && i.draining_since.is_none() && i.digest == digest)
         .filter_map(|i| {
-            let (node, addr) = t.published.get(&i.id)?;
-            if node == me {
-                return None;
-            }
+            let addr = t.published.get(&i.id).filter(|_| i.node != *me)?;
             addr.parse::<SocketAddrV4>().ok().filter(|a| {
                 peers
                     .iter()
