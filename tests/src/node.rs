@@ -165,6 +165,18 @@ impl World {
     }
 
     /// Enqueue `work` for `node` (idempotency key `key`).
+    /// A subscription to `service`'s output lines, in place (flushed)
+    /// before anything is run.
+    pub async fn subscribe_logs(&self, service: &ServiceId) -> async_nats::Subscriber {
+        let logs = self
+            .client
+            .subscribe(self.store.subjects().logs(service))
+            .await
+            .unwrap();
+        self.client.flush().await.unwrap();
+        logs
+    }
+
     pub async fn enqueue(&self, node: &NodeId, work: &NodeWork, key: &str) {
         let service = match work {
             NodeWork::RunInstance(s) | NodeWork::RunOnce { spec: s, .. } => &s.service,

@@ -380,12 +380,7 @@ async fn crashes_are_recorded_as_exited_and_restarted_one_offs_run_once() {
         },
     )
     .await;
-    let mut logs = w
-        .client
-        .subscribe(w.store.subjects().logs(&once.service))
-        .await
-        .unwrap();
-    w.client.flush().await.unwrap();
+    let mut logs = w.subscribe_logs(&once.service).await;
     let work = NodeWork::RunOnce {
         spec: once.clone(),
         timeout_secs: 20,
@@ -591,12 +586,7 @@ async fn an_interrupted_job_ends_failed_and_is_not_run_again() {
     )
     .await;
     spec.instance = berth_domain::service::job_instance(&job);
-    let mut logs = w
-        .client
-        .subscribe(w.store.subjects().logs(&spec.service))
-        .await
-        .unwrap();
-    w.client.flush().await.unwrap();
+    let mut logs = w.subscribe_logs(&spec.service).await;
     let work = NodeWork::RunOnce {
         spec: spec.clone(),
         timeout_secs: 20,
