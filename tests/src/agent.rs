@@ -110,7 +110,9 @@ impl Node {
         let subjects = crate::unique_subjects();
         let registry = Registry::start(RegistryAuth::None).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
+        crate::node::passable(dir.path());
         let mut cfg = AgentConfig::new(NodeId::generate(), dir.path().join("agent"));
+        cfg.user_namespace = crate::node::test_user_namespace();
         cfg.restart = fast_restarts();
         cfg.heartbeat_interval = Duration::from_millis(200);
         cfg.exit_poll = Duration::from_millis(50);
@@ -122,6 +124,7 @@ impl Node {
             state_dir: net_dir.clone(),
             closed: Vec::new(),
             services: berth_agent::net::DEFAULT_SERVICES,
+            user_namespace: None,
         });
         subnet.net_dir = Some(net_dir);
         tune(&mut cfg);
@@ -150,7 +153,15 @@ impl Node {
             ..ClientConfig::default()
         })
         .unwrap();
-        let store = ContentStore::open(self.dir.path().join("store"), VerifyPolicy::Size).unwrap();
+        let mut store =
+            ContentStore::open(self.dir.path().join("store"), VerifyPolicy::Size).unwrap();
+        if let Some(ns) = self.cfg.user_namespace {
+            let shift = berth_puller::IdShift {
+                host: ns.host,
+                size: ns.size,
+            };
+            store = store.with_id_shift(shift).unwrap();
+        }
         let puller = Puller::new(client, store.clone(), PullConfig::default());
         let pulled = puller
             .pull(

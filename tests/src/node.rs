@@ -4,7 +4,7 @@
 //! wait for facts on a service's subject, and cleanup of any container a
 //! failed test leaves behind.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::registry::{Registry, RegistryAuth};
@@ -58,6 +58,7 @@ impl World {
         let image = busybox_image(default_config());
         registry.push_image(REPO, "v1", &image).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
+        passable(dir.path());
         let mut subnet = crate::net::lease_subnet();
         subnet.net_dir = Some(dir.path().join("node").join("agent").join("net"));
         World {
@@ -259,6 +260,26 @@ pub fn test_options(name: &str, cpu_millis: u32, memory_mib: u32) -> berth_node:
         done_kept: berth_node::DONE_KEPT,
         services_url: Some("http://services.test".into()),
         log_rate: berth_agent::logs::LogRate::default(),
+        user_namespace: test_user_namespace(),
+    }
+}
+
+/// The user namespace test nodes run their instances in: none, unless
+/// `BERTH_TEST_USERNS` names its first host id (to run a suite that way).
+pub fn test_user_namespace() -> Option<berth_agent::bundle::UserNamespace> {
+    let host = std::env::var("BERTH_TEST_USERNS").ok()?.parse().ok()?;
+    Some(berth_agent::bundle::UserNamespace {
+        host,
+        size: berth_node::USERNS_IDS,
+    })
+}
+
+/// Let instances in a user namespace through `dir` (a test's temp dir,
+/// mode 0700) to the node's state below it, when test nodes use one.
+pub fn passable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if test_user_namespace().is_some() {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).unwrap();
     }
 }
 

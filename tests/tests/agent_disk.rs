@@ -31,6 +31,8 @@ impl SmallDisk {
     async fn start() -> SmallDisk {
         let dir = tempfile::tempdir().unwrap();
         let disk = Tmpfs::mount(&dir.path().join("disk"), 96).unwrap();
+        berth_tests::node::passable(dir.path());
+        berth_tests::node::passable(disk.path());
         let state = disk.path().join("agent");
         let node = Node::start_tuned(|c| {
             c.state_dir = state.clone();

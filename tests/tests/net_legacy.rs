@@ -111,6 +111,7 @@ async fn instances_the_bridge_plugin_attached_keep_their_addresses_and_leave_thr
         state_dir: net_dir,
         closed: Vec::new(),
         services: berth_agent::net::DEFAULT_SERVICES,
+        user_namespace: None,
     };
     let cni = Cni::open(cfg.clone()).await.unwrap();
     let bridge = cni.bridge().to_owned();

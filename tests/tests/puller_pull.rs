@@ -363,3 +363,56 @@ async fn gc_keeps_referenced_and_drops_the_rest() {
         b.layers[0].blob.len() as u64
     ));
 }
+
+/// A node that runs its instances in a user namespace unpacks into a tree
+/// set of its own, owned by the shifted ids, and its store's root lets
+/// the shifted root through and nothing else; the trees unpacked before
+/// the namespace was turned on are no longer used and go at the next
+/// collection, whatever references the image.
+#[tokio::test]
+async fn a_store_for_a_user_namespace_keeps_its_trees_apart() {
+    use std::os::unix::fs::MetadataExt;
+    const HOST: u32 = 1_000_000_000;
+    let reg = Registry::start(RegistryAuth::None).await.unwrap();
+    let img = three_layer_image();
+    reg.push_image("app/ns", "v1", &img).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = puller(dir.path(), PullPolicy::ReuseVerified);
+    let req = PullRequest {
+        host: &reg.host,
+        repository: "app/ns",
+        digest: &img.digest,
+        credential: None,
+    };
+    let pulled = p.pull(&req, &noop).await.unwrap();
+    let plain = unpack_image(p.store(), &pulled.digest, &UnpackOptions::default()).unwrap();
+    assert_eq!(std::fs::metadata(&plain).unwrap().uid(), 0);
+
+    let shift = berth_puller::IdShift {
+        host: HOST,
+        size: 65_536,
+    };
+    let store = ContentStore::open(dir.path(), VerifyPolicy::Size)
+        .unwrap()
+        .with_id_shift(shift)
+        .unwrap();
+    assert!(
+        !store.has_tree(&pulled.digest),
+        "the unshifted tree is not this one"
+    );
+    let shifted = unpack_image(&store, &pulled.digest, &UnpackOptions::default()).unwrap();
+    assert_eq!(shifted, store.tree_path(&pulled.digest));
+    assert!(shifted.starts_with(dir.path().join(format!("trees-{HOST}-65536"))));
+    for p in [shifted.clone(), shifted.join("a.txt")] {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        assert_eq!((m.uid(), m.gid()), (HOST, HOST), "{}", p.display());
+    }
+    let root = std::fs::metadata(dir.path()).unwrap();
+    assert_eq!(root.mode() & 0o7777, 0o710);
+    assert_eq!((root.uid(), root.gid()), (0, HOST));
+
+    let r = store.gc(std::slice::from_ref(&pulled.digest), 0).unwrap();
+    assert_eq!(r.trees_removed, 1, "the unshifted tree");
+    assert!(!plain.exists());
+    assert!(store.has_tree(&pulled.digest));
+}

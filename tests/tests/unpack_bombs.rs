@@ -163,6 +163,7 @@ fn opts(limits: UnpackLimits) -> UnpackOptions {
     UnpackOptions {
         limits,
         ownership: false,
+        shift: None,
         verify_diff_ids: false,
     }
 }

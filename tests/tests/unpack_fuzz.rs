@@ -330,6 +330,7 @@ fn unpack_in_jail(layers: &[(Vec<u8>, Compression)]) -> Unpacked {
     let opts = UnpackOptions {
         limits: UnpackLimits::default(),
         ownership: true,
+        shift: None,
         verify_diff_ids: false,
     };
     let mut out = Vec::new();

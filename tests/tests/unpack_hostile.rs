@@ -62,6 +62,7 @@ fn opts(limits: UnpackLimits) -> UnpackOptions {
     UnpackOptions {
         limits,
         ownership: true,
+        shift: None,
         verify_diff_ids: false,
     }
 }

@@ -69,6 +69,10 @@ pub struct AgentConfig {
     pub disk_reserve: u64,
     /// How often that free space is read.
     pub disk_check: Duration,
+    /// Run instances in a user namespace with these ids (their root is an
+    /// unprivileged user of the host); `None`: uid 0 inside is uid 0 on
+    /// the host. The images' trees must be owned for the same ids.
+    pub user_namespace: Option<bundle::UserNamespace>,
 }
 
 impl AgentConfig {
@@ -87,6 +91,7 @@ impl AgentConfig {
             log_rate: crate::logs::LogRate::default(),
             disk_reserve: 0,
             disk_check: Duration::from_secs(1),
+            user_namespace: None,
         }
     }
 }
@@ -344,8 +349,9 @@ impl Agent {
         // Root only: instance rootfs trees hold the images' setuid files,
         // which a host user must not reach and run.
         let instances_dir = cfg.state_dir.join("instances");
+        let searcher = cfg.user_namespace.map(|u| u.host);
         for d in [&cfg.state_dir, &instances_dir] {
-            bundle::private_dir(d).map_err(agent_io(d))?;
+            bundle::private_dir(d, searcher).map_err(agent_io(d))?;
         }
         if let Some(init) = cfg.init.as_ref().filter(|p| !p.is_file()) {
             return Err(AgentError::Io {
@@ -357,17 +363,30 @@ impl Agent {
             });
         }
         raise_open_files();
-        let sandbox = bundle::Sandbox::detect(cfg.init.clone());
+        let sandbox = bundle::Sandbox {
+            user_namespace: cfg.user_namespace,
+            ..bundle::Sandbox::detect(cfg.init.clone())
+        };
         tracing::info!(
             init = ?sandbox.init,
             swap_limit = sandbox.swap_limit,
             open_files_max = sandbox.open_files_max,
+            user_namespace = ?sandbox.user_namespace,
             "container sandbox"
         );
         nix::sys::prctl::set_child_subreaper(true)
             .map_err(|e| agent_io("prctl(PR_SET_CHILD_SUBREAPER)")(e.into()))?;
         let net = match &cfg.network {
-            Some(n) => Some(Cni::open(n.clone()).await?),
+            Some(n) => {
+                let cni = Cni::open(NetworkConfig {
+                    user_namespace: cfg.user_namespace,
+                    ..n.clone()
+                })
+                .await?;
+                // Each instance's hosts and resolv files are in it.
+                bundle::private_dir(&n.state_dir, searcher).map_err(agent_io(&n.state_dir))?;
+                Some(cni)
+            }
             None => None,
         };
         let agent = Agent {

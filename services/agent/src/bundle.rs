@@ -122,6 +122,29 @@ pub struct Sandbox {
     /// where that is lower, as runc cannot go above it without
     /// `CAP_SYS_RESOURCE`.
     pub open_files_max: u64,
+    /// The user namespace instances run in; `None`: the host's.
+    pub user_namespace: Option<UserNamespace>,
+}
+
+/// The ids an instance's user namespace maps: its ids `0..size` are the
+/// host's `host..host + size`, so its root (and every user it has) is an
+/// unprivileged user of the host, which owns nothing outside the image's
+/// tree and the instance's own writes. As Docker's `userns-remap`, one
+/// range for all instances of a node: the images' trees are owned for it
+/// once (the kernel here has no idmapped overlay mounts through runc 1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserNamespace {
+    /// The host id of the instances' id 0.
+    pub host: u32,
+    /// How many ids are mapped.
+    pub size: u32,
+}
+
+impl UserNamespace {
+    /// Whether the instances' `id` is mapped.
+    pub fn maps(self, id: u32) -> bool {
+        id < self.size
+    }
 }
 
 impl Default for Sandbox {
@@ -131,6 +154,7 @@ impl Default for Sandbox {
             init: None,
             swap_limit: false,
             open_files_max: OPEN_FILES_SOFT,
+            user_namespace: None,
         }
     }
 }
@@ -147,6 +171,7 @@ impl Sandbox {
             init,
             swap_limit: v2 || v1_memsw,
             open_files_max: own.min(OPEN_FILES_HARD),
+            user_namespace: None,
         }
     }
 }
@@ -231,6 +256,14 @@ pub fn runtime_spec(
         args.splice(0..0, [INIT_PATH.to_string(), "--".to_string()]);
     }
     let user = resolve_user(cfg.user.as_deref(), rootfs)?;
+    if let Some(ns) = sandbox.user_namespace {
+        let ids = [user.uid, user.gid]
+            .into_iter()
+            .chain(user.additional_gids.iter().copied());
+        if let Some(id) = ids.into_iter().find(|id| !ns.maps(*id)) {
+            return Err(BundleError::UnmappedUser { id, size: ns.size });
+        }
+    }
     let mut process_user = json!({ "uid": user.uid, "gid": user.gid });
     if !user.additional_gids.is_empty() {
         process_user["additionalGids"] = json!(user.additional_gids);
@@ -277,7 +310,17 @@ pub fn runtime_spec(
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        // In a user namespace the kernel refuses a sysfs of a network
+        // namespace the instance's namespace does not own (the node made
+        // it): the host's, read-only, as rootless containers have it.
+        match sandbox.user_namespace {
+            None => {
+                json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]})
+            }
+            Some(_) => {
+                json!({"destination": "/sys", "type": "bind", "source": "/sys", "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]})
+            }
+        },
         json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
     ];
     if let Some(init) = &sandbox.init {
@@ -290,7 +333,13 @@ pub fn runtime_spec(
     // namespace, by runc in the loopback-only one it makes itself.
     let mut sysctl = serde_json::Map::new();
     if net.is_none() {
-        for (name, value) in crate::netns::SYSCTLS {
+        // runc writes them from inside the instance's user namespace,
+        // whose groups are 0 to size - 1.
+        let groups = match sandbox.user_namespace {
+            None => crate::netns::ALL_GROUPS,
+            Some(u) => (0, u.size.saturating_sub(1)),
+        };
+        for (name, value) in crate::netns::sysctls(groups) {
             sysctl.insert(name.replace('/', "."), json!(value));
         }
     }
@@ -300,7 +349,7 @@ pub fn runtime_spec(
             mounts.push(json!({"destination": dest, "type": "bind", "source": src, "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}));
         }
     }
-    Ok(json!({
+    let mut value = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -331,7 +380,17 @@ pub fn runtime_spec(
             "seccomp": seccomp::profile(),
             "sysctl": sysctl,
         },
-    }))
+    });
+    if let Some(ns) = sandbox.user_namespace {
+        let map = json!([{ "containerID": 0, "hostID": ns.host, "size": ns.size }]);
+        let linux = &mut value["linux"];
+        if let Some(list) = linux["namespaces"].as_array_mut() {
+            list.insert(0, json!({ "type": "user" }));
+        }
+        linux["uidMappings"] = map.clone();
+        linux["gidMappings"] = map;
+    }
+    Ok(value)
 }
 
 /// How an instance's rootfs was made.
@@ -382,11 +441,21 @@ impl InstanceDir {
 }
 
 /// Create `dir` (and its parents) readable by its owner only (mode 0700),
-/// whatever mode the umask or an older version left it with.
-pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+/// whatever mode the umask or an older version left it with; with
+/// `searcher`, that group may pass through it without listing it (0710):
+/// instances in a user namespace, whose root must reach its rootfs, its
+/// overlay's dirs and the files bound into it.
+pub fn private_dir(dir: &Path, searcher: Option<u32>) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    let mode = match searcher {
+        Some(gid) => {
+            std::os::unix::fs::chown(dir, None, Some(gid))?;
+            0o710
+        }
+        None => 0o700,
+    };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
 }
 
 /// Whether `path` is a mount point (its device differs from its parent's).
@@ -405,6 +474,7 @@ pub fn prepare_rootfs(
     dir: &InstanceDir,
     image: &Path,
     inside: bool,
+    ns: Option<UserNamespace>,
 ) -> Result<RootfsKind, BundleError> {
     let target = dir.rootfs();
     if is_mountpoint(&target) {
@@ -413,6 +483,13 @@ pub fn prepare_rootfs(
     let (upper, work) = (dir.root.join("upper"), dir.root.join("work"));
     for d in [&upper, &work, &target] {
         std::fs::create_dir_all(d).map_err(io_err(d.clone()))?;
+    }
+    // The overlay's writable side belongs to the instance's root, which
+    // mounts it (inside) and writes through it.
+    if let Some(ns) = ns {
+        for d in [&upper, &work] {
+            std::os::unix::fs::chown(d, Some(ns.host), Some(ns.host)).map_err(io_err(d.clone()))?;
+        }
     }
     if dir.root.join("copied").exists() {
         return Ok(RootfsKind::Copy);
@@ -590,7 +667,7 @@ mod tests {
         s.image.config.user = Some("app".into());
         let dir = InstanceDir::new(state.path(), &s.instance);
         assert_eq!(
-            prepare_rootfs(&dir, &image, true).unwrap(),
+            prepare_rootfs(&dir, &image, true, None).unwrap(),
             RootfsKind::Inside
         );
         assert!(!is_mountpoint(&dir.rootfs()));
@@ -713,6 +790,67 @@ mod tests {
     }
 
     #[test]
+    fn a_user_namespace_maps_the_image_ids_and_binds_the_hosts_sys() {
+        let ns = UserNamespace {
+            host: 1_000_000_000,
+            size: 65_536,
+        };
+        let sandbox = Sandbox {
+            user_namespace: Some(ns),
+            ..Sandbox::default()
+        };
+        let v = runtime_spec(&spec(), Path::new("/nonexistent"), None, &sandbox).unwrap();
+        let map = json!([{ "containerID": 0, "hostID": 1_000_000_000u32, "size": 65_536 }]);
+        assert_eq!(v["linux"]["uidMappings"], map);
+        assert_eq!(v["linux"]["gidMappings"], map);
+        assert_eq!(v["linux"]["namespaces"][0], json!({ "type": "user" }));
+        let sys = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/sys")
+            .unwrap();
+        assert_eq!(sys["type"], "bind");
+        assert!(sys["options"].as_array().unwrap().contains(&json!("ro")));
+        // Without one: no mapping, sysfs of its own.
+        let v = runtime_spec(
+            &spec(),
+            Path::new("/nonexistent"),
+            None,
+            &Sandbox::default(),
+        )
+        .unwrap();
+        assert!(v["linux"].get("uidMappings").is_none());
+        assert!(!v["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({ "type": "user" })));
+
+        // An image user past the range is refused, naming it.
+        let mut s = spec();
+        s.image.config.user = Some("70000:1".into());
+        let refused = runtime_spec(&s, Path::new("/nonexistent"), None, &sandbox);
+        assert!(
+            matches!(
+                refused,
+                Err(BundleError::UnmappedUser {
+                    id: 70000,
+                    size: 65_536
+                })
+            ),
+            "{refused:?}"
+        );
+        let mut s = spec();
+        s.image.config.user = Some("1:70001".into());
+        assert!(matches!(
+            runtime_spec(&s, Path::new("/nonexistent"), None, &sandbox),
+            Err(BundleError::UnmappedUser { id: 70001, .. })
+        ));
+        s.image.config.user = Some("65535:65535".into());
+        assert!(runtime_spec(&s, Path::new("/nonexistent"), None, &sandbox).is_ok());
+    }
+
+    #[test]
     fn sandbox_of_every_container() {
         let mut s = spec();
         s.limits.pids = Some(64);
@@ -720,6 +858,7 @@ mod tests {
             init: Some(PathBuf::from("/usr/bin/tini-static")),
             swap_limit: true,
             open_files_max: 524_288,
+            user_namespace: None,
         };
         let v = runtime_spec(&s, Path::new("/nonexistent"), None, &sandbox).unwrap();
         // The init runs the app, mounted read-only after /dev.

@@ -60,6 +60,15 @@ pub enum BundleError {
     /// `User` names a user or group the image does not define.
     #[error("user {0:?} is not numeric and not in the image's /etc/passwd or /etc/group")]
     UnknownUser(String),
+    /// The image's user or group is outside the ids the instance's user
+    /// namespace maps.
+    #[error("the image runs as id {id}, and instances here run in a user namespace of ids 0 to {}", size.saturating_sub(1))]
+    UnmappedUser {
+        /// The user or group id.
+        id: u32,
+        /// How many ids the namespace maps.
+        size: u32,
+    },
     /// An environment variable name is empty or contains `=`.
     #[error("environment variable name {0:?} is invalid")]
     EnvName(String),

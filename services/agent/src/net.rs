@@ -181,6 +181,18 @@ pub struct NetworkConfig {
     /// ([`Directory`]). Never routed anywhere; only instances' connections
     /// to them are translated.
     pub services: Subnet,
+    /// The user namespace instances run in (set by the agent from its
+    /// own settings): their groups are the ones allowed ping sockets.
+    pub user_namespace: Option<crate::bundle::UserNamespace>,
+}
+
+/// The host's groups allowed ping sockets in an instance's namespace:
+/// all, or the instances' own in a user namespace.
+pub fn ping_groups(ns: Option<crate::bundle::UserNamespace>) -> (u32, u32) {
+    match ns {
+        None => crate::netns::ALL_GROUPS,
+        Some(u) => (u.host, u.host.saturating_add(u.size.saturating_sub(1))),
+    }
 }
 
 /// The default range of service addresses.
@@ -607,6 +619,7 @@ impl Cni {
             ip,
             prefix: self.cfg.subnet.prefix,
             gateway: self.gateway(),
+            ping_groups: ping_groups(self.cfg.user_namespace),
         };
         blocking(move || Namespace::create_attached(link)).await
     }
@@ -1837,6 +1850,7 @@ mod tests {
                 state_dir: dir.path().join("net"),
                 closed: Vec::new(),
                 services: DEFAULT_SERVICES,
+                user_namespace: None,
             };
             let cni = std::sync::Arc::new(Cni::open(cfg).await.unwrap());
             TestNet {

@@ -105,12 +105,20 @@ const LOOPBACK_INDEX: u32 = 1;
 /// under no-new-privileges) and any group may open ICMP datagram sockets
 /// (`ping` without `CAP_NET_RAW`). Both are the namespace's own: the host's
 /// settings are not touched, and nothing outside the namespace listens in
-/// it.
-pub const SYSCTLS: [(&str, &str); 2] = [
-    ("net/ipv4/ip_unprivileged_port_start", "0"),
-    ("net/ipv4/ping_group_range", "0 2147483647"),
-];
+/// it. `ping_groups`: the first and last group allowed, as the writer's
+/// user namespace numbers them.
+pub fn sysctls(ping_groups: (u32, u32)) -> [(&'static str, String); 2] {
+    let (first, last) = ping_groups;
+    [
+        ("net/ipv4/ip_unprivileged_port_start", "0".to_owned()),
+        ("net/ipv4/ping_group_range", format!("{first} {last}")),
+    ]
+}
 
+/// Every group may open ping sockets: Docker's range. Instances in a user
+/// namespace have their own ids' range instead (the kernel refuses, or
+/// shows as unmapped, groups the namespace does not map).
+pub const ALL_GROUPS: (u32, u32) = (0, 2_147_483_647);
 /// Writes `value` to `/proc/sys/<name>` for the calling thread's network
 /// namespace. A kernel without the setting (older than 4.11 for the
 /// unprivileged port start) is left as it is; a setting that cannot be
@@ -144,6 +152,8 @@ pub struct Link {
     pub prefix: u8,
     /// The bridge's address.
     pub gateway: Ipv4Addr,
+    /// The host's groups that may open ping sockets in it.
+    pub ping_groups: (u32, u32),
 }
 
 /// In a thread of its own: one route socket in the host's namespace,
@@ -157,8 +167,8 @@ fn unshare_and_attach(link: Option<&Link>) -> io::Result<File> {
     let file = File::open("/proc/thread-self/ns/net")?;
     let mut inside = Route::open()?;
     inside.set_up(LOOPBACK_INDEX)?;
-    for (name, value) in SYSCTLS {
-        set_sysctl(name, value);
+    for (name, value) in sysctls(link.map_or(ALL_GROUPS, |l| l.ping_groups)) {
+        set_sysctl(name, &value);
     }
     if let (Some(link), Some(host)) = (link, host.as_mut()) {
         let bridge = host
@@ -199,7 +209,7 @@ mod tests {
         let line = String::from_utf8_lossy(&out.stdout);
         assert!(line.contains(",UP"), "lo is up: {line}");
         // Docker's settings inside, the host's own untouched.
-        for (name, value) in SYSCTLS {
+        for (name, value) in sysctls(ALL_GROUPS) {
             let out = std::process::Command::new("nsenter")
                 .arg(format!("--net={}", ns.path().display()))
                 .args(["cat", &format!("/proc/sys/{name}")])
@@ -264,6 +274,7 @@ mod tests {
             ip: "10.231.7.9".parse().expect("ip"),
             prefix: 24,
             gateway: "10.231.7.1".parse().expect("gw"),
+            ping_groups: ALL_GROUPS,
         };
         let ns = Namespace::create_attached(link.clone()).expect("attached");
         let enter = format!("nsenter --net={}", ns.path().display());

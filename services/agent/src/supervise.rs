@@ -237,13 +237,14 @@ async fn launch_with(
         net.cloned(),
     );
     let rootfs = tokio::task::spawn_blocking(move || {
-        bundle::private_dir(&d.root).map_err(agent_io(&d.root))?;
+        let ns = sandbox.user_namespace;
+        bundle::private_dir(&d.root, ns.map(|u| u.host)).map_err(agent_io(&d.root))?;
         let b = d.bundle();
         std::fs::create_dir_all(&b).map_err(agent_io(&b))?;
         if restarts > 0 {
             bundle::discard_writes(&d)?;
         }
-        let k = bundle::prepare_rootfs(&d, &s.image.rootfs, inside)?;
+        let k = bundle::prepare_rootfs(&d, &s.image.rootfs, inside, ns)?;
         bundle::write_bundle(&d, &s, net.as_ref(), &sandbox, k)?;
         Ok::<_, AgentError>(k)
     })

@@ -6,6 +6,7 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use berth_agent::bundle::UserNamespace;
 use berth_agent::net::Subnet;
 use berth_oci::ClientConfig;
 use berth_runtime::config::http_url_problem;
@@ -70,6 +71,13 @@ pub struct NodeArgs {
     /// counted in the logs.
     #[arg(long, env = "BERTH_NODE_LOG_LINES_PER_SEC", default_value_t = 2000)]
     pub node_log_lines_per_sec: u32,
+
+    /// Run instances in a user namespace: `off`, or the first of 65,536
+    /// host ids (at least 65536) that the instances' ids 0-65535 are
+    /// (their root is then an unprivileged user of the host). Every
+    /// directory above the node's state dir must be searchable by it.
+    #[arg(long, env = "BERTH_NODE_USERNS", default_value = "off")]
+    pub node_userns: String,
 
     /// Milliseconds between pull progress events of one pull.
     #[arg(long, env = "BERTH_NODE_PROGRESS_MS", default_value_t = 1000)]
@@ -233,6 +241,33 @@ impl NodeChecks {
     }
 }
 
+/// How many ids an instance's user namespace maps: an image's ids
+/// 0-65535, as Docker's and Podman's default ranges.
+pub const USERNS_IDS: u32 = 65_536;
+
+/// `BERTH_NODE_USERNS`: `off`, or the first host id of the range.
+pub fn parse_userns(text: &str) -> Result<Option<UserNamespace>, String> {
+    let text = text.trim();
+    if text == "off" {
+        return Ok(None);
+    }
+    let host: u32 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is neither `off` nor a host id"))?;
+    // Below 65536 the range would take in the host's own users (root
+    // included); past the end the ids do not exist (4294967295 is -1).
+    if host < USERNS_IDS || host.checked_add(USERNS_IDS).is_none() {
+        return Err(format!(
+            "{host} must be at least {USERNS_IDS} and at most {}",
+            u32::MAX - USERNS_IDS
+        ));
+    }
+    Ok(Some(UserNamespace {
+        host,
+        size: USERNS_IDS,
+    }))
+}
+
 /// Whether two subnets share an address.
 fn overlap(a: &Subnet, b: &Subnet) -> bool {
     let wider = a.prefix.min(b.prefix);
@@ -273,6 +308,8 @@ pub struct NodeOptions {
     pub services_url: Option<String>,
     /// Lines of output each instance may publish.
     pub log_rate: berth_agent::logs::LogRate,
+    /// The user namespace instances run in (`None`: the host's).
+    pub user_namespace: Option<UserNamespace>,
 }
 
 impl NodeOptions {
@@ -353,6 +390,10 @@ impl NodeArgs {
         if let Err(mut p) = self.checks() {
             problems.append(&mut p);
         }
+        let user_namespace = parse_userns(&self.node_userns).unwrap_or_else(|e| {
+            problems.push(format!("BERTH_NODE_USERNS: {e}"));
+            None
+        });
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -382,6 +423,7 @@ impl NodeArgs {
                 lines_per_sec: self.node_log_lines_per_sec,
                 burst: self.node_log_lines_per_sec.saturating_mul(10),
             },
+            user_namespace,
         })
     }
 }
@@ -551,5 +593,25 @@ mod disk_reserve_tests {
                 .any(|p| p.contains("BERTH_NODE_MIN_FREE_DISK_MIB")),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn a_user_namespace_is_off_or_a_range_above_the_hosts_own_ids() {
+        let ns = |v: &str| {
+            let arg = format!("--node-userns={v}");
+            options(&[arg.as_str()]).map(|o| o.user_namespace)
+        };
+        assert_eq!(ns("off").unwrap(), None);
+        let range = |host| Some(super::UserNamespace { host, size: 65_536 });
+        assert_eq!(ns("1000000000").unwrap(), range(1_000_000_000));
+        assert_eq!(ns("65536").unwrap(), range(65_536));
+        assert_eq!(ns("4294901759").unwrap(), range(4_294_901_759));
+        for bad in ["0", "1000", "65535", "4294901760", "-1", "on", ""] {
+            let problems = ns(bad).unwrap_err();
+            assert!(
+                problems.iter().any(|p| p.contains("BERTH_NODE_USERNS")),
+                "{bad}: {problems:?}"
+            );
+        }
     }
 }

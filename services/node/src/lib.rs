@@ -60,7 +60,7 @@ use berth_schemas::{Actor, AggregateId, Subjects};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{NodeArgs, NodeChecks, NodeOptions};
+pub use config::{NodeArgs, NodeChecks, NodeOptions, USERNS_IDS};
 pub use gc::GcOptions;
 pub use health::{Check, Health, HealthOptions};
 pub use report::{Placement, Reporter, DONE_KEPT};
@@ -100,6 +100,32 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
         path: path.to_owned(),
         source,
     }
+}
+
+/// Make the node's state dir passable for instances in a user namespace
+/// whose root is host id `id` (its rootfs, overlay dirs and bound files
+/// are below it), after checking that every directory above lets it
+/// through: a node that would start and then fail every instance says
+/// so at its start instead.
+fn searchable(dir: &Path, id: u32) -> Result<(), NodeError> {
+    use std::os::unix::fs::MetadataExt;
+    let full = std::fs::canonicalize(dir).map_err(io(dir))?;
+    for above in full.ancestors().skip(1) {
+        let m = std::fs::metadata(above).map_err(io(above))?;
+        let mode = m.mode();
+        let passes = mode & 0o001 != 0
+            || (m.gid() == id && mode & 0o010 != 0)
+            || (m.uid() == id && mode & 0o100 != 0);
+        if !passes {
+            return Err(NodeError::Preflight(format!(
+                "BERTH_NODE_USERNS={id}: instances' root (host id {id}) cannot pass through {} (mode {:o}), above the node's state dir {}: put the state dir (BERTH_DATA_DIR or BERTH_NODE_DIR) where every directory above is searchable (as /var/lib is), or chmod o+x that directory",
+                above.display(),
+                mode & 0o7777,
+                full.display()
+            )));
+        }
+    }
+    berth_puller::searchable_by(&full, id).map_err(io(&full))
 }
 
 /// The node's id, created in `dir/node-id` on the first start.
@@ -244,7 +270,15 @@ impl Node {
             return Ok(());
         }
 
-        let content = ContentStore::open(dir.join("store"), VerifyPolicy::Size)?;
+        let userns = self.opts.user_namespace;
+        let mut content = ContentStore::open(dir.join("store"), VerifyPolicy::Size)?;
+        if let Some(ns) = userns {
+            searchable(&dir, ns.host)?;
+            content = content.with_id_shift(berth_puller::IdShift {
+                host: ns.host,
+                size: ns.size,
+            })?;
+        }
         let registry = RegistryClient::new(self.opts.client.clone())
             .map_err(|e| NodeError::Client(e.to_string()))?;
         let puller = Puller::new(
@@ -262,12 +296,14 @@ impl Node {
         agent_cfg.restart = self.opts.restart;
         agent_cfg.log_rate = self.opts.log_rate;
         agent_cfg.disk_reserve = self.opts.min_free_disk;
+        agent_cfg.user_namespace = userns;
         agent_cfg.network = Some(NetworkConfig {
             subnet: self.checks.subnet,
             cni_path: self.opts.cni_path.clone(),
             state_dir: agent_dir.join("net"),
             closed: self.checks.control_plane.clone(),
             services: self.checks.services,
+            user_namespace: userns,
         });
         let runc = Runc::new(&self.opts.runc, agent_dir.join("runc"));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

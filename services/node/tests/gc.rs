@@ -19,7 +19,11 @@ fn hex(digest: &str) -> &str {
 }
 
 fn tree(store: &Path, digest: &str) -> PathBuf {
-    store.join("trees/sha256").join(hex(digest))
+    let trees = match berth_tests::node::test_user_namespace() {
+        Some(u) => format!("trees-{}-{}", u.host, u.size),
+        None => "trees".to_owned(),
+    };
+    store.join(trees).join("sha256").join(hex(digest))
 }
 
 fn manifest_blob(store: &Path, digest: &str) -> PathBuf {

@@ -13,3 +13,4 @@ mod horizon;
 mod network;
 mod ports;
 mod stops;
+mod userns;

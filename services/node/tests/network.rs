@@ -11,7 +11,7 @@ use berth_schemas::ids::{DeployId, InstanceId, OwnerId, ServiceId, UserId};
 use berth_schemas::model::ServiceType;
 use serde_json::json;
 
-use crate::support::{self, addr_of, count_of, fast_checks, http_get, run, spec, start_node};
+use crate::support::{self, addr_of, count_of, exec, fast_checks, http_get, run, spec, start_node};
 use berth_tests::agent::busybox_image;
 use berth_tests::node::{World, REPO};
 
@@ -36,24 +36,6 @@ async fn service_of(
 async fn healthy(w: &World, service: &ServiceId, ids: &[&InstanceId]) -> Vec<String> {
     let events = support::healthy_once(w, service, ids).await;
     ids.iter().map(|i| addr_of(&events, i).unwrap()).collect()
-}
-
-/// Runs `args` inside the running container `id` (its namespaces):
-/// (exit code, output).
-fn exec(w: &World, id: &InstanceId, args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new("runc")
-        .arg("--root")
-        .arg(w.runc_root())
-        .args(["exec", id.as_str()])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
 }
 
 /// `wget` from inside `id`, given 3 s (busybox's own `-T` crashes).

@@ -156,6 +156,18 @@ pub enum UnpackError {
         /// The configured reserve.
         reserve: u64,
     },
+    /// An entry is owned by an id the node's user namespace does not map.
+    #[error("layer {layer}: entry {path:?} refused: it is owned by id {id}, and instances here run in a user namespace of ids 0 to {}", size.saturating_sub(1))]
+    Owner {
+        /// Layer index.
+        layer: usize,
+        /// The entry path.
+        path: String,
+        /// The owner (user or group) id.
+        id: u32,
+        /// How many ids the namespace maps.
+        size: u32,
+    },
     /// The layer is not a readable tar stream in the declared compression.
     #[error("layer {layer}: malformed archive: {detail}")]
     Malformed {
@@ -219,6 +231,7 @@ impl UnpackError {
             | UnpackError::SymlinkParent { .. }
             | UnpackError::HardLink { .. }
             | UnpackError::Special { .. }
+            | UnpackError::Owner { .. }
             | UnpackError::Limit { .. }
             | UnpackError::ExpansionRatio { .. }
             | UnpackError::Malformed { .. }

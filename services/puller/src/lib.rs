@@ -35,7 +35,7 @@ mod walk;
 pub use berth_schemas::model::PullFailureReason;
 pub use error::{PullError, StoreError, UnpackError};
 pub use pull::{LayerInfo, Progress, PullConfig, PullPolicy, PullRequest, PulledImage, Puller};
-pub use store::{ContentStore, GcReport, Ingest, VerifyPolicy};
+pub use store::{searchable_by, ContentStore, GcReport, IdShift, Ingest, VerifyPolicy};
 pub use unpack::{
     unpack_image, unpack_layer, Compression, LayerStats, UnpackLimits, UnpackOptions,
 };

@@ -8,7 +8,10 @@
 //!
 //! Unpacked rootfs trees live at `trees/<algo>/<hex>/rootfs`, keyed by the
 //! image manifest digest; they are built under `tmp/` and renamed into
-//! place when complete. [`ContentStore::gc`] deletes what the caller does
+//! place when complete. Trees made for instances in a user namespace
+//! ([`IdShift`]) have their files owned by the shifted ids and live apart,
+//! in `trees-<host>-<size>/`, so a node that turns the namespace on or off
+//! never runs a tree owned for the other way. [`ContentStore::gc`] deletes what the caller does
 //! not reference, least recently used first, until usage fits a budget.
 
 use std::collections::HashSet;
@@ -36,11 +39,36 @@ pub enum VerifyPolicy {
     Rehash,
 }
 
+/// How the files of unpacked trees are owned for instances that run in a
+/// user namespace: the image's id `i` (below `size`) is the host's id
+/// `host + i`, so the image's root is an unprivileged user of the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdShift {
+    /// The host id of the image's id 0.
+    pub host: u32,
+    /// How many ids are mapped (an image's ids must be below it).
+    pub size: u32,
+}
+
+impl IdShift {
+    /// The host id of the image's `id`; `None` outside the range.
+    pub fn map(self, id: u32) -> Option<u32> {
+        if id < self.size {
+            self.host.checked_add(id)
+        } else {
+            None
+        }
+    }
+}
+
 /// A content-addressed store under one root directory.
 #[derive(Debug, Clone)]
 pub struct ContentStore {
     root: PathBuf,
     policy: VerifyPolicy,
+    /// Where trees go: `trees`, or `trees-<host>-<size>` when shifted.
+    trees: PathBuf,
+    shift: Option<IdShift>,
 }
 
 /// What [`ContentStore::gc`] did.
@@ -100,7 +128,36 @@ impl ContentStore {
             }
             std::fs::create_dir_all(&p).map_err(io(&p))?;
         }
-        Ok(Self { root, policy })
+        let trees = root.join("trees");
+        Ok(Self {
+            root,
+            policy,
+            trees,
+            shift: None,
+        })
+    }
+
+    /// The store with its trees unpacked for a user namespace: files owned
+    /// by `shift`'s host ids, in a tree set of their own. The store's root
+    /// becomes searchable (not readable) by the shifted root's group, mode
+    /// 0710, as the container's root must reach the trees it mounts; the
+    /// setuid files inside belong to shifted, unprivileged ids.
+    pub fn with_id_shift(mut self, shift: IdShift) -> Result<Self, StoreError> {
+        self.trees = self
+            .root
+            .join(format!("trees-{}-{}", shift.host, shift.size));
+        for algo in ["sha256", "sha512"] {
+            let p = self.trees.join(algo);
+            std::fs::create_dir_all(&p).map_err(io(&p))?;
+        }
+        searchable_by(&self.root, shift.host).map_err(io(&self.root))?;
+        self.shift = Some(shift);
+        Ok(self)
+    }
+
+    /// How this store's trees are owned: `None` as the layers say.
+    pub fn id_shift(&self) -> Option<IdShift> {
+        self.shift
     }
 
     /// The store's root directory.
@@ -233,7 +290,7 @@ impl ContentStore {
 
     fn tree_dir(&self, d: &Digest) -> PathBuf {
         let (algo, hex) = algo_hex(d);
-        self.root.join("trees").join(algo).join(hex)
+        self.trees.join(algo).join(hex)
     }
 
     /// Whether image `d` is unpacked; a hit marks it recently used.
@@ -305,9 +362,21 @@ impl ContentStore {
         let keep = self.referenced(images);
         let mut items: Vec<(SystemTime, u64, PathBuf, bool)> = Vec::new();
         let mut total = 0u64;
-        for (kind, is_tree) in [("blobs", false), ("trees", true)] {
+        // Every tree set, the other way's too: trees no instance here can
+        // run any more go first, as nothing references them.
+        let mut kinds = vec![(self.root.join("blobs"), false)];
+        for e in std::fs::read_dir(&self.root).map_err(io(&self.root))? {
+            let e = e.map_err(io(&self.root))?;
+            if e.file_name().to_string_lossy().starts_with("trees") {
+                kinds.push((e.path(), true));
+            }
+        }
+        for (kind, is_tree) in kinds {
             for algo in ["sha256", "sha512"] {
-                let dir = self.root.join(kind).join(algo);
+                let dir = kind.join(algo);
+                if !dir.is_dir() {
+                    continue;
+                }
                 for e in std::fs::read_dir(&dir).map_err(io(&dir))? {
                     let e = e.map_err(io(&dir))?;
                     let path = e.path();
@@ -357,6 +426,14 @@ impl ContentStore {
         );
         Ok(report)
     }
+}
+
+/// Make `dir` (owned by root) searchable by group `gid` and no one else:
+/// mode 0710, as Docker makes its data dir for remapped roots.
+pub fn searchable_by(dir: &Path, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::chown(dir, Some(0), Some(gid))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710))
 }
 
 /// Bytes used by a tree (regular file sizes; links and dirs count 0).

@@ -57,12 +57,14 @@ pub(crate) enum ParentError {
 }
 
 /// Walk the parent components of `rel` under `root` without following
-/// anything. Missing directories are created (0755) when `create`; else
-/// `Ok(None)` says the parent does not exist. Returns `root/rel`.
+/// anything. Missing directories are created (0755, owned by `owner` when
+/// given) when `create`; else `Ok(None)` says the parent does not exist.
+/// Returns `root/rel`.
 pub(crate) fn parent_chain(
     root: &Path,
     rel: &Path,
     create: bool,
+    owner: Option<u32>,
 ) -> Result<Option<PathBuf>, ParentError> {
     let mut cur = root.to_path_buf();
     let mut cur_rel = PathBuf::new();
@@ -81,7 +83,7 @@ pub(crate) fn parent_chain(
                 if !create {
                     return Ok(None);
                 }
-                if let Err(e) = mkdir(&cur, 0o755) {
+                if let Err(e) = mkdir(&cur, 0o755).and_then(|()| own(&cur, owner)) {
                     return Err(ParentError::Io(cur, e));
                 }
             }
@@ -89,6 +91,15 @@ pub(crate) fn parent_chain(
         }
     }
     Ok(Some(root.join(rel)))
+}
+
+/// Give `path` (not followed) to `owner` as user and group; `None`
+/// leaves it as made.
+pub(crate) fn own(path: &Path, owner: Option<u32>) -> std::io::Result<()> {
+    match owner {
+        Some(id) => std::os::unix::fs::lchown(path, Some(id), Some(id)),
+        None => Ok(()),
+    }
 }
 
 /// `mkdir` with an explicit mode (umask applies; fixed up by the caller
@@ -136,16 +147,16 @@ mod tests {
         let root = dir.path().join("root");
         std::fs::create_dir(&root).unwrap();
         std::os::unix::fs::symlink("/tmp", root.join("link")).unwrap();
-        match parent_chain(&root, Path::new("link/x"), true) {
+        match parent_chain(&root, Path::new("link/x"), true, None) {
             Err(ParentError::NotDir(p)) => assert_eq!(p, PathBuf::from("link")),
             other => panic!("{other:?}"),
         }
-        let p = parent_chain(&root, Path::new("a/b/c"), true)
+        let p = parent_chain(&root, Path::new("a/b/c"), true, None)
             .unwrap()
             .unwrap();
         assert_eq!(p, root.join("a/b/c"));
         assert!(root.join("a/b").is_dir());
-        assert!(parent_chain(&root, Path::new("x/y"), false)
+        assert!(parent_chain(&root, Path::new("x/y"), false, None)
             .unwrap()
             .is_none());
     }

@@ -91,7 +91,7 @@ impl<'a> Applier<'a> {
 
     /// Resolve the parents of `rel` (creating them when `create`).
     fn parent(&self, raw: &[u8], rel: &Path, create: bool) -> Result<Option<PathBuf>, UnpackError> {
-        match walk::parent_chain(self.root, rel, create) {
+        match walk::parent_chain(self.root, rel, create, self.opts.implied_owner()) {
             Ok(p) => Ok(p),
             Err(ParentError::NotDir(c)) => Err(UnpackError::SymlinkParent {
                 layer: self.layer,
@@ -166,7 +166,7 @@ impl<'a> Applier<'a> {
             if kind != EntryType::Directory {
                 return Err(self.unsafe_path(&raw, "the root itself as a non-directory"));
             }
-            let meta = Meta::of(entry, self.opts.ownership)?;
+            let meta = Meta::of(entry, self.opts, self.layer, &raw)?;
             meta.chown(self.root, true).map_err(self.io(self.root))?;
             self.dirs.push(DirMeta {
                 rel: PathBuf::new(),
@@ -178,7 +178,7 @@ impl<'a> Applier<'a> {
         let Some(abs) = self.parent(&raw, &rel, true)? else {
             return Err(self.unsafe_path(&raw, "parent could not be created"));
         };
-        let meta = Meta::of(entry, self.opts.ownership)?;
+        let meta = Meta::of(entry, self.opts, self.layer, &raw)?;
         let existing = std::fs::symlink_metadata(&abs).ok();
         match kind {
             EntryType::Directory => {
@@ -278,7 +278,7 @@ impl<'a> Applier<'a> {
         if target_rel.as_os_str().is_empty() {
             return Err(refuse("target is the rootfs itself"));
         }
-        let target_abs = match walk::parent_chain(self.root, &target_rel, false) {
+        let target_abs = match walk::parent_chain(self.root, &target_rel, false, None) {
             Ok(Some(p)) => p,
             Ok(None) => return Err(refuse("target has not been extracted")),
             Err(ParentError::NotDir(_)) => {
@@ -353,7 +353,7 @@ impl<'a> Applier<'a> {
             let path = if d.rel.as_os_str().is_empty() {
                 self.root.to_path_buf()
             } else {
-                match walk::parent_chain(self.root, &d.rel, false) {
+                match walk::parent_chain(self.root, &d.rel, false, None) {
                     Ok(Some(p)) => p,
                     _ => continue,
                 }
@@ -380,7 +380,12 @@ struct Meta {
 }
 
 impl Meta {
-    fn of<R: Read>(entry: &Entry<'_, R>, ownership: bool) -> Result<Self, UnpackError> {
+    fn of<R: Read>(
+        entry: &Entry<'_, R>,
+        opts: &UnpackOptions,
+        layer: usize,
+        raw: &[u8],
+    ) -> Result<Self, UnpackError> {
         let h = entry.header();
         let mode = h.mode().unwrap_or(0o644) & 0o7777;
         let mut uid = h.uid().ok().and_then(|u| u32::try_from(u).ok());
@@ -401,9 +406,23 @@ impl Meta {
                 }
             }
         }
-        if !ownership {
+        if !opts.ownership {
             uid = None;
             gid = None;
+        } else if let Some(shift) = opts.shift {
+            // Shifted into the user namespace's range; an id past it
+            // would belong to no one inside and to a real user outside.
+            let map = |id: Option<u32>| {
+                let id = id.unwrap_or(0);
+                shift.map(id).ok_or_else(|| UnpackError::Owner {
+                    layer,
+                    path: shown(raw),
+                    id,
+                    size: shift.size,
+                })
+            };
+            uid = Some(map(uid)?);
+            gid = Some(map(gid)?);
         }
         Ok(Self {
             mode,

@@ -29,7 +29,7 @@ use self::archive::ArchiveError;
 use self::meter::Stop;
 use crate::error::UnpackError;
 use crate::pull::{parse_config_diff_ids, parse_image_manifest};
-use crate::store::ContentStore;
+use crate::store::{ContentStore, IdShift};
 
 /// Bounds on what one image may expand to (hostile-input safety). The
 /// expanded-byte bounds are checked as bytes come out of the decompressor:
@@ -87,9 +87,22 @@ pub struct UnpackOptions {
     /// Apply the layer's uid/gid (needs root); off, files belong to the
     /// unpacking user.
     pub ownership: bool,
+    /// With `ownership`: the layer's ids shifted for a user namespace
+    /// (an id outside its range refuses the image). [`unpack_image`] takes
+    /// the store's.
+    pub shift: Option<IdShift>,
     /// Refuse layers whose uncompressed digest is not the config's
     /// `diff_id`.
     pub verify_diff_ids: bool,
+}
+
+impl UnpackOptions {
+    /// Who owns what the unpacker makes that no entry describes (the
+    /// root, missing parents): the image's root, shifted; `None`: the
+    /// unpacking user.
+    pub(crate) fn implied_owner(&self) -> Option<u32> {
+        self.shift.filter(|_| self.ownership).and_then(|s| s.map(0))
+    }
 }
 
 impl Default for UnpackOptions {
@@ -97,6 +110,7 @@ impl Default for UnpackOptions {
         Self {
             limits: UnpackLimits::default(),
             ownership: true,
+            shift: None,
             verify_diff_ids: true,
         }
     }
@@ -291,6 +305,10 @@ pub fn unpack_image(
     if store.has_tree(image) {
         return Ok(store.tree_path(image));
     }
+    let opts = &UnpackOptions {
+        shift: store.id_shift(),
+        ..opts.clone()
+    };
     let manifest = store.read(image, 16 << 20)?;
     let parsed = parse_image_manifest(&manifest).map_err(|e| UnpackError::Image(e.to_string()))?;
     let config = store.read(&parsed.config.digest, 16 << 20)?;
@@ -306,6 +324,10 @@ pub fn unpack_image(
     let build = || -> Result<(), UnpackError> {
         let rootfs = tmp.join("rootfs");
         crate::walk::mkdir(&rootfs, 0o755).map_err(|source| UnpackError::Io {
+            path: rootfs.clone(),
+            source,
+        })?;
+        crate::walk::own(&rootfs, opts.implied_owner()).map_err(|source| UnpackError::Io {
             path: rootfs.clone(),
             source,
         })?;

@@ -178,3 +178,72 @@ fn only_wrong_bytes_are_digest_mismatches() {
     let gone = UnpackError::Store(StoreError::Missing("sha256:aa".into()));
     assert_eq!(gone.reason(), None, "a collected blob is pulled again");
 }
+
+/// For instances in a user namespace every file is owned by the shifted
+/// ids, what the unpacker makes itself (the root, missing parents) by the
+/// shifted root; setuid bits survive; an id past the range refuses the
+/// image, as a refused layer does.
+#[test]
+fn a_shifted_unpack_owns_every_file_for_the_user_namespace() {
+    use std::os::unix::fs::MetadataExt;
+    if !geteuid().is_root() {
+        return;
+    }
+    const HOST: u32 = 1_000_000_000;
+    let shifted = UnpackOptions {
+        shift: Some(crate::IdShift {
+            host: HOST,
+            size: 65_536,
+        }),
+        ..opts()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("rootfs");
+    std::fs::create_dir(&root).unwrap();
+    crate::walk::own(&root, shifted.implied_owner()).unwrap();
+    let layer = [
+        Entry::dir("etc").owner(0, 0),
+        Entry::file("etc/passwd", b"root:x:0:0::/:/bin/sh\n").owner(0, 0),
+        Entry::file("bin/su", b"#!").owner(0, 0).mode(0o4755),
+        Entry::file("home/app/notes", b"x").owner(1000, 1001),
+        Entry::symlink("home/app/link", "notes").owner(1000, 1000),
+        Entry::file("nobody", b"x").owner(65_534, 65_534),
+    ];
+    let blob = Comp::Gzip.compress(&tar_bytes(&layer).unwrap()).unwrap();
+    unpack_layer(&blob[..], Compression::Gzip, &root, 0, &shifted).unwrap();
+    let owner = |p: &str| {
+        let m = std::fs::symlink_metadata(root.join(p)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner(""), (HOST, HOST), "the root");
+    assert_eq!(owner("etc/passwd"), (HOST, HOST));
+    assert_eq!(owner("bin"), (HOST, HOST), "a parent no entry names");
+    assert_eq!(owner("home"), (HOST, HOST));
+    assert_eq!(owner("home/app/notes"), (HOST + 1000, HOST + 1001));
+    assert_eq!(owner("home/app/link"), (HOST + 1000, HOST + 1000));
+    assert_eq!(owner("nobody"), (HOST + 65_534, HOST + 65_534));
+    let su = std::fs::metadata(root.join("bin/su")).unwrap();
+    assert_eq!(su.mode() & 0o7777, 0o4755, "setuid kept");
+
+    // Unshifted, the same layer keeps the layer's own ids.
+    let plain = dir.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    unpack_layer(&blob[..], Compression::Gzip, &plain, 0, &opts()).unwrap();
+    let m = std::fs::symlink_metadata(plain.join("home/app/notes")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1000, 1001));
+
+    for entry in [
+        Entry::file("far", b"x").owner(65_536, 0),
+        Entry::file("far", b"x").owner(0, 70_000),
+    ] {
+        let blob = Comp::Gzip.compress(&tar_bytes(&[entry]).unwrap()).unwrap();
+        let target = dir.path().join("refused");
+        let _ = std::fs::remove_dir_all(&target);
+        std::fs::create_dir(&target).unwrap();
+        let e = unpack_layer(&blob[..], Compression::Gzip, &target, 0, &shifted).unwrap_err();
+        assert!(matches!(e, UnpackError::Owner { .. }), "{e:?}");
+        assert_eq!(e.reason(), Some(PullFailureReason::InvalidImage), "{e}");
+        assert!(e.to_string().contains("ids 0 to 65535"), "{e}");
+        assert!(!target.join("far").exists(), "nothing written for it");
+    }
+}

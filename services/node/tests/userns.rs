@@ -1,0 +1,106 @@
+//! Instances in a user namespace (`BERTH_NODE_USERNS`), against real runc
+//! as root: the image's root is an unprivileged user of the host, yet owns
+//! the image's files inside, and a web instance still serves on its port.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::{Duration, Instant};
+
+use berth_agent::bundle::UserNamespace;
+use berth_node::NodeOptions;
+use berth_schemas::model::ServiceType;
+
+use crate::support::{self, count_of, exec, fast_checks, run, spec, start_node_opts};
+use berth_tests::node::World;
+
+const HOST: u32 = 1_000_000_000;
+
+/// The host uid and gid of a process (`Uid:`/`Gid:` of its status, real).
+fn host_ids(pid: u32) -> (u32, u32) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u32 {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    (field("Uid:"), field("Gid:"))
+}
+
+#[tokio::test]
+async fn an_instances_root_is_an_unprivileged_host_user_that_owns_its_image() {
+    let w = World::start().await;
+    // Instances' root must pass through the test's temp dir (0700).
+    std::fs::set_permissions(w.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let opts = NodeOptions {
+        user_namespace: Some(UserNamespace {
+            host: HOST,
+            size: berth_node::USERNS_IDS,
+        }),
+        ..support::options()
+    };
+    let node = start_node_opts(&w, fast_checks(), Default::default(), opts).await;
+
+    // A worker that writes into the image's /etc (owned by the image's
+    // root: writable only if the tree is owned for the namespace), and a
+    // web server on port 80, which only root may take.
+    let (svc, dep) = support::service(&w, ServiceType::BackgroundWorker, None).await;
+    let worker = spec(
+        &w,
+        &svc,
+        &dep,
+        "/bin/busybox sh -c 'echo written > /etc/by-root && exec /bin/busybox sleep 600'",
+        None,
+    );
+    run(&w, &node.id, &worker).await;
+    let (web, web_dep) = support::service(&w, ServiceType::WebService, Some("/hello.txt")).await;
+    let mut server = spec(
+        &w,
+        &web,
+        &web_dep,
+        "/bin/busybox httpd -f -p 80 -h /app",
+        None,
+    );
+    support::with_env(&w, &node.id, &mut server, &[("PORT", "80")]).await;
+    run(&w, &node.id, &server).await;
+    let events = support::healthy_once(&w, &web, &[&server.instance]).await;
+    let addr = support::addr_of(&events, &server.instance).unwrap();
+    let (status, body) = support::http_get(&addr, "/hello.txt").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    w.wait_events(&svc, Duration::from_secs(60), |ev| {
+        count_of(ev, &worker.instance, "instance_started") == 1
+    })
+    .await;
+
+    // Inside: root, and its write to /etc went through.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, out) = exec(
+            &w,
+            &worker.instance,
+            &["/bin/busybox", "cat", "/etc/by-root"],
+        );
+        if code == 0 {
+            assert_eq!(out, "written\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the worker never wrote: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, id) = exec(&w, &worker.instance, &["/bin/busybox", "id", "-u"]);
+    assert_eq!(id, "0\n");
+
+    // Outside: a user of the host's shifted range, owning what it wrote.
+    for instance in [&worker.instance, &server.instance] {
+        let pid = support::container_pid(&w, instance);
+        assert_eq!(host_ids(pid), (HOST, HOST), "{instance}");
+    }
+    let upper = w
+        .node_dir()
+        .join("agent/instances")
+        .join(worker.instance.as_str())
+        .join("upper/etc/by-root");
+    let m = std::fs::metadata(&upper).unwrap();
+    assert_eq!((m.uid(), m.gid()), (HOST, HOST));
+    let tree_root = w.node_dir().join(format!("store/trees-{HOST}-65536"));
+    assert!(tree_root.is_dir(), "the shifted trees are apart");
+
+    node.stop().await;
+}
