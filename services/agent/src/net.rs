@@ -1250,9 +1250,12 @@ impl Cni {
              -A {input} -j DROP\n\
              -A {fwd} {established} -j ACCEPT\n\
              -A {fwd} -d 169.254.0.0/16 -j DROP\n\
-             -A {private} {established} -j RETURN\n\
-             -A {peers} -j DROP\n"
+             -A {private} {established} -j RETURN\n"
         ));
+        // The peers as last saved, at once: instances kept from the last
+        // process must not reach other nodes' host ports meanwhile.
+        let saved = self.saved_directory().map(|d| d.peers).unwrap_or_default();
+        batch.push_str(&self.peer_rules(&saved));
         // The control plane elsewhere (each instance's own rules go in
         // before these: they only reach into the subnet).
         for e in &self.cfg.closed {
@@ -2319,8 +2322,10 @@ mod tests {
         net.cni.detach(&p).await.unwrap();
         assert_eq!(net.chain("filter", &private).unwrap().len(), 1);
         // A node started again finds the chains of the last one: emptied,
-        // an owner's removed; then, with its instances back, it applies
-        // the directory the last one saved, before the log says anything.
+        // an owner's removed, but the peers as last saved in at once (an
+        // instance it keeps must not reach a peer's host ports while the
+        // rest comes back); then, with its instances back, it applies the
+        // directory the last one saved, before the log says anything.
         cni.set_directory(dir_again).await.unwrap();
         assert!(net.chain("nat", &a_chain).is_some());
         let reopened = Cni::open(cni.cfg.clone()).await.unwrap();
@@ -2328,8 +2333,12 @@ mod tests {
         assert_eq!(net.chain("nat", &svc).unwrap(), Vec::<String>::new());
         assert_eq!(
             net.chain("filter", &peers).unwrap(),
-            [format!("-A {peers} -j DROP")]
+            [
+                format!("-A {peers} -s 192.0.2.7/32 -j RETURN"),
+                format!("-A {peers} -j DROP")
+            ]
         );
+        assert_eq!(net.chain("filter", &out).unwrap().len(), 1);
         // (These instances have no namespaces to adopt: only the nodes'
         // rules come back.)
         reopened.recover(&HashMap::new()).await.unwrap();

@@ -262,19 +262,51 @@ impl Cni {
         save_json(&self.directory_file(), directory)
     }
 
+    /// The directory the last process applied, if saved and readable.
+    pub(super) fn saved_directory(&self) -> Option<Directory> {
+        let bytes = std::fs::read(self.directory_file()).ok()?;
+        match serde_json::from_slice::<Directory>(&bytes) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(error = %e, "the saved directory is unreadable; waiting for the log");
+                None
+            }
+        }
+    }
+
+    /// The `filter` rules of `peers` (to append to the emptied chains):
+    /// `PEERS` lets each peer through to private instances and drops the
+    /// rest; `OUT` drops instances' own (untranslated) connections to the
+    /// peers' host ports. The node's start writes them from the saved
+    /// directory with its base rules, so no instance it kept can reach
+    /// another node's published instances before the directory is back.
+    pub(super) fn peer_rules(&self, peers: &[Peer]) -> String {
+        let (chain, out) = (self.peers_chain(), self.out_chain());
+        let mut rules = String::new();
+        let mut seen = HashSet::new();
+        let mut sorted = peers.to_vec();
+        sorted.sort_by_key(|p| (p.addr, *p.ports.start(), *p.ports.end()));
+        for p in &sorted {
+            if seen.insert(p.addr) {
+                rules.push_str(&format!("-A {chain} -s {}/32 -j RETURN\n", p.addr));
+            }
+            rules.push_str(&format!(
+                "-A {out} -d {}/32 -p tcp -m tcp --dport {}:{} -m conntrack ! --ctstate DNAT -j DROP\n",
+                p.addr,
+                p.ports.start(),
+                p.ports.end()
+            ));
+        }
+        rules.push_str(&format!("-A {chain} -j DROP\n"));
+        rules
+    }
+
     /// After the instances kept are back: the directory the last process
     /// applied, applied again (none saved, or unreadable: nothing until
     /// the node has caught up with the log).
     pub(super) async fn restore_directory(&self) {
-        let Ok(bytes) = std::fs::read(self.directory_file()) else {
+        let Some(saved) = self.saved_directory() else {
             return;
-        };
-        let saved = match serde_json::from_slice::<Directory>(&bytes) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(error = %e, "the saved directory is unreadable; waiting for the log");
-                return;
-            }
         };
         let _rules = self.rules.lock().await;
         if let Err(e) = self.rebuild(Some(saved)).await {
@@ -297,21 +329,7 @@ impl Cni {
     fn directory_rules(&self, a: &Applied) -> (String, HashSet<String>) {
         let (peers, out, svc) = (self.peers_chain(), self.out_chain(), self.svc_chain());
         let mut filter = format!(":{peers} - [0:0]\n:{out} - [0:0]\n");
-        let mut seen = HashSet::new();
-        let mut sorted = a.directory.peers.clone();
-        sorted.sort_by_key(|p| (p.addr, *p.ports.start(), *p.ports.end()));
-        for p in &sorted {
-            if seen.insert(p.addr) {
-                filter.push_str(&format!("-A {peers} -s {}/32 -j RETURN\n", p.addr));
-            }
-            filter.push_str(&format!(
-                "-A {out} -d {}/32 -p tcp -m tcp --dport {}:{} -m conntrack ! --ctstate DNAT -j DROP\n",
-                p.addr,
-                p.ports.start(),
-                p.ports.end()
-            ));
-        }
-        filter.push_str(&format!("-A {peers} -j DROP\n"));
+        filter.push_str(&self.peer_rules(&a.directory.peers));
         // The groups with remote services and their members here.
         let members = self.members();
         let mut groups: BTreeMap<&str, Vec<Ipv4Addr>> = BTreeMap::new();
