@@ -4,7 +4,7 @@
 //! private state dir and runc root.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -337,4 +337,44 @@ pub fn processes_of(instances: &[&InstanceId]) -> Vec<u32> {
         }
     }
     pids
+}
+
+/// The host pid of the running container `id`'s first process, from the
+/// runc state under `runc_root`.
+pub fn container_pid(runc_root: &Path, id: &str) -> u32 {
+    let out = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(runc_root)
+        .args(["state", id])
+        .output()
+        .unwrap();
+    let state: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "runc state {id}: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    u32::try_from(state["pid"].as_u64().unwrap()).unwrap()
+}
+
+/// Runs `args` inside the running container `id` (its namespaces, root,
+/// cwd and environment, as its root user), as `runc exec` would. Through
+/// `nsenter`: runc joins a user namespace before the others, after which
+/// the network namespace the node made (owned by the host's user
+/// namespace) can no longer be joined.
+pub fn exec_in(runc_root: &Path, id: &str, args: &[&str]) -> std::process::Output {
+    let pid = container_pid(runc_root, id).to_string();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let env = environ.split(|b| *b == 0).filter_map(|kv| {
+        let kv = String::from_utf8_lossy(kv).into_owned();
+        kv.split_once('=')
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    });
+    std::process::Command::new("nsenter")
+        .env_clear()
+        .envs(env)
+        .args(["-t", &pid, "--all", "--root", "--wd", "--"])
+        .args(args)
+        .output()
+        .unwrap()
 }

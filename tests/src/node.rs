@@ -260,7 +260,8 @@ pub fn test_options(name: &str, cpu_millis: u32, memory_mib: u32) -> berth_node:
         done_kept: berth_node::DONE_KEPT,
         services_url: Some("http://services.test".into()),
         log_rate: berth_agent::logs::LogRate::default(),
-        user_namespace: test_user_namespace(),
+        user_namespace: test_user_namespace()
+            .map_or(berth_node::Userns::Off, berth_node::Userns::On),
     }
 }
 

@@ -60,6 +60,11 @@ pub fn report(v: &Validated, creds: Option<&Creds>, targets: &str) -> Value {
                 "runc": o.node.runc,
                 "cniPath": o.node.cni_path,
                 "servicesUrl": o.node.services_url,
+                "userNamespace": match o.node.user_namespace {
+                    berth_node::Userns::Off => json!({ "mode": "off" }),
+                    berth_node::Userns::On(u) => json!({ "mode": "on", "firstHostId": u.host }),
+                    berth_node::Userns::Auto(u) => json!({ "mode": "auto", "firstHostId": u.host }),
+                },
             }),
             "notifier" => json!({
                 "smtpHost": o.notifier.smtp.as_ref().map(|s| s.host.clone()),

@@ -92,6 +92,11 @@ struct OneInstance {
 
 impl OneInstance {
     async fn start() -> Self {
+        Self::start_in(0o755).await
+    }
+
+    /// With the test's temp dir, above the node's state, at `mode`.
+    async fn start_in(mode: u32) -> Self {
         require_root_and_runc();
         let nats = NatsServer::start(NatsVersion::Legacy).unwrap();
         let client = nats.connect().await.unwrap();
@@ -105,6 +110,10 @@ impl OneInstance {
         registry.push_image("app/proc", "v1", &image).await.unwrap();
 
         let dir = tempfile::tempdir().unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        }
         let data = dir.path().join("data");
         let runc_root = runc_root(&data);
         let _cleanup = Cleanup {
@@ -274,21 +283,11 @@ async fn kill_9_then_restart_adopts_the_instance_with_no_orphans() {
     // Adopted with its network: the same namespace and address.
     let subnet = berth_tests::net::subnet_for(&data);
     let prefix24 = subnet.rsplit_once('.').unwrap().0.to_owned();
-    let addr = std::process::Command::new("runc")
-        .arg("--root")
-        .arg(&runc_root)
-        .args([
-            "exec",
-            spec.instance.as_str(),
-            "/bin/busybox",
-            "ip",
-            "-4",
-            "addr",
-            "show",
-            "eth0",
-        ])
-        .output()
-        .unwrap();
+    let addr = berth_tests::agent::exec_in(
+        &runc_root,
+        spec.instance.as_str(),
+        &["/bin/busybox", "ip", "-4", "addr", "show", "eth0"],
+    );
     let addr = String::from_utf8_lossy(&addr.stdout).into_owned();
     assert!(addr.contains(&format!("inet {prefix24}.")), "{addr}");
     let node_events = events_of(&store, AggregateId::Node(node.clone())).await;
@@ -405,4 +404,28 @@ async fn a_stop_that_ended_while_the_node_was_down_is_recorded_on_restart() {
     })
     .await;
     assert!(runc_list(&runc_root).is_empty());
+}
+
+/// The host uid of the instance's first process.
+fn host_uid(runc_root: &Path, instance: &InstanceId) -> u32 {
+    let pid = berth_tests::agent::container_pid(runc_root, instance.as_str());
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    uid.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// By default (`BERTH_NODE_USERNS=auto`) a node runs its instances in a
+/// user namespace, their root a host user from 1000000000, where the
+/// machine lets it; where a directory above its state dir bars that user,
+/// as the host's root, as before (and says so in its log).
+#[tokio::test]
+async fn by_default_instances_run_in_a_user_namespace_where_the_state_dir_allows() {
+    for (mode, want) in [(0o711, 1_000_000_000), (0o700, 0)] {
+        let one = OneInstance::start_in(mode).await;
+        assert_eq!(
+            host_uid(&one.runc_root, &one.spec.instance),
+            want,
+            "above it: {mode:o}"
+        );
+    }
 }

@@ -213,12 +213,11 @@ async fn a_node_without_the_installation_key_runs_private_images_with_sealed_env
     let instance = started.unwrap();
 
     // The instance sees its env var.
-    let out = std::process::Command::new("runc")
-        .arg("--root")
-        .arg(runc_root(&data))
-        .args(["exec", instance.as_str(), "/bin/busybox", "env"])
-        .output()
-        .unwrap();
+    let out = berth_tests::agent::exec_in(
+        &runc_root(&data),
+        instance.as_str(),
+        &["/bin/busybox", "env"],
+    );
     let env = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         env.lines().any(|l| l == "GREETING=sealed-hello"),

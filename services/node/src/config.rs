@@ -72,11 +72,13 @@ pub struct NodeArgs {
     #[arg(long, env = "BERTH_NODE_LOG_LINES_PER_SEC", default_value_t = 2000)]
     pub node_log_lines_per_sec: u32,
 
-    /// Run instances in a user namespace: `off`, or the first of 65,536
-    /// host ids (at least 65536) that the instances' ids 0-65535 are
-    /// (their root is then an unprivileged user of the host). Every
-    /// directory above the node's state dir must be searchable by it.
-    #[arg(long, env = "BERTH_NODE_USERNS", default_value = "off")]
+    /// Run instances in a user namespace: the first of 65,536 host ids
+    /// (at least 65536) that the instances' ids 0-65535 are, so their root
+    /// is an unprivileged user of the host; every directory above the
+    /// node's state dir must let that id through. `auto`: with the first
+    /// id 1000000000 where this machine allows it (else, said in the log,
+    /// as the host's root); `off`: as the host's root.
+    #[arg(long, env = "BERTH_NODE_USERNS", default_value = "auto")]
     pub node_userns: String,
 
     /// Milliseconds between pull progress events of one pull.
@@ -245,15 +247,37 @@ impl NodeChecks {
 /// 0-65535, as Docker's and Podman's default ranges.
 pub const USERNS_IDS: u32 = 65_536;
 
-/// `BERTH_NODE_USERNS`: `off`, or the first host id of the range.
-pub fn parse_userns(text: &str) -> Result<Option<UserNamespace>, String> {
+/// The first host id of `auto`'s range: far above any real user's.
+pub const USERNS_AUTO_HOST: u32 = 1_000_000_000;
+
+/// Whether a node runs its instances in a user namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Userns {
+    /// As the host's root.
+    Off,
+    /// In this one, or the node does not start.
+    On(UserNamespace),
+    /// In this one where the machine allows it (user namespaces can be
+    /// made, the state dir can be reached), else as the host's root.
+    Auto(UserNamespace),
+}
+
+/// `BERTH_NODE_USERNS`: `auto`, `off`, or the first host id of the range.
+pub fn parse_userns(text: &str) -> Result<Userns, String> {
     let text = text.trim();
-    if text == "off" {
-        return Ok(None);
+    match text {
+        "off" => return Ok(Userns::Off),
+        "auto" => {
+            return Ok(Userns::Auto(UserNamespace {
+                host: USERNS_AUTO_HOST,
+                size: USERNS_IDS,
+            }))
+        }
+        _ => {}
     }
     let host: u32 = text
         .parse()
-        .map_err(|_| format!("{text:?} is neither `off` nor a host id"))?;
+        .map_err(|_| format!("{text:?} is not `auto`, `off` or a host id"))?;
     // Below 65536 the range would take in the host's own users (root
     // included); past the end the ids do not exist (4294967295 is -1).
     if host < USERNS_IDS || host.checked_add(USERNS_IDS).is_none() {
@@ -262,7 +286,7 @@ pub fn parse_userns(text: &str) -> Result<Option<UserNamespace>, String> {
             u32::MAX - USERNS_IDS
         ));
     }
-    Ok(Some(UserNamespace {
+    Ok(Userns::On(UserNamespace {
         host,
         size: USERNS_IDS,
     }))
@@ -308,8 +332,8 @@ pub struct NodeOptions {
     pub services_url: Option<String>,
     /// Lines of output each instance may publish.
     pub log_rate: berth_agent::logs::LogRate,
-    /// The user namespace instances run in (`None`: the host's).
-    pub user_namespace: Option<UserNamespace>,
+    /// Whether instances run in a user namespace.
+    pub user_namespace: Userns,
 }
 
 impl NodeOptions {
@@ -392,7 +416,7 @@ impl NodeArgs {
         }
         let user_namespace = parse_userns(&self.node_userns).unwrap_or_else(|e| {
             problems.push(format!("BERTH_NODE_USERNS: {e}"));
-            None
+            Userns::Off
         });
         if !problems.is_empty() {
             return Err(problems);
@@ -596,13 +620,20 @@ mod disk_reserve_tests {
     }
 
     #[test]
-    fn a_user_namespace_is_off_or_a_range_above_the_hosts_own_ids() {
+    fn a_user_namespace_is_auto_off_or_a_range_above_the_hosts_own_ids() {
+        use super::Userns;
         let ns = |v: &str| {
             let arg = format!("--node-userns={v}");
             options(&[arg.as_str()]).map(|o| o.user_namespace)
         };
-        assert_eq!(ns("off").unwrap(), None);
-        let range = |host| Some(super::UserNamespace { host, size: 65_536 });
+        assert_eq!(ns("off").unwrap(), Userns::Off);
+        let range = |host| Userns::On(super::UserNamespace { host, size: 65_536 });
+        let auto = Userns::Auto(super::UserNamespace {
+            host: 1_000_000_000,
+            size: 65_536,
+        });
+        assert_eq!(ns("auto").unwrap(), auto);
+        assert_eq!(options(&[]).unwrap().user_namespace, auto, "the default");
         assert_eq!(ns("1000000000").unwrap(), range(1_000_000_000));
         assert_eq!(ns("65536").unwrap(), range(65_536));
         assert_eq!(ns("4294901759").unwrap(), range(4_294_901_759));

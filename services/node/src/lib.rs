@@ -45,6 +45,7 @@ mod work;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use berth_agent::bundle::UserNamespace;
 use berth_agent::net::NetworkConfig;
 use berth_agent::{Agent, AgentConfig, Runc};
 use berth_domain::node::{self as rules, Capacity, Command};
@@ -60,7 +61,7 @@ use berth_schemas::{Actor, AggregateId, Subjects};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{NodeArgs, NodeChecks, NodeOptions, USERNS_IDS};
+pub use config::{NodeArgs, NodeChecks, NodeOptions, Userns, USERNS_IDS};
 pub use gc::GcOptions;
 pub use health::{Check, Health, HealthOptions};
 pub use report::{Placement, Reporter, DONE_KEPT};
@@ -102,30 +103,73 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
     }
 }
 
-/// Make the node's state dir passable for instances in a user namespace
-/// whose root is host id `id` (its rootfs, overlay dirs and bound files
-/// are below it), after checking that every directory above lets it
-/// through: a node that would start and then fail every instance says
-/// so at its start instead.
-fn searchable(dir: &Path, id: u32) -> Result<(), NodeError> {
+/// The user namespace instances run in, as `mode` asks and this machine
+/// allows: `On` refuses to start a node that would fail every instance,
+/// `Auto` falls back to the host's root, saying why.
+fn user_namespace(mode: Userns, dir: &Path) -> Result<Option<UserNamespace>, NodeError> {
+    let (ns, required) = match mode {
+        Userns::Off => return Ok(None),
+        Userns::On(ns) => (ns, true),
+        Userns::Auto(ns) => (ns, false),
+    };
+    match userns_possible(ns, dir) {
+        Ok(()) => {
+            tracing::info!(
+                first_host_id = ns.host,
+                ids = ns.size,
+                "instances run in a user namespace: their root is an unprivileged user of this machine"
+            );
+            Ok(Some(ns))
+        }
+        Err(why) if required => Err(NodeError::Preflight(format!(
+            "BERTH_NODE_USERNS={}: {why}",
+            ns.host
+        ))),
+        Err(why) => {
+            tracing::warn!(reason = %why, "instances run as this machine's root (no user namespace); BERTH_NODE_USERNS=off says so without this warning");
+            Ok(None)
+        }
+    }
+}
+
+/// Whether instances can run in `ns` with the node's state in `dir`: this
+/// machine makes user namespaces, and every directory above `dir` lets
+/// the instances' root (host id `ns.host`) through to its rootfs, overlay
+/// dirs and the files bound into it.
+fn userns_possible(ns: UserNamespace, dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
-    let full = std::fs::canonicalize(dir).map_err(io(dir))?;
+    let made = std::process::Command::new("unshare")
+        .args(["--user", "true"])
+        .stderr(std::process::Stdio::piped())
+        .output();
+    match made {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            return Err(format!(
+                "this machine does not make user namespaces (unshare --user: {})",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+        Err(e) => return Err(format!("unshare --user could not run: {e}")),
+    }
+    let full = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for above in full.ancestors().skip(1) {
-        let m = std::fs::metadata(above).map_err(io(above))?;
+        let m = std::fs::metadata(above).map_err(|e| format!("{}: {e}", above.display()))?;
         let mode = m.mode();
         let passes = mode & 0o001 != 0
-            || (m.gid() == id && mode & 0o010 != 0)
-            || (m.uid() == id && mode & 0o100 != 0);
+            || (m.gid() == ns.host && mode & 0o010 != 0)
+            || (m.uid() == ns.host && mode & 0o100 != 0);
         if !passes {
-            return Err(NodeError::Preflight(format!(
-                "BERTH_NODE_USERNS={id}: instances' root (host id {id}) cannot pass through {} (mode {:o}), above the node's state dir {}: put the state dir (BERTH_DATA_DIR or BERTH_NODE_DIR) where every directory above is searchable (as /var/lib is), or chmod o+x that directory",
+            return Err(format!(
+                "instances' root (host id {}) cannot pass through {} (mode {:o}) above the node's state dir {}: put the state dir (BERTH_DATA_DIR or BERTH_NODE_DIR) where every directory above is searchable, as under /var/lib, or chmod o+x that directory",
+                ns.host,
                 above.display(),
                 mode & 0o7777,
                 full.display()
-            )));
+            ));
         }
     }
-    berth_puller::searchable_by(&full, id).map_err(io(&full))
+    Ok(())
 }
 
 /// The node's id, created in `dir/node-id` on the first start.
@@ -270,10 +314,10 @@ impl Node {
             return Ok(());
         }
 
-        let userns = self.opts.user_namespace;
+        let userns = user_namespace(self.opts.user_namespace, &dir)?;
         let mut content = ContentStore::open(dir.join("store"), VerifyPolicy::Size)?;
         if let Some(ns) = userns {
-            searchable(&dir, ns.host)?;
+            berth_puller::searchable_by(&dir, ns.host).map_err(io(&dir))?;
             content = content.with_id_shift(berth_puller::IdShift {
                 host: ns.host,
                 size: ns.size,
@@ -736,5 +780,42 @@ mod tests {
         };
         let bytes = rmp_serde::to_vec_named(&w).unwrap();
         assert_eq!(rmp_serde::from_slice::<NodeWork>(&bytes).unwrap(), w);
+    }
+}
+
+#[cfg(test)]
+mod userns_tests {
+    #![allow(clippy::unwrap_used)]
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    const NS: UserNamespace = UserNamespace {
+        host: 1_000_000_000,
+        size: 65_536,
+    };
+
+    #[test]
+    fn a_state_dir_below_a_directory_the_instances_root_cannot_pass_is_refused() {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("data").join("node");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let why = userns_possible(NS, &dir).unwrap_err();
+        assert!(why.contains(&top.path().display().to_string()), "{why}");
+        assert!(matches!(
+            user_namespace(Userns::On(NS), &dir),
+            Err(NodeError::Preflight(_))
+        ));
+        assert_eq!(user_namespace(Userns::Auto(NS), &dir).unwrap(), None);
+        assert_eq!(user_namespace(Userns::Off, &dir).unwrap(), None);
+
+        // Passable by everyone, or by the instances' root's group only.
+        std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        assert_eq!(user_namespace(Userns::Auto(NS), &dir).unwrap(), Some(NS));
+        std::os::unix::fs::chown(top.path(), None, Some(NS.host)).unwrap();
+        std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o710)).unwrap();
+        assert_eq!(user_namespace(Userns::On(NS), &dir).unwrap(), Some(NS));
+        assert_eq!(user_namespace(Userns::Off, &dir).unwrap(), None);
     }
 }

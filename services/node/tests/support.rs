@@ -357,27 +357,10 @@ pub async fn healthy_once(w: &World, service: &ServiceId, ids: &[&InstanceId]) -
     .await
 }
 
-/// Runs `args` inside the running container `id` (its namespaces, root
-/// and cwd, as its root user): (exit code, output). Through `nsenter`,
-/// not `runc exec`: runc joins a user namespace before the others, after
-/// which the node's network namespace (not the instance's user
-/// namespace's) can no longer be joined.
+/// Runs `args` inside the running container `id`
+/// ([`berth_tests::agent::exec_in`]): (exit code, output).
 pub fn exec(w: &World, id: &InstanceId, args: &[&str]) -> (i32, String) {
-    let pid = container_pid(w, id).to_string();
-    // The container's environment, as `runc exec` gives it.
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    let env = environ.split(|b| *b == 0).filter_map(|kv| {
-        let kv = String::from_utf8_lossy(kv).into_owned();
-        kv.split_once('=')
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    });
-    let out = std::process::Command::new("nsenter")
-        .env_clear()
-        .envs(env)
-        .args(["-t", &pid, "--all", "--root", "--wd", "--"])
-        .args(args)
-        .output()
-        .unwrap();
+    let out = berth_tests::agent::exec_in(&w.runc_root(), id.as_str(), args);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -388,12 +371,5 @@ pub fn exec(w: &World, id: &InstanceId, args: &[&str]) -> (i32, String) {
 
 /// The host pid of the running container `id`'s first process.
 pub fn container_pid(w: &World, id: &InstanceId) -> u32 {
-    let out = std::process::Command::new("runc")
-        .arg("--root")
-        .arg(w.runc_root())
-        .args(["state", id.as_str()])
-        .output()
-        .unwrap();
-    let state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    u32::try_from(state["pid"].as_u64().unwrap()).unwrap()
+    berth_tests::agent::container_pid(&w.runc_root(), id.as_str())
 }

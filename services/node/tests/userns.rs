@@ -6,7 +6,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
 use berth_agent::bundle::UserNamespace;
-use berth_node::NodeOptions;
+use berth_node::{NodeOptions, Userns};
 use berth_schemas::model::ServiceType;
 
 use crate::support::{self, count_of, exec, fast_checks, run, spec, start_node_opts};
@@ -30,7 +30,7 @@ async fn an_instances_root_is_an_unprivileged_host_user_that_owns_its_image() {
     // Instances' root must pass through the test's temp dir (0700).
     std::fs::set_permissions(w.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     let opts = NodeOptions {
-        user_namespace: Some(UserNamespace {
+        user_namespace: Userns::On(UserNamespace {
             host: HOST,
             size: berth_node::USERNS_IDS,
         }),
