@@ -366,9 +366,9 @@ async fn gc_keeps_referenced_and_drops_the_rest() {
 
 /// A node that runs its instances in a user namespace unpacks into a tree
 /// set of its own, owned by the shifted ids, and its store's root lets
-/// the shifted root through and nothing else; the trees unpacked before
-/// the namespace was turned on are no longer used and go at the next
-/// collection, whatever references the image.
+/// the shifted root through and nothing else; the collector keeps an
+/// image's trees in both sets while it is referenced, and removes both
+/// after.
 #[tokio::test]
 async fn a_store_for_a_user_namespace_keeps_its_trees_apart() {
     use std::os::unix::fs::MetadataExt;
@@ -411,8 +411,12 @@ async fn a_store_for_a_user_namespace_keeps_its_trees_apart() {
     assert_eq!(root.mode() & 0o7777, 0o710);
     assert_eq!((root.uid(), root.gid()), (0, HOST));
 
+    // While the image is referenced, its trees in both sets stay (an
+    // instance adopted across the switch runs on the unshifted one).
     let r = store.gc(std::slice::from_ref(&pulled.digest), 0).unwrap();
-    assert_eq!(r.trees_removed, 1, "the unshifted tree");
-    assert!(!plain.exists());
-    assert!(store.has_tree(&pulled.digest));
+    assert_eq!(r.trees_removed, 0);
+    assert!(plain.exists() && store.has_tree(&pulled.digest));
+    let r = store.gc(&[], 0).unwrap();
+    assert_eq!(r.trees_removed, 2, "both sets' trees");
+    assert!(!plain.exists() && !shifted.exists());
 }

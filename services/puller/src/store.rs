@@ -11,7 +11,9 @@
 //! place when complete. Trees made for instances in a user namespace
 //! ([`IdShift`]) have their files owned by the shifted ids and live apart,
 //! in `trees-<host>-<size>/`, so a node that turns the namespace on or off
-//! never runs a tree owned for the other way. [`ContentStore::gc`] deletes what the caller does
+//! never starts an instance on a tree owned for the other way; the
+//! collector treats every set alike (an image's trees in all sets are
+//! kept while it is referenced). [`ContentStore::gc`] deletes what the caller does
 //! not reference, least recently used first, until usage fits a budget.
 
 use std::collections::HashSet;
@@ -153,6 +155,19 @@ impl ContentStore {
         searchable_by(&self.root, shift.host).map_err(io(&self.root))?;
         self.shift = Some(shift);
         Ok(self)
+    }
+
+    /// Every tree set in the store (`trees`, `trees-<host>-<size>`), this
+    /// store's and the other way's.
+    fn tree_sets(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let mut sets = Vec::new();
+        for e in std::fs::read_dir(&self.root).map_err(io(&self.root))? {
+            let e = e.map_err(io(&self.root))?;
+            if e.file_name().to_string_lossy().starts_with("trees") {
+                sets.push(e.path());
+            }
+        }
+        Ok(sets)
     }
 
     /// How this store's trees are owned: `None` as the layers say.
@@ -329,14 +344,19 @@ impl ContentStore {
 
     /// Blobs reachable from manifests `images` that are in the store: the
     /// manifests themselves, index children, configs and layers.
-    fn referenced(&self, images: &[Digest]) -> HashSet<PathBuf> {
+    fn referenced(&self, images: &[Digest]) -> Result<HashSet<PathBuf>, StoreError> {
+        let sets = self.tree_sets()?;
         let mut keep = HashSet::new();
         let mut todo: Vec<Digest> = images.to_vec();
         while let Some(d) = todo.pop() {
             if !keep.insert(self.blob_path(&d)) {
                 continue;
             }
-            keep.insert(self.tree_dir(&d));
+            // Its tree in every set: an instance adopted after the node
+            // turned its user namespace on or off still runs on the
+            // other set's.
+            let (algo, hex) = algo_hex(&d);
+            keep.extend(sets.iter().map(|set| set.join(algo).join(hex)));
             let Ok(bytes) = self.read(&d, 16 << 20) else {
                 continue;
             };
@@ -351,7 +371,7 @@ impl ContentStore {
                 Err(_) => {}
             }
         }
-        keep
+        Ok(keep)
     }
 
     /// Delete blobs and trees not reachable from the manifests `images`,
@@ -359,18 +379,11 @@ impl ContentStore {
     /// `budget_bytes` (0 deletes everything unreferenced). Referenced
     /// content is never deleted, even over budget.
     pub fn gc(&self, images: &[Digest], budget_bytes: u64) -> Result<GcReport, StoreError> {
-        let keep = self.referenced(images);
+        let keep = self.referenced(images)?;
         let mut items: Vec<(SystemTime, u64, PathBuf, bool)> = Vec::new();
         let mut total = 0u64;
-        // Every tree set, the other way's too: trees no instance here can
-        // run any more go first, as nothing references them.
         let mut kinds = vec![(self.root.join("blobs"), false)];
-        for e in std::fs::read_dir(&self.root).map_err(io(&self.root))? {
-            let e = e.map_err(io(&self.root))?;
-            if e.file_name().to_string_lossy().starts_with("trees") {
-                kinds.push((e.path(), true));
-            }
-        }
+        kinds.extend(self.tree_sets()?.into_iter().map(|t| (t, true)));
         for (kind, is_tree) in kinds {
             for algo in ["sha256", "sha512"] {
                 let dir = kind.join(algo);
