@@ -142,8 +142,23 @@ impl Node {
         }
     }
 
-    /// Push `image` and pull + unpack it like a node does.
+    /// Push `image` and pull + unpack it like a node does (for the agent's
+    /// user namespace, when it has one).
     pub async fn image(&self, image: &Image) -> ImageRoot {
+        let shift = self.cfg.user_namespace.map(|ns| berth_puller::IdShift {
+            host: ns.host,
+            size: ns.size,
+        });
+        self.image_for(image, shift).await
+    }
+
+    /// [`Node::image`] with its files owned as `shift` says (`None`: as
+    /// the layers say).
+    pub async fn image_for(
+        &self,
+        image: &Image,
+        shift: Option<berth_puller::IdShift>,
+    ) -> ImageRoot {
         self.registry
             .push_image("app/svc", "v1", image)
             .await
@@ -155,11 +170,7 @@ impl Node {
         .unwrap();
         let mut store =
             ContentStore::open(self.dir.path().join("store"), VerifyPolicy::Size).unwrap();
-        if let Some(ns) = self.cfg.user_namespace {
-            let shift = berth_puller::IdShift {
-                host: ns.host,
-                size: ns.size,
-            };
+        if let Some(shift) = shift {
             store = store.with_id_shift(shift).unwrap();
         }
         let puller = Puller::new(client, store.clone(), PullConfig::default());

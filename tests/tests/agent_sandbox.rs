@@ -386,3 +386,37 @@ async fn pids_and_memory_limits_and_root_only_files() {
     assert_eq!(mode(&runc_root) & 0o077, 0, "{}", runc_root.display());
     node.agent.stop_instance(&s.instance).await.unwrap();
 }
+
+/// An agent with a user namespace runs an instance in it when the
+/// instance's image tree was unpacked for it, and as the host's root on
+/// a tree unpacked without (an instance kept running while the node
+/// turned its namespace on restarts on its old tree, which the namespace
+/// does not own).
+#[tokio::test]
+async fn an_instance_runs_in_the_user_namespace_its_tree_was_unpacked_for() {
+    const HOST: u32 = 1_000_000_000;
+    let ns = berth_agent::bundle::UserNamespace {
+        host: HOST,
+        size: 65_536,
+    };
+    let node = Node::start_tuned(|c| c.user_namespace = Some(ns)).await;
+    let img = busybox_image(default_config());
+    let shift = berth_puller::IdShift {
+        host: HOST,
+        size: 65_536,
+    };
+    let shifted = node.image_for(&img, Some(shift)).await;
+    let plain = node.image_for(&img, None).await;
+    assert_ne!(shifted.rootfs, plain.rootfs);
+    let host_uid = |pid: u32| -> u32 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        uid.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    for (root, want) in [(&shifted, HOST), (&plain, 0)] {
+        let s = spec(root, "exec /bin/busybox sleep 600");
+        let pid = node.agent.run_instance(s.clone()).await.unwrap();
+        assert_eq!(host_uid(pid), want, "{}", root.rootfs.display());
+        node.agent.stop_instance(&s.instance).await.unwrap();
+    }
+}

@@ -145,6 +145,23 @@ impl UserNamespace {
     pub fn maps(self, id: u32) -> bool {
         id < self.size
     }
+
+    /// Whether host id `id` is one of the namespace's.
+    fn holds(self, id: u32) -> bool {
+        id.checked_sub(self.host).is_some_and(|i| self.maps(i))
+    }
+}
+
+/// The user namespace an instance on the image tree `tree` runs in: the
+/// node's `ns` when the tree was unpacked for it (its root belongs to
+/// one of the namespace's ids), else none. An instance kept running
+/// while the node turned its namespace on or off restarts as its tree
+/// was made for, never in a namespace that does not own its files.
+pub fn user_namespace_for(ns: Option<UserNamespace>, tree: &Path) -> Option<UserNamespace> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = ns?;
+    let owner = std::fs::metadata(tree).ok()?.uid();
+    ns.holds(owner).then_some(ns)
 }
 
 impl Default for Sandbox {

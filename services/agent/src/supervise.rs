@@ -237,7 +237,11 @@ async fn launch_with(
         net.cloned(),
     );
     let rootfs = tokio::task::spawn_blocking(move || {
-        let ns = sandbox.user_namespace;
+        let ns = bundle::user_namespace_for(sandbox.user_namespace, &s.image.rootfs);
+        let sandbox = bundle::Sandbox {
+            user_namespace: ns,
+            ..sandbox
+        };
         bundle::private_dir(&d.root, ns.map(|u| u.host)).map_err(agent_io(&d.root))?;
         let b = d.bundle();
         std::fs::create_dir_all(&b).map_err(agent_io(&b))?;
