@@ -387,8 +387,9 @@ async fn pids_and_memory_limits_and_root_only_files() {
     node.agent.stop_instance(&s.instance).await.unwrap();
 }
 
-/// An agent with a user namespace runs an instance in it when the
-/// instance's image tree was unpacked for it, and as the host's root on
+/// An agent with a user namespace raises the kernel's key quota of
+/// non-root users, and runs an instance in it when the instance's image
+/// tree was unpacked for it, and as the host's root on
 /// a tree unpacked without (an instance kept running while the node
 /// turned its namespace on restarts on its old tree, which the namespace
 /// does not own).
@@ -399,7 +400,24 @@ async fn an_instance_runs_in_the_user_namespace_its_tree_was_unpacked_for() {
         host: HOST,
         size: 65_536,
     };
+    // Every instance's root is one host user, whose kernel key quota
+    // (the default's 200 keys: a session keyring per container) the
+    // agent raises as it starts.
+    let quota = |name: &str| -> u64 {
+        let path = format!("/proc/sys/kernel/keys/{name}");
+        std::fs::read_to_string(path)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    std::fs::write("/proc/sys/kernel/keys/maxkeys", "200").unwrap();
+    std::fs::write("/proc/sys/kernel/keys/maxbytes", "20000").unwrap();
     let node = Node::start_tuned(|c| c.user_namespace = Some(ns)).await;
+    assert_eq!(
+        (quota("maxkeys"), quota("maxbytes")),
+        (1_000_000, 25_000_000)
+    );
     let img = busybox_image(default_config());
     let shift = berth_puller::IdShift {
         host: HOST,

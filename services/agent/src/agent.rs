@@ -363,6 +363,9 @@ impl Agent {
             });
         }
         raise_open_files();
+        if cfg.user_namespace.is_some() {
+            raise_key_quota();
+        }
         let sandbox = bundle::Sandbox {
             user_namespace: cfg.user_namespace,
             ..bundle::Sandbox::detect(cfg.init.clone())
@@ -932,6 +935,33 @@ impl Agent {
 /// Each instance holds open files in this process (its two log pipes and
 /// its network namespace), so a node with thousands of instances needs
 /// more than the usual soft limit of 1,024: raised to the hard limit.
+/// The kernel's key quota for users other than root, which instances in a
+/// user namespace all are (one host uid): runc gives each container a
+/// session keyring of its own, and at the default 200 keys and 20,000
+/// bytes per user the ~200th container fails to start ("unable to create
+/// session key: disk quota exceeded"). Raised to what root has, as LXD
+/// advises for hosts of many containers; never lowered. A host setting:
+/// it also lets the machine's other users hold that many keys.
+fn raise_key_quota() {
+    for (name, floor) in [("maxkeys", 1_000_000u64), ("maxbytes", 25_000_000)] {
+        let path = std::path::Path::new("/proc/sys/kernel/keys").join(name);
+        let now = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok());
+        match now {
+            Some(v) if v >= floor => {}
+            _ => match std::fs::write(&path, floor.to_string()) {
+                Ok(()) => {
+                    tracing::info!(setting = %path.display(), was = ?now, now = floor, "kernel key quota of non-root users raised for instances in a user namespace")
+                }
+                Err(e) => {
+                    tracing::warn!(setting = %path.display(), error = %e, "kernel key quota not raised: instances past the ~200th on this node may fail to start")
+                }
+            },
+        }
+    }
+}
+
 fn raise_open_files() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     match getrlimit(Resource::RLIMIT_NOFILE) {
