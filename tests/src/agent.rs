@@ -110,7 +110,6 @@ impl Node {
         let subjects = crate::unique_subjects();
         let registry = Registry::start(RegistryAuth::None).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        crate::node::passable(dir.path());
         let mut cfg = AgentConfig::new(NodeId::generate(), dir.path().join("agent"));
         cfg.user_namespace = crate::node::test_user_namespace();
         cfg.restart = fast_restarts();

@@ -58,7 +58,6 @@ impl World {
         let image = busybox_image(default_config());
         registry.push_image(REPO, "v1", &image).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        passable(dir.path());
         let mut subnet = crate::net::lease_subnet();
         subnet.net_dir = Some(dir.path().join("node").join("agent").join("net"));
         World {
@@ -275,8 +274,9 @@ pub fn test_user_namespace() -> Option<berth_agent::bundle::UserNamespace> {
     })
 }
 
-/// Let instances in a user namespace through `dir` (a test's temp dir,
-/// mode 0700) to the node's state below it, when test nodes use one.
+/// Let instances in a user namespace through `dir` (a small disk a test
+/// mounts with mode 0700; temp dirs are 0755 already) to the node's state
+/// below it, when test nodes use one.
 pub fn passable(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     if test_user_namespace().is_some() {

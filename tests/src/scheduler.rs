@@ -239,7 +239,6 @@ impl World {
             dir: tempfile::tempdir().unwrap(),
             shutdown: CancellationToken::new(),
         };
-        crate::node::passable(w.dir.path());
         let resolver = Resolver::new(w.store.clone(), w.key.clone(), resolver_options()).unwrap();
         let sd = w.shutdown.clone();
         tokio::spawn(async move { resolver.run(sd, None).await.unwrap() });

@@ -31,7 +31,6 @@ impl SmallDisk {
     async fn start() -> SmallDisk {
         let dir = tempfile::tempdir().unwrap();
         let disk = Tmpfs::mount(&dir.path().join("disk"), 96).unwrap();
-        berth_tests::node::passable(dir.path());
         berth_tests::node::passable(disk.path());
         let state = disk.path().join("agent");
         let node = Node::start_tuned(|c| {

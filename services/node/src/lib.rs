@@ -126,7 +126,7 @@ fn user_namespace(mode: Userns, dir: &Path) -> Result<Option<UserNamespace>, Nod
             ns.host
         ))),
         Err(why) => {
-            tracing::warn!(reason = %why, "instances run as this machine's root (no user namespace); BERTH_NODE_USERNS=off says so without this warning");
+            tracing::warn!(reason = %why, "instances run as this machine's root (no user namespace); BERTH_NODE_USERNS=off runs them so without this warning");
             Ok(None)
         }
     }

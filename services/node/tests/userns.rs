@@ -2,7 +2,7 @@
 //! as root: the image's root is an unprivileged user of the host, yet owns
 //! the image's files inside, and a web instance still serves on its port.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use berth_agent::bundle::UserNamespace;
@@ -27,8 +27,6 @@ fn host_ids(pid: u32) -> (u32, u32) {
 #[tokio::test]
 async fn an_instances_root_is_an_unprivileged_host_user_that_owns_its_image() {
     let w = World::start().await;
-    // Instances' root must pass through the test's temp dir (0700).
-    std::fs::set_permissions(w.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     let opts = NodeOptions {
         user_namespace: Userns::On(UserNamespace {
             host: HOST,
