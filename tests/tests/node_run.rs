@@ -551,7 +551,7 @@ async fn private_registry_pulls_with_the_sealed_credential_only() {
 /// A job whose start an earlier delivery of its work recorded (its node
 /// went down while it ran, and the agent's restart ended its container)
 /// is not run a second time: it may have done part of its work. It ends
-/// failed, saying why; nothing runs.
+/// failed, saying why, before its image is pulled; nothing runs.
 #[tokio::test]
 async fn an_interrupted_job_ends_failed_and_is_not_run_again() {
     use berth_domain::service::Command;
@@ -609,7 +609,9 @@ async fn an_interrupted_job_ends_failed_and_is_not_run_again() {
         "{end:?}"
     );
     assert_eq!(count(&events, "job_started"), 1, "{:?}", types(&events));
-    // Nothing ran: no output, no container.
+    // Nothing ran, nothing was even pulled for it: no output, no
+    // container.
+    assert_eq!(count(&events, "image_pulled"), 0, "{:?}", types(&events));
     let ran = tokio::time::timeout(Duration::from_secs(2), logs.next()).await;
     assert!(ran.is_err(), "the job ran again: {ran:?}");
     assert!(agent::runc_list(&w.runc_root()).is_empty());

@@ -36,7 +36,7 @@ use berth_puller::{unpack_image, Progress, PullRequest, Puller, UnpackOptions};
 use berth_runtime::node_key::NodeKeyPair;
 use berth_schemas::commands::{NodeRunSpec, NodeWork, OneOffPurpose};
 use berth_schemas::events::ImagePullProgressed;
-use berth_schemas::ids::ServiceId;
+use berth_schemas::ids::{JobId, ServiceId};
 
 use berth_schemas::model::{PullFailureReason, ServiceType};
 use berth_schemas::{AggregateId, Event};
@@ -148,6 +148,14 @@ impl WorkHandler for NodeHandler {
                     tracing::info!(instance.id = %spec.instance, "one-off already ran here");
                     return Ok(());
                 }
+                if let Some(OneOffPurpose::Job { job }) = &purpose {
+                    if self.job_interrupted(&spec, job).await? {
+                        return self
+                            .reporter
+                            .mark_done(&spec.instance)
+                            .map_err(|e| retry("recording the one-off's end", e));
+                    }
+                }
                 // An item this node cannot open is refused before anything
                 // is pulled for it.
                 let env = self.open_env(&spec)?;
@@ -206,30 +214,6 @@ impl WorkHandler for NodeHandler {
                         .map_err(|e| retry("recording the one-off's end", e));
                 }
                 if let Some(OneOffPurpose::Job { job }) = &purpose {
-                    let started = state
-                        .jobs
-                        .get(job)
-                        .is_some_and(|j| j.status == service::JobStatus::Running);
-                    if started && !self.agent.instances().contains(&spec.instance) {
-                        // An earlier delivery started it and never saw it
-                        // end: this node went down while it ran, and the
-                        // agent's restart ended its container. It may have
-                        // done part of its work (half a migration), so it
-                        // ends failed rather than run a second time.
-                        tracing::warn!(instance.id = %spec.instance, job.id = %job, "job interrupted by a node restart; not run again");
-                        let command = service::Command::RecordJobEnded {
-                            job: job.clone(),
-                            success: false,
-                            exit_code: None,
-                            reason: Some(JOB_INTERRUPTED.to_owned()),
-                        };
-                        self.record_end(&spec, command, "recording the job's end")
-                            .await?;
-                        return self
-                            .reporter
-                            .mark_done(&spec.instance)
-                            .map_err(|e| retry("recording the one-off's end", e));
-                    }
                     self.reporter
                         .decide(
                             &spec.service,
@@ -322,6 +306,32 @@ impl NodeHandler {
             .map_err(|e| retry("recording start", e))?;
         self.health.watch(&self.agent, &spec.instance, &placement);
         Ok(())
+    }
+
+    /// Whether `job` was interrupted, which then ends failed (recorded
+    /// here) before its image is pulled: an earlier delivery started it
+    /// and never saw it end, as this node went down while it ran and the
+    /// agent's restart ended its container. It may have done part of its
+    /// work (half a migration), so it is not run a second time.
+    async fn job_interrupted(&self, spec: &NodeRunSpec, job: &JobId) -> Result<bool, WorkError> {
+        let state = self.service_state(&spec.service).await?;
+        let started = state
+            .jobs
+            .get(job)
+            .is_some_and(|j| j.status == service::JobStatus::Running);
+        if !started || self.agent.instances().contains(&spec.instance) {
+            return Ok(false);
+        }
+        tracing::warn!(instance.id = %spec.instance, job.id = %job, "job interrupted by a node restart; not run again");
+        let command = service::Command::RecordJobEnded {
+            job: job.clone(),
+            success: false,
+            exit_code: None,
+            reason: Some(JOB_INTERRUPTED.to_owned()),
+        };
+        self.record_end(spec, command, "recording the job's end")
+            .await?;
+        Ok(true)
     }
 
     /// A one-off's end (`command`), recorded once per instance whichever
