@@ -131,7 +131,7 @@ pub struct Sandbox {
 /// unprivileged user of the host, which owns nothing outside the image's
 /// tree and the instance's own writes. As Docker's `userns-remap`, one
 /// range for all instances of a node: the images' trees are owned for it
-/// once (the kernel here has no idmapped overlay mounts through runc 1.1).
+/// once (runc 1.1 cannot make idmapped mounts, which would spare that).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserNamespace {
     /// The host id of the instances' id 0.
