@@ -147,6 +147,12 @@ async fn up_starts_its_own_nats_server_and_stops_it_on_sigterm() {
     .await;
     let text = up.lines.join("\n");
     assert!(text.contains("nats-server started by berth"), "{text}");
+    // Its node's instances: in a user namespace (the temp dir above the
+    // data dir is 0755).
+    assert!(
+        text.contains("instances:  in a user namespace (root inside is uid 1000000000 outside)"),
+        "{text}"
+    );
     // Acknowledged means on disk unless the operator says otherwise.
     assert!(text.contains("fsync always"), "{text}");
     let conf = std::fs::read_to_string(data.join("nats-server.conf")).unwrap();

@@ -132,10 +132,28 @@ fn user_namespace(mode: Userns, dir: &Path) -> Result<Option<UserNamespace>, Nod
     }
 }
 
+/// How a node with its state in `dir` will run its instances, as `mode`
+/// asks and this machine allows, in words (`berth up`'s summary; the node
+/// decides again as it starts).
+pub fn user_namespace_summary(mode: Userns, dir: &Path) -> String {
+    let ns = match mode {
+        Userns::Off => return "as this machine's root (BERTH_NODE_USERNS=off)".to_owned(),
+        Userns::On(ns) | Userns::Auto(ns) => ns,
+    };
+    match userns_possible(ns, dir) {
+        Ok(()) => format!(
+            "in a user namespace (root inside is uid {} outside)",
+            ns.host
+        ),
+        Err(why) if matches!(mode, Userns::On(_)) => format!("the node will not start: {why}"),
+        Err(why) => format!("as this machine's root: {why}"),
+    }
+}
+
 /// Whether instances can run in `ns` with the node's state in `dir`: this
 /// machine makes user namespaces, and every directory above `dir` lets
 /// the instances' root (host id `ns.host`) through to its rootfs, overlay
-/// dirs and the files bound into it.
+/// dirs and the files bound into it. `dir` itself need not exist yet.
 fn userns_possible(ns: UserNamespace, dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let made = std::process::Command::new("unshare")
@@ -152,8 +170,10 @@ fn userns_possible(ns: UserNamespace, dir: &Path) -> Result<(), String> {
         }
         Err(e) => return Err(format!("unshare --user could not run: {e}")),
     }
-    let full = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    for above in full.ancestors().skip(1) {
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    let parent = std::fs::canonicalize(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    let full = parent.join(dir.file_name().unwrap_or_default());
+    for above in parent.ancestors() {
         let m = std::fs::metadata(above).map_err(|e| format!("{}: {e}", above.display()))?;
         let mode = m.mode();
         let passes = mode & 0o001 != 0
@@ -809,10 +829,24 @@ mod userns_tests {
         ));
         assert_eq!(user_namespace(Userns::Auto(NS), &dir).unwrap(), None);
         assert_eq!(user_namespace(Userns::Off, &dir).unwrap(), None);
+        // What `berth up` says, before the state dir exists.
+        let fresh = top.path().join("data").join("fresh");
+        let said = user_namespace_summary(Userns::Auto(NS), &fresh);
+        assert!(said.starts_with("as this machine's root: "), "{said}");
+        let said = user_namespace_summary(Userns::On(NS), &fresh);
+        assert!(said.starts_with("the node will not start: "), "{said}");
 
         // Passable by everyone, or by the instances' root's group only.
         std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         assert_eq!(user_namespace(Userns::Auto(NS), &dir).unwrap(), Some(NS));
+        assert_eq!(
+            user_namespace_summary(Userns::Auto(NS), &fresh),
+            "in a user namespace (root inside is uid 1000000000 outside)"
+        );
+        assert_eq!(
+            user_namespace_summary(Userns::Off, &fresh),
+            "as this machine's root (BERTH_NODE_USERNS=off)"
+        );
         std::os::unix::fs::chown(top.path(), None, Some(NS.host)).unwrap();
         std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o710)).unwrap();
         assert_eq!(user_namespace(Userns::On(NS), &dir).unwrap(), Some(NS));
