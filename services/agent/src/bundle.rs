@@ -124,6 +124,11 @@ pub struct Sandbox {
     pub open_files_max: u64,
     /// The user namespace instances run in; `None`: the host's.
     pub user_namespace: Option<UserNamespace>,
+    /// Whether the kernel makes a bind mount read-only with everything
+    /// under it (`mount_setattr`, Linux 5.12): the host's `/sys`, bound
+    /// into an instance in a user namespace, then has no writable
+    /// submount either.
+    pub recursive_read_only: bool,
 }
 
 /// The ids an instance's user namespace maps: its ids `0..size` are the
@@ -152,6 +157,17 @@ impl UserNamespace {
     }
 }
 
+/// Whether the kernel release `release` (`6.1.0-13-amd64`) is at least
+/// `(major, minor)`.
+fn kernel_at_least(release: &str, want: (u32, u32)) -> bool {
+    let mut parts = release.trim().split(['.', '-']);
+    let mut next = || parts.next().and_then(|p| p.parse::<u32>().ok());
+    match (next(), next()) {
+        (Some(major), Some(minor)) => (major, minor) >= want,
+        _ => false,
+    }
+}
+
 /// The user namespace an instance on the image tree `tree` runs in: the
 /// node's `ns` when the tree was unpacked for it (its root belongs to
 /// one of the namespace's ids), else none. An instance kept running
@@ -172,6 +188,7 @@ impl Default for Sandbox {
             swap_limit: false,
             open_files_max: OPEN_FILES_SOFT,
             user_namespace: None,
+            recursive_read_only: false,
         }
     }
 }
@@ -189,6 +206,10 @@ impl Sandbox {
             swap_limit: v2 || v1_memsw,
             open_files_max: own.min(OPEN_FILES_HARD),
             user_namespace: None,
+            recursive_read_only: kernel_at_least(
+                &std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default(),
+                (5, 12),
+            ),
         }
     }
 }
@@ -333,6 +354,9 @@ pub fn runtime_spec(
         match sandbox.user_namespace {
             None => {
                 json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]})
+            }
+            Some(_) if sandbox.recursive_read_only => {
+                json!({"destination": "/sys", "type": "bind", "source": "/sys", "options": ["rbind", "rro", "nosuid", "noexec", "nodev", "ro"]})
             }
             Some(_) => {
                 json!({"destination": "/sys", "type": "bind", "source": "/sys", "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]})
@@ -829,6 +853,26 @@ mod tests {
             .unwrap();
         assert_eq!(sys["type"], "bind");
         assert!(sys["options"].as_array().unwrap().contains(&json!("ro")));
+        assert!(!sys["options"].as_array().unwrap().contains(&json!("rro")));
+        // Read-only all the way down where the kernel can.
+        let deep = Sandbox {
+            recursive_read_only: true,
+            ..sandbox.clone()
+        };
+        let v = runtime_spec(&spec(), Path::new("/nonexistent"), None, &deep).unwrap();
+        let sys = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/sys")
+            .unwrap()
+            .clone();
+        assert!(sys["options"].as_array().unwrap().contains(&json!("rro")));
+        assert!(kernel_at_least("6.18.44-fc-v1272", (5, 12)));
+        assert!(kernel_at_least("5.12.0", (5, 12)));
+        assert!(!kernel_at_least("5.10.0-28-amd64", (5, 12)));
+        assert!(!kernel_at_least("4.19.0", (5, 12)));
+        assert!(!kernel_at_least("", (5, 12)));
         // Without one: no mapping, sysfs of its own.
         let v = runtime_spec(
             &spec(),
@@ -876,6 +920,7 @@ mod tests {
             swap_limit: true,
             open_files_max: 524_288,
             user_namespace: None,
+            recursive_read_only: false,
         };
         let v = runtime_spec(&s, Path::new("/nonexistent"), None, &sandbox).unwrap();
         // The init runs the app, mounted read-only after /dev.

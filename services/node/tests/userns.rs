@@ -84,6 +84,26 @@ async fn an_instances_root_is_an_unprivileged_host_user_that_owns_its_image() {
     }
     let (_, id) = exec(&w, &worker.instance, &["/bin/busybox", "id", "-u"]);
     assert_eq!(id, "0\n");
+    // The host's /sys, bound in, is read-only with every mount under it
+    // (runc's own tmpfs for the cgroup mounts, the instance's, aside).
+    let (_, mounts) = exec(
+        &w,
+        &worker.instance,
+        &["/bin/busybox", "cat", "/proc/self/mountinfo"],
+    );
+    let sys: Vec<&str> = mounts
+        .lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|at| at.starts_with("/sys")))
+        .filter(|l| !l.ends_with(&format!("uid={HOST},gid={HOST}")))
+        .collect();
+    assert!(sys.len() > 1, "{mounts}");
+    for line in &sys {
+        let options = line.split(' ').nth(5).unwrap();
+        assert!(
+            options.split(',').any(|o| o == "ro"),
+            "writable under /sys: {line}"
+        );
+    }
 
     // Outside: a user of the host's shifted range, owning what it wrote.
     for instance in [&worker.instance, &server.instance] {
