@@ -164,7 +164,6 @@ impl World {
         NodePublicKey::from_base64(&key).unwrap()
     }
 
-    /// Enqueue `work` for `node` (idempotency key `key`).
     /// A subscription to `service`'s output lines, in place (flushed)
     /// before anything is run.
     pub async fn subscribe_logs(&self, service: &ServiceId) -> async_nats::Subscriber {
@@ -177,6 +176,7 @@ impl World {
         logs
     }
 
+    /// Enqueue `work` for `node` (idempotency key `key`).
     pub async fn enqueue(&self, node: &NodeId, work: &NodeWork, key: &str) {
         let service = match work {
             NodeWork::RunInstance(s) | NodeWork::RunOnce { spec: s, .. } => &s.service,

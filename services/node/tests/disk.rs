@@ -24,7 +24,7 @@ async fn a_worker_filling_the_disk_is_killed_and_started_again() {
     let node = start_node_opts(&w, fast_checks(), Default::default(), opts).await;
     let (worker, deploy) = service(&w, ServiceType::BackgroundWorker, None).await;
     let s = spec(&w, &worker, &deploy, WRITER, None);
-    let mut logs = support::logs(&w, &worker).await;
+    let mut logs = w.subscribe_logs(&worker).await;
     run(&w, &node.id, &s).await;
     let events = w
         .wait_events(&worker, Duration::from_secs(60), |ev| {

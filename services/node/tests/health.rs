@@ -185,7 +185,7 @@ async fn private_services_pass_tcp_and_workers_pass_after_grace() {
         "/bin/sh -c 'echo going down; exit 3'",
         None,
     );
-    let mut logs = support::logs(&w, &worker).await;
+    let mut logs = w.subscribe_logs(&worker).await;
     run(&w, &node.id, &steady).await;
     run(&w, &node.id, &crashing).await;
 
@@ -310,7 +310,7 @@ async fn a_start_that_never_passes_says_what_it_listens_on_instead() {
         "/bin/sh -c 'exec /bin/busybox httpd -f -p 127.0.0.1:10000 -h /app'",
         Some(10000),
     );
-    let mut logs = support::logs(&w, &svc).await;
+    let mut logs = w.subscribe_logs(&svc).await;
     run(&w, &node.id, &elsewhere).await;
     run(&w, &node.id, &loopback).await;
     let says = [
@@ -403,8 +403,8 @@ async fn the_one_port_an_image_listens_on_is_detected_when_berth_chose_the_port(
         Some(10000),
     );
     support::with_env(&w, &node.id, &mut told, &[("PORT", "10000")]).await;
-    let mut web_logs = support::logs(&w, &web).await;
-    let mut private_logs = support::logs(&w, &private).await;
+    let mut web_logs = w.subscribe_logs(&web).await;
+    let mut private_logs = w.subscribe_logs(&private).await;
     for s in [&fixed, &two, &db, &told] {
         run(&w, &node.id, s).await;
     }
@@ -504,7 +504,7 @@ async fn failing_live_instance_is_unhealthy_then_restarted_and_healthy_again() {
     let (svc, deploy) = service(&w, ServiceType::WebService, Some("/h/ok")).await;
     let prepare = "mkdir -p /tmp/w/h; echo ok > /tmp/w/h/ok; (sleep 3; rm /tmp/w/h/ok) &";
     let s = spec(&w, &svc, &deploy, &httpd(prepare, "/tmp/w"), Some(10000));
-    let mut logs = support::logs(&w, &svc).await;
+    let mut logs = w.subscribe_logs(&svc).await;
     run(&w, &node.id, &s).await;
 
     let events = w

@@ -33,7 +33,7 @@ async fn five_stops_take_one_shutdown_delay_and_a_start_does_not_wait() {
             s
         })
         .collect();
-    let mut logs = crate::support::logs(&w, &svc).await;
+    let mut logs = w.subscribe_logs(&svc).await;
     for s in &specs {
         run(&w, &node.id, s).await;
     }

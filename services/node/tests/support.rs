@@ -302,17 +302,6 @@ pub async fn healthy_again(w: &World, service: &ServiceId, instance: &InstanceId
     );
 }
 
-/// Subscribes to `service`'s log lines (take it before its instances run).
-pub async fn logs(w: &World, service: &ServiceId) -> async_nats::Subscriber {
-    let sub = w
-        .client
-        .subscribe(w.store.subjects().logs(service))
-        .await
-        .unwrap();
-    w.client.flush().await.unwrap();
-    sub
-}
-
 /// The text of `instance`'s lines among `lines`, in the order published.
 pub fn lines_of(lines: &[berth_schemas::logs::LogLine], instance: &InstanceId) -> Vec<String> {
     lines
