@@ -380,16 +380,13 @@ impl Agent {
         nix::sys::prctl::set_child_subreaper(true)
             .map_err(|e| agent_io("prctl(PR_SET_CHILD_SUBREAPER)")(e.into()))?;
         let net = match &cfg.network {
-            Some(n) => {
-                let cni = Cni::open(NetworkConfig {
+            Some(n) => Some(
+                Cni::open(NetworkConfig {
                     user_namespace: cfg.user_namespace,
                     ..n.clone()
                 })
-                .await?;
-                // Each instance's hosts and resolv files are in it.
-                bundle::private_dir(&n.state_dir, searcher).map_err(agent_io(&n.state_dir))?;
-                Some(cni)
-            }
+                .await?,
+            ),
             None => None,
         };
         let agent = Agent {

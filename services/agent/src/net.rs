@@ -391,9 +391,14 @@ impl Cni {
     /// base chains (rebuilt empty; [`Cni::recover`] adds the instances
     /// that are kept).
     pub async fn open(cfg: NetworkConfig) -> Result<Cni, NetError> {
-        for d in [cfg.state_dir.clone(), cfg.state_dir.join("ipam")] {
-            std::fs::create_dir_all(&d).map_err(net_io(&d))?;
-            set_private(&d)?;
+        // Each instance's hosts and resolv files are in the state dir: an
+        // instance's root in a user namespace must pass through it.
+        let searcher = cfg.user_namespace.map(|u| u.host);
+        for (d, searcher) in [
+            (cfg.state_dir.clone(), searcher),
+            (cfg.state_dir.join("ipam"), None),
+        ] {
+            crate::bundle::private_dir(&d, searcher).map_err(net_io(&d))?;
         }
         bridge_netfilter().await?;
         let bridge = cfg.subnet.bridge_name();
@@ -1583,11 +1588,6 @@ fn write_in_place(path: &Path, text: &str) -> Result<(), NetError> {
         .open(path)
         .map_err(net_io(path))?;
     f.write_all(text.as_bytes()).map_err(net_io(path))
-}
-
-fn set_private(dir: &Path) -> Result<(), NetError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(net_io(dir))
 }
 
 /// Bridged traffic must pass iptables, or instances on one bridge would

@@ -343,9 +343,9 @@ impl ContentStore {
     }
 
     /// Blobs reachable from manifests `images` that are in the store: the
-    /// manifests themselves, index children, configs and layers.
-    fn referenced(&self, images: &[Digest]) -> Result<HashSet<PathBuf>, StoreError> {
-        let sets = self.tree_sets()?;
+    /// manifests themselves, index children, configs and layers; and their
+    /// trees in each of the tree `sets`.
+    fn referenced(&self, images: &[Digest], sets: &[PathBuf]) -> HashSet<PathBuf> {
         let mut keep = HashSet::new();
         let mut todo: Vec<Digest> = images.to_vec();
         while let Some(d) = todo.pop() {
@@ -371,7 +371,7 @@ impl ContentStore {
                 Err(_) => {}
             }
         }
-        Ok(keep)
+        keep
     }
 
     /// Delete blobs and trees not reachable from the manifests `images`,
@@ -379,11 +379,12 @@ impl ContentStore {
     /// `budget_bytes` (0 deletes everything unreferenced). Referenced
     /// content is never deleted, even over budget.
     pub fn gc(&self, images: &[Digest], budget_bytes: u64) -> Result<GcReport, StoreError> {
-        let keep = self.referenced(images)?;
+        let sets = self.tree_sets()?;
+        let keep = self.referenced(images, &sets);
         let mut items: Vec<(SystemTime, u64, PathBuf, bool)> = Vec::new();
         let mut total = 0u64;
         let mut kinds = vec![(self.root.join("blobs"), false)];
-        kinds.extend(self.tree_sets()?.into_iter().map(|t| (t, true)));
+        kinds.extend(sets.into_iter().map(|t| (t, true)));
         for (kind, is_tree) in kinds {
             for algo in ["sha256", "sha512"] {
                 let dir = kind.join(algo);
