@@ -310,5 +310,21 @@ pub fn is(e: &Event, type_name: &str) -> bool {
 impl Drop for World {
     fn drop(&mut self) {
         crate::runc::remove_leftovers(&self.runc_root(), self.dir.path());
+        remove_alias(&self.node_dir());
     }
+}
+
+/// Unmounts what the node with its state in `dir` mounted under its
+/// state dir's alias, and the alias (made when the instances' root could
+/// not pass a directory above `dir`; see `berth_node::userns`).
+pub fn remove_alias(dir: &Path) {
+    let Some(id) = std::fs::read_to_string(dir.join("node-id"))
+        .ok()
+        .and_then(|id| id.trim().parse().ok())
+    else {
+        return;
+    };
+    let alias = berth_node::userns::alias_of(&id);
+    crate::runc::remove_leftovers(&alias.join("agent").join("runc"), &alias);
+    let _ = std::fs::remove_dir(&alias);
 }

@@ -190,6 +190,7 @@ impl Drop for TwoMachines {
         remove_networks(&self.nodes, self.net.name(0));
         for node in &self.nodes {
             crate::runc::remove_leftovers(&node.dir.join("agent/runc"), &node.dir);
+            crate::node::remove_alias(&node.dir);
         }
         crate::runc::remove_leftovers(&self.data.join("node/agent/runc"), &self.data);
         // What a command a killed node had started made meanwhile goes too.

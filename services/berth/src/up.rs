@@ -360,8 +360,8 @@ async fn serve(
     let node_runs = v.only.is_none_or(|c| c == "node") && node_refused.is_none();
     let node_dir = v.options.node.state_dir(&config.data_dir);
     // Whether its instances' root is this machine's, for the summary.
-    let instances = node_runs
-        .then(|| berth_node::user_namespace_summary(v.options.node.user_namespace, &node_dir));
+    let instances =
+        node_runs.then(|| berth_node::userns::summary(v.options.node.user_namespace, &node_dir));
     let users = if given.is_none() && !berth_runtime::local_nats::any_answers(&config).await {
         let node = node_runs
             .then(|| berth_node::load_or_create_id(&node_dir))

@@ -75,6 +75,7 @@ impl Drop for Cleanup {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
         berth_tests::runc::remove_leftovers(&runc_root(&self.data), &self.data);
+        berth_tests::node::remove_alias(&self.data.join("node"));
         berth_tests::net::remove_network(
             &berth_tests::net::subnet_for(&self.data),
             Some(&self.data.join("node/agent/net")),

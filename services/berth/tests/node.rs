@@ -416,15 +416,21 @@ fn host_uid(runc_root: &Path, instance: &InstanceId) -> u32 {
 
 /// By default (`BERTH_NODE_USERNS=auto`) a node runs its instances in a
 /// user namespace, their root a host user from 1000000000, where the
-/// machine lets it; where a directory above its state dir bars that user,
-/// as the host's root, as before (and says so in its log).
+/// machine lets it: below a directory that bars that user (a checkout
+/// under /root), through its state dir's alias in /run/berth/nodes.
 #[tokio::test]
-async fn by_default_instances_run_in_a_user_namespace_where_the_state_dir_allows() {
-    for (mode, want) in [(0o711, 1_000_000_000), (0o700, 0)] {
+async fn by_default_instances_run_in_a_user_namespace_wherever_the_state_dir_is() {
+    for (mode, alias) in [(0o711, false), (0o700, true)] {
         let one = OneInstance::start_in(mode).await;
         assert_eq!(
             host_uid(&one.runc_root, &one.spec.instance),
-            want,
+            1_000_000_000,
+            "above it: {mode:o}"
+        );
+        let made = berth_node::userns::alias_of(&one.node);
+        assert_eq!(
+            made.exists() && made.join("node-id").exists(),
+            alias,
             "above it: {mode:o}"
         );
     }

@@ -40,12 +40,12 @@ pub mod health;
 pub mod preflight;
 mod report;
 mod sealed;
+pub mod userns;
 mod work;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use berth_agent::bundle::UserNamespace;
 use berth_agent::net::NetworkConfig;
 use berth_agent::{Agent, AgentConfig, Runc};
 use berth_domain::node::{self as rules, Capacity, Command};
@@ -101,95 +101,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
         path: path.to_owned(),
         source,
     }
-}
-
-/// The user namespace instances run in, as `mode` asks and this machine
-/// allows: `On` refuses to start a node that would fail every instance,
-/// `Auto` falls back to the host's root, saying why.
-fn user_namespace(mode: Userns, dir: &Path) -> Result<Option<UserNamespace>, NodeError> {
-    let (ns, required) = match mode {
-        Userns::Off => return Ok(None),
-        Userns::On(ns) => (ns, true),
-        Userns::Auto(ns) => (ns, false),
-    };
-    match userns_possible(ns, dir) {
-        Ok(()) => {
-            tracing::info!(
-                first_host_id = ns.host,
-                ids = ns.size,
-                "instances run in a user namespace: their root is an unprivileged user of this machine"
-            );
-            Ok(Some(ns))
-        }
-        Err(why) if required => Err(NodeError::Preflight(format!(
-            "BERTH_NODE_USERNS={}: {why}",
-            ns.host
-        ))),
-        Err(why) => {
-            tracing::warn!(reason = %why, "instances run as this machine's root (no user namespace); BERTH_NODE_USERNS=off runs them so without this warning");
-            Ok(None)
-        }
-    }
-}
-
-/// How a node with its state in `dir` will run its instances, as `mode`
-/// asks and this machine allows, in words (`berth up`'s summary; the node
-/// decides again as it starts).
-pub fn user_namespace_summary(mode: Userns, dir: &Path) -> String {
-    let ns = match mode {
-        Userns::Off => return "as this machine's root (BERTH_NODE_USERNS=off)".to_owned(),
-        Userns::On(ns) | Userns::Auto(ns) => ns,
-    };
-    match userns_possible(ns, dir) {
-        Ok(()) => format!(
-            "in a user namespace (root inside is uid {} outside)",
-            ns.host
-        ),
-        Err(why) if matches!(mode, Userns::On(_)) => format!("the node will not start: {why}"),
-        Err(why) => format!("as this machine's root: {why}"),
-    }
-}
-
-/// Whether instances can run in `ns` with the node's state in `dir`: this
-/// machine makes user namespaces, and every directory above `dir` lets
-/// the instances' root (host id `ns.host`) through to its rootfs, overlay
-/// dirs and the files bound into it. `dir` itself need not exist yet.
-fn userns_possible(ns: UserNamespace, dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let made = std::process::Command::new("unshare")
-        .args(["--user", "true"])
-        .stderr(std::process::Stdio::piped())
-        .output();
-    match made {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => {
-            return Err(format!(
-                "this machine does not make user namespaces (unshare --user: {})",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-        Err(e) => return Err(format!("unshare --user could not run: {e}")),
-    }
-    let parent = dir.parent().unwrap_or(Path::new("/"));
-    let parent = std::fs::canonicalize(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-    let full = parent.join(dir.file_name().unwrap_or_default());
-    for above in parent.ancestors() {
-        let m = std::fs::metadata(above).map_err(|e| format!("{}: {e}", above.display()))?;
-        let mode = m.mode();
-        let passes = mode & 0o001 != 0
-            || (m.gid() == ns.host && mode & 0o010 != 0)
-            || (m.uid() == ns.host && mode & 0o100 != 0);
-        if !passes {
-            return Err(format!(
-                "instances' root (host id {}) cannot pass through {} (mode {:o}) above the node's state dir {}: put the state dir (BERTH_DATA_DIR or BERTH_NODE_DIR) where every directory above is searchable, as under /var/lib, or chmod o+x that directory",
-                ns.host,
-                above.display(),
-                mode & 0o7777,
-                full.display()
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// The node's id, created in `dir/node-id` on the first start.
@@ -334,7 +245,7 @@ impl Node {
             return Ok(());
         }
 
-        let userns = user_namespace(self.opts.user_namespace, &dir)?;
+        let (userns, dir) = userns::decide(self.opts.user_namespace, &dir, &id)?;
         let mut content = ContentStore::open(dir.join("store"), VerifyPolicy::Size)?;
         if let Some(ns) = userns {
             berth_puller::searchable_by(&dir, ns.host).map_err(io(&dir))?;
@@ -800,56 +711,5 @@ mod tests {
         };
         let bytes = rmp_serde::to_vec_named(&w).unwrap();
         assert_eq!(rmp_serde::from_slice::<NodeWork>(&bytes).unwrap(), w);
-    }
-}
-
-#[cfg(test)]
-mod userns_tests {
-    #![allow(clippy::unwrap_used)]
-    use std::os::unix::fs::PermissionsExt;
-
-    use super::*;
-
-    const NS: UserNamespace = UserNamespace {
-        host: 1_000_000_000,
-        size: 65_536,
-    };
-
-    #[test]
-    fn a_state_dir_below_a_directory_the_instances_root_cannot_pass_is_refused() {
-        let top = tempfile::tempdir().unwrap();
-        let dir = top.path().join("data").join("node");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-        let why = userns_possible(NS, &dir).unwrap_err();
-        assert!(why.contains(&top.path().display().to_string()), "{why}");
-        assert!(matches!(
-            user_namespace(Userns::On(NS), &dir),
-            Err(NodeError::Preflight(_))
-        ));
-        assert_eq!(user_namespace(Userns::Auto(NS), &dir).unwrap(), None);
-        assert_eq!(user_namespace(Userns::Off, &dir).unwrap(), None);
-        // What `berth up` says, before the state dir exists.
-        let fresh = top.path().join("data").join("fresh");
-        let said = user_namespace_summary(Userns::Auto(NS), &fresh);
-        assert!(said.starts_with("as this machine's root: "), "{said}");
-        let said = user_namespace_summary(Userns::On(NS), &fresh);
-        assert!(said.starts_with("the node will not start: "), "{said}");
-
-        // Passable by everyone, or by the instances' root's group only.
-        std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-        assert_eq!(user_namespace(Userns::Auto(NS), &dir).unwrap(), Some(NS));
-        assert_eq!(
-            user_namespace_summary(Userns::Auto(NS), &fresh),
-            "in a user namespace (root inside is uid 1000000000 outside)"
-        );
-        assert_eq!(
-            user_namespace_summary(Userns::Off, &fresh),
-            "as this machine's root (BERTH_NODE_USERNS=off)"
-        );
-        std::os::unix::fs::chown(top.path(), None, Some(NS.host)).unwrap();
-        std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o710)).unwrap();
-        assert_eq!(user_namespace(Userns::On(NS), &dir).unwrap(), Some(NS));
-        assert_eq!(user_namespace(Userns::Off, &dir).unwrap(), None);
     }
 }

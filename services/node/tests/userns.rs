@@ -122,3 +122,87 @@ async fn an_instances_root_is_an_unprivileged_host_user_that_owns_its_image() {
 
     node.stop().await;
 }
+
+#[tokio::test]
+async fn a_state_dir_the_instances_root_cannot_reach_is_reached_through_its_alias() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::start().await;
+    // The state dir below a directory only the host's root passes, as a
+    // checkout under /root is.
+    std::fs::set_permissions(w.dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let ns = Userns::Auto(UserNamespace {
+        host: HOST,
+        size: berth_node::USERNS_IDS,
+    });
+    let with = |user_namespace| NodeOptions {
+        user_namespace,
+        ..support::options()
+    };
+
+    // A node that ran without a namespace (as every node there did
+    // before the alias) left an instance running, made at the state dir's
+    // own path.
+    let node = start_node_opts(&w, fast_checks(), Default::default(), with(Userns::Off)).await;
+    let (svc, dep) = support::service(&w, ServiceType::BackgroundWorker, None).await;
+    let old = spec(&w, &svc, &dep, "/bin/busybox sleep 600", None);
+    run(&w, &node.id, &old).await;
+    w.wait_events(&svc, Duration::from_secs(60), |ev| {
+        count_of(ev, &old.instance, "instance_started") == 1
+    })
+    .await;
+    node.stop().await;
+    let old_pid = support::container_pid(&w, &old.instance);
+    assert_eq!(host_ids(old_pid), (0, 0));
+
+    // Now in a namespace: the node reaches its state through the alias.
+    let node = start_node_opts(&w, fast_checks(), Default::default(), with(ns)).await;
+    let alias = berth_node::userns::alias_of(&node.id);
+    let (a, d) = (
+        std::fs::metadata(&alias).unwrap(),
+        std::fs::metadata(w.node_dir()).unwrap(),
+    );
+    assert_eq!(
+        (a.dev(), a.ino()),
+        (d.dev(), d.ino()),
+        "the alias shows the state dir"
+    );
+    let new = spec(&w, &svc, &dep, "/bin/busybox sleep 600", None);
+    run(&w, &node.id, &new).await;
+    w.wait_events(&svc, Duration::from_secs(60), |ev| {
+        count_of(ev, &new.instance, "instance_started") == 1
+    })
+    .await;
+    let new_pid = support::container_pid(&w, &new.instance);
+    assert_eq!(
+        host_ids(new_pid),
+        (HOST, HOST),
+        "the new instance is namespaced"
+    );
+    // The adopted one kept running as it was made, and stops cleanly.
+    assert_eq!(support::container_pid(&w, &old.instance), old_pid);
+    support::stop(&w, &node.id, &svc, &old.instance).await;
+    w.wait_events(&svc, Duration::from_secs(60), |ev| {
+        count_of(ev, &old.instance, "instance_stopped") == 1
+    })
+    .await;
+    let old_dir = format!("agent/instances/{}", old.instance.as_str());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while w.node_dir().join(&old_dir).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the stopped instance's dir stays"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A restarted node uses the alias it made (one mount, not two).
+    node.stop().await;
+    let node = start_node_opts(&w, fast_checks(), Default::default(), with(ns)).await;
+    let at_alias = berth_tests::runc::mounts_under(&alias)
+        .into_iter()
+        .filter(|m| std::path::Path::new(m) == alias)
+        .count();
+    assert_eq!(at_alias, 1);
+    assert_eq!(support::container_pid(&w, &new.instance), new_pid);
+    node.stop().await;
+}

@@ -198,6 +198,7 @@ impl Drop for World {
         remove_networks();
         for node in self.nodes() {
             berth_tests::runc::remove_leftovers(&self.runc_root(node), &self.node_dir(node));
+            berth_tests::node::remove_alias(&self.node_dir(node));
         }
         berth_tests::runc::remove_leftovers(&self.runc_root("node"), &self.data);
         // What a command a killed node had started (an `iptables` run
