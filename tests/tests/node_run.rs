@@ -4,7 +4,8 @@
 //! instance's output reaches the logs subject; a redelivered `RunInstance`
 //! does nothing new; `StopInstance` → InstanceStopped and no container
 //! left; a deleted image → ImagePullFailed `image_not_found` and nothing
-//! runs; a job its node's restart interrupted is not run again.
+//! runs; a job or cron run its node's restart interrupted is not run
+//! again.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -609,11 +610,124 @@ async fn an_interrupted_job_ends_failed_and_is_not_run_again() {
         "{end:?}"
     );
     assert_eq!(count(&events, "job_started"), 1, "{:?}", types(&events));
-    // Nothing ran, nothing was even pulled for it: no output, no
-    // container.
+    // Nothing ran, nothing was even pulled for it: no output but berth's
+    // line saying why, no container.
     assert_eq!(count(&events, "image_pulled"), 0, "{:?}", types(&events));
-    let ran = tokio::time::timeout(Duration::from_secs(2), logs.next()).await;
-    assert!(ran.is_err(), "the job ran again: {ran:?}");
+    let mut said = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), logs.next()).await {
+        said.push(serde_json::from_slice::<LogLine>(&m.payload).unwrap().line);
+    }
+    assert_eq!(said.len(), 1, "the job ran again: {said:?}");
+    assert!(
+        said[0].contains("its node restarted while it ran"),
+        "{said:?}"
+    );
+    assert!(agent::runc_list(&w.runc_root()).is_empty());
+    node.stop().await;
+}
+
+/// A cron run whose node went down while it ran (the agent's restart
+/// ended its container) is not run again when its work item comes back:
+/// it may have done part of its work. It ends failed, says why in the
+/// service's logs, and its command ran once.
+#[tokio::test]
+async fn an_interrupted_cron_run_ends_failed_and_is_not_run_again() {
+    use berth_domain::service::{Command, CreateService};
+    use berth_schemas::ids::{CronRunId, DeployId, ServiceId};
+    use berth_schemas::model::{ResolvedImage, Sealed, ServiceType};
+    let w = World::start().await;
+    let node = start_node(&w).await;
+    let (service, deploy) = (ServiceId::generate(), DeployId::generate());
+    let mut create = CreateService::new(
+        OwnerId::User(UserId::generate()),
+        &format!("cron-{}", &service.as_str()[4..12]),
+        ServiceType::CronJob,
+        &format!("{}/{}:v1", w.registry.host, node::REPO),
+        Sealed {
+            kid: "k".into(),
+            ciphertext: "x".into(),
+        },
+        deploy.clone(),
+    );
+    create.schedule = Some("0 0 1 1 *".into());
+    let image = ResolvedImage {
+        digest: w.digest.clone(),
+        index_digest: None,
+        compressed_size: 1,
+    };
+    let run = CronRunId::generate();
+    for command in [
+        Command::Create(Box::new(create)),
+        Command::RecordResolved {
+            deploy: deploy.clone(),
+            image,
+        },
+        Command::RecordUpdateStarted {
+            deploy: deploy.clone(),
+        },
+        Command::RecordLive {
+            deploy: deploy.clone(),
+            digest: w.digest.clone(),
+        },
+        Command::StartCronRun {
+            run: run.clone(),
+            manual: true,
+            scheduled_for: None,
+        },
+    ] {
+        w.command(&service, command).await;
+    }
+    let mut spec = w.spec("sh -c 'echo the-run-ran; exec sleep 600'").await;
+    spec.service = service.clone();
+    spec.deploy = deploy;
+    spec.port = None;
+    let mut logs = w.subscribe_logs(&service).await;
+    let work = NodeWork::RunOnce {
+        spec: spec.clone(),
+        timeout_secs: 600,
+        purpose: Some(OneOffPurpose::CronRun { run: run.clone() }),
+    };
+    w.enqueue(&node.id, &work, "cron-run").await;
+    let line = |m: async_nats::Message| -> String {
+        let l: LogLine = serde_json::from_slice(&m.payload).unwrap();
+        l.line
+    };
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(30), logs.next())
+            .await
+            .expect("the run's output within 30 s")
+            .unwrap();
+        if line(m) == "the-run-ran" {
+            break;
+        }
+    }
+
+    // The node goes down mid-run; the next one ends the container it
+    // finds and gets the work item again.
+    node.stop().await;
+    let node = start_node(&w).await;
+    let events = w
+        .wait_events(&service, Duration::from_secs(60), |e| {
+            count(e, "cron_job_run_ended") == 1
+        })
+        .await;
+    let Event::CronJobRunEnded(end) = &first(&events, "cron_job_run_ended").unwrap().event else {
+        unreachable!()
+    };
+    assert_eq!((end.run.clone(), end.status.as_str()), (run, "failed"));
+    let mut said = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), logs.next()).await {
+        said.push(line(m));
+    }
+    assert!(
+        !said.iter().any(|l| l == "the-run-ran"),
+        "the run ran again: {said:?}"
+    );
+    assert!(
+        said.iter()
+            .any(|l| l.contains("its node restarted while it ran")),
+        "{said:?}"
+    );
     assert!(agent::runc_list(&w.runc_root()).is_empty());
     node.stop().await;
 }

@@ -90,7 +90,10 @@ fn prune_done_in(
     let mut removed = 0;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(instance) = name.strip_suffix(".done").and_then(|i| i.parse().ok()) else {
+        let marker = name
+            .strip_suffix(".done")
+            .or_else(|| name.strip_suffix(".started"));
+        let Some(instance) = marker.and_then(|i| i.parse().ok()) else {
             continue;
         };
         let old = e
@@ -181,7 +184,19 @@ impl Reporter {
         self.dir.join(format!("{instance}.done")).exists()
     }
 
-    /// Removes the `.done` markers older than `kept` (one per instance
+    /// Marks that the one-off `instance` is being started here: a later
+    /// delivery of its work that finds it marked and not running knows the
+    /// node's restart ended it. Removed with the `.done` markers.
+    pub fn mark_started(&self, instance: &InstanceId) -> std::io::Result<()> {
+        std::fs::write(self.dir.join(format!("{instance}.started")), b"")
+    }
+
+    /// Whether the one-off `instance` was started here ([`Reporter::mark_started`]).
+    pub fn was_started(&self, instance: &InstanceId) -> bool {
+        self.dir.join(format!("{instance}.started")).exists()
+    }
+
+    /// Removes the `.done` (and one-offs' `.started`) markers older than `kept` (one per instance
     /// ever stopped here: without this they grow with the node's history),
     /// except those of instances in `running` (a stop begun before a
     /// restart is resumed by its marker). How many went.
@@ -510,14 +525,18 @@ mod tests {
     fn markers_of_instances_stopped_long_ago_go_unless_they_run() {
         let dir = tempfile::tempdir().unwrap();
         let week = Duration::from_secs(7 * 24 * 3600);
-        let marker = |age: Duration| {
+        let marker_of = |kind: &str, age: Duration| {
             let id = InstanceId::generate();
-            let path = dir.path().join(format!("{id}.done"));
+            let path = dir.path().join(format!("{id}.{kind}"));
             let f = std::fs::File::create(&path).unwrap();
             f.set_modified(SystemTime::now() - age).unwrap();
             (id, path)
         };
+        let marker = |age| marker_of("done", age);
         let (_, old) = marker(week + Duration::from_secs(60));
+        // A one-off's start marker goes the same way.
+        let (_, old_start) = marker_of("started", week + Duration::from_secs(60));
+        let (_, recent_start) = marker_of("started", week - Duration::from_secs(60));
         let (_, recent) = marker(week - Duration::from_secs(60));
         let (running, old_running) = marker(week * 2);
         // Not a marker: a placement of the same age stays.
@@ -527,9 +546,10 @@ mod tests {
             .set_modified(SystemTime::now() - week * 2)
             .unwrap();
         let keep: std::collections::HashSet<InstanceId> = [running].into();
-        assert_eq!(prune_done_in(dir.path(), week, &keep), 1);
-        assert!(!old.exists());
+        assert_eq!(prune_done_in(dir.path(), week, &keep), 2);
+        assert!(!old.exists() && !old_start.exists());
         assert!(recent.exists() && old_running.exists() && placement.exists());
+        assert!(recent_start.exists());
     }
 
     #[test]

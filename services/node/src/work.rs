@@ -36,7 +36,7 @@ use berth_puller::{unpack_image, Progress, PullRequest, Puller, UnpackOptions};
 use berth_runtime::node_key::NodeKeyPair;
 use berth_schemas::commands::{NodeRunSpec, NodeWork, OneOffPurpose};
 use berth_schemas::events::ImagePullProgressed;
-use berth_schemas::ids::{JobId, ServiceId};
+use berth_schemas::ids::ServiceId;
 
 use berth_schemas::model::{PullFailureReason, ServiceType};
 use berth_schemas::{AggregateId, Event};
@@ -148,13 +148,11 @@ impl WorkHandler for NodeHandler {
                     tracing::info!(instance.id = %spec.instance, "one-off already ran here");
                     return Ok(());
                 }
-                if let Some(OneOffPurpose::Job { job }) = &purpose {
-                    if self.job_interrupted(&spec, job).await? {
-                        return self
-                            .reporter
-                            .mark_done(&spec.instance)
-                            .map_err(|e| retry("recording the one-off's end", e));
-                    }
+                if self.interrupted(&spec, purpose.as_ref()).await? {
+                    return self
+                        .reporter
+                        .mark_done(&spec.instance)
+                        .map_err(|e| retry("recording the one-off's end", e));
                 }
                 // An item this node cannot open is refused before anything
                 // is pulled for it.
@@ -223,6 +221,11 @@ impl WorkHandler for NodeHandler {
                         )
                         .await
                         .map_err(|e| verdict("recording the job's start", e))?;
+                }
+                if let Some(OneOffPurpose::CronRun { .. }) = &purpose {
+                    self.reporter
+                        .mark_started(&spec.instance)
+                        .map_err(|e| retry("recording the cron run's start", e))?;
                 }
                 let mut s = self.instance_spec(&spec, image, env);
                 self.add_platform_env(&spec, state.config.as_ref(), &mut s);
@@ -308,28 +311,50 @@ impl NodeHandler {
         Ok(())
     }
 
-    /// Whether `job` was interrupted, which then ends failed (recorded
-    /// here) before its image is pulled: an earlier delivery started it
-    /// and never saw it end, as this node went down while it ran and the
-    /// agent's restart ended its container. It may have done part of its
-    /// work (half a migration), so it is not run a second time.
-    async fn job_interrupted(&self, spec: &NodeRunSpec, job: &JobId) -> Result<bool, WorkError> {
-        let state = self.service_state(&spec.service).await?;
-        let started = state
-            .jobs
-            .get(job)
-            .is_some_and(|j| j.status == service::JobStatus::Running);
-        if !started || self.agent.instances().contains(&spec.instance) {
+    /// Whether `spec`'s run began on this node before and was ended by the
+    /// node's restart (the agent ends the one-offs it finds as it starts):
+    /// a job (its start is in the log) or a cron run (its start is marked
+    /// here) is then not run a second time, as it may have done part of its
+    /// work. It ends failed, saying why, before its image is pulled.
+    async fn interrupted(
+        &self,
+        spec: &NodeRunSpec,
+        purpose: Option<&OneOffPurpose>,
+    ) -> Result<bool, WorkError> {
+        if self.agent.instances().contains(&spec.instance) {
             return Ok(false);
         }
-        tracing::warn!(instance.id = %spec.instance, job.id = %job, "job interrupted by a node restart; not run again");
-        let command = service::Command::RecordJobEnded {
-            job: job.clone(),
-            success: false,
-            exit_code: None,
-            reason: Some(JOB_INTERRUPTED.to_owned()),
+        let command = match purpose {
+            Some(OneOffPurpose::Job { job }) => {
+                let state = self.service_state(&spec.service).await?;
+                let started = state
+                    .jobs
+                    .get(job)
+                    .is_some_and(|j| j.status == service::JobStatus::Running);
+                if !started {
+                    return Ok(false);
+                }
+                service::Command::RecordJobEnded {
+                    job: job.clone(),
+                    success: false,
+                    exit_code: None,
+                    reason: Some(RUN_INTERRUPTED.to_owned()),
+                }
+            }
+            Some(OneOffPurpose::CronRun { run }) if self.reporter.was_started(&spec.instance) => {
+                service::Command::RecordCronRunEnded {
+                    run: run.clone(),
+                    status: "failed".to_owned(),
+                    exit_code: None,
+                }
+            }
+            _ => return Ok(false),
         };
-        self.record_end(spec, command, "recording the job's end")
+        tracing::warn!(service.id = %spec.service, instance.id = %spec.instance, "run interrupted by a node restart; not run again");
+        self.reporter
+            .say(&spec.service, &spec.instance, RUN_INTERRUPTED)
+            .await;
+        self.record_end(spec, command, "recording the interrupted run's end")
             .await?;
         Ok(true)
     }
@@ -761,8 +786,9 @@ fn free_port(
         .find(|p| std::net::TcpListener::bind(("0.0.0.0", *p)).is_ok())
 }
 
-/// Why a job found started by an earlier delivery of its work ends.
-pub const JOB_INTERRUPTED: &str =
+/// Why a job or cron run found started by an earlier delivery of its
+/// work ends.
+pub const RUN_INTERRUPTED: &str =
     "interrupted: its node restarted while it ran; not run again, as it may have done part of its work";
 
 /// The service command a one-off's end becomes.
