@@ -388,6 +388,7 @@ impl TimelineEvent {
         let key = match self.kind.as_str() {
             "deploy_ended" => "finalStatus",
             "cron_job_run_ended" => "runStatus",
+            "job_run_ended" => "status",
             _ => return None,
         };
         self.details.get(key).and_then(Value::as_str)
@@ -399,6 +400,7 @@ impl TimelineEvent {
         match self.kind.as_str() {
             "deploy_ended" => matches!(self.outcome(), Some("update_failed" | "pre_deploy_failed")),
             "cron_job_run_ended" => matches!(self.outcome(), Some("failed" | "timed_out")),
+            "job_run_ended" => self.outcome() == Some("failed"),
             "image_pull_failed" | "server_failed" => true,
             _ => false,
         }
@@ -409,7 +411,8 @@ impl TimelineEvent {
     pub fn is_notable(&self) -> bool {
         self.is_failure()
             || self.kind == "deploy_ended"
-            || (self.kind == "cron_job_run_ended" && self.outcome() == Some("succeeded"))
+            || (matches!(self.kind.as_str(), "cron_job_run_ended" | "job_run_ended")
+                && self.outcome() == Some("succeeded"))
     }
 }
 

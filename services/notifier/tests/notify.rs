@@ -12,9 +12,9 @@ use berth_notifier::notify::delivery_id;
 use berth_notifier::settings::Channel;
 use berth_notifier::NotifierOptions;
 use berth_schemas::events::{
-    CronJobRunEnded, DeployFailed, DeployLive, DeployStarted, ImagePullFailed,
+    CronJobRunEnded, DeployFailed, DeployLive, DeployStarted, ImagePullFailed, JobEnded,
 };
-use berth_schemas::ids::{CronRunId, DeployId};
+use berth_schemas::ids::{CronRunId, DeployId, JobId};
 use berth_schemas::model::{DeployStatus, NotifySetting, PullFailureReason};
 use berth_schemas::Event;
 
@@ -194,7 +194,8 @@ async fn settings_none_failure_all_and_the_override_wins() -> Result<()> {
     let none_owner = owner(store, key, NotifySetting::None, &ch).await?;
     let all_owner = owner(store, key, NotifySetting::All, &ch).await?;
 
-    // (owner, override) → which of (live, failed, cron failed, cron ok) notify.
+    // (owner, override) → which of (live, failed, cron failed, cron ok,
+    // job failed, job ok; a canceled job never) notify.
     let cases = [
         (&failure_owner, None, "F-default"),
         (&failure_owner, Some(NotifySetting::All), "F-all"),
@@ -219,13 +220,21 @@ async fn settings_none_failure_all_and_the_override_wins() -> Result<()> {
         });
         match effective {
             NotifySetting::All => {
-                for t in ["live", "update_failed", "cron_failed", "cron_succeeded"] {
+                for t in [
+                    "live",
+                    "update_failed",
+                    "cron_failed",
+                    "cron_succeeded",
+                    "job_failed",
+                    "job_succeeded",
+                ] {
                     expected.insert((name, t));
                 }
             }
             NotifySetting::Failure => {
                 expected.insert((name, "update_failed"));
                 expected.insert((name, "cron_failed"));
+                expected.insert((name, "job_failed"));
             }
             NotifySetting::None => {}
         }
@@ -242,11 +251,28 @@ async fn settings_none_failure_all_and_the_override_wins() -> Result<()> {
             }
             .into()
         };
+        let job = |status: &str| -> Event {
+            JobEnded {
+                job: JobId::generate(),
+                status: status.to_owned(),
+                exit_code: None,
+                reason: (status == "failed").then(|| "out of memory".to_owned()),
+            }
+            .into()
+        };
         append(
             store,
             svc,
             *v,
-            vec![live(&d1), failed(&d2), cron("failed"), cron("succeeded")],
+            vec![
+                live(&d1),
+                failed(&d2),
+                cron("failed"),
+                cron("succeeded"),
+                job("failed"),
+                job("succeeded"),
+                job("canceled"),
+            ],
         )
         .await?;
     }
@@ -270,6 +296,7 @@ async fn settings_none_failure_all_and_the_override_wins() -> Result<()> {
             let status = details["finalStatus"]
                 .as_str()
                 .or_else(|| details["runStatus"].as_str())
+                .or_else(|| details["status"].as_str())
                 .unwrap()
                 .to_owned();
             let what = match (body["type"].as_str().unwrap(), status.as_str()) {
@@ -277,6 +304,8 @@ async fn settings_none_failure_all_and_the_override_wins() -> Result<()> {
                 ("deploy_ended", "update_failed") => "update_failed",
                 ("cron_job_run_ended", "failed") => "cron_failed",
                 ("cron_job_run_ended", "succeeded") => "cron_succeeded",
+                ("job_run_ended", "failed") => "job_failed",
+                ("job_run_ended", "succeeded") => "job_succeeded",
                 other => panic!("unexpected notification {other:?}"),
             };
             (name, what)
