@@ -111,6 +111,8 @@ fn reach(ns: UserNamespace, dir: &Path, alias: &Path) -> Result<PathBuf, String>
     let dir = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     if shows(alias, &dir) {
         passable(ns, alias)?;
+        // As made, should a crash have come between the bind and this.
+        settle(&dir, alias)?;
         return Ok(alias.to_owned());
     }
     let blocked = match passable(ns, &dir) {
@@ -204,18 +206,26 @@ fn make_alias(dir: &Path, alias: &Path) -> Result<(), String> {
             alias.display()
         )
     })?;
+    settle(dir, alias).inspect_err(|_| {
+        let _ = umount2(alias, MntFlags::MNT_DETACH);
+    })
+}
+
+/// Makes the alias private and moves berth's mounts under `dir` to it
+/// (see [`make_alias`]); a no-op on an alias already so.
+fn settle(dir: &Path, alias: &Path) -> Result<(), String> {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
     // Private before the originals go: a shared alias would take their
     // unmounting along.
-    if let Err(e) = mount(
+    let none: Option<&str> = None;
+    mount(
         none,
         alias,
         none,
         MsFlags::MS_PRIVATE | MsFlags::MS_REC,
         none,
-    ) {
-        let _ = umount2(alias, MntFlags::MNT_DETACH);
-        return Err(format!("making {} private: {e}", alias.display()));
-    }
+    )
+    .map_err(|e| format!("making {} private: {e}", alias.display()))?;
     for (at, fstype) in mounts().into_iter().rev() {
         if at.starts_with(dir) && at != dir && matches!(fstype.as_str(), "overlay" | "nsfs") {
             if let Err(e) = umount2(&at, MntFlags::MNT_DETACH) {
@@ -367,33 +377,35 @@ mod tests {
         let _cleanup = Mounts(top_path.clone());
         let dir = top_path.join("node");
         let image = top_path.join("image");
-        let instance = dir.join("agent/instances/ins-x");
-        for d in [
-            &image,
-            &instance.join("upper"),
-            &instance.join("work"),
-            &instance.join("rootfs"),
-            &dir.join("store"),
-        ] {
+        for d in [&image, &dir.join("store")] {
             std::fs::create_dir_all(d).unwrap();
         }
         std::fs::write(image.join("file"), "from the image").unwrap();
         let none: Option<&str> = None;
-        let options = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            image.display(),
-            instance.join("upper").display(),
-            instance.join("work").display()
-        );
-        // An instance's overlay on the host, and a disk of the operator's.
-        mount(
-            Some("overlay"),
-            &instance.join("rootfs"),
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(options.as_str()),
-        )
-        .unwrap();
+        // An instance's overlay of the image on the host, as an agent
+        // without a user namespace mounts it.
+        let overlay = |instance: &Path| {
+            for d in ["upper", "work", "rootfs"] {
+                std::fs::create_dir_all(instance.join(d)).unwrap();
+            }
+            let options = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                image.display(),
+                instance.join("upper").display(),
+                instance.join("work").display()
+            );
+            mount(
+                Some("overlay"),
+                &instance.join("rootfs"),
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(options.as_str()),
+            )
+            .unwrap();
+        };
+        // One such overlay, and a disk of the operator's.
+        let instance = dir.join("agent/instances/ins-x");
+        overlay(&instance);
         mount(
             Some("tmpfs"),
             &dir.join("store"),
@@ -432,6 +444,24 @@ mod tests {
         make_alias(&dir, &alias).unwrap();
         assert_eq!(at(&alias), 1);
         assert!(shows(&alias, &dir));
+
+        // A node that died between the bind and the rest: the next start
+        // finishes the alias it finds.
+        let again = dir.join("agent/instances/ins-y");
+        overlay(&again);
+        let crashed = top_path.join("crashed");
+        std::fs::create_dir(&crashed).unwrap();
+        mount(
+            Some(&dir),
+            &crashed,
+            none,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            none,
+        )
+        .unwrap();
+        assert_eq!(reach(NS, &dir, &crashed).unwrap(), crashed);
+        assert_eq!(at(&again.join("rootfs")), 0);
+        assert_eq!(at(&crashed.join("agent/instances/ins-y/rootfs")), 1);
 
         // The alias of a state dir since deleted is swept; others stay.
         let aliases = top_path.join("aliases");
