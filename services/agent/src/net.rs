@@ -2258,7 +2258,7 @@ mod tests {
             .find_map(|l| l.strip_suffix("\tdb")?.parse::<Ipv4Addr>().ok())
             .unwrap();
         assert!(cni.cfg.services.contains(vip));
-        assert!(!hosts(&b).contains("db"), "{}", hosts(&b));
+        assert!(!hosts(&b).contains("\tdb\n"), "{}", hosts(&b));
         let a_chain = cni.group_svc_chain("own-a");
         let into_a: Vec<String> = net
             .chain("nat", &svc)
@@ -2308,7 +2308,7 @@ mod tests {
         assert!(hosts(&a).contains(&format!("{vip}\tdb\n")));
         // Gone elsewhere: the name, the rules and the chain go.
         cni.set_directory(Directory::default()).await.unwrap();
-        assert!(!hosts(&a).contains("db"), "{}", hosts(&a));
+        assert!(!hosts(&a).contains("\tdb\n"), "{}", hosts(&a));
         assert_eq!(net.chain("nat", &svc).unwrap(), Vec::<String>::new());
         assert_eq!(
             net.chain("nat", &a_chain),
