@@ -542,6 +542,11 @@ events! {
         /// files after the crash backoff.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub disk_written_mib: Option<u64>,
+        /// With `disk_written_mib`: the node's limit on what an instance
+        /// may write, in MiB, which it went over (it was killed for that,
+        /// not for the node's disk running low).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub disk_limit_mib: Option<u64>,
     }
     /// The instance was restarted in place by the agent.
     ServerRestarted = "server_restarted" v 1 {

@@ -256,6 +256,7 @@ pub fn test_options(name: &str, cpu_millis: u32, memory_mib: u32) -> berth_node:
             ..berth_oci::ClientConfig::default()
         },
         min_free_disk: 1 << 30,
+        instance_disk_limit: 0,
         done_kept: berth_node::DONE_KEPT,
         services_url: Some("http://services.test".into()),
         log_rate: berth_agent::logs::LogRate::default(),

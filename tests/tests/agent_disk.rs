@@ -3,12 +3,14 @@
 //! bound is killed once the free space falls below the reserve, what it
 //! wrote is removed (the space is free again), and it starts again from
 //! the image's files; an instance that wrote little runs on untouched.
+//! With a per-instance limit, an instance writing past it is killed the
+//! same way, whatever the node's free space.
 
 use std::path::Path;
 use std::time::Duration;
 
 use berth_agent::disk;
-use berth_agent::{AgentEvent, OneOffOutcome};
+use berth_agent::{AgentEvent, InstanceSpec, OneOffOutcome};
 use berth_tests::agent::{busybox_image, collect_logs, default_config, nth_line, spec, Node};
 use berth_tests::tmpfs::{Tmpfs, WRITER};
 
@@ -47,6 +49,28 @@ impl SmallDisk {
     }
 }
 
+/// Starts `quiet`, then `writer` (its logs followed); the first exit.
+async fn quiet_and_writer(
+    node: &mut Node,
+    quiet: InstanceSpec,
+    writer: InstanceSpec,
+) -> (
+    InstanceSpec,
+    InstanceSpec,
+    async_nats::Subscriber,
+    AgentEvent,
+) {
+    node.agent.run_instance(quiet.clone()).await.unwrap();
+    let logs = node.logs(&writer).await;
+    node.agent.run_instance(writer.clone()).await.unwrap();
+    let exited = node
+        .event(Duration::from_secs(30), |e| {
+            matches!(e, AgentEvent::Exited { .. })
+        })
+        .await;
+    (quiet, writer, logs, exited)
+}
+
 #[tokio::test]
 async fn an_instance_filling_the_disk_is_killed_and_its_writes_removed() {
     let mut small = SmallDisk::start().await;
@@ -55,26 +79,23 @@ async fn an_instance_filling_the_disk_is_killed_and_its_writes_removed() {
     let image = node.image(&busybox_image(default_config())).await;
     let empty = free_mib(&disk_dir);
 
-    let quiet = spec(&image, "sh -c 'echo small > /small; sleep 600'");
-    node.agent.run_instance(quiet.clone()).await.unwrap();
-    let writer = spec(&image, WRITER);
-    let mut logs = node.logs(&writer).await;
-    node.agent.run_instance(writer.clone()).await.unwrap();
-
-    let exited = node
-        .event(Duration::from_secs(30), |e| {
-            matches!(e, AgentEvent::Exited { .. })
-        })
-        .await;
+    let (quiet, writer, mut logs, exited) = quiet_and_writer(
+        node,
+        spec(&image, "sh -c 'echo small > /small; sleep 600'"),
+        spec(&image, WRITER),
+    )
+    .await;
     let AgentEvent::Exited {
         instance,
         disk_written,
+        disk_limit,
         restarted,
         ..
     } = exited
     else {
         unreachable!()
     };
+    assert_eq!(disk_limit, None, "killed for the node's disk, not a limit");
     assert_eq!(
         instance, writer.instance,
         "the writer goes, not the quiet one"
@@ -132,10 +153,96 @@ async fn a_run_filling_the_disk_is_killed_and_fails() {
         .run_once(spec(&image, WRITER), Duration::from_secs(30))
         .await
         .unwrap();
-    let OneOffOutcome::FilledDisk { written } = out else {
+    let OneOffOutcome::FilledDisk {
+        written,
+        limit: None,
+    } = out
+    else {
         panic!("{out:?}");
     };
     assert!(written >= (empty - RESERVE_MIB - 8) << 20, "{written}");
     let after = free_mib(small.disk.path());
     assert!(after + 4 >= empty, "{after} MiB free after, {empty} before");
+}
+
+const LIMIT_MIB: u64 = 8;
+
+/// A node whose instances may each write 8 MiB, measured every 100 ms,
+/// on a disk with room to spare.
+async fn limited() -> Node {
+    Node::start_tuned(|c| {
+        c.instance_disk_limit = LIMIT_MIB << 20;
+        c.disk_limit_check = Duration::from_millis(100);
+    })
+    .await
+}
+
+/// Writes 16 MiB (twice the limit), says so, and waits.
+const OVER: &str =
+    "sh -c 'echo writing; dd if=/dev/zero of=/big bs=1M count=16 2>/dev/null; echo written; sleep 600'";
+
+#[tokio::test]
+async fn an_instance_writing_past_the_limit_is_killed_and_starts_again_from_its_image() {
+    let mut node = limited().await;
+    let image = node.image(&busybox_image(default_config())).await;
+    // Under the limit: untouched.
+    let (quiet, writer, mut logs, exited) = quiet_and_writer(
+        &mut node,
+        spec(
+            &image,
+            "sh -c 'dd if=/dev/zero of=/some bs=1M count=2 2>/dev/null; sleep 600'",
+        ),
+        spec(&image, OVER),
+    )
+    .await;
+    let AgentEvent::Exited {
+        instance,
+        disk_written,
+        disk_limit,
+        ..
+    } = exited
+    else {
+        unreachable!()
+    };
+    assert_eq!(instance, writer.instance);
+    assert_eq!(disk_limit, Some(LIMIT_MIB << 20));
+    let written = disk_written.expect("killed for what it wrote");
+    assert!(written > LIMIT_MIB << 20, "{} MiB", written >> 20);
+    // It starts again, from the image's files: it writes again.
+    node.event(Duration::from_secs(20), |e| {
+        matches!(e, AgentEvent::Started { instance, restarts: 1, .. } if *instance == writer.instance)
+    })
+    .await;
+    let said = collect_logs(&mut logs, Duration::from_secs(20), nth_line("writing", 2)).await;
+    assert_eq!(
+        said.iter().filter(|l| l.line == "writing").count(),
+        2,
+        "{:?}",
+        said.iter().map(|l| &l.line).collect::<Vec<_>>()
+    );
+    node.agent.stop_instance(&writer.instance).await.unwrap();
+    while let Ok(e) = node.events.try_recv() {
+        if let AgentEvent::Exited { instance, .. } = &e {
+            assert_ne!(*instance, quiet.instance, "{e:?}");
+        }
+    }
+    assert_eq!(node.agent.instances(), vec![quiet.instance.clone()]);
+    node.agent.stop_instance(&quiet.instance).await.unwrap();
+}
+
+/// A run (a cron run, a job) writing past the limit fails saying so.
+#[tokio::test]
+async fn a_run_writing_past_the_limit_fails() {
+    let node = limited().await;
+    let image = node.image(&busybox_image(default_config())).await;
+    let out = node
+        .agent
+        .run_once(spec(&image, OVER), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let OneOffOutcome::FilledDisk { written, limit } = out else {
+        panic!("{out:?}");
+    };
+    assert_eq!(limit, Some(LIMIT_MIB << 20));
+    assert!(written > LIMIT_MIB << 20, "{written}");
 }

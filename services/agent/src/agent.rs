@@ -69,6 +69,13 @@ pub struct AgentConfig {
     pub disk_reserve: u64,
     /// How often that free space is read.
     pub disk_check: Duration,
+    /// The most an instance or one-off run may write to its filesystem:
+    /// over it, it is killed and its writes removed, as when the node's
+    /// disk runs low ([`crate::disk`]); 0: no limit.
+    pub instance_disk_limit: u64,
+    /// How often every instance's writes are measured against that limit
+    /// (a walk over every file they made).
+    pub disk_limit_check: Duration,
     /// Run instances in a user namespace with these ids (their root is an
     /// unprivileged user of the host); `None`: uid 0 inside is uid 0 on
     /// the host. The images' trees must be owned for the same ids.
@@ -91,6 +98,8 @@ impl AgentConfig {
             log_rate: crate::logs::LogRate::default(),
             disk_reserve: 0,
             disk_check: Duration::from_secs(1),
+            instance_disk_limit: 0,
+            disk_limit_check: Duration::from_secs(10),
             user_namespace: None,
         }
     }
@@ -128,10 +137,14 @@ pub enum OneOffOutcome {
     /// The timeout passed and it was stopped.
     TimedOut(StopOutcome),
     /// Killed when the node's disk ran low, as the run or instance that had
-    /// written the most to its filesystem (`written` bytes, removed).
+    /// written the most to its filesystem (`written` bytes, removed), or
+    /// for writing more than `limit`.
     FilledDisk {
         /// What it had written, in bytes.
         written: u64,
+        /// The limit it went over, in bytes; `None`: killed for the
+        /// node's disk.
+        limit: Option<u64>,
     },
 }
 
@@ -183,6 +196,11 @@ pub enum AgentEvent {
         /// instance that had written the most to its filesystem: the bytes
         /// it had written (gone now).
         disk_written: Option<u64>,
+        /// With `disk_written`: the limit it went over, in bytes (killed
+        /// for writing more than an instance may, whatever the node's
+        /// free space); `None`: killed for the node's disk.
+        #[serde(default)]
+        disk_limit: Option<u64>,
         /// How long it ran.
         ran: Duration,
         /// When.
@@ -418,6 +436,13 @@ impl Agent {
                 .tracker
                 .spawn(async move { crate::disk::keep_free(&me.inner).await });
         }
+        if agent.inner.cfg.instance_disk_limit > 0 {
+            let me = agent.clone();
+            agent
+                .inner
+                .tracker
+                .spawn(async move { crate::disk::keep_within(&me.inner).await });
+        }
         if let Some(every) = agent.inner.cfg.usage_interval {
             let me = agent.clone();
             agent
@@ -473,8 +498,12 @@ impl Agent {
             // command coped) ended as it says.
             Ok(Ended::Exited {
                 disk_written: Some(written),
+                disk_limit,
                 ..
-            }) => Ok(OneOffOutcome::FilledDisk { written }),
+            }) => Ok(OneOffOutcome::FilledDisk {
+                written,
+                limit: disk_limit,
+            }),
             Ok(Ended::Exited {
                 status,
                 oom_killed: true,
@@ -908,6 +937,7 @@ impl Agent {
                         memory_limit_mib,
                         restarted: false,
                         disk_written: None,
+                        disk_limit: None,
                         ran: Duration::ZERO,
                         at: Utc::now(),
                     });

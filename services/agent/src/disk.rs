@@ -12,16 +12,26 @@
 //! free little): the node says so in its log instead, and walks the
 //! instances' files again only after a minute or once the free space
 //! fell by what would be worth a kill.
+//!
+//! A node may also limit what each instance writes, whatever its free
+//! space (as a Kubernetes `ephemeral-storage` limit does): every few
+//! seconds each instance's writes are measured, and one over the limit is
+//! killed the same way. Between two measures an instance may write past
+//! the limit; the node's reserve still bounds what that can take.
 
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use berth_schemas::ids::InstanceId;
 
 use std::sync::atomic::Ordering;
 
 use crate::agent::Inner;
 use crate::bundle::InstanceDir;
+use crate::supervise::Asks;
 
 /// Bytes free for unprivileged writers on the filesystem of `path`
 /// (what an instance's writes can still use).
@@ -118,6 +128,52 @@ pub fn choose<T>(written: impl IntoIterator<Item = (T, u64)>, reserve: u64) -> O
         .filter(|(_, w)| *w >= worth_evicting(reserve))
 }
 
+/// Every supervised instance or run with what it has written (a walk
+/// over their files, off the async threads).
+async fn measure(inner: &Inner) -> Vec<((InstanceId, Arc<Asks>), u64)> {
+    let candidates = inner.asks();
+    let dirs: Vec<InstanceDir> = candidates.iter().map(|(i, _)| inner.dir(i)).collect();
+    let sizes = tokio::task::spawn_blocking(move || dirs.iter().map(written).collect::<Vec<u64>>())
+        .await
+        .unwrap_or_default();
+    candidates.into_iter().zip(sizes).collect()
+}
+
+/// Those among `(what, bytes written)` that wrote more than `limit`.
+pub fn over_limit<T>(written: impl IntoIterator<Item = (T, u64)>, limit: u64) -> Vec<(T, u64)> {
+    written.into_iter().filter(|(_, w)| *w > limit).collect()
+}
+
+/// Kills every instance or one-off run that wrote more than the node's
+/// per-instance limit, measured every `disk_limit_check` (the loop the
+/// agent runs while it lives, when a limit is set).
+pub(crate) async fn keep_within(inner: &Inner) {
+    let limit = inner.cfg.instance_disk_limit;
+    let mut tick = tokio::time::interval(inner.cfg.disk_limit_check);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = inner.detach.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for ((instance, asks), written) in over_limit(measure(inner).await, limit) {
+            // Asked already (for this or for the node's disk).
+            if asks.written.load(Ordering::Relaxed) != 0 {
+                continue;
+            }
+            tracing::warn!(
+                %instance,
+                written_mib = written >> 20,
+                limit_mib = limit >> 20,
+                "killing an instance that wrote more than an instance may to its filesystem"
+            );
+            asks.limit.store(limit, Ordering::Relaxed);
+            asks.written.store(written, Ordering::Relaxed);
+            asks.evict.notify_one();
+        }
+    }
+}
+
 /// Keeps the configured reserve free on the instances' filesystem by
 /// killing, one at a time, the instance or one-off run that wrote the most
 /// (the loop the agent runs while it lives).
@@ -147,13 +203,7 @@ pub(crate) async fn keep_free(inner: &Inner) {
         if inner.disk_kill_pending() {
             continue;
         }
-        let candidates = inner.asks();
-        let dirs: Vec<InstanceDir> = candidates.iter().map(|(i, _)| inner.dir(i)).collect();
-        let sizes =
-            tokio::task::spawn_blocking(move || dirs.iter().map(written).collect::<Vec<u64>>())
-                .await
-                .unwrap_or_default();
-        match choose(candidates.into_iter().zip(sizes), reserve) {
+        match choose(measure(inner).await, reserve) {
             Some(((instance, asks), written)) => {
                 tracing::warn!(
                     %instance,
@@ -185,6 +235,16 @@ pub(crate) async fn keep_free(inner: &Inner) {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn every_writer_over_the_limit_is_found() {
+        let limit = 10 << 20;
+        assert_eq!(
+            over_limit([("a", limit), ("b", limit + 1), ("c", 3 * limit)], limit),
+            vec![("b", limit + 1), ("c", 3 * limit)]
+        );
+        assert!(over_limit(Vec::<(&str, u64)>::new(), limit).is_empty());
+    }
 
     #[test]
     fn the_largest_writer_is_chosen_when_it_wrote_enough() {

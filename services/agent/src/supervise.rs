@@ -38,6 +38,8 @@ pub(crate) enum Ended {
         /// Killed for filling the node's disk, having written this many
         /// bytes.
         disk_written: Option<u64>,
+        /// With `disk_written`: the limit it went over, in bytes.
+        disk_limit: Option<u64>,
     },
     /// Stopped on request.
     Stopped(StopOutcome),
@@ -58,6 +60,9 @@ pub(crate) struct Asks {
     /// The bytes it had written when `evict` was asked; 0 when no eviction
     /// is pending (a stale `evict` permit is then ignored).
     pub written: AtomicU64,
+    /// The limit it went over when `evict` was asked for that; 0 when it
+    /// was asked for the node's disk.
+    pub limit: AtomicU64,
 }
 
 /// Why a run of an instance ended.
@@ -67,8 +72,9 @@ enum RunEnd {
     Exited,
     /// Stopped to be started again at once.
     Restarted,
-    /// Killed for filling the node's disk, having written this many bytes.
-    Evicted(u64),
+    /// Killed for what it had written (bytes), over the node's disk or
+    /// over a limit (bytes).
+    Evicted { written: u64, limit: Option<u64> },
 }
 
 /// A process the supervisor watches.
@@ -616,8 +622,9 @@ pub(crate) async fn supervise(
                     if written == 0 {
                         continue;
                     }
+                    let limit = Some(asks.limit.swap(0, Ordering::Relaxed)).filter(|l| *l > 0);
                     let status = kill_container(inner, &id, exit.as_mut()).await;
-                    break (status, RunEnd::Evicted(written));
+                    break (status, RunEnd::Evicted { written, limit });
                 }
                 _ = asks.restart.notified(), if kind == Kind::Service => {
                     let outcome = stop_container(inner, &id, &spec, run.pid, exit.as_mut()).await;
@@ -632,7 +639,7 @@ pub(crate) async fn supervise(
         // Killed by the node, whatever the counter says.
         let (oom_killed, memory_limit_mib) = match why {
             RunEnd::Exited => inner.out_of_memory(&spec),
-            RunEnd::Restarted | RunEnd::Evicted(_) => (false, None),
+            RunEnd::Restarted | RunEnd::Evicted { .. } => (false, None),
         };
         if let Err(e) = inner.runtime.delete(&id).await {
             tracing::warn!(instance = %id, error = %e, "runc delete after exit failed");
@@ -647,9 +654,10 @@ pub(crate) async fn supervise(
             discard_now(inner, &spec).await;
         }
         asks.written.store(0, Ordering::Relaxed);
-        let disk_written = match why {
-            RunEnd::Evicted(written) => Some(written),
-            RunEnd::Exited | RunEnd::Restarted => None,
+        asks.limit.store(0, Ordering::Relaxed);
+        let (disk_written, disk_limit) = match why {
+            RunEnd::Evicted { written, limit } => (Some(written), limit),
+            RunEnd::Exited | RunEnd::Restarted => (None, None),
         };
         if oom_killed {
             tracing::warn!(instance = %id, "out of memory: killed for going over its memory limit");
@@ -662,6 +670,7 @@ pub(crate) async fn supervise(
             memory_limit_mib,
             restarted: in_place,
             disk_written,
+            disk_limit,
             ran,
             at: Utc::now(),
         });
@@ -678,6 +687,7 @@ pub(crate) async fn supervise(
                 status,
                 oom_killed,
                 disk_written,
+                disk_limit,
             };
         }
         let d = policy.next(delay, ran);

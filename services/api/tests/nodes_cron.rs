@@ -193,6 +193,7 @@ async fn an_instance_exit_shows_in_the_listing_and_on_the_timeline() {
         memory_limit_mib: None,
         restarted: false,
         disk_written_mib: None,
+        disk_limit_mib: None,
     };
     record(
         &app,

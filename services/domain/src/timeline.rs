@@ -276,6 +276,7 @@ impl TimelineEvent {
                     "signal": e.signal,
                     "outOfMemory": e.oom_killed,
                     "diskWrittenMib": e.disk_written_mib,
+                    "diskLimitMib": e.disk_limit_mib,
                     "message": crate::service::instances::exit_message(e),
                 }),
             ),
@@ -547,6 +548,7 @@ fn details_schemas() -> Vec<(&'static str, Vec<DetailField>)> {
                 ("signal", int(), false),
                 ("outOfMemory", bool_(), true),
                 ("diskWrittenMib", int(), false),
+                ("diskLimitMib", int(), false),
                 ("message", s(), true),
             ],
         ),
@@ -1257,6 +1259,7 @@ mod tests {
                     memory_limit_mib: oom_killed.then_some(512),
                     restarted,
                     disk_written_mib: None,
+                    disk_limit_mib: None,
                 }
                 .into(),
             );
@@ -1303,6 +1306,7 @@ mod tests {
                 memory_limit_mib: None,
                 restarted: false,
                 disk_written_mib: Some(812),
+                disk_limit_mib: None,
             }
             .into(),
         );
@@ -1406,6 +1410,7 @@ mod tests {
                 memory_limit_mib: Some(512),
                 restarted: false,
                 disk_written_mib: None,
+                disk_limit_mib: None,
             }
             .into(),
             berth_schemas::events::InstanceExited {
@@ -1416,6 +1421,7 @@ mod tests {
                 memory_limit_mib: None,
                 restarted: false,
                 disk_written_mib: None,
+                disk_limit_mib: None,
             }
             .into(),
             berth_schemas::events::InstancePortDetected {

@@ -183,6 +183,13 @@ pub struct NodeArgs {
     #[arg(long, env = "BERTH_NODE_MIN_FREE_DISK_MIB", default_value_t = 1024)]
     pub node_min_free_disk_mib: u64,
 
+    /// MiB an instance (or a pre-deploy command, cron run or job) may
+    /// write to its filesystem, whatever the node's free space: measured
+    /// every 10 s, one over it is killed, its writes removed, and it
+    /// starts again from the image's files (a run fails). 0: no limit.
+    #[arg(long, env = "BERTH_NODE_INSTANCE_DISK_MIB", default_value_t = 0)]
+    pub node_instance_disk_mib: u64,
+
     /// Where web services are reachable, as `http(s)://<base-domain>[:port]`
     /// (the API's `BERTH_API_SERVICES_URL`): a web instance finds its own
     /// public URL in `RENDER_EXTERNAL_URL`. Unset: the URL the API's
@@ -324,6 +331,8 @@ pub struct NodeOptions {
     /// Bytes kept free on the node's disk, by unpacks and from what
     /// instances write (0: not looked at).
     pub min_free_disk: u64,
+    /// Bytes an instance may write to its filesystem (0: no limit).
+    pub instance_disk_limit: u64,
     /// How long a stopped instance's marker is kept; a start enqueued
     /// longer ago is not run ([`crate::report::DONE_KEPT`]).
     pub done_kept: Duration,
@@ -386,6 +395,9 @@ impl NodeArgs {
         if self.node_min_free_disk_mib > 1 << 30 {
             problems.push("BERTH_NODE_MIN_FREE_DISK_MIB must be 0-1073741824".to_owned());
         }
+        if self.node_instance_disk_mib > 1 << 30 {
+            problems.push("BERTH_NODE_INSTANCE_DISK_MIB must be 0-1073741824".to_owned());
+        }
         if !(10..=1_000_000).contains(&self.node_log_lines_per_sec) {
             problems.push("BERTH_NODE_LOG_LINES_PER_SEC must be 10-1000000".to_owned());
         }
@@ -441,6 +453,7 @@ impl NodeArgs {
                 ..ClientConfig::default()
             },
             min_free_disk: self.node_min_free_disk_mib << 20,
+            instance_disk_limit: self.node_instance_disk_mib << 20,
             done_kept: crate::report::DONE_KEPT,
             services_url: self.node_services_url.clone(),
             log_rate: berth_agent::logs::LogRate {
@@ -615,6 +628,20 @@ mod disk_reserve_tests {
             problems
                 .iter()
                 .any(|p| p.contains("BERTH_NODE_MIN_FREE_DISK_MIB")),
+            "{problems:?}"
+        );
+        // What one instance may write: no limit unless set.
+        let limit = |args: &[&str]| options(args).map(|o| o.instance_disk_limit);
+        assert_eq!(limit(&[]).unwrap(), 0);
+        assert_eq!(
+            limit(&["--node-instance-disk-mib", "512"]).unwrap(),
+            512 << 20
+        );
+        let problems = limit(&["--node-instance-disk-mib", "2000000000"]).unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("BERTH_NODE_INSTANCE_DISK_MIB")),
             "{problems:?}"
         );
     }

@@ -933,6 +933,7 @@ mod tests {
             memory_limit_mib: None,
             restarted: false,
             disk_written: None,
+            disk_limit: None,
             ran: Duration::from_secs(1),
             at: chrono::Utc::now(),
         };
@@ -968,6 +969,7 @@ mod tests {
             memory_limit_mib: None,
             restarted: false,
             disk_written: None,
+            disk_limit: None,
             ran: Duration::from_secs(1),
             at: chrono::Utc::now(),
         };

@@ -271,6 +271,7 @@ impl Node {
         agent_cfg.restart = self.opts.restart;
         agent_cfg.log_rate = self.opts.log_rate;
         agent_cfg.disk_reserve = self.opts.min_free_disk;
+        agent_cfg.instance_disk_limit = self.opts.instance_disk_limit;
         agent_cfg.user_namespace = userns;
         agent_cfg.network = Some(NetworkConfig {
             subnet: self.checks.subnet,

@@ -441,6 +441,7 @@ fn exited(instance: &InstanceId, status: ExitStatus) -> InstanceExited {
         memory_limit_mib: None,
         restarted: false,
         disk_written_mib: None,
+        disk_limit_mib: None,
     }
 }
 
@@ -453,6 +454,7 @@ pub(crate) fn exited_fact(e: &AgentEvent) -> Option<InstanceExited> {
         memory_limit_mib,
         restarted,
         disk_written,
+        disk_limit,
         ..
     } = e
     else {
@@ -463,6 +465,7 @@ pub(crate) fn exited_fact(e: &AgentEvent) -> Option<InstanceExited> {
         memory_limit_mib: *memory_limit_mib,
         restarted: *restarted,
         disk_written_mib: disk_written.map(|b| b.div_ceil(1 << 20)),
+        disk_limit_mib: disk_limit.map(|b| b >> 20),
         ..exited(instance, *status)
     })
 }
@@ -512,6 +515,7 @@ mod tests {
             memory_limit_mib: None,
             restarted: false,
             disk_written,
+            disk_limit: None,
             ran: Duration::from_secs(3),
             at: chrono::Utc::now(),
         };
@@ -519,6 +523,18 @@ mod tests {
         assert_eq!(fact.disk_written_mib, Some(813), "rounded up");
         assert_eq!((fact.signal, fact.restarted), (Some(9), false));
         assert_eq!(exited_fact(&exit(None)).unwrap().disk_written_mib, None);
+        // Killed for going over the node's per-instance limit: it says so.
+        let mut over = exit(Some(30 << 20));
+        if let AgentEvent::Exited { disk_limit, .. } = &mut over {
+            *disk_limit = Some(20 << 20);
+        }
+        let fact = exited_fact(&over).unwrap();
+        assert_eq!(
+            (fact.disk_written_mib, fact.disk_limit_mib),
+            (Some(30), Some(20))
+        );
+        assert!(service::instances::exit_message(&fact)
+            .starts_with("killed for writing more than an instance may here: it had written 30 MiB to its filesystem, over the node's limit of 20 MiB"));
     }
 
     #[test]

@@ -821,10 +821,13 @@ fn ended(
             Some("ended with an unknown status".to_owned()),
             "failed",
         ),
-        OneOffOutcome::FilledDisk { written } => (
+        OneOffOutcome::FilledDisk { written, limit } => (
             false,
             None,
-            Some(service::instances::filled_disk(written.div_ceil(1 << 20))),
+            Some(service::instances::evicted_for_disk(
+                written.div_ceil(1 << 20),
+                limit.map(|l| l >> 20),
+            )),
             "failed",
         ),
         OneOffOutcome::TimedOut(_) => (
@@ -906,6 +909,7 @@ mod tests {
         };
         let oom = "ran out of memory: killed for going over its memory limit of 512 MiB";
         let filled = "killed for filling the node's disk: it had written 3072 MiB to its filesystem, the most of the node's instances, when the node's disk ran low; what it wrote is gone";
+        let over = "killed for writing more than an instance may here: it had written 3072 MiB to its filesystem, over the node's limit of 1024 MiB; what it wrote is gone";
         let outcomes = [
             (
                 OneOffOutcome::OutOfMemory(ExitStatus::Code(137)),
@@ -920,8 +924,18 @@ mod tests {
                 (false, Some(2), None),
             ),
             (
-                OneOffOutcome::FilledDisk { written: 3 << 30 },
+                OneOffOutcome::FilledDisk {
+                    written: 3 << 30,
+                    limit: None,
+                },
                 (false, None, Some(filled)),
+            ),
+            (
+                OneOffOutcome::FilledDisk {
+                    written: 3 << 30,
+                    limit: Some(1 << 30),
+                },
+                (false, None, Some(over)),
             ),
         ];
         for (out, want) in outcomes {

@@ -124,6 +124,7 @@ async fn unhealthy_and_exited_instances_leave_routing_renames_move_the_host() ->
             memory_limit_mib: None,
             restarted: false,
             disk_written_mib: None,
+            disk_limit_mib: None,
         }
         .into()])
         .await?;

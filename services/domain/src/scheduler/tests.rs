@@ -244,6 +244,7 @@ fn a_failed_deploy_says_why_an_instance_is_not_healthy() {
                 memory_limit_mib: None,
                 restarted: false,
                 disk_written_mib: None,
+                disk_limit_mib: None,
             })
         };
         s.apply(&[event]);
@@ -293,6 +294,7 @@ fn a_new_instance_that_keeps_exiting_fails_its_deploy_without_waiting() {
             memory_limit_mib: None,
             restarted: false,
             disk_written_mib: None,
+            disk_limit_mib: None,
         })
     };
     let (mut s, new, i) = rolling_out(false);

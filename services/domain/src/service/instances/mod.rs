@@ -85,12 +85,19 @@ pub fn out_of_memory(limit_mib: Option<u32>) -> String {
     }
 }
 
-/// What an instance or run killed for filling its node's disk, having
-/// written `mib` MiB, is said to have done.
-pub fn filled_disk(mib: u64) -> String {
-    format!(
-        "killed for filling the node's disk: it had written {mib} MiB to its filesystem, the most of the node's instances, when the node's disk ran low; what it wrote is gone"
-    )
+/// What an instance or run killed for what it wrote to its filesystem,
+/// `mib` MiB, is said to have done: more than the node's limit of
+/// `limit` MiB per instance, else the most of the node's instances when
+/// the node's disk ran low.
+pub fn evicted_for_disk(mib: u64, limit: Option<u64>) -> String {
+    match limit {
+        Some(limit) => format!(
+            "killed for writing more than an instance may here: it had written {mib} MiB to its filesystem, over the node's limit of {limit} MiB; what it wrote is gone"
+        ),
+        None => format!(
+            "killed for filling the node's disk: it had written {mib} MiB to its filesystem, the most of the node's instances, when the node's disk ran low; what it wrote is gone"
+        ),
+    }
 }
 
 /// How an instance's process ended, in words.
@@ -98,7 +105,7 @@ pub fn exit_message(e: &InstanceExited) -> String {
     if let Some(mib) = e.disk_written_mib {
         return format!(
             "{}, and it starts again from the image's files",
-            filled_disk(mib)
+            evicted_for_disk(mib, e.disk_limit_mib)
         );
     }
     if e.oom_killed {
