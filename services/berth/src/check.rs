@@ -60,6 +60,8 @@ pub fn report(v: &Validated, creds: Option<&Creds>, targets: &str) -> Value {
                 "runc": o.node.runc,
                 "cniPath": o.node.cni_path,
                 "servicesUrl": o.node.services_url,
+                "minFreeDiskMib": o.node.min_free_disk >> 20,
+                "instanceDiskMib": o.node.instance_disk_limit >> 20,
                 "userNamespace": match o.node.user_namespace {
                     berth_node::Userns::Off => json!({ "mode": "off" }),
                     berth_node::Userns::On(u) => json!({ "mode": "on", "firstHostId": u.host }),

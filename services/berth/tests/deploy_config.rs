@@ -465,6 +465,8 @@ fn the_compose_file_runs_every_component_on_the_cluster_with_what_each_needs() {
     assert!(node["secretKey"].is_null());
     // Instances' root is not the machine's where it can be helped.
     assert_ne!(node["node"]["userNamespace"]["mode"], "off", "{node}");
+    // What instances write cannot fill its disk.
+    assert!(node["node"]["minFreeDiskMib"].as_u64() > Some(0), "{node}");
     let dir = node["node"]["dir"].as_str().unwrap();
     assert!(
         volume_holding(ns, volumes, dir).is_some(),
