@@ -58,15 +58,23 @@ fn writes(dir: &InstanceDir) -> Option<PathBuf> {
 }
 
 /// Bytes of disk an instance's writes take (blocks allocated, each file
-/// counted once however many links it has; symbolic links are not
-/// followed, other filesystems mounted inside are not entered). Blocking:
-/// a walk over every file the instance made.
+/// counted once however many links it has, and as at least
+/// [`MIN_ENTRY`]; symbolic links are not followed, other filesystems
+/// mounted inside are not entered). Blocking: a walk over every file the
+/// instance made.
 pub fn written(dir: &InstanceDir) -> u64 {
     writes(dir).map_or(0, |p| usage(&p))
 }
 
+/// What each file, directory or link counts as at least: an empty one
+/// takes no block but an inode and a directory entry, and a walk's time.
+/// So counted, an instance cannot make more files than its limit / 4 KiB
+/// (millions of empty ones would otherwise count as nothing).
+pub const MIN_ENTRY: u64 = 4096;
+
 /// Blocks allocated under `root`, walked without recursion (a hostile tree
-/// may be deep), on `root`'s filesystem only.
+/// may be deep), on `root`'s filesystem only; each entry counts as at
+/// least [`MIN_ENTRY`].
 pub fn usage(root: &Path) -> u64 {
     let Ok(top) = std::fs::symlink_metadata(root) else {
         return 0;
@@ -87,7 +95,7 @@ pub fn usage(root: &Path) -> u64 {
             if m.nlink() > 1 && !m.is_dir() && !seen.insert(m.ino()) {
                 continue;
             }
-            total = total.saturating_add(m.blocks().saturating_mul(512));
+            total = total.saturating_add(m.blocks().saturating_mul(512).max(MIN_ENTRY));
             if m.is_dir() {
                 dirs.push(e.path());
             }
@@ -308,6 +316,17 @@ mod tests {
             "one MiB counted once: {used}"
         );
         assert_eq!(usage(&dir.path().join("missing")), 0);
+    }
+
+    #[test]
+    fn empty_files_count_as_a_block_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("upper");
+        std::fs::create_dir_all(&root).unwrap();
+        for i in 0..1000 {
+            std::fs::write(root.join(format!("f{i}")), b"").unwrap();
+        }
+        assert!(usage(&root) >= 1000 * MIN_ENTRY, "{}", usage(&root));
     }
 
     #[test]
