@@ -617,6 +617,13 @@ events! {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub exit_code: Option<i32>,
     }
+    /// The active cron run was given to a node to run: if that node is
+    /// lost, the run ends `failed` instead of holding every later due time
+    /// until its cap.
+    CronJobRunPlaced = "cron_job_run_placed" v 1 {
+        pub run: CronRunId,
+        pub node: NodeId,
+    }
     /// A scheduled run was skipped because one was still active.
     CronJobRunSkipped = "cron_job_run_skipped" v 1 {
         pub scheduled_for: DateTime<Utc>,

@@ -234,7 +234,7 @@ impl Dispatch {
                 )),
             };
             return self
-                .end(service, &format!("job-unplaced:{job}"), command)
+                .record(service, &format!("job-unplaced:{job}"), command)
                 .await;
         }
         Ok(())
@@ -309,7 +309,7 @@ impl Dispatch {
         let work = NodeWork::RunOnce {
             spec,
             timeout_secs,
-            purpose: Some(run.purpose),
+            purpose: Some(run.purpose.clone()),
         };
         let payload =
             rmp_serde::to_vec_named(&work).map_err(|e| WorkError::Fatal(e.to_string()))?;
@@ -323,6 +323,16 @@ impl Dispatch {
             .await
             .map_err(|e| retry("enqueueing the run", e))?;
         tracing::info!(instance.id = %instance, node.id = %node, digest = %run.digest, "one-off run dispatched");
+        // Where it went, so a lost node fails its run rather than leaving
+        // it active until the cap.
+        if let OneOffPurpose::CronRun { run: id } = &run.purpose {
+            let command = service::Command::RecordCronRunPlaced {
+                run: id.clone(),
+                node: node.clone(),
+            };
+            self.record(service, &format!("cron-placed:{id}"), command)
+                .await?;
+        }
         Ok(true)
     }
 
@@ -415,11 +425,11 @@ impl Dispatch {
             status: "failed".to_owned(),
             exit_code: None,
         };
-        self.end(service, &format!("{why}:{run}"), command).await
+        self.record(service, &format!("{why}:{run}"), command).await
     }
 
-    /// Records a run's or job's end (once per `key`).
-    async fn end(
+    /// Records a run's or job's end or placement (once per `key`).
+    async fn record(
         &self,
         service: &ServiceId,
         key: &str,
@@ -437,10 +447,10 @@ impl Dispatch {
         {
             Ok(()) => Ok(()),
             Err(CronError::Refused(e)) => {
-                tracing::warn!(error = %e, "ending the run refused");
+                tracing::warn!(error = %e, "recording the run's fact refused");
                 Ok(())
             }
-            Err(e) => Err(retry("ending the run", e)),
+            Err(e) => Err(retry("recording the run's fact", e)),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The schedule loop: every tick, for each active cron job with a live
 //! digest, the latest due time not yet handled gets a `StartCronRun`; runs
 //! that outlived their cap (plus grace) without their node reporting are
-//! ended `timed_out`.
+//! ended `timed_out`, and runs given to a node since declared lost are
+//! ended `failed` (they would otherwise hold every later due time until
+//! the cap).
 //!
 //! A due time is tried once per process: a refusal (no live deploy yet,
 //! suspended) is logged and the next due time is waited for. Two cron
@@ -14,7 +16,7 @@ use std::sync::{Arc, RwLock};
 
 use berth_domain::service::{self, ServiceStatus};
 use berth_eventlog::EventStore;
-use berth_schemas::ids::{CronRunId, ServiceId};
+use berth_schemas::ids::{CronRunId, NodeId, ServiceId};
 use berth_schemas::Actor;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
@@ -33,6 +35,12 @@ pub enum Action {
     },
     /// End a run its node never reported on.
     Expire { service: ServiceId, run: CronRunId },
+    /// End a run whose node was lost.
+    NodeLost {
+        service: ServiceId,
+        run: CronRunId,
+        node: NodeId,
+    },
 }
 
 /// The actions due at `now` (schedule clock) / `wall` (real time, for the
@@ -50,10 +58,20 @@ pub fn due_actions(
     for (id, job) in &view.jobs {
         let state = &job.state;
         if let Some(active) = &state.cron.active {
+            let lost = active
+                .node
+                .as_ref()
+                .filter(|n| view.nodes.get(*n).is_some_and(|s| s.lost));
             if active.started_at.is_some_and(|t| t + cap < wall) {
                 out.push(Action::Expire {
                     service: id.clone(),
                     run: active.id.clone(),
+                });
+            } else if let Some(node) = lost {
+                out.push(Action::NodeLost {
+                    service: id.clone(),
+                    run: active.id.clone(),
+                    node: node.clone(),
                 });
             }
         }
@@ -164,6 +182,23 @@ async fn carry_out(store: &EventStore, action: &Action) -> Result<(), CronError>
                 command,
                 &actor,
                 &format!("cron-expire:{run}"),
+            )
+            .await
+        }
+        Action::NodeLost { service, run, node } => {
+            let command = service::Command::RecordCronRunEnded {
+                run: run.clone(),
+                status: "failed".to_owned(),
+                exit_code: None,
+            };
+            tracing::warn!(service.id = %service, run.id = %run, node.id = %node, "the node running the cron run was lost; recording failed");
+            decide(
+                store,
+                service,
+                &format!("cron-node-lost:{run}"),
+                command,
+                &actor,
+                &format!("node-lost:{node}"),
             )
             .await
         }
@@ -352,7 +387,7 @@ mod tests {
             .into_iter()
             .filter_map(|a| match a {
                 Action::Start { due, .. } => Some(due),
-                Action::Expire { .. } => None,
+                Action::Expire { .. } | Action::NodeLost { .. } => None,
             })
             .collect()
     }
@@ -387,8 +422,8 @@ mod tests {
         assert!(starts(&v, &HashMap::new(), t(10, 30, 0)).is_empty());
     }
 
-    #[test]
-    fn a_run_past_cap_and_grace_is_expired() {
+    /// A live job with a manual run started at 10:01.
+    fn with_manual_run() -> (CronRunId, ServiceState) {
         let run_id = CronRunId::generate();
         let s = run(
             live_job(),
@@ -399,6 +434,12 @@ mod tests {
             },
             t(10, 1, 0),
         );
+        (run_id, s)
+    }
+
+    #[test]
+    fn a_run_past_cap_and_grace_is_expired() {
+        let (run_id, s) = with_manual_run();
         let (v, id) = view(s, Some(t(23, 0, 0)));
         let opts = CronOptions::default();
         let expire = |wall| {
@@ -414,5 +455,62 @@ mod tests {
         // 12 h cap + 5 min grace from 10:01.
         assert!(!expire(t(22, 5, 59)));
         assert!(expire(t(22, 6, 1)));
+    }
+
+    #[test]
+    fn a_run_given_to_a_node_since_lost_fails() {
+        let node = NodeId::generate();
+        let (run_id, mut s) = with_manual_run();
+        let ended = |s: &ServiceState, lost: bool| {
+            let (mut v, id) = view(s.clone(), Some(t(10, 0, 0)));
+            v.nodes.insert(
+                node.clone(),
+                berth_domain::node::NodeState {
+                    lost,
+                    ..Default::default()
+                },
+            );
+            let want = Action::NodeLost {
+                service: id,
+                run: run_id.clone(),
+                node: node.clone(),
+            };
+            due_actions(
+                &v,
+                &HashMap::new(),
+                &CronOptions::default(),
+                t(10, 2, 0),
+                t(10, 2, 0),
+            )
+            .contains(&want)
+        };
+        // Not placed yet: nothing to say of any node.
+        assert!(!ended(&s, true));
+        s = run(
+            s,
+            Command::RecordCronRunPlaced {
+                run: run_id.clone(),
+                node: node.clone(),
+            },
+            t(10, 1, 1),
+        );
+        assert_eq!(
+            s.cron.active.as_ref().and_then(|a| a.node.clone()),
+            Some(node.clone())
+        );
+        assert!(!ended(&s, false), "its node is live");
+        assert!(ended(&s, true));
+        // Placed again on the same node: nothing new is recorded; a run
+        // no longer active is not placed.
+        let again = Command::RecordCronRunPlaced {
+            run: run_id.clone(),
+            node: node.clone(),
+        };
+        assert!(decide(&s, again, &Ctx::default()).unwrap().is_empty());
+        let other = Command::RecordCronRunPlaced {
+            run: CronRunId::generate(),
+            node: node.clone(),
+        };
+        assert!(decide(&s, other, &Ctx::default()).unwrap().is_empty());
     }
 }

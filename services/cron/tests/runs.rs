@@ -744,3 +744,49 @@ async fn one_off_jobs_run_their_command_once_and_a_canceled_one_stops() {
     assert_eq!(starts, 3);
     assert!(started(&events).is_empty());
 }
+
+/// A run given to a node that is then declared lost ends `failed` at the
+/// next tick, rather than holding every later due time until its 12 h
+/// cap; where it ran is in the log (`cron_job_run_placed`).
+#[tokio::test]
+async fn a_run_on_a_node_declared_lost_fails_at_once() {
+    let w = World::start().await;
+    let (node_stop, cron_stop) = (CancellationToken::new(), CancellationToken::new());
+    let (node, node_task) = start_node(&w, node_stop.clone()).await;
+    let cron_task = start_cron(&w, options(Clock::System), key(), cron_stop.clone()).await;
+    let service = cron_job(&w, "0 0 1 1 *", "sleep 600").await;
+    let actor = Actor::system("test");
+    let run = berth_cron::trigger_run(&w.store, &service, &actor)
+        .await
+        .unwrap();
+    let i = instance_of(&run);
+    wait_containers(&w, Duration::from_secs(30), |c| c.contains(&i)).await;
+    let s = state(&w, &service).await;
+    assert_eq!(
+        s.cron.active.as_ref().and_then(|a| a.node.as_ref()),
+        Some(&node),
+        "the run's node is recorded"
+    );
+
+    // The node goes for good; the scheduler declares it lost.
+    node_stop.cancel();
+    node_task.await.unwrap();
+    w.store
+        .execute::<berth_domain::node::Node>(
+            &AggregateId::Node(node.clone()),
+            "test-lost",
+            &berth_eventlog::Stamp::new(Actor::system("test")),
+            berth_domain::node::Command::DeclareLost {
+                last_heartbeat: chrono::Utc::now(),
+            },
+        )
+        .await
+        .unwrap();
+    let events = w
+        .wait_events(&service, Duration::from_secs(10), |e| ended_count(e) >= 1)
+        .await;
+    assert_eq!(ended(&events), vec![(run, "failed".to_owned(), None)]);
+    assert_eq!(state(&w, &service).await.cron.active, None);
+    cron_stop.cancel();
+    cron_task.await.unwrap();
+}

@@ -2,8 +2,10 @@
 //! them, and the `apply` of the run events. A run runs the live deploy's
 //! digest; only the active run and the latest ended one are kept.
 
-use berth_schemas::events::{CronJobRunEnded, CronJobRunSkipped, CronJobRunStarted};
-use berth_schemas::ids::CronRunId;
+use berth_schemas::events::{
+    CronJobRunEnded, CronJobRunPlaced, CronJobRunSkipped, CronJobRunStarted,
+};
+use berth_schemas::ids::{CronRunId, NodeId};
 use berth_schemas::model::ServiceType;
 use berth_schemas::Event;
 use chrono::{DateTime, Utc};
@@ -26,6 +28,9 @@ pub struct CronRun {
     pub digest: String,
     pub manual: bool,
     pub started_at: Option<DateTime<Utc>>,
+    /// The node it was given to, once placed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeId>,
 }
 
 /// A cron job's runs. Only the active run and the most recent ended one are
@@ -142,6 +147,22 @@ pub(super) fn cron_run_ended(
     }
 }
 
+/// Records that the active run `run` was given to `node`; a run no longer
+/// active, or already recorded on that node, changes nothing.
+pub(super) fn cron_run_placed(state: &ServiceState, run: &CronRunId, node: NodeId) -> Decision {
+    require_cron(state)?;
+    match &state.cron.active {
+        Some(active) if &active.id == run && active.node.as_ref() != Some(&node) => {
+            Ok(vec![CronJobRunPlaced {
+                run: run.clone(),
+                node,
+            }
+            .into()])
+        }
+        _ => Ok(vec![]),
+    }
+}
+
 /// Applies a cron run event; any other leaves `s` unchanged.
 pub(super) fn apply(s: &mut ServiceState, event: &Event, time: Option<DateTime<Utc>>) {
     match event {
@@ -151,6 +172,7 @@ pub(super) fn apply(s: &mut ServiceState, event: &Event, time: Option<DateTime<U
                 digest: e.digest.clone(),
                 manual: e.manual,
                 started_at: time,
+                node: None,
             });
             s.cron.runs_started += 1;
         }
@@ -160,6 +182,11 @@ pub(super) fn apply(s: &mut ServiceState, event: &Event, time: Option<DateTime<U
         }
         Event::CronJobRunSkipped(e) => {
             s.cron.last_skipped = Some(e.scheduled_for);
+        }
+        Event::CronJobRunPlaced(e) => {
+            if let Some(active) = s.cron.active.as_mut().filter(|a| a.id == e.run) {
+                active.node = Some(e.node.clone());
+            }
         }
         _ => {}
     }

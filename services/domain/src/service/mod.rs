@@ -341,6 +341,11 @@ pub enum Command {
     CancelCronRun {
         run: CronRunId,
     },
+    /// The active run was given to `node` to run.
+    RecordCronRunPlaced {
+        run: CronRunId,
+        node: NodeId,
+    },
     /// `status`: `succeeded`, `failed`, `canceled` or `timed_out`.
     RecordCronRunEnded {
         run: CronRunId,
@@ -407,6 +412,7 @@ impl Aggregate for Service {
         match event {
             Event::CronJobRunStarted(_)
             | Event::CronJobRunEnded(_)
+            | Event::CronJobRunPlaced(_)
             | Event::CronJobRunSkipped(_)
             | Event::JobCreated(_)
             | Event::JobStarted(_)
@@ -554,6 +560,7 @@ pub fn decide(
             scheduled_for,
         } => cron::start_cron_run(state, run, manual, scheduled_for),
         Command::CancelCronRun { run } => cron::cancel_cron_run(state, &run),
+        Command::RecordCronRunPlaced { run, node } => cron::cron_run_placed(state, &run, node),
         Command::RecordCronRunEnded {
             run,
             status,
