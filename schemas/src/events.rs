@@ -646,6 +646,12 @@ events! {
     JobStarted = "job_started" v 1 {
         pub job: JobId,
     }
+    /// The job was given to a node to run: if that node is lost, the job
+    /// ends `failed` instead of staying pending or running for good.
+    JobPlaced = "job_placed" v 1 {
+        pub job: JobId,
+        pub node: NodeId,
+    }
     /// A job ended.
     JobEnded = "job_ended" v 1 {
         pub job: JobId,

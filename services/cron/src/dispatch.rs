@@ -323,16 +323,26 @@ impl Dispatch {
             .await
             .map_err(|e| retry("enqueueing the run", e))?;
         tracing::info!(instance.id = %instance, node.id = %node, digest = %run.digest, "one-off run dispatched");
-        // Where it went, so a lost node fails its run rather than leaving
-        // it active until the cap.
-        if let OneOffPurpose::CronRun { run: id } = &run.purpose {
-            let command = service::Command::RecordCronRunPlaced {
-                run: id.clone(),
-                node: node.clone(),
-            };
-            self.record(service, &format!("cron-placed:{id}"), command)
-                .await?;
-        }
+        // Where it went, so a lost node fails its run or job rather than
+        // leaving it active until the cap (or, for a job, for good).
+        let (key, command) = match &run.purpose {
+            OneOffPurpose::CronRun { run: id } => (
+                format!("cron-placed:{id}"),
+                service::Command::RecordCronRunPlaced {
+                    run: id.clone(),
+                    node: node.clone(),
+                },
+            ),
+            OneOffPurpose::Job { job } => (
+                format!("job-placed:{job}"),
+                service::Command::RecordJobPlaced {
+                    job: job.clone(),
+                    node: node.clone(),
+                },
+            ),
+            OneOffPurpose::PreDeploy => return Ok(true),
+        };
+        self.record(service, &key, command).await?;
         Ok(true)
     }
 

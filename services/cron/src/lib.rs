@@ -54,6 +54,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Clock, CronArgs, CronOptions};
 pub use schedule::{Schedule, ScheduleError};
+pub use tick::JOB_NODE_LOST;
 pub use view::CronView;
 
 /// Why the cron component stopped or a call failed.

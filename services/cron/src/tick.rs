@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 
 use berth_domain::service::{self, ServiceStatus};
 use berth_eventlog::EventStore;
-use berth_schemas::ids::{CronRunId, NodeId, ServiceId};
+use berth_schemas::ids::{CronRunId, JobId, NodeId, ServiceId};
 use berth_schemas::Actor;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +24,10 @@ use tokio_util::sync::CancellationToken;
 use crate::schedule::Schedule;
 use crate::view::{CronView, SCHEDULE_CAUSE};
 use crate::{decide, scheduled_run_id, CronError, CronOptions};
+
+/// Why a job whose node was lost ends.
+pub const JOB_NODE_LOST: &str =
+    "its node was lost while it ran (or before it started); not run again, as it may have done part of its work";
 
 /// What one tick does.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +45,12 @@ pub enum Action {
         run: CronRunId,
         node: NodeId,
     },
+    /// End a one-off job whose node was lost.
+    JobNodeLost {
+        service: ServiceId,
+        job: JobId,
+        node: NodeId,
+    },
 }
 
 /// The actions due at `now` (schedule clock) / `wall` (real time, for the
@@ -55,13 +65,21 @@ pub fn due_actions(
     let cap = chrono::Duration::from_std(opts.run_timeout + opts.cap_grace)
         .unwrap_or(chrono::Duration::MAX);
     let mut out = Vec::new();
+    for (service, jobs) in &view.placed_jobs {
+        for (job, node) in jobs {
+            if view.is_lost(node) {
+                out.push(Action::JobNodeLost {
+                    service: service.clone(),
+                    job: job.clone(),
+                    node: node.clone(),
+                });
+            }
+        }
+    }
     for (id, job) in &view.jobs {
         let state = &job.state;
         if let Some(active) = &state.cron.active {
-            let lost = active
-                .node
-                .as_ref()
-                .filter(|n| view.nodes.get(*n).is_some_and(|s| s.lost));
+            let lost = active.node.as_ref().filter(|n| view.is_lost(n));
             if active.started_at.is_some_and(|t| t + cap < wall) {
                 out.push(Action::Expire {
                     service: id.clone(),
@@ -196,6 +214,24 @@ async fn carry_out(store: &EventStore, action: &Action) -> Result<(), CronError>
                 store,
                 service,
                 &format!("cron-node-lost:{run}"),
+                command,
+                &actor,
+                &format!("node-lost:{node}"),
+            )
+            .await
+        }
+        Action::JobNodeLost { service, job, node } => {
+            let command = service::Command::RecordJobEnded {
+                job: job.clone(),
+                success: false,
+                exit_code: None,
+                reason: Some(JOB_NODE_LOST.to_owned()),
+            };
+            tracing::warn!(service.id = %service, job.id = %job, node.id = %node, "the node running the job was lost; recording failed");
+            decide(
+                store,
+                service,
+                &format!("job-node-lost:{job}"),
                 command,
                 &actor,
                 &format!("node-lost:{node}"),
@@ -387,7 +423,9 @@ mod tests {
             .into_iter()
             .filter_map(|a| match a {
                 Action::Start { due, .. } => Some(due),
-                Action::Expire { .. } | Action::NodeLost { .. } => None,
+                Action::Expire { .. } | Action::NodeLost { .. } | Action::JobNodeLost { .. } => {
+                    None
+                }
             })
             .collect()
     }
@@ -512,5 +550,68 @@ mod tests {
             node: node.clone(),
         };
         assert!(decide(&s, other, &Ctx::default()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_job_given_to_a_node_since_lost_fails_until_it_ends() {
+        let service = ServiceId::generate();
+        let (job, node) = (JobId::generate(), NodeId::generate());
+        let mut v = CronView::default();
+        let env = |event: berth_schemas::Event| berth_schemas::Envelope {
+            id: berth_schemas::ids::EventId::generate(),
+            version: event.version(),
+            aggregate: berth_schemas::AggregateId::Service(service.clone()),
+            sequence: 1,
+            time: Utc::now(),
+            actor: Actor::system("test"),
+            correlation_id: None,
+            causation_id: None,
+            event,
+        };
+        use berth_eventlog::projection::Projection;
+        v.apply(
+            1,
+            &env(berth_schemas::events::JobPlaced {
+                job: job.clone(),
+                node: node.clone(),
+            }
+            .into()),
+        );
+        let lost = |v: &CronView| {
+            due_actions(
+                v,
+                &HashMap::new(),
+                &CronOptions::default(),
+                t(10, 0, 0),
+                t(10, 0, 0),
+            )
+            .contains(&Action::JobNodeLost {
+                service: service.clone(),
+                job: job.clone(),
+                node: node.clone(),
+            })
+        };
+        assert!(!lost(&v), "its node is not known lost");
+        v.nodes.insert(
+            node.clone(),
+            berth_domain::node::NodeState {
+                lost: true,
+                ..Default::default()
+            },
+        );
+        assert!(lost(&v));
+        // Once it ended (failed for that, or otherwise), nothing more.
+        v.apply(
+            2,
+            &env(berth_schemas::events::JobEnded {
+                job: job.clone(),
+                status: "failed".into(),
+                exit_code: None,
+                reason: None,
+            }
+            .into()),
+        );
+        assert!(!lost(&v));
+        assert!(v.placed_jobs.is_empty());
     }
 }

@@ -14,7 +14,7 @@ use berth_domain::node::{self, NodeState};
 use berth_domain::scheduler::NodeCapacity;
 use berth_domain::service::{self, ServiceState};
 use berth_eventlog::projection::Projection;
-use berth_schemas::ids::{NodeId, ServiceId};
+use berth_schemas::ids::{JobId, NodeId, ServiceId};
 use berth_schemas::model::ServiceType;
 use berth_schemas::{AggregateId, Envelope, Event};
 use chrono::{DateTime, Utc};
@@ -43,6 +43,10 @@ pub struct Job {
 pub struct CronView {
     pub jobs: BTreeMap<ServiceId, Job>,
     pub nodes: BTreeMap<NodeId, NodeState>,
+    /// One-off jobs of any service given to a node and not ended: where
+    /// each went (at most a service's 16 active jobs each).
+    #[serde(default)]
+    pub placed_jobs: BTreeMap<ServiceId, BTreeMap<JobId, NodeId>>,
 }
 
 impl CronView {
@@ -75,6 +79,37 @@ impl CronView {
     }
 }
 
+impl CronView {
+    /// Keeps [`CronView::placed_jobs`] as `event` of `service` says.
+    fn follow_jobs(&mut self, service: &ServiceId, event: &Event) {
+        match event {
+            Event::JobPlaced(e) => {
+                self.placed_jobs
+                    .entry(service.clone())
+                    .or_default()
+                    .insert(e.job.clone(), e.node.clone());
+            }
+            Event::JobEnded(e) => {
+                if let Some(jobs) = self.placed_jobs.get_mut(service) {
+                    jobs.remove(&e.job);
+                    if jobs.is_empty() {
+                        self.placed_jobs.remove(service);
+                    }
+                }
+            }
+            Event::ServiceDeleted(_) => {
+                self.placed_jobs.remove(service);
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether `node` was declared lost (and has not recovered).
+    pub fn is_lost(&self, node: &NodeId) -> bool {
+        self.nodes.get(node).is_some_and(|n| n.lost)
+    }
+}
+
 fn scheduled_time(env: &Envelope) -> Option<DateTime<Utc>> {
     let cause = env.causation_id.as_deref()?.strip_prefix(SCHEDULE_CAUSE)?;
     DateTime::parse_from_rfc3339(cause)
@@ -88,6 +123,7 @@ impl Projection for CronView {
     fn apply(&mut self, _stream_seq: u64, env: &Envelope) {
         match &env.aggregate {
             AggregateId::Service(id) => {
+                self.follow_jobs(id, &env.event);
                 if let Event::ServiceCreated(c) = &env.event {
                     if c.service_type == ServiceType::CronJob {
                         self.jobs.entry(id.clone()).or_insert_with(|| Job {

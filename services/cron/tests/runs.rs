@@ -747,9 +747,10 @@ async fn one_off_jobs_run_their_command_once_and_a_canceled_one_stops() {
 
 /// A run given to a node that is then declared lost ends `failed` at the
 /// next tick, rather than holding every later due time until its 12 h
-/// cap; where it ran is in the log (`cron_job_run_placed`).
+/// cap; a job there ends `failed` too, rather than running for good;
+/// where each went is in the log (`cron_job_run_placed`, `job_placed`).
 #[tokio::test]
-async fn a_run_on_a_node_declared_lost_fails_at_once() {
+async fn a_run_and_a_job_on_a_node_declared_lost_fail_at_once() {
     let w = World::start().await;
     let (node_stop, cron_stop) = (CancellationToken::new(), CancellationToken::new());
     let (node, node_task) = start_node(&w, node_stop.clone()).await;
@@ -760,13 +761,28 @@ async fn a_run_on_a_node_declared_lost_fails_at_once() {
         .await
         .unwrap();
     let i = instance_of(&run);
-    wait_containers(&w, Duration::from_secs(30), |c| c.contains(&i)).await;
+    let job = JobId::generate();
+    w.command(
+        &service,
+        Command::CreateJob {
+            job: job.clone(),
+            start_command: "sleep 600".to_owned(),
+            plan: None,
+        },
+    )
+    .await;
+    let j = berth_domain::service::job_instance(&job).to_string();
+    wait_containers(&w, Duration::from_secs(30), |c| {
+        c.contains(&i) && c.contains(&j)
+    })
+    .await;
     let s = state(&w, &service).await;
     assert_eq!(
         s.cron.active.as_ref().and_then(|a| a.node.as_ref()),
         Some(&node),
         "the run's node is recorded"
     );
+    assert_eq!(s.jobs.get(&job).and_then(|j| j.node.as_ref()), Some(&node));
 
     // The node goes for good; the scheduler declares it lost.
     node_stop.cancel();
@@ -782,11 +798,24 @@ async fn a_run_on_a_node_declared_lost_fails_at_once() {
         )
         .await
         .unwrap();
+    let job_ended = |e: &[Envelope]| {
+        e.iter().find_map(|x| match &x.event {
+            Event::JobEnded(end) if end.job == job => Some(end.clone()),
+            _ => None,
+        })
+    };
     let events = w
-        .wait_events(&service, Duration::from_secs(10), |e| ended_count(e) >= 1)
+        .wait_events(&service, Duration::from_secs(10), |e| {
+            ended_count(e) >= 1 && job_ended(e).is_some()
+        })
         .await;
     assert_eq!(ended(&events), vec![(run, "failed".to_owned(), None)]);
-    assert_eq!(state(&w, &service).await.cron.active, None);
+    let end = job_ended(&events).unwrap();
+    assert_eq!(end.status, "failed");
+    assert_eq!(end.reason.as_deref(), Some(berth_cron::JOB_NODE_LOST));
+    let s = state(&w, &service).await;
+    assert_eq!(s.cron.active, None);
+    assert!(!s.jobs.get(&job).unwrap().status.is_active());
     cron_stop.cancel();
     cron_task.await.unwrap();
 }

@@ -9,8 +9,8 @@
 
 use std::collections::VecDeque;
 
-use berth_schemas::events::{JobCreated, JobEnded, JobStarted};
-use berth_schemas::ids::{InstanceId, JobId};
+use berth_schemas::events::{JobCreated, JobEnded, JobPlaced, JobStarted};
+use berth_schemas::ids::{InstanceId, JobId, NodeId};
 use berth_schemas::model::Plan;
 use berth_schemas::Event;
 use chrono::{DateTime, Utc};
@@ -92,6 +92,9 @@ pub struct Job {
     pub exit_code: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The node it was given to, once placed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeId>,
 }
 
 /// A service's recent jobs, oldest first.
@@ -210,6 +213,20 @@ pub(super) fn cancel_all(state: &ServiceState) -> Vec<Event> {
     state.jobs.active().map(|j| canceled(&j.id)).collect()
 }
 
+/// The job was given to `node`; an ended job, or one already recorded
+/// there, changes nothing.
+pub(super) fn placed(state: &ServiceState, job: &JobId, node: NodeId) -> Decision {
+    match state.jobs.get(job) {
+        Some(j) if j.status.is_active() && j.node.as_ref() != Some(&node) => Ok(vec![JobPlaced {
+            job: job.clone(),
+            node,
+        }
+        .into()]),
+        Some(_) => Ok(vec![]),
+        None => Err(DomainError::not_found("job", job)),
+    }
+}
+
 /// A node started the job's container; late news of an ended job changes
 /// nothing.
 pub(super) fn started(state: &ServiceState, job: &JobId) -> Decision {
@@ -261,9 +278,15 @@ pub(super) fn apply(s: &mut ServiceState, event: &Event, time: Option<DateTime<U
                 finished_at: None,
                 exit_code: None,
                 reason: None,
+                node: None,
             },
             every,
         ),
+        Event::JobPlaced(e) => {
+            if let Some(j) = s.jobs.get_mut(&e.job).filter(|j| j.status.is_active()) {
+                j.node = Some(e.node.clone());
+            }
+        }
         Event::JobStarted(e) => {
             if let Some(j) = s
                 .jobs

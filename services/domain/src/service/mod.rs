@@ -365,6 +365,11 @@ pub enum Command {
     CancelJob {
         job: JobId,
     },
+    /// The job was given to `node` to run.
+    RecordJobPlaced {
+        job: JobId,
+        node: NodeId,
+    },
     /// A node started the job's container.
     RecordJobStarted {
         job: JobId,
@@ -416,6 +421,7 @@ impl Aggregate for Service {
             | Event::CronJobRunSkipped(_)
             | Event::JobCreated(_)
             | Event::JobStarted(_)
+            | Event::JobPlaced(_)
             | Event::JobEnded(_) => state.live.clone(),
             _ => None,
         }
@@ -573,6 +579,7 @@ pub fn decide(
         } => jobs::create(state, job, start_command, plan),
         Command::CancelJob { job } => jobs::cancel(state, &job),
         Command::RecordJobStarted { job } => jobs::started(state, &job),
+        Command::RecordJobPlaced { job, node } => jobs::placed(state, &job, node),
         Command::RecordJobEnded {
             job,
             success,
