@@ -112,6 +112,16 @@ struct RunOnce<'a> {
     msg_id: &'a str,
 }
 
+/// The node whose loss ended a run or job, from the end's causation id
+/// (`node-lost:<node>`, as the tick records it).
+fn lost_node(env: &Envelope) -> Option<NodeId> {
+    env.causation_id
+        .as_deref()?
+        .strip_prefix(crate::tick::NODE_LOST_CAUSE)?
+        .parse()
+        .ok()
+}
+
 struct Dispatch {
     store: EventStore,
     /// Opens the service's secrets to seal them to the run's node.
@@ -158,6 +168,23 @@ impl Dispatch {
                 }
                 let instance = service::job_instance(&e.job);
                 self.stop(service, &instance).await
+            }
+            // Ended for its node's loss: should that node only have been
+            // cut off, the container it may still run stops when it is
+            // back, before a later run could overlap it.
+            Event::CronJobRunEnded(_) | Event::JobEnded(_) => {
+                let Some(node) = lost_node(env) else {
+                    return Ok(());
+                };
+                if chrono::Utc::now() - env.time > STOP_HORIZON {
+                    return Ok(());
+                }
+                let instance = match &env.event {
+                    Event::CronJobRunEnded(e) => run_instance(&e.run),
+                    Event::JobEnded(e) => service::job_instance(&e.job),
+                    _ => return Ok(()),
+                };
+                self.stop_on(service, &instance, vec![node]).await
             }
             _ => Ok(()),
         }
@@ -400,6 +427,17 @@ impl Dispatch {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .live_nodes();
+        self.stop_on(service, instance, nodes).await
+    }
+
+    /// Enqueues the stop of `instance` on each of `nodes` (a lost node's
+    /// waits in its queue until it is back).
+    async fn stop_on(
+        &self,
+        service: &ServiceId,
+        instance: &InstanceId,
+        nodes: Vec<NodeId>,
+    ) -> Result<(), WorkError> {
         let work = NodeWork::StopInstance {
             service: service.clone(),
             instance: instance.clone(),

@@ -25,6 +25,11 @@ use crate::schedule::Schedule;
 use crate::view::{CronView, SCHEDULE_CAUSE};
 use crate::{decide, scheduled_run_id, CronError, CronOptions};
 
+/// Causation id prefix of the ends the loss of a node caused (the node's
+/// id follows): the dispatcher stops the container on that node, should
+/// it come back.
+pub const NODE_LOST_CAUSE: &str = "node-lost:";
+
 /// Why a job whose node was lost ends.
 pub const JOB_NODE_LOST: &str =
     "its node was lost while it ran (or before it started); not run again, as it may have done part of its work";
@@ -216,7 +221,7 @@ async fn carry_out(store: &EventStore, action: &Action) -> Result<(), CronError>
                 &format!("cron-node-lost:{run}"),
                 command,
                 &actor,
-                &format!("node-lost:{node}"),
+                &format!("{NODE_LOST_CAUSE}{node}"),
             )
             .await
         }
@@ -234,7 +239,7 @@ async fn carry_out(store: &EventStore, action: &Action) -> Result<(), CronError>
                 &format!("job-node-lost:{job}"),
                 command,
                 &actor,
-                &format!("node-lost:{node}"),
+                &format!("{NODE_LOST_CAUSE}{node}"),
             )
             .await
         }

@@ -749,6 +749,8 @@ async fn one_off_jobs_run_their_command_once_and_a_canceled_one_stops() {
 /// next tick, rather than holding every later due time until its 12 h
 /// cap; a job there ends `failed` too, rather than running for good;
 /// where each went is in the log (`cron_job_run_placed`, `job_placed`).
+/// The node here was only cut off (it runs on): both containers are
+/// stopped on it, so no later run overlaps the old one.
 #[tokio::test]
 async fn a_run_and_a_job_on_a_node_declared_lost_fail_at_once() {
     let w = World::start().await;
@@ -784,9 +786,7 @@ async fn a_run_and_a_job_on_a_node_declared_lost_fail_at_once() {
     );
     assert_eq!(s.jobs.get(&job).and_then(|j| j.node.as_ref()), Some(&node));
 
-    // The node goes for good; the scheduler declares it lost.
-    node_stop.cancel();
-    node_task.await.unwrap();
+    // The scheduler stops hearing the node and declares it lost.
     w.store
         .execute::<berth_domain::node::Node>(
             &AggregateId::Node(node.clone()),
@@ -816,6 +816,12 @@ async fn a_run_and_a_job_on_a_node_declared_lost_fail_at_once() {
     let s = state(&w, &service).await;
     assert_eq!(s.cron.active, None);
     assert!(!s.jobs.get(&job).unwrap().status.is_active());
+    wait_containers(&w, Duration::from_secs(30), |c| {
+        !c.contains(&i) && !c.contains(&j)
+    })
+    .await;
+    node_stop.cancel();
+    node_task.await.unwrap();
     cron_stop.cancel();
     cron_task.await.unwrap();
 }
