@@ -501,6 +501,7 @@ async fn one_off_jobs_are_created_listed_and_canceled() {
         "when it was asked for: {first}"
     );
     assert!(first["startedAt"].is_null(), "{first}");
+    assert!(first["nodeId"].is_null(), "not placed yet: {first}");
     let first_id = first["id"].as_str().unwrap().to_owned();
     assert!(first_id.starts_with("job-"), "{first_id}");
     assert_eq!(
@@ -533,12 +534,18 @@ async fn one_off_jobs_are_created_listed_and_canceled() {
         assert!(v.to_string().contains(why), "{v}");
     }
 
-    // The node reports the first: started, then failed with its code.
+    // Placed on a node, which reports it started, then failed with its
+    // code.
     let job: berth_schemas::ids::JobId = first_id.parse().unwrap();
+    let node = berth_schemas::ids::NodeId::generate();
     record(
         &app,
         &svc,
         vec![
+            Command::RecordJobPlaced {
+                job: job.clone(),
+                node: node.clone(),
+            },
             Command::RecordJobStarted { job: job.clone() },
             Command::RecordJobEnded {
                 job,
@@ -559,6 +566,7 @@ async fn one_off_jobs_are_created_listed_and_canceled() {
         got["startedAt"].is_string() && got["finishedAt"].is_string(),
         "{got}"
     );
+    assert_eq!(got["nodeId"], node.as_str(), "where it ran: {got}");
 
     let (s, v) = app.get(&jobs, &alice).await;
     assert_eq!(s, StatusCode::OK, "{v}");

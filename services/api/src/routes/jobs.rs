@@ -47,6 +47,9 @@ pub struct JobView {
     /// berth: the instance id its container runs as, which its lines in
     /// the service's logs carry (`GET /v1/logs?instance=…`).
     pub instance_id: String,
+    /// berth: the node it was given to, once placed (`GET /v1/nodes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
 }
 
 impl JobView {
@@ -64,6 +67,7 @@ impl JobView {
             reason: j.reason.clone(),
             digest: j.digest.clone(),
             instance_id: job_instance(&j.id).to_string(),
+            node_id: j.node.as_ref().map(ToString::to_string),
         }
     }
 }
