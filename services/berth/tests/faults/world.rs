@@ -323,31 +323,48 @@ impl World {
         }
         world.create_services().await;
         if world.netns.is_some() {
-            world.assert_control_plane_closed();
+            world.assert_control_plane_closed().await;
         }
         world
     }
 
     /// With NATS on addresses of their own (namespaces, as other
     /// machines), the node found its servers and closed them to
-    /// instances: one drop rule per server in its bridge's forward chain.
-    fn assert_control_plane_closed(&self) {
+    /// instances: one drop rule per server in its bridge's forward chain
+    /// (once the node has started: nothing above waits for it).
+    async fn assert_control_plane_closed(&self) {
         let subnet = self.subnet("node");
         let addr: std::net::Ipv4Addr = subnet.split('/').next().unwrap().parse().unwrap();
         let chain = format!("BTH-{:08x}-FWD", u32::from(addr));
-        let out = std::process::Command::new("iptables")
-            .args(["-w", "-S", &chain])
-            .output()
-            .unwrap();
-        let rules = String::from_utf8_lossy(&out.stdout);
-        for url in self.nats_urls.split(',') {
-            let endpoint = url.trim().trim_start_matches("nats://");
-            let (ip, port) = endpoint.rsplit_once(':').unwrap();
-            let rule = format!("-A {chain} -d {ip}/32 -p tcp -m tcp --dport {port} -j DROP");
+        let wanted: Vec<(String, String)> = self
+            .nats_urls
+            .split(',')
+            .map(|url| {
+                let endpoint = url.trim().trim_start_matches("nats://");
+                let (ip, port) = endpoint.rsplit_once(':').unwrap();
+                let rule = format!("-A {chain} -d {ip}/32 -p tcp -m tcp --dport {port} -j DROP");
+                (endpoint.to_owned(), rule)
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = std::process::Command::new("iptables")
+                .args(["-w", "-S", &chain])
+                .output()
+                .unwrap();
+            let rules = String::from_utf8_lossy(&out.stdout).into_owned();
+            let missing = wanted
+                .iter()
+                .find(|(_, rule)| !rules.lines().any(|l| l == rule));
+            let Some((endpoint, _)) = missing else {
+                return;
+            };
             assert!(
-                rules.lines().any(|l| l == rule),
-                "the NATS server {endpoint} is not closed to instances:\n{rules}"
+                Instant::now() < deadline,
+                "the NATS server {endpoint} is not closed to instances:\n{rules}\n{}",
+                self.log_tails()
             );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
