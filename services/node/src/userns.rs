@@ -12,7 +12,7 @@
 //! once and kept across node restarts (instances adopted by the next node
 //! process keep their paths); `/run` is emptied at reboot and the next
 //! start makes it again. It is private: what the node mounts under it (an
-//! instance's network namespace pin, a host overlay) is seen there only.
+//! instance's overlay, when it is mounted on the host) is seen there only.
 //! A node whose state dir is passable, and which made no alias before,
 //! uses the state dir itself.
 
@@ -157,15 +157,7 @@ fn open_aliases() -> Result<(), String> {
 /// since been deleted (a data dir removed while its alias stayed), so
 /// they do not gather there until the machine restarts.
 fn sweep(aliases: &Path) {
-    for line in std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-    {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let (Some(root), Some(at)) = (fields.get(3), fields.get(4)) else {
-            continue;
-        };
-        let at = PathBuf::from(unescape(at));
+    for Mount { at, root, .. } in mounts() {
         if at.parent() == Some(aliases) && root.ends_with("//deleted") {
             tracing::info!(alias = %at.display(), "removing the alias of a deleted state dir");
             let _ = nix::mount::umount2(&at, nix::mount::MntFlags::MNT_DETACH);
@@ -176,8 +168,8 @@ fn sweep(aliases: &Path) {
 
 /// Binds `dir` (canonical) at `alias`, privately, and moves berth's own
 /// mounts under `dir` (left by a node that ran without the alias: an
-/// instance's overlay, a network namespace's pin) to the alias only,
-/// where the node finds and removes them.
+/// instance's overlay on the host) to the alias only, where the node
+/// finds and removes them.
 fn make_alias(dir: &Path, alias: &Path) -> Result<(), String> {
     use nix::mount::{mount, umount2, MntFlags, MsFlags};
     match std::fs::create_dir(alias) {
@@ -187,7 +179,7 @@ fn make_alias(dir: &Path, alias: &Path) -> Result<(), String> {
         _ => {}
     }
     // A stale alias (its dir deleted, or another dir's): replaced.
-    if mounts().iter().any(|(at, _)| at == alias) {
+    if mounts().iter().any(|m| m.at == alias) {
         umount2(alias, MntFlags::MNT_DETACH)
             .map_err(|e| format!("unmounting the stale {}: {e}", alias.display()))?;
     }
@@ -226,8 +218,8 @@ fn settle(dir: &Path, alias: &Path) -> Result<(), String> {
         none,
     )
     .map_err(|e| format!("making {} private: {e}", alias.display()))?;
-    for (at, fstype) in mounts().into_iter().rev() {
-        if at.starts_with(dir) && at != dir && matches!(fstype.as_str(), "overlay" | "nsfs") {
+    for Mount { at, fstype, .. } in mounts().into_iter().rev() {
+        if at.starts_with(dir) && at != dir && fstype == "overlay" {
             if let Err(e) = umount2(&at, MntFlags::MNT_DETACH) {
                 tracing::warn!(mount = %at.display(), error = %e, "an instance's mount stays at the state dir's own path");
             }
@@ -236,17 +228,28 @@ fn settle(dir: &Path, alias: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// This process's mounts, oldest first: (mount point, file system type).
-fn mounts() -> Vec<(PathBuf, String)> {
+/// One line of this process's mount table.
+struct Mount {
+    /// Where it is mounted.
+    at: PathBuf,
+    /// What of its file system it shows (`…//deleted` once that is gone).
+    root: String,
+    fstype: String,
+}
+
+/// This process's mounts, oldest first.
+fn mounts() -> Vec<Mount> {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split(' ').collect();
-            let at = fields.get(4)?;
             let sep = fields.iter().position(|f| *f == "-")?;
-            let fstype = fields.get(sep + 1)?;
-            Some((PathBuf::from(unescape(at)), (*fstype).to_owned()))
+            Some(Mount {
+                at: PathBuf::from(unescape(fields.get(4)?)),
+                root: unescape(fields.get(3)?),
+                fstype: (*fields.get(sep + 1)?).to_owned(),
+            })
         })
         .collect()
 }
@@ -361,7 +364,7 @@ mod tests {
 
     impl Drop for Mounts {
         fn drop(&mut self) {
-            for (at, _) in mounts().into_iter().rev() {
+            for Mount { at, .. } in mounts().into_iter().rev() {
                 if at.starts_with(&self.0) {
                     let _ = nix::mount::umount2(&at, nix::mount::MntFlags::MNT_DETACH);
                 }
@@ -419,7 +422,7 @@ mod tests {
         let alias = top_path.join("alias");
         make_alias(&dir, &alias).unwrap();
         assert!(shows(&alias, &dir));
-        let at = |p: &Path| mounts().iter().filter(|(m, _)| m == p).count();
+        let at = |p: &Path| mounts().iter().filter(|m| m.at == p).count();
         assert_eq!(at(&alias), 1);
         // The overlay moved to the alias; the operator's disk is at both.
         assert_eq!(at(&instance.join("rootfs")), 0);
@@ -483,6 +486,6 @@ mod tests {
         assert_eq!(unescape(r"/tmp/a\040b/c\134d"), r"/tmp/a b/c\d");
         assert_eq!(unescape(r"/x\04"), r"/x\04");
         assert_eq!(unescape("/plain"), "/plain");
-        assert!(mounts().iter().any(|(at, _)| at == Path::new("/")));
+        assert!(mounts().iter().any(|m| m.at == Path::new("/")));
     }
 }
