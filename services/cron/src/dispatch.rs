@@ -172,19 +172,12 @@ impl Dispatch {
             // Ended for its node's loss: should that node only have been
             // cut off, the container it may still run stops when it is
             // back, before a later run could overlap it.
-            Event::CronJobRunEnded(_) | Event::JobEnded(_) => {
-                let Some(node) = lost_node(env) else {
-                    return Ok(());
-                };
-                if chrono::Utc::now() - env.time > STOP_HORIZON {
-                    return Ok(());
-                }
-                let instance = match &env.event {
-                    Event::CronJobRunEnded(e) => run_instance(&e.run),
-                    Event::JobEnded(e) => service::job_instance(&e.job),
-                    _ => return Ok(()),
-                };
-                self.stop_on(service, &instance, vec![node]).await
+            Event::CronJobRunEnded(e) => {
+                self.stop_if_lost(service, env, run_instance(&e.run)).await
+            }
+            Event::JobEnded(e) => {
+                self.stop_if_lost(service, env, service::job_instance(&e.job))
+                    .await
             }
             _ => Ok(()),
         }
@@ -428,6 +421,23 @@ impl Dispatch {
             .unwrap_or_else(|p| p.into_inner())
             .live_nodes();
         self.stop_on(service, instance, nodes).await
+    }
+
+    /// Stops `instance` on the node whose loss ended it (`env`'s causation
+    /// id says which), if one did, lately.
+    async fn stop_if_lost(
+        &self,
+        service: &ServiceId,
+        env: &Envelope,
+        instance: InstanceId,
+    ) -> Result<(), WorkError> {
+        let Some(node) = lost_node(env) else {
+            return Ok(());
+        };
+        if chrono::Utc::now() - env.time > STOP_HORIZON {
+            return Ok(());
+        }
+        self.stop_on(service, &instance, vec![node]).await
     }
 
     /// Enqueues the stop of `instance` on each of `nodes` (a lost node's

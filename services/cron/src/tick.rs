@@ -30,6 +30,11 @@ use crate::{decide, scheduled_run_id, CronError, CronOptions};
 /// it come back.
 pub const NODE_LOST_CAUSE: &str = "node-lost:";
 
+/// The causation id of an end `node`'s loss caused.
+fn lost(node: &NodeId) -> String {
+    format!("{NODE_LOST_CAUSE}{node}")
+}
+
 /// Why a job whose node was lost ends.
 pub const JOB_NODE_LOST: &str =
     "its node was lost while it ran (or before it started); not run again, as it may have done part of its work";
@@ -215,15 +220,8 @@ async fn carry_out(store: &EventStore, action: &Action) -> Result<(), CronError>
                 exit_code: None,
             };
             tracing::warn!(service.id = %service, run.id = %run, node.id = %node, "the node running the cron run was lost; recording failed");
-            decide(
-                store,
-                service,
-                &format!("cron-node-lost:{run}"),
-                command,
-                &actor,
-                &format!("{NODE_LOST_CAUSE}{node}"),
-            )
-            .await
+            let key = format!("cron-node-lost:{run}");
+            decide(store, service, &key, command, &actor, &lost(node)).await
         }
         Action::JobNodeLost { service, job, node } => {
             let command = service::Command::RecordJobEnded {
@@ -233,15 +231,8 @@ async fn carry_out(store: &EventStore, action: &Action) -> Result<(), CronError>
                 reason: Some(JOB_NODE_LOST.to_owned()),
             };
             tracing::warn!(service.id = %service, job.id = %job, node.id = %node, "the node running the job was lost; recording failed");
-            decide(
-                store,
-                service,
-                &format!("job-node-lost:{job}"),
-                command,
-                &actor,
-                &format!("{NODE_LOST_CAUSE}{node}"),
-            )
-            .await
+            let key = format!("job-node-lost:{job}");
+            decide(store, service, &key, command, &actor, &lost(node)).await
         }
     }
 }
