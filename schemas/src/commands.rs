@@ -150,6 +150,75 @@ pub enum OneOffPurpose {
     Job { job: JobId },
 }
 
+/// Bytes kept of each of a command's output streams: both, base64, fit a
+/// NATS message of the default 1 MiB with room to spare.
+pub const EXEC_OUTPUT_LIMIT: usize = 256 * 1024;
+/// Bytes of standard input a command may be given (with the command, it
+/// fits the API's 64 KiB request body).
+pub const EXEC_STDIN_LIMIT: usize = 32 * 1024;
+/// The longest a command may run, in seconds.
+pub const EXEC_TIMEOUT_MAX_SECS: u32 = 600;
+
+/// A command to run in one running instance, as its own process runs
+/// (core NATS request to the instance's node, `<prefix>.exec.<node>`;
+/// only the control plane may send one). The node answers with an
+/// [`ExecReply`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExecRequest {
+    /// The service the instance belongs to (the node checks it does).
+    pub service: ServiceId,
+    pub instance: InstanceId,
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// Standard input, base64; empty for none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stdin: String,
+    /// Killed after this many seconds (1 to [`EXEC_TIMEOUT_MAX_SECS`]).
+    pub timeout_secs: u32,
+}
+
+/// Why a node did not run an [`ExecRequest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecFailure {
+    /// The instance is not on this node, or not the service's.
+    NotFound,
+    /// The instance is here but its process is not running now.
+    NotRunning,
+    /// The request itself is not valid (no program, bad base64, limits).
+    Invalid,
+    /// The runtime could not start the command (no such program, …).
+    Failed,
+}
+
+/// A node's answer to an [`ExecRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ExecReply {
+    /// It ran.
+    #[serde(rename_all = "camelCase")]
+    Ran {
+        /// Its exit code (128 + the signal for one killed by a signal);
+        /// none when it timed out.
+        exit_code: Option<i32>,
+        /// Killed at its timeout.
+        timed_out: bool,
+        /// Standard output, base64, the first [`EXEC_OUTPUT_LIMIT`] bytes.
+        stdout: String,
+        /// Standard error, likewise.
+        stderr: String,
+        /// Whether either said more than was kept.
+        truncated: bool,
+    },
+    /// It did not run.
+    Failed {
+        reason: ExecFailure,
+        /// What went wrong; never the command's input.
+        message: String,
+    },
+}
+
 /// Name and JSON Schema of every command.
 pub fn command_types() -> Vec<(&'static str, schemars::Schema)> {
     vec![
@@ -162,5 +231,7 @@ pub fn command_types() -> Vec<(&'static str, schemars::Schema)> {
         ),
         ("image_check_reply", schemars::schema_for!(ImageCheckReply)),
         ("node_work", schemars::schema_for!(NodeWork)),
+        ("exec_request", schemars::schema_for!(ExecRequest)),
+        ("exec_reply", schemars::schema_for!(ExecReply)),
     ]
 }

@@ -261,6 +261,17 @@ impl Subjects {
         format!("{}_METRICS", self.upper())
     }
 
+    /// Commands to run in instances on `node` (core NATS request/reply,
+    /// sent by the control plane only).
+    pub fn exec(&self, node: &NodeId) -> String {
+        format!("{}.exec.{}", self.prefix, node)
+    }
+
+    /// Every node's exec subject (what the control plane may send to).
+    pub fn exec_all(&self) -> String {
+        format!("{}.exec.*", self.prefix)
+    }
+
     /// Node heartbeats (core NATS, not the log: they are not facts worth keeping).
     pub fn heartbeat(&self) -> String {
         format!("{}.heartbeat", self.prefix)

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod agent_disk;
+mod agent_exec;
 mod agent_restart;
 mod agent_rootfs;
 mod agent_run;

@@ -440,6 +440,50 @@ async fn scenario(version: NatsVersion) {
     drop(live);
     node.refused(&i.subjects.logs_all()).await;
 
+    // Commands run in instances: the control plane asks a node on its
+    // own subject and the node answers; a node may neither receive
+    // another node's nor send any.
+    let mut asked = node.nats.subscribe(i.subjects.exec(&node_a)).await.unwrap();
+    node.nats.flush().await.unwrap();
+    let answering = node.nats.clone();
+    let answer = tokio::spawn(async move {
+        let msg = asked.next().await.unwrap();
+        answering
+            .publish(msg.reply.unwrap(), "ran".into())
+            .await
+            .unwrap();
+        answering.flush().await.unwrap();
+    });
+    // (The new subscription may take a moment to count as interest.)
+    let mut reply = None;
+    for _ in 0..50 {
+        match control
+            .nats
+            .request(i.subjects.exec(&node_a), "x".into())
+            .await
+        {
+            Ok(r) => {
+                reply = Some(r);
+                break;
+            }
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let reply = reply.expect("the node answers");
+    assert_eq!(&reply.payload[..], b"ran");
+    answer.await.unwrap();
+    let theirs = node.nats.subscribe(i.subjects.exec(&node_b)).await;
+    drop(theirs);
+    node.refused(&i.subjects.exec(&node_b)).await;
+    node.nats
+        .publish(i.subjects.exec(&node_b), "x".into())
+        .await
+        .unwrap();
+    node.refused(&i.subjects.exec(&node_b)).await;
+
     // The control plane may not delete or purge streams either.
     for stream in [
         i.subjects.events_stream(),
@@ -585,6 +629,12 @@ async fn scenario(version: NatsVersion) {
     operator
         .refused(&i.subjects.command(&i.owner_a, CommandKind::Deploy))
         .await;
+    operator
+        .nats
+        .publish(i.subjects.exec(&node_a), "x".into())
+        .await
+        .unwrap();
+    operator.refused(&i.subjects.exec(&node_a)).await;
     assert!(
         tokio::time::timeout(Duration::from_millis(300), commands.next())
             .await

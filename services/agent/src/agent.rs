@@ -546,6 +546,31 @@ impl Agent {
         }
     }
 
+    /// Runs a command in a running instance as its own process runs
+    /// ([`crate::exec`]): refused for an instance not on this node or not
+    /// running (between restarts, stopping).
+    pub async fn exec(
+        &self,
+        instance: &InstanceId,
+        req: &crate::exec::ExecRequest,
+    ) -> Result<crate::exec::ExecOutput, AgentError> {
+        if !self.inner.table().contains_key(instance) {
+            return Err(AgentError::UnknownInstance(instance.to_string()));
+        }
+        let id = instance.to_string();
+        let running = self
+            .inner
+            .runtime
+            .state(&id)
+            .await?
+            .is_some_and(|s| s.status == crate::runtime::ContainerStatus::Running);
+        if !running {
+            return Err(AgentError::NotRunning(id));
+        }
+        let dir = self.inner.dir(instance).bundle();
+        Ok(self.inner.runtime.exec(&id, req, &dir).await?)
+    }
+
     /// Begin stopping an instance and return at once: SIGTERM, SIGKILL
     /// after its shutdown delay, then its container, files and network are
     /// removed and `Stopped` is reported, while other work goes on (a slow

@@ -342,6 +342,10 @@ pub fn runtime_spec(
             resources["memory"]["swap"] = json!(limit);
         }
     }
+    // The user namespace that owns the node-made network namespace: the
+    // instance joins it rather than making its own.
+    let joined_user = net.and_then(|a| a.userns.as_ref());
+    let sysfs = json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]});
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc"}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
@@ -349,12 +353,12 @@ pub fn runtime_spec(
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
         // In a user namespace the kernel refuses a sysfs of a network
-        // namespace the instance's namespace does not own (the node made
-        // it): the host's, read-only, as rootless containers have it.
+        // namespace the instance's user namespace does not own (one the
+        // node made in the host's, by an earlier berth): the host's then,
+        // read-only, as rootless containers have it.
         match sandbox.user_namespace {
-            None => {
-                json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]})
-            }
+            None => sysfs,
+            Some(_) if joined_user.is_some() || net.is_none() => sysfs,
             Some(_) if sandbox.recursive_read_only => {
                 json!({"destination": "/sys", "type": "bind", "source": "/sys", "options": ["rbind", "rro", "nosuid", "noexec", "nodev", "ro"]})
             }
@@ -425,8 +429,12 @@ pub fn runtime_spec(
     if let Some(ns) = sandbox.user_namespace {
         let map = json!([{ "containerID": 0, "hostID": ns.host, "size": ns.size }]);
         let linux = &mut value["linux"];
+        let user = match joined_user {
+            Some(path) => json!({ "type": "user", "path": path }),
+            None => json!({ "type": "user" }),
+        };
         if let Some(list) = linux["namespaces"].as_array_mut() {
-            list.insert(0, json!({ "type": "user" }));
+            list.insert(0, user);
         }
         linux["uidMappings"] = map.clone();
         linux["gidMappings"] = map;
@@ -772,6 +780,7 @@ mod tests {
         );
         let attached = Attachment {
             netns: PathBuf::from("/run/netns/x"),
+            userns: None,
             hosts: PathBuf::from("/state/net/x.hosts"),
             resolv: PathBuf::from("/state/net/x.resolv"),
             ip: std::net::Ipv4Addr::new(10, 1, 2, 3),
@@ -831,7 +840,7 @@ mod tests {
     }
 
     #[test]
-    fn a_user_namespace_maps_the_image_ids_and_binds_the_hosts_sys() {
+    fn a_user_namespace_maps_the_image_ids_and_joins_the_nodes_or_binds_the_hosts_sys() {
         let ns = UserNamespace {
             host: 1_000_000_000,
             size: 65_536,
@@ -840,17 +849,55 @@ mod tests {
             user_namespace: Some(ns),
             ..Sandbox::default()
         };
+        let sys_of = |v: &Value| {
+            v["mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["destination"] == "/sys")
+                .unwrap()
+                .clone()
+        };
+        // Its network made by runc inside its own user namespace: a sysfs
+        // of its own.
         let v = runtime_spec(&spec(), Path::new("/nonexistent"), None, &sandbox).unwrap();
         let map = json!([{ "containerID": 0, "hostID": 1_000_000_000u32, "size": 65_536 }]);
         assert_eq!(v["linux"]["uidMappings"], map);
         assert_eq!(v["linux"]["gidMappings"], map);
         assert_eq!(v["linux"]["namespaces"][0], json!({ "type": "user" }));
-        let sys = v["mounts"]
+        assert_eq!(sys_of(&v)["type"], "sysfs");
+        // A network the node made inside a user namespace: that one is
+        // joined (the map still given, for runc's own use), and a sysfs.
+        let attached_spec = |a: &Attachment, sandbox: &Sandbox| {
+            runtime_spec(&spec(), Path::new("/nonexistent"), Some(a), sandbox).unwrap()
+        };
+        let mut attached = Attachment {
+            netns: PathBuf::from("/proc/1/fd/7"),
+            userns: Some(PathBuf::from("/proc/1/fd/8")),
+            hosts: PathBuf::from("/state/net/x.hosts"),
+            resolv: PathBuf::from("/state/net/x.resolv"),
+            ip: std::net::Ipv4Addr::new(10, 1, 2, 3),
+        };
+        let v = attached_spec(&attached, &sandbox);
+        assert_eq!(
+            v["linux"]["namespaces"][0],
+            json!({ "type": "user", "path": "/proc/1/fd/8" })
+        );
+        assert_eq!(v["linux"]["uidMappings"], map);
+        assert_eq!(sys_of(&v)["type"], "sysfs");
+        // Without a user namespace, the node's one is not joined.
+        let v = attached_spec(&attached, &Sandbox::default());
+        assert!(!v["linux"]["namespaces"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|m| m["destination"] == "/sys")
-            .unwrap();
+            .any(|n| n["type"] == "user"));
+        // One the host's user namespace owns (an instance adopted from an
+        // earlier berth): a new user namespace, and the host's /sys bound.
+        attached.userns = None;
+        let v = attached_spec(&attached, &sandbox);
+        assert_eq!(v["linux"]["namespaces"][0], json!({ "type": "user" }));
+        let sys = sys_of(&v);
         assert_eq!(sys["type"], "bind");
         assert!(sys["options"].as_array().unwrap().contains(&json!("ro")));
         assert!(!sys["options"].as_array().unwrap().contains(&json!("rro")));
@@ -859,14 +906,8 @@ mod tests {
             recursive_read_only: true,
             ..sandbox.clone()
         };
-        let v = runtime_spec(&spec(), Path::new("/nonexistent"), None, &deep).unwrap();
-        let sys = v["mounts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["destination"] == "/sys")
-            .unwrap()
-            .clone();
+        let v = runtime_spec(&spec(), Path::new("/nonexistent"), Some(&attached), &deep).unwrap();
+        let sys = sys_of(&v);
         assert!(sys["options"].as_array().unwrap().contains(&json!("rro")));
         assert!(kernel_at_least("6.18.44-fc-v1272", (5, 12)));
         assert!(kernel_at_least("5.12.0", (5, 12)));

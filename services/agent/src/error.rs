@@ -105,6 +105,9 @@ pub enum AgentError {
     /// No such instance here.
     #[error("instance {0} is not on this node")]
     UnknownInstance(String),
+    /// The instance is on this node but its process is not running now.
+    #[error("instance {0} is not running now")]
+    NotRunning(String),
     /// The agent is shutting down or detached.
     #[error("the agent is shutting down")]
     ShuttingDown,

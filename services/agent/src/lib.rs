@@ -35,6 +35,7 @@ pub mod agent;
 pub mod bundle;
 pub mod disk;
 mod error;
+pub mod exec;
 pub mod image;
 mod lease;
 pub mod logs;

@@ -62,7 +62,7 @@ use serde_json::{json, Value};
 
 use crate::lease::Leases;
 use crate::netlink::Route;
-use crate::netns::{Link, Namespace};
+use crate::netns::{IdMap, Link, Namespace};
 
 mod directory;
 pub use directory::{Directory, Peer, Remote};
@@ -98,6 +98,10 @@ pub struct Attachment {
     /// The network namespace, as other processes open it while the agent
     /// holds it (`/proc/<agent pid>/fd/<n>`; see [`crate::netns`]).
     pub netns: PathBuf,
+    /// The user namespace that owns the network namespace, when it was
+    /// made inside one for the instance to join (as `netns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<PathBuf>,
     /// Mounted as `/etc/hosts`.
     pub hosts: PathBuf,
     /// Mounted as `/etc/resolv.conf`.
@@ -266,6 +270,10 @@ struct State {
     /// The host's end of the veth pair berth made itself (no plugin).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     veth: Option<String>,
+    /// Whether its namespace was made inside a user namespace of its own
+    /// (which an adopted instance's container process is in).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    owned: bool,
 }
 
 impl State {
@@ -463,10 +471,18 @@ impl Cni {
     /// The attachment of an attached instance.
     pub fn attachment(&self, id: &InstanceId) -> Option<Attachment> {
         let ip = self.members().get(id)?.ip;
-        let netns = self.spaces().get(id)?.path().to_path_buf();
+        let (netns, userns) = {
+            let spaces = self.spaces();
+            let ns = spaces.get(id)?;
+            (
+                ns.path().to_path_buf(),
+                ns.owner_path().map(Path::to_path_buf),
+            )
+        };
         let (hosts, resolv) = self.paths(id);
         Some(Attachment {
             netns,
+            userns,
             hosts,
             resolv,
             ip,
@@ -491,6 +507,7 @@ impl Cni {
             result: Some(self.result_of(ip)),
             plugins: Some(Vec::new()),
             veth: Some(veth_name(ip)),
+            owned: self.cfg.user_namespace.is_some(),
         };
         // First: a crash from here on leaves a file the next start finds,
         // naming the address and the veth (a crash just before leaves a
@@ -580,6 +597,7 @@ impl Cni {
         let ns = self.linked_namespace(state, ip).await?;
         tracing::debug!(ms = t0.elapsed().as_millis() as u64, "veth");
         let netns = ns.path().to_path_buf();
+        let userns = ns.owner_path().map(Path::to_path_buf);
         self.spaces().insert(id.clone(), ns);
         write_in_place(&resolv, &resolv_conf())?;
         let t0 = std::time::Instant::now();
@@ -587,6 +605,7 @@ impl Cni {
         tracing::debug!(ms = t0.elapsed().as_millis() as u64, "rules");
         Ok(Attachment {
             netns,
+            userns,
             hosts,
             resolv,
             ip,
@@ -626,7 +645,16 @@ impl Cni {
             gateway: self.gateway(),
             ping_groups: ping_groups(self.cfg.user_namespace),
         };
-        blocking(move || Namespace::create_attached(link)).await
+        match self.cfg.user_namespace.filter(|_| state.owned) {
+            Some(u) => {
+                let ids = IdMap {
+                    host: u.host,
+                    size: u.size,
+                };
+                blocking(move || Namespace::create_owned(Some(link), ids)).await
+            }
+            None => blocking(move || Namespace::create_attached(link)).await,
+        }
     }
 
     /// The node's bridge, with the gateway address, up; forwarding on.
@@ -970,7 +998,7 @@ impl Cni {
         let ns = if mounted.exists() {
             Namespace::open(&mounted)
         } else if let Some(pid) = pid {
-            Namespace::of_process(pid)
+            Namespace::of_process(pid, state.owned)
         } else {
             return self.reattach(id, state, ip).await;
         };
@@ -1049,12 +1077,18 @@ impl Cni {
         if !(state.veth.is_some() || legacy_bridge) || !self.leases.holds(&id.to_string(), ip) {
             return false;
         }
-        if legacy_bridge {
-            // Attached again by berth itself: from now on it is one of its
-            // own (its host-local lease, same layout, is given back by it).
-            state.plugins = Some(Vec::new());
-            state.veth = Some(veth_name(ip));
-            state.result = Some(self.result_of(ip));
+        // Its new namespace is made as this node makes them now.
+        let owned = self.cfg.user_namespace.is_some();
+        if legacy_bridge || state.owned != owned {
+            if legacy_bridge {
+                // Attached again by berth itself: from now on it is one of
+                // its own (its host-local lease, same layout, is given back
+                // by it).
+                state.plugins = Some(Vec::new());
+                state.veth = Some(veth_name(ip));
+                state.result = Some(self.result_of(ip));
+            }
+            state.owned = owned;
             if let Err(e) = self.save(id, &state) {
                 tracing::warn!(instance = %id, error = %e, "adopted instance's network state not saved");
                 return false;
@@ -1882,6 +1916,7 @@ mod tests {
                 result: Some(self.cni.result_of(Ipv4Addr::from(ip))),
                 plugins: Some(Vec::new()),
                 veth: None,
+                owned: false,
             };
             (id, state)
         }

@@ -12,9 +12,19 @@
 //! `/proc/<agent pid>/fd/<n>`. When the agent process ends, a namespace
 //! lives on only while a container is in it; a restarted agent holds it
 //! again from the container's `/proc/<pid>/ns/net`.
+//!
+//! For instances in a user namespace the network namespace is made inside
+//! one of their own ([`Namespace::create_owned`]), which the container
+//! then joins: its root may then mount a sysfs of its own network (its
+//! `/sys/class/net` lists its own interfaces, not the host's), and `runc
+//! exec` can enter it (runc joins the user namespace first, and could not
+//! enter a network namespace the host's user namespace owns from there).
+//! A multi-threaded process cannot enter a new user namespace itself, so
+//! a short-lived `unshare --user --net` child makes both; this process
+//! writes the child's id map, opens both namespaces and lets it go.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::MetadataExt;
@@ -24,74 +34,138 @@ use nix::sched::CloneFlags;
 
 use crate::netlink::{context, Route};
 
-/// A network namespace this process holds open.
+/// A namespace file this process holds open, and the path other
+/// processes open it by (`/proc/<pid>/fd/<n>`).
 #[derive(Debug)]
-pub struct Namespace {
+struct Held {
     file: File,
     path: PathBuf,
 }
 
-impl Namespace {
-    /// A new, empty network namespace with `lo` up.
-    pub fn create() -> io::Result<Namespace> {
-        Self::in_thread(None)
-    }
-
-    /// A new network namespace with `lo` up and `link` made: on failure
-    /// the namespace goes, and the veth pair with it.
-    pub fn create_attached(link: Link) -> io::Result<Namespace> {
-        Self::in_thread(Some(link))
-    }
-
-    fn in_thread(link: Option<Link>) -> io::Result<Namespace> {
-        // A thread of its own: unshare moves the calling thread, which then
-        // ends (a pooled thread would run later work inside the namespace).
-        std::thread::Builder::new()
-            .name("berth-netns".into())
-            .spawn(move || unshare_and_attach(link.as_ref()))?
-            .join()
-            .map_err(|_| io::Error::other("the namespace thread panicked"))?
-            .map(Namespace::held)
-    }
-
-    /// The network namespace process `pid` is in (an adopted instance's);
-    /// refused when it is this process's own (the host's).
-    pub fn of_process(pid: u32) -> io::Result<Namespace> {
-        Self::open(Path::new(&format!("/proc/{pid}/ns/net")))
-    }
-
-    /// The network namespace at `path` (a `/proc/…/ns/net` or a bind
-    /// mount of one); refused when it is this process's own.
-    pub fn open(path: &Path) -> io::Result<Namespace> {
-        let file = File::open(path)?;
-        let own = std::fs::metadata("/proc/self/ns/net")?;
-        let meta = file.metadata()?;
-        if meta.ino() == own.ino() && meta.dev() == own.dev() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} is the host's network namespace", path.display()),
-            ));
-        }
-        Ok(Namespace::held(file))
-    }
-
-    fn held(file: File) -> Namespace {
+impl Held {
+    fn new(file: File) -> Held {
         let path = PathBuf::from(format!(
             "/proc/{}/fd/{}",
             std::process::id(),
             file.as_raw_fd()
         ));
-        Namespace { file, path }
+        Held { file, path }
+    }
+
+    /// The namespace at `path`; refused when it is this process's own
+    /// namespace of that kind (`kind`: `net`, `user`).
+    fn open_other(path: &Path, kind: &str) -> io::Result<Held> {
+        let file = File::open(path)?;
+        let own = std::fs::metadata(format!("/proc/self/ns/{kind}"))?;
+        let meta = file.metadata()?;
+        if meta.ino() == own.ino() && meta.dev() == own.dev() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is the host's {kind} namespace", path.display()),
+            ));
+        }
+        Ok(Held::new(file))
+    }
+}
+
+/// A network namespace this process holds open, and the user namespace
+/// that owns it when it is not the host's.
+#[derive(Debug)]
+pub struct Namespace {
+    net: Held,
+    owner: Option<Held>,
+}
+
+/// The ids a user namespace maps: its `0..size` are the host's
+/// `host..host + size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdMap {
+    /// The host id of id 0 inside.
+    pub host: u32,
+    /// How many ids are mapped.
+    pub size: u32,
+}
+
+impl Namespace {
+    /// A new, empty network namespace with `lo` up.
+    pub fn create() -> io::Result<Namespace> {
+        Self::in_thread(None, None)
+    }
+
+    /// A new network namespace with `lo` up and `link` made: on failure
+    /// the namespace goes, and the veth pair with it.
+    pub fn create_attached(link: Link) -> io::Result<Namespace> {
+        Self::in_thread(Some(link), None)
+    }
+
+    /// [`Namespace::create_attached`] inside a new user namespace mapping
+    /// `ids` (or [`Namespace::create`] without `link`), which owns the
+    /// network namespace and is held with it.
+    pub fn create_owned(link: Option<Link>, ids: IdMap) -> io::Result<Namespace> {
+        let (user, net) = user_and_net(ids)?;
+        Self::in_thread(link, Some((user, net)))
+    }
+
+    fn in_thread(link: Option<Link>, made: Option<(File, File)>) -> io::Result<Namespace> {
+        // A thread of its own: unshare and setns move the calling thread,
+        // which then ends (a pooled thread would run later work inside the
+        // namespace).
+        let (owner, net) = match made {
+            Some((user, net)) => (Some(Held::new(user)), Some(net)),
+            None => (None, None),
+        };
+        let net = std::thread::Builder::new()
+            .name("berth-netns".into())
+            .spawn(move || enter_and_attach(net, link.as_ref()))?
+            .join()
+            .map_err(|_| io::Error::other("the namespace thread panicked"))??;
+        Ok(Namespace {
+            net: Held::new(net),
+            owner,
+        })
+    }
+
+    /// The network namespace process `pid` is in (an adopted instance's),
+    /// with the process's user namespace as its owner when `owned` (the
+    /// namespace was made inside it); refused when either is this
+    /// process's own (the host's).
+    pub fn of_process(pid: u32, owned: bool) -> io::Result<Namespace> {
+        let net = Held::open_other(Path::new(&format!("/proc/{pid}/ns/net")), "net")?;
+        let owner = if owned {
+            Some(Held::open_other(
+                Path::new(&format!("/proc/{pid}/ns/user")),
+                "user",
+            )?)
+        } else {
+            None
+        };
+        Ok(Namespace { net, owner })
+    }
+
+    /// The network namespace at `path` (a `/proc/…/ns/net` or a bind
+    /// mount of one), owned by the host's user namespace; refused when it
+    /// is this process's own.
+    pub fn open(path: &Path) -> io::Result<Namespace> {
+        Ok(Namespace {
+            net: Held::open_other(path, "net")?,
+            owner: None,
+        })
     }
 
     /// Where another process opens it while this one holds it.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.net.path
+    }
+
+    /// Where another process opens the user namespace that owns it, when
+    /// that is not the host's.
+    pub fn owner_path(&self) -> Option<&Path> {
+        self.owner.as_ref().map(|o| o.path.as_path())
     }
 
     /// The namespace's inode number (`net:[<inode>]`).
     pub fn inode(&self) -> io::Result<u64> {
-        Ok(self.file.metadata()?.ino())
+        Ok(self.net.file.metadata()?.ino())
     }
 }
 
@@ -156,15 +230,81 @@ pub struct Link {
     pub ping_groups: (u32, u32),
 }
 
+/// A new user namespace mapping `ids` and a network namespace it owns,
+/// made by an `unshare --user --net` child: once the child's `cat` echoes
+/// a byte both exist; the parent writes the maps (as the host's root it
+/// may map any ids, `setgroups` left allowed), opens both, and closes the
+/// child's input, which ends it.
+fn user_and_net(ids: IdMap) -> io::Result<(File, File)> {
+    let mut child = std::process::Command::new("unshare")
+        .args(["--user", "--net", "--", "cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| context(e, "unshare --user --net"))?;
+    let made = (|| {
+        let (Some(input), Some(output)) = (child.stdin.as_mut(), child.stdout.as_mut()) else {
+            return Err(io::Error::other("unshare's pipes"));
+        };
+        input.write_all(b"x")?;
+        let mut byte = [0u8; 1];
+        if output.read(&mut byte)? != 1 {
+            return Err(io::Error::other(
+                "unshare --user --net ended without making the namespaces",
+            ));
+        }
+        let proc = PathBuf::from(format!("/proc/{}", child.id()));
+        let map = format!("0 {} {}\n", ids.host, ids.size);
+        for file in ["uid_map", "gid_map"] {
+            std::fs::write(proc.join(file), &map).map_err(|e| context(e, file))?;
+        }
+        let user = Held::open_other(&proc.join("ns/user"), "user")?.file;
+        let net = Held::open_other(&proc.join("ns/net"), "net")?.file;
+        Ok((user, net))
+    })();
+    drop(child.stdin.take());
+    if made.is_err() {
+        let _ = child.kill();
+    }
+    let status = child.wait()?;
+    match made {
+        Err(e) => {
+            let mut why = String::new();
+            if let Some(mut err) = child.stderr.take() {
+                let _ = err.read_to_string(&mut why);
+            }
+            let why = why.trim();
+            Err(if why.is_empty() {
+                context(e, "unshare --user --net")
+            } else {
+                context(e, &format!("unshare --user --net ({why})"))
+            })
+        }
+        Ok(_) if !status.success() => {
+            Err(io::Error::other(format!("unshare --user --net: {status}")))
+        }
+        Ok(both) => Ok(both),
+    }
+}
+
 /// In a thread of its own: one route socket in the host's namespace,
 /// opened before the thread leaves it (for the near end), then the new
-/// namespace with loopback up and, when asked, the veth pair, address and
-/// route in it (netns-aware sockets keep the namespace they were opened
-/// in).
-fn unshare_and_attach(link: Option<&Link>) -> io::Result<File> {
+/// namespace (`made`, entered, or one unshared here) with loopback up and,
+/// when asked, the veth pair, address and route in it (netns-aware
+/// sockets keep the namespace they were opened in).
+fn enter_and_attach(made: Option<File>, link: Option<&Link>) -> io::Result<File> {
     let mut host = link.map(|_| Route::open()).transpose()?;
-    nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
-    let file = File::open("/proc/thread-self/ns/net")?;
+    let file = match made {
+        Some(file) => {
+            nix::sched::setns(file.as_fd(), CloneFlags::CLONE_NEWNET)?;
+            file
+        }
+        None => {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
+            File::open("/proc/thread-self/ns/net")?
+        }
+    };
     let mut inside = Route::open()?;
     inside.set_up(LOOPBACK_INDEX)?;
     for (name, value) in sysctls(link.map_or(ALL_GROUPS, |l| l.ping_groups)) {
@@ -233,8 +373,76 @@ mod tests {
         // Reopened by path: the same namespace; the host's own is refused.
         let again = Namespace::open(ns.path()).expect("reopen");
         assert_eq!(again.inode().expect("inode"), ino);
-        let own = Namespace::of_process(std::process::id()).expect_err("the host's");
+        let own = Namespace::of_process(std::process::id(), false).expect_err("the host's");
         assert_eq!(own.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn an_owned_namespace_belongs_to_a_user_namespace_of_its_own_mapping_the_ids() {
+        let ids = IdMap {
+            host: 1_000_000_000,
+            size: 65_536,
+        };
+        let ns = Namespace::create_owned(None, ids).expect("owned namespace");
+        let user = ns.owner_path().expect("its owner").to_path_buf();
+        let host_user = std::fs::metadata("/proc/self/ns/user").expect("own").ino();
+        assert_ne!(std::fs::metadata(&user).expect("owner").ino(), host_user);
+        let enter = |net: &Path, cmd: &str| {
+            std::process::Command::new("nsenter")
+                .arg(format!("--user={}", user.display()))
+                .arg(format!("--net={}", net.display()))
+                .args(["sh", "-c", cmd])
+                .output()
+                .expect("nsenter")
+        };
+        let map = enter(
+            ns.path(),
+            "cat /proc/self/uid_map; cat /proc/self/gid_map; ip -o link show lo",
+        );
+        assert!(map.status.success(), "{map:?}");
+        let text = String::from_utf8_lossy(&map.stdout);
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(lines[0], ["0", "1000000000", "65536"], "{text}");
+        assert_eq!(lines[1], ["0", "1000000000", "65536"], "{text}");
+        assert!(
+            lines[2].iter().any(|w| w.contains(",UP")),
+            "lo is up: {text}"
+        );
+        // Root of that user namespace administers this network (it owns
+        // it), not one the host's user namespace owns.
+        let write = "echo 5 > /proc/sys/net/ipv4/ip_unprivileged_port_start";
+        let own = enter(ns.path(), write);
+        assert!(own.status.success(), "{own:?}");
+        let hosts = Namespace::create().expect("a host-owned namespace");
+        assert!(hosts.owner_path().is_none());
+        let refused = enter(hosts.path(), write);
+        assert!(!refused.status.success(), "{refused:?}");
+        // Adopted from a process in it: both again.
+        let mut child = std::process::Command::new("nsenter")
+            .arg(format!("--user={}", user.display()))
+            .arg(format!("--net={}", ns.path().display()))
+            .args(["sleep", "30"])
+            .spawn()
+            .expect("a process inside");
+        let pid = child.id();
+        let adopted = (0..100)
+            .find_map(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                Namespace::of_process(pid, true).ok()
+            })
+            .expect("adopted");
+        assert_eq!(adopted.inode().expect("inode"), ns.inode().expect("inode"));
+        let owner = |n: &Namespace| {
+            std::fs::metadata(n.owner_path().expect("owner"))
+                .expect("owner")
+                .ino()
+        };
+        assert_eq!(owner(&adopted), owner(&ns));
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// Runs `cmd` and returns its output; panics when it fails.

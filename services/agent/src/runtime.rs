@@ -1,4 +1,4 @@
-//! The narrow runtime seam: six calls the agent makes on an OCI runtime,
+//! The narrow runtime seam: seven calls the agent makes on an OCI runtime,
 //! and [`Runc`], which makes them with the `runc` binary.
 //!
 //! Every berth container lives under its own `--root` (the agent's state
@@ -17,6 +17,7 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 
 use crate::error::RuntimeError;
+use crate::exec::{ExecOutput, ExecRequest};
 
 /// A container's lifecycle status, as the OCI runtime spec names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +163,14 @@ pub trait Runtime: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, Result<Option<ContainerState>, RuntimeError>>;
     /// Every container under this runtime's root.
     fn list(&self) -> BoxFuture<'_, Result<Vec<ContainerState>, RuntimeError>>;
+    /// Run a command in the running container `id` as its process runs;
+    /// the runtime's own files for it go in `dir`.
+    fn exec<'a>(
+        &'a self,
+        id: &'a str,
+        req: &'a ExecRequest,
+        dir: &'a Path,
+    ) -> BoxFuture<'a, Result<ExecOutput, RuntimeError>>;
 }
 
 /// `runc` with its own state root.
@@ -381,6 +390,21 @@ impl Runtime for Runc {
                 Err(e) if not_exist(&e) => Ok(None),
                 Err(e) => Err(e),
             }
+        })
+    }
+
+    fn exec<'a>(
+        &'a self,
+        id: &'a str,
+        req: &'a ExecRequest,
+        dir: &'a Path,
+    ) -> BoxFuture<'a, Result<ExecOutput, RuntimeError>> {
+        Box::pin(async move {
+            // One exec's files apart from another's running alongside.
+            let tag = crate::exec::unique_tag();
+            let log = dir.join(format!("exec-{tag}.log"));
+            let pid = dir.join(format!("exec-{tag}.pid"));
+            crate::exec::runc_exec(self.command(), id, req, &log, &pid).await
         })
     }
 

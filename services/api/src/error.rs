@@ -126,7 +126,9 @@ impl From<IngressError> for ApiError {
             IngressError::ImageInaccessible { .. } => {
                 Self::new(status, "image_not_accessible", e.to_string())
             }
-            IngressError::CheckUnavailable(_) | IngressError::Store(_) => {
+            IngressError::CheckUnavailable(_)
+            | IngressError::Store(_)
+            | IngressError::NodeUnavailable(_) => {
                 tracing::warn!(error = %e, "request failed, retryable");
                 Self::new(status, "unavailable", e.to_string())
             }

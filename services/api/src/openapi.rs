@@ -30,8 +30,8 @@ use crate::error::ApiError;
 use crate::hooks;
 use crate::query::Listing;
 use crate::routes::{
-    cron, custom_domains, deploys, env_vars, events, jobs, logs, metrics, nodes, notifications,
-    owner, services,
+    cron, custom_domains, deploys, env_vars, events, exec, jobs, logs, metrics, nodes,
+    notifications, owner, services,
 };
 
 /// One route of the API.
@@ -312,6 +312,8 @@ routes! {
          host, statusCode, method, path, task, taskRun and sandbox are accepted and not applied)", 200;
     get "/v1/services/{serviceId}/instances" => services::instances,
         "List the service's instances", 200;
+    post "/v1/services/{serviceId}/exec" => exec::run,
+        "Run a command in a running instance (no terminal): its exit code and output", 200;
     get "/v1/services/{serviceId}/env-vars" => env_vars::list,
         "List env vars, with values", 200;
     put "/v1/services/{serviceId}/env-vars" => env_vars::replace,

@@ -91,6 +91,7 @@ fn body_for(r: &Route, dep: &str) -> Option<Value> {
         ("post", "/v1/services/{serviceId}/rollback") => Some(json!({"deployId": dep})),
         ("post", "/v1/services/{serviceId}/scale") => Some(json!({"numInstances": 5})),
         ("post", "/v1/services/{serviceId}/jobs") => Some(json!({"startCommand": "true"})),
+        ("post", "/v1/services/{serviceId}/exec") => Some(json!({"command": ["cat", "/etc/mine"]})),
         ("put" | "patch", "/v1/services/{serviceId}/env-vars") => {
             Some(json!([{"key": "A", "value": "b"}]))
         }

@@ -13,6 +13,7 @@ mod dashboard_live;
 mod docs;
 mod env_vars;
 mod events;
+mod exec;
 mod fuzz;
 mod history;
 mod hooks;

@@ -4,6 +4,7 @@
 mod backup;
 mod cli;
 mod cli_domains;
+mod cli_exec;
 mod cli_installation;
 mod cli_lifecycle;
 mod cli_logs;

@@ -30,6 +30,10 @@ pub enum IngressError {
     /// The event store failed or is too contended; retry later (503).
     #[error("event store unavailable: {0}")]
     Store(String),
+    /// The node of the instance a command was for did not answer: nothing
+    /// ran, or what ran is not known; retry later (503).
+    #[error("{0}")]
+    NodeUnavailable(String),
     /// A secret could not be sealed (the operator's key is broken) (500).
     #[error("cannot seal secret: {0}")]
     Secret(#[from] SecretError),
@@ -45,7 +49,9 @@ impl IngressError {
                 ErrorKind::Conflict => 409,
             },
             IngressError::ImageInaccessible { .. } => 422,
-            IngressError::CheckUnavailable(_) | IngressError::Store(_) => 503,
+            IngressError::CheckUnavailable(_)
+            | IngressError::Store(_)
+            | IngressError::NodeUnavailable(_) => 503,
             IngressError::Secret(_) => 500,
         }
     }

@@ -41,6 +41,7 @@ pub mod owners;
 pub mod projection;
 pub mod repair;
 pub mod services;
+pub mod shell;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

@@ -35,6 +35,7 @@
 
 mod config;
 pub mod directory;
+mod exec;
 mod gc;
 pub mod health;
 pub mod preflight;
@@ -310,7 +311,14 @@ impl Node {
             move |e| recorded.recorded(e),
         ));
         let finished = tx.clone();
-        let agent = Agent::start(agent_cfg, Arc::new(runc), client, subjects, tx).await?;
+        let agent = Agent::start(
+            agent_cfg,
+            Arc::new(runc),
+            client.clone(),
+            subjects.clone(),
+            tx,
+        )
+        .await?;
         tracing::info!(node.id = %id, node.name = %self.opts.name, dir = %dir.display(), "node running");
         // Adopted instances are probed again where their checks left off;
         // those whose stop had begun when the node went down are stopped.
@@ -374,6 +382,14 @@ impl Node {
                 housekeeping_stop.clone(),
             ))
         });
+        // Commands the control plane runs in this node's instances.
+        let commands = tokio::spawn(exec::serve(
+            client,
+            subjects.exec(&id),
+            agent.clone(),
+            reporter.clone(),
+            housekeeping_stop.clone(),
+        ));
         let handler = Arc::new(NodeHandler {
             agent: agent.clone(),
             puller,
@@ -421,6 +437,7 @@ impl Node {
         }
         let _ = collector.await;
         let _ = pruner.await;
+        let _ = commands.await;
         health.shutdown();
         // Containers keep running; the next node process adopts them.
         agent.detach().await;

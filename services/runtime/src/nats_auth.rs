@@ -9,7 +9,8 @@
 //! - **node** (one user per node): appends facts to service aggregates and
 //!   its own node aggregate, reads the log, takes work from its own queue
 //!   through its own durable consumer only, heart-beats, publishes its
-//!   instances' log lines (core NATS). Cannot append owner, API key or
+//!   instances' log lines (core NATS), answers commands to run in its own
+//!   instances (`<prefix>.exec.<node>`). Cannot append owner, API key or
 //!   credential events, read another node's work, read the kept logs,
 //!   create, delete or purge streams.
 //! - **operator** (the CLI): reads service events (a deploy's pull
@@ -359,6 +360,8 @@ impl Permissions {
                     format!("{p}.dlq.>"),
                     format!("{p}.events.>"),
                     subjects.resolver_check(),
+                    // Commands run in instances, through their nodes.
+                    subjects.exec_all(),
                     format!("$KV.{}.>", subjects.snapshot_bucket()),
                     format!("$KV.{}.>", subjects.certificate_bucket()),
                     "$JS.API.INFO".to_owned(),
@@ -453,8 +456,9 @@ impl Permissions {
                 ));
                 Permissions {
                     publish,
-                    subscribe: vec![inbox_sub],
-                    allow_responses: false,
+                    // Commands for its own instances, answered once each.
+                    subscribe: vec![inbox_sub, subjects.exec(node)],
+                    allow_responses: true,
                 }
             }
             Role::Operator => Permissions {

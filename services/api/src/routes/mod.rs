@@ -5,6 +5,7 @@ pub mod custom_domains;
 pub mod deploys;
 pub mod env_vars;
 pub mod events;
+pub mod exec;
 pub mod jobs;
 pub mod logs;
 pub mod metrics;

@@ -38,6 +38,10 @@ pub enum ClientError {
     /// The API could not be reached (exit 69).
     #[error("{0}")]
     Unreachable(String),
+    /// Nothing went wrong for berth; the command exits with this code (a
+    /// command run in an instance exited with it). Nothing is printed.
+    #[error("exit {0}")]
+    Exit(u8),
 }
 
 /// Whether this run prints JSON (`--json`): errors then too.
@@ -49,7 +53,11 @@ impl ClientError {
     /// (`{"error": {kind, message, status?, hint?, exitCode}}`), so a
     /// script reads failures the way it reads answers.
     pub fn report(self) -> ExitCode {
+        if let ClientError::Exit(code) = self {
+            return ExitCode::from(code);
+        }
         let (code, kind) = match &self {
+            ClientError::Exit(code) => (*code, "exit"),
             ClientError::Api { .. } => (1, "refused"),
             ClientError::Failed(_) => (1, "failed"),
             ClientError::Usage(_) => (64, "usage"),
@@ -312,6 +320,18 @@ impl Api {
         self.send(Method::POST, path, Some(body)).await
     }
 
+    /// [`Api::post`] whose answer may take up to `wait` (the client's
+    /// usual limit is a minute).
+    pub async fn post_waiting(
+        &self,
+        path: &str,
+        body: Value,
+        wait: Duration,
+    ) -> Result<Value, ClientError> {
+        self.send_within(Method::POST, path, Some(body), Some(wait))
+            .await
+    }
+
     /// PATCH `path` with `body`.
     pub async fn patch(&self, path: &str, body: Value) -> Result<Value, ClientError> {
         self.send(Method::PATCH, path, Some(body)).await
@@ -361,12 +381,25 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, ClientError> {
+        self.send_within(method, path, body, None).await
+    }
+
+    async fn send_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        wait: Option<Duration>,
+    ) -> Result<Value, ClientError> {
         let url = format!("{}{path}", self.base);
         let mut req = self
             .http
             .request(method.clone(), &url)
             .bearer_auth(&self.key)
             .header("accept", "application/json");
+        if let Some(wait) = wait {
+            req = req.timeout(wait);
+        }
         if let Some(body) = &body {
             req = req
                 .header("content-type", "application/json")

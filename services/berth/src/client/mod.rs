@@ -19,6 +19,7 @@ pub mod cron;
 pub mod deploy;
 pub mod domain;
 pub mod env;
+pub mod exec;
 pub mod hook;
 pub mod http;
 pub mod integration;
@@ -127,6 +128,9 @@ pub enum ClientCommand {
     Cron(cron::CronArgs),
     /// Run a service's one-off jobs; list, show or cancel them.
     Job(job::JobArgs),
+    /// Run a command in a running instance of a service (no terminal) and
+    /// exit with its exit code.
+    Exec(Box<exec::ExecArgs>),
     /// The installation's nodes.
     Node(node::NodeArgs),
     /// API keys of your owner.
@@ -159,6 +163,7 @@ pub fn main(cmd: ClientCommand) -> ExitCode {
             ClientCommand::Hook(a) => hook::run(a).await,
             ClientCommand::Cron(a) => cron::run(a).await,
             ClientCommand::Job(a) => job::run(a).await,
+            ClientCommand::Exec(a) => exec::run(*a).await,
             ClientCommand::Node(a) => node::run(a).await,
             ClientCommand::Apikey(a) => apikey::run(a).await,
             ClientCommand::Notify(a) => notify::run(a).await,

@@ -1,0 +1,286 @@
+//! Running a command in one of the caller's running instances (`berth
+//! exec`, Render's Shell without a terminal): the instance is picked from
+//! the service's state (the one named, or a running instance of the live
+//! deploy), and the command goes to its node as a core NATS request
+//! ([`berth_schemas::commands::ExecRequest`]), which runs it as the
+//! instance's own process runs. Nothing is appended to the log: a command
+//! changes no state berth keeps.
+
+use std::time::Duration;
+
+use async_nats::RequestErrorKind;
+use berth_domain::service::instances::{Instance, InstancePhase, Instances};
+use berth_domain::DomainError;
+use berth_schemas::commands::{
+    ExecFailure, ExecReply, ExecRequest, EXEC_STDIN_LIMIT, EXEC_TIMEOUT_MAX_SECS,
+};
+use berth_schemas::ids::{InstanceId, ServiceId};
+use data_encoding::BASE64;
+
+use crate::{Caller, Ingress, IngressError};
+
+/// Arguments a command may have, and bytes all of them together.
+pub const COMMAND_MAX_ARGS: usize = 256;
+/// See [`COMMAND_MAX_ARGS`].
+pub const COMMAND_MAX_BYTES: usize = 16 * 1024;
+/// The timeout when none is given, in seconds.
+pub const DEFAULT_TIMEOUT_SECS: u32 = 60;
+/// How much longer than the command's timeout its node is waited for.
+const ANSWER_MARGIN: Duration = Duration::from_secs(10);
+
+/// A command to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecInput {
+    /// The instance; a running one of the live deploy when `None`.
+    pub instance: Option<InstanceId>,
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// Given on its standard input.
+    pub stdin: Vec<u8>,
+    /// Killed after this many seconds.
+    pub timeout_secs: u32,
+}
+
+/// What it printed and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecResult {
+    /// The instance it ran in.
+    pub instance: InstanceId,
+    /// Its exit code (128 + the signal when killed by one); `None` when
+    /// it timed out.
+    pub exit_code: Option<i32>,
+    /// Killed at its timeout.
+    pub timed_out: bool,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// Whether either stream said more than was kept.
+    pub truncated: bool,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> IngressError {
+    IngressError::Rejected(DomainError::Invalid {
+        field,
+        reason: reason.into(),
+    })
+}
+
+/// Refuses what no node should be asked to run.
+fn check(input: &ExecInput) -> Result<(), IngressError> {
+    match input.command.first() {
+        None => return Err(invalid("command", "must name a program")),
+        Some(p) if p.is_empty() || p.starts_with('-') => {
+            return Err(invalid("command", "must start with a program name"))
+        }
+        Some(_) => {}
+    }
+    if input.command.len() > COMMAND_MAX_ARGS {
+        return Err(invalid(
+            "command",
+            format!("has more than {COMMAND_MAX_ARGS} arguments"),
+        ));
+    }
+    if input.command.iter().map(String::len).sum::<usize>() > COMMAND_MAX_BYTES {
+        return Err(invalid(
+            "command",
+            format!("is longer than {COMMAND_MAX_BYTES} bytes"),
+        ));
+    }
+    if input.command.iter().any(|a| a.contains('\0')) {
+        return Err(invalid("command", "contains a NUL byte"));
+    }
+    if !(1..=EXEC_TIMEOUT_MAX_SECS).contains(&input.timeout_secs) {
+        return Err(invalid(
+            "timeoutSeconds",
+            format!("must be 1 to {EXEC_TIMEOUT_MAX_SECS}"),
+        ));
+    }
+    if input.stdin.len() > EXEC_STDIN_LIMIT {
+        return Err(invalid(
+            "stdin",
+            format!("is longer than {EXEC_STDIN_LIMIT} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether an instance in `phase` has a process to run a command beside.
+fn has_process(phase: InstancePhase) -> bool {
+    matches!(
+        phase,
+        InstancePhase::Running | InstancePhase::Healthy | InstancePhase::Unhealthy
+    )
+}
+
+/// The instance to run in: the one named (it must be the service's), or
+/// the best running one — of the live deploy, not draining, healthy
+/// first.
+fn pick<'a>(
+    instances: &'a Instances,
+    live: Option<&berth_schemas::ids::DeployId>,
+    named: Option<&InstanceId>,
+) -> Result<&'a Instance, IngressError> {
+    if let Some(id) = named {
+        let found = instances
+            .get(id)
+            .ok_or_else(|| IngressError::not_found("instance", id))?;
+        if !has_process(found.phase) {
+            return Err(IngressError::Rejected(DomainError::Conflict(format!(
+                "instance {id} is not running (it is {:?})",
+                found.phase
+            ))));
+        }
+        return Ok(found);
+    }
+    instances
+        .iter()
+        .filter(|i| has_process(i.phase))
+        .min_by_key(|i| {
+            (
+                live != Some(&i.deploy),
+                i.draining_since.is_some(),
+                i.phase != InstancePhase::Healthy,
+                i.id.to_string(),
+            )
+        })
+        .ok_or_else(|| {
+            IngressError::Rejected(DomainError::Conflict(
+                "the service has no running instance to run a command in".into(),
+            ))
+        })
+}
+
+impl Ingress {
+    /// Runs `input` in one of the caller's service's running instances.
+    pub async fn exec_in_instance(
+        &self,
+        caller: &Caller,
+        id: &ServiceId,
+        input: ExecInput,
+    ) -> Result<ExecResult, IngressError> {
+        check(&input)?;
+        let state = self.show_service(caller, id).await?;
+        let live = state.live_deploy().map(|d| d.id.clone());
+        let instance = pick(&state.instances, live.as_ref(), input.instance.as_ref())?;
+        let request = ExecRequest {
+            service: id.clone(),
+            instance: instance.id.clone(),
+            command: input.command,
+            stdin: BASE64.encode(&input.stdin),
+            timeout_secs: input.timeout_secs,
+        };
+        let payload =
+            rmp_serde::to_vec_named(&request).map_err(|e| IngressError::Store(e.to_string()))?;
+        let wait = Duration::from_secs(u64::from(input.timeout_secs)) + ANSWER_MARGIN;
+        let subject = self.store.subjects().exec(&instance.node);
+        tracing::info!(
+            service.id = %id,
+            instance.id = %instance.id,
+            node.id = %instance.node,
+            actor = ?caller.actor,
+            program = %request.command.first().map(String::as_str).unwrap_or_default(),
+            "command sent to an instance"
+        );
+        let unreachable = |why: String| {
+            IngressError::NodeUnavailable(format!(
+                "node {} of instance {} {why}",
+                instance.node, instance.id
+            ))
+        };
+        let msg = self
+            .store
+            .client()
+            .send_request(
+                subject,
+                async_nats::Request::new()
+                    .payload(payload.into())
+                    .timeout(Some(wait)),
+            )
+            .await
+            .map_err(|e| match e.kind() {
+                RequestErrorKind::NoResponders => unreachable("is not connected".into()),
+                RequestErrorKind::TimedOut => {
+                    unreachable(format!("did not answer within {}s", wait.as_secs()))
+                }
+                _ => unreachable(format!("could not be asked: {e}")),
+            })?;
+        let reply: ExecReply = rmp_serde::from_slice(&msg.payload)
+            .map_err(|e| unreachable(format!("answered with something unreadable: {e}")))?;
+        match reply {
+            ExecReply::Ran {
+                exit_code,
+                timed_out,
+                stdout,
+                stderr,
+                truncated,
+            } => {
+                let decode = |s: &str| {
+                    BASE64
+                        .decode(s.as_bytes())
+                        .map_err(|_| unreachable("answered with output that is not base64".into()))
+                };
+                Ok(ExecResult {
+                    instance: instance.id.clone(),
+                    exit_code,
+                    timed_out,
+                    stdout: decode(&stdout)?,
+                    stderr: decode(&stderr)?,
+                    truncated,
+                })
+            }
+            ExecReply::Failed { reason, message } => Err(match reason {
+                ExecFailure::NotFound => IngressError::not_found("instance", &instance.id),
+                ExecFailure::NotRunning => IngressError::Rejected(DomainError::Conflict(message)),
+                ExecFailure::Invalid | ExecFailure::Failed => invalid("command", message),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(command: &[&str]) -> ExecInput {
+        ExecInput {
+            instance: None,
+            command: command.iter().map(|s| s.to_string()).collect(),
+            stdin: Vec::new(),
+            timeout_secs: DEFAULT_TIMEOUT_SECS,
+        }
+    }
+
+    /// The field an invalid-input refusal names (`"?"` for any other).
+    fn field_of(e: IngressError) -> &'static str {
+        match e {
+            IngressError::Rejected(DomainError::Invalid { field, .. }) => field,
+            _ => "?",
+        }
+    }
+
+    #[test]
+    fn commands_are_checked_before_any_node_is_asked() {
+        assert!(check(&input(&["sh", "-c", "true"])).is_ok());
+        for bad in [
+            input(&[]),
+            input(&["-x"]),
+            input(&[""]),
+            input(&["a\0"]),
+            input(&vec!["a"; COMMAND_MAX_ARGS + 1]),
+        ] {
+            assert_eq!(check(&bad).map_err(field_of), Err("command"), "{bad:?}");
+        }
+        let long = "x".repeat(COMMAND_MAX_BYTES);
+        assert_eq!(
+            check(&input(&["sh", &long])).map_err(field_of),
+            Err("command")
+        );
+        let mut i = input(&["true"]);
+        i.timeout_secs = 0;
+        assert_eq!(check(&i).map_err(field_of), Err("timeoutSeconds"));
+        i.timeout_secs = EXEC_TIMEOUT_MAX_SECS + 1;
+        assert_eq!(check(&i).map_err(field_of), Err("timeoutSeconds"));
+        i.timeout_secs = 1;
+        i.stdin = vec![0; EXEC_STDIN_LIMIT + 1];
+        assert_eq!(check(&i).map_err(field_of), Err("stdin"));
+    }
+}

@@ -1,0 +1,211 @@
+//! Commands run in this node's instances for the control plane (`berth
+//! exec`, `POST /v1/services/{id}/exec`): core NATS requests on
+//! `<prefix>.exec.<node>` (MessagePack, as the resolver's checks), which only the control plane may send and only
+//! this node may receive. Each is checked again here — the instance must
+//! be one placed on this node for the service named — then run by the
+//! agent as the instance's own process runs ([`berth_agent::exec`]) and
+//! answered once. A few run at a time; the rest wait their turn.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_agent::exec::{ExecEnd, ExecRequest as AgentExec};
+use berth_agent::{Agent, AgentError};
+use berth_schemas::commands::{
+    ExecFailure, ExecReply, ExecRequest, EXEC_OUTPUT_LIMIT, EXEC_STDIN_LIMIT, EXEC_TIMEOUT_MAX_SECS,
+};
+use data_encoding::BASE64;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::report::Reporter;
+
+/// Commands running at once on one node.
+const AT_ONCE: usize = 16;
+
+/// Answers the requests on `subject` until `stop`.
+pub(crate) async fn serve(
+    client: async_nats::Client,
+    subject: String,
+    agent: Agent,
+    reporter: Reporter,
+    stop: CancellationToken,
+) {
+    let mut sub = match client.subscribe(subject.clone()).await {
+        Ok(sub) => sub,
+        Err(e) => {
+            tracing::error!(%subject, error = %e, "commands in instances cannot be received");
+            return;
+        }
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(AT_ONCE));
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => break,
+            m = sub.next() => match m {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        let Some(reply) = msg.reply.clone() else {
+            continue;
+        };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let (client, agent, reporter) = (client.clone(), agent.clone(), reporter.clone());
+        tokio::spawn(async move {
+            let answer = answer(&agent, &reporter, &msg.payload).await;
+            drop(slot);
+            let payload = match rmp_serde::to_vec_named(&answer) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "exec answer not encoded");
+                    return;
+                }
+            };
+            if let Err(e) = client.publish(reply, payload.into()).await {
+                tracing::warn!(error = %e, "exec answer not sent");
+            }
+        });
+    }
+    let _ = sub.unsubscribe().await;
+}
+
+fn failed(reason: ExecFailure, message: impl Into<String>) -> ExecReply {
+    ExecReply::Failed {
+        reason,
+        message: message.into(),
+    }
+}
+
+/// The answer to one request's payload.
+async fn answer(agent: &Agent, reporter: &Reporter, payload: &[u8]) -> ExecReply {
+    let req: ExecRequest = match rmp_serde::from_slice(payload) {
+        Ok(r) => r,
+        Err(e) => return failed(ExecFailure::Invalid, format!("not an exec request: {e}")),
+    };
+    let run = match checked(&req) {
+        Ok(run) => run,
+        Err(message) => return failed(ExecFailure::Invalid, message),
+    };
+    let placed = reporter
+        .placement(&req.instance)
+        .is_some_and(|p| p.service == req.service);
+    if !placed {
+        return failed(
+            ExecFailure::NotFound,
+            format!("instance {} is not on this node", req.instance),
+        );
+    }
+    let not_running = || {
+        failed(
+            ExecFailure::NotRunning,
+            format!(
+                "instance {} is not running now (starting again, or stopping)",
+                req.instance
+            ),
+        )
+    };
+    if reporter.is_done(&req.instance) {
+        return not_running();
+    }
+    tracing::info!(
+        service.id = %req.service,
+        instance.id = %req.instance,
+        program = %req.command.first().map(String::as_str).unwrap_or_default(),
+        "running a command in an instance"
+    );
+    match agent.exec(&req.instance, &run).await {
+        Ok(out) => ExecReply::Ran {
+            exit_code: match out.end {
+                ExecEnd::Exited(code) => Some(code),
+                ExecEnd::TimedOut => None,
+            },
+            timed_out: out.end == ExecEnd::TimedOut,
+            stdout: BASE64.encode(&out.stdout),
+            stderr: BASE64.encode(&out.stderr),
+            truncated: out.truncated,
+        },
+        // Placed here and not (or no longer) supervised: stopped.
+        Err(AgentError::UnknownInstance(_) | AgentError::NotRunning(_)) => not_running(),
+        Err(e) => failed(ExecFailure::Failed, e.to_string()),
+    }
+}
+
+/// The agent's request for `req`, or why it is not a valid one.
+fn checked(req: &ExecRequest) -> Result<AgentExec, String> {
+    match req.command.first() {
+        None => return Err("the command is empty".into()),
+        Some(p) if p.is_empty() || p.starts_with('-') => {
+            return Err("the command must start with a program name".into())
+        }
+        Some(_) => {}
+    }
+    if req.command.iter().any(|a| a.contains('\0')) {
+        return Err("an argument contains a NUL byte".into());
+    }
+    if !(1..=EXEC_TIMEOUT_MAX_SECS).contains(&req.timeout_secs) {
+        return Err(format!(
+            "the timeout must be 1 to {EXEC_TIMEOUT_MAX_SECS} seconds"
+        ));
+    }
+    let stdin = BASE64
+        .decode(req.stdin.as_bytes())
+        .map_err(|_| "standard input is not base64".to_owned())?;
+    if stdin.len() > EXEC_STDIN_LIMIT {
+        return Err(format!("standard input is over {EXEC_STDIN_LIMIT} bytes"));
+    }
+    Ok(AgentExec {
+        args: req.command.clone(),
+        stdin,
+        timeout: Duration::from_secs(u64::from(req.timeout_secs)),
+        output_limit: EXEC_OUTPUT_LIMIT,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_schemas::ids::{InstanceId, ServiceId};
+
+    fn request(command: &[&str]) -> ExecRequest {
+        ExecRequest {
+            service: ServiceId::generate(),
+            instance: InstanceId::generate(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            stdin: String::new(),
+            timeout_secs: 10,
+        }
+    }
+
+    #[test]
+    fn requests_are_checked_before_anything_runs() {
+        let ok = checked(&request(&["sh", "-c", "true"])).map_err(|e| e.to_string());
+        assert_eq!(
+            ok.map(|r| (r.args.len(), r.timeout, r.output_limit)),
+            Ok((3, Duration::from_secs(10), EXEC_OUTPUT_LIMIT))
+        );
+        for (bad, why) in [
+            (request(&[]), "empty"),
+            (request(&["--help"]), "program name"),
+            (request(&[""]), "program name"),
+            (request(&["sh", "a\0b"]), "NUL"),
+        ] {
+            let e = checked(&bad).err().unwrap_or_default();
+            assert!(e.contains(why), "{e}");
+        }
+        let mut r = request(&["true"]);
+        r.timeout_secs = 0;
+        assert!(checked(&r).is_err());
+        r.timeout_secs = EXEC_TIMEOUT_MAX_SECS + 1;
+        assert!(checked(&r).is_err());
+        r.timeout_secs = 5;
+        r.stdin = "not base64!".into();
+        assert!(checked(&r).err().unwrap_or_default().contains("base64"));
+        r.stdin = BASE64.encode(&vec![0u8; EXEC_STDIN_LIMIT + 1]);
+        assert!(checked(&r).err().unwrap_or_default().contains("over"));
+        r.stdin = BASE64.encode(b"input");
+        assert_eq!(checked(&r).map(|a| a.stdin).ok(), Some(b"input".to_vec()));
+    }
+}
