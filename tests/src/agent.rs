@@ -368,10 +368,11 @@ pub fn container_pid(runc_root: &Path, id: &str) -> u32 {
 }
 
 /// Runs `args` inside the running container `id` (its namespaces, root,
-/// cwd and environment, as its root user), as `runc exec` would. Through
-/// `nsenter`: runc joins a user namespace before the others, after which
-/// the network namespace the node made (owned by the host's user
-/// namespace) can no longer be joined.
+/// cwd and environment, as its root user) through `nsenter`: a look from
+/// the outside, without the container's cgroup, capabilities or seccomp
+/// filter (`berth exec`, the agent's `runc exec`, has them), which also
+/// reaches instances whose network namespace the host's user namespace
+/// owns (started by an earlier berth).
 pub fn exec_in(runc_root: &Path, id: &str, args: &[&str]) -> std::process::Output {
     let pid = container_pid(runc_root, id).to_string();
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();

@@ -460,6 +460,7 @@ pages! {
     post "/services/{serviceId}/cron-runs" => dashboard::actions::run_cron, "Trigger a cron run";
     post "/services/{serviceId}/cron-runs/cancel" => dashboard::actions::cancel_cron, "Cancel the active cron run";
     post "/services/{serviceId}/jobs" => dashboard::actions::run_job, "Run a one-off job";
+    post "/services/{serviceId}/exec" => dashboard::shell::run, "Run a command line in an instance; its output";
     post "/services/{serviceId}/jobs/{jobId}/cancel" => dashboard::actions::cancel_job, "Cancel a job";
     get "/services/{serviceId}/logs" => dashboard::observe::logs_page, "A service's kept log lines (paged, filtered, followed)";
     get "/services/{serviceId}/metrics" => dashboard::observe::metrics_page, "A service's last hour of metrics (charts)";

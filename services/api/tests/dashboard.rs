@@ -940,3 +940,55 @@ async fn a_web_services_https_redirect_is_set_on_its_settings_page() {
     assert_eq!(page.status, StatusCode::OK);
     assert!(!page.html.contains("httpsRedirect"), "{}", page.html);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shell_form_runs_through_the_apis_exec_and_says_its_refusals() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let (svc, _) = app.service(&alice, "w").await;
+    app.go_live(&alice, &svc).await;
+    let mut b = signed_in(&app, &alice).await;
+    let page = b.get(&format!("/services/{svc}")).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.html);
+    assert!(
+        page.html
+            .contains(&format!("action=\"/services/{svc}/exec\"")),
+        "{}",
+        page.html
+    );
+    // No instance runs (no node here): the API's 409, said on the page.
+    let before = app.last_seq().await;
+    let back = b
+        .submit(
+            &format!("/services/{svc}"),
+            &format!("/services/{svc}/exec"),
+            &[("command", "ls /")],
+        )
+        .await;
+    assert_eq!(back.status, StatusCode::OK, "{}", back.html);
+    assert!(
+        back.html
+            .contains("no running instance to run a command in"),
+        "{}",
+        back.html
+    );
+    // Nothing typed: refused, saying so.
+    let empty = b
+        .submit(
+            &format!("/services/{svc}"),
+            &format!("/services/{svc}/exec"),
+            &[("command", "")],
+        )
+        .await;
+    assert!(
+        empty.html.contains("type a command line to run"),
+        "{}",
+        empty.html
+    );
+    assert_eq!(app.last_seq().await, before, "a command recorded nothing");
+    // Without the session's token: refused before anything runs.
+    let forged = b
+        .post(&format!("/services/{svc}/exec"), &[("command", "ls /")])
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+}

@@ -8,6 +8,93 @@ use serde_json::Value;
 
 use crate::cli_support::Setup;
 
+const FORM: &str = "application/x-www-form-urlencoded";
+
+/// `fields` as a posted form's body.
+fn form(fields: &[(&str, &str)]) -> String {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    char::from(b).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The `_csrf` value of the first form in `html`.
+fn csrf(html: &str) -> String {
+    let mark = "name=\"_csrf\" value=\"";
+    let at = html.find(mark).expect("a form") + mark.len();
+    html[at..][..html[at..].find('"').unwrap()].to_owned()
+}
+
+/// Signs in to the dashboard with the installation's API key, runs `line`
+/// from service `name`'s shell form; the page that shows its output.
+async fn dashboard_shell(setup: &Setup, name: &str, line: &str) -> String {
+    let creds: Value =
+        serde_json::from_slice(&std::fs::read(setup.cli.data.join("credentials.json")).unwrap())
+            .unwrap();
+    let key = creds["apiKey"].as_str().unwrap();
+    let id = setup.cli.json(&["service", "show", name]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let api = &setup.api_url;
+    let mut cookies: Vec<String> = Vec::new();
+    let keep = |resp: &reqwest::Response, cookies: &mut Vec<String>| {
+        for c in resp.headers().get_all(reqwest::header::SET_COOKIE) {
+            let pair = c.to_str().unwrap().split(';').next().unwrap().to_owned();
+            let name = pair.split('=').next().unwrap().to_owned();
+            cookies.retain(|k| !k.starts_with(&format!("{name}=")));
+            cookies.push(pair);
+        }
+    };
+    let login = http.get(format!("{api}/login")).send().await.unwrap();
+    keep(&login, &mut cookies);
+    let token = csrf(&login.text().await.unwrap());
+    let signed = http
+        .post(format!("{api}/login"))
+        .header(reqwest::header::COOKIE, cookies.join("; "))
+        .header(reqwest::header::CONTENT_TYPE, FORM)
+        .body(form(&[("_csrf", &token), ("key", key), ("next", "/")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status().as_u16(), 303);
+    keep(&signed, &mut cookies);
+    let page = http
+        .get(format!("{api}/services/{id}"))
+        .header(reqwest::header::COOKIE, cookies.join("; "))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ran = http
+        .post(format!("{api}/services/{id}/exec"))
+        .header(reqwest::header::COOKIE, cookies.join("; "))
+        .header(reqwest::header::CONTENT_TYPE, FORM)
+        .body(form(&[("_csrf", &csrf(&page)), ("command", line)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ran.status().as_u16(), 200);
+    ran.text().await.unwrap()
+}
+
 const LOOP: &str = "sh -c 'trap \"exit 0\" TERM; while true; do sleep 1; done'";
 
 #[tokio::test]
@@ -92,6 +179,12 @@ async fn cli_runs_a_command_in_a_running_instance() {
         .await;
     assert_eq!(out.code, 124, "{out:?}");
     assert!(out.stderr.contains("killed after 1s"), "{out:?}");
+
+    // The dashboard's shell: the same, through the service's page.
+    let shown = dashboard_shell(&setup, "x", "echo from the page; echo '<b>' >&2").await;
+    assert!(shown.contains("from the page"), "{shown}");
+    assert!(shown.contains("&lt;b&gt;"), "output is escaped: {shown}");
+    assert!(shown.contains("exit code 0"), "{shown}");
 
     // Refused: an instance the service does not have, a program the
     // image does not have, a bad timeout — each with the API's reason.

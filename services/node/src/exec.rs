@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_agent::exec::{ExecEnd, ExecRequest as AgentExec};
-use berth_agent::{Agent, AgentError};
+use berth_agent::{Agent, AgentError, RuntimeError};
 use berth_schemas::commands::{
     ExecFailure, ExecReply, ExecRequest, EXEC_OUTPUT_LIMIT, EXEC_STDIN_LIMIT, EXEC_TIMEOUT_MAX_SECS,
 };
@@ -129,6 +129,12 @@ async fn answer(agent: &Agent, reporter: &Reporter, payload: &[u8]) -> ExecReply
         },
         // Placed here and not (or no longer) supervised: stopped.
         Err(AgentError::UnknownInstance(_) | AgentError::NotRunning(_)) => not_running(),
+        // It ended between the look and runc's.
+        Err(AgentError::Runtime(RuntimeError::Failed { message, .. }))
+            if message.contains("stopped container") || message.contains("does not exist") =>
+        {
+            not_running()
+        }
         Err(e) => failed(ExecFailure::Failed, e.to_string()),
     }
 }

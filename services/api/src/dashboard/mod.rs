@@ -34,6 +34,7 @@ mod progress;
 pub mod service;
 pub mod session;
 pub mod settings;
+pub mod shell;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -563,6 +563,12 @@ pub async fn page(
                     (instances_table(&seen.instances))
                 }
             }
+            @if s.service_type != ServiceType::CronJob {
+                section aria-labelledby="shell-title" {
+                    h2 #shell-title { "Shell" }
+                    (super::shell::form(&who, &s.id, ""))
+                }
+            }
             section aria-labelledby="jobs-title" {
                 h2 #jobs-title { "Jobs" }
                 (job_form(&who, s))
