@@ -127,15 +127,17 @@ impl Namespace {
 
     /// The network namespace process `pid` is in (an adopted instance's),
     /// with the process's user namespace as its owner when `owned` (the
-    /// namespace was made inside it); refused when either is this
-    /// process's own (the host's).
+    /// namespace was made inside it) and the process is in one (an
+    /// instance running as the host's root joined it without); refused
+    /// when the network namespace is this process's own (the host's).
     pub fn of_process(pid: u32, owned: bool) -> io::Result<Namespace> {
         let net = Held::open_other(Path::new(&format!("/proc/{pid}/ns/net")), "net")?;
         let owner = if owned {
-            Some(Held::open_other(
-                Path::new(&format!("/proc/{pid}/ns/user")),
-                "user",
-            )?)
+            match Held::open_other(Path::new(&format!("/proc/{pid}/ns/user")), "user") {
+                Ok(user) => Some(user),
+                Err(e) if e.kind() == io::ErrorKind::InvalidInput => None,
+                Err(e) => return Err(e),
+            }
         } else {
             None
         };
@@ -441,6 +443,24 @@ mod tests {
                 .ino()
         };
         assert_eq!(owner(&adopted), owner(&ns));
+        let _ = child.kill();
+        let _ = child.wait();
+        // A process of the host's user namespace in it (an instance run
+        // as the host's root): the network namespace, no owner.
+        let mut child = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", ns.path().display()))
+            .args(["sleep", "30"])
+            .spawn()
+            .expect("a host process inside");
+        let pid = child.id();
+        let adopted = (0..100)
+            .find_map(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                Namespace::of_process(pid, true).ok()
+            })
+            .expect("adopted");
+        assert_eq!(adopted.inode().expect("inode"), ns.inode().expect("inode"));
+        assert!(adopted.owner_path().is_none());
         let _ = child.kill();
         let _ = child.wait();
     }
