@@ -228,8 +228,14 @@ impl Ingress {
                 })
             }
             ExecReply::Failed { reason, message } => Err(match reason {
-                ExecFailure::NotFound => IngressError::not_found("instance", &instance.id),
-                ExecFailure::NotRunning => IngressError::Rejected(DomainError::Conflict(message)),
+                // The service's state still lists it: its node stopped it
+                // (and forgot it) a moment ago.
+                ExecFailure::NotFound | ExecFailure::NotRunning => {
+                    IngressError::Rejected(DomainError::Conflict(format!(
+                        "instance {} is not running now: {message}",
+                        instance.id
+                    )))
+                }
                 ExecFailure::Invalid | ExecFailure::Failed => invalid("command", message),
             }),
         }

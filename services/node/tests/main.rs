@@ -7,6 +7,7 @@
 mod support;
 
 mod disk;
+mod exec;
 mod gc;
 mod health;
 mod horizon;
