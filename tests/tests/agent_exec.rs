@@ -247,3 +247,88 @@ async fn a_command_in_an_instance_in_a_user_namespace_runs_as_its_own_process() 
 async fn a_command_in_an_instance_run_as_the_hosts_root_runs_as_its_own_process() {
     enters_as_its_own_process(false).await;
 }
+
+/// A runc that makes every container's user namespace anew (the path of
+/// the node's is dropped from the bundle), as a machine that will not let
+/// an instance mount a sysfs of its own network behaves: runc is refused
+/// the sysfs, for real.
+const UNOWNED_RUNC: &str = r#"#!/bin/sh
+prev=""
+for a in "$@"; do
+  if [ "$prev" = "--bundle" ]; then
+    python3 - "$a/config.json" <<'PY'
+import json, sys
+p = sys.argv[1]
+c = json.load(open(p))
+for n in c["linux"]["namespaces"]:
+    if n["type"] == "user":
+        n.pop("path", None)
+json.dump(c, open(p, "w"))
+PY
+  fi
+  prev="$a"
+done
+exec runc "$@"
+"#;
+
+#[tokio::test]
+async fn a_machine_that_refuses_instances_their_own_sysfs_gets_them_the_hosts() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("runc");
+    std::fs::write(&wrapper, UNOWNED_RUNC).unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ns = berth_agent::bundle::UserNamespace {
+        host: 1_000_000_000,
+        size: 65_536,
+    };
+    let mut node = Node::start_tuned(|c| c.user_namespace = Some(ns)).await;
+    // The same node's agent again, on the wrapper.
+    node.agent.detach().await;
+    let (agent, events) =
+        berth_tests::agent::start_agent(&node.cfg, &node.client, &node.subjects, &wrapper).await;
+    node.agent = agent;
+    node.events = events;
+    let img = node
+        .image(&busybox_image(
+            json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]}),
+        ))
+        .await;
+    let networked = || {
+        let mut s = spec(&img, "/bin/busybox sleep 600");
+        s.network = Some(berth_agent::NetworkSpec {
+            group: "sysfs".into(),
+            name: None,
+            publish: None,
+        });
+        s
+    };
+    // The first start is refused its sysfs, then runs with the host's
+    // /sys; the next starts so at once.
+    for _ in 0..2 {
+        let s = networked();
+        let pid = node.agent.run_instance(s.clone()).await.unwrap();
+        let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        let sys = mounts
+            .lines()
+            .find(|l| l.split_whitespace().nth(4) == Some("/sys"))
+            .unwrap_or_else(|| panic!("no /sys in {mounts}"));
+        assert!(
+            sys.contains(" ro,") || sys.contains(" ro "),
+            "read-only: {sys}"
+        );
+        let seen = berth_tests::agent::exec_in(
+            &node.runc_root(),
+            s.instance.as_str(),
+            &["ls", "/sys/class/net"],
+        );
+        let names = text(&seen.stdout);
+        assert!(
+            names
+                .lines()
+                .any(|n| n.starts_with("bth") || n == "docker0" || n.starts_with("e")),
+            "the host's interfaces: {names}"
+        );
+        node.agent.stop_instance(&s.instance).await.unwrap();
+    }
+}

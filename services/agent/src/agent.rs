@@ -277,6 +277,9 @@ pub(crate) struct Inner {
     /// Whether runc mounts instance roots inside their containers (until
     /// it refuses once: then on the host, see [`bundle::RootfsKind`]).
     pub rootfs_inside: std::sync::atomic::AtomicBool,
+    /// Whether instances in a user namespace mount a sysfs of their own
+    /// network (until runc is refused one: then the host's `/sys`).
+    pub own_sysfs: std::sync::atomic::AtomicBool,
     /// The instances' cgroups (what an exit's memory kills were).
     pub cgroups: CgroupReader,
     pub detach: CancellationToken,
@@ -418,6 +421,7 @@ impl Agent {
                 sandbox,
                 net,
                 rootfs_inside: std::sync::atomic::AtomicBool::new(true),
+                own_sysfs: std::sync::atomic::AtomicBool::new(true),
                 cgroups: CgroupReader::host(),
                 detach: CancellationToken::new(),
                 tracker: TaskTracker::new(),

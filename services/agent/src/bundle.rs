@@ -129,6 +129,11 @@ pub struct Sandbox {
     /// into an instance in a user namespace, then has no writable
     /// submount either.
     pub recursive_read_only: bool,
+    /// Whether an instance in a user namespace that owns its network
+    /// namespace mounts a sysfs of its own (else the host's `/sys` is
+    /// bound read-only, as for one that does not own it): off once the
+    /// machine refused one.
+    pub own_sysfs: bool,
 }
 
 /// The ids an instance's user namespace maps: its ids `0..size` are the
@@ -189,6 +194,7 @@ impl Default for Sandbox {
             open_files_max: OPEN_FILES_SOFT,
             user_namespace: None,
             recursive_read_only: false,
+            own_sysfs: true,
         }
     }
 }
@@ -210,6 +216,7 @@ impl Sandbox {
                 &std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default(),
                 (5, 12),
             ),
+            own_sysfs: true,
         }
     }
 }
@@ -358,7 +365,7 @@ pub fn runtime_spec(
         // read-only, as rootless containers have it.
         match sandbox.user_namespace {
             None => sysfs,
-            Some(_) if joined_user.is_some() || net.is_none() => sysfs,
+            Some(_) if sandbox.own_sysfs && (joined_user.is_some() || net.is_none()) => sysfs,
             Some(_) if sandbox.recursive_read_only => {
                 json!({"destination": "/sys", "type": "bind", "source": "/sys", "options": ["rbind", "rro", "nosuid", "noexec", "nodev", "ro"]})
             }
@@ -885,6 +892,17 @@ mod tests {
         );
         assert_eq!(v["linux"]["uidMappings"], map);
         assert_eq!(sys_of(&v)["type"], "sysfs");
+        // On a machine that refused one: still joined, the host's /sys.
+        let refused = Sandbox {
+            own_sysfs: false,
+            ..sandbox.clone()
+        };
+        let v = attached_spec(&attached, &refused);
+        assert_eq!(sys_of(&v)["type"], "bind");
+        assert_eq!(
+            v["linux"]["namespaces"][0],
+            json!({ "type": "user", "path": "/proc/1/fd/8" })
+        );
         // Without a user namespace, the node's one is not joined.
         let v = attached_spec(&attached, &Sandbox::default());
         assert!(!v["linux"]["namespaces"]
@@ -962,6 +980,7 @@ mod tests {
             open_files_max: 524_288,
             user_namespace: None,
             recursive_read_only: false,
+            own_sysfs: true,
         };
         let v = runtime_spec(&s, Path::new("/nonexistent"), None, &sandbox).unwrap();
         // The init runs the app, mounted read-only after /dev.

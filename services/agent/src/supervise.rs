@@ -199,21 +199,53 @@ pub(crate) async fn launch(
     restarts: u32,
 ) -> Result<Running, AgentError> {
     let net = network(inner, spec).await?;
-    let inside = inner.rootfs_inside.load(Ordering::Relaxed);
-    match launch_with(inner, spec, kind, restarts, net.as_ref(), inside).await {
-        Err(AgentError::Runtime(RuntimeError::Failed { message, .. }))
-            if inside && root_mount_refused(&message) =>
+    // Each refusal below turns one setting off for good, so this ends.
+    loop {
+        let inside = inner.rootfs_inside.load(Ordering::Relaxed);
+        let own_sysfs = inner.own_sysfs.load(Ordering::Relaxed);
+        let refused = match launch_with(
+            inner,
+            spec,
+            kind,
+            restarts,
+            net.as_ref(),
+            inside,
+            own_sysfs,
+        )
+        .await
         {
-            if inner.rootfs_inside.swap(false, Ordering::Relaxed) {
-                tracing::warn!(%message, "runc did not mount an instance's root inside its container; instance roots are mounted on the host from now on");
+            Err(AgentError::Runtime(RuntimeError::Failed { message, .. }))
+                if inside && root_mount_refused(&message) =>
+            {
+                if inner.rootfs_inside.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(%message, "runc did not mount an instance's root inside its container; instance roots are mounted on the host from now on");
+                }
+                "root"
             }
-            if let Err(e) = inner.runtime.delete(spec.instance.as_str()).await {
-                tracing::debug!(instance = %spec.instance, error = %e, "runc delete after a refused root");
+            Err(AgentError::Runtime(RuntimeError::Failed { message, .. }))
+                if own_sysfs && sysfs_refused(&message) =>
+            {
+                if inner.own_sysfs.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(%message, "this machine refuses instances in a user namespace a sysfs of their own; they get the host's /sys, read-only, from now on");
+                }
+                "sysfs"
             }
-            launch_with(inner, spec, kind, restarts, net.as_ref(), false).await
+            r => return r,
+        };
+        if let Err(e) = inner.runtime.delete(spec.instance.as_str()).await {
+            tracing::debug!(instance = %spec.instance, error = %e, refused, "runc delete after a refused mount");
         }
-        r => r,
     }
+}
+
+/// Whether runc failed to mount a sysfs in an instance: a machine that
+/// does not let a user namespace mount one (the node itself in a
+/// container whose `/sys` is not fully visible, a kernel that refuses).
+fn sysfs_refused(message: &str) -> bool {
+    let m = message.replace('\\', "");
+    m.contains("\"sysfs\"")
+        && m.contains("\"/sys\"")
+        && (m.contains("operation not permitted") || m.contains("permission denied"))
 }
 
 /// Whether runc failed to mount an instance's root inside its container
@@ -233,6 +265,7 @@ async fn launch_with(
     restarts: u32,
     net: Option<&Attachment>,
     inside: bool,
+    own_sysfs: bool,
 ) -> Result<Running, AgentError> {
     let dir = inner.dir(&spec.instance);
     let id = spec.instance.to_string();
@@ -246,6 +279,7 @@ async fn launch_with(
         let ns = bundle::user_namespace_for(sandbox.user_namespace, &s.image.rootfs);
         let sandbox = bundle::Sandbox {
             user_namespace: ns,
+            own_sysfs,
             ..sandbox
         };
         bundle::private_dir(&d.root, ns.map(|u| u.host)).map_err(agent_io(&d.root))?;
@@ -701,7 +735,19 @@ pub(crate) async fn supervise(
 
 #[cfg(test)]
 mod tests {
-    use super::root_mount_refused;
+    use super::{root_mount_refused, sysfs_refused};
+
+    #[test]
+    fn a_refused_sysfs_is_told_from_other_failures() {
+        let refused = r#"unable to start container process: error during container init: error mounting \"sysfs\" to rootfs at \"/sys\": mount sysfs:/sys (via /proc/self/fd/6), flags: 0xf: operation not permitted"#;
+        assert!(sysfs_refused(refused));
+        assert!(!sysfs_refused(
+            r#"error mounting \"sysfs\" to rootfs at \"/sys\": no such device"#
+        ));
+        assert!(!sysfs_refused(
+            r#"error mounting \"proc\" to rootfs at \"/proc\": operation not permitted"#
+        ));
+    }
 
     #[test]
     fn a_refused_root_mount_is_told_from_a_missing_image() {
