@@ -1,8 +1,8 @@
 //! `POST /v1/services/{id}/exec` without a node: every refusal the API
 //! makes before or instead of running anything — bad bodies (400, each
 //! field named), an instance the service does not have (404), one not
-//! running or none at all (409), and a node that is not connected (503 at
-//! once, not after the command's timeout). A command actually run is the
+//! running or none at all (409), and a node that is not connected (503 in
+//! a second, not after the command's timeout). A command actually run is the
 //! CLI end-to-end test's (`services/berth/tests/cli_exec.rs`).
 
 use std::time::{Duration, Instant};
@@ -119,7 +119,7 @@ async fn commands_are_refused_with_a_reason_when_nothing_can_run_them() {
         "{v}"
     );
 
-    // Running on a node that is not connected: 503 at once, naming the
+    // Running on a node that is not connected: 503 within a second, naming the
     // node, though the command's timeout is long.
     record(
         &app,

@@ -25,6 +25,11 @@ pub const COMMAND_MAX_ARGS: usize = 256;
 pub const COMMAND_MAX_BYTES: usize = 16 * 1024;
 /// The timeout when none is given, in seconds.
 pub const DEFAULT_TIMEOUT_SECS: u32 = 60;
+/// How often a node nobody answers for is asked again, and the pause
+/// before each (a node's subscription may take a moment to count).
+const NO_RESPONDERS_TRIES: u32 = 3;
+/// See [`NO_RESPONDERS_TRIES`].
+const NO_RESPONDERS_PAUSE: Duration = Duration::from_millis(300);
 /// How much longer than the command's timeout its node is waited for.
 const ANSWER_MARGIN: Duration = Duration::from_secs(10);
 
@@ -186,23 +191,41 @@ impl Ingress {
                 instance.node, instance.id
             ))
         };
-        let msg = self
-            .store
-            .client()
-            .send_request(
-                subject,
-                async_nats::Request::new()
-                    .payload(payload.into())
-                    .timeout(Some(wait)),
-            )
-            .await
-            .map_err(|e| match e.kind() {
-                RequestErrorKind::NoResponders => unreachable("is not connected".into()),
-                RequestErrorKind::TimedOut => {
-                    unreachable(format!("did not answer within {}s", wait.as_secs()))
+        // No responders at all: the node is not connected, or subscribed
+        // a moment ago and the server does not count it yet; asked again
+        // a few times within a second before saying so.
+        let mut tries = 0;
+        let msg = loop {
+            let asked = self
+                .store
+                .client()
+                .send_request(
+                    subject.clone(),
+                    async_nats::Request::new()
+                        .payload(payload.clone().into())
+                        .timeout(Some(wait)),
+                )
+                .await;
+            match asked {
+                Ok(msg) => break msg,
+                Err(e)
+                    if e.kind() == RequestErrorKind::NoResponders
+                        && tries < NO_RESPONDERS_TRIES =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(NO_RESPONDERS_PAUSE).await;
                 }
-                _ => unreachable(format!("could not be asked: {e}")),
-            })?;
+                Err(e) => {
+                    return Err(match e.kind() {
+                        RequestErrorKind::NoResponders => unreachable("is not connected".into()),
+                        RequestErrorKind::TimedOut => {
+                            unreachable(format!("did not answer within {}s", wait.as_secs()))
+                        }
+                        _ => unreachable(format!("could not be asked: {e}")),
+                    })
+                }
+            }
+        };
         let reply: ExecReply = rmp_serde::from_slice(&msg.payload)
             .map_err(|e| unreachable(format!("answered with something unreadable: {e}")))?;
         match reply {
