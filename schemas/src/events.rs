@@ -652,6 +652,16 @@ events! {
         pub job: JobId,
         pub node: NodeId,
     }
+    /// A command was sent to run in a running instance (`berth exec`, the
+    /// dashboard's shell), by the envelope's actor: recorded before it is
+    /// sent, so a command that ran is never missing here. Its arguments
+    /// are not recorded (they may hold secrets), nor how it ended.
+    InstanceCommandRequested = "instance_command_requested" v 1 {
+        pub instance: InstanceId,
+        pub node: NodeId,
+        /// The program (the command's first word).
+        pub program: String,
+    }
     /// A job ended.
     JobEnded = "job_ended" v 1 {
         pub job: JobId,

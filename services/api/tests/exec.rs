@@ -2,8 +2,9 @@
 //! makes before or instead of running anything — bad bodies (400, each
 //! field named), an instance the service does not have (404), one not
 //! running or none at all (409), and a node that is not connected (503 in
-//! a second, not after the command's timeout). A command actually run is the
-//! CLI end-to-end test's (`services/berth/tests/cli_exec.rs`).
+//! a second, not after the command's timeout); and what a command sent
+//! leaves on the service's events. A command actually run is the CLI
+//! end-to-end test's (`services/berth/tests/cli_exec.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -154,4 +155,33 @@ async fn commands_are_refused_with_a_reason_when_nothing_can_run_them() {
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     // The command is not echoed back.
     assert!(!v.to_string().contains("sleep"), "{v}");
+    // It was recorded before it was sent, with who sent it, its instance,
+    // node and program — not its arguments. Refusals before that (above)
+    // recorded nothing.
+    let (s, v) = app
+        .get(
+            &format!("/v1/services/{svc}/events?type=instance_command_requested"),
+            &alice,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let items = v.as_array().unwrap();
+    assert_eq!(items.len(), 1, "{v}");
+    let details = &items[0]["event"]["details"];
+    assert_eq!(details["program"], "sleep", "{v}");
+    assert_eq!(details["instanceId"], instance.as_str(), "{v}");
+    assert_eq!(details["nodeId"], node.as_str(), "{v}");
+    assert!(!v.to_string().contains("\"1\""), "arguments recorded: {v}");
+    let envelope = app
+        .events_of(&AggregateId::Service(svc.parse().unwrap()))
+        .await;
+    let fact = envelope
+        .iter()
+        .find(|e| e.event.type_name() == "instance_command_requested")
+        .unwrap();
+    assert!(
+        matches!(fact.actor, Actor::ApiKey { .. }),
+        "{:?}",
+        fact.actor
+    );
 }

@@ -52,6 +52,7 @@ pub const TYPES: &[&str] = &[
     "placement_blocked",
     "instance_exited",
     "instance_port_detected",
+    "instance_command_requested",
     "instance_count_changed",
     "cron_job_run_started",
     "cron_job_run_ended",
@@ -287,6 +288,14 @@ impl TimelineEvent {
                     "port": e.port,
                     "expectedPort": e.expected,
                     "message": crate::service::instances::port_detected_message(e),
+                }),
+            ),
+            Event::InstanceCommandRequested(e) => (
+                "instance_command_requested",
+                d!({
+                    "instanceId": e.instance,
+                    "nodeId": e.node,
+                    "program": e.program,
                 }),
             ),
             Event::PlacementBlocked(e) => (
@@ -559,6 +568,14 @@ fn details_schemas() -> Vec<(&'static str, Vec<DetailField>)> {
                 ("port", int(), true),
                 ("expectedPort", int(), true),
                 ("message", s(), true),
+            ],
+        ),
+        (
+            "instance_command_requested",
+            vec![
+                ("instanceId", s(), true),
+                ("nodeId", s(), true),
+                ("program", s(), true),
             ],
         ),
         (
@@ -1428,6 +1445,12 @@ mod tests {
                 instance: InstanceId::generate(),
                 port: 3000,
                 expected: 10000,
+            }
+            .into(),
+            berth_schemas::events::InstanceCommandRequested {
+                instance: InstanceId::generate(),
+                node: NodeId::generate(),
+                program: "sh".into(),
             }
             .into(),
             PlacementBlocked {

@@ -3,8 +3,10 @@
 //! the service's state (the one named, or a running instance of the live
 //! deploy), and the command goes to its node as a core NATS request
 //! ([`berth_schemas::commands::ExecRequest`]), which runs it as the
-//! instance's own process runs. Nothing is appended to the log: a command
-//! changes no state berth keeps.
+//! instance's own process runs. Before it is sent, the service's log gets
+//! `instance_command_requested` (the actor, the instance and its node, the
+//! program — not its arguments, which may hold secrets): an audit trail,
+//! on the service's events.
 
 use std::time::Duration;
 
@@ -175,6 +177,21 @@ impl Ingress {
         };
         let payload =
             rmp_serde::to_vec_named(&request).map_err(|e| IngressError::Store(e.to_string()))?;
+        // Recorded before it is sent: a command that ran is never missing
+        // from the service's events (its arguments are not recorded).
+        let program = request.command.first().cloned().unwrap_or_default();
+        let key = format!("exec:{:032x}", rand::random::<u128>());
+        crate::exec::run::<berth_domain::service::Service>(
+            &self.store,
+            &berth_schemas::AggregateId::Service(id.clone()),
+            &key,
+            &caller.actor,
+            berth_domain::service::Command::RecordCommandRequested {
+                instance: instance.id.clone(),
+                program,
+            },
+        )
+        .await?;
         let wait = Duration::from_secs(u64::from(input.timeout_secs)) + ANSWER_MARGIN;
         let subject = self.store.subjects().exec(&instance.node);
         tracing::info!(

@@ -365,6 +365,13 @@ pub enum Command {
     CancelJob {
         job: JobId,
     },
+    /// A command is being sent to run in `instance` on its node (an
+    /// audit fact; refused for an instance the service does not have).
+    RecordCommandRequested {
+        instance: InstanceId,
+        /// The command's first word.
+        program: String,
+    },
     /// The job was given to `node` to run.
     RecordJobPlaced {
         job: JobId,
@@ -580,6 +587,18 @@ pub fn decide(
         Command::CancelJob { job } => jobs::cancel(state, &job),
         Command::RecordJobStarted { job } => jobs::started(state, &job),
         Command::RecordJobPlaced { job, node } => jobs::placed(state, &job, node),
+        Command::RecordCommandRequested { instance, program } => {
+            let i = state
+                .instances
+                .get(&instance)
+                .ok_or_else(|| DomainError::not_found("instance", instance.as_str()))?;
+            Ok(vec![berth_schemas::events::InstanceCommandRequested {
+                instance,
+                node: i.node.clone(),
+                program,
+            }
+            .into()])
+        }
         Command::RecordJobEnded {
             job,
             success,
