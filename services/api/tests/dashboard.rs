@@ -991,4 +991,38 @@ async fn the_shell_form_runs_through_the_apis_exec_and_says_its_refusals() {
         .post(&format!("/services/{svc}/exec"), &[("command", "ls /")])
         .await;
     assert_eq!(forged.status, StatusCode::FORBIDDEN);
+
+    // An instance running on a node that is not connected: the command
+    // is recorded, then the API's 503 is said on the page, and the
+    // service's events show who asked to run what where.
+    let (deploy, digest) = app.go_live(&alice, &svc).await;
+    let (instance, node) = app.place(&svc, &deploy, &digest).await;
+    app.started(&svc, &instance, &node, &digest).await;
+    let unreachable = b
+        .submit(
+            &format!("/services/{svc}"),
+            &format!("/services/{svc}/exec"),
+            &[("command", "env | sort")],
+        )
+        .await;
+    assert!(
+        unreachable.html.contains("not connected"),
+        "{}",
+        unreachable.html
+    );
+    let mut shown = String::new();
+    for _ in 0..100 {
+        shown = b.get(&format!("/services/{svc}")).await.html;
+        if shown.contains("instance command requested") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        shown.contains(&format!(
+            "instance command requested</strong>: <code>sh</code> in <span class=\"mono\">{instance}</span>"
+        )),
+        "{shown}"
+    );
+    assert!(!shown.contains("env | sort"), "arguments shown: {shown}");
 }

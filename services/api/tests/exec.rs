@@ -9,27 +9,11 @@
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use berth_domain::service::{self, Command};
-use berth_eventlog::Stamp;
-use berth_schemas::events::{InstanceScheduled, InstanceStarted};
-use berth_schemas::ids::{DeployId, InstanceId, NodeId, ServiceId};
+use berth_schemas::ids::InstanceId;
 use berth_schemas::{Actor, AggregateId};
 use serde_json::{json, Value};
 
 use crate::support::App;
-
-async fn record(app: &App, svc: &str, command: Command) {
-    let id = AggregateId::Service(svc.parse::<ServiceId>().unwrap());
-    app.store
-        .execute::<service::Service>(
-            &id,
-            &DeployId::generate().to_string(),
-            &Stamp::new(Actor::system("test")),
-            command,
-        )
-        .await
-        .unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_are_refused_with_a_reason_when_nothing_can_run_them() {
@@ -97,21 +81,7 @@ async fn commands_are_refused_with_a_reason_when_nothing_can_run_them() {
     assert_eq!(s, StatusCode::NOT_FOUND);
 
     // Placed, not started: named, it is not running.
-    let (instance, node) = (InstanceId::generate(), NodeId::generate());
-    record(
-        &app,
-        &svc,
-        Command::Place {
-            scheduled: vec![InstanceScheduled {
-                instance: instance.clone(),
-                deploy: deploy.parse().unwrap(),
-                node: node.clone(),
-                digest: digest.clone(),
-            }],
-            rescheduled: vec![],
-        },
-    )
-    .await;
+    let (instance, node) = app.place(&svc, &deploy, &digest).await;
     let named = json!({"command": ["true"], "instanceId": instance.to_string()});
     let (s, v) = app.post(&path, &alice, named.clone()).await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
@@ -120,23 +90,9 @@ async fn commands_are_refused_with_a_reason_when_nothing_can_run_them() {
         "{v}"
     );
 
-    // Running on a node that is not connected: 503 within a second, naming the
-    // node, though the command's timeout is long.
-    record(
-        &app,
-        &svc,
-        Command::RecordInstanceFact(Box::new(
-            InstanceStarted {
-                instance: instance.clone(),
-                node: node.clone(),
-                digest,
-                addr: None,
-                published: None,
-            }
-            .into(),
-        )),
-    )
-    .await;
+    // Running on a node that is not connected: 503 within a second,
+    // naming the node, though the command's timeout is long.
+    app.started(&svc, &instance, &node, &digest).await;
     let t0 = Instant::now();
     let (s, v): (StatusCode, Value) = app
         .post(

@@ -402,6 +402,70 @@ impl App {
         (dep, digest)
     }
 
+    /// Places a new instance of `svc`'s `deploy` (running `digest`) on a
+    /// node of its own, as the scheduler would record it; (instance, node).
+    pub async fn place(
+        &self,
+        svc: &str,
+        deploy: &str,
+        digest: &str,
+    ) -> (berth_schemas::ids::InstanceId, berth_schemas::ids::NodeId) {
+        use berth_schemas::ids::{InstanceId, NodeId};
+        let (instance, node) = (InstanceId::generate(), NodeId::generate());
+        self.record(
+            svc,
+            berth_domain::service::Command::Place {
+                scheduled: vec![berth_schemas::events::InstanceScheduled {
+                    instance: instance.clone(),
+                    deploy: deploy.parse().unwrap(),
+                    node: node.clone(),
+                    digest: digest.to_owned(),
+                }],
+                rescheduled: vec![],
+            },
+        )
+        .await;
+        (instance, node)
+    }
+
+    /// Records that `instance` of `svc` started on `node`, as its node
+    /// would report it.
+    pub async fn started(
+        &self,
+        svc: &str,
+        instance: &berth_schemas::ids::InstanceId,
+        node: &berth_schemas::ids::NodeId,
+        digest: &str,
+    ) {
+        let fact = berth_schemas::events::InstanceStarted {
+            instance: instance.clone(),
+            node: node.clone(),
+            digest: digest.to_owned(),
+            addr: None,
+            published: None,
+        };
+        self.record(
+            svc,
+            berth_domain::service::Command::RecordInstanceFact(Box::new(fact.into())),
+        )
+        .await;
+    }
+
+    /// Runs `command` on service `svc` as a component would.
+    async fn record(&self, svc: &str, command: berth_domain::service::Command) {
+        let id = AggregateId::Service(svc.parse().unwrap());
+        let key = berth_schemas::ids::DeployId::generate().to_string();
+        self.store
+            .execute::<berth_domain::service::Service>(
+                &id,
+                &key,
+                &berth_eventlog::Stamp::new(Actor::system("test")),
+                command,
+            )
+            .await
+            .unwrap();
+    }
+
     /// Creates a background worker of `team/app:v1`; returns (id, hook path).
     pub async fn service(&self, o: &Owner, name: &str) -> (String, String) {
         self.create(o, "background_worker", name).await

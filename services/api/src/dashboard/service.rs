@@ -158,6 +158,10 @@ fn summary(e: &TimelineEvent) -> Markup {
             "instance_exited" | "instance_port_detected" => {
                 @if let Some(m) = detail(e, "message") { ": " (m) }
             }
+            "instance_command_requested" => {
+                ": " code { (detail(e, "program").unwrap_or_default()) }
+                " in " span.mono { (detail(e, "instanceId").unwrap_or_default()) }
+            }
             "rollback_target_missing" => {
                 ": the registry no longer holds " (digest(detail(e, "digest")))
             }
