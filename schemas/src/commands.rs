@@ -159,6 +159,30 @@ pub const EXEC_STDIN_LIMIT: usize = 32 * 1024;
 /// The longest a command may run, in seconds.
 pub const EXEC_TIMEOUT_MAX_SECS: u32 = 600;
 
+/// Why `command` with `timeout_secs` is not one a node may be asked to
+/// run (`"command"` or `"timeoutSeconds"`, and what is wrong): the rules
+/// the API checks before sending and the node again on receipt.
+pub fn exec_refusal(command: &[String], timeout_secs: u32) -> Option<(&'static str, String)> {
+    let bad = |why: &str| Some(("command", why.to_owned()));
+    match command.first() {
+        None => return bad("must name a program"),
+        Some(p) if p.is_empty() || p.starts_with('-') => {
+            return bad("must start with a program name")
+        }
+        Some(_) => {}
+    }
+    if command.iter().any(|a| a.contains('\0')) {
+        return bad("contains a NUL byte");
+    }
+    if !(1..=EXEC_TIMEOUT_MAX_SECS).contains(&timeout_secs) {
+        return Some((
+            "timeoutSeconds",
+            format!("must be 1 to {EXEC_TIMEOUT_MAX_SECS}"),
+        ));
+    }
+    None
+}
+
 /// A command to run in one running instance, as its own process runs
 /// (core NATS request to the instance's node, `<prefix>.exec.<node>`;
 /// only the control plane may send one). The node answers with an

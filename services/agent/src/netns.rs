@@ -422,20 +422,27 @@ mod tests {
         assert!(hosts.owner_path().is_none());
         let refused = enter(hosts.path(), write);
         assert!(!refused.status.success(), "{refused:?}");
-        // Adopted from a process in it: both again.
-        let mut child = std::process::Command::new("nsenter")
-            .arg(format!("--user={}", user.display()))
-            .arg(format!("--net={}", ns.path().display()))
-            .args(["sleep", "30"])
-            .spawn()
-            .expect("a process inside");
-        let pid = child.id();
-        let adopted = (0..100)
-            .find_map(|_| {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-                Namespace::of_process(pid, true).ok()
-            })
-            .expect("adopted");
+        // Adopted from a process `nsenter` (with `entered`) put in it.
+        let adopt = |entered: &[String]| {
+            let mut child = std::process::Command::new("nsenter")
+                .args(entered)
+                .args(["sleep", "30"])
+                .spawn()
+                .expect("a process inside");
+            let pid = child.id();
+            let adopted = (0..100)
+                .find_map(|_| {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    Namespace::of_process(pid, true).ok()
+                })
+                .expect("adopted");
+            let _ = child.kill();
+            let _ = child.wait();
+            adopted
+        };
+        let net = format!("--net={}", ns.path().display());
+        // From a process in both: both again.
+        let adopted = adopt(&[format!("--user={}", user.display()), net.clone()]);
         assert_eq!(adopted.inode().expect("inode"), ns.inode().expect("inode"));
         let owner = |n: &Namespace| {
             std::fs::metadata(n.owner_path().expect("owner"))
@@ -443,26 +450,11 @@ mod tests {
                 .ino()
         };
         assert_eq!(owner(&adopted), owner(&ns));
-        let _ = child.kill();
-        let _ = child.wait();
         // A process of the host's user namespace in it (an instance run
         // as the host's root): the network namespace, no owner.
-        let mut child = std::process::Command::new("nsenter")
-            .arg(format!("--net={}", ns.path().display()))
-            .args(["sleep", "30"])
-            .spawn()
-            .expect("a host process inside");
-        let pid = child.id();
-        let adopted = (0..100)
-            .find_map(|_| {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-                Namespace::of_process(pid, true).ok()
-            })
-            .expect("adopted");
+        let adopted = adopt(&[net]);
         assert_eq!(adopted.inode().expect("inode"), ns.inode().expect("inode"));
         assert!(adopted.owner_path().is_none());
-        let _ = child.kill();
-        let _ = child.wait();
     }
 
     /// Runs `cmd` and returns its output; panics when it fails.

@@ -14,7 +14,7 @@ use async_nats::RequestErrorKind;
 use berth_domain::service::instances::{Instance, InstancePhase, Instances};
 use berth_domain::DomainError;
 use berth_schemas::commands::{
-    ExecFailure, ExecReply, ExecRequest, EXEC_STDIN_LIMIT, EXEC_TIMEOUT_MAX_SECS,
+    exec_refusal, ExecFailure, ExecReply, ExecRequest, EXEC_STDIN_LIMIT,
 };
 use berth_schemas::ids::{InstanceId, ServiceId};
 use data_encoding::BASE64;
@@ -73,12 +73,8 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> IngressError {
 
 /// Refuses what no node should be asked to run.
 fn check(input: &ExecInput) -> Result<(), IngressError> {
-    match input.command.first() {
-        None => return Err(invalid("command", "must name a program")),
-        Some(p) if p.is_empty() || p.starts_with('-') => {
-            return Err(invalid("command", "must start with a program name"))
-        }
-        Some(_) => {}
+    if let Some((field, why)) = exec_refusal(&input.command, input.timeout_secs) {
+        return Err(invalid(field, why));
     }
     if input.command.len() > COMMAND_MAX_ARGS {
         return Err(invalid(
@@ -90,15 +86,6 @@ fn check(input: &ExecInput) -> Result<(), IngressError> {
         return Err(invalid(
             "command",
             format!("is longer than {COMMAND_MAX_BYTES} bytes"),
-        ));
-    }
-    if input.command.iter().any(|a| a.contains('\0')) {
-        return Err(invalid("command", "contains a NUL byte"));
-    }
-    if !(1..=EXEC_TIMEOUT_MAX_SECS).contains(&input.timeout_secs) {
-        return Err(invalid(
-            "timeoutSeconds",
-            format!("must be 1 to {EXEC_TIMEOUT_MAX_SECS}"),
         ));
     }
     if input.stdin.len() > EXEC_STDIN_LIMIT {
@@ -323,7 +310,7 @@ mod tests {
         let mut i = input(&["true"]);
         i.timeout_secs = 0;
         assert_eq!(check(&i).map_err(field_of), Err("timeoutSeconds"));
-        i.timeout_secs = EXEC_TIMEOUT_MAX_SECS + 1;
+        i.timeout_secs = berth_schemas::commands::EXEC_TIMEOUT_MAX_SECS + 1;
         assert_eq!(check(&i).map_err(field_of), Err("timeoutSeconds"));
         i.timeout_secs = 1;
         i.stdin = vec![0; EXEC_STDIN_LIMIT + 1];

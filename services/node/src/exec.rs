@@ -12,7 +12,7 @@ use std::time::Duration;
 use berth_agent::exec::{ExecEnd, ExecRequest as AgentExec};
 use berth_agent::{Agent, AgentError, RuntimeError};
 use berth_schemas::commands::{
-    ExecFailure, ExecReply, ExecRequest, EXEC_OUTPUT_LIMIT, EXEC_STDIN_LIMIT, EXEC_TIMEOUT_MAX_SECS,
+    exec_refusal, ExecFailure, ExecReply, ExecRequest, EXEC_OUTPUT_LIMIT, EXEC_STDIN_LIMIT,
 };
 use data_encoding::BASE64;
 use futures::StreamExt;
@@ -141,20 +141,8 @@ async fn answer(agent: &Agent, reporter: &Reporter, payload: &[u8]) -> ExecReply
 
 /// The agent's request for `req`, or why it is not a valid one.
 fn checked(req: &ExecRequest) -> Result<AgentExec, String> {
-    match req.command.first() {
-        None => return Err("the command is empty".into()),
-        Some(p) if p.is_empty() || p.starts_with('-') => {
-            return Err("the command must start with a program name".into())
-        }
-        Some(_) => {}
-    }
-    if req.command.iter().any(|a| a.contains('\0')) {
-        return Err("an argument contains a NUL byte".into());
-    }
-    if !(1..=EXEC_TIMEOUT_MAX_SECS).contains(&req.timeout_secs) {
-        return Err(format!(
-            "the timeout must be 1 to {EXEC_TIMEOUT_MAX_SECS} seconds"
-        ));
+    if let Some((field, why)) = exec_refusal(&req.command, req.timeout_secs) {
+        return Err(format!("{field} {why}"));
     }
     let stdin = BASE64
         .decode(req.stdin.as_bytes())
@@ -193,7 +181,7 @@ mod tests {
             Ok((3, Duration::from_secs(10), EXEC_OUTPUT_LIMIT))
         );
         for (bad, why) in [
-            (request(&[]), "empty"),
+            (request(&[]), "name a program"),
             (request(&["--help"]), "program name"),
             (request(&[""]), "program name"),
             (request(&["sh", "a\0b"]), "NUL"),
@@ -204,7 +192,7 @@ mod tests {
         let mut r = request(&["true"]);
         r.timeout_secs = 0;
         assert!(checked(&r).is_err());
-        r.timeout_secs = EXEC_TIMEOUT_MAX_SECS + 1;
+        r.timeout_secs = berth_schemas::commands::EXEC_TIMEOUT_MAX_SECS + 1;
         assert!(checked(&r).is_err());
         r.timeout_secs = 5;
         r.stdin = "not base64!".into();
