@@ -243,6 +243,116 @@ pub enum ExecReply {
     },
 }
 
+/// Bytes of terminal output one [`ShellOutput`] carries at most.
+pub const SHELL_CHUNK: usize = 16 * 1024;
+/// Bytes of terminal input one [`ShellInput`] carries at most.
+pub const SHELL_INPUT_LIMIT: usize = 64 * 1024;
+/// Output messages a node sends ahead of the control plane's
+/// [`ShellInputEvent::Ack`] (flow control: a slow reader slows the
+/// command, nothing is dropped).
+pub const SHELL_WINDOW: u64 = 64;
+/// Each side sends [`ShellInputEvent::Ping`] / [`ShellOutputEvent::Ping`]
+/// after this long without sending anything else, in seconds.
+pub const SHELL_PING_SECS: u64 = 10;
+/// A side that hears nothing from the other for this long ends the
+/// session, in seconds.
+pub const SHELL_IDLE_SECS: u64 = 30;
+
+/// Whether `session` is a valid session name: 32 lower-case hex digits
+/// (a random 128-bit number, one subject token).
+pub fn valid_session(session: &str) -> bool {
+    session.len() == 32
+        && session
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Opening a terminal in one running instance (`berth shell`, the
+/// dashboard's terminal): a core NATS request to the instance's node,
+/// `<prefix>.shell.<node>`, sent by the control plane only. The node
+/// answers with a [`ShellReply`]; the session's input then comes on
+/// `<prefix>.shell.<node>.<session>.in` ([`ShellInput`]) and its output
+/// goes to `<prefix>.shell.<node>.<session>.out` ([`ShellOutput`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShellRequest {
+    /// The service the instance belongs to (the node checks it does).
+    pub service: ServiceId,
+    pub instance: InstanceId,
+    /// The program and its arguments (`sh` when a user names none).
+    pub command: Vec<String>,
+    /// The session's name ([`valid_session`]).
+    pub session: String,
+    /// The terminal's size.
+    pub cols: u16,
+    pub rows: u16,
+}
+
+/// A node's answer to a [`ShellRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ShellReply {
+    /// The command runs on a terminal; its output follows.
+    Started,
+    /// It did not start.
+    Failed {
+        reason: ExecFailure,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// One message of a session's input, numbered from 1 without gaps (a gap
+/// means one was lost: the node ends the session).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShellInput {
+    pub seq: u64,
+    pub event: ShellInputEvent,
+}
+
+/// What one [`ShellInput`] says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ShellInputEvent {
+    /// Bytes typed (base64, at most [`SHELL_INPUT_LIMIT`] decoded).
+    Data { data: String },
+    /// The terminal's new size.
+    Resize { cols: u16, rows: u16 },
+    /// Output up to this sequence number was delivered.
+    Ack { upto: u64 },
+    /// Still there.
+    Ping,
+    /// The user left: the command is hung up on (SIGHUP), then killed.
+    Close,
+}
+
+/// One message of a session's output, numbered from 1 without gaps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShellOutput {
+    pub seq: u64,
+    pub event: ShellOutputEvent,
+}
+
+/// What one [`ShellOutput`] says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ShellOutputEvent {
+    /// Bytes the terminal showed (base64, at most [`SHELL_CHUNK`]).
+    Data { data: String },
+    /// Still there.
+    Ping,
+    /// The command ended: its exit code (128 + the signal for one
+    /// killed by a signal). The last message of the session.
+    #[serde(rename_all = "camelCase")]
+    Exited { exit_code: i32 },
+    /// The session ended for another reason (input lost, nothing heard
+    /// from the control plane); the command was hung up on and killed.
+    /// The last message of the session.
+    Ended { message: String },
+}
+
 /// Name and JSON Schema of every command.
 pub fn command_types() -> Vec<(&'static str, schemars::Schema)> {
     vec![
@@ -257,5 +367,9 @@ pub fn command_types() -> Vec<(&'static str, schemars::Schema)> {
         ("node_work", schemars::schema_for!(NodeWork)),
         ("exec_request", schemars::schema_for!(ExecRequest)),
         ("exec_reply", schemars::schema_for!(ExecReply)),
+        ("shell_request", schemars::schema_for!(ShellRequest)),
+        ("shell_reply", schemars::schema_for!(ShellReply)),
+        ("shell_input", schemars::schema_for!(ShellInput)),
+        ("shell_output", schemars::schema_for!(ShellOutput)),
     ]
 }

@@ -272,6 +272,43 @@ impl Subjects {
         format!("{}.exec.*", self.prefix)
     }
 
+    /// Terminal sessions opened in instances on `node` (core NATS
+    /// request/reply, sent by the control plane only).
+    pub fn shell(&self, node: &NodeId) -> String {
+        format!("{}.shell.{}", self.prefix, node)
+    }
+
+    /// Every node's [`Subjects::shell`] subject.
+    pub fn shell_all(&self) -> String {
+        format!("{}.shell.*", self.prefix)
+    }
+
+    /// One session's input (to the node).
+    pub fn shell_input(&self, node: &NodeId, session: &str) -> String {
+        format!("{}.shell.{}.{}.in", self.prefix, node, session)
+    }
+
+    /// Every session's input on `node` (what the node subscribes to).
+    pub fn shell_inputs(&self, node: &NodeId) -> String {
+        format!("{}.shell.{}.*.in", self.prefix, node)
+    }
+
+    /// Every session's input on every node (what the control plane may
+    /// send).
+    pub fn shell_inputs_all(&self) -> String {
+        format!("{}.shell.*.*.in", self.prefix)
+    }
+
+    /// One session's output (from the node).
+    pub fn shell_output(&self, node: &NodeId, session: &str) -> String {
+        format!("{}.shell.{}.{}.out", self.prefix, node, session)
+    }
+
+    /// Every session's output on `node` (what the node may send).
+    pub fn shell_outputs(&self, node: &NodeId) -> String {
+        format!("{}.shell.{}.*.out", self.prefix, node)
+    }
+
     /// Node heartbeats (core NATS, not the log: they are not facts worth keeping).
     pub fn heartbeat(&self) -> String {
         format!("{}.heartbeat", self.prefix)

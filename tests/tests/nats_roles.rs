@@ -484,6 +484,78 @@ async fn scenario(version: NatsVersion) {
         .unwrap();
     node.refused(&i.subjects.exec(&node_b)).await;
 
+    // Terminals: the node hears openings and typing for its own
+    // instances only, and sends its own sessions' output only.
+    let session = "0123456789abcdef0123456789abcdef";
+    let mut opens = node
+        .nats
+        .subscribe(i.subjects.shell(&node_a))
+        .await
+        .unwrap();
+    let mut typed = node
+        .nats
+        .subscribe(i.subjects.shell_inputs(&node_a))
+        .await
+        .unwrap();
+    let mut shown = control
+        .nats
+        .subscribe(i.subjects.shell_output(&node_a, session))
+        .await
+        .unwrap();
+    node.nats.flush().await.unwrap();
+    control.nats.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    control
+        .nats
+        .publish(i.subjects.shell(&node_a), "open".into())
+        .await
+        .unwrap();
+    control
+        .nats
+        .publish(i.subjects.shell_input(&node_a, session), "typed".into())
+        .await
+        .unwrap();
+    control.nats.flush().await.unwrap();
+    let within = Duration::from_secs(5);
+    let got = tokio::time::timeout(within, opens.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got.payload[..], b"open");
+    let got = tokio::time::timeout(within, typed.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got.payload[..], b"typed");
+    node.nats
+        .publish(i.subjects.shell_output(&node_a, session), "shown".into())
+        .await
+        .unwrap();
+    node.nats.flush().await.unwrap();
+    let got = tokio::time::timeout(within, shown.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got.payload[..], b"shown");
+    let theirs = node.nats.subscribe(i.subjects.shell_inputs(&node_b)).await;
+    drop(theirs);
+    node.refused(&i.subjects.shell_inputs(&node_b)).await;
+    let theirs = node.nats.subscribe(i.subjects.shell(&node_b)).await;
+    drop(theirs);
+    node.refused(&i.subjects.shell(&node_b)).await;
+    node.nats
+        .publish(i.subjects.shell_output(&node_b, session), "x".into())
+        .await
+        .unwrap();
+    node.refused(&i.subjects.shell_output(&node_b, session))
+        .await;
+    node.nats
+        .publish(i.subjects.shell_input(&node_a, session), "x".into())
+        .await
+        .unwrap();
+    node.refused(&i.subjects.shell_input(&node_a, session))
+        .await;
+
     // The control plane may not delete or purge streams either.
     for stream in [
         i.subjects.events_stream(),
@@ -635,6 +707,12 @@ async fn scenario(version: NatsVersion) {
         .await
         .unwrap();
     operator.refused(&i.subjects.exec(&node_a)).await;
+    operator
+        .nats
+        .publish(i.subjects.shell(&node_a), "x".into())
+        .await
+        .unwrap();
+    operator.refused(&i.subjects.shell(&node_a)).await;
     assert!(
         tokio::time::timeout(Duration::from_millis(300), commands.next())
             .await

@@ -10,7 +10,9 @@
 //!   its own node aggregate, reads the log, takes work from its own queue
 //!   through its own durable consumer only, heart-beats, publishes its
 //!   instances' log lines (core NATS), answers commands to run in its own
-//!   instances (`<prefix>.exec.<node>`). Cannot append owner, API key or
+//!   instances (`<prefix>.exec.<node>`) and terminals opened in them
+//!   (`<prefix>.shell.<node>`, typed into on `….<session>.in`, their
+//!   output to `….<session>.out`). Cannot append owner, API key or
 //!   credential events, read another node's work, read the kept logs,
 //!   create, delete or purge streams.
 //! - **operator** (the CLI): reads service events (a deploy's pull
@@ -362,6 +364,9 @@ impl Permissions {
                     subjects.resolver_check(),
                     // Commands run in instances, through their nodes.
                     subjects.exec_all(),
+                    // Terminals in instances: opened, then typed into.
+                    subjects.shell_all(),
+                    subjects.shell_inputs_all(),
                     format!("$KV.{}.>", subjects.snapshot_bucket()),
                     format!("$KV.{}.>", subjects.certificate_bucket()),
                     "$JS.API.INFO".to_owned(),
@@ -420,6 +425,8 @@ impl Permissions {
                     format!("{p}.evt.node.{node}"),
                     subjects.heartbeat(),
                     subjects.logs_all(),
+                    // The output of terminals in its own instances.
+                    subjects.shell_outputs(node),
                     // Its own resource samples, of any service it runs.
                     format!("{p}.metrics.usage.*.{node}"),
                     subjects.dead_letter(&consumer),
@@ -456,8 +463,14 @@ impl Permissions {
                 ));
                 Permissions {
                     publish,
-                    // Commands for its own instances, answered once each.
-                    subscribe: vec![inbox_sub, subjects.exec(node)],
+                    // Commands for its own instances, answered once each;
+                    // terminals opened in them, and what is typed there.
+                    subscribe: vec![
+                        inbox_sub,
+                        subjects.exec(node),
+                        subjects.shell(node),
+                        subjects.shell_inputs(node),
+                    ],
                     allow_responses: true,
                 }
             }
