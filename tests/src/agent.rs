@@ -389,3 +389,26 @@ pub fn exec_in(runc_root: &Path, id: &str, args: &[&str]) -> std::process::Outpu
         .output()
         .unwrap()
 }
+
+/// Checks that `attempt` (something run beside an instance: a command, a
+/// terminal) is refused as "not on this node" for an instance the node
+/// does not have, and for `instance` once stopped (this stops it).
+pub async fn refused_unless_on_the_node<T, Fut>(
+    node: &Node,
+    instance: &InstanceId,
+    attempt: impl Fn(InstanceId) -> Fut,
+) where
+    T: std::fmt::Debug,
+    Fut: std::future::Future<Output = Result<T, berth_agent::AgentError>>,
+{
+    for (id, stop) in [(InstanceId::generate(), false), (instance.clone(), true)] {
+        if stop {
+            node.agent.stop_instance(instance).await.unwrap();
+        }
+        let err = attempt(id).await.unwrap_err();
+        assert!(
+            matches!(err, berth_agent::AgentError::UnknownInstance(_)),
+            "{err}"
+        );
+    }
+}

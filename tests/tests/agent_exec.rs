@@ -9,8 +9,10 @@
 use std::time::{Duration, Instant};
 
 use berth_agent::exec::{ExecEnd, ExecOutput, ExecRequest};
-use berth_agent::{AgentError, InstanceSpec};
-use berth_tests::agent::{busybox_image, container_pid, processes_of, spec, Node};
+use berth_agent::InstanceSpec;
+use berth_tests::agent::{
+    busybox_image, container_pid, processes_of, refused_unless_on_the_node, spec, Node,
+};
 use serde_json::json;
 
 fn request(args: &[&str]) -> ExecRequest {
@@ -222,20 +224,11 @@ async fn enters_as_its_own_process(user_namespace: bool) {
     assert_eq!(container_pid(&node.runc_root(), s.instance.as_str()), pid);
 
     // Not on this node; no longer running.
-    let other = berth_schemas::ids::InstanceId::generate();
-    let err = node
-        .agent
-        .exec(&other, &request(&["true"]))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, AgentError::UnknownInstance(_)), "{err}");
-    node.agent.stop_instance(&s.instance).await.unwrap();
-    let err = node
-        .agent
-        .exec(&s.instance, &request(&["true"]))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, AgentError::UnknownInstance(_)), "{err}");
+    refused_unless_on_the_node(&node, &s.instance, |id| {
+        let agent = node.agent.clone();
+        async move { agent.exec(&id, &request(&["true"])).await }
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ mod agent_rootfs;
 mod agent_run;
 mod agent_sandbox;
 mod agent_stop;
+mod agent_terminal;
 mod crate_layering;
 mod create_service_verification;
 mod credentials_lifecycle;

@@ -558,6 +558,27 @@ impl Agent {
         instance: &InstanceId,
         req: &crate::exec::ExecRequest,
     ) -> Result<crate::exec::ExecOutput, AgentError> {
+        let (id, dir) = self.running_container(instance).await?;
+        Ok(self.inner.runtime.exec(&id, req, &dir).await?)
+    }
+
+    /// Opens a terminal in a running instance with a program on it
+    /// ([`crate::terminal`]); refused as [`Agent::exec`] is.
+    pub async fn terminal(
+        &self,
+        instance: &InstanceId,
+        req: &crate::terminal::TerminalRequest,
+    ) -> Result<crate::terminal::Terminal, AgentError> {
+        let (id, dir) = self.running_container(instance).await?;
+        Ok(self.inner.runtime.terminal(&id, req, &dir)?)
+    }
+
+    /// The container id and bundle directory of an instance of this node
+    /// whose container runs now.
+    async fn running_container(
+        &self,
+        instance: &InstanceId,
+    ) -> Result<(String, std::path::PathBuf), AgentError> {
         if !self.inner.table().contains_key(instance) {
             return Err(AgentError::UnknownInstance(instance.to_string()));
         }
@@ -571,8 +592,7 @@ impl Agent {
         if !running {
             return Err(AgentError::NotRunning(id));
         }
-        let dir = self.inner.dir(instance).bundle();
-        Ok(self.inner.runtime.exec(&id, req, &dir).await?)
+        Ok((id, self.inner.dir(instance).bundle()))
     }
 
     /// Begin stopping an instance and return at once: SIGTERM, SIGKILL

@@ -204,7 +204,7 @@ fn command_gone(pid_file: &Path) -> bool {
 
 /// SIGKILL to the command and its process group (runc makes it a session
 /// and group leader, so its children without job control are in it).
-fn kill_group(pid_file: &Path) {
+pub(crate) fn kill_group(pid_file: &Path) {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     if let Some(p) = command_pid(pid_file) {
@@ -225,7 +225,7 @@ pub(crate) fn unique_tag() -> String {
 }
 
 /// The last error-level message of a runc log (`level=error msg="…"`).
-fn runc_error(log: &str) -> Option<String> {
+pub(crate) fn runc_error(log: &str) -> Option<String> {
     let line = log.lines().rev().find(|l| l.contains("level=error"))?;
     let msg = match line.find("msg=") {
         Some(i) => line[i + 4..].trim().trim_matches('"'),

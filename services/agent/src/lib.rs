@@ -46,6 +46,7 @@ pub mod process;
 pub mod runtime;
 mod seccomp;
 mod supervise;
+pub mod terminal;
 pub mod usage;
 mod wrapper;
 

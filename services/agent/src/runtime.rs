@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use crate::error::RuntimeError;
 use crate::exec::{ExecOutput, ExecRequest};
+use crate::terminal::{Terminal, TerminalRequest};
 
 /// A container's lifecycle status, as the OCI runtime spec names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +172,14 @@ pub trait Runtime: Send + Sync + fmt::Debug {
         req: &'a ExecRequest,
         dir: &'a Path,
     ) -> BoxFuture<'a, Result<ExecOutput, RuntimeError>>;
+    /// Open a terminal in the running container `id` with a program on
+    /// it, as [`Runtime::exec`] runs commands.
+    fn terminal(
+        &self,
+        id: &str,
+        req: &TerminalRequest,
+        dir: &Path,
+    ) -> Result<Terminal, RuntimeError>;
 }
 
 /// `runc` with its own state root.
@@ -406,6 +415,18 @@ impl Runtime for Runc {
             let pid = dir.join(format!("exec-{tag}.pid"));
             crate::exec::runc_exec(self.command(), id, req, &log, &pid).await
         })
+    }
+
+    fn terminal(
+        &self,
+        id: &str,
+        req: &TerminalRequest,
+        dir: &Path,
+    ) -> Result<Terminal, RuntimeError> {
+        let tag = crate::exec::unique_tag();
+        let log = dir.join(format!("tty-{tag}.log"));
+        let pid = dir.join(format!("tty-{tag}.pid"));
+        crate::terminal::runc_terminal(self.command(), id, req, &log, &pid)
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<ContainerState>, RuntimeError>> {
