@@ -14,6 +14,7 @@ use berth_agent::{Agent, AgentError, RuntimeError};
 use berth_schemas::commands::{
     exec_refusal, ExecFailure, ExecReply, ExecRequest, EXEC_OUTPUT_LIMIT, EXEC_STDIN_LIMIT,
 };
+use berth_schemas::ids::{InstanceId, ServiceId};
 use data_encoding::BASE64;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -89,26 +90,8 @@ async fn answer(agent: &Agent, reporter: &Reporter, payload: &[u8]) -> ExecReply
         Ok(run) => run,
         Err(message) => return failed(ExecFailure::Invalid, message),
     };
-    let placed = reporter
-        .placement(&req.instance)
-        .is_some_and(|p| p.service == req.service);
-    if !placed {
-        return failed(
-            ExecFailure::NotFound,
-            format!("instance {} is not on this node", req.instance),
-        );
-    }
-    let not_running = || {
-        failed(
-            ExecFailure::NotRunning,
-            format!(
-                "instance {} is not running now (starting again, or stopping)",
-                req.instance
-            ),
-        )
-    };
-    if reporter.is_done(&req.instance) {
-        return not_running();
+    if let Some((reason, message)) = not_runnable(reporter, &req.service, &req.instance) {
+        return failed(reason, message);
     }
     tracing::info!(
         service.id = %req.service,
@@ -127,15 +110,52 @@ async fn answer(agent: &Agent, reporter: &Reporter, payload: &[u8]) -> ExecReply
             stderr: BASE64.encode(&out.stderr),
             truncated: out.truncated,
         },
+        Err(e) => {
+            let (reason, message) = runtime_refusal(&req.instance, e);
+            failed(reason, message)
+        }
+    }
+}
+
+/// Why nothing may run beside `instance` of `service` on this node now
+/// (not placed here for that service, or not running), if so.
+pub(crate) fn not_runnable(
+    reporter: &Reporter,
+    service: &ServiceId,
+    instance: &InstanceId,
+) -> Option<(ExecFailure, String)> {
+    let placed = reporter
+        .placement(instance)
+        .is_some_and(|p| &p.service == service);
+    if !placed {
+        return Some((
+            ExecFailure::NotFound,
+            format!("instance {instance} is not on this node"),
+        ));
+    }
+    reporter.is_done(instance).then(|| not_running(instance))
+}
+
+fn not_running(instance: &InstanceId) -> (ExecFailure, String) {
+    (
+        ExecFailure::NotRunning,
+        format!("instance {instance} is not running now (starting again, or stopping)"),
+    )
+}
+
+/// What the agent's refusal to run beside `instance` says to the control
+/// plane.
+pub(crate) fn runtime_refusal(instance: &InstanceId, e: AgentError) -> (ExecFailure, String) {
+    match e {
         // Placed here and not (or no longer) supervised: stopped.
-        Err(AgentError::UnknownInstance(_) | AgentError::NotRunning(_)) => not_running(),
+        AgentError::UnknownInstance(_) | AgentError::NotRunning(_) => not_running(instance),
         // It ended between the look and runc's.
-        Err(AgentError::Runtime(RuntimeError::Failed { message, .. }))
+        AgentError::Runtime(RuntimeError::Failed { message, .. })
             if message.contains("stopped container") || message.contains("does not exist") =>
         {
-            not_running()
+            not_running(instance)
         }
-        Err(e) => failed(ExecFailure::Failed, e.to_string()),
+        e => (ExecFailure::Failed, e.to_string()),
     }
 }
 
@@ -161,7 +181,6 @@ fn checked(req: &ExecRequest) -> Result<AgentExec, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use berth_schemas::ids::{InstanceId, ServiceId};
 
     fn request(command: &[&str]) -> ExecRequest {
         ExecRequest {

@@ -41,6 +41,7 @@ pub mod health;
 pub mod preflight;
 mod report;
 mod sealed;
+mod shell;
 pub mod userns;
 mod work;
 
@@ -383,6 +384,14 @@ impl Node {
             ))
         });
         // Commands the control plane runs in this node's instances.
+        let terminals = tokio::spawn(shell::serve(
+            client.clone(),
+            subjects.clone(),
+            id.clone(),
+            agent.clone(),
+            reporter.clone(),
+            housekeeping_stop.clone(),
+        ));
         let commands = tokio::spawn(exec::serve(
             client,
             subjects.exec(&id),
@@ -438,6 +447,7 @@ impl Node {
         let _ = collector.await;
         let _ = pruner.await;
         let _ = commands.await;
+        let _ = terminals.await;
         health.shutdown();
         // Containers keep running; the next node process adopts them.
         agent.detach().await;
