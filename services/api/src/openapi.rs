@@ -31,7 +31,7 @@ use crate::hooks;
 use crate::query::Listing;
 use crate::routes::{
     cron, custom_domains, deploys, env_vars, events, exec, jobs, logs, metrics, nodes,
-    notifications, owner, services,
+    notifications, owner, services, terminal,
 };
 
 /// One route of the API.
@@ -130,6 +130,7 @@ impl<S> Part for State<S> {}
 impl<T> Part for Path<T> {}
 impl Part for Uri {}
 impl Part for ClientAddr {}
+impl Part for axum::extract::ws::WebSocketUpgrade {}
 
 impl Part for Authed {
     fn describe(op: &mut Operation, _: &mut Generators) {
@@ -314,6 +315,9 @@ routes! {
         "List the service's instances", 200;
     post "/v1/services/{serviceId}/exec" => exec::run,
         "Run a command in a running instance (no terminal): its exit code and output", 200;
+    get "/v1/services/{serviceId}/shell" => terminal::open,
+        "A terminal in a running instance, over a WebSocket (binary: typed and shown bytes; \
+         text: resize, then started, exited or ended)", 101;
     get "/v1/services/{serviceId}/env-vars" => env_vars::list,
         "List env vars, with values", 200;
     put "/v1/services/{serviceId}/env-vars" => env_vars::replace,
@@ -446,6 +450,10 @@ pages! {
     get "/live" => dashboard::live::owner, "SSE: commits of all the owner's services";
     get "/assets/dashboard.js" => dashboard::assets::js, "The dashboard's script";
     get "/assets/dashboard.css" => dashboard::assets::css, "The dashboard's style sheet";
+    get "/assets/terminal.js" => dashboard::assets::terminal_js, "The terminal page's script";
+    get "/assets/xterm.js" => dashboard::assets::xterm_js, "xterm.js (vendored)";
+    get "/assets/xterm.css" => dashboard::assets::xterm_css, "xterm.js's style sheet";
+    get "/assets/xterm-fit.js" => dashboard::assets::xterm_fit, "xterm.js's fit add-on";
     get "/services/new" => dashboard::pages::new_service, "The new-service form";
     post "/services" => dashboard::pages::create, "Create a service";
     get "/services/{serviceId}" => dashboard::service::page, "A service";
@@ -461,6 +469,8 @@ pages! {
     post "/services/{serviceId}/cron-runs/cancel" => dashboard::actions::cancel_cron, "Cancel the active cron run";
     post "/services/{serviceId}/jobs" => dashboard::actions::run_job, "Run a one-off job";
     post "/services/{serviceId}/exec" => dashboard::shell::run, "Run a command line in an instance; its output";
+    get "/services/{serviceId}/terminal" => dashboard::terminal::page, "A terminal in an instance (xterm.js)";
+    get "/services/{serviceId}/terminal/socket" => dashboard::terminal::socket, "The terminal page's WebSocket";
     post "/services/{serviceId}/jobs/{jobId}/cancel" => dashboard::actions::cancel_job, "Cancel a job";
     get "/services/{serviceId}/logs" => dashboard::observe::logs_page, "A service's kept log lines (paged, filtered, followed)";
     get "/services/{serviceId}/metrics" => dashboard::observe::metrics_page, "A service's last hour of metrics (charts)";

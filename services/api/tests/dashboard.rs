@@ -25,7 +25,7 @@ pub(crate) struct Browser {
 
 pub(crate) struct Page {
     pub(crate) status: StatusCode,
-    headers: HeaderMap,
+    pub(crate) headers: HeaderMap,
     pub(crate) html: String,
 }
 

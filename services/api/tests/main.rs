@@ -27,4 +27,5 @@ mod rename;
 mod repair;
 mod routes;
 mod shared_state;
+mod shell;
 mod support;

@@ -42,6 +42,7 @@ pub mod projection;
 pub mod repair;
 pub mod services;
 pub mod shell;
+pub mod terminal;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

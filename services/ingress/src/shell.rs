@@ -64,7 +64,7 @@ pub struct ExecResult {
     pub truncated: bool,
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> IngressError {
+pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> IngressError {
     IngressError::Rejected(DomainError::Invalid {
         field,
         reason: reason.into(),
@@ -76,22 +76,32 @@ fn check(input: &ExecInput) -> Result<(), IngressError> {
     if let Some((field, why)) = exec_refusal(&input.command, input.timeout_secs) {
         return Err(invalid(field, why));
     }
-    if input.command.len() > COMMAND_MAX_ARGS {
+    check_command(&input.command)?;
+    if input.stdin.len() > EXEC_STDIN_LIMIT {
+        return Err(invalid(
+            "stdin",
+            format!("is longer than {EXEC_STDIN_LIMIT} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a command no node should be asked to run, whatever its
+/// timeout: no program, NUL bytes, too many or too long arguments.
+pub(crate) fn check_command(command: &[String]) -> Result<(), IngressError> {
+    if let Some((field, why)) = exec_refusal(command, 1) {
+        return Err(invalid(field, why));
+    }
+    if command.len() > COMMAND_MAX_ARGS {
         return Err(invalid(
             "command",
             format!("has more than {COMMAND_MAX_ARGS} arguments"),
         ));
     }
-    if input.command.iter().map(String::len).sum::<usize>() > COMMAND_MAX_BYTES {
+    if command.iter().map(String::len).sum::<usize>() > COMMAND_MAX_BYTES {
         return Err(invalid(
             "command",
             format!("is longer than {COMMAND_MAX_BYTES} bytes"),
-        ));
-    }
-    if input.stdin.len() > EXEC_STDIN_LIMIT {
-        return Err(invalid(
-            "stdin",
-            format!("is longer than {EXEC_STDIN_LIMIT} bytes"),
         ));
     }
     Ok(())
@@ -108,7 +118,7 @@ fn has_process(phase: InstancePhase) -> bool {
 /// The instance to run in: the one named (it must be the service's), or
 /// the best running one — of the live deploy, not draining, healthy
 /// first.
-fn pick<'a>(
+pub(crate) fn pick<'a>(
     instances: &'a Instances,
     live: Option<&berth_schemas::ids::DeployId>,
     named: Option<&InstanceId>,
@@ -164,72 +174,12 @@ impl Ingress {
         };
         let payload =
             rmp_serde::to_vec_named(&request).map_err(|e| IngressError::Store(e.to_string()))?;
-        // Recorded before it is sent: a command that ran is never missing
-        // from the service's events (its arguments are not recorded).
         let program = request.command.first().cloned().unwrap_or_default();
-        let key = format!("exec:{:032x}", rand::random::<u128>());
-        crate::exec::run::<berth_domain::service::Service>(
-            &self.store,
-            &berth_schemas::AggregateId::Service(id.clone()),
-            &key,
-            &caller.actor,
-            berth_domain::service::Command::RecordCommandRequested {
-                instance: instance.id.clone(),
-                program,
-            },
-        )
-        .await?;
+        self.record_command(caller, id, instance, program).await?;
         let wait = Duration::from_secs(u64::from(input.timeout_secs)) + ANSWER_MARGIN;
         let subject = self.store.subjects().exec(&instance.node);
-        tracing::info!(
-            service.id = %id,
-            instance.id = %instance.id,
-            node.id = %instance.node,
-            actor = ?caller.actor,
-            program = %request.command.first().map(String::as_str).unwrap_or_default(),
-            "command sent to an instance"
-        );
-        let unreachable = |why: String| {
-            IngressError::NodeUnavailable(format!(
-                "node {} of instance {} {why}",
-                instance.node, instance.id
-            ))
-        };
-        // No responders at all: the node is not connected, or subscribed
-        // a moment ago and the server does not count it yet; asked again
-        // a few times within a second before saying so.
-        let mut tries = 0;
-        let msg = loop {
-            let asked = self
-                .store
-                .client()
-                .send_request(
-                    subject.clone(),
-                    async_nats::Request::new()
-                        .payload(payload.clone().into())
-                        .timeout(Some(wait)),
-                )
-                .await;
-            match asked {
-                Ok(msg) => break msg,
-                Err(e)
-                    if e.kind() == RequestErrorKind::NoResponders
-                        && tries < NO_RESPONDERS_TRIES =>
-                {
-                    tries += 1;
-                    tokio::time::sleep(NO_RESPONDERS_PAUSE).await;
-                }
-                Err(e) => {
-                    return Err(match e.kind() {
-                        RequestErrorKind::NoResponders => unreachable("is not connected".into()),
-                        RequestErrorKind::TimedOut => {
-                            unreachable(format!("did not answer within {}s", wait.as_secs()))
-                        }
-                        _ => unreachable(format!("could not be asked: {e}")),
-                    })
-                }
-            }
-        };
+        let unreachable = |why: String| unreachable(instance, why);
+        let msg = self.ask_node(instance, subject, payload, wait).await?;
         let reply: ExecReply = rmp_serde::from_slice(&msg.payload)
             .map_err(|e| unreachable(format!("answered with something unreadable: {e}")))?;
         match reply {
@@ -254,17 +204,116 @@ impl Ingress {
                     truncated,
                 })
             }
-            ExecReply::Failed { reason, message } => Err(match reason {
-                // The service's state still lists it: its node stopped it
-                // (and forgot it) a moment ago.
-                ExecFailure::NotFound | ExecFailure::NotRunning => {
-                    IngressError::Rejected(DomainError::Conflict(format!(
-                        "instance {} is not running now: {message}",
-                        instance.id
-                    )))
+            ExecReply::Failed { reason, message } => Err(node_refusal(instance, reason, message)),
+        }
+    }
+}
+
+/// What a node's refusal to run beside `instance` says to the caller.
+pub(crate) fn node_refusal(
+    instance: &Instance,
+    reason: ExecFailure,
+    message: String,
+) -> IngressError {
+    match reason {
+        // The service's state still lists it: its node stopped it (and
+        // forgot it) a moment ago.
+        ExecFailure::NotFound | ExecFailure::NotRunning => {
+            IngressError::Rejected(DomainError::Conflict(format!(
+                "instance {} is not running now: {message}",
+                instance.id
+            )))
+        }
+        ExecFailure::Invalid | ExecFailure::Failed => invalid("command", message),
+    }
+}
+
+/// The refusal for a node that cannot be reached about `instance`.
+pub(crate) fn unreachable(instance: &Instance, why: String) -> IngressError {
+    IngressError::NodeUnavailable(format!(
+        "node {} of instance {} {why}",
+        instance.node, instance.id
+    ))
+}
+
+impl Ingress {
+    /// Records that `caller` sent `program` to run in `instance` of
+    /// service `id` (`instance_command_requested`), before it is sent: a
+    /// command that ran is never missing from the service's events (its
+    /// arguments are not recorded).
+    pub(crate) async fn record_command(
+        &self,
+        caller: &Caller,
+        id: &ServiceId,
+        instance: &Instance,
+        program: String,
+    ) -> Result<(), IngressError> {
+        tracing::info!(
+            service.id = %id,
+            instance.id = %instance.id,
+            node.id = %instance.node,
+            actor = ?caller.actor,
+            program = %program,
+            "command sent to an instance"
+        );
+        let key = format!("exec:{:032x}", rand::random::<u128>());
+        crate::exec::run::<berth_domain::service::Service>(
+            &self.store,
+            &berth_schemas::AggregateId::Service(id.clone()),
+            &key,
+            &caller.actor,
+            berth_domain::service::Command::RecordCommandRequested {
+                instance: instance.id.clone(),
+                program,
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Asks the node of `instance` on `subject`, waiting `wait` for its
+    /// answer. No responders at all: the node is not connected, or
+    /// subscribed a moment ago and the server does not count it yet;
+    /// asked again a few times within a second before saying so.
+    pub(crate) async fn ask_node(
+        &self,
+        instance: &Instance,
+        subject: String,
+        payload: Vec<u8>,
+        wait: Duration,
+    ) -> Result<async_nats::Message, IngressError> {
+        let mut tries = 0;
+        loop {
+            let asked = self
+                .store
+                .client()
+                .send_request(
+                    subject.clone(),
+                    async_nats::Request::new()
+                        .payload(payload.clone().into())
+                        .timeout(Some(wait)),
+                )
+                .await;
+            match asked {
+                Ok(msg) => return Ok(msg),
+                Err(e)
+                    if e.kind() == RequestErrorKind::NoResponders
+                        && tries < NO_RESPONDERS_TRIES =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(NO_RESPONDERS_PAUSE).await;
                 }
-                ExecFailure::Invalid | ExecFailure::Failed => invalid("command", message),
-            }),
+                Err(e) => {
+                    let why = match e.kind() {
+                        RequestErrorKind::NoResponders => "is not connected".into(),
+                        RequestErrorKind::TimedOut => {
+                            format!("did not answer within {}s", wait.as_secs())
+                        }
+                        _ => format!("could not be asked: {e}"),
+                    };
+                    return Err(unreachable(instance, why));
+                }
+            }
         }
     }
 }

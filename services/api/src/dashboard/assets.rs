@@ -9,6 +9,12 @@ use axum::response::{IntoResponse, Response};
 
 const JS: &str = include_str!("assets/dashboard.js");
 const CSS: &str = include_str!("assets/dashboard.css");
+/// The terminal page's own script, and xterm.js (vendored: see
+/// `assets/vendor/xterm/README.md`).
+const TERMINAL_JS: &str = include_str!("assets/terminal.js");
+const XTERM_JS: &str = include_str!("assets/vendor/xterm/xterm.js");
+const XTERM_CSS: &str = include_str!("assets/vendor/xterm/xterm.css");
+const XTERM_FIT_JS: &str = include_str!("assets/vendor/xterm/addon-fit.js");
 
 /// FNV-1a of `bytes`: a cache key, not a security measure.
 fn fnv(bytes: &[u8]) -> u64 {
@@ -31,6 +37,30 @@ pub fn js_url() -> &'static str {
 pub fn css_url() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
     versioned("/assets/dashboard.css", CSS, &URL)
+}
+
+/// Where the terminal page loads its script from.
+pub fn terminal_js_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    versioned("/assets/terminal.js", TERMINAL_JS, &URL)
+}
+
+/// Where the terminal page loads xterm.js from.
+pub fn xterm_js_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    versioned("/assets/xterm.js", XTERM_JS, &URL)
+}
+
+/// Where the terminal page loads xterm.js's style sheet from.
+pub fn xterm_css_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    versioned("/assets/xterm.css", XTERM_CSS, &URL)
+}
+
+/// Where the terminal page loads xterm.js's fit add-on from.
+pub fn xterm_fit_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    versioned("/assets/xterm-fit.js", XTERM_FIT_JS, &URL)
 }
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
@@ -57,4 +87,24 @@ pub async fn js() -> Response {
 /// GET /assets/dashboard.css
 pub async fn css() -> Response {
     asset(CSS, "text/css; charset=utf-8")
+}
+
+/// GET /assets/terminal.js
+pub async fn terminal_js() -> Response {
+    asset(TERMINAL_JS, "text/javascript; charset=utf-8")
+}
+
+/// GET /assets/xterm.js
+pub async fn xterm_js() -> Response {
+    asset(XTERM_JS, "text/javascript; charset=utf-8")
+}
+
+/// GET /assets/xterm.css
+pub async fn xterm_css() -> Response {
+    asset(XTERM_CSS, "text/css; charset=utf-8")
+}
+
+/// GET /assets/xterm-fit.js
+pub async fn xterm_fit() -> Response {
+    asset(XTERM_FIT_JS, "text/javascript; charset=utf-8")
 }

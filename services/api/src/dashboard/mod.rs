@@ -35,6 +35,7 @@ pub mod service;
 pub mod session;
 pub mod settings;
 pub mod shell;
+pub mod terminal;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -322,7 +322,7 @@ impl FormData {
 
 /// The page every refused form gets: its CSRF token did not match (an
 /// old page, or a form posted from elsewhere).
-fn forbidden(why: &str) -> Response {
+pub(super) fn forbidden(why: &str) -> Response {
     layout::bare(
         StatusCode::FORBIDDEN,
         "Form refused",

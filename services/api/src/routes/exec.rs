@@ -50,6 +50,17 @@ pub struct ExecView {
     pub truncated: bool,
 }
 
+/// An `instanceId` given: one that cannot be an id is one the service
+/// does not have.
+pub fn instance_param(given: Option<&str>) -> Result<Option<InstanceId>, ApiError> {
+    given
+        .map(|i| {
+            i.parse::<InstanceId>()
+                .map_err(|_| ApiError::not_found("instance"))
+        })
+        .transpose()
+}
+
 /// POST /v1/services/{id}/exec.
 pub async fn run(
     State(st): State<AppState>,
@@ -58,14 +69,7 @@ pub async fn run(
     JsonBody(body): JsonBody<ExecBody>,
 ) -> Result<Json<ExecView>, ApiError> {
     let id = service_id(&id)?;
-    let instance = body
-        .instance_id
-        .as_deref()
-        .map(|i| {
-            i.parse::<InstanceId>()
-                .map_err(|_| ApiError::not_found("instance"))
-        })
-        .transpose()?;
+    let instance = instance_param(body.instance_id.as_deref())?;
     let input = ExecInput {
         instance,
         command: body.command,

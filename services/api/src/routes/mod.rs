@@ -13,6 +13,7 @@ pub mod nodes;
 pub mod notifications;
 pub mod owner;
 pub mod services;
+pub mod terminal;
 
 use serde::{Deserialize, Deserializer};
 

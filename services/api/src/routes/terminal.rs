@@ -1,0 +1,200 @@
+//! `GET /v1/services/{id}/shell`: a terminal in one of the service's
+//! running instances over a WebSocket (Render's Shell, `kubectl exec
+//! -it`). The terminal is opened before the upgrade is accepted, so every
+//! refusal is an ordinary API error (400, 404, 409, 503); once open:
+//!
+//! - the client sends binary messages (what is typed) and text messages
+//!   `{"type":"resize","cols":…,"rows":…}`;
+//! - the server sends `{"type":"started","instanceId":…}` first, then
+//!   binary messages (what the terminal shows), and last
+//!   `{"type":"exited","exitCode":…}` or `{"type":"ended","message":…}`
+//!   before closing;
+//! - the client closing the socket hangs up on the program.
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::response::Response;
+use berth_ingress::terminal::{TerminalEvent, TerminalInput, TerminalSession};
+use berth_ingress::Caller;
+use berth_schemas::commands::SHELL_INPUT_LIMIT;
+use serde::{Deserialize, Serialize};
+
+use super::services::service_id;
+use crate::app::{AppState, Authed};
+use crate::error::ApiError;
+use crate::query::{every, one, Listing};
+
+/// The query of `GET /v1/services/{id}/shell`.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(rename = "ShellQuery")]
+pub struct ShellQuery {
+    /// The program and its arguments, one `command=` each, in order
+    /// (`sh` when absent).
+    #[serde(default, deserialize_with = "every")]
+    pub command: Vec<String>,
+    /// The instance; a running one of the live deploy when absent.
+    #[serde(default, deserialize_with = "one")]
+    pub instance_id: Option<String>,
+    /// The terminal's width in columns (80 when absent).
+    #[serde(default, deserialize_with = "one")]
+    pub cols: Option<String>,
+    /// Its height in rows (24 when absent).
+    #[serde(default, deserialize_with = "one")]
+    pub rows: Option<String>,
+}
+
+/// A text message from the client.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum Control {
+    Resize { cols: u16, rows: u16 },
+}
+
+/// A text message to the client.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Said<'a> {
+    #[serde(rename_all = "camelCase")]
+    Started {
+        instance_id: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    Exited {
+        exit_code: i32,
+    },
+    Ended {
+        message: &'a str,
+    },
+    /// A message of the client's that was not understood (the session
+    /// goes on).
+    Refused {
+        message: &'a str,
+    },
+}
+
+fn size(name: &str, given: Option<&str>, default: u16) -> Result<u16, ApiError> {
+    match given {
+        None => Ok(default),
+        Some(n) => n
+            .parse()
+            .map_err(|_| ApiError::field(name, "must be a number from 1 to 1000")),
+    }
+}
+
+/// The terminal a query asks for.
+pub fn terminal_input(q: ShellQuery) -> Result<TerminalInput, ApiError> {
+    let instance = super::exec::instance_param(q.instance_id.as_deref())?;
+    Ok(TerminalInput {
+        instance,
+        command: q.command,
+        cols: size("cols", q.cols.as_deref(), 80)?,
+        rows: size("rows", q.rows.as_deref(), 24)?,
+    })
+}
+
+/// GET /v1/services/{id}/shell.
+pub async fn open(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    Listing(q): Listing<ShellQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let id = service_id(&id)?;
+    accept(&st, &caller, &id, terminal_input(q)?, upgrade).await
+}
+
+/// Opens the terminal, then takes the WebSocket to it.
+pub async fn accept(
+    st: &AppState,
+    caller: &Caller,
+    id: &berth_schemas::ids::ServiceId,
+    input: TerminalInput,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let session = st.ingress.open_terminal(caller, id, input).await?;
+    Ok(upgrade
+        .max_message_size(SHELL_INPUT_LIMIT * 4)
+        .on_upgrade(move |socket| pump(socket, session)))
+}
+
+/// Opens the terminal on a WebSocket already taken (the dashboard's: a
+/// browser shows nothing of a refused upgrade), saying a refusal there.
+pub async fn open_on(
+    socket: WebSocket,
+    st: &AppState,
+    caller: &Caller,
+    id: &berth_schemas::ids::ServiceId,
+    input: TerminalInput,
+) {
+    match st.ingress.open_terminal(caller, id, input).await {
+        Ok(session) => pump(socket, session).await,
+        Err(e) => refuse_on(socket, &ApiError::from(e).message).await,
+    }
+}
+
+/// Says why no terminal opened, and closes.
+pub async fn refuse_on(mut socket: WebSocket, message: &str) {
+    say(&mut socket, &Said::Ended { message }).await;
+    let _ = socket.send(Message::Close(None)).await;
+}
+
+async fn say(socket: &mut WebSocket, said: &Said<'_>) -> bool {
+    let text = serde_json::to_string(said).unwrap_or_default();
+    socket.send(Message::Text(text.into())).await.is_ok()
+}
+
+/// Carries the session both ways until either end is done.
+async fn pump(mut socket: WebSocket, mut session: TerminalSession) {
+    let started = Said::Started {
+        instance_id: session.instance().to_string(),
+    };
+    if say(&mut socket, &started).await {
+        loop {
+            tokio::select! {
+                event = session.next() => match event {
+                    Some(TerminalEvent::Output(bytes)) => {
+                        if socket.send(Message::Binary(bytes.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(TerminalEvent::Exited(exit_code)) => {
+                        say(&mut socket, &Said::Exited { exit_code }).await;
+                        break;
+                    }
+                    Some(TerminalEvent::Ended(message)) => {
+                        say(&mut socket, &Said::Ended { message: &message }).await;
+                        break;
+                    }
+                    None => break,
+                },
+                frame = socket.recv() => match frame {
+                    Some(Ok(Message::Binary(bytes))) => {
+                        if session.type_in(&bytes).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Ok(Message::Text(text))) => {
+                        match serde_json::from_str::<Control>(text.as_str()) {
+                            Ok(Control::Resize { cols, rows }) => {
+                                if let Err(e) = session.resize(cols, rows).await {
+                                    let message = ApiError::from(e).message;
+                                    say(&mut socket, &Said::Refused { message: &message }).await;
+                                }
+                            }
+                            Err(_) => {
+                                let message = "a text message must be {\"type\":\"resize\",\"cols\":…,\"rows\":…}";
+                                say(&mut socket, &Said::Refused { message }).await;
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                },
+            }
+        }
+    }
+    session.close().await;
+    let _ = socket.send(Message::Close(None)).await;
+}

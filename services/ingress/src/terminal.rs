@@ -1,0 +1,294 @@
+//! A terminal in one of the caller's running instances (`berth shell`,
+//! the dashboard's terminal; Render's Shell, `kubectl exec -it`): the
+//! instance is picked as for a command ([`crate::shell`]), the opening is
+//! recorded on the service's events (`instance_command_requested`, the
+//! program only), and the session then runs over core NATS with the
+//! instance's node ([`berth_schemas::commands::ShellRequest`]): typed
+//! bytes and sizes go in, numbered; what the terminal shows comes out,
+//! numbered and acknowledged, so a lost message ends the session with a
+//! clear reason and a slow reader slows the program instead of losing
+//! its output.
+
+use std::time::{Duration, Instant};
+
+use berth_schemas::commands::{
+    ShellInput, ShellInputEvent, ShellOutput, ShellOutputEvent, ShellReply, ShellRequest,
+    SHELL_IDLE_SECS, SHELL_INPUT_LIMIT, SHELL_PING_SECS, SHELL_WINDOW,
+};
+use berth_schemas::ids::{InstanceId, ServiceId};
+use data_encoding::BASE64;
+use futures::StreamExt;
+
+use crate::shell::{check_command, invalid, node_refusal, pick, unreachable};
+use crate::{Caller, Ingress, IngressError};
+
+/// The program a terminal runs when none is named.
+pub const DEFAULT_PROGRAM: &str = "sh";
+/// The largest terminal, in columns and in rows.
+pub const SIZE_MAX: u16 = 1000;
+/// How long a node is given to open a terminal.
+const OPEN_WAIT: Duration = Duration::from_secs(15);
+
+/// A terminal to open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TerminalInput {
+    /// The instance; a running one of the live deploy when `None`.
+    pub instance: Option<InstanceId>,
+    /// The program and its arguments; [`DEFAULT_PROGRAM`] when empty.
+    pub command: Vec<String>,
+    pub cols: u16,
+    pub rows: u16,
+}
+
+/// What an open terminal says next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TerminalEvent {
+    /// Bytes it shows.
+    Output(Vec<u8>),
+    /// The program ended with this exit code (the last event).
+    Exited(i32),
+    /// The session ended for another reason (the last event).
+    Ended(String),
+}
+
+/// An open terminal.
+#[derive(Debug)]
+pub struct TerminalSession {
+    instance: InstanceId,
+    client: async_nats::Client,
+    input: String,
+    output: async_nats::Subscriber,
+    /// The next input message's number.
+    next_in: u64,
+    /// The output message expected next.
+    next_out: u64,
+    /// The last output number acknowledged to the node.
+    acked: u64,
+    last_sent: Instant,
+    last_heard: Instant,
+    tick: tokio::time::Interval,
+    ping_due: bool,
+    /// No more events to give.
+    over: bool,
+    /// The node ended the session itself.
+    node_done: bool,
+}
+
+/// Refuses a terminal size outside 1 to [`SIZE_MAX`].
+fn check_size(field: &'static str, n: u16) -> Result<(), IngressError> {
+    if (1..=SIZE_MAX).contains(&n) {
+        Ok(())
+    } else {
+        Err(invalid(field, format!("must be 1 to {SIZE_MAX}")))
+    }
+}
+
+impl Ingress {
+    /// Opens a terminal in one of the caller's service's running
+    /// instances.
+    pub async fn open_terminal(
+        &self,
+        caller: &Caller,
+        id: &ServiceId,
+        mut input: TerminalInput,
+    ) -> Result<TerminalSession, IngressError> {
+        if input.command.is_empty() {
+            input.command = vec![DEFAULT_PROGRAM.to_owned()];
+        }
+        check_command(&input.command)?;
+        check_size("cols", input.cols)?;
+        check_size("rows", input.rows)?;
+        let state = self.show_service(caller, id).await?;
+        let live = state.live_deploy().map(|d| d.id.clone());
+        let instance = pick(&state.instances, live.as_ref(), input.instance.as_ref())?;
+        let session = format!("{:032x}", rand::random::<u128>());
+        let subjects = self.store.subjects();
+        let request = ShellRequest {
+            service: id.clone(),
+            instance: instance.id.clone(),
+            command: input.command,
+            session: session.clone(),
+            cols: input.cols,
+            rows: input.rows,
+        };
+        let payload =
+            rmp_serde::to_vec_named(&request).map_err(|e| IngressError::Store(e.to_string()))?;
+        let client = self.store.client().clone();
+        // Listening before the node is asked: nothing it says is missed.
+        let output = client
+            .subscribe(subjects.shell_output(&instance.node, &session))
+            .await
+            .map_err(|e| unreachable(instance, format!("cannot be listened to: {e}")))?;
+        let program = request.command.first().cloned().unwrap_or_default();
+        self.record_command(caller, id, instance, program).await?;
+        let msg = self
+            .ask_node(instance, subjects.shell(&instance.node), payload, OPEN_WAIT)
+            .await?;
+        let reply: ShellReply = rmp_serde::from_slice(&msg.payload).map_err(|e| {
+            unreachable(instance, format!("answered with something unreadable: {e}"))
+        })?;
+        match reply {
+            ShellReply::Started => Ok(TerminalSession::new(
+                instance.id.clone(),
+                client,
+                subjects.shell_input(&instance.node, &session),
+                output,
+            )),
+            ShellReply::Failed { reason, message } => Err(node_refusal(instance, reason, message)),
+        }
+    }
+}
+
+impl TerminalSession {
+    fn new(
+        instance: InstanceId,
+        client: async_nats::Client,
+        input: String,
+        output: async_nats::Subscriber,
+    ) -> Self {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        TerminalSession {
+            instance,
+            client,
+            input,
+            output,
+            next_in: 1,
+            next_out: 1,
+            acked: 0,
+            last_sent: Instant::now(),
+            last_heard: Instant::now(),
+            tick,
+            ping_due: false,
+            over: false,
+            node_done: false,
+        }
+    }
+
+    /// The instance the terminal is in.
+    pub fn instance(&self) -> &InstanceId {
+        &self.instance
+    }
+
+    /// Types `bytes` (sent in pieces of at most [`SHELL_INPUT_LIMIT`]).
+    pub async fn type_in(&mut self, bytes: &[u8]) -> Result<(), IngressError> {
+        for piece in bytes.chunks(SHELL_INPUT_LIMIT) {
+            let data = BASE64.encode(piece);
+            self.send(ShellInputEvent::Data { data }).await?;
+        }
+        Ok(())
+    }
+
+    /// Tells the program the terminal's new size.
+    pub async fn resize(&mut self, cols: u16, rows: u16) -> Result<(), IngressError> {
+        check_size("cols", cols)?;
+        check_size("rows", rows)?;
+        self.send(ShellInputEvent::Resize { cols, rows }).await
+    }
+
+    /// Leaves (or gives up on a session that went wrong): the node hangs
+    /// up on the program, then kills it.
+    pub async fn close(&mut self) {
+        if !self.node_done {
+            let _ = self.send(ShellInputEvent::Close).await;
+            let _ = self.client.flush().await;
+        }
+    }
+
+    /// Sends one input message; its number is used only once sent.
+    async fn send(&mut self, event: ShellInputEvent) -> Result<(), IngressError> {
+        let message = ShellInput {
+            seq: self.next_in,
+            event,
+        };
+        let payload =
+            rmp_serde::to_vec_named(&message).map_err(|e| IngressError::Store(e.to_string()))?;
+        self.client
+            .publish(self.input.clone(), payload.into())
+            .await
+            .map_err(|e| IngressError::NodeUnavailable(format!("the terminal's input: {e}")))?;
+        self.next_in += 1;
+        self.last_sent = Instant::now();
+        Ok(())
+    }
+
+    /// What the terminal says next; `None` after its last event.
+    /// Cancel-safe (it may lose a race in a `select!` without losing
+    /// output).
+    pub async fn next(&mut self) -> Option<TerminalEvent> {
+        loop {
+            if self.over {
+                return None;
+            }
+            // Owed messages first: they take a number only once sent.
+            let delivered = self.next_out - 1;
+            if delivered >= self.acked + SHELL_WINDOW / 4 {
+                if let Err(e) = self.send(ShellInputEvent::Ack { upto: delivered }).await {
+                    return Some(self.end(e.to_string()));
+                }
+                self.acked = delivered;
+            }
+            if self.ping_due {
+                if let Err(e) = self.send(ShellInputEvent::Ping).await {
+                    return Some(self.end(e.to_string()));
+                }
+                self.ping_due = false;
+            }
+            tokio::select! {
+                msg = self.output.next() => {
+                    let Some(msg) = msg else {
+                        return Some(self.end("the bus connection closed".into()));
+                    };
+                    if let Some(event) = self.heard(&msg.payload) {
+                        return Some(event);
+                    }
+                }
+                _ = self.tick.tick() => {
+                    if self.last_heard.elapsed() >= Duration::from_secs(SHELL_IDLE_SECS) {
+                        return Some(self.end(format!(
+                            "nothing heard from the instance's node for {SHELL_IDLE_SECS}s"
+                        )));
+                    }
+                    self.ping_due |= self.last_sent.elapsed() >= Duration::from_secs(SHELL_PING_SECS);
+                }
+            }
+        }
+    }
+
+    /// One output message: what it says to the caller, if anything.
+    fn heard(&mut self, payload: &[u8]) -> Option<TerminalEvent> {
+        let Ok(output) = rmp_serde::from_slice::<ShellOutput>(payload) else {
+            return Some(self.end("the node sent something unreadable".into()));
+        };
+        if output.seq != self.next_out {
+            return Some(self.end(format!(
+                "output was lost (message {} came where {} was due)",
+                output.seq, self.next_out
+            )));
+        }
+        self.next_out += 1;
+        self.last_heard = Instant::now();
+        match output.event {
+            ShellOutputEvent::Data { data } => match BASE64.decode(data.as_bytes()) {
+                Ok(bytes) => Some(TerminalEvent::Output(bytes)),
+                Err(_) => Some(self.end("the node sent output that is not base64".into())),
+            },
+            ShellOutputEvent::Ping => None,
+            ShellOutputEvent::Exited { exit_code } => {
+                self.over = true;
+                self.node_done = true;
+                Some(TerminalEvent::Exited(exit_code))
+            }
+            ShellOutputEvent::Ended { message } => {
+                self.over = true;
+                self.node_done = true;
+                Some(TerminalEvent::Ended(message))
+            }
+        }
+    }
+
+    fn end(&mut self, why: String) -> TerminalEvent {
+        self.over = true;
+        TerminalEvent::Ended(why)
+    }
+}
