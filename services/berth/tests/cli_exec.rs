@@ -39,10 +39,7 @@ fn csrf(html: &str) -> String {
 /// Signs in to the dashboard with the installation's API key, runs `line`
 /// from service `name`'s shell form; the page that shows its output.
 async fn dashboard_shell(setup: &Setup, name: &str, line: &str) -> String {
-    let creds: Value =
-        serde_json::from_slice(&std::fs::read(setup.cli.data.join("credentials.json")).unwrap())
-            .unwrap();
-    let key = creds["apiKey"].as_str().unwrap();
+    let key = &api_key(setup);
     let id = setup.cli.json(&["service", "show", name]).await["id"]
         .as_str()
         .unwrap()
@@ -230,5 +227,208 @@ async fn cli_runs_a_command_in_a_running_instance() {
             .is_some_and(|e| e.contains("no running instance")),
         "{refused}"
     );
+    setup.stop().await;
+}
+
+/// The installation's API key (from `berth up`'s credentials file).
+fn api_key(setup: &Setup) -> String {
+    let creds: Value =
+        serde_json::from_slice(&std::fs::read(setup.cli.data.join("credentials.json")).unwrap())
+            .unwrap();
+    creds["apiKey"].as_str().unwrap().to_owned()
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens `GET /v1/services/{id}/shell?{query}` as a WebSocket client does.
+async fn shell_socket(setup: &Setup, id: &str, query: &str) -> Socket {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!(
+        "{}/v1/services/{id}/shell?{query}",
+        setup.api_url.replacen("http", "ws", 1)
+    );
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", api_key(setup)).parse().unwrap(),
+    );
+    tokio_tungstenite::connect_async(req).await.unwrap().0
+}
+
+/// What the socket shows until a text message comes: the bytes and it.
+async fn until_text(socket: &mut Socket, shown: &mut String) -> Value {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(20), socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("nothing within 20 s after {shown:?}"))
+            .unwrap_or_else(|| panic!("closed after {shown:?}"))
+            .unwrap();
+        match msg {
+            Message::Binary(b) => shown.push_str(&String::from_utf8_lossy(&b)),
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            other => panic!("{other:?} after {shown:?}"),
+        }
+    }
+}
+
+/// Waits until the terminal has shown `marker` (computed by the shell, so
+/// the echo of what was typed never matches).
+async fn until_shown(socket: &mut Socket, shown: &mut String, marker: &str) {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    while !shown.contains(marker) {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(20), socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {marker:?} within 20 s: {shown:?}"))
+            .unwrap()
+            .unwrap();
+        match msg {
+            Message::Binary(b) => shown.push_str(&String::from_utf8_lossy(&b)),
+            other => panic!("{other:?} before {marker:?}: {shown:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn cli_opens_a_terminal_in_a_running_instance() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut setup = Setup::start().await;
+    let cli = setup.cli.clone();
+    let v1 = setup.push("app/t", "v1").await;
+    let created = cli
+        .run(&[
+            "service",
+            "create",
+            "t",
+            "--type",
+            "background_worker",
+            "--image",
+            &v1,
+            "--command",
+            LOOP,
+            "--wait",
+        ])
+        .await;
+    assert_eq!(created.code, 0, "{created:?}");
+    let id = setup.cli.json(&["service", "show", "t"]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // `berth shell`, typed into from a pipe: a terminal of the instance's
+    // own, the program's exit code as the CLI's.
+    let out = cli
+        .run_with(
+            &["shell", "t"],
+            &[],
+            Some("tty; cat /etc/marker; echo; echo $((6*7))X; exit 3\n"),
+        )
+        .await;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stdout.contains("/dev/pts/0"), "{out:?}");
+    assert!(out.stdout.contains("v1"), "{out:?}");
+    assert!(out.stdout.contains("42X"), "{out:?}");
+    // A command of its own; without a terminal here, 80×24 and xterm.
+    let out = cli
+        .run(&["shell", "t", "--", "sh", "-c", "stty size; echo T=$TERM"])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("24 80"), "{out:?}");
+    assert!(out.stdout.contains("T=xterm"), "{out:?}");
+    // Refused: a program the image lacks (after the terminal opened: the
+    // session ends with runc's reason), an instance it does not have.
+    let out = cli.run(&["shell", "t", "--", "no-such-program"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("no-such-program"), "{out:?}");
+    let out = cli
+        .run(&["shell", "t", "--instance", "ins-aaaaaaaaaaaaaaaaaaaa"])
+        .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("instance not found"), "{out:?}");
+
+    // The WebSocket itself: started, typed bytes, a resize, a text
+    // message it does not understand, the exit code last.
+    let mut socket = shell_socket(&setup, &id, "command=sh").await;
+    let mut shown = String::new();
+    let started = until_text(&mut socket, &mut shown).await;
+    assert_eq!(started["type"], "started", "{started}");
+    assert!(started["instanceId"].as_str().unwrap().starts_with("ins-"));
+    socket
+        .send(Message::Binary(
+            b"stty size; echo $((2*21))Q\n".to_vec().into(),
+        ))
+        .await
+        .unwrap();
+    until_shown(&mut socket, &mut shown, "42Q").await;
+    assert!(shown.contains("24 80"), "{shown:?}");
+    socket
+        .send(Message::Text(
+            r#"{"type":"resize","cols":100,"rows":30}"#.into(),
+        ))
+        .await
+        .unwrap();
+    socket
+        .send(Message::Text(r#"{"type":"dance"}"#.into()))
+        .await
+        .unwrap();
+    let said = until_text(&mut socket, &mut shown).await;
+    assert_eq!(said["type"], "refused", "{said}");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    socket
+        .send(Message::Binary(b"stty size; exit 4\n".to_vec().into()))
+        .await
+        .unwrap();
+    let said = until_text(&mut socket, &mut shown).await;
+    assert_eq!(said, serde_json::json!({"type": "exited", "exitCode": 4}));
+    assert!(shown.contains("30 100"), "{shown:?}");
+
+    // Leaving hangs up on the program; one that ignores it is killed.
+    let mut socket = shell_socket(
+        &setup,
+        &id,
+        "command=sh&command=-c&command=trap%20%27%27%20HUP%3B%20echo%20%24((9*9))S%3B%20exec%20sleep%204242",
+    )
+    .await;
+    let mut shown = String::new();
+    let started = until_text(&mut socket, &mut shown).await;
+    assert_eq!(started["type"], "started", "{started}");
+    until_shown(&mut socket, &mut shown, "81S").await;
+    socket.close(None).await.unwrap();
+    drop(socket);
+    let mut gone = false;
+    for _ in 0..40 {
+        let ps = cli.run(&["exec", "t", "--", "busybox", "ps"]).await;
+        assert_eq!(ps.code, 0, "{ps:?}");
+        if !ps.stdout.contains("4242") {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(gone, "the program outlived its terminal");
+
+    // Every terminal opened is on the service's events, with its program.
+    let events = cli
+        .json(&[
+            "service",
+            "events",
+            "t",
+            "--type",
+            "instance_command_requested",
+        ])
+        .await;
+    let programs: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["event"]["details"]["program"].as_str())
+        .collect();
+    for p in ["sh", "no-such-program"] {
+        assert!(programs.contains(&p), "{p}: {events}");
+    }
     setup.stop().await;
 }

@@ -452,6 +452,62 @@ async fn dashboard_in_a_real_browser() {
     .await;
     b.shot("08b-metrics").await;
 
+    // A terminal in an instance: xterm.js on the page's WebSocket; what
+    // is typed reaches the instance's shell, its size is the page's, its
+    // exit code is said.
+    b.goto(&format!("{service_path}/terminal")).await;
+    b.wait_text(
+        "#terminal-status",
+        &["Connected to ins-"],
+        Duration::from_secs(20),
+    )
+    .await;
+    let typing = b
+        .client
+        .find(Locator::Css(".xterm-helper-textarea"))
+        .await
+        .unwrap();
+    typing
+        .send_keys("stty size; echo $GREETING $((6*7))W\u{E007}")
+        .await
+        .unwrap();
+    let screen = "var b = window.berthTerminal.term.buffer.active, s = ''; \
+                  for (var i = 0; i < b.length; i++) { s += b.getLine(i).translateToString(true) + '\\n'; } \
+                  return s;";
+    let mut shown = String::new();
+    for _ in 0..100 {
+        shown = b
+            .client
+            .execute(screen, vec![])
+            .await
+            .unwrap()
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if shown.contains("hello 42W") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(shown.contains("hello 42W"), "{shown}");
+    let size = b
+        .client
+        .execute(
+            "var t = window.berthTerminal.term; return t.rows + ' ' + t.cols;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(shown.contains(size.as_str().unwrap()), "{size} in {shown}");
+    b.shot("08c-terminal").await;
+    typing.send_keys("exit 7\u{E007}").await.unwrap();
+    b.wait_text(
+        "#terminal-status",
+        &["exit code 7"],
+        Duration::from_secs(20),
+    )
+    .await;
+
     // The other pages, for the record.
     b.goto(&format!("{service_path}/settings?reveal=env")).await;
     b.wait_text("#env", &["tok-s3cret"], Duration::from_secs(10))

@@ -419,6 +419,40 @@ impl Api {
         Err(self.refused(&method, path, status, json, &bytes))
     }
 
+    /// GET `path` asking to switch to the WebSocket protocol (HTTP/1.1,
+    /// no time limit once switched): the connection, or the API's
+    /// refusal as any other request's.
+    pub async fn websocket(&self, path: &str) -> Result<reqwest::Upgraded, ClientError> {
+        use data_encoding::BASE64;
+        let http = http_builder()?
+            .http1_only()
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("berth-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Failed(format!("cannot set up HTTPS: {e}")))?;
+        let url = format!("{}{path}", self.base);
+        let resp = http
+            .get(&url)
+            .bearer_auth(&self.key)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header(
+                "sec-websocket-key",
+                BASE64.encode(&rand::random::<[u8; 16]>()),
+            )
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let status = resp.status();
+        if status != StatusCode::SWITCHING_PROTOCOLS {
+            let bytes = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
+            let json = serde_json::from_slice(&bytes).ok();
+            return Err(self.refused(&Method::GET, path, status, json, &bytes));
+        }
+        resp.upgrade().await.map_err(|e| self.unreachable(&e))
+    }
+
     fn unreachable(&self, e: &reqwest::Error) -> ClientError {
         // The innermost cause says it best ("Connection refused").
         let mut cause = e.to_string();

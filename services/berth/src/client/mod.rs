@@ -30,6 +30,7 @@ pub mod notify;
 pub mod output;
 pub mod service;
 pub mod settings;
+pub mod shell;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -131,6 +132,9 @@ pub enum ClientCommand {
     /// Run a command in a running instance of a service (no terminal) and
     /// exit with its exit code.
     Exec(Box<exec::ExecArgs>),
+    /// A terminal in a running instance of a service (`sh` unless a
+    /// command follows `--`); exits with its program's exit code.
+    Shell(Box<shell::ShellArgs>),
     /// The installation's nodes.
     Node(node::NodeArgs),
     /// API keys of your owner.
@@ -164,6 +168,7 @@ pub fn main(cmd: ClientCommand) -> ExitCode {
             ClientCommand::Cron(a) => cron::run(a).await,
             ClientCommand::Job(a) => job::run(a).await,
             ClientCommand::Exec(a) => exec::run(*a).await,
+            ClientCommand::Shell(a) => shell::run(*a).await,
             ClientCommand::Node(a) => node::run(a).await,
             ClientCommand::Apikey(a) => apikey::run(a).await,
             ClientCommand::Notify(a) => notify::run(a).await,
