@@ -79,6 +79,17 @@ impl Pty {
         }
     }
 
+    /// Reads what the terminal shows now without waiting: `Ok(0)` when
+    /// nothing is there (or at its end, which [`Pty::read`] then says). To
+    /// fill a buffer after a read, so output goes on in fewer pieces.
+    pub fn read_now(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match rustix::io::read(self.near.get_ref(), buf) {
+            Ok(n) => Ok(n),
+            Err(e) if e == rustix::io::Errno::AGAIN || e == rustix::io::Errno::IO => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Types `data` (waits while the program does not read).
     pub async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {

@@ -333,7 +333,15 @@ impl Running {
                 _ = self.end.cancelled() => break false,
                 read = pty.read(&mut buf), if window_open => match read {
                     Ok(0) | Err(_) => break true,
-                    Ok(n) => {
+                    Ok(mut n) => {
+                        // What else is there already goes in the same
+                        // message (a pty hands out ~4 KiB at a time).
+                        while n < buf.len() {
+                            match pty.read_now(&mut buf[n..]) {
+                                Ok(0) | Err(_) => break,
+                                Ok(more) => n += more,
+                            }
+                        }
                         seq += 1;
                         let data = BASE64.encode(&buf[..n]);
                         self.send(seq, ShellOutputEvent::Data { data }).await;

@@ -13,5 +13,6 @@ mod health;
 mod horizon;
 mod network;
 mod ports;
+mod shell;
 mod stops;
 mod userns;
