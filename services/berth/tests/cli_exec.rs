@@ -339,6 +339,29 @@ async fn cli_opens_a_terminal_in_a_running_instance() {
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("24 80"), "{out:?}");
     assert!(out.stdout.contains("T=xterm"), "{out:?}");
+    // Much output (5 MB: hundreds of messages, past the node's window of
+    // 64, so it waits for acknowledgements): every line arrives, once, in
+    // order.
+    let out = cli
+        .run(&[
+            "shell",
+            "t",
+            "--",
+            "sh",
+            "-c",
+            "busybox seq 1 400000 | busybox sed 's/$/ abcdef/'",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 400_000, "{}", out.stderr);
+    assert!(
+        lines
+            .iter()
+            .enumerate()
+            .all(|(i, l)| *l == format!("{} abcdef", i + 1)),
+        "lines lost, repeated or out of order"
+    );
     // Refused: a program the image lacks (after the terminal opened: the
     // session ends with runc's reason), an instance it does not have.
     let out = cli.run(&["shell", "t", "--", "no-such-program"]).await;
