@@ -570,7 +570,7 @@ impl Agent {
         req: &crate::terminal::TerminalRequest,
     ) -> Result<crate::terminal::Terminal, AgentError> {
         let (id, dir) = self.running_container(instance).await?;
-        Ok(self.inner.runtime.terminal(&id, req, &dir)?)
+        Ok(self.inner.runtime.terminal(&id, req, &dir).await?)
     }
 
     /// The container id and bundle directory of an instance of this node

@@ -190,7 +190,7 @@ const EXITED_POLL: Duration = Duration::from_millis(100);
 
 /// The command's host pid, from runc's pid file (`None` before runc wrote
 /// it).
-fn command_pid(pid_file: &Path) -> Option<i32> {
+pub(crate) fn command_pid(pid_file: &Path) -> Option<i32> {
     std::fs::read_to_string(pid_file)
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())

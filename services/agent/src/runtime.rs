@@ -174,12 +174,12 @@ pub trait Runtime: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, Result<ExecOutput, RuntimeError>>;
     /// Open a terminal in the running container `id` with a program on
     /// it, as [`Runtime::exec`] runs commands.
-    fn terminal(
-        &self,
-        id: &str,
-        req: &TerminalRequest,
-        dir: &Path,
-    ) -> Result<Terminal, RuntimeError>;
+    fn terminal<'a>(
+        &'a self,
+        id: &'a str,
+        req: &'a TerminalRequest,
+        dir: &'a Path,
+    ) -> BoxFuture<'a, Result<Terminal, RuntimeError>>;
 }
 
 /// `runc` with its own state root.
@@ -417,16 +417,18 @@ impl Runtime for Runc {
         })
     }
 
-    fn terminal(
-        &self,
-        id: &str,
-        req: &TerminalRequest,
-        dir: &Path,
-    ) -> Result<Terminal, RuntimeError> {
-        let tag = crate::exec::unique_tag();
-        let log = dir.join(format!("tty-{tag}.log"));
-        let pid = dir.join(format!("tty-{tag}.pid"));
-        crate::terminal::runc_terminal(self.command(), id, req, &log, &pid)
+    fn terminal<'a>(
+        &'a self,
+        id: &'a str,
+        req: &'a TerminalRequest,
+        dir: &'a Path,
+    ) -> BoxFuture<'a, Result<Terminal, RuntimeError>> {
+        Box::pin(async move {
+            let tag = crate::exec::unique_tag();
+            let log = dir.join(format!("tty-{tag}.log"));
+            let pid = dir.join(format!("tty-{tag}.pid"));
+            crate::terminal::runc_terminal(self.command(), id, req, &log, &pid).await
+        })
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<ContainerState>, RuntimeError>> {

@@ -26,7 +26,7 @@ use rustix::termios::{OptionalActions, Winsize};
 use tokio::io::unix::AsyncFd;
 
 use crate::error::RuntimeError;
-use crate::exec::{kill_group, runc_error};
+use crate::exec::{command_pid, kill_group, runc_error};
 
 /// How long a program hung up on has to go before its group is killed.
 pub const HANGUP_GRACE: Duration = Duration::from_secs(2);
@@ -150,10 +150,17 @@ fn pty_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((near, far))
 }
 
+/// How long runc is given to start the program (its pid file written).
+const STARTED_WITHIN: Duration = Duration::from_secs(10);
+
 /// `runc exec --tty` of `req` in container `id` (`command` is runc with
 /// its global flags), runc's messages to `log`, the program's pid to
-/// `pid_file`.
-pub(crate) fn runc_terminal(
+/// `pid_file`. Returns once runc has started the program (or given up):
+/// runc sets the instance's terminal to the size asked just after it
+/// writes the pid file, so what is typed from then on reaches a program
+/// on a terminal of that size (a shell typed into at once would
+/// otherwise run its first command on a 0×0 terminal).
+pub(crate) async fn runc_terminal(
     mut command: tokio::process::Command,
     id: &str,
     req: &TerminalRequest,
@@ -196,7 +203,7 @@ pub(crate) fn runc_terminal(
         .stdout(far_end(&far)?)
         .stderr(far_end(&far)?)
         .kill_on_drop(true);
-    let runc = command.spawn().map_err(|source| RuntimeError::Spawn {
+    let mut runc = command.spawn().map_err(|source| RuntimeError::Spawn {
         binary: "runc".into(),
         source,
     })?;
@@ -204,6 +211,13 @@ pub(crate) fn runc_terminal(
     // once runc is gone.
     drop(command);
     drop(far);
+    let t0 = tokio::time::Instant::now();
+    while command_pid(pid_file).is_none()
+        && matches!(runc.try_wait(), Ok(None))
+        && t0.elapsed() < STARTED_WITHIN
+    {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     Ok(Terminal {
         pty: Arc::new(pty),
         runc,

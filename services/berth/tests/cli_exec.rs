@@ -339,6 +339,67 @@ async fn cli_opens_a_terminal_in_a_running_instance() {
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("24 80"), "{out:?}");
     assert!(out.stdout.contains("T=xterm"), "{out:?}");
+    // On a terminal (`script` gives the CLI one): raw mode (what is typed
+    // goes as typed: no local echo, a carriage return for Enter), and the
+    // CLI exits with the program while its own input stays open.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let c = crate::cli_support::berth(&cli.data, &cli.nats_url, &cli.prefix);
+        let envs: Vec<(std::ffi::OsString, std::ffi::OsString)> = c
+            .as_std()
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+            .collect();
+        let mut on_terminal = tokio::process::Command::new("script");
+        on_terminal
+            .args([
+                "-qfec",
+                &format!("{} shell t", crate::cli_support::BERTH),
+                "/dev/null",
+            ])
+            .env_clear()
+            .envs(envs)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        drop(c);
+        let mut child = on_terminal.spawn().unwrap();
+        let mut keys = child.stdin.take().unwrap();
+        let mut shown = child.stdout.take().unwrap();
+        // Typed once the instance's shell prompts: the CLI is in raw
+        // mode by then.
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&all).contains("# ") {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(30), shown.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("no prompt: {:?}", String::from_utf8_lossy(&all)))
+                .unwrap();
+            assert!(
+                n > 0,
+                "ended before a prompt: {:?}",
+                String::from_utf8_lossy(&all)
+            );
+            all.extend_from_slice(&buf[..n]);
+        }
+        keys.write_all(b"echo $((7*7))Z; exit 9\r").await.unwrap();
+        keys.flush().await.unwrap();
+        let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait())
+            .await
+            .expect("the CLI exits with the program, its input still open")
+            .unwrap();
+        shown.read_to_end(&mut all).await.unwrap();
+        let shown = String::from_utf8_lossy(&all).into_owned();
+        assert_eq!(status.code(), Some(9), "{shown:?}");
+        assert!(shown.contains("49Z"), "{shown:?}");
+        assert_eq!(
+            shown.matches("exit 9").count(),
+            1,
+            "echoed by the instance's terminal only, not by this one: {shown:?}"
+        );
+        drop(keys);
+    }
     // Much output (5 MB: hundreds of messages, past the node's window of
     // 64, so it waits for acknowledgements): every line arrives, once, in
     // order.

@@ -107,7 +107,7 @@ impl Session {
         let out: ShellOutput = rmp_serde::from_slice(&msg.payload).unwrap();
         assert_eq!(out.seq, self.next_out, "output numbered without gaps");
         self.next_out += 1;
-        if out.seq % (SHELL_WINDOW / 4) == 0 {
+        if out.seq.is_multiple_of(SHELL_WINDOW / 4) {
             self.send(ShellInputEvent::Ack { upto: out.seq }).await;
         }
         out.event

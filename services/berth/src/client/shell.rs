@@ -8,7 +8,8 @@
 //! Without a terminal (input from a pipe or a file) the program still
 //! gets one; what is read is typed into it, and the end of the input is
 //! typed as Ctrl-D (end of file), so `echo 'ls; exit 3' | berth shell
-//! web` runs and exits with 3.
+//! web` runs and exits with 3. An empty input (`< /dev/null`) types
+//! nothing, not even the Ctrl-D.
 
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -16,7 +17,6 @@ use std::os::fd::AsFd;
 use clap::Args;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -111,15 +111,41 @@ pub async fn run(args: ShellArgs) -> Result<(), ClientError> {
 
 type Socket = tokio_tungstenite::WebSocketStream<reqwest::Upgraded>;
 
+/// Standard input, read on a thread of its own until its end: a read of
+/// a terminal cannot be cancelled, and one left waiting on the async
+/// runtime's blocking pool would keep the CLI from exiting after the
+/// program ended until a key was pressed. The thread is left blocked
+/// when the session ends first; the process's exit ends it.
+fn read_stdin() -> tokio::sync::mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut stdin = std::io::stdin();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match stdin.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
 /// Carries the session both ways: standard input and window sizes in,
 /// the terminal's output to standard output, until the program ends.
 async fn session(socket: &mut Socket, on_terminal: bool) -> Result<(), ClientError> {
     let lost = |e: tokio_tungstenite::tungstenite::Error| {
         ClientError::Failed(format!("the connection to the API was lost: {e}"))
     };
-    let mut stdin = tokio::io::stdin();
-    let mut input = vec![0u8; 16 * 1024];
+    let mut typed = read_stdin();
     let mut input_open = true;
+    let mut typed_any = false;
     let mut resized = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
         .map_err(|e| ClientError::Failed(format!("cannot follow the window's size: {e}")))?;
     let mut stdout = std::io::stdout();
@@ -160,16 +186,23 @@ async fn session(socket: &mut Socket, on_terminal: bool) -> Result<(), ClientErr
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(lost(e)),
             },
-            read = stdin.read(&mut input), if input_open => {
-                let typed = match read {
-                    Ok(0) | Err(_) => {
+            read = typed.recv(), if input_open => {
+                let bytes = match read {
+                    Some(bytes) => {
+                        typed_any = true;
+                        bytes
+                    }
+                    // A terminal's end of input is Ctrl-D; an input with
+                    // nothing in it (`< /dev/null`) types nothing at all.
+                    None => {
                         input_open = false;
-                        // A terminal's end of input is Ctrl-D.
+                        if !typed_any {
+                            continue;
+                        }
                         vec![EOT]
                     }
-                    Ok(n) => input[..n].to_vec(),
                 };
-                socket.send(Message::Binary(typed.into())).await.map_err(lost)?;
+                socket.send(Message::Binary(bytes.into())).await.map_err(lost)?;
             }
             _ = resized.recv(), if on_terminal => {
                 if let Some((cols, rows)) = window() {
