@@ -653,14 +653,41 @@ events! {
         pub node: NodeId,
     }
     /// A command was sent to run in a running instance (`berth exec`, the
-    /// dashboard's shell), by the envelope's actor: recorded before it is
-    /// sent, so a command that ran is never missing here. Its arguments
-    /// are not recorded (they may hold secrets), nor how it ended.
+    /// dashboard's shell), or a terminal opened there with that program
+    /// (`berth shell`, the dashboard's terminal), by the envelope's actor:
+    /// recorded before it is sent, so a command that ran is never missing
+    /// here. Its arguments are not recorded (they may hold secrets); how
+    /// it ended is `instance_command_ended`.
     InstanceCommandRequested = "instance_command_requested" v 1 {
         pub instance: InstanceId,
         pub node: NodeId,
         /// The program (the command's first word).
         pub program: String,
+        /// A terminal session, not one command.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pub terminal: bool,
+    }
+    /// How a command sent to an instance (or a terminal opened there)
+    /// ended, as the API heard it, by the same actor: recorded after the
+    /// answer, so one whose API stopped meanwhile has its
+    /// `instance_command_requested` only.
+    InstanceCommandEnded = "instance_command_ended" v 1 {
+        pub instance: InstanceId,
+        pub program: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pub terminal: bool,
+        /// Its exit code (128 + the signal for one killed by a signal).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub exit_code: Option<i32>,
+        /// Killed at its timeout.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pub timed_out: bool,
+        /// Why it ended without an exit code (the node refused it, a
+        /// terminal's session was lost).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub reason: Option<String>,
+        /// From the request to the answer, in milliseconds.
+        pub duration_ms: u64,
     }
     /// A job ended.
     JobEnded = "job_ended" v 1 {

@@ -72,6 +72,15 @@ async fn a_terminal_in_an_instance(user_namespace: bool) {
     let s = spec(&img, "/bin/busybox sleep 600");
     node.agent.run_instance(s.clone()).await.unwrap();
 
+    // A program that asks for its size at once gets it (runc sizes the
+    // terminal before it starts), every time.
+    for _ in 0..5 {
+        let mut t = open(&node, &s, &["sh", "-c", "stty size; echo $((8*8))S"]).await;
+        let said = until(&t.pty(), &mut String::new(), "64S").await;
+        assert!(said.contains("24 80"), "{said:?}");
+        assert_eq!(t.wait().await.unwrap(), 0);
+    }
+
     let mut t = open(&node, &s, &["sh"]).await;
     let pty = t.pty();
     let mut shown = String::new();

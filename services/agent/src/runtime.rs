@@ -423,12 +423,7 @@ impl Runtime for Runc {
         req: &'a TerminalRequest,
         dir: &'a Path,
     ) -> BoxFuture<'a, Result<Terminal, RuntimeError>> {
-        Box::pin(async move {
-            let tag = crate::exec::unique_tag();
-            let log = dir.join(format!("tty-{tag}.log"));
-            let pid = dir.join(format!("tty-{tag}.pid"));
-            crate::terminal::runc_terminal(self.command(), id, req, &log, &pid).await
-        })
+        Box::pin(async move { crate::terminal::runc_terminal(self.command(), id, req, dir).await })
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<ContainerState>, RuntimeError>> {

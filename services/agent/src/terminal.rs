@@ -153,19 +153,19 @@ fn pty_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// How long runc is given to start the program (its pid file written).
 const STARTED_WITHIN: Duration = Duration::from_secs(10);
 
-/// `runc exec --tty` of `req` in container `id` (`command` is runc with
-/// its global flags), runc's messages to `log`, the program's pid to
-/// `pid_file`. Returns once runc has started the program (or given up):
-/// runc sets the instance's terminal to the size asked just after it
-/// writes the pid file, so what is typed from then on reaches a program
-/// on a terminal of that size (a shell typed into at once would
-/// otherwise run its first command on a 0×0 terminal).
+/// `runc exec --tty` of `req` in container `id` whose bundle is `bundle`
+/// (`command` is runc with its global flags). The process runc starts is
+/// the instance's own (`config.json`'s: user, environment, working
+/// directory, capabilities, rlimits) with the program, `TERM=xterm` and
+/// the terminal's size: runc sizes the instance's terminal before the
+/// program starts, so a program that asks for its size at once (`stty
+/// size`, a pager) gets it. Returns once runc has started the program
+/// (its pid file written) or given up.
 pub(crate) async fn runc_terminal(
     mut command: tokio::process::Command,
     id: &str,
     req: &TerminalRequest,
-    log: &Path,
-    pid_file: &Path,
+    bundle: &Path,
 ) -> Result<Terminal, RuntimeError> {
     let failed = |message: String| RuntimeError::Failed {
         op: "exec",
@@ -176,6 +176,27 @@ pub(crate) async fn runc_terminal(
         Some(program) if !program.is_empty() && !program.starts_with('-') => {}
         _ => return Err(failed("the command must start with a program name".into())),
     }
+    let tag = crate::exec::unique_tag();
+    let log = bundle.join(format!("tty-{tag}.log"));
+    let pid_file = bundle.join(format!("tty-{tag}.pid"));
+    let process_file = bundle.join(format!("tty-{tag}.json"));
+    let spec = std::fs::read(bundle.join("config.json"))
+        .map_err(|e| failed(format!("the instance's config: {e}")))?;
+    let process =
+        terminal_process(&spec, req).map_err(|e| failed(format!("the instance's config: {e}")))?;
+    // It holds the instance's environment: readable by root only.
+    let written = {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&process_file)
+            .and_then(|mut f| f.write_all(&process))
+    };
+    written.map_err(|e| failed(format!("the terminal's process: {e}")))?;
     let (near, far) = pty_pair().map_err(|e| failed(format!("no terminal: {e}")))?;
     let pty = Pty::new(near).map_err(|e| failed(format!("no terminal: {e}")))?;
     pty.set_size(req.cols, req.rows)
@@ -186,19 +207,17 @@ pub(crate) async fn runc_terminal(
             .map(Stdio::from)
             .map_err(|e| failed(format!("no terminal: {e}")))
     };
-    let _ = std::fs::remove_file(log);
-    let _ = std::fs::remove_file(pid_file);
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&pid_file);
     command
         .arg("--log")
-        .arg(log)
+        .arg(&log)
         .arg("exec")
-        .arg("--tty")
-        .arg("--env")
-        .arg("TERM=xterm")
+        .arg("--process")
+        .arg(&process_file)
         .arg("--pid-file")
-        .arg(pid_file)
+        .arg(&pid_file)
         .arg(id)
-        .args(&req.args)
         .stdin(far_end(&far)?)
         .stdout(far_end(&far)?)
         .stderr(far_end(&far)?)
@@ -212,19 +231,46 @@ pub(crate) async fn runc_terminal(
     drop(command);
     drop(far);
     let t0 = tokio::time::Instant::now();
-    while command_pid(pid_file).is_none()
+    while command_pid(&pid_file).is_none()
         && matches!(runc.try_wait(), Ok(None))
         && t0.elapsed() < STARTED_WITHIN
     {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    // runc has read it by now (or never will).
+    let _ = std::fs::remove_file(&process_file);
     Ok(Terminal {
         pty: Arc::new(pty),
         runc,
         id: id.to_owned(),
-        log: log.to_owned(),
-        pid_file: pid_file.to_owned(),
+        log,
+        pid_file,
     })
+}
+
+/// The process a terminal runs: the instance's own (`config.json`'s
+/// `process`) with `req`'s program, a terminal of its size, and
+/// `TERM=xterm` in place of any `TERM` it had.
+fn terminal_process(config: &[u8], req: &TerminalRequest) -> Result<Vec<u8>, String> {
+    use serde_json::{json, Value};
+    let config: Value = serde_json::from_slice(config).map_err(|e| e.to_string())?;
+    let mut process = config
+        .get("process")
+        .cloned()
+        .filter(Value::is_object)
+        .ok_or("no process")?;
+    let mut env: Vec<Value> = process
+        .get("env")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    env.retain(|v| !v.as_str().is_some_and(|e| e.starts_with("TERM=")));
+    env.push(json!("TERM=xterm"));
+    process["env"] = Value::Array(env);
+    process["args"] = json!(req.args);
+    process["terminal"] = json!(true);
+    process["consoleSize"] = json!({ "height": req.rows.max(1), "width": req.cols.max(1) });
+    serde_json::to_vec(&process).map_err(|e| e.to_string())
 }
 
 impl Terminal {
@@ -324,6 +370,38 @@ impl Drop for Terminal {
 mod tests {
     #![allow(clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn the_process_is_the_instances_own_with_the_program_and_a_sized_terminal() {
+        let config = br#"{"ociVersion":"1.0.2","process":{"user":{"uid":0,"gid":0},
+            "args":["/init","--","web"],"env":["PATH=/bin","TERM=dumb","A=1"],"cwd":"/app",
+            "capabilities":{"bounding":["CAP_CHOWN"]},"noNewPrivileges":true},"root":{"path":"rootfs"}}"#;
+        let req = TerminalRequest {
+            args: vec!["sh".into(), "-l".into()],
+            cols: 132,
+            rows: 40,
+        };
+        let p: serde_json::Value =
+            serde_json::from_slice(&terminal_process(config, &req).expect("made")).expect("json");
+        assert_eq!(p["args"], serde_json::json!(["sh", "-l"]));
+        assert_eq!(
+            p["env"],
+            serde_json::json!(["PATH=/bin", "A=1", "TERM=xterm"])
+        );
+        assert_eq!(p["terminal"], true);
+        assert_eq!(
+            p["consoleSize"],
+            serde_json::json!({"height": 40, "width": 132})
+        );
+        assert_eq!(p["cwd"], "/app");
+        assert_eq!(
+            p["capabilities"]["bounding"],
+            serde_json::json!(["CAP_CHOWN"])
+        );
+        assert_eq!(p["noNewPrivileges"], true);
+        assert!(terminal_process(b"{}", &req).is_err());
+        assert!(terminal_process(b"not json", &req).is_err());
+    }
 
     #[tokio::test]
     async fn the_near_end_reads_what_the_far_end_writes_and_its_end() {

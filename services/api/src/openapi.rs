@@ -131,6 +131,13 @@ impl<T> Part for Path<T> {}
 impl Part for Uri {}
 impl Part for ClientAddr {}
 impl Part for axum::extract::ws::WebSocketUpgrade {}
+impl Part
+    for Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >
+{
+}
 
 impl Part for Authed {
     fn describe(op: &mut Operation, _: &mut Generators) {

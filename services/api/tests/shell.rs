@@ -114,6 +114,15 @@ async fn terminals_are_refused_before_the_upgrade_with_a_reason() {
     let items = v.as_array().unwrap();
     assert_eq!(items.len(), 1, "{v}");
     assert_eq!(items[0]["event"]["details"]["program"], "bash", "{v}");
+    assert_eq!(items[0]["event"]["details"]["terminal"], true, "{v}");
+    // Its node never answered: how it ended is unknown, and not said.
+    let (_, v) = app
+        .get(
+            &format!("/v1/services/{svc}/events?type=instance_command_ended"),
+            &alice,
+        )
+        .await;
+    assert_eq!(v, serde_json::json!([]), "{v}");
     assert_eq!(
         items[0]["event"]["details"]["instanceId"],
         instance.as_str(),

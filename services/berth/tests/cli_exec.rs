@@ -208,6 +208,22 @@ async fn cli_runs_a_command_in_a_running_instance() {
     let out = cli.run(&["exec", "x"]).await;
     assert_eq!(out.code, 64, "no command: {out:?}");
 
+    // How each command ended is on the service's events too.
+    let ended = ended_events(&cli, "x").await;
+    assert!(
+        ended
+            .iter()
+            .any(|d| d["program"] == "sh" && d["exitCode"] == 5 && d["terminal"] == false),
+        "{ended:?}"
+    );
+    assert!(
+        ended.iter().any(|d| d["program"] == "sleep"
+            && d["timedOut"] == true
+            && d.get("exitCode").is_none()),
+        "{ended:?}"
+    );
+    assert!(ended.iter().all(|d| d["durationMs"].is_u64()), "{ended:?}");
+
     // Suspended: no running instance to run in.
     cli.ok(&["service", "suspend", "x"]).await;
     // (While its instance stops, it may still be listed: "not running".)
@@ -514,5 +530,64 @@ async fn cli_opens_a_terminal_in_a_running_instance() {
     for p in ["sh", "no-such-program"] {
         assert!(programs.contains(&p), "{p}: {events}");
     }
+    // Terminals say so; the `berth exec … ps` above does not.
+    assert!(
+        events.as_array().unwrap().iter().all(|e| {
+            let d = &e["event"]["details"];
+            d["terminal"] == (d["program"] != "busybox")
+        }),
+        "{events}"
+    );
+    // And how each ended: exit codes, runc's reason, the one hung up on
+    // and killed when its socket closed.
+    // (The last is recorded once the node has said so, after its grace.)
+    let mut ended = Vec::new();
+    for _ in 0..40 {
+        ended = ended_events(&cli, "t").await;
+        if ended.iter().any(|d| d["exitCode"] == 137) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    for want in [
+        serde_json::json!({"program": "sh", "exitCode": 3}),
+        serde_json::json!({"program": "sh", "exitCode": 4}),
+        serde_json::json!({"program": "sh", "exitCode": 137}),
+    ] {
+        assert!(
+            ended.iter().any(|d| d["program"] == want["program"]
+                && d["exitCode"] == want["exitCode"]
+                && d["terminal"] == true),
+            "{want} in {ended:?}"
+        );
+    }
+    assert!(
+        ended.iter().any(|d| d["program"] == "no-such-program"
+            && d["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("no-such-program"))),
+        "{ended:?}"
+    );
     setup.stop().await;
+}
+
+/// The details of service `name`'s `instance_command_ended` events.
+async fn ended_events(cli: &crate::cli_support::Cli, name: &str) -> Vec<Value> {
+    let events = cli
+        .json(&[
+            "service",
+            "events",
+            name,
+            "--type",
+            "instance_command_ended",
+            "--limit",
+            "100",
+        ])
+        .await;
+    events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"]["details"].clone())
+        .collect()
 }

@@ -53,6 +53,7 @@ pub const TYPES: &[&str] = &[
     "instance_exited",
     "instance_port_detected",
     "instance_command_requested",
+    "instance_command_ended",
     "instance_count_changed",
     "cron_job_run_started",
     "cron_job_run_ended",
@@ -296,6 +297,19 @@ impl TimelineEvent {
                     "instanceId": e.instance,
                     "nodeId": e.node,
                     "program": e.program,
+                    "terminal": e.terminal,
+                }),
+            ),
+            Event::InstanceCommandEnded(e) => (
+                "instance_command_ended",
+                d!({
+                    "instanceId": e.instance,
+                    "program": e.program,
+                    "terminal": e.terminal,
+                    "exitCode": e.exit_code,
+                    "timedOut": e.timed_out,
+                    "reason": e.reason,
+                    "durationMs": e.duration_ms,
                 }),
             ),
             Event::PlacementBlocked(e) => (
@@ -576,6 +590,19 @@ fn details_schemas() -> Vec<(&'static str, Vec<DetailField>)> {
                 ("instanceId", s(), true),
                 ("nodeId", s(), true),
                 ("program", s(), true),
+                ("terminal", bool_(), true),
+            ],
+        ),
+        (
+            "instance_command_ended",
+            vec![
+                ("instanceId", s(), true),
+                ("program", s(), true),
+                ("terminal", bool_(), true),
+                ("exitCode", int(), false),
+                ("timedOut", bool_(), true),
+                ("reason", s(), false),
+                ("durationMs", int(), true),
             ],
         ),
         (
@@ -1451,6 +1478,27 @@ mod tests {
                 instance: InstanceId::generate(),
                 node: NodeId::generate(),
                 program: "sh".into(),
+                terminal: true,
+            }
+            .into(),
+            berth_schemas::events::InstanceCommandEnded {
+                instance: InstanceId::generate(),
+                program: "sh".into(),
+                terminal: false,
+                exit_code: Some(3),
+                timed_out: false,
+                reason: None,
+                duration_ms: 12,
+            }
+            .into(),
+            berth_schemas::events::InstanceCommandEnded {
+                instance: InstanceId::generate(),
+                program: "sh".into(),
+                terminal: true,
+                exit_code: None,
+                timed_out: false,
+                reason: Some("input was lost".into()),
+                duration_ms: 1200,
             }
             .into(),
             PlacementBlocked {

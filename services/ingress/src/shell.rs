@@ -175,13 +175,39 @@ impl Ingress {
         let payload =
             rmp_serde::to_vec_named(&request).map_err(|e| IngressError::Store(e.to_string()))?;
         let program = request.command.first().cloned().unwrap_or_default();
-        self.record_command(caller, id, instance, program).await?;
+        self.record_command(caller, id, instance, program.clone(), false)
+            .await?;
+        let asked = std::time::Instant::now();
         let wait = Duration::from_secs(u64::from(input.timeout_secs)) + ANSWER_MARGIN;
         let subject = self.store.subjects().exec(&instance.node);
         let unreachable = |why: String| unreachable(instance, why);
         let msg = self.ask_node(instance, subject, payload, wait).await?;
         let reply: ExecReply = rmp_serde::from_slice(&msg.payload)
             .map_err(|e| unreachable(format!("answered with something unreadable: {e}")))?;
+        let ended = berth_schemas::events::InstanceCommandEnded {
+            instance: instance.id.clone(),
+            program,
+            terminal: false,
+            exit_code: match &reply {
+                ExecReply::Ran { exit_code, .. } => *exit_code,
+                ExecReply::Failed { .. } => None,
+            },
+            timed_out: matches!(
+                reply,
+                ExecReply::Ran {
+                    timed_out: true,
+                    ..
+                }
+            ),
+            reason: match &reply {
+                ExecReply::Ran { .. } => None,
+                ExecReply::Failed { message, .. } => {
+                    Some(ended_reason(&format!("not run: {message}")))
+                }
+            },
+            duration_ms: u64::try_from(asked.elapsed().as_millis()).unwrap_or(u64::MAX),
+        };
+        self.record_command_ended(&caller.actor, id, ended).await;
         match reply {
             ExecReply::Ran {
                 exit_code,
@@ -228,6 +254,12 @@ pub(crate) fn node_refusal(
     }
 }
 
+/// A reason for `instance_command_ended`, at most 300 characters (what
+/// the node said, bounded: the log keeps it for good).
+pub(crate) fn ended_reason(why: &str) -> String {
+    why.chars().take(300).collect()
+}
+
 /// The refusal for a node that cannot be reached about `instance`.
 pub(crate) fn unreachable(instance: &Instance, why: String) -> IngressError {
     IngressError::NodeUnavailable(format!(
@@ -247,6 +279,7 @@ impl Ingress {
         id: &ServiceId,
         instance: &Instance,
         program: String,
+        terminal: bool,
     ) -> Result<(), IngressError> {
         tracing::info!(
             service.id = %id,
@@ -265,10 +298,36 @@ impl Ingress {
             berth_domain::service::Command::RecordCommandRequested {
                 instance: instance.id.clone(),
                 program,
+                terminal,
             },
         )
         .await?;
         Ok(())
+    }
+
+    /// Records how a command sent to an instance (or a terminal) ended
+    /// (`instance_command_ended`). Best effort: the command already ran,
+    /// so a log that cannot take the fact now only loses it (said in the
+    /// log).
+    pub(crate) async fn record_command_ended(
+        &self,
+        actor: &berth_schemas::Actor,
+        id: &ServiceId,
+        ended: berth_schemas::events::InstanceCommandEnded,
+    ) {
+        let key = format!("exec-end:{:032x}", rand::random::<u128>());
+        let instance = ended.instance.clone();
+        let recorded = crate::exec::run::<berth_domain::service::Service>(
+            &self.store,
+            &berth_schemas::AggregateId::Service(id.clone()),
+            &key,
+            actor,
+            berth_domain::service::Command::RecordCommandEnded(ended),
+        )
+        .await;
+        if let Err(e) = recorded {
+            tracing::warn!(service.id = %id, instance.id = %instance, error = %e, "how a command in an instance ended was not recorded");
+        }
     }
 
     /// Asks the node of `instance` on `subject`, waiting `wait` for its

@@ -15,11 +15,12 @@ use berth_schemas::commands::{
     ShellInput, ShellInputEvent, ShellOutput, ShellOutputEvent, ShellReply, ShellRequest,
     SHELL_IDLE_SECS, SHELL_INPUT_LIMIT, SHELL_PING_SECS, SHELL_WINDOW,
 };
+use berth_schemas::events::InstanceCommandEnded;
 use berth_schemas::ids::{InstanceId, ServiceId};
 use data_encoding::BASE64;
 use futures::StreamExt;
 
-use crate::shell::{check_command, invalid, node_refusal, pick, unreachable};
+use crate::shell::{check_command, ended_reason, invalid, node_refusal, pick, unreachable};
 use crate::{Caller, Ingress, IngressError};
 
 /// The program a terminal runs when none is named.
@@ -51,6 +52,24 @@ pub enum TerminalEvent {
     Ended(String),
 }
 
+/// What a session's end is recorded with.
+#[derive(Debug)]
+struct Audit {
+    ingress: Ingress,
+    actor: berth_schemas::Actor,
+    service: ServiceId,
+    program: String,
+    asked: Instant,
+}
+
+fn millis(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// How long [`TerminalSession::close`] waits for the program's end once
+/// the node was told to hang up (its grace is 2 s).
+const END_HEARD_WITHIN: Duration = Duration::from_secs(5);
+
 /// An open terminal.
 #[derive(Debug)]
 pub struct TerminalSession {
@@ -72,6 +91,9 @@ pub struct TerminalSession {
     over: bool,
     /// The node ended the session itself.
     node_done: bool,
+    /// The session's last event, once known.
+    last: Option<TerminalEvent>,
+    audit: Option<Audit>,
 }
 
 /// Refuses a terminal size outside 1 to [`SIZE_MAX`].
@@ -120,7 +142,9 @@ impl Ingress {
             .await
             .map_err(|e| unreachable(instance, format!("cannot be listened to: {e}")))?;
         let program = request.command.first().cloned().unwrap_or_default();
-        self.record_command(caller, id, instance, program).await?;
+        self.record_command(caller, id, instance, program.clone(), true)
+            .await?;
+        let asked = Instant::now();
         let msg = self
             .ask_node(instance, subjects.shell(&instance.node), payload, OPEN_WAIT)
             .await?;
@@ -133,8 +157,27 @@ impl Ingress {
                 client,
                 subjects.shell_input(&instance.node, &session),
                 output,
+                Audit {
+                    ingress: self.clone(),
+                    actor: caller.actor.clone(),
+                    service: id.clone(),
+                    program,
+                    asked,
+                },
             )),
-            ShellReply::Failed { reason, message } => Err(node_refusal(instance, reason, message)),
+            ShellReply::Failed { reason, message } => {
+                let ended = InstanceCommandEnded {
+                    instance: instance.id.clone(),
+                    program,
+                    terminal: true,
+                    exit_code: None,
+                    timed_out: false,
+                    reason: Some(ended_reason(&format!("not opened: {message}"))),
+                    duration_ms: millis(asked),
+                };
+                self.record_command_ended(&caller.actor, id, ended).await;
+                Err(node_refusal(instance, reason, message))
+            }
         }
     }
 }
@@ -145,6 +188,7 @@ impl TerminalSession {
         client: async_nats::Client,
         input: String,
         output: async_nats::Subscriber,
+        audit: Audit,
     ) -> Self {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -162,6 +206,8 @@ impl TerminalSession {
             ping_due: false,
             over: false,
             node_done: false,
+            last: None,
+            audit: Some(audit),
         }
     }
 
@@ -187,12 +233,44 @@ impl TerminalSession {
     }
 
     /// Leaves (or gives up on a session that went wrong): the node hangs
-    /// up on the program, then kills it.
+    /// up on the program, then kills it; how it ended (as heard within a
+    /// few seconds) is recorded on the service's events. Call it once,
+    /// when done with the session.
     pub async fn close(&mut self) {
         if !self.node_done {
             let _ = self.send(ShellInputEvent::Close).await;
             let _ = self.client.flush().await;
+            // The program's end, as the node says it after hanging up.
+            let deadline = tokio::time::Instant::now() + END_HEARD_WITHIN;
+            while !self.node_done {
+                let Ok(Some(msg)) = tokio::time::timeout_at(deadline, self.output.next()).await
+                else {
+                    break;
+                };
+                self.heard(&msg.payload);
+            }
         }
+        let Some(audit) = self.audit.take() else {
+            return;
+        };
+        let (exit_code, reason) = match &self.last {
+            Some(TerminalEvent::Exited(code)) => (Some(*code), None),
+            Some(TerminalEvent::Ended(why)) => (None, Some(ended_reason(why))),
+            _ => (None, Some("its end was not heard".to_owned())),
+        };
+        let ended = InstanceCommandEnded {
+            instance: self.instance.clone(),
+            program: audit.program,
+            terminal: true,
+            exit_code,
+            timed_out: false,
+            reason,
+            duration_ms: millis(audit.asked),
+        };
+        audit
+            .ingress
+            .record_command_ended(&audit.actor, &audit.service, ended)
+            .await;
     }
 
     /// Sends one input message; its number is used only once sent.
@@ -275,20 +353,26 @@ impl TerminalSession {
             },
             ShellOutputEvent::Ping => None,
             ShellOutputEvent::Exited { exit_code } => {
-                self.over = true;
                 self.node_done = true;
-                Some(TerminalEvent::Exited(exit_code))
+                Some(self.finish(TerminalEvent::Exited(exit_code)))
             }
             ShellOutputEvent::Ended { message } => {
-                self.over = true;
                 self.node_done = true;
-                Some(TerminalEvent::Ended(message))
+                Some(self.finish(TerminalEvent::Ended(message)))
             }
         }
     }
 
     fn end(&mut self, why: String) -> TerminalEvent {
+        self.finish(TerminalEvent::Ended(why))
+    }
+
+    /// The session's last event (the first one given, if more come).
+    fn finish(&mut self, last: TerminalEvent) -> TerminalEvent {
         self.over = true;
-        TerminalEvent::Ended(why)
+        if self.last.is_none() {
+            self.last = Some(last.clone());
+        }
+        last
     }
 }

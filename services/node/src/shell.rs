@@ -281,7 +281,7 @@ impl Opening {
             session: req.session,
             sessions: self.sessions.clone(),
             terminal,
-            typed: typed_rx,
+            typed: Some(typed_rx),
             size: size_rx,
             acked: acked_rx,
             heard,
@@ -298,7 +298,8 @@ struct Running {
     session: String,
     sessions: Sessions,
     terminal: Terminal,
-    typed: mpsc::Receiver<Vec<u8>>,
+    /// What is typed, for the task that writes it (taken when it starts).
+    typed: Option<mpsc::Receiver<Vec<u8>>>,
     size: watch::Receiver<(u16, u16)>,
     acked: watch::Receiver<u64>,
     heard: Arc<Mutex<Instant>>,
@@ -309,9 +310,10 @@ struct Running {
 impl Running {
     async fn run(mut self) {
         let pty = self.terminal.pty();
-        let mut typed = std::mem::replace(&mut self.typed, mpsc::channel(1).1);
+        let typed = self.typed.take();
         let writer_pty = pty.clone();
         let writer = tokio::spawn(async move {
+            let Some(mut typed) = typed else { return };
             while let Some(bytes) = typed.recv().await {
                 if writer_pty.write_all(&bytes).await.is_err() {
                     break;

@@ -160,7 +160,18 @@ fn summary(e: &TimelineEvent) -> Markup {
             }
             "instance_command_requested" => {
                 ": " code { (detail(e, "program").unwrap_or_default()) }
+                @if e.details.get("terminal") == Some(&serde_json::Value::Bool(true)) { " (a terminal)" }
                 " in " span.mono { (detail(e, "instanceId").unwrap_or_default()) }
+            }
+            "instance_command_ended" => {
+                ": " code { (detail(e, "program").unwrap_or_default()) }
+                @if e.details.get("timedOut") == Some(&serde_json::Value::Bool(true)) {
+                    " killed at its timeout"
+                } @else if let Some(code) = e.details.get("exitCode") {
+                    " exit code " (code)
+                } @else if let Some(r) = detail(e, "reason") {
+                    ": " (r)
+                }
             }
             "rollback_target_missing" => {
                 ": the registry no longer holds " (digest(detail(e, "digest")))

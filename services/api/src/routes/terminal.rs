@@ -11,6 +11,7 @@
 //!   before closing;
 //! - the client closing the socket hangs up on the program.
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::Response;
@@ -99,10 +100,18 @@ pub async fn open(
     Authed(caller): Authed,
     Path(id): Path<String>,
     Listing(q): Listing<ShellQuery>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let id = service_id(&id)?;
-    accept(&st, &caller, &id, terminal_input(q)?, upgrade).await
+    let input = terminal_input(q)?;
+    let Ok(upgrade) = upgrade else {
+        // Another owner's service is not found, WebSocket or not.
+        st.ingress.show_service(&caller, &id).await?;
+        return Err(ApiError::bad_request(
+            "this route opens a WebSocket: send `Connection: Upgrade` and `Upgrade: websocket`",
+        ));
+    };
+    accept(&st, &caller, &id, input, upgrade).await
 }
 
 /// Opens the terminal, then takes the WebSocket to it.

@@ -371,7 +371,13 @@ pub enum Command {
         instance: InstanceId,
         /// The command's first word.
         program: String,
+        /// A terminal session, not one command.
+        terminal: bool,
     },
+    /// How a command sent to `instance` (or a terminal opened there)
+    /// ended: an audit fact, recorded whether or not the instance is still
+    /// the service's.
+    RecordCommandEnded(berth_schemas::events::InstanceCommandEnded),
     /// The job was given to `node` to run.
     RecordJobPlaced {
         job: JobId,
@@ -587,7 +593,11 @@ pub fn decide(
         Command::CancelJob { job } => jobs::cancel(state, &job),
         Command::RecordJobStarted { job } => jobs::started(state, &job),
         Command::RecordJobPlaced { job, node } => jobs::placed(state, &job, node),
-        Command::RecordCommandRequested { instance, program } => {
+        Command::RecordCommandRequested {
+            instance,
+            program,
+            terminal,
+        } => {
             let i = state
                 .instances
                 .get(&instance)
@@ -596,9 +606,11 @@ pub fn decide(
                 instance,
                 node: i.node.clone(),
                 program,
+                terminal,
             }
             .into()])
         }
+        Command::RecordCommandEnded(ended) => Ok(vec![ended.into()]),
         Command::RecordJobEnded {
             job,
             success,
