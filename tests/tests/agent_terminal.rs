@@ -163,3 +163,103 @@ async fn a_terminal_in_an_instance_in_a_user_namespace() {
 async fn a_terminal_in_an_instance_run_as_the_hosts_root() {
     a_terminal_in_an_instance(false).await;
 }
+
+/// Kills (SIGKILL) the `runc` processes whose command line holds `needle`:
+/// what an agent's death does to the runc it was waiting on, minus the
+/// agent.
+fn kill_runc_with(needle: &str) -> usize {
+    let mut killed = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.starts_with("runc ") && cmd.contains(needle) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            killed += 1;
+        }
+    }
+    killed
+}
+
+#[tokio::test]
+async fn what_a_dead_agents_commands_left_running_is_killed_when_the_next_agent_adopts_the_instance(
+) {
+    let mut node = Node::start_tuned(|c| c.user_namespace = None).await;
+    let img = node
+        .image(&busybox_image(
+            json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]}),
+        ))
+        .await;
+    let s = spec(&img, "/bin/busybox sleep 600");
+    node.agent.run_instance(s.clone()).await.unwrap();
+    // A command and a terminal, each running a program that ignores
+    // hang-ups, when the agent "dies": its runc processes are killed and
+    // nothing of the agent's own cleanup runs.
+    let exec = {
+        let (agent, id) = (node.agent.clone(), s.instance.clone());
+        tokio::spawn(async move {
+            let req = berth_agent::exec::ExecRequest {
+                args: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "trap '' HUP; exec sleep 4545".into(),
+                ],
+                stdin: Vec::new(),
+                timeout: Duration::from_secs(600),
+                output_limit: 1000,
+            };
+            agent.exec(&id, &req).await
+        })
+    };
+    let t = open(&node, &s, &["sh", "-c", "trap '' HUP; exec sleep 4646"]).await;
+    let t0 = Instant::now();
+    while !(running(&s, "sleep 4545") && running(&s, "sleep 4646")) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "never both ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    exec.abort();
+    std::mem::forget(t);
+    kill_runc_with("tty-");
+    kill_runc_with("exec-");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        running(&s, "sleep 4545") && running(&s, "sleep 4646"),
+        "both outlive their runc, as after an agent's death"
+    );
+    let bundle = berth_agent::bundle::InstanceDir::new(&node.cfg.state_dir, &s.instance).bundle();
+    let leftovers = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("exec-") || n.starts_with("tty-"))
+            .collect()
+    };
+    assert!(
+        !leftovers(&bundle).is_empty(),
+        "the dead agent's files are there"
+    );
+
+    // The next agent adopts the instance and ends them.
+    node.agent.detach().await;
+    let (agent, events) =
+        berth_tests::agent::start_agent(&node.cfg, &node.client, &node.subjects, "runc").await;
+    node.agent = agent;
+    node.events = events;
+    let t0 = Instant::now();
+    while running(&s, "sleep 4545") || running(&s, "sleep 4646") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "still running after adoption"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(leftovers(&bundle), Vec::<String>::new());
+    // The instance itself runs on.
+    assert!(running(&s, "sleep 600"));
+}

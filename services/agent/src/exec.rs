@@ -213,6 +213,49 @@ pub(crate) fn kill_group(pid_file: &Path) {
     }
 }
 
+/// Kills what commands and terminals an earlier agent started in the
+/// container whose first process is `container_pid` left running (it
+/// died before they ended: nothing would end them now), and removes their
+/// files from `bundle`. A pid file names its command only when the
+/// process is in the container's PID namespace and started before the
+/// file was written (runc writes it once the command runs; a pid reused
+/// since by another process of the instance started later, and is left
+/// alone). Returns how many were killed.
+pub(crate) fn sweep_leftovers(bundle: &Path, container_pid: u32) -> usize {
+    let Ok(entries) = std::fs::read_dir(bundle) else {
+        return 0;
+    };
+    let pid_ns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    let theirs = i32::try_from(container_pid).ok().and_then(pid_ns);
+    let names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("exec-") || n.starts_with("tty-"))
+        .collect();
+    let mut killed = 0;
+    for name in names.iter().filter(|n| n.ends_with(".pid")) {
+        let path = bundle.join(name);
+        let written = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        if let Some(pid) = command_pid(&path) {
+            let started = u32::try_from(pid).ok().and_then(crate::process::started_at);
+            // Clock ticks and file times differ by well under a second.
+            let before_written = match (started, written) {
+                (Some(s), Some(w)) => s <= w + std::time::Duration::from_secs(1),
+                _ => false,
+            };
+            if before_written && theirs.is_some() && pid_ns(pid) == theirs {
+                tracing::info!(pid, file = %name, "a command an earlier agent left running is killed");
+                kill_group(&path);
+                killed += 1;
+            }
+        }
+    }
+    for name in &names {
+        let _ = std::fs::remove_file(bundle.join(name));
+    }
+    killed
+}
+
 /// A name part no other exec of this process uses.
 pub(crate) fn unique_tag() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -310,6 +353,51 @@ mod tests {
         );
         assert_eq!(runc_error("time=\"2026\" level=warning msg=\"x\"\n"), None);
         assert_eq!(runc_error(""), None);
+    }
+
+    #[test]
+    fn a_leftover_is_killed_only_when_it_started_before_its_pid_file() {
+        use std::os::unix::process::{CommandExt, ExitStatusExt};
+        let dir = tempfile::tempdir().expect("dir");
+        let me = std::process::id();
+        let sleeper = || {
+            std::process::Command::new("sleep")
+                .arg("30")
+                .process_group(0)
+                .spawn()
+                .expect("sleep")
+        };
+        // A pid file older than its process: the pid was reused since.
+        let mut later = sleeper();
+        let file = dir.path().join("exec-1-0.pid");
+        std::fs::write(&file, later.id().to_string()).expect("written");
+        let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .and_then(|f| f.set_modified(hour_ago))
+            .expect("dated");
+        std::fs::write(dir.path().join("exec-1-0.log"), "x").expect("written");
+        assert_eq!(sweep_leftovers(dir.path(), me), 0);
+        assert!(
+            later.try_wait().expect("waited").is_none(),
+            "killed a reused pid"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("read").count(),
+            0,
+            "files left"
+        );
+        let _ = later.kill();
+        let _ = later.wait();
+        // Its own command, left running: killed.
+        let mut left = sleeper();
+        std::fs::write(dir.path().join("tty-1-1.pid"), left.id().to_string()).expect("written");
+        assert_eq!(sweep_leftovers(dir.path(), me), 1);
+        assert_eq!(left.wait().expect("waited").signal(), Some(9));
+        // A pid no process has: nothing to kill.
+        std::fs::write(dir.path().join("exec-1-2.pid"), "999999999").expect("written");
+        assert_eq!(sweep_leftovers(dir.path(), me), 0);
     }
 
     #[tokio::test]

@@ -45,6 +45,22 @@ pub fn start_time(pid: u32) -> Option<u64> {
 }
 
 /// Whether `pid` is still the process that started at `started`.
+/// When process `pid` started, as wall-clock time (the boot time from
+/// `/proc/stat` plus its start in clock ticks, at Linux's fixed 100 per
+/// second for user space); `None` when it is gone.
+pub fn started_at(pid: u32) -> Option<std::time::SystemTime> {
+    let ticks = start_time(pid)?;
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let boot: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let since_boot = std::time::Duration::from_millis(ticks.saturating_mul(10));
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(boot) + since_boot)
+}
+
 pub fn alive(pid: u32, started: Option<u64>) -> bool {
     match (start_time(pid), started) {
         (Some(now), Some(then)) => now == then,

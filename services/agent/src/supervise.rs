@@ -364,6 +364,9 @@ pub(crate) async fn adopt(inner: &Inner, rec: &Record) -> Option<Running> {
     if state.status != ContainerStatus::Running || !process::alive(state.pid, rec.pid_start) {
         return None;
     }
+    // Commands and terminals the earlier agent ran in it died with it;
+    // what they started did not.
+    crate::exec::sweep_leftovers(&inner.dir(&rec.spec.instance).bundle(), state.pid);
     let pumps = pumps(inner, &rec.spec).ok()?;
     Some(Running {
         pid: state.pid,

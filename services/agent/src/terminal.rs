@@ -1,9 +1,10 @@
 //! A terminal in a running instance (`berth shell`, the dashboard's
-//! terminal; `docker exec -it`, `kubectl exec -it`): `runc exec --tty`, so
-//! the program runs as [`crate::exec`]'s commands do — the instance's
-//! user, environment (and `TERM=xterm`), working directory, capabilities,
-//! seccomp filter, cgroup and namespaces — with a pseudo-terminal of the
-//! instance's own as its controlling terminal.
+//! terminal; `docker exec -it`, `kubectl exec -it`): `runc exec
+//! --process` with the instance's own process (its OCI config's: user,
+//! environment and `TERM=xterm`, working directory, capabilities), so the
+//! program runs as [`crate::exec`]'s commands do — with its seccomp
+//! filter, cgroup and namespaces too — on a pseudo-terminal of the
+//! instance's own, sized before it starts.
 //!
 //! runc, not detached, copies between the instance's terminal and its own
 //! standard streams, which are the far end of a second pseudo-terminal
@@ -153,7 +154,7 @@ fn pty_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// How long runc is given to start the program (its pid file written).
 const STARTED_WITHIN: Duration = Duration::from_secs(10);
 
-/// `runc exec --tty` of `req` in container `id` whose bundle is `bundle`
+/// `runc exec` of `req` on a terminal in container `id` whose bundle is `bundle`
 /// (`command` is runc with its global flags). The process runc starts is
 /// the instance's own (`config.json`'s: user, environment, working
 /// directory, capabilities, rlimits) with the program, `TERM=xterm` and
