@@ -164,10 +164,11 @@ async fn a_terminal_in_an_instance_run_as_the_hosts_root() {
     a_terminal_in_an_instance(false).await;
 }
 
-/// Kills (SIGKILL) the `runc` processes whose command line holds `needle`:
-/// what an agent's death does to the runc it was waiting on, minus the
-/// agent.
-fn kill_runc_with(needle: &str) -> usize {
+/// Kills (SIGKILL) the `runc` processes whose command line holds every
+/// one of `needles` (the instance's id among them: tests running beside
+/// this one have runc processes of their own): what an agent's death does
+/// to the runc it was waiting on, minus the agent.
+fn kill_runc_with(needles: &[&str]) -> usize {
     let mut killed = 0;
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
@@ -175,7 +176,7 @@ fn kill_runc_with(needle: &str) -> usize {
         };
         let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.starts_with("runc ") && cmd.contains(needle) {
+        if cmd.starts_with("runc ") && needles.iter().all(|n| cmd.contains(n)) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
@@ -224,8 +225,10 @@ async fn what_a_dead_agents_commands_left_running_is_killed_when_the_next_agent_
     }
     exec.abort();
     std::mem::forget(t);
-    kill_runc_with("tty-");
-    kill_runc_with("exec-");
+    let id = s.instance.to_string();
+    assert_eq!(kill_runc_with(&[&id, "tty-"]), 1);
+    // (The aborted exec's runc may be gone already: killed on drop.)
+    kill_runc_with(&[&id, "exec-"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         running(&s, "sleep 4545") && running(&s, "sleep 4646"),

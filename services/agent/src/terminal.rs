@@ -185,19 +185,6 @@ pub(crate) async fn runc_terminal(
         .map_err(|e| failed(format!("the instance's config: {e}")))?;
     let process =
         terminal_process(&spec, req).map_err(|e| failed(format!("the instance's config: {e}")))?;
-    // It holds the instance's environment: readable by root only.
-    let written = {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&process_file)
-            .and_then(|mut f| f.write_all(&process))
-    };
-    written.map_err(|e| failed(format!("the terminal's process: {e}")))?;
     let (near, far) = pty_pair().map_err(|e| failed(format!("no terminal: {e}")))?;
     let pty = Pty::new(near).map_err(|e| failed(format!("no terminal: {e}")))?;
     pty.set_size(req.cols, req.rows)
@@ -210,6 +197,23 @@ pub(crate) async fn runc_terminal(
     };
     let _ = std::fs::remove_file(&log);
     let _ = std::fs::remove_file(&pid_file);
+    // It holds the instance's environment: readable by root only, and
+    // gone once runc has read it (or failed to start).
+    let written = {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&process_file)
+            .and_then(|mut f| f.write_all(&process))
+    };
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&process_file);
+        return Err(failed(format!("the terminal's process: {e}")));
+    }
     command
         .arg("--log")
         .arg(&log)
@@ -223,10 +227,17 @@ pub(crate) async fn runc_terminal(
         .stdout(far_end(&far)?)
         .stderr(far_end(&far)?)
         .kill_on_drop(true);
-    let mut runc = command.spawn().map_err(|source| RuntimeError::Spawn {
-        binary: "runc".into(),
-        source,
-    })?;
+    let spawned = command.spawn();
+    let mut runc = match spawned {
+        Ok(runc) => runc,
+        Err(source) => {
+            let _ = std::fs::remove_file(&process_file);
+            return Err(RuntimeError::Spawn {
+                binary: "runc".into(),
+                source,
+            });
+        }
+    };
     // Only runc may hold the far end: the near end reads its end (EIO)
     // once runc is gone.
     drop(command);
