@@ -174,7 +174,9 @@ async fn finish(w: &World, node: Running, svc: &ServiceId, instance: &InstanceId
 }
 
 fn still_runs(w: &World, instance: &InstanceId, needle: &str) -> bool {
-    let (_, ps) = exec(w, instance, &["ps"]);
+    let (code, ps) = exec(w, instance, &["/bin/busybox", "ps"]);
+    // A `ps` that did not run lists nothing: that is no proof of absence.
+    assert_eq!(code, 0, "{ps}");
     ps.contains(needle)
 }
 
