@@ -205,7 +205,7 @@ impl Ingress {
                     Some(ended_reason(&format!("not run: {message}")))
                 }
             },
-            duration_ms: u64::try_from(asked.elapsed().as_millis()).unwrap_or(u64::MAX),
+            duration_ms: crate::terminal::millis(asked),
         };
         self.record_command_ended(&caller.actor, id, ended).await;
         match reply {

@@ -62,7 +62,8 @@ struct Audit {
     asked: Instant,
 }
 
-fn millis(since: Instant) -> u64 {
+/// Milliseconds since `since`, for `instance_command_ended`.
+pub(crate) fn millis(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
