@@ -34,10 +34,9 @@ const APPLETS: &[&str] = &[
     "sh", "echo", "sleep", "env", "pwd", "id", "cat", "true", "false", "seq", "printf", "ls", "dd",
 ];
 
-/// A two-layer linux/amd64 image: busybox + applet links + passwd/group
-/// (user `app`, 1000, also in `www-data`, 33),
-/// then an app layer; `config` is the image config's `config` object.
-pub fn busybox_image(config: Value) -> Image {
+/// Static busybox, its applet links and passwd/group (user `app`, 1000,
+/// also in `www-data`, 33): the entries of a base layer.
+pub fn busybox_base() -> Vec<Entry> {
     let bb = std::fs::read("/bin/busybox").unwrap();
     let mut base = vec![
         Entry::dir("bin"),
@@ -54,9 +53,15 @@ pub fn busybox_image(config: Value) -> Image {
     for a in APPLETS {
         base.push(Entry::symlink(&format!("bin/{a}"), "busybox"));
     }
+    base
+}
+
+/// A two-layer linux/amd64 image: [`busybox_base`], then an app layer;
+/// `config` is the image config's `config` object.
+pub fn busybox_image(config: Value) -> Image {
     let app = vec![Entry::dir("app"), Entry::file("app/hello.txt", b"hello\n")];
     let layers = vec![
-        layers::layer(&base, Comp::Gzip).unwrap(),
+        layers::layer(&busybox_base(), Comp::Gzip).unwrap(),
         layers::layer(&app, Comp::Gzip).unwrap(),
     ];
     layers::image_with_config(layers, config).unwrap()

@@ -267,3 +267,72 @@ pub fn image_with_config(layers: Vec<(Layer, Comp)>, config: serde_json::Value) 
         compressed_size,
     })
 }
+
+/// Entries for the parent directories of `path` (relative), outermost
+/// first, that `seen` does not have yet.
+fn parents(path: &str, seen: &mut std::collections::BTreeSet<String>) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let mut at = std::path::Path::new(path).parent();
+    let mut chain = Vec::new();
+    while let Some(d) = at.filter(|d| !d.as_os_str().is_empty()) {
+        chain.push(d.to_string_lossy().into_owned());
+        at = d.parent();
+    }
+    for d in chain.into_iter().rev() {
+        if seen.insert(d.clone()) {
+            out.push(Entry::dir(&d));
+        }
+    }
+    out
+}
+
+/// The host's program at `program` and the shared libraries `ldd` says it
+/// loads, as files at the same places in an image (symlinks followed),
+/// with their parent directories: a layer to put over a base, as an image
+/// built on a distribution has them.
+pub fn host_program(program: &str) -> Result<Vec<Entry>> {
+    let ldd = std::process::Command::new("ldd").arg(program).output()?;
+    let mut files: Vec<String> = String::from_utf8_lossy(&ldd.stdout)
+        .lines()
+        .filter_map(|l| {
+            let path = l.split("=>").last()?.split_whitespace().next()?;
+            path.starts_with('/').then(|| path.to_owned())
+        })
+        .collect();
+    files.push(program.to_owned());
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for f in files {
+        let rel = f.trim_start_matches('/');
+        out.extend(parents(rel, &mut seen));
+        out.push(Entry::file(rel, &std::fs::read(&f)?).mode(0o755));
+    }
+    Ok(out)
+}
+
+/// The host's directory `dir`, whole (files with their modes, symlinks as
+/// they are), at the same place in an image, with its parent directories.
+pub fn host_tree(dir: &str) -> Result<Vec<Entry>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut seen = std::collections::BTreeSet::new();
+    let root = dir.trim_start_matches('/');
+    let mut out = parents(root, &mut seen);
+    let mut todo = vec![std::path::PathBuf::from(dir)];
+    while let Some(path) = todo.pop() {
+        let meta = std::fs::symlink_metadata(&path)?;
+        let rel = path.to_string_lossy().trim_start_matches('/').to_owned();
+        let mode = meta.permissions().mode() & 0o7777;
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path)?;
+            out.push(Entry::symlink(&rel, &target.to_string_lossy()));
+        } else if meta.is_dir() {
+            out.push(Entry::dir(&rel).mode(mode));
+            for e in std::fs::read_dir(&path)? {
+                todo.push(e?.path());
+            }
+        } else if meta.is_file() {
+            out.push(Entry::file(&rel, &std::fs::read(&path)?).mode(mode));
+        }
+    }
+    Ok(out)
+}

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use berth_agent::{AgentEvent, ExitStatus, OneOffOutcome};
 use berth_tests::agent::{
-    busybox_image, collect_logs, default_config, processes_of, runc_list, spec, Node,
+    busybox_base, busybox_image, collect_logs, default_config, processes_of, runc_list, spec, Node,
 };
+use berth_tests::layers::{self, Comp, Entry};
 
 #[tokio::test]
 async fn sigterm_then_sigkill_after_the_delay() {
@@ -153,6 +154,116 @@ async fn the_program_behind_a_shell_that_would_not_pass_the_signal_on_gets_it() 
         t0.elapsed()
     );
     assert!(processes_of(&[&wrapped.instance, &trapping.instance, &looping.instance]).is_empty());
+}
+
+/// An image as Node apps are built: `CMD ["npm", "start"]`, the
+/// package's start script run by npm through `sh -c`. Signalled, npm
+/// would pass the signal to that shell (which dies of it) and exit, and
+/// the app would be killed with the container, mid-request; it gets the
+/// signal instead, shuts down as it means to, and npm exits with it.
+/// (The machine's own node and npm, copied into the image.)
+#[tokio::test]
+async fn an_app_started_by_npm_gets_the_stop_signal_itself() {
+    let node = Node::start().await;
+    // node, and npm's own tree, where this machine has them.
+    let which = |program: &str| {
+        let out = std::process::Command::new("sh")
+            .args(["-c", &format!("readlink -f \"$(command -v {program})\"")])
+            .output()
+            .unwrap();
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(
+            path.starts_with('/'),
+            "{program} is needed (scripts/install-deps)"
+        );
+        path
+    };
+    let node_bin = which("node");
+    let npm_cli = which("npm");
+    let npm_root = npm_cli
+        .strip_suffix("/bin/npm-cli.js")
+        .unwrap_or_else(|| panic!("npm's tree: {npm_cli}"));
+    let mut runtime = layers::host_program(&node_bin).unwrap();
+    // Debian's shell as /bin/sh, as the official node images have it (it
+    // forks the script's command; busybox's would exec it).
+    runtime.extend(layers::host_program("/usr/bin/dash").unwrap());
+    runtime.push(Entry::symlink("bin/sh", "/usr/bin/dash"));
+    runtime.extend(layers::host_tree(npm_root).unwrap());
+    runtime.push(Entry::dir("usr/local"));
+    runtime.push(Entry::dir("usr/local/bin"));
+    runtime.push(Entry::symlink("usr/local/bin/node", &node_bin));
+    runtime.push(Entry::symlink("usr/local/bin/npm", &npm_cli));
+    // npm-cli.js starts `#!/usr/bin/env node`.
+    runtime.push(Entry::dir("usr/bin"));
+    runtime.push(Entry::symlink("usr/bin/env", "/bin/busybox"));
+    let server = r#"
+process.on('SIGTERM', () => {
+  console.log('app-got-term');
+  setTimeout(() => { console.log('app-drained'); process.exit(0); }, 300);
+});
+console.log('app-ready');
+setInterval(() => {}, 1000);
+"#;
+    let app = vec![
+        Entry::dir("app"),
+        Entry::file(
+            "app/package.json",
+            br#"{"name":"app","version":"1.0.0","scripts":{"start":"node server.js"}}"#,
+        ),
+        Entry::file("app/server.js", server.as_bytes()),
+    ];
+    let config = serde_json::json!({
+        "Cmd": ["npm", "start"],
+        "WorkingDir": "/app",
+        "Env": ["PATH=/usr/local/bin:/bin", "HOME=/tmp", "NODE_ENV=production"],
+    });
+    let image = layers::image_with_config(
+        vec![
+            layers::layer(&busybox_base(), Comp::Gzip).unwrap(),
+            layers::layer(&runtime, Comp::None).unwrap(),
+            layers::layer(&app, Comp::Gzip).unwrap(),
+        ],
+        config,
+    )
+    .unwrap();
+    let image = node.image(&image).await;
+    let mut s = spec(&image, "");
+    s.command = None;
+    s.limits.memory_mib = Some(512);
+    s.shutdown_delay = Duration::from_secs(10);
+    let mut sub = node.logs(&s).await;
+    node.agent.run_instance(s.clone()).await.unwrap();
+    let seen = collect_logs(&mut sub, Duration::from_secs(30), |l| l.line == "app-ready").await;
+    assert!(
+        seen.iter().any(|l| l.line == "app-ready"),
+        "{:?}",
+        seen.iter().map(|l| &l.line).collect::<Vec<_>>()
+    );
+    let t0 = Instant::now();
+    let out = node.agent.stop_instance(&s.instance).await.unwrap();
+    let took = t0.elapsed();
+    let seen = collect_logs(&mut sub, Duration::from_secs(2), |l| {
+        l.line == "app-drained"
+    })
+    .await;
+    let lines: Vec<&str> = seen.iter().map(|l| l.line.as_str()).collect();
+    let got = lines.iter().position(|l| *l == "app-got-term");
+    let drained = lines.iter().position(|l| *l == "app-drained");
+    assert!(got.is_some() && drained > got, "{lines:?}");
+    assert!(
+        lines.contains(
+            &"==> Stopping: SIGTERM sent to node server.js, as npm running it would not pass it on"
+        ),
+        "{lines:?}"
+    );
+    assert!(!out.escalated_to_kill, "{out:?}");
+    assert_eq!(
+        out.status,
+        Some(ExitStatus::Code(0)),
+        "npm exits as its script did: {out:?}"
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(processes_of(&[&s.instance]).is_empty());
 }
 
 #[tokio::test]

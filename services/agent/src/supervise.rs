@@ -403,8 +403,8 @@ async fn stop_container(
     });
     let can_kill = matches!(inner.runtime.state(id).await, Ok(Some(s)) if s.status.can_kill());
     if can_kill {
-        let past = past_shells(inner, pid, signal).await;
-        if !past.is_empty() && signal_past_shells(inner, spec, &past, signal).await {
+        let (past, wrapper) = past_shells(inner, pid, signal).await;
+        if !past.is_empty() && signal_past_shells(inner, spec, &past, wrapper, signal).await {
             let ended = async {
                 while past.iter().any(|t| t.alive()) {
                     tokio::time::sleep(WRAPPED_POLL).await;
@@ -459,9 +459,9 @@ const SHELL_GRACE: Duration = Duration::from_millis(500);
 /// (see [`wrapper`]); empty when the container's own process is the one.
 /// Read off the runtime's threads: a container may run thousands of
 /// processes.
-async fn past_shells(inner: &Inner, pid: u32, signal: u8) -> Vec<wrapper::Target> {
+async fn past_shells(inner: &Inner, pid: u32, signal: u8) -> (Vec<wrapper::Target>, &'static str) {
     if pid == 0 || nix::sys::signal::Signal::try_from(i32::from(signal)).is_err() {
-        return Vec::new();
+        return (Vec::new(), "");
     }
     let under_init = inner.sandbox.init.is_some();
     let walk = move || {
@@ -470,13 +470,15 @@ async fn past_shells(inner: &Inner, pid: u32, signal: u8) -> Vec<wrapper::Target
             false => vec![pid],
         };
         let targets = wrapper::targets(&roots, &|p| wrapper::look(p, signal));
-        if targets.is_empty() || targets == roots {
-            return Vec::new();
-        }
-        targets
+        let Some(past) = targets.past.filter(|_| !targets.pids.is_empty()) else {
+            return (Vec::new(), "");
+        };
+        let pids = targets
+            .pids
             .into_iter()
             .filter_map(|t| wrapper::Target::of(t, pid))
-            .collect()
+            .collect();
+        (pids, past)
     };
     tokio::task::spawn_blocking(walk).await.unwrap_or_default()
 }
@@ -488,6 +490,7 @@ async fn signal_past_shells(
     inner: &Inner,
     spec: &InstanceSpec,
     targets: &[wrapper::Target],
+    wrapper: &str,
     signal: u8,
 ) -> bool {
     let mut sent = Vec::new();
@@ -511,7 +514,7 @@ async fn signal_past_shells(
         inner,
         spec,
         &format!(
-            "stopping: {name} sent to {}, as the shell running it would not pass it on",
+            "stopping: {name} sent to {}, as {wrapper} running it would not pass it on",
             sent.join(", ")
         ),
     )

@@ -13,6 +13,15 @@
 //!
 //! A shell that handles the signal itself (a `trap … TERM`) is signalled
 //! as usual: it said what it wants done.
+//!
+//! Node's package managers run a script the same way (`CMD ["npm",
+//! "start"]`, `yarn start`: node → `sh -c` → the program) and do no
+//! better: signalled, npm passes the signal to its shell, which dies,
+//! and npm exits; yarn 1 exits at once; the program, orphaned, is
+//! killed with the container (both seen with npm 10 and yarn 1.22 on
+//! Node 20). They are looked past whatever they handle: the program gets
+//! the signal, ends, and the package manager exits with it as it would
+//! have.
 
 use std::path::Path;
 
@@ -25,6 +34,24 @@ const SHELLS: &[&str] = &["sh", "ash", "dash", "bash", "zsh", "ksh", "mksh", "ya
 /// Multi-call binaries that are a shell when run as one.
 const MULTI_CALL: &[&str] = &["busybox", "toybox"];
 
+/// Runtimes a package manager runs on.
+const NODE: &[&str] = &["node", "nodejs"];
+
+/// Package managers by the name of their script (`node …/npm-cli.js`)
+/// or the title they give their process (npm's `npm start`).
+const RUNNERS: &[(&str, &str)] = &[
+    ("npm", "npm"),
+    ("npm-cli.js", "npm"),
+    ("npx", "npx"),
+    ("npx-cli.js", "npx"),
+    ("yarn", "yarn"),
+    ("yarn.js", "yarn"),
+    ("yarn.cjs", "yarn"),
+    ("yarnpkg", "yarn"),
+    ("pnpm", "pnpm"),
+    ("pnpm.cjs", "pnpm"),
+];
+
 /// How deep below the container's first process shells are followed.
 const MAX_DEPTH: usize = 8;
 
@@ -33,33 +60,49 @@ const MAX_DEPTH: usize = 8;
 pub struct Proc {
     /// A shell (by its executable, or the name a multi-call binary ran as).
     pub shell: bool,
+    /// A package manager running a script (`npm`, `yarn`…), by name.
+    pub runner: Option<&'static str>,
     /// It handles `signal` itself (caught, not default or ignored).
     pub handles: bool,
     /// Its children's pids.
     pub children: Vec<u32>,
 }
 
+/// Where the stop signal goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Targets {
+    pub pids: Vec<u32>,
+    /// What the first process looked past is: "the shell", "npm"…
+    pub past: Option<&'static str>,
+}
+
 /// The processes `signal` should go to, below `roots` (the container's
 /// first processes: the init's children, or the container's process when
 /// it has no init): each root, unless it is a shell that does not handle
-/// the signal and runs other processes, whose place its children take
-/// (followed down the same way). Processes gone meanwhile are left out.
-pub fn targets(roots: &[u32], look: &impl Fn(u32) -> Option<Proc>) -> Vec<u32> {
-    let mut out = Vec::new();
+/// the signal or a package manager, and runs other processes, whose
+/// place its children take (followed down the same way). Processes gone
+/// meanwhile are left out.
+pub fn targets(roots: &[u32], look: &impl Fn(u32) -> Option<Proc>) -> Targets {
+    let mut out = Targets::default();
     for &root in roots {
         visit(root, look, 0, &mut out);
     }
     out
 }
 
-fn visit(pid: u32, look: &impl Fn(u32) -> Option<Proc>, depth: usize, out: &mut Vec<u32>) {
+fn visit(pid: u32, look: &impl Fn(u32) -> Option<Proc>, depth: usize, out: &mut Targets) {
     let Some(p) = look(pid) else {
         return;
     };
-    if !p.shell || p.handles || p.children.is_empty() || depth >= MAX_DEPTH {
-        out.push(pid);
+    let wrapper = match p.runner {
+        Some(name) => Some(name),
+        None => (p.shell && !p.handles).then_some("the shell"),
+    };
+    let Some(wrapper) = wrapper.filter(|_| !p.children.is_empty() && depth < MAX_DEPTH) else {
+        out.pids.push(pid);
         return;
-    }
+    };
+    out.past.get_or_insert(wrapper);
     for child in p.children {
         visit(child, look, depth + 1, out);
     }
@@ -70,24 +113,47 @@ pub fn look(pid: u32, signal: u8) -> Option<Proc> {
     let dir = Path::new("/proc").join(pid.to_string());
     let status = std::fs::read_to_string(dir.join("status")).ok()?;
     let exe = std::fs::read_link(dir.join("exe")).ok()?;
-    let argv0 = argv(pid).into_iter().next().unwrap_or_default();
+    let words = argv(pid);
+    let exe = exe.to_string_lossy();
+    let argv0 = words.first().map(String::as_str).unwrap_or_default();
     Some(Proc {
-        shell: is_shell(&exe.to_string_lossy(), &argv0),
+        shell: is_shell(&exe, argv0),
+        runner: runner(&exe, &words),
         handles: caught(&status, signal),
         children: children(pid),
     })
 }
 
+/// The last part of a path, as a name (a login shell's `-` and a
+/// replaced executable's ` (deleted)` taken off).
+fn base(p: &str) -> String {
+    let p = p.trim_end_matches(" (deleted)");
+    p.rsplit('/')
+        .next()
+        .unwrap_or(p)
+        .trim_start_matches('-')
+        .to_owned()
+}
+
+/// The package manager a process running `exe` with `argv` is, if it is
+/// one: node running a package manager's script, or titled after one.
+fn runner(exe: &str, argv: &[String]) -> Option<&'static str> {
+    if !NODE.contains(&base(exe).as_str()) {
+        return None;
+    }
+    let named = |word: &str| {
+        let first = word.split(' ').next().unwrap_or(word);
+        RUNNERS
+            .iter()
+            .find(|(script, _)| base(first) == *script)
+            .map(|(_, name)| *name)
+    };
+    let title = argv.first().and_then(|w| named(w));
+    title.or_else(|| argv.get(1).and_then(|w| named(w)))
+}
+
 /// Whether a process running `exe` as `argv0` is a shell.
 fn is_shell(exe: &str, argv0: &str) -> bool {
-    let base = |p: &str| {
-        let p = p.trim_end_matches(" (deleted)");
-        p.rsplit('/')
-            .next()
-            .unwrap_or(p)
-            .trim_start_matches('-')
-            .to_owned()
-    };
     let exe = base(exe);
     SHELLS.contains(&exe.as_str())
         || (MULTI_CALL.contains(&exe.as_str()) && SHELLS.contains(&base(argv0).as_str()))
@@ -193,6 +259,7 @@ mod tests {
                     *pid,
                     Proc {
                         shell: *shell,
+                        runner: None,
                         handles: *handles,
                         children: children.to_vec(),
                     },
@@ -202,7 +269,7 @@ mod tests {
     }
 
     fn targets_in(t: &HashMap<u32, Proc>, roots: &[u32]) -> Vec<u32> {
-        targets(roots, &|pid| t.get(&pid).cloned())
+        targets(roots, &|pid| t.get(&pid).cloned()).pids
     }
 
     #[test]
@@ -258,6 +325,7 @@ mod tests {
                     p,
                     Proc {
                         shell: s,
+                        runner: None,
                         handles: h,
                         children: c,
                     },
@@ -265,6 +333,52 @@ mod tests {
             })
             .collect();
         assert_eq!(targets_in(&t, &[0]), [MAX_DEPTH as u32]);
+    }
+
+    #[test]
+    fn package_managers_are_looked_past_whatever_they_handle() {
+        // npm start → sh -c 'node server.js' → node: npm catches SIGTERM
+        // (to pass it to its shell, which dies of it).
+        let mut t = table(&[
+            (10, false, true, &[11]),
+            (11, true, false, &[12]),
+            (12, false, true, &[]),
+            (20, false, true, &[]),
+        ]);
+        for pid in [10, 20] {
+            if let Some(p) = t.get_mut(&pid) {
+                p.runner = Some("npm");
+            }
+        }
+        let got = targets(&[10], &|pid| t.get(&pid).cloned());
+        assert_eq!(got.pids, [12]);
+        assert_eq!(got.past, Some("npm"), "the first looked past is said");
+        // One that runs nothing (yet) is signalled itself.
+        assert_eq!(targets_in(&t, &[20]), [20]);
+        let shell = targets(&[11], &|pid| t.get(&pid).cloned());
+        assert_eq!(shell.past, Some("the shell"));
+        assert_eq!(targets(&[12], &|pid| t.get(&pid).cloned()).past, None);
+    }
+
+    #[test]
+    fn package_managers_are_known_by_their_script_or_their_title() {
+        let words = |s: &str| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
+        // As seen under Node 20: npm titles itself "npm start" (one
+        // word); yarn 1 keeps node's argv.
+        let npm = vec!["npm start".to_owned()];
+        assert_eq!(runner("/usr/local/bin/node", &npm), Some("npm"));
+        let yarn = words("node /opt/yarn-v1.22.22/bin/yarn.js start");
+        assert_eq!(runner("/usr/local/bin/node", &yarn), Some("yarn"));
+        let npx = words("node /usr/local/bin/npx serve");
+        assert_eq!(runner("/usr/bin/nodejs", &npx), Some("npx"));
+        assert_eq!(
+            runner("/usr/local/bin/node", &words("node server.js")),
+            None
+        );
+        assert_eq!(runner("/usr/local/bin/node", &words("npm-server x")), None);
+        // Only node runs them: a program called npm is a program.
+        assert_eq!(runner("/usr/bin/python3", &words("python3 npm")), None);
+        assert_eq!(runner("/usr/local/bin/npm", &npm), None);
     }
 
     #[test]
