@@ -45,6 +45,7 @@ use axum::Router;
 use berth_eventlog::logs::LogLimits;
 use berth_eventlog::start::until_available;
 use berth_eventlog::EventStore;
+use berth_ingress::terminal::TerminalLimits;
 use berth_ingress::{IngressError, IngressOptions};
 use berth_runtime::config::http_url_problem;
 use berth_runtime::{BoxError, Component, ComponentContext, SecretKey};
@@ -112,6 +113,18 @@ pub struct ApiArgs {
     /// per-service ones.
     #[arg(long, env = "BERTH_API_LOGS_MAX_MIB", default_value_t = 10240)]
     pub api_logs_max_mib: u64,
+    /// Seconds a terminal in an instance (`berth shell`, the dashboard's)
+    /// may go with nothing typed and nothing shown before it is closed.
+    #[arg(long, env = "BERTH_API_TERMINAL_IDLE_SECS", default_value_t = 3600)]
+    pub api_terminal_idle_secs: u64,
+    /// Seconds a terminal may stay open in all.
+    #[arg(long, env = "BERTH_API_TERMINAL_MAX_SECS", default_value_t = 43_200)]
+    pub api_terminal_max_secs: u64,
+    /// Seconds between the API's pings on a terminal's WebSocket; a
+    /// client that sends nothing (not even the answer) for three of them
+    /// is taken for gone and its terminal closed.
+    #[arg(long, env = "BERTH_API_TERMINAL_PING_SECS", default_value_t = 15)]
+    pub api_terminal_ping_secs: u64,
 }
 
 impl ApiArgs {
@@ -151,6 +164,15 @@ impl ApiArgs {
         }
         if self.api_logs_max_mib > 1 << 30 {
             problems.push("BERTH_API_LOGS_MAX_MIB must be 0–1073741824".to_owned());
+        }
+        if !(1..=604_800).contains(&self.api_terminal_idle_secs) {
+            problems.push("BERTH_API_TERMINAL_IDLE_SECS must be 1–604800".to_owned());
+        }
+        if !(1..=604_800).contains(&self.api_terminal_max_secs) {
+            problems.push("BERTH_API_TERMINAL_MAX_SECS must be 1–604800".to_owned());
+        }
+        if !(1..=300).contains(&self.api_terminal_ping_secs) {
+            problems.push("BERTH_API_TERMINAL_PING_SECS must be 1–300".to_owned());
         }
         let urls = [
             ("BERTH_API_SERVICES_URL", &self.api_services_url),
@@ -206,6 +228,11 @@ impl ApiArgs {
         IngressOptions {
             check_timeout: Duration::from_secs(self.api_check_timeout_secs),
             repair_grace: Duration::from_secs(self.api_repair_grace_secs),
+            terminal: TerminalLimits {
+                idle: Duration::from_secs(self.api_terminal_idle_secs),
+                max: Duration::from_secs(self.api_terminal_max_secs),
+                client_ping: Duration::from_secs(self.api_terminal_ping_secs),
+            },
             base_domain: self
                 .api_services_url
                 .as_deref()

@@ -94,6 +94,30 @@ async fn dashboard_shell(setup: &Setup, name: &str, line: &str) -> String {
 
 const LOOP: &str = "sh -c 'trap \"exit 0\" TERM; while true; do sleep 1; done'";
 
+/// Creates background worker `name` of `image` running [`LOOP`], live;
+/// its id.
+async fn looping_worker(cli: &crate::cli_support::Cli, name: &str, image: &str) -> String {
+    let created = cli
+        .run(&[
+            "service",
+            "create",
+            name,
+            "--type",
+            "background_worker",
+            "--image",
+            image,
+            "--command",
+            LOOP,
+            "--wait",
+        ])
+        .await;
+    assert_eq!(created.code, 0, "{created:?}");
+    cli.json(&["service", "show", name]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 #[tokio::test]
 async fn cli_runs_a_command_in_a_running_instance() {
     let mut setup = Setup::start().await;
@@ -285,6 +309,8 @@ async fn until_text(socket: &mut Socket, shown: &mut String) -> Value {
         match msg {
             Message::Binary(b) => shown.push_str(&String::from_utf8_lossy(&b)),
             Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            // The API's keepalive (answered by the library).
+            Message::Ping(_) => {}
             other => panic!("{other:?} after {shown:?}"),
         }
     }
@@ -303,6 +329,7 @@ async fn until_shown(socket: &mut Socket, shown: &mut String, marker: &str) {
             .unwrap();
         match msg {
             Message::Binary(b) => shown.push_str(&String::from_utf8_lossy(&b)),
+            Message::Ping(_) => {}
             other => panic!("{other:?} before {marker:?}: {shown:?}"),
         }
     }
@@ -315,25 +342,7 @@ async fn cli_opens_a_terminal_in_a_running_instance() {
     let mut setup = Setup::start().await;
     let cli = setup.cli.clone();
     let v1 = setup.push("app/t", "v1").await;
-    let created = cli
-        .run(&[
-            "service",
-            "create",
-            "t",
-            "--type",
-            "background_worker",
-            "--image",
-            &v1,
-            "--command",
-            LOOP,
-            "--wait",
-        ])
-        .await;
-    assert_eq!(created.code, 0, "{created:?}");
-    let id = setup.cli.json(&["service", "show", "t"]).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = looping_worker(&cli, "t", &v1).await;
 
     // `berth shell`, typed into from a pipe: a terminal of the instance's
     // own, the program's exit code as the CLI's.
@@ -341,10 +350,14 @@ async fn cli_opens_a_terminal_in_a_running_instance() {
         .run_with(
             &["shell", "t"],
             &[],
-            Some("tty; cat /etc/marker; echo; echo $((6*7))X; exit 3\n"),
+            Some(
+                "tty; cat /etc/marker; echo; echo $((6*7))X \"[${BASH_VERSION:-none}]\"; exit 3\n",
+            ),
         )
         .await;
     assert_eq!(out.code, 3, "{out:?}");
+    // No bash in the image: sh.
+    assert!(out.stdout.contains("42X [none]"), "{out:?}");
     assert!(out.stdout.contains("/dev/pts/0"), "{out:?}");
     assert!(out.stdout.contains("v1"), "{out:?}");
     assert!(out.stdout.contains("42X"), "{out:?}");
@@ -590,4 +603,168 @@ async fn ended_events(cli: &crate::cli_support::Cli, name: &str) -> Vec<Value> {
         .iter()
         .map(|e| e["event"]["details"].clone())
         .collect()
+}
+
+/// The busybox test image with this machine's bash and the libraries it
+/// loads over it, as an image built on a distribution has them.
+fn bash_image() -> berth_tests::image::Image {
+    use berth_tests::layers::{self, Comp, Entry};
+    let bb = std::fs::read("/bin/busybox").unwrap();
+    let mut base = vec![
+        Entry::dir("bin"),
+        Entry::file("bin/busybox", &bb).mode(0o755),
+        Entry::dir("tmp").mode(0o1777),
+    ];
+    for a in ["sh", "sleep", "ps"] {
+        base.push(Entry::symlink(&format!("bin/{a}"), "busybox"));
+    }
+    let bash = layers::host_program("/bin/bash").unwrap();
+    layers::image(vec![
+        layers::layer(&base, Comp::Gzip).unwrap(),
+        layers::layer(&bash, Comp::Gzip).unwrap(),
+    ])
+    .unwrap()
+}
+
+#[tokio::test]
+async fn terminals_left_behind_are_closed_and_bash_is_the_default_where_the_image_has_it() {
+    use futures::SinkExt;
+    use std::time::{Duration, Instant};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut setup = Setup::start_env(&[
+        ("BERTH_API_TERMINAL_IDLE_SECS", "8"),
+        ("BERTH_API_TERMINAL_MAX_SECS", "14"),
+        ("BERTH_API_TERMINAL_PING_SECS", "1"),
+    ])
+    .await;
+    let cli = setup.cli.clone();
+    setup
+        .registry
+        .push_image("app/b", "v1", &bash_image())
+        .await
+        .unwrap();
+    let image = format!("{}/app/b:v1", setup.registry.host);
+    let id = looping_worker(&cli, "b", &image).await;
+
+    // bash where the image has it (the busybox-only image gets sh: the
+    // other terminal test's `tty` session).
+    let host = std::process::Command::new("/bin/bash")
+        .args(["-c", "echo ${BASH_VERSINFO[0]}"])
+        .output()
+        .unwrap();
+    let major = String::from_utf8_lossy(&host.stdout).trim().to_owned();
+    let out = cli
+        .run_with(
+            &["shell", "b"],
+            &[],
+            Some("echo \"[${BASH_VERSION:-none}]\"; exit 5\n"),
+        )
+        .await;
+    assert_eq!(out.code, 5, "{out:?}");
+    assert!(out.stdout.contains(&format!("[{major}.")), "{out:?}");
+
+    // Nothing typed, nothing shown: closed after the idle limit.
+    let t0 = Instant::now();
+    let mut socket = shell_socket(&setup, &id, "command=sleep&command=601").await;
+    let mut shown = String::new();
+    let started = until_text(&mut socket, &mut shown).await;
+    assert_eq!(started["type"], "started", "{started}");
+    let said = until_text(&mut socket, &mut shown).await;
+    assert_eq!(said["type"], "ended", "{said}");
+    assert!(
+        said["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("nothing was typed or shown for 8s")),
+        "{said}"
+    );
+    assert!(t0.elapsed() >= Duration::from_secs(8), "{:?}", t0.elapsed());
+
+    // Output keeps a terminal open, up to the longest it may stay.
+    let t0 = Instant::now();
+    let mut socket = shell_socket(
+        &setup,
+        &id,
+        "command=sh&command=-c&command=while%20true%3B%20do%20echo%20tick%3B%20sleep%201%3B%20done",
+    )
+    .await;
+    let mut shown = String::new();
+    let started = until_text(&mut socket, &mut shown).await;
+    assert_eq!(started["type"], "started", "{started}");
+    let said = tokio::time::timeout(Duration::from_secs(60), until_text(&mut socket, &mut shown))
+        .await
+        .expect("open past its longest");
+    assert_eq!(said["type"], "ended", "{said}");
+    assert!(
+        said["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the longest a terminal may stay open")),
+        "{said}"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_secs(14),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(shown.matches("tick").count() >= 5, "{shown:?}");
+
+    // A client that stops reading and answering is taken for gone (after
+    // three pings, 3 s: before the idle limit).
+    let mut socket = shell_socket(
+        &setup,
+        &id,
+        "command=sh&command=-c&command=echo%20%24((5*5))G%3B%20exec%20sleep%20602",
+    )
+    .await;
+    let mut shown = String::new();
+    let started = until_text(&mut socket, &mut shown).await;
+    assert_eq!(started["type"], "started", "{started}");
+    until_shown(&mut socket, &mut shown, "25G").await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // By now the API said why and closed: this end reads that, or, when
+    // the library first sends the answers it owes, finds the connection
+    // gone (the reason is checked on the events below either way).
+    use futures::StreamExt;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), socket.next())
+            .await
+            .expect("the API kept the session");
+        match msg {
+            Some(Ok(Message::Ping(_))) => continue,
+            Some(Ok(Message::Text(t))) => {
+                assert!(t.contains("client answered nothing"), "{t}");
+                break;
+            }
+            Some(Err(_)) | None => break,
+            Some(Ok(other)) => panic!("{other:?}"),
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
+
+    // Their programs are gone, and why each ended is on the events.
+    let mut left = String::new();
+    for _ in 0..40 {
+        let ps = cli.run(&["exec", "b", "--", "busybox", "ps"]).await;
+        assert_eq!(ps.code, 0, "{ps:?}");
+        left = ps.stdout;
+        if !left.contains("sleep 60") && !left.contains("echo tick") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(!left.contains("sleep 60"), "{left}");
+    assert!(!left.contains("echo tick"), "{left}");
+    let ended = ended_events(&cli, "b").await;
+    for reason in [
+        "nothing was typed or shown for 8s",
+        "the longest a terminal may stay open",
+        "client answered nothing",
+    ] {
+        assert!(
+            ended
+                .iter()
+                .any(|d| d["reason"].as_str().is_some_and(|r| r.contains(reason))),
+            "{reason} in {ended:?}"
+        );
+    }
+    setup.stop().await;
 }

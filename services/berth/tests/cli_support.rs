@@ -202,7 +202,21 @@ pub(crate) fn spawn_server(mut c: Command) -> (Child, Lines<BufReader<ChildStdou
 }
 
 pub(crate) async fn start_up(data: &Path, nats_url: &str, prefix: &str, api_port: u16) -> Child {
+    start_up_with(data, nats_url, prefix, api_port, &[]).await
+}
+
+/// [`start_up`] with settings of the test's own in its environment.
+pub(crate) async fn start_up_with(
+    data: &Path,
+    nats_url: &str,
+    prefix: &str,
+    api_port: u16,
+    env: &[(&str, &str)],
+) -> Child {
     let mut c = berth(data, nats_url, prefix);
+    for (k, v) in env {
+        c.env(k, v);
+    }
     c.env("BERTH_HTTP_ADDR", "127.0.0.1:0")
         .env("BERTH_API_ADDR", format!("127.0.0.1:{api_port}"))
         .env("BERTH_ROUTER_ADDR", format!("127.0.0.1:{}", free_port()))
@@ -280,16 +294,25 @@ impl Setup {
     /// (the modern one on PATH) with users and permissions; anonymous
     /// registry.
     pub(crate) async fn start() -> Self {
-        Self::start_on(None, RegistryAuth::None).await
+        Self::start_on(None, RegistryAuth::None, &[]).await
+    }
+
+    /// [`Setup::start`] with settings of the test's own (`BERTH_…`).
+    pub(crate) async fn start_env(env: &[(&str, &str)]) -> Self {
+        Self::start_on(None, RegistryAuth::None, env).await
     }
 
     /// `berth up` on a running, anonymous nats-server of `version`.
     pub(crate) async fn start_with(version: berth_tests::NatsVersion, auth: RegistryAuth) -> Self {
         let nats = berth_tests::NatsServer::start(version).unwrap();
-        Self::start_on(Some(nats), auth).await
+        Self::start_on(Some(nats), auth, &[]).await
     }
 
-    async fn start_on(nats: Option<berth_tests::NatsServer>, auth: RegistryAuth) -> Self {
+    async fn start_on(
+        nats: Option<berth_tests::NatsServer>,
+        auth: RegistryAuth,
+        env: &[(&str, &str)],
+    ) -> Self {
         require_root_and_runc();
         let nats_url = match &nats {
             Some(n) => n.url(),
@@ -304,7 +327,7 @@ impl Setup {
             child: None,
             data: data.clone(),
         };
-        cleanup.child = Some(start_up(&data, &nats_url, &prefix, api_port).await);
+        cleanup.child = Some(start_up_with(&data, &nats_url, &prefix, api_port, env).await);
         Self {
             registry,
             cli: Cli {

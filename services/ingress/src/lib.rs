@@ -111,6 +111,8 @@ pub struct IngressOptions {
     /// The installation's base domain (`<service>.<base-domain>` is a web
     /// service's default host): no custom domain may be under it.
     pub base_domain: String,
+    /// How long terminals in instances may stay open.
+    pub terminal: crate::terminal::TerminalLimits,
 }
 
 impl IngressOptions {
@@ -129,6 +131,7 @@ impl Default for IngressOptions {
             hook_desk_idle: Duration::from_secs(5),
             repair_grace: Duration::from_secs(30),
             base_domain: "localhost".to_owned(),
+            terminal: crate::terminal::TerminalLimits::default(),
         }
     }
 }

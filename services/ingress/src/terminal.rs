@@ -23,8 +23,57 @@ use futures::StreamExt;
 use crate::shell::{check_command, ended_reason, invalid, node_refusal, pick, unreachable};
 use crate::{Caller, Ingress, IngressError};
 
-/// The program a terminal runs when none is named.
-pub const DEFAULT_PROGRAM: &str = "sh";
+/// The program a terminal runs when none is named: `bash` when the
+/// image has it on the instance's `PATH`, else `sh` (the shell's `-c`
+/// finds it and `exec`s it, so the shell the user gets is the
+/// instance's process, not a child of a wrapper). Recorded as `sh`.
+pub const DEFAULT_COMMAND: [&str; 3] = [
+    "sh",
+    "-c",
+    "command -v bash >/dev/null 2>&1 && exec bash; exec sh",
+];
+
+/// How long a terminal may stay open (an operator's settings). A
+/// terminal ends, its program hung up on, when nothing was typed into it
+/// and it showed nothing for `idle`; when it has been open for `max`; or
+/// when its WebSocket client answered none of the API's pings, sent
+/// every `client_ping`, for three of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TerminalLimits {
+    pub idle: Duration,
+    pub max: Duration,
+    pub client_ping: Duration,
+}
+
+impl TerminalLimits {
+    /// How long a WebSocket client may stay silent (no message, not even
+    /// a pong) before it is taken for gone.
+    pub fn client_gone_after(&self) -> Duration {
+        self.client_ping * 3
+    }
+}
+
+impl Default for TerminalLimits {
+    /// An hour idle (Heroku's one-off dynos, kubelet allows 4 h), 12 h in
+    /// all, a ping every 15 s.
+    fn default() -> Self {
+        TerminalLimits {
+            idle: Duration::from_secs(3600),
+            max: Duration::from_secs(12 * 3600),
+            client_ping: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Seconds or minutes, as a limit is said to a user.
+fn span(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 120 && s.is_multiple_of(60) {
+        format!("{} minutes", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
 /// The largest terminal, in columns and in rows.
 pub const SIZE_MAX: u16 = 1000;
 /// How long a node is given to open a terminal.
@@ -35,7 +84,7 @@ const OPEN_WAIT: Duration = Duration::from_secs(15);
 pub struct TerminalInput {
     /// The instance; a running one of the live deploy when `None`.
     pub instance: Option<InstanceId>,
-    /// The program and its arguments; [`DEFAULT_PROGRAM`] when empty.
+    /// The program and its arguments; [`DEFAULT_COMMAND`] when empty.
     pub command: Vec<String>,
     pub cols: u16,
     pub rows: u16,
@@ -86,6 +135,10 @@ pub struct TerminalSession {
     acked: u64,
     last_sent: Instant,
     last_heard: Instant,
+    /// When something was last typed, resized or shown.
+    last_active: Instant,
+    opened: Instant,
+    limits: TerminalLimits,
     tick: tokio::time::Interval,
     ping_due: bool,
     /// No more events to give.
@@ -116,7 +169,7 @@ impl Ingress {
         mut input: TerminalInput,
     ) -> Result<TerminalSession, IngressError> {
         if input.command.is_empty() {
-            input.command = vec![DEFAULT_PROGRAM.to_owned()];
+            input.command = DEFAULT_COMMAND.map(str::to_owned).to_vec();
         }
         check_command(&input.command)?;
         check_size("cols", input.cols)?;
@@ -155,6 +208,7 @@ impl Ingress {
         match reply {
             ShellReply::Started => Ok(TerminalSession::new(
                 instance.id.clone(),
+                self.opts.terminal,
                 client,
                 subjects.shell_input(&instance.node, &session),
                 output,
@@ -186,6 +240,7 @@ impl Ingress {
 impl TerminalSession {
     fn new(
         instance: InstanceId,
+        limits: TerminalLimits,
         client: async_nats::Client,
         input: String,
         output: async_nats::Subscriber,
@@ -203,6 +258,9 @@ impl TerminalSession {
             acked: 0,
             last_sent: Instant::now(),
             last_heard: Instant::now(),
+            last_active: Instant::now(),
+            opened: Instant::now(),
+            limits,
             tick,
             ping_due: false,
             over: false,
@@ -217,12 +275,18 @@ impl TerminalSession {
         &self.instance
     }
 
+    /// The limits it runs under.
+    pub fn limits(&self) -> TerminalLimits {
+        self.limits
+    }
+
     /// Types `bytes` (sent in pieces of at most [`SHELL_INPUT_LIMIT`]).
     pub async fn type_in(&mut self, bytes: &[u8]) -> Result<(), IngressError> {
         for piece in bytes.chunks(SHELL_INPUT_LIMIT) {
             let data = BASE64.encode(piece);
             self.send(ShellInputEvent::Data { data }).await?;
         }
+        self.last_active = Instant::now();
         Ok(())
     }
 
@@ -230,7 +294,16 @@ impl TerminalSession {
     pub async fn resize(&mut self, cols: u16, rows: u16) -> Result<(), IngressError> {
         check_size("cols", cols)?;
         check_size("rows", rows)?;
-        self.send(ShellInputEvent::Resize { cols, rows }).await
+        self.send(ShellInputEvent::Resize { cols, rows }).await?;
+        self.last_active = Instant::now();
+        Ok(())
+    }
+
+    /// Ends the session for `why` (recorded as how it ended), as
+    /// [`close`](Self::close) does.
+    pub async fn close_because(&mut self, why: String) {
+        self.finish(TerminalEvent::Ended(why));
+        self.close().await;
     }
 
     /// Leaves (or gives up on a session that went wrong): the node hangs
@@ -328,6 +401,18 @@ impl TerminalSession {
                             "nothing heard from the instance's node for {SHELL_IDLE_SECS}s"
                         )));
                     }
+                    if self.last_active.elapsed() >= self.limits.idle {
+                        return Some(self.end(format!(
+                            "nothing was typed or shown for {}: idle terminals are closed",
+                            span(self.limits.idle)
+                        )));
+                    }
+                    if self.opened.elapsed() >= self.limits.max {
+                        return Some(self.end(format!(
+                            "open for {}, the longest a terminal may stay open",
+                            span(self.limits.max)
+                        )));
+                    }
                     self.ping_due |= self.last_sent.elapsed() >= Duration::from_secs(SHELL_PING_SECS);
                 }
             }
@@ -349,7 +434,10 @@ impl TerminalSession {
         self.last_heard = Instant::now();
         match output.event {
             ShellOutputEvent::Data { data } => match BASE64.decode(data.as_bytes()) {
-                Ok(bytes) => Some(TerminalEvent::Output(bytes)),
+                Ok(bytes) => {
+                    self.last_active = Instant::now();
+                    Some(TerminalEvent::Output(bytes))
+                }
                 Err(_) => Some(self.end("the node sent output that is not base64".into())),
             },
             ShellOutputEvent::Ping => None,

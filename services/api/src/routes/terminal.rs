@@ -11,6 +11,8 @@
 //!   before closing;
 //! - the client closing the socket hangs up on the program.
 
+use std::time::Duration;
+
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
@@ -31,7 +33,7 @@ use crate::query::{every, one, Listing};
 #[schemars(rename = "ShellQuery")]
 pub struct ShellQuery {
     /// The program and its arguments, one `command=` each, in order
-    /// (`sh` when absent).
+    /// (`bash` when the image has it, else `sh`, when absent).
     #[serde(default, deserialize_with = "every")]
     pub command: Vec<String>,
     /// The instance; a running one of the live deploy when absent.
@@ -154,56 +156,111 @@ async fn say(socket: &mut WebSocket, said: &Said<'_>) -> bool {
     socket.send(Message::Text(text.into())).await.is_ok()
 }
 
-/// Carries the session both ways until either end is done.
+/// Sends `message` unless the client holds it up (stopped reading) for
+/// `within`.
+async fn send_within(socket: &mut WebSocket, message: Message, within: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(within, socket.send(message)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Says `said` unless the client holds it up for `within`.
+async fn say_within(socket: &mut WebSocket, said: &Said<'_>, within: Duration) -> bool {
+    let text = serde_json::to_string(said).unwrap_or_default();
+    send_within(socket, Message::Text(text.into()), within).await
+}
+
+/// Carries the session both ways until either end is done. The client
+/// is pinged every [`TerminalLimits::client_ping`]; one silent for three
+/// of them (a laptop closed, a network gone without a TCP close) is taken
+/// for gone and the program hung up on.
+///
+/// [`TerminalLimits::client_ping`]: berth_ingress::terminal::TerminalLimits
 async fn pump(mut socket: WebSocket, mut session: TerminalSession) {
     let started = Said::Started {
         instance_id: session.instance().to_string(),
     };
-    if say(&mut socket, &started).await {
+    let limits = session.limits();
+    // A client that stopped reading holds a send once the connection's
+    // buffers are full; it is taken for gone after this long.
+    let wait = limits.client_gone_after();
+    let mut ping = tokio::time::interval(limits.client_ping);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    let mut client_heard = tokio::time::Instant::now();
+    let mut gone = None;
+    if say_within(&mut socket, &started, wait).await {
         loop {
             tokio::select! {
                 event = session.next() => match event {
                     Some(TerminalEvent::Output(bytes)) => {
-                        if socket.send(Message::Binary(bytes.into())).await.is_err() {
+                        if !send_within(&mut socket, Message::Binary(bytes.into()), wait).await {
+                            gone = Some(STOPPED_READING.to_owned());
                             break;
                         }
                     }
                     Some(TerminalEvent::Exited(exit_code)) => {
-                        say(&mut socket, &Said::Exited { exit_code }).await;
+                        say_within(&mut socket, &Said::Exited { exit_code }, wait).await;
                         break;
                     }
                     Some(TerminalEvent::Ended(message)) => {
-                        say(&mut socket, &Said::Ended { message: &message }).await;
+                        say_within(&mut socket, &Said::Ended { message: &message }, wait).await;
                         break;
                     }
                     None => break,
                 },
-                frame = socket.recv() => match frame {
-                    Some(Ok(Message::Binary(bytes))) => {
-                        if session.type_in(&bytes).await.is_err() {
-                            break;
+                frame = socket.recv() => {
+                    client_heard = tokio::time::Instant::now();
+                    match frame {
+                        Some(Ok(Message::Binary(bytes))) => {
+                            if session.type_in(&bytes).await.is_err() {
+                                break;
+                            }
                         }
-                    }
-                    Some(Ok(Message::Text(text))) => {
-                        match serde_json::from_str::<Control>(text.as_str()) {
-                            Ok(Control::Resize { cols, rows }) => {
-                                if let Err(e) = session.resize(cols, rows).await {
-                                    let message = ApiError::from(e).message;
-                                    say(&mut socket, &Said::Refused { message: &message }).await;
+                        Some(Ok(Message::Text(text))) => {
+                            match serde_json::from_str::<Control>(text.as_str()) {
+                                Ok(Control::Resize { cols, rows }) => {
+                                    if let Err(e) = session.resize(cols, rows).await {
+                                        let message = ApiError::from(e).message;
+                                        say_within(&mut socket, &Said::Refused { message: &message }, wait).await;
+                                    }
+                                }
+                                Err(_) => {
+                                    let message = "a text message must be {\"type\":\"resize\",\"cols\":…,\"rows\":…}";
+                                    say_within(&mut socket, &Said::Refused { message }, wait).await;
                                 }
                             }
-                            Err(_) => {
-                                let message = "a text message must be {\"type\":\"resize\",\"cols\":…,\"rows\":…}";
-                                say(&mut socket, &Said::Refused { message }).await;
-                            }
                         }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
-                },
+                }
+                _ = ping.tick() => {
+                    let silent = client_heard.elapsed();
+                    if silent >= limits.client_gone_after() {
+                        let why = format!(
+                            "the terminal's client answered nothing for {}s",
+                            silent.as_secs()
+                        );
+                        say_within(&mut socket, &Said::Ended { message: &why }, wait).await;
+                        gone = Some(why);
+                        break;
+                    }
+                    if !send_within(&mut socket, Message::Ping(Default::default()), wait).await {
+                        gone = Some(STOPPED_READING.to_owned());
+                        break;
+                    }
+                }
             }
         }
     }
-    session.close().await;
-    let _ = socket.send(Message::Close(None)).await;
+    match gone {
+        Some(why) => session.close_because(why).await,
+        None => session.close().await,
+    }
+    send_within(&mut socket, Message::Close(None), wait).await;
 }
+
+/// Why a session ends whose client no longer takes what it is sent.
+const STOPPED_READING: &str = "the terminal's client stopped reading";

@@ -37,7 +37,8 @@ pub struct ShellArgs {
     /// one of the live deploy by default.
     #[arg(long)]
     pub instance: Option<String>,
-    /// The program and its arguments, after `--` (`sh` by default).
+    /// The program and its arguments, after `--` (by default `bash` when
+    /// the image has it, else `sh`).
     #[arg(last = true, num_args = 0..)]
     pub command: Vec<String>,
 }
