@@ -349,6 +349,17 @@ async fn cron_runs_are_listed_newest_first_with_how_they_ended() {
     .await;
     let (_, second) = app.post(&runs_path, &alice, json!({})).await;
     let second_id = second["id"].as_str().unwrap().to_owned();
+    // The scheduler gives the active run to a node.
+    let node = NodeId::generate();
+    record(
+        &app,
+        &svc,
+        vec![Command::RecordCronRunPlaced {
+            run: second_id.parse().unwrap(),
+            node: node.clone(),
+        }],
+    )
+    .await;
 
     let (s, v) = app.get(&runs_path, &alice).await;
     assert_eq!(s, StatusCode::OK, "{v}");
@@ -366,6 +377,8 @@ async fn cron_runs_are_listed_newest_first_with_how_they_ended() {
         "{v}"
     );
     assert!(runs[0]["finishedAt"].is_null(), "{v}");
+    assert_eq!(runs[0]["nodeId"], node.to_string().as_str(), "{v}");
+    assert!(runs[1]["nodeId"].is_null(), "an ended run's: {v}");
     assert_eq!(runs[1]["id"], first_id.as_str(), "{v}");
     assert_eq!(
         (

@@ -44,6 +44,10 @@ pub struct CronRunView {
     /// berth: the image digest it ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// berth: the node the run is given to, while it is the active run
+    /// and once placed (`GET /v1/nodes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
 }
 
 /// A run in a listing.
@@ -70,8 +74,13 @@ fn text(v: &Value, key: &str) -> Option<String> {
 
 /// The runs whose starts are `starts` (newest first), each with its end
 /// when `all` holds it (`all`: entries of the timeline the starts come
-/// from, every end after the oldest start among them).
-fn runs(starts: &[TimelineEvent], all: &[TimelineEvent]) -> Vec<CronRunItem> {
+/// from, every end after the oldest start among them), and the active
+/// run's node (`placed`: the run and its node).
+fn runs(
+    starts: &[TimelineEvent],
+    all: &[TimelineEvent],
+    placed: Option<&(String, String)>,
+) -> Vec<CronRunItem> {
     let ends: HashMap<String, &TimelineEvent> = all
         .iter()
         .filter(|e| e.kind == "cron_job_run_ended")
@@ -98,6 +107,9 @@ fn runs(starts: &[TimelineEvent], all: &[TimelineEvent]) -> Vec<CronRunItem> {
                     ),
                     exit_code: end.and_then(|e| e.details.get("exitCode")?.as_i64()),
                     digest: text(&start.details, "digest"),
+                    node_id: placed
+                        .filter(|(run, _)| *run == id && end.is_none())
+                        .map(|(_, node)| node.clone()),
                     id,
                 },
             })
@@ -129,7 +141,11 @@ pub async fn list(
         if state.config.as_ref().map(|c| c.service_type) != Some(ServiceType::CronJob) {
             return Err(ApiError::field("type", "only cron jobs have runs"));
         }
-        Ok(match i.timeline(&id, &query).map_err(cursor)? {
+        let placed = state.cron.active.as_ref().and_then(|run| {
+            let node = run.node.as_ref()?;
+            Some((run.id.to_string(), node.to_string()))
+        });
+        let page = match i.timeline(&id, &query).map_err(cursor)? {
             // The page's starts, and the ends between the oldest of them
             // and the next start after the newest: every end a start of
             // the page can have. One run is active at a time, so a run
@@ -149,16 +165,18 @@ pub async fn list(
                 Some((page.entries, ends))
             }
             Answer::NeedsHistory => None,
-        })
+        };
+        Ok((page, placed))
     })??;
+    let (held, placed) = held;
     if let Some((starts, ends)) = held {
         let (starts, ends) = tokio::try_join!(shown(&st, &starts), shown(&st, &ends))?;
-        return Ok(Json(runs(&starts, &ends)));
+        return Ok(Json(runs(&starts, &ends, placed.as_ref())));
     }
     // Older than the entries held: the service's whole history.
     let timeline = whole_timeline(&st, &id).await?;
     let page = timeline.query(&query).map_err(cursor)?;
-    Ok(Json(runs(&page.events, timeline.all())))
+    Ok(Json(runs(&page.events, timeline.all(), placed.as_ref())))
 }
 
 /// POST /v1/cron-jobs/{id}/runs: a manual run (an active run is
@@ -180,6 +198,7 @@ pub async fn trigger(
         run_status: None,
         exit_code: None,
         digest: None,
+        node_id: None,
     }))
 }
 
@@ -229,7 +248,17 @@ mod tests {
             ),
         ];
         let starts = vec![all[2].clone(), all[0].clone()];
-        let got = runs(&starts, &all);
+        // The active run's node is shown on it only (a node recorded for
+        // a run that ended is not the active run's).
+        let placed = ("crn-2".to_owned(), "nod-a".to_owned());
+        let got = runs(&starts, &all, Some(&placed));
+        assert_eq!(got[0].cron_job_run.node_id.as_deref(), Some("nod-a"));
+        assert_eq!(got[1].cron_job_run.node_id, None);
+        let stale = ("crn-1".to_owned(), "nod-a".to_owned());
+        assert_eq!(
+            runs(&starts, &all, Some(&stale))[1].cron_job_run.node_id,
+            None
+        );
         let running = &got[0].cron_job_run;
         assert_eq!(
             (running.id.as_str(), running.status.as_str()),

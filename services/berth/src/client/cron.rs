@@ -79,11 +79,14 @@ pub async fn run(args: CronArgs) -> Result<(), ClientError> {
                         s(r, "triggeredBy"),
                         output::time(r, "startedAt"),
                         output::time(r, "finishedAt"),
+                        s(r, "nodeId"),
                     ]
                 })
                 .collect();
             output::table(
-                &["RUN", "STATUS", "EXIT", "TRIGGER", "STARTED", "FINISHED"],
+                &[
+                    "RUN", "STATUS", "EXIT", "TRIGGER", "STARTED", "FINISHED", "NODE",
+                ],
                 &rows,
                 "no runs yet",
             );
