@@ -500,6 +500,41 @@ async fn dashboard_in_a_real_browser() {
         .unwrap();
     assert!(shown.contains(size.as_str().unwrap()), "{size} in {shown}");
     b.shot("08c-terminal").await;
+    // A paste larger than a message may be (300 KB of lines, as one
+    // string from xterm.js): sent in pieces, every byte arrives.
+    typing
+        .send_keys("busybox head -n 3000 > /tmp/pasted; busybox wc -c < /tmp/pasted\u{E007}")
+        .await
+        .unwrap();
+    b.client
+        .execute(
+            "var line = new Array(100).join('p') + '\\n', all = ''; \
+             for (var i = 0; i < 3000; i++) { all += line; } \
+             window.berthTerminal.term.paste(all); return all.length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    for _ in 0..300 {
+        shown = b
+            .client
+            .execute(screen, vec![])
+            .await
+            .unwrap()
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if shown.contains("300000") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        // Its own line, or after echoes the terminal deferred.
+        shown.lines().any(|l| l.trim_end().ends_with("300000")),
+        "{}",
+        &shown[shown.len().saturating_sub(2000)..]
+    );
     typing.send_keys("exit 7\u{E007}").await.unwrap();
     b.wait_text(
         "#terminal-status",

@@ -90,7 +90,7 @@ pub async fn socket(
         })
         .map(|input| (service, input))
     });
-    upgrade
+    api_terminal::limited(upgrade)
         .on_upgrade(move |socket| async move {
             match opened {
                 Ok((service, input)) => {

@@ -125,9 +125,20 @@ pub async fn accept(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let session = st.ingress.open_terminal(caller, id, input).await?;
-    Ok(upgrade
-        .max_message_size(SHELL_INPUT_LIMIT * 4)
-        .on_upgrade(move |socket| pump(socket, session)))
+    Ok(limited(upgrade).on_upgrade(move |socket| pump(socket, session)))
+}
+
+/// The largest message a terminal's client may send: a client sends
+/// what is typed (and a paste) in pieces of at most [`SHELL_INPUT_LIMIT`]
+/// (the CLI's are 16 KiB, the dashboard's 64 KiB); a larger one closes
+/// the socket.
+pub const CLIENT_MESSAGE_MAX: usize = SHELL_INPUT_LIMIT * 4;
+
+/// `upgrade` taking messages up to [`CLIENT_MESSAGE_MAX`].
+pub fn limited(upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
+    upgrade
+        .max_message_size(CLIENT_MESSAGE_MAX)
+        .max_frame_size(CLIENT_MESSAGE_MAX)
 }
 
 /// Opens the terminal on a WebSocket already taken (the dashboard's: a

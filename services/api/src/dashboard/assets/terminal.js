@@ -49,8 +49,15 @@
       say(e.code === 1006 ? "The terminal could not be opened, or the connection was lost." : "The connection closed.");
     }
   };
+  // What is typed; a paste comes as one string, sent in pieces the API
+  // takes (64 KiB at most each).
+  var PIECE = 64 * 1024;
   term.onData(function (d) {
-    if (ws.readyState === WebSocket.OPEN) { ws.send(encoder.encode(d)); }
+    if (ws.readyState !== WebSocket.OPEN) { return; }
+    var bytes = encoder.encode(d);
+    for (var at = 0; at < bytes.length; at += PIECE) {
+      ws.send(bytes.subarray(at, at + PIECE));
+    }
   });
   term.onResize(function (size) {
     if (ws.readyState === WebSocket.OPEN) {
