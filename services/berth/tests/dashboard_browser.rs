@@ -153,6 +153,29 @@ impl Browser {
     }
 
     /// Waits until the text of `css` holds all of `want`; returns it.
+    /// What the dashboard's terminal shows (its whole buffer, a line
+    /// each), once it shows `marker` or `within` passed.
+    async fn terminal_shows(&self, marker: &str, within: Duration) -> String {
+        let screen = "var b = window.berthTerminal.term.buffer.active, s = ''; \
+                      for (var i = 0; i < b.length; i++) { s += b.getLine(i).translateToString(true) + '\\n'; } \
+                      return s;";
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let shown = self
+                .client
+                .execute(screen, vec![])
+                .await
+                .unwrap()
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if shown.contains(marker) || std::time::Instant::now() > deadline {
+                return shown;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn wait_text(&self, css: &str, want: &[&str], within: Duration) -> String {
         let t0 = Instant::now();
         loop {
@@ -471,24 +494,7 @@ async fn dashboard_in_a_real_browser() {
         .send_keys("stty size; echo $GREETING $((6*7))W\u{E007}")
         .await
         .unwrap();
-    let screen = "var b = window.berthTerminal.term.buffer.active, s = ''; \
-                  for (var i = 0; i < b.length; i++) { s += b.getLine(i).translateToString(true) + '\\n'; } \
-                  return s;";
-    let mut shown = String::new();
-    for _ in 0..100 {
-        shown = b
-            .client
-            .execute(screen, vec![])
-            .await
-            .unwrap()
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        if shown.contains("hello 42W") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let shown = b.terminal_shows("hello 42W", Duration::from_secs(10)).await;
     assert!(shown.contains("hello 42W"), "{shown}");
     let size = b
         .client
@@ -515,20 +521,7 @@ async fn dashboard_in_a_real_browser() {
         )
         .await
         .unwrap();
-    for _ in 0..300 {
-        shown = b
-            .client
-            .execute(screen, vec![])
-            .await
-            .unwrap()
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        if shown.contains("300000") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let shown = b.terminal_shows("300000", Duration::from_secs(30)).await;
     assert!(
         // Its own line, or after echoes the terminal deferred.
         shown.lines().any(|l| l.trim_end().ends_with("300000")),
