@@ -464,6 +464,12 @@ impl Agent {
         v
     }
 
+    /// The service an instance this agent runs (a one-off too) belongs
+    /// to.
+    pub fn service_of(&self, instance: &InstanceId) -> Option<ServiceId> {
+        Some(self.inner.table().get(instance)?.service.clone())
+    }
+
     /// The address of an instance on the node's bridge.
     pub fn address(&self, instance: &InstanceId) -> Option<std::net::Ipv4Addr> {
         Some(self.inner.net.as_ref()?.attachment(instance)?.ip)

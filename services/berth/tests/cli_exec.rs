@@ -4,6 +4,8 @@
 //! nats-server with a user per role: the API and the node are allowed
 //! exactly what this takes, or `Setup::stop` fails).
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 use crate::cli_support::Setup;
@@ -247,6 +249,98 @@ async fn cli_runs_a_command_in_a_running_instance() {
         "{ended:?}"
     );
     assert!(ended.iter().all(|d| d["durationMs"].is_u64()), "{ended:?}");
+
+    // A running one-off job: a command and a terminal in its container,
+    // named by the job's id; ended, it is refused with why.
+    let job = cli.json(&["job", "run", "x", "sh -c 'sleep 300'"]).await;
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    crate::cli_support::eventually("the job to run", Duration::from_secs(60), || async {
+        cli.json(&["job", "show", "x", &job_id]).await["status"] == "running"
+    })
+    .await;
+    let ps = cli
+        .run(&["exec", "x", "--instance", &job_id, "--", "busybox", "ps"])
+        .await;
+    assert_eq!(ps.code, 0, "{ps:?}");
+    assert!(
+        ps.stdout.contains("sleep 300"),
+        "the job's own container: {ps:?}"
+    );
+    let out = cli
+        .run_with(
+            &["shell", "x", "--instance", &job_id],
+            &[],
+            Some("echo $((4*4))J; exit 2\n"),
+        )
+        .await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stdout.contains("16J"), "{out:?}");
+    cli.ok(&["job", "cancel", "x", &job_id]).await;
+    let out = cli
+        .run(&["exec", "x", "--instance", &job_id, "--", "true"])
+        .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("is not running (it is canceled)"),
+        "{out:?}"
+    );
+
+    // A cron job: its active run, by default.
+    let created = cli
+        .run(&[
+            "service",
+            "create",
+            "nightly",
+            "--type",
+            "cron_job",
+            "--image",
+            &v1,
+            "--schedule",
+            "0 3 1 1 *",
+            "--command",
+            "sh -c 'sleep 301'",
+            "--wait",
+        ])
+        .await;
+    assert_eq!(created.code, 0, "{created:?}");
+    cli.ok(&["cron", "run", "nightly"]).await;
+    let mut ps = None;
+    for _ in 0..120 {
+        let runs = cli.json(&["cron", "runs", "nightly"]).await;
+        let run = &runs[0]["cronJobRun"];
+        if run["nodeId"].is_string() {
+            let out = cli.run(&["exec", "nightly", "--", "busybox", "ps"]).await;
+            if out.code == 0 {
+                ps = Some(out);
+                break;
+            }
+            assert!(out.stderr.contains("not running"), "{out:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let ps = ps.expect("the cron run was not entered");
+    assert!(
+        ps.stdout.contains("sleep 301"),
+        "the run's own container: {ps:?}"
+    );
+    cli.ok(&["cron", "cancel", "nightly"]).await;
+    let requested = cli
+        .json(&[
+            "service",
+            "events",
+            "nightly",
+            "--type",
+            "instance_command_requested",
+        ])
+        .await;
+    assert!(
+        requested
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"]["details"]["nodeId"].is_string()),
+        "{requested}"
+    );
 
     // Suspended: no running instance to run in.
     cli.ok(&["service", "suspend", "x"]).await;

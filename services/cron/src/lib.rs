@@ -46,7 +46,7 @@ use berth_eventlog::projection::{ProjectionOptions, ProjectionRunner};
 use berth_eventlog::start::until_available;
 use berth_eventlog::{EventStore, ExecuteError, Stamp};
 use berth_runtime::{BoxError, Component, ComponentContext, ReadyFlag, SecretKey};
-use berth_schemas::ids::{CronRunId, InstanceId, ServiceId};
+use berth_schemas::ids::{CronRunId, ServiceId};
 use berth_schemas::{Actor, AggregateId};
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
@@ -103,12 +103,7 @@ pub fn scheduled_run_id(
         .map_err(|e| CronError::Store(format!("derived run id: {e}")))
 }
 
-/// The container (instance) id a run executes as: the run id's random
-/// part under the instance prefix, so anyone holding the run id can stop
-/// its container (as a job's, [`service::job_instance`]).
-pub fn run_instance(run: &CronRunId) -> InstanceId {
-    InstanceId::from_bits(run.bits())
-}
+pub use berth_domain::service::run_instance;
 
 /// Runs `command` on `service` (once per `key`) as `actor`, with `cause` as
 /// every event's causation id.

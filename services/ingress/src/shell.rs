@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use async_nats::RequestErrorKind;
-use berth_domain::service::instances::{Instance, InstancePhase, Instances};
+use berth_domain::service::Target;
 use berth_domain::DomainError;
 use berth_schemas::commands::{
     exec_refusal, ExecFailure, ExecReply, ExecRequest, EXEC_STDIN_LIMIT,
@@ -107,50 +107,14 @@ pub(crate) fn check_command(command: &[String]) -> Result<(), IngressError> {
     Ok(())
 }
 
-/// Whether an instance in `phase` has a process to run a command beside.
-fn has_process(phase: InstancePhase) -> bool {
-    matches!(
-        phase,
-        InstancePhase::Running | InstancePhase::Healthy | InstancePhase::Unhealthy
-    )
-}
-
-/// The instance to run in: the one named (it must be the service's), or
-/// the best running one — of the live deploy, not draining, healthy
-/// first.
-pub(crate) fn pick<'a>(
-    instances: &'a Instances,
-    live: Option<&berth_schemas::ids::DeployId>,
+/// The container to run in ([`ServiceState::command_target`]).
+///
+/// [`ServiceState::command_target`]: berth_domain::service::ServiceState::command_target
+pub(crate) fn pick(
+    state: &berth_domain::service::ServiceState,
     named: Option<&InstanceId>,
-) -> Result<&'a Instance, IngressError> {
-    if let Some(id) = named {
-        let found = instances
-            .get(id)
-            .ok_or_else(|| IngressError::not_found("instance", id))?;
-        if !has_process(found.phase) {
-            return Err(IngressError::Rejected(DomainError::Conflict(format!(
-                "instance {id} is not running (it is {:?})",
-                found.phase
-            ))));
-        }
-        return Ok(found);
-    }
-    instances
-        .iter()
-        .filter(|i| has_process(i.phase))
-        .min_by_key(|i| {
-            (
-                live != Some(&i.deploy),
-                i.draining_since.is_some(),
-                i.phase != InstancePhase::Healthy,
-                i.id.to_string(),
-            )
-        })
-        .ok_or_else(|| {
-            IngressError::Rejected(DomainError::Conflict(
-                "the service has no running instance to run a command in".into(),
-            ))
-        })
+) -> Result<Target, IngressError> {
+    state.command_target(named).map_err(IngressError::Rejected)
 }
 
 impl Ingress {
@@ -163,11 +127,11 @@ impl Ingress {
     ) -> Result<ExecResult, IngressError> {
         check(&input)?;
         let state = self.show_service(caller, id).await?;
-        let live = state.live_deploy().map(|d| d.id.clone());
-        let instance = pick(&state.instances, live.as_ref(), input.instance.as_ref())?;
+        let target = pick(&state, input.instance.as_ref())?;
+        let instance = &target;
         let request = ExecRequest {
             service: id.clone(),
-            instance: instance.id.clone(),
+            instance: instance.instance.clone(),
             command: input.command,
             stdin: BASE64.encode(&input.stdin),
             timeout_secs: input.timeout_secs,
@@ -185,7 +149,7 @@ impl Ingress {
         let reply: ExecReply = rmp_serde::from_slice(&msg.payload)
             .map_err(|e| unreachable(format!("answered with something unreadable: {e}")))?;
         let ended = berth_schemas::events::InstanceCommandEnded {
-            instance: instance.id.clone(),
+            instance: instance.instance.clone(),
             program,
             terminal: false,
             exit_code: match &reply {
@@ -222,7 +186,7 @@ impl Ingress {
                         .map_err(|_| unreachable("answered with output that is not base64".into()))
                 };
                 Ok(ExecResult {
-                    instance: instance.id.clone(),
+                    instance: instance.instance.clone(),
                     exit_code,
                     timed_out,
                     stdout: decode(&stdout)?,
@@ -237,7 +201,7 @@ impl Ingress {
 
 /// What a node's refusal to run beside `instance` says to the caller.
 pub(crate) fn node_refusal(
-    instance: &Instance,
+    instance: &Target,
     reason: ExecFailure,
     message: String,
 ) -> IngressError {
@@ -247,7 +211,7 @@ pub(crate) fn node_refusal(
         ExecFailure::NotFound | ExecFailure::NotRunning => {
             IngressError::Rejected(DomainError::Conflict(format!(
                 "instance {} is not running now: {message}",
-                instance.id
+                instance.instance
             )))
         }
         ExecFailure::Invalid | ExecFailure::Failed => invalid("command", message),
@@ -261,10 +225,10 @@ pub(crate) fn ended_reason(why: &str) -> String {
 }
 
 /// The refusal for a node that cannot be reached about `instance`.
-pub(crate) fn unreachable(instance: &Instance, why: String) -> IngressError {
+pub(crate) fn unreachable(instance: &Target, why: String) -> IngressError {
     IngressError::NodeUnavailable(format!(
         "node {} of instance {} {why}",
-        instance.node, instance.id
+        instance.node, instance.instance
     ))
 }
 
@@ -277,13 +241,13 @@ impl Ingress {
         &self,
         caller: &Caller,
         id: &ServiceId,
-        instance: &Instance,
+        instance: &Target,
         program: String,
         terminal: bool,
     ) -> Result<(), IngressError> {
         tracing::info!(
             service.id = %id,
-            instance.id = %instance.id,
+            instance.id = %instance.instance,
             node.id = %instance.node,
             actor = ?caller.actor,
             program = %program,
@@ -296,7 +260,7 @@ impl Ingress {
             &key,
             &caller.actor,
             berth_domain::service::Command::RecordCommandRequested {
-                instance: instance.id.clone(),
+                instance: instance.instance.clone(),
                 program,
                 terminal,
             },
@@ -336,7 +300,7 @@ impl Ingress {
     /// asked again a few times within a second before saying so.
     pub(crate) async fn ask_node(
         &self,
-        instance: &Instance,
+        instance: &Target,
         subject: String,
         payload: Vec<u8>,
         wait: Duration,

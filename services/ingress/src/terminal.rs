@@ -175,13 +175,13 @@ impl Ingress {
         check_size("cols", input.cols)?;
         check_size("rows", input.rows)?;
         let state = self.show_service(caller, id).await?;
-        let live = state.live_deploy().map(|d| d.id.clone());
-        let instance = pick(&state.instances, live.as_ref(), input.instance.as_ref())?;
+        let target = pick(&state, input.instance.as_ref())?;
+        let instance = &target;
         let session = format!("{:032x}", rand::random::<u128>());
         let subjects = self.store.subjects();
         let request = ShellRequest {
             service: id.clone(),
-            instance: instance.id.clone(),
+            instance: instance.instance.clone(),
             command: input.command,
             session: session.clone(),
             cols: input.cols,
@@ -207,7 +207,7 @@ impl Ingress {
         })?;
         match reply {
             ShellReply::Started => Ok(TerminalSession::new(
-                instance.id.clone(),
+                instance.instance.clone(),
                 self.opts.terminal,
                 client,
                 subjects.shell_input(&instance.node, &session),
@@ -222,7 +222,7 @@ impl Ingress {
             )),
             ShellReply::Failed { reason, message } => {
                 let ended = InstanceCommandEnded {
-                    instance: instance.id.clone(),
+                    instance: instance.instance.clone(),
                     program,
                     terminal: true,
                     exit_code: None,

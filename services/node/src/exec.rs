@@ -90,7 +90,7 @@ async fn answer(agent: &Agent, reporter: &Reporter, payload: &[u8]) -> ExecReply
         Ok(run) => run,
         Err(message) => return failed(ExecFailure::Invalid, message),
     };
-    if let Some((reason, message)) = not_runnable(reporter, &req.service, &req.instance) {
+    if let Some((reason, message)) = not_runnable(reporter, agent, &req.service, &req.instance) {
         return failed(reason, message);
     }
     tracing::info!(
@@ -121,12 +121,16 @@ async fn answer(agent: &Agent, reporter: &Reporter, payload: &[u8]) -> ExecReply
 /// (not placed here for that service, or not running), if so.
 pub(crate) fn not_runnable(
     reporter: &Reporter,
+    agent: &Agent,
     service: &ServiceId,
     instance: &InstanceId,
 ) -> Option<(ExecFailure, String)> {
+    // A one-off (a job, a cron run) has no placement: the agent runs it
+    // for its service.
     let placed = reporter
         .placement(instance)
-        .is_some_and(|p| &p.service == service);
+        .is_some_and(|p| &p.service == service)
+        || agent.service_of(instance).as_ref() == Some(service);
     if !placed {
         return Some((
             ExecFailure::NotFound,

@@ -216,7 +216,9 @@ impl Opening {
         if !valid_session(&req.session) {
             return Err(invalid("the session name is not 32 hex digits".into()));
         }
-        if let Some(refused) = not_runnable(&self.reporter, &req.service, &req.instance) {
+        if let Some(refused) =
+            not_runnable(&self.reporter, &self.agent, &req.service, &req.instance)
+        {
             return Err(refused);
         }
         // The name is taken (once) before the terminal opens.

@@ -5,8 +5,9 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
+use berth_domain::service::{job_instance, run_instance};
 use berth_ingress::shell::{ExecInput, DEFAULT_TIMEOUT_SECS};
-use berth_schemas::ids::InstanceId;
+use berth_schemas::ids::{CronRunId, InstanceId, JobId};
 use serde::{Deserialize, Serialize};
 
 use super::services::service_id;
@@ -21,7 +22,9 @@ pub struct ExecBody {
     /// The program and its arguments, not run through a shell unless it
     /// names one (`["sh", "-c", "…"]`).
     pub command: Vec<String>,
-    /// The instance; a running one of the live deploy when absent.
+    /// The instance, or the running job (`job-…`) or cron run (`crn-…`)
+    /// whose container to run in; when absent, a running instance of the
+    /// live deploy (of a cron job: its active run).
     pub instance_id: Option<String>,
     /// Text given on the command's standard input (closed after it).
     pub stdin: Option<String>,
@@ -55,8 +58,12 @@ pub struct ExecView {
 pub fn instance_param(given: Option<&str>) -> Result<Option<InstanceId>, ApiError> {
     given
         .map(|i| {
-            i.parse::<InstanceId>()
-                .map_err(|_| ApiError::not_found("instance"))
+            // A job or a cron run names the container it runs as.
+            let container = i
+                .parse::<InstanceId>()
+                .or_else(|_| i.parse::<JobId>().map(|j| job_instance(&j)))
+                .or_else(|_| i.parse::<CronRunId>().map(|r| run_instance(&r)));
+            container.map_err(|_| ApiError::not_found("instance"))
         })
         .transpose()
 }

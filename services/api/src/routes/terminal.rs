@@ -36,7 +36,9 @@ pub struct ShellQuery {
     /// (`bash` when the image has it, else `sh`, when absent).
     #[serde(default, deserialize_with = "every")]
     pub command: Vec<String>,
-    /// The instance; a running one of the live deploy when absent.
+    /// The instance, or the running job (`job-…`) or cron run (`crn-…`)
+    /// whose container to open the terminal in; when absent, a running
+    /// instance of the live deploy (of a cron job: its active run).
     #[serde(default, deserialize_with = "one")]
     pub instance_id: Option<String>,
     /// The terminal's width in columns (80 when absent).

@@ -80,6 +80,12 @@ pub async fn run(args: JobArgs) -> Result<(), ClientError> {
                 if let Some(instance) = job.get("instanceId").and_then(Value::as_str) {
                     println!("its output: berth service logs {service} --instance {instance}");
                 }
+                if matches!(s(&job, "status").as_str(), "pending" | "running") {
+                    println!(
+                        "a terminal in it while it runs: berth shell {service} --instance {}",
+                        s(&job, "id")
+                    );
+                }
             }
             if *wait && s(&job, "status") != "succeeded" {
                 return Err(ClientError::Failed(summary(&id, &job)));

@@ -33,8 +33,10 @@ pub struct ShellArgs {
     pub opts: ClientOpts,
     /// The service (name or `srv-…` id).
     pub service: String,
-    /// The instance (`ins-…`, from `berth service instances`); a running
-    /// one of the live deploy by default.
+    /// The instance (`ins-…`, from `berth service instances`), or a
+    /// running one-off job (`job-…`) or cron run (`crn-…`) to run in; by
+    /// default a running instance of the live deploy (of a cron job: its
+    /// active run).
     #[arg(long)]
     pub instance: Option<String>,
     /// The program and its arguments, after `--` (by default `bash` when

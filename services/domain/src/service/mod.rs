@@ -51,6 +51,7 @@ mod jobs;
 mod lifecycle;
 pub mod platform_env;
 mod state;
+mod target;
 pub mod validate;
 
 #[cfg(test)]
@@ -74,6 +75,7 @@ pub use instances::{Instance, InstancePhase, Instances};
 pub use jobs::{job_instance, Job, JobStatus, Jobs, KEPT_JOBS, MAX_ACTIVE_JOBS, MAX_START_COMMAND};
 pub use lifecycle::needs_redeploy;
 pub use state::{apply, apply_at, ServiceConfig, ServiceState, ServiceStatus, KEPT_ENDED_DEPLOYS};
+pub use target::{run_instance, Target};
 
 use crate::aggregate::{Aggregate, Ctx};
 use crate::error::DomainError;
@@ -598,13 +600,12 @@ pub fn decide(
             program,
             terminal,
         } => {
-            let i = state
-                .instances
-                .get(&instance)
+            let node = state
+                .container_node(&instance)
                 .ok_or_else(|| DomainError::not_found("instance", instance.as_str()))?;
             Ok(vec![berth_schemas::events::InstanceCommandRequested {
                 instance,
-                node: i.node.clone(),
+                node,
                 program,
                 terminal,
             }

@@ -13,6 +13,7 @@ mod placement;
 mod platform_env;
 mod props;
 mod rollback;
+mod target;
 
 use berth_schemas::ids::{DeployId, NodeId, OwnerId, UserId};
 use berth_schemas::model::{
