@@ -235,6 +235,22 @@ impl Runc {
         c
     }
 
+    /// runc for a terminal: in a session of its own whose controlling
+    /// terminal is the one it is given as its standard input (`setsid
+    /// --ctty`, util-linux; it execs runc, so the pid is runc's). When the
+    /// node dies, its end of that terminal closes and the kernel hangs up
+    /// on runc (`SIGHUP`), which passes it on to the program, as closing
+    /// a terminal window does: nothing waits for the node to come back.
+    fn terminal_command(&self) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new("setsid");
+        c.arg("--ctty")
+            .arg(&self.binary)
+            .arg("--root")
+            .arg(&self.root);
+        c.stdin(Stdio::null()).kill_on_drop(false);
+        c
+    }
+
     /// Run `args`, returning stdout; a non-zero exit is `Failed` with
     /// runc's stderr as the message.
     async fn output(
@@ -423,7 +439,9 @@ impl Runtime for Runc {
         req: &'a TerminalRequest,
         dir: &'a Path,
     ) -> BoxFuture<'a, Result<Terminal, RuntimeError>> {
-        Box::pin(async move { crate::terminal::runc_terminal(self.command(), id, req, dir).await })
+        Box::pin(async move {
+            crate::terminal::runc_terminal(self.terminal_command(), id, req, dir).await
+        })
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<ContainerState>, RuntimeError>> {

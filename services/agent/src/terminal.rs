@@ -155,7 +155,8 @@ fn pty_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 const STARTED_WITHIN: Duration = Duration::from_secs(10);
 
 /// `runc exec` of `req` on a terminal in container `id` whose bundle is `bundle`
-/// (`command` is runc with its global flags). The process runc starts is
+/// (`command` is runc with its global flags, run in a session of its own
+/// whose controlling terminal is its standard input). The process runc starts is
 /// the instance's own (`config.json`'s: user, environment, working
 /// directory, capabilities, rlimits) with the program, `TERM=xterm` and
 /// the terminal's size: runc sizes the instance's terminal before the
@@ -233,7 +234,7 @@ pub(crate) async fn runc_terminal(
         Err(source) => {
             let _ = std::fs::remove_file(&process_file);
             return Err(RuntimeError::Spawn {
-                binary: "runc".into(),
+                binary: command.as_std().get_program().into(),
                 source,
             });
         }

@@ -721,7 +721,7 @@ fn bash_image() -> berth_tests::image::Image {
 }
 
 #[tokio::test]
-async fn terminals_left_behind_are_closed_and_bash_is_the_default_where_the_image_has_it() {
+async fn terminals_left_behind_are_closed_bash_is_the_default_and_a_dead_node_hangs_up() {
     use futures::SinkExt;
     use std::time::{Duration, Instant};
     use tokio_tungstenite::tungstenite::Message;
@@ -860,5 +860,37 @@ async fn terminals_left_behind_are_closed_and_bash_is_the_default_where_the_imag
             "{reason} in {ended:?}"
         );
     }
-    setup.stop().await;
+    // A node that dies (here the whole `berth up`) hangs up on its
+    // terminals' programs as it goes: its end of each terminal closes,
+    // the kernel hangs up on runc, which passes it on.
+    let mut socket = shell_socket(
+        &setup,
+        &id,
+        "command=sh&command=-c&command=echo%20%24((7*7))K%3B%20exec%20sleep%204848",
+    )
+    .await;
+    let mut shown = String::new();
+    until_text(&mut socket, &mut shown).await;
+    until_shown(&mut socket, &mut shown, "49K").await;
+    let sleeping = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x004848\x00")
+        })
+    };
+    assert!(sleeping(), "the program runs");
+    let up = setup.cleanup.child.take().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(up.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    while sleeping() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the program outlived its node"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(up);
 }
