@@ -691,6 +691,38 @@ async fn owner_pages_use_the_apis_rules() {
         "{}",
         started.html
     );
+    // Running (as its node reports), it has a terminal of its own.
+    let job_id: berth_schemas::ids::JobId = id.parse().unwrap();
+    for command in [
+        berth_domain::service::Command::RecordJobPlaced {
+            job: job_id.clone(),
+            node: berth_schemas::ids::NodeId::generate(),
+        },
+        berth_domain::service::Command::RecordJobStarted { job: job_id },
+    ] {
+        app.store
+            .execute::<berth_domain::service::Service>(
+                &AggregateId::Service(cron.parse().unwrap()),
+                &format!("{:032x}", rand::random::<u128>()),
+                &berth_eventlog::Stamp::new(berth_schemas::Actor::system("test")),
+                command,
+            )
+            .await
+            .unwrap();
+    }
+    let running = b.get(&format!("/services/{cron}")).await;
+    let terminal = format!("/services/{cron}/terminal?instance={id}");
+    assert!(running.html.contains(&terminal), "{}", running.html);
+    let page = b.get(&terminal).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.html.contains(&format!("&amp;instance={id}\"")),
+        "the page's socket opens it in the job: {}",
+        page.html
+    );
+    let bad = b.get(&format!("/services/{cron}/terminal?instance=x%22y")).await;
+    assert_eq!(bad.status, StatusCode::NOT_FOUND, "{}", bad.html);
+    assert!(!bad.html.contains("x\"y"), "{}", bad.html);
     let canceled = b
         .submit(
             &format!("/services/{cron}"),

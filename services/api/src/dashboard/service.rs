@@ -303,6 +303,10 @@ fn jobs_table(who: &Signed, s: &ServiceView, items: &[JobItem]) -> Markup {
                             td.opt { (time(Some(j.created_at))) }
                             td.opt { (time(j.finished_at)) }
                             td {
+                                @if j.status == "running" {
+                                    a href={ "/services/" (s.id) "/terminal?instance=" (j.id) } { "Terminal" }
+                                    " "
+                                }
                                 @if matches!(j.status.as_str(), "pending" | "running") {
                                     form.inline method="post" action={ "/services/" (s.id) "/jobs/" (j.id) "/cancel" } {
                                         (csrf(who))
@@ -578,11 +582,9 @@ pub async fn page(
                     (instances_table(&seen.instances))
                 }
             }
-            @if s.service_type != ServiceType::CronJob {
-                section aria-labelledby="shell-title" {
-                    h2 #shell-title { "Shell" }
-                    (super::shell::form(&who, &s.id, ""))
-                }
+            section aria-labelledby="shell-title" {
+                h2 #shell-title { "Shell" }
+                (super::shell::form(&who, &s.id, ""))
             }
             section aria-labelledby="jobs-title" {
                 h2 #jobs-title { "Jobs" }

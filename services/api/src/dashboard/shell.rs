@@ -29,7 +29,7 @@ pub fn form(who: &Signed, service: &str, command: &str) -> Markup {
             p.muted {
                 "Runs with "
                 code { "sh -c" }
-                " in a running instance of the live deploy, as its own process runs; killed after 60 s. "
+                " in a running instance of the live deploy (of a cron job: its running run), as its own process runs; killed after 60 s. "
                 "For programs that need a terminal, "
                 a href={ "/services/" (service) "/terminal" } { "open a terminal" }
                 "."

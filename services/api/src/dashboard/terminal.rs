@@ -28,18 +28,40 @@ const POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'u
     img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; form-action 'self'; \
     base-uri 'none'";
 
+/// The query of the terminal page.
+#[derive(Debug, Default, serde::Deserialize, schemars::JsonSchema)]
+pub struct PageQuery {
+    /// The instance, or the running job or cron run, to open it in (the
+    /// API's `instanceId`); a running instance of the live deploy when
+    /// absent.
+    #[serde(default, deserialize_with = "crate::query::one")]
+    pub instance: Option<String>,
+}
+
 /// GET /services/{serviceId}/terminal: the page.
-pub async fn page(State(st): State<AppState>, Path(id): Path<String>, who: Signed) -> Response {
+pub async fn page(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    who: Signed,
+    Listing(q): Listing<PageQuery>,
+) -> Response {
     let service = match service_id(&id) {
         Ok(s) => s,
+        Err(e) => return super::refused(&who, Section::Services, &e),
+    };
+    let container = match crate::routes::exec::instance_param(q.instance.as_deref()) {
+        Ok(_) => q.instance,
         Err(e) => return super::refused(&who, Section::Services, &e),
     };
     let name = match st.ingress.show_service(&who.caller, &service).await {
         Ok(s) => s.config.map(|c| c.name).unwrap_or_default(),
         Err(e) => return super::refused(&who, Section::Services, &e.into()),
     };
-    // The token is URL-safe base64.
-    let socket = format!("/services/{service}/terminal/socket?csrf={}", who.csrf);
+    // The token is URL-safe base64; an id, letters, digits and `-`.
+    let mut socket = format!("/services/{service}/terminal/socket?csrf={}", who.csrf);
+    if let Some(c) = &container {
+        socket.push_str(&format!("&instance={c}"));
+    }
     let mut resp = layout::page(
         StatusCode::OK,
         &who,
@@ -49,7 +71,7 @@ pub async fn page(State(st): State<AppState>, Path(id): Path<String>, who: Signe
         html! {
             link rel="stylesheet" href=(assets::xterm_css_url());
             p { a href={ "/services/" (service) } { "← Back to " (name) } }
-            h1 { "Terminal in " (name) }
+            h1 { "Terminal in " (name) @if let Some(c) = &container { " — " code { (c) } } }
             p #terminal-status .muted role="status" { "Opening a terminal in a running instance…" }
             div #terminal data-socket=(socket) {}
             noscript { p { "The terminal needs JavaScript; the service page's shell runs one command without it." } }
@@ -86,6 +108,7 @@ pub async fn socket(
         api_terminal::terminal_input(ShellQuery {
             cols: q.cols,
             rows: q.rows,
+            instance_id: q.instance,
             ..ShellQuery::default()
         })
         .map(|input| (service, input))
@@ -112,4 +135,7 @@ pub struct SocketQuery {
     pub cols: Option<String>,
     #[serde(default, deserialize_with = "crate::query::one")]
     pub rows: Option<String>,
+    /// As the page's.
+    #[serde(default, deserialize_with = "crate::query::one")]
+    pub instance: Option<String>,
 }
