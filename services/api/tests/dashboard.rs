@@ -720,7 +720,9 @@ async fn owner_pages_use_the_apis_rules() {
         "the page's socket opens it in the job: {}",
         page.html
     );
-    let bad = b.get(&format!("/services/{cron}/terminal?instance=x%22y")).await;
+    let bad = b
+        .get(&format!("/services/{cron}/terminal?instance=x%22y"))
+        .await;
     assert_eq!(bad.status, StatusCode::NOT_FOUND, "{}", bad.html);
     assert!(!bad.html.contains("x\"y"), "{}", bad.html);
     let canceled = b

@@ -199,9 +199,18 @@ impl WorkHandler for NodeHandler {
                     Some(OneOffPurpose::CronRun { run }) => {
                         state.cron.active.as_ref().is_none_or(|a| &a.id != run)
                     }
-                    Some(OneOffPurpose::Job { job }) => {
-                        state.jobs.get(job).is_none_or(|j| !j.status.is_active())
-                    }
+                    Some(OneOffPurpose::Job { job }) => match state.jobs.get(job) {
+                        Some(j) => !j.status.is_active(),
+                        // A job is recorded before its run is queued: the
+                        // log's copy that answered (any replica) is
+                        // behind. Read again later rather than drop it.
+                        None => {
+                            return Err(retry(
+                                "reading the job",
+                                "the log's copy that answered does not have it yet",
+                            ))
+                        }
+                    },
                     Some(OneOffPurpose::PreDeploy) | None => false,
                 };
                 if gone {

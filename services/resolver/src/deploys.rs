@@ -89,7 +89,7 @@ struct Deploys {
 
 impl WorkHandler for Deploys {
     async fn handle(&self, job: Job) -> Result<(), WorkError> {
-        let work = handle_commit(&self.inner, &job.payload)
+        let work = handle_commit(&self.inner, &job.payload, job.stream_seq)
             .instrument(tracing::info_span!("resolve_event", stream.seq = job.stream_seq, delivered = job.delivered, subject = %job.subject));
         tokio::select! {
             done = work => done,
@@ -100,7 +100,8 @@ impl WorkHandler for Deploys {
     }
 }
 
-async fn handle_commit(inner: &Inner, payload: &[u8]) -> Result<(), WorkError> {
+/// Handles the commit at stream sequence `seq`.
+async fn handle_commit(inner: &Inner, payload: &[u8], seq: u64) -> Result<(), WorkError> {
     let commit = Commit::decode(payload).map_err(|e| WorkError::Fatal(e.to_string()))?;
     for env in &commit.events {
         let (AggregateId::Service(service), Event::DeployStarted(started)) =
@@ -108,7 +109,7 @@ async fn handle_commit(inner: &Inner, payload: &[u8]) -> Result<(), WorkError> {
         else {
             continue;
         };
-        resolve_deploy(inner, service, &started.deploy, env.id.as_str())
+        resolve_deploy(inner, service, &started.deploy, env.id.as_str(), seq)
             .instrument(tracing::info_span!("resolve_deploy", service.id = %service, deploy.id = %started.deploy))
             .await?;
     }
@@ -151,18 +152,31 @@ fn awaits_digest(d: &Deploy) -> bool {
     d.is_running() && d.resolved.is_none() && d.phase == Some(DeployPhase::Resolving)
 }
 
+/// Resolves `deploy` of `service`, started by the commit at stream
+/// sequence `seen` (or later).
 async fn resolve_deploy(
     inner: &Inner,
     service: &ServiceId,
     deploy: &DeployId,
     cause: &str,
+    seen: u64,
 ) -> Result<(), WorkError> {
     let aggregate = AggregateId::Service(service.clone());
-    let (state, _) = inner
+    let (state, version) = inner
         .store
         .state::<ServiceState, _>(&aggregate, service::fold)
         .await
         .map_err(|e| WorkError::Retry(e.to_string()))?;
+    // The state is read from any of the stream's replicas (direct gets);
+    // one that rejoined after a partition may not hold the commit that
+    // started this deploy yet. Deciding "nothing to do" from it would
+    // drop the deploy for good: it is read again later instead.
+    if version.stream_seq < seen {
+        return Err(WorkError::Retry(format!(
+            "the log's copy that answered is behind (at {}, the deploy started at {seen})",
+            version.stream_seq
+        )));
+    }
     let (Some(d), Some(cfg)) = (state.deploy(deploy), &state.config) else {
         return Ok(());
     };
