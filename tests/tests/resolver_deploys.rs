@@ -198,15 +198,34 @@ async fn a_rotated_token_is_used_by_the_next_resolve() {
     assert_eq!(s.deploy(&d2).unwrap().digest(), Some(img.digest.as_str()));
 }
 
-#[tokio::test]
-async fn a_restarted_resolver_handles_what_it_missed_and_appends_nothing_twice() {
-    let (reg, img) = registry_with_app(RegistryAuth::None).await;
-    let mut app = App::start().await;
-    let alice = app.owner().await;
-    let svc = create(&app, &alice, "app", &format!("{}/team/app:v1", reg.host)).await;
-    app.await_deploy(&alice, &svc.id, &svc.deploy).await;
+/// Starts a resolver with `opts` (on the durable consumer of the one
+/// stopped) and waits for `deploy` to resolve to `digest`.
+async fn resume(
+    app: &mut App,
+    opts: berth_resolver::ResolverOptions,
+    alice: &Caller,
+    svc: &CreatedService,
+    deploy: &berth_schemas::ids::DeployId,
+    digest: &str,
+) {
+    let r = berth_resolver::Resolver::new(app.store.clone(), app.key.clone(), opts).unwrap();
+    let shutdown = app.shutdown.clone();
+    app.resolver = Some(tokio::spawn(
+        async move { r.run(shutdown, None).await.unwrap() },
+    ));
+    let s = app.await_deploy(alice, &svc.id, deploy).await;
+    assert_eq!(s.deploy(deploy).unwrap().digest(), Some(digest));
+}
 
-    // Stop the resolver; request a deploy while it is away.
+/// A service live on `reg`'s image, then the resolver stopped and a
+/// deploy asked for while it is away: the owner, service and deploy.
+async fn deploy_while_away(
+    app: &mut App,
+    reg: &berth_tests::registry::Registry,
+) -> (Caller, CreatedService, berth_schemas::ids::DeployId) {
+    let alice = app.owner().await;
+    let svc = create(app, &alice, "app", &format!("{}/team/app:v1", reg.host)).await;
+    app.await_deploy(&alice, &svc.id, &svc.deploy).await;
     let old_shutdown = std::mem::take(&mut app.shutdown);
     old_shutdown.cancel();
     app.resolver.take().unwrap().await.unwrap();
@@ -215,6 +234,15 @@ async fn a_restarted_resolver_handles_what_it_missed_and_appends_nothing_twice()
         .request_deploy(&alice, &svc.id, None)
         .await
         .unwrap();
+    (alice, svc, deploy)
+}
+
+#[tokio::test]
+async fn a_restarted_resolver_handles_what_it_missed_and_appends_nothing_twice() {
+    let (reg, img) = registry_with_app(RegistryAuth::None).await;
+    let mut app = App::start().await;
+    // Stop the resolver; request a deploy while it is away.
+    let (alice, svc, deploy) = deploy_while_away(&mut app, &reg).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let s = app.ingress.show_service(&alice, &svc.id).await;
     // The ingress read model stopped with the old token; show reads the log.
@@ -222,17 +250,7 @@ async fn a_restarted_resolver_handles_what_it_missed_and_appends_nothing_twice()
     assert!(s.deploy(&deploy).unwrap().resolved.is_none());
 
     // A new resolver on the same durable consumer picks it up.
-    let r =
-        berth_resolver::Resolver::new(app.store.clone(), app.key.clone(), fast_options()).unwrap();
-    let shutdown = app.shutdown.clone();
-    app.resolver = Some(tokio::spawn(
-        async move { r.run(shutdown, None).await.unwrap() },
-    ));
-    let s = app.await_deploy(&alice, &svc.id, &deploy).await;
-    assert_eq!(
-        s.deploy(&deploy).unwrap().digest(),
-        Some(img.digest.as_str())
-    );
+    resume(&mut app, fast_options(), &alice, &svc, &deploy, &img.digest).await;
 
     // Every deploy_started was handled once: one image_resolved per deploy.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -285,6 +303,64 @@ async fn a_restarted_resolver_handles_what_it_missed_and_appends_nothing_twice()
     );
     app.shutdown.cancel();
     replay.await.unwrap();
+}
+
+/// A deploy whose `deploy_started` delivery came to nothing (acked and
+/// not resolved: dead-lettered after its retries, lost in a partition)
+/// does not wait for good: the resolver's sweep takes it up once it has
+/// waited past `stuck_after`, and records its digest once.
+#[tokio::test]
+async fn a_deploy_whose_delivery_came_to_nothing_is_resolved_by_the_sweep() {
+    let (reg, img) = registry_with_app(RegistryAuth::None).await;
+    let mut app = App::start().await;
+    // The resolver away, a deploy is asked for; its delivery is taken off
+    // the resolver's consumer and acked, as if handled.
+    let (alice, svc, deploy) = deploy_while_away(&mut app, &reg).await;
+    let stream = app
+        .store
+        .jetstream()
+        .get_stream(app.store.subjects().events_stream())
+        .await
+        .unwrap();
+    let consumer = stream
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>("resolver")
+        .await
+        .unwrap();
+    let mut taken = 0;
+    loop {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(100)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .unwrap();
+        let mut got = 0;
+        while let Some(m) = futures::StreamExt::next(&mut batch).await {
+            m.unwrap().double_ack().await.unwrap();
+            got += 1;
+        }
+        taken += got;
+        if got == 0 {
+            break;
+        }
+    }
+    assert!(taken >= 1, "the deploy's start was pending");
+
+    // A resolver on the same consumer gets nothing delivered; its sweep
+    // resolves the deploy.
+    let mut opts = fast_options();
+    opts.stuck_after = Some(Duration::from_secs(2));
+    opts.probe_interval = None;
+    resume(&mut app, opts, &alice, &svc, &deploy, &img.digest).await;
+    // Once, though the sweep looks again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let events = app.events_of(&AggregateId::Service(svc.id.clone())).await;
+    let resolved = events
+        .iter()
+        .filter(|e| matches!(&e.event, Event::ImageResolved(r) if r.deploy == deploy))
+        .count();
+    assert_eq!(resolved, 1, "{events:#?}");
 }
 
 #[tokio::test]

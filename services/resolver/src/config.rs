@@ -72,6 +72,13 @@ pub struct ResolverArgs {
     /// Earlier deploys per service probed besides the live one.
     #[arg(long, env = "BERTH_RESOLVER_PROBE_TARGETS", default_value_t = 5)]
     pub resolver_probe_targets: usize,
+
+    /// Seconds a deploy may wait for its digest before the resolver takes
+    /// it up again by itself, whatever became of its `deploy_started`
+    /// delivery (dead-lettered after its retries, lost in a partition);
+    /// 0 turns this off.
+    #[arg(long, env = "BERTH_RESOLVER_STUCK_AFTER_SECS", default_value_t = 30)]
+    pub resolver_stuck_after_secs: u64,
 }
 
 /// Validated resolver options.
@@ -95,6 +102,9 @@ pub struct ResolverOptions {
     pub probe_interval: Option<Duration>,
     /// Earlier (deactivated) deploys probed per service besides the live one.
     pub probe_targets: usize,
+    /// How long a deploy waits for its digest before the resolver takes
+    /// it up again by itself; `None`: never.
+    pub stuck_after: Option<Duration>,
 }
 
 impl Default for ResolverOptions {
@@ -117,6 +127,7 @@ impl Default for ResolverOptions {
             consumer: "resolver".to_owned(),
             probe_interval: Some(Duration::from_secs(600)),
             probe_targets: 5,
+            stuck_after: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -184,6 +195,8 @@ impl ResolverArgs {
             probe_interval: (self.resolver_probe_interval_secs > 0)
                 .then(|| Duration::from_secs(self.resolver_probe_interval_secs)),
             probe_targets: self.resolver_probe_targets,
+            stuck_after: (self.resolver_stuck_after_secs > 0)
+                .then(|| Duration::from_secs(self.resolver_stuck_after_secs)),
             ..ResolverOptions::default()
         })
     }

@@ -109,7 +109,7 @@ async fn handle_commit(inner: &Inner, payload: &[u8], seq: u64) -> Result<(), Wo
         else {
             continue;
         };
-        resolve_deploy(inner, service, &started.deploy, env.id.as_str(), seq)
+        resolve_deploy(inner, service, &started.deploy, Some(env.id.as_str()), seq)
             .instrument(tracing::info_span!("resolve_deploy", service.id = %service, deploy.id = %started.deploy))
             .await?;
     }
@@ -123,7 +123,7 @@ async fn record_retry(
     aggregate: &AggregateId,
     deploy: &DeployId,
     n: &berth_oci::RetryNotice,
-    cause: &str,
+    cause: Option<&str>,
 ) {
     let retry_at = chrono::Utc::now() + chrono::Duration::from_std(n.wait).unwrap_or_default();
     let command = service::Command::RecordRetrying {
@@ -132,7 +132,7 @@ async fn record_retry(
         retry_at,
         message: n.message.clone(),
     };
-    let stamp = Stamp::of_deploy(Actor::system("resolver"), Some(deploy.clone())).caused_by(cause);
+    let stamp = stamp(deploy, cause);
     let done = inner
         .store
         .execute::<service::Service>(
@@ -147,20 +147,60 @@ async fn record_retry(
     }
 }
 
+/// The resolver's stamp for `deploy`, caused by the event `cause`.
+fn stamp(deploy: &DeployId, cause: Option<&str>) -> Stamp {
+    let stamp = Stamp::of_deploy(Actor::system("resolver"), Some(deploy.clone()));
+    match cause {
+        Some(c) => stamp.caused_by(c),
+        None => stamp,
+    }
+}
+
+/// Marks a deploy as being resolved by this copy while it is held.
+struct Resolving<'a> {
+    inner: &'a Inner,
+    deploy: DeployId,
+}
+
+impl Drop for Resolving<'_> {
+    fn drop(&mut self) {
+        let mut set = self
+            .inner
+            .resolving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        set.remove(&self.deploy);
+    }
+}
+
+/// Whether this copy is resolving `deploy` now.
+pub(crate) fn in_flight(inner: &Inner, deploy: &DeployId) -> bool {
+    let set = inner.resolving.lock().unwrap_or_else(|p| p.into_inner());
+    set.contains(deploy)
+}
+
 /// The deploy waits for its digest: running, resolving, nothing recorded.
-fn awaits_digest(d: &Deploy) -> bool {
+pub(crate) fn awaits_digest(d: &Deploy) -> bool {
     d.is_running() && d.resolved.is_none() && d.phase == Some(DeployPhase::Resolving)
 }
 
 /// Resolves `deploy` of `service`, started by the commit at stream
-/// sequence `seen` (or later).
-async fn resolve_deploy(
+/// sequence `seen` (or later; 0 from the sweep), the event `cause`.
+pub(crate) async fn resolve_deploy(
     inner: &Inner,
     service: &ServiceId,
     deploy: &DeployId,
-    cause: &str,
+    cause: Option<&str>,
     seen: u64,
 ) -> Result<(), WorkError> {
+    let _held = {
+        let mut set = inner.resolving.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert(deploy.clone());
+        Resolving {
+            inner,
+            deploy: deploy.clone(),
+        }
+    };
     let aggregate = AggregateId::Service(service.clone());
     let (state, version) = inner
         .store
@@ -227,7 +267,7 @@ async fn resolve_deploy(
         }
         Err(AccessError::Store(e)) => return Err(WorkError::Retry(e)),
     };
-    let stamp = Stamp::of_deploy(Actor::system("resolver"), Some(deploy.clone())).caused_by(cause);
+    let stamp = stamp(deploy, cause);
     let done = inner
         .store
         .execute_when::<service::Service, DomainError>(

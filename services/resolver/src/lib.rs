@@ -14,7 +14,11 @@
 //!   `image_not_found` when the registry lost it;
 //! - [`probe`](mod@probe): every `probe_interval`, HEADs of each service's
 //!   live digest and last rollback targets; a lost one is recorded as
-//!   `rollback_target_missing` (not rollback-eligible any more).
+//!   `rollback_target_missing` (not rollback-eligible any more). The same
+//!   view of the services finds deploys that waited for their digest
+//!   longer than `stuck_after` and resolves them (a `deploy_started`
+//!   dead-lettered after its retries, or lost in a partition, does not
+//!   leave its deploy, and those queued behind it, waiting for good).
 //!
 //! Credentials travel as ids; the resolver opens the sealed token with the
 //! operator's key only in memory, for the registry request. The registry
@@ -54,6 +58,9 @@ pub(crate) struct Inner {
     pub(crate) opts: ResolverOptions,
     pub(crate) deploy_client: RegistryClient,
     pub(crate) check_client: RegistryClient,
+    /// Deploys being resolved by this copy now (by its consumer or its
+    /// sweep): the sweep leaves them alone.
+    pub(crate) resolving: std::sync::Mutex<std::collections::HashSet<berth_schemas::ids::DeployId>>,
 }
 
 /// The resolver component.
@@ -85,6 +92,7 @@ impl Resolver {
                 opts,
                 deploy_client,
                 check_client,
+                resolving: Default::default(),
             }),
         })
     }

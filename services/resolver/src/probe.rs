@@ -18,6 +18,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use berth_domain::reference::Reference;
 use berth_domain::service::{self, ServiceState};
@@ -132,11 +133,14 @@ type Head = (String, String, String);
 /// A credential as one pass uses it: (owner, credential, registry domain).
 type Login = (OwnerId, CredentialId, String);
 
-/// Follows the services and probes every interval until `shutdown`.
+/// Follows the services until `shutdown`: probes every interval, and
+/// sweeps for deploys waiting too long for their digest.
 pub(crate) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
-    let Some(every) = inner.opts.probe_interval else {
+    let every = inner.opts.probe_interval;
+    let stuck_after = inner.opts.stuck_after;
+    if every.is_none() && stuck_after.is_none() {
         return;
-    };
+    }
     let runner = ProjectionRunner::new(
         &inner.store,
         Services::new(inner.opts.probe_targets),
@@ -148,34 +152,95 @@ pub(crate) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
     );
     let view: Arc<RwLock<Services>> = runner.state();
     let follow = tokio::spawn(runner.run(shutdown.clone()));
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick fires at once: skip it so the view has caught up.
-    ticker.tick().await;
+    let ticker = |period: Duration| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    };
+    // The first ticks come a period in: the view has caught up by then.
+    let mut probes = every.map(ticker);
+    let mut sweeps = stuck_after.map(|d| ticker(sweep_every(d)));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = ticker.tick() => {}
+            _ = tick(&mut probes) => {
+                let due: Vec<Due> = {
+                    let v = view.read().unwrap_or_else(|p| p.into_inner());
+                    v.states
+                        .iter()
+                        .filter_map(|(id, s)| s.config.as_ref().map(|c| (id, s, c)))
+                        .flat_map(|(id, s, c)| {
+                            targets(id, s, inner.opts.probe_targets)
+                                .into_iter()
+                                .map(move |t| (t, c.credential.clone(), c.owner.clone()))
+                        })
+                        .collect()
+                };
+                probe_pass(&inner, due).await;
+            }
+            _ = tick(&mut sweeps) => {
+                let Some(after) = stuck_after else { continue };
+                let stuck = {
+                    let v = view.read().unwrap_or_else(|p| p.into_inner());
+                    stuck_deploys(&v.states, after, chrono::Utc::now())
+                };
+                for (service, deploy) in stuck {
+                    if crate::deploys::in_flight(&inner, &deploy) {
+                        continue;
+                    }
+                    tracing::warn!(service.id = %service, deploy.id = %deploy, "deploy waited too long for its digest; resolving it again");
+                    let inner = Arc::clone(&inner);
+                    tokio::spawn(async move {
+                        let done = crate::deploys::resolve_deploy(&inner, &service, &deploy, None, 0)
+                            .await;
+                        if let Err(e) = done {
+                            tracing::warn!(service.id = %service, deploy.id = %deploy, error = %e, "deploy not resolved by the sweep; tried again at the next");
+                        }
+                    });
+                }
+            }
         }
-        let due: Vec<Due> = {
-            let v = view.read().unwrap_or_else(|p| p.into_inner());
-            v.states
-                .iter()
-                .filter_map(|(id, s)| s.config.as_ref().map(|c| (id, s, c)))
-                .flat_map(|(id, s, c)| {
-                    targets(id, s, inner.opts.probe_targets)
-                        .into_iter()
-                        .map(move |t| (t, c.credential.clone(), c.owner.clone()))
-                })
-                .collect()
-        };
-        probe_pass(&inner, due).await;
     }
     match follow.await {
         Ok(Err(e)) => tracing::error!(error = %e, "probe view stopped with an error"),
         Err(e) => tracing::error!(error = %e, "probe view task failed"),
         Ok(Ok(())) => {}
     }
+}
+
+/// Waits for `t`'s next tick; for ever when there is none.
+async fn tick(t: &mut Option<tokio::time::Interval>) {
+    match t {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// How often the sweep looks: a fraction of `stuck_after`, 1 to 30 s.
+fn sweep_every(stuck_after: Duration) -> Duration {
+    (stuck_after / 3).clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
+
+/// The deploys of `states` that have waited for their digest since
+/// longer than `after` at `now`.
+pub(crate) fn stuck_deploys(
+    states: &BTreeMap<ServiceId, ServiceState>,
+    after: Duration,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<(ServiceId, DeployId)> {
+    let after = chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
+    states
+        .iter()
+        .flat_map(|(id, s)| {
+            s.deploys
+                .iter()
+                .filter(|d| crate::deploys::awaits_digest(d))
+                .filter(|d| d.started_at.is_some_and(|t| now - t >= after))
+                .map(move |d| (id.clone(), d.id.clone()))
+        })
+        .collect()
 }
 
 /// HEADs each distinct digest once, then marks the deploys whose digest
