@@ -258,10 +258,20 @@ async fn cli_runs_a_command_in_a_running_instance() {
         cli.json(&["job", "show", "x", &job_id]).await["status"] == "running"
     })
     .await;
-    let ps = cli
-        .run(&["exec", "x", "--instance", &job_id, "--", "busybox", "ps"])
-        .await;
-    assert_eq!(ps.code, 0, "{ps:?}");
+    // (Recorded running as its container starts: a moment later it runs.)
+    let mut ps = None;
+    for _ in 0..60 {
+        let out = cli
+            .run(&["exec", "x", "--instance", &job_id, "--", "busybox", "ps"])
+            .await;
+        if out.code == 0 {
+            ps = Some(out);
+            break;
+        }
+        assert!(out.stderr.contains("not running now"), "{out:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let ps = ps.expect("the job's container never ran");
     assert!(
         ps.stdout.contains("sleep 300"),
         "the job's own container: {ps:?}"
