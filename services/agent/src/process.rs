@@ -44,7 +44,6 @@ pub fn start_time(pid: u32) -> Option<u64> {
     fields.nth(22 - 4)?.parse().ok()
 }
 
-/// Whether `pid` is still the process that started at `started`.
 /// When process `pid` started, as wall-clock time (the boot time from
 /// `/proc/stat` plus its start in clock ticks, at Linux's fixed 100 per
 /// second for user space); `None` when it is gone.
@@ -61,6 +60,7 @@ pub fn started_at(pid: u32) -> Option<std::time::SystemTime> {
     Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(boot) + since_boot)
 }
 
+/// Whether `pid` is still the process that started at `started`.
 pub fn alive(pid: u32, started: Option<u64>) -> bool {
     match (start_time(pid), started) {
         (Some(now), Some(then)) => now == then,

@@ -403,20 +403,22 @@ async fn stop_container(
     });
     let can_kill = matches!(inner.runtime.state(id).await, Ok(Some(s)) if s.status.can_kill());
     if can_kill {
-        let (past, wrapper) = past_shells(inner, pid, signal).await;
-        if !past.is_empty() && signal_past_shells(inner, spec, &past, wrapper, signal).await {
-            let ended = async {
-                while past.iter().any(|t| t.alive()) {
-                    tokio::time::sleep(WRAPPED_POLL).await;
+        let past = past_shells(inner, pid, signal).await;
+        if let Some((past, wrapper)) = past {
+            if signal_past_shells(inner, spec, &past, wrapper, signal).await {
+                let ended = async {
+                    while past.iter().any(|t| t.alive()) {
+                        tokio::time::sleep(WRAPPED_POLL).await;
+                    }
+                    tokio::time::sleep(SHELL_GRACE).await;
+                };
+                tokio::select! {
+                    s = exit.as_mut() => {
+                        return StopOutcome { escalated_to_kill: false, status: Some(s), elapsed: t0.elapsed() };
+                    }
+                    _ = ended => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
                 }
-                tokio::time::sleep(SHELL_GRACE).await;
-            };
-            tokio::select! {
-                s = exit.as_mut() => {
-                    return StopOutcome { escalated_to_kill: false, status: Some(s), elapsed: t0.elapsed() };
-                }
-                _ = ended => {}
-                _ = tokio::time::sleep_until(deadline) => {}
             }
         }
         if let Err(e) = inner.runtime.kill(id, Signal::Stop(signal)).await {
@@ -456,12 +458,17 @@ const WRAPPED_POLL: Duration = Duration::from_millis(50);
 const SHELL_GRACE: Duration = Duration::from_millis(500);
 
 /// The processes the stop signal should go to instead of the container's
-/// (see [`wrapper`]); empty when the container's own process is the one.
+/// (see [`wrapper`]) and what was looked past to reach them ("the
+/// shell", "npm"…); `None` when the container's own process is the one.
 /// Read off the runtime's threads: a container may run thousands of
 /// processes.
-async fn past_shells(inner: &Inner, pid: u32, signal: u8) -> (Vec<wrapper::Target>, &'static str) {
+async fn past_shells(
+    inner: &Inner,
+    pid: u32,
+    signal: u8,
+) -> Option<(Vec<wrapper::Target>, &'static str)> {
     if pid == 0 || nix::sys::signal::Signal::try_from(i32::from(signal)).is_err() {
-        return (Vec::new(), "");
+        return None;
     }
     let under_init = inner.sandbox.init.is_some();
     let walk = move || {
@@ -470,17 +477,15 @@ async fn past_shells(inner: &Inner, pid: u32, signal: u8) -> (Vec<wrapper::Targe
             false => vec![pid],
         };
         let targets = wrapper::targets(&roots, &|p| wrapper::look(p, signal));
-        let Some(past) = targets.past.filter(|_| !targets.pids.is_empty()) else {
-            return (Vec::new(), "");
-        };
-        let pids = targets
+        let past = targets.past?;
+        let pids: Vec<_> = targets
             .pids
             .into_iter()
             .filter_map(|t| wrapper::Target::of(t, pid))
             .collect();
-        (pids, past)
+        (!pids.is_empty()).then_some((pids, past))
     };
-    tokio::task::spawn_blocking(walk).await.unwrap_or_default()
+    tokio::task::spawn_blocking(walk).await.ok().flatten()
 }
 
 /// Sends `signal` to `targets`, saying so in the instance's logs; `false`

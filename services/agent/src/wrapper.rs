@@ -19,9 +19,9 @@
 //! better: signalled, npm passes the signal to its shell, which dies,
 //! and npm exits; yarn 1 exits within seconds without passing it on;
 //! the program, orphaned, is killed with the container (both seen with
-//! npm 10 and yarn 1.22 on Node 20). They are looked past whatever they handle: the program gets
-//! the signal, ends, and the package manager exits with it as it would
-//! have.
+//! npm 10 and yarn 1.22 on Node 20). They are looked past whatever they
+//! handle: the program gets the signal, ends, and the package manager
+//! exits with it as it would have.
 
 use std::path::Path;
 
