@@ -127,8 +127,7 @@ impl Ingress {
     ) -> Result<ExecResult, IngressError> {
         check(&input)?;
         let state = self.show_service(caller, id).await?;
-        let target = pick(&state, input.instance.as_ref())?;
-        let instance = &target;
+        let instance = &pick(&state, input.instance.as_ref())?;
         let request = ExecRequest {
             service: id.clone(),
             instance: instance.instance.clone(),

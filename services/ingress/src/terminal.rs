@@ -175,8 +175,7 @@ impl Ingress {
         check_size("cols", input.cols)?;
         check_size("rows", input.rows)?;
         let state = self.show_service(caller, id).await?;
-        let target = pick(&state, input.instance.as_ref())?;
-        let instance = &target;
+        let instance = &pick(&state, input.instance.as_ref())?;
         let session = format!("{:032x}", rand::random::<u128>());
         let subjects = self.store.subjects();
         let request = ShellRequest {

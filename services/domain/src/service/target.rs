@@ -3,10 +3,10 @@
 //! or the container of one of its running one-off jobs, or of its cron
 //! job's active run — with the node that runs it.
 
-use berth_schemas::ids::{CronRunId, InstanceId, NodeId};
+use berth_schemas::ids::{CronRunId, InstanceId, JobId, NodeId};
 
 use super::instances::InstancePhase;
-use super::{job_instance, JobStatus, ServiceState};
+use super::{Job, JobStatus, ServiceState};
 use crate::DomainError;
 
 /// A container a command can be sent to, and its node.
@@ -18,7 +18,7 @@ pub struct Target {
 
 /// The container (instance) a cron run runs as: the run id's random part
 /// under the instance prefix, so anyone holding the run id can stop its
-/// container (as a job's, [`job_instance`]).
+/// container (as a job's, [`job_instance`](super::job_instance)).
 pub fn run_instance(run: &CronRunId) -> InstanceId {
     InstanceId::from_bits(run.bits())
 }
@@ -52,11 +52,7 @@ impl ServiceState {
                 node: found.node.clone(),
             });
         }
-        if let Some(job) = self
-            .jobs
-            .newest_first()
-            .find(|j| job_instance(&j.id) == *id)
-        {
+        if let Some(job) = self.job_of(id) {
             return match (&job.node, job.status) {
                 (Some(node), JobStatus::Running) => Ok(Target {
                     instance: id.clone(),
@@ -81,14 +77,16 @@ impl ServiceState {
         if let Some(i) = self.instances.get(instance) {
             return Some(i.node.clone());
         }
-        let job = self
-            .jobs
-            .newest_first()
-            .find(|j| job_instance(&j.id) == *instance);
-        if let Some(job) = job {
+        if let Some(job) = self.job_of(instance) {
             return job.node.clone();
         }
         self.active_run(instance)?.ok().map(|t| t.node)
+    }
+
+    /// The job whose container `instance` is ([`job_instance`](super::job_instance) the other
+    /// way), if the service still holds it.
+    fn job_of(&self, instance: &InstanceId) -> Option<&Job> {
+        self.jobs.get(&JobId::from_bits(instance.bits()))
     }
 
     /// The active cron run, if `instance` is its container.
