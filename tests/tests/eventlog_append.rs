@@ -300,6 +300,39 @@ async fn execute_folds_only_what_is_new() {
     assert_eq!(*done.state, 112, "a no-op was decided on a stale state");
 }
 
+/// A consumer handling the commit at some stream sequence reads a state
+/// that holds it; a state that does not (read from a copy of the log that
+/// is behind) is a transient error to read again later, never a state to
+/// decide "nothing to do" on.
+#[tokio::test]
+async fn a_state_that_does_not_hold_the_commit_handled_is_refused() {
+    let server = NatsServer::start(NatsVersion::Modern).unwrap();
+    let store = open_store(&server.connect().await.unwrap(), 1)
+        .await
+        .unwrap();
+    let agg = new_aggregate();
+    for i in 0..3u32 {
+        store
+            .execute::<Counter>(&agg, &format!("h{i}"), &counting_as("h"), Count::Step)
+            .await
+            .unwrap();
+    }
+    let count = berth_tests::eventlog::count;
+    let (_, version) = store.state(&agg, count).await.unwrap();
+    let (state, held) = store
+        .state_holding(&agg, count, version.stream_seq)
+        .await
+        .unwrap();
+    assert_eq!((*state, held), (3u32, version));
+    match store
+        .state_holding::<u32, _>(&agg, count, version.stream_seq + 1)
+        .await
+    {
+        Err(berth_eventlog::StoreError::Request(m)) => assert!(m.contains("behind"), "{m}"),
+        other => panic!("a state older than the commit handled: {other:?}"),
+    }
+}
+
 /// A fresh process (a restart) starts a registered state type from its
 /// stored fold and folds only what came after; an unreadable stored fold
 /// is ignored (the log is the truth); a long history is read whole and in

@@ -456,6 +456,32 @@ impl EventStore {
         Ok(Some((msg.sequence, decode_commit(&msg)?)))
     }
 
+    /// [`EventStore::state`] for a consumer handling the commit at stream
+    /// sequence `seen` of `aggregate`: a state that does not hold it yet
+    /// (read from a copy of the log that is behind, such as a server that
+    /// rejoined after a partition) is a transient [`StoreError::Request`],
+    /// to be read again later — never a state to decide "nothing to do"
+    /// on, which would drop the work.
+    pub async fn state_holding<S, F>(
+        &self,
+        aggregate: &AggregateId,
+        fold: F,
+        seen: u64,
+    ) -> Result<(Arc<S>, Version), StoreError>
+    where
+        S: Default + Clone + Send + Sync + 'static,
+        F: Fn(S, &Envelope) -> S,
+    {
+        let (state, version) = self.state(aggregate, fold).await?;
+        if version.stream_seq < seen {
+            return Err(StoreError::Request(format!(
+                "the copy of the log that answered is behind (at {} for {aggregate}, {seen} handled)",
+                version.stream_seq
+            )));
+        }
+        Ok((state, version))
+    }
+
     /// The state of `aggregate` folded with `fold`, as of the log's end,
     /// and its version. From the store's folded state when it has one:
     /// only the commits appended since are read and folded.

@@ -202,21 +202,11 @@ pub(crate) async fn resolve_deploy(
         }
     };
     let aggregate = AggregateId::Service(service.clone());
-    let (state, version) = inner
+    let (state, _) = inner
         .store
-        .state::<ServiceState, _>(&aggregate, service::fold)
+        .state_holding::<ServiceState, _>(&aggregate, service::fold, seen)
         .await
         .map_err(|e| WorkError::Retry(e.to_string()))?;
-    // The state is read from any of the stream's replicas (direct gets);
-    // one that rejoined after a partition may not hold the commit that
-    // started this deploy yet. Deciding "nothing to do" from it would
-    // drop the deploy for good: it is read again later instead.
-    if version.stream_seq < seen {
-        return Err(WorkError::Retry(format!(
-            "the log's copy that answered is behind (at {}, the deploy started at {seen})",
-            version.stream_seq
-        )));
-    }
     let (Some(d), Some(cfg)) = (state.deploy(deploy), &state.config) else {
         return Ok(());
     };

@@ -160,6 +160,7 @@ pub(crate) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
     // The first ticks come a period in: the view has caught up by then.
     let mut probes = every.map(ticker);
     let mut sweeps = stuck_after.map(|d| ticker(sweep_every(d)));
+    let after = stuck_after.unwrap_or(Duration::MAX);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -179,7 +180,6 @@ pub(crate) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
                 probe_pass(&inner, due).await;
             }
             _ = tick(&mut sweeps) => {
-                let Some(after) = stuck_after else { continue };
                 let stuck = {
                     let v = view.read().unwrap_or_else(|p| p.into_inner());
                     stuck_deploys(&v.states, after, chrono::Utc::now())
@@ -225,7 +225,7 @@ fn sweep_every(stuck_after: Duration) -> Duration {
 
 /// The deploys of `states` that have waited for their digest since
 /// longer than `after` at `now`.
-pub(crate) fn stuck_deploys(
+fn stuck_deploys(
     states: &BTreeMap<ServiceId, ServiceState>,
     after: Duration,
     now: chrono::DateTime<chrono::Utc>,
