@@ -34,6 +34,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod behind;
 pub mod bench;
 pub mod eventlog;
 pub mod image;

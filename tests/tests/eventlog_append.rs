@@ -479,3 +479,89 @@ async fn an_append_nobody_answers_is_an_outcome_unknown() {
         .unwrap();
     assert!(!landed.duplicate);
 }
+
+/// A copy of the log that is behind (`berth_tests::behind`): its client
+/// reads the log as it was (an aggregate created since is not there), any
+/// other client as it is; a consumer handling a later commit is refused
+/// the old state, and reads the right one once the copy catches up; a
+/// state once read is not taken back by a copy further behind.
+#[tokio::test]
+async fn a_copy_of_the_log_that_is_behind_is_read_as_it_was() {
+    use berth_tests::behind::{lagging_store, BehindCopy};
+    for version in NatsVersion::BOTH {
+        let server = NatsServer::start(version).unwrap();
+        let store = open_store(&server.connect().await.unwrap(), 1)
+            .await
+            .unwrap();
+        let behind = lagging_store(&server.url(), store.subjects()).await;
+        let never_read = lagging_store(&server.url(), store.subjects()).await;
+        let (agg, new) = (new_aggregate(), new_aggregate());
+        let count = berth_tests::eventlog::count;
+        store
+            .execute::<Counter>(&agg, "b0", &counting_as("b"), Count::Step)
+            .await
+            .unwrap();
+        assert_eq!(*behind.state(&agg, count).await.unwrap().0, 1);
+        let copy = BehindCopy::start(&server.url(), store.subjects()).await;
+        store
+            .execute::<Counter>(&agg, "b1", &counting_as("b"), Count::Step)
+            .await
+            .unwrap();
+        store
+            .execute::<Counter>(&new, "n0", &counting_as("n"), Count::Step)
+            .await
+            .unwrap();
+        let (state, now) = store.state(&agg, count).await.unwrap();
+        assert_eq!(
+            *state, 2,
+            "{version:?}: the store's own client reads the log as it is"
+        );
+        let (state, then) = behind.state(&agg, count).await.unwrap();
+        assert_eq!(*state, 1, "{version:?}: the lagging client reads the copy");
+        assert!(then.stream_seq <= copy.at() && copy.at() < now.stream_seq);
+        assert_eq!(
+            *behind.state(&new, count).await.unwrap().0,
+            0,
+            "{version:?}: an aggregate the copy does not have yet"
+        );
+        match behind
+            .state_holding::<u32, _>(&agg, count, now.stream_seq)
+            .await
+        {
+            Err(berth_eventlog::StoreError::Request(m)) => assert!(m.contains("behind"), "{m}"),
+            other => panic!("{version:?}: a state older than the commit handled: {other:?}"),
+        }
+        copy.catch_up();
+        let (state, held) = behind
+            .state_holding::<u32, _>(&agg, count, now.stream_seq)
+            .await
+            .unwrap();
+        assert_eq!((*state, held), (2, now), "{version:?}");
+        assert_eq!(*behind.state(&new, count).await.unwrap().0, 1);
+        // Reads never go back: answered by a copy further behind, a store
+        // keeps the newer state it already read; one that never read it
+        // gets the copy's.
+        copy.hold_at(then.stream_seq);
+        assert_eq!(
+            *behind.state(&agg, count).await.unwrap().0,
+            2,
+            "{version:?}"
+        );
+        assert_eq!(
+            *behind.state(&new, count).await.unwrap().0,
+            1,
+            "{version:?}"
+        );
+        assert_eq!(
+            *never_read.state(&agg, count).await.unwrap().0,
+            1,
+            "{version:?}"
+        );
+        assert_eq!(
+            *never_read.state(&new, count).await.unwrap().0,
+            0,
+            "{version:?}"
+        );
+        copy.stop().await;
+    }
+}

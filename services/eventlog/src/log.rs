@@ -496,6 +496,12 @@ impl EventStore {
     {
         let subject = self.subjects.aggregate(aggregate);
         let Some(last) = self.get_last_for_subject(&subject).await? else {
+            // Not in the copy of the log that answered. The log only grows:
+            // a state this store holds (it read or appended it) is nearer
+            // the truth than none.
+            if let Some(held) = self.states.get::<S>(aggregate) {
+                return Ok((held.1, held.0));
+            }
             self.cache.forget(aggregate);
             self.states.forget(aggregate);
             return Ok((Arc::new(S::default()), Version::NEW));
@@ -506,7 +512,11 @@ impl EventStore {
             known = self.stored_state::<S>(aggregate, last.sequence).await;
         }
         if let Some((version, state)) = known {
-            if version.stream_seq == last.sequence {
+            // Equal: nothing new. Later than the log's last commit: the copy
+            // that answered is behind what this store already holds (a
+            // server that rejoined after a partition), and the log only
+            // grows, so reads never go back to an older state.
+            if version.stream_seq >= last.sequence {
                 self.states.put(aggregate, version, Arc::clone(&state));
                 return Ok((state, version));
             }
