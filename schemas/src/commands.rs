@@ -135,6 +135,11 @@ pub enum NodeWork {
         /// What the run's outcome is recorded as; `None`: only logged.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         purpose: Option<OneOffPurpose>,
+        /// The stream sequence of the commit the run was dispatched for:
+        /// the node reads the service at least that far before deciding
+        /// the run is still wanted (0: as far as the log answers).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        seen: u64,
     },
 }
 
@@ -372,4 +377,9 @@ pub fn command_types() -> Vec<(&'static str, schemars::Schema)> {
         ("shell_input", schemars::schema_for!(ShellInput)),
         ("shell_output", schemars::schema_for!(ShellOutput)),
     ]
+}
+
+/// Whether a sequence is 0, the default left out of encodings.
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -386,6 +386,7 @@ async fn crashes_are_recorded_as_exited_and_restarted_one_offs_run_once() {
         spec: once.clone(),
         timeout_secs: 20,
         purpose: Some(OneOffPurpose::PreDeploy),
+        seen: 0,
     };
     w.enqueue(&node.id, &work, "once-1").await;
     let line = |m: async_nats::Message| serde_json::from_slice::<LogLine>(&m.payload).unwrap().line;
@@ -592,6 +593,7 @@ async fn an_interrupted_job_ends_failed_and_is_not_run_again() {
         spec: spec.clone(),
         timeout_secs: 20,
         purpose: Some(OneOffPurpose::Job { job: job.clone() }),
+        seen: 0,
     };
     w.enqueue(&node.id, &work, "job-again").await;
     let events = w
@@ -686,6 +688,7 @@ async fn an_interrupted_cron_run_ends_failed_and_is_not_run_again() {
         spec: spec.clone(),
         timeout_secs: 600,
         purpose: Some(OneOffPurpose::CronRun { run: run.clone() }),
+        seen: 0,
     };
     w.enqueue(&node.id, &work, "cron-run").await;
     let line = |m: async_nats::Message| -> String {

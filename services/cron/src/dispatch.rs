@@ -110,6 +110,9 @@ struct RunOnce<'a> {
     /// The enqueue's message id: a redelivered commit (a crash between
     /// enqueue and ack) does not enqueue it twice.
     msg_id: &'a str,
+    /// The stream sequence of the commit that started it: the node reads
+    /// the service at least that far.
+    seen: u64,
 }
 
 /// The node whose loss ended a run or job, from the end's causation id
@@ -142,17 +145,20 @@ impl WorkHandler for Dispatch {
                 continue;
             };
             let span = tracing::info_span!("cron_dispatch", service.id = %service, stream.seq = job.stream_seq, event = env.event.type_name());
-            self.event(service, env).instrument(span).await?;
+            self.event(service, env, job.stream_seq)
+                .instrument(span)
+                .await?;
         }
         Ok(())
     }
 }
 
 impl Dispatch {
-    async fn event(&self, service: &ServiceId, env: &Envelope) -> Result<(), WorkError> {
+    /// Acts on `env`, of the commit at stream sequence `seen`.
+    async fn event(&self, service: &ServiceId, env: &Envelope, seen: u64) -> Result<(), WorkError> {
         match &env.event {
-            Event::CronJobRunStarted(e) => self.start(service, &e.run).await,
-            Event::JobCreated(e) => self.start_job(service, &e.job).await,
+            Event::CronJobRunStarted(e) => self.start(service, &e.run, seen).await,
+            Event::JobCreated(e) => self.start_job(service, &e.job, seen).await,
             // A cancel, or a cap the cron component enforced because the
             // node never reported: the container may still run.
             Event::CronJobRunEnded(e) if e.status == "canceled" || e.status == "timed_out" => {
@@ -183,17 +189,26 @@ impl Dispatch {
         }
     }
 
-    async fn load(&self, service: &ServiceId) -> Result<ServiceState, WorkError> {
+    /// The service as of the commit at stream sequence `seen` or later: a
+    /// copy of the log that is behind (it would not have the run or job
+    /// yet, and the work would be dropped as "no longer active") is read
+    /// again later.
+    async fn load(&self, service: &ServiceId, seen: u64) -> Result<ServiceState, WorkError> {
         let (state, _) = self
             .store
-            .state(&AggregateId::Service(service.clone()), service::fold)
+            .state_holding(&AggregateId::Service(service.clone()), service::fold, seen)
             .await
             .map_err(|e| retry("loading the service", e))?;
         Ok(ServiceState::clone(&state))
     }
 
-    async fn start(&self, service: &ServiceId, run: &CronRunId) -> Result<(), WorkError> {
-        let state = self.load(service).await?;
+    async fn start(
+        &self,
+        service: &ServiceId,
+        run: &CronRunId,
+        seen: u64,
+    ) -> Result<(), WorkError> {
+        let state = self.load(service, seen).await?;
         let (Some(active), Some(cfg), Some(live)) =
             (&state.cron.active, &state.config, state.live_deploy())
         else {
@@ -210,6 +225,7 @@ impl Dispatch {
             plan: &cfg.plan,
             purpose: OneOffPurpose::CronRun { run: run.clone() },
             msg_id: run.as_str(),
+            seen,
         };
         if !self.dispatch(service, cfg, live, run_once).await? {
             // Nodes register once and stay known, so no room now means no
@@ -223,8 +239,13 @@ impl Dispatch {
 
     /// A pending job → its `RunOnce` on a node with room, or its end
     /// `failed` when none has.
-    async fn start_job(&self, service: &ServiceId, job: &JobId) -> Result<(), WorkError> {
-        let state = self.load(service).await?;
+    async fn start_job(
+        &self,
+        service: &ServiceId,
+        job: &JobId,
+        seen: u64,
+    ) -> Result<(), WorkError> {
+        let state = self.load(service, seen).await?;
         let (Some(j), Some(cfg), Some(live)) =
             (state.jobs.get(job), &state.config, state.live_deploy())
         else {
@@ -241,6 +262,7 @@ impl Dispatch {
             plan: &j.plan,
             purpose: OneOffPurpose::Job { job: job.clone() },
             msg_id: job.as_str(),
+            seen,
         };
         if !self.dispatch(service, cfg, live, run_once).await? {
             tracing::warn!(job.id = %job, "no live node has room for the job; job failed");
@@ -330,6 +352,7 @@ impl Dispatch {
             spec,
             timeout_secs,
             purpose: Some(run.purpose.clone()),
+            seen: run.seen,
         };
         let payload =
             rmp_serde::to_vec_named(&work).map_err(|e| WorkError::Fatal(e.to_string()))?;

@@ -9,7 +9,8 @@
 use std::time::Duration;
 
 use berth_cron::{Clock, Cron, CronOptions};
-use berth_domain::service::{Command, CreateService, ServiceState};
+use berth_domain::service::{Command, CreateService, JobStatus, ServiceState};
+use berth_eventlog::EventStore;
 use berth_node::{Node, NodeOptions};
 use berth_runtime::secrets::{Secret, SecretKey};
 use berth_schemas::ids::{CronRunId, DeployId, JobId, NodeId, OwnerId, ServiceId, UserId};
@@ -61,8 +62,17 @@ async fn start_keyed(w: &World, opts: CronOptions, key: SecretKey) -> Running {
 }
 
 async fn start_node(w: &World, stop: CancellationToken) -> (NodeId, JoinHandle<()>) {
+    start_node_on(w, w.store.clone(), stop).await
+}
+
+/// [`start_node`] reading and appending through `store`.
+async fn start_node_on(
+    w: &World,
+    store: EventStore,
+    stop: CancellationToken,
+) -> (NodeId, JoinHandle<()>) {
     let node_id = berth_node::load_or_create_id(&w.node_dir()).unwrap();
-    let node = Node::new(w.store.clone(), node_options()).with_checks(berth_node::NodeChecks {
+    let node = Node::new(store, node_options()).with_checks(berth_node::NodeChecks {
         subnet: w.subnet.parsed(),
         ports: berth_tests::node_ports(),
         ..berth_node::NodeChecks::default()
@@ -89,7 +99,17 @@ async fn start_cron(
     key: SecretKey,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
-    let cron = Cron::new(w.store.clone(), key, opts);
+    start_cron_on(w.store.clone(), opts, key, stop).await
+}
+
+/// [`start_cron`] reading and appending through `store`.
+async fn start_cron_on(
+    store: EventStore,
+    opts: CronOptions,
+    key: SecretKey,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    let cron = Cron::new(store, key, opts);
     let ready = berth_runtime::ReadyFlag::default();
     let r = ready.clone();
     let cron_task = tokio::spawn(async move {
@@ -824,4 +844,105 @@ async fn a_run_and_a_job_on_a_node_declared_lost_fail_at_once() {
     node_task.await.unwrap();
     cron_stop.cancel();
     cron_task.await.unwrap();
+}
+
+/// The cron component reading a copy of the log that is behind (a server
+/// that rejoined after a partition): a job created meanwhile is not in
+/// the service it reads. The job must wait for the copy, not be taken as
+/// "no longer pending" and dropped (it would stay pending for good).
+#[tokio::test]
+async fn a_job_read_from_a_copy_of_the_log_that_is_behind_waits_for_it() {
+    use berth_tests::behind::{lagging_store, BehindCopy};
+    let w = World::start().await;
+    let key = key();
+    let stop = CancellationToken::new();
+    let (_, node) = start_node(&w, stop.clone()).await;
+    let lagging = lagging_store(&w.nats.url(), w.store.subjects()).await;
+    let cron = start_cron_on(lagging, options(Clock::System), key.clone(), stop.clone()).await;
+    let _r = Running {
+        stop,
+        tasks: vec![node, cron],
+        node: NodeId::generate(),
+    };
+    let service = cron_job_with_env(&w, &key, "0 0 1 1 *", "true", &[]).await;
+    let copy = BehindCopy::start(&w.nats.url(), w.store.subjects()).await;
+    let job = JobId::generate();
+    w.command(
+        &service,
+        Command::CreateJob {
+            job: job.clone(),
+            start_command: "sh -c 'echo migrated'".to_owned(),
+            plan: None,
+        },
+    )
+    .await;
+    // The dispatcher has the commit but reads the service without the job.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        state(&w, &service).await.jobs.get(&job).map(|j| j.status),
+        Some(JobStatus::Pending),
+        "nothing can place the job while the copy is behind"
+    );
+    copy.catch_up();
+    let events = w
+        .wait_events(&service, Duration::from_secs(60), |e| {
+            e.iter()
+                .any(|x| matches!(&x.event, Event::JobEnded(j) if j.job == job))
+        })
+        .await;
+    let end = events.iter().find_map(|x| match &x.event {
+        Event::JobEnded(j) if j.job == job => Some((j.status.clone(), j.exit_code)),
+        _ => None,
+    });
+    assert_eq!(
+        end,
+        Some(("succeeded".to_owned(), Some(0))),
+        "{:?}",
+        types(&events)
+    );
+    copy.stop().await;
+}
+
+/// A node reading a copy of the log that is behind, given a cron run the
+/// copy does not have: its appends at the copy's version are refused (it
+/// cannot record the pull) and the run is tried again; once the copy
+/// catches up the run runs, once, and ends with its exit code — not
+/// dropped, not run twice, not left active until its cap.
+#[tokio::test]
+async fn a_cron_run_on_a_node_reading_a_copy_that_is_behind_waits_for_it() {
+    use berth_tests::behind::{lagging_store, BehindCopy};
+    let w = World::start().await;
+    let key = key();
+    let stop = CancellationToken::new();
+    let lagging = lagging_store(&w.nats.url(), w.store.subjects()).await;
+    let (node_id, node) = start_node_on(&w, lagging, stop.clone()).await;
+    let cron = start_cron(&w, options(Clock::System), key.clone(), stop.clone()).await;
+    let _r = Running {
+        stop,
+        tasks: vec![node, cron],
+        node: node_id,
+    };
+    let service = cron_job_with_env(&w, &key, "0 0 1 1 *", "sh -c 'echo ran; exit 0'", &[]).await;
+    let copy = BehindCopy::start(&w.nats.url(), w.store.subjects()).await;
+    let run = berth_cron::trigger_run(&w.store, &service, &Actor::system("test"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let events = w.events_after(&service, Duration::ZERO).await;
+    assert!(
+        ended(&events).is_empty(),
+        "nothing ends while the node's copy is behind: {:?}",
+        types(&events)
+    );
+    copy.catch_up();
+    let events = w
+        .wait_events(&service, Duration::from_secs(60), |e| ended_count(e) >= 1)
+        .await;
+    assert_eq!(
+        ended(&events),
+        vec![(run, "succeeded".to_owned(), Some(0))],
+        "{:?}",
+        types(&events)
+    );
+    copy.stop().await;
 }

@@ -143,12 +143,13 @@ impl WorkHandler for NodeHandler {
                 spec,
                 timeout_secs,
                 purpose,
+                seen,
             } => {
                 if self.reporter.is_done(&spec.instance) {
                     tracing::info!(instance.id = %spec.instance, "one-off already ran here");
                     return Ok(());
                 }
-                if self.interrupted(&spec, purpose.as_ref()).await? {
+                if self.interrupted(&spec, purpose.as_ref(), seen).await? {
                     return self
                         .reporter
                         .mark_done(&spec.instance)
@@ -194,7 +195,7 @@ impl WorkHandler for NodeHandler {
                 // The service as it is now: a cron run canceled (or
                 // replaced) while its image was pulled is not started; the
                 // run joins its owner's network.
-                let state = self.service_state(&spec.service).await?;
+                let state = self.service_state(&spec.service, seen).await?;
                 let gone = match &purpose {
                     Some(OneOffPurpose::CronRun { run }) => {
                         state.cron.active.as_ref().is_none_or(|a| &a.id != run)
@@ -301,7 +302,7 @@ impl NodeHandler {
         let Some(image) = prepared else {
             return Ok(());
         };
-        let service = self.service_state(&spec.service).await?;
+        let service = self.service_state(&spec.service, 0).await?;
         let config = service.config.as_ref();
         let mut s = self.instance_spec(&spec, image, env);
         self.add_platform_env(&spec, config, &mut s);
@@ -329,13 +330,14 @@ impl NodeHandler {
         &self,
         spec: &NodeRunSpec,
         purpose: Option<&OneOffPurpose>,
+        seen: u64,
     ) -> Result<bool, WorkError> {
         if self.agent.instances().contains(&spec.instance) {
             return Ok(false);
         }
         let command = match purpose {
             Some(OneOffPurpose::Job { job }) => {
-                let state = self.service_state(&spec.service).await?;
+                let state = self.service_state(&spec.service, seen).await?;
                 let started = state
                     .jobs
                     .get(job)
@@ -387,12 +389,19 @@ impl NodeHandler {
             .map_err(|e| verdict(what, e))
     }
 
-    /// The service as the log has it now.
-    async fn service_state(&self, service: &ServiceId) -> Result<ServiceState, WorkError> {
+    /// The service as the log has it now, holding at least the commit at
+    /// stream sequence `seen` (the one the work was sent for): a copy of
+    /// the log that is behind is read again later, not taken to mean the
+    /// run was canceled.
+    async fn service_state(
+        &self,
+        service: &ServiceId,
+        seen: u64,
+    ) -> Result<ServiceState, WorkError> {
         let (state, _) = self
             .reporter
             .store
-            .state(&AggregateId::Service(service.clone()), service::fold)
+            .state_holding(&AggregateId::Service(service.clone()), service::fold, seen)
             .await
             .map_err(|e| retry("loading the service", e))?;
         Ok(ServiceState::clone(&state))
@@ -670,7 +679,7 @@ impl NodeHandler {
             .state::<CredentialState, _>(&AggregateId::Credential(id.clone()), credential::fold)
             .await
             .map_err(|e| Err(retry("loading credential", e)))?;
-        let service = self.service_state(&spec.service).await.map_err(Err)?;
+        let service = self.service_state(&spec.service, 0).await.map_err(Err)?;
         let Some(owner) = service.config.as_ref().map(|c| &c.owner) else {
             return Ok(Err(format!(
                 "registry credential {id}: service {} does not exist",

@@ -44,12 +44,16 @@ impl Publisher {
         }
     }
 
-    /// The owner of `service`: from the commit when it creates the service,
-    /// else remembered, else from the service's aggregate.
+    /// The owner of `service`: from the commit (at stream sequence `seen`)
+    /// when it creates the service, else remembered, else from the
+    /// service's aggregate as of that commit or later (a copy of the log
+    /// that is behind it is read again later: it might not have the
+    /// service yet, and its events would go unpublished).
     async fn owner(
         &self,
         service: &ServiceId,
         commit: &Commit,
+        seen: u64,
     ) -> Result<Option<OwnerId>, WorkError> {
         let created = commit.events.iter().find_map(|e| match &e.event {
             Event::ServiceCreated(c) => Some(c.owner.clone()),
@@ -66,7 +70,11 @@ impl Publisher {
             None => {
                 let (state, _) = self
                     .store
-                    .state::<ServiceState, _>(&AggregateId::Service(service.clone()), service::fold)
+                    .state_holding::<ServiceState, _>(
+                        &AggregateId::Service(service.clone()),
+                        service::fold,
+                        seen,
+                    )
                     .await
                     .map_err(|e| WorkError::Retry(e.to_string()))?;
                 state.config.as_ref().map(|c| c.owner.clone())
@@ -98,9 +106,9 @@ impl Publisher {
         crate::start_worker(&self.store, cfg, shutdown).await
     }
 
-    /// Publishes the timeline events of one encoded commit and waits until
-    /// the server has them.
-    pub async fn publish_commit(&self, payload: &[u8]) -> Result<usize, WorkError> {
+    /// Publishes the timeline events of one encoded commit, at stream
+    /// sequence `seen` of the log, and waits until the server has them.
+    pub async fn publish_commit(&self, payload: &[u8], seen: u64) -> Result<usize, WorkError> {
         let commit = match Commit::decode(payload) {
             Ok(c) => c,
             Err(e) => {
@@ -118,7 +126,7 @@ impl Publisher {
             let Ok(service) = t.service_id.parse::<ServiceId>() else {
                 continue;
             };
-            let Some(owner) = self.owner(&service, &commit).await? else {
+            let Some(owner) = self.owner(&service, &commit, seen).await? else {
                 tracing::warn!(service.id = %service, "service has no owner in the log; its event is not published");
                 continue;
             };
@@ -140,7 +148,7 @@ impl Publisher {
 
 impl WorkHandler for Publisher {
     async fn handle(&self, job: Job) -> Result<(), WorkError> {
-        let n = self.publish_commit(&job.payload).await?;
+        let n = self.publish_commit(&job.payload, job.stream_seq).await?;
         tracing::debug!(
             stream_seq = job.stream_seq,
             published = n,

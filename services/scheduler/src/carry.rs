@@ -126,6 +126,7 @@ async fn enqueue(
                     spec: *spec,
                     timeout_secs,
                     purpose: Some(OneOffPurpose::PreDeploy),
+                    seen: p.version.stream_seq,
                 }
             }
             Composed::Wait(after) => return Ok(Some(after)),

@@ -141,7 +141,7 @@ pub(crate) struct Pass<'a> {
     pub(crate) inner: &'a Inner,
     pub(crate) service: &'a ServiceId,
     aggregate: AggregateId,
-    version: Version,
+    pub(crate) version: Version,
     pub(crate) state: Arc<ServiceState>,
 }
 
