@@ -711,15 +711,7 @@ async fn owner_pages_use_the_apis_rules() {
             .unwrap();
     }
     let running = b.get(&format!("/services/{cron}")).await;
-    let terminal = format!("/services/{cron}/terminal?instance={id}");
-    assert!(running.html.contains(&terminal), "{}", running.html);
-    let page = b.get(&terminal).await;
-    assert_eq!(page.status, StatusCode::OK);
-    assert!(
-        page.html.contains(&format!("&amp;instance={id}\"")),
-        "the page's socket opens it in the job: {}",
-        page.html
-    );
+    links_a_terminal_in(&mut b, &running, cron, &id).await;
     let bad = b
         .get(&format!("/services/{cron}/terminal?instance=x%22y"))
         .await;
@@ -741,6 +733,34 @@ async fn owner_pages_use_the_apis_rules() {
         !canceled.html.contains(&format!("/jobs/{id}/cancel")),
         "{}",
         canceled.html
+    );
+    // A run started from the page: while it runs, a terminal in it.
+    let ran = b
+        .submit(
+            &format!("/services/{cron}"),
+            &format!("/services/{cron}/cron-runs"),
+            &[],
+        )
+        .await;
+    let (_, runs) = app.get(&format!("/v1/cron-jobs/{cron}/runs"), &alice).await;
+    let run = runs[0]["cronJobRun"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{runs}"))
+        .to_owned();
+    links_a_terminal_in(&mut b, &ran, cron, &run).await;
+}
+
+/// `page` links to a terminal in `instance` (an instance, job or cron run)
+/// of `service`, whose page opens its socket there.
+async fn links_a_terminal_in(b: &mut Browser, page: &Page, service: &str, instance: &str) {
+    let terminal = format!("/services/{service}/terminal?instance={instance}");
+    assert!(page.html.contains(&terminal), "{}", page.html);
+    let opened = b.get(&terminal).await;
+    assert_eq!(opened.status, StatusCode::OK);
+    assert!(
+        opened.html.contains(&format!("&amp;instance={instance}\"")),
+        "the page's socket opens it there: {}",
+        opened.html
     );
 }
 

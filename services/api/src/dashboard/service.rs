@@ -408,7 +408,10 @@ fn runs_table(who: &Signed, s: &ServiceView, items: &[EventItem]) -> Markup {
                             td { @match r.ended {
                                 Some(e) => { (e.outcome().unwrap_or("ended"))
                                     @if let Some(c) = e.details.get("exitCode").and_then(Value::as_i64) { " (exit " (c) ")" } }
-                                None => (badge("st-run", "running")),
+                                None => {
+                                    (badge("st-run", "running")) " "
+                                    a href={ "/services/" (s.id) "/terminal?instance=" (r.id) } { "Terminal" }
+                                }
                             } }
                         }
                     }
