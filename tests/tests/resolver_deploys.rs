@@ -506,3 +506,57 @@ async fn shutdown_gives_up_a_resolve_that_is_retrying() {
         .expect("the resolver stops within 5 s of shutdown, mid-retry")
         .unwrap();
 }
+
+/// A resolver reading a copy of the log that is behind (a server that
+/// rejoined after a partition) is handed a deploy that copy does not have
+/// yet: the deploy waits for the copy and is resolved once, not taken as
+/// "nothing to do" and dropped (the sweep is off here, so nothing else
+/// would resolve it).
+#[tokio::test]
+async fn a_deploy_read_from_a_copy_of_the_log_that_is_behind_waits_for_it() {
+    use berth_tests::behind::{lagging_store, BehindCopy};
+    let (reg, img) = registry_with_app(RegistryAuth::None).await;
+    let mut app = App::start().await;
+    let alice = app.owner().await;
+    let svc = create(&app, &alice, "app", &format!("{}/team/app:v1", reg.host)).await;
+    app.await_deploy(&alice, &svc.id, &svc.deploy).await;
+    // The resolver again, on a client whose reads a copy can hold back.
+    let old = std::mem::take(&mut app.shutdown);
+    old.cancel();
+    app.resolver.take().unwrap().await.unwrap();
+    let lagging = lagging_store(&app.nats.url(), app.store.subjects()).await;
+    let copy = BehindCopy::start(&app.nats.url(), app.store.subjects()).await;
+    let mut opts = fast_options();
+    opts.stuck_after = None;
+    opts.probe_interval = None;
+    opts.max_deliver = 1000;
+    let r = berth_resolver::Resolver::new(lagging, app.key.clone(), opts).unwrap();
+    let shutdown = app.shutdown.clone();
+    app.resolver = Some(tokio::spawn(
+        async move { r.run(shutdown, None).await.unwrap() },
+    ));
+    let deploy = app
+        .ingress
+        .request_deploy(&alice, &svc.id, None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = app.ingress.show_service(&alice, &svc.id).await.unwrap();
+    assert!(
+        s.deploy(&deploy).unwrap().resolved.is_none(),
+        "nothing can resolve it while the copy is behind"
+    );
+    copy.catch_up();
+    let s = app.await_deploy(&alice, &svc.id, &deploy).await;
+    assert_eq!(
+        s.deploy(&deploy).unwrap().digest(),
+        Some(img.digest.as_str())
+    );
+    let events = app.events_of(&AggregateId::Service(svc.id.clone())).await;
+    let resolved = events
+        .iter()
+        .filter(|e| matches!(&e.event, Event::ImageResolved(r) if r.deploy == deploy))
+        .count();
+    assert_eq!(resolved, 1, "{events:#?}");
+    copy.stop().await;
+}
