@@ -156,7 +156,8 @@ fn stamp(deploy: &DeployId, cause: Option<&str>) -> Stamp {
     }
 }
 
-/// Marks a deploy as being resolved by this copy while it is held.
+/// Marks a deploy as being resolved by this copy while it is held (a
+/// count: two deliveries of one deploy may be resolving it at once).
 struct Resolving<'a> {
     inner: &'a Inner,
     deploy: DeployId,
@@ -164,19 +165,24 @@ struct Resolving<'a> {
 
 impl Drop for Resolving<'_> {
     fn drop(&mut self) {
-        let mut set = self
+        let mut held = self
             .inner
             .resolving
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        set.remove(&self.deploy);
+        if let Some(n) = held.get_mut(&self.deploy) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.deploy);
+            }
+        }
     }
 }
 
 /// Whether this copy is resolving `deploy` now.
 pub(crate) fn in_flight(inner: &Inner, deploy: &DeployId) -> bool {
-    let set = inner.resolving.lock().unwrap_or_else(|p| p.into_inner());
-    set.contains(deploy)
+    let held = inner.resolving.lock().unwrap_or_else(|p| p.into_inner());
+    held.contains_key(deploy)
 }
 
 /// The deploy waits for its digest: running, resolving, nothing recorded.
@@ -194,8 +200,8 @@ pub(crate) async fn resolve_deploy(
     seen: u64,
 ) -> Result<(), WorkError> {
     let _held = {
-        let mut set = inner.resolving.lock().unwrap_or_else(|p| p.into_inner());
-        set.insert(deploy.clone());
+        let mut held = inner.resolving.lock().unwrap_or_else(|p| p.into_inner());
+        *held.entry(deploy.clone()).or_default() += 1;
         Resolving {
             inner,
             deploy: deploy.clone(),

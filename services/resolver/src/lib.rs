@@ -59,8 +59,10 @@ pub(crate) struct Inner {
     pub(crate) deploy_client: RegistryClient,
     pub(crate) check_client: RegistryClient,
     /// Deploys being resolved by this copy now (by its consumer or its
-    /// sweep): the sweep leaves them alone.
-    pub(crate) resolving: std::sync::Mutex<std::collections::HashSet<berth_schemas::ids::DeployId>>,
+    /// sweep), each with how many resolutions of it run: the sweep leaves
+    /// them alone.
+    pub(crate) resolving:
+        std::sync::Mutex<std::collections::HashMap<berth_schemas::ids::DeployId, usize>>,
 }
 
 /// The resolver component.
