@@ -160,14 +160,13 @@ pub async fn open_on(
 
 /// Says why no terminal opened, and closes.
 pub async fn refuse_on(mut socket: WebSocket, message: &str) {
-    say(&mut socket, &Said::Ended { message }).await;
-    let _ = socket.send(Message::Close(None)).await;
+    if say_within(&mut socket, &Said::Ended { message }, REFUSAL_SEND).await {
+        send_within(&mut socket, Message::Close(None), REFUSAL_SEND).await;
+    }
 }
 
-async fn say(socket: &mut WebSocket, said: &Said<'_>) -> bool {
-    let text = serde_json::to_string(said).unwrap_or_default();
-    socket.send(Message::Text(text.into())).await.is_ok()
-}
+/// How long a client just refused a terminal may hold up being told why.
+const REFUSAL_SEND: Duration = Duration::from_secs(10);
 
 /// Sends `message` unless the client holds it up (stopped reading) for
 /// `within`.
