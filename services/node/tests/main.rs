@@ -11,6 +11,7 @@ mod exec;
 mod gc;
 mod health;
 mod horizon;
+mod images;
 mod network;
 mod ports;
 mod shell;
