@@ -286,13 +286,11 @@ async fn services(
         .iter()
         .map(|s| service_id(s))
         .collect::<Result<BTreeSet<_>, _>>()?;
-    let all_owned = |st: &AppState| st.read(|i| ids.iter().all(|id| i.owns(owner, id)));
-    // A service created a moment ago may not be in the read model yet.
-    if !all_owned(st)? {
-        st.caught_up().await?;
-        if !all_owned(st)? {
-            return Err(ApiError::not_found("service"));
-        }
+    // As of the log's end, as listings are: a service created a moment
+    // ago is there, one deleted a moment ago is gone (its lines with it).
+    st.caught_up().await?;
+    if !st.read(|i| ids.iter().all(|id| i.owns(owner, id)))? {
+        return Err(ApiError::not_found("service"));
     }
     Ok(ids.into_iter().collect())
 }
