@@ -20,6 +20,13 @@ pub struct CronArgs {
     /// Runs dispatched at once.
     #[arg(long, env = "BERTH_CRON_CONCURRENCY", default_value_t = 8)]
     pub cron_concurrency: usize,
+
+    /// A job still pending, or a cron run started and given to no node,
+    /// this many seconds after it was recorded is dispatched again (its
+    /// dispatch came to nothing: dead-lettered after its retries, lost);
+    /// 0 turns the sweep off.
+    #[arg(long, env = "BERTH_CRON_STUCK_AFTER_SECS", default_value_t = 30)]
+    pub cron_stuck_after_secs: u64,
 }
 
 /// What time it is for the schedule.
@@ -82,6 +89,9 @@ pub struct CronOptions {
     pub max_deliver: i64,
     /// Snapshot key of the cron view.
     pub snapshot_key: String,
+    /// A job pending, or a run given to no node, this long is dispatched
+    /// again; `None`: never.
+    pub stuck_after: Option<Duration>,
     /// What time it is.
     pub clock: Clock,
 }
@@ -97,6 +107,7 @@ impl Default for CronOptions {
             ack_wait: Duration::from_secs(30),
             max_deliver: 5,
             snapshot_key: "cron-view".to_owned(),
+            stuck_after: Some(Duration::from_secs(30)),
             clock: Clock::System,
         }
     }
@@ -122,6 +133,8 @@ impl CronArgs {
             run_timeout: Duration::from_secs(u64::from(self.cron_run_timeout_secs)),
             tick: Duration::from_millis(self.cron_tick_ms),
             concurrency: self.cron_concurrency,
+            stuck_after: (self.cron_stuck_after_secs > 0)
+                .then(|| Duration::from_secs(self.cron_stuck_after_secs)),
             ..CronOptions::default()
         })
     }
@@ -143,6 +156,9 @@ mod tests {
     fn defaults_and_problems() {
         let o = Cli::parse_from(["x"]).args.validate().unwrap();
         assert_eq!(o.run_timeout, Duration::from_secs(12 * 3600));
+        assert_eq!(o.stuck_after, Some(Duration::from_secs(30)));
+        let off = Cli::parse_from(["x", "--cron-stuck-after-secs", "0"]);
+        assert_eq!(off.args.validate().unwrap().stuck_after, None);
         let bad = Cli::parse_from([
             "x",
             "--cron-run-timeout-secs",

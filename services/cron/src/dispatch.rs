@@ -25,6 +25,7 @@
 //! yet gets nothing: the commit is retried, never sealed otherwise.
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use berth_domain::credential::{self, CredentialState};
@@ -43,7 +44,7 @@ use berth_schemas::{Actor, AggregateId, Commit, Envelope, Event, Subjects};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::view::CronView;
+use crate::view::{CronView, Stuck};
 use crate::{decide, run_instance, CronError, CronOptions};
 
 /// Cancels older than this are not turned into stops.
@@ -87,14 +88,60 @@ pub(crate) async fn serve(
     worker: Worker,
     shutdown: CancellationToken,
 ) {
+    let stuck_after = opts.stuck_after;
     let handler = Arc::new(Dispatch {
         store,
         key,
         view,
         opts,
     });
+    let sweep =
+        stuck_after.map(|after| tokio::spawn(sweep(Arc::clone(&handler), after, shutdown.clone())));
     if let Err(e) = worker.run(handler, shutdown).await {
         tracing::error!(error = %e, "cron dispatch stopped with an error");
+    }
+    if let Some(sweep) = sweep {
+        let _ = sweep.await;
+    }
+}
+
+/// Every `after / 3` (1–30 s), dispatches again what has waited for its
+/// dispatch longer than `after` ([`CronView::stuck`]): a job still
+/// pending, a run given to no node. Its delivery was dead-lettered after
+/// its retries (the log's copy was behind for longer than they last, a
+/// store that did not answer) or came to nothing; dispatching twice
+/// enqueues once (the work's message id is the job's or run's) and
+/// records the placement once (by key).
+async fn sweep(dispatch: Arc<Dispatch>, after: Duration, shutdown: CancellationToken) {
+    let every = (after / 3).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    let Ok(overdue) = chrono::TimeDelta::from_std(after) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let stuck = dispatch
+            .view
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .stuck(chrono::Utc::now() - overdue);
+        for s in stuck {
+            let done = match &s {
+                Stuck::Job { service, job } => {
+                    tracing::warn!(service.id = %service, job.id = %job, "job still pending: dispatching it again");
+                    dispatch.start_job(service, job, 0).await
+                }
+                Stuck::Run { service, run } => {
+                    tracing::warn!(service.id = %service, run.id = %run, "cron run given to no node: dispatching it again");
+                    dispatch.start(service, run, 0).await
+                }
+            };
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "dispatching again failed; the next sweep tries again");
+            }
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use berth_domain::node::{self, NodeState};
 use berth_domain::scheduler::NodeCapacity;
 use berth_domain::service::{self, ServiceState};
 use berth_eventlog::projection::Projection;
-use berth_schemas::ids::{JobId, NodeId, ServiceId};
+use berth_schemas::ids::{CronRunId, JobId, NodeId, ServiceId};
 use berth_schemas::model::ServiceType;
 use berth_schemas::{AggregateId, Envelope, Event};
 use chrono::{DateTime, Utc};
@@ -47,6 +47,18 @@ pub struct CronView {
     /// each went (at most a service's 16 active jobs each).
     #[serde(default)]
     pub placed_jobs: BTreeMap<ServiceId, BTreeMap<JobId, NodeId>>,
+    /// One-off jobs of any service created and not yet given to a node
+    /// (nor ended): when each was created (at most a service's 16 active
+    /// jobs each).
+    #[serde(default)]
+    pub pending_jobs: BTreeMap<ServiceId, BTreeMap<JobId, DateTime<Utc>>>,
+}
+
+/// A job or cron run whose dispatch is overdue: see [`CronView::stuck`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stuck {
+    Job { service: ServiceId, job: JobId },
+    Run { service: ServiceId, run: CronRunId },
 }
 
 impl CronView {
@@ -81,15 +93,32 @@ impl CronView {
 
 impl CronView {
     /// Keeps [`CronView::placed_jobs`] as `event` of `service` says.
-    fn follow_jobs(&mut self, service: &ServiceId, event: &Event) {
-        match event {
+    fn follow_jobs(&mut self, service: &ServiceId, env: &Envelope) {
+        let dispatched = |view: &mut Self, job: &JobId| {
+            if let Some(jobs) = view.pending_jobs.get_mut(service) {
+                jobs.remove(job);
+                if jobs.is_empty() {
+                    view.pending_jobs.remove(service);
+                }
+            }
+        };
+        match &env.event {
+            Event::JobCreated(e) => {
+                self.pending_jobs
+                    .entry(service.clone())
+                    .or_default()
+                    .insert(e.job.clone(), env.time);
+            }
+            Event::JobStarted(e) => dispatched(self, &e.job),
             Event::JobPlaced(e) => {
+                dispatched(self, &e.job);
                 self.placed_jobs
                     .entry(service.clone())
                     .or_default()
                     .insert(e.job.clone(), e.node.clone());
             }
             Event::JobEnded(e) => {
+                dispatched(self, &e.job);
                 if let Some(jobs) = self.placed_jobs.get_mut(service) {
                     jobs.remove(&e.job);
                     if jobs.is_empty() {
@@ -99,9 +128,31 @@ impl CronView {
             }
             Event::ServiceDeleted(_) => {
                 self.placed_jobs.remove(service);
+                self.pending_jobs.remove(service);
             }
             _ => {}
         }
+    }
+
+    /// Jobs pending and cron runs given to no node since before `before`:
+    /// their dispatch came to nothing (or is still being retried).
+    pub fn stuck(&self, before: DateTime<Utc>) -> Vec<Stuck> {
+        let jobs = self.pending_jobs.iter().flat_map(|(service, jobs)| {
+            jobs.iter()
+                .filter(|(_, created)| **created < before)
+                .map(|(job, _)| Stuck::Job {
+                    service: service.clone(),
+                    job: job.clone(),
+                })
+        });
+        let runs = self.jobs.iter().filter_map(|(service, j)| {
+            let run = j.state.cron.active.as_ref()?;
+            (run.node.is_none() && run.started_at.is_some_and(|t| t < before)).then(|| Stuck::Run {
+                service: service.clone(),
+                run: run.id.clone(),
+            })
+        });
+        jobs.chain(runs).collect()
     }
 
     /// Whether `node` was declared lost (and has not recovered).
@@ -123,7 +174,7 @@ impl Projection for CronView {
     fn apply(&mut self, _stream_seq: u64, env: &Envelope) {
         match &env.aggregate {
             AggregateId::Service(id) => {
-                self.follow_jobs(id, &env.event);
+                self.follow_jobs(id, env);
                 if let Event::ServiceCreated(c) = &env.event {
                     if c.service_type == ServiceType::CronJob {
                         self.jobs.entry(id.clone()).or_insert_with(|| Job {

@@ -19,6 +19,7 @@ use berth_schemas::{Actor, AggregateId, Envelope, Event};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use berth_tests::behind::{lagging_store, BehindCopy};
 use berth_tests::node::{types, World, REPO};
 
 fn node_options() -> NodeOptions {
@@ -846,36 +847,57 @@ async fn a_run_and_a_job_on_a_node_declared_lost_fail_at_once() {
     cron_task.await.unwrap();
 }
 
+/// A node on the log, the cron component (with `opts`) on a store whose
+/// reads a [`BehindCopy`] can hold back, and a live cron job whose
+/// schedule is not due during a test.
+async fn cron_reading_a_copy(w: &World, opts: CronOptions) -> (Running, ServiceId) {
+    let key = key();
+    let stop = CancellationToken::new();
+    let (_, node) = start_node(w, stop.clone()).await;
+    let lagging = lagging_store(&w.nats.url(), w.store.subjects()).await;
+    let cron = start_cron_on(lagging, opts, key.clone(), stop.clone()).await;
+    let running = Running {
+        stop,
+        tasks: vec![node, cron],
+        node: NodeId::generate(),
+    };
+    let service = cron_job_with_env(w, &key, "0 0 1 1 *", "true", &[]).await;
+    (running, service)
+}
+
+/// A one-off job of `service` running `command`, created.
+async fn create_job(w: &World, service: &ServiceId, command: &str) -> JobId {
+    let job = JobId::generate();
+    w.command(
+        service,
+        Command::CreateJob {
+            job: job.clone(),
+            start_command: command.to_owned(),
+            plan: None,
+        },
+    )
+    .await;
+    job
+}
+
+/// How `job` ended (status, exit code), if it has.
+fn job_end(events: &[Envelope], job: &JobId) -> Option<(String, Option<i32>)> {
+    events.iter().find_map(|x| match &x.event {
+        Event::JobEnded(j) if &j.job == job => Some((j.status.clone(), j.exit_code)),
+        _ => None,
+    })
+}
+
 /// The cron component reading a copy of the log that is behind (a server
 /// that rejoined after a partition): a job created meanwhile is not in
 /// the service it reads. The job must wait for the copy, not be taken as
 /// "no longer pending" and dropped (it would stay pending for good).
 #[tokio::test]
 async fn a_job_read_from_a_copy_of_the_log_that_is_behind_waits_for_it() {
-    use berth_tests::behind::{lagging_store, BehindCopy};
     let w = World::start().await;
-    let key = key();
-    let stop = CancellationToken::new();
-    let (_, node) = start_node(&w, stop.clone()).await;
-    let lagging = lagging_store(&w.nats.url(), w.store.subjects()).await;
-    let cron = start_cron_on(lagging, options(Clock::System), key.clone(), stop.clone()).await;
-    let _r = Running {
-        stop,
-        tasks: vec![node, cron],
-        node: NodeId::generate(),
-    };
-    let service = cron_job_with_env(&w, &key, "0 0 1 1 *", "true", &[]).await;
+    let (_r, service) = cron_reading_a_copy(&w, options(Clock::System)).await;
     let copy = BehindCopy::start(&w.nats.url(), w.store.subjects()).await;
-    let job = JobId::generate();
-    w.command(
-        &service,
-        Command::CreateJob {
-            job: job.clone(),
-            start_command: "sh -c 'echo migrated'".to_owned(),
-            plan: None,
-        },
-    )
-    .await;
+    let job = create_job(&w, &service, "sh -c 'echo migrated'").await;
     // The dispatcher has the commit but reads the service without the job.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
@@ -886,16 +908,11 @@ async fn a_job_read_from_a_copy_of_the_log_that_is_behind_waits_for_it() {
     copy.catch_up();
     let events = w
         .wait_events(&service, Duration::from_secs(60), |e| {
-            e.iter()
-                .any(|x| matches!(&x.event, Event::JobEnded(j) if j.job == job))
+            job_end(e, &job).is_some()
         })
         .await;
-    let end = events.iter().find_map(|x| match &x.event {
-        Event::JobEnded(j) if j.job == job => Some((j.status.clone(), j.exit_code)),
-        _ => None,
-    });
     assert_eq!(
-        end,
+        job_end(&events, &job),
         Some(("succeeded".to_owned(), Some(0))),
         "{:?}",
         types(&events)
@@ -910,7 +927,6 @@ async fn a_job_read_from_a_copy_of_the_log_that_is_behind_waits_for_it() {
 /// dropped, not run twice, not left active until its cap.
 #[tokio::test]
 async fn a_cron_run_on_a_node_reading_a_copy_that_is_behind_waits_for_it() {
-    use berth_tests::behind::{lagging_store, BehindCopy};
     let w = World::start().await;
     let key = key();
     let stop = CancellationToken::new();
@@ -941,6 +957,55 @@ async fn a_cron_run_on_a_node_reading_a_copy_that_is_behind_waits_for_it() {
     assert_eq!(
         ended(&events),
         vec![(run, "succeeded".to_owned(), Some(0))],
+        "{:?}",
+        types(&events)
+    );
+    copy.stop().await;
+}
+
+/// A job and a cron run whose only dispatch came to nothing (here: refused
+/// while the cron component read a copy of the log that was behind, then
+/// dead-lettered, as after its retries) are dispatched again by the sweep
+/// once they have waited `stuck_after`, and each runs once.
+#[tokio::test]
+async fn a_job_and_a_run_whose_dispatch_came_to_nothing_are_dispatched_by_the_sweep() {
+    let w = World::start().await;
+    let mut opts = options(Clock::System);
+    opts.max_deliver = 1;
+    opts.stuck_after = Some(Duration::from_secs(2));
+    let (_r, service) = cron_reading_a_copy(&w, opts).await;
+    let copy = BehindCopy::start(&w.nats.url(), w.store.subjects()).await;
+    let job = create_job(&w, &service, "true").await;
+    let run = berth_cron::trigger_run(&w.store, &service, &Actor::system("test"))
+        .await
+        .unwrap();
+    // Each one delivery, refused on the copy and dead-lettered.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    copy.catch_up();
+    let events = w
+        .wait_events(&service, Duration::from_secs(60), |e| {
+            ended_count(e) >= 1 && job_end(e, &job).is_some()
+        })
+        .await;
+    assert_eq!(
+        ended(&events),
+        vec![(run, "succeeded".to_owned(), Some(0))],
+        "{:?}",
+        types(&events)
+    );
+    assert_eq!(
+        job_end(&events, &job),
+        Some(("succeeded".to_owned(), Some(0)))
+    );
+    // Once each, though the sweep looks again.
+    let events = w.events_after(&service, Duration::from_secs(3)).await;
+    let starts = events
+        .iter()
+        .filter(|e| matches!(&e.event, Event::JobStarted(_)))
+        .count();
+    assert_eq!(
+        (starts, ended_count(&events)),
+        (1, 1),
         "{:?}",
         types(&events)
     );
