@@ -134,7 +134,8 @@ pub struct WorkerConfig {
     pub description: Option<String>,
     /// How long a delivery may go unacknowledged before redelivery.
     pub ack_wait: Duration,
-    /// Deliveries before a job is dead-lettered.
+    /// Deliveries before a job is dead-lettered; -1: unlimited (a job
+    /// that keeps failing retryably is redelivered until it succeeds).
     pub max_deliver: i64,
     /// Jobs handled at once.
     pub concurrency: usize,
@@ -570,7 +571,10 @@ async fn run_job<H: WorkHandler>(
             }
         }
         Some(Err(err)) => {
-            let last = matches!(err, WorkError::Fatal(_)) || delivered >= cfg.max_deliver;
+            // A `max_deliver` below 1 (NATS's -1: unlimited) never
+            // dead-letters a retryable failure.
+            let last = matches!(err, WorkError::Fatal(_))
+                || (cfg.max_deliver > 0 && delivered >= cfg.max_deliver);
             if last {
                 dead_letter(store, cfg, &msg, stream_seq, delivered, &err, &span).await;
             } else {
