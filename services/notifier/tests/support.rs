@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 /// store under a unique prefix and a fresh sealing key.
 pub struct World {
     /// Held so the server lives as long as the test.
-    _nats: NatsServer,
+    pub nats: NatsServer,
     pub client: async_nats::Client,
     pub store: EventStore,
     pub key: SecretKey,
@@ -37,7 +37,7 @@ impl World {
         let store = open_store(&client, 1).await?;
         let key = SecretKey::from_base64(&SecretKey::generate_base64())?;
         Ok(World {
-            _nats: nats,
+            nats,
             client,
             store,
             key,

@@ -390,3 +390,55 @@ async fn the_integration_stream_resumes_after_a_restart_without_loss() -> Result
     notifier.stop().await?;
     Ok(())
 }
+
+/// A notifier that remembers no owners (a new process) reads a copy of
+/// the log that is behind the service's creation (a server that rejoined
+/// after a partition): the service's events wait for the copy, rather than
+/// being dropped as a service "with no owner in the log".
+#[tokio::test]
+async fn a_notifier_reading_a_copy_that_is_behind_publishes_once_it_catches_up() -> Result<()> {
+    use berth_tests::behind::{lagging_store, BehindCopy};
+    let w = World::start().await?;
+    let (client, store, key) = (&w.client, &w.store, &w.key);
+    let lagging = lagging_store(&w.nats.url(), store.subjects()).await;
+    let copy = BehindCopy::start(&w.nats.url(), store.subjects()).await;
+    let owner = owner(store, key, NotifySetting::None, &Channels::default()).await?;
+    let (svc, v) = service(store, key, &owner, None).await?;
+    let mut sub = client
+        .subscribe(store.subjects().service_events(&owner, &svc))
+        .await?;
+    client.flush().await?;
+    let count =
+        |from: u32| -> Vec<Event> { vec![InstanceCountChanged { from, to: from + 1 }.into()] };
+    // A notifier on the log itself publishes what there is.
+    let first = w.notifier(crate::notify::test_options());
+    let v = append(store, &svc, v, count(0)).await?;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(15), sub.next())
+            .await?
+            .unwrap();
+        let t: TimelineEvent = serde_json::from_slice(&m.payload)?;
+        if t.details["toInstances"].as_u64() == Some(1) {
+            break;
+        }
+    }
+    first.stop().await?;
+    // A new one, on the copy: the next event's owner is not in its commit.
+    let second = Running::spawn(&lagging, key, crate::notify::test_options());
+    append(store, &svc, v, count(1)).await?;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), sub.next())
+            .await
+            .is_err(),
+        "published while the copy has no such service"
+    );
+    copy.catch_up();
+    let m = tokio::time::timeout(Duration::from_secs(15), sub.next())
+        .await?
+        .unwrap();
+    let t: TimelineEvent = serde_json::from_slice(&m.payload)?;
+    assert_eq!(t.details["toInstances"].as_u64(), Some(2), "{t:?}");
+    second.stop().await?;
+    copy.stop().await;
+    Ok(())
+}
