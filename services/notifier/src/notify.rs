@@ -89,8 +89,12 @@ impl Decider {
         Self { store, max_age }
     }
 
-    /// Queues the deliveries for one timeline event; returns how many.
-    pub async fn decide(&self, event: &TimelineEvent) -> Result<usize, WorkError> {
+    /// Queues the deliveries for one timeline event, of the commit at
+    /// stream sequence `seen`; returns how many. The service is read at
+    /// least that far: a copy of the log that is behind (a server that
+    /// rejoined after a partition) may not have the service yet, and the
+    /// notification would be dropped as one for a service with no owner.
+    pub async fn decide(&self, event: &TimelineEvent, seen: u64) -> Result<usize, WorkError> {
         if !event.is_notable() {
             return Ok(0);
         }
@@ -101,12 +105,15 @@ impl Decider {
         let Ok(service) = event.service_id.parse::<ServiceId>() else {
             return Ok(0);
         };
-        let svc = load_fold(
-            &self.store,
-            AggregateId::Service(service.clone()),
-            ServiceNotify::fold,
-        )
-        .await?;
+        let (svc, _) = self
+            .store
+            .state_holding(
+                &AggregateId::Service(service.clone()),
+                ServiceNotify::fold,
+                seen,
+            )
+            .await
+            .map_err(|e| WorkError::Retry(e.to_string()))?;
         let Some(owner_id) = svc.owner.clone() else {
             return Ok(0);
         };
@@ -164,7 +171,7 @@ impl WorkHandler for Decider {
         };
         for env in &commit.events {
             if let Some(t) = TimelineEvent::from_envelope(env) {
-                self.decide(&t).await?;
+                self.decide(&t, job.stream_seq).await?;
             }
         }
         Ok(())

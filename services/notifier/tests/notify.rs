@@ -455,3 +455,42 @@ async fn failed_attempts_retry_with_the_same_id_and_growing_delays_then_abandon(
     notifier.stop().await?;
     Ok(())
 }
+
+/// A notifier (a new process: nothing read yet) reading a copy of the log
+/// that is behind the service's creation decides a failure of that
+/// service once the copy catches up, rather than dropping it as a failure
+/// of a service with no owner.
+#[tokio::test]
+async fn a_failure_read_from_a_copy_that_is_behind_is_notified_once_it_catches_up() -> Result<()> {
+    use berth_tests::behind::{lagging_store, BehindCopy};
+    let w = World::start().await?;
+    let (store, key) = (&w.store, &w.key);
+    let http = HttpSink::start(0.0)?;
+    let secret = webhook_secret();
+    let lagging = lagging_store(&w.nats.url(), store.subjects()).await;
+    let copy = BehindCopy::start(&w.nats.url(), store.subjects()).await;
+    let channels = Channels {
+        webhook: Some(http.url("/hook")),
+        webhook_secret: Some(secret.clone()),
+        ..Channels::default()
+    };
+    let alice = owner(store, key, NotifySetting::Failure, &channels).await?;
+    let (svc, v) = service(store, key, &alice, None).await?;
+    let notifier = Running::spawn(&lagging, key, test_options());
+    append(store, &svc, v, vec![failed(&DeployId::generate())]).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        http.posts().is_empty(),
+        "sent while the copy has no such service"
+    );
+    copy.catch_up();
+    let posts = http
+        .wait_for(1, Duration::from_secs(30), |p| p["path"] == "/hook")
+        .await?;
+    verify_webhook(&secret, &posts[0])?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(http.posts().len(), 1, "notified once");
+    notifier.stop().await?;
+    copy.stop().await;
+    Ok(())
+}
