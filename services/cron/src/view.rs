@@ -92,7 +92,8 @@ impl CronView {
 }
 
 impl CronView {
-    /// Keeps [`CronView::placed_jobs`] as `event` of `service` says.
+    /// Keeps [`CronView::placed_jobs`] and [`CronView::pending_jobs`] as
+    /// `env` of `service` says.
     fn follow_jobs(&mut self, service: &ServiceId, env: &Envelope) {
         let dispatched = |view: &mut Self, job: &JobId| {
             if let Some(jobs) = view.pending_jobs.get_mut(service) {
