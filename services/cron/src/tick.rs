@@ -548,6 +548,100 @@ mod tests {
         assert!(decide(&s, other, &Ctx::default()).unwrap().is_empty());
     }
 
+    /// What the dispatch sweep takes up: jobs still pending, and the
+    /// active run given to no node, once past the limit; a job placed,
+    /// started or ended, and a run placed, are not.
+    #[test]
+    fn stuck_jobs_and_runs_are_those_undispatched_past_the_limit() {
+        use crate::view::Stuck;
+        use berth_eventlog::projection::Projection;
+        use berth_schemas::events::{JobCreated, JobEnded, JobPlaced, JobStarted};
+        use berth_schemas::model::Plan;
+        let service = ServiceId::generate();
+        let (a, b, c) = (JobId::generate(), JobId::generate(), JobId::generate());
+        let mut v = CronView::default();
+        let env = |event: berth_schemas::Event, at| berth_schemas::Envelope {
+            id: berth_schemas::ids::EventId::generate(),
+            version: event.version(),
+            aggregate: berth_schemas::AggregateId::Service(service.clone()),
+            sequence: 1,
+            time: at,
+            actor: Actor::system("test"),
+            correlation_id: None,
+            causation_id: None,
+            event,
+        };
+        let created = |job: &JobId| -> berth_schemas::Event {
+            JobCreated {
+                job: job.clone(),
+                start_command: "true".into(),
+                plan: Plan {
+                    name: "starter".into(),
+                    cpu_millis: 500,
+                    memory_mib: 512,
+                },
+                digest: DIGEST.into(),
+            }
+            .into()
+        };
+        v.apply(1, &env(created(&a), t(10, 0, 0)));
+        v.apply(2, &env(created(&b), t(10, 0, 0)));
+        v.apply(3, &env(created(&c), t(10, 0, 50)));
+        let job = |j: &JobId| Stuck::Job {
+            service: service.clone(),
+            job: j.clone(),
+        };
+        let mut first = vec![job(&a), job(&b)];
+        first.sort_by_key(|s| format!("{s:?}"));
+        let mut got = v.stuck(t(10, 0, 30));
+        got.sort_by_key(|s| format!("{s:?}"));
+        assert_eq!(got, first, "created before the limit, not yet dispatched");
+        let node = NodeId::generate();
+        v.apply(
+            4,
+            &env(
+                JobPlaced {
+                    job: a.clone(),
+                    node,
+                }
+                .into(),
+                t(10, 1, 0),
+            ),
+        );
+        v.apply(5, &env(JobStarted { job: b.clone() }.into(), t(10, 1, 0)));
+        assert_eq!(v.stuck(t(10, 2, 0)), vec![job(&c)]);
+        let ended = JobEnded {
+            job: c.clone(),
+            status: "canceled".into(),
+            exit_code: None,
+            reason: None,
+        };
+        v.apply(6, &env(ended.into(), t(10, 1, 0)));
+        assert!(v.stuck(t(10, 2, 0)).is_empty());
+
+        // A run started at 10:01 and given to no node.
+        let (run_id, s) = with_manual_run();
+        let (mut v, id) = view(s.clone(), None);
+        assert!(v.stuck(t(10, 1, 0)).is_empty(), "not past the limit yet");
+        assert_eq!(
+            v.stuck(t(10, 1, 1)),
+            vec![Stuck::Run {
+                service: id.clone(),
+                run: run_id.clone()
+            }]
+        );
+        let placed = run(
+            s,
+            Command::RecordCronRunPlaced {
+                run: run_id,
+                node: NodeId::generate(),
+            },
+            t(10, 1, 0),
+        );
+        v.jobs.get_mut(&id).unwrap().state = placed;
+        assert!(v.stuck(t(10, 20, 0)).is_empty(), "placed");
+    }
+
     #[test]
     fn a_job_given_to_a_node_since_lost_fails_until_it_ends() {
         let service = ServiceId::generate();
