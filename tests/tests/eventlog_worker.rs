@@ -212,6 +212,48 @@ async fn failing_job_is_redelivered_then_dead_lettered() {
     }
 }
 
+/// `max_deliver` -1 is unlimited, as NATS reads it: a job that keeps
+/// failing retryably is redelivered, never dead-lettered (the notifier's
+/// integration stream relies on it; a rule `delivered >= max_deliver`
+/// dead-lettered it at the first failure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlimited_deliveries_never_dead_letter() {
+    init_tracing();
+    let server = NatsServer::start(NatsVersion::Legacy).unwrap();
+    let client = server.connect().await.unwrap();
+    let store = open_store(&client, 1).await.unwrap();
+    let cfg = WorkerConfig {
+        max_deliver: -1,
+        ..config()
+    };
+    let mut dlq = client
+        .subscribe(store.subjects().dead_letter(&cfg.consumer))
+        .await
+        .unwrap();
+    store
+        .enqueue("resolve", "srv-a", "fail-forever".into(), "j-forever")
+        .await
+        .unwrap();
+    let handler = Arc::new(Recorder::default());
+    let worker = spawn_worker(&store, cfg, &handler);
+    wait_until("six deliveries", || {
+        handler
+            .calls
+            .lock()
+            .unwrap()
+            .get("fail-forever")
+            .is_some_and(|d| d.len() >= 6)
+    })
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), dlq.next())
+            .await
+            .is_err(),
+        "dead-lettered"
+    );
+    worker.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_killed_mid_job_loses_nothing() {
     init_tracing();
