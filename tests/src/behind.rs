@@ -79,14 +79,8 @@ impl BehindCopy {
         let client = async_nats::connect(url).await.expect("connecting");
         let js = jetstream::new(client.clone());
         let stream = subjects.events_stream();
-        let mut events = js.get_stream(&stream).await.expect("the events stream");
-        let info = events.info().await.expect("stream info").clone();
-        let cap = Arc::new(AtomicU64::new(info.state.last_sequence));
-        let mut config = info.config;
-        config.allow_direct = false;
-        js.update_stream(config)
-            .await
-            .expect("turning the stream's direct gets off");
+        let (events, last) = direct_gets(&js, &stream, false).await;
+        let cap = Arc::new(AtomicU64::new(last));
         let subscription = client
             .subscribe(format!("$JS.API.DIRECT.GET.{stream}.>"))
             .await
@@ -99,7 +93,7 @@ impl BehindCopy {
         client.flush().await.expect("flushing");
         let answer = Answer {
             client,
-            events: js.get_stream(&stream).await.expect("the events stream"),
+            events,
             prefix: format!("$JS.API.DIRECT.GET.{stream}."),
             stream: stream.clone(),
             cap: Arc::clone(&cap),
@@ -133,18 +127,25 @@ impl BehindCopy {
 
     /// Stops answering and gives the stream its own direct gets back.
     pub async fn stop(self) {
-        let mut events = self
-            .js
-            .get_stream(&self.stream)
-            .await
-            .expect("the events stream");
-        let mut config = events.info().await.expect("stream info").config.clone();
-        config.allow_direct = true;
-        self.js
-            .update_stream(config)
-            .await
-            .expect("turning the stream's direct gets back on");
+        direct_gets(&self.js, &self.stream, true).await;
     }
+}
+
+/// Turns `stream`'s own direct gets on or off; the stream, and its last
+/// sequence before.
+async fn direct_gets(
+    js: &jetstream::Context,
+    stream: &str,
+    on: bool,
+) -> (jetstream::stream::Stream, u64) {
+    let mut events = js.get_stream(stream).await.expect("the events stream");
+    let info = events.info().await.expect("stream info").clone();
+    let mut config = info.config;
+    config.allow_direct = on;
+    js.update_stream(config)
+        .await
+        .expect("turning the stream's direct gets on or off");
+    (events, info.state.last_sequence)
 }
 
 struct Answer {
