@@ -157,15 +157,36 @@ impl App {
         self.store.last_stream_seq().await.unwrap()
     }
 
-    /// Every raw message of the event stream: subject, payload, and the
-    /// headers flattened to bytes.
-    pub async fn raw_log(&self) -> Vec<(String, Vec<u8>, Vec<u8>)> {
-        let stream = self
-            .store
+    /// The event stream.
+    pub async fn events_stream(&self) -> async_nats::jetstream::stream::Stream {
+        self.store
             .jetstream()
             .get_stream(self.store.subjects().events_stream())
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Stops the running resolver (its shutdown token is replaced, so
+    /// what is started next runs on a fresh one).
+    pub async fn stop_resolver(&mut self) {
+        std::mem::take(&mut self.shutdown).cancel();
+        self.resolver.take().unwrap().await.unwrap();
+    }
+
+    /// Starts a resolver with `opts` over `store` (on the same durable
+    /// consumer as the one before, unless `opts` names another).
+    pub fn start_resolver(&mut self, store: EventStore, opts: ResolverOptions) {
+        let r = Resolver::new(store, self.key.clone(), opts).unwrap();
+        let shutdown = self.shutdown.clone();
+        self.resolver = Some(tokio::spawn(
+            async move { r.run(shutdown, None).await.unwrap() },
+        ));
+    }
+
+    /// Every raw message of the event stream: subject, payload, and the
+    /// headers flattened to bytes.
+    pub async fn raw_log(&self) -> Vec<(String, Vec<u8>, Vec<u8>)> {
+        let stream = self.events_stream().await;
         let last = self.last_seq().await;
         let mut out = Vec::new();
         for seq in 1..=last {

@@ -208,13 +208,22 @@ async fn resume(
     deploy: &berth_schemas::ids::DeployId,
     digest: &str,
 ) {
-    let r = berth_resolver::Resolver::new(app.store.clone(), app.key.clone(), opts).unwrap();
-    let shutdown = app.shutdown.clone();
-    app.resolver = Some(tokio::spawn(
-        async move { r.run(shutdown, None).await.unwrap() },
-    ));
+    app.start_resolver(app.store.clone(), opts);
     let s = app.await_deploy(alice, &svc.id, deploy).await;
     assert_eq!(s.deploy(deploy).unwrap().digest(), Some(digest));
+}
+
+/// How many times `deploy` of `svc` was recorded resolved.
+async fn times_resolved(
+    app: &App,
+    svc: &CreatedService,
+    deploy: &berth_schemas::ids::DeployId,
+) -> usize {
+    let events = app.events_of(&AggregateId::Service(svc.id.clone())).await;
+    events
+        .iter()
+        .filter(|e| matches!(&e.event, Event::ImageResolved(r) if &r.deploy == deploy))
+        .count()
 }
 
 /// A service live on `reg`'s image, then the resolver stopped and a
@@ -226,9 +235,7 @@ async fn deploy_while_away(
     let alice = app.owner().await;
     let svc = create(app, &alice, "app", &format!("{}/team/app:v1", reg.host)).await;
     app.await_deploy(&alice, &svc.id, &svc.deploy).await;
-    let old_shutdown = std::mem::take(&mut app.shutdown);
-    old_shutdown.cancel();
-    app.resolver.take().unwrap().await.unwrap();
+    app.stop_resolver().await;
     let deploy = app
         .ingress
         .request_deploy(&alice, &svc.id, None)
@@ -270,12 +277,7 @@ async fn a_restarted_resolver_handles_what_it_missed_and_appends_nothing_twice()
     let r = berth_resolver::Resolver::new(app.store.clone(), app.key.clone(), opts).unwrap();
     let shutdown = app.shutdown.clone();
     let replay = tokio::spawn(async move { r.run(shutdown, None).await.unwrap() });
-    let stream = app
-        .store
-        .jetstream()
-        .get_stream(app.store.subjects().events_stream())
-        .await
-        .unwrap();
+    let stream = app.events_stream().await;
     let t0 = std::time::Instant::now();
     loop {
         if let Ok(mut c) = stream
@@ -316,12 +318,7 @@ async fn a_deploy_whose_delivery_came_to_nothing_is_resolved_by_the_sweep() {
     // The resolver away, a deploy is asked for; its delivery is taken off
     // the resolver's consumer and acked, as if handled.
     let (alice, svc, deploy) = deploy_while_away(&mut app, &reg).await;
-    let stream = app
-        .store
-        .jetstream()
-        .get_stream(app.store.subjects().events_stream())
-        .await
-        .unwrap();
+    let stream = app.events_stream().await;
     let consumer = stream
         .get_consumer::<async_nats::jetstream::consumer::pull::Config>("resolver")
         .await
@@ -355,12 +352,7 @@ async fn a_deploy_whose_delivery_came_to_nothing_is_resolved_by_the_sweep() {
     resume(&mut app, opts, &alice, &svc, &deploy, &img.digest).await;
     // Once, though the sweep looks again.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let events = app.events_of(&AggregateId::Service(svc.id.clone())).await;
-    let resolved = events
-        .iter()
-        .filter(|e| matches!(&e.event, Event::ImageResolved(r) if r.deploy == deploy))
-        .count();
-    assert_eq!(resolved, 1, "{events:#?}");
+    assert_eq!(times_resolved(&app, &svc, &deploy).await, 1);
 }
 
 #[tokio::test]
@@ -521,20 +513,14 @@ async fn a_deploy_read_from_a_copy_of_the_log_that_is_behind_waits_for_it() {
     let svc = create(&app, &alice, "app", &format!("{}/team/app:v1", reg.host)).await;
     app.await_deploy(&alice, &svc.id, &svc.deploy).await;
     // The resolver again, on a client whose reads a copy can hold back.
-    let old = std::mem::take(&mut app.shutdown);
-    old.cancel();
-    app.resolver.take().unwrap().await.unwrap();
+    app.stop_resolver().await;
     let lagging = lagging_store(&app.nats.url(), app.store.subjects()).await;
     let copy = BehindCopy::start(&app.nats.url(), app.store.subjects()).await;
     let mut opts = fast_options();
     opts.stuck_after = None;
     opts.probe_interval = None;
     opts.max_deliver = 1000;
-    let r = berth_resolver::Resolver::new(lagging, app.key.clone(), opts).unwrap();
-    let shutdown = app.shutdown.clone();
-    app.resolver = Some(tokio::spawn(
-        async move { r.run(shutdown, None).await.unwrap() },
-    ));
+    app.start_resolver(lagging, opts);
     let deploy = app
         .ingress
         .request_deploy(&alice, &svc.id, None)
@@ -552,11 +538,6 @@ async fn a_deploy_read_from_a_copy_of_the_log_that_is_behind_waits_for_it() {
         s.deploy(&deploy).unwrap().digest(),
         Some(img.digest.as_str())
     );
-    let events = app.events_of(&AggregateId::Service(svc.id.clone())).await;
-    let resolved = events
-        .iter()
-        .filter(|e| matches!(&e.event, Event::ImageResolved(r) if r.deploy == deploy))
-        .count();
-    assert_eq!(resolved, 1, "{events:#?}");
+    assert_eq!(times_resolved(&app, &svc, &deploy).await, 1);
     copy.stop().await;
 }
