@@ -120,6 +120,31 @@ async fn looping_worker(cli: &crate::cli_support::Cli, name: &str, image: &str) 
         .to_owned()
 }
 
+/// `berth exec <target…> -- busybox ps`, tried every 0.5 s for up to a
+/// minute while it is refused with `refusal` (the target not running
+/// yet), until it runs.
+async fn ps_once_running(
+    cli: &crate::cli_support::Cli,
+    target: &[&str],
+    refusal: &str,
+) -> crate::cli_support::Out {
+    let args: Vec<&str> = ["exec"]
+        .iter()
+        .chain(target)
+        .chain(&["--", "busybox", "ps"])
+        .copied()
+        .collect();
+    for _ in 0..120 {
+        let out = cli.run(&args).await;
+        if out.code == 0 {
+            return out;
+        }
+        assert!(out.stderr.contains(refusal), "{out:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("{target:?} never ran");
+}
+
 #[tokio::test]
 async fn cli_runs_a_command_in_a_running_instance() {
     let mut setup = Setup::start().await;
@@ -259,19 +284,7 @@ async fn cli_runs_a_command_in_a_running_instance() {
     })
     .await;
     // (Recorded running as its container starts: a moment later it runs.)
-    let mut ps = None;
-    for _ in 0..60 {
-        let out = cli
-            .run(&["exec", "x", "--instance", &job_id, "--", "busybox", "ps"])
-            .await;
-        if out.code == 0 {
-            ps = Some(out);
-            break;
-        }
-        assert!(out.stderr.contains("not running now"), "{out:?}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let ps = ps.expect("the job's container never ran");
+    let ps = ps_once_running(&cli, &["x", "--instance", &job_id], "not running now").await;
     assert!(
         ps.stdout.contains("sleep 300"),
         "the job's own container: {ps:?}"
@@ -314,21 +327,9 @@ async fn cli_runs_a_command_in_a_running_instance() {
         .await;
     assert_eq!(created.code, 0, "{created:?}");
     cli.ok(&["cron", "run", "nightly"]).await;
-    let mut ps = None;
-    for _ in 0..120 {
-        let runs = cli.json(&["cron", "runs", "nightly"]).await;
-        let run = &runs[0]["cronJobRun"];
-        if run["nodeId"].is_string() {
-            let out = cli.run(&["exec", "nightly", "--", "busybox", "ps"]).await;
-            if out.code == 0 {
-                ps = Some(out);
-                break;
-            }
-            assert!(out.stderr.contains("not running"), "{out:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let ps = ps.expect("the cron run was not entered");
+    // Refused until a node has the run ("not running yet") and its
+    // container runs ("not running now").
+    let ps = ps_once_running(&cli, &["nightly"], "not running").await;
     assert!(
         ps.stdout.contains("sleep 301"),
         "the run's own container: {ps:?}"
