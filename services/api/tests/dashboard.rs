@@ -641,13 +641,7 @@ async fn owner_pages_use_the_apis_rules() {
         !page.html.contains("/scale"),
         "a cron job has no instances to scale"
     );
-    let ran = b
-        .submit(
-            &format!("/services/{cron}"),
-            &format!("/services/{cron}/cron-runs"),
-            &[],
-        )
-        .await;
+    let ran = run_now(&mut b, cron).await;
     assert!(ran.html.contains("no live deploy yet"), "{}", ran.html);
 
     // Jobs: refused before a deploy is live, then run, listed and canceled
@@ -730,24 +724,42 @@ async fn owner_pages_use_the_apis_rules() {
         canceled.html
     );
     assert!(
-        !canceled.html.contains(&format!("/jobs/{id}/cancel")),
-        "{}",
+        !canceled.html.contains(&format!("/jobs/{id}/cancel"))
+            && !canceled.html.contains(&format!("terminal?instance={id}")),
+        "an ended job has no cancel nor terminal: {}",
         canceled.html
     );
     // A run started from the page: while it runs, a terminal in it.
-    let ran = b
-        .submit(
-            &format!("/services/{cron}"),
-            &format!("/services/{cron}/cron-runs"),
-            &[],
-        )
-        .await;
+    let ran = run_now(&mut b, cron).await;
     let (_, runs) = app.get(&format!("/v1/cron-jobs/{cron}/runs"), &alice).await;
     let run = runs[0]["cronJobRun"]["id"]
         .as_str()
         .unwrap_or_else(|| panic!("{runs}"))
         .to_owned();
     links_a_terminal_in(&mut b, &ran, cron, &run).await;
+    let ended = b
+        .submit(
+            &format!("/services/{cron}"),
+            &format!("/services/{cron}/cron-runs/cancel"),
+            &[],
+        )
+        .await;
+    assert!(
+        ended.html.contains(&format!("<code>{run}</code>"))
+            && !ended.html.contains(&format!("terminal?instance={run}")),
+        "the ended run is listed, without a terminal: {}",
+        ended.html
+    );
+}
+
+/// The cron job page's "Run now".
+async fn run_now(b: &mut Browser, cron: &str) -> Page {
+    b.submit(
+        &format!("/services/{cron}"),
+        &format!("/services/{cron}/cron-runs"),
+        &[],
+    )
+    .await
 }
 
 /// `page` links to a terminal in `instance` (an instance, job or cron run)
