@@ -113,7 +113,7 @@ pub(crate) async fn serve(
 /// enqueues once (the work's message id is the job's or run's) and
 /// records the placement once (by key).
 async fn sweep(dispatch: Arc<Dispatch>, after: Duration, shutdown: CancellationToken) {
-    let every = (after / 3).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    let every = berth_eventlog::worker::sweep_period(after);
     let Ok(overdue) = chrono::TimeDelta::from_std(after) else {
         return;
     };

@@ -46,6 +46,14 @@ const IN_ORDER_FETCH: usize = 64;
 /// Header naming the key jobs are serialised on.
 pub const KEY_HEADER: &str = "Berth-Work-Key";
 
+/// How often a sweep for work whose delivery came to nothing
+/// (dead-lettered after its retries, lost) looks for work waiting longer
+/// than `stuck_after`: a third of it, 1 to 30 s. The resolver's and the
+/// cron component's sweeps use it.
+pub fn sweep_period(stuck_after: Duration) -> Duration {
+    (stuck_after / 3).clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
+
 /// One work item handed to a handler.
 #[derive(Debug, Clone)]
 pub struct Job {

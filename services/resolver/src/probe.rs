@@ -159,7 +159,7 @@ pub(crate) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
     };
     // The first ticks come a period in: the view has caught up by then.
     let mut probes = every.map(ticker);
-    let mut sweeps = stuck_after.map(|d| ticker(sweep_every(d)));
+    let mut sweeps = stuck_after.map(|d| ticker(berth_eventlog::worker::sweep_period(d)));
     let after = stuck_after.unwrap_or(Duration::MAX);
     loop {
         tokio::select! {
@@ -216,11 +216,6 @@ async fn tick(t: &mut Option<tokio::time::Interval>) {
         }
         None => std::future::pending::<()>().await,
     }
-}
-
-/// How often the sweep looks: a fraction of `stuck_after`, 1 to 30 s.
-fn sweep_every(stuck_after: Duration) -> Duration {
-    (stuck_after / 3).clamp(Duration::from_secs(1), Duration::from_secs(30))
 }
 
 /// The deploys of `states` that have waited for their digest since
