@@ -291,15 +291,34 @@ fn parents(path: &str, seen: &mut std::collections::BTreeSet<String>) -> Vec<Ent
 /// with their parent directories: a layer to put over a base, as an image
 /// built on a distribution has them.
 pub fn host_program(program: &str) -> Result<Vec<Entry>> {
-    let ldd = std::process::Command::new("ldd").arg(program).output()?;
+    let mut files = host_libraries(&[program])?;
+    files.push(program.to_owned());
+    host_files(files)
+}
+
+/// The host's shared libraries that `ldd` says the `objects` (programs or
+/// libraries) load, found on the host, each once: what a runtime that
+/// ships its own tree needs from the distribution under it.
+pub fn host_libraries(objects: &[&str]) -> Result<Vec<String>> {
+    let ldd = std::process::Command::new("ldd").args(objects).output()?;
+    // With several objects, ldd heads each one's list with its path
+    // (unindented); the libraries are the indented lines.
     let mut files: Vec<String> = String::from_utf8_lossy(&ldd.stdout)
         .lines()
+        .filter(|l| l.starts_with(char::is_whitespace))
         .filter_map(|l| {
             let path = l.split("=>").last()?.split_whitespace().next()?;
             path.starts_with('/').then(|| path.to_owned())
         })
         .collect();
-    files.push(program.to_owned());
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+/// The host's `files` at the same places in an image (symlinks followed,
+/// executable), with their parent directories.
+pub fn host_files(files: Vec<String>) -> Result<Vec<Entry>> {
     let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::new();
     for f in files {
@@ -313,14 +332,27 @@ pub fn host_program(program: &str) -> Result<Vec<Entry>> {
 /// The host's directory `dir`, whole (files with their modes, symlinks as
 /// they are), at the same place in an image, with its parent directories.
 pub fn host_tree(dir: &str) -> Result<Vec<Entry>> {
+    host_tree_without(dir, &[])
+}
+
+/// [`host_tree`] without the entries named in `skip`, wherever they are
+/// below `dir` (a directory's whole subtree with it): a runtime's tree
+/// without its tests and caches, as a slim image ships it.
+pub fn host_tree_without(dir: &str, skip: &[&str]) -> Result<Vec<Entry>> {
+    host_tree_at(dir, dir, skip)
+}
+
+/// [`host_tree_without`], at `at` in the image instead of where it is on
+/// the host (a runtime built in a temporary directory, shipped under
+/// `/opt`).
+pub fn host_tree_at(dir: &str, at: &str, skip: &[&str]) -> Result<Vec<Entry>> {
     use std::os::unix::fs::PermissionsExt;
     let mut seen = std::collections::BTreeSet::new();
-    let root = dir.trim_start_matches('/');
+    let root = at.trim_start_matches('/').trim_end_matches('/');
     let mut out = parents(root, &mut seen);
-    let mut todo = vec![std::path::PathBuf::from(dir)];
-    while let Some(path) = todo.pop() {
+    let mut todo = vec![(std::path::PathBuf::from(dir), root.to_owned())];
+    while let Some((path, rel)) = todo.pop() {
         let meta = std::fs::symlink_metadata(&path)?;
-        let rel = path.to_string_lossy().trim_start_matches('/').to_owned();
         let mode = meta.permissions().mode() & 0o7777;
         if meta.file_type().is_symlink() {
             let target = std::fs::read_link(&path)?;
@@ -328,7 +360,11 @@ pub fn host_tree(dir: &str) -> Result<Vec<Entry>> {
         } else if meta.is_dir() {
             out.push(Entry::dir(&rel).mode(mode));
             for e in std::fs::read_dir(&path)? {
-                todo.push(e?.path());
+                let e = e?;
+                let name = e.file_name();
+                if !skip.iter().any(|s| name == **s) {
+                    todo.push((e.path(), format!("{rel}/{}", name.to_string_lossy())));
+                }
             }
         } else if meta.is_file() {
             out.push(Entry::file(&rel, &std::fs::read(&path)?).mode(mode));

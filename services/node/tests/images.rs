@@ -4,24 +4,121 @@
 
 use std::time::{Duration, Instant};
 
-use berth_schemas::ids::{OwnerId, UserId};
-use berth_schemas::model::ServiceType;
+use berth_schemas::commands::NodeRunSpec;
+use berth_schemas::ids::{OwnerId, ServiceId, UserId};
+use berth_schemas::model::{Plan, ServiceType};
+use berth_schemas::Envelope;
 use berth_tests::agent::{busybox_base, collect_logs};
+use berth_tests::image::Image;
 use berth_tests::layers;
 use berth_tests::layers::{Comp, Entry};
 use berth_tests::node::{World, REPO};
 use serde_json::json;
 
 use crate::support::{
-    count_of, exec, fast_checks, http_get, lines_of, run, service_of, spec, start_node, stop,
+    addr_of, count_of, exec, fast_checks, http_get, lines_of, run, service_of, spec, start_node,
+    stop, Running,
 };
+
+/// An image deployed as a web service that sets no `PORT`, on a node of
+/// its own (port detection on), its instance healthy.
+struct Deployed {
+    w: World,
+    node: Running,
+    svc: ServiceId,
+    spec: NodeRunSpec,
+    logs: async_nats::Subscriber,
+    /// The service's events once the instance was healthy.
+    events: Vec<Envelope>,
+}
+
+impl Deployed {
+    /// Pushes `image` as `tag`, runs it (a 20 s shutdown delay, `plan`'s
+    /// limits) and waits for it healthy.
+    async fn start(image: &Image, tag: &str, plan: Option<Plan>) -> Self {
+        let w = World::start().await;
+        let mut checks = fast_checks();
+        checks.health.detect_after = Duration::from_millis(300);
+        let node = start_node(&w, checks).await;
+        w.registry.push_image(REPO, tag, image).await.unwrap();
+        let owner = OwnerId::User(UserId::generate());
+        let (svc, dep) = service_of(
+            &w,
+            &owner,
+            tag,
+            ServiceType::WebService,
+            None,
+            &image.digest,
+        )
+        .await;
+        let mut s = spec(&w, &svc, &dep, "", Some(10000));
+        s.command = None;
+        s.digest = image.digest.clone();
+        s.shutdown_delay_secs = 20;
+        s.plan = plan;
+        let logs = w.subscribe_logs(&svc).await;
+        run(&w, &node.id, &s).await;
+        let events = w
+            .wait_events(&svc, Duration::from_secs(90), |ev| {
+                count_of(ev, &s.instance, "instance_healthy") == 1
+            })
+            .await;
+        Deployed {
+            w,
+            node,
+            svc,
+            spec: s,
+            logs,
+            events,
+        }
+    }
+
+    /// How many of `type_name` its instance has in [`Deployed::events`].
+    fn count(&self, type_name: &str) -> usize {
+        count_of(&self.events, &self.spec.instance, type_name)
+    }
+
+    /// `GET path` through the instance's published port.
+    async fn get(&self, path: &str) -> (u16, String) {
+        let addr = addr_of(&self.events, &self.spec.instance).expect("a published port");
+        http_get(&addr, path).await.unwrap()
+    }
+
+    /// Runs `args` in the instance: (exit code, output).
+    fn exec(&self, args: &[&str]) -> (i32, String) {
+        exec(&self.w, &self.spec.instance, args)
+    }
+
+    /// The instance's log lines from where the last call left off, until
+    /// one matches `until` (10 s at most).
+    async fn lines_until(&mut self, until: impl Fn(&str) -> bool) -> Vec<String> {
+        let seen = collect_logs(&mut self.logs, Duration::from_secs(10), |l| until(&l.line)).await;
+        lines_of(&seen, &self.spec.instance)
+    }
+
+    /// Stops the instance and waits for it stopped: how long that took
+    /// and its log lines since, through berth's `==> Stopped` line.
+    async fn stop(mut self) -> (Duration, Vec<String>) {
+        let t0 = Instant::now();
+        stop(&self.w, &self.node.id, &self.svc, &self.spec.instance).await;
+        self.w
+            .wait_events(&self.svc, Duration::from_secs(60), |ev| {
+                count_of(ev, &self.spec.instance, "instance_stopped") == 1
+            })
+            .await;
+        let took = t0.elapsed();
+        let lines = self.lines_until(|l| l.starts_with("==> Stopped")).await;
+        self.node.stop().await;
+        (took, lines)
+    }
+}
 
 /// The official nginx image's layout: `/docker-entrypoint.sh` then
 /// `nginx -g 'daemon off;'`, the master as root and its workers as user
 /// `nginx` (101), `EXPOSE 80`, `STOPSIGNAL SIGQUIT`, the logs linked to
 /// the container's stdout and stderr. (Debian's nginx binary and its
 /// libraries; its temp paths under `/var/lib/nginx`.)
-fn nginx_image() -> berth_tests::image::Image {
+fn nginx_image() -> Image {
     let mut runtime =
         layers::host_program("/usr/sbin/nginx").expect("nginx (scripts/install-deps)");
     let conf = br#"user  nginx;
@@ -99,43 +196,18 @@ exec "$@"
 /// shutdown delay (SIGTERM would be nginx's fast, dropping shutdown).
 #[tokio::test]
 async fn nginx_as_its_official_image_runs_it() {
-    let w = World::start().await;
-    let node = start_node(&w, fast_checks()).await;
-    let image = nginx_image();
-    w.registry.push_image(REPO, "nginx", &image).await.unwrap();
-    let owner = OwnerId::User(UserId::generate());
-    let (svc, dep) = service_of(
-        &w,
-        &owner,
-        "web",
-        ServiceType::WebService,
-        None,
-        &image.digest,
-    )
-    .await;
-    let mut s = spec(&w, &svc, &dep, "", Some(10000));
-    s.command = None;
-    s.digest = image.digest.clone();
-    s.shutdown_delay_secs = 20;
-    let mut logs = w.subscribe_logs(&svc).await;
-    run(&w, &node.id, &s).await;
-    let events = w
-        .wait_events(&svc, Duration::from_secs(60), |ev| {
-            count_of(ev, &s.instance, "instance_healthy") == 1
-        })
-        .await;
-    let addr = crate::support::addr_of(&events, &s.instance).expect("a published port");
-    let (status, body) = http_get(&addr, "/").await.unwrap();
+    let mut d = Deployed::start(&nginx_image(), "nginx", None).await;
+    let (status, body) = d.get("/").await;
     assert_eq!(
         (status, body.as_str()),
         (200, "<h1>Welcome to nginx!</h1>\n"),
         "served on the port the image exposes"
     );
-    let (code, env) = exec(&w, &s.instance, &["/bin/busybox", "env"]);
+    let (code, env) = d.exec(&["/bin/busybox", "env"]);
     assert_eq!(code, 0, "{env}");
     assert!(env.lines().any(|l| l == "PORT=80"), "{env}");
     // The master as root, its workers as the image's `nginx` user.
-    let (code, ps) = exec(&w, &s.instance, &["/bin/busybox", "ps", "-o", "user,args"]);
+    let (code, ps) = d.exec(&["/bin/busybox", "ps", "-o", "user,args"]);
     assert_eq!(code, 0, "{ps}");
     assert!(
         ps.lines()
@@ -150,11 +222,9 @@ async fn nginx_as_its_official_image_runs_it() {
         "{ps}"
     );
 
-    let seen = collect_logs(&mut logs, Duration::from_secs(10), |l| {
-        l.line.contains("\"GET / HTTP/1.0\" 200")
-    })
-    .await;
-    let lines = lines_of(&seen, &s.instance);
+    let lines = d
+        .lines_until(|l| l.contains("\"GET / HTTP/1.0\" 200"))
+        .await;
     assert!(
         lines
             .iter()
@@ -166,18 +236,7 @@ async fn nginx_as_its_official_image_runs_it() {
         "the access log, linked to stdout, is in the service's logs: {lines:?}"
     );
 
-    let t0 = Instant::now();
-    stop(&w, &node.id, &svc, &s.instance).await;
-    w.wait_events(&svc, Duration::from_secs(60), |ev| {
-        count_of(ev, &s.instance, "instance_stopped") == 1
-    })
-    .await;
-    let took = t0.elapsed();
-    let seen = collect_logs(&mut logs, Duration::from_secs(5), |l| {
-        l.line.starts_with("==> Stopped")
-    })
-    .await;
-    let lines = lines_of(&seen, &s.instance);
+    let (took, lines) = d.stop().await;
     assert!(
         lines
             .iter()
@@ -190,5 +249,302 @@ async fn nginx_as_its_official_image_runs_it() {
         "{lines:?}"
     );
     assert!(took < Duration::from_secs(10), "stopping took {took:?}");
-    node.stop().await;
+}
+
+/// A Python web app as its own hand-written Dockerfile builds it, on a
+/// Debian base's Python (`apt-get install python3`; `/bin/sh` is dash): `ENV
+/// PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1`, `WORKDIR /app`, a
+/// non-root `USER appuser` (10001, by name), no `EXPOSE`, and a `CMD` in
+/// shell form that migrates, then serves on the app's own fixed port
+/// (8000) — the shell stays between the init and the server. The app
+/// handles SIGTERM as a well-behaved server does: it finishes what it
+/// serves and exits 0.
+fn python_image() -> Image {
+    let version = std::fs::read_link("/usr/bin/python3").expect("python3 (scripts/install-deps)");
+    let version = version.to_string_lossy().into_owned();
+    let mut runtime = layers::host_program(&format!("/usr/bin/{version}")).unwrap();
+    runtime.push(Entry::symlink("usr/bin/python3", &version));
+    // A Debian base's shell: dash, which (unlike busybox's) stays as the
+    // parent of the last command of `a && b`.
+    runtime.extend(layers::host_program("/usr/bin/dash").unwrap());
+    runtime.push(Entry::symlink("bin/sh", "/usr/bin/dash"));
+    runtime.extend(
+        layers::host_tree_without(
+            &format!("/usr/lib/{version}"),
+            &[
+                "__pycache__",
+                "test",
+                "idlelib",
+                "tkinter",
+                "turtledemo",
+                "lib2to3",
+                "ensurepip",
+                "dist-packages",
+                "site-packages",
+                "pydoc_data",
+            ],
+        )
+        .unwrap(),
+    );
+    let app = br#"import signal
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Hello(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"hello from python\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+server = ThreadingHTTPServer(("0.0.0.0", 8000), Hello)
+
+
+def on_term(signum, frame):
+    print("SIGTERM received: finishing requests")
+    threading.Thread(target=server.shutdown).start()
+
+
+signal.signal(signal.SIGTERM, on_term)
+print("Listening on http://0.0.0.0:8000")
+server.serve_forever()
+server.server_close()
+print("Shut down cleanly")
+"#;
+    let app_layer = vec![
+        Entry::file(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\nappuser:x:10001:10001::/nonexistent:/sbin/nologin\n",
+        ),
+        Entry::file("etc/group", b"root:x:0:\nappuser:x:10001:\n"),
+        Entry::dir("app"),
+        Entry::file("app/migrate.py", b"print(\"No migrations to apply.\")\n"),
+        Entry::file("app/app.py", app),
+    ];
+    let config = json!({
+        "Cmd": ["/bin/sh", "-c", "python3 migrate.py && python3 app.py"],
+        "Env": [
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "PYTHONDONTWRITEBYTECODE=1",
+            "PYTHONUNBUFFERED=1",
+        ],
+        "User": "appuser",
+        "WorkingDir": "/app",
+    });
+    layers::image_with_config(
+        vec![
+            layers::layer(&busybox_base(), Comp::Gzip).unwrap(),
+            layers::layer(&runtime, Comp::Gzip).unwrap(),
+            layers::layer(&app_layer, Comp::Gzip).unwrap(),
+        ],
+        config,
+    )
+    .unwrap()
+}
+
+/// The Python app deployed as a web service that sets no `PORT`: berth
+/// detects the port it listens on and serves it there; it runs as the
+/// image's user; what it prints and its request log reach the service's
+/// logs as they happen; a stop reaches the server past the shell (which
+/// under Docker, as PID 1, would ignore it and wait out the grace
+/// period): it finishes and exits 0, well inside the shutdown delay.
+#[tokio::test]
+async fn a_python_app_as_its_dockerfile_builds_it() {
+    let mut d = Deployed::start(&python_image(), "python", None).await;
+    assert_eq!(
+        d.count("instance_port_detected"),
+        1,
+        "the port the app listens on was detected"
+    );
+    let (status, body) = d.get("/").await;
+    assert_eq!((status, body.as_str()), (200, "hello from python\n"));
+    let (code, ps) = d.exec(&["/bin/busybox", "ps", "-o", "user,group,args"]);
+    assert_eq!(code, 0, "{ps}");
+    assert!(
+        ps.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() == 4 && f[..2] == ["appuser", "appuser"] && f[2..] == ["python3", "app.py"]
+        }),
+        "the server runs as the image's user: {ps}"
+    );
+
+    let lines = d
+        .lines_until(|l| l.contains("\"GET / HTTP/1.0\" 200"))
+        .await;
+    for said in [
+        "No migrations to apply.",
+        "Listening on http://0.0.0.0:8000",
+        "==> Detected service running on port 8000: served there, as the service sets no PORT (berth expected 10000; set PORT=8000 to say so)",
+    ] {
+        assert!(lines.iter().any(|l| l == said), "{said:?} in {lines:?}");
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("\"GET / HTTP/1.0\" 200")),
+        "the request log (stderr) is in the service's logs: {lines:?}"
+    );
+
+    let (took, lines) = d.stop().await;
+    let at = |said: &str| lines.iter().position(|l| l == said);
+    let term = at("SIGTERM received: finishing requests");
+    assert!(
+        term.is_some() && at("Shut down cleanly") > term,
+        "the server got the signal past its shell and finished: {lines:?}"
+    );
+    let last = lines.last().cloned().unwrap_or_default();
+    assert!(
+        last.starts_with("==> Stopped on request: exited with status 0"),
+        "{lines:?}"
+    );
+    assert!(took < Duration::from_secs(10), "stopping took {took:?}");
+}
+
+/// The Java app's source: an HTTP server on its own fixed port (8080)
+/// that answers with the heap and processors its JVM sized itself to,
+/// with a shutdown hook as frameworks install one.
+const JAVA_APP: &str = r#"import com.sun.net.httpserver.HttpServer;
+import java.io.OutputStream;
+import java.net.InetSocketAddress;
+import java.nio.charset.StandardCharsets;
+
+public class App {
+    public static void main(String[] args) throws Exception {
+        HttpServer server = HttpServer.create(new InetSocketAddress(8080), 0);
+        server.createContext("/", exchange -> {
+            Runtime rt = Runtime.getRuntime();
+            String body = rt.maxMemory() + " " + rt.availableProcessors() + "\n";
+            byte[] bytes = body.getBytes(StandardCharsets.UTF_8);
+            exchange.sendResponseHeaders(200, bytes.length);
+            try (OutputStream out = exchange.getResponseBody()) {
+                out.write(bytes);
+            }
+        });
+        Runtime.getRuntime().addShutdownHook(new Thread(() -> {
+            System.out.println("Shutdown hook: stopping the server");
+            server.stop(1);
+            System.out.println("Server stopped");
+        }));
+        server.start();
+        System.out.println("Started on port 8080");
+    }
+}
+"#;
+
+/// A Java app as Spring's and Temurin's guides build it: a runtime under
+/// `/opt/java/openjdk` (`JAVA_HOME`, on `PATH`; made here with the host
+/// JDK's `jlink`, as slim images do), the app's jar at `/app.jar`,
+/// `ENTRYPOINT ["java", "-jar", "/app.jar"]`, no `EXPOSE`, no JVM
+/// options: the JVM sizes its heap and threads from what it sees.
+fn java_image() -> Image {
+    let tool = |name: &str, args: &[&str], dir: &std::path::Path| {
+        let out = std::process::Command::new(name)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("{name} (a JDK: scripts/install-deps): {e}"));
+        assert!(out.status.success(), "{name}: {out:?}");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("App.java"), JAVA_APP).unwrap();
+    std::fs::write(dir.path().join("manifest.txt"), "Main-Class: App\n").unwrap();
+    tool("javac", &["-d", "classes", "App.java"], dir.path());
+    tool(
+        "jar",
+        &["cfm", "app.jar", "manifest.txt", "-C", "classes", "."],
+        dir.path(),
+    );
+    tool(
+        "jlink",
+        &[
+            "--add-modules",
+            "java.base,jdk.httpserver",
+            "--strip-debug",
+            "--no-header-files",
+            "--no-man-pages",
+            "--output",
+            "jre",
+        ],
+        dir.path(),
+    );
+    let jre = dir.path().join("jre");
+    let jre = jre.to_string_lossy();
+    let objects = [
+        format!("{jre}/bin/java"),
+        format!("{jre}/lib/server/libjvm.so"),
+    ];
+    let objects: Vec<&str> = objects.iter().map(String::as_str).collect();
+    let libs = layers::host_libraries(&objects).unwrap();
+    let mut runtime = layers::host_files(
+        libs.into_iter()
+            .filter(|l| !l.starts_with(jre.as_ref()))
+            .collect(),
+    )
+    .unwrap();
+    runtime.extend(layers::host_tree_at(&jre, "/opt/java/openjdk", &[]).unwrap());
+    let jar = std::fs::read(dir.path().join("app.jar")).unwrap();
+    let config = json!({
+        "Entrypoint": ["java", "-jar", "/app.jar"],
+        "Env": [
+            "PATH=/opt/java/openjdk/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "JAVA_HOME=/opt/java/openjdk",
+        ],
+    });
+    layers::image_with_config(
+        vec![
+            layers::layer(&busybox_base(), Comp::Gzip).unwrap(),
+            layers::layer(&runtime, Comp::Gzip).unwrap(),
+            layers::layer(&[Entry::file("app.jar", &jar)], Comp::Gzip).unwrap(),
+        ],
+        config,
+    )
+    .unwrap()
+}
+
+/// The Java app deployed as a web service on the starter plan (512 MiB,
+/// half a CPU), setting no `PORT`: served on the port it listens on; its
+/// JVM, given no options, sizes itself to the instance, not to the host
+/// (a heap of a quarter of 512 MiB, one processor: a JVM sized to the
+/// host's memory is killed for going over the plan's once its heap
+/// grows); a stop runs its shutdown hook.
+#[tokio::test]
+async fn a_java_app_sizes_its_jvm_to_the_instance() {
+    let starter = Plan {
+        name: "starter".into(),
+        cpu_millis: 500,
+        memory_mib: 512,
+    };
+    let mut d = Deployed::start(&java_image(), "java", Some(starter)).await;
+    assert_eq!(
+        d.count("instance_port_detected"),
+        1,
+        "the port the JVM listens on was detected"
+    );
+    let (status, body) = d.get("/").await;
+    assert_eq!(status, 200, "{body}");
+    let mut sized = body.split_whitespace().map(|n| n.parse::<u64>().unwrap());
+    let (heap, processors) = (sized.next().unwrap(), sized.next().unwrap());
+    assert!(
+        heap <= 128 << 20 && heap > 64 << 20,
+        "the heap is a quarter of the plan's memory: {heap} bytes"
+    );
+    assert_eq!(processors, 1, "the plan's half a CPU is one processor");
+    let lines = d.lines_until(|l| l == "Started on port 8080").await;
+    assert!(
+        lines.iter().any(|l| l == "Started on port 8080"),
+        "{lines:?}"
+    );
+
+    let (took, lines) = d.stop().await;
+    let at = |said: &str| lines.iter().position(|l| l == said);
+    let hook = at("Shutdown hook: stopping the server");
+    assert!(
+        hook.is_some() && at("Server stopped") > hook,
+        "the stop ran the JVM's shutdown hook: {lines:?}"
+    );
+    let last = lines.last().cloned().unwrap_or_default();
+    assert!(last.starts_with("==> Stopped on request"), "{lines:?}");
+    assert!(took < Duration::from_secs(10), "stopping took {took:?}");
 }
