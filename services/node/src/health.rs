@@ -596,7 +596,10 @@ impl Probe {
     /// and it does not listen there — as Render detects a service's port:
     /// its published host port (a web instance's) and its check move
     /// there, its placement keeps it (a node restart goes on with it),
-    /// and its logs say so. `true` when it moved.
+    /// and its logs say so. A private instance may listen on several (a
+    /// server and its monitoring port, as NATS or Elasticsearch do): its
+    /// owner's instances reach it on each, and its check takes the
+    /// lowest. `true` when it moved.
     async fn detect_port(&mut self) -> bool {
         if !self.placement.detect {
             return false;
@@ -607,7 +610,7 @@ impl Probe {
         let Some(listeners) = self.sockets() else {
             return false;
         };
-        let Some(port) = detected_port(&listeners, want) else {
+        let Some(port) = detected_port(&listeners, want, self.placement.private) else {
             return false;
         };
         if self.placement.port.is_some() {
@@ -643,7 +646,11 @@ impl Probe {
             port,
             expected: want,
         };
-        let said = port_detected_message(&detected);
+        let ports = reachable_ports(&listeners);
+        let said = match ports.as_slice() {
+            [_] => port_detected_message(&detected),
+            many => several_ports_message(many, port),
+        };
         self.health
             .reporter
             .say(&p.service, &self.instance, &said)
@@ -783,13 +790,27 @@ fn reachable_ports(listeners: &[(IpAddr, u16)]) -> Vec<u16> {
 }
 
 /// The port to serve an instance on instead of `want`: the only one it
-/// listens on where the node reaches it, when that is not `want` (with
-/// two or more, which one serves cannot be told).
-fn detected_port(listeners: &[(IpAddr, u16)], want: u16) -> Option<u16> {
+/// listens on where the node reaches it, when that is not `want`. With two
+/// or more, which one a web instance serves on cannot be told (an admin
+/// port may open first), so none is; a `private` one is reached on each,
+/// and is checked on the lowest.
+fn detected_port(listeners: &[(IpAddr, u16)], want: u16, private: bool) -> Option<u16> {
     match reachable_ports(listeners).as_slice() {
         [one] if *one != want => Some(*one),
+        many if private && !many.is_empty() && !many.contains(&want) => many.first().copied(),
         _ => None,
     }
+}
+
+/// What a private instance found listening on several ports is told
+/// (`checked` among `ports`).
+fn several_ports_message(ports: &[u16], checked: u16) -> String {
+    let list: Vec<String> = ports.iter().take(5).map(u16::to_string).collect();
+    let more = if ports.len() > 5 { ", …" } else { "" };
+    format!(
+        "detected service running on ports {}{more}: reached on each by the service's name, checked on {checked}, as the service sets no PORT (set PORT to the port to check)",
+        list.join(", ")
+    )
 }
 
 /// Why a check of port `want` finds nothing, given what listens: on other
@@ -1097,7 +1118,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_lone_reachable_port_is_taken_for_the_instances() {
+    fn only_a_lone_reachable_port_is_taken_for_a_web_instance_the_lowest_for_a_private_one() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         // One port (on IPv4 and IPv6 both), loopback listeners aside.
         let lone = [
@@ -1106,13 +1127,33 @@ mod tests {
             (ip("127.0.0.1"), 9229),
             (ip("::ffff:127.0.0.1"), 9230),
         ];
-        assert_eq!(detected_port(&lone, 10000), Some(3000));
-        // Where it is expected already, two ports, loopback only, nothing.
-        assert_eq!(detected_port(&[(ip("0.0.0.0"), 10000)], 10000), None);
-        let two = [(ip("0.0.0.0"), 3000), (ip("0.0.0.0"), 3001)];
-        assert_eq!(detected_port(&two, 10000), None);
-        assert_eq!(detected_port(&[(ip("127.0.0.1"), 3000)], 10000), None);
-        assert_eq!(detected_port(&[], 10000), None);
+        for private in [false, true] {
+            assert_eq!(detected_port(&lone, 10000, private), Some(3000));
+            // Where it is expected already, loopback only, nothing.
+            let there = [(ip("0.0.0.0"), 10000), (ip("0.0.0.0"), 3000)];
+            assert_eq!(detected_port(&there, 10000, private), None);
+            assert_eq!(
+                detected_port(&[(ip("127.0.0.1"), 3000)], 10000, private),
+                None
+            );
+            assert_eq!(detected_port(&[], 10000, private), None);
+        }
+        // Two ports: a web instance's is not guessed at; a private one is
+        // checked on the lowest (reached on both).
+        let two = [
+            (ip("0.0.0.0"), 8222),
+            (ip("::"), 4222),
+            (ip("127.0.0.1"), 80),
+        ];
+        assert_eq!(detected_port(&two, 10000, false), None);
+        assert_eq!(detected_port(&two, 10000, true), Some(4222));
+        assert_eq!(
+            several_ports_message(&[4222, 8222], 4222),
+            "detected service running on ports 4222, 8222: reached on each by the service's name, checked on 4222, as the service sets no PORT (set PORT to the port to check)"
+        );
+        let many: Vec<u16> = (1..=7).collect();
+        assert!(several_ports_message(&many, 1)
+            .starts_with("detected service running on ports 1, 2, 3, 4, 5, …: "));
     }
 
     #[test]

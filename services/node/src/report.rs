@@ -53,10 +53,15 @@ pub struct Placement {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<Check>,
     /// Its port is berth's choice (the service sets no `PORT`): while it
-    /// starts, the one other port it listens on is taken as its port.
-    /// Cleared once taken.
+    /// starts, the one other port it listens on is taken as its port (a
+    /// private instance's lowest, when it listens on several). Cleared
+    /// once taken.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub detect: bool,
+    /// A private service's instance: reached by its owner's instances,
+    /// on any port it listens on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub private: bool,
 }
 
 /// How long a stopped instance's `.done` marker is kept by default

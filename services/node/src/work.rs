@@ -282,6 +282,7 @@ impl NodeHandler {
                     port: None,
                     check: None,
                     detect: false,
+                    private: false,
                 });
             self.reporter
                 .started(&spec.instance, &p)
@@ -445,6 +446,7 @@ impl NodeHandler {
             port: None,
             check: None,
             detect,
+            private,
         };
         {
             let _held = self.ports.lock().unwrap_or_else(|p| p.into_inner());

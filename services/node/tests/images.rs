@@ -20,11 +20,12 @@ use crate::support::{
     stop, Running,
 };
 
-/// An image deployed as a web service that sets no `PORT`, on a node of
-/// its own (port detection on), its instance healthy.
+/// An image deployed as a service that sets no `PORT`, on a node of its
+/// own (port detection on), its instance healthy.
 struct Deployed {
     w: World,
     node: Running,
+    owner: OwnerId,
     svc: ServiceId,
     spec: NodeRunSpec,
     logs: async_nats::Subscriber,
@@ -33,24 +34,17 @@ struct Deployed {
 }
 
 impl Deployed {
-    /// Pushes `image` as `tag`, runs it (a 20 s shutdown delay, `plan`'s
-    /// limits) and waits for it healthy.
-    async fn start(image: &Image, tag: &str, plan: Option<Plan>) -> Self {
+    /// Pushes `image` as `tag`, runs it as a service of `kind` named
+    /// `tag` (a 20 s shutdown delay, `plan`'s limits) and waits for it
+    /// healthy.
+    async fn start(image: &Image, tag: &str, kind: ServiceType, plan: Option<Plan>) -> Self {
         let w = World::start().await;
         let mut checks = fast_checks();
         checks.health.detect_after = Duration::from_millis(300);
         let node = start_node(&w, checks).await;
         w.registry.push_image(REPO, tag, image).await.unwrap();
         let owner = OwnerId::User(UserId::generate());
-        let (svc, dep) = service_of(
-            &w,
-            &owner,
-            tag,
-            ServiceType::WebService,
-            None,
-            &image.digest,
-        )
-        .await;
+        let (svc, dep) = service_of(&w, &owner, tag, kind, None, &image.digest).await;
         let mut s = spec(&w, &svc, &dep, "", Some(10000));
         s.command = None;
         s.digest = image.digest.clone();
@@ -66,6 +60,7 @@ impl Deployed {
         Deployed {
             w,
             node,
+            owner,
             svc,
             spec: s,
             logs,
@@ -196,7 +191,7 @@ exec "$@"
 /// shutdown delay (SIGTERM would be nginx's fast, dropping shutdown).
 #[tokio::test]
 async fn nginx_as_its_official_image_runs_it() {
-    let mut d = Deployed::start(&nginx_image(), "nginx", None).await;
+    let mut d = Deployed::start(&nginx_image(), "nginx", ServiceType::WebService, None).await;
     let (status, body) = d.get("/").await;
     assert_eq!(
         (status, body.as_str()),
@@ -354,7 +349,7 @@ print("Shut down cleanly")
 /// period): it finishes and exits 0, well inside the shutdown delay.
 #[tokio::test]
 async fn a_python_app_as_its_dockerfile_builds_it() {
-    let mut d = Deployed::start(&python_image(), "python", None).await;
+    let mut d = Deployed::start(&python_image(), "python", ServiceType::WebService, None).await;
     assert_eq!(
         d.count("instance_port_detected"),
         1,
@@ -516,7 +511,13 @@ async fn a_java_app_sizes_its_jvm_to_the_instance() {
         cpu_millis: 500,
         memory_mib: 512,
     };
-    let mut d = Deployed::start(&java_image(), "java", Some(starter)).await;
+    let mut d = Deployed::start(
+        &java_image(),
+        "java",
+        ServiceType::WebService,
+        Some(starter),
+    )
+    .await;
     assert_eq!(
         d.count("instance_port_detected"),
         1,
@@ -544,6 +545,86 @@ async fn a_java_app_sizes_its_jvm_to_the_instance() {
         hook.is_some() && at("Server stopped") > hook,
         "the stop ran the JVM's shutdown hook: {lines:?}"
     );
+    let last = lines.last().cloned().unwrap_or_default();
+    assert!(last.starts_with("==> Stopped on request"), "{lines:?}");
+    assert!(took < Duration::from_secs(10), "stopping took {took:?}");
+}
+
+/// A Go server as its official image ships it: `FROM scratch` — one
+/// static binary, its config file, no shell, no `/etc/passwd`, no `/tmp`
+/// — `EXPOSE 4222 8222 6222` (clients, monitoring, cluster),
+/// `ENTRYPOINT ["/nats-server"]`, `CMD ["--config", "nats-server.conf"]`
+/// (a path relative to `/`). NATS's own image, with this machine's
+/// static nats-server.
+fn nats_image() -> Image {
+    let binary = berth_tests::nats_binary(berth_tests::NatsVersion::Modern).unwrap();
+    let conf = b"port: 4222\nmonitor_port: 8222\n";
+    let root = vec![
+        Entry::file("nats-server", &std::fs::read(binary).unwrap()).mode(0o755),
+        Entry::file("nats-server.conf", conf),
+    ];
+    let config = json!({
+        "Entrypoint": ["/nats-server"],
+        "Cmd": ["--config", "nats-server.conf"],
+        "ExposedPorts": { "4222/tcp": {}, "6222/tcp": {}, "8222/tcp": {} },
+    });
+    layers::image_with_config(vec![layers::layer(&root, Comp::Gzip).unwrap()], config).unwrap()
+}
+
+/// NATS from its official image as a private service that sets no
+/// `PORT`: it listens on two ports (4222, 8222), neither of them berth's
+/// choice, and comes up all the same, as Render has it (a private service
+/// may listen on several ports): checked on the lowest, saying so, and its
+/// owner's other instances reach both by the service's name.
+#[tokio::test]
+async fn a_scratch_image_runs_as_a_private_service_on_its_ports() {
+    let mut d = Deployed::start(&nats_image(), "queue", ServiceType::PrivateService, None).await;
+    assert_eq!(d.count("instance_port_detected"), 1, "{:?}", d.events);
+    let said = "==> Detected service running on ports 4222, 8222: reached on each by the service's name, checked on 4222, as the service sets no PORT (set PORT to the port to check)";
+    let lines = d.lines_until(|l| l == said).await;
+    assert!(lines.iter().any(|l| l == said), "{lines:?}");
+    let (app, app_dep) = service_of(
+        &d.w,
+        &d.owner,
+        "app",
+        ServiceType::WebService,
+        Some("/hello.txt"),
+        &d.w.digest,
+    )
+    .await;
+    let a = spec(
+        &d.w,
+        &app,
+        &app_dep,
+        "/bin/busybox httpd -f -p 10000 -h /app",
+        Some(10000),
+    );
+    run(&d.w, &d.node.id, &a).await;
+    crate::support::healthy_once(&d.w, &app, &[&a.instance]).await;
+    let bb = "/bin/busybox";
+    let (code, out) = exec(
+        &d.w,
+        &a.instance,
+        &[
+            bb,
+            "timeout",
+            "3",
+            bb,
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            "http://queue:8222/healthz",
+        ],
+    );
+    assert_eq!((code, out.trim()), (0, "{\"status\":\"ok\"}"), "{out}");
+    let (code, out) = exec(
+        &d.w,
+        &a.instance,
+        &[bb, "sh", "-c", "echo PING | timeout 3 nc queue 4222"],
+    );
+    assert!(out.starts_with("INFO {"), "{code} {out}");
+    let (took, lines) = d.stop().await;
     let last = lines.last().cloned().unwrap_or_default();
     assert!(last.starts_with("==> Stopped on request"), "{lines:?}");
     assert!(took < Duration::from_secs(10), "stopping took {took:?}");

@@ -20,6 +20,7 @@ fn placement(port: Option<u16>) -> Placement {
         port,
         check: None,
         detect: false,
+        private: false,
     }
 }
 
