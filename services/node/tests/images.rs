@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use berth_agent::bundle::UserNamespace;
+use berth_node::{NodeOptions, Userns};
 use berth_schemas::commands::NodeRunSpec;
 use berth_schemas::ids::{OwnerId, ServiceId, UserId};
 use berth_schemas::model::{Plan, ServiceType};
@@ -16,8 +18,8 @@ use berth_tests::node::{World, REPO};
 use serde_json::json;
 
 use crate::support::{
-    addr_of, count_of, exec, fast_checks, http_get, lines_of, run, service_of, spec, start_node,
-    stop, Running,
+    addr_of, count_of, exec, fast_checks, http_get, lines_of, run, service_of, spec,
+    start_node_opts, stop, Running,
 };
 
 /// An image deployed as a service that sets no `PORT`, on a node of its
@@ -38,10 +40,21 @@ impl Deployed {
     /// `tag` (a 20 s shutdown delay, `plan`'s limits) and waits for it
     /// healthy.
     async fn start(image: &Image, tag: &str, kind: ServiceType, plan: Option<Plan>) -> Self {
+        Self::start_on(image, tag, kind, plan, crate::support::options()).await
+    }
+
+    /// [`Deployed::start`] on a node run with `opts`.
+    async fn start_on(
+        image: &Image,
+        tag: &str,
+        kind: ServiceType,
+        plan: Option<Plan>,
+        opts: NodeOptions,
+    ) -> Self {
         let w = World::start().await;
         let mut checks = fast_checks();
         checks.health.detect_after = Duration::from_millis(300);
-        let node = start_node(&w, checks).await;
+        let node = start_node_opts(&w, checks, Default::default(), opts).await;
         w.registry.push_image(REPO, tag, image).await.unwrap();
         let owner = OwnerId::User(UserId::generate());
         let (svc, dep) = service_of(&w, &owner, tag, kind, None, &image.digest).await;
@@ -628,4 +641,101 @@ async fn a_scratch_image_runs_as_a_private_service_on_its_ports() {
     let last = lines.last().cloned().unwrap_or_default();
     assert!(last.starts_with("==> Stopped on request"), "{lines:?}");
     assert!(took < Duration::from_secs(10), "stopping took {took:?}");
+}
+
+/// The entrypoint official images for databases and caches use (redis,
+/// postgres, mongo): started as root, it gives the data directory to the
+/// server's user (`find . \! -user … -exec chown …`), then runs itself
+/// again as that user through `gosu` (`exec gosu www "$0" "$@"`), which
+/// execs the server. `WORKDIR /data`, `VOLUME /data`, `EXPOSE 8080`.
+/// (busybox's httpd stands in for the server; Debian's `gosu`.)
+fn gosu_image() -> Image {
+    let entrypoint = br#"#!/bin/sh
+set -e
+if [ "$1" = 'httpd' -a "$(id -u)" = '0' ]; then
+    find . \! -user www -exec chown www '{}' +
+    exec gosu www "$0" "$@"
+fi
+echo "serving /data as $(id -un)"
+echo "written by $(id -un)" > /data/index.html
+exec busybox "$@"
+"#;
+    let gosu = std::fs::read("/usr/sbin/gosu").expect("gosu (scripts/install-deps)");
+    let root = vec![
+        Entry::file(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\nwww:x:999:999::/data:/bin/sh\n",
+        ),
+        Entry::file("etc/group", b"root:x:0:\nwww:x:999:\n"),
+        Entry::dir("usr"),
+        Entry::dir("usr/local"),
+        Entry::dir("usr/local/bin"),
+        Entry::file("usr/local/bin/gosu", &gosu).mode(0o755),
+        Entry::file("usr/local/bin/docker-entrypoint.sh", entrypoint).mode(0o755),
+        Entry::dir("data").mode(0o755),
+        Entry::file("data/index.html", b"left by the image\n"),
+    ];
+    let config = json!({
+        "Entrypoint": ["docker-entrypoint.sh"],
+        "Cmd": ["httpd", "-f", "-p", "8080", "-h", "/data"],
+        "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+        "ExposedPorts": { "8080/tcp": {} },
+        "Volumes": { "/data": {} },
+        "WorkingDir": "/data",
+    });
+    layers::image_with_config(
+        vec![
+            layers::layer(&busybox_base(), Comp::Gzip).unwrap(),
+            layers::layer(&root, Comp::Gzip).unwrap(),
+        ],
+        config,
+    )
+    .unwrap()
+}
+
+/// The gosu entrypoint, on a node as it runs by default and on one running
+/// instances in a user namespace: the data directory changes hands, the
+/// server runs as its own user (not root) and serves what it wrote.
+#[tokio::test]
+async fn an_entrypoint_that_drops_to_its_user_with_gosu_runs_as_that_user() {
+    let image = gosu_image();
+    let in_userns = NodeOptions {
+        user_namespace: Userns::On(UserNamespace {
+            host: 1_000_000_000,
+            size: berth_node::USERNS_IDS,
+        }),
+        ..crate::support::options()
+    };
+    for (opts, root_on_host) in [(crate::support::options(), 0), (in_userns, 1_000_000_000)] {
+        let mut d = Deployed::start_on(&image, "gosu", ServiceType::WebService, None, opts).await;
+        let pid = crate::support::container_pid(&d.w, &d.spec.instance);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        assert_eq!(
+            uid.split_whitespace().nth(1),
+            Some(root_on_host.to_string().as_str()),
+            "the instance's root on the host"
+        );
+        let lines = d.lines_until(|l| l.starts_with("serving /data")).await;
+        assert!(
+            lines.iter().any(|l| l == "serving /data as www"),
+            "{lines:?}"
+        );
+        let (status, body) = d.get("/index.html").await;
+        assert_eq!((status, body.as_str()), (200, "written by www\n"));
+        let (code, ps) = d.exec(&["/bin/busybox", "ps", "-o", "user,args"]);
+        assert_eq!(code, 0, "{ps}");
+        assert!(
+            ps.lines()
+                .any(|l| l.starts_with("www ") && l.contains("busybox httpd -f -p 8080")),
+            "the server runs as www: {ps}"
+        );
+        let (_, owner) = d.exec(&["/bin/busybox", "stat", "-c", "%U", "/data"]);
+        assert_eq!(owner, "www\n");
+        let (took, lines) = d.stop().await;
+        assert!(
+            took < Duration::from_secs(10),
+            "stopping took {took:?}: {lines:?}"
+        );
+    }
 }
