@@ -39,7 +39,25 @@ macro_rules! events {
             $( #[serde(rename = $name)] $variant($variant), )*
         }
 
-        impl Event {
+        impl InstanceExited {
+    /// An exit of `instance` that says nothing else (no status known, no
+    /// kill by its node): the base the other fields are set on.
+    pub fn of(instance: InstanceId) -> Self {
+        Self {
+            instance,
+            exit_code: None,
+            signal: None,
+            oom_killed: false,
+            memory_limit_mib: None,
+            restarted: false,
+            disk_written_mib: None,
+            disk_limit_mib: None,
+            cannot_run: None,
+        }
+    }
+}
+
+impl Event {
             /// The type name on the wire.
             pub fn type_name(&self) -> &'static str {
                 match self { $( Event::$variant(_) => $name, )* }
@@ -547,6 +565,13 @@ events! {
         /// not for the node's disk running low).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub disk_limit_mib: Option<u64>,
+        /// Why its program could not be run at all, as its node found it
+        /// in the image before the start (not there, a script with
+        /// Windows line endings or an interpreter the image lacks, a
+        /// program for another machine or without its loader): set when
+        /// it then exited with a failing status.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub cannot_run: Option<String>,
     }
     /// The instance was restarted in place by the agent.
     ServerRestarted = "server_restarted" v 1 {

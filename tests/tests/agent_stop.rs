@@ -328,4 +328,19 @@ async fn one_off_past_its_timeout_is_stopped() {
         .await
         .unwrap();
     assert_eq!(out, OneOffOutcome::Exited(ExitStatus::Code(7)));
+
+    // One whose program is not in the image says so.
+    let s = spec(&image, "manage.py migrate");
+    let out = node
+        .agent
+        .run_once(s, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        OneOffOutcome::CannotRun {
+            status: ExitStatus::Code(127),
+            why: "manage.py is in none of the directories of its PATH in the image (/bin)".into(),
+        }
+    );
 }

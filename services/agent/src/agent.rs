@@ -127,13 +127,21 @@ pub struct StopOutcome {
 }
 
 /// How a one-off run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OneOffOutcome {
     /// The process exited by itself.
     Exited(ExitStatus),
     /// It failed after the kernel killed a process of it for going over
     /// its memory limit (out of memory).
     OutOfMemory(ExitStatus),
+    /// Its program could not be run (`why`: [`crate::runnable`]); it
+    /// exited with `status`.
+    CannotRun {
+        /// How it exited.
+        status: ExitStatus,
+        /// Why its program could not be run.
+        why: String,
+    },
     /// The timeout passed and it was stopped.
     TimedOut(StopOutcome),
     /// Killed when the node's disk ran low, as the run or instance that had
@@ -201,6 +209,10 @@ pub enum AgentEvent {
         /// free space); `None`: killed for the node's disk.
         #[serde(default)]
         disk_limit: Option<u64>,
+        /// Why its program could not be run, found in the image before
+        /// the start ([`crate::runnable`]), when it then exited failing.
+        #[serde(default)]
+        cannot_run: Option<String>,
         /// How long it ran.
         ran: Duration,
         /// When.
@@ -519,6 +531,11 @@ impl Agent {
                 oom_killed: true,
                 ..
             }) if status != ExitStatus::Code(0) => Ok(OneOffOutcome::OutOfMemory(status)),
+            Ok(Ended::Exited {
+                status,
+                cannot_run: Some(why),
+                ..
+            }) => Ok(OneOffOutcome::CannotRun { status, why }),
             Ok(Ended::Exited { status, .. }) => Ok(OneOffOutcome::Exited(status)),
             Ok(Ended::Stopped(o)) => Ok(OneOffOutcome::TimedOut(o)),
             Ok(Ended::Detached) | Err(_) => Err(AgentError::ShuttingDown),
@@ -993,6 +1010,7 @@ impl Agent {
                         restarted: false,
                         disk_written: None,
                         disk_limit: None,
+                        cannot_run: None,
                         ran: Duration::ZERO,
                         at: Utc::now(),
                     });

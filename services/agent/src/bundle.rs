@@ -286,6 +286,34 @@ pub fn environment(spec: &InstanceSpec) -> Result<Vec<String>, BundleError> {
     Ok(env.into_iter().map(|(k, v)| format!("{k}={v}")).collect())
 }
 
+/// Why `spec`'s program cannot be run in its image ([`crate::runnable`]),
+/// with the `PATH` and working directory it will be run with; cut to a
+/// length an event carries.
+pub fn cannot_run(spec: &InstanceSpec) -> Option<String> {
+    let args = spec.image.config.args(spec.command.as_deref()).ok()?;
+    let env = environment(spec).ok()?;
+    let path = env
+        .iter()
+        .find_map(|kv| kv.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    let why = crate::runnable::why_not(&spec.image.rootfs, &args, path, working_dir(spec))?;
+    Some(berth_schemas::cut(&why, CANNOT_RUN_MAX).to_owned())
+}
+
+/// The longest [`cannot_run`] said, in bytes.
+const CANNOT_RUN_MAX: usize = 400;
+
+/// The working directory of `spec`'s process: the image's `WorkingDir`
+/// when absolute, else `/`.
+fn working_dir(spec: &InstanceSpec) -> &str {
+    spec.image
+        .config
+        .working_dir
+        .as_deref()
+        .filter(|d| d.starts_with('/'))
+        .unwrap_or("/")
+}
+
 /// The OCI runtime spec (`config.json`) for `spec` with its rootfs at
 /// `rootfs` (used to resolve `User` by name), joining `net` when attached,
 /// sandboxed as `sandbox` says.
@@ -313,11 +341,7 @@ pub fn runtime_spec(
     if !user.additional_gids.is_empty() {
         process_user["additionalGids"] = json!(user.additional_gids);
     }
-    let cwd = cfg
-        .working_dir
-        .as_deref()
-        .filter(|d| d.starts_with('/'))
-        .unwrap_or("/");
+    let cwd = working_dir(spec);
     // As Docker does: root gets the capabilities; any other user has them
     // in its bounding set only, which is all execve leaves a non-root
     // process anyway. Neither gets inheritable or ambient ones, which

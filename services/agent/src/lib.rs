@@ -7,6 +7,9 @@
 //!
 //! - [`image`]: Entrypoint/Cmd/custom command (Docker's rules), `User`
 //!   resolved against the image's own passwd/group files.
+//! - [`runnable`]: why an image's program cannot be run (not there, a
+//!   script with Windows line endings or a missing interpreter, another
+//!   machine's program, a missing loader), said in the instance's exit.
 //! - [`bundle`]: `config.json` (env = image Env + `PORT` + service env,
 //!   WorkingDir, limits, Docker's sandbox: capabilities, seccomp, masked
 //!   paths, `tini` as PID 1, no new privileges; the instance's network
@@ -43,6 +46,7 @@ pub mod net;
 pub(crate) mod netlink;
 pub mod netns;
 pub mod process;
+pub mod runnable;
 pub mod runtime;
 mod seccomp;
 mod supervise;

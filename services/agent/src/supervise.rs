@@ -40,6 +40,8 @@ pub(crate) enum Ended {
         disk_written: Option<u64>,
         /// With `disk_written`: the limit it went over, in bytes.
         disk_limit: Option<u64>,
+        /// Why its program could not be run (it exited failing).
+        cannot_run: Option<String>,
     },
     /// Stopped on request.
     Stopped(StopOutcome),
@@ -84,6 +86,9 @@ pub(crate) struct Running {
     pid_start: Option<u64>,
     pumps: Vec<JoinHandle<u64>>,
     started: Instant,
+    /// Why its program cannot be run, as found in the image before the
+    /// start ([`crate::runnable`]).
+    cannot_run: Option<String>,
 }
 
 impl Running {
@@ -275,7 +280,7 @@ async fn launch_with(
         inner.sandbox.clone(),
         net.cloned(),
     );
-    let rootfs = tokio::task::spawn_blocking(move || {
+    let (rootfs, cannot_run) = tokio::task::spawn_blocking(move || {
         let ns = bundle::user_namespace_for(sandbox.user_namespace, &s.image.rootfs);
         let sandbox = bundle::Sandbox {
             user_namespace: ns,
@@ -290,7 +295,7 @@ async fn launch_with(
         }
         let k = bundle::prepare_rootfs(&d, &s.image.rootfs, inside, ns)?;
         bundle::write_bundle(&d, &s, net.as_ref(), &sandbox, k)?;
-        Ok::<_, AgentError>(k)
+        Ok::<_, AgentError>((k, bundle::cannot_run(&s)))
     })
     .await
     .map_err(|e| AgentError::Io {
@@ -336,6 +341,7 @@ async fn launch_with(
         pid_start,
         pumps,
         started,
+        cannot_run,
     })
 }
 
@@ -373,6 +379,7 @@ pub(crate) async fn adopt(inner: &Inner, rec: &Record) -> Option<Running> {
         pid_start: rec.pid_start,
         pumps,
         started: Instant::now(),
+        cannot_run: None,
     })
 }
 
@@ -680,6 +687,10 @@ pub(crate) async fn supervise(
         };
         let in_place = why == RunEnd::Restarted;
         let ran = run.started.elapsed();
+        let cannot_run = run
+            .cannot_run
+            .clone()
+            .filter(|_| why == RunEnd::Exited && !matches!(status, ExitStatus::Code(0)));
         run.flush().await;
         // Killed by the node, whatever the counter says.
         let (oom_killed, memory_limit_mib) = match why {
@@ -716,6 +727,7 @@ pub(crate) async fn supervise(
             restarted: in_place,
             disk_written,
             disk_limit,
+            cannot_run: cannot_run.clone(),
             ran,
             at: Utc::now(),
         });
@@ -733,6 +745,7 @@ pub(crate) async fn supervise(
                 oom_killed,
                 disk_written,
                 disk_limit,
+                cannot_run,
             };
         }
         let d = policy.next(delay, ran);

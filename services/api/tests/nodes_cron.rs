@@ -186,14 +186,9 @@ async fn an_instance_exit_shows_in_the_listing_and_on_the_timeline() {
     let (deploy, digest) = first_deploy_live(&app, &alice, &svc).await;
     let instance = InstanceId::generate();
     let exited = InstanceExited {
-        instance: instance.clone(),
         exit_code: Some(137),
-        signal: None,
         oom_killed: true,
-        memory_limit_mib: None,
-        restarted: false,
-        disk_written_mib: None,
-        disk_limit_mib: None,
+        ..InstanceExited::of(instance.clone())
     };
     record(
         &app,

@@ -279,6 +279,7 @@ impl TimelineEvent {
                     "outOfMemory": e.oom_killed,
                     "diskWrittenMib": e.disk_written_mib,
                     "diskLimitMib": e.disk_limit_mib,
+                    "cannotRun": e.cannot_run,
                     "message": crate::service::instances::exit_message(e),
                 }),
             ),
@@ -1296,14 +1297,12 @@ mod tests {
                 &svc,
                 1,
                 InstanceExited {
-                    instance: InstanceId::generate(),
                     exit_code,
                     signal,
                     oom_killed,
                     memory_limit_mib: oom_killed.then_some(512),
                     restarted,
-                    disk_written_mib: None,
-                    disk_limit_mib: None,
+                    ..InstanceExited::of(InstanceId::generate())
                 }
                 .into(),
             );
@@ -1343,14 +1342,9 @@ mod tests {
             &svc,
             1,
             InstanceExited {
-                instance: InstanceId::generate(),
-                exit_code: None,
                 signal: Some(9),
-                oom_killed: false,
-                memory_limit_mib: None,
-                restarted: false,
                 disk_written_mib: Some(812),
-                disk_limit_mib: None,
+                ..InstanceExited::of(InstanceId::generate())
             }
             .into(),
         );
@@ -1447,25 +1441,14 @@ mod tests {
             }
             .into(),
             berth_schemas::events::InstanceExited {
-                instance: InstanceId::generate(),
                 exit_code: Some(137),
-                signal: None,
                 oom_killed: true,
                 memory_limit_mib: Some(512),
-                restarted: false,
-                disk_written_mib: None,
-                disk_limit_mib: None,
+                ..berth_schemas::events::InstanceExited::of(InstanceId::generate())
             }
             .into(),
             berth_schemas::events::InstanceExited {
-                instance: InstanceId::generate(),
-                exit_code: None,
-                signal: None,
-                oom_killed: false,
-                memory_limit_mib: None,
-                restarted: false,
-                disk_written_mib: None,
-                disk_limit_mib: None,
+                ..berth_schemas::events::InstanceExited::of(InstanceId::generate())
             }
             .into(),
             berth_schemas::events::InstancePortDetected {

@@ -955,6 +955,7 @@ mod tests {
             restarted: false,
             disk_written: None,
             disk_limit: None,
+            cannot_run: None,
             ran: Duration::from_secs(1),
             at: chrono::Utc::now(),
         };
@@ -991,6 +992,7 @@ mod tests {
             restarted: false,
             disk_written: None,
             disk_limit: None,
+            cannot_run: None,
             ran: Duration::from_secs(1),
             at: chrono::Utc::now(),
         };

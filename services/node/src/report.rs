@@ -439,14 +439,9 @@ fn exited(instance: &InstanceId, status: ExitStatus) -> InstanceExited {
         ExitStatus::Unknown => (None, None),
     };
     InstanceExited {
-        instance: instance.clone(),
         exit_code,
         signal,
-        oom_killed: false,
-        memory_limit_mib: None,
-        restarted: false,
-        disk_written_mib: None,
-        disk_limit_mib: None,
+        ..InstanceExited::of(instance.clone())
     }
 }
 
@@ -460,6 +455,7 @@ pub(crate) fn exited_fact(e: &AgentEvent) -> Option<InstanceExited> {
         restarted,
         disk_written,
         disk_limit,
+        cannot_run,
         ..
     } = e
     else {
@@ -471,6 +467,7 @@ pub(crate) fn exited_fact(e: &AgentEvent) -> Option<InstanceExited> {
         restarted: *restarted,
         disk_written_mib: disk_written.map(|b| b.div_ceil(1 << 20)),
         disk_limit_mib: disk_limit.map(|b| b >> 20),
+        cannot_run: cannot_run.clone(),
         ..exited(instance, *status)
     })
 }
@@ -521,6 +518,7 @@ mod tests {
             restarted: false,
             disk_written,
             disk_limit: None,
+            cannot_run: None,
             ran: Duration::from_secs(3),
             at: chrono::Utc::now(),
         };

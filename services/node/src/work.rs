@@ -821,6 +821,17 @@ fn ended(
     let (success, exit_code, reason, status) = match out {
         OneOffOutcome::Exited(ExitStatus::Code(0)) => (true, Some(0), None, "succeeded"),
         OneOffOutcome::Exited(ExitStatus::Code(c)) => (false, Some(c), None, "failed"),
+        OneOffOutcome::CannotRun { status, why } => {
+            let code = match status {
+                ExitStatus::Code(c) => Some(c),
+                _ => None,
+            };
+            let how = code.map_or_else(
+                || "it could not be run".to_owned(),
+                |c| format!("exited with status {c}"),
+            );
+            (false, code, Some(format!("{how}: {why}")), "failed")
+        }
         OneOffOutcome::Exited(ExitStatus::Signal(s)) => {
             (false, None, Some(format!("killed by signal {s}")), "failed")
         }
@@ -957,6 +968,17 @@ mod tests {
                 },
                 (false, None, Some(over)),
             ),
+            (
+                OneOffOutcome::CannotRun {
+                    status: ExitStatus::Code(127),
+                    why: "/migrate.sh is not in the image".into(),
+                },
+                (
+                    false,
+                    Some(127),
+                    Some("exited with status 127: /migrate.sh is not in the image"),
+                ),
+            ),
         ];
         for (out, want) in outcomes {
             let service::Command::RecordPreDeployEnded {
@@ -964,7 +986,7 @@ mod tests {
                 exit_code,
                 reason,
                 ..
-            } = ended(&spec, OneOffPurpose::PreDeploy, out, 60)
+            } = ended(&spec, OneOffPurpose::PreDeploy, out.clone(), 60)
             else {
                 panic!("not a pre-deploy end");
             };

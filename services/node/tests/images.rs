@@ -739,3 +739,135 @@ async fn an_entrypoint_that_drops_to_its_user_with_gosu_runs_as_that_user() {
         );
     }
 }
+
+/// Images whose program cannot be run, as people meet them: the kernel
+/// says only "No such file or directory" (or, for another machine's
+/// program, the shell execvp falls back to prints its bytes); the exit
+/// says why, in the instance's logs and in `instance_exited` (from which
+/// a failed deploy and its notification say it too).
+#[tokio::test]
+async fn a_program_that_cannot_run_says_why() {
+    let w = World::start().await;
+    let node = start_node_opts(
+        &w,
+        fast_checks(),
+        Default::default(),
+        crate::support::options(),
+    )
+    .await;
+    let arm = {
+        let mut b = std::fs::read("/bin/busybox").unwrap();
+        b[18..20].copy_from_slice(&183u16.to_le_bytes());
+        b
+    };
+    let script = |body: &[u8]| vec![Entry::file("entry.sh", body).mode(0o755)];
+    let cases: Vec<(&str, Vec<Entry>, &str, &str)> = vec![
+        (
+            "crlf",
+            script(b"#!/bin/sh\r\necho hi\r\nexec sleep 100\r\n"),
+            "/entry.sh",
+            "exited with status 127: /entry.sh has Windows (CRLF) line endings: its first line names `/bin/sh` followed by a carriage return, which is not in the image; save it with LF line endings",
+        ),
+        (
+            "bash",
+            script(b"#!/bin/bash\nexec sleep 100\n"),
+            "/entry.sh",
+            "exited with status 127: the interpreter /entry.sh names, /bin/bash, is not in the image (Alpine and BusyBox images have /bin/sh, not bash: install bash or use #!/bin/sh)",
+        ),
+        (
+            "glibc",
+            vec![Entry::file("server", &std::fs::read("/usr/bin/dash").unwrap()).mode(0o755)],
+            "/server",
+            "exited with status 127: /server needs the dynamic loader /lib64/ld-linux-x86-64.so.2, which the image does not have: it was built for a system with glibc; build it static (Go: CGO_ENABLED=0) or on the image's own base",
+        ),
+        (
+            "mode",
+            vec![Entry::file("entry.sh", b"#!/bin/sh\nexec sleep 100\n").mode(0o644)],
+            "/entry.sh",
+            "exited with status 126: /entry.sh is not executable (mode 644): make it so in the image (chmod +x)",
+        ),
+        (
+            "missing",
+            vec![],
+            "gunicorn",
+            "exited with status 127: gunicorn is in none of the directories of its PATH in the image (/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)",
+        ),
+        (
+            "arm",
+            vec![Entry::file("server", &arm).mode(0o755)],
+            "/server",
+            "exited with status 2: /server is built for arm64 (aarch64), and this node runs x86-64 programs: build the image for linux/amd64 (docker build --platform linux/amd64)",
+        ),
+    ];
+    let owner = OwnerId::User(UserId::generate());
+    let mut runs = Vec::new();
+    for (name, layer, program, said) in cases {
+        let image = layers::image_with_config(
+            vec![
+                layers::layer(&busybox_base(), Comp::Gzip).unwrap(),
+                layers::layer(&layer, Comp::Gzip).unwrap(),
+            ],
+            json!({ "Entrypoint": [program] }),
+        )
+        .unwrap();
+        w.registry.push_image(REPO, name, &image).await.unwrap();
+        let (svc, dep) = service_of(
+            &w,
+            &owner,
+            name,
+            ServiceType::BackgroundWorker,
+            None,
+            &image.digest,
+        )
+        .await;
+        let mut s = spec(&w, &svc, &dep, "", None);
+        s.command = None;
+        s.digest = image.digest.clone();
+        let logs = w.subscribe_logs(&svc).await;
+        run(&w, &node.id, &s).await;
+        runs.push((svc, s, logs, said));
+    }
+    for (svc, s, mut logs, said) in runs {
+        let line = format!("==> {}{}", said[..1].to_uppercase(), &said[1..]);
+        let seen = collect_logs(&mut logs, Duration::from_secs(20), |l| l.line == line).await;
+        let lines = lines_of(&seen, &s.instance);
+        assert!(lines.contains(&line), "{line:?} in {lines:?}");
+        let events = w
+            .wait_events(&svc, Duration::from_secs(20), |ev| {
+                count_of(ev, &s.instance, "instance_exited") >= 1
+            })
+            .await;
+        let exit = events
+            .iter()
+            .find_map(|e| match &e.event {
+                berth_schemas::Event::InstanceExited(x) if x.instance == s.instance => Some(x),
+                _ => None,
+            })
+            .unwrap();
+        let why = said.split_once(": ").unwrap().1;
+        assert_eq!(exit.cannot_run.as_deref(), Some(why));
+    }
+    // A program that runs and fails on its own is not judged.
+    let (svc, dep) = service_of(
+        &w,
+        &owner,
+        "fails",
+        ServiceType::BackgroundWorker,
+        None,
+        &w.digest,
+    )
+    .await;
+    let s = spec(&w, &svc, &dep, "/bin/sh -c 'exit 127'", None);
+    let mut logs = w.subscribe_logs(&svc).await;
+    run(&w, &node.id, &s).await;
+    let seen = collect_logs(&mut logs, Duration::from_secs(20), |l| {
+        l.line.starts_with("==> Exited")
+    })
+    .await;
+    let lines = lines_of(&seen, &s.instance);
+    assert!(
+        lines.iter().any(|l| l == "==> Exited with status 127"),
+        "{lines:?}"
+    );
+    node.stop().await;
+}

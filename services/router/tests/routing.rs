@@ -117,14 +117,8 @@ async fn unhealthy_and_exited_instances_leave_routing_renames_move_the_host() ->
     }
     let seq = s
         .append(vec![berth_schemas::events::InstanceExited {
-            instance: ids[1].clone(),
             exit_code: Some(1),
-            signal: None,
-            oom_killed: false,
-            memory_limit_mib: None,
-            restarted: false,
-            disk_written_mib: None,
-            disk_limit_mib: None,
+            ..berth_schemas::events::InstanceExited::of(ids[1].clone())
         }
         .into()])
         .await?;

@@ -237,14 +237,9 @@ fn a_failed_deploy_says_why_an_instance_is_not_healthy() {
             })
         } else {
             Event::InstanceExited(berth_schemas::events::InstanceExited {
-                instance: i.clone(),
                 exit_code: Some(137),
-                signal: None,
                 oom_killed: true,
-                memory_limit_mib: None,
-                restarted: false,
-                disk_written_mib: None,
-                disk_limit_mib: None,
+                ..berth_schemas::events::InstanceExited::of(i.clone())
             })
         };
         s.apply(&[event]);
@@ -280,6 +275,31 @@ fn a_failed_deploy_says_why_an_instance_is_not_healthy() {
     );
 }
 
+/// A new instance whose program cannot be run fails its deploy with the
+/// reason its node found, not only an exit status.
+#[test]
+fn a_deploy_whose_program_cannot_run_fails_saying_why() {
+    let why = "/entry.sh has Windows (CRLF) line endings: its first line names `/bin/sh` followed by a carriage return, which is not in the image; save it with LF line endings";
+    let (mut s, new, i) = rolling_out(false);
+    for _ in 0..EXITS_BEFORE_FAILING {
+        s.apply(&[Event::InstanceExited(
+            berth_schemas::events::InstanceExited {
+                exit_code: Some(127),
+                cannot_run: Some(why.to_owned()),
+                ..berth_schemas::events::InstanceExited::of(i.clone())
+            },
+        )]);
+    }
+    let plan = s.reconcile(&two_nodes());
+    assert_eq!(
+        failure_of(&plan, &new),
+        format!(
+            "{i}: exited {EXITS_BEFORE_FAILING} times without passing its health check; \
+             the last time: exited with status 127: {why}"
+        )
+    );
+}
+
 /// A new instance that keeps exiting before it ever passed its check
 /// fails its deploy at once, saying how it ended; one that passed once is
 /// left to the readiness window.
@@ -287,14 +307,8 @@ fn a_failed_deploy_says_why_an_instance_is_not_healthy() {
 fn a_new_instance_that_keeps_exiting_fails_its_deploy_without_waiting() {
     let exit = |i: &InstanceId| {
         Event::InstanceExited(berth_schemas::events::InstanceExited {
-            instance: i.clone(),
             exit_code: Some(1),
-            signal: None,
-            oom_killed: false,
-            memory_limit_mib: None,
-            restarted: false,
-            disk_written_mib: None,
-            disk_limit_mib: None,
+            ..berth_schemas::events::InstanceExited::of(i.clone())
         })
     };
     let (mut s, new, i) = rolling_out(false);

@@ -118,6 +118,8 @@ pub fn exit_message(e: &InstanceExited) -> String {
     };
     if e.restarted {
         format!("restarted for failing its health checks ({how})")
+    } else if let Some(why) = &e.cannot_run {
+        format!("{how}: {why}")
     } else {
         how
     }
