@@ -1331,10 +1331,22 @@ mod tests {
             exit(None, Some(9), false).details["message"],
             "killed by signal 9"
         );
+        // Finished: a service's program must keep running.
+        assert_eq!(
+            exit(Some(0), None, false).details["message"],
+            format!(
+                "exited with status 0: {}",
+                crate::service::instances::FINISHED
+            )
+        );
         // Stopped by its node to be started again: said so.
         assert_eq!(
             exit_as(Some(143), None, false, true).details["message"],
             "restarted for failing its health checks (exited with status 143)"
+        );
+        assert_eq!(
+            exit_as(Some(0), None, false, true).details["message"],
+            "restarted for failing its health checks (exited with status 0)"
         );
         assert!(failed.details.get("diskWrittenMib").is_none());
         // Killed by its node for what it wrote when the disk ran low.

@@ -284,7 +284,11 @@ impl Reporter {
         match e {
             AgentEvent::Exited { service, .. } => {
                 if let Some(fact) = exited_fact(e) {
-                    let what = service::instances::exit_message(&fact);
+                    // Only a service's instances have a placement.
+                    let what = match self.placement(&fact.instance) {
+                        Some(_) => service::instances::exit_message(&fact),
+                        None => service::instances::run_exit_message(&fact),
+                    };
                     self.say(service, &fact.instance, &what).await;
                 }
             }

@@ -847,27 +847,41 @@ async fn a_program_that_cannot_run_says_why() {
         let why = said.split_once(": ").unwrap().1;
         assert_eq!(exit.cannot_run.as_deref(), Some(why));
     }
-    // A program that runs and fails on its own is not judged.
-    let (svc, dep) = service_of(
-        &w,
-        &owner,
-        "fails",
-        ServiceType::BackgroundWorker,
-        None,
-        &w.digest,
-    )
-    .await;
-    let s = spec(&w, &svc, &dep, "/bin/sh -c 'exit 127'", None);
-    let mut logs = w.subscribe_logs(&svc).await;
-    run(&w, &node.id, &s).await;
-    let seen = collect_logs(&mut logs, Duration::from_secs(20), |l| {
-        l.line.starts_with("==> Exited")
-    })
-    .await;
-    let lines = lines_of(&seen, &s.instance);
-    assert!(
-        lines.iter().any(|l| l == "==> Exited with status 127"),
-        "{lines:?}"
-    );
+    // A program that runs and fails on its own is not judged; one that
+    // finishes is told a service's program must keep running.
+    for (name, command, said) in [
+        (
+            "fails",
+            "/bin/sh -c 'exit 127'",
+            "==> Exited with status 127".to_owned(),
+        ),
+        (
+            "finishes",
+            "/bin/sh -c 'exit 0'",
+            format!(
+                "==> Exited with status 0: {}",
+                berth_domain::service::instances::FINISHED
+            ),
+        ),
+    ] {
+        let (svc, dep) = service_of(
+            &w,
+            &owner,
+            name,
+            ServiceType::BackgroundWorker,
+            None,
+            &w.digest,
+        )
+        .await;
+        let s = spec(&w, &svc, &dep, command, None);
+        let mut logs = w.subscribe_logs(&svc).await;
+        run(&w, &node.id, &s).await;
+        let seen = collect_logs(&mut logs, Duration::from_secs(20), |l| {
+            l.line.starts_with("==> Exited")
+        })
+        .await;
+        let lines = lines_of(&seen, &s.instance);
+        assert!(lines.contains(&said), "{said:?} in {lines:?}");
+    }
     node.stop().await;
 }

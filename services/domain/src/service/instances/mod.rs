@@ -100,8 +100,26 @@ pub fn evicted_for_disk(mib: u64, limit: Option<u64>) -> String {
     }
 }
 
-/// How an instance's process ended, in words.
+/// What a service's instance whose program ended with status 0 is told:
+/// an instance ends with its program, whatever its status.
+pub const FINISHED: &str = "a service's program must keep running: one that finishes, or puts itself in the background as a daemon, ends its instance (run it in the foreground)";
+
+/// How a service instance's process ended, in words.
 pub fn exit_message(e: &InstanceExited) -> String {
+    let said = run_exit_message(e);
+    let finished =
+        e.exit_code == Some(0) && !e.restarted && !e.oom_killed && e.disk_written_mib.is_none();
+    if finished {
+        format!("{said}: {FINISHED}")
+    } else {
+        said
+    }
+}
+
+/// How a process ended, in words, as a one-off run (a job, a cron run, a
+/// pre-deploy command) is told: [`exit_message`] without what only a
+/// service's instance is told.
+pub fn run_exit_message(e: &InstanceExited) -> String {
     if let Some(mib) = e.disk_written_mib {
         return format!(
             "{}, and it starts again from the image's files",
