@@ -811,20 +811,7 @@ async fn a_program_that_cannot_run_says_why() {
         )
         .unwrap();
         w.registry.push_image(REPO, name, &image).await.unwrap();
-        let (svc, dep) = service_of(
-            &w,
-            &owner,
-            name,
-            ServiceType::BackgroundWorker,
-            None,
-            &image.digest,
-        )
-        .await;
-        let mut s = spec(&w, &svc, &dep, "", None);
-        s.command = None;
-        s.digest = image.digest.clone();
-        let logs = w.subscribe_logs(&svc).await;
-        run(&w, &node.id, &s).await;
+        let (svc, s, logs) = worker(&w, &node, &owner, name, &image.digest, None).await;
         runs.push((svc, s, logs, said));
     }
     for (svc, s, mut logs, said) in runs {
@@ -864,18 +851,7 @@ async fn a_program_that_cannot_run_says_why() {
             ),
         ),
     ] {
-        let (svc, dep) = service_of(
-            &w,
-            &owner,
-            name,
-            ServiceType::BackgroundWorker,
-            None,
-            &w.digest,
-        )
-        .await;
-        let s = spec(&w, &svc, &dep, command, None);
-        let mut logs = w.subscribe_logs(&svc).await;
-        run(&w, &node.id, &s).await;
+        let (_, s, mut logs) = worker(&w, &node, &owner, name, &w.digest, Some(command)).await;
         let seen = collect_logs(&mut logs, Duration::from_secs(20), |l| {
             l.line.starts_with("==> Exited")
         })
@@ -884,4 +860,23 @@ async fn a_program_that_cannot_run_says_why() {
         assert!(lines.contains(&said), "{said:?} in {lines:?}");
     }
     node.stop().await;
+}
+
+/// Runs the image `digest` as a worker service `name` of `owner` on `node`
+/// (`command`, else the image's own): its service, spec and logs.
+async fn worker(
+    w: &World,
+    node: &Running,
+    owner: &OwnerId,
+    name: &str,
+    digest: &str,
+    command: Option<&str>,
+) -> (ServiceId, NodeRunSpec, async_nats::Subscriber) {
+    let (svc, dep) = service_of(w, owner, name, ServiceType::BackgroundWorker, None, digest).await;
+    let mut s = spec(w, &svc, &dep, command.unwrap_or_default(), None);
+    s.command = command.map(str::to_owned);
+    s.digest = digest.to_owned();
+    let logs = w.subscribe_logs(&svc).await;
+    run(w, &node.id, &s).await;
+    (svc, s, logs)
 }
