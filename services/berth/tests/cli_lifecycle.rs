@@ -378,10 +378,12 @@ async fn cli_changes_a_running_service() {
 
     // Logs come from the API, not from NATS: an unreachable API is exit
     // 69, an unreachable NATS server changes nothing (and `logs` does not
-    // even take the NATS options).
+    // even take the NATS options). The worker says `up` every second; the
+    // restart above may have just stopped its old instance, whose
+    // `==> Stopped` line can then be the newest.
     let no_nats = cli
         .run_with(
-            &["service", "logs", "w", "--tail", "1"],
+            &["service", "logs", "w", "--tail", "5"],
             &[("BERTH_NATS_URL", "nats://127.0.0.1:1")],
             None,
         )
