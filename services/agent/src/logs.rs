@@ -135,14 +135,30 @@ impl LineBudget {
     }
 }
 
-/// Make the FIFO at `path` if it is not there.
+/// Make the FIFO at `path` if it is not there, writable by any user.
+///
+/// A program that opens `/dev/stdout` or `/dev/stderr` (nginx's and
+/// httpd's images link their log files there) opens the FIFO again
+/// through `/proc/self/fd`, and that open is checked against the FIFO's
+/// own mode: made by the node's root with 0600, it was refused to every
+/// user of the instance but the host's root — a `USER` other than root,
+/// and every user of an instance in a user namespace, root included
+/// (nginx: `open() "/var/log/nginx/error.log" failed (13: Permission
+/// denied)`). Others may write (0622): the FIFO sits in the instance's
+/// private directory, which no other user of the host can pass, and
+/// inside the instance only its own file descriptors lead to it.
 pub fn ensure_fifo(path: &Path) -> Result<(), AgentError> {
-    if std::fs::symlink_metadata(path).is_ok() {
-        return Ok(());
+    use std::os::unix::fs::PermissionsExt;
+    if std::fs::symlink_metadata(path).is_err() {
+        nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .map_err(|e| agent_io(path)(std::io::Error::from(e)))?;
     }
-    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
-        .map_err(|e| agent_io(path)(std::io::Error::from(e)))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(FIFO_MODE))
+        .map_err(agent_io(path))
 }
+
+/// The mode of an instance's output FIFOs (see [`ensure_fifo`]).
+const FIFO_MODE: u32 = 0o622;
 
 /// The container's end: the FIFO opened read-write (see module docs).
 pub fn open_writer(path: &Path) -> Result<File, AgentError> {

@@ -121,6 +121,20 @@ impl Deployed {
     }
 }
 
+/// The two ways a node runs instances: as the test suite's nodes do (as
+/// the host's root unless `BERTH_TEST_USERNS` says otherwise), and in a
+/// user namespace (as `berth up` does where the machine allows it).
+fn modes() -> [NodeOptions; 2] {
+    let in_userns = NodeOptions {
+        user_namespace: Userns::On(UserNamespace {
+            host: 1_000_000_000,
+            size: berth_node::USERNS_IDS,
+        }),
+        ..crate::support::options()
+    };
+    [crate::support::options(), in_userns]
+}
+
 /// The official nginx image's layout: `/docker-entrypoint.sh` then
 /// `nginx -g 'daemon off;'`, the master as root and its workers as user
 /// `nginx` (101), `EXPOSE 80`, `STOPSIGNAL SIGQUIT`, the logs linked to
@@ -201,10 +215,20 @@ exec "$@"
 /// sets no `PORT`: served on the port it exposes (80), its workers
 /// running as `nginx`, its access log in the service's logs; a stop sends
 /// the image's SIGQUIT, and nginx finishes gracefully, well inside the
-/// shutdown delay (SIGTERM would be nginx's fast, dropping shutdown).
+/// shutdown delay (SIGTERM would be nginx's fast, dropping shutdown). As
+/// the host's root and in a user namespace: there its root is no owner
+/// of the output it opens again as `/dev/stdout` and `/dev/stderr`.
 #[tokio::test]
 async fn nginx_as_its_official_image_runs_it() {
-    let mut d = Deployed::start(&nginx_image(), "nginx", ServiceType::WebService, None).await;
+    let image = nginx_image();
+    for opts in modes() {
+        nginx_runs(&image, opts).await;
+    }
+}
+
+/// [`nginx_as_its_official_image_runs_it`] on a node run with `opts`.
+async fn nginx_runs(image: &Image, opts: NodeOptions) {
+    let mut d = Deployed::start_on(image, "nginx", ServiceType::WebService, None, opts).await;
     let (status, body) = d.get("/").await;
     assert_eq!(
         (status, body.as_str()),
@@ -656,7 +680,7 @@ if [ "$1" = 'httpd' -a "$(id -u)" = '0' ]; then
     find . \! -user www -exec chown www '{}' +
     exec gosu www "$0" "$@"
 fi
-echo "serving /data as $(id -un)"
+echo "serving /data as $(id -un)" > /dev/stderr
 echo "written by $(id -un)" > /data/index.html
 exec busybox "$@"
 "#;
@@ -695,18 +719,16 @@ exec busybox "$@"
 
 /// The gosu entrypoint, on a node as it runs by default and on one running
 /// instances in a user namespace: the data directory changes hands, the
-/// server runs as its own user (not root) and serves what it wrote.
+/// server runs as its own user (not root) and serves what it wrote, and
+/// the script, as that user, writes to `/dev/stderr`.
 #[tokio::test]
 async fn an_entrypoint_that_drops_to_its_user_with_gosu_runs_as_that_user() {
     let image = gosu_image();
-    let in_userns = NodeOptions {
-        user_namespace: Userns::On(UserNamespace {
-            host: 1_000_000_000,
-            size: berth_node::USERNS_IDS,
-        }),
-        ..crate::support::options()
-    };
-    for (opts, root_on_host) in [(crate::support::options(), 0), (in_userns, 1_000_000_000)] {
+    for opts in modes() {
+        let root_on_host = match &opts.user_namespace {
+            Userns::On(ns) | Userns::Auto(ns) => ns.host,
+            Userns::Off => 0,
+        };
         let mut d = Deployed::start_on(&image, "gosu", ServiceType::WebService, None, opts).await;
         let pid = crate::support::container_pid(&d.w, &d.spec.instance);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
