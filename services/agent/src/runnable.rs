@@ -32,9 +32,9 @@ const MAX_PHDRS: usize = 64;
 const X86_64: u16 = 62;
 const I386: u16 = 3;
 
-/// The trees the container gets from elsewhere than the image: a path
-/// under them cannot be judged from the image.
-const MOUNTED: &[&str] = &["/proc", "/sys", "/dev"];
+/// The top directories the container gets from elsewhere than the image:
+/// a path into them cannot be judged from the image.
+const MOUNTED: &[&str] = &["proc", "sys", "dev"];
 
 /// Why `args[0]` cannot be run in the image whose tree is at `root`, with
 /// the process's `PATH` and working directory `cwd`; `None` when it can
@@ -45,57 +45,62 @@ pub fn why_not(root: &Path, args: &[String], path: &str, cwd: &str) -> Option<St
     if program.is_empty() {
         return None;
     }
-    let (shown, found) = if program.contains('/') {
-        let at = absolute(program, cwd);
-        if MOUNTED.iter().any(|m| under(&at, m)) {
-            return None;
-        }
-        match resolve(root, &at) {
-            Some(f) => (program.clone(), f),
-            None => return Some(format!("{program} is not in the image")),
+    let found = if program.contains('/') {
+        match resolve(root, &absolute(program, cwd)) {
+            Found::File(f) => f,
+            Found::Missing => return Some(format!("{program} is not in the image")),
+            Found::Unknown => return None,
         }
     } else {
         match search(root, program, path, cwd) {
-            Search::Found(f) => (program.clone(), f),
-            Search::Mounted => return None,
-            Search::Missing => {
+            Found::File(f) => f,
+            Found::Missing => {
                 return Some(format!(
                     "{program} is in none of the directories of its PATH in the image ({})",
                     berth_schemas::cut(path, 120)
                 ))
             }
+            Found::Unknown => return None,
         }
     };
-    judge(root, &shown, &found, cwd, 0)
+    judge(root, program, &found, cwd, 0)
 }
 
-/// What a search of `PATH` found for a bare program name.
-enum Search {
-    Found(PathBuf),
-    /// A directory the image does not provide (`/proc/…`) was on the way.
-    Mounted,
+/// What a path leads to in the image.
+enum Found {
+    /// A regular file (its path on the host).
+    File(PathBuf),
+    /// Nothing: not there, a loop, not a regular file.
     Missing,
+    /// Somewhere the container gets from elsewhere than the image
+    /// (`/proc`, `/sys`, `/dev`): not the image's to judge.
+    Unknown,
 }
 
 /// `program` looked up in each directory of `path` (an empty entry is the
-/// working directory), as execvp does: the first regular file found.
-fn search(root: &Path, program: &str, path: &str, cwd: &str) -> Search {
+/// working directory), as execvp does: the first executable regular file,
+/// else the first regular file (which execvp then fails to run).
+fn search(root: &Path, program: &str, path: &str, cwd: &str) -> Found {
+    let mut first = None;
     for dir in path.split(':') {
         let dir = if dir.is_empty() { cwd } else { dir };
         let at = absolute(&format!("{}/{program}", dir.trim_end_matches('/')), cwd);
-        if MOUNTED.iter().any(|m| under(&at, m)) {
-            return Search::Mounted;
-        }
-        if let Some(found) = resolve(root, &at) {
-            return Search::Found(found);
+        match resolve(root, &at) {
+            Found::File(f) if executable(&f) => return Found::File(f),
+            Found::File(f) => {
+                first.get_or_insert(f);
+            }
+            Found::Unknown => return Found::Unknown,
+            Found::Missing => {}
         }
     }
-    Search::Missing
+    first.map_or(Found::Missing, Found::File)
 }
 
-/// Whether `path` is `dir` or below it.
-fn under(path: &str, dir: &str) -> bool {
-    path == dir || path.strip_prefix(dir).is_some_and(|r| r.starts_with('/'))
+/// Whether the file at `f` has an execute bit.
+fn executable(f: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(f).is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
 }
 
 /// `p` made absolute against `cwd`.
@@ -107,10 +112,10 @@ fn absolute(p: &str, cwd: &str) -> String {
     }
 }
 
-/// The regular file at `path` in the tree at `root`, symlinks followed
-/// inside the tree (an absolute target starts again at `root`, `..` stops
-/// at it); `None` when there is none (missing, a loop, not a file).
-fn resolve(root: &Path, path: &str) -> Option<PathBuf> {
+/// What `path` leads to in the tree at `root`, symlinks followed inside
+/// the tree (an absolute target starts again at `root`, `..` stops at
+/// it).
+fn resolve(root: &Path, path: &str) -> Found {
     let mut todo: Vec<String> = components(path);
     todo.reverse();
     let mut at: Vec<String> = Vec::new();
@@ -125,14 +130,21 @@ fn resolve(root: &Path, path: &str) -> Option<PathBuf> {
             _ => {}
         }
         at.push(name);
+        if at.len() == 1 && MOUNTED.contains(&at[0].as_str()) {
+            return Found::Unknown;
+        }
         let here = at.iter().fold(root.to_path_buf(), |p, c| p.join(c));
-        let meta = std::fs::symlink_metadata(&here).ok()?;
+        let Ok(meta) = std::fs::symlink_metadata(&here) else {
+            return Found::Missing;
+        };
         if meta.file_type().is_symlink() {
             links += 1;
-            if links > MAX_LINKS {
-                return None;
-            }
-            let target = std::fs::read_link(&here).ok()?;
+            let Some(target) = std::fs::read_link(&here)
+                .ok()
+                .filter(|_| links <= MAX_LINKS)
+            else {
+                return Found::Missing;
+            };
             let target = target.to_string_lossy();
             at.pop();
             if target.starts_with('/') {
@@ -142,14 +154,14 @@ fn resolve(root: &Path, path: &str) -> Option<PathBuf> {
             more.reverse();
             todo.extend(more);
         } else if !todo.is_empty() && !meta.is_dir() {
-            return None;
+            return Found::Missing;
         }
     }
     let file = at.iter().fold(root.to_path_buf(), |p, c| p.join(c));
-    std::fs::symlink_metadata(&file)
-        .ok()
-        .filter(|m| m.is_file())
-        .map(|_| file)
+    match std::fs::symlink_metadata(&file) {
+        Ok(m) if m.is_file() => Found::File(file),
+        _ => Found::Missing,
+    }
 }
 
 /// The names of `path`'s parts, root and empty parts left out.
@@ -214,19 +226,19 @@ fn script(root: &Path, shown: &str, line: &[u8], cwd: &str, depth: usize) -> Opt
     if interpreter.is_empty() {
         return Some(format!("{shown} starts with #! but names no interpreter"));
     }
-    let at = absolute(interpreter, cwd);
-    if MOUNTED.iter().any(|m| under(&at, m)) {
-        return None;
-    }
-    let Some(found) = resolve(root, &at) else {
-        let hint = if interpreter.ends_with("/bash") {
-            " (Alpine and BusyBox images have /bin/sh, not bash: install bash or use #!/bin/sh)"
-        } else {
-            ""
-        };
-        return Some(format!(
-            "the interpreter {shown} names, {interpreter}, is not in the image{hint}"
-        ));
+    let found = match resolve(root, &absolute(interpreter, cwd)) {
+        Found::File(f) => f,
+        Found::Unknown => return None,
+        Found::Missing => {
+            let hint = if interpreter.ends_with("/bash") {
+                " (Alpine and BusyBox images have /bin/sh, not bash: install bash or use #!/bin/sh)"
+            } else {
+                ""
+            };
+            return Some(format!(
+                "the interpreter {shown} names, {interpreter}, is not in the image{hint}"
+            ));
+        }
     };
     if depth > 0 {
         return None;
@@ -265,7 +277,7 @@ fn elf(root: &Path, shown: &str, head: &[u8], f: &mut std::fs::File) -> Option<S
         ));
     }
     let loader = interp(f, wide, little)?;
-    if resolve(root, &loader).is_some() {
+    if !matches!(resolve(root, &loader), Found::Missing) {
         return None;
     }
     let built = if loader.contains("musl") {
@@ -406,6 +418,18 @@ mod tests {
             why(root, "/proc/self/exe"),
             None,
             "not the image's to judge"
+        );
+        symlink("/proc/self/fd/3", root.join("bin/fd")).unwrap();
+        assert_eq!(why(root, "fd"), None, "a link out of the image's tree");
+        // As execvp: a file without an execute bit earlier on the PATH is
+        // passed over for an executable one later.
+        file(root, "usr/local/bin/tool", b"#!/bin/sh\n", 0o644);
+        file(root, "bin/tool", b"#!/bin/sh\n", 0o755);
+        assert_eq!(why(root, "tool"), None);
+        file(root, "usr/local/bin/only", b"#!/bin/sh\n", 0o644);
+        assert_eq!(
+            why(root, "only").unwrap(),
+            "only is not executable (mode 644): make it so in the image (chmod +x)"
         );
         // A static program (no loader) for i386.
         let mut i386 = elf_bytes(I386, "");
