@@ -720,6 +720,7 @@ mod tests {
                     user: Some("12:34".into()),
                     exposed_ports: None,
                     stop_signal: None,
+                    volumes: None,
                 },
             },
             command: Some("migrate --all".into()),

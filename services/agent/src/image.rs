@@ -43,6 +43,10 @@ pub struct ImageConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub stop_signal: Option<String>,
+    /// `Volumes` (`"/data": {}`): directories made when the image lacks
+    /// them ([`crate::volumes`]).
+    #[serde(default, rename = "Volumes", skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 /// SIGTERM: what asks a program to stop unless its image says otherwise.

@@ -52,6 +52,7 @@ mod seccomp;
 mod supervise;
 pub mod terminal;
 pub mod usage;
+pub mod volumes;
 mod wrapper;
 
 pub use agent::{Agent, AgentConfig, AgentEvent, Kind, OneOffOutcome, StopOutcome};

@@ -294,6 +294,7 @@ async fn launch_with(
             bundle::discard_writes(&d)?;
         }
         let k = bundle::prepare_rootfs(&d, &s.image.rootfs, inside, ns)?;
+        crate::volumes::make_missing(&d, &s.image, k, ns);
         bundle::write_bundle(&d, &s, net.as_ref(), &sandbox, k)?;
         Ok::<_, AgentError>((k, bundle::cannot_run(&s)))
     })

@@ -902,3 +902,62 @@ async fn worker(
     run(w, &node.id, &s).await;
     (svc, s, logs)
 }
+
+/// An image that declares volumes it never creates (`VOLUME /data`, and
+/// one below a directory of its own with an owner and mode of its own):
+/// the directories are there when its program starts, as under Docker,
+/// and its own directory keeps its owner and mode — as the host's root
+/// and in a user namespace.
+#[tokio::test]
+async fn volumes_an_image_declares_but_lacks_are_made() {
+    let layer = vec![
+        Entry::dir("var"),
+        Entry::dir("var/lib").mode(0o750).owner(33, 33),
+    ];
+    let image = layers::image_with_config(
+        vec![
+            layers::layer(&busybox_base(), Comp::Gzip).unwrap(),
+            layers::layer(&layer, Comp::Gzip).unwrap(),
+        ],
+        json!({
+            "Cmd": ["/bin/sh", "-c", "echo a > /data/a && echo b > /var/lib/app/cache/b && echo wrote both; exec sleep 600"],
+            "Volumes": { "/data": {}, "/var/lib/app/cache": {} },
+        }),
+    )
+    .unwrap();
+    for opts in modes() {
+        let w = World::start().await;
+        let node = start_node_opts(&w, fast_checks(), Default::default(), opts).await;
+        w.registry
+            .push_image(REPO, "volumes", &image)
+            .await
+            .unwrap();
+        let owner = OwnerId::User(UserId::generate());
+        let (_, s, mut logs) = worker(&w, &node, &owner, "volumes", &image.digest, None).await;
+        let seen = collect_logs(&mut logs, Duration::from_secs(20), |l| {
+            l.line == "wrote both" || l.line.starts_with("==> Exited")
+        })
+        .await;
+        let lines = lines_of(&seen, &s.instance);
+        assert!(lines.iter().any(|l| l == "wrote both"), "{lines:?}");
+        let (code, out) = exec(
+            &w,
+            &s.instance,
+            &[
+                "/bin/busybox",
+                "stat",
+                "-c",
+                "%n %u %a",
+                "/data",
+                "/var/lib",
+                "/var/lib/app/cache",
+            ],
+        );
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(
+            out, "/data 0 755\n/var/lib 33 750\n/var/lib/app/cache 0 755\n",
+            "as the instance sees them"
+        );
+        node.stop().await;
+    }
+}
