@@ -37,13 +37,8 @@ struct Deployed {
 
 impl Deployed {
     /// Pushes `image` as `tag`, runs it as a service of `kind` named
-    /// `tag` (a 20 s shutdown delay, `plan`'s limits) and waits for it
-    /// healthy.
-    async fn start(image: &Image, tag: &str, kind: ServiceType, plan: Option<Plan>) -> Self {
-        Self::start_on(image, tag, kind, plan, crate::support::options()).await
-    }
-
-    /// [`Deployed::start`] on a node run with `opts`.
+    /// `tag` (a 20 s shutdown delay, `plan`'s limits) on a node run with
+    /// `opts` and waits for it healthy.
     async fn start_on(
         image: &Image,
         tag: &str,
@@ -386,7 +381,15 @@ print("Shut down cleanly")
 /// period): it finishes and exits 0, well inside the shutdown delay.
 #[tokio::test]
 async fn a_python_app_as_its_dockerfile_builds_it() {
-    let mut d = Deployed::start(&python_image(), "python", ServiceType::WebService, None).await;
+    let image = python_image();
+    for opts in modes() {
+        python_runs(&image, opts).await;
+    }
+}
+
+/// [`a_python_app_as_its_dockerfile_builds_it`] on a node run with `opts`.
+async fn python_runs(image: &Image, opts: NodeOptions) {
+    let mut d = Deployed::start_on(image, "python", ServiceType::WebService, None, opts).await;
     assert_eq!(
         d.count("instance_port_detected"),
         1,
@@ -543,18 +546,21 @@ fn java_image() -> Image {
 /// grows); a stop runs its shutdown hook.
 #[tokio::test]
 async fn a_java_app_sizes_its_jvm_to_the_instance() {
+    let image = java_image();
+    for opts in modes() {
+        java_runs(&image, opts).await;
+    }
+}
+
+/// [`a_java_app_sizes_its_jvm_to_the_instance`] on a node run with `opts`.
+async fn java_runs(image: &Image, opts: NodeOptions) {
     let starter = Plan {
         name: "starter".into(),
         cpu_millis: 500,
         memory_mib: 512,
     };
-    let mut d = Deployed::start(
-        &java_image(),
-        "java",
-        ServiceType::WebService,
-        Some(starter),
-    )
-    .await;
+    let mut d =
+        Deployed::start_on(image, "java", ServiceType::WebService, Some(starter), opts).await;
     assert_eq!(
         d.count("instance_port_detected"),
         1,
@@ -615,7 +621,15 @@ fn nats_image() -> Image {
 /// owner's other instances reach both by the service's name.
 #[tokio::test]
 async fn a_scratch_image_runs_as_a_private_service_on_its_ports() {
-    let mut d = Deployed::start(&nats_image(), "queue", ServiceType::PrivateService, None).await;
+    let image = nats_image();
+    for opts in modes() {
+        nats_runs(&image, opts).await;
+    }
+}
+
+/// [`a_scratch_image_runs_as_a_private_service_on_its_ports`] on a node run with `opts`.
+async fn nats_runs(image: &Image, opts: NodeOptions) {
+    let mut d = Deployed::start_on(image, "queue", ServiceType::PrivateService, None, opts).await;
     assert_eq!(d.count("instance_port_detected"), 1, "{:?}", d.events);
     let said = "==> Detected service running on ports 4222, 8222: reached on each by the service's name, checked on 4222, as the service sets no PORT (set PORT to the port to check)";
     let lines = d.lines_until(|l| l == said).await;
