@@ -253,7 +253,7 @@ fn script(root: &Path, shown: &str, line: &[u8], cwd: &str, depth: usize) -> Opt
 }
 
 /// Judges an ELF program by its header (`head`, its first bytes) and its
-/// `PT_INTERP` (read from `f`).
+/// `PT_INTERP` (its program headers read from `f`).
 fn elf(root: &Path, shown: &str, head: &[u8], f: &mut std::fs::File) -> Option<String> {
     let wide = match head.get(4)? {
         1 => false,
@@ -261,22 +261,20 @@ fn elf(root: &Path, shown: &str, head: &[u8], f: &mut std::fs::File) -> Option<S
         _ => return None,
     };
     let little = *head.get(5)? == 1;
-    let u16_at = |at: usize| -> Option<u16> {
-        let b: [u8; 2] = head.get(at..at + 2)?.try_into().ok()?;
-        Some(if little {
-            u16::from_le_bytes(b)
-        } else {
-            u16::from_be_bytes(b)
-        })
-    };
-    let machine = u16_at(18)?;
-    if machine != X86_64 && machine != I386 {
+    let field = |at: std::ops::Range<usize>| head.get(at).map(|b| number(b, little));
+    let machine = field(18..20)?;
+    if machine != u64::from(X86_64) && machine != u64::from(I386) {
         return Some(format!(
             "{shown} is built for {}, and this node runs x86-64 programs: build the image for linux/amd64 (docker build --platform linux/amd64)",
-            machine_name(machine)
+            machine_name(u16::try_from(machine).ok()?)
         ));
     }
-    let loader = interp(f, wide, little)?;
+    let (phoff, entsize, count) = if wide {
+        (field(32..40)?, field(54..56)?, field(56..58)?)
+    } else {
+        (field(28..32)?, field(42..44)?, field(44..46)?)
+    };
+    let loader = interp(f, wide, little, phoff, entsize, count)?;
     if !matches!(resolve(root, &loader), Found::Missing) {
         return None;
     }
@@ -290,33 +288,29 @@ fn elf(root: &Path, shown: &str, head: &[u8], f: &mut std::fs::File) -> Option<S
     ))
 }
 
-/// The path an ELF program's `PT_INTERP` header names, if it has one.
-fn interp(f: &mut std::fs::File, wide: bool, little: bool) -> Option<String> {
-    let mut header = [0u8; 64];
-    f.seek(SeekFrom::Start(0)).ok()?;
-    f.read_exact(&mut header[..if wide { 64 } else { 52 }])
-        .ok()?;
-    let num = |b: &[u8]| -> u64 {
-        let mut v = 0u64;
-        for (i, byte) in b.iter().enumerate() {
-            let shift = if little { i } else { b.len() - 1 - i };
-            v |= u64::from(*byte) << (8 * shift);
-        }
-        v
-    };
-    let (phoff, entsize, count) = if wide {
-        (
-            num(&header[32..40]),
-            num(&header[54..56]),
-            num(&header[56..58]),
-        )
-    } else {
-        (
-            num(&header[28..32]),
-            num(&header[42..44]),
-            num(&header[44..46]),
-        )
-    };
+/// The unsigned number in the bytes `b` (an ELF field), in the file's
+/// byte order.
+fn number(b: &[u8], little: bool) -> u64 {
+    let mut v = 0u64;
+    for (i, byte) in b.iter().enumerate() {
+        let shift = if little { i } else { b.len() - 1 - i };
+        v |= u64::from(*byte) << (8 * shift);
+    }
+    v
+}
+
+/// The path an ELF program's `PT_INTERP` header names, if it has one,
+/// from its program header table (`count` entries of `entsize` bytes at
+/// `phoff`).
+fn interp(
+    f: &mut std::fs::File,
+    wide: bool,
+    little: bool,
+    phoff: u64,
+    entsize: u64,
+    count: u64,
+) -> Option<String> {
+    let num = |b: &[u8]| number(b, little);
     let entsize = usize::try_from(entsize).ok()?;
     if entsize < if wide { 56 } else { 32 } || entsize > 256 {
         return None;

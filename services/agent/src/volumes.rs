@@ -48,8 +48,8 @@ pub fn make_missing(
     let owner = ns.map_or(0, |n| n.host);
     let upper = dir.root.join("upper");
     let into = match kind {
-        RootfsKind::Inside => Into::Upper(&upper),
-        RootfsKind::Overlay | RootfsKind::Copy => Into::Merged(dir.rootfs()),
+        RootfsKind::Inside => Target::Upper(&upper),
+        RootfsKind::Overlay | RootfsKind::Copy => Target::Merged(dir.rootfs()),
     };
     let mut made = Vec::new();
     for path in volumes.keys().take(MAX_VOLUMES) {
@@ -68,7 +68,7 @@ pub fn make_missing(
 }
 
 /// Where the directories go.
-enum Into<'a> {
+enum Target<'a> {
     /// The overlay's upper layer, not mounted yet.
     Upper(&'a Path),
     /// The instance's root as it will be seen (mounted, or a copy).
@@ -94,7 +94,7 @@ fn join(base: &Path, parts: &[&str]) -> PathBuf {
 
 /// Makes the part of `parts` missing from the image tree at `image`;
 /// `true` when something was made.
-fn make(image: &Path, into: &Into<'_>, parts: &[&str], owner: u32) -> std::io::Result<bool> {
+fn make(image: &Path, into: &Target<'_>, parts: &[&str], owner: u32) -> std::io::Result<bool> {
     let mut missing = None;
     for i in 0..parts.len() {
         match std::fs::symlink_metadata(join(image, &parts[..=i])) {
@@ -112,7 +112,7 @@ fn make(image: &Path, into: &Into<'_>, parts: &[&str], owner: u32) -> std::io::R
         return Ok(false);
     };
     let base = match into {
-        Into::Upper(upper) => {
+        Target::Upper(upper) => {
             // The image's directories on the way, mirrored with their
             // owner and mode: the merged directory takes the upper one's.
             for j in 0..first {
@@ -128,7 +128,7 @@ fn make(image: &Path, into: &Into<'_>, parts: &[&str], owner: u32) -> std::io::R
             }
             upper.to_path_buf()
         }
-        Into::Merged(root) => root.clone(),
+        Target::Merged(root) => root.clone(),
     };
     for j in first..parts.len() {
         let d = join(&base, &parts[..=j]);
