@@ -610,7 +610,8 @@ impl Probe {
         let Some(listeners) = self.sockets() else {
             return false;
         };
-        let Some(port) = detected_port(&listeners, want, self.placement.private) else {
+        let ports = reachable_ports(&listeners);
+        let Some(port) = detected_port(&ports, want, self.placement.private) else {
             return false;
         };
         if self.placement.port.is_some() {
@@ -646,7 +647,6 @@ impl Probe {
             port,
             expected: want,
         };
-        let ports = reachable_ports(&listeners);
         let said = match ports.as_slice() {
             [_] => port_detected_message(&detected),
             many => several_ports_message(many, port),
@@ -789,13 +789,14 @@ fn reachable_ports(listeners: &[(IpAddr, u16)]) -> Vec<u16> {
     ports
 }
 
-/// The port to serve an instance on instead of `want`: the only one it
-/// listens on where the node reaches it, when that is not `want`. With two
-/// or more, which one a web instance serves on cannot be told (an admin
-/// port may open first), so none is; a `private` one is reached on each,
-/// and is checked on the lowest.
-fn detected_port(listeners: &[(IpAddr, u16)], want: u16, private: bool) -> Option<u16> {
-    match reachable_ports(listeners).as_slice() {
+/// The port to serve an instance on instead of `want`, of the `ports` it
+/// listens on where the node reaches it ([`reachable_ports`]): the only
+/// one, when that is not `want`. With two or more, which one a web
+/// instance serves on cannot be told (an admin port may open first), so
+/// none is; a `private` one is reached on each, and is checked on the
+/// lowest.
+fn detected_port(ports: &[u16], want: u16, private: bool) -> Option<u16> {
+    match ports {
         [one] if *one != want => Some(*one),
         many if private && !many.is_empty() && !many.contains(&want) => many.first().copied(),
         _ => None,
@@ -1122,6 +1123,10 @@ mod tests {
     #[test]
     fn only_a_lone_reachable_port_is_taken_for_a_web_instance_the_lowest_for_a_private_one() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // What a probe finds listening, as the probe reads it.
+        let detected_port = |listeners: &[(IpAddr, u16)], want, private| {
+            detected_port(&reachable_ports(listeners), want, private)
+        };
         // One port (on IPv4 and IPv6 both), loopback listeners aside.
         let lone = [
             (ip("0.0.0.0"), 3000),

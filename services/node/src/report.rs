@@ -436,7 +436,7 @@ pub(crate) fn stop_message(instance: &InstanceId, o: &StopOutcome) -> String {
 }
 
 /// An `instance_exited` fact of `instance` ending with `status` by itself.
-fn exited(instance: &InstanceId, status: ExitStatus) -> InstanceExited {
+pub(crate) fn exited(instance: &InstanceId, status: ExitStatus) -> InstanceExited {
     let (exit_code, signal) = match status {
         ExitStatus::Code(c) => (Some(c), None),
         ExitStatus::Signal(s) => (None, Some(s)),

@@ -35,7 +35,7 @@ use berth_oci::Credential;
 use berth_puller::{unpack_image, Progress, PullRequest, Puller, UnpackOptions};
 use berth_runtime::node_key::NodeKeyPair;
 use berth_schemas::commands::{NodeRunSpec, NodeWork, OneOffPurpose};
-use berth_schemas::events::ImagePullProgressed;
+use berth_schemas::events::{ImagePullProgressed, InstanceExited};
 use berth_schemas::ids::ServiceId;
 
 use berth_schemas::model::{PullFailureReason, ServiceType};
@@ -822,15 +822,13 @@ fn ended(
         OneOffOutcome::Exited(ExitStatus::Code(0)) => (true, Some(0), None, "succeeded"),
         OneOffOutcome::Exited(ExitStatus::Code(c)) => (false, Some(c), None, "failed"),
         OneOffOutcome::CannotRun { status, why } => {
-            let code = match status {
-                ExitStatus::Code(c) => Some(c),
-                _ => None,
+            // Said as the run's exit line says it.
+            let exit = InstanceExited {
+                cannot_run: Some(why),
+                ..crate::report::exited(&spec.instance, status)
             };
-            let how = code.map_or_else(
-                || "it could not be run".to_owned(),
-                |c| format!("exited with status {c}"),
-            );
-            (false, code, Some(format!("{how}: {why}")), "failed")
+            let reason = service::instances::run_exit_message(&exit);
+            (false, exit.exit_code, Some(reason), "failed")
         }
         OneOffOutcome::Exited(ExitStatus::Signal(s)) => {
             (false, None, Some(format!("killed by signal {s}")), "failed")
