@@ -116,6 +116,14 @@ impl Deployed {
     }
 }
 
+/// An image of busybox's base (`/bin/sh` and friends) with `layers` over
+/// it, gzipped, its config's `config` object `config`.
+fn on_busybox(layers: &[&[Entry]], config: serde_json::Value) -> Image {
+    let mut all = vec![layers::layer(&busybox_base(), Comp::Gzip).unwrap()];
+    all.extend(layers.iter().map(|l| layers::layer(l, Comp::Gzip).unwrap()));
+    layers::image_with_config(all, config).unwrap()
+}
+
 /// The two ways a node runs instances: as the test suite's nodes do (as
 /// the host's root unless `BERTH_TEST_USERNS` says otherwise), and in a
 /// user namespace (as `berth up` does where the machine allows it).
@@ -196,14 +204,7 @@ exec "$@"
         "ExposedPorts": { "80/tcp": {} },
         "StopSignal": "SIGQUIT",
     });
-    layers::image_with_config(
-        vec![
-            layers::layer(&busybox_base(), Comp::Gzip).unwrap(),
-            layers::layer(&runtime, Comp::Gzip).unwrap(),
-        ],
-        config,
-    )
-    .unwrap()
+    on_busybox(&[&runtime], config)
 }
 
 /// nginx as its official image runs it, deployed as a web service that
@@ -362,15 +363,7 @@ print("Shut down cleanly")
         "User": "appuser",
         "WorkingDir": "/app",
     });
-    layers::image_with_config(
-        vec![
-            layers::layer(&busybox_base(), Comp::Gzip).unwrap(),
-            layers::layer(&runtime, Comp::Gzip).unwrap(),
-            layers::layer(&app_layer, Comp::Gzip).unwrap(),
-        ],
-        config,
-    )
-    .unwrap()
+    on_busybox(&[&runtime, &app_layer], config)
 }
 
 /// The Python app deployed as a web service that sets no `PORT`: berth
@@ -527,15 +520,7 @@ fn java_image() -> Image {
             "JAVA_HOME=/opt/java/openjdk",
         ],
     });
-    layers::image_with_config(
-        vec![
-            layers::layer(&busybox_base(), Comp::Gzip).unwrap(),
-            layers::layer(&runtime, Comp::Gzip).unwrap(),
-            layers::layer(&[Entry::file("app.jar", &jar)], Comp::Gzip).unwrap(),
-        ],
-        config,
-    )
-    .unwrap()
+    on_busybox(&[&runtime, &[Entry::file("app.jar", &jar)]], config)
 }
 
 /// The Java app deployed as a web service on the starter plan (512 MiB,
@@ -721,14 +706,7 @@ exec busybox "$@"
         "Volumes": { "/data": {} },
         "WorkingDir": "/data",
     });
-    layers::image_with_config(
-        vec![
-            layers::layer(&busybox_base(), Comp::Gzip).unwrap(),
-            layers::layer(&root, Comp::Gzip).unwrap(),
-        ],
-        config,
-    )
-    .unwrap()
+    on_busybox(&[&root], config)
 }
 
 /// The gosu entrypoint, on a node as it runs by default and on one running
@@ -838,14 +816,7 @@ async fn a_program_that_cannot_run_says_why() {
     let owner = OwnerId::User(UserId::generate());
     let mut runs = Vec::new();
     for (name, layer, program, said) in cases {
-        let image = layers::image_with_config(
-            vec![
-                layers::layer(&busybox_base(), Comp::Gzip).unwrap(),
-                layers::layer(&layer, Comp::Gzip).unwrap(),
-            ],
-            json!({ "Entrypoint": [program] }),
-        )
-        .unwrap();
+        let image = on_busybox(&[&layer], json!({ "Entrypoint": [program] }));
         w.registry.push_image(REPO, name, &image).await.unwrap();
         let (svc, s, logs) = worker(&w, &node, &owner, name, &image.digest, None).await;
         runs.push((svc, s, logs, said));
@@ -928,17 +899,13 @@ async fn volumes_an_image_declares_but_lacks_are_made() {
         Entry::dir("var"),
         Entry::dir("var/lib").mode(0o750).owner(33, 33),
     ];
-    let image = layers::image_with_config(
-        vec![
-            layers::layer(&busybox_base(), Comp::Gzip).unwrap(),
-            layers::layer(&layer, Comp::Gzip).unwrap(),
-        ],
+    let image = on_busybox(
+        &[&layer],
         json!({
             "Cmd": ["/bin/sh", "-c", "echo a > /data/a && echo b > /var/lib/app/cache/b && echo wrote both; exec sleep 600"],
             "Volumes": { "/data": {}, "/var/lib/app/cache": {} },
         }),
-    )
-    .unwrap();
+    );
     for opts in modes() {
         let w = World::start().await;
         let node = start_node_opts(&w, fast_checks(), Default::default(), opts).await;
