@@ -641,6 +641,11 @@ events! {
         pub status: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub exit_code: Option<i32>,
+        /// Why it failed or timed out, when its exit code does not say (its
+        /// program cannot run, out of memory, killed by a signal, no node
+        /// had room, its node was lost, the image was not pulled).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub reason: Option<String>,
     }
     /// The active cron run was given to a node to run: if that node is
     /// lost, the run ends `failed` instead of holding every later due time

@@ -339,6 +339,7 @@ async fn cron_runs_are_listed_newest_first_with_how_they_ended() {
             run: first_id.parse().unwrap(),
             status: "failed".to_owned(),
             exit_code: Some(3),
+            reason: None,
         }],
     )
     .await;
@@ -410,6 +411,7 @@ async fn cron_runs_are_listed_newest_first_with_how_they_ended() {
             run: second_id.parse().unwrap(),
             status: "succeeded".to_owned(),
             exit_code: Some(0),
+            reason: None,
         }],
     )
     .await;
@@ -429,6 +431,7 @@ async fn cron_runs_are_listed_newest_first_with_how_they_ended() {
                     run,
                     status: "succeeded".to_owned(),
                     exit_code: Some(0),
+                    reason: None,
                 },
             ],
         )

@@ -180,6 +180,14 @@ struct Dispatch {
     opts: CronOptions,
 }
 
+/// Why a job or cron run no node had room for ends.
+fn no_room(plan: &Plan) -> String {
+    format!(
+        "no node has room for it: needs {} millicores and {} MiB",
+        plan.cpu_millis, plan.memory_mib
+    )
+}
+
 fn retry(what: &str, e: impl std::fmt::Display) -> WorkError {
     WorkError::Retry(format!("{what}: {e}"))
 }
@@ -279,7 +287,9 @@ impl Dispatch {
             // node can take it: the run fails rather than blocking every
             // later due time until the cap.
             tracing::warn!(run.id = %run, "no live node has room for the cron run; run failed");
-            return self.end_run(service, run, "cron-unplaced").await;
+            return self
+                .end_run(service, run, "cron-unplaced", no_room(&cfg.plan))
+                .await;
         }
         Ok(())
     }
@@ -317,10 +327,7 @@ impl Dispatch {
                 job: job.clone(),
                 success: false,
                 exit_code: None,
-                reason: Some(format!(
-                    "no node has room for it: needs {} millicores and {} MiB",
-                    j.plan.cpu_millis, j.plan.memory_mib
-                )),
+                reason: Some(no_room(&j.plan)),
             };
             return self
                 .record(service, &format!("job-unplaced:{job}"), command)
@@ -541,17 +548,19 @@ impl Dispatch {
         Ok(())
     }
 
-    /// Ends `run` `failed` (once per `why`).
+    /// Ends `run` `failed` for `reason` (once per `why`).
     async fn end_run(
         &self,
         service: &ServiceId,
         run: &CronRunId,
         why: &str,
+        reason: String,
     ) -> Result<(), WorkError> {
         let command = service::Command::RecordCronRunEnded {
             run: run.clone(),
             status: "failed".to_owned(),
             exit_code: None,
+            reason: Some(reason),
         };
         self.record(service, &format!("{why}:{run}"), command).await
     }

@@ -54,7 +54,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Clock, CronArgs, CronOptions};
 pub use schedule::{Schedule, ScheduleError};
-pub use tick::JOB_NODE_LOST;
+pub use tick::{RUN_NODE_LOST, RUN_UNREPORTED};
 pub use view::CronView;
 
 /// Why the cron component stopped or a call failed.

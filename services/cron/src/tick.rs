@@ -35,9 +35,13 @@ fn lost(node: &NodeId) -> String {
     format!("{NODE_LOST_CAUSE}{node}")
 }
 
-/// Why a job whose node was lost ends.
-pub const JOB_NODE_LOST: &str =
+/// Why a job or cron run whose node was lost ends.
+pub const RUN_NODE_LOST: &str =
     "its node was lost while it ran (or before it started); not run again, as it may have done part of its work";
+
+/// Why a cron run no end was reported for ends `timed_out`.
+pub const RUN_UNREPORTED: &str =
+    "its node reported no end within its time limit (and a grace after it); counted as timed out";
 
 /// What one tick does.
 #[derive(Debug, Clone, PartialEq)]
@@ -201,6 +205,7 @@ async fn carry_out(store: &EventStore, action: &Action) -> Result<(), CronError>
                 run: run.clone(),
                 status: "timed_out".to_owned(),
                 exit_code: None,
+                reason: Some(RUN_UNREPORTED.to_owned()),
             };
             tracing::warn!(service.id = %service, run.id = %run, "cron run outlived its cap without a report; recording timed_out");
             decide(
@@ -218,6 +223,7 @@ async fn carry_out(store: &EventStore, action: &Action) -> Result<(), CronError>
                 run: run.clone(),
                 status: "failed".to_owned(),
                 exit_code: None,
+                reason: Some(RUN_NODE_LOST.to_owned()),
             };
             tracing::warn!(service.id = %service, run.id = %run, node.id = %node, "the node running the cron run was lost; recording failed");
             let key = format!("cron-node-lost:{run}");
@@ -228,7 +234,7 @@ async fn carry_out(store: &EventStore, action: &Action) -> Result<(), CronError>
                 job: job.clone(),
                 success: false,
                 exit_code: None,
-                reason: Some(JOB_NODE_LOST.to_owned()),
+                reason: Some(RUN_NODE_LOST.to_owned()),
             };
             tracing::warn!(service.id = %service, job.id = %job, node.id = %node, "the node running the job was lost; recording failed");
             let key = format!("job-node-lost:{job}");

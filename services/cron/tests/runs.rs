@@ -241,6 +241,17 @@ fn ended(events: &[Envelope]) -> Vec<(CronRunId, String, Option<i32>)> {
         .collect()
 }
 
+/// Why each run ended as it did, in order.
+fn reasons(events: &[Envelope]) -> Vec<Option<String>> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::CronJobRunEnded(s) => Some(s.reason.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn ended_count(events: &[Envelope]) -> usize {
     ended(events).len()
 }
@@ -524,6 +535,7 @@ async fn a_deleted_image_fails_the_run_and_a_job_with_image_pull_failed() {
     assert_eq!(failed.node.as_ref(), Some(&r.node));
     assert!(failed.image.ends_with(&w.digest), "{}", failed.image);
     assert_eq!(ended(&events), vec![(run, "failed".to_owned(), None)]);
+    assert_eq!(reasons(&events), vec![pulled.reason.clone()]);
     // The live deploy is untouched.
     let s = state(&w, &service).await;
     assert_eq!(s.current_digest(), Some(w.digest.as_str()));
@@ -547,6 +559,10 @@ async fn a_run_past_its_cap_is_stopped_as_timed_out() {
         .wait_events(&service, Duration::from_secs(40), |e| ended_count(e) >= 1)
         .await;
     assert_eq!(ended(&events), vec![(run, "timed_out".to_owned(), None)]);
+    assert_eq!(
+        reasons(&events),
+        vec![Some("timed out after 2 s".to_owned())]
+    );
     // Cap (2 s) + pull + SIGTERM→SIGKILL delay (1 s): far below the sleep.
     assert!(
         began.elapsed() < Duration::from_secs(30),
@@ -554,6 +570,28 @@ async fn a_run_past_its_cap_is_stopped_as_timed_out() {
         began.elapsed()
     );
     wait_containers(&w, Duration::from_secs(10), |c| c.is_empty()).await;
+}
+
+/// A run whose program cannot run ends saying why, in its own record
+/// (what the API's run listing and a failure notification show).
+#[tokio::test]
+async fn a_run_whose_program_cannot_run_says_why() {
+    let w = World::start().await;
+    let _r = start(&w, options(Clock::System)).await;
+    let service = cron_job(&w, "0 0 1 1 *", "/no/such/program").await;
+    let run = berth_cron::trigger_run(&w.store, &service, &Actor::system("test"))
+        .await
+        .unwrap();
+    let events = w
+        .wait_events(&service, Duration::from_secs(40), |e| ended_count(e) >= 1)
+        .await;
+    assert_eq!(ended(&events), vec![(run, "failed".to_owned(), Some(127))]);
+    assert_eq!(
+        reasons(&events),
+        vec![Some(
+            "exited with status 127: /no/such/program is not in the image".to_owned()
+        )]
+    );
 }
 
 #[tokio::test]
@@ -667,6 +705,12 @@ async fn a_run_no_node_can_take_fails_instead_of_blocking_the_job() {
         .wait_events(&service, Duration::from_secs(20), |e| ended_count(e) >= 1)
         .await;
     assert_eq!(ended(&events), vec![(run, "failed".to_owned(), None)]);
+    assert_eq!(
+        reasons(&events),
+        vec![Some(
+            "no node has room for it: needs 500 millicores and 512 MiB".to_owned()
+        )]
+    );
     assert_eq!(state(&w, &service).await.cron.active, None);
     stop.cancel();
     task.await.unwrap();
@@ -833,7 +877,11 @@ async fn a_run_and_a_job_on_a_node_declared_lost_fail_at_once() {
     assert_eq!(ended(&events), vec![(run, "failed".to_owned(), None)]);
     let end = job_ended(&events).unwrap();
     assert_eq!(end.status, "failed");
-    assert_eq!(end.reason.as_deref(), Some(berth_cron::JOB_NODE_LOST));
+    assert_eq!(end.reason.as_deref(), Some(berth_cron::RUN_NODE_LOST));
+    assert_eq!(
+        reasons(&events),
+        vec![Some(berth_cron::RUN_NODE_LOST.to_owned())]
+    );
     let s = state(&w, &service).await;
     assert_eq!(s.cron.active, None);
     assert!(!s.jobs.get(&job).unwrap().status.is_active());

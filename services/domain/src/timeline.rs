@@ -348,6 +348,7 @@ impl TimelineEvent {
                     }),
                     "runStatus": e.status,
                     "exitCode": e.exit_code,
+                    "message": e.reason,
                 }),
             ),
             Event::JobCreated(e) => (
@@ -676,6 +677,7 @@ fn details_schemas() -> Vec<(&'static str, Vec<DetailField>)> {
                 ("reason", failure(), false),
                 ("runStatus", one_of(&cron), true),
                 ("exitCode", int(), false),
+                ("message", s(), false),
             ],
         ),
         (
@@ -1518,12 +1520,14 @@ mod tests {
                 run: CronRunId::generate(),
                 status: "timed_out".into(),
                 exit_code: None,
+                reason: Some("timed out after 2 s".into()),
             }
             .into(),
             CronJobRunEnded {
                 run: CronRunId::generate(),
                 status: "succeeded".into(),
                 exit_code: Some(0),
+                reason: None,
             }
             .into(),
             CronJobRunSkipped {

@@ -174,6 +174,7 @@ impl WorkHandler for NodeHandler {
                                 run,
                                 status: "failed".to_owned(),
                                 exit_code: None,
+                                reason: Some(not_pulled(&spec.digest)),
                             })
                         }
                         Some(OneOffPurpose::Job { job }) => {
@@ -181,7 +182,7 @@ impl WorkHandler for NodeHandler {
                                 job,
                                 success: false,
                                 exit_code: None,
-                                reason: Some(format!("the image {} was not pulled", spec.digest)),
+                                reason: Some(not_pulled(&spec.digest)),
                             })
                         }
                         Some(OneOffPurpose::PreDeploy) | None => None,
@@ -358,6 +359,7 @@ impl NodeHandler {
                     run: run.clone(),
                     status: "failed".to_owned(),
                     exit_code: None,
+                    reason: Some(RUN_INTERRUPTED.to_owned()),
                 }
             }
             _ => return Ok(false),
@@ -806,6 +808,11 @@ fn free_port(
         .find(|p| std::net::TcpListener::bind(("0.0.0.0", *p)).is_ok())
 }
 
+/// Why a job or cron run whose image was not pulled ends.
+fn not_pulled(digest: &str) -> String {
+    format!("the image {digest} was not pulled")
+}
+
 /// Why a job or cron run found started by an earlier delivery of its
 /// work ends.
 pub const RUN_INTERRUPTED: &str =
@@ -877,6 +884,7 @@ fn ended(
             run,
             status: status.to_owned(),
             exit_code,
+            reason,
         },
         OneOffPurpose::Job { job } => service::Command::RecordJobEnded {
             job,

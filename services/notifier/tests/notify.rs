@@ -248,6 +248,7 @@ async fn settings_none_failure_all_and_the_override_wins() -> Result<()> {
                 run: CronRunId::generate(),
                 status: status.to_owned(),
                 exit_code: Some(if status == "failed" { 1 } else { 0 }),
+                reason: None,
             }
             .into()
         };

@@ -165,6 +165,7 @@ fn history() -> (Vec<Event>, Vec<(&'static str, Option<&'static str>)>) {
             run,
             status: "timed_out".to_owned(),
             exit_code: None,
+            reason: None,
         }
         .into(),
     ];

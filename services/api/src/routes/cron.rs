@@ -41,6 +41,10 @@ pub struct CronRunView {
     /// berth: the run's exit code, once it exited.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
+    /// berth: why it failed or timed out, when its exit code does not say
+    /// (its program cannot run, out of memory, no node had room, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// berth: the image digest it ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
@@ -106,6 +110,7 @@ fn runs(
                             .unwrap_or_else(|| "running".to_owned()),
                     ),
                     exit_code: end.and_then(|e| e.details.get("exitCode")?.as_i64()),
+                    reason: end.and_then(|e| text(&e.details, "message")),
                     digest: text(&start.details, "digest"),
                     node_id: placed
                         .filter(|(run, _)| *run == id && end.is_none())
@@ -197,6 +202,7 @@ pub async fn trigger(
         triggered_by: "api".to_owned(),
         run_status: None,
         exit_code: None,
+        reason: None,
         digest: None,
         node_id: None,
     }))
@@ -239,7 +245,7 @@ mod tests {
             entry(
                 "evt-2",
                 "cron_job_run_ended",
-                json!({"cronJobRunId": "crn-1", "status": "unsuccessful", "runStatus": "failed", "exitCode": 3}),
+                json!({"cronJobRunId": "crn-1", "status": "unsuccessful", "runStatus": "failed", "exitCode": 3, "message": "out of memory"}),
             ),
             entry(
                 "evt-3",
@@ -267,6 +273,7 @@ mod tests {
         assert_eq!(running.run_status.as_deref(), Some("running"));
         assert_eq!(running.triggered_by, "api");
         assert!(running.finished_at.is_none() && running.exit_code.is_none());
+        assert_eq!(running.reason, None);
         let ended = &got[1].cron_job_run;
         assert_eq!(
             (ended.id.as_str(), ended.status.as_str()),
@@ -278,6 +285,7 @@ mod tests {
             (Some(3), "schedule")
         );
         assert_eq!(ended.digest.as_deref(), Some("sha256:a"));
+        assert_eq!(ended.reason.as_deref(), Some("out of memory"));
         assert_eq!(got[1].cursor, "evt-1");
     }
 }

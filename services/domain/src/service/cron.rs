@@ -93,6 +93,7 @@ pub(super) fn start_cron_run(
                 run: active.id.clone(),
                 status: "canceled".to_owned(),
                 exit_code: None,
+                reason: None,
             }
             .into(),
             started,
@@ -114,6 +115,7 @@ pub(super) fn cancel_cron_run(state: &ServiceState, run: &CronRunId) -> Decision
             run: run.clone(),
             status: "canceled".to_owned(),
             exit_code: None,
+            reason: None,
         }
         .into()]),
         _ if state.cron.last_ended.as_ref() == Some(run) => Ok(vec![]),
@@ -126,6 +128,7 @@ pub(super) fn cron_run_ended(
     run: &CronRunId,
     status: String,
     exit_code: Option<i32>,
+    reason: Option<String>,
 ) -> Decision {
     require_cron(state)?;
     if !CRON_RUN_STATUSES.contains(&status.as_str()) {
@@ -141,6 +144,7 @@ pub(super) fn cron_run_ended(
             run: run.clone(),
             status,
             exit_code,
+            reason,
         }
         .into()]),
         _ => Ok(vec![]),

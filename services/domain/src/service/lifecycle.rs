@@ -238,6 +238,7 @@ fn stop_everything(state: &ServiceState) -> Vec<Event> {
                 run: run.id.clone(),
                 status: "canceled".to_owned(),
                 exit_code: None,
+                reason: None,
             }
             .into(),
         );

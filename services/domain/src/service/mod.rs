@@ -349,10 +349,12 @@ pub enum Command {
         node: NodeId,
     },
     /// `status`: `succeeded`, `failed`, `canceled` or `timed_out`.
+    /// `reason`: why it failed, when its exit code does not say.
     RecordCronRunEnded {
         run: CronRunId,
         status: String,
         exit_code: Option<i32>,
+        reason: Option<String>,
     },
 
     // ---- one-off jobs ----
@@ -586,7 +588,8 @@ pub fn decide(
             run,
             status,
             exit_code,
-        } => cron::cron_run_ended(state, &run, status, exit_code),
+            reason,
+        } => cron::cron_run_ended(state, &run, status, exit_code, reason),
         Command::CreateJob {
             job,
             start_command,

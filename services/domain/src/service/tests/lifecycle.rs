@@ -380,7 +380,8 @@ fn cron_runs_one_at_a_time_skip_while_active_and_manual_runs_replace() {
         CronJobRunEnded {
             run: r1.clone(),
             status: "canceled".into(),
-            exit_code: None
+            exit_code: None,
+            reason: None,
         }
         .into()
     );
@@ -390,7 +391,8 @@ fn cron_runs_one_at_a_time_skip_while_active_and_manual_runs_replace() {
         s.run(Command::RecordCronRunEnded {
             run: r1,
             status: "failed".into(),
-            exit_code: Some(137)
+            exit_code: Some(137),
+            reason: None,
         }),
         vec![]
     );
@@ -398,7 +400,8 @@ fn cron_runs_one_at_a_time_skip_while_active_and_manual_runs_replace() {
         s.refused(Command::RecordCronRunEnded {
             run: r3.clone(),
             status: "exploded".into(),
-            exit_code: None
+            exit_code: None,
+            reason: None,
         }),
         ErrorKind::Invalid
     );
@@ -406,7 +409,8 @@ fn cron_runs_one_at_a_time_skip_while_active_and_manual_runs_replace() {
         s.run(Command::RecordCronRunEnded {
             run: r3.clone(),
             status: "succeeded".into(),
-            exit_code: Some(0)
+            exit_code: Some(0),
+            reason: None,
         })
         .len(),
         1
@@ -427,7 +431,8 @@ fn cron_runs_one_at_a_time_skip_while_active_and_manual_runs_replace() {
         &CronJobRunEnded {
             run: r4.clone(),
             status: "canceled".into(),
-            exit_code: None
+            exit_code: None,
+            reason: None,
         }
         .into()
     ));

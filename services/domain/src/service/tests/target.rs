@@ -155,6 +155,7 @@ fn a_cron_jobs_active_run_once_a_node_has_it() {
         run,
         status: "succeeded".into(),
         exit_code: Some(0),
+        reason: None,
     });
     assert_eq!(
         kind(s.state.command_target(Some(&ins))),
