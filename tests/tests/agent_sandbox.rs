@@ -316,6 +316,42 @@ async fn an_exit_over_the_memory_limit_is_told_as_out_of_memory() {
     }
 }
 
+/// `/dev/shm` is half the plan's memory (Docker's 64 MiB is where
+/// Chromium, PostgreSQL's parallel queries and PyTorch's loaders fail),
+/// and what is written there counts against the instance's memory: it
+/// gives nothing beyond the plan.
+#[tokio::test]
+async fn shared_memory_is_half_the_plan_and_counts_against_it() {
+    let node = Node::start().await;
+    let image = node.image(&busybox_image(default_config())).await;
+    // 200 MiB into /dev/shm: past Docker's size, within half of 512 MiB.
+    let mut roomy = spec(
+        &image,
+        "sh -c 'busybox dd if=/dev/zero of=/dev/shm/f bs=1M count=200 2>/dev/null; echo dd-$?; busybox df -m /dev/shm'",
+    );
+    roomy.limits.memory_mib = Some(512);
+    let (out, lines) = run(&node, roomy).await;
+    assert_eq!(out, OneOffOutcome::Exited(ExitStatus::Code(0)), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "dd-0"), "{lines:?}");
+    let size = lines
+        .iter()
+        .find(|l| l.ends_with("/dev/shm"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no /dev/shm in {lines:?}"));
+    assert_eq!(size, "256", "{lines:?}");
+    // 100 MiB held in /dev/shm and a 200 MiB buffer go over 256 MiB: the
+    // buffer's owner is killed as out of memory, as it would not be
+    // without what /dev/shm holds.
+    let mut charged = spec(
+        &image,
+        "sh -c 'busybox dd if=/dev/zero of=/dev/shm/f bs=1M count=100 2>/dev/null; busybox dd if=/dev/zero of=/dev/null bs=200M count=1 2>/dev/null; echo dd-$?'",
+    );
+    charged.limits.memory_mib = Some(256);
+    let (out, lines) = run(&node, charged).await;
+    assert_eq!(out, OneOffOutcome::Exited(ExitStatus::Code(0)), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "dd-137"), "{lines:?}");
+}
+
 #[tokio::test]
 async fn pids_and_memory_limits_and_root_only_files() {
     let node = Node::start().await;

@@ -97,6 +97,21 @@ pub struct Limits {
     pub pids: Option<u32>,
 }
 
+/// The least `/dev/shm` an instance gets (Docker's and Kubernetes' size,
+/// whatever the memory).
+const SHM_MIN_MIB: u64 = 64;
+
+/// `/dev/shm`'s size for an instance with `memory_mib`: half of it, as a
+/// Linux machine sizes its own (tmpfs's default), at least
+/// [`SHM_MIN_MIB`]. Docker's fixed 64 MiB is where Chromium crashes,
+/// PostgreSQL's parallel queries fail to resize a segment and PyTorch's
+/// data loaders stop on a bus error; what is written there counts against
+/// the instance's memory like any other page, so the size gives nothing
+/// away beyond the plan.
+fn shm_mib(memory_mib: Option<u32>) -> u64 {
+    memory_mib.map_or(SHM_MIN_MIB, |m| (u64::from(m) / 2).max(SHM_MIN_MIB))
+}
+
 /// Open files a container starts with (its soft limit): what programs
 /// that still use select() can handle.
 const OPEN_FILES_SOFT: u64 = 1024;
@@ -381,7 +396,7 @@ pub fn runtime_spec(
         json!({"destination": "/proc", "type": "proc", "source": "proc"}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
-        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", format!("size={}m", shm_mib(spec.limits.memory_mib))]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
         // In a user namespace the kernel refuses a sysfs of a network
         // namespace the instance's user namespace does not own (one the
@@ -993,6 +1008,31 @@ mod tests {
         ));
         s.image.config.user = Some("65535:65535".into());
         assert!(runtime_spec(&s, Path::new("/nonexistent"), None, &sandbox).is_ok());
+    }
+
+    #[test]
+    fn shared_memory_is_half_the_plan_and_never_below_dockers() {
+        let shm = |memory_mib| {
+            let mut s = spec();
+            s.limits.memory_mib = memory_mib;
+            let v = runtime_spec(&s, Path::new("/nonexistent"), None, &Sandbox::default()).unwrap();
+            let mounts = v["mounts"].as_array().unwrap().clone();
+            let m = mounts
+                .iter()
+                .find(|m| m["destination"] == "/dev/shm")
+                .unwrap();
+            assert_eq!(m["type"], "tmpfs");
+            m["options"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|o| o.as_str()?.strip_prefix("size=").map(str::to_owned))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(shm(Some(2048)), ["1024m"]);
+        assert_eq!(shm(Some(512)), ["256m"]);
+        assert_eq!(shm(Some(100)), ["64m"]);
+        assert_eq!(shm(None), ["64m"]);
     }
 
     #[test]
