@@ -428,7 +428,9 @@ pub(crate) fn stop_message(instance: &InstanceId, o: &StopOutcome) -> String {
         ),
         (false, Some(ExitStatus::Unknown)) => format!("stopped on request after {secs:.1} s"),
         (false, Some(status)) => {
-            let how = service::instances::exit_message(&exited(instance, status));
+            // Asked to stop, it ended: whatever it exited with is not a
+            // program that finished by itself.
+            let how = service::instances::run_exit_message(&exited(instance, status));
             format!("stopped on request: {how} after {secs:.1} s")
         }
         (false, None) => "stopped on request (it was not running)".to_owned(),
@@ -542,6 +544,30 @@ mod tests {
         );
         assert!(service::instances::exit_message(&fact)
             .starts_with("killed for writing more than an instance may here: it had written 30 MiB to its filesystem, over the node's limit of 20 MiB"));
+    }
+
+    #[test]
+    fn a_stop_on_request_says_how_it_ended_without_blaming_the_program() {
+        let id = InstanceId::generate();
+        let stop = |status, escalated_to_kill| StopOutcome {
+            escalated_to_kill,
+            status,
+            elapsed: Duration::from_millis(200),
+        };
+        assert_eq!(
+            stop_message(&id, &stop(Some(ExitStatus::Code(0)), false)),
+            "stopped on request: exited with status 0 after 0.2 s"
+        );
+        assert_eq!(
+            stop_message(&id, &stop(Some(ExitStatus::Signal(15)), false)),
+            "stopped on request: killed by signal 15 after 0.2 s"
+        );
+        assert!(stop_message(&id, &stop(Some(ExitStatus::Signal(9)), true))
+            .starts_with("killed 0 s after it was asked to stop"));
+        assert_eq!(
+            stop_message(&id, &stop(None, false)),
+            "stopped on request (it was not running)"
+        );
     }
 
     #[test]
