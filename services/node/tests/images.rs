@@ -273,7 +273,7 @@ async fn nginx_runs(image: &Image, opts: NodeOptions) {
     );
     let last = lines.last().cloned().unwrap_or_default();
     assert!(
-        last.starts_with("==> Stopped on request: exited with status 0"),
+        last.starts_with("==> Stopped on request: exited with status 0 after "),
         "{lines:?}"
     );
     assert!(took < Duration::from_secs(10), "stopping took {took:?}");
@@ -424,7 +424,7 @@ async fn python_runs(image: &Image, opts: NodeOptions) {
     );
     let last = lines.last().cloned().unwrap_or_default();
     assert!(
-        last.starts_with("==> Stopped on request: exited with status 0"),
+        last.starts_with("==> Stopped on request: exited with status 0 after "),
         "{lines:?}"
     );
     assert!(took < Duration::from_secs(10), "stopping took {took:?}");
@@ -941,4 +941,163 @@ async fn volumes_an_image_declares_but_lacks_are_made() {
         );
         node.stop().await;
     }
+}
+
+/// Debian's PostgreSQL server programs, where the official image has them.
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// PostgreSQL as its official image (`postgres:15`, Debian) lays it out:
+/// `docker-entrypoint.sh` (bash) run as root gives `PGDATA` and the socket
+/// directory to user `postgres` (999) and runs itself again through
+/// `gosu`; as that user, on an empty data directory, `initdb`, a
+/// temporary server on the Unix socket only to create `POSTGRES_DB`, then
+/// `exec postgres`, listening on every address. `ENV
+/// PGDATA=/var/lib/postgresql/data`, `LANG=C.UTF-8`, `VOLUME` the data
+/// directory, `EXPOSE 5432`, `STOPSIGNAL SIGINT` (a fast shutdown).
+/// (Debian's PostgreSQL 15, bash and gosu.)
+fn postgres_image() -> Image {
+    let entrypoint = br#"#!/usr/bin/env bash
+set -Eeo pipefail
+if [ "$1" = 'postgres' ] && [ "$(id -u)" = '0' ]; then
+	mkdir -p "$PGDATA" /var/run/postgresql
+	chmod 00700 "$PGDATA"
+	chmod 03775 /var/run/postgresql
+	find "$PGDATA" /var/run/postgresql \! -user postgres -exec chown postgres '{}' +
+	exec gosu postgres "$BASH_SOURCE" "$@"
+fi
+if [ "$1" = 'postgres' ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
+	initdb --username=postgres --pwfile=<(printf '%s\n' "$POSTGRES_PASSWORD")
+	printf "listen_addresses = '*'\n" >> "$PGDATA/postgresql.conf"
+	printf 'host all all all scram-sha-256\n' >> "$PGDATA/pg_hba.conf"
+	pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start
+	psql -v ON_ERROR_STOP=1 --username postgres --no-password --dbname postgres \
+		-c "CREATE DATABASE \"$POSTGRES_DB\""
+	pg_ctl -D "$PGDATA" -m fast -w stop
+	echo 'PostgreSQL init process complete; ready for start up.'
+fi
+exec "$@"
+"#;
+    let programs: Vec<String> = ["postgres", "initdb", "pg_ctl", "psql"]
+        .iter()
+        .map(|p| format!("{PG_BIN}/{p}"))
+        .collect();
+    let objects: Vec<&str> = programs
+        .iter()
+        .map(String::as_str)
+        .chain(["/usr/bin/bash"])
+        .collect();
+    let mut files = layers::host_libraries(&objects).unwrap();
+    files.extend(objects.iter().map(|o| (*o).to_owned()));
+    files.extend(["/usr/share/zoneinfo/UTC", "/usr/share/zoneinfo/Etc/UTC"].map(str::to_owned));
+    let mut server = layers::host_files(files).unwrap();
+    server.extend(
+        layers::host_tree_without("/usr/lib/postgresql/15/lib", &["bitcode", "llvmjit.so"])
+            .unwrap(),
+    );
+    server.extend(layers::host_tree("/usr/share/postgresql/15").unwrap());
+    server.extend(layers::host_tree("/usr/lib/locale/C.utf8").unwrap());
+    let gosu = std::fs::read("/usr/sbin/gosu").expect("gosu (scripts/install-deps)");
+    let mut image = vec![
+        Entry::file(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/bash\npostgres:x:999:999::/var/lib/postgresql:/bin/bash\n",
+        ),
+        Entry::file("etc/group", b"root:x:0:\npostgres:x:999:\n"),
+        Entry::symlink("bin/bash", "/usr/bin/bash"),
+        Entry::symlink("usr/bin/env", "/bin/busybox"),
+        Entry::dir("usr/local"),
+        Entry::dir("usr/local/bin"),
+        Entry::file("usr/local/bin/gosu", &gosu).mode(0o755),
+        Entry::file("usr/local/bin/docker-entrypoint.sh", entrypoint).mode(0o755),
+        Entry::dir("var"),
+        Entry::dir("var/lib"),
+        Entry::dir("var/lib/postgresql").owner(999, 999),
+    ];
+    for applet in ["mkdir", "chmod", "chown", "find"] {
+        image.push(Entry::symlink(&format!("bin/{applet}"), "busybox"));
+    }
+    let config = json!({
+        "Entrypoint": ["docker-entrypoint.sh"],
+        "Cmd": ["postgres"],
+        "Env": [
+            format!("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{PG_BIN}"),
+            "LANG=C.UTF-8",
+            "PGDATA=/var/lib/postgresql/data",
+            "POSTGRES_PASSWORD=berth-secret",
+            "POSTGRES_DB=app",
+        ],
+        "ExposedPorts": { "5432/tcp": {} },
+        "Volumes": { "/var/lib/postgresql/data": {} },
+        "StopSignal": "SIGINT",
+    });
+    on_busybox(&[&server, &image], config)
+}
+
+/// PostgreSQL from its official image's layout as a private service that
+/// sets no `PORT`: the entrypoint initializes the database as `postgres`,
+/// berth finds it listening on 5432 (not while its temporary server is on
+/// the socket only) and checks it there; it answers queries over TCP with
+/// its password; a stop (SIGINT) shuts it down cleanly at once.
+#[tokio::test]
+async fn postgres_as_its_official_image_runs_as_a_private_service() {
+    let image = postgres_image();
+    for opts in modes() {
+        postgres_runs(&image, opts).await;
+    }
+}
+
+/// [`postgres_as_its_official_image_runs_as_a_private_service`] on a node
+/// run with `opts`.
+async fn postgres_runs(image: &Image, opts: NodeOptions) {
+    let mut d = Deployed::start_on(image, "db", ServiceType::PrivateService, None, opts).await;
+    let ready = "==> Healthy: it accepts connections on port 5432";
+    let lines = d.lines_until(|l| l == ready).await;
+    let at = |said: &str| lines.iter().position(|l| l.contains(said));
+    let initialized = at("PostgreSQL init process complete; ready for start up.");
+    let listening = at("listening on IPv4 address \"0.0.0.0\", port 5432");
+    assert!(
+        initialized.is_some() && listening > initialized && at(ready) > listening,
+        "initialized, then listening on every address, then healthy: {lines:?}"
+    );
+    // Its own user runs the server, not root.
+    let (code, ps) = d.exec(&["/bin/busybox", "ps", "-o", "user,args"]);
+    assert_eq!(code, 0, "{ps}");
+    assert!(
+        ps.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["postgres", "postgres"]),
+        "{ps}"
+    );
+    // Over TCP from outside the instance, where its password is asked for.
+    let addr = addr_of(&d.events, &d.spec.instance).expect("the instance's address");
+    let psql = |password: &str| {
+        let out = std::process::Command::new(format!("{PG_BIN}/psql"))
+            .arg(format!("postgresql://postgres:{password}@{addr}/app"))
+            .args(["-tAc", "select current_database(), current_user"])
+            .env("PGCONNECT_TIMEOUT", "5")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    assert_eq!(psql("berth-secret"), (true, "app|postgres\n".to_owned()));
+    let (ok, refused) = psql("wrong");
+    assert!(
+        !ok && refused.contains("password authentication failed for user \"postgres\""),
+        "{refused}"
+    );
+    // Its stop signal (SIGINT) is a fast shutdown: done at once, cleanly.
+    let (took, lines) = d.stop().await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with("LOG:  received fast shutdown request")),
+        "{lines:?}"
+    );
+    let last = lines.last().cloned().unwrap_or_default();
+    assert!(
+        last.starts_with("==> Stopped on request: exited with status 0 after "),
+        "{lines:?}"
+    );
+    assert!(took < Duration::from_secs(10), "stopping took {took:?}");
 }
