@@ -265,10 +265,20 @@ pub fn test_options(name: &str, cpu_millis: u32, memory_mib: u32) -> berth_node:
     }
 }
 
-/// The user namespace test nodes run their instances in: none, unless
-/// `BERTH_TEST_USERNS` names its first host id (to run a suite that way).
+/// The user namespace test nodes and agents run their instances in: the
+/// one `berth up` gives them where the machine allows it (first host id
+/// [`berth_node::USERNS_AUTO_HOST`]), so the suite tests what users run;
+/// none (the host's root, as on a machine without user namespaces) when
+/// `BERTH_TEST_USERNS` is `off`, or the one starting at the first host id
+/// it names.
 pub fn test_user_namespace() -> Option<berth_agent::bundle::UserNamespace> {
-    let host = std::env::var("BERTH_TEST_USERNS").ok()?.parse().ok()?;
+    let host = match std::env::var("BERTH_TEST_USERNS") {
+        Err(_) => berth_node::USERNS_AUTO_HOST,
+        Ok(v) if v == "off" => return None,
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("BERTH_TEST_USERNS={v}: `off` or a first host id")),
+    };
     Some(berth_agent::bundle::UserNamespace {
         host,
         size: berth_node::USERNS_IDS,

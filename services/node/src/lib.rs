@@ -63,7 +63,7 @@ use berth_schemas::{Actor, AggregateId, Subjects};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{NodeArgs, NodeChecks, NodeOptions, Userns, USERNS_IDS};
+pub use config::{NodeArgs, NodeChecks, NodeOptions, Userns, USERNS_AUTO_HOST, USERNS_IDS};
 pub use gc::GcOptions;
 pub use health::{Check, Health, HealthOptions};
 pub use report::{Placement, Reporter, DONE_KEPT};

@@ -124,18 +124,23 @@ fn on_busybox(layers: &[&[Entry]], config: serde_json::Value) -> Image {
     layers::image_with_config(all, config).unwrap()
 }
 
-/// The two ways a node runs instances: as the test suite's nodes do (as
-/// the host's root unless `BERTH_TEST_USERNS` says otherwise), and in a
-/// user namespace (as `berth up` does where the machine allows it).
+/// The two ways a node runs instances: as the host's root (where the
+/// machine allows no user namespace), and in a user namespace (as `berth
+/// up` does where the machine allows it, and the test suite's nodes do
+/// unless `BERTH_TEST_USERNS=off`).
 fn modes() -> [NodeOptions; 2] {
+    let as_root = NodeOptions {
+        user_namespace: Userns::Off,
+        ..crate::support::options()
+    };
     let in_userns = NodeOptions {
         user_namespace: Userns::On(UserNamespace {
-            host: 1_000_000_000,
+            host: berth_node::USERNS_AUTO_HOST,
             size: berth_node::USERNS_IDS,
         }),
         ..crate::support::options()
     };
-    [crate::support::options(), in_userns]
+    [as_root, in_userns]
 }
 
 /// The official nginx image's layout: `/docker-entrypoint.sh` then
