@@ -258,9 +258,10 @@ pub struct PrivateDetails {
     pub num_instances: u32,
     /// See [`WebDetails::open_ports`].
     pub open_ports: Vec<ServerPort>,
-    /// The host name the owner's other instances reach it at (its name;
-    /// the port is the one it serves: `openPorts`, else its `PORT`, else
-    /// the image's, else 10000).
+    /// Where the owner's other instances reach it: `<name>:<port>`, the
+    /// port its live instances serve on (`db:5432`); its name alone while
+    /// none is healthy (the port is then the one it will serve: `openPorts`,
+    /// else its `PORT`, else the image's, else 10000).
     pub url: String,
 }
 
@@ -379,7 +380,9 @@ pub fn service(
             common,
             num_instances: c.num_instances,
             open_ports: open_ports(),
-            url: c.name.clone(),
+            url: s
+                .serving_port()
+                .map_or_else(|| c.name.clone(), |port| format!("{}:{port}", c.name)),
         }),
         ServiceType::BackgroundWorker => ServiceDetails::Worker(WorkerDetails {
             common,

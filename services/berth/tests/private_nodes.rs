@@ -393,6 +393,22 @@ async fn a_private_service_on_another_machine_is_its_owners_alone() {
     let db = m.create_service(x.0, db_body).await;
     let db_started = started_on(&m, x.0, &db, "the private service", Machine::B).await;
     healthy(&m, &db, "the private service").await;
+    // The API says where its owner's instances reach it: its name and the
+    // port it serves on, once live.
+    let want = format!("{name}:8080");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let path = format!("/v1/services/{db}");
+        let got = m.call(x.0, reqwest::Method::GET, &path, None).await;
+        let url = got
+            .as_ref()
+            .map(|(_, v)| v["serviceDetails"]["url"].clone());
+        if url.as_ref().and_then(|u| u.as_str()) == Some(want.as_str()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{want} never said: {got:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Where other machines reach it, once nodes publish private instances
     // (`<advertise>:<host port>`); until then every host port of node B
     // is a candidate.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use berth_schemas::events::ServiceCreated;
 use berth_schemas::ids::DeployId;
-use berth_schemas::model::DeployStatus;
+use berth_schemas::model::{DeployStatus, ServiceType};
 use berth_schemas::Event;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -247,6 +247,17 @@ impl ServiceState {
         self.live.as_ref().and_then(|id| self.deploy(id))
     }
 
+    /// The port the live deploy's healthy instances serve on (that of their
+    /// address), when one is: for a private service, the port its owner's
+    /// other instances reach it on by name.
+    pub fn serving_port(&self) -> Option<u16> {
+        let live = &self.live_deploy()?.id;
+        self.instances
+            .of_deploy(live)
+            .filter(|i| i.is_healthy())
+            .find_map(|i| i.addr.as_deref()?.rsplit_once(':')?.1.parse().ok())
+    }
+
     /// The digest instances should run: the live deploy's.
     pub fn current_digest(&self) -> Option<&str> {
         self.live_deploy().and_then(Deploy::digest)
@@ -286,6 +297,11 @@ pub fn apply_at(mut s: ServiceState, event: &Event, time: Option<DateTime<Utc>>)
     s.instances.apply(event, time);
     if let Event::InstancePortDetected(e) = event {
         s.detected_port = Some(e.port);
+        if s.config.as_ref().map(|c| c.service_type) == Some(ServiceType::PrivateService) {
+            // A private instance is reached at its own address, now on the
+            // port found (a web instance's published address stays).
+            s.instances.moved_to_port(&e.instance, e.port);
+        }
     }
     s
 }

@@ -206,6 +206,18 @@ impl Instances {
         self.0.values().filter(move |i| &i.node == node)
     }
 
+    /// Records that instance `id`, reached at its own address, serves on
+    /// `port` (found there): its address keeps its host.
+    pub(crate) fn moved_to_port(&mut self, id: &InstanceId, port: u16) {
+        if let Some(i) = self.0.get_mut(id) {
+            i.addr = i
+                .addr
+                .as_deref()
+                .and_then(|a| a.rsplit_once(':'))
+                .map(|(host, _)| format!("{host}:{port}"));
+        }
+    }
+
     fn set_phase(&mut self, id: &InstanceId, phase: InstancePhase) {
         if let Some(i) = self.0.get_mut(id) {
             i.phase = phase;

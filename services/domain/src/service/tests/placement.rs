@@ -312,3 +312,61 @@ fn a_start_recorded_after_the_instance_was_found_healthy_keeps_it_healthy() {
         InstancePhase::Running
     );
 }
+
+/// A private instance is reached at its own address: once its port is
+/// found elsewhere than expected, its address says the port found, and
+/// the service serves (to its owner's instances) where its healthy live
+/// instances do. A web instance's published address stays as it is.
+#[test]
+fn a_private_instance_found_on_another_port_is_reached_there() {
+    use berth_schemas::events::{InstanceHealthy, InstancePortDetected};
+    use berth_schemas::model::ServiceType;
+    let started = |i: &InstanceId, addr: &str| {
+        Event::InstanceStarted(InstanceStarted {
+            instance: i.clone(),
+            node: node(),
+            digest: digest(1),
+            addr: Some(addr.into()),
+            published: None,
+        })
+    };
+    let detected = |i: &InstanceId| {
+        Event::InstancePortDetected(InstancePortDetected {
+            instance: i.clone(),
+            port: 5432,
+            expected: 10000,
+        })
+    };
+    let healthy = |i: &InstanceId| {
+        Event::InstanceHealthy(InstanceHealthy {
+            instance: i.clone(),
+        })
+    };
+    for (kind, addr, after) in [
+        (
+            ServiceType::PrivateService,
+            "10.1.0.2:10000",
+            "10.1.0.2:5432",
+        ),
+        (
+            ServiceType::WebService,
+            "127.0.0.1:20001",
+            "127.0.0.1:20001",
+        ),
+    ] {
+        let d = DeployId::generate();
+        let mut s = super::Scenario::created(kind, &d);
+        s.go_live(&d, &digest(1));
+        let i = InstanceId::generate();
+        s.run(place(vec![sched(&i, &d, node(), &digest(1))]));
+        s.append(&[started(&i, addr)]);
+        assert_eq!(s.state.serving_port(), None, "not healthy yet");
+        s.append(&[healthy(&i)]);
+        let port = |a: &str| a.rsplit_once(':').unwrap().1.parse::<u16>().ok();
+        assert_eq!(s.state.serving_port(), port(addr));
+        s.append(&[detected(&i)]);
+        let now = s.state.instances.get(&i).unwrap();
+        assert_eq!(now.addr.as_deref(), Some(after), "{kind:?}");
+        assert_eq!(s.state.serving_port(), port(after), "{kind:?}");
+    }
+}
