@@ -122,6 +122,38 @@ async fn services_and_deploys_routes() {
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert_eq!(v["fields"][0]["field"], "name");
+    // A command written as a shell line, which no shell would run: refused
+    // with how to write it (a shell's own command line is taken as it is).
+    for (field, details, found) in [
+        (
+            "dockerCommand",
+            json!({"envSpecificDetails": {"dockerCommand": "npm run migrate && npm start"}}),
+            "`&&`",
+        ),
+        (
+            "preDeployCommand",
+            json!({"preDeployCommand": "rake db:migrate > /tmp/out"}),
+            "`>`",
+        ),
+        (
+            "dockerCommand",
+            json!({"envSpecificDetails": {"dockerCommand": "gunicorn -b 0.0.0.0:$PORT app:app"}}),
+            "`$PORT`",
+        ),
+        (
+            "dockerCommand",
+            json!({"envSpecificDetails": {"dockerCommand": "echo 'open"}}),
+            "unbalanced quote",
+        ),
+    ] {
+        let (s, v) = app
+            .post("/v1/services", &alice, json!({"type": "background_worker", "name": "shell", "image": {"imagePath": app.image("v1")}, "serviceDetails": details}))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(v["fields"][0]["field"], field, "{v}");
+        let said = v["message"].as_str().unwrap();
+        assert!(said.contains(found), "{v}");
+    }
     // Only a web service has an HTTPS redirect to set.
     let (s, v) = app
         .post("/v1/services", &alice, json!({"type": "background_worker", "name": "w", "image": {"imagePath": app.image("v1")}, "serviceDetails": {"httpsRedirect": false}}))
@@ -139,6 +171,14 @@ async fn services_and_deploys_routes() {
         "{v}"
     );
     assert_eq!(app.last_seq().await, before, "a refused create appended");
+    // A shell's own command line is taken as it is (another owner's
+    // service: alice's listing below is hers alone).
+    let other = app.owner().await;
+    let (s, v) = app
+        .post("/v1/services", &other, json!({"type": "background_worker", "name": "shell", "image": {"imagePath": app.image("v1")},
+            "serviceDetails": {"envSpecificDetails": {"dockerCommand": "sh -c 'npm run migrate && exec npm start'"}}}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
 
     // Create, then 409 for the same name.
     let (s, v) = app

@@ -164,6 +164,7 @@ pub(super) fn create(
             format!("must be 1–{MAX_START_COMMAND} bytes and not blank"),
         ));
     }
+    validate::command("startCommand", command)?;
     let plan = plan.unwrap_or_else(|| cfg.plan.clone());
     validate::plan(&plan)?;
     if state.status == ServiceStatus::Suspended {

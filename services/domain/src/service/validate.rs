@@ -2,6 +2,7 @@
 //! Each check names the field in the API's camelCase so the 400 says which
 //! part of the body is wrong.
 
+use berth_schemas::command_line;
 use berth_schemas::model::{EnvVars, Plan, ServiceType};
 
 use crate::error::DomainError;
@@ -96,7 +97,9 @@ pub fn shutdown_delay(secs: u16) -> Result<()> {
     Ok(())
 }
 
-/// A command line (custom command, pre-deploy command): not blank, bounded.
+/// A command line (custom command, pre-deploy command, a job's): not
+/// blank, bounded, its quotes balanced, and free of shell syntax it is not
+/// run with ([`berth_schemas::command_line`]).
 pub fn command(field: &'static str, cmd: &str) -> Result<()> {
     if cmd.trim().is_empty() {
         return Err(DomainError::invalid(field, "is blank"));
@@ -105,6 +108,22 @@ pub fn command(field: &'static str, cmd: &str) -> Result<()> {
         return Err(DomainError::invalid(
             field,
             format!("must be at most {TEXT_MAX} bytes without NUL"),
+        ));
+    }
+    if command_line::words(cmd).is_none() {
+        return Err(DomainError::invalid(
+            field,
+            "has an unbalanced quote or a trailing backslash",
+        ));
+    }
+    if let Some(found) = command_line::shell_syntax(cmd) {
+        let found = berth_schemas::cut(&found, 40);
+        return Err(DomainError::invalid(
+            field,
+            format!(
+                "has shell syntax (`{found}`), but a command is run without a shell, as Docker runs one in exec form: \
+                 to have a shell run it, write it as sh -c '…' (for example sh -c 'npm run migrate && npm start')"
+            ),
         ));
     }
     Ok(())
