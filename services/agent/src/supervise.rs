@@ -325,6 +325,11 @@ async fn launch_with(
         let line = format!("running: {}", logs::command_line(&args));
         say(inner, spec, &line).await;
     }
+    if kind == Kind::Service && restarts == 0 {
+        if let Some(notice) = crate::volumes::notice(&spec.image.config) {
+            say(inner, spec, &notice).await;
+        }
+    }
     let pumps = spawn_pumps(inner, spec, readers);
     write_record(
         &dir.state_file(),

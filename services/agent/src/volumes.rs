@@ -67,6 +67,45 @@ pub fn make_missing(
     made
 }
 
+/// Volumes named in a [`notice`], at most.
+const NOTICE_PATHS: usize = 3;
+
+/// What a service instance's logs say at its first start when its image
+/// declares volumes: that none is kept, so data written there (a
+/// database's) is lost when its program ends. `None` without any.
+pub fn notice(config: &crate::image::ImageConfig) -> Option<String> {
+    let paths: Vec<&str> = config
+        .volumes
+        .as_ref()?
+        .keys()
+        .take(MAX_VOLUMES)
+        .filter(|p| parts(p).is_some())
+        .map(String::as_str)
+        .collect();
+    let (first, more) = match paths.as_slice() {
+        [] => return None,
+        [one] => (vec![*one], ""),
+        many => (
+            many.iter().take(NOTICE_PATHS).copied().collect(),
+            if many.len() > NOTICE_PATHS {
+                ", …"
+            } else {
+                ""
+            },
+        ),
+    };
+    let (noun, pronoun) = if paths.len() == 1 {
+        ("a volume", "it")
+    } else {
+        ("volumes", "them")
+    };
+    let cut: Vec<&str> = first.iter().map(|p| berth_schemas::cut(p, 120)).collect();
+    Some(format!(
+        "the image declares {noun} ({}{more}); no disk is kept behind {pronoun}: what is written there is lost when the program ends (a crash, a restart, a deploy)",
+        cut.join(", ")
+    ))
+}
+
 /// Where the directories go.
 enum Target<'a> {
     /// The overlay's upper layer, not mounted yet.
@@ -262,5 +301,30 @@ mod tests {
         let m = std::fs::symlink_metadata(dir.rootfs().join("srv/data")).unwrap();
         assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o755));
         assert!(std::fs::symlink_metadata(dir.root.join("upper")).is_err());
+    }
+    #[test]
+    fn the_notice_names_the_volumes_that_are_not_kept() {
+        let config = |paths: &[&str]| crate::image::ImageConfig {
+            volumes: Some(
+                paths
+                    .iter()
+                    .map(|p| ((*p).to_owned(), serde_json::json!({})))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        assert_eq!(notice(&crate::image::ImageConfig::default()), None);
+        assert_eq!(notice(&config(&["/proc/x", "relative"])), None);
+        assert_eq!(
+            notice(&config(&["/var/lib/postgresql/data"])).as_deref(),
+            Some("the image declares a volume (/var/lib/postgresql/data); no disk is kept behind it: what is written there is lost when the program ends (a crash, a restart, a deploy)")
+        );
+        let many = notice(&config(&["/a", "/b", "/c", "/d"])).unwrap();
+        assert!(
+            many.starts_with(
+                "the image declares volumes (/a, /b, /c, …); no disk is kept behind them"
+            ),
+            "{many}"
+        );
     }
 }

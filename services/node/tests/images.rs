@@ -1064,6 +1064,12 @@ async fn postgres_runs(image: &Image, opts: NodeOptions) {
         initialized.is_some() && listening > initialized && at(ready) > listening,
         "initialized, then listening on every address, then healthy: {lines:?}"
     );
+    // Told at once that its data is not kept.
+    let notice = "==> The image declares a volume (/var/lib/postgresql/data); no disk is kept behind it: what is written there is lost when the program ends (a crash, a restart, a deploy)";
+    assert!(
+        at(notice).is_some() && at(notice) < initialized,
+        "{lines:?}"
+    );
     // Its own user runs the server, not root.
     let (code, ps) = d.exec(&["/bin/busybox", "ps", "-o", "user,args"]);
     assert_eq!(code, 0, "{ps}");
