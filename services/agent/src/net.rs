@@ -1305,11 +1305,13 @@ impl Cni {
             ));
         }
         // Service addresses are only ever translated (an instance of
-        // another owner has no rule to); other nodes' host ports only
-        // through them.
+        // another owner has no rule to, nor a port the service does not
+        // serve on: refused at once rather than left to time out); other
+        // nodes' host ports only through them.
         let services = self.cfg.services;
         batch.push_str(&format!(
-            "-A {fwd} -d {services} -j DROP\n\
+            "-A {fwd} -d {services} -p tcp -j REJECT --reject-with tcp-reset\n\
+             -A {fwd} -d {services} -j DROP\n\
              -A {fwd} -j {out}\n\
              -A {fwd} -d {subnet} -j DROP\n\
              -A {fwd} -s {subnet} -j ACCEPT\n\
@@ -2205,6 +2207,7 @@ mod tests {
                 group: "own-a".into(),
                 name: "db".into(),
                 targets: vec!["192.0.2.7:31005".parse().unwrap()],
+                port: None,
             }],
         };
         assert!(net.cni.set_directory(dir.clone()).await.is_err());
@@ -2256,18 +2259,21 @@ mod tests {
                     group: "own-a".into(),
                     name: "db".into(),
                     targets: vec![target],
+                    port: Some(5432),
                 },
                 // Answered here: the instance on this node keeps the name.
                 Remote {
                     group: "own-b".into(),
                     name: "cache".into(),
                     targets: vec![target],
+                    port: None,
                 },
                 // An owner with no instance here: nothing of it, yet.
                 Remote {
                     group: "own-c".into(),
                     name: "queue".into(),
                     targets: vec![target],
+                    port: None,
                 },
             ],
         };
@@ -2308,7 +2314,7 @@ mod tests {
         assert_eq!(
             net.chain("nat", &a_chain).unwrap(),
             [format!(
-                "-A {a_chain} -d {vip}/32 -p tcp -j DNAT --to-destination {target}"
+                "-A {a_chain} -d {vip}/32 -p tcp -m tcp --dport 5432 -j DNAT --to-destination {target}"
             )]
         );
         let local_cache = format!("{}\tcache\n", ip(&p_state));

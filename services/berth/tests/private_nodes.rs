@@ -68,6 +68,16 @@ while :; do
   if r=$(busybox timeout 3 busybox wget -qO- "http://$NAME:8080/token.txt" 2>&1); then
     read e _ </proc/uptime
     echo "x-ok $n at=$s-$e [$(echo $r)] hosts=[$(echo $h)]"
+    # Once: a port the service does not serve on is refused, not sent on
+    # to the port it serves.
+    if [ -z "$other" ]; then
+      other=1
+      if o=$(busybox timeout 3 busybox nc "$NAME" 9999 </dev/null 2>&1); then
+        echo "x-other-port open [$(echo $o)]"
+      else
+        echo "x-other-port closed [$(echo $o)]"
+      fi
+    fi
   else
     read e _ </proc/uptime
     echo "x-fail $n at=$s-$e [$(echo $r)] hosts=[$(echo $h)]"
@@ -622,6 +632,14 @@ async fn a_private_service_on_another_machine_is_its_owners_alone() {
             events.iter().map(|e| &e["type"]).collect::<Vec<_>>()
         );
     }
+
+    // Only the port it serves on leads to it from the other machine: a
+    // connection to another is refused at once.
+    let other = lines_within(&m, x, &client_x, "x-other-port", 1, Duration::from_secs(10)).await;
+    assert!(
+        other.len() == 1 && other[0].contains("closed") && other[0].contains("refused"),
+        "another port of {name}: {other:?}"
+    );
 
     // The roads between nodes across a restart of either node.
     for machine in [Machine::A, Machine::B] {

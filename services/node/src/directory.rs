@@ -147,28 +147,36 @@ fn remote(me: &NodeId, t: &Tracked, peers: &[Peer]) -> Option<Remote> {
     }
     let live = t.state.live_deploy()?;
     let digest = live.digest()?;
-    let mut targets: Vec<SocketAddrV4> = t
+    // Each target with the port its instance serves on (its own address's).
+    let mut targets: Vec<(Option<u16>, SocketAddrV4)> = t
         .state
         .instances
         .of_deploy(&live.id)
         .filter(|i| i.is_healthy() && i.draining_since.is_none() && i.digest == digest)
         .filter_map(|i| {
             let addr = t.published.get(&i.id).filter(|_| i.node != *me)?;
-            addr.parse::<SocketAddrV4>().ok().filter(|a| {
+            let target = addr.parse::<SocketAddrV4>().ok().filter(|a| {
                 peers
                     .iter()
                     .any(|p| p.addr == *a.ip() && p.ports.contains(&a.port()))
-            })
+            })?;
+            let serves = i.addr.as_deref()?.rsplit_once(':')?.1.parse().ok();
+            Some((serves, target))
         })
         .collect();
-    if targets.is_empty() {
-        return None;
-    }
     targets.sort();
+    // One port per service address: the live deploy's instances serve on
+    // the same one; should they not, those on the lowest are the targets.
+    let port = targets.first()?.0;
     Some(Remote {
         group: cfg.owner.to_string(),
         name: cfg.name.clone(),
-        targets,
+        targets: targets
+            .into_iter()
+            .filter(|(p, _)| *p == port)
+            .map(|(_, t)| t)
+            .collect(),
+        port,
     })
 }
 
@@ -486,6 +494,7 @@ mod tests {
                 group: owner.to_string(),
                 name: "db".into(),
                 targets: vec!["192.0.2.7:31005".parse().unwrap()],
+                port: Some(5432),
             }],
             "its own instances are reached on its bridge"
         );

@@ -53,6 +53,12 @@ pub struct Remote {
     pub name: String,
     /// Where its instances are published, on their nodes.
     pub targets: Vec<SocketAddrV4>,
+    /// The port its instances serve on: only connections to that port of
+    /// its service address reach them (one to another port is refused,
+    /// rather than sent to a server that may speak something else).
+    /// `None` in a directory an earlier berth saved: every port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 /// What a node knows of the others.
@@ -359,7 +365,7 @@ impl Cni {
             }
             for (name, vip) in a.of_group(group) {
                 if let Some(r) = remotes.get(&(*group, name)) {
-                    nat.push_str(&balance(&chain, vip, &r.targets));
+                    nat.push_str(&balance(&chain, vip, r.port, &r.targets));
                 }
             }
         }
@@ -389,9 +395,10 @@ impl Cni {
     }
 }
 
-/// The rules sending a connection to `vip` to one of `targets`, each
-/// equally likely.
-fn balance(chain: &str, vip: Ipv4Addr, targets: &[SocketAddrV4]) -> String {
+/// The rules sending a connection to `vip` (on `port`, or on any port
+/// without one) to one of `targets`, each equally likely.
+fn balance(chain: &str, vip: Ipv4Addr, port: Option<u16>, targets: &[SocketAddrV4]) -> String {
+    let port = port.map_or_else(String::new, |p| format!("-m tcp --dport {p} "));
     let mut sorted = targets.to_vec();
     sorted.sort();
     sorted.dedup();
@@ -408,7 +415,7 @@ fn balance(chain: &str, vip: Ipv4Addr, targets: &[SocketAddrV4]) -> String {
             String::new()
         };
         text.push_str(&format!(
-            "-A {chain} -d {vip}/32 -p tcp {pick}-j DNAT --to-destination {t}\n"
+            "-A {chain} -d {vip}/32 -p tcp {port}{pick}-j DNAT --to-destination {t}\n"
         ));
     }
     text
@@ -438,11 +445,17 @@ mod tests {
             .iter()
             .map(|s| s.parse().unwrap())
             .collect();
-        let text = balance("C", Ipv4Addr::new(10, 254, 0, 7), &t);
+        let text = balance("C", Ipv4Addr::new(10, 254, 0, 7), None, &t);
         assert_eq!(
             text,
             "-A C -d 10.254.0.7/32 -p tcp -m statistic --mode random --probability 0.50000 -j DNAT --to-destination 10.0.0.2:20001\n\
              -A C -d 10.254.0.7/32 -p tcp -j DNAT --to-destination 10.0.0.3:20002\n"
+        );
+        // Only the port the instances serve on is sent to them.
+        let text = balance("C", Ipv4Addr::new(10, 254, 0, 7), Some(5432), &t[1..2]);
+        assert_eq!(
+            text,
+            "-A C -d 10.254.0.7/32 -p tcp -m tcp --dport 5432 -j DNAT --to-destination 10.0.0.3:20002\n"
         );
     }
 }
