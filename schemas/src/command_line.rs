@@ -96,11 +96,26 @@ const OPERATORS: &[&str] = &["&&", "||", "|", "|&", ";", "&"];
 /// without one, is passed to the program as it is written: an operator
 /// (`&&`, `||`, `|`, `;`, `&`), a redirection (`>`, `2>&1`, `<`), a
 /// variable or command substitution (`$PORT`, `${PORT}`, `$(…)`, a
-/// backquote). Quoted or escaped characters are literal to a shell too,
+/// backquote), a variable set for the command (`NODE_ENV=production
+/// node app.js`). Quoted or escaped characters are literal to a shell too,
 /// and are never reported: `sh -c 'a && b'` has nothing to report. `None`
 /// also for a line [`words`] cannot read.
 pub fn shell_syntax(line: &str) -> Option<String> {
-    for word in scan(line)? {
+    let words = scan(line)?;
+    // An assignment before the program (`NODE_ENV=production node app.js`):
+    // a shell's way to set a variable for one command.
+    if let Some(first) = words.first() {
+        let eq = first.iter().position(|(c, _)| *c == '=');
+        let name = eq.map(|i| &first[..i]).unwrap_or_default();
+        let is_name = name.iter().enumerate().all(|(i, (c, q))| {
+            !q && (*c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()))
+        });
+        if !name.is_empty() && is_name && eq.is_some_and(|i| !first[i].1) {
+            let name: String = name.iter().map(|(c, _)| c).collect();
+            return Some(format!("{name}=…"));
+        }
+    }
+    for word in words {
         let text: String = word.iter().map(|(c, _)| c).collect();
         let plain = word.iter().all(|(_, quoted)| !quoted);
         if plain && OPERATORS.contains(&text.as_str()) {
@@ -186,6 +201,7 @@ mod tests {
             ("server --id $(hostname)", "$(hostname)"),
             ("server --id `hostname`", "`"),
             ("rails s -p $PORT_2", "$PORT_2"),
+            ("NODE_ENV=production node server.js", "NODE_ENV=…"),
         ] {
             assert_eq!(shell_syntax(line).as_deref(), Some(found), "{line}");
         }
@@ -201,6 +217,10 @@ mod tests {
             "echo a\\;",
             "echo \\>x",
             "test ! -f /done",
+            "node --env=production server.js",
+            "'A=b' run",
+            "=x run",
+            "1A=b run",
             "a 'b",
         ] {
             assert_eq!(shell_syntax(line), None, "{line}");
