@@ -80,12 +80,13 @@ pub async fn run(args: CronArgs) -> Result<(), ClientError> {
                         output::time(r, "startedAt"),
                         output::time(r, "finishedAt"),
                         s(r, "nodeId"),
+                        s(r, "reason"),
                     ]
                 })
                 .collect();
             output::table(
                 &[
-                    "RUN", "STATUS", "EXIT", "TRIGGER", "STARTED", "FINISHED", "NODE",
+                    "RUN", "STATUS", "EXIT", "TRIGGER", "STARTED", "FINISHED", "NODE", "REASON",
                 ],
                 &rows,
                 "no runs yet",
