@@ -164,16 +164,21 @@ fn remote(me: &NodeId, t: &Tracked, peers: &[Peer]) -> Option<Remote> {
             Some((serves, target))
         })
         .collect();
+    if targets.is_empty() {
+        return None;
+    }
     targets.sort();
     // One port per service address: the live deploy's instances serve on
-    // the same one; should they not, those on the lowest are the targets.
-    let port = targets.first()?.0;
+    // the same one; should they not, those on the lowest are the targets
+    // (with any whose port is not known: published, it leads to the one
+    // it serves on).
+    let port = targets.iter().find_map(|(p, _)| *p);
     Some(Remote {
         group: cfg.owner.to_string(),
         name: cfg.name.clone(),
         targets: targets
             .into_iter()
-            .filter(|(p, _)| *p == port)
+            .filter(|(p, _)| p.is_none() || *p == port)
             .map(|(_, t)| t)
             .collect(),
         port,
