@@ -48,6 +48,8 @@ pub struct AppState {
     pub dashboard: Arc<Dashboard>,
     /// When each node was last heard.
     pub heard: Arc<Heard>,
+    /// The live lines log subscriptions follow ([`crate::logtap`]).
+    pub log_tap: Arc<crate::logtap::LogTap>,
 }
 
 /// When each node was last heard, by this process: heartbeats are core
@@ -152,6 +154,7 @@ impl AppState {
             links: Arc::default(),
             dashboard: Arc::new(dashboard),
             heard,
+            log_tap: Arc::default(),
         })
     }
 

@@ -95,6 +95,11 @@ impl ApiError {
         }
     }
 
+    /// 429: the caller has as many of something open as it may.
+    pub fn too_many(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
+    }
+
     /// 405: the route exists, not with this method.
     pub fn method_not_allowed() -> Self {
         Self::new(

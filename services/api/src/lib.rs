@@ -11,7 +11,9 @@
 //!   under `/deploy/srv-…` and the OpenAPI document;
 //! - [`hooks`]: deploy hooks, answered 200 only once the deploy is durable;
 //! - `GET /v1/logs`: the kept output of the caller's services, from the
-//!   logs stream this component provisions (`berth_eventlog::logs`);
+//!   logs stream this component provisions (`berth_eventlog::logs`), and
+//!   `GET /v1/logs/subscribe`, its new lines live over a WebSocket
+//!   ([`logtap`]);
 //! - [`bus`]: `scale` / `restart` / `deploy` commands on the bus, validated
 //!   by the same functions as the API, answered with errors as data;
 //! - [`bootstrap`]: the first owner and API key of a fresh installation;
@@ -30,6 +32,7 @@ pub mod error;
 pub mod guard;
 pub mod hooks;
 pub mod index;
+pub mod logtap;
 pub mod metrics;
 pub mod openapi;
 pub mod query;

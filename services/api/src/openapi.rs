@@ -318,6 +318,9 @@ routes! {
     get "/v1/logs" => logs::list,
         "List the kept log lines of your services, paged by time (Render's request-log filters \
          host, statusCode, method, path, task, taskRun and sandbox are accepted and not applied)", 200;
+    get "/v1/logs/subscribe" => logs::subscribe,
+        "New log lines of your services as they are stored, over a WebSocket (one text message \
+         per line, in the shape of GET /v1/logs's lines)", 101;
     get "/v1/services/{serviceId}/instances" => services::instances,
         "List the service's instances", 200;
     post "/v1/services/{serviceId}/exec" => exec::run,
@@ -480,6 +483,7 @@ pages! {
     get "/services/{serviceId}/terminal/socket" => dashboard::terminal::socket, "The terminal page's WebSocket";
     post "/services/{serviceId}/jobs/{jobId}/cancel" => dashboard::actions::cancel_job, "Cancel a job";
     get "/services/{serviceId}/logs" => dashboard::observe::logs_page, "A service's kept log lines (paged, filtered, followed)";
+    get "/services/{serviceId}/logs/live" => dashboard::observe::logs_live, "SSE: the service's new log lines, each its row on the logs page";
     get "/services/{serviceId}/metrics" => dashboard::observe::metrics_page, "A service's last hour of metrics (charts)";
     get "/services/{serviceId}/settings" => dashboard::settings::page, "A service's settings, env vars, hook";
     post "/services/{serviceId}/settings" => dashboard::settings::update, "Save a service's settings";

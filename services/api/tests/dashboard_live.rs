@@ -2,13 +2,15 @@
 //! ids the log's stream sequences, every commit in order; a reconnect with
 //! `Last-Event-ID` resumes without loss, from memory or, for an API that
 //! started after it, from the log; the owner's stream carries all of its
-//! services.
+//! services. A followed logs page's stream sends each new line of its
+//! service as the row the page draws, escaped, and only the owner's.
 
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use berth_schemas::ids::ServiceId;
+use berth_schemas::ids::{InstanceId, ServiceId};
+use berth_schemas::logs::Stream;
 use berth_schemas::AggregateId;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -25,14 +27,8 @@ struct Sse {
     data: Value,
 }
 
-/// Reads SSE messages from `path` as `b` until `until` holds for what
-/// was read.
-async fn read_sse(
-    b: &Browser,
-    path: &str,
-    last_id: Option<u64>,
-    until: impl Fn(&[Sse]) -> bool,
-) -> Vec<Sse> {
+/// Opens the SSE stream at `path` as `b` (its status, and its body).
+async fn open_sse(b: &Browser, path: &str, last_id: Option<u64>) -> (StatusCode, Body) {
     let jar = b
         .cookies
         .iter()
@@ -49,12 +45,33 @@ async fn read_sse(
         .oneshot(req.body(Body::empty()).unwrap())
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(
-        resp.headers().get(header::CONTENT_TYPE).unwrap(),
-        "text/event-stream"
-    );
-    let mut body = resp.into_body().into_data_stream();
+    let status = resp.status();
+    if status == StatusCode::OK {
+        assert_eq!(
+            resp.headers().get(header::CONTENT_TYPE).unwrap(),
+            "text/event-stream"
+        );
+    }
+    (status, resp.into_body())
+}
+
+/// Reads SSE messages from `path` as `b` until `until` holds for what
+/// was read.
+async fn read_sse(
+    b: &Browser,
+    path: &str,
+    last_id: Option<u64>,
+    until: impl Fn(&[Sse]) -> bool,
+) -> Vec<Sse> {
+    let (status, body) = open_sse(b, path, last_id).await;
+    assert_eq!(status, StatusCode::OK);
+    read_messages(body, until).await
+}
+
+/// Reads SSE messages from `body` until `until` holds for what was read
+/// (at most 20 s).
+async fn read_messages(body: Body, until: impl Fn(&[Sse]) -> bool) -> Vec<Sse> {
+    let mut body = body.into_data_stream();
     let mut buf = String::new();
     let mut out = Vec::new();
     let read = async {
@@ -203,4 +220,54 @@ async fn live_streams_resume_from_the_last_event_id_without_loss() {
     })
     .await;
     assert!(owner.iter().all(|m| m.event == "commit"), "{owner:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_logs_page_gets_each_new_line_as_its_row() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let bob = app.owner().await;
+    let mut b = signed_in(&app, &alice).await;
+    let (id, _) = app.service(&alice, "talker").await;
+    let (other, _) = app.service(&alice, "other").await;
+    let (bobs, _) = app.service(&bob, "bobs").await;
+
+    // Another owner's service, or none, has no stream.
+    let (status, _) = open_sse(&b, &format!("/services/{bobs}/logs/live"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = open_sse(&b, "/services/srv-nothing/logs/live", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The page says where to follow, and keeps a table for the rows.
+    let page = b.get(&format!("/services/{id}/logs?follow=1")).await;
+    assert!(
+        page.html
+            .contains(&format!("data-live-logs=\"/services/{id}/logs/live\"")),
+        "{}",
+        page.html
+    );
+
+    let (status, body) = open_sse(&b, &format!("/services/{id}/logs/live?text=GET"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let inst = InstanceId::generate();
+    let hostile = "GET /<script>alert(1)</script> & \"quoted\"\r";
+    app.log_line(&other, &inst, Stream::Stdout, "GET / on another service")
+        .await;
+    app.log_line(&bobs, &inst, Stream::Stdout, "GET / of bob")
+        .await;
+    app.log_line(&id, &inst, Stream::Stdout, "POST /form").await;
+    let seq = app.log_line(&id, &inst, Stream::Stderr, hostile).await;
+    let got = read_messages(body, |m| m.iter().any(|m| m.event == "line")).await;
+    let lines: Vec<&Sse> = got.iter().filter(|m| m.event == "line").collect();
+    assert_eq!(lines.len(), 1, "{got:?}");
+    assert_eq!(lines[0].id, Some(seq));
+    let row = lines[0].data.as_str().unwrap();
+    assert!(row.starts_with("<tr>"), "{row}");
+    assert!(row.contains(&format!("<code>{inst}</code>")), "{row}");
+    assert!(row.contains("<td>error</td>"), "{row}");
+    assert!(
+        row.contains("GET /&lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;quoted&quot;"),
+        "escaped: {row}"
+    );
+    assert!(!row.contains("<script>"), "{row}");
 }

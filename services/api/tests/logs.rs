@@ -27,7 +27,7 @@ fn messages(page: &Value) -> Vec<String> {
 }
 
 /// The value of the label `name` of a line.
-fn label<'a>(line: &'a Value, name: &str) -> &'a str {
+pub fn label<'a>(line: &'a Value, name: &str) -> &'a str {
     line["labels"]
         .as_array()
         .unwrap()

@@ -20,6 +20,7 @@ mod hooks;
 mod isolation;
 mod listing;
 mod logs;
+mod logs_live;
 mod metrics;
 mod nodes_cron;
 mod notifications;

@@ -18,7 +18,7 @@ use crate::dashboard::signed_in;
 use crate::support::App;
 
 /// Serves the app's router on a loopback port; its base URL.
-async fn listen(app: &App) -> String {
+pub async fn listen(app: &App) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = app.router.clone();

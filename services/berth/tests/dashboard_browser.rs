@@ -4,6 +4,7 @@
 //! requires). A wrong key is refused; signed in, a service is created from
 //! the form and its deploy is watched going live without the page
 //! reloading; another image is deployed and rolled back from; it is scaled;
+//! its logs page, followed, gets new lines without reloading;
 //! another owner's service is a 404 page; the keyboard reaches the content
 //! first. Each page's screenshot is written to
 //! `target/dashboard-screenshots/` for a reviewer, dark mode included.
@@ -466,6 +467,36 @@ async fn dashboard_in_a_real_browser() {
     b.wait_text("table.logs", &["up"], Duration::from_secs(10))
         .await;
     b.shot("08a-logs").await;
+    // Followed: the instances' new lines arrive on top as they are kept,
+    // the page not reloading.
+    b.goto(&format!("{service_path}/logs?follow=1")).await;
+    let loaded = b.loaded_at().await;
+    let rows = "return [document.querySelectorAll('table.logs tbody tr').length, \
+                (document.querySelector('table.logs tbody tr time') || {}).dateTime || ''];";
+    let read = || async {
+        let v = b.client.execute(rows, vec![]).await.unwrap();
+        (
+            v[0].as_u64().unwrap(),
+            v[1].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    let (before, newest_before) = read().await;
+    let t0 = Instant::now();
+    let (mut now, mut newest) = read().await;
+    while now < before + 3 && t0.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        (now, newest) = read().await;
+    }
+    assert!(
+        now >= before + 3,
+        "{before} rows, then {now}: no line arrived live"
+    );
+    assert!(
+        newest > newest_before,
+        "{newest_before} then {newest}: not on top"
+    );
+    assert_eq!(b.loaded_at().await, loaded, "the page reloaded");
+    b.shot("08a-logs-followed").await;
     b.goto(&format!("{service_path}/metrics")).await;
     b.wait_text(
         "main",

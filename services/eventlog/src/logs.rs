@@ -170,11 +170,7 @@ impl EventStore {
         let request = |e: &dyn std::fmt::Display| {
             StoreError::Request(format!("reading the logs of {service}: {e}"))
         };
-        let stream = self
-            .js
-            .get_stream_no_info(self.subjects.logs_stream())
-            .await
-            .map_err(|e| request(&e))?;
+        let stream = self.logs_stream().await.map_err(|e| request(&e))?;
         let consumer = stream
             .create_consumer(pull::Config {
                 filter_subject: subject,
@@ -203,21 +199,15 @@ impl EventStore {
                 };
                 let msg = msg.map_err(|e| request(&e))?;
                 let info = msg.info().map_err(|e| request(&e))?;
-                let (seq, time, pending) = (info.stream_sequence, info.published, info.pending);
-                if time >= until {
+                if info.published >= until {
                     return Ok(());
                 }
-                match serde_json::from_slice::<LogLine>(&msg.payload) {
-                    Ok(line) => {
-                        if visit(KeptLine { seq, time, line }).is_break() {
-                            return Ok(());
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(stream.seq = seq, error = %e, "not a log line; skipped");
+                if let Some(kept) = kept_line(&self.subjects, &msg) {
+                    if visit(kept).is_break() {
+                        return Ok(());
                     }
                 }
-                if pending == 0 {
+                if info.pending == 0 {
                     return Ok(());
                 }
             }
@@ -227,6 +217,74 @@ impl EventStore {
             tracing::debug!(consumer = %name, error = %e, "log reader not deleted; it expires");
         }
         outcome
+    }
+
+    /// The logs stream (no request for its info).
+    async fn logs_stream(
+        &self,
+    ) -> Result<stream::Stream<()>, async_nats::jetstream::context::GetStreamError> {
+        self.js
+            .get_stream_no_info(self.subjects.logs_stream())
+            .await
+    }
+
+    /// Every line the logs stream stores from now on, of every service, in
+    /// the stream's order, as long as the returned stream is read. One
+    /// ordered consumer (recreated by the client after a gap, and gone
+    /// from the server soon after the stream is dropped), so a process
+    /// following many services' lines costs the server one consumer, on
+    /// every server version (one filter subject).
+    ///
+    /// A message that is not a [`LogLine`], or whose line names another
+    /// service than its subject, is skipped: the subject is what the
+    /// stream keeps and reads by.
+    pub async fn follow_logs(
+        &self,
+    ) -> Result<
+        impl futures::Stream<Item = Result<KeptLine, StoreError>> + Send + 'static,
+        StoreError,
+    > {
+        use async_nats::jetstream::consumer::pull::OrderedConfig;
+        let request =
+            |e: &dyn std::fmt::Display| StoreError::Request(format!("following the logs: {e}"));
+        let stream = self.logs_stream().await.map_err(|e| request(&e))?;
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                filter_subject: self.subjects.logs_all(),
+                deliver_policy: DeliverPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| request(&e))?;
+        let messages = consumer.messages().await.map_err(|e| request(&e))?;
+        let subjects = self.subjects.clone();
+        Ok(messages.filter_map(move |msg| {
+            let kept = match msg {
+                Err(e) => Some(Err(request(&e))),
+                Ok(msg) => kept_line(&subjects, &msg).map(Ok),
+            };
+            std::future::ready(kept)
+        }))
+    }
+}
+
+/// `msg` of the logs stream as a kept line, unless it is none.
+fn kept_line(subjects: &Subjects, msg: &async_nats::jetstream::Message) -> Option<KeptLine> {
+    let info = msg.info().ok()?;
+    let (seq, time) = (info.stream_sequence, info.published);
+    match serde_json::from_slice::<LogLine>(&msg.payload) {
+        Ok(line) if msg.subject.as_str() == subjects.logs(&line.service) => {
+            Some(KeptLine { seq, time, line })
+        }
+        Ok(line) => {
+            tracing::debug!(stream.seq = seq, subject = %msg.subject, service = %line.service,
+                "a log line on another service's subject; skipped");
+            None
+        }
+        Err(e) => {
+            tracing::debug!(stream.seq = seq, error = %e, "not a log line; skipped");
+            None
+        }
     }
 }
 

@@ -281,6 +281,13 @@ fn stream(st: AppState, who: Signed, topic: Topic, after: u64) -> Response {
     let events = futures::stream::unfold(follower, |mut f| async move {
         f.next().await.map(|e| (Ok::<_, Infallible>(e), f))
     });
+    sse(events)
+}
+
+/// `events` as an SSE response: kept alive, never cached.
+pub fn sse(
+    events: impl futures::Stream<Item = Result<SseEvent, Infallible>> + Send + 'static,
+) -> Response {
     let mut resp = Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response();

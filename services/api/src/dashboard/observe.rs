@@ -3,14 +3,22 @@
 //!
 //! Logs: the newest lines first, at most [`LINES`] a page (the browser
 //! never holds more), older ones a page at a time from the server, every
-//! line escaped (maud escapes all text). Following re-reads the page every
-//! few seconds (a refresh, so it works without JavaScript and through any
-//! proxy). Metrics: the last hour as charts drawn on the server (SVG, no
-//! script, no CDN).
+//! line escaped (maud escapes all text). Following puts each new line at
+//! the top as it is kept: the page's script follows
+//! `/services/{id}/logs/live` (SSE, one message per line: its row, drawn
+//! here) and drops the oldest rows beyond [`LINES`]; when that stream
+//! breaks or falls behind, the page is read again. Without JavaScript the
+//! page re-reads itself every few seconds instead. Metrics: the last hour
+//! as charts drawn on the server (SVG, no script, no CDN).
+
+use std::convert::Infallible;
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::sse::Event as SseEvent;
+use axum::response::{IntoResponse, Response};
+use berth_schemas::ids::ServiceId;
 use chrono::{DateTime, Utc};
 use maud::{html, Markup, PreEscaped};
 use serde::Deserialize;
@@ -20,7 +28,7 @@ use super::refused;
 use super::session::Signed;
 use crate::app::{AppState, Authed};
 use crate::query::{self, Listing};
-use crate::routes::logs::{self, LabelName, LogsQuery};
+use crate::routes::logs::{self, LabelName, LogsQuery, LogsSubscribeQuery};
 use crate::routes::metrics::{self, MetricsQuery, TimeSeries};
 use crate::routes::services;
 
@@ -58,8 +66,11 @@ pub async fn logs_page(
         State(st.clone()),
         a(),
         Listing(LogsQuery {
-            resource: vec![id.clone()],
-            text: text.iter().cloned().collect(),
+            lines: LogsSubscribeQuery {
+                resource: vec![id.clone()],
+                text: text.iter().cloned().collect(),
+                ..LogsSubscribeQuery::default()
+            },
             // A day back, or up to the page before.
             start_time: Some((Utc::now() - chrono::Duration::days(7)).to_rfc3339()),
             end_time: q.before.clone(),
@@ -94,17 +105,14 @@ pub async fn logs_page(
         }
         u
     });
-    let label = |e: &logs::LogEntry, name: LabelName| {
-        e.labels
-            .iter()
-            .find(|l| l.name == name)
-            .map(|l| l.value.clone())
-            .unwrap_or_default()
-    };
+    let live = follow.then(|| match &filter {
+        Some(f) => format!("{base}/live?{f}"),
+        None => format!("{base}/live"),
+    });
     let body = html! {
         @if follow {
-            // Re-read while following: the newest lines, no script needed.
-            (PreEscaped("<meta http-equiv=\"refresh\" content=\"3\">"))
+            // Without a script, following re-reads the page.
+            noscript { (PreEscaped("<meta http-equiv=\"refresh\" content=\"3\">")) }
         }
         h1 { a href={ "/services/" (service.id) } { (service.name) } " — logs" }
         form.inline method="get" action=(base) {
@@ -118,25 +126,13 @@ pub async fn logs_page(
             }
         }
         @if lines.is_empty() {
-            p.muted { "No lines kept in this window." }
-        } @else {
-            table.logs {
+            p.muted #no-lines { "No lines kept in this window." }
+        }
+        @if !lines.is_empty() || live.is_some() {
+            table.logs data-live-logs=[live.as_deref()] data-max=(LINES) {
                 thead { tr { th { "Time" } th { "Instance" } th { "Level" } th { "Line" } } }
                 tbody {
-                    @for e in &lines {
-                        tr {
-                            td { (time(Some(e.timestamp))) }
-                            td {
-                                // berth's lines about a deploy belong to no instance.
-                                @match label(e, LabelName::Instance).as_str() {
-                                    "" => span.muted { "—" },
-                                    i => code { (i) },
-                                }
-                            }
-                            td { (label(e, LabelName::Level)) }
-                            td { code.line { (e.message) } }
-                        }
-                    }
+                    @for e in &lines { (row(e)) }
                 }
             }
         }
@@ -153,6 +149,131 @@ pub async fn logs_page(
         None,
         body,
     )
+}
+
+/// A line's row on the logs page.
+fn row(e: &logs::LogEntry) -> Markup {
+    let label = |name: LabelName| {
+        e.labels
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.value.as_str())
+            .unwrap_or_default()
+    };
+    html! {
+        tr {
+            td { (time(Some(e.timestamp))) }
+            td {
+                // berth's lines about a deploy belong to no instance.
+                @match label(LabelName::Instance) {
+                    "" => span.muted { "—" },
+                    i => code { (i) },
+                }
+            }
+            td { (label(LabelName::Level)) }
+            td { code.line { (e.message) } }
+        }
+    }
+}
+
+/// Query of a logs page's live stream.
+#[derive(Debug, Default, Deserialize)]
+pub struct LiveLogsQuery {
+    /// Only lines holding this text.
+    #[serde(default, deserialize_with = "query::one")]
+    text: Option<String>,
+}
+
+/// How often a live logs stream checks that its session still stands.
+const RECHECK: Duration = Duration::from_secs(30);
+
+/// GET /services/{serviceId}/logs/live: SSE, one `line` message per new
+/// line of the service (its row's HTML as a JSON string); `reset` when
+/// the stream fell behind or broke (read the page again), `gone` when the
+/// session ended or the service is no longer the owner's.
+pub async fn logs_live(
+    State(st): State<AppState>,
+    who: Signed,
+    Path(id): Path<String>,
+    Listing(q): Listing<LiveLogsQuery>,
+) -> Response {
+    let Ok(id) = id.parse::<ServiceId>() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let owner = who.caller.owner.clone();
+    let owns = |st: &AppState| st.read(|i| i.owns(&owner, &id)).unwrap_or(false);
+    // A service created a moment ago is waited for.
+    let found = owns(&st) || (st.caught_up().await.is_ok() && owns(&st));
+    if !found {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let watch = match st.log_tap.watch(st.ingress.store(), &owner).await {
+        Ok(w) => w,
+        Err(e) => return (e.status, e.message).into_response(),
+    };
+    let texts = q.text.into_iter().filter(|t| !t.is_empty()).collect();
+    let mut recheck = tokio::time::interval(RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let tail = Tail {
+        wants: logs::Subscription::of(id.clone(), texts),
+        id,
+        st,
+        who,
+        watch,
+        recheck,
+        ended: false,
+    };
+    super::live::sse(futures::stream::unfold(tail, |mut t| async move {
+        t.next().await.map(|e| (Ok::<_, Infallible>(e), t))
+    }))
+}
+
+/// One browser's live logs stream.
+struct Tail {
+    st: AppState,
+    who: Signed,
+    id: ServiceId,
+    wants: logs::Subscription,
+    watch: crate::logtap::Watch,
+    recheck: tokio::time::Interval,
+    ended: bool,
+}
+
+impl Tail {
+    async fn next(&mut self) -> Option<SseEvent> {
+        use tokio::sync::broadcast::error::RecvError;
+        let shutdown = self.st.dashboard.shutdown.clone();
+        while !self.ended {
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                line = self.watch.lines.recv() => match line {
+                    Ok(kept) if self.wants.keeps(&kept) => {
+                        let seq = kept.seq;
+                        let html = row(&logs::live_entry(kept)).into_string();
+                        return Some(SseEvent::default()
+                            .id(seq.to_string())
+                            .event("line")
+                            .json_data(html)
+                            .unwrap_or_else(|_| SseEvent::default().event("reset").data("{}")));
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_) | RecvError::Closed) => {
+                        self.ended = true;
+                        return Some(SseEvent::default().event("reset").data("{}"));
+                    }
+                },
+                _ = self.recheck.tick() => {
+                    let owner = &self.who.caller.owner;
+                    let owns = self.st.read(|i| i.owns(owner, &self.id)).unwrap_or(false);
+                    if !owns || !self.who.still_valid(&self.st) {
+                        self.ended = true;
+                        return Some(SseEvent::default().event("gone").data("{}"));
+                    }
+                }
+            }
+        }
+        None
+    }
 }
 
 /// One chart: a series' points over the window as an SVG polyline, with

@@ -8,6 +8,17 @@
 //! microsecond, so the next window neither repeats nor skips a line; it may
 //! hold a few lines more than `limit` when they share the last one's time.
 //!
+//! `GET /v1/logs/subscribe` (Render's, a WebSocket): the lines stored
+//! from the moment it opens, as they come, each a text message in the
+//! same `{id, message, timestamp, labels}` shape (so a client that pages
+//! `GET /v1/logs` first can drop the lines it already has by `id`), with
+//! the same service, instance, text, level and type filters. Every
+//! refusal comes before the upgrade, as an ordinary API error. The
+//! server pings the client; one silent for [`CLIENT_GONE`] is taken for
+//! gone, as is one that stops reading for [`CLIENT_GONE`]. One that falls
+//! further behind than the API buffers (`crate::logtap`) is closed with
+//! 1013 and told to page the rest.
+//!
 //! Every service named must be one of the caller's: another owner's
 //! service is not found, like one that does not exist. Each line is
 //! returned as JSON string data, never interpreted. Filters berth has no
@@ -17,7 +28,13 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::ops::ControlFlow;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
+use axum::response::Response;
 use axum::Json;
 use berth_eventlog::logs::KeptLine;
 use berth_ingress::IngressError;
@@ -43,15 +60,9 @@ const DEFAULT_WINDOW: TimeDelta = TimeDelta::hours(1);
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LogsQuery {
-    /// Must be the caller's own (any other owner is not found).
-    #[serde(default, deserialize_with = "query::one")]
-    pub owner_id: Option<String>,
-    /// Service ids (repeated or comma-separated): at least one, at most 20.
-    #[serde(default, deserialize_with = "query::many")]
-    pub resource: Vec<String>,
-    /// Only these instances (`ins-…`).
-    #[serde(default, deserialize_with = "query::many")]
-    pub instance: Vec<String>,
+    /// Which lines: the same as a subscription's.
+    #[serde(flatten)]
+    pub lines: LogsSubscribeQuery,
     /// Start of the window, included: RFC 3339 or Unix seconds (default an
     /// hour before `endTime`).
     #[serde(default, deserialize_with = "query::one")]
@@ -63,6 +74,25 @@ pub struct LogsQuery {
     /// oldest first).
     #[serde(default, deserialize_with = "query::one")]
     pub direction: Option<String>,
+    /// 1 to 100 (default 20).
+    #[serde(default, deserialize_with = "query::one")]
+    pub limit: Option<String>,
+}
+
+/// Query of `GET /v1/logs/subscribe`, and which lines `GET /v1/logs`
+/// lists.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogsSubscribeQuery {
+    /// Must be the caller's own (any other owner is not found).
+    #[serde(default, deserialize_with = "query::one")]
+    pub owner_id: Option<String>,
+    /// Service ids (repeated or comma-separated): at least one, at most 20.
+    #[serde(default, deserialize_with = "query::many")]
+    pub resource: Vec<String>,
+    /// Only these instances (`ins-…`).
+    #[serde(default, deserialize_with = "query::many")]
+    pub instance: Vec<String>,
     /// Only lines containing each of these texts (case-sensitive).
     #[serde(default, deserialize_with = "query::every")]
     pub text: Vec<String>,
@@ -72,9 +102,22 @@ pub struct LogsQuery {
     /// Only these types; instance output is `app`.
     #[serde(default, deserialize_with = "query::many", rename = "type")]
     pub types: Vec<String>,
-    /// 1 to 100 (default 20).
-    #[serde(default, deserialize_with = "query::one")]
-    pub limit: Option<String>,
+}
+
+impl LogsSubscribeQuery {
+    /// Whether instance output (`app`) is asked for at all.
+    fn wants_app(&self) -> bool {
+        self.types.is_empty() || self.types.iter().any(|t| t == "app")
+    }
+
+    /// What a line must be, beyond its service.
+    fn filter(self) -> Filter {
+        Filter {
+            instances: self.instance.into_iter().collect(),
+            texts: self.text,
+            levels: self.level.into_iter().collect(),
+        }
+    }
 }
 
 /// One page of log lines.
@@ -309,15 +352,12 @@ pub async fn list(
     };
     let end = time("endTime", q.end_time.as_deref())?.unwrap_or_else(|| micros(Utc::now()));
     let start = time("startTime", q.start_time.as_deref())?.unwrap_or(end - DEFAULT_WINDOW);
+    let q = q.lines;
     owner_matches(q.owner_id.as_deref(), caller.owner.as_str())?;
     let ids = services(&st, &caller.owner, &q.resource).await?;
-    let filter = Filter {
-        instances: q.instance.into_iter().collect(),
-        texts: q.text,
-        levels: q.level.into_iter().collect(),
-    };
     // Instance output is all `app`: asked for other types only, nothing.
-    let wanted = q.types.is_empty() || q.types.iter().any(|t| t == "app");
+    let wanted = q.wants_app();
+    let filter = q.filter();
     let mut picked = Picker::new(direction, limit);
     if wanted {
         let mut merged = Vec::new();
@@ -366,6 +406,142 @@ pub async fn list(
         next_end_time,
         logs,
     }))
+}
+
+/// How often a subscription's client is pinged.
+const CLIENT_PING: Duration = Duration::from_secs(30);
+/// A client that answers nothing, or takes no message, for this long is
+/// taken for gone.
+pub const CLIENT_GONE: Duration = Duration::from_secs(90);
+
+/// GET /v1/logs/subscribe
+pub async fn subscribe(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Listing(q): Listing<LogsSubscribeQuery>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    owner_matches(q.owner_id.as_deref(), caller.owner.as_str())?;
+    let ids = services(&st, &caller.owner, &q.resource).await?;
+    let Ok(upgrade) = upgrade else {
+        return Err(ApiError::bad_request(
+            "this route opens a WebSocket: send `Connection: Upgrade` and `Upgrade: websocket`",
+        ));
+    };
+    let subscription = Subscription {
+        services: ids.into_iter().collect(),
+        wanted: q.wants_app(),
+        filter: q.filter(),
+    };
+    // Open before the upgrade is answered: every line stored after the
+    // client sees the 101 is sent.
+    let watch = st.log_tap.watch(st.ingress.store(), &caller.owner).await?;
+    let shutdown = st.dashboard.shutdown.clone();
+    Ok(upgrade
+        .max_message_size(4096)
+        .max_frame_size(4096)
+        .on_upgrade(move |socket| pump(socket, watch, subscription, shutdown)))
+}
+
+/// Which of the live lines a subscription sends.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    services: BTreeSet<ServiceId>,
+    filter: Filter,
+    /// Asked for instance output (`app`) at all.
+    wanted: bool,
+}
+
+impl Subscription {
+    /// The lines of `service` holding each of `texts`.
+    pub(crate) fn of(service: ServiceId, texts: Vec<String>) -> Self {
+        Self {
+            services: BTreeSet::from([service]),
+            filter: Filter {
+                instances: BTreeSet::new(),
+                texts,
+                levels: BTreeSet::new(),
+            },
+            wanted: true,
+        }
+    }
+
+    pub(crate) fn keeps(&self, k: &KeptLine) -> bool {
+        self.wanted && self.services.contains(&k.line.service) && self.filter.keeps(k)
+    }
+}
+
+/// A live line as `GET /v1/logs` lists it.
+pub(crate) fn live_entry(kept: Arc<KeptLine>) -> LogEntry {
+    let kept = Arc::unwrap_or_clone(kept);
+    entry(Candidate {
+        time: micros(kept.time),
+        kept,
+    })
+}
+
+/// Sends the subscription's lines until the client or the server ends it.
+async fn pump(
+    mut socket: WebSocket,
+    mut watch: crate::logtap::Watch,
+    subscription: Subscription,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut ping = tokio::time::interval(CLIENT_PING);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    let mut heard = tokio::time::Instant::now();
+    let close = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Some((1001, "the server is shutting down".to_owned())),
+            line = watch.lines.recv() => match line {
+                Ok(kept) => {
+                    if !subscription.keeps(&kept) {
+                        continue;
+                    }
+                    let text = serde_json::to_string(&live_entry(kept)).unwrap_or_default();
+                    let sent = tokio::time::timeout(CLIENT_GONE, socket.send(Message::Text(text.into()))).await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        break None;
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    break Some((1013, format!(
+                        "{n} lines came faster than this client read them; \
+                         page them from GET /v1/logs and subscribe again"
+                    )));
+                }
+                Err(RecvError::Closed) => {
+                    break Some((1011, "the logs stream stopped; subscribe again".to_owned()));
+                }
+            },
+            frame = socket.recv() => match frame {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break None,
+                Some(Ok(_)) => heard = tokio::time::Instant::now(),
+            },
+            _ = ping.tick() => {
+                if heard.elapsed() >= CLIENT_GONE {
+                    break None;
+                }
+                let pinged = tokio::time::timeout(CLIENT_GONE, socket.send(Message::Ping(Default::default()))).await;
+                if !matches!(pinged, Ok(Ok(()))) {
+                    break None;
+                }
+            }
+        }
+    };
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            socket.send(Message::Close(Some(frame))),
+        )
+        .await;
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,9 @@
 // - live updates: an EventSource on the page's stream (data-live-src); each
 //   commit re-reads the page and swaps its [data-live] regions in place;
 //   the browser resumes a dropped stream with Last-Event-ID by itself.
+// - live log lines: on a followed logs page (data-live-logs), each new
+//   line's row arrives over SSE and goes on top; the oldest beyond
+//   data-max go; a stream that breaks or falls behind re-reads the page.
 // - copy buttons (data-copy="element id"), confirmations (data-confirm),
 //   typed-name confirmation (data-confirm-name on an input).
 (function () {
@@ -99,6 +102,34 @@
     src.addEventListener("reset", schedule);
     src.addEventListener("gone", function () { src.close(); schedule(); });
     doc.addEventListener("focusout", function () { if (stale) { stale = false; schedule(); } });
+  }
+
+  // Live log lines.
+  var logs = doc.querySelector("[data-live-logs]");
+  if (logs && window.EventSource) {
+    var rows = logs.querySelector("tbody");
+    var most = parseInt(logs.getAttribute("data-max"), 10) || 200;
+    var lines = new EventSource(logs.getAttribute("data-live-logs"));
+    var reread = function () {
+      lines.close();
+      setTimeout(function () { location.reload(); }, 2000);
+    };
+    lines.addEventListener("line", function (e) {
+      var html;
+      try { html = JSON.parse(e.data); } catch (_) { return; }
+      // The row is the server's, every text in it escaped there.
+      rows.insertAdjacentHTML("afterbegin", html);
+      var none = doc.getElementById("no-lines");
+      if (none) { none.remove(); }
+      while (rows.rows.length > most) { rows.deleteRow(-1); }
+    });
+    lines.addEventListener("reset", reread);
+    lines.addEventListener("error", function () {
+      // Refused (too many open, signed out): the page stays as it is.
+      if (lines.readyState === EventSource.CLOSED) { return; }
+      reread();
+    });
+    lines.addEventListener("gone", function () { lines.close(); });
   }
 
   wire(doc);
