@@ -1,49 +1,79 @@
 //! The live lines of every service, for the API's log subscriptions
-//! (`GET /v1/logs/subscribe`): one consumer on the logs stream per API
-//! process, opened when the first subscription starts and let go when the
-//! last one ends, whose lines every subscription receives and filters to
-//! its own services. However many subscriptions are open, the server
-//! holds one consumer for them.
+//! (`GET /v1/logs/subscribe`, a followed logs page of the dashboard): one
+//! consumer on the logs stream per API process, opened when the first
+//! subscription starts and let go when the last one ends, whose lines go
+//! to the subscriptions of their service only. However many subscriptions
+//! are open, the server holds one consumer for them, and a line costs the
+//! process one lookup plus one hand-off per subscription to its service:
+//! at 10,000 services, lines of services nobody follows cost a lookup.
 //!
-//! Bounds: an owner has at most [`PER_OWNER`] subscriptions open at once
-//! (the next is a 429); a subscription that falls more than [`BUFFER`]
-//! lines behind the stream is told so and ended (its client pages the
-//! rest from `GET /v1/logs`), so a slow client holds no memory of its own:
-//! the lines not yet read by every subscription are at most [`BUFFER`] of
-//! at most 16 KiB (the logs stream's largest message), 64 MiB in all.
+//! Bounds: at most [`PER_OWNER`] subscriptions per owner and [`OPEN_MAX`]
+//! in all are open at once (the next is a 429); a subscription whose
+//! client has not taken [`QUEUE_LINES`] lines or [`QUEUE_BYTES`] bytes is
+//! ended as fallen behind (its client pages the rest from `GET /v1/logs`),
+//! so what waits for slow clients is at most `OPEN_MAX × QUEUE_BYTES`
+//! (256 MiB) of lines.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use berth_eventlog::logs::KeptLine;
 use berth_eventlog::EventStore;
-use berth_schemas::ids::OwnerId;
+use berth_schemas::ids::{OwnerId, ServiceId};
 use futures::StreamExt;
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 
 use crate::error::ApiError;
 
 /// Most subscriptions one owner may have open at once.
 pub const PER_OWNER: usize = 16;
 
-/// Lines a subscription may be behind before it is ended.
-pub const BUFFER: usize = 4096;
+/// Most subscriptions open at once in one API process.
+pub const OPEN_MAX: usize = 256;
 
-/// See the module doc. Cheap to share (`Arc`).
+/// Lines a subscription's client may leave untaken before it is ended.
+pub const QUEUE_LINES: usize = 1024;
+
+/// Bytes of lines a subscription's client may leave untaken before it is
+/// ended.
+pub const QUEUE_BYTES: usize = 1 << 20;
+
+/// See the module doc. Shared as an `Arc`.
 #[derive(Debug, Default)]
 pub struct LogTap {
     /// The feed while any subscription holds it.
-    live: tokio::sync::Mutex<Weak<Feed>>,
-    /// Open subscriptions per owner.
-    open: Mutex<HashMap<OwnerId, usize>>,
+    live: tokio::sync::Mutex<std::sync::Weak<Feed>>,
+    /// Open subscriptions per owner, and in all.
+    open: Mutex<Open>,
+    next_id: AtomicU64,
 }
 
-/// The consumer's lines, handed to every subscription.
+#[derive(Debug, Default)]
+struct Open {
+    per_owner: HashMap<OwnerId, usize>,
+    total: usize,
+}
+
+/// Where each service's lines go: its subscriptions.
+type Routes = Arc<Mutex<HashMap<ServiceId, Vec<Arc<Route>>>>>;
+
+/// One subscription as the feed sees it.
+#[derive(Debug)]
+struct Route {
+    id: u64,
+    services: BTreeSet<ServiceId>,
+    lines: mpsc::Sender<Arc<KeptLine>>,
+    queued: Arc<AtomicUsize>,
+    behind: Arc<AtomicBool>,
+}
+
+/// The consumer's task and the routes it hands lines along.
 #[derive(Debug)]
 struct Feed {
-    /// Held by the task alone, so subscriptions see the end of the stream
-    /// when it stops.
-    lines: broadcast::WeakSender<Arc<KeptLine>>,
+    routes: Routes,
+    /// Set by the task when the consumer stopped.
+    stopped: Arc<AtomicBool>,
     task: tokio::task::AbortHandle,
 }
 
@@ -54,15 +84,69 @@ impl Drop for Feed {
     }
 }
 
-/// One open subscription: its lines, in the stream's order.
+/// Why a subscription's lines ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Its client fell too far behind.
+    Behind,
+    /// The logs stream could not be followed any more.
+    Stopped,
+}
+
+/// One open subscription: its services' lines, in the stream's order.
 #[derive(Debug)]
 pub struct Watch {
-    pub lines: broadcast::Receiver<Arc<KeptLine>>,
-    _feed: Arc<Feed>,
+    lines: mpsc::Receiver<Arc<KeptLine>>,
+    queued: Arc<AtomicUsize>,
+    behind: Arc<AtomicBool>,
+    /// Its route's id and services (the route alone holds the sender, so
+    /// the lines end once it is taken off).
+    id: u64,
+    services: BTreeSet<ServiceId>,
+    feed: Arc<Feed>,
     _slot: Slot,
 }
 
-/// An owner's count of open subscriptions, given back on drop.
+impl Watch {
+    /// The next line, or why there is none.
+    pub async fn next(&mut self) -> Result<Arc<KeptLine>, Ended> {
+        match self.lines.recv().await {
+            Some(line) => {
+                self.queued
+                    .fetch_sub(line.line.line.len(), Ordering::Relaxed);
+                Ok(line)
+            }
+            None if self.behind.load(Ordering::Relaxed) => Err(Ended::Behind),
+            None => Err(Ended::Stopped),
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Ok(mut routes) = self.feed.routes.lock() {
+            unroute(&mut routes, self.id, &self.services);
+        }
+    }
+}
+
+/// Takes route `id` off each of `services`.
+fn unroute(
+    routes: &mut HashMap<ServiceId, Vec<Arc<Route>>>,
+    id: u64,
+    services: &BTreeSet<ServiceId>,
+) {
+    for s in services {
+        if let Some(list) = routes.get_mut(s) {
+            list.retain(|r| r.id != id);
+            if list.is_empty() {
+                routes.remove(s);
+            }
+        }
+    }
+}
+
+/// A count of open subscriptions, given back on drop.
 #[derive(Debug)]
 struct Slot {
     tap: Arc<LogTap>,
@@ -72,10 +156,11 @@ struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Ok(mut open) = self.tap.open.lock() {
-            if let Some(n) = open.get_mut(&self.owner) {
+            open.total = open.total.saturating_sub(1);
+            if let Some(n) = open.per_owner.get_mut(&self.owner) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
-                    open.remove(&self.owner);
+                    open.per_owner.remove(&self.owner);
                 }
             }
         }
@@ -83,43 +168,72 @@ impl Drop for Slot {
 }
 
 impl LogTap {
-    /// Opens a subscription for `owner`: the lines stored from now on.
+    /// Opens a subscription of `owner` to `services`: their lines stored
+    /// from now on.
     pub async fn watch(
         self: &Arc<Self>,
         store: &EventStore,
         owner: &OwnerId,
+        services: BTreeSet<ServiceId>,
     ) -> Result<Watch, ApiError> {
         let slot = self.slot(owner)?;
-        let mut live = self.live.lock().await;
-        // A feed whose consumer stopped is replaced.
-        if let Some(feed) = live.upgrade() {
-            if let Some(sender) = feed.lines.upgrade() {
-                return Ok(Watch {
-                    lines: sender.subscribe(),
-                    _feed: feed,
-                    _slot: slot,
-                });
+        let feed = {
+            let mut live = self.live.lock().await;
+            match live.upgrade() {
+                // A feed whose consumer stopped is replaced.
+                Some(feed) if !feed.stopped.load(Ordering::Relaxed) => feed,
+                _ => {
+                    let feed = Arc::new(open(store).await?);
+                    *live = Arc::downgrade(&feed);
+                    feed
+                }
+            }
+        };
+        let (tx, lines) = mpsc::channel(QUEUE_LINES);
+        let (queued, behind) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let route = Arc::new(Route {
+            id,
+            services: services.clone(),
+            lines: tx,
+            queued: queued.clone(),
+            behind: behind.clone(),
+        });
+        {
+            let mut routes = feed.routes.lock().map_err(|_| unavailable())?;
+            for s in &route.services {
+                routes.entry(s.clone()).or_default().push(route.clone());
             }
         }
-        let (feed, lines) = open(store).await?;
-        let feed = Arc::new(feed);
-        *live = Arc::downgrade(&feed);
         Ok(Watch {
             lines,
-            _feed: feed,
+            queued,
+            behind,
+            id,
+            services,
+            feed,
             _slot: slot,
         })
     }
 
     fn slot(self: &Arc<Self>, owner: &OwnerId) -> Result<Slot, ApiError> {
         let mut open = self.open.lock().map_err(|_| unavailable())?;
-        let n = open.entry(owner.clone()).or_default();
+        if open.total >= OPEN_MAX {
+            return Err(ApiError::too_many(format!(
+                "this server has {OPEN_MAX} log subscriptions open, as many as it takes; try again later"
+            )));
+        }
+        let n = open.per_owner.entry(owner.clone()).or_default();
         if *n >= PER_OWNER {
             return Err(ApiError::too_many(format!(
                 "at most {PER_OWNER} log subscriptions may be open at once; close one first"
             )));
         }
         *n += 1;
+        open.total += 1;
         Ok(Slot {
             tap: self.clone(),
             owner: owner.clone(),
@@ -127,32 +241,63 @@ impl LogTap {
     }
 }
 
-/// Opens the consumer and starts handing its lines out; also the first
-/// subscription to them.
-async fn open(store: &EventStore) -> Result<(Feed, broadcast::Receiver<Arc<KeptLine>>), ApiError> {
+/// Opens the consumer and starts handing its lines along.
+async fn open(store: &EventStore) -> Result<Feed, ApiError> {
     let mut follow = store.follow_logs().await.map_err(|e| {
         tracing::warn!(error = %e, "the logs stream could not be followed");
         unavailable()
     })?;
-    let (out, first) = broadcast::channel(BUFFER);
-    let lines = out.downgrade();
+    let routes = Routes::default();
+    let stopped = Arc::new(AtomicBool::new(false));
+    let (to, done) = (routes.clone(), stopped.clone());
     let task = tokio::spawn(async move {
         while let Some(next) = follow.next().await {
             match next {
-                // With no subscription left the feed is being dropped.
-                Ok(kept) => {
-                    let _ = out.send(Arc::new(kept));
-                }
+                Ok(kept) => hand(&to, kept),
                 Err(e) => {
-                    // Subscriptions end (their receivers close) and say so.
                     tracing::warn!(error = %e, "following the logs stream stopped");
-                    return;
+                    break;
                 }
             }
         }
+        done.store(true, Ordering::Relaxed);
+        // Every subscription sees its lines end.
+        if let Ok(mut routes) = to.lock() {
+            routes.clear();
+        }
     })
     .abort_handle();
-    Ok((Feed { lines, task }, first))
+    Ok(Feed {
+        routes,
+        stopped,
+        task,
+    })
+}
+
+/// Hands `kept` to the subscriptions of its service; one whose client is
+/// too far behind is taken off every service, which ends its lines.
+fn hand(routes: &Mutex<HashMap<ServiceId, Vec<Arc<Route>>>>, kept: KeptLine) {
+    let Ok(mut routes) = routes.lock() else {
+        return;
+    };
+    let Some(list) = routes.get(&kept.line.service) else {
+        return;
+    };
+    let size = kept.line.line.len();
+    let line = Arc::new(kept);
+    let mut behind = Vec::new();
+    for r in list {
+        let fits = r.queued.load(Ordering::Relaxed) + size <= QUEUE_BYTES;
+        if fits && r.lines.try_send(line.clone()).is_ok() {
+            r.queued.fetch_add(size, Ordering::Relaxed);
+        } else {
+            r.behind.store(true, Ordering::Relaxed);
+            behind.push(r.clone());
+        }
+    }
+    for r in behind {
+        unroute(&mut routes, r.id, &r.services);
+    }
 }
 
 /// 503: retry later.

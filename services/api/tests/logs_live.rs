@@ -239,3 +239,44 @@ async fn an_owner_has_a_bounded_number_open_and_gets_one_back_when_closing() {
         "bob"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_falls_behind_is_told_to_page_the_rest() {
+    let app = App::start(true).await;
+    let base = listen(&app).await;
+    let alice = app.owner().await;
+    let (svc, _) = app.service(&alice, "loud").await;
+    let (quiet, _) = app.service(&alice, "quiet").await;
+    let mut slow = subscribe(&base, &format!("resource={svc}"), Some(&alice.key))
+        .await
+        .unwrap();
+    let mut other = subscribe(&base, &format!("resource={quiet}"), Some(&alice.key))
+        .await
+        .unwrap();
+    // Not read: far more than the connection's buffers and the API's
+    // queue for one client hold.
+    let inst = InstanceId::generate();
+    let long = "x".repeat(15_000);
+    let sent = 2000;
+    for _ in 0..sent {
+        app.log_line(&svc, &inst, Stream::Stdout, &long).await;
+    }
+    let (mut got, mut close) = (0, None);
+    while close.is_none() {
+        match tokio::time::timeout(Duration::from_secs(10), slow.next()).await {
+            Ok(Some(Ok(Message::Text(_)))) => got += 1,
+            Ok(Some(Ok(Message::Close(frame)))) => close = Some(frame.unwrap()),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("after {got} lines: {other:?}"),
+        }
+    }
+    let close = close.unwrap();
+    assert!(got < sent, "{got} of {sent} lines: nothing fell behind");
+    assert_eq!(u16::from(close.code), 1013, "{close:?}");
+    assert!(close.reason.contains("GET /v1/logs"), "{close:?}");
+    // Another subscription was not held up by it.
+    app.log_line(&quiet, &inst, Stream::Stdout, "quiet line")
+        .await;
+    let line = next_line(&mut other, Duration::from_secs(3)).await.unwrap();
+    assert_eq!(line["message"], "quiet line");
+}

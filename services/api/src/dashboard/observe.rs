@@ -207,15 +207,21 @@ pub async fn logs_live(
     if !found {
         return StatusCode::NOT_FOUND.into_response();
     }
-    let watch = match st.log_tap.watch(st.ingress.store(), &owner).await {
+    let texts = q.text.into_iter().filter(|t| !t.is_empty()).collect();
+    let wants = logs::Subscription::of(id.clone(), texts);
+    let store = st.ingress.store();
+    let watch = match st
+        .log_tap
+        .watch(store, &owner, wants.services().clone())
+        .await
+    {
         Ok(w) => w,
         Err(e) => return (e.status, e.message).into_response(),
     };
-    let texts = q.text.into_iter().filter(|t| !t.is_empty()).collect();
     let mut recheck = tokio::time::interval(RECHECK);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let tail = Tail {
-        wants: logs::Subscription::of(id.clone(), texts),
+        wants,
         id,
         st,
         who,
@@ -241,12 +247,11 @@ struct Tail {
 
 impl Tail {
     async fn next(&mut self) -> Option<SseEvent> {
-        use tokio::sync::broadcast::error::RecvError;
         let shutdown = self.st.dashboard.shutdown.clone();
         while !self.ended {
             tokio::select! {
                 _ = shutdown.cancelled() => return None,
-                line = self.watch.lines.recv() => match line {
+                line = self.watch.next() => match line {
                     Ok(kept) if self.wants.keeps(&kept) => {
                         let seq = kept.seq;
                         let html = row(&logs::live_entry(kept)).into_string();
@@ -257,7 +262,7 @@ impl Tail {
                             .unwrap_or_else(|_| SseEvent::default().event("reset").data("{}")));
                     }
                     Ok(_) => {}
-                    Err(RecvError::Lagged(_) | RecvError::Closed) => {
+                    Err(_) => {
                         self.ended = true;
                         return Some(SseEvent::default().event("reset").data("{}"));
                     }

@@ -15,9 +15,9 @@
 //! the same service, instance, text, level and type filters. Every
 //! refusal comes before the upgrade, as an ordinary API error. The
 //! server pings the client; one silent for [`CLIENT_GONE`] is taken for
-//! gone, as is one that stops reading for [`CLIENT_GONE`]. One that falls
-//! further behind than the API buffers (`crate::logtap`) is closed with
-//! 1013 and told to page the rest.
+//! gone, as is one that stops reading for [`CLIENT_GONE`]. One that leaves
+//! more lines untaken than the API queues for it (`crate::logtap`) is
+//! closed with 1013 and told to page the rest.
 //!
 //! Every service named must be one of the caller's: another owner's
 //! service is not found, like one that does not exist. Each line is
@@ -435,7 +435,14 @@ pub async fn subscribe(
     };
     // Open before the upgrade is answered: every line stored after the
     // client sees the 101 is sent.
-    let watch = st.log_tap.watch(st.ingress.store(), &caller.owner).await?;
+    let watch = st
+        .log_tap
+        .watch(
+            st.ingress.store(),
+            &caller.owner,
+            subscription.services.clone(),
+        )
+        .await?;
     let shutdown = st.dashboard.shutdown.clone();
     Ok(upgrade
         .max_message_size(4096)
@@ -466,6 +473,11 @@ impl Subscription {
         }
     }
 
+    /// Its services.
+    pub(crate) fn services(&self) -> &BTreeSet<ServiceId> {
+        &self.services
+    }
+
     pub(crate) fn keeps(&self, k: &KeptLine) -> bool {
         self.wanted && self.services.contains(&k.line.service) && self.filter.keeps(k)
     }
@@ -487,7 +499,7 @@ async fn pump(
     subscription: Subscription,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    use tokio::sync::broadcast::error::RecvError;
+    use crate::logtap::Ended;
     let mut ping = tokio::time::interval(CLIENT_PING);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
@@ -495,7 +507,7 @@ async fn pump(
     let close = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Some((1001, "the server is shutting down".to_owned())),
-            line = watch.lines.recv() => match line {
+            line = watch.next() => match line {
                 Ok(kept) => {
                     if !subscription.keeps(&kept) {
                         continue;
@@ -506,13 +518,11 @@ async fn pump(
                         break None;
                     }
                 }
-                Err(RecvError::Lagged(n)) => {
-                    break Some((1013, format!(
-                        "{n} lines came faster than this client read them; \
-                         page them from GET /v1/logs and subscribe again"
-                    )));
+                Err(Ended::Behind) => {
+                    break Some((1013, "lines came faster than this client took them; \
+                         page the rest from GET /v1/logs and subscribe again".to_owned()));
                 }
-                Err(RecvError::Closed) => {
+                Err(Ended::Stopped) => {
                     break Some((1011, "the logs stream stopped; subscribe again".to_owned()));
                 }
             },
