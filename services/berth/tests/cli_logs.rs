@@ -295,11 +295,23 @@ async fn logs_outlive_their_instance_and_stay_with_their_owner() {
             }
         }
     }
-    assert!(next_marker(&mut out).await.contains("| marker-7f3a"));
+    let first = next_marker(&mut out).await;
+    assert!(first.contains("| marker-7f3a"), "{first}");
     cli.ok(&["cron", "run", "job"]).await;
     let second = next_marker(&mut out).await;
     assert!(second.contains("| marker-7f3a"), "{second}");
+    assert_ne!(second, first, "a line shown twice");
     let _ = child.kill().await;
+    // Followed over the API's live subscription, not by asking again.
+    let mut said = String::new();
+    let mut err = child.stderr.take().unwrap();
+    tokio::io::AsyncReadExt::read_to_string(&mut err, &mut said)
+        .await
+        .unwrap();
+    assert!(
+        said.contains("following srv-") && said.contains(" live"),
+        "{said}"
+    );
 
     setup.stop().await;
 }

@@ -2,17 +2,24 @@
 //! (`GET /v1/logs`, so only your own services' lines), then with `-f` the
 //! new ones as they are kept.
 //!
-//! Following polls the API once a second from just after the last line
-//! shown (its `nextStartTime`): plain requests that any proxy passes, no
-//! connection held open between them, and nothing lost or repeated across
-//! them because the API never splits lines of one microsecond between
-//! pages.
+//! Following takes the new lines from the API's live subscription
+//! (`GET /v1/logs/subscribe`, a WebSocket opened before the history is
+//! read, its lines after the last one shown printed as they come: each
+//! line's `id` only grows). Where no WebSocket gets through (a proxy that
+//! does not pass them, an API that has none), or once the subscription
+//! ends (berth restarting, the client too slow), it polls the API once a
+//! second from just after the last line shown (its `nextStartTime`):
+//! plain requests, nothing lost or repeated across them because the API
+//! never splits lines of one microsecond between pages.
 
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use clap::Args;
+use futures::StreamExt;
 use serde_json::Value;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
 
 use super::http::enc;
 use super::{Api, ClientError};
@@ -135,14 +142,6 @@ fn render(line: &Value, json: bool) -> String {
     )
 }
 
-/// Prints `lines`; how many.
-fn print(lines: &[Value], json: bool) -> usize {
-    for l in lines {
-        println!("{}", render(l, json));
-    }
-    lines.len()
-}
-
 /// One page of the API's answer.
 struct Page {
     lines: Vec<Value>,
@@ -190,9 +189,17 @@ pub async fn run(api: &Api, id: &str, args: LogsArgs) -> Result<(), ClientError>
     };
     let base = filters(id, &args);
     let json = api.json();
-    // Where following starts: just after the last line shown.
-    let mut cursor = at(start);
-    let mut shown = 0usize;
+    // Opened before the history is read: no line falls between the two.
+    let live = match args.follow {
+        true => subscribe(api, &base).await,
+        false => None,
+    };
+    let mut shown = Shown {
+        cursor: at(start),
+        last_id: 0,
+        count: 0,
+        json,
+    };
     let tail_n = match (args.tail, &args.since) {
         (Some(n), _) => Some(n),
         (None, None) => Some(DEFAULT_TAIL),
@@ -202,24 +209,29 @@ pub async fn run(api: &Api, id: &str, args: LogsArgs) -> Result<(), ClientError>
         Some(n) => {
             // With --tail 0 too: the newest line says where following starts.
             let mut lines = tail(api, &base, &at(start), n.max(1)).await?;
-            if let Some(t) = lines.last().and_then(|l| l["timestamp"].as_str()) {
-                let last = DateTime::parse_from_rfc3339(t).map_err(|e| {
-                    ClientError::Failed(format!("the API sent a bad time {t:?}: {e}"))
-                })?;
-                cursor = at(last.with_timezone(&Utc) + TimeDelta::microseconds(1));
-            }
+            let newest = lines.last().cloned();
             lines.drain(..lines.len().saturating_sub(n));
-            shown += print(&lines, json);
+            for l in &lines {
+                shown.print(l)?;
+            }
+            if let Some(newest) = newest {
+                shown.passed(&newest)?;
+            }
         }
         None => loop {
             let p = page(
                 api,
-                &format!("{base}&direction=forward&startTime={cursor}&limit={PAGE}"),
+                &format!(
+                    "{base}&direction=forward&startTime={}&limit={PAGE}",
+                    shown.cursor
+                ),
             )
             .await?;
-            shown += print(&p.lines, json);
+            for l in &p.lines {
+                shown.print(l)?;
+            }
             if let Some(next) = p.next_start {
-                cursor = enc(&next);
+                shown.cursor = enc(&next);
             }
             if !p.more {
                 break;
@@ -227,39 +239,133 @@ pub async fn run(api: &Api, id: &str, args: LogsArgs) -> Result<(), ClientError>
         },
     }
     if !args.follow {
-        if shown == 0 && !json {
+        if shown.count == 0 && !json {
             eprintln!("no log lines kept for {id} (that match)");
         }
         return Ok(());
     }
-    if !json {
-        eprintln!("following {id} (Ctrl-C to stop)");
-    }
     let follow = async {
-        loop {
-            let query = format!("{base}&direction=forward&startTime={cursor}&limit={PAGE}");
-            match page(api, &query).await {
-                Ok(p) => {
-                    print(&p.lines, json);
-                    if let Some(next) = p.next_start {
-                        cursor = enc(&next);
-                    }
-                    if p.more {
-                        continue;
-                    }
-                }
-                // berth restarting: wait for it rather than give up.
-                Err(e @ (ClientError::Unreachable(_) | ClientError::Api { status: 503, .. })) => {
-                    eprintln!("berth: {e}; retrying");
-                }
-                Err(e) => return Err(e),
+        if let Some(mut socket) = live {
+            if !json {
+                eprintln!("following {id} live (Ctrl-C to stop)");
             }
-            tokio::time::sleep(POLL).await;
+            let why = follow_live(&mut socket, &mut shown).await?;
+            if !json {
+                eprintln!("berth: {why}; following by asking every second");
+            }
+        } else if !json {
+            eprintln!("following {id} (Ctrl-C to stop)");
         }
+        follow_polling(api, &base, &mut shown).await
     };
     tokio::select! {
         r = follow => r,
         _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+/// What has been shown: where the next page starts, the newest line's id.
+struct Shown {
+    cursor: String,
+    last_id: u64,
+    count: usize,
+    json: bool,
+}
+
+impl Shown {
+    /// Prints `line` unless it was shown already (a live line the history
+    /// had).
+    fn print(&mut self, line: &Value) -> Result<(), ClientError> {
+        let id = id_of(line);
+        if id != 0 && id <= self.last_id {
+            return Ok(());
+        }
+        println!("{}", render(line, self.json));
+        self.count += 1;
+        self.passed(line)
+    }
+
+    /// Moves past `line`: following starts after it.
+    fn passed(&mut self, line: &Value) -> Result<(), ClientError> {
+        self.last_id = self.last_id.max(id_of(line));
+        if let Some(t) = line["timestamp"].as_str() {
+            let last = DateTime::parse_from_rfc3339(t)
+                .map_err(|e| ClientError::Failed(format!("the API sent a bad time {t:?}: {e}")))?;
+            self.cursor = at(last.with_timezone(&Utc) + TimeDelta::microseconds(1));
+        }
+        Ok(())
+    }
+}
+
+/// A line's id (its place in the logs stream; 0 when it has none).
+fn id_of(line: &Value) -> u64 {
+    line["id"]
+        .as_str()
+        .and_then(|i| i.parse().ok())
+        .unwrap_or(0)
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<reqwest::Upgraded>;
+
+/// The API's live subscription to the lines `base` names, when one gets
+/// through.
+async fn subscribe(api: &Api, base: &str) -> Option<Socket> {
+    match api.websocket(&format!("/v1/logs/subscribe?{base}")).await {
+        Ok(upgraded) => Some(
+            tokio_tungstenite::WebSocketStream::from_raw_socket(upgraded, Role::Client, None).await,
+        ),
+        Err(e) => {
+            tracing::debug!(error = %e, "no live subscription; following by polling");
+            None
+        }
+    }
+}
+
+/// Prints the subscription's lines until it ends; why it ended.
+async fn follow_live(socket: &mut Socket, shown: &mut Shown) -> Result<String, ClientError> {
+    while let Some(msg) = socket.next().await {
+        match msg {
+            Ok(Message::Text(text)) => match serde_json::from_str::<Value>(text.as_str()) {
+                Ok(line) => shown.print(&line)?,
+                Err(e) => return Ok(format!("the API sent a line that is not JSON ({e})")),
+            },
+            Ok(Message::Close(Some(frame))) => {
+                return Ok(format!("the live lines ended: {}", frame.reason));
+            }
+            Ok(Message::Close(None)) => return Ok("the live lines ended".to_owned()),
+            Ok(_) => {}
+            Err(e) => return Ok(format!("the live lines broke off ({e})")),
+        }
+    }
+    Ok("the live lines ended".to_owned())
+}
+
+/// Asks for new lines every [`POLL`], for ever.
+async fn follow_polling(api: &Api, base: &str, shown: &mut Shown) -> Result<(), ClientError> {
+    loop {
+        let query = format!(
+            "{base}&direction=forward&startTime={}&limit={PAGE}",
+            shown.cursor
+        );
+        match page(api, &query).await {
+            Ok(p) => {
+                for l in &p.lines {
+                    shown.print(l)?;
+                }
+                if let Some(next) = p.next_start {
+                    shown.cursor = enc(&next);
+                }
+                if p.more {
+                    continue;
+                }
+            }
+            // berth restarting: wait for it rather than give up.
+            Err(e @ (ClientError::Unreachable(_) | ClientError::Api { status: 503, .. })) => {
+                eprintln!("berth: {e}; retrying");
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 
