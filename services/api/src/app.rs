@@ -292,6 +292,31 @@ pub async fn authenticate(
     Err(state.refuse(client, ApiError::unauthorized()))
 }
 
+/// The SHA-256 of the bearer token in `headers` (what the read model
+/// knows keys by), to check later that the key [`authenticate`] took is
+/// still valid.
+pub fn bearer_sha256(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| api_key_sha256(t.trim()))
+}
+
+/// Whether the key whose SHA-256 is `sha` still authenticates `caller`:
+/// revoking a key ends what was opened with it.
+pub fn still_valid(state: &AppState, caller: &Caller, sha: &str) -> bool {
+    let key = match &caller.actor {
+        berth_schemas::Actor::ApiKey { key } => key,
+        _ => return false,
+    };
+    state
+        .read(|i| i.key(sha))
+        .ok()
+        .flatten()
+        .is_some_and(|(o, k)| o == caller.owner && k == *key)
+}
+
 /// Removes quoted values from a parser message, so a secret put in the
 /// wrong field is never echoed back.
 pub(crate) fn scrub(message: &str) -> String {

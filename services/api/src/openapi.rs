@@ -129,6 +129,7 @@ pub trait Part {
 impl<S> Part for State<S> {}
 impl<T> Part for Path<T> {}
 impl Part for Uri {}
+impl Part for axum::http::HeaderMap {}
 impl Part for ClientAddr {}
 impl Part for axum::extract::ws::WebSocketUpgrade {}
 impl Part

@@ -280,3 +280,77 @@ async fn a_client_that_falls_behind_is_told_to_page_the_rest() {
     let line = next_line(&mut other, Duration::from_secs(3)).await.unwrap();
     assert_eq!(line["message"], "quiet line");
 }
+
+/// Reads until the server closes the subscription; the close frame.
+async fn closed(socket: &mut Socket) -> tokio_tungstenite::tungstenite::protocol::CloseFrame {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => return frame,
+            Ok(Some(Ok(Message::Text(t)))) => panic!("a line after it should have ended: {t}"),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("not closed with a reason: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_or_a_deleted_service_ends_the_subscription() {
+    let app = App::start(true).await;
+    let base = listen(&app).await;
+    let alice = app.owner().await;
+    let (svc, _) = app.service(&alice, "talker").await;
+    let (s, k) = app
+        .post(
+            "/v1/api-keys",
+            &alice,
+            serde_json::json!({"label": "viewer"}),
+        )
+        .await;
+    assert_eq!(s.as_u16(), 201, "{k}");
+    let viewer = k["key"].as_str().unwrap().to_owned();
+    let mut by_key = subscribe(&base, &format!("resource={svc}"), Some(&viewer))
+        .await
+        .unwrap();
+    let mut by_owner = subscribe(&base, &format!("resource={svc}"), Some(&alice.key))
+        .await
+        .unwrap();
+    let inst = InstanceId::generate();
+    app.log_line(&svc, &inst, Stream::Stdout, "seen by both")
+        .await;
+    for s in [&mut by_key, &mut by_owner] {
+        assert_eq!(
+            next_line(s, Duration::from_secs(3)).await.unwrap()["message"],
+            "seen by both"
+        );
+    }
+
+    let (s, _) = app
+        .delete(
+            &format!("/v1/api-keys/{}", k["id"].as_str().unwrap()),
+            &alice,
+        )
+        .await;
+    assert_eq!(s.as_u16(), 204);
+    // Past the once-a-second look: the next line is not sent to the key's.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    app.log_line(&svc, &inst, Stream::Stdout, "after the revocation")
+        .await;
+    let frame = closed(&mut by_key).await;
+    assert_eq!(u16::from(frame.code), 1008, "{frame:?}");
+    assert!(frame.reason.contains("revoked"), "{frame:?}");
+    assert_eq!(
+        next_line(&mut by_owner, Duration::from_secs(3))
+            .await
+            .unwrap()["message"],
+        "after the revocation"
+    );
+
+    let (s, v) = app.delete(&format!("/v1/services/{svc}"), &alice).await;
+    assert!(s.is_success(), "{v}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    app.log_line(&svc, &inst, Stream::Stdout, "after the delete")
+        .await;
+    let frame = closed(&mut by_owner).await;
+    assert_eq!(u16::from(frame.code), 1008, "{frame:?}");
+    assert!(frame.reason.contains("deleted"), "{frame:?}");
+}

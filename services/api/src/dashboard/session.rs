@@ -235,16 +235,12 @@ fn session_of(st: &AppState, id: &str) -> Option<(Caller, String)> {
         )
     };
     // The key must still be valid: revoking it ends its sessions.
-    let valid = st
-        .read(|i| i.key(&key_sha))
-        .ok()
-        .flatten()
-        .is_some_and(|(o, k)| o == owner && k == key);
-    if !valid {
+    let caller = Caller::api_key(owner, key);
+    if !crate::app::still_valid(st, &caller, &key_sha) {
         st.dashboard.sessions.end(id);
         return None;
     }
-    Some((Caller::api_key(owner, key), csrf))
+    Some((caller, csrf))
 }
 
 /// Where a request without a session is sent: sign-in, then back.

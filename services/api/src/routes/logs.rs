@@ -15,7 +15,9 @@
 //! the same service, instance, text, level and type filters. Every
 //! refusal comes before the upgrade, as an ordinary API error. The
 //! server pings the client; one silent for [`CLIENT_GONE`] is taken for
-//! gone, as is one that stops reading for [`CLIENT_GONE`]. One that leaves
+//! gone, as is one that stops reading for [`CLIENT_GONE`]. Revoking the
+//! key a subscription was opened with, or deleting one of its services,
+//! closes it with 1008 before it sends another line. One that leaves
 //! more lines untaken than the API queues for it (`crate::logtap`) is
 //! closed with 1013 and told to page the rest.
 //!
@@ -408,6 +410,10 @@ pub async fn list(
     }))
 }
 
+/// How often, at most, a subscription with lines to send looks again at
+/// what it stands on (at least at every ping).
+const RECHECK: Duration = Duration::from_secs(1);
+
 /// How often a subscription's client is pinged.
 const CLIENT_PING: Duration = Duration::from_secs(30);
 /// A client that answers nothing, or takes no message, for this long is
@@ -418,6 +424,7 @@ pub const CLIENT_GONE: Duration = Duration::from_secs(90);
 pub async fn subscribe(
     State(st): State<AppState>,
     Authed(caller): Authed,
+    headers: axum::http::HeaderMap,
     Listing(q): Listing<LogsSubscribeQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -443,11 +450,37 @@ pub async fn subscribe(
             subscription.services.clone(),
         )
         .await?;
-    let shutdown = st.dashboard.shutdown.clone();
+    let standing = Standing {
+        key_sha: app::bearer_sha256(&headers).unwrap_or_default(),
+        caller,
+        st,
+    };
     Ok(upgrade
         .max_message_size(4096)
         .max_frame_size(4096)
-        .on_upgrade(move |socket| pump(socket, watch, subscription, shutdown)))
+        .on_upgrade(move |socket| pump(socket, watch, subscription, standing)))
+}
+
+/// What a subscription stands on, checked again at every ping: its key
+/// not revoked, its services still the owner's.
+struct Standing {
+    st: AppState,
+    caller: berth_ingress::Caller,
+    key_sha: String,
+}
+
+impl Standing {
+    /// Why the subscription may not go on, if it may not.
+    fn fallen(&self, services: &BTreeSet<ServiceId>) -> Option<String> {
+        if !app::still_valid(&self.st, &self.caller, &self.key_sha) {
+            return Some("the API key this subscription was opened with was revoked".to_owned());
+        }
+        let owner = &self.caller.owner;
+        let gone = services
+            .iter()
+            .find(|s| !self.st.read(|i| i.owns(owner, s)).unwrap_or(false))?;
+        Some(format!("{gone} was deleted"))
+    }
 }
 
 /// Which of the live lines a subscription sends.
@@ -497,13 +530,15 @@ async fn pump(
     mut socket: WebSocket,
     mut watch: crate::logtap::Watch,
     subscription: Subscription,
-    shutdown: tokio_util::sync::CancellationToken,
+    standing: Standing,
 ) {
+    let shutdown = standing.st.dashboard.shutdown.clone();
     use crate::logtap::Ended;
     let mut ping = tokio::time::interval(CLIENT_PING);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
     let mut heard = tokio::time::Instant::now();
+    let mut checked = heard;
     let close = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Some((1001, "the server is shutting down".to_owned())),
@@ -511,6 +546,14 @@ async fn pump(
                 Ok(kept) => {
                     if !subscription.keeps(&kept) {
                         continue;
+                    }
+                    // Lines keep coming only while the key stands (looked
+                    // at once a second at most).
+                    if checked.elapsed() >= RECHECK {
+                        checked = tokio::time::Instant::now();
+                        if let Some(why) = standing.fallen(&subscription.services) {
+                            break Some((1008, why));
+                        }
                     }
                     let text = serde_json::to_string(&live_entry(kept)).unwrap_or_default();
                     let sent = tokio::time::timeout(CLIENT_GONE, socket.send(Message::Text(text.into()))).await;
@@ -533,6 +576,9 @@ async fn pump(
             _ = ping.tick() => {
                 if heard.elapsed() >= CLIENT_GONE {
                     break None;
+                }
+                if let Some(why) = standing.fallen(&subscription.services) {
+                    break Some((1008, why));
                 }
                 let pinged = tokio::time::timeout(CLIENT_GONE, socket.send(Message::Ping(Default::default()))).await;
                 if !matches!(pinged, Ok(Ok(()))) {
