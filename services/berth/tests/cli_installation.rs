@@ -241,6 +241,47 @@ async fn cli_lists_nodes_and_cron_runs_sets_every_setting_and_finds_the_installa
         row.contains("failed") && row.contains(" 3 ") && row.contains("api"),
         "{table}"
     );
+    // A run whose program cannot run: the table says why.
+    let before = cli.json(&["service", "show", "nightly"]).await["liveDeployId"].clone();
+    cli.ok(&[
+        "service",
+        "update",
+        "nightly",
+        "--command",
+        "/opt/nightly/run",
+    ])
+    .await;
+    eventually("the new command live", Duration::from_secs(60), || async {
+        let live = cli.json(&["service", "show", "nightly"]).await["liveDeployId"].clone();
+        live.is_string() && live != before
+    })
+    .await;
+    let started = cli.ok(&["cron", "run", "nightly"]).await;
+    let second = started
+        .split_whitespace()
+        .find(|w| w.starts_with("crn-"))
+        .unwrap_or_else(|| panic!("{started}"))
+        .to_owned();
+    eventually("the second run ended", Duration::from_secs(90), || async {
+        let runs = cli.json(&["cron", "runs", "nightly"]).await;
+        runs[0]["cronJobRun"]["id"] == second.as_str()
+            && runs[0]["cronJobRun"]["runStatus"] == "failed"
+    })
+    .await;
+    let table = cli.ok(&["cron", "runs", "nightly"]).await;
+    println!("$ berth cron runs nightly\n{table}");
+    assert!(
+        table.lines().next().unwrap_or_default().contains("REASON"),
+        "{table}"
+    );
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&second))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        row.contains("127") && row.contains("/opt/nightly/run is not in the image"),
+        "{table}"
+    );
     let wrong = cli.run(&["cron", "runs", "w"]).await;
     assert_eq!(wrong.code, 1, "{wrong:?}");
     assert!(
