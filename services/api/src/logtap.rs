@@ -6,6 +6,8 @@
 //! are open, the server holds one consumer for them, and a line costs the
 //! process one lookup plus one hand-off per subscription to its service:
 //! at 10,000 services, lines of services nobody follows cost a lookup.
+//! A consumer lost (nats-server restarting, a leader moving) is opened
+//! again after the last line handed on, so subscriptions miss nothing.
 //!
 //! Bounds: at most [`PER_OWNER`] subscriptions per owner and [`OPEN_MAX`]
 //! in all are open at once (the next is a 429); a subscription whose
@@ -19,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use berth_eventlog::logs::KeptLine;
-use berth_eventlog::EventStore;
+use berth_eventlog::{EventStore, StoreError};
 use berth_schemas::ids::{OwnerId, ServiceId};
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -241,22 +243,41 @@ impl LogTap {
     }
 }
 
-/// Opens the consumer and starts handing its lines along.
+/// How long the feed tries to follow the logs stream again after it
+/// lost it (nats-server restarting, a leader moving) before it gives up
+/// and its subscriptions end.
+const REOPEN_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Opens the consumer and starts handing its lines along. When the
+/// consumer is lost, it is opened again after the last line handed on,
+/// so subscriptions neither miss nor repeat a line across the gap.
 async fn open(store: &EventStore) -> Result<Feed, ApiError> {
-    let mut follow = store.follow_logs().await.map_err(|e| {
+    let first = store.follow_logs(None).await.map_err(|e| {
         tracing::warn!(error = %e, "the logs stream could not be followed");
         unavailable()
     })?;
     let routes = Routes::default();
     let stopped = Arc::new(AtomicBool::new(false));
-    let (to, done) = (routes.clone(), stopped.clone());
+    let (to, done, store) = (routes.clone(), stopped.clone(), store.clone());
     let task = tokio::spawn(async move {
-        while let Some(next) = follow.next().await {
-            match next {
-                Ok(kept) => hand(&to, kept),
-                Err(e) => {
-                    tracing::warn!(error = %e, "following the logs stream stopped");
-                    break;
+        let mut follow = first.boxed();
+        let mut last = None;
+        loop {
+            match follow.next().await {
+                Some(Ok(kept)) => {
+                    last = Some(kept.seq);
+                    hand(&to, kept);
+                }
+                lost => {
+                    let why = match lost {
+                        Some(Err(e)) => e.to_string(),
+                        _ => "the consumer ended".to_owned(),
+                    };
+                    tracing::warn!(error = %why, "following the logs stream: lost; opening it again");
+                    match reopen(&store, last).await {
+                        Some(again) => follow = again,
+                        None => break,
+                    }
                 }
             }
         }
@@ -272,6 +293,28 @@ async fn open(store: &EventStore) -> Result<Feed, ApiError> {
         stopped,
         task,
     })
+}
+
+/// The logs stream followed again after `last`, tried every second for
+/// [`REOPEN_FOR`].
+async fn reopen(
+    store: &EventStore,
+    last: Option<u64>,
+) -> Option<futures::stream::BoxStream<'static, Result<KeptLine, StoreError>>> {
+    let deadline = tokio::time::Instant::now() + REOPEN_FOR;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        match store.follow_logs(last).await {
+            Ok(again) => return Some(again.boxed()),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "the logs stream cannot be followed yet");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the logs stream could not be followed again; live subscriptions end");
+                return None;
+            }
+        }
+    }
 }
 
 /// Hands `kept` to the subscriptions of its service; one whose client is

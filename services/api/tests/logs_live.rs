@@ -354,3 +354,68 @@ async fn a_revoked_key_or_a_deleted_service_ends_the_subscription() {
     assert_eq!(u16::from(frame.code), 1008, "{frame:?}");
     assert!(frame.reason.contains("deleted"), "{frame:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_go_on_across_a_nats_server_restart_without_losing_a_line() {
+    let mut app = App::start(true).await;
+    let base = listen(&app).await;
+    let alice = app.owner().await;
+    let (svc, _) = app.service(&alice, "talker").await;
+    let mut live = subscribe(&base, &format!("resource={svc}"), Some(&alice.key))
+        .await
+        .unwrap();
+    let inst = InstanceId::generate();
+    app.log_line(&svc, &inst, Stream::Stdout, "before").await;
+    assert_eq!(
+        next_line(&mut live, Duration::from_secs(3)).await.unwrap()["message"],
+        "before"
+    );
+    app.nats.kill9().unwrap();
+    app.nats.restart().unwrap();
+    // Lines stored while the API follows nothing yet are sent too.
+    let mut published = Vec::new();
+    for n in 0..3 {
+        let text = format!("after the restart {n}");
+        let t0 = std::time::Instant::now();
+        loop {
+            let line = berth_schemas::logs::LogLine {
+                service: svc.parse().unwrap(),
+                instance: Some(inst.clone()),
+                stream: Stream::Stdout,
+                line: text.clone(),
+                time: chrono::Utc::now(),
+            };
+            // A retry whose first try landed is the same message.
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", text.as_str());
+            let sent = app
+                .store
+                .jetstream()
+                .publish_with_headers(
+                    app.store.subjects().logs(&line.service),
+                    headers,
+                    serde_json::to_vec(&line).unwrap().into(),
+                )
+                .await;
+            if let Ok(ack) = sent {
+                if ack.await.is_ok() {
+                    break;
+                }
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "nats-server did not come back"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        published.push(text);
+    }
+    let mut got = Vec::new();
+    while got.len() < published.len() {
+        let line = next_line(&mut live, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("only {got:?} after the restart"));
+        got.push(line["message"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(got, published, "every line, once, in order");
+}

@@ -228,18 +228,21 @@ impl EventStore {
             .await
     }
 
-    /// Every line the logs stream stores from now on, of every service, in
-    /// the stream's order, as long as the returned stream is read. One
-    /// ordered consumer (recreated by the client after a gap, and gone
-    /// from the server soon after the stream is dropped), so a process
-    /// following many services' lines costs the server one consumer, on
-    /// every server version (one filter subject).
+    /// Every line the logs stream stores after sequence `after` (`None`:
+    /// after its last line now), of every service, in the stream's order,
+    /// as long as the returned stream is read. One ordered consumer
+    /// (recreated by the client after a gap, and gone from the server soon
+    /// after the stream is dropped), so a process following many services'
+    /// lines costs the server one consumer, on every server version (one
+    /// filter subject). A caller that lost it resumes with the sequence of
+    /// the last line it had: nothing is skipped or repeated.
     ///
     /// A message that is not a [`LogLine`], or whose line names another
     /// service than its subject, is skipped: the subject is what the
     /// stream keeps and reads by.
     pub async fn follow_logs(
         &self,
+        after: Option<u64>,
     ) -> Result<
         impl futures::Stream<Item = Result<KeptLine, StoreError>> + Send + 'static,
         StoreError,
@@ -248,10 +251,20 @@ impl EventStore {
         let request =
             |e: &dyn std::fmt::Display| StoreError::Request(format!("following the logs: {e}"));
         let stream = self.logs_stream().await.map_err(|e| request(&e))?;
+        let after = match after {
+            Some(seq) => seq,
+            None => {
+                let info = self.js.get_stream(self.subjects.logs_stream());
+                let info = info.await.map_err(|e| request(&e))?;
+                info.cached_info().state.last_sequence
+            }
+        };
         let consumer = stream
             .create_consumer(OrderedConfig {
                 filter_subject: self.subjects.logs_all(),
-                deliver_policy: DeliverPolicy::New,
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: after + 1,
+                },
                 ..Default::default()
             })
             .await
