@@ -470,6 +470,12 @@ async fn dashboard_in_a_real_browser() {
     // Followed: the instances' new lines arrive on top as they are kept,
     // the page not reloading.
     b.goto(&format!("{service_path}/logs?follow=1")).await;
+    b.wait_text(
+        "#logs-state",
+        &["as they are kept"],
+        Duration::from_secs(10),
+    )
+    .await;
     let loaded = b.loaded_at().await;
     let rows = "return [document.querySelectorAll('table.logs tbody tr').length, \
                 (document.querySelector('table.logs tbody tr time') || {}).dateTime || ''];";

@@ -121,6 +121,7 @@ pub async fn logs_page(
             button type="submit" { "Filter" }
             @if follow {
                 a.button.secondary href=(base) { "Stop following" }
+                " " span #logs-state .muted { noscript { "· read again every 3 s" } }
             } @else {
                 a.button.secondary href={ (base) "?follow=1" } { "Follow" }
             }

@@ -110,6 +110,9 @@
     var rows = logs.querySelector("tbody");
     var most = parseInt(logs.getAttribute("data-max"), 10) || 200;
     var lines = new EventSource(logs.getAttribute("data-live-logs"));
+    var said = doc.getElementById("logs-state");
+    var say = function (t) { if (said) { said.textContent = t; } };
+    lines.addEventListener("open", function () { say("· new lines appear as they are kept"); });
     var reread = function () {
       lines.close();
       setTimeout(function () { location.reload(); }, 2000);
@@ -126,7 +129,8 @@
     lines.addEventListener("reset", reread);
     lines.addEventListener("error", function () {
       // Refused (too many open, signed out): the page stays as it is.
-      if (lines.readyState === EventSource.CLOSED) { return; }
+      if (lines.readyState === EventSource.CLOSED) { say("· not following: reload to try again"); return; }
+      say("· reconnecting…");
       reread();
     });
     lines.addEventListener("gone", function () { lines.close(); });
