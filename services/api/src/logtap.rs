@@ -70,12 +70,11 @@ struct Route {
     behind: Arc<AtomicBool>,
 }
 
-/// The consumer's task and the routes it hands lines along.
+/// The consumer's task (finished once the consumer stopped) and the
+/// routes it hands lines along.
 #[derive(Debug)]
 struct Feed {
     routes: Routes,
-    /// Set by the task when the consumer stopped.
-    stopped: Arc<AtomicBool>,
     task: tokio::task::AbortHandle,
 }
 
@@ -183,7 +182,7 @@ impl LogTap {
             let mut live = self.live.lock().await;
             match live.upgrade() {
                 // A feed whose consumer stopped is replaced.
-                Some(feed) if !feed.stopped.load(Ordering::Relaxed) => feed,
+                Some(feed) if !feed.task.is_finished() => feed,
                 _ => {
                     let feed = Arc::new(open(store).await?);
                     *live = Arc::downgrade(&feed);
@@ -257,8 +256,7 @@ async fn open(store: &EventStore) -> Result<Feed, ApiError> {
         unavailable()
     })?;
     let routes = Routes::default();
-    let stopped = Arc::new(AtomicBool::new(false));
-    let (to, done, store) = (routes.clone(), stopped.clone(), store.clone());
+    let (to, store) = (routes.clone(), store.clone());
     let task = tokio::spawn(async move {
         let mut follow = first.boxed();
         let mut last = None;
@@ -281,18 +279,13 @@ async fn open(store: &EventStore) -> Result<Feed, ApiError> {
                 }
             }
         }
-        done.store(true, Ordering::Relaxed);
         // Every subscription sees its lines end.
         if let Ok(mut routes) = to.lock() {
             routes.clear();
         }
     })
     .abort_handle();
-    Ok(Feed {
-        routes,
-        stopped,
-        task,
-    })
+    Ok(Feed { routes, task })
 }
 
 /// The logs stream followed again after `last`, tried every second for
@@ -330,10 +323,11 @@ fn hand(routes: &Mutex<HashMap<ServiceId, Vec<Arc<Route>>>>, kept: KeptLine) {
     let line = Arc::new(kept);
     let mut behind = Vec::new();
     for r in list {
-        let fits = r.queued.load(Ordering::Relaxed) + size <= QUEUE_BYTES;
-        if fits && r.lines.try_send(line.clone()).is_ok() {
-            r.queued.fetch_add(size, Ordering::Relaxed);
-        } else {
+        // Counted before it is sent: the client may take it at once, and
+        // its count must not go below zero.
+        let was = r.queued.fetch_add(size, Ordering::Relaxed);
+        if was + size > QUEUE_BYTES || r.lines.try_send(line.clone()).is_err() {
+            r.queued.fetch_sub(size, Ordering::Relaxed);
             r.behind.store(true, Ordering::Relaxed);
             behind.push(r.clone());
         }
