@@ -202,7 +202,7 @@ impl EventStore {
                 if info.published >= until {
                     return Ok(());
                 }
-                if let Some(kept) = kept_line(&self.subjects, &msg) {
+                if let Some(kept) = kept_line(&msg, &info) {
                     if visit(kept).is_break() {
                         return Ok(());
                     }
@@ -250,43 +250,53 @@ impl EventStore {
         use async_nats::jetstream::consumer::pull::OrderedConfig;
         let request =
             |e: &dyn std::fmt::Display| StoreError::Request(format!("following the logs: {e}"));
-        let stream = self.logs_stream().await.map_err(|e| request(&e))?;
-        let after = match after {
-            Some(seq) => seq,
-            None => {
-                let info = self.js.get_stream(self.subjects.logs_stream());
-                let info = info.await.map_err(|e| request(&e))?;
-                info.cached_info().state.last_sequence
-            }
+        let config = |after: u64| OrderedConfig {
+            filter_subject: self.subjects.logs_all(),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            },
+            ..Default::default()
         };
-        let consumer = stream
-            .create_consumer(OrderedConfig {
-                filter_subject: self.subjects.logs_all(),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: after + 1,
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| request(&e))?;
+        // One request for the stream: with its info when its last
+        // sequence is where to start.
+        let consumer = match after {
+            Some(seq) => {
+                let stream = self.logs_stream().await.map_err(|e| request(&e))?;
+                stream.create_consumer(config(seq)).await
+            }
+            None => {
+                let stream = self.js.get_stream(self.subjects.logs_stream());
+                let stream = stream.await.map_err(|e| request(&e))?;
+                let last = stream.cached_info().state.last_sequence;
+                stream.create_consumer(config(last)).await
+            }
+        }
+        .map_err(|e| request(&e))?;
         let messages = consumer.messages().await.map_err(|e| request(&e))?;
-        let subjects = self.subjects.clone();
         Ok(messages.filter_map(move |msg| {
             let kept = match msg {
                 Err(e) => Some(Err(request(&e))),
-                Ok(msg) => kept_line(&subjects, &msg).map(Ok),
+                Ok(msg) => msg
+                    .info()
+                    .ok()
+                    .and_then(|info| kept_line(&msg, &info))
+                    .map(Ok),
             };
             std::future::ready(kept)
         }))
     }
 }
 
-/// `msg` of the logs stream as a kept line, unless it is none.
-fn kept_line(subjects: &Subjects, msg: &async_nats::jetstream::Message) -> Option<KeptLine> {
-    let info = msg.info().ok()?;
+/// `msg` of the logs stream (`info`: its metadata) as a kept line,
+/// unless it is none. The stream holds only `<prefix>.logs.<service>`
+/// subjects, so the last token names the service.
+fn kept_line(
+    msg: &async_nats::jetstream::Message,
+    info: &async_nats::jetstream::message::Info<'_>,
+) -> Option<KeptLine> {
     let (seq, time) = (info.stream_sequence, info.published);
     match serde_json::from_slice::<LogLine>(&msg.payload) {
-        Ok(line) if msg.subject.as_str() == subjects.logs(&line.service) => {
+        Ok(line) if msg.subject.as_str().rsplit('.').next() == Some(line.service.as_str()) => {
             Some(KeptLine { seq, time, line })
         }
         Ok(line) => {
