@@ -160,8 +160,7 @@ fn remote(me: &NodeId, t: &Tracked, peers: &[Peer]) -> Option<Remote> {
                     .iter()
                     .any(|p| p.addr == *a.ip() && p.ports.contains(&a.port()))
             })?;
-            let serves = i.addr.as_deref()?.rsplit_once(':')?.1.parse().ok();
-            Some((serves, target))
+            Some((i.port(), target))
         })
         .collect();
     if targets.is_empty() {

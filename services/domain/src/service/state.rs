@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::cron::{self, CronState};
 use super::deploys::{self, Deploy, PullFailures};
 use super::domains::{self, CustomDomains};
-use super::instances::Instances;
+use super::instances::{Instance, Instances};
 use super::lifecycle;
 
 /// Where a service is in its life.
@@ -255,7 +255,7 @@ impl ServiceState {
         self.instances
             .of_deploy(live)
             .filter(|i| i.is_healthy())
-            .find_map(|i| i.addr.as_deref()?.rsplit_once(':')?.1.parse().ok())
+            .find_map(Instance::port)
     }
 
     /// The digest instances should run: the live deploy's.

@@ -163,6 +163,11 @@ impl Instance {
     pub fn is_healthy(&self) -> bool {
         self.phase == InstancePhase::Healthy
     }
+
+    /// The port of its address: where it serves, reached at its own.
+    pub fn port(&self) -> Option<u16> {
+        self.addr.as_deref()?.rsplit_once(':')?.1.parse().ok()
+    }
 }
 
 /// The instances of one service, by id.
