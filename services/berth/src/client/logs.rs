@@ -438,4 +438,29 @@ mod tests {
             "2026-11-27 07:04:30.000 - info  | ==> Your service is live"
         );
     }
+
+    #[test]
+    fn a_line_already_shown_is_not_shown_again() {
+        let mut shown = Shown {
+            cursor: String::new(),
+            last_id: 0,
+            count: 0,
+            json: true,
+        };
+        let line =
+            |id: &str| json!({"id": id, "message": "m", "timestamp": "2026-12-07T08:00:00Z"});
+        for id in ["5", "5", "4", "6", "6"] {
+            shown.print(&line(id)).unwrap();
+        }
+        assert_eq!(
+            (shown.count, shown.last_id),
+            (2, 6),
+            "5 and 6 once each, 4 not at all"
+        );
+        assert!(
+            shown.cursor.starts_with("2026-12-07T08%3A00%3A00.000001Z"),
+            "{}",
+            shown.cursor
+        );
+    }
 }
