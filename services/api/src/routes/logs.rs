@@ -532,8 +532,9 @@ async fn pump(
     subscription: Subscription,
     standing: Standing,
 ) {
-    let shutdown = standing.st.dashboard.shutdown.clone();
+    use super::terminal::send_within;
     use crate::logtap::Ended;
+    let shutdown = standing.st.dashboard.shutdown.clone();
     let mut ping = tokio::time::interval(CLIENT_PING);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
@@ -556,8 +557,7 @@ async fn pump(
                         }
                     }
                     let text = serde_json::to_string(&live_entry(kept)).unwrap_or_default();
-                    let sent = tokio::time::timeout(CLIENT_GONE, socket.send(Message::Text(text.into()))).await;
-                    if !matches!(sent, Ok(Ok(()))) {
+                    if !send_within(&mut socket, Message::Text(text.into()), CLIENT_GONE).await {
                         break None;
                     }
                 }
@@ -580,8 +580,7 @@ async fn pump(
                 if let Some(why) = standing.fallen(&subscription.services) {
                     break Some((1008, why));
                 }
-                let pinged = tokio::time::timeout(CLIENT_GONE, socket.send(Message::Ping(Default::default()))).await;
-                if !matches!(pinged, Ok(Ok(()))) {
+                if !send_within(&mut socket, Message::Ping(Default::default()), CLIENT_GONE).await {
                     break None;
                 }
             }
@@ -592,9 +591,10 @@ async fn pump(
             code,
             reason: reason.into(),
         };
-        let _ = tokio::time::timeout(
+        send_within(
+            &mut socket,
+            Message::Close(Some(frame)),
             Duration::from_secs(5),
-            socket.send(Message::Close(Some(frame))),
         )
         .await;
     }

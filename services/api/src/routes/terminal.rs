@@ -170,7 +170,11 @@ const REFUSAL_SEND: Duration = Duration::from_secs(10);
 
 /// Sends `message` unless the client holds it up (stopped reading) for
 /// `within`.
-async fn send_within(socket: &mut WebSocket, message: Message, within: Duration) -> bool {
+pub(crate) async fn send_within(
+    socket: &mut WebSocket,
+    message: Message,
+    within: Duration,
+) -> bool {
     matches!(
         tokio::time::timeout(within, socket.send(message)).await,
         Ok(Ok(()))
