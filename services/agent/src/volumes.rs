@@ -82,24 +82,24 @@ pub fn notice(config: &crate::image::ImageConfig) -> Option<String> {
         .filter(|p| parts(p).is_some())
         .map(String::as_str)
         .collect();
-    let (first, more) = match paths.as_slice() {
-        [] => return None,
-        [one] => (vec![*one], ""),
-        many => (
-            many.iter().take(NOTICE_PATHS).copied().collect(),
-            if many.len() > NOTICE_PATHS {
-                ", …"
-            } else {
-                ""
-            },
-        ),
+    if paths.is_empty() {
+        return None;
+    }
+    let more = if paths.len() > NOTICE_PATHS {
+        ", …"
+    } else {
+        ""
     };
     let (noun, pronoun) = if paths.len() == 1 {
         ("a volume", "it")
     } else {
         ("volumes", "them")
     };
-    let cut: Vec<&str> = first.iter().map(|p| berth_schemas::cut(p, 120)).collect();
+    let cut: Vec<&str> = paths
+        .iter()
+        .take(NOTICE_PATHS)
+        .map(|p| berth_schemas::cut(p, 120))
+        .collect();
     Some(format!(
         "the image declares {noun} ({}{more}); no disk is kept behind {pronoun}: what is written there is lost when the program ends (a crash, a restart, a deploy)",
         cut.join(", ")
