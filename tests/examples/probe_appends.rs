@@ -7,7 +7,7 @@
 //! client and server spent per message, which load from other processes
 //! disturbs far less than throughput.
 //!
-//! `cargo run --release -p berth-eventlog --example probe_appends -- nats://127.0.0.1:4222 [rounds] [server-pid]`
+//! `cargo run --release -p berth-tests --example probe_appends -- nats://127.0.0.1:4222 [rounds] [server-pid]`
 
 use std::time::Instant;
 
@@ -17,6 +17,7 @@ use berth_eventlog::{EventStore, NewEvent, StoreConfig, Version};
 use berth_schemas::events::InstanceCountChanged;
 use berth_schemas::ids::ServiceId;
 use berth_schemas::{Actor, AggregateId};
+use berth_tests::bench::cpu_secs;
 use bytes::Bytes;
 
 /// The berth binary's allocator, so client CPU matches what `berth` spends.
@@ -56,8 +57,8 @@ async fn main() -> anyhow::Result<()> {
     println!("{n} messages per run; cpu in microseconds per message");
     for round in 0..rounds {
         for (k, shape) in shapes.iter().enumerate() {
-            let c0 = cpu_seconds("self");
-            let s0 = server_pid.as_deref().map(cpu_seconds);
+            let c0 = cpu_secs("self");
+            let s0 = server_pid.as_deref().map(cpu_secs);
             let t = Instant::now();
             match *shape {
                 Shape::Raw {
@@ -71,9 +72,9 @@ async fn main() -> anyhow::Result<()> {
             }
             let rate = n as f64 / t.elapsed().as_secs_f64();
             let per_msg = |secs: f64| secs * 1e6 / n as f64;
-            let client_cpu = per_msg(cpu_seconds("self") - c0);
+            let client_cpu = per_msg(cpu_secs("self") - c0);
             let server_cpu = match (server_pid.as_deref(), s0) {
-                (Some(pid), Some(s0)) => format!("{:.1}", per_msg(cpu_seconds(pid) - s0)),
+                (Some(pid), Some(s0)) => format!("{:.1}", per_msg(cpu_secs(pid) - s0)),
                 _ => "-".to_owned(),
             };
             println!(
@@ -147,20 +148,4 @@ async fn berth(store: &EventStore) -> anyhow::Result<()> {
         done??;
     }
     Ok(())
-}
-
-/// CPU seconds (user + system) a process has used, from /proc (Linux).
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses.
-    let rest = stat.rsplit_once(')').map_or("", |x| x.1);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime, in clock ticks of 1/100 s on Linux.
-    (ticks(11) + ticks(12)) / 100.0
 }

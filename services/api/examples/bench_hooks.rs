@@ -33,6 +33,7 @@ use async_nats::jetstream;
 use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
+use berth_tests::bench::cpu_secs;
 use tokio::net::TcpListener;
 
 /// The berth binary's allocator, so the figures are what `berth up` gives.
@@ -46,22 +47,6 @@ struct Run {
     /// CPU per request, in µs: this process (the handler, berth's store and
     /// read model) and nats-server.
     cpu_us: (f64, f64),
-}
-
-/// CPU time a process has used so far, in seconds: user + system from
-/// `/proc/<pid>/stat`, which counts the threads that have ended too (a
-/// sum over `/proc/<pid>/task/*` would lose a blocking-pool thread that
-/// ends during a run, and everything it did before). The kernel scales
-/// the total to the precise runtime; it is reported in 100 Hz ticks, a
-/// few hundred per run.
-fn cpu_secs(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // The fields after the command name, which is in parentheses.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    // utime and stime: fields 14 and 15 of the whole line.
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    ticks as f64 / 100.0
 }
 
 fn ms(s: &str) -> f64 {

@@ -34,6 +34,7 @@ use async_nats::jetstream::consumer::pull::OrderedConfig;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use berth_schemas::ids::{InstanceId, ServiceId};
 use berth_schemas::logs::{LogLine, Stream};
+use berth_tests::bench::cpu_secs;
 use futures::StreamExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -41,15 +42,6 @@ use tokio_tungstenite::tungstenite::Message;
 /// The berth binary's allocator, so the figures are what `berth up` gives.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// CPU this process has used, in seconds (user + system).
-fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / 100.0
-}
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
@@ -177,7 +169,7 @@ fn main() {
         let js = app.store.jetstream().clone();
         let subjects = app.store.subjects().clone();
         let instance = InstanceId::generate();
-        let cpu0 = cpu_secs();
+        let cpu0 = cpu_secs("self");
         let started = Instant::now();
         let mut acks = std::collections::VecDeque::new();
         for n in 0..lines {
@@ -210,7 +202,7 @@ fn main() {
             delays.extend(d);
         }
         let mut floor = floor.await.unwrap();
-        let cpu = cpu_secs() - cpu0;
+        let cpu = cpu_secs("self") - cpu0;
         let delivered = delays.len();
         delays.sort_by(f64::total_cmp);
         floor.sort_by(f64::total_cmp);

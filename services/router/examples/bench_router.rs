@@ -178,19 +178,10 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-/// User + system CPU seconds of these processes so far (clock ticks of
-/// 1/100 s, as Linux reports them in `/proc/<pid>/stat`).
+/// User + system CPU seconds of these processes so far.
 fn cpu_secs(pids: &[u32]) -> f64 {
     pids.iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| {
-            // Fields after the command name, which may hold spaces.
-            let rest = stat.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let user: f64 = f.get(11)?.parse().ok()?;
-            let system: f64 = f.get(12)?.parse().ok()?;
-            Some((user + system) / 100.0)
-        })
+        .map(|pid| berth_tests::bench::cpu_secs(&pid.to_string()))
         .sum()
 }
 
