@@ -218,25 +218,7 @@ pub async fn run(api: &Api, id: &str, args: LogsArgs) -> Result<(), ClientError>
                 shown.passed(&newest)?;
             }
         }
-        None => loop {
-            let p = page(
-                api,
-                &format!(
-                    "{base}&direction=forward&startTime={}&limit={PAGE}",
-                    shown.cursor
-                ),
-            )
-            .await?;
-            for l in &p.lines {
-                shown.print(l)?;
-            }
-            if let Some(next) = p.next_start {
-                shown.cursor = enc(&next);
-            }
-            if !p.more {
-                break;
-            }
-        },
+        None => while shown.forward(api, &base).await? {},
     }
     if !args.follow {
         if shown.count == 0 && !json {
@@ -283,6 +265,23 @@ impl Shown {
         println!("{}", render(line, self.json));
         self.count += 1;
         self.passed(line)
+    }
+
+    /// Prints the next page of lines after those shown; whether more
+    /// are kept after it.
+    async fn forward(&mut self, api: &Api, base: &str) -> Result<bool, ClientError> {
+        let query = format!(
+            "{base}&direction=forward&startTime={}&limit={PAGE}",
+            self.cursor
+        );
+        let p = page(api, &query).await?;
+        for l in &p.lines {
+            self.print(l)?;
+        }
+        if let Some(next) = p.next_start {
+            self.cursor = enc(&next);
+        }
+        Ok(p.more)
     }
 
     /// Moves past `line`: following starts after it.
@@ -343,22 +342,9 @@ async fn follow_live(socket: &mut Socket, shown: &mut Shown) -> Result<String, C
 /// Asks for new lines every [`POLL`], for ever.
 async fn follow_polling(api: &Api, base: &str, shown: &mut Shown) -> Result<(), ClientError> {
     loop {
-        let query = format!(
-            "{base}&direction=forward&startTime={}&limit={PAGE}",
-            shown.cursor
-        );
-        match page(api, &query).await {
-            Ok(p) => {
-                for l in &p.lines {
-                    shown.print(l)?;
-                }
-                if let Some(next) = p.next_start {
-                    shown.cursor = enc(&next);
-                }
-                if p.more {
-                    continue;
-                }
-            }
+        match shown.forward(api, base).await {
+            Ok(true) => continue,
+            Ok(false) => {}
             // berth restarting: wait for it rather than give up.
             Err(e @ (ClientError::Unreachable(_) | ClientError::Api { status: 503, .. })) => {
                 eprintln!("berth: {e}; retrying");
