@@ -109,6 +109,11 @@ pub struct Watch {
 }
 
 impl Watch {
+    /// The services whose lines it hands on (no other's).
+    pub fn services(&self) -> &BTreeSet<ServiceId> {
+        &self.services
+    }
+
     /// The next line, or why there is none.
     pub async fn next(&mut self) -> Result<Arc<KeptLine>, Ended> {
         match self.lines.recv().await {

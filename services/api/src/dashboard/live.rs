@@ -142,14 +142,10 @@ impl Follower {
     /// Whether the stream may go on: the session stands and, for a
     /// service, it is still one of the owner's.
     fn allowed(&self) -> bool {
-        self.who.still_valid(&self.st)
-            && match &self.topic {
-                Topic::Service(id) => self
-                    .st
-                    .read(|i| i.owns(&self.who.caller.owner, id))
-                    .unwrap_or(false),
-                Topic::Owner(_) => true,
-            }
+        match &self.topic {
+            Topic::Service(id) => may_go_on(&self.st, &self.who, id),
+            Topic::Owner(_) => self.who.still_valid(&self.st),
+        }
     }
 
     /// Queues what happened after `last` up to `upto`.
@@ -298,6 +294,19 @@ pub fn sse(
     resp
 }
 
+/// Whether service `id` is the signed-in owner's (one created a moment
+/// ago is waited for): a stream on it opens only then.
+pub async fn owned(st: &AppState, who: &Signed, id: &ServiceId) -> bool {
+    let owns = |st: &AppState| st.read(|i| i.owns(&who.caller.owner, id)).unwrap_or(false);
+    owns(st) || (st.caught_up().await.is_ok() && owns(st))
+}
+
+/// Whether a stream on service `id` may go on: the session stands and the
+/// service is still the owner's.
+pub fn may_go_on(st: &AppState, who: &Signed, id: &ServiceId) -> bool {
+    who.still_valid(st) && st.read(|i| i.owns(&who.caller.owner, id)).unwrap_or(false)
+}
+
 /// GET /services/{serviceId}/live: the service's commits.
 pub async fn service(
     State(st): State<AppState>,
@@ -309,13 +318,7 @@ pub async fn service(
     let Ok(id) = id.parse::<ServiceId>() else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let owner = who.caller.owner.clone();
-    let mut owns = st.read(|i| i.owns(&owner, &id)).unwrap_or(false);
-    if !owns && st.caught_up().await.is_ok() {
-        // A service created a moment ago.
-        owns = st.read(|i| i.owns(&owner, &id)).unwrap_or(false);
-    }
-    if !owns {
+    if !owned(&st, &who, &id).await {
         return StatusCode::NOT_FOUND.into_response();
     }
     let after = start_of(&st, &headers, &uri);

@@ -11,6 +11,7 @@
 //! page re-reads itself every few seconds instead. Metrics: the last hour
 //! as charts drawn on the server (SVG, no script, no CDN).
 
+use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -201,19 +202,15 @@ pub async fn logs_live(
     let Ok(id) = id.parse::<ServiceId>() else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let owner = who.caller.owner.clone();
-    let owns = |st: &AppState| st.read(|i| i.owns(&owner, &id)).unwrap_or(false);
-    // A service created a moment ago is waited for.
-    let found = owns(&st) || (st.caught_up().await.is_ok() && owns(&st));
-    if !found {
+    if !super::live::owned(&st, &who, &id).await {
         return StatusCode::NOT_FOUND.into_response();
     }
     let texts = q.text.into_iter().filter(|t| !t.is_empty()).collect();
-    let wants = logs::Subscription::of(id.clone(), texts);
+    let wants = logs::Subscription::holding(texts);
     let store = st.ingress.store();
     let watch = match st
         .log_tap
-        .watch(store, &owner, wants.services().clone())
+        .watch(store, &who.caller.owner, BTreeSet::from([id.clone()]))
         .await
     {
         Ok(w) => w,
@@ -269,9 +266,7 @@ impl Tail {
                     }
                 },
                 _ = self.recheck.tick() => {
-                    let owner = &self.who.caller.owner;
-                    let owns = self.st.read(|i| i.owns(owner, &self.id)).unwrap_or(false);
-                    if !owns || !self.who.still_valid(&self.st) {
+                    if !super::live::may_go_on(&self.st, &self.who, &self.id) {
                         self.ended = true;
                         return Some(SseEvent::default().event("gone").data("{}"));
                     }

@@ -436,7 +436,6 @@ pub async fn subscribe(
         ));
     };
     let subscription = Subscription {
-        services: ids.into_iter().collect(),
         wanted: q.wants_app(),
         filter: q.filter(),
     };
@@ -444,11 +443,7 @@ pub async fn subscribe(
     // client sees the 101 is sent.
     let watch = st
         .log_tap
-        .watch(
-            st.ingress.store(),
-            &caller.owner,
-            subscription.services.clone(),
-        )
+        .watch(st.ingress.store(), &caller.owner, ids.into_iter().collect())
         .await?;
     let standing = Standing {
         key_sha: app::bearer_sha256(&headers).unwrap_or_default(),
@@ -483,20 +478,19 @@ impl Standing {
     }
 }
 
-/// Which of the live lines a subscription sends.
+/// Which of its services' live lines (those its
+/// [`Watch`](crate::logtap::Watch) hands on) a subscription sends.
 #[derive(Debug)]
 pub(crate) struct Subscription {
-    services: BTreeSet<ServiceId>,
     filter: Filter,
     /// Asked for instance output (`app`) at all.
     wanted: bool,
 }
 
 impl Subscription {
-    /// The lines of `service` holding each of `texts`.
-    pub(crate) fn of(service: ServiceId, texts: Vec<String>) -> Self {
+    /// The lines holding each of `texts`.
+    pub(crate) fn holding(texts: Vec<String>) -> Self {
         Self {
-            services: BTreeSet::from([service]),
             filter: Filter {
                 instances: BTreeSet::new(),
                 texts,
@@ -506,13 +500,8 @@ impl Subscription {
         }
     }
 
-    /// Its services.
-    pub(crate) fn services(&self) -> &BTreeSet<ServiceId> {
-        &self.services
-    }
-
     pub(crate) fn keeps(&self, k: &KeptLine) -> bool {
-        self.wanted && self.services.contains(&k.line.service) && self.filter.keeps(k)
+        self.wanted && self.filter.keeps(k)
     }
 }
 
@@ -552,7 +541,7 @@ async fn pump(
                     // at once a second at most).
                     if checked.elapsed() >= RECHECK {
                         checked = tokio::time::Instant::now();
-                        if let Some(why) = standing.fallen(&subscription.services) {
+                        if let Some(why) = standing.fallen(watch.services()) {
                             break Some((1008, why));
                         }
                     }
@@ -577,7 +566,7 @@ async fn pump(
                 if heard.elapsed() >= CLIENT_GONE {
                     break None;
                 }
-                if let Some(why) = standing.fallen(&subscription.services) {
+                if let Some(why) = standing.fallen(watch.services()) {
                     break Some((1008, why));
                 }
                 if !send_within(&mut socket, Message::Ping(Default::default()), CLIENT_GONE).await {
