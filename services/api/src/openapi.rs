@@ -319,6 +319,10 @@ routes! {
     get "/v1/logs" => logs::list,
         "List the kept log lines of your services, paged by time (Render's request-log filters \
          host, statusCode, method, path, task, taskRun and sandbox are accepted and not applied)", 200;
+    get "/v1/logs/values" => logs::values,
+        "The values a label (instance, level, type) takes on the lines GET /v1/logs would list \
+         for the same query, each once (host, method and statusCode have none: berth keeps no \
+         request logs)", 200;
     get "/v1/logs/subscribe" => logs::subscribe,
         "New log lines of your services as they are stored, over a WebSocket (one text message \
          per line, in the shape of GET /v1/logs's lines)", 101;

@@ -113,12 +113,13 @@ fn body_for(r: &Route, dep: &str) -> Option<Value> {
     }
 }
 
-/// The query of a listing that must name a resource (Render's `/v1/logs`
-/// and its live subscription),
-/// naming Alice's service; `None` for a listing that names nothing.
+/// The query of a listing that must name a resource (Render's `/v1/logs`,
+/// its values and its live subscription), naming Alice's service; `None`
+/// for a listing that names nothing.
 fn names_a_resource(path: &str, svc: &str) -> Option<String> {
     match path {
         "/v1/logs" | "/v1/logs/subscribe" => Some(format!("resource={svc}")),
+        "/v1/logs/values" => Some(format!("resource={svc}&label=instance")),
         _ => None,
     }
 }

@@ -338,6 +338,148 @@ async fn another_owners_logs_do_not_exist_for_you() {
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
 
+/// `GET /v1/logs/values` for `query` as `who`: the values, or the
+/// status and body of a refusal.
+async fn values(app: &App, who: &Owner, query: &str) -> Result<Vec<String>, (StatusCode, Value)> {
+    let (s, v) = app.get(&format!("/v1/logs/values?{query}"), who).await;
+    if s != StatusCode::OK {
+        return Err((s, v));
+    }
+    Ok(v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| x.as_str().unwrap().to_owned())
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_labels_values_are_listed_once_for_the_lines_asked_about() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let bob = app.owner().await;
+    let (svc, _) = app.service(&alice, "talker").await;
+    let (a, b, c) = (
+        InstanceId::generate(),
+        InstanceId::generate(),
+        InstanceId::generate(),
+    );
+    for (inst, stream, text) in [
+        (&a, Stream::Stdout, "a starts"),
+        (&b, Stream::Stderr, "b fails"),
+        (&c, Stream::Stdout, "c serves"),
+        (&a, Stream::Stdout, "a serves"),
+    ] {
+        app.log_line(&svc, inst, stream, text).await;
+    }
+    let (a, b, c) = (a.to_string(), b.to_string(), c.to_string());
+    let (a, b, c) = (a.as_str(), b.as_str(), c.as_str());
+    let q = |rest: &str| format!("resource={svc}&ownerId={}&{rest}", alice.id);
+
+    // Each value once; by default the newest line's first.
+    assert_eq!(
+        values(&app, &alice, &q("label=instance")).await.unwrap(),
+        [a, c, b]
+    );
+    assert_eq!(
+        values(&app, &alice, &q("label=instance&direction=forward"))
+            .await
+            .unwrap(),
+        [a, b, c]
+    );
+    assert_eq!(
+        values(&app, &alice, &q("label=instance&limit=2"))
+            .await
+            .unwrap(),
+        [a, c]
+    );
+    // The listing's filters apply.
+    assert_eq!(
+        values(&app, &alice, &q("label=instance&level=error"))
+            .await
+            .unwrap(),
+        [b]
+    );
+    assert_eq!(
+        values(&app, &alice, &q("label=instance&text=serves"))
+            .await
+            .unwrap(),
+        [a, c]
+    );
+    assert_eq!(
+        values(&app, &alice, &q(&format!("label=level&instance={b}")))
+            .await
+            .unwrap(),
+        ["error"]
+    );
+    assert_eq!(
+        values(&app, &alice, &q("label=level")).await.unwrap(),
+        ["info", "error"]
+    );
+    assert_eq!(
+        values(&app, &alice, &q("label=type")).await.unwrap(),
+        ["app"]
+    );
+    assert!(values(&app, &alice, &q("label=type&type=request"))
+        .await
+        .unwrap()
+        .is_empty());
+    // Render's request-log labels: berth keeps no request logs.
+    for label in ["host", "method", "statusCode"] {
+        assert!(values(&app, &alice, &q(&format!("label={label}")))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+    // A window with none of the lines.
+    assert!(values(
+        &app,
+        &alice,
+        &q("label=instance&startTime=2999-01-01T00:00:00Z")
+    )
+    .await
+    .unwrap()
+    .is_empty());
+    // Two services at once.
+    let (two, _) = app.service(&alice, "two").await;
+    let d = InstanceId::generate();
+    app.log_line(&two, &d, Stream::Stdout, "d").await;
+    assert_eq!(
+        values(
+            &app,
+            &alice,
+            &format!("resource={svc},{two}&label=instance")
+        )
+        .await
+        .unwrap(),
+        [d.to_string().as_str(), a, c, b]
+    );
+
+    // Refused with why, as the listing refuses.
+    for (bad, field) in [
+        ("", "label"),
+        ("label=resource", "label"),
+        ("label=instance&limit=0", "limit"),
+        ("label=instance&direction=sideways", "direction"),
+        ("label=instance&startTime=yesterday", "startTime"),
+    ] {
+        let (s, v) = values(&app, &alice, &q(bad)).await.unwrap_err();
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        assert!(v.to_string().contains(field), "{bad}: {v}");
+    }
+    let (s, _) = values(&app, &alice, "label=instance").await.unwrap_err();
+    assert_eq!(s, StatusCode::BAD_REQUEST, "no service named");
+    // Another owner's service does not exist for Bob, and nothing of it
+    // is said.
+    for q in [
+        format!("resource={svc}&label=instance"),
+        format!("resource={svc}&label=instance&ownerId={}", alice.id),
+    ] {
+        let (s, v) = values(&app, &bob, &q).await.unwrap_err();
+        assert_eq!(s, StatusCode::NOT_FOUND, "{q}: {v}");
+        assert!(!v.to_string().contains(a), "{v}");
+    }
+}
+
 /// The settings as `berth up` reads them.
 #[derive(Parser)]
 struct Settings {

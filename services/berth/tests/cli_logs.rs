@@ -20,7 +20,8 @@ const JOB: &str = "sh -c 'echo first-line; echo marker-7f3a; echo oops >&2; echo
 
 /// Lists a service's lines with Render's SDK (`render.public_api`), two
 /// a page, oldest first, each page asked for with the last one's
-/// `nextStartTime`/`nextEndTime` as Render documents; prints the messages.
+/// `nextStartTime`/`nextEndTime` as Render documents; prints the messages,
+/// then the values of three labels (`values: <label> <a,b>`).
 /// Arguments: API URL, owner id, service id; the key in BERTH_API_KEY.
 const SDK_PAGES: &str = r#"
 import os, sys
@@ -50,6 +51,13 @@ for _ in range(10):
     if not page.has_more:
         break
     start, end = page.next_start_time, page.next_end_time
+from render.public_api.api.logs import list_logs_values
+from render.public_api.models.list_logs_values_label import ListLogsValuesLabel as Label
+for label in (Label.INSTANCE, Label.LEVEL, Label.STATUSCODE):
+    r = list_logs_values.sync_detailed(client=client, owner_id=owner, label=label,
+                                       resource=[service])
+    assert r.status_code == 200, r
+    print("values:", label.value, ",".join(r.parsed))
 "#;
 
 /// The control plane's store, as `berth up` opened it (its credentials).
@@ -219,7 +227,19 @@ async fn logs_outlive_their_instance_and_stay_with_their_owner() {
         "{sdk_out}{}",
         String::from_utf8_lossy(&sdk.stderr)
     );
-    let sdk_lines: Vec<&str> = sdk_out.lines().collect();
+    let (sdk_values, sdk_lines): (Vec<&str>, Vec<&str>) =
+        sdk_out.lines().partition(|l| l.starts_with("values: "));
+    // The run's one instance; both levels, the newest line's first
+    // (berth's `==> Exited` is `info`); no request logs.
+    assert_eq!(
+        sdk_values,
+        [
+            format!("values: instance {instance}"),
+            "values: level info,error".to_owned(),
+            "values: statusCode ".to_owned(),
+        ],
+        "label values through the SDK"
+    );
     let cli_lines: Vec<&str> = lines
         .iter()
         .map(|l| l.rsplit(" | ").next().unwrap())

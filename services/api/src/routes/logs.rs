@@ -8,6 +8,9 @@
 //! microsecond, so the next window neither repeats nor skips a line; it may
 //! hold a few lines more than `limit` when they share the last one's time.
 //!
+//! `GET /v1/logs/values` (Render's): the values one label takes on the
+//! lines the same listing query names, each once.
+//!
 //! `GET /v1/logs/subscribe` (Render's, a WebSocket): the lines stored
 //! from the moment it opens, as they come, each a text message in the
 //! same `{id, message, timestamp, labels}` shape (so a client that pages
@@ -27,7 +30,7 @@
 //! data for (Render's request-log `host`, `statusCode`, `method`, `path`,
 //! task and sandbox filters) are accepted and not applied.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ops::ControlFlow;
 
 use std::sync::Arc;
@@ -54,6 +57,11 @@ use crate::query::{self, Listing};
 /// Most services one request may name.
 const MAX_RESOURCES: usize = 20;
 
+/// Most distinct values `GET /v1/logs/values` keeps while it reads a
+/// window (what it holds stays bounded whatever the lines say; a label's
+/// values beyond these are not listed).
+const MAX_VALUES: usize = 10_000;
+
 /// The window when none is given ends now and starts an hour before
 /// (Render's defaults).
 const DEFAULT_WINDOW: TimeDelta = TimeDelta::hours(1);
@@ -79,6 +87,22 @@ pub struct LogsQuery {
     /// 1 to 100 (default 20).
     #[serde(default, deserialize_with = "query::one")]
     pub limit: Option<String>,
+}
+
+/// Query of `GET /v1/logs/values`: a label and the lines whose values
+/// of it are listed, as `GET /v1/logs` names them.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogsValuesQuery {
+    /// `instance`, `level` or `type`; Render's request-log labels `host`,
+    /// `method` and `statusCode` are accepted and have no values (berth
+    /// keeps no request logs).
+    #[serde(default, deserialize_with = "query::one")]
+    pub label: Option<String>,
+    /// The lines, window, direction and limit, as `GET /v1/logs` takes
+    /// them; `limit` counts values.
+    #[serde(flatten)]
+    pub logs: LogsQuery,
 }
 
 /// Query of `GET /v1/logs/subscribe`, and which lines `GET /v1/logs`
@@ -340,12 +364,25 @@ async fn services(
     Ok(ids.into_iter().collect())
 }
 
-/// GET /v1/logs
-pub async fn list(
-    State(st): State<AppState>,
-    Authed(caller): Authed,
-    Listing(q): Listing<LogsQuery>,
-) -> Result<Json<LogsPage>, ApiError> {
+/// What a listing of lines asks for, each part checked: the window,
+/// the direction, the limit, the caller's services it names and the
+/// filters.
+struct Asked {
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    direction: Direction,
+    limit: usize,
+    ids: Vec<ServiceId>,
+    /// Whether instance output (`app`) is asked for at all.
+    app: bool,
+    filter: Filter,
+}
+
+async fn asked(
+    st: &AppState,
+    caller: &berth_ingress::Caller,
+    q: LogsQuery,
+) -> Result<Asked, ApiError> {
     let limit = app::limit(q.limit.as_deref())?.unwrap_or(20);
     let direction = match q.direction.as_deref() {
         None | Some("") | Some("backward") => Direction::Backward,
@@ -354,30 +391,155 @@ pub async fn list(
     };
     let end = time("endTime", q.end_time.as_deref())?.unwrap_or_else(|| micros(Utc::now()));
     let start = time("startTime", q.start_time.as_deref())?.unwrap_or(end - DEFAULT_WINDOW);
-    let q = q.lines;
-    owner_matches(q.owner_id.as_deref(), caller.owner.as_str())?;
-    let ids = services(&st, &caller.owner, &q.resource).await?;
-    // Instance output is all `app`: asked for other types only, nothing.
-    let wanted = q.wants_app();
-    let filter = q.filter();
-    let mut picked = Picker::new(direction, limit);
-    if wanted {
-        let mut merged = Vec::new();
-        for id in &ids {
-            let mut one = Picker::new(direction, limit);
+    let lines = q.lines;
+    owner_matches(lines.owner_id.as_deref(), caller.owner.as_str())?;
+    let ids = services(st, &caller.owner, &lines.resource).await?;
+    Ok(Asked {
+        start,
+        end,
+        direction,
+        limit,
+        ids,
+        app: lines.wants_app(),
+        filter: lines.filter(),
+    })
+}
+
+impl Asked {
+    /// Offers `each` the window's lines of each service named that the
+    /// filters keep, a service's oldest first; a break ends that
+    /// service's.
+    async fn read(
+        &self,
+        st: &AppState,
+        mut each: impl FnMut(&ServiceId, KeptLine) -> ControlFlow<()>,
+    ) -> Result<(), ApiError> {
+        for id in &self.ids {
             st.ingress
                 .store()
-                .read_logs(id, start, end, |kept| {
-                    if !filter.keeps(&kept) {
+                .read_logs(id, self.start, self.end, |kept| {
+                    if !self.filter.keeps(&kept) {
                         return ControlFlow::Continue(());
                     }
-                    one.offer(Candidate {
-                        time: micros(kept.time),
-                        kept,
-                    })
+                    each(id, kept)
                 })
                 .await
                 .map_err(|e| ApiError::from(IngressError::Store(e.to_string())))?;
+        }
+        Ok(())
+    }
+}
+
+/// The labels `GET /v1/logs/values` lists values of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ValuesOf {
+    Instance,
+    Level,
+    Type,
+    /// Render's request-log labels: berth keeps no request logs.
+    Request,
+}
+
+impl ValuesOf {
+    fn parse(given: Option<&str>) -> Result<Self, ApiError> {
+        match given {
+            Some("instance") => Ok(Self::Instance),
+            Some("level") => Ok(Self::Level),
+            Some("type") => Ok(Self::Type),
+            Some("host" | "method" | "statusCode") => Ok(Self::Request),
+            _ => Err(ApiError::field(
+                "label",
+                "must be one of instance, level, type, host, method, statusCode",
+            )),
+        }
+    }
+
+    /// Its value on `line`, when it has one.
+    fn of(self, line: &KeptLine) -> Option<&str> {
+        match self {
+            Self::Instance => line.line.instance.as_ref().map(|i| i.as_str()),
+            Self::Level => Some(level(line.line.stream)),
+            Self::Type => Some("app"),
+            Self::Request => None,
+        }
+    }
+}
+
+/// GET /v1/logs/values: the values a label takes on the lines `GET
+/// /v1/logs` would list for the same query, each once, at most `limit`:
+/// for `backward` (the default) the values of the newest lines first,
+/// for `forward` those of the oldest first.
+pub async fn values(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Listing(q): Listing<LogsValuesQuery>,
+) -> Result<Json<Vec<String>>, ApiError> {
+    let label = ValuesOf::parse(q.label.as_deref())?;
+    let asked = asked(&st, &caller, q.logs).await?;
+    if label == ValuesOf::Request || !asked.app {
+        return Ok(Json(Vec::new()));
+    }
+    // Each value with the stream sequence of its first and last line:
+    // the stream's order is the order the lines were kept in.
+    let mut seen: HashMap<String, (u64, u64)> = HashMap::new();
+    asked
+        .read(&st, |_, kept| {
+            if let Some(v) = label.of(&kept) {
+                let full = seen.len() >= MAX_VALUES;
+                match seen.get_mut(v) {
+                    Some((first, last)) => {
+                        *first = (*first).min(kept.seq);
+                        *last = (*last).max(kept.seq);
+                    }
+                    None if !full => {
+                        seen.insert(v.to_owned(), (kept.seq, kept.seq));
+                    }
+                    None => {}
+                }
+            }
+            ControlFlow::Continue(())
+        })
+        .await?;
+    let mut found: Vec<(String, (u64, u64))> = seen.into_iter().collect();
+    match asked.direction {
+        Direction::Backward => found.sort_by_key(|(_, (_, last))| std::cmp::Reverse(*last)),
+        Direction::Forward => found.sort_by_key(|(_, (first, _))| *first),
+    }
+    Ok(Json(
+        found
+            .into_iter()
+            .take(asked.limit)
+            .map(|(v, _)| v)
+            .collect(),
+    ))
+}
+
+/// GET /v1/logs
+pub async fn list(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Listing(q): Listing<LogsQuery>,
+) -> Result<Json<LogsPage>, ApiError> {
+    let asked = asked(&st, &caller, q).await?;
+    let (start, end, direction, limit) = (asked.start, asked.end, asked.direction, asked.limit);
+    let mut picked = Picker::new(direction, limit);
+    // Instance output is all `app`: asked for other types only, nothing.
+    if asked.app {
+        // Each service's page, then the page of them all.
+        let mut each: HashMap<ServiceId, Picker> = HashMap::new();
+        asked
+            .read(&st, |id, kept| {
+                let one = each
+                    .entry(id.clone())
+                    .or_insert_with(|| Picker::new(direction, limit));
+                one.offer(Candidate {
+                    time: micros(kept.time),
+                    kept,
+                })
+            })
+            .await?;
+        let mut merged = Vec::new();
+        for one in each.into_values() {
             picked.more |= one.more;
             merged.extend(one.lines);
         }
