@@ -7,12 +7,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{
-    ApiKeyId, CredentialId, CronRunId, CustomDomainId, DeployId, InstanceId, IntegrationId, JobId,
-    NodeId, OwnerId, ServiceId,
+    ApiKeyId, CredentialId, CronRunId, CustomDomainId, DeployId, DiskId, InstanceId, IntegrationId,
+    JobId, NodeId, OwnerId, ServiceId,
 };
 use crate::model::{
-    CertificateFailure, DeployStatus, DeployTrigger, EnvVars, NotifySetting, OverlapPolicy, Plan,
-    PullFailureReason, RegistryKind, ResolvedImage, Sealed, ServiceType,
+    CertificateFailure, DeployStatus, DeployTrigger, Disk, EnvVars, NotifySetting, OverlapPolicy,
+    Plan, PullFailureReason, RegistryKind, ResolvedImage, Sealed, ServiceType,
 };
 
 /// Declares the event structs, the `Event` enum and the table of types and
@@ -322,6 +322,11 @@ events! {
         pub https_redirect: bool,
         /// The deploy hook's secret key.
         pub hook_key: Sealed,
+        /// Its persistent disk: the service then runs one instance, on the
+        /// disk's node, and a deploy stops the old instance before the new
+        /// one starts.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub disk: Option<Disk>,
     }
     /// Some settings of a service changed.
     ServiceUpdated = "service_updated" v 1 {
@@ -495,6 +500,12 @@ events! {
 
     // ---- instances ----
 
+    /// A service's disk was placed on a node (with its first instance):
+    /// its instances run there from now on.
+    DiskPlaced = "disk_placed" v 1 {
+        pub disk: DiskId,
+        pub node: NodeId,
+    }
     /// An instance was placed on a node.
     InstanceScheduled = "instance_scheduled" v 1 {
         pub instance: InstanceId,

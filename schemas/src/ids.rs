@@ -197,6 +197,9 @@ id_type!(
     /// image and configuration (Render's jobs).
     JobId, "job");
 id_type!(
+    /// A service's persistent disk.
+    DiskId, "dsk");
+id_type!(
     /// A machine running the puller and the agent.
     NodeId, "nod");
 id_type!(

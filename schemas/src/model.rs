@@ -281,6 +281,21 @@ pub struct Plan {
     pub memory_mib: u32,
 }
 
+/// A service's persistent disk (Render's `disk`): a filesystem of its own
+/// size on one node, mounted in the service's instance at `mount_path`,
+/// kept across restarts and deploys until the service is deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Disk {
+    pub id: crate::ids::DiskId,
+    pub name: String,
+    /// An absolute path in the instance (not `/`, nor below `/proc`,
+    /// `/sys` or `/dev`).
+    pub mount_path: String,
+    /// Its size in GB (GiB: 2^30 bytes).
+    pub size_gb: u32,
+}
+
 /// Environment variables; values may be secrets, so they are sealed.
 pub type EnvVars = BTreeMap<String, Sealed>;
 

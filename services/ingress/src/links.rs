@@ -532,6 +532,7 @@ mod tests {
                     kid: "k".into(),
                     ciphertext: "x".into(),
                 },
+                disk: None,
             };
             self.at(at, AggregateId::Service(s.clone()), ev)
         }

@@ -363,6 +363,7 @@ pub async fn service(
         shutdown_delay_secs: 30,
         https_redirect: true,
         hook_key,
+        disk: None,
     };
     let a = store
         .append(

@@ -35,7 +35,13 @@
 //!   live, and they would take the room it needs), only moves off lost nodes;
 //! - instances that find no room are reported (`placement_blocked`, with
 //!   the node that comes closest), and a deploy that fails for want of room
-//!   says so in its reason.
+//!   says so in its reason;
+//! - a service with a disk runs its one instance on the disk's node only
+//!   (the first placement chooses it), and replaces it the other way round
+//!   (Kubernetes' `Recreate`): the old instance stops first, the new one is
+//!   placed once no other instance is left, since two programs must never
+//!   write one disk. Its deploys and restarts therefore have downtime, as
+//!   Render's services with a disk do.
 
 mod pipeline;
 mod place;
@@ -57,7 +63,7 @@ use berth_schemas::events::{
     DeployFailed, DeployLive, InstanceRescheduled, InstanceScheduled, InstanceStopped,
     PlacementBlocked,
 };
-use berth_schemas::ids::{DeployId, InstanceId, NodeId};
+use berth_schemas::ids::{DeployId, DiskId, InstanceId, NodeId};
 use berth_schemas::model::{DeployPhase, DeployStatus, Plan as Size, ServiceType};
 use berth_schemas::Event;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -282,6 +288,15 @@ pub fn reconcile(
     for i in state.instances.iter() {
         reserve_at(&mut nodes, &i.node, &cfg.plan);
     }
+    // A disk pins the service to its node once it has one.
+    let pinned = cfg
+        .disk
+        .as_ref()
+        .and_then(|d| Some((d.id.clone(), state.disk_node.clone()?)));
+    if let Some((_, at)) = &pinned {
+        nodes.retain(|n| n.id == *at);
+    }
+    let recreate = cfg.disk.is_some();
     let mut ctx = Planner {
         nodes,
         spread: Spread::new(
@@ -297,6 +312,8 @@ pub fn reconcile(
         ids,
         plan,
         handled: BTreeSet::new(),
+        recreate,
+        pinned,
     };
 
     let live = state.live_deploy().filter(|d| d.digest().is_some());
@@ -306,6 +323,9 @@ pub fn reconcile(
     // it ends the live deploy only keeps what it has (see the module doc).
     let rolled = rollout.map(|d| (d, ctx.group(state, d, want, None, true)));
     let restart = state.restart_requested_at.filter(|_| rollout.is_none());
+    // Recreating, the live deploy's instance goes as soon as a rollout
+    // starts (below, with the leftovers).
+    let live = live.filter(|_| !(recreate && rollout.is_some()));
     let live_healthy = live.map_or(0, |d| {
         ctx.group(state, d, want, restart, rollout.is_none())
             .healthy
@@ -376,7 +396,7 @@ pub fn reconcile(
         if ctx.handled.contains(&i.id) {
             continue;
         }
-        if !i.is_healthy() || !ctx.view.holds(i) || serving || live.is_none() {
+        if !i.is_healthy() || !ctx.view.holds(i) || serving || live.is_none() || recreate {
             ctx.stop(i);
         }
     }
@@ -415,6 +435,11 @@ struct Planner<'a> {
     plan: Plan,
     /// Instances a rule has already decided about.
     handled: BTreeSet<InstanceId>,
+    /// Old instances stop before new ones are placed (a service with a
+    /// disk).
+    recreate: bool,
+    /// The service's disk and the node it is on, which `nodes` is cut to.
+    pinned: Option<(DiskId, NodeId)>,
 }
 
 impl Planner<'_> {
@@ -470,6 +495,14 @@ impl Planner<'_> {
         up.truncate(want);
         let healthy = up.iter().filter(|i| i.is_healthy()).count();
         let mut count = up.len();
+        // Recreating: what is to be replaced goes now, and nothing new is
+        // placed while any instance of the service is left.
+        let grow = grow && !(self.recreate && up.len() < state.instances.len());
+        if self.recreate {
+            for bad in &wrong {
+                self.stop(bad);
+            }
+        }
 
         // Instances on lost nodes move while they are still needed.
         let mut unplaced = 0;
@@ -512,11 +545,26 @@ impl Planner<'_> {
         // After live, every instance runs exactly the recorded digest; and a
         // restart replaces every instance placed before it, the same way.
         for bad in wrong {
-            if !bad.is_healthy() || !self.view.holds(bad) || healthy >= want {
+            if !self.recreate && (!bad.is_healthy() || !self.view.holds(bad) || healthy >= want) {
                 self.stop(bad);
             }
         }
-        let blocked = (unplaced > 0).then(|| shortfall(&self.nodes, &self.size, &d.id, unplaced));
+        let blocked = (unplaced > 0).then(|| {
+            let mut b = shortfall(&self.nodes, &self.size, &d.id, unplaced);
+            if let Some((disk, at)) = &self.pinned {
+                let lost = self.nodes.iter().all(|n| n.lost);
+                b.reason = match lost {
+                    true => format!(
+                        "its disk {disk} is on {at}, which is lost (the instance runs only there)"
+                    ),
+                    false => format!(
+                        "its disk {disk} is on {at}, which has no room: {}",
+                        b.reason
+                    ),
+                };
+            }
+            b
+        });
         if let Some(b) = &blocked {
             self.plan.actions.push(Action::ReportBlocked(b.clone()));
         }

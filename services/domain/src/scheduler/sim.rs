@@ -79,6 +79,40 @@ impl Svc {
         s
     }
 
+    /// A web service with a disk (one instance) whose first deploy has
+    /// started at `t0`.
+    pub fn with_disk() -> Self {
+        let mut s = Svc {
+            state: ServiceState::default(),
+            now: t0(),
+            ids: SequentialIds(0),
+        };
+        let mut c = Self::web(1).create_command();
+        c.disk = Some(berth_schemas::model::Disk {
+            id: "dsk-aaaaaaaaaaaaaaaaaaaa".parse().unwrap(),
+            name: "data".into(),
+            mount_path: "/var/data".into(),
+            size_gb: 1,
+        });
+        s.run(Command::Create(Box::new(c)));
+        s
+    }
+
+    /// The create command `web` ran (its config, as a command again).
+    fn create_command(&self) -> CreateService {
+        let c = self.state.config.clone().unwrap();
+        let mut create = CreateService::new(
+            c.owner,
+            &c.name,
+            c.service_type,
+            &c.image,
+            c.hook_key,
+            deploy_id(0),
+        );
+        create.num_instances = Some(c.num_instances);
+        create
+    }
+
     pub fn run(&mut self, command: Command) {
         let c = format!("{command:?}");
         let events = decide(&self.state, command, &Ctx::default())

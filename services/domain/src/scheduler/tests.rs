@@ -638,6 +638,206 @@ fn a_restart_replaces_every_instance_without_downtime() {
     assert_eq!(s.reconcile(&two_nodes()), Plan::default());
 }
 
+// ---- a service with a disk ----
+
+/// Carries out `plan`, placing through the service's own rules (as the
+/// scheduler does), so the disk's rules apply; new instances come up
+/// healthy.
+fn carry_out_placing(s: &mut Svc, plan: &Plan) -> Result<(), crate::error::DomainError> {
+    for a in &plan.actions {
+        if let Action::Schedule {
+            instance,
+            deploy,
+            node,
+            digest,
+        } = a
+        {
+            let events = crate::service::decide(
+                &s.state,
+                Command::Place {
+                    scheduled: vec![berth_schemas::events::InstanceScheduled {
+                        instance: instance.clone(),
+                        deploy: deploy.clone(),
+                        node: node.clone(),
+                        digest: digest.clone(),
+                    }],
+                    rescheduled: vec![],
+                },
+                &crate::aggregate::Ctx::default(),
+            )?;
+            s.apply(&events);
+            s.apply(&[
+                Event::InstanceStarted(InstanceStarted {
+                    instance: instance.clone(),
+                    node: node.clone(),
+                    digest: digest.clone(),
+                    addr: None,
+                    published: None,
+                }),
+                Event::InstanceHealthy(InstanceHealthy {
+                    instance: instance.clone(),
+                }),
+            ]);
+        } else {
+            s.carry_out(&Plan {
+                actions: vec![a.clone()],
+                ..Plan::default()
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Node 1 with room for one starter instance, node 2 with plenty.
+fn small_and_big() -> ClusterView {
+    ClusterView::new(vec![node(1, 500, 512), node(2, 4000, 8192)])
+}
+
+#[test]
+fn a_disk_stays_on_the_node_of_its_first_instance() {
+    let mut s = Svc::with_disk();
+    s.updating(&deploy_id(0), &digest(1));
+    let plan = s.reconcile(&two_nodes());
+    let placed = schedules(&plan);
+    assert_eq!(placed.len(), 1);
+    let at = placed[0].1.clone();
+    carry_out_placing(&mut s, &plan).unwrap();
+    assert_eq!(s.state.disk_node.as_ref(), Some(&at), "disk_placed");
+    let plan = s.reconcile(&two_nodes());
+    s.carry_out(&plan);
+    assert_eq!(s.state.live.as_ref(), Some(&deploy_id(0)));
+
+    // No other node takes its instance, even one with far more room.
+    let other = if at == node_id(1) { 2 } else { 1 };
+    let mut view = two_nodes();
+    for n in &mut view.nodes {
+        if n.id == at {
+            n.used_cpu = 3500;
+        }
+    }
+    s.now += chrono::TimeDelta::minutes(1);
+    s.run(Command::Restart);
+    let plan = s.reconcile(&view);
+    carry_out_placing(&mut s, &plan).unwrap();
+    let plan = s.reconcile(&view);
+    let placed = schedules(&plan);
+    assert_eq!(placed.len(), 1, "{plan:?}");
+    assert_eq!(placed[0].1, &at);
+    // The service's rules refuse it too (a stale plan).
+    let refused = carry_out_placing(
+        &mut s,
+        &Plan {
+            actions: vec![Action::Schedule {
+                instance: InstanceId::generate(),
+                deploy: deploy_id(0),
+                node: node_id(other),
+                digest: digest(1),
+            }],
+            ..Plan::default()
+        },
+    );
+    assert!(refused.is_err(), "placed off its disk's node");
+}
+
+#[test]
+fn a_service_with_a_disk_stops_its_old_instance_before_the_new_one_starts() {
+    let mut s = Svc::with_disk();
+    s.updating(&deploy_id(0), &digest(1));
+    let plan = s.reconcile(&small_and_big());
+    carry_out_placing(&mut s, &plan).unwrap();
+    let plan = s.reconcile(&small_and_big());
+    s.carry_out(&plan);
+    let old: Vec<InstanceId> = s.state.instances.iter().map(|i| i.id.clone()).collect();
+    assert_eq!(old.len(), 1);
+    let at = s.state.disk_node.clone().unwrap();
+
+    // A deploy: the old instance stops first, nothing is placed beside it.
+    let new = s.request(1);
+    s.updating(&new, &digest(2));
+    let plan = s.reconcile(&small_and_big());
+    assert_eq!(stops(&plan), old.iter().collect::<Vec<_>>(), "{plan:?}");
+    assert!(schedules(&plan).is_empty(), "{plan:?}");
+    // While it is stopping, still nothing new (it holds the disk).
+    let plan = s.reconcile(&small_and_big());
+    assert!(schedules(&plan).is_empty(), "{plan:?}");
+    // Placing beside it is refused by the service's rules as well.
+    let early = carry_out_placing(
+        &mut s,
+        &Plan {
+            actions: vec![Action::Schedule {
+                instance: InstanceId::generate(),
+                deploy: new.clone(),
+                node: at.clone(),
+                digest: digest(2),
+            }],
+            ..Plan::default()
+        },
+    );
+    assert!(early
+        .unwrap_err()
+        .to_string()
+        .contains("one instance at a time"));
+    // Stopped: the new one goes to the disk's node, then live.
+    s.carry_out(&Plan {
+        actions: vec![Action::Stop {
+            instance: old[0].clone(),
+        }],
+        ..Plan::default()
+    });
+    let plan = s.reconcile(&small_and_big());
+    assert_eq!(schedules(&plan), vec![(&new, &at, digest(2).as_str())]);
+    carry_out_placing(&mut s, &plan).unwrap();
+    let plan = s.reconcile(&small_and_big());
+    s.carry_out(&plan);
+    assert_eq!(s.state.live.as_ref(), Some(&new));
+    assert_eq!(s.reconcile(&small_and_big()), Plan::default());
+
+    // A restart the same way round.
+    s.now += chrono::TimeDelta::minutes(1);
+    s.run(Command::Restart);
+    let plan = s.reconcile(&small_and_big());
+    assert_eq!(stops(&plan).len(), 1, "{plan:?}");
+    assert!(schedules(&plan).is_empty(), "{plan:?}");
+    s.carry_out(&plan);
+    let plan = s.reconcile(&small_and_big());
+    assert_eq!(schedules(&plan).len(), 1, "{plan:?}");
+}
+
+#[test]
+fn a_disk_on_a_lost_node_holds_its_instance_and_says_why() {
+    let mut s = Svc::with_disk();
+    s.updating(&deploy_id(0), &digest(1));
+    let plan = s.reconcile(&two_nodes());
+    carry_out_placing(&mut s, &plan).unwrap();
+    let plan = s.reconcile(&two_nodes());
+    s.carry_out(&plan);
+    let at = s.state.disk_node.clone().unwrap();
+    let i = s.state.instances.iter().next().unwrap().id.clone();
+    s.apply(&[Event::ServerFailed(ServerFailed {
+        node: at.clone(),
+        instances: vec![i],
+    })]);
+    let mut view = two_nodes();
+    for n in &mut view.nodes {
+        n.lost = n.id == at;
+    }
+    let plan = s.reconcile(&view);
+    assert!(
+        !plan
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Reschedule { .. } | Action::Schedule { .. })),
+        "{plan:?}"
+    );
+    let why = blocked(&plan);
+    assert_eq!(why.len(), 1, "{plan:?}");
+    assert!(
+        why[0].reason.contains("dsk-aaaaaaaaaaaaaaaaaaaa") && why[0].reason.contains("lost"),
+        "{}",
+        why[0].reason
+    );
+}
+
 // ---- room ----
 
 /// Nodes `1` and `2`, each with room for `per_node` starter instances

@@ -42,6 +42,9 @@ pub(super) fn create(state: &ServiceState, c: CreateService, ctx: &Ctx) -> Decis
             "a cron job runs one container per run; numInstances must be 1",
         ));
     }
+    if let Some(disk) = &c.disk {
+        validate::disk(disk, c.service_type, num_instances)?;
+    }
     if let Some(cmd) = &c.docker_command {
         validate::command("dockerCommand", cmd)?;
     }
@@ -96,6 +99,7 @@ pub(super) fn create(state: &ServiceState, c: CreateService, ctx: &Ctx) -> Decis
         shutdown_delay_secs,
         https_redirect: c.https_redirect.unwrap_or(true),
         hook_key: c.hook_key,
+        disk: c.disk,
     }
     .into()];
     out.extend(deploys::admit(
@@ -285,6 +289,12 @@ pub(super) fn scale(state: &ServiceState, to: u32, ctx: &Ctx) -> Decision {
         ));
     }
     validate::num_instances(to, ctx.max_instances)?;
+    if cfg.disk.is_some() && to > 1 {
+        return Err(DomainError::invalid(
+            "numInstances",
+            validate::DISK_ONE_INSTANCE,
+        ));
+    }
     if state.status == ServiceStatus::Suspended {
         return Err(DomainError::conflict(
             "service is suspended; resume it to scale",

@@ -115,6 +115,9 @@ pub struct CreateService {
     pub hook_key: Sealed,
     /// Id of the initial deploy (trigger `service_created`).
     pub deploy: DeployId,
+    /// A persistent disk (its id made by the caller): web services,
+    /// private services and workers, with one instance.
+    pub disk: Option<berth_schemas::model::Disk>,
 }
 
 impl CreateService {
@@ -152,6 +155,7 @@ impl CreateService {
             https_redirect: None,
             hook_key,
             deploy,
+            disk: None,
         }
     }
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use berth_schemas::events::ServiceCreated;
-use berth_schemas::ids::DeployId;
+use berth_schemas::ids::{DeployId, NodeId};
 use berth_schemas::model::{DeployStatus, ServiceType};
 use berth_schemas::Event;
 use chrono::{DateTime, Utc};
@@ -91,6 +91,10 @@ pub struct ServiceState {
     /// published there first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detected_port: Option<u16>,
+    /// The node its disk is on (`disk_placed`, with the first instance):
+    /// its instances are placed there only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_node: Option<NodeId>,
     /// Custom domains by name (web services), each claimed on its own
     /// subject first (`crate::custom_domain`).
     #[serde(default)]
@@ -295,6 +299,9 @@ pub fn apply_at(mut s: ServiceState, event: &Event, time: Option<DateTime<Utc>>)
     super::jobs::apply(&mut s, event, time);
     domains::apply(&mut s, event, time);
     s.instances.apply(event, time);
+    if let Event::DiskPlaced(e) = event {
+        s.disk_node = Some(e.node.clone());
+    }
     if let Event::InstancePortDetected(e) = event {
         s.detected_port = Some(e.port);
         if s.config.as_ref().map(|c| c.service_type) == Some(ServiceType::PrivateService) {

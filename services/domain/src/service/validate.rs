@@ -86,6 +86,72 @@ pub fn num_instances(n: u32, max: u32) -> Result<()> {
     Ok(())
 }
 
+/// Why a service with a disk runs one instance.
+pub const DISK_ONE_INSTANCE: &str = "a service with a disk runs one instance (the disk is mounted in one container, on one node); numInstances must be 1";
+
+/// Largest disk, GB.
+pub const DISK_MAX_GB: u32 = 1024;
+
+/// A disk: a name, an absolute mount path that is not the whole
+/// filesystem nor the kernel's, a size in whole GB, and a service that
+/// runs one long-lived instance (web, private, worker).
+pub fn disk(d: &berth_schemas::model::Disk, ty: ServiceType, num_instances: u32) -> Result<()> {
+    if ty == ServiceType::CronJob {
+        return Err(DomainError::invalid(
+            "disk",
+            "a cron job cannot have a disk: each run is a new container, possibly on another node",
+        ));
+    }
+    if num_instances != 1 {
+        return Err(DomainError::invalid("numInstances", DISK_ONE_INSTANCE));
+    }
+    let name_ok = !d.name.is_empty()
+        && d.name.len() <= 64
+        && d.name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_. ".contains(&b));
+    if !name_ok {
+        return Err(DomainError::invalid(
+            "disk.name",
+            "1–64 letters, digits, spaces, '-', '_' or '.'",
+        ));
+    }
+    mount_path(&d.mount_path)?;
+    if !(1..=DISK_MAX_GB).contains(&d.size_gb) {
+        return Err(DomainError::invalid(
+            "disk.sizeGB",
+            format!("must be a whole number of GB from 1 to {DISK_MAX_GB}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A disk's mount path: absolute, without `.`/`..` or empty parts, at
+/// most 255 bytes of printable ASCII, not `/` and not below `/proc`,
+/// `/sys` or `/dev` (the kernel's, which runc mounts).
+fn mount_path(p: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(DomainError::invalid(
+            "disk.mountPath",
+            format!("{why}, e.g. /var/data"),
+        ))
+    };
+    if !p.starts_with('/') || p.len() > 255 || !p.bytes().all(|b| b.is_ascii_graphic()) {
+        return bad("must be an absolute path of at most 255 printable characters");
+    }
+    let parts: Vec<&str> = p[1..].trim_end_matches('/').split('/').collect();
+    if parts
+        .iter()
+        .any(|x| x.is_empty() || *x == "." || *x == "..")
+    {
+        return bad("must not hold empty, '.' or '..' parts");
+    }
+    if matches!(parts[0], "proc" | "sys" | "dev") {
+        return bad("must not be the filesystem's root nor below /proc, /sys or /dev");
+    }
+    Ok(())
+}
+
 /// Shutdown delay: 1–300 seconds.
 pub fn shutdown_delay(secs: u16) -> Result<()> {
     if !(SHUTDOWN_DELAY_MIN..=SHUTDOWN_DELAY_MAX).contains(&secs) {

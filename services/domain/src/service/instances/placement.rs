@@ -9,10 +9,10 @@
 //! no events, so a retried decision is harmless.
 
 use berth_schemas::events::{
-    InstanceDraining, InstanceRescheduled, InstanceScheduled, InstanceStopped, PlacementBlocked,
-    ServerFailed,
+    DiskPlaced, InstanceDraining, InstanceRescheduled, InstanceScheduled, InstanceStopped,
+    PlacementBlocked, ServerFailed,
 };
-use berth_schemas::ids::{InstanceId, NodeId};
+use berth_schemas::ids::{DiskId, InstanceId, NodeId};
 use berth_schemas::model::DeployStatus;
 use berth_schemas::Event;
 
@@ -34,6 +34,7 @@ pub(in crate::service) fn place(
         ));
     }
     let mut out: Vec<Event> = Vec::new();
+    let mut disk = Disk::of(state);
     for s in scheduled {
         if let Some(existing) = state.instances.get(&s.instance) {
             if existing.deploy == s.deploy && existing.node == s.node {
@@ -54,6 +55,15 @@ pub(in crate::service) fn place(
                 s.deploy, s.digest
             )));
         }
+        if let Some(d) = &mut disk {
+            if let Some(other) = state.instances.iter().next() {
+                return Err(DomainError::conflict(format!(
+                    "a service with a disk runs one instance at a time: {} has not stopped yet",
+                    other.id
+                )));
+            }
+            out.extend(d.place_on(&s.node)?);
+        }
         out.push(s.into());
     }
     for r in rescheduled {
@@ -64,6 +74,9 @@ pub(in crate::service) fn place(
             // Only instances recorded lost move: one on a node this
             // scheduler merely does not know yet is still running there.
             (Some(old), None) if old.node == r.from_node && old.phase == InstancePhase::Lost => {
+                if let Some(d) = &mut disk {
+                    out.extend(d.place_on(&r.to_node)?);
+                }
                 out.push(r.into())
             }
             // Already moved by this same decision.
@@ -77,6 +90,45 @@ pub(in crate::service) fn place(
         }
     }
     Ok(out)
+}
+
+/// A service's disk as a decision places instances: where it is (or will
+/// be, once the first is placed).
+struct Disk {
+    id: DiskId,
+    node: Option<NodeId>,
+}
+
+impl Disk {
+    fn of(state: &ServiceState) -> Option<Self> {
+        let disk = state.config.as_ref()?.disk.as_ref()?;
+        Some(Self {
+            id: disk.id.clone(),
+            node: state.disk_node.clone(),
+        })
+    }
+
+    /// An instance goes to `node`: the disk's node, or the disk's first
+    /// (`disk_placed`).
+    fn place_on(&mut self, node: &NodeId) -> Result<Option<Event>, DomainError> {
+        match &self.node {
+            Some(at) if at == node => Ok(None),
+            Some(at) => Err(DomainError::conflict(format!(
+                "disk {} is on {at}: the service's instance runs there, not on {node}",
+                self.id
+            ))),
+            None => {
+                self.node = Some(node.clone());
+                Ok(Some(
+                    DiskPlaced {
+                        disk: self.id.clone(),
+                        node: node.clone(),
+                    }
+                    .into(),
+                ))
+            }
+        }
+    }
 }
 
 /// `node` was lost: the service's instances there are marked lost.

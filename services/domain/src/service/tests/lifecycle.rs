@@ -101,6 +101,94 @@ fn create_validates_fields_for_the_service_type() {
     }
 }
 
+fn disk(mount_path: &str, size_gb: u32) -> Option<berth_schemas::model::Disk> {
+    Some(berth_schemas::model::Disk {
+        id: berth_schemas::ids::DiskId::generate(),
+        name: "data".into(),
+        mount_path: mount_path.into(),
+        size_gb,
+    })
+}
+
+#[test]
+fn a_disk_is_refused_where_it_cannot_be_kept() {
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "numInstances",
+            Box::new(|c| {
+                c.disk = disk("/var/data", 1);
+                c.num_instances = Some(2);
+            }),
+        ),
+        (
+            "cron job cannot have a disk",
+            Box::new(|c| {
+                c.service_type = ServiceType::CronJob;
+                c.schedule = Some("0 * * * *".into());
+                c.disk = disk("/var/data", 1);
+            }),
+        ),
+        ("disk.sizeGB", Box::new(|c| c.disk = disk("/var/data", 0))),
+        (
+            "disk.sizeGB",
+            Box::new(|c| c.disk = disk("/var/data", 1025)),
+        ),
+        (
+            "disk.name",
+            Box::new(|c| {
+                c.disk = disk("/var/data", 1);
+                if let Some(d) = &mut c.disk {
+                    d.name = "a/b".into();
+                }
+            }),
+        ),
+    ];
+    let mut cases = cases;
+    for bad in [
+        "", "var/data", "/", "//", "/proc", "/proc/x", "/sys/fs", "/dev", "/a/../b", "/a/./b",
+        "/a//b", "/a b", "/dätä",
+    ] {
+        cases.push(("disk.mountPath", Box::new(move |c| c.disk = disk(bad, 1))));
+    }
+    for (field, f) in cases {
+        let (kind, msg) = create_err(f);
+        assert_eq!(kind, ErrorKind::Invalid, "{field}: {msg}");
+        assert!(msg.contains(field), "expected {field} in {msg:?}");
+    }
+    // What is kept: a private service or worker's disk too, and a path
+    // with a trailing slash.
+    for (ty, path) in [
+        (ServiceType::WebService, "/var/lib/postgresql/data"),
+        (ServiceType::PrivateService, "/data/"),
+        (ServiceType::BackgroundWorker, "/srv/proc"),
+    ] {
+        let mut c = create(ty, &DeployId::generate());
+        c.disk = disk(path, 10);
+        let events = Scenario::given(vec![])
+            .when(Command::Create(Box::new(c)))
+            .unwrap();
+        let Event::ServiceCreated(created) = &events[0] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(created.disk.as_ref().map(|d| d.size_gb), Some(10));
+    }
+}
+
+#[test]
+fn a_service_with_a_disk_does_not_scale_beyond_one() {
+    let mut c = create(ServiceType::WebService, &DeployId::generate());
+    c.disk = disk("/var/data", 1);
+    let s = Scenario::given(vec![]);
+    let events = s.when(Command::Create(Box::new(c))).unwrap();
+    let s = Scenario::given(events);
+    assert_eq!(
+        s.refused(Command::Scale { num_instances: 2 }),
+        ErrorKind::Invalid
+    );
+    let err = s.when(Command::Scale { num_instances: 2 }).unwrap_err();
+    assert!(err.to_string().contains("disk"), "{err}");
+}
+
 #[test]
 fn create_applies_defaults_and_refuses_a_second_create() {
     let d0 = DeployId::generate();
