@@ -270,6 +270,9 @@ pub struct InstanceSpec {
     /// its own with only loopback (no traffic in or out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkSpec>,
+    /// The service's persistent disk, mounted at its path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<crate::persistent::DiskSpec>,
 }
 
 /// The process environment: `HOSTNAME` (the instance's host name, as
@@ -668,15 +671,17 @@ fn overlay_options(dir: &InstanceDir, image: &Path) -> String {
 }
 
 /// Write `config.json` for `spec` into the instance's bundle, its root
-/// made as `rootfs` says.
+/// made as `rootfs` says, its disk (if it has one) bind-mounted from
+/// `disk` on the host.
 pub fn write_bundle(
     dir: &InstanceDir,
     spec: &InstanceSpec,
     net: Option<&Attachment>,
     sandbox: &Sandbox,
     rootfs: RootfsKind,
+    disk: Option<&Path>,
 ) -> Result<(), BundleError> {
-    let value = if rootfs == RootfsKind::Inside {
+    let mut value = if rootfs == RootfsKind::Inside {
         // The host's rootfs dir stays empty: users resolve in the image,
         // which is what the overlay shows before the app writes.
         let mut v = runtime_spec(spec, &spec.image.rootfs, net, sandbox)?;
@@ -692,6 +697,16 @@ pub fn write_bundle(
     } else {
         runtime_spec(spec, &dir.rootfs(), net, sandbox)?
     };
+    if let (Some(d), Some(source), Some(mounts)) =
+        (&spec.disk, disk, value["mounts"].as_array_mut())
+    {
+        mounts.push(json!({
+            "destination": d.mount_path,
+            "type": "bind",
+            "source": source,
+            "options": ["rbind", "rw", "nosuid", "nodev"],
+        }));
+    }
     let path = dir.bundle().join("config.json");
     let bytes = serde_json::to_vec_pretty(&value).map_err(|e| BundleError::Io {
         path: path.clone(),
@@ -748,6 +763,7 @@ mod tests {
             },
             shutdown_delay: Duration::from_secs(30),
             network: None,
+            disk: None,
         }
     }
 
@@ -767,7 +783,15 @@ mod tests {
             RootfsKind::Inside
         );
         assert!(!is_mountpoint(&dir.rootfs()));
-        write_bundle(&dir, &s, None, &Sandbox::default(), RootfsKind::Inside).unwrap();
+        write_bundle(
+            &dir,
+            &s,
+            None,
+            &Sandbox::default(),
+            RootfsKind::Inside,
+            None,
+        )
+        .unwrap();
         let v: Value =
             serde_json::from_slice(&std::fs::read(dir.bundle().join("config.json")).unwrap())
                 .unwrap();
@@ -785,7 +809,15 @@ mod tests {
         assert_eq!(v["process"]["user"], json!({"uid": 7, "gid": 8}));
         // A root made on the host: nothing mounted at `/` by runc.
         s.image.config.user = Some("7:8".into());
-        write_bundle(&dir, &s, None, &Sandbox::default(), RootfsKind::Overlay).unwrap();
+        write_bundle(
+            &dir,
+            &s,
+            None,
+            &Sandbox::default(),
+            RootfsKind::Overlay,
+            None,
+        )
+        .unwrap();
         let v: Value =
             serde_json::from_slice(&std::fs::read(dir.bundle().join("config.json")).unwrap())
                 .unwrap();

@@ -125,6 +125,14 @@ pub enum AgentError {
         /// Why.
         source: std::io::Error,
     },
+    /// A service's disk could not be made, mounted or removed.
+    #[error("disk {id}: {message}")]
+    Disk {
+        /// `dsk-…`.
+        id: String,
+        /// Why (the system tool's own words).
+        message: String,
+    },
     /// The instance's state file could not be read or written.
     #[error("state file {path}: {message}")]
     State {

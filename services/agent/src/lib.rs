@@ -45,6 +45,7 @@ pub mod logs;
 pub mod net;
 pub(crate) mod netlink;
 pub mod netns;
+pub mod persistent;
 pub mod process;
 pub mod runnable;
 pub mod runtime;

@@ -280,6 +280,7 @@ async fn launch_with(
         inner.sandbox.clone(),
         net.cloned(),
     );
+    let disks = crate::persistent::dir(&inner.cfg.state_dir);
     let (rootfs, cannot_run) = tokio::task::spawn_blocking(move || {
         let ns = bundle::user_namespace_for(sandbox.user_namespace, &s.image.rootfs);
         let sandbox = bundle::Sandbox {
@@ -295,7 +296,16 @@ async fn launch_with(
         }
         let k = bundle::prepare_rootfs(&d, &s.image.rootfs, inside, ns)?;
         crate::volumes::make_missing(&d, &s.image, k, ns);
-        bundle::write_bundle(&d, &s, net.as_ref(), &sandbox, k)?;
+        let disk = match &s.disk {
+            Some(disk) => Some(crate::persistent::attach(
+                &disks,
+                s.service.as_str(),
+                disk,
+                ns,
+            )?),
+            None => None,
+        };
+        bundle::write_bundle(&d, &s, net.as_ref(), &sandbox, k, disk.as_deref())?;
         Ok::<_, AgentError>((k, bundle::cannot_run(&s)))
     })
     .await
@@ -326,7 +336,8 @@ async fn launch_with(
         say(inner, spec, &line).await;
     }
     if kind == Kind::Service && restarts == 0 {
-        if let Some(notice) = crate::volumes::notice(&spec.image.config) {
+        let disk = spec.disk.as_ref().map(|d| d.mount_path.as_str());
+        if let Some(notice) = crate::volumes::notice(&spec.image.config, disk) {
             say(inner, spec, &notice).await;
         }
     }

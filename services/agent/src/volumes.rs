@@ -72,14 +72,19 @@ const NOTICE_PATHS: usize = 3;
 
 /// What a service instance's logs say at its first start when its image
 /// declares volumes: that none is kept, so data written there (a
-/// database's) is lost when its program ends. `None` without any.
-pub fn notice(config: &crate::image::ImageConfig) -> Option<String> {
+/// database's) is lost when its program ends. `None` without any, or
+/// when the service's disk (mounted at `disk`) holds them all.
+pub fn notice(config: &crate::image::ImageConfig, disk: Option<&str>) -> Option<String> {
+    let on_disk = |p: &str| {
+        disk.and_then(parts)
+            .is_some_and(|d| parts(p).is_some_and(|v| v.len() >= d.len() && v[..d.len()] == d[..]))
+    };
     let paths: Vec<&str> = config
         .volumes
         .as_ref()?
         .keys()
         .take(MAX_VOLUMES)
-        .filter(|p| parts(p).is_some())
+        .filter(|p| parts(p).is_some() && !on_disk(p))
         .map(String::as_str)
         .collect();
     if paths.is_empty() {
@@ -313,18 +318,35 @@ mod tests {
             ),
             ..Default::default()
         };
-        assert_eq!(notice(&crate::image::ImageConfig::default()), None);
-        assert_eq!(notice(&config(&["/proc/x", "relative"])), None);
+        assert_eq!(notice(&crate::image::ImageConfig::default(), None), None);
+        assert_eq!(notice(&config(&["/proc/x", "relative"]), None), None);
         assert_eq!(
-            notice(&config(&["/var/lib/postgresql/data"])).as_deref(),
+            notice(&config(&["/var/lib/postgresql/data"]), None).as_deref(),
             Some("the image declares a volume (/var/lib/postgresql/data); no disk is kept behind it: what is written there is lost when the program ends (a crash, a restart, a deploy)")
         );
-        let many = notice(&config(&["/a", "/b", "/c", "/d"])).unwrap();
+        let many = notice(&config(&["/a", "/b", "/c", "/d"]), None).unwrap();
         assert!(
             many.starts_with(
                 "the image declares volumes (/a, /b, /c, …); no disk is kept behind them"
             ),
             "{many}"
+        );
+        // A disk at or above a volume keeps it; one beside it does not.
+        let pg = config(&["/var/lib/postgresql/data"]);
+        for disk in ["/var/lib/postgresql/data", "/var/lib/postgresql/", "/var"] {
+            assert_eq!(notice(&pg, Some(disk)), None, "{disk}");
+        }
+        for disk in [
+            "/var/lib/postgresql/data/inner",
+            "/var/lib/postgres",
+            "/data",
+        ] {
+            assert!(notice(&pg, Some(disk)).is_some(), "{disk}");
+        }
+        let two = notice(&config(&["/data", "/logs"]), Some("/data")).unwrap();
+        assert!(
+            two.starts_with("the image declares a volume (/logs)"),
+            "{two}"
         );
     }
 }

@@ -35,6 +35,7 @@
 
 mod config;
 pub mod directory;
+pub mod disks;
 mod exec;
 mod gc;
 pub mod health;
@@ -373,6 +374,13 @@ impl Node {
             reporter.clone(),
             housekeeping_stop.clone(),
         ));
+        // Disks of deleted services, now and every few seconds.
+        let disk_sweeper = tokio::spawn(disks::sweep(
+            self.store.clone(),
+            agent.clone(),
+            berth_agent::persistent::dir(&agent_dir),
+            housekeeping_stop.clone(),
+        ));
         // Where the other nodes and their private services are (a node
         // no other reaches is alone and follows nothing).
         let directory = self.checks.reach().map(|_| {
@@ -445,6 +453,7 @@ impl Node {
             let _ = d.await;
         }
         let _ = collector.await;
+        let _ = disk_sweeper.await;
         let _ = pruner.await;
         let _ = commands.await;
         let _ = terminals.await;

@@ -18,7 +18,7 @@ use berth_tests::node::{World, REPO};
 use serde_json::json;
 
 use crate::support::{
-    addr_of, count_of, exec, fast_checks, http_get, lines_of, run, service_of, spec,
+    addr_of, count_of, exec, fast_checks, http_get, lines_of, run, service_of, service_with, spec,
     start_node_opts, stop, Running,
 };
 
@@ -46,13 +46,25 @@ impl Deployed {
         plan: Option<Plan>,
         opts: NodeOptions,
     ) -> Self {
+        Self::start_with(image, tag, kind, plan, opts, |_| {}).await
+    }
+
+    /// [`Deployed::start_on`] with the service created as `edit` sets it.
+    async fn start_with(
+        image: &Image,
+        tag: &str,
+        kind: ServiceType,
+        plan: Option<Plan>,
+        opts: NodeOptions,
+        edit: impl FnOnce(&mut berth_domain::service::CreateService),
+    ) -> Self {
         let w = World::start().await;
         let mut checks = fast_checks();
         checks.health.detect_after = Duration::from_millis(300);
         let node = start_node_opts(&w, checks, Default::default(), opts).await;
         w.registry.push_image(REPO, tag, image).await.unwrap();
         let owner = OwnerId::User(UserId::generate());
-        let (svc, dep) = service_of(&w, &owner, tag, kind, None, &image.digest).await;
+        let (svc, dep) = service_with(&w, &owner, tag, kind, &image.digest, edit).await;
         let mut s = spec(&w, &svc, &dep, "", Some(10000));
         s.command = None;
         s.digest = image.digest.clone();
@@ -118,7 +130,7 @@ impl Deployed {
 
 /// An image of busybox's base (`/bin/sh` and friends) with `layers` over
 /// it, gzipped, its config's `config` object `config`.
-fn on_busybox(layers: &[&[Entry]], config: serde_json::Value) -> Image {
+pub(crate) fn on_busybox(layers: &[&[Entry]], config: serde_json::Value) -> Image {
     let mut all = vec![layers::layer(&busybox_base(), Comp::Gzip).unwrap()];
     all.extend(layers.iter().map(|l| layers::layer(l, Comp::Gzip).unwrap()));
     layers::image_with_config(all, config).unwrap()
@@ -128,7 +140,7 @@ fn on_busybox(layers: &[&[Entry]], config: serde_json::Value) -> Image {
 /// machine allows no user namespace), and in a user namespace (as `berth
 /// up` does where the machine allows it, and the test suite's nodes do
 /// unless `BERTH_TEST_USERNS=off`).
-fn modes() -> [NodeOptions; 2] {
+pub(crate) fn modes() -> [NodeOptions; 2] {
     let as_root = NodeOptions {
         user_namespace: Userns::Off,
         ..crate::support::options()
@@ -1048,6 +1060,81 @@ async fn postgres_as_its_official_image_runs_as_a_private_service() {
     let image = postgres_image();
     for opts in modes() {
         postgres_runs(&image, opts).await;
+    }
+}
+
+/// PostgreSQL from its official image's layout with a disk at its data
+/// directory: the entrypoint gives the disk to `postgres` and initializes
+/// it once; a table written by one instance is read by the next, which
+/// finds the database and does not initialize again; nothing says its
+/// data is lost.
+#[tokio::test]
+async fn postgres_keeps_its_data_on_the_services_disk() {
+    let image = postgres_image();
+    for opts in modes() {
+        let mut d =
+            Deployed::start_with(&image, "db", ServiceType::PrivateService, None, opts, |c| {
+                c.disk = Some(berth_schemas::model::Disk {
+                    id: berth_schemas::ids::DiskId::generate(),
+                    name: "pgdata".into(),
+                    mount_path: "/var/lib/postgresql/data".into(),
+                    size_gb: 1,
+                })
+            })
+            .await;
+        let ready = "==> Healthy: it accepts connections on port 5432";
+        let lines = d.lines_until(|l| l == ready).await;
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("PostgreSQL init process complete")),
+            "{lines:?}"
+        );
+        assert!(
+            !lines.iter().any(|l| l.contains("no disk is kept")),
+            "{lines:?}"
+        );
+        let psql = |addr: &str, sql: &str| {
+            let out = std::process::Command::new(format!("{PG_BIN}/psql"))
+                .arg(format!("postgresql://postgres:berth-secret@{addr}/app"))
+                .args(["-v", "ON_ERROR_STOP=1", "-tAc", sql])
+                .env("PGCONNECT_TIMEOUT", "5")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{sql}: {text}");
+            text
+        };
+        let addr = addr_of(&d.events, &d.spec.instance).expect("the instance's address");
+        psql(
+            &addr,
+            "create table kept (v text); insert into kept values ('on the disk')",
+        );
+
+        // A new instance of the service (a restart, a deploy).
+        stop(&d.w, &d.node.id, &d.svc, &d.spec.instance).await;
+        d.w.wait_events(&d.svc, Duration::from_secs(60), |ev| {
+            count_of(ev, &d.spec.instance, "instance_stopped") == 1
+        })
+        .await;
+        let mut next = d.spec.clone();
+        next.instance = berth_schemas::ids::InstanceId::generate();
+        run(&d.w, &d.node.id, &next).await;
+        let events =
+            d.w.wait_events(&d.svc, Duration::from_secs(90), |ev| {
+                count_of(ev, &next.instance, "instance_healthy") == 1
+            })
+            .await;
+        d.spec = next;
+        let lines = d.lines_until(|l| l == ready).await;
+        assert!(
+            !lines.iter().any(|l| l.contains("init process complete")),
+            "initialized again: {lines:?}"
+        );
+        let addr = addr_of(&events, &d.spec.instance).expect("the instance's address");
+        assert_eq!(psql(&addr, "select v from kept"), "on the disk\n");
+        d.stop().await;
     }
 }
 

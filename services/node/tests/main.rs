@@ -13,6 +13,7 @@ mod health;
 mod horizon;
 mod images;
 mod network;
+mod persistent;
 mod ports;
 mod shell;
 mod stops;

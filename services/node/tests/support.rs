@@ -139,6 +139,22 @@ pub async fn service_of(
     health_path: Option<&str>,
     digest: &str,
 ) -> (ServiceId, DeployId) {
+    service_with(w, owner, name, ty, digest, |c| {
+        c.health_check_path = health_path.map(str::to_owned)
+    })
+    .await
+}
+
+/// A service of `owner` named `name`, created as `edit` sets it, whose
+/// first deploy resolved to `digest`.
+pub async fn service_with(
+    w: &World,
+    owner: &OwnerId,
+    name: &str,
+    ty: ServiceType,
+    digest: &str,
+    edit: impl FnOnce(&mut CreateService),
+) -> (ServiceId, DeployId) {
     let service = ServiceId::generate();
     let deploy = DeployId::generate();
     let mut create = CreateService::new(
@@ -152,7 +168,7 @@ pub async fn service_of(
         },
         deploy.clone(),
     );
-    create.health_check_path = health_path.map(str::to_owned);
+    edit(&mut create);
     w.command(&service, Command::Create(Box::new(create))).await;
     w.command(
         &service,

@@ -7,6 +7,7 @@
 // berth_tests::scheduler, shared with the router's tests.
 mod crash;
 mod deploys;
+mod disks;
 mod lifecycle;
 mod lost_node;
 mod parking;

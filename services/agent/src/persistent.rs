@@ -1,0 +1,203 @@
+//! A service's persistent disk on this node: an ext4 filesystem of the
+//! disk's size in a file of its own (`<state>/disks/<disk id>.img`,
+//! allocated in full when made, so the node's disk cannot run out under
+//! it later), loop-mounted at `<state>/disks/<disk id>` and bind-mounted
+//! into the service's instance at the disk's path. What the instance
+//! writes there outlives the instance: crashes, restarts and deploys find
+//! it again; only removing the disk (its service deleted) ends it.
+//!
+//! The disk is empty when new (without ext4's `lost+found`), as a Docker
+//! volume is. The filesystem stays mounted once mounted, also after its instance
+//! ends, and is mounted again (after a reboot) only when it is not: one
+//! filesystem image is never mounted twice, which would corrupt it. Its
+//! root belongs to the instance's root user (the host's root, or the
+//! first id of the instance's user namespace), set again when that
+//! changes. A disk is made in a temporary file renamed into place, so a
+//! node dying midway leaves no half-made disk behind a real name.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::{self, UserNamespace};
+use crate::error::{agent_io, AgentError};
+
+/// A disk as an instance asks for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskSpec {
+    /// `dsk-…`: names the disk's files on the node.
+    pub id: String,
+    /// Where the instance sees it.
+    pub mount_path: String,
+    /// Its size, GiB.
+    pub size_gb: u32,
+}
+
+/// Where a node keeps its disks, below the agent's state directory.
+pub fn dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("disks")
+}
+
+/// Whether `id` can name files (a `dsk-` id: letters and digits only).
+fn valid(id: &str) -> bool {
+    id.strip_prefix("dsk-")
+        .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+fn failed(id: &str, message: impl Into<String>) -> AgentError {
+    AgentError::Disk {
+        id: id.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// Where system tool `name` is: on `PATH`, else in the system's `sbin`
+/// directories (which a `PATH` of a user's shell may lack).
+fn tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Runs a system tool; its error output is the failure's message.
+fn run(id: &str, program: &str, args: &[&str]) -> Result<(), AgentError> {
+    let out = Command::new(tool(program))
+        .args(args)
+        .output()
+        .map_err(|e| failed(id, format!("cannot run {program}: {e}")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(&out.stderr);
+    Err(failed(
+        id,
+        format!("{program} failed ({}): {}", out.status, said.trim()),
+    ))
+}
+
+/// Makes the disk if this node has not got it, mounts it if it is not
+/// mounted, and gives its root to the instance's root user; the host
+/// directory to bind-mount into the instance.
+pub fn attach(
+    disks: &Path,
+    service: &str,
+    disk: &DiskSpec,
+    ns: Option<UserNamespace>,
+) -> Result<PathBuf, AgentError> {
+    if !valid(&disk.id) {
+        return Err(failed(&disk.id, "not a disk id"));
+    }
+    let owner = ns.map_or(0, |n| n.host);
+    // The instance's root passes through it to the mount (0710, its group).
+    bundle::private_dir(disks, ns.map(|n| n.host)).map_err(agent_io(disks))?;
+    let image = disks.join(format!("{}.img", disk.id));
+    if !image.exists() {
+        // Whose it is, first: a disk is never on the node without it.
+        let owned_by = disks.join(format!("{}.service", disk.id));
+        let new = disks.join(format!("{}.service.new", disk.id));
+        std::fs::write(&new, service)
+            .and_then(|()| std::fs::rename(&new, &owned_by))
+            .map_err(agent_io(&owned_by))?;
+        make(disks, disk, owner)?;
+    }
+    let mount = disks.join(&disk.id);
+    std::fs::create_dir_all(&mount).map_err(agent_io(&mount))?;
+    if !bundle::is_mountpoint(&mount) {
+        let (img, at) = (path_str(&image)?, path_str(&mount)?);
+        run(
+            &disk.id,
+            "mount",
+            &["-t", "ext4", "-o", "loop,nosuid,nodev,noatime", img, at],
+        )?;
+    }
+    // mkfs's empty `lost+found` goes: a disk looks like a new volume,
+    // empty, as programs that initialize a data directory (initdb,
+    // mysqld) require. One holding what a filesystem check recovered
+    // stays.
+    let _ = std::fs::remove_dir(mount.join("lost+found"));
+    let root = std::fs::metadata(&mount).map_err(agent_io(&mount))?;
+    if std::os::unix::fs::MetadataExt::uid(&root) != owner {
+        std::os::unix::fs::chown(&mount, Some(owner), Some(owner)).map_err(agent_io(&mount))?;
+    }
+    Ok(mount)
+}
+
+fn path_str(p: &Path) -> Result<&str, AgentError> {
+    p.to_str().ok_or_else(|| AgentError::Io {
+        path: p.to_owned(),
+        source: std::io::Error::other("not UTF-8"),
+    })
+}
+
+/// A new filesystem of the disk's size, its root `owner`'s, in a file
+/// allocated in full (a node without the room says so now, not when the
+/// instance writes).
+fn make(disks: &Path, disk: &DiskSpec, owner: u32) -> Result<(), AgentError> {
+    let id = &disk.id;
+    let new = disks.join(format!("{id}.img.new"));
+    let _ = std::fs::remove_file(&new);
+    let bytes = (u64::from(disk.size_gb) << 30).to_string();
+    let path = path_str(&new)?;
+    let made = run(id, "fallocate", &["-l", &bytes, path]).and_then(|()| {
+        let options = format!("root_owner={owner}:{owner},nodiscard,lazy_itable_init=1");
+        run(
+            id,
+            "mkfs.ext4",
+            &["-q", "-F", "-m", "0", "-E", &options, path],
+        )
+    });
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&new);
+        return Err(e);
+    }
+    let image = disks.join(format!("{id}.img"));
+    std::fs::rename(&new, &image).map_err(agent_io(&image))?;
+    std::fs::File::open(disks)
+        .and_then(|d| d.sync_all())
+        .map_err(agent_io(disks))
+}
+
+/// The disks this node has (made, or begun), by id, each with the
+/// service it is for.
+pub fn list(disks: &Path) -> Vec<(String, String)> {
+    let Ok(entries) = std::fs::read_dir(disks) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let id = name.strip_suffix(".service")?.to_owned();
+            let service = std::fs::read_to_string(disks.join(&name)).ok()?;
+            valid(&id).then_some((id, service.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// Removes a disk and what was written on it, for good: unmounted (at
+/// once from the host's view; the kernel frees it once nothing uses it),
+/// then its file. Removing one this node has not got does nothing.
+pub fn remove(disks: &Path, id: &str) -> Result<(), AgentError> {
+    if !valid(id) {
+        return Err(failed(id, "not a disk id"));
+    }
+    let mount = disks.join(id);
+    if bundle::is_mountpoint(&mount) {
+        run(id, "umount", &["-l", path_str(&mount)?])?;
+    }
+    let gone = |path: PathBuf, r: std::io::Result<()>| match r {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(agent_io(path)(e)),
+        _ => Ok(()),
+    };
+    for file in [format!("{id}.img"), format!("{id}.img.new")] {
+        let path = disks.join(file);
+        gone(path.clone(), std::fs::remove_file(&path))?;
+    }
+    gone(mount.clone(), std::fs::remove_dir(&mount))?;
+    // Whose it was goes last: a node dying midway finds it again.
+    let owned_by = disks.join(format!("{id}.service"));
+    gone(owned_by.clone(), std::fs::remove_file(&owned_by))
+}

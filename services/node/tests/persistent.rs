@@ -1,0 +1,146 @@
+//! A service's disk on a node: what its instance writes there is found
+//! again by the next instance (a restart or a deploy), the filesystem is
+//! the disk's size (a write past it fails, as on a full disk), its root is
+//! the instance's root user's, an image's `VOLUME` on it is not said to be
+//! lost, and the disk goes once its service is deleted — as the host's
+//! root and in a user namespace.
+
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+use berth_domain::service::Command;
+use berth_schemas::ids::{DiskId, OwnerId, UserId};
+use berth_schemas::model::{Disk, ServiceType};
+use berth_tests::agent::collect_logs;
+use berth_tests::node::{World, REPO};
+use serde_json::json;
+
+use crate::images::{modes, on_busybox};
+use crate::support::{
+    count_of, exec, fast_checks, lines_of, run, service_with, spec, start_node_opts, stop,
+};
+
+#[tokio::test]
+async fn a_disk_keeps_what_its_instance_wrote_until_the_service_is_deleted() {
+    // Counts its starts on the disk; declares the disk's path a volume.
+    let image = on_busybox(
+        &[],
+        json!({
+            "Cmd": ["/bin/sh", "-c", "n=$(cat /data/starts 2>/dev/null || echo 0); n=$((n+1)); echo $n > /data/starts; echo start $n; exec sleep 600"],
+            "Volumes": { "/data": {} },
+        }),
+    );
+    for opts in modes() {
+        let in_userns = matches!(opts.user_namespace, berth_node::Userns::On(_));
+        let w = World::start().await;
+        let node = start_node_opts(&w, fast_checks(), Default::default(), opts).await;
+        w.registry.push_image(REPO, "disk", &image).await.unwrap();
+        let owner = OwnerId::User(UserId::generate());
+        let disk = Disk {
+            id: DiskId::generate(),
+            name: "data".into(),
+            mount_path: "/data".into(),
+            size_gb: 1,
+        };
+        let d = disk.clone();
+        let (svc, dep) = service_with(
+            &w,
+            &owner,
+            "disk",
+            ServiceType::BackgroundWorker,
+            &image.digest,
+            |c| c.disk = Some(d),
+        )
+        .await;
+        let mut logs = w.subscribe_logs(&svc).await;
+
+        // Two instances one after the other: the second finds what the
+        // first wrote.
+        let mut last = None;
+        for n in 1..=2 {
+            let mut s = spec(&w, &svc, &dep, "", None);
+            s.command = None;
+            s.digest = image.digest.clone();
+            run(&w, &node.id, &s).await;
+            let said = format!("start {n}");
+            let seen = collect_logs(&mut logs, Duration::from_secs(30), |l| {
+                l.line == said || l.line.starts_with("==> Exited")
+            })
+            .await;
+            let lines = lines_of(&seen, &s.instance);
+            assert!(lines.contains(&said), "{lines:?}");
+            assert!(
+                !lines.iter().any(|l| l.contains("no disk is kept")),
+                "the volume is on the disk: {lines:?}"
+            );
+            if n == 1 {
+                // New, it held nothing (no `lost+found`, as a volume).
+                let (code, out) = exec(&w, &s.instance, &["/bin/busybox", "ls", "-A", "/data"]);
+                assert_eq!((code, out.trim()), (0, "starts"), "{out}");
+                // Its root is the instance's root user's, and it holds
+                // what its size says.
+                let (code, out) = exec(
+                    &w,
+                    &s.instance,
+                    &["/bin/busybox", "stat", "-c", "%u", "/data"],
+                );
+                assert_eq!((code, out.trim()), (0, "0"), "{out}");
+                let (code, out) = exec(
+                    &w,
+                    &s.instance,
+                    &[
+                        "/bin/busybox",
+                        "dd",
+                        "if=/dev/zero",
+                        "of=/data/big",
+                        "bs=1M",
+                        "count=1100",
+                    ],
+                );
+                assert_ne!(code, 0, "1,100 MiB fit on a 1 GB disk: {out}");
+                assert!(out.contains("No space left on device"), "{out}");
+                let (code, out) = exec(&w, &s.instance, &["/bin/busybox", "rm", "/data/big"]);
+                assert_eq!(code, 0, "{out}");
+                stop(&w, &node.id, &svc, &s.instance).await;
+                w.wait_events(&svc, Duration::from_secs(30), |ev| {
+                    count_of(ev, &s.instance, "instance_stopped") == 1
+                })
+                .await;
+            }
+            last = Some(s);
+        }
+        let disks = w.node_dir().join("agent").join("disks");
+        let mount = disks.join(disk.id.as_str());
+        let root_owner = std::fs::metadata(&mount).unwrap().uid();
+        assert_eq!(
+            root_owner,
+            if in_userns {
+                berth_node::USERNS_AUTO_HOST
+            } else {
+                0
+            },
+            "the disk's root on the host"
+        );
+
+        // Deleted: once its instance stops, the node removes the disk.
+        w.command(&svc, Command::Delete).await;
+        let s = last.unwrap();
+        stop(&w, &node.id, &svc, &s.instance).await;
+        let image_file = disks.join(format!("{}.img", disk.id));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while image_file.exists() || mount.exists() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the deleted service's disk is still at {}",
+                image_file.display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(
+            std::fs::read_dir(&disks).unwrap().count(),
+            0,
+            "nothing of the disk is left"
+        );
+        node.stop().await;
+    }
+}
