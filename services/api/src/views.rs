@@ -224,6 +224,24 @@ pub struct CommonDetails {
     pub shutdown_delay_seconds: u16,
     /// Render's name for the same shutdown delay.
     pub max_shutdown_delay_seconds: u16,
+    /// Its persistent disk, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskView>,
+}
+
+/// A service's disk: Render's `{id, name}`, and berth's `mountPath`,
+/// `sizeGB` and the node it is on.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskView {
+    pub id: String,
+    pub name: String,
+    pub mount_path: String,
+    #[serde(rename = "sizeGB")]
+    pub size_gb: u32,
+    /// Absent until its first instance was placed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
 }
 
 /// `serviceDetails` of a web service.
@@ -356,6 +374,13 @@ pub fn service(
         overlap_policy: c.overlap_policy,
         shutdown_delay_seconds: c.shutdown_delay_secs,
         max_shutdown_delay_seconds: c.shutdown_delay_secs,
+        disk: c.disk.as_ref().map(|d| DiskView {
+            id: d.id.to_string(),
+            name: d.name.clone(),
+            mount_path: d.mount_path.clone(),
+            size_gb: d.size_gb,
+            node_id: s.disk_node.as_ref().map(ToString::to_string),
+        }),
     };
     let open_ports = || -> Vec<ServerPort> {
         s.detected_port

@@ -10,6 +10,7 @@ mod credentials;
 mod custom_domains;
 mod dashboard;
 mod dashboard_live;
+mod disks;
 mod docs;
 mod env_vars;
 mod events;

@@ -69,7 +69,7 @@ pub use owners::{api_key_sha256, ApiKeyView, ChannelSecrets, OwnerNotifications,
 pub use projection::CredentialIndex;
 pub use repair::Repairer;
 
-pub use services::{CreatedService, NewService};
+pub use services::{CreatedService, NewDisk, NewService};
 
 /// Who is asking: the owner every command is scoped to, and the actor
 /// recorded on the events.

@@ -58,6 +58,16 @@ pub struct NewService {
     pub shutdown_delay_secs: Option<u16>,
     /// Web services only; default on.
     pub https_redirect: Option<bool>,
+    /// A persistent disk (its id is made here).
+    pub disk: Option<NewDisk>,
+}
+
+/// A service's disk as asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDisk {
+    pub name: String,
+    pub mount_path: String,
+    pub size_gb: u32,
 }
 
 impl NewService {
@@ -80,6 +90,7 @@ impl NewService {
             overlap_policy: None,
             shutdown_delay_secs: None,
             https_redirect: None,
+            disk: None,
         }
     }
 }
@@ -147,6 +158,12 @@ impl Ingress {
         c.overlap_policy = new.overlap_policy;
         c.shutdown_delay_secs = new.shutdown_delay_secs;
         c.https_redirect = new.https_redirect;
+        c.disk = new.disk.as_ref().map(|d| berth_schemas::model::Disk {
+            id: berth_schemas::ids::DiskId::generate(),
+            name: d.name.clone(),
+            mount_path: d.mount_path.clone(),
+            size_gb: d.size_gb,
+        });
         Ok((c, hook))
     }
 

@@ -156,8 +156,9 @@ pub struct DetailsBody {
     // Render's settings berth has no counterpart for.
     #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub autoscaling: Option<Value>,
-    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
-    pub disk: Option<Value>,
+    /// A persistent disk (create only): web services, private services
+    /// and workers with one instance.
+    pub disk: Option<DiskBody>,
     #[schemars(with = "Option<String>")]
     pub build_source_id: Option<Value>,
     #[schemars(with = "Option<String>")]
@@ -182,6 +183,38 @@ pub struct DetailsBody {
     pub render_subdomain_policy: Option<Value>,
 }
 
+/// Render's `serviceDetails.disk`.
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DiskBody {
+    /// Required: 1–64 letters, digits, spaces, `-`, `_`, `.`.
+    pub name: Option<String>,
+    /// Required: an absolute path in the instance (not `/`, nor below
+    /// `/proc`, `/sys` or `/dev`).
+    pub mount_path: Option<String>,
+    /// GB, 1–1024 (default 1).
+    #[serde(rename = "sizeGB")]
+    pub size_gb: Option<u32>,
+}
+
+impl DiskBody {
+    /// The disk asked for; what is missing is said in `fields`.
+    fn disk(self, fields: &mut Vec<FieldError>) -> Option<berth_ingress::NewDisk> {
+        let d = "serviceDetails.disk.";
+        if self.name.is_none() {
+            field(fields, &format!("{d}name"), "is required");
+        }
+        if self.mount_path.is_none() {
+            field(fields, &format!("{d}mountPath"), "is required");
+        }
+        Some(berth_ingress::NewDisk {
+            name: self.name?,
+            mount_path: self.mount_path?,
+            size_gb: self.size_gb.unwrap_or(1),
+        })
+    }
+}
+
 impl DetailsBody {
     /// Refuses what berth cannot do; returns the shutdown delay asked for
     /// (either name).
@@ -195,7 +228,6 @@ impl DetailsBody {
                 &self.autoscaling,
                 "berth does not autoscale: set numInstances or POST /v1/services/{id}/scale",
             ),
-            ("disk", &self.disk, "berth has no persistent disks"),
             ("buildSourceId", &self.build_source_id, NO_BUILDS),
             (
                 "pullRequestPreviewsEnabled",
@@ -501,6 +533,7 @@ pub async fn create(
         }
     };
     let env = env_vars(body.env_vars.unwrap_or_default(), &mut fields);
+    let disk = details.disk.clone().and_then(|d| d.disk(&mut fields));
     let (Some(service_type), Some(name), Some(image_path), true) =
         (service_type, body.name, image.image_path, fields.is_empty())
     else {
@@ -520,6 +553,7 @@ pub async fn create(
     new.overlap_policy = details.overlap_policy;
     new.shutdown_delay_secs = shutdown_delay;
     new.https_redirect = details.https_redirect;
+    new.disk = disk;
     let created = st.ingress.create_service(&caller, new).await?;
     let view = view_of(&st, &created.id, &created.state)?;
     Ok((
@@ -767,6 +801,13 @@ pub async fn update(
                 &mut fields,
                 "serviceDetails.numInstances",
                 "use POST /v1/services/{id}/scale",
+            );
+        }
+        if d.disk.is_some() {
+            field(
+                &mut fields,
+                "serviceDetails.disk",
+                "a service's disk is given when it is created; it cannot be added, changed or removed later",
             );
         }
         if let Some(p) = d.plan.as_deref() {

@@ -531,6 +531,13 @@ fn flag_of(field: &str) -> Option<&'static str> {
         "serviceDetails.plan" => "--plan",
         "serviceDetails.region" => "--region",
         "serviceDetails.numInstances" | "numInstances" => "--instances",
+        "serviceDetails.disk"
+        | "serviceDetails.disk.name"
+        | "serviceDetails.disk.mountPath"
+        | "disk"
+        | "disk.name"
+        | "disk.mountPath"
+        | "disk.sizeGB" => "--disk",
         "serviceDetails.healthCheckPath" => "--health-check-path",
         "serviceDetails.preDeployCommand" => "--pre-deploy-command",
         "serviceDetails.schedule" => "--schedule",

@@ -48,6 +48,10 @@ pub enum ServiceCommand {
         /// Region label (fixed once created).
         #[arg(long)]
         region: Option<String>,
+        /// A disk kept across restarts and deploys: NAME:PATH[:GB] (1 GB
+        /// unless given; one instance only; fixed once created).
+        #[arg(long, value_name = "NAME:PATH[:GB]")]
+        disk: Option<String>,
         /// Follow the first deploy until it ends (exit 1 if it fails).
         #[arg(long)]
         wait: bool,
@@ -171,6 +175,7 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
             settings,
             instances,
             region,
+            disk,
             wait,
             nats,
         } => {
@@ -179,7 +184,7 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
                 name,
                 service_type,
                 settings,
-                (instances, region),
+                (instances, region, disk),
                 wait.then_some(&nats),
             )
             .await
@@ -412,14 +417,56 @@ pub async fn resolve(api: &Api, service: &str) -> Result<String, ClientError> {
         })
 }
 
+/// A service's disk in words (`-` without one).
+fn disk_of(svc: &Value) -> String {
+    let d = &svc["serviceDetails"]["disk"];
+    if d.is_null() {
+        return "-".to_owned();
+    }
+    let node = match s(svc, "serviceDetails/disk/nodeId") {
+        n if n == "-" => "not placed yet".to_owned(),
+        n => format!("on {n}"),
+    };
+    format!(
+        "{} at {}, {} GB ({}, {node})",
+        s(svc, "serviceDetails/disk/name"),
+        s(svc, "serviceDetails/disk/mountPath"),
+        s(svc, "serviceDetails/disk/sizeGB"),
+        s(svc, "serviceDetails/disk/id"),
+    )
+}
+
+/// `--disk NAME:PATH[:GB]` as the API's `serviceDetails.disk`.
+fn disk_body(given: &str) -> Result<Value, ClientError> {
+    let usage = || {
+        ClientError::Usage(format!(
+            "--disk {given:?}: give NAME:PATH or NAME:PATH:GB, e.g. data:/var/lib/data:10"
+        ))
+    };
+    let (name, rest) = given.split_once(':').ok_or_else(usage)?;
+    let (path, size) = match rest.rsplit_once(':') {
+        Some((path, gb)) => (path, Some(gb.parse::<u32>().map_err(|_| usage())?)),
+        None => (rest, None),
+    };
+    if name.is_empty() || path.is_empty() {
+        return Err(usage());
+    }
+    let mut disk = json!({"name": name, "mountPath": path});
+    if let Some(gb) = size {
+        disk["sizeGB"] = json!(gb);
+    }
+    Ok(disk)
+}
+
 async fn create(
     api: &Api,
     name: String,
     service_type: String,
     settings: Settings,
-    (instances, region): (Option<u32>, Option<String>),
+    (instances, region, disk): (Option<u32>, Option<String>, Option<String>),
     wait: Option<&NatsOpts>,
 ) -> Result<(), ClientError> {
+    let disk = disk.as_deref().map(disk_body).transpose()?;
     if settings.image.is_none() {
         return Err(ClientError::Usage(
             "--image is required to create a service".to_owned(),
@@ -430,7 +477,7 @@ async fn create(
     body.insert("name".into(), json!(name));
     body.insert("type".into(), json!(service_type));
     settings_body(&settings, &mut body)?;
-    if instances.is_some() || region.is_some() {
+    if instances.is_some() || region.is_some() || disk.is_some() {
         let details = body
             .entry("serviceDetails")
             .or_insert_with(|| Value::Object(Map::new()));
@@ -440,6 +487,9 @@ async fn create(
             }
             if let Some(r) = region {
                 d.insert("region".into(), json!(r));
+            }
+            if let Some(disk) = disk {
+                d.insert("disk".into(), disk);
             }
         }
     }
@@ -552,6 +602,7 @@ async fn show(api: &Api, service: &str) -> Result<(), ClientError> {
         ("instances", s(&svc, "serviceDetails/numInstances")),
         ("plan", s(&svc, "serviceDetails/plan")),
         ("region", s(&svc, "serviceDetails/region")),
+        ("disk", disk_of(&svc)),
         ("health check", s(&svc, "serviceDetails/healthCheckPath")),
         ("pre-deploy", s(&svc, "serviceDetails/preDeployCommand")),
         ("schedule", s(&svc, "serviceDetails/schedule")),
@@ -760,4 +811,32 @@ async fn events(
         .collect();
     output::table(&["TIME", "TYPE", "DETAILS"], &rows, "no events");
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use serde_json::json;
+
+    use super::{disk_body, disk_of};
+
+    #[test]
+    fn a_disk_is_given_as_name_path_and_size() {
+        assert_eq!(
+            disk_body("data:/var/lib/data:10").unwrap(),
+            json!({"name": "data", "mountPath": "/var/lib/data", "sizeGB": 10})
+        );
+        assert_eq!(
+            disk_body("pg:/var/lib/postgresql/data").unwrap(),
+            json!({"name": "pg", "mountPath": "/var/lib/postgresql/data"})
+        );
+        for bad in ["data", ":/data", "data:", "data:/x:ten", "data::5"] {
+            assert!(disk_body(bad).is_err(), "{bad}");
+        }
+        let svc = json!({"serviceDetails": {"disk": {
+            "id": "dsk-x", "name": "data", "mountPath": "/data", "sizeGB": 1, "nodeId": "nod-y"
+        }}});
+        assert_eq!(disk_of(&svc), "data at /data, 1 GB (dsk-x, on nod-y)");
+        assert_eq!(disk_of(&json!({"serviceDetails": {}})), "-");
+    }
 }

@@ -1,0 +1,160 @@
+//! A service's disk through the API: given at create in Render's shape
+//! (`serviceDetails.disk {name, mountPath, sizeGB}`), shown with the
+//! service, refused with why where it cannot be kept (more than one
+//! instance, a cron job, a path of the kernel's), never changed by an
+//! update, and a service with one never scales past one instance.
+
+use axum::http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::support::App;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_is_given_at_create_shown_and_kept_to_one_instance() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let create = |name: &str, ty: &str, details: Value| {
+        json!({
+            "type": ty,
+            "name": name,
+            "image": {"imagePath": app.image("v1")},
+            "serviceDetails": details,
+        })
+    };
+    let (s, v) = app
+        .post(
+            "/v1/services",
+            &alice,
+            create(
+                "pg",
+                "private_service",
+                json!({"disk": {"name": "pgdata", "mountPath": "/var/lib/postgresql/data", "sizeGB": 10}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id = v["service"]["id"].as_str().unwrap().to_owned();
+    let disk = &v["service"]["serviceDetails"]["disk"];
+    assert!(disk["id"].as_str().unwrap().starts_with("dsk-"), "{disk}");
+    assert_eq!(disk["name"], "pgdata");
+    assert_eq!(disk["mountPath"], "/var/lib/postgresql/data");
+    assert_eq!(disk["sizeGB"], 10);
+    let (s, got) = app.get(&format!("/v1/services/{id}"), &alice).await;
+    assert_eq!(s, StatusCode::OK, "{got}");
+    assert_eq!(got["serviceDetails"]["disk"]["id"], disk["id"]);
+
+    // sizeGB defaults to 1; a service without one shows none.
+    let (s, v) = app
+        .post(
+            "/v1/services",
+            &alice,
+            create(
+                "small",
+                "web_service",
+                json!({"disk": {"name": "d", "mountPath": "/data"}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["service"]["serviceDetails"]["disk"]["sizeGB"], 1);
+    let plain = app.web_service(&alice, "plain").await;
+    let (_, v) = app.get(&format!("/v1/services/{plain}"), &alice).await;
+    assert!(v["serviceDetails"].get("disk").is_none(), "{v}");
+
+    // Refused with why, and nothing made.
+    let before = app.all_pages("/v1/services", &alice, "service").await.len();
+    for (name, ty, details, says) in [
+        (
+            "two",
+            "web_service",
+            json!({"numInstances": 2, "disk": {"name": "d", "mountPath": "/data"}}),
+            "numInstances",
+        ),
+        (
+            "cron",
+            "cron_job",
+            json!({"schedule": "0 3 * * *", "disk": {"name": "d", "mountPath": "/data"}}),
+            "cron job cannot have a disk",
+        ),
+        (
+            "nopath",
+            "web_service",
+            json!({"disk": {"name": "d"}}),
+            "serviceDetails.disk.mountPath",
+        ),
+        (
+            "noname",
+            "web_service",
+            json!({"disk": {"mountPath": "/data"}}),
+            "serviceDetails.disk.name",
+        ),
+        (
+            "root",
+            "web_service",
+            json!({"disk": {"name": "d", "mountPath": "/"}}),
+            "mountPath",
+        ),
+        (
+            "proc",
+            "web_service",
+            json!({"disk": {"name": "d", "mountPath": "/proc/x"}}),
+            "mountPath",
+        ),
+        (
+            "up",
+            "web_service",
+            json!({"disk": {"name": "d", "mountPath": "/a/../b"}}),
+            "mountPath",
+        ),
+        (
+            "zero",
+            "web_service",
+            json!({"disk": {"name": "d", "mountPath": "/data", "sizeGB": 0}}),
+            "sizeGB",
+        ),
+        (
+            "huge",
+            "web_service",
+            json!({"disk": {"name": "d", "mountPath": "/data", "sizeGB": 4096}}),
+            "sizeGB",
+        ),
+        (
+            "extra",
+            "web_service",
+            json!({"disk": {"name": "d", "mountPath": "/data", "snapshot": true}}),
+            "snapshot",
+        ),
+    ] {
+        let (s, v) = app
+            .post("/v1/services", &alice, create(name, ty, details))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{name}: {v}");
+        assert!(v.to_string().contains(says), "{name}: {v}");
+    }
+    assert_eq!(
+        app.all_pages("/v1/services", &alice, "service").await.len(),
+        before
+    );
+
+    // One instance, always; the disk is not changed by an update.
+    let (s, v) = app
+        .post(
+            &format!("/v1/services/{id}/scale"),
+            &alice,
+            json!({"numInstances": 2}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v.to_string().contains("disk"), "{v}");
+    let (s, v) = app
+        .patch(
+            &format!("/v1/services/{id}"),
+            &alice,
+            json!({"serviceDetails": {"disk": {"name": "other", "mountPath": "/other"}}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v.to_string().contains("serviceDetails.disk"), "{v}");
+    let (_, got) = app.get(&format!("/v1/services/{id}"), &alice).await;
+    assert_eq!(got["serviceDetails"]["disk"]["name"], "pgdata");
+}
