@@ -244,6 +244,14 @@ class FakeRender:
             )
         if kind == "web_service":
             details["healthCheckPath"] = d.get("healthCheckPath", "")
+        if "disk" in d:
+            disk = d["disk"]
+            details["disk"] = {
+                "id": new_id("dsk"),
+                "name": disk["name"],
+                "mountPath": disk["mountPath"],
+                "sizeGB": disk.get("sizeGB", 1),
+            }
         image = body["image"]
         cred = self.credentials.get(image.get("registryCredentialId"))
         service = {

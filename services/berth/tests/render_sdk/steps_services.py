@@ -42,6 +42,7 @@ from render.public_api.models import (
     ScaleServiceBody,
     Service,
     ServiceAndDeploy,
+    ServiceDisk,
     ServiceInstance,
     ServicePATCH,
     ServicePOST,
@@ -55,6 +56,8 @@ from render.public_api.models import (
 from harness import show
 from world import (
     CRON_RUN,
+    DISK_NAME,
+    DISK_PATH,
     HEALTH,
     SCHEDULE,
     SERVER,
@@ -85,7 +88,9 @@ def service_body(w, svc):
     elif svc.type_ == ServiceType.WEB_SERVICE:
         details = WebServiceDetailsPOST(num_instances=1, health_check_path=HEALTH, **common)
     elif svc.type_ == ServiceType.PRIVATE_SERVICE:
-        details = PrivateServiceDetailsPOST(num_instances=1, **common)
+        # With a disk, as a database would have.
+        disk = ServiceDisk(name=DISK_NAME, mount_path=DISK_PATH, size_gb=1)
+        details = PrivateServiceDetailsPOST(num_instances=1, disk=disk, **common)
     else:
         details = BackgroundWorkerDetailsPOST(num_instances=1, **common)
     image = Image(owner_id=w.owner, image_path=w.image, registry_credential_id=w.credential or "")

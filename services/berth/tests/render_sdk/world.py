@@ -12,6 +12,7 @@ from render.public_api.models import (
     BackgroundWorkerDetails,
     CronJobDetails,
     Deploy,
+    Disk,
     DockerDetails,
     PrivateServiceDetails,
     ServiceRuntime,
@@ -31,6 +32,9 @@ SERVER = "sh -c 'echo ok > /tmp/healthz; " "exec /bin/busybox httpd -f -p ${PORT
 CRON_RUN = "sh -c 'sleep 60'"
 SCHEDULE = "0 3 * * *"
 HEALTH = "/healthz"
+# The private service's disk.
+DISK_NAME = "data"
+DISK_PATH = "/var/lib/data"
 
 DETAILS = {
     ServiceType.BACKGROUND_WORKER: BackgroundWorkerDetails,
@@ -137,6 +141,16 @@ def check_service(h, op, w, svc, got, label, image=None, name=None):
             op,
             details.health_check_path == HEALTH,
             f"healthCheckPath {show(details.health_check_path)}",
+            label,
+        )
+    if svc.type_ == ServiceType.PRIVATE_SERVICE:
+        disk = details.disk
+        h.check(
+            op,
+            isinstance(disk, Disk)
+            and disk.id.startswith("dsk-")
+            and (disk.name, disk.mount_path, disk.size_gb) == (DISK_NAME, DISK_PATH, 1),
+            f"disk {show(disk)}, not the one created",
             label,
         )
 
