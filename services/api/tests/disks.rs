@@ -157,4 +157,15 @@ async fn a_disk_is_given_at_create_shown_and_kept_to_one_instance() {
     assert!(v.to_string().contains("serviceDetails.disk"), "{v}");
     let (_, got) = app.get(&format!("/v1/services/{id}"), &alice).await;
     assert_eq!(got["serviceDetails"]["disk"]["name"], "pgdata");
+
+    // The dashboard's service page says where it is kept.
+    let mut b = crate::dashboard::signed_in(&app, &alice).await;
+    let page = b.get(&format!("/services/{id}")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.html
+            .contains("pgdata at <code>/var/lib/postgresql/data</code>, 10 GB"),
+        "{}",
+        page.html
+    );
 }

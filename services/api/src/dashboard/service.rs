@@ -449,6 +449,16 @@ fn facts(s: &ServiceView, seen: &Seen, live: Option<&DeployView>) -> Markup {
                 ServiceDetails::Cron(c) => { dt { "Schedule" } dd { code { (c.schedule) } " (UTC)" } }
                 ServiceDetails::Worker(_) => {}
             }
+            @if let Some(d) = &common(s).disk {
+                dt { "Disk" }
+                dd {
+                    (d.name) " at " code { (d.mount_path) } ", " (d.size_gb) " GB"
+                    span.muted {
+                        " kept across restarts and deploys"
+                        @match &d.node_id { Some(n) => { ", on " code { (n) } }, None => { ", not placed yet" } }
+                    }
+                }
+            }
             dt { "Created" } dd { (time(Some(s.created_at))) }
         }
     }
