@@ -225,3 +225,154 @@ proptest! {
         }
     }
 }
+
+/// What happens to a service with a disk between two reconciles.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// A new deploy starts updating.
+    Deploy,
+    Restart,
+    /// Its instance fails its checks.
+    Unhealthy,
+    /// Only the plan's first action is carried out (a stop still under
+    /// way, a start not yet made).
+    Some,
+    /// The whole plan is carried out.
+    All,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        Just(Step::Deploy),
+        Just(Step::Restart),
+        Just(Step::Unhealthy),
+        Just(Step::Some),
+        Just(Step::All),
+    ]
+}
+
+/// Checks one plan for a service with a disk: a new instance is placed
+/// only when the service has none left, one at a time, on the disk's node.
+fn check_disk_plan(s: &Svc, plan: &Plan) {
+    let placed: Vec<&NodeId> = plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Schedule { node, .. } | Action::Reschedule { to_node: node, .. } => Some(node),
+            _ => None,
+        })
+        .collect();
+    if placed.is_empty() {
+        return;
+    }
+    assert_eq!(placed.len(), 1, "two placed at once: {plan:?}");
+    assert!(
+        s.state.instances.is_empty(),
+        "placed beside {:?}: {plan:?}",
+        s.state.instances
+    );
+    if let Some(at) = &s.state.disk_node {
+        assert_eq!(placed[0], at, "placed off the disk's node: {plan:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn a_service_with_a_disk_never_runs_two_instances_and_converges(
+        steps in prop::collection::vec(step(), 1..24),
+    ) {
+        // Once the disk has a node, that node is the fullest: only the
+        // pin keeps the instance there.
+        let view_of = |s: &Svc| {
+            let mut v = view(&[false, false]);
+            for n in &mut v.nodes {
+                if Some(&n.id) == s.state.disk_node.as_ref() {
+                    n.used_cpu = 6000;
+                }
+            }
+            v
+        };
+        let mut s = Svc::with_disk();
+        s.updating(&deploy_id(0), &digest(1));
+        let mut deploys = 1u8;
+        let mut first_node: Option<NodeId> = None;
+        for step in steps {
+            match step {
+                Step::Deploy => {
+                    let d = s.request(deploys);
+                    // Queued behind a running one, it is not updating yet.
+                    if s.state.active.as_ref() == Some(&d) {
+                        s.updating(&d, &digest(deploys % 3 + 1));
+                    }
+                    deploys += 1;
+                }
+                Step::Restart => {
+                    s.now += chrono::TimeDelta::seconds(1);
+                    if s.state.live.is_some() {
+                        s.run(Command::Restart);
+                    }
+                }
+                Step::Unhealthy => {
+                    let sick: Vec<Event> = s.state.instances.iter().map(|i| {
+                        Event::InstanceUnhealthy(berth_schemas::events::InstanceUnhealthy {
+                            instance: i.id.clone(),
+                            reason: "503".into(),
+                        })
+                    }).collect();
+                    s.apply(&sick);
+                }
+                Step::Some | Step::All => {
+                    let plan = s.reconcile(&view_of(&s));
+                    check_disk_plan(&s, &plan);
+                    let plan = match step {
+                        Step::Some => Plan { actions: plan.actions.into_iter().take(1).collect(), ..Plan::default() },
+                        _ => plan,
+                    };
+                    s.carry_out_placing(&plan).unwrap();
+                }
+            }
+            prop_assert!(s.state.instances.len() <= 1, "{:?}", s.state.instances);
+            if let Some(at) = &s.state.disk_node {
+                prop_assert_eq!(first_node.get_or_insert_with(|| at.clone()), at, "the disk moved");
+            }
+        }
+        // Left alone (its instances recovered, queued deploys resolved as
+        // they come up), it ends with one healthy instance of the live
+        // deploy on the disk's node, or none when no deploy went live.
+        let heal: Vec<Event> = s.state.instances.iter().map(|i| {
+            Event::InstanceHealthy(InstanceHealthy { instance: i.id.clone() })
+        }).collect();
+        s.apply(&heal);
+        for _ in 0..80 {
+            if let Some(d) = s.state.active_deploy() {
+                if d.digest().is_none() {
+                    let id = d.id.clone();
+                    s.updating(&id, &digest(2));
+                }
+            }
+            let plan = s.reconcile(&view_of(&s));
+            check_disk_plan(&s, &plan);
+            if plan.actions.is_empty() {
+                match plan.requeue_after {
+                    Some(d) => s.now += chrono::TimeDelta::from_std(d).unwrap(),
+                    None if s.state.active.is_none() => break,
+                    None => {}
+                }
+                continue;
+            }
+            s.carry_out_placing(&plan).unwrap();
+        }
+        prop_assert!(s.state.active.is_none(), "deploys left running: {:?}", s.state.active);
+        let Some(live) = s.state.live_deploy().map(|d| d.id.clone()) else {
+            prop_assert!(s.state.instances.is_empty(), "{:?}", s.state.instances);
+            return Ok(());
+        };
+        let all: Vec<_> = s.state.instances.iter().collect();
+        prop_assert_eq!(all.len(), 1, "{:?}", all);
+        prop_assert_eq!(&all[0].deploy, &live);
+        prop_assert!(all[0].is_healthy());
+        prop_assert_eq!(Some(&all[0].node), s.state.disk_node.as_ref());
+    }
+}

@@ -181,6 +181,54 @@ impl Svc {
         reconcile(&self.state, view, self.now, &mut self.ids)
     }
 
+    /// [`Svc::carry_out`], placing through the service's own rules (as
+    /// the scheduler does), so the disk's rules apply; new instances come
+    /// up healthy.
+    pub fn carry_out_placing(&mut self, plan: &Plan) -> Result<(), crate::error::DomainError> {
+        for a in &plan.actions {
+            if let Action::Schedule {
+                instance,
+                deploy,
+                node,
+                digest,
+            } = a
+            {
+                let events = decide(
+                    &self.state,
+                    Command::Place {
+                        scheduled: vec![InstanceScheduled {
+                            instance: instance.clone(),
+                            deploy: deploy.clone(),
+                            node: node.clone(),
+                            digest: digest.clone(),
+                        }],
+                        rescheduled: vec![],
+                    },
+                    &Ctx::default(),
+                )?;
+                self.apply(&events);
+                self.apply(&[
+                    Event::InstanceStarted(InstanceStarted {
+                        instance: instance.clone(),
+                        node: node.clone(),
+                        digest: digest.clone(),
+                        addr: None,
+                        published: None,
+                    }),
+                    Event::InstanceHealthy(InstanceHealthy {
+                        instance: instance.clone(),
+                    }),
+                ]);
+            } else {
+                self.carry_out(&Plan {
+                    actions: vec![a.clone()],
+                    ..Plan::default()
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Carries a plan out in a world where every new instance comes up
     /// healthy on its node at once.
     pub fn carry_out(&mut self, plan: &Plan) {

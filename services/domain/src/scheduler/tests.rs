@@ -640,52 +640,8 @@ fn a_restart_replaces_every_instance_without_downtime() {
 
 // ---- a service with a disk ----
 
-/// Carries out `plan`, placing through the service's own rules (as the
-/// scheduler does), so the disk's rules apply; new instances come up
-/// healthy.
 fn carry_out_placing(s: &mut Svc, plan: &Plan) -> Result<(), crate::error::DomainError> {
-    for a in &plan.actions {
-        if let Action::Schedule {
-            instance,
-            deploy,
-            node,
-            digest,
-        } = a
-        {
-            let events = crate::service::decide(
-                &s.state,
-                Command::Place {
-                    scheduled: vec![berth_schemas::events::InstanceScheduled {
-                        instance: instance.clone(),
-                        deploy: deploy.clone(),
-                        node: node.clone(),
-                        digest: digest.clone(),
-                    }],
-                    rescheduled: vec![],
-                },
-                &crate::aggregate::Ctx::default(),
-            )?;
-            s.apply(&events);
-            s.apply(&[
-                Event::InstanceStarted(InstanceStarted {
-                    instance: instance.clone(),
-                    node: node.clone(),
-                    digest: digest.clone(),
-                    addr: None,
-                    published: None,
-                }),
-                Event::InstanceHealthy(InstanceHealthy {
-                    instance: instance.clone(),
-                }),
-            ]);
-        } else {
-            s.carry_out(&Plan {
-                actions: vec![a.clone()],
-                ..Plan::default()
-            });
-        }
-    }
-    Ok(())
+    s.carry_out_placing(plan)
 }
 
 /// Node 1 with room for one starter instance, node 2 with plenty.
