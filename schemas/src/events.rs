@@ -500,6 +500,11 @@ events! {
 
     // ---- instances ----
 
+    /// A service's disk was renamed, grown or given another mount path;
+    /// its instance sees the change at its next start.
+    DiskUpdated = "disk_updated" v 1 {
+        pub disk: Disk,
+    }
     /// A service's disk was placed on a node (with its first instance):
     /// its instances run there from now on.
     DiskPlaced = "disk_placed" v 1 {

@@ -104,8 +104,31 @@ pub fn attach(
             .map_err(agent_io(&owned_by))?;
         make(disks, disk, owner)?;
     }
+    // Grown since it was made: the file first (a marker says a filesystem
+    // is still to follow, so a node dying between the two finishes it).
+    let bytes = u64::from(disk.size_gb) << 30;
+    let growing = disks.join(format!("{}.grow", disk.id));
+    let had = std::fs::metadata(&image).map_err(agent_io(&image))?.len();
+    if had < bytes {
+        std::fs::write(&growing, b"").map_err(agent_io(&growing))?;
+        run(
+            &disk.id,
+            "fallocate",
+            &["-l", &bytes.to_string(), path_str(&image)?],
+        )
+        .map_err(|e| {
+            failed(
+                &disk.id,
+                format!("cannot grow to {} GB on this node: {e}", disk.size_gb),
+            )
+        })?;
+    }
     let mount = disks.join(&disk.id);
     std::fs::create_dir_all(&mount).map_err(agent_io(&mount))?;
+    if growing.exists() {
+        grow(&disk.id, &image, &mount)?;
+        std::fs::remove_file(&growing).map_err(agent_io(&growing))?;
+    }
     if !bundle::is_mountpoint(&mount) {
         let (img, at) = (path_str(&image)?, path_str(&mount)?);
         run(
@@ -131,6 +154,53 @@ fn path_str(p: &Path) -> Result<&str, AgentError> {
         path: p.to_owned(),
         source: std::io::Error::other("not UTF-8"),
     })
+}
+
+/// Grows the filesystem in `image` to the file's size, unmounted (an
+/// online grow needs a privilege a node in a container may lack): only
+/// when nothing else holds it — its service's instance is stopped before
+/// a new one starts, so nothing should.
+fn grow(id: &str, image: &Path, mount: &Path) -> Result<(), AgentError> {
+    if bundle::is_mountpoint(mount) {
+        run(id, "umount", &[path_str(mount)?])?;
+    }
+    // The kernel lets the loop device go a moment after the unmount.
+    let mut waited = 0;
+    while attached(id, image)? {
+        if waited >= 40 {
+            return Err(failed(
+                id,
+                "its filesystem is still held (an instance not yet gone); the start is tried again",
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        waited += 1;
+    }
+    // A filesystem is checked before it is resized (0: clean, 1: fixed).
+    let checked = Command::new(tool("e2fsck"))
+        .args(["-f", "-p", path_str(image)?])
+        .output()
+        .map_err(|e| failed(id, format!("cannot run e2fsck: {e}")))?;
+    if !matches!(checked.status.code(), Some(0 | 1)) {
+        return Err(failed(
+            id,
+            format!(
+                "e2fsck found errors it did not fix ({}): {}",
+                checked.status,
+                String::from_utf8_lossy(&checked.stdout).trim()
+            ),
+        ));
+    }
+    run(id, "resize2fs", &[path_str(image)?])
+}
+
+/// Whether a loop device still holds `image`.
+fn attached(id: &str, image: &Path) -> Result<bool, AgentError> {
+    let out = Command::new(tool("losetup"))
+        .args(["-n", "-O", "NAME", "-j", path_str(image)?])
+        .output()
+        .map_err(|e| failed(id, format!("cannot run losetup: {e}")))?;
+    Ok(!String::from_utf8_lossy(&out.stdout).trim().is_empty())
 }
 
 /// A new filesystem of the disk's size, its root `owner`'s, in a file
@@ -192,7 +262,11 @@ pub fn remove(disks: &Path, id: &str) -> Result<(), AgentError> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(agent_io(path)(e)),
         _ => Ok(()),
     };
-    for file in [format!("{id}.img"), format!("{id}.img.new")] {
+    for file in [
+        format!("{id}.img"),
+        format!("{id}.img.new"),
+        format!("{id}.grow"),
+    ] {
         let path = disks.join(file);
         gone(path.clone(), std::fs::remove_file(&path))?;
     }

@@ -30,7 +30,7 @@ use crate::error::ApiError;
 use crate::hooks;
 use crate::query::Listing;
 use crate::routes::{
-    cron, custom_domains, deploys, env_vars, events, exec, jobs, logs, metrics, nodes,
+    cron, custom_domains, deploys, disks, env_vars, events, exec, jobs, logs, metrics, nodes,
     notifications, owner, services, terminal,
 };
 
@@ -316,6 +316,13 @@ routes! {
         "Requests per point, by status class", 200;
     get "/v1/metrics/http-latency" => metrics::http_latency,
         "Request latency quantile (ms)", 200;
+    get "/v1/disks" => disks::list,
+        "List the disks of your services", 200;
+    get "/v1/disks/{diskId}" => disks::get,
+        "Retrieve a disk", 200;
+    patch "/v1/disks/{diskId}" => disks::update,
+        "Rename a disk, grow it or mount it elsewhere (its instance sees the change at its next \
+         start)", 200;
     get "/v1/logs" => logs::list,
         "List the kept log lines of your services, paged by time (Render's request-log filters \
          host, statusCode, method, path, task, taskRun and sandbox are accepted and not applied)", 200;

@@ -7,7 +7,7 @@
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::support::App;
+use crate::support::{App, Owner};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_is_given_at_create_shown_and_kept_to_one_instance() {
@@ -168,4 +168,151 @@ async fn a_disk_is_given_at_create_shown_and_kept_to_one_instance() {
         "{}",
         page.html
     );
+}
+
+/// Creates a worker named `name` with `disk`: (service id, disk id).
+async fn create(app: &App, o: &Owner, name: &str, disk: Value) -> (String, String) {
+    let (s, v) = app
+        .post(
+            "/v1/services",
+            o,
+            json!({
+                "type": "background_worker",
+                "name": name,
+                "image": {"imagePath": app.image("v1")},
+                "serviceDetails": {"disk": disk},
+            }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id = |v: &Value| v.as_str().unwrap().to_owned();
+    (
+        id(&v["service"]["id"]),
+        id(&v["service"]["serviceDetails"]["disk"]["id"]),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disks_are_listed_retrieved_and_grown_in_renders_shape() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let bob = app.owner().await;
+    let (pg, pg_disk) = create(
+        &app,
+        &alice,
+        "pg",
+        json!({"name": "pgdata", "mountPath": "/var/lib/postgresql/data", "sizeGB": 10}),
+    )
+    .await;
+    let (cache, cache_disk) = create(
+        &app,
+        &alice,
+        "cache",
+        json!({"name": "cache", "mountPath": "/data"}),
+    )
+    .await;
+    let (_, bobs_disk) = create(
+        &app,
+        &bob,
+        "his",
+        json!({"name": "his", "mountPath": "/data"}),
+    )
+    .await;
+    app.service(&alice, "no-disk").await;
+
+    // Listed, newest service first, only the caller's, in Render's shape.
+    let (s, v) = app.get("/v1/disks", &alice).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let ids: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["disk"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [cache_disk.as_str(), pg_disk.as_str()]);
+    let d = &v[1]["disk"];
+    assert_eq!(
+        (&d["name"], &d["mountPath"], &d["sizeGB"], &d["serviceId"]),
+        (
+            &json!("pgdata"),
+            &json!("/var/lib/postgresql/data"),
+            &json!(10),
+            &json!(pg)
+        )
+    );
+    assert!(
+        d["createdAt"].is_string() && d["updatedAt"] == d["createdAt"],
+        "{d}"
+    );
+    for (q, want) in [
+        ("name=pgdata".to_owned(), vec![pg_disk.as_str()]),
+        (format!("serviceId={cache}"), vec![cache_disk.as_str()]),
+        (
+            format!("diskId={pg_disk},{bobs_disk}"),
+            vec![pg_disk.as_str()],
+        ),
+        (format!("ownerId={}", bob.id), vec![]),
+    ] {
+        let (s, v) = app.get(&format!("/v1/disks?{q}"), &alice).await;
+        assert_eq!(s, StatusCode::OK, "{q}: {v}");
+        let got: Vec<&str> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["disk"]["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, want, "{q}");
+    }
+    // Paged by cursor.
+    let (_, first) = app.get("/v1/disks?limit=1", &alice).await;
+    let cursor = first[0]["cursor"].as_str().unwrap();
+    let (_, next) = app
+        .get(&format!("/v1/disks?limit=1&cursor={cursor}"), &alice)
+        .await;
+    assert_eq!(next[0]["disk"]["id"], pg_disk.as_str());
+
+    // Retrieved; another owner's is not found, as none is.
+    let (s, v) = app.get(&format!("/v1/disks/{pg_disk}"), &alice).await;
+    assert_eq!((s, &v["serviceId"]), (StatusCode::OK, &json!(pg)), "{v}");
+    for (who, id) in [
+        (&bob, pg_disk.as_str()),
+        (&alice, bobs_disk.as_str()),
+        (&alice, "dsk-aaaaaaaaaaaaaaaaaaaa"),
+        (&alice, "nope"),
+    ] {
+        let (s, v) = app.get(&format!("/v1/disks/{id}"), who).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{id}: {v}");
+        assert!(!v.to_string().contains("pgdata"), "{v}");
+    }
+
+    // Grown and renamed; never shrunk, nor mounted where it cannot be.
+    for (body, says) in [
+        (json!({"sizeGB": 5}), "only grows"),
+        (json!({"sizeGB": 4096}), "sizeGB"),
+        (json!({"mountPath": "/proc/x"}), "mountPath"),
+        (json!({"name": ""}), "name"),
+        (json!({"snapshot": true}), "snapshot"),
+    ] {
+        let (s, v) = app
+            .patch(&format!("/v1/disks/{pg_disk}"), &alice, body.clone())
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(v.to_string().contains(says), "{body}: {v}");
+    }
+    let (s, v) = app
+        .patch(&format!("/v1/disks/{pg_disk}"), &bob, json!({"sizeGB": 20}))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (s, v) = app
+        .patch(
+            &format!("/v1/disks/{pg_disk}"),
+            &alice,
+            json!({"sizeGB": 20, "name": "pg-data"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!((&v["sizeGB"], &v["name"]), (&json!(20), &json!("pg-data")));
+    assert!(v["updatedAt"].as_str() > v["createdAt"].as_str(), "{v}");
+    let (_, svc) = app.get(&format!("/v1/services/{pg}"), &alice).await;
+    assert_eq!(svc["serviceDetails"]["disk"]["sizeGB"], 20);
 }

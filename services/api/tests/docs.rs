@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use axum::http::{Method, StatusCode};
 use berth_schemas::ids::{
-    ApiKeyId, CredentialId, DeployId, IntegrationId, JobId, OwnerId, ServiceId, UserId,
+    ApiKeyId, CredentialId, DeployId, DiskId, IntegrationId, JobId, OwnerId, ServiceId, UserId,
 };
 
 use crate::support::App;
@@ -32,6 +32,7 @@ fn example_path(template: &str) -> String {
                 Some("integrationId") => IntegrationId::generate().to_string(),
                 Some("ownerId") => OwnerId::User(UserId::generate()).to_string(),
                 Some("eventId") => "evt-aaaaaaaaaaaaaaaaaaaa".to_owned(),
+                Some("diskId") => DiskId::generate().to_string(),
                 Some("envVarKey") => "SOME_KEY".to_owned(),
                 Some("customDomainIdOrName") => "www.example.test".to_owned(),
                 Some(other) => panic!("{template}: no example for {{{other}}}"),

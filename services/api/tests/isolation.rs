@@ -108,6 +108,7 @@ fn body_for(r: &Route, dep: &str) -> Option<Value> {
         ("patch", "/v1/registrycredentials/{registryCredentialId}") => {
             Some(json!({"authToken": "x"}))
         }
+        ("patch", "/v1/disks/{diskId}") => Some(json!({"sizeGB": 50})),
         ("post" | "patch", _) => Some(json!({})),
         _ => None,
     }
@@ -125,8 +126,8 @@ fn names_a_resource(path: &str, svc: &str) -> Option<String> {
 }
 
 /// Every route of the table (so a new route cannot skip this), called by
-/// Bob naming Alice's service, deploy, credential, API key, integration and
-/// owner: each is 404 and changes nothing; Bob's lists show none of
+/// Bob naming Alice's service, deploy, credential, API key, integration,
+/// disk and owner: each is 404 and changes nothing; Bob's lists show none of
 /// Alice's; a create naming Alice as the owner is 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_owner_never_sees_another_owners_resources() {
@@ -180,6 +181,23 @@ async fn one_owner_never_sees_another_owners_resources() {
     let (s, v) = app.get(&format!("/v1/logs?resource={svc}"), &alice).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["logs"][0]["message"], "mine: a line only Alice reads");
+    // A service of hers with a disk.
+    let (s, v) = app
+        .post(
+            "/v1/services",
+            &alice,
+            json!({"type": "background_worker", "name": "mine-db", "image": {"imagePath": app.image("v1")},
+                   "serviceDetails": {"disk": {"name": "mine", "mountPath": "/data"}}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let db = v["service"]["id"].as_str().unwrap().to_owned();
+    let disk = v["service"]["serviceDetails"]["disk"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Its log at rest too before Bob's calls are counted against it.
+    app.go_live(&alice, &db).await;
     let alices_ids = [
         &svc,
         &dep,
@@ -189,11 +207,13 @@ async fn one_owner_never_sees_another_owners_resources() {
         &owner,
         &event,
         &job,
+        &disk,
     ];
     // Bob's calls name Alice's service, owner (her keys and integrations)
     // and credential: none of the three may change.
     let alices = [
         AggregateId::Service(svc.parse::<ServiceId>().unwrap()),
+        AggregateId::Service(db.parse::<ServiceId>().unwrap()),
         AggregateId::Owner(alice.id.clone()),
         AggregateId::Credential(cred.parse::<CredentialId>().unwrap()),
     ];
@@ -267,6 +287,7 @@ async fn one_owner_never_sees_another_owners_resources() {
                     Some("integrationId") => &integration,
                     Some("ownerId") => &owner,
                     Some("eventId") => &event,
+                    Some("diskId") => &disk,
                     // Whether Alice's service has it or not, it is not Bob's.
                     Some("envVarKey") => "MINE_KEY",
                     Some("customDomainIdOrName") => "mine.example.test",

@@ -114,6 +114,32 @@ impl Ingress {
         Ok(state)
     }
 
+    /// Renames, grows or moves the service's disk (each optional).
+    pub async fn update_disk(
+        &self,
+        scope: Scope<'_>,
+        id: &ServiceId,
+        change: (Option<String>, Option<String>, Option<u32>),
+        request: &str,
+    ) -> Result<ServiceState, IngressError> {
+        let key = format!("disk-{id}-{request}");
+        let (name, mount_path, size_gb) = change;
+        let state = self
+            .service_command(
+                scope,
+                id,
+                &key,
+                service::Command::UpdateDisk {
+                    name,
+                    mount_path,
+                    size_gb,
+                },
+            )
+            .await?;
+        tracing::info!(service.id = %id, "disk updated");
+        Ok(state)
+    }
+
     /// Restarts every instance.
     pub async fn restart(
         &self,

@@ -53,11 +53,36 @@ async fn a_disk_keeps_what_its_instance_wrote_until_the_service_is_deleted() {
         )
         .await;
         let mut logs = w.subscribe_logs(&svc).await;
+        let write_1100_mib = |instance: &berth_schemas::ids::InstanceId| {
+            exec(
+                &w,
+                instance,
+                &[
+                    "/bin/busybox",
+                    "dd",
+                    "if=/dev/zero",
+                    "of=/data/big",
+                    "bs=1M",
+                    "count=1100",
+                ],
+            )
+        };
 
-        // Two instances one after the other: the second finds what the
-        // first wrote.
+        // Three instances one after the other, each finding what the one
+        // before wrote; the disk grown to 2 GB before the third.
         let mut last = None;
-        for n in 1..=2 {
+        for n in 1..=3 {
+            if n == 3 {
+                w.command(
+                    &svc,
+                    Command::UpdateDisk {
+                        name: None,
+                        mount_path: None,
+                        size_gb: Some(2),
+                    },
+                )
+                .await;
+            }
             let mut s = spec(&w, &svc, &dep, "", None);
             s.command = None;
             s.digest = image.digest.clone();
@@ -85,22 +110,17 @@ async fn a_disk_keeps_what_its_instance_wrote_until_the_service_is_deleted() {
                     &["/bin/busybox", "stat", "-c", "%u", "/data"],
                 );
                 assert_eq!((code, out.trim()), (0, "0"), "{out}");
-                let (code, out) = exec(
-                    &w,
-                    &s.instance,
-                    &[
-                        "/bin/busybox",
-                        "dd",
-                        "if=/dev/zero",
-                        "of=/data/big",
-                        "bs=1M",
-                        "count=1100",
-                    ],
-                );
+                let (code, out) = write_1100_mib(&s.instance);
                 assert_ne!(code, 0, "1,100 MiB fit on a 1 GB disk: {out}");
                 assert!(out.contains("No space left on device"), "{out}");
                 let (code, out) = exec(&w, &s.instance, &["/bin/busybox", "rm", "/data/big"]);
                 assert_eq!(code, 0, "{out}");
+            }
+            if n == 3 {
+                // Grown: 1,100 MiB fit now.
+                let (code, out) = write_1100_mib(&s.instance);
+                assert_eq!(code, 0, "{out}");
+            } else {
                 stop(&w, &node.id, &svc, &s.instance).await;
                 w.wait_events(&svc, Duration::from_secs(30), |ev| {
                     count_of(ev, &s.instance, "instance_stopped") == 1

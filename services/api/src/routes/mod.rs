@@ -3,6 +3,7 @@
 pub mod cron;
 pub mod custom_domains;
 pub mod deploys;
+pub mod disks;
 pub mod env_vars;
 pub mod events;
 pub mod exec;

@@ -4,7 +4,7 @@ its generated `render.public_api` client).
 
 Runs every operation of the SDK's `services`, `deploys`, `events`,
 `registry_credentials`, `services_cron_jobs`, `one_off_jobs`,
-`notification_settings` and `custom_domains` modules that applies to image-backed services (the rest are listed in
+`notification_settings`, `custom_domains` and `disks` modules that applies to image-backed services (the rest are listed in
 NOT_APPLICABLE, each with why) against one installation, with a client that
 raises on any status Render does not document. Each answer must carry the
 status Render documents, parse into the SDK's model, and say what Render
@@ -22,7 +22,7 @@ BERTH_SDK_REGISTRY_PASSWORD (neither is ever printed). `--self-test` runs
 it against fake_render.py instead, which it must pass.
 
 The steps are in steps_owner.py (credentials, notification settings),
-steps_services.py, steps_domains.py, steps_deploys.py and steps_jobs.py, in the order main() runs them; what
+steps_services.py, steps_disks.py, steps_domains.py, steps_deploys.py and steps_jobs.py, in the order main() runs them; what
 they share is in world.py, the bookkeeping in harness.py.
 """
 
@@ -35,6 +35,7 @@ import httpx
 
 from harness import Harness
 from steps_deploys import cron, deploys, events
+from steps_disks import disks
 from steps_domains import custom_domains
 from steps_jobs import jobs
 from steps_owner import credentials, notifications
@@ -52,12 +53,15 @@ MODULES = [
     "one_off_jobs",
     "notification_settings",
     "custom_domains",
+    "disks",
 ]
 
 # Operations of those modules that cannot apply to image-backed services
 # on berth, and so are not called: why, for each.
 SECRET_FILES = "secret files: berth passes configuration as env vars only"
 AUTOSCALING = "autoscaling: berth runs the numInstances it is given, no autoscaler"
+DISK_ALONE = "a disk on its own: a service's disk is made and removed with the service"
+SNAPSHOTS = "disk snapshots: berth keeps none"
 NOT_APPLICABLE = {
     "services.add_or_update_secret_file": SECRET_FILES,
     "services.delete_secret_file": SECRET_FILES,
@@ -70,6 +74,10 @@ NOT_APPLICABLE = {
     "services.preview_service": "preview instances: berth has no previews",
     "services.purge_cache": "build cache: an image-backed service is never built, so has none",
     "services.retrieve_service_outbound_ips": "outbound IPs: Render's egress addresses; berth NATs",
+    "disks.add_disk": DISK_ALONE,
+    "disks.delete_disk": DISK_ALONE,
+    "disks.list_snapshots": SNAPSHOTS,
+    "disks.restore_snapshot": SNAPSHOTS,
 }
 
 
@@ -155,6 +163,7 @@ def main():
     for step in (
         credentials,
         create_services,
+        disks,
         deploys,
         instances,
         env_vars,

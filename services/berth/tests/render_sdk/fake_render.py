@@ -99,6 +99,9 @@ class FakeRender:
             ("GET", s + r"/custom-domains/([^/]+)", self.get_domain),
             ("DELETE", s + r"/custom-domains/([^/]+)", self.delete_domain),
             ("POST", s + r"/custom-domains/([^/]+)/verify", self.verify_domain),
+            ("GET", r"/disks", self.list_disks),
+            ("GET", r"/disks/([^/]+)", self.get_disk),
+            ("PATCH", r"/disks/([^/]+)", self.patch_disk),
             ("POST", r"/cron-jobs/([^/]+)/runs", self.run_cron),
             ("DELETE", r"/cron-jobs/([^/]+)/runs", self.cancel_cron),
             ("POST", s + r"/jobs", self.create_job),
@@ -123,6 +126,51 @@ class FakeRender:
             keys = [key(i) for i in items]
             items = items[keys.index(cursor) + 1 :] if cursor in keys else []
         return items[: int(query.get("limit", 20))]
+
+    # Disks: those services were created with.
+
+    def disks(self):
+        out = []
+        for sid, svc in self.services.items():
+            d = svc["serviceDetails"].get("disk")
+            if d:
+                out.append(
+                    {
+                        **d,
+                        "serviceId": sid,
+                        "createdAt": svc["createdAt"],
+                        "updatedAt": d.get("updatedAt", svc["createdAt"]),
+                    }
+                )
+        return out
+
+    def list_disks(self, query, body):
+        items = [
+            d
+            for d in self.disks()
+            if all(
+                not query.get_list(k) or d[f] in query.get_list(k)
+                for k, f in (("name", "name"), ("diskId", "id"), ("serviceId", "serviceId"))
+            )
+        ]
+        return 200, [{"disk": d, "cursor": d["id"]} for d in self.page(query, items, lambda d: d["id"])]
+
+    def get_disk(self, query, body, did):
+        d = next((d for d in self.disks() if d["id"] == did), None)
+        return (200, d) if d else self.missing("disk")
+
+    def patch_disk(self, query, body, did):
+        for svc in self.services.values():
+            d = svc["serviceDetails"].get("disk")
+            if d and d["id"] == did:
+                if body.get("sizeGB", d["sizeGB"]) < d["sizeGB"]:
+                    return 400, {"id": "invalid", "message": "sizeGB: a disk only grows"}
+                for k in ("name", "sizeGB", "mountPath"):
+                    if k in body:
+                        d[k] = body[k]
+                d["updatedAt"] = stamp()
+                return self.get_disk(query, None, did)
+        return self.missing("disk")
 
     # Custom domains (one per request: the pair Render may add is left out).
 

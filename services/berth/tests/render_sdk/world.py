@@ -55,6 +55,9 @@ class Svc:
     image: str = None  # what the service is configured with
     id: str = None
     deploy: str = None  # the initial deploy
+    # Its disk's (name, mountPath, sizeGB) as last set (the private
+    # service's is created with one).
+    disk: tuple = (DISK_NAME, DISK_PATH, 1)
 
 
 @dataclass
@@ -149,8 +152,8 @@ def check_service(h, op, w, svc, got, label, image=None, name=None):
             op,
             isinstance(disk, Disk)
             and disk.id.startswith("dsk-")
-            and (disk.name, disk.mount_path, disk.size_gb) == (DISK_NAME, DISK_PATH, 1),
-            f"disk {show(disk)}, not the one created",
+            and (disk.name, disk.mount_path, disk.size_gb) == svc.disk,
+            f"disk {show(disk)}, not {svc.disk}",
             label,
         )
 

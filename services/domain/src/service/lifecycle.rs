@@ -3,9 +3,9 @@
 //! settings and lifecycle events they produce.
 
 use berth_schemas::events::{
-    CronJobRunEnded, DeployCreated, InstanceCountChanged, RestartRequested, ServiceCreated,
-    ServiceCreationAbandoned, ServiceDeleted, ServiceResumed, ServiceSettings, ServiceSuspended,
-    ServiceUpdated,
+    CronJobRunEnded, DeployCreated, DiskUpdated, InstanceCountChanged, RestartRequested,
+    ServiceCreated, ServiceCreationAbandoned, ServiceDeleted, ServiceResumed, ServiceSettings,
+    ServiceSuspended, ServiceUpdated,
 };
 use berth_schemas::ids::DeployId;
 use berth_schemas::model::{DeployTrigger, ServiceType};
@@ -274,6 +274,45 @@ pub(super) fn resume(state: &ServiceState, deploy: DeployId) -> Decision {
     Ok(out)
 }
 
+pub(super) fn update_disk(
+    state: &ServiceState,
+    name: Option<String>,
+    mount_path: Option<String>,
+    size_gb: Option<u32>,
+) -> Decision {
+    let cfg = config(state)?;
+    let Some(old) = cfg.disk.as_ref() else {
+        return Err(DomainError::not_found("disk", ""));
+    };
+    if state.status == ServiceStatus::Deleted {
+        return Err(DomainError::conflict("the service is deleted"));
+    }
+    let mut new = old.clone();
+    if let Some(n) = name {
+        new.name = n;
+    }
+    if let Some(p) = mount_path {
+        new.mount_path = p;
+    }
+    if let Some(gb) = size_gb {
+        if gb < old.size_gb {
+            return Err(DomainError::invalid(
+                "sizeGB",
+                format!(
+                    "a disk only grows: it has {} GB, so ask for {} or more",
+                    old.size_gb, old.size_gb
+                ),
+            ));
+        }
+        new.size_gb = gb;
+    }
+    validate::disk(&new, cfg.service_type, cfg.num_instances)?;
+    if new == *old {
+        return Ok(vec![]);
+    }
+    Ok(vec![DiskUpdated { disk: new }.into()])
+}
+
 pub(super) fn delete(state: &ServiceState) -> Vec<Event> {
     let mut out = stop_everything(state);
     out.push(ServiceDeleted {}.into());
@@ -373,6 +412,13 @@ pub(super) fn apply(s: &mut ServiceState, event: &Event, time: Option<DateTime<U
         Event::DeployHookKeyRegenerated(e) => {
             if let Some(c) = s.config.as_mut() {
                 c.hook_key = e.hook_key.clone();
+            }
+        }
+        Event::DiskUpdated(e) => {
+            if let Some(c) = s.config.as_mut() {
+                c.disk = Some(e.disk.clone());
+                s.disk_updated_at = time;
+                s.updated_at = time;
             }
         }
         Event::InstanceCountChanged(e) => {

@@ -218,6 +218,13 @@ pub enum Command {
         settings: ServiceSettings,
         deploy: DeployId,
     },
+    /// Renames the service's disk, grows it, or moves where it is
+    /// mounted (each optional; its size never shrinks).
+    UpdateDisk {
+        name: Option<String>,
+        mount_path: Option<String>,
+        size_gb: Option<u32>,
+    },
     Suspend,
     /// Resume and deploy (trigger `service_resumed`) as `deploy`.
     Resume {
@@ -519,6 +526,11 @@ pub fn decide(
         Command::Create(_) => Err(DomainError::conflict("service already exists")),
         Command::AbandonCreation | Command::RecordInstanceFact(_) => Ok(vec![]),
         Command::Update { settings, deploy } => lifecycle::update(state, settings, deploy, ctx),
+        Command::UpdateDisk {
+            name,
+            mount_path,
+            size_gb,
+        } => lifecycle::update_disk(state, name, mount_path, size_gb),
         Command::Suspend => Ok(lifecycle::suspend(state)),
         Command::Resume { deploy } => lifecycle::resume(state, deploy),
         Command::Delete => Ok(lifecycle::delete(state)),

@@ -95,6 +95,9 @@ pub struct ServiceState {
     /// its instances are placed there only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_node: Option<NodeId>,
+    /// When its disk last changed (`disk_updated`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_updated_at: Option<DateTime<Utc>>,
     /// Custom domains by name (web services), each claimed on its own
     /// subject first (`crate::custom_domain`).
     #[serde(default)]

@@ -1,0 +1,184 @@
+//! `/v1/disks` (Render's disks API, for the disks services are created
+//! with): list, retrieve, and update — rename, grow, or mount elsewhere.
+//! A change reaches the instance at its next start (a deploy or restart);
+//! a disk only grows. Disks are made with their service
+//! (`serviceDetails.disk`) and removed with it: `POST` and `DELETE` here,
+//! and snapshots, are not served. Another owner's disk is not found, as
+//! one that does not exist.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use berth_domain::service::ServiceState;
+use berth_ingress::Scope;
+use berth_schemas::ids::{DiskId, ServiceId};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::app::{self, AppState, Authed, JsonBody};
+use crate::error::ApiError;
+use crate::query::{self, Listing};
+
+/// Render's `DiskDetails`.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskDetails {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "sizeGB")]
+    pub size_gb: u32,
+    pub mount_path: String,
+    /// When its service was created (a disk is made with it).
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+    pub service_id: String,
+    /// berth: the node it is on (absent until its first instance was
+    /// placed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+}
+
+/// One item of `GET /v1/disks`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct DiskItem {
+    pub disk: DiskDetails,
+    pub cursor: String,
+}
+
+/// The disk of `service`, if it has one.
+fn details(id: &ServiceId, s: &ServiceState) -> Option<DiskDetails> {
+    let d = s.config.as_ref()?.disk.as_ref()?;
+    let created = s.created_at?;
+    Some(DiskDetails {
+        id: d.id.to_string(),
+        name: d.name.clone(),
+        size_gb: d.size_gb,
+        mount_path: d.mount_path.clone(),
+        created_at: created,
+        updated_at: s.disk_updated_at.unwrap_or(created),
+        service_id: id.to_string(),
+        node_id: s.disk_node.as_ref().map(ToString::to_string),
+    })
+}
+
+/// Query of `GET /v1/disks`: Render's filters `ownerId`, `name`, `diskId`
+/// and `serviceId` (each repeated or comma-separated), and paging.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DisksQuery {
+    #[serde(default, deserialize_with = "query::many")]
+    pub owner_id: Vec<String>,
+    #[serde(default, deserialize_with = "query::many")]
+    pub name: Vec<String>,
+    #[serde(default, deserialize_with = "query::many")]
+    pub disk_id: Vec<String>,
+    #[serde(default, deserialize_with = "query::many")]
+    pub service_id: Vec<String>,
+    #[serde(flatten)]
+    pub page: app::Page,
+}
+
+/// GET /v1/disks: the caller's services' disks, newest service first.
+pub async fn list(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Listing(q): Listing<DisksQuery>,
+) -> Result<Json<Vec<DiskItem>>, ApiError> {
+    // Another owner named alone: nothing of theirs is listed.
+    if !q.owner_id.is_empty() && !q.owner_id.iter().any(|o| o == caller.owner.as_str()) {
+        return Ok(Json(Vec::new()));
+    }
+    let limit = q.page.limit()?;
+    st.caught_up().await?;
+    let wanted = |list: &[String], v: &str| list.is_empty() || list.iter().any(|x| x == v);
+    st.read(|i| {
+        i.services_page(&caller.owner, q.page.cursor.as_deref(), limit, |id, s| {
+            details(id, s).is_some_and(|d| {
+                wanted(&q.name, &d.name)
+                    && wanted(&q.disk_id, &d.id)
+                    && wanted(&q.service_id, &d.service_id)
+            })
+        })
+        .map(|page| {
+            page.into_iter()
+                .filter_map(|(id, s)| {
+                    Some(DiskItem {
+                        disk: details(id, s)?,
+                        cursor: id.to_string(),
+                    })
+                })
+                .collect()
+        })
+        .map_err(|e| ApiError::field("cursor", e.to_string()))
+    })?
+    .map(Json)
+}
+
+/// The caller's service whose disk is `id`, and that disk.
+async fn find(
+    st: &AppState,
+    caller: &berth_ingress::Caller,
+    id: &str,
+) -> Result<(ServiceId, DiskDetails), ApiError> {
+    let id = id
+        .parse::<DiskId>()
+        .map_err(|_| ApiError::not_found("disk"))?;
+    st.caught_up().await?;
+    st.read(|i| {
+        let found = i
+            .services_page(&caller.owner, None, 1, |_, s| {
+                s.config
+                    .as_ref()
+                    .and_then(|c| c.disk.as_ref())
+                    .is_some_and(|d| d.id == id)
+            })
+            .ok()?;
+        let (svc, s) = found.into_iter().next()?;
+        Some((svc.clone(), details(svc, s)?))
+    })?
+    .ok_or_else(|| ApiError::not_found("disk"))
+}
+
+/// GET /v1/disks/{diskId}
+pub async fn get(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> Result<Json<DiskDetails>, ApiError> {
+    Ok(Json(find(&st, &caller, &id).await?.1))
+}
+
+/// Render's `DiskPATCH`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DiskPatch {
+    pub name: Option<String>,
+    /// Only larger than it is.
+    #[serde(rename = "sizeGB")]
+    pub size_gb: Option<u32>,
+    pub mount_path: Option<String>,
+}
+
+/// PATCH /v1/disks/{diskId}: the disk as it is now; its instance sees the
+/// change at its next start.
+pub async fn update(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<DiskPatch>,
+) -> Result<Json<DiskDetails>, ApiError> {
+    let (svc, _) = find(&st, &caller, &id).await?;
+    let request = berth_schemas::ids::DeployId::generate().to_string();
+    let state = st
+        .ingress
+        .update_disk(
+            Scope::Owner(&caller),
+            &svc,
+            (body.name, body.mount_path, body.size_gb),
+            &request,
+        )
+        .await?;
+    details(&svc, &state)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("disk"))
+}
