@@ -14,6 +14,12 @@
 //! first id of the instance's user namespace), set again when that
 //! changes. A disk is made in a temporary file renamed into place, so a
 //! node dying midway leaves no half-made disk behind a real name.
+//!
+//! A disk grown since it was made (never shrunk) grows when its instance
+//! next starts: the file to its new size, then the filesystem, unmounted
+//! (an online grow needs `CAP_SYS_RESOURCE`, which a node in a container
+//! may lack) and only once nothing holds it; a marker file makes a node
+//! that died between the two finish the filesystem's part.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -87,6 +93,7 @@ pub fn attach(
     service: &str,
     disk: &DiskSpec,
     ns: Option<UserNamespace>,
+    reserve: u64,
 ) -> Result<PathBuf, AgentError> {
     if !valid(&disk.id) {
         return Err(failed(&disk.id, "not a disk id"));
@@ -96,6 +103,7 @@ pub fn attach(
     bundle::private_dir(disks, ns.map(|n| n.host)).map_err(agent_io(disks))?;
     let image = disks.join(format!("{}.img", disk.id));
     if !image.exists() {
+        room(disks, &disk.id, u64::from(disk.size_gb) << 30, reserve)?;
         // Whose it is, first: a disk is never on the node without it.
         let owned_by = disks.join(format!("{}.service", disk.id));
         let new = disks.join(format!("{}.service.new", disk.id));
@@ -110,6 +118,7 @@ pub fn attach(
     let growing = disks.join(format!("{}.grow", disk.id));
     let had = std::fs::metadata(&image).map_err(agent_io(&image))?.len();
     if had < bytes {
+        room(disks, &disk.id, bytes - had, reserve)?;
         std::fs::write(&growing, b"").map_err(agent_io(&growing))?;
         run(
             &disk.id,
@@ -117,9 +126,13 @@ pub fn attach(
             &["-l", &bytes.to_string(), path_str(&image)?],
         )
         .map_err(|e| {
+            let why = match e {
+                AgentError::Disk { message, .. } => message,
+                other => other.to_string(),
+            };
             failed(
                 &disk.id,
-                format!("cannot grow to {} GB on this node: {e}", disk.size_gb),
+                format!("cannot grow to {} GB on this node: {why}", disk.size_gb),
             )
         })?;
     }
@@ -156,10 +169,9 @@ fn path_str(p: &Path) -> Result<&str, AgentError> {
     })
 }
 
-/// Grows the filesystem in `image` to the file's size, unmounted (an
-/// online grow needs a privilege a node in a container may lack): only
-/// when nothing else holds it — its service's instance is stopped before
-/// a new one starts, so nothing should.
+/// Grows the filesystem in `image` to the file's size, unmounted, only
+/// when nothing else holds it (its service's instance is stopped before a
+/// new one starts, so nothing should).
 fn grow(id: &str, image: &Path, mount: &Path) -> Result<(), AgentError> {
     if bundle::is_mountpoint(mount) {
         run(id, "umount", &[path_str(mount)?])?;
@@ -192,6 +204,25 @@ fn grow(id: &str, image: &Path, mount: &Path) -> Result<(), AgentError> {
         ));
     }
     run(id, "resize2fs", &[path_str(image)?])
+}
+
+/// Refuses to take `more` bytes of the node's filesystem when that would
+/// leave less than the node keeps free (`reserve`).
+fn room(disks: &Path, id: &str, more: u64, reserve: u64) -> Result<(), AgentError> {
+    let free = crate::disk::free(disks).map_err(agent_io(disks))?;
+    if free.saturating_sub(more) < reserve {
+        let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+        return Err(failed(
+            id,
+            format!(
+                "this node has {:.1} GB free and keeps {:.1} GB free: {:.1} GB more do not fit",
+                gib(free),
+                gib(reserve),
+                gib(more)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether a loop device still holds `image`.

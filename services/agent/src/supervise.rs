@@ -281,6 +281,7 @@ async fn launch_with(
         net.cloned(),
     );
     let disks = crate::persistent::dir(&inner.cfg.state_dir);
+    let reserve = inner.cfg.disk_reserve;
     let (rootfs, cannot_run) = tokio::task::spawn_blocking(move || {
         let ns = bundle::user_namespace_for(sandbox.user_namespace, &s.image.rootfs);
         let sandbox = bundle::Sandbox {
@@ -302,6 +303,7 @@ async fn launch_with(
                 s.service.as_str(),
                 disk,
                 ns,
+                reserve,
             )?),
             None => None,
         };

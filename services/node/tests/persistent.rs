@@ -164,3 +164,66 @@ async fn a_disk_keeps_what_its_instance_wrote_until_the_service_is_deleted() {
         node.stop().await;
     }
 }
+
+/// A disk larger than the node can give (keeping its reserve free) is
+/// refused at the start, saying so, and nothing of it is left behind.
+#[tokio::test]
+async fn a_disk_the_node_has_no_room_for_is_refused_saying_why() {
+    let w = World::start().await;
+    let mut opts = crate::support::options();
+    std::fs::create_dir_all(w.node_dir()).unwrap();
+    let free = berth_agent::disk::free(&w.node_dir()).unwrap();
+    // More than is free, within what a disk may be (else a reserve that
+    // leaves less than it free).
+    let size_gb = match (free >> 30) + 2 {
+        gb if gb <= 1024 => gb as u32,
+        _ => {
+            opts.min_free_disk = free - (512 << 30);
+            1024
+        }
+    };
+    let node = start_node_opts(&w, fast_checks(), Default::default(), opts).await;
+    let image = on_busybox(&[], json!({"Cmd": ["/bin/sh", "-c", "exec sleep 600"]}));
+    w.registry.push_image(REPO, "big", &image).await.unwrap();
+    let owner = OwnerId::User(UserId::generate());
+    let disk = Disk {
+        id: DiskId::generate(),
+        name: "big".into(),
+        mount_path: "/data".into(),
+        size_gb,
+    };
+    let d = disk.clone();
+    let (svc, dep) = service_with(
+        &w,
+        &owner,
+        "big",
+        ServiceType::BackgroundWorker,
+        &image.digest,
+        |c| c.disk = Some(d),
+    )
+    .await;
+    let mut logs = w.subscribe_logs(&svc).await;
+    let mut s = spec(&w, &svc, &dep, "", None);
+    s.command = None;
+    s.digest = image.digest.clone();
+    run(&w, &node.id, &s).await;
+    let seen = collect_logs(&mut logs, Duration::from_secs(30), |l| {
+        l.line.starts_with("==> Could not start")
+    })
+    .await;
+    let lines = lines_of(&seen, &s.instance);
+    let want = format!("==> Could not start: disk {}: this node has ", disk.id);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&want) && l.contains("GB more do not fit")),
+        "{lines:?}"
+    );
+    let disks = w.node_dir().join("agent").join("disks");
+    let left: Vec<_> = std::fs::read_dir(&disks)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    stop(&w, &node.id, &svc, &s.instance).await;
+    node.stop().await;
+}
