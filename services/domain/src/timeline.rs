@@ -55,6 +55,8 @@ pub const TYPES: &[&str] = &[
     "instance_command_requested",
     "instance_command_ended",
     "instance_count_changed",
+    "disk_placed",
+    "disk_updated",
     "cron_job_run_started",
     "cron_job_run_ended",
     "cron_job_run_skipped",
@@ -329,6 +331,27 @@ impl TimelineEvent {
             Event::InstanceCountChanged(e) => (
                 "instance_count_changed",
                 d!({ "fromInstances": e.from, "toInstances": e.to }),
+            ),
+            Event::DiskPlaced(e) => (
+                "disk_placed",
+                d!({
+                    "diskId": e.disk,
+                    "nodeId": e.node,
+                    "message": format!("its disk {} is on {}: its instance runs there from now on", e.disk, e.node),
+                }),
+            ),
+            Event::DiskUpdated(e) => (
+                "disk_updated",
+                d!({
+                    "diskId": e.disk.id,
+                    "name": e.disk.name,
+                    "mountPath": e.disk.mount_path,
+                    "sizeGB": e.disk.size_gb,
+                    "message": format!(
+                        "its disk {} is now {} at {}, {} GB: its instance sees it so at its next start",
+                        e.disk.id, e.disk.name, e.disk.mount_path, e.disk.size_gb
+                    ),
+                }),
             ),
             Event::CronJobRunStarted(e) => (
                 "cron_job_run_started",
@@ -623,6 +646,24 @@ fn details_schemas() -> Vec<(&'static str, Vec<DetailField>)> {
         (
             "instance_count_changed",
             vec![("fromInstances", int(), true), ("toInstances", int(), true)],
+        ),
+        (
+            "disk_placed",
+            vec![
+                ("diskId", s(), true),
+                ("nodeId", s(), true),
+                ("message", s(), true),
+            ],
+        ),
+        (
+            "disk_updated",
+            vec![
+                ("diskId", s(), true),
+                ("name", s(), true),
+                ("mountPath", s(), true),
+                ("sizeGB", int(), true),
+                ("message", s(), true),
+            ],
         ),
         (
             "certificate_issued",
@@ -1510,6 +1551,20 @@ mod tests {
             }
             .into(),
             InstanceCountChanged { from: 1, to: 2 }.into(),
+            berth_schemas::events::DiskPlaced {
+                disk: berth_schemas::ids::DiskId::generate(),
+                node: NodeId::generate(),
+            }
+            .into(),
+            berth_schemas::events::DiskUpdated {
+                disk: berth_schemas::model::Disk {
+                    id: berth_schemas::ids::DiskId::generate(),
+                    name: "data".into(),
+                    mount_path: "/data".into(),
+                    size_gb: 2,
+                },
+            }
+            .into(),
             CronJobRunStarted {
                 run: CronRunId::generate(),
                 digest: "sha256:1".into(),

@@ -155,7 +155,7 @@ fn summary(e: &TimelineEvent) -> Markup {
             "placement_blocked" => {
                 @if let Some(r) = detail(e, "reason") { ": " (r) }
             }
-            "instance_exited" | "instance_port_detected" => {
+            "instance_exited" | "instance_port_detected" | "disk_placed" | "disk_updated" => {
                 @if let Some(m) = detail(e, "message") { ": " (m) }
             }
             "instance_command_requested" => {
