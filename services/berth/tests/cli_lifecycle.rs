@@ -349,6 +349,48 @@ async fn cli_changes_a_running_service() {
         "{wrong:?}"
     );
 
+    // A worker with a disk: shown with its node once placed, grown (never
+    // shrunk), and kept to one instance.
+    let store = cli
+        .run(&[
+            "service",
+            "create",
+            "store",
+            "--type",
+            "background_worker",
+            "--image",
+            &v1,
+            "--disk",
+            "data:/data:1",
+            "--command",
+            "sh -c 'echo started >> /data/starts; exec sleep 600'",
+        ])
+        .await;
+    assert_eq!(store.code, 0, "{store:?}");
+    eventually("the disk placed", Duration::from_secs(60), || async {
+        let shown = cli.ok(&["service", "show", "store"]).await;
+        shown.contains("data at /data, 1 GB (dsk-") && shown.contains(", on nod-")
+    })
+    .await;
+    let grown = cli.ok(&["service", "disk", "store", "--size", "2"]).await;
+    assert!(grown.contains("2 GB"), "{grown}");
+    assert!(grown.contains("berth service restart store"), "{grown}");
+    for (args, says) in [
+        (
+            vec!["service", "disk", "store", "--size", "1"],
+            "only grows",
+        ),
+        (vec!["service", "disk", "nightly"], "has no disk"),
+        (
+            vec!["service", "scale", "store", "2"],
+            "a service with a disk runs one instance",
+        ),
+    ] {
+        let refused = cli.run(&args).await;
+        assert_eq!(refused.code, 1, "{args:?}: {refused:?}");
+        assert!(refused.stderr.contains(says), "{args:?}: {refused:?}");
+    }
+
     // A deploy that cannot go live (its instance exits at once): following
     // gives up at --timeout with exit 1 and says where things stand. (The
     // scheduler keeps retrying such a deploy for minutes, so its final

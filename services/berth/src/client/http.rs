@@ -538,6 +538,7 @@ fn flag_of(field: &str) -> Option<&'static str> {
         | "disk.name"
         | "disk.mountPath"
         | "disk.sizeGB" => "--disk",
+        "sizeGB" => "--size",
         "serviceDetails.healthCheckPath" => "--health-check-path",
         "serviceDetails.preDeployCommand" => "--pre-deploy-command",
         "serviceDetails.schedule" => "--schedule",

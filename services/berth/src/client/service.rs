@@ -130,6 +130,20 @@ pub enum ServiceCommand {
     },
     /// Set the number of instances.
     Scale { service: String, instances: u32 },
+    /// Show the service's disk; with a flag, change it (its instance sees
+    /// the change at its next start: a deploy or `service restart`).
+    Disk {
+        service: String,
+        /// Grow it to this many GB (a disk never shrinks).
+        #[arg(long = "size", value_name = "GB")]
+        size_gb: Option<u32>,
+        /// Rename it.
+        #[arg(long)]
+        name: Option<String>,
+        /// Mount it at another path in the instance.
+        #[arg(long)]
+        mount_path: Option<String>,
+    },
     /// Restart every instance.
     Restart { service: String },
     /// Stop every instance and ignore deploy hooks until resumed.
@@ -339,6 +353,12 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
             done(&api, &format!("{id}: scaling to {instances} instance(s)"));
             Ok(())
         }
+        ServiceCommand::Disk {
+            service,
+            size_gb,
+            name,
+            mount_path,
+        } => disk(&api, &service, size_gb, name, mount_path).await,
         ServiceCommand::Restart { service } => {
             action(&api, &service, "restart", "restarting").await
         }
@@ -415,6 +435,63 @@ pub async fn resolve(api: &Api, service: &str) -> Result<String, ClientError> {
             message: format!("no service named {service:?}"),
             hint: Some("see `berth service list` for ids and names".to_owned()),
         })
+}
+
+/// `berth service disk`: shows the disk, or changes what the flags say.
+async fn disk(
+    api: &Api,
+    service: &str,
+    size_gb: Option<u32>,
+    name: Option<String>,
+    mount_path: Option<String>,
+) -> Result<(), ClientError> {
+    let changing = size_gb.is_some() || name.is_some() || mount_path.is_some();
+    let id = resolve(api, service).await?;
+    let svc = api.get(&format!("/v1/services/{}", enc(&id))).await?;
+    let Some(disk) = svc["serviceDetails"]["disk"]["id"].as_str() else {
+        return Err(ClientError::Api {
+            status: 404,
+            message: format!("{service} has no disk"),
+            hint: Some(
+                "a disk is given when a service is created: `berth service create … --disk NAME:PATH[:GB]`"
+                    .to_owned(),
+            ),
+        });
+    };
+    let mut change = serde_json::Map::new();
+    if let Some(gb) = size_gb {
+        change.insert("sizeGB".into(), json!(gb));
+    }
+    if let Some(n) = name {
+        change.insert("name".into(), json!(n));
+    }
+    if let Some(p) = mount_path {
+        change.insert("mountPath".into(), json!(p));
+    }
+    let now = match changing {
+        false => api.get(&format!("/v1/disks/{}", enc(disk))).await?,
+        true => {
+            api.patch(&format!("/v1/disks/{}", enc(disk)), Value::Object(change))
+                .await?
+        }
+    };
+    if api.json() {
+        output::json(&now);
+        return Ok(());
+    }
+    output::fields(&[
+        ("disk", s(&now, "id")),
+        ("name", s(&now, "name")),
+        ("mount path", s(&now, "mountPath")),
+        ("size", format!("{} GB", s(&now, "sizeGB"))),
+        ("node", s(&now, "nodeId")),
+        ("service", s(&now, "serviceId")),
+        ("updated", output::time(&now, "updatedAt")),
+    ]);
+    if changing {
+        println!("(its instance sees a change at its next start: a deploy or `berth service restart {service}`)");
+    }
+    Ok(())
 }
 
 /// A service's disk in words (`-` without one).
