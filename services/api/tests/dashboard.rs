@@ -126,7 +126,12 @@ impl Browser {
 
     /// Posts a form of the page at `from` (its CSRF token), following the
     /// redirect; the page it lands on.
-    async fn submit(&mut self, from: &str, action: &str, fields: &[(&str, &str)]) -> Page {
+    pub(crate) async fn submit(
+        &mut self,
+        from: &str,
+        action: &str,
+        fields: &[(&str, &str)],
+    ) -> Page {
         let page = self.get(from).await;
         let csrf = page.csrf();
         let mut all = vec![("_csrf", csrf.as_str())];

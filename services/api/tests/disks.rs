@@ -168,6 +168,42 @@ async fn a_disk_is_given_at_create_shown_and_kept_to_one_instance() {
         "{}",
         page.html
     );
+
+    // The dashboard's form makes one too, and says what is wrong with one.
+    let image = app.image("v1");
+    let form = |name: &'static str, path: &'static str| {
+        vec![
+            ("type", "background_worker"),
+            ("name", name),
+            ("imagePath", image.as_str()),
+            ("numInstances", "1"),
+            ("plan", "starter"),
+            ("diskName", "files"),
+            ("diskMountPath", path),
+            ("diskSizeGB", "3"),
+        ]
+    };
+    let page = b
+        .submit("/services/new", "/services", &form("by-form", "/srv/files"))
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.html);
+    assert!(
+        page.html.contains("files at <code>/srv/files</code>, 3 GB"),
+        "{}",
+        page.html
+    );
+    let page = b
+        .submit(
+            "/services/new",
+            "/services",
+            &form("bad-form", "/proc/files"),
+        )
+        .await;
+    assert!(
+        page.html.contains("The service was not created") && page.html.contains("mountPath"),
+        "{}",
+        page.html
+    );
 }
 
 /// Creates a worker named `name` with `disk`: (service id, disk id).

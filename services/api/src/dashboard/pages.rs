@@ -393,6 +393,19 @@ fn new_form(
                 }
                 p #envVars-help .help { "One KEY=value per line. Values are stored sealed." }
             }
+            fieldset {
+                legend { "Disk (optional)" }
+                p.help { "Kept across restarts and deploys, on one node; the service then runs one instance, and a deploy stops the old instance before the new one starts. Not for cron jobs." }
+                div.row {
+                    div { (text_input("diskName", "Disk name", form.get("diskName"), None, err(&["serviceDetails.disk.name", "disk.name", "disk"]))) }
+                    div { (text_input("diskMountPath", "Mount path", form.get("diskMountPath"), Some("e.g. /var/lib/postgresql/data"), err(&["serviceDetails.disk.mountPath", "disk.mountPath"]))) }
+                    div {
+                        label for="diskSizeGB" { "Size (GB)" }
+                        input #diskSizeGB type="number" name="diskSizeGB" min="1" max="1024"
+                            value=(form.get("diskSizeGB").unwrap_or("1"));
+                    }
+                }
+            }
             button type="submit" { "Create service" }
         }
     }
@@ -447,6 +460,20 @@ fn create_body(f: &FormData) -> Result<CreateBody, ApiError> {
             ApiError::field("serviceDetails.numInstances", "must be a whole number")
         })?),
     };
+    // A disk when a name or path is given (the size alone has a default).
+    let disk = match (f.text("diskName"), f.text("diskMountPath")) {
+        (None, None) => None,
+        (name, mount_path) => Some(crate::routes::services::DiskBody {
+            name,
+            mount_path,
+            size_gb: match f.text("diskSizeGB") {
+                None => None,
+                Some(n) => Some(n.parse::<u32>().map_err(|_| {
+                    ApiError::field("serviceDetails.disk.sizeGB", "must be a whole number")
+                })?),
+            },
+        }),
+    };
     Ok(CreateBody {
         service_type: f.text("type"),
         name: f.text("name"),
@@ -467,6 +494,7 @@ fn create_body(f: &FormData) -> Result<CreateBody, ApiError> {
                 docker_command: Some(Some(c)),
                 ..EnvSpecific::default()
             }),
+            disk,
             ..DetailsBody::default()
         }),
         notify_on_fail: notify_of(f.get("notifyOnFail")),
