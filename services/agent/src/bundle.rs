@@ -768,6 +768,48 @@ mod tests {
     }
 
     #[test]
+    fn a_disk_is_bound_at_its_path_last_without_setuid_or_devices() {
+        let state = tempfile::tempdir().unwrap();
+        let mut s = spec();
+        s.disk = Some(crate::persistent::DiskSpec {
+            id: "dsk-aaaaaaaaaaaaaaaaaaaa".into(),
+            mount_path: "/var/lib/data".into(),
+            size_gb: 1,
+        });
+        let dir = InstanceDir::new(state.path(), &s.instance);
+        std::fs::create_dir_all(dir.bundle()).unwrap();
+        let host = Path::new("/node/agent/disks/dsk-aaaaaaaaaaaaaaaaaaaa");
+        write_bundle(
+            &dir,
+            &s,
+            None,
+            &Sandbox::default(),
+            RootfsKind::Copy,
+            Some(host),
+        )
+        .unwrap();
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(dir.bundle().join("config.json")).unwrap())
+                .unwrap();
+        let mounts = v["mounts"].as_array().unwrap();
+        assert_eq!(
+            mounts.last().unwrap(),
+            &json!({
+                "destination": "/var/lib/data",
+                "type": "bind",
+                "source": host,
+                "options": ["rbind", "rw", "nosuid", "nodev"],
+            })
+        );
+        // Without the host's mount (none made), nothing is bound.
+        write_bundle(&dir, &s, None, &Sandbox::default(), RootfsKind::Copy, None).unwrap();
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(dir.bundle().join("config.json")).unwrap())
+                .unwrap();
+        assert!(!v.to_string().contains("/var/lib/data"), "{v}");
+    }
+
+    #[test]
     fn a_root_mounted_inside_is_the_first_mount_an_overlay_of_the_image() {
         let state = tempfile::tempdir().unwrap();
         let mut s = spec();

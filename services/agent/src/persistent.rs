@@ -306,3 +306,37 @@ pub fn remove(disks: &Path, id: &str) -> Result<(), AgentError> {
     let owned_by = disks.join(format!("{id}.service"));
     gone(owned_by.clone(), std::fs::remove_file(&owned_by))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_disk_ids_name_files_and_only_owned_disks_are_listed() {
+        assert!(valid("dsk-aaaaaaaaaaaaaaaaaaaa"));
+        for bad in ["dsk-", "dsk-../x", "dsk-a/b", "srv-aaaa", "dsk-a.img", ""] {
+            assert!(!valid(bad), "{bad}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("dsk-one.service"), "srv-one\n").unwrap();
+        std::fs::write(d.path().join("dsk-one.img"), "").unwrap();
+        // An image without its owner file, a marker and a bad id are
+        // not listed.
+        std::fs::write(d.path().join("dsk-two.img"), "").unwrap();
+        std::fs::write(d.path().join("dsk-one.grow"), "").unwrap();
+        std::fs::write(d.path().join("dsk-..x.service"), "srv-x").unwrap();
+        assert_eq!(
+            list(d.path()),
+            vec![("dsk-one".to_owned(), "srv-one".to_owned())]
+        );
+        // Removing one the node has not got does nothing; a bad id is
+        // refused before any path is made of it.
+        remove(d.path(), "dsk-none").unwrap();
+        assert!(remove(d.path(), "dsk-../../etc").is_err());
+        remove(d.path(), "dsk-one").unwrap();
+        assert!(list(d.path()).is_empty());
+        assert!(!d.path().join("dsk-one.img").exists());
+        assert!(!d.path().join("dsk-one.grow").exists());
+    }
+}
