@@ -3,7 +3,7 @@
 //!
 //! - [`UsageSample`]: a node's agent, every interval, for each service it
 //!   runs instances of: each instance's cumulative CPU time and current
-//!   memory, read from its cgroup. Subject `subjects.usage(service, node)`.
+//!   memory, read from its cgroup, and its service's disk's use. Subject `subjects.usage(service, node)`.
 //! - [`HttpSample`]: a router, every interval in which a service was
 //!   requested: how many requests it answered by status class and how long
 //!   they took, as counts per latency bucket. Subject
@@ -47,6 +47,12 @@ pub struct InstanceUsage {
     /// The instance's memory limit, bytes (0: none known).
     #[serde(default)]
     pub memory_limit_bytes: u64,
+    /// Its service's disk: bytes in use (absent without a disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_used_bytes: Option<u64>,
+    /// Its service's disk: the filesystem's size, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_capacity_bytes: Option<u64>,
 }
 
 /// One service's requests through one router over one interval.

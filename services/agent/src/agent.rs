@@ -842,7 +842,17 @@ impl Agent {
             let mut by_service: HashMap<ServiceId, Vec<InstanceUsage>> = HashMap::new();
             let mut totals: HashMap<ServiceId, (f64, u64)> = HashMap::new();
             let mut seen = HashMap::new();
-            for (u, service) in cgroups.read_all(running).await {
+            let disks = {
+                let dir = crate::persistent::dir(&self.inner.cfg.state_dir);
+                tokio::task::spawn_blocking(move || crate::persistent::usage(&dir))
+                    .await
+                    .unwrap_or_default()
+            };
+            for (mut u, service) in cgroups.read_all(running).await {
+                if let Some((used, size)) = disks.get(service.as_str()) {
+                    u.disk_used_bytes = Some(*used);
+                    u.disk_capacity_bytes = Some(*size);
+                }
                 let instance = u.instance.clone();
                 let cores = last.get(&instance).map_or(0.0, |(cpu, at)| {
                     let secs = now.duration_since(*at).as_secs_f64();

@@ -278,6 +278,25 @@ pub fn list(disks: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// What each mounted disk of this node holds: service → (bytes in use,
+/// the filesystem's size).
+pub fn usage(disks: &Path) -> std::collections::HashMap<String, (u64, u64)> {
+    list(disks)
+        .into_iter()
+        .filter_map(|(id, service)| {
+            let mount = disks.join(&id);
+            if !bundle::is_mountpoint(&mount) {
+                return None;
+            }
+            let st = nix::sys::statvfs::statvfs(&mount).ok()?;
+            let block = st.fragment_size();
+            let size = st.blocks() * block;
+            let free = st.blocks_free() * block;
+            Some((service, (size.saturating_sub(free), size)))
+        })
+        .collect()
+}
+
 /// Removes a disk and what was written on it, for good: unmounted (at
 /// once from the host's view; the kernel frees it once nothing uses it),
 /// then its file. Removing one this node has not got does nothing.

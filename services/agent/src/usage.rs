@@ -104,6 +104,8 @@ impl CgroupReader {
             cpu_nanos,
             memory_bytes: memory,
             memory_limit_bytes: limit,
+            disk_used_bytes: None,
+            disk_capacity_bytes: None,
         })
     }
 

@@ -188,6 +188,10 @@ pub enum Resource {
     Memory,
     /// Instances that reported, per bucket.
     Instances,
+    /// The service's disk: bytes in use, per instance (the one using it).
+    DiskUsage,
+    /// The service's disk: the filesystem's size, bytes.
+    DiskCapacity,
 }
 
 /// A service's resource series over `window`: per instance for CPU and
@@ -235,6 +239,16 @@ pub async fn resources(
                     last.insert(id, (s.time, u.cpu_nanos));
                 }
                 Resource::Memory => values.push((labels, s.time, u.memory_bytes as f64)),
+                Resource::DiskUsage => {
+                    if let Some(b) = u.disk_used_bytes {
+                        values.push((labels, s.time, b as f64));
+                    }
+                }
+                Resource::DiskCapacity => {
+                    if let Some(b) = u.disk_capacity_bytes {
+                        values.push((labels, s.time, b as f64));
+                    }
+                }
                 Resource::Instances => {}
             }
         }

@@ -310,6 +310,10 @@ routes! {
         "CPU per instance (cores)", 200;
     get "/v1/metrics/memory" => metrics::memory,
         "Memory per instance (bytes)", 200;
+    get "/v1/metrics/disk-usage" => metrics::disk_usage,
+        "The service's disk in use (bytes)", 200;
+    get "/v1/metrics/disk-capacity" => metrics::disk_capacity,
+        "The size of the service's disk (bytes)", 200;
     get "/v1/metrics/instance-count" => metrics::instance_count,
         "Instances per point", 200;
     get "/v1/metrics/http-requests" => metrics::http_requests,

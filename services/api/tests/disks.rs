@@ -192,6 +192,16 @@ async fn a_disk_is_given_at_create_shown_and_kept_to_one_instance() {
         "{}",
         page.html
     );
+    // Its metrics page charts the disk's use; one without a disk has none.
+    berth_api::metrics::ensure_stream(&app.store, 1 << 24)
+        .await
+        .unwrap();
+    let charts = b.get(&format!("/services/{id}/metrics")).await;
+    assert_eq!(charts.status, StatusCode::OK, "{}", charts.html);
+    assert!(charts.html.contains("Disk in use"), "{}", charts.html);
+    let charts = b.get(&format!("/services/{plain}/metrics")).await;
+    assert_eq!(charts.status, StatusCode::OK, "{}", charts.html);
+    assert!(!charts.html.contains("Disk in use"), "{}", charts.html);
     let page = b
         .submit(
             "/services/new",

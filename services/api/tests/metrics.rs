@@ -46,11 +46,14 @@ async fn series_from_samples_for_the_owner_only() {
     // 100 MiB, i2 joins at the third.
     let t0: DateTime<Utc> = Utc::now() - chrono::Duration::seconds(60);
     for k in 0..4u64 {
+        // i1 has its service's disk: 1 GiB, k MiB of it in use.
         let mut instances = vec![InstanceUsage {
             instance: i1.clone(),
             cpu_nanos: k * 7_500_000_000,
             memory_bytes: 100 << 20,
             memory_limit_bytes: 512 << 20,
+            disk_used_bytes: Some(k << 20),
+            disk_capacity_bytes: Some(1 << 30),
         }];
         if k >= 2 {
             instances.push(InstanceUsage {
@@ -58,6 +61,8 @@ async fn series_from_samples_for_the_owner_only() {
                 cpu_nanos: 0,
                 memory_bytes: 50 << 20,
                 memory_limit_bytes: 512 << 20,
+                disk_used_bytes: None,
+                disk_capacity_bytes: None,
             });
         }
         let sample = UsageSample {
@@ -118,6 +123,14 @@ async fn series_from_samples_for_the_owner_only() {
     );
     let (_, count) = get("instance-count", "").await;
     assert_eq!(values(&count[0]), vec![2.0], "{count}");
+    // The disk: only the instance that has it, its latest use and size.
+    let (s, used) = get("disk-usage", "&aggregationMethod=MAX").await;
+    assert_eq!(s, StatusCode::OK, "{used}");
+    assert_eq!(used.as_array().unwrap().len(), 1, "{used}");
+    assert_eq!(used[0]["unit"], "bytes");
+    assert_eq!(values(&used[0]), vec![(3u64 << 20) as f64], "{used}");
+    let (_, size) = get("disk-capacity", "").await;
+    assert_eq!(values(&size[0]), vec![(1u64 << 30) as f64], "{size}");
     let (s, req) = get("http-requests", "&aggregateBy=statusCode").await;
     assert_eq!(s, StatusCode::OK, "{req}");
     let class = |c: &str| {

@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use berth_domain::service::Command;
 use berth_schemas::ids::{DiskId, OwnerId, UserId};
+use berth_schemas::metrics::UsageSample;
 use berth_schemas::model::{Disk, ServiceType};
 use berth_tests::agent::collect_logs;
 use berth_tests::node::{World, REPO};
+use futures::StreamExt;
 use serde_json::json;
 
 use crate::images::{modes, on_busybox};
@@ -117,9 +119,34 @@ async fn a_disk_keeps_what_its_instance_wrote_until_the_service_is_deleted() {
                 assert_eq!(code, 0, "{out}");
             }
             if n == 3 {
-                // Grown: 1,100 MiB fit now.
+                // Grown: 1,100 MiB fit now, and the node's usage samples
+                // say so.
+                let mut usage = w
+                    .client
+                    .subscribe(w.store.subjects().usage(&svc, &node.id))
+                    .await
+                    .unwrap();
                 let (code, out) = write_1100_mib(&s.instance);
                 assert_eq!(code, 0, "{out}");
+                let seen = tokio::time::timeout(Duration::from_secs(10), async {
+                    while let Some(m) = usage.next().await {
+                        let sample: UsageSample = serde_json::from_slice(&m.payload).unwrap();
+                        let disk = sample
+                            .instances
+                            .iter()
+                            .find(|u| u.instance == s.instance)
+                            .and_then(|u| u.disk_used_bytes.zip(u.disk_capacity_bytes));
+                        if let Some((used, size)) = disk {
+                            if used >= 1100 << 20 {
+                                return (used, size);
+                            }
+                        }
+                    }
+                    panic!("the usage samples ended")
+                })
+                .await
+                .expect("a usage sample with the disk's use within 10 s");
+                assert!(seen.1 > 3 << 29 && seen.1 <= 2 << 30, "{seen:?}");
             } else {
                 stop(&w, &node.id, &svc, &s.instance).await;
                 w.wait_events(&svc, Duration::from_secs(30), |ev| {

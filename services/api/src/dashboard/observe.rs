@@ -384,11 +384,20 @@ pub async fn metrics_page(
             return refused(&who, Section::Services, &e)
         }
     };
+    // A service with a disk: how full it is.
+    let disk = match super::service::common(&service).disk {
+        None => None,
+        Some(_) => match metrics::disk_usage(s(), a(), Listing(q())).await {
+            Ok(d) => Some(d.0),
+            Err(e) => return refused(&who, Section::Services, &e),
+        },
+    };
     let body = html! {
         h1 { a href={ "/services/" (service.id) } { (service.name) } " — metrics" }
         p.muted { "The last hour, a point a minute; samples are kept a day." }
         (chart("CPU per instance", "cpu", &cpu, from, to))
         (chart("Memory per instance", "bytes", &mem, from, to))
+        @if let Some(d) = &disk { (chart("Disk in use", "bytes", d, from, to)) }
         (chart("Requests per minute, by status", "count", &req, from, to))
         (chart("Latency (p95)", "ms", &lat, from, to))
     };

@@ -196,6 +196,26 @@ pub async fn memory(
     resource_series(st, caller, q, Resource::Memory, "bytes").await
 }
 
+/// GET /v1/metrics/disk-usage: the service's disk in use, bytes (per
+/// instance; none without a disk).
+pub async fn disk_usage(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Listing(q): Listing<MetricsQuery>,
+) -> Result<Json<Vec<TimeSeries>>, ApiError> {
+    resource_series(st, caller, q, Resource::DiskUsage, "bytes").await
+}
+
+/// GET /v1/metrics/disk-capacity: the size of the service's disk's
+/// filesystem, bytes.
+pub async fn disk_capacity(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Listing(q): Listing<MetricsQuery>,
+) -> Result<Json<Vec<TimeSeries>>, ApiError> {
+    resource_series(st, caller, q, Resource::DiskCapacity, "bytes").await
+}
+
 /// GET /v1/metrics/instance-count: instances that ran, per point.
 pub async fn instance_count(
     State(st): State<AppState>,
