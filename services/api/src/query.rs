@@ -136,6 +136,37 @@ impl Between {
     }
 }
 
+/// Render's `createdBefore`/`createdAfter`/`updatedBefore`/`updatedAfter`
+/// bounds of a listing (RFC 3339 or Unix seconds, inclusive).
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Changed {
+    #[serde(default, deserialize_with = "one")]
+    pub created_before: Option<String>,
+    #[serde(default, deserialize_with = "one")]
+    pub created_after: Option<String>,
+    #[serde(default, deserialize_with = "one")]
+    pub updated_before: Option<String>,
+    #[serde(default, deserialize_with = "one")]
+    pub updated_after: Option<String>,
+}
+
+impl Changed {
+    /// The creation and update bounds, each checked.
+    pub fn bounds(&self) -> Result<(Between, Between), ApiError> {
+        Ok((
+            Between::of(
+                ("createdAfter", self.created_after.as_deref()),
+                ("createdBefore", self.created_before.as_deref()),
+            )?,
+            Between::of(
+                ("updatedAfter", self.updated_after.as_deref()),
+                ("updatedBefore", self.updated_before.as_deref()),
+            )?,
+        ))
+    }
+}
+
 /// Whether an `ownerId` filter leaves the caller's own items: it is not
 /// given, or names `caller` (another owner's items are never listed).
 pub fn owner_selected(owner_ids: &[String], caller: &str) -> bool {

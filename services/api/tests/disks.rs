@@ -216,6 +216,15 @@ async fn a_disk_is_given_at_create_shown_and_kept_to_one_instance() {
     );
 }
 
+/// The disk ids of a `GET /v1/disks` page, in its order.
+fn disk_ids(page: &Value) -> Vec<&str> {
+    page.as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["disk"]["id"].as_str().unwrap())
+        .collect()
+}
+
 /// Creates a worker named `name` with `disk`: (service id, disk id).
 async fn create(app: &App, o: &Owner, name: &str, disk: Value) -> (String, String) {
     let (s, v) = app
@@ -269,12 +278,7 @@ async fn disks_are_listed_retrieved_and_grown_in_renders_shape() {
     // Listed, newest service first, only the caller's, in Render's shape.
     let (s, v) = app.get("/v1/disks", &alice).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let ids: Vec<&str> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["disk"]["id"].as_str().unwrap())
-        .collect();
+    let ids = disk_ids(&v);
     assert_eq!(ids, [cache_disk.as_str(), pg_disk.as_str()]);
     let d = &v[1]["disk"];
     assert_eq!(
@@ -301,14 +305,28 @@ async fn disks_are_listed_retrieved_and_grown_in_renders_shape() {
     ] {
         let (s, v) = app.get(&format!("/v1/disks?{q}"), &alice).await;
         assert_eq!(s, StatusCode::OK, "{q}: {v}");
-        let got: Vec<&str> = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["disk"]["id"].as_str().unwrap())
-            .collect();
+        let got = disk_ids(&v);
         assert_eq!(got, want, "{q}");
     }
+    // By creation time: the bounds are inclusive RFC 3339 times.
+    let made = |v: &Value| v["createdAt"].as_str().unwrap().to_owned();
+    let (_, first) = app.get(&format!("/v1/disks/{pg_disk}"), &alice).await;
+    let (_, second) = app.get(&format!("/v1/disks/{cache_disk}"), &alice).await;
+    let after = form_urlencoded::byte_serialize(made(&second).as_bytes()).collect::<String>();
+    let before = form_urlencoded::byte_serialize(made(&first).as_bytes()).collect::<String>();
+    for (q, want) in [
+        (format!("createdAfter={after}"), vec![cache_disk.as_str()]),
+        (format!("createdBefore={before}"), vec![pg_disk.as_str()]),
+        ("updatedAfter=2999-01-01T00:00:00Z".to_owned(), vec![]),
+    ] {
+        let (s, v) = app.get(&format!("/v1/disks?{q}"), &alice).await;
+        assert_eq!(s, StatusCode::OK, "{q}: {v}");
+        let got = disk_ids(&v);
+        assert_eq!(got, want, "{q}");
+    }
+    let (s, v) = app.get("/v1/disks?createdAfter=soon", &alice).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v.to_string().contains("createdAfter"), "{v}");
     // Paged by cursor.
     let (_, first) = app.get("/v1/disks?limit=1", &alice).await;
     let cursor = first[0]["cursor"].as_str().unwrap();

@@ -38,14 +38,9 @@ pub struct DeploysQuery {
     /// Deploy statuses (repeated or comma-separated).
     #[serde(default, deserialize_with = "query::many")]
     pub status: Vec<String>,
-    #[serde(default, deserialize_with = "query::one")]
-    pub created_before: Option<String>,
-    #[serde(default, deserialize_with = "query::one")]
-    pub created_after: Option<String>,
-    #[serde(default, deserialize_with = "query::one")]
-    pub updated_before: Option<String>,
-    #[serde(default, deserialize_with = "query::one")]
-    pub updated_after: Option<String>,
+    /// The creation and update bounds.
+    #[serde(flatten)]
+    pub changed: query::Changed,
     #[serde(default, deserialize_with = "query::one")]
     pub finished_before: Option<String>,
     #[serde(default, deserialize_with = "query::one")]
@@ -74,16 +69,11 @@ impl DeployFilter {
                     .map_err(|_| ApiError::field("status", "is not a deploy status"))
             })
             .collect::<Result<_, _>>()?;
+        let (created, updated) = q.changed.bounds()?;
         Ok(DeployFilter {
             statuses,
-            created: Between::of(
-                ("createdAfter", q.created_after.as_deref()),
-                ("createdBefore", q.created_before.as_deref()),
-            )?,
-            updated: Between::of(
-                ("updatedAfter", q.updated_after.as_deref()),
-                ("updatedBefore", q.updated_before.as_deref()),
-            )?,
+            created,
+            updated,
             finished: Between::of(
                 ("finishedAfter", q.finished_after.as_deref()),
                 ("finishedBefore", q.finished_before.as_deref()),

@@ -62,7 +62,8 @@ fn details(id: &ServiceId, s: &ServiceState) -> Option<DiskDetails> {
 }
 
 /// Query of `GET /v1/disks`: Render's filters `ownerId`, `name`, `diskId`
-/// and `serviceId` (each repeated or comma-separated), and paging.
+/// and `serviceId` (each repeated or comma-separated), the creation and
+/// update bounds, and paging.
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DisksQuery {
@@ -74,6 +75,9 @@ pub struct DisksQuery {
     pub disk_id: Vec<String>,
     #[serde(default, deserialize_with = "query::many")]
     pub service_id: Vec<String>,
+    /// The creation and update bounds.
+    #[serde(flatten)]
+    pub changed: query::Changed,
     #[serde(flatten)]
     pub page: app::Page,
 }
@@ -84,11 +88,12 @@ pub async fn list(
     Authed(caller): Authed,
     Listing(q): Listing<DisksQuery>,
 ) -> Result<Json<Vec<DiskItem>>, ApiError> {
+    let (created, updated) = q.changed.bounds()?;
+    let limit = q.page.limit()?;
     // Another owner named alone: nothing of theirs is listed.
-    if !q.owner_id.is_empty() && !q.owner_id.iter().any(|o| o == caller.owner.as_str()) {
+    if !query::owner_selected(&q.owner_id, caller.owner.as_str()) {
         return Ok(Json(Vec::new()));
     }
-    let limit = q.page.limit()?;
     st.caught_up().await?;
     let wanted = |list: &[String], v: &str| list.is_empty() || list.iter().any(|x| x == v);
     st.read(|i| {
@@ -97,6 +102,8 @@ pub async fn list(
                 wanted(&q.name, &d.name)
                     && wanted(&q.disk_id, &d.id)
                     && wanted(&q.service_id, &d.service_id)
+                    && created.holds(Some(d.created_at))
+                    && updated.holds(Some(d.updated_at))
             })
         })
         .map(|page| {

@@ -587,14 +587,9 @@ pub struct ServicesQuery {
     pub suspended: Vec<String>,
     #[serde(default, deserialize_with = "query::many")]
     pub owner_id: Vec<String>,
-    #[serde(default, deserialize_with = "query::one")]
-    pub created_before: Option<String>,
-    #[serde(default, deserialize_with = "query::one")]
-    pub created_after: Option<String>,
-    #[serde(default, deserialize_with = "query::one")]
-    pub updated_before: Option<String>,
-    #[serde(default, deserialize_with = "query::one")]
-    pub updated_after: Option<String>,
+    /// The creation and update bounds.
+    #[serde(flatten)]
+    pub changed: query::Changed,
     /// Accepted; berth has no preview services.
     #[serde(default, deserialize_with = "query::one")]
     pub include_previews: Option<String>,
@@ -647,19 +642,14 @@ impl ServiceFilter {
             (false, true) => Some(false),
             _ => None,
         };
+        let (created, updated) = q.changed.bounds()?;
         Ok(ServiceFilter {
             names: q.name.clone(),
             types,
             regions: q.region.clone(),
             suspended,
-            created: Between::of(
-                ("createdAfter", q.created_after.as_deref()),
-                ("createdBefore", q.created_before.as_deref()),
-            )?,
-            updated: Between::of(
-                ("updatedAfter", q.updated_after.as_deref()),
-                ("updatedBefore", q.updated_before.as_deref()),
-            )?,
+            created,
+            updated,
             none: static_only
                 || !q.environment_id.is_empty()
                 || !query::owner_selected(&q.owner_id, caller_owner)
