@@ -272,7 +272,7 @@ pub struct InstanceSpec {
     pub network: Option<NetworkSpec>,
     /// The service's persistent disk, mounted at its path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disk: Option<crate::persistent::DiskSpec>,
+    pub disk: Option<berth_schemas::model::Disk>,
 }
 
 /// The process environment: `HOSTNAME` (the instance's host name, as
@@ -771,8 +771,9 @@ mod tests {
     fn a_disk_is_bound_at_its_path_last_without_setuid_or_devices() {
         let state = tempfile::tempdir().unwrap();
         let mut s = spec();
-        s.disk = Some(crate::persistent::DiskSpec {
-            id: "dsk-aaaaaaaaaaaaaaaaaaaa".into(),
+        s.disk = Some(berth_schemas::model::Disk {
+            id: "dsk-aaaaaaaaaaaaaaaaaaaa".parse().unwrap(),
+            name: "data".into(),
             mount_path: "/var/lib/data".into(),
             size_gb: 1,
         });

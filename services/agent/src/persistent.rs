@@ -24,20 +24,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde::{Deserialize, Serialize};
+use berth_schemas::model::Disk;
 
 use crate::bundle::{self, UserNamespace};
 use crate::error::{agent_io, AgentError};
 
-/// A disk as an instance asks for it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DiskSpec {
-    /// `dsk-…`: names the disk's files on the node.
-    pub id: String,
-    /// Where the instance sees it.
-    pub mount_path: String,
-    /// Its size, GiB.
-    pub size_gb: u32,
+/// A disk's size in bytes (its `sizeGB` are GiB).
+fn bytes(disk: &Disk) -> u64 {
+    u64::from(disk.size_gb) << 30
 }
 
 /// Where a node keeps its disks, below the agent's state directory.
@@ -69,12 +63,17 @@ fn tool(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-/// Runs a system tool; its error output is the failure's message.
-fn run(id: &str, program: &str, args: &[&str]) -> Result<(), AgentError> {
-    let out = Command::new(tool(program))
+/// Runs a system tool to its end; what it printed and how it ended.
+fn output(id: &str, program: &str, args: &[&str]) -> Result<std::process::Output, AgentError> {
+    Command::new(tool(program))
         .args(args)
         .output()
-        .map_err(|e| failed(id, format!("cannot run {program}: {e}")))?;
+        .map_err(|e| failed(id, format!("cannot run {program}: {e}")))
+}
+
+/// Runs a system tool; its error output is the failure's message.
+fn run(id: &str, program: &str, args: &[&str]) -> Result<(), AgentError> {
+    let out = output(id, program, args)?;
     if out.status.success() {
         return Ok(());
     }
@@ -91,22 +90,24 @@ fn run(id: &str, program: &str, args: &[&str]) -> Result<(), AgentError> {
 pub fn attach(
     disks: &Path,
     service: &str,
-    disk: &DiskSpec,
+    disk: &Disk,
     ns: Option<UserNamespace>,
     reserve: u64,
 ) -> Result<PathBuf, AgentError> {
-    if !valid(&disk.id) {
-        return Err(failed(&disk.id, "not a disk id"));
+    let id = disk.id.as_str();
+    if !valid(id) {
+        return Err(failed(id, "not a disk id"));
     }
+    let bytes = bytes(disk);
     let owner = ns.map_or(0, |n| n.host);
     // The instance's root passes through it to the mount (0710, its group).
     bundle::private_dir(disks, ns.map(|n| n.host)).map_err(agent_io(disks))?;
-    let image = disks.join(format!("{}.img", disk.id));
+    let image = disks.join(format!("{id}.img"));
     if !image.exists() {
-        room(disks, &disk.id, u64::from(disk.size_gb) << 30, reserve)?;
+        room(disks, id, bytes, reserve)?;
         // Whose it is, first: a disk is never on the node without it.
-        let owned_by = disks.join(format!("{}.service", disk.id));
-        let new = disks.join(format!("{}.service.new", disk.id));
+        let owned_by = disks.join(format!("{id}.service"));
+        let new = disks.join(format!("{id}.service.new"));
         std::fs::write(&new, service)
             .and_then(|()| std::fs::rename(&new, &owned_by))
             .map_err(agent_io(&owned_by))?;
@@ -114,14 +115,13 @@ pub fn attach(
     }
     // Grown since it was made: the file first (a marker says a filesystem
     // is still to follow, so a node dying between the two finishes it).
-    let bytes = u64::from(disk.size_gb) << 30;
-    let growing = disks.join(format!("{}.grow", disk.id));
+    let growing = disks.join(format!("{id}.grow"));
     let had = std::fs::metadata(&image).map_err(agent_io(&image))?.len();
     if had < bytes {
-        room(disks, &disk.id, bytes - had, reserve)?;
+        room(disks, id, bytes - had, reserve)?;
         std::fs::write(&growing, b"").map_err(agent_io(&growing))?;
         run(
-            &disk.id,
+            id,
             "fallocate",
             &["-l", &bytes.to_string(), path_str(&image)?],
         )
@@ -131,21 +131,21 @@ pub fn attach(
                 other => other.to_string(),
             };
             failed(
-                &disk.id,
+                id,
                 format!("cannot grow to {} GB on this node: {why}", disk.size_gb),
             )
         })?;
     }
-    let mount = disks.join(&disk.id);
+    let mount = disks.join(id);
     std::fs::create_dir_all(&mount).map_err(agent_io(&mount))?;
     if growing.exists() {
-        grow(&disk.id, &image, &mount)?;
+        grow(id, &image, &mount)?;
         std::fs::remove_file(&growing).map_err(agent_io(&growing))?;
     }
     if !bundle::is_mountpoint(&mount) {
         let (img, at) = (path_str(&image)?, path_str(&mount)?);
         run(
-            &disk.id,
+            id,
             "mount",
             &["-t", "ext4", "-o", "loop,nosuid,nodev,noatime", img, at],
         )?;
@@ -189,10 +189,7 @@ fn grow(id: &str, image: &Path, mount: &Path) -> Result<(), AgentError> {
         waited += 1;
     }
     // A filesystem is checked before it is resized (0: clean, 1: fixed).
-    let checked = Command::new(tool("e2fsck"))
-        .args(["-f", "-p", path_str(image)?])
-        .output()
-        .map_err(|e| failed(id, format!("cannot run e2fsck: {e}")))?;
+    let checked = output(id, "e2fsck", &["-f", "-p", path_str(image)?])?;
     if !matches!(checked.status.code(), Some(0 | 1)) {
         return Err(failed(
             id,
@@ -227,21 +224,18 @@ fn room(disks: &Path, id: &str, more: u64, reserve: u64) -> Result<(), AgentErro
 
 /// Whether a loop device still holds `image`.
 fn attached(id: &str, image: &Path) -> Result<bool, AgentError> {
-    let out = Command::new(tool("losetup"))
-        .args(["-n", "-O", "NAME", "-j", path_str(image)?])
-        .output()
-        .map_err(|e| failed(id, format!("cannot run losetup: {e}")))?;
+    let out = output(id, "losetup", &["-n", "-O", "NAME", "-j", path_str(image)?])?;
     Ok(!String::from_utf8_lossy(&out.stdout).trim().is_empty())
 }
 
 /// A new filesystem of the disk's size, its root `owner`'s, in a file
 /// allocated in full (a node without the room says so now, not when the
 /// instance writes).
-fn make(disks: &Path, disk: &DiskSpec, owner: u32) -> Result<(), AgentError> {
-    let id = &disk.id;
+fn make(disks: &Path, disk: &Disk, owner: u32) -> Result<(), AgentError> {
+    let id = disk.id.as_str();
     let new = disks.join(format!("{id}.img.new"));
     let _ = std::fs::remove_file(&new);
-    let bytes = (u64::from(disk.size_gb) << 30).to_string();
+    let bytes = bytes(disk).to_string();
     let path = path_str(&new)?;
     let made = run(id, "fallocate", &["-l", &bytes, path]).and_then(|()| {
         let options = format!("root_owner={owner}:{owner},nodiscard,lazy_itable_init=1");

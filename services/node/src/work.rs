@@ -21,7 +21,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_agent::persistent::DiskSpec;
 use berth_agent::{Agent, AgentError, ImageConfig, ImageRoot, InstanceSpec, Limits};
 use berth_agent::{ExitStatus, OneOffOutcome};
 use berth_agent::{NetworkSpec, Publish};
@@ -308,11 +307,7 @@ impl NodeHandler {
         let service = self.service_state(&spec.service, 0).await?;
         let config = service.config.as_ref();
         let mut s = self.instance_spec(&spec, image, env);
-        s.disk = config.and_then(|c| c.disk.as_ref()).map(|d| DiskSpec {
-            id: d.id.to_string(),
-            mount_path: d.mount_path.clone(),
-            size_gb: d.size_gb,
-        });
+        s.disk = config.and_then(|c| c.disk.clone());
         self.add_platform_env(&spec, config, &mut s);
         let placement = self
             .place(&spec, config, service.detected_port, &mut s)
