@@ -495,14 +495,9 @@ impl Planner<'_> {
         up.truncate(want);
         let healthy = up.iter().filter(|i| i.is_healthy()).count();
         let mut count = up.len();
-        // Recreating: what is to be replaced goes now, and nothing new is
-        // placed while any instance of the service is left.
+        // Recreating, nothing new is placed while any instance of the
+        // service is left (what is to be replaced goes below, at once).
         let grow = grow && !(self.recreate && up.len() < state.instances.len());
-        if self.recreate {
-            for bad in &wrong {
-                self.stop(bad);
-            }
-        }
 
         // Instances on lost nodes move while they are still needed.
         let mut unplaced = 0;
@@ -545,7 +540,7 @@ impl Planner<'_> {
         // After live, every instance runs exactly the recorded digest; and a
         // restart replaces every instance placed before it, the same way.
         for bad in wrong {
-            if !self.recreate && (!bad.is_healthy() || !self.view.holds(bad) || healthy >= want) {
+            if self.recreate || !bad.is_healthy() || !self.view.holds(bad) || healthy >= want {
                 self.stop(bad);
             }
         }
