@@ -155,24 +155,13 @@ pub async fn get(
     Ok(Json(find(&st, &caller, &id).await?.1))
 }
 
-/// Render's `DiskPATCH`.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct DiskPatch {
-    pub name: Option<String>,
-    /// Only larger than it is.
-    #[serde(rename = "sizeGB")]
-    pub size_gb: Option<u32>,
-    pub mount_path: Option<String>,
-}
-
 /// PATCH /v1/disks/{diskId}: the disk as it is now; its instance sees the
 /// change at its next start.
 pub async fn update(
     State(st): State<AppState>,
     Authed(caller): Authed,
     Path(id): Path<String>,
-    JsonBody(body): JsonBody<DiskPatch>,
+    JsonBody(body): JsonBody<super::services::DiskBody>,
 ) -> Result<Json<DiskDetails>, ApiError> {
     let (svc, _) = find(&st, &caller, &id).await?;
     let request = berth_schemas::ids::DeployId::generate().to_string();

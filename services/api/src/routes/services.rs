@@ -183,16 +183,17 @@ pub struct DetailsBody {
     pub render_subdomain_policy: Option<Value>,
 }
 
-/// Render's `serviceDetails.disk`.
+/// Render's `serviceDetails.disk` at create (name and path required), and
+/// its `DiskPATCH` (`PATCH /v1/disks/{id}`: what is given changes).
 #[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DiskBody {
-    /// Required: 1–64 letters, digits, spaces, `-`, `_`, `.`.
+    /// 1–64 letters, digits, spaces, `-`, `_`, `.`.
     pub name: Option<String>,
-    /// Required: an absolute path in the instance (not `/`, nor below
-    /// `/proc`, `/sys` or `/dev`).
+    /// An absolute path in the instance (not `/`, nor below `/proc`,
+    /// `/sys` or `/dev`).
     pub mount_path: Option<String>,
-    /// GB, 1–1024 (default 1).
+    /// GB, 1–1024 (default 1 at create; a disk only grows).
     #[serde(rename = "sizeGB")]
     pub size_gb: Option<u32>,
 }
