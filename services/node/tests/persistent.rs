@@ -9,10 +9,12 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use berth_domain::service::Command;
-use berth_schemas::ids::{DiskId, OwnerId, UserId};
+use berth_schemas::commands::NodeRunSpec;
+use berth_schemas::ids::{DeployId, DiskId, NodeId, OwnerId, ServiceId, UserId};
 use berth_schemas::metrics::UsageSample;
 use berth_schemas::model::{Disk, ServiceType};
 use berth_tests::agent::collect_logs;
+use berth_tests::image::Image;
 use berth_tests::node::{World, REPO};
 use futures::StreamExt;
 use serde_json::json;
@@ -21,6 +23,41 @@ use crate::images::{modes, on_busybox};
 use crate::support::{
     count_of, exec, fast_checks, lines_of, run, service_with, spec, start_node_opts, stop,
 };
+
+/// A worker of `image` named `name` with a disk of `size_gb` at `/data`.
+async fn worker_with_disk(
+    w: &World,
+    name: &str,
+    image: &Image,
+    size_gb: u32,
+) -> (ServiceId, DeployId, Disk) {
+    let disk = Disk {
+        id: DiskId::generate(),
+        name: name.into(),
+        mount_path: "/data".into(),
+        size_gb,
+    };
+    let d = disk.clone();
+    let owner = OwnerId::User(UserId::generate());
+    let ty = ServiceType::BackgroundWorker;
+    let (svc, dep) = service_with(w, &owner, name, ty, &image.digest, |c| c.disk = Some(d)).await;
+    (svc, dep, disk)
+}
+
+/// Starts a new instance of `svc` running `image`'s own command on `node`.
+async fn start(
+    w: &World,
+    node: &NodeId,
+    svc: &ServiceId,
+    dep: &DeployId,
+    image: &Image,
+) -> NodeRunSpec {
+    let mut s = spec(w, svc, dep, "", None);
+    s.command = None;
+    s.digest = image.digest.clone();
+    run(w, node, &s).await;
+    s
+}
 
 #[tokio::test]
 async fn a_disk_keeps_what_its_instance_wrote_until_the_service_is_deleted() {
@@ -37,23 +74,7 @@ async fn a_disk_keeps_what_its_instance_wrote_until_the_service_is_deleted() {
         let w = World::start().await;
         let node = start_node_opts(&w, fast_checks(), Default::default(), opts).await;
         w.registry.push_image(REPO, "disk", &image).await.unwrap();
-        let owner = OwnerId::User(UserId::generate());
-        let disk = Disk {
-            id: DiskId::generate(),
-            name: "data".into(),
-            mount_path: "/data".into(),
-            size_gb: 1,
-        };
-        let d = disk.clone();
-        let (svc, dep) = service_with(
-            &w,
-            &owner,
-            "disk",
-            ServiceType::BackgroundWorker,
-            &image.digest,
-            |c| c.disk = Some(d),
-        )
-        .await;
+        let (svc, dep, disk) = worker_with_disk(&w, "disk", &image, 1).await;
         let mut logs = w.subscribe_logs(&svc).await;
         let write_1100_mib = |instance: &berth_schemas::ids::InstanceId| {
             exec(
@@ -85,10 +106,7 @@ async fn a_disk_keeps_what_its_instance_wrote_until_the_service_is_deleted() {
                 )
                 .await;
             }
-            let mut s = spec(&w, &svc, &dep, "", None);
-            s.command = None;
-            s.digest = image.digest.clone();
-            run(&w, &node.id, &s).await;
+            let s = start(&w, &node.id, &svc, &dep, &image).await;
             let said = format!("start {n}");
             let seen = collect_logs(&mut logs, Duration::from_secs(30), |l| {
                 l.line == said || l.line.starts_with("==> Exited")
@@ -212,28 +230,9 @@ async fn a_disk_the_node_has_no_room_for_is_refused_saying_why() {
     let node = start_node_opts(&w, fast_checks(), Default::default(), opts).await;
     let image = on_busybox(&[], json!({"Cmd": ["/bin/sh", "-c", "exec sleep 600"]}));
     w.registry.push_image(REPO, "big", &image).await.unwrap();
-    let owner = OwnerId::User(UserId::generate());
-    let disk = Disk {
-        id: DiskId::generate(),
-        name: "big".into(),
-        mount_path: "/data".into(),
-        size_gb,
-    };
-    let d = disk.clone();
-    let (svc, dep) = service_with(
-        &w,
-        &owner,
-        "big",
-        ServiceType::BackgroundWorker,
-        &image.digest,
-        |c| c.disk = Some(d),
-    )
-    .await;
+    let (svc, dep, disk) = worker_with_disk(&w, "big", &image, size_gb).await;
     let mut logs = w.subscribe_logs(&svc).await;
-    let mut s = spec(&w, &svc, &dep, "", None);
-    s.command = None;
-    s.digest = image.digest.clone();
-    run(&w, &node.id, &s).await;
+    let s = start(&w, &node.id, &svc, &dep, &image).await;
     let seen = collect_logs(&mut logs, Duration::from_secs(30), |l| {
         l.line.starts_with("==> Could not start")
     })
