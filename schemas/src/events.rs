@@ -11,8 +11,9 @@ use crate::ids::{
     JobId, NodeId, OwnerId, ServiceId,
 };
 use crate::model::{
-    CertificateFailure, DeployStatus, DeployTrigger, Disk, EnvVars, NotifySetting, OverlapPolicy,
-    Plan, PullFailureReason, RegistryKind, ResolvedImage, Sealed, ServiceType,
+    CertificateFailure, DeployStatus, DeployTrigger, Disk, EnvVars, LogStream, LogStreamOverride,
+    NotifySetting, OverlapPolicy, Plan, PullFailureReason, RegistryKind, ResolvedImage, Sealed,
+    ServiceType,
 };
 
 /// Declares the event structs, the `Event` enum and the table of types and
@@ -236,6 +237,11 @@ events! {
         pub webhook_url: Option<Sealed>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub webhook_secret: Option<Sealed>,
+    }
+    /// The owner's log stream was set, changed or (`stream` absent) removed.
+    LogStreamChanged = "log_stream_changed" v 1 {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub stream: Option<LogStream>,
     }
 
     /// An integration was created: NATS credentials bound to this owner.
@@ -510,6 +516,12 @@ events! {
     DiskPlaced = "disk_placed" v 1 {
         pub disk: DiskId,
         pub node: NodeId,
+    }
+    /// A service's override of its owner's log stream was set, changed or
+    /// (`stream` absent) removed: its lines follow the owner's again.
+    LogStreamOverrideChanged = "log_stream_override_changed" v 1 {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub stream: Option<LogStreamOverride>,
     }
     /// An instance was placed on a node.
     InstanceScheduled = "instance_scheduled" v 1 {

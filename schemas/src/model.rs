@@ -204,7 +204,7 @@ pub enum RegistryKind {
 /// A secret sealed with the operator's key, or to one node's public key
 /// (AEAD either way; `kid` says which key). Only the ciphertext ever
 /// travels; the `Debug` form shows nothing of it.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct Sealed {
     /// Key id, so keys can be rotated.
     pub kid: String,
@@ -244,6 +244,16 @@ pub mod seal_context {
     /// `webhook_url`, `webhook_secret`).
     pub fn notification(owner: &crate::ids::OwnerId, field: &str) -> String {
         format!("owner:{owner}:notify:{field}")
+    }
+
+    /// An owner's log stream token.
+    pub fn owner_log_stream_token(owner: &crate::ids::OwnerId) -> String {
+        format!("owner:{owner}:log_stream:token")
+    }
+
+    /// A service's log stream override token.
+    pub fn service_log_stream_token(service: &ServiceId) -> String {
+        format!("service:{service}:log_stream:token")
     }
 
     /// An environment variable's value in a work item for `node`, sealed
@@ -294,6 +304,46 @@ pub struct Disk {
     pub mount_path: String,
     /// Its size in GB (GiB: 2^30 bytes).
     pub size_gb: u32,
+}
+
+/// Whether log lines are sent to a log stream or dropped (Render's
+/// `LogStreamSetting` and `LogStreamPreviewSetting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStreamSetting {
+    /// Forward the lines.
+    Send,
+    /// Do not forward them.
+    Drop,
+}
+
+/// An owner's log stream: every line its services write is sent to a
+/// TLS syslog endpoint (RFC 5424 over TCP), as Render's log streams.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogStream {
+    /// `HOST:PORT` (an IPv6 address in brackets).
+    pub endpoint: String,
+    /// Written before each line when set (providers that share one
+    /// endpoint among accounts tell theirs apart by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Sealed>,
+    /// Render's setting for preview environments; berth has none, so it
+    /// is kept and shown and changes nothing.
+    pub preview: LogStreamSetting,
+}
+
+/// A service's override of its owner's log stream: `drop` sends none of
+/// its lines, `send` sends them to an endpoint of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogStreamOverride {
+    pub setting: LogStreamSetting,
+    /// Present exactly when `setting` is `send`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Sealed>,
 }
 
 /// Environment variables; values may be secrets, so they are sealed.

@@ -49,6 +49,7 @@ pub mod registry;
 pub mod resolver;
 pub mod runc;
 pub mod scheduler;
+pub mod syslog;
 pub mod tmpfs;
 pub mod two_machines;
 pub mod webhook;

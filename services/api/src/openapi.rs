@@ -30,8 +30,8 @@ use crate::error::ApiError;
 use crate::hooks;
 use crate::query::Listing;
 use crate::routes::{
-    cron, custom_domains, deploys, disks, env_vars, events, exec, jobs, logs, metrics, nodes,
-    notifications, owner, services, terminal,
+    cron, custom_domains, deploys, disks, env_vars, events, exec, jobs, log_streams, logs, metrics,
+    nodes, notifications, owner, services, terminal,
 };
 
 /// One route of the API.
@@ -337,6 +337,23 @@ routes! {
     get "/v1/logs/subscribe" => logs::subscribe,
         "New log lines of your services as they are stored, over a WebSocket (one text message \
          per line, in the shape of GET /v1/logs's lines)", 101;
+    get "/v1/logs/streams/owner/{ownerId}" => log_streams::get_owner,
+        "The owner's log stream: the TLS syslog endpoint its services' lines are sent to (no \
+         endpoint: none is set)", 200;
+    put "/v1/logs/streams/owner/{ownerId}" => log_streams::put_owner,
+        "Set or change the owner's log stream (HOST:PORT, an optional token written before each \
+         line)", 200;
+    delete "/v1/logs/streams/owner/{ownerId}" => log_streams::delete_owner,
+        "Remove the owner's log stream", 204;
+    get "/v1/logs/streams/resource" => log_streams::list_resources,
+        "List the services that override their owner's log stream (query: ownerId, resourceId, \
+         setting, cursor, limit)", 200;
+    get "/v1/logs/streams/resource/{resourceId}" => log_streams::get_resource,
+        "A service's log stream override (no setting: it follows its owner's)", 200;
+    put "/v1/logs/streams/resource/{resourceId}" => log_streams::put_resource,
+        "Set a service's override: drop its lines, or send them to an endpoint of its own", 200;
+    delete "/v1/logs/streams/resource/{resourceId}" => log_streams::delete_resource,
+        "Remove a service's override: it follows its owner's log stream again", 204;
     get "/v1/services/{serviceId}/instances" => services::instances,
         "List the service's instances", 200;
     post "/v1/services/{serviceId}/exec" => exec::run,

@@ -24,7 +24,7 @@ fn example_path(template: &str) -> String {
         .map(
             |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
                 None => seg.to_owned(),
-                Some("serviceId") => ServiceId::generate().to_string(),
+                Some("serviceId" | "resourceId") => ServiceId::generate().to_string(),
                 Some("deployId") => DeployId::generate().to_string(),
                 Some("jobId") => JobId::generate().to_string(),
                 Some("registryCredentialId") => CredentialId::generate().to_string(),

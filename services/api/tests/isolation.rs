@@ -279,7 +279,7 @@ async fn one_owner_never_sees_another_owners_resources() {
             .map(
                 |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
                     None => seg,
-                    Some("serviceId") => &svc,
+                    Some("serviceId" | "resourceId") => &svc,
                     Some("deployId") => &dep,
                     Some("jobId") => &job,
                     Some("registryCredentialId") => &cred,

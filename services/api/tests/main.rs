@@ -20,6 +20,7 @@ mod history;
 mod hooks;
 mod isolation;
 mod listing;
+mod log_streams;
 mod logs;
 mod logs_live;
 mod metrics;

@@ -14,6 +14,7 @@ mod dashboard_browser;
 mod demo;
 mod deploy_config;
 mod integrations;
+mod log_streams;
 mod node;
 mod node_seal;
 mod preflight;

@@ -28,6 +28,7 @@ pub mod credential;
 pub mod custom_domain;
 pub mod delivery;
 pub mod error;
+pub mod log_stream;
 pub mod node;
 pub mod owner;
 pub mod reference;

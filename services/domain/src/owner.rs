@@ -9,11 +9,11 @@
 use std::collections::BTreeMap;
 
 use berth_schemas::events::{
-    ApiKeyCreated, ApiKeyRevoked, IntegrationCreated, IntegrationRevoked,
+    ApiKeyCreated, ApiKeyRevoked, IntegrationCreated, IntegrationRevoked, LogStreamChanged,
     NotificationSettingsChanged, OwnerCreated, ServiceNameClaimed, ServiceNameReleased,
 };
 use berth_schemas::ids::{ApiKeyId, IntegrationId, OwnerId, ServiceId};
-use berth_schemas::model::{NotifySetting, Sealed};
+use berth_schemas::model::{LogStream, NotifySetting, Sealed};
 use berth_schemas::{Envelope, Event};
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +77,9 @@ pub struct OwnerState {
     pub notifications: NotificationSettings,
     #[serde(default)]
     pub integrations: BTreeMap<IntegrationId, Integration>,
+    /// Where its services' log lines are sent, if anywhere.
+    #[serde(default)]
+    pub log_stream: Option<LogStream>,
 }
 
 impl OwnerState {
@@ -132,6 +135,8 @@ pub enum Command {
         service: ServiceId,
     },
     SetNotificationSettings(NotificationSettings),
+    /// Set, change or (`None`) remove the log stream.
+    SetLogStream(Option<LogStream>),
 }
 
 /// Applies one event.
@@ -185,6 +190,7 @@ pub fn apply(mut s: OwnerState, event: &Event) -> OwnerState {
                 webhook_secret: e.webhook_secret.clone(),
             };
         }
+        Event::LogStreamChanged(e) => s.log_stream = e.stream.clone(),
         _ => {}
     }
     s
@@ -343,6 +349,15 @@ pub fn decide(state: &OwnerState, command: Command, _ctx: &Ctx) -> Result<Vec<Ev
                 webhook_secret: settings.webhook_secret,
             }
             .into()])
+        }
+        Command::SetLogStream(stream) => {
+            if let Some(st) = &stream {
+                crate::log_stream::check(st)?;
+            }
+            if stream == state.log_stream {
+                return Ok(vec![]);
+            }
+            Ok(vec![LogStreamChanged { stream }.into()])
         }
     }
 }

@@ -287,6 +287,59 @@ impl EventStore {
     }
 }
 
+impl EventStore {
+    /// The durable consumer `name` on the logs stream, made when missing
+    /// (starting at the next line stored): explicit acks, redelivery after
+    /// `ack_wait`, at most `max_ack_pending` lines unacknowledged. For a
+    /// reader that must see every line once it started, across its own
+    /// restarts (the notifier's log streams).
+    pub async fn logs_consumer(
+        &self,
+        name: &str,
+        ack_wait: Duration,
+        max_ack_pending: i64,
+    ) -> Result<async_nats::jetstream::consumer::PullConsumer, StoreError> {
+        let request =
+            |e: &dyn std::fmt::Display| StoreError::Request(format!("logs consumer {name}: {e}"));
+        let stream = self.logs_stream().await.map_err(|e| request(&e))?;
+        let config = pull::Config {
+            durable_name: Some(name.to_owned()),
+            filter_subject: self.subjects.logs_all(),
+            deliver_policy: DeliverPolicy::New,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait,
+            max_ack_pending,
+            max_deliver: -1,
+            description: Some("berth notifier: log streams".to_owned()),
+            ..Default::default()
+        };
+        stream
+            .get_or_create_consumer(name, config)
+            .await
+            .map_err(|e| request(&e))
+    }
+
+    /// Deletes the durable consumer `name` of the logs stream, if it
+    /// exists: a reader that stops for good lets the server forget its
+    /// place (it starts at new lines when made again).
+    pub async fn drop_logs_consumer(&self, name: &str) -> Result<(), StoreError> {
+        let request =
+            |e: &dyn std::fmt::Display| StoreError::Request(format!("logs consumer {name}: {e}"));
+        let stream = self.logs_stream().await.map_err(|e| request(&e))?;
+        match stream.delete_consumer(name).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("not found") => Ok(()),
+            Err(e) => Err(request(&e)),
+        }
+    }
+}
+
+/// A message of the logs stream as a kept line, unless it is none (see
+/// [`EventStore::follow_logs`]).
+pub fn kept(msg: &async_nats::jetstream::Message) -> Option<KeptLine> {
+    msg.info().ok().and_then(|info| kept_line(msg, &info))
+}
+
 /// `msg` of the logs stream (`info`: its metadata) as a kept line,
 /// unless it is none. The stream holds only `<prefix>.logs.<service>`
 /// subjects, so the last token names the service.

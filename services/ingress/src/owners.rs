@@ -122,6 +122,27 @@ impl Ingress {
         Ok(std::sync::Arc::unwrap_or_clone(done.state))
     }
 
+    /// Decides on the owner's state as it is when the command runs (again
+    /// after a conflict): `choose` merges a change into what is set, so a
+    /// concurrent change is not overwritten with a stale copy.
+    pub(crate) async fn owner_when(
+        &self,
+        owner: &OwnerId,
+        key: &str,
+        actor: &Actor,
+        choose: impl Fn(&OwnerState) -> Result<Option<owner::Command>, DomainError>,
+    ) -> Result<OwnerState, IngressError> {
+        let done = exec::run_when::<owner::Owner>(
+            &self.store,
+            &AggregateId::Owner(owner.clone()),
+            key,
+            actor,
+            choose,
+        )
+        .await?;
+        Ok(std::sync::Arc::unwrap_or_clone(done.state))
+    }
+
     /// Runs `command` on the owner's aggregate as `actor`.
     pub(crate) async fn owner_run(
         &self,
@@ -274,12 +295,8 @@ impl Ingress {
         let key = format!("owner-notify-{owner}-{}", ApiKeyId::generate());
         // Merged inside the decision, so a concurrent change of the other
         // channels is not overwritten with a stale copy.
-        let state = exec::run_when::<owner::Owner>(
-            &self.store,
-            &AggregateId::Owner(owner.clone()),
-            &key,
-            actor,
-            |s: &OwnerState| {
+        let state = self
+            .owner_when(owner, &key, actor, |s: &OwnerState| {
                 let old = &s.notifications;
                 let pick = |c: &Change, old: &Option<Sealed>| match c {
                     None => old.clone(),
@@ -305,10 +322,8 @@ impl Ingress {
                     });
                 }
                 Ok(Some(owner::Command::SetNotificationSettings(wanted)))
-            },
-        )
-        .await?
-        .state;
+            })
+            .await?;
         Ok(OwnerNotifications::of(&state.notifications))
     }
 }

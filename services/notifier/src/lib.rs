@@ -3,7 +3,7 @@
 //! Reads the service facts of the log (SPEC §9, §12, §14) as timeline
 //! events (the pure mapping to Render's service event types is
 //! `berth_domain::timeline`, which the API serves as well) and sends them on
-//! two ways:
+//! two ways, and sends instance logs on a third:
 //!
 //! - [`stream`]: the integration stream, each timeline event as JSON on
 //!   `<prefix>.events.<service id>` for notification bridges (at least once);
@@ -11,10 +11,14 @@
 //!   webhooks, per the owner's default and the service's override, one
 //!   Delivery aggregate per (event, channel) worked off a durable queue.
 //!
-//! [`component`] builds the `notifier` component running both.
+//! - [`log_streams`]: every line of an owner's services sent to its TLS
+//!   syslog endpoint (Render's log streams).
+//!
+//! [`component`] builds the `notifier` component running all three.
 
 pub mod channels;
 mod config;
+pub mod log_streams;
 pub mod notify;
 pub mod settings;
 pub mod stream;
@@ -108,12 +112,21 @@ impl Notifier {
             o.max_attempts,
         ));
         let decider = Arc::new(notify::Decider::new(self.store.clone(), o.max_event_age));
+        let forwarder = log_streams::Forwarder::new(
+            self.store.clone(),
+            self.key.clone(),
+            o.targets,
+            format!("{}-logs", o.consumer),
+            LOG_ACK_WAIT,
+        )
+        .map_err(NotifierError::Client)?;
 
         if let Some(r) = &ready {
             r.set(true);
         }
         tracing::info!(consumer = %o.consumer, "notifier running");
         let a = tokio::spawn(stream::run(publisher, stream_worker, shutdown.clone()));
+        let c = tokio::spawn(forwarder.run(shutdown.clone()));
         let b = tokio::spawn({
             let shutdown = shutdown.clone();
             async move {
@@ -127,6 +140,7 @@ impl Notifier {
         }
         let _ = a.await;
         let _ = b.await;
+        let _ = c.await;
         if let Some(r) = &ready {
             r.set(false);
         }
@@ -176,6 +190,10 @@ impl Component for Notifier {
         })
     }
 }
+
+/// How long a log line sent to a log stream may stay unacknowledged (its
+/// connection stalled) before it is delivered again.
+const LOG_ACK_WAIT: Duration = Duration::from_secs(60);
 
 /// How long a delivery attempt may take before it counts as failed.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(10);

@@ -8,6 +8,7 @@ pub mod env_vars;
 pub mod events;
 pub mod exec;
 pub mod jobs;
+pub mod log_streams;
 pub mod logs;
 pub mod metrics;
 pub mod nodes;

@@ -29,7 +29,9 @@ use crate::error::ApiError;
 use crate::query::{self, Listing};
 use crate::views::NotifyOverride;
 
-fn own(caller: &Caller, owner: &str) -> Result<(), ApiError> {
+/// 404 unless `owner` is the caller's own (another owner's settings are
+/// not found, as ones that do not exist).
+pub(super) fn own(caller: &Caller, owner: &str) -> Result<(), ApiError> {
     if owner == caller.owner.as_str() {
         Ok(())
     } else {

@@ -337,6 +337,11 @@ impl Api {
         self.send(Method::PATCH, path, Some(body)).await
     }
 
+    /// PUT `body` to `path`.
+    pub async fn put(&self, path: &str, body: Value) -> Result<Value, ClientError> {
+        self.send(Method::PUT, path, Some(body)).await
+    }
+
     /// DELETE `path`.
     pub async fn delete(&self, path: &str) -> Result<Value, ClientError> {
         self.send(Method::DELETE, path, None).await

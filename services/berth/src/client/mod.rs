@@ -1,5 +1,5 @@
 //! The `berth` API client commands (`service`, `credential`, `env`,
-//! `domain`, `hook`, `cron`, `job`, `node`, `apikey`, `notify`, `integration`): each one is
+//! `domain`, `hook`, `cron`, `job`, `node`, `apikey`, `notify`, `log-stream`, `integration`): each one is
 //! a few HTTP calls to the API that `berth up` serves, printed as a table
 //! or, with `--json`, as the API's own JSON for scripts.
 //!
@@ -24,6 +24,7 @@ pub mod hook;
 pub mod http;
 pub mod integration;
 pub mod job;
+pub mod log_stream;
 pub mod logs;
 pub mod node;
 pub mod notify;
@@ -142,6 +143,9 @@ pub enum ClientCommand {
     /// Who is told when a deploy fails: your setting and channels, and
     /// each service's override.
     Notify(notify::NotifyArgs),
+    /// Where your services' log lines are sent (a TLS syslog endpoint),
+    /// and each service's override.
+    LogStream(log_stream::LogStreamArgs),
     /// NATS credentials for programs that send bus commands and read your
     /// service events.
     Integration(integration::IntegrationArgs),
@@ -172,6 +176,7 @@ pub fn main(cmd: ClientCommand) -> ExitCode {
             ClientCommand::Node(a) => node::run(a).await,
             ClientCommand::Apikey(a) => apikey::run(a).await,
             ClientCommand::Notify(a) => notify::run(a).await,
+            ClientCommand::LogStream(a) => log_stream::run(a).await,
             ClientCommand::Integration(a) => integration::run(a).await,
         }
     });

@@ -59,14 +59,14 @@ pub enum NotifyCommand {
 }
 
 /// A secret from a file, trimmed of its trailing newline.
-fn secret_file(path: &std::path::Path) -> Result<String, ClientError> {
+pub(super) fn secret_file(path: &std::path::Path) -> Result<String, ClientError> {
     std::fs::read_to_string(path)
         .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
         .map_err(|e| ClientError::Usage(format!("cannot read {}: {e}", path.display())))
 }
 
 /// The owner named, or the credentials file's.
-fn owner(api: &Api, given: Option<String>) -> Result<String, ClientError> {
+pub(super) fn owner(api: &Api, given: Option<String>) -> Result<String, ClientError> {
     given.or_else(|| api.owner_id()).ok_or_else(|| {
         ClientError::Usage(
             "which owner? give --owner usr-… (credentials.json names none here)".to_owned(),

@@ -3,9 +3,9 @@
 //! settings and lifecycle events they produce.
 
 use berth_schemas::events::{
-    CronJobRunEnded, DeployCreated, DiskUpdated, InstanceCountChanged, RestartRequested,
-    ServiceCreated, ServiceCreationAbandoned, ServiceDeleted, ServiceResumed, ServiceSettings,
-    ServiceSuspended, ServiceUpdated,
+    CronJobRunEnded, DeployCreated, DiskUpdated, InstanceCountChanged, LogStreamOverrideChanged,
+    RestartRequested, ServiceCreated, ServiceCreationAbandoned, ServiceDeleted, ServiceResumed,
+    ServiceSettings, ServiceSuspended, ServiceUpdated,
 };
 use berth_schemas::ids::DeployId;
 use berth_schemas::model::{DeployTrigger, ServiceType};
@@ -313,6 +313,23 @@ pub(super) fn update_disk(
     Ok(vec![DiskUpdated { disk: new }.into()])
 }
 
+pub(super) fn set_log_stream(
+    state: &ServiceState,
+    stream: Option<berth_schemas::model::LogStreamOverride>,
+) -> Decision {
+    config(state)?;
+    if state.status == ServiceStatus::Deleted {
+        return Err(DomainError::conflict("the service is deleted"));
+    }
+    if let Some(o) = &stream {
+        crate::log_stream::check_override(o)?;
+    }
+    if stream == state.log_stream {
+        return Ok(vec![]);
+    }
+    Ok(vec![LogStreamOverrideChanged { stream }.into()])
+}
+
 pub(super) fn delete(state: &ServiceState) -> Vec<Event> {
     let mut out = stop_everything(state);
     out.push(ServiceDeleted {}.into());
@@ -420,6 +437,9 @@ pub(super) fn apply(s: &mut ServiceState, event: &Event, time: Option<DateTime<U
                 s.disk_updated_at = time;
                 s.updated_at = time;
             }
+        }
+        Event::LogStreamOverrideChanged(e) if s.config.is_some() => {
+            s.log_stream = e.stream.clone();
         }
         Event::InstanceCountChanged(e) => {
             if let Some(c) = s.config.as_mut() {

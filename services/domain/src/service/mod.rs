@@ -225,6 +225,8 @@ pub enum Command {
         mount_path: Option<String>,
         size_gb: Option<u32>,
     },
+    /// Set, change or (`None`) remove its override of the owner's log stream.
+    SetLogStream(Option<berth_schemas::model::LogStreamOverride>),
     Suspend,
     /// Resume and deploy (trigger `service_resumed`) as `deploy`.
     Resume {
@@ -531,6 +533,7 @@ pub fn decide(
             mount_path,
             size_gb,
         } => lifecycle::update_disk(state, name, mount_path, size_gb),
+        Command::SetLogStream(stream) => lifecycle::set_log_stream(state, stream),
         Command::Suspend => Ok(lifecycle::suspend(state)),
         Command::Resume { deploy } => lifecycle::resume(state, deploy),
         Command::Delete => Ok(lifecycle::delete(state)),

@@ -98,6 +98,9 @@ pub struct ServiceState {
     /// When its disk last changed (`disk_updated`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_updated_at: Option<DateTime<Utc>>,
+    /// Its override of the owner's log stream (`log_stream_override_changed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_stream: Option<berth_schemas::model::LogStreamOverride>,
     /// Custom domains by name (web services), each claimed on its own
     /// subject first (`crate::custom_domain`).
     #[serde(default)]

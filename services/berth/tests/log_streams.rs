@@ -1,0 +1,147 @@
+//! End to end: log streams. A worker prints; with the owner's stream set
+//! (`berth log-stream set`), its lines reach a real TLS syslog receiver
+//! (rsyslog, its certificate from a CA only `SSL_CERT_FILE` names) as RFC
+//! 5424 messages rsyslog parses into the service's name, id, instance,
+//! type and the line's severity; a service set to `drop` sends nothing
+//! while its lines are kept by berth; a service's own endpoint gets its
+//! token before each line; removing the stream stops the lines.
+
+use std::time::Duration;
+
+use berth_tests::syslog::{Received, Syslog};
+
+use crate::cli_support::{busybox_image, eventually, Setup};
+
+const TICKER: &str =
+    "sh -c 'i=0; while true; do echo tick-$i; echo level=warn slow-$i >&2; i=$((i+1)); sleep 0.2; done'";
+
+#[tokio::test]
+async fn lines_reach_a_tls_syslog_endpoint_as_rfc5424() {
+    let syslog = Syslog::start_tls().unwrap();
+    let ca = syslog.ca_pem().to_str().unwrap().to_owned();
+    let mut setup = Setup::start_env(&[("SSL_CERT_FILE", &ca)]).await;
+    let cli = setup.cli.clone();
+    let reg = &setup.registry;
+    reg.push_image("app/ticker", "v1", &busybox_image("ticker"))
+        .await
+        .unwrap();
+    let image = format!("{}/app/ticker:v1", reg.host);
+    for name in ["ticker", "quiet"] {
+        cli.ok(&[
+            "service",
+            "create",
+            name,
+            "--type",
+            "background_worker",
+            "--image",
+            &image,
+            "--command",
+            TICKER,
+        ])
+        .await;
+    }
+    let id = |name: &'static str| {
+        let cli = cli.clone();
+        async move {
+            cli.json(&["service", "show", name]).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let (ticker, quiet) = (id("ticker").await, id("quiet").await);
+    cli.ok(&["log-stream", "service", "quiet", "--drop"]).await;
+    let shown = cli.ok(&["log-stream", "set", &syslog.endpoint()]).await;
+    assert!(shown.contains(&syslog.endpoint()), "{shown}");
+
+    let from = |r: &Received, svc: &str| r.app_name == svc;
+    eventually(
+        "the ticker's lines at the syslog endpoint",
+        Duration::from_secs(60),
+        || async {
+            let got = syslog.received();
+            got.iter().filter(|r| from(r, &ticker)).count() >= 10
+        },
+    )
+    .await;
+    let got = syslog.received();
+    let tick = got
+        .iter()
+        .find(|r| from(r, &ticker) && r.msg.starts_with("tick-"))
+        .expect("a tick line");
+    assert_eq!(tick.hostname, "ticker", "{tick:?}");
+    assert!(tick.procid.starts_with("ins-"), "{tick:?}");
+    assert_eq!(tick.msgid, "background_worker", "{tick:?}");
+    assert_eq!(tick.severity, "info", "{tick:?}");
+    let slow = got
+        .iter()
+        .find(|r| from(r, &ticker) && r.msg.starts_with("level=warn slow-"))
+        .expect("a stderr line");
+    assert_eq!(slow.severity, "warning", "{slow:?}");
+    // A line per message, in order per stream: tick-N follow one another.
+    let ticks: Vec<u64> = got
+        .iter()
+        .filter(|r| from(r, &ticker))
+        .filter_map(|r| r.msg.strip_prefix("tick-")?.parse().ok())
+        .collect();
+    assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "{ticks:?}");
+
+    // `quiet` prints as much (berth keeps its lines) and sends none.
+    let kept = cli.ok(&["service", "logs", "quiet", "--tail", "5"]).await;
+    assert!(kept.contains("tick-"), "{kept}");
+    let seen = syslog.received().len();
+    eventually(
+        "more of the ticker's lines",
+        Duration::from_secs(30),
+        || async { syslog.received().len() > seen + 10 },
+    )
+    .await;
+    assert!(
+        !syslog.received().iter().any(|r| from(r, &quiet)),
+        "a dropped service's line was sent"
+    );
+
+    // A service's own endpoint, with a token before each line.
+    let token = setup.cli.data.join("token");
+    std::fs::write(&token, "tok-3f9a\n").unwrap();
+    cli.ok(&[
+        "log-stream",
+        "service",
+        "quiet",
+        "--send",
+        &syslog.endpoint(),
+        "--token-file",
+        token.to_str().unwrap(),
+    ])
+    .await;
+    eventually(
+        "quiet's lines with their token",
+        Duration::from_secs(30),
+        || async {
+            syslog
+                .received()
+                .iter()
+                .any(|r| r.raw.starts_with("tok-3f9a <14>1 ") && r.raw.contains(&quiet))
+        },
+    )
+    .await;
+    let shown = cli.ok(&["log-stream", "service", "quiet"]).await;
+    assert!(!shown.contains("tok-3f9a"), "the token is shown: {shown}");
+
+    // Removed: the ticker's lines stop (quiet's own endpoint goes on).
+    cli.ok(&["log-stream", "remove"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = syslog
+        .received()
+        .iter()
+        .filter(|r| from(r, &ticker))
+        .count();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = syslog
+        .received()
+        .iter()
+        .filter(|r| from(r, &ticker))
+        .count();
+    assert_eq!(before, after, "lines sent after the stream was removed");
+    setup.stop().await;
+}
