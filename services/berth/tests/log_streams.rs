@@ -4,16 +4,64 @@
 //! 5424 messages rsyslog parses into the service's name, id, instance,
 //! type and the line's severity; a service set to `drop` sends nothing
 //! while its lines are kept by berth; a service's own endpoint gets its
-//! token before each line; removing the stream stops the lines.
+//! token before each line; Render's Python SDK works every log stream
+//! operation; removing the stream stops the lines.
 
 use std::time::Duration;
 
 use berth_tests::syslog::{Received, Syslog};
+use serde_json::Value;
 
 use crate::cli_support::{busybox_image, eventually, Setup};
 
 const TICKER: &str =
     "sh -c 'i=0; while true; do echo tick-$i; echo level=warn slow-$i >&2; i=$((i+1)); sleep 0.2; done'";
+
+/// Render's own Python SDK sets the owner's stream (with a token) and
+/// works a service's override through every log stream operation, each
+/// answer parsed into the SDK's model. Arguments: API URL, owner id,
+/// endpoint, service id; the key in BERTH_API_KEY.
+const SDK_STREAMS: &str = r#"
+import os, sys
+from render.public_api import AuthenticatedClient
+from render.public_api.api.logs import (
+    update_owner_log_stream, get_owner_log_stream, delete_owner_log_stream,
+    update_resource_log_stream, get_resource_log_stream, delete_resource_log_stream,
+    list_resource_log_streams)
+from render.public_api.models.log_stream_owner_update import LogStreamOwnerUpdate
+from render.public_api.models.log_stream_resource_update import LogStreamResourceUpdate
+from render.public_api.models.log_stream_preview_setting import LogStreamPreviewSetting
+from render.public_api.models.log_stream_setting import LogStreamSetting
+from render.public_api.models.owner_log_stream_setting import OwnerLogStreamSetting
+from render.public_api.models.resource_log_stream_setting import ResourceLogStreamSetting
+from render.public_api.types import UNSET
+
+url, owner, endpoint, service = sys.argv[1:5]
+c = AuthenticatedClient(base_url=url, token=os.environ["BERTH_API_KEY"],
+                        raise_on_unexpected_status=True)
+r = update_owner_log_stream.sync_detailed(owner, client=c, body=LogStreamOwnerUpdate(
+    preview=LogStreamPreviewSetting.SEND, endpoint=endpoint, token="sdk-tok-71c"))
+assert r.status_code == 200 and isinstance(r.parsed, OwnerLogStreamSetting), r.content
+assert r.parsed.endpoint == endpoint and r.parsed.owner_id == owner, r.parsed
+assert b"sdk-tok" not in r.content, r.content
+got = get_owner_log_stream.sync(owner, client=c)
+assert got.endpoint == endpoint and got.preview == LogStreamPreviewSetting.SEND, got
+r = update_resource_log_stream.sync_detailed(service, client=c,
+                                             body=LogStreamResourceUpdate(setting=LogStreamSetting.DROP))
+assert r.status_code == 200 and r.parsed.setting == LogStreamSetting.DROP, r.content
+listed = list_resource_log_streams.sync(client=c, owner_id=[owner], setting=[LogStreamSetting.DROP])
+assert [x.resource_id for x in listed] == [service], listed
+assert all(isinstance(x, ResourceLogStreamSetting) for x in listed)
+one = get_resource_log_stream.sync(service, client=c)
+assert one.setting == LogStreamSetting.DROP and one.endpoint is UNSET, one
+r = delete_resource_log_stream.sync_detailed(service, client=c)
+assert r.status_code == 204, r
+one = get_resource_log_stream.sync(service, client=c)
+assert one.setting is UNSET, one
+r = delete_resource_log_stream.sync_detailed(service, client=c)
+assert r.status_code == 404, r
+print("ok")
+"#;
 
 #[tokio::test]
 async fn lines_reach_a_tls_syslog_endpoint_as_rfc5424() {
@@ -128,20 +176,51 @@ async fn lines_reach_a_tls_syslog_endpoint_as_rfc5424() {
     let shown = cli.ok(&["log-stream", "service", "quiet"]).await;
     assert!(!shown.contains("tok-3f9a"), "the token is shown: {shown}");
 
-    // Removed: the ticker's lines stop (quiet's own endpoint goes on).
+    // Render's SDK sets the owner's stream with a token and takes quiet's
+    // override away again: both services' lines come with the token.
+    let creds: Value =
+        serde_json::from_slice(&std::fs::read(cli.data.join("credentials.json")).unwrap()).unwrap();
+    let sdk = tokio::process::Command::new("python3")
+        .args(["-c", SDK_STREAMS, &format!("{}/v1", setup.api_url)])
+        .args([
+            creds["ownerId"].as_str().unwrap(),
+            &syslog.endpoint(),
+            &quiet,
+        ])
+        .env("BERTH_API_KEY", creds["apiKey"].as_str().unwrap())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        sdk.status.success() && sdk.stdout == b"ok\n",
+        "{}{}",
+        String::from_utf8_lossy(&sdk.stdout),
+        String::from_utf8_lossy(&sdk.stderr)
+    );
+    eventually(
+        "both services' lines with the SDK's token",
+        Duration::from_secs(30),
+        || async {
+            let got = syslog.received();
+            let with = |svc: &str| {
+                got.iter()
+                    .any(|r| r.raw.starts_with("sdk-tok-71c <") && r.raw.contains(svc))
+            };
+            with(&ticker) && with(&quiet)
+        },
+    )
+    .await;
+
+    // Removed: no line is sent any more.
     cli.ok(&["log-stream", "remove"]).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = syslog
-        .received()
-        .iter()
-        .filter(|r| from(r, &ticker))
-        .count();
+    let before = syslog.received().len();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = syslog
-        .received()
-        .iter()
-        .filter(|r| from(r, &ticker))
-        .count();
-    assert_eq!(before, after, "lines sent after the stream was removed");
+    assert_eq!(
+        syslog.received().len(),
+        before,
+        "lines sent after the stream was removed"
+    );
     setup.stop().await;
 }
