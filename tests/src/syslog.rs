@@ -30,7 +30,7 @@ pub struct Received {
 
 /// A running rsyslogd.
 pub struct Syslog {
-    child: Child,
+    child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
     ca_pem: PathBuf,
@@ -69,6 +69,19 @@ action(type="omfile" file="{d}/received.log" template="fields")
             d = d.display()
         );
         std::fs::write(d.join("rsyslog.conf"), conf)?;
+        let mut me = Syslog {
+            child: None,
+            port,
+            dir,
+            ca_pem,
+        };
+        me.start()?;
+        Ok(me)
+    }
+
+    /// Starts rsyslogd (again) and waits until it listens.
+    pub fn start(&mut self) -> Result<()> {
+        let d = self.dir.path();
         let child = Command::new("rsyslogd")
             .arg("-n")
             .arg("-f")
@@ -80,25 +93,28 @@ action(type="omfile" file="{d}/received.log" template="fields")
             .stderr(std::fs::File::create(d.join("rsyslog.stderr"))?)
             .spawn()
             .context("starting rsyslogd (scripts/install-deps installs it)")?;
-        let mut me = Syslog {
-            child,
-            port,
-            dir,
-            ca_pem,
-        };
+        let child = self.child.insert(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = me.child.try_wait()? {
-                let err = std::fs::read_to_string(me.dir.path().join("rsyslog.stderr"))
-                    .unwrap_or_default();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = child.try_wait()? {
+                let err = std::fs::read_to_string(d.join("rsyslog.stderr")).unwrap_or_default();
                 bail!("rsyslogd exited ({status}): {err}");
             }
             if Instant::now() > deadline {
-                bail!("rsyslogd did not listen on {port} within 10 s");
+                bail!("rsyslogd did not listen on {} within 10 s", self.port);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(me)
+        Ok(())
+    }
+
+    /// Kills rsyslogd: the endpoint refuses connections until
+    /// [`Syslog::start`].
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// `localhost:PORT`, the endpoint to give berth.
@@ -137,7 +153,6 @@ action(type="omfile" file="{d}/received.log" template="fields")
 
 impl Drop for Syslog {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }

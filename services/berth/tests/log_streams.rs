@@ -4,8 +4,10 @@
 //! 5424 messages rsyslog parses into the service's name, id, instance,
 //! type and the line's severity; a service set to `drop` sends nothing
 //! while its lines are kept by berth; a service's own endpoint gets its
-//! token before each line; Render's Python SDK works every log stream
-//! operation; removing the stream stops the lines.
+//! token before each line; an endpoint that stalls holds up no one
+//! else's lines, and one that goes down gets lines again once back;
+//! Render's Python SDK works every log stream operation; removing the
+//! stream stops the lines.
 
 use std::time::Duration;
 
@@ -65,7 +67,7 @@ print("ok")
 
 #[tokio::test]
 async fn lines_reach_a_tls_syslog_endpoint_as_rfc5424() {
-    let syslog = Syslog::start_tls().unwrap();
+    let mut syslog = Syslog::start_tls().unwrap();
     let ca = syslog.ca_pem().to_str().unwrap().to_owned();
     let mut setup = Setup::start_env(&[("SSL_CERT_FILE", &ca)]).await;
     let cli = setup.cli.clone();
@@ -148,6 +150,34 @@ async fn lines_reach_a_tls_syslog_endpoint_as_rfc5424() {
         !syslog.received().iter().any(|r| from(r, &quiet)),
         "a dropped service's line was sent"
     );
+
+    // An endpoint that takes connections and never answers holds up only
+    // its own lines: the ticker's go on.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole_at = format!("127.0.0.1:{}", hole.local_addr().unwrap().port());
+    cli.ok(&["log-stream", "service", "quiet", "--send", &hole_at])
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seen = syslog.received().len();
+    eventually(
+        "the ticker's lines past a stalled endpoint",
+        Duration::from_secs(10),
+        || async { syslog.received().len() > seen + 10 },
+    )
+    .await;
+
+    // The endpoint down a while and back: its lines flow again.
+    syslog.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = syslog.received().len();
+    syslog.start().unwrap();
+    eventually(
+        "the ticker's lines after the endpoint came back",
+        Duration::from_secs(30),
+        || async { syslog.received().len() > seen + 5 },
+    )
+    .await;
+    drop(hole);
 
     // A service's own endpoint, with a token before each line.
     let token = setup.cli.data.join("token");

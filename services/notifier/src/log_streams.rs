@@ -57,6 +57,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest pause before an unreachable endpoint is tried again.
 const MAX_PAUSE: Duration = Duration::from_secs(60);
+/// Most lines written to a connection at once.
+const BATCH: usize = 512;
 /// How often dropped lines are reported, per target.
 const REPORT_EVERY: Duration = Duration::from_secs(30);
 
@@ -414,13 +416,17 @@ async fn send_loop(shared: Shared, target: Target, mut rx: mpsc::Receiver<Outgoi
     let mut pause = Duration::from_secs(1);
     let mut conn: Option<Tls> = None;
     let mut batch: Vec<Outgoing> = Vec::new();
+    // Whether the batch failed once to be written already.
+    let mut retried = false;
     loop {
-        let first = match tokio::time::timeout(IDLE, rx.recv()).await {
-            Ok(Some(o)) => o,
-            Ok(None) | Err(_) => break,
-        };
-        batch.push(first);
-        while batch.len() < 512 {
+        if batch.is_empty() {
+            match tokio::time::timeout(IDLE, rx.recv()).await {
+                Ok(Some(o)) => batch.push(o),
+                Ok(None) | Err(_) => break,
+            }
+            retried = false;
+        }
+        while batch.len() < BATCH {
             match rx.try_recv() {
                 Ok(o) => batch.push(o),
                 Err(_) => break,
@@ -443,7 +449,7 @@ async fn send_loop(shared: Shared, target: Target, mut rx: mpsc::Receiver<Outgoi
                     let until = tokio::time::Instant::now() + pause;
                     while let Ok(Some(o)) = tokio::time::timeout_at(until, rx.recv()).await {
                         batch.push(o);
-                        if batch.len() >= 512 {
+                        if batch.len() >= BATCH {
                             let n = batch.len() as u64;
                             ack_all(&mut batch).await;
                             drops.add(n, &target, "endpoint unreachable");
@@ -469,21 +475,26 @@ async fn send_loop(shared: Shared, target: Target, mut rx: mpsc::Receiver<Outgoi
             stream.flush().await
         })
         .await;
-        match written {
-            Ok(Ok(())) => ack_all(&mut batch).await,
-            Ok(Err(e)) => {
-                tracing::warn!(owner = %target.owner, endpoint = %target.endpoint, error = %e,
-                    "log stream connection lost; its lines are sent again on a new one");
-                conn = None;
-                // Not acknowledged: the server delivers them again.
-                batch.clear();
+        let error = match written {
+            Ok(Ok(())) => {
+                ack_all(&mut batch).await;
+                continue;
             }
-            Err(_) => {
-                tracing::warn!(owner = %target.owner, endpoint = %target.endpoint,
-                    "log stream endpoint stopped taking lines; its connection is closed");
-                conn = None;
-                batch.clear();
-            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no progress in {WRITE_TIMEOUT:?}"),
+        };
+        conn = None;
+        if retried {
+            // Twice: left unacknowledged, the server delivers them again
+            // after the ack wait, and the queue moves on.
+            tracing::warn!(owner = %target.owner, endpoint = %target.endpoint, error = %error,
+                "log stream connection lost again; its lines come again later");
+            batch.clear();
+        } else {
+            // Sent again on a new connection (a line may then come twice).
+            tracing::warn!(owner = %target.owner, endpoint = %target.endpoint, error = %error,
+                "log stream connection lost; its lines are sent on a new one");
+            retried = true;
         }
     }
     if let Some(mut s) = conn {
