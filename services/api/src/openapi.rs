@@ -530,6 +530,9 @@ pages! {
     post "/credentials/{registryCredentialId}/delete" => dashboard::owner::delete, "Delete a credential";
     get "/notifications" => dashboard::owner::notifications_page, "Notification settings";
     post "/notifications" => dashboard::owner::save_notifications, "Save notification settings";
+    get "/log-stream" => dashboard::owner::log_stream_page, "The owner's log stream";
+    post "/log-stream" => dashboard::owner::save_log_stream, "Set the owner's log stream";
+    post "/log-stream/remove" => dashboard::owner::remove_log_stream, "Remove the owner's log stream";
     get "/api-keys" => dashboard::owner::api_keys_page, "API keys";
     post "/api-keys" => dashboard::owner::create_key, "Create an API key (shown once)";
     post "/api-keys/{apiKeyId}/revoke" => dashboard::owner::revoke_key, "Revoke an API key";

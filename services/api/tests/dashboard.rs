@@ -634,6 +634,47 @@ async fn owner_pages_use_the_apis_rules() {
         (&json!("all"), &json!("ops@example.com"))
     );
 
+    // The log stream: the API's refusal of a bad endpoint, then set with
+    // a token that is never shown, then removed.
+    let refused = b
+        .submit("/log-stream", "/log-stream", &[("endpoint", "tls://x:1")])
+        .await;
+    assert!(refused.html.contains("scheme"), "{}", refused.html);
+    let saved = b
+        .submit(
+            "/log-stream",
+            "/log-stream",
+            &[
+                ("endpoint", "logs.example.com:6514"),
+                ("token", "tok-LS-SECRET"),
+            ],
+        )
+        .await;
+    assert!(
+        saved
+            .html
+            .contains("Lines are sent to logs.example.com:6514.")
+            && saved.html.contains("Token (set)"),
+        "{}",
+        saved.html
+    );
+    assert!(!saved.html.contains("tok-LS-SECRET"), "a token shown");
+    let (_, ls) = app
+        .get(&format!("/v1/logs/streams/owner/{}", alice.id), &alice)
+        .await;
+    assert_eq!(ls["tokenConfigured"], true, "{ls}");
+    let removed = b.submit("/log-stream", "/log-stream/remove", &[]).await;
+    assert!(
+        removed.html.contains("Log stream removed"),
+        "{}",
+        removed.html
+    );
+    assert!(
+        !removed.html.contains("Stop sending lines"),
+        "{}",
+        removed.html
+    );
+
     // A cron job's page: runs, and the API's refusal to run before a deploy is live.
     let cron = &app.cron_job(&alice, "nightly").await;
     let page = b.get(&format!("/services/{cron}")).await;

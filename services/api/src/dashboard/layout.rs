@@ -17,6 +17,7 @@ pub enum Section {
     Services,
     Credentials,
     Notifications,
+    LogStream,
     ApiKeys,
 }
 
@@ -24,6 +25,7 @@ const NAV: &[(Section, &str, &str)] = &[
     (Section::Services, "/", "Services"),
     (Section::Credentials, "/credentials", "Registry credentials"),
     (Section::Notifications, "/notifications", "Notifications"),
+    (Section::LogStream, "/log-stream", "Log stream"),
     (Section::ApiKeys, "/api-keys", "API keys"),
 ];
 

@@ -1,6 +1,6 @@
 //! The owner's own pages: registry credentials (add, rotate, delete; a
 //! credential in use is refused with the services named), notification
-//! settings, and API keys (a new key shown once).
+//! settings, the log stream, and API keys (a new key shown once).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -16,6 +16,7 @@ use super::{after, refused};
 use crate::app::{AppState, Authed, JsonBody, Page};
 use crate::error::ApiError;
 use crate::query::Listing;
+use crate::routes::log_streams::{self, OwnerView};
 use crate::routes::notifications::{self, OwnerBody, SettingView};
 use crate::routes::owner::{self, ApiKeyBody, CredentialBody, CredentialOut, NewApiKey};
 use crate::routes::services::ServicesQuery;
@@ -345,6 +346,89 @@ pub async fn save_notifications(
     .await
     .map(|_| "Notification settings saved.".to_owned());
     after(&st, &who, "/notifications", done)
+}
+
+fn log_stream_form(who: &Signed, v: &OwnerView) -> Markup {
+    html! {
+        form method="post" action="/log-stream" {
+            (csrf(who))
+            label for="ls-endpoint" { "Endpoint (HOST:PORT)" }
+            input #ls-endpoint type="text" name="endpoint" required value=[v.endpoint.as_deref()] placeholder="logs.example.com:6514";
+            p.help { "A syslog endpoint that takes TLS over TCP (your provider's TLS syslog port, often 6514)." }
+            label for="ls-token" { "Token (" (if v.token_configured { "set" } else { "not set" }) ")" }
+            input #ls-token type="password" name="token" autocomplete="off" placeholder=(if v.token_configured { "kept as it is" } else { "optional" });
+            p.help { "Written before each line, for providers that tell accounts apart by it. Sealed at rest and never shown; a new endpoint without a new token drops it." }
+            label.check { input type="checkbox" name="tokenRemove"; "Remove the token" }
+            button type="submit" { "Save log stream" }
+        }
+        @if v.endpoint.is_some() {
+            form method="post" action="/log-stream/remove" {
+                (csrf(who))
+                button.danger type="submit" { "Stop sending lines" }
+            }
+        }
+    }
+}
+
+/// GET /log-stream
+pub async fn log_stream_page(State(st): State<AppState>, who: Signed) -> Response {
+    let owner = who.caller.owner.to_string();
+    let v = match log_streams::get_owner(State(st.clone()), Authed(who.caller.clone()), Path(owner))
+        .await
+    {
+        Ok(v) => v.0,
+        Err(e) => return refused(&who, Section::LogStream, &e),
+    };
+    let body = html! {
+        h1 { "Log stream" }
+        section.card {
+            p { "Every line your services write (berth's own “==>” lines included) is sent, as it is stored, to this endpoint as RFC 5424 syslog over TLS. A service can drop its lines or send them elsewhere: "
+                code { "berth log-stream service NAME --drop" } "." }
+            (log_stream_form(&who, &v))
+        }
+    };
+    layout::page(
+        StatusCode::OK,
+        &who,
+        Section::LogStream,
+        "Log stream",
+        who.take_flash(&st),
+        body,
+    )
+}
+
+/// POST /log-stream: `PUT /v1/logs/streams/owner/{id}`.
+pub async fn save_log_stream(State(st): State<AppState>, Posted { who, form }: Posted) -> Response {
+    let token = if form.checked("tokenRemove") {
+        Some(String::new())
+    } else {
+        form.text("token")
+    };
+    let body = log_streams::OwnerBody {
+        preview: Some(berth_schemas::model::LogStreamSetting::Send),
+        endpoint: form.text("endpoint"),
+        token,
+    };
+    let owner = who.caller.owner.to_string();
+    let done = log_streams::put_owner(
+        State(st.clone()),
+        Authed(who.caller.clone()),
+        Path(owner),
+        JsonBody(body),
+    )
+    .await
+    .map(|v| format!("Lines are sent to {}.", v.0.endpoint.unwrap_or_default()));
+    after(&st, &who, "/log-stream", done)
+}
+
+/// POST /log-stream/remove: `DELETE /v1/logs/streams/owner/{id}`.
+pub async fn remove_log_stream(State(st): State<AppState>, Posted { who, .. }: Posted) -> Response {
+    let owner = who.caller.owner.to_string();
+    let done =
+        log_streams::delete_owner(State(st.clone()), Authed(who.caller.clone()), Path(owner))
+            .await
+            .map(|_| "Log stream removed: no line is sent.".to_owned());
+    after(&st, &who, "/log-stream", done)
 }
 
 fn keys_page(
