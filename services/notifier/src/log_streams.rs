@@ -571,8 +571,10 @@ impl Forwarder {
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => break 'outer,
-                    _ = changed.changed() => {}
-                    _ = changed_s.changed() => {}
+                    // A runner that stopped disables its branch: the
+                    // sleep still comes round.
+                    Ok(()) = changed.changed() => {}
+                    Ok(()) = changed_s.changed() => {}
                     _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                 }
             }
@@ -606,6 +608,8 @@ impl Forwarder {
                 tokio::select! {
                     _ = shutdown.cancelled() => break 'outer,
                     _ = check.tick() => {
+                        // Connections closed while idle leave the map.
+                        senders.retain(|_, tx| !tx.is_closed());
                         let wanted = match (o.read(), s.read()) {
                             (Ok(o), Ok(s)) => any_target(&o, &s),
                             _ => true,
@@ -622,12 +626,18 @@ impl Forwarder {
                         }
                     }
                     next = messages.next() => match next {
-                        None => continue 'outer,
-                        Some(Err(e)) => {
-                            tracing::debug!(error = %e, "log streams: reading again");
-                            continue 'outer;
-                        }
                         Some(Ok(msg)) => self.hand_on(msg, &o, &s, &mut senders).await,
+                        other => {
+                            // The consumer lost (a server restarting, a
+                            // leader moving): read again after a pause.
+                            if let Some(Err(e)) = other {
+                                tracing::debug!(error = %e, "log streams: reading again");
+                            }
+                            tokio::select! {
+                                _ = shutdown.cancelled() => break 'outer,
+                                _ = tokio::time::sleep(Duration::from_millis(500)) => continue 'outer,
+                            }
+                        }
                     },
                 }
             }
