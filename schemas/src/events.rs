@@ -511,6 +511,16 @@ events! {
     DiskUpdated = "disk_updated" v 1 {
         pub disk: Disk,
     }
+    /// A disk was added to a service that had none; its instance gets it
+    /// at the deploy that comes with it.
+    DiskAdded = "disk_added" v 1 {
+        pub disk: Disk,
+    }
+    /// A service's disk was removed, and what was on it with it; the
+    /// deploy that comes with it starts an instance without it.
+    DiskRemoved = "disk_removed" v 1 {
+        pub disk: DiskId,
+    }
     /// A service's disk was placed on a node (with its first instance):
     /// its instances run there from now on.
     DiskPlaced = "disk_placed" v 1 {

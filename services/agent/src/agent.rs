@@ -269,6 +269,8 @@ pub(crate) struct Record {
 struct Supervised {
     /// The service it is an instance of.
     service: ServiceId,
+    /// The service's disk it mounts, if any.
+    disk: Option<berth_schemas::ids::DiskId>,
     stop: CancellationToken,
     /// Restarts and evictions asked of it.
     asks: Arc<Asks>,
@@ -480,6 +482,15 @@ impl Agent {
     /// to.
     pub fn service_of(&self, instance: &InstanceId) -> Option<ServiceId> {
         Some(self.inner.table().get(instance)?.service.clone())
+    }
+
+    /// The disks the instances this agent runs mount.
+    pub fn disks_in_use(&self) -> std::collections::BTreeSet<berth_schemas::ids::DiskId> {
+        self.inner
+            .table()
+            .values()
+            .filter_map(|s| s.disk.clone())
+            .collect()
     }
 
     /// The address of an instance on the node's bridge.
@@ -729,6 +740,7 @@ impl Agent {
                 instance.clone(),
                 Supervised {
                     service: spec.service.clone(),
+                    disk: spec.disk.as_ref().map(|d| d.id.clone()),
                     stop: stop.clone(),
                     asks: asks.clone(),
                     task: None,
@@ -993,6 +1005,7 @@ impl Agent {
                 rec.spec.instance.clone(),
                 Supervised {
                     service: rec.spec.service.clone(),
+                    disk: rec.spec.disk.as_ref().map(|d| d.id.clone()),
                     stop: stop.clone(),
                     asks: asks.clone(),
                     task: None,

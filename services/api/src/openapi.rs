@@ -322,8 +322,12 @@ routes! {
         "Request latency quantile (ms)", 200;
     get "/v1/disks" => disks::list,
         "List the disks of your services", 200;
+    post "/v1/disks" => disks::add,
+        "Add a disk to a service that has none (the service is deployed with it)", 201;
     get "/v1/disks/{diskId}" => disks::get,
         "Retrieve a disk", 200;
+    delete "/v1/disks/{diskId}" => disks::delete,
+        "Delete a disk and what is on it (the service is deployed without it)", 204;
     patch "/v1/disks/{diskId}" => disks::update,
         "Rename a disk, grow it or mount it elsewhere (its instance sees the change at its next \
          start)", 200;

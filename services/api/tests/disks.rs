@@ -380,3 +380,106 @@ async fn disks_are_listed_retrieved_and_grown_in_renders_shape() {
     let (_, svc) = app.get(&format!("/v1/services/{pg}"), &alice).await;
     assert_eq!(svc["serviceDetails"]["disk"]["sizeGB"], 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_is_added_to_a_service_and_deleted_each_with_a_deploy() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let (svc, _) = app.service(&alice, "worker").await;
+    let before = deploys(&app, &alice, &svc).await;
+
+    // Refused with why, nothing appended: no service, another owner's,
+    // missing fields, a bad path.
+    let bob = app.owner().await;
+    let seq = app.last_seq().await;
+    for (who, body, status, says) in [
+        (
+            &alice,
+            json!({"name": "d", "mountPath": "/d"}),
+            400,
+            "serviceId",
+        ),
+        (
+            &bob,
+            json!({"serviceId": svc, "name": "d", "mountPath": "/d"}),
+            404,
+            "service",
+        ),
+        (
+            &alice,
+            json!({"serviceId": svc, "mountPath": "/d"}),
+            400,
+            "name",
+        ),
+        (
+            &alice,
+            json!({"serviceId": svc, "name": "d", "mountPath": "/proc/x"}),
+            400,
+            "mountPath",
+        ),
+        (
+            &alice,
+            json!({"serviceId": svc, "name": "d", "mountPath": "/d", "extra": 1}),
+            400,
+            "extra",
+        ),
+    ] {
+        let (s, v) = app.post("/v1/disks", who, body.clone()).await;
+        assert_eq!(s.as_u16(), status, "{body}: {v}");
+        assert!(v.to_string().contains(says), "{body}: {v}");
+    }
+    assert_eq!(app.last_seq().await, seq);
+
+    let (s, d) = app
+        .post(
+            "/v1/disks",
+            &alice,
+            json!({"serviceId": svc, "name": "extra", "mountPath": "/srv/extra", "sizeGB": 3}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{d}");
+    let disk = d["id"].as_str().unwrap().to_owned();
+    assert!(disk.starts_with("dsk-"), "{d}");
+    assert_eq!(
+        (&d["serviceId"], &d["name"], &d["mountPath"], &d["sizeGB"]),
+        (
+            &json!(svc),
+            &json!("extra"),
+            &json!("/srv/extra"),
+            &json!(3)
+        )
+    );
+    let (_, shown) = app.get(&format!("/v1/services/{svc}"), &alice).await;
+    assert_eq!(shown["serviceDetails"]["disk"]["id"], disk.as_str());
+    assert_eq!(deploys(&app, &alice, &svc).await, before + 1);
+
+    // One disk a service; a disk keeps it to one instance.
+    let (s, v) = app
+        .post(
+            "/v1/disks",
+            &alice,
+            json!({"serviceId": svc, "name": "more", "mountPath": "/more"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v.to_string().contains("has a disk already"), "{v}");
+
+    // Another owner cannot delete it; its owner can, once.
+    let (s, _) = app.delete(&format!("/v1/disks/{disk}"), &bob).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = app.delete(&format!("/v1/disks/{disk}"), &alice).await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (s, _) = app.get(&format!("/v1/disks/{disk}"), &alice).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = app.delete(&format!("/v1/disks/{disk}"), &alice).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (_, shown) = app.get(&format!("/v1/services/{svc}"), &alice).await;
+    assert!(shown["serviceDetails"]["disk"].is_null(), "{shown}");
+    assert_eq!(deploys(&app, &alice, &svc).await, before + 2);
+}
+
+/// How many deploys `svc` has.
+async fn deploys(app: &App, o: &Owner, svc: &str) -> usize {
+    let (_, v) = app.get(&format!("/v1/services/{svc}/deploys"), o).await;
+    v.as_array().unwrap().len()
+}

@@ -57,6 +57,8 @@ pub const TYPES: &[&str] = &[
     "instance_count_changed",
     "disk_placed",
     "disk_updated",
+    "disk_added",
+    "disk_removed",
     "cron_job_run_started",
     "cron_job_run_ended",
     "cron_job_run_skipped",
@@ -95,6 +97,19 @@ fn snake<T: Serialize>(v: &T) -> Value {
 
 /// Render's numeric `status` of an ended deploy or pre-deploy, beside its
 /// `deployStatus`: 2 succeeded, 3 failed, 4 canceled.
+/// A disk's timeline details; `message` says what became of it, `{}`
+/// standing for its name, path and size (after its id).
+fn disk_details(d: &berth_schemas::model::Disk, message: &str) -> Value {
+    let what = format!("{} at {}, {} GB", d.name, d.mount_path, d.size_gb);
+    json!({
+        "diskId": d.id,
+        "name": d.name,
+        "mountPath": d.mount_path,
+        "sizeGB": d.size_gb,
+        "message": format!("disk {} {}", d.id, message.replacen("{}", &what, 1)),
+    })
+}
+
 fn numeric_status(outcome: &str) -> u8 {
     match outcome {
         "succeeded" => 2,
@@ -340,18 +355,29 @@ impl TimelineEvent {
                     "message": format!("its disk {} is on {}: its instance runs there from now on", e.disk, e.node),
                 }),
             ),
-            Event::DiskUpdated(e) => (
-                "disk_updated",
+            Event::DiskAdded(e) => (
+                "disk_added",
+                d!(disk_details(
+                    &e.disk,
+                    "added: {}; its instance gets it at the deploy that comes with it",
+                )),
+            ),
+            Event::DiskRemoved(e) => (
+                "disk_removed",
                 d!({
-                    "diskId": e.disk.id,
-                    "name": e.disk.name,
-                    "mountPath": e.disk.mount_path,
-                    "sizeGB": e.disk.size_gb,
+                    "diskId": e.disk,
                     "message": format!(
-                        "its disk {} is now {} at {}, {} GB: its instance sees it so at its next start",
-                        e.disk.id, e.disk.name, e.disk.mount_path, e.disk.size_gb
+                        "disk {} removed, and what was on it; the deploy that comes with it starts an instance without it",
+                        e.disk
                     ),
                 }),
+            ),
+            Event::DiskUpdated(e) => (
+                "disk_updated",
+                d!(disk_details(
+                    &e.disk,
+                    "is now {}: its instance sees it so at its next start",
+                )),
             ),
             Event::CronJobRunStarted(e) => (
                 "cron_job_run_started",
@@ -475,6 +501,16 @@ fn details_schemas() -> Vec<(&'static str, Vec<DetailField>)> {
     let s = || json!({"type": "string"});
     let int = || json!({"type": "integer"});
     let bool_ = || json!({"type": "boolean"});
+    // What `disk_details` writes.
+    let disk = || {
+        vec![
+            ("diskId", s(), true),
+            ("name", s(), true),
+            ("mountPath", s(), true),
+            ("sizeGB", int(), true),
+            ("message", s(), true),
+        ]
+    };
     let one_of = |v: &[&str]| json!({"type": "string", "enum": v});
     let failure = || {
         json!({"type": "object", "required": ["evicted"], "properties": {
@@ -655,15 +691,11 @@ fn details_schemas() -> Vec<(&'static str, Vec<DetailField>)> {
                 ("message", s(), true),
             ],
         ),
+        ("disk_updated", disk()),
+        ("disk_added", disk()),
         (
-            "disk_updated",
-            vec![
-                ("diskId", s(), true),
-                ("name", s(), true),
-                ("mountPath", s(), true),
-                ("sizeGB", int(), true),
-                ("message", s(), true),
-            ],
+            "disk_removed",
+            vec![("diskId", s(), true), ("message", s(), true)],
         ),
         (
             "certificate_issued",
@@ -1563,6 +1595,19 @@ mod tests {
                     mount_path: "/data".into(),
                     size_gb: 2,
                 },
+            }
+            .into(),
+            berth_schemas::events::DiskAdded {
+                disk: berth_schemas::model::Disk {
+                    id: berth_schemas::ids::DiskId::generate(),
+                    name: "data".into(),
+                    mount_path: "/data".into(),
+                    size_gb: 1,
+                },
+            }
+            .into(),
+            berth_schemas::events::DiskRemoved {
+                disk: berth_schemas::ids::DiskId::generate(),
             }
             .into(),
             CronJobRunStarted {

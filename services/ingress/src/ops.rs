@@ -140,6 +140,48 @@ impl Ingress {
         Ok(state)
     }
 
+    /// Gives a service without a disk one (a new id); a deploy brings it
+    /// to the instance. `request` makes a retry of the same request add
+    /// it once.
+    pub async fn add_disk(
+        &self,
+        scope: Scope<'_>,
+        id: &ServiceId,
+        disk: crate::NewDisk,
+        request: &str,
+    ) -> Result<ServiceState, IngressError> {
+        let key = format!("disk-add-{id}-{request}");
+        let disk = berth_schemas::model::Disk {
+            id: berth_schemas::ids::DiskId::generate(),
+            name: disk.name,
+            mount_path: disk.mount_path,
+            size_gb: disk.size_gb,
+        };
+        let deploy = DeployId::generate();
+        let state = self
+            .service_command(scope, id, &key, service::Command::AddDisk { disk, deploy })
+            .await?;
+        tracing::info!(service.id = %id, "disk added");
+        Ok(state)
+    }
+
+    /// Removes the service's disk and its data; a deploy starts an
+    /// instance without it.
+    pub async fn remove_disk(
+        &self,
+        scope: Scope<'_>,
+        id: &ServiceId,
+        request: &str,
+    ) -> Result<ServiceState, IngressError> {
+        let key = format!("disk-remove-{id}-{request}");
+        let deploy = DeployId::generate();
+        let state = self
+            .service_command(scope, id, &key, service::Command::RemoveDisk { deploy })
+            .await?;
+        tracing::info!(service.id = %id, "disk removed");
+        Ok(state)
+    }
+
     /// Restarts every instance.
     pub async fn restart(
         &self,

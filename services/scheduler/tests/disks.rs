@@ -100,3 +100,74 @@ async fn a_disk_keeps_its_instance_on_its_node_and_one_at_a_time_across_deploys(
     );
     w.command(&svc, Command::Suspend).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_disk_added_to_a_running_service_comes_with_a_deploy_and_goes_with_one() {
+    let w = World::start().await;
+    let node = w.start_node("n1").await;
+    let _scheduler = w.start_scheduler().await;
+    let (svc, d1) = w
+        .create(ServiceType::BackgroundWorker, |c| {
+            c.docker_command = Some("sh -c 'echo started >> /extra/starts; exec sleep 600'".into());
+        })
+        .await;
+    w.wait_live(&svc, &d1).await;
+
+    // Added: the deploy that comes with it stops the instance without the
+    // disk before it places the one with it, which writes on the disk.
+    let disk = DiskId::generate();
+    let d2 = berth_schemas::ids::DeployId::generate();
+    w.command(
+        &svc,
+        Command::AddDisk {
+            disk: Disk {
+                id: disk.clone(),
+                name: "extra".into(),
+                mount_path: "/extra".into(),
+                size_gb: 1,
+            },
+            deploy: d2.clone(),
+        },
+    )
+    .await;
+    let ev = w.wait_live(&svc, &d2).await;
+    let lives = lifetimes(&ev);
+    assert_eq!(lives.len(), 2, "{lives:?}");
+    let before = lives[0].3.expect("the instance without the disk stopped");
+    assert!(before < lives[1].2, "{lives:?}");
+    let disks = node.dir.join("agent/disks");
+    let written = disks.join(disk.as_str()).join("starts");
+    let mut starts = String::new();
+    for _ in 0..50 {
+        starts = std::fs::read_to_string(&written).unwrap_or_default();
+        if !starts.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(starts, "started\n", "{}", written.display());
+
+    // Removed: the deploy that comes with it runs an instance without it,
+    // and the node removes the disk and its data once no instance mounts
+    // it any more.
+    let d3 = berth_schemas::ids::DeployId::generate();
+    w.command(&svc, Command::RemoveDisk { deploy: d3.clone() })
+        .await;
+    w.wait_live(&svc, &d3).await;
+    let owner_file = disks.join(format!("{disk}.service"));
+    let mut gone = false;
+    for _ in 0..300 {
+        if !owner_file.exists() && !disks.join(format!("{disk}.img")).exists() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        gone,
+        "the removed disk is still on the node: {}",
+        owner_file.display()
+    );
+    assert!(w.state(&svc).await.config.unwrap().disk.is_none());
+    w.command(&svc, Command::Suspend).await;
+}

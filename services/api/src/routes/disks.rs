@@ -1,12 +1,14 @@
-//! `/v1/disks` (Render's disks API, for the disks services are created
-//! with): list, retrieve, and update — rename, grow, or mount elsewhere.
+//! `/v1/disks` (Render's disks API): list, retrieve, add one to a service
+//! that has none, update — rename, grow, or mount elsewhere — and delete.
 //! A change reaches the instance at its next start (a deploy or restart);
-//! a disk only grows. Disks are made with their service
-//! (`serviceDetails.disk`) and removed with it: `POST` and `DELETE` here,
-//! and snapshots, are not served. Another owner's disk is not found, as
-//! one that does not exist.
+//! a disk only grows. Adding or deleting one deploys the service (a
+//! suspended one at its resume), as on Render; a disk is also given at
+//! create (`serviceDetails.disk`) and removed with its service. Snapshots
+//! are not served. Another owner's disk is not found, as one that does not
+//! exist.
 
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::Json;
 use berth_domain::service::ServiceState;
 use berth_ingress::Scope;
@@ -48,7 +50,7 @@ pub struct DiskItem {
 /// The disk of `service`, if it has one.
 fn details(id: &ServiceId, s: &ServiceState) -> Option<DiskDetails> {
     let d = s.config.as_ref()?.disk.as_ref()?;
-    let created = s.created_at?;
+    let created = s.disk_added_at.or(s.created_at)?;
     Some(DiskDetails {
         id: d.id.to_string(),
         name: d.name.clone(),
@@ -144,6 +146,68 @@ async fn find(
         Some((svc.clone(), details(svc, s)?))
     })?
     .ok_or_else(|| ApiError::not_found("disk"))
+}
+
+/// Render's `DiskPOST`: the service, and the disk.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DiskPost {
+    /// Required: the service to give the disk (one without a disk).
+    pub service_id: Option<String>,
+    /// Required: 1–64 letters, digits, spaces, `-`, `_`, `.`.
+    pub name: Option<String>,
+    /// Required: an absolute path in the instance (not `/`, nor below
+    /// `/proc`, `/sys` or `/dev`).
+    pub mount_path: Option<String>,
+    /// GB, 1–1024 (default 1).
+    #[serde(rename = "sizeGB")]
+    pub size_gb: Option<u32>,
+}
+
+/// POST /v1/disks: gives a service without a disk one, and deploys it
+/// (the instance is stopped before the one with the disk starts). 201
+/// with the disk.
+pub async fn add(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    JsonBody(body): JsonBody<DiskPost>,
+) -> Result<(StatusCode, Json<DiskDetails>), ApiError> {
+    let Some(svc) = body.service_id.as_deref() else {
+        return Err(ApiError::field("serviceId", "is required"));
+    };
+    let svc = super::services::service_id(svc)?;
+    st.ingress.show_service(&caller, &svc).await?;
+    let (Some(name), Some(mount_path)) = (body.name, body.mount_path) else {
+        return Err(ApiError::field("name, mountPath", "are required"));
+    };
+    let disk = berth_ingress::NewDisk {
+        name,
+        mount_path,
+        size_gb: body.size_gb.unwrap_or(1),
+    };
+    let request = berth_schemas::ids::DeployId::generate().to_string();
+    let state = st
+        .ingress
+        .add_disk(Scope::Owner(&caller), &svc, disk, &request)
+        .await?;
+    details(&svc, &state)
+        .map(|d| (StatusCode::CREATED, Json(d)))
+        .ok_or_else(|| ApiError::not_found("disk"))
+}
+
+/// DELETE /v1/disks/{diskId}: removes the disk and what is on it, and
+/// deploys its service without it. 204.
+pub async fn delete(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let (svc, _) = find(&st, &caller, &id).await?;
+    let request = berth_schemas::ids::DeployId::generate().to_string();
+    st.ingress
+        .remove_disk(Scope::Owner(&caller), &svc, &request)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// GET /v1/disks/{diskId}

@@ -131,9 +131,22 @@ pub enum ServiceCommand {
     /// Set the number of instances.
     Scale { service: String, instances: u32 },
     /// Show the service's disk; with a flag, change it (its instance sees
-    /// the change at its next start: a deploy or `service restart`).
+    /// the change at its next start: a deploy or `service restart`), add
+    /// one to a service without, or remove it (both deploy the service).
     Disk {
         service: String,
+        /// Give the service a disk: NAME:PATH[:GB] (1 GB by default). The
+        /// service is deployed: its instance is stopped, then started with
+        /// the disk.
+        #[arg(long, value_name = "NAME:PATH[:GB]", conflicts_with_all = ["size_gb", "name", "mount_path", "remove"])]
+        add: Option<String>,
+        /// Remove the disk and everything on it; the service is deployed
+        /// without it. Needs --yes.
+        #[arg(long, conflicts_with_all = ["size_gb", "name", "mount_path"])]
+        remove: bool,
+        /// Confirms --remove (its data is gone for good).
+        #[arg(long, requires = "remove")]
+        yes: bool,
         /// Grow it to this many GB (a disk never shrinks).
         #[arg(long = "size", value_name = "GB")]
         size_gb: Option<u32>,
@@ -355,9 +368,21 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
         }
         ServiceCommand::Disk {
             service,
+            add: Some(spec),
+            ..
+        } => add_disk(&api, &service, &spec).await,
+        ServiceCommand::Disk {
+            service,
+            remove: true,
+            yes,
+            ..
+        } => remove_disk(&api, &service, yes).await,
+        ServiceCommand::Disk {
+            service,
             size_gb,
             name,
             mount_path,
+            ..
         } => disk(&api, &service, size_gb, name, mount_path).await,
         ServiceCommand::Restart { service } => {
             action(&api, &service, "restart", "restarting").await
@@ -446,18 +471,8 @@ async fn disk(
     mount_path: Option<String>,
 ) -> Result<(), ClientError> {
     let changing = size_gb.is_some() || name.is_some() || mount_path.is_some();
-    let id = resolve(api, service).await?;
-    let svc = api.get(&format!("/v1/services/{}", enc(&id))).await?;
-    let Some(disk) = svc["serviceDetails"]["disk"]["id"].as_str() else {
-        return Err(ClientError::Api {
-            status: 404,
-            message: format!("{service} has no disk"),
-            hint: Some(
-                "a disk is given when a service is created: `berth service create … --disk NAME:PATH[:GB]`"
-                    .to_owned(),
-            ),
-        });
-    };
+    let (_, disk) = disk_id(api, service).await?;
+    let disk = disk.as_str();
     let mut change = serde_json::Map::new();
     if let Some(gb) = size_gb {
         change.insert("sizeGB".into(), json!(gb));
@@ -494,6 +509,58 @@ async fn disk(
     Ok(())
 }
 
+/// The service's id and its disk's, or a 404 saying it has none.
+async fn disk_id(api: &Api, service: &str) -> Result<(String, String), ClientError> {
+    let id = resolve(api, service).await?;
+    let svc = api.get(&format!("/v1/services/{}", enc(&id))).await?;
+    match svc["serviceDetails"]["disk"]["id"].as_str() {
+        Some(disk) => Ok((id, disk.to_owned())),
+        None => Err(ClientError::Api {
+            status: 404,
+            message: format!("{service} has no disk"),
+            hint: Some(format!(
+                "give it one: `berth service disk {service} --add NAME:PATH[:GB]`"
+            )),
+        }),
+    }
+}
+
+/// `service disk --add`: `POST /v1/disks`.
+async fn add_disk(api: &Api, service: &str, spec: &str) -> Result<(), ClientError> {
+    let mut body = disk_body(spec)?;
+    let id = resolve(api, service).await?;
+    body["serviceId"] = json!(id);
+    let d = api.post("/v1/disks", Some(body)).await?;
+    if api.json() {
+        output::json(&d);
+        return Ok(());
+    }
+    println!(
+        "{id}: disk {} added ({} at {}, {} GB); the service deploys with it (`berth service follow {service}`)",
+        s(&d, "id"),
+        s(&d, "name"),
+        s(&d, "mountPath"),
+        s(&d, "sizeGB")
+    );
+    Ok(())
+}
+
+/// `service disk --remove --yes`: `DELETE /v1/disks/{id}`.
+async fn remove_disk(api: &Api, service: &str, yes: bool) -> Result<(), ClientError> {
+    let (id, disk) = disk_id(api, service).await?;
+    if !yes {
+        return Err(ClientError::Usage(format!(
+            "removing disk {disk} deletes everything on it: add --yes to go on"
+        )));
+    }
+    api.delete(&format!("/v1/disks/{}", enc(&disk))).await?;
+    done(
+        api,
+        &format!("{id}: disk {disk} removed; the service deploys without it"),
+    );
+    Ok(())
+}
+
 /// A service's disk in words (`-` without one).
 fn disk_of(svc: &Value) -> String {
     let d = &svc["serviceDetails"]["disk"];
@@ -517,7 +584,7 @@ fn disk_of(svc: &Value) -> String {
 fn disk_body(given: &str) -> Result<Value, ClientError> {
     let usage = || {
         ClientError::Usage(format!(
-            "--disk {given:?}: give NAME:PATH or NAME:PATH:GB, e.g. data:/var/lib/data:10"
+            "{given:?}: give NAME:PATH or NAME:PATH:GB, e.g. data:/var/lib/data:10"
         ))
     };
     let (name, rest) = given.split_once(':').ok_or_else(usage)?;

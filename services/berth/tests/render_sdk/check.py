@@ -35,7 +35,7 @@ import httpx
 
 from harness import Harness
 from steps_deploys import cron, deploys, events
-from steps_disks import disks
+from steps_disks import disk_added_and_deleted, disks
 from steps_domains import custom_domains
 from steps_jobs import jobs
 from steps_owner import credentials, notifications
@@ -60,7 +60,6 @@ MODULES = [
 # on berth, and so are not called: why, for each.
 SECRET_FILES = "secret files: berth passes configuration as env vars only"
 AUTOSCALING = "autoscaling: berth runs the numInstances it is given, no autoscaler"
-DISK_ALONE = "a disk on its own: a service's disk is made and removed with the service"
 SNAPSHOTS = "disk snapshots: berth keeps none"
 NOT_APPLICABLE = {
     "services.add_or_update_secret_file": SECRET_FILES,
@@ -74,8 +73,6 @@ NOT_APPLICABLE = {
     "services.preview_service": "preview instances: berth has no previews",
     "services.purge_cache": "build cache: an image-backed service is never built, so has none",
     "services.retrieve_service_outbound_ips": "outbound IPs: Render's egress addresses; berth NATs",
-    "disks.add_disk": DISK_ALONE,
-    "disks.delete_disk": DISK_ALONE,
     "disks.list_snapshots": SNAPSHOTS,
     "disks.restore_snapshot": SNAPSHOTS,
 }
@@ -174,6 +171,7 @@ def main():
         lifecycle,
         list_all,
         events,
+        disk_added_and_deleted,
         teardown,
     ):
         h.log(f"step {step.__name__}")

@@ -102,6 +102,8 @@ class FakeRender:
             ("GET", r"/disks", self.list_disks),
             ("GET", r"/disks/([^/]+)", self.get_disk),
             ("PATCH", r"/disks/([^/]+)", self.patch_disk),
+            ("POST", r"/disks", self.add_disk),
+            ("DELETE", r"/disks/([^/]+)", self.delete_disk),
             ("POST", r"/cron-jobs/([^/]+)/runs", self.run_cron),
             ("DELETE", r"/cron-jobs/([^/]+)/runs", self.cancel_cron),
             ("POST", s + r"/jobs", self.create_job),
@@ -170,6 +172,29 @@ class FakeRender:
                         d[k] = body[k]
                 d["updatedAt"] = stamp()
                 return self.get_disk(query, None, did)
+        return self.missing("disk")
+
+    def add_disk(self, query, body, *_):
+        svc = self.services.get(body.get("serviceId"))
+        if svc is None:
+            return self.missing("service")
+        d = svc["serviceDetails"]
+        if d.get("disk") or svc["type"] == "cron_job" or d.get("numInstances", 1) != 1:
+            return 400, {"id": "invalid", "message": "serviceId: this service cannot take a disk"}
+        d["disk"] = {
+            "id": new_id("dsk"),
+            "name": body["name"],
+            "mountPath": body["mountPath"],
+            "sizeGB": body.get("sizeGB", 1),
+        }
+        return 201, self.get_disk(query, None, d["disk"]["id"])[1]
+
+    def delete_disk(self, query, body, did):
+        for svc in self.services.values():
+            d = svc["serviceDetails"].get("disk")
+            if d and d["id"] == did:
+                del svc["serviceDetails"]["disk"]
+                return 204, None
         return self.missing("disk")
 
     # Custom domains (one per request: the pair Render may add is left out).

@@ -3,9 +3,9 @@
 //! settings and lifecycle events they produce.
 
 use berth_schemas::events::{
-    CronJobRunEnded, DeployCreated, DiskUpdated, InstanceCountChanged, LogStreamOverrideChanged,
-    RestartRequested, ServiceCreated, ServiceCreationAbandoned, ServiceDeleted, ServiceResumed,
-    ServiceSettings, ServiceSuspended, ServiceUpdated,
+    CronJobRunEnded, DeployCreated, DiskAdded, DiskRemoved, DiskUpdated, InstanceCountChanged,
+    LogStreamOverrideChanged, RestartRequested, ServiceCreated, ServiceCreationAbandoned,
+    ServiceDeleted, ServiceResumed, ServiceSettings, ServiceSuspended, ServiceUpdated,
 };
 use berth_schemas::ids::DeployId;
 use berth_schemas::model::{DeployTrigger, ServiceType};
@@ -313,6 +313,61 @@ pub(super) fn update_disk(
     Ok(vec![DiskUpdated { disk: new }.into()])
 }
 
+/// A deploy of the service's configuration as `change` leaves it, when it
+/// is active (a suspended service deploys what it has when resumed).
+fn redeploy_after(state: &ServiceState, change: &Event, deploy: DeployId) -> Decision {
+    if state.status != ServiceStatus::Active {
+        return Ok(vec![]);
+    }
+    let mut after = state.clone();
+    apply(&mut after, change, None);
+    let cfg = config(&after)?;
+    deploys::deploy_of_config(state, cfg, deploy, DeployTrigger::ServiceUpdated)
+}
+
+pub(super) fn add_disk(
+    state: &ServiceState,
+    disk: berth_schemas::model::Disk,
+    deploy: DeployId,
+) -> Decision {
+    let cfg = config(state)?;
+    if state.status == ServiceStatus::Deleted {
+        return Err(DomainError::conflict("the service is deleted"));
+    }
+    match &cfg.disk {
+        Some(d) if *d == disk => return Ok(vec![]),
+        Some(d) => {
+            return Err(DomainError::invalid(
+                "serviceId",
+                format!(
+                    "the service has a disk already ({}, at {}): a service has one",
+                    d.id, d.mount_path
+                ),
+            ))
+        }
+        None => {}
+    }
+    validate::disk(&disk, cfg.service_type, cfg.num_instances)?;
+    let added: Event = DiskAdded { disk }.into();
+    let mut out = redeploy_after(state, &added, deploy)?;
+    out.insert(0, added);
+    Ok(out)
+}
+
+pub(super) fn remove_disk(state: &ServiceState, deploy: DeployId) -> Decision {
+    let cfg = config(state)?;
+    if state.status == ServiceStatus::Deleted {
+        return Err(DomainError::conflict("the service is deleted"));
+    }
+    let Some(d) = &cfg.disk else {
+        return Ok(vec![]);
+    };
+    let removed: Event = DiskRemoved { disk: d.id.clone() }.into();
+    let mut out = redeploy_after(state, &removed, deploy)?;
+    out.insert(0, removed);
+    Ok(out)
+}
+
 pub(super) fn set_log_stream(
     state: &ServiceState,
     stream: Option<berth_schemas::model::LogStreamOverride>,
@@ -429,6 +484,26 @@ pub(super) fn apply(s: &mut ServiceState, event: &Event, time: Option<DateTime<U
         Event::DeployHookKeyRegenerated(e) => {
             if let Some(c) = s.config.as_mut() {
                 c.hook_key = e.hook_key.clone();
+            }
+        }
+        Event::DiskAdded(e) => {
+            if let Some(c) = s.config.as_mut() {
+                c.disk = Some(e.disk.clone());
+                s.disk_node = None;
+                s.disk_added_at = time;
+                s.disk_updated_at = time;
+                s.updated_at = time;
+            }
+        }
+        Event::DiskRemoved(e) => {
+            if let Some(c) = s.config.as_mut() {
+                if c.disk.as_ref().is_some_and(|d| d.id == e.disk) {
+                    c.disk = None;
+                    s.disk_node = None;
+                    s.disk_added_at = None;
+                    s.disk_updated_at = None;
+                    s.updated_at = time;
+                }
             }
         }
         Event::DiskUpdated(e) => {

@@ -225,6 +225,17 @@ pub enum Command {
         mount_path: Option<String>,
         size_gb: Option<u32>,
     },
+    /// Give a service without a disk one (`deploy` brings it to the
+    /// instance, when the service is active).
+    AddDisk {
+        disk: berth_schemas::model::Disk,
+        deploy: DeployId,
+    },
+    /// Remove the service's disk and its data (`deploy` starts an
+    /// instance without it, when the service is active).
+    RemoveDisk {
+        deploy: DeployId,
+    },
     /// Set, change or (`None`) remove its override of the owner's log stream.
     SetLogStream(Option<berth_schemas::model::LogStreamOverride>),
     Suspend,
@@ -534,6 +545,8 @@ pub fn decide(
             size_gb,
         } => lifecycle::update_disk(state, name, mount_path, size_gb),
         Command::SetLogStream(stream) => lifecycle::set_log_stream(state, stream),
+        Command::AddDisk { disk, deploy } => lifecycle::add_disk(state, disk, deploy),
+        Command::RemoveDisk { deploy } => lifecycle::remove_disk(state, deploy),
         Command::Suspend => Ok(lifecycle::suspend(state)),
         Command::Resume { deploy } => lifecycle::resume(state, deploy),
         Command::Delete => Ok(lifecycle::delete(state)),

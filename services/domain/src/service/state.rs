@@ -95,6 +95,10 @@ pub struct ServiceState {
     /// its instances are placed there only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_node: Option<NodeId>,
+    /// When its disk was added to it (`disk_added`; a disk given at
+    /// create is as old as the service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_added_at: Option<DateTime<Utc>>,
     /// When its disk last changed (`disk_updated`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_updated_at: Option<DateTime<Utc>>,

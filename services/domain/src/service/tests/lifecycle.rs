@@ -190,6 +190,97 @@ fn a_service_with_a_disk_does_not_scale_beyond_one() {
 }
 
 #[test]
+fn a_disk_is_added_and_removed_each_with_a_deploy() {
+    let d0 = DeployId::generate();
+    let mut s = Scenario::live_web(&d0);
+    let added = s.run(Command::AddDisk {
+        disk: disk("/var/data", 2).unwrap(),
+        deploy: DeployId::generate(),
+    });
+    assert!(
+        matches!(&added[0], Event::DiskAdded(e) if e.disk.size_gb == 2),
+        "{added:?}"
+    );
+    assert!(
+        added.iter().any(
+            |e| matches!(e, Event::DeployCreated(d) if d.trigger == DeployTrigger::ServiceUpdated)
+        ),
+        "{added:?}"
+    );
+    let id = s
+        .state
+        .config
+        .as_ref()
+        .unwrap()
+        .disk
+        .as_ref()
+        .unwrap()
+        .id
+        .clone();
+    // One disk a service; none beyond one instance (scaling is refused too).
+    let again = s.when(Command::AddDisk {
+        disk: disk("/other", 1).unwrap(),
+        deploy: DeployId::generate(),
+    });
+    assert!(
+        again
+            .unwrap_err()
+            .to_string()
+            .contains("has a disk already"),
+        "a second disk"
+    );
+    assert_eq!(
+        s.refused(Command::Scale { num_instances: 2 }),
+        ErrorKind::Invalid
+    );
+
+    let removed = s.run(Command::RemoveDisk {
+        deploy: DeployId::generate(),
+    });
+    assert!(
+        matches!(&removed[0], Event::DiskRemoved(e) if e.disk == id),
+        "{removed:?}"
+    );
+    assert!(removed.iter().any(|e| matches!(e, Event::DeployCreated(_))));
+    assert!(s.state.config.as_ref().unwrap().disk.is_none());
+    assert!(s.state.disk_node.is_none());
+    // Nothing left to remove; scaling is allowed again.
+    assert!(s
+        .when(Command::RemoveDisk {
+            deploy: DeployId::generate()
+        })
+        .unwrap()
+        .is_empty());
+    assert!(s.when(Command::Scale { num_instances: 2 }).is_ok());
+
+    // Refused where a disk cannot be kept.
+    let cron = Scenario::created(ServiceType::CronJob, &DeployId::generate());
+    assert_eq!(
+        cron.refused(Command::AddDisk {
+            disk: disk("/var/data", 1).unwrap(),
+            deploy: DeployId::generate(),
+        }),
+        ErrorKind::Invalid
+    );
+    s.run(Command::Scale { num_instances: 2 });
+    assert_eq!(
+        s.refused(Command::AddDisk {
+            disk: disk("/var/data", 1).unwrap(),
+            deploy: DeployId::generate(),
+        }),
+        ErrorKind::Invalid
+    );
+    // A suspended service gets its disk at its resume: no deploy now.
+    let mut paused = Scenario::live_web(&DeployId::generate());
+    paused.run(Command::Suspend);
+    let added = paused.run(Command::AddDisk {
+        disk: disk("/var/data", 1).unwrap(),
+        deploy: DeployId::generate(),
+    });
+    assert_eq!(added.len(), 1, "{added:?}");
+}
+
+#[test]
 fn create_applies_defaults_and_refuses_a_second_create() {
     let d0 = DeployId::generate();
     let s = Scenario::created(ServiceType::WebService, &d0);
