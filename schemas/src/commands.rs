@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{CredentialId, CronRunId, DeployId, InstanceId, JobId, OwnerId, ServiceId};
-use crate::model::{EnvVars, Plan, PullFailureReason, ResolvedImage, Sealed};
+use crate::model::{EnvVars, Plan, PullFailureReason, ResolvedImage, Sealed, SecretFiles};
 
 /// Scale a service to a number of instances.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -95,6 +95,12 @@ pub struct NodeRunSpec {
     /// the node the item is for opens them, and only for this instance.
     #[serde(default)]
     pub env: EnvVars,
+    /// Each secret file's content sealed to the node's public key with
+    /// `seal_context::node_secret_file(node, service, instance, name)`.
+    /// Absent when there are none, so a node from before secret files
+    /// takes every item of a service without them.
+    #[serde(default, skip_serializing_if = "SecretFiles::is_empty")]
+    pub files: SecretFiles,
     /// Replaces the image's Cmd (shell words), Entrypoint kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,

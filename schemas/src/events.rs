@@ -13,7 +13,7 @@ use crate::ids::{
 use crate::model::{
     CertificateFailure, DeployStatus, DeployTrigger, Disk, EnvVars, LogStream, LogStreamOverride,
     NotifySetting, OverlapPolicy, Plan, PullFailureReason, RegistryKind, ResolvedImage, Sealed,
-    ServiceType,
+    SecretFiles, ServiceType,
 };
 
 /// Declares the event structs, the `Event` enum and the table of types and
@@ -157,6 +157,9 @@ pub struct ServiceSettings {
     /// Replaces all environment variables.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_vars: Option<EnvVars>,
+    /// Replaces all secret files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_files: Option<SecretFiles>,
     /// New pre-deploy command; `Some(None)` removes it.
     #[serde(
         default,
@@ -308,6 +311,9 @@ events! {
         pub docker_command: Option<String>,
         #[serde(default)]
         pub env_vars: EnvVars,
+        /// Its secret files, in `/etc/secrets` of each instance.
+        #[serde(default, skip_serializing_if = "SecretFiles::is_empty")]
+        pub secret_files: SecretFiles,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub pre_deploy_command: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -240,6 +240,22 @@ pub mod seal_context {
         format!("service:{service}:env:{name}")
     }
 
+    /// The content of one of a service's secret files.
+    pub fn secret_file(service: &ServiceId, name: &str) -> String {
+        format!("service:{service}:secret_file:{name}")
+    }
+
+    /// A secret file's content in a work item for `node`, sealed to that
+    /// node's key: it opens on that node, for that instance only.
+    pub fn node_secret_file(
+        node: &NodeId,
+        service: &ServiceId,
+        instance: &InstanceId,
+        name: &str,
+    ) -> String {
+        format!("node:{node}:service:{service}:instance:{instance}:secret_file:{name}")
+    }
+
     /// One of an owner's notification channel secrets (`slack_webhook_url`,
     /// `webhook_url`, `webhook_secret`).
     pub fn notification(owner: &crate::ids::OwnerId, field: &str) -> String {
@@ -348,6 +364,10 @@ pub struct LogStreamOverride {
 
 /// Environment variables; values may be secrets, so they are sealed.
 pub type EnvVars = BTreeMap<String, Sealed>;
+
+/// Secret files (Render's): each file's name and its content, sealed. An
+/// instance finds them read-only in `/etc/secrets/<name>`.
+pub type SecretFiles = BTreeMap<String, Sealed>;
 
 /// An image as resolved: what will actually run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

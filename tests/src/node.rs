@@ -143,6 +143,7 @@ impl World {
             credential: None,
             login: None,
             env: Default::default(),
+            files: Default::default(),
             command: Some(command.to_owned()),
             port: Some(10000),
             plan: None,

@@ -346,7 +346,18 @@ impl World {
         service_type: ServiceType,
         edit: impl FnOnce(&mut CreateService),
     ) -> (ServiceId, DeployId) {
-        let service = ServiceId::generate();
+        self.create_as(ServiceId::generate(), service_type, edit)
+            .await
+    }
+
+    /// [`World::create`] of the service `service` (its secrets sealed for
+    /// its id beforehand).
+    pub async fn create_as(
+        &self,
+        service: ServiceId,
+        service_type: ServiceType,
+        edit: impl FnOnce(&mut CreateService),
+    ) -> (ServiceId, DeployId) {
         let deploy = DeployId::generate();
         let mut c = CreateService::new(
             OwnerId::User(UserId::generate()),

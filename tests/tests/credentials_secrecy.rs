@@ -243,6 +243,7 @@ fn run_spec(
         credential: Some(cred.clone()),
         login: None,
         env: Default::default(),
+        files: Default::default(),
         command: Some("sleep 60".into()),
         port: None,
         plan: None,

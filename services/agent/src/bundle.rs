@@ -273,6 +273,40 @@ pub struct InstanceSpec {
     /// The service's persistent disk, mounted at its path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<berth_schemas::model::Disk>,
+    /// The service's secret files, already unsealed: read-only in
+    /// [`SECRETS_PATH`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_files: BTreeMap<String, String>,
+}
+
+/// Where an instance finds its service's secret files (Render's path).
+pub const SECRETS_PATH: &str = "/etc/secrets";
+
+/// Writes `files` into the instance's `secrets` directory (replacing what
+/// was there): each readable by every user (the program's user is the
+/// image's), none writable or executable.
+pub fn write_secret_files(
+    dir: &InstanceDir,
+    files: &BTreeMap<String, String>,
+) -> Result<(), BundleError> {
+    use std::os::unix::fs::PermissionsExt;
+    let target = dir.secrets();
+    let new = dir.root.join("secrets.new");
+    let _ = std::fs::remove_dir_all(&new);
+    std::fs::create_dir_all(&new).map_err(io_err(new.clone()))?;
+    for (name, content) in files {
+        // Names are checked where they are set; a `/` never gets here.
+        let path = new.join(name);
+        std::fs::write(&path, content).map_err(io_err(path.clone()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444))
+            .map_err(io_err(path))?;
+    }
+    std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o555))
+        .map_err(io_err(new.clone()))?;
+    if target.exists() {
+        std::fs::remove_dir_all(&target).map_err(io_err(target.clone()))?;
+    }
+    std::fs::rename(&new, &target).map_err(io_err(target))
 }
 
 /// The process environment: `HOSTNAME` (the instance's host name, as
@@ -524,6 +558,10 @@ impl InstanceDir {
     pub fn bundle(&self) -> PathBuf {
         self.root.join("bundle")
     }
+    /// The service's secret files, bound read-only at [`SECRETS_PATH`].
+    pub fn secrets(&self) -> PathBuf {
+        self.root.join("secrets")
+    }
     /// The container's root (the overlay mount point).
     pub fn rootfs(&self) -> PathBuf {
         self.bundle().join("rootfs")
@@ -707,6 +745,14 @@ pub fn write_bundle(
             "options": ["rbind", "rw", "nosuid", "nodev"],
         }));
     }
+    if let (false, Some(mounts)) = (spec.secret_files.is_empty(), value["mounts"].as_array_mut()) {
+        mounts.push(json!({
+            "destination": SECRETS_PATH,
+            "type": "bind",
+            "source": dir.secrets(),
+            "options": ["rbind", "ro", "nosuid", "nodev", "noexec"],
+        }));
+    }
     let path = dir.bundle().join("config.json");
     let bytes = serde_json::to_vec_pretty(&value).map_err(|e| BundleError::Io {
         path: path.clone(),
@@ -764,7 +810,49 @@ mod tests {
             shutdown_delay: Duration::from_secs(30),
             network: None,
             disk: None,
+            secret_files: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn secret_files_are_written_readable_and_bound_read_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let state = tempfile::tempdir().unwrap();
+        let mut s = spec();
+        let dir = InstanceDir::new(state.path(), &s.instance);
+        std::fs::create_dir_all(dir.bundle()).unwrap();
+        // Without files, no mount.
+        write_bundle(&dir, &s, None, &Sandbox::default(), RootfsKind::Copy, None).unwrap();
+        let config = || -> Value {
+            serde_json::from_slice(&std::fs::read(dir.bundle().join("config.json")).unwrap())
+                .unwrap()
+        };
+        assert!(!config().to_string().contains(SECRETS_PATH));
+        s.secret_files.insert("key.json".into(), "{\"k\":1}".into());
+        write_secret_files(&dir, &s.secret_files).unwrap();
+        // Written again (a restart): replaced, not merged.
+        s.secret_files.clear();
+        s.secret_files.insert("other".into(), "two".into());
+        write_secret_files(&dir, &s.secret_files).unwrap();
+        assert!(!dir.secrets().join("key.json").exists());
+        let file = dir.secrets().join("other");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "two");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(&file), mode(&dir.secrets())), (0o444, 0o555));
+        write_bundle(&dir, &s, None, &Sandbox::default(), RootfsKind::Copy, None).unwrap();
+        let v = config();
+        let mount = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == SECRETS_PATH)
+            .cloned()
+            .unwrap();
+        assert_eq!(mount["source"], json!(dir.secrets()));
+        assert_eq!(
+            mount["options"],
+            json!(["rbind", "ro", "nosuid", "nodev", "noexec"])
+        );
     }
 
     #[test]

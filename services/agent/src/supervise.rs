@@ -307,6 +307,9 @@ async fn launch_with(
             )?),
             None => None,
         };
+        if !s.secret_files.is_empty() {
+            bundle::write_secret_files(&d, &s.secret_files)?;
+        }
         bundle::write_bundle(&d, &s, net.as_ref(), &sandbox, k, disk.as_deref())?;
         Ok::<_, AgentError>((k, bundle::cannot_run(&s)))
     })

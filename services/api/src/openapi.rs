@@ -31,7 +31,7 @@ use crate::hooks;
 use crate::query::Listing;
 use crate::routes::{
     cron, custom_domains, deploys, disks, env_vars, events, exec, jobs, log_streams, logs, metrics,
-    nodes, notifications, owner, services, terminal,
+    nodes, notifications, owner, secret_files, services, terminal,
 };
 
 /// One route of the API.
@@ -377,6 +377,17 @@ routes! {
         "Add or update an env var", 200;
     delete "/v1/services/{serviceId}/env-vars/{envVarKey}" => env_vars::delete,
         "Delete an env var", 204;
+    get "/v1/services/{serviceId}/secret-files" => secret_files::list,
+        "List the service's secret files, with their contents (each instance reads them in \
+         /etc/secrets)", 200;
+    put "/v1/services/{serviceId}/secret-files" => secret_files::replace,
+        "Replace every secret file (the service deploys)", 200;
+    get "/v1/services/{serviceId}/secret-files/{secretFileName}" => secret_files::get,
+        "Retrieve a secret file", 200;
+    put "/v1/services/{serviceId}/secret-files/{secretFileName}" => secret_files::set,
+        "Add or replace a secret file (the service deploys)", 201;
+    delete "/v1/services/{serviceId}/secret-files/{secretFileName}" => secret_files::delete,
+        "Delete a secret file (the service deploys)", 204;
     get "/v1/services/{serviceId}/custom-domains" => custom_domains::list,
         "List custom domains (query: name, domainType, verificationStatus, createdBefore, \
          createdAfter, cursor, limit)", 200;

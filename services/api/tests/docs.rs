@@ -34,6 +34,7 @@ fn example_path(template: &str) -> String {
                 Some("eventId") => "evt-aaaaaaaaaaaaaaaaaaaa".to_owned(),
                 Some("diskId") => DiskId::generate().to_string(),
                 Some("envVarKey") => "SOME_KEY".to_owned(),
+                Some("secretFileName") => "key.json".to_owned(),
                 Some("customDomainIdOrName") => "www.example.test".to_owned(),
                 Some(other) => panic!("{template}: no example for {{{other}}}"),
             },

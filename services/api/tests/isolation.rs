@@ -96,6 +96,12 @@ fn body_for(r: &Route, dep: &str) -> Option<Value> {
             Some(json!([{"key": "A", "value": "b"}]))
         }
         ("put", "/v1/services/{serviceId}/env-vars/{envVarKey}") => Some(json!({"value": "b"})),
+        ("put", "/v1/services/{serviceId}/secret-files") => {
+            Some(json!([{"name": "a", "content": "b"}]))
+        }
+        ("put", "/v1/services/{serviceId}/secret-files/{secretFileName}") => {
+            Some(json!({"content": "b"}))
+        }
         ("post", "/v1/services/{serviceId}/custom-domains") => {
             Some(json!({"name": "bob.example.test"}))
         }
@@ -290,6 +296,7 @@ async fn one_owner_never_sees_another_owners_resources() {
                     Some("diskId") => &disk,
                     // Whether Alice's service has it or not, it is not Bob's.
                     Some("envVarKey") => "MINE_KEY",
+                    Some("secretFileName") => "mine.json",
                     Some("customDomainIdOrName") => "mine.example.test",
                     Some(other) => panic!(
                         "{}: Alice has no {{{other}}} for Bob to name; create one above",

@@ -29,6 +29,7 @@ mod notifications;
 mod rename;
 mod repair;
 mod routes;
+mod secret_files;
 mod shared_state;
 mod shell;
 mod support;

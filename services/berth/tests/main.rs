@@ -8,6 +8,7 @@ mod cli_exec;
 mod cli_installation;
 mod cli_lifecycle;
 mod cli_logs;
+mod cli_secret_files;
 mod cli_support;
 mod crash;
 mod dashboard_browser;

@@ -167,6 +167,7 @@ impl OneInstance {
             credential: None,
             login: None,
             env: Default::default(),
+            files: Default::default(),
             command: Some(
                 "sh -c 'i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.1; done'".into(),
             ),

@@ -289,6 +289,7 @@ async fn a_node_without_the_installation_key_runs_private_images_with_sealed_env
                 .unwrap(),
         ),
         env: seal.seal_env(&svc, &foreign, &env).unwrap(),
+        files: Default::default(),
         command: Some("sh -c 'sleep 60'".into()),
         port: None,
         plan: None,

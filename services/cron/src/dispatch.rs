@@ -373,6 +373,9 @@ impl Dispatch {
         let env = seal
             .seal_env(service, &instance, &cfg.env_vars)
             .map_err(|e| retry("sealing the run's env to its node", e))?;
+        let files = seal
+            .seal_files(service, &instance, &cfg.secret_files)
+            .map_err(|e| retry("sealing the run's secret files to its node", e))?;
         let login = match &cfg.credential {
             None => None,
             Some(id) => {
@@ -396,6 +399,7 @@ impl Dispatch {
             credential: cfg.credential.clone(),
             login,
             env,
+            files,
             command: run.command,
             port: None,
             plan: Some(run.plan.clone()),

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use berth_domain::service::{self, ServiceState};
+use berth_domain::service::{self, ServiceConfig, ServiceState};
 use berth_domain::DomainError;
 use berth_runtime::Secret;
 use berth_schemas::events::ServiceSettings;
@@ -79,50 +79,62 @@ impl Ingress {
                 }
             }
         }
-        let deploy = DeployId::generate();
-        let key = format!("env-var-{id}-{deploy}");
+        self.configure(caller, id, "env-var", |c| {
+            let mut vars = c.env_vars.clone();
+            if let EnvEdit::Remove(k) = &edit {
+                if vars.remove(k).is_none() {
+                    return Err(DomainError::NotFound {
+                        what: "env var",
+                        id: k.clone(),
+                    });
+                }
+            }
+            for (k, v) in &sealed {
+                match v {
+                    Some(v) => vars.insert(k.clone(), v.clone()),
+                    None => vars.remove(k),
+                };
+            }
+            Ok((vars != c.env_vars).then(|| ServiceSettings {
+                env_vars: Some(vars),
+                ..ServiceSettings::default()
+            }))
+        })
+        .await
+    }
+
+    /// Changes the caller's service's settings as `change` makes them from
+    /// its configuration when the command runs (again after a conflict),
+    /// so two clients changing different parts at once both land; `None`:
+    /// nothing to change. Not the caller's, deleted or never created: not
+    /// found. Returns the state after it and the deploy the change started
+    /// (`what` names the idempotency key's kind).
+    pub(crate) async fn configure(
+        &self,
+        caller: &Caller,
+        id: &ServiceId,
+        what: &str,
+        change: impl Fn(&ServiceConfig) -> Result<Option<ServiceSettings>, DomainError>,
+    ) -> Result<(ServiceState, Option<DeployId>), IngressError> {
         let owner = &caller.owner;
+        let deploy = DeployId::generate();
+        let key = format!("{what}-{id}-{deploy}");
         let done = exec::run_when::<service::Service>(
             &self.store,
             &AggregateId::Service(id.clone()),
             &key,
             &caller.actor,
-            |s: &ServiceState| {
-                let Some(c) = s
-                    .config
-                    .as_ref()
-                    .filter(|c| c.owner == *owner && s.exists())
-                else {
-                    return Err(DomainError::NotFound {
-                        what: "service",
-                        id: id.to_string(),
-                    });
-                };
-                let mut vars = c.env_vars.clone();
-                if let EnvEdit::Remove(k) = &edit {
-                    if vars.remove(k).is_none() {
-                        return Err(DomainError::NotFound {
-                            what: "env var",
-                            id: k.clone(),
-                        });
-                    }
+            |s: &ServiceState| match s.config.as_ref() {
+                Some(c) if c.owner == *owner && s.exists() => {
+                    Ok(change(c)?.map(|settings| service::Command::Update {
+                        settings,
+                        deploy: deploy.clone(),
+                    }))
                 }
-                for (k, v) in &sealed {
-                    match v {
-                        Some(v) => vars.insert(k.clone(), v.clone()),
-                        None => vars.remove(k),
-                    };
-                }
-                if vars == c.env_vars {
-                    return Ok(None);
-                }
-                Ok(Some(service::Command::Update {
-                    settings: ServiceSettings {
-                        env_vars: Some(vars),
-                        ..ServiceSettings::default()
-                    },
-                    deploy: deploy.clone(),
-                }))
+                _ => Err(DomainError::NotFound {
+                    what: "service",
+                    id: id.to_string(),
+                }),
             },
         )
         .await?;

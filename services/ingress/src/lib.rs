@@ -41,6 +41,7 @@ pub mod ops;
 pub mod owners;
 pub mod projection;
 pub mod repair;
+pub mod secret_files;
 pub mod services;
 pub mod shell;
 pub mod terminal;
@@ -70,6 +71,7 @@ pub use ops::Scope;
 pub use owners::{api_key_sha256, ApiKeyView, ChannelSecrets, OwnerNotifications, API_KEY_PREFIX};
 pub use projection::CredentialIndex;
 pub use repair::Repairer;
+pub use secret_files::FileEdit;
 
 pub use services::{CreatedService, NewDisk, NewService};
 

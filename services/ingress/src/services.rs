@@ -50,6 +50,8 @@ pub struct NewService {
     pub docker_command: Option<String>,
     /// Values in clear; sealed here, bound to the service and the name.
     pub env_vars: BTreeMap<String, Secret>,
+    /// Secret files, by name, in clear (sealed before anything is appended).
+    pub secret_files: BTreeMap<String, Secret>,
     pub pre_deploy_command: Option<String>,
     pub health_check_path: Option<String>,
     pub schedule: Option<String>,
@@ -83,6 +85,7 @@ impl NewService {
             num_instances: None,
             docker_command: None,
             env_vars: BTreeMap::new(),
+            secret_files: BTreeMap::new(),
             pre_deploy_command: None,
             health_check_path: None,
             schedule: None,
@@ -151,6 +154,7 @@ impl Ingress {
         c.num_instances = new.num_instances;
         c.docker_command = new.docker_command.clone();
         c.env_vars = env_vars;
+        c.secret_files = self.seal_secret_files(id, new.secret_files.iter())?;
         c.pre_deploy_command = new.pre_deploy_command.clone();
         c.health_check_path = new.health_check_path.clone();
         c.schedule = new.schedule.clone();

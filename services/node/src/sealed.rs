@@ -20,13 +20,36 @@ pub(crate) fn open_env(
     node: &NodeId,
     spec: &NodeRunSpec,
 ) -> Result<BTreeMap<String, String>, String> {
-    spec.env
+    open_each(keys, &spec.env, "env", |name| {
+        seal_context::node_env_var(node, &spec.service, &spec.instance, name)
+    })
+}
+
+/// `spec`'s secret files, opened with this node's key, as [`open_env`].
+pub(crate) fn open_files(
+    keys: &NodeKeyPair,
+    node: &NodeId,
+    spec: &NodeRunSpec,
+) -> Result<BTreeMap<String, String>, String> {
+    open_each(keys, &spec.files, "secret file", |name| {
+        seal_context::node_secret_file(node, &spec.service, &spec.instance, name)
+    })
+}
+
+/// Each of `sealed` opened with `context(name)`; an error names `what`
+/// and the name.
+fn open_each(
+    keys: &NodeKeyPair,
+    sealed: &BTreeMap<String, berth_schemas::model::Sealed>,
+    what: &str,
+    context: impl Fn(&str) -> String,
+) -> Result<BTreeMap<String, String>, String> {
+    sealed
         .iter()
-        .map(|(name, sealed)| {
-            let context = seal_context::node_env_var(node, &spec.service, &spec.instance, name);
-            keys.open(sealed, &context)
+        .map(|(name, value)| {
+            keys.open(value, &context(name))
                 .map(|v| (name.clone(), v.expose().to_owned()))
-                .map_err(|e| format!("env {name} cannot be opened on this node: {e}"))
+                .map_err(|e| format!("{what} {name} cannot be opened on this node: {e}"))
         })
         .collect()
 }
@@ -88,6 +111,7 @@ mod tests {
         };
         NodeRunSpec {
             env: seal.seal_env(&service, &instance, &env).unwrap(),
+            files: Default::default(),
             login: Some(
                 seal.seal_login(&service, &instance, cred, "puller", &token)
                     .unwrap(),

@@ -46,7 +46,7 @@ use crate::config::NodeChecks;
 use crate::gc::Gc;
 use crate::health::{Check, Health};
 use crate::report::{older_than, Placement, Reporter};
-use crate::sealed::{open_env, open_login};
+use crate::sealed::{open_env, open_files, open_login};
 
 /// Handles one node's work items.
 #[derive(Debug)]
@@ -157,7 +157,7 @@ impl WorkHandler for NodeHandler {
                 }
                 // An item this node cannot open is refused before anything
                 // is pulled for it.
-                let env = self.open_env(&spec)?;
+                let (env, files) = self.open_secrets(&spec)?;
                 // Its tree stays until the run ends.
                 let _keep = self.gc.protect(&spec.digest);
                 let prepared = {
@@ -238,7 +238,7 @@ impl WorkHandler for NodeHandler {
                         .mark_started(&spec.instance)
                         .map_err(|e| retry("recording the cron run's start", e))?;
                 }
-                let mut s = self.instance_spec(&spec, image, env);
+                let mut s = self.instance_spec(&spec, image, env, files);
                 self.add_platform_env(&spec, state.config.as_ref(), &mut s);
                 s.network = Some(network(&spec.service, state.config.as_ref(), None));
                 let out = self
@@ -294,7 +294,7 @@ impl NodeHandler {
         }
         // An item this node cannot open is refused before anything is
         // pulled for it.
-        let env = self.open_env(&spec)?;
+        let (env, files) = self.open_secrets(&spec)?;
         // Kept from the collector until the placement protects it.
         let _keep = self.gc.protect(&spec.digest);
         let prepared = {
@@ -306,7 +306,7 @@ impl NodeHandler {
         };
         let service = self.service_state(&spec.service, 0).await?;
         let config = service.config.as_ref();
-        let mut s = self.instance_spec(&spec, image, env);
+        let mut s = self.instance_spec(&spec, image, env, files);
         s.disk = config.and_then(|c| c.disk.clone());
         self.add_platform_env(&spec, config, &mut s);
         let placement = self
@@ -697,10 +697,14 @@ impl NodeHandler {
         Ok(open_login(&self.key, &self.reporter.node, spec, id))
     }
 
-    /// `spec`'s env values opened with this node's key; an item sealed for
-    /// another node or instance is dead-lettered (retrying cannot open it).
-    fn open_env(&self, spec: &NodeRunSpec) -> Result<BTreeMap<String, String>, WorkError> {
-        open_env(&self.key, &self.reporter.node, spec).map_err(WorkError::Fatal)
+    /// `spec`'s env values and secret files opened with this node's key;
+    /// an item sealed for another node or instance is dead-lettered
+    /// (retrying cannot open it).
+    fn open_secrets(&self, spec: &NodeRunSpec) -> Result<(Opened, Opened), WorkError> {
+        let node = &self.reporter.node;
+        let env = open_env(&self.key, node, spec).map_err(WorkError::Fatal)?;
+        let files = open_files(&self.key, node, spec).map_err(WorkError::Fatal)?;
+        Ok((env, files))
     }
 
     /// Render's platform variables ([`platform_env`]) where the service's
@@ -725,7 +729,8 @@ impl NodeHandler {
         &self,
         spec: &NodeRunSpec,
         image: ImageRoot,
-        env: BTreeMap<String, String>,
+        env: Opened,
+        secret_files: Opened,
     ) -> InstanceSpec {
         InstanceSpec {
             service: spec.service.clone(),
@@ -742,9 +747,13 @@ impl NodeHandler {
             shutdown_delay: Duration::from_secs(u64::from(spec.shutdown_delay_secs.clamp(1, 300))),
             network: None,
             disk: None,
+            secret_files,
         }
     }
 }
+
+/// Values opened from a work item, by name.
+type Opened = BTreeMap<String, String>;
 
 /// The port an instance listens on inside its namespace, as on Render: the
 /// service's `PORT`, else the `PORT` the image's own environment sets
@@ -937,6 +946,7 @@ mod tests {
             credential: None,
             login: None,
             env: Default::default(),
+            files: Default::default(),
             command: None,
             port: None,
             plan: Some(berth_schemas::model::Plan {

@@ -203,6 +203,7 @@ pub fn spec(
         credential: None,
         login: None,
         env: Default::default(),
+        files: Default::default(),
         command: Some(command.to_owned()),
         port,
         plan: None,

@@ -355,6 +355,7 @@ pub async fn service(
         num_instances: 1,
         docker_command: None,
         env_vars: Default::default(),
+        secret_files: Default::default(),
         pre_deploy_command: None,
         health_check_path: None,
         schedule: None,

@@ -22,7 +22,7 @@ use std::fmt;
 use std::path::Path;
 
 use berth_schemas::ids::{CredentialId, InstanceId, NodeId, ServiceId};
-use berth_schemas::model::{seal_context, EnvVars, Sealed};
+use berth_schemas::model::{seal_context, EnvVars, Sealed, SecretFiles};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use data_encoding::BASE64;
@@ -274,13 +274,43 @@ impl ForNode<'_> {
         instance: &InstanceId,
         env: &EnvVars,
     ) -> Result<EnvVars, SecretError> {
-        env.iter()
-            .map(|(name, sealed)| {
-                let clear = self
-                    .key
-                    .open(sealed, &seal_context::env_var(service, name))?;
-                let context = seal_context::node_env_var(self.node, service, instance, name);
-                Ok((name.clone(), self.to.seal(&clear, &context)?))
+        self.reseal(env, |name| {
+            (
+                seal_context::env_var(service, name),
+                seal_context::node_env_var(self.node, service, instance, name),
+            )
+        })
+    }
+
+    /// The service's secret files (sealed with the installation key)
+    /// sealed to the node for `instance`.
+    pub fn seal_files(
+        &self,
+        service: &ServiceId,
+        instance: &InstanceId,
+        files: &SecretFiles,
+    ) -> Result<SecretFiles, SecretError> {
+        self.reseal(files, |name| {
+            (
+                seal_context::secret_file(service, name),
+                seal_context::node_secret_file(self.node, service, instance, name),
+            )
+        })
+    }
+
+    /// Each value of `sealed` opened with the installation key and sealed
+    /// to the node; `contexts` gives a name's (from, to) contexts.
+    fn reseal(
+        &self,
+        sealed: &std::collections::BTreeMap<String, Sealed>,
+        contexts: impl Fn(&str) -> (String, String),
+    ) -> Result<std::collections::BTreeMap<String, Sealed>, SecretError> {
+        sealed
+            .iter()
+            .map(|(name, value)| {
+                let (from, to) = contexts(name);
+                let clear = self.key.open(value, &from)?;
+                Ok((name.clone(), self.to.seal(&clear, &to)?))
             })
             .collect()
     }

@@ -74,6 +74,13 @@ impl Pass<'_> {
                 return Ok(Composed::Wait(SEAL_RETRY));
             }
         };
+        let files = match seal.seal_files(self.service, instance, &cfg.secret_files) {
+            Ok(files) => files,
+            Err(e) => {
+                tracing::error!(service.id = %self.service, instance.id = %instance, error = %e, "the service's secret files cannot be opened; its instance waits");
+                return Ok(Composed::Wait(SEAL_RETRY));
+            }
+        };
         let login = match &d.credential {
             None => None,
             Some(id) => {
@@ -118,6 +125,7 @@ impl Pass<'_> {
             credential: d.credential.clone(),
             login,
             env,
+            files,
             command: cfg.docker_command.clone(),
             port,
             plan: Some(cfg.plan.clone()),

@@ -14,6 +14,7 @@ mod parking;
 mod pre_deploy;
 mod room;
 mod scale;
+mod secret_files;
 mod shutdown;
 mod triggers;
 mod update_failed;

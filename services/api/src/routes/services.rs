@@ -386,7 +386,6 @@ impl RenderSource {
             ("buildFilter", &self.build_filter, NO_BUILDS),
             ("rootDir", &self.root_dir, NO_BUILDS),
             ("buildSourceId", &self.build_source_id, NO_BUILDS),
-            ("secretFiles", &self.secret_files, "berth has no secret files: use env vars"),
             ("environmentId", &self.environment_id, "berth has no environments"),
         ] {
             unsupported(fields, name, value, why);
@@ -417,6 +416,30 @@ pub(crate) fn env_vars(
         }
     }
     out
+}
+
+/// Render's `secretFiles` (`[{name, content}]`) in clear, by name; what
+/// is wrong with it said in `fields` (a content is never echoed).
+pub(crate) fn secret_files(
+    files: Vec<SecretFileBody>,
+    fields: &mut Vec<FieldError>,
+) -> BTreeMap<String, Secret> {
+    let mut out = BTreeMap::new();
+    for f in files {
+        if out.insert(f.name, Secret::new(f.content)).is_some() {
+            field(fields, "secretFiles.name", "each name may appear once");
+        }
+    }
+    out
+}
+
+/// Render's `SecretFileInput`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretFileBody {
+    /// A file name in `/etc/secrets` (letters, digits, `.`, `_`, `-`).
+    pub name: String,
+    pub content: String,
 }
 
 pub(crate) const ENV_KEY_RULE: &str =
@@ -476,7 +499,7 @@ pub struct HookUrl {
 pub async fn create(
     State(st): State<AppState>,
     Authed(caller): Authed,
-    JsonBody(body): JsonBody<CreateBody>,
+    JsonBody(mut body): JsonBody<CreateBody>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
     let owner = caller.owner.to_string();
     owner_matches(body.owner_id.as_deref(), &owner)?;
@@ -534,6 +557,20 @@ pub async fn create(
         }
     };
     let env = env_vars(body.env_vars.unwrap_or_default(), &mut fields);
+    let files = match body.render.secret_files.take().filter(|v| !v.is_null()) {
+        None => BTreeMap::new(),
+        Some(v) => match serde_json::from_value::<Vec<SecretFileBody>>(v) {
+            Ok(given) => secret_files(given, &mut fields),
+            Err(_) => {
+                field(
+                    &mut fields,
+                    "secretFiles",
+                    "must be a list of {name, content}",
+                );
+                BTreeMap::new()
+            }
+        },
+    };
     let disk = details.disk.clone().and_then(|d| d.disk(&mut fields));
     let (Some(service_type), Some(name), Some(image_path), true) =
         (service_type, body.name, image.image_path, fields.is_empty())
@@ -548,6 +585,7 @@ pub async fn create(
     new.plan = plan;
     new.num_instances = details.num_instances;
     new.env_vars = env;
+    new.secret_files = files;
     new.health_check_path = details.health_check_path.flatten();
     new.schedule = details.schedule;
     new.notify = body.notify_on_fail.and_then(NotifyBody::setting);
@@ -756,6 +794,12 @@ pub async fn update(
     let id = service_id(&id)?;
     let mut fields = Vec::new();
     body.render.check(&mut fields);
+    unsupported(
+        &mut fields,
+        "secretFiles",
+        &body.render.secret_files,
+        "secret files are changed with PUT /v1/services/{id}/secret-files",
+    );
     let mut settings = ServiceSettings {
         name: body.name,
         notify: body.notify_on_fail.map(|n| n.and_then(NotifyBody::setting)),

@@ -1,5 +1,5 @@
 //! The `berth` API client commands (`service`, `credential`, `env`,
-//! `domain`, `hook`, `cron`, `job`, `node`, `apikey`, `notify`, `log-stream`, `integration`): each one is
+//! `domain`, `hook`, `cron`, `job`, `node`, `apikey`, `notify`, `log-stream`, `secret-file`, `integration`): each one is
 //! a few HTTP calls to the API that `berth up` serves, printed as a table
 //! or, with `--json`, as the API's own JSON for scripts.
 //!
@@ -29,6 +29,7 @@ pub mod logs;
 pub mod node;
 pub mod notify;
 pub mod output;
+pub mod secret_file;
 pub mod service;
 pub mod settings;
 pub mod shell;
@@ -146,6 +147,8 @@ pub enum ClientCommand {
     /// Where your services' log lines are sent (a TLS syslog endpoint),
     /// and each service's override.
     LogStream(log_stream::LogStreamArgs),
+    /// A service's secret files: read by its instances in /etc/secrets.
+    SecretFile(secret_file::SecretFileArgs),
     /// NATS credentials for programs that send bus commands and read your
     /// service events.
     Integration(integration::IntegrationArgs),
@@ -177,6 +180,7 @@ pub fn main(cmd: ClientCommand) -> ExitCode {
             ClientCommand::Apikey(a) => apikey::run(a).await,
             ClientCommand::Notify(a) => notify::run(a).await,
             ClientCommand::LogStream(a) => log_stream::run(a).await,
+            ClientCommand::SecretFile(a) => secret_file::run(a).await,
             ClientCommand::Integration(a) => integration::run(a).await,
         }
     });

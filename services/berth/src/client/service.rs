@@ -417,7 +417,7 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
 
 /// In `--json` mode an action with no body prints `{"ok": …}` so scripts
 /// always get JSON; otherwise the sentence.
-fn done(api: &Api, sentence: &str) {
+pub(super) fn done(api: &Api, sentence: &str) {
     if api.json() {
         output::json(&json!({ "ok": true, "message": sentence }));
     } else {

@@ -39,7 +39,15 @@ from steps_disks import disk_added_and_deleted, disks
 from steps_domains import custom_domains
 from steps_jobs import jobs
 from steps_owner import credentials, notifications
-from steps_services import create_services, env_vars, instances, lifecycle, list_all, teardown
+from steps_services import (
+    create_services,
+    env_vars,
+    instances,
+    lifecycle,
+    list_all,
+    secret_files,
+    teardown,
+)
 from world import World
 
 SDK_VERSION = "1.5.0"
@@ -58,15 +66,9 @@ MODULES = [
 
 # Operations of those modules that cannot apply to image-backed services
 # on berth, and so are not called: why, for each.
-SECRET_FILES = "secret files: berth passes configuration as env vars only"
 AUTOSCALING = "autoscaling: berth runs the numInstances it is given, no autoscaler"
 SNAPSHOTS = "disk snapshots: berth keeps none"
 NOT_APPLICABLE = {
-    "services.add_or_update_secret_file": SECRET_FILES,
-    "services.delete_secret_file": SECRET_FILES,
-    "services.list_secret_files_for_service": SECRET_FILES,
-    "services.retrieve_secret_file": SECRET_FILES,
-    "services.update_secret_files_for_service": SECRET_FILES,
     "services.autoscale_service": AUTOSCALING,
     "services.delete_autoscaling_config": AUTOSCALING,
     "services.create_ephemeral_shell": "ephemeral shells: berth has no interactive shell into instances",
@@ -164,6 +166,7 @@ def main():
         deploys,
         instances,
         env_vars,
+        secret_files,
         custom_domains,
         notifications,
         cron,

@@ -39,6 +39,7 @@ class FakeRender:
         self.deploys = {}  # service id -> [deploy], oldest first
         self.events = []  # oldest first
         self.env = {}  # service id -> {key: value}
+        self.files = {}  # service id -> {name: content}
         self.overrides = {}  # service id -> notificationsToSend
         self.notify = "failure"
         self.runs = {}  # service id -> the active run
@@ -89,6 +90,11 @@ class FakeRender:
             ("GET", s + r"/env-vars/([^/]+)", self.get_env),
             ("PUT", s + r"/env-vars/([^/]+)", self.put_env),
             ("DELETE", s + r"/env-vars/([^/]+)", self.delete_env),
+            ("GET", s + r"/secret-files", self.list_files),
+            ("PUT", s + r"/secret-files", self.replace_files),
+            ("GET", s + r"/secret-files/([^/]+)", self.get_file),
+            ("PUT", s + r"/secret-files/([^/]+)", self.put_file),
+            ("DELETE", s + r"/secret-files/([^/]+)", self.delete_file),
             ("GET", r"/notification-settings/owners/([^/]+)", self.get_notify),
             ("PATCH", r"/notification-settings/owners/([^/]+)", self.patch_notify),
             ("GET", r"/notification-settings/overrides", self.list_overrides),
@@ -349,6 +355,7 @@ class FakeRender:
         self.services[sid] = service
         self.deploys[sid] = []
         self.env[sid] = {e["key"]: e["value"] for e in body.get("envVars", [])}
+        self.files[sid] = {f["name"]: f["content"] for f in body.get("secretFiles", [])}
         self.overrides[sid] = "default"
         deploy = self.start_deploy(sid, image["imagePath"], "api")
         return 201, {"service": service, "deployId": deploy["id"]}
@@ -568,6 +575,40 @@ class FakeRender:
         if self.known(sid) or key not in self.env[sid]:
             return self.missing("env var")
         del self.env[sid][key]
+        return 204, None
+
+    # Secret files.
+
+    def list_files(self, query, body, sid):
+        if self.known(sid):
+            return self.known(sid)
+        items = [
+            {"secretFile": {"name": k, "content": v}, "cursor": k}
+            for k, v in sorted(self.files[sid].items())
+        ]
+        return 200, self.page(query, items, lambda i: i["cursor"])
+
+    def replace_files(self, query, body, sid):
+        if self.known(sid):
+            return self.known(sid)
+        self.files[sid] = {f["name"]: f["content"] for f in body}
+        return self.list_files({}, None, sid)
+
+    def get_file(self, query, body, sid, name):
+        if self.known(sid) or name not in self.files[sid]:
+            return self.missing("secret file")
+        return 200, {"name": name, "content": self.files[sid][name]}
+
+    def put_file(self, query, body, sid, name):
+        if self.known(sid):
+            return self.known(sid)
+        self.files[sid][name] = body["content"]
+        return 201, {"name": name, "content": body["content"]}
+
+    def delete_file(self, query, body, sid, name):
+        if self.known(sid) or name not in self.files[sid]:
+            return self.missing("secret file")
+        del self.files[sid][name]
         return 204, None
 
     # Notification settings.

@@ -9,6 +9,11 @@ from render.public_api.api.registry_credentials import (
     retrieve_registry_credential,
 )
 from render.public_api.api.services import (
+    add_or_update_secret_file,
+    delete_secret_file,
+    list_secret_files_for_service,
+    retrieve_secret_file,
+    update_secret_files_for_service,
     create_service,
     delete_env_var,
     delete_service,
@@ -26,6 +31,7 @@ from render.public_api.api.services import (
     update_service,
 )
 from render.public_api.models import (
+    AddOrUpdateSecretFileBody,
     BackgroundWorkerDetailsPOST,
     CronJobDetailsPOST,
     DockerDetailsPOST,
@@ -33,6 +39,9 @@ from render.public_api.models import (
     EnvVarKeyValue,
     EnvVarValue,
     EnvVarWithCursor,
+    SecretFile,
+    SecretFileInput,
+    SecretFileWithCursor,
     Error,
     Image,
     ListServicesSuspendedItem,
@@ -100,6 +109,7 @@ def service_body(w, svc):
         owner_id=w.owner,
         image=image,
         env_vars=[EnvVarKeyValue(key="GREETING", value="hello")],
+        secret_files=[SecretFileInput(name="app.conf", content="mode=sdk\n")],
         service_details=details,
     )
 
@@ -325,6 +335,74 @@ def env_vars(h, w):
         label="deleted",
     )
     listed("after delete", {"GREETING": "hi"})
+
+
+def secret_files(h, w):
+    svc = w.services["background_worker"]
+    if not svc.id:
+        return
+    sid = svc.id
+
+    def listed(label, want):
+        op = "services.list_secret_files_for_service"
+        got = h.call(
+            op,
+            list_secret_files_for_service,
+            sid,
+            expect=200,
+            model=SecretFileWithCursor,
+            many=True,
+            label=label,
+            limit=100,
+        )
+        if got is not None:
+            files = {i.secret_file.name: i.secret_file.content for i in got}
+            h.check(op, files == want, f"lists {sorted(files)}, not {sorted(want)}", label)
+
+    listed("as created", {"app.conf": "mode=sdk\n"})
+    op = "services.add_or_update_secret_file"
+    got = h.call(
+        op,
+        add_or_update_secret_file,
+        sid,
+        "key.json",
+        body=AddOrUpdateSecretFileBody(content='{"k": 1}'),
+        expect=201,
+        model=SecretFile,
+    )
+    if got:
+        h.check(op, (got.name, got.content) == ("key.json", '{"k": 1}'), f"answered {show(got.name)}")
+    op = "services.retrieve_secret_file"
+    got = h.call(op, retrieve_secret_file, sid, "key.json", expect=200, model=SecretFile)
+    if got:
+        h.check(op, got.content == '{"k": 1}', f"content {show(got.content)}")
+    listed("one added", {"app.conf": "mode=sdk\n", "key.json": '{"k": 1}'})
+
+    op = "services.update_secret_files_for_service"
+    got = h.call(
+        op,
+        update_secret_files_for_service,
+        sid,
+        body=[SecretFileInput(name="only.txt", content="one")],
+        expect=200,
+        model=SecretFileWithCursor,
+        many=True,
+    )
+    if got is not None:
+        names = [i.secret_file.name for i in got]
+        h.check(op, names == ["only.txt"], f"answered {names}: not the list given (it replaces all)")
+    op = "services.delete_secret_file"
+    h.call(op, delete_secret_file, sid, "only.txt", expect=204)
+    h.call(
+        "services.retrieve_secret_file",
+        retrieve_secret_file,
+        sid,
+        "only.txt",
+        expect=404,
+        model=Error,
+        label="deleted",
+    )
+    listed("after delete", {})
 
 
 # Restart, suspend, resume, update.

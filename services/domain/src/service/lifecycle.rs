@@ -71,6 +71,7 @@ pub(super) fn create(state: &ServiceState, c: CreateService, ctx: &Ctx) -> Decis
         (None, _) => {}
     }
     validate::env_vars(&c.env_vars)?;
+    validate::secret_files(&c.secret_files)?;
     let shutdown_delay_secs = c
         .shutdown_delay_secs
         .unwrap_or(validate::SHUTDOWN_DELAY_DEFAULT);
@@ -91,6 +92,7 @@ pub(super) fn create(state: &ServiceState, c: CreateService, ctx: &Ctx) -> Decis
         num_instances,
         docker_command: c.docker_command,
         env_vars: c.env_vars,
+        secret_files: c.secret_files,
         pre_deploy_command: c.pre_deploy_command,
         health_check_path: c.health_check_path,
         schedule: c.schedule,
@@ -149,6 +151,10 @@ fn effective_changes(
         validate::env_vars(&vars)?;
         diff.env_vars = (vars != cfg.env_vars).then_some(vars);
     }
+    if let Some(files) = s.secret_files {
+        validate::secret_files(&files)?;
+        diff.secret_files = (files != cfg.secret_files).then_some(files);
+    }
     if let Some(cmd) = s.pre_deploy_command {
         if let Some(c) = &cmd {
             validate::command("preDeployCommand", c)?;
@@ -192,6 +198,7 @@ pub fn needs_redeploy(changes: &ServiceSettings) -> bool {
         || changes.plan.is_some()
         || changes.docker_command.is_some()
         || changes.env_vars.is_some()
+        || changes.secret_files.is_some()
 }
 
 /// Gives up a creation that never appended `service_created`.
@@ -455,6 +462,7 @@ pub(super) fn merge(cfg: &mut ServiceConfig, s: &ServiceSettings) {
     set(&mut cfg.plan, &s.plan);
     set(&mut cfg.docker_command, &s.docker_command);
     set(&mut cfg.env_vars, &s.env_vars);
+    set(&mut cfg.secret_files, &s.secret_files);
     set(&mut cfg.pre_deploy_command, &s.pre_deploy_command);
     set(&mut cfg.health_check_path, &s.health_check_path);
     if let Some(p) = &s.schedule {

@@ -99,6 +99,8 @@ pub struct CreateService {
     pub num_instances: Option<u32>,
     pub docker_command: Option<String>,
     pub env_vars: EnvVars,
+    /// Sealed by the caller with `seal_context::secret_file`.
+    pub secret_files: berth_schemas::model::SecretFiles,
     pub pre_deploy_command: Option<String>,
     /// Web services only.
     pub health_check_path: Option<String>,
@@ -146,6 +148,7 @@ impl CreateService {
             num_instances: None,
             docker_command: None,
             env_vars: EnvVars::new(),
+            secret_files: Default::default(),
             pre_deploy_command: None,
             health_check_path: None,
             schedule: None,

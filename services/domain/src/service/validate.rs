@@ -236,6 +236,62 @@ pub fn env_vars(vars: &EnvVars) -> Result<()> {
     Ok(())
 }
 
+/// Most secret files a service may have.
+pub const SECRET_FILES_MAX: usize = 50;
+/// Most content of a service's secret files together, in KiB: every file
+/// travels, sealed, in each of its instances' work items.
+pub const SECRET_FILES_KIB_MAX: usize = 256;
+/// Longest secret file name.
+const SECRET_FILE_NAME_MAX: usize = 255;
+
+/// Secret file names: a file name in `/etc/secrets` (letters, digits,
+/// `.`, `_`, `-`; not `.` or `..`), at most [`SECRET_FILES_MAX`] files.
+/// (Their sizes are checked in clear, before they are sealed.)
+pub fn secret_files(files: &berth_schemas::model::SecretFiles) -> Result<()> {
+    if files.len() > SECRET_FILES_MAX {
+        return Err(DomainError::invalid(
+            "secretFiles",
+            format!("too many files (at most {SECRET_FILES_MAX})"),
+        ));
+    }
+    for name in files.keys() {
+        secret_file_name(name)?;
+    }
+    // Sealed: base64 of a 24-byte nonce, the content and a 16-byte tag.
+    let content: usize = files
+        .values()
+        .map(|s| (s.ciphertext.len() / 4 * 3).saturating_sub(40))
+        .sum();
+    if content > SECRET_FILES_KIB_MAX * 1024 {
+        return Err(DomainError::invalid(
+            "secretFiles",
+            format!(
+                "the files hold more than {SECRET_FILES_KIB_MAX} KiB in all (each instance carries them)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// One secret file's name (see [`secret_files`]).
+pub fn secret_file_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= SECRET_FILE_NAME_MAX
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !ok {
+        let shown: String = name.chars().take(40).collect();
+        return Err(DomainError::invalid(
+            "secretFiles",
+            format!("{shown:?} is not a file name: 1–255 letters, digits, '.', '_' or '-'"),
+        ));
+    }
+    Ok(())
+}
+
 /// Only a web service is served by the router, so only a web service has
 /// an HTTPS redirect to set (either way).
 pub fn https_redirect(service_type: ServiceType) -> Result<()> {

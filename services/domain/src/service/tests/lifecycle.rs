@@ -190,6 +190,38 @@ fn a_service_with_a_disk_does_not_scale_beyond_one() {
 }
 
 #[test]
+fn secret_files_are_named_as_files_and_bounded() {
+    use crate::service::validate::secret_files;
+    let sealed = |n: usize| berth_schemas::model::Sealed {
+        kid: "k".into(),
+        // Base64 of a 24-byte nonce, `n` bytes and a 16-byte tag.
+        ciphertext: "A".repeat((n + 40).div_ceil(3) * 4),
+    };
+    let files = |pairs: &[(&str, usize)]| -> berth_schemas::model::SecretFiles {
+        pairs
+            .iter()
+            .map(|(k, n)| ((*k).to_owned(), sealed(*n)))
+            .collect()
+    };
+    assert!(secret_files(&files(&[("key.json", 10), (".npmrc", 10), ("a_b-c", 1)])).is_ok());
+    for bad in ["", ".", "..", "a/b", "a b", "é"] {
+        let err = secret_files(&files(&[(bad, 1)])).unwrap_err().to_string();
+        assert!(err.contains("not a file name"), "{bad:?}: {err}");
+    }
+    let many: Vec<(String, usize)> = (0..51).map(|i| (format!("f{i}"), 1)).collect();
+    let many: Vec<(&str, usize)> = many.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+    assert!(secret_files(&files(&many))
+        .unwrap_err()
+        .to_string()
+        .contains("too many"));
+    assert!(secret_files(&files(&[("a", 200 * 1024), ("b", 50 * 1024)])).is_ok());
+    let err = secret_files(&files(&[("a", 200 * 1024), ("b", 60 * 1024)]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("256 KiB"), "{err}");
+}
+
+#[test]
 fn a_disk_is_added_and_removed_each_with_a_deploy() {
     let d0 = DeployId::generate();
     let mut s = Scenario::live_web(&d0);
