@@ -368,10 +368,13 @@ struct Drops {
 }
 
 impl Drops {
+    /// The first drop is reported at once.
     fn new() -> Self {
         Self {
             count: 0,
-            reported: Instant::now(),
+            reported: Instant::now()
+                .checked_sub(REPORT_EVERY)
+                .unwrap_or_else(Instant::now),
         }
     }
 
@@ -559,6 +562,8 @@ impl Forwarder {
         let a = tokio::spawn(owners.run(inner.clone()));
         let b = tokio::spawn(services.run(inner.clone()));
         let mut senders: HashMap<Target, mpsc::Sender<Outgoing>> = HashMap::new();
+        // Lines dropped because a target's queue was full, per target.
+        let mut full: HashMap<Target, Drops> = HashMap::new();
         'outer: loop {
             // Wait until some line has somewhere to go.
             loop {
@@ -610,6 +615,7 @@ impl Forwarder {
                     _ = check.tick() => {
                         // Connections closed while idle leave the map.
                         senders.retain(|_, tx| !tx.is_closed());
+                        full.retain(|t, _| senders.contains_key(t));
                         let wanted = match (o.read(), s.read()) {
                             (Ok(o), Ok(s)) => any_target(&o, &s),
                             _ => true,
@@ -626,7 +632,7 @@ impl Forwarder {
                         }
                     }
                     next = messages.next() => match next {
-                        Some(Ok(msg)) => self.hand_on(msg, &o, &s, &mut senders).await,
+                        Some(Ok(msg)) => self.hand_on(msg, &o, &s, &mut senders, &mut full).await,
                         other => {
                             // The consumer lost (a server restarting, a
                             // leader moving): read again after a pause.
@@ -655,6 +661,7 @@ impl Forwarder {
         owners: &RwLock<OwnerStreams>,
         services: &RwLock<ServiceStreams>,
         senders: &mut HashMap<Target, mpsc::Sender<Outgoing>>,
+        full: &mut HashMap<Target, Drops>,
     ) {
         let routed = berth_eventlog::logs::kept(&msg).and_then(|kept| {
             let (o, s) = (owners.read().ok()?, services.read().ok()?);
@@ -675,8 +682,12 @@ impl Forwarder {
             match tx.try_send(out) {
                 Ok(()) => return,
                 Err(mpsc::error::TrySendError::Full(o)) => {
-                    tracing::debug!(endpoint = %target.endpoint, "log stream queue full; line dropped");
                     let _ = o.msg.ack().await;
+                    full.entry(target.clone()).or_insert_with(Drops::new).add(
+                        1,
+                        &target,
+                        "the endpoint takes lines slower than they come",
+                    );
                     return;
                 }
                 // The sender went idle and stopped: a new one.
