@@ -164,29 +164,54 @@ impl Projection for ServiceStreams {
 pub struct Target {
     pub owner: OwnerId,
     pub endpoint: String,
-    /// The sealed token and the context it opens with.
-    pub token: Option<(Sealed, String)>,
+    /// The sealed token and whose it is (what it opens with).
+    pub token: Option<(Sealed, TokenOf)>,
 }
 
-/// Where `service`'s lines go, if anywhere, and what the line needs of it.
-pub fn route(
+/// Whose setting a token is, which says its seal context.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TokenOf {
+    /// The owner's stream.
+    Owner,
+    /// This service's override.
+    Service(ServiceId),
+}
+
+impl Target {
+    /// The context `token` opens with.
+    fn context(&self, of: &TokenOf) -> String {
+        match of {
+            TokenOf::Owner => seal_context::owner_log_stream_token(&self.owner),
+            TokenOf::Service(s) => seal_context::service_log_stream_token(s),
+        }
+    }
+}
+
+/// Where `service`'s lines go, if anywhere, and what the line needs of it
+/// (borrowed from the read model: a line costs no copy of its service).
+pub fn route<'a>(
     owners: &OwnerStreams,
-    services: &ServiceStreams,
+    services: &'a ServiceStreams,
     service: &ServiceId,
-) -> Option<(Target, ServiceFacts)> {
+) -> Option<(Target, &'a ServiceFacts)> {
     let f = services.services.get(service)?;
     let (endpoint, token) = log_stream::target(owners.streams.get(&f.owner), f.stream.as_ref())?;
-    let context = if f.stream.is_some() {
-        seal_context::service_log_stream_token(service)
-    } else {
-        seal_context::owner_log_stream_token(&f.owner)
+    let of = match f.stream {
+        Some(_) => TokenOf::Service(service.clone()),
+        None => TokenOf::Owner,
     };
     let target = Target {
         owner: f.owner.clone(),
         endpoint: endpoint.to_owned(),
-        token: token.map(|t| (t.clone(), context)),
+        token: token.map(|t| (t.clone(), of)),
     };
-    Some((target, f.clone()))
+    Some((target, f))
+}
+
+/// [`any_target`] of the shared read models; `None` when one cannot be
+/// read (the caller keeps doing what it does).
+fn any_target_in(owners: &RwLock<OwnerStreams>, services: &RwLock<ServiceStreams>) -> Option<bool> {
+    Some(any_target(&*owners.read().ok()?, &*services.read().ok()?))
 }
 
 /// Whether any line has somewhere to go.
@@ -402,7 +427,7 @@ async fn ack_all(batch: &mut Vec<Outgoing>) {
 async fn send_loop(shared: Shared, target: Target, mut rx: mpsc::Receiver<Outgoing>) {
     let token = match &target.token {
         None => None,
-        Some((sealed, context)) => match shared.key.open(sealed, context) {
+        Some((sealed, of)) => match shared.key.open(sealed, &target.context(of)) {
             Ok(t) => Some(t),
             Err(e) => {
                 tracing::error!(owner = %target.owner, error = %e,
@@ -567,10 +592,7 @@ impl Forwarder {
         'outer: loop {
             // Wait until some line has somewhere to go.
             loop {
-                let wanted = match (o.read(), s.read()) {
-                    (Ok(o), Ok(s)) => any_target(&o, &s),
-                    _ => false,
-                };
+                let wanted = any_target_in(&o, &s).unwrap_or(false);
                 if wanted {
                     break;
                 }
@@ -616,10 +638,7 @@ impl Forwarder {
                         // Connections closed while idle leave the map.
                         senders.retain(|_, tx| !tx.is_closed());
                         full.retain(|t, _| senders.contains_key(t));
-                        let wanted = match (o.read(), s.read()) {
-                            (Ok(o), Ok(s)) => any_target(&o, &s),
-                            _ => true,
-                        };
+                        let wanted = any_target_in(&o, &s).unwrap_or(true);
                         if !wanted {
                             // Nothing to send: the server forgets our place,
                             // so a stream set later starts at new lines.
@@ -666,7 +685,7 @@ impl Forwarder {
         let routed = berth_eventlog::logs::kept(&msg).and_then(|kept| {
             let (o, s) = (owners.read().ok()?, services.read().ok()?);
             let (target, facts) = route(&o, &s, &kept.line.service)?;
-            Some((target, frame(&kept.line, &facts)))
+            Some((target, frame(&kept.line, facts)))
         });
         let Some((target, bytes)) = routed else {
             let _ = msg.ack().await;
@@ -674,11 +693,16 @@ impl Forwarder {
         };
         let mut out = Outgoing { bytes, msg };
         for _ in 0..2 {
-            let tx = senders.entry(target.clone()).or_insert_with(|| {
+            // Looked up before inserting: the target is copied once per
+            // connection, not once per line.
+            if !senders.contains_key(&target) {
                 let (tx, rx) = mpsc::channel(QUEUE_LINES);
                 tokio::spawn(send_loop(self.shared.clone(), target.clone(), rx));
-                tx
-            });
+                senders.insert(target.clone(), tx);
+            }
+            let Some(tx) = senders.get(&target) else {
+                break;
+            };
             match tx.try_send(out) {
                 Ok(()) => return,
                 Err(mpsc::error::TrySendError::Full(o)) => {
