@@ -11,7 +11,7 @@ use berth_domain::DomainError;
 use berth_runtime::Secret;
 use berth_schemas::events::ServiceSettings;
 use berth_schemas::ids::{DeployId, ServiceId};
-use berth_schemas::model::seal_context;
+use berth_schemas::model::{seal_context, Sealed};
 use berth_schemas::AggregateId;
 
 use crate::{exec, Caller, Ingress, IngressError};
@@ -36,18 +36,26 @@ impl Ingress {
         caller: &Caller,
         id: &ServiceId,
     ) -> Result<BTreeMap<String, Secret>, IngressError> {
+        self.opened(caller, id, |c| &c.env_vars, seal_context::env_var)
+            .await
+    }
+
+    /// One of the caller's service's sealed maps (`pick`: its env vars,
+    /// its secret files), each value opened with `context(service, name)`.
+    pub(crate) async fn opened(
+        &self,
+        caller: &Caller,
+        id: &ServiceId,
+        pick: impl Fn(&ServiceConfig) -> &BTreeMap<String, Sealed>,
+        context: impl Fn(&ServiceId, &str) -> String,
+    ) -> Result<BTreeMap<String, Secret>, IngressError> {
         let state = self.show_service(caller, id).await?;
         let Some(cfg) = state.config.as_ref() else {
             return Err(IngressError::not_found("service", id));
         };
-        cfg.env_vars
+        pick(cfg)
             .iter()
-            .map(|(k, sealed)| {
-                Ok((
-                    k.clone(),
-                    self.key.open(sealed, &seal_context::env_var(id, k))?,
-                ))
-            })
+            .map(|(name, sealed)| Ok((name.clone(), self.key.open(sealed, &context(id, name))?)))
             .collect()
     }
 
@@ -116,21 +124,39 @@ impl Ingress {
         what: &str,
         change: impl Fn(&ServiceConfig) -> Result<Option<ServiceSettings>, DomainError>,
     ) -> Result<(ServiceState, Option<DeployId>), IngressError> {
-        let owner = &caller.owner;
         let deploy = DeployId::generate();
         let key = format!("{what}-{id}-{deploy}");
+        let state = self
+            .decide_on_own(caller, id, &key, |_, c| {
+                Ok(change(c)?.map(|settings| service::Command::Update {
+                    settings,
+                    deploy: deploy.clone(),
+                }))
+            })
+            .await?;
+        let started = state.deploy(&deploy).is_some().then_some(deploy);
+        Ok((state, started))
+    }
+
+    /// Decides `choose` on the caller's service as it is when the command
+    /// runs (again after a conflict), so what it merges is never a stale
+    /// copy; returns the state after it. Not the caller's, deleted or never
+    /// created: not found.
+    pub(crate) async fn decide_on_own(
+        &self,
+        caller: &Caller,
+        id: &ServiceId,
+        key: &str,
+        choose: impl Fn(&ServiceState, &ServiceConfig) -> Result<Option<service::Command>, DomainError>,
+    ) -> Result<ServiceState, IngressError> {
+        let owner = &caller.owner;
         let done = exec::run_when::<service::Service>(
             &self.store,
             &AggregateId::Service(id.clone()),
-            &key,
+            key,
             &caller.actor,
             |s: &ServiceState| match s.config.as_ref() {
-                Some(c) if c.owner == *owner && s.exists() => {
-                    Ok(change(c)?.map(|settings| service::Command::Update {
-                        settings,
-                        deploy: deploy.clone(),
-                    }))
-                }
+                Some(c) if c.owner == *owner && s.exists() => choose(s, c),
                 _ => Err(DomainError::NotFound {
                     what: "service",
                     id: id.to_string(),
@@ -138,8 +164,6 @@ impl Ingress {
             },
         )
         .await?;
-        let state = std::sync::Arc::unwrap_or_clone(done.state);
-        let started = state.deploy(&deploy).is_some().then_some(deploy);
-        Ok((state, started))
+        Ok(std::sync::Arc::unwrap_or_clone(done.state))
     }
 }

@@ -16,7 +16,6 @@ use berth_schemas::ids::{ApiKeyId, OwnerId, ServiceId};
 use berth_schemas::model::{seal_context, LogStream, LogStreamOverride, LogStreamSetting, Sealed};
 use berth_schemas::Actor;
 
-use crate::ops::Scope;
 use crate::{Caller, Ingress, IngressError};
 
 /// An owner's stream as asked: absent fields keep what is set.
@@ -47,20 +46,24 @@ enum TokenChange {
 }
 
 impl TokenChange {
-    /// The token of the new setting, given the one set for `old_endpoint`.
-    fn pick(
-        &self,
-        old: Option<&Sealed>,
-        old_endpoint: Option<&str>,
-        endpoint: &str,
-    ) -> Option<Sealed> {
+    /// The token of the new setting; `kept` is the one set, when it was
+    /// set for the same endpoint (a token never goes to another host).
+    fn pick(&self, kept: Option<&Sealed>) -> Option<Sealed> {
         match self {
             TokenChange::Set(t) => Some(t.clone()),
             TokenChange::Remove => None,
-            TokenChange::Keep if old_endpoint == Some(endpoint) => old.cloned(),
-            TokenChange::Keep => None,
+            TokenChange::Keep => kept.cloned(),
         }
     }
+}
+
+/// `token` when it was set for `endpoint`.
+fn for_endpoint<'a>(
+    endpoint: Option<&str>,
+    token: Option<&'a Sealed>,
+    wanted: &str,
+) -> Option<&'a Sealed> {
+    token.filter(|_| endpoint == Some(wanted))
 }
 
 impl Ingress {
@@ -115,11 +118,11 @@ impl Ingress {
                     });
                 };
                 let stream = LogStream {
-                    token: token.pick(
-                        old.and_then(|o| o.token.as_ref()),
+                    token: token.pick(for_endpoint(
                         old.map(|o| o.endpoint.as_str()),
+                        old.and_then(|o| o.token.as_ref()),
                         &endpoint,
-                    ),
+                    )),
                     endpoint,
                     preview: change
                         .preview
@@ -142,56 +145,63 @@ impl Ingress {
         owner: &OwnerId,
         actor: &Actor,
     ) -> Result<(), IngressError> {
-        if self.owner_log_stream(owner).await?.is_none() {
-            return Err(IngressError::not_found("log stream", owner));
-        }
         let key = format!("owner-log-stream-remove-{owner}-{}", ApiKeyId::generate());
-        self.owner_decide(owner, &key, actor, owner::Command::SetLogStream(None))
-            .await?;
+        self.owner_when(owner, &key, actor, |s: &OwnerState| match s.log_stream {
+            Some(_) => Ok(Some(owner::Command::SetLogStream(None))),
+            None => Err(DomainError::NotFound {
+                what: "log stream",
+                id: owner.to_string(),
+            }),
+        })
+        .await?;
         tracing::info!(owner = %owner, "log stream removed");
         Ok(())
     }
 
     /// Sets, changes or (`None`) removes a service's override of its
-    /// owner's log stream; returns the service after it.
+    /// owner's log stream, merged with the one set inside the decision;
+    /// removing none is not found. Returns the service after it.
     pub async fn set_service_log_stream(
         &self,
         caller: &Caller,
         id: &ServiceId,
         change: Option<OverrideChange>,
     ) -> Result<ServiceState, IngressError> {
-        let current = self.show_service(caller, id).await?;
-        let stream = match change {
-            None => None,
+        // Sealed once, outside the decision (which may run again).
+        let asked = match change {
             Some(c) => {
-                let token = self.seal_token(
-                    c.token.as_ref(),
-                    &seal_context::service_log_stream_token(id),
-                )?;
-                let old = current.log_stream.as_ref();
-                let token = match &c.endpoint {
-                    Some(e) => token.pick(
-                        old.and_then(|o| o.token.as_ref()),
-                        old.and_then(|o| o.endpoint.as_deref()),
-                        e,
-                    ),
-                    None => token.pick(None, None, ""),
-                };
-                Some(LogStreamOverride {
-                    setting: c.setting,
-                    endpoint: c.endpoint,
-                    token,
-                })
+                let context = seal_context::service_log_stream_token(id);
+                let token = self.seal_token(c.token.as_ref(), &context)?;
+                Some((c, token))
             }
+            None => None,
         };
         let key = format!("log-stream-{id}-{}", ApiKeyId::generate());
         let state = self
-            .service_command(
-                Scope::Owner(caller),
-                id,
-                &key,
-                service::Command::SetLogStream(stream),
-            )
+            .decide_on_own(caller, id, &key, |s, _| {
+                let old = s.log_stream.as_ref();
+                let stream = match (&asked, old) {
+                    (Some((c, token)), _) => Some(LogStreamOverride {
+                        setting: c.setting,
+                        endpoint: c.endpoint.clone(),
+                        token: token.pick(c.endpoint.as_deref().and_then(|e| {
+                            for_endpoint(
+                                old.and_then(|o| o.endpoint.as_deref()),
+                                old.and_then(|o| o.token.as_ref()),
+                                e,
+                            )
+                        })),
+                    }),
+                    (None, Some(_)) => None,
+                    (None, None) => {
+                        return Err(DomainError::NotFound {
+                            what: "log stream override",
+                            id: id.to_string(),
+                        })
+                    }
+                };
+                Ok(Some(service::Command::SetLogStream(stream)))
+            })
             .await?;
         tracing::info!(service.id = %id, "log stream override changed");
         Ok(state)

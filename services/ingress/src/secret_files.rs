@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use berth_domain::service::{validate, ServiceState};
+use berth_domain::service::ServiceState;
 use berth_domain::DomainError;
 use berth_runtime::Secret;
 use berth_schemas::events::ServiceSettings;
@@ -35,46 +35,25 @@ impl Ingress {
         caller: &Caller,
         id: &ServiceId,
     ) -> Result<BTreeMap<String, Secret>, IngressError> {
-        let state = self.show_service(caller, id).await?;
-        let Some(cfg) = state.config.as_ref() else {
-            return Err(IngressError::not_found("service", id));
-        };
-        self.open_files(id, &cfg.secret_files)
+        self.opened(caller, id, |c| &c.secret_files, seal_context::secret_file)
+            .await
     }
 
-    fn open_files(
-        &self,
-        id: &ServiceId,
-        files: &SecretFiles,
-    ) -> Result<BTreeMap<String, Secret>, IngressError> {
-        files
-            .iter()
-            .map(|(name, sealed)| {
-                let clear = self
-                    .key
-                    .open(sealed, &seal_context::secret_file(id, name))?;
-                Ok((name.clone(), clear))
-            })
-            .collect()
-    }
-
-    /// Checks `files` (names, count, and their contents' size in all) and
-    /// seals them for service `id`.
-    pub fn seal_secret_files<'a>(
+    /// Seals `files` for service `id` (the service's rules check their
+    /// names, count and size when the change is decided).
+    pub(crate) fn seal_secret_files<'a>(
         &self,
         id: &ServiceId,
         files: impl IntoIterator<Item = (&'a String, &'a Secret)>,
     ) -> Result<SecretFiles, IngressError> {
         let mut sealed = SecretFiles::new();
         for (name, content) in files {
-            validate::secret_file_name(name)?;
             sealed.insert(
                 name.clone(),
                 self.key
                     .seal(content, &seal_context::secret_file(id, name))?,
             );
         }
-        validate::secret_files(&sealed)?;
         Ok(sealed)
     }
 
@@ -110,7 +89,6 @@ impl Ingress {
                 }
                 FileEdit::Replace(_) => files = sealed.clone(),
             }
-            validate::secret_files(&files)?;
             Ok((files != c.secret_files).then(|| ServiceSettings {
                 secret_files: Some(files),
                 ..ServiceSettings::default()

@@ -233,8 +233,11 @@ pub async fn put_resource(
     JsonBody(body): JsonBody<ResourceBody>,
 ) -> Result<Json<ResourceView>, ApiError> {
     let id = service_id(&id)?;
-    st.ingress.show_service(&caller, &id).await?;
-    let setting = body.setting.ok_or_else(|| required("setting"))?;
+    let Some(setting) = body.setting else {
+        // Another owner's service is not found before the body is judged.
+        st.ingress.show_service(&caller, &id).await?;
+        return Err(required("setting"));
+    };
     let change = OverrideChange {
         setting,
         endpoint: body.endpoint,
@@ -255,10 +258,6 @@ pub async fn delete_resource(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = service_id(&id)?;
-    let state = st.ingress.show_service(&caller, &id).await?;
-    if state.log_stream.is_none() {
-        return Err(ApiError::not_found("log stream override"));
-    }
     st.ingress
         .set_service_log_stream(&caller, &id, None)
         .await?;

@@ -97,10 +97,11 @@ pub async fn set(
     JsonBody(body): JsonBody<ContentBody>,
 ) -> Result<(StatusCode, Json<SecretFileView>), ApiError> {
     let id = service_id(&id)?;
-    st.ingress.show_service(&caller, &id).await?;
-    let content = body
-        .content
-        .ok_or_else(|| ApiError::field("content", "is required"))?;
+    let Some(content) = body.content else {
+        // Another owner's service is not found before the body is judged.
+        st.ingress.show_service(&caller, &id).await?;
+        return Err(ApiError::field("content", "is required"));
+    };
     let edit = FileEdit::Set(name.clone(), Secret::new(content.clone()));
     st.ingress.edit_secret_files(&caller, &id, edit).await?;
     Ok((StatusCode::CREATED, Json(SecretFileView { name, content })))

@@ -274,7 +274,7 @@ pub fn secret_files(files: &berth_schemas::model::SecretFiles) -> Result<()> {
 }
 
 /// One secret file's name (see [`secret_files`]).
-pub fn secret_file_name(name: &str) -> Result<()> {
+fn secret_file_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= SECRET_FILE_NAME_MAX
         && name != "."
