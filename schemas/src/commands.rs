@@ -118,6 +118,11 @@ pub struct NodeRunSpec {
     pub plan: Option<Plan>,
     /// SIGTERM → SIGKILL delay on stop, seconds (SPEC §6: 1–300).
     pub shutdown_delay_secs: u32,
+    /// The service's disk's latest restore: the node copies its snapshot
+    /// over the disk before the instance mounts it, unless it did so for
+    /// this restore already. Absent when the disk was never restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_restore: Option<crate::model::DiskRestore>,
 }
 
 /// Work for one node, on the durable queue `work.node.<node id>`

@@ -7,8 +7,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{
-    ApiKeyId, CredentialId, CronRunId, CustomDomainId, DeployId, DiskId, InstanceId, IntegrationId,
-    JobId, NodeId, OwnerId, ServiceId,
+    ApiKeyId, CredentialId, CronRunId, CustomDomainId, DeployId, DiskId, DiskSnapshotKey,
+    InstanceId, IntegrationId, JobId, NodeId, OwnerId, ServiceId,
 };
 use crate::model::{
     CertificateFailure, DeployStatus, DeployTrigger, Disk, EnvVars, LogStream, LogStreamOverride,
@@ -532,6 +532,27 @@ events! {
     DiskPlaced = "disk_placed" v 1 {
         pub disk: DiskId,
         pub node: NodeId,
+    }
+    /// A snapshot of a service's disk was asked for (berth's); the disk's
+    /// node takes one at its next look.
+    DiskSnapshotRequested = "disk_snapshot_requested" v 1 {
+        pub disk: DiskId,
+    }
+    /// The disk's node took a snapshot of it: a copy of its filesystem
+    /// made while the filesystem was frozen, kept on that node.
+    DiskSnapshotTaken = "disk_snapshot_taken" v 1 {
+        pub disk: DiskId,
+        pub key: DiskSnapshotKey,
+        pub node: NodeId,
+        /// What the copy takes on the node's disk.
+        pub bytes: u64,
+    }
+    /// A service's disk was set back to one of its snapshots; the deploy
+    /// that comes with it starts the instance on the restored disk.
+    DiskSnapshotRestored = "disk_snapshot_restored" v 1 {
+        pub disk: DiskId,
+        pub key: DiskSnapshotKey,
+        pub snapshot_created_at: DateTime<Utc>,
     }
     /// A service's override of its owner's log stream was set, changed or
     /// (`stream` absent) removed: its lines follow the owner's again.

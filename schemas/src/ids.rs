@@ -200,6 +200,9 @@ id_type!(
     /// A service's persistent disk.
     DiskId, "dsk");
 id_type!(
+    /// A snapshot of a service's disk (Render's `snapshotKey`).
+    DiskSnapshotKey, "snp");
+id_type!(
     /// A machine running the puller and the agent.
     NodeId, "nod");
 id_type!(

@@ -322,6 +322,19 @@ pub struct Disk {
     pub size_gb: u32,
 }
 
+/// A service's disk set back to one of its snapshots: the node the disk is
+/// on copies the snapshot over the disk before the next instance mounts
+/// it, once per `number` (the restores of a disk are counted, so the same
+/// snapshot restored twice is copied twice).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskRestore {
+    pub disk: crate::ids::DiskId,
+    pub key: crate::ids::DiskSnapshotKey,
+    /// 1 for the disk's first restore, then one more for each.
+    pub number: u32,
+}
+
 /// Whether log lines are sent to a log stream or dropped (Render's
 /// `LogStreamSetting` and `LogStreamPreviewSetting`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]

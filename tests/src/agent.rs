@@ -302,6 +302,7 @@ pub fn spec(image: &ImageRoot, command: &str) -> InstanceSpec {
         shutdown_delay: Duration::from_secs(5),
         network: None,
         disk: None,
+        disk_restore: None,
         secret_files: Default::default(),
     }
 }

@@ -148,6 +148,7 @@ impl World {
             port: Some(10000),
             plan: None,
             shutdown_delay_secs: 2,
+            disk_restore: None,
         }
     }
 
@@ -258,6 +259,7 @@ pub fn test_options(name: &str, cpu_millis: u32, memory_mib: u32) -> berth_node:
         },
         min_free_disk: 1 << 30,
         instance_disk_limit: 0,
+        disk_snapshot_every: Duration::ZERO,
         done_kept: berth_node::DONE_KEPT,
         services_url: Some("http://services.test".into()),
         log_rate: berth_agent::logs::LogRate::default(),

@@ -248,6 +248,7 @@ fn run_spec(
         port: None,
         plan: None,
         shutdown_delay_secs: 1,
+        disk_restore: None,
     }
 }
 

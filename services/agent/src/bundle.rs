@@ -273,6 +273,10 @@ pub struct InstanceSpec {
     /// The service's persistent disk, mounted at its path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<berth_schemas::model::Disk>,
+    /// The disk's latest restore: done before the instance mounts the
+    /// disk, unless done already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_restore: Option<berth_schemas::model::DiskRestore>,
     /// The service's secret files, already unsealed: read-only in
     /// [`SECRETS_PATH`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -810,6 +814,7 @@ mod tests {
             shutdown_delay: Duration::from_secs(30),
             network: None,
             disk: None,
+            disk_restore: None,
             secret_files: BTreeMap::new(),
         }
     }

@@ -20,11 +20,23 @@
 //! (an online grow needs `CAP_SYS_RESOURCE`, which a node in a container
 //! may lack) and only once nothing holds it; a marker file makes a node
 //! that died between the two finish the filesystem's part.
+//!
+//! A snapshot is a copy of the disk's file in `<state>/disks/snapshots/
+//! <disk id>/<key>.img`, taken while its filesystem is frozen (`fsfreeze`:
+//! writes wait, what was written is on the file), so it is what a clean
+//! stop would have left; it is sparse, taking what the filesystem holds.
+//! A node that dies while a filesystem is frozen thaws it when it starts
+//! again ([`thaw_all`]). A restore copies a snapshot over the disk,
+//! unmounted, before the instance that follows mounts it, once per
+//! restore (a marker file holds the last restore's number); a disk grown
+//! since the snapshot grows again after it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 
-use berth_schemas::model::Disk;
+use berth_schemas::ids::DiskSnapshotKey;
+use berth_schemas::model::{Disk, DiskRestore};
 
 use crate::bundle::{self, UserNamespace};
 use crate::error::{agent_io, AgentError};
@@ -32,6 +44,14 @@ use crate::error::{agent_io, AgentError};
 /// A disk's size in bytes (its `sizeGB` are GiB).
 fn bytes(disk: &Disk) -> u64 {
     u64::from(disk.size_gb) << 30
+}
+
+/// One disk operation at a time on this node: a snapshot is not taken
+/// while a disk is mounted, restored, grown or removed.
+static BUSY: Mutex<()> = Mutex::new(());
+
+fn busy() -> MutexGuard<'static, ()> {
+    BUSY.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Where a node keeps its disks, below the agent's state directory.
@@ -84,13 +104,15 @@ fn run(id: &str, program: &str, args: &[&str]) -> Result<(), AgentError> {
     ))
 }
 
-/// Makes the disk if this node has not got it, mounts it if it is not
-/// mounted, and gives its root to the instance's root user; the host
-/// directory to bind-mount into the instance.
+/// Makes the disk if this node has not got it, sets it back to the
+/// snapshot `restore` names unless that restore was done, mounts it if it
+/// is not mounted, and gives its root to the instance's root user; the
+/// host directory to bind-mount into the instance.
 pub fn attach(
     disks: &Path,
     service: &str,
     disk: &Disk,
+    restore: Option<&DiskRestore>,
     ns: Option<UserNamespace>,
     reserve: u64,
 ) -> Result<PathBuf, AgentError> {
@@ -98,6 +120,7 @@ pub fn attach(
     if !valid(id) {
         return Err(failed(id, "not a disk id"));
     }
+    let _busy = busy();
     let bytes = bytes(disk);
     let owner = ns.map_or(0, |n| n.host);
     // The instance's root passes through it to the mount (0710, its group).
@@ -113,7 +136,14 @@ pub fn attach(
             .map_err(agent_io(&owned_by))?;
         make(disks, disk, owner)?;
     }
-    // Grown since it was made: the file first (a marker says a filesystem
+    if let Some(r) = restore.filter(|r| r.disk == disk.id) {
+        if last_restore(disks, id) != Some(r.number) {
+            restore_from(disks, id, &r.key, reserve)?;
+            write_atomic(&disks.join(format!("{id}.restored")), &r.number.to_string())?;
+            tracing::info!(disk.id = %id, snapshot = %r.key, restore = r.number, "disk set back to its snapshot");
+        }
+    }
+    // Grown since it was made (or restored to a snapshot of a smaller size): the file first (a marker says a filesystem
     // is still to follow, so a node dying between the two finishes it).
     let growing = disks.join(format!("{id}.grow"));
     let had = std::fs::metadata(&image).map_err(agent_io(&image))?.len();
@@ -173,6 +203,24 @@ fn path_str(p: &Path) -> Result<&str, AgentError> {
 /// when nothing else holds it (its service's instance is stopped before a
 /// new one starts, so nothing should).
 fn grow(id: &str, image: &Path, mount: &Path) -> Result<(), AgentError> {
+    release(id, image, mount)?;
+    // A filesystem is checked before it is resized (0: clean, 1: fixed).
+    let checked = output(id, "e2fsck", &["-f", "-p", path_str(image)?])?;
+    if !matches!(checked.status.code(), Some(0 | 1)) {
+        return Err(failed(
+            id,
+            format!(
+                "e2fsck found errors it did not fix ({}): {}",
+                checked.status,
+                String::from_utf8_lossy(&checked.stdout).trim()
+            ),
+        ));
+    }
+    run(id, "resize2fs", &[path_str(image)?])
+}
+
+/// Unmounts the disk and waits until no loop device holds its file.
+fn release(id: &str, image: &Path, mount: &Path) -> Result<(), AgentError> {
     if bundle::is_mountpoint(mount) {
         run(id, "umount", &[path_str(mount)?])?;
     }
@@ -188,19 +236,195 @@ fn grow(id: &str, image: &Path, mount: &Path) -> Result<(), AgentError> {
         std::thread::sleep(std::time::Duration::from_millis(50));
         waited += 1;
     }
-    // A filesystem is checked before it is resized (0: clean, 1: fixed).
-    let checked = output(id, "e2fsck", &["-f", "-p", path_str(image)?])?;
-    if !matches!(checked.status.code(), Some(0 | 1)) {
+    Ok(())
+}
+
+/// Where a node keeps the snapshots of disk `id`.
+fn snapshot_dir(disks: &Path, id: &str) -> PathBuf {
+    disks.join("snapshots").join(id)
+}
+
+/// What `path` takes on its filesystem (a sparse file: less than its
+/// length).
+fn allocated(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+}
+
+/// Copies `from` to `to` sparsely (holes and zeros stay holes; a
+/// filesystem that shares blocks shares them), and syncs the copy.
+fn copy(id: &str, from: &Path, to: &Path) -> Result<(), AgentError> {
+    let _ = std::fs::remove_file(to);
+    let copied = run(
+        id,
+        "cp",
+        &[
+            "--sparse=always",
+            "--reflink=auto",
+            path_str(from)?,
+            path_str(to)?,
+        ],
+    )
+    .and_then(|()| {
+        std::fs::File::open(to)
+            .and_then(|f| f.sync_all())
+            .map_err(agent_io(to))
+    });
+    if copied.is_err() {
+        let _ = std::fs::remove_file(to);
+    }
+    copied
+}
+
+/// Writes `text` to `path` through a temporary file renamed over it.
+fn write_atomic(path: &Path, text: &str) -> Result<(), AgentError> {
+    let mut new = path.as_os_str().to_owned();
+    new.push(".new");
+    let new = PathBuf::from(new);
+    std::fs::write(&new, text)
+        .and_then(|()| std::fs::File::open(&new)?.sync_all())
+        .and_then(|()| std::fs::rename(&new, path))
+        .map_err(agent_io(path))
+}
+
+/// The number of the last restore done on disk `id` here.
+fn last_restore(disks: &Path, id: &str) -> Option<u32> {
+    std::fs::read_to_string(disks.join(format!("{id}.restored")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Copies snapshot `key` over disk `id`, unmounted: into a new file
+/// allocated in full, renamed over the disk's (a node dying midway leaves
+/// the disk as it was, and restores again).
+fn restore_from(
+    disks: &Path,
+    id: &str,
+    key: &DiskSnapshotKey,
+    reserve: u64,
+) -> Result<(), AgentError> {
+    let snapshot = snapshot_dir(disks, id).join(format!("{key}.img"));
+    if !snapshot.is_file() {
         return Err(failed(
             id,
-            format!(
-                "e2fsck found errors it did not fix ({}): {}",
-                checked.status,
-                String::from_utf8_lossy(&checked.stdout).trim()
-            ),
+            format!("its snapshot {key} is not on this node; the restore cannot be done"),
         ));
     }
-    run(id, "resize2fs", &[path_str(image)?])
+    let image = disks.join(format!("{id}.img"));
+    release(id, &image, &disks.join(id))?;
+    let len = std::fs::metadata(&snapshot)
+        .map_err(agent_io(&snapshot))?
+        .len();
+    // The disk's own file goes once the copy is in place.
+    room(disks, id, len.saturating_sub(allocated(&image)), reserve)?;
+    let new = disks.join(format!("{id}.img.restore"));
+    copy(id, &snapshot, &new)?;
+    let full = run(id, "fallocate", &["-l", &len.to_string(), path_str(&new)?]);
+    if let Err(e) = full {
+        let _ = std::fs::remove_file(&new);
+        return Err(e);
+    }
+    std::fs::rename(&new, &image).map_err(agent_io(&image))?;
+    std::fs::File::open(disks)
+        .and_then(|d| d.sync_all())
+        .map_err(agent_io(disks))
+}
+
+/// Takes snapshot `key` of disk `id`: its file copied while its
+/// filesystem is frozen (when mounted). What the copy takes on the node.
+pub fn snapshot(
+    disks: &Path,
+    id: &str,
+    key: &DiskSnapshotKey,
+    reserve: u64,
+) -> Result<u64, AgentError> {
+    if !valid(id) {
+        return Err(failed(id, "not a disk id"));
+    }
+    let _busy = busy();
+    let image = disks.join(format!("{id}.img"));
+    if !image.is_file() {
+        return Err(failed(id, "the disk is not on this node"));
+    }
+    let mount = disks.join(id);
+    let mounted = bundle::is_mountpoint(&mount);
+    // At most what the filesystem holds (less where blocks are shared).
+    let holds = match (mounted, nix::sys::statvfs::statvfs(&mount)) {
+        (true, Ok(st)) => (st.blocks() - st.blocks_free()) * st.fragment_size(),
+        _ => allocated(&image),
+    };
+    room(disks, id, holds, reserve)?;
+    let dir = snapshot_dir(disks, id);
+    std::fs::create_dir_all(&dir).map_err(agent_io(&dir))?;
+    let new = dir.join(format!("{key}.img.new"));
+    if mounted {
+        run(id, "fsfreeze", &["-f", path_str(&mount)?])?;
+    }
+    let copied = copy(id, &image, &new);
+    if mounted {
+        if let Err(e) = run(id, "fsfreeze", &["-u", path_str(&mount)?]) {
+            tracing::error!(disk.id = %id, error = %e, "a frozen disk could not be thawed; its instance's writes wait");
+        }
+    }
+    copied?;
+    let kept = dir.join(format!("{key}.img"));
+    std::fs::rename(&new, &kept).map_err(agent_io(&kept))?;
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(agent_io(&dir))?;
+    Ok(allocated(&kept))
+}
+
+/// Deletes the snapshots of disk `id` on this node that are not in
+/// `keep`, but for ones made in the last minute (taken, not recorded
+/// yet), and copies a node died while making.
+pub fn prune_snapshots(disks: &Path, id: &str, keep: &[DiskSnapshotKey]) {
+    if !valid(id) {
+        return;
+    }
+    let _busy = busy();
+    let dir = snapshot_dir(disks, id);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let recent = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let kept = name
+            .strip_suffix(".img")
+            .is_some_and(|k| keep.iter().any(|key| key.as_str() == k));
+        let young = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t > recent);
+        if !kept && !young {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => {
+                    tracing::info!(disk.id = %id, file = %name, "removed a snapshot the disk keeps no more")
+                }
+                Err(err) => {
+                    tracing::warn!(disk.id = %id, file = %name, error = %err, "a snapshot could not be removed")
+                }
+            }
+        }
+    }
+}
+
+/// Thaws every mounted disk of this node: a node that died while a
+/// snapshot was copied left its filesystem frozen.
+pub fn thaw_all(disks: &Path) {
+    let _busy = busy();
+    for (id, _) in list(disks) {
+        let mount = disks.join(&id);
+        if bundle::is_mountpoint(&mount) {
+            if let Ok(at) = path_str(&mount) {
+                // Not frozen: fsfreeze says so and nothing changes.
+                let _ = output(&id, "fsfreeze", &["-u", at]);
+            }
+        }
+    }
 }
 
 /// Refuses to take `more` bytes of the node's filesystem when that would
@@ -298,6 +522,7 @@ pub fn remove(disks: &Path, id: &str) -> Result<(), AgentError> {
     if !valid(id) {
         return Err(failed(id, "not a disk id"));
     }
+    let _busy = busy();
     let mount = disks.join(id);
     if bundle::is_mountpoint(&mount) {
         run(id, "umount", &["-l", path_str(&mount)?])?;
@@ -309,11 +534,15 @@ pub fn remove(disks: &Path, id: &str) -> Result<(), AgentError> {
     for file in [
         format!("{id}.img"),
         format!("{id}.img.new"),
+        format!("{id}.img.restore"),
         format!("{id}.grow"),
+        format!("{id}.restored"),
     ] {
         let path = disks.join(file);
         gone(path.clone(), std::fs::remove_file(&path))?;
     }
+    let snapshots = snapshot_dir(disks, id);
+    gone(snapshots.clone(), std::fs::remove_dir_all(&snapshots))?;
     gone(mount.clone(), std::fs::remove_dir(&mount))?;
     // Whose it was goes last: a node dying midway finds it again.
     let owned_by = disks.join(format!("{id}.service"));
@@ -351,5 +580,40 @@ mod tests {
         assert!(list(d.path()).is_empty());
         assert!(!d.path().join("dsk-one.img").exists());
         assert!(!d.path().join("dsk-one.grow").exists());
+    }
+
+    #[test]
+    fn snapshots_the_disk_lists_no_more_go_unless_just_made_and_go_with_the_disk() {
+        let d = tempfile::tempdir().unwrap();
+        let id = "dsk-one";
+        std::fs::write(d.path().join(format!("{id}.service")), "srv-one").unwrap();
+        let dir = snapshot_dir(d.path(), id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let keys: Vec<DiskSnapshotKey> = (0..3).map(|_| DiskSnapshotKey::generate()).collect();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(600);
+        let file = |name: String, aged: bool| {
+            let path = dir.join(name);
+            let f = std::fs::File::create(&path).unwrap();
+            if aged {
+                f.set_modified(old).unwrap();
+            }
+            path
+        };
+        let kept = file(format!("{}.img", keys[0]), true);
+        let dropped = file(format!("{}.img", keys[1]), true);
+        let half_made = file(format!("{}.img.new", keys[2]), true);
+        let just_taken = file(format!("{}.img", keys[2]), false);
+        prune_snapshots(d.path(), id, &keys[..1]);
+        assert!(kept.exists() && just_taken.exists());
+        assert!(!dropped.exists() && !half_made.exists());
+        // A bad id is no path.
+        prune_snapshots(d.path(), "dsk-../..", &[]);
+
+        // The restore marker is written whole and read back.
+        assert_eq!(last_restore(d.path(), id), None);
+        write_atomic(&d.path().join(format!("{id}.restored")), "3").unwrap();
+        assert_eq!(last_restore(d.path(), id), Some(3));
+        remove(d.path(), id).unwrap();
+        assert!(!dir.exists() && last_restore(d.path(), id).is_none());
     }
 }

@@ -302,6 +302,7 @@ async fn launch_with(
                 &disks,
                 s.service.as_str(),
                 disk,
+                s.disk_restore.as_ref(),
                 ns,
                 reserve,
             )?),

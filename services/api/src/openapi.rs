@@ -331,6 +331,12 @@ routes! {
     patch "/v1/disks/{diskId}" => disks::update,
         "Rename a disk, grow it or mount it elsewhere (its instance sees the change at its next \
          start)", 200;
+    get "/v1/disks/{diskId}/snapshots" => disks::snapshots,
+        "List a disk's snapshots, newest first (201, as Render answers it)", 201;
+    post "/v1/disks/{diskId}/snapshots" => disks::take_snapshot,
+        "Ask the disk's node for a snapshot now (berth's; listed once taken)", 202;
+    post "/v1/disks/{diskId}/snapshots/restore" => disks::restore,
+        "Set a disk back to one of its snapshots (the service is deployed on it)", 200;
     get "/v1/logs" => logs::list,
         "List the kept log lines of your services, paged by time (Render's request-log filters \
          host, statusCode, method, path, task, taskRun and sandbox are accepted and not applied)", 200;

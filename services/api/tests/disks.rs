@@ -483,3 +483,153 @@ async fn deploys(app: &App, o: &Owner, svc: &str) -> usize {
     let (_, v) = app.get(&format!("/v1/services/{svc}/deploys"), o).await;
     v.as_array().unwrap().len()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disks_snapshots_are_listed_asked_for_and_restored_in_renders_shape() {
+    use berth_domain::service::{Command, Service};
+    use berth_schemas::ids::{DiskSnapshotKey, NodeId};
+    use berth_schemas::AggregateId;
+
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let bob = app.owner().await;
+    let (svc, disk) = create(
+        &app,
+        &alice,
+        "db",
+        json!({"name": "data", "mountPath": "/data"}),
+    )
+    .await;
+    let snaps = format!("/v1/disks/{disk}/snapshots");
+    let restore = format!("/v1/disks/{disk}/snapshots/restore");
+    // None yet: 201 (Render's status for this listing) and an empty list;
+    // asking before the disk is placed anywhere is refused, as is any
+    // restore of a snapshot it does not have.
+    let (s, v) = app.get(&snaps, &alice).await;
+    assert_eq!((s, v.clone()), (StatusCode::CREATED, json!([])), "{v}");
+    let (s, v) = app.post(&snaps, &alice, json!(null)).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(v.to_string().contains("holds nothing yet"), "{v}");
+
+    // What the disk's node records as it places and snapshots it.
+    let id = AggregateId::Service(svc.parse().unwrap());
+    let record = |command: Command, key: String| {
+        let (store, id) = (app.store.clone(), id.clone());
+        async move {
+            store
+                .execute::<Service>(
+                    &id,
+                    &key,
+                    &berth_eventlog::Stamp::new(berth_schemas::Actor::system("node")),
+                    command,
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let node = NodeId::generate();
+    let placed = berth_schemas::events::DiskPlaced {
+        disk: disk.parse().unwrap(),
+        node: node.clone(),
+    };
+    let at = app.store.load(&id).await.unwrap().version;
+    app.store
+        .append(
+            &id,
+            at,
+            vec![berth_eventlog::NewEvent::new(
+                placed,
+                berth_schemas::Actor::system("scheduler"),
+            )],
+            "placed",
+        )
+        .await
+        .unwrap();
+    app.state.caught_up().await.unwrap();
+    let (s, v) = app.post(&snaps, &alice, json!(null)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let (s, _) = app.post(&snaps, &bob, json!(null)).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let keys: Vec<DiskSnapshotKey> = (0..2).map(|_| DiskSnapshotKey::generate()).collect();
+    for k in &keys {
+        record(
+            Command::RecordDiskSnapshot {
+                disk: disk.parse().unwrap(),
+                key: k.clone(),
+                node: node.clone(),
+                bytes: 8192,
+            },
+            k.to_string(),
+        )
+        .await;
+    }
+    app.state.caught_up().await.unwrap();
+    let (s, v) = app.get(&snaps, &alice).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let listed: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["snapshotKey"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [keys[1].as_str(), keys[0].as_str()], "newest first");
+    assert_eq!(v[0]["sizeBytes"], 8192);
+    assert!(v[0]["createdAt"].as_str().unwrap().ends_with('Z'), "{v}");
+    let (s, _) = app.get(&snaps, &bob).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Restores refused with why, nothing appended.
+    let seq = app.last_seq().await;
+    for (who, body, status, says) in [
+        (&alice, json!({}), 400, "snapshotKey"),
+        (&alice, json!({"snapshotKey": "nope"}), 404, "snapshot"),
+        (
+            &alice,
+            json!({"snapshotKey": DiskSnapshotKey::generate()}),
+            404,
+            "snapshot",
+        ),
+        (
+            &alice,
+            json!({"snapshotKey": keys[0], "instanceId": "ins-x"}),
+            404,
+            "instance",
+        ),
+        (
+            &alice,
+            json!({"snapshotKey": keys[0], "extra": 1}),
+            400,
+            "extra",
+        ),
+        (&bob, json!({"snapshotKey": keys[0]}), 404, "disk"),
+    ] {
+        let (s, v) = app.post(&restore, who, body.clone()).await;
+        assert_eq!(s.as_u16(), status, "{body}: {v}");
+        assert!(v.to_string().contains(says), "{body}: {v}");
+    }
+    assert_eq!(app.last_seq().await, seq);
+
+    // Restored: the disk answered, a deploy made, the timeline says it in
+    // Render's shape.
+    let before = deploys(&app, &alice, &svc).await;
+    let (s, v) = app
+        .post(
+            &restore,
+            &alice,
+            json!({"snapshotKey": keys[0], "instanceId": svc}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["id"], disk.as_str());
+    assert_eq!(deploys(&app, &alice, &svc).await, before + 1);
+    let (_, events) = app
+        .get(
+            &format!("/v1/services/{svc}/events?type=disk_snapshot_restored"),
+            &alice,
+        )
+        .await;
+    let details = &events[0]["event"]["details"];
+    assert_eq!(details["diskId"], disk.as_str(), "{events}");
+    assert_eq!(details["snapshotKey"], keys[0].as_str(), "{events}");
+    assert!(details["triggeredByUser"].is_null(), "{events}");
+}

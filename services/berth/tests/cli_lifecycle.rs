@@ -391,6 +391,58 @@ async fn cli_changes_a_running_service() {
         assert!(refused.stderr.contains(says), "{args:?}: {refused:?}");
     }
 
+    // Its snapshots: one taken now and listed; two restarts write two
+    // more starts; restored, the disk is as it was at the snapshot (one
+    // start) and the instance the restore deploys adds its own.
+    let starts = || async {
+        let out = cli
+            .run(&[
+                "exec",
+                "store",
+                "--",
+                "sh",
+                "-c",
+                "while read l; do echo \"$l\"; done < /data/starts",
+            ])
+            .await;
+        out.stdout.lines().count()
+    };
+    cli.ok(&["service", "follow", "store"]).await;
+    let taken = cli.ok(&["service", "disk", "store", "--snapshot"]).await;
+    assert!(taken.contains(" taken ("), "{taken}");
+    let key = taken
+        .split_whitespace()
+        .find(|w| w.starts_with("snp-"))
+        .expect("the snapshot's key")
+        .to_owned();
+    let listed = cli.ok(&["service", "disk", "store", "--snapshots"]).await;
+    assert!(listed.contains(&key) && listed.contains("MiB"), "{listed}");
+    for n in [2, 3] {
+        cli.ok(&["service", "restart", "store"]).await;
+        eventually(
+            "a restart's start on the disk",
+            Duration::from_secs(60),
+            || async { starts().await == n },
+        )
+        .await;
+    }
+    let unsure = cli
+        .run(&["service", "disk", "store", "--restore", &key])
+        .await;
+    assert_eq!(unsure.code, 64, "{unsure:?}");
+    assert!(unsure.stderr.contains("--yes"), "{unsure:?}");
+    let restored = cli
+        .ok(&["service", "disk", "store", "--restore", &key, "--yes"])
+        .await;
+    assert!(
+        restored.contains(&format!("restored to {key}")),
+        "{restored}"
+    );
+    eventually("the restored disk", Duration::from_secs(60), || async {
+        starts().await == 2
+    })
+    .await;
+
     // A deploy that cannot go live (its instance exits at once): following
     // gives up at --timeout with exit 1 and says where things stand. (The
     // scheduler keeps retrying such a deploy for minutes, so its final

@@ -174,6 +174,7 @@ impl OneInstance {
             port: None,
             plan: None,
             shutdown_delay_secs: 2,
+            disk_restore: None,
         };
         let logs = client
             .subscribe(subjects.logs(&spec.service))

@@ -294,6 +294,7 @@ async fn a_node_without_the_installation_key_runs_private_images_with_sealed_env
         port: None,
         plan: None,
         shutdown_delay_secs: 1,
+        disk_restore: None,
     };
     let mut dead = client
         .subscribe(subjects.dead_letter(&format!("node-{node}")))

@@ -404,6 +404,7 @@ impl Dispatch {
             port: None,
             plan: Some(run.plan.clone()),
             shutdown_delay_secs: u32::from(cfg.shutdown_delay_secs),
+            disk_restore: None,
         };
         let timeout_secs = u32::try_from(self.opts.run_timeout.as_secs()).unwrap_or(u32::MAX);
         let work = NodeWork::RunOnce {

@@ -59,6 +59,7 @@ pub const TYPES: &[&str] = &[
     "disk_updated",
     "disk_added",
     "disk_removed",
+    "disk_snapshot_restored",
     "cron_job_run_started",
     "cron_job_run_ended",
     "cron_job_run_skipped",
@@ -84,6 +85,7 @@ pub const RENDER_TYPES: &[&str] = &[
     "server_failed",
     "server_restarted",
     "instance_count_changed",
+    "disk_snapshot_restored",
     "cron_job_run_started",
     "cron_job_run_ended",
     "job_run_ended",
@@ -369,6 +371,19 @@ impl TimelineEvent {
                     "message": format!(
                         "disk {} removed, and what was on it; the deploy that comes with it starts an instance without it",
                         e.disk
+                    ),
+                }),
+            ),
+            Event::DiskSnapshotRestored(e) => (
+                "disk_snapshot_restored",
+                d!({
+                    "diskId": e.disk,
+                    "triggeredByUser": null,
+                    "snapshotCreatedAt": e.snapshot_created_at,
+                    "snapshotKey": e.key,
+                    "message": format!(
+                        "disk {} set back to its snapshot {} of {}; the deploy that comes with it starts the instance on it",
+                        e.disk, e.key, e.snapshot_created_at.format("%Y-%m-%d %H:%M:%S UTC")
                     ),
                 }),
             ),
@@ -696,6 +711,20 @@ fn details_schemas() -> Vec<(&'static str, Vec<DetailField>)> {
         (
             "disk_removed",
             vec![("diskId", s(), true), ("message", s(), true)],
+        ),
+        (
+            "disk_snapshot_restored",
+            vec![
+                ("diskId", s(), true),
+                ("triggeredByUser", json!({"type": ["string", "null"]}), true),
+                (
+                    "snapshotCreatedAt",
+                    json!({"type": "string", "format": "date-time"}),
+                    true,
+                ),
+                ("snapshotKey", s(), true),
+                ("message", s(), true),
+            ],
         ),
         (
             "certificate_issued",
@@ -1604,6 +1633,12 @@ mod tests {
                     mount_path: "/data".into(),
                     size_gb: 1,
                 },
+            }
+            .into(),
+            berth_schemas::events::DiskSnapshotRestored {
+                disk: berth_schemas::ids::DiskId::generate(),
+                key: berth_schemas::ids::DiskSnapshotKey::generate(),
+                snapshot_created_at: Utc::now(),
             }
             .into(),
             berth_schemas::events::DiskRemoved {

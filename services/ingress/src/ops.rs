@@ -182,6 +182,44 @@ impl Ingress {
         Ok(state)
     }
 
+    /// Asks the disk's node for a snapshot of the service's disk now.
+    pub async fn request_disk_snapshot(
+        &self,
+        scope: Scope<'_>,
+        id: &ServiceId,
+        request: &str,
+    ) -> Result<ServiceState, IngressError> {
+        let key = format!("disk-snapshot-{id}-{request}");
+        self.service_command(scope, id, &key, service::Command::RequestDiskSnapshot)
+            .await
+    }
+
+    /// Sets the service's disk back to its snapshot `snapshot`; a deploy
+    /// starts the instance on the restored disk.
+    pub async fn restore_disk_snapshot(
+        &self,
+        scope: Scope<'_>,
+        id: &ServiceId,
+        snapshot: berth_schemas::ids::DiskSnapshotKey,
+        request: &str,
+    ) -> Result<ServiceState, IngressError> {
+        let key = format!("disk-restore-{id}-{request}");
+        let deploy = DeployId::generate();
+        let state = self
+            .service_command(
+                scope,
+                id,
+                &key,
+                service::Command::RestoreDiskSnapshot {
+                    key: snapshot.clone(),
+                    deploy,
+                },
+            )
+            .await?;
+        tracing::info!(service.id = %id, snapshot = %snapshot, "disk restore asked for");
+        Ok(state)
+    }
+
     /// Restarts every instance.
     pub async fn restart(
         &self,

@@ -190,6 +190,12 @@ pub struct NodeArgs {
     #[arg(long, env = "BERTH_NODE_INSTANCE_DISK_MIB", default_value_t = 0)]
     pub node_instance_disk_mib: u64,
 
+    /// Hours between the snapshots this node takes of each service disk
+    /// it holds (each disk keeps its 7 newest); 0: only those asked for
+    /// (`POST /v1/disks/{id}/snapshots`).
+    #[arg(long, env = "BERTH_NODE_DISK_SNAPSHOT_HOURS", default_value_t = 24)]
+    pub node_disk_snapshot_hours: u32,
+
     /// Where web services are reachable, as `http(s)://<base-domain>[:port]`
     /// (the API's `BERTH_API_SERVICES_URL`): a web instance finds its own
     /// public URL in `RENDER_EXTERNAL_URL`. Unset: the URL the API's
@@ -333,6 +339,9 @@ pub struct NodeOptions {
     pub min_free_disk: u64,
     /// Bytes an instance may write to its filesystem (0: no limit).
     pub instance_disk_limit: u64,
+    /// Between the snapshots of each disk the node holds (zero: only
+    /// those asked for).
+    pub disk_snapshot_every: Duration,
     /// How long a stopped instance's marker is kept; a start enqueued
     /// longer ago is not run ([`crate::report::DONE_KEPT`]).
     pub done_kept: Duration,
@@ -398,6 +407,9 @@ impl NodeArgs {
         if self.node_instance_disk_mib > 1 << 30 {
             problems.push("BERTH_NODE_INSTANCE_DISK_MIB must be 0-1073741824".to_owned());
         }
+        if self.node_disk_snapshot_hours > 24 * 366 {
+            problems.push("BERTH_NODE_DISK_SNAPSHOT_HOURS must be 0-8784".to_owned());
+        }
         if !(10..=1_000_000).contains(&self.node_log_lines_per_sec) {
             problems.push("BERTH_NODE_LOG_LINES_PER_SEC must be 10-1000000".to_owned());
         }
@@ -454,6 +466,9 @@ impl NodeArgs {
             },
             min_free_disk: self.node_min_free_disk_mib << 20,
             instance_disk_limit: self.node_instance_disk_mib << 20,
+            disk_snapshot_every: Duration::from_secs(
+                u64::from(self.node_disk_snapshot_hours) * 3600,
+            ),
             done_kept: crate::report::DONE_KEPT,
             services_url: self.node_services_url.clone(),
             log_rate: berth_agent::logs::LogRate {

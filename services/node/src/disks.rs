@@ -1,5 +1,17 @@
-//! Removes the disks of deleted services, and disks removed from their
-//! service, from this node. A disk outlives its instances
+//! Looks after the service disks on this node: takes their snapshots,
+//! deletes the snapshots a disk keeps no more, and removes the disks of
+//! deleted services, and disks removed from their service.
+//!
+//! A disk's snapshot is due when one was asked for, or when the node's
+//! `disk_snapshot_every` has passed since its newest
+//! ([`berth_domain::service::snapshots::DiskSnapshots::due`]); the node
+//! copies it (`persistent::snapshot`) and records it
+//! (`disk_snapshot_taken`, once per key). A snapshot the service no
+//! longer lists (beyond the newest kept, or of a disk removed) is
+//! deleted. The node thaws its disks as the sweep starts (one a dead node
+//! left frozen mid-copy).
+//!
+//! Removal: A disk outlives its instances
 //! (`berth_agent::persistent`); once its service is deleted and no
 //! instance of it runs here any more, or the service no longer has it and
 //! no instance here mounts it, the node removes it and what was written
@@ -8,25 +20,47 @@
 //! reading each disk's service from the log: a node holds a few disks,
 //! so this is a few cached reads a sweep.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use berth_agent::persistent;
 use berth_agent::Agent;
-use berth_domain::service::{self, ServiceStatus};
+use berth_domain::service::{self, ServiceState, ServiceStatus};
 use berth_eventlog::EventStore;
-use berth_schemas::ids::ServiceId;
+use berth_schemas::ids::{DiskId, DiskSnapshotKey, ServiceId};
 use berth_schemas::AggregateId;
 use tokio_util::sync::CancellationToken;
+
+use crate::report::Reporter;
+
+/// What the sweep works with.
+pub(crate) struct Sweep {
+    pub store: EventStore,
+    pub agent: Agent,
+    pub reporter: Reporter,
+    pub disks: PathBuf,
+    /// Between snapshots of a disk (zero: only those asked for).
+    pub snapshot_every: Duration,
+    /// Bytes the node keeps free.
+    pub reserve: u64,
+}
 
 /// How often the node looks for disks of deleted services.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
-/// Sweeps `disks` until `stop`.
-pub async fn sweep(store: EventStore, agent: Agent, disks: PathBuf, stop: CancellationToken) {
+/// Sweeps the node's disks until `stop`.
+pub(crate) async fn sweep(sweep: Sweep, stop: CancellationToken) {
+    {
+        let d = sweep.disks.clone();
+        let _ = tokio::task::spawn_blocking(move || persistent::thaw_all(&d)).await;
+    }
+    // The snapshot each disk took last: until the service's state read
+    // here holds it, the read is older than the snapshot, and nothing is
+    // taken or deleted on it.
+    let mut taken: HashMap<DiskId, DiskSnapshotKey> = HashMap::new();
     loop {
-        sweep_once(&store, &agent, &disks).await;
+        sweep_once(&sweep, &mut taken).await;
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(SWEEP_EVERY) => {}
@@ -34,10 +68,18 @@ pub async fn sweep(store: EventStore, agent: Agent, disks: PathBuf, stop: Cancel
     }
 }
 
-/// One look: each disk whose service is deleted and has no instance
-/// here, or whose service has it no more and no instance here mounts it,
-/// is removed. A service the log cannot be read for keeps its disk.
-async fn sweep_once(store: &EventStore, agent: &Agent, disks: &std::path::Path) {
+/// One look: each disk whose snapshot is due gets one, and loses the
+/// snapshots its service lists no more; each disk whose service is
+/// deleted and has no instance here, or whose service has it no more and
+/// no instance here mounts it, is removed. A service the log cannot be
+/// read for keeps its disk and snapshots.
+async fn sweep_once(sweep: &Sweep, taken: &mut HashMap<DiskId, DiskSnapshotKey>) {
+    let Sweep {
+        store,
+        agent,
+        disks,
+        ..
+    } = sweep;
     let on_disk = {
         let d = disks.to_owned();
         tokio::task::spawn_blocking(move || persistent::list(&d))
@@ -58,9 +100,6 @@ async fn sweep_once(store: &EventStore, agent: &Agent, disks: &std::path::Path) 
             tracing::warn!(disk.id = %disk, service = %owner, "a disk names no service; kept");
             continue;
         };
-        if mounted.iter().any(|d| d.as_str() == disk) {
-            continue;
-        }
         let state = match store
             .state_holding(&AggregateId::Service(svc.clone()), service::fold, 0)
             .await
@@ -71,6 +110,12 @@ async fn sweep_once(store: &EventStore, agent: &Agent, disks: &std::path::Path) 
                 continue;
             }
         };
+        if let Ok(id) = disk.parse::<DiskId>() {
+            snapshots(sweep, &svc, &id, &state, taken).await;
+        }
+        if mounted.iter().any(|d| d.as_str() == disk) {
+            continue;
+        }
         let deleted = state.status == ServiceStatus::Deleted;
         if deleted && running.contains(&svc) {
             continue;
@@ -95,4 +140,93 @@ async fn sweep_once(store: &EventStore, agent: &Agent, disks: &std::path::Path) 
             Err(e) => tracing::warn!(disk.id = %disk, error = %e, "removing a disk failed"),
         }
     }
+}
+
+/// Takes disk `id`'s snapshot when due, and deletes the snapshots its
+/// service lists no more; nothing on a read older than the last snapshot
+/// taken here.
+async fn snapshots(
+    sweep: &Sweep,
+    svc: &ServiceId,
+    id: &DiskId,
+    state: &ServiceState,
+    taken: &mut HashMap<DiskId, DiskSnapshotKey>,
+) {
+    let snaps = &state.disk_snapshots;
+    if taken
+        .get(id)
+        .is_some_and(|k| snaps.get(k).is_none() && is_current(state, id))
+    {
+        return;
+    }
+    let keep: Vec<DiskSnapshotKey> = if is_current(state, id) {
+        snaps.kept.iter().map(|s| s.key.clone()).collect()
+    } else {
+        Vec::new()
+    };
+    let due = is_current(state, id)
+        && state.status != ServiceStatus::Deleted
+        && state.disk_node.as_ref() == Some(&sweep.reporter.node)
+        && state
+            .disk_added_at
+            .or(state.created_at)
+            .is_some_and(|since| snaps.due(since, sweep.snapshot_every, chrono::Utc::now()));
+    let (d, disk) = (sweep.disks.clone(), id.to_string());
+    let _ =
+        tokio::task::spawn_blocking(move || persistent::prune_snapshots(&d, &disk, &keep)).await;
+    if !due {
+        return;
+    }
+    let key = DiskSnapshotKey::generate();
+    let (d, disk, k, reserve) = (
+        sweep.disks.clone(),
+        id.to_string(),
+        key.clone(),
+        sweep.reserve,
+    );
+    let started = std::time::Instant::now();
+    let bytes = match tokio::task::spawn_blocking(move || {
+        persistent::snapshot(&d, &disk, &k, reserve)
+    })
+    .await
+    {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            tracing::warn!(disk.id = %id, service.id = %svc, error = %e, "a snapshot of a disk could not be taken; tried again at the next look");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(disk.id = %id, error = %e, "a snapshot of a disk could not be taken");
+            return;
+        }
+    };
+    let command = service::Command::RecordDiskSnapshot {
+        disk: id.clone(),
+        key: key.clone(),
+        node: sweep.reporter.node.clone(),
+        bytes,
+    };
+    match sweep
+        .reporter
+        .decide(svc, None, command, key.as_str())
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(disk.id = %id, service.id = %svc, snapshot = %key, bytes, took_ms = started.elapsed().as_millis() as u64, "took a snapshot of a disk");
+            taken.insert(id.clone(), key);
+        }
+        // Not recorded: the copy is deleted once a minute old.
+        Err(e) => {
+            tracing::warn!(disk.id = %id, snapshot = %key, error = %e, "a snapshot taken could not be recorded")
+        }
+    }
+}
+
+/// Whether `id` is the service's disk now.
+fn is_current(state: &ServiceState, id: &DiskId) -> bool {
+    state
+        .config
+        .as_ref()
+        .and_then(|c| c.disk.as_ref())
+        .is_some_and(|d| &d.id == id)
 }

@@ -376,9 +376,14 @@ impl Node {
         ));
         // Disks of deleted services, now and every few seconds.
         let disk_sweeper = tokio::spawn(disks::sweep(
-            self.store.clone(),
-            agent.clone(),
-            berth_agent::persistent::dir(&agent_dir),
+            disks::Sweep {
+                store: self.store.clone(),
+                agent: agent.clone(),
+                reporter: reporter.clone(),
+                disks: berth_agent::persistent::dir(&agent_dir),
+                snapshot_every: self.opts.disk_snapshot_every,
+                reserve: self.opts.min_free_disk,
+            },
             housekeeping_stop.clone(),
         ));
         // Where the other nodes and their private services are (a node

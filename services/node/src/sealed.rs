@@ -126,6 +126,7 @@ mod tests {
             port: None,
             plan: None,
             shutdown_delay_secs: 1,
+            disk_restore: None,
         }
     }
 

@@ -747,6 +747,7 @@ impl NodeHandler {
             shutdown_delay: Duration::from_secs(u64::from(spec.shutdown_delay_secs.clamp(1, 300))),
             network: None,
             disk: None,
+            disk_restore: spec.disk_restore.clone(),
             secret_files,
         }
     }
@@ -955,6 +956,7 @@ mod tests {
                 memory_mib: 512,
             }),
             shutdown_delay_secs: 30,
+            disk_restore: None,
         };
         let oom = "ran out of memory: killed for going over its memory limit of 512 MiB";
         let filled = "killed for filling the node's disk: it had written 3072 MiB to its filesystem, the most of the node's instances, when the node's disk ran low; what it wrote is gone";

@@ -208,6 +208,7 @@ pub fn spec(
         port,
         plan: None,
         shutdown_delay_secs: 1,
+        disk_restore: None,
     }
 }
 

@@ -130,6 +130,7 @@ impl Pass<'_> {
             port,
             plan: Some(cfg.plan.clone()),
             shutdown_delay_secs: u32::from(cfg.shutdown_delay_secs),
+            disk_restore: self.state.disk_snapshots.restore.clone(),
         })))
     }
 }

@@ -33,12 +33,9 @@ fn lifetimes(ev: &[Envelope]) -> Vec<(String, String, usize, Option<usize>)> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_disk_keeps_its_instance_on_its_node_and_one_at_a_time_across_deploys() {
-    let w = World::start().await;
-    let n1 = w.start_node("n1").await;
-    let n2 = w.start_node("n2").await;
-    let _scheduler = w.start_scheduler().await;
+/// A live worker with a 1 GB disk at `/data`, on which each of its
+/// instances writes a line to `starts` as it starts.
+async fn live_worker_with_disk(w: &World) -> (berth_schemas::ids::ServiceId, DiskId) {
     let disk = DiskId::generate();
     let id = disk.clone();
     let (svc, d1) = w
@@ -53,6 +50,16 @@ async fn a_disk_keeps_its_instance_on_its_node_and_one_at_a_time_across_deploys(
         })
         .await;
     w.wait_live(&svc, &d1).await;
+    (svc, disk)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_disk_keeps_its_instance_on_its_node_and_one_at_a_time_across_deploys() {
+    let w = World::start().await;
+    let n1 = w.start_node("n1").await;
+    let n2 = w.start_node("n2").await;
+    let _scheduler = w.start_scheduler().await;
+    let (svc, disk) = live_worker_with_disk(&w).await;
     let d2 = w.deploy(&svc, "v2").await;
     w.wait_live(&svc, &d2).await;
     w.command(&svc, Command::Restart).await;
@@ -169,5 +176,115 @@ async fn a_disk_added_to_a_running_service_comes_with_a_deploy_and_goes_with_one
         owner_file.display()
     );
     assert!(w.state(&svc).await.config.unwrap().disk.is_none());
+    w.command(&svc, Command::Suspend).await;
+}
+
+/// The lines of `file` on the disk once it has `n` of them.
+async fn lines_on(path: &std::path::Path, n: usize) -> String {
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().count() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_disk_snapshot_asked_for_is_taken_and_a_restore_sets_the_disk_back_once() {
+    let w = World::start().await;
+    let node = w.start_node("n1").await;
+    let _scheduler = w.start_scheduler().await;
+    let (svc, disk) = live_worker_with_disk(&w).await;
+    let disks = node.dir.join("agent/disks");
+    let starts = disks.join(disk.as_str()).join("starts");
+    assert_eq!(lines_on(&starts, 1).await, "started\n");
+
+    // Asked for, taken by the disk's node while the instance runs (its
+    // filesystem frozen for the copy), recorded once.
+    w.command(&svc, Command::RequestDiskSnapshot).await;
+    let ev = w
+        .wait_events(&svc, Duration::from_secs(30), "the snapshot taken", |ev| {
+            ev.iter()
+                .any(|e| matches!(e.event, Event::DiskSnapshotTaken(_)))
+        })
+        .await;
+    let taken: Vec<_> = ev
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::DiskSnapshotTaken(t) => Some(t.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    let snap = &taken[0];
+    assert_eq!(
+        (snap.disk.clone(), snap.node.clone()),
+        (disk.clone(), node.id.clone())
+    );
+    assert!(snap.bytes > 0, "{snap:?}");
+    let copy = disks
+        .join("snapshots")
+        .join(disk.as_str())
+        .join(format!("{}.img", snap.key));
+    assert!(copy.is_file(), "{}", copy.display());
+    // Sparse: the copy takes what the filesystem holds, not its 1 GiB.
+    assert!(snap.bytes < 256 << 20, "{snap:?}");
+    // The instance still writes: its disk was thawed.
+    w.command(&svc, Command::Restart).await;
+    assert_eq!(lines_on(&starts, 2).await, "started\nstarted\n");
+
+    // Restored: the deploy that comes with it starts its instance on the
+    // disk as it was (one start), which adds its own.
+    let d2 = berth_schemas::ids::DeployId::generate();
+    w.command(
+        &svc,
+        Command::RestoreDiskSnapshot {
+            key: snap.key.clone(),
+            deploy: d2.clone(),
+        },
+    )
+    .await;
+    w.wait_live(&svc, &d2).await;
+    assert_eq!(
+        lines_on(&starts, 2).await,
+        "started\nstarted\n",
+        "the snapshot's one start and the restored instance's"
+    );
+    // A restart after it keeps what was written since: the restore is
+    // done once.
+    w.command(&svc, Command::Restart).await;
+    assert_eq!(lines_on(&starts, 3).await, "started\nstarted\nstarted\n");
+    w.command(&svc, Command::Suspend).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_snapshots_its_disks_on_its_own_every_interval() {
+    let w = World::start().await;
+    let mut opts = berth_tests::scheduler::node_options("n1", &w.dir.path().join("n1"));
+    opts.disk_snapshot_every = Duration::from_secs(1);
+    let _node = w.start_node_with(opts).await;
+    let _scheduler = w.start_scheduler().await;
+    let (svc, disk) = live_worker_with_disk(&w).await;
+    // Unasked: one at the first look a second after the disk was made,
+    // another at a later look.
+    let ev = w
+        .wait_events(&svc, Duration::from_secs(30), "two snapshots", |ev| {
+            ev.iter()
+                .filter(|e| matches!(e.event, Event::DiskSnapshotTaken(_)))
+                .count()
+                >= 2
+        })
+        .await;
+    assert!(!ev
+        .iter()
+        .any(|e| matches!(e.event, Event::DiskSnapshotRequested(_))));
+    let state = w.state(&svc).await;
+    let kept = &state.disk_snapshots.kept;
+    assert!(kept.len() >= 2, "{kept:?}");
+    assert!(kept.windows(2).all(|p| p[0].created_at < p[1].created_at));
+    assert_eq!(state.config.unwrap().disk.unwrap().id, disk);
     w.command(&svc, Command::Suspend).await;
 }

@@ -3,9 +3,13 @@
 //! A change reaches the instance at its next start (a deploy or restart);
 //! a disk only grows. Adding or deleting one deploys the service (a
 //! suspended one at its resume), as on Render; a disk is also given at
-//! create (`serviceDetails.disk`) and removed with its service. Snapshots
-//! are not served. Another owner's disk is not found, as one that does not
-//! exist.
+//! create (`serviceDetails.disk`) and removed with its service.
+//!
+//! Snapshots (Render's): the disk's node copies the disk once a day
+//! (`BERTH_NODE_DISK_SNAPSHOT_HOURS`) and when asked (berth's `POST
+//! /v1/disks/{id}/snapshots`); the 7 newest are kept and listed; a restore
+//! sets the disk back to one and deploys. Another owner's disk is not
+//! found, as one that does not exist.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -148,6 +152,17 @@ async fn find(
     .ok_or_else(|| ApiError::not_found("disk"))
 }
 
+/// The caller's service whose disk is `id`, and a new request id for a
+/// change to it (a retry of the same request changes it once).
+async fn changing(
+    st: &AppState,
+    caller: &berth_ingress::Caller,
+    id: &str,
+) -> Result<(ServiceId, String), ApiError> {
+    let (svc, _) = find(st, caller, id).await?;
+    Ok((svc, berth_schemas::ids::DeployId::generate().to_string()))
+}
+
 /// Render's `DiskPOST`: the service, and the disk.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -202,8 +217,7 @@ pub async fn delete(
     Authed(caller): Authed,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let (svc, _) = find(&st, &caller, &id).await?;
-    let request = berth_schemas::ids::DeployId::generate().to_string();
+    let (svc, request) = changing(&st, &caller, &id).await?;
     st.ingress
         .remove_disk(Scope::Owner(&caller), &svc, &request)
         .await?;
@@ -227,8 +241,7 @@ pub async fn update(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<super::services::DiskBody>,
 ) -> Result<Json<DiskDetails>, ApiError> {
-    let (svc, _) = find(&st, &caller, &id).await?;
-    let request = berth_schemas::ids::DeployId::generate().to_string();
+    let (svc, request) = changing(&st, &caller, &id).await?;
     let state = st
         .ingress
         .update_disk(
@@ -237,6 +250,103 @@ pub async fn update(
             (body.name, body.mount_path, body.size_gb),
             &request,
         )
+        .await?;
+    details(&svc, &state)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("disk"))
+}
+
+/// Render's `DiskSnapshot`.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskSnapshotView {
+    /// When it was taken.
+    pub created_at: DateTime<Utc>,
+    /// What names it to a restore.
+    pub snapshot_key: String,
+    /// berth: what the copy takes on its node's disk.
+    pub size_bytes: u64,
+}
+
+/// GET /v1/disks/{diskId}/snapshots: the disk's kept snapshots, newest
+/// first. 201, as Render's API answers it (Render's clients read no
+/// other).
+pub async fn snapshots(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Vec<DiskSnapshotView>>), ApiError> {
+    let (svc, _) = find(&st, &caller, &id).await?;
+    let state = st.ingress.show_service(&caller, &svc).await?;
+    let list = state
+        .disk_snapshots
+        .kept
+        .iter()
+        .rev()
+        .map(|s| DiskSnapshotView {
+            created_at: s.created_at,
+            snapshot_key: s.key.to_string(),
+            size_bytes: s.bytes,
+        })
+        .collect();
+    Ok((StatusCode::CREATED, Json(list)))
+}
+
+/// POST /v1/disks/{diskId}/snapshots (berth's): asks the disk's node for
+/// a snapshot now; it is listed once taken (seconds, more for a full
+/// disk). 202.
+pub async fn take_snapshot(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let (svc, request) = changing(&st, &caller, &id).await?;
+    st.ingress
+        .request_disk_snapshot(Scope::Owner(&caller), &svc, &request)
+        .await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Render's `SnapshotRestorePOST`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(rename = "SnapshotRestorePOST")]
+pub struct RestoreBody {
+    /// Required: a `snapshotKey` from the disk's snapshots.
+    pub snapshot_key: Option<String>,
+    /// The instance whose disk to restore: a service with a disk has one
+    /// instance, so only the service's id (Render's name for its one
+    /// disk) is taken.
+    pub instance_id: Option<String>,
+}
+
+/// POST /v1/disks/{diskId}/snapshots/restore: sets the disk back to the
+/// snapshot and deploys the service (its instance is stopped before the
+/// disk is restored; a suspended service's at its resume). 200 with the
+/// disk.
+pub async fn restore(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<RestoreBody>,
+) -> Result<Json<DiskDetails>, ApiError> {
+    let (svc, request) = changing(&st, &caller, &id).await?;
+    let Some(key) = body.snapshot_key else {
+        return Err(ApiError::field("snapshotKey", "is required"));
+    };
+    if body
+        .instance_id
+        .as_deref()
+        .is_some_and(|i| i != svc.as_str())
+    {
+        return Err(ApiError::not_found("instance"));
+    }
+    let key = key
+        .parse::<berth_schemas::ids::DiskSnapshotKey>()
+        .map_err(|_| ApiError::not_found("snapshot"))?;
+    let state = st
+        .ingress
+        .restore_disk_snapshot(Scope::Owner(&caller), &svc, key, &request)
         .await?;
     details(&svc, &state)
         .map(Json)

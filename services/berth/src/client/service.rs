@@ -144,9 +144,21 @@ pub enum ServiceCommand {
         /// without it. Needs --yes.
         #[arg(long, conflicts_with_all = ["size_gb", "name", "mount_path"])]
         remove: bool,
-        /// Confirms --remove (its data is gone for good).
-        #[arg(long, requires = "remove")]
+        /// Confirms --remove (its data is gone for good) or --restore
+        /// (what was written since the snapshot is gone).
+        #[arg(long)]
         yes: bool,
+        /// List the disk's snapshots (taken daily by its node; the 7
+        /// newest are kept), newest first.
+        #[arg(long, conflicts_with_all = ["size_gb", "name", "mount_path", "add", "remove", "snapshot", "restore"])]
+        snapshots: bool,
+        /// Take a snapshot now and wait until it is listed.
+        #[arg(long, conflicts_with_all = ["size_gb", "name", "mount_path", "add", "remove", "restore"])]
+        snapshot: bool,
+        /// Set the disk back to this snapshot (a key from --snapshots);
+        /// the service is deployed on it. Needs --yes.
+        #[arg(long, value_name = "KEY", conflicts_with_all = ["size_gb", "name", "mount_path", "add", "remove"])]
+        restore: Option<String>,
         /// Grow it to this many GB (a disk never shrinks).
         #[arg(long = "size", value_name = "GB")]
         size_gb: Option<u32>,
@@ -379,6 +391,22 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
         } => remove_disk(&api, &service, yes).await,
         ServiceCommand::Disk {
             service,
+            snapshots: true,
+            ..
+        } => list_snapshots(&api, &service).await,
+        ServiceCommand::Disk {
+            service,
+            snapshot: true,
+            ..
+        } => take_snapshot(&api, &service).await,
+        ServiceCommand::Disk {
+            service,
+            restore: Some(key),
+            yes,
+            ..
+        } => restore_snapshot(&api, &service, &key, yes).await,
+        ServiceCommand::Disk {
+            service,
             size_gb,
             name,
             mount_path,
@@ -557,6 +585,97 @@ async fn remove_disk(api: &Api, service: &str, yes: bool) -> Result<(), ClientEr
     done(
         api,
         &format!("{id}: disk {disk} removed; the service deploys without it"),
+    );
+    Ok(())
+}
+
+/// `service disk --snapshots`: `GET /v1/disks/{id}/snapshots`.
+async fn list_snapshots(api: &Api, service: &str) -> Result<(), ClientError> {
+    let (_, disk) = disk_id(api, service).await?;
+    let list = api
+        .get(&format!("/v1/disks/{}/snapshots", enc(&disk)))
+        .await?;
+    if api.json() {
+        output::json(&list);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|v| {
+            vec![
+                s(v, "snapshotKey"),
+                output::time(v, "createdAt"),
+                v["sizeBytes"].as_u64().map_or_else(
+                    || "-".to_owned(),
+                    |b| format!("{:.1} MiB", b as f64 / 1048576.0),
+                ),
+            ]
+        })
+        .collect();
+    output::table(
+        &["KEY", "TAKEN", "SIZE"],
+        &rows,
+        &format!("disk {disk} has no snapshots yet (`berth service disk {service} --snapshot` takes one)"),
+    );
+    Ok(())
+}
+
+/// `service disk --snapshot`: `POST /v1/disks/{id}/snapshots`, then waits
+/// until a snapshot newer than the newest before is listed.
+async fn take_snapshot(api: &Api, service: &str) -> Result<(), ClientError> {
+    let (id, disk) = disk_id(api, service).await?;
+    let path = format!("/v1/disks/{}/snapshots", enc(&disk));
+    let newest = |list: &Value| list[0]["snapshotKey"].as_str().map(str::to_owned);
+    let before = newest(&api.get(&path).await?);
+    api.post(&path, None).await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        let list = api.get(&path).await?;
+        if newest(&list).is_some_and(|k| Some(&k) != before.as_ref()) {
+            if api.json() {
+                output::json(&list[0]);
+            } else {
+                println!(
+                    "{id}: disk {disk} snapshot {} taken ({})",
+                    s(&list[0], "snapshotKey"),
+                    output::time(&list[0], "createdAt")
+                );
+            }
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(ClientError::Usage(format!(
+                "no snapshot of disk {disk} after 10 minutes: is its node up? (`berth node list`)"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// `service disk --restore KEY --yes`: `POST /v1/disks/{id}/snapshots/restore`.
+async fn restore_snapshot(
+    api: &Api,
+    service: &str,
+    key: &str,
+    yes: bool,
+) -> Result<(), ClientError> {
+    let (id, disk) = disk_id(api, service).await?;
+    if !yes {
+        return Err(ClientError::Usage(format!(
+            "restoring disk {disk} to {key} loses what was written on it since: add --yes to go on"
+        )));
+    }
+    api.post(
+        &format!("/v1/disks/{}/snapshots/restore", enc(&disk)),
+        Some(json!({"snapshotKey": key})),
+    )
+    .await?;
+    done(
+        api,
+        &format!("{id}: disk {disk} restored to {key}; the service deploys on it (`berth service follow {service}`)"),
     );
     Ok(())
 }

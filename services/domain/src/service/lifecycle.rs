@@ -322,7 +322,7 @@ pub(super) fn update_disk(
 
 /// A deploy of the service's configuration as `change` leaves it, when it
 /// is active (a suspended service deploys what it has when resumed).
-fn redeploy_after(state: &ServiceState, change: &Event, deploy: DeployId) -> Decision {
+pub(super) fn redeploy_after(state: &ServiceState, change: &Event, deploy: DeployId) -> Decision {
     if state.status != ServiceStatus::Active {
         return Ok(vec![]);
     }

@@ -50,6 +50,7 @@ pub mod instances;
 mod jobs;
 mod lifecycle;
 pub mod platform_env;
+pub mod snapshots;
 mod state;
 mod target;
 pub mod validate;
@@ -60,7 +61,10 @@ mod tests;
 use berth_schemas::events::{
     InstanceRescheduled, InstanceScheduled, PlacementBlocked, ServiceSettings,
 };
-use berth_schemas::ids::{CronRunId, CustomDomainId, DeployId, InstanceId, JobId, NodeId, OwnerId};
+use berth_schemas::ids::{
+    CronRunId, CustomDomainId, DeployId, DiskId, DiskSnapshotKey, InstanceId, JobId, NodeId,
+    OwnerId,
+};
 use berth_schemas::model::{
     DeployStatus, DeployTrigger, EnvVars, NotifySetting, OverlapPolicy, Plan, PullFailureReason,
     ResolvedImage, Sealed, ServiceType,
@@ -237,6 +241,21 @@ pub enum Command {
     /// Remove the service's disk and its data (`deploy` starts an
     /// instance without it, when the service is active).
     RemoveDisk {
+        deploy: DeployId,
+    },
+    /// Ask the disk's node for a snapshot of the disk now.
+    RequestDiskSnapshot,
+    /// The disk's node took a snapshot of `disk`.
+    RecordDiskSnapshot {
+        disk: DiskId,
+        key: DiskSnapshotKey,
+        node: NodeId,
+        bytes: u64,
+    },
+    /// Set the disk back to its snapshot `key` (`deploy` brings it to the
+    /// instance, when the service is active).
+    RestoreDiskSnapshot {
+        key: DiskSnapshotKey,
         deploy: DeployId,
     },
     /// Set, change or (`None`) remove its override of the owner's log stream.
@@ -550,6 +569,14 @@ pub fn decide(
         Command::SetLogStream(stream) => lifecycle::set_log_stream(state, stream),
         Command::AddDisk { disk, deploy } => lifecycle::add_disk(state, disk, deploy),
         Command::RemoveDisk { deploy } => lifecycle::remove_disk(state, deploy),
+        Command::RequestDiskSnapshot => snapshots::request(state),
+        Command::RecordDiskSnapshot {
+            disk,
+            key,
+            node,
+            bytes,
+        } => snapshots::taken(state, disk, key, node, bytes),
+        Command::RestoreDiskSnapshot { key, deploy } => snapshots::restore(state, key, deploy),
         Command::Suspend => Ok(lifecycle::suspend(state)),
         Command::Resume { deploy } => lifecycle::resume(state, deploy),
         Command::Delete => Ok(lifecycle::delete(state)),

@@ -102,6 +102,9 @@ pub struct ServiceState {
     /// When its disk last changed (`disk_updated`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_updated_at: Option<DateTime<Utc>>,
+    /// Its disk's snapshots, and its latest restore.
+    #[serde(default)]
+    pub disk_snapshots: super::snapshots::DiskSnapshots,
     /// Its override of the owner's log stream (`log_stream_override_changed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_stream: Option<berth_schemas::model::LogStreamOverride>,
@@ -308,6 +311,7 @@ pub fn apply_at(mut s: ServiceState, event: &Event, time: Option<DateTime<Utc>>)
     cron::apply(&mut s, event, time);
     super::jobs::apply(&mut s, event, time);
     domains::apply(&mut s, event, time);
+    super::snapshots::apply(&mut s, event, time);
     s.instances.apply(event, time);
     if let Event::DiskPlaced(e) = event {
         s.disk_node = Some(e.node.clone());

@@ -101,6 +101,12 @@ fn create_validates_fields_for_the_service_type() {
     }
 }
 
+/// The id of the scenario's service's disk.
+fn disk_id(s: &Scenario) -> berth_schemas::ids::DiskId {
+    let disk = s.state.config.as_ref().unwrap().disk.as_ref();
+    disk.unwrap().id.clone()
+}
+
 fn disk(mount_path: &str, size_gb: u32) -> Option<berth_schemas::model::Disk> {
     Some(berth_schemas::model::Disk {
         id: berth_schemas::ids::DiskId::generate(),
@@ -239,16 +245,7 @@ fn a_disk_is_added_and_removed_each_with_a_deploy() {
         ),
         "{added:?}"
     );
-    let id = s
-        .state
-        .config
-        .as_ref()
-        .unwrap()
-        .disk
-        .as_ref()
-        .unwrap()
-        .id
-        .clone();
+    let id = disk_id(&s);
     // One disk a service; none beyond one instance (scaling is refused too).
     let again = s.when(Command::AddDisk {
         disk: disk("/other", 1).unwrap(),
@@ -765,4 +762,112 @@ fn a_web_service_redirects_to_https_unless_turned_off_and_only_web_services_have
         .unwrap();
     let older: berth_schemas::events::ServiceCreated = serde_json::from_value(older).unwrap();
     assert!(older.https_redirect);
+}
+
+#[test]
+fn a_disk_keeps_its_newest_snapshots_and_is_set_back_to_one_with_a_deploy() {
+    use crate::service::snapshots::KEPT;
+    use berth_schemas::ids::DiskSnapshotKey;
+
+    let d0 = DeployId::generate();
+    let mut s = Scenario::live_web(&d0);
+    s.run(Command::AddDisk {
+        disk: disk("/var/data", 1).unwrap(),
+        deploy: DeployId::generate(),
+    });
+    let id = disk_id(&s);
+    // Nothing to copy before the disk's first instance is placed.
+    assert_eq!(s.refused(Command::RequestDiskSnapshot), ErrorKind::Conflict);
+    s.append(&[berth_schemas::events::DiskPlaced {
+        disk: id.clone(),
+        node: super::node(),
+    }
+    .into()]);
+    let asked = s.run(Command::RequestDiskSnapshot);
+    assert!(matches!(&asked[..], [Event::DiskSnapshotRequested(e)] if e.disk == id));
+    assert!(s.state.disk_snapshots.requested);
+    // Asked once until one is taken.
+    assert!(s.when(Command::RequestDiskSnapshot).unwrap().is_empty());
+    let t0 = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap();
+    let day = std::time::Duration::from_secs(86_400);
+    assert!(s.state.disk_snapshots.due(t0, day, t0), "asked for");
+
+    let take = |s: &mut Scenario, disk: &berth_schemas::ids::DiskId| {
+        let key = DiskSnapshotKey::generate();
+        s.run(Command::RecordDiskSnapshot {
+            disk: disk.clone(),
+            key: key.clone(),
+            node: super::node(),
+            bytes: 4096,
+        });
+        key
+    };
+    let keys: Vec<DiskSnapshotKey> = (0..KEPT + 2).map(|_| take(&mut s, &id)).collect();
+    let snaps = &s.state.disk_snapshots;
+    assert!(!snaps.requested);
+    // The newest are kept, oldest first.
+    let kept: Vec<_> = snaps.kept.iter().map(|k| k.key.clone()).collect();
+    assert_eq!(kept, keys[2..].to_vec());
+    // Recorded once: the node's retry of the same snapshot adds nothing;
+    // one of another disk is not recorded.
+    assert!(s
+        .when(Command::RecordDiskSnapshot {
+            disk: id.clone(),
+            key: keys[5].clone(),
+            node: super::node(),
+            bytes: 1,
+        })
+        .unwrap()
+        .is_empty());
+    assert!(s
+        .when(Command::RecordDiskSnapshot {
+            disk: berth_schemas::ids::DiskId::generate(),
+            key: DiskSnapshotKey::generate(),
+            node: super::node(),
+            bytes: 1,
+        })
+        .unwrap()
+        .is_empty());
+    // Due once `every` has passed since the newest; never with `every` 0.
+    let newest = snaps.kept.last().unwrap().created_at;
+    assert!(!snaps.due(t0, day, newest + chrono::Duration::hours(23)));
+    assert!(snaps.due(t0, day, newest + chrono::Duration::hours(24)));
+    assert!(!snaps.due(
+        t0,
+        std::time::Duration::ZERO,
+        newest + chrono::Duration::days(9)
+    ));
+
+    // A snapshot no longer kept cannot be restored; a kept one comes with a
+    // deploy, and each restore counts.
+    let gone = s.when(Command::RestoreDiskSnapshot {
+        key: keys[0].clone(),
+        deploy: DeployId::generate(),
+    });
+    assert_eq!(gone.unwrap_err().kind(), ErrorKind::NotFound);
+    for n in 1..=2 {
+        let back = s.run(Command::RestoreDiskSnapshot {
+            key: keys[4].clone(),
+            deploy: DeployId::generate(),
+        });
+        assert!(
+            matches!(&back[0], Event::DiskSnapshotRestored(e) if e.key == keys[4] && e.disk == id),
+            "{back:?}"
+        );
+        assert!(back.iter().any(
+            |e| matches!(e, Event::DeployCreated(d) if d.trigger == DeployTrigger::ServiceUpdated)
+        ));
+        let r = s.state.disk_snapshots.restore.clone().unwrap();
+        assert_eq!((r.key, r.number, r.disk), (keys[4].clone(), n, id.clone()));
+    }
+
+    // A removed disk's snapshots go with it.
+    s.run(Command::RemoveDisk {
+        deploy: DeployId::generate(),
+    });
+    assert_eq!(
+        s.state.disk_snapshots,
+        crate::service::snapshots::DiskSnapshots::default()
+    );
+    assert_eq!(s.refused(Command::RequestDiskSnapshot), ErrorKind::NotFound);
 }
