@@ -35,7 +35,7 @@ import httpx
 
 from harness import Harness
 from steps_deploys import cron, deploys, events
-from steps_disks import disk_added_and_deleted, disks
+from steps_disks import disk_added_and_deleted, disk_snapshots, disks
 from steps_domains import custom_domains
 from steps_jobs import jobs
 from steps_owner import credentials, notifications
@@ -67,7 +67,6 @@ MODULES = [
 # Operations of those modules that cannot apply to image-backed services
 # on berth, and so are not called: why, for each.
 AUTOSCALING = "autoscaling: berth runs the numInstances it is given, no autoscaler"
-SNAPSHOTS = "disk snapshots: berth keeps none"
 NOT_APPLICABLE = {
     "services.autoscale_service": AUTOSCALING,
     "services.delete_autoscaling_config": AUTOSCALING,
@@ -75,8 +74,6 @@ NOT_APPLICABLE = {
     "services.preview_service": "preview instances: berth has no previews",
     "services.purge_cache": "build cache: an image-backed service is never built, so has none",
     "services.retrieve_service_outbound_ips": "outbound IPs: Render's egress addresses; berth NATs",
-    "disks.list_snapshots": SNAPSHOTS,
-    "disks.restore_snapshot": SNAPSHOTS,
 }
 
 
@@ -174,6 +171,7 @@ def main():
         lifecycle,
         list_all,
         events,
+        disk_snapshots,
         disk_added_and_deleted,
         teardown,
     ):

@@ -36,6 +36,7 @@ class FakeRender:
         self.digests = digests  # image reference -> digest
         self.credentials = {}
         self.services = {}
+        self.snapshots = {}
         self.deploys = {}  # service id -> [deploy], oldest first
         self.events = []  # oldest first
         self.env = {}  # service id -> {key: value}
@@ -110,6 +111,9 @@ class FakeRender:
             ("PATCH", r"/disks/([^/]+)", self.patch_disk),
             ("POST", r"/disks", self.add_disk),
             ("DELETE", r"/disks/([^/]+)", self.delete_disk),
+            ("GET", r"/disks/([^/]+)/snapshots", self.list_snapshots),
+            ("POST", r"/disks/([^/]+)/snapshots", self.take_snapshot),
+            ("POST", r"/disks/([^/]+)/snapshots/restore", self.restore_snapshot),
             ("POST", r"/cron-jobs/([^/]+)/runs", self.run_cron),
             ("DELETE", r"/cron-jobs/([^/]+)/runs", self.cancel_cron),
             ("POST", s + r"/jobs", self.create_job),
@@ -202,6 +206,29 @@ class FakeRender:
                 del svc["serviceDetails"]["disk"]
                 return 204, None
         return self.missing("disk")
+
+    def list_snapshots(self, query, body, did):
+        if not self.get_disk(query, None, did)[0] == 200:
+            return self.missing("disk")
+        return 201, list(reversed(self.snapshots.get(did, [])))
+
+    def take_snapshot(self, query, body, did):
+        """berth's own: Render takes them on its own, daily."""
+        if not self.get_disk(query, None, did)[0] == 200:
+            return self.missing("disk")
+        self.snapshots.setdefault(did, []).append(
+            {"snapshotKey": new_id("snp"), "createdAt": stamp()}
+        )
+        return 202, None
+
+    def restore_snapshot(self, query, body, did):
+        found, disk = self.get_disk(query, None, did)
+        if found != 200:
+            return found, disk
+        keys = [s["snapshotKey"] for s in self.snapshots.get(did, [])]
+        if body.get("snapshotKey") not in keys:
+            return self.missing("snapshot")
+        return 200, disk
 
     # Custom domains (one per request: the pair Render may add is left out).
 

@@ -1,13 +1,17 @@
 """Disks: the private service's disk (made with it) listed with filters,
-retrieved, grown and renamed; a smaller size refused. At the end, a disk
-added to the worker (one to a service that has one, or to a cron job,
-refused) and deleted again."""
+retrieved, grown and renamed; a smaller size refused. Near the end, its
+snapshots: one asked for (berth's own route; Render takes them daily),
+listed, and restored (an unknown key refused). At the end, a disk added to
+the worker (one to a service that has one, or to a cron job, refused) and
+deleted again."""
 
 from render.public_api.api.services import scale_service
 from render.public_api.api.disks import (
     add_disk,
     delete_disk,
     list_disks,
+    list_snapshots,
+    restore_snapshot,
     retrieve_disk,
     update_disk,
 )
@@ -15,9 +19,11 @@ from render.public_api.models import (
     DiskDetails,
     DiskPATCH,
     DiskPOST,
+    DiskSnapshot,
     DiskWithCursor,
     Error,
     ScaleServiceBody,
+    SnapshotRestorePOST,
 )
 
 from harness import show
@@ -145,3 +151,65 @@ def disk_added_and_deleted(h, w):
     h.call(op, delete_disk, got.id, expect=204, label="the worker's")
     h.call("disks.retrieve_disk", retrieve_disk, got.id, expect=404, model=Error, label="deleted")
     h.call(op, delete_disk, got.id, expect=404, label="again")
+
+
+def disk_snapshots(h, w):
+    """The private service's disk: a snapshot asked for through berth's own
+    route (once the disk is on a node), listed in Render's shape (status
+    201, as Render documents it), and restored; an unknown key is 404."""
+    private = w.services["private_service"]
+    if not private.id:
+        return
+    op = "disks.list_snapshots"
+    got = h.call(op, list_disks, expect=200, model=DiskWithCursor, many=True, label="its disk")
+    mine = [i.disk.id for i in got or [] if i.disk.service_id == private.id]
+    if not h.check(op, len(mine) == 1, f"{len(mine)} disks of the private service", "its disk"):
+        return
+    disk_id = mine[0]
+    before = h.call(op, list_snapshots, disk_id, expect=201, model=DiskSnapshot, many=True)
+    if before is None:
+        return
+
+    def asked():
+        r = h.raw.post(f"/disks/{disk_id}/snapshots")
+        return True if r.status_code == 202 else None
+
+    if not h.check(op, h.eventually(90, asked), "no snapshot could be asked for in 90 s", "asked"):
+        return
+
+    def taken():
+        got = h.call(op, list_snapshots, disk_id, expect=201, model=DiskSnapshot, many=True)
+        return got if got is None or len(got) > len(before) else None
+
+    got = h.eventually(90, taken, every=1)
+    if not h.check(op, bool(got) and len(got) > len(before), "no new snapshot listed in 90 s", "taken"):
+        return
+    newest = got[0]
+    h.check(
+        op,
+        newest.snapshot_key.startswith("snp-") and newest.created_at is not None,
+        f"snapshotKey/createdAt {show((newest.snapshot_key, newest.created_at))}",
+        "taken",
+    )
+
+    op = "disks.restore_snapshot"
+    h.call(
+        op,
+        restore_snapshot,
+        disk_id,
+        body=SnapshotRestorePOST(snapshot_key="snp-" + "a" * 20),
+        expect=404,
+        model=Error,
+        label="unknown key",
+    )
+    back = h.call(
+        op,
+        restore_snapshot,
+        disk_id,
+        body=SnapshotRestorePOST(snapshot_key=newest.snapshot_key),
+        expect=200,
+        model=DiskDetails,
+        label="the newest",
+    )
+    if back:
+        h.check(op, back.id == disk_id, f"id {show(back.id)}, not {disk_id}", "the newest")
