@@ -104,10 +104,24 @@ fn run(id: &str, program: &str, args: &[&str]) -> Result<(), AgentError> {
     ))
 }
 
+/// A disk made ready for an instance.
+#[derive(Debug)]
+pub struct Attached {
+    /// The host directory to bind-mount into the instance.
+    pub mount: PathBuf,
+    /// What to tell the service's logs: the disk was set back to a
+    /// snapshot, or could not be.
+    pub said: Option<String>,
+}
+
 /// Makes the disk if this node has not got it, sets it back to the
 /// snapshot `restore` names unless that restore was done, mounts it if it
-/// is not mounted, and gives its root to the instance's root user; the
-/// host directory to bind-mount into the instance.
+/// is not mounted, and gives its root to the instance's root user.
+///
+/// A restore whose snapshot this node has not got (its files removed
+/// by hand, the node's state lost) is given up, said, and the disk starts
+/// as it is: refusing the start would leave the service unable to start
+/// at all, since every later deploy carries the same restore.
 pub fn attach(
     disks: &Path,
     service: &str,
@@ -115,7 +129,7 @@ pub fn attach(
     restore: Option<&DiskRestore>,
     ns: Option<UserNamespace>,
     reserve: u64,
-) -> Result<PathBuf, AgentError> {
+) -> Result<Attached, AgentError> {
     let id = disk.id.as_str();
     if !valid(id) {
         return Err(failed(id, "not a disk id"));
@@ -136,11 +150,22 @@ pub fn attach(
             .map_err(agent_io(&owned_by))?;
         make(disks, disk, owner)?;
     }
+    let mut said = None;
     if let Some(r) = restore.filter(|r| r.disk == disk.id) {
         if last_restore(disks, id) != Some(r.number) {
-            restore_from(disks, id, &r.key, reserve)?;
+            let snapshot = snapshot_dir(disks, id).join(format!("{}.img", r.key));
+            if snapshot.is_file() {
+                restore_from(disks, id, &snapshot, reserve)?;
+                tracing::info!(disk.id = %id, snapshot = %r.key, restore = r.number, "disk set back to its snapshot");
+                said = Some(format!("disk {id} set back to its snapshot {}", r.key));
+            } else {
+                tracing::error!(disk.id = %id, snapshot = %r.key, path = %snapshot.display(), "a disk's snapshot to restore is not on this node; the disk starts as it is");
+                said = Some(format!(
+                    "disk {id} NOT set back to its snapshot {}: the snapshot is not on this node any more; the disk is as it was",
+                    r.key
+                ));
+            }
             write_atomic(&disks.join(format!("{id}.restored")), &r.number.to_string())?;
-            tracing::info!(disk.id = %id, snapshot = %r.key, restore = r.number, "disk set back to its snapshot");
         }
     }
     // Grown since it was made (or restored to a snapshot of a smaller size): the file first (a marker says a filesystem
@@ -189,7 +214,7 @@ pub fn attach(
     if std::os::unix::fs::MetadataExt::uid(&root) != owner {
         std::os::unix::fs::chown(&mount, Some(owner), Some(owner)).map_err(agent_io(&mount))?;
     }
-    Ok(mount)
+    Ok(Attached { mount, said })
 }
 
 fn path_str(p: &Path) -> Result<&str, AgentError> {
@@ -295,31 +320,19 @@ fn last_restore(disks: &Path, id: &str) -> Option<u32> {
         .ok()
 }
 
-/// Copies snapshot `key` over disk `id`, unmounted: into a new file
+/// Copies `snapshot` over disk `id`, unmounted: into a new file
 /// allocated in full, renamed over the disk's (a node dying midway leaves
 /// the disk as it was, and restores again).
-fn restore_from(
-    disks: &Path,
-    id: &str,
-    key: &DiskSnapshotKey,
-    reserve: u64,
-) -> Result<(), AgentError> {
-    let snapshot = snapshot_dir(disks, id).join(format!("{key}.img"));
-    if !snapshot.is_file() {
-        return Err(failed(
-            id,
-            format!("its snapshot {key} is not on this node; the restore cannot be done"),
-        ));
-    }
+fn restore_from(disks: &Path, id: &str, snapshot: &Path, reserve: u64) -> Result<(), AgentError> {
     let image = disks.join(format!("{id}.img"));
     release(id, &image, &disks.join(id))?;
-    let len = std::fs::metadata(&snapshot)
-        .map_err(agent_io(&snapshot))?
+    let len = std::fs::metadata(snapshot)
+        .map_err(agent_io(snapshot))?
         .len();
     // The disk's own file goes once the copy is in place.
     room(disks, id, len.saturating_sub(allocated(&image)), reserve)?;
     let new = disks.join(format!("{id}.img.restore"));
-    copy(id, &snapshot, &new)?;
+    copy(id, snapshot, &new)?;
     let full = run(id, "fallocate", &["-l", &len.to_string(), path_str(&new)?]);
     if let Err(e) = full {
         let _ = std::fs::remove_file(&new);

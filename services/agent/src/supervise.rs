@@ -282,7 +282,7 @@ async fn launch_with(
     );
     let disks = crate::persistent::dir(&inner.cfg.state_dir);
     let reserve = inner.cfg.disk_reserve;
-    let (rootfs, cannot_run) = tokio::task::spawn_blocking(move || {
+    let (rootfs, cannot_run, disk_said) = tokio::task::spawn_blocking(move || {
         let ns = bundle::user_namespace_for(sandbox.user_namespace, &s.image.rootfs);
         let sandbox = bundle::Sandbox {
             user_namespace: ns,
@@ -297,7 +297,7 @@ async fn launch_with(
         }
         let k = bundle::prepare_rootfs(&d, &s.image.rootfs, inside, ns)?;
         crate::volumes::make_missing(&d, &s.image, k, ns);
-        let disk = match &s.disk {
+        let attached = match &s.disk {
             Some(disk) => Some(crate::persistent::attach(
                 &disks,
                 s.service.as_str(),
@@ -311,8 +311,10 @@ async fn launch_with(
         if !s.secret_files.is_empty() {
             bundle::write_secret_files(&d, &s.secret_files)?;
         }
-        bundle::write_bundle(&d, &s, net.as_ref(), &sandbox, k, disk.as_deref())?;
-        Ok::<_, AgentError>((k, bundle::cannot_run(&s)))
+        let disk = attached.as_ref().map(|a| a.mount.as_path());
+        bundle::write_bundle(&d, &s, net.as_ref(), &sandbox, k, disk)?;
+        let said = attached.and_then(|a| a.said);
+        Ok::<_, AgentError>((k, bundle::cannot_run(&s), said))
     })
     .await
     .map_err(|e| AgentError::Io {
@@ -337,6 +339,9 @@ async fn launch_with(
     exec_done(pid).await;
     let started = Instant::now();
     // Before the pumps start, so it comes before the program's first line.
+    if let Some(line) = &disk_said {
+        say(inner, spec, line).await;
+    }
     if let Ok(args) = spec.image.config.args(spec.command.as_deref()) {
         let line = format!("running: {}", logs::command_line(&args));
         say(inner, spec, &line).await;

@@ -257,6 +257,21 @@ async fn a_disk_snapshot_asked_for_is_taken_and_a_restore_sets_the_disk_back_onc
     // done once.
     w.command(&svc, Command::Restart).await;
     assert_eq!(lines_on(&starts, 3).await, "started\nstarted\nstarted\n");
+
+    // A restore whose snapshot the node has lost does not keep the
+    // service from starting: the disk starts as it is.
+    std::fs::remove_file(&copy).unwrap();
+    let d3 = berth_schemas::ids::DeployId::generate();
+    w.command(
+        &svc,
+        Command::RestoreDiskSnapshot {
+            key: snap.key.clone(),
+            deploy: d3.clone(),
+        },
+    )
+    .await;
+    w.wait_live(&svc, &d3).await;
+    assert_eq!(lines_on(&starts, 4).await.lines().count(), 4);
     w.command(&svc, Command::Suspend).await;
 }
 
