@@ -532,6 +532,8 @@ pages! {
     post "/services/{serviceId}/cron-runs" => dashboard::actions::run_cron, "Trigger a cron run";
     post "/services/{serviceId}/cron-runs/cancel" => dashboard::actions::cancel_cron, "Cancel the active cron run";
     post "/services/{serviceId}/jobs" => dashboard::actions::run_job, "Run a one-off job";
+    post "/services/{serviceId}/disk-snapshots" => dashboard::actions::take_snapshot, "Take a snapshot of the disk";
+    post "/services/{serviceId}/disk-snapshots/restore" => dashboard::actions::restore_snapshot, "Restore the disk to a snapshot";
     post "/services/{serviceId}/exec" => dashboard::shell::run, "Run a command line in an instance; its output";
     get "/services/{serviceId}/terminal" => dashboard::terminal::page, "A terminal in an instance (xterm.js)";
     get "/services/{serviceId}/terminal/socket" => dashboard::terminal::socket, "The terminal page's WebSocket";

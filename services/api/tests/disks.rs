@@ -486,20 +486,12 @@ async fn deploys(app: &App, o: &Owner, svc: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disks_snapshots_are_listed_asked_for_and_restored_in_renders_shape() {
-    use berth_domain::service::{Command, Service};
-    use berth_schemas::ids::{DiskSnapshotKey, NodeId};
-    use berth_schemas::AggregateId;
+    use berth_schemas::ids::DiskSnapshotKey;
 
     let app = App::start(true).await;
     let alice = app.owner().await;
     let bob = app.owner().await;
-    let (svc, disk) = create(
-        &app,
-        &alice,
-        "db",
-        json!({"name": "data", "mountPath": "/data"}),
-    )
-    .await;
+    let (svc, disk) = settled_with_disk(&app, &alice).await;
     let snaps = format!("/v1/disks/{disk}/snapshots");
     let restore = format!("/v1/disks/{disk}/snapshots/restore");
     // None yet: 201 (Render's status for this listing) and an empty list;
@@ -511,40 +503,7 @@ async fn a_disks_snapshots_are_listed_asked_for_and_restored_in_renders_shape() 
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     assert!(v.to_string().contains("holds nothing yet"), "{v}");
 
-    // What the disk's node records as it places and snapshots it.
-    let id = AggregateId::Service(svc.parse().unwrap());
-    let record = |command: Command, key: String| {
-        let (store, id) = (app.store.clone(), id.clone());
-        async move {
-            store
-                .execute::<Service>(
-                    &id,
-                    &key,
-                    &berth_eventlog::Stamp::new(berth_schemas::Actor::system("node")),
-                    command,
-                )
-                .await
-                .unwrap();
-        }
-    };
-    let node = NodeId::generate();
-    let placed = berth_schemas::events::DiskPlaced {
-        disk: disk.parse().unwrap(),
-        node: node.clone(),
-    };
-    let at = app.store.load(&id).await.unwrap().version;
-    app.store
-        .append(
-            &id,
-            at,
-            vec![berth_eventlog::NewEvent::new(
-                placed,
-                berth_schemas::Actor::system("scheduler"),
-            )],
-            "placed",
-        )
-        .await
-        .unwrap();
+    let node = place(&app, &svc, &disk).await;
     app.state.caught_up().await.unwrap();
     let (s, v) = app.post(&snaps, &alice, json!(null)).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
@@ -552,18 +511,8 @@ async fn a_disks_snapshots_are_listed_asked_for_and_restored_in_renders_shape() 
     assert_eq!(s, StatusCode::NOT_FOUND);
     let keys: Vec<DiskSnapshotKey> = (0..2).map(|_| DiskSnapshotKey::generate()).collect();
     for k in &keys {
-        record(
-            Command::RecordDiskSnapshot {
-                disk: disk.parse().unwrap(),
-                key: k.clone(),
-                node: node.clone(),
-                bytes: 8192,
-            },
-            k.to_string(),
-        )
-        .await;
+        snapshot_taken(&app, &svc, &disk, &node, k).await;
     }
-    app.state.caught_up().await.unwrap();
     let (s, v) = app.get(&snaps, &alice).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let listed: Vec<&str> = v
@@ -632,4 +581,129 @@ async fn a_disks_snapshots_are_listed_asked_for_and_restored_in_renders_shape() 
     assert_eq!(details["diskId"], disk.as_str(), "{events}");
     assert_eq!(details["snapshotKey"], keys[0].as_str(), "{events}");
     assert!(details["triggeredByUser"].is_null(), "{events}");
+}
+
+/// A worker of `o`'s with a disk, its deploy resolved: nothing else
+/// happens to it here (no node takes it further). (service id, disk id)
+async fn settled_with_disk(app: &App, o: &Owner) -> (String, String) {
+    let (svc, disk) = create(app, o, "db", json!({"name": "data", "mountPath": "/data"})).await;
+    let first = app.latest_deploy(o, &svc).await;
+    app.wait_resolved(o, &svc, &first).await;
+    (svc, disk)
+}
+
+/// What the scheduler records as it places `disk` with its first
+/// instance, on a node of its own.
+async fn place(app: &App, svc: &str, disk: &str) -> berth_schemas::ids::NodeId {
+    let id = berth_schemas::AggregateId::Service(svc.parse().unwrap());
+    let node = berth_schemas::ids::NodeId::generate();
+    let placed = berth_schemas::events::DiskPlaced {
+        disk: disk.parse().unwrap(),
+        node: node.clone(),
+    };
+    // Appended at the version read; the resolver may append meanwhile.
+    for _ in 0..20 {
+        let at = app.store.load(&id).await.unwrap().version;
+        let appended = app
+            .store
+            .append(
+                &id,
+                at,
+                vec![berth_eventlog::NewEvent::new(
+                    placed.clone(),
+                    berth_schemas::Actor::system("scheduler"),
+                )],
+                &format!("placed-{disk}"),
+            )
+            .await;
+        if appended.is_ok() {
+            return node;
+        }
+    }
+    panic!("the disk could not be placed");
+}
+
+/// What the disk's node records as it takes snapshot `key`.
+async fn snapshot_taken(
+    app: &App,
+    svc: &str,
+    disk: &str,
+    node: &berth_schemas::ids::NodeId,
+    key: &berth_schemas::ids::DiskSnapshotKey,
+) {
+    use berth_domain::service::{Command, Service};
+    let id = berth_schemas::AggregateId::Service(svc.parse().unwrap());
+    let command = Command::RecordDiskSnapshot {
+        disk: disk.parse().unwrap(),
+        key: key.clone(),
+        node: node.clone(),
+        bytes: 8192,
+    };
+    app.store
+        .execute::<Service>(
+            &id,
+            key.as_str(),
+            &berth_eventlog::Stamp::new(berth_schemas::Actor::system("node")),
+            command,
+        )
+        .await
+        .unwrap();
+    app.state.caught_up().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_lists_a_disks_snapshots_takes_one_and_restores_one() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let (svc, disk) = settled_with_disk(&app, &alice).await;
+    let node = place(&app, &svc, &disk).await;
+    app.state.caught_up().await.unwrap();
+    let mut b = crate::dashboard::signed_in(&app, &alice).await;
+    let page = format!("/services/{svc}");
+    let shown = b.get(&page).await;
+    assert!(
+        shown.html.contains("Disk snapshots") && shown.html.contains("No snapshots yet."),
+        "{}",
+        shown.html
+    );
+
+    let before = app.last_seq().await;
+    let asked = b
+        .submit(&page, &format!("/services/{svc}/disk-snapshots"), &[])
+        .await;
+    assert_eq!(asked.status, StatusCode::OK, "{}", asked.html);
+    assert!(asked.html.contains("Snapshot asked for"), "{}", asked.html);
+    assert!(
+        app.last_seq().await > before,
+        "nothing was asked of the node"
+    );
+
+    let key = berth_schemas::ids::DiskSnapshotKey::generate();
+    snapshot_taken(&app, &svc, &disk, &node, &key).await;
+    let listed = b.get(&page).await;
+    assert!(listed.html.contains(key.as_str()), "{}", listed.html);
+    let deploys_before = deploys(&app, &alice, &svc).await;
+    let restored = b
+        .submit(
+            &page,
+            &format!("/services/{svc}/disk-snapshots/restore"),
+            &[("snapshotKey", key.as_str())],
+        )
+        .await;
+    assert!(
+        restored.html.contains(&format!("Disk set back to {key}")),
+        "{}",
+        restored.html
+    );
+    assert_eq!(deploys(&app, &alice, &svc).await, deploys_before + 1);
+    // An unknown key is the API's 404, said on the page.
+    let unknown = b
+        .submit(
+            &page,
+            &format!("/services/{svc}/disk-snapshots/restore"),
+            &[("snapshotKey", "snp-aaaaaaaaaaaaaaaaaaaa")],
+        )
+        .await;
+    assert!(unknown.html.contains("snapshot"), "{}", unknown.html);
+    assert_eq!(deploys(&app, &alice, &svc).await, deploys_before + 1);
 }

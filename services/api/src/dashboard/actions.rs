@@ -1,6 +1,6 @@
 //! A service's actions: each form posts to the `/v1` handler that does
 //! the same (deploy, cancel, roll back, scale, restart, suspend, resume,
-//! cron runs, jobs) and comes back to the service's page with what happened.
+//! cron runs, jobs, disk snapshots) and comes back to the service's page with what happened.
 
 use axum::extract::{Path, State};
 use axum::response::Response;
@@ -12,7 +12,7 @@ use crate::app::{AppState, Authed, JsonBody};
 use crate::error::ApiError;
 use crate::routes::deploys::{self, RollbackBody};
 use crate::routes::services::{self, Empty, ScaleBody};
-use crate::routes::{cron, jobs};
+use crate::routes::{cron, disks, jobs};
 use crate::views::DeployView;
 
 /// The page of service `id`.
@@ -212,5 +212,71 @@ pub async fn cancel_cron(
     )
     .await
     .map(|_| "The active run is being canceled.".to_owned());
+    after(&st, &who, &back(&id), done)
+}
+
+/// The id of service `id`'s disk, for the caller.
+async fn disk_of(
+    st: &AppState,
+    who: &super::session::Signed,
+    id: &str,
+) -> Result<String, ApiError> {
+    let svc = services::get(
+        State(st.clone()),
+        Authed(who.caller.clone()),
+        Path(id.to_owned()),
+    )
+    .await?;
+    super::service::common(&svc.0)
+        .disk
+        .as_ref()
+        .map(|d| d.id.clone())
+        .ok_or_else(|| ApiError::not_found("disk"))
+}
+
+/// POST /services/{serviceId}/disk-snapshots: a snapshot of its disk now.
+pub async fn take_snapshot(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Posted { who, .. }: Posted,
+) -> Response {
+    let done = match disk_of(&st, &who, &id).await {
+        Ok(disk) => disks::take_snapshot(State(st.clone()), Authed(who.caller.clone()), Path(disk))
+            .await
+            .map(|_| {
+                "Snapshot asked for: it is listed here once its node has taken it.".to_owned()
+            }),
+        Err(e) => Err(e),
+    };
+    after(&st, &who, &back(&id), done)
+}
+
+/// POST /services/{serviceId}/disk-snapshots/restore: its disk set back
+/// to `snapshotKey`, with a deploy.
+pub async fn restore_snapshot(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Posted { who, form }: Posted,
+) -> Response {
+    let key = form.text("snapshotKey");
+    let done = match disk_of(&st, &who, &id).await {
+        Ok(disk) => disks::restore(
+            State(st.clone()),
+            Authed(who.caller.clone()),
+            Path(disk),
+            JsonBody(disks::RestoreBody {
+                snapshot_key: key.clone(),
+                instance_id: None,
+            }),
+        )
+        .await
+        .map(|_| {
+            format!(
+                "Disk set back to {}: the service deploys on it.",
+                key.unwrap_or_default()
+            )
+        }),
+        Err(e) => Err(e),
+    };
     after(&st, &who, &back(&id), done)
 }

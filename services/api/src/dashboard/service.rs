@@ -1,5 +1,6 @@
 //! A service's page: what the `/v1` handlers answer for the service (its
-//! view, deploys, instances or cron runs, jobs, events), the deploy in progress
+//! view, deploys, instances or cron runs, jobs, its disk's snapshots,
+//! events), the deploy in progress
 //! ([`super::progress`]) followed live; its forms post to
 //! [`super::actions`].
 
@@ -21,6 +22,7 @@ use crate::app::{AppState, Authed};
 use crate::error::ApiError;
 use crate::query::{self, Listing};
 use crate::routes::deploys::{self, DeployItem, DeploysQuery};
+use crate::routes::disks::{self, DiskSnapshotView};
 use crate::routes::events::{self, EventItem, EventsQuery};
 use crate::routes::jobs::{self, JobItem, JobsQuery};
 use crate::routes::services::{self, InstanceView};
@@ -49,6 +51,8 @@ struct Seen {
     events: Vec<EventItem>,
     runs: Vec<EventItem>,
     jobs: Vec<JobItem>,
+    /// Its disk's snapshots, newest first (none without a disk).
+    snapshots: Vec<DiskSnapshotView>,
 }
 
 async fn load(st: &AppState, who: &Signed, id: &str, q: &PageQuery) -> Result<Seen, ApiError> {
@@ -111,6 +115,15 @@ async fn load(st: &AppState, who: &Signed, id: &str, q: &PageQuery) -> Result<Se
     } else {
         Vec::new()
     };
+    let snapshots = match &common(&service).disk {
+        Some(d) => {
+            disks::snapshots(State(st.clone()), a(), Path(d.id.clone()))
+                .await?
+                .1
+                 .0
+        }
+        None => Vec::new(),
+    };
     Ok(Seen {
         service,
         deploys,
@@ -118,6 +131,7 @@ async fn load(st: &AppState, who: &Signed, id: &str, q: &PageQuery) -> Result<Se
         events,
         runs,
         jobs,
+        snapshots,
     })
 }
 
@@ -525,6 +539,41 @@ fn actions(who: &Signed, s: &ServiceView) -> Markup {
     }
 }
 
+/// The disk's snapshots, each with a restore, and a snapshot taken now.
+fn snapshots_table(who: &Signed, s: &ServiceView, items: &[DiskSnapshotView]) -> Markup {
+    let base = format!("/services/{}/disk-snapshots", s.id);
+    html! {
+        p.muted { "Its node copies the disk once a day; the 7 newest are kept. A restore sets the disk back and deploys the service on it." }
+        form method="post" action=(base) {
+            (csrf(who))
+            button.secondary type="submit" { "Take a snapshot now" }
+        }
+        @if items.is_empty() {
+            p.muted { "No snapshots yet." }
+        } @else {
+            table {
+                thead { tr { th { "Snapshot" } th { "Taken" } th { "Size" } th {} } }
+                tbody {
+                    @for snap in items {
+                        tr {
+                            td { code { (snap.snapshot_key) } }
+                            td { (time(Some(snap.created_at))) }
+                            td { (format!("{:.1} MiB", snap.size_bytes as f64 / 1_048_576.0)) }
+                            td {
+                                form method="post" action={ (base) "/restore" } {
+                                    (csrf(who))
+                                    input type="hidden" name="snapshotKey" value=(snap.snapshot_key);
+                                    button.secondary type="submit" data-confirm="Set the disk back to this snapshot? What was written since is lost; the service deploys on it." { "Restore" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn older(base: &str, key: &str, cursor: Option<&str>) -> Markup {
     html! {
         @if let Some(c) = cursor {
@@ -593,6 +642,12 @@ pub async fn page(
                 section #instances data-live aria-labelledby="instances-title" {
                     h2 #instances-title { "Instances" }
                     (instances_table(&seen.instances))
+                }
+            }
+            @if common(s).disk.is_some() {
+                section #snapshots aria-labelledby="snapshots-title" {
+                    h2 #snapshots-title { "Disk snapshots" }
+                    (snapshots_table(&who, s, &seen.snapshots))
                 }
             }
             section aria-labelledby="shell-title" {
