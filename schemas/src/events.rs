@@ -554,6 +554,25 @@ events! {
         pub key: DiskSnapshotKey,
         pub snapshot_created_at: DateTime<Utc>,
     }
+    /// A service's disk filled past the high-usage threshold (Render's).
+    ServiceDiskUsageHigh = "service_disk_usage_high" v 1 {
+        pub disk: DiskId,
+        pub disk_name: String,
+        pub mount_path: String,
+        pub used_bytes: u64,
+        pub size_bytes: u64,
+        pub threshold_percent: u8,
+    }
+    /// A service's disk whose use was high is back below the threshold
+    /// (Render's).
+    ServiceDiskUsageRecovered = "service_disk_usage_recovered" v 1 {
+        pub disk: DiskId,
+        pub disk_name: String,
+        pub mount_path: String,
+        pub used_bytes: u64,
+        pub size_bytes: u64,
+        pub threshold_percent: u8,
+    }
     /// A service's override of its owner's log stream was set, changed or
     /// (`stream` absent) removed: its lines follow the owner's again.
     LogStreamOverrideChanged = "log_stream_override_changed" v 1 {

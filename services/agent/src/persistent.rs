@@ -514,18 +514,22 @@ pub fn list(disks: &Path) -> Vec<(String, String)> {
 pub fn usage(disks: &Path) -> std::collections::HashMap<String, (u64, u64)> {
     list(disks)
         .into_iter()
-        .filter_map(|(id, service)| {
-            let mount = disks.join(&id);
-            if !bundle::is_mountpoint(&mount) {
-                return None;
-            }
-            let st = nix::sys::statvfs::statvfs(&mount).ok()?;
-            let block = st.fragment_size();
-            let size = st.blocks() * block;
-            let free = st.blocks_free() * block;
-            Some((service, (size.saturating_sub(free), size)))
-        })
+        .filter_map(|(id, service)| Some((service, usage_of(disks, &id)?)))
         .collect()
+}
+
+/// What disk `id` holds, when it is mounted: (bytes in use, the
+/// filesystem's size).
+pub fn usage_of(disks: &Path, id: &str) -> Option<(u64, u64)> {
+    let mount = disks.join(id);
+    if !valid(id) || !bundle::is_mountpoint(&mount) {
+        return None;
+    }
+    let st = nix::sys::statvfs::statvfs(&mount).ok()?;
+    let block = st.fragment_size();
+    let size = st.blocks() * block;
+    let free = st.blocks_free() * block;
+    Some((size.saturating_sub(free), size))
 }
 
 /// Removes a disk and what was written on it, for good: unmounted (at

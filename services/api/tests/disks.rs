@@ -696,6 +696,15 @@ async fn the_dashboard_lists_a_disks_snapshots_takes_one_and_restores_one() {
         restored.html
     );
     assert_eq!(deploys(&app, &alice, &svc).await, deploys_before + 1);
+    // The timeline says it in words.
+    let events = b.get(&page).await;
+    assert!(
+        events
+            .html
+            .contains(&format!("set back to its snapshot {key}")),
+        "{}",
+        events.html
+    );
     // An unknown key is the API's 404, said on the page.
     let unknown = b
         .submit(

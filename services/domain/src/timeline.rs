@@ -60,6 +60,8 @@ pub const TYPES: &[&str] = &[
     "disk_added",
     "disk_removed",
     "disk_snapshot_restored",
+    "service_disk_usage_high",
+    "service_disk_usage_recovered",
     "cron_job_run_started",
     "cron_job_run_ended",
     "cron_job_run_skipped",
@@ -86,6 +88,8 @@ pub const RENDER_TYPES: &[&str] = &[
     "server_restarted",
     "instance_count_changed",
     "disk_snapshot_restored",
+    "service_disk_usage_high",
+    "service_disk_usage_recovered",
     "cron_job_run_started",
     "cron_job_run_ended",
     "job_run_ended",
@@ -99,6 +103,36 @@ fn snake<T: Serialize>(v: &T) -> Value {
 
 /// Render's numeric `status` of an ended deploy or pre-deploy, beside its
 /// `deployStatus`: 2 succeeded, 3 failed, 4 canceled.
+/// Render's details of a disk's use crossing its threshold, with berth's
+/// bytes and a `message` saying it (`how`: "is above", "is back below").
+fn disk_usage(
+    disk: &berth_schemas::ids::DiskId,
+    (name, mount_path): (&str, &str),
+    (used, size, threshold): (u64, u64, u8),
+    how: &str,
+) -> Value {
+    let percent = if size == 0 {
+        0.0
+    } else {
+        (used as f64 * 1000.0 / size as f64).round() / 10.0
+    };
+    let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+    json!({
+        "diskId": disk,
+        "diskName": name,
+        "mountPath": mount_path,
+        "usagePercent": percent,
+        "thresholdPercent": f64::from(threshold),
+        "usedBytes": used,
+        "sizeBytes": size,
+        "message": format!(
+            "disk {name} at {mount_path} {how} {threshold} % full: {percent} % ({:.2} of {:.2} GB)",
+            gib(used),
+            gib(size)
+        ),
+    })
+}
+
 /// A disk's timeline details; `message` says what became of it, `{}`
 /// standing for its name, path and size (after its id).
 fn disk_details(d: &berth_schemas::model::Disk, message: &str) -> Value {
@@ -387,6 +421,24 @@ impl TimelineEvent {
                     ),
                 }),
             ),
+            Event::ServiceDiskUsageHigh(e) => (
+                "service_disk_usage_high",
+                d!(disk_usage(
+                    &e.disk,
+                    (&e.disk_name, &e.mount_path),
+                    (e.used_bytes, e.size_bytes, e.threshold_percent),
+                    "is above",
+                )),
+            ),
+            Event::ServiceDiskUsageRecovered(e) => (
+                "service_disk_usage_recovered",
+                d!(disk_usage(
+                    &e.disk,
+                    (&e.disk_name, &e.mount_path),
+                    (e.used_bytes, e.size_bytes, e.threshold_percent),
+                    "is back below",
+                )),
+            ),
             Event::DiskUpdated(e) => (
                 "disk_updated",
                 d!(disk_details(
@@ -491,7 +543,7 @@ impl TimelineEvent {
             "deploy_ended" => matches!(self.outcome(), Some("update_failed" | "pre_deploy_failed")),
             "cron_job_run_ended" => matches!(self.outcome(), Some("failed" | "timed_out")),
             "job_run_ended" => self.outcome() == Some("failed"),
-            "image_pull_failed" | "server_failed" => true,
+            "image_pull_failed" | "server_failed" | "service_disk_usage_high" => true,
             _ => false,
         }
     }
@@ -500,7 +552,10 @@ impl TimelineEvent {
     /// these, `failure` only the failures among them).
     pub fn is_notable(&self) -> bool {
         self.is_failure()
-            || self.kind == "deploy_ended"
+            || matches!(
+                self.kind.as_str(),
+                "deploy_ended" | "service_disk_usage_recovered"
+            )
             || (matches!(self.kind.as_str(), "cron_job_run_ended" | "job_run_ended")
                 && self.outcome() == Some("succeeded"))
     }
@@ -509,6 +564,22 @@ impl TimelineEvent {
 /// One field of a type's `details`: its name, JSON schema, and whether it
 /// is always there.
 type DetailField = (&'static str, Value, bool);
+
+/// What [`disk_usage`] writes.
+fn disk_usage_fields() -> Vec<DetailField> {
+    let (s, n) = (json!({"type": "string"}), json!({"type": "number"}));
+    let int = json!({"type": "integer"});
+    vec![
+        ("diskId", s.clone(), true),
+        ("diskName", s.clone(), true),
+        ("mountPath", s.clone(), true),
+        ("usagePercent", n.clone(), true),
+        ("thresholdPercent", n, true),
+        ("usedBytes", int.clone(), true),
+        ("sizeBytes", int, true),
+        ("message", s, true),
+    ]
+}
 
 /// The schema of each type's `details`: `(type, [field])`. What [`TimelineEvent::from_envelope`] writes; the API's
 /// tests hold every event they read to it.
@@ -712,6 +783,8 @@ fn details_schemas() -> Vec<(&'static str, Vec<DetailField>)> {
             "disk_removed",
             vec![("diskId", s(), true), ("message", s(), true)],
         ),
+        ("service_disk_usage_high", disk_usage_fields()),
+        ("service_disk_usage_recovered", disk_usage_fields()),
         (
             "disk_snapshot_restored",
             vec![
@@ -1633,6 +1706,24 @@ mod tests {
                     mount_path: "/data".into(),
                     size_gb: 1,
                 },
+            }
+            .into(),
+            berth_schemas::events::ServiceDiskUsageHigh {
+                disk: berth_schemas::ids::DiskId::generate(),
+                disk_name: "data".into(),
+                mount_path: "/data".into(),
+                used_bytes: 950 << 20,
+                size_bytes: 1 << 30,
+                threshold_percent: 90,
+            }
+            .into(),
+            berth_schemas::events::ServiceDiskUsageRecovered {
+                disk: berth_schemas::ids::DiskId::generate(),
+                disk_name: "data".into(),
+                mount_path: "/data".into(),
+                used_bytes: 100 << 20,
+                size_bytes: 1 << 30,
+                threshold_percent: 90,
             }
             .into(),
             berth_schemas::events::DiskSnapshotRestored {

@@ -11,6 +11,10 @@
 //! deleted. The node thaws its disks as the sweep starts (one a dead node
 //! left frozen mid-copy).
 //!
+//! What each disk holds is measured at each look; a crossing into or out
+//! of high use ([`berth_domain::service::disk_usage`]) is reported to the
+//! service, which records it once.
+//!
 //! Removal: A disk outlives its instances
 //! (`berth_agent::persistent`); once its service is deleted and no
 //! instance of it runs here any more, or the service no longer has it and
@@ -26,7 +30,7 @@ use std::time::Duration;
 
 use berth_agent::persistent;
 use berth_agent::Agent;
-use berth_domain::service::{self, ServiceState, ServiceStatus};
+use berth_domain::service::{self, disk_usage, ServiceState, ServiceStatus};
 use berth_eventlog::EventStore;
 use berth_schemas::ids::{DiskId, DiskSnapshotKey, ServiceId};
 use berth_schemas::AggregateId;
@@ -112,6 +116,7 @@ async fn sweep_once(sweep: &Sweep, taken: &mut HashMap<DiskId, DiskSnapshotKey>)
         };
         if let Ok(id) = disk.parse::<DiskId>() {
             snapshots(sweep, &svc, &id, &state, taken).await;
+            usage(sweep, &svc, &id, &state).await;
         }
         if mounted.iter().any(|d| d.as_str() == disk) {
             continue;
@@ -224,9 +229,34 @@ async fn snapshots(
 
 /// Whether `id` is the service's disk now.
 fn is_current(state: &ServiceState, id: &DiskId) -> bool {
-    state
-        .config
-        .as_ref()
-        .and_then(|c| c.disk.as_ref())
-        .is_some_and(|d| &d.id == id)
+    state.disk().is_some_and(|d| &d.id == id)
+}
+
+/// Reports disk `id`'s use to its service when it crossed into or out of
+/// high use since what the service last recorded (a stale read reports a
+/// crossing again; the service records it once).
+async fn usage(sweep: &Sweep, svc: &ServiceId, id: &DiskId, state: &ServiceState) {
+    if !is_current(state, id) || state.status == ServiceStatus::Deleted {
+        return;
+    }
+    let (d, disk) = (sweep.disks.clone(), id.to_string());
+    let Ok(Some((used, size))) =
+        tokio::task::spawn_blocking(move || persistent::usage_of(&d, &disk)).await
+    else {
+        return;
+    };
+    let high = state.disk_usage_high;
+    if disk_usage::is_high(high, used, size) == high {
+        return;
+    }
+    let command = service::Command::RecordDiskUsage {
+        disk: id.clone(),
+        used_bytes: used,
+        size_bytes: size,
+    };
+    // A fresh key: each crossing is its own report.
+    let key = format!("{id}-usage-{}", berth_schemas::ids::DeployId::generate());
+    if let Err(e) = sweep.reporter.decide(svc, None, command, &key).await {
+        tracing::warn!(disk.id = %id, service.id = %svc, error = %e, "a disk's use could not be reported; tried again at the next look");
+    }
 }

@@ -303,3 +303,54 @@ async fn a_node_snapshots_its_disks_on_its_own_every_interval() {
     assert_eq!(state.config.unwrap().disk.unwrap().id, disk);
     w.command(&svc, Command::Suspend).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_disk_filling_up_and_freed_is_said_on_the_timeline_once_each_way() {
+    let w = World::start().await;
+    let _node = w.start_node("n1").await;
+    let _scheduler = w.start_scheduler().await;
+    let (svc, _) = w
+        .create(ServiceType::BackgroundWorker, |c| {
+            c.docker_command = Some(
+                "sh -c 'dd if=/dev/zero of=/data/fill bs=1M count=940 2>/dev/null; sleep 12; rm /data/fill; exec sleep 600'"
+                    .into(),
+            );
+            c.disk = Some(Disk {
+                id: DiskId::generate(),
+                name: "data".into(),
+                mount_path: "/data".into(),
+                size_gb: 1,
+            });
+        })
+        .await;
+    let ev = w
+        .wait_events(
+            &svc,
+            Duration::from_secs(60),
+            "high, then recovered",
+            |ev| {
+                ev.iter()
+                    .any(|e| matches!(e.event, Event::ServiceDiskUsageRecovered(_)))
+            },
+        )
+        .await;
+    let high: Vec<_> = ev
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::ServiceDiskUsageHigh(h) => Some(h),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(high.len(), 1, "{high:?}");
+    let h = high[0];
+    assert!(h.used_bytes * 100 >= h.size_bytes * 90, "{h:?}");
+    assert_eq!((h.mount_path.as_str(), h.threshold_percent), ("/data", 90));
+    assert_eq!(
+        ev.iter()
+            .filter(|e| matches!(e.event, Event::ServiceDiskUsageRecovered(_)))
+            .count(),
+        1
+    );
+    assert!(!w.state(&svc).await.disk_usage_high);
+    w.command(&svc, Command::Suspend).await;
+}

@@ -169,7 +169,9 @@ fn summary(e: &TimelineEvent) -> Markup {
             "placement_blocked" => {
                 @if let Some(r) = detail(e, "reason") { ": " (r) }
             }
-            "instance_exited" | "instance_port_detected" | "disk_placed" | "disk_updated" => {
+            "instance_exited" | "instance_port_detected" | "disk_placed" | "disk_updated"
+            | "disk_added" | "disk_removed" | "disk_snapshot_restored"
+            | "service_disk_usage_high" | "service_disk_usage_recovered" => {
                 @if let Some(m) = detail(e, "message") { ": " (m) }
             }
             "instance_command_requested" => {

@@ -45,6 +45,7 @@
 
 mod cron;
 mod deploys;
+pub mod disk_usage;
 mod domains;
 pub mod instances;
 mod jobs;
@@ -257,6 +258,13 @@ pub enum Command {
     RestoreDiskSnapshot {
         key: DiskSnapshotKey,
         deploy: DeployId,
+    },
+    /// The disk's node measured what `disk` holds (recorded when its use
+    /// crosses into or out of high).
+    RecordDiskUsage {
+        disk: DiskId,
+        used_bytes: u64,
+        size_bytes: u64,
     },
     /// Set, change or (`None`) remove its override of the owner's log stream.
     SetLogStream(Option<berth_schemas::model::LogStreamOverride>),
@@ -577,6 +585,11 @@ pub fn decide(
             bytes,
         } => snapshots::taken(state, disk, key, node, bytes),
         Command::RestoreDiskSnapshot { key, deploy } => snapshots::restore(state, key, deploy),
+        Command::RecordDiskUsage {
+            disk,
+            used_bytes,
+            size_bytes,
+        } => disk_usage::record(state, disk, used_bytes, size_bytes),
         Command::Suspend => Ok(lifecycle::suspend(state)),
         Command::Resume { deploy } => lifecycle::resume(state, deploy),
         Command::Delete => Ok(lifecycle::delete(state)),

@@ -155,17 +155,12 @@ pub(super) fn restore(state: &ServiceState, key: DiskSnapshotKey, deploy: Deploy
 
 /// Applies the snapshot events, and forgets a disk's snapshots with it.
 pub(super) fn apply(s: &mut ServiceState, event: &Event, time: Option<DateTime<Utc>>) {
-    let current = s
-        .config
-        .as_ref()
-        .and_then(|c| c.disk.as_ref())
-        .map(|d| &d.id);
+    if super::state::disk_changed(s, event) {
+        s.disk_snapshots = DiskSnapshots::default();
+        return;
+    }
+    let current = s.disk().map(|d| &d.id);
     match event {
-        // (Applied after the lifecycle's: the service's disk is the one
-        // added, or none once removed.) The snapshots were of the disk
-        // before.
-        Event::DiskAdded(_) => s.disk_snapshots = DiskSnapshots::default(),
-        Event::DiskRemoved(_) if current.is_none() => s.disk_snapshots = DiskSnapshots::default(),
         Event::DiskSnapshotRequested(e) if current == Some(&e.disk) => {
             s.disk_snapshots.requested = true;
         }

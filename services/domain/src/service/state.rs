@@ -102,6 +102,10 @@ pub struct ServiceState {
     /// When its disk last changed (`disk_updated`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_updated_at: Option<DateTime<Utc>>,
+    /// Its disk's use is high (`service_disk_usage_high`, until
+    /// `service_disk_usage_recovered`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disk_usage_high: bool,
     /// Its disk's snapshots, and its latest restore.
     #[serde(default)]
     pub disk_snapshots: super::snapshots::DiskSnapshots,
@@ -157,6 +161,11 @@ pub const KEPT_ENDED_DEPLOYS: usize = 100;
 const FORGET_SLACK: usize = 28;
 
 impl ServiceState {
+    /// Its disk, if it has one.
+    pub fn disk(&self) -> Option<&berth_schemas::model::Disk> {
+        self.config.as_ref()?.disk.as_ref()
+    }
+
     /// Whether this fold keeps every deploy and job (a look into the
     /// past), not only the recent ones.
     pub(super) fn keeps_everything(&self) -> bool {
@@ -301,6 +310,17 @@ pub fn apply(state: ServiceState, event: &Event) -> ServiceState {
     apply_at(state, event, None)
 }
 
+/// Whether `event` (applied to `s` already) left the service with
+/// another disk than before, or none: what was known of the disk before
+/// (its snapshots, its use) is forgotten.
+pub(super) fn disk_changed(s: &ServiceState, event: &Event) -> bool {
+    match event {
+        Event::DiskAdded(_) => true,
+        Event::DiskRemoved(_) => s.disk().is_none(),
+        _ => false,
+    }
+}
+
 /// Applies one event, recording `time` (the envelope's) where a timestamp
 /// is kept. Each concern applies the events its decisions produce; an
 /// event is about one of them (an `instance_scheduled` also clears its
@@ -312,6 +332,7 @@ pub fn apply_at(mut s: ServiceState, event: &Event, time: Option<DateTime<Utc>>)
     super::jobs::apply(&mut s, event, time);
     domains::apply(&mut s, event, time);
     super::snapshots::apply(&mut s, event, time);
+    super::disk_usage::apply(&mut s, event);
     s.instances.apply(event, time);
     if let Event::DiskPlaced(e) = event {
         s.disk_node = Some(e.node.clone());

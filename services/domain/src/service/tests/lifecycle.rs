@@ -101,6 +101,17 @@ fn create_validates_fields_for_the_service_type() {
     }
 }
 
+/// A live web service given a 1 GB disk at `/var/data`, and its id.
+fn live_web_with_disk() -> (Scenario, berth_schemas::ids::DiskId) {
+    let mut s = Scenario::live_web(&DeployId::generate());
+    s.run(Command::AddDisk {
+        disk: disk("/var/data", 1).unwrap(),
+        deploy: DeployId::generate(),
+    });
+    let id = disk_id(&s);
+    (s, id)
+}
+
 /// The id of the scenario's service's disk.
 fn disk_id(s: &Scenario) -> berth_schemas::ids::DiskId {
     let disk = s.state.config.as_ref().unwrap().disk.as_ref();
@@ -769,13 +780,7 @@ fn a_disk_keeps_its_newest_snapshots_and_is_set_back_to_one_with_a_deploy() {
     use crate::service::snapshots::KEPT;
     use berth_schemas::ids::DiskSnapshotKey;
 
-    let d0 = DeployId::generate();
-    let mut s = Scenario::live_web(&d0);
-    s.run(Command::AddDisk {
-        disk: disk("/var/data", 1).unwrap(),
-        deploy: DeployId::generate(),
-    });
-    let id = disk_id(&s);
+    let (mut s, id) = live_web_with_disk();
     // Nothing to copy before the disk's first instance is placed.
     assert_eq!(s.refused(Command::RequestDiskSnapshot), ErrorKind::Conflict);
     s.append(&[berth_schemas::events::DiskPlaced {
@@ -870,4 +875,50 @@ fn a_disk_keeps_its_newest_snapshots_and_is_set_back_to_one_with_a_deploy() {
         crate::service::snapshots::DiskSnapshots::default()
     );
     assert_eq!(s.refused(Command::RequestDiskSnapshot), ErrorKind::NotFound);
+}
+
+#[test]
+fn a_disk_filling_up_is_said_once_each_way_with_a_gap_between() {
+    use crate::service::disk_usage::{is_high, HIGH_PERCENT, RECOVERED_PERCENT};
+
+    let (mut s, id) = live_web_with_disk();
+    let size = 1u64 << 30;
+    let at = |p: u64| (size * p).div_ceil(100);
+    let usage = |used| Command::RecordDiskUsage {
+        disk: id.clone(),
+        used_bytes: used,
+        size_bytes: size,
+    };
+    assert!(s.run(usage(at(89))).is_empty());
+    let high = s.run(usage(at(HIGH_PERCENT.into())));
+    assert!(
+        matches!(&high[..], [Event::ServiceDiskUsageHigh(e)] if e.threshold_percent == 90 && e.mount_path == "/var/data"),
+        "{high:?}"
+    );
+    assert!(s.state.disk_usage_high);
+    // Said once; between the two lines nothing changes.
+    assert!(s.run(usage(at(99))).is_empty());
+    assert!(s.run(usage(at(RECOVERED_PERCENT.into()))).is_empty());
+    let ok = s.run(usage(at(50)));
+    assert!(
+        matches!(&ok[..], [Event::ServiceDiskUsageRecovered(_)]),
+        "{ok:?}"
+    );
+    assert!(!s.state.disk_usage_high);
+    // Another disk's figures, or none, say nothing.
+    assert!(s
+        .when(Command::RecordDiskUsage {
+            disk: berth_schemas::ids::DiskId::generate(),
+            used_bytes: size,
+            size_bytes: size,
+        })
+        .unwrap()
+        .is_empty());
+    assert!(!is_high(false, 5, 0) && is_high(true, 5, 0));
+    // A removed disk starts low.
+    s.run(usage(size));
+    s.run(Command::RemoveDisk {
+        deploy: DeployId::generate(),
+    });
+    assert!(!s.state.disk_usage_high);
 }
