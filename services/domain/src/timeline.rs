@@ -1295,6 +1295,56 @@ mod tests {
     }
 
     #[test]
+    fn a_disk_filling_up_is_a_failure_and_its_recovery_notable_in_renders_shape() {
+        let svc = ServiceId::generate();
+        let (disk, used, size) = (berth_schemas::ids::DiskId::generate(), 966_367_642, 1 << 30);
+        let high = env(
+            &svc,
+            1,
+            berth_schemas::events::ServiceDiskUsageHigh {
+                disk: disk.clone(),
+                disk_name: "data".into(),
+                mount_path: "/data".into(),
+                used_bytes: used,
+                size_bytes: size,
+                threshold_percent: 90,
+            }
+            .into(),
+        );
+        let t = TimelineEvent::from_envelope(&high).unwrap_or_else(|| unreachable!());
+        assert_eq!(t.kind, "service_disk_usage_high");
+        assert_eq!(
+            (
+                &t.details["diskId"],
+                &t.details["usagePercent"],
+                &t.details["thresholdPercent"]
+            ),
+            (&json!(disk), &json!(90.0), &json!(90.0))
+        );
+        assert!(t.details["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/data is above 90 % full"));
+        assert!(t.is_failure() && t.is_notable());
+        let ok = env(
+            &svc,
+            2,
+            berth_schemas::events::ServiceDiskUsageRecovered {
+                disk,
+                disk_name: "data".into(),
+                mount_path: "/data".into(),
+                used_bytes: 1 << 20,
+                size_bytes: size,
+                threshold_percent: 90,
+            }
+            .into(),
+        );
+        let t = TimelineEvent::from_envelope(&ok).unwrap_or_else(|| unreachable!());
+        assert!(!t.is_failure() && t.is_notable());
+        assert_eq!(t.details["usagePercent"], json!(0.1));
+    }
+
+    #[test]
     fn failures_and_snapshots() {
         let svc = ServiceId::generate();
         let failed = env(
