@@ -545,6 +545,8 @@ pages! {
     post "/services/{serviceId}/settings" => dashboard::settings::update, "Save a service's settings";
     post "/services/{serviceId}/env-vars" => dashboard::settings::set_env, "Set an env var";
     post "/services/{serviceId}/env-vars/{envVarKey}/delete" => dashboard::settings::delete_env, "Delete an env var";
+    post "/services/{serviceId}/secret-files" => dashboard::secret_files::set, "Set a secret file";
+    post "/services/{serviceId}/secret-files/{secretFileName}/delete" => dashboard::secret_files::delete, "Delete a secret file";
     post "/services/{serviceId}/deploy-hook/regenerate" => dashboard::settings::regenerate_hook, "Regenerate the hook key";
     post "/services/{serviceId}/delete" => dashboard::settings::delete, "Delete a service (its name typed)";
     get "/credentials" => dashboard::owner::credentials_page, "Registry credentials";

@@ -172,3 +172,69 @@ async fn secret_files_are_set_read_and_removed_by_their_owner_only() {
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert!(v.to_string().contains("secret-files"), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_settings_page_names_secret_files_sets_reveals_and_deletes_them() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let (svc, _) = app.service(&alice, "files").await;
+    let mut b = crate::dashboard::signed_in(&app, &alice).await;
+    let settings = format!("/services/{svc}/settings");
+    let page = b.get(&settings).await;
+    assert!(
+        page.html.contains("Secret files") && page.html.contains("/etc/secrets/"),
+        "{}",
+        page.html
+    );
+
+    let before = deploys(&app, &alice, &svc).await;
+    let set = b
+        .submit(
+            &settings,
+            &format!("/services/{svc}/secret-files"),
+            &[("name", "key.json"), ("content", "{\"k\":\"sekret-9\"}")],
+        )
+        .await;
+    assert!(
+        set.html.contains("key.json set; the service redeploys."),
+        "{}",
+        set.html
+    );
+    // Named, its content hidden until revealed.
+    assert!(
+        set.html.contains("key.json") && !set.html.contains("sekret-9"),
+        "{}",
+        set.html
+    );
+    assert_eq!(deploys(&app, &alice, &svc).await, before + 1);
+    let (_, got) = app
+        .get(&format!("/v1/services/{svc}/secret-files/key.json"), &alice)
+        .await;
+    assert_eq!(got["content"], "{\"k\":\"sekret-9\"}");
+    let shown = b.get(&format!("{settings}?reveal=files")).await;
+    assert!(shown.html.contains("sekret-9"), "{}", shown.html);
+
+    // The API's refusals, said on the page; nothing changed.
+    let bad = b
+        .submit(
+            &settings,
+            &format!("/services/{svc}/secret-files"),
+            &[("name", "a b"), ("content", "x")],
+        )
+        .await;
+    assert!(bad.html.contains("not a file name"), "{}", bad.html);
+    assert_eq!(deploys(&app, &alice, &svc).await, before + 1);
+
+    let gone = b
+        .submit(
+            &settings,
+            &format!("/services/{svc}/secret-files/key.json/delete"),
+            &[],
+        )
+        .await;
+    assert!(gone.html.contains("key.json deleted"), "{}", gone.html);
+    let (s, _) = app
+        .get(&format!("/v1/services/{svc}/secret-files/key.json"), &alice)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}

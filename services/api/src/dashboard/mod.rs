@@ -31,6 +31,7 @@ pub mod observe;
 pub mod owner;
 pub mod pages;
 mod progress;
+pub mod secret_files;
 pub mod service;
 pub mod session;
 pub mod settings;

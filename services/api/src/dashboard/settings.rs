@@ -1,5 +1,6 @@
 //! A service's settings page: its settings (`PATCH /v1/services/{id}`),
-//! env vars (values hidden until revealed), the deploy hook URL (revealed,
+//! env vars (values hidden until revealed), secret files
+//! ([`super::secret_files`]), the deploy hook URL (revealed,
 //! copied, regenerated) and deleting it with its name typed out.
 
 use axum::extract::{Path, State};
@@ -22,7 +23,7 @@ use crate::routes::owner::CredentialOut;
 use crate::routes::services::{self, DetailsBody, EnvSpecific, ImageBody, UpdateBody};
 use crate::views::{ServiceDetails, ServiceView, PLANS};
 
-/// Query of the settings page: what to reveal (`env`, `hook`).
+/// Query of the settings page: what to reveal (`env`, `files`, `hook`).
 #[derive(Debug, Default, Deserialize)]
 pub struct SettingsQuery {
     #[serde(default, deserialize_with = "query::one")]
@@ -209,6 +210,7 @@ pub async fn page(
             .map(|h| h.0.url),
         _ => None,
     };
+    let files = super::secret_files::list(&st, &who, &id).await;
     let creds = credentials(&st, &who).await;
     let s = &service;
     let body = html! {
@@ -216,6 +218,7 @@ pub async fn page(
         h1 { "Settings of " (s.name) }
         section.card aria-label="Settings" { (settings_form(&who, s, &creds)) }
         (env_section(&who, s, values.as_deref()))
+        (super::secret_files::section(&who, s, &files, reveal == Some("files")))
         (hook_section(&who, &st, s, hook.as_deref()))
         (delete_section(&who, s))
     };
