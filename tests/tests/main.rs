@@ -23,6 +23,7 @@ mod nats_liveness;
 mod nats_roles;
 mod net_legacy;
 mod node_run;
+mod persistent_snapshots;
 mod puller_kill;
 mod puller_pull;
 mod puller_store;
