@@ -547,6 +547,7 @@ pages! {
     post "/services/{serviceId}/env-vars/{envVarKey}/delete" => dashboard::settings::delete_env, "Delete an env var";
     post "/services/{serviceId}/secret-files" => dashboard::secret_files::set, "Set a secret file";
     post "/services/{serviceId}/secret-files/{secretFileName}/delete" => dashboard::secret_files::delete, "Delete a secret file";
+    post "/services/{serviceId}/log-stream" => dashboard::service_log_stream::save, "Set a service's log stream setting";
     post "/services/{serviceId}/deploy-hook/regenerate" => dashboard::settings::regenerate_hook, "Regenerate the hook key";
     post "/services/{serviceId}/delete" => dashboard::settings::delete, "Delete a service (its name typed)";
     get "/credentials" => dashboard::owner::credentials_page, "Registry credentials";

@@ -235,3 +235,89 @@ async fn a_service_overrides_its_owners_stream() {
     let (_, v) = app.get(&path(&a), &alice).await;
     assert!(v.get("setting").is_none(), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_settings_page_sets_a_services_log_stream_override() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let (svc, _) = app.service(&alice, "noisy").await;
+    // Nothing else happens to it here (no node takes it further).
+    let first = app.latest_deploy(&alice, &svc).await;
+    app.wait_resolved(&alice, &svc, &first).await;
+    let mut b = crate::dashboard::signed_in(&app, &alice).await;
+    let settings = format!("/services/{svc}/settings");
+    let action = format!("/services/{svc}/log-stream");
+    let resource = format!("/v1/logs/streams/resource/{svc}");
+    let page = b.get(&settings).await;
+    assert!(
+        page.html.contains("Follow the owner's log stream"),
+        "{}",
+        page.html
+    );
+
+    // Following already: saving "default" says so, changes nothing.
+    let seq = app.last_seq().await;
+    let same = b
+        .submit(&settings, &action, &[("setting", "default")])
+        .await;
+    assert!(
+        same.html.contains("follow the owner's log stream"),
+        "{}",
+        same.html
+    );
+    assert_eq!(app.last_seq().await, seq);
+
+    let send = b
+        .submit(
+            &settings,
+            &action,
+            &[
+                ("setting", "send"),
+                ("endpoint", "logs.example.test:6514"),
+                ("token", "tok-secret-1"),
+            ],
+        )
+        .await;
+    assert!(
+        send.html.contains("sent to logs.example.test:6514"),
+        "{}",
+        send.html
+    );
+    assert!(!send.html.contains("tok-secret-1"), "the token was shown");
+    let (_, v) = app.get(&resource, &alice).await;
+    assert_eq!(
+        (&v["setting"], &v["endpoint"], &v["tokenConfigured"]),
+        (
+            &json!("send"),
+            &json!("logs.example.test:6514"),
+            &json!(true)
+        )
+    );
+
+    // The API's refusal, said on the page; nothing changed.
+    let bad = b
+        .submit(
+            &settings,
+            &action,
+            &[("setting", "send"), ("endpoint", "https://x")],
+        )
+        .await;
+    assert!(bad.html.contains("has a scheme"), "{}", bad.html);
+    let (_, still) = app.get(&resource, &alice).await;
+    assert_eq!(still["endpoint"], "logs.example.test:6514");
+
+    let dropped = b.submit(&settings, &action, &[("setting", "drop")]).await;
+    assert!(dropped.html.contains("are not sent"), "{}", dropped.html);
+    let (_, v) = app.get(&resource, &alice).await;
+    assert_eq!(v["setting"], "drop");
+    let back = b
+        .submit(&settings, &action, &[("setting", "default")])
+        .await;
+    assert!(
+        back.html.contains("follow the owner's log stream"),
+        "{}",
+        back.html
+    );
+    let (_, v) = app.get(&resource, &alice).await;
+    assert!(v.get("setting").is_none(), "{v}");
+}

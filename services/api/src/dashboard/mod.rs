@@ -33,6 +33,7 @@ pub mod pages;
 mod progress;
 pub mod secret_files;
 pub mod service;
+pub mod service_log_stream;
 pub mod session;
 pub mod settings;
 pub mod shell;

@@ -1,6 +1,7 @@
 //! A service's settings page: its settings (`PATCH /v1/services/{id}`),
 //! env vars (values hidden until revealed), secret files
-//! ([`super::secret_files`]), the deploy hook URL (revealed,
+//! ([`super::secret_files`]), its log stream setting
+//! ([`super::service_log_stream`]), the deploy hook URL (revealed,
 //! copied, regenerated) and deleting it with its name typed out.
 
 use axum::extract::{Path, State};
@@ -211,6 +212,7 @@ pub async fn page(
         _ => None,
     };
     let files = super::secret_files::list(&st, &who, &id).await;
+    let log_stream = super::service_log_stream::get(&st, &who, &id).await;
     let creds = credentials(&st, &who).await;
     let s = &service;
     let body = html! {
@@ -219,6 +221,7 @@ pub async fn page(
         section.card aria-label="Settings" { (settings_form(&who, s, &creds)) }
         (env_section(&who, s, values.as_deref()))
         (super::secret_files::section(&who, s, &files, reveal == Some("files")))
+        (super::service_log_stream::section(&who, s, log_stream.as_ref()))
         (hook_section(&who, &st, s, hook.as_deref()))
         (delete_section(&who, s))
     };
