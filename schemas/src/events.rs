@@ -247,6 +247,20 @@ events! {
         pub stream: Option<LogStream>,
     }
 
+    /// Lines could not be delivered to a log stream endpoint of the
+    /// owner's (its own or a service's): the notifier could not connect,
+    /// write, or open the token. Recorded once until it delivers again.
+    LogStreamDeliveryFailed = "log_stream_delivery_failed" v 1 {
+        pub endpoint: String,
+        /// Why, in words (no token in it).
+        pub error: String,
+        pub failed_at: DateTime<Utc>,
+    }
+    /// Lines reach a log stream endpoint that was failing again.
+    LogStreamDeliveryRecovered = "log_stream_delivery_recovered" v 1 {
+        pub endpoint: String,
+    }
+
     /// An integration was created: NATS credentials bound to this owner.
     /// Only the bcrypt hash of its password is kept.
     IntegrationCreated = "integration_created" v 1 {

@@ -386,6 +386,9 @@ async fn a_disk_is_added_to_a_service_and_deleted_each_with_a_deploy() {
     let app = App::start(true).await;
     let alice = app.owner().await;
     let (svc, _) = app.service(&alice, "worker").await;
+    // The resolver done with it: nothing else appends here meanwhile.
+    let first = app.latest_deploy(&alice, &svc).await;
+    app.wait_resolved(&alice, &svc, &first).await;
     let before = deploys(&app, &alice, &svc).await;
 
     // Refused with why, nothing appended: no service, another owner's,

@@ -166,15 +166,33 @@ async fn lines_reach_a_tls_syslog_endpoint_as_rfc5424() {
     )
     .await;
 
-    // The endpoint down a while and back: its lines flow again.
+    // The endpoint down a while and back: the owner's setting says it
+    // fails, with why, and once its lines flow again, no more.
     syslog.stop();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    eventually(
+        "the endpoint's delivery failing, said",
+        Duration::from_secs(30),
+        || async {
+            let shown = cli.ok(&["log-stream", "show"]).await;
+            shown.contains("FAILING since") && shown.contains("unreachable")
+        },
+    )
+    .await;
     let seen = syslog.received().len();
     syslog.start().unwrap();
     eventually(
         "the ticker's lines after the endpoint came back",
         Duration::from_secs(30),
         || async { syslog.received().len() > seen + 5 },
+    )
+    .await;
+    eventually(
+        "the endpoint's delivery ok again",
+        Duration::from_secs(10),
+        || async {
+            let shown = cli.ok(&["log-stream", "show"]).await;
+            shown.contains("delivery") && !shown.contains("FAILING")
+        },
     )
     .await;
     drop(hole);

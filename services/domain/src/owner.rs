@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 
 use berth_schemas::events::{
     ApiKeyCreated, ApiKeyRevoked, IntegrationCreated, IntegrationRevoked, LogStreamChanged,
-    NotificationSettingsChanged, OwnerCreated, ServiceNameClaimed, ServiceNameReleased,
+    LogStreamDeliveryFailed, LogStreamDeliveryRecovered, NotificationSettingsChanged, OwnerCreated,
+    ServiceNameClaimed, ServiceNameReleased,
 };
 use berth_schemas::ids::{ApiKeyId, IntegrationId, OwnerId, ServiceId};
 use berth_schemas::model::{LogStream, NotifySetting, Sealed};
@@ -80,6 +81,20 @@ pub struct OwnerState {
     /// Where its services' log lines are sent, if anywhere.
     #[serde(default)]
     pub log_stream: Option<LogStream>,
+    /// Its log stream endpoints (its own, its services') that lines do
+    /// not reach now, by endpoint; at most [`KEPT_DELIVERY_FAILURES`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub log_stream_failures: BTreeMap<String, DeliveryFailure>,
+}
+
+/// Endpoints failing at once an owner's state holds (the oldest go).
+pub const KEPT_DELIVERY_FAILURES: usize = 64;
+
+/// Why lines do not reach a log stream endpoint, since when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryFailure {
+    pub error: String,
+    pub since: chrono::DateTime<chrono::Utc>,
 }
 
 impl OwnerState {
@@ -137,6 +152,13 @@ pub enum Command {
     SetNotificationSettings(NotificationSettings),
     /// Set, change or (`None`) remove the log stream.
     SetLogStream(Option<LogStream>),
+    /// What delivering to a log stream endpoint gave: `None` delivered,
+    /// else why not and since when. Recorded only when it changes
+    /// whether the endpoint is failing.
+    RecordLogStreamDelivery {
+        endpoint: String,
+        failure: Option<(String, chrono::DateTime<chrono::Utc>)>,
+    },
 }
 
 /// Applies one event.
@@ -191,6 +213,29 @@ pub fn apply(mut s: OwnerState, event: &Event) -> OwnerState {
             };
         }
         Event::LogStreamChanged(e) => s.log_stream = e.stream.clone(),
+        Event::LogStreamDeliveryFailed(e) => {
+            s.log_stream_failures.insert(
+                e.endpoint.clone(),
+                DeliveryFailure {
+                    error: e.error.clone(),
+                    since: e.failed_at,
+                },
+            );
+            while s.log_stream_failures.len() > KEPT_DELIVERY_FAILURES {
+                let oldest = s
+                    .log_stream_failures
+                    .iter()
+                    .min_by_key(|(_, f)| f.since)
+                    .map(|(k, _)| k.clone());
+                match oldest {
+                    Some(k) => s.log_stream_failures.remove(&k),
+                    None => break,
+                };
+            }
+        }
+        Event::LogStreamDeliveryRecovered(e) => {
+            s.log_stream_failures.remove(&e.endpoint);
+        }
         _ => {}
     }
     s
@@ -359,6 +404,19 @@ pub fn decide(state: &OwnerState, command: Command, _ctx: &Ctx) -> Result<Vec<Ev
             }
             Ok(vec![LogStreamChanged { stream }.into()])
         }
+        Command::RecordLogStreamDelivery { endpoint, failure } => {
+            let failing = state.log_stream_failures.contains_key(&endpoint);
+            Ok(match failure {
+                Some((error, failed_at)) if !failing => vec![LogStreamDeliveryFailed {
+                    endpoint,
+                    error: error.chars().take(300).collect(),
+                    failed_at,
+                }
+                .into()],
+                None if failing => vec![LogStreamDeliveryRecovered { endpoint }.into()],
+                _ => vec![],
+            })
+        }
     }
 }
 
@@ -401,6 +459,53 @@ mod tests {
     }
     fn when(s: &OwnerState, c: Command) -> Result<Vec<Event>, DomainError> {
         decide(s, c, &Ctx::default())
+    }
+
+    #[test]
+    fn a_log_stream_endpoint_failing_is_recorded_once_until_it_delivers_and_failures_stay_few() {
+        let mut s = Owner::replay(&[created()]);
+        let t0 = chrono::Utc::now();
+        let fail = |e: &str, error: &str| Command::RecordLogStreamDelivery {
+            endpoint: e.into(),
+            failure: Some((error.into(), t0)),
+        };
+        let ok = |e: &str| Command::RecordLogStreamDelivery {
+            endpoint: e.into(),
+            failure: None,
+        };
+        // Delivering, as it was: nothing.
+        assert!(when(&s, ok("logs.test:6514")).unwrap().is_empty());
+        let failed = when(&s, fail("logs.test:6514", "unreachable: refused")).unwrap();
+        assert!(
+            matches!(&failed[..], [Event::LogStreamDeliveryFailed(e)] if e.error == "unreachable: refused")
+        );
+        s = failed.iter().fold(s, apply);
+        let f = &s.log_stream_failures["logs.test:6514"];
+        assert_eq!((f.error.as_str(), f.since), ("unreachable: refused", t0));
+        // Failing already: the first failure is kept.
+        assert!(when(&s, fail("logs.test:6514", "another"))
+            .unwrap()
+            .is_empty());
+        let back = when(&s, ok("logs.test:6514")).unwrap();
+        assert!(matches!(&back[..], [Event::LogStreamDeliveryRecovered(_)]));
+        s = back.iter().fold(s, apply);
+        assert!(s.log_stream_failures.is_empty());
+        // A long error is cut; many endpoints failing keep the newest.
+        let long = when(&s, fail("a.test:1", &"x".repeat(1000))).unwrap();
+        assert!(matches!(&long[..], [Event::LogStreamDeliveryFailed(e)] if e.error.len() == 300));
+        for n in 0..(KEPT_DELIVERY_FAILURES + 5) {
+            let e = LogStreamDeliveryFailed {
+                endpoint: format!("h{n}.test:1"),
+                error: "x".into(),
+                failed_at: t0 + chrono::Duration::seconds(n as i64),
+            };
+            s = apply(s, &e.into());
+        }
+        assert_eq!(s.log_stream_failures.len(), KEPT_DELIVERY_FAILURES);
+        assert!(!s.log_stream_failures.contains_key("h0.test:1"));
+        assert!(s
+            .log_stream_failures
+            .contains_key(&format!("h{}.test:1", KEPT_DELIVERY_FAILURES + 4)));
     }
 
     #[test]

@@ -18,6 +18,9 @@ use berth_schemas::Actor;
 
 use crate::{Caller, Ingress, IngressError};
 
+/// An owner's failing log stream endpoints, by endpoint.
+pub type DeliveryFailures = std::collections::BTreeMap<String, owner::DeliveryFailure>;
+
 /// An owner's stream as asked: absent fields keep what is set.
 #[derive(Debug, Default)]
 pub struct StreamChange {
@@ -82,12 +85,28 @@ impl Ingress {
         Ok(TokenChange::Set(self.key.seal(t, context)?))
     }
 
-    /// The owner's log stream, if one is set.
+    /// The owner's log stream, if one is set, and its endpoints (its own
+    /// and its services') that lines do not reach now.
     pub async fn owner_log_stream(
         &self,
         owner: &OwnerId,
-    ) -> Result<Option<LogStream>, IngressError> {
-        Ok(self.load_owner(owner).await?.log_stream)
+    ) -> Result<(Option<LogStream>, DeliveryFailures), IngressError> {
+        let state = self.load_owner(owner).await?;
+        Ok((state.log_stream, state.log_stream_failures))
+    }
+
+    /// Why lines do not reach `endpoint`, one of the owner's log stream
+    /// endpoints, if they do not.
+    pub async fn log_stream_failure(
+        &self,
+        owner: &OwnerId,
+        endpoint: &str,
+    ) -> Result<Option<berth_domain::owner::DeliveryFailure>, IngressError> {
+        Ok(self
+            .load_owner(owner)
+            .await?
+            .log_stream_failures
+            .remove(endpoint))
     }
 
     /// Sets or changes the owner's log stream, merged with the one set

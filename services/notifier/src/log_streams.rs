@@ -325,6 +325,8 @@ struct Outgoing {
 /// What the senders share.
 #[derive(Debug, Clone)]
 struct Shared {
+    /// Where whether each endpoint delivers is recorded.
+    store: EventStore,
     key: SecretKey,
     targets: AddressPolicy,
     tls: Arc<rustls::ClientConfig>,
@@ -424,6 +426,34 @@ async fn ack_all(batch: &mut Vec<Outgoing>) {
 
 /// One target's connection: sends what its queue brings until the queue
 /// is idle for [`IDLE`] or closed.
+/// Records on the owner whether `target`'s endpoint takes lines (`None`)
+/// or why not; the owner records a change only. A failure to record is
+/// logged: the lines go on regardless.
+async fn report(shared: &Shared, target: &Target, failure: Option<String>) {
+    let command = berth_domain::owner::Command::RecordLogStreamDelivery {
+        endpoint: target.endpoint.clone(),
+        failure: failure.map(|e| (e, chrono::Utc::now())),
+    };
+    let key = format!(
+        "log-stream-delivery-{}",
+        berth_schemas::ids::DeployId::generate()
+    );
+    let stamp = berth_eventlog::Stamp::new(berth_schemas::Actor::system("notifier"));
+    if let Err(e) = shared
+        .store
+        .execute::<berth_domain::owner::Owner>(
+            &berth_schemas::AggregateId::Owner(target.owner.clone()),
+            &key,
+            &stamp,
+            command,
+        )
+        .await
+    {
+        tracing::warn!(owner = %target.owner, endpoint = %target.endpoint, error = %e,
+            "whether a log stream endpoint delivers could not be recorded");
+    }
+}
+
 async fn send_loop(shared: Shared, target: Target, mut rx: mpsc::Receiver<Outgoing>) {
     let token = match &target.token {
         None => None,
@@ -432,6 +462,8 @@ async fn send_loop(shared: Shared, target: Target, mut rx: mpsc::Receiver<Outgoi
             Err(e) => {
                 tracing::error!(owner = %target.owner, error = %e,
                     "log stream token does not open; its lines are dropped");
+                let why = "its token does not open here (sealed with another installation key): set it again";
+                report(&shared, &target, Some(why.to_owned())).await;
                 while let Some(o) = rx.recv().await {
                     let _ = o.msg.ack().await;
                 }
@@ -442,6 +474,9 @@ async fn send_loop(shared: Shared, target: Target, mut rx: mpsc::Receiver<Outgoi
     let prefix = token.map(|t| format!("{} ", t.expose()).into_bytes());
     let mut drops = Drops::new();
     let mut pause = Duration::from_secs(1);
+    // Whether this loop last found the endpoint failing (`None`: not
+    // tried yet; its first success clears what an earlier loop left).
+    let mut failing: Option<bool> = None;
     let mut conn: Option<Tls> = None;
     let mut batch: Vec<Outgoing> = Vec::new();
     // Whether the batch failed once to be written already.
@@ -470,6 +505,10 @@ async fn send_loop(shared: Shared, target: Target, mut rx: mpsc::Receiver<Outgoi
                 Err(e) => {
                     tracing::warn!(owner = %target.owner, endpoint = %target.endpoint, error = %e,
                         "log stream endpoint unreachable; its lines are dropped for {pause:?}");
+                    if failing != Some(true) {
+                        report(&shared, &target, Some(format!("unreachable: {e}"))).await;
+                        failing = Some(true);
+                    }
                     let n = batch.len() as u64;
                     ack_all(&mut batch).await;
                     drops.add(n, &target, "endpoint unreachable");
@@ -506,6 +545,10 @@ async fn send_loop(shared: Shared, target: Target, mut rx: mpsc::Receiver<Outgoi
         let error = match written {
             Ok(Ok(())) => {
                 ack_all(&mut batch).await;
+                if failing != Some(false) {
+                    report(&shared, &target, None).await;
+                    failing = Some(false);
+                }
                 continue;
             }
             Ok(Err(e)) => e.to_string(),
@@ -552,8 +595,9 @@ impl Forwarder {
         ack_wait: Duration,
     ) -> Result<Self, String> {
         Ok(Self {
-            store,
+            store: store.clone(),
             shared: Shared {
+                store,
                 key,
                 targets,
                 tls: Arc::new(tls_config()?),

@@ -384,6 +384,13 @@ pub async fn log_stream_page(State(st): State<AppState>, who: Signed) -> Respons
         section.card {
             p { "Every line your services write (berth's own “==>” lines included) is sent, as it is stored, to this endpoint as RFC 5424 syslog over TLS. A service can drop its lines or send them elsewhere: "
                 code { "berth log-stream service NAME --drop" } "." }
+            @if let Some(d) = &v.delivery {
+                p.flash.error role="status" {
+                    "Lines do not reach " code { (v.endpoint.as_deref().unwrap_or_default()) }
+                    " since " (layout::time(Some(d.failing_since))) ": " (d.error)
+                    ". Lines that come meanwhile are dropped; it is tried again, and this goes once they arrive."
+                }
+            }
             (log_stream_form(&who, &v))
         }
     };

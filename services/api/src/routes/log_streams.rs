@@ -40,14 +40,40 @@ pub struct OwnerView {
     pub preview: Option<LogStreamSetting>,
     /// berth: whether a token is set (it is never shown).
     pub token_configured: bool,
+    /// berth: present while lines do not reach the endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryView>,
 }
 
-fn owner_view(owner: &str, s: Option<&LogStream>) -> OwnerView {
+/// berth: why lines do not reach an endpoint, since when (cleared once
+/// they do again).
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryView {
+    /// When the notifier first failed to deliver to it.
+    pub failing_since: chrono::DateTime<chrono::Utc>,
+    /// Why, in words.
+    pub error: String,
+}
+
+fn delivery(f: Option<&berth_domain::owner::DeliveryFailure>) -> Option<DeliveryView> {
+    f.map(|f| DeliveryView {
+        failing_since: f.since,
+        error: f.error.clone(),
+    })
+}
+
+fn owner_view(
+    owner: &str,
+    s: Option<&LogStream>,
+    failures: &berth_ingress::log_streams::DeliveryFailures,
+) -> OwnerView {
     OwnerView {
         owner_id: owner.to_owned(),
         endpoint: s.map(|s| s.endpoint.clone()),
         preview: s.map(|s| s.preview),
         token_configured: s.is_some_and(|s| s.token.is_some()),
+        delivery: delivery(s.and_then(|s| failures.get(&s.endpoint))),
     }
 }
 
@@ -58,8 +84,8 @@ pub async fn get_owner(
     Path(owner): Path<String>,
 ) -> Result<Json<OwnerView>, ApiError> {
     own(&caller, &owner)?;
-    let s = st.ingress.owner_log_stream(&caller.owner).await?;
-    Ok(Json(owner_view(&owner, s.as_ref())))
+    let (s, failures) = st.ingress.owner_log_stream(&caller.owner).await?;
+    Ok(Json(owner_view(&owner, s.as_ref(), &failures)))
 }
 
 /// Render's `LogStreamOwnerUpdate`.
@@ -95,7 +121,7 @@ pub async fn put_owner(
         .ingress
         .set_owner_log_stream(&caller.owner, change, &caller.actor)
         .await?;
-    Ok(Json(owner_view(&owner, Some(&s))))
+    Ok(Json(owner_view(&owner, Some(&s), &Default::default())))
 }
 
 /// DELETE /v1/logs/streams/owner/{ownerId}: no line is sent any more
@@ -125,6 +151,10 @@ pub struct ResourceView {
     pub setting: Option<LogStreamSetting>,
     /// berth: whether a token is set (it is never shown).
     pub token_configured: bool,
+    /// berth: present while lines do not reach its endpoint (on `GET` of
+    /// one service).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryView>,
 }
 
 fn resource_view(id: &ServiceId, s: &ServiceState) -> ResourceView {
@@ -134,6 +164,7 @@ fn resource_view(id: &ServiceId, s: &ServiceState) -> ResourceView {
         endpoint: o.and_then(|o| o.endpoint.clone()),
         setting: o.map(|o| o.setting),
         token_configured: o.is_some_and(|o| o.token.is_some()),
+        delivery: None,
     }
 }
 
@@ -208,7 +239,15 @@ pub async fn get_resource(
 ) -> Result<Json<ResourceView>, ApiError> {
     let id = service_id(&id)?;
     let state = st.ingress.show_service(&caller, &id).await?;
-    Ok(Json(resource_view(&id, &state)))
+    let mut view = resource_view(&id, &state);
+    if let Some(endpoint) = &view.endpoint {
+        let failure = st
+            .ingress
+            .log_stream_failure(&caller.owner, endpoint)
+            .await?;
+        view.delivery = delivery(failure.as_ref());
+    }
+    Ok(Json(view))
 }
 
 /// Render's `LogStreamResourceUpdate`.

@@ -81,7 +81,21 @@ fn print_owner(api: &Api, v: &Value) {
         ("endpoint", s(v, "endpoint")),
         ("token", s(v, "tokenConfigured")),
         ("preview", s(v, "preview")),
+        ("delivery", delivery(v)),
     ]);
+}
+
+/// Whether lines reach the endpoint, in words.
+fn delivery(v: &Value) -> String {
+    match v.get("delivery") {
+        Some(d) => format!(
+            "FAILING since {}: {}",
+            output::time(d, "failingSince"),
+            s(d, "error")
+        ),
+        None if v.get("endpoint").is_some() => "ok".to_owned(),
+        None => "-".to_owned(),
+    }
 }
 
 fn print_override(api: &Api, v: &Value) {
@@ -94,9 +108,10 @@ fn print_override(api: &Api, v: &Value) {
         None => println!("{id}: default (the owner's stream)"),
         Some("drop") => println!("{id}: drop"),
         Some(_) => println!(
-            "{id}: send to {} (token: {})",
+            "{id}: send to {} (token: {}; delivery: {})",
             s(v, "endpoint"),
-            s(v, "tokenConfigured")
+            s(v, "tokenConfigured"),
+            delivery(v)
         ),
     }
 }
