@@ -168,8 +168,9 @@ pub fn attach(
             write_atomic(&disks.join(format!("{id}.restored")), &r.number.to_string())?;
         }
     }
-    // Grown since it was made (or restored to a snapshot of a smaller size): the file first (a marker says a filesystem
-    // is still to follow, so a node dying between the two finishes it).
+    // Grown since it was made (or set back to a snapshot of a smaller
+    // size): the file first (a marker says a filesystem is still to
+    // follow, so a node dying between the two finishes it).
     let growing = disks.join(format!("{id}.grow"));
     let had = std::fs::metadata(&image).map_err(agent_io(&image))?.len();
     if had < bytes {
