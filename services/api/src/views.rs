@@ -242,6 +242,11 @@ pub struct DiskView {
     /// Absent until its first instance was placed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
+    /// berth: true while the disk is at least 90 % full (since
+    /// `service_disk_usage_high`, until `service_disk_usage_recovered`);
+    /// absent otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub usage_high: bool,
 }
 
 /// `serviceDetails` of a web service.
@@ -380,6 +385,7 @@ pub fn service(
             mount_path: d.mount_path.clone(),
             size_gb: d.size_gb,
             node_id: s.disk_node.as_ref().map(ToString::to_string),
+            usage_high: s.disk_usage_high,
         }),
     };
     let open_ports = || -> Vec<ServerPort> {

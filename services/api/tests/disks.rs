@@ -719,3 +719,58 @@ async fn the_dashboard_lists_a_disks_snapshots_takes_one_and_restores_one() {
     assert!(unknown.html.contains("snapshot"), "{}", unknown.html);
     assert_eq!(deploys(&app, &alice, &svc).await, deploys_before + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_over_90_percent_full_is_said_with_the_service_and_on_its_page() {
+    use berth_domain::service::{Command, Service};
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let (svc, disk) = settled_with_disk(&app, &alice).await;
+    // What the disk's node reports as it measures it.
+    let measured = |used: u64| {
+        let (store, svc, disk) = (app.store.clone(), svc.clone(), disk.clone());
+        async move {
+            let id = berth_schemas::AggregateId::Service(svc.parse().unwrap());
+            let command = Command::RecordDiskUsage {
+                disk: disk.parse().unwrap(),
+                used_bytes: used,
+                size_bytes: 1000,
+            };
+            store
+                .execute::<Service>(
+                    &id,
+                    &format!("usage-{used}"),
+                    &berth_eventlog::Stamp::new(berth_schemas::Actor::system("node")),
+                    command,
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let shown = |v: &Value| v["serviceDetails"]["disk"]["usageHigh"].clone();
+    let (_, v) = app.get(&format!("/v1/services/{svc}"), &alice).await;
+    assert_eq!(shown(&v), Value::Null, "{v}");
+    measured(950).await;
+    app.state.caught_up().await.unwrap();
+    let (_, v) = app.get(&format!("/v1/services/{svc}"), &alice).await;
+    assert_eq!(shown(&v), json!(true), "{v}");
+    let mut b = crate::dashboard::signed_in(&app, &alice).await;
+    let page = b.get(&format!("/services/{svc}")).await;
+    assert!(page.html.contains("over 90 % full"), "{}", page.html);
+    let (_, events) = app
+        .get(
+            &format!("/v1/services/{svc}/events?type=service_disk_usage_high"),
+            &alice,
+        )
+        .await;
+    assert_eq!(
+        events[0]["event"]["details"]["usagePercent"], 95.0,
+        "{events}"
+    );
+    measured(100).await;
+    app.state.caught_up().await.unwrap();
+    let (_, v) = app.get(&format!("/v1/services/{svc}"), &alice).await;
+    assert_eq!(shown(&v), Value::Null, "{v}");
+    let page = b.get(&format!("/services/{svc}")).await;
+    assert!(!page.html.contains("over 90 % full"), "{}", page.html);
+}

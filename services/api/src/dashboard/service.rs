@@ -473,6 +473,10 @@ fn facts(s: &ServiceView, seen: &Seen, live: Option<&DeployView>) -> Markup {
                         " kept across restarts and deploys"
                         @match &d.node_id { Some(n) => { ", on " code { (n) } }, None => { ", not placed yet" } }
                     }
+                    @if d.usage_high {
+                        " " strong.warning { "over 90 % full" }
+                        span.muted { " — grow it in its settings or free space in it" }
+                    }
                 }
             }
             dt { "Created" } dd { (time(Some(s.created_at))) }

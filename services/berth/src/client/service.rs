@@ -690,8 +690,13 @@ fn disk_of(svc: &Value) -> String {
         n if n == "-" => "not placed yet".to_owned(),
         n => format!("on {n}"),
     };
+    let full = if d["usageHigh"] == json!(true) {
+        " — OVER 90 % FULL"
+    } else {
+        ""
+    };
     format!(
-        "{} at {}, {} GB ({}, {node})",
+        "{} at {}, {} GB ({}, {node}){full}",
         s(svc, "serviceDetails/disk/name"),
         s(svc, "serviceDetails/disk/mountPath"),
         s(svc, "serviceDetails/disk/sizeGB"),
@@ -1101,5 +1106,12 @@ mod tests {
         }}});
         assert_eq!(disk_of(&svc), "data at /data, 1 GB (dsk-x, on nod-y)");
         assert_eq!(disk_of(&json!({"serviceDetails": {}})), "-");
+        let full = json!({"serviceDetails": {"disk": {
+            "id": "dsk-x", "name": "data", "mountPath": "/data", "sizeGB": 1, "usageHigh": true
+        }}});
+        assert_eq!(
+            disk_of(&full),
+            "data at /data, 1 GB (dsk-x, not placed yet) — OVER 90 % FULL"
+        );
     }
 }
