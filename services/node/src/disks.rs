@@ -158,18 +158,16 @@ async fn snapshots(
     taken: &mut HashMap<DiskId, DiskSnapshotKey>,
 ) {
     let snaps = &state.disk_snapshots;
-    if taken
-        .get(id)
-        .is_some_and(|k| snaps.get(k).is_none() && is_current(state, id))
-    {
+    let current = is_current(state, id);
+    if current && taken.get(id).is_some_and(|k| snaps.get(k).is_none()) {
         return;
     }
-    let keep: Vec<DiskSnapshotKey> = if is_current(state, id) {
+    let keep: Vec<DiskSnapshotKey> = if current {
         snaps.kept.iter().map(|s| s.key.clone()).collect()
     } else {
         Vec::new()
     };
-    let due = is_current(state, id)
+    let due = current
         && state.status != ServiceStatus::Deleted
         && state.disk_node.as_ref() == Some(&sweep.reporter.node)
         && state

@@ -133,6 +133,20 @@ async fn find(
     caller: &berth_ingress::Caller,
     id: &str,
 ) -> Result<(ServiceId, DiskDetails), ApiError> {
+    find_with(st, caller, id, |svc, s| {
+        Some((svc.clone(), details(svc, s)?))
+    })
+    .await
+}
+
+/// What `read` takes of the caller's service whose disk is `id`, from
+/// the API's index (one read).
+async fn find_with<T>(
+    st: &AppState,
+    caller: &berth_ingress::Caller,
+    id: &str,
+    read: impl Fn(&ServiceId, &ServiceState) -> Option<T>,
+) -> Result<T, ApiError> {
     let id = id
         .parse::<DiskId>()
         .map_err(|_| ApiError::not_found("disk"))?;
@@ -140,14 +154,11 @@ async fn find(
     st.read(|i| {
         let found = i
             .services_page(&caller.owner, None, 1, |_, s| {
-                s.config
-                    .as_ref()
-                    .and_then(|c| c.disk.as_ref())
-                    .is_some_and(|d| d.id == id)
+                s.disk().is_some_and(|d| d.id == id)
             })
             .ok()?;
         let (svc, s) = found.into_iter().next()?;
-        Some((svc.clone(), details(svc, s)?))
+        read(svc, s)
     })?
     .ok_or_else(|| ApiError::not_found("disk"))
 }
@@ -276,19 +287,18 @@ pub async fn snapshots(
     Authed(caller): Authed,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Vec<DiskSnapshotView>>), ApiError> {
-    let (svc, _) = find(&st, &caller, &id).await?;
-    let state = st.ingress.show_service(&caller, &svc).await?;
-    let list = state
-        .disk_snapshots
-        .kept
-        .iter()
-        .rev()
-        .map(|s| DiskSnapshotView {
-            created_at: s.created_at,
-            snapshot_key: s.key.to_string(),
-            size_bytes: s.bytes,
-        })
-        .collect();
+    let list = find_with(&st, &caller, &id, |_, s| {
+        let kept = s.disk_snapshots.kept.iter().rev();
+        Some(
+            kept.map(|s| DiskSnapshotView {
+                created_at: s.created_at,
+                snapshot_key: s.key.to_string(),
+                size_bytes: s.bytes,
+            })
+            .collect(),
+        )
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(list)))
 }
 
