@@ -624,8 +624,16 @@ mod tests {
         prune_snapshots(d.path(), id, &keys[..1]);
         assert!(kept.exists() && just_taken.exists());
         assert!(!dropped.exists() && !half_made.exists());
-        // A bad id is no path.
+        // A bad id is no path: an old file where `snapshots/dsk-../..`
+        // would lead stays.
+        std::fs::create_dir_all(d.path().join("snapshots/dsk-..")).unwrap();
+        let outside = d.path().join("snapshots/old.img");
+        std::fs::File::create(&outside)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
         prune_snapshots(d.path(), "dsk-../..", &[]);
+        assert!(outside.exists());
 
         // The restore marker is written whole and read back.
         assert_eq!(last_restore(d.path(), id), None);
