@@ -11,9 +11,9 @@ use crate::ids::{
     InstanceId, IntegrationId, JobId, NodeId, OwnerId, ServiceId,
 };
 use crate::model::{
-    CertificateFailure, DeployStatus, DeployTrigger, Disk, EnvVars, LogStream, LogStreamOverride,
-    NotifySetting, OverlapPolicy, Plan, PullFailureReason, RegistryKind, ResolvedImage, Sealed,
-    SecretFiles, ServiceType,
+    AutoscalingConfig, CertificateFailure, DeployStatus, DeployTrigger, Disk, EnvVars, LogStream,
+    LogStreamOverride, NotifySetting, OverlapPolicy, Plan, PullFailureReason, RegistryKind,
+    ResolvedImage, Sealed, SecretFiles, ServiceType,
 };
 
 /// Declares the event structs, the `Event` enum and the table of types and
@@ -586,6 +586,38 @@ events! {
         pub used_bytes: u64,
         pub size_bytes: u64,
         pub threshold_percent: u8,
+    }
+    /// A service's autoscaling was set, changed or (`to` absent) removed
+    /// (Render's `autoscaling_config_changed`).
+    AutoscalingConfigChanged = "autoscaling_config_changed" v 1 {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub from: Option<AutoscalingConfig>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub to: Option<AutoscalingConfig>,
+    }
+    /// The autoscaler changed an autoscaled service's instance count
+    /// (Render's `autoscaling_started`; an `instance_count_changed` comes
+    /// with it). The figures are the instances' average use of their
+    /// plan's limits (percent) that it decided on, and the criteria's
+    /// targets; a criterion not enabled has none.
+    AutoscalingStarted = "autoscaling_started" v 1 {
+        pub from_instances: u32,
+        pub to_instances: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub current_cpu: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub target_cpu: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub current_memory: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub target_memory: Option<u32>,
+    }
+    /// The instance count the autoscaler asked for is reached: that many
+    /// of the live deploy's instances are healthy (Render's
+    /// `autoscaling_ended`).
+    AutoscalingEnded = "autoscaling_ended" v 1 {
+        pub from_instances: u32,
+        pub to_instances: u32,
     }
     /// A service's override of its owner's log stream was set, changed or
     /// (`stream` absent) removed: its lines follow the owner's again.

@@ -375,6 +375,59 @@ pub struct LogStreamOverride {
     pub token: Option<Sealed>,
 }
 
+/// A service's autoscaling (Render's `AutoscalingConfig`): berth keeps its
+/// instance count between `min` and `max`, adding instances when their
+/// average use of their plan's CPU or memory is well above a criterion's
+/// percentage and removing them when it has stayed well below it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingConfig {
+    /// Off: the service keeps the count it has.
+    #[serde(default)]
+    pub enabled: bool,
+    pub min: u32,
+    pub max: u32,
+    pub criteria: AutoscalingCriteria,
+}
+
+impl AutoscalingConfig {
+    /// On, between `min` and `max`, on each criterion given a target
+    /// (percent); one not given is off (kept at 70 %, Render's default).
+    pub fn on(min: u32, max: u32, cpu: Option<u32>, memory: Option<u32>) -> Self {
+        let criterion = |target: Option<u32>| AutoscalingCriterion {
+            enabled: target.is_some(),
+            percentage: target.unwrap_or(70),
+        };
+        AutoscalingConfig {
+            enabled: true,
+            min,
+            max,
+            criteria: AutoscalingCriteria {
+                cpu: criterion(cpu),
+                memory: criterion(memory),
+            },
+        }
+    }
+}
+
+/// What an autoscaled service is scaled on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingCriteria {
+    pub cpu: AutoscalingCriterion,
+    pub memory: AutoscalingCriterion,
+}
+
+/// One resource's target: the average share of the plan's limit (percent)
+/// the instances should use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingCriterion {
+    #[serde(default)]
+    pub enabled: bool,
+    pub percentage: u32,
+}
+
 /// Environment variables; values may be secrets, so they are sealed.
 pub type EnvVars = BTreeMap<String, Sealed>;
 

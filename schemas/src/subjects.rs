@@ -240,6 +240,12 @@ impl Subjects {
         format!("{}.metrics.usage.{}.*", self.prefix, service)
     }
 
+    /// Every node's resource samples of every service (what the
+    /// autoscaler listens to).
+    pub fn usage_all(&self) -> String {
+        format!("{}.metrics.usage.>", self.prefix)
+    }
+
     /// A router's request samples of one service:
     /// `berth.metrics.http.srv-….<router>`.
     pub fn http_metrics(&self, service: &ServiceId, router: &str) -> String {

@@ -407,6 +407,12 @@ routes! {
         "Ask for verification (verified once a certificate was issued for it)", 202;
     post "/v1/services/{serviceId}/scale" => services::scale,
         "Scale a service", 202;
+    put "/v1/services/{serviceId}/autoscaling" => services::set_autoscaling,
+        "Autoscale a service between min and max instances on its CPU and/or memory use \
+         (web and private services, workers; not with a disk); the count moves into the \
+         range at once", 200;
+    delete "/v1/services/{serviceId}/autoscaling" => services::delete_autoscaling,
+        "Remove a service's autoscaling (it keeps its current instance count)", 204;
     post "/v1/services/{serviceId}/restart" => services::restart,
         "Restart a service", 200;
     post "/v1/services/{serviceId}/suspend" => services::suspend,

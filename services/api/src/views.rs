@@ -227,6 +227,10 @@ pub struct CommonDetails {
     /// Its persistent disk, if it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk: Option<DiskView>,
+    /// Its autoscaling (Render's), when set: `numInstances` is then the
+    /// count the autoscaler last asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<berth_schemas::model::AutoscalingConfig>,
 }
 
 /// A service's disk: Render's `{id, name}`, and berth's `mountPath`,
@@ -387,6 +391,7 @@ pub fn service(
             node_id: s.disk_node.as_ref().map(ToString::to_string),
             usage_high: s.disk_usage_high,
         }),
+        autoscaling: s.autoscaling.config.clone(),
     };
     let open_ports = || -> Vec<ServerPort> {
         s.detected_port

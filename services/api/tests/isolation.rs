@@ -90,6 +90,10 @@ fn body_for(r: &Route, dep: &str) -> Option<Value> {
         }
         ("post", "/v1/services/{serviceId}/rollback") => Some(json!({"deployId": dep})),
         ("post", "/v1/services/{serviceId}/scale") => Some(json!({"numInstances": 5})),
+        ("put", "/v1/services/{serviceId}/autoscaling") => Some(json!({
+            "enabled": true, "min": 1, "max": 3,
+            "criteria": {"cpu": {"enabled": true, "percentage": 60},
+                         "memory": {"enabled": false, "percentage": 80}}})),
         ("post", "/v1/services/{serviceId}/jobs") => Some(json!({"startCommand": "true"})),
         ("post", "/v1/services/{serviceId}/exec") => Some(json!({"command": ["cat", "/etc/mine"]})),
         ("put" | "patch", "/v1/services/{serviceId}/env-vars") => {

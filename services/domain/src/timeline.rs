@@ -55,6 +55,9 @@ pub const TYPES: &[&str] = &[
     "instance_command_requested",
     "instance_command_ended",
     "instance_count_changed",
+    "autoscaling_config_changed",
+    "autoscaling_started",
+    "autoscaling_ended",
     "disk_placed",
     "disk_updated",
     "disk_added",
@@ -87,6 +90,9 @@ pub const RENDER_TYPES: &[&str] = &[
     "server_failed",
     "server_restarted",
     "instance_count_changed",
+    "autoscaling_config_changed",
+    "autoscaling_started",
+    "autoscaling_ended",
     "disk_snapshot_restored",
     "service_disk_usage_high",
     "service_disk_usage_recovered",
@@ -383,6 +389,39 @@ impl TimelineEvent {
                 "instance_count_changed",
                 d!({ "fromInstances": e.from, "toInstances": e.to }),
             ),
+            Event::AutoscalingConfigChanged(e) => (
+                "autoscaling_config_changed",
+                d!({
+                    // Render's `toConfig` is always there: a removal shows
+                    // the settings it ended, off.
+                    "toConfig": e.to.clone().or_else(|| {
+                        e.from.clone().map(|c| berth_schemas::model::AutoscalingConfig { enabled: false, ..c })
+                    }),
+                    "fromConfig": e.from,
+                    "removed": e.to.is_none(),
+                    "message": autoscaling_message(e.to.as_ref()),
+                }),
+            ),
+            Event::AutoscalingStarted(e) => (
+                "autoscaling_started",
+                d!({
+                    "fromInstances": e.from_instances,
+                    "toInstances": e.to_instances,
+                    "currentCPU": e.current_cpu,
+                    "targetCPU": e.target_cpu,
+                    "currentMemory": e.current_memory,
+                    "targetMemory": e.target_memory,
+                    "message": autoscaling_started_message(e),
+                }),
+            ),
+            Event::AutoscalingEnded(e) => (
+                "autoscaling_ended",
+                d!({
+                    "fromInstances": e.from_instances,
+                    "toInstances": e.to_instances,
+                    "message": format!("{} instances healthy, as autoscaling asked", e.to_instances),
+                }),
+            ),
             Event::DiskPlaced(e) => (
                 "disk_placed",
                 d!({
@@ -561,6 +600,51 @@ impl TimelineEvent {
     }
 }
 
+/// An autoscaling change in words.
+fn autoscaling_message(to: Option<&berth_schemas::model::AutoscalingConfig>) -> String {
+    let Some(c) = to.filter(|c| c.enabled) else {
+        return "autoscaling off: the service keeps the instance count it has".to_owned();
+    };
+    let mut on = Vec::new();
+    if c.criteria.cpu.enabled {
+        on.push(format!("CPU at {} %", c.criteria.cpu.percentage));
+    }
+    if c.criteria.memory.enabled {
+        on.push(format!("memory at {} %", c.criteria.memory.percentage));
+    }
+    format!(
+        "autoscaling between {} and {} instances, keeping {}",
+        c.min,
+        c.max,
+        on.join(" and ")
+    )
+}
+
+/// What the autoscaler saw and did, in words.
+fn autoscaling_started_message(e: &berth_schemas::events::AutoscalingStarted) -> String {
+    let mut saw = Vec::new();
+    if let (Some(c), Some(t)) = (e.current_cpu, e.target_cpu) {
+        saw.push(format!("CPU {c} % (target {t} %)"));
+    }
+    if let (Some(c), Some(t)) = (e.current_memory, e.target_memory) {
+        saw.push(format!("memory {c} % (target {t} %)"));
+    }
+    let how = if e.to_instances > e.from_instances {
+        "up"
+    } else {
+        "down"
+    };
+    let why = if saw.is_empty() {
+        "into its autoscaling's range".to_owned()
+    } else {
+        format!("at {}", saw.join(", "))
+    };
+    format!(
+        "autoscaling {how} from {} to {} instances, {why}",
+        e.from_instances, e.to_instances
+    )
+}
+
 /// One field of a type's `details`: its name, JSON schema, and whether it
 /// is always there.
 type DetailField = (&'static str, Value, bool);
@@ -596,6 +680,14 @@ fn details_schemas() -> Vec<(&'static str, Vec<DetailField>)> {
             ("sizeGB", int(), true),
             ("message", s(), true),
         ]
+    };
+    let autoscaling = || {
+        let criterion = json!({"type": "object", "required": ["enabled", "percentage"], "properties": {
+            "enabled": {"type": "boolean"}, "percentage": {"type": "integer"}}});
+        json!({"type": "object", "required": ["enabled", "min", "max", "criteria"], "properties": {
+            "enabled": {"type": "boolean"}, "min": {"type": "integer"}, "max": {"type": "integer"},
+            "criteria": {"type": "object", "required": ["cpu", "memory"], "properties": {
+                "cpu": criterion.clone(), "memory": criterion}}}})
     };
     let one_of = |v: &[&str]| json!({"type": "string", "enum": v});
     let failure = || {
@@ -768,6 +860,35 @@ fn details_schemas() -> Vec<(&'static str, Vec<DetailField>)> {
         (
             "instance_count_changed",
             vec![("fromInstances", int(), true), ("toInstances", int(), true)],
+        ),
+        (
+            "autoscaling_config_changed",
+            vec![
+                ("toConfig", autoscaling(), false),
+                ("fromConfig", autoscaling(), false),
+                ("removed", bool_(), true),
+                ("message", s(), true),
+            ],
+        ),
+        (
+            "autoscaling_started",
+            vec![
+                ("fromInstances", int(), true),
+                ("toInstances", int(), true),
+                ("currentCPU", int(), false),
+                ("targetCPU", int(), false),
+                ("currentMemory", int(), false),
+                ("targetMemory", int(), false),
+                ("message", s(), true),
+            ],
+        ),
+        (
+            "autoscaling_ended",
+            vec![
+                ("fromInstances", int(), true),
+                ("toInstances", int(), true),
+                ("message", s(), true),
+            ],
         ),
         (
             "disk_placed",
@@ -1597,6 +1718,49 @@ mod tests {
         assert!(!oom.is_failure() && !oom.is_notable());
     }
 
+    fn autoscaling_config() -> berth_schemas::model::AutoscalingConfig {
+        berth_schemas::model::AutoscalingConfig::on(1, 3, Some(50), None)
+    }
+
+    #[test]
+    fn autoscaling_is_said_in_renders_shape_and_in_words() {
+        let svc = ServiceId::generate();
+        let entry = |e: Event| {
+            TimelineEvent::from_envelope(&env(&svc, 1, e)).unwrap_or_else(|| unreachable!())
+        };
+        let removed = entry(
+            berth_schemas::events::AutoscalingConfigChanged {
+                from: Some(autoscaling_config()),
+                to: None,
+            }
+            .into(),
+        );
+        assert_eq!(removed.kind, "autoscaling_config_changed");
+        assert_eq!(
+            removed.details["toConfig"]["enabled"], false,
+            "Render's toConfig is always there"
+        );
+        assert_eq!(removed.details["fromConfig"]["max"], 3);
+        assert!(RENDER_TYPES.contains(&"autoscaling_started"));
+        let up = entry(
+            berth_schemas::events::AutoscalingStarted {
+                from_instances: 1,
+                to_instances: 3,
+                current_cpu: Some(120),
+                target_cpu: Some(50),
+                current_memory: None,
+                target_memory: None,
+            }
+            .into(),
+        );
+        assert_eq!(up.details["currentCPU"], 120);
+        assert_eq!(
+            up.details["message"],
+            "autoscaling up from 1 to 3 instances, at CPU 120 % (target 50 %)"
+        );
+        assert!(!up.is_failure());
+    }
+
     /// Every type's entry says what its schema says: the required fields
     /// are there with the right JSON type, nothing else is, and every type
     /// has a schema.
@@ -1774,6 +1938,30 @@ mod tests {
                 used_bytes: 100 << 20,
                 size_bytes: 1 << 30,
                 threshold_percent: 90,
+            }
+            .into(),
+            berth_schemas::events::AutoscalingConfigChanged {
+                from: None,
+                to: Some(autoscaling_config()),
+            }
+            .into(),
+            berth_schemas::events::AutoscalingConfigChanged {
+                from: Some(autoscaling_config()),
+                to: None,
+            }
+            .into(),
+            berth_schemas::events::AutoscalingStarted {
+                from_instances: 1,
+                to_instances: 3,
+                current_cpu: Some(120),
+                target_cpu: Some(50),
+                current_memory: None,
+                target_memory: None,
+            }
+            .into(),
+            berth_schemas::events::AutoscalingEnded {
+                from_instances: 1,
+                to_instances: 3,
             }
             .into(),
             berth_schemas::events::DiskSnapshotRestored {

@@ -114,6 +114,23 @@ impl Ingress {
         Ok(state)
     }
 
+    /// Sets (`Some`) or removes (`None`) the service's autoscaling.
+    pub async fn set_autoscaling(
+        &self,
+        scope: Scope<'_>,
+        id: &ServiceId,
+        to: Option<berth_schemas::model::AutoscalingConfig>,
+        request: &str,
+    ) -> Result<ServiceState, IngressError> {
+        let key = format!("autoscaling-{id}-{request}");
+        let on = to.as_ref().map(|c| (c.enabled, c.min, c.max));
+        let state = self
+            .service_command(scope, id, &key, service::Command::SetAutoscaling(to))
+            .await?;
+        tracing::info!(service.id = %id, autoscaling = ?on, "autoscaling set");
+        Ok(state)
+    }
+
     /// Renames, grows or moves the service's disk (each optional).
     pub async fn update_disk(
         &self,

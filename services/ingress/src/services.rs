@@ -62,6 +62,8 @@ pub struct NewService {
     pub https_redirect: Option<bool>,
     /// A persistent disk (its id is made here).
     pub disk: Option<NewDisk>,
+    /// Its autoscaling, from the start.
+    pub autoscaling: Option<berth_schemas::model::AutoscalingConfig>,
 }
 
 /// A service's disk as asked for.
@@ -94,6 +96,7 @@ impl NewService {
             shutdown_delay_secs: None,
             https_redirect: None,
             disk: None,
+            autoscaling: None,
         }
     }
 }
@@ -162,6 +165,7 @@ impl Ingress {
         c.overlap_policy = new.overlap_policy;
         c.shutdown_delay_secs = new.shutdown_delay_secs;
         c.https_redirect = new.https_redirect;
+        c.autoscaling = new.autoscaling.clone();
         c.disk = new.disk.as_ref().map(|d| berth_schemas::model::Disk {
             id: berth_schemas::ids::DiskId::generate(),
             name: d.name.clone(),

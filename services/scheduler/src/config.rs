@@ -46,6 +46,31 @@ pub struct SchedulerArgs {
     /// sent its stop (0: stop at once).
     #[arg(long, env = "BERTH_SCHEDULER_DRAIN_MS", default_value_t = 1000)]
     pub scheduler_drain_ms: u64,
+
+    /// How often (milliseconds) the autoscaler reads autoscaled services'
+    /// use and decides; no less often than the nodes sample it
+    /// (`BERTH_NODE_USAGE_MS`). An instance not sampled for three of these
+    /// no longer counts.
+    #[arg(long, env = "BERTH_SCHEDULER_AUTOSCALE_MS", default_value_t = 15_000)]
+    pub scheduler_autoscale_ms: u64,
+
+    /// Seconds after an autoscaled service's instance count changed before
+    /// its use counts again (new instances start cold).
+    #[arg(
+        long,
+        env = "BERTH_SCHEDULER_AUTOSCALE_SETTLE_SECS",
+        default_value_t = 30
+    )]
+    pub scheduler_autoscale_settle_secs: u64,
+
+    /// Seconds an autoscaled service's use must have wanted fewer
+    /// instances, at every look, before instances are removed.
+    #[arg(
+        long,
+        env = "BERTH_SCHEDULER_AUTOSCALE_DOWN_SECS",
+        default_value_t = 300
+    )]
+    pub scheduler_autoscale_down_secs: u64,
 }
 
 /// Validated scheduler options.
@@ -74,6 +99,10 @@ pub struct SchedulerOptions {
     pub default_port: u16,
     /// How long a healthy web instance is out of routing before its stop.
     pub drain_delay: Duration,
+    /// How often the autoscaler looks.
+    pub autoscale_every: Duration,
+    /// When the autoscaler counts a look, and when it removes instances.
+    pub autoscale: berth_domain::service::autoscaling::Timings,
 }
 
 impl Default for SchedulerOptions {
@@ -92,6 +121,8 @@ impl Default for SchedulerOptions {
             consumer: "scheduler".to_owned(),
             default_port: 10000,
             drain_delay: Duration::from_secs(1),
+            autoscale_every: Duration::from_secs(15),
+            autoscale: berth_domain::service::autoscaling::Timings::default(),
         }
     }
 }
@@ -118,10 +149,24 @@ impl SchedulerArgs {
         if self.scheduler_drain_ms > 60_000 {
             problems.push("BERTH_SCHEDULER_DRAIN_MS must be 0-60000".to_owned());
         }
+        if !(100..=600_000).contains(&self.scheduler_autoscale_ms) {
+            problems.push("BERTH_SCHEDULER_AUTOSCALE_MS must be 100-600000".to_owned());
+        }
+        if self.scheduler_autoscale_settle_secs > 3600 {
+            problems.push("BERTH_SCHEDULER_AUTOSCALE_SETTLE_SECS must be 0-3600".to_owned());
+        }
+        if !(1..=86_400).contains(&self.scheduler_autoscale_down_secs) {
+            problems.push("BERTH_SCHEDULER_AUTOSCALE_DOWN_SECS must be 1-86400".to_owned());
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
         Ok(SchedulerOptions {
+            autoscale_every: Duration::from_millis(self.scheduler_autoscale_ms),
+            autoscale: berth_domain::service::autoscaling::Timings {
+                settle: Duration::from_secs(self.scheduler_autoscale_settle_secs),
+                scale_down_after: Duration::from_secs(self.scheduler_autoscale_down_secs),
+            },
             drain_delay: Duration::from_millis(self.scheduler_drain_ms),
             heartbeat_timeout: Duration::from_millis(self.scheduler_heartbeat_timeout_ms),
             sweep_interval: Duration::from_millis(self.scheduler_sweep_ms),

@@ -229,6 +229,7 @@ async fn pass(inner: &Inner, service: &ServiceId) -> Result<(Next, u64, bool), S
         .await
         .map_err(SchedulerError::store)?;
     inner.cluster.record_service(service, &state);
+    inner.autoscaler.note(service, &state);
     let seen = version.stream_seq;
     let gone = !state.exists() && state.instances.is_empty();
     let Some(cfg) = state.config.clone() else {

@@ -35,6 +35,7 @@
 //! `berth_scheduler_verdicts_total{verdict=live|update_failed}` (the
 //! decisions this copy made), `berth_scheduler_nodes_declared_lost_total`.
 
+mod autoscale;
 mod carry;
 mod cluster;
 mod compose;
@@ -98,6 +99,8 @@ pub(crate) struct Inner {
     pub(crate) key: Arc<SecretKey>,
     pub(crate) opts: SchedulerOptions,
     pub(crate) cluster: Cluster,
+    /// The autoscaled services this copy knows, and their instances' use.
+    pub(crate) autoscaler: autoscale::Autoscaler,
     locks: Mutex<HashMap<ServiceId, Arc<tokio::sync::Mutex<()>>>>,
     /// How far each service's drives in this copy have got.
     pub(crate) driven: drive::Driven,
@@ -120,6 +123,7 @@ impl Inner {
     ) -> Arc<Inner> {
         Arc::new_cyclic(|me| Inner {
             cluster: Cluster::new(store.clone(), opts.heartbeat_timeout, opts.readiness_window),
+            autoscaler: autoscale::Autoscaler::new(opts.autoscale, opts.autoscale_every),
             store: store.clone(),
             key: key.clone(),
             opts: opts.clone(),
@@ -294,11 +298,13 @@ impl Scheduler {
 
         let hb = tokio::spawn(listen(inner.clone(), heartbeats, shutdown.clone()));
         let periodic = tokio::spawn(periodic(inner.clone(), shutdown.clone()));
+        let autoscaler = tokio::spawn(autoscale::run(inner.clone(), shutdown.clone()));
         if let Err(e) = worker.run(Arc::new(Commits(inner.clone())), shutdown).await {
             tracing::error!(error = %e, "scheduler consumer stopped with an error");
         }
         let _ = hb.await;
         let _ = periodic.await;
+        let _ = autoscaler.await;
         inner.tasks.close();
         inner.tasks.wait().await;
         if let Some(r) = &ready {

@@ -5,6 +5,7 @@
 
 // The world (store, registry, resolver, nodes, scheduler) is
 // berth_tests::scheduler, shared with the router's tests.
+mod autoscale;
 mod crash;
 mod deploys;
 mod disks;

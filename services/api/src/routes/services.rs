@@ -153,9 +153,11 @@ pub struct DetailsBody {
     /// Render's clients send the runtime always: it must be `image`.
     pub runtime: Option<String>,
     pub env: Option<String>,
-    // Render's settings berth has no counterpart for.
-    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
+    /// Render's `AutoscalingConfig` (create only; then
+    /// `PUT /v1/services/{id}/autoscaling`).
+    #[schemars(with = "Option<berth_schemas::model::AutoscalingConfig>")]
     pub autoscaling: Option<Value>,
+    // Render's settings berth has no counterpart for.
     /// A persistent disk (create only): web services, private services
     /// and workers with one instance.
     pub disk: Option<DiskBody>,
@@ -224,11 +226,6 @@ impl DetailsBody {
         runtime(fields, "serviceDetails.env", &self.env);
         let d = "serviceDetails.";
         for (name, value, why) in [
-            (
-                "autoscaling",
-                &self.autoscaling,
-                "berth does not autoscale: set numInstances or POST /v1/services/{id}/scale",
-            ),
             ("buildSourceId", &self.build_source_id, NO_BUILDS),
             (
                 "pullRequestPreviewsEnabled",
@@ -572,6 +569,18 @@ pub async fn create(
         },
     };
     let disk = details.disk.clone().and_then(|d| d.disk(&mut fields));
+    let autoscaling = match details.autoscaling.clone().filter(|v| !v.is_null()) {
+        None => None,
+        Some(v) => serde_json::from_value(v)
+            .map_err(|_| {
+                field(
+                    &mut fields,
+                    "serviceDetails.autoscaling",
+                    "must be {enabled, min, max, criteria: {cpu: {enabled, percentage}, memory: {enabled, percentage}}}",
+                )
+            })
+            .ok(),
+    };
     let (Some(service_type), Some(name), Some(image_path), true) =
         (service_type, body.name, image.image_path, fields.is_empty())
     else {
@@ -593,6 +602,7 @@ pub async fn create(
     new.shutdown_delay_secs = shutdown_delay;
     new.https_redirect = details.https_redirect;
     new.disk = disk;
+    new.autoscaling = autoscaling;
     let created = st.ingress.create_service(&caller, new).await?;
     let view = view_of(&st, &created.id, &created.state)?;
     Ok((
@@ -838,6 +848,13 @@ pub async fn update(
                 "use POST /v1/services/{id}/scale",
             );
         }
+        if d.autoscaling.as_ref().is_some_and(|v| !v.is_null()) {
+            field(
+                &mut fields,
+                "serviceDetails.autoscaling",
+                "use PUT /v1/services/{id}/autoscaling (DELETE to remove it)",
+            );
+        }
         if d.disk.is_some() {
             field(
                 &mut fields,
@@ -902,6 +919,38 @@ pub async fn scale(
         .scale(Scope::Owner(&caller), &id, n, &request)
         .await?;
     Ok(StatusCode::ACCEPTED)
+}
+
+/// PUT /v1/services/{id}/autoscaling: Render's `AutoscalingConfig`, as
+/// set (the instance count moves into `min..=max` at once when on).
+pub async fn set_autoscaling(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<berth_schemas::model::AutoscalingConfig>,
+) -> Result<Json<berth_schemas::model::AutoscalingConfig>, ApiError> {
+    let id = service_id(&id)?;
+    let request = berth_schemas::ids::DeployId::generate().to_string();
+    let state = st
+        .ingress
+        .set_autoscaling(Scope::Owner(&caller), &id, Some(body.clone()), &request)
+        .await?;
+    Ok(Json(state.autoscaling.config.unwrap_or(body)))
+}
+
+/// DELETE /v1/services/{id}/autoscaling: the service keeps the count it
+/// has, and is scaled by hand again.
+pub async fn delete_autoscaling(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = service_id(&id)?;
+    let request = berth_schemas::ids::DeployId::generate().to_string();
+    st.ingress
+        .set_autoscaling(Scope::Owner(&caller), &id, None, &request)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]

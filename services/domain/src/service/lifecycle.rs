@@ -34,8 +34,15 @@ pub(super) fn create(state: &ServiceState, c: CreateService, ctx: &Ctx) -> Decis
     let image = validate::image(&c.image)?.to_string();
     validate::region(&c.region)?;
     validate::plan(&c.plan)?;
-    let num_instances = c.num_instances.unwrap_or(1);
+    let mut num_instances = c.num_instances.unwrap_or(1);
     validate::num_instances(num_instances, ctx.max_instances)?;
+    if let Some(a) = &c.autoscaling {
+        super::autoscaling::check_for(c.service_type, c.disk.is_some(), a, ctx.max_instances)?;
+        if a.enabled {
+            // Autoscaled from the start: within its range.
+            num_instances = num_instances.clamp(a.min, a.max);
+        }
+    }
     if c.service_type == ServiceType::CronJob && num_instances != 1 {
         return Err(DomainError::invalid(
             "numInstances",
@@ -104,6 +111,15 @@ pub(super) fn create(state: &ServiceState, c: CreateService, ctx: &Ctx) -> Decis
         disk: c.disk,
     }
     .into()];
+    if let Some(a) = c.autoscaling {
+        out.push(
+            berth_schemas::events::AutoscalingConfigChanged {
+                from: None,
+                to: Some(a),
+            }
+            .into(),
+        );
+    }
     out.extend(deploys::admit(
         state,
         overlap_policy,
@@ -354,6 +370,12 @@ pub(super) fn add_disk(
         }
         None => {}
     }
+    if state.autoscaling.enabled().is_some() {
+        return Err(DomainError::invalid(
+            "serviceId",
+            "the service is autoscaled, and a service with a disk runs one instance: remove its autoscaling first",
+        ));
+    }
     validate::disk(&disk, cfg.service_type, cfg.num_instances)?;
     let added: Event = DiskAdded { disk }.into();
     let mut out = redeploy_after(state, &added, deploy)?;
@@ -412,6 +434,12 @@ pub(super) fn scale(state: &ServiceState, to: u32, ctx: &Ctx) -> Decision {
             "numInstances",
             validate::DISK_ONE_INSTANCE,
         ));
+    }
+    if let Some(a) = state.autoscaling.enabled() {
+        return Err(DomainError::conflict(format!(
+            "autoscaling sets this service's instance count (between {} and {}); change its autoscaling, or remove it, to scale by hand",
+            a.min, a.max
+        )));
     }
     if state.status == ServiceStatus::Suspended {
         return Err(DomainError::conflict(

@@ -43,6 +43,7 @@
 //!   credential attached to the service, the only one that cannot be removed
 //!   under it.
 
+pub mod autoscaling;
 mod cron;
 mod deploys;
 pub mod disk_usage;
@@ -125,6 +126,9 @@ pub struct CreateService {
     /// A persistent disk (its id made by the caller): web services,
     /// private services and workers, with one instance.
     pub disk: Option<berth_schemas::model::Disk>,
+    /// Its autoscaling (Render's `serviceDetails.autoscaling`): when on,
+    /// `num_instances` is moved into its range.
+    pub autoscaling: Option<berth_schemas::model::AutoscalingConfig>,
 }
 
 impl CreateService {
@@ -164,6 +168,7 @@ impl CreateService {
             hook_key,
             deploy,
             disk: None,
+            autoscaling: None,
         }
     }
 }
@@ -276,6 +281,19 @@ pub enum Command {
     Delete,
     Scale {
         num_instances: u32,
+    },
+    /// Set (`Some`) or remove (`None`) its autoscaling.
+    SetAutoscaling(Option<berth_schemas::model::AutoscalingConfig>),
+    /// The autoscaler's change of count from `from` instances, decided on
+    /// the autoscaling `on` (nothing when either is no longer so).
+    Autoscale {
+        from: u32,
+        on: berth_schemas::model::AutoscalingConfig,
+        change: autoscaling::Change,
+    },
+    /// The autoscaler's change to `to` instances is done.
+    RecordAutoscalingEnded {
+        to: u32,
     },
     Restart,
     RegenerateHookKey {
@@ -595,6 +613,9 @@ pub fn decide(
         Command::Delete => Ok(lifecycle::delete(state)),
         Command::Scale { num_instances } => lifecycle::scale(state, num_instances, ctx),
         Command::Restart => lifecycle::restart(state),
+        Command::SetAutoscaling(to) => autoscaling::set(state, to, ctx.max_instances),
+        Command::Autoscale { from, on, change } => autoscaling::autoscale(state, from, &on, change),
+        Command::RecordAutoscalingEnded { to } => autoscaling::ended(state, to),
         Command::RegenerateHookKey { hook_key } => {
             Ok(vec![berth_schemas::events::DeployHookKeyRegenerated {
                 hook_key,

@@ -109,6 +109,9 @@ pub struct ServiceState {
     /// Its disk's snapshots, and its latest restore.
     #[serde(default)]
     pub disk_snapshots: super::snapshots::DiskSnapshots,
+    /// Its autoscaling, and the change of count under way.
+    #[serde(default)]
+    pub autoscaling: super::autoscaling::Autoscaling,
     /// Its override of the owner's log stream (`log_stream_override_changed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_stream: Option<berth_schemas::model::LogStreamOverride>,
@@ -333,6 +336,7 @@ pub fn apply_at(mut s: ServiceState, event: &Event, time: Option<DateTime<Utc>>)
     domains::apply(&mut s, event, time);
     super::snapshots::apply(&mut s, event, time);
     super::disk_usage::apply(&mut s, event);
+    super::autoscaling::apply(&mut s, event, time);
     s.instances.apply(event, time);
     if let Event::DiskPlaced(e) = event {
         s.disk_node = Some(e.node.clone());

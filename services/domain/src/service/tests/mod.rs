@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod autoscaling;
 mod deploys;
 mod domains;
 mod jobs;
