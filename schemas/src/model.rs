@@ -410,6 +410,32 @@ impl AutoscalingConfig {
     }
 }
 
+impl std::fmt::Display for AutoscalingConfig {
+    /// In words: `autoscaling between 1 and 4 instances, keeping CPU at
+    /// 70 %` (or `autoscaling off`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.enabled {
+            return f.write_str("autoscaling off");
+        }
+        let mut on = Vec::new();
+        for (name, c) in [
+            ("CPU", &self.criteria.cpu),
+            ("memory", &self.criteria.memory),
+        ] {
+            if c.enabled {
+                on.push(format!("{name} at {} %", c.percentage));
+            }
+        }
+        write!(
+            f,
+            "autoscaling between {} and {} instances, keeping {}",
+            self.min,
+            self.max,
+            on.join(" and ")
+        )
+    }
+}
+
 /// What an autoscaled service is scaled on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -532,6 +532,8 @@ pages! {
     post "/services/{serviceId}/deploys/{deployId}/cancel" => dashboard::actions::cancel, "Cancel a deploy";
     post "/services/{serviceId}/rollback" => dashboard::actions::rollback, "Roll back to a deploy";
     post "/services/{serviceId}/scale" => dashboard::actions::scale, "Scale";
+    post "/services/{serviceId}/autoscaling" => dashboard::actions::autoscale, "Autoscale";
+    post "/services/{serviceId}/autoscaling/delete" => dashboard::actions::stop_autoscaling, "Stop autoscaling";
     post "/services/{serviceId}/restart" => dashboard::actions::restart, "Restart";
     post "/services/{serviceId}/suspend" => dashboard::actions::suspend, "Suspend";
     post "/services/{serviceId}/resume" => dashboard::actions::resume, "Resume";

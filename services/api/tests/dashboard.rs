@@ -1140,3 +1140,71 @@ async fn the_shell_form_runs_through_the_apis_exec_and_says_its_refusals() {
     );
     assert!(!shown.contains("env | sort"), "arguments shown: {shown}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_is_autoscaled_and_stopped_from_its_page_through_the_api() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let (id, _) = app.service(&alice, "worker").await;
+    let mut b = signed_in(&app, &alice).await;
+    let page = format!("/services/{id}");
+
+    // Refused as the API refuses it, and said.
+    let refused = b
+        .submit(
+            &page,
+            &format!("{page}/autoscaling"),
+            &[("min", "3"), ("max", "2")],
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::OK);
+    assert!(
+        refused.html.contains("must be at least min (3)"),
+        "{}",
+        refused.html
+    );
+    let (_, v) = app.get(&format!("/v1/services/{id}"), &alice).await;
+    assert!(v["serviceDetails"].get("autoscaling").is_none(), "{v}");
+
+    let on = b
+        .submit(
+            &page,
+            &format!("{page}/autoscaling"),
+            &[("min", "2"), ("max", "3"), ("memory", "75")],
+        )
+        .await;
+    assert!(
+        on.html
+            .contains("This service runs autoscaling between 2 and 3 instances, keeping memory at 75 %: 2 now."),
+        "{}",
+        on.html
+    );
+    assert!(
+        !on.html
+            .contains(&format!("action=\"/services/{id}/scale\"")),
+        "scaling by hand is not offered while autoscaled"
+    );
+    let (_, v) = app.get(&format!("/v1/services/{id}"), &alice).await;
+    let a = &v["serviceDetails"]["autoscaling"];
+    assert_eq!(
+        (a["min"].clone(), a["max"].clone()),
+        (2.into(), 3.into()),
+        "{v}"
+    );
+    assert_eq!(a["criteria"]["cpu"]["enabled"], false, "{v}");
+    assert_eq!(a["criteria"]["memory"]["percentage"], 75, "{v}");
+    assert_eq!(v["serviceDetails"]["numInstances"], 2, "{v}");
+
+    let off = b
+        .submit(&page, &format!("{page}/autoscaling/delete"), &[])
+        .await;
+    assert!(off.html.contains("Autoscaling removed"), "{}", off.html);
+    assert!(
+        off.html
+            .contains(&format!("action=\"/services/{id}/scale\"")),
+        "{}",
+        off.html
+    );
+    let (_, v) = app.get(&format!("/v1/services/{id}"), &alice).await;
+    assert!(v["serviceDetails"].get("autoscaling").is_none(), "{v}");
+}

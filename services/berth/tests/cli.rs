@@ -181,6 +181,44 @@ async fn cli_drives_a_real_installation() {
         },
     )
     .await;
+    // Autoscaled: said by `show`, the count set by hand refused, then off.
+    let auto = cli
+        .ok(&[
+            "service",
+            "autoscale",
+            "ticker",
+            "--min",
+            "2",
+            "--max",
+            "3",
+            "--cpu",
+            "60",
+        ])
+        .await;
+    assert!(
+        auto.contains("autoscaling between 2 and 3 instances, keeping CPU at 60 %"),
+        "{auto}"
+    );
+    let table = cli.ok(&["service", "show", "ticker"]).await;
+    assert!(
+        table.contains("autoscaling between 2 and 3 instances, keeping CPU at 60 %"),
+        "{table}"
+    );
+    let by_hand = cli.run(&["service", "scale", "ticker", "3"]).await;
+    assert_eq!(by_hand.code, 1, "{by_hand:?}");
+    assert!(by_hand.stderr.contains("autoscaling sets"), "{by_hand:?}");
+    let neither = cli
+        .run(&["service", "autoscale", "ticker", "--min", "2"])
+        .await;
+    assert_eq!(neither.code, 64, "{neither:?}");
+    let off = cli.ok(&["service", "autoscale", "ticker", "--off"]).await;
+    assert!(off.contains("autoscaling removed"), "{off}");
+    let shown = cli.json(&["service", "show", "ticker"]).await;
+    assert!(
+        shown["serviceDetails"].get("autoscaling").is_none(),
+        "{shown}"
+    );
+    assert_eq!(shown["serviceDetails"]["numInstances"], 2, "{shown}");
     let events = cli.ok(&["service", "events", "ticker"]).await;
     println!("$ berth service events ticker\n{events}");
     assert!(events.starts_with("TIME"), "{events}");

@@ -602,22 +602,10 @@ impl TimelineEvent {
 
 /// An autoscaling change in words.
 fn autoscaling_message(to: Option<&berth_schemas::model::AutoscalingConfig>) -> String {
-    let Some(c) = to.filter(|c| c.enabled) else {
-        return "autoscaling off: the service keeps the instance count it has".to_owned();
-    };
-    let mut on = Vec::new();
-    if c.criteria.cpu.enabled {
-        on.push(format!("CPU at {} %", c.criteria.cpu.percentage));
+    match to.filter(|c| c.enabled) {
+        Some(c) => c.to_string(),
+        None => "autoscaling off: the service keeps the instance count it has".to_owned(),
     }
-    if c.criteria.memory.enabled {
-        on.push(format!("memory at {} %", c.criteria.memory.percentage));
-    }
-    format!(
-        "autoscaling between {} and {} instances, keeping {}",
-        c.min,
-        c.max,
-        on.join(" and ")
-    )
 }
 
 /// What the autoscaler saw and did, in words.

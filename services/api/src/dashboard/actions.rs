@@ -110,6 +110,61 @@ pub async fn scale(
     after(&st, &who, &back(&id), done)
 }
 
+/// POST /services/{serviceId}/autoscaling: autoscale between `min` and
+/// `max` on the targets given (`cpu`, `memory`, percent; CPU at 70 % when
+/// neither is).
+pub async fn autoscale(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Posted { who, form }: Posted,
+) -> Response {
+    let number = |name: &str| -> Result<Option<u32>, ApiError> {
+        form.text(name)
+            .map(|v| v.parse::<u32>())
+            .transpose()
+            .map_err(|_| ApiError::field(name, "must be a whole number"))
+    };
+    let asked = (|| {
+        let (min, max) = (number("min")?, number("max")?);
+        let (cpu, memory) = (number("cpu")?, number("memory")?);
+        let min = min.ok_or_else(|| ApiError::field("min", "is required"))?;
+        let max = max.ok_or_else(|| ApiError::field("max", "is required"))?;
+        let cpu = cpu.or(memory.is_none().then_some(70));
+        Ok(berth_schemas::model::AutoscalingConfig::on(
+            min, max, cpu, memory,
+        ))
+    })();
+    let done = match asked {
+        Ok(on) => services::set_autoscaling(
+            State(st.clone()),
+            Authed(who.caller.clone()),
+            Path(id.clone()),
+            JsonBody(on),
+        )
+        .await
+        .map(|a| format!("Autoscaling between {} and {} instances.", a.0.min, a.0.max)),
+        Err(e) => Err(e),
+    };
+    after(&st, &who, &back(&id), done)
+}
+
+/// POST /services/{serviceId}/autoscaling/delete: no more autoscaling
+/// (the count stays).
+pub async fn stop_autoscaling(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Posted { who, .. }: Posted,
+) -> Response {
+    let done = services::delete_autoscaling(
+        State(st.clone()),
+        Authed(who.caller.clone()),
+        Path(id.clone()),
+    )
+    .await
+    .map(|_| "Autoscaling removed: the instance count stays where it is.".to_owned());
+    after(&st, &who, &back(&id), done)
+}
+
 /// The empty-bodied service actions.
 macro_rules! action {
     ($name:ident, $handler:path, $done:literal) => {

@@ -514,13 +514,43 @@ fn actions(who: &Signed, s: &ServiceView) -> Markup {
         }
         div.actions {
             @if let Some(n) = wanted(s) {
-                form.row method="post" action={ (base) "/scale" } {
-                    (csrf(who))
-                    div {
-                        label for="numInstances" { "Instances" }
-                        input #numInstances type="number" name="numInstances" min="0" max="100" value=(n) required;
+                @if let Some(a) = common(s).autoscaling.as_ref().filter(|a| a.enabled) {
+                    p.autoscaling { "This service runs " (a) ": " (n) " now." }
+                    form method="post" action={ (base) "/autoscaling/delete" } {
+                        (csrf(who))
+                        button.secondary type="submit" { "Stop autoscaling" }
                     }
-                    button.secondary type="submit" { "Scale" }
+                } @else {
+                    form.row method="post" action={ (base) "/scale" } {
+                        (csrf(who))
+                        div {
+                            label for="numInstances" { "Instances" }
+                            input #numInstances type="number" name="numInstances" min="0" max="100" value=(n) required;
+                        }
+                        button.secondary type="submit" { "Scale" }
+                    }
+                    @if common(s).disk.is_none() {
+                        form.row method="post" action={ (base) "/autoscaling" } {
+                            (csrf(who))
+                            div {
+                                label for="asMin" { "Autoscale from" }
+                                input #asMin type="number" name="min" min="1" max="100" value=(n) required;
+                            }
+                            div {
+                                label for="asMax" { "to" }
+                                input #asMax type="number" name="max" min="1" max="100" value=(n.max(1) * 2) required;
+                            }
+                            div {
+                                label for="asCpu" { "CPU target %" }
+                                input #asCpu type="number" name="cpu" min="1" max="100" placeholder="70";
+                            }
+                            div {
+                                label for="asMemory" { "Memory target %" }
+                                input #asMemory type="number" name="memory" min="1" max="100";
+                            }
+                            button.secondary type="submit" { "Autoscale" }
+                        }
+                    }
                 }
                 form method="post" action={ (base) "/restart" } {
                     (csrf(who))

@@ -130,6 +130,26 @@ pub enum ServiceCommand {
     },
     /// Set the number of instances.
     Scale { service: String, instances: u32 },
+    /// Keep the instance count between --min and --max, sized to what the
+    /// instances use of their plan's CPU (--cpu, 70 % when neither target
+    /// is given) and/or memory (--memory): more at once when well above,
+    /// fewer when well below for five minutes. --off removes it; the count
+    /// stays where it is.
+    Autoscale {
+        service: String,
+        #[arg(long, required_unless_present = "off")]
+        min: Option<u32>,
+        #[arg(long, required_unless_present = "off")]
+        max: Option<u32>,
+        /// Target CPU use, percent of the plan's.
+        #[arg(long, value_name = "PERCENT")]
+        cpu: Option<u32>,
+        /// Target memory use, percent of the plan's.
+        #[arg(long, value_name = "PERCENT")]
+        memory: Option<u32>,
+        #[arg(long, conflicts_with_all = ["min", "max", "cpu", "memory"])]
+        off: bool,
+    },
     /// Show the service's disk; with a flag, change it (its instance sees
     /// the change at its next start: a deploy or `service restart`), add
     /// one to a service without, or remove it (both deploy the service).
@@ -376,6 +396,47 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
             )
             .await?;
             done(&api, &format!("{id}: scaling to {instances} instance(s)"));
+            Ok(())
+        }
+        ServiceCommand::Autoscale {
+            service, off: true, ..
+        } => {
+            let id = resolve(&api, &service).await?;
+            api.delete(&format!("/v1/services/{}/autoscaling", enc(&id)))
+                .await?;
+            done(
+                &api,
+                &format!("{id}: autoscaling removed; the instance count stays where it is"),
+            );
+            Ok(())
+        }
+        ServiceCommand::Autoscale {
+            service,
+            min,
+            max,
+            cpu,
+            memory,
+            ..
+        } => {
+            let id = resolve(&api, &service).await?;
+            let cpu = cpu.or(memory.is_none().then_some(70));
+            let on = berth_schemas::model::AutoscalingConfig::on(
+                min.unwrap_or(1),
+                max.unwrap_or(1),
+                cpu,
+                memory,
+            );
+            let body = serde_json::to_value(&on)
+                .map_err(|e| ClientError::Usage(format!("autoscaling: {e}")))?;
+            api.put(&format!("/v1/services/{}/autoscaling", enc(&id)), body)
+                .await?;
+            done(
+                &api,
+                &format!(
+                    "{id}: {}",
+                    autoscaling_of(&json!({"serviceDetails": {"autoscaling": on}}))
+                ),
+            );
             Ok(())
         }
         ServiceCommand::Disk {
@@ -680,6 +741,14 @@ async fn restore_snapshot(
     Ok(())
 }
 
+/// A service's autoscaling in words (`-` without).
+fn autoscaling_of(svc: &Value) -> String {
+    serde_json::from_value::<berth_schemas::model::AutoscalingConfig>(
+        svc["serviceDetails"]["autoscaling"].clone(),
+    )
+    .map_or_else(|_| "-".to_owned(), |a| a.to_string())
+}
+
 /// A service's disk in words (`-` without one).
 fn disk_of(svc: &Value) -> String {
     let d = &svc["serviceDetails"]["disk"];
@@ -871,6 +940,7 @@ async fn show(api: &Api, service: &str) -> Result<(), ClientError> {
         ("plan", s(&svc, "serviceDetails/plan")),
         ("region", s(&svc, "serviceDetails/region")),
         ("disk", disk_of(&svc)),
+        ("autoscaling", autoscaling_of(&svc)),
         ("health check", s(&svc, "serviceDetails/healthCheckPath")),
         ("pre-deploy", s(&svc, "serviceDetails/preDeployCommand")),
         ("schedule", s(&svc, "serviceDetails/schedule")),
@@ -1086,7 +1156,19 @@ async fn events(
 mod tests {
     use serde_json::json;
 
-    use super::{disk_body, disk_of};
+    use super::{autoscaling_of, disk_body, disk_of};
+
+    #[test]
+    fn autoscaling_is_said_in_words() {
+        let on = json!({"serviceDetails": {"autoscaling": {"enabled": true, "min": 1, "max": 4,
+            "criteria": {"cpu": {"enabled": true, "percentage": 70},
+                         "memory": {"enabled": true, "percentage": 80}}}}});
+        assert_eq!(
+            autoscaling_of(&on),
+            "autoscaling between 1 and 4 instances, keeping CPU at 70 % and memory at 80 %"
+        );
+        assert_eq!(autoscaling_of(&json!({"serviceDetails": {}})), "-");
+    }
 
     #[test]
     fn a_disk_is_given_as_name_path_and_size() {

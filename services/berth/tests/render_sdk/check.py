@@ -22,7 +22,7 @@ BERTH_SDK_REGISTRY_PASSWORD (neither is ever printed). `--self-test` runs
 it against fake_render.py instead, which it must pass.
 
 The steps are in steps_owner.py (credentials, notification settings),
-steps_services.py, steps_disks.py, steps_domains.py, steps_deploys.py and steps_jobs.py, in the order main() runs them; what
+steps_services.py, steps_autoscaling.py, steps_disks.py, steps_domains.py, steps_deploys.py and steps_jobs.py, in the order main() runs them; what
 they share is in world.py, the bookkeeping in harness.py.
 """
 
@@ -34,6 +34,7 @@ import sys
 import httpx
 
 from harness import Harness
+from steps_autoscaling import autoscaling
 from steps_deploys import cron, deploys, events
 from steps_disks import disk_added_and_deleted, disk_snapshots, disks
 from steps_domains import custom_domains
@@ -66,11 +67,8 @@ MODULES = [
 
 # Operations of those modules that cannot apply to image-backed services
 # on berth, and so are not called: why, for each.
-AUTOSCALING = "autoscaling: berth runs the numInstances it is given, no autoscaler"
 NOT_APPLICABLE = {
-    "services.autoscale_service": AUTOSCALING,
-    "services.delete_autoscaling_config": AUTOSCALING,
-    "services.create_ephemeral_shell": "ephemeral shells: berth has no interactive shell into instances",
+    "services.create_ephemeral_shell": "ephemeral shells: berth's terminal is its own WebSocket (GET /v1/services/{id}/shell)",
     "services.preview_service": "preview instances: berth has no previews",
     "services.purge_cache": "build cache: an image-backed service is never built, so has none",
     "services.retrieve_service_outbound_ips": "outbound IPs: Render's egress addresses; berth NATs",
@@ -162,6 +160,7 @@ def main():
         disks,
         deploys,
         instances,
+        autoscaling,
         env_vars,
         secret_files,
         custom_domains,

@@ -83,6 +83,8 @@ class FakeRender:
             ("GET", r"/events/([^/]+)", self.get_event),
             ("GET", s + r"/instances", self.instances),
             ("POST", s + r"/scale", self.scale),
+            ("PUT", s + r"/autoscaling", self.autoscale),
+            ("DELETE", s + r"/autoscaling", self.delete_autoscaling),
             ("POST", s + r"/restart", lambda q, b, sid: self.known(sid) or (200, None)),
             ("POST", s + r"/suspend", lambda q, b, sid: self.suspend(sid, True)),
             ("POST", s + r"/resume", lambda q, b, sid: self.suspend(sid, False)),
@@ -565,6 +567,30 @@ class FakeRender:
         )
         details["numInstances"] = body["numInstances"]
         return 202, None
+
+    def autoscale(self, query, body, sid):
+        if self.known(sid):
+            return self.known(sid)
+        details = self.services[sid]["serviceDetails"]
+        if body.get("min", 0) < 1 or body.get("max", 0) < body.get("min", 0):
+            return 400, {"id": "invalid", "message": "min and max do not add up"}
+        details["autoscaling"] = body
+        n = details["numInstances"]
+        into = min(max(n, body["min"]), body["max"])
+        self.event(sid, "autoscaling_config_changed", {"toConfig": body})
+        if into != n:
+            self.event(sid, "instance_count_changed", {"fromInstances": n, "toInstances": into})
+            details["numInstances"] = into
+        return 200, body
+
+    def delete_autoscaling(self, query, body, sid):
+        if self.known(sid):
+            return self.known(sid)
+        details = self.services[sid]["serviceDetails"]
+        removed = details.pop("autoscaling", None)
+        if removed is not None:
+            self.event(sid, "autoscaling_config_changed", {"toConfig": dict(removed, enabled=False)})
+        return 204, None
 
     def suspend(self, sid, suspended):
         if self.known(sid):
