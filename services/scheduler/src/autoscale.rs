@@ -20,7 +20,7 @@
 //! recorded once, and a different one decided on a count already changed
 //! is refused as stale.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -58,6 +58,9 @@ struct Watched {
     memory_mib: u32,
     /// The change under way is done: record it.
     reached: Option<u32>,
+    /// Its healthy instances: only their use counts (one starting may
+    /// burn CPU warming up, or sit idle before it takes work).
+    healthy: HashSet<InstanceId>,
     instances: HashMap<InstanceId, Seen>,
     readings: VecDeque<Reading>,
 }
@@ -117,10 +120,17 @@ impl Autoscaler {
             cpu_millis: cfg.plan.cpu_millis,
             memory_mib: cfg.plan.memory_mib,
             reached: None,
+            healthy: HashSet::new(),
             instances: HashMap::new(),
             readings: VecDeque::new(),
         });
         w.on = on.clone();
+        w.healthy = state
+            .instances
+            .iter()
+            .filter(|i| i.is_healthy())
+            .map(|i| i.id.clone())
+            .collect();
         w.count = cfg.num_instances;
         w.since = state.autoscaling.count_changed_at;
         w.cpu_millis = cfg.plan.cpu_millis;
@@ -171,8 +181,9 @@ impl Autoscaler {
             w.instances.retain(|_, s| s.at >= now - stale);
             let measured: Vec<&Seen> = w
                 .instances
-                .values()
-                .filter(|s| s.cpu_percent.is_some())
+                .iter()
+                .filter(|(id, s)| s.cpu_percent.is_some() && w.healthy.contains(*id))
+                .map(|(_, s)| s)
                 .collect();
             if !measured.is_empty() {
                 w.readings.push_back(Reading {
@@ -293,7 +304,7 @@ mod tests {
 
     use super::*;
 
-    fn watched(a: &Autoscaler, service: &ServiceId, count: u32) {
+    fn watched(a: &Autoscaler, service: &ServiceId, count: u32, healthy: &[&InstanceId]) {
         a.lock().insert(
             service.clone(),
             Watched {
@@ -303,6 +314,7 @@ mod tests {
                 cpu_millis: 500,
                 memory_mib: 512,
                 reached: None,
+                healthy: healthy.iter().map(|i| (*i).clone()).collect(),
                 instances: HashMap::new(),
                 readings: VecDeque::new(),
             },
@@ -331,11 +343,15 @@ mod tests {
     fn a_busy_instance_is_read_against_its_plan_and_more_are_asked_for() {
         let a = Autoscaler::new(Timings::default(), Duration::from_secs(5));
         let (svc, other) = (ServiceId::generate(), ServiceId::generate());
-        watched(&a, &svc, 1);
-        let i = InstanceId::generate();
+        let (i, starting) = (InstanceId::generate(), InstanceId::generate());
+        watched(&a, &svc, 1, &[&i]);
         // Half a core on a plan of half a core: 100 % of its CPU.
-        a.sample(&svc, &sample(0, &[(&i, 0)]));
-        a.sample(&svc, &sample(10, &[(&i, 5_000_000_000)]));
+        // One not healthy yet, burning two cores: not counted.
+        a.sample(&svc, &sample(0, &[(&i, 0), (&starting, 0)]));
+        a.sample(
+            &svc,
+            &sample(10, &[(&i, 5_000_000_000), (&starting, 20_000_000_000)]),
+        );
         // Samples of a service not autoscaled are not kept.
         a.sample(&other, &sample(10, &[(&i, 0)]));
         assert!(!a.lock().contains_key(&other));
@@ -363,8 +379,8 @@ mod tests {
             Duration::from_secs(1),
         );
         let svc = ServiceId::generate();
-        watched(&a, &svc, 2);
         let (i, j) = (InstanceId::generate(), InstanceId::generate());
+        watched(&a, &svc, 2, &[&i, &j]);
         a.sample(&svc, &sample(0, &[(&i, 0), (&j, 0)]));
         a.sample(&svc, &sample(1, &[(&i, 250_000_000), (&j, 250_000_000)]));
         let at = |s: i64| Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap();
