@@ -1094,17 +1094,30 @@ async fn postgres_keeps_its_data_on_the_services_disk() {
             !lines.iter().any(|l| l.contains("no disk is kept")),
             "{lines:?}"
         );
+        // Healthy is its port accepting connections: a PostgreSQL
+        // replaying its log after a restart accepts them and answers
+        // "starting up" for a moment, which a client waits out.
         let psql = |addr: &str, sql: &str| {
-            let out = std::process::Command::new(format!("{PG_BIN}/psql"))
-                .arg(format!("postgresql://postgres:berth-secret@{addr}/app"))
-                .args(["-v", "ON_ERROR_STOP=1", "-tAc", sql])
-                .env("PGCONNECT_TIMEOUT", "5")
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr);
-            assert!(out.status.success(), "{sql}: {text}");
-            text
+            let t0 = std::time::Instant::now();
+            loop {
+                let out = std::process::Command::new(format!("{PG_BIN}/psql"))
+                    .arg(format!("postgresql://postgres:berth-secret@{addr}/app"))
+                    .args(["-v", "ON_ERROR_STOP=1", "-tAc", sql])
+                    .env("PGCONNECT_TIMEOUT", "5")
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr);
+                if !out.status.success()
+                    && text.contains("the database system is starting up")
+                    && t0.elapsed() < Duration::from_secs(30)
+                {
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+                assert!(out.status.success(), "{sql}: {text}");
+                return text;
+            }
         };
         let addr = addr_of(&d.events, &d.spec.instance).expect("the instance's address");
         psql(
