@@ -12,8 +12,8 @@ use crate::ids::{
 };
 use crate::model::{
     AutoscalingConfig, CertificateFailure, DeployStatus, DeployTrigger, Disk, EnvVars, LogStream,
-    LogStreamOverride, NotifySetting, OverlapPolicy, Plan, PullFailureReason, RegistryKind,
-    ResolvedImage, Sealed, SecretFiles, ServiceType,
+    LogStreamOverride, MaintenanceMode, NotifySetting, OverlapPolicy, Plan, PullFailureReason,
+    RegistryKind, ResolvedImage, Sealed, SecretFiles, ServiceType,
 };
 
 /// Declares the event structs, the `Event` enum and the table of types and
@@ -194,6 +194,12 @@ pub struct ServiceSettings {
     /// Whether plain HTTP is redirected to HTTPS (web services).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub https_redirect: Option<bool>,
+    /// Its maintenance mode, as asked (web services). A change is recorded
+    /// as `maintenance_mode_uri_updated` and `maintenance_mode_enabled`,
+    /// never in `service_updated`.
+    /// (Boxed: a command carries these settings, and this one is rare.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_mode: Option<Box<MaintenanceMode>>,
 }
 
 /// Serde's default for a setting that is on unless turned off.
@@ -353,6 +359,10 @@ events! {
         /// one starts.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub disk: Option<Disk>,
+        /// Web services: its maintenance mode, when set at create or since
+        /// (`maintenance_mode_enabled`, `maintenance_mode_uri_updated`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub maintenance_mode: Option<MaintenanceMode>,
     }
     /// Some settings of a service changed.
     ServiceUpdated = "service_updated" v 1 {
@@ -586,6 +596,16 @@ events! {
         pub used_bytes: u64,
         pub size_bytes: u64,
         pub threshold_percent: u8,
+    }
+    /// A web service's maintenance mode was turned on or off (Render's).
+    MaintenanceModeEnabled = "maintenance_mode_enabled" v 1 {
+        pub enabled: bool,
+    }
+    /// The page a web service's maintenance mode shows changed (Render's;
+    /// `""`: berth's own).
+    MaintenanceModeUriUpdated = "maintenance_mode_uri_updated" v 1 {
+        pub from_uri: String,
+        pub to_uri: String,
     }
     /// A service's autoscaling was set, changed or (`to` absent) removed
     /// (Render's `autoscaling_config_changed`).

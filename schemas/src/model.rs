@@ -436,6 +436,21 @@ impl std::fmt::Display for AutoscalingConfig {
     }
 }
 
+/// A web service's maintenance mode (Render's `maintenanceMode`): while
+/// on, the router answers its requests with a 503 maintenance page (which
+/// sends browsers to `uri` when one is set) instead of passing them on;
+/// its instances keep running.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceMode {
+    #[serde(default)]
+    pub enabled: bool,
+    /// An absolute `http(s)://` address of the page to show, or `""` for
+    /// berth's own.
+    #[serde(default)]
+    pub uri: String,
+}
+
 /// What an autoscaled service is scaled on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

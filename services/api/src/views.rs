@@ -274,6 +274,9 @@ pub struct WebDetails {
     /// redirected to HTTPS (and HTTPS answers carry HSTS when the router
     /// sends it).
     pub https_redirect: bool,
+    /// Render's maintenance mode, when set (`enabled`, `uri`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maintenance_mode: Option<berth_schemas::model::MaintenanceMode>,
 }
 
 /// `serviceDetails` of a private service.
@@ -411,6 +414,7 @@ pub fn service(
             open_ports: open_ports(),
             url: links.web_url(&c.name),
             https_redirect: c.https_redirect,
+            maintenance_mode: c.maintenance_mode.clone(),
         }),
         ServiceType::PrivateService => ServiceDetails::Private(PrivateDetails {
             common,

@@ -1208,3 +1208,56 @@ async fn a_service_is_autoscaled_and_stopped_from_its_page_through_the_api() {
     let (_, v) = app.get(&format!("/v1/services/{id}"), &alice).await;
     assert!(v["serviceDetails"].get("autoscaling").is_none(), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_services_maintenance_mode_is_set_on_its_settings_page() {
+    let app = App::start(true).await;
+    let alice = app.owner().await;
+    let id = app.web_service(&alice, "site").await;
+    let mut b = signed_in(&app, &alice).await;
+    let settings = format!("/services/{id}/settings");
+
+    let saved = b
+        .submit(
+            &settings,
+            &settings,
+            &[
+                ("maintenance", "on"),
+                ("maintenanceUri", "https://status.example.com/"),
+            ],
+        )
+        .await;
+    assert_eq!(saved.status, StatusCode::OK, "{}", saved.html);
+    let (_, v) = app.get(&format!("/v1/services/{id}"), &alice).await;
+    assert_eq!(
+        v["serviceDetails"]["maintenanceMode"],
+        serde_json::json!({"enabled": true, "uri": "https://status.example.com/"}),
+        "{v}"
+    );
+    let page = b.get(&settings).await;
+    assert!(
+        page.html.contains(
+            "<option value=\"on\" selected>on: every request gets a 503 maintenance page</option>"
+        ),
+        "{}",
+        page.html
+    );
+    // Refused as the API refuses it, and said; nothing changed.
+    let refused = b
+        .submit(
+            &settings,
+            &settings,
+            &[("maintenanceUri", "javascript:alert(1)")],
+        )
+        .await;
+    assert!(
+        refused.html.contains("maintenanceMode.uri"),
+        "{}",
+        refused.html
+    );
+    let (_, v) = app.get(&format!("/v1/services/{id}"), &alice).await;
+    assert_eq!(
+        v["serviceDetails"]["maintenanceMode"]["uri"],
+        "https://status.example.com/"
+    );
+}

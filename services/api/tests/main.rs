@@ -24,6 +24,7 @@ mod listing;
 mod log_streams;
 mod logs;
 mod logs_live;
+mod maintenance;
 mod metrics;
 mod nodes_cron;
 mod notifications;

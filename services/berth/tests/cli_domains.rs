@@ -128,6 +128,49 @@ async fn domain_commands_add_list_and_remove() {
         assert_eq!(body.trim(), "ok", "{host}");
     }
 
+    // Maintenance: the router answers with its page, then serves again;
+    // the page address is kept across off and on.
+    let on = cli
+        .ok(&[
+            "service",
+            "maintenance",
+            "site",
+            "--on",
+            "--page",
+            "https://status.example.test/",
+        ])
+        .await;
+    assert!(
+        on.contains("sends browsers to https://status.example.test/"),
+        "{on}"
+    );
+    eventually("the maintenance page", Duration::from_secs(10), || async {
+        get_at(&router, "example.test").await.0.contains(" 503 ")
+    })
+    .await;
+    let (_, page) = get_at(&router, "example.test").await;
+    assert!(page.contains("site is down for maintenance"), "{page}");
+    assert!(page.contains("url=https://status.example.test/"), "{page}");
+    let shown = cli.ok(&["service", "show", "site"]).await;
+    assert!(
+        shown.contains("ON: requests get a 503 page sending browsers to"),
+        "{shown}"
+    );
+    let refused = cli.run(&["service", "maintenance", "work", "--on"]).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("only web services"), "{refused:?}");
+    cli.ok(&["service", "maintenance", "site", "--off"]).await;
+    eventually("served again", Duration::from_secs(10), || async {
+        get_at(&router, "example.test").await.0.contains(" 200 ")
+    })
+    .await;
+    let kept = cli.json(&["service", "show", "site"]).await;
+    assert_eq!(
+        kept["serviceDetails"]["maintenanceMode"],
+        serde_json::json!({"enabled": false, "uri": "https://status.example.test/"}),
+        "{kept}"
+    );
+
     let removed = cli.ok(&["domain", "rm", "site", "www.example.test"]).await;
     eventually(
         "the removed domain to stop routing",

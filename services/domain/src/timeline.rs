@@ -58,6 +58,8 @@ pub const TYPES: &[&str] = &[
     "autoscaling_config_changed",
     "autoscaling_started",
     "autoscaling_ended",
+    "maintenance_mode_enabled",
+    "maintenance_mode_uri_updated",
     "disk_placed",
     "disk_updated",
     "disk_added",
@@ -93,6 +95,8 @@ pub const RENDER_TYPES: &[&str] = &[
     "autoscaling_config_changed",
     "autoscaling_started",
     "autoscaling_ended",
+    "maintenance_mode_enabled",
+    "maintenance_mode_uri_updated",
     "disk_snapshot_restored",
     "service_disk_usage_high",
     "service_disk_usage_recovered",
@@ -420,6 +424,29 @@ impl TimelineEvent {
                     "fromInstances": e.from_instances,
                     "toInstances": e.to_instances,
                     "message": format!("{} instances healthy, as autoscaling asked", e.to_instances),
+                }),
+            ),
+            Event::MaintenanceModeEnabled(e) => (
+                "maintenance_mode_enabled",
+                d!({
+                    "enabled": e.enabled,
+                    "message": if e.enabled {
+                        "maintenance mode on: the router answers its requests with a 503 maintenance page; its instances keep running"
+                    } else {
+                        "maintenance mode off: the router passes its requests on again"
+                    },
+                }),
+            ),
+            Event::MaintenanceModeUriUpdated(e) => (
+                "maintenance_mode_uri_updated",
+                d!({
+                    "fromUri": e.from_uri,
+                    "toUri": e.to_uri,
+                    "message": if e.to_uri.is_empty() {
+                        "maintenance mode shows berth's own page".to_owned()
+                    } else {
+                        format!("maintenance mode sends browsers to {}", e.to_uri)
+                    },
                 }),
             ),
             Event::DiskPlaced(e) => (
@@ -867,6 +894,18 @@ fn details_schemas() -> Vec<(&'static str, Vec<DetailField>)> {
                 ("targetCPU", int(), false),
                 ("currentMemory", int(), false),
                 ("targetMemory", int(), false),
+                ("message", s(), true),
+            ],
+        ),
+        (
+            "maintenance_mode_enabled",
+            vec![("enabled", bool_(), true), ("message", s(), true)],
+        ),
+        (
+            "maintenance_mode_uri_updated",
+            vec![
+                ("fromUri", s(), true),
+                ("toUri", s(), true),
                 ("message", s(), true),
             ],
         ),
@@ -1950,6 +1989,12 @@ mod tests {
             berth_schemas::events::AutoscalingEnded {
                 from_instances: 1,
                 to_instances: 3,
+            }
+            .into(),
+            berth_schemas::events::MaintenanceModeEnabled { enabled: true }.into(),
+            berth_schemas::events::MaintenanceModeUriUpdated {
+                from_uri: String::new(),
+                to_uri: "https://status.example.com/".into(),
             }
             .into(),
             berth_schemas::events::DiskSnapshotRestored {

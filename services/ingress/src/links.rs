@@ -534,6 +534,7 @@ mod tests {
                     ciphertext: "x".into(),
                 },
                 disk: None,
+                maintenance_mode: None,
             };
             self.at(at, AggregateId::Service(s.clone()), ev)
         }

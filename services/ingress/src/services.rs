@@ -64,6 +64,8 @@ pub struct NewService {
     pub disk: Option<NewDisk>,
     /// Its autoscaling, from the start.
     pub autoscaling: Option<berth_schemas::model::AutoscalingConfig>,
+    /// Web services: its maintenance mode, from the start.
+    pub maintenance_mode: Option<berth_schemas::model::MaintenanceMode>,
 }
 
 /// A service's disk as asked for.
@@ -97,6 +99,7 @@ impl NewService {
             https_redirect: None,
             disk: None,
             autoscaling: None,
+            maintenance_mode: None,
         }
     }
 }
@@ -166,6 +169,7 @@ impl Ingress {
         c.shutdown_delay_secs = new.shutdown_delay_secs;
         c.https_redirect = new.https_redirect;
         c.autoscaling = new.autoscaling.clone();
+        c.maintenance_mode = new.maintenance_mode.clone();
         c.disk = new.disk.as_ref().map(|d| berth_schemas::model::Disk {
             id: berth_schemas::ids::DiskId::generate(),
             name: d.name.clone(),

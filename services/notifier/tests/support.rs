@@ -365,6 +365,7 @@ pub async fn service(
         https_redirect: true,
         hook_key,
         disk: None,
+        maintenance_mode: None,
     };
     let a = store
         .append(

@@ -329,7 +329,7 @@ fn read_request(
     let Some(route) = table.route_for_host(host, &proxy.opts.base_domain).cloned() else {
         return Head::HandOver;
     };
-    if route.state == RouteState::Suspended {
+    if !matches!(route.state, RouteState::Serving(_)) {
         return Head::HandOver;
     }
     let mut hsts = None;

@@ -198,14 +198,14 @@ impl Proxy {
             .access_log
             .then(|| (req.method().clone(), req.uri().path().to_owned()));
         let service = route.service.clone();
-        let mut resp = if route.state == RouteState::Suspended {
-            page(
+        let mut resp = match &route.state {
+            RouteState::Suspended => page(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Service suspended",
                 &format!("{} is suspended by its owner.", route.name),
-            )
-        } else {
-            self.forward(route, req, &peer, scheme, &host).await
+            ),
+            RouteState::Maintenance { uri } => maintenance(&route.name, uri),
+            RouteState::Serving(_) => self.forward(route, req, &peer, scheme, &host).await,
         };
         if let Some(v) = hsts {
             resp.headers_mut()
@@ -596,7 +596,11 @@ pub(crate) fn no_healthy_instance(name: &str) -> String {
 /// A short HTML page. `text` is a service name (a DNS label) or fixed text,
 /// so nothing needs escaping.
 pub(crate) fn page(status: StatusCode, title: &str, text: &str) -> Response<ProxyBody> {
-    let html = page_html(status, title, text);
+    html_answer(status, page_html(status, title, text))
+}
+
+/// An answer of `status` carrying the page `html`, not to be cached.
+fn html_answer(status: StatusCode, html: String) -> Response<ProxyBody> {
     let mut resp = Response::new(
         Full::new(Bytes::from(html))
             .map_err(|never| match never {})
@@ -610,6 +614,60 @@ pub(crate) fn page(status: StatusCode, title: &str, text: &str) -> Response<Prox
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+/// How long a client is told to wait before asking again a service in
+/// maintenance.
+const MAINTENANCE_RETRY_AFTER: &str = "120";
+
+/// The 503 a service in maintenance answers with: berth's page, which
+/// sends browsers on to `uri` when one is set (a `Refresh` header and a
+/// link; the router never fetches it). `uri` was checked when it was set
+/// (an `http(s)` address without spaces, quotes, `<` or `>`) and is
+/// escaped here all the same.
+fn maintenance(name: &str, uri: &str) -> Response<ProxyBody> {
+    let status = StatusCode::SERVICE_UNAVAILABLE;
+    let title = "Down for maintenance";
+    let text = format!("{name} is down for maintenance. Please try again shortly.");
+    let escaped = html_escape(uri);
+    let html = if uri.is_empty() {
+        page_html(status, title, &text)
+    } else {
+        format!(
+            "<!doctype html>\n<html><head><meta charset=\"utf-8\">\
+             <meta http-equiv=\"refresh\" content=\"0; url={escaped}\">\
+             <title>503 {title}</title></head><body><h1>503 {title}</h1><p>{text} \
+             <a href=\"{escaped}\">More</a></p></body></html>\n"
+        )
+    };
+    let mut resp = html_answer(status, html);
+    let h = resp.headers_mut();
+    h.insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(MAINTENANCE_RETRY_AFTER),
+    );
+    if !uri.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&format!("0; url={uri}")) {
+            h.insert(http::header::HeaderName::from_static("refresh"), v);
+        }
+    }
+    resp
+}
+
+/// `s` with the characters HTML gives a meaning escaped.
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -45,6 +45,9 @@ pub enum RouteState {
     Serving(Vec<Target>),
     /// Suspended by its owner (→ 503).
     Suspended,
+    /// In maintenance mode (→ 503 with a maintenance page; `uri`, when
+    /// not empty, is where that page sends browsers).
+    Maintenance { uri: String },
 }
 
 /// The route of one web service.
@@ -82,7 +85,7 @@ impl Route {
     pub fn targets(&self) -> &[Target] {
         match &self.state {
             RouteState::Serving(t) => t,
-            RouteState::Suspended => &[],
+            RouteState::Suspended | RouteState::Maintenance { .. } => &[],
         }
     }
 
@@ -370,8 +373,12 @@ impl berth_eventlog::projection::Projection for RouteProjection {
 /// created, deleted).
 fn build_route(id: &ServiceId, t: &Tracked) -> Option<Route> {
     let cfg = t.state.config.as_ref()?;
+    let maintenance = cfg.maintenance_mode.as_ref().filter(|m| m.enabled);
     let state = match t.state.status {
-        ServiceStatus::Active => RouteState::Serving(targets(t)),
+        ServiceStatus::Active => match maintenance {
+            Some(m) => RouteState::Maintenance { uri: m.uri.clone() },
+            None => RouteState::Serving(targets(t)),
+        },
         ServiceStatus::Suspended => RouteState::Suspended,
         ServiceStatus::NotCreated | ServiceStatus::Deleted => return None,
     };

@@ -550,3 +550,75 @@ async fn requests_are_sampled_per_service() -> Result<()> {
     );
     Ok(())
 }
+
+/// `GET /` with `Host: host` over a connection of its own: the whole
+/// answer as sent (head and body).
+async fn raw_get(router: std::net::SocketAddr, host: &str) -> Result<String> {
+    let mut c = tokio::net::TcpStream::connect(router).await?;
+    c.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = Vec::new();
+    c.read_to_end(&mut out).await?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test]
+async fn a_service_in_maintenance_gets_a_503_page_that_sends_browsers_to_its_own() -> Result<()> {
+    let env = Env::start().await?;
+    let http = HttpClient::new(env.addr);
+    let a1 = Backend::start("a", 1).await?;
+    let mut a = Svc::create(&env.store, "alpha", ServiceType::WebService).await?;
+    a.first_deploy(1, &[a1.addr]).await?;
+    env.synced(env.store.last_stream_seq().await?).await?;
+    assert_eq!(http.get("alpha.localhost", "/").await?.0, StatusCode::OK);
+    let hits = a1.hits();
+
+    let maintenance = |enabled: bool, uri: &str| Command::Update {
+        settings: berth_schemas::events::ServiceSettings {
+            maintenance_mode: Some(Box::new(berth_schemas::model::MaintenanceMode {
+                enabled,
+                uri: uri.into(),
+            })),
+            ..Default::default()
+        },
+        deploy: berth_schemas::ids::DeployId::generate(),
+    };
+    a.cmd(maintenance(true, "")).await?;
+    env.synced(env.store.last_stream_seq().await?).await?;
+    let (status, body) = http.get("alpha.localhost", "/anything").await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("alpha is down for maintenance"), "{body}");
+    assert!(!body.contains("refresh"), "no page of its own: {body}");
+    let raw = raw_get(env.addr, "alpha.localhost").await?;
+    assert!(
+        raw.to_ascii_lowercase().contains("retry-after: 120"),
+        "{raw}"
+    );
+
+    // With a page of its own: browsers are sent there, the address
+    // escaped where it sits in HTML.
+    let page = "https://status.example.com/down?a=1&b=2";
+    a.cmd(maintenance(true, page)).await?;
+    env.synced(env.store.last_stream_seq().await?).await?;
+    let raw = raw_get(env.addr, "alpha.localhost").await?;
+    assert!(raw.starts_with("HTTP/1.1 503"), "{raw}");
+    assert!(
+        raw.to_ascii_lowercase()
+            .contains(&format!("refresh: 0; url={page}")),
+        "{raw}"
+    );
+    assert!(
+        raw.contains("content=\"0; url=https://status.example.com/down?a=1&amp;b=2\""),
+        "{raw}"
+    );
+    assert_eq!(a1.hits(), hits, "nothing reached the instance");
+
+    // Off: served again.
+    a.cmd(maintenance(false, page)).await?;
+    env.synced(env.store.last_stream_seq().await?).await?;
+    assert_eq!(
+        http.get("alpha.localhost", "/").await?,
+        (StatusCode::OK, "a 1".into())
+    );
+    Ok(())
+}

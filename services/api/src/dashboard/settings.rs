@@ -73,6 +73,18 @@ fn settings_form(who: &Signed, s: &ServiceView, creds: &[CredentialOut]) -> Mark
                             option value="off" selected[!w.https_redirect] { "is served as is" }
                         }
                     }
+                    @let m = w.maintenance_mode.clone().unwrap_or_default();
+                    div {
+                        label for="maintenance" { "Maintenance mode" }
+                        select #maintenance name="maintenance" {
+                            option value="off" selected[!m.enabled] { "off: requests reach the instances" }
+                            option value="on" selected[m.enabled] { "on: every request gets a 503 maintenance page" }
+                        }
+                    }
+                    div {
+                        label for="maintenanceUri" { "Maintenance page (optional)" }
+                        input #maintenanceUri type="url" name="maintenanceUri" value=(m.uri) placeholder="https://status.example.com/";
+                    }
                 }
                 div {
                     label for="notifyOnFail" { "Failure notifications" }
@@ -279,8 +291,22 @@ fn update_body(s: &ServiceView, f: &super::session::FormData) -> UpdateBody {
         (ServiceDetails::Web(w), Some("off")) if w.https_redirect => Some(false),
         _ => None,
     };
+    let maintenance_mode = match &s.service_details {
+        ServiceDetails::Web(w) => {
+            let now = w.maintenance_mode.clone().unwrap_or_default();
+            let asked = berth_schemas::model::MaintenanceMode {
+                enabled: f.get("maintenance").map_or(now.enabled, |v| v == "on"),
+                uri: f
+                    .get("maintenanceUri")
+                    .map_or(now.uri.clone(), |v| v.trim().to_owned()),
+            };
+            (asked != now).then_some(asked)
+        }
+        _ => None,
+    };
     let details = DetailsBody {
         plan: changed("plan", &c.plan),
+        maintenance_mode,
         health_check_path: health,
         pre_deploy_command: pre,
         schedule,
@@ -298,6 +324,7 @@ fn update_body(s: &ServiceView, f: &super::session::FormData) -> UpdateBody {
         || details.schedule.is_some()
         || details.overlap_policy.is_some()
         || details.https_redirect.is_some()
+        || details.maintenance_mode.is_some()
         || details.env_specific_details.is_some();
     UpdateBody {
         name: changed("name", &s.name).filter(|v| !v.is_empty()),

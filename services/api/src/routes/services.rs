@@ -150,6 +150,9 @@ pub struct DetailsBody {
     /// berth, web services: plain HTTP to a host with a certificate is
     /// redirected to HTTPS (default `true`).
     pub https_redirect: Option<bool>,
+    /// Render's, web services: while `enabled`, the router answers with a
+    /// 503 maintenance page (sending browsers to `uri` when set).
+    pub maintenance_mode: Option<berth_schemas::model::MaintenanceMode>,
     /// Render's clients send the runtime always: it must be `image`.
     pub runtime: Option<String>,
     pub env: Option<String>,
@@ -169,8 +172,6 @@ pub struct DetailsBody {
     pub previews: Option<Value>,
     #[schemars(with = "Option<Vec<serde_json::Map<String, Value>>>")]
     pub ip_allow_list: Option<Value>,
-    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
-    pub maintenance_mode: Option<Value>,
     #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub cache: Option<Value>,
     #[schemars(with = "Option<String>")]
@@ -241,11 +242,6 @@ impl DetailsBody {
                 "ipAllowList",
                 &self.ip_allow_list,
                 "berth has no IP allow lists",
-            ),
-            (
-                "maintenanceMode",
-                &self.maintenance_mode,
-                "berth has no maintenance mode",
             ),
             ("buildCommand", &self.build_command, NO_BUILDS),
             (
@@ -603,6 +599,7 @@ pub async fn create(
     new.https_redirect = details.https_redirect;
     new.disk = disk;
     new.autoscaling = autoscaling;
+    new.maintenance_mode = details.maintenance_mode;
     let created = st.ingress.create_service(&caller, new).await?;
     let view = view_of(&st, &created.id, &created.state)?;
     Ok((
@@ -874,6 +871,7 @@ pub async fn update(
         settings.schedule = d.schedule;
         settings.overlap_policy = d.overlap_policy;
         settings.https_redirect = d.https_redirect;
+        settings.maintenance_mode = d.maintenance_mode.map(Box::new);
     }
     let env = body.env_vars.map(|v| env_vars(v, &mut fields));
     if !fields.is_empty() {

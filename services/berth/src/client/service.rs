@@ -130,6 +130,21 @@ pub enum ServiceCommand {
     },
     /// Set the number of instances.
     Scale { service: String, instances: u32 },
+    /// A web service's maintenance mode: --on makes the router answer
+    /// every request with a 503 maintenance page (its instances keep
+    /// running), which sends browsers to --page when one is set; --off
+    /// passes requests on again. The page is kept for next time.
+    Maintenance {
+        service: String,
+        #[arg(long, conflicts_with = "off", required_unless_present = "off")]
+        on: bool,
+        #[arg(long)]
+        off: bool,
+        /// An http(s):// address of the page to show instead of berth's
+        /// ("" for berth's again).
+        #[arg(long, value_name = "URL", conflicts_with = "off")]
+        page: Option<String>,
+    },
     /// Keep the instance count between --min and --max, sized to what the
     /// instances use of their plan's CPU (--cpu, 70 % when neither target
     /// is given) and/or memory (--memory): more at once when well above,
@@ -398,6 +413,9 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
             done(&api, &format!("{id}: scaling to {instances} instance(s)"));
             Ok(())
         }
+        ServiceCommand::Maintenance {
+            service, on, page, ..
+        } => maintenance(&api, &service, on, page).await,
         ServiceCommand::Autoscale {
             service, off: true, ..
         } => {
@@ -741,6 +759,55 @@ async fn restore_snapshot(
     Ok(())
 }
 
+/// Turns a web service's maintenance mode on or off, keeping its page
+/// unless another is given.
+async fn maintenance(
+    api: &Api,
+    service: &str,
+    on: bool,
+    page: Option<String>,
+) -> Result<(), ClientError> {
+    let id = resolve(api, service).await?;
+    let path = format!("/v1/services/{}", enc(&id));
+    let now = api.get(&path).await?;
+    let uri = page.unwrap_or_else(|| {
+        now["serviceDetails"]["maintenanceMode"]["uri"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    });
+    api.patch(
+        &path,
+        json!({"serviceDetails": {"maintenanceMode": {"enabled": on, "uri": uri}}}),
+    )
+    .await?;
+    let said = match (on, uri.as_str()) {
+        (false, _) => "maintenance mode off: requests reach its instances again".to_owned(),
+        (true, "") => {
+            "maintenance mode on: the router answers with a 503 maintenance page".to_owned()
+        }
+        (true, page) => format!(
+            "maintenance mode on: the router answers with a 503 page that sends browsers to {page}"
+        ),
+    };
+    done(api, &format!("{id}: {said}"));
+    Ok(())
+}
+
+/// A service's maintenance mode in words (`-` when never set).
+fn maintenance_of(svc: &Value) -> String {
+    let m = &svc["serviceDetails"]["maintenanceMode"];
+    match (
+        m["enabled"].as_bool(),
+        m["uri"].as_str().unwrap_or_default(),
+    ) {
+        (None, _) => "-".to_owned(),
+        (Some(false), _) => "off".to_owned(),
+        (Some(true), "") => "ON: requests get a 503 maintenance page".to_owned(),
+        (Some(true), page) => format!("ON: requests get a 503 page sending browsers to {page}"),
+    }
+}
+
 /// A service's autoscaling in words (`-` without).
 fn autoscaling_of(svc: &Value) -> String {
     serde_json::from_value::<berth_schemas::model::AutoscalingConfig>(
@@ -941,6 +1008,7 @@ async fn show(api: &Api, service: &str) -> Result<(), ClientError> {
         ("region", s(&svc, "serviceDetails/region")),
         ("disk", disk_of(&svc)),
         ("autoscaling", autoscaling_of(&svc)),
+        ("maintenance", maintenance_of(&svc)),
         ("health check", s(&svc, "serviceDetails/healthCheckPath")),
         ("pre-deploy", s(&svc, "serviceDetails/preDeployCommand")),
         ("schedule", s(&svc, "serviceDetails/schedule")),

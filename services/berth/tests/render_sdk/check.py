@@ -22,7 +22,7 @@ BERTH_SDK_REGISTRY_PASSWORD (neither is ever printed). `--self-test` runs
 it against fake_render.py instead, which it must pass.
 
 The steps are in steps_owner.py (credentials, notification settings),
-steps_services.py, steps_autoscaling.py, steps_disks.py, steps_domains.py, steps_deploys.py and steps_jobs.py, in the order main() runs them; what
+steps_services.py, steps_web.py, steps_disks.py, steps_domains.py, steps_deploys.py and steps_jobs.py, in the order main() runs them; what
 they share is in world.py, the bookkeeping in harness.py.
 """
 
@@ -34,7 +34,7 @@ import sys
 import httpx
 
 from harness import Harness
-from steps_autoscaling import autoscaling
+from steps_web import autoscaling, maintenance
 from steps_deploys import cron, deploys, events
 from steps_disks import disk_added_and_deleted, disk_snapshots, disks
 from steps_domains import custom_domains
@@ -161,6 +161,7 @@ def main():
         deploys,
         instances,
         autoscaling,
+        maintenance,
         env_vars,
         secret_files,
         custom_domains,

@@ -425,6 +425,17 @@ class FakeRender:
             service["name"] = body["name"]
         if "image" in body:
             service["imagePath"] = body["image"]["imagePath"]
+        mode = (body.get("serviceDetails") or {}).get("maintenanceMode")
+        if mode is not None:
+            if service["type"] != "web_service":
+                return 400, {"id": "invalid", "message": "only web services"}
+            before = service["serviceDetails"].get("maintenanceMode") or {"enabled": False, "uri": ""}
+            if mode.get("uri", "") != before["uri"]:
+                self.event(sid, "maintenance_mode_uri_updated",
+                           {"fromUri": before["uri"], "toUri": mode.get("uri", "")})
+            if mode["enabled"] != before["enabled"]:
+                self.event(sid, "maintenance_mode_enabled", {"enabled": mode["enabled"]})
+            service["serviceDetails"]["maintenanceMode"] = {"enabled": mode["enabled"], "uri": mode.get("uri", "")}
         return 200, service
 
     def delete_service(self, query, body, sid):

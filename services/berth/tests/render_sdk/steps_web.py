@@ -1,19 +1,24 @@
-"""Autoscaling through Render's SDK: set on the web service (its count moves
-into the range), shown with the service, on its timeline, then removed (the
-count stays) and the service scaled back by hand."""
+"""The web service's instance settings through Render's SDK: autoscaling set
+(its count moves into the range), shown with the service, then removed (the
+count stays) and the service scaled back by hand; maintenance mode turned on
+with a page of its own, shown, and off again (the page kept)."""
 
 from render.public_api.api.services import (
     autoscale_service,
     delete_autoscaling_config,
     retrieve_service,
     scale_service,
+    update_service,
 )
 from render.public_api.models import (
     AutoscalingConfig,
     AutoscalingCriteria,
     AutoscalingCriteriaPercentage,
+    MaintenanceMode,
     ScaleServiceBody,
     Service,
+    ServicePATCH,
+    WebServiceDetailsPATCH,
 )
 
 
@@ -67,3 +72,28 @@ def autoscaling(h, w):
         body=ScaleServiceBody(num_instances=1),
         expect=202,
     )
+
+
+def maintenance(h, w):
+    web = w.services["web_service"]
+    if not web.id:
+        return
+    op = "services.update_service"
+    page = "https://status.example.com/"
+    for enabled, label in ((True, "maintenance on"), (False, "maintenance off")):
+        body = ServicePATCH(
+            service_details=WebServiceDetailsPATCH(
+                maintenance_mode=MaintenanceMode(enabled=enabled, uri=page)
+            )
+        )
+        got = h.call(op, update_service, web.id, body=body, expect=200, model=Service, label=label)
+        mode = ((h.last_json() or {}).get("serviceDetails") or {}).get("maintenanceMode")
+        h.check(
+            op,
+            mode == {"enabled": enabled, "uri": page},
+            f"serviceDetails.maintenanceMode {mode!r} after {label}",
+            label,
+        )
+        if got:
+            parsed = got.service_details.maintenance_mode
+            h.check(op, parsed.enabled == enabled, f"the SDK read {parsed!r}", label)

@@ -4,11 +4,12 @@
 
 use berth_schemas::events::{
     CronJobRunEnded, DeployCreated, DiskAdded, DiskRemoved, DiskUpdated, InstanceCountChanged,
-    LogStreamOverrideChanged, RestartRequested, ServiceCreated, ServiceCreationAbandoned,
-    ServiceDeleted, ServiceResumed, ServiceSettings, ServiceSuspended, ServiceUpdated,
+    LogStreamOverrideChanged, MaintenanceModeEnabled, MaintenanceModeUriUpdated, RestartRequested,
+    ServiceCreated, ServiceCreationAbandoned, ServiceDeleted, ServiceResumed, ServiceSettings,
+    ServiceSuspended, ServiceUpdated,
 };
 use berth_schemas::ids::DeployId;
-use berth_schemas::model::{DeployTrigger, ServiceType};
+use berth_schemas::model::{DeployTrigger, MaintenanceMode, ServiceType};
 use berth_schemas::Event;
 use chrono::{DateTime, Utc};
 
@@ -87,6 +88,9 @@ pub(super) fn create(state: &ServiceState, c: CreateService, ctx: &Ctx) -> Decis
     if c.https_redirect.is_some() {
         validate::https_redirect(c.service_type)?;
     }
+    if let Some(m) = &c.maintenance_mode {
+        validate::maintenance_mode(c.service_type, m)?;
+    }
 
     let mut out: Vec<Event> = vec![ServiceCreated {
         owner: c.owner,
@@ -109,6 +113,9 @@ pub(super) fn create(state: &ServiceState, c: CreateService, ctx: &Ctx) -> Decis
         https_redirect: c.https_redirect.unwrap_or(true),
         hook_key: c.hook_key,
         disk: c.disk,
+        maintenance_mode: c
+            .maintenance_mode
+            .filter(|m| *m != MaintenanceMode::default()),
     }
     .into()];
     if let Some(a) = c.autoscaling {
@@ -204,6 +211,12 @@ fn effective_changes(
         validate::https_redirect(ty)?;
         diff.https_redirect = (on != cfg.https_redirect).then_some(on);
     }
+    if let Some(m) = s.maintenance_mode {
+        let m = *m;
+        validate::maintenance_mode(ty, &m)?;
+        let now = cfg.maintenance_mode.clone().unwrap_or_default();
+        diff.maintenance_mode = (m != now).then(|| Box::new(m));
+    }
     Ok(diff)
 }
 
@@ -232,14 +245,23 @@ pub(super) fn update(
     deploy: DeployId,
     _ctx: &Ctx,
 ) -> Decision {
-    let diff = effective_changes(state, settings)?;
+    let mut diff = effective_changes(state, settings)?;
+    // Maintenance mode has events of its own (Render's), never in
+    // `service_updated`.
+    let maintenance = diff.maintenance_mode.take();
+    let mut out = match maintenance {
+        Some(to) => maintenance_changes(config(state)?.maintenance_mode.clone(), *to),
+        None => vec![],
+    };
     if diff == ServiceSettings::default() {
-        return Ok(vec![]);
+        return Ok(out);
     }
-    let mut out: Vec<Event> = vec![ServiceUpdated {
-        settings: diff.clone(),
-    }
-    .into()];
+    out.push(
+        ServiceUpdated {
+            settings: diff.clone(),
+        }
+        .into(),
+    );
     // A suspended service redeploys when resumed, with whatever it has then.
     if needs_redeploy(&diff) && state.status == ServiceStatus::Active {
         let mut cfg = config(state)?.clone();
@@ -252,6 +274,31 @@ pub(super) fn update(
         )?);
     }
     Ok(out)
+}
+
+/// The events that take a web service's maintenance mode from `from` to
+/// `to`: its page first, so a mode turned on with a page shows it at once.
+fn maintenance_changes(from: Option<MaintenanceMode>, to: MaintenanceMode) -> Vec<Event> {
+    let from = from.unwrap_or_default();
+    let mut out: Vec<Event> = Vec::new();
+    if from.uri != to.uri {
+        out.push(
+            MaintenanceModeUriUpdated {
+                from_uri: from.uri,
+                to_uri: to.uri,
+            }
+            .into(),
+        );
+    }
+    if from.enabled != to.enabled {
+        out.push(
+            MaintenanceModeEnabled {
+                enabled: to.enabled,
+            }
+            .into(),
+        );
+    }
+    out
 }
 
 /// Cancels running and queued deploys, the active cron run and the
@@ -514,6 +561,18 @@ pub(super) fn apply(s: &mut ServiceState, event: &Event, time: Option<DateTime<U
         Event::ServiceUpdated(e) => {
             if let Some(c) = s.config.as_mut() {
                 merge(c, &e.settings);
+                s.updated_at = time;
+            }
+        }
+        Event::MaintenanceModeEnabled(e) => {
+            if let Some(c) = s.config.as_mut() {
+                c.maintenance_mode.get_or_insert_default().enabled = e.enabled;
+                s.updated_at = time;
+            }
+        }
+        Event::MaintenanceModeUriUpdated(e) => {
+            if let Some(c) = s.config.as_mut() {
+                c.maintenance_mode.get_or_insert_default().uri = e.to_uri.clone();
                 s.updated_at = time;
             }
         }

@@ -126,6 +126,8 @@ pub struct CreateService {
     /// A persistent disk (its id made by the caller): web services,
     /// private services and workers, with one instance.
     pub disk: Option<berth_schemas::model::Disk>,
+    /// Its maintenance mode (web services).
+    pub maintenance_mode: Option<berth_schemas::model::MaintenanceMode>,
     /// Its autoscaling (Render's `serviceDetails.autoscaling`): when on,
     /// `num_instances` is moved into its range.
     pub autoscaling: Option<berth_schemas::model::AutoscalingConfig>,
@@ -168,6 +170,7 @@ impl CreateService {
             hook_key,
             deploy,
             disk: None,
+            maintenance_mode: None,
             autoscaling: None,
         }
     }

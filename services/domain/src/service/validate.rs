@@ -304,6 +304,47 @@ pub fn https_redirect(service_type: ServiceType) -> Result<()> {
     Ok(())
 }
 
+/// The longest maintenance page address taken.
+pub const MAX_MAINTENANCE_URI: usize = 2000;
+
+/// A maintenance mode a service of `service_type` may have: web services
+/// only (the router serves them), and a page address that is `""` or an
+/// absolute `http(s)://` URL of printable characters that need no quoting
+/// in HTML.
+pub fn maintenance_mode(
+    service_type: ServiceType,
+    m: &berth_schemas::model::MaintenanceMode,
+) -> Result<()> {
+    if service_type != ServiceType::WebService {
+        return Err(DomainError::invalid(
+            "maintenanceMode",
+            "only web services are served by the router, so only they have a maintenance mode",
+        ));
+    }
+    let uri = m.uri.as_str();
+    if uri.is_empty() {
+        return Ok(());
+    }
+    let rest = uri
+        .strip_prefix("https://")
+        .or_else(|| uri.strip_prefix("http://"));
+    let plain = uri
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\'' | b'<' | b'>' | b'\\' | b'`'));
+    if rest.is_none_or(|r| r.is_empty() || r.starts_with('/'))
+        || !plain
+        || uri.len() > MAX_MAINTENANCE_URI
+    {
+        return Err(DomainError::invalid(
+            "maintenanceMode.uri",
+            format!(
+                "must be empty (berth's page) or an absolute http:// or https:// address of at most {MAX_MAINTENANCE_URI} printable characters without spaces, quotes, < or >"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Which type-specific fields a service type accepts.
 pub fn type_fields(
     service_type: ServiceType,

@@ -10,6 +10,7 @@ mod deploys;
 mod domains;
 mod jobs;
 mod lifecycle;
+mod maintenance;
 mod placement;
 mod platform_env;
 mod props;
