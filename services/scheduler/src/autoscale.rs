@@ -40,6 +40,10 @@ use crate::Inner;
 /// One instance as last sampled.
 #[derive(Debug, Clone)]
 struct Seen {
+    /// When this copy received it (its own clock: a node's may be off).
+    received: DateTime<Utc>,
+    /// The sample's time (the node's clock: only compared with the same
+    /// node's earlier samples).
     at: DateTime<Utc>,
     cpu_nanos: u64,
     /// Percent of the plan's CPU between its last two samples (none
@@ -58,6 +62,9 @@ struct Watched {
     memory_mib: u32,
     /// The change under way is done: record it.
     reached: Option<u32>,
+    /// Its instances: samples of others are dropped (a sample naming
+    /// thousands of made-up instances holds nothing here).
+    known: HashSet<InstanceId>,
     /// Its healthy instances: only their use counts (one starting may
     /// burn CPU warming up, or sit idle before it takes work).
     healthy: HashSet<InstanceId>,
@@ -120,10 +127,12 @@ impl Autoscaler {
             cpu_millis: cfg.plan.cpu_millis,
             memory_mib: cfg.plan.memory_mib,
             reached: None,
+            known: HashSet::new(),
             healthy: HashSet::new(),
             instances: HashMap::new(),
             readings: VecDeque::new(),
         });
+        w.known = state.instances.iter().map(|i| i.id.clone()).collect();
         w.on = on.clone();
         w.healthy = state
             .instances
@@ -138,15 +147,15 @@ impl Autoscaler {
         w.reached = autoscaling::reached(state).map(|(_, to)| to);
     }
 
-    /// A node's sample of `service`'s instances there.
-    fn sample(&self, service: &ServiceId, s: &UsageSample) {
+    /// A node's sample of `service`'s instances there, received at `now`.
+    fn sample(&self, service: &ServiceId, s: &UsageSample, now: DateTime<Utc>) {
         let mut watched = self.lock();
         let Some(w) = watched.get_mut(service) else {
             return;
         };
         let cores = f64::from(w.cpu_millis.max(1)) / 1000.0;
         let memory = f64::from(w.memory_mib.max(1)) * 1024.0 * 1024.0;
-        for u in &s.instances {
+        for u in s.instances.iter().filter(|u| w.known.contains(&u.instance)) {
             let cpu_percent = w.instances.get(&u.instance).and_then(|prev| {
                 let secs = (s.time - prev.at).num_milliseconds() as f64 / 1000.0;
                 (secs > 0.0 && u.cpu_nanos >= prev.cpu_nanos)
@@ -159,6 +168,7 @@ impl Autoscaler {
             w.instances.insert(
                 u.instance.clone(),
                 Seen {
+                    received: now,
                     at: s.time,
                     cpu_nanos: u.cpu_nanos,
                     cpu_percent,
@@ -178,7 +188,7 @@ impl Autoscaler {
         .unwrap_or_default();
         let mut asks = Vec::new();
         for (service, w) in self.lock().iter_mut() {
-            w.instances.retain(|_, s| s.at >= now - stale);
+            w.instances.retain(|_, s| s.received >= now - stale);
             let measured: Vec<&Seen> = w
                 .instances
                 .iter()
@@ -242,7 +252,7 @@ pub(crate) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
                     tracing::debug!(subject = %m.subject, "autoscaler: a sample it cannot read, skipped");
                     continue;
                 };
-                autoscaler.sample(&service, &sample);
+                autoscaler.sample(&service, &sample, Utc::now());
             }
             _ = looks.tick() => {
                 for (service, ask) in autoscaler.look(Utc::now()) {
@@ -304,7 +314,13 @@ mod tests {
 
     use super::*;
 
-    fn watched(a: &Autoscaler, service: &ServiceId, count: u32, healthy: &[&InstanceId]) {
+    fn watched(
+        a: &Autoscaler,
+        service: &ServiceId,
+        count: u32,
+        known: &[&InstanceId],
+        healthy: &[&InstanceId],
+    ) {
         a.lock().insert(
             service.clone(),
             Watched {
@@ -314,6 +330,7 @@ mod tests {
                 cpu_millis: 500,
                 memory_mib: 512,
                 reached: None,
+                known: known.iter().map(|i| (*i).clone()).collect(),
                 healthy: healthy.iter().map(|i| (*i).clone()).collect(),
                 instances: HashMap::new(),
                 readings: VecDeque::new(),
@@ -339,21 +356,44 @@ mod tests {
         }
     }
 
+    /// Feeds `s` as received at its own time.
+    fn feed(a: &Autoscaler, svc: &ServiceId, s: &UsageSample) {
+        a.sample(svc, s, s.time);
+    }
+
     #[test]
     fn a_busy_instance_is_read_against_its_plan_and_more_are_asked_for() {
         let a = Autoscaler::new(Timings::default(), Duration::from_secs(5));
         let (svc, other) = (ServiceId::generate(), ServiceId::generate());
-        let (i, starting) = (InstanceId::generate(), InstanceId::generate());
-        watched(&a, &svc, 1, &[&i]);
-        // Half a core on a plan of half a core: 100 % of its CPU.
-        // One not healthy yet, burning two cores: not counted.
-        a.sample(&svc, &sample(0, &[(&i, 0), (&starting, 0)]));
-        a.sample(
-            &svc,
-            &sample(10, &[(&i, 5_000_000_000), (&starting, 20_000_000_000)]),
+        let (i, starting, made_up) = (
+            InstanceId::generate(),
+            InstanceId::generate(),
+            InstanceId::generate(),
         );
+        watched(&a, &svc, 1, &[&i, &starting], &[&i]);
+        // Half a core on a plan of half a core: 100 % of its CPU. One not
+        // healthy yet, burning two cores, and one the service does not
+        // have: not counted.
+        feed(
+            &a,
+            &svc,
+            &sample(0, &[(&i, 0), (&starting, 0), (&made_up, 0)]),
+        );
+        feed(
+            &a,
+            &svc,
+            &sample(
+                10,
+                &[
+                    (&i, 5_000_000_000),
+                    (&starting, 20_000_000_000),
+                    (&made_up, 90_000_000_000),
+                ],
+            ),
+        );
+        assert!(!a.lock()[&svc].instances.contains_key(&made_up), "not kept");
         // Samples of a service not autoscaled are not kept.
-        a.sample(&other, &sample(10, &[(&i, 0)]));
+        feed(&a, &other, &sample(10, &[(&i, 0)]));
         assert!(!a.lock().contains_key(&other));
         let now = Utc.timestamp_opt(1_800_000_011, 0).unwrap();
         let asks = a.look(now);
@@ -370,6 +410,23 @@ mod tests {
     }
 
     #[test]
+    fn a_node_whose_clock_is_off_is_still_counted() {
+        let a = Autoscaler::new(Timings::default(), Duration::from_secs(5));
+        let svc = ServiceId::generate();
+        let i = InstanceId::generate();
+        watched(&a, &svc, 1, &[&i], &[&i]);
+        // The node's clock is an hour behind this copy's.
+        let here = Utc.timestamp_opt(1_800_003_600, 0).unwrap();
+        a.sample(&svc, &sample(0, &[(&i, 0)]), here);
+        a.sample(&svc, &sample(10, &[(&i, 1_000_000_000)]), here);
+        a.look(here);
+        let w = a.lock()[&svc].clone();
+        let r = w.readings.back().unwrap();
+        assert_eq!(r.instances, 1);
+        assert!((r.cpu_percent - 20.0).abs() < 0.01, "{r:?}");
+    }
+
+    #[test]
     fn an_instance_no_longer_sampled_is_let_go_and_old_readings_too() {
         let a = Autoscaler::new(
             Timings {
@@ -380,15 +437,19 @@ mod tests {
         );
         let svc = ServiceId::generate();
         let (i, j) = (InstanceId::generate(), InstanceId::generate());
-        watched(&a, &svc, 2, &[&i, &j]);
-        a.sample(&svc, &sample(0, &[(&i, 0), (&j, 0)]));
-        a.sample(&svc, &sample(1, &[(&i, 250_000_000), (&j, 250_000_000)]));
+        watched(&a, &svc, 2, &[&i, &j], &[&i, &j]);
+        feed(&a, &svc, &sample(0, &[(&i, 0), (&j, 0)]));
+        feed(
+            &a,
+            &svc,
+            &sample(1, &[(&i, 250_000_000), (&j, 250_000_000)]),
+        );
         let at = |s: i64| Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap();
         a.look(at(1));
         assert_eq!(a.lock()[&svc].readings.back().unwrap().instances, 2);
         // `j` is no longer sampled; `i` is.
         for s in 2..30 {
-            a.sample(&svc, &sample(s, &[(&i, 250_000_000 * s as u64)]));
+            feed(&a, &svc, &sample(s, &[(&i, 250_000_000 * s as u64)]));
             a.look(at(s));
         }
         let w = a.lock()[&svc].clone();
@@ -403,7 +464,7 @@ mod tests {
             w.readings.len()
         );
         // An older sample arriving late is ignored.
-        a.sample(&svc, &sample(3, &[(&i, 0)]));
+        feed(&a, &svc, &sample(3, &[(&i, 0)]));
         assert_eq!(a.lock()[&svc].instances[&i].cpu_nanos, 250_000_000 * 29);
     }
 }
