@@ -11,9 +11,9 @@ use crate::ids::{
     InstanceId, IntegrationId, JobId, NodeId, OwnerId, ServiceId,
 };
 use crate::model::{
-    AutoscalingConfig, CertificateFailure, DeployStatus, DeployTrigger, Disk, EnvVars, LogStream,
-    LogStreamOverride, MaintenanceMode, NotifySetting, OverlapPolicy, Plan, PullFailureReason,
-    RegistryKind, ResolvedImage, Sealed, SecretFiles, ServiceType,
+    AutoscalingConfig, CertificateFailure, CidrBlock, DeployStatus, DeployTrigger, Disk, EnvVars,
+    LogStream, LogStreamOverride, MaintenanceMode, NotifySetting, OverlapPolicy, Plan,
+    PullFailureReason, RegistryKind, ResolvedImage, Sealed, SecretFiles, ServiceType,
 };
 
 /// Declares the event structs, the `Event` enum and the table of types and
@@ -197,9 +197,16 @@ pub struct ServiceSettings {
     /// Its maintenance mode, as asked (web services). A change is recorded
     /// as `maintenance_mode_uri_updated` and `maintenance_mode_enabled`,
     /// never in `service_updated`.
-    /// (Boxed: a command carries these settings, and this one is rare.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub maintenance_mode: Option<Box<MaintenanceMode>>,
+    pub maintenance_mode: Option<MaintenanceMode>,
+    /// Replaces its IP allow list (web services): an empty list lets no
+    /// one through; `Some(None)` removes it (every client again).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "cleared"
+    )]
+    pub ip_allow_list: Option<Option<Vec<CidrBlock>>>,
 }
 
 /// Serde's default for a setting that is on unless turned off.
@@ -361,8 +368,13 @@ events! {
         pub disk: Option<Disk>,
         /// Web services: its maintenance mode, when set at create or since
         /// (`maintenance_mode_enabled`, `maintenance_mode_uri_updated`).
+        /// Boxed, as few services have one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub maintenance_mode: Option<MaintenanceMode>,
+        pub maintenance_mode: Option<Box<MaintenanceMode>>,
+        /// Web services: the client addresses the router lets through
+        /// (absent: every one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub ip_allow_list: Option<Vec<CidrBlock>>,
     }
     /// Some settings of a service changed.
     ServiceUpdated = "service_updated" v 1 {

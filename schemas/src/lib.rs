@@ -9,6 +9,7 @@
 //! by `cargo run -p berth-schemas --bin berth-gen-schemas`; a test fails when
 //! the committed files differ from what the code generates.
 
+pub mod cidr;
 pub mod command_line;
 pub mod commands;
 pub mod envelope;

@@ -451,6 +451,17 @@ pub struct MaintenanceMode {
     pub uri: String,
 }
 
+/// One entry of a web service's IP allow list (Render's
+/// `CidrBlockAndDescription`): a block of client addresses the router lets
+/// through ([`crate::cidr::Cidr`]), and what it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CidrBlock {
+    pub cidr_block: String,
+    #[serde(default)]
+    pub description: String,
+}
+
 /// What an autoscaled service is scaled on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

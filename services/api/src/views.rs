@@ -277,6 +277,10 @@ pub struct WebDetails {
     /// Render's maintenance mode, when set (`enabled`, `uri`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub maintenance_mode: Option<berth_schemas::model::MaintenanceMode>,
+    /// Render's IP allow list, when set: only these client addresses are
+    /// let through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_allow_list: Option<Vec<berth_schemas::model::CidrBlock>>,
 }
 
 /// `serviceDetails` of a private service.
@@ -414,7 +418,8 @@ pub fn service(
             open_ports: open_ports(),
             url: links.web_url(&c.name),
             https_redirect: c.https_redirect,
-            maintenance_mode: c.maintenance_mode.clone(),
+            maintenance_mode: c.maintenance_mode.as_deref().cloned(),
+            ip_allow_list: c.ip_allow_list.clone(),
         }),
         ServiceType::PrivateService => ServiceDetails::Private(PrivateDetails {
             common,

@@ -1260,4 +1260,33 @@ async fn a_web_services_maintenance_mode_is_set_on_its_settings_page() {
         v["serviceDetails"]["maintenanceMode"]["uri"],
         "https://status.example.com/"
     );
+    // Its IP allow list: only these blocks, then every client again.
+    let saved = b
+        .submit(
+            &settings,
+            &settings,
+            &[
+                ("allow", "only"),
+                ("ipAllowList", "203.0.113.0/24 office\n\n198.51.100.9\n"),
+            ],
+        )
+        .await;
+    assert_eq!(saved.status, StatusCode::OK, "{}", saved.html);
+    let (_, v) = app.get(&format!("/v1/services/{id}"), &alice).await;
+    assert_eq!(
+        v["serviceDetails"]["ipAllowList"],
+        serde_json::json!([{"cidrBlock": "203.0.113.0/24", "description": "office"},
+                           {"cidrBlock": "198.51.100.9/32", "description": ""}]),
+        "{v}"
+    );
+    let page = b.get(&settings).await;
+    assert!(
+        page.html
+            .contains("203.0.113.0/24 office\n198.51.100.9/32\n"),
+        "{}",
+        page.html
+    );
+    b.submit(&settings, &settings, &[("allow", "every")]).await;
+    let (_, v) = app.get(&format!("/v1/services/{id}"), &alice).await;
+    assert!(v["serviceDetails"].get("ipAllowList").is_none(), "{v}");
 }

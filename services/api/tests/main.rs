@@ -1,6 +1,7 @@
 //! Integration tests of berth-api against real servers, one binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod allow_list;
 mod auth;
 mod autoscaling;
 mod bus;

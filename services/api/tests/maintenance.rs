@@ -57,36 +57,33 @@ async fn maintenance_mode_is_set_shown_on_the_timeline_and_refused_with_why() {
     );
 
     // Refused with why, nothing recorded.
-    let before = app.last_seq().await;
-    for (target, mode, says) in [
-        (
-            &worker,
-            json!({"enabled": true, "uri": ""}),
-            "only web services",
-        ),
-        (
-            &svc,
-            json!({"enabled": true, "uri": "javascript:alert(1)"}),
-            "maintenanceMode.uri",
-        ),
-        (
-            &svc,
-            json!({"enabled": true, "uri": "https://x.example/\"><b>"}),
-            "maintenanceMode.uri",
-        ),
-        (&svc, json!({"enabled": "yes"}), "expected a boolean"),
-    ] {
-        let (s, v) = app
-            .patch(
-                &format!("/v1/services/{target}"),
-                &alice,
-                json!({"serviceDetails": {"maintenanceMode": mode}}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::BAD_REQUEST, "{mode}: {v}");
-        assert!(v.to_string().contains(says), "{mode}: {v}");
-    }
-    assert_eq!(app.last_seq().await, before, "a refusal records nothing");
+    app.details_refused(
+        &alice,
+        "maintenanceMode",
+        &[
+            (
+                &worker,
+                json!({"enabled": true, "uri": ""}),
+                "only web services",
+            ),
+            (
+                &svc,
+                json!({"enabled": true, "uri": "javascript:alert(1)"}),
+                "maintenanceMode.uri",
+            ),
+            (
+                &svc,
+                json!({"enabled": true, "uri": "https://x.example/\"><b>"}),
+                "maintenanceMode.uri",
+            ),
+            (
+                svc.as_str(),
+                json!({"enabled": "yes"}),
+                "expected a boolean",
+            ),
+        ],
+    )
+    .await;
 
     // Off: the page address stays for next time.
     let (s, v) = app

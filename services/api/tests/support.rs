@@ -302,6 +302,25 @@ impl App {
             .await
     }
 
+    /// PATCHes each service of `refusals` with `serviceDetails.{field}`
+    /// set to its value and asserts a 400 that says its text, and that
+    /// nothing was recorded.
+    pub async fn details_refused(&self, o: &Owner, field: &str, refusals: &[(&str, Value, &str)]) {
+        let before = self.last_seq().await;
+        for (svc, value, says) in refusals {
+            let (s, v) = self
+                .patch(
+                    &format!("/v1/services/{svc}"),
+                    o,
+                    serde_json::json!({"serviceDetails": {field: value}}),
+                )
+                .await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{value}: {v}");
+            assert!(v.to_string().contains(says), "{value}: {v}");
+        }
+        assert_eq!(self.last_seq().await, before, "a refusal records nothing");
+    }
+
     /// DELETE with a key.
     pub async fn delete(&self, path: &str, o: &Owner) -> (StatusCode, Value) {
         self.call(Method::DELETE, path, Some(&o.key), None).await

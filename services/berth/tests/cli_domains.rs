@@ -171,6 +171,43 @@ async fn domain_commands_add_list_and_remove() {
         "{kept}"
     );
 
+    // An IP allow list: this machine's address is not on it, then is.
+    let listed = cli
+        .ok(&["service", "allow", "site", "--add", "203.0.113.0/24=office"])
+        .await;
+    assert_eq!(listed.trim(), "203.0.113.0/24 (office)", "{listed}");
+    eventually(
+        "a 403 for a client not on the list",
+        Duration::from_secs(10),
+        || async { get_at(&router, "example.test").await.0.contains(" 403 ") },
+    )
+    .await;
+    let listed = cli
+        .ok(&["service", "allow", "site", "--add", "127.0.0.1"])
+        .await;
+    assert!(listed.contains("127.0.0.1/32"), "{listed}");
+    eventually(
+        "served once on the list",
+        Duration::from_secs(10),
+        || async { get_at(&router, "example.test").await.0.contains(" 200 ") },
+    )
+    .await;
+    let unknown = cli
+        .run(&["service", "allow", "site", "--remove", "192.0.2.0/24"])
+        .await;
+    assert_eq!(unknown.code, 64, "{unknown:?}");
+    let bad = cli
+        .run(&["service", "allow", "site", "--add", "10.0.0.5/8"])
+        .await;
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(bad.stderr.contains("did you mean 10.0.0.0/8"), "{bad:?}");
+    let everyone = cli.ok(&["service", "allow", "site", "--everyone"]).await;
+    assert_eq!(
+        everyone.trim(),
+        "every client (no IP allow list)",
+        "{everyone}"
+    );
+
     let removed = cli.ok(&["domain", "rm", "site", "www.example.test"]).await;
     eventually(
         "the removed domain to stop routing",

@@ -129,7 +129,7 @@ impl Ingress {
         let state = self
             .decide_on_own(caller, id, &key, |_, c| {
                 Ok(change(c)?.map(|settings| service::Command::Update {
-                    settings,
+                    settings: Box::new(settings),
                     deploy: deploy.clone(),
                 }))
             })

@@ -535,6 +535,7 @@ mod tests {
                 },
                 disk: None,
                 maintenance_mode: None,
+                ip_allow_list: None,
             };
             self.at(at, AggregateId::Service(s.clone()), ev)
         }

@@ -480,7 +480,7 @@ impl Ingress {
         service::decide(
             &current,
             service::Command::Update {
-                settings: settings.clone(),
+                settings: Box::new(settings.clone()),
                 deploy: DeployId::generate(),
             },
             &Ctx::default(),
@@ -534,7 +534,10 @@ impl Ingress {
             Scope::Owner(caller),
             id,
             &key,
-            service::Command::Update { settings, deploy },
+            service::Command::Update {
+                settings: Box::new(settings),
+                deploy,
+            },
         )
         .await
     }

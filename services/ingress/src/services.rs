@@ -66,6 +66,8 @@ pub struct NewService {
     pub autoscaling: Option<berth_schemas::model::AutoscalingConfig>,
     /// Web services: its maintenance mode, from the start.
     pub maintenance_mode: Option<berth_schemas::model::MaintenanceMode>,
+    /// Web services: the client addresses let through (`None`: all).
+    pub ip_allow_list: Option<Vec<berth_schemas::model::CidrBlock>>,
 }
 
 /// A service's disk as asked for.
@@ -100,6 +102,7 @@ impl NewService {
             disk: None,
             autoscaling: None,
             maintenance_mode: None,
+            ip_allow_list: None,
         }
     }
 }
@@ -170,6 +173,7 @@ impl Ingress {
         c.https_redirect = new.https_redirect;
         c.autoscaling = new.autoscaling.clone();
         c.maintenance_mode = new.maintenance_mode.clone();
+        c.ip_allow_list = new.ip_allow_list.clone();
         c.disk = new.disk.as_ref().map(|d| berth_schemas::model::Disk {
             id: berth_schemas::ids::DiskId::generate(),
             name: d.name.clone(),

@@ -366,6 +366,7 @@ pub async fn service(
         hook_key,
         disk: None,
         maintenance_mode: None,
+        ip_allow_list: None,
     };
     let a = store
         .append(

@@ -329,7 +329,9 @@ fn read_request(
     let Some(route) = table.route_for_host(host, &proxy.opts.base_domain).cloned() else {
         return Head::HandOver;
     };
-    if !matches!(route.state, RouteState::Serving(_)) {
+    // What is not passed on as it is (a suspended service, one in
+    // maintenance, one with an IP allow list) is answered by the full path.
+    if !matches!(route.state, RouteState::Serving(_)) || route.allow.is_some() {
         return Head::HandOver;
     }
     let mut hsts = None;

@@ -179,6 +179,20 @@ impl Proxy {
             return Ok(unknown());
         };
         drop(table);
+        if !route.lets_in(peer.addr().ip()) {
+            let resp = page(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "Your address is not on this service's IP allow list.",
+            );
+            self.stats.record(
+                &route.service,
+                resp.status().as_u16(),
+                start.elapsed(),
+                Instant::now(),
+            );
+            return Ok(resp);
+        }
         // The service's HTTPS redirect: plain HTTP to a host with a
         // certificate goes to HTTPS; HTTPS answers carry HSTS.
         let mut hsts = None;

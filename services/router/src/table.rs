@@ -60,6 +60,9 @@ pub struct Route {
     /// certificate for the host) and HTTPS answers carry HSTS (when the
     /// router sends it): the service's setting, on unless turned off.
     pub https_redirect: bool,
+    /// The client addresses let through (the service's IP allow list);
+    /// `None`: every one.
+    pub allow: Option<Arc<[berth_schemas::cidr::Cidr]>>,
     /// Round-robin position; starts over when the route is rebuilt.
     next: AtomicUsize,
 }
@@ -71,6 +74,7 @@ impl Route {
             name,
             state,
             https_redirect: true,
+            allow: None,
             next: AtomicUsize::new(0),
         }
     }
@@ -79,6 +83,19 @@ impl Route {
     pub(crate) fn redirecting(mut self, on: bool) -> Self {
         self.https_redirect = on;
         self
+    }
+
+    /// The route letting through only clients in `allow` (`None`: all).
+    pub(crate) fn allowing(mut self, allow: Option<Arc<[berth_schemas::cidr::Cidr]>>) -> Self {
+        self.allow = allow;
+        self
+    }
+
+    /// Whether a client at `ip` may be served.
+    pub fn lets_in(&self, ip: std::net::IpAddr) -> bool {
+        self.allow
+            .as_ref()
+            .is_none_or(|blocks| blocks.iter().any(|b| b.contains(ip)))
     }
 
     /// The targets, if serving.
@@ -382,9 +399,17 @@ fn build_route(id: &ServiceId, t: &Tracked) -> Option<Route> {
         ServiceStatus::Suspended => RouteState::Suspended,
         ServiceStatus::NotCreated | ServiceStatus::Deleted => return None,
     };
+    // Entries were checked when set; one that does not read lets no one
+    // in rather than everyone.
+    let allow = cfg.ip_allow_list.as_ref().map(|list| {
+        list.iter()
+            .filter_map(|b| b.cidr_block.parse().ok())
+            .collect::<Arc<[_]>>()
+    });
     Some(
         Route::new(id.clone(), cfg.name.to_ascii_lowercase(), state)
-            .redirecting(cfg.https_redirect),
+            .redirecting(cfg.https_redirect)
+            .allowing(allow),
     )
 }
 

@@ -137,7 +137,7 @@ async fn unhealthy_and_exited_instances_leave_routing_renames_move_the_host() ->
     };
     let seq = s
         .cmd(Command::Update {
-            settings,
+            settings: Box::new(settings),
             deploy: berth_schemas::ids::DeployId::generate(),
         })
         .await?;
@@ -574,13 +574,13 @@ async fn a_service_in_maintenance_gets_a_503_page_that_sends_browsers_to_its_own
     let hits = a1.hits();
 
     let maintenance = |enabled: bool, uri: &str| Command::Update {
-        settings: berth_schemas::events::ServiceSettings {
-            maintenance_mode: Some(Box::new(berth_schemas::model::MaintenanceMode {
+        settings: Box::new(berth_schemas::events::ServiceSettings {
+            maintenance_mode: Some(berth_schemas::model::MaintenanceMode {
                 enabled,
                 uri: uri.into(),
-            })),
+            }),
             ..Default::default()
-        },
+        }),
         deploy: berth_schemas::ids::DeployId::generate(),
     };
     a.cmd(maintenance(true, "")).await?;
@@ -619,6 +619,62 @@ async fn a_service_in_maintenance_gets_a_503_page_that_sends_browsers_to_its_own
     assert_eq!(
         http.get("alpha.localhost", "/").await?,
         (StatusCode::OK, "a 1".into())
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_service_with_an_ip_allow_list_serves_only_the_clients_on_it() -> Result<()> {
+    let env = Env::start().await?;
+    let http = HttpClient::new(env.addr);
+    let a1 = Backend::start("a", 1).await?;
+    let mut a = Svc::create(&env.store, "alpha", ServiceType::WebService).await?;
+    a.first_deploy(1, &[a1.addr]).await?;
+    let allow = |blocks: &[&str]| Command::Update {
+        settings: Box::new(berth_schemas::events::ServiceSettings {
+            ip_allow_list: Some(Some(
+                blocks
+                    .iter()
+                    .map(|b| berth_schemas::model::CidrBlock {
+                        cidr_block: (*b).into(),
+                        description: String::new(),
+                    })
+                    .collect(),
+            )),
+            ..Default::default()
+        }),
+        deploy: berth_schemas::ids::DeployId::generate(),
+    };
+    // The tests' client is 127.0.0.1.
+    a.cmd(allow(&["203.0.113.0/24"])).await?;
+    env.synced(env.store.last_stream_seq().await?).await?;
+    let hits = a1.hits();
+    let (status, body) = http.get("alpha.localhost", "/").await?;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        body.contains("not on this service's IP allow list"),
+        "{body}"
+    );
+    let raw = raw_get(env.addr, "alpha.localhost").await?;
+    assert!(raw.starts_with("HTTP/1.1 403"), "{raw}");
+    assert_eq!(a1.hits(), hits, "nothing reached the instance");
+
+    a.cmd(allow(&["203.0.113.0/24", "127.0.0.0/8"])).await?;
+    env.synced(env.store.last_stream_seq().await?).await?;
+    assert_eq!(
+        http.get("alpha.localhost", "/").await?,
+        (StatusCode::OK, "a 1".into())
+    );
+    assert!(raw_get(env.addr, "alpha.localhost")
+        .await?
+        .starts_with("HTTP/1.1 200"));
+
+    // Empty: no one.
+    a.cmd(allow(&[])).await?;
+    env.synced(env.store.last_stream_seq().await?).await?;
+    assert_eq!(
+        http.get("alpha.localhost", "/").await?.0,
+        StatusCode::FORBIDDEN
     );
     Ok(())
 }

@@ -409,10 +409,10 @@ async fn the_operators_wildcard_serves_default_hosts_over_http2_and_http1() -> R
     // The service turns its redirect off: plain HTTP is served as asked,
     // HTTPS still serves, without HSTS; turned on again, it redirects.
     let redirect = |on: bool| berth_domain::service::Command::Update {
-        settings: berth_schemas::events::ServiceSettings {
+        settings: Box::new(berth_schemas::events::ServiceSettings {
             https_redirect: Some(on),
             ..Default::default()
-        },
+        }),
         deploy: berth_schemas::ids::DeployId::generate(),
     };
     svc.cmd(redirect(false)).await?;

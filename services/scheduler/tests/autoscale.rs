@@ -77,10 +77,10 @@ async fn a_spinning_worker_is_scaled_up_by_its_cpu_and_down_once_idle() {
     w.command(
         &svc,
         Command::Update {
-            settings: ServiceSettings {
+            settings: Box::new(ServiceSettings {
                 docker_command: Some(Some("sleep 600".into())),
                 ..ServiceSettings::default()
-            },
+            }),
             deploy: d2.clone(),
         },
     )

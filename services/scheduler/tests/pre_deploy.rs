@@ -54,10 +54,10 @@ async fn pre_deploy_runs_before_the_update_and_a_failing_one_keeps_the_old_deplo
     w.command(
         &svc,
         Command::Update {
-            settings: ServiceSettings {
+            settings: Box::new(ServiceSettings {
                 pre_deploy_command: Some(Some("sh -c 'exit 3'".into())),
                 ..Default::default()
-            },
+            }),
             deploy: DeployId::generate(),
         },
     )

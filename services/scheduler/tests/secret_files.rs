@@ -68,10 +68,10 @@ async fn an_instance_reads_its_secret_files_in_etc_secrets() {
     w.command(
         &svc,
         Command::Update {
-            settings: ServiceSettings {
+            settings: Box::new(ServiceSettings {
                 secret_files: Some(files(&w, &svc, "token=second")),
                 ..ServiceSettings::default()
-            },
+            }),
             deploy: d2.clone(),
         },
     )

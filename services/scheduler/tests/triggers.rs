@@ -92,7 +92,7 @@ async fn every_trigger_goes_live_in_order_and_overlapping_deploys_wait_or_are_ca
     w.command(
         &svc,
         Command::Update {
-            settings,
+            settings: Box::new(settings),
             deploy: d_upd.clone(),
         },
     )

@@ -28,7 +28,7 @@ async fn update_until_failed(
         ..ServiceSettings::default()
     };
     let update = Command::Update {
-        settings,
+        settings: Box::new(settings),
         deploy: deploy.clone(),
     };
     w.command(svc, update).await;

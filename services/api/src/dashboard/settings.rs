@@ -85,6 +85,22 @@ fn settings_form(who: &Signed, s: &ServiceView, creds: &[CredentialOut]) -> Mark
                         label for="maintenanceUri" { "Maintenance page (optional)" }
                         input #maintenanceUri type="url" name="maintenanceUri" value=(m.uri) placeholder="https://status.example.com/";
                     }
+                    @let allow = w.ip_allow_list.as_ref();
+                    div {
+                        label for="allow" { "Who reaches it" }
+                        select #allow name="allow" {
+                            option value="every" selected[allow.is_none()] { "every client" }
+                            option value="only" selected[allow.is_some()] { "only the address blocks below (others get 403)" }
+                        }
+                    }
+                    div {
+                        label for="ipAllowList" { "IP allow list: one block per line, a description after a space" }
+                        textarea #ipAllowList name="ipAllowList" rows="3" placeholder="203.0.113.0/24 office" {
+                            @for b in allow.into_iter().flatten() {
+                                (b.cidr_block) @if !b.description.is_empty() { " " (b.description) } "\n"
+                            }
+                        }
+                    }
                 }
                 div {
                     label for="notifyOnFail" { "Failure notifications" }
@@ -304,9 +320,34 @@ fn update_body(s: &ServiceView, f: &super::session::FormData) -> UpdateBody {
         }
         _ => None,
     };
+    let ip_allow_list = match &s.service_details {
+        ServiceDetails::Web(w) => match f.get("allow") {
+            Some("every") => w.ip_allow_list.is_some().then_some(None),
+            Some("only") => {
+                let asked: Vec<berth_schemas::model::CidrBlock> = f
+                    .get("ipAllowList")
+                    .unwrap_or_default()
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(|l| {
+                        let (cidr, description) = l.split_once(' ').unwrap_or((l, ""));
+                        berth_schemas::model::CidrBlock {
+                            cidr_block: cidr.to_owned(),
+                            description: description.trim().to_owned(),
+                        }
+                    })
+                    .collect();
+                (w.ip_allow_list.as_ref() != Some(&asked)).then_some(Some(asked))
+            }
+            _ => None,
+        },
+        _ => None,
+    };
     let details = DetailsBody {
         plan: changed("plan", &c.plan),
         maintenance_mode,
+        ip_allow_list,
         health_check_path: health,
         pre_deploy_command: pre,
         schedule,
@@ -325,6 +366,7 @@ fn update_body(s: &ServiceView, f: &super::session::FormData) -> UpdateBody {
         || details.overlap_policy.is_some()
         || details.https_redirect.is_some()
         || details.maintenance_mode.is_some()
+        || details.ip_allow_list.is_some()
         || details.env_specific_details.is_some();
     UpdateBody {
         name: changed("name", &s.name).filter(|v| !v.is_empty()),

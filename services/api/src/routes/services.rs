@@ -153,6 +153,11 @@ pub struct DetailsBody {
     /// Render's, web services: while `enabled`, the router answers with a
     /// 503 maintenance page (sending browsers to `uri` when set).
     pub maintenance_mode: Option<berth_schemas::model::MaintenanceMode>,
+    /// Render's, web services: only clients in these blocks are let
+    /// through (`[]`: none; absent at create, or `null` in an update:
+    /// every one).
+    #[serde(default, deserialize_with = "nullable")]
+    pub ip_allow_list: Option<Option<Vec<berth_schemas::model::CidrBlock>>>,
     /// Render's clients send the runtime always: it must be `image`.
     pub runtime: Option<String>,
     pub env: Option<String>,
@@ -170,8 +175,6 @@ pub struct DetailsBody {
     pub pull_request_previews_enabled: Option<Value>,
     #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub previews: Option<Value>,
-    #[schemars(with = "Option<Vec<serde_json::Map<String, Value>>>")]
-    pub ip_allow_list: Option<Value>,
     #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub cache: Option<Value>,
     #[schemars(with = "Option<String>")]
@@ -237,11 +240,6 @@ impl DetailsBody {
                 "previews",
                 &self.previews,
                 "berth has no preview environments",
-            ),
-            (
-                "ipAllowList",
-                &self.ip_allow_list,
-                "berth has no IP allow lists",
             ),
             ("buildCommand", &self.build_command, NO_BUILDS),
             (
@@ -600,6 +598,7 @@ pub async fn create(
     new.disk = disk;
     new.autoscaling = autoscaling;
     new.maintenance_mode = details.maintenance_mode;
+    new.ip_allow_list = details.ip_allow_list.flatten();
     let created = st.ingress.create_service(&caller, new).await?;
     let view = view_of(&st, &created.id, &created.state)?;
     Ok((
@@ -871,7 +870,8 @@ pub async fn update(
         settings.schedule = d.schedule;
         settings.overlap_policy = d.overlap_policy;
         settings.https_redirect = d.https_redirect;
-        settings.maintenance_mode = d.maintenance_mode.map(Box::new);
+        settings.maintenance_mode = d.maintenance_mode;
+        settings.ip_allow_list = d.ip_allow_list;
     }
     let env = body.env_vars.map(|v| env_vars(v, &mut fields));
     if !fields.is_empty() {

@@ -130,6 +130,24 @@ pub enum ServiceCommand {
     },
     /// Set the number of instances.
     Scale { service: String, instances: u32 },
+    /// A web service's IP allow list: with no flag, shows it; --add and
+    /// --remove change it (only clients in its blocks reach the service;
+    /// others get 403 from the router), --everyone lets every client
+    /// through again. Blocks are CIDRs (203.0.113.0/24, 2001:db8::/32) or
+    /// single addresses.
+    Allow {
+        service: String,
+        /// A block to let through, with an optional description:
+        /// CIDR[=DESCRIPTION]. May be given more than once.
+        #[arg(long, value_name = "CIDR[=DESCRIPTION]")]
+        add: Vec<String>,
+        /// A block to take off the list (as listed). May be given more than once.
+        #[arg(long, value_name = "CIDR")]
+        remove: Vec<String>,
+        /// Remove the list: every client is let through again.
+        #[arg(long, conflicts_with_all = ["add", "remove"])]
+        everyone: bool,
+    },
     /// A web service's maintenance mode: --on makes the router answer
     /// every request with a 503 maintenance page (its instances keep
     /// running), which sends browsers to --page when one is set; --off
@@ -413,6 +431,12 @@ pub async fn run(args: ServiceArgs) -> Result<(), ClientError> {
             done(&api, &format!("{id}: scaling to {instances} instance(s)"));
             Ok(())
         }
+        ServiceCommand::Allow {
+            service,
+            add,
+            remove,
+            everyone,
+        } => allow(&api, &service, add, remove, everyone).await,
         ServiceCommand::Maintenance {
             service, on, page, ..
         } => maintenance(&api, &service, on, page).await,
@@ -759,6 +783,79 @@ async fn restore_snapshot(
     Ok(())
 }
 
+/// Shows or changes a web service's IP allow list.
+async fn allow(
+    api: &Api,
+    service: &str,
+    add: Vec<String>,
+    remove: Vec<String>,
+    everyone: bool,
+) -> Result<(), ClientError> {
+    let id = resolve(api, service).await?;
+    let path = format!("/v1/services/{}", enc(&id));
+    let now = api.get(&path).await?;
+    let listed = now["serviceDetails"]["ipAllowList"].as_array().cloned();
+    let list = if everyone {
+        // No list: every client.
+        Some(Value::Null)
+    } else if add.is_empty() && remove.is_empty() {
+        None
+    } else {
+        let mut list = listed.clone().unwrap_or_default();
+        for r in &remove {
+            let before = list.len();
+            list.retain(|b| b["cidrBlock"].as_str() != Some(r.as_str()));
+            if list.len() == before {
+                return Err(ClientError::Usage(format!(
+                    "{r} is not on the list (see `berth service allow {service}`)"
+                )));
+            }
+        }
+        for a in &add {
+            let (cidr, description) = a.split_once('=').unwrap_or((a.as_str(), ""));
+            list.push(json!({"cidrBlock": cidr, "description": description}));
+        }
+        Some(Value::Array(list))
+    };
+    let shown = match list {
+        Some(list) => {
+            api.patch(&path, json!({"serviceDetails": {"ipAllowList": list}}))
+                .await?
+        }
+        None => now,
+    };
+    if api.json() {
+        output::json(&shown["serviceDetails"]["ipAllowList"]);
+        return Ok(());
+    }
+    println!("{}", allow_list_of(&shown));
+    Ok(())
+}
+
+/// A service's IP allow list in words.
+fn allow_list_of(svc: &Value) -> String {
+    if svc["type"] != json!("web_service") {
+        return "-".to_owned();
+    }
+    match svc["serviceDetails"]["ipAllowList"].as_array() {
+        None => "every client (no IP allow list)".to_owned(),
+        Some(l) if l.is_empty() => "no client: its IP allow list is empty".to_owned(),
+        Some(l) => l
+            .iter()
+            .map(|b| {
+                let d = b["description"].as_str().unwrap_or_default();
+                let c = b["cidrBlock"].as_str().unwrap_or_default();
+                if d.is_empty() {
+                    c.to_owned()
+                } else {
+                    format!("{c} ({d})")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
 /// Turns a web service's maintenance mode on or off, keeping its page
 /// unless another is given.
 async fn maintenance(
@@ -1009,6 +1106,7 @@ async fn show(api: &Api, service: &str) -> Result<(), ClientError> {
         ("disk", disk_of(&svc)),
         ("autoscaling", autoscaling_of(&svc)),
         ("maintenance", maintenance_of(&svc)),
+        ("allowed", allow_list_of(&svc)),
         ("health check", s(&svc, "serviceDetails/healthCheckPath")),
         ("pre-deploy", s(&svc, "serviceDetails/preDeployCommand")),
         ("schedule", s(&svc, "serviceDetails/schedule")),
@@ -1224,7 +1322,35 @@ async fn events(
 mod tests {
     use serde_json::json;
 
-    use super::{autoscaling_of, disk_body, disk_of};
+    use super::{allow_list_of, autoscaling_of, disk_body, disk_of, maintenance_of};
+
+    #[test]
+    fn a_web_services_reach_is_said_in_words() {
+        let web =
+            |details: serde_json::Value| json!({"type": "web_service", "serviceDetails": details});
+        assert_eq!(
+            allow_list_of(&web(json!({}))),
+            "every client (no IP allow list)"
+        );
+        assert_eq!(
+            allow_list_of(&web(json!({"ipAllowList": []}))),
+            "no client: its IP allow list is empty"
+        );
+        assert_eq!(
+            allow_list_of(&web(json!({"ipAllowList": [
+                {"cidrBlock": "203.0.113.0/24", "description": "office"},
+                {"cidrBlock": "198.51.100.9/32", "description": ""}]}))),
+            "203.0.113.0/24 (office), 198.51.100.9/32"
+        );
+        assert_eq!(allow_list_of(&json!({"type": "background_worker"})), "-");
+        assert_eq!(maintenance_of(&web(json!({}))), "-");
+        assert_eq!(
+            maintenance_of(&web(
+                json!({"maintenanceMode": {"enabled": true, "uri": ""}})
+            )),
+            "ON: requests get a 503 maintenance page"
+        );
+    }
 
     #[test]
     fn autoscaling_is_said_in_words() {

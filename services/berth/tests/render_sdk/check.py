@@ -34,7 +34,7 @@ import sys
 import httpx
 
 from harness import Harness
-from steps_web import autoscaling, maintenance
+from steps_web import autoscaling, ip_allow_list, maintenance
 from steps_deploys import cron, deploys, events
 from steps_disks import disk_added_and_deleted, disk_snapshots, disks
 from steps_domains import custom_domains
@@ -162,6 +162,7 @@ def main():
         instances,
         autoscaling,
         maintenance,
+        ip_allow_list,
         env_vars,
         secret_files,
         custom_domains,

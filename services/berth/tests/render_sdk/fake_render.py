@@ -425,6 +425,18 @@ class FakeRender:
             service["name"] = body["name"]
         if "image" in body:
             service["imagePath"] = body["image"]["imagePath"]
+        allow = (body.get("serviceDetails") or {}).get("ipAllowList")
+        if allow is not None:
+            if service["type"] != "web_service":
+                return 400, {"id": "invalid", "message": "only web services"}
+
+            def block(b):
+                cidr = b["cidrBlock"]
+                if "/" not in cidr:
+                    cidr += "/128" if ":" in cidr else "/32"
+                return {"cidrBlock": cidr, "description": b.get("description", "")}
+
+            service["serviceDetails"]["ipAllowList"] = [block(b) for b in allow]
         mode = (body.get("serviceDetails") or {}).get("maintenanceMode")
         if mode is not None:
             if service["type"] != "web_service":

@@ -1,7 +1,8 @@
 """The web service's instance settings through Render's SDK: autoscaling set
 (its count moves into the range), shown with the service, then removed (the
 count stays) and the service scaled back by hand; maintenance mode turned on
-with a page of its own, shown, and off again (the page kept)."""
+with a page of its own, shown, and off again (the page kept); an IP allow
+list set (every client) and shown as the router reads it."""
 
 from render.public_api.api.services import (
     autoscale_service,
@@ -14,6 +15,7 @@ from render.public_api.models import (
     AutoscalingConfig,
     AutoscalingCriteria,
     AutoscalingCriteriaPercentage,
+    CidrBlockAndDescription,
     MaintenanceMode,
     ScaleServiceBody,
     Service,
@@ -97,3 +99,29 @@ def maintenance(h, w):
         if got:
             parsed = got.service_details.maintenance_mode
             h.check(op, parsed.enabled == enabled, f"the SDK read {parsed!r}", label)
+
+
+def ip_allow_list(h, w):
+    web = w.services["web_service"]
+    if not web.id:
+        return
+    op = "services.update_service"
+    body = ServicePATCH(
+        service_details=WebServiceDetailsPATCH(
+            ip_allow_list=[
+                CidrBlockAndDescription(cidr_block="0.0.0.0/0", description="every IPv4 client"),
+                CidrBlockAndDescription(cidr_block="::/0", description="every IPv6 client"),
+            ]
+        )
+    )
+    label = "ip allow list"
+    got = h.call(op, update_service, web.id, body=body, expect=200, model=Service, label=label)
+    listed = ((h.last_json() or {}).get("serviceDetails") or {}).get("ipAllowList")
+    want = [
+        {"cidrBlock": "0.0.0.0/0", "description": "every IPv4 client"},
+        {"cidrBlock": "::/0", "description": "every IPv6 client"},
+    ]
+    h.check(op, listed == want, f"serviceDetails.ipAllowList {listed!r}, not {want!r}", label)
+    if got:
+        parsed = [b.cidr_block for b in got.service_details.ip_allow_list]
+        h.check(op, parsed == ["0.0.0.0/0", "::/0"], f"the SDK read {parsed!r}", label)

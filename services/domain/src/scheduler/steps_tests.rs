@@ -73,10 +73,10 @@ fn resolved(s: &mut Svc, deploy: &DeployId) {
 
 fn with_pre_deploy(s: &mut Svc) {
     s.run(Command::Update {
-        settings: ServiceSettings {
+        settings: Box::new(ServiceSettings {
             pre_deploy_command: Some(Some("./migrate".into())),
             ..ServiceSettings::default()
-        },
+        }),
         deploy: deploy_id(9),
     });
 }

@@ -91,6 +91,11 @@ pub(super) fn create(state: &ServiceState, c: CreateService, ctx: &Ctx) -> Decis
     if let Some(m) = &c.maintenance_mode {
         validate::maintenance_mode(c.service_type, m)?;
     }
+    let ip_allow_list = c
+        .ip_allow_list
+        .as_deref()
+        .map(|l| validate::ip_allow_list(c.service_type, l))
+        .transpose()?;
 
     let mut out: Vec<Event> = vec![ServiceCreated {
         owner: c.owner,
@@ -115,7 +120,9 @@ pub(super) fn create(state: &ServiceState, c: CreateService, ctx: &Ctx) -> Decis
         disk: c.disk,
         maintenance_mode: c
             .maintenance_mode
-            .filter(|m| *m != MaintenanceMode::default()),
+            .filter(|m| *m != MaintenanceMode::default())
+            .map(Box::new),
+        ip_allow_list,
     }
     .into()];
     if let Some(a) = c.autoscaling {
@@ -211,11 +218,18 @@ fn effective_changes(
         validate::https_redirect(ty)?;
         diff.https_redirect = (on != cfg.https_redirect).then_some(on);
     }
+    match s.ip_allow_list {
+        Some(Some(list)) => {
+            let list = validate::ip_allow_list(ty, &list)?;
+            diff.ip_allow_list = (cfg.ip_allow_list.as_ref() != Some(&list)).then_some(Some(list));
+        }
+        Some(None) => diff.ip_allow_list = cfg.ip_allow_list.is_some().then_some(None),
+        None => {}
+    }
     if let Some(m) = s.maintenance_mode {
-        let m = *m;
         validate::maintenance_mode(ty, &m)?;
-        let now = cfg.maintenance_mode.clone().unwrap_or_default();
-        diff.maintenance_mode = (m != now).then(|| Box::new(m));
+        let now = cfg.maintenance_mode.as_deref().cloned().unwrap_or_default();
+        diff.maintenance_mode = (m != now).then_some(m);
     }
     Ok(diff)
 }
@@ -250,7 +264,7 @@ pub(super) fn update(
     // `service_updated`.
     let maintenance = diff.maintenance_mode.take();
     let mut out = match maintenance {
-        Some(to) => maintenance_changes(config(state)?.maintenance_mode.clone(), *to),
+        Some(to) => maintenance_changes(config(state)?.maintenance_mode.as_deref().cloned(), to),
         None => vec![],
     };
     if diff == ServiceSettings::default() {
@@ -547,6 +561,7 @@ pub(super) fn merge(cfg: &mut ServiceConfig, s: &ServiceSettings) {
     set(&mut cfg.overlap_policy, &s.overlap_policy);
     set(&mut cfg.shutdown_delay_secs, &s.shutdown_delay_secs);
     set(&mut cfg.https_redirect, &s.https_redirect);
+    set(&mut cfg.ip_allow_list, &s.ip_allow_list);
 }
 
 /// Applies a settings or lifecycle event; any other leaves `s` unchanged.

@@ -128,6 +128,9 @@ pub struct CreateService {
     pub disk: Option<berth_schemas::model::Disk>,
     /// Its maintenance mode (web services).
     pub maintenance_mode: Option<berth_schemas::model::MaintenanceMode>,
+    /// The client addresses the router lets through (web services;
+    /// `None`: every one).
+    pub ip_allow_list: Option<Vec<berth_schemas::model::CidrBlock>>,
     /// Its autoscaling (Render's `serviceDetails.autoscaling`): when on,
     /// `num_instances` is moved into its range.
     pub autoscaling: Option<berth_schemas::model::AutoscalingConfig>,
@@ -171,6 +174,7 @@ impl CreateService {
             deploy,
             disk: None,
             maintenance_mode: None,
+            ip_allow_list: None,
             autoscaling: None,
         }
     }
@@ -231,7 +235,7 @@ pub enum Command {
     AbandonCreation,
     /// Change settings; `deploy` is used if the change needs a redeploy.
     Update {
-        settings: ServiceSettings,
+        settings: Box<ServiceSettings>,
         deploy: DeployId,
     },
     /// Renames the service's disk, grows it, or moves where it is
@@ -589,7 +593,7 @@ pub fn decide(
     match command {
         Command::Create(_) => Err(DomainError::conflict("service already exists")),
         Command::AbandonCreation | Command::RecordInstanceFact(_) => Ok(vec![]),
-        Command::Update { settings, deploy } => lifecycle::update(state, settings, deploy, ctx),
+        Command::Update { settings, deploy } => lifecycle::update(state, *settings, deploy, ctx),
         Command::UpdateDisk {
             name,
             mount_path,

@@ -345,6 +345,60 @@ pub fn maintenance_mode(
     Ok(())
 }
 
+/// The most entries an IP allow list holds.
+pub const MAX_ALLOW_LIST: usize = 100;
+/// The longest description of an allow list entry.
+pub const MAX_ALLOW_DESCRIPTION: usize = 200;
+
+/// An IP allow list a service of `service_type` may have: web services
+/// only (the router serves them), at most [`MAX_ALLOW_LIST`] address
+/// blocks, each written as the router reads it (a bare address becomes
+/// its own block: `/32`, `/128`).
+pub fn ip_allow_list(
+    service_type: ServiceType,
+    list: &[berth_schemas::model::CidrBlock],
+) -> Result<Vec<berth_schemas::model::CidrBlock>> {
+    if service_type != ServiceType::WebService {
+        return Err(DomainError::invalid(
+            "ipAllowList",
+            "only web services are served by the router, so only they have an IP allow list",
+        ));
+    }
+    if list.len() > MAX_ALLOW_LIST {
+        return Err(DomainError::invalid(
+            "ipAllowList",
+            format!("has {} entries; at most {MAX_ALLOW_LIST}", list.len()),
+        ));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let cidr = b
+                .cidr_block
+                .parse::<berth_schemas::cidr::Cidr>()
+                .map_err(|e| {
+                    DomainError::invalid(
+                        "ipAllowList",
+                        format!("entry {i}: {:?} {e}", b.cidr_block),
+                    )
+                })?;
+            let d = &b.description;
+            if d.chars().count() > MAX_ALLOW_DESCRIPTION || d.chars().any(char::is_control) {
+                return Err(DomainError::invalid(
+                    "ipAllowList",
+                    format!(
+                        "entry {i}: a description must be at most {MAX_ALLOW_DESCRIPTION} characters on one line"
+                    ),
+                ));
+            }
+            Ok(berth_schemas::model::CidrBlock {
+                cidr_block: cidr.to_string(),
+                description: d.clone(),
+            })
+        })
+        .collect()
+}
+
 /// Which type-specific fields a service type accepts.
 pub fn type_fields(
     service_type: ServiceType,

@@ -605,11 +605,11 @@ fn replaying_the_decided_events_onto_the_seen_state_equals_a_full_replay() {
     s.run(Command::CancelDeploy { deploy: b });
     let seen = s.state.clone();
     let events = s.run(Command::Update {
-        settings: ServiceSettings {
+        settings: Box::new(ServiceSettings {
             overlap_policy: Some(OverlapPolicy::Cancel),
             image: Some("ghcr.io/acme/app:v3".into()),
             ..Default::default()
-        },
+        }),
         deploy: DeployId::generate(),
     });
     let mut folded = seen;

@@ -360,11 +360,11 @@ fn updates_redeploy_only_when_what_runs_changes() {
 
     // Name and health check: recorded, no deploy.
     let events = s.run(Command::Update {
-        settings: ServiceSettings {
+        settings: Box::new(ServiceSettings {
             name: Some("app2".into()),
             health_check_path: Some(Some("/healthz".into())),
             ..Default::default()
-        },
+        }),
         deploy: DeployId::generate(),
     });
     assert_eq!(events.len(), 1);
@@ -377,7 +377,7 @@ fn updates_redeploy_only_when_what_runs_changes() {
     };
     assert_eq!(
         s.run(Command::Update {
-            settings: same,
+            settings: Box::new(same),
             deploy: DeployId::generate()
         }),
         vec![]
@@ -386,11 +386,11 @@ fn updates_redeploy_only_when_what_runs_changes() {
     // Image: recorded and redeployed with trigger service_updated.
     let d1 = DeployId::generate();
     let events = s.run(Command::Update {
-        settings: ServiceSettings {
+        settings: Box::new(ServiceSettings {
             name: Some("app2".into()),
             image: Some("ghcr.io/acme/app:v2".into()),
             ..Default::default()
-        },
+        }),
         deploy: d1.clone(),
     });
     assert_eq!(
@@ -425,7 +425,7 @@ fn updates_redeploy_only_when_what_runs_changes() {
     ] {
         assert_eq!(
             s.refused(Command::Update {
-                settings: bad,
+                settings: Box::new(bad),
                 deploy: DeployId::generate()
             }),
             ErrorKind::Invalid
@@ -467,10 +467,10 @@ fn suspend_cancels_deploys_refuses_new_ones_and_resume_redeploys() {
     assert_eq!(s.refused(Command::Restart), ErrorKind::Conflict);
     // An update while suspended is recorded but deploys only on resume.
     let events = s.run(Command::Update {
-        settings: ServiceSettings {
+        settings: Box::new(ServiceSettings {
             docker_command: Some(Some("serve --fast".into())),
             ..Default::default()
-        },
+        }),
         deploy: DeployId::generate(),
     });
     assert_eq!(events.len(), 1);
@@ -712,13 +712,13 @@ fn a_web_service_redirects_to_https_unless_turned_off_and_only_web_services_have
         ..Default::default()
     };
     let events = web.run(Command::Update {
-        settings: off(),
+        settings: Box::new(off()),
         deploy: DeployId::generate(),
     });
     assert_eq!(events, vec![ServiceUpdated { settings: off() }.into()]);
     assert!(!redirects(&web), "turned off, with no deploy");
     let again = web.run(Command::Update {
-        settings: off(),
+        settings: Box::new(off()),
         deploy: DeployId::generate(),
     });
     assert_eq!(again, vec![], "turning it off twice records nothing");
@@ -751,10 +751,10 @@ fn a_web_service_redirects_to_https_unless_turned_off_and_only_web_services_have
         let worker = Scenario::created(ServiceType::BackgroundWorker, &DeployId::generate());
         assert_eq!(
             worker.refused(Command::Update {
-                settings: ServiceSettings {
+                settings: Box::new(ServiceSettings {
                     https_redirect: Some(on),
                     ..Default::default()
-                },
+                }),
                 deploy: DeployId::generate(),
             }),
             ErrorKind::Invalid

@@ -15,10 +15,10 @@ use crate::service::Command;
 
 fn asking(m: MaintenanceMode) -> Command {
     Command::Update {
-        settings: ServiceSettings {
-            maintenance_mode: Some(Box::new(m)),
+        settings: Box::new(ServiceSettings {
+            maintenance_mode: Some(m),
             ..ServiceSettings::default()
-        },
+        }),
         deploy: DeployId::generate(),
     }
 }
@@ -49,14 +49,14 @@ fn maintenance_is_turned_on_and_off_with_its_own_events_and_no_deploy() {
         .into()]
     );
     let cfg = s.state.config.as_ref().unwrap();
-    assert_eq!(cfg.maintenance_mode, Some(mode(true, page)));
+    assert_eq!(cfg.maintenance_mode.as_deref(), Some(&mode(true, page)));
     // Off with another change: both, and still no deploy.
     let events = s.run(Command::Update {
-        settings: ServiceSettings {
-            maintenance_mode: Some(Box::new(mode(false, page))),
+        settings: Box::new(ServiceSettings {
+            maintenance_mode: Some(mode(false, page)),
             https_redirect: Some(false),
             ..ServiceSettings::default()
-        },
+        }),
         deploy: DeployId::generate(),
     });
     assert_eq!(
@@ -108,8 +108,8 @@ fn maintenance_is_for_web_services_with_a_page_address_safe_to_show() {
     let mut s = Scenario::given(vec![]);
     s.run(Command::Create(Box::new(c)));
     assert_eq!(
-        s.state.config.as_ref().unwrap().maintenance_mode,
-        Some(mode(true, "http://status.example.com/"))
+        s.state.config.as_ref().unwrap().maintenance_mode.as_deref(),
+        Some(&mode(true, "http://status.example.com/"))
     );
     let mut c = create(ServiceType::BackgroundWorker, &DeployId::generate());
     c.maintenance_mode = Some(mode(true, ""));

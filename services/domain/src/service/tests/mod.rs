@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod allow_list;
 mod autoscaling;
 mod deploys;
 mod domains;
@@ -227,10 +228,10 @@ impl Scenario {
 
     pub fn set_policy(&mut self, policy: OverlapPolicy) {
         self.run(Command::Update {
-            settings: berth_schemas::events::ServiceSettings {
+            settings: Box::new(berth_schemas::events::ServiceSettings {
                 overlap_policy: Some(policy),
                 ..Default::default()
-            },
+            }),
             deploy: DeployId::generate(),
         });
     }

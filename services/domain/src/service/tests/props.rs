@@ -118,14 +118,14 @@ fn command(s: &Scenario, op: &Op) -> Command {
             deploy: DeployId::generate(),
         },
         Op::Policy(cancel) => Command::Update {
-            settings: berth_schemas::events::ServiceSettings {
+            settings: Box::new(berth_schemas::events::ServiceSettings {
                 overlap_policy: Some(if cancel {
                     OverlapPolicy::Cancel
                 } else {
                     OverlapPolicy::Wait
                 }),
                 ..Default::default()
-            },
+            }),
             deploy: DeployId::generate(),
         },
     }
