@@ -879,7 +879,7 @@ fn details_schemas() -> Vec<(&'static str, Vec<DetailField>)> {
         (
             "autoscaling_config_changed",
             vec![
-                ("toConfig", autoscaling(), false),
+                ("toConfig", autoscaling(), true),
                 ("fromConfig", autoscaling(), false),
                 ("removed", bool_(), true),
                 ("message", s(), true),
