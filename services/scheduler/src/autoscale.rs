@@ -209,9 +209,9 @@ impl Autoscaler {
             if let Some(to) = w.reached {
                 asks.push((service.clone(), Ask::Ended { to, since: w.since }));
             }
-            let readings: Vec<Reading> = w.readings.iter().copied().collect();
+            let readings = w.readings.make_contiguous();
             if let Some(change) =
-                autoscaling::desired(&w.on, w.count, w.since, &readings, now, &self.timings)
+                autoscaling::desired(&w.on, w.count, w.since, readings, now, &self.timings)
             {
                 asks.push((
                     service.clone(),
