@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{
     ApiKeyId, CredentialId, CronRunId, CustomDomainId, DeployId, DiskId, DiskSnapshotKey,
-    InstanceId, IntegrationId, JobId, NodeId, OwnerId, ServiceId,
+    InstanceId, IntegrationId, JobId, NodeId, OwnerId, ServiceId, WebhookId,
 };
 use crate::model::{
     AutoscalingConfig, CertificateFailure, CidrBlock, DeployStatus, DeployTrigger, Disk, EnvVars,
@@ -286,6 +286,32 @@ events! {
     /// An integration was revoked: its NATS user is removed.
     IntegrationRevoked = "integration_revoked" v 1 {
         pub integration: IntegrationId,
+    }
+
+    /// A webhook was created (Render's webhooks): the owner's service
+    /// events of the types in `event_filter` (all when empty) are posted
+    /// to `url`, signed with `secret`. Both are sealed.
+    WebhookCreated = "webhook_created" v 1 {
+        pub webhook: WebhookId,
+        pub name: String,
+        pub url: Sealed,
+        pub secret: Sealed,
+        pub enabled: bool,
+        #[serde(default)]
+        pub event_filter: Vec<String>,
+    }
+    /// A webhook's settings changed (its secret stays).
+    WebhookUpdated = "webhook_updated" v 1 {
+        pub webhook: WebhookId,
+        pub name: String,
+        pub url: Sealed,
+        pub enabled: bool,
+        #[serde(default)]
+        pub event_filter: Vec<String>,
+    }
+    /// A webhook was deleted: nothing more is sent to it.
+    WebhookDeleted = "webhook_deleted" v 1 {
+        pub webhook: WebhookId,
     }
 
     // ---- registry credential ----

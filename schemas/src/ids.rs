@@ -219,6 +219,10 @@ id_type!(
     /// that send bus commands and read that owner's service events.
     IntegrationId, "itg");
 id_type!(
+    /// One of an owner's webhooks (Render's `whk-…`): an endpoint sent
+    /// the owner's service events, signed.
+    WebhookId, "whk");
+id_type!(
     /// A custom domain attached to a web service (Render's `cdm-…`): one
     /// attachment, a fresh id each time a name is added.
     CustomDomainId, "cdm");

@@ -20,6 +20,7 @@ pub mod logs;
 pub mod metrics;
 pub mod model;
 pub mod subjects;
+pub mod webhooks;
 
 pub use envelope::{Actor, AggregateId, Commit, DecodeError, Envelope};
 pub use events::Event;

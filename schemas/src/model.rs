@@ -262,6 +262,15 @@ pub mod seal_context {
         format!("owner:{owner}:notify:{field}")
     }
 
+    /// A field (`url`, `secret`) of one of an owner's webhooks.
+    pub fn webhook(
+        owner: &crate::ids::OwnerId,
+        webhook: &crate::ids::WebhookId,
+        field: &str,
+    ) -> String {
+        format!("owner:{owner}:webhook:{webhook}:{field}")
+    }
+
     /// An owner's log stream token.
     pub fn owner_log_stream_token(owner: &crate::ids::OwnerId) -> String {
         format!("owner:{owner}:log_stream:token")

@@ -5,7 +5,7 @@
 use std::fmt;
 
 use crate::envelope::AggregateId;
-use crate::ids::{NodeId, OwnerId, ServiceId};
+use crate::ids::{NodeId, OwnerId, ServiceId, WebhookId};
 
 /// The kind of command an internal service may publish on the bus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,6 +265,22 @@ impl Subjects {
     /// The stream keeping a day of samples.
     pub fn metrics_stream(&self) -> String {
         format!("{}_METRICS", self.upper())
+    }
+
+    /// The stream keeping what sending to each webhook gave.
+    pub fn webhook_sends_stream(&self) -> String {
+        format!("{}_WEBHOOK_SENDS", self.upper())
+    }
+
+    /// Every webhook's sends: what the webhook sends stream captures.
+    pub fn webhook_sends_all(&self) -> String {
+        format!("{}.webhooks.sends.>", self.prefix)
+    }
+
+    /// The sends to one webhook of `owner` (the notifier records each
+    /// attempt; the API lists them).
+    pub fn webhook_sends(&self, owner: &OwnerId, webhook: &WebhookId) -> String {
+        format!("{}.webhooks.sends.{owner}.{webhook}", self.prefix)
     }
 
     /// Commands to run in instances on `node` (core NATS request/reply,

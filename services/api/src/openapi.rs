@@ -31,7 +31,7 @@ use crate::hooks;
 use crate::query::Listing;
 use crate::routes::{
     cron, custom_domains, deploys, disks, env_vars, events, exec, jobs, log_streams, logs, metrics,
-    nodes, notifications, owner, secret_files, services, terminal,
+    nodes, notifications, owner, secret_files, services, terminal, webhooks,
 };
 
 /// One route of the API.
@@ -462,6 +462,20 @@ routes! {
         "Create an integration: NATS credentials bound to your owner (shown once)", 201;
     delete "/v1/integrations/{integrationId}" => owner::revoke_integration,
         "Revoke an integration", 204;
+    get "/v1/webhooks" => webhooks::list,
+        "List webhooks (query: ownerId, cursor, limit)", 200;
+    post "/v1/webhooks" => webhooks::create,
+        "Create a webhook: your services' events posted to a URL, signed with the secret it is \
+         given", 201;
+    get "/v1/webhooks/{webhookId}" => webhooks::get,
+        "Retrieve a webhook", 200;
+    patch "/v1/webhooks/{webhookId}" => webhooks::update,
+        "Update a webhook (what is given changes; its secret stays)", 200;
+    delete "/v1/webhooks/{webhookId}" => webhooks::delete,
+        "Delete a webhook", 204;
+    get "/v1/webhooks/{webhookId}/events" => webhooks::events,
+        "The webhook's sends, newest first: each attempt with the receiver's status (query: \
+         sentBefore, sentAfter, cursor, limit)", 200;
     get "/v1/notification-settings/owners/{ownerId}" => notifications::get_owner,
         "Owner notification settings", 200;
     patch "/v1/notification-settings/owners/{ownerId}" => notifications::patch_owner,

@@ -33,6 +33,7 @@ fn example_path(template: &str) -> String {
                 Some("ownerId") => OwnerId::User(UserId::generate()).to_string(),
                 Some("eventId") => "evt-aaaaaaaaaaaaaaaaaaaa".to_owned(),
                 Some("diskId") => DiskId::generate().to_string(),
+                Some("webhookId") => berth_schemas::ids::WebhookId::generate().to_string(),
                 Some("envVarKey") => "SOME_KEY".to_owned(),
                 Some("secretFileName") => "key.json".to_owned(),
                 Some("customDomainIdOrName") => "www.example.test".to_owned(),

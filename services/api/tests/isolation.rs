@@ -161,6 +161,16 @@ async fn one_owner_never_sees_another_owners_resources() {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{i}");
     let integration = i["id"].as_str().unwrap().to_owned();
+    let (s, h) = app
+        .post(
+            "/v1/webhooks",
+            &alice,
+            json!({"ownerId": alice.id.to_string(), "name": "mine", "url": "https://hooks.example.test/mine",
+                   "enabled": true, "eventFilter": []}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{h}");
+    let webhook = h["id"].as_str().unwrap().to_owned();
     let dep = app.latest_deploy(&alice, &svc).await;
     // Let the resolver finish, so the log of the service is at rest; then
     // take the deploy live as the scheduler would, so Alice can run a job.
@@ -218,6 +228,7 @@ async fn one_owner_never_sees_another_owners_resources() {
         &event,
         &job,
         &disk,
+        &webhook,
     ];
     // Bob's calls name Alice's service, owner (her keys and integrations)
     // and credential: none of the three may change.
@@ -298,6 +309,7 @@ async fn one_owner_never_sees_another_owners_resources() {
                     Some("ownerId") => &owner,
                     Some("eventId") => &event,
                     Some("diskId") => &disk,
+                    Some("webhookId") => &webhook,
                     // Whether Alice's service has it or not, it is not Bob's.
                     Some("envVarKey") => "MINE_KEY",
                     Some("secretFileName") => "mine.json",

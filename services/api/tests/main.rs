@@ -36,3 +36,4 @@ mod secret_files;
 mod shared_state;
 mod shell;
 mod support;
+mod webhooks;

@@ -36,6 +36,7 @@ pub mod schedule;
 pub mod scheduler;
 pub mod service;
 pub mod timeline;
+pub mod webhook;
 
 pub use aggregate::{Aggregate, Ctx};
 pub use error::{DomainError, ErrorKind};

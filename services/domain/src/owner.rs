@@ -1,5 +1,6 @@
 //! The owner aggregate (a user or a team): API keys, the per-owner namespace
-//! of service names, and the default notification settings.
+//! of service names, the default notification settings and the webhooks
+//! (their rules in [`crate::webhook`]).
 //!
 //! Service names are unique per owner (SPEC §4), so a name is claimed here,
 //! on the owner's subject, before the service is created or renamed; two
@@ -13,7 +14,7 @@ use berth_schemas::events::{
     LogStreamDeliveryFailed, LogStreamDeliveryRecovered, NotificationSettingsChanged, OwnerCreated,
     ServiceNameClaimed, ServiceNameReleased,
 };
-use berth_schemas::ids::{ApiKeyId, IntegrationId, OwnerId, ServiceId};
+use berth_schemas::ids::{ApiKeyId, IntegrationId, OwnerId, ServiceId, WebhookId};
 use berth_schemas::model::{LogStream, NotifySetting, Sealed};
 use berth_schemas::{Envelope, Event};
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::aggregate::{Aggregate, Ctx};
 use crate::error::DomainError;
 use crate::service::validate;
+use crate::webhook::{self, Webhook};
 
 const LABEL_MAX: usize = 100;
 
@@ -63,7 +65,7 @@ pub struct NotificationSettings {
 
 /// Under which name an owner's fold is stored (see
 /// `EventStore::persist_states`); a new name when `apply` changes.
-pub const STATE_SNAPSHOT: &str = "owner-v1";
+pub const STATE_SNAPSHOT: &str = "owner-v2";
 
 /// An owner's state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -85,6 +87,10 @@ pub struct OwnerState {
     /// not reach now, by endpoint; at most [`KEPT_DELIVERY_FAILURES`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub log_stream_failures: BTreeMap<String, DeliveryFailure>,
+    /// Its webhooks (deleted ones leave), at most
+    /// [`crate::webhook::MAX_WEBHOOKS`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub webhooks: BTreeMap<WebhookId, Webhook>,
 }
 
 /// Endpoints failing at once an owner's state holds (the oldest go).
@@ -158,6 +164,20 @@ pub enum Command {
     RecordLogStreamDelivery {
         endpoint: String,
         failure: Option<(String, chrono::DateTime<chrono::Utc>)>,
+    },
+    /// Add a webhook signed with `secret` (sealed, as the URL).
+    CreateWebhook {
+        webhook: WebhookId,
+        settings: webhook::Settings,
+        secret: Sealed,
+    },
+    /// Change a webhook's name, URL, switch or event types.
+    UpdateWebhook {
+        webhook: WebhookId,
+        settings: webhook::Settings,
+    },
+    DeleteWebhook {
+        webhook: WebhookId,
     },
 }
 
@@ -235,6 +255,9 @@ pub fn apply(mut s: OwnerState, event: &Event) -> OwnerState {
         }
         Event::LogStreamDeliveryRecovered(e) => {
             s.log_stream_failures.remove(&e.endpoint);
+        }
+        Event::WebhookCreated(_) | Event::WebhookUpdated(_) | Event::WebhookDeleted(_) => {
+            webhook::apply(&mut s.webhooks, event);
         }
         _ => {}
     }
@@ -417,6 +440,15 @@ pub fn decide(state: &OwnerState, command: Command, _ctx: &Ctx) -> Result<Vec<Ev
                 _ => vec![],
             })
         }
+        Command::CreateWebhook {
+            webhook,
+            settings,
+            secret,
+        } => webhook::create(&state.webhooks, webhook, settings, secret),
+        Command::UpdateWebhook { webhook, settings } => {
+            webhook::update(&state.webhooks, webhook, settings)
+        }
+        Command::DeleteWebhook { webhook } => webhook::delete(&state.webhooks, webhook),
     }
 }
 

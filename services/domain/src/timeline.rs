@@ -81,6 +81,60 @@ pub const TYPES: &[&str] = &[
     "certificate_removed",
 ];
 
+/// Render's event types berth never records (builds, commits, edge
+/// caching, databases, Key Value, platform maintenance…): a webhook may
+/// name them, so a filter written for Render is taken as is.
+pub const RENDER_ONLY_TYPES: &[&str] = &[
+    "artifact_fetch_failed",
+    "artifact_source_changed",
+    "auto_deploy_disabled",
+    "auto_deploy_enabled",
+    "branch_deleted",
+    "build_ended",
+    "build_started",
+    "commit_ignored",
+    "disk_created",
+    "disk_deleted",
+    "edge_cache_disabled",
+    "edge_cache_enabled",
+    "edge_cache_purged",
+    "key_value_available",
+    "key_value_config_restart",
+    "key_value_unhealthy",
+    "maintenance_ended",
+    "maintenance_started",
+    "pipeline_minutes_exhausted",
+    "plan_changed",
+    "postgres_available",
+    "postgres_backup_completed",
+    "postgres_backup_failed",
+    "postgres_backup_started",
+    "postgres_cluster_leader_changed",
+    "postgres_connection_pool_changed",
+    "postgres_connection_pool_enabled_changed",
+    "postgres_created",
+    "postgres_disk_autoscaling_enabled_changed",
+    "postgres_disk_size_changed",
+    "postgres_ha_status_changed",
+    "postgres_pitr_checkpoint_completed",
+    "postgres_pitr_checkpoint_failed",
+    "postgres_pitr_checkpoint_started",
+    "postgres_read_replicas_changed",
+    "postgres_read_replica_stale",
+    "postgres_restarted",
+    "postgres_restore_failed",
+    "postgres_restore_succeeded",
+    "postgres_unavailable",
+    "postgres_upgrade_failed",
+    "postgres_upgrade_started",
+    "postgres_upgrade_succeeded",
+    "postgres_wal_archive_failed",
+    "server_available",
+    "server_hardware_failure",
+    "zero_downtime_redeploy_ended",
+    "zero_downtime_redeploy_started",
+];
+
 /// The types that are Render's own, with Render's details: a client
 /// generated from Render's document knows these and no others.
 pub const RENDER_TYPES: &[&str] = &[

@@ -45,6 +45,7 @@ mod recent;
 mod snapshots;
 pub mod start;
 mod store;
+pub mod webhook_sends;
 pub mod worker;
 
 pub use command::{Batch, Executed, Stamp};

@@ -90,6 +90,61 @@ impl LogLimits {
     }
 }
 
+/// A reader's consumer: no acks, in memory, one replica, gone soon after
+/// it is left (even if its delete is lost).
+pub(crate) fn reader_config() -> pull::Config {
+    pull::Config {
+        ack_policy: AckPolicy::None,
+        inactive_threshold: Duration::from_secs(10),
+        memory_storage: true,
+        num_replicas: 1,
+        ..Default::default()
+    }
+}
+
+/// Reads what an ephemeral consumer made with `config` on `stream` has,
+/// oldest first, handing each message to `visit` until it breaks or
+/// nothing is pending; then deletes the consumer. `request` words an error.
+pub(crate) async fn read_once(
+    stream: &stream::Stream<()>,
+    config: pull::Config,
+    request: &(dyn Fn(&dyn std::fmt::Display) -> StoreError + Sync),
+    mut visit: impl FnMut(
+        &async_nats::jetstream::Message,
+        &async_nats::jetstream::message::Info<'_>,
+    ) -> ControlFlow<()>,
+) -> Result<(), StoreError> {
+    let consumer = stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| request(&e))?;
+    let name = consumer.cached_info().name.clone();
+    let read = async {
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(());
+        }
+        let mut messages = consumer.messages().await.map_err(|e| request(&e))?;
+        loop {
+            let next = tokio::time::timeout(READ_WAIT, messages.next())
+                .await
+                .map_err(|_| request(&"timed out waiting for the server"))?;
+            let Some(msg) = next else {
+                return Ok(());
+            };
+            let msg = msg.map_err(|e| request(&e))?;
+            let info = msg.info().map_err(|e| request(&e))?;
+            if visit(&msg, &info).is_break() || info.pending == 0 {
+                return Ok(());
+            }
+        }
+    };
+    let outcome = read.await;
+    if let Err(e) = stream.delete_consumer(&name).await {
+        tracing::debug!(consumer = %name, error = %e, "reader not deleted; it expires");
+    }
+    outcome
+}
+
 /// Whether `have` (as the server reports it) already keeps what `want` says.
 fn same_limits(have: &stream::Config, want: &stream::Config) -> bool {
     have.subjects == want.subjects
@@ -171,52 +226,21 @@ impl EventStore {
             StoreError::Request(format!("reading the logs of {service}: {e}"))
         };
         let stream = self.logs_stream().await.map_err(|e| request(&e))?;
-        let consumer = stream
-            .create_consumer(pull::Config {
-                filter_subject: subject,
-                deliver_policy: DeliverPolicy::ByStartTime { start_time: from },
-                ack_policy: AckPolicy::None,
-                // Gone soon even if the delete below is lost.
-                inactive_threshold: Duration::from_secs(10),
-                memory_storage: true,
-                num_replicas: 1,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| request(&e))?;
-        let name = consumer.cached_info().name.clone();
-        let read = async {
-            if consumer.cached_info().num_pending == 0 {
-                return Ok(());
-            }
-            let mut messages = consumer.messages().await.map_err(|e| request(&e))?;
-            loop {
-                let next = tokio::time::timeout(READ_WAIT, messages.next())
-                    .await
-                    .map_err(|_| request(&"timed out waiting for the server"))?;
-                let Some(msg) = next else {
-                    return Ok(());
-                };
-                let msg = msg.map_err(|e| request(&e))?;
-                let info = msg.info().map_err(|e| request(&e))?;
-                if info.published >= until {
-                    return Ok(());
-                }
-                if let Some(kept) = kept_line(&msg, &info) {
-                    if visit(kept).is_break() {
-                        return Ok(());
-                    }
-                }
-                if info.pending == 0 {
-                    return Ok(());
-                }
-            }
+        let config = pull::Config {
+            filter_subject: subject,
+            deliver_policy: DeliverPolicy::ByStartTime { start_time: from },
+            ..reader_config()
         };
-        let outcome = read.await;
-        if let Err(e) = stream.delete_consumer(&name).await {
-            tracing::debug!(consumer = %name, error = %e, "log reader not deleted; it expires");
-        }
-        outcome
+        read_once(&stream, config, &request, |msg, info| {
+            if info.published >= until {
+                return ControlFlow::Break(());
+            }
+            match kept_line(msg, info) {
+                Some(kept) => visit(kept),
+                None => ControlFlow::Continue(()),
+            }
+        })
+        .await
     }
 
     /// The logs stream (no request for its info).

@@ -45,6 +45,7 @@ pub mod secret_files;
 pub mod services;
 pub mod shell;
 pub mod terminal;
+pub mod webhooks;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -74,6 +75,7 @@ pub use repair::Repairer;
 pub use secret_files::FileEdit;
 
 pub use services::{CreatedService, NewDisk, NewService};
+pub use webhooks::{WebhookChange, WebhookView};
 
 /// Who is asking: the owner every command is scoped to, and the actor
 /// recorded on the events.

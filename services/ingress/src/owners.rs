@@ -70,7 +70,7 @@ pub struct ChannelSecrets {
 /// Which change a channel gets: keep, remove, or set to a sealed value.
 type Change = Option<Option<Sealed>>;
 
-fn check_url(field: &'static str, url: &str) -> Result<(), DomainError> {
+pub(crate) fn check_url(field: &'static str, url: &str) -> Result<(), DomainError> {
     let ok = (url.starts_with("https://") || url.starts_with("http://"))
         && url.len() <= 2048
         && !url.chars().any(|c| c.is_whitespace() || c.is_control());

@@ -81,6 +81,50 @@ pub fn webhook_body(event: &TimelineEvent) -> Vec<u8> {
     body.to_string().into_bytes()
 }
 
+/// The body of a post to one of an owner's webhooks, in Render's shape:
+/// `{type, timestamp, data: {id, serviceId, serviceName}}` (`id` is the
+/// event's: a receiver reads it whole from `GET /v1/events/{id}`), with
+/// the event's `status` when it has one and berth's `details` beside.
+pub fn render_body(event: &TimelineEvent, service_name: &str) -> Vec<u8> {
+    let mut data = json!({
+        "id": event.id,
+        "serviceId": event.service_id,
+        "serviceName": service_name,
+        "details": event.details,
+    });
+    // Render's word for how it ended: a deploy's `deployStatus`, else the
+    // event's own status.
+    let text = |k: &str| event.details.get(k).and_then(|s| s.as_str());
+    if let Some(status) = text("deployStatus")
+        .or_else(|| text("status"))
+        .or_else(|| event.outcome())
+    {
+        data["status"] = json!(status);
+    }
+    json!({
+        "type": event.kind,
+        "timestamp": event.timestamp,
+        "data": data,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// What a webhook's receiver answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    /// The start of its body (see `berth_schemas::webhooks::RESPONSE_BODY_KEPT`).
+    pub body: String,
+}
+
+impl Answer {
+    /// Whether the receiver took it (2xx).
+    pub fn taken(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
 /// Slack's body.
 pub fn slack_body(event: &TimelineEvent) -> Vec<u8> {
     json!({ "text": summary(event) }).to_string().into_bytes()
@@ -150,6 +194,22 @@ impl Senders {
         body: Vec<u8>,
         headers: &[(&str, String)],
     ) -> Result<(), SendError> {
+        let resp = self.exchange(url, body, headers).await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(SendError(format!("endpoint answered {}", resp.status())))
+        }
+    }
+
+    /// Posts `body` to `url` (checked against the address policy first)
+    /// and returns the answer, whatever its status.
+    async fn exchange(
+        &self,
+        url: &Secret,
+        body: Vec<u8>,
+        headers: &[(&str, String)],
+    ) -> Result<reqwest::Response, SendError> {
         let mut req = self
             .http
             .post(url.expose())
@@ -166,12 +226,44 @@ impl Senders {
         self.guard
             .check_url(req.url())
             .map_err(|refused| SendError(refused.to_string()))?;
-        let resp = self.http.execute(req).await.map_err(failed)?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(SendError(format!("endpoint answered {}", resp.status())))
+        self.http.execute(req).await.map_err(failed)
+    }
+
+    /// Posts a signed event to one of an owner's webhooks (`delivery` is
+    /// its `webhook-id`); the answer whatever its status, or why none came.
+    pub async fn to_webhook(
+        &self,
+        url: &Secret,
+        secret: &Secret,
+        delivery: &str,
+        body: Vec<u8>,
+    ) -> Result<Answer, SendError> {
+        let ts = chrono::Utc::now().timestamp();
+        let headers = [
+            ("webhook-id", delivery.to_owned()),
+            ("webhook-timestamp", ts.to_string()),
+            (
+                "webhook-signature",
+                sign(secret.expose(), delivery, ts, &body)?,
+            ),
+        ];
+        let mut resp = self.exchange(url, body, &headers).await?;
+        let status = resp.status().as_u16();
+        // Only the start of the answer is kept: read no more than that.
+        let kept = berth_schemas::webhooks::RESPONSE_BODY_KEPT;
+        let mut raw = Vec::new();
+        while raw.len() < kept * 4 {
+            match resp.chunk().await {
+                Ok(Some(c)) => raw.extend_from_slice(&c),
+                _ => break,
+            }
         }
+        let body = String::from_utf8_lossy(&raw)
+            .chars()
+            .filter(|c| !c.is_control() || *c == '\n')
+            .take(kept)
+            .collect();
+        Ok(Answer { status, body })
     }
 
     /// Posts to a Slack incoming webhook.

@@ -8,8 +8,10 @@
 //! - [`stream`]: the integration stream, each timeline event as JSON on
 //!   `<prefix>.events.<service id>` for notification bridges (at least once);
 //! - [`notify`]: failure (or all) notifications by email, Slack and signed
-//!   webhooks, per the owner's default and the service's override, one
-//!   Delivery aggregate per (event, channel) worked off a durable queue.
+//!   webhooks, per the owner's default and the service's override, and
+//!   every event of the types each of the owner's webhooks (Render's
+//!   webhooks API) asks for, one Delivery aggregate per (event, channel)
+//!   worked off a durable queue.
 //!
 //! - [`log_streams`]: every line of an owner's services sent to its TLS
 //!   syslog endpoint (Render's log streams).
@@ -103,6 +105,10 @@ impl Notifier {
         let Some(deliver_worker) = start_worker(&self.store, deliver_cfg, &shutdown).await? else {
             return Ok(());
         };
+        // Where each webhook send is recorded; without it, sends still go.
+        if let Err(e) = self.store.provision_webhook_sends().await {
+            tracing::warn!(error = %e, "the webhook sends stream could not be made; sends are not recorded");
+        }
         let senders = channels::Senders::new(o.smtp.clone(), o.send_timeout, o.targets)
             .map_err(|e| NotifierError::Client(e.0))?;
         let deliverer = Arc::new(notify::Deliverer::new(

@@ -24,13 +24,14 @@ use berth_eventlog::worker::{Job, WorkError, WorkHandler};
 use berth_eventlog::{EventStore, Stamp, Version};
 use berth_runtime::SecretKey;
 use berth_schemas::events::NotificationQueued;
-use berth_schemas::ids::{DeliveryId, OwnerId, ServiceId};
+use berth_schemas::ids::{DeliveryId, OwnerId, ServiceId, WebhookId};
 use berth_schemas::model::seal_context;
+use berth_schemas::webhooks::WebhookSend;
 use berth_schemas::{Actor, AggregateId, Commit, Envelope};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::channels::Senders;
+use crate::channels::{SendError, Senders};
 use crate::settings::{self, Channel, OwnerNotify, ServiceNotify};
 use berth_domain::timeline::TimelineEvent;
 
@@ -41,9 +42,14 @@ fn actor() -> Actor {
     Actor::system("notifier")
 }
 
-/// The stable id of the delivery of `event` to `channel`.
-pub fn delivery_id(event_id: &str, channel: Channel) -> Option<DeliveryId> {
-    let hash = Sha256::digest(format!("{event_id}:{}", channel.as_str()).as_bytes());
+/// How a delivery to one of the owner's webhooks names its channel:
+/// `hook:whk-…`.
+pub const HOOK: &str = "hook:";
+
+/// The stable id of the delivery of `event` on `channel` (a
+/// [`Channel`]'s name, or [`HOOK`] and a webhook id).
+pub fn delivery_id(event_id: &str, channel: &str) -> Option<DeliveryId> {
+    let hash = Sha256::digest(format!("{event_id}:{channel}").as_bytes());
     let body = data_encoding::BASE32_NOPAD
         .encode(&hash)
         .to_ascii_lowercase();
@@ -56,12 +62,16 @@ pub fn delivery_id(event_id: &str, channel: Channel) -> Option<DeliveryId> {
 pub struct DeliveryJob {
     /// The delivery (and `webhook-id`).
     pub delivery: DeliveryId,
-    /// `email`, `slack` or `webhook`.
+    /// `email`, `slack`, `webhook`, or `hook:whk-…` (one of the owner's
+    /// webhooks).
     pub channel: String,
     /// Whose channels.
     pub owner: OwnerId,
     /// What happened.
     pub event: TimelineEvent,
+    /// The service's name when it happened (webhooks' `serviceName`).
+    #[serde(default)]
+    pub service_name: String,
 }
 
 /// Decides which notifications a service event causes.
@@ -95,11 +105,10 @@ impl Decider {
     /// rejoined after a partition) may not have the service yet, and the
     /// notification would be dropped as one for a service with no owner.
     pub async fn decide(&self, event: &TimelineEvent, seen: u64) -> Result<usize, WorkError> {
-        if !event.is_notable() {
-            return Ok(0);
-        }
         if too_old(event.timestamp, chrono::Utc::now(), self.max_age) {
-            tracing::info!(event = %event.id, event_type = %event.kind, "too old to notify about");
+            if event.is_notable() {
+                tracing::info!(event = %event.id, event_type = %event.kind, "too old to notify about");
+            }
             return Ok(0);
         }
         let Ok(service) = event.service_id.parse::<ServiceId>() else {
@@ -118,50 +127,81 @@ impl Decider {
             return Ok(0);
         };
         let owner = load_owner(&self.store, &owner_id).await?;
+        let target = Target {
+            owner: &owner_id,
+            service: &service,
+            service_name: &svc.name,
+            event,
+        };
+        let mut queued = 0;
+        // The owner's webhooks: every event of a type each asks for.
+        for (id, hook) in &owner.webhooks {
+            if hook.wants(&event.kind) {
+                self.queue(&target, &format!("{HOOK}{id}")).await?;
+                queued += 1;
+            }
+        }
+        if !event.is_notable() {
+            return Ok(queued);
+        }
         let setting = settings::effective(&svc, &owner);
         if !settings::sends(setting, event.is_failure()) {
             tracing::debug!(service = %service, event_type = %event.kind, ?setting, "not notified");
-            return Ok(0);
+            return Ok(queued);
         }
-        let mut queued = 0;
         for channel in owner.channels() {
-            let Some(delivery) = delivery_id(&event.id, channel) else {
-                continue;
-            };
-            let queued_event = NotificationQueued {
-                owner: owner_id.clone(),
-                service: service.clone(),
-                channel: channel.as_str().to_owned(),
-                source_event: event.id.clone(),
-            };
-            // Queued before (this event redelivered): nothing is recorded
-            // and it is enqueued again below; the delivery's own history
-            // keeps it to one success.
-            self.store
-                .execute::<Delivery>(
-                    &AggregateId::Delivery(delivery.clone()),
-                    &format!("queue:{delivery}"),
-                    &Stamp::new(actor()).caused_by(event.id.clone()),
-                    delivery::Command::Queue(queued_event),
-                )
-                .await
-                .map_err(|e| WorkError::Retry(e.to_string()))?;
-            let job = DeliveryJob {
-                delivery: delivery.clone(),
-                channel: channel.as_str().to_owned(),
-                owner: owner_id.clone(),
-                event: event.clone(),
-            };
-            let payload = serde_json::to_vec(&job).map_err(|e| WorkError::Fatal(e.to_string()))?;
-            self.store
-                .enqueue(QUEUE, delivery.as_str(), payload.into(), delivery.as_str())
-                .await
-                .map_err(|e| WorkError::Retry(e.to_string()))?;
-            tracing::info!(delivery = %delivery, channel = channel.as_str(), service = %service, event_type = %event.kind, "notification queued");
+            self.queue(&target, channel.as_str()).await?;
             queued += 1;
         }
         Ok(queued)
     }
+
+    /// Records `notification_queued` for the delivery of `t.event` on
+    /// `channel` (once: a redelivered event records nothing and enqueues
+    /// it again; the delivery's own history keeps it to one success) and
+    /// puts it on the queue.
+    async fn queue(&self, t: &Target<'_>, channel: &str) -> Result<(), WorkError> {
+        let Some(delivery) = delivery_id(&t.event.id, channel) else {
+            return Ok(());
+        };
+        let queued_event = NotificationQueued {
+            owner: t.owner.clone(),
+            service: t.service.clone(),
+            channel: channel.to_owned(),
+            source_event: t.event.id.clone(),
+        };
+        self.store
+            .execute::<Delivery>(
+                &AggregateId::Delivery(delivery.clone()),
+                &format!("queue:{delivery}"),
+                &Stamp::new(actor()).caused_by(t.event.id.clone()),
+                delivery::Command::Queue(queued_event),
+            )
+            .await
+            .map_err(|e| WorkError::Retry(e.to_string()))?;
+        let job = DeliveryJob {
+            delivery: delivery.clone(),
+            channel: channel.to_owned(),
+            owner: t.owner.clone(),
+            event: t.event.clone(),
+            service_name: t.service_name.to_owned(),
+        };
+        let payload = serde_json::to_vec(&job).map_err(|e| WorkError::Fatal(e.to_string()))?;
+        self.store
+            .enqueue(QUEUE, delivery.as_str(), payload.into(), delivery.as_str())
+            .await
+            .map_err(|e| WorkError::Retry(e.to_string()))?;
+        tracing::info!(delivery = %delivery, channel, service = %t.service, event_type = %t.event.kind, "notification queued");
+        Ok(())
+    }
+}
+
+/// What a delivery is queued about.
+struct Target<'a> {
+    owner: &'a OwnerId,
+    service: &'a ServiceId,
+    service_name: &'a str,
+    event: &'a TimelineEvent,
 }
 
 impl WorkHandler for Decider {
@@ -279,6 +319,57 @@ impl Deliverer {
     }
 }
 
+impl Deliverer {
+    /// Sends the event to the owner's webhook `hook` and records what its
+    /// receiver answered; `Ok(false)` when the webhook is gone or turned
+    /// off (nothing sent), an error when it did not take it (2xx).
+    async fn send_hook(&self, job: &DeliveryJob, hook: &str) -> Result<bool, SendError> {
+        let Ok(id) = hook.parse::<WebhookId>() else {
+            return Ok(false);
+        };
+        let owner = load_owner(&self.store, &job.owner)
+            .await
+            .map_err(|e| SendError(e.to_string()))?;
+        let Some(h) = owner.webhooks.get(&id).filter(|h| h.enabled) else {
+            return Ok(false);
+        };
+        let open = |sealed, field| {
+            self.key
+                .open(sealed, &seal_context::webhook(&job.owner, &id, field))
+                .map_err(|_| SendError(format!("cannot open the sealed webhook {field}")))
+        };
+        let (url, secret) = (open(&h.url, "url")?, open(&h.secret, "secret")?);
+        let body = crate::channels::render_body(&job.event, &job.service_name);
+        let sent_at = chrono::Utc::now();
+        let answer = self
+            .senders
+            .to_webhook(&url, &secret, job.delivery.as_str(), body)
+            .await;
+        let record = WebhookSend {
+            id: job.delivery.to_string(),
+            event_id: job.event.id.clone(),
+            event_type: job.event.kind.clone(),
+            sent_at,
+            status_code: answer.as_ref().ok().map(|a| a.status),
+            response_body: answer.as_ref().ok().map(|a| a.body.clone()),
+            error: answer.as_ref().err().map(|e| e.0.clone()),
+        };
+        if let Err(e) = self
+            .store
+            .record_webhook_send(&job.owner, &id, &record)
+            .await
+        {
+            // The send happened; only its line in the webhook's history is lost.
+            tracing::warn!(webhook = %id, error = %e, "could not record a webhook send");
+        }
+        match answer {
+            Ok(a) if a.taken() => Ok(true),
+            Ok(a) => Err(SendError(format!("endpoint answered {}", a.status))),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 impl WorkHandler for Deliverer {
     async fn handle(&self, job: Job) -> Result<(), WorkError> {
         let dj: DeliveryJob = match serde_json::from_slice(&job.payload) {
@@ -297,8 +388,27 @@ impl WorkHandler for Deliverer {
         }
         let attempt = state.failed_attempts + 1;
         let started = std::time::Instant::now();
-        match self.send(&dj).await {
-            Ok(()) => {
+        let sent = match dj.channel.strip_prefix(HOOK) {
+            Some(hook) => self.send_hook(&dj, hook).await,
+            None => self.send(&dj).await.map(|()| true),
+        };
+        match sent {
+            Ok(false) => {
+                tracing::info!(delivery = %dj.delivery, channel = %dj.channel, "webhook deleted or turned off; not sent");
+                self.record(
+                    &dj.delivery,
+                    loaded,
+                    delivery::Command::RecordFailed {
+                        attempt,
+                        error: "the webhook was deleted or turned off".to_owned(),
+                        abandon: true,
+                    },
+                    format!("gone:{}", dj.delivery),
+                )
+                .await;
+                Ok(())
+            }
+            Ok(true) => {
                 tracing::info!(delivery = %dj.delivery, channel = %dj.channel, attempt, elapsed_ms = started.elapsed().as_millis() as u64, "notification delivered");
                 self.record(
                     &dj.delivery,
@@ -340,11 +450,15 @@ mod tests {
 
     #[test]
     fn delivery_ids_are_stable_per_event_and_channel() {
-        let a = delivery_id("evt-aaaaaaaaaaaaaaaaaaaa", Channel::Webhook);
+        let a = delivery_id("evt-aaaaaaaaaaaaaaaaaaaa", "webhook");
         assert!(a.is_some());
-        assert_eq!(a, delivery_id("evt-aaaaaaaaaaaaaaaaaaaa", Channel::Webhook));
-        assert_ne!(a, delivery_id("evt-aaaaaaaaaaaaaaaaaaaa", Channel::Slack));
-        assert_ne!(a, delivery_id("evt-aaaaaaaaaaaaaaaaaaab", Channel::Webhook));
+        assert_eq!(a, delivery_id("evt-aaaaaaaaaaaaaaaaaaaa", "webhook"));
+        assert_ne!(a, delivery_id("evt-aaaaaaaaaaaaaaaaaaaa", "slack"));
+        assert_ne!(a, delivery_id("evt-aaaaaaaaaaaaaaaaaaab", "webhook"));
+        assert_ne!(
+            a,
+            delivery_id("evt-aaaaaaaaaaaaaaaaaaaa", "hook:whk-aaaaaaaaaaaaaaaaaaaa")
+        );
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! a notification is decided or sent (so a changed setting or a rotated
 //! webhook secret applies to the next attempt without a cache to go stale).
 
-use berth_schemas::ids::OwnerId;
+use std::collections::BTreeMap;
+
+use berth_domain::webhook::{self, Webhook};
+use berth_schemas::ids::{OwnerId, WebhookId};
 use berth_schemas::model::{NotifySetting, Sealed};
 use berth_schemas::{Envelope, Event};
 
@@ -14,6 +17,8 @@ pub struct ServiceNotify {
     pub owner: Option<OwnerId>,
     /// Its override of the owner's default.
     pub notify: Option<NotifySetting>,
+    /// Its name (renames followed), for webhooks' `serviceName`.
+    pub name: String,
 }
 
 impl ServiceNotify {
@@ -23,10 +28,14 @@ impl ServiceNotify {
             Event::ServiceCreated(e) => {
                 self.owner = Some(e.owner.clone());
                 self.notify = e.notify;
+                self.name = e.name.clone();
             }
             Event::ServiceUpdated(e) => {
                 if let Some(n) = e.settings.notify {
                     self.notify = n;
+                }
+                if let Some(name) = &e.settings.name {
+                    self.name = name.clone();
                 }
             }
             _ => {}
@@ -48,19 +57,22 @@ pub struct OwnerNotify {
     pub webhook_url: Option<Sealed>,
     /// Generic webhook signing secret (`whsec_…`).
     pub webhook_secret: Option<Sealed>,
+    /// Its webhooks (Render's webhooks API), URLs and secrets sealed.
+    pub webhooks: BTreeMap<WebhookId, Webhook>,
 }
 
 impl OwnerNotify {
     /// Folds one event of the owner.
     pub fn fold(mut self, env: &Envelope) -> Self {
-        if let Event::NotificationSettingsChanged(e) = &env.event {
-            self = OwnerNotify {
-                notify: e.notify,
-                email: e.email.clone(),
-                slack_webhook_url: e.slack_webhook_url.clone(),
-                webhook_url: e.webhook_url.clone(),
-                webhook_secret: e.webhook_secret.clone(),
-            };
+        match &env.event {
+            Event::NotificationSettingsChanged(e) => {
+                self.notify = e.notify;
+                self.email = e.email.clone();
+                self.slack_webhook_url = e.slack_webhook_url.clone();
+                self.webhook_url = e.webhook_url.clone();
+                self.webhook_secret = e.webhook_secret.clone();
+            }
+            e => webhook::apply(&mut self.webhooks, e),
         }
         self
     }

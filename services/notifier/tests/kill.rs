@@ -108,7 +108,11 @@ async fn redelivery_after_kill_9_reuses_the_webhook_id() -> Result<()> {
         .unwrap()
         .to_owned();
     let body: serde_json::Value = serde_json::from_str(first[0]["body"].as_str().unwrap())?;
-    let d = delivery_id(body["data"]["id"].as_str().unwrap(), Channel::Webhook).unwrap();
+    let d = delivery_id(
+        body["data"]["id"].as_str().unwrap(),
+        Channel::Webhook.as_str(),
+    )
+    .unwrap();
     assert_eq!(webhook_id, d.as_str());
     assert_eq!(delivery_events(&store, &d).await?, ["notification_queued"]);
 

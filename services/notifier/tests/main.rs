@@ -6,3 +6,4 @@ mod notify;
 mod support;
 mod targets;
 mod timeline;
+mod webhooks;

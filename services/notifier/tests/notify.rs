@@ -141,12 +141,12 @@ async fn every_channel_delivers_once_signed_and_without_secrets() -> Result<()> 
     );
     assert_eq!(body["data"]["details"]["pullFailure"], "image_not_found");
     let event_id = body["data"]["id"].as_str().unwrap().to_owned();
-    let expected = delivery_id(&event_id, Channel::Webhook).unwrap();
+    let expected = delivery_id(&event_id, Channel::Webhook.as_str()).unwrap();
     assert_eq!(hook["headers"]["webhook-id"], expected.as_str());
 
     // Outcomes recorded on each delivery aggregate.
     for ch in [Channel::Email, Channel::Slack, Channel::Webhook] {
-        let d = delivery_id(&event_id, ch).unwrap();
+        let d = delivery_id(&event_id, ch.as_str()).unwrap();
         wait_delivery(store, &d, Duration::from_secs(10), POLL, |evs| {
             evs == ["notification_queued", "notification_delivered"]
         })
@@ -373,7 +373,11 @@ async fn a_dead_endpoint_delays_no_other_delivery() -> Result<()> {
     let hung: Vec<_> = hung.iter().filter(|p| p["path"] == "/hang/a").collect();
     assert!(!hung.is_empty());
     let body: serde_json::Value = serde_json::from_str(hung[0]["body"].as_str().unwrap())?;
-    let d = delivery_id(body["data"]["id"].as_str().unwrap(), Channel::Webhook).unwrap();
+    let d = delivery_id(
+        body["data"]["id"].as_str().unwrap(),
+        Channel::Webhook.as_str(),
+    )
+    .unwrap();
     let evs = wait_delivery(store, &d, Duration::from_secs(15), POLL, |evs| {
         evs.contains(&"notification_attempt_failed")
     })
@@ -428,7 +432,11 @@ async fn failed_attempts_retry_with_the_same_id_and_growing_delays_then_abandon(
 
     let id_of = |p: &serde_json::Value| {
         let body: serde_json::Value = serde_json::from_str(p["body"].as_str().unwrap()).unwrap();
-        delivery_id(body["data"]["id"].as_str().unwrap(), Channel::Webhook).unwrap()
+        delivery_id(
+            body["data"]["id"].as_str().unwrap(),
+            Channel::Webhook.as_str(),
+        )
+        .unwrap()
     };
     let (d_dead, d_flaky) = (id_of(&fails[0]), id_of(&flakes[0]));
     let a = wait_delivery(store, &d_dead, Duration::from_secs(10), POLL, |evs| {

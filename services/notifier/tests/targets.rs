@@ -94,7 +94,7 @@ async fn the_notifier_records_a_refused_webhook_and_sends_nothing() -> Result<()
     append(store, &svc, v, vec![failed]).await?;
     let loaded = store.load(&AggregateId::Service(svc.clone())).await?;
     let event_id = loaded.events.last().map(|e| e.id.to_string());
-    let delivery = delivery_id(&event_id.unwrap_or_default(), Channel::Webhook).unwrap();
+    let delivery = delivery_id(&event_id.unwrap_or_default(), Channel::Webhook.as_str()).unwrap();
     wait_delivery(
         store,
         &delivery,

@@ -350,6 +350,7 @@ impl Permissions {
                     subjects.certificate_stream(),
                     subjects.logs_stream(),
                     subjects.metrics_stream(),
+                    subjects.webhook_sends_stream(),
                 ];
                 let mut publish = vec![
                     format!("{p}.evt.>"),
@@ -361,6 +362,8 @@ impl Permissions {
                     subjects.logs_all(),
                     format!("{p}.dlq.>"),
                     format!("{p}.events.>"),
+                    // What sending to each webhook gave.
+                    subjects.webhook_sends_all(),
                     subjects.resolver_check(),
                     // Commands run in instances, through their nodes.
                     subjects.exec_all(),

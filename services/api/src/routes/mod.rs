@@ -17,6 +17,7 @@ pub mod owner;
 pub mod secret_files;
 pub mod services;
 pub mod terminal;
+pub mod webhooks;
 
 use serde::{Deserialize, Deserializer};
 
