@@ -4,7 +4,7 @@ its generated `render.public_api` client).
 
 Runs every operation of the SDK's `services`, `deploys`, `events`,
 `registry_credentials`, `services_cron_jobs`, `one_off_jobs`,
-`notification_settings`, `custom_domains` and `disks` modules that applies to image-backed services (the rest are listed in
+`notification_settings`, `custom_domains`, `disks` and `webhooks` modules that applies to image-backed services (the rest are listed in
 NOT_APPLICABLE, each with why) against one installation, with a client that
 raises on any status Render does not document. Each answer must carry the
 status Render documents, parse into the SDK's model, and say what Render
@@ -22,7 +22,7 @@ BERTH_SDK_REGISTRY_PASSWORD (neither is ever printed). `--self-test` runs
 it against fake_render.py instead, which it must pass.
 
 The steps are in steps_owner.py (credentials, notification settings),
-steps_services.py, steps_web.py, steps_disks.py, steps_domains.py, steps_deploys.py and steps_jobs.py, in the order main() runs them; what
+steps_webhooks.py, steps_services.py, steps_web.py, steps_disks.py, steps_domains.py, steps_deploys.py and steps_jobs.py, in the order main() runs them; what
 they share is in world.py, the bookkeeping in harness.py.
 """
 
@@ -35,6 +35,7 @@ import httpx
 
 from harness import Harness
 from steps_web import autoscaling, ip_allow_list, maintenance
+from steps_webhooks import webhooks_created, webhooks_sent
 from steps_deploys import cron, deploys, events
 from steps_disks import disk_added_and_deleted, disk_snapshots, disks
 from steps_domains import custom_domains
@@ -63,6 +64,7 @@ MODULES = [
     "notification_settings",
     "custom_domains",
     "disks",
+    "webhooks",
 ]
 
 # Operations of those modules that cannot apply to image-backed services
@@ -156,6 +158,7 @@ def main():
     )
     for step in (
         credentials,
+        webhooks_created,
         create_services,
         disks,
         deploys,
@@ -174,6 +177,7 @@ def main():
         events,
         disk_snapshots,
         disk_added_and_deleted,
+        webhooks_sent,
         teardown,
     ):
         h.log(f"step {step.__name__}")

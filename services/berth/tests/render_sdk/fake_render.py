@@ -8,12 +8,15 @@ the self-test needs no waiting; everything else is kept as simple as the
 check allows.
 """
 
+import base64
 import datetime
 import itertools
 import json
+import os
 import re
 
 import httpx
+from standardwebhooks.webhooks import Webhook as Signer
 
 _ids = itertools.count(1)
 
@@ -46,6 +49,8 @@ class FakeRender:
         self.runs = {}  # service id -> the active run
         self.domains = {}  # name -> (service id, custom domain)
         self.jobs = {}  # service id -> [job], oldest first
+        self.webhooks = {}  # id -> webhook
+        self.sends = {}  # webhook id -> [webhookEvent], oldest first
 
     # The transport.
 
@@ -122,6 +127,12 @@ class FakeRender:
             ("GET", s + r"/jobs", self.list_jobs),
             ("GET", s + r"/jobs/([^/]+)", self.get_job),
             ("POST", s + r"/jobs/([^/]+)/cancel", self.cancel_job),
+            ("POST", r"/webhooks", self.create_webhook),
+            ("GET", r"/webhooks", self.list_webhooks),
+            ("GET", r"/webhooks/([^/]+)", self.get_webhook),
+            ("PATCH", r"/webhooks/([^/]+)", self.patch_webhook),
+            ("DELETE", r"/webhooks/([^/]+)", self.delete_webhook),
+            ("GET", r"/webhooks/([^/]+)/events", self.list_sends),
         ]
 
     @staticmethod
@@ -459,15 +470,95 @@ class FakeRender:
     # Deploys.
 
     def event(self, sid, kind, details):
-        self.events.append(
-            {
-                "id": new_id("evt"),
-                "timestamp": stamp(),
-                "serviceId": sid,
-                "type": kind,
-                "details": details,
+        event = {
+            "id": new_id("evt"),
+            "timestamp": stamp(),
+            "serviceId": sid,
+            "type": kind,
+            "details": details,
+        }
+        self.events.append(event)
+        self.post_to_webhooks(event)
+
+    # Webhooks: each event posted, signed, at once.
+
+    def post_to_webhooks(self, event):
+        for hook in self.webhooks.values():
+            if not hook["enabled"] or (hook["eventFilter"] and event["type"] not in hook["eventFilter"]):
+                continue
+            name = self.services.get(event["serviceId"], {}).get("name", "")
+            body = json.dumps(
+                {
+                    "type": event["type"],
+                    "timestamp": event["timestamp"],
+                    "data": {"id": event["id"], "serviceId": event["serviceId"], "serviceName": name},
+                }
+            )
+            msg_id, at = new_id("whe"), datetime.datetime.now(datetime.timezone.utc)
+            headers = {
+                "content-type": "application/json",
+                "webhook-id": msg_id,
+                "webhook-timestamp": str(int(at.timestamp())),
+                "webhook-signature": Signer(hook["secret"]).sign(msg_id, at, body),
             }
-        )
+            answer = httpx.post(hook["url"], content=body, headers=headers, timeout=5)
+            self.sends[hook["id"]].append(
+                {
+                    "id": msg_id,
+                    "eventId": event["id"],
+                    "eventType": event["type"],
+                    "sentAt": stamp(),
+                    "statusCode": answer.status_code,
+                    "responseBody": answer.text,
+                }
+            )
+
+    def create_webhook(self, query, body):
+        if body.get("ownerId") != self.owner:
+            return self.missing("owner")
+        hook = {
+            "id": new_id("whk"),
+            "url": body["url"],
+            "name": body["name"],
+            "secret": "whsec_" + base64.b64encode(os.urandom(32)).decode(),
+            "enabled": body["enabled"],
+            "eventFilter": body["eventFilter"],
+        }
+        self.webhooks[hook["id"]] = hook
+        self.sends[hook["id"]] = []
+        return 201, hook
+
+    def list_webhooks(self, query, body):
+        items = [{"webhook": h, "cursor": h["id"]} for h in self.webhooks.values()]
+        return 200, self.page(query, items, lambda i: i["cursor"])
+
+    def get_webhook(self, query, body, wid):
+        hook = self.webhooks.get(wid)
+        return (200, hook) if hook else self.missing("webhook")
+
+    def patch_webhook(self, query, body, wid):
+        hook = self.webhooks.get(wid)
+        if not hook:
+            return self.missing("webhook")
+        hook.update({k: v for k, v in body.items() if k in ("name", "url", "enabled", "eventFilter")})
+        return 200, hook
+
+    def delete_webhook(self, query, body, wid):
+        if not self.webhooks.pop(wid, None):
+            return self.missing("webhook")
+        return 204, None
+
+    def list_sends(self, query, body, wid):
+        if wid not in self.webhooks:
+            return self.missing("webhook")
+        after, before = query.get("sentAfter"), query.get("sentBefore")
+        items = [
+            {"webhookEvent": e, "cursor": f"{wid}:{n}"}
+            for n, e in enumerate(self.sends[wid])
+            if (not after or parse_time(e["sentAt"]) > parse_time(after))
+            and (not before or parse_time(e["sentAt"]) < parse_time(before))
+        ]
+        return 200, self.page(query, items[::-1], lambda i: i["cursor"])
 
     def start_deploy(self, sid, ref, trigger, sha=None):
         deploy = {

@@ -75,6 +75,12 @@ class World:
     spare_credential: str = None
     canceled_deploy: str = None
     services: dict = field(default_factory=dict)  # kind -> Svc
+    # The webhooks (steps_webhooks.py): the one posting to `receiver`, its
+    # secret, and the one turned off.
+    receiver: object = None
+    webhook: str = None
+    webhook_secret: str = None
+    webhook_off: str = None
 
 
 def now():
