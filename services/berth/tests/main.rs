@@ -23,3 +23,4 @@ mod private_nodes;
 mod render_sdk;
 mod start_wait;
 mod up;
+mod webhooks;

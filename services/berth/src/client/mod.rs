@@ -1,5 +1,5 @@
 //! The `berth` API client commands (`service`, `credential`, `env`,
-//! `domain`, `hook`, `cron`, `job`, `node`, `apikey`, `notify`, `log-stream`, `secret-file`, `integration`): each one is
+//! `domain`, `hook`, `cron`, `job`, `node`, `apikey`, `notify`, `log-stream`, `secret-file`, `integration`, `webhook`): each one is
 //! a few HTTP calls to the API that `berth up` serves, printed as a table
 //! or, with `--json`, as the API's own JSON for scripts.
 //!
@@ -33,6 +33,7 @@ pub mod secret_file;
 pub mod service;
 pub mod settings;
 pub mod shell;
+pub mod webhook;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -152,6 +153,9 @@ pub enum ClientCommand {
     /// NATS credentials for programs that send bus commands and read your
     /// service events.
     Integration(integration::IntegrationArgs),
+    /// Endpoints posted your services' events (Render's webhooks), signed,
+    /// and what each post got.
+    Webhook(webhook::WebhookArgs),
 }
 
 /// Runs one client command and returns its exit code.
@@ -182,6 +186,7 @@ pub fn main(cmd: ClientCommand) -> ExitCode {
             ClientCommand::LogStream(a) => log_stream::run(a).await,
             ClientCommand::SecretFile(a) => secret_file::run(a).await,
             ClientCommand::Integration(a) => integration::run(a).await,
+            ClientCommand::Webhook(a) => webhook::run(a).await,
         }
     });
     match result {
