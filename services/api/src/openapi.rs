@@ -581,6 +581,11 @@ pages! {
     get "/log-stream" => dashboard::owner::log_stream_page, "The owner's log stream";
     post "/log-stream" => dashboard::owner::save_log_stream, "Set the owner's log stream";
     post "/log-stream/remove" => dashboard::owner::remove_log_stream, "Remove the owner's log stream";
+    get "/webhooks" => dashboard::webhooks::page, "The owner's webhooks";
+    post "/webhooks" => dashboard::webhooks::add, "Add a webhook";
+    get "/webhooks/{webhookId}" => dashboard::webhooks::one, "A webhook: its secret, settings and last posts";
+    post "/webhooks/{webhookId}" => dashboard::webhooks::update, "Change a webhook (or turn it on or off)";
+    post "/webhooks/{webhookId}/delete" => dashboard::webhooks::delete, "Delete a webhook";
     get "/api-keys" => dashboard::owner::api_keys_page, "API keys";
     post "/api-keys" => dashboard::owner::create_key, "Create an API key (shown once)";
     post "/api-keys/{apiKeyId}/revoke" => dashboard::owner::revoke_key, "Revoke an API key";

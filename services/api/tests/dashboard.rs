@@ -1290,3 +1290,108 @@ async fn a_web_services_maintenance_mode_is_set_on_its_settings_page() {
     let (_, v) = app.get(&format!("/v1/services/{id}"), &alice).await;
     assert!(v["serviceDetails"].get("ipAllowList").is_none(), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_added_changed_and_deleted_from_their_pages_through_the_api() {
+    let app = App::start(false).await;
+    let alice = app.owner().await;
+    let mut b = signed_in(&app, &alice).await;
+    let added = b
+        .submit(
+            "/webhooks",
+            "/webhooks",
+            &[
+                ("name", "chat"),
+                ("url", "https://chat.example.test/berth"),
+                ("eventFilter", "deploy_ended, server_failed"),
+            ],
+        )
+        .await;
+    assert_eq!(added.status, StatusCode::OK, "{}", added.html);
+    assert!(added.html.contains("Webhook chat added"), "{}", added.html);
+    let (_, list) = app.get("/v1/webhooks", &alice).await;
+    let hook = list[0]["webhook"].clone();
+    let id = hook["id"].as_str().unwrap().to_owned();
+    let secret = hook["secret"].as_str().unwrap().to_owned();
+    assert_eq!(
+        hook["eventFilter"],
+        serde_json::json!(["deploy_ended", "server_failed"])
+    );
+    assert!(
+        added.html.contains("deploy_ended, server_failed"),
+        "{}",
+        added.html
+    );
+    assert!(!added.html.contains(&secret), "the list shows no secret");
+    let page = b.get(&format!("/webhooks/{id}")).await;
+    assert!(
+        page.html.contains(&secret) && page.html.contains("Nothing posted yet"),
+        "{}",
+        page.html
+    );
+
+    // Off from the list; every event from its page.
+    let off = b
+        .submit(
+            "/webhooks",
+            &format!("/webhooks/{id}"),
+            &[("enabled", "false")],
+        )
+        .await;
+    assert!(
+        off.html.contains("Webhook chat saved (off)"),
+        "{}",
+        off.html
+    );
+    let own = format!("/webhooks/{id}");
+    let all = b
+        .submit(
+            &own,
+            &own,
+            &[
+                ("name", "chat"),
+                ("url", "https://chat.example.test/berth"),
+                ("eventFilter", ""),
+                ("events", "given"),
+            ],
+        )
+        .await;
+    assert_eq!(all.status, StatusCode::OK, "{}", all.html);
+    let (_, v) = app
+        .get(&own.replace("/webhooks", "/v1/webhooks"), &alice)
+        .await;
+    assert_eq!(
+        (&v["enabled"], &v["eventFilter"]),
+        (&serde_json::json!(false), &serde_json::json!([])),
+        "{v}"
+    );
+    // Refused as the API refuses it, and said; nothing changed.
+    let refused = b
+        .submit(
+            &own,
+            &own,
+            &[
+                ("name", "chat"),
+                ("url", "https://chat.example.test/berth"),
+                ("eventFilter", "deploy_done"),
+                ("events", "given"),
+            ],
+        )
+        .await;
+    assert!(refused.html.contains("eventFilter"), "{}", refused.html);
+    let (_, v) = app
+        .get(&own.replace("/webhooks", "/v1/webhooks"), &alice)
+        .await;
+    assert_eq!(v["eventFilter"], serde_json::json!([]));
+    // Another owner's webhook is not found.
+    let bob = app.owner().await;
+    let mut other = signed_in(&app, &bob).await;
+    assert_eq!(other.get(&own).await.status, StatusCode::NOT_FOUND);
+
+    let gone = b
+        .submit("/webhooks", &format!("/webhooks/{id}/delete"), &[])
+        .await;
+    assert!(gone.html.contains("Webhook deleted"), "{}", gone.html);
+    let (_, list) = app.get("/v1/webhooks", &alice).await;
+    assert_eq!(list, serde_json::json!([]));
+}

@@ -18,6 +18,7 @@ pub enum Section {
     Credentials,
     Notifications,
     LogStream,
+    Webhooks,
     ApiKeys,
 }
 
@@ -26,6 +27,7 @@ const NAV: &[(Section, &str, &str)] = &[
     (Section::Credentials, "/credentials", "Registry credentials"),
     (Section::Notifications, "/notifications", "Notifications"),
     (Section::LogStream, "/log-stream", "Log stream"),
+    (Section::Webhooks, "/webhooks", "Webhooks"),
     (Section::ApiKeys, "/api-keys", "API keys"),
 ];
 

@@ -38,6 +38,7 @@ pub mod session;
 pub mod settings;
 pub mod shell;
 pub mod terminal;
+pub mod webhooks;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
