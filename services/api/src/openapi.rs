@@ -31,7 +31,7 @@ use crate::hooks;
 use crate::query::Listing;
 use crate::routes::{
     cron, custom_domains, deploys, disks, env_vars, events, exec, jobs, log_streams, logs, metrics,
-    nodes, notifications, owner, secret_files, services, terminal, webhooks,
+    nodes, notifications, owner, owners, secret_files, services, terminal, webhooks,
 };
 
 /// One route of the API.
@@ -462,6 +462,13 @@ routes! {
         "Create an integration: NATS credentials bound to your owner (shown once)", 201;
     delete "/v1/integrations/{integrationId}" => owner::revoke_integration,
         "Revoke an integration", 204;
+    get "/v1/owners" => owners::list,
+        "The owner your API key acts for, as Render's workspaces list (query: name, email, cursor, \
+         limit)", 200;
+    get "/v1/owners/{ownerId}" => owners::get,
+        "Retrieve your owner", 200;
+    get "/v1/users" => owners::user,
+        "The owner your API key acts for, as Render's user", 200;
     get "/v1/webhooks" => webhooks::list,
         "List webhooks (query: ownerId, cursor, limit)", 200;
     post "/v1/webhooks" => webhooks::create,

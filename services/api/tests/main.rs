@@ -29,6 +29,7 @@ mod maintenance;
 mod metrics;
 mod nodes_cron;
 mod notifications;
+mod owners;
 mod rename;
 mod repair;
 mod routes;

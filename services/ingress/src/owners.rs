@@ -240,6 +240,16 @@ impl Ingress {
         Ok(())
     }
 
+    /// The owner's name and its notification email, if one is set (what
+    /// Render's `Owner` shows).
+    pub async fn owner_profile(
+        &self,
+        owner: &OwnerId,
+    ) -> Result<(String, Option<String>), IngressError> {
+        let state = self.load_owner(owner).await?;
+        Ok((state.name, state.notifications.email))
+    }
+
     /// The owner's notification default.
     pub async fn owner_notifications(
         &self,

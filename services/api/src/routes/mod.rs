@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod nodes;
 pub mod notifications;
 pub mod owner;
+pub mod owners;
 pub mod secret_files;
 pub mod services;
 pub mod terminal;

@@ -4,7 +4,7 @@ its generated `render.public_api` client).
 
 Runs every operation of the SDK's `services`, `deploys`, `events`,
 `registry_credentials`, `services_cron_jobs`, `one_off_jobs`,
-`notification_settings`, `custom_domains`, `disks` and `webhooks` modules that applies to image-backed services (the rest are listed in
+`notification_settings`, `custom_domains`, `disks`, `webhooks`, `workspaces` and `users` modules that applies to image-backed services (the rest are listed in
 NOT_APPLICABLE, each with why) against one installation, with a client that
 raises on any status Render does not document. Each answer must carry the
 status Render documents, parse into the SDK's model, and say what Render
@@ -40,7 +40,7 @@ from steps_deploys import cron, deploys, events
 from steps_disks import disk_added_and_deleted, disk_snapshots, disks
 from steps_domains import custom_domains
 from steps_jobs import jobs
-from steps_owner import credentials, notifications
+from steps_owner import credentials, notifications, workspace
 from steps_services import (
     create_services,
     env_vars,
@@ -65,6 +65,8 @@ MODULES = [
     "custom_domains",
     "disks",
     "webhooks",
+    "workspaces",
+    "users",
 ]
 
 # Operations of those modules that cannot apply to image-backed services
@@ -74,6 +76,9 @@ NOT_APPLICABLE = {
     "services.preview_service": "preview instances: berth has no previews",
     "services.purge_cache": "build cache: an image-backed service is never built, so has none",
     "services.retrieve_service_outbound_ips": "outbound IPs: Render's egress addresses; berth NATs",
+    "workspaces.retrieve_owner_members": "members: berth's owners have API keys, not members",
+    "workspaces.update_workspace_member": "members: berth's owners have API keys, not members",
+    "workspaces.remove_workspace_member": "members: berth's owners have API keys, not members",
 }
 
 
@@ -157,6 +162,7 @@ def main():
         prefix=args.prefix,
     )
     for step in (
+        workspace,
         credentials,
         webhooks_created,
         create_services,

@@ -127,6 +127,9 @@ class FakeRender:
             ("GET", s + r"/jobs", self.list_jobs),
             ("GET", s + r"/jobs/([^/]+)", self.get_job),
             ("POST", s + r"/jobs/([^/]+)/cancel", self.cancel_job),
+            ("GET", r"/owners", self.list_owners),
+            ("GET", r"/owners/([^/]+)", self.get_owner),
+            ("GET", r"/users", lambda q, b: (200, {"id": self.owner, "email": "", "name": "self-test"})),
             ("POST", r"/webhooks", self.create_webhook),
             ("GET", r"/webhooks", self.list_webhooks),
             ("GET", r"/webhooks/([^/]+)", self.get_webhook),
@@ -512,6 +515,20 @@ class FakeRender:
                     "responseBody": answer.text,
                 }
             )
+
+    # The workspace: the owner the key acts for.
+
+    def owner_view(self):
+        return {"id": self.owner, "name": "self-test", "email": "", "type": "user"}
+
+    def list_owners(self, query, body):
+        names = query.get_list("name")
+        items = [{"owner": self.owner_view(), "cursor": self.owner}]
+        items = [i for i in items if not names or i["owner"]["name"] in names]
+        return 200, self.page(query, items, lambda i: i["cursor"])
+
+    def get_owner(self, query, body, oid):
+        return (200, self.owner_view()) if oid == self.owner else self.missing("owner")
 
     def create_webhook(self, query, body):
         if body.get("ownerId") != self.owner:

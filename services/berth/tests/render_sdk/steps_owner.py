@@ -335,3 +335,33 @@ def notifications(h, w):
                 "the listed override is not the patched one",
                 label,
             )
+
+
+# The workspace and the user: the owner the key acts for.
+
+
+def workspace(h, w):
+    from render.public_api.api.users import get_user
+    from render.public_api.api.workspaces import list_owners, retrieve_owner
+    from render.public_api.models import Owner, OwnerWithCursor, User
+
+    op = "workspaces.list_owners"
+    listed = h.call(op, list_owners, expect=200, model=OwnerWithCursor, many=True)
+    if listed:
+        ids = [o.owner.id for o in listed]
+        h.check(op, ids == [w.owner], f"listed {ids}, not only {w.owner}")
+        name = listed[0].owner.name
+        by_name = h.call(op, list_owners, name=[name], expect=200, model=OwnerWithCursor, many=True, label="name")
+        h.check(op, [o.owner.id for o in by_name or []] == [w.owner], "name does not find it", "name")
+        other = h.call(
+            op, list_owners, name=[name + "-not"], expect=200, model=OwnerWithCursor, many=True, label="other name"
+        )
+        h.check(op, other == [], f"another name gave {other}", "other name")
+    op = "workspaces.retrieve_owner"
+    got = h.call(op, retrieve_owner, w.owner, expect=200, model=Owner)
+    if got:
+        h.check(op, (got.id, got.type_.value) == (w.owner, "user"), f"answered {got.to_dict()}")
+    op = "users.get_user"
+    got = h.call(op, get_user, expect=200, model=User)
+    if got:
+        h.check(op, got.id == w.owner, f"answered {got.to_dict()}")
