@@ -29,7 +29,10 @@ async fn the_keys_owner_is_the_one_workspace_and_user() {
     let (_, v) = app.get(&format!("/v1/owners/{id}"), &alice).await;
     assert_eq!(v["email"], "ops@example.com", "{v}");
     let (_, v) = app.get("/v1/users", &alice).await;
-    assert_eq!(v, json!({"id": id, "email": "ops@example.com", "name": "test"}));
+    assert_eq!(
+        v,
+        json!({"id": id, "email": "ops@example.com", "name": "test"})
+    );
     // Filters filter; another owner is not found, nor listed.
     let (_, v) = app.get("/v1/owners?name=someone-else", &alice).await;
     assert_eq!(v, json!([]));
