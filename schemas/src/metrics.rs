@@ -47,12 +47,19 @@ pub struct InstanceUsage {
     /// The instance's memory limit, bytes (0: none known).
     #[serde(default)]
     pub memory_limit_bytes: u64,
+    /// The instance's CPU limit, thousandths of a core (0: none known).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cpu_limit_millis: u64,
     /// Its service's disk: bytes in use (absent without a disk).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_used_bytes: Option<u64>,
     /// Its service's disk: the filesystem's size, bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_capacity_bytes: Option<u64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One service's requests through one router over one interval.

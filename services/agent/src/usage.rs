@@ -23,13 +23,33 @@ pub struct CgroupReader {
 enum Layout {
     /// cgroup v2: `<root>/berth`.
     Unified(PathBuf),
-    /// v1, a hierarchy per controller: `<cpuacct>/berth`, `<memory>/berth`.
-    Split { cpuacct: PathBuf, memory: PathBuf },
+    /// v1, a hierarchy per controller: `<cpuacct>/berth`, `<cpu>/berth`
+    /// (the same when the two are mounted together), `<memory>/berth`.
+    Split {
+        cpuacct: PathBuf,
+        cpu: PathBuf,
+        memory: PathBuf,
+    },
 }
 
 /// One file's content as an unsigned number (`max` and garbage: `None`).
 fn number(path: &Path) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// A CFS quota over its period as thousandths of a core (`None`: no
+/// quota, or not readable).
+fn cpu_millis(quota: Option<i64>, period: Option<u64>) -> Option<u64> {
+    let (quota, period) = (u64::try_from(quota?).ok()?, period?);
+    (period > 0).then(|| quota.saturating_mul(1000) / period)
+}
+
+/// v2's `cpu.max` ("<quota> <period>", or "max <period>") in millis.
+fn cpu_max(path: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut parts = text.split_whitespace();
+    let quota = parts.next()?.parse().ok();
+    cpu_millis(quota, parts.next()?.parse().ok())
 }
 
 /// The value of `key` in a flat-keyed file (`memory.stat`, `cpu.stat`).
@@ -65,8 +85,14 @@ impl CgroupReader {
                 .iter()
                 .map(|h| self.root.join(h))
                 .find(|p| p.exists())?;
+            let cpu = ["cpu,cpuacct", "cpuacct,cpu", "cpu"]
+                .iter()
+                .map(|h| self.root.join(h))
+                .find(|p| p.exists())
+                .unwrap_or_else(|| cpuacct.clone());
             Layout::Split {
                 cpuacct: cpuacct.join("berth"),
+                cpu: cpu.join("berth"),
                 memory: self.root.join("memory").join("berth"),
             }
         };
@@ -78,17 +104,29 @@ impl CgroupReader {
     /// instances off the async threads ([`CgroupReader::read_all`]).
     pub fn read(&self, instance: &InstanceId) -> Option<InstanceUsage> {
         let id = instance.as_str();
-        let (cpu_nanos, memory, limit) = match self.layout()? {
+        let (cpu_nanos, memory, limit, cpu_limit) = match self.layout()? {
             Layout::Unified(berth) => {
                 let g = berth.join(id);
                 let cpu = keyed(&g.join("cpu.stat"), "usage_usec")? * 1_000;
                 let current = number(&g.join("memory.current"))?;
                 let inactive = keyed(&g.join("memory.stat"), "inactive_file").unwrap_or(0);
                 let limit = number(&g.join("memory.max")).unwrap_or(0);
-                (cpu, current.saturating_sub(inactive), limit)
+                let cpu_limit = cpu_max(&g.join("cpu.max")).unwrap_or(0);
+                (cpu, current.saturating_sub(inactive), limit, cpu_limit)
             }
-            Layout::Split { cpuacct, memory } => {
+            Layout::Split {
+                cpuacct,
+                cpu: cpu_dir,
+                memory,
+            } => {
                 let cpu = number(&cpuacct.join(id).join("cpuacct.usage"))?;
+                // The quota is in the cpu controller's hierarchy.
+                let g = cpu_dir.join(id);
+                let quota = std::fs::read_to_string(g.join("cpu.cfs_quota_us"))
+                    .ok()
+                    .and_then(|q| q.trim().parse().ok());
+                let cpu_limit =
+                    cpu_millis(quota, number(&g.join("cpu.cfs_period_us"))).unwrap_or(0);
                 let mem = memory.join(id);
                 let usage = number(&mem.join("memory.usage_in_bytes"))?;
                 let inactive = keyed(&mem.join("memory.stat"), "total_inactive_file").unwrap_or(0);
@@ -96,7 +134,7 @@ impl CgroupReader {
                 let limit = number(&mem.join("memory.limit_in_bytes"))
                     .filter(|l| *l < (1 << 62))
                     .unwrap_or(0);
-                (cpu, usage.saturating_sub(inactive), limit)
+                (cpu, usage.saturating_sub(inactive), limit, cpu_limit)
             }
         };
         Some(InstanceUsage {
@@ -104,6 +142,7 @@ impl CgroupReader {
             cpu_nanos,
             memory_bytes: memory,
             memory_limit_bytes: limit,
+            cpu_limit_millis: cpu_limit,
             disk_used_bytes: None,
             disk_capacity_bytes: None,
         })
@@ -168,10 +207,23 @@ mod tests {
         write(&g.join("memory.current"), "10485760\n");
         write(&g.join("memory.stat"), "anon 1\ninactive_file 2097152\n");
         write(&g.join("memory.max"), "536870912\n");
+        write(&g.join("cpu.max"), "50000 100000\n");
         let u = CgroupReader::at(v2.path()).read(&i);
         assert_eq!(
-            u.map(|u| (u.cpu_nanos, u.memory_bytes, u.memory_limit_bytes)),
-            Some((2_500_000, 8_388_608, 536_870_912))
+            u.map(|u| (
+                u.cpu_nanos,
+                u.memory_bytes,
+                u.memory_limit_bytes,
+                u.cpu_limit_millis
+            )),
+            Some((2_500_000, 8_388_608, 536_870_912, 500))
+        );
+        write(&g.join("cpu.max"), "max 100000\n");
+        assert_eq!(
+            CgroupReader::at(v2.path())
+                .read(&i)
+                .map(|u| u.cpu_limit_millis),
+            Some(0)
         );
 
         let v1 = tempfile::tempdir().unwrap_or_else(|_| unreachable!());
@@ -187,10 +239,45 @@ mod tests {
             "cache 0\ntotal_inactive_file 1024\n",
         );
         write(&m.join("memory.limit_in_bytes"), "9223372036854771712\n");
+        let q = v1.path().join(format!("cpu,cpuacct/berth/{i}"));
+        write(&q.join("cpu.cfs_quota_us"), "-1\n");
+        write(&q.join("cpu.cfs_period_us"), "100000\n");
         let u = CgroupReader::at(v1.path()).read(&i);
         assert_eq!(
-            u.map(|u| (u.cpu_nanos, u.memory_bytes, u.memory_limit_bytes)),
-            Some((7000, 3072, 0))
+            u.map(|u| (
+                u.cpu_nanos,
+                u.memory_bytes,
+                u.memory_limit_bytes,
+                u.cpu_limit_millis
+            )),
+            Some((7000, 3072, 0, 0))
+        );
+        write(&q.join("cpu.cfs_quota_us"), "250000\n");
+        assert_eq!(
+            CgroupReader::at(v1.path())
+                .read(&i)
+                .map(|u| u.cpu_limit_millis),
+            Some(2500)
+        );
+
+        // cpu and cpuacct mounted apart (as on this project's machines):
+        // the quota is read from cpu's hierarchy.
+        let apart = tempfile::tempdir().unwrap_or_else(|_| unreachable!());
+        write(
+            &apart
+                .path()
+                .join(format!("cpuacct/berth/{i}/cpuacct.usage")),
+            "7000\n",
+        );
+        let c = apart.path().join(format!("cpu/berth/{i}"));
+        write(&c.join("cpu.cfs_quota_us"), "50000\n");
+        write(&c.join("cpu.cfs_period_us"), "100000\n");
+        let am = apart.path().join(format!("memory/berth/{i}"));
+        write(&am.join("memory.usage_in_bytes"), "4096\n");
+        let u = CgroupReader::at(apart.path()).read(&i);
+        assert_eq!(
+            u.map(|u| (u.cpu_nanos, u.cpu_limit_millis)),
+            Some((7000, 500))
         );
         // No cgroup: nothing.
         assert!(CgroupReader::at(v1.path())

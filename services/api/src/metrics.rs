@@ -192,6 +192,10 @@ pub enum Resource {
     DiskUsage,
     /// The service's disk: the filesystem's size, bytes.
     DiskCapacity,
+    /// Each instance's CPU limit, cores (as its cgroup says).
+    CpuLimit,
+    /// Each instance's memory limit, bytes (as its cgroup says).
+    MemoryLimit,
 }
 
 /// A service's resource series over `window`: per instance for CPU and
@@ -247,6 +251,16 @@ pub async fn resources(
                 Resource::DiskCapacity => {
                     if let Some(b) = u.disk_capacity_bytes {
                         values.push((labels, s.time, b as f64));
+                    }
+                }
+                Resource::CpuLimit => {
+                    if u.cpu_limit_millis > 0 {
+                        values.push((labels, s.time, u.cpu_limit_millis as f64 / 1000.0));
+                    }
+                }
+                Resource::MemoryLimit => {
+                    if u.memory_limit_bytes > 0 {
+                        values.push((labels, s.time, u.memory_limit_bytes as f64));
                     }
                 }
                 Resource::Instances => {}

@@ -310,6 +310,10 @@ routes! {
         "CPU per instance (cores)", 200;
     get "/v1/metrics/memory" => metrics::memory,
         "Memory per instance (bytes)", 200;
+    get "/v1/metrics/cpu-limit" => metrics::cpu_limit,
+        "CPU limit per instance (cores)", 200;
+    get "/v1/metrics/memory-limit" => metrics::memory_limit,
+        "Memory limit per instance (bytes)", 200;
     get "/v1/metrics/disk-usage" => metrics::disk_usage,
         "The service's disk in use (bytes)", 200;
     get "/v1/metrics/disk-capacity" => metrics::disk_capacity,

@@ -881,6 +881,7 @@ async fn logs_and_metrics_pages() {
                 cpu_nanos: (k as u64) * 15_000_000_000,
                 memory_bytes: 64 << 20,
                 memory_limit_bytes: 0,
+                cpu_limit_millis: 0,
                 disk_used_bytes: None,
                 disk_capacity_bytes: None,
             }],

@@ -52,6 +52,7 @@ async fn series_from_samples_for_the_owner_only() {
             cpu_nanos: k * 7_500_000_000,
             memory_bytes: 100 << 20,
             memory_limit_bytes: 512 << 20,
+            cpu_limit_millis: 500,
             disk_used_bytes: Some(k << 20),
             disk_capacity_bytes: Some(1 << 30),
         }];
@@ -61,6 +62,7 @@ async fn series_from_samples_for_the_owner_only() {
                 cpu_nanos: 0,
                 memory_bytes: 50 << 20,
                 memory_limit_bytes: 512 << 20,
+                cpu_limit_millis: 500,
                 disk_used_bytes: None,
                 disk_capacity_bytes: None,
             });
@@ -120,6 +122,26 @@ async fn series_from_samples_for_the_owner_only() {
     assert!(
         maxes.contains(&((100u64 << 20) as f64)) && maxes.contains(&((50u64 << 20) as f64)),
         "{mem}"
+    );
+    // Each instance's limits, as its cgroup says.
+    let (s, cpu_limit) = get("cpu-limit", "").await;
+    assert_eq!(s, StatusCode::OK, "{cpu_limit}");
+    assert_eq!(cpu_limit.as_array().unwrap().len(), 2, "{cpu_limit}");
+    assert_eq!(cpu_limit[0]["unit"], "cpu");
+    assert!(
+        cpu_limit
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(values)
+            .all(|v| v == 0.5),
+        "{cpu_limit}"
+    );
+    let (_, mem_limit) = get("memory-limit", &format!("&instance={i1}")).await;
+    assert_eq!(
+        values(&mem_limit[0]),
+        vec![(512u64 << 20) as f64],
+        "{mem_limit}"
     );
     let (_, count) = get("instance-count", "").await;
     assert_eq!(values(&count[0]), vec![2.0], "{count}");

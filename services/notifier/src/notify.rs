@@ -1,11 +1,16 @@
 //! Deciding and delivering notifications (SPEC §9).
 //!
 //! [`Decider`] follows the log's service subjects with a durable consumer.
-//! For each notable timeline event it reads the service's override and the
-//! owner's default and channels; for each channel the setting allows it
-//! records `notification_queued` on a Delivery aggregate whose id is derived
-//! from (event id, channel) — so a redelivered event queues nothing new —
-//! and puts a job keyed by that id on the `notify` work queue.
+//! For each timeline event it reads the service and its owner: each of the
+//! owner's webhooks that asks for the event's type is a channel
+//! (`hook:whk-…`), and for a notable event so is each of the owner's
+//! notification channels its setting allows (the service's override, else
+//! the owner's default). For each channel it records `notification_queued`
+//! on a Delivery aggregate whose id is derived from (event id, channel) —
+//! so a redelivered event queues nothing new — and puts a job keyed by that
+//! id on the `notify` work queue. The webhooks are the owner's as the log
+//! has them when the event is decided: one created a moment after an event
+//! may still get it, one deleted a moment after may not.
 //!
 //! [`Deliverer`] works that queue with explicit acks, many deliveries at
 //! once and one key per delivery, so a dead endpoint holds only its own

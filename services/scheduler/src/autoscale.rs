@@ -349,6 +349,7 @@ mod tests {
                     cpu_nanos: *cpu_nanos,
                     memory_bytes: 128 << 20,
                     memory_limit_bytes: 512 << 20,
+                    cpu_limit_millis: 500,
                     disk_used_bytes: None,
                     disk_capacity_bytes: None,
                 })

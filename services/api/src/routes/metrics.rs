@@ -196,6 +196,24 @@ pub async fn memory(
     resource_series(st, caller, q, Resource::Memory, "bytes").await
 }
 
+/// GET /v1/metrics/cpu-limit: each instance's CPU limit, in cores.
+pub async fn cpu_limit(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Listing(q): Listing<MetricsQuery>,
+) -> Result<Json<Vec<TimeSeries>>, ApiError> {
+    resource_series(st, caller, q, Resource::CpuLimit, "cpu").await
+}
+
+/// GET /v1/metrics/memory-limit: each instance's memory limit, bytes.
+pub async fn memory_limit(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Listing(q): Listing<MetricsQuery>,
+) -> Result<Json<Vec<TimeSeries>>, ApiError> {
+    resource_series(st, caller, q, Resource::MemoryLimit, "bytes").await
+}
+
 /// GET /v1/metrics/disk-usage: the service's disk in use, bytes (per
 /// instance; none without a disk).
 pub async fn disk_usage(

@@ -4,7 +4,7 @@ its generated `render.public_api` client).
 
 Runs every operation of the SDK's `services`, `deploys`, `events`,
 `registry_credentials`, `services_cron_jobs`, `one_off_jobs`,
-`notification_settings`, `custom_domains`, `disks`, `webhooks`, `workspaces` and `users` modules that applies to image-backed services (the rest are listed in
+`notification_settings`, `custom_domains`, `disks`, `webhooks`, `workspaces`, `users` and `metrics` modules that applies to image-backed services (the rest are listed in
 NOT_APPLICABLE, each with why) against one installation, with a client that
 raises on any status Render does not document. Each answer must carry the
 status Render documents, parse into the SDK's model, and say what Render
@@ -40,6 +40,7 @@ from steps_deploys import cron, deploys, events
 from steps_disks import disk_added_and_deleted, disk_snapshots, disks
 from steps_domains import custom_domains
 from steps_jobs import jobs
+from steps_metrics import metrics
 from steps_owner import credentials, notifications, workspace
 from steps_services import (
     create_services,
@@ -67,10 +68,12 @@ MODULES = [
     "webhooks",
     "workspaces",
     "users",
+    "metrics",
 ]
 
-# Operations of those modules that cannot apply to image-backed services
-# on berth, and so are not called: why, for each.
+# Operations of those modules that are not called: those that cannot apply
+# to image-backed services on berth, and those berth has not built (said
+# so), with why, for each.
 NOT_APPLICABLE = {
     "services.create_ephemeral_shell": "ephemeral shells: berth's terminal is its own WebSocket (GET /v1/services/{id}/shell)",
     "services.preview_service": "preview instances: berth has no previews",
@@ -79,6 +82,20 @@ NOT_APPLICABLE = {
     "workspaces.retrieve_owner_members": "members: berth's owners have API keys, not members",
     "workspaces.update_workspace_member": "members: berth's owners have API keys, not members",
     "workspaces.remove_workspace_member": "members: berth's owners have API keys, not members",
+    "metrics.get_replication_lag": "Postgres replicas: berth has no managed databases",
+    "metrics.get_task_runs_completed": "workflow tasks: berth has no workflows",
+    "metrics.get_task_runs_queued": "workflow tasks: berth has no workflows",
+    "metrics.get_cpu_target": "not built: autoscaling targets are settings (serviceDetails.autoscaling), kept without history",
+    "metrics.get_memory_target": "not built: autoscaling targets are settings (serviceDetails.autoscaling), kept without history",
+    "metrics.get_active_connections": "not built: the router counts requests, not open connections",
+    "metrics.get_bandwidth": "not built: the router does not meter bytes",
+    "metrics.get_bandwidth_sources": "not built: the router does not meter bytes",
+    "metrics.list_application_filter_values": "not built: filter values of metrics",
+    "metrics.list_http_filter_values": "not built: filter values of metrics",
+    "metrics.list_path_filter_values": "not built: the router keeps no per-path counts",
+    "metrics.get_owner_metrics_stream": "not built: metrics streams (pushing metrics to your collector)",
+    "metrics.upsert_owner_metrics_stream": "not built: metrics streams (pushing metrics to your collector)",
+    "metrics.delete_owner_metrics_stream": "not built: metrics streams (pushing metrics to your collector)",
 }
 
 
@@ -181,6 +198,7 @@ def main():
         lifecycle,
         list_all,
         events,
+        metrics,
         disk_snapshots,
         disk_added_and_deleted,
         webhooks_sent,

@@ -127,6 +127,7 @@ class FakeRender:
             ("GET", s + r"/jobs", self.list_jobs),
             ("GET", s + r"/jobs/([^/]+)", self.get_job),
             ("POST", s + r"/jobs/([^/]+)/cancel", self.cancel_job),
+            ("GET", r"/metrics/([a-z-]+)", self.metric),
             ("GET", r"/owners", self.list_owners),
             ("GET", r"/owners/([^/]+)", self.get_owner),
             ("GET", r"/users", lambda q, b: (200, {"id": self.owner, "email": "", "name": "self-test"})),
@@ -515,6 +516,30 @@ class FakeRender:
                     "responseBody": answer.text,
                 }
             )
+
+    # Metrics: one point per instance of each series; no requests.
+
+    SERIES = {
+        "cpu": ("cpu", 0.1),
+        "memory": ("bytes", 50e6),
+        "cpu-limit": ("cpu", 0.5),
+        "memory-limit": ("bytes", 512 * 2**20),
+        "instance-count": ("count", 1),
+        "disk-usage": ("bytes", 1e6),
+        "disk-capacity": ("bytes", 1e9),
+    }
+
+    def metric(self, query, body, kind):
+        rid = query.get("resource")
+        if rid not in self.services:
+            return self.missing("service")
+        if kind not in self.SERIES:
+            return 200, []
+        unit, value = self.SERIES[kind]
+        labels = [{"field": "resource", "value": rid}]
+        if kind != "instance-count":
+            labels.append({"field": "instance", "value": "srv-instance-1"})
+        return 200, [{"labels": labels, "values": [{"timestamp": stamp(), "value": value}], "unit": unit}]
 
     # The workspace: the owner the key acts for.
 

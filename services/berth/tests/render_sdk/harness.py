@@ -264,6 +264,7 @@ class Harness:
         elapsed = time.monotonic() - self.started
         print(
             f"{passed + failed} operations: {passed} passed, {failed} failed; "
-            f"{len(skipped)} not applicable to image-backed services (not called); {elapsed:.0f} s"
+            f"{len(skipped)} not called (not applicable to image-backed services, or not built: each "
+            f"says which); {elapsed:.0f} s"
         )
         return 1 if failed else 0
