@@ -119,6 +119,9 @@ pub enum WorkError {
     /// Try again later (redelivered until `max_deliver`, then dead-lettered).
     #[error("retryable: {0}")]
     Retry(String),
+    /// Try again, not before `after` (instead of the worker's own delay).
+    #[error("retryable: {1}")]
+    RetryAfter(Duration, String),
     /// Retrying cannot help: dead-letter now.
     #[error("fatal: {0}")]
     Fatal(String),
@@ -587,7 +590,10 @@ async fn run_job<H: WorkHandler>(
                 dead_letter(store, cfg, &msg, stream_seq, delivered, &err, &span).await;
             } else {
                 tracing::warn!(parent: &span, error = %err, "job failed, will be redelivered");
-                let delay = cfg.retry_delay * u32::try_from(delivered.max(1)).unwrap_or(1);
+                let delay = match &err {
+                    WorkError::RetryAfter(after, _) => *after,
+                    _ => cfg.retry_delay * u32::try_from(delivered.max(1)).unwrap_or(1),
+                };
                 let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
             }
         }

@@ -116,6 +116,7 @@ impl Notifier {
             self.key.clone(),
             senders,
             o.max_attempts,
+            o.retry_delay,
         ));
         let decider = Arc::new(notify::Decider::new(self.store.clone(), o.max_event_age));
         let forwarder = log_streams::Forwarder::new(

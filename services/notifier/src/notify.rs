@@ -248,16 +248,35 @@ pub struct Deliverer {
     key: SecretKey,
     senders: Senders,
     max_attempts: i64,
+    retry_delay: std::time::Duration,
+}
+
+/// How long a webhook's delivery waits after its `attempt`th failed: the
+/// notifier's retry delay times 4, 16, … (with the default 15 s the eighth
+/// attempt comes about 23 hours after the first, as Render spreads its
+/// own over about a day), so a receiver down for hours still gets it.
+pub fn hook_backoff(retry_delay: std::time::Duration, attempt: i64) -> std::time::Duration {
+    let exp = u32::try_from(attempt.clamp(1, 12) - 1).unwrap_or(0);
+    retry_delay.saturating_mul(4u32.saturating_pow(exp))
 }
 
 impl Deliverer {
-    /// A deliverer giving up after `max_attempts` deliveries of a job.
-    pub fn new(store: EventStore, key: SecretKey, senders: Senders, max_attempts: i64) -> Self {
+    /// A deliverer giving up after `max_attempts` deliveries of a job;
+    /// a webhook's delivery waits [`hook_backoff`] of `retry_delay` between
+    /// attempts (notifications wait the worker's own delay).
+    pub fn new(
+        store: EventStore,
+        key: SecretKey,
+        senders: Senders,
+        max_attempts: i64,
+        retry_delay: std::time::Duration,
+    ) -> Self {
         Self {
             store,
             key,
             senders,
             max_attempts,
+            retry_delay,
         }
     }
 
@@ -441,6 +460,9 @@ impl WorkHandler for Deliverer {
                 .await;
                 if last {
                     Err(WorkError::Fatal(e.0))
+                } else if dj.channel.starts_with(HOOK) {
+                    let after = hook_backoff(self.retry_delay, job.delivered);
+                    Err(WorkError::RetryAfter(after, e.0))
                 } else {
                     Err(WorkError::Retry(e.0))
                 }
@@ -464,6 +486,20 @@ mod tests {
             a,
             delivery_id("evt-aaaaaaaaaaaaaaaaaaaa", "hook:whk-aaaaaaaaaaaaaaaaaaaa")
         );
+    }
+
+    #[test]
+    fn a_webhook_waits_longer_after_each_failure_for_about_a_day_in_all() {
+        let base = std::time::Duration::from_secs(15);
+        let waits: Vec<u64> = (1..=7).map(|a| hook_backoff(base, a).as_secs()).collect();
+        assert_eq!(waits, [15, 60, 240, 960, 3840, 15360, 61440]);
+        let hours = waits.iter().sum::<u64>() as f64 / 3600.0;
+        assert!(
+            (20.0..34.0).contains(&hours),
+            "{hours} h until the eighth attempt"
+        );
+        // Never overflows, whatever the attempt count.
+        assert!(hook_backoff(base, i64::MAX) >= hook_backoff(base, 7));
     }
 
     #[test]

@@ -132,6 +132,18 @@ async fn each_webhook_gets_the_types_it_asks_for_signed_and_every_attempt_is_rec
         types,
         ["deploy_ended", "deploy_started"].map(String::from).into()
     );
+    // Each wait four times the one before (200 ms here): 0.2, 0.8, 3.2 s.
+    let mut at: Vec<f64> = failing
+        .iter()
+        .filter(|p| p["body"].as_str().unwrap().contains("deploy_ended"))
+        .map(|p| p["at"].as_f64().unwrap())
+        .collect();
+    at.sort_by(f64::total_cmp);
+    let gaps: Vec<f64> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.len() == 3 && gaps[0] >= 0.15 && gaps[1] >= 0.7 && gaps[2] >= 3.0,
+        "waits between attempts {gaps:?}"
+    );
     let sends = store.webhook_sends(&owner, &every).await?;
     assert_eq!(sends.len(), 8, "{sends:?}");
     assert!(sends
