@@ -615,7 +615,16 @@ mod tests {
             || s.contains("STREAM.CREATE")
             || s.contains("evt.owner")
             || s.contains("evt.credential")
+            || s.contains("webhooks")
+            || s.contains("WEBHOOK")
             || s == "berth.evt.>"));
+        // The control plane records webhook sends and reads them back.
+        let c = Permissions::for_role(&Role::Control, &s, "_INBOX_c");
+        assert!(c.publish.contains(&s.webhook_sends_all()));
+        assert!(c.publish.contains(&format!(
+            "$JS.API.STREAM.CREATE.{}",
+            s.webhook_sends_stream()
+        )));
         let owner: OwnerId = "usr-aaaaaaaaaaaaaaaaaaaa".parse().unwrap();
         let p = Permissions::for_role(
             &Role::Integration {
