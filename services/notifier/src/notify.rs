@@ -119,6 +119,10 @@ impl Decider {
         let Ok(service) = event.service_id.parse::<ServiceId>() else {
             return Ok(0);
         };
+        // Read from the log for every event, not kept from the commits
+        // this decider handles: holding this commit proves the copy of the
+        // log that answered is not behind it, so the owner read next (its
+        // webhooks and channels) is not one from before them either.
         let (svc, _) = self
             .store
             .state_holding(
