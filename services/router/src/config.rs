@@ -126,6 +126,14 @@ pub struct RouterArgs {
     /// the system's (a private or test CA such as Pebble).
     #[arg(long, env = "BERTH_ACME_CA_ROOT")]
     pub acme_ca_root: Option<PathBuf>,
+
+    /// The proxies in front of the router (comma-separated address blocks,
+    /// e.g. a load balancer's `10.0.0.0/8`): for a request from one of
+    /// them, the client is the last address of its `X-Forwarded-For` that
+    /// is not one of them — what services' IP allow lists are checked
+    /// against. Empty: the client is who connected.
+    #[arg(long, env = "BERTH_ROUTER_TRUSTED_PROXIES", default_value = "")]
+    pub router_trusted_proxies: String,
 }
 
 impl Default for RouterArgs {
@@ -152,6 +160,7 @@ impl Default for RouterArgs {
             acme_directory: LETS_ENCRYPT.to_owned(),
             acme_email: None,
             acme_ca_root: None,
+            router_trusted_proxies: String::new(),
         }
     }
 }
@@ -187,6 +196,8 @@ pub struct RouterOptions {
     pub send_timeout: Duration,
     /// The HTTPS side; `None`: plain HTTP only.
     pub https: Option<HttpsOptions>,
+    /// The proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: std::sync::Arc<[berth_schemas::cidr::Cidr]>,
     /// Where managed certificates come from.
     pub acme: AcmeOptions,
 }
@@ -297,9 +308,22 @@ impl RouterArgs {
         };
         let https = self.https(&mut problems);
         let acme = self.acme(&mut problems);
+        let mut trusted_proxies = Vec::new();
+        for block in self
+            .router_trusted_proxies
+            .split(',')
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+        {
+            match block.parse::<berth_schemas::cidr::Cidr>() {
+                Ok(c) => trusted_proxies.push(c),
+                Err(e) => problems.push(format!("BERTH_ROUTER_TRUSTED_PROXIES: {block:?}: {e}")),
+            }
+        }
         match (addr, problems.is_empty()) {
             (Some(addr), true) => Ok(RouterOptions {
                 https,
+                trusted_proxies: trusted_proxies.into(),
                 acme,
                 addr,
                 base_domain,

@@ -2,7 +2,9 @@
 //! and the instance: hop-by-hop ones dropped (RFC 9110 §7.6.1), the
 //! `X-Forwarded-*` set and a request id added, upgrades recognised.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+
+use berth_schemas::cidr::Cidr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -23,6 +25,44 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// `X-Forwarded-For` entries looked at, at most, from the right.
+const FORWARDED_LOOKED_AT: usize = 32;
+
+/// Who a request comes from: who connected, or — when that is one of the
+/// `trusted` proxies — the last address of the request's `X-Forwarded-For`
+/// chain that is not one of them. Each proxy appends who connected to it,
+/// so what is left of the first untrusted entry is the client's own word
+/// and never believed; an entry that is not an address stops the walk at
+/// the proxy that sent it.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+    let trusts = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !trusts(peer) {
+        return peer;
+    }
+    let entries: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for entry in entries.iter().rev().take(FORWARDED_LOOKED_AT) {
+        let parsed = entry
+            .parse::<IpAddr>()
+            .ok()
+            .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()));
+        let Some(ip) = parsed else {
+            return client;
+        };
+        if !trusts(ip) {
+            return ip;
+        }
+        client = ip;
+    }
+    client
+}
 
 /// A client connection's address, with the `X-Forwarded-For` entry it adds
 /// made once per connection rather than per request.
@@ -187,6 +227,56 @@ pub(crate) fn upgrade_asked(h: &HeaderMap) -> Option<HeaderValue> {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_is_the_last_untrusted_forwarded_address_behind_trusted_proxies() {
+        let lb: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let with = |chains: &[&str]| {
+            let mut h = HeaderMap::new();
+            for c in chains {
+                h.append(X_FORWARDED_FOR, HeaderValue::from_str(c).unwrap());
+            }
+            h
+        };
+        let from = |peer: &str, chains: &[&str], trusted: &[Cidr]| {
+            client_ip(ip(peer), &with(chains), trusted)
+        };
+        // Not behind a trusted proxy: the chain is the client's word.
+        assert_eq!(
+            from("198.51.100.7", &["203.0.113.9"], &lb),
+            ip("198.51.100.7")
+        );
+        assert_eq!(from("10.0.0.2", &["203.0.113.9"], &[]), ip("10.0.0.2"));
+        // Behind the balancer: what it saw.
+        assert_eq!(from("10.0.0.2", &["203.0.113.9"], &lb), ip("203.0.113.9"));
+        // A client writing its own entry first is not believed: the last
+        // untrusted entry is who reached the balancer.
+        assert_eq!(
+            from("10.0.0.2", &["203.0.113.9, 198.51.100.1"], &lb),
+            ip("198.51.100.1")
+        );
+        // Two proxies of ours, over two headers; ports and IPv6.
+        assert_eq!(
+            from("10.0.0.2", &["203.0.113.9:5050", "10.1.1.1"], &lb),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            from("fd00::1", &["[2001:db8::5]:443"], &lb),
+            ip("2001:db8::5")
+        );
+        // Garbage stops at the proxy that sent it; no header: the proxy.
+        assert_eq!(
+            from("10.0.0.2", &["203.0.113.9, unknown"], &lb),
+            ip("10.0.0.2")
+        );
+        assert_eq!(from("10.0.0.2", &[], &lb), ip("10.0.0.2"));
+        // Only our proxies all the way: the first of them.
+        assert_eq!(
+            from("10.0.0.2", &["10.9.9.9, 10.1.1.1"], &lb),
+            ip("10.9.9.9")
+        );
+    }
 
     #[test]
     fn hop_by_hop_headers_are_dropped_and_forwarded_added() {

@@ -179,7 +179,15 @@ impl Proxy {
             return Ok(unknown());
         };
         drop(table);
-        if !route.lets_in(peer.addr().ip()) {
+        // Who the client is matters only to an allow list: the chain of
+        // X-Forwarded-For is read only then.
+        if route.allow.is_some()
+            && !route.lets_in(crate::headers::client_ip(
+                peer.addr().ip(),
+                req.headers(),
+                &self.opts.trusted_proxies,
+            ))
+        {
             let resp = page(
                 StatusCode::FORBIDDEN,
                 "Forbidden",

@@ -11,7 +11,8 @@ use bytes::Bytes;
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{Backend, Env, HttpClient, Svc};
+use crate::support::{test_args, Backend, Env, HttpClient, Svc};
+use berth_router::RouterArgs;
 
 #[tokio::test]
 async fn routes_by_host_and_refuses_what_it_cannot_route() -> Result<()> {
@@ -657,6 +658,14 @@ async fn a_service_with_an_ip_allow_list_serves_only_the_clients_on_it() -> Resu
     );
     let raw = raw_get(env.addr, "alpha.localhost").await?;
     assert!(raw.starts_with("HTTP/1.1 403"), "{raw}");
+    // No proxy is trusted here: a client naming an allowed address is
+    // not believed.
+    assert_eq!(
+        http.get_forwarded("alpha.localhost", "203.0.113.9")
+            .await?
+            .0,
+        StatusCode::FORBIDDEN
+    );
     assert_eq!(a1.hits(), hits, "nothing reached the instance");
 
     a.cmd(allow(&["203.0.113.0/24", "127.0.0.0/8"])).await?;
@@ -674,6 +683,51 @@ async fn a_service_with_an_ip_allow_list_serves_only_the_clients_on_it() -> Resu
     env.synced(env.store.last_stream_seq().await?).await?;
     assert_eq!(
         http.get("alpha.localhost", "/").await?.0,
+        StatusCode::FORBIDDEN
+    );
+    Ok(())
+}
+
+/// Behind a proxy the router trusts (a load balancer; here the tests' own
+/// 127.0.0.1), the client an allow list is checked against is the last
+/// address in `X-Forwarded-For` that is not the proxy's.
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_allow_list_checks_the_forwarded_client() -> Result<()> {
+    let env = Env::start_with(RouterArgs {
+        router_trusted_proxies: "127.0.0.0/8, ::1".into(),
+        ..test_args()
+    })
+    .await?;
+    let http = HttpClient::new(env.addr);
+    let a1 = Backend::start("a", 1).await?;
+    let mut a = Svc::create(&env.store, "alpha", ServiceType::WebService).await?;
+    a.first_deploy(1, &[a1.addr]).await?;
+    a.cmd(Command::Update {
+        settings: Box::new(berth_schemas::events::ServiceSettings {
+            ip_allow_list: Some(Some(vec![berth_schemas::model::CidrBlock {
+                cidr_block: "203.0.113.0/24".into(),
+                description: "office".into(),
+            }])),
+            ..Default::default()
+        }),
+        deploy: berth_schemas::ids::DeployId::generate(),
+    })
+    .await?;
+    env.synced(env.store.last_stream_seq().await?).await?;
+    assert_eq!(
+        http.get_forwarded("alpha.localhost", "203.0.113.9").await?,
+        (StatusCode::OK, "a 1".into())
+    );
+    // The proxy itself is not on the list; nor is a client that wrote an
+    // allowed address in front of its own.
+    assert_eq!(
+        http.get("alpha.localhost", "/").await?.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        http.get_forwarded("alpha.localhost", "203.0.113.9, 198.51.100.1")
+            .await?
+            .0,
         StatusCode::FORBIDDEN
     );
     Ok(())

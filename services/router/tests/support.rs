@@ -321,6 +321,23 @@ impl HttpClient {
         self.send("GET", host, path, Bytes::new()).await
     }
 
+    /// GET `/` with `Host: host` and `X-Forwarded-For: forwarded_for`.
+    pub async fn get_forwarded(
+        &self,
+        host: &str,
+        forwarded_for: &str,
+    ) -> Result<(StatusCode, String)> {
+        let req = Request::builder()
+            .uri(format!("http://{}/", self.router))
+            .header("host", host)
+            .header("x-forwarded-for", forwarded_for)
+            .body(Full::new(Bytes::new()))?;
+        let resp = self.client.request(req).await.context("request")?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
     pub async fn send(
         &self,
         method: &str,
