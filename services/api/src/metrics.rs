@@ -382,6 +382,47 @@ pub async fn http(
     }
 }
 
+/// The values a series of the service could be filtered by over
+/// `window`: the instances that reported (`application`), or the status
+/// classes the router answered with (`http`), each once, sorted.
+pub async fn filter_values(
+    store: &EventStore,
+    service: &berth_schemas::ids::ServiceId,
+    http: bool,
+    window: &Window,
+) -> Result<Vec<String>, MetricsError> {
+    let subjects = store.subjects();
+    let stream = subjects.metrics_stream();
+    let values: std::collections::BTreeSet<String> = if http {
+        read(
+            store.jetstream(),
+            &stream,
+            &subjects.service_http_metrics(service),
+            window.start,
+            window.end,
+            |s: &HttpSample| s.time,
+        )
+        .await?
+        .into_iter()
+        .flat_map(|(_, s)| s.counts.into_keys())
+        .collect()
+    } else {
+        read(
+            store.jetstream(),
+            &stream,
+            &subjects.service_usage(service),
+            window.start,
+            window.end,
+            |s: &UsageSample| s.time,
+        )
+        .await?
+        .into_iter()
+        .flat_map(|(_, s)| s.instances.into_iter().map(|u| u.instance.to_string()))
+        .collect()
+    };
+    Ok(values.into_iter().collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -314,6 +314,10 @@ routes! {
         "CPU limit per instance (cores)", 200;
     get "/v1/metrics/memory-limit" => metrics::memory_limit,
         "Memory limit per instance (bytes)", 200;
+    get "/v1/metrics/filters/application" => metrics::application_filters,
+        "The instances that reported over the window", 200;
+    get "/v1/metrics/filters/http" => metrics::http_filters,
+        "The status classes of the service's requests over the window", 200;
     get "/v1/metrics/disk-usage" => metrics::disk_usage,
         "The service's disk in use (bytes)", 200;
     get "/v1/metrics/disk-capacity" => metrics::disk_capacity,

@@ -143,6 +143,20 @@ async fn series_from_samples_for_the_owner_only() {
         vec![(512u64 << 20) as f64],
         "{mem_limit}"
     );
+    // What the series may be filtered by.
+    let (s, apps) = get("filters/application", "").await;
+    assert_eq!(s, StatusCode::OK, "{apps}");
+    let mut ids = vec![i1.to_string(), i2.to_string()];
+    ids.sort();
+    assert_eq!(
+        apps,
+        serde_json::json!([{"filter": "instance", "values": ids}])
+    );
+    let (_, classes) = get("filters/http", "").await;
+    assert_eq!(
+        classes,
+        serde_json::json!([{"filter": "statusCode", "values": ["2xx", "5xx"]}])
+    );
     let (_, count) = get("instance-count", "").await;
     assert_eq!(values(&count[0]), vec![2.0], "{count}");
     // The disk: only the instance that has it, its latest use and size.

@@ -214,6 +214,50 @@ pub async fn memory_limit(
     resource_series(st, caller, q, Resource::MemoryLimit, "bytes").await
 }
 
+/// One filter's values (Render's `FilterApplicationValuesCollectionItem`
+/// and `FilterHttpValuesCollectionItem`).
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct FilterValues {
+    /// `instance`, or `statusCode`.
+    pub filter: &'static str,
+    pub values: Vec<String>,
+}
+
+async fn filter_values(
+    st: AppState,
+    caller: berth_ingress::Caller,
+    q: MetricsQuery,
+    http: bool,
+) -> Result<Json<Vec<FilterValues>>, ApiError> {
+    let (id, window) = scope(&st, &caller.owner, &q).await?;
+    let values = metrics::filter_values(st.ingress.store(), &id, http, &window)
+        .await
+        .map_err(unavailable)?;
+    let filter = if http { "statusCode" } else { "instance" };
+    Ok(Json(vec![FilterValues { filter, values }]))
+}
+
+/// GET /v1/metrics/filters/application: the instances that reported over
+/// the window (what `instance` may name).
+pub async fn application_filters(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Listing(q): Listing<MetricsQuery>,
+) -> Result<Json<Vec<FilterValues>>, ApiError> {
+    filter_values(st, caller, q, false).await
+}
+
+/// GET /v1/metrics/filters/http: the status classes the router answered
+/// the service's requests with over the window (berth counts by class:
+/// `2xx`, …; it keeps no per-host counts).
+pub async fn http_filters(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    Listing(q): Listing<MetricsQuery>,
+) -> Result<Json<Vec<FilterValues>>, ApiError> {
+    filter_values(st, caller, q, true).await
+}
+
 /// GET /v1/metrics/disk-usage: the service's disk in use, bytes (per
 /// instance; none without a disk).
 pub async fn disk_usage(

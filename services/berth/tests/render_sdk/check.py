@@ -90,8 +90,6 @@ NOT_APPLICABLE = {
     "metrics.get_active_connections": "not built: the router counts requests, not open connections",
     "metrics.get_bandwidth": "not built: the router does not meter bytes",
     "metrics.get_bandwidth_sources": "not built: the router does not meter bytes",
-    "metrics.list_application_filter_values": "not built: filter values of metrics",
-    "metrics.list_http_filter_values": "not built: filter values of metrics",
     "metrics.list_path_filter_values": "not built: the router keeps no per-path counts",
     "metrics.get_owner_metrics_stream": "not built: metrics streams (pushing metrics to your collector)",
     "metrics.upsert_owner_metrics_stream": "not built: metrics streams (pushing metrics to your collector)",

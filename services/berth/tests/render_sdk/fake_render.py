@@ -127,6 +127,8 @@ class FakeRender:
             ("GET", s + r"/jobs", self.list_jobs),
             ("GET", s + r"/jobs/([^/]+)", self.get_job),
             ("POST", s + r"/jobs/([^/]+)/cancel", self.cancel_job),
+            ("GET", r"/metrics/filters/application", lambda q, b: self.filters(q, "instance", ["srv-instance-1"])),
+            ("GET", r"/metrics/filters/http", lambda q, b: self.filters(q, "statusCode", [])),
             ("GET", r"/metrics/([a-z-]+)", self.metric),
             ("GET", r"/owners", self.list_owners),
             ("GET", r"/owners/([^/]+)", self.get_owner),
@@ -528,6 +530,11 @@ class FakeRender:
         "disk-usage": ("bytes", 1e6),
         "disk-capacity": ("bytes", 1e9),
     }
+
+    def filters(self, query, name, values):
+        if query.get("resource") not in self.services:
+            return self.missing("service")
+        return 200, [{"filter": name, "values": values}]
 
     def metric(self, query, body, kind):
         rid = query.get("resource")

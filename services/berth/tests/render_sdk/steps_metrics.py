@@ -6,6 +6,8 @@ answer must parse as Render's `TimeSeries` list, name the service it was
 asked for, and hold what the service has (its limits are the plan's)."""
 
 from render.public_api.api.metrics import (
+    list_application_filter_values,
+    list_http_filter_values,
     get_cpu,
     get_cpu_limit,
     get_disk_capacity,
@@ -16,7 +18,10 @@ from render.public_api.api.metrics import (
     get_memory,
     get_memory_limit,
 )
-from render.public_api.models import TimeSeries
+from render.public_api.models import FilterApplicationValuesCollectionItem, TimeSeries
+from render.public_api.models.filter_http_values_collection_item import (
+    FilterHTTPValuesCollectionItem,
+)
 
 
 def metrics(h, w):
@@ -79,3 +84,32 @@ def metrics(h, w):
                 all({l.field: l.value for l in s.labels}.get("resource") == web.id for s in got),
                 "a series of another service",
             )
+
+    # What the series may be filtered by: the instances that reported (the
+    # CPU series' own), and the status classes (none: no requests made).
+    op = "metrics.list_application_filter_values"
+    got = h.call(
+        op,
+        list_application_filter_values,
+        resource=web.id,
+        expect=200,
+        model=FilterApplicationValuesCollectionItem,
+        many=True,
+    )
+    if got:
+        named = {v for f in got if f.filter_.value == "instance" for v in f.values}
+        cpu = get_cpu.sync_detailed(client=h.client, resource=web.id).parsed or []
+        reported = {l.value for s in cpu for l in s.labels if l.field == "instance"}
+        h.check(op, reported and reported <= named, f"instances {sorted(named)}, CPU series of {sorted(reported)}")
+    op = "metrics.list_http_filter_values"
+    got = h.call(
+        op,
+        list_http_filter_values,
+        resource=web.id,
+        expect=200,
+        model=FilterHTTPValuesCollectionItem,
+        many=True,
+    )
+    if got:
+        h.check(op, all(f.filter_.value == "statusCode" for f in got), f"filters {[f.to_dict() for f in got]}")
+
