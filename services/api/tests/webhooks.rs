@@ -192,7 +192,9 @@ async fn a_webhooks_sends_are_listed_newest_first_by_time_and_page() {
     // As the notifier records them: one per attempt.
     app.store.provision_webhook_sends().await.unwrap();
     let t0 = chrono::Utc::now() - chrono::Duration::minutes(10);
-    for n in 0..5i64 {
+    // Recorded out of order (attempts end in another order than they
+    // start): listed by when each was sent.
+    for n in [0i64, 1, 3, 2, 4] {
         let send = WebhookSend {
             id: "ntf-aaaaaaaaaaaaaaaaaaaa".into(),
             event_id: format!("evt-{}", "b".repeat(20)),

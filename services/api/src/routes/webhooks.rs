@@ -213,9 +213,12 @@ pub async fn events(
         .webhook_sends(&caller.owner, &id)
         .await
         .map_err(|e| ApiError::from(berth_ingress::IngressError::Store(e.to_string())))?;
+    // Newest first by when each attempt was sent: attempts run at once
+    // and record when they end, so the stream's order is not theirs.
+    let mut sends = sends;
+    sends.sort_by(|(a_seq, a), (b_seq, b)| (b.sent_at, b_seq).cmp(&(a.sent_at, a_seq)));
     let items = sends
         .into_iter()
-        .rev()
         .map(|(seq, s)| (seq.to_string(), s))
         .collect();
     let kept = |s: &WebhookSend| {
