@@ -136,6 +136,11 @@ impl Ingress {
         self.webhook_in(owner, &state, id)
     }
 
+    /// Whether `id` is one of the owner's webhooks (nothing opened).
+    pub async fn has_webhook(&self, owner: &OwnerId, id: &WebhookId) -> Result<bool, IngressError> {
+        Ok(self.load_owner(owner).await?.webhooks.contains_key(id))
+    }
+
     /// Changes what `change` gives of one of the owner's webhooks, merged
     /// into its settings as they are when the change is decided.
     pub async fn update_webhook(

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::notifications::own;
 use crate::app::{self, AppState, Authed, JsonBody};
-use crate::error::{ApiError, FieldError};
+use crate::error::ApiError;
 use crate::query::{self, Listing};
 
 fn webhook_id(s: &str) -> Result<WebhookId, ApiError> {
@@ -88,19 +88,17 @@ pub async fn create(
         own(&caller, o)?;
     }
     let mut fields = Vec::new();
-    let mut missing = |name: &str, absent: bool| {
+    for (name, absent) in [
+        ("ownerId", body.owner_id.is_none()),
+        ("url", body.url.is_none()),
+        ("name", body.name.is_none()),
+        ("enabled", body.enabled.is_none()),
+        ("eventFilter", body.event_filter.is_none()),
+    ] {
         if absent {
-            fields.push(FieldError {
-                field: name.to_owned(),
-                message: "is required".to_owned(),
-            });
+            super::field(&mut fields, name, "is required");
         }
-    };
-    missing("ownerId", body.owner_id.is_none());
-    missing("url", body.url.is_none());
-    missing("name", body.name.is_none());
-    missing("enabled", body.enabled.is_none());
-    missing("eventFilter", body.event_filter.is_none());
+    }
     let (Some(url), Some(name), Some(enabled), Some(filter), true) = (
         body.url,
         body.name,
@@ -206,7 +204,9 @@ pub async fn events(
     let after = query::time("sentAfter", q.sent_after.as_deref())?;
     q.page.limit()?;
     // Its owner's, or not found.
-    st.ingress.webhook(&caller.owner, &id).await?;
+    if !st.ingress.has_webhook(&caller.owner, &id).await? {
+        return Err(ApiError::not_found("webhook"));
+    }
     let sends = st
         .ingress
         .store()
