@@ -146,6 +146,28 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<Strin
     Ok(format!("v1,{}", b64.encode(mac.finalize().into_bytes())))
 }
 
+/// The Standard-Webhooks headers of a post of `body`: `webhook-id` (the
+/// delivery), `webhook-timestamp` (now) and, with a secret, its
+/// `webhook-signature`.
+fn standard_headers(
+    delivery: &str,
+    secret: Option<&Secret>,
+    body: &[u8],
+) -> Result<Vec<(&'static str, String)>, SendError> {
+    let ts = chrono::Utc::now().timestamp();
+    let mut headers = vec![
+        ("webhook-id", delivery.to_owned()),
+        ("webhook-timestamp", ts.to_string()),
+    ];
+    if let Some(secret) = secret {
+        headers.push((
+            "webhook-signature",
+            sign(secret.expose(), delivery, ts, body)?,
+        ));
+    }
+    Ok(headers)
+}
+
 /// Sends on every channel with one HTTP client and one timeout.
 #[derive(Debug, Clone)]
 pub struct Senders {
@@ -238,15 +260,7 @@ impl Senders {
         delivery: &str,
         body: Vec<u8>,
     ) -> Result<Answer, SendError> {
-        let ts = chrono::Utc::now().timestamp();
-        let headers = [
-            ("webhook-id", delivery.to_owned()),
-            ("webhook-timestamp", ts.to_string()),
-            (
-                "webhook-signature",
-                sign(secret.expose(), delivery, ts, &body)?,
-            ),
-        ];
+        let headers = standard_headers(delivery, Some(secret), &body)?;
         let mut resp = self.exchange(url, body, &headers).await?;
         let status = resp.status().as_u16();
         // Only the start of the answer is kept: read no more than that.
@@ -280,17 +294,7 @@ impl Senders {
         event: &TimelineEvent,
     ) -> Result<(), SendError> {
         let body = webhook_body(event);
-        let ts = chrono::Utc::now().timestamp();
-        let mut headers = vec![
-            ("webhook-id", delivery.to_owned()),
-            ("webhook-timestamp", ts.to_string()),
-        ];
-        if let Some(secret) = secret {
-            headers.push((
-                "webhook-signature",
-                sign(secret.expose(), delivery, ts, &body)?,
-            ));
-        }
+        let headers = standard_headers(delivery, secret, &body)?;
         self.post(url, body, &headers).await
     }
 
