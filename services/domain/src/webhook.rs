@@ -75,12 +75,8 @@ fn check(mut s: Settings) -> Result<Settings, DomainError> {
             format!("{shown:?} is not an event type (see the event types of GET /v1/services/{{serviceId}}/events)"),
         ));
     }
-    let mut seen = Vec::with_capacity(s.event_filter.len());
-    s.event_filter.retain(|t| {
-        let new = !seen.contains(t);
-        seen.push(t.clone());
-        new
-    });
+    let mut seen = std::collections::HashSet::new();
+    s.event_filter.retain(|t| seen.insert(t.clone()));
     Ok(s)
 }
 
